@@ -1,0 +1,463 @@
+"""A local single-node Apache Kafka broker (KRaft, broker+controller) for development and tests.
+
+The jars come from Maven Central through ``streams/kafka/pom.xml`` and are cached under
+``~/.cache/fds/kafka/<version>/lib``; the broker's data, log and pid file live in a data dir
+(``$FDS_KAFKA_DIR`` or ``~/.cache/fds/kafka/run``). Everything is idempotent: :func:`up` on a
+running broker returns at once; :func:`down` on a stopped one does nothing.
+
+Layout of the data dir::
+
+    kit.json            ports and version the dir was formatted for
+    server.properties   rendered from streams/kafka/server.properties.template
+    broker.log          the broker's stdout/stderr (log4j2, INFO)
+    broker.pid          pid of the running broker JVM
+    kraft/              the KRaft log dir (metadata and topic data)
+
+Examples
+--------
+>>> render_properties(19092, 19093, Path("/tmp/x")).splitlines()[0]
+'# Single-node Apache Kafka (KRaft, combined broker+controller) for local development and tests.'
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from collections.abc import Callable
+from typing import Any
+
+import yaml
+
+from fds.errors import ConfigError, FdsError
+
+__all__ = [
+    "DEFAULT_CONTROLLER_PORT",
+    "DEFAULT_PORT",
+    "KAFKA_VERSION",
+    "KitStatus",
+    "create_topics",
+    "data_dir_default",
+    "down",
+    "ensure_jars",
+    "load_topic_specs",
+    "render_properties",
+    "status",
+    "up",
+]
+
+log = logging.getLogger(__name__)
+
+# Off Kafka's 9092/9093 so the kit never collides with a broker the user already runs.
+DEFAULT_PORT = 19092
+DEFAULT_CONTROLLER_PORT = 19093
+# Matches streams/kafka/pom.xml; override with FDS_KAFKA_VERSION for another 4.x release.
+KAFKA_VERSION = os.environ.get("FDS_KAFKA_VERSION", "4.1.1")
+# An explicit heap: the JVM default is a quarter of RAM, far more than a test broker needs.
+JVM_HEAP = ("-Xms512m", "-Xmx1g")
+# A cold JVM start plus KRaft bootstrap takes ~5-10 s on 2 cores; allow for a loaded CI machine.
+START_TIMEOUT_S = 90.0
+# The broker's controlled shutdown normally takes 1-3 s; past this it is killed.
+STOP_TIMEOUT_S = 30.0
+
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+KIT_DIR = Path(os.environ.get("FDS_KAFKA_KIT", _REPO_ROOT / "streams" / "kafka"))
+TOPICS_FILE = _REPO_ROOT / "streams" / "topics.yaml"
+
+
+def data_dir_default() -> Path:
+    """The broker's data dir: ``$FDS_KAFKA_DIR`` or ``~/.cache/fds/kafka/run``.
+
+    Examples
+    --------
+    >>> data_dir_default().name in {"run", os.path.basename(os.environ.get("FDS_KAFKA_DIR", ""))}
+    True
+    """
+    env = os.environ.get("FDS_KAFKA_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "fds" / "kafka" / "run"
+
+
+def _cache_dir(version: str) -> Path:
+    return Path.home() / ".cache" / "fds" / "kafka" / version
+
+
+def ensure_jars(version: str = KAFKA_VERSION) -> Path:
+    """Resolve the broker's jars with Maven into the cache once; return the ``lib`` dir.
+
+    A second call finds the completion marker and returns immediately.
+    """
+    lib = _cache_dir(version) / "lib"
+    marker = lib / ".complete"
+    if marker.exists():
+        return lib
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise FdsError(
+            "Maven (mvn) is not installed; it fetches the Kafka broker jars from Maven Central. "
+            "Install it (apt-get install maven) or point --bootstrap at an existing broker."
+        )
+    pom = KIT_DIR / "pom.xml"
+    if not pom.exists():
+        raise FdsError(f"{pom} is missing; set FDS_KAFKA_KIT to the streams/kafka dir of fds")
+    tmp = lib.with_name(f"lib.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    cmd = [
+        mvn, "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
+        "-DincludeScope=runtime", f"-Dkafka.version={version}", f"-DoutputDirectory={tmp}",
+    ]  # fmt: skip
+    log.info("resolving Kafka %s jars with Maven into %s", version, lib)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tail = (proc.stdout + proc.stderr)[-2000:]
+        raise FdsError(
+            f"Maven could not resolve Kafka {version} (exit {proc.returncode}); is Maven Central "
+            f"reachable and does the version exist?\n{' '.join(cmd)}\n{tail}"
+        )
+    (tmp / ".complete").write_text(version + "\n")
+    shutil.rmtree(lib, ignore_errors=True)
+    tmp.rename(lib)
+    return lib
+
+
+def render_properties(port: int, controller_port: int, log_dir: Path) -> str:
+    """``server.properties`` for a combined broker+controller on 127.0.0.1."""
+    template = (KIT_DIR / "server.properties.template").read_text()
+    return (
+        template.replace("{port}", str(port))
+        .replace("{controller_port}", str(controller_port))
+        .replace("{log_dir}", str(log_dir))
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class KitStatus:
+    """What :func:`status` reports about the local broker."""
+
+    running: bool  # the recorded JVM process is alive
+    reachable: bool  # a metadata request succeeded
+    pid: int | None
+    bootstrap: str | None
+    data_dir: Path
+    log_file: Path
+
+
+def _read_kit(data_dir: Path) -> dict[str, Any]:
+    path = data_dir / "kit.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _read_pid(data_dir: Path) -> int | None:
+    """The pid of our broker JVM if it is alive (and really is a Kafka broker), else None."""
+    path = data_dir / "broker.pid"
+    try:
+        pid = int(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # gone (or no /proc: fall back to a signal probe)
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return None
+        return pid
+    # Guard against pid reuse: only a JVM running kafka.Kafka with our config counts.
+    if b"kafka.Kafka" not in cmdline or str(data_dir).encode() not in cmdline:
+        return None
+    try:  # a zombie (exited child of this process) is not running
+        if Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z"):
+            return None
+    except (OSError, IndexError):
+        return None
+    return pid
+
+
+def _port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def _metadata_ok(bootstrap: str, timeout_s: float = 5.0) -> bool:
+    """True when the broker answers a metadata request (a port alone may be a half-started JVM)."""
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    ms = int(timeout_s * 1000)
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap, request_timeout_ms=ms, bootstrap_timeout_ms=ms
+        )
+    except (KafkaError, OSError):
+        return False
+    try:
+        admin.describe_cluster()
+        return True
+    except (KafkaError, OSError):
+        return False
+    finally:
+        admin.close()
+
+
+def _log_tail(log_file: Path, n: int = 25) -> str:
+    try:
+        return "\n".join(log_file.read_text(errors="replace").splitlines()[-n:])
+    except FileNotFoundError:
+        return "(no log yet)"
+
+
+def _random_cluster_id() -> str:
+    # Kafka's Uuid.randomUuid(): 16 random bytes, URL-safe base64 without padding, never
+    # starting with '-' (it would read as a command-line flag).
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cid.startswith("-"):
+            return cid
+
+
+def _java() -> str:
+    java = shutil.which("java")
+    if java is None:
+        raise FdsError("java is not installed; the local Kafka broker needs Java 17+")
+    return java
+
+
+def _format(java: str, lib: Path, props: Path, log_file: Path) -> None:
+    cmd = [
+        java, "-Xmx256m", f"-Dlog4j2.configurationFile={KIT_DIR / 'log4j2.properties'}",
+        "-cp", f"{lib}/*", "kafka.tools.StorageTool", "format", "--standalone",
+        "-t", _random_cluster_id(), "-c", str(props),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    with log_file.open("a") as f:
+        f.write(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        raise FdsError(f"formatting the KRaft dir failed (see {log_file}):\n{proc.stderr[-1500:]}")
+
+
+def up(
+    port: int = DEFAULT_PORT,
+    controller_port: int = DEFAULT_CONTROLLER_PORT,
+    data_dir: Path | str | None = None,
+    *,
+    timeout: float = START_TIMEOUT_S,
+) -> str:
+    """Start the local broker (or find it running) and return its bootstrap address.
+
+    Parameters
+    ----------
+    port, controller_port
+        The client (PLAINTEXT) and controller listener ports on 127.0.0.1.
+    data_dir
+        Where the KRaft log dir, broker log and pid file live; formatted on first use.
+    timeout
+        Seconds to wait for the broker to answer a metadata request.
+
+    Returns
+    -------
+    str
+        ``"127.0.0.1:PORT"``.
+
+    Raises
+    ------
+    ConfigError
+        The data dir was formatted for other ports, or the port is taken by something else.
+    FdsError
+        The broker did not start in time or exited; the message includes the log's tail.
+    """
+    ddir = Path(data_dir).expanduser() if data_dir else data_dir_default()
+    bootstrap = f"127.0.0.1:{port}"
+    log_file = ddir / "broker.log"
+    kit = _read_kit(ddir)
+    if kit and (kit.get("port"), kit.get("controller_port")) != (port, controller_port):
+        raise ConfigError(
+            f"{ddir} holds a broker formatted for ports {kit.get('port')}/"
+            f"{kit.get('controller_port')}, not {port}/{controller_port}; use those ports, "
+            "another --data-dir, or `fds kafka down --wipe` to start afresh",
+            where=str(ddir / "kit.json"),
+        )
+    pid = _read_pid(ddir)
+    if pid is not None:
+        if _wait_ready(bootstrap, lambda: _read_pid(ddir) == pid, log_file, timeout):
+            return bootstrap
+    elif _port_open(port):
+        raise ConfigError(
+            f"port {port} is already in use by a process that is not this kit's broker "
+            f"(data dir {ddir}); stop it, or pass --port / point --bootstrap at it",
+            where=f"127.0.0.1:{port}",
+        )
+
+    java = _java()
+    lib = ensure_jars()
+    ddir.mkdir(parents=True, exist_ok=True)
+    props = ddir / "server.properties"
+    props.write_text(render_properties(port, controller_port, ddir / "kraft"))
+    if not (ddir / "kraft" / "meta.properties").exists():
+        _format(java, lib, props, log_file)
+        (ddir / "kit.json").write_text(
+            json.dumps({"port": port, "controller_port": controller_port, "version": lib.parent.name})
+        )
+    cmd = [
+        java, *JVM_HEAP, "-XX:+UseG1GC", "-Djava.awt.headless=true",
+        f"-Dlog4j2.configurationFile={KIT_DIR / 'log4j2.properties'}",
+        "-cp", f"{lib}/*", "kafka.Kafka", str(props),
+    ]  # fmt: skip
+    with log_file.open("ab") as out:
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True, close_fds=True, cwd=ddir,
+        )  # fmt: skip
+    (ddir / "broker.pid").write_text(f"{proc.pid}\n")
+    log.info("started Kafka broker pid=%d bootstrap=%s log=%s", proc.pid, bootstrap, log_file)
+    # Poll the child itself: right after fork its /proc cmdline is still Python's.
+    if not _wait_ready(bootstrap, lambda: proc.poll() is None, log_file, timeout):
+        down(ddir)
+        raise FdsError(
+            f"the Kafka broker did not become ready within {timeout:.0f} s; see {log_file}:\n"
+            + _log_tail(log_file)
+        )
+    return bootstrap
+
+
+def _wait_ready(bootstrap: str, alive: Callable[[], bool], log_file: Path, timeout: float) -> bool:
+    port = int(bootstrap.rsplit(":", 1)[1])
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive():
+            raise FdsError(f"the Kafka broker exited; see {log_file}:\n" + _log_tail(log_file))
+        if _port_open(port) and _metadata_ok(bootstrap):
+            return True
+        time.sleep(0.2)  # polling interval while the JVM boots, not a fixed wait
+    return False
+
+
+def down(data_dir: Path | str | None = None, *, timeout: float = STOP_TIMEOUT_S, wipe: bool = False) -> bool:
+    """Stop the local broker: SIGTERM (controlled shutdown), then SIGKILL after ``timeout``.
+
+    Returns True when a running broker was stopped. ``wipe=True`` also deletes the data dir.
+    """
+    ddir = Path(data_dir).expanduser() if data_dir else data_dir_default()
+    pid = _read_pid(ddir)
+    stopped = False
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _read_pid(ddir) == pid and time.monotonic() < deadline:
+            _reap(pid)
+            time.sleep(0.1)  # polling interval while the broker shuts down
+        if _read_pid(ddir) == pid:
+            log.warning("Kafka broker pid=%d ignored SIGTERM for %.0f s; killing", pid, timeout)
+            os.kill(pid, signal.SIGKILL)
+            _reap(pid)
+        stopped = True
+    (ddir / "broker.pid").unlink(missing_ok=True)
+    if wipe:
+        shutil.rmtree(ddir, ignore_errors=True)
+    return stopped
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status if the broker is our own child (else it lingers as a zombie)."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def status(data_dir: Path | str | None = None) -> KitStatus:
+    """Report whether the local broker runs and answers.
+
+    Examples
+    --------
+    >>> status("/nonexistent/fds-kafka").running
+    False
+    """
+    ddir = Path(data_dir).expanduser() if data_dir else data_dir_default()
+    kit = _read_kit(ddir)
+    pid = _read_pid(ddir)
+    bootstrap = f"127.0.0.1:{kit['port']}" if "port" in kit else None
+    reachable = bool(pid and bootstrap and _port_open(kit["port"]) and _metadata_ok(bootstrap))
+    return KitStatus(pid is not None, reachable, pid, bootstrap, ddir, ddir / "broker.log")
+
+
+def load_topic_specs(path: Path | str = TOPICS_FILE) -> dict[str, dict[str, Any]]:
+    """Read ``streams/topics.yaml``: logical name -> ``{name, partitions, replication_factor, configs}``.
+
+    Examples
+    --------
+    >>> specs = load_topic_specs()
+    >>> specs["transactions"]["key"], specs["models"]["configs"]["cleanup.policy"]
+    ('card_id', 'compact')
+    """
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read topic specs: {exc}", where=str(path)) from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("topics"), dict):
+        raise ConfigError("expected a mapping with a `topics:` mapping", where=str(path))
+    rf = int(doc.get("replication_factor", 1))
+    specs: dict[str, dict[str, Any]] = {}
+    for logical, spec in doc["topics"].items():
+        if not isinstance(spec, dict) or "partitions" not in spec:
+            raise ConfigError(f"topic {logical!r} needs at least `partitions:`", where=str(path))
+        specs[logical] = {
+            "name": str(spec.get("name", logical)),
+            "partitions": int(spec["partitions"]),
+            "replication_factor": int(spec.get("replication_factor", rf)),
+            "key": spec.get("key"),
+            "configs": {str(k): str(v) for k, v in (spec.get("configs") or {}).items()},
+        }
+    return specs
+
+
+def create_topics(
+    bootstrap: str,
+    specs: dict[str, dict[str, Any]] | None = None,
+    prefix: str = "",
+    *,
+    client_config: dict[str, Any] | None = None,
+    timeout: float = 30.0,
+) -> dict[str, str]:
+    """Create the topics of ``specs`` (default: streams/topics.yaml); existing ones are kept.
+
+    Returns logical name -> actual topic name (``prefix + name``), once every partition has a
+    leader, so the caller can produce at once.
+    """
+    from kafka import KafkaAdminClient
+    from kafka.errors import TopicAlreadyExistsError, for_code
+
+    specs = load_topic_specs() if specs is None else specs
+    names = {logical: prefix + s["name"] for logical, s in specs.items()}
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, **(client_config or {}))
+    try:
+        new = {
+            names[logical]: {
+                "num_partitions": s["partitions"],
+                "replication_factor": s["replication_factor"],
+                "configs": s.get("configs") or {},
+            }
+            for logical, s in specs.items()
+        }
+        result = admin.create_topics(new, timeout_ms=int(timeout * 1000), raise_errors=False)
+        for topic in result["topics"]:
+            err = for_code(topic["error_code"])
+            if topic["error_code"] and err is not TopicAlreadyExistsError:
+                raise FdsError(
+                    f"creating topic {topic['name']!r} failed: {err.__name__}: "
+                    f"{topic.get('error_message')}"
+                )
+        admin.wait_for_topics(list(names.values()), timeout_ms=int(timeout * 1000))
+    finally:
+        admin.close()
+    return names
