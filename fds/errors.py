@@ -3,7 +3,7 @@
 ::
 
     FdsError                    root: every error fds raises on purpose
-    ├── ConfigError             a config, rules, model-spec or mapping file is wrong (names file:line)
+    ├── ConfigError             a config, rules, model or mapping file is wrong (names file:line)
     ├── ValidationError         one input record violates the contract (goes to the dead letters)
     ├── StageError              a stage raised while deciding one record (goes to the dead letters)
     └── ArtifactError           a model artifact failed verification (sha256 / HMAC / canary)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone, tzinfo
+from datetime import UTC, datetime, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fds.errors import ConfigError
@@ -35,14 +35,14 @@ def parse_duration(text: str | float | int) -> float:
 def get_zone(name: str) -> tzinfo:
     """A timezone by IANA name (``UTC``, ``Asia/Seoul``), with a helpful error."""
     if name.upper() == "UTC":
-        return timezone.utc
+        return UTC
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as e:
         raise ConfigError(f"unknown timezone {name!r}: use an IANA name like Europe/Berlin") from e
 
 
-def parse_ts(value: object, default_tz: tzinfo = timezone.utc) -> float:
+def parse_ts(value: object, default_tz: tzinfo = UTC) -> float:
     """An event timestamp as epoch seconds (float).
 
     Accepts epoch seconds or milliseconds (number or numeric string), or ISO 8601; a naive ISO
@@ -78,10 +78,36 @@ def parse_ts(value: object, default_tz: tzinfo = timezone.utc) -> float:
     return v / 1000.0 if abs(v) >= _MS_THRESHOLD else v
 
 
+_day_prefix: dict[int, str] = {}
+# Recent results: a wall clock repeats its millisecond across ~100 decisions at 100k/s.
+_recent: dict[int, str] = {}
+
+
 def format_ts(ts: float) -> str:
     """Epoch seconds as ISO 8601 UTC with milliseconds.
 
-    >>> format_ts(1700000000.25)
-    '2023-11-14T22:13:20.250+00:00'
+    Hot path (two calls per decision): the date part is cached per day and the time of day is
+    plain integer arithmetic, about 3x cheaper than ``datetime.isoformat``.
+
+    >>> format_ts(1700000000.25), format_ts(-0.5)
+    ('2023-11-14T22:13:20.250+00:00', '1969-12-31T23:59:59.500+00:00')
     """
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds")
+    ms = round(ts * 1000.0)
+    text = _recent.get(ms)
+    if text is not None:
+        return text
+    day, ms_of_day = divmod(ms, 86_400_000)
+    prefix = _day_prefix.get(day)
+    if prefix is None:
+        prefix = datetime.fromtimestamp(day * 86400, UTC).strftime("%Y-%m-%dT")
+        if len(_day_prefix) > 4096:  # bounded: a replay spans few days at a time
+            _day_prefix.clear()
+        _day_prefix[day] = prefix
+    s, milli = divmod(ms_of_day, 1000)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    text = f"{prefix}{h:02d}:{m:02d}:{s:02d}.{milli:03d}+00:00"
+    if len(_recent) > 1024:  # bounded
+        _recent.clear()
+    _recent[ms] = text
+    return text

@@ -1,0 +1,26 @@
+# The two doors of the README: `make demo` (the embedded default, no Kafka) and `make test`
+# (the whole suite: lint, types, unit + integration tests against a real Kafka broker and a real
+# Prometheus, both started by the project's own kit). Both install what they need first.
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+
+.PHONY: install demo test lint bench
+
+install:
+	$(PIP) install --quiet --disable-pip-version-check -e '.[dev]'
+
+demo: install
+	fds demo
+
+lint:
+	ruff check .
+	ruff format --check .
+	mypy
+
+test: install
+	bash scripts/install_prometheus.sh
+	$(MAKE) lint
+	$(PYTHON) -m pytest -q
+
+bench: install
+	for b in benchmarks/bench_*.py; do $(PYTHON) $$b || exit 1; done

@@ -1,0 +1,107 @@
+"""``fds replay`` and ``fds demo``: the user's doors onto the engine."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from fds import replay as replay_mod
+from fds.pipeline import DEFAULT_MODEL, DEFAULT_RULES, build_engine
+from fds.streams.files import JsonlSink, load_mapping
+
+__all__ = ["register"]
+
+
+def _none_or_path(text: str) -> Path | None:
+    return None if text.lower() == "none" else Path(text)
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "replay",
+        help="run a historical file (CSV/JSONL, gzip) through the engine",
+        description="Replay a historical file through the same code path as the Kafka service.",
+    )
+    p.add_argument("file", type=Path, help="transactions file: .csv, .jsonl (optionally .gz)")
+    p.add_argument("--mapping", type=Path, help="YAML column mapping for foreign column names")
+    p.add_argument("--labels", type=Path, help="labels file (JSONL/CSV: tx_id, ts, is_fraud)")
+    p.add_argument(
+        "--rules",
+        type=_none_or_path,
+        default=DEFAULT_RULES,
+        help="rules YAML, or 'none' (default: rules/default.yaml)",
+    )
+    p.add_argument(
+        "--model",
+        type=_none_or_path,
+        default=DEFAULT_MODEL,
+        help="model spec YAML, or 'none' (default: models/default.yaml)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("decisions.jsonl"),
+        help="decisions JSONL (default: decisions.jsonl; .gz to compress)",
+    )
+    p.add_argument("--dlq", type=Path, help="dead letters JSONL (default: <out>.dlq.jsonl)")
+    p.add_argument(
+        "--speed",
+        type=float,
+        default=None,
+        help="pace by event time, e.g. 60 = one hour of data per minute "
+        "(default: as fast as possible)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus /metrics on this port while replaying",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_replay)
+
+
+def dlq_path_for(out: Path) -> Path:
+    """``decisions.jsonl`` -> ``decisions.dlq.jsonl`` (beside ``--out``)."""
+    name = out.name
+    for suffix in (".jsonl.gz", ".jsonl", ".json"):
+        if name.endswith(suffix):
+            return out.with_name(name[: -len(suffix)] + ".dlq" + suffix)
+    return out.with_name(name + ".dlq.jsonl")
+
+
+def _replay(args: argparse.Namespace) -> int:
+    if args.speed is not None and args.speed <= 0:
+        print("fds replay: error: --speed must be > 0 (e.g. --speed 60)", file=sys.stderr)
+        return 2
+    if not args.file.is_file():
+        print(f"fds replay: error: input file not found: {args.file}", file=sys.stderr)
+        return 2
+    mapping = load_mapping(args.mapping) if args.mapping else None
+    engine = build_engine(args.rules, args.model)
+    stream = replay_mod.load(args.file, mapping=mapping, labels_path=args.labels)
+    if stream.reordered:
+        print(
+            f"fds replay: input not in time order: {stream.reordered:,} records were out of "
+            "order; replaying sorted by ts",
+            file=sys.stderr,
+        )
+    dlq_path = args.dlq or dlq_path_for(args.out)
+    with JsonlSink(args.out) as sink, JsonlSink(dlq_path) as dlq:
+        summary = replay_mod.run(
+            engine,
+            stream,
+            sink,
+            dlq,
+            source=str(args.file),
+            speed=args.speed,
+            progress=not args.no_progress,
+        )
+    replay_mod.print_summary(summary, title=f"replay of {args.file}")
+    print(
+        f"decisions: {args.out}" + (f"  dead letters: {dlq_path}" if summary.dead_letters else ""),
+        file=sys.stderr,
+    )
+    return 0

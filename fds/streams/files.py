@@ -1,0 +1,260 @@
+"""Historical files: CSV / JSONL (optionally gzip) readers, column mappings, sinks.
+
+A foreign file is read through a :class:`ColumnMapping` (``--mapping FILE``, see DESIGN.md):
+engine field -> source column; unmapped columns land in ``extra``; an optional label column
+becomes a label event that the engine only learns ``delay`` after the transaction.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any, Literal
+
+import orjson
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from fds.errors import ConfigError
+from fds.schema import TX_FIELDS, dumps
+from fds.timeutil import get_zone, parse_duration
+
+__all__ = [
+    "ColumnMapping",
+    "JsonlSink",
+    "Record",
+    "infer_format",
+    "load_mapping",
+    "open_text",
+    "read_records",
+]
+
+Format = Literal["csv", "jsonl", "parquet"]
+# A raw record: (position = 1-based line number, parsed dict or the error it raised, raw text)
+Record = tuple[int, "dict[str, Any] | Exception", "str | None"]
+
+
+class LabelColumn(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    column: str
+    delay: float = Field(default=0.0, description="seconds; written as 7d, 12h, ...")
+
+    @field_validator("delay", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> float:
+        return parse_duration(v)
+
+
+class ColumnMapping(BaseModel):
+    """How a foreign file's columns map onto the transaction contract."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    format: Format | None = None
+    fields: dict[str, str] = Field(default_factory=dict)
+    timezone: str = "UTC"
+    label: LabelColumn | None = None
+
+    @field_validator("fields")
+    @classmethod
+    def _known_fields(cls, v: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(v) - TX_FIELDS)
+        if unknown:
+            raise ValueError(
+                f"unknown engine field(s) {unknown}; map onto one of {sorted(TX_FIELDS)}"
+            )
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        get_zone(v)
+        return v
+
+    def check_columns(self, columns: list[str], where: str) -> None:
+        """Raise :class:`ConfigError` when a mapped column is not in the file."""
+        wanted = list(self.fields.values()) + ([self.label.column] if self.label else [])
+        missing = [c for c in wanted if c not in columns]
+        if missing:
+            raise ConfigError(
+                f"column(s) {missing} named in the mapping are not in the file; "
+                f"its columns are {columns}",
+                where=where,
+            )
+
+    def apply(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Rename one raw row to engine fields; other columns stay (they go to ``extra``)."""
+        if not self.fields:
+            return row
+        out = {k: v for k, v in row.items() if k not in self._sources}
+        for field, col in self.fields.items():
+            if col in row:
+                out[field] = row[col]
+        return out
+
+    @property
+    def _sources(self) -> frozenset[str]:
+        return frozenset(self.fields.values())
+
+
+def load_mapping(path: str | os.PathLike[str]) -> ColumnMapping:
+    """Load a mapping YAML; errors name the file, line and what to fix."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"mapping file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark else str(p)
+        raise ConfigError(f"not valid YAML: {getattr(e, 'problem', e)}", where=where) from None
+    if not isinstance(data, dict):
+        raise ConfigError("a mapping file is a YAML mapping with 'fields:'", where=str(p))
+    try:
+        return ColumnMapping.model_validate(data)
+    except pydantic.ValidationError as e:
+        err = e.errors()[0]
+        key = str(err["loc"][0]) if err["loc"] else ""
+        line = _line_of(p, key)
+        loc = ".".join(str(x) for x in err["loc"])
+        raise ConfigError(f"{loc}: {err['msg']}", where=f"{p}:{line}" if line else str(p)) from None
+    except ConfigError as e:
+        raise ConfigError(str(e), where=str(p)) from None
+
+
+def _line_of(p: Path, key: str) -> int | None:
+    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if line.lstrip().startswith(f"{key}:"):
+            return i
+    return None
+
+
+def infer_format(path: str | os.PathLike[str], declared: str | None = None) -> str:
+    """``csv`` / ``jsonl`` / ``parquet`` from the declared format or the file name."""
+    if declared:
+        return declared
+    name = str(path).lower().removesuffix(".gz")
+    for ext, fmt in (
+        (".csv", "csv"),
+        (".jsonl", "jsonl"),
+        (".json", "jsonl"),
+        (".ndjson", "jsonl"),
+        (".parquet", "parquet"),
+    ):
+        if name.endswith(ext):
+            return fmt
+    raise ConfigError(
+        f"cannot tell the format of {path}: name it .csv, .jsonl or .parquet (optionally .gz) "
+        "or set 'format:' in a --mapping file"
+    )
+
+
+def open_text(path: str | os.PathLike[str], mode: str = "rt") -> IO[Any]:
+    """Open a text file, transparently gunzipping/gzipping ``*.gz``."""
+    if str(path).endswith(".gz"):
+        return gzip.open(path, mode, encoding="utf-8" if "b" not in mode else None)
+    return open(path, mode, encoding="utf-8" if "b" not in mode else None)
+
+
+def read_records(
+    path: str | os.PathLike[str], fmt: str | None = None, mapping: ColumnMapping | None = None
+) -> Iterator[Record]:
+    """Yield ``(line, record | error, raw text)`` for each record of a CSV or JSONL file.
+
+    A line that is not valid JSON yields the error instead of a dict (it becomes a dead
+    letter); empty CSV cells are treated as missing.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"input file not found: {p}")
+    fmt = infer_format(p, fmt or (mapping.format if mapping else None))
+    if fmt == "parquet":
+        yield from _read_parquet(p, mapping)
+    elif fmt == "csv":
+        yield from _read_csv(p, mapping)
+    else:
+        yield from _read_jsonl(p, mapping)
+
+
+def _read_jsonl(p: Path, mapping: ColumnMapping | None) -> Iterator[Record]:
+    with open_text(p, "rb") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = orjson.loads(line)
+            except orjson.JSONDecodeError as e:
+                yield n, ValueError(f"not valid JSON: {e}"), line.decode("utf-8", "replace")
+                continue
+            if mapping is not None and isinstance(rec, dict):
+                if n == 1:
+                    mapping.check_columns(list(rec), where=f"{p}:1")
+                rec = mapping.apply(rec)
+            yield n, rec, None
+
+
+def _read_csv(p: Path, mapping: ColumnMapping | None) -> Iterator[Record]:
+    with open_text(p, "rt") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None:
+            return
+        if mapping is not None:
+            mapping.check_columns(header, where=f"{p}:1")
+        width = len(header)
+        for n, row in enumerate(reader, 2):
+            if len(row) != width:
+                raw = io.StringIO()
+                csv.writer(raw).writerow(row)
+                yield n, ValueError(f"expected {width} columns, found {len(row)}"), raw.getvalue()
+                continue
+            rec = {k: v for k, v in zip(header, row, strict=True) if v != ""}
+            yield n, (mapping.apply(rec) if mapping is not None else rec), None
+
+
+def _read_parquet(p: Path, mapping: ColumnMapping | None) -> Iterator[Record]:
+    try:
+        import pyarrow.parquet as pq  # optional: only parquet users need it
+    except ImportError:
+        raise ConfigError("reading parquet needs pyarrow: pip install pyarrow") from None
+    table = pq.read_table(p)
+    if mapping is not None:
+        mapping.check_columns(table.column_names, where=str(p))
+    for n, rec in enumerate(table.to_pylist(), 1):
+        rec = {k: v for k, v in rec.items() if v is not None}
+        yield n, (mapping.apply(rec) if mapping is not None else rec), None
+
+
+class JsonlSink:
+    """Append records as JSON lines to a file (gzip when ``*.gz``), opened on first write."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.count = 0
+        self._f: IO[bytes] | None = None
+
+    def write(self, record: Any) -> None:
+        if self._f is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._f = open_text(self.path, "wb")
+        self._f.write(dumps(record) + b"\n")
+        self.count += 1
+
+    def flush(self) -> None:
+        if self._f is not None:
+            self._f.flush()
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+    def __enter__(self) -> JsonlSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

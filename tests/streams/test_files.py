@@ -1,0 +1,98 @@
+import gzip
+
+import pytest
+
+from fds.errors import ConfigError
+from fds.streams.files import ColumnMapping, JsonlSink, infer_format, load_mapping, read_records
+
+MAPPING = """\
+format: csv
+fields:
+  tx_id: TRANSACTION_ID
+  ts: TX_DATETIME
+  card_id: CUSTOMER_ID
+  merchant_id: TERMINAL_ID
+  amount: TX_AMOUNT
+timezone: Asia/Seoul
+label:
+  column: TX_FRAUD
+  delay: 7d
+"""
+CSV = """\
+TRANSACTION_ID,TX_DATETIME,CUSTOMER_ID,TERMINAL_ID,TX_AMOUNT,TX_FRAUD,SECTOR
+1,2026-01-01 09:00:00,17,301,12.50,0,food
+2,2026-01-01 09:05:00,17,302,990.00,1,
+"""
+
+
+def test_mapping_renames_and_keeps_unmapped_columns(tmp_path):
+    (tmp_path / "m.yaml").write_text(MAPPING)
+    (tmp_path / "h.csv").write_text(CSV)
+    m = load_mapping(tmp_path / "m.yaml")
+    assert m.label is not None and m.label.delay == 7 * 86400
+    recs = list(read_records(tmp_path / "h.csv", mapping=m))
+    assert [r[0] for r in recs] == [2, 3]  # positions are file line numbers
+    first = recs[0][1]
+    assert first == {"tx_id": "1", "ts": "2026-01-01 09:00:00", "card_id": "17",
+                     "merchant_id": "301", "amount": "12.50", "TX_FRAUD": "0", "SECTOR": "food"}
+    assert "SECTOR" not in recs[1][1]  # empty cell = missing
+
+
+def test_mapping_unknown_column_names_file_and_columns(tmp_path):
+    (tmp_path / "m.yaml").write_text(MAPPING.replace("TX_AMOUNT", "AMOUNT_EUR"))
+    (tmp_path / "h.csv").write_text(CSV)
+    with pytest.raises(ConfigError, match=r"\['AMOUNT_EUR'\].*its columns are"):
+        list(read_records(tmp_path / "h.csv", mapping=load_mapping(tmp_path / "m.yaml")))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("fields:\n  tx_id: A\n  shoe: B\n", r"m.yaml:1: fields: Value error, unknown engine"),
+        ("fields: {tx_id: A}\ntimezone: Mars/Base\n", r"m.yaml.*unknown timezone 'Mars/Base'"),
+        ("fields: {tx_id: A}\nlabel: {column: F, delay: soon}\n", r"bad duration 'soon'"),
+        ("fields: [tx_id\n", r"m.yaml:2:1: not valid YAML"),
+        ("fields: {}\nformat: xml\n", r"m.yaml:2: format: Input should be 'csv'"),
+    ],
+)
+def test_bad_mapping_names_file_line_and_problem(tmp_path, text, message):
+    (tmp_path / "m.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_mapping(tmp_path / "m.yaml")
+
+
+def test_jsonl_gzip_and_bad_lines(tmp_path):
+    p = tmp_path / "x.jsonl.gz"
+    with gzip.open(p, "wt") as f:
+        f.write('{"a": 1}\n\n{not json\n[1]\n')
+    recs = list(read_records(p))
+    assert recs[0] == (1, {"a": 1}, None)
+    assert recs[1][0] == 3 and isinstance(recs[1][1], ValueError) and recs[1][2] == "{not json\n"
+    assert recs[2] == (4, [1], None)
+
+
+def test_csv_ragged_row_is_an_error_record(tmp_path):
+    p = tmp_path / "x.csv"
+    p.write_text("a,b\n1,2\n1,2,3\n")
+    recs = list(read_records(p))
+    assert recs[0][1] == {"a": "1", "b": "2"}
+    assert "expected 2 columns, found 3" in str(recs[1][1])
+
+
+def test_infer_format():
+    assert infer_format("a.csv.gz") == "csv"
+    assert infer_format("a.ndjson") == "jsonl"
+    assert infer_format("a.txt", "csv") == "csv"
+    with pytest.raises(ConfigError, match="cannot tell the format"):
+        infer_format("a.txt")
+
+
+def test_sink_roundtrip(tmp_path):
+    with JsonlSink(tmp_path / "o.jsonl.gz") as s:
+        s.write({"a": 1})
+        s.write({"b": [1, 2]})
+    assert [r[1] for r in read_records(tmp_path / "o.jsonl.gz")] == [{"a": 1}, {"b": [1, 2]}]
+
+
+def test_mapping_without_fields_is_identity():
+    assert ColumnMapping().apply({"x": 1}) == {"x": 1}

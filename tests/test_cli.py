@@ -1,0 +1,62 @@
+import orjson
+import pytest
+
+from fds.cli import main
+
+T0 = 1767225600.0
+
+
+@pytest.fixture
+def history(tmp_path):
+    p = tmp_path / "h.jsonl"
+    rows = [{"tx_id": f"t{i}", "ts": T0 + i, "card_id": "c", "amount": 5} for i in range(20)]
+    p.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows) + b"not json\n")
+    return p
+
+
+def test_replay_bare_pipeline_end_to_end(history, tmp_path, capsys):
+    out = tmp_path / "d.jsonl"
+    code = main(["replay", str(history), "--rules", "none", "--model", "none",
+                 "--out", str(out), "--no-progress"])
+    assert code == 0
+    decisions = [orjson.loads(x) for x in out.read_bytes().splitlines()]
+    assert len(decisions) == 20 and {d["action"] for d in decisions} == {"approve"}
+    dlq = [orjson.loads(x) for x in (tmp_path / "d.dlq.jsonl").read_bytes().splitlines()]
+    assert dlq[0]["position"] == 21 and dlq[0]["stage"] == "parse"
+    err = capsys.readouterr().err
+    assert "throughput" in err and "dead letters" in err
+
+
+def test_missing_file_exit_2_with_message(tmp_path, capsys):
+    assert main(["replay", str(tmp_path / "nope.jsonl"), "--rules", "none"]) == 2
+    assert "input file not found" in capsys.readouterr().err
+
+
+def test_bad_mapping_exit_2_names_file_and_line(history, tmp_path, capsys):
+    m = tmp_path / "m.yaml"
+    m.write_text("fields:\n  tx_id: A\n  colour: B\n")
+    assert main(["replay", str(history), "--mapping", str(m), "--rules", "none",
+                 "--model", "none", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"{m}:1" in err and "unknown engine field" in err
+
+
+def test_unknown_column_in_mapping(history, tmp_path, capsys):
+    m = tmp_path / "m.yaml"
+    m.write_text("fields:\n  tx_id: TRANSACTION_ID\n")
+    assert main(["replay", str(history), "--mapping", str(m), "--rules", "none",
+                 "--model", "none", "--no-progress", "--out", str(tmp_path / "o.jsonl")]) == 2
+    assert "['TRANSACTION_ID'] named in the mapping are not in the file" in capsys.readouterr().err
+
+
+def test_bad_argument_says_what_and_how(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["replay"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "the following arguments are required: file" in err and "--help" in err
+
+
+def test_bad_speed(history, capsys):
+    assert main(["replay", str(history), "--speed", "-1", "--rules", "none"]) == 2
+    assert "--speed must be > 0" in capsys.readouterr().err

@@ -1,0 +1,88 @@
+from datetime import timezone
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from fds.errors import ValidationError
+from fds.schema import Decision, dead_letter, parse_label, parse_transaction
+
+BASE = {"tx_id": "t1", "card_id": "c1", "amount": 10.0}
+EPOCH = 1767225600.0  # 2026-01-01T00:00:00Z
+
+
+@pytest.mark.parametrize(
+    "ts",
+    [
+        EPOCH,
+        int(EPOCH),
+        int(EPOCH * 1000),
+        str(EPOCH),
+        str(int(EPOCH * 1000)),
+        "2026-01-01T00:00:00Z",
+        "2026-01-01T00:00:00+00:00",
+        "2026-01-01T09:00:00+09:00",
+        "2025-12-31T19:00:00-05:00",
+        "2026-01-01T00:00:00.000Z",
+    ],
+)
+def test_every_timestamp_form(ts):
+    assert parse_transaction({**BASE, "ts": ts})["ts"] == EPOCH
+
+
+def test_naive_timestamp_takes_configured_zone():
+    tx = parse_transaction({**BASE, "ts": "2026-01-01T09:00:00"}, ZoneInfo("Asia/Seoul"))
+    assert tx["ts"] == EPOCH
+    assert parse_transaction({**BASE, "ts": "2026-01-01 00:00:00"}, timezone.utc)["ts"] == EPOCH
+
+
+@pytest.mark.parametrize(
+    ("record", "reason"),
+    [
+        ({"ts": EPOCH, "card_id": "c", "amount": 1}, "tx_id: Field required"),
+        ({**BASE, "ts": "yesterday"}, "neither ISO 8601 nor epoch"),
+        ({**BASE, "ts": EPOCH, "amount": 0}, "amount: Input should be greater than 0"),
+        ({**BASE, "ts": EPOCH, "amount": "ten"}, "amount: Input should be a valid number"),
+        ({**BASE, "ts": EPOCH, "lat": 123}, "lat: Input should be less than or equal to 90"),
+        ({**BASE, "ts": True}, "ts"),
+        ([1, 2], "must be a JSON object"),
+    ],
+)
+def test_invalid_records_raise_readable_reason(record, reason):
+    with pytest.raises(ValidationError, match=reason):
+        parse_transaction(record)
+
+
+def test_unknown_keys_go_to_extra_and_ids_become_strings():
+    tx = parse_transaction({**BASE, "ts": EPOCH, "card_id": 42, "loyalty": "gold",
+                            "extra": {"a": 1}})
+    assert tx["card_id"] == "42"
+    assert tx["extra"] == {"a": 1, "loyalty": "gold"}
+    assert "loyalty" not in tx
+
+
+def test_input_not_mutated():
+    raw = {**BASE, "ts": "2026-01-01T00:00:00Z", "x": 1}
+    before = dict(raw)
+    parse_transaction(raw)
+    assert raw == before
+
+
+def test_label():
+    lab = parse_label({"tx_id": 7, "ts": "2026-01-02T00:00:00Z", "is_fraud": "true"})
+    assert lab == {"tx_id": "7", "ts": EPOCH + 86400, "is_fraud": True, "source": None}
+    with pytest.raises(ValidationError, match="is_fraud"):
+        parse_label({"tx_id": "t", "ts": EPOCH})
+
+
+def test_dead_letter_keeps_raw_bytes_as_text():
+    d = dead_letter(stage="parse", error=ValueError("bad"), raw=b"{oops", source="f", position=3)
+    assert d == {"stage": "parse", "error": "ValueError", "reason": "bad", "raw": "{oops",
+                 "source": "f", "position": 3}
+
+
+def test_engine_decision_matches_decision_contract():
+    from fds.engine import Engine
+
+    d = Engine().decide(parse_transaction({**BASE, "ts": EPOCH}))
+    assert Decision.model_validate(d).action == "approve"
+    assert d["ts"] == "2026-01-01T00:00:00.000+00:00"
