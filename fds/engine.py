@@ -67,10 +67,6 @@ class PolicyStage(Protocol):
     ) -> tuple[str, float]: ...
 
 
-def _default_policy(hits: list[dict[str, Any]], model_score: float | None, ts: float):
-    return "approve", 0.0
-
-
 class Engine:
     """Decides transactions and learns from labels, one event at a time.
 
@@ -102,41 +98,42 @@ class Engine:
 
     def decide(self, tx: Mapping[str, Any]) -> dict[str, Any]:
         """Decide one validated transaction. Raises :class:`StageError` naming the stage."""
-        t0 = self._perf()
+        perf = self._perf
+        t0 = perf()
+        ts = tx["ts"]
+        features, rules, model, policy = self.features, self.rules, self.model, self.policy
         stage = "features"
         try:
-            feats = self.features.compute(tx) if self.features is not None else {}
+            feats = features.compute(tx) if features is not None else {}
             stage = "rules"
-            hits = self.rules.evaluate(tx, feats) if self.rules is not None else []
+            hits = rules.evaluate(tx, feats) if rules is not None else []
             stage = "model"
-            if self.model is not None:
-                model_score, model_version = self.model.score(tx, feats)
-            else:
-                model_score, model_version = None, None
+            model_score, model_version = (
+                model.score(tx, feats) if model is not None else (None, None)
+            )
             stage = "policy"
-            if self.policy is not None:
-                action, score = self.policy.decide(hits, model_score, tx["ts"])
-            else:
-                action, score = _default_policy(hits, model_score, tx["ts"])
+            action, score = (
+                policy.decide(hits, model_score, ts) if policy is not None else ("approve", 0.0)
+            )
         except Exception as e:
             raise StageError(stage, e) from e
         flags = feats.pop("_flags", None) if feats else None
         decision = {
             "tx_id": tx["tx_id"],
-            "ts": format_ts(tx["ts"]),
+            "ts": format_ts(ts),
             "decided_at": format_ts(self._clock()),
             "action": action,
             "score": score,
             "model_score": model_score,
             "rule_hits": hits,
             "model_version": model_version,
-            "ruleset_version": self.rules.version if self.rules is not None else None,
-            "latency_ms": round((self._perf() - t0) * 1000.0, 3),
+            "ruleset_version": rules.version if rules is not None else None,
+            "latency_ms": round((perf() - t0) * 1000.0, 3),
             "features": feats,
             "flags": flags or [],
         }
-        if self.model is not None:
-            self.model.on_decision(tx, decision)
+        if model is not None:
+            model.on_decision(tx, decision)
         return decision
 
     def learn(self, label: Mapping[str, Any]) -> None:

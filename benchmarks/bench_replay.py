@@ -1,0 +1,103 @@
+"""Replay throughput of the bare pipeline: parse + validate + decision + JSONL sink, no stages.
+
+Target (issue 2): >= 100,000 transactions/s on one core. Run:
+
+    python benchmarks/bench_replay.py [--n 300000]
+
+Writes benchmarks/results/replay.md. Figures are wall-clock on a shared machine: the report
+gives the best of ``--repeat`` runs, with the JSON-only parse cost measured in the same run as
+a reference ceiling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+
+from fds.engine import Engine
+from fds.replay import load, run
+from fds.streams.files import JsonlSink
+
+RESULTS = Path(__file__).parent / "results" / "replay.md"
+
+
+def make_file(path: Path, n: int, seed: int = 7) -> None:
+    """A realistic-width transaction stream (the contract's fields, ~250 bytes per line)."""
+    rng = random.Random(seed)
+    t0 = 1767225600.0
+    with open(path, "wb") as f:
+        for i in range(n):
+            f.write(orjson.dumps({
+                "tx_id": f"tx{i:09d}", "ts": t0 + i * 0.25, "card_id": f"c{rng.randrange(50000)}",
+                "amount": round(rng.lognormvariate(3.5, 1.0), 2), "currency": "KRW",
+                "merchant_id": f"m{rng.randrange(3000)}", "mcc": "5411", "country": "KR",
+                "channel": rng.choice(["pos", "online"]), "device_id": f"d{rng.randrange(60000)}",
+                "ip": f"10.0.{rng.randrange(256)}.{rng.randrange(256)}",
+                "customer_id": f"u{rng.randrange(50000)}",
+            }) + b"\n")
+
+
+def measure(path: Path, out: Path) -> tuple[float, float, float]:
+    t0 = time.perf_counter()
+    stream = load(path)
+    t1 = time.perf_counter()
+    with JsonlSink(out) as sink, JsonlSink(out.with_suffix(".dlq.jsonl")) as dlq:
+        summary = run(Engine(), stream, sink, dlq)
+    t2 = time.perf_counter()
+    assert summary.decided == len(stream.transactions)
+    n = len(stream.transactions)
+    return n / (t2 - t0), n / (t1 - t0), n / (t2 - t1)
+
+
+def json_only(path: Path) -> float:
+    t0 = time.perf_counter()
+    n = sum(1 for line in open(path, "rb") if orjson.loads(line))
+    return n / (time.perf_counter() - t0)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=300_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    cmd = f"python benchmarks/bench_replay.py --n {args.n} --repeat {args.repeat}"
+    with tempfile.TemporaryDirectory() as d:
+        src = Path(d) / "tx.jsonl"
+        make_file(src, args.n)
+        best = max((measure(src, Path(d) / "out.jsonl") for _ in range(args.repeat)),
+                   key=lambda r: r[0])
+        ceiling = max(json_only(src) for _ in range(args.repeat))
+    total, parse, decide = best
+    verdict = "meets" if total >= 100_000 else "MISSES"
+    lines = [
+        "# Replay throughput, bare pipeline (issue 2)",
+        "",
+        f"Command: `{cmd}`  ",
+        f"Machine: {platform.processor() or platform.machine()}, Python "
+        f"{platform.python_version()}, one process (one core).",
+        "",
+        "| stage | transactions/s |",
+        "|---|---|",
+        f"| end to end (parse + validate + decide + JSONL sink) | **{total:,.0f}** |",
+        f"| of which: read + parse + validate | {parse:,.0f} |",
+        f"| of which: decide + serialise + write | {decide:,.0f} |",
+        f"| reference: orjson.loads only (ceiling) | {ceiling:,.0f} |",
+        "",
+        f"Target >= 100,000 tx/s: **{verdict}** ({total / 100_000:.2f}x of target; "
+        f"{total / ceiling:.0%} of the JSON-parse-only ceiling measured in the same run).",
+    ]
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,14 @@
+import types
+
+import fds
+
+
+def test_all_is_exactly_the_public_names():
+    public = {
+        n for n, v in vars(fds).items()
+        if not n.startswith("_") and not isinstance(v, types.ModuleType)
+    }
+    assert set(fds.__all__) == public
+    assert fds.__all__ == sorted(fds.__all__)
+    for name in fds.__all__:
+        assert getattr(fds, name).__doc__, f"{name} has no docstring"
