@@ -110,6 +110,7 @@ class Decision(BaseModel):
 #: Top-level transaction fields of the contract (everything else goes to ``extra``).
 TX_FIELDS: frozenset[str] = frozenset(Transaction.__annotations__)
 _TX = TypeAdapter(Transaction)
+_validate_tx = _TX.validator.validate_python  # the core validator: skips a wrapper layer
 
 loads = orjson.loads
 
@@ -136,7 +137,7 @@ def parse_transaction(raw: Any, tz: tzinfo = UTC) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ValidationError(f"a transaction must be a JSON object, got {type(raw).__name__}")
     try:
-        tx: dict[str, Any] = _TX.validate_python(raw)  # type: ignore[assignment]
+        tx: dict[str, Any] = _validate_tx(raw)
     except pydantic.ValidationError as e:
         raise ValidationError(_reason(e)) from None
     unknown = tx.keys() - TX_FIELDS

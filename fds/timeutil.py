@@ -53,6 +53,8 @@ def parse_ts(value: object, default_tz: tzinfo = UTC) -> float:
     >>> parse_ts("2023-11-14T22:13:20Z"), parse_ts("2023-11-15T07:13:20+09:00")
     (1700000000.0, 1700000000.0)
     """
+    if type(value) is float and 0.0 <= value < _MS_THRESHOLD:
+        return value  # the common case on the hot path
     if isinstance(value, bool):
         raise ValueError("a boolean is not a timestamp")
     if isinstance(value, int | float):

@@ -13,7 +13,7 @@ import io
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, cast
 
 import orjson
 import pydantic
@@ -155,9 +155,10 @@ def infer_format(path: str | os.PathLike[str], declared: str | None = None) -> s
 
 def open_text(path: str | os.PathLike[str], mode: str = "rt") -> IO[Any]:
     """Open a text file, transparently gunzipping/gzipping ``*.gz``."""
+    encoding = None if "b" in mode else "utf-8"
     if str(path).endswith(".gz"):
-        return gzip.open(path, mode, encoding="utf-8" if "b" not in mode else None)
-    return open(path, mode, encoding="utf-8" if "b" not in mode else None)
+        return cast(IO[Any], gzip.open(path, mode, encoding=encoding))
+    return open(path, mode, encoding=encoding)
 
 
 def read_records(
