@@ -67,6 +67,12 @@ class PolicyStage(Protocol):
     ) -> tuple[str, float]: ...
 
 
+def _lap(m: Any, stage: str, t: float, perf: Callable[[], float]) -> float:
+    now = perf()
+    m.stage_time(stage, now - t)
+    return now
+
+
 class Engine:
     """Decides transactions and learns from labels, one event at a time.
 
@@ -98,9 +104,11 @@ class Engine:
 
     def decide(self, tx: Mapping[str, Any]) -> dict[str, Any]:
         """Decide one validated transaction. Raises :class:`StageError` naming the stage."""
+        m = self.metrics
+        if m is not None and m.sample_stages():
+            return self._decide_timed(tx, m)
         perf = self._perf
         t0 = perf()
-        ts = tx["ts"]
         features, rules, model, policy = self.features, self.rules, self.model, self.policy
         stage = "features"
         try:
@@ -113,27 +121,79 @@ class Engine:
             )
             stage = "policy"
             action, score = (
-                policy.decide(hits, model_score, ts) if policy is not None else ("approve", 0.0)
+                policy.decide(hits, model_score, tx["ts"])
+                if policy is not None
+                else ("approve", 0.0)
             )
         except Exception as e:
             raise StageError(stage, e) from e
+        return self._emit(tx, feats, hits, model_score, model_version, action, score, t0)
+
+    def _decide_timed(self, tx: Mapping[str, Any], m: Any) -> dict[str, Any]:
+        """The same as :meth:`decide`, timing each stage (a sample of events, for metrics)."""
+        perf = self._perf
+        t0 = t = perf()
+        feats: dict[str, Any] = {}
+        hits: list[dict[str, Any]] = []
+        model_score = model_version = None
+        action, score = "approve", 0.0
+        stage = "features"
+        try:
+            if self.features is not None:
+                feats = self.features.compute(tx)
+                t = _lap(m, stage, t, perf)
+            stage = "rules"
+            if self.rules is not None:
+                hits = self.rules.evaluate(tx, feats)
+                t = _lap(m, stage, t, perf)
+            stage = "model"
+            if self.model is not None:
+                model_score, model_version = self.model.score(tx, feats)
+                t = _lap(m, stage, t, perf)
+            stage = "policy"
+            if self.policy is not None:
+                action, score = self.policy.decide(hits, model_score, tx["ts"])
+                _lap(m, stage, t, perf)
+        except Exception as e:
+            raise StageError(stage, e) from e
+        return self._emit(tx, feats, hits, model_score, model_version, action, score, t0)
+
+    def _emit(
+        self,
+        tx: Mapping[str, Any],
+        feats: dict[str, Any],
+        hits: list[dict[str, Any]],
+        model_score: float | None,
+        model_version: str | None,
+        action: str,
+        score: float,
+        t0: float,
+    ) -> dict[str, Any]:
+        ts = tx["ts"]
+        now = self._clock()
         flags = feats.pop("_flags", None) if feats else None
+        latency = self._perf() - t0
         decision = {
             "tx_id": tx["tx_id"],
             "ts": format_ts(ts),
-            "decided_at": format_ts(self._clock()),
+            "decided_at": format_ts(now),
             "action": action,
             "score": score,
             "model_score": model_score,
             "rule_hits": hits,
             "model_version": model_version,
-            "ruleset_version": rules.version if rules is not None else None,
-            "latency_ms": round((perf() - t0) * 1000.0, 3),
+            "ruleset_version": self.rules.version if self.rules is not None else None,
+            "latency_ms": round(latency * 1000.0, 3),
             "features": feats,
             "flags": flags or [],
         }
-        if model is not None:
-            model.on_decision(tx, decision)
+        if self.model is not None:
+            self.model.on_decision(tx, decision)
+        m = self.metrics
+        if m is not None:
+            m.decision(action, latency, now - ts)
+            for h in hits:
+                m.rule_hit(h["id"], h["state"])
         return decision
 
     def learn(self, label: Mapping[str, Any]) -> None:

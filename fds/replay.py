@@ -187,6 +187,8 @@ def run(
     s = ReplaySummary(transactions=len(stream.transactions), reordered=stream.reordered)
     for d in stream.dead_letters:
         dlq.write(d)
+        if engine.metrics is not None:
+            engine.metrics.dlq(d["stage"])
     s.dead_letters = len(stream.dead_letters)
     labels: Sequence[dict[str, Any]] = stream.labels
     frauds = {lab["tx_id"] for lab in labels if lab["is_fraud"]} if labels else None
@@ -197,6 +199,8 @@ def run(
     first_ts = stream.transactions[0]["ts"] if stream.transactions else 0.0
     actions = s.actions
     metrics = engine.metrics
+    counted = 0  # events already reported to metrics
+    source_kind = "file"
     for i, tx in enumerate(stream.transactions):
         ts = tx["ts"]
         while li < nl and labels[li]["ts"] <= ts:
@@ -225,9 +229,15 @@ def run(
         if frauds is not None and tx["tx_id"] in frauds:
             total_frauds += 1
             alerted_frauds += action != "approve"
-        if bar is not None and not i % _PROGRESS_EVERY:
-            bar.update(i - bar.n)
+        if not i % _PROGRESS_EVERY:
+            if bar is not None:
+                bar.update(i - bar.n)
+            if metrics is not None:
+                metrics.events_consumed(source_kind, i - counted)
+                counted = i
     s.seconds = time.perf_counter() - t0
+    if metrics is not None:
+        metrics.events_consumed(source_kind, len(stream.transactions) - counted)
     s.labels_learned = li
     s.decided = sum(actions.values())
     if frauds is not None:
