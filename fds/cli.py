@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 from pathlib import Path
 
 from fds.errors import ConfigError, FdsError
+from fds.logs import configure_logging
 
 __all__ = ["build_parser", "main"]
 
@@ -40,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Real-time fraud detection: windowed features, YAML rules, adaptive model.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    parser.add_argument(
+        "--log-format",
+        choices=("kv", "json"),
+        default="kv",
+        help='log lines as key="value" (default) or JSON',
+    )
     sub = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=_Parser
     )
@@ -57,11 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fds`` console script."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging("DEBUG" if args.verbose else "INFO", fmt=args.log_format)
     try:
         return int(args.func(args) or 0)
     except ConfigError as e:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
 
 from fds import replay as replay_mod
+from fds.metrics import Metrics, serve
 from fds.pipeline import DEFAULT_MODEL, DEFAULT_RULES, build_engine
 from fds.streams.files import JsonlSink, load_mapping
 
@@ -59,6 +61,11 @@ def register(sub: Any) -> None:
         default=None,
         help="serve Prometheus /metrics on this port while replaying",
     )
+    p.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address for --metrics-port (0.0.0.0 to be scraped from elsewhere)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_replay)
 
@@ -80,7 +87,8 @@ def _replay(args: argparse.Namespace) -> int:
         print(f"fds replay: error: input file not found: {args.file}", file=sys.stderr)
         return 2
     mapping = load_mapping(args.mapping) if args.mapping else None
-    engine = build_engine(args.rules, args.model)
+    metrics = Metrics()
+    engine = build_engine(args.rules, args.model, metrics=metrics, watch=True)
     stream = replay_mod.load(args.file, mapping=mapping, labels_path=args.labels)
     if stream.reordered:
         print(
@@ -89,7 +97,13 @@ def _replay(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     dlq_path = args.dlq or dlq_path_for(args.out)
-    with JsonlSink(args.out) as sink, JsonlSink(dlq_path) as dlq:
+    with contextlib.ExitStack() as stack:
+        sink = stack.enter_context(JsonlSink(args.out))
+        dlq = stack.enter_context(JsonlSink(dlq_path))
+        if args.metrics_port is not None:
+            server = stack.enter_context(serve(metrics, args.metrics_host, args.metrics_port))
+            print(f"metrics: {server.url}", file=sys.stderr)
+        stack.callback(engine.close)
         summary = replay_mod.run(
             engine,
             stream,
@@ -99,7 +113,7 @@ def _replay(args: argparse.Namespace) -> int:
             speed=args.speed,
             progress=not args.no_progress,
         )
-    replay_mod.print_summary(summary, title=f"replay of {args.file}")
+    replay_mod.print_summary(summary, metrics.summary(), title=f"replay of {args.file}")
     print(
         f"decisions: {args.out}" + (f"  dead letters: {dlq_path}" if summary.dead_letters else ""),
         file=sys.stderr,

@@ -196,6 +196,13 @@ class Engine:
                 m.rule_hit(h["id"], h["state"])
         return decision
 
+    def close(self) -> None:
+        """Stop the stages' background work (rules watcher, model poller)."""
+        for stage in (self.features, self.rules, self.model):
+            close = getattr(stage, "close", None)
+            if close is not None:
+                close()
+
     def learn(self, label: Mapping[str, Any]) -> None:
         """Feed one label (late feedback) to the stages that learn from labels."""
         if self.features is not None:

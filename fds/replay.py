@@ -256,8 +256,10 @@ def _progress(total: int, enabled: bool) -> Any:
     return tqdm(total=total, unit="tx", unit_scale=True, mininterval=0.5, desc="replay")
 
 
-def print_summary(summary: ReplaySummary, title: str = "replay summary") -> None:
-    """Print the end-of-replay table."""
+def print_summary(
+    summary: ReplaySummary, metrics: dict[str, Any] | None = None, title: str = "replay summary"
+) -> None:
+    """Print the end-of-replay table (with latency percentiles from ``Metrics.summary()``)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -266,6 +268,10 @@ def print_summary(summary: ReplaySummary, title: str = "replay summary") -> None
     table.add_column("value", justify="right")
     for k, v in summary.rows():
         table.add_row(k, v)
+    lat = (metrics or {}).get("latency_ms") or {}
+    for q in ("p50", "p95", "p99"):
+        if lat.get(q) is not None:
+            table.add_row(f"decision latency {q}", f"{lat[q]:.3f} ms")
     Console(stderr=True).print(table)
 
 
