@@ -11,12 +11,16 @@ small interface (below); with no stages configured every transaction is approved
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 from fds.errors import StageError
+from fds.guardrails import MODEL, decision_sources
 from fds.timeutil import format_ts
+
+log = logging.getLogger("fds.engine")
 
 __all__ = ["Engine", "FeatureStage", "ModelStage", "PolicyStage", "RuleStage"]
 
@@ -67,6 +71,10 @@ class PolicyStage(Protocol):
     ) -> tuple[str, float]: ...
 
 
+def _as_shadow(hit: dict[str, Any]) -> dict[str, Any]:
+    return {**hit, "state": "shadow", "demoted": True}
+
+
 def _lap(m: Any, stage: str, t: float, perf: Callable[[], float]) -> float:
     now = perf()
     m.stage_time(stage, now - t)
@@ -80,8 +88,18 @@ class Engine:
     ----------
     features, rules, model, policy
         The stages; any may be ``None`` (skipped).
+    metrics
+        A :class:`fds.metrics.Metrics` (or ``None``): decisions, rule hits, sampled stage times.
+    breaker
+        A :class:`fds.guardrails.RuleBreaker`: a rule (or the model) that alone pushes the
+        decline or review rate beyond its limit is demoted to shadow: its hits are still
+        recorded (``state: shadow``, ``demoted: true``) but no longer act.
+    guard
+        A :class:`fds.guardrails.ModelGuard`: a model that raises or exceeds its latency
+        budget is bypassed ("degraded mode": rules decide alone, decisions flagged
+        ``degraded``) until it recovers, instead of stalling or failing decisions.
     clock
-        Wall clock for ``decided_at`` and ``latency_ms`` (injectable for tests).
+        Wall clock for ``decided_at`` (injectable for tests).
     """
 
     def __init__(
@@ -92,6 +110,8 @@ class Engine:
         model: ModelStage | None = None,
         policy: PolicyStage | None = None,
         metrics: Any = None,
+        breaker: Any = None,
+        guard: Any = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.features = features
@@ -99,80 +119,57 @@ class Engine:
         self.model = model
         self.policy = policy
         self.metrics = metrics
+        self.breaker = breaker
+        self.guard = guard
+        self.demoted: set[str] = set()  # rule ids (and MODEL) demoted to shadow by the breaker
         self._clock = clock
         self._perf = time.perf_counter
 
     def decide(self, tx: Mapping[str, Any]) -> dict[str, Any]:
         """Decide one validated transaction. Raises :class:`StageError` naming the stage."""
         m = self.metrics
-        if m is not None and m.sample_stages():
-            return self._decide_timed(tx, m)
-        perf = self._perf
-        t0 = perf()
-        features, rules, model, policy = self.features, self.rules, self.model, self.policy
-        stage = "features"
-        try:
-            feats = features.compute(tx) if features is not None else {}
-            stage = "rules"
-            hits = rules.evaluate(tx, feats) if rules is not None else []
-            stage = "model"
-            model_score, model_version = (
-                model.score(tx, feats) if model is not None else (None, None)
-            )
-            stage = "policy"
-            action, score = (
-                policy.decide(hits, model_score, tx["ts"])
-                if policy is not None
-                else ("approve", 0.0)
-            )
-        except Exception as e:
-            raise StageError(stage, e) from e
-        return self._emit(tx, feats, hits, model_score, model_version, action, score, t0)
-
-    def _decide_timed(self, tx: Mapping[str, Any], m: Any) -> dict[str, Any]:
-        """The same as :meth:`decide`, timing each stage (a sample of events, for metrics)."""
+        timed = m is not None and m.sample_stages()  # time the stages of a sample of events
         perf = self._perf
         t0 = t = perf()
+        ts = tx["ts"]
         feats: dict[str, Any] = {}
         hits: list[dict[str, Any]] = []
         model_score = model_version = None
-        action, score = "approve", 0.0
+        flags: list[str] = []
         stage = "features"
         try:
             if self.features is not None:
                 feats = self.features.compute(tx)
-                t = _lap(m, stage, t, perf)
+                if "_flags" in feats:
+                    flags = feats.pop("_flags")
+                if timed:
+                    t = _lap(m, stage, t, perf)
             stage = "rules"
             if self.rules is not None:
                 hits = self.rules.evaluate(tx, feats)
-                t = _lap(m, stage, t, perf)
+                if self.demoted and hits:
+                    hits = [_as_shadow(h) if h["id"] in self.demoted else h for h in hits]
+                if timed:
+                    t = _lap(m, stage, t, perf)
             stage = "model"
             if self.model is not None:
-                model_score, model_version = self.model.score(tx, feats)
-                t = _lap(m, stage, t, perf)
+                model_score, model_version = self._score(tx, feats, flags)
+                if timed:
+                    t = _lap(m, stage, t, perf)
             stage = "policy"
+            acting_score = None if MODEL in self.demoted else model_score
             if self.policy is not None:
-                action, score = self.policy.decide(hits, model_score, tx["ts"])
-                _lap(m, stage, t, perf)
+                action, score = self.policy.decide(hits, acting_score, ts)
+                if timed:
+                    _lap(m, stage, t, perf)
+            else:
+                action, score = "approve", 0.0
         except Exception as e:
             raise StageError(stage, e) from e
-        return self._emit(tx, feats, hits, model_score, model_version, action, score, t0)
-
-    def _emit(
-        self,
-        tx: Mapping[str, Any],
-        feats: dict[str, Any],
-        hits: list[dict[str, Any]],
-        model_score: float | None,
-        model_version: str | None,
-        action: str,
-        score: float,
-        t0: float,
-    ) -> dict[str, Any]:
-        ts = tx["ts"]
+        if self.breaker is not None and action != "approve":
+            self._watch_rates(action, hits, acting_score, ts)
         now = self._clock()
-        flags = feats.pop("_flags", None) if feats else None
-        latency = self._perf() - t0
+        latency = perf() - t0
         decision = {
             "tx_id": tx["tx_id"],
             "ts": format_ts(ts),
@@ -185,16 +182,77 @@ class Engine:
             "ruleset_version": self.rules.version if self.rules is not None else None,
             "latency_ms": round(latency * 1000.0, 3),
             "features": feats,
-            "flags": flags or [],
+            "flags": flags,
         }
         if self.model is not None:
             self.model.on_decision(tx, decision)
-        m = self.metrics
         if m is not None:
             m.decision(action, latency, now - ts)
             for h in hits:
                 m.rule_hit(h["id"], h["state"])
         return decision
+
+    def _score(
+        self, tx: Mapping[str, Any], feats: Mapping[str, Any], flags: list[str]
+    ) -> tuple[float | None, str | None]:
+        model, guard = self.model, self.guard
+        assert model is not None
+        if guard is None:
+            return model.score(tx, feats)
+        result: tuple[float | None, str | None] = (None, None)
+        if guard.allow():
+            t = self._perf()
+            try:
+                result = model.score(tx, feats)
+            except Exception as e:  # a failing model degrades to rules alone, never stalls
+                guard.failure(e)
+                self._fallback("error")
+            else:
+                guard.success(self._perf() - t)
+        else:
+            self._fallback("degraded")
+        for kind, reason in guard.transitions():
+            if self.metrics is not None:
+                self.metrics.degraded(kind == "degraded")
+            log.warning('model %s reason="%s" error="%s"', kind, reason, guard.last_error)
+        if result[0] is None:
+            flags.append("degraded")
+        return result
+
+    def _fallback(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.model_fallback(reason)
+
+    def _watch_rates(
+        self, action: str, hits: list[dict[str, Any]], model_score: float | None, ts: float
+    ) -> None:
+        policy = self.policy
+        sources = decision_sources(
+            action,
+            hits,
+            model_score,
+            decline_at=getattr(policy, "decline_at", 1.0),
+            review_at=getattr(policy, "review_threshold", getattr(policy, "review_at", 1.0)),
+        )
+        for trip in self.breaker.observe(action, sources, ts=ts):
+            self.demoted.add(trip.source)
+            if self.metrics is not None:
+                self.metrics.demoted(trip.kind, trip.source)
+            log.warning(
+                'demoted to shadow by rate breaker kind="%s" target="%s" action="%s" '
+                'rate="%.4f" limit="%.4f"',
+                trip.kind,
+                trip.source,
+                trip.action,
+                trip.rate,
+                trip.limit,
+            )
+
+    def restore(self, source: str) -> None:
+        """Put a demoted rule (or ``"@model"``) back in force after a fix."""
+        self.demoted.discard(source)
+        if self.breaker is not None:
+            self.breaker.reset(source)
 
     def close(self) -> None:
         """Stop the stages' background work (rules watcher, model poller)."""

@@ -2,6 +2,12 @@
 
 The same builder serves ``fds replay``, ``fds run`` (Kafka), ``fds demo`` and the benchmarks,
 so every door runs the same code path.
+
+>>> engine = build_engine(DEFAULT_RULES, None)
+>>> d = engine.decide({"tx_id": "t1", "ts": 1767225600.0, "card_id": "c1", "amount": 5.0,
+...                    "merchant_id": "m1", "country": "KR", "device_id": "d1"})
+>>> d["action"], d["ruleset_version"] == engine.rules.version, "card_count_1h" in d["features"]
+('approve', True, True)
 """
 
 from __future__ import annotations
@@ -10,12 +16,22 @@ from pathlib import Path
 from typing import Any
 
 from fds.engine import Engine
+from fds.guardrails import ModelGuard, RuleBreaker
 
 __all__ = ["DEFAULT_MODEL", "DEFAULT_RULES", "build_engine"]
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RULES = ROOT / "rules" / "default.yaml"
 DEFAULT_MODEL = ROOT / "models" / "default.yaml"
+
+# Guardrail defaults. A window of 2,000 decisions is a few seconds of peak traffic: a rule
+# that declines everything is caught within ~min_events decisions, long before customers notice.
+BREAKER_WINDOW = 2_000
+BREAKER_MIN_EVENTS = 200
+BREAKER_MULTIPLE = 3.0  # a rule may triple the decline/review rate before it is demoted
+# Model latency budget: a decision must stay well inside a payment's ~100 ms authorisation
+# window; River pipelines score in tens of microseconds, so 20 ms means something is wrong.
+MODEL_BUDGET_S = 0.020
 
 
 def build_engine(
@@ -24,12 +40,56 @@ def build_engine(
     *,
     metrics: Any = None,
     watch: bool = False,
+    guardrails: bool = True,
+    grace: str | float = "5m",
+    registry: str | Path | None = None,
 ) -> Engine:
     """An engine with features + rules + policy from ``rules`` and a model from ``model``.
 
     ``None`` for either leaves that part out (``rules=None, model=None`` is the bare pipeline:
-    every transaction approved with score 0). ``watch`` reloads the rules file when it changes.
+    every transaction approved with score 0). ``watch`` reloads the rules file when it changes
+    (off the hot path; a broken file is rejected and the last good ruleset stays).
+    ``guardrails`` adds the rate circuit breaker and the model guard (fds.guardrails).
     """
-    if rules is None and model is None:
-        return Engine(metrics=metrics)
-    raise NotImplementedError("stages are wired once features/rules/model land")
+    from fds.features import FeaturePlan
+    from fds.policy import Policy
+    from fds.rules import ReloadingRuleset, load_ruleset
+
+    features: Any = None
+    rule_stage: Any = None
+    policy: Any = None
+    timezone = "UTC"
+    if rules is not None:
+        if watch:
+            rule_stage = ReloadingRuleset(rules, metrics=metrics)
+            ruleset = rule_stage.current
+            policy = rule_stage.policy
+        else:
+            rule_stage = ruleset = load_ruleset(rules, run_tests=True)
+            policy = Policy.from_spec(ruleset.policy)
+            if metrics is not None:
+                metrics.ruleset_info(ruleset.version)
+        timezone = ruleset.spec.timezone
+        features = FeaturePlan(list(ruleset.features), timezone=timezone, grace=grace)
+    model_stage = None
+    if model is not None:
+        from fds.models import build_model_stage
+
+        model_stage = build_model_stage(model, registry=registry, metrics=metrics)
+        if policy is None:
+            policy = Policy()
+    breaker = guard = None
+    if guardrails:
+        breaker = RuleBreaker(
+            window_events=BREAKER_WINDOW, multiple=BREAKER_MULTIPLE, min_events=BREAKER_MIN_EVENTS
+        )
+        guard = ModelGuard(latency_budget_s=MODEL_BUDGET_S) if model_stage is not None else None
+    return Engine(
+        features=features,
+        rules=rule_stage,
+        model=model_stage,
+        policy=policy,
+        metrics=metrics,
+        breaker=breaker,
+        guard=guard,
+    )

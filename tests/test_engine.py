@@ -1,0 +1,138 @@
+"""The engine's wiring: stage failures, guardrails (rate breaker, degraded mode), metrics."""
+
+import pytest
+
+from fds.engine import Engine
+from fds.errors import StageError
+from fds.guardrails import ModelGuard, RuleBreaker
+from fds.metrics import Metrics
+from fds.policy import Policy
+
+T0 = 1767225600.0
+
+
+def tx(i):
+    return {"tx_id": f"t{i}", "ts": T0 + i, "card_id": f"c{i % 50}", "amount": 10.0}
+
+
+class Rules:
+    """A rule stage: ``bad`` declines everything; ``good`` reviews every 100th transaction."""
+
+    version = "test"
+
+    def evaluate(self, t, feats):
+        hits = [
+            {"id": "bad", "action": "decline", "score": 1.0, "reason": "oops", "state": "active"}
+        ]
+        if int(t["tx_id"][1:]) % 100 == 0:
+            hits.append(
+                {"id": "good", "action": "review", "score": 0.6, "reason": "ok", "state": "active"}
+            )
+        return hits
+
+
+class Model:
+    def __init__(self, fail=False, slow=False):
+        self.fail, self.slow, self.seen = fail, slow, 0
+
+    def score(self, t, feats):
+        if self.fail:
+            raise RuntimeError("model exploded")
+        return 0.1, "v1"
+
+    def on_decision(self, t, d):
+        self.seen += 1
+
+    def on_label(self, label):
+        pass
+
+
+def test_rule_that_declines_everything_is_demoted_within_its_window_rest_keeps_deciding():
+    m = Metrics()
+    engine = Engine(
+        rules=Rules(),
+        policy=Policy(decline_at=0.9, review_at=0.5),
+        metrics=m,
+        breaker=RuleBreaker(window_events=500, multiple=3.0, min_events=50),
+    )
+    actions = [engine.decide(tx(i))["action"] for i in range(1000)]
+    first_ok = actions.index("approve")
+    assert first_ok <= 60  # tripped as soon as the window held min_events decisions
+    assert set(actions[first_ok:]) == {"approve", "review"}
+    assert engine.demoted == {"bad"}
+    late = engine.decide(tx(900))
+    assert late["action"] == "review"  # the good rule still acts
+    bad = next(h for h in late["rule_hits"] if h["id"] == "bad")
+    assert bad["state"] == "shadow" and bad["demoted"] is True
+    assert (
+        m.registry.get_sample_value(
+            "fds_guardrail_demotions_total", {"kind": "rule", "target": "bad"}
+        )
+        == 1.0
+    )
+    engine.restore("bad")
+    assert engine.decide(tx(1001))["action"] == "decline"
+
+
+def test_degraded_mode_when_model_raises():
+    model = Model(fail=True)
+    m = Metrics()
+    engine = Engine(
+        rules=Rules(),
+        model=model,
+        policy=Policy(),
+        metrics=m,
+        guard=ModelGuard(latency_budget_s=0.05, max_failures=3, cooldown_s=60),
+    )
+    ds = [engine.decide(tx(i)) for i in range(10)]
+    assert all(d["model_score"] is None and "degraded" in d["flags"] for d in ds)
+    assert all(d["action"] == "decline" for d in ds)  # rules alone still decide
+    assert engine.guard.degraded
+    assert m.registry.get_sample_value("fds_degraded_mode") == 1.0
+    assert m.registry.get_sample_value("fds_model_fallbacks_total", {"reason": "error"}) == 3.0
+    assert m.registry.get_sample_value("fds_model_fallbacks_total", {"reason": "degraded"}) == 7.0
+
+
+def test_degraded_mode_when_model_exceeds_latency_budget():
+    clock = [0.0]
+
+    class Slow(Model):
+        def score(self, t, feats):
+            clock[0] += 0.2  # every call takes 200 ms of (fake) time
+            return 0.2, "v1"
+
+    engine = Engine(
+        model=Slow(),
+        policy=Policy(),
+        guard=ModelGuard(
+            latency_budget_s=0.05, max_failures=2, cooldown_s=1.0, clock=lambda: clock[0]
+        ),
+    )
+    engine._perf = lambda: clock[0]
+    ds = [engine.decide(tx(i)) for i in range(5)]
+    # two slow calls are paid for (and their scores used), then the model is bypassed
+    assert [d["model_score"] for d in ds] == [0.2, 0.2, None, None, None]
+    clock[0] += 5.0  # cool-down over: one trial call, still slow -> degraded again
+    assert engine.decide(tx(6))["model_score"] == 0.2
+    assert engine.guard.degraded
+
+
+def test_stage_error_names_the_stage():
+    class Broken:
+        version = "x"
+
+        def evaluate(self, t, feats):
+            raise KeyError("amount_eur")
+
+    with pytest.raises(StageError, match=r"rules: KeyError") as e:
+        Engine(rules=Broken()).decide(tx(1))
+    assert e.value.stage == "rules"
+
+
+def test_metrics_count_decisions_and_hits():
+    m = Metrics()
+    engine = Engine(rules=Rules(), policy=Policy(), metrics=m)
+    for i in range(10):
+        engine.decide(tx(i))
+    assert m.summary()["decisions"]["decline"] == 10
+    assert m.summary()["rule_hits"]
