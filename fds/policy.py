@@ -1,0 +1,252 @@
+"""The decision policy: rule hits + model score -> final score and action.
+
+The rule (documented in docs/rules.md):
+
+1. Only **active** hits count; shadow hits are reported in the decision and ignored here.
+2. ``rule_score`` = the highest score among active hits (0 when none).
+3. ``final = 1 - (1 - rule_score) * (1 - model_score)`` (noisy-or: two independent signals of
+   risk; either alone can push the score up, neither can pull it down). Without a model score,
+   ``final = rule_score``.
+4. Action: any active ``decline`` hit -> **decline** (rules override the score); else
+   ``final >= decline_at`` -> decline; else an active ``review`` hit or
+   ``final >= review_threshold`` -> **review**; else approve. (``approve`` rules only contribute
+   their score.)
+5. ``review_threshold`` is ``review_at``, or with ``alert_budget_per_day`` the larger of
+   ``review_at`` and the score above which ``budget`` transactions fell in the last 24 hours of
+   event time (a sliding window of score histograms, see :class:`AlertBudget`): reviews stay near
+   the budget, and because the window slides there is no reset, gap or spike at local midnight.
+
+>>> p = Policy(decline_at=0.9, review_at=0.5)
+>>> p.decide([{"id": "r", "action": "review", "score": 0.4, "state": "active"}], 0.5, 0.0)
+('review', 0.7)
+>>> p.decide([{"id": "s", "action": "decline", "score": 1.0, "state": "shadow"}], 0.1, 0.0)
+('approve', 0.1)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = ["AlertBudget", "Policy"]
+
+
+class AlertBudget:
+    """An adaptive review threshold holding score-driven reviews near ``budget`` per 24 hours.
+
+    Scores are counted in ``bins`` equal bins of [0, 1] per time slot of ``slot_seconds``; a ring
+    of slots covers the last ``window_seconds`` of event time. The threshold is the lowest bin
+    edge above which at most ``budget`` scores fell in the window (scaled to 24 h while the
+    window is still filling). A burst guard also caps the last ``burst_seconds`` at
+    ``burst_factor`` times the budget's average rate, so that a sudden rise of scores is caught
+    within hours rather than a day. It is recomputed when a slot rotates and every ``refresh``
+    events.
+
+    >>> b = AlertBudget(budget=10)
+    >>> for i in range(1024):  # one day of scores spread evenly over 0 .. 1
+    ...     b.observe((i * 389 % 1024) / 1024, 84.375 * i)  # 389: a permutation of 0..1023
+    >>> b.recompute(86400.0)
+    >>> b.threshold()  # exactly 10 of the 1024 scores are >= 0.99
+    0.99
+    """
+
+    def __init__(
+        self,
+        budget: int,
+        *,
+        window_seconds: float = 86400.0,  # "per day", as a sliding day
+        slot_seconds: float = 900.0,  # 15 min slots: window edge error <= 1/96 of a day
+        bins: int = 1000,  # score resolution 0.001; finer buys nothing with 0.001-spaced ties
+        warmup_seconds: float = 3600.0,  # adapt only after an hour of history (noisy before)
+        refresh: int = 256,  # events between recomputations: threshold scan ~ bins/2 ops
+        burst_seconds: float = 7200.0,  # the recent window of the burst guard (2 h)
+        burst_factor: float = 2.0,  # allowed recent rate vs the budget's average rate
+    ) -> None:
+        if budget <= 0:
+            raise ValueError("budget must be > 0")
+        self.budget = budget
+        self.window = window_seconds
+        self.slot_seconds = slot_seconds
+        self.nslots = round(window_seconds / slot_seconds)
+        self.bins = bins
+        self.warmup = warmup_seconds
+        self.refresh = refresh
+        self.burst_slots = max(1, round(burst_seconds / slot_seconds))
+        self.burst_allowed = burst_factor * budget * burst_seconds / window_seconds
+        self._slots = [[0] * bins for _ in range(self.nslots)]
+        self._slot_ids = [-1] * self.nslots
+        self._total = [0] * bins
+        self._first_ts: float | None = None
+        self._slot_end = -math.inf  # end of the current slot: the next event past it rotates
+        self._cur = self._slots[0]  # the current slot's histogram
+        self._now_slot = -1
+        self._since = 0
+        self._threshold = 0.0
+
+    def observe(self, score: float, ts: float) -> None:
+        """Count one final score at event time ``ts`` (late events count in the current slot)."""
+        if ts >= self._slot_end:
+            if self._first_ts is None:
+                self._first_ts = ts
+            self._advance(int(ts // self.slot_seconds))
+        bins = self.bins
+        b = int(score * bins)
+        if b >= bins:
+            b = bins - 1
+        elif b < 0:
+            b = 0
+        self._cur[b] += 1
+        self._total[b] += 1
+        self._since += 1
+        if self._since >= self.refresh:
+            self.recompute(ts)
+
+    def _advance(self, slot: int) -> None:
+        # Expire every ring position whose slot left the window; O(bins) per expired slot.
+        for s in range(max(self._now_slot + 1, slot - self.nslots + 1), slot + 1):
+            idx = s % self.nslots
+            if self._slot_ids[idx] != -1:
+                old = self._slots[idx]
+                tot = self._total
+                for i, c in enumerate(old):
+                    if c:
+                        tot[i] -= c
+                        old[i] = 0
+            self._slot_ids[idx] = s
+        self._now_slot = slot
+        self._slot_end = (slot + 1) * self.slot_seconds
+        self._cur = self._slots[slot % self.nslots]
+        self.recompute(slot * self.slot_seconds)
+
+    def set_budget(self, budget: int) -> None:
+        """Change the daily budget; the score history is kept, the threshold follows at once."""
+        if budget <= 0:
+            raise ValueError("budget must be > 0")
+        self.burst_allowed *= budget / self.budget
+        self.budget = budget
+        if self._first_ts is not None:
+            self.recompute(self._now_slot * self.slot_seconds)
+
+    def recompute(self, now: float) -> None:
+        """Recompute the threshold from the window as of event time ``now``."""
+        self._since = 0
+        span = now - (self._first_ts if self._first_ts is not None else now)
+        if span < self.warmup:
+            self._threshold = 0.0
+            return
+        scale = self.window / min(span, self.window)  # extrapolate while the window fills
+        allowed = self.budget / scale
+        self._threshold = max(self._edge([self._total], allowed), self._burst_edge(span))
+
+    def _edge(self, hists: list[list[int]], allowed: float) -> float:
+        # The lowest bin edge with at most `allowed` scores above it, scanning from the top.
+        acc = 0
+        for i in range(self.bins - 1, -1, -1):
+            for h in hists:
+                acc += h[i]
+            if acc > allowed:
+                return (i + 1) / self.bins
+        return 0.0
+
+    def _burst_edge(self, span: float) -> float:
+        # Burst guard: the 24 h window reacts to a sudden rise of scores only slowly, so also cap
+        # the last `burst_slots` slots at `burst_factor` times the budget's average rate.
+        if span < self.burst_slots * self.slot_seconds:
+            return 0.0
+        recent = [
+            self._slots[s % self.nslots]
+            for s in range(self._now_slot - self.burst_slots + 1, self._now_slot + 1)
+            if self._slot_ids[s % self.nslots] == s
+        ]
+        return self._edge(recent, self.burst_allowed)
+
+    def threshold(self, ts: float | None = None) -> float:
+        """The current budget threshold (0 while warming up or when under budget)."""
+        return self._threshold
+
+
+class Policy:
+    """Combines rule hits and the model score; see the module docstring for the rule.
+
+    Implements the engine's ``PolicyStage``: ``decide(hits, model_score, ts) -> (action, score)``.
+    """
+
+    def __init__(
+        self,
+        *,
+        decline_at: float = 0.9,
+        review_at: float = 0.5,
+        alert_budget_per_day: int | None = None,
+    ) -> None:
+        if not 0 <= review_at <= decline_at <= 1:
+            raise ValueError("need 0 <= review_at <= decline_at <= 1")
+        self.decline_at = decline_at
+        self.review_at = review_at
+        self.budget = AlertBudget(alert_budget_per_day) if alert_budget_per_day else None
+
+    @classmethod
+    def from_spec(cls, spec: Any) -> Policy:
+        """From a rules file's ``policy`` section (:class:`fds.rules.ruleset.PolicySpec`)."""
+        return cls(
+            decline_at=spec.decline_at,
+            review_at=spec.review_at,
+            alert_budget_per_day=spec.alert_budget_per_day,
+        )
+
+    def configure(self, spec: Any) -> None:
+        """Apply new thresholds (a hot-reloaded rules file) keeping the budget's history.
+
+        Call it on the deciding thread, between two events.
+        """
+        if not 0 <= spec.review_at <= spec.decline_at <= 1:
+            raise ValueError("need 0 <= review_at <= decline_at <= 1")
+        self.decline_at, self.review_at = spec.decline_at, spec.review_at
+        budget = spec.alert_budget_per_day
+        if not budget:
+            self.budget = None
+        elif self.budget is None:
+            self.budget = AlertBudget(budget)
+        elif budget != self.budget.budget:
+            self.budget.set_budget(budget)
+
+    @property
+    def review_threshold(self) -> float:
+        """The review threshold in force now."""
+        if self.budget is None:
+            return self.review_at
+        return max(self.review_at, self.budget.threshold())
+
+    def decide(
+        self, hits: Sequence[Mapping[str, Any]], model_score: float | None, ts: float
+    ) -> tuple[str, float]:
+        """``(action, final score)`` for one transaction at event time ``ts``."""
+        rule_score = 0.0
+        forced = None
+        for h in hits:
+            if h.get("state", "active") != "active":
+                continue
+            s = h["score"]
+            if s > rule_score:
+                rule_score = s
+            a = h["action"]
+            if a == "decline":
+                forced = "decline"
+            elif a == "review" and forced is None:
+                forced = "review"
+        if model_score is None:
+            final = rule_score
+        else:
+            final = 1.0 - (1.0 - rule_score) * (1.0 - model_score)
+        final = round(final, 6)  # stable JSON; six decimals are far below any threshold step
+        threshold = self.review_at
+        budget = self.budget
+        if budget is not None:
+            if budget._threshold > threshold:
+                threshold = budget._threshold
+            budget.observe(final, ts)
+        if forced == "decline" or final >= self.decline_at:
+            return "decline", final
+        if forced == "review" or final >= threshold:
+            return "review", final
+        return "approve", final

@@ -1,0 +1,230 @@
+"""Backtest: what a rule change would do, on history, before it ships.
+
+Both rulesets run over the same stream through the same replay loop
+(:func:`fds.replay.run`: labels are learned only once their own time has passed) with ONE
+feature stage computing the union of both rulesets' features, so differences come from the
+rules alone. Each side has its own :class:`fds.policy.Policy` (from its file). No model runs: the
+comparison is rules against rules.
+
+>>> from fds.rules.ruleset import load_ruleset_text
+>>> from fds.replay import ReplayInput
+>>> base = load_ruleset_text('version: b\\nrules: []\\n')
+>>> cand = load_ruleset_text('''
+... version: c
+... rules:
+...   - {id: big, when: amount > 100, action: review, score: 0.7, reason: Big}
+... ''')
+>>> txs = [{"tx_id": f"t{i}", "ts": float(i), "card_id": "c", "amount": a, "extra": {}}
+...        for i, a in enumerate([5.0, 500.0])]
+>>> labels = [{"tx_id": "t1", "ts": 9.0, "is_fraud": True}]
+>>> r = backtest(cand, base, ReplayInput(txs, labels), features=_NoFeatures())
+>>> r.baseline.alerts, r.candidate.alerts, r.candidate.precision, len(r.changed)
+(0, 1, 1.0, 1)
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from fds.engine import Engine, FeatureStage
+from fds.errors import ConfigError
+from fds.policy import Policy
+from fds.replay import ReplayInput, run
+from fds.rules.ruleset import BUILTINS, FeatureSpec, Ruleset
+
+__all__ = ["BacktestResult", "SideResult", "backtest", "feature_stage_for"]
+
+MAX_EXAMPLES = 20  # changed transactions kept with their values: enough to eyeball, small output
+
+
+@dataclass
+class SideResult:
+    """One ruleset's outcome over the stream."""
+
+    version: str
+    actions: Counter[str] = field(default_factory=Counter)
+    rule_hits: Counter[str] = field(default_factory=Counter)
+    rule_fraud_hits: Counter[str] = field(default_factory=Counter)
+    alerted_frauds: int = 0
+    frauds: int | None = None
+    days: float = 0.0
+
+    @property
+    def alerts(self) -> int:
+        """Transactions sent to review or declined."""
+        return self.actions["review"] + self.actions["decline"]
+
+    @property
+    def alerts_per_day(self) -> float:
+        return self.alerts / self.days if self.days else float(self.alerts)
+
+    @property
+    def precision(self) -> float | None:
+        """Known frauds among alerts (None without labels or alerts)."""
+        if self.frauds is None or not self.alerts:
+            return None
+        return self.alerted_frauds / self.alerts
+
+    @property
+    def recall(self) -> float | None:
+        """Alerted share of the known frauds (None without labels)."""
+        if not self.frauds:
+            return None
+        return self.alerted_frauds / self.frauds
+
+
+@dataclass
+class BacktestResult:
+    baseline: SideResult
+    candidate: SideResult
+    transactions: int
+    changed_count: int = 0
+    changed: list[dict[str, Any]] = field(default_factory=list)
+    rule_ids: list[str] = field(default_factory=list)
+
+
+class _NoFeatures:
+    """A feature stage computing nothing (for rulesets that declare no features)."""
+
+    def compute(self, tx: Mapping[str, Any]) -> dict[str, Any]:
+        return {}
+
+    def on_label(self, label: Mapping[str, Any]) -> None:
+        return None
+
+
+def _union_features(a: Ruleset, b: Ruleset) -> list[FeatureSpec]:
+    out: dict[str, FeatureSpec] = {}
+    for f in (*a.features, *b.features):
+        if f.name in out and out[f.name] != f:
+            raise ConfigError(
+                f"feature {f.name!r} is declared differently in the two rulesets: rename one "
+                "of them so that both can be computed side by side"
+            )
+        out[f.name] = f
+    return list(out.values())
+
+
+def feature_stage_for(specs: list[FeatureSpec], timezone: str) -> FeatureStage:
+    """The engine's feature stage for these declarations (from :mod:`fds.features`)."""
+    if not specs:
+        return _NoFeatures()
+    from fds.features import FeaturePlan
+
+    return FeaturePlan(specs, timezone=timezone)
+
+
+class _Both:
+    """Rule + policy stages that run both rulesets and remember the per-transaction outcome."""
+
+    def __init__(self, cand: Ruleset, base: Ruleset) -> None:
+        self.cand, self.base = cand, base
+        self.cand_policy = Policy.from_spec(cand.policy)
+        self.base_policy = Policy.from_spec(base.policy)
+        self.version: str | None = cand.version
+        self.last: tuple[Any, ...] = ()
+
+    def evaluate(self, tx: Mapping[str, Any], features: Mapping[str, Any]) -> list[dict]:
+        ch = self.cand.evaluate(tx, features)
+        bh = self.base.evaluate(tx, features)
+        self.last = (tx, features, ch, bh)
+        return ch
+
+    def decide(self, hits: list[dict], model_score: float | None, ts: float) -> tuple[str, float]:
+        tx, features, ch, bh = self.last
+        ca, cs = self.cand_policy.decide(ch, None, ts)
+        ba, bs = self.base_policy.decide(bh, None, ts)
+        self.last = (tx, features, ch, bh, ca, cs, ba, bs)
+        return ca, cs
+
+
+class _Collector:
+    def __init__(self, both: _Both, frauds: set[str] | None) -> None:
+        self.both = both
+        self.frauds = frauds
+        c, b = both.cand, both.base
+        self.cand = SideResult(c.version, frauds=0 if frauds is not None else None)
+        self.base = SideResult(b.version, frauds=0 if frauds is not None else None)
+        self.changed: list[dict[str, Any]] = []
+        self.changed_count = 0
+        self.names = {**b.names_read(), **c.names_read()}
+
+    def write(self, decision: Mapping[str, Any]) -> None:
+        tx, feats, ch, bh, ca, cs, ba, bs = self.both.last
+        fraud = self.frauds is not None and tx["tx_id"] in self.frauds
+        for side, hits, action in ((self.cand, ch, ca), (self.base, bh, ba)):
+            side.actions[action] += 1
+            for h in hits:
+                side.rule_hits[h["id"]] += 1
+                side.rule_fraud_hits[h["id"]] += fraud
+            if fraud:
+                side.frauds = (side.frauds or 0) + 1
+                side.alerted_frauds += action != "approve"
+        if ca != ba:
+            self.changed_count += 1
+            if len(self.changed) < MAX_EXAMPLES:
+                read: dict[str, Any] = {}
+                for h in (*ch, *bh):
+                    for n in self.names.get(h["id"], ()):
+                        read[n] = _value(n, tx, feats, self.both.cand.clock)
+                self.changed.append(
+                    {
+                        "tx_id": tx["tx_id"],
+                        "ts": decision["ts"],
+                        "fraud": fraud if self.frauds is not None else None,
+                        "baseline": {"action": ba, "score": bs, "hits": [h["id"] for h in bh]},
+                        "candidate": {"action": ca, "score": cs, "hits": [h["id"] for h in ch]},
+                        "values": read,
+                    }
+                )
+
+
+def _value(name: str, tx: Mapping[str, Any], feats: Mapping[str, Any], clock: Any) -> Any:
+    if name.startswith("extra."):
+        return (tx.get("extra") or {}).get(name[6:])
+    if name in BUILTINS and name not in feats:
+        return clock(tx["ts"])[list(BUILTINS).index(name)]
+    return tx[name] if name in tx else feats.get(name)
+
+
+class _Null:
+    def write(self, record: Any) -> None:
+        return None
+
+
+def backtest(
+    candidate: Ruleset,
+    baseline: Ruleset,
+    stream: ReplayInput,
+    *,
+    features: FeatureStage | None = None,
+    progress: bool = False,
+) -> BacktestResult:
+    """Run both rulesets over ``stream`` with the same features; compare the outcomes.
+
+    ``features`` overrides the feature stage (default: :func:`feature_stage_for` the union of
+    both rulesets' declarations, in the candidate's timezone).
+    """
+    if features is None:
+        features = feature_stage_for(_union_features(candidate, baseline), candidate.spec.timezone)
+    both = _Both(candidate, baseline)
+    frauds = {lab["tx_id"] for lab in stream.labels if lab["is_fraud"]} if stream.labels else None
+    collector = _Collector(both, frauds)
+    engine = Engine(features=features, rules=both, policy=both)
+    run(engine, stream, collector, _Null(), source="backtest", progress=progress)
+    txs = stream.transactions
+    days = (txs[-1]["ts"] - txs[0]["ts"]) / 86400.0 if len(txs) > 1 else 0.0
+    collector.cand.days = collector.base.days = days
+    ids = [r.id for r in baseline.rules]
+    ids += [r.id for r in candidate.rules if r.id not in ids]
+    return BacktestResult(
+        collector.base,
+        collector.cand,
+        len(txs),
+        collector.changed_count,
+        collector.changed,
+        ids,
+    )

@@ -1,0 +1,205 @@
+"""``fds rules check`` and ``fds rules backtest``: a thin layer over :mod:`fds.rules`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from fds.errors import ConfigError
+from fds.rules.ruleset import Ruleset, load_ruleset
+
+__all__ = ["register"]
+
+DEFAULT_RULES = Path(__file__).resolve().parents[2] / "rules" / "default.yaml"
+
+
+def register(subparsers: Any) -> None:
+    """Add ``rules check`` and ``rules backtest`` to the ``fds`` command line."""
+    rules = subparsers.add_parser("rules", help="check and backtest rules files")
+    sub = rules.add_subparsers(dest="rules_command", required=True, metavar="SUBCOMMAND")
+
+    check = sub.add_parser(
+        "check",
+        help="validate, compile and run each rule's inline tests",
+        description="Validate rules files, compile every rule and run its inline tests. "
+        "Exit code 1 if any file has an error or a failing test.",
+    )
+    check.add_argument(
+        "files",
+        nargs="*",
+        type=Path,
+        metavar="FILE",
+        help=f"rules files (default: {DEFAULT_RULES.name} of the package)",
+    )
+    check.add_argument("-q", "--quiet", action="store_true", help="print only problems")
+    check.set_defaults(func=_check)
+
+    bt = sub.add_parser(
+        "backtest",
+        help="compare two rulesets on a historical file",
+        description="Run a baseline and a candidate ruleset over the same history with the same "
+        "features; print per-rule hits, alert volume, precision/recall (when labels exist) and "
+        "transactions whose action changed, with the values the rules read.",
+    )
+    bt.add_argument("file", type=Path, metavar="FILE", help="historical transactions (csv/jsonl)")
+    bt.add_argument(
+        "--candidate",
+        required=True,
+        type=Path,
+        metavar="R2",
+        help="the rules file you want to ship",
+    )
+    bt.add_argument(
+        "--baseline", required=True, type=Path, metavar="R1", help="the rules file in force"
+    )
+    bt.add_argument("--mapping", type=Path, metavar="M", help="column mapping for foreign files")
+    bt.add_argument(
+        "--labels",
+        type=Path,
+        metavar="L",
+        help="labels file (default: FILE's .labels.jsonl sibling when present)",
+    )
+    bt.add_argument(
+        "--examples",
+        type=int,
+        default=10,
+        metavar="N",
+        help="changed transactions to show (default 10)",
+    )
+    bt.add_argument("--progress", action="store_true", help="show a progress bar")
+    bt.set_defaults(func=_backtest)
+
+
+def _check(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    files = args.files or [DEFAULT_RULES]
+    failed = 0
+    for f in files:
+        if not f.is_file():
+            print(f"{f}: no such file: give the path of a rules YAML file", file=out)
+            failed += 1
+            continue
+        try:
+            rs = load_ruleset(f)
+        except ConfigError as e:
+            print(f"FAIL {f}\n  {str(e).replace(chr(10), chr(10) + '  ')}", file=out)
+            failed += 1
+            continue
+        failed += _report(rs, out, quiet=args.quiet)
+    if len(files) > 1 or failed:
+        print(f"{len(files) - failed} of {len(files)} file(s) OK", file=out)
+    return 1 if failed else 0
+
+
+def _report(rs: Ruleset, out: TextIO, *, quiet: bool) -> int:
+    results = rs.run_tests()
+    by_rule: dict[str, list] = {}
+    for t in results:
+        by_rule.setdefault(t.rule_id, []).append(t)
+    bad = [t for t in results if not t.passed]
+    if not quiet or bad:
+        print(
+            f"{'FAIL' if bad else 'OK  '} {rs.path}  version {rs.version}: "
+            f"{len(rs.rules)} rules, {len(rs.features)} features, "
+            f"{len(results) - len(bad)}/{len(results)} tests passed",
+            file=out,
+        )
+    for r in rs.rules:
+        ts = by_rule.get(r.id, [])
+        nbad = sum(not t.passed for t in ts)
+        if quiet and not nbad:
+            continue
+        status = "FAIL" if nbad else ("ok  " if ts else "none")
+        print(f"  {status} {r.id:<32} {r.spec.state:<7} {len(ts) - nbad}/{len(ts)} tests", file=out)
+        for t in ts:
+            if not t.passed:
+                why = t.error or f"expected {t.expect}, got {t.got}"
+                print(f"       {t.where}: test {t.index + 1}: {why}", file=out)
+    untested = [r.id for r in rs.rules if not r.spec.tests]
+    if untested and not quiet:
+        print(f"  note: rules without inline tests: {', '.join(untested)}", file=out)
+    unused = rs.unused_features()
+    if unused and not quiet:
+        print(
+            f"  note: features no rule reads (the model may still use them): {', '.join(unused)}",
+            file=out,
+        )
+    return 1 if bad else 0
+
+
+def _fmt(v: float | None, pct: bool = True) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.1%}" if pct else f"{v:.1f}"
+
+
+def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    from fds.replay import load
+    from fds.rules.backtest import backtest
+    from fds.streams.files import load_mapping
+
+    for name in ("file", "candidate", "baseline", "mapping", "labels"):
+        p = getattr(args, name)
+        if p is not None and not p.is_file():
+            raise ConfigError(
+                f"--{name} {p}: no such file"
+                if name != "file"
+                else f"{p}: no such file: give a historical transactions file"
+            )
+    cand = load_ruleset(args.candidate, run_tests=True)
+    base = load_ruleset(args.baseline, run_tests=True)
+    mapping = load_mapping(args.mapping) if args.mapping else None
+    labels = args.labels
+    if labels is None:
+        from fds.streams.simulator import labels_path
+
+        guess = labels_path(args.file)
+        labels = guess if guess.is_file() else None
+    stream = load(args.file, mapping=mapping, labels_path=labels)
+    if not stream.transactions:
+        raise ConfigError(f"{args.file}: no valid transactions")
+    r = backtest(cand, base, stream, progress=args.progress)
+    b, c = r.baseline, r.candidate
+    print(
+        f"backtest over {r.transactions} transactions ({b.days:.1f} days)"
+        + (f", {b.frauds} known frauds" if b.frauds is not None else ", no labels"),
+        file=out,
+    )
+    rows = [
+        ("version", b.version, c.version),
+        ("alerts (review+decline)", str(b.alerts), str(c.alerts)),
+        ("alerts per day", _fmt(b.alerts_per_day, False), _fmt(c.alerts_per_day, False)),
+        ("review", str(b.actions["review"]), str(c.actions["review"])),
+        ("decline", str(b.actions["decline"]), str(c.actions["decline"])),
+        ("precision", _fmt(b.precision), _fmt(c.precision)),
+        ("recall", _fmt(b.recall), _fmt(c.recall)),
+    ]
+    print(f"\n{'':<26}{'baseline':>16}{'candidate':>16}", file=out)
+    for k, x, y in rows:
+        print(f"{k:<26}{x:>16}{y:>16}", file=out)
+    print(f"\n{'rule hits':<34}{'baseline':>10}{'prec':>8}{'candidate':>11}{'prec':>8}", file=out)
+    states = [{x.id: x.spec.state for x in rs.rules} for rs in (base, cand)]
+    for rid in r.rule_ids:
+        cells = []
+        for side, state in zip((b, c), states, strict=True):
+            n = side.rule_hits.get(rid, 0)
+            prec = (side.rule_fraud_hits[rid] / n) if n and side.frauds is not None else None
+            shown = str(n) if state.get(rid) not in (None, "paused") else state.get(rid) or "-"
+            cells += [shown, _fmt(prec)]
+        print(f"{rid:<34}{cells[0]:>10}{cells[1]:>8}{cells[2]:>11}{cells[3]:>8}", file=out)
+    print(f"\n{r.changed_count} transaction(s) changed action", file=out)
+    for ex in r.changed[: args.examples]:
+        fraud = "" if ex["fraud"] is None else (" FRAUD" if ex["fraud"] else " legit")
+        print(
+            f"  {ex['tx_id']} {ex['ts']}{fraud}: {ex['baseline']['action']} "
+            f"{ex['baseline']['hits']} -> {ex['candidate']['action']} "
+            f"{ex['candidate']['hits']}",
+            file=out,
+        )
+        vals = ", ".join(f"{k}={v!r}" for k, v in ex["values"].items())
+        if vals:
+            print(f"      read: {vals}", file=out)
+    return 0

@@ -1,0 +1,539 @@
+"""The rule expression language: a whitelisted subset of Python expressions, compiled once.
+
+A rule's ``when`` is parsed with :func:`ast.parse` (``mode="eval"``) and every node is checked
+against a whitelist; anything else (attribute access other than ``extra.NAME``, subscripts,
+calls of anything but a few math functions, lambdas, comprehensions, f-strings, ``**``, the
+walrus, ...) is a load error that points at line and column. Names must be known: transaction
+fields, ``extra.NAME``, declared features and the built-ins ``hour``, ``weekday``,
+``is_night``, ``is_weekend``. Simple types are checked (a text field compared with a number is
+an error).
+
+The checked tree is then turned into Python source that only ever mentions generated local
+names (``n_amount``, ``x_vip`` for ``extra.vip``), literal constants written with ``repr`` and a
+handful of helper functions, and compiled with an empty ``__builtins__``. A ruleset compiles
+all its rules into ONE function (see :func:`build_evaluator`), so evaluating 100 rules costs one
+Python call plus the comparisons themselves.
+
+At run time a name that is missing (absent or ``None``) makes the rule not fire and is counted;
+so are arithmetic errors (division by zero, ``log(0)``) and type errors on ``extra`` values.
+
+>>> e = compile_expr("amount > 3 * avg and country not in ['KR', 'JP']",
+...                  {"amount": NUM, "avg": NUM, "country": STR})
+>>> e.evaluate({"amount": 500, "avg": 100, "country": "US"})
+True
+>>> e.evaluate({"amount": 500, "country": "US"})
+Traceback (most recent call last):
+...
+fds.rules.expr.MissingName: avg
+>>> compile_expr("().__class__", {})  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+...
+fds.rules.expr.ExprError: 1:3: attribute access is not allowed (only extra.NAME): ...
+"""
+
+from __future__ import annotations
+
+import ast
+import itertools
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from fds.errors import ConfigError
+
+__all__ = [
+    "ANY",
+    "BOOL",
+    "FUNCTIONS",
+    "NUM",
+    "STR",
+    "CompiledExpr",
+    "ExprError",
+    "MissingName",
+    "build_evaluator",
+    "compile_expr",
+]
+
+#: Value types known at load time. ``any`` is what ``extra.NAME`` holds (checked at run time).
+NUM, STR, BOOL, ANY = "num", "str", "bool", "any"
+
+# Limits that keep a hostile or mistaken rule from costing time or memory at load or run time.
+MAX_SOURCE_CHARS = 2000  # a realistic rule is < 200 chars; 10x headroom
+MAX_DEPTH = 40  # AST nesting depth; Python's own parser recurses, so bound it well below that
+MAX_LITERAL_CHARS = 200  # long string literals have no place in a condition
+MAX_ABS_NUMBER = 1e18  # larger than any amount; blocks 1e999 (inf) and huge int arithmetic
+MAX_IN_ITEMS = 1000  # `x in [...]` lists: long lists belong in a feature or a lookup, not a rule
+
+
+class ExprError(ConfigError):
+    """A rule expression is invalid; ``line``/``col`` (1-based) point into the expression."""
+
+    def __init__(self, message: str, line: int = 1, col: int = 1) -> None:
+        self.line, self.col, self.detail = line, col, message
+        super().__init__(message, where=f"{line}:{col}")
+
+
+class MissingName(Exception):
+    """Internal signal: a name the expression reads is absent or None for this transaction."""
+
+
+def _num(x: Any) -> Any:
+    # Guards arithmetic on `extra.*` values of unknown type: a string or list there must not be
+    # multiplied (``extra.s * 10**9`` would build a gigabyte string).
+    if type(x) is int or type(x) is float or type(x) is bool:
+        return x
+    raise TypeError(f"not a number: {type(x).__name__}")
+
+
+def _len(x: Any) -> int:
+    if type(x) is str or type(x) is list or type(x) is dict:
+        return len(x)
+    raise TypeError(f"len() of {type(x).__name__}")
+
+
+def _log(x: Any) -> float:
+    return math.log(x)
+
+
+#: Whitelisted functions: name -> (implementation, min args, max args, argument type, result).
+FUNCTIONS: dict[str, tuple[Callable[..., Any], int, int, str, str]] = {
+    "abs": (abs, 1, 1, NUM, NUM),
+    "min": (min, 2, 8, NUM, NUM),
+    "max": (max, 2, 8, NUM, NUM),
+    "round": (round, 1, 2, NUM, NUM),
+    "log": (_log, 1, 1, NUM, NUM),
+    "log10": (math.log10, 1, 1, NUM, NUM),
+    "sqrt": (math.sqrt, 1, 1, NUM, NUM),
+    "len": (_len, 1, 1, STR, NUM),
+}
+
+#: Exceptions that make a rule not fire (counted) instead of failing the transaction.
+RUNTIME_ERRORS = (ArithmeticError, TypeError, ValueError)
+
+_CMP = {
+    ast.Eq: "==",
+    ast.NotEq: "!=",
+    ast.Lt: "<",
+    ast.LtE: "<=",
+    ast.Gt: ">",
+    ast.GtE: ">=",
+    ast.In: "in",
+    ast.NotIn: "not in",
+}
+_BIN = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Mod: "%"}
+_FORBIDDEN_HINT = {
+    ast.Attribute: "attribute access is not allowed (only extra.NAME)",
+    ast.Subscript: "indexing ([...]) is not allowed",
+    ast.Lambda: "lambda is not allowed",
+    ast.ListComp: "comprehensions are not allowed",
+    ast.SetComp: "comprehensions are not allowed",
+    ast.DictComp: "comprehensions are not allowed",
+    ast.GeneratorExp: "generator expressions are not allowed",
+    ast.JoinedStr: "f-strings are not allowed",
+    ast.FormattedValue: "f-strings are not allowed",
+    ast.Starred: "starred expressions are not allowed",
+    ast.NamedExpr: "assignment (:=) is not allowed",
+    ast.Await: "await is not allowed",
+    ast.Yield: "yield is not allowed",
+    ast.YieldFrom: "yield is not allowed",
+    ast.Dict: "dict literals are not allowed",
+    ast.Slice: "slices are not allowed",
+}
+_const_ids = itertools.count()
+
+
+def local_name(name: str) -> str:
+    """The Python identifier generated code uses for a rule name (``extra.x`` -> ``x_x``)."""
+    return "x_" + name[6:] if name.startswith("extra.") else "n_" + name
+
+
+@dataclass(frozen=True)
+class CompiledExpr:
+    """A checked expression: generated Python ``code`` over local names, ready to combine.
+
+    ``names`` are the rule-level names it reads (``amount``, ``extra.vip``); ``consts`` the
+    helper objects its code refers to (frozensets for ``in``, whitelisted functions).
+    """
+
+    source: str
+    code: str
+    names: tuple[str, ...]
+    type: str
+    consts: Mapping[str, Any] = field(repr=False)
+    _fn: Callable[[Mapping[str, Any]], Any] = field(repr=False, compare=False)
+
+    def evaluate(self, values: Mapping[str, Any]) -> Any:
+        """Evaluate over one flat mapping (``extra.x`` read from ``values['extra']['x']``).
+
+        Raises :class:`MissingName` when a name is absent or None.
+        """
+        return self._fn(values)
+
+
+class _Checker:
+    def __init__(self, known: Mapping[str, str], allow_extra: bool) -> None:
+        self.known = known
+        self.allow_extra = allow_extra
+        self.names: dict[str, None] = {}  # insertion-ordered set
+        self.consts: dict[str, Any] = {}
+
+    def fail(self, node: ast.AST, msg: str) -> ExprError:
+        line = getattr(node, "lineno", 1)
+        col = getattr(node, "col_offset", 0) + 1 - (line == 1)  # minus the added "("
+        return ExprError(msg, line, max(1, col))
+
+    def const(self, obj: Any) -> str:
+        key = f"_k{next(_const_ids)}"
+        self.consts[key] = obj
+        return key
+
+    # Each visit returns (python source, type).
+    def visit(self, node: ast.AST, depth: int) -> tuple[str, str]:
+        if depth > MAX_DEPTH:
+            raise self.fail(node, f"expression nested deeper than {MAX_DEPTH}: simplify it")
+        d = depth + 1
+        if isinstance(node, ast.Constant):
+            return self.constant(node)
+        if isinstance(node, ast.Name):
+            return self.name(node, node.id)
+        if isinstance(node, ast.Attribute):
+            if isinstance(node.value, ast.Name) and node.value.id == "extra":
+                if not self.allow_extra:
+                    raise self.fail(node, "extra.NAME is not available here")
+                if node.attr.startswith("_"):
+                    raise self.fail(node, "extra names may not start with '_'")
+                return self.name(node, "extra." + node.attr)
+            err = self.fail(
+                node,
+                "attribute access is not allowed (only extra.NAME): "
+                "write a field, feature or extra.NAME",
+            )
+            if node.end_col_offset is not None and node.end_lineno == node.lineno:
+                col = node.end_col_offset - len(node.attr) - (node.lineno == 1)
+                err = ExprError(err.detail, node.lineno, col)
+            raise err
+        if isinstance(node, ast.BoolOp):
+            op = " and " if isinstance(node.op, ast.And) else " or "
+            parts = [self.visit(v, d) for v in node.values]
+            types = {t for _, t in parts}
+            return "(" + op.join(p for p, _ in parts) + ")", types.pop() if len(types) == 1 else ANY
+        if isinstance(node, ast.UnaryOp):
+            src, t = self.visit(node.operand, d)
+            if isinstance(node.op, ast.Not):
+                return f"(not {src})", BOOL
+            if isinstance(node.op, ast.USub | ast.UAdd):
+                self.need_num(node.operand, t, "a sign (+/-)")
+                sign = "-" if isinstance(node.op, ast.USub) else "+"
+                return f"({sign}{self.guard(src, t)})", NUM
+            raise self.fail(node, "operator ~ is not allowed")
+        if isinstance(node, ast.BinOp):
+            sym = _BIN.get(type(node.op))
+            if sym is None:
+                what = "**" if isinstance(node.op, ast.Pow) else type(node.op).__name__
+                raise self.fail(
+                    node, f"operator {what} is not allowed: use + - * / % and sqrt(), log()"
+                )
+            (ls, lt), (rs, rt) = self.visit(node.left, d), self.visit(node.right, d)
+            self.need_num(node.left, lt, f"operator {sym}")
+            self.need_num(node.right, rt, f"operator {sym}")
+            return f"({self.guard(ls, lt)} {sym} {self.guard(rs, rt)})", NUM
+        if isinstance(node, ast.Compare):
+            return self.compare(node, d)
+        if isinstance(node, ast.IfExp):
+            (ts, _), (bs, bt), (os_, ot) = (
+                self.visit(node.test, d),
+                self.visit(node.body, d),
+                self.visit(node.orelse, d),
+            )
+            return f"({bs} if {ts} else {os_})", bt if bt == ot else ANY
+        if isinstance(node, ast.Call):
+            return self.call(node, d)
+        if isinstance(node, ast.List | ast.Tuple | ast.Set):
+            raise self.fail(node, "a list is only allowed on the right of `in` / `not in`")
+        hint = _FORBIDDEN_HINT.get(type(node), f"{type(node).__name__} is not allowed")
+        raise self.fail(node, hint)
+
+    def constant(self, node: ast.Constant) -> tuple[str, str]:
+        v = node.value
+        if v is None or isinstance(v, bool):
+            return repr(v), BOOL if isinstance(v, bool) else ANY
+        if isinstance(v, int | float):
+            if not math.isfinite(v) or abs(v) > MAX_ABS_NUMBER:
+                raise self.fail(node, f"number out of range (|x| <= {MAX_ABS_NUMBER:g})")
+            return repr(v), NUM
+        if isinstance(v, str):
+            if len(v) > MAX_LITERAL_CHARS:
+                raise self.fail(node, f"string literal longer than {MAX_LITERAL_CHARS} chars")
+            return repr(v), STR
+        raise self.fail(node, f"{type(v).__name__} literals are not allowed")
+
+    def name(self, node: ast.AST, name: str) -> tuple[str, str]:
+        if name.startswith("_"):
+            raise self.fail(node, f"names starting with '_' are not allowed: {name}")
+        if name.startswith("extra."):
+            t = ANY
+        elif name in self.known:
+            t = self.known[name]
+        else:
+            if name in FUNCTIONS:
+                raise self.fail(node, f"{name} is a function: call it, e.g. {name}(x)")
+            close = sorted(k for k in self.known if k[:3] == name[:3])[:3]
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise self.fail(
+                node,
+                f"unknown name {name!r}{hint}: use a transaction field, extra.NAME, a declared "
+                "feature or hour/weekday/is_night/is_weekend",
+            )
+        self.names[name] = None
+        return local_name(name), t
+
+    def need_num(self, node: ast.AST, t: str, what: str) -> None:
+        if t == STR:
+            raise self.fail(node, f"{what} needs a number, this is text")
+
+    @staticmethod
+    def guard(src: str, t: str) -> str:
+        return f"_num({src})" if t == ANY else src
+
+    def compare(self, node: ast.Compare, d: int) -> tuple[str, str]:
+        left_src, left_t = self.visit(node.left, d)
+        out = [left_src]
+        for op, right in zip(node.ops, node.comparators, strict=True):
+            sym = _CMP.get(type(op))
+            if sym is None:
+                raise self.fail(node, f"{type(op).__name__} comparison is not allowed: use == !=")
+            if sym in ("in", "not in"):
+                src, rt = self.literal_list(right, left_t)
+            else:
+                src, rt = self.visit(right, d)
+                if {left_t, rt} in ({STR, NUM}, {STR, BOOL}):
+                    raise self.fail(right, f"compares text with a number ({left_t} {sym} {rt})")
+            out += [sym, src]
+            left_t = rt
+        return "(" + " ".join(out) + ")", BOOL
+
+    def literal_list(self, node: ast.AST, left_t: str) -> tuple[str, str]:
+        if not isinstance(node, ast.List | ast.Tuple | ast.Set):
+            raise self.fail(node, "`in` needs a literal list on its right, e.g. x in ['a', 'b']")
+        if len(node.elts) > MAX_IN_ITEMS:
+            raise self.fail(node, f"list longer than {MAX_IN_ITEMS} items")
+        items: list[Any] = []
+        for elt in node.elts:
+            if not isinstance(elt, ast.Constant):
+                # Allow negative numbers such as [-1, 2].
+                if (
+                    isinstance(elt, ast.UnaryOp)
+                    and isinstance(elt.op, ast.USub)
+                    and isinstance(elt.operand, ast.Constant)
+                    and isinstance(elt.operand.value, int | float)
+                    and not isinstance(elt.operand.value, bool)
+                ):
+                    self.constant(elt.operand)
+                    items.append(-elt.operand.value)
+                    continue
+                raise self.fail(elt, "list items after `in` must be literals (numbers, text)")
+            _, t = self.constant(elt)
+            if {left_t, t} in ({STR, NUM}, {STR, BOOL}):
+                raise self.fail(elt, f"list item type {t} never equals the {left_t} on the left")
+            items.append(elt.value)
+        return self.const(frozenset(items)), "list"
+
+    def call(self, node: ast.Call, d: int) -> tuple[str, str]:
+        if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
+            what = node.func.id if isinstance(node.func, ast.Name) else "a method"
+            raise self.fail(
+                node,
+                f"calling {what} is not allowed: the functions are {', '.join(FUNCTIONS)}",
+            )
+        name = node.func.id
+        fn, lo, hi, arg_t, res_t = FUNCTIONS[name]
+        if node.keywords:
+            raise self.fail(node, f"{name}() takes no keyword arguments")
+        if not lo <= len(node.args) <= hi:
+            want = str(lo) if lo == hi else f"{lo} to {hi}"
+            raise self.fail(node, f"{name}() takes {want} arguments, got {len(node.args)}")
+        args = []
+        for a in node.args:
+            src, t = self.visit(a, d)
+            if arg_t == NUM:
+                self.need_num(a, t, f"{name}()")
+                src = self.guard(src, t)
+            elif t in (NUM, BOOL):
+                raise self.fail(a, f"{name}() needs text, this is a number")
+            args.append(src)
+        if name == "round" and len(node.args) == 2:
+            nd = node.args[1]
+            if not (isinstance(nd, ast.Constant) and type(nd.value) is int and 0 <= nd.value <= 12):
+                raise self.fail(nd, "round(x, n): n must be a whole number from 0 to 12")
+        return f"{self.const(fn)}({', '.join(args)})", res_t
+
+
+def parse_expr(
+    source: str, known: Mapping[str, str], *, allow_extra: bool = True, want_bool: bool = True
+) -> tuple[str, str, tuple[str, ...], dict[str, Any]]:
+    """Check ``source``; return (python code, type, names read, helper constants)."""
+    if not isinstance(source, str):
+        raise ExprError(f"an expression must be text, got {type(source).__name__}")
+    if len(source) > MAX_SOURCE_CHARS:
+        raise ExprError(f"expression longer than {MAX_SOURCE_CHARS} characters: split the rule")
+    if not source.strip():
+        raise ExprError("empty expression: write a condition such as amount > 1000")
+    # Wrapped in parentheses so that an expression may span lines (YAML block scalars); the
+    # column on line 1 is shifted back by the added "(".
+    try:
+        tree = ast.parse("(" + source + "\n)", mode="eval")
+    except SyntaxError as e:
+        line, col = e.lineno or 1, e.offset or 1
+        raise ExprError(f"syntax error: {e.msg}", line, max(1, col - (line == 1))) from None
+    except (RecursionError, MemoryError, ValueError) as e:
+        raise ExprError(f"cannot parse ({type(e).__name__}): simplify the expression") from None
+    checker = _Checker(known, allow_extra)
+    try:
+        code, typ = checker.visit(tree.body, 0)
+    except RecursionError:
+        raise ExprError("expression too deeply nested: simplify it") from None
+    if want_bool and typ in (NUM, STR):
+        kind = "a number" if typ == NUM else "text"
+        raise ExprError(
+            f"a rule condition must be true/false, this gives {kind}: compare it, e.g. x > 0",
+            tree.body.lineno,
+            max(1, tree.body.col_offset + 1 - (tree.body.lineno == 1)),
+        )
+    consts = dict(checker.consts)
+    if "_num(" in code:
+        consts["_num"] = _num
+    return code, typ, tuple(checker.names), consts
+
+
+def _namespace(consts: Mapping[str, Any]) -> dict[str, Any]:
+    # An empty __builtins__: generated code can only reach what is put here.
+    return {"__builtins__": {}, "_Missing": MissingName, **consts}
+
+
+def compile_expr(
+    source: str, known: Mapping[str, str], *, allow_extra: bool = True, want_bool: bool = True
+) -> CompiledExpr:
+    """Check and compile one expression.
+
+    Parameters
+    ----------
+    source
+        The expression text.
+    known
+        Names it may read, with their type (:data:`NUM`, :data:`STR`, :data:`BOOL`, :data:`ANY`).
+    allow_extra
+        Whether ``extra.NAME`` is allowed.
+    want_bool
+        Reject expressions whose type is certainly a number or text (a rule needs a condition).
+
+    >>> compile_expr("abs(a - b) < 2", {"a": NUM, "b": NUM}).evaluate({"a": 1, "b": 2.5})
+    True
+    """
+    code, typ, names, consts = parse_expr(
+        source, known, allow_extra=allow_extra, want_bool=want_bool
+    )
+    lines = ["def _f(v):"]
+    if any(n.startswith("extra.") for n in names):
+        lines.append("    _e = v.get('extra') or {}")
+    for n in names:
+        src = f"_e.get({n[6:]!r})" if n.startswith("extra.") else f"v.get({n!r})"
+        lines += [f"    {local_name(n)} = {src}", f"    if {local_name(n)} is None:"]
+        lines.append(f"        raise _Missing({n!r})")
+    lines.append(f"    return {code}")
+    ns = _namespace(consts)
+    exec(compile("\n".join(lines), "<rule>", "exec"), ns)  # safe: only whitelisted AST becomes code
+    return CompiledExpr(source, code, names, typ, consts, ns["_f"])
+
+
+@dataclass(frozen=True)
+class EvalPlan:
+    """What :func:`build_evaluator` needs per rule: its expression and its hit record."""
+
+    expr: CompiledExpr
+    hit: Mapping[str, Any]
+
+
+def build_evaluator(
+    plans: Sequence[EvalPlan],
+    tx_names: Iterable[str],
+    clock: Callable[[float], tuple[int, int, bool, bool]] | None,
+) -> tuple[
+    Callable[[Mapping[str, Any], Mapping[str, Any]], list[dict[str, Any]]],
+    list[int],
+    list[int],
+    str,
+]:
+    """Combine compiled rules into ONE function ``evaluate(tx, features) -> hits``.
+
+    Names in ``tx_names`` (and ``extra.*``) are read from ``tx``, built-ins are computed from
+    ``tx['ts']`` with ``clock`` (unless ``features`` supplies them, as inline tests do), all
+    other names come from ``features``. Returns the function, the per-rule counters of
+    missing-name non-fires and of run-time errors (lists updated in place), and the source.
+    """
+    tx_names = set(tx_names)
+    builtins = ("hour", "weekday", "is_night", "is_weekend")
+    used: dict[str, None] = {}
+    for p in plans:
+        used.update(dict.fromkeys(p.expr.names))
+    ns: dict[str, Any] = {"_clock": clock, "_NOCAL": (None, None, None, None)}
+    lines = ["def _evaluate(t, f):", "    _hits = []", "    _f = f.get", "    _t = t.get"]
+    if any(n.startswith("extra.") for n in used):
+        lines.append("    _e = _t('extra') or _EMPTY")
+        ns["_EMPTY"] = {}
+    if any(n in builtins for n in used):
+        # The clock's cache is read inline (a dict lookup, no call) and called only on a miss.
+        # A float key finds the int key of equal value: hash(3.0) == hash(3).
+        lines.append("    _ts = _t('ts')")
+        if clock is not None and hasattr(clock, "cache") and hasattr(clock, "bucket"):
+            ns["_calget"] = clock.cache.get
+            lines += [
+                "    if _ts is None:",
+                "        _cal = _NOCAL",
+                "    else:",
+                f"        _cal = _calget(_ts // {float(clock.bucket)!r})",
+                "        if _cal is None:",
+                "            _cal = _clock(_ts)",
+            ]
+        else:
+            lines.append("    _cal = _NOCAL if _ts is None or _clock is None else _clock(_ts)")
+    # Each name read gets a bit in `_m`, set when it is missing: a rule then checks all its
+    # names with one `&` instead of one `is None` test per name.
+    bit = {n: 1 << i for i, n in enumerate(used)}
+    lines.append("    _m = 0")
+    for n in used:
+        ln = local_name(n)
+        if n.startswith("extra."):
+            lines.append(f"    {ln} = _e.get({n[6:]!r})")
+        elif n in builtins:
+            lines.append(f"    {ln} = _f({n!r}, _cal[{builtins.index(n)}])")
+        elif n in tx_names:
+            lines.append(f"    {ln} = _t({n!r})")
+        else:
+            lines.append(f"    {ln} = _f({n!r})")
+        lines.append(f"    if {ln} is None:")
+        lines.append(f"        _m |= {bit[n]}")
+    missing = [0] * len(plans)
+    errors = [0] * len(plans)
+    ns.update(_MISS=missing, _ERR=errors, _RUNTIME_ERRORS=RUNTIME_ERRORS, _copy=dict)
+    for i, p in enumerate(plans):
+        ns.update(p.expr.consts)
+        ns[f"_H{i}"] = p.hit
+        lines.append(f"    # rule {i}: {p.hit.get('id')}")
+        mask = sum(bit[n] for n in p.expr.names)
+        indent = "    "
+        if mask:
+            lines += [f"    if _m & {mask}:", f"        _MISS[{i}] += 1", "    else:"]
+            indent = "        "
+        lines += [
+            f"{indent}try:",
+            f"{indent}    if {p.expr.code}:",
+            f"{indent}        _hits.append(_copy(_H{i}))",
+            f"{indent}except _RUNTIME_ERRORS:",
+            f"{indent}    _ERR[{i}] += 1",
+        ]
+    lines.append("    return _hits")
+    source = "\n".join(lines)
+    full_ns = _namespace(ns)
+    exec(compile(source, "<ruleset>", "exec"), full_ns)  # safe: only whitelisted AST becomes code
+    return full_ns["_evaluate"], missing, errors, source

@@ -1,0 +1,647 @@
+"""Rules files: the pydantic model, a line-aware YAML loader, and the compiled :class:`Ruleset`.
+
+A rules file (format in DESIGN.md, "Rules file") declares windowed features, rules and the
+decision policy. :func:`load_ruleset` validates it, compiles every ``when`` once (names known =
+transaction fields, ``extra.NAME``, declared features and the built-ins ``hour``, ``weekday``,
+``is_night``, ``is_weekend``) and returns a :class:`Ruleset` whose :meth:`Ruleset.evaluate` is one
+generated Python function. Every error names ``file:line:column`` and says what to do.
+
+>>> rs = load_ruleset_text('''
+... version: "1"
+... features:
+...   - {name: card_count_1h, entity: card_id, agg: count, window: 1h}
+... rules:
+...   - id: burst
+...     when: card_count_1h >= 5 and amount < 2
+...     action: review
+...     score: 0.7
+...     reason: Card-testing burst
+...     tests:
+...       - {given: {card_count_1h: 9, amount: 1}, expect: hit}
+... ''')
+>>> rs.evaluate({"amount": 1.0, "ts": 0.0}, {"card_count_1h": 6})  # doctest: +NORMALIZE_WHITESPACE
+[{'id': 'burst', 'action': 'review', 'score': 0.7, 'reason': 'Card-testing burst',
+  'state': 'active'}]
+>>> [r.passed for r in rs.run_tests()]
+[True]
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, tzinfo
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from fds.errors import ConfigError
+from fds.rules.expr import (
+    BOOL,
+    NUM,
+    STR,
+    CompiledExpr,
+    EvalPlan,
+    ExprError,
+    MissingName,
+    build_evaluator,
+    compile_expr,
+)
+from fds.schema import TX_FIELDS
+from fds.timeutil import get_zone, parse_duration, parse_ts
+
+__all__ = [
+    "AGGS",
+    "BUILTINS",
+    "FeatureSpec",
+    "LocalClock",
+    "PolicySpec",
+    "Rule",
+    "RuleTest",
+    "RulesFile",
+    "Ruleset",
+    "TestResult",
+    "export_schema",
+    "load_ruleset",
+    "load_ruleset_text",
+]
+
+AGGS = (
+    "count", "sum", "mean", "min", "max", "std", "distinct", "seen", "last_gap",
+    "fraud_count", "fraud_rate",
+)  # fmt: skip
+#: Aggregates that read a value ``field`` of the transaction.
+FIELD_AGGS = frozenset({"sum", "mean", "min", "max", "std", "distinct", "seen"})
+#: Built-in names, computed from the transaction's ``ts`` in the ruleset timezone.
+BUILTINS: dict[str, str] = {"hour": NUM, "weekday": NUM, "is_night": BOOL, "is_weekend": BOOL}
+# Night = 00:00-05:59 local: the hours card-fraud studies single out (owners asleep).
+NIGHT_END_HOUR = 6
+_NUM_TX_FIELDS = frozenset({"amount", "lat", "lon", "ts"})
+#: Types of the transaction contract fields as rules see them (``extra`` is read as extra.NAME).
+TX_TYPES: dict[str, str] = {
+    f: (NUM if f in _NUM_TX_FIELDS else STR) for f in sorted(TX_FIELDS) if f != "extra"
+}
+_IDENT = r"^[A-Za-z_][A-Za-z0-9_]*$"
+_RULE_ID = r"^[A-Za-z][A-Za-z0-9_.\-]*$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FeatureSpec(_Strict):
+    """One declared windowed aggregate (computed by :mod:`fds.features`).
+
+    >>> FeatureSpec(name="c1h", entity="card_id", agg="count", window="1h").window_seconds
+    3600.0
+    >>> FeatureSpec(name="day", entity="card_id", agg="sum", field="amount",
+    ...             window="calendar_day").window_seconds is None
+    True
+    """
+
+    name: str = Field(pattern=_IDENT, description="name rules and the model use")
+    entity: str = Field(description="transaction field the state is kept per, e.g. card_id")
+    agg: Literal[
+        "count", "sum", "mean", "min", "max", "std", "distinct", "seen", "last_gap",
+        "fraud_count", "fraud_rate",
+    ]  # fmt: skip
+    field: str | None = Field(default=None, description="value field for sum/mean/.../seen")
+    window: str = Field(description="duration (90s, 10m, 1h, 7d) or calendar_day")
+
+    @field_validator("window", mode="before")
+    @classmethod
+    def _window(cls, v: Any) -> Any:
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            v = f"{v}s"
+        if isinstance(v, str) and v != "calendar_day":
+            try:
+                if parse_duration(v) <= 0:
+                    raise ValueError("window must be longer than 0")
+            except ConfigError:
+                raise ValueError(
+                    f"bad window {v!r}: write a duration (90s, 10m, 1h, 7d) or calendar_day"
+                ) from None
+        return v
+
+    @model_validator(mode="after")
+    def _field_matches_agg(self) -> FeatureSpec:
+        if self.agg in FIELD_AGGS and not self.field:
+            raise ValueError(f"agg {self.agg} needs `field` (e.g. field: amount)")
+        if self.agg not in FIELD_AGGS and self.field:
+            raise ValueError(f"agg {self.agg} does not read a field: remove `field`")
+        return self
+
+    @property
+    def window_seconds(self) -> float | None:
+        """The sliding window length in seconds; None for ``calendar_day``."""
+        return None if self.window == "calendar_day" else parse_duration(self.window)
+
+
+class RuleTest(_Strict):
+    """An inline test: the values a rule reads, and whether it must fire."""
+
+    given: dict[str, Any] = Field(description="names the rule reads; extra.NAME or extra: {...}")
+    expect: Literal["hit", "miss"]
+
+
+class Rule(_Strict):
+    """One rule: a condition, what it does, why."""
+
+    id: str = Field(pattern=_RULE_ID, description="stable id, reported in decisions")
+    when: str = Field(min_length=1, description="condition in the rule expression language")
+    action: Literal["approve", "review", "decline"]
+    score: float = Field(ge=0, le=1, description="contribution to the final score")
+    reason: str = Field(min_length=1, description="reason shown with the decision")
+    state: Literal["active", "shadow", "paused"] = "active"
+    tests: list[RuleTest] = Field(default_factory=list)
+
+
+class PolicySpec(_Strict):
+    """Final-score thresholds and the optional daily alert budget (see :mod:`fds.policy`)."""
+
+    decline_at: float = Field(default=0.9, ge=0, le=1)
+    review_at: float = Field(default=0.5, ge=0, le=1)
+    alert_budget_per_day: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PolicySpec:
+        if self.review_at > self.decline_at:
+            raise ValueError("review_at must be <= decline_at")
+        return self
+
+
+class RulesFile(_Strict):
+    """The whole rules file."""
+
+    version: str = Field(description="recorded in every decision, e.g. 2026-11-22.1")
+    timezone: str = Field(default="UTC", description="IANA zone for hour/weekday/calendar_day")
+    features: list[FeatureSpec] = Field(default_factory=list)
+    rules: list[Rule] = Field(default_factory=list)
+    policy: PolicySpec = Field(default_factory=PolicySpec)
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_text(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
+
+
+def export_schema(path: str | Path | None = None) -> str:
+    """The JSON Schema of rules files (for editors); written to ``path`` when given.
+
+    >>> '"rules"' in export_schema()
+    True
+    """
+    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema"}
+    schema.update(RulesFile.model_json_schema())
+    schema["title"] = "fds rules file"
+    _first_paragraphs(schema)
+    text = json.dumps(schema, indent=2, sort_keys=True) + "\n"
+    if path is not None:
+        Path(path).write_text(text, encoding="utf-8")
+    return text
+
+
+def _first_paragraphs(node: Any) -> None:
+    # Docstrings become schema descriptions; editors need their first paragraph, not doctests.
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == "description" and isinstance(v, str):
+                node[k] = v.split("\n\n")[0].strip()
+            else:
+                _first_paragraphs(v)
+    elif isinstance(node, list):
+        for v in node:
+            _first_paragraphs(v)
+
+
+# ---------------------------------------------------------------- YAML with positions
+
+Mark = tuple[int, int, str | None]  # 1-based line, 1-based column, scalar style
+# A 100-rule file is ~40 KB and ~3,000 nodes; these bound hostile or broken files.
+MAX_FILE_CHARS = 5_000_000
+MAX_NODES = 100_000
+#: Path suffix under which the position of a mapping KEY is recorded (the value's is the path).
+KEY = "\0key"
+
+
+def _yaml_loader() -> type:
+    return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def load_yaml_with_marks(text: str, filename: str) -> tuple[Any, dict[tuple[Any, ...], Mark]]:
+    """Parse YAML and record the position of every node by its path (``('rules', 3, 'when')``).
+
+    >>> data, marks = load_yaml_with_marks("a:\\n  - {b: 1}\\n", "f.yaml")
+    >>> data, marks[("a", 0, "b")], marks[("a", 0, "b", KEY)]
+    ({'a': [{'b': 1}]}, (2, 9, None), (2, 6, None))
+    """
+    if len(text) > MAX_FILE_CHARS:
+        raise ConfigError(
+            f"file larger than {MAX_FILE_CHARS // 1_000_000} MB: split it", where=filename
+        )
+    loader = _yaml_loader()(text)
+    marks: dict[tuple[Any, ...], Mark] = {}
+    budget = [MAX_NODES]
+
+    def walk(node: yaml.Node, path: tuple[Any, ...]) -> Any:
+        budget[0] -= 1
+        if budget[0] < 0:  # aliases can expand a small file exponentially ("billion laughs")
+            raise ConfigError(
+                f"more than {MAX_NODES} YAML nodes (aliases expanded): simplify the file",
+                where=_where(filename, node),
+            )
+        m = node.start_mark
+        style = getattr(node, "style", None) or None  # the C loader says "" for plain
+        marks[path] = (m.line + 1, m.column + 1, style)
+        if isinstance(node, yaml.MappingNode):
+            out: dict[Any, Any] = {}
+            for knode, vnode in node.value:
+                key = loader.construct_object(knode, deep=True)
+                if not isinstance(key, str | int | float | bool) or key is None:
+                    raise ConfigError("mapping keys must be text", where=_where(filename, knode))
+                if key in out:
+                    raise ConfigError(
+                        f"duplicate key {key!r}: remove one of them", where=_where(filename, knode)
+                    )
+                km = knode.start_mark
+                marks[(*path, key, KEY)] = (km.line + 1, km.column + 1, None)
+                out[key] = walk(vnode, (*path, key))
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [walk(v, (*path, i)) for i, v in enumerate(node.value)]
+        return loader.construct_object(node, deep=True)
+
+    try:
+        try:
+            node = loader.get_single_node()
+        except yaml.MarkedYAMLError as e:
+            mark = e.problem_mark or e.context_mark
+            where = f"{filename}:{mark.line + 1}:{mark.column + 1}" if mark else filename
+            raise ConfigError(f"YAML syntax error: {e.problem or e}", where=where) from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"YAML error: {e}", where=filename) from None
+        if node is None:
+            return None, {(): (1, 1, None)}
+        return walk(node, ()), marks
+    finally:
+        loader.dispose()
+
+
+def _where(filename: str, node: yaml.Node) -> str:
+    return f"{filename}:{node.start_mark.line + 1}:{node.start_mark.column + 1}"
+
+
+def _mark_for(marks: Mapping[tuple[Any, ...], Mark], loc: tuple[Any, ...]) -> Mark:
+    # The deepest recorded ancestor (a missing key has no node: point at its parent).
+    for n in range(len(loc), -1, -1):
+        if loc[:n] in marks:
+            return marks[loc[:n]]
+    return (1, 1, None)
+
+
+def _pydantic_error(e: pydantic.ValidationError, filename: str, marks: Mapping) -> ConfigError:
+    lines = []
+    first_where = None
+    for err in e.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function")))
+        # Literal/union branches add their own loc parts; keep those that exist in the file.
+        if err["type"] == "extra_forbidden" and (*loc, KEY) in marks:
+            loc = (*loc, KEY)
+        line, col, _ = _mark_for(marks, loc)
+        where = f"{filename}:{line}:{col}"
+        first_where = first_where or where
+        field = ".".join(str(p) for p in loc if p != KEY) or "file"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key: check its spelling (see rules/schema.json)"
+        elif err["type"] == "missing":
+            msg = "missing: add it"
+        lines.append(f"{where}: {field}: {msg}")
+    return ConfigError(
+        "\n".join(lines) if len(lines) > 1 else lines[0].split(": ", 1)[1],
+        where=None if len(lines) > 1 else first_where,
+    )
+
+
+# ---------------------------------------------------------------- built-in clock
+
+
+class LocalClock:
+    """Hour, weekday, is_night and is_weekend of an epoch timestamp in one timezone.
+
+    Cached per 15-minute UTC bucket: every UTC offset and DST change in the IANA database is a
+    multiple of 15 minutes, so a bucket never straddles a local hour boundary, and events out of
+    order cost no more than ordered ones.
+
+    >>> from fds.timeutil import get_zone
+    >>> LocalClock(get_zone("Asia/Seoul"))(1767225600.0)  # 2026-01-01 09:00 KST, a Thursday
+    (9, 3, False, False)
+    """
+
+    bucket = 900  # seconds; see the class docstring
+    _MAX_ENTRIES = 100_000  # ~3 years of buckets; bounded memory for long runs
+
+    def __init__(self, tz: tzinfo) -> None:
+        self.tz = tz
+        #: ``int(ts // bucket) -> (hour, weekday, is_night, is_weekend)``; generated rule code
+        #: reads it inline and calls the clock only on a miss.
+        self.cache: dict[int, tuple[int, int, bool, bool]] = {}
+
+    def __call__(self, ts: float) -> tuple[int, int, bool, bool]:
+        key = int(ts // self.bucket)
+        hit = self.cache.get(key)
+        if hit is not None:
+            return hit
+        dt = datetime.fromtimestamp(key * self.bucket, self.tz)
+        wd = dt.weekday()
+        out = (dt.hour, wd, dt.hour < NIGHT_END_HOUR, wd >= 5)
+        if len(self.cache) >= self._MAX_ENTRIES:
+            self.cache.clear()  # in place: generated code holds this dict's .get
+        self.cache[key] = out
+        return out
+
+
+# ---------------------------------------------------------------- the compiled ruleset
+
+
+@dataclass(frozen=True)
+class CompiledRule:
+    """A rule with its compiled condition and where it sits in the file."""
+
+    spec: Rule
+    expr: CompiledExpr
+    where: str
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+
+@dataclass(frozen=True)
+class TestResult:
+    """Outcome of one inline test."""
+
+    rule_id: str
+    index: int
+    expect: str
+    got: str
+    where: str
+    error: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and self.expect == self.got
+
+
+class Ruleset:
+    """A validated, compiled rules file: ``evaluate(tx, features) -> hits`` is one function.
+
+    Attributes
+    ----------
+    version, spec, path, tz, rules (all, including paused), features, policy
+    missing_counts, error_counts
+        Per rule id: times it did not fire because a name was missing / a run-time error
+        (division by zero, log of 0, wrong type in ``extra``).
+    """
+
+    def __init__(
+        self,
+        spec: RulesFile,
+        rules: list[CompiledRule],
+        path: str,
+        test_where: Mapping[tuple[str, int], str] | None = None,
+    ) -> None:
+        self.spec = spec
+        self._test_where = dict(test_where or {})
+        self.version: str = spec.version
+        self.path = path
+        self.tz = get_zone(spec.timezone)
+        self.clock = LocalClock(self.tz)
+        self.rules = tuple(rules)
+        self.features = tuple(spec.features)
+        self.policy = spec.policy
+        self.evaluated = tuple(r for r in rules if r.spec.state != "paused")
+        plans = [
+            EvalPlan(
+                r.expr,
+                {
+                    "id": r.id,
+                    "action": r.spec.action,
+                    "score": r.spec.score,
+                    "reason": r.spec.reason,
+                    "state": r.spec.state,
+                },
+            )
+            for r in self.evaluated
+        ]
+        fn, self._missing, self._errors, self.code = build_evaluator(plans, TX_TYPES, self.clock)
+        self._fn = fn
+
+    def evaluate(
+        self, tx: Mapping[str, Any], features: Mapping[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        """Hits ``[{id, action, score, reason, state}]`` of active and shadow rules, in file order.
+
+        ``tx`` is a validated transaction (``ts`` in epoch seconds, ``extra`` a dict);
+        ``features`` its feature snapshot. A rule whose names are missing does not fire.
+        """
+        return self._fn(tx, features if features is not None else _EMPTY)
+
+    @property
+    def missing_counts(self) -> dict[str, int]:
+        return {r.id: n for r, n in zip(self.evaluated, self._missing, strict=True)}
+
+    @property
+    def error_counts(self) -> dict[str, int]:
+        return {r.id: n for r, n in zip(self.evaluated, self._errors, strict=True)}
+
+    def drain_counts(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Missing-name and run-time-error non-fires per rule since the last call, then reset.
+
+        For periodic metric export (``fds_rules_skipped``-style counters); call it on the
+        deciding thread so that no increment is lost.
+        """
+        out = []
+        for counts in (self._missing, self._errors):
+            out.append({r.id: n for r, n in zip(self.evaluated, counts, strict=True) if n})
+            counts[:] = [0] * len(counts)
+        return out[0], out[1]
+
+    def names_read(self) -> dict[str, tuple[str, ...]]:
+        """Per rule id, the names its condition reads (for reports)."""
+        return {r.id: r.expr.names for r in self.rules}
+
+    def unused_features(self) -> list[str]:
+        """Declared features no rule reads (they may still feed the model)."""
+        used = {n for r in self.rules for n in r.expr.names}
+        return [f.name for f in self.features if f.name not in used]
+
+    def run_tests(self) -> list[TestResult]:
+        """Run every rule's inline tests (paused rules included)."""
+        out = []
+        for r in self.rules:
+            for i, t in enumerate(r.spec.tests):
+                where = self._test_where.get((r.id, i), r.where)
+                try:
+                    values = self._test_values(t.given)
+                    got = "hit" if r.expr.evaluate(values) else "miss"
+                    out.append(TestResult(r.id, i, t.expect, got, where))
+                except MissingName:
+                    out.append(TestResult(r.id, i, t.expect, "miss", where))
+                except (ArithmeticError, TypeError, ValueError) as e:
+                    out.append(TestResult(r.id, i, t.expect, "miss", where, f"{e}"))
+        return out
+
+    def _test_values(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        values = dict(given)
+        extra = dict(values.get("extra") or {})
+        for k in list(values):
+            if k.startswith("extra."):
+                extra[k[6:]] = values.pop(k)
+        values["extra"] = extra
+        ts = values.get("ts")
+        if ts is not None:
+            ts = values["ts"] = parse_ts(ts, self.tz)
+            cal = self.clock(ts)
+            for i, name in enumerate(BUILTINS):
+                values.setdefault(name, cal[i])
+        return values
+
+
+_EMPTY: Mapping[str, Any] = {}
+
+
+def _expr_where(filename: str, mark: Mark, e: ExprError) -> str:
+    line, col, style = mark
+    if style in ("|", ">"):
+        return f"{filename}:{line + e.line}"
+    if e.line == 1:
+        quoted = 1 if style in ('"', "'") else 0
+        return f"{filename}:{line}:{col + quoted + e.col - 1}"
+    return f"{filename}:{line + e.line - 1}:{e.col}"
+
+
+def known_names(spec: RulesFile) -> dict[str, str]:
+    """Names a rule of ``spec`` may read, with their types."""
+    known = dict(TX_TYPES)
+    known.update(BUILTINS)
+    for f in spec.features:
+        known[f.name] = BOOL if f.agg == "seen" else NUM
+    return known
+
+
+_FEATURE_FIELD = re.compile(r"^extra\.[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _check_semantics(spec: RulesFile, filename: str, marks: Mapping) -> None:
+    def fail(msg: str, loc: tuple[Any, ...]) -> ConfigError:
+        line, col, _ = _mark_for(marks, loc)
+        return ConfigError(msg, where=f"{filename}:{line}:{col}")
+
+    try:
+        get_zone(spec.timezone)
+    except ConfigError as e:
+        raise fail(str(e), ("timezone",)) from None
+    reserved = set(TX_TYPES) | set(BUILTINS) | {"extra"}
+    seen: set[str] = set()
+    for i, f in enumerate(spec.features):
+        if f.name in reserved:
+            raise fail(
+                f"feature name {f.name!r} is taken by a built-in name: rename it",
+                ("features", i, "name"),
+            )
+        if f.name in seen:
+            raise fail(f"duplicate feature {f.name!r}: rename or remove one", ("features", i))
+        seen.add(f.name)
+        for key in ("entity", "field"):
+            v = getattr(f, key)
+            if v is not None and v not in TX_TYPES and not _FEATURE_FIELD.match(v):
+                raise fail(
+                    f"{key} {v!r} is not a transaction field: use one of "
+                    f"{', '.join(sorted(TX_TYPES))} or extra.NAME",
+                    ("features", i, key),
+                )
+        if f.agg in ("sum", "mean", "min", "max", "std") and TX_TYPES.get(f.field or "") == STR:
+            raise fail(
+                f"agg {f.agg} needs a numeric field, {f.field} is text", ("features", i, "field")
+            )
+    ids: set[str] = set()
+    for i, r in enumerate(spec.rules):
+        if r.id in ids:
+            raise fail(f"duplicate rule id {r.id!r}: ids must be unique", ("rules", i, "id"))
+        ids.add(r.id)
+
+
+def load_ruleset_text(text: str, filename: str = "<rules>", *, run_tests: bool = False) -> Ruleset:
+    """Validate and compile a rules file given as text (see :func:`load_ruleset`)."""
+    data, marks = load_yaml_with_marks(text, filename)
+    if not isinstance(data, dict):
+        raise ConfigError(
+            "a rules file is a mapping with version, features, rules, policy",
+            where=f"{filename}:1:1",
+        )
+    try:
+        spec = RulesFile.model_validate(data)
+    except pydantic.ValidationError as e:
+        raise _pydantic_error(e, filename, marks) from None
+    _check_semantics(spec, filename, marks)
+    known = known_names(spec)
+    compiled = []
+    errors: list[str] = []  # every rule's error at once: an analyst fixes them in one pass
+    test_where: dict[tuple[str, int], str] = {}
+    for i, r in enumerate(spec.rules):
+        mark = _mark_for(marks, ("rules", i, "when"))
+        try:
+            expr = compile_expr(r.when, known)
+        except ExprError as e:
+            errors.append(f"{_expr_where(filename, mark, e)}: rule {r.id}: {e.detail}")
+            continue
+        line, col, _ = _mark_for(marks, ("rules", i))
+        compiled.append(CompiledRule(r, expr, f"{filename}:{line}:{col}"))
+        for j, t in enumerate(r.tests):
+            tl, tc, _ = _mark_for(marks, ("rules", i, "tests", j))
+            test_where[(r.id, j)] = f"{filename}:{tl}:{tc}"
+            for k in t.given:
+                if k not in known and not k.startswith("extra.") and k != "extra":
+                    gl, gc, _ = _mark_for(marks, ("rules", i, "tests", j, "given", k, KEY))
+                    errors.append(
+                        f"{filename}:{gl}:{gc}: rule {r.id}: test gives unknown name {k!r}: "
+                        "use the names the rule reads"
+                    )
+    if len(errors) == 1:
+        where, msg = errors[0].split(": ", 1)
+        raise ConfigError(msg, where=where)
+    if errors:
+        raise ConfigError(f"{len(errors)} errors:\n" + "\n".join(errors))
+    rs = Ruleset(spec, compiled, filename, test_where)
+    if run_tests:
+        failed = [res for res in rs.run_tests() if not res.passed]
+        if failed:
+            first = failed[0]
+            why = first.error or f"expected {first.expect}, got {first.got}"
+            raise ConfigError(
+                f"rule {first.rule_id}: inline test {first.index + 1} failed: {why} "
+                f"({len(failed)} failing test(s); run `fds rules check`)",
+                where=first.where,
+            )
+    return rs
+
+
+def load_ruleset(path: str | Path, *, run_tests: bool = False) -> Ruleset:
+    """Load, validate and compile a rules file; with ``run_tests`` its inline tests must pass.
+
+    Raises :class:`fds.errors.ConfigError` naming ``file:line:column`` and the fix.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read rules file: {e.strerror}", where=str(p)) from None
+    except UnicodeDecodeError:
+        raise ConfigError("rules file is not UTF-8 text", where=str(p)) from None
+    return load_ruleset_text(text, str(p), run_tests=run_tests)

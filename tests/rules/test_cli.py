@@ -1,0 +1,124 @@
+"""``fds rules check`` and ``fds rules backtest`` end to end (through ``fds.cli.main``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fds.cli import main
+from fds.streams.simulator import simulate, write
+
+ROOT = Path(__file__).resolve().parents[2]
+
+BASELINE = """\
+version: base
+timezone: Asia/Seoul
+rules:
+  - id: huge
+    when: amount >= 1000000
+    action: review
+    score: 0.7
+    reason: Huge amount
+    tests: [{given: {amount: 2000000}, expect: hit}]
+"""
+
+CANDIDATE = """\
+version: cand
+timezone: Asia/Seoul
+rules:
+  - id: huge
+    when: amount >= 500000
+    action: review
+    score: 0.7
+    reason: Huge amount
+    tests: [{given: {amount: 600000}, expect: hit}]
+  - id: foreign_online
+    when: channel == 'online' and country != 'KR' and amount >= 100000
+    action: review
+    score: 0.6
+    reason: Foreign online
+    tests: [{given: {channel: online, country: GB, amount: 200000}, expect: hit}]
+"""
+
+
+def test_check_default_file_passes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["rules", "check"]) == 0
+    out = capsys.readouterr().out
+    assert "OK" in out and "default.yaml" in out and "card_testing_burst" in out
+
+
+def test_check_reports_failures_with_file_line(tmp_path: Path, capsys) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text(BASELINE)
+    bad_test = tmp_path / "bad_test.yaml"
+    bad_test.write_text(BASELINE.replace("expect: hit", "expect: miss"))
+    bad_expr = tmp_path / "bad_expr.yaml"
+    bad_expr.write_text(BASELINE.replace("amount >= 1000000", "amount >= 1000000 and open('x')"))
+    code = main(["rules", "check", str(good), str(bad_test), str(bad_expr)])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert f"OK   {good}" in out
+    assert f"{bad_test}:9:13: test 1: expected miss, got hit" in out
+    assert f"{bad_expr}:5:33: rule huge: calling open is not allowed" in out
+    assert "1 of 3 file(s) OK" in out
+
+
+def test_check_missing_file_fails(tmp_path: Path, capsys) -> None:
+    assert main(["rules", "check", str(tmp_path / "nope.yaml")]) == 1
+    assert "no such file" in capsys.readouterr().out
+
+
+def test_backtest_end_to_end(tmp_path: Path, capsys) -> None:
+    sim = simulate(days=4, cards=1500, merchants=200, seed=11, drift_day=None)
+    data, _labels = write(sim, tmp_path / "hist.jsonl")
+    base, cand = tmp_path / "base.yaml", tmp_path / "cand.yaml"
+    base.write_text(BASELINE)
+    cand.write_text(CANDIDATE)
+    code = main(
+        [
+            "rules",
+            "backtest",
+            "--candidate",
+            str(cand),
+            "--baseline",
+            str(base),
+            str(data),
+            "--examples",
+            "3",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert f"backtest over {len(sim.transactions)} transactions" in out
+    assert "known frauds" in out  # labels found beside the file
+    for row in ("alerts (review+decline)", "alerts per day", "precision", "recall"):
+        assert row in out
+    lines = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
+    assert lines["huge"][1] != "-" and lines["foreign_online"][1] == "-"  # baseline lacks it
+    assert int(lines["huge"][3]) >= int(lines["huge"][1])  # lower threshold: more hits
+    assert "changed action" in out
+    assert "read: amount=" in out  # the values the rules read
+
+
+def test_backtest_usage_errors(tmp_path: Path, capsys) -> None:
+    base = tmp_path / "base.yaml"
+    base.write_text(BASELINE)
+    assert (
+        main(
+            [
+                "rules",
+                "backtest",
+                "--candidate",
+                str(base),
+                "--baseline",
+                str(base),
+                str(tmp_path / "missing.jsonl"),
+            ]
+        )
+        == 2
+    )
+    assert "no such file" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as ei:
+        main(["rules", "backtest", str(tmp_path / "x.jsonl")])  # --candidate missing
+    assert ei.value.code == 2

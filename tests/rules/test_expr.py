@@ -1,0 +1,356 @@
+"""The rule expression language: semantics, types, missing names, and the sandbox."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import types
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fds.rules.expr import (
+    ANY,
+    BOOL,
+    NUM,
+    STR,
+    EvalPlan,
+    ExprError,
+    MissingName,
+    build_evaluator,
+    compile_expr,
+)
+
+KNOWN = {
+    "amount": NUM,
+    "avg": NUM,
+    "count": NUM,
+    "country": STR,
+    "mcc": STR,
+    "seen": BOOL,
+    "is_night": BOOL,
+    "hour": NUM,
+    "zero": NUM,
+}
+VALUES = {
+    "amount": 500.0,
+    "avg": 100.0,
+    "count": 3,
+    "country": "US",
+    "mcc": "7995",
+    "seen": False,
+    "is_night": True,
+    "hour": 2,
+    "zero": 0,
+    "extra": {"segment": "vip", "score": 0.7, "text": "abc"},
+}
+
+
+def ev(src: str, values: dict | None = None, known: dict | None = None):
+    return compile_expr(src, known or KNOWN).evaluate(VALUES if values is None else values)
+
+
+@pytest.mark.parametrize(
+    ("src", "expected"),
+    [
+        ("amount > 3 * avg", True),
+        ("amount > 3 * avg + 300", False),  # * binds tighter than +
+        ("(amount - avg) / 4 == 100", True),
+        ("amount - avg / 4 == 475", True),
+        ("not seen and amount > 100", True),  # not binds tighter than and
+        ("not (seen or amount > 100)", False),
+        ("seen or amount > 100 and count > 5", False),  # and binds tighter than or
+        ("(seen or amount > 100) and count > 5", False),
+        ("seen or count < 5 and amount > 100", True),
+        ("1 < count < 5", True),  # chained comparison
+        ("1 < count < 3", False),
+        ("-amount < -400", True),
+        ("amount % 7 == 3", True),
+        ("country in ['US', 'GB']", True),
+        ("country not in ('US', 'GB')", False),
+        ("count in [1, 2, 3]", True),
+        ("count in [-1, -3]", False),
+        ("mcc in {'7995', '4829'}", True),
+        ("abs(avg - amount) == 400", True),
+        ("max(amount, avg) == 500 and min(amount, avg, 7) == 7", True),
+        ("round(amount / 3, 2) == 166.67", True),
+        ("sqrt(avg) == 10 and log10(avg) == 2", True),
+        ("log(amount) > 6.2", True),
+        ("len(country) == 2", True),
+        ("extra.segment == 'vip' and extra.score > 0.5", True),
+        ("is_night and hour < 6", True),
+        ("(amount if seen else avg) == 100", True),
+        ("amount != None", True),
+        ("True", True),
+    ],
+)
+def test_semantics_and_precedence(src: str, expected: bool) -> None:
+    assert bool(ev(src)) is expected
+
+
+@pytest.mark.parametrize(
+    ("src", "fragment"),
+    [
+        ("country > 5", "compares text with a number"),
+        ("country == 1", "compares text with a number"),
+        ("amount == 'x'", "compares text with a number"),
+        ("country in [1, 2]", "never equals"),
+        ("amount in ['a']", "never equals"),
+        ("country * 2 > 1", "needs a number"),
+        ("-country == 1", "needs a number"),
+        ("abs(country) > 1", "needs a number"),
+        ("len(amount) > 1", "needs text"),
+        ("amount + 1", "must be true/false"),
+        ("country", "must be true/false"),
+        ("amount > nope", "unknown name 'nope'"),
+        ("amont > 1", "did you mean amount"),
+        ("abs > 1", "is a function"),
+        ("min(amount) > 1", "takes 2 to 8 arguments"),
+        ("round(amount, amount) > 1", "whole number"),
+        ("abs(x=amount) > 1", "keyword"),
+        ("amount in avg", "literal list"),
+        ("country in ['a', country]", "must be literals"),
+        ("amount is None", "comparison is not allowed"),
+        ("[1, 2] == [1, 2]", "only allowed on the right of `in`"),
+        ("{'a': 1} == 1", "dict literals"),
+        ("amount > 1e999", "out of range"),
+        ("amount > 10000000000000000000000", "out of range"),
+        ("country == '" + "a" * 500 + "'", "string literal longer"),
+        ("amount >", "syntax error"),
+        ("", "empty expression"),
+        ("b'x' == 1", "bytes literals"),
+        ("amount > 1 ; import os", "syntax error"),
+    ],
+)
+def test_load_errors(src: str, fragment: str) -> None:
+    with pytest.raises(ExprError) as ei:
+        compile_expr(src, KNOWN)
+    assert fragment in str(ei.value)
+
+
+def test_error_points_at_the_offending_spot() -> None:
+    with pytest.raises(ExprError) as ei:
+        compile_expr("amount > 1 and\n  country.upper() == 'X'", KNOWN)
+    assert (ei.value.line, ei.value.col) == (2, 3)
+    with pytest.raises(ExprError) as ei:
+        compile_expr("amount > 1 and nope", KNOWN)
+    assert (ei.value.line, ei.value.col) == (1, 16)
+
+
+def test_missing_names_raise_the_internal_signal() -> None:
+    e = compile_expr("amount > avg or seen", KNOWN)
+    assert e.names == ("amount", "avg", "seen")
+    for missing in ("amount", "avg", "seen"):
+        values = {**VALUES, missing: None}
+        with pytest.raises(MissingName, match=missing):
+            e.evaluate(values)
+        del values[missing]
+        with pytest.raises(MissingName, match=missing):
+            e.evaluate(values)
+    with pytest.raises(MissingName, match=r"extra\.nope"):
+        compile_expr("extra.nope == 1", KNOWN).evaluate(VALUES)
+    with pytest.raises(MissingName):
+        compile_expr("extra.segment == 1", KNOWN).evaluate({"amount": 1})  # no extra at all
+
+
+def _evaluator(*sources: str):
+    plans = [
+        EvalPlan(compile_expr(s, KNOWN), {"id": f"r{i}", "score": 0.5})
+        for i, s in enumerate(sources)
+    ]
+    return build_evaluator(plans, {"amount", "country", "mcc"}, None)
+
+
+def test_evaluator_counts_missing_and_runtime_errors_without_raising() -> None:
+    fn, missing, errors, _ = _evaluator(
+        "amount / zero > 1",  # division by zero
+        "log(zero) > 1",  # math domain error
+        "extra.text * 3 > 1",  # text in extra used as a number
+        "amount > avg",  # avg missing below
+        "amount > 1",
+    )
+    feats = {"zero": 0}
+    tx = {"amount": 5.0, "extra": {"text": "abc"}}
+    hits = fn(tx, feats)
+    assert [h["id"] for h in hits] == ["r4"]
+    assert errors == [1, 1, 1, 0, 0]
+    assert missing == [0, 0, 0, 1, 0]
+    hits[0]["id"] = "mutated"  # hits are fresh dicts: mutating one changes nothing later
+    assert fn(tx, feats)[0]["id"] == "r4"
+
+
+def test_extra_string_is_never_multiplied() -> None:
+    # The classic memory bomb: a huge string built from a string value times a number.
+    fn, _, errors, _ = _evaluator("extra.text * 1000000000000 == extra.text")
+    t = time.perf_counter()
+    assert fn({"extra": {"text": "a"}}, {}) == []
+    assert time.perf_counter() - t < 0.1
+    assert errors == [1]
+
+
+SANDBOX_ESCAPES = [
+    "().__class__.__bases__[0].__subclasses__()",
+    "''.__class__.__mro__[1].__subclasses__()",
+    "__import__('os').system('echo pwned')",
+    "eval('1+1')",
+    "exec('import os')",
+    "open('/etc/passwd').read()",
+    "compile('1', 'x', 'eval')",
+    "globals()",
+    "locals()['__builtins__']",
+    "vars()",
+    "getattr(amount, '__class__')",
+    "type(amount)",
+    "breakpoint()",
+    "(lambda: 1)()",
+    "[x for x in (1, 2)]",
+    "{x for x in (1, 2)}",
+    "{x: 1 for x in (1, 2)}",
+    "any(x for x in (1, 2))",
+    "f'{amount.__class__}'",
+    "'{0.__class__}'.format(amount)",
+    "'%s' % amount",
+    "9**9**9",
+    "2**10000000",
+    "amount ** 2 > 1",
+    "'a' * 10**9",
+    "'a' * 1000000000 == 'a'",
+    "(x := 1)",
+    "[*amount]",
+    "amount[0]",
+    "amount[::-1]",
+    "amount.real > 0",
+    "extra.__class__",
+    "extra.segment.__class__",
+    "extra['segment']",
+    "__builtins__",
+    "_num",
+    "_Missing",
+    "v.get('amount')",
+    "amount if 1 else __import__('os')",
+    "max(amount, avg, key=print)",
+    "abs(*[amount])",
+    "amount @ amount",
+    "~count == 1",
+    "amount << 100000000 > 1",
+    "count // 0 == 1",
+    "yield amount",
+    "await amount",
+    "(" * 300 + "amount" + ")" * 300 + " > 1",  # beyond the parser's nesting limit
+    "(" * 60 + "amount" + " + 1)" * 60 + " > 1",  # beyond our AST depth limit
+    "not " * 400 + "seen",
+    "-" * 600 + "amount > 1",
+    "1 + " * 600 + "1 > 1",
+    "amount > 1 " + "and amount > 1 " * 300,
+    "amount\x00 > 1",
+    "amount > 1 # comment\n and __import__('os')",
+]
+
+
+@pytest.mark.parametrize("src", SANDBOX_ESCAPES)
+def test_sandbox_escape_attempts_are_rejected_at_load_time(src: str) -> None:
+    t = time.perf_counter()
+    with pytest.raises(ExprError):
+        compile_expr(src, {**KNOWN, "__builtins__": ANY})
+    assert time.perf_counter() - t < 1.0
+
+
+ALLOWED_NAME = ("n_", "x_", "_k", "_num", "_Missing", "_e", "v", "get")
+
+
+def _all_names(code: types.CodeType) -> set[str]:
+    names = set(code.co_names) | set(code.co_varnames)
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):
+            names |= _all_names(c)
+    return names
+
+
+def _assert_contained(e) -> None:
+    # The generated code may only mention generated locals and helper constants.
+    names = _all_names(e._fn.__code__)
+    bad = {n for n in names if not n.startswith(ALLOWED_NAME)}
+    assert not bad, (e.source, e.code, bad)
+    assert e._fn.__globals__["__builtins__"] == {}
+
+
+TOKENS = [
+    "amount", "avg", "count", "country", "seen", "hour", "extra", ".", "segment", "__class__",
+    "(", ")", "[", "]", "{", "}", ",", ":", "+", "-", "*", "/", "%", "**", "<", ">", "==", "!=",
+    "<=", "and", "or", "not", "in", "if", "else", "lambda", "for", "1", "0", "2.5", "'US'", "'",
+    '"', "abs", "max", "len", "log", "__import__", "open", "=", ":=", "f'", "{amount}", "\\",
+    "\n", " ", "#", "@", "~", "x", "None", "True",
+]  # fmt: skip
+
+
+@settings(max_examples=400, deadline=1000, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from(TOKENS), max_size=40).map(" ".join))
+def test_fuzz_token_soup_never_escapes_or_hangs(src: str) -> None:
+    t = time.perf_counter()
+    try:
+        e = compile_expr(src, KNOWN)
+    except ExprError:
+        return
+    finally:
+        assert time.perf_counter() - t < 0.5
+    _assert_contained(e)
+    with contextlib.suppress(MissingName, ArithmeticError, TypeError, ValueError):
+        e.evaluate(VALUES)
+    assert time.perf_counter() - t < 0.5
+
+
+@settings(max_examples=300, deadline=1000)
+@given(st.text(max_size=300))
+def test_fuzz_random_text_never_escapes_or_hangs(src: str) -> None:
+    t = time.perf_counter()
+    try:
+        e = compile_expr(src, KNOWN)
+    except ExprError:
+        return
+    _assert_contained(e)
+    assert time.perf_counter() - t < 0.5
+
+
+# Random well-formed expression trees built from the allowed grammar: these must compile or be
+# rejected by the type checker, and evaluating them is bounded.
+_leaf = st.sampled_from(
+    ["amount", "avg", "count", "zero", "1", "2.5", "-3", "extra.score", "hour", "0"]
+)
+
+
+def _num_expr(children):
+    return st.one_of(
+        st.tuples(children, st.sampled_from(["+", "-", "*", "/", "%"]), children).map(
+            lambda t: f"({t[0]} {t[1]} {t[2]})"
+        ),
+        st.tuples(st.sampled_from(["abs", "sqrt", "log", "round"]), children).map(
+            lambda t: f"{t[0]}({t[1]})"
+        ),
+        st.tuples(st.sampled_from(["min", "max"]), children, children).map(
+            lambda t: f"{t[0]}({t[1]}, {t[2]})"
+        ),
+    )
+
+
+_nums = st.recursive(_leaf, _num_expr, max_leaves=25)
+_conds = st.recursive(
+    st.tuples(_nums, st.sampled_from(["<", ">", "==", "!=", "<=", ">="]), _nums).map(" ".join)
+    | st.sampled_from(["seen", "is_night", "country in ['US', 'KR']"]),
+    lambda c: (
+        st.tuples(c, st.sampled_from(["and", "or"]), c).map(lambda t: f"({' '.join(t)})")
+        | c.map(lambda x: f"not {x}")
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=1000)
+@given(_conds)
+def test_fuzz_random_valid_trees_compile_and_evaluate_bounded(src: str) -> None:
+    e = compile_expr(src, KNOWN)
+    _assert_contained(e)
+    t = time.perf_counter()
+    with contextlib.suppress(ArithmeticError, TypeError, ValueError):
+        e.evaluate(VALUES)
+    assert time.perf_counter() - t < 0.1

@@ -1,0 +1,184 @@
+"""Hot reload: good -> broken -> good, under a running replay and with the watcher thread."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from fds.engine import Engine
+from fds.errors import ConfigError
+from fds.metrics import Metrics
+from fds.policy import Policy
+from fds.replay import ReplayInput, run
+from fds.rules.reload import ReloadingRuleset
+
+
+def rules(version: str, threshold: int, *, broken: bool = False) -> str:
+    when = f"amount > {threshold}" if not broken else f"amount > {threshold} and nope"
+    return (
+        f'version: "{version}"\n'
+        "rules:\n"
+        f"  - id: big\n    when: {when}\n    action: review\n    score: 0.7\n    reason: Big\n"
+        f"    tests: [{{given: {{amount: {threshold + 1}}}, expect: hit}}]\n"
+    )
+
+
+def write(path: Path, text: str) -> None:
+    # Atomic replace, as editors and deploy tools do; bump mtime so that a same-size rewrite
+    # within the filesystem's timestamp resolution is still noticed.
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    st = path.stat() if path.exists() else None
+    os.replace(tmp, path)
+    if st is not None:
+        ns = max(st.st_mtime_ns + 1_000_000, time.time_ns())
+        os.utime(path, ns=(ns, ns))
+
+
+class ListSink:
+    def __init__(self) -> None:
+        self.records: list[dict] = []
+
+    def write(self, record: dict) -> None:
+        self.records.append(record)
+
+
+def wait_for(cond, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.005)
+
+
+def test_broken_file_at_start_is_an_error(tmp_path: Path) -> None:
+    p = tmp_path / "r.yaml"
+    p.write_text(rules("1", 100, broken=True))
+    with pytest.raises(ConfigError, match=r"r.yaml:4:\d+: rule big: unknown name 'nope'"):
+        ReloadingRuleset(p, start=False)
+
+
+def test_failing_inline_test_is_rejected_like_a_syntax_error(tmp_path: Path) -> None:
+    p = tmp_path / "r.yaml"
+    p.write_text(rules("1", 100))
+    rs = ReloadingRuleset(p, start=False)
+    write(p, rules("2", 100).replace("expect: hit", "expect: miss"))
+    assert rs.check_now() == "rejected"
+    assert rs.version == "1"
+    assert "inline test 1 failed" in str(rs.last_error)
+
+
+def test_hot_reload_under_a_running_replay(tmp_path: Path) -> None:
+    p = tmp_path / "r.yaml"
+    p.write_text(rules("v1", 100))
+    results: list[tuple[str, object]] = []
+    metrics = Metrics()
+    rs = ReloadingRuleset(
+        p, start=False, on_result=lambda r, new, err: results.append((r, err)), metrics=metrics
+    )
+    txs = [
+        {"tx_id": f"t{i}", "ts": float(i), "card_id": "c", "amount": 150.0, "extra": {}}
+        for i in range(300)
+    ]
+
+    def on_event(i: int) -> None:  # between two events, as the watcher thread would
+        if i == 100:
+            write(p, rules("v2", 100, broken=True))
+        elif i == 200:
+            write(p, rules("v3", 200))
+        if i % 10 == 0:
+            rs.check_now()
+
+    engine = Engine(rules=rs, policy=Policy())
+    sink, dlq = ListSink(), ListSink()
+    summary = run(engine, ReplayInput(txs, []), sink, dlq, on_event=on_event)
+    assert summary.decided == 300 and not dlq.records  # no event failed
+    versions = [d["ruleset_version"] for d in sink.records]
+    assert versions == ["v1"] * 200 + ["v3"] * 100  # broken v2 never served
+    # v1 fires on 150 > 100; v3 (> 200) does not: each event decided by one whole ruleset.
+    assert {d["action"] for d in sink.records[:200]} == {"review"}
+    assert {d["action"] for d in sink.records[200:]} == {"approve"}
+    assert rs.counts["ok"] == 1 and rs.counts["rejected"] == 1
+    assert [r for r, _ in results] == ["rejected", "ok"]
+    assert "r.yaml:4:" in str(results[0][1]) and "nope" in str(results[0][1])
+    text = metrics.exposition()
+    assert b'fds_ruleset_reloads_total{result="rejected"} 1.0' in text
+    assert b'fds_ruleset_reloads_total{result="ok"} 1.0' in text
+    assert b'fds_ruleset_info{version="v3"} 1.0' in text
+    assert b'version="v1"' not in text
+
+
+def test_watcher_thread_swaps_while_events_flow(tmp_path: Path) -> None:
+    p = tmp_path / "r.yaml"
+    p.write_text(rules("v1", 100))
+    stop = threading.Event()
+    seen: list[str] = []
+    errors: list[BaseException] = []
+    with ReloadingRuleset(p, poll_seconds=0.01) as rs:
+
+        def traffic() -> None:
+            tx = {"tx_id": "t", "ts": 0.0, "amount": 150.0, "extra": {}}
+            try:
+                while not stop.is_set():
+                    hits = rs.evaluate(tx, {})
+                    v = rs.version
+                    # A hit must come from the ruleset named by `version`: v1 fires, v3 does not.
+                    assert (v == "v1") == bool(hits), (v, hits)
+                    if not seen or seen[-1] != v:
+                        seen.append(v)
+            except BaseException as e:  # surfaced below
+                errors.append(e)
+
+        t = threading.Thread(target=traffic)
+        t.start()
+        try:
+            write(p, rules("v2", 100, broken=True))
+            wait_for(lambda: rs.counts["rejected"] == 1)
+            assert rs.current.version == "v1"
+            write(p, rules("v3", 200))
+            wait_for(lambda: rs.current.version == "v3")
+            wait_for(lambda: seen[-1] == "v3")
+        finally:
+            stop.set()
+            t.join()
+    assert not errors, errors
+    assert seen == ["v1", "v3"]
+
+
+def test_unchanged_and_deleted_file(tmp_path: Path) -> None:
+    p = tmp_path / "r.yaml"
+    p.write_text(rules("v1", 100))
+    rs = ReloadingRuleset(p, start=False)
+    assert rs.check_now() == "unchanged"
+    os.utime(p)  # touched, same bytes: hash says unchanged
+    write(p, rules("v1", 100))
+    assert rs.check_now() == "unchanged"
+    p.unlink()
+    assert rs.check_now() == "rejected"
+    assert rs.current.version == "v1"
+
+
+def test_policy_follows_the_reloaded_file_and_features_cannot_change(tmp_path: Path) -> None:
+    p = tmp_path / "r.yaml"
+    p.write_text(rules("v1", 100) + "policy: {review_at: 0.5, decline_at: 0.9}\n")
+    rs = ReloadingRuleset(p, start=False)
+    tx = {"tx_id": "t", "ts": 0.0, "amount": 150.0, "extra": {}}
+    engine = Engine(rules=rs, policy=rs.policy)
+    assert engine.decide(tx)["action"] == "review"  # score 0.7 >= 0.5 and a review rule
+    write(
+        p,
+        rules("v2", 100).replace("action: review", "action: approve")
+        + "policy: {review_at: 0.8, decline_at: 0.95, alert_budget_per_day: 10}\n",
+    )
+    assert rs.check_now() == "ok"
+    d = engine.decide(tx)
+    assert (d["ruleset_version"], d["action"]) == ("v2", "approve")  # 0.7 < new review_at 0.8
+    assert rs.policy.review_at == 0.8 and rs.policy.budget is not None
+    write(p, rules("v3", 100) + "features: [{name: c, entity: card_id, agg: count, window: 1h}]\n")
+    assert rs.check_now() == "rejected"
+    assert "feature declarations changed (c)" in str(rs.last_error)
+    assert engine.decide(tx)["ruleset_version"] == "v2"

@@ -1,0 +1,249 @@
+"""Rules files: validation with file:line:column, compilation, evaluation, built-ins, schema."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from fds.errors import ConfigError
+from fds.rules.ruleset import (
+    FeatureSpec,
+    LocalClock,
+    export_schema,
+    load_ruleset,
+    load_ruleset_text,
+)
+from fds.timeutil import get_zone
+
+ROOT = Path(__file__).resolve().parents[2]
+
+GOOD = """\
+version: "t.1"
+timezone: Asia/Seoul
+features:
+  - {name: c1h, entity: card_id, agg: count, window: 1h}
+  - {name: avg30, entity: card_id, agg: mean, field: amount, window: 30d}
+  - {name: seen_country, entity: card_id, agg: seen, field: country, window: 90d}
+  - {name: today, entity: card_id, agg: sum, field: amount, window: calendar_day}
+rules:
+  - id: spike
+    when: "amount > 3 * avg30 and not seen_country"
+    action: review
+    score: 0.6
+    reason: Spike
+    tests:
+      - {given: {amount: 900, avg30: 100, seen_country: false}, expect: hit}
+      - {given: {amount: 200, avg30: 100, seen_country: false}, expect: miss}
+  - id: night
+    when: is_night and amount > 100
+    action: decline
+    score: 0.9
+    reason: Night
+    state: shadow
+    tests:
+      - {given: {ts: "2026-01-02T02:00:00+09:00", amount: 500}, expect: hit}
+      - {given: {ts: "2026-01-02T12:00:00+09:00", amount: 500}, expect: miss}
+  - id: vip
+    when: extra.segment == 'vip' and c1h > 2
+    action: review
+    score: 0.3
+    reason: VIP
+    state: paused
+    tests:
+      - {given: {extra.segment: vip, c1h: 3}, expect: hit}
+      - {given: {extra: {segment: vip}, c1h: 3}, expect: hit}
+policy: {decline_at: 0.9, review_at: 0.5}
+"""
+
+
+def load(text: str, **kw):
+    return load_ruleset_text(textwrap.dedent(text), "r.yaml", **kw)
+
+
+def test_good_file_loads_evaluates_and_its_tests_pass() -> None:
+    rs = load(GOOD, run_tests=True)
+    assert rs.version == "t.1"
+    assert [r.id for r in rs.rules] == ["spike", "night", "vip"]
+    assert [r.id for r in rs.evaluated] == ["spike", "night"]  # paused: not evaluated
+    assert all(t.passed for t in rs.run_tests())
+    assert len(rs.run_tests()) == 6
+    ts_night = datetime.fromisoformat("2026-01-02T02:30:00+09:00").timestamp()
+    tx = {"tx_id": "t", "ts": ts_night, "amount": 500.0, "extra": {"segment": "vip"}}
+    hits = rs.evaluate(tx, {"c1h": 5, "avg30": 100.0, "seen_country": False})
+    assert hits == [
+        {"id": "spike", "action": "review", "score": 0.6, "reason": "Spike", "state": "active"},
+        {"id": "night", "action": "decline", "score": 0.9, "reason": "Night", "state": "shadow"},
+    ]
+    assert rs.unused_features() == ["today"]
+
+
+def test_missing_feature_does_not_fire_and_is_counted() -> None:
+    rs = load(GOOD)
+    tx = {"tx_id": "t", "ts": 0.0, "amount": 500.0, "extra": {}}
+    assert rs.evaluate(tx, {"avg30": None, "seen_country": False}) == []
+    assert rs.evaluate(tx, {}) == []
+    assert rs.missing_counts == {"spike": 2, "night": 0}
+    assert rs.evaluate(tx) == []  # no features at all
+    assert rs.missing_counts["spike"] == 3
+    assert rs.drain_counts() == ({"spike": 3}, {})
+    assert rs.drain_counts() == ({}, {})
+    rs.evaluate(tx, {})
+    assert rs.missing_counts == {"spike": 1, "night": 0}
+
+
+def test_division_by_zero_does_not_fire_and_is_counted() -> None:
+    rs = load("""\
+        version: "1"
+        features: [{name: avg, entity: card_id, agg: mean, field: amount, window: 1d}]
+        rules:
+          - {id: ratio, when: amount / avg > 3, action: review, score: 0.5, reason: r}
+        """)
+    assert rs.evaluate({"amount": 10.0}, {"avg": 0.0}) == []
+    assert rs.error_counts == {"ratio": 1}
+    assert rs.evaluate({"amount": 10.0}, {"avg": 1.0})[0]["id"] == "ratio"
+
+
+@pytest.mark.parametrize(
+    ("patch", "where", "fragment"),
+    [
+        (
+            ("action: review\n", "action: reviw\n"),
+            "r.yaml:11:13",
+            "'approve', 'review' or 'decline'",
+        ),
+        (("score: 0.6", "score: 1.6"), "r.yaml:12:12", "less than or equal to 1"),
+        (("reason: Spike", "reasn: Spike"), "r.yaml:13:5", "unknown key"),
+        (
+            ('when: "amount > 3 * avg30', 'when: "amount > 3 * avg31'),
+            "r.yaml:10:25",
+            "unknown name 'avg31'",
+        ),
+        (('when: "amount > 3', 'when: "amount >> 3'), "r.yaml:10:12", "RShift"),
+        (("agg: count", "agg: cnt"), "r.yaml:4:39", "Input should be 'count'"),
+        (("window: 1h", "window: 1 hour"), "r.yaml:4:54", "bad window"),
+        (("agg: seen, field: country", "agg: seen"), "r.yaml:6:5", "needs `field`"),
+        (
+            ("entity: card_id, agg: count", "entity: colour, agg: count"),
+            "r.yaml:4:25",
+            "not a transaction field",
+        ),
+        (("timezone: Asia/Seoul", "timezone: Mars/Base"), "r.yaml:2:11", "unknown timezone"),
+        (("id: night", "id: spike"), "r.yaml:17:9", "duplicate rule id"),
+        (("{name: c1h,", "{name: amount,"), "r.yaml:4:12", "taken by a built-in"),
+        (("given: {amount: 900,", "given: {amont: 900,"), "r.yaml:15:18", "unknown name 'amont'"),
+        (('version: "t.1"\n', 'version: "t.1"\nversion: 2\n'), "r.yaml:2:1", "duplicate key"),
+        (("rules:\n", "rules:\n  - [oops\n"), "r.yaml:10:7", "YAML syntax error"),
+    ],
+)
+def test_errors_name_file_line_column(patch: tuple[str, str], where: str, fragment: str) -> None:
+    text = GOOD.replace(*patch, 1)
+    assert text != GOOD
+    with pytest.raises(ConfigError) as ei:
+        load_ruleset_text(text, "r.yaml")
+    msg = str(ei.value)
+    assert f"{where}" in msg, msg
+    assert fragment in msg, msg
+
+
+def test_all_expression_errors_are_reported_at_once() -> None:
+    text = GOOD.replace("avg30 and", "avg3 and").replace("amount > 100", "amount > 'x'")
+    with pytest.raises(ConfigError) as ei:
+        load_ruleset_text(text, "r.yaml")
+    msg = str(ei.value)
+    assert msg.startswith("2 errors")
+    assert "r.yaml:10:" in msg and "r.yaml:18:" in msg
+
+
+def test_block_scalar_expression_error_points_at_the_right_line() -> None:
+    text = GOOD.replace(
+        'when: "amount > 3 * avg30 and not seen_country"',
+        "when: |\n      amount > 3 * avg30\n      and not nope",
+    )
+    with pytest.raises(ConfigError) as ei:
+        load_ruleset_text(text, "r.yaml")
+    assert "r.yaml:12" in str(ei.value) and "'nope'" in str(ei.value)
+
+
+def test_failing_inline_test_rejects_the_file_when_tests_are_required() -> None:
+    text = GOOD.replace(
+        "{amount: 200, avg30: 100, seen_country: false}, expect: miss",
+        "{amount: 200, avg30: 100, seen_country: false}, expect: hit",
+    )
+    rs = load_ruleset_text(text, "r.yaml")  # loads; the test fails when run
+    bad = [t for t in rs.run_tests() if not t.passed]
+    assert [(t.rule_id, t.index, t.where) for t in bad] == [("spike", 1, "r.yaml:16:9")]
+    with pytest.raises(ConfigError, match=r"r.yaml:16:9: rule spike: inline test 2 failed"):
+        load_ruleset_text(text, "r.yaml", run_tests=True)
+
+
+def test_feature_spec_model_for_the_features_area() -> None:
+    f = FeatureSpec(name="x", entity="card_id", agg="distinct", field="merchant_id", window="7d")
+    assert f.window_seconds == 7 * 86400
+    assert FeatureSpec(name="y", entity="card_id", agg="count", window=90).window == "90s"
+    with pytest.raises(Exception, match="does not read a field"):
+        FeatureSpec(name="z", entity="card_id", agg="count", field="amount", window="1h")
+    with pytest.raises(Exception, match="frozen"):
+        f.name = "other"  # type: ignore[misc]
+    assert hash(f) == hash(f.model_copy())
+
+
+def test_local_clock_matches_datetime_across_midnight_and_dst() -> None:
+    for zone in ("Asia/Seoul", "Europe/Berlin", "America/New_York", "Asia/Kolkata", "UTC"):
+        tz = get_zone(zone)
+        clock = LocalClock(tz)
+        start = datetime(2026, 3, 7, tzinfo=tz).timestamp()  # spans US DST start (Mar 8)
+        for i in range(0, 30 * 86400, 1237):  # a month, also crossing EU DST start (Mar 29)
+            ts = start + i + 0.5
+            dt = datetime.fromtimestamp(ts, tz)
+            want = (dt.hour, dt.weekday(), dt.hour < 6, dt.weekday() >= 5)
+            assert clock(ts) == want, (zone, dt)
+
+
+def test_builtins_read_from_ts_in_the_ruleset_timezone() -> None:
+    rs = load("""\
+        version: "1"
+        timezone: Asia/Seoul
+        rules:
+          - {id: weekend_night, when: is_weekend and hour == 23 and weekday == 5,
+             action: review, score: 0.5, reason: r}
+        """)
+    sat_23_kst = datetime.fromisoformat("2026-01-03T23:30:00+09:00").timestamp()
+    assert rs.evaluate({"ts": sat_23_kst}, {})[0]["id"] == "weekend_night"  # clock: miss
+    assert rs.evaluate({"ts": sat_23_kst + 60}, {})[0]["id"] == "weekend_night"  # cache hit
+    assert rs.evaluate({"ts": sat_23_kst + 3600}, {}) == []
+    assert rs.evaluate({"ts": sat_23_kst + 7 * 86400 + 0.5}, {})[0]["id"] == "weekend_night"
+    assert rs.evaluate({"tx_id": "no ts"}, {}) == []  # no ts: built-ins missing, not an error
+    assert rs.missing_counts == {"weekend_night": 1}
+
+
+def test_committed_schema_is_current() -> None:
+    committed = (ROOT / "rules" / "schema.json").read_text()
+    assert committed == export_schema(), (
+        'run: python -c "from fds.rules.ruleset import '
+        "export_schema; export_schema('rules/schema.json')\""
+    )
+    schema = json.loads(committed)
+    assert set(schema["properties"]) == {"version", "timezone", "features", "rules", "policy"}
+
+
+def test_default_rules_file_loads_and_passes_its_tests() -> None:
+    rs = load_ruleset(ROOT / "rules" / "default.yaml", run_tests=True)
+    assert 10 <= len(rs.rules) <= 15
+    assert all(r.spec.tests for r in rs.rules)
+    assert {r.spec.state for r in rs.rules} >= {"active", "shadow"}
+
+
+def test_yaml_alias_bomb_is_rejected_quickly() -> None:
+    import time
+
+    lines = ['version: "1"', "a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 10):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]")
+    t = time.perf_counter()
+    with pytest.raises(ConfigError, match="YAML nodes"):
+        load_ruleset_text("\n".join(lines) + "\n", "bomb.yaml")
+    assert time.perf_counter() - t < 5

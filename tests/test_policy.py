@@ -1,0 +1,144 @@
+"""The decision policy: score combination, overrides, thresholds, and the daily alert budget."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from datetime import datetime
+
+import pytest
+
+from fds.policy import AlertBudget, Policy
+from fds.timeutil import get_zone
+
+
+def hit(action: str, score: float, state: str = "active") -> dict:
+    return {
+        "id": f"{action}{score}",
+        "action": action,
+        "score": score,
+        "reason": "r",
+        "state": state,
+    }
+
+
+@pytest.mark.parametrize(
+    ("hits", "model", "expected"),
+    [
+        ([], None, ("approve", 0.0)),
+        ([], 0.3, ("approve", 0.3)),
+        ([], 0.95, ("decline", 0.95)),  # the model alone can decline
+        ([], 0.6, ("review", 0.6)),
+        ([hit("approve", 0.2)], 0.5, ("review", 0.6)),  # noisy-or: 1 - 0.8 * 0.5
+        ([hit("approve", 0.2), hit("approve", 0.4)], None, ("approve", 0.4)),  # max of rules
+        ([hit("review", 0.1)], 0.1, ("review", 0.19)),  # a review rule forces review
+        ([hit("decline", 0.1)], 0.0, ("decline", 0.1)),  # a decline rule overrides the score
+        ([hit("review", 0.3), hit("decline", 0.2)], None, ("decline", 0.3)),
+        ([hit("decline", 1.0, "shadow")], 0.1, ("approve", 0.1)),  # shadow: no effect
+        ([hit("review", 0.8, "shadow"), hit("approve", 0.1)], None, ("approve", 0.1)),
+    ],
+)
+def test_combination_rule(hits: list, model: float | None, expected: tuple) -> None:
+    assert Policy(decline_at=0.9, review_at=0.5).decide(hits, model, 0.0) == expected
+
+
+def test_thresholds_are_inclusive_and_validated() -> None:
+    p = Policy(decline_at=0.8, review_at=0.4)
+    assert p.decide([], 0.4, 0.0)[0] == "review"
+    assert p.decide([], 0.8, 0.0)[0] == "decline"
+    with pytest.raises(ValueError):
+        Policy(decline_at=0.3, review_at=0.4)
+
+
+TZ = get_zone("Asia/Seoul")
+START = datetime(2026, 1, 1, 0, 0, tzinfo=TZ).timestamp()
+
+
+def _day_shape(ts: float) -> float:
+    # Traffic per local hour: quiet at night, busy in the day (a realistic daily cycle).
+    h = datetime.fromtimestamp(ts, TZ).hour
+    return 0.2 if h < 6 else 1.0
+
+
+def _stream(days: int, per_day: int, seed: int, shift_day: int | None = None):
+    rng = random.Random(seed)
+    t = START
+    end = START + days * 86400
+    mean_gap = 86400 / per_day
+    while t < end:
+        t += rng.expovariate(1 / mean_gap) / _day_shape(t) * 0.8
+        score = rng.betavariate(1, 12)
+        if shift_day is not None and t >= START + shift_day * 86400:
+            score = min(1.0, score * 1.8)  # a riskier population: the threshold must move up
+        yield t, score
+
+
+def test_alert_budget_holds_reviews_near_budget_across_midnights() -> None:
+    budget = 120
+    p = Policy(decline_at=1.0, review_at=0.0, alert_budget_per_day=budget)
+    reviews_by_hour: Counter[int] = Counter()
+    per_day: Counter[int] = Counter()
+    for ts, score in _stream(days=5, per_day=20_000, seed=3):
+        action, _ = p.decide([], score, ts)
+        if action == "review":
+            reviews_by_hour[int((ts - START) // 3600)] += 1
+            per_day[int((ts - START) // 86400)] += 1
+    # After the first day (warm-up), each calendar day lands near the budget.
+    for day in (1, 2, 3, 4):
+        assert 0.7 * budget <= per_day[day] <= 1.3 * budget, per_day
+    # Sliding 24 h windows starting at any hour (not just at midnight) are near the budget too.
+    for start_h in range(24, 4 * 24 + 1, 5):
+        n = sum(reviews_by_hour[h] for h in range(start_h, start_h + 24))
+        assert 0.7 * budget <= n <= 1.3 * budget, (start_h, n)
+    # No gap and no spike at local midnight: the hour after midnight (quiet hours, x0.2 traffic)
+    # gets about its share, never a burst from a reset, and never zero on every night.
+    day_hours = [reviews_by_hour[d * 24 + h] for d in range(1, 5) for h in range(8, 22)]
+    mean_day_hour = sum(day_hours) / len(day_hours)
+    after_midnight = [reviews_by_hour[d * 24] for d in range(1, 5)]
+    assert max(after_midnight) <= 1.5 * mean_day_hour, (after_midnight, mean_day_hour)
+    assert sum(after_midnight) > 0
+
+
+def test_alert_budget_adapts_when_scores_shift() -> None:
+    budget = 100
+    p = Policy(decline_at=1.0, review_at=0.0, alert_budget_per_day=budget)
+    per_day: Counter[int] = Counter()
+    thresholds = {}
+    for ts, score in _stream(days=5, per_day=10_000, seed=5, shift_day=2):
+        if p.decide([], score, ts)[0] == "review":
+            per_day[int((ts - START) // 86400)] += 1
+        thresholds[int((ts - START) // 86400)] = p.review_threshold
+    assert thresholds[4] > thresholds[1] + 0.05  # the threshold rose with the riskier scores
+    assert per_day[2] <= 2.5 * budget  # the shift day overshoots, bounded
+    for day in (3, 4):
+        assert 0.7 * budget <= per_day[day] <= 1.3 * budget, per_day
+
+
+def test_review_at_is_a_floor_for_the_budget_threshold() -> None:
+    p = Policy(decline_at=0.95, review_at=0.7, alert_budget_per_day=10_000)
+    for ts, score in _stream(days=2, per_day=2_000, seed=1):
+        p.decide([], score, ts)
+    assert p.review_threshold == 0.7  # budget not binding: review_at rules
+
+
+def test_budget_warms_up_then_expires_old_slots() -> None:
+    b = AlertBudget(5, warmup_seconds=3600)
+    for i in range(100):
+        b.observe(0.9, float(i))  # first 100 s: warm-up, no threshold yet
+    assert b.threshold() == 0.0
+    for i in range(3000):
+        b.observe(0.5 if i % 2 else 0.9, 4000.0 + i)
+    b.recompute(7000.0)
+    assert b.threshold() > 0.9  # many 0.9 scores: above budget, threshold moves past them
+    # Two days later with only low scores, the old high scores have expired.
+    for i in range(3000):
+        b.observe(0.1, 3 * 86400.0 + i * 20)
+    b.recompute(3 * 86400.0 + 60000)
+    assert b.threshold() <= 0.11
+
+
+def test_from_spec() -> None:
+    from fds.rules.ruleset import PolicySpec
+
+    p = Policy.from_spec(PolicySpec(decline_at=0.8, review_at=0.3, alert_budget_per_day=50))
+    assert (p.decline_at, p.review_at, p.budget.budget) == (0.8, 0.3, 50)  # type: ignore[union-attr]
