@@ -188,6 +188,8 @@ class Engine:
             self.model.on_decision(tx, decision)
         if m is not None:
             m.decision(action, latency, now - ts)
+            if flags and "late" in flags:
+                m.late_event("decided")
             for h in hits:
                 m.rule_hit(h["id"], h["state"])
         return decision
@@ -253,6 +255,26 @@ class Engine:
         self.demoted.discard(source)
         if self.breaker is not None:
             self.breaker.reset(source)
+
+    def report(self) -> None:
+        """Export slow-moving state to metrics; call between events every few thousand events.
+
+        Rules skipped for a missing name, and entities held in window state.
+        """
+        m = self.metrics
+        if m is None:
+            return
+        ruleset = getattr(self.rules, "current", self.rules)
+        drain = getattr(ruleset, "drain_counts", None)
+        if drain is not None:
+            missing, _errors = drain()
+            for rule, n in missing.items():
+                for _ in range(n):
+                    m.rule_missing_input(rule)
+        sizes = getattr(self.features, "state_sizes", None)
+        if sizes is not None:
+            for entity, n in sizes().items():
+                m.state_entities(entity, n)
 
     def close(self) -> None:
         """Stop the stages' background work (rules watcher, model poller)."""

@@ -75,7 +75,7 @@ def build_engine(
     if model is not None:
         from fds.models import build_model_stage
 
-        model_stage = build_model_stage(model, registry=registry, metrics=metrics)
+        model_stage = build_model_stage(model, registry=registry)
         if policy is None:
             policy = Policy()
     breaker = guard = None

@@ -235,9 +235,11 @@ def run(
             if metrics is not None:
                 metrics.events_consumed(source_kind, i - counted)
                 counted = i
+                engine.report()
     s.seconds = time.perf_counter() - t0
     if metrics is not None:
         metrics.events_consumed(source_kind, len(stream.transactions) - counted)
+        engine.report()
     s.labels_learned = li
     s.decided = sum(actions.values())
     if frauds is not None:
