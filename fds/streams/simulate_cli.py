@@ -1,0 +1,157 @@
+"""``fds simulate``: write a simulated stream (transactions + delayed fraud labels) to files.
+
+A thin layer over :mod:`fds.streams.simulator`; the lead wires :func:`register` into
+``fds/cli.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+from tqdm import tqdm
+
+from fds.errors import ConfigError
+from fds.streams.simulator import Simulation, labels_path, simulate, summarize, write
+from fds.timeutil import format_ts
+
+__all__ = ["register"]
+
+
+_DAY = 86400.0
+# --drift-day default: the middle of the stream (day 30 of the default 60).
+_MIDDLE = "middle"
+
+
+def _drift(text: str) -> int | str | None:
+    """``--drift-day``: a day number, ``middle``, or ``none`` for a stream without drift."""
+    t = text.strip().lower()
+    if t in ("none", "off", "no"):
+        return None
+    if t == _MIDDLE:
+        return _MIDDLE
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid day {text!r}: give a day number (e.g. 30), 'middle' or 'none'"
+        ) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"day must be >= 0 (or 'none'), got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}: give a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``simulate`` to the ``fds`` command line."""
+    p = subparsers.add_parser(
+        "simulate",
+        help="write a simulated card-payment stream with fraud, delayed labels and drift",
+        description=(
+            "Generate a realistic, drifting card-payment stream. Transactions go to --out "
+            "(JSON Lines, gzip when the name ends in .gz); fraud labels, with realistic delays, "
+            "go beside it as <stem>.labels.jsonl[.gz]. Same seed, same bytes."
+        ),
+    )
+    p.add_argument("--days", type=_positive, default=60, help="length in days (default 60)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--cards", type=_positive, default=20_000, help="cards (default 20000)")
+    p.add_argument("--merchants", type=_positive, default=2_000, help="merchants (default 2000)")
+    p.add_argument(
+        "--drift-day", type=_drift, default=_MIDDLE,
+        help="day (0-based) the fraud pattern changes: a number, 'middle' (default: days // 2) "
+        "or 'none' for no drift",
+    )  # fmt: skip
+    p.add_argument(
+        "--start", default="2026-01-01T00:00:00+09:00",
+        help="first local midnight, ISO 8601 (default 2026-01-01T00:00:00+09:00)",
+    )  # fmt: skip
+    p.add_argument("--timezone", default="Asia/Seoul", help="IANA zone of local hours")
+    p.add_argument(
+        "--out", required=True, help="transactions file (.jsonl or .jsonl.gz); labels go beside it"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress and no summary")
+    p.set_defaults(func=_simulate)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    quiet: bool = args.quiet
+    if args.drift_day == _MIDDLE:
+        args.drift_day = args.days // 2
+    if args.drift_day is not None and args.drift_day >= args.days:
+        raise ConfigError(
+            f"--drift-day {args.drift_day} is not inside the {args.days} simulated days: "
+            f"use a day below {args.days}, or 'none' for no drift"
+        )
+    t0 = time.perf_counter()
+
+    def say(msg: str) -> None:
+        if not quiet:
+            print(f"[{time.perf_counter() - t0:6.1f}s] {msg}", file=sys.stderr)
+
+    sim = simulate(
+        days=args.days,
+        seed=args.seed,
+        cards=args.cards,
+        merchants=args.merchants,
+        drift_day=args.drift_day,
+        start=args.start,
+        timezone=args.timezone,
+        progress=say,
+    )
+    t_gen = time.perf_counter() - t0
+    total = len(sim.transactions) + len(sim.labels)
+    try:
+        with tqdm(total=total, unit="rec", unit_scale=True, desc="writing", disable=quiet,
+                  file=sys.stderr) as bar:  # fmt: skip
+            tx_path, lab_path = write(sim, args.out, on_rows=bar.update)
+    except OSError as e:
+        raise ConfigError(
+            f"cannot write {args.out} or {labels_path(args.out)}: {e.strerror or e}; "
+            "check that the directory is writable"
+        ) from e
+    if not quiet:
+        _print_summary(sim, summarize(sim), t_gen, time.perf_counter() - t0)
+        print(f"transactions: {tx_path}\nlabels:       {lab_path}")
+    return 0
+
+
+def _print_summary(sim: Simulation, s: dict[str, Any], t_gen: float, t_all: float) -> None:
+    q = s["delay_days"]
+    rows = [
+        ("transactions", f"{s['transactions']:,} over {s['days']:g} days, {s['cards']:,} cards"),
+        ("frauds", f"{s['frauds']:,} ({100 * s['fraud_rate']:.2f}% of transactions)"),
+        *((f"  {k}", f"{v:,}") for k, v in s["scenarios"].items()),
+        ("labels", f"{s['labels']:,} (frauds only; unlabelled means legitimate)"),
+        ("label delay", f"p10 {q['p10']} d, median {q['p50']} d, p90 {q['p90']} d"),
+        (
+            "  short / long",
+            f"{100 * s['short_label_share']:.0f}% within 3.5 d (customer), "
+            f"{100 * s['long_label_share']:.0f}% after 7 d (chargeback)",
+        ),
+        (
+            "drift",
+            "none"
+            if sim.drift_ts is None
+            else f"from day {round((sim.drift_ts - sim.start) / _DAY)} ({format_ts(sim.drift_ts)})",
+        ),
+        (
+            "speed",
+            f"{s['transactions'] / t_gen:,.0f} tx/s generated, "
+            f"{s['transactions'] / t_all:,.0f} tx/s with writing",
+        ),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")

@@ -1,0 +1,276 @@
+"""The built-in simulator: determinism, contract, statistics, drift, files and CLI."""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+from collections import defaultdict
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from fds.errors import ConfigError
+from fds.schema import parse_label, parse_transaction
+from fds.streams import simulate_cli
+from fds.streams.simulator import SCENARIOS, Simulation, labels_path, simulate, summarize, write
+from fds.timeutil import get_zone
+
+DAY = 86400.0
+ZONE = get_zone("Asia/Seoul")
+
+
+@pytest.fixture(scope="module")
+def sim() -> Simulation:
+    """A month with drift on day 14: big enough for statistics, small enough to be fast."""
+    return simulate(days=28, seed=11, cards=6_000, merchants=600, drift_day=14)
+
+
+@pytest.fixture(scope="module")
+def frauds(sim: Simulation) -> list[dict]:
+    return [t for t in sim.transactions if t["tx_id"] in sim.scenarios]
+
+
+def _hour(ts: float) -> int:
+    return datetime.fromtimestamp(ts, ZONE).hour
+
+
+# --- determinism -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["s.jsonl", "s.jsonl.gz"])
+def test_same_seed_gives_byte_identical_files(tmp_path: Path, name: str) -> None:
+    kw = dict(days=4, seed=5, cards=800, merchants=150, drift_day=2)
+    a_tx, a_lab = write(simulate(**kw), tmp_path / "a" / name)
+    b_tx, b_lab = write(simulate(**kw), tmp_path / "b" / name)
+    assert a_tx.read_bytes() == b_tx.read_bytes()
+    assert a_lab.read_bytes() == b_lab.read_bytes()
+    assert a_lab.stat().st_size > 0
+
+
+def test_other_seed_gives_other_stream() -> None:
+    a = simulate(days=2, seed=1, cards=300, merchants=120)
+    b = simulate(days=2, seed=2, cards=300, merchants=120)
+    assert [t["amount"] for t in a.transactions[:50]] != [t["amount"] for t in b.transactions[:50]]
+
+
+# --- contract ----------------------------------------------------------------------------------
+
+
+def test_every_transaction_satisfies_the_contract(sim: Simulation) -> None:
+    txs = sim.transactions
+    for tx in txs[:: max(len(txs) // 5_000, 1)]:  # the pydantic check on a sample of 5,000
+        parsed = parse_transaction(tx, ZONE)
+        assert "extra" not in parsed, f"unknown keys in {tx}"
+    required = {"tx_id", "ts", "card_id", "amount", "currency", "merchant_id", "mcc", "country",
+                "channel", "customer_id"}  # fmt: skip
+    for tx in txs:
+        assert required <= tx.keys()
+        assert tx["amount"] > 0
+        assert sim.start <= tx["ts"] < sim.end
+        if tx["channel"] == "online":
+            assert tx["device_id"] and tx["ip"] and "lat" not in tx
+        else:
+            assert tx["channel"] == "pos" and -90 <= tx["lat"] <= 90 and "device_id" not in tx
+    assert len({t["tx_id"] for t in txs}) == len(txs)
+    ts = [t["ts"] for t in txs]
+    assert ts == sorted(ts)
+
+
+def test_labels_are_late_frauds_of_existing_transactions(sim: Simulation) -> None:
+    tx_ts = {t["tx_id"]: t["ts"] for t in sim.transactions}
+    assert len(sim.labels) == len(sim.scenarios) > 0
+    assert {lab["tx_id"] for lab in sim.labels} == set(sim.scenarios)
+    for lab in sim.labels:
+        assert parse_label(lab)["is_fraud"] is True
+        assert lab["source"] in ("customer", "chargeback")
+        assert lab["ts"] > tx_ts[lab["tx_id"]]
+    ts = [lab["ts"] for lab in sim.labels]
+    assert ts == sorted(ts)
+    assert set(sim.scenarios.values()) <= set(SCENARIOS[1:])
+
+
+def test_starts_at_local_midnight_and_spans_the_days(sim: Simulation) -> None:
+    start = datetime.fromtimestamp(sim.start, ZONE)
+    assert (start.hour, start.minute, start.isoformat()[:10]) == (0, 0, "2026-01-01")
+    assert sim.end - sim.start == 28 * DAY
+    assert sim.drift_ts == sim.start + 14 * DAY
+
+
+# --- statistics --------------------------------------------------------------------------------
+
+
+def test_fraud_rate_is_realistic(sim: Simulation) -> None:
+    s = summarize(sim)
+    assert 0.002 <= s["fraud_rate"] <= 0.01, s
+    # About one transaction per card per day.
+    assert 0.7 * 6_000 * 28 < s["transactions"] < 1.3 * 6_000 * 28
+
+
+def test_every_scenario_happens(sim: Simulation) -> None:
+    assert set(sim.scenarios.values()) == set(SCENARIOS[1:])
+
+
+def test_label_delays_have_a_short_and_a_long_part(sim: Simulation) -> None:
+    tx_ts = {t["tx_id"]: t["ts"] for t in sim.transactions}
+    delay = {lab["source"]: [] for lab in sim.labels}
+    for lab in sim.labels:
+        delay[lab["source"]].append((lab["ts"] - tx_ts[lab["tx_id"]]) / DAY)
+    short, long = np.array(delay["customer"]), np.array(delay["chargeback"])
+    assert short.min() >= 1.0 and np.percentile(short, 90) <= 3.5  # reports, 1-3 days
+    assert long.min() >= 7.0 and long.max() <= 60.0  # chargebacks, 7-60 days
+    assert long.max() > 30.0
+    share_short = len(short) / (len(short) + len(long))
+    assert 0.3 < share_short < 0.8
+
+
+def test_drift_changes_the_fraud_pattern(sim: Simulation, frauds: list[dict]) -> None:
+    assert sim.drift_ts is not None
+    pre = [t for t in frauds if t["ts"] < sim.drift_ts]
+    post = [t for t in frauds if t["ts"] >= sim.drift_ts]
+    assert len(pre) > 100 and len(post) > 100
+
+    def stats(g: list[dict]) -> tuple[float, float, float]:
+        return (
+            float(np.mean([t["amount"] for t in g])),
+            float(np.mean([t["country"] == "KR" for t in g])),
+            float(np.mean([_hour(t["ts"]) < 6 for t in g])),
+        )
+
+    (a0, dom0, night0), (a1, dom1, night1) = stats(pre), stats(post)
+    assert a1 < 0.6 * a0, "post-drift frauds should be moderate amounts"
+    assert dom1 > dom0 + 0.3, "post-drift frauds should be domestic"
+    assert night1 > night0 + 0.3, "post-drift frauds should happen at night"
+    # The ring never appears before the drift, and dominates after it.
+    assert not any(sim.scenarios[t["tx_id"]] == "drift_ring" for t in pre)
+    ring = [t for t in post if sim.scenarios[t["tx_id"]] == "drift_ring"]
+    assert len(ring) > len(post) / 2
+
+
+def test_drift_ring_is_learnable_from_windowed_features(
+    sim: Simulation, frauds: list[dict]
+) -> None:
+    """Ring incidents: many distinct merchants per card within hours; devices reused across
+    victims; merchants that keep being hit. Legit cards rarely look like that."""
+    ring = [t for t in frauds if sim.scenarios[t["tx_id"]] == "drift_ring"]
+    merchants_per_card: dict[str, set[str]] = defaultdict(set)
+    cards_per_device: dict[str, set[str]] = defaultdict(set)
+    for t in ring:
+        merchants_per_card[t["card_id"]].add(t["merchant_id"])
+        cards_per_device[t["device_id"]].add(t["card_id"])
+    assert np.median([len(m) for m in merchants_per_card.values()]) >= 4
+    assert np.median([len(c) for c in cards_per_device.values()]) >= 3
+    ring_merchants = {t["merchant_id"] for t in ring}
+    hit = [t for t in sim.transactions if t["merchant_id"] in ring_merchants]
+    fraud_share = sum(t["tx_id"] in sim.scenarios for t in hit) / len(hit)
+    assert fraud_share > 20 * summarize(sim)["fraud_rate"]
+    # Legit transactions at night at the same merchants exist (gamers), so "night" alone is
+    # not enough, but they come one at a time.
+    legit_night = [t for t in hit if t["tx_id"] not in sim.scenarios and _hour(t["ts"]) < 6]
+    assert legit_night
+
+
+def test_legit_behaviour_gives_naive_rules_false_positives(sim: Simulation) -> None:
+    """Travel abroad and new phones: legitimate, and what 'new country/device' rules flag."""
+    seen_country: dict[str, set[str]] = defaultdict(set)
+    seen_device: dict[str, set[str]] = defaultdict(set)
+    legit_new_country = legit_new_device = 0
+    for t in sim.transactions:
+        card, legit = t["card_id"], t["tx_id"] not in sim.scenarios
+        if legit and seen_country[card] and t["country"] not in seen_country[card]:
+            legit_new_country += 1
+        if legit and "device_id" in t:
+            if len(seen_device[card]) >= 2 and t["device_id"] not in seen_device[card]:
+                legit_new_device += 1
+            seen_device[card].add(t["device_id"])
+        seen_country[card].add(t["country"])
+    assert legit_new_country > 50
+    assert legit_new_device > 20
+
+
+def test_old_scenarios_match_their_descriptions(sim: Simulation, frauds: list[dict]) -> None:
+    by: dict[str, list[dict]] = defaultdict(list)
+    for t in frauds:
+        by[sim.scenarios[t["tx_id"]]].append(t)
+    ct = by["card_testing"]
+    assert all(t["channel"] == "online" for t in ct)
+    assert np.mean([t["amount"] <= 3_000 for t in ct]) > 0.5  # tiny tests ...
+    assert max(t["amount"] for t in ct) >= 500_000  # ... then large ones
+    ato = by["account_takeover"]
+    assert all(t["channel"] == "online" for t in ato)
+    # A foreign IP: abroad for the 92% of cards issued in KR (KR itself for foreign cards).
+    assert np.mean([t["country"] != "KR" for t in ato]) > 0.85
+    assert np.median([t["amount"] for t in ato]) > 5 * np.median([t["amount"] for t in ct])
+    comp = by["compromised_merchant"]
+    assert all(t["channel"] == "pos" for t in comp)
+
+
+def test_no_drift_means_no_ring() -> None:
+    sim = simulate(days=6, seed=3, cards=3_000, merchants=300, drift_day=None)
+    assert sim.drift_ts is None
+    assert "drift_ring" not in set(sim.scenarios.values())
+
+
+# --- errors, files and CLI ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kw", "needle"),
+    [({"days": 0}, "days"), ({"merchants": 10}, "merchants"), ({"drift_day": -1}, "drift_day"),
+     ({"timezone": "Mars/Base"}, "timezone")],
+)  # fmt: skip
+def test_bad_arguments_say_what_is_wrong(kw: dict, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        simulate(**kw)
+
+
+def test_labels_path_sits_beside_the_transactions() -> None:
+    assert labels_path("out/sim.jsonl") == Path("out/sim.labels.jsonl")
+    assert labels_path("sim.jsonl.gz") == Path("sim.labels.jsonl.gz")
+    assert labels_path("sim") == Path("sim.labels.jsonl")
+
+
+def test_written_files_round_trip(tmp_path: Path) -> None:
+    sim = simulate(days=3, seed=2, cards=500, merchants=150, drift_day=1)
+    tx_path, lab_path = write(sim, tmp_path / "s.jsonl.gz")
+    with gzip.open(tx_path) as f:
+        assert [orjson.loads(line) for line in f] == sim.transactions
+    with gzip.open(lab_path) as f:
+        assert [orjson.loads(line) for line in f] == sim.labels
+
+
+def _cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="fds")
+    simulate_cli.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError:
+        return 2
+
+
+def test_cli_writes_both_files_and_a_summary(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "sim.jsonl"
+    argv = ["simulate", "--days", "3", "--seed", "4", "--cards", "600", "--merchants", "150"]
+    assert _cli([*argv, "--drift-day", "1", "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert "fraud" in printed.out and "label delay" in printed.out
+    assert "materialising" in printed.err  # progress
+    n = len(out.read_bytes().splitlines())
+    assert n > 1_000
+    assert (tmp_path / "sim.labels.jsonl").exists()
+    sim = simulate(days=3, seed=4, cards=600, merchants=150, drift_day=1)
+    assert n == len(sim.transactions)
+
+
+def test_cli_rejects_a_drift_day_outside_the_stream(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    argv = ["simulate", "--days", "3", "--drift-day", "5", "--out", str(tmp_path / "x.jsonl")]
+    assert _cli(argv) == 2
+    with pytest.raises(SystemExit) as e:
+        _cli(["simulate", "--drift-day", "soon", "--out", str(tmp_path / "x.jsonl")])
+    assert e.value.code == 2
+    assert "'none'" in capsys.readouterr().err
