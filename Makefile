@@ -19,6 +19,7 @@ lint:
 
 test: install
 	bash scripts/install_prometheus.sh
+	bash streams/kafka/install.sh
 	$(MAKE) lint
 	$(PYTHON) -m pytest -q
 
