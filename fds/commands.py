@@ -129,13 +129,7 @@ def _replay(args: argparse.Namespace) -> int:
     mapping = load_mapping(args.mapping) if args.mapping else None
     metrics = Metrics()
     engine = build_engine(args.rules, args.model, metrics=metrics, watch=True)
-    stream = replay_mod.load(args.file, mapping=mapping, labels_path=args.labels)
-    if stream.reordered:
-        print(
-            f"fds replay: input not in time order: {stream.reordered:,} records were out of "
-            "order; replaying sorted by ts",
-            file=sys.stderr,
-        )
+    stream = replay_mod.open_stream(args.file, mapping=mapping, labels_path=args.labels)
     dlq_path = args.dlq or dlq_path_for(args.out)
     with contextlib.ExitStack() as stack:
         sink = stack.enter_context(JsonlSink(args.out))
@@ -154,6 +148,18 @@ def _replay(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
         )
     replay_mod.print_summary(summary, metrics.summary(), title=f"replay of {args.file}")
+    if stream.reordered:
+        print(
+            f"fds replay: input not in time order: {stream.reordered:,} records were out of "
+            f"order and were replayed sorted by ts"
+            + (
+                f"; {stream.late:,} were beyond the reorder buffer "
+                f"({replay_mod.REORDER_BUFFER:,} records) and decided late"
+                if stream.late
+                else ""
+            ),
+            file=sys.stderr,
+        )
     print(
         f"decisions: {args.out}" + (f"  dead letters: {dlq_path}" if summary.dead_letters else ""),
         file=sys.stderr,

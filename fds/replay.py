@@ -1,16 +1,19 @@
 """File replay: a historical file through the same engine, as fast as possible or paced.
 
-``load`` reads and validates the file (bad records become dead letters, labels come from a
-label column with a delay or from a separate labels file), orders it by event time if needed,
-and ``run`` feeds transactions and labels to the engine in event-time order: a label is
-learned only once its own timestamp has passed, exactly as it would be in production.
+``open_stream`` reads and validates the file lazily (bad records become dead letters; labels
+come from a label column with a delay or from a separate labels file) and puts it in event-time
+order through a bounded reorder buffer, so memory stays bounded however large the file;
+``load`` does the same but materialises everything (backtests, benchmarks). ``run`` feeds
+transactions and labels to the engine in event-time order: a label is learned only once its
+own timestamp has passed, exactly as it would be in production.
 """
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import tzinfo
 from pathlib import Path
@@ -26,6 +29,10 @@ __all__ = ["ReplayInput", "ReplaySummary", "load", "run"]
 
 # Progress-bar updates are batched: a tqdm update per event would cost more than a decision.
 _PROGRESS_EVERY = 2048
+# Records held to put a slightly disordered file back in event-time order: ~100 MB of dicts,
+# enough for exports merged from several shards; disorder beyond it is counted, not hidden.
+REORDER_BUFFER = 100_000
+_READ_STAGES = ("parse", "validate")
 _TRUTHY = frozenset({"1", "true", "t", "yes", "y", "fraud"})
 
 
@@ -35,12 +42,27 @@ class Sink(Protocol):
 
 @dataclass
 class ReplayInput:
-    """A validated, time-ordered stream ready to run."""
+    """A validated stream ready to run.
 
-    transactions: list[dict[str, Any]]
-    labels: list[dict[str, Any]]
+    ``transactions`` is a list (materialised) or a lazy iterator (``open_stream``) in event-time
+    order; ``labels`` are learned at their own ``ts``. While a lazy stream is read,
+    ``dead_letters`` collects bad records, ``pending_labels`` the labels of a label column,
+    ``truth`` the tx_ids known to be fraud and ``reordered`` how many records came out of order.
+    """
+
+    transactions: Iterable[dict[str, Any]]
+    labels: list[dict[str, Any]] = field(default_factory=list)
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
-    reordered: int = 0  # how many records were out of event-time order (then sorted)
+    reordered: int = 0
+    total: int | None = None  # transactions, when known (progress bar)
+    truth: set[str] = field(default_factory=set)
+    pending_labels: list[dict[str, Any]] = field(default_factory=list)
+    late: int = 0  # out of order by more than the reorder buffer could fix
+
+    def __post_init__(self) -> None:
+        if isinstance(self.transactions, list) and self.total is None:
+            self.total = len(self.transactions)
+        self.truth |= {lab["tx_id"] for lab in self.labels if lab["is_fraud"]}
 
 
 @dataclass
@@ -102,6 +124,31 @@ def _is_true(v: Any) -> bool:
     return v is True or (isinstance(v, int | float) and v == 1) or str(v).lower() in _TRUTHY
 
 
+def open_stream(
+    path: str | Path,
+    *,
+    mapping: ColumnMapping | None = None,
+    labels_path: str | Path | None = None,
+    tz: tzinfo | None = None,
+    reorder_buffer: int = REORDER_BUFFER,
+) -> ReplayInput:
+    """A lazy, validated, event-time-ordered stream of a historical file (and its labels)."""
+    zone = tz or get_zone(mapping.timezone if mapping else "UTC")
+    labels: list[dict[str, Any]] = []
+    dlq: list[dict[str, Any]] = []
+    if labels_path is not None:
+        for rec in _validated(labels_path, None, zone, parse_label, dlq):
+            labels.append(rec)
+        labels.sort(key=_ts)
+    stream = ReplayInput(iter(()), labels, dlq)
+    stream.transactions = _ordered(
+        _with_truth(_validated(path, mapping, zone, parse_transaction, dlq), mapping, stream),
+        reorder_buffer,
+        stream,
+    )
+    return stream
+
+
 def load(
     path: str | Path,
     *,
@@ -109,62 +156,84 @@ def load(
     labels_path: str | Path | None = None,
     tz: tzinfo | None = None,
 ) -> ReplayInput:
-    """Read, validate and order a historical file (and its labels)."""
-    zone = tz or get_zone(mapping.timezone if mapping else "UTC")
+    """Like :func:`open_stream`, materialised: every record in memory, fully sorted."""
+    stream = open_stream(
+        path, mapping=mapping, labels_path=labels_path, tz=tz, reorder_buffer=2**62
+    )
+    stream.transactions = list(stream.transactions)
+    stream.total = len(stream.transactions)
+    stream.labels = sorted(stream.labels + stream.pending_labels, key=_ts)
+    stream.pending_labels = []
+    return stream
+
+
+def _ts(r: dict[str, Any]) -> float:
+    return float(r["ts"])
+
+
+def _validated(
+    path: str | Path,
+    mapping: ColumnMapping | None,
+    zone: tzinfo,
+    parse: Callable[[Any, tzinfo], dict[str, Any]],
+    dlq: list[dict[str, Any]],
+) -> Iterator[dict[str, Any]]:
+    """Parsed, validated records of a file; bad ones appended to ``dlq`` with their line."""
     source = str(path)
-    label_col = mapping.label if mapping else None
-    txs: list[dict[str, Any]] = []
-    labels: list[dict[str, Any]] = []
-    dlq: list[dict[str, Any]] = []
+    label_col = mapping.label.column if mapping is not None and mapping.label else None
     for pos, rec, raw in read_records(path, mapping=mapping):
         if isinstance(rec, Exception):
             dlq.append(dead_letter(stage="parse", error=rec, raw=raw, source=source, position=pos))
             continue
-        truth = rec.pop(label_col.column, None) if label_col else None
+        truth = rec.pop(label_col, None) if label_col and isinstance(rec, dict) else None
         try:
-            tx = parse_transaction(rec, zone)
+            out = parse(rec, zone)
         except ValidationError as e:
             dlq.append(dead_letter(stage="validate", error=e, raw=rec, source=source, position=pos))
             continue
-        txs.append(tx)
-        if label_col and truth is not None and _is_true(truth):
-            delay = label_col.delay
-            labels.append(
+        if truth is not None:
+            out["_truth"] = truth
+        yield out
+
+
+def _with_truth(
+    txs: Iterator[dict[str, Any]], mapping: ColumnMapping | None, stream: ReplayInput
+) -> Iterator[dict[str, Any]]:
+    """Turn a mapping's label column into label events ``delay`` after each fraud."""
+    delay = mapping.label.delay if mapping is not None and mapping.label else None
+    for tx in txs:
+        truth = tx.pop("_truth", None)
+        if delay is not None and truth is not None and _is_true(truth):
+            stream.truth.add(tx["tx_id"])
+            stream.pending_labels.append(
                 {"tx_id": tx["tx_id"], "ts": tx["ts"] + delay, "is_fraud": True, "source": "file"}
             )
-    if labels_path is not None:
-        for pos, rec, raw in read_records(labels_path):
-            if isinstance(rec, Exception):
-                dlq.append(
-                    dead_letter(
-                        stage="parse", error=rec, raw=raw, source=str(labels_path), position=pos
-                    )
-                )
-                continue
-            try:
-                labels.append(parse_label(rec, zone))
-            except ValidationError as e:
-                dlq.append(
-                    dead_letter(
-                        stage="validate", error=e, raw=rec, source=str(labels_path), position=pos
-                    )
-                )
-    reordered = _order(txs)
-    _order(labels)
-    return ReplayInput(txs, labels, dlq, reordered)
+        yield tx
 
 
-def _order(records: list[dict[str, Any]]) -> int:
-    """Sort by ``ts`` in place (stable) if needed; return how many were out of order."""
-    out_of_order, last = 0, float("-inf")
-    for r in records:
-        if r["ts"] < last:
-            out_of_order += 1
+def _ordered(
+    txs: Iterator[dict[str, Any]], size: int, stream: ReplayInput
+) -> Iterator[dict[str, Any]]:
+    """Event-time order through a reorder buffer of ``size`` records (a heap)."""
+    heap: list[tuple[float, int, dict[str, Any]]] = []
+    newest = last_out = float("-inf")
+    push, pop = heapq.heappush, heapq.heappop
+    for seq, tx in enumerate(txs):
+        ts = tx["ts"]
+        if ts < newest:
+            stream.reordered += 1
         else:
-            last = r["ts"]
-    if out_of_order:
-        records.sort(key=lambda r: r["ts"])
-    return out_of_order
+            newest = ts
+        push(heap, (ts, seq, tx))
+        if len(heap) > size:
+            out_ts, _, out = pop(heap)
+            if out_ts < last_out:
+                stream.late += 1  # disordered by more than the buffer holds
+            else:
+                last_out = out_ts
+            yield out
+    while heap:
+        yield pop(heap)[2]
 
 
 def run(
@@ -184,29 +253,34 @@ def run(
     ``speed`` paces by event time (2.0 = twice real time); ``None`` is as fast as possible.
     ``on_event(i)`` is called between events (hot reload checks, tests).
     """
-    s = ReplaySummary(transactions=len(stream.transactions), reordered=stream.reordered)
-    for d in stream.dead_letters:
-        dlq.write(d)
-        if engine.metrics is not None:
-            engine.metrics.dlq(d["stage"])
-    s.dead_letters = len(stream.dead_letters)
-    labels: Sequence[dict[str, Any]] = stream.labels
-    frauds = {lab["tx_id"] for lab in labels if lab["is_fraud"]} if labels else None
-    alerted_frauds = total_frauds = 0
-    bar = _progress(len(stream.transactions), progress)
-    li, nl = 0, len(labels)
-    t0 = time.perf_counter()
-    first_ts = stream.transactions[0]["ts"] if stream.transactions else 0.0
-    actions = s.actions
+    s = ReplaySummary()
     metrics = engine.metrics
-    counted = 0  # events already reported to metrics
-    source_kind = "file"
+    labels = [(lab["ts"], n, lab) for n, lab in enumerate(stream.labels)]
+    heapq.heapify(labels)
+    n_labels = len(labels)
+    pending = stream.pending_labels
+    dead = stream.dead_letters
+    truth = stream.truth
+    alerted_frauds = total_frauds = learned = written_dead = 0
+    bar = _progress(stream.total, progress)
+    t0 = time.perf_counter()
+    first_ts: float | None = None
+    actions = s.actions
+    counted = seen = 0  # events already reported to metrics; events read
     for i, tx in enumerate(stream.transactions):
+        seen = i + 1
         ts = tx["ts"]
-        while li < nl and labels[li]["ts"] <= ts:
-            engine.learn(labels[li])
-            li += 1
+        if pending:
+            for lab in pending:
+                heapq.heappush(labels, (lab["ts"], n_labels, lab))
+                n_labels += 1
+            pending.clear()
+        while labels and labels[0][0] <= ts:
+            engine.learn(heapq.heappop(labels)[2])
+            learned += 1
         if speed:
+            if first_ts is None:
+                first_ts = ts
             ahead = (ts - first_ts) / speed - (time.perf_counter() - t0)
             if ahead > 0:
                 sleep(ahead)
@@ -215,42 +289,57 @@ def run(
         try:
             d = engine.decide(tx)
         except StageError as e:
-            dlq.write(dead_letter(stage=e.stage, error=e.cause, raw=tx, source=source, position=i))
-            s.dead_letters += 1
+            dead.append(
+                dead_letter(stage=e.stage, error=e.cause, raw=tx, source=source, position=i)
+            )
             if metrics is not None:
                 metrics.failed(e.stage)
-                metrics.dlq(e.stage)
             continue
         sink.write(d)
         action = d["action"]
         actions[action] += 1
         if d["flags"]:
             s.late += "late" in d["flags"]
-        if frauds is not None and tx["tx_id"] in frauds:
+        if tx["tx_id"] in truth:
             total_frauds += 1
             alerted_frauds += action != "approve"
         if not i % _PROGRESS_EVERY:
+            written_dead = _drain_dead(dead, written_dead, dlq, metrics)
             if bar is not None:
                 bar.update(i - bar.n)
             if metrics is not None:
-                metrics.events_consumed(source_kind, i - counted)
+                metrics.events_consumed("file", i - counted)
                 counted = i
                 engine.report()
     s.seconds = time.perf_counter() - t0
+    _drain_dead(dead, written_dead, dlq, metrics)
     if metrics is not None:
-        metrics.events_consumed(source_kind, len(stream.transactions) - counted)
+        metrics.events_consumed("file", seen - counted)
         engine.report()
-    s.labels_learned = li
     s.decided = sum(actions.values())
-    if frauds is not None:
+    s.dead_letters = len(dead)
+    unreadable = sum(1 for d in dead if d["stage"] in _READ_STAGES and d["source"] == source)
+    s.transactions = seen + unreadable
+    s.reordered = stream.reordered
+    s.labels_learned = learned
+    if truth:
         s.frauds, s.alerted_frauds = total_frauds, alerted_frauds
     if bar is not None:
-        bar.update(len(stream.transactions) - bar.n)
+        bar.update(s.decided - bar.n)
         bar.close()
     return s
 
 
-def _progress(total: int, enabled: bool) -> Any:
+def _drain_dead(dead: list[dict[str, Any]], written: int, dlq: Sink, metrics: Any) -> int:
+    """Write dead letters collected since the last call; returns how many are written now."""
+    for d in dead[written:]:
+        dlq.write(d)
+        if metrics is not None:
+            metrics.dlq(d["stage"])
+    return len(dead)
+
+
+def _progress(total: int | None, enabled: bool) -> Any:
     if not enabled:
         return None
     from tqdm import tqdm

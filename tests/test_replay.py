@@ -37,9 +37,12 @@ def test_out_of_order_input_is_sorted_and_reported(tmp_path):
 def test_bad_records_go_to_dlq_with_position_and_neighbours_are_decided(tmp_path):
     p = tmp_path / "x.jsonl"
     p.write_text(
-        orjson.dumps(tx(0, T0)).decode() + "\n{broken\n"
-        + orjson.dumps(tx(2, T0 + 1, amount=-1)).decode() + "\n"
-        + orjson.dumps(tx(3, T0 + 2)).decode() + "\n"
+        orjson.dumps(tx(0, T0)).decode()
+        + "\n{broken\n"
+        + orjson.dumps(tx(2, T0 + 1, amount=-1)).decode()
+        + "\n"
+        + orjson.dumps(tx(3, T0 + 2)).decode()
+        + "\n"
     )
     out, dlq = ListSink(), ListSink()
     s = replay.run(Engine(), replay.load(p), out, dlq)
@@ -110,8 +113,45 @@ def test_sink_output_is_deterministic_except_wall_clock(tmp_path):
     for n in range(2):
         with JsonlSink(tmp_path / f"o{n}.jsonl") as sink:
             replay.run(Engine(clock=lambda: T0), replay.load(p), sink, ListSink())
-        outs.append([
-            {k: v for k, v in orjson.loads(line).items() if k != "latency_ms"}
-            for line in (tmp_path / f"o{n}.jsonl").read_bytes().splitlines()
-        ])
+        outs.append(
+            [
+                {k: v for k, v in orjson.loads(line).items() if k != "latency_ms"}
+                for line in (tmp_path / f"o{n}.jsonl").read_bytes().splitlines()
+            ]
+        )
     assert outs[0] == outs[1] and len(outs[0]) == 50
+
+
+def test_streaming_reorder_buffer_is_bounded_and_counts_what_it_cannot_fix(tmp_path):
+    # t3 arrives 1 record late (fixable with a buffer of 2); t0 arrives 4 records late (not)
+    order = [1, 2, 4, 3, 5, 0, 6]
+    p = write_jsonl(tmp_path / "x.jsonl", [tx(i, T0 + i) for i in order])
+    stream = replay.open_stream(p, reorder_buffer=2)
+    out = [t["tx_id"] for t in stream.transactions]
+    assert out == ["t1", "t2", "t3", "t0", "t4", "t5", "t6"]  # t0 is emitted as soon as seen
+    assert stream.reordered == 2 and stream.late == 1
+
+
+def test_cli_says_when_input_was_reordered(tmp_path, capsys):
+    from fds.cli import main
+
+    p = write_jsonl(tmp_path / "x.jsonl", [tx(1, T0 + 1), tx(0, T0)])
+    assert (
+        main(
+            [
+                "replay",
+                str(p),
+                "--rules",
+                "none",
+                "--model",
+                "none",
+                "--no-progress",
+                "--out",
+                str(tmp_path / "o.jsonl"),
+            ]
+        )
+        == 0
+    )
+    assert "input not in time order: 1 records were out of order" in capsys.readouterr().err
+    decided = [orjson.loads(x)["tx_id"] for x in (tmp_path / "o.jsonl").read_bytes().split()]
+    assert decided == ["t0", "t1"]
