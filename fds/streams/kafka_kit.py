@@ -22,6 +22,7 @@ Examples
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -31,9 +32,9 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -305,7 +306,9 @@ def up(
     if not (ddir / "kraft" / "meta.properties").exists():
         _format(java, lib, props, log_file)
         (ddir / "kit.json").write_text(
-            json.dumps({"port": port, "controller_port": controller_port, "version": lib.parent.name})
+            json.dumps(
+                {"port": port, "controller_port": controller_port, "version": lib.parent.name}
+            )
         )
     cmd = [
         java, *JVM_HEAP, "-XX:+UseG1GC", "-Djava.awt.headless=true",
@@ -341,7 +344,9 @@ def _wait_ready(bootstrap: str, alive: Callable[[], bool], log_file: Path, timeo
     return False
 
 
-def down(data_dir: Path | str | None = None, *, timeout: float = STOP_TIMEOUT_S, wipe: bool = False) -> bool:
+def down(
+    data_dir: Path | str | None = None, *, timeout: float = STOP_TIMEOUT_S, wipe: bool = False
+) -> bool:
     """Stop the local broker: SIGTERM (controlled shutdown), then SIGKILL after ``timeout``.
 
     Returns True when a running broker was stopped. ``wipe=True`` also deletes the data dir.
@@ -368,10 +373,8 @@ def down(data_dir: Path | str | None = None, *, timeout: float = STOP_TIMEOUT_S,
 
 def _reap(pid: int) -> None:
     """Collect the exit status if the broker is our own child (else it lingers as a zombie)."""
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def status(data_dir: Path | str | None = None) -> KitStatus:
@@ -391,7 +394,7 @@ def status(data_dir: Path | str | None = None) -> KitStatus:
 
 
 def load_topic_specs(path: Path | str = TOPICS_FILE) -> dict[str, dict[str, Any]]:
-    """Read ``streams/topics.yaml``: logical name -> ``{name, partitions, replication_factor, configs}``.
+    """Read ``streams/topics.yaml``: logical name -> ``{name, partitions, ..., configs}``.
 
     Examples
     --------

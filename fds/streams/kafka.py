@@ -1,0 +1,727 @@
+"""``fds run`` on Kafka: a consumer-group service that decides transactions, and ``fds produce``.
+
+The loop (one thread, batched)::
+
+    poll(max_records) -> for each record: parse -> validate -> engine.decide -> send decision
+                                          (any failure: send a dead letter with headers)
+                      -> commit   (the order below is the whole delivery guarantee)
+
+Commit order, at-least-once (default):
+  1. ``producer.flush()``: every decision and dead letter of the batch is acknowledged;
+  2. ``consumer.commit(offsets)``: only then the input offsets move past them.
+  A crash between 1 and 2 replays the batch: duplicates, never losses.
+
+Commit order, exactly-once (``--exactly-once``):
+  1. ``begin_transaction()`` before the first send of the batch;
+  2. decisions and dead letters are sent inside the transaction;
+  3. ``send_offsets_to_transaction(offsets, consumer.group_metadata())``;
+  4. ``commit_transaction()``: outputs and input offsets become visible atomically
+     (readers use ``isolation_level='read_committed'``). Any failure aborts and the process
+     exits non-zero; a restart resumes from the last committed transaction.
+
+Backpressure: the batch is flushed/committed before the next poll, so at most
+``max_poll_records`` decisions are in flight and memory stays bounded; a slow broker slows
+the poll loop instead of growing a queue.
+
+Shutdown: SIGTERM/SIGINT stop polling, the current batch is finished and committed, the
+consumer leaves the group, and the process exits (well within 10 s).
+
+Broker outage: commits and flushes are retried with exponential backoff; when the broker has not
+been reachable for ``broker_timeout_s`` the service exits with code 1 and says why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+from kafka.errors import CommitFailedError, KafkaError
+from kafka.structs import OffsetAndMetadata
+from pydantic import Field, SecretStr
+from pydantic import ValidationError as PydanticValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from fds.engine import Engine
+from fds.errors import ConfigError, FdsError, StageError, ValidationError
+from fds.metrics import NullMetrics, make_metrics, serve
+from fds.pipeline import DEFAULT_MODEL, DEFAULT_RULES, build_engine
+from fds.schema import dead_letter, dumps, loads, parse_transaction
+from fds.streams.files import ColumnMapping, load_mapping, read_records
+
+__all__ = [
+    "BrokerUnavailable",
+    "KafkaSettings",
+    "RunStats",
+    "Runner",
+    "load_settings",
+    "main",
+    "produce_file",
+    "register_produce",
+    "register_run",
+]
+
+log = logging.getLogger(__name__)
+
+# Header names on dead letters (values are UTF-8 bytes); the body carries the same fields.
+DLQ_HEADERS = ("source_topic", "source_partition", "source_offset", "stage", "error", "reason")
+# Consumer lag is a gauge for dashboards: once a second is plenty and costs nothing per event.
+LAG_EVERY_S = 1.0
+# Dead-letter reasons (a bounded label set) by the stage that rejected the record.
+_DLQ_REASON = {"parse": "bad_json", "validate": "schema"}
+# Output fields that depend on the wall clock, not on input and state: a replayed duplicate
+# differs only in these (tests compare decisions with them removed).
+WALL_CLOCK_FIELDS = ("decided_at", "latency_ms")
+
+
+class BrokerUnavailable(FdsError):
+    """The broker could not be reached for longer than ``broker_timeout_s``."""
+
+
+class KafkaSettings(BaseSettings):
+    """Settings of ``fds run`` / ``fds produce``: flags > environment (``FDS_*``) > file.
+
+    Examples
+    --------
+    >>> s = KafkaSettings(bootstrap="broker:9092", group="g1")
+    >>> s.client_config()["bootstrap_servers"], s.exactly_once
+    (['broker:9092'], False)
+    """
+
+    model_config = SettingsConfigDict(env_prefix="FDS_", frozen=True, extra="forbid")
+
+    bootstrap: str = "127.0.0.1:19092"
+    input_topic: str = "transactions"
+    output_topic: str = "decisions"
+    dlq_topic: str = "dead-letters"
+    group: str = "fds"
+    # Static membership: a restarted instance with the same id takes its partitions back at
+    # once instead of waiting a session timeout for the dead member to expire.
+    group_instance_id: str | None = None
+    client_id: str = Field(default_factory=lambda: f"fds-{socket.gethostname()}-{os.getpid()}")
+    exactly_once: bool = False
+    # Stable across restarts of the same instance so a restarted process fences its zombie.
+    transactional_id: str | None = None
+    auto_offset_reset: str = "earliest"
+    # One batch is the unit of commit: large enough to amortise the flush round trip,
+    # small enough that a replay after a crash is short.
+    max_poll_records: int = Field(default=500, ge=1)
+    # Short so SIGTERM is noticed promptly even when idle.
+    poll_timeout_ms: int = Field(default=100, ge=1)
+    broker_timeout_s: float = Field(default=60.0, gt=0)
+    shutdown_timeout_s: float = Field(default=8.0, gt=0)  # < the 10 s promise
+    session_timeout_ms: int = 10_000  # how fast a dead instance's partitions move
+    # Security, passed to kafka-python unchanged when set.
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_plain_username: str | None = None
+    sasl_plain_password: SecretStr | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_password: SecretStr | None = None
+    ssl_check_hostname: bool = True
+
+    def client_config(self) -> dict[str, Any]:
+        """Connection and security options common to consumer, producer and admin."""
+        cfg: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap.split(","),
+            "client_id": self.client_id,
+            "security_protocol": self.security_protocol,
+        }
+        for name in ("sasl_mechanism", "sasl_plain_username", "ssl_cafile", "ssl_certfile",
+                     "ssl_keyfile"):  # fmt: skip
+            value = getattr(self, name)
+            if value is not None:
+                cfg[name] = value
+        for name in ("sasl_plain_password", "ssl_password"):
+            secret = getattr(self, name)
+            if secret is not None:
+                cfg[name] = secret.get_secret_value()
+        if self.security_protocol.startswith("SASL") or self.security_protocol == "SSL":
+            cfg["ssl_check_hostname"] = self.ssl_check_hostname
+        return cfg
+
+
+def load_settings(file: Path | str | None = None, **flags: Any) -> KafkaSettings:
+    """Build settings from a YAML file, the environment and flags (highest wins: flags).
+
+    ``None`` flags are ignored (argparse defaults). Errors name the field and the source.
+    """
+    values: dict[str, Any] = {}
+    if file is not None:
+        path = Path(file)
+        try:
+            doc = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read settings: {exc}", where=str(path)) from exc
+        if not isinstance(doc, dict):
+            raise ConfigError("expected a mapping of setting: value", where=str(path))
+        # The environment outranks the file: drop file keys that FDS_<KEY> sets.
+        values = {k: v for k, v in doc.items() if f"FDS_{k.upper()}" not in os.environ}
+    values.update({k: v for k, v in flags.items() if v is not None})
+    try:
+        return KafkaSettings(**values)
+    except PydanticValidationError as exc:
+        err = exc.errors()[0]
+        name = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(
+            f"setting {name}: {err['msg']} (from a flag, FDS_{name.upper()} or the settings file)",
+            where=str(file) if file else None,
+        ) from None
+
+
+@dataclass(slots=True)
+class RunStats:
+    """Counters of one run (also logged at exit)."""
+
+    consumed: int = 0
+    decided: int = 0
+    dead_letters: int = 0
+    batches: int = 0
+    commits: int = 0
+    dlq_by_stage: dict[str, int] = field(default_factory=dict)
+
+
+class Runner:
+    """Consume transactions, decide them with ``engine``, produce decisions and dead letters.
+
+    Parameters
+    ----------
+    settings
+        Topics, group, delivery mode, timeouts and client options.
+    engine
+        The same :class:`fds.engine.Engine` that file replay uses.
+    consumer_factory, producer_factory
+        Build the kafka-python clients from a config dict (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        engine: Engine,
+        *,
+        consumer_factory: Callable[..., Any] | None = None,
+        producer_factory: Callable[..., Any] | None = None,
+    ) -> None:
+        self.s = settings
+        self.engine = engine
+        self.stats = RunStats()
+        self._stop = False
+        self._consumer_factory = consumer_factory or KafkaConsumer
+        self._producer_factory = producer_factory or KafkaProducer
+        self.consumer: Any = None
+        self.producer: Any = None
+        # Metrics go to the engine's Metrics (fds.metrics) when it has one, else nowhere.
+        self.metrics: Any = engine.metrics if engine.metrics is not None else NullMetrics()
+        self._lag_at = 0.0
+        self._copartitioned = False
+        self._pending: list[Any] = []
+        # Fault injection for the crash tests (RELIABILITY.md tests 1-2): SIGKILL this process
+        # after batch N's outputs are sent and acknowledged but before its offsets (or its
+        # transaction) are committed: the window where at-least-once must replay the batch and
+        # exactly-once must abort it. Unset in production.
+        self._kill_after_flush = int(os.environ.get("FDS_FAULT_KILL_AFTER_FLUSH", "0"))
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def stop(self, *_: Any) -> None:
+        """Ask the loop to finish the current batch, commit and return (signal-safe)."""
+        self._stop = True
+
+    def _connect(self) -> None:
+        s = self.s
+        common = s.client_config()
+        timeout_ms = int(s.broker_timeout_s * 1000)
+        consumer_cfg: dict[str, Any] = {
+            **common,
+            "group_id": s.group,
+            "group_instance_id": s.group_instance_id,
+            "enable_auto_commit": False,
+            "auto_offset_reset": s.auto_offset_reset,
+            "max_poll_records": s.max_poll_records,
+            "session_timeout_ms": s.session_timeout_ms,
+            "heartbeat_interval_ms": max(1000, s.session_timeout_ms // 3),
+            "isolation_level": "read_committed" if s.exactly_once else "read_uncommitted",
+            "bootstrap_timeout_ms": timeout_ms,
+        }
+        producer_cfg: dict[str, Any] = {
+            **common,
+            "acks": "all",
+            # Every batch ends with flush() (or commit_transaction), which sends at once; a long
+            # linger keeps the sender thread from draining half-built batches mid-loop, where
+            # each wakeup costs the decision loop a GIL hand-off (measured: 3x slower per record).
+            "linger_ms": 100,
+            # Large batches: kafka-python wakes its sender thread per new batch, and each wakeup
+            # costs a GIL hand-off; 1 MiB holds a whole poll batch of decisions per partition.
+            "batch_size": 1 << 20,
+            "bootstrap_timeout_ms": timeout_ms,
+            "max_block_ms": timeout_ms,
+        }
+        if s.exactly_once:
+            producer_cfg["transactional_id"] = s.transactional_id or f"fds-{s.group}-0"
+        try:
+            # kafka-python bootstraps in the constructors: an unreachable broker fails here.
+            self.consumer = self._consumer_factory(**consumer_cfg)
+            self.producer = self._producer_factory(**producer_cfg)
+            self.consumer.bootstrap(timeout_ms=timeout_ms)
+        except (KafkaError, OSError) as exc:
+            raise BrokerUnavailable(
+                f"cannot reach Kafka at {s.bootstrap} within {s.broker_timeout_s:.0f} s "
+                f"({type(exc).__name__}: {exc}); check --bootstrap and that the broker is up "
+                "(`fds kafka status`)"
+            ) from exc
+        if s.exactly_once:
+            self.producer.init_transactions()
+        self.consumer.subscribe([s.input_topic], listener=_Revoke(self))
+        # Co-partitioned output: decisions of input partition p go to output partition p, the
+        # same place the default partitioner puts their card_id key when the counts are equal,
+        # without hashing every key again (murmur2 in pure Python is ~15 us per record).
+        n_in = self.consumer.partitions_for_topic(s.input_topic)
+        n_out = self.producer.partitions_for(s.output_topic)
+        self._copartitioned = bool(n_in) and bool(n_out) and len(n_in) == len(n_out)
+        log.info(
+            'consuming topic="%s" group="%s" exactly_once=%s co_partitioned=%s',
+            s.input_topic, s.group, s.exactly_once, self._copartitioned,
+        )  # fmt: skip
+
+    def close(self) -> None:
+        """Leave the group and close the clients (bounded by ``shutdown_timeout_s``)."""
+        t = self.s.shutdown_timeout_s
+        if self.consumer is not None:
+            with contextlib.suppress(Exception):
+                self.consumer.close(autocommit=False, timeout_ms=int(t * 500))
+        if self.producer is not None:
+            with contextlib.suppress(Exception):
+                self.producer.close(timeout=t / 2)
+
+    def run(self, *, max_idle_s: float | None = None) -> RunStats:
+        """Run until :meth:`stop` (or ``max_idle_s`` without input, for tests and benchmarks)."""
+        self._connect()
+        try:
+            self._loop(max_idle_s)
+        finally:
+            self.close()
+            log.info(
+                "stopped consumed=%d decided=%d dead_letters=%d commits=%d",
+                self.stats.consumed, self.stats.decided, self.stats.dead_letters,
+                self.stats.commits,
+            )  # fmt: skip
+        return self.stats
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def _loop(self, max_idle_s: float | None) -> None:
+        s = self.s
+        consumer = self.consumer
+        last_contact = last_input = time.monotonic()
+        probe_every = min(5.0, s.broker_timeout_s / 4)
+        while not self._stop:
+            try:
+                batch = consumer.poll(timeout_ms=s.poll_timeout_ms, max_records=s.max_poll_records)
+            except KafkaError as exc:  # counted against broker_timeout_s like a silent broker
+                log.warning("poll failed: %s: %s", type(exc).__name__, exc)
+                time.sleep(0.5)  # back off instead of spinning while the broker is away
+                batch = {}
+            now = time.monotonic()
+            if batch:
+                last_contact = last_input = now
+                self._process(batch)
+                continue
+            if max_idle_s is not None and now - last_input > max_idle_s:
+                return
+            if now - last_contact > probe_every:
+                # Idle or cut off? An empty poll looks the same; ask the broker.
+                if self._probe():
+                    last_contact = now
+                elif now - last_contact > s.broker_timeout_s:
+                    raise BrokerUnavailable(
+                        f"Kafka at {s.bootstrap} unreachable for {s.broker_timeout_s:.0f} s; "
+                        "exiting so a supervisor can restart fds (offsets are committed up to "
+                        "the last acknowledged batch)"
+                    )
+
+    def _probe(self) -> bool:
+        try:
+            parts = self.consumer.assignment() or set()
+            if parts:
+                self.consumer.end_offsets(list(parts), timeout_ms=3000)
+            else:
+                self.consumer.topics()
+            return True
+        except Exception as exc:
+            log.warning("broker probe failed: %s: %s", type(exc).__name__, exc)
+            return False
+
+    def _process(self, batch: Mapping[Any, list[Any]]) -> None:
+        s = self.s
+        send = self.producer.send
+        decide = self.engine.decide
+        out_topic = s.output_topic
+        eos = s.exactly_once
+        if eos:
+            self.producer.begin_transaction()
+        offsets: dict[Any, Any] = {}
+        pending = self._pending = []  # send futures: checked before the offsets move on
+        n = 0
+        for tp, records in batch.items():
+            part = tp.partition if self._copartitioned else None
+            for msg in records:
+                n += 1
+                raw = msg.value
+                stage = "parse"
+                try:
+                    obj = loads(raw)
+                    stage = "validate"
+                    tx = parse_transaction(obj)
+                    stage = "engine"
+                    decision = decide(tx)
+                    stage = "serialise"
+                    value = dumps(decision)
+                except StageError as exc:
+                    self._dead_letter(msg, exc.stage, exc.cause if exc.cause else exc)
+                    continue
+                except ValidationError as exc:
+                    self._dead_letter(msg, stage, exc)
+                    continue
+                except Exception as exc:  # bad JSON, or any bug: never silently dropped
+                    self._dead_letter(msg, stage, exc)
+                    continue
+                key = msg.key if msg.key is not None else tx["card_id"].encode()
+                pending.append(send(out_topic, value=value, key=key, partition=part))
+                self.stats.decided += 1
+            offsets[tp] = OffsetAndMetadata(records[-1].offset + 1, "", -1)
+        self.stats.consumed += n
+        self.stats.batches += 1
+        self.metrics.events_consumed("kafka", n)
+        t_commit = time.perf_counter()
+        if eos:
+            self._retrying(
+                "send_offsets_to_transaction",
+                lambda: self.producer.send_offsets_to_transaction(
+                    offsets, self.consumer.group_metadata()
+                ),
+            )
+            if self.stats.batches == self._kill_after_flush:
+                os.kill(os.getpid(), signal.SIGKILL)  # fault injection: an open transaction
+            self._retrying("commit_transaction", self.producer.commit_transaction)
+        else:
+            self._flush()
+            self._check_sent()
+            if self.stats.batches == self._kill_after_flush:
+                os.kill(os.getpid(), signal.SIGKILL)
+            self._retrying("commit", lambda: self.consumer.commit(offsets))
+        self.stats.commits += 1
+        now = time.perf_counter()
+        self.metrics.commit_time(now - t_commit)
+        if now - self._lag_at > LAG_EVERY_S:
+            self._lag_at = now
+            self._report_lag(offsets)
+
+    def _report_lag(self, offsets: Mapping[Any, Any]) -> None:
+        for tp, om in offsets.items():
+            hw = self.consumer.highwater(tp)  # from the last fetch response: no request
+            if hw is not None:
+                self.metrics.consumer_lag(tp.partition, max(0, hw - om.offset))
+
+    def _dead_letter(self, msg: Any, stage: str, exc: BaseException) -> None:
+        record = dead_letter(
+            stage=stage, error=exc, raw=msg.value, source=msg.topic,
+            position={"partition": msg.partition, "offset": msg.offset},
+        )  # fmt: skip
+        headers = [
+            ("source_topic", msg.topic.encode()),
+            ("source_partition", str(msg.partition).encode()),
+            ("source_offset", str(msg.offset).encode()),
+            ("stage", stage.encode()),
+            ("error", type(exc).__name__.encode()),
+            ("reason", str(exc)[:1000].encode("utf-8", "backslashreplace")),
+        ]
+        self._pending.append(
+            self.producer.send(self.s.dlq_topic, value=dumps(record), key=msg.key, headers=headers)
+        )
+        self.stats.dead_letters += 1
+        self.metrics.failed(stage)
+        self.metrics.dlq(_DLQ_REASON.get(stage, stage))
+        self.stats.dlq_by_stage[stage] = self.stats.dlq_by_stage.get(stage, 0) + 1
+        log.warning(
+            'dead letter stage="%s" error="%s" partition="%s[%d]" offset="%d"',
+            stage, type(exc).__name__, msg.topic, msg.partition, msg.offset,
+        )  # fmt: skip
+
+    def _check_sent(self) -> None:
+        """A send can fail for good (e.g. a record over the size limit) while flush() returns:
+        then the batch's offsets must not be committed."""
+        for fut in self._pending:
+            if fut.failed():
+                raise FdsError(
+                    f"producing a decision or dead letter failed ({fut.exception!r}); input "
+                    "offsets were not committed past it; fix the cause and restart"
+                )
+        self._pending = []
+
+    def _flush(self) -> None:
+        self._retrying("flush", lambda: self.producer.flush(timeout=self.s.broker_timeout_s))
+
+    def _retrying(self, what: str, fn: Callable[[], Any]) -> Any:
+        """Call ``fn`` with exponential backoff until ``broker_timeout_s``; then give up loudly.
+
+        Under exactly-once a failed transactional call is not retried: the transaction is
+        aborted and the error propagates (a restart resumes from the last commit).
+        """
+        deadline = time.monotonic() + self.s.broker_timeout_s
+        delay = 0.1  # first backoff; doubles up to 5 s
+        while True:
+            try:
+                return fn()
+            except CommitFailedError:
+                raise  # the group rebalanced: the batch will be replayed by the new owner
+            except (KafkaError, OSError) as exc:
+                if self.s.exactly_once:
+                    with contextlib.suppress(Exception):
+                        self.producer.abort_transaction()
+                    raise FdsError(
+                        f"{what} failed under exactly-once ({type(exc).__name__}: {exc}); the "
+                        "transaction was aborted; restart to resume from the last commit"
+                    ) from exc
+                if time.monotonic() + delay > deadline:
+                    raise BrokerUnavailable(
+                        f"{what} failed for {self.s.broker_timeout_s:.0f} s "
+                        f"({type(exc).__name__}: {exc}); is Kafka at {self.s.bootstrap} up?"
+                    ) from exc
+                log.warning("%s failed (%s); retrying in %.1f s", what, exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+
+class _Revoke(ConsumerRebalanceListener):
+    """Rebalance listener: nothing is pending between batches, so revocation needs no work;
+    assignment is logged (state restore per partition would hook in here)."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        self.runner.metrics.rebalance()
+        for tp in revoked:
+            self.runner.metrics.forget_partition(tp.partition)
+        log.info("partitions revoked: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked))
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        log.info(
+            "partitions assigned: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned)
+        )
+
+
+# -- fds produce ---------------------------------------------------------------------------------
+
+
+def produce_file(
+    path: Path | str,
+    settings: KafkaSettings,
+    *,
+    topic: str | None = None,
+    rate: float | None = None,
+    mapping: ColumnMapping | None = None,
+    limit: int | None = None,
+) -> int:
+    """Send each record of a JSONL/CSV file to ``topic``, keyed by ``card_id``; return the count.
+
+    ``rate`` paces to that many records per second (file order is kept); ``mapping`` renames
+    foreign columns (``--mapping``). A record that cannot be read (bad JSON, a short CSV row) is
+    sent as its raw text, so ``fds run`` dead-letters it: nothing is silently dropped.
+    """
+    if not Path(path).is_file():
+        raise ConfigError(f"input file not found: {path}; give a JSONL or CSV file")
+    records = read_records(path, mapping=mapping)
+    timeout_ms = int(settings.broker_timeout_s * 1000)
+    try:
+        producer = KafkaProducer(
+            **settings.client_config(), acks="all", linger_ms=5, bootstrap_timeout_ms=timeout_ms
+        )
+    except (KafkaError, OSError) as exc:
+        raise BrokerUnavailable(
+            f"cannot reach Kafka at {settings.bootstrap} ({type(exc).__name__}: {exc}); check "
+            "--bootstrap and that the broker is up (`fds kafka status`)"
+        ) from exc
+    topic = topic or settings.input_topic
+    t0 = time.monotonic()
+    n = 0
+    try:
+        for _line, rec, raw in records:
+            if isinstance(rec, dict):
+                card = rec.get("card_id")
+                key = None if card is None else str(card).encode()
+                producer.send(topic, value=dumps(rec), key=key)
+            else:
+                producer.send(topic, value=(raw or "").encode())
+            n += 1
+            if rate:
+                ahead = n / rate - (time.monotonic() - t0)
+                if ahead > 0:
+                    time.sleep(ahead)  # pacing to the requested rate
+            if limit is not None and n >= limit:
+                break
+        producer.flush(timeout=settings.broker_timeout_s)
+    finally:
+        producer.close(timeout=5)
+    return n
+
+
+# -- CLI ---------------------------------------------------------------------------------------
+
+_SETTING_FLAGS = {
+    "--bootstrap": "bootstrap",
+    "--input-topic": "input_topic",
+    "--output-topic": "output_topic",
+    "--dlq-topic": "dlq_topic",
+    "--group": "group",
+    "--group-instance-id": "group_instance_id",
+    "--transactional-id": "transactional_id",
+    "--max-poll-records": "max_poll_records",
+    "--broker-timeout": "broker_timeout_s",
+    "--security-protocol": "security_protocol",
+    "--sasl-mechanism": "sasl_mechanism",
+    "--sasl-username": "sasl_plain_username",
+    "--ssl-cafile": "ssl_cafile",
+    "--ssl-certfile": "ssl_certfile",
+    "--ssl-keyfile": "ssl_keyfile",
+}
+
+
+def _add_settings_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, default=None, help="YAML file of settings (lowest rank)")
+    for flag, dest in _SETTING_FLAGS.items():
+        kind = float if dest == "broker_timeout_s" else int if dest == "max_poll_records" else str
+        p.add_argument(
+            flag,
+            dest=dest,
+            type=kind,
+            default=None,
+            help=f"setting {dest} (env FDS_{dest.upper()})",
+        )
+
+
+def _settings_from(args: argparse.Namespace, **extra: Any) -> KafkaSettings:
+    flags = {dest: getattr(args, dest, None) for dest in _SETTING_FLAGS.values()}
+    return load_settings(args.config, **flags, **extra)
+
+
+def register_run(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``fds run``."""
+    p = subparsers.add_parser("run", help="the streaming service: decide transactions from Kafka")
+    _add_settings_flags(p)
+    p.add_argument(
+        "--exactly-once",
+        action="store_true",
+        default=None,
+        help="transactional output: decisions, dead letters and offsets commit atomically",
+    )
+    p.add_argument(
+        "--rules", type=_none_or_path, default=DEFAULT_RULES,
+        help="rules YAML, or 'none' (default: rules/default.yaml); reloaded when it changes",
+    )  # fmt: skip
+    p.add_argument(
+        "--model", type=_none_or_path, default=DEFAULT_MODEL,
+        help="model spec YAML, or 'none' (default: models/default.yaml)",
+    )  # fmt: skip
+    p.add_argument(
+        "--metrics-port", type=int, default=9108,
+        help="serve Prometheus /metrics on this port (0: any free port; -1: off)",
+    )  # fmt: skip
+    p.add_argument("--max-idle", type=float, default=None, help="exit after this many idle seconds")
+    p.set_defaults(func=_cmd_run)
+
+
+def register_produce(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``fds produce``."""
+    p = subparsers.add_parser("produce", help="load a JSONL/CSV file into a Kafka topic")
+    p.add_argument("file", type=Path)
+    p.add_argument("--topic", default=None, help="default: the input topic (transactions)")
+    p.add_argument("--rate", type=float, default=None, help="records per second (default: max)")
+    p.add_argument("--mapping", type=Path, default=None, help="column mapping YAML (fields:)")
+    p.add_argument("--limit", type=int, default=None)
+    _add_settings_flags(p)
+    p.set_defaults(func=_cmd_produce)
+
+
+def _none_or_path(text: str) -> Path | None:
+    return None if text.lower() == "none" else Path(text)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    try:
+        settings = _settings_from(args, exactly_once=args.exactly_once)
+        metrics = make_metrics(args.metrics_port >= 0)
+        # The same builder as `fds replay`: one code path.
+        runner = Runner(settings, build_engine(args.rules, args.model, metrics=metrics, watch=True))
+    except ConfigError as exc:
+        print(f"fds run: error: {exc}", file=sys.stderr)
+        return 2
+    server = serve(metrics, port=args.metrics_port) if args.metrics_port >= 0 else None
+    if server is not None:
+        log.info("serving metrics on %s", server.url)
+    signal.signal(signal.SIGTERM, runner.stop)
+    signal.signal(signal.SIGINT, runner.stop)
+    try:
+        stats = runner.run(max_idle_s=args.max_idle)
+    except FdsError as exc:
+        print(f"fds run: failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if server is not None:
+            server.stop()
+    print(
+        f"consumed={stats.consumed} decided={stats.decided} dead_letters={stats.dead_letters} "
+        f"commits={stats.commits}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _cmd_produce(args: argparse.Namespace) -> int:
+    try:
+        settings = _settings_from(args)
+        mapping = load_mapping(args.mapping) if args.mapping is not None else None
+        n = produce_file(
+            args.file, settings, topic=args.topic, rate=args.rate, mapping=mapping,
+            limit=args.limit,
+        )  # fmt: skip
+    except ConfigError as exc:
+        print(f"fds: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        print(f"fds: error: producing failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    print(f"produced {n} records to {args.topic or settings.input_topic}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fds.streams.kafka run|produce ...`` (the same handlers as ``fds``)."""
+    logging.basicConfig(
+        level=os.environ.get("FDS_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    parser = argparse.ArgumentParser(prog="fds")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    register_run(sub)
+    register_produce(sub)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""CLI doors to Kafka: ``fds kafka up|down|status|topics``, ``fds run`` and ``fds produce``.
+
+A thin layer over :mod:`fds.streams.kafka_kit` and :mod:`fds.streams.kafka`; the lead wires
+:func:`register` into ``fds/cli.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from fds.errors import ConfigError, FdsError
+from fds.streams import kafka_kit
+
+__all__ = ["register"]
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``kafka``, ``run`` and ``produce`` to the ``fds`` command line."""
+    # kafka-python logs every connection at INFO; its warnings and errors are what users need.
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    kafka = subparsers.add_parser("kafka", help="a local single-node Apache Kafka broker")
+    ksub = kafka.add_subparsers(dest="kafka_cmd", required=True, metavar="{up,down,status,topics}")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--port", type=int, default=kafka_kit.DEFAULT_PORT, help="client port")
+        p.add_argument(
+            "--controller-port", type=int, default=kafka_kit.DEFAULT_CONTROLLER_PORT,
+            help="KRaft controller port",
+        )  # fmt: skip
+        p.add_argument(
+            "--data-dir", type=Path, default=None,
+            help="broker data dir (default $FDS_KAFKA_DIR or ~/.cache/fds/kafka/run)",
+        )  # fmt: skip
+
+    p = ksub.add_parser("up", help="start the broker (resolving jars on first use); idempotent")
+    common(p)
+    p.add_argument("--timeout", type=float, default=kafka_kit.START_TIMEOUT_S)
+    p.add_argument("--no-topics", action="store_true", help="do not create streams/topics.yaml")
+    p.set_defaults(func=_up)
+    p = ksub.add_parser("down", help="stop the broker (SIGTERM, then SIGKILL)")
+    common(p)
+    p.add_argument("--wipe", action="store_true", help="also delete the data dir (all topics)")
+    p.set_defaults(func=_down)
+    p = ksub.add_parser("status", help="is the broker running and reachable?")
+    common(p)
+    p.set_defaults(func=_status)
+    p = ksub.add_parser("topics", help="create the topics of streams/topics.yaml (idempotent)")
+    p.add_argument("--bootstrap", default=f"127.0.0.1:{kafka_kit.DEFAULT_PORT}")
+    p.add_argument("--file", type=Path, default=kafka_kit.TOPICS_FILE, help="topic specs YAML")
+    p.add_argument("--prefix", default="", help="prepended to every topic name")
+    p.set_defaults(func=_topics)
+
+    from fds.streams import kafka as kstream  # the runner pulls in more; keep the kit light
+
+    kstream.register_run(subparsers)
+    kstream.register_produce(subparsers)
+
+
+def _guard(fn):
+    """Map expected errors to exit codes: 2 for configuration/usage, 1 for failures."""
+
+    def wrapped(args: argparse.Namespace) -> int:
+        try:
+            return int(fn(args))
+        except ConfigError as e:
+            print(f"fds: error: {e}", file=sys.stderr)
+            return 2
+        except FdsError as e:
+            print(f"fds: error: {e}", file=sys.stderr)
+            return 1
+
+    return wrapped
+
+
+@_guard
+def _up(args: argparse.Namespace) -> int:
+    bootstrap = kafka_kit.up(args.port, args.controller_port, args.data_dir, timeout=args.timeout)
+    if not args.no_topics:
+        kafka_kit.create_topics(bootstrap)
+    print(bootstrap)
+    return 0
+
+
+@_guard
+def _down(args: argparse.Namespace) -> int:
+    stopped = kafka_kit.down(args.data_dir, wipe=args.wipe)
+    print("stopped" if stopped else "not running")
+    return 0
+
+
+@_guard
+def _status(args: argparse.Namespace) -> int:
+    st = kafka_kit.status(args.data_dir)
+    state = "running" if st.running else "stopped"
+    if st.running:
+        state += ", reachable" if st.reachable else ", NOT reachable"
+    print(f"{state} pid={st.pid} bootstrap={st.bootstrap} data_dir={st.data_dir} log={st.log_file}")
+    return 0 if st.reachable else 1
+
+
+@_guard
+def _topics(args: argparse.Namespace) -> int:
+    names = kafka_kit.create_topics(
+        args.bootstrap, kafka_kit.load_topic_specs(args.file), prefix=args.prefix
+    )
+    for logical, name in names.items():
+        print(f"{logical}\t{name}")
+    return 0

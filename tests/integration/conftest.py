@@ -1,0 +1,64 @@
+"""Fixtures for the integration tier: a real Kafka broker started by the kit, unique names.
+
+The broker is started once per session with :func:`fds.streams.kafka_kit.up` (idempotent: a
+broker left running by an earlier session is reused) and stopped at the end only if this
+session started it. ``FDS_TEST_BOOTSTRAP=host:port`` uses an existing broker instead.
+Tests isolate themselves with uuid topic prefixes and group names, so nothing is torn down.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from fds.streams import kafka_kit
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """Bootstrap address of a running broker (started here when needed)."""
+    external = os.environ.get("FDS_TEST_BOOTSTRAP")
+    if external:
+        yield external
+        return
+    was_running = kafka_kit.status().reachable
+    bootstrap = kafka_kit.up()
+    yield bootstrap
+    if not was_running and os.environ.get("FDS_TEST_KEEP_BROKER") != "1":
+        kafka_kit.down()
+
+
+@pytest.fixture
+def unique_name() -> Callable[[str], str]:
+    """Factory: ``unique_name("group")`` -> ``"test-group-3f2a..."`` (never reused)."""
+
+    def make(kind: str) -> str:
+        return f"test-{kind}-{uuid.uuid4().hex[:12]}"
+
+    return make
+
+
+@pytest.fixture
+def topics(kafka_bootstrap: str, unique_name: Callable[[str], str]) -> dict[str, str]:
+    """All topics of streams/topics.yaml under a fresh prefix: logical name -> topic name."""
+    return kafka_kit.create_topics(kafka_bootstrap, prefix=unique_name("t") + ".")
+
+
+@pytest.fixture
+def make_topics(
+    kafka_bootstrap: str, unique_name: Callable[[str], str]
+) -> Callable[..., dict[str, str]]:
+    """Factory for topic sets with overridden partition counts: ``make_topics(partitions=2)``."""
+
+    def make(partitions: int | None = None) -> dict[str, str]:
+        specs: dict[str, dict[str, Any]] = kafka_kit.load_topic_specs()
+        if partitions is not None:
+            for logical in ("transactions", "decisions", "state_changelog"):
+                specs[logical] = {**specs[logical], "partitions": partitions}
+        return kafka_kit.create_topics(kafka_bootstrap, specs, prefix=unique_name("t") + ".")
+
+    return make

@@ -1,0 +1,76 @@
+"""Settings and CLI wiring of the Kafka doors; needs no broker (fast, not marked integration).
+
+It lives beside the Kafka integration tests to keep the Kafka area's files together.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import pydantic
+import pytest
+
+from fds.errors import ConfigError
+from fds.streams import kafka_cli
+from fds.streams.kafka import KafkaSettings, load_settings
+
+
+def test_flags_beat_environment_beat_file(tmp_path, monkeypatch):
+    f = tmp_path / "kafka.yaml"
+    f.write_text("bootstrap: file:9092\ngroup: from-file\ninput_topic: file-topic\n")
+    monkeypatch.setenv("FDS_GROUP", "from-env")
+    monkeypatch.setenv("FDS_INPUT_TOPIC", "env-topic")
+    s = load_settings(f, input_topic="flag-topic", dlq_topic=None)
+    assert (s.bootstrap, s.group, s.input_topic) == ("file:9092", "from-env", "flag-topic")
+    assert s.dlq_topic == "dead-letters"  # a None flag (argparse default) is ignored
+
+
+def test_bad_values_name_the_setting_and_file(tmp_path):
+    f = tmp_path / "kafka.yaml"
+    f.write_text("max_poll_records: 0\n")
+    with pytest.raises(ConfigError, match=r"kafka\.yaml: setting max_poll_records"):
+        load_settings(f)
+    f.write_text("bootstrapp: typo:9092\n")
+    with pytest.raises(ConfigError, match="bootstrapp"):
+        load_settings(f)
+    with pytest.raises(ConfigError, match="cannot read settings"):
+        load_settings(tmp_path / "missing.yaml")
+
+
+def test_security_settings_reach_the_client_and_secrets_stay_hidden():
+    s = KafkaSettings(
+        bootstrap="a:9093,b:9093",
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_plain_username="fds",
+        sasl_plain_password="s3cret",
+        ssl_cafile="/etc/ca.pem",
+    )
+    cfg = s.client_config()
+    assert cfg["bootstrap_servers"] == ["a:9093", "b:9093"]
+    assert cfg["sasl_plain_password"] == "s3cret" and cfg["ssl_cafile"] == "/etc/ca.pem"
+    assert cfg["security_protocol"] == "SASL_SSL" and cfg["ssl_check_hostname"] is True
+    assert "s3cret" not in repr(s)
+    with pytest.raises(pydantic.ValidationError):
+        s.group = "other"  # frozen
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="fds")
+    kafka_cli.register(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(argv)
+
+
+def test_cli_wiring():
+    args = _parse(["kafka", "up", "--port", "29092", "--controller-port", "29093"])
+    assert (args.port, args.controller_port, args.func.__name__) == (29092, 29093, "wrapped")
+    args = _parse(["run", "--bootstrap", "b:1", "--exactly-once", "--rules", "none"])
+    assert args.bootstrap == "b:1" and args.exactly_once and args.rules is None
+    args = _parse(["produce", "tx.jsonl", "--topic", "t", "--rate", "50"])
+    assert (str(args.file), args.topic, args.rate) == ("tx.jsonl", "t", 50.0)
+
+
+def test_produce_missing_file_is_a_usage_error(tmp_path, capsys):
+    args = _parse(["produce", str(tmp_path / "nope.jsonl"), "--bootstrap", "127.0.0.1:1"])
+    assert args.func(args) == 2
+    assert "not found" in capsys.readouterr().err

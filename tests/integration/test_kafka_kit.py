@@ -1,0 +1,66 @@
+"""The local broker kit against a real broker: idempotent start, topics as specified."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from kafka import KafkaAdminClient
+from kafka.admin import ConfigResource, ConfigResourceType
+
+from fds.streams import kafka_kit
+
+pytestmark = pytest.mark.integration
+
+
+def test_up_is_idempotent_and_fast_when_running(kafka_bootstrap: str) -> None:
+    if kafka_bootstrap != f"127.0.0.1:{kafka_kit.DEFAULT_PORT}":
+        pytest.skip("an external broker is in use (FDS_TEST_BOOTSTRAP)")
+    pid = kafka_kit.status().pid
+    t0 = time.monotonic()
+    assert kafka_kit.up() == kafka_bootstrap
+    assert time.monotonic() - t0 < 5.0  # no restart: a metadata round trip at most
+    st = kafka_kit.status()
+    assert st.running and st.reachable and st.pid == pid
+
+
+def test_up_refuses_other_ports_for_a_formatted_dir(kafka_bootstrap: str) -> None:
+    if kafka_bootstrap != f"127.0.0.1:{kafka_kit.DEFAULT_PORT}":
+        pytest.skip("an external broker is in use (FDS_TEST_BOOTSTRAP)")
+    with pytest.raises(kafka_kit.ConfigError, match="formatted for ports"):
+        kafka_kit.up(port=29092, controller_port=29093)
+
+
+def test_topics_created_as_specified_and_idempotent(kafka_bootstrap: str, unique_name) -> None:
+    prefix = unique_name("kit") + "."
+    names = kafka_kit.create_topics(kafka_bootstrap, prefix=prefix)
+    assert names == kafka_kit.create_topics(kafka_bootstrap, prefix=prefix)  # second: no error
+    specs = kafka_kit.load_topic_specs()
+    assert set(names) == {
+        "transactions", "labels", "decisions", "dead_letters", "models", "state_changelog"
+    }  # fmt: skip
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        described = {t["name"]: t for t in admin.describe_topics(list(names.values()))}
+        for logical, name in names.items():
+            assert len(described[name]["partitions"]) == specs[logical]["partitions"], logical
+        assert specs["state_changelog"]["partitions"] == specs["transactions"]["partitions"], (
+            "the changelog must be co-partitioned with the input"
+        )
+        res = admin.describe_configs(
+            [
+                ConfigResource(ConfigResourceType.TOPIC, names[n], ["cleanup.policy"])
+                for n in ("models", "state_changelog", "transactions")
+            ]
+        )["topic"]
+        # A topic left at the broker default (delete) may not list the key at all.
+        policy = {
+            n: res[names[n]].get("cleanup.policy", {}).get("value", "delete")
+            for n in names
+            if names[n] in res
+        }
+        assert policy == {
+            "models": "compact", "state_changelog": "compact", "transactions": "delete"
+        }  # fmt: skip
+    finally:
+        admin.close()
