@@ -256,6 +256,31 @@ class Engine:
         if self.breaker is not None:
             self.breaker.reset(source)
 
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a decision depends on besides the input and the config files.
+
+        Feature windows, the alert budget's recent scores, the rate breaker and its demotions.
+        With :meth:`load_state_dict` a restarted engine decides exactly as an uninterrupted one
+        (rules come from their file, the model from its registry). Picklable.
+        """
+        save = getattr(self.features, "state_dict", None)
+        return {
+            "features": save() if save is not None else None,
+            "budget": getattr(self.policy, "budget", None),
+            "breaker": self.breaker,
+            "demoted": set(self.demoted),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved (same feature declarations required)."""
+        if state.get("features") is not None and self.features is not None:
+            self.features.load_state_dict(state["features"])  # type: ignore[attr-defined]
+        if state.get("budget") is not None and self.policy is not None:
+            self.policy.budget = state["budget"]  # type: ignore[attr-defined]
+        if state.get("breaker") is not None and self.breaker is not None:
+            self.breaker = state["breaker"]
+        self.demoted = set(state.get("demoted", ()))
+
     def report(self) -> None:
         """Export slow-moving state to metrics; call between events every few thousand events.
 

@@ -136,3 +136,27 @@ def test_metrics_count_decisions_and_hits():
         engine.decide(tx(i))
     assert m.summary()["decisions"]["decline"] == 10
     assert m.summary()["rule_hits"]
+
+
+def test_state_dict_roundtrip_gives_identical_decisions():
+    import pickle
+
+    from fds.pipeline import DEFAULT_RULES, build_engine
+    from fds.streams.simulator import simulate
+
+    sim = simulate(days=3, seed=5, cards=300, merchants=100, drift_day=None)
+    txs = sim.transactions
+    cut = len(txs) // 2
+
+    def strip(d):
+        return {k: v for k, v in d.items() if k not in ("decided_at", "latency_ms")}
+
+    straight = build_engine(DEFAULT_RULES, None)
+    expected = [strip(straight.decide(t)) for t in txs]
+    first = build_engine(DEFAULT_RULES, None)
+    for t in txs[:cut]:
+        first.decide(t)
+    blob = pickle.dumps(first.state_dict())
+    second = build_engine(DEFAULT_RULES, None)
+    second.load_state_dict(pickle.loads(blob))
+    assert [strip(second.decide(t)) for t in txs[cut:]] == expected[cut:]
