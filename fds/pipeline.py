@@ -40,6 +40,7 @@ def build_engine(
     *,
     metrics: Any = None,
     watch: bool = False,
+    model_watch: bool = False,
     guardrails: bool = True,
     grace: str | float = "5m",
     registry: str | Path | None = None,
@@ -49,6 +50,9 @@ def build_engine(
     ``None`` for either leaves that part out (``rules=None, model=None`` is the bare pipeline:
     every transaction approved with score 0). ``watch`` reloads the rules file when it changes
     (off the hot path; a broken file is rejected and the last good ruleset stays).
+    ``model_watch`` serves the registry's champion and hot-swaps new versions as ``fds train``
+    publishes them (the streaming service); without it an in-process trainer learns from
+    :meth:`Engine.learn` labels, deterministically (replay, demo, benchmarks).
     ``guardrails`` adds the rate circuit breaker and the model guard (fds.guardrails).
     """
     from fds.features import FeaturePlan
@@ -75,7 +79,9 @@ def build_engine(
     if model is not None:
         from fds.models import build_model_stage
 
-        model_stage = build_model_stage(model, registry=registry)
+        model_stage = build_model_stage(
+            model, registry=registry, watch=model_watch, metrics=metrics
+        )
         if policy is None:
             policy = Policy()
     breaker = guard = None
