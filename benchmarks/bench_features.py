@@ -1,0 +1,384 @@
+"""Feature-plan speed and memory on the default feature set (issue 3).
+
+Targets: <= 10 microseconds per transaction on one core for ~15 aggregates over card, merchant
+and device (windows 10 min .. 30 days); <= 2 KB per active card at simulator rates, with a run
+of 1,000,000 cards.
+
+* speed: the built-in simulator's stream (``fds.streams.simulator.simulate``), labels merged in
+  at the time they become known; CPU time per ``compute`` (``time.process_time``), over the
+  whole stream and over the last 7 days (all windows warm); wall time too.
+* memory: RSS delta (``/proc/self/statm``, resident pages) of the plan's state after streaming
+  ``--mem-cards`` cards for ``--mem-days`` days. The simulator holds a whole stream in memory,
+  which 1,000,000 cards x 30 days does not fit, so this run generates a stream chunk by chunk
+  with the simulator's per-card rate law (gamma(2, 0.5) per day, mean 1, clipped 0.05..8),
+  8 habitual merchants per card (75 % of payments), 1 merchant per 10 cards, online payments
+  (40 %) carrying one of the card's two devices, a home country with 3 % abroad, and fraud
+  labels (0.5 %) arriving 1-30 days later. A deep-size account of the states (sys.getsizeof,
+  shared objects counted once) splits the figure into card / merchant / device / label store.
+
+Run: ``python benchmarks/bench_features.py`` (defaults below); ``--quick`` for a smoke run.
+Writes ``benchmarks/results/features.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import shlex
+import sys
+import time
+import timeit
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fds.features import FeaturePlan
+
+RESULTS = Path(__file__).parent / "results" / "features.md"
+TARGET_US = 10.0  # issue 3
+TARGET_BYTES_PER_CARD = 2048  # issue 3
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    entity: str
+    agg: str
+    field: str | None
+    window: str
+
+
+#: The default feature set: 15 aggregates over card, merchant and device, 10 min .. 30 days.
+DEFAULT_SPECS = [
+    Spec("card_n_10m", "card_id", "count", None, "10m"),
+    Spec("card_n_1h", "card_id", "count", None, "1h"),
+    Spec("card_sum_1h", "card_id", "sum", "amount", "1h"),
+    Spec("card_max_24h", "card_id", "max", "amount", "24h"),
+    Spec("card_distinct_merchants_24h", "card_id", "distinct", "merchant_id", "24h"),
+    Spec("card_spend_today", "card_id", "sum", "amount", "calendar_day"),
+    Spec("card_mean_30d", "card_id", "mean", "amount", "30d"),
+    Spec("card_std_30d", "card_id", "std", "amount", "30d"),
+    Spec("card_seen_country_30d", "card_id", "seen", "country", "30d"),
+    Spec("card_last_gap", "card_id", "last_gap", None, "30d"),
+    Spec("merchant_n_1h", "merchant_id", "count", None, "1h"),
+    Spec("merchant_mean_7d", "merchant_id", "mean", "amount", "7d"),
+    Spec("merchant_fraud_rate_28d", "merchant_id", "fraud_rate", None, "28d"),
+    Spec("device_n_10m", "device_id", "count", None, "10m"),
+    Spec("device_distinct_cards_24h", "device_id", "distinct", "card_id", "24h"),
+]
+
+
+def rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * PAGE
+
+
+def machine() -> str:
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    probe = min(timeit.repeat("d.get('a')", "d={'a': 1}", number=1_000_000, repeat=5)) * 1000
+    return (
+        f"Python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cores, "
+        f"load average {load} (the machine is shared); calibration: dict.get = {probe:.1f} ns"
+    )
+
+
+def merged(sim: Any) -> list[tuple[float, int, dict[str, Any]]]:
+    """Transactions and labels in arrival order (labels at the time they become known)."""
+    ev = [(tx["ts"], 0, tx) for tx in sim.transactions]
+    ev += [(lab["ts"], 1, lab) for lab in sim.labels]
+    ev.sort(key=lambda e: (e[0], e[1]))
+    return ev
+
+
+def speed(days: int, cards: int, seed: int) -> dict[str, Any]:
+    from fds.streams.simulator import simulate
+
+    sim = simulate(days=days, cards=cards, seed=seed)
+    for tx in sim.transactions:  # what fds.schema.parse_transaction hands the engine
+        tx["amount"] = float(tx["amount"])
+    events = merged(sim)
+    steady_from = sim.end - 7 * 86400
+    plan = FeaturePlan(DEFAULT_SPECS, timezone="Asia/Seoul")
+    compute, on_label = plan.compute, plan.on_label
+    gc.collect()
+    n_tx = n_lab = n_steady = 0
+    cpu_tx = cpu_lab = cpu_steady = 0.0
+    clock = time.process_time
+    wall0 = time.perf_counter()
+    for ts, kind, rec in events:
+        if kind:
+            c0 = clock()
+            on_label(rec)
+            cpu_lab += clock() - c0
+            n_lab += 1
+        else:
+            c0 = clock()
+            compute(rec)
+            dt = clock() - c0
+            cpu_tx += dt
+            n_tx += 1
+            if ts >= steady_from:
+                cpu_steady += dt
+                n_steady += 1
+    wall = time.perf_counter() - wall0
+    # process_time per call has a coarse clock on some kernels: cross-check with one block
+    plan2 = FeaturePlan(DEFAULT_SPECS, timezone="Asia/Seoul")
+    txs = sim.transactions
+    c0 = clock()
+    for tx in txs:
+        plan2.compute(tx)
+    block = (clock() - c0) / len(txs) * 1e6
+    split = {}
+    for ent in ("card_id", "merchant_id", "device_id", None):
+        specs = [sp for sp in DEFAULT_SPECS if sp.entity == ent]
+        p = FeaturePlan(specs, timezone="Asia/Seoul")
+        c0 = clock()
+        for tx in txs:
+            p.compute(tx)
+        split[ent or "(no features: fixed cost)"] = (clock() - c0) / len(txs) * 1e6
+    return {
+        "split": split,
+        "days": days,
+        "cards": cards,
+        "tx": n_tx,
+        "labels": n_lab,
+        "us_tx": cpu_tx / n_tx * 1e6,
+        "us_steady": cpu_steady / max(n_steady, 1) * 1e6,
+        "us_block": block,
+        "us_label": cpu_lab / max(n_lab, 1) * 1e6,
+        "wall_us": wall / (n_tx + n_lab) * 1e6,
+        "sizes": plan.state_sizes(),
+        "label_store": plan.label_store_size(),
+        "reordered": plan.reordered_events,
+        "late": plan.late_events,
+    }
+
+
+def stream_chunks(cards: int, days: int, seed: int, chunk_days: float = 0.25):
+    """Simulator-like transactions and labels, in event-time order, chunk by chunk."""
+    rng = np.random.default_rng(seed)
+    merchants = max(cards // 10, 100)
+    rate = np.clip(rng.gamma(2.0, 0.5, cards), 0.05, 8.0)
+    habits = rng.integers(0, merchants, (cards, 8))
+    home = rng.choice(np.array(["KR", "US", "JP", "DE"]), cards, p=[0.85, 0.05, 0.05, 0.05])
+    card_ids = [f"c{i:07d}" for i in range(cards)]
+    merchant_ids = [f"m{i:06d}" for i in range(merchants)]
+    start = 1767193200.0  # 2026-01-01 00:00 Asia/Seoul
+    pending: list[tuple[float, dict[str, Any]]] = []
+    seq = 0
+    steps = int(days / chunk_days)
+    for step in range(steps):
+        t0 = start + step * chunk_days * 86400
+        counts = rng.poisson(rate * chunk_days)
+        card = np.repeat(np.arange(cards), counts)
+        n = len(card)
+        ts = t0 + rng.random(n) * chunk_days * 86400
+        order = np.argsort(ts)
+        card, ts = card[order], ts[order]
+        habitual = rng.random(n) < 0.75
+        merch = np.where(
+            habitual, habits[card, rng.integers(0, 8, n)], rng.integers(0, merchants, n)
+        )
+        amount = np.round(np.exp(rng.normal(9.5, 1.0, n)), 0)
+        online = rng.random(n) < 0.4
+        dev = card * 2 + rng.integers(0, 2, n)
+        abroad = rng.random(n) < 0.03
+        fraud = rng.random(n) < 0.005
+        delay = rng.uniform(1, 30, n) * 86400
+        chunk: list[tuple[float, int, dict[str, Any]]] = []
+        for i in range(n):
+            c = int(card[i])
+            tx = {
+                "tx_id": f"t{seq:09d}",
+                "ts": float(ts[i]),
+                "card_id": card_ids[c],
+                "amount": float(amount[i]),
+                "merchant_id": merchant_ids[int(merch[i])],
+                "country": "FR" if abroad[i] else str(home[c]),
+                "device_id": f"d{int(dev[i])}" if online[i] else None,
+            }
+            seq += 1
+            chunk.append((tx["ts"], 0, tx))
+            if fraud[i]:
+                lab = {"tx_id": tx["tx_id"], "ts": tx["ts"] + float(delay[i]), "is_fraud": True}
+                pending.append((lab["ts"], lab))
+        t1 = t0 + chunk_days * 86400
+        due = [p for p in pending if p[0] < t1]
+        pending = [p for p in pending if p[0] >= t1]
+        chunk += [(p[0], 1, p[1]) for p in due]
+        chunk.sort(key=lambda e: (e[0], e[1]))
+        yield step, steps, chunk
+
+
+def deep_size(obj: Any, seen: set[int]) -> int:
+    """Bytes of ``obj`` and everything it references, each object counted once."""
+    total = 0
+    stack = [obj]
+    while stack:
+        o = stack.pop()
+        if id(o) in seen:
+            continue
+        seen.add(id(o))
+        total += sys.getsizeof(o)
+        if isinstance(o, dict):
+            stack.extend(o.keys())
+            stack.extend(o.values())
+        elif isinstance(o, list | tuple | set | frozenset):
+            stack.extend(o)
+        elif hasattr(o, "__slots__"):
+            stack.extend(getattr(o, s) for s in o.__slots__ if hasattr(o, s))
+    return total
+
+
+def memory(cards: int, days: int, seed: int, log: Any) -> dict[str, Any]:
+    gc.collect()
+    before = rss()
+    plan = FeaturePlan(DEFAULT_SPECS, timezone="Asia/Seoul")
+    n_tx = 0
+    cpu0 = time.process_time()
+    for step, steps, chunk in stream_chunks(cards, days, seed):
+        for _ts, kind, rec in chunk:
+            if kind:
+                plan.on_label(rec)
+            else:
+                plan.compute(rec)
+                n_tx += 1
+        del chunk
+        if step % 4 == 3:
+            gc.collect()
+            log(
+                f"  day {(step + 1) / 4:.0f}/{steps / 4:.0f}: {n_tx:,} tx, "
+                f"RSS delta {(rss() - before) / 2**20:,.0f} MiB, {plan.state_sizes()}"
+            )
+    gc.collect()
+    total = rss() - before
+    cpu = time.process_time() - cpu0
+    sizes = plan.state_sizes()
+    # deep-size split on a sample of states (shared interned strings counted once overall)
+    seen: set[int] = set()
+    split = {}
+    for gi, (ent, n) in enumerate(sizes.items()):
+        states = plan.states[gi]
+        sample = list(states.values())[: min(n, 20000)]
+        size = sum(deep_size(st, seen) for st in sample)
+        split[ent] = size / max(len(sample), 1) * n
+    n_labels = plan.label_store_size()
+    lab = deep_size(plan._labels, seen)
+    split["label store"] = lab
+    return {
+        "cards": cards,
+        "days": days,
+        "tx": n_tx,
+        "rss_delta": total,
+        "sizes": sizes,
+        "split": split,
+        "label_entries": n_labels,
+        "cpu_us": cpu / n_tx * 1e6,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--days", type=int, default=30, help="speed run: simulated days")
+    ap.add_argument("--cards", type=int, default=20_000, help="speed run: simulated cards")
+    ap.add_argument("--mem-cards", type=int, default=1_000_000, help="memory run: cards")
+    ap.add_argument("--mem-days", type=int, default=30, help="memory run: days")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="smoke run (small)")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args()
+    if args.quick:
+        args.days, args.cards, args.mem_cards, args.mem_days = 8, 2000, 20_000, 8
+    cmd = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    lines = [
+        "# Feature plan: speed and memory",
+        "",
+        f"Command: `{cmd}`",
+        "",
+        machine(),
+        "",
+        "Feature set (`DEFAULT_SPECS` in benchmarks/bench_features.py): "
+        + ", ".join(f"`{s.name}`" for s in DEFAULT_SPECS),
+        "",
+    ]
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    if not args.skip_speed:
+        log(f"speed: simulate(days={args.days}, cards={args.cards}) ...")
+        s = speed(args.days, args.cards, args.seed)
+        verdict = "met" if s["us_steady"] <= TARGET_US else "MISSED"
+        lines += [
+            "## Speed (one core, CPU time per transaction)",
+            "",
+            f"Stream: built-in simulator, {s['days']} days, {s['cards']:,} cards: "
+            f"{s['tx']:,} transactions and {s['labels']:,} labels (merged by arrival time).",
+            "",
+            "| measure | value |",
+            "|---|---|",
+            f"| `compute` CPU, whole stream (per call) | {s['us_tx']:.1f} us |",
+            f"| `compute` CPU, last 7 days (windows warm) | {s['us_steady']:.1f} us |",
+            f"| `compute` CPU, one block over the stream (no per-call timer) | "
+            f"{s['us_block']:.1f} us |",
+            f"| `on_label` CPU (per label) | {s['us_label']:.1f} us |",
+            f"| wall time per event, timers included | {s['wall_us']:.1f} us |",
+            f"| state held at the end | {s['sizes']}, label store {s['label_store']:,} |",
+        ]
+        for part, us in s["split"].items():
+            lines.append(
+                f"| `compute` CPU with only the {part} features (per transaction) | {us:.1f} us |"
+            )
+        lines += [
+            "",
+            f"Target <= {TARGET_US:g} us per transaction: **{verdict}** "
+            f"(steady state {s['us_steady']:.1f} us).",
+            "",
+        ]
+        log("\n".join(lines[-16:]))
+    if not args.skip_memory:
+        log(f"memory: {args.mem_cards:,} cards x {args.mem_days} days ...")
+        m = memory(args.mem_cards, args.mem_days, args.seed, log)
+        active = m["sizes"]["card_id"]
+        per_card = m["rss_delta"] / active
+        verdict = "met" if per_card <= TARGET_BYTES_PER_CARD else "MISSED"
+        lines += [
+            "## Memory (RSS delta of the plan's state)",
+            "",
+            f"Stream: {m['cards']:,} cards x {m['days']} days, simulator-like rates (see the "
+            f"module docstring), {m['tx']:,} transactions; {m['cpu_us']:.1f} us CPU per "
+            "transaction including stream generation.",
+            "",
+            "| measure | value |",
+            "|---|---|",
+            f"| RSS delta (resident pages, /proc/self/statm) | {m['rss_delta'] / 2**20:,.0f} MiB |",
+            f"| active cards (states held) | {active:,} |",
+            f"| **RSS delta per active card (everything)** | **{per_card:,.0f} B** |",
+            f"| entities held | {m['sizes']} |",
+            f"| label store entries (tx_id -> entity, kept 28 d + grace) | "
+            f"{m['label_entries']:,} |",
+        ]
+        for part, size in m["split"].items():
+            lines.append(f"| deep size: {part} (per active card) | {size / active:,.0f} B |")
+        lines += [
+            "",
+            f"Target <= {TARGET_BYTES_PER_CARD} B per active card: **{verdict}** "
+            f"({per_card:,.0f} B).",
+            "",
+        ]
+        log("\n".join(lines[-14:]))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    log(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

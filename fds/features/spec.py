@@ -1,0 +1,222 @@
+"""Feature declarations -> a compiled layout (validated once, at load time).
+
+Any object with the attributes ``name, entity, agg, field, window`` is a declaration
+(``fds.rules.ruleset.FeatureSpec`` is the usual one; tests use a small dataclass).
+
+The layout groups declarations by entity: one state per entity value holds one shared event log
+(timestamps plus the value columns the group needs) and, per distinct window, only a head index
+into that log and the few structures that cannot be prefix-summed (min/max candidate lists,
+value counters, the known-fraud count). Ten aggregates over one entity and window therefore
+share one structure, and two windows of one entity share one log.
+
+>>> from types import SimpleNamespace as S
+>>> layout = compile_specs([
+...     S(name="c_n_1h", entity="card_id", agg="count", field=None, window="1h"),
+...     S(name="c_sum_1h", entity="card_id", agg="sum", field="amount", window="60m"),
+... ])
+>>> [(g.entity, [w.seconds for w in g.windows]) for g in layout.groups]
+[('card_id', [3600.0])]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from fds.errors import ConfigError
+from fds.timeutil import parse_duration
+
+__all__ = [
+    "AGGS",
+    "CALENDAR_DAY",
+    "FIELD_AGGS",
+    "CompiledFeature",
+    "Group",
+    "Layout",
+    "WindowDef",
+    "compile_specs",
+]
+
+AGGS = (
+    "count", "sum", "mean", "min", "max", "std", "distinct", "seen", "last_gap",
+    "fraud_count", "fraud_rate",
+)  # fmt: skip
+#: Aggregates that read a value ``field`` of the transaction.
+FIELD_AGGS = frozenset({"sum", "mean", "min", "max", "std", "distinct", "seen"})
+#: Aggregates over a numeric field (prefix sums / candidate lists).
+NUM_AGGS = frozenset({"sum", "mean", "min", "max", "std"})
+#: Aggregates over a categorical field (value counters).
+CAT_AGGS = frozenset({"distinct", "seen"})
+CALENDAR_DAY = "calendar_day"
+# The longest local day (a DST fall-back day lasts 25 h); retention for calendar windows.
+CALENDAR_DAY_MAX_SECONDS = 25 * 3600.0
+
+
+@dataclass(slots=True)
+class WindowDef:
+    """One distinct window of a group: ``seconds`` (sliding) or ``None`` (calendar day)."""
+
+    seconds: float | None
+    # (field index, "min"|"max") -> index into the state's candidate lists
+    mono: dict[tuple[int, str], int] = field(default_factory=dict)
+    # categorical field index -> index into the state's counters
+    counters: dict[int, int] = field(default_factory=dict)
+    fraud: int = -1  # index into the state's known-fraud counts, -1 if unused
+
+    @property
+    def retention(self) -> float:
+        return CALENDAR_DAY_MAX_SECONDS if self.seconds is None else self.seconds
+
+
+@dataclass(slots=True)
+class CompiledFeature:
+    """One output: ``name`` computed as ``agg`` over window ``win`` (field index ``fi``)."""
+
+    name: str
+    agg: str
+    win: int
+    fi: int = -1  # numeric or categorical field index, -1 if the agg has no field
+    slot: int = -1  # candidate list / counter / fraud index for the agg
+
+
+@dataclass(slots=True)
+class Group:
+    """All declarations over one entity (``card_id``, ``merchant_id``, ``extra.shop`` ...)."""
+
+    entity: str
+    windows: list[WindowDef] = field(default_factory=list)
+    num_fields: list[str] = field(default_factory=list)
+    num_sums: list[bool] = field(default_factory=list)  # field needs prefix sums (sum/mean/std)
+    num_squares: list[bool] = field(default_factory=list)  # field needs prefix squares (std)
+    cat_fields: list[str] = field(default_factory=list)
+    features: list[CompiledFeature] = field(default_factory=list)
+    n_mono: int = 0
+    n_counters: int = 0
+    n_fraud: int = 0
+
+    @property
+    def longest(self) -> float:
+        """Seconds of history the group needs (its longest window)."""
+        return max(w.retention for w in self.windows)
+
+    @property
+    def has_fraud(self) -> bool:
+        return self.n_fraud > 0
+
+
+@dataclass(slots=True)
+class Layout:
+    """The compiled declarations: groups in first-declared order and the output names."""
+
+    groups: list[Group]
+    names: list[str]
+
+    @property
+    def fingerprint(self) -> str:
+        """A stable description of the layout; a checkpoint only restores into the same one."""
+        parts = []
+        for g in self.groups:
+            for f in g.features:
+                w = g.windows[f.win].seconds
+                fld = (
+                    g.num_fields[f.fi]
+                    if f.agg in NUM_AGGS
+                    else (g.cat_fields[f.fi] if f.agg in CAT_AGGS else "")
+                )
+                parts.append(f"{f.name}={g.entity}:{f.agg}:{fld}:{w}")
+        return ";".join(parts)
+
+
+def _window_seconds(spec: Any, where: str) -> float | None:
+    window = spec.window
+    if isinstance(window, int | float) and not isinstance(window, bool):
+        window = f"{window}s"
+    if window == CALENDAR_DAY:
+        return None
+    if not isinstance(window, str):
+        raise ConfigError(f"{where}: window must be a duration like 10m or 'calendar_day'")
+    try:
+        seconds = parse_duration(window)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e} (or write calendar_day)") from None
+    if seconds <= 0:
+        raise ConfigError(f"{where}: window must be longer than 0, got {window!r}")
+    return seconds
+
+
+def _validate(spec: Any, i: int, seen: set[str]) -> None:
+    for attr in ("name", "entity", "agg", "field", "window"):
+        if not hasattr(spec, attr):
+            raise ConfigError(f"feature #{i + 1}: missing attribute {attr!r}")
+    where = f"feature {spec.name!r}"
+    if not isinstance(spec.name, str) or not spec.name:
+        raise ConfigError(f"feature #{i + 1}: name must be a non-empty string")
+    if spec.name in seen:
+        raise ConfigError(f"{where}: declared twice; give each feature a unique name")
+    if spec.name.startswith("_"):
+        raise ConfigError(f"{where}: names starting with '_' are reserved (e.g. _flags)")
+    seen.add(spec.name)
+    if not isinstance(spec.entity, str) or not spec.entity:
+        raise ConfigError(f"{where}: entity must be a transaction field such as card_id")
+    if spec.agg not in AGGS:
+        raise ConfigError(f"{where}: unknown agg {spec.agg!r}; use one of {', '.join(AGGS)}")
+    if spec.agg in FIELD_AGGS and not spec.field:
+        raise ConfigError(f"{where}: agg {spec.agg!r} needs a field, e.g. field: amount")
+    if spec.field is not None and not isinstance(spec.field, str):
+        raise ConfigError(f"{where}: field must be a transaction field name")
+
+
+def compile_specs(specs: Sequence[Any]) -> Layout:
+    """Validate declarations and lay out the shared state (see the module docstring).
+
+    Raises :class:`fds.errors.ConfigError` naming the feature and the fix.
+    """
+    groups: dict[str, Group] = {}
+    names: list[str] = []
+    seen: set[str] = set()
+    for i, spec in enumerate(specs):
+        _validate(spec, i, seen)
+        seconds = _window_seconds(spec, f"feature {spec.name!r}")
+        g = groups.get(spec.entity)
+        if g is None:
+            g = groups[spec.entity] = Group(entity=spec.entity)
+        wi = next((k for k, w in enumerate(g.windows) if w.seconds == seconds), -1)
+        if wi < 0:
+            wi = len(g.windows)
+            g.windows.append(WindowDef(seconds=seconds))
+        win = g.windows[wi]
+        agg = spec.agg
+        feat = CompiledFeature(name=spec.name, agg=agg, win=wi)
+        if agg in NUM_AGGS:
+            if spec.field not in g.num_fields:
+                g.num_fields.append(spec.field)
+                g.num_sums.append(False)
+                g.num_squares.append(False)
+            feat.fi = g.num_fields.index(spec.field)
+            if agg in ("sum", "mean", "std"):
+                g.num_sums[feat.fi] = True
+            if agg == "std":
+                g.num_squares[feat.fi] = True
+            if agg in ("min", "max"):
+                key = (feat.fi, agg)
+                if key not in win.mono:
+                    win.mono[key] = g.n_mono
+                    g.n_mono += 1
+                feat.slot = win.mono[key]
+        elif agg in CAT_AGGS:
+            if spec.field not in g.cat_fields:
+                g.cat_fields.append(spec.field)
+            feat.fi = g.cat_fields.index(spec.field)
+            if feat.fi not in win.counters:
+                win.counters[feat.fi] = g.n_counters
+                g.n_counters += 1
+            feat.slot = win.counters[feat.fi]
+        elif agg in ("fraud_count", "fraud_rate"):
+            if win.fraud < 0:
+                win.fraud = g.n_fraud
+                g.n_fraud += 1
+            feat.slot = win.fraud
+        g.features.append(feat)
+        names.append(spec.name)
+    return Layout(groups=list(groups.values()), names=names)

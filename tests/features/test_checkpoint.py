@@ -1,0 +1,66 @@
+"""Checkpoint files: atomic, carry the source position, refuse a different feature set."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from fds.errors import ConfigError
+from fds.features import FeaturePlan
+from tests.features.conftest import ALL_SPECS, GRACE, Spec
+from tests.features.test_plan_dense import dense_stream
+from tests.features.test_plan_properties import run_plan
+
+
+def test_checkpoint_file_roundtrip_and_position(tmp_path: Path) -> None:
+    ops = dense_stream(3, 400, 1_717_272_000.0, mean_step=200.0)
+    whole = run_plan(FeaturePlan(ALL_SPECS, timezone="Europe/Berlin", grace=GRACE), ops)
+    first = FeaturePlan(ALL_SPECS, timezone="Europe/Berlin", grace=GRACE)
+    head = run_plan(first, ops[:250])
+    path = tmp_path / "features.ckpt"
+    first.checkpoint(path, {"file": "tx.jsonl", "line": 250})
+    first.checkpoint(path, {"file": "tx.jsonl", "line": 250})  # overwrite in place
+    assert [p.name for p in tmp_path.iterdir()] == ["features.ckpt"]  # no temp file left
+    second, position = FeaturePlan.from_checkpoint(
+        path, ALL_SPECS, timezone="Europe/Berlin", grace=GRACE
+    )
+    assert position == {"file": "tx.jsonl", "line": 250}
+    assert head + run_plan(second, ops[250:]) == whole
+    assert second.state_sizes() == first.state_sizes()
+
+
+def test_restore_refuses_other_declarations(tmp_path: Path) -> None:
+    plan = FeaturePlan(ALL_SPECS)
+    plan.checkpoint(tmp_path / "c", 0)
+    other = FeaturePlan([Spec("n", "card_id", "count", None, "1h")])
+    with pytest.raises(ConfigError, match="different fingerprint"):
+        other.restore(tmp_path / "c")
+    with pytest.raises(ConfigError, match="different timezone"):
+        FeaturePlan(ALL_SPECS, timezone="Asia/Seoul").restore(tmp_path / "c")
+
+
+def test_restore_missing_or_torn_file(tmp_path: Path) -> None:
+    plan = FeaturePlan(ALL_SPECS)
+    with pytest.raises(ConfigError, match="no feature checkpoint"):
+        plan.restore(tmp_path / "nope")
+    torn = tmp_path / "torn"
+    plan.checkpoint(torn, 1)
+    data = torn.read_bytes()
+    torn.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ConfigError, match="unreadable"):
+        plan.restore(torn)
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
+    assert os.access(tmp_path, os.W_OK)
+
+
+def test_late_event_is_flagged_counted_and_not_folded() -> None:
+    specs = [Spec("n", "card_id", "count", None, "1h")]
+    plan = FeaturePlan(specs, grace="5m")
+    plan.compute({"tx_id": "1", "ts": 1000.0, "card_id": "c", "amount": 1.0})
+    within = plan.compute({"tx_id": "2", "ts": 1000.0 - 299, "card_id": "c", "amount": 1.0})
+    assert within == {"n": 1}  # the later tx is not in its window; no flag
+    late = plan.compute({"tx_id": "3", "ts": 1000.0 - 301, "card_id": "c", "amount": 1.0})
+    assert late["_flags"] == ["late"] and plan.late_events == 1
+    assert plan.compute({"tx_id": "4", "ts": 1001.0, "card_id": "c", "amount": 1.0}) == {"n": 3}

@@ -1,0 +1,112 @@
+"""Long dense seeded streams: log trimming, eviction and reordering far from the first events."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from fds.features import FeaturePlan
+from tests.features.conftest import ALL_SPECS, GRACE, STARTS, Spec
+from tests.features.reference import reference
+from tests.features.test_plan_properties import assert_same, run_plan
+
+SHORT_SPECS = [s for s in ALL_SPECS if s.window in ("60s", "90s", "10m", "1h")] + [
+    Spec("d_max_1h", "device_id", "max", "amount", "1h"),
+    Spec("d_seen_m_1h", "device_id", "seen", "merchant_id", "1h"),
+    Spec("d_fraud_rate_1h", "device_id", "fraud_rate", None, "1h"),
+]
+
+
+def dense_stream(seed: int, n: int, start: float, mean_step: float) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    ops: list[dict[str, Any]] = []
+    top = start
+    for i in range(n):
+        r = rng.random()
+        if r < 0.15 and i:
+            ops.append({"kind": "label", "tx_id": f"t{rng.randrange(i)}", "is_fraud": r < 0.1})
+            continue
+        # 15 % out of order: mostly within grace, some beyond
+        back = r < 0.30
+        ts = top - rng.uniform(0, GRACE * 1.2) if back else top + rng.expovariate(1 / mean_step)
+        top = max(top, ts)
+        ops.append(
+            {
+                "kind": "tx",
+                "tx": {
+                    "tx_id": f"t{i}",
+                    "ts": ts,
+                    "card_id": rng.choice("ab"),
+                    "amount": rng.choice([3.0, 7.5, round(rng.uniform(1, 900), 2)]),
+                    "merchant_id": rng.choice(["m1", "m2", "m3", "m4", None]),
+                    "country": rng.choice(["DE", "FR"]),
+                    "device_id": rng.choice(["d1", "d2"]),
+                    "extra": {"x": rng.randint(0, 9)} if rng.random() < 0.7 else {},
+                },
+            }
+        )
+    return ops
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_dense_short_windows_trim_and_reorder(seed: int) -> None:
+    ops = dense_stream(seed, 400, STARTS["UTC"][0], mean_step=40.0)
+    plan = FeaturePlan(SHORT_SPECS, grace=GRACE, sweep_min_events=1)
+    got = run_plan(plan, ops)
+    assert_same(
+        got,
+        reference(SHORT_SPECS, ops, timezone="UTC", grace=GRACE),
+        ops,
+        SHORT_SPECS,
+    )
+    assert plan.reordered_events > 0 and plan.late_events > 0
+    # the log really was trimmed (entries far older than the longest window are gone)
+    st = plan.states[0]["a"]
+    assert st.base > 0 and st.ts[0] > st.ts[-1] - GRACE - 3600 * (1 + 1 / 16)
+
+
+@pytest.mark.parametrize("tz", ["Europe/Berlin", "America/New_York"])
+def test_dense_across_dst_and_midnight(tz: str) -> None:
+    ops = dense_stream(7, 500, STARTS[tz][0], mean_step=400.0)
+    plan = FeaturePlan(ALL_SPECS, timezone=tz, grace=GRACE, sweep_min_events=1)
+    got = run_plan(plan, ops)
+    assert_same(got, reference(ALL_SPECS, ops, timezone=tz, grace=GRACE), ops)
+
+
+def test_idle_entities_are_evicted_and_come_back_fresh() -> None:
+    specs = [
+        Spec("n_1h", "card_id", "count", None, "1h"),
+        Spec("gap_1h", "card_id", "last_gap", None, "1h"),
+    ]
+    plan = FeaturePlan(specs, grace=GRACE)
+    for i in range(100):
+        plan.compute({"tx_id": f"x{i}", "ts": float(i), "card_id": f"c{i}", "amount": 1.0})
+    assert plan.state_sizes() == {"card_id": 100}
+    later = 100 + 3600 + GRACE + 3600  # beyond the window plus grace plus a sweep period
+    # sweeps are considered once per max(1000, held states) events: drive a busy card
+    for i in range(1000):
+        snap = plan.compute({"tx_id": f"z{i}", "ts": later + i, "card_id": "busy", "amount": 1.0})
+    assert plan.state_sizes() == {"card_id": 1}
+    assert plan.evicted_entities == 100
+    snap = plan.compute({"tx_id": "y", "ts": later + 1000, "card_id": "c5", "amount": 1.0})
+    assert snap == {"n_1h": 1, "gap_1h": None}  # c5 comes back fresh
+
+
+def test_missing_entity_gives_none_and_no_state() -> None:
+    specs = [Spec("d_n", "device_id", "count", None, "10m")]
+    plan = FeaturePlan(specs)
+    assert plan.compute({"tx_id": "1", "ts": 0.0, "card_id": "c", "amount": 1.0}) == {"d_n": None}
+    assert plan.state_sizes() == {"device_id": 0}
+
+
+def test_single_fraud_group_labels() -> None:
+    # one fraud group: the tx_id store keeps the bare entity key (no tuple)
+    specs = [s for s in ALL_SPECS if s.entity != "card_id" or "fraud" not in s.agg]
+    assert {s.entity for s in specs if "fraud" in s.agg} == {"merchant_id"}
+    ops = dense_stream(11, 500, STARTS["UTC"][0], mean_step=40.0)
+    plan = FeaturePlan(specs, grace=GRACE, sweep_min_events=1)
+    got = run_plan(plan, ops)
+    assert_same(got, reference(specs, ops, timezone="UTC", grace=GRACE), ops, specs)
+    assert any(isinstance(g.get("m_fraud_n_2h"), int) and g["m_fraud_n_2h"] > 0 for g in got)
