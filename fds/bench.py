@@ -1,0 +1,659 @@
+"""The precision benchmark: rules alone vs models vs rules + adaptive model, same stream, same k.
+
+``run_precision`` decides one stream (the built-in simulator with a scheduled drift, or a user's
+file with a mapping and labels) through the real engine (features -> rules -> adaptive model ->
+policy), learning labels only when they arrive, and ranks each day's transactions by each
+variant's score:
+
+``rules``            the rules' score alone (the policy without a model);
+``static_sklearn``   a scikit-learn gradient-boosting model trained once on the warm-up weeks
+                     (labels known by then), frozen;
+``river_frozen``     the River champion as it was at the end of the warm-up, frozen;
+``adaptive``         the served River champion (learning, publishing, champion/challenger);
+``rules+adaptive``   the engine's final score (rules and adaptive model combined by the policy).
+
+At the same daily alert budget k it reports precision@k per day (transactions and cards),
+recall@k, average precision, and the recovery time after the drift day; it writes plots and a
+Markdown report. ``fds demo`` calls it small; ``benchmarks/bench_precision.py`` runs it full size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import pickle
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["PrecisionResult", "register", "run_precision"]
+
+VARIANTS = ("rules", "static_sklearn", "river_frozen", "adaptive", "rules+adaptive")
+_DAY = 86400.0
+#: Days before the drift that define "pre-drift precision" (a week smooths daily noise).
+PRE_DRIFT_DAYS = 7
+#: Default daily alert budget on the simulator, per 20,000 cards. The simulator makes ~35
+#: frauds a day per 20,000 cards before the drift (~90 after); a budget below that volume makes
+#: precision@k measure ranking quality rather than how many frauds there were to find.
+SIM_K_PER_20K_CARDS = 50
+#: Days averaged when deciding that precision is back (daily precision@k is noisy).
+RECOVERY_RUN = 3
+#: Share of pre-drift precision that counts as recovered (the issue's target).
+RECOVERED_SHARE = 0.9
+
+
+@dataclass
+class PrecisionResult:
+    k: int
+    days: list[int]
+    eval_from: int
+    drift_day: int | None
+    label_delay_days: float | None
+    daily: dict[str, dict[str, list[float]]]  # variant -> metric -> per-day values
+    summary: dict[str, dict[str, float]]
+    recovery: dict[str, Any]
+    model_stats: dict[str, Any]
+    sweep: dict[int, dict[str, float]] = field(default_factory=dict)  # k -> variant -> p@k
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def table(self) -> str:
+        """The headline table (Markdown)."""
+        base = self.summary["rules"]["precision_at_k"] or float("nan")
+        lines = [
+            "| variant | precision@k (tx) | precision@k (cards) | recall@k | avg precision "
+            "| vs rules |",
+            "|---|---|---|---|---|---|",
+        ]
+        for v in VARIANTS:
+            s = self.summary[v]
+            ratio = s["precision_at_k"] / base if base else float("nan")
+            lines.append(
+                f"| {v} | {s['precision_at_k']:.3f} | {s['card_precision_at_k']:.3f} | "
+                f"{s['recall_at_k']:.3f} | {s['average_precision']:.3f} | {ratio:.2f}x |"
+            )
+        return "\n".join(lines)
+
+
+def _at_k(scores: np.ndarray, y: np.ndarray, k: int) -> float:
+    """Expected true positives in the top k, ties broken at random (in expectation)."""
+    n = len(scores)
+    if n == 0 or k <= 0:
+        return 0.0
+    if n <= k:
+        return float(y.sum())
+    order = np.argsort(-scores, kind="stable")
+    kth = scores[order[k - 1]]
+    above = scores > kth
+    tied = scores == kth
+    n_above = int(above.sum())
+    tp = float(y[above].sum())
+    n_tied = int(tied.sum())
+    if n_tied:
+        tp += (k - n_above) * float(y[tied].sum()) / n_tied
+    return tp
+
+
+def _metrics(
+    scores: dict[str, np.ndarray],
+    y: np.ndarray,
+    card: np.ndarray,
+    day: np.ndarray,
+    eval_days: list[int],
+    k: int,
+    *,
+    cards: bool = True,
+) -> tuple[dict[str, dict[str, list[float]]], dict[str, dict[str, float]]]:
+    """Per-day precision@k / recall@k / card precision@k, and their means (plus AP)."""
+    daily: dict[str, dict[str, list[float]]] = {v: defaultdict(list) for v in VARIANTS}
+    bounds = np.searchsorted(day, np.arange(day.max() + 2)) if len(day) else np.array([0])
+    for d in eval_days:
+        lo, hi = bounds[d], bounds[d + 1]
+        yd = y[lo:hi]
+        if cards:
+            uniq, inv = np.unique(card[lo:hi].astype(str), return_inverse=True)
+            card_y = np.zeros(len(uniq), dtype=bool)
+            np.logical_or.at(card_y, inv, yd)
+        for v in VARIANTS:
+            sd = scores[v][lo:hi]
+            tp = _at_k(sd, yd, k)
+            kk = min(k, len(sd))
+            daily[v]["precision"].append(tp / kk if kk else float("nan"))
+            daily[v]["recall"].append(tp / yd.sum() if yd.sum() else float("nan"))
+            if cards:
+                cs = np.full(len(uniq), -1.0)
+                np.maximum.at(cs, inv, sd)
+                kc = min(k, len(uniq))
+                daily[v]["card_precision"].append(_at_k(cs, card_y, k) / kc if kc else float("nan"))
+    ev = np.isin(day, eval_days)
+    summary = {
+        v: {
+            "precision_at_k": float(np.nanmean(daily[v]["precision"])),
+            "card_precision_at_k": float(np.nanmean(daily[v]["card_precision"]))
+            if cards
+            else float("nan"),
+            "recall_at_k": float(np.nanmean(daily[v]["recall"])),
+            "average_precision": _average_precision(scores[v][ev], y[ev]) if cards else 0.0,
+        }
+        for v in VARIANTS
+    }
+    return {v: dict(m) for v, m in daily.items()}, summary
+
+
+def _average_precision(scores: np.ndarray, y: np.ndarray) -> float:
+    from sklearn.metrics import average_precision_score
+
+    return float(average_precision_score(y, scores)) if y.any() else float("nan")
+
+
+def _load_stream(
+    input_path: str | None,
+    mapping_path: str | None,
+    *,
+    days: int,
+    cards: int,
+    merchants: int,
+    seed: int,
+    drift_day: int | None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], set[str], float, dict[str, Any]]:
+    if input_path is None:
+        from fds.streams.simulator import simulate
+
+        sim = simulate(days=days, cards=cards, merchants=merchants, seed=seed, drift_day=drift_day)
+        truth = set(sim.scenarios)
+        meta: dict[str, Any] = {"source": "simulator", "days": days, "cards": cards, "seed": seed}
+        return sim.transactions, sim.labels, truth, sim.start, meta
+    from fds import replay
+    from fds.streams.files import load_mapping
+
+    mapping = load_mapping(mapping_path) if mapping_path else None
+    stream = replay.load(input_path, mapping=mapping)
+    if not stream.labels:
+        from fds.errors import ConfigError
+
+        raise ConfigError(
+            f"{input_path}: no labels: give a mapping with a label column (label: {{column: ..., "
+            "delay: 7d}}) so the benchmark knows which transactions are fraud"
+        )
+    txs = list(stream.transactions)  # load() materialises; list() also accepts a lazy stream
+    truth = {lab["tx_id"] for lab in stream.labels if lab["is_fraud"]}
+    start = math.floor(txs[0]["ts"] / _DAY) * _DAY if txs else 0.0
+    meta = {
+        "source": str(input_path),
+        "mapping": mapping_path,
+        "dead_letters": len(stream.dead_letters),
+    }
+    return txs, stream.labels, truth, start, meta
+
+
+def run_precision(
+    *,
+    days: int = 60,
+    cards: int = 20_000,
+    merchants: int = 2_000,
+    seed: int = 7,
+    drift_day: int | None = 30,
+    warmup_days: int = 14,
+    k: int | None = None,
+    spec: str = "default",
+    rules: str | None = None,
+    input_path: str | None = None,
+    mapping_path: str | None = None,
+    out_dir: str | Path | None = "benchmarks/results",
+    name: str = "precision",
+    command: str | None = None,
+    progress: bool = True,
+    echo: bool = True,
+) -> PrecisionResult:
+    """Run the precision benchmark; print the table; write plots and a report to ``out_dir``.
+
+    For a user's file pass ``input_path`` (and ``mapping_path`` whose ``label`` section gives
+    the fraud column and its delay); ``drift_day`` then marks a known change, or ``None``.
+    """
+    from fds.engine import Engine
+    from fds.features import FeaturePlan
+    from fds.models.scorer import ModelServer
+    from fds.models.spec import load_spec
+    from fds.pipeline import DEFAULT_RULES
+    from fds.policy import Policy
+    from fds.rules.ruleset import load_ruleset
+
+    say = print if echo else (lambda *a, **kw: None)
+    t_all = time.perf_counter()
+    txs, labels, truth, start, meta = _load_stream(
+        input_path,
+        mapping_path,
+        days=days,
+        cards=cards,
+        merchants=merchants,
+        seed=seed,
+        drift_day=drift_day,
+    )
+    rs = load_ruleset(rules or DEFAULT_RULES)
+    if k is None:
+        if input_path is None:
+            k = max(1, round(SIM_K_PER_20K_CARDS * cards / 20_000))
+        else:
+            k = (rs.policy.alert_budget_per_day if rs.policy else None) or 100
+    mspec = load_spec(spec)
+    server = ModelServer(mspec)
+    engine = Engine(
+        features=FeaturePlan(list(rs.features), timezone=rs.spec.timezone),
+        rules=rs,  # type: ignore[arg-type]  # Ruleset.version is str (RuleStage allows None)
+        model=server,
+        policy=Policy.from_spec(rs.policy),
+    )
+    rules_only = Policy()  # the policy's own rule combination, without a model
+    warm_end = start + warmup_days * _DAY
+
+    n = len(txs)
+    day = np.empty(n, dtype=np.int32)
+    s_rules = np.empty(n)
+    s_adapt = np.zeros(n)
+    s_final = np.empty(n)
+    s_frozen = np.zeros(n)
+    y = np.zeros(n, dtype=bool)
+    card = np.empty(n, dtype=object)
+    versions: list[str | None] = [None] * n
+    cols: dict[str, int] = {}  # feature name -> column (grows if a later snapshot adds one)
+    rows: list[list[float]] = []
+    frozen: Any = None
+    frozen_version = None
+    train_rows: int | None = None
+    known_at_warm: set[str] = set()
+    li, nl = 0, len(labels)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=n, unit="tx", desc="bench precision", mininterval=1.0, file=sys.stderr)
+    t0 = time.perf_counter()
+    for i, tx in enumerate(txs):
+        ts = tx["ts"]
+        while li < nl and labels[li]["ts"] <= ts:
+            engine.learn(labels[li])
+            li += 1
+        if frozen is None and ts >= warm_end:
+            # the learner as it stands at the end of the warm-up, frozen from here on
+            learner = server.trainer.model if server.trainer is not None else server.champion
+            frozen = pickle.loads(pickle.dumps(learner))
+            frozen_version = f"trainer@day{warmup_days} ({server.version} serving)"
+            train_rows = len(rows)
+            known_at_warm = {lab["tx_id"] for lab in labels[:li] if lab["is_fraud"]}
+        d = engine.decide(tx)
+        x = server._last[1] if server._last is not None else {}
+        for c in x:
+            if c not in cols:
+                cols[c] = len(cols)
+        rows.append([x.get(c, 0.0) for c in cols])
+        day[i] = int((ts - start) // _DAY)
+        s_rules[i] = rules_only.decide(d["rule_hits"], None, ts)[1]
+        ms = d["model_score"]
+        s_adapt[i] = ms if ms is not None else 0.0
+        s_final[i] = d["score"]
+        if frozen is not None:
+            s_frozen[i] = frozen.predict_proba_one(x).get(True, 0.0)
+        y[i] = tx["tx_id"] in truth
+        card[i] = tx["card_id"]
+        versions[i] = d["model_version"]
+        if bar is not None and not i % 4096:
+            bar.update(i - bar.n)
+    if bar is not None:
+        bar.update(n - bar.n)
+        bar.close()
+    replay_s = time.perf_counter() - t0
+
+    # Static scikit-learn model: trained once on the warm-up weeks with what was known then.
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    X = np.zeros((n, len(cols)), dtype=np.float32)
+    for i, r in enumerate(rows):
+        X[i, : len(r)] = r
+    del rows
+    tr = train_rows if train_rows is not None else n
+    tx_ts = np.fromiter((t["ts"] for t in txs), dtype=float, count=n)
+    legit_known = tx_ts[:tr] < warm_end - mspec.learn.assume_legit_after
+    fraud_known = np.fromiter((t["tx_id"] in known_at_warm for t in txs[:tr]), bool, count=tr)
+    use = legit_known | fraud_known
+    clf = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.1, random_state=seed)
+    s_static = np.zeros(n)
+    if fraud_known.any() and (use & ~fraud_known).any():
+        clf.fit(X[:tr][use], fraud_known[use])
+        s_static = clf.predict_proba(X)[:, 1]
+    scores = {
+        "rules": s_rules,
+        "static_sklearn": s_static,
+        "river_frozen": s_frozen,
+        "adaptive": s_adapt,
+        "rules+adaptive": s_final,
+    }
+
+    # Per-day metrics on the evaluation days (after the warm-up).
+    eval_from = warmup_days
+    eval_days = [d for d in sorted(set(day.tolist())) if d >= eval_from]
+    daily, summary = _metrics(scores, y, card, day, eval_days, k)
+    sweep = {}
+    for kk in sorted({max(1, k // 4), max(1, k // 2), k, 2 * k}):
+        _, sm = _metrics(scores, y, card, day, eval_days, kk, cards=False)
+        sweep[kk] = {v: sm[v]["precision_at_k"] for v in VARIANTS}
+
+    # Label delay (median, days) and recovery after the drift day.
+    delays = []
+    ts_by_id = {t["tx_id"]: t["ts"] for t in txs} if labels else {}
+    for lab in labels:
+        t = ts_by_id.get(lab["tx_id"])
+        if t is not None and lab["is_fraud"]:
+            delays.append((lab["ts"] - t) / _DAY)
+    label_delay = float(np.median(delays)) if delays else None
+    recovery = _recovery(daily, eval_days, drift_day, label_delay)
+
+    ms = dict(server.stats)
+    ms.update(
+        {f"trainer_{k_}": v_ for k_, v_ in server.trainer.stats.items()} if server.trainer else {}
+    )
+    seen = [v for v in versions if v]
+    ms["versions_served"] = len(set(seen))
+    ms["frozen_version"] = frozen_version
+    ms["history"] = server.history
+    ms["version_changes"] = sum(1 for a, b in itertools.pairwise(seen) if a != b)
+    meta.update(
+        {
+            "transactions": n,
+            "labels": nl,
+            "frauds": int(y.sum()),
+            "k": k,
+            "spec": spec,
+            "rules": str(rules or DEFAULT_RULES),
+            "warmup_days": warmup_days,
+            "replay_seconds": round(replay_s, 1),
+            "total_seconds": round(time.perf_counter() - t_all, 1),
+            "throughput_tx_s": round(n / replay_s) if replay_s else None,
+            "command": command,
+        }
+    )
+    res = PrecisionResult(
+        k=k,
+        days=eval_days,
+        eval_from=eval_from,
+        drift_day=drift_day,
+        label_delay_days=label_delay,
+        daily=daily,
+        sweep=sweep,
+        summary=summary,
+        recovery=recovery,
+        model_stats=ms,
+        meta=meta,
+    )
+    say(res.table())
+    say(_recovery_text(res))
+    say(
+        f"adaptive model: {ms.get('trainer_published', 0)} versions published, "
+        f"{ms.get('swaps', 0)} hot-swaps ({ms.get('promote', 0)} promotions, "
+        f"{ms.get('reject', 0)} challengers rejected, {ms.get('rollback', 0)} rollbacks), "
+        f"{ms.get('trainer_labels_learned', 0):,} examples learned, "
+        f"{ms.get('trainer_drifts', 0)} drift alarms"
+    )
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        plot = _plot(res, out / f"{name}.png")
+        (out / f"{name}.md").write_text(_report(res, plot), encoding="utf-8")
+        say(f"wrote {out / f'{name}.md'} and {plot}")
+    return res
+
+
+def _recovery(
+    daily: dict[str, dict[str, list[float]]],
+    eval_days: list[int],
+    drift_day: int | None,
+    label_delay: float | None,
+) -> dict[str, Any]:
+    if drift_day is None or drift_day not in eval_days:
+        return {}
+    idx = {d: j for j, d in enumerate(eval_days)}
+    pre = [d for d in range(drift_day - PRE_DRIFT_DAYS, drift_day) if d in idx]
+    deadline_days = math.ceil((label_delay or 0.0) + 3)
+    out: dict[str, Any] = {"deadline_days": deadline_days, "pre_days": pre}
+    after_from = drift_day + deadline_days
+    after = [d for d in eval_days if d >= after_from]
+    for v in VARIANTS:
+        p = daily[v]["precision"]
+        pre_p = float(np.mean([p[idx[d]] for d in pre])) if pre else float("nan")
+        # recovered: the first day from which the mean of that day and the next two is back
+        # to RECOVERED_SHARE of pre-drift (one lucky day does not count)
+        rec = None
+        after_drift = [d for d in eval_days if d >= drift_day]
+        for j, d in enumerate(after_drift):
+            window = [p[idx[e]] for e in after_drift[j : j + RECOVERY_RUN]]
+            if len(window) == RECOVERY_RUN and np.mean(window) >= RECOVERED_SHARE * pre_p:
+                rec = d - drift_day
+                break
+        drop = min(p[idx[d]] for d in eval_days if d >= drift_day)
+        out[v] = {
+            "pre_drift_precision": pre_p,
+            "min_after_drift": drop,
+            "recovery_days": rec,
+            "after_deadline_precision": float(np.mean([p[idx[d]] for d in after]))
+            if after
+            else float("nan"),
+        }
+    return out
+
+
+def _recovery_text(res: PrecisionResult) -> str:
+    r = res.recovery
+    if not r:
+        return "(no drift day inside the evaluation period: recovery not measured)"
+    a = r["adaptive"]
+    lines = [
+        f"drift day {res.drift_day}; median label delay {res.label_delay_days:.1f} d; "
+        f"recovery deadline = delay + 3 = {r['deadline_days']} d",
+    ]
+    for v in VARIANTS:
+        e = r[v]
+        rd = "never" if e["recovery_days"] is None else f"at drift+{e['recovery_days']} d"
+        lines.append(
+            f"  {v:15s} pre-drift p@k {e['pre_drift_precision']:.3f}  "
+            f"min after {e['min_after_drift']:.3f}"
+            f"  back to 90% (3-day mean): {rd}  "
+            f"p@k from day {res.drift_day + r['deadline_days']}: "
+            f"{e['after_deadline_precision']:.3f}"
+        )
+    ad = a["after_deadline_precision"]
+    for v in ("static_sklearn", "river_frozen"):
+        f = r[v]["after_deadline_precision"]
+        lines.append(f"  {v} vs adaptive over those days: {1 - f / ad:.0%} lower" if ad else "")
+    return "\n".join(lines)
+
+
+def targets(res: PrecisionResult) -> list[tuple[str, str, bool | None]]:
+    """The issue's figures: ``(target, measured, met)``; ``met`` is None when not measurable."""
+    base = res.summary["rules"]["precision_at_k"]
+    combo = res.summary["rules+adaptive"]["precision_at_k"]
+    ratio = combo / base if base else float("nan")
+    out: list[tuple[str, str, bool | None]] = [
+        (
+            "rules + adaptive >= 2.5x precision@k of rules alone",
+            f"{ratio:.2f}x ({combo:.3f} vs {base:.3f}, k={res.k})",
+            ratio >= 2.5,
+        )
+    ]
+    r = res.recovery
+    if r:
+        rd = r["adaptive"]["recovery_days"]
+        out.append(
+            (
+                f"adaptive back to >= 90% of pre-drift precision within label delay + 3 d "
+                f"(= {r['deadline_days']} d)",
+                "never" if rd is None else f"{rd} d after the drift day",
+                rd is not None and rd <= r["deadline_days"],
+            )
+        )
+        ad = r["adaptive"]["after_deadline_precision"]
+        for v in ("static_sklearn", "river_frozen"):
+            f = r[v]["after_deadline_precision"]
+            lower = 1 - f / ad if ad else float("nan")
+            out.append(
+                (
+                    f"{v} >= 30% lower than adaptive after the deadline",
+                    f"{lower:.0%} lower ({f:.3f} vs {ad:.3f})",
+                    lower >= 0.3,
+                )
+            )
+    return out
+
+
+def _plot(res: PrecisionResult, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
+    for v in VARIANTS:
+        axes[0].plot(res.days, res.daily[v]["precision"], label=v, lw=1.6)
+        axes[1].plot(res.days, res.daily[v]["recall"], label=v, lw=1.6)
+    for ax, what in zip(axes, ("precision@k (transactions)", "recall@k"), strict=True):
+        if res.drift_day is not None:
+            ax.axvline(res.drift_day, color="k", ls="--", lw=1)
+            ax.text(res.drift_day, ax.get_ylim()[1] * 0.95, " drift", va="top")
+        ax.set_ylabel(what)
+        ax.grid(alpha=0.3)
+    axes[0].set_title(f"daily alert budget k = {res.k}")
+    axes[0].legend(fontsize=8, ncol=3, loc="lower left")
+    axes[1].set_xlabel("day")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _report(res: PrecisionResult, plot: Path) -> str:
+    m = res.meta
+    ms = {k: v for k, v in res.model_stats.items() if k != "history"}
+    parts = [
+        f"# Precision benchmark ({m.get('source')})",
+        "",
+        f"Command: `{m.get('command') or 'fds bench precision'}`",
+        "",
+        f"{m['transactions']:,} transactions, {m['frauds']:,} frauds, {m['labels']:,} labels; "
+        f"daily alert budget k = {res.k}; model spec `{m['spec']}`; warm-up {m['warmup_days']} "
+        f"days (evaluated from day {res.eval_from}); replay {m['replay_seconds']} s "
+        f"({m['throughput_tx_s']} tx/s through features + rules + model + policy).",
+        "",
+        "Means over the evaluated days:",
+        "",
+        res.table(),
+        "",
+        "```",
+        _recovery_text(res),
+        "```",
+        "",
+        "Reading it: `rules` is `rules/default.yaml` unless the command says otherwise. That file"
+        " was tuned on this simulator's output *including the post-drift fraud ring* (its rule"
+        ' comments quote precision per seed), so after the drift day "rules alone" is a'
+        " hindsight baseline that already knows the new pattern; the adaptive model had to learn"
+        " it from delayed labels. The frozen models show what happens without learning.",
+        "",
+        "Targets (issue 5):",
+        "",
+        "| target | measured | |",
+        "|---|---|---|",
+        *(
+            f"| {t} | {m} | {'met' if ok else ('n/a' if ok is None else '**missed**')} |"
+            for t, m, ok in targets(res)
+        ),
+        "",
+        f"![precision over time]({plot.name})",
+        "",
+        "Precision@k for other budgets (same run; ratio to rules alone in brackets):",
+        "",
+        "| k | " + " | ".join(VARIANTS) + " |",
+        "|---|" + "---|" * len(VARIANTS),
+        *(
+            f"| {kk} | "
+            + " | ".join(
+                f"{row[v]:.3f} ({row[v] / row['rules'] if row['rules'] else float('nan'):.2f}x)"
+                for v in VARIANTS
+            )
+            + " |"
+            for kk, row in res.sweep.items()
+        ),
+        "",
+        "Model lifecycle during the run: " + ", ".join(f"{k}={v}" for k, v in ms.items()),
+        "",
+        "Per day precision@k (transactions):",
+        "",
+        "| day | " + " | ".join(VARIANTS) + " |",
+        "|---|" + "---|" * len(VARIANTS),
+    ]
+    for j, d in enumerate(res.days):
+        mark = " (drift)" if d == res.drift_day else ""
+        parts.append(
+            f"| {d}{mark} | "
+            + " | ".join(f"{res.daily[v]['precision'][j]:.3f}" for v in VARIANTS)
+            + " |"
+        )
+    return "\n".join(parts) + "\n"
+
+
+# -- CLI -------------------------------------------------------------------------------------
+def register(subparsers: Any) -> None:
+    """``fds bench precision``."""
+    p = subparsers.add_parser("bench", help="benchmarks: precision of rules vs adaptive model")
+    sub = p.add_subparsers(dest="bench_cmd", required=True)
+    pp = sub.add_parser(
+        "precision",
+        help="rules alone vs static/frozen/adaptive models vs rules + adaptive, same k",
+    )
+    pp.add_argument("--input", help="a historical file instead of the simulator")
+    pp.add_argument("--mapping", help="column mapping YAML for --input (with a label section)")
+    pp.add_argument("--days", type=int, default=60)
+    pp.add_argument("--cards", type=int, default=20_000)
+    pp.add_argument("--merchants", type=int, default=2_000)
+    pp.add_argument("--seed", type=int, default=7)
+    pp.add_argument("--drift-day", type=int, default=30, help="-1: no drift")
+    pp.add_argument("--warmup-days", type=int, default=14)
+    pp.add_argument("--k", type=int, help="daily alert budget (default: the rules' policy)")
+    pp.add_argument("--spec", default="default", help="model spec name or YAML path")
+    pp.add_argument("--rules", help="rules file (default rules/default.yaml)")
+    pp.add_argument("--out", default="benchmarks/results", help="folder for report and plot")
+    pp.add_argument("--name", default="precision", help="report file name (without .md)")
+    pp.set_defaults(func=_cmd_precision)
+
+
+def _cmd_precision(args: argparse.Namespace) -> int:
+    from fds.errors import ConfigError
+
+    if args.mapping and not args.input:
+        print("error: --mapping needs --input FILE", file=sys.stderr)
+        return 2
+    drift = None if args.drift_day is not None and args.drift_day < 0 else args.drift_day
+    if args.input and args.drift_day == 30:
+        drift = None  # the simulator's default drift day means nothing for a user's file
+    try:
+        run_precision(
+            days=args.days,
+            cards=args.cards,
+            merchants=args.merchants,
+            seed=args.seed,
+            drift_day=drift,
+            warmup_days=args.warmup_days,
+            k=args.k,
+            spec=args.spec,
+            rules=args.rules,
+            input_path=args.input,
+            mapping_path=args.mapping,
+            out_dir=args.out,
+            name=args.name,
+            command="fds " + " ".join(sys.argv[1:]),
+        )
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,102 @@
+"""``fds models list|show|promote|rollback``: look after the model registry."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from fds.errors import ArtifactError, ConfigError
+
+__all__ = ["register"]
+
+
+def register(subparsers: Any) -> None:
+    """Add ``fds models ...`` to the CLI."""
+    p = subparsers.add_parser("models", help="model registry: list, show, promote, rollback")
+    p.add_argument(
+        "--registry", default="models/registry", help="registry folder (default models/registry)"
+    )
+    sub = p.add_subparsers(dest="models_cmd", required=True)
+    sub.add_parser("list", help="versions, newest last, with status").set_defaults(func=_list)
+    s = sub.add_parser("show", help="one version's manifest entry (default: the champion)")
+    s.add_argument("version", nargs="?")
+    s.add_argument("--verify", action="store_true", help="also verify sha256/HMAC and load it")
+    s.set_defaults(func=_show)
+    pr = sub.add_parser("promote", help="make a version the champion (verified first)")
+    pr.add_argument("version")
+    pr.set_defaults(func=_promote)
+    sub.add_parser("rollback", help="return to the previous champion").set_defaults(func=_rollback)
+
+
+def _registry(args: argparse.Namespace) -> Any:
+    from fds.models.registry import Registry
+
+    return Registry(args.registry)
+
+
+def _fail(e: Exception, code: int) -> int:
+    print(f"error: {e}", file=sys.stderr)
+    return code
+
+
+def _list(args: argparse.Namespace) -> int:
+    try:
+        reg = _registry(args)
+        entries = reg.versions()
+    except ConfigError as e:
+        return _fail(e, 1)
+    if not entries:
+        print(f"no versions in {args.registry} (the trainer publishes them: fds train / fds demo)")
+        return 0
+    champ = reg.champion()
+    print(f"{'version':10} {'status':10} {'spec':10} {'labels':>8} {'parent':10} created_at")
+    for ent in entries:
+        star = "*" if ent["version"] == champ else " "
+        print(
+            f"{ent['version']:10} {ent['status']:10} {ent['spec'].get('name', '?'):10} "
+            f"{ent['labels_learned']:>8} {ent['parent'] or '-':10} {ent['created_at']}{star}"
+        )
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    try:
+        reg = _registry(args)
+        version = args.version or reg.champion() or reg.latest()
+        if version is None:
+            print(f"error: no versions in {args.registry}", file=sys.stderr)
+            return 1
+        entry = reg.entry(version)
+        if args.verify:
+            reg.load(version)
+            entry = {**entry, "verified": True}
+    except ConfigError as e:
+        return _fail(e, 2)
+    except ArtifactError as e:
+        return _fail(e, 1)
+    print(json.dumps(entry, indent=2, sort_keys=True))
+    return 0
+
+
+def _promote(args: argparse.Namespace) -> int:
+    try:
+        reg = _registry(args)
+        reg.load(args.version)  # never promote what does not verify
+        entry = reg.promote(args.version, reason="manual (fds models promote)")
+    except ConfigError as e:
+        return _fail(e, 2)
+    except ArtifactError as e:
+        return _fail(ArtifactError(f"{args.version} not promoted: {e}"), 1)
+    print(f"champion is now {entry['version']}; running scorers pick it up on their next poll")
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    try:
+        entry = _registry(args).rollback(reason="manual (fds models rollback)")
+    except ConfigError as e:
+        return _fail(e, 1)
+    print(f"rolled back: champion is now {entry['version']}")
+    return 0

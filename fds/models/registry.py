@@ -1,0 +1,305 @@
+"""The model registry: versioned, verified artifacts in a directory.
+
+Layout (``models/registry/`` by default, git-ignored)::
+
+    manifest.json        every version's entry + the champion pointer (rewritten atomically)
+    v000001.pkl          the pickled River pipeline of version v000001
+    .lock                serialises writers (trainer process, scorer, CLI) with flock
+
+A manifest entry holds ``version, spec, parent, created_at, event_time, labels_learned,
+evaluation, sha256, hmac, size, status``. Artifacts and the manifest are written atomically
+(temp file + fsync + rename + fsync of the directory). Loading verifies the sha256 and, when a
+key is configured (``FDS_MODEL_KEY``), the HMAC-SHA256 signature *before* anything is
+unpickled; a mismatch raises :class:`fds.errors.ArtifactError` and nothing is loaded.
+
+>>> import tempfile
+>>> reg = Registry(tempfile.mkdtemp(), key=b"secret")
+>>> e = reg.publish({"w": 1.0}, spec={"name": "demo"}, labels_learned=10)
+>>> e["version"], reg.load(e["version"]), reg.champion()
+('v000001', {'w': 1.0}, None)
+>>> reg.promote("v000001")["status"], reg.champion()
+('champion', 'v000001')
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import hmac
+import json
+import os
+import pickle
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from fds.errors import ArtifactError, ConfigError
+from fds.timeutil import format_ts
+
+__all__ = ["DEFAULT_REGISTRY", "Registry", "load_verified", "sign", "write_atomic"]
+
+#: Default registry folder (git-ignored, next to the shipped specs).
+DEFAULT_REGISTRY = Path("models/registry")
+#: Versions kept on disk: enough to roll back several steps, small enough to stay tidy.
+DEFAULT_RETAIN = 10
+KEY_ENV = "FDS_MODEL_KEY"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: temp file, fsync, rename, fsync the directory."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def sign(data: bytes, key: bytes) -> str:
+    """HMAC-SHA256 of ``data`` (hex)."""
+    return hmac.new(key, data, hashlib.sha256).hexdigest()
+
+
+def load_verified(
+    data: bytes, *, sha256: str, signature: str | None = None, key: bytes | None = None
+) -> Any:
+    """Unpickle ``data`` only after its sha256 (and HMAC when ``key``) check out.
+
+    >>> blob = pickle.dumps([1, 2])
+    >>> load_verified(blob, sha256=hashlib.sha256(blob).hexdigest())
+    [1, 2]
+    >>> load_verified(blob + b"x", sha256=hashlib.sha256(blob).hexdigest())
+    Traceback (most recent call last):
+    ...
+    fds.errors.ArtifactError: artifact sha256 mismatch: the file is corrupt or was altered
+    """
+    if not hmac.compare_digest(hashlib.sha256(data).hexdigest(), str(sha256)):
+        raise ArtifactError("artifact sha256 mismatch: the file is corrupt or was altered")
+    if key is not None:
+        if not signature:
+            raise ArtifactError(
+                f"artifact is not signed but {KEY_ENV} is set: republish it with the key"
+            )
+        if not hmac.compare_digest(sign(data, key), str(signature)):
+            raise ArtifactError("artifact HMAC signature mismatch: wrong key or tampered artifact")
+    try:
+        return pickle.loads(data)
+    except Exception as e:
+        raise ArtifactError(f"artifact does not unpickle: {type(e).__name__}: {e}") from e
+
+
+def _env_key() -> bytes | None:
+    v = os.environ.get(KEY_ENV)
+    return v.encode() if v else None
+
+
+class Registry:
+    """A directory of versioned model artifacts with one manifest.
+
+    Parameters
+    ----------
+    path
+        The registry folder (created if missing).
+    key
+        HMAC key; ``None`` reads ``FDS_MODEL_KEY`` from the environment (unset: sha256 only).
+    retain
+        How many versions to keep on disk (the champion and its parent are always kept).
+    """
+
+    def __init__(
+        self, path: str | Path = DEFAULT_REGISTRY, *, key: bytes | None = None, retain: int = 0
+    ) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.key = key if key is not None else _env_key()
+        self.retain = retain or DEFAULT_RETAIN
+        self._manifest_path = self.path / "manifest.json"
+
+    # -- reading ---------------------------------------------------------------------------
+    def stamp(self) -> tuple[int, int]:
+        """A cheap change marker of the manifest (``mtime_ns``, inode) for polling."""
+        try:
+            st = self._manifest_path.stat()
+        except FileNotFoundError:
+            return (0, 0)
+        return (st.st_mtime_ns, st.st_ino)
+
+    def manifest(self) -> dict[str, Any]:
+        try:
+            raw = self._manifest_path.read_bytes()
+        except FileNotFoundError:
+            return {"versions": {}, "champion": None, "next": 1, "history": []}
+        try:
+            return json.loads(raw)
+        except ValueError as e:
+            raise ConfigError(
+                f"registry manifest is not valid JSON: {e}", where=str(self._manifest_path)
+            ) from e
+
+    def versions(self) -> list[dict[str, Any]]:
+        """All entries, oldest first."""
+        return sorted(self.manifest()["versions"].values(), key=lambda e: e["seq"])
+
+    def entry(self, version: str) -> dict[str, Any]:
+        e = self.manifest()["versions"].get(version)
+        if e is None:
+            raise ConfigError(
+                f"unknown model version {version!r}: `fds models list` shows the versions"
+            )
+        return e
+
+    def champion(self) -> str | None:
+        return self.manifest().get("champion")
+
+    def latest(self) -> str | None:
+        vs = self.versions()
+        return vs[-1]["version"] if vs else None
+
+    def load_bytes(self, version: str) -> tuple[bytes, dict[str, Any]]:
+        e = self.entry(version)
+        try:
+            data = (self.path / f"{version}.pkl").read_bytes()
+        except FileNotFoundError:
+            raise ArtifactError(f"artifact of {version} is missing from {self.path}") from None
+        return data, e
+
+    def load(self, version: str) -> Any:
+        """The model of ``version``, verified (sha256, HMAC when keyed) before unpickling."""
+        data, e = self.load_bytes(version)
+        return load_verified(data, sha256=e["sha256"], signature=e.get("hmac"), key=self.key)
+
+    # -- writing ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[dict[str, Any]]:
+        with open(self.path / ".lock", "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                m = self.manifest()
+                yield m
+                write_atomic(self._manifest_path, json.dumps(m, indent=1, sort_keys=True).encode())
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def publish(
+        self,
+        model: Any,
+        *,
+        spec: dict[str, Any],
+        parent: str | None = None,
+        labels_learned: int = 0,
+        evaluation: dict[str, Any] | None = None,
+        event_time: float | None = None,
+    ) -> dict[str, Any]:
+        """Pickle ``model`` and publish it as the next version; returns its manifest entry."""
+        return self.publish_bytes(
+            pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL),
+            spec=spec,
+            parent=parent,
+            labels_learned=labels_learned,
+            evaluation=evaluation,
+            event_time=event_time,
+        )
+
+    def publish_bytes(self, data: bytes, **meta: Any) -> dict[str, Any]:
+        with self._locked() as m:
+            seq = int(m.get("next", 1))
+            version = f"v{seq:06d}"
+            write_atomic(self.path / f"{version}.pkl", data)
+            entry = make_entry(data, version=version, seq=seq, key=self.key, **meta)
+            m["versions"][version] = entry
+            m["next"] = seq + 1
+            self._retain(m)
+        return entry
+
+    def _retain(self, m: dict[str, Any]) -> None:
+        entries = sorted(m["versions"].values(), key=lambda e: e["seq"])
+        champ = m.get("champion")
+        keep = {e["version"] for e in entries[-self.retain :]}
+        if champ:
+            keep.add(champ)
+            parent = m["versions"].get(champ, {}).get("parent")
+            if parent:
+                keep.add(parent)
+        for e in entries:
+            if e["version"] not in keep:
+                del m["versions"][e["version"]]
+                with contextlib.suppress(FileNotFoundError):
+                    (self.path / f"{e['version']}.pkl").unlink()
+
+    def _set_champion(self, version: str, status: str, reason: str) -> dict[str, Any]:
+        with self._locked() as m:
+            if version not in m["versions"]:
+                raise ConfigError(
+                    f"unknown model version {version!r}: `fds models list` shows the versions"
+                )
+            old = m.get("champion")
+            if old and old in m["versions"] and old != version:
+                m["versions"][old]["status"] = "retired" if status == "champion" else "rejected"
+            m["versions"][version]["status"] = "champion"
+            m["champion"] = version
+            m.setdefault("history", []).append(
+                {"at": format_ts(time.time()), "from": old, "to": version, "why": reason}
+            )
+            del m["history"][:-100]  # the last 100 changes are plenty for an audit
+            return dict(m["versions"][version])
+
+    def promote(self, version: str, reason: str = "manual") -> dict[str, Any]:
+        """Make ``version`` the champion (scorers pick it up on their next poll)."""
+        return self._set_champion(version, "champion", reason)
+
+    def rollback(self, reason: str = "manual") -> dict[str, Any]:
+        """Return to the previous champion (from the history); its successor is rejected."""
+        m = self.manifest()
+        champ = m.get("champion")
+        for h in reversed(m.get("history", [])):
+            if h["to"] == champ and h["from"] and h["from"] in m["versions"]:
+                return self._set_champion(h["from"], "rolled-back", reason)
+        raise ConfigError("nothing to roll back to: no earlier champion in the registry")
+
+    def reject(self, version: str, reason: str) -> None:
+        with self._locked() as m:
+            if version in m["versions"]:
+                m["versions"][version]["status"] = "rejected"
+                m["versions"][version]["rejected_because"] = reason
+
+
+def make_entry(
+    data: bytes,
+    *,
+    version: str,
+    seq: int,
+    key: bytes | None,
+    spec: dict[str, Any],
+    parent: str | None = None,
+    labels_learned: int = 0,
+    evaluation: dict[str, Any] | None = None,
+    event_time: float | None = None,
+) -> dict[str, Any]:
+    """A manifest entry for artifact bytes ``data`` (sha256 and, with ``key``, HMAC)."""
+    return {
+        "version": version,
+        "seq": seq,
+        "spec": spec,
+        "parent": parent,
+        "created_at": format_ts(time.time()),
+        "event_time": format_ts(event_time) if event_time is not None else None,
+        "labels_learned": labels_learned,
+        "evaluation": evaluation or {},
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "hmac": sign(data, key) if key else None,
+        "size": len(data),
+        "status": "published",
+    }

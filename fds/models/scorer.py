@@ -1,0 +1,529 @@
+"""The serving side: champion scoring, shadow challengers, verified hot-swap.
+
+:class:`ModelServer` implements the engine's ``ModelStage``:
+
+- ``score(tx, features)`` is pure inference: the champion's ``predict_proba_one`` on the vector
+  of :func:`fds.models.vector.to_vector`, returning ``(score, version)``. A challenger, if any,
+  is scored beside it in shadow; its score is kept (by tx_id, bounded) and never acted on.
+- A new version is verified (sha256/HMAC before unpickling) and canary-scored on recent inputs
+  (every score finite and in [0, 1]) *off the hot path*; the hot path only swaps a reference at
+  the start of the next event. A failing artifact is rejected (``stats["swaps_rejected"]``)
+  and the current model stays.
+- Promotion and rollback follow :mod:`fds.models.champion`.
+
+Two ways to get new versions:
+
+``inline`` (replay, demo, tests)
+    A :class:`~fds.models.trainer.Trainer` runs in-process on the labels the engine feeds
+    (``engine.learn``), publishing per the spec; everything happens between events in event
+    time, so a replay is deterministic.
+``watch`` (the streaming service)
+    :meth:`start_watch` polls the registry manifest in a background thread (``fds train`` is
+    a separate process publishing there); load + verify + canary run on that thread and the
+    result is handed to the hot path, which swaps it in between two events. Promotions and
+    rollbacks are written back to the registry.
+
+>>> from fds.models.spec import load_spec
+>>> srv = ModelServer(load_spec("default"))
+>>> srv.score({"tx_id": "t1", "ts": 0.0, "amount": 5.0}, {})
+(None, None)
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from fds.errors import ArtifactError
+from fds.models.champion import BudgetRank, Contest
+from fds.models.registry import Registry, load_verified
+from fds.models.spec import ModelSpec
+from fds.models.trainer import Publication, Trainer
+from fds.models.vector import to_vector
+
+__all__ = ["ModelServer", "build_model_stage", "canary"]
+
+log = logging.getLogger("fds.models")
+
+#: Recent inputs kept for canary scoring and budget thresholds: enough for a stable top-0.5%
+#: quantile (~20 points above it), small enough to score in a few ms with a linear model.
+RECENT_SIZE = 4096
+#: Inputs a candidate must score cleanly before it may serve.
+CANARY_SIZE = 64
+#: Shadow scores and inputs kept per tx_id for promotion decisions (watch mode); bounded memory.
+KEEP_SIZE = 200_000
+#: Every RANK_STRIDE-th recent input ranks contest scores: 2,048 points keep ~10 above a top-0.5%
+#: budget while halving the cost of a refresh (two models x the points, on the label path).
+RANK_STRIDE = 2
+#: Fraud labels between refreshes of the budget thresholds during a contest.
+THRESHOLD_REFRESH = 20
+_DAY = 86400.0
+
+
+def _yield() -> None:
+    time.sleep(0)  # releases the GIL: the decision loop runs before the next canary input
+
+
+def _p(model: Any, x: dict[str, float]) -> float:
+    return float(model.predict_proba_one(x).get(True, 0.0))
+
+
+def canary(
+    model: Any, inputs: list[dict[str, float]], pause: Callable[[], None] | None = None
+) -> None:
+    """Raise :class:`ArtifactError` unless ``model`` scores every input finitely in [0, 1].
+
+    ``pause`` runs between inputs: the watcher thread passes ``time.sleep(0)`` to hand the GIL
+    back to the decision loop instead of holding it for the whole canary.
+    """
+    for x in inputs:
+        if pause is not None:
+            pause()
+        try:
+            p = _p(model, x)
+        except Exception as e:
+            raise ArtifactError(f"canary: scoring raised {type(e).__name__}: {e}") from e
+        if not (math.isfinite(p) and 0.0 <= p <= 1.0):
+            raise ArtifactError(f"canary: score {p!r} is not a probability in [0, 1]")
+
+
+class ModelServer:
+    """Serving model stage (see the module docstring).
+
+    Parameters
+    ----------
+    spec
+        The model spec (promotion policy; the pipeline for an inline trainer).
+    registry
+        Where versions live; required for ``watch`` mode, optional inline (then every
+        published version is also written there).
+    learn
+        Run a trainer in-process on ``on_label`` (inline mode). ``False`` for a scorer that
+        only serves what the registry offers (watch mode).
+    auto_promote
+        Promote/roll back automatically by contests; ``False``: the newest version is
+        promoted as soon as it passes its canary (the "adaptive, no guard" variant).
+    on_event
+        Optional ``callback(kind, info)`` for metrics/logs: ``swap``, ``swap_rejected``,
+        ``promote``, ``reject``, ``rollback``, ``confirm``, ``drift``.
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        *,
+        registry: Registry | None = None,
+        learn: bool = True,
+        trainer: Trainer | None = None,
+        auto_promote: bool | None = None,
+        on_event: Callable[[str, dict[str, Any]], None] | None = None,
+        metrics: Any = None,
+    ) -> None:
+        self.spec = spec
+        self.metrics = metrics
+        self._rate = spec.learn.legit_sample_rate
+        self.registry = registry
+        self.trainer = trainer or (Trainer(spec, registry=registry) if learn else None)
+        self.auto_promote = spec.promote.auto if auto_promote is None else auto_promote
+        self.on_event = on_event
+        self.champion: Any = None
+        self.version: str | None = None
+        self.challenger: Any = None
+        self.challenger_version: str | None = None
+        self.predecessor: Any = None  # kept during probation, for rollback
+        self.predecessor_version: str | None = None
+        self.contest: Contest | None = None  # shadow: challenger vs champion
+        self.probation: Contest | None = None  # last promoted champion vs its predecessor
+        self._prob_ranks: tuple[BudgetRank, BudgetRank] | None = None
+        self._champion_labels = 0
+        self._challenger_labels = 0
+        self._queued: tuple[str, Any, dict[str, Any]] | None = None  # newest verified version
+        self._pending: tuple[str, str, Any] | None = None  # (role, version, model) from watcher
+        self._ranks: tuple[BudgetRank, BudgetRank] | None = None
+        self._recent: collections.deque[dict[str, float]] = collections.deque(maxlen=RECENT_SIZE)
+        self._day_counts: collections.Counter[int] = collections.Counter()
+        self._last: tuple[str, dict[str, float]] | None = None
+        self.shadow_scores: collections.OrderedDict[str, float] = collections.OrderedDict()
+        self._inputs: collections.OrderedDict[str, dict[str, float]] = collections.OrderedDict()
+        self.history: list[dict[str, Any]] = []
+        self.stats: collections.Counter[str] = collections.Counter()
+        self._watch: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._pointer: str | None = None  # the registry champion pointer last seen or written
+        if self.trainer is not None:
+            self.trainer.on_example = self._evaluate
+            self.trainer.on_drift = lambda now: self._emit("drift", {"ts": now})
+
+    # -- hot path --------------------------------------------------------------------------
+    def score(
+        self, tx: Mapping[str, Any], features: Mapping[str, Any]
+    ) -> tuple[float | None, str | None]:
+        """Champion score and version (``(None, None)`` before the first version)."""
+        if self._pending is not None:
+            self._install_pending()
+        x = to_vector(tx, features)
+        self._last = (tx["tx_id"], x)
+        champ = self.champion
+        if champ is None:
+            return None, None
+        s = _p(champ, x)
+        # Undo the legit sampling: the learner saw legit transactions at `rate`, so its odds of
+        # fraud are 1/rate too high. Ranking is unchanged; the score becomes a probability
+        # that the policy can combine with rule scores.
+        r = self._rate
+        if r < 1.0:
+            s = s * r / (s * r + (1.0 - s)) if s < 1.0 else 1.0
+        if self.challenger is not None:
+            try:
+                sh = self.shadow_scores
+                sh[tx["tx_id"]] = _p(self.challenger, x)
+                if len(sh) > KEEP_SIZE:
+                    sh.popitem(last=False)
+            except Exception as e:  # a challenger never breaks serving
+                self._drop_challenger("reject", f"shadow scoring raised {type(e).__name__}: {e}")
+        return s, self.version
+
+    def on_decision(self, tx: Mapping[str, Any], decision: Mapping[str, Any]) -> None:
+        """Keep the decision-time input for the trainer and the recent-traffic sample."""
+        last = self._last
+        tx_id = tx["tx_id"]
+        if last is not None and last[0] == tx_id:
+            x = last[1]
+        else:
+            x = to_vector(tx, decision.get("features") or {})
+        self._recent.append(x)
+        ts = tx["ts"]
+        self._day_counts[int(ts // _DAY)] += 1
+        if self.trainer is not None:
+            self.trainer.on_decision(tx, decision, x=x)
+        else:
+            keep = self._inputs
+            keep[tx_id] = x
+            if len(keep) > KEEP_SIZE:
+                keep.popitem(last=False)
+
+    def on_label(self, label: Mapping[str, Any]) -> None:
+        """Learn (inline), judge contests, and take up newly published versions."""
+        if self.trainer is None:
+            x = self._inputs.pop(label["tx_id"], None)
+            if x is not None and label["is_fraud"]:
+                self._evaluate(x, True)
+            return
+        learned = self.trainer.stats["labels_learned"]
+        self.trainer.on_label(label)
+        if self.metrics is not None and self.trainer.stats["labels_learned"] > learned:
+            self.metrics.labels_learned(self.trainer.stats["labels_learned"] - learned)
+        pub = self.trainer.maybe_publish()
+        if pub is not None:
+            self.offer(pub)
+
+    # -- versions --------------------------------------------------------------------------
+    def offer(self, pub: Publication) -> bool:
+        """Verify and canary a published version, then make it champion or challenger."""
+        try:
+            model = load_verified(
+                pub.data,
+                sha256=pub.entry["sha256"],
+                signature=pub.entry.get("hmac"),
+                key=self.registry.key if self.registry is not None else None,
+            )
+            canary(model, list(self._recent)[-CANARY_SIZE:])
+        except ArtifactError as e:
+            self.stats["swaps_rejected"] += 1
+            self._emit("swap_rejected", {"version": pub.version, "error": str(e)})
+            return False
+        self._take(pub.version, model, pub.entry)
+        return True
+
+    def _take(self, version: str, model: Any, entry: dict[str, Any]) -> None:
+        if self.champion is None or not self.auto_promote:
+            why = "first version" if self.champion is None else "newest"
+            self._set_champion(version, model, why, entry.get("labels_learned", 0))
+            return
+        if self._champion_labels < self.spec.promote.warmup_labels:
+            # A champion that has learned next to nothing is no yardstick: a contest between two
+            # near-empty models is noise and would only slow the start down.
+            self._set_champion(version, model, "warm-up", entry.get("labels_learned", 0))
+            return
+        if self.contest is None:
+            self._start_shadow(version, model, entry)
+        else:
+            self._queued = (version, model, entry)  # the newest waits; older queued ones drop
+
+    def _start_shadow(self, version: str, model: Any, entry: dict[str, Any]) -> None:
+        self.challenger, self.challenger_version = model, version
+        self._challenger_labels = entry.get("labels_learned", 0)
+        self.shadow_scores.clear()
+        self.contest = Contest(
+            "shadow", self.version or "", version, self.spec.promote.shadow_min_labels
+        )
+        self._ranks = None
+
+    def _set_champion(self, version: str, model: Any, why: str, labels: int = 0) -> None:
+        old = self.version
+        self.champion, self.version = model, version  # the swap: one reference, between events
+        self._champion_labels = labels
+        self.stats["swaps"] += 1
+        self._emit("swap", {"from": old, "to": version, "why": why})
+        if self.registry is not None and why != "registry":
+            self._record(version, why)
+
+    def _record(self, version: str, why: str) -> None:
+        """Write the new champion to the registry (file I/O + fsync: never on the hot path
+        in watch mode, where it runs on a short-lived thread; inline it is synchronous so a
+        replay is reproducible)."""
+        reg = self.registry
+        assert reg is not None
+        self._pointer = version  # our own change: the watcher must not "discover" it
+
+        def write() -> None:
+            try:
+                reg.promote(version, reason=why)
+            except Exception as e:  # the registry is bookkeeping here; serving goes on
+                log.warning("registry promote failed version=%s error=%s", version, e)
+
+        if self._watch is not None:
+            threading.Thread(target=write, name="fds-model-record", daemon=True).start()
+        else:
+            write()
+
+    def _drop_challenger(self, verdict: str, why: str) -> None:
+        self.stats[verdict] += 1
+        self._emit(verdict, {"version": self.challenger_version, "why": why})
+        self.challenger = self.challenger_version = None
+        self.contest = None
+        self._next_queued()
+
+    def _next_queued(self) -> None:
+        if self._queued is not None and self.contest is None:
+            version, model, entry = self._queued
+            self._queued = None
+            self._start_shadow(version, model, entry)
+
+    def _alert_share(self) -> float:
+        days = sorted(self._day_counts)[-8:-1] or sorted(self._day_counts)[-1:]
+        per_day = sum(self._day_counts[d] for d in days) / max(len(days), 1)
+        return min(1.0, self.spec.promote.alert_budget_per_day / max(per_day, 1.0))
+
+    def _ranked(self, models: tuple[Any, Any]) -> tuple[BudgetRank, BudgetRank]:
+        recent = list(self._recent)[::RANK_STRIDE]
+        share = self._alert_share()
+        return (
+            BudgetRank([_p(models[0], r) for r in recent], share),
+            BudgetRank([_p(models[1], r) for r in recent], share),
+        )
+
+    def _evaluate(self, x: dict[str, float], y: bool) -> None:
+        """A labelled input (before the trainer learns it): feed the running contests.
+
+        Two can run at once: the probation of the last promoted champion (against its
+        predecessor) and the shadow contest of the next challenger (against the champion).
+        """
+        if not y:
+            return
+        p = self.probation
+        if p is not None:
+            if self._prob_ranks is None or p.n % THRESHOLD_REFRESH == 0:
+                self._prob_ranks = self._ranked((self.champion, self.predecessor))
+            r = self._prob_ranks
+            p.add(r[0].credit(_p(self.champion, x)), r[1].credit(_p(self.predecessor, x)))
+            verdict = p.verdict()
+            if verdict is not None:
+                self._judge_probation(verdict)
+        c = self.contest
+        if c is not None:
+            if self._ranks is None or c.n % THRESHOLD_REFRESH == 0:
+                self._ranks = self._ranked((self.champion, self.challenger))
+            r = self._ranks
+            c.add(r[0].credit(_p(self.champion, x)), r[1].credit(_p(self.challenger, x)))
+            verdict = c.verdict()
+            if verdict is not None:
+                self._judge_shadow(verdict)
+
+    def _judge_shadow(self, verdict: str) -> None:
+        c = self.contest
+        assert c is not None
+        info = {**c.figures(), "incumbent": c.incumbent, "candidate": c.candidate}
+        self.history.append({"verdict": verdict, **info})
+        if verdict == "reject":
+            self._drop_challenger("reject", "precision below champion")
+            return
+        self.stats["promote"] += 1
+        self.predecessor, self.predecessor_version = self.champion, self.version
+        self._set_champion(
+            c.candidate, self.challenger, "promoted: precision >= champion", self._challenger_labels
+        )
+        self.challenger = self.challenger_version = None
+        self.contest = None
+        # a new probation replaces an unfinished one: the newest promotion is the one on trial
+        self.probation = Contest("probation", c.candidate, c.incumbent, c.min_labels)
+        self._prob_ranks = None
+        self._emit("promote", info)
+        self._next_queued()
+
+    def _judge_probation(self, verdict: str) -> None:
+        p = self.probation
+        assert p is not None
+        info = {**p.figures(), "incumbent": p.incumbent, "candidate": p.candidate}
+        self.history.append({"verdict": verdict, **info})
+        self.probation = None
+        self.stats[verdict] += 1
+        if verdict == "rollback":
+            self._set_champion(
+                self.predecessor_version or "", self.predecessor, "rollback: worse than before"
+            )
+            self._champion_labels = self.spec.promote.warmup_labels  # a proven model
+            if self.contest is not None:  # the challenger now faces the restored champion
+                self.contest = Contest(
+                    "shadow", self.version or "", self.contest.candidate, self.contest.min_labels
+                )
+                self._ranks = None
+            self._emit("rollback", info)
+        else:
+            self._emit("confirm", info)
+        self.predecessor = self.predecessor_version = None
+
+    def _emit(self, kind: str, info: dict[str, Any]) -> None:
+        log.info("model %s %s", kind, " ".join(f'{k}="{v}"' for k, v in info.items()))
+        m = self.metrics
+        if m is not None:
+            if kind == "swap":
+                m.model_swap("ok")
+                m.model_info(str(info["to"]), self.spec.name)
+            elif kind == "swap_rejected":
+                m.model_swap("rejected")
+            elif kind == "drift":
+                m.drift()
+            elif kind in ("promote", "reject", "rollback", "confirm"):
+                m.model_precision("champion", "contest", info["recall_at_budget_incumbent"])
+                m.model_precision("challenger", "contest", info["recall_at_budget_candidate"])
+        if self.on_event is not None:
+            self.on_event(kind, info)
+
+    # -- watch mode (the streaming service) ------------------------------------------------
+    def load_champion(self) -> str | None:
+        """Serve the registry's champion now (startup); ``None`` when there is none yet."""
+        assert self.registry is not None
+        v = self.registry.champion() or self.registry.latest()
+        self._pointer = self.registry.champion()
+        if v is not None:
+            model = self.registry.load(v)
+            canary(model, list(self._recent)[-CANARY_SIZE:])
+            self.champion, self.version = model, v
+        return v
+
+    def poll(self) -> str | None:
+        """One registry check (the watcher thread calls this): prepare a newer version.
+
+        Loads, verifies and canaries off the hot path; the hot path installs it between two
+        events. Returns the version prepared, if any.
+        """
+        assert self.registry is not None
+        m = self.registry.manifest()
+        champ = m.get("champion")
+        role, target = None, None
+        if champ and champ != self._pointer and champ != self.version:
+            # promoted or rolled back by someone else (fds models promote|rollback)
+            role, target = "champion", champ
+            self._pointer = champ
+        else:
+            latest = max(m["versions"].values(), key=lambda e: e["seq"], default=None)
+            newest_known = max(
+                (v for v in (self.version, self.challenger_version) if v), default=""
+            )
+            if latest and latest["version"] > newest_known and latest["status"] == "published":
+                role, target = (
+                    ("challenger" if self.auto_promote else "champion"),
+                    latest["version"],
+                )
+        if target is None:
+            return None
+        try:
+            model = self.registry.load(target)
+            canary(model, list(self._recent)[-CANARY_SIZE:], pause=_yield)
+        except ArtifactError as e:
+            self.stats["swaps_rejected"] += 1
+            self._emit("swap_rejected", {"version": target, "error": str(e)})
+            self.registry.reject(target, str(e))
+            return None
+        self._pending = (role or "challenger", target, model)
+        return target
+
+    def _install_pending(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        role, version, model = pending
+        if role == "champion" or self.champion is None:
+            self._set_champion(version, model, "registry")
+        else:
+            self._take(version, model, {})
+
+    def start_watch(self, every: float = 1.0) -> None:
+        """Poll the registry every ``every`` seconds on a daemon thread."""
+
+        reg = self.registry
+        assert reg is not None
+
+        def loop() -> None:
+            seen = None
+            while not self._stop.wait(every):
+                if self._pending is not None:
+                    continue  # the hot path has not taken the last one yet
+                stamp = reg.stamp()  # one stat(); the manifest is read only when it changed
+                if stamp == seen:
+                    continue
+                try:
+                    self.poll()
+                    seen = stamp
+                except Exception as e:
+                    log.warning("model registry poll failed error=%s", e)
+
+        self._watch = threading.Thread(target=loop, name="fds-model-watch", daemon=True)
+        self._watch.start()
+
+    def stop_watch(self) -> None:
+        self._stop.set()
+        if self._watch is not None:
+            self._watch.join(timeout=5)
+
+
+def build_model_stage(
+    spec: str | Path | ModelSpec,
+    *,
+    registry: str | Path | Registry | None = None,
+    watch: bool = False,
+    poll_seconds: float = 1.0,
+    on_event: Callable[[str, dict[str, Any]], None] | None = None,
+    metrics: Any = None,
+) -> ModelServer:
+    """The model stage for :class:`fds.engine.Engine`, the one way the doors build it.
+
+    ``watch=False`` (replay, demo, bench): an in-process trainer learns from ``engine.learn``
+    labels, deterministic. ``watch=True`` (``fds run``): serve the registry's champion and
+    poll the registry every ``poll_seconds`` for new versions (``fds train`` publishes them).
+
+    >>> stage = build_model_stage("default")
+    >>> stage.trainer is not None
+    True
+    """
+    from fds.models.spec import load_spec
+
+    mspec = spec if isinstance(spec, ModelSpec) else load_spec(spec)
+    reg = registry if isinstance(registry, Registry) or registry is None else Registry(registry)
+    if not watch:
+        return ModelServer(mspec, registry=reg, on_event=on_event, metrics=metrics)
+    if reg is None:
+        from fds.models.registry import DEFAULT_REGISTRY
+
+        reg = Registry(DEFAULT_REGISTRY)
+    srv = ModelServer(mspec, registry=reg, learn=False, on_event=on_event, metrics=metrics)
+    srv.load_champion()
+    srv.start_watch(every=poll_seconds)
+    return srv

@@ -1,0 +1,337 @@
+"""Model specs: ``models/*.yaml`` turned into River pipelines from a whitelist of modules.
+
+A spec names River estimators by ``module.Class`` with their constructor parameters; nothing
+else can be instantiated, so a spec file cannot run arbitrary code. Errors name ``file:line``.
+
+>>> spec = parse_spec('''
+... name: demo
+... pipeline:
+...   - preprocessing.StandardScaler: {}
+...   - linear_model.LogisticRegression: {l2: 0.0, optimizer: {optim.SGD: {lr: 0.05}}}
+... ''')
+>>> spec.name, spec.publish.every_labels
+('demo', 500)
+>>> type(build_pipeline(spec)).__name__
+'Pipeline'
+>>> parse_spec("name: x\\npipeline:\\n  - linear_model.LogisticRegresion: {}\\n")
+... # doctest: +ELLIPSIS
+Traceback (most recent call last):
+...
+fds.errors.ConfigError: <spec>:3: unknown estimator 'linear_model.LogisticRegresion': did you ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fds.errors import ConfigError
+from fds.timeutil import parse_duration
+
+__all__ = [
+    "ALLOWED_MODULES",
+    "LearnPolicy",
+    "ModelSpec",
+    "PromotePolicy",
+    "PublishPolicy",
+    "build_pipeline",
+    "load_spec",
+    "parse_spec",
+    "resolve_spec_path",
+]
+
+#: River subpackages a spec may draw from: estimators, transformers, optimisers and wrappers.
+#: Anything else (``river.stream``, ``river.utils`` ...) is refused: a spec must not do I/O.
+ALLOWED_MODULES: frozenset[str] = frozenset(
+    {
+        "preprocessing",
+        "linear_model",
+        "tree",
+        "forest",
+        "ensemble",
+        "compose",
+        "optim",
+        "naive_bayes",
+        "feature_extraction",
+        "imblearn",
+        "neighbors",
+        "anomaly",
+    }
+)
+
+#: The folder of shipped specs, so that ``--model default`` finds ``models/default.yaml``.
+SPEC_DIR = Path(__file__).resolve().parents[2] / "models"
+
+_TOP_KEYS = {"name", "pipeline", "learn", "publish", "promote", "seed", "description"}
+
+
+@dataclass(frozen=True)
+class LearnPolicy:
+    legit_sample_rate: float = 0.05
+    assume_legit_after: float = 4 * 86400.0
+    # Inputs stay joinable this long: past the longest label delay (chargebacks, <= 60 days).
+    ttl: float = 62 * 86400.0
+
+
+@dataclass(frozen=True)
+class PublishPolicy:
+    every_labels: int = 500
+    every_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
+class PromotePolicy:
+    shadow_min_labels: int = 300
+    alert_budget_per_day: int = 100
+    # New versions replace the champion directly until it has learned this many examples.
+    warmup_labels: int = 1000
+    auto: bool = True
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed model spec (frozen). ``steps`` are ``(dotted_name, params, line)``."""
+
+    name: str
+    steps: tuple[tuple[str, dict[str, Any], int], ...]
+    learn: LearnPolicy = field(default_factory=LearnPolicy)
+    publish: PublishPolicy = field(default_factory=PublishPolicy)
+    promote: PromotePolicy = field(default_factory=PromotePolicy)
+    source: str = "<spec>"
+    text: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as plain data (for manifests)."""
+        return {
+            "name": self.name,
+            "pipeline": [{n: p} for n, p, _ in self.steps],
+            "learn": vars(self.learn),
+            "publish": vars(self.publish),
+            "promote": vars(self.promote),
+        }
+
+
+def _line(node: yaml.Node | None) -> int | None:
+    return node.start_mark.line + 1 if node is not None else None
+
+
+def _child(node: yaml.Node | None, key: str) -> yaml.Node | None:
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            if getattr(k, "value", None) == key:
+                return v
+    return None
+
+
+def _key_node(node: yaml.Node | None, key: str) -> yaml.Node | None:
+    if isinstance(node, yaml.MappingNode):
+        for k, _v in node.value:
+            if getattr(k, "value", None) == key:
+                return k
+    return None
+
+
+def _where(source: str, node: yaml.Node | None) -> str:
+    line = _line(node)
+    return f"{source}:{line}" if line else source
+
+
+def resolve_spec_path(name_or_path: str | Path) -> Path:
+    """``default`` -> ``models/default.yaml``; a path is returned as is (must exist)."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.exists():
+            raise ConfigError(f"model spec {str(p)!r} not found: check the path")
+        return p
+    cand = SPEC_DIR / f"{name_or_path}.yaml"
+    if cand.exists():
+        return cand
+    shipped = ", ".join(sorted(x.stem for x in SPEC_DIR.glob("*.yaml"))) or "none"
+    raise ConfigError(
+        f"model spec {str(name_or_path)!r} not found: give a YAML path or one of: {shipped}"
+    )
+
+
+def load_spec(name_or_path: str | Path) -> ModelSpec:
+    """Load and validate a spec by shipped name (``default``, ``tree``, ``forest``) or path."""
+    path = resolve_spec_path(name_or_path)
+    return parse_spec(path.read_text(encoding="utf-8"), source=str(path))
+
+
+def _estimator_class(dotted: str, where: str) -> type:
+    mod, _, cls = dotted.rpartition(".")
+    if mod not in ALLOWED_MODULES or not cls:
+        raise ConfigError(
+            f"unknown estimator {dotted!r}: write module.Class with module one of "
+            f"{', '.join(sorted(ALLOWED_MODULES))} (e.g. linear_model.LogisticRegression)",
+            where=where,
+        )
+    module = importlib.import_module(f"river.{mod}")
+    obj = getattr(module, cls, None)
+    if not inspect.isclass(obj) or cls.startswith("_"):
+        names = [n for n in getattr(module, "__all__", []) if inspect.isclass(getattr(module, n))]
+        close = difflib.get_close_matches(cls, names, n=1)
+        hint = f"did you mean {mod}.{close[0]}? " if close else ""
+        raise ConfigError(
+            f"unknown estimator {dotted!r}: {hint}river.{mod} has {', '.join(sorted(names))}",
+            where=where,
+        )
+    return obj
+
+
+def _is_estimator_ref(value: Any) -> bool:
+    return (
+        isinstance(value, dict)
+        and len(value) == 1
+        and isinstance(next(iter(value)), str)
+        and "." in next(iter(value))
+        and next(iter(value)).split(".")[0] in ALLOWED_MODULES
+    )
+
+
+def _check_step(dotted: str, params: Any, source: str, node: yaml.Node | None) -> None:
+    where = _where(source, node)
+    cls = _estimator_class(dotted, where)
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise ConfigError(
+            f"parameters of {dotted} must be a mapping like {{name: value}}, got {params!r}",
+            where=where,
+        )
+    sig = inspect.signature(cls)
+    accepted = set(sig.parameters)
+    var_kw = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+    pnode = _child(node, dotted)
+    for key, value in params.items():
+        if key not in accepted and not var_kw:
+            raise ConfigError(
+                f"{dotted} has no parameter {key!r}; it accepts: {', '.join(sorted(accepted))}",
+                where=_where(source, _key_node(pnode, key) or node),
+            )
+        if _is_estimator_ref(value):
+            ((inner, inner_params),) = value.items()
+            _check_step(inner, inner_params, source, _child(pnode, key) or node)
+
+
+def _instantiate(dotted: str, params: dict[str, Any] | None) -> Any:
+    cls = _estimator_class(dotted, "<spec>")
+    kwargs = {}
+    for k, v in (params or {}).items():
+        if _is_estimator_ref(v):
+            ((inner, inner_params),) = v.items()
+            v = _instantiate(inner, inner_params)
+        kwargs[k] = v
+    return cls(**kwargs)
+
+
+def _policy(cls: type, raw: Any, source: str, node: yaml.Node | None, section: str) -> Any:
+    if raw is None:
+        return cls()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{section} must be a mapping", where=_where(source, node))
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for k, v in raw.items():
+        where = _where(source, _key_node(node, k) or node)
+        if k not in known:
+            raise ConfigError(
+                f"unknown key {section}.{k}; known: {', '.join(sorted(known))}", where=where
+            )
+        try:
+            if k in ("assume_legit_after", "every_seconds", "ttl"):
+                v = parse_duration(v)
+            elif k in (
+                "every_labels",
+                "shadow_min_labels",
+                "alert_budget_per_day",
+                "warmup_labels",
+            ):
+                v = int(v)
+                if v < (0 if k == "warmup_labels" else 1):
+                    raise ValueError("must be a positive whole number")
+            elif k == "legit_sample_rate":
+                v = float(v)
+                if not 0.0 < v <= 1.0:
+                    raise ValueError("must be in (0, 1]")
+            elif k == "auto":
+                v = bool(v)
+        except (TypeError, ValueError, ConfigError) as e:
+            raise ConfigError(f"{section}.{k}: {e}", where=where) from None
+        kwargs[k] = v
+    return cls(**kwargs)
+
+
+def parse_spec(text: str, *, source: str = "<spec>") -> ModelSpec:
+    """Parse and validate spec YAML (estimators and parameters are checked, not built)."""
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        raise ConfigError(f"not valid YAML: {getattr(e, 'problem', e)}", where=where) from None
+    if not isinstance(data, dict):
+        raise ConfigError("a model spec is a mapping with name and pipeline", where=source)
+    for k in data:
+        if k not in _TOP_KEYS:
+            raise ConfigError(
+                f"unknown key {k!r}; a model spec has: {', '.join(sorted(_TOP_KEYS))}",
+                where=_where(source, _key_node(root, k)),
+            )
+    name = data.get("name")
+    if not isinstance(name, str) or not name:
+        raise ConfigError("name: a spec needs a name (e.g. name: default)", where=source)
+    pipe = data.get("pipeline")
+    pnode = _child(root, "pipeline")
+    if not isinstance(pipe, list) or not pipe:
+        raise ConfigError(
+            "pipeline: a list of steps like '- linear_model.LogisticRegression: {}'",
+            where=_where(source, pnode),
+        )
+    steps = []
+    for i, item in enumerate(pipe):
+        inode = pnode.value[i] if isinstance(pnode, yaml.SequenceNode) else None
+        if isinstance(item, str):
+            item = {item: {}}
+        if not isinstance(item, dict) or len(item) != 1:
+            raise ConfigError(
+                "each pipeline step is one 'module.Class: {params}' entry",
+                where=_where(source, inode),
+            )
+        ((dotted, params),) = item.items()
+        _check_step(str(dotted), params, source, inode)
+        steps.append((str(dotted), dict(params or {}), _line(inode) or 0))
+    return ModelSpec(
+        name=name,
+        steps=tuple(steps),
+        learn=_policy(LearnPolicy, data.get("learn"), source, _child(root, "learn"), "learn"),
+        publish=_policy(
+            PublishPolicy, data.get("publish"), source, _child(root, "publish"), "publish"
+        ),
+        promote=_policy(
+            PromotePolicy, data.get("promote"), source, _child(root, "promote"), "promote"
+        ),
+        source=source,
+        text=text,
+    )
+
+
+def build_pipeline(spec: ModelSpec) -> Any:
+    """A fresh, untrained River pipeline for ``spec`` (the steps chained with ``|``)."""
+    from river import compose
+
+    models = []
+    for dotted, params, line in spec.steps:
+        try:
+            models.append(_instantiate(dotted, params))
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{dotted}: {e}", where=f"{spec.source}:{line}") from None
+    return compose.Pipeline(*models)

@@ -1,0 +1,366 @@
+"""The trainer: learns from delayed labels joined with the snapshot taken at decision time.
+
+Flow for each decided transaction: ``on_decision`` stores its model input (the vector built by
+:func:`fds.models.vector.to_vector` from the decision-time feature snapshot) keyed by
+``tx_id``. When a label arrives, ``on_label`` takes that stored vector out of the store (so a
+label is learned at most once) and learns it -- every fraud, and legitimate ones sampled at
+``learn.legit_sample_rate`` by hashing ``tx_id`` (deterministic). A transaction still
+unlabelled ``learn.assume_legit_after`` after its event time counts as legitimate (sampled the
+same way). Time is the events' own time (transaction ``ts``, label ``ts``), never the wall
+clock, so a replay is deterministic. ``maybe_publish(now)`` publishes a new version per the
+spec's ``publish`` policy. An ADWIN detector on the model's prequential error reports drift.
+
+>>> from fds.models.spec import load_spec
+>>> t = Trainer(load_spec("default"))
+>>> t.on_decision({"tx_id": "a", "ts": 0.0, "amount": 10.0}, {"features": {"n": 1}})
+>>> t.on_label({"tx_id": "a", "ts": 3600.0, "is_fraud": True}), t.stats["frauds_learned"]
+(True, 1)
+>>> t.on_label({"tx_id": "a", "ts": 3601.0, "is_fraud": True})  # learned once only
+False
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import sqlite3
+import zlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+
+from fds.models.registry import Registry, make_entry
+from fds.models.spec import ModelSpec, build_pipeline
+from fds.models.vector import to_vector
+from fds.timeutil import parse_ts
+
+__all__ = ["MemoryStore", "Publication", "SnapshotStore", "SqliteStore", "Trainer", "keep_legit"]
+
+# Expiry scans run at most this often (event time): TTL precision of an hour is plenty.
+_EXPIRE_EVERY = 3600.0
+_HASH_SPACE = float(2**32)  # crc32 range: tx_id hashes map uniformly to [0, 1)
+
+
+def keep_legit(tx_id: str, rate: float) -> bool:
+    """Deterministic sampling of legitimate examples: the same tx_id is always kept or not.
+
+    >>> keep_legit("t1", 1.0), sum(keep_legit(f"t{i}", 0.1) for i in range(10000)) // 100
+    (True, 10)
+    """
+    return rate >= 1.0 or zlib.crc32(tx_id.encode()) / _HASH_SPACE < rate
+
+
+class SnapshotStore(Protocol):
+    """Decision-time model inputs keyed by tx_id, oldest first.
+
+    An entry is *pending* until its label arrives or it is ``assume_legit_after`` old; then it
+    is *assumed* legitimate but kept until the TTL, so that a late fraud label (a chargeback
+    weeks later) still finds its own input.
+    """
+
+    def put(self, tx_id: str, ts: float, x: dict[str, float]) -> None: ...
+
+    def pop(self, tx_id: str) -> tuple[float, dict[str, float], bool] | None:
+        """Remove and return ``(ts, x, assumed)``."""
+        ...
+
+    def assume_older(self, cutoff: float) -> Iterator[tuple[str, float, dict[str, float]]]:
+        """Mark pending entries older than ``cutoff`` assumed; yield them."""
+        ...
+
+    def expire(self, cutoff: float) -> int:
+        """Drop entries older than ``cutoff`` (the TTL); return how many."""
+        ...
+
+    def __len__(self) -> int: ...
+
+    def flush(self) -> None: ...
+
+
+class MemoryStore:
+    """In-memory store (replay, tests). Insertion order approximates event-time order.
+
+    Inputs are kept compactly as a shared key tuple plus a value tuple (a replay holds a
+    month or two of transactions).
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, tuple[float, tuple[str, ...], tuple[float, ...]]] = {}
+        self._assumed: dict[str, tuple[float, tuple[str, ...], tuple[float, ...]]] = {}
+        self._keys: tuple[str, ...] = ()
+
+    def put(self, tx_id: str, ts: float, x: dict[str, float]) -> None:
+        keys = tuple(x)
+        if keys == self._keys:
+            keys = self._keys
+        else:
+            self._keys = keys
+        self._pending[tx_id] = (ts, keys, tuple(x.values()))
+
+    def pop(self, tx_id: str) -> tuple[float, dict[str, float], bool] | None:
+        e = self._pending.pop(tx_id, None)
+        assumed = False
+        if e is None:
+            e = self._assumed.pop(tx_id, None)
+            assumed = True
+            if e is None:
+                return None
+        return e[0], dict(zip(e[1], e[2], strict=True)), assumed
+
+    def assume_older(self, cutoff: float) -> Iterator[tuple[str, float, dict[str, float]]]:
+        d = self._pending
+        while d:
+            k = next(iter(d))
+            e = d[k]
+            if e[0] >= cutoff:
+                return
+            del d[k]
+            self._assumed[k] = e
+            yield k, e[0], dict(zip(e[1], e[2], strict=True))
+
+    def expire(self, cutoff: float) -> int:
+        d, n = self._assumed, 0
+        while d:
+            k = next(iter(d))
+            if d[k][0] >= cutoff:
+                break
+            del d[k]
+            n += 1
+        return n
+
+    def __len__(self) -> int:
+        return len(self._pending) + len(self._assumed)
+
+    def flush(self) -> None:
+        return None
+
+
+class SqliteStore:
+    """Persistent store for the trainer service (survives restarts). Commits on ``flush``."""
+
+    def __init__(self, path: str | Path) -> None:
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS snaps "
+            "(tx_id TEXT PRIMARY KEY, ts REAL, assumed INTEGER DEFAULT 0, x BLOB)"
+        )
+        self._db.execute("CREATE INDEX IF NOT EXISTS snaps_ts ON snaps (assumed, ts)")
+        self._db.execute("BEGIN")
+
+    def put(self, tx_id: str, ts: float, x: dict[str, float]) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO snaps VALUES (?, ?, 0, ?)", (tx_id, ts, orjson.dumps(x))
+        )
+
+    def pop(self, tx_id: str) -> tuple[float, dict[str, float], bool] | None:
+        row = self._db.execute(
+            "SELECT ts, x, assumed FROM snaps WHERE tx_id = ?", (tx_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        self._db.execute("DELETE FROM snaps WHERE tx_id = ?", (tx_id,))
+        return row[0], orjson.loads(row[1]), bool(row[2])
+
+    def assume_older(self, cutoff: float) -> Iterator[tuple[str, float, dict[str, float]]]:
+        rows = self._db.execute(
+            "SELECT tx_id, ts, x FROM snaps WHERE assumed = 0 AND ts < ? ORDER BY ts", (cutoff,)
+        ).fetchall()
+        if rows:
+            self._db.execute("UPDATE snaps SET assumed = 1 WHERE assumed = 0 AND ts < ?", (cutoff,))
+        for tx_id, ts, x in rows:
+            yield tx_id, ts, orjson.loads(x)
+
+    def expire(self, cutoff: float) -> int:
+        return self._db.execute("DELETE FROM snaps WHERE ts < ?", (cutoff,)).rowcount
+
+    def __len__(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM snaps").fetchone()[0])
+
+    def flush(self) -> None:
+        self._db.execute("COMMIT")
+        self._db.execute("BEGIN")
+
+    def close(self) -> None:
+        self.flush()
+        self._db.close()
+
+
+@dataclass(frozen=True)
+class Publication:
+    """A published version: its manifest entry and the artifact bytes (verified on load)."""
+
+    version: str
+    data: bytes
+    entry: dict[str, Any]
+
+
+def _ts(v: Any) -> float:
+    return float(v) if isinstance(v, int | float) else parse_ts(v)
+
+
+class Trainer:
+    """Online learner on delayed labels (see the module docstring).
+
+    Parameters
+    ----------
+    spec
+        The model spec (pipeline, ``learn`` and ``publish`` policies).
+    store
+        Where decision-time inputs wait for their label (default: in memory).
+    registry
+        Publish versions there; ``None`` keeps publications in memory (replay, tests).
+    model, parent
+        Resume from a model (e.g. the registry's latest) and its version.
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        *,
+        store: SnapshotStore | None = None,
+        registry: Registry | None = None,
+        model: Any = None,
+        parent: str | None = None,
+    ) -> None:
+        from river import drift
+
+        self.spec = spec
+        self.store: SnapshotStore = store if store is not None else MemoryStore()
+        self.registry = registry
+        self.model = model if model is not None else build_pipeline(spec)
+        self.parent = parent
+        self._rate = spec.learn.legit_sample_rate
+        self._legit_after = spec.learn.assume_legit_after
+        self._ttl = max(spec.learn.ttl or 0.0, self._legit_after)
+        self._last_expire = -math.inf
+        self._adwin = drift.ADWIN()
+        self._seq = 0
+        self._since_publish = 0
+        self._last_publish: float | None = None
+        self.now = -math.inf
+        self.stats: dict[str, int] = {
+            "labels_seen": 0,
+            "labels_learned": 0,
+            "frauds_learned": 0,
+            "legit_learned": 0,
+            "assumed_legit": 0,
+            "labels_unjoined": 0,
+            "late_frauds": 0,
+            "drifts": 0,
+            "published": 0,
+        }
+        self.on_drift: Any = None  # optional callback(now) for metrics/logs
+        # optional callback(x, y) seeing each joined label before it is learned (contests)
+        self.on_example: Any = None
+
+    # -- inputs ----------------------------------------------------------------------------
+    def on_decision(
+        self,
+        tx: Mapping[str, Any],
+        decision: Mapping[str, Any] | None = None,
+        *,
+        x: dict[str, float] | None = None,
+    ) -> None:
+        """Keep the model input of a decided transaction until its label (or expiry).
+
+        ``tx`` needs ``tx_id``, ``ts`` and ``amount``; the snapshot is ``decision["features"]``
+        (or ``tx["features"]`` for a decision record that carries the transaction fields).
+        ``x`` passes an already built vector (the scorer's) so it is not built twice.
+        """
+        if x is None:
+            feats = (decision or tx).get("features") or {}
+            x = to_vector(tx, feats)
+        ts = _ts(tx["ts"])
+        self.store.put(tx["tx_id"], ts, x)
+        self.advance(ts)
+
+    def on_label(self, label: Mapping[str, Any]) -> bool:
+        """Learn one label; ``True`` if it was joined and learned (or sampled out)."""
+        self.stats["labels_seen"] += 1
+        self.advance(_ts(label["ts"]))
+        got = self.store.pop(label["tx_id"])
+        if got is None:
+            self.stats["labels_unjoined"] += 1
+            return False
+        _, x, assumed = got
+        y = bool(label["is_fraud"])
+        if assumed:
+            # Already counted as legitimate; only a fraud label changes anything (a late
+            # chargeback). Its legit sample, if any, is outweighed by learning the fraud now.
+            if not y:
+                return False
+            self.stats["late_frauds"] += 1
+        if self.on_example is not None:
+            self.on_example(x, y)
+        if y or keep_legit(label["tx_id"], self._rate):
+            self._learn(x, y)
+        return True
+
+    def advance(self, now: float) -> None:
+        """Move event time to ``now``: unlabelled inputs older than the horizon are legit."""
+        if now <= self.now:
+            return
+        self.now = now
+        for tx_id, _, x in self.store.assume_older(now - self._legit_after):
+            if keep_legit(tx_id, self._rate):
+                self.stats["assumed_legit"] += 1
+                self._learn(x, False)
+        if now - self._last_expire >= _EXPIRE_EVERY:
+            self._last_expire = now
+            self.store.expire(now - self._ttl)
+
+    def _learn(self, x: dict[str, float], y: bool) -> None:
+        p = self.model.predict_proba_one(x).get(True, 0.0)
+        self._adwin.update(float((p >= 0.5) != y))
+        if self._adwin.drift_detected:
+            self.stats["drifts"] += 1
+            if self.on_drift is not None:
+                self.on_drift(self.now)
+        self.model.learn_one(x, y)
+        self.stats["labels_learned"] += 1
+        self.stats["frauds_learned" if y else "legit_learned"] += 1
+        self._since_publish += 1
+
+    # -- publishing ------------------------------------------------------------------------
+    def due(self, now: float) -> bool:
+        """Whether the ``publish`` policy asks for a new version at event time ``now``."""
+        if self._since_publish == 0:
+            return False
+        if self._since_publish >= self.spec.publish.every_labels:
+            return True
+        if self._last_publish is None:
+            self._last_publish = now
+        return now - self._last_publish >= self.spec.publish.every_seconds
+
+    def maybe_publish(self, now: float | None = None) -> Publication | None:
+        """Publish when due (see :meth:`due`); returns the publication or ``None``."""
+        now = self.now if now is None else now
+        return self.publish(now) if self.due(now) else None
+
+    def publish(self, now: float | None = None, evaluation: dict[str, Any] | None = None):
+        """Snapshot the model now as a new version (registry or in memory)."""
+        now = self.now if now is None else now
+        self.store.flush()
+        data = pickle.dumps(self.model, protocol=pickle.HIGHEST_PROTOCOL)
+        meta: dict[str, Any] = {
+            "spec": self.spec.to_dict(),
+            "parent": self.parent,
+            "labels_learned": self.stats["labels_learned"],
+            "evaluation": {**(evaluation or {}), "drifts": self.stats["drifts"]},
+            "event_time": now if math.isfinite(now) else None,
+        }
+        if self.registry is not None:
+            entry = self.registry.publish_bytes(data, **meta)
+        else:
+            self._seq += 1
+            entry = make_entry(data, version=f"v{self._seq:06d}", seq=self._seq, key=None, **meta)
+        self.parent = entry["version"]
+        self._since_publish = 0
+        self._last_publish = now
+        self.stats["published"] += 1
+        return Publication(entry["version"], data, entry)

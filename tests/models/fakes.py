@@ -1,0 +1,24 @@
+"""Tiny stand-in models for serving tests (module level, so they pickle)."""
+
+from __future__ import annotations
+
+
+class FeatureModel:
+    """Scores a transaction by one input feature (clipped to [0, 1])."""
+
+    def __init__(self, feature: str) -> None:
+        self.feature = feature
+
+    def predict_proba_one(self, x: dict[str, float]) -> dict[bool, float]:
+        p = min(1.0, max(0.0, x.get(self.feature, 0.0)))
+        return {True: p, False: 1.0 - p}
+
+    def learn_one(self, x: dict[str, float], y: bool) -> None:
+        return None
+
+
+class NaNModel(FeatureModel):
+    """Unpickles fine, but its scores are not probabilities: must fail the canary."""
+
+    def predict_proba_one(self, x: dict[str, float]) -> dict[bool, float]:
+        return {True: float("nan"), False: float("nan")}

@@ -1,0 +1,87 @@
+"""The precision benchmark on a small stream, on the simulator and on a foreign CSV file."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from fds.bench import VARIANTS, _at_k, register, run_precision
+from fds.streams.simulator import simulate
+
+
+def test_precision_at_k_breaks_ties_in_expectation() -> None:
+    s = np.array([0.9, 0.5, 0.5, 0.5, 0.5, 0.1])
+    y = np.array([True, True, False, False, False, True])
+    assert _at_k(s, y, 1) == 1.0
+    assert _at_k(s, y, 3) == 1.0 + 2 * 0.25  # two of four tied slots, one tied fraud in four
+
+
+def test_simulator_run_reports_every_variant(tmp_path: Path) -> None:
+    res = run_precision(
+        days=8,
+        cards=600,
+        merchants=150,
+        drift_day=5,
+        warmup_days=3,
+        seed=1,
+        out_dir=tmp_path,
+        name="t",
+        progress=False,
+        echo=False,
+    )
+    assert set(res.summary) == set(VARIANTS)
+    assert len(res.days) == 5 and res.k == 2
+    for v in VARIANTS:
+        assert len(res.daily[v]["precision"]) == 5
+    text = (tmp_path / "t.md").read_text()
+    assert "rules+adaptive" in text and (tmp_path / "t.png").stat().st_size > 1000
+
+
+def test_foreign_file_with_mapping(tmp_path: Path) -> None:
+    sim = simulate(days=6, cards=500, merchants=150, seed=2, drift_day=None)
+    frauds = set(sim.scenarios)
+    path = tmp_path / "hist.csv"
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(
+            ["TRANSACTION_ID", "TX_TS", "CUSTOMER_ID", "TERMINAL_ID", "TX_AMOUNT", "TX_FRAUD"]
+        )
+        for t in sim.transactions:
+            w.writerow(
+                [
+                    t["tx_id"],
+                    t["ts"],
+                    t["card_id"],
+                    t.get("merchant_id", ""),
+                    t["amount"],
+                    int(t["tx_id"] in frauds),
+                ]
+            )
+    mapping = tmp_path / "m.yaml"
+    mapping.write_text(
+        "format: csv\nfields:\n  tx_id: TRANSACTION_ID\n  ts: TX_TS\n  card_id: CUSTOMER_ID\n"
+        "  merchant_id: TERMINAL_ID\n  amount: TX_AMOUNT\nlabel:\n  column: TX_FRAUD\n  delay: 2d\n"
+    )
+    res = run_precision(
+        input_path=str(path),
+        mapping_path=str(mapping),
+        drift_day=None,
+        warmup_days=2,
+        k=5,
+        out_dir=tmp_path,
+        name="f",
+        progress=False,
+        echo=False,
+    )
+    assert res.meta["frauds"] == len(frauds) and res.recovery == {}
+    assert abs(res.label_delay_days - 2.0) < 1e-6
+
+
+def test_cli_usage_error() -> None:
+    ap = argparse.ArgumentParser()
+    register(ap.add_subparsers())
+    args = ap.parse_args(["bench", "precision", "--mapping", "m.yaml"])
+    assert args.func(args) == 2

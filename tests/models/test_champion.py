@@ -1,0 +1,150 @@
+"""Promotion, rejection and rollback decisions on crafted label streams."""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+from fds.engine import Engine
+from fds.models.champion import BudgetRank, Contest
+from fds.models.registry import make_entry
+from fds.models.scorer import ModelServer
+from fds.models.spec import parse_spec
+from fds.models.trainer import Publication
+from tests.models.fakes import FeatureModel
+
+DAY = 86400.0
+SPEC = parse_spec(
+    "name: t\npipeline:\n  - linear_model.LogisticRegression: {}\n"
+    "promote:\n  shadow_min_labels: 5\n  alert_budget_per_day: 10\n  warmup_labels: 0\n"
+)
+
+
+def _pub(model: Any, seq: int) -> Publication:
+    data = pickle.dumps(model)
+    e = make_entry(data, version=f"v{seq:06d}", seq=seq, key=None, spec={"name": "t"})
+    return Publication(e["version"], data, e)
+
+
+class Stream:
+    """Feeds transactions (200 a day) and fraud labels to a server through the engine."""
+
+    def __init__(self, server: ModelServer) -> None:
+        self.server = server
+        self.engine = Engine(model=server)
+        self.i = 0
+        self.versions: list[str | None] = []
+
+    def run(self, n: int, fraud_features: dict[str, float]) -> None:
+        for _ in range(n):
+            i = self.i
+            self.i += 1
+            ts = i * DAY / 200
+            fraud = i % 10 == 0
+            # legit transactions score spread over [0, 0.9); frauds carry the given features
+            legit = (i * 0.618) % 0.9
+            feats = dict(fraud_features) if fraud else {"f_a": legit, "f_b": legit}
+            d = self._decide(i, ts, feats)
+            self.versions.append(d["model_version"])
+            if fraud:
+                self.engine.learn({"tx_id": f"t{i}", "ts": ts + 1, "is_fraud": True})
+
+    def _decide(self, i: int, ts: float, feats: dict[str, float]) -> dict[str, Any]:
+        class Plan:
+            def compute(self, tx: Any) -> dict[str, Any]:
+                return dict(feats)
+
+            def on_label(self, label: Any) -> None:
+                return None
+
+        self.engine.features = Plan()
+        return self.engine.decide({"tx_id": f"t{i}", "ts": ts, "card_id": "c", "amount": 1.0})
+
+
+def _server(champion: Any) -> tuple[ModelServer, Stream]:
+    srv = ModelServer(SPEC, learn=False)
+    s = Stream(srv)
+    s.run(50, {"f_a": 1.0, "f_b": 1.0})  # recent traffic for canary and thresholds
+    assert srv.offer(_pub(champion, 1))
+    assert srv.version == "v000001"
+    return srv, s
+
+
+def test_contest_rules() -> None:
+    assert BudgetRank([], 0.1).credit(0.5) == 0.0
+    assert BudgetRank([0.2] * 100, 0.1).credit(0.2) < 0.2  # a constant model gains ~nothing
+    c = Contest("probation", "v2", "v1", min_labels=2)
+    c.add(0.0, 1.0)
+    assert c.verdict() is None
+    c.add(1.0, 1.0)
+    assert c.verdict() == "rollback"
+
+
+def test_better_challenger_is_promoted_after_shadow_then_confirmed() -> None:
+    srv, s = _server(FeatureModel("f_none"))  # a champion that sees nothing
+    assert srv.offer(_pub(FeatureModel("f_a"), 2))
+    assert srv.challenger_version == "v000002" and srv.version == "v000001"
+    s.run(40, {"f_a": 1.0, "f_b": 1.0})  # 4 frauds: not enough labels yet
+    assert srv.version == "v000001" and srv.shadow_scores  # scored in shadow, not served
+    s.run(20, {"f_a": 1.0, "f_b": 1.0})
+    assert srv.version == "v000002"
+    assert srv.history[0]["verdict"] == "promote"
+    s.run(60, {"f_a": 1.0, "f_b": 1.0})
+    assert srv.history[1]["verdict"] == "confirm" and srv.version == "v000002"
+    served = [v for v in s.versions if v]
+    assert served == sorted(served)
+
+
+def test_worse_challenger_is_rejected() -> None:
+    srv, s = _server(FeatureModel("f_a"))
+    srv.offer(_pub(FeatureModel("f_none"), 2))
+    s.run(60, {"f_a": 1.0, "f_b": 1.0})
+    assert [h["verdict"] for h in srv.history] == ["reject"]
+    assert srv.version == "v000001" and srv.challenger is None
+    assert srv.stats["reject"] == 1
+
+
+def test_promoted_model_that_gets_worse_is_rolled_back() -> None:
+    srv, s = _server(FeatureModel("f_a"))
+    srv.offer(_pub(FeatureModel("f_b"), 2))
+    s.run(60, {"f_a": 1.0, "f_b": 1.0})  # both catch every fraud: tie -> promote
+    assert srv.version == "v000002"
+    s.run(60, {"f_a": 1.0, "f_b": 0.0})  # fraud changes: only the predecessor still catches it
+    assert [h["verdict"] for h in srv.history] == ["promote", "rollback"]
+    assert srv.version == "v000001" and srv.stats["rollback"] == 1
+
+
+def test_newest_queued_version_gets_its_turn() -> None:
+    srv, s = _server(FeatureModel("f_a"))
+    srv.offer(_pub(FeatureModel("f_none"), 2))
+    srv.offer(_pub(FeatureModel("f_none"), 3))
+    srv.offer(_pub(FeatureModel("f_a"), 4))  # replaces v3 in the queue
+    s.run(60, {"f_a": 1.0, "f_b": 1.0})
+    assert srv.challenger_version == "v000004"
+
+
+def test_warm_up_versions_replace_a_cold_champion_directly() -> None:
+    spec = parse_spec(
+        "name: t\npipeline:\n  - linear_model.LogisticRegression: {}\n"
+        "promote:\n  shadow_min_labels: 5\n  warmup_labels: 100\n"
+    )
+    srv = ModelServer(spec, learn=False)
+    Stream(srv).run(20, {"f_a": 1.0})
+    for seq, labels in ((1, 10), (2, 150), (3, 200)):
+        data = pickle.dumps(FeatureModel("f_a"))
+        e = make_entry(
+            data, version=f"v{seq:06d}", seq=seq, key=None, spec={}, labels_learned=labels
+        )
+        srv.offer(Publication(e["version"], data, e))
+    # v1 and v2 went straight in (champion still cold); v3 must win a contest against v2
+    assert srv.version == "v000002" and srv.challenger_version == "v000003"
+
+
+def test_probation_and_next_shadow_run_together() -> None:
+    srv, s = _server(FeatureModel("f_none"))
+    srv.offer(_pub(FeatureModel("f_a"), 2))
+    srv.offer(_pub(FeatureModel("f_b"), 3))  # queued while v2 is in shadow
+    s.run(60, {"f_a": 1.0, "f_b": 1.0})
+    assert srv.version == "v000002"
+    assert srv.probation is not None or srv.history[-1]["verdict"] == "confirm"
+    assert srv.challenger_version == "v000003" or "v000003" in {h["candidate"] for h in srv.history}

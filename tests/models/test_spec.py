@@ -1,0 +1,77 @@
+"""Model spec parsing: shipped specs build; mistakes are reported with file:line."""
+
+from __future__ import annotations
+
+import pytest
+
+from fds.errors import ConfigError
+from fds.models.spec import build_pipeline, load_spec, parse_spec
+
+
+@pytest.mark.parametrize("name", ["default", "tree", "forest"])
+def test_shipped_specs_build(name: str) -> None:
+    spec = load_spec(name)
+    model = build_pipeline(spec)
+    assert model.predict_proba_one({"amount": 1.0}) is not None
+    assert spec.learn.ttl >= spec.learn.assume_legit_after
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "needle"),
+    [
+        ("name: x\npipeline:\n  - linear_model.LogisticRegresion: {}\n", ":3", "did you mean"),
+        ("name: x\npipeline:\n  - os.system: {}\n", ":3", "unknown estimator 'os.system'"),
+        ("name: x\npipeline:\n  - stream.iter_csv: {}\n", ":3", "module one of"),
+        (
+            "name: x\npipeline:\n  - preprocessing.StandardScaler: {}\n"
+            "  - linear_model.LogisticRegression:\n      l3: 0.1\n",
+            ":5",
+            "has no parameter 'l3'",
+        ),
+        (
+            "name: x\npipeline:\n  - linear_model.LogisticRegression:\n"
+            "      optimizer: {optim.SGDD: {lr: 0.1}}\n",
+            ":4",
+            "optim.SGDD",
+        ),
+        ("name: x\npipeline: []\n", ":2", "a list of steps"),
+        (
+            "name: x\npipeline:\n  - tree.HoeffdingTreeClassifier: {}\nlearn:\n  rate: 1\n",
+            ":5",
+            "unknown key learn.rate",
+        ),
+        (
+            "name: x\npipeline:\n  - tree.HoeffdingTreeClassifier: {}\nlearn:\n"
+            "  legit_sample_rate: 2\n",
+            ":5",
+            "must be in (0, 1]",
+        ),
+        (
+            "name: x\npipeline:\n  - tree.HoeffdingTreeClassifier: {}\npublish:\n"
+            "  every_seconds: soon\n",
+            ":5",
+            "bad duration",
+        ),
+        ("name: x\npipelin:\n  - a.b: {}\n", ":2", "unknown key 'pipelin'"),
+        ("name: x\npipeline: [\n", ":", "not valid YAML"),
+    ],
+)
+def test_spec_errors_name_file_and_line(text: str, where: str, needle: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_spec(text, source="m.yaml")
+    assert e.value.where is not None and e.value.where.startswith("m.yaml" + where)
+    assert needle in str(e.value)
+
+
+def test_unknown_spec_name_lists_shipped() -> None:
+    with pytest.raises(ConfigError, match="default"):
+        load_spec("nope")
+
+
+def test_nested_estimator_is_built() -> None:
+    spec = parse_spec(
+        "name: x\npipeline:\n  - linear_model.LogisticRegression:\n"
+        "      optimizer: {optim.SGD: {lr: 0.3}}\n"
+    )
+    lr = build_pipeline(spec)["LogisticRegression"]
+    assert type(lr.optimizer).__name__ == "SGD"

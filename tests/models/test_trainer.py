@@ -1,0 +1,166 @@
+"""Trainer: label/snapshot join, sampling, assumed-legit horizon, publish policy, persistence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fds.engine import Engine
+from fds.models.scorer import ModelServer
+from fds.models.spec import parse_spec
+from fds.models.trainer import SqliteStore, Trainer, keep_legit
+
+DAY = 86400.0
+
+
+def _spec(**learn: Any) -> Any:
+    learn_yaml = "".join(f"  {k}: {v}\n" for k, v in learn.items())
+    return parse_spec(
+        "name: t\npipeline:\n  - linear_model.LogisticRegression: {}\n"
+        + (f"learn:\n{learn_yaml}" if learn_yaml else "")
+        + "publish:\n  every_labels: 3\n  every_seconds: 1d\n"
+    )
+
+
+class Recorder:
+    """A stand-in model that records what it learns, and when (the trainer's event time)."""
+
+    def __init__(self) -> None:
+        self.learned: list[tuple[dict[str, float], bool]] = []
+        self.trainer: Trainer | None = None
+        self.times: list[float] = []
+
+    def predict_proba_one(self, x: dict[str, float]) -> dict[bool, float]:
+        return {True: 0.5, False: 0.5}
+
+    def __getstate__(self) -> dict[str, Any]:  # published copies need not carry the log
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()  # type: ignore[misc]
+
+    def learn_one(self, x: dict[str, float], y: bool) -> None:
+        self.learned.append((x, y))
+        if self.trainer is not None:
+            self.times.append(self.trainer.now)
+
+
+def _trainer(**learn: Any) -> tuple[Trainer, Recorder]:
+    rec = Recorder()
+    t = Trainer(_spec(**learn), model=rec)
+    rec.trainer = t
+    return t, rec
+
+
+def _tx(i: int, ts: float) -> dict[str, Any]:
+    return {"tx_id": f"t{i}", "ts": ts, "card_id": "c", "amount": 10.0 + i}
+
+
+def test_label_joins_its_own_snapshot_exactly_once() -> None:
+    t, rec = _trainer(legit_sample_rate=1.0)
+    for i in range(5):
+        t.on_decision(_tx(i, i * 60.0), {"features": {"uid": i}})
+    assert t.on_label({"tx_id": "t3", "ts": 400.0, "is_fraud": True})
+    assert not t.on_label({"tx_id": "t3", "ts": 401.0, "is_fraud": True})  # duplicate
+    assert not t.on_label({"tx_id": "nope", "ts": 402.0, "is_fraud": True})
+    assert len(rec.learned) == 1
+    x, y = rec.learned[0]
+    assert y is True and x["uid"] == 3.0 and x["amount"] == 13.0
+    assert t.stats["labels_unjoined"] == 2
+
+
+def test_legit_sampling_is_deterministic_by_tx_id() -> None:
+    kept = [i for i in range(2000) if keep_legit(f"t{i}", 0.1)]
+    assert kept == [i for i in range(2000) if keep_legit(f"t{i}", 0.1)]
+    assert 150 < len(kept) < 250
+    t, rec = _trainer(legit_sample_rate=0.1)
+    for i in range(2000):
+        t.on_decision(_tx(i, 0.0), {"features": {"uid": i}})
+    for i in range(2000):
+        t.on_label({"tx_id": f"t{i}", "ts": 1.0, "is_fraud": False})
+    assert sorted(int(x["uid"]) for x, _ in rec.learned) == kept
+
+
+def test_unlabelled_becomes_legit_after_horizon_and_late_fraud_still_joins() -> None:
+    t, rec = _trainer(legit_sample_rate=1.0, assume_legit_after="2d", ttl="10d")
+    t.on_decision(_tx(1, 0.0), {"features": {"uid": 1}})
+    t.on_decision(_tx(2, 1 * DAY), {"features": {"uid": 2}})
+    assert rec.learned == []
+    t.on_decision(_tx(3, 2 * DAY + 1), {"features": {"uid": 3}})  # event time moves on
+    assert [(x["uid"], y) for x, y in rec.learned] == [(1.0, False)]
+    assert t.stats["assumed_legit"] == 1
+    # A chargeback weeks later still finds tx 1's own input and learns it as fraud.
+    assert t.on_label({"tx_id": "t1", "ts": 5 * DAY, "is_fraud": True})
+    assert rec.learned[-1][0]["uid"] == 1.0 and rec.learned[-1][1] is True
+    assert t.stats["late_frauds"] == 1
+    # A legit label for an already-assumed transaction changes nothing.
+    n = len(rec.learned)
+    t.on_label({"tx_id": "t2", "ts": 5 * DAY, "is_fraud": False})
+    assert len(rec.learned) == n
+    # Past the TTL, the input is gone.
+    t.on_decision(_tx(4, 20 * DAY), {"features": {"uid": 4}})
+    assert not t.on_label({"tx_id": "t3", "ts": 20 * DAY, "is_fraud": True})
+
+
+def test_publish_policy_by_labels_and_event_time() -> None:
+    t, _ = _trainer(legit_sample_rate=1.0)
+    assert t.maybe_publish(0.0) is None  # nothing learned yet
+    for i in range(3):
+        t.on_decision(_tx(i, float(i)), {"features": {}})
+        t.on_label({"tx_id": f"t{i}", "ts": 10.0, "is_fraud": True})
+    pub = t.maybe_publish(10.0)
+    assert pub is not None and pub.version == "v000001"
+    assert pub.entry["labels_learned"] == 3 and pub.entry["parent"] is None
+    t.on_decision(_tx(9, 11.0), {"features": {}})
+    t.on_label({"tx_id": "t9", "ts": 12.0, "is_fraud": True})
+    assert t.maybe_publish(12.0) is None  # 1 label, not a day yet
+    pub2 = t.maybe_publish(10.0 + DAY)  # a day of event time later
+    assert pub2 is not None and pub2.entry["parent"] == "v000001"
+
+
+def test_replay_never_learns_a_label_before_its_time() -> None:
+    from fds.replay import ReplayInput, run
+
+    rec = Recorder()
+    spec = _spec(legit_sample_rate=1.0)
+    trainer = Trainer(spec, model=rec)
+    rec.trainer = trainer
+    server = ModelServer(spec, trainer=trainer)
+    txs = [_tx(i, i * 3600.0) for i in range(100)]
+    labels = sorted(
+        (
+            {"tx_id": f"t{i}", "ts": i * 3600.0 + 7 * 3600.0, "is_fraud": True, "source": "x"}
+            for i in range(0, 100, 7)
+        ),
+        key=lambda lab: lab["ts"],
+    )
+
+    class Sink:
+        def __init__(self) -> None:
+            self.items: list[Any] = []
+
+        def write(self, r: Any) -> None:
+            self.items.append(r)
+
+    run(Engine(model=server), ReplayInput(txs, labels), Sink(), Sink())
+    learned = [int(x["amount"]) - 10 for x, y in rec.learned if y]
+    label_ts = {int(lab["tx_id"][1:]): lab["ts"] for lab in labels}
+    assert len(learned) == len(set(learned))
+    times = [tm for (x, y), tm in zip(rec.learned, rec.times, strict=True) if y]
+    for i, tm in zip(learned, times, strict=True):
+        assert tm >= label_ts[i] >= i * 3600.0 + 7 * 3600.0
+
+
+def test_sqlite_store_survives_restart(tmp_path: Path) -> None:
+    path = tmp_path / "snaps.db"
+    s = SqliteStore(path)
+    s.put("a", 1.0, {"f": 1.5})
+    s.put("b", 2.0, {"f": 2.5})
+    s.close()
+    s2 = SqliteStore(path)
+    assert len(s2) == 2
+    assert [k for k, _, _ in s2.assume_older(1.5)] == ["a"]
+    assert s2.pop("a") == (1.0, {"f": 1.5}, True)
+    assert s2.pop("b") == (2.0, {"f": 2.5}, False)
+    assert s2.pop("b") is None
+    s2.close()
