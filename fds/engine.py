@@ -167,7 +167,7 @@ class Engine:
         except Exception as e:
             raise StageError(stage, e) from e
         if self.breaker is not None and action != "approve":
-            self._watch_rates(action, hits, acting_score, ts)
+            self._watch_rates(action, hits, acting_score, ts, tx["card_id"])
         now = self._clock()
         latency = perf() - t0
         decision = {
@@ -226,7 +226,12 @@ class Engine:
             self.metrics.model_fallback(reason)
 
     def _watch_rates(
-        self, action: str, hits: list[dict[str, Any]], model_score: float | None, ts: float
+        self,
+        action: str,
+        hits: list[dict[str, Any]],
+        model_score: float | None,
+        ts: float,
+        card: str,
     ) -> None:
         policy = self.policy
         sources = decision_sources(
@@ -236,7 +241,8 @@ class Engine:
             decline_at=getattr(policy, "decline_at", 1.0),
             review_at=getattr(policy, "review_threshold", getattr(policy, "review_at", 1.0)),
         )
-        for trip in self.breaker.observe(action, sources, ts=ts):
+        # the card lets the breaker tell one card's fraud burst from a rule gone wrong
+        for trip in self.breaker.observe(action, sources, ts=ts, entity=card):
             self.demoted.add(trip.source)
             if self.metrics is not None:
                 self.metrics.demoted(trip.kind, trip.source)
@@ -292,10 +298,11 @@ class Engine:
         ruleset = getattr(self.rules, "current", self.rules)
         drain = getattr(ruleset, "drain_counts", None)
         if drain is not None:
-            missing, _errors = drain()
+            missing, errors = drain()
             for rule, n in missing.items():
-                for _ in range(n):
-                    m.rule_missing_input(rule)
+                m.rule_missing_input(rule, n)
+            for rule, n in errors.items():
+                m.rule_error(rule, n)
         sizes = getattr(self.features, "state_sizes", None)
         if sizes is not None:
             for entity, n in sizes().items():

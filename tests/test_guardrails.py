@@ -1,0 +1,374 @@
+"""fds.guardrails: rate breakers tripped by crafted streams, degraded mode for a bad model."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from fds.guardrails import MODEL, ModelGuard, RuleBreaker, Trip
+
+# --------------------------------------------------------------------------- a tiny engine
+# Normal rules: (id, action, hit probability). Together they review ~3% and decline ~0.6%.
+NORMAL_RULES = (
+    ("velocity", "review", 0.02),
+    ("new_country", "review", 0.01),
+    ("stolen_bin", "decline", 0.004),
+    ("amount_spike", "decline", 0.002),
+)
+SEVERITY = {"approve": 0, "review": 1, "decline": 2}
+
+
+class Sim:
+    """Decides a synthetic stream with a set of rules, demoting whatever the breaker trips."""
+
+    def __init__(self, breaker: RuleBreaker, seed: int = 7) -> None:
+        self.breaker = breaker
+        self.rng = random.Random(seed)
+        self.rules = {rid: (action, p) for rid, action, p in NORMAL_RULES}
+        self.shadow: set[str] = set()
+        self.trips: list[Trip] = []
+        self.actions: list[str] = []
+        self.model_declines = 0.0  # probability that the model alone declines
+
+    def step(self) -> str:
+        hits = [
+            (rid, action)
+            for rid, (action, p) in self.rules.items()
+            if rid not in self.shadow and self.rng.random() < p
+        ]
+        action = max((a for _, a in hits), key=SEVERITY.__getitem__, default="approve")
+        sources = [rid for rid, a in hits if a == action]
+        if MODEL not in self.shadow and self.rng.random() < self.model_declines:
+            action = "decline"
+            sources = [*sources, MODEL]
+        for trip in self.breaker.observe(action, sources, ts=len(self.actions) * 0.01):
+            self.trips.append(trip)
+            self.shadow.add(trip.source)  # the engine demotes it to shadow
+        self.actions.append(action)
+        return action
+
+    def run(self, n: int) -> None:
+        for _ in range(n):
+            self.step()
+
+
+def rate(actions: list[str], action: str) -> float:
+    return actions.count(action) / len(actions)
+
+
+# --------------------------------------------------------------------------- RuleBreaker
+def test_normal_rules_never_trip_over_a_long_stream() -> None:
+    sim = Sim(RuleBreaker(window_events=2000, multiple=3.0, min_events=200))
+    sim.run(60_000)
+    assert sim.trips == []
+    assert 0.02 < rate(sim.actions, "review") < 0.04
+    # the baseline converged on the engine's real rates
+    assert sim.breaker.baseline["decline"] == pytest.approx(0.006, abs=0.002)
+
+
+def test_a_rule_that_declines_everything_is_demoted_within_its_window() -> None:
+    window = 2000
+    sim = Sim(RuleBreaker(window_events=window, multiple=3.0, min_events=200))
+    sim.run(20_000)  # a clean baseline first
+    sim.rules["decline_all"] = ("decline", 1.0)  # hot-reloaded bad rule
+    bad_from = len(sim.actions)
+    sim.run(3 * window)
+    assert [t.source for t in sim.trips] == ["decline_all"]
+    trip = sim.trips[0]
+    assert trip.kind == "rule" and trip.action == "decline"
+    assert trip.at_event - bad_from <= window, "demoted within its window"
+    assert trip.rate > trip.limit == pytest.approx(3.0 * trip.baseline)
+    # the rest keep deciding: after the trip the decline rate is back to normal, reviews flow
+    after = sim.actions[trip.at_event :]
+    assert rate(after, "decline") < 0.02
+    assert 0.02 < rate(after, "review") < 0.045
+    assert sim.shadow == {"decline_all"}
+
+
+def test_a_rule_bad_from_the_first_event_is_caught_by_the_initial_baseline() -> None:
+    sim = Sim(
+        RuleBreaker(
+            window_events=1000,
+            multiple=3.0,
+            min_events=100,
+            initial_baseline={"decline": 0.006, "review": 0.03},
+        )
+    )
+    sim.rules["decline_all"] = ("decline", 1.0)
+    sim.run(5000)
+    assert [t.source for t in sim.trips] == ["decline_all"]
+    assert sim.trips[0].at_event == 100  # as soon as min_events decisions are in
+
+
+def test_a_review_storm_trips_on_the_review_rate() -> None:
+    sim = Sim(RuleBreaker(window_events=2000, multiple=3.0, min_events=200))
+    sim.run(10_000)
+    sim.rules["review_half"] = ("review", 0.5)
+    sim.run(4000)
+    assert [(t.source, t.action) for t in sim.trips] == [("review_half", "review")]
+
+
+def test_a_rule_just_below_the_multiple_is_left_alone() -> None:
+    # decline baseline ~0.6%; a new rule adding 1% declines stays below 3 x 0.6% = 1.8%
+    sim = Sim(RuleBreaker(window_events=2000, multiple=3.0, min_events=200))
+    sim.run(10_000)
+    sim.rules["modest"] = ("decline", 0.01)
+    sim.run(20_000)
+    assert sim.trips == []
+
+
+def test_a_newly_promoted_model_that_declines_too_much_is_demoted_and_reset_rearms() -> None:
+    window = 2000
+    sim = Sim(RuleBreaker(window_events=window, multiple=3.0, min_events=200))
+    sim.model_declines = 0.003  # the old champion: declines in line with the baseline
+    sim.run(20_000)
+    assert sim.trips == []
+    sim.model_declines = 0.10  # newly promoted model declines 10% of traffic
+    promoted_at = len(sim.actions)
+    sim.run(window)
+    assert [(t.kind, t.action) for t in sim.trips] == [("model", "decline")]
+    assert sim.trips[0].at_event - promoted_at <= window
+    assert rate(sim.actions[sim.trips[0].at_event :], "decline") < 0.02  # rules decide on
+    # the engine rolls back to the old champion and re-arms the breaker for the next promotion
+    sim.breaker.reset(MODEL)
+    sim.shadow.discard(MODEL)
+    sim.model_declines = 0.003
+    sim.run(10_000)
+    assert len(sim.trips) == 1
+
+
+def test_tripped_windows_do_not_poison_the_baseline() -> None:
+    rb = RuleBreaker(window_events=100, multiple=3.0, min_events=10)
+    before = dict(rb.baseline)
+    for _ in range(300):  # three full windows of nothing but a bad rule's declines
+        rb.observe("decline", ["bad"])
+    assert rb.demoted == {"bad"}
+    assert rb.baseline["decline"] < 0.2 + before["decline"]  # at most the one clean-ish window
+
+
+def test_time_windows_need_ts_and_roll_over_by_event_time() -> None:
+    rb = RuleBreaker(window_seconds=60, multiple=3.0, min_events=5)
+    with pytest.raises(ValueError, match="ts="):
+        rb.observe("approve", ())
+    # 60 s of clean traffic: 1 decline in 100 -> baseline moves towards 1%
+    for i in range(100):
+        rb.observe("decline" if i == 0 else "approve", ["r"] if i == 0 else [], ts=i * 0.5)
+    base0 = dict(rb.baseline)
+    rb.observe("approve", (), ts=70.0)  # closes the first window
+    assert rb.baseline["decline"] != base0["decline"]
+    assert rb.baseline["decline"] == pytest.approx(
+        base0["decline"] + 0.2 * (0.01 - base0["decline"])
+    )
+
+
+def test_approvals_are_never_judged() -> None:
+    rb = RuleBreaker(window_events=10, min_events=1)
+    assert all(rb.observe("approve", ["allow_list"]) == () for _ in range(100))
+    assert rb.demoted == frozenset()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({}, "exactly one of"),
+        ({"window_events": 10, "window_seconds": 5}, "exactly one of"),
+        ({"window_events": 0}, "window_events must be >= 1"),
+        ({"window_seconds": -1}, "window_seconds must be > 0"),
+        ({"window_events": 10, "multiple": 1.0}, "multiple must be > 1"),
+        ({"window_events": 10, "min_events": 0}, "min_events must be >= 1"),
+        ({"window_events": 10, "min_events": 11}, "must be <= window_events"),
+        ({"window_events": 10, "min_entities": 0}, "min_entities must be >= 1"),
+    ],
+)
+def test_rule_breaker_rejects_bad_parameters(kwargs: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        RuleBreaker(**kwargs)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- ModelGuard
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def raising(x: object) -> float:
+    raise RuntimeError("model exploded")
+
+
+def test_degraded_when_the_model_raises_and_recovers_after_cooldown() -> None:
+    clock = FakeClock()
+    g = ModelGuard(latency_budget_s=0.01, max_failures=3, cooldown_s=30, clock=clock)
+    assert g.call(lambda x: 0.2, None) == 0.2
+    assert [g.call(raising, None) for _ in range(3)] == [None, None, None]
+    assert g.degraded and isinstance(g.last_error, RuntimeError)
+    assert g.transitions() == [("degraded", "error")]
+    calls = []
+
+    def healthy(x: object) -> float:
+        calls.append(x)
+        return 0.7
+
+    clock.t = 29.9
+    assert g.call(healthy, 1) is None and calls == []  # rules decide alone; model not called
+    clock.t = 30.0
+    assert g.call(healthy, 2) == 0.7 and calls == [2]  # the trial call succeeds
+    assert not g.degraded
+    assert g.transitions() == [("recovered", "")]
+    assert g.transitions() == []
+
+
+def test_degraded_when_the_model_exceeds_its_latency_budget() -> None:
+    clock = FakeClock()
+    g = ModelGuard(latency_budget_s=0.005, max_failures=2, cooldown_s=10, clock=clock)
+
+    def slow(x: object) -> float:
+        clock.t += 0.050  # 50 ms: ten times the budget
+        return 0.9
+
+    assert g.call(slow, None) == 0.9  # an answer already paid for is still used ...
+    assert not g.degraded
+    assert g.call(slow, None) == 0.9
+    assert g.degraded  # ... but two slow calls open the guard
+    assert g.transitions() == [("degraded", "slow")]
+    assert g.call(slow, None) is None
+
+
+def test_a_failed_trial_call_reopens_for_a_full_cooldown() -> None:
+    clock = FakeClock()
+    g = ModelGuard(latency_budget_s=0.01, max_failures=1, cooldown_s=5, clock=clock)
+    g.call(raising, None)
+    clock.t = 5.0
+    assert g.call(raising, None) is None  # trial fails
+    assert g.degraded
+    clock.t = 9.9
+    assert not g.allow()
+    clock.t = 10.0
+    assert g.allow()
+    assert g.transitions() == [("degraded", "error"), ("degraded", "error")]
+
+
+def test_sparse_failures_within_the_window_do_not_degrade() -> None:
+    clock = FakeClock()
+    g = ModelGuard(latency_budget_s=0.01, max_failures=3, window_calls=20, clock=clock)
+    for i in range(1000):  # one failure in every 10 calls: at most 2 in any 20
+        g.call(raising if i % 10 == 0 else (lambda x: 0.1), None)
+    assert not g.degraded
+    for _ in range(3):
+        g.call(raising, None)
+    assert g.degraded
+
+
+def test_low_level_api_matches_call() -> None:
+    g = ModelGuard(latency_budget_s=0.01, max_failures=1, cooldown_s=60, clock=FakeClock())
+    assert g.allow()
+    g.success(0.001)
+    assert not g.degraded
+    g.failure(TimeoutError("slow"))
+    assert g.degraded and not g.allow()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"latency_budget_s": 0}, "latency_budget_s"),
+        ({"latency_budget_s": 0.01, "max_failures": 0}, "max_failures"),
+        ({"latency_budget_s": 0.01, "max_failures": 5, "window_calls": 3}, "window_calls"),
+        ({"latency_budget_s": 0.01, "cooldown_s": -1}, "cooldown_s"),
+    ],
+)
+def test_model_guard_rejects_bad_parameters(kwargs: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ModelGuard(**kwargs)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- with the policy
+def test_decision_sources_with_the_real_policy_demotes_only_the_bad_rule() -> None:
+    """fds.policy.Policy decides; decision_sources attributes; the breaker demotes."""
+    from fds.guardrails import decision_sources
+    from fds.policy import Policy
+
+    policy = Policy(decline_at=0.9, review_at=0.5)
+    rb = RuleBreaker(window_events=1000, multiple=3.0, min_events=100)
+    rng = random.Random(3)
+    states = {"velocity": "active", "decline_all": "active"}
+    trips: list[Trip] = []
+    actions: list[str] = []
+    for i in range(4000):
+        hits = []
+        if rng.random() < 0.03:
+            hits.append(
+                {"id": "velocity", "action": "review", "score": 0.6, "state": states["velocity"]}
+            )
+        if i >= 2000:  # the bad rule arrives with a hot reload
+            hits.append(
+                {
+                    "id": "decline_all",
+                    "action": "decline",
+                    "score": 1.0,
+                    "state": states["decline_all"],
+                }
+            )
+        model_score = rng.random() * 0.3
+        action, _ = policy.decide(hits, model_score, float(i))
+        src = decision_sources(action, hits, model_score, decline_at=0.9, review_at=0.5)
+        for t in rb.observe(action, src):
+            trips.append(t)
+            states[t.source] = "shadow"
+        actions.append(action)
+    assert [(t.source, t.action) for t in trips] == [("decline_all", "decline")]
+    assert trips[0].at_event - 2000 <= 1000
+    after = actions[trips[0].at_event :]
+    assert after.count("decline") == 0
+    assert 0.02 < after.count("review") / len(after) < 0.045
+
+
+def test_decision_sources_attribution() -> None:
+    from fds.guardrails import decision_sources
+
+    hits = [
+        {"id": "a", "action": "review", "score": 0.95, "state": "active"},  # score declines
+        {"id": "b", "action": "decline", "score": 0.1, "state": "active"},
+        {"id": "c", "action": "decline", "score": 1.0, "state": "shadow"},  # not acting
+        {"id": "d", "action": "approve", "score": 0.2, "state": "active"},
+    ]
+    assert decision_sources("decline", hits, None, decline_at=0.9, review_at=0.5) == ["a", "b"]
+    assert decision_sources("decline", [], 0.92, decline_at=0.9, review_at=0.5) == [MODEL]
+    assert decision_sources("review", hits, 0.3, decline_at=0.9, review_at=0.5) == ["a"]
+
+
+def burst_stream(rb: RuleBreaker, with_entities: bool) -> list[Trip]:
+    """Normal traffic (1% reviews over 5000 cards) with a card-testing burst: 150 payments on
+    one stolen card in a row, in the third window (after the baseline has settled)."""
+    rng = random.Random(5)
+    trips: list[Trip] = []
+    for i in range(6000):
+        card = f"c{rng.randrange(5000)}"
+        if 4500 <= i < 4650:
+            action, sources, card = "review", ["card_testing"], "c-stolen"
+        elif rng.random() < 0.01:
+            action, sources = "review", ["velocity"]
+        else:
+            action, sources = "approve", []
+        trips += rb.observe(action, sources, entity=card if with_entities else None)
+    return trips
+
+
+def test_a_fraud_burst_on_one_card_does_not_demote_the_rule_that_catches_it() -> None:
+    """With entities the breaker sees one card, not a broken rule; a rule reviewing everybody
+    still trips within its window."""
+    rb = RuleBreaker(window_events=2000, multiple=3.0, min_events=200, min_entities=20)
+    trips = burst_stream(rb, with_entities=True)
+    assert trips == []
+    for i in range(2000):  # now a broken rule reviews every card
+        trips += rb.observe("review", ["review_all"], entity=f"c{i}")
+    assert [t.source for t in trips] == ["review_all"]
+    assert trips[0].at_event - 6000 <= 2000
+
+
+def test_without_entities_the_same_burst_trips() -> None:
+    rb = RuleBreaker(window_events=2000, multiple=3.0, min_events=200)
+    assert [t.source for t in burst_stream(rb, with_entities=False)] == ["card_testing"]

@@ -1,0 +1,89 @@
+"""fds.logs: key="value" and JSON lines with context, and no personal data in them."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+
+from fds.logs import SENSITIVE_KEYS, configure_logging, log_event, redact
+
+
+def setup(fmt: str) -> tuple[logging.Logger, io.StringIO]:
+    out = io.StringIO()
+    return configure_logging("DEBUG", fmt=fmt, stream=out, logger_name=f"fds.test.{fmt}"), out
+
+
+def test_kv_line_carries_context_in_order_and_escapes_quotes() -> None:
+    log, out = setup("kv")
+    log_event(log, 'rules file rejected: "when" is empty', where="rules/x.yaml:12", partition=3)
+    line = out.getvalue().strip()
+    assert "\n" not in line
+    assert line.startswith('ts="') and 'level="info" logger="fds.test.kv"' in line
+    assert line.endswith(
+        'msg="rules file rejected: \\"when\\" is empty" where="rules/x.yaml:12" partition="3"'
+    )
+
+
+def test_json_line_keeps_numbers_and_redacts() -> None:
+    log, out = setup("json")
+    log_event(
+        log,
+        "decided",
+        level=logging.WARNING,
+        offset=1200,
+        rate=0.25,
+        card_id="c-9",
+        ip="10.0.0.1",
+        note="pan 4111-1111-1111-1111",
+    )
+    rec = json.loads(out.getvalue())
+    assert rec["level"] == "warning" and rec["msg"] == "decided"
+    assert rec["offset"] == 1200 and rec["rate"] == 0.25
+    assert rec["card_id"] == "<redacted>" and rec["ip"] == "<redacted>"
+    assert rec["note"] == "pan ************1111"
+
+
+@pytest.mark.parametrize("key", sorted(SENSITIVE_KEYS))
+def test_every_sensitive_key_is_redacted(key: str) -> None:
+    log, out = setup("kv")
+    log_event(log, "x", **{key: "secret-value-123"})
+    assert "secret-value-123" not in out.getvalue()
+    assert f'{key}="<redacted>"' in out.getvalue()
+
+
+def test_card_numbers_in_messages_and_tracebacks_are_masked() -> None:
+    log, out = setup("kv")
+    try:
+        raise ValueError("bad card 5500 0000 0000 0004")
+    except ValueError:
+        log.exception("stage failed for 4111111111111111")
+    text = out.getvalue()
+    assert "4111111111111111" not in text and "5500 0000 0000 0004" not in text
+    assert "************1111" in text and "************0004" in text
+
+
+def test_plain_extra_fields_are_context_too() -> None:
+    log, out = setup("kv")
+    log.info("swap", extra={"version": "v9", "customer_id": "u1"})
+    assert 'version="v9"' in out.getvalue() and 'customer_id="<redacted>"' in out.getvalue()
+
+
+def test_numbers_that_are_not_card_numbers_stay() -> None:
+    # epoch milliseconds, offsets, amounts: not Luhn-valid card numbers
+    text = "ts=1767225600000 offset=123456789012 amount=1234.56"
+    assert redact(text) == text
+
+
+def test_configure_is_idempotent_and_checks_the_format() -> None:
+    out = io.StringIO()
+    for _ in range(3):
+        log = configure_logging("INFO", stream=out, logger_name="fds.test.idem")
+    log_event(log, "once")
+    assert out.getvalue().count("once") == 1
+    log_event(log, "hidden", level=logging.DEBUG)
+    assert "hidden" not in out.getvalue()
+    with pytest.raises(ValueError, match="'kv' or 'json'"):
+        configure_logging(fmt="xml")

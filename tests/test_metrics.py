@@ -1,0 +1,443 @@
+"""fds.metrics: names and conventions of RELIABILITY.md, exact counts, serving, the null switch."""
+
+from __future__ import annotations
+
+import inspect
+import socket
+import threading
+import urllib.request
+from typing import ClassVar
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from fds.metrics import LATENCY_BUCKETS, Metrics, NullMetrics, make_metrics, serve
+
+# Every metric RELIABILITY.md names (family names as Prometheus shows them), with its type.
+RELIABILITY_METRICS = {
+    "fds_events_consumed": "counter",
+    "fds_decisions": "counter",
+    "fds_rule_hits": "counter",
+    "fds_events_failed": "counter",
+    "fds_dlq_messages": "counter",
+    "fds_stage_duration_seconds": "histogram",
+    "fds_decision_latency_seconds": "histogram",
+    "fds_event_lag_seconds": "gauge",
+    "fds_consumer_lag_messages": "gauge",
+    "fds_rebalances": "counter",
+    "fds_commit_duration_seconds": "histogram",
+    "fds_model_info": "gauge",
+    "fds_model_swaps": "counter",
+    "fds_labels_learned": "counter",
+    "fds_model_precision": "gauge",
+    "fds_drift_detected": "counter",
+    "fds_ruleset_info": "gauge",
+    "fds_ruleset_reloads": "counter",
+    "fds_state_entities": "gauge",
+}
+
+# Labels that would carry personal data or unbounded ids: never allowed on any series.
+FORBIDDEN_LABELS = {"card_id", "tx_id", "customer_id", "device_id", "ip", "merchant_id"}
+
+
+class RulesetCounts:
+    """What fds.rules.Ruleset exposes for metrics: cumulative counts by rule id."""
+
+    missing_counts: ClassVar[dict[str, int]] = {"velocity": 2}
+    error_counts: ClassVar[dict[str, int]] = {"ratio_rule": 1}
+
+
+def exercise(m: Metrics) -> None:
+    """Call every recording method once or more with known values."""
+    for _ in range(7):
+        m.event_consumed("file")
+    m.events_consumed("kafka", 5)
+    for action, n in (("approve", 9), ("review", 2), ("decline", 1)):
+        for _ in range(n):
+            m.decision(action, latency_s=0.0003, event_lag_s=1.5)
+    m.rule_hit("velocity", "active")
+    m.rule_hit("velocity", "active")
+    m.rule_hit("new_country", "shadow")
+    m.rule_missing_input("new_country")
+    m.watch_ruleset(lambda: RulesetCounts())
+    m.stage_time("features", 0.00002)
+    m.stage_time("rules", 0.002)
+    m.failed("rules")
+    m.dlq("bad_json")
+    m.dlq("bad_json")
+    m.dlq("schema")
+    m.late_event("dlq")
+    m.consumer_lag(3, 42)
+    m.rebalance()
+    m.commit_time(0.004)
+    m.model_info("v3", "default")
+    m.model_swap("ok")
+    m.model_swap("rejected")
+    m.labels_learned(250)
+    m.model_precision("champion", "1h", 0.42)
+    m.drift()
+    m.ruleset_info("2026-11-22.1")
+    m.ruleset_reload("ok")
+    m.state_entities("card_id", 1234)
+    m.demoted("rule", "decline_all")
+    m.degraded(True)
+    m.model_fallback("error")
+
+
+def scrape(m: Metrics) -> dict[str, object]:
+    """Parse the exposition as Prometheus would: family name -> family."""
+    text = m.exposition().decode()
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def value(m: Metrics, name: str, **labels: str) -> float | None:
+    return m.registry.get_sample_value(name, labels)
+
+
+def test_every_reliability_metric_is_exposed_with_its_type() -> None:
+    m = Metrics()
+    exercise(m)
+    families = scrape(m)
+    for name, kind in RELIABILITY_METRICS.items():
+        assert name in families, f"{name} missing from /metrics"
+        assert families[name].type == kind, f"{name}: {families[name].type} != {kind}"
+
+
+def test_conventions_prefix_units_total_and_no_id_labels() -> None:
+    m = Metrics()
+    exercise(m)
+    for fam in scrape(m).values():
+        assert fam.name.startswith("fds_"), fam.name
+        for s in fam.samples:
+            assert not FORBIDDEN_LABELS & set(s.labels), (s.name, s.labels)
+            if fam.type == "counter" and not s.name.endswith("_created"):
+                assert s.name.endswith("_total"), s.name
+        assert "milliseconds" not in fam.name and "_ms" not in fam.name, "base units: seconds"
+
+
+def test_counts_match_the_workload_exactly() -> None:
+    m = Metrics()
+    exercise(m)
+    assert value(m, "fds_events_consumed_total", source="file") == 7
+    assert value(m, "fds_events_consumed_total", source="kafka") == 5
+    assert value(m, "fds_decisions_total", action="approve") == 9
+    assert value(m, "fds_decisions_total", action="review") == 2
+    assert value(m, "fds_decisions_total", action="decline") == 1
+    assert value(m, "fds_rule_hits_total", rule="velocity", state="active") == 2
+    assert value(m, "fds_rule_hits_total", rule="new_country", state="shadow") == 1
+    assert value(m, "fds_rule_missing_inputs_total", rule="new_country") == 1
+    assert value(m, "fds_rule_missing_inputs_total", rule="velocity") == 2
+    assert value(m, "fds_rule_errors_total", rule="ratio_rule") == 1
+    assert value(m, "fds_events_failed_total", stage="rules") == 1
+    assert value(m, "fds_dlq_messages_total", reason="bad_json") == 2
+    assert value(m, "fds_dlq_messages_total", reason="schema") == 1
+    assert value(m, "fds_late_events_total", outcome="dlq") == 1
+    assert value(m, "fds_consumer_lag_messages", partition="3") == 42
+    assert value(m, "fds_rebalances_total") == 1
+    assert value(m, "fds_commit_duration_seconds_count") == 1
+    assert value(m, "fds_model_info", version="v3", spec="default") == 1
+    assert value(m, "fds_model_swaps_total", result="rejected") == 1
+    assert value(m, "fds_labels_learned_total") == 250
+    assert value(m, "fds_model_precision", model="champion", window="1h") == pytest.approx(0.42)
+    assert value(m, "fds_drift_detected_total") == 1
+    assert value(m, "fds_ruleset_info", version="2026-11-22.1") == 1
+    assert value(m, "fds_ruleset_reloads_total", result="ok") == 1
+    assert value(m, "fds_state_entities", entity="card_id") == 1234
+    assert value(m, "fds_guardrail_demotions_total", kind="rule", target="decline_all") == 1
+    assert value(m, "fds_degraded_mode") == 1
+    assert value(m, "fds_model_fallbacks_total", reason="error") == 1
+    assert value(m, "fds_event_lag_seconds") == 1.5
+    # the latency histogram: 12 decisions, all 0.3 ms, so in the 0.5 ms bucket and above
+    assert value(m, "fds_decision_latency_seconds_count") == 12
+    assert value(m, "fds_decision_latency_seconds_sum") == pytest.approx(12 * 0.0003)
+    assert value(m, "fds_decision_latency_seconds_bucket", le="0.00025") == 0
+    assert value(m, "fds_decision_latency_seconds_bucket", le="0.0005") == 12
+    assert value(m, "fds_stage_duration_seconds_bucket", stage="rules", le="0.001") == 0
+    assert value(m, "fds_stage_duration_seconds_bucket", stage="rules", le="0.0025") == 1
+
+
+def test_latency_buckets_span_0_1ms_to_1s() -> None:
+    m = Metrics()
+    m.decision("approve", 5.0)  # beyond the last bucket: only +Inf counts it
+    les = [
+        s.labels["le"]
+        for s in scrape(m)["fds_decision_latency_seconds"].samples
+        if s.name.endswith("_bucket")
+    ]
+    assert float(les[0]) == 0.0001 and float(les[-2]) == 1.0 and les[-1] == "+Inf"
+    assert [float(x) for x in les[:-1]] == list(LATENCY_BUCKETS)
+    assert value(m, "fds_decision_latency_seconds_bucket", le="1.0") == 0
+    assert value(m, "fds_decision_latency_seconds_bucket", le="+Inf") == 1
+
+
+def test_boundary_value_falls_in_its_le_bucket() -> None:
+    m = Metrics()
+    m.decision("approve", 0.001)  # exactly on a bound: le="0.001" includes it
+    assert value(m, "fds_decision_latency_seconds_bucket", le="0.001") == 1
+    assert value(m, "fds_decision_latency_seconds_bucket", le="0.0005") == 0
+
+
+def test_action_series_exist_at_zero_before_any_decision() -> None:
+    m = Metrics()
+    for action in ("approve", "review", "decline"):
+        assert value(m, "fds_decisions_total", action=action) == 0
+    assert value(m, "fds_degraded_mode") == 0
+    assert value(m, "fds_rebalances_total") == 0
+
+
+def test_two_instances_in_one_process_do_not_collide() -> None:
+    a, b = Metrics(), Metrics()
+    a.decision("decline", 0.001)
+    a.model_info("v1", "x")
+    b.model_info("v2", "y")
+    assert value(a, "fds_decisions_total", action="decline") == 1
+    assert value(b, "fds_decisions_total", action="decline") == 0
+    assert value(b, "fds_model_info", version="v1", spec="x") is None
+
+
+def test_info_gauges_keep_one_series() -> None:
+    m = Metrics()
+    for v in ("v1", "v2", "v3"):
+        m.model_info(v, "default")
+        m.ruleset_info(f"r{v}")
+    names = [
+        s.labels["version"]
+        for s in scrape(m)["fds_model_info"].samples
+        if s.name == "fds_model_info"
+    ]
+    assert names == ["v3"]
+    assert value(m, "fds_ruleset_info", version="rv3") == 1
+    assert value(m, "fds_ruleset_info", version="rv2") is None
+
+
+def test_forget_partition_removes_the_series() -> None:
+    m = Metrics()
+    m.consumer_lag(0, 5)
+    m.consumer_lag(1, 7)
+    m.forget_partition(1)
+    m.forget_partition(9)  # never owned: no error
+    assert value(m, "fds_consumer_lag_messages", partition="0") == 5
+    assert value(m, "fds_consumer_lag_messages", partition="1") is None
+
+
+def test_summary_counts_and_quantiles() -> None:
+    m = Metrics()
+    exercise(m)
+    for _ in range(88):
+        m.decision("approve", 0.002)  # 100 decisions: 12 at 0.3 ms, 88 at 2 ms
+    s = m.summary()
+    assert s["events"] == 12
+    assert s["consumed"] == {"file": 7, "kafka": 5}
+    assert s["decisions"] == {"approve": 97, "review": 2, "decline": 1}
+    assert s["rule_hits"] == {"velocity": {"active": 2}, "new_country": {"shadow": 1}}
+    assert s["failed"] == {"rules": 1}
+    assert s["dlq"] == {"bad_json": 2, "schema": 1}
+    # p50 and p99 lie in the (1 ms, 2.5 ms] bucket, p50 interpolated within it
+    assert 1.0 < s["latency_ms"]["p50"] <= 2.5
+    assert 1.0 < s["latency_ms"]["p99"] <= 2.5
+    assert s["latency_ms"]["mean"] == pytest.approx((12 * 0.3 + 88 * 2.0) / 100, rel=1e-6)
+    assert set(s["stage_ms"]) == {"features", "rules"}
+
+
+def test_sample_stages_rate() -> None:
+    m = Metrics(stage_sample_every=16)
+    assert sum(m.sample_stages() for _ in range(1600)) == 100
+
+
+def test_null_metrics_overrides_every_recording_method() -> None:
+    public = {
+        name
+        for name, fn in inspect.getmembers(Metrics, inspect.isfunction)
+        if not name.startswith("_") and name not in {"describe", "exposition"}
+    }
+    for name in public:
+        assert name in vars(NullMetrics), f"NullMetrics must override {name}() (no recording)"
+    m = make_metrics(enabled=False)
+    exercise(m)
+    assert not m.enabled
+    assert m.summary()["events"] == 0
+    assert m.exposition() == b""
+
+
+def test_serve_scrape_and_stop_frees_the_port() -> None:
+    m = Metrics()
+    exercise(m)
+    srv = serve(m, "127.0.0.1", 0)
+    try:
+        body = urllib.request.urlopen(srv.url, timeout=5).read().decode()
+    finally:
+        srv.stop()
+    fams = {f.name: f for f in text_string_to_metric_families(body)}
+    assert set(RELIABILITY_METRICS) <= set(fams)
+    with socket.socket() as s:  # the port is free again
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", srv.port))
+    srv.stop()  # idempotent
+
+
+def test_serve_on_a_busy_port_says_what_to_do() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(OSError, match=r"cannot serve metrics on 127\.0\.0\.1:\d+.*port"):
+            serve(Metrics(), "127.0.0.1", port)
+
+
+def test_scrape_while_the_engine_thread_writes() -> None:
+    """A scrape from the HTTP thread during hot-path writes never fails or goes backwards."""
+    m = Metrics()
+    stop = threading.Event()
+
+    def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            m.event_consumed("kafka")
+            m.decision("approve", 0.0001 * (i % 50), 0.1)
+            m.rule_hit(f"r{i % 40}", "active")  # new label keys appear while scraping
+            m.stage_time(f"s{i % 7}", 0.0002)
+            i += 1
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        last = -1.0
+        for _ in range(50):
+            fams = scrape(m)
+            buckets = [
+                s.value
+                for s in fams["fds_decision_latency_seconds"].samples
+                if s.name.endswith("_bucket")
+            ]
+            assert buckets == sorted(buckets), "cumulative buckets must not decrease"
+            total = value(m, "fds_decisions_total", action="approve")
+            assert total is not None and total >= last
+            last = total
+    finally:
+        stop.set()
+        t.join()
+    assert last > 0
+
+
+def test_dashboard_and_alerts_only_use_metrics_that_exist() -> None:
+    """The monitoring kit cannot rot: every fds_* name it queries is one Metrics exposes."""
+    import json
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    m = Metrics()
+    exercise(m)
+    exposed = {s.name for fam in scrape(m).values() for s in fam.samples}
+    exposed |= {fam.name for fam in scrape(m).values()}
+    kit = Path(__file__).resolve().parents[1] / "streams" / "monitoring"
+    dash = json.loads((kit / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    exprs += [a["expr"] for a in dash["annotations"]["list"]]
+    alerts = yaml.safe_load((kit / "alerts.yml").read_text())
+    exprs += [r["expr"] for g in alerts["groups"] for r in g["rules"]]
+    used = {name for e in exprs for name in re.findall(r"\bfds_[a-z_]+", e)}
+    assert used, "no fds_ metric found in the monitoring kit"
+    assert not used - exposed, f"unknown metrics in streams/monitoring: {sorted(used - exposed)}"
+    # the issue's panels and alerts are all there
+    titles = " | ".join(p["title"] for p in dash["panels"]).lower()
+    for panel in (
+        "throughput",
+        "decision mix",
+        "latency",
+        "lag",
+        "dead letters",
+        "model",
+        "precision",
+        "rule hit rates",
+    ):
+        assert panel in titles, panel
+    names = {r["alert"] for g in alerts["groups"] for r in g["rules"]}
+    assert {
+        "FdsNoDecisions",
+        "FdsConsumerLagGrowing",
+        "FdsDeadLettersHigh",
+        "FdsDeclineRateSpike",
+        "FdsModelPrecisionDrop",
+        "FdsDriftDetected",
+        "FdsModelSwapRejected",
+    } <= names
+
+
+def test_watch_ruleset_follows_reloads_and_adds_per_event_counts() -> None:
+    class Rules:
+        def __init__(self, missing: dict[str, int], errors: dict[str, int]) -> None:
+            self.missing_counts, self.error_counts = missing, errors
+
+    live: list[Rules | None] = [None]
+    m = Metrics()
+    m.watch_ruleset(lambda: live[0])
+    m.rule_missing_input("a")
+    assert value(m, "fds_rule_missing_inputs_total", rule="a") == 1  # no ruleset yet
+    live[0] = Rules({"a": 4, "b": 2}, {"b": 1})
+    assert value(m, "fds_rule_missing_inputs_total", rule="a") == 5
+    assert value(m, "fds_rule_errors_total", rule="b") == 1
+    live[0] = Rules({"c": 1}, {})  # reloaded: the new ruleset's counts
+    assert value(m, "fds_rule_missing_inputs_total", rule="b") is None
+    assert value(m, "fds_rule_missing_inputs_total", rule="c") == 1
+
+
+def test_drained_counts_plus_watched_residual_stay_exact() -> None:
+    """The engine drains the ruleset's counts into Metrics now and then; the scrape adds what
+    has not been drained yet, so the exported total is right at any moment."""
+
+    class Rules:
+        def __init__(self) -> None:
+            self.missing, self.errors = {"a": 0}, {"a": 0}
+
+        @property
+        def missing_counts(self) -> dict[str, int]:
+            return dict(self.missing)
+
+        @property
+        def error_counts(self) -> dict[str, int]:
+            return dict(self.errors)
+
+        def drain(self) -> tuple[dict[str, int], dict[str, int]]:
+            out = dict(self.missing), dict(self.errors)
+            self.missing, self.errors = {"a": 0}, {"a": 0}
+            return out
+
+    rs = Rules()
+    m = Metrics()
+    m.watch_ruleset(lambda: rs)
+    true_missing = true_errors = 0
+    for i in range(1, 50):
+        rs.missing["a"] += 2
+        rs.errors["a"] += 1
+        true_missing, true_errors = true_missing + 2, true_errors + 1
+        if i % 7 == 0:
+            missing, errors = rs.drain()
+            for rule, n in missing.items():
+                m.rule_missing_input(rule, n)
+            for rule, n in errors.items():
+                m.rule_error(rule, n)
+        assert value(m, "fds_rule_missing_inputs_total", rule="a") == true_missing
+        assert value(m, "fds_rule_errors_total", rule="a") == true_errors
+
+
+def test_watch_features_reads_state_sizes_at_scrape() -> None:
+    class Plan:
+        def __init__(self) -> None:
+            self.sizes = {"card_id": 10}
+
+        def state_sizes(self) -> dict[str, int]:
+            return dict(self.sizes)
+
+    plan = Plan()
+    live: list[Plan | None] = [None]
+    m = Metrics()
+    m.watch_features(lambda: live[0])
+    m.state_entities("device_id", 3)  # set directly, e.g. by a component without state_sizes
+    assert value(m, "fds_state_entities", entity="card_id") is None
+    live[0] = plan
+    assert value(m, "fds_state_entities", entity="card_id") == 10
+    plan.sizes["card_id"] = 25  # no call needed: read at scrape time
+    assert value(m, "fds_state_entities", entity="card_id") == 25
+    assert value(m, "fds_state_entities", entity="device_id") == 3
