@@ -81,6 +81,13 @@ def register(sub: Any) -> None:
     d.add_argument("--drift-day", type=int, default=21, help="day the fraud pattern changes")
     d.add_argument("--seed", type=int, default=7)
     d.add_argument(
+        "--rules",
+        type=Path,
+        default=DEFAULT_RULES.with_name("pre-drift.yaml"),
+        help="the rules-alone baseline (default rules/pre-drift.yaml: the rules a team had "
+        "before the drift; rules/default.yaml was tuned knowing the drift pattern)",
+    )
+    d.add_argument(
         "--out-dir",
         type=Path,
         default=Path("demo-out"),
@@ -90,7 +97,12 @@ def register(sub: Any) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    import logging
+
     from fds.bench import run_precision
+
+    if not args.verbose:  # the progress bar and the table tell the story; -v shows every swap
+        logging.getLogger("fds").setLevel(logging.WARNING)
 
     if args.days < 7 or not 1 <= args.drift_day < args.days:
         print("fds demo: error: need --days >= 7 and 1 <= --drift-day < --days", file=sys.stderr)
@@ -101,10 +113,11 @@ def _demo(args: argparse.Namespace) -> int:
         seed=args.seed,
         drift_day=args.drift_day,
         warmup_days=min(14, args.drift_day),
+        rules=str(args.rules),
         out_dir=args.out_dir,
         name="demo",
         command=f"fds demo --days {args.days} --cards {args.cards} "
-        f"--drift-day {args.drift_day} --seed {args.seed}",
+        f"--drift-day {args.drift_day} --seed {args.seed} --rules {args.rules}",
     )
     print(f"report and plots: {args.out_dir}/", file=sys.stderr)
     return 0 if res is not None else 1

@@ -16,8 +16,19 @@ def history(tmp_path):
 
 def test_replay_bare_pipeline_end_to_end(history, tmp_path, capsys):
     out = tmp_path / "d.jsonl"
-    code = main(["replay", str(history), "--rules", "none", "--model", "none",
-                 "--out", str(out), "--no-progress"])
+    code = main(
+        [
+            "replay",
+            str(history),
+            "--rules",
+            "none",
+            "--model",
+            "none",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     decisions = [orjson.loads(x) for x in out.read_bytes().splitlines()]
     assert len(decisions) == 20 and {d["action"] for d in decisions} == {"approve"}
@@ -35,8 +46,22 @@ def test_missing_file_exit_2_with_message(tmp_path, capsys):
 def test_bad_mapping_exit_2_names_file_and_line(history, tmp_path, capsys):
     m = tmp_path / "m.yaml"
     m.write_text("fields:\n  tx_id: A\n  colour: B\n")
-    assert main(["replay", str(history), "--mapping", str(m), "--rules", "none",
-                 "--model", "none", "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "replay",
+                str(history),
+                "--mapping",
+                str(m),
+                "--rules",
+                "none",
+                "--model",
+                "none",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert f"{m}:1" in err and "unknown engine field" in err
 
@@ -44,8 +69,24 @@ def test_bad_mapping_exit_2_names_file_and_line(history, tmp_path, capsys):
 def test_unknown_column_in_mapping(history, tmp_path, capsys):
     m = tmp_path / "m.yaml"
     m.write_text("fields:\n  tx_id: TRANSACTION_ID\n")
-    assert main(["replay", str(history), "--mapping", str(m), "--rules", "none",
-                 "--model", "none", "--no-progress", "--out", str(tmp_path / "o.jsonl")]) == 2
+    assert (
+        main(
+            [
+                "replay",
+                str(history),
+                "--mapping",
+                str(m),
+                "--rules",
+                "none",
+                "--model",
+                "none",
+                "--no-progress",
+                "--out",
+                str(tmp_path / "o.jsonl"),
+            ]
+        )
+        == 2
+    )
     assert "['TRANSACTION_ID'] named in the mapping are not in the file" in capsys.readouterr().err
 
 
@@ -60,3 +101,20 @@ def test_bad_argument_says_what_and_how(capsys):
 def test_bad_speed(history, capsys):
     assert main(["replay", str(history), "--speed", "-1", "--rules", "none"]) == 2
     assert "--speed must be > 0" in capsys.readouterr().err
+
+
+def test_demo_end_to_end_small(tmp_path, capsys):
+    code = main(
+        ["demo", "--days", "8", "--cards", "400", "--drift-day", "4", "--out-dir", str(tmp_path)]
+    )
+    assert code == 0
+    report = (tmp_path / "demo.md").read_text()
+    assert "rules+adaptive" in report and "fds demo --days 8" in report
+    assert (tmp_path / "demo.png").stat().st_size > 1000
+    out = capsys.readouterr()
+    assert "| rules |" in out.out + out.err
+
+
+def test_demo_rejects_bad_drift_day(capsys):
+    assert main(["demo", "--days", "10", "--drift-day", "12"]) == 2
+    assert "--drift-day" in capsys.readouterr().err
