@@ -34,14 +34,25 @@ def make_file(path: Path, n: int, seed: int = 7) -> None:
     t0 = 1767225600.0
     with open(path, "wb") as f:
         for i in range(n):
-            f.write(orjson.dumps({
-                "tx_id": f"tx{i:09d}", "ts": t0 + i * 0.25, "card_id": f"c{rng.randrange(50000)}",
-                "amount": round(rng.lognormvariate(3.5, 1.0), 2), "currency": "KRW",
-                "merchant_id": f"m{rng.randrange(3000)}", "mcc": "5411", "country": "KR",
-                "channel": rng.choice(["pos", "online"]), "device_id": f"d{rng.randrange(60000)}",
-                "ip": f"10.0.{rng.randrange(256)}.{rng.randrange(256)}",
-                "customer_id": f"u{rng.randrange(50000)}",
-            }) + b"\n")
+            f.write(
+                orjson.dumps(
+                    {
+                        "tx_id": f"tx{i:09d}",
+                        "ts": t0 + i * 0.25,
+                        "card_id": f"c{rng.randrange(50000)}",
+                        "amount": round(rng.lognormvariate(3.5, 1.0), 2),
+                        "currency": "KRW",
+                        "merchant_id": f"m{rng.randrange(3000)}",
+                        "mcc": "5411",
+                        "country": "KR",
+                        "channel": rng.choice(["pos", "online"]),
+                        "device_id": f"d{rng.randrange(60000)}",
+                        "ip": f"10.0.{rng.randrange(256)}.{rng.randrange(256)}",
+                        "customer_id": f"u{rng.randrange(50000)}",
+                    }
+                )
+                + b"\n"
+            )
 
 
 def measure(path: Path, out: Path) -> tuple[float, float, float]:
@@ -71,8 +82,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as d:
         src = Path(d) / "tx.jsonl"
         make_file(src, args.n)
-        best = max((measure(src, Path(d) / "out.jsonl") for _ in range(args.repeat)),
-                   key=lambda r: r[0])
+        best = max(
+            (measure(src, Path(d) / "out.jsonl") for _ in range(args.repeat)), key=lambda r: r[0]
+        )
         ceiling = max(json_only(src) for _ in range(args.repeat))
     total, parse, decide = best
     verdict = "meets" if total >= 100_000 else "MISSES"

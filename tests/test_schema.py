@@ -1,4 +1,4 @@
-from datetime import timezone
+from datetime import UTC
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -32,7 +32,7 @@ def test_every_timestamp_form(ts):
 def test_naive_timestamp_takes_configured_zone():
     tx = parse_transaction({**BASE, "ts": "2026-01-01T09:00:00"}, ZoneInfo("Asia/Seoul"))
     assert tx["ts"] == EPOCH
-    assert parse_transaction({**BASE, "ts": "2026-01-01 00:00:00"}, timezone.utc)["ts"] == EPOCH
+    assert parse_transaction({**BASE, "ts": "2026-01-01 00:00:00"}, UTC)["ts"] == EPOCH
 
 
 @pytest.mark.parametrize(
@@ -53,8 +53,9 @@ def test_invalid_records_raise_readable_reason(record, reason):
 
 
 def test_unknown_keys_go_to_extra_and_ids_become_strings():
-    tx = parse_transaction({**BASE, "ts": EPOCH, "card_id": 42, "loyalty": "gold",
-                            "extra": {"a": 1}})
+    tx = parse_transaction(
+        {**BASE, "ts": EPOCH, "card_id": 42, "loyalty": "gold", "extra": {"a": 1}}
+    )
     assert tx["card_id"] == "42"
     assert tx["extra"] == {"a": 1, "loyalty": "gold"}
     assert "loyalty" not in tx
@@ -76,8 +77,14 @@ def test_label():
 
 def test_dead_letter_keeps_raw_bytes_as_text():
     d = dead_letter(stage="parse", error=ValueError("bad"), raw=b"{oops", source="f", position=3)
-    assert d == {"stage": "parse", "error": "ValueError", "reason": "bad", "raw": "{oops",
-                 "source": "f", "position": 3}
+    assert d == {
+        "stage": "parse",
+        "error": "ValueError",
+        "reason": "bad",
+        "raw": "{oops",
+        "source": "f",
+        "position": 3,
+    }
 
 
 def test_engine_decision_matches_decision_contract():

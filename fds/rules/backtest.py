@@ -214,8 +214,8 @@ def backtest(
     frauds = {lab["tx_id"] for lab in stream.labels if lab["is_fraud"]} if stream.labels else None
     collector = _Collector(both, frauds)
     engine = Engine(features=features, rules=both, policy=both)
+    txs = stream.transactions = list(stream.transactions)  # read twice: run, then the span
     run(engine, stream, collector, _Null(), source="backtest", progress=progress)
-    txs = stream.transactions
     days = (txs[-1]["ts"] - txs[0]["ts"]) / 86400.0 if len(txs) > 1 else 0.0
     collector.cand.days = collector.base.days = days
     ids = [r.id for r in baseline.rules]
