@@ -22,7 +22,7 @@ from pathlib import Path
 import orjson
 
 from fds.engine import Engine
-from fds.replay import load, run
+from fds.replay import load, open_stream, run
 from fds.streams.files import JsonlSink
 
 RESULTS = Path(__file__).parent / "results" / "replay.md"
@@ -56,15 +56,19 @@ def make_file(path: Path, n: int, seed: int = 7) -> None:
 
 
 def measure(path: Path, out: Path) -> tuple[float, float, float]:
+    """(streaming end to end, read+parse+validate only, decide+write only) in tx/s."""
     t0 = time.perf_counter()
-    stream = load(path)
-    t1 = time.perf_counter()
     with JsonlSink(out) as sink, JsonlSink(out.with_suffix(".dlq.jsonl")) as dlq:
-        summary = run(Engine(), stream, sink, dlq)
+        summary = run(Engine(), open_stream(path), sink, dlq)  # what `fds replay` does
+    t1 = time.perf_counter()
+    stream = load(path)
     t2 = time.perf_counter()
-    assert summary.decided == len(stream.transactions)
-    n = len(stream.transactions)
-    return n / (t2 - t0), n / (t1 - t0), n / (t2 - t1)
+    with JsonlSink(out) as sink, JsonlSink(out.with_suffix(".dlq.jsonl")) as dlq:
+        run(Engine(), stream, sink, dlq)
+    t3 = time.perf_counter()
+    n = summary.decided
+    assert n == len(stream.transactions)  # type: ignore[arg-type]
+    return n / (t1 - t0), n / (t2 - t1), n / (t3 - t2)
 
 
 def json_only(path: Path) -> float:
@@ -98,7 +102,8 @@ def main() -> int:
         "",
         "| stage | transactions/s |",
         "|---|---|",
-        f"| end to end (parse + validate + decide + JSONL sink) | **{total:,.0f}** |",
+        f"| end to end, streaming as `fds replay` does (read, parse, validate, reorder "
+        f"buffer, decide, JSONL sink) | **{total:,.0f}** |",
         f"| of which: read + parse + validate | {parse:,.0f} |",
         f"| of which: decide + serialise + write | {decide:,.0f} |",
         f"| reference: orjson.loads only (ceiling) | {ceiling:,.0f} |",

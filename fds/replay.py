@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import tzinfo
@@ -137,12 +137,12 @@ def open_stream(
     labels: list[dict[str, Any]] = []
     dlq: list[dict[str, Any]] = []
     if labels_path is not None:
-        for rec in _validated(labels_path, None, zone, parse_label, dlq):
+        for rec in _validated(labels_path, None, zone, parse_label, dlq, None):
             labels.append(rec)
         labels.sort(key=_ts)
     stream = ReplayInput(iter(()), labels, dlq)
     stream.transactions = _ordered(
-        _with_truth(_validated(path, mapping, zone, parse_transaction, dlq), mapping, stream),
+        _validated(path, mapping, zone, parse_transaction, dlq, stream),
         reorder_buffer,
         stream,
     )
@@ -177,53 +177,66 @@ def _validated(
     zone: tzinfo,
     parse: Callable[[Any, tzinfo], dict[str, Any]],
     dlq: list[dict[str, Any]],
+    stream: ReplayInput | None,
 ) -> Iterator[dict[str, Any]]:
-    """Parsed, validated records of a file; bad ones appended to ``dlq`` with their line."""
+    """Parsed, validated records of a file; bad ones appended to ``dlq`` with their line.
+
+    A mapping's label column becomes a label event ``delay`` after each fraud, queued on
+    ``stream.pending_labels`` (the replay learns it when its time comes).
+    """
     source = str(path)
-    label_col = mapping.label.column if mapping is not None and mapping.label else None
+    label = mapping.label if mapping is not None else None
     for pos, rec, raw in read_records(path, mapping=mapping):
         if isinstance(rec, Exception):
             dlq.append(dead_letter(stage="parse", error=rec, raw=raw, source=source, position=pos))
             continue
-        truth = rec.pop(label_col, None) if label_col and isinstance(rec, dict) else None
+        truth = rec.pop(label.column, None) if label and isinstance(rec, dict) else None
         try:
             out = parse(rec, zone)
         except ValidationError as e:
             dlq.append(dead_letter(stage="validate", error=e, raw=rec, source=source, position=pos))
             continue
-        if truth is not None:
-            out["_truth"] = truth
-        yield out
-
-
-def _with_truth(
-    txs: Iterator[dict[str, Any]], mapping: ColumnMapping | None, stream: ReplayInput
-) -> Iterator[dict[str, Any]]:
-    """Turn a mapping's label column into label events ``delay`` after each fraud."""
-    delay = mapping.label.delay if mapping is not None and mapping.label else None
-    for tx in txs:
-        truth = tx.pop("_truth", None)
-        if delay is not None and truth is not None and _is_true(truth):
-            stream.truth.add(tx["tx_id"])
+        if truth is not None and label is not None and stream is not None and _is_true(truth):
+            stream.truth.add(out["tx_id"])
             stream.pending_labels.append(
-                {"tx_id": tx["tx_id"], "ts": tx["ts"] + delay, "is_fraud": True, "source": "file"}
+                {
+                    "tx_id": out["tx_id"],
+                    "ts": out["ts"] + label.delay,
+                    "is_fraud": True,
+                    "source": "file",
+                }
             )
-        yield tx
+        yield out
 
 
 def _ordered(
     txs: Iterator[dict[str, Any]], size: int, stream: ReplayInput
 ) -> Iterator[dict[str, Any]]:
-    """Event-time order through a reorder buffer of ``size`` records (a heap)."""
-    heap: list[tuple[float, int, dict[str, Any]]] = []
+    """Event-time order through a reorder buffer of ``size`` records.
+
+    While the input is in order the buffer is a FIFO (cheap); from the first record that is
+    out of order on, it is a heap keyed by ``(ts, arrival)``.
+    """
+    fifo: deque[tuple[float, int, dict[str, Any]]] = deque()
+    heap: list[tuple[float, int, dict[str, Any]]] | None = None
     newest = last_out = float("-inf")
     push, pop = heapq.heappush, heapq.heappop
     for seq, tx in enumerate(txs):
         ts = tx["ts"]
         if ts < newest:
             stream.reordered += 1
+            if heap is None:
+                heap = list(fifo)  # sorted already: a valid heap
+                fifo.clear()
         else:
             newest = ts
+        if heap is None:
+            fifo.append((ts, seq, tx))
+            if len(fifo) > size:
+                out_ts, _, out = fifo.popleft()
+                last_out = out_ts
+                yield out
+            continue
         push(heap, (ts, seq, tx))
         if len(heap) > size:
             out_ts, _, out = pop(heap)
@@ -232,6 +245,8 @@ def _ordered(
             else:
                 last_out = out_ts
             yield out
+    for item in fifo:
+        yield item[2]
     while heap:
         yield pop(heap)[2]
 

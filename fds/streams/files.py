@@ -21,7 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fds.errors import ConfigError
-from fds.schema import TX_FIELDS, dumps
+from fds.schema import TX_FIELDS, dumps_line
 from fds.timeutil import get_zone, parse_duration
 
 __all__ = [
@@ -242,7 +242,7 @@ class JsonlSink:
         if self._f is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._f = open_text(self.path, "wb")
-        self._f.write(dumps(record) + b"\n")
+        self._f.write(dumps_line(record))
         self.count += 1
 
     def flush(self) -> None:
