@@ -1,4 +1,4 @@
-"""CLI doors to Kafka: ``fds kafka up|down|status|topics``, ``fds run`` and ``fds produce``.
+"""CLI doors to Kafka: ``fds kafka up|down|status|topics``, ``fds run|produce|train``.
 
 A thin layer over :mod:`fds.streams.kafka_kit` and :mod:`fds.streams.kafka`; the lead wires
 :func:`register` into ``fds/cli.py``.
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``kafka``, ``run`` and ``produce`` to the ``fds`` command line."""
+    """Add ``kafka``, ``run``, ``produce`` and ``train`` to the ``fds`` command line."""
     # kafka-python logs every connection at INFO; its warnings and errors are what users need.
     logging.getLogger("kafka").setLevel(logging.WARNING)
     kafka = subparsers.add_parser("kafka", help="a local single-node Apache Kafka broker")
@@ -59,6 +59,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     kstream.register_run(subparsers)
     kstream.register_produce(subparsers)
+    from fds.streams import train
+
+    train.register_train(subparsers)
 
 
 def _guard(fn):

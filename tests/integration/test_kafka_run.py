@@ -21,15 +21,22 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from fds.engine import Engine
-from fds.schema import parse_transaction
+from fds.models import Registry, build_pipeline, load_spec
+from fds.pipeline import DEFAULT_MODEL, DEFAULT_RULES
+from fds.replay import load as replay_load
 from fds.streams import kafka_kit
 from fds.streams.kafka import (
     WALL_CLOCK_FIELDS,
     BrokerUnavailable,
     KafkaSettings,
     Runner,
+    build_run_engine,
+    close_engine,
     produce_file,
+    with_tx,
 )
+from fds.streams.simulator import simulate
+from fds.streams.simulator import write as write_simulation
 
 pytestmark = pytest.mark.integration
 
@@ -40,14 +47,34 @@ T0 = 1_767_225_600  # 2026-01-01T00:00:00Z: event times start here
 # -- helpers -----------------------------------------------------------------------------------
 
 
-def write_stream(path: Path, n: int, cards: int = 97) -> list[str]:
-    """A JSONL file of ``n`` valid transactions; returns their tx_ids."""
-    ids = [f"tx{i:07d}" for i in range(n)]
+def write_stream(path: Path, n: int, cards: int = 97, start: int = 0) -> list[str]:
+    """A JSONL file of ``n`` valid transactions (numbered from ``start``); returns their tx_ids."""
+    ids = [f"tx{i:07d}" for i in range(start, start + n)]
     with path.open("wb") as f:
-        for i, tx_id in enumerate(ids):
+        for i, tx_id in enumerate(ids, start):
             rec = {"tx_id": tx_id, "ts": T0 + i, "card_id": f"c{i % cards}", "amount": 1 + i % 500}
             f.write(orjson.dumps(rec) + b"\n")
     return ids
+
+
+def write_simulated(path: Path, days: int = 2, cards: int = 1500, seed: int = 1) -> list[str]:
+    """A realistic stream (the built-in simulator, ~1 transaction per card a day) for the
+    default rules; returns the tx_ids in file (= event-time) order."""
+    sim = simulate(days=days, cards=cards, merchants=100, seed=seed)
+    write_simulation(sim, path)
+    return [t["tx_id"] for t in sim.transactions]
+
+
+def publish_model(registry_dir: Path) -> str:
+    """A registry with one small trained version of the default model spec (its scores vary
+    with the amount), made champion; returns the version."""
+    model = build_pipeline(load_spec(DEFAULT_MODEL))
+    for i in range(200):
+        model.learn_one({"amount": float(1000 * (i % 50)), "hour": float(i % 24)}, i % 50 > 40)
+    reg = Registry(registry_dir)
+    version = reg.publish(model, spec={"name": "default"}, labels_learned=200)["version"]
+    reg.promote(version)
+    return version
 
 
 def settings_for(bootstrap: str, topics: dict[str, str], group: str, **kw: Any) -> KafkaSettings:
@@ -119,16 +146,23 @@ def run_in_thread(runner: Runner) -> tuple[threading.Thread, list[BaseException]
     return t, errors
 
 
+# The bare pipeline: no window state, so no checkpoints either.
+BARE = ("--rules", "none", "--model", "none", "--state-dir", "none")
+
+
 def spawn_run(
-    bootstrap: str, topics: dict[str, str], group: str, *extra: str, env: dict | None = None
+    bootstrap: str,
+    topics: dict[str, str],
+    group: str,
+    *extra: str,
+    env: dict | None = None,
+    stages: tuple[str, ...] = BARE,
 ) -> subprocess.Popen:
     cmd = [
         sys.executable, "-m", "fds.streams.kafka", "run", "--bootstrap", bootstrap,
         "--input-topic", topics["transactions"], "--output-topic", topics["decisions"],
         "--dlq-topic", topics["dead_letters"], "--group", group,
-        # The bare pipeline: with window state, identical duplicates after kill -9 need the
-        # state-changelog restore, which is not built yet.
-        "--rules", "none", "--model", "none", "--metrics-port", "-1", *extra,
+        *stages, "--metrics-port", "-1", *extra,
     ]  # fmt: skip
     full_env = {**os.environ, "PYTHONPATH": str(REPO), "FDS_LOG_LEVEL": "WARNING", **(env or {})}
     p = subprocess.Popen(cmd, cwd=REPO, env=full_env, stderr=subprocess.PIPE, text=True)
@@ -155,30 +189,50 @@ def _no_leftover_processes():
 # -- tests -------------------------------------------------------------------------------------
 
 
-def test_end_to_end_decisions_match_replay(kafka_bootstrap, topics, unique_name, tmp_path):
-    ids = write_stream(tmp_path / "tx.jsonl", 3000)
+def test_end_to_end_decisions_match_replay(kafka_bootstrap, make_topics, unique_name, tmp_path):
+    """The default rules and the default model (served from a registry) decide a produced
+    stream exactly as a replay of the same file does.
+
+    One input partition: window features of entities that span partitions (merchant, device)
+    and the event-time watermark depend on the order events arrive in; with one partition
+    that order is the file's.
+    """
+    topics = make_topics(partitions=1)
+    ids = write_simulated(tmp_path / "tx.jsonl")
+    version = publish_model(tmp_path / "registry")
     s = settings_for(kafka_bootstrap, topics, unique_name("g"))
     assert produce_file(tmp_path / "tx.jsonl", s) == len(ids)
-    runner = Runner(s, Engine())
+    engine = build_run_engine(DEFAULT_RULES, DEFAULT_MODEL, registry=tmp_path / "registry")
+    runner = Runner(s, engine)
     t, errors = run_in_thread(runner)
     wait_until(
         lambda: count_records(kafka_bootstrap, topics["decisions"]) >= len(ids), 60, "decisions"
     )
     runner.stop()
     t.join(15)
+    close_engine(engine)
     assert not t.is_alive() and not errors, errors
 
     records = read_all(kafka_bootstrap, topics["decisions"])
     got = {orjson.loads(r.value)["tx_id"]: r for r in records}
     assert len(records) == len(ids) and set(got) == set(ids)
     # Same content as a replay of the same file through the same engine code path.
-    engine = Engine()
-    for line in (tmp_path / "tx.jsonl").read_bytes().splitlines():
-        tx = parse_transaction(orjson.loads(line))
-        rec = got[tx["tx_id"]]
-        assert comparable(orjson.loads(rec.value)) == comparable(engine.decide(tx))
-        assert rec.key == tx["card_id"].encode()  # decisions keyed like the input
+    replay = build_run_engine(DEFAULT_RULES, DEFAULT_MODEL, registry=tmp_path / "registry")
+    try:
+        hits = scored = 0
+        for tx in replay_load(tmp_path / "tx.jsonl").transactions:
+            rec = got[tx["tx_id"]]
+            d = orjson.loads(rec.value)
+            assert comparable(d) == comparable(with_tx(replay.decide(tx), tx)), tx["tx_id"]
+            assert rec.key == tx["card_id"].encode()  # decisions keyed like the input
+            hits += bool(d["rule_hits"])
+            scored += d["model_version"] == version and d["model_score"] is not None
+    finally:
+        close_engine(replay)
     assert runner.stats.dead_letters == 0 and runner.stats.decided == len(ids)
+    # The comparison covers real work: features, rule hits and model scores.
+    assert scored == len(ids) and hits > 0, (scored, hits)
+    assert all(orjson.loads(r.value)["features"]["card_count_30d"] for r in records)
 
 
 class _ExplodingRules:
@@ -259,29 +313,36 @@ def test_dead_letters_carry_headers_for_three_kinds_of_bad_input(
         assert body["position"]["offset"] == offsets[raw]
 
 
-def _kill_restart_run(bootstrap, topics, group, n, extra, kills=(0.25, 0.6)):
+def _kill_restart_run(
+    bootstrap, topics, group, n, extra, kills=(0.25, 0.6), stages=BARE, env=None
+) -> list[str]:
     """Run `fds run` in a subprocess, kill -9 it when ``kills`` fractions of ``n`` decisions
-    are visible, restart each time, and let the last one finish."""
+    are visible, restart each time, and let the last one finish; returns each run's stderr."""
     # First a kill in the worst window (outputs acknowledged, offsets not committed), which
     # must replay a batch; then kill -9 from outside at arbitrary points.
-    p = spawn_run(bootstrap, topics, group, *extra, env={"FDS_FAULT_KILL_AFTER_FLUSH": "3"})
-    p.wait(60)
-    p.stderr.close()
-    assert p.returncode == -signal.SIGKILL
-    procs = []
+    env = env or {}
+    logs = []
+    p = spawn_run(
+        bootstrap, topics, group, *extra, stages=stages,
+        env={**env, "FDS_FAULT_KILL_AFTER_FLUSH": "3"},
+    )  # fmt: skip
+    _, err = p.communicate(timeout=60)
+    logs.append(err)
+    assert p.returncode == -signal.SIGKILL, err[-2000:]
     for frac in kills:
-        p = spawn_run(bootstrap, topics, group, *extra)
-        procs.append(p)
+        p = spawn_run(bootstrap, topics, group, *extra, stages=stages, env=env)
         wait_until(
             lambda frac=frac: count_records(bootstrap, topics["decisions"]) >= frac * n,
             90, f"{frac:.0%} of the decisions",
         )  # fmt: skip
         p.kill()  # SIGKILL: no drain, no commit
-        p.wait(10)
-        p.stderr.close()
-    p = spawn_run(bootstrap, topics, group, *extra, "--max-idle", "3")
+        _, err = p.communicate(timeout=10)
+        logs.append(err)
+    p = spawn_run(bootstrap, topics, group, *extra, "--max-idle", "3", stages=stages, env=env)
     _, err = p.communicate(timeout=120)
+    logs.append(err)
     assert p.returncode == 0, err[-2000:]
+    return logs
 
 
 def test_kill9_and_restart_at_least_once_loses_nothing(

@@ -1,0 +1,439 @@
+"""``fds train``: the trainer service. Decisions + labels from Kafka -> learn -> publish versions.
+
+The loop (one thread, batched)::
+
+    poll(decisions, labels) -> decisions first: keep each decision's model input
+                                 (features snapshot + the optional ``tx`` object) by tx_id
+                            -> labels: join with the kept input, learn (fds.models.Trainer)
+                            -> publish a version when the spec's ``publish`` policy says so
+                            -> commit (order below)
+
+Labels wait for their decisions: a label whose event time is ahead of the newest decision
+consumed (its decision may still be on its way) pauses its partition, and the partition resumes
+when decisions catch up, or when no decision arrived for ``label_wait_s`` (nothing more to
+wait for: the label is then learned or counted unjoined).
+
+Commit order per batch (the trainer's own checkpoint carries the input offsets, so offsets
+committed to Kafka are for lag monitoring and a fresh state dir):
+  1. ``publish`` when due: artifact + manifest into the registry (atomic, fsync), then the
+     announcement on the compacted models topic (key = spec name; value = a manifest pointer
+     ``{name, version, sha256, hmac, size, path, artifact_b64}``), flushed;
+  2. ``store.flush()``: the SQLite snapshot store commits;
+  3. the trainer checkpoint (model, counters, input offsets), written atomically;
+  4. ``consumer.commit(offsets)``.
+  On restart the checkpoint is restored and every partition is sought to its offset, so no
+  label is learned twice. A crash between 2 and 3 loses the labels of that one batch (their
+  snapshots are already consumed from the store); a crash between 1 and 3 publishes the same
+  learning again under a new version number.
+
+Scorers (``fds run``) serve the registry champion and poll the registry
+(:func:`fds.models.build_model_stage` with ``watch=True``): a version published here reaches
+them within the poll period when they share the registry directory. The models topic lets
+scorers elsewhere take versions in (see docs/kafka.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import logging
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
+
+from fds.errors import ConfigError, FdsError
+from fds.metrics import NullMetrics, make_metrics, serve
+from fds.models import Publication, Registry, SqliteStore, Trainer, load_spec
+from fds.models.registry import DEFAULT_REGISTRY
+from fds.pipeline import DEFAULT_MODEL
+from fds.schema import parse_label
+from fds.streams.checkpoint import Checkpointer, default_state_dir
+from fds.streams.kafka import BrokerUnavailable, KafkaSettings, _add_settings_flags, load_settings
+from fds.timeutil import parse_ts
+
+__all__ = ["TrainService", "TrainStats", "announcement", "register_train"]
+
+log = logging.getLogger(__name__)
+
+# Artifacts up to this size travel inside the announcement (base64); bigger ones are announced
+# as a pointer only. Stays under the models topic's 16 MB max.message.bytes with base64's 4/3.
+INLINE_MAX_BYTES = 8 << 20
+# Wall-clock wait for decisions before a label is joined anyway: decisions normally arrive
+# seconds before their label; a stream with no decision for this long has nothing to wait for.
+LABEL_WAIT_S = 2.0
+# Trainer fields that are wiring, not learned state (not checkpointed).
+_WIRING = ("store", "registry", "on_drift", "on_example")
+
+
+def announcement(pub: Publication, name: str, registry: Registry | None) -> dict[str, Any]:
+    """The models-topic value announcing ``pub`` (a manifest pointer, artifact inline when
+    small enough).
+
+    >>> from fds.models.trainer import Publication
+    >>> a = announcement(Publication("v000002", b"xy", {"sha256": "ab", "size": 2}), "m", None)
+    >>> a["version"], a["artifact_b64"], a["path"]
+    ('v000002', 'eHk=', None)
+    """
+    entry = pub.entry
+    return {
+        "name": name,
+        "version": pub.version,
+        "sha256": entry["sha256"],
+        "hmac": entry.get("hmac"),
+        "size": entry.get("size", len(pub.data)),
+        "labels_learned": entry.get("labels_learned"),
+        "event_time": entry.get("event_time"),
+        "path": str((registry.path / f"{pub.version}.pkl").resolve()) if registry else None,
+        "artifact_b64": (
+            base64.b64encode(pub.data).decode() if len(pub.data) <= INLINE_MAX_BYTES else None
+        ),
+    }
+
+
+@dataclass(slots=True)
+class TrainStats:
+    """Counters of one ``fds train`` run."""
+
+    decisions: int = 0
+    labels: int = 0
+    bad_records: int = 0
+    published: int = 0
+    commits: int = 0
+
+
+class TrainService:
+    """Consume decisions and labels, learn with a :class:`fds.models.Trainer`, publish.
+
+    Parameters
+    ----------
+    settings
+        Connection, group (``--group``, default ``fds-train``) and timeouts.
+    spec
+        Model spec path or name.
+    registry
+        Where versions are published (the scorers' registry).
+    state_dir
+        Holds the SQLite snapshot store and the trainer checkpoint.
+    decisions_topic, labels_topic, models_topic
+        Topic names (``models_topic=None``: no announcements).
+    """
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        *,
+        spec: str | Path = DEFAULT_MODEL,
+        registry: str | Path = DEFAULT_REGISTRY,
+        state_dir: str | Path,
+        decisions_topic: str = "decisions",
+        labels_topic: str = "labels",
+        models_topic: str | None = "models",
+        metrics: Any = None,
+        label_wait_s: float = LABEL_WAIT_S,
+    ) -> None:
+        self.s = settings
+        self.spec = load_spec(spec)
+        self.registry = Registry(registry)
+        self.ckpt = Checkpointer(state_dir)
+        self.store = SqliteStore(self.ckpt.dir / "snapshots.sqlite")
+        self.topics = (decisions_topic, labels_topic)
+        self.models_topic = models_topic
+        self.metrics: Any = metrics if metrics is not None else NullMetrics()
+        self.label_wait_s = label_wait_s
+        self.trainer = self._make_trainer()
+        self.stats = TrainStats()
+        self._offsets: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset
+        self._restored: dict[tuple[str, int], int] = {}
+        self._watermark = float("-inf")  # newest decision event time consumed
+        self._last_decision = time.monotonic()
+        self._paused: dict[Any, float] = {}  # label partition -> event time it waits for
+        self._stop = False
+        self.consumer: Any = None
+        self.producer: Any = None
+
+    # -- state -------------------------------------------------------------------------------
+
+    def _make_trainer(self) -> Trainer:
+        got = self.ckpt.load()
+        if got is not None and got.state.get("spec") == self.spec.name:
+            trainer = Trainer(self.spec, store=self.store, registry=self.registry)
+            trainer.__dict__.update(got.state["trainer"])
+            self._restored = dict(got.state["offsets"])
+            self._offsets = dict(self._restored)
+            log.info(
+                'restored trainer checkpoint labels_learned=%d parent="%s"',
+                trainer.stats["labels_learned"], trainer.parent,
+            )  # fmt: skip
+            return trainer
+        latest = self.registry.latest()
+        model = self.registry.load(latest) if latest else None
+        log.info('starting trainer from version="%s"', latest or "a fresh pipeline")
+        return Trainer(
+            self.spec, store=self.store, registry=self.registry, model=model, parent=latest
+        )
+
+    def _checkpoint(self) -> None:
+        t = self.trainer
+        learned = {k: v for k, v in t.__dict__.items() if k not in _WIRING}
+        state = {"spec": self.spec.name, "trainer": learned, "offsets": dict(self._offsets)}
+        self.ckpt.save(state, topic="|".join(self.topics), offsets={})
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def stop(self, *_: Any) -> None:
+        """Finish the current batch, commit and return (signal-safe)."""
+        self._stop = True
+
+    def _connect(self) -> None:
+        s = self.s
+        timeout_ms = int(s.broker_timeout_s * 1000)
+        try:
+            self.consumer = KafkaConsumer(
+                **s.client_config(),
+                group_id=s.group,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                max_poll_records=s.max_poll_records,
+                isolation_level="read_committed",  # only decisions of committed transactions
+                bootstrap_timeout_ms=timeout_ms,
+            )
+            if self.models_topic:
+                self.producer = KafkaProducer(
+                    **s.client_config(), acks="all", bootstrap_timeout_ms=timeout_ms,
+                    max_request_size=16 << 20,
+                )  # fmt: skip
+        except (KafkaError, OSError) as exc:
+            raise BrokerUnavailable(
+                f"cannot reach Kafka at {s.bootstrap} ({type(exc).__name__}: {exc}); check "
+                "--bootstrap and that the broker is up (`fds kafka status`)"
+            ) from exc
+        self.consumer.subscribe(list(self.topics), listener=_Seek(self))
+
+    def run(self, *, max_idle_s: float | None = None) -> TrainStats:
+        """Run until :meth:`stop` (or ``max_idle_s`` without input)."""
+        self._connect()
+        last_input = time.monotonic()
+        try:
+            while not self._stop:
+                self._resume_labels()
+                batch = self.consumer.poll(timeout_ms=100, max_records=self.s.max_poll_records)
+                now = time.monotonic()
+                if batch:
+                    last_input = now
+                    self._process(batch)
+                elif max_idle_s is not None and now - last_input > max_idle_s and not self._paused:
+                    break
+        finally:
+            with contextlib.suppress(Exception):
+                self.consumer.close(autocommit=False)
+            if self.producer is not None:
+                with contextlib.suppress(Exception):
+                    self.producer.close(timeout=5)
+            self.store.flush()
+        return self.stats
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def _process(self, batch: Any) -> None:
+        decisions_topic, _labels_topic = self.topics
+        t = self.trainer
+        # Decisions first: a label in the same batch then finds its snapshot.
+        for tp, records in sorted(batch.items(), key=lambda kv: kv[0].topic != decisions_topic):
+            if tp in self._paused:
+                continue  # fetched before the pause took effect; re-read after resume
+            done = None
+            for msg in records:
+                if tp.topic == decisions_topic:
+                    self._on_decision(msg)
+                else:
+                    try:
+                        label = parse_label(orjson.loads(msg.value))
+                    except Exception as exc:
+                        self._bad(msg, exc)
+                        done = msg.offset + 1
+                        continue
+                    if label["ts"] > self._watermark and not self._decisions_idle():
+                        self.consumer.seek(tp, msg.offset)  # learned after resume
+                        self.consumer.pause(tp)
+                        self._paused[tp] = label["ts"]
+                        break
+                    learned = t.stats["labels_learned"]
+                    t.on_label(label)
+                    self.stats.labels += 1
+                    self.metrics.labels_learned(t.stats["labels_learned"] - learned)
+                done = msg.offset + 1
+            if done is not None:
+                self._offsets[(tp.topic, tp.partition)] = done
+        drifts = t.stats["drifts"]
+        pub = t.maybe_publish()
+        for _ in range(t.stats["drifts"] - drifts):
+            self.metrics.drift()
+        if pub is not None:
+            self._announce(pub)
+        self._commit()
+
+    def _on_decision(self, msg: Any) -> None:
+        try:
+            d = orjson.loads(msg.value)
+            tx = d.get("tx") or {}
+            ts = tx.get("ts")
+            ts = float(ts) if isinstance(ts, int | float) else parse_ts(d["ts"])
+            fields = {"tx_id": d["tx_id"], "ts": ts, "amount": tx.get("amount", 0.0)}
+            self.trainer.on_decision(fields, d)
+        except Exception as exc:
+            self._bad(msg, exc)
+            return
+        self.stats.decisions += 1
+        self._last_decision = time.monotonic()
+        if ts > self._watermark:
+            self._watermark = ts
+
+    def _bad(self, msg: Any, exc: Exception) -> None:
+        # Decisions come from fds run and labels from the labelling systems: a bad one is
+        # logged and counted, not dead-lettered (the trainer never decides anything).
+        self.stats.bad_records += 1
+        log.warning(
+            'skipped bad record partition="%s[%d]" offset="%d" error="%s: %s"',
+            msg.topic, msg.partition, msg.offset, type(exc).__name__, exc,
+        )  # fmt: skip
+
+    def _decisions_idle(self) -> bool:
+        return time.monotonic() - self._last_decision > self.label_wait_s
+
+    def _resume_labels(self) -> None:
+        if not self._paused:
+            return
+        idle = self._decisions_idle()
+        ready = [tp for tp, ts in self._paused.items() if idle or ts <= self._watermark]
+        if ready:
+            self.consumer.resume(*ready)
+            for tp in ready:
+                del self._paused[tp]
+
+    def _announce(self, pub: Publication) -> None:
+        self.stats.published += 1
+        self.metrics.model_info(pub.version, self.spec.name)
+        log.info(
+            'published version="%s" labels_learned=%d',
+            pub.version, pub.entry.get("labels_learned", 0),
+        )  # fmt: skip
+        if self.producer is None or not self.models_topic:
+            return
+        value = orjson.dumps(announcement(pub, self.spec.name, self.registry))
+        self.producer.send(self.models_topic, key=self.spec.name.encode(), value=value)
+        self.producer.flush(timeout=self.s.broker_timeout_s)
+
+    def _commit(self) -> None:
+        self.store.flush()
+        self._checkpoint()
+        offsets = {
+            _tp(topic, part): OffsetAndMetadata(off, "", -1)
+            for (topic, part), off in self._offsets.items()
+        }
+        try:
+            self.consumer.commit(offsets)
+        except KafkaError as exc:  # the checkpoint holds the truth; Kafka's copy can lag
+            log.warning("offset commit failed (the checkpoint has them): %s", exc)
+        self.stats.commits += 1
+
+
+def _tp(topic: str, partition: int) -> Any:
+    from kafka.structs import TopicPartition
+
+    return TopicPartition(topic, partition)
+
+
+class _Seek(ConsumerRebalanceListener):
+    """On assignment, seek to the checkpoint's offsets (local seeks only: IO thread)."""
+
+    def __init__(self, svc: TrainService) -> None:
+        self.svc = svc
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        for tp in revoked:
+            self.svc._paused.pop(tp, None)
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        for tp in assigned:
+            off = self.svc._offsets.get((tp.topic, tp.partition))
+            if off is not None:
+                self.svc.consumer.seek(tp, off)
+
+
+# -- CLI ---------------------------------------------------------------------------------------
+
+
+def register_train(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``fds train``."""
+    p = subparsers.add_parser(
+        "train", help="the trainer service: decisions + labels from Kafka -> model versions"
+    )
+    _add_settings_flags(p)
+    p.add_argument("--spec", type=Path, default=DEFAULT_MODEL, help="model spec YAML")
+    p.add_argument(
+        "--registry", type=Path, default=DEFAULT_REGISTRY,
+        help="publish versions here (the registry `fds run` serves from)",
+    )  # fmt: skip
+    p.add_argument("--decisions-topic", default="decisions")
+    p.add_argument("--labels-topic", default="labels")
+    p.add_argument(
+        "--models-topic", default="models", help="announce versions here ('none': do not)"
+    )
+    p.add_argument(
+        "--metrics-port", type=int, default=9109,
+        help="serve Prometheus /metrics on this port (0: any free port; -1: off)",
+    )  # fmt: skip
+    p.add_argument("--max-idle", type=float, default=None, help="exit after this many idle seconds")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    try:
+        flags = {
+            dest: getattr(args, dest, None)
+            for dest in ("bootstrap", "group", "group_instance_id", "max_poll_records",
+                         "broker_timeout_s", "state_dir", "security_protocol", "sasl_mechanism",
+                         "sasl_plain_username", "ssl_cafile", "ssl_certfile", "ssl_keyfile")
+        }  # fmt: skip
+        flags["group"] = flags["group"] or "fds-train"
+        settings = load_settings(args.config, **flags)
+        metrics = make_metrics(args.metrics_port >= 0)
+        svc = TrainService(
+            settings,
+            spec=args.spec,
+            registry=args.registry,
+            state_dir=settings.state_dir or default_state_dir(settings.group),
+            decisions_topic=args.decisions_topic,
+            labels_topic=args.labels_topic,
+            models_topic=None if args.models_topic.lower() == "none" else args.models_topic,
+            metrics=metrics,
+        )
+    except ConfigError as exc:
+        print(f"fds train: error: {exc}", file=sys.stderr)
+        return 2
+    server = serve(metrics, port=args.metrics_port) if args.metrics_port >= 0 else None
+    signal.signal(signal.SIGTERM, svc.stop)
+    signal.signal(signal.SIGINT, svc.stop)
+    try:
+        stats = svc.run(max_idle_s=args.max_idle)
+    except FdsError as exc:
+        print(f"fds train: failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if server is not None:
+            server.stop()
+    print(
+        f"decisions={stats.decisions} labels={stats.labels} published={stats.published} "
+        f"bad_records={stats.bad_records}",
+        file=sys.stderr,
+    )
+    return 0

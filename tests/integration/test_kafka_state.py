@@ -1,0 +1,145 @@
+"""State that survives a crash (issue 6 item 4, RELIABILITY.md "State"), against the real broker.
+
+``fds run`` with the default rules is killed with SIGKILL mid-stream (once in the window
+between acknowledged outputs and the offset commit, then twice from outside) and restarted
+each time; its decisions must carry the same features as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import Any
+
+import orjson
+import pytest
+
+from fds.pipeline import DEFAULT_MODEL, DEFAULT_RULES
+from fds.replay import load as replay_load
+from fds.streams.kafka import build_run_engine, close_engine, produce_file, with_tx
+from tests.integration.test_kafka_run import (
+    _kill_restart_run,
+    comparable,
+    count_records,
+    publish_model,
+    read_all,
+    settings_for,
+    spawn_run,
+    wait_until,
+    write_simulated,
+    write_stream,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize("mode", ["at-least-once", "exactly-once"])
+def test_kill9_restart_restores_state_features_equal_uninterrupted_run(
+    kafka_bootstrap, make_topics, unique_name, tmp_path, mode
+):
+    # One partition: the uninterrupted reference (a replay of the file) then sees the events
+    # in the same order as the service does (see test_end_to_end_decisions_match_replay).
+    topics = make_topics(partitions=1)
+    ids = write_simulated(tmp_path / "tx.jsonl", days=3, cards=3000)
+    publish_model(tmp_path / "registry")
+    group = unique_name("g")
+    produce_file(tmp_path / "tx.jsonl", settings_for(kafka_bootstrap, topics, group))
+    stages = (
+        "--rules", str(DEFAULT_RULES), "--model", str(DEFAULT_MODEL),
+        "--registry", str(tmp_path / "registry"), "--state-dir", str(tmp_path / "state"),
+        "--checkpoint-every", "0.5",
+    )  # fmt: skip
+    extra = ["--group-instance-id", "i0"]
+    if mode == "exactly-once":
+        extra += ["--exactly-once", "--transactional-id", group + "-0"]
+    logs = _kill_restart_run(
+        kafka_bootstrap, topics, group, len(ids), extra, stages=stages,
+        env={"FDS_LOG_LEVEL": "INFO"},
+    )  # fmt: skip
+    # The restarts did restore a checkpoint and re-fold committed input without output.
+    restarts = "\n".join(logs[1:])
+    assert "restored checkpoint" in restarts, restarts[-3000:]
+    assert "catch-up" in restarts, restarts[-3000:]
+
+    first: dict[str, dict[str, Any]] = {}
+    dups = 0
+    eos = mode == "exactly-once"
+    for r in read_all(kafka_bootstrap, topics["decisions"], committed_only=eos):
+        d = orjson.loads(r.value)
+        if d["tx_id"] in first:
+            dups += 1
+            assert comparable(d) == comparable(first[d["tx_id"]]), "a duplicate differs"
+        else:
+            first[d["tx_id"]] = d
+    assert set(first) == set(ids), f"lost {len(set(ids) - set(first))} transactions"
+    if eos:
+        assert dups == 0, "exactly-once: each transaction once among committed decisions"
+    else:
+        assert dups > 0, "the kill between flush and commit must have replayed a batch"
+
+    # The uninterrupted run: the same engine over the same file, never stopped.
+    ref = build_run_engine(DEFAULT_RULES, DEFAULT_MODEL, registry=tmp_path / "registry")
+    try:
+        for tx in replay_load(tmp_path / "tx.jsonl").transactions:
+            want = with_tx(ref.decide(tx), tx)
+            got = first[tx["tx_id"]]
+            assert got["features"] == want["features"], tx["tx_id"]
+            assert comparable(got) == comparable(want), tx["tx_id"]
+    finally:
+        close_engine(ref)
+    print(f"{mode}: {len(ids)} transactions, 3 x kill -9, {dups} identical duplicates")
+
+
+def test_two_instances_one_killed_survivor_takes_over_nothing_lost(
+    kafka_bootstrap, topics, unique_name, tmp_path
+):
+    """RELIABILITY.md test 8: two `fds run` in one group (6 partitions), one killed with
+    SIGKILL: the survivor takes its partitions after the session timeout, rebuilds their
+    state from the input, and every tx_id is decided; card features of duplicates match."""
+    ids = write_stream(tmp_path / "tx.jsonl", 20_000)
+    group = unique_name("g")
+    produce_file(tmp_path / "tx.jsonl", settings_for(kafka_bootstrap, topics, group))
+    env = {"FDS_SESSION_TIMEOUT_MS": "6000"}  # the broker's minimum: a quick takeover
+
+    def stages(name: str) -> tuple[str, ...]:
+        return (
+            "--rules", str(DEFAULT_RULES), "--model", "none",
+            "--state-dir", str(tmp_path / name), "--max-poll-records", "100",
+        )  # fmt: skip
+
+    victim = spawn_run(kafka_bootstrap, topics, group, stages=stages("a"), env=env)
+    survivor = spawn_run(kafka_bootstrap, topics, group, stages=stages("b"), env=env)
+    wait_until(
+        lambda: count_records(kafka_bootstrap, topics["decisions"]) >= 0.2 * len(ids),
+        90, "both deciding",
+    )  # fmt: skip
+    victim.kill()
+    victim.wait(10)
+    t_kill = time.monotonic()
+
+    def decided() -> set[str]:
+        if count_records(kafka_bootstrap, topics["decisions"]) < len(ids):
+            return set()
+        return {
+            orjson.loads(r.value)["tx_id"] for r in read_all(kafka_bootstrap, topics["decisions"])
+        }
+
+    wait_until(lambda: decided() >= set(ids), 120, "every tx_id decided by the survivor")
+    takeover_s = time.monotonic() - t_kill
+    survivor.send_signal(signal.SIGTERM)
+    _, err = survivor.communicate(timeout=30)
+    assert survivor.returncode == 0, err[-2000:]
+
+    first: dict[str, dict[str, Any]] = {}
+    dups = 0
+    for r in read_all(kafka_bootstrap, topics["decisions"]):
+        d = orjson.loads(r.value)
+        if d["tx_id"] in first:
+            dups += 1
+            card = {k: v for k, v in d["features"].items() if k.startswith("card_")}
+            was = {k: v for k, v in first[d["tx_id"]]["features"].items() if k.startswith("card_")}
+            assert card == was, d["tx_id"]
+        else:
+            first[d["tx_id"]] = d
+    assert set(first) == set(ids)
+    print(f"survivor decided everything {takeover_s:.1f} s after the kill; {dups} duplicates")
