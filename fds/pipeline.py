@@ -41,6 +41,7 @@ def build_engine(
     metrics: Any = None,
     watch: bool = False,
     model_watch: bool = False,
+    poll_seconds: float = 1.0,
     guardrails: bool = True,
     grace: str | float = "5m",
     registry: str | Path | None = None,
@@ -80,7 +81,7 @@ def build_engine(
         from fds.models import build_model_stage
 
         model_stage = build_model_stage(
-            model, registry=registry, watch=model_watch, metrics=metrics
+            model, registry=registry, watch=model_watch, poll_seconds=poll_seconds, metrics=metrics
         )
         if policy is None:
             policy = Policy()

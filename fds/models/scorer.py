@@ -493,6 +493,8 @@ class ModelServer:
         if self._watch is not None:
             self._watch.join(timeout=5)
 
+    close = stop_watch  # the engine closes its stages on shutdown
+
 
 def build_model_stage(
     spec: str | Path | ModelSpec,

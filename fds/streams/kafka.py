@@ -733,33 +733,20 @@ def build_run_engine(
     poll_seconds: float = MODEL_POLL_S,
 ) -> Engine:
     """The engine of ``fds run``: rules reloaded on change, and a model that serves the
-    registry's champion and polls the registry for versions published by ``fds train``.
-
-    The same :func:`fds.pipeline.build_engine` as replay builds features, rules and policy;
-    the model stage is built in watch mode (``build_engine`` builds it inline, for replay).
-    """
-    engine = build_engine(rules, None, metrics=metrics, watch=True)
-    if model is None:
-        return engine
-    from fds.guardrails import ModelGuard
-    from fds.models import build_model_stage
-    from fds.pipeline import MODEL_BUDGET_S
-    from fds.policy import Policy
-
-    engine.model = build_model_stage(
-        model, registry=registry, watch=True, poll_seconds=poll_seconds, metrics=metrics
+    registry's champion and polls the registry for versions published by ``fds train``."""
+    return build_engine(
+        rules,
+        model,
+        metrics=metrics,
+        watch=True,
+        model_watch=True,
+        registry=registry,
+        poll_seconds=poll_seconds,
     )
-    engine.guard = ModelGuard(latency_budget_s=MODEL_BUDGET_S)
-    if engine.policy is None:
-        engine.policy = Policy()
-    return engine
 
 
 def close_engine(engine: Engine) -> None:
     """Stop the engine's background threads (rules watcher, registry poller)."""
-    stop = getattr(engine.model, "stop_watch", None)
-    if stop is not None:
-        stop()
     with contextlib.suppress(Exception):
         engine.close()
 
@@ -970,18 +957,10 @@ def _cmd_produce(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m fds.streams.kafka run|produce ...`` (the same handlers as ``fds``)."""
-    logging.basicConfig(
-        level=os.environ.get("FDS_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
-    logging.getLogger("kafka").setLevel(logging.WARNING)
-    parser = argparse.ArgumentParser(prog="fds")
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    register_run(sub)
-    register_produce(sub)
-    args = parser.parse_args(argv)
-    return int(args.func(args))
+    """``python -m fds.streams.kafka run|produce ...``: the same as ``fds run|produce ...``."""
+    from fds.cli import main as fds_main
+
+    return fds_main(argv)
 
 
 if __name__ == "__main__":

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
-from fds.errors import ConfigError, FdsError
 from fds.streams import kafka_kit
 
 __all__ = ["register"]
@@ -64,23 +62,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.register_train(subparsers)
 
 
-def _guard(fn):
-    """Map expected errors to exit codes: 2 for configuration/usage, 1 for failures."""
-
-    def wrapped(args: argparse.Namespace) -> int:
-        try:
-            return int(fn(args))
-        except ConfigError as e:
-            print(f"fds: error: {e}", file=sys.stderr)
-            return 2
-        except FdsError as e:
-            print(f"fds: error: {e}", file=sys.stderr)
-            return 1
-
-    return wrapped
-
-
-@_guard
 def _up(args: argparse.Namespace) -> int:
     bootstrap = kafka_kit.up(args.port, args.controller_port, args.data_dir, timeout=args.timeout)
     if not args.no_topics:
@@ -89,14 +70,12 @@ def _up(args: argparse.Namespace) -> int:
     return 0
 
 
-@_guard
 def _down(args: argparse.Namespace) -> int:
     stopped = kafka_kit.down(args.data_dir, wipe=args.wipe)
     print("stopped" if stopped else "not running")
     return 0
 
 
-@_guard
 def _status(args: argparse.Namespace) -> int:
     st = kafka_kit.status(args.data_dir)
     state = "running" if st.running else "stopped"
@@ -106,7 +85,6 @@ def _status(args: argparse.Namespace) -> int:
     return 0 if st.reachable else 1
 
 
-@_guard
 def _topics(args: argparse.Namespace) -> int:
     names = kafka_kit.create_topics(
         args.bootstrap, kafka_kit.load_topic_specs(args.file), prefix=args.prefix
