@@ -5,7 +5,8 @@ import fds
 
 def test_all_is_exactly_the_public_names():
     public = {
-        n for n, v in vars(fds).items()
+        n
+        for n, v in vars(fds).items()
         if not n.startswith("_") and not isinstance(v, types.ModuleType)
     }
     assert set(fds.__all__) == public

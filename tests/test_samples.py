@@ -12,11 +12,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_handbook_sample_replays_with_its_mapping(tmp_path, capsys):
     out = tmp_path / "d.jsonl"
-    code = main([
-        "replay", str(ROOT / "streams/samples/handbook.csv.gz"),
-        "--mapping", str(ROOT / "streams/mappings/handbook.yaml"),
-        "--model", "none", "--out", str(out), "--no-progress",
-    ])
+    code = main(
+        [
+            "replay",
+            str(ROOT / "streams/samples/handbook.csv.gz"),
+            "--mapping",
+            str(ROOT / "streams/mappings/handbook.yaml"),
+            "--model",
+            "none",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     with gzip.open(ROOT / "streams/samples/handbook.csv.gz", "rt") as f:
         rows = sum(1 for _ in f) - 1

@@ -33,8 +33,15 @@ def test_mapping_renames_and_keeps_unmapped_columns(tmp_path):
     recs = list(read_records(tmp_path / "h.csv", mapping=m))
     assert [r[0] for r in recs] == [2, 3]  # positions are file line numbers
     first = recs[0][1]
-    assert first == {"tx_id": "1", "ts": "2026-01-01 09:00:00", "card_id": "17",
-                     "merchant_id": "301", "amount": "12.50", "TX_FRAUD": "0", "SECTOR": "food"}
+    assert first == {
+        "tx_id": "1",
+        "ts": "2026-01-01 09:00:00",
+        "card_id": "17",
+        "merchant_id": "301",
+        "amount": "12.50",
+        "TX_FRAUD": "0",
+        "SECTOR": "food",
+    }
     assert "SECTOR" not in recs[1][1]  # empty cell = missing
 
 
