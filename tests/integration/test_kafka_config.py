@@ -63,7 +63,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 def test_cli_wiring():
     args = _parse(["kafka", "up", "--port", "29092", "--controller-port", "29093"])
-    assert (args.port, args.controller_port, args.func.__name__) == (29092, 29093, "wrapped")
+    assert (args.port, args.controller_port, args.func.__name__) == (29092, 29093, "_up")
     args = _parse(["run", "--bootstrap", "b:1", "--exactly-once", "--rules", "none"])
     assert args.bootstrap == "b:1" and args.exactly_once and args.rules is None
     args = _parse(["produce", "tx.jsonl", "--topic", "t", "--rate", "50"])
