@@ -81,6 +81,7 @@ def parse_ts(value: object, default_tz: tzinfo = UTC) -> float:
 
 
 _second_prefix: dict[int, str] = {}  # epoch second -> "YYYY-MM-DDTHH:MM:SS"
+_day_prefix: dict[int, str] = {}  # epoch day -> "YYYY-MM-DDT"
 
 
 def format_ts(ts: float) -> str:
@@ -99,7 +100,11 @@ def format_ts(ts: float) -> str:
     if prefix is None:
         if len(_second_prefix) > 8192:  # bounded; a replay moves forward through time
             _second_prefix.clear()
-        prefix = _second_prefix[sec] = datetime.fromtimestamp(sec, UTC).strftime(
-            "%Y-%m-%dT%H:%M:%S"
-        )
+        day, s = divmod(sec, 86400)
+        date = _day_prefix.get(day)
+        if date is None:
+            date = _day_prefix[day] = datetime.fromtimestamp(day * 86400, UTC).strftime("%Y-%m-%dT")
+        h, s = divmod(s, 3600)
+        m, s = divmod(s, 60)
+        prefix = _second_prefix[sec] = f"{date}{h:02d}:{m:02d}:{s:02d}"
     return f"{prefix}.{ms:03d}+00:00"
