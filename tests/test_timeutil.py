@@ -21,5 +21,5 @@ def test_format_then_parse_roundtrips_to_the_millisecond(ts):
 
 @pytest.mark.parametrize("bad", ["", "5", "5 years", "-1h", "1.2.3s"])
 def test_bad_duration_says_how_to_write_one(bad):
-    with pytest.raises(ConfigError, match="e.g. 90s, 10m, 1h, 7d"):
+    with pytest.raises(ConfigError, match=r"e\.g\. 90s, 10m, 1h, 7d"):
         parse_duration(bad)
