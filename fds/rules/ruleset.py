@@ -41,6 +41,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fds.errors import ConfigError
+from fds.features.spec import AGGS, FIELD_AGGS  # one definition of the aggregates
 from fds.rules.expr import (
     BOOL,
     NUM,
@@ -71,12 +72,6 @@ __all__ = [
     "load_ruleset_text",
 ]
 
-AGGS = (
-    "count", "sum", "mean", "min", "max", "std", "distinct", "seen", "last_gap",
-    "fraud_count", "fraud_rate",
-)  # fmt: skip
-#: Aggregates that read a value ``field`` of the transaction.
-FIELD_AGGS = frozenset({"sum", "mean", "min", "max", "std", "distinct", "seen"})
 #: Built-in names, computed from the transaction's ``ts`` in the ruleset timezone.
 BUILTINS: dict[str, str] = {"hour": NUM, "weekday": NUM, "is_night": BOOL, "is_weekend": BOOL}
 # Night = 00:00-05:59 local: the hours card-fraud studies single out (owners asleep).
