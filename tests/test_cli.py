@@ -14,22 +14,14 @@ def history(tmp_path):
     return p
 
 
+def bare_replay(*args: str) -> int:
+    """``fds replay`` of the bare pipeline (no rules, no model)."""
+    return main(["replay", *args, "--rules", "none", "--model", "none", "--no-progress"])
+
+
 def test_replay_bare_pipeline_end_to_end(history, tmp_path, capsys):
     out = tmp_path / "d.jsonl"
-    code = main(
-        [
-            "replay",
-            str(history),
-            "--rules",
-            "none",
-            "--model",
-            "none",
-            "--out",
-            str(out),
-            "--no-progress",
-        ]
-    )
-    assert code == 0
+    assert bare_replay(str(history), "--out", str(out)) == 0
     decisions = [orjson.loads(x) for x in out.read_bytes().splitlines()]
     assert len(decisions) == 20 and {d["action"] for d in decisions} == {"approve"}
     dlq = [orjson.loads(x) for x in (tmp_path / "d.dlq.jsonl").read_bytes().splitlines()]
@@ -46,22 +38,7 @@ def test_missing_file_exit_2_with_message(tmp_path, capsys):
 def test_bad_mapping_exit_2_names_file_and_line(history, tmp_path, capsys):
     m = tmp_path / "m.yaml"
     m.write_text("fields:\n  tx_id: A\n  colour: B\n")
-    assert (
-        main(
-            [
-                "replay",
-                str(history),
-                "--mapping",
-                str(m),
-                "--rules",
-                "none",
-                "--model",
-                "none",
-                "--no-progress",
-            ]
-        )
-        == 2
-    )
+    assert bare_replay(str(history), "--mapping", str(m)) == 2
     err = capsys.readouterr().err
     assert f"{m}:1" in err and "unknown engine field" in err
 
@@ -69,24 +46,7 @@ def test_bad_mapping_exit_2_names_file_and_line(history, tmp_path, capsys):
 def test_unknown_column_in_mapping(history, tmp_path, capsys):
     m = tmp_path / "m.yaml"
     m.write_text("fields:\n  tx_id: TRANSACTION_ID\n")
-    assert (
-        main(
-            [
-                "replay",
-                str(history),
-                "--mapping",
-                str(m),
-                "--rules",
-                "none",
-                "--model",
-                "none",
-                "--no-progress",
-                "--out",
-                str(tmp_path / "o.jsonl"),
-            ]
-        )
-        == 2
-    )
+    assert bare_replay(str(history), "--mapping", str(m), "--out", str(tmp_path / "o.jsonl")) == 2
     assert "['TRANSACTION_ID'] named in the mapping are not in the file" in capsys.readouterr().err
 
 
