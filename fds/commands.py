@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fds import replay as replay_mod
-from fds.metrics import Metrics, serve
+from fds.metrics import Metrics, add_metrics_arguments, serve
 from fds.pipeline import DEFAULT_MODEL, DEFAULT_RULES, build_engine
 from fds.streams.files import JsonlSink, load_mapping
 
@@ -55,17 +55,7 @@ def register(sub: Any) -> None:
         help="pace by event time, e.g. 60 = one hour of data per minute "
         "(default: as fast as possible)",
     )
-    p.add_argument(
-        "--metrics-port",
-        type=int,
-        default=None,
-        help="serve Prometheus /metrics on this port while replaying",
-    )
-    p.add_argument(
-        "--metrics-host",
-        default="127.0.0.1",
-        help="address for --metrics-port (0.0.0.0 to be scraped from elsewhere)",
-    )
+    add_metrics_arguments(p, -1)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_replay)
 
@@ -147,7 +137,7 @@ def _replay(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         sink = stack.enter_context(JsonlSink(args.out))
         dlq = stack.enter_context(JsonlSink(dlq_path))
-        if args.metrics_port is not None:
+        if args.metrics_port >= 0:
             server = stack.enter_context(serve(metrics, args.metrics_host, args.metrics_port))
             print(f"metrics: {server.url}", file=sys.stderr)
         stack.callback(engine.close)

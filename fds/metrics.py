@@ -59,6 +59,7 @@ __all__ = [
     "Metrics",
     "MetricsServer",
     "NullMetrics",
+    "add_metrics_arguments",
     "make_metrics",
     "serve",
 ]
@@ -846,3 +847,19 @@ def serve(metrics: Metrics, host: str = "127.0.0.1", port: int = 9108) -> Metric
             "choose another port (--metrics-port) or stop what is using it",
         ) from e
     return MetricsServer(host=host, port=server.server_port, _server=server, _thread=thread)
+
+
+def add_metrics_arguments(parser: Any, default_port: int) -> None:
+    """``--metrics-port`` and ``--metrics-host``, the same for every long-running command."""
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=default_port,
+        help=f"serve Prometheus /metrics on this port (default {default_port}; 0: any free "
+        "port; -1: off)",
+    )
+    parser.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address to serve /metrics on (0.0.0.0 to be scraped from other machines)",
+    )

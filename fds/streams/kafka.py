@@ -76,7 +76,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fds.engine import Engine
 from fds.errors import ConfigError, FdsError, StageError, ValidationError
-from fds.metrics import NullMetrics, make_metrics, serve
+from fds.metrics import NullMetrics, add_metrics_arguments, make_metrics, serve
 from fds.pipeline import DEFAULT_MODEL, DEFAULT_RULES, build_engine
 from fds.schema import dead_letter, dumps, loads, parse_transaction
 from fds.streams.checkpoint import Checkpointer, default_state_dir
@@ -876,10 +876,7 @@ def register_run(subparsers: argparse._SubParsersAction) -> None:
         help="model registry dir to serve from (default: models/registry); `fds train` "
         "publishes there",
     )  # fmt: skip
-    p.add_argument(
-        "--metrics-port", type=int, default=9108,
-        help="serve Prometheus /metrics on this port (0: any free port; -1: off)",
-    )  # fmt: skip
+    add_metrics_arguments(p, 9108)
     p.add_argument("--max-idle", type=float, default=None, help="exit after this many idle seconds")
     p.set_defaults(func=_cmd_run)
 
@@ -916,7 +913,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"fds run: error: {exc}", file=sys.stderr)
         return 2
-    server = serve(metrics, port=args.metrics_port) if args.metrics_port >= 0 else None
+    server = (
+        serve(metrics, args.metrics_host, args.metrics_port) if args.metrics_port >= 0 else None
+    )
     if server is not None:
         log.info("serving metrics on %s", server.url)
     signal.signal(signal.SIGTERM, runner.stop)

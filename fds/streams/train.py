@@ -51,7 +51,7 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from fds.errors import ConfigError, FdsError
-from fds.metrics import NullMetrics, make_metrics, serve
+from fds.metrics import NullMetrics, add_metrics_arguments, make_metrics, serve
 from fds.models import Publication, Registry, SqliteStore, Trainer, load_spec
 from fds.models.registry import DEFAULT_REGISTRY
 from fds.pipeline import DEFAULT_MODEL
@@ -388,10 +388,7 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--models-topic", default="models", help="announce versions here ('none': do not)"
     )
-    p.add_argument(
-        "--metrics-port", type=int, default=9109,
-        help="serve Prometheus /metrics on this port (0: any free port; -1: off)",
-    )  # fmt: skip
+    add_metrics_arguments(p, 9109)
     p.add_argument("--max-idle", type=float, default=None, help="exit after this many idle seconds")
     p.set_defaults(func=_cmd_train)
 
@@ -420,7 +417,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"fds train: error: {exc}", file=sys.stderr)
         return 2
-    server = serve(metrics, port=args.metrics_port) if args.metrics_port >= 0 else None
+    server = (
+        serve(metrics, args.metrics_host, args.metrics_port) if args.metrics_port >= 0 else None
+    )
     signal.signal(signal.SIGTERM, svc.stop)
     signal.signal(signal.SIGINT, svc.stop)
     try:
