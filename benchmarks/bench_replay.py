@@ -12,6 +12,7 @@ a reference ceiling.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import random
 import sys
@@ -98,7 +99,8 @@ def main() -> int:
         "",
         f"Command: `{cmd}`  ",
         f"Machine: {platform.processor() or platform.machine()}, Python "
-        f"{platform.python_version()}, one process (one core).",
+        f"{platform.python_version()}, one process (one core); load average at the end "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (shared machine).",
         "",
         "| stage | transactions/s |",
         "|---|---|",
