@@ -8,7 +8,7 @@ earlier timestamp; ``seen`` and ``last_gap`` look only at the others. ``fraud_co
 
 How (see docs/features.md for the full account):
 
-* one :class:`_State` per entity value: an append-only log (timestamps, value columns, prefix
+* one flat state list per entity value: an append-only log (timestamps, value columns, prefix
   sums of the numeric ones) shared by every window of the entity; a window is a head index into
   it plus, where needed, a min/max candidate list, a value counter and a known-fraud count;
 * events up to ``grace`` behind the watermark (the largest event time seen) are inserted in
@@ -37,7 +37,7 @@ import os
 import pickle
 import sys
 from array import array
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,16 +46,24 @@ import numpy as np
 
 from fds.errors import ConfigError
 from fds.features.calendar import DayClock
-from fds.features.codegen import build_append, build_new_state
+from fds.features.codegen import (
+    BASE,
+    TS,
+    assign_slots,
+    build_append,
+    build_fused,
+    build_new_state,
+)
 from fds.features.codegen import num as _num
 from fds.features.spec import Group, Layout, compile_specs
+from fds.features.txstore import TxStore
 from fds.timeutil import parse_duration
 
 __all__ = ["FeaturePlan"]
 
 NAN = math.nan
 # Checkpoint format version: bump when the pickled state layout changes.
-_FORMAT = 1
+_FORMAT = 2
 # The log may hold this fraction of the longest window beyond what is needed before it is
 # trimmed: trimming then happens once per 1/16 window per entity (amortised O(1) per event)
 # at a memory cost of at most ~6 % extra entries.
@@ -66,46 +74,12 @@ _TRIM_SLACK = 1 / 16
 # event, while idle state is at most ~1/8 window (plus one check period) old past evictable.
 _SWEEP_FRACTION = 1 / 8
 _SWEEP_MIN_EVENTS = 1000
-# The tx_id store is bucketed by event time in 16 buckets per TTL, so expiry drops whole dicts.
-_LABEL_BUCKETS = 16
-
-
-class _State:
-    """Everything held for one entity value (one card, one merchant ...).
-
-    Prefix arrays (``c0`` present-value counts, ``c1`` shifted sums, ``c2`` shifted squares)
-    have one more element than the log: ``c[i]`` sums log positions ``< i``, so a window from
-    absolute index ``h`` to the end sums ``c[-1] - c[h - base]``. Instances are built by the
-    group's generated constructor (:func:`fds.features.codegen.build_new_state`).
-    """
-
-    key: Any
-    base: int  # absolute index of ts[0]
-    ts: array
-    num: list[array]  # raw values per numeric field (NaN = missing)
-    shift: list[float]  # per numeric field: the entity's first value, subtracted in the sums
-    c0: list[array | None]
-    c1: list[array | None]
-    c2: list[array | None]
-    cats: list[list[Any]]  # values per categorical field
-    txids: list[str] | None  # with fraud aggregates: to find a labelled transaction
-    flags: bytearray | None  # ... and its known-fraud flag
-    heads: list[int]  # per window: absolute index of its first entry
-    mono: list[list[int]]  # min/max candidates (absolute indices), per (window, field, kind)
-    ctrs: list[dict[Any, int]]  # value counters per (window, categorical field)
-    nf: list[int]  # known frauds per fraud window
-
-    __slots__ = (
-        "base", "c0", "c1", "c2", "cats", "ctrs", "flags", "heads", "key", "mono", "nf", "num",
-        "shift", "ts", "txids",
-    )  # fmt: skip
-
-    def __getstate__(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, s) for s in _State.__slots__)
-
-    def __setstate__(self, state: tuple[Any, ...]) -> None:
-        for s, v in zip(_State.__slots__, state, strict=True):
-            setattr(self, s, v)
+# The tx_id store is bucketed by event time, so expiry drops whole buckets. Freezing a bucket
+# (dicts -> sorted arrays) runs inside one compute() call and costs ~0.4 us per entry, so the
+# bucket count bounds that pause: 128 buckets of a 28-day TTL hold 5.25 h each, ~85 ms at
+# 1M tx/day (~2 ms at the simulator's 20k/day). More buckets shorten the pause but make a
+# label's lookup (newest bucket first, one binary search per frozen bucket) longer.
+_LABEL_BUCKETS = 128
 
 
 def _split(name: str) -> tuple[str, str | None]:
@@ -137,6 +111,20 @@ def _rebase(prefix: array) -> None:
 class _CompiledGroup:
     """Per-group constants used on the hot path (tuples, no attribute chasing)."""
 
+    # indices into the flat state list, set by codegen.assign_slots (-1: not held)
+    i_num: list[int]
+    i_shift: list[int]
+    i_c0: list[int]
+    i_c1: list[int]
+    i_c2: list[int]
+    i_cat: list[int]
+    i_flags: int
+    i_head: list[int]
+    i_mono: list[int]
+    i_ctr: list[int]
+    i_nf: list[int]
+    size: int
+
     def __init__(self, g: Group, clock: DayClock, grace: float) -> None:
         self.g = g
         self.ent, self.ent_sub = _split(g.entity)
@@ -163,8 +151,9 @@ class _CompiledGroup:
         # the log keeps ``keep`` seconds behind the watermark; trimmed once ``trim_lag`` old
         self.keep = grace + self.longest
         self.trim_lag = self.keep + self.longest * _TRIM_SLACK
+        assign_slots(self)
         self.append, self.source = build_append(self, clock.cutoff)
-        self.new_state = build_new_state(self, _State)
+        self.new_state = build_new_state(self)
 
 
 class FeaturePlan:
@@ -220,7 +209,8 @@ class FeaturePlan:
 
     # ------------------------------------------------------------------ state
     def _reset(self) -> None:
-        self.states: list[dict[Any, _State]] = [{} for _ in self._groups]
+        # per group: entity value -> flat state list (layout: codegen.assign_slots)
+        self.states: list[dict[Any, list[Any]]] = [{} for _ in self._groups]
         self._bind()
         self.watermark = -math.inf
         self.late_events = 0  # beyond grace: decided on current state, flagged
@@ -230,17 +220,24 @@ class FeaturePlan:
         self._sweep_at = [-math.inf for _ in self._groups]  # event time of each group's sweep
         self._accepted = 0  # events folded in (drives the sweep's amortisation)
         self._sweep_after = 0  # ... and the count at which sweeps are next considered
-        self._labels: dict[int, dict[str, tuple[Any, ...]]] = {}
-        self._label_bucket = -1
-        self._label_dict: dict[str, tuple[Any, ...]] = {}
+        self._labels = TxStore(self._label_span)
         self._next_label_expiry = -math.inf
 
     def _bind(self) -> None:
         """The per-group constants the hot path reads, bound to the current state dicts."""
-        self._hot = tuple(
-            (cg, states, cg.ent, cg.ent_sub, cg.fraud, cg.append, cg.trim_lag)
-            for cg, states in zip(self._groups, self.states, strict=True)
-        )
+        groups = self._groups
+
+        def reorder(gi: int, st: list[Any], t: float, tx: Mapping[str, Any], out: dict) -> None:
+            self.reordered_events += 1
+            self._brute(groups[gi], st, t, tx, out)
+            self._insert(groups[gi], st, t, tx)
+
+        helpers = {
+            "_reorder": reorder,
+            "_trim": lambda gi, st, horizon: self._trim(groups[gi], st, horizon),
+            "_cutoff": self.clock.cutoff,
+        }
+        self._run, self.source = build_fused(groups, self.states, self._multi_fraud, helpers)
 
     def state_sizes(self) -> dict[str, int]:
         """Entities held per entity type, e.g. ``{"card_id": 1203, "merchant_id": 88}``."""
@@ -248,7 +245,7 @@ class FeaturePlan:
 
     def label_store_size(self) -> int:
         """Transactions currently attributable to a late label."""
-        return sum(len(d) for d in self._labels.values())
+        return len(self._labels)
 
     # ------------------------------------------------------------------ hot path
     def compute(self, tx: Mapping[str, Any]) -> dict[str, Any]:
@@ -270,48 +267,19 @@ class FeaturePlan:
         self._accepted += 1
         if self._accepted >= self._sweep_after:
             self._sweep()
-        keys: Any = None  # what the tx_id store keeps: the fraud groups' entity keys
-        wm = self.watermark
-        for cg, states, ent, sub, fraud, append, trim_lag in self._hot:
-            v = tx.get(ent) if sub is None else _get(tx, ent, sub)
-            if v is None:
-                if fraud and self._multi_fraud:
-                    keys = [] if keys is None else keys
-                    keys.append(None)
-                continue  # features stay None: undefined without the entity
-            st = states.get(v)
-            if st is None:
-                st = states[v] = self._new_state(cg, v, tx)
-            if t < st.ts[-1] if st.ts else False:
-                self.reordered_events += 1
-                self._brute(cg, st, t, tx, out)
-                self._insert(cg, st, t, tx)
-            elif append(st, t, tx, out) <= wm - trim_lag:
-                self._trim(cg, st, wm - cg.keep)
-            if fraud:
-                if not self._multi_fraud:
-                    keys = st.key
-                elif keys is None:
-                    keys = [st.key]
-                else:
-                    keys.append(st.key)
-        if keys is not None:
-            self._remember(tx["tx_id"], t, keys if keys.__class__ is not list else tuple(keys))
+        keys = self._run(tx, t, out, self.watermark)
+        if keys is not None:  # what the tx_id store keeps: the fraud groups' entity keys
+            self._labels.remember(
+                tx["tx_id"], t, keys if keys.__class__ is not list else tuple(keys)
+            )
         return out
 
     # ------------------------------------------------------------------ rare paths
-    @staticmethod
-    def _new_state(cg: _CompiledGroup, key: Any, tx: Mapping[str, Any]) -> _State:
-        # The shift for the prefix sums is the entity's first value: sums of deviations from
-        # it stay small, which keeps std exact enough when values are large and close together.
-        shifts = [0.0 if x != x else x for x in (_num(_get(tx, k, sub)) for k, sub in cg.nums)]
-        return cg.new_state(key, shifts)
-
     def _brute(
-        self, cg: _CompiledGroup, st: _State | None, t: float, tx: Mapping[str, Any], out: dict
+        self, cg: _CompiledGroup, st: list[Any] | None, t: float, tx: Mapping[str, Any], out: dict
     ) -> None:
         """Snapshot of ``tx`` at ``t`` recomputed from the log (out-of-order / late events)."""
-        ts = st.ts if st is not None else array("d")
+        ts = st[TS] if st is not None else array("d")
         hi = bisect_right(ts, t)  # others with ts <= t
         xs = [_num(_get(tx, k, sub)) for k, sub in cg.nums]
         cvals = [_get(tx, k, sub) for k, sub in cg.cats]
@@ -324,10 +292,10 @@ class FeaturePlan:
                 elif agg == "last_gap":
                     out[name] = t - ts[hi - 1] if hi > lo else None
                 elif agg in ("fraud_count", "fraud_rate"):
-                    nfr = sum(st.flags[lo:hi]) if st is not None else 0  # type: ignore[index]
+                    nfr = sum(st[cg.i_flags][lo:hi]) if st is not None else 0
                     out[name] = nfr if agg == "fraud_count" else nfr / (hi - lo + 1)
                 elif agg in ("distinct", "seen"):
-                    others = set(st.cats[fi][lo:hi]) if st is not None else set()
+                    others = set(st[cg.i_cat[fi]][lo:hi]) if st is not None else set()
                     others.discard(None)
                     v = cvals[fi]
                     if agg == "seen":
@@ -335,30 +303,31 @@ class FeaturePlan:
                     else:
                         out[name] = len(others) + (v is not None and v not in others)
                 else:
-                    vals = [x for x in (st.num[fi][lo:hi] if st is not None else ()) if x == x]
+                    vals = [
+                        x for x in (st[cg.i_num[fi]][lo:hi] if st is not None else ()) if x == x
+                    ]
                     if xs[fi] == xs[fi]:
                         vals.append(xs[fi])
                     out[name] = _num_agg(agg, vals)
 
-    def _insert(self, cg: _CompiledGroup, st: _State, t: float, tx: Mapping[str, Any]) -> None:
+    def _insert(self, cg: _CompiledGroup, st: list[Any], t: float, tx: Mapping[str, Any]) -> None:
         """Insert an out-of-order event in timestamp order and repair the window state."""
-        ts = st.ts
-        base = st.base
+        ts = st[TS]
+        base = st[BASE]
         p = bisect_right(ts, t)  # after equal timestamps: they arrived first
         ts.insert(p, t)
         for fi, (k, sub) in enumerate(cg.nums):
-            st.num[fi].insert(p, _num(_get(tx, k, sub)))
+            st[cg.i_num[fi]].insert(p, _num(_get(tx, k, sub)))
             if cg.sums[fi]:
-                _reprefix(st, fi, p)
+                _reprefix(cg, st, fi, p)
         cvals = []
         for ci, (k, sub) in enumerate(cg.cats):
             v = _get(tx, k, sub)
             v = _cat(v) if v is not None else None
-            st.cats[ci].insert(p, v)
+            st[cg.i_cat[ci]].insert(p, v)
             cvals.append(v)
-        if st.flags is not None:
-            st.txids.insert(p, tx["tx_id"])  # type: ignore[union-attr]
-            st.flags.insert(p, 0)
+        if cg.fraud:
+            st[cg.i_flags].insert(p, 0)
         last = ts[-1]
         for wi, width, _pe, mono, ctrs, _fslot, _feats in cg.windows:
             cutoff = last - width if width is not None else self.clock.cutoff(last)
@@ -366,13 +335,13 @@ class FeaturePlan:
                 for slot, ci in ctrs:
                     v = cvals[ci]
                     if v is not None:
-                        c = st.ctrs[slot]
+                        c = st[cg.i_ctr[slot]]
                         c[v] = c.get(v, 0) + 1
             else:  # inserted before the head: the head entry moved one place right
-                st.heads[wi] += 1
-            h = st.heads[wi]
+                st[cg.i_head[wi]] += 1
+            h = st[cg.i_head[wi]]
             for slot, fi, is_max in mono:  # absolute indices moved: rebuild from the log
-                col = st.num[fi]
+                col = st[cg.i_num[fi]]
                 lst: list[int] = []
                 for q in range(h - base, len(ts)):
                     x = col[q]
@@ -383,26 +352,25 @@ class FeaturePlan:
                     ):
                         lst.pop()
                     lst.append(q + base)
-                st.mono[slot] = lst
+                st[cg.i_mono[slot]] = lst
 
-    def _trim(self, cg: _CompiledGroup, st: _State, horizon: float) -> None:
+    def _trim(self, cg: _CompiledGroup, st: list[Any], horizon: float) -> None:
         """Drop log entries no accepted event can see any more (``ts <= horizon``)."""
-        k = bisect_right(st.ts, horizon)
+        k = bisect_right(st[TS], horizon)
         if k <= 0:
             return
-        del st.ts[:k]
+        del st[TS][:k]
         for fi in range(len(cg.nums)):
-            del st.num[fi][:k]
-            for prefix in (st.c0[fi], st.c1[fi], st.c2[fi]):
-                if prefix is not None:
-                    del prefix[:k]
-                    _rebase(prefix)
-        for col in st.cats:
-            del col[:k]
-        if st.flags is not None:
-            del st.flags[:k]
-            del st.txids[:k]  # type: ignore[union-attr]
-        st.base += k
+            del st[cg.i_num[fi]][:k]
+            for i in (cg.i_c0[fi], cg.i_c1[fi], cg.i_c2[fi]):
+                if i >= 0:
+                    del st[i][:k]
+                    _rebase(st[i])
+        for i in cg.i_cat:
+            del st[i][:k]
+        if cg.fraud:
+            del st[cg.i_flags][:k]
+        st[BASE] += k
 
     def _sweep(self) -> None:
         """Evict entities whose newest event no accepted event can see any more."""
@@ -411,7 +379,7 @@ class FeaturePlan:
             if wm < self._sweep_at[gi]:
                 continue
             horizon = wm - cg.keep
-            dead = [k for k, st in states.items() if st.ts[-1] <= horizon]
+            dead = [k for k, st in states.items() if st[TS][-1] <= horizon]
             for k in dead:
                 del states[k]
             self.evicted_entities += len(dead)
@@ -420,27 +388,12 @@ class FeaturePlan:
         self._sweep_after = self._accepted + max(held, self.sweep_min_events)
 
     # ------------------------------------------------------------------ labels
-    def _remember(self, tx_id: str, t: float, keys: Any) -> None:
-        # One entity key (or a tuple of them with several fraud groups) per transaction, and
-        # no timestamp: the entry is found by tx_id in the entity's log. This store is the
-        # largest per-transaction cost, so it holds nothing it can do without.
-        b = int(t // self._label_span)
-        if b != self._label_bucket:
-            self._label_bucket = b
-            d = self._labels.get(b)
-            if d is None:
-                d = self._labels[b] = {}
-            self._label_dict = d
-        self._label_dict[tx_id] = keys
-
     def _expire_labels(self) -> None:
-        horizon = self.watermark - self.grace - self.label_ttl
-        for b in [b for b in self._labels if (b + 1) * self._label_span <= horizon]:
-            del self._labels[b]
-            if b == self._label_bucket:
-                self._label_bucket = -1
-                self._label_dict = {}
-        self._next_label_expiry = self.watermark + self._label_span
+        wm = self.watermark
+        self._labels.expire(
+            freeze_before=wm - self.grace, drop_before=wm - self.grace - self.label_ttl
+        )
+        self._next_label_expiry = wm + self._label_span
 
     def on_label(self, label: Mapping[str, Any]) -> None:
         """Record a (late) label: later decisions count it in ``fraud_count``/``fraud_rate``.
@@ -449,15 +402,19 @@ class FeaturePlan:
         time. Labels for unknown or expired transactions are counted in ``unmatched_labels``.
         """
         tx_id = label["tx_id"]
-        rec = None
-        for d in reversed(self._labels.values()):
-            rec = d.get(tx_id)
-            if rec is not None:
-                break
-        if rec is None:
+        found = self._labels.find(tx_id)
+        if found is None:
             self.unmatched_labels += 1
             return
+        bucket, rec, t = found
         want = 1 if label["is_fraud"] else 0
+        if bucket.known.get(tx_id, 0) == want:
+            return  # already counted as it says
+        if want:
+            bucket.known[tx_id] = 1
+        else:
+            del bucket.known[tx_id]
+        delta = 1 if want else -1
         j = 0
         for gi, cg in enumerate(self._groups):
             if not cg.fraud:
@@ -467,19 +424,21 @@ class FeaturePlan:
             st = self.states[gi].get(key)
             if st is None:
                 continue
-            try:
-                p = st.txids.index(tx_id)  # type: ignore[union-attr]
-            except ValueError:
+            # The log holds no tx_ids: entries with this timestamp are in or out of every
+            # window together, so flagging any one of them not yet flagged counts the same.
+            ts = st[TS]
+            flags = st[cg.i_flags]
+            p = bisect_left(ts, t)
+            hi = bisect_right(ts, t, p)
+            while p < hi and flags[p] == want:
+                p += 1
+            if p >= hi:
                 continue  # trimmed or evicted: can no longer matter
-            flags = st.flags
-            if flags[p] == want:  # type: ignore[index]
-                continue
-            flags[p] = want  # type: ignore[index]
-            delta = 1 if want else -1
-            a = st.base + p
+            flags[p] = want
+            a = st[BASE] + p
             for wi, _w, _pe, _mono, _ctrs, fslot, _feats in cg.windows:
-                if fslot >= 0 and a >= st.heads[wi]:
-                    st.nf[fslot] += delta
+                if fslot >= 0 and a >= st[cg.i_head[wi]]:
+                    st[cg.i_nf[fslot]] += delta
 
     # ------------------------------------------------------------------ checkpoints
     def _identity(self) -> dict[str, Any]:
@@ -577,11 +536,11 @@ class FeaturePlan:
         return plan, plan.restore(path)
 
 
-def _reprefix(st: _State, fi: int, p: int) -> None:
+def _reprefix(cg: _CompiledGroup, st: list[Any], fi: int, p: int) -> None:
     """Recompute the prefix arrays of numeric field ``fi`` from log position ``p`` on."""
-    col = st.num[fi]
-    k = st.shift[fi]
-    c0, c1, c2 = st.c0[fi], st.c1[fi], st.c2[fi]
+    col = st[cg.i_num[fi]]
+    k = st[cg.i_shift[fi]]
+    c0, c1, c2 = (st[i] if i >= 0 else None for i in (cg.i_c0[fi], cg.i_c1[fi], cg.i_c2[fi]))
     if c0 is not None:
         c0.insert(p + 1, 0.0)
     c1.insert(p + 1, 0.0)  # type: ignore[union-attr]

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from fds.features import FeaturePlan
+from fds.features.codegen import BASE, TS
 from tests.features.conftest import ALL_SPECS, GRACE, STARTS, Spec
 from tests.features.reference import reference
 from tests.features.test_plan_properties import assert_same, run_plan
@@ -64,7 +65,8 @@ def test_dense_short_windows_trim_and_reorder(seed: int) -> None:
     assert plan.reordered_events > 0 and plan.late_events > 0
     # the log really was trimmed (entries far older than the longest window are gone)
     st = plan.states[0]["a"]
-    assert st.base > 0 and st.ts[0] > st.ts[-1] - GRACE - 3600 * (1 + 1 / 16)
+    base, ts = st[BASE], st[TS]
+    assert base > 0 and ts[0] > ts[-1] - GRACE - 3600 * (1 + 1 / 16)
 
 
 @pytest.mark.parametrize("tz", ["Europe/Berlin", "America/New_York"])
