@@ -1,6 +1,6 @@
 """The decision policy: rule hits + model score -> final score and action.
 
-The rule (documented in docs/rules.md):
+The rule (documented in the README, "Rules"):
 
 1. Only **active** hits count; shadow hits are reported in the decision and ignored here.
 2. ``rule_score`` = the highest score among active hits (0 when none).

@@ -6,7 +6,7 @@ covers the entity's transactions with ``t - width < ts <= t`` (``calendar_day``:
 earlier timestamp; ``seen`` and ``last_gap`` look only at the others. ``fraud_count`` and
 ``fraud_rate`` count the transactions whose fraud label had arrived before the decision.
 
-How (see docs/features.md for the full account):
+How (see the README, "Features" for the full account):
 
 * one flat state list per entity value: an append-only log (timestamps, value columns, prefix
   sums of the numeric ones) shared by every window of the entity; a window is a head index into

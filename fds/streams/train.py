@@ -29,7 +29,7 @@ committed to Kafka are for lag monitoring and a fresh state dir):
 Scorers (``fds run``) serve the registry champion and poll the registry
 (:func:`fds.models.build_model_stage` with ``watch=True``): a version published here reaches
 them within the poll period when they share the registry directory. The models topic lets
-scorers elsewhere take versions in (see docs/kafka.md).
+scorers elsewhere take versions in (see the README, "Running on Kafka").
 """
 
 from __future__ import annotations
