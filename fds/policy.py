@@ -88,6 +88,12 @@ class AlertBudget:
         self._since = 0
         self._threshold = 0.0
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # `_cur` is a view into `_slots`; pickling copies views, so point it back after loading
+        # (else the restored budget would count new scores in a detached copy).
+        self.__dict__.update(state)
+        self._cur = self._slots[max(self._now_slot, 0) % self.nslots]
+
     def observe(self, score: float, ts: float) -> None:
         """Count one final score at event time ``ts`` (late events count in the current slot)."""
         if ts >= self._slot_end:
