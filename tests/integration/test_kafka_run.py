@@ -98,6 +98,24 @@ def count_records(bootstrap: str, topic: str) -> int:
         c.close()
 
 
+def decisions_by_tx(
+    bootstrap: str, topic: str, ids: list[str], *, committed_only: bool = False
+) -> tuple[dict[str, dict[str, Any]], int]:
+    """First decision per tx_id and the number of duplicates; asserts that no tx_id is lost
+    and that every duplicate equals its first (except the wall-clock fields)."""
+    first: dict[str, dict[str, Any]] = {}
+    dups = 0
+    for r in read_all(bootstrap, topic, committed_only=committed_only):
+        d = orjson.loads(r.value)
+        if d["tx_id"] in first:
+            dups += 1
+            assert comparable(d) == comparable(first[d["tx_id"]]), "a duplicate differs"
+        else:
+            first[d["tx_id"]] = d
+    assert set(first) == set(ids), f"lost {len(set(ids) - set(first))} transactions"
+    return first, dups
+
+
 def read_all(bootstrap: str, topic: str, *, committed_only: bool = False) -> list[Any]:
     """Every record of ``topic`` from the beginning up to its current end."""
     c = KafkaConsumer(
@@ -354,16 +372,7 @@ def test_kill9_and_restart_at_least_once_loses_nothing(
     group = unique_name("g")
     _kill_restart_run(kafka_bootstrap, topics, group, len(ids), ["--group-instance-id", "i0"])
 
-    first: dict[str, dict[str, Any]] = {}
-    dups = 0
-    for r in read_all(kafka_bootstrap, topics["decisions"]):
-        d = orjson.loads(r.value)
-        if d["tx_id"] in first:
-            dups += 1
-            assert comparable(d) == comparable(first[d["tx_id"]]), "a duplicate differs"
-        else:
-            first[d["tx_id"]] = d
-    assert set(first) == set(ids), f"lost {len(set(ids) - set(first))} transactions"
+    _, dups = decisions_by_tx(kafka_bootstrap, topics["decisions"], ids)
     assert dups > 0, "the kill between flush and commit must have replayed a batch"
     print(f"duplicates after 3 x kill -9: {dups}")
 

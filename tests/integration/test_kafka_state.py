@@ -21,6 +21,7 @@ from tests.integration.test_kafka_run import (
     _kill_restart_run,
     comparable,
     count_records,
+    decisions_by_tx,
     publish_model,
     read_all,
     settings_for,
@@ -61,17 +62,8 @@ def test_kill9_restart_restores_state_features_equal_uninterrupted_run(
     assert "restored checkpoint" in restarts, restarts[-3000:]
     assert "catch-up" in restarts, restarts[-3000:]
 
-    first: dict[str, dict[str, Any]] = {}
-    dups = 0
     eos = mode == "exactly-once"
-    for r in read_all(kafka_bootstrap, topics["decisions"], committed_only=eos):
-        d = orjson.loads(r.value)
-        if d["tx_id"] in first:
-            dups += 1
-            assert comparable(d) == comparable(first[d["tx_id"]]), "a duplicate differs"
-        else:
-            first[d["tx_id"]] = d
-    assert set(first) == set(ids), f"lost {len(set(ids) - set(first))} transactions"
+    first, dups = decisions_by_tx(kafka_bootstrap, topics["decisions"], ids, committed_only=eos)
     if eos:
         assert dups == 0, "exactly-once: each transaction once among committed decisions"
     else:
