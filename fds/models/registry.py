@@ -11,6 +11,8 @@ evaluation, sha256, hmac, size, status``. Artifacts and the manifest are written
 (temp file + fsync + rename + fsync of the directory). Loading verifies the sha256 and, when a
 key is configured (``FDS_MODEL_KEY``), the HMAC-SHA256 signature *before* anything is
 unpickled; a mismatch raises :class:`fds.errors.ArtifactError` and nothing is loaded.
+:meth:`Registry.import_version` adds a version published by another registry (the models-topic
+feed of a scorer on another machine) under its own id, verified the same way, never unpickled.
 
 >>> import tempfile
 >>> reg = Registry(tempfile.mkdtemp(), key=b"secret")
@@ -30,22 +32,38 @@ import hmac
 import json
 import os
 import pickle
+import re
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from fds.errors import ArtifactError, ConfigError
 from fds.timeutil import format_ts
 
-__all__ = ["DEFAULT_REGISTRY", "Registry", "load_verified", "sign", "write_atomic"]
+__all__ = [
+    "DEFAULT_REGISTRY",
+    "ENTRY_FIELDS",
+    "Registry",
+    "load_verified",
+    "sign",
+    "verify",
+    "write_atomic",
+]
 
 #: Default registry folder (git-ignored, next to the shipped specs).
 DEFAULT_REGISTRY = Path("models/registry")
 #: Versions kept on disk: enough to roll back several steps, small enough to stay tidy.
 DEFAULT_RETAIN = 10
 KEY_ENV = "FDS_MODEL_KEY"
+#: Manifest fields a version carries to another registry (the models-topic announcement).
+ENTRY_FIELDS = (
+    "version", "seq", "spec", "parent", "created_at", "event_time", "labels_learned",
+    "evaluation", "sha256", "hmac", "size",
+)  # fmt: skip
+# A version id is also a file name: only ids the registry itself makes are accepted from outside.
+_VERSION_ID = re.compile(r"v[0-9]{6,}")
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -73,18 +91,16 @@ def sign(data: bytes, key: bytes) -> str:
     return hmac.new(key, data, hashlib.sha256).hexdigest()
 
 
-def load_verified(
+def verify(
     data: bytes, *, sha256: str, signature: str | None = None, key: bytes | None = None
-) -> Any:
-    """Unpickle ``data`` only after its sha256 (and HMAC when ``key``) check out.
+) -> None:
+    """Raise :class:`ArtifactError` unless ``data`` has this sha256 (and, when ``key``, this
+    HMAC signature). Nothing is unpickled.
 
-    >>> blob = pickle.dumps([1, 2])
-    >>> load_verified(blob, sha256=hashlib.sha256(blob).hexdigest())
-    [1, 2]
-    >>> load_verified(blob + b"x", sha256=hashlib.sha256(blob).hexdigest())
+    >>> verify(b"xy", sha256=hashlib.sha256(b"xy").hexdigest(), signature="00", key=b"k")
     Traceback (most recent call last):
     ...
-    fds.errors.ArtifactError: artifact sha256 mismatch: the file is corrupt or was altered
+    fds.errors.ArtifactError: artifact HMAC signature mismatch: wrong key or tampered artifact
     """
     if not hmac.compare_digest(hashlib.sha256(data).hexdigest(), str(sha256)):
         raise ArtifactError("artifact sha256 mismatch: the file is corrupt or was altered")
@@ -95,6 +111,22 @@ def load_verified(
             )
         if not hmac.compare_digest(sign(data, key), str(signature)):
             raise ArtifactError("artifact HMAC signature mismatch: wrong key or tampered artifact")
+
+
+def load_verified(
+    data: bytes, *, sha256: str, signature: str | None = None, key: bytes | None = None
+) -> Any:
+    """Unpickle ``data`` only after :func:`verify` passes.
+
+    >>> blob = pickle.dumps([1, 2])
+    >>> load_verified(blob, sha256=hashlib.sha256(blob).hexdigest())
+    [1, 2]
+    >>> load_verified(blob + b"x", sha256=hashlib.sha256(blob).hexdigest())
+    Traceback (most recent call last):
+    ...
+    fds.errors.ArtifactError: artifact sha256 mismatch: the file is corrupt or was altered
+    """
+    verify(data, sha256=sha256, signature=signature, key=key)
     try:
         return pickle.loads(data)
     except Exception as e:
@@ -221,6 +253,65 @@ class Registry:
             entry = make_entry(data, version=version, seq=seq, key=self.key, **meta)
             m["versions"][version] = entry
             m["next"] = seq + 1
+            self._retain(m)
+        return entry
+
+    def check_import(self, data: bytes, fields: Mapping[str, Any]) -> None:
+        """Raise :class:`ArtifactError` unless :meth:`import_version` may take ``data``: a
+        well-formed version id, the announced size, and :func:`verify` with this registry's
+        key. Nothing is written or unpickled."""
+        version = str(fields.get("version"))
+        if not _VERSION_ID.fullmatch(version):
+            raise ArtifactError(f"invalid version id {version!r}: expected v followed by digits")
+        if fields.get("size") is not None and fields["size"] != len(data):
+            raise ArtifactError(
+                f"artifact size {len(data)} differs from the announced {fields['size']}"
+            )
+        verify(data, sha256=fields.get("sha256") or "", signature=fields.get("hmac"), key=self.key)
+
+    def import_version(self, data: bytes, fields: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Add a version published by another registry, under its own id and manifest fields.
+
+        ``fields`` holds the :data:`ENTRY_FIELDS` of the original entry (other keys are
+        ignored). ``data`` is checked first (:meth:`check_import`) and never unpickled. Returns
+        the new entry, or ``None`` when the version is already here with the same sha256
+        (idempotent). Raises :class:`ArtifactError` when the artifact does not verify or this
+        registry holds a different artifact under that id.
+
+        >>> import tempfile
+        >>> src, dst = Registry(tempfile.mkdtemp()), Registry(tempfile.mkdtemp())
+        >>> e = src.publish({"w": 1.0}, spec={"name": "demo"})
+        >>> data, _ = src.load_bytes(e["version"])
+        >>> dst.import_version(data, e)["version"], dst.import_version(data, e)
+        ('v000001', None)
+        >>> dst.load("v000001")
+        {'w': 1.0}
+        """
+        self.check_import(data, fields)
+        version = str(fields["version"])
+        seq = int(version[1:])
+        entry = {k: fields.get(k) for k in ENTRY_FIELDS}
+        entry.update(
+            seq=seq,
+            spec=entry["spec"] or {},
+            created_at=entry["created_at"] or format_ts(time.time()),
+            labels_learned=entry["labels_learned"] or 0,
+            evaluation=entry["evaluation"] or {},
+            size=len(data),
+            status="published",
+        )
+        with self._locked() as m:
+            have = m["versions"].get(version)
+            if have is not None:
+                if have["sha256"] == entry["sha256"]:
+                    return None
+                raise ArtifactError(
+                    f"{version} is already in {self.path} with a different artifact: versions "
+                    "of one model must come from one trainer registry"
+                )
+            write_atomic(self.path / f"{version}.pkl", data)
+            m["versions"][version] = entry
+            m["next"] = max(int(m.get("next", 1)), seq + 1)
             self._retain(m)
         return entry
 

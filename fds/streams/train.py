@@ -28,8 +28,9 @@ committed to Kafka are for lag monitoring and a fresh state dir):
 
 Scorers (``fds run``) serve the registry champion and poll the registry
 (:func:`fds.models.build_model_stage` with ``watch=True``): a version published here reaches
-them within the poll period when they share the registry directory. The models topic lets
-scorers elsewhere take versions in (see the README, "Running on Kafka").
+them within the poll period when they share the registry directory. Scorers elsewhere run
+``fds run --models-topic models``: :class:`fds.streams.model_feed.ModelFeed` verifies each
+announcement and imports it into their own registry, which they poll the same way.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ from kafka.structs import OffsetAndMetadata
 from fds.errors import ConfigError, FdsError
 from fds.metrics import NullMetrics, add_metrics_arguments, make_metrics, serve
 from fds.models import Publication, Registry, SqliteStore, Trainer, load_spec
-from fds.models.registry import DEFAULT_REGISTRY
+from fds.models.registry import DEFAULT_REGISTRY, ENTRY_FIELDS
 from fds.pipeline import DEFAULT_MODEL
 from fds.schema import parse_label
 from fds.streams.checkpoint import Checkpointer, default_state_dir
@@ -75,8 +76,11 @@ _WIRING = ("store", "registry", "on_drift", "on_example")
 
 
 def announcement(pub: Publication, name: str, registry: Registry | None) -> dict[str, Any]:
-    """The models-topic value announcing ``pub`` (a manifest pointer, artifact inline when
-    small enough).
+    """The models-topic value announcing ``pub``: its manifest entry (the registry's
+    ``ENTRY_FIELDS``: version, seq, spec, parent, created_at, event_time, labels_learned,
+    evaluation, sha256, hmac, size), the model ``name``, the artifact's ``path`` in the trainer's
+    registry, and the artifact inline (``artifact_b64``) when small enough.
+    :class:`fds.streams.model_feed.ModelFeed` imports it into a scorer's registry.
 
     >>> from fds.models.trainer import Publication
     >>> a = announcement(Publication("v000002", b"xy", {"sha256": "ab", "size": 2}), "m", None)
@@ -85,13 +89,10 @@ def announcement(pub: Publication, name: str, registry: Registry | None) -> dict
     """
     entry = pub.entry
     return {
+        **{k: entry.get(k) for k in ENTRY_FIELDS},
         "name": name,
         "version": pub.version,
-        "sha256": entry["sha256"],
-        "hmac": entry.get("hmac"),
         "size": entry.get("size", len(pub.data)),
-        "labels_learned": entry.get("labels_learned"),
-        "event_time": entry.get("event_time"),
         "path": str((registry.path / f"{pub.version}.pkl").resolve()) if registry else None,
         "artifact_b64": (
             base64.b64encode(pub.data).decode() if len(pub.data) <= INLINE_MAX_BYTES else None
@@ -217,6 +218,12 @@ class TrainService:
                 "--bootstrap and that the broker is up (`fds kafka status`)"
             ) from exc
         self.consumer.subscribe(list(self.topics), listener=_Seek(self))
+        # Topic metadata after subscribing and before the first poll joins the group: joined
+        # without it, the group rebalances again as soon as the metadata arrives, and that
+        # second join was seen to stall for good in kafka-python 3.0.12 when the poll timed
+        # out during SyncGroup (the trainer then never got its partitions).
+        for topic in self.topics:
+            self.consumer.partitions_for_topic(topic)
 
     def run(self, *, max_idle_s: float | None = None) -> TrainStats:
         """Run until :meth:`stop` (or ``max_idle_s`` without input)."""

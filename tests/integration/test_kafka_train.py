@@ -1,12 +1,17 @@
 """Labels and models over Kafka (issue 6 item 3): ``fds train`` learns from the decisions and
-labels topics, publishes a version, and a running scorer (``fds run``) serves it."""
+labels topics, publishes a version, and a running scorer (``fds run``) sharing its registry
+directory serves it. (A scorer with its own registry, fed by the models topic:
+tests/integration/test_model_feed.py.)"""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -14,6 +19,7 @@ import yaml
 from kafka import KafkaProducer
 
 from fds.models import Registry
+from fds.models.registry import ENTRY_FIELDS
 from fds.pipeline import DEFAULT_MODEL, DEFAULT_RULES
 from fds.streams.kafka import Runner, build_run_engine, close_engine, produce_file
 from fds.streams.train import TrainService
@@ -38,18 +44,55 @@ def _spec(tmp_path: Path) -> Path:
     return path
 
 
-def test_version_published_by_trainer_reaches_a_running_scorer(
-    kafka_bootstrap, topics, unique_name, tmp_path
-):
+@dataclass
+class Served:
+    """What :func:`train_and_serve` saw: the version the trainer published, the decisions
+    of the two halves of the stream (in file order; ``tail``: the last TAIL of ``late``), and
+    the trainer's registry."""
+
+    version: str
+    early: list[dict[str, Any]]
+    late: list[dict[str, Any]]
+    tail: list[dict[str, Any]]
+    registry: Registry
+
+
+# Transactions produced once the scorer has taken the version: all decided with it.
+TAIL = 100
+
+
+def train_and_serve(
+    kafka_bootstrap: str,
+    topics: dict[str, str],
+    unique_name: Callable[[str], str],
+    tmp_path: Path,
+    *,
+    scorer_registry: Path,
+    models_topic: str | None = None,
+    metrics: Any = None,
+    before_second_half: Callable[[str], None] = lambda version: None,
+) -> Served:
+    """A running scorer (``fds run``'s engine and runner) decides the first half of a stream;
+    ``fds train`` (TrainService) learns from its decisions and 400 labels and publishes a
+    version into ``tmp_path/registry``; then the second half is decided.
+
+    The scorer serves from ``scorer_registry`` (the trainer's directory, or another one fed by
+    ``models_topic``; ``metrics``: the scorer's). ``before_second_half(version)`` runs once the
+    scorer's registry holds the trainer's version. The last TAIL transactions are produced
+    once the scorer has taken the version."""
     write_simulated(tmp_path / "tx.jsonl", days=2, cards=1500)
     lines = (tmp_path / "tx.jsonl").read_bytes().splitlines()
     half = len(lines) // 2
     (tmp_path / "a.jsonl").write_bytes(b"\n".join(lines[:half]) + b"\n")
-    (tmp_path / "b.jsonl").write_bytes(b"\n".join(lines[half:]) + b"\n")
+    (tmp_path / "b.jsonl").write_bytes(b"\n".join(lines[half:-TAIL]) + b"\n")
+    (tmp_path / "c.jsonl").write_bytes(b"\n".join(lines[-TAIL:]) + b"\n")
     registry = tmp_path / "registry"
     s = settings_for(kafka_bootstrap, topics, unique_name("g"))
 
-    engine = build_run_engine(DEFAULT_RULES, DEFAULT_MODEL, registry=registry, poll_seconds=0.2)
+    engine = build_run_engine(
+        DEFAULT_RULES, DEFAULT_MODEL, registry=scorer_registry, poll_seconds=0.2,
+        models_topic=models_topic, settings=s, metrics=metrics,
+    )  # fmt: skip
     runner = Runner(s, engine)
     t_run, run_errors = run_in_thread(runner)
     trainer = TrainService(
@@ -84,12 +127,34 @@ def test_version_published_by_trainer_reaches_a_running_scorer(
         producer.flush()
         producer.close()
         reg = Registry(registry)
-        wait_until(lambda: reg.latest() is not None, 60, "a published version")
+
+        def labels_checkpointed() -> int:
+            got = trainer.ckpt.load()  # written after the publish of the same batch
+            offsets = got.state["offsets"].items() if got is not None else ()
+            return sum(off for (topic, _), off in offsets if topic == topics["labels"])
+
+        # Every label learned and its batch's version published: no version comes after.
+        wait_until(lambda: labels_checkpointed() >= 400, 60, "the labels learned")
         version = reg.latest()
+        assert version is not None
         assert trainer.trainer.stats["frauds_learned"] >= 20
+        scorer = Registry(scorer_registry)
+        wait_until(lambda: scorer.latest() == version, 60, "the version in the scorer registry")
         assert runner.stats.decided == half  # nothing decided with it yet
+        before_second_half(version)
+        server: Any = engine.model
+
+        def taken() -> bool:
+            # Verified and canaried by the registry watcher, which holds one version at a time
+            # until the hot path installs it at its next decision (so an older one may need
+            # decisions first).
+            pending = server._pending
+            return server.version == version or (pending is not None and pending[1] == version)
 
         produce_file(tmp_path / "b.jsonl", s)
+        wait_until(lambda: runner.stats.decided >= len(lines) - TAIL, 60, "the second half")
+        wait_until(taken, 60, "the scorer to take the version")
+        produce_file(tmp_path / "c.jsonl", s)
         wait_until(
             lambda: count_records(kafka_bootstrap, topics["decisions"]) >= len(lines),
             60,
@@ -107,16 +172,30 @@ def test_version_published_by_trainer_reaches_a_running_scorer(
     by_id = {d["tx_id"]: d for d in decisions}
     early = [by_id[orjson.loads(x)["tx_id"]] for x in lines[:half]]
     late = [by_id[orjson.loads(x)["tx_id"]] for x in lines[half:]]
-    assert all(d["model_version"] is None for d in early)  # no version existed yet
-    # The scorer swapped the trainer's version in while running: the second half carries it.
-    served = [d for d in late if d["model_version"] == version]
-    assert served and all(d["model_score"] is not None for d in served)
-    assert late[-1]["model_version"] == version
+    return Served(version, early, late, late[-TAIL:], reg)
 
-    # The version was announced on the compacted models topic: a verifiable pointer.
-    (ann,) = [r for r in read_all(kafka_bootstrap, topics["models"]) if r.key == b"default"][:1]
-    a = orjson.loads(ann.value)
-    entry = reg.entry(version)
-    assert (a["name"], a["version"], a["sha256"]) == ("default", version, entry["sha256"])
+
+def test_version_published_by_trainer_reaches_a_running_scorer(
+    kafka_bootstrap, topics, unique_name, tmp_path
+):
+    got = train_and_serve(
+        kafka_bootstrap, topics, unique_name, tmp_path, scorer_registry=tmp_path / "registry"
+    )
+    version = got.version
+    assert all(d["model_version"] is None for d in got.early)  # no version existed yet
+    # The scorer swapped the trainer's version in while running: the second half carries it.
+    served = [d for d in got.late if d["model_version"] == version]
+    assert served and all(d["model_score"] is not None for d in served)
+    # Decided after the scorer took it: the version, or no model at all (degraded by the guard).
+    assert {d["model_version"] for d in got.tail} <= {version, None}
+    assert any(d["model_version"] == version for d in got.tail)
+
+    # The version was announced on the compacted models topic: a verifiable pointer carrying
+    # the manifest entry.
+    anns = [orjson.loads(r.value) for r in read_all(kafka_bootstrap, topics["models"])]
+    (a,) = [a for a in anns if a["version"] == version]
+    entry = got.registry.entry(version)
+    assert a["name"] == "default"
+    assert {k: a[k] for k in ENTRY_FIELDS} == {k: entry[k] for k in ENTRY_FIELDS}
     assert hashlib.sha256(base64.b64decode(a["artifact_b64"])).hexdigest() == entry["sha256"]
     assert Path(a["path"]).read_bytes() == base64.b64decode(a["artifact_b64"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fds.errors import ArtifactError, ConfigError
-from fds.models.registry import Registry
+from fds.models.registry import ENTRY_FIELDS, Registry
 
 UNPICKLED: list[str] = []
 
@@ -86,8 +87,6 @@ def test_forged_artifact_with_matching_sha_but_no_key_is_rejected(tmp_path: Path
     evil = pickle.dumps(Booby("evil"))
     (tmp_path / "v000001.pkl").write_bytes(evil)
     m = json.loads((tmp_path / "manifest.json").read_text())
-    import hashlib
-
     m["versions"]["v000001"]["sha256"] = hashlib.sha256(evil).hexdigest()
     (tmp_path / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(ArtifactError, match="HMAC"):
@@ -136,3 +135,66 @@ def test_promote_and_rollback(tmp_path: Path) -> None:
     assert reg.entry("v000003")["status"] == "rejected"
     with pytest.raises(ConfigError, match="unknown model version"):
         reg.promote("v000099")
+
+
+# -- import_version: a version published by another registry (the models-topic feed) ----------
+
+
+def _published(tmp_path: Path, model: object, key: bytes | None = None) -> tuple[bytes, dict]:
+    src = Registry(tmp_path / "src", key=key)
+    e = src.publish(model, spec={"name": "t"}, parent="v000000", labels_learned=7)
+    data, _ = src.load_bytes(e["version"])
+    return data, e
+
+
+def test_import_keeps_the_version_id_and_manifest_fields(tmp_path: Path) -> None:
+    data, e = _published(tmp_path, {"w": 3})
+    dst = Registry(tmp_path / "dst")
+    got = dst.import_version(data, e)
+    assert got is not None
+    assert {k: got[k] for k in ENTRY_FIELDS} == {k: e[k] for k in ENTRY_FIELDS}
+    assert got["status"] == "published" and dst.latest() == e["version"]
+    assert (tmp_path / "dst" / f"{e['version']}.pkl").read_bytes() == data
+    assert dst.load(e["version"]) == {"w": 3}
+    # The next local publish does not reuse the imported id.
+    assert dst.publish({"w": 4}, spec={"name": "t"})["version"] == "v000002"
+
+
+def test_import_is_idempotent(tmp_path: Path) -> None:
+    data, e = _published(tmp_path, {"w": 3})
+    dst = Registry(tmp_path / "dst")
+    assert dst.import_version(data, e) is not None
+    stamp = (tmp_path / "dst" / "manifest.json").read_bytes()
+    assert dst.import_version(data, e) is None
+    assert (tmp_path / "dst" / "manifest.json").read_bytes() == stamp
+
+
+def test_import_verifies_before_writing_and_never_unpickles(tmp_path: Path) -> None:
+    data, e = _published(tmp_path, Booby("imp"), key=b"right")
+    bad = bytearray(data)
+    bad[-3] ^= 1
+    cases = [
+        (bytes(bad), e, b"right", "sha256"),
+        (data, {**e, "size": len(data) + 1}, b"right", "size"),
+        (data, e, b"wrong", "HMAC"),
+        (data, {**e, "hmac": None}, b"right", "not signed"),
+        (data, {**e, "version": "../evil"}, b"right", "invalid version id"),
+    ]
+    for i, (blob, fields, key, match) in enumerate(cases):
+        dst = Registry(tmp_path / f"dst{i}", key=key)
+        with pytest.raises(ArtifactError, match=match):
+            dst.import_version(blob, fields)
+        assert dst.versions() == [] and not list((tmp_path / f"dst{i}").glob("*.pkl"))
+    assert UNPICKLED == []
+    assert not (tmp_path / "evil.pkl").exists()
+
+
+def test_import_refuses_a_different_artifact_under_a_known_id(tmp_path: Path) -> None:
+    data, e = _published(tmp_path, {"w": 3})
+    dst = Registry(tmp_path / "dst")
+    dst.import_version(data, e)
+    other = pickle.dumps({"w": 99})
+    forged = {**e, "sha256": hashlib.sha256(other).hexdigest(), "size": len(other)}
+    with pytest.raises(ArtifactError, match="different artifact"):
+        dst.import_version(other, forged)
+    assert dst.load(e["version"]) == {"w": 3}

@@ -1,0 +1,132 @@
+"""Event-time alignment of input partitions (Kafka Streams' stream-time synchronisation).
+
+A consumer fetches partition by partition: when it is behind (after a restart, an outage, a
+rebalance) one poll returns hundreds of records of one partition, the next of another, hours
+apart in event time. Decided in that order, the partitions' records would be far behind the
+watermark of the others and arrive as *late* events (decided, not folded into the windows of
+entities that span partitions, such as merchants and devices). So polled records wait in
+per-partition buffers and are released in event-time order across partitions: the head with
+the smallest event time goes first, and only while every partition that still has unread input
+has a buffered head to compare with. A partition that is caught up (nothing more to read) does
+not hold the others back; one that is behind holds them back for at most ``max_wait_s``
+(then its records may be late: Kafka Streams' ``max.task.idle.ms``). Each partition keeps its
+own order. A partition whose buffer holds ``max_buffer`` records is paused (bounded memory).
+
+>>> class C:  # the consumer calls the aligner makes
+...     def highwater(self, tp): return 2
+...     def position(self, tp): return 2
+...     def pause(self, *tps): pass
+...     def resume(self, *tps): pass
+>>> a = Aligner(C(), lambda msg: (msg[1], msg))
+>>> a.add({"p0": [("a", 5.0), ("c", 9.0)], "p1": [("b", 7.0)]})
+>>> [msg[0] for _tp, msg, _item in a.take(10)]
+['a', 'b', 'c']
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+__all__ = ["Aligner"]
+
+
+class Aligner:
+    """Buffers of polled records released in event-time order across partitions.
+
+    Parameters
+    ----------
+    consumer
+        The KafkaConsumer (``highwater``, ``position``, ``pause``, ``resume``).
+    key
+        ``msg -> (event_time, item)``: parses a record once; ``item`` is handed back with the
+        record (``event_time`` ``-inf`` for a record that cannot be parsed: released at once).
+    max_wait_s
+        How long a partition that is behind may hold the others back without data.
+    max_buffer
+        Records buffered per partition before it is paused.
+    """
+
+    def __init__(
+        self,
+        consumer: Any,
+        key: Callable[[Any], tuple[float, Any]],
+        *,
+        max_wait_s: float = 1.0,
+        max_buffer: int = 2000,
+    ) -> None:
+        self.consumer = consumer
+        self.key = key
+        self.max_wait_s = max_wait_s
+        self.max_buffer = max_buffer
+        self._bufs: dict[Any, deque[tuple[float, Any, Any]]] = {}
+        self._paused: set[Any] = set()
+        self._waiting_since: dict[Any, float] = {}
+
+    def __len__(self) -> int:
+        return sum(len(b) for b in self._bufs.values())
+
+    def add(self, batch: Mapping[Any, list[Any]]) -> None:
+        """Buffer a poll's records (pausing partitions whose buffer is full)."""
+        key = self.key
+        for tp, records in batch.items():
+            buf = self._bufs.get(tp)
+            if buf is None:
+                buf = self._bufs[tp] = deque()
+            for msg in records:
+                t, item = key(msg)
+                buf.append((t, msg, item))
+            self._waiting_since.pop(tp, None)
+            if len(buf) >= self.max_buffer and tp not in self._paused:
+                self.consumer.pause(tp)
+                self._paused.add(tp)
+
+    def forget(self, tps: Iterable[Any]) -> None:
+        """Drop the buffers of revoked partitions (their new owner reads them again)."""
+        for tp in tps:
+            self._bufs.pop(tp, None)
+            self._waiting_since.pop(tp, None)
+            self._paused.discard(tp)
+
+    def _holds_back(self, tp: Any, now: float) -> bool:
+        """Does empty partition ``tp`` still have input to read (and has not waited too long)?"""
+        c = self.consumer
+        hw = c.highwater(tp)
+        if hw is not None and c.position(tp) >= hw:
+            self._waiting_since.pop(tp, None)
+            return False
+        since = self._waiting_since.setdefault(tp, now)
+        return now - since < self.max_wait_s
+
+    def take(self, n: int, assigned: Iterable[Any] = ()) -> list[tuple[Any, Any, Any]]:
+        """Up to ``n`` buffered ``(tp, msg, item)`` in event-time order, stopping where a
+        partition that is behind (one of ``assigned``, or one buffered before) has run dry."""
+        now = time.monotonic()
+        bufs = self._bufs
+        for tp in assigned:
+            if tp not in bufs:
+                bufs[tp] = deque()
+        if any(not buf and self._holds_back(tp, now) for tp, buf in bufs.items()):
+            return []
+        heads = [(buf[0][0], i, tp) for i, (tp, buf) in enumerate(bufs.items()) if buf]
+        heapq.heapify(heads)
+        out: list[tuple[Any, Any, Any]] = []
+        while heads and len(out) < n:
+            _, i, tp = heads[0]
+            buf = bufs[tp]
+            _, msg, item = buf.popleft()
+            out.append((tp, msg, item))
+            if buf:
+                heapq.heapreplace(heads, (buf[0][0], i, tp))
+                continue
+            heapq.heappop(heads)
+            if self._holds_back(tp, now):
+                break
+        resume = [tp for tp in self._paused if len(bufs.get(tp, ())) < self.max_buffer // 2]
+        if resume:
+            self.consumer.resume(*resume)
+            self._paused.difference_update(resume)
+        return out

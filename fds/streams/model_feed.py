@@ -1,0 +1,295 @@
+"""The models-topic feed of a scorer: versions announced by ``fds train`` into a local registry.
+
+``fds train`` publishes each version into its own registry and announces it on the compacted
+models topic (:func:`fds.streams.train.announcement`: key = model name, value = the manifest
+entry, the artifact inline up to 8 MB, and its path in the trainer's registry). A scorer on
+another machine (``fds run --models-topic models``) runs a :class:`ModelFeed`: a background
+consumer that takes each announcement of the model it serves, verifies the artifact and imports
+it into the scorer's *local* registry (:meth:`fds.models.Registry.import_version`: same version
+id and manifest fields, written atomically). The scorer's registry watch then verifies again,
+canaries and hot-swaps it exactly as for a shared registry directory.
+
+The flow (one daemon thread)::
+
+    assign every partition of the topic (no group) -> seek to the beginning
+      -> catch-up: read to the end offsets seen at start, check each record, keep the
+         newest that passes per key -> import those (a restarted scorer finds each model's
+         newest good version, even when a bad record came after it)
+      -> live: import each announcement as it arrives
+
+Per announcement: unparseable, wrong sha256 or size, wrong or missing HMAC (when
+``FDS_MODEL_KEY`` is set), a bad version id, or a different artifact under a version id the
+registry already holds: rejected (a warning, ``fds_model_swaps_total{result="bad_announcement"}``),
+the current model stays. Pointer-only announcements (artifact above the inline limit) are read
+from their ``path`` when this machine can reach it (a shared mount), else a warning and
+``fds_model_swaps_total{result="unreachable"}``. Announcements of other models are skipped; a
+version already in the registry is skipped (idempotent). Nothing is unpickled here. Broker
+errors are retried with backoff; the feed never stops the scorer.
+
+Version ids are the trainer's: keep one trainer registry per model name. A second trainer (or
+a reset registry) reuses ids, and its versions are rejected as different artifacts.
+
+Without ``FDS_MODEL_KEY`` only the sha256 is checked: that catches corruption, not a forged
+announcement, since whoever can write to the topic can also compute a sha256 -- and the scorer
+unpickles what it imports. Set the same key on the trainer and the scorers.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from kafka import KafkaConsumer
+from kafka.errors import KafkaError
+from kafka.structs import TopicPartition
+
+from fds.errors import ArtifactError
+from fds.metrics import NullMetrics
+from fds.models.registry import KEY_ENV, Registry
+from fds.streams.kafka import KafkaSettings
+
+__all__ = ["FeedStats", "ModelFeed"]
+
+log = logging.getLogger(__name__)
+
+# The models topic's max.message.bytes (streams/topics.yaml): one fetch holds a whole
+# announcement (an 8 MB artifact is ~11 MB in base64).
+MAX_FETCH_BYTES = 16 << 20
+# Short enough that stop() is noticed promptly; announcements are rare, so idle polls are cheap.
+POLL_MS = 200
+# Backoff between retries after a broker error or while the topic does not exist yet.
+RETRY_MIN_S, RETRY_MAX_S = 0.5, 30.0
+# kafka-python bootstraps in the consumer constructor; bounded so a retry loop stays lively.
+BOOTSTRAP_TIMEOUT_S = 5.0
+# close() waits this long for the thread: a poll ends within POLL_MS. A thread still
+# bootstrapping (broker down) is left to end with the process: the feed holds no group
+# membership or offsets, so nothing is lost, and `fds run` keeps its 10 s shutdown promise.
+CLOSE_WAIT_S = 2.0
+
+
+@dataclass(slots=True)
+class FeedStats:
+    """Counters of one feed (each announcement lands in exactly one of the other fields)."""
+
+    announcements: int = 0
+    imported: int = 0
+    present: int = 0  # the version was already in the registry
+    superseded: int = 0  # a newer one of the same model followed it in the catch-up
+    other_model: int = 0
+    rejected: int = 0
+    unreachable: int = 0
+
+
+class ModelFeed:
+    """Import the versions announced on the models topic into ``registry`` (a daemon thread).
+
+    Parameters
+    ----------
+    settings
+        Connection and security options (``client_config``) and ``broker_timeout_s``.
+    registry
+        The scorer's local registry (its key, from ``FDS_MODEL_KEY``, checks the HMAC).
+    name
+        The model name the scorer serves (the spec name); other models' announcements are
+        skipped.
+    topic
+        The models topic.
+    consumer_factory
+        Builds the consumer from keyword options (a fake in unit tests).
+    metrics
+        A :class:`fds.metrics.Metrics` for ``fds_model_swaps_total`` (``None``: none).
+    """
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        registry: Registry,
+        *,
+        name: str,
+        topic: str = "models",
+        consumer_factory: Callable[..., Any] | None = None,
+        metrics: Any = None,
+    ) -> None:
+        self.s = settings
+        self.registry = registry
+        self.name = name
+        self.topic = topic
+        self.stats = FeedStats()
+        self.metrics: Any = metrics if metrics is not None else NullMetrics()
+        self.caught_up = threading.Event()  # set once the topic's history has been read
+        self._consumer_factory = consumer_factory or KafkaConsumer
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._backoff = RETRY_MIN_S
+
+    # -- one announcement --------------------------------------------------------------------
+
+    def handle(self, value: bytes | None, where: str = "") -> str:
+        """Verify and import one announcement; returns the outcome (a :class:`FeedStats`
+        field name)."""
+        checked = self._check(value, where)
+        return self._count(checked if isinstance(checked, str) else self._install(checked, where))
+
+    def _count(self, outcome: str) -> str:
+        self.stats.announcements += 1
+        setattr(self.stats, outcome, getattr(self.stats, outcome) + 1)
+        return outcome
+
+    def _reject(self, exc: Exception, where: str) -> str:
+        self.metrics.model_swap("bad_announcement")
+        error = str(exc) if isinstance(exc, ArtifactError) else f"{type(exc).__name__}: {exc}"
+        log.warning('rejected model announcement %s error="%s"', where, error)
+        return "rejected"
+
+    def _check(self, value: bytes | None, where: str) -> str | tuple[dict[str, Any], bytes]:
+        """``(announcement, verified artifact)`` to import, or the outcome that ends it."""
+        try:
+            ann = orjson.loads(value or b"")
+            if not isinstance(ann, dict):
+                raise ArtifactError("not a JSON object")
+            if ann.get("name") != self.name:
+                log.debug('skipped announcement of model="%s" %s', ann.get("name"), where)
+                return "other_model"
+            have = self.registry.manifest()["versions"].get(ann.get("version"))
+            if have is not None and have["sha256"] == ann.get("sha256"):
+                return "present"  # cheap (no artifact read); import_version checks again
+            data = self._artifact(ann, where)
+            if data is None:
+                return "unreachable"
+            self.registry.check_import(data, ann)
+        except Exception as exc:  # a bad record never stops the feed
+            return self._reject(exc, where)
+        return ann, data
+
+    def _install(self, checked: tuple[dict[str, Any], bytes], where: str) -> str:
+        ann, data = checked
+        try:
+            if self.registry.import_version(data, ann) is None:
+                return "present"
+        except Exception as exc:  # a different artifact under a known id, a full disk, ...
+            return self._reject(exc, where)
+        log.info(
+            'imported model version="%s" model="%s" size=%d %s',
+            ann["version"], self.name, len(data), where,
+        )  # fmt: skip
+        return "imported"
+
+    def _artifact(self, ann: dict[str, Any], where: str) -> bytes | None:
+        """The announced bytes (unverified): inline, else read from the pointer path."""
+        inline = ann.get("artifact_b64")
+        if inline is not None:
+            try:
+                return base64.b64decode(inline, validate=True)
+            except (binascii.Error, TypeError, ValueError) as exc:
+                raise ArtifactError(f"artifact_b64 is not base64: {exc}") from None
+        path = ann.get("path")
+        if not path:
+            raise ArtifactError("neither artifact_b64 nor path: nothing to import")
+        try:
+            return Path(path).read_bytes()
+        except OSError as exc:
+            self.metrics.model_swap("unreachable")
+            log.warning(
+                'model version="%s" is announced by pointer only and its path is not readable '
+                'here: share the trainer\'s registry path with this machine %s path="%s" '
+                'error="%s"',
+                ann.get("version"), where, path, exc,
+            )  # fmt: skip
+            return None
+
+    # -- the consumer loop -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the feed thread."""
+        if self.registry.key is None:
+            log.warning(
+                "models feed without %s: announcements are checked by sha256 only (corruption, "
+                "not forgery); set the trainer's key on this scorer",
+                KEY_ENV,
+            )
+        self._thread = threading.Thread(target=self._run, name="fds-model-feed", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop the thread and close the consumer (waits at most ``CLOSE_WAIT_S``)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=CLOSE_WAIT_S)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            consumer = None
+            try:
+                consumer = self._consumer_factory(
+                    **self.s.client_config(),
+                    group_id=None,  # every scorer reads the whole topic; nothing to commit
+                    enable_auto_commit=False,
+                    allow_auto_create_topics=False,  # a mistyped name must not make a topic
+                    max_partition_fetch_bytes=MAX_FETCH_BYTES,
+                    bootstrap_timeout_ms=int(
+                        min(self.s.broker_timeout_s, BOOTSTRAP_TIMEOUT_S) * 1000
+                    ),
+                )
+                if self._consume(consumer):
+                    return
+            except (KafkaError, OSError) as exc:
+                log.warning(
+                    'models feed: broker error, retrying in %.1f s topic="%s" error="%s: %s"',
+                    self._backoff, self.topic, type(exc).__name__, exc,
+                )  # fmt: skip
+            finally:
+                if consumer is not None:
+                    with contextlib.suppress(Exception):
+                        consumer.close()
+            self._stop.wait(self._backoff)
+            self._backoff = min(self._backoff * 2, RETRY_MAX_S)
+
+    def _consume(self, consumer: Any) -> bool:
+        """Read the topic until stopped (``True``); ``False`` when the topic does not exist."""
+        parts = consumer.partitions_for_topic(self.topic)
+        if not parts:
+            log.warning(
+                'models feed: topic="%s" does not exist (yet); `fds kafka topics` creates it',
+                self.topic,
+            )
+            return False
+        tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps)
+        self._backoff = RETRY_MIN_S  # connected: the next outage starts its backoff afresh
+        # Catching up (also after a reconnect): each record is checked, and only the newest
+        # one per key that passes is imported; a bad newest record does not hide a good one.
+        newest: dict[Any, tuple[tuple[dict[str, Any], bytes], str]] = {}
+        catching_up = True
+        while not self._stop.is_set():
+            if catching_up and all(consumer.position(tp) >= end[tp] for tp in tps):
+                catching_up = False
+                for good, where in newest.values():
+                    self._count(self._install(good, where))
+                newest.clear()
+                self.caught_up.set()
+                log.info('models feed caught up topic="%s"', self.topic)
+            batch = consumer.poll(timeout_ms=POLL_MS)
+            for tp, records in batch.items():
+                for r in records:
+                    where = f'partition="{tp.topic}[{tp.partition}]" offset="{r.offset}"'
+                    if not catching_up:
+                        self.handle(r.value, where)
+                        continue
+                    checked = self._check(r.value, where)
+                    if isinstance(checked, str):
+                        self._count(checked)
+                        continue
+                    if r.key in newest:
+                        self._count("superseded")
+                    newest[r.key] = (checked, where)
+        return True

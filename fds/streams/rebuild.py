@@ -1,0 +1,152 @@
+"""Rebuild engine state from the input topic: the source topic is the state's changelog.
+
+Feature windows are exact, so the state of a window *is* the events it covers. The input
+topic already holds those events, keyed by ``card_id`` like the state, so ``fds run`` restores
+state by re-reading the input (as Kafka Streams does with ``topology.optimization=all``, where a
+source topic doubles as its table's changelog) instead of writing every update twice:
+
+* **restart** (a checkpoint covers every assigned partition): fold ``[checkpoint offset,
+  committed offset)`` of each partition on top of the checkpoint;
+* **new partition** (first start without a checkpoint, or a partition moved here from another
+  instance): start from an empty state and fold ``[horizon offset, committed offset)`` of
+  *every* assigned partition, where the horizon is the feature plan's longest window plus its
+  grace before now (``offsets_for_times`` on the record timestamps).
+
+Either way the records of all partitions are folded **merged in event-time order** (a k-way
+merge over the partitions' heads), so no record is later than the plan's grace period behind
+the watermark: entities that span partitions (merchant, device) get every event, in order, as
+an uninterrupted run holding those partitions would have. Records are read with a separate
+group-less consumer, up to the group's committed offsets only: the state never runs ahead of
+them. Memory is bounded by ``buffer`` records per partition (fetching pauses a partition whose
+buffer is full).
+
+>>> list(merge_sorted({0: [(1.0, "a"), (5.0, "c")], 1: [(2.0, "b")]}))
+['a', 'b', 'c']
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+from fds.errors import FdsError
+
+__all__ = ["horizon_seconds", "merge_sorted", "read_merged", "start_offsets"]
+
+log = logging.getLogger(__name__)
+
+# Records buffered per partition before its fetching pauses (bounded memory).
+BUFFER = 5_000
+
+
+def horizon_seconds(engine: Any) -> float:
+    """How much event time the engine's decisions depend on: the feature plan's longest
+    window plus its grace (``inf`` when a window is unbounded or unknown)."""
+    plan = getattr(engine, "features", None)
+    layout = getattr(plan, "layout", None)
+    if plan is None:
+        return 0.0
+    if layout is None:
+        return math.inf
+    longest = max((g.longest for g in layout.groups), default=0.0)
+    return float(longest) + float(getattr(plan, "grace", 0.0))
+
+
+def merge_sorted(streams: Mapping[Any, Iterable[tuple[float, Any]]]) -> Iterator[Any]:
+    """Merge per-partition ``(event_time, item)`` iterables by their heads' event time (ties:
+    partition order), yielding the items. Each partition keeps its own order."""
+    heads: list[tuple[float, int, Any, Iterator[tuple[float, Any]]]] = []
+    for rank, (_, items) in enumerate(sorted(streams.items(), key=lambda kv: kv[0])):
+        it = iter(items)
+        for t, item in it:
+            heads.append((t, rank, item, it))
+            break
+    heapq.heapify(heads)
+    while heads:
+        _, rank, item, it = heads[0]
+        yield item
+        for t, nxt in it:
+            heapq.heapreplace(heads, (t, rank, nxt, it))
+            break
+        else:
+            heapq.heappop(heads)
+
+
+def start_offsets(consumer: Any, tps: Iterable[Any], horizon_s: float) -> dict[Any, int]:
+    """First offset of each partition whose record timestamp is within ``horizon_s`` of now
+    (the partition's beginning when the horizon is unbounded or reaches past it)."""
+    tps = list(tps)
+    begin = consumer.beginning_offsets(tps)
+    if not math.isfinite(horizon_s):
+        return dict(begin)
+    since_ms = max(0, int((time.time() - horizon_s) * 1000))
+    found = consumer.offsets_for_times(dict.fromkeys(tps, since_ms))
+    end = consumer.end_offsets(tps)
+    return {
+        tp: max(begin[tp], found[tp].offset) if found.get(tp) is not None else end[tp] for tp in tps
+    }
+
+
+def read_merged(
+    consumer: Any,
+    ranges: Mapping[Any, tuple[int, int]],
+    parse: Callable[[Any], Mapping[str, Any] | None],
+    *,
+    timeout_s: float,
+    buffer: int = BUFFER,
+) -> Iterator[Mapping[str, Any]]:
+    """Read ``[start, end)`` of each partition with ``consumer`` (assigned here, no group) and
+    yield the parsed records (``parse`` returns ``None`` for a bad one: skipped, it was
+    dead-lettered when first decided) merged in event-time order."""
+    todo = {tp: r for tp, r in ranges.items() if r[0] < r[1]}
+    if not todo:
+        return
+    consumer.assign(list(todo))
+    for tp, (start, _) in todo.items():
+        consumer.seek(tp, start)
+    bufs: dict[Any, deque[tuple[float, Mapping[str, Any]]]] = {tp: deque() for tp in todo}
+    done: set[Any] = set()
+    paused: set[Any] = set()
+    deadline = time.monotonic() + timeout_s
+
+    def fetch() -> None:
+        """One poll: top up the buffers, note the partitions read to their end."""
+        if time.monotonic() > deadline:
+            raise FdsError(
+                f"rebuilding state: the input could not be read within {timeout_s:.0f} s "
+                f"(partitions {sorted(tp.partition for tp in todo if tp not in done)})"
+            )
+        full = {tp for tp in todo if len(bufs[tp]) >= buffer and tp not in done}
+        if full != paused:
+            consumer.resume(*(paused - full))
+            consumer.pause(*(full - paused))
+            paused.clear()
+            paused.update(full)
+        for tp, records in consumer.poll(timeout_ms=200).items():
+            end = todo[tp][1]
+            for msg in records:
+                if msg.offset >= end:
+                    break
+                tx = parse(msg)
+                if tx is not None:
+                    bufs[tp].append((tx["ts"], tx))
+        for tp, (_, end) in todo.items():
+            if tp not in done and consumer.position(tp) >= end:
+                done.add(tp)
+                consumer.pause(tp)
+
+    def stream(tp: Any) -> Iterator[tuple[float, Mapping[str, Any]]]:
+        buf = bufs[tp]
+        while True:
+            while not buf:
+                if tp in done:
+                    return
+                fetch()
+            yield buf.popleft()
+
+    yield from merge_sorted({tp.partition: stream(tp) for tp in todo})

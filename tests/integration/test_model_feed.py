@@ -1,0 +1,110 @@
+"""Scorers on any machine (issue 6 item 3): a scorer whose registry is NOT the trainer's takes
+the versions ``fds train`` announces on the models topic (fds.streams.model_feed), verified;
+tampered announcements are rejected while the current model keeps serving."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import pickle
+from pathlib import Path
+
+import orjson
+import pytest
+from kafka import KafkaProducer
+
+from fds.metrics import Metrics
+from fds.models import Registry
+from fds.models.registry import ENTRY_FIELDS, KEY_ENV, sign
+from fds.streams.model_feed import ModelFeed
+from tests.integration.test_kafka_run import read_all, settings_for, wait_until
+from tests.integration.test_kafka_train import train_and_serve
+
+pytestmark = pytest.mark.integration
+
+KEY = "integration-test-key"  # FDS_MODEL_KEY of the trainer and the scorers
+BAD_VERSIONS = ("v000998", "v000999")
+
+
+def _bad_announcements(genuine: dict) -> list[dict]:
+    """Two announcements of newer versions: a corrupted copy of ``genuine`` (wrong sha256) and
+    a forged artifact with a correct sha256 (anyone can compute one) signed with another key."""
+    corrupt = bytearray(base64.b64decode(genuine["artifact_b64"]))
+    corrupt[-3] ^= 1
+    evil = pickle.dumps({"evil": True})
+    return [
+        {
+            **genuine, "version": BAD_VERSIONS[0],
+            "artifact_b64": base64.b64encode(bytes(corrupt)).decode(),
+        },
+        {
+            **genuine, "version": BAD_VERSIONS[1], "artifact_b64": base64.b64encode(evil).decode(),
+            "sha256": hashlib.sha256(evil).hexdigest(), "size": len(evil),
+            "hmac": sign(evil, b"not-the-key"), "path": None,
+        },
+    ]  # fmt: skip
+
+
+def test_announced_version_reaches_a_scorer_with_its_own_registry(
+    kafka_bootstrap, topics, unique_name, tmp_path, monkeypatch
+):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    scorer_dir = tmp_path / "scorer-registry"
+    metrics = Metrics()
+
+    def rejected() -> float:
+        value = metrics.registry.get_sample_value(
+            "fds_model_swaps_total", {"result": "bad_announcement"}
+        )
+        return value or 0.0
+
+    def tamper(version: str) -> None:
+        anns = [orjson.loads(r.value) for r in read_all(kafka_bootstrap, topics["models"])]
+        (genuine,) = [a for a in anns if a["version"] == version]
+        producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, max_request_size=16 << 20)
+        for bad in _bad_announcements(genuine):
+            producer.send(topics["models"], key=b"default", value=orjson.dumps(bad))
+        producer.flush()
+        producer.close()
+        wait_until(lambda: rejected() >= 2, 30, "both bad announcements rejected")
+        assert Registry(scorer_dir).latest() == version
+
+    got = train_and_serve(
+        kafka_bootstrap, topics, unique_name, tmp_path,
+        scorer_registry=scorer_dir, models_topic=topics["models"], metrics=metrics,
+        before_second_half=tamper,
+    )  # fmt: skip
+    version = got.version
+    assert got.registry.path != scorer_dir
+    assert all(d["model_version"] is None for d in got.early)  # no version existed yet
+    # The running scorer swapped the announced version in: the second half carries it, and
+    # never a rejected one.
+    served = [d for d in got.late if d["model_version"] == version]
+    assert served and all(d["model_score"] is not None for d in served)
+    # Decided after the scorer took it: the version, or no model at all (degraded by the guard).
+    assert {d["model_version"] for d in got.tail} <= {version, None}
+    assert any(d["model_version"] == version for d in got.tail)
+    assert not {d["model_version"] for d in got.late} & set(BAD_VERSIONS)
+    assert rejected() == 2
+    # Imported under the same id, with the trainer's manifest fields and bytes, signed.
+    scorer = Registry(scorer_dir)
+    mine, theirs = scorer.entry(version), got.registry.entry(version)
+    assert {k: mine[k] for k in ENTRY_FIELDS} == {k: theirs[k] for k in ENTRY_FIELDS}
+    assert mine["hmac"] and scorer.load_bytes(version)[0] == got.registry.load_bytes(version)[0]
+    assert not set(BAD_VERSIONS) & {e["version"] for e in scorer.versions()}
+
+    # A scorer started now, with an empty registry, catches up from the start of the topic:
+    # it takes the newest good version, though two bad records came after it.
+    fresh = Registry(tmp_path / "fresh-registry")
+    feed = ModelFeed(
+        settings_for(kafka_bootstrap, topics, unique_name("g")), fresh,
+        name="default", topic=topics["models"],
+    )  # fmt: skip
+    feed.start()
+    try:
+        assert feed.caught_up.wait(30), "the feed did not catch up"
+    finally:
+        feed.close()
+    assert [e["version"] for e in fresh.versions()] == [version]
+    assert (feed.stats.imported, feed.stats.rejected) == (1, 2)
+    assert Path(fresh.path / f"{version}.pkl").read_bytes() == scorer.load_bytes(version)[0]

@@ -1,0 +1,333 @@
+"""ModelFeed: announcements on the models topic verified and imported into a scorer's registry,
+idempotently; bad ones rejected and counted, never unpickled, never stopping the feed.
+
+The consumer is an in-memory fake of the kafka-python interface the feed uses; the broker
+version of these flows is tests/integration/test_model_feed.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import pickle
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from kafka.errors import KafkaTimeoutError
+from kafka.structs import TopicPartition
+
+from fds.errors import ConfigError
+from fds.metrics import Metrics
+from fds.models import build_model_stage
+from fds.models.registry import ENTRY_FIELDS, Registry
+from fds.models.trainer import Publication
+from fds.streams import model_feed
+from fds.streams.kafka import KafkaSettings, build_run_engine, register_run
+from fds.streams.model_feed import ModelFeed
+from fds.streams.train import announcement
+from tests.models.fakes import FeatureModel
+
+TOPIC = "models"
+UNPICKLED: list[str] = []
+
+
+def _mark(tag: str) -> str:
+    UNPICKLED.append(tag)
+    return tag
+
+
+class Booby:
+    """Unpickling this object calls ``_mark``: proof that the bytes were unpickled."""
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+
+    def __reduce__(self):
+        return (_mark, (self.tag,))
+
+
+@pytest.fixture(autouse=True)
+def _clear() -> None:
+    UNPICKLED.clear()
+
+
+@dataclass
+class Record:
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+class FakeConsumer:
+    """The kafka-python consumer calls the feed makes, over an in-memory partition log."""
+
+    def __init__(self, log: list[Record], *, exists: Callable[[], bool] = lambda: True) -> None:
+        self.log = log
+        self.exists = exists
+        self.pos = 0
+        self.closed = False
+        self.tp = TopicPartition(TOPIC, 0)
+
+    def partitions_for_topic(self, topic: str) -> set[int] | None:
+        return {0} if topic == TOPIC and self.exists() else None
+
+    def assign(self, tps: list[TopicPartition]) -> None:
+        assert tps == [self.tp]
+
+    def seek_to_beginning(self, *tps: TopicPartition) -> None:
+        self.pos = 0
+
+    def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {self.tp: len(self.log)}
+
+    def position(self, tp: TopicPartition) -> int:
+        return self.pos
+
+    def poll(self, timeout_ms: int = 0) -> dict[TopicPartition, list[Record]]:
+        got = self.log[self.pos : self.pos + 2]  # two per poll: catch-up spans several polls
+        if not got:
+            time.sleep(timeout_ms / 1000)  # a real poll blocks this long when idle
+            return {}
+        self.pos += len(got)
+        return {self.tp: got}
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _publish(reg: Registry, model: Any, name: str = "m") -> dict[str, Any]:
+    """Publish ``model`` in the trainer's registry; return its announcement (as fds train)."""
+    e = reg.publish(model, spec={"name": name}, labels_learned=5)
+    data, _ = reg.load_bytes(e["version"])
+    return announcement(Publication(e["version"], data, e), name, reg)
+
+
+def _feed(tmp_path: Path, *, key: bytes | None = None, **kw: Any) -> ModelFeed:
+    return ModelFeed(KafkaSettings(), Registry(tmp_path / "scorer", key=key), name="m", **kw)
+
+
+def _value(a: dict[str, Any]) -> bytes:
+    return orjson.dumps(a)
+
+
+def wait_until(cond: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)  # polling interval for a condition set by the feed thread
+
+
+# -- one announcement --------------------------------------------------------------------------
+
+
+def test_import_keeps_version_and_fields_and_is_idempotent(tmp_path: Path) -> None:
+    trainer = Registry(tmp_path / "trainer", key=b"k")
+    a = _publish(trainer, {"w": 1})
+    feed = _feed(tmp_path, key=b"k")
+    assert feed.handle(_value(a)) == "imported"
+    mine, theirs = feed.registry.entry(a["version"]), trainer.entry(a["version"])
+    assert {k: mine[k] for k in ENTRY_FIELDS} == {k: theirs[k] for k in ENTRY_FIELDS}
+    assert feed.registry.load(a["version"]) == {"w": 1}
+    stamp = feed.registry.stamp()
+    assert feed.handle(_value(a)) == "present"
+    assert feed.registry.stamp() == stamp  # nothing rewritten
+    assert (feed.stats.imported, feed.stats.present) == (1, 1)
+
+
+def test_pointer_only_announcement_read_from_a_reachable_path(tmp_path: Path) -> None:
+    a = _publish(Registry(tmp_path / "trainer"), {"w": 2})
+    a["artifact_b64"] = None  # as for an artifact above the inline limit
+    feed = _feed(tmp_path)
+    assert feed.handle(_value(a)) == "imported"
+    assert feed.registry.load(a["version"]) == {"w": 2}
+
+
+def test_pointer_only_announcement_with_unreachable_path_is_counted(tmp_path: Path) -> None:
+    a = _publish(Registry(tmp_path / "trainer"), {"w": 2})
+    a["artifact_b64"] = None
+    a["path"] = str(tmp_path / "elsewhere" / "v000001.pkl")
+    m = Metrics()
+    feed = _feed(tmp_path, metrics=m)
+    assert feed.handle(_value(a)) == "unreachable"
+    assert feed.registry.versions() == []
+    assert m.registry.get_sample_value("fds_model_swaps_total", {"result": "unreachable"}) == 1
+
+
+def _tampered(a: dict[str, Any]) -> dict[str, Any]:
+    blob = bytearray(base64.b64decode(a["artifact_b64"]))
+    blob[-3] ^= 1
+    return {**a, "artifact_b64": base64.b64encode(bytes(blob)).decode()}
+
+
+def _forged(a: dict[str, Any]) -> dict[str, Any]:
+    """Another artifact with a correct sha256 (anyone can compute one) but no valid HMAC."""
+    evil = pickle.dumps(Booby("evil"))
+    return {
+        **a,
+        "artifact_b64": base64.b64encode(evil).decode(),
+        "sha256": hashlib.sha256(evil).hexdigest(),
+        "size": len(evil),
+    }
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda a: b"{not json",
+        lambda a: b"[1, 2]",
+        lambda a: None,
+        lambda a: _value(_tampered(a)),
+        lambda a: _value(_forged(a)),
+        lambda a: _value({**a, "hmac": None}),
+        lambda a: _value({**a, "artifact_b64": "%%%"}),
+        lambda a: _value({**a, "artifact_b64": None, "path": None}),
+        lambda a: _value({**a, "version": "../../evil"}),
+    ],
+    ids=[
+        "unparseable", "not-an-object", "empty", "wrong-sha256", "wrong-hmac", "unsigned",
+        "bad-base64", "no-artifact", "bad-version-id",
+    ],
+)  # fmt: skip
+def test_bad_announcements_are_rejected_counted_and_not_unpickled(
+    tmp_path: Path, bad: Callable[[dict[str, Any]], bytes | None]
+) -> None:
+    a = _publish(Registry(tmp_path / "trainer", key=b"k"), Booby("ok"))
+    m = Metrics()
+    feed = _feed(tmp_path, key=b"k", metrics=m)
+    assert feed.handle(bad(a)) == "rejected"
+    assert feed.registry.versions() == [] and not list(feed.registry.path.glob("*.pkl"))
+    assert UNPICKLED == []
+    assert m.registry.get_sample_value("fds_model_swaps_total", {"result": "bad_announcement"}) == 1
+    # The feed goes on: the genuine announcement still imports.
+    assert feed.handle(_value(a)) == "imported"
+
+
+def test_a_different_artifact_under_a_known_version_is_rejected(tmp_path: Path) -> None:
+    a = _publish(Registry(tmp_path / "trainer"), {"w": 1})
+    feed = _feed(tmp_path)
+    feed.handle(_value(a))
+    other = pickle.dumps({"w": 666})
+    forged = {
+        **a, "artifact_b64": base64.b64encode(other).decode(),
+        "sha256": hashlib.sha256(other).hexdigest(), "size": len(other),
+    }  # fmt: skip
+    assert feed.handle(_value(forged)) == "rejected"
+    assert feed.registry.load(a["version"]) == {"w": 1}
+
+
+def test_other_models_are_skipped(tmp_path: Path) -> None:
+    a = _publish(Registry(tmp_path / "trainer"), {"w": 1}, name="other")
+    feed = _feed(tmp_path)
+    assert feed.handle(_value(a)) == "other_model"
+    assert feed.registry.versions() == []
+
+
+def test_an_imported_version_is_served_by_the_watching_scorer(tmp_path: Path) -> None:
+    a = _publish(Registry(tmp_path / "trainer"), FeatureModel("amount"))
+    scorer = build_model_stage("default", registry=tmp_path / "scorer", watch=True)
+    scorer.stop_watch()  # polled by hand below: one step at a time
+    feed = ModelFeed(KafkaSettings(), scorer.registry, name="m")
+    assert scorer.poll() is None
+    feed.handle(_value(a))
+    assert scorer.poll() == a["version"]
+    _, version = scorer.score({"tx_id": "t1", "ts": 0.0, "amount": 5.0}, {})
+    assert version == a["version"]
+
+
+# -- the consumer loop -------------------------------------------------------------------------
+
+
+def test_catch_up_imports_the_newest_per_model_then_follows_live(tmp_path: Path) -> None:
+    trainer = Registry(tmp_path / "trainer")
+    history = [_publish(trainer, {"w": i}) for i in range(3)]  # v000001..v000003
+    other = _publish(Registry(tmp_path / "other"), {"w": 9}, name="other")
+    log = [Record(i, b"m", _value(a)) for i, a in enumerate(history)]
+    log.insert(1, Record(1, b"other", _value(other)))
+    for i, r in enumerate(log):
+        r.offset = i
+    consumer = FakeConsumer(log)
+    configs: list[dict[str, Any]] = []
+
+    def factory(**cfg: Any) -> FakeConsumer:
+        configs.append(cfg)
+        return consumer
+
+    feed = _feed(tmp_path, consumer_factory=factory)
+    feed.start()
+    try:
+        assert feed.caught_up.wait(10)
+        assert [e["version"] for e in feed.registry.versions()] == ["v000003"]
+        # Only the newest of each model is imported, not the whole history.
+        s = feed.stats
+        assert (s.imported, s.superseded, s.other_model, s.announcements) == (1, 2, 1, 4)
+        live = _publish(trainer, {"w": 4})
+        log.append(Record(len(log), b"m", _value(live)))
+        wait_until(lambda: feed.registry.latest() == "v000004", "the live version imported")
+    finally:
+        feed.close()
+    assert consumer.closed and not feed._thread.is_alive()
+    assert configs[0]["group_id"] is None and configs[0]["allow_auto_create_topics"] is False
+    assert feed.registry.load("v000004") == {"w": 4}
+
+
+def test_a_bad_newest_record_does_not_hide_the_good_one_before_it(tmp_path: Path) -> None:
+    trainer = Registry(tmp_path / "trainer", key=b"k")
+    good = [_publish(trainer, {"w": i}) for i in range(2)]
+    forged = _forged({**good[-1], "version": "v000003"})
+    log = [Record(i, b"m", _value(a)) for i, a in enumerate([*good, forged])]
+    feed = _feed(tmp_path, key=b"k", consumer_factory=lambda **cfg: FakeConsumer(log))
+    feed.start()
+    try:
+        assert feed.caught_up.wait(10)
+    finally:
+        feed.close()
+    assert [e["version"] for e in feed.registry.versions()] == ["v000002"]
+    assert (feed.stats.imported, feed.stats.superseded, feed.stats.rejected) == (1, 1, 1)
+    assert UNPICKLED == []
+
+
+def test_waits_for_the_topic_and_retries_broker_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(model_feed, "RETRY_MIN_S", 0.01)  # the backoff's length is not tested
+    a = _publish(Registry(tmp_path / "trainer"), {"w": 1})
+    exists = threading.Event()
+    calls = {"n": 0}
+
+    def factory(**cfg: Any) -> FakeConsumer:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KafkaTimeoutError("no broker")
+        if calls["n"] == 3:
+            exists.set()  # the topic appears after one more look
+        return FakeConsumer([Record(0, b"m", _value(a))], exists=exists.is_set)
+
+    feed = _feed(tmp_path, consumer_factory=factory)
+    feed.start()
+    try:
+        wait_until(lambda: feed.registry.latest() == a["version"], "the version imported")
+    finally:
+        feed.close()
+    assert calls["n"] == 3
+
+
+# -- fds run wiring ----------------------------------------------------------------------------
+
+
+def test_run_flag_is_off_by_default() -> None:
+    parser = argparse.ArgumentParser()
+    register_run(parser.add_subparsers())
+    assert parser.parse_args(["run"]).models_topic is None
+    assert parser.parse_args(["run", "--models-topic", "models"]).models_topic == "models"
+
+
+def test_models_topic_without_a_model_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="needs a model"):
+        build_run_engine(None, None, models_topic="models")

@@ -1,0 +1,141 @@
+"""State rebuild from the input topic (fds.streams.rebuild) against an in-memory consumer that
+implements the part of kafka-python's KafkaConsumer it uses."""
+
+from __future__ import annotations
+
+import random
+from collections import namedtuple
+from typing import Any
+
+import pytest
+from kafka.structs import OffsetAndTimestamp, TopicPartition
+
+from fds.errors import FdsError
+from fds.pipeline import DEFAULT_RULES, build_engine
+from fds.streams.rebuild import horizon_seconds, merge_sorted, read_merged, start_offsets
+
+Record = namedtuple("Record", "topic partition offset timestamp value")
+
+
+class FakeConsumer:
+    """Partitions as lists of records; ``poll`` returns up to ``per_poll`` records of each
+    assigned, unpaused partition from its position (like a fetch)."""
+
+    def __init__(self, data: dict[TopicPartition, list[Record]], per_poll: int = 3) -> None:
+        self.data = data
+        self.per_poll = per_poll
+        self.pos: dict[TopicPartition, int] = {}
+        self.paused: set[TopicPartition] = set()
+        self.max_buffered_polls = 0
+
+    def assign(self, tps: list[TopicPartition]) -> None:
+        self.pos = {tp: 0 for tp in tps}
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.pos[tp] = offset
+
+    def position(self, tp: TopicPartition) -> int:
+        return self.pos[tp]
+
+    def pause(self, *tps: TopicPartition) -> None:
+        self.paused.update(tps)
+
+    def resume(self, *tps: TopicPartition) -> None:
+        self.paused.difference_update(tps)
+
+    def poll(self, timeout_ms: int = 0) -> dict[TopicPartition, list[Record]]:
+        out = {}
+        for tp, at in self.pos.items():
+            if tp in self.paused:
+                continue
+            got = self.data[tp][at : at + self.per_poll]
+            if got:
+                out[tp] = got
+                self.pos[tp] = at + len(got)
+        return out
+
+    def beginning_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return dict.fromkeys(tps, 0)
+
+    def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: len(self.data[tp]) for tp in tps}
+
+    def offsets_for_times(self, query: dict[TopicPartition, int]) -> dict[TopicPartition, Any]:
+        out: dict[TopicPartition, Any] = {}
+        for tp, ms in query.items():
+            hit = next((r for r in self.data[tp] if r.timestamp >= ms), None)
+            out[tp] = None if hit is None else OffsetAndTimestamp(hit.offset, hit.timestamp, -1)
+        return out
+
+
+def _stream(partitions: int, n: int, seed: int) -> dict[TopicPartition, list[Record]]:
+    """Each partition in event-time order (as a card-keyed input is), interleaved in time."""
+    rng = random.Random(seed)
+    times = sorted(rng.uniform(0, 86400) for _ in range(n))
+    data: dict[TopicPartition, list[Record]] = {
+        TopicPartition("tx", p): [] for p in range(partitions)
+    }
+    for t in times:
+        tp = TopicPartition("tx", rng.randrange(partitions))
+        recs = data[tp]
+        recs.append(Record("tx", tp.partition, len(recs), int(t * 1000), {"ts": t, "p": tp}))
+    return data
+
+
+def _parse(msg: Record) -> dict[str, Any] | None:
+    return None if msg.value.get("bad") else msg.value
+
+
+@pytest.mark.parametrize("buffer", [1, 4, 5000])
+def test_read_merged_yields_every_record_in_range_in_event_time_order(buffer):
+    data = _stream(partitions=4, n=400, seed=buffer)
+    consumer = FakeConsumer(data)
+    ranges = {tp: (len(recs) // 4, len(recs) - 3) for tp, recs in data.items()}
+    got = list(read_merged(consumer, ranges, _parse, timeout_s=30, buffer=buffer))
+    want = sorted(
+        (r.value for tp, recs in data.items() for r in recs[ranges[tp][0] : ranges[tp][1]]),
+        key=lambda v: v["ts"],
+    )
+    assert [v["ts"] for v in got] == [v["ts"] for v in want]
+    assert len(got) == sum(b - a for a, b in ranges.values())
+
+
+def test_read_merged_skips_bad_records_and_empty_ranges():
+    data = _stream(partitions=2, n=50, seed=1)
+    tp0, tp1 = sorted(data, key=lambda tp: tp.partition)
+    data[tp0][2] = data[tp0][2]._replace(value={"bad": True})
+    consumer = FakeConsumer(data)
+    got = list(read_merged(consumer, {tp0: (0, 10), tp1: (5, 5)}, _parse, timeout_s=30))
+    assert len(got) == 9 and all(v["p"] == tp0 for v in got)
+
+
+def test_read_merged_gives_up_with_a_clear_error_when_the_input_ends_early():
+    data = _stream(partitions=1, n=10, seed=2)
+    (tp,) = data
+    with pytest.raises(FdsError, match=r"could not be read within .* \(partitions \[0\]\)"):
+        list(read_merged(FakeConsumer(data), {tp: (0, 50)}, _parse, timeout_s=0.2))
+
+
+def test_start_offsets_follow_the_horizon_on_record_time():
+    import time
+
+    now_ms = int(time.time() * 1000)
+    tp = TopicPartition("tx", 0)
+    recs = [Record("tx", 0, i, now_ms - (10 - i) * 3_600_000, {"ts": i}) for i in range(10)]
+    consumer = FakeConsumer({tp: recs})
+    # records 1 h .. 10 h old: a 4.5 h horizon starts at the first one younger than 4.5 h
+    assert start_offsets(consumer, [tp], 4.5 * 3600) == {tp: 6}
+    assert start_offsets(consumer, [tp], float("inf")) == {tp: 0}
+    assert start_offsets(consumer, [tp], 60.0) == {tp: 10}  # nothing that recent: the end
+
+
+def test_horizon_is_the_longest_window_plus_grace():
+    engine = build_engine(DEFAULT_RULES, None)
+    longest = max(g.longest for g in engine.features.layout.groups)  # type: ignore[union-attr]
+    assert horizon_seconds(engine) == longest + engine.features.grace  # type: ignore[union-attr]
+    assert horizon_seconds(build_engine(None, None)) == 0.0
+
+
+def test_merge_sorted_keeps_each_partitions_order_on_ties():
+    got = list(merge_sorted({1: [(1.0, "b1"), (1.0, "b2")], 0: [(1.0, "a1"), (0.5, "a0")]}))
+    assert got == ["a1", "a0", "b1", "b2"]
