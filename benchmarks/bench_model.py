@@ -3,8 +3,9 @@
     python benchmarks/bench_model.py [--quick]
 
 1. Serving cost (us per transaction): ``ModelServer.score`` (vector + champion
-   ``predict_proba_one``) on real feature snapshots (simulator -> default rules' features),
-   for each shipped spec, after training on the same stream.
+   ``predict_proba_one``) on real model inputs (simulator -> default rules' features plus the
+   rules' score, as the engine gives them), for each shipped spec, after training on the
+   same stream.
 2. Trainer cost per label: the time ``Trainer.on_label`` + assumed-legit learning took,
    divided by the examples learned.
 3. Hot-swap gap: a decision loop runs while a publisher thread publishes a new version to a
@@ -36,6 +37,7 @@ from fds.models.registry import Registry  # noqa: E402
 from fds.models.scorer import ModelServer  # noqa: E402
 from fds.models.spec import load_spec  # noqa: E402
 from fds.models.trainer import Trainer  # noqa: E402
+from fds.models.vector import rule_inputs  # noqa: E402
 from fds.pipeline import DEFAULT_RULES  # noqa: E402
 from fds.rules.ruleset import load_ruleset  # noqa: E402
 from fds.streams.simulator import simulate  # noqa: E402
@@ -48,7 +50,13 @@ def snapshots(days: int, cards: int) -> tuple[list[dict[str, Any]], list[dict[st
     sim = simulate(days=days, cards=cards, merchants=max(200, cards // 10), seed=3, drift_day=None)
     rs = load_ruleset(DEFAULT_RULES)
     plan = FeaturePlan(rs.features, timezone=rs.spec.timezone)
-    feats = [plan.compute(tx) for tx in sim.transactions]
+    feats = []
+    for tx in sim.transactions:
+        f = plan.compute(tx)
+        f.pop("_flags", None)
+        # what the engine gives a model that does not read each rule (every shipped spec)
+        f.update(rule_inputs(rs.evaluate(tx, f)))
+        feats.append(f)
     return sim.transactions, feats, sim.labels
 
 

@@ -18,6 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from fds.errors import StageError
 from fds.guardrails import MODEL, decision_sources
+from fds.models.vector import rule_inputs
 from fds.timeutil import format_ts
 
 log = logging.getLogger("fds.engine")
@@ -122,6 +123,7 @@ class Engine:
         self.breaker = breaker
         self.guard = guard
         self.demoted: set[str] = set()  # rule ids (and MODEL) demoted to shadow by the breaker
+        self._rule_ids: tuple[Any, tuple[str, ...]] | None = None  # (ruleset, its rule ids)
         self._clock = clock
         self._perf = time.perf_counter
 
@@ -152,12 +154,20 @@ class Engine:
                 if timed:
                     t = _lap(m, stage, t, perf)
             stage = "model"
+            acting_score = None
             if self.model is not None:
+                if self.rules is not None:  # the rules' results join the model's snapshot
+                    feats = {**feats, **self._rule_inputs(hits)}
                 model_score, model_version = self._score(tx, feats, flags)
+                acting_score = model_score
+                if model_score is not None and not getattr(self.model, "acting", True):
+                    acting_score = None  # maturity gate: scored and logged, not acted on
+                    flags.append("model_shadow")
                 if timed:
                     t = _lap(m, stage, t, perf)
             stage = "policy"
-            acting_score = None if MODEL in self.demoted else model_score
+            if MODEL in self.demoted:
+                acting_score = None
             if self.policy is not None:
                 action, score = self.policy.decide(hits, acting_score, ts)
                 if timed:
@@ -193,6 +203,18 @@ class Engine:
             for h in hits:
                 m.rule_hit(h["id"], h["state"])
         return decision
+
+    def _rule_inputs(self, hits: list[dict[str, Any]]) -> dict[str, Any]:
+        """The rules' results for the model (:func:`fds.models.vector.rule_inputs`): the rules'
+        score, and one input per rule only for a model that reads them (stacking)."""
+        if not getattr(self.model, "reads_rules", False):
+            return rule_inputs(hits)
+        ruleset = getattr(self.rules, "current", self.rules)  # a reloading ruleset: this one
+        ids = self._rule_ids
+        if ids is None or ids[0] is not ruleset:
+            evaluated = getattr(ruleset, "evaluated", ())
+            ids = self._rule_ids = (ruleset, tuple(r.id for r in evaluated))
+        return rule_inputs(hits, ids[1])
 
     def _score(
         self, tx: Mapping[str, Any], feats: Mapping[str, Any], flags: list[str]
@@ -265,16 +287,19 @@ class Engine:
     def state_dict(self) -> dict[str, Any]:
         """Everything a decision depends on besides the input and the config files.
 
-        Feature windows, the alert budget's recent scores, the rate breaker and its demotions.
+        Feature windows, the alert budget's recent scores, the rate breaker and its demotions,
+        the model's maturity gate.
         With :meth:`load_state_dict` a restarted engine decides exactly as an uninterrupted one
         (rules come from their file, the model from its registry). Picklable.
         """
         save = getattr(self.features, "state_dict", None)
+        gate = getattr(self.model, "gate_state", None)
         return {
             "features": save() if save is not None else None,
             "budget": getattr(self.policy, "budget", None),
             "breaker": self.breaker,
             "demoted": set(self.demoted),
+            "model_gate": gate() if gate is not None else None,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -286,6 +311,9 @@ class Engine:
         if state.get("breaker") is not None and self.breaker is not None:
             self.breaker = state["breaker"]
         self.demoted = set(state.get("demoted", ()))
+        load_gate = getattr(self.model, "load_gate_state", None)
+        if state.get("model_gate") is not None and load_gate is not None:
+            load_gate(state["model_gate"])
 
     def report(self) -> None:
         """Export slow-moving state to metrics; call between events every few thousand events.

@@ -4,9 +4,10 @@ The rule (documented in the README, "Rules"):
 
 1. Only **active** hits count; shadow hits are reported in the decision and ignored here.
 2. ``rule_score`` = the highest score among active hits (0 when none).
-3. ``final = 1 - (1 - rule_score) * (1 - model_score)`` (noisy-or: two independent signals of
-   risk; either alone can push the score up, neither can pull it down). Without a model score,
-   ``final = rule_score``.
+3. ``final = combine(rule_score, model_score) = 1 - (1 - rule_score) * (1 - model_score)``
+   (noisy-or: two signals of risk; either alone can push the score up, neither can pull it
+   down). Without an acting model score (no model, a model still in shadow behind its maturity
+   gate, or a bypassed one), ``final = rule_score``.
 4. Action: any active ``decline`` hit -> **decline** (rules override the score); else
    ``final >= decline_at`` -> decline; else an active ``review`` hit or
    ``final >= review_threshold`` -> **review**; else approve. (``approve`` rules only contribute
@@ -31,7 +32,31 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["AlertBudget", "Policy"]
+__all__ = ["AlertBudget", "Policy", "combine", "rule_score"]
+
+
+def rule_score(hits: Sequence[Mapping[str, Any]]) -> float:
+    """The rules' score: the highest score among **active** hits (0 when none).
+
+    >>> rule_score([{"score": 0.4, "state": "active"}, {"score": 0.9, "state": "shadow"}])
+    0.4
+    """
+    best = 0.0
+    for h in hits:
+        if h.get("state", "active") == "active" and h["score"] > best:
+            best = h["score"]
+    return best
+
+
+def combine(rule_score: float, model_score: float) -> float:
+    """The final score from the rules' score and an acting model's score (noisy-or).
+
+    The model's maturity gate judges this combination against the rules alone.
+
+    >>> round(combine(0.5, 0.4), 6)
+    0.7
+    """
+    return 1.0 - (1.0 - rule_score) * (1.0 - model_score)
 
 
 class AlertBudget:
@@ -225,23 +250,17 @@ class Policy:
         self, hits: Sequence[Mapping[str, Any]], model_score: float | None, ts: float
     ) -> tuple[str, float]:
         """``(action, final score)`` for one transaction at event time ``ts``."""
-        rule_score = 0.0
         forced = None
         for h in hits:
             if h.get("state", "active") != "active":
                 continue
-            s = h["score"]
-            if s > rule_score:
-                rule_score = s
             a = h["action"]
             if a == "decline":
                 forced = "decline"
             elif a == "review" and forced is None:
                 forced = "review"
-        if model_score is None:
-            final = rule_score
-        else:
-            final = 1.0 - (1.0 - rule_score) * (1.0 - model_score)
+        rules = rule_score(hits)
+        final = rules if model_score is None else combine(rules, model_score)
         final = round(final, 6)  # stable JSON; six decimals are far below any threshold step
         threshold = self.review_at
         budget = self.budget

@@ -32,13 +32,15 @@ class DayClock:
         IANA name (``UTC``, ``Europe/Berlin``) or a ``tzinfo``.
     """
 
-    __slots__ = ("_cutoff", "_end", "_start", "tz")
+    __slots__ = ("_cutoff", "_end", "_start", "cache", "tz")
 
     def __init__(self, timezone: str | tzinfo = "UTC") -> None:
         self.tz = get_zone(timezone) if isinstance(timezone, str) else timezone
         self._start = math.inf
         self._end = -math.inf
         self._cutoff = -math.inf
+        # [start, end, cutoff] of the cached day, for generated code to test without a call
+        self.cache = [self._start, self._end, self._cutoff]
 
     def _bounds(self, t: float) -> tuple[float, float]:
         day = datetime.fromtimestamp(t, self.tz).date()
@@ -56,6 +58,7 @@ class DayClock:
         start, end = self._bounds(t)
         self._start, self._end = start, end
         self._cutoff = math.nextafter(start, -math.inf)
+        self.cache[:] = (start, end, self._cutoff)
         return start
 
     def cutoff(self, t: float) -> float:

@@ -7,12 +7,12 @@ names from validated declarations are interpolated, never rule text.
 
 Each entity's state is one flat list (:func:`assign_slots`). A group's body (:func:`_body`)
 folds an in-order event (``t`` >= every timestamp in the entity's log) into the state ``st``
-and writes the group's features into ``out``. Its order matters: expire per window, then answer
-``seen`` (earlier transactions only), then add the new entry to counters and min/max
-candidates, then read the window aggregates. :func:`build_fused` inlines every group's body
-into one ``run(tx, t, out, wm)`` (what the plan calls per event); :func:`build_append` wraps
-one group's body as ``append(st, t, tx, out)`` (its source is kept on the compiled group for
-inspection).
+and assigns the group's features to locals. Its order matters: expire per window (a window
+whose every earlier entry left is emptied in O(1)), then answer ``seen`` (earlier transactions
+only), then add the new entry to counters, min/max candidates and running sums, then read the
+window aggregates. :func:`build_fused` inlines every group's body into one
+``run(tx, t, wm) -> snapshot`` (what the plan calls per event; its source is kept on the plan
+as ``source`` for inspection).
 """
 
 from __future__ import annotations
@@ -25,12 +25,15 @@ from collections.abc import Callable
 from typing import Any
 
 __all__ = [
-    "BASE", "KEY", "TS", "assign_slots", "build_append", "build_fused", "build_new_state", "num",
+    "KEY", "TS", "assign_slots", "build_fused", "build_new_state", "num",
 ]  # fmt: skip
 
 NAN = math.nan
 # Fixed positions in every flat entity state (see assign_slots).
-KEY, BASE, TS = 0, 1, 2
+KEY, TS = 0, 1
+# A categorical column kept shorter than the log is cut once this many of its values are
+# behind the head of the longest window counting it (a call every few events, not each one).
+_CUT_SLACK = 8
 
 
 def num(x: Any) -> float:
@@ -43,75 +46,101 @@ def num(x: Any) -> float:
         return NAN
 
 
-def _source(cg: Any) -> str:
-    body = "\n".join("    " + line for line in _body(cg))
-    return f"def append(st, t, tx, out):\n{body}\n    return ts[0]\n"
+def _var(k: str, sub: str | None) -> str:
+    """The local that :func:`_reads` binds to transaction field ``k`` (``extra.sub``)."""
+    return f"f_{k}" if sub is None else f"e_{len(sub)}_{sub.encode().hex()}"
 
 
-def _body(cg: Any) -> list[str]:
+def _reads(cgs: Any) -> list[str]:
+    """Statements reading every field the groups use once, into locals named by :func:`_var`
+    (categorical values interned: many copies of a merchant or country id become one object
+    in the logs)."""
+    fields: dict[tuple[str, str | None], bool] = {}  # field -> is categorical somewhere
+    for cg in cgs:
+        for key in ((cg.ent, cg.ent_sub), *cg.nums):
+            fields.setdefault(key, False)
+        for key in cg.cats:
+            fields[key] = True
+    lines = []
+    if any(sub is not None for _k, sub in fields):
+        lines.append("extra = tx.get('extra') or _EMPTY")
+    for (k, sub), cat in fields.items():
+        var = _var(k, sub)
+        lines.append(f"{var} = tx.get({k!r})" if sub is None else f"{var} = extra.get({sub!r})")
+        if cat:
+            lines += [f"if {var}.__class__ is str:", f"    {var} = _intern({var})"]
+    return lines
+
+
+def _body(cg: Any, var: dict[str, str]) -> list[str]:
     """The statements folding an in-order event into ``st`` (see the module docstring),
-    indented by 4 as if in a function body; they leave the log in ``ts``."""
+    indented by 4 as if in a function body; ``ts`` must hold the log (``st[1]``). Feature
+    ``name`` is assigned to the local ``var[name]``."""
     lines: list[str] = []
     a = lines.append
-    a("    ts = st[2]")
-    a("    base = st[1]")
-    a("    n = len(ts)")
-    a("    prev = ts[-1] if n else _NEG_INF")
-    a("    idx = base + n")
+    a("    idx = len(ts)")
+    a("    prev = ts[-1] if idx else _NEG_INF")
     a("    ts.append(t)")
-    if any(sub is not None for _k, sub in cg.nums + cg.cats):
-        a("    extra = tx.get('extra') or _EMPTY")
-
-    def src(k: str, sub: str | None) -> str:
-        return f"tx.get({k!r})" if sub is None else f"extra.get({sub!r})"
-
+    squared = {fi for sums in cg.i_sum for fi, _s1, s2, _n in sums if s2 >= 0}
     for fi, (k, sub) in enumerate(cg.nums):
-        a(f"    x{fi} = {src(k, sub)}")
+        a(f"    x{fi} = {_var(k, sub)}")
         a(f"    if x{fi}.__class__ is not float:")
         a(f"        x{fi} = _num(x{fi})")
         a(f"    num{fi} = st[{cg.i_num[fi]}]")
         a(f"    num{fi}.append(x{fi})")
-        if cg.sums[fi]:
-            sq = cg.squares[fi]
-            cnt = cg.counted[fi]
+        if cg.sums[fi]:  # the new value's deviation from the entity's shift (0 when missing)
             a(f"    k{fi} = st[{cg.i_shift[fi]}]")
-            if cnt:
-                a(f"    c0_{fi} = st[{cg.i_c0[fi]}]")
-            a(f"    c1_{fi} = st[{cg.i_c1[fi]}]")
-            if sq:
-                a(f"    c2_{fi} = st[{cg.i_c2[fi]}]")
             a(f"    if x{fi} == x{fi}:")
-            a(f"        d = x{fi} - k{fi}")
-            if cnt:
-                a(f"        c0_{fi}.append(c0_{fi}[-1] + 1.0)")
-            a(f"        c1_{fi}.append(c1_{fi}[-1] + d)")
-            if sq:
-                a(f"        c2_{fi}.append(c2_{fi}[-1] + d * d)")
+            a(f"        d{fi} = x{fi} - k{fi}")
+            if fi in squared:
+                a(f"        dd{fi} = d{fi} * d{fi}")
+            if cg.counted[fi]:
+                a(f"        o{fi} = 1")
             a("    else:")
-            if cnt:
-                a(f"        c0_{fi}.append(c0_{fi}[-1])")
-            a(f"        c1_{fi}.append(c1_{fi}[-1])")
-            if sq:
-                a(f"        c2_{fi}.append(c2_{fi}[-1])")
+            a(f"        d{fi} = 0.0")
+            if fi in squared:
+                a(f"        dd{fi} = 0.0")
+            if cg.counted[fi]:
+                a(f"        o{fi} = 0")
     for ci, (k, sub) in enumerate(cg.cats):
-        a(f"    v{ci} = {src(k, sub)}")
-        a(f"    if v{ci}.__class__ is str:")
-        a(f"        v{ci} = _intern(v{ci})")
+        a(f"    v{ci} = {_var(k, sub)}")
         a(f"    cat{ci} = st[{cg.i_cat[ci]}]")
+        if cg.i_coff[ci] >= 0:
+            a(f"    co{ci} = st[{cg.i_coff[ci]}]")
         a(f"    cat{ci}.append(v{ci})")
     if cg.fraud:
         a(f"    flags = st[{cg.i_flags}]")
         a("    flags.append(0)")
     for wi, width, per_entry, mono, ctrs, fslot, feats in cg.windows:
+        sums = cg.i_sum[wi]
         a(f"    # window {wi}: {'calendar day' if width is None else f'{width:g} s'}")
-        a(f"    cut = t - {width!r}" if width is not None else "    cut = _cutoff(t)")
+        if width is not None:
+            a(f"    cut = t - {width!r}")
+        else:  # the clock's cached day (start, end, cutoff); a call only on a new day
+            a("    cut = _DAY[2] if _DAY[0] <= t < _DAY[1] else _cutoff(t)")
         a(f"    h = st[{cg.i_head[wi]}]")
-        a("    if ts[h - base] <= cut:")
+        # every earlier entry left the window: empty it in O(1) (sums back to exact zeros)
+        a("    if prev <= cut:")
+        a("        if h < idx:")
+        a(f"            h = st[{cg.i_head[wi]}] = idx")
+        for slot, _ci in ctrs:
+            a(f"            st[{cg.i_ctr[slot]}].clear()")
+        if fslot >= 0:
+            a(f"            st[{cg.i_nf[fslot]}] = 0")
+        for _fi, i1, i2, i_n in sums:
+            a(f"            st[{i1}] = 0.0")
+            if i2 >= 0:
+                a(f"            st[{i2}] = 0.0")
+            if i_n >= 0:
+                a(f"            st[{i_n}] = 0")
+        for slot, _fi, _mx in mono:
+            a(f"            del st[{cg.i_mono[slot]}][:]")
+        a("    elif ts[h] <= cut:")
         if per_entry:
-            a("        while ts[h - base] <= cut:")
-            a("            p = h - base")
+            a("        while ts[h] <= cut:")
             for slot, ci in ctrs:
-                a(f"            v = cat{ci}[p]")
+                off = f" - co{ci}" if cg.i_coff[ci] >= 0 else ""
+                a(f"            v = cat{ci}[h{off}]")
                 a("            if v is not None:")
                 a(f"                c = st[{cg.i_ctr[slot]}]")
                 a("                r = c[v] - 1")
@@ -120,19 +149,34 @@ def _body(cg: Any) -> list[str]:
                 a("                else:")
                 a("                    del c[v]")
             if fslot >= 0:
-                a("            if flags[p]:")
+                a("            if flags[h]:")
                 a(f"                st[{cg.i_nf[fslot]}] -= 1")
+            for fi, i1, i2, i_n in sums:
+                a(f"            x = num{fi}[h]")
+                a("            if x == x:")
+                a(f"                d = x - k{fi}")
+                a(f"                st[{i1}] -= d")
+                if i2 >= 0:
+                    a(f"                st[{i2}] -= d * d")
+                if i_n >= 0:
+                    a(f"                st[{i_n}] -= 1")
             a("            h += 1")
         else:
-            a("        h = _bisect_right(ts, cut, h - base) + base")
+            a("        h = _bisect_right(ts, cut, h)")
         a(f"        st[{cg.i_head[wi]}] = h")
         for slot, _fi, _mx in mono:
             a(f"        m = st[{cg.i_mono[slot]}]")
             a("        while m and m[0] < h:")
             a("            del m[0]")
+        for ci, i_off in enumerate(cg.i_coff):
+            if i_off >= 0 and cg.cat_owner[ci] == wi:  # the longest window counting it
+                lag = cg.keep - cg.longest + cg.cat_keep[ci]  # grace + that window
+                a(f"    if h - co{ci} > {_CUT_SLACK}:")
+                a(f"        _cut_column(ts, cat{ci}, st, {i_off}, wm - {lag!r})")
+                a(f"        co{ci} = st[{i_off}]")
         for agg, name, fi, slot in feats:
             if agg == "seen":
-                a(f"    out[{name!r}] = None if v{fi} is None else v{fi} in st[{cg.i_ctr[slot]}]")
+                a(f"    {var[name]} = None if v{fi} is None else v{fi} in st[{cg.i_ctr[slot]}]")
         for slot, ci in ctrs:
             a(f"    if v{ci} is not None:")
             a(f"        c = st[{cg.i_ctr[slot]}]")
@@ -141,35 +185,36 @@ def _body(cg: Any) -> list[str]:
             op = "<=" if is_max else ">="
             a(f"    if x{fi} == x{fi}:")
             a(f"        m = st[{cg.i_mono[slot]}]")
-            a(f"        while m and num{fi}[m[-1] - base] {op} x{fi}:")
+            a(f"        while m and num{fi}[m[-1]] {op} x{fi}:")
             a("            m.pop()")
             a("        m.append(idx)")
-        if any(agg in ("sum", "mean", "std") for agg, *_ in feats):
-            a("    p0 = h - base")
+        for fi, i1, i2, i_n in sums:  # add the new value; s/q/m: the window's sums and count
+            a(f"    s{fi} = st[{i1}] = st[{i1}] + d{fi}")
+            if i2 >= 0:
+                a(f"    q{fi} = st[{i2}] = st[{i2}] + dd{fi}")
+            if i_n >= 0:
+                a(f"    m{fi} = st[{i_n}] = st[{i_n}] + o{fi}")
+            else:  # ``amount`` is a required field: every entry counts
+                a(f"    m{fi} = idx + 1 - h")
         for agg, name, fi, slot in feats:
-            o = f"out[{name!r}]"
-            if agg in ("sum", "mean", "std"):
-                # values present in the window (all of them for ``amount``, a required field)
-                m = f"(c0_{fi}[-1] - c0_{fi}[p0])" if cg.counted[fi] else "float(idx + 1 - h)"
+            o = var[name]
             if agg == "count":
                 a(f"    {o} = idx + 1 - h")
             elif agg == "last_gap":
                 a(f"    {o} = t - prev if prev > cut else None")
             elif agg == "sum":
-                a(f"    {o} = (c1_{fi}[-1] - c1_{fi}[p0]) + k{fi} * {m}")
-            elif agg in ("mean", "std"):
-                a(f"    m_ = {m}")
-                a("    if m_ > 0.0:")
-                if agg == "mean":
-                    a(f"        {o} = k{fi} + (c1_{fi}[-1] - c1_{fi}[p0]) / m_")
-                else:
-                    a(f"        s1 = c1_{fi}[-1] - c1_{fi}[p0]")
-                    a(f"        var = (c2_{fi}[-1] - c2_{fi}[p0] - s1 * s1 / m_) / m_")
-                    a(f"        {o} = _sqrt(var) if var > 0.0 else 0.0")
+                a(f"    {o} = s{fi} + k{fi} * m{fi}")
+            elif agg == "mean":
+                a(f"    if m{fi}:")
+                a(f"        {o} = k{fi} + s{fi} / m{fi}")
+            elif agg == "std":
+                a(f"    if m{fi}:")
+                a(f"        var = (q{fi} - s{fi} * s{fi} / m{fi}) / m{fi}")
+                a(f"        {o} = _sqrt(var) if var > 0.0 else 0.0")
             elif agg in ("min", "max"):
                 a(f"    m = st[{cg.i_mono[slot]}]")
                 a("    if m:")
-                a(f"        {o} = num{fi}[m[0] - base]")
+                a(f"        {o} = num{fi}[m[0]]")
             elif agg == "distinct":
                 a(f"    {o} = len(st[{cg.i_ctr[slot]}])")
             elif agg == "fraud_count":
@@ -179,52 +224,51 @@ def _body(cg: Any) -> list[str]:
     return [line[4:] for line in lines]
 
 
-def build_append(cg: Any, cutoff: Callable[[float], float]) -> tuple[Callable[..., float], str]:
-    """The generated ``append`` for compiled group ``cg`` and its source text.
-
-    ``out`` must come pre-filled with ``None`` (min/max/mean/std over nothing stay ``None``).
-    Returns the oldest timestamp still in the log (for the caller's trim check).
-    """
-    source = _source(cg)
-    namespace = _namespace(cutoff)
-    exec(compile(source, f"<fds.features append {cg.g.entity}>", "exec"), namespace)
-    return namespace["append"], source
-
-
 def assign_slots(cg: Any) -> None:
     """Lay out one entity's state as one flat list and record each part's index on ``cg``.
 
-    ``[key, base, ts, <per numeric field: values, shift, c0, c1, c2 (those it needs)>,
-    <per categorical field: values>, <known-fraud flags (fraud groups)>, <per window: head>,
-    <per min/max slot: candidates>, <per counter slot: dict>, <per fraud slot: count>]``.
-    One list instead of an object holding a dozen small lists: ~0.5 KB less per entity and
-    far fewer containers for the cyclic garbage collector to visit. Indices that a group
-    does not need are -1. ``base`` is the absolute index of ``ts[0]`` (trimming advances it);
-    heads and min/max candidates are absolute indices. The prefix arrays (``c0`` present-value
-    counts, ``c1`` shifted sums, ``c2`` shifted squares) have one more element than the log:
-    ``c[i]`` sums log positions ``< i``, so a window from absolute index ``h`` to the end sums
-    ``c[-1] - c[h - base]``.
+    ``[key, ts, <per numeric field: values, shift (if summed)>, <per categorical field: values,
+    offset (if kept shorter than the log)>, <known-fraud flags (fraud groups)>, <per window:
+    head>, <per window and summed field: running sum, sum of squares (std), present-value count
+    (fields other than amount)>, <per min/max slot: candidates>, <per counter slot: dict>, <per
+    fraud slot: count>]``. One list instead of an object holding a dozen small lists: far fewer
+    containers for the cyclic garbage collector to visit (columns of numbers and min/max
+    candidates are arrays, and a dict of strings and ints, like a counter, is not tracked by it
+    either). Indices that a group does not need are -1. Heads and min/max candidates are
+    positions in the log (trimming shifts them down, so for a quiet entity they stay small ints,
+    which CPython shares). A categorical column is kept only as long as the longest window
+    counting it (``cg.cat_keep``): its offset is the log position of its first value (the
+    merchant ids of a card's 24-hour ``distinct`` are not kept for its 30-day windows). Running
+    sums are over deviations from the shift (the entity's first value) of the values inside the
+    window: added when an entry enters, subtracted when it leaves, set to exact zeros when the
+    window empties and recomputed from the log after an out-of-order insert. (Prefix-sum arrays,
+    the previous design, cost two floats per logged entry; these cost a few floats per entity.)
     """
     g = cg.g
     i = TS + 1
-    cg.i_num, cg.i_shift, cg.i_c0, cg.i_c1, cg.i_c2 = [], [], [], [], []
+    cg.i_num, cg.i_shift = [], []
     for fi in range(len(g.num_fields)):
         cg.i_num.append(i)
-        i += 1
-        for lst, need in (
-            (cg.i_shift, g.num_sums[fi]),
-            (cg.i_c0, cg.counted[fi]),
-            (cg.i_c1, g.num_sums[fi]),
-            (cg.i_c2, g.num_squares[fi]),
-        ):
-            lst.append(i if need else -1)
-            i += 1 if need else 0
-    cg.i_cat = list(range(i, i + len(g.cat_fields)))
-    i += len(g.cat_fields)
+        cg.i_shift.append(i + 1 if g.num_sums[fi] else -1)
+        i += 2 if g.num_sums[fi] else 1
+    cg.i_cat, cg.i_coff = [], []
+    for ci in range(len(g.cat_fields)):
+        cg.i_cat.append(i)
+        cg.i_coff.append(i + 1 if cg.cat_keep[ci] < g.longest else -1)
+        i += 1 + (cg.i_coff[ci] >= 0)
     cg.i_flags = i if g.has_fraud else -1
     i += 1 if g.has_fraud else 0
     cg.i_head = list(range(i, i + len(g.windows)))
     i += len(g.windows)
+    cg.i_sum = []
+    for w in g.windows:
+        sums = []
+        for fi, squares in w.sums.items():
+            i2 = i + 1 if squares else -1
+            i_n = i + 1 + squares if cg.counted[fi] else -1
+            sums.append((fi, i, i2, i_n))
+            i += 1 + squares + cg.counted[fi]
+        cg.i_sum.append(tuple(sums))
     cg.i_mono = list(range(i, i + g.n_mono))
     i += g.n_mono
     cg.i_ctr = list(range(i, i + g.n_counters))
@@ -235,66 +279,74 @@ def assign_slots(cg: Any) -> None:
 
 
 def build_fused(
-    cgs: Any, states: list[dict[Any, Any]], multi_fraud: bool, helpers: dict[str, Any]
-) -> tuple[Callable[..., Any], str]:
-    """One generated ``run(tx, t, out, wm)`` folding ``tx`` into every group, inlined.
+    cgs: Any, names: Any, states: list[dict[Any, Any]], helpers: dict[str, Any]
+) -> tuple[Callable[..., dict[str, Any]], str]:
+    """One generated ``run(tx, t, wm) -> snapshot`` folding ``tx`` into every group, inlined.
 
-    Per group: read the entity value (missing: skip, features stay ``None``), find or create
-    the state, take the rare path for an event older than the entity's newest (``_reorder``),
-    else run the group's :func:`_body` inline and trim the log when its oldest entry is
-    ``trim_lag`` behind the watermark. Returns what the ``tx_id`` store keeps for a label:
-    the fraud groups' state keys (one, or a list with several fraud groups), else ``None``.
-    ``helpers`` supplies ``_reorder(gi, st, t, tx, out)`` and ``_trim(gi, st, horizon)``; each
-    ``cg.new_state`` (:func:`build_new_state`) creates a state.
+    Fields are read once (:func:`_reads`). Per group: read the entity value (missing: skip,
+    features stay ``None``), find or create the state, take the rare path for an event older
+    than the entity's newest (``_reorder``), else run the group's :func:`_body` inline and
+    trim the log when its oldest entry is ``trim_lag`` behind the watermark. Features are
+    locals, returned as one dict in declaration order (``names``). A transaction with fraud
+    groups is handed to ``_remember(tx_id, t, keys)`` (the ``tx_id`` store): ``keys`` is the
+    fraud group's state key, or a tuple of them (``None`` where absent) with several fraud
+    groups. ``helpers`` supplies ``_reorder(gi, st, t, tx, out)``, ``_trim(gi, st, horizon)``,
+    ``_remember``, ``_cutoff`` and ``_DAY`` (the day clock's cache); each ``cg.new_state``
+    (:func:`build_new_state`) creates a state.
     """
-    lines = ["def run(tx, t, out, wm):"]
+    var = {name: f"y{i}" for i, name in enumerate(names)}
+    fraud = [gi for gi, cg in enumerate(cgs) if cg.fraud]
+    lines = ["def run(tx, t, wm):"]
     a = lines.append
-    fraud_any = any(cg.fraud for cg in cgs)
-    if fraud_any:
-        a("    keys = None")
+    if var:
+        a(f"    {' = '.join(var.values())} = None")
+    if len(fraud) > 1:
+        a(f"    {' = '.join(f'kf{gi}' for gi in fraud)} = None")
     ns: dict[str, Any] = {}
+    lines += ["    " + line for line in _reads(cgs)]
     for gi, cg in enumerate(cgs):
         ns[f"_S{gi}"] = states[gi]
+        ns[f"_new{gi}"] = cg.new_state
         a(f"    # ---- group {gi}: {cg.g.entity}")
-        if cg.ent_sub is None:
-            a(f"    v = tx.get({cg.ent!r})")
-        else:
-            a(f"    v = (tx.get('extra') or _EMPTY).get({cg.ent_sub!r})")
+        a(f"    v = {_var(cg.ent, cg.ent_sub)}")
         a("    if v is not None:")
         a(f"        st = _S{gi}.get(v)")
         a("        if st is None:")
-        ns[f"_new{gi}"] = cg.new_state
         a(f"            st = _S{gi}[v] = _new{gi}(v, tx)")
-        a("        ts = st[2]")
+        a("        ts = st[1]")
         a("        if ts and t < ts[-1]:")
-        a(f"            _reorder({gi}, st, t, tx, out)")
+        a("            r = {}")
+        a(f"            _reorder({gi}, st, t, tx, r)")
+        for name in cg.names:
+            a(f"            {var[name]} = r.get({name!r})")
         a("        else:")
-        for line in _body(cg):
-            a("            " + line)
+        lines += ["            " + line for line in _body(cg, var)]
         a(f"            if ts[0] <= wm - {cg.trim_lag!r}:")
         a(f"                _trim({gi}, st, wm - {cg.keep!r})")
-        if cg.fraud:
-            if not multi_fraud:
-                a("        keys = st[0]")
-            else:
-                a("        if keys is None:")
-                a("            keys = [st[0]]")
-                a("        else:")
-                a("            keys.append(st[0])")
-        if cg.fraud and multi_fraud:
-            a("    else:")
-            a("        if keys is None:")
-            a("            keys = [None]")
-            a("        else:")
-            a("            keys.append(None)")
-    a("    return keys" if fraud_any else "    return None")
+        if cg.fraud and len(fraud) == 1:
+            a("        _remember(tx['tx_id'], t, st[0])")
+        elif cg.fraud:
+            a(f"        kf{gi} = st[0]")
+    if len(fraud) > 1:
+        a(f"    _remember(tx['tx_id'], t, ({', '.join(f'kf{gi}' for gi in fraud)},))")
+    a(f"    return {{{', '.join(f'{name!r}: {v}' for name, v in var.items())}}}")
     source = "\n".join(lines) + "\n"
-    namespace = {**_namespace(helpers["_cutoff"]), **ns, **helpers}
+    namespace = {**_namespace(), **ns, **helpers}
     exec(compile(source, "<fds.features run>", "exec"), namespace)
     return namespace["run"], source
 
 
-def _namespace(cutoff: Callable[[float], float]) -> dict[str, Any]:
+def _cut_column(ts: Any, col: list[Any], st: list[Any], i_off: int, horizon: float) -> None:
+    """Drop the values of a categorical column logged at or before ``horizon`` (no accepted
+    event can count them any more) and record the new offset in ``st[i_off]``."""
+    o = st[i_off]
+    k = bisect_right(ts, horizon, o)
+    if k > o:
+        del col[: k - o]
+        st[i_off] = k
+
+
+def _namespace() -> dict[str, Any]:
     return {
         "_NEG_INF": -math.inf,
         "_EMPTY": {},
@@ -302,7 +354,7 @@ def _namespace(cutoff: Callable[[float], float]) -> dict[str, Any]:
         "_intern": sys.intern,
         "_bisect_right": bisect_right,
         "_sqrt": math.sqrt,
-        "_cutoff": cutoff,
+        "_cut_column": _cut_column,
     }
 
 
@@ -312,13 +364,13 @@ def build_new_state(cg: Any) -> Callable[[Any, Any], list[Any]]:
     comprehensions (entities are created often: a device idle for a day is evicted and comes
     back new).
 
-    The shift of each summed field is the entity's first value (0 when missing): prefix sums
-    of deviations from it stay small, which keeps ``std`` exact enough when values are large
-    and close together.
+    The shift of each summed field is the entity's first value (0 when missing): sums of
+    deviations from it stay small, which keeps ``std`` exact enough when values are large and
+    close together.
     """
     g = cg.g
     lines = ["def new(key, tx):"]
-    parts = ["key", "0", "_A('d')"]
+    parts = ["key", "_A('d')"]
     for fi, (k, sub) in enumerate(cg.nums):
         parts.append("_A('d')")
         if g.num_sums[fi]:
@@ -329,22 +381,20 @@ def build_new_state(cg: Any) -> Callable[[Any, Any], list[Any]]:
             lines.append(f"    if k{fi} != k{fi}:")
             lines.append(f"        k{fi} = 0.0")
             parts.append(f"k{fi}")
-        if cg.counted[fi]:
-            parts.append("_A('d', _Z)")
-        if g.num_sums[fi]:
-            parts.append("_A('d', _Z)")
-        if g.num_squares[fi]:
-            parts.append("_A('d', _Z)")
-    parts += ["[]"] * len(g.cat_fields)
+    for i_off in cg.i_coff:
+        parts += ["[]"] + ["0"] * (i_off >= 0)
     if g.has_fraud:
         parts.append("bytearray()")
     parts += ["0"] * len(g.windows)
-    parts += ["[]"] * g.n_mono
+    for sums in cg.i_sum:
+        for _fi, _i1, i2, i_n in sums:
+            parts += ["0.0"] + ["0.0"] * (i2 >= 0) + ["0"] * (i_n >= 0)
+    parts += ["_A('q')"] * g.n_mono
     parts += ["{}"] * g.n_counters
     parts += ["0"] * g.n_fraud
     assert len(parts) == cg.size
     lines.append(f"    return [{', '.join(parts)}]")
     source = "\n".join(lines) + "\n"
-    namespace: dict[str, Any] = {"_A": array, "_Z": (0.0,), "_num": num, "_EMPTY": {}}
+    namespace: dict[str, Any] = {"_A": array, "_num": num, "_EMPTY": {}}
     exec(compile(source, f"<fds.features new {g.entity}>", "exec"), namespace)
     return namespace["new"]

@@ -8,13 +8,19 @@ earlier timestamp; ``seen`` and ``last_gap`` look only at the others. ``fraud_co
 
 How (see the README, "Features" for the full account):
 
-* one flat state list per entity value: an append-only log (timestamps, value columns, prefix
-  sums of the numeric ones) shared by every window of the entity; a window is a head index into
-  it plus, where needed, a min/max candidate list, a value counter and a known-fraud count;
+* one flat state list per entity value: an append-only log (timestamps and value columns)
+  shared by every window of the entity; a window is a head position in it plus, where needed,
+  running sums, a min/max candidate list, a value counter and a known-fraud count;
 * events up to ``grace`` behind the watermark (the largest event time seen) are inserted in
   order; later ones are decided on the state still held, not folded in, counted and flagged;
-* the log keeps ``grace + longest window`` of history, idle entities are swept out by event time,
-  a label is attributed through a ``tx_id`` store kept as long as it can still matter.
+* the log keeps ``grace + longest window`` of history (a categorical column only as long as
+  the longest window counting it), idle entities are swept out by event time a few hundred per
+  event, a label is attributed through a ``tx_id`` store kept as long as it can still matter.
+
+Every window is exact (no bucketing, long windows included). Sums are running sums of
+deviations from the entity's first value, so they carry floating-point rounding like any
+running total (relative error ~1e-12 at simulator amounts; reset to exact zeros whenever the
+window empties, recomputed exactly after an out-of-order insert).
 
 >>> from types import SimpleNamespace as S
 >>> plan = FeaturePlan([
@@ -42,15 +48,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from fds.errors import ConfigError
 from fds.features.calendar import DayClock
 from fds.features.codegen import (
-    BASE,
     TS,
     assign_slots,
-    build_append,
     build_fused,
     build_new_state,
 )
@@ -63,7 +65,7 @@ __all__ = ["FeaturePlan"]
 
 NAN = math.nan
 # Checkpoint format version: bump when the pickled state layout changes.
-_FORMAT = 2
+_FORMAT = 3
 # The log may hold this fraction of the longest window beyond what is needed before it is
 # trimmed: trimming then happens once per 1/16 window per entity (amortised O(1) per event)
 # at a memory cost of at most ~6 % extra entries.
@@ -72,13 +74,16 @@ _TRIM_SLACK = 1 / 16
 # once as many events as there are held states (at least _SWEEP_MIN_EVENTS) went by: a sweep
 # visits every state of the group, so this bounds its amortised cost to one state visit per
 # event, while idle state is at most ~1/8 window (plus one check period) old past evictable.
+# A sweep is incremental: it snapshots the group's keys (one C-level copy, ~5 ms for a
+# million) and then visits at most _SWEEP_STEP of them per event, so no event pays for
+# visiting every state (~1 s for a million cards).
 _SWEEP_FRACTION = 1 / 8
 _SWEEP_MIN_EVENTS = 1000
-# The tx_id store is bucketed by event time, so expiry drops whole buckets. Freezing a bucket
-# (dicts -> sorted arrays) runs inside one compute() call and costs ~0.4 us per entry, so the
-# bucket count bounds that pause: 128 buckets of a 28-day TTL hold 5.25 h each, ~85 ms at
-# 1M tx/day (~2 ms at the simulator's 20k/day). More buckets shorten the pause but make a
-# label's lookup (newest bucket first, one binary search per frozen bucket) longer.
+_SWEEP_STEP = 512
+# The tx_id store is bucketed by event time, so expiry drops whole buckets; a bucket no
+# accepted event can reach is frozen incrementally (see txstore). A label's lookup visits the
+# buckets newest first (one binary search per frozen bucket): 128 buckets of a 28-day TTL
+# hold 5.25 h each.
 _LABEL_BUCKETS = 128
 
 
@@ -101,23 +106,15 @@ def _cat(v: Any) -> Any:
     return sys.intern(v) if v.__class__ is str else v
 
 
-def _rebase(prefix: array) -> None:
-    """Subtract the first element from a prefix array (keeps magnitudes to the window)."""
-    view = np.frombuffer(prefix, dtype=np.float64)
-    view -= view[0]
-    del view  # release the buffer so the array can grow again
-
-
 class _CompiledGroup:
     """Per-group constants used on the hot path (tuples, no attribute chasing)."""
 
     # indices into the flat state list, set by codegen.assign_slots (-1: not held)
     i_num: list[int]
     i_shift: list[int]
-    i_c0: list[int]
-    i_c1: list[int]
-    i_c2: list[int]
+    i_sum: list[tuple[tuple[int, int, int, int], ...]]  # per window: (field, s1, s2, count)
     i_cat: list[int]
+    i_coff: list[int]
     i_flags: int
     i_head: list[int]
     i_mono: list[int]
@@ -125,7 +122,7 @@ class _CompiledGroup:
     i_nf: list[int]
     size: int
 
-    def __init__(self, g: Group, clock: DayClock, grace: float) -> None:
+    def __init__(self, g: Group, grace: float) -> None:
         self.g = g
         self.ent, self.ent_sub = _split(g.entity)
         self.nums = tuple(_split(f) for f in g.num_fields)
@@ -134,7 +131,6 @@ class _CompiledGroup:
         self.counted = tuple(
             s and f != "amount" for s, f in zip(g.num_sums, g.num_fields, strict=True)
         )
-        self.squares = tuple(g.num_squares)
         self.fraud = g.has_fraud
         self.longest = g.longest
         self.names = tuple(f.name for f in g.features)
@@ -145,14 +141,23 @@ class _CompiledGroup:
             feats = tuple((f.agg, f.name, f.fi, f.slot) for f in g.features if f.win == wi)
             mono = tuple((slot, fi, kind == "max") for (fi, kind), slot in w.mono.items())
             ctrs = tuple((slot, fi) for fi, slot in w.counters.items())
-            per_entry = bool(ctrs) or w.fraud >= 0
+            per_entry = bool(ctrs) or w.fraud >= 0 or bool(w.sums)
             wins.append((wi, w.seconds, per_entry, mono, ctrs, w.fraud, feats))
         self.windows = tuple(wins)
+        # per categorical field: the longest window counting it (how long its column is kept)
+        owners = [
+            max(
+                (wi for wi, w in enumerate(g.windows) if ci in w.counters),
+                key=lambda wi: g.windows[wi].retention,
+            )
+            for ci in range(len(g.cat_fields))
+        ]
+        self.cat_owner = tuple(owners)
+        self.cat_keep = tuple(g.windows[wi].retention for wi in owners)
         # the log keeps ``keep`` seconds behind the watermark; trimmed once ``trim_lag`` old
         self.keep = grace + self.longest
         self.trim_lag = self.keep + self.longest * _TRIM_SLACK
         assign_slots(self)
-        self.append, self.source = build_append(self, clock.cutoff)
         self.new_state = build_new_state(self)
 
 
@@ -194,7 +199,7 @@ class FeaturePlan:
         self.grace = parse_duration(grace)
         if self.grace < 0:
             raise ConfigError(f"grace must be >= 0, got {grace!r}")
-        self._groups = tuple(_CompiledGroup(g, self.clock, self.grace) for g in self.layout.groups)
+        self._groups = tuple(_CompiledGroup(g, self.grace) for g in self.layout.groups)
         self._names = tuple(self.layout.names)
         self._multi_fraud = sum(1 for g in self.layout.groups if g.has_fraud) > 1
         fraud_windows = [
@@ -211,7 +216,6 @@ class FeaturePlan:
     def _reset(self) -> None:
         # per group: entity value -> flat state list (layout: codegen.assign_slots)
         self.states: list[dict[Any, list[Any]]] = [{} for _ in self._groups]
-        self._bind()
         self.watermark = -math.inf
         self.late_events = 0  # beyond grace: decided on current state, flagged
         self.reordered_events = 0  # within grace: inserted in order
@@ -220,11 +224,13 @@ class FeaturePlan:
         self._sweep_at = [-math.inf for _ in self._groups]  # event time of each group's sweep
         self._accepted = 0  # events folded in (drives the sweep's amortisation)
         self._sweep_after = 0  # ... and the count at which sweeps are next considered
+        self._sweep_todo: list[list[Any]] = []  # sweeps in progress: [group, keys, next]
         self._labels = TxStore(self._label_span)
         self._next_label_expiry = -math.inf
+        self._bind()
 
     def _bind(self) -> None:
-        """The per-group constants the hot path reads, bound to the current state dicts."""
+        """The generated hot path, bound to the current state dicts and ``tx_id`` store."""
         groups = self._groups
 
         def reorder(gi: int, st: list[Any], t: float, tx: Mapping[str, Any], out: dict) -> None:
@@ -235,9 +241,11 @@ class FeaturePlan:
         helpers = {
             "_reorder": reorder,
             "_trim": lambda gi, st, horizon: self._trim(groups[gi], st, horizon),
+            "_remember": self._labels.remember,
             "_cutoff": self.clock.cutoff,
+            "_DAY": self.clock.cache,
         }
-        self._run, self.source = build_fused(groups, self.states, self._multi_fraud, helpers)
+        self._run, self.source = build_fused(groups, self._names, self.states, helpers)
 
     def state_sizes(self) -> dict[str, int]:
         """Entities held per entity type, e.g. ``{"card_id": 1203, "merchant_id": 88}``."""
@@ -251,28 +259,24 @@ class FeaturePlan:
     def compute(self, tx: Mapping[str, Any]) -> dict[str, Any]:
         """Fold ``tx`` into the state and return its feature snapshot (name -> value)."""
         t = tx["ts"]
-        out: dict[str, Any] = dict.fromkeys(self._names)
-        if t < self.watermark - self.grace:
+        wm = self.watermark
+        if t < wm - self.grace:
             self.late_events += 1
+            out: dict[str, Any] = dict.fromkeys(self._names)
             for gi, cg in enumerate(self._groups):
                 v = _get(tx, cg.ent, cg.ent_sub)
                 if v is not None:
                     self._brute(cg, self.states[gi].get(v), t, tx, out)
             out["_flags"] = ["late"]
             return out
-        if t > self.watermark:
-            self.watermark = t
+        if t > wm:
+            self.watermark = wm = t
             if t >= self._next_label_expiry:
                 self._expire_labels()
         self._accepted += 1
         if self._accepted >= self._sweep_after:
             self._sweep()
-        keys = self._run(tx, t, out, self.watermark)
-        if keys is not None:  # what the tx_id store keeps: the fraud groups' entity keys
-            self._labels.remember(
-                tx["tx_id"], t, keys if keys.__class__ is not list else tuple(keys)
-            )
-        return out
+        return self._run(tx, t, wm)
 
     # ------------------------------------------------------------------ rare paths
     def _brute(
@@ -295,7 +299,8 @@ class FeaturePlan:
                     nfr = sum(st[cg.i_flags][lo:hi]) if st is not None else 0
                     out[name] = nfr if agg == "fraud_count" else nfr / (hi - lo + 1)
                 elif agg in ("distinct", "seen"):
-                    others = set(st[cg.i_cat[fi]][lo:hi]) if st is not None else set()
+                    o = _offset(cg, st, fi) if st is not None else 0
+                    others = set(st[cg.i_cat[fi]][max(lo - o, 0) : hi - o]) if st else set()
                     others.discard(None)
                     v = cvals[fi]
                     if agg == "seen":
@@ -313,18 +318,15 @@ class FeaturePlan:
     def _insert(self, cg: _CompiledGroup, st: list[Any], t: float, tx: Mapping[str, Any]) -> None:
         """Insert an out-of-order event in timestamp order and repair the window state."""
         ts = st[TS]
-        base = st[BASE]
         p = bisect_right(ts, t)  # after equal timestamps: they arrived first
         ts.insert(p, t)
         for fi, (k, sub) in enumerate(cg.nums):
             st[cg.i_num[fi]].insert(p, _num(_get(tx, k, sub)))
-            if cg.sums[fi]:
-                _reprefix(cg, st, fi, p)
         cvals = []
         for ci, (k, sub) in enumerate(cg.cats):
             v = _get(tx, k, sub)
             v = _cat(v) if v is not None else None
-            st[cg.i_cat[ci]].insert(p, v)
+            st[cg.i_cat[ci]].insert(p - _offset(cg, st, ci), v)
             cvals.append(v)
         if cg.fraud:
             st[cg.i_flags].insert(p, 0)
@@ -340,52 +342,99 @@ class FeaturePlan:
             else:  # inserted before the head: the head entry moved one place right
                 st[cg.i_head[wi]] += 1
             h = st[cg.i_head[wi]]
-            for slot, fi, is_max in mono:  # absolute indices moved: rebuild from the log
+            for fi, i1, i2, i_n in cg.i_sum[wi]:  # recomputed exactly from the log
+                k = st[cg.i_shift[fi]]
+                s1 = s2 = 0.0
+                m = 0
+                for x in st[cg.i_num[fi]][h:]:
+                    if x == x:
+                        d = x - k
+                        s1 += d
+                        s2 += d * d
+                        m += 1
+                st[i1] = s1
+                if i2 >= 0:
+                    st[i2] = s2
+                if i_n >= 0:
+                    st[i_n] = m
+            for slot, fi, is_max in mono:  # positions moved: rebuild from the log
                 col = st[cg.i_num[fi]]
                 lst: list[int] = []
-                for q in range(h - base, len(ts)):
+                for q in range(h, len(ts)):
                     x = col[q]
                     if x != x:
                         continue
-                    while lst and (
-                        col[lst[-1] - base] <= x if is_max else col[lst[-1] - base] >= x
-                    ):
+                    while lst and (col[lst[-1]] <= x if is_max else col[lst[-1]] >= x):
                         lst.pop()
-                    lst.append(q + base)
-                st[cg.i_mono[slot]] = lst
+                    lst.append(q)
+                st[cg.i_mono[slot]] = array("q", lst)
 
     def _trim(self, cg: _CompiledGroup, st: list[Any], horizon: float) -> None:
-        """Drop log entries no accepted event can see any more (``ts <= horizon``)."""
-        k = bisect_right(st[TS], horizon)
+        """Drop log entries no accepted event can see any more (``ts <= horizon``), and the
+        values of categorical columns kept shorter (``cg.cat_keep``) that their windows left.
+
+        Runs right after an in-order event of the entity: every window was just advanced to
+        at least ``horizon`` (``watermark - grace - window``), so nothing dropped is counted.
+        """
+        ts = st[TS]
+        k = bisect_right(ts, horizon)
         if k <= 0:
             return
-        del st[TS][:k]
-        for fi in range(len(cg.nums)):
-            del st[cg.i_num[fi]][:k]
-            for i in (cg.i_c0[fi], cg.i_c1[fi], cg.i_c2[fi]):
-                if i >= 0:
-                    del st[i][:k]
-                    _rebase(st[i])
-        for i in cg.i_cat:
+        del ts[:k]
+        for i in cg.i_num:
             del st[i][:k]
         if cg.fraud:
             del st[cg.i_flags][:k]
-        st[BASE] += k
+        for i in cg.i_head:
+            st[i] -= k
+        for i in cg.i_mono:
+            st[i] = array("q", [q - k for q in st[i]])
+        for ci, i in enumerate(cg.i_cat):
+            off = cg.i_coff[ci]
+            if off < 0:
+                del st[i][:k]
+                continue
+            o = st[off] - k  # its first value's position in the trimmed log
+            if o < 0:
+                del st[i][:-o]
+                o = 0
+            kc = bisect_right(ts, horizon + cg.longest - cg.cat_keep[ci])
+            if kc > o:
+                del st[i][: kc - o]
+                o = kc
+            st[off] = o
 
     def _sweep(self) -> None:
-        """Evict entities whose newest event no accepted event can see any more."""
+        """Evict entities whose newest event no accepted event can see any more: start the
+        sweeps that are due, then visit at most ``_SWEEP_STEP`` states (see its comment)."""
         wm = self.watermark
-        for gi, (cg, states) in enumerate(zip(self._groups, self.states, strict=True)):
-            if wm < self._sweep_at[gi]:
-                continue
-            horizon = wm - cg.keep
-            dead = [k for k, st in states.items() if st[TS][-1] <= horizon]
-            for k in dead:
-                del states[k]
-            self.evicted_entities += len(dead)
-            self._sweep_at[gi] = wm + cg.longest * _SWEEP_FRACTION
-        held = sum(len(s) for s in self.states)
-        self._sweep_after = self._accepted + max(held, self.sweep_min_events)
+        todo = self._sweep_todo
+        if not todo:
+            for gi, (cg, states) in enumerate(zip(self._groups, self.states, strict=True)):
+                if wm >= self._sweep_at[gi]:
+                    todo.append([gi, list(states), 0])
+                    self._sweep_at[gi] = wm + cg.longest * _SWEEP_FRACTION
+        budget = _SWEEP_STEP
+        while todo and budget > 0:
+            gi, keys, pos = todo[0]
+            states = self.states[gi]
+            horizon = wm - self._groups[gi].keep
+            end = min(pos + budget, len(keys))
+            for k in keys[pos:end]:
+                st = states.get(k)
+                if st is not None and st[TS][-1] <= horizon:
+                    del states[k]
+                    self.evicted_entities += 1
+            budget -= end - pos
+            if end == len(keys):
+                del todo[0]
+            else:
+                todo[0][2] = end
+        if todo:  # more to visit: again at the next event
+            self._sweep_after = self._accepted + 1
+        else:
+            held = sum(len(s) for s in self.states)
+            self._sweep_after = self._accepted + max(held, self.sweep_min_events)
 
     # ------------------------------------------------------------------ labels
     def _expire_labels(self) -> None:
@@ -435,9 +484,8 @@ class FeaturePlan:
             if p >= hi:
                 continue  # trimmed or evicted: can no longer matter
             flags[p] = want
-            a = st[BASE] + p
             for wi, _w, _pe, _mono, _ctrs, fslot, _feats in cg.windows:
-                if fslot >= 0 and a >= st[cg.i_head[wi]]:
+                if fslot >= 0 and p >= st[cg.i_head[wi]]:
                     st[cg.i_nf[fslot]] += delta
 
     # ------------------------------------------------------------------ checkpoints
@@ -461,6 +509,7 @@ class FeaturePlan:
             "sweep_at": self._sweep_at,
             "accepted": self._accepted,
             "sweep_after": self._sweep_after,
+            "sweep_todo": self._sweep_todo,
             "labels": self._labels,
             "next_label_expiry": self._next_label_expiry,
             "label_ttl": self.label_ttl,
@@ -480,7 +529,6 @@ class FeaturePlan:
         body = pickle.loads(sd["state"])
         self._reset()
         self.states = body["states"]
-        self._bind()
         self.watermark = body["watermark"]
         self.late_events = body["late_events"]
         self.reordered_events = body["reordered_events"]
@@ -489,10 +537,12 @@ class FeaturePlan:
         self._sweep_at = body["sweep_at"]
         self._accepted = body["accepted"]
         self._sweep_after = body["sweep_after"]
+        self._sweep_todo = body["sweep_todo"]
         self._labels = body["labels"]
         self._next_label_expiry = body["next_label_expiry"]
         self.label_ttl = body["label_ttl"]
         self._label_span = max(self.label_ttl / _LABEL_BUCKETS, 1.0)
+        self._bind()
 
     def checkpoint(self, path: str | os.PathLike[str], position: Any) -> None:
         """Write the state and the source ``position`` it corresponds to, atomically.
@@ -536,31 +586,9 @@ class FeaturePlan:
         return plan, plan.restore(path)
 
 
-def _reprefix(cg: _CompiledGroup, st: list[Any], fi: int, p: int) -> None:
-    """Recompute the prefix arrays of numeric field ``fi`` from log position ``p`` on."""
-    col = st[cg.i_num[fi]]
-    k = st[cg.i_shift[fi]]
-    c0, c1, c2 = (st[i] if i >= 0 else None for i in (cg.i_c0[fi], cg.i_c1[fi], cg.i_c2[fi]))
-    if c0 is not None:
-        c0.insert(p + 1, 0.0)
-    c1.insert(p + 1, 0.0)  # type: ignore[union-attr]
-    if c2 is not None:
-        c2.insert(p + 1, 0.0)
-    for q in range(p, len(col)):
-        x = col[q]
-        if x == x:
-            d = x - k
-            if c0 is not None:
-                c0[q + 1] = c0[q] + 1.0
-            c1[q + 1] = c1[q] + d  # type: ignore[index]
-            if c2 is not None:
-                c2[q + 1] = c2[q] + d * d
-        else:
-            if c0 is not None:
-                c0[q + 1] = c0[q]
-            c1[q + 1] = c1[q]  # type: ignore[index]
-            if c2 is not None:
-                c2[q + 1] = c2[q]
+def _offset(cg: _CompiledGroup, st: list[Any], ci: int) -> int:
+    """Log position of the first value held in categorical column ``ci``."""
+    return st[cg.i_coff[ci]] if cg.i_coff[ci] >= 0 else 0
 
 
 def _num_agg(agg: str, vals: list[float]) -> float | None:

@@ -4,9 +4,9 @@ Any object with the attributes ``name, entity, agg, field, window`` is a declara
 (``fds.rules.ruleset.FeatureSpec`` is the usual one; tests use a small dataclass).
 
 The layout groups declarations by entity: one state per entity value holds one shared event log
-(timestamps plus the value columns the group needs) and, per distinct window, only a head index
-into that log and the few structures that cannot be prefix-summed (min/max candidate lists,
-value counters, the known-fraud count). Ten aggregates over one entity and window therefore
+(timestamps plus the value columns the group needs) and, per distinct window, a head index
+into that log plus what its aggregates need (running sums, min/max candidate lists, value
+counters, the known-fraud count). Ten aggregates over one entity and window therefore
 share one structure, and two windows of one entity share one log.
 
 >>> from types import SimpleNamespace as S
@@ -44,7 +44,7 @@ AGGS = (
 )  # fmt: skip
 #: Aggregates that read a value ``field`` of the transaction.
 FIELD_AGGS = frozenset({"sum", "mean", "min", "max", "std", "distinct", "seen"})
-#: Aggregates over a numeric field (prefix sums / candidate lists).
+#: Aggregates over a numeric field (running sums / candidate lists).
 NUM_AGGS = frozenset({"sum", "mean", "min", "max", "std"})
 #: Aggregates over a categorical field (value counters).
 CAT_AGGS = frozenset({"distinct", "seen"})
@@ -63,6 +63,9 @@ class WindowDef:
     # categorical field index -> index into the state's counters
     counters: dict[int, int] = field(default_factory=dict)
     fraud: int = -1  # index into the state's known-fraud counts, -1 if unused
+    # numeric field index -> whether its running sum of squares is needed (std), for the
+    # fields whose sum/mean/std this window reports
+    sums: dict[int, bool] = field(default_factory=dict)
 
     @property
     def retention(self) -> float:
@@ -87,8 +90,7 @@ class Group:
     entity: str
     windows: list[WindowDef] = field(default_factory=list)
     num_fields: list[str] = field(default_factory=list)
-    num_sums: list[bool] = field(default_factory=list)  # field needs prefix sums (sum/mean/std)
-    num_squares: list[bool] = field(default_factory=list)  # field needs prefix squares (std)
+    num_sums: list[bool] = field(default_factory=list)  # field has a sum/mean/std somewhere
     cat_fields: list[str] = field(default_factory=list)
     features: list[CompiledFeature] = field(default_factory=list)
     n_mono: int = 0
@@ -192,12 +194,10 @@ def compile_specs(specs: Sequence[Any]) -> Layout:
             if spec.field not in g.num_fields:
                 g.num_fields.append(spec.field)
                 g.num_sums.append(False)
-                g.num_squares.append(False)
             feat.fi = g.num_fields.index(spec.field)
             if agg in ("sum", "mean", "std"):
                 g.num_sums[feat.fi] = True
-            if agg == "std":
-                g.num_squares[feat.fi] = True
+                win.sums[feat.fi] = win.sums.get(feat.fi, False) or agg == "std"
             if agg in ("min", "max"):
                 key = (feat.fi, agg)
                 if key not in win.mono:

@@ -10,6 +10,12 @@
   the start of the next event. A failing artifact is rejected (``stats["swaps_rejected"]``)
   and the current model stays.
 - Promotion and rollback follow :mod:`fds.models.champion`.
+- The maturity gate (the spec's ``gate``): until the champion has learned ``min_frauds`` fraud
+  labels and, over the last ``window`` fraud labels, rules + model (the policy's combination,
+  :func:`fds.policy.combine`) caught at least as many within the alert budget as the rules'
+  score alone (``rule_score`` in the input), the model's score is logged but does not act
+  (:attr:`ModelServer.acting` is false; the engine then decides on rules alone and flags the
+  decision ``model_shadow``). It goes back to shadow while the combination catches fewer.
 
 Two ways to get new versions:
 
@@ -45,7 +51,8 @@ from fds.models.champion import BudgetRank, Contest
 from fds.models.registry import Registry, load_verified
 from fds.models.spec import ModelSpec
 from fds.models.trainer import Publication, Trainer
-from fds.models.vector import to_vector
+from fds.models.vector import RULE_SCORE, to_vector
+from fds.policy import combine
 
 __all__ = ["ModelServer", "build_model_stage", "canary"]
 
@@ -111,7 +118,8 @@ class ModelServer:
         promoted as soon as it passes its canary (the "adaptive, no guard" variant).
     on_event
         Optional ``callback(kind, info)`` for metrics/logs: ``swap``, ``swap_rejected``,
-        ``promote``, ``reject``, ``rollback``, ``confirm``, ``drift``.
+        ``promote``, ``reject``, ``rollback``, ``confirm``, ``drift``, ``gate`` (the
+        maturity gate opened or closed: ``info["acting"]``).
     """
 
     def __init__(
@@ -128,6 +136,8 @@ class ModelServer:
         self.spec = spec
         self.metrics = metrics
         self._rate = spec.learn.legit_sample_rate
+        #: the engine gives the model one input per rule only when it reads them (stacking)
+        self.reads_rules = spec.inputs.rules
         self.registry = registry
         self.trainer = trainer or (Trainer(spec, registry=registry) if learn else None)
         self.auto_promote = spec.promote.auto if auto_promote is None else auto_promote
@@ -142,10 +152,20 @@ class ModelServer:
         self.probation: Contest | None = None  # last promoted champion vs its predecessor
         self._prob_ranks: tuple[BudgetRank, BudgetRank] | None = None
         self._champion_labels = 0
-        self._challenger_labels = 0
+        self._challenger_entry: dict[str, Any] = {}
         self._queued: tuple[str, Any, dict[str, Any]] | None = None  # newest verified version
-        self._pending: tuple[str, str, Any] | None = None  # (role, version, model) from watcher
+        # (role, version, model, manifest entry) prepared by the watcher thread
+        self._pending: tuple[str, str, Any, dict[str, Any]] | None = None
         self._ranks: tuple[BudgetRank, BudgetRank] | None = None
+        # maturity gate: (model credit, rules credit) on the last `gate.window` fraud labels
+        gate = spec.gate
+        self.acting = not (gate.min_frauds or gate.window)
+        self._gate_frauds = 0  # most fraud labels learned by any champion so far
+        self._gate: collections.deque[tuple[float, float]] = collections.deque(
+            maxlen=max(gate.window, 1)
+        )
+        self._gate_ranks: tuple[str | None, BudgetRank, BudgetRank] | None = None
+        self._gate_n = 0  # fraud labels judged (threshold refreshes)
         self._recent: collections.deque[dict[str, float]] = collections.deque(maxlen=RECENT_SIZE)
         self._day_counts: collections.Counter[int] = collections.Counter()
         self._last: tuple[str, dict[str, float]] | None = None
@@ -172,13 +192,7 @@ class ModelServer:
         champ = self.champion
         if champ is None:
             return None, None
-        s = _p(champ, x)
-        # Undo the legit sampling: the learner saw legit transactions at `rate`, so its odds of
-        # fraud are 1/rate too high. Ranking is unchanged; the score becomes a probability
-        # that the policy can combine with rule scores.
-        r = self._rate
-        if r < 1.0:
-            s = s * r / (s * r + (1.0 - s)) if s < 1.0 else 1.0
+        s = self._probability(_p(champ, x))
         if self.challenger is not None:
             try:
                 sh = self.shadow_scores
@@ -188,6 +202,15 @@ class ModelServer:
             except Exception as e:  # a challenger never breaks serving
                 self._drop_challenger("reject", f"shadow scoring raised {type(e).__name__}: {e}")
         return s, self.version
+
+    def _probability(self, s: float) -> float:
+        """Undo the legit sampling: the learner saw legit transactions at ``rate``, so its odds
+        of fraud are 1/rate too high. Ranking is unchanged; the score becomes a probability
+        that the policy can combine with the rules' score."""
+        r = self._rate
+        if r < 1.0:
+            return s * r / (s * r + (1.0 - s)) if s < 1.0 else 1.0
+        return s
 
     def on_decision(self, tx: Mapping[str, Any], decision: Mapping[str, Any]) -> None:
         """Keep the decision-time input for the trainer and the recent-traffic sample."""
@@ -244,12 +267,12 @@ class ModelServer:
     def _take(self, version: str, model: Any, entry: dict[str, Any]) -> None:
         if self.champion is None or not self.auto_promote:
             why = "first version" if self.champion is None else "newest"
-            self._set_champion(version, model, why, entry.get("labels_learned", 0))
+            self._set_champion(version, model, why, entry)
             return
         if self._champion_labels < self.spec.promote.warmup_labels:
             # A champion that has learned next to nothing is no yardstick: a contest between two
             # near-empty models is noise and would only slow the start down.
-            self._set_champion(version, model, "warm-up", entry.get("labels_learned", 0))
+            self._set_champion(version, model, "warm-up", entry)
             return
         if self.contest is None:
             self._start_shadow(version, model, entry)
@@ -258,17 +281,22 @@ class ModelServer:
 
     def _start_shadow(self, version: str, model: Any, entry: dict[str, Any]) -> None:
         self.challenger, self.challenger_version = model, version
-        self._challenger_labels = entry.get("labels_learned", 0)
+        self._challenger_entry = entry
         self.shadow_scores.clear()
         self.contest = Contest(
             "shadow", self.version or "", version, self.spec.promote.shadow_min_labels
         )
         self._ranks = None
 
-    def _set_champion(self, version: str, model: Any, why: str, labels: int = 0) -> None:
+    def _set_champion(
+        self, version: str, model: Any, why: str, entry: Mapping[str, Any] | None = None
+    ) -> None:
         old = self.version
         self.champion, self.version = model, version  # the swap: one reference, between events
-        self._champion_labels = labels
+        entry = entry or {}
+        self._champion_labels = entry.get("labels_learned", 0)
+        frauds = (entry.get("evaluation") or {}).get("frauds_learned", 0)
+        self._gate_frauds = max(self._gate_frauds, frauds)
         self.stats["swaps"] += 1
         self._emit("swap", {"from": old, "to": version, "why": why})
         if self.registry is not None and why != "registry":
@@ -319,6 +347,62 @@ class ModelServer:
             BudgetRank([_p(models[1], r) for r in recent], share),
         )
 
+    def _judge_gate(self, x: dict[str, float]) -> None:
+        """One fraud label for the maturity gate: rules + champion (the policy's combination)
+        vs the rules alone, each ranked in recent traffic at the alert budget."""
+        gate, champ = self.spec.gate, self.champion
+        if not (gate.min_frauds or gate.window) or champ is None:
+            return
+
+        def final(r: dict[str, float]) -> float:
+            return combine(r.get(RULE_SCORE, 0.0), self._probability(_p(champ, r)))
+
+        ranks = self._gate_ranks
+        self._gate_n += 1
+        if ranks is None or ranks[0] != self.version or self._gate_n % THRESHOLD_REFRESH == 0:
+            recent = list(self._recent)[::RANK_STRIDE]
+            share = self._alert_share()
+            ranks = self._gate_ranks = (
+                self.version,
+                BudgetRank([final(r) for r in recent], share),
+                BudgetRank([r.get(RULE_SCORE, 0.0) for r in recent], share),
+            )
+        win = self._gate
+        win.append((ranks[1].credit(final(x)), ranks[2].credit(x.get(RULE_SCORE, 0.0))))
+        model_caught = sum(m for m, _ in win)
+        rules_caught = sum(r for _, r in win)
+        acting = (
+            self._gate_frauds >= gate.min_frauds
+            and len(win) >= gate.window
+            and model_caught >= rules_caught
+        )
+        if acting != self.acting:
+            self.acting = acting
+            self.stats["gate_open" if acting else "gate_closed"] += 1
+            self._emit(
+                "gate",
+                {
+                    "acting": acting,
+                    "version": self.version,
+                    "frauds_learned": self._gate_frauds,
+                    "labels": len(win),
+                    "recall_at_budget_with_model": round(model_caught / max(len(win), 1), 4),
+                    "recall_at_budget_rules": round(rules_caught / max(len(win), 1), 4),
+                },
+            )
+
+    def gate_state(self) -> dict[str, Any]:
+        """The maturity gate's state, for the engine's checkpoint (a restarted scorer must not
+        put a proven model back in shadow until `window` more frauds are labelled)."""
+        return {"acting": self.acting, "window": list(self._gate), "frauds": self._gate_frauds}
+
+    def load_gate_state(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`gate_state` returned."""
+        self.acting = bool(state["acting"])
+        self._gate.clear()
+        self._gate.extend(tuple(c) for c in state["window"])
+        self._gate_frauds = max(self._gate_frauds, int(state["frauds"]))
+
     def _evaluate(self, x: dict[str, float], y: bool) -> None:
         """A labelled input (before the trainer learns it): feed the running contests.
 
@@ -327,6 +411,7 @@ class ModelServer:
         """
         if not y:
             return
+        self._judge_gate(x)
         p = self.probation
         if p is not None:
             if self._prob_ranks is None or p.n % THRESHOLD_REFRESH == 0:
@@ -357,7 +442,7 @@ class ModelServer:
         self.stats["promote"] += 1
         self.predecessor, self.predecessor_version = self.champion, self.version
         self._set_champion(
-            c.candidate, self.challenger, "promoted: precision >= champion", self._challenger_labels
+            c.candidate, self.challenger, "promoted: precision >= champion", self._challenger_entry
         )
         self.challenger = self.challenger_version = None
         self.contest = None
@@ -403,6 +488,9 @@ class ModelServer:
             elif kind in ("promote", "reject", "rollback", "confirm"):
                 m.model_precision("champion", "contest", info["recall_at_budget_incumbent"])
                 m.model_precision("challenger", "contest", info["recall_at_budget_candidate"])
+            elif kind == "gate":
+                m.model_precision("champion", "gate", info["recall_at_budget_with_model"])
+                m.model_precision("rules", "gate", info["recall_at_budget_rules"])
         if self.on_event is not None:
             self.on_event(kind, info)
 
@@ -416,6 +504,8 @@ class ModelServer:
             model = self.registry.load(v)
             canary(model, list(self._recent)[-CANARY_SIZE:])
             self.champion, self.version = model, v
+            entry = self.registry.manifest()["versions"].get(v) or {}
+            self._gate_frauds = (entry.get("evaluation") or {}).get("frauds_learned", 0)
         return v
 
     def poll(self) -> str | None:
@@ -452,18 +542,18 @@ class ModelServer:
             self._emit("swap_rejected", {"version": target, "error": str(e)})
             self.registry.reject(target, str(e))
             return None
-        self._pending = (role or "challenger", target, model)
+        self._pending = (role or "challenger", target, model, m["versions"].get(target) or {})
         return target
 
     def _install_pending(self) -> None:
         pending, self._pending = self._pending, None
         if pending is None:
             return
-        role, version, model = pending
+        role, version, model, entry = pending
         if role == "champion" or self.champion is None:
-            self._set_champion(version, model, "registry")
+            self._set_champion(version, model, "registry", entry)
         else:
-            self._take(version, model, {})
+            self._take(version, model, entry)
 
     def start_watch(self, every: float = 1.0) -> None:
         """Poll the registry every ``every`` seconds on a daemon thread."""

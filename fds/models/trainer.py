@@ -34,7 +34,7 @@ import orjson
 
 from fds.models.registry import Registry, make_entry
 from fds.models.spec import ModelSpec, build_pipeline
-from fds.models.vector import to_vector
+from fds.models.vector import strip_rule_ids, to_vector
 from fds.timeutil import parse_ts
 
 __all__ = ["MemoryStore", "Publication", "SnapshotStore", "SqliteStore", "Trainer", "keep_legit"]
@@ -275,6 +275,8 @@ class Trainer:
         if x is None:
             feats = (decision or tx).get("features") or {}
             x = to_vector(tx, feats)
+            if not self.spec.inputs.rules:  # written by an engine serving a stacking spec
+                x = strip_rule_ids(x)
         ts = _ts(tx["ts"])
         self.store.put(tx["tx_id"], ts, x)
         self.advance(ts)
@@ -351,7 +353,11 @@ class Trainer:
             "spec": self.spec.to_dict(),
             "parent": self.parent,
             "labels_learned": self.stats["labels_learned"],
-            "evaluation": {**(evaluation or {}), "drifts": self.stats["drifts"]},
+            "evaluation": {
+                **(evaluation or {}),
+                "drifts": self.stats["drifts"],
+                "frauds_learned": self.stats["frauds_learned"],
+            },
             "event_time": now if math.isfinite(now) else None,
         }
         if self.registry is not None:

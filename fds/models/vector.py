@@ -13,6 +13,13 @@ the ``{name: float}`` dict River models read. Rules for the snapshot:
 From the transaction: ``amount``, ``log_amount`` (``log1p``), and the UTC hour as
 ``hour_sin``/``hour_cos`` (a cyclic encoding: 23h and 0h are neighbours).
 
+The rules' results: the engine adds :func:`rule_inputs` to the snapshot it gives the model --
+always ``rule_score`` (the policy's rule score: the highest active hit's score; the maturity gate
+ranks it), and for a spec with ``inputs: {rules: true}`` (stacking) also ``rule:<id>`` (1 when
+the rule fired, active or shadow; 0 otherwise, for every rule the ruleset evaluates, so the keys
+are stable). They are part of the decision's ``features``, so ``fds train`` sees them in
+decision records too.
+
 >>> x = to_vector({"amount": 99.0, "ts": 0.0}, {"n_1h": 3, "new_country": True, "avg": None})
 >>> x["n_1h"], x["new_country"], x["avg"], round(x["log_amount"], 3), x["hour_cos"]
 (3.0, 1.0, 0.0, 4.605, 1.0)
@@ -21,10 +28,14 @@ From the transaction: ``amount``, ``log_amount`` (``log1p``), and the UTC hour a
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["to_vector"]
+__all__ = ["RULE_PREFIX", "RULE_SCORE", "rule_inputs", "strip_rule_ids", "to_vector"]
+
+#: Key prefix of one rule's result in the model input; the policy's rule score is ``RULE_SCORE``.
+RULE_PREFIX = "rule:"
+RULE_SCORE = "rule_score"
 
 _DAY = 86400.0
 _TAU_PER_HOUR = 2.0 * math.pi / 24.0
@@ -58,3 +69,35 @@ def to_vector(tx: Mapping[str, Any], features: Mapping[str, Any]) -> dict[str, f
         x["hour_sin"] = math.sin(h)
         x["hour_cos"] = math.cos(h)
     return x
+
+
+def rule_inputs(
+    hits: Sequence[Mapping[str, Any]], rule_ids: Iterable[str] | None = None
+) -> dict[str, Any]:
+    """The rules' results as model inputs (see the module docstring): ``rule_score``, and with
+    ``rule_ids`` (the ruleset's evaluated rules) one ``rule:<id>`` per rule.
+
+    >>> rule_inputs([{"id": "b", "score": 0.5, "state": "shadow"}], ["a", "b"])
+    {'rule:a': False, 'rule:b': True, 'rule_score': 0.0}
+    >>> rule_inputs([{"id": "b", "score": 0.5, "state": "active"}])
+    {'rule_score': 0.5}
+    """
+    from fds.policy import rule_score
+
+    out: dict[str, Any] = {}
+    if rule_ids is not None:
+        out = dict.fromkeys((RULE_PREFIX + r for r in rule_ids), False)
+        for h in hits:
+            out[RULE_PREFIX + h["id"]] = True
+    out[RULE_SCORE] = rule_score(hits)
+    return out
+
+
+def strip_rule_ids(x: Mapping[str, float]) -> dict[str, float]:
+    """``x`` without its ``rule:<id>`` keys (a spec that does not read them).
+
+    >>> strip_rule_ids({"amount": 1.0, "rule:a": 1.0, "rule_score": 0.5})
+    {'amount': 1.0, 'rule_score': 0.5}
+    """
+    n = len(RULE_PREFIX)
+    return {k: v for k, v in x.items() if k[:n] != RULE_PREFIX}

@@ -10,16 +10,16 @@ the smallest event time goes first, and only while every partition that still ha
 has a buffered head to compare with. A partition that is caught up (nothing more to read) does
 not hold the others back; one that is behind holds them back for at most ``max_wait_s``
 (then its records may be late: Kafka Streams' ``max.task.idle.ms``). Each partition keeps its
-own order. A partition whose buffer holds ``max_buffer`` records is paused (bounded memory).
+own order. A partition's buffer holds at most ``max_buffer`` records (bounded memory).
 
 >>> class C:  # the consumer calls the aligner makes
 ...     def highwater(self, tp): return 2
-...     def position(self, tp): return 2
-...     def pause(self, *tps): pass
-...     def resume(self, *tps): pass
+...     def seek(self, tp, offset): pass
 >>> a = Aligner(C(), lambda msg: (msg[1], msg))
->>> a.add({"p0": [("a", 5.0), ("c", 9.0)], "p1": [("b", 7.0)]})
->>> [msg[0] for _tp, msg, _item in a.take(10)]
+>>> from collections import namedtuple
+>>> R = namedtuple("R", "name ts offset")
+>>> a.add({"p0": [R("a", 5.0, 0), R("c", 9.0, 1)], "p1": [R("b", 7.0, 1)]})
+>>> [msg.name for _tp, msg, _item in a.take(10)]
 ['a', 'b', 'c']
 """
 
@@ -40,14 +40,14 @@ class Aligner:
     Parameters
     ----------
     consumer
-        The KafkaConsumer (``highwater``, ``position``, ``pause``, ``resume``).
+        The KafkaConsumer (``highwater``, ``seek``).
     key
         ``msg -> (event_time, item)``: parses a record once; ``item`` is handed back with the
         record (``event_time`` ``-inf`` for a record that cannot be parsed: released at once).
     max_wait_s
         How long a partition that is behind may hold the others back without data.
     max_buffer
-        Records buffered per partition before it is paused.
+        Records buffered per partition; more are fetched again later.
     """
 
     def __init__(
@@ -63,39 +63,52 @@ class Aligner:
         self.max_wait_s = max_wait_s
         self.max_buffer = max_buffer
         self._bufs: dict[Any, deque[tuple[float, Any, Any]]] = {}
-        self._paused: set[Any] = set()
         self._waiting_since: dict[Any, float] = {}
+        self._next: dict[Any, int] = {}  # partition -> offset of the next record to fetch
 
     def __len__(self) -> int:
         return sum(len(b) for b in self._bufs.values())
 
     def add(self, batch: Mapping[Any, list[Any]]) -> None:
-        """Buffer a poll's records (pausing partitions whose buffer is full)."""
+        """Buffer a poll's records. A partition's records beyond ``max_buffer`` are not kept:
+        the consumer is sought back to the first of them and fetches them again later (bounded
+        memory without ``pause``: kafka-python 3.0 can leave a resumed partition unfetched for
+        good -- it parks what it had fetched at the pause and puts it back in line only when
+        no other partition's records are in line, which in a busy loop never happens)."""
         key = self.key
+        cap = self.max_buffer
         for tp, records in batch.items():
             buf = self._bufs.get(tp)
             if buf is None:
                 buf = self._bufs[tp] = deque()
+            room = max(cap - len(buf), 0)
+            if room < len(records):
+                self.consumer.seek(tp, records[room].offset)
+                self._next[tp] = records[room].offset
+                records = records[:room]
+            elif records:
+                self._next[tp] = records[-1].offset + 1
             for msg in records:
                 t, item = key(msg)
                 buf.append((t, msg, item))
             self._waiting_since.pop(tp, None)
-            if len(buf) >= self.max_buffer and tp not in self._paused:
-                self.consumer.pause(tp)
-                self._paused.add(tp)
 
     def forget(self, tps: Iterable[Any]) -> None:
-        """Drop the buffers of revoked partitions (their new owner reads them again)."""
+        """Drop the buffers of revoked partitions. Their new owner reads them from the committed
+        offset; the consumer is sought back to the first dropped record in case the partition
+        stays here (kafka-python keeps the position of a partition that is in both the old and
+        the new assignment)."""
         for tp in tps:
-            self._bufs.pop(tp, None)
+            buf = self._bufs.pop(tp, None)
+            if buf:
+                self.consumer.seek(tp, buf[0][1].offset)
             self._waiting_since.pop(tp, None)
-            self._paused.discard(tp)
+            self._next.pop(tp, None)
 
     def _holds_back(self, tp: Any, now: float) -> bool:
         """Does empty partition ``tp`` still have input to read (and has not waited too long)?"""
-        c = self.consumer
-        hw = c.highwater(tp)
-        if hw is not None and c.position(tp) >= hw:
+        hw = self.consumer.highwater(tp)  # of the last fetch: local, no request
+        if hw is not None and self._next.get(tp, 0) >= hw:
             self._waiting_since.pop(tp, None)
             return False
         since = self._waiting_since.setdefault(tp, now)
@@ -125,8 +138,4 @@ class Aligner:
             heapq.heappop(heads)
             if self._holds_back(tp, now):
                 break
-        resume = [tp for tp in self._paused if len(bufs.get(tp, ())) < self.max_buffer // 2]
-        if resume:
-            self.consumer.resume(*resume)
-            self._paused.difference_update(resume)
         return out

@@ -64,3 +64,20 @@ def test_late_event_is_flagged_counted_and_not_folded() -> None:
     late = plan.compute({"tx_id": "3", "ts": 1000.0 - 301, "card_id": "c", "amount": 1.0})
     assert late["_flags"] == ["late"] and plan.late_events == 1
     assert plan.compute({"tx_id": "4", "ts": 1001.0, "card_id": "c", "amount": 1.0}) == {"n": 3}
+
+
+@pytest.mark.parametrize("cut", [700, 1500, 2300])
+def test_restore_mid_freeze_continues_exactly(cut: int) -> None:
+    # a long dense stream: label buckets of the 2-hour fraud windows (~1 min each) are frozen
+    # a step per 512 transactions, so a checkpoint lands with freezes queued or half done
+    ops = dense_stream(9, 3000, 1_717_272_000.0, mean_step=30.0)
+    whole_plan = FeaturePlan(ALL_SPECS, grace=GRACE)
+    whole = run_plan(whole_plan, ops)
+    first = FeaturePlan(ALL_SPECS, grace=GRACE)
+    head = run_plan(first, ops[:cut])
+    assert first._labels._due  # freezing in progress
+    second = FeaturePlan(ALL_SPECS, grace=GRACE)
+    second.load_state_dict(first.state_dict())
+    assert head + run_plan(second, ops[cut:]) == whole
+    assert second.unmatched_labels == whole_plan.unmatched_labels
+    assert any(bk.parts is not None for bk in second._labels.buckets.values())

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import random
+from itertools import pairwise
 from typing import Any
 
 import pytest
 
 from fds.features import FeaturePlan
-from fds.features.codegen import BASE, TS
+from fds.features.codegen import TS
 from tests.features.conftest import ALL_SPECS, GRACE, STARTS, Spec
 from tests.features.reference import reference
 from tests.features.test_plan_properties import assert_same, run_plan
@@ -64,9 +65,9 @@ def test_dense_short_windows_trim_and_reorder(seed: int) -> None:
     )
     assert plan.reordered_events > 0 and plan.late_events > 0
     # the log really was trimmed (entries far older than the longest window are gone)
-    st = plan.states[0]["a"]
-    base, ts = st[BASE], st[TS]
-    assert base > 0 and ts[0] > ts[-1] - GRACE - 3600 * (1 + 1 / 16)
+    ts = plan.states[0]["a"][TS]
+    n_a = sum(1 for op in ops if op["kind"] == "tx" and op["tx"]["card_id"] == "a")
+    assert len(ts) < n_a / 2 and ts[0] > ts[-1] - GRACE - 3600 * (1 + 1 / 16)
 
 
 @pytest.mark.parametrize("tz", ["Europe/Berlin", "America/New_York"])
@@ -112,3 +113,44 @@ def test_single_fraud_group_labels() -> None:
     got = run_plan(plan, ops)
     assert_same(got, reference(specs, ops, timezone="UTC", grace=GRACE), ops, specs)
     assert any(isinstance(g.get("m_fraud_n_2h"), int) and g["m_fraud_n_2h"] > 0 for g in got)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_categorical_column_kept_shorter_than_the_log(seed: int) -> None:
+    # merchant ids are counted over 10 minutes only, the log is kept for 2 hours
+    specs = [
+        Spec("n_2h", "card_id", "count", None, "2h"),
+        Spec("mean_2h", "card_id", "mean", "amount", "2h"),
+        Spec("dm_10m", "card_id", "distinct", "merchant_id", "10m"),
+        Spec("seen_m_10m", "card_id", "seen", "merchant_id", "10m"),
+        Spec("seen_c_1h", "card_id", "seen", "country", "1h"),
+    ]
+    ops = dense_stream(seed, 600, STARTS["UTC"][0], mean_step=60.0)
+    plan = FeaturePlan(specs, grace=GRACE, sweep_min_events=1)
+    got = run_plan(plan, ops)
+    assert_same(got, reference(specs, ops, timezone="UTC", grace=GRACE), ops, specs)
+    cg = plan._groups[0]
+    st = plan.states[0]["a"]
+    assert cg.i_coff[0] >= 0 and cg.i_coff[1] >= 0  # both columns are kept shorter
+    merchants = st[cg.i_cat[0]]
+    assert st[cg.i_coff[0]] > 0 and len(merchants) < len(st[TS])  # ... and were cut
+    assert plan.reordered_events > 0
+
+
+def test_sweep_visits_a_bounded_number_of_states_per_event() -> None:
+    from fds.features.plan import _SWEEP_STEP
+
+    specs = [Spec("n_1h", "card_id", "count", None, "1h")]
+    plan = FeaturePlan(specs, grace=GRACE)
+    n = 3 * _SWEEP_STEP + 10
+    for i in range(n):
+        plan.compute({"tx_id": f"x{i}", "ts": i / 100, "card_id": f"c{i}", "amount": 1.0})
+    later = 100 + 3600 + GRACE + 3600
+    evicted = [plan.evicted_entities]
+    for i in range(n + 10):  # sweeps are considered once per max(1000, held states) events
+        plan.compute({"tx_id": f"z{i}", "ts": later + i, "card_id": "busy", "amount": 1.0})
+        evicted.append(plan.evicted_entities)
+    steps = [b - a for a, b in pairwise(evicted)]
+    assert evicted[-1] == n and max(steps) <= _SWEEP_STEP
+    assert sum(1 for s in steps if s) >= 4  # spread over several events
+    assert plan.state_sizes() == {"card_id": 1}

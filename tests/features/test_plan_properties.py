@@ -11,7 +11,7 @@ from fds.features import FeaturePlan
 from tests.features.conftest import ALL_SPECS, GRACE, streams
 from tests.features.reference import LATE, reference
 
-# Float tolerance: prefix sums subtract running totals, so sums/means carry ~1e-12 relative
+# Float tolerance: running sums add and subtract values, so sums/means carry ~1e-12 relative
 # error; std takes a square root of a difference of such sums, so near-zero spreads get an
 # absolute error of order sqrt(eps * sum of squares): 1e-3 on amounts up to 5000.
 REL = 1e-9

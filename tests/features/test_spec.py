@@ -63,3 +63,9 @@ def test_ruleset_feature_spec_is_accepted() -> None:
     spec = ruleset.FeatureSpec(name="c1h", entity="card_id", agg="count", window="1h")
     plan = FeaturePlan([spec])
     assert plan.compute({"tx_id": "1", "ts": 1.0, "card_id": "c", "amount": 2.0}) == {"c1h": 1}
+
+
+def test_a_plan_without_features_gives_empty_snapshots() -> None:
+    plan = FeaturePlan([])
+    assert plan.compute({"tx_id": "1", "ts": 1.0, "card_id": "c", "amount": 2.0}) == {}
+    assert plan.state_sizes() == {}

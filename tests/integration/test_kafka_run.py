@@ -6,6 +6,7 @@ a topic, a process exit), and never sleeps for a fixed time.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -230,6 +231,7 @@ def test_end_to_end_decisions_match_replay(kafka_bootstrap, make_topics, unique_
     t.join(15)
     close_engine(engine)
     assert not t.is_alive() and not errors, errors
+    assert gc.get_freeze_count() == 0  # the loop froze the heap for its run; undone on return
 
     records = read_all(kafka_bootstrap, topics["decisions"])
     got = {orjson.loads(r.value)["tx_id"]: r for r in records}

@@ -38,6 +38,9 @@ def test_simulator_run_reports_every_variant(tmp_path: Path) -> None:
         assert len(res.daily[v]["precision"]) == 5
     text = (tmp_path / "t.md").read_text()
     assert "rules+adaptive" in text and (tmp_path / "t.png").stat().st_size > 1000
+    # the maturity gate is visible: how often the model acted, from which day
+    assert 0.0 <= res.model_stats["model_acting_share"] <= 1.0
+    assert "model_acting_share=" in text and "model_first_acting_day=" in text
 
 
 def test_foreign_file_with_mapping(tmp_path: Path) -> None:

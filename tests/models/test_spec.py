@@ -52,6 +52,16 @@ def test_shipped_specs_build(name: str) -> None:
             ":5",
             "bad duration",
         ),
+        (
+            "name: x\npipeline:\n  - tree.HoeffdingTreeClassifier: {}\ngate:\n  min_frauds: -5\n",
+            ":5",
+            "gate.min_frauds: must be a positive whole number",
+        ),
+        (
+            "name: x\npipeline:\n  - tree.HoeffdingTreeClassifier: {}\ngate:\n  windo: 5\n",
+            ":5",
+            "unknown key gate.windo",
+        ),
         ("name: x\npipelin:\n  - a.b: {}\n", ":2", "unknown key 'pipelin'"),
         ("name: x\npipeline: [\n", ":", "not valid YAML"),
     ],
@@ -75,3 +85,26 @@ def test_nested_estimator_is_built() -> None:
     )
     lr = build_pipeline(spec)["LogisticRegression"]
     assert type(lr.optimizer).__name__ == "SGD"
+
+
+def test_gate_section_parses_and_defaults_to_no_gate() -> None:
+    spec = parse_spec(
+        "name: x\npipeline:\n  - linear_model.LogisticRegression: {}\n"
+        "gate:\n  min_frauds: 40\n  window: 25\n"
+    )
+    assert (spec.gate.min_frauds, spec.gate.window) == (40, 25)
+    assert spec.to_dict()["gate"] == {"min_frauds": 40, "window": 25}
+    bare = parse_spec("name: x\npipeline:\n  - linear_model.LogisticRegression: {}\n")
+    assert (bare.gate.min_frauds, bare.gate.window) == (0, 0)
+
+
+def test_rule_inputs_reach_the_model_only_when_the_spec_asks() -> None:
+    text = "name: x\npipeline:\n  - preprocessing.StandardScaler: {}\n"
+    x = {"amount": 3.0, "rule:hot": 1.0, "rule_score": 0.6}
+    plain = build_pipeline(parse_spec(text))
+    # the rules' score hidden (the engine gives such a spec no rule:<id> keys), amount scaled
+    assert plain.transform_one({"amount": 3.0, "rule_score": 0.6}) == {"amount": 0.0}
+    stacked = build_pipeline(parse_spec(text + "inputs:\n  rules: true\n"))
+    assert set(stacked.transform_one(x)) == {"amount", "rule:hot", "rule_score"}
+    with pytest.raises(ConfigError, match=r"inputs\.rules: must be true or false"):
+        parse_spec(text + "inputs:\n  rules: maybe\n")

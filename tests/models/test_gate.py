@@ -1,0 +1,219 @@
+"""The maturity gate and stacking: on crafted label streams, through the real engine."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from fds.engine import Engine
+from fds.models.registry import make_entry
+from fds.models.scorer import ModelServer
+from fds.models.spec import parse_spec
+from fds.models.trainer import Publication
+from fds.pipeline import DEFAULT_MODEL, DEFAULT_RULES, build_engine
+from fds.policy import Policy
+from fds.rules.ruleset import load_ruleset
+from tests.models.fakes import FeatureModel
+
+DAY = 86400.0
+SPEC = parse_spec(
+    "name: t\npipeline:\n  - linear_model.LogisticRegression: {}\n"
+    "promote:\n  alert_budget_per_day: 30\n  warmup_labels: 0\n  shadow_min_labels: 5\n"
+    "gate:\n  min_frauds: 50\n  window: 10\n"
+)
+
+
+class Rules:
+    """One review rule that fires when the snapshot has ``f_r`` set."""
+
+    version = "r1"
+    evaluated = (SimpleNamespace(id="hot"), SimpleNamespace(id="cold"))
+
+    def evaluate(self, tx: Any, feats: Any) -> list[dict[str, Any]]:
+        if not feats.get("f_r"):
+            return []
+        return [{"id": "hot", "action": "approve", "score": 0.6, "reason": "", "state": "active"}]
+
+
+class Plan:
+    def __init__(self) -> None:
+        self.feats: dict[str, Any] = {}
+
+    def compute(self, tx: Any) -> dict[str, Any]:
+        return dict(self.feats)
+
+    def on_label(self, label: Any) -> None:
+        return None
+
+
+class Stream:
+    """200 transactions a day; every 10th is a fraud, labelled an hour later."""
+
+    def __init__(self, server: ModelServer) -> None:
+        self.server = server
+        self.plan = Plan()
+        self.engine = Engine(features=self.plan, rules=Rules(), model=server, policy=Policy())
+        self.i = 0
+        self.decisions: list[dict[str, Any]] = []
+
+    def run(self, n: int, fraud: dict[str, float]) -> None:
+        for _ in range(n):
+            i = self.i
+            self.i += 1
+            ts = i * DAY / 200
+            legit = (i * 0.618) % 0.9
+            is_fraud = i % 10 == 0
+            # legit traffic: the model's feature spread over [0, 0.9); the rule fires on 1 in 4
+            self.plan.feats = dict(fraud) if is_fraud else {"f_a": legit, "f_r": i % 4 == 0}
+            self.decisions.append(
+                self.engine.decide({"tx_id": f"t{i}", "ts": ts, "card_id": "c", "amount": 1.0})
+            )
+            if is_fraud:
+                self.engine.learn({"tx_id": f"t{i}", "ts": ts + 3600, "is_fraud": True})
+
+
+def _pub(model: Any, seq: int, frauds: int) -> Publication:
+    data = pickle.dumps(model)
+    e = make_entry(
+        data,
+        version=f"v{seq:06d}",
+        seq=seq,
+        key=None,
+        spec={"name": "t"},
+        evaluation={"frauds_learned": frauds},
+    )
+    return Publication(e["version"], data, e)
+
+
+def _server(model: Any, frauds: int) -> tuple[ModelServer, Stream]:
+    events: list[tuple[str, dict[str, Any]]] = []
+    srv = ModelServer(SPEC, learn=False, on_event=lambda k, i: events.append((k, i)))
+    srv.events = events  # type: ignore[attr-defined]
+    s = Stream(srv)
+    s.run(100, {"f_a": 0.0})  # recent traffic for the canary and the budget ranks
+    assert srv.offer(_pub(model, 1, frauds))
+    return srv, s
+
+
+def test_model_worse_than_rules_stays_in_shadow() -> None:
+    # the rules catch every fraud; the model scores legit traffic above them (noise that,
+    # added to the rules, would push frauds out of the alert budget)
+    srv, s = _server(FeatureModel("f_a"), frauds=500)
+    s.run(400, {"f_a": 0.0, "f_r": True})
+    assert not srv.acting and srv.stats["gate_open"] == 0
+    frauds = [d for d in s.decisions[100:] if d["tx_id"] in {f"t{i}" for i in range(100, 500, 10)}]
+    for d in frauds:
+        # scored and logged, but the policy saw the rules alone
+        assert d["model_score"] is not None and "model_shadow" in d["flags"]
+        assert d["score"] == 0.6
+
+
+def test_better_model_acts_after_window_then_falls_back_when_it_gets_worse() -> None:
+    srv, s = _server(FeatureModel("f_a"), frauds=500)
+    s.run(90, {"f_a": 1.0, "f_r": False})  # 9 fraud labels: the window (10) is not full
+    assert not srv.acting
+    s.run(20, {"f_a": 1.0, "f_r": False})
+    assert srv.acting and srv.stats["gate_open"] == 1
+    kind, info = srv.events[-1]  # type: ignore[attr-defined]
+    assert kind == "gate" and info["acting"] is True
+    assert info["recall_at_budget_with_model"] > info["recall_at_budget_rules"]
+    d = s.decisions[-1]
+    assert "model_shadow" not in d["flags"] and d["score"] == round(d["model_score"], 6)
+    # the fraud pattern moves: now only the rules catch it; the gate closes within the window
+    s.run(150, {"f_a": 0.0, "f_r": True})
+    assert not srv.acting and srv.stats["gate_closed"] == 1
+    assert "model_shadow" in s.decisions[-1]["flags"]
+
+
+def test_gate_state_survives_a_restart_through_the_engine_checkpoint() -> None:
+    srv, s = _server(FeatureModel("f_a"), frauds=500)
+    s.run(150, {"f_a": 1.0, "f_r": False})
+    assert srv.acting
+    state = pickle.loads(pickle.dumps(s.engine.state_dict()))
+    again = ModelServer(SPEC, learn=False)
+    assert not again.acting
+    Engine(model=again).load_state_dict(state)
+    assert again.acting and again.gate_state() == srv.gate_state()
+
+
+def test_gate_waits_for_min_frauds_learned() -> None:
+    srv, s = _server(FeatureModel("f_a"), frauds=10)  # better than rules, but too young
+    s.run(300, {"f_a": 1.0})
+    assert not srv.acting
+    srv.offer(_pub(FeatureModel("f_a"), 2, frauds=60))  # an older model line: a challenger
+    s.run(60, {"f_a": 1.0})  # promoted after 5 fraud labels; the next one opens the gate
+    assert srv.version == "v000002" and srv.acting
+
+
+def test_a_model_that_adds_nothing_may_act() -> None:
+    # scores 0 everywhere: rules + model == rules, a tie at the budget -> the gate opens
+    srv, s = _server(FeatureModel("f_none"), frauds=500)
+    s.run(150, {"f_r": True})
+    assert srv.acting
+
+
+def test_no_gate_acts_at_once() -> None:
+    spec = parse_spec("name: t\npipeline:\n  - linear_model.LogisticRegression: {}\n")
+    assert spec.gate.min_frauds == 0 and spec.gate.window == 0
+    srv = ModelServer(spec, learn=False)
+    assert srv.acting
+
+
+def _card_testing(engine: Engine) -> dict[str, Any]:
+    tx = {
+        "tx_id": "t1",
+        "ts": 1767225600.0,
+        "card_id": "c1",
+        "amount": 5000.0,
+        "channel": "online",
+        "merchant_id": "m1",
+        "country": "KR",
+        "device_id": "d1",
+    }
+    for i in range(4):  # a burst of tiny online payments: card_testing_burst fires
+        d = engine.decide({**tx, "tx_id": f"t{i}", "ts": tx["ts"] + i})
+    return d
+
+
+def test_stacking_spec_gets_every_rule_result_as_input_and_learns_it(tmp_path: Path) -> None:
+    spec = tmp_path / "stacked.yaml"
+    spec.write_text(DEFAULT_MODEL.read_text() + "inputs:\n  rules: true\n")
+    engine = build_engine(DEFAULT_RULES, spec, guardrails=False)
+    d = _card_testing(engine)
+    ids = {r.id for r in load_ruleset(DEFAULT_RULES).evaluated}
+    keys = {k[len("rule:") :] for k in d["features"] if k.startswith("rule:")}
+    assert keys == ids  # every evaluated rule, hit or not: stable keys for the scaler
+    assert d["features"]["rule:card_testing_burst"] is True
+    assert d["features"]["rule:card_testing_cashout"] is False
+    assert d["features"]["rule_score"] == 0.7
+    server = engine.model
+    assert isinstance(server, ModelServer) and server.trainer is not None
+    got = server.trainer.store.pop("t3")
+    assert got is not None
+    x = got[1]
+    assert x["rule:card_testing_burst"] == 1.0 and x["rule_score"] == 0.7
+    model = server.trainer.model
+    assert "rule:card_testing_burst" in model.transform_one(x)  # the pipeline reads them
+
+
+def test_default_spec_gets_only_the_rules_score_and_does_not_read_it() -> None:
+    engine = build_engine(DEFAULT_RULES, DEFAULT_MODEL, guardrails=False)
+    d = _card_testing(engine)
+    assert not [k for k in d["features"] if k.startswith("rule:")]
+    assert d["features"]["rule_score"] == 0.7  # for the maturity gate
+    server = engine.model
+    assert isinstance(server, ModelServer) and server.trainer is not None
+    got = server.trainer.store.pop("t3")
+    assert got is not None and got[1]["rule_score"] == 0.7
+    assert "rule_score" not in server.trainer.model.transform_one(got[1])
+    # a decision record from an engine serving a stacking spec: rule:<id> keys are dropped
+    trainer = server.trainer
+    trainer.on_decision(
+        {"tx_id": "r1", "ts": 1767225700.0, "amount": 1.0},
+        {"features": {"n": 1, "rule:x": True, "rule_score": 0.4}},
+    )
+    stored = trainer.store.pop("r1")
+    assert stored is not None and set(stored[1]) >= {"n", "rule_score"}
+    assert "rule:x" not in stored[1]
