@@ -48,12 +48,16 @@ T0 = 1_767_225_600  # 2026-01-01T00:00:00Z: event times start here
 # -- helpers -----------------------------------------------------------------------------------
 
 
-def write_stream(path: Path, n: int, cards: int = 97, start: int = 0) -> list[str]:
-    """A JSONL file of ``n`` valid transactions (numbered from ``start``); returns their tx_ids."""
+def write_stream(
+    path: Path, n: int, cards: int = 97, start: int = 0, step: float = 1.0
+) -> list[str]:
+    """A JSONL file of ``n`` valid transactions (numbered from ``start``, ``step`` seconds of
+    event time apart); returns their tx_ids."""
     ids = [f"tx{i:07d}" for i in range(start, start + n)]
     with path.open("wb") as f:
         for i, tx_id in enumerate(ids, start):
-            rec = {"tx_id": tx_id, "ts": T0 + i, "card_id": f"c{i % cards}", "amount": 1 + i % 500}
+            ts = T0 + i * step
+            rec = {"tx_id": tx_id, "ts": ts, "card_id": f"c{i % cards}", "amount": 1 + i % 500}
             f.write(orjson.dumps(rec) + b"\n")
     return ids
 

@@ -89,7 +89,10 @@ def test_two_instances_one_killed_survivor_takes_over_nothing_lost(
     SIGKILL: the survivor takes its partitions after the session timeout, rebuilds the state
     from the input, and every tx_id is decided with the card features of an uninterrupted
     run."""
-    ids = write_stream(tmp_path / "tx.jsonl", 20_000)
+    # 20,000 transactions within 200 s of event time, less than the grace period: however far
+    # apart in event time the two instances get, nothing can be late, so every card feature
+    # must equal the uninterrupted run's -- unless a moved partition's history is missing.
+    ids = write_stream(tmp_path / "tx.jsonl", 20_000, step=0.01)
     group = unique_name("g")
     produce_file(tmp_path / "tx.jsonl", settings_for(kafka_bootstrap, topics, group))
     env = {"FDS_SESSION_TIMEOUT_MS": "6000"}  # the broker's minimum: a quick takeover
@@ -129,13 +132,11 @@ def test_two_instances_one_killed_survivor_takes_over_nothing_lost(
     _, err = survivor.communicate(timeout=30)
     assert survivor.returncode == 0, err[-2000:]
 
-    assert "rebuild partitions=[0, 1, 2, 3, 4, 5]" in err, err[-3000:]
-
     # The uninterrupted reference: the file replayed in event-time order. Card state lives
     # in the card's partition; each instance decides its partitions merged in event time and
     # the survivor rebuilt the victim's partitions from the input before deciding them, so
     # every decision -- the victim's, the survivor's, duplicates -- has the reference's card
-    # features (without the rebuild the moved partitions' history is missing or late).
+    # features (without the rebuild the moved partitions' history would be missing).
     ref = build_run_engine(DEFAULT_RULES, None)
     try:
         want = {
@@ -151,8 +152,8 @@ def test_two_instances_one_killed_survivor_takes_over_nothing_lost(
         dups += d["tx_id"] in seen
         seen.add(d["tx_id"])
         assert _card(d["features"]) == want[d["tx_id"]], d["tx_id"]
-        assert "late" not in d["flags"], d["tx_id"]
     assert seen == set(ids)
+    assert "rebuild partitions=[0, 1, 2, 3, 4, 5]" in err, err[-3000:]
     print(f"survivor decided everything {takeover_s:.1f} s after the kill; {dups} duplicates")
 
 
