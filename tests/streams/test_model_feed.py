@@ -35,27 +35,8 @@ from fds.streams.train import announcement
 from tests.models.fakes import FeatureModel
 
 TOPIC = "models"
-UNPICKLED: list[str] = []
-
-
-def _mark(tag: str) -> str:
-    UNPICKLED.append(tag)
-    return tag
-
-
-class Booby:
-    """Unpickling this object calls ``_mark``: proof that the bytes were unpickled."""
-
-    def __init__(self, tag: str) -> None:
-        self.tag = tag
-
-    def __reduce__(self):
-        return (_mark, (self.tag,))
-
-
-@pytest.fixture(autouse=True)
-def _clear() -> None:
-    UNPICKLED.clear()
+# A booby-trapped pickle and the list it marks when unpickled (autouse fixture `_clear` resets it).
+from tests.models.test_registry import UNPICKLED, Booby, _clear  # noqa: E402, F401
 
 
 @dataclass
