@@ -651,7 +651,9 @@ class Runner:
           instance, or taken back after a while): start from an empty state and fold every
           assigned partition from the feature horizon ("rebuild"), merged in event time.
         """
-        committed = {tp: self.consumer.committed(tp) for tp in tps}
+        committed = self._retrying(
+            "reading the committed offsets", lambda: {tp: self.consumer.committed(tp) for tp in tps}
+        )
         pos = self._positions
         behind = {
             tp: c for tp, c in committed.items() if c is not None and c != pos.get(tp.partition)
@@ -677,7 +679,10 @@ class Runner:
                 what = "rebuild"
                 self.engine.load_state_dict(pickle.loads(self._fresh_state))
                 pos.clear()
-                starts = start_offsets(reader, tps, horizon_seconds(self.engine))
+                horizon = horizon_seconds(self.engine)
+                starts = self._retrying(
+                    "locating the feature horizon", lambda: start_offsets(reader, tps, horizon)
+                )
                 ranges = {tp: (starts[tp], c) for tp, c in committed.items() if c is not None}
             else:  # rebuild_state off: such partitions start from the state as it is
                 pos.update({tp.partition: c for tp, c in behind.items()})
