@@ -40,9 +40,9 @@ State (``--state-dir``; windows, alert budget, rate breaker: ``Engine.state_dict
   partitions (merchant, device) are counted over the partitions the instance holds.
 
 Backpressure: the batch is flushed/committed before the next poll, so at most
-``max_poll_records`` decisions are in flight; a partition whose buffer holds
-``4 * max_poll_records`` records is paused; a slow broker slows the poll loop instead of
-growing a queue.
+``max_poll_records`` decisions are in flight; a partition buffers at most
+``4 * max_poll_records`` records (the rest is fetched again later); a slow broker slows the
+poll loop instead of growing a queue.
 
 Shutdown: SIGTERM/SIGINT stop polling, the current batch is finished and committed, the
 consumer leaves the group, and the process exits (well within 10 s).
@@ -468,7 +468,7 @@ class Runner:
                 last_contact = last_input = now
                 aligner.add(batch)
             if self._unresolved:  # assigned in that poll: bring the state up to date first
-                self._resolve_catchup()
+                self._restore_assigned()
             ready = aligner.take(s.max_poll_records, consumer.assignment())
             if ready:
                 self._process(ready)
@@ -633,7 +633,7 @@ class Runner:
         (the group consumer itself starts at the committed offsets)."""
         self._unresolved = {tp.partition for tp in assigned if tp.topic == self.s.input_topic}
 
-    def _resolve_catchup(self) -> None:
+    def _restore_assigned(self) -> None:
         """Bring the state up to the committed offsets of the assigned partitions, before the
         first batch after an assignment is decided."""
         parts, self._unresolved = self._unresolved, set()
@@ -660,6 +660,12 @@ class Runner:
         }
         if not behind:
             return
+        restart = not self._live and all(
+            tp.partition in pos and pos[tp.partition] <= c for tp, c in behind.items()
+        )
+        if not restart and not self._rebuild:  # such partitions start from the state as it is
+            pos.update({tp.partition: c for tp, c in behind.items()})
+            return
         t0 = time.monotonic()
         reader = self._consumer_factory(
             **self.s.client_config(),
@@ -669,13 +675,10 @@ class Runner:
             bootstrap_timeout_ms=int(self.s.broker_timeout_s * 1000),
         )
         try:
-            restart = not self._live and all(
-                tp.partition in pos and pos[tp.partition] <= c for tp, c in behind.items()
-            )
             if restart:
                 what = "catch-up"
                 ranges = {tp: (pos[tp.partition], c) for tp, c in behind.items()}
-            elif self._rebuild:
+            else:
                 what = "rebuild"
                 self.engine.load_state_dict(pickle.loads(self._fresh_state))
                 pos.clear()
@@ -684,9 +687,6 @@ class Runner:
                     "locating the feature horizon", lambda: start_offsets(reader, tps, horizon)
                 )
                 ranges = {tp: (starts[tp], c) for tp, c in committed.items() if c is not None}
-            else:  # rebuild_state off: such partitions start from the state as it is
-                pos.update({tp.partition: c for tp, c in behind.items()})
-                return
             folded = self.stats.caught_up
             for tx in read_merged(reader, ranges, _parsed, timeout_s=self.s.broker_timeout_s):
                 self._fold(tx)

@@ -17,8 +17,7 @@ merge over the partitions' heads), so no record is later than the plan's grace p
 the watermark: entities that span partitions (merchant, device) get every event, in order, as
 an uninterrupted run holding those partitions would have. Records are read with a separate
 group-less consumer, up to the group's committed offsets only: the state never runs ahead of
-them. Memory is bounded by ``buffer`` records per partition (fetching pauses a partition whose
-buffer is full).
+them. Memory is bounded by ``buffer`` records per partition (the rest is fetched again later).
 
 >>> list(merge_sorted({0: [(1.0, "a"), (5.0, "c")], 1: [(2.0, "b")]}))
 ['a', 'b', 'c']
@@ -111,34 +110,35 @@ def read_merged(
         consumer.seek(tp, start)
     bufs: dict[Any, deque[tuple[float, Mapping[str, Any]]]] = {tp: deque() for tp in todo}
     done: set[Any] = set()
-    paused: set[Any] = set()
     deadline = time.monotonic() + timeout_s
 
     def fetch() -> None:
-        """One poll: top up the buffers, note the partitions read to their end."""
-        if time.monotonic() > deadline:
+        """One poll: top up the buffers (a full one is sought back to its first record not
+        kept, as in :mod:`fds.streams.align`), note the partitions read to their end."""
+        nonlocal deadline
+        now = time.monotonic()
+        if now > deadline:
             raise FdsError(
-                f"rebuilding state: the input could not be read within {timeout_s:.0f} s "
+                f"rebuilding state: no input could be read for {timeout_s:.0f} s "
                 f"(partitions {sorted(tp.partition for tp in todo if tp not in done)})"
             )
-        full = {tp for tp in todo if len(bufs[tp]) >= buffer and tp not in done}
-        if full != paused:
-            consumer.resume(*(paused - full))
-            consumer.pause(*(full - paused))
-            paused.clear()
-            paused.update(full)
         for tp, records in consumer.poll(timeout_ms=200).items():
             end = todo[tp][1]
+            buf = bufs[tp]
+            deadline = now + timeout_s  # progress
             for msg in records:
                 if msg.offset >= end:
                     break
+                if len(buf) >= buffer:
+                    consumer.seek(tp, msg.offset)
+                    break
                 tx = parse(msg)
                 if tx is not None:
-                    bufs[tp].append((tx["ts"], tx))
+                    buf.append((tx["ts"], tx))
         for tp, (_, end) in todo.items():
             if tp not in done and consumer.position(tp) >= end:
                 done.add(tp)
-                consumer.pause(tp)
+                consumer.pause(tp)  # read to its end: never resumed
 
     def stream(tp: Any) -> Iterator[tuple[float, Mapping[str, Any]]]:
         buf = bufs[tp]

@@ -40,9 +40,6 @@ class FakeConsumer:
     def pause(self, *tps: TopicPartition) -> None:
         self.paused.update(tps)
 
-    def resume(self, *tps: TopicPartition) -> None:
-        self.paused.difference_update(tps)
-
     def poll(self, timeout_ms: int = 0) -> dict[TopicPartition, list[Record]]:
         out = {}
         for tp, at in self.pos.items():
@@ -112,7 +109,7 @@ def test_read_merged_skips_bad_records_and_empty_ranges():
 def test_read_merged_gives_up_with_a_clear_error_when_the_input_ends_early():
     data = _stream(partitions=1, n=10, seed=2)
     (tp,) = data
-    with pytest.raises(FdsError, match=r"could not be read within .* \(partitions \[0\]\)"):
+    with pytest.raises(FdsError, match=r"no input could be read for .* \(partitions \[0\]\)"):
         list(read_merged(FakeConsumer(data), {tp: (0, 50)}, _parse, timeout_s=0.2))
 
 
