@@ -345,6 +345,9 @@ def _kill_restart_run(
     # First a kill in the worst window (outputs acknowledged, offsets not committed), which
     # must replay a batch; then kill -9 from outside at arbitrary points.
     env = env or {}
+    # Batches of 500 (not the default 5000): every run, even a short one, has several batches,
+    # so the kills land between batches as well as mid-batch.
+    extra = [*extra, "--max-poll-records", "500"]
     logs = []
     p = spawn_run(
         bootstrap, topics, group, *extra, stages=stages,
