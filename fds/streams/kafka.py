@@ -86,6 +86,7 @@ from fds.schema import dead_letter, dumps, loads, parse_transaction
 from fds.streams.align import Aligner
 from fds.streams.checkpoint import Checkpointer, default_state_dir
 from fds.streams.files import ColumnMapping, load_mapping, read_records
+from fds.streams.label_feed import LabelFeed, reads_labels
 from fds.streams.rebuild import horizon_seconds, read_merged, start_offsets
 
 __all__ = [
@@ -197,6 +198,9 @@ class KafkaSettings(BaseSettings):
     # (a dead process is still noticed within session_timeout_ms). Kafka Streams: no limit.
     max_poll_interval_ms: int = Field(default=1_800_000, ge=1000)
     broker_timeout_s: float = Field(default=60.0, gt=0)
+    # Labels for the label-aware features (fraud_count, fraud_rate): every partition of this
+    # topic is read by every instance (fds.streams.label_feed). None: the features see no labels.
+    labels_topic: str | None = None
     shutdown_timeout_s: float = Field(default=8.0, gt=0)  # < the 10 s promise
     session_timeout_ms: int = 10_000  # how fast a dead instance's partitions move
     # Engine state checkpoints (None: ~/.cache/fds/state/<group>[/<group_instance_id>]).
@@ -338,6 +342,9 @@ class Runner:
         self._pending: list[Any] = []
         self._freezer = Freezer()  # long-lived state out of the GC's passes (fds.gcpolicy)
         self.aligner: Aligner | None = None  # made with the consumer
+        self.labels: LabelFeed | None = None  # --labels-topic, made with the consumer
+        self._labels_due = True  # re-read the labels topic (start; state caught up or rebuilt)
+        self._input_ms = -math.inf  # record timestamp of the newest input decided
         # Fault injection for the crash tests (RELIABILITY.md tests 1-2): SIGKILL this process
         # after batch N's outputs are sent and acknowledged but before its offsets (or its
         # transaction) are committed: the window where at-least-once must replay the batch and
@@ -401,6 +408,8 @@ class Runner:
             max_buffer=2 * s.max_poll_records,
         )  # fmt: skip
         self.consumer.subscribe([s.input_topic], listener=_Revoke(self))
+        if s.labels_topic:
+            self._connect_labels(s.labels_topic, timeout_ms)
         # Co-partitioned output: decisions of input partition p go to output partition p, the
         # same place the default partitioner puts their card_id key when the counts are equal,
         # without hashing every key again (murmur2 in pure Python is ~15 us per record).
@@ -412,8 +421,37 @@ class Runner:
             s.input_topic, s.group, s.exactly_once, self._copartitioned,
         )  # fmt: skip
 
+    def _connect_labels(self, topic: str, timeout_ms: int) -> None:
+        plan = self.engine.features
+        if not reads_labels(plan):
+            log.warning(
+                'labels topic="%s" not read: no feature is label-aware (fraud_count, '
+                "fraud_rate)", topic,
+            )  # fmt: skip
+            return
+        reader = self._consumer_factory(
+            **self.s.client_config(), group_id=None, enable_auto_commit=False,
+            isolation_level="read_committed", bootstrap_timeout_ms=timeout_ms,
+        )  # fmt: skip
+        self.labels = LabelFeed(reader, topic, plan, self._dead_letter)
+
+    def _apply_labels(self, idle: bool) -> None:
+        """Apply the labels that arrived, up to where the input has been decided."""
+        feed = self.labels
+        if feed is None or self._unresolved:
+            return
+        if self._labels_due:
+            self._labels_due = False
+            self._retrying("reading the labels topic", feed.rewind)
+        try:
+            feed.poll(math.inf if idle else self._input_ms)
+        except KafkaError as exc:  # the input loop goes on; labels are read again next time
+            log.warning("labels poll failed: %s: %s", type(exc).__name__, exc)
+
     def close(self) -> None:
         """Leave the group and close the clients (bounded by ``shutdown_timeout_s``)."""
+        if self.labels is not None:
+            self.labels.close()
         t = self.s.shutdown_timeout_s
         if self.consumer is not None:
             with contextlib.suppress(Exception):
@@ -468,6 +506,8 @@ class Runner:
             if self._unresolved:  # assigned in that poll: bring the state up to date first
                 self._restore_assigned()
             ready = aligner.take(s.max_poll_records, consumer.assignment())
+            if self.labels is not None:
+                self._apply_labels(idle=not ready and not batch and not len(aligner))
             if ready:
                 self._process(ready)
                 continue
@@ -514,8 +554,11 @@ class Runner:
         # record took ~1.5x the CPU per record (cache locality; measured on a loaded machine).
         out: list[tuple[bytes, bytes, int | None]] = []
         copart = self._copartitioned
+        input_ms = self._input_ms
         for tp, msg, tx in batch:
             nxt[tp] = msg.offset + 1
+            if msg.timestamp > input_ms:
+                input_ms = msg.timestamp
             if tx.__class__ is _Bad:
                 self._dead_letter(msg, tx.stage, tx.error)
                 continue
@@ -532,6 +575,7 @@ class Runner:
                 continue
             key = msg.key if msg.key is not None else tx["card_id"].encode()
             out.append((value, key, tp.partition if copart else None))
+        self._input_ms = input_ms
         n = len(batch)
         offsets = {tp: OffsetAndMetadata(o, "", -1) for tp, o in nxt.items()}
         for value, key, part in out:
@@ -700,6 +744,7 @@ class Runner:
         )  # fmt: skip
         self.checkpoint(force=True)
         self._live = False  # a restore is not input decided: a repeat assignment may catch up
+        self._labels_due = True  # labels applied before may be missing from the folded state
 
     def _report_lag(self, offsets: Mapping[Any, Any]) -> None:
         for tp, om in offsets.items():
@@ -996,6 +1041,12 @@ def register_run(subparsers: argparse._SubParsersAction) -> None:
         "--registry: for a scorer that does not share the trainer's registry directory "
         "(default: off; set FDS_MODEL_KEY as on the trainer)",
     )  # fmt: skip
+    p.add_argument(
+        "--labels-topic", default=None, metavar="TOPIC",
+        help="read fraud labels from TOPIC (e.g. labels) into the label-aware features "
+        "(fraud_count, fraud_rate); every instance reads every partition (default: off, "
+        "env FDS_LABELS_TOPIC)",
+    )  # fmt: skip
     add_metrics_arguments(p, 9108)
     p.add_argument("--max-idle", type=float, default=None, help="exit after this many idle seconds")
     p.set_defaults(func=_cmd_run)
@@ -1019,7 +1070,9 @@ def _none_or_path(text: str) -> Path | None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     try:
-        settings = _settings_from(args, exactly_once=args.exactly_once)
+        settings = _settings_from(
+            args, exactly_once=args.exactly_once, labels_topic=args.labels_topic
+        )
         metrics = make_metrics(args.metrics_port >= 0)
         checkpointer = None
         if (settings.state_dir or "").lower() != "none":

@@ -1,0 +1,122 @@
+"""The labels topic, read by `fds run` into the feature state (``fds run --labels-topic``).
+
+Label-aware aggregates (``fraud_count``, ``fraud_rate`` per merchant, device, ...) count the
+fraud labels known at the moment of each decision. `fds train` consumes the labels for the
+model; the scorers need them too, for their features. Every instance reads *every* partition
+of the labels topic without a consumer group (a merchant's transactions are spread over all
+input partitions, so each instance needs all labels), and applies each label to its feature
+state between two batches (``FeaturePlan.on_label``: attributed to the labelled transaction's
+entity values at its own event time; a label for a transaction this instance never decided is
+counted as unmatched and changes nothing).
+
+A label is applied only once the input has caught up with it: its record timestamp (when it
+was produced) must not be ahead of the newest input record decided, unless the input is idle.
+A label then never arrives before its own transaction was decided (after a restart, a backlog
+of transactions and of labels is read side by side). At most ``MAX_HELD`` labels wait.
+
+Applying a label is idempotent (a label already counted as it says changes nothing), so the
+feed keeps no offsets of its own: on start, and again after the state was caught up or rebuilt
+from the input, it reads the labels topic from the label horizon (records produced within the
+feature plan's label TTL: older labels can only be for transactions the state has forgotten).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from kafka import TopicPartition
+
+from fds.schema import loads, parse_label
+from fds.streams.rebuild import start_offsets
+
+__all__ = ["LabelFeed", "reads_labels"]
+
+log = logging.getLogger(__name__)
+
+#: Label records fetched per call of :meth:`LabelFeed.poll` (the rest waits for the next one).
+MAX_PER_POLL = 2000
+#: Labels held until the input catches up; beyond it the oldest are applied anyway.
+MAX_HELD = 100_000
+
+
+def reads_labels(plan: Any) -> bool:
+    """Does ``plan`` have label-aware aggregates (``fraud_count``, ``fraud_rate``)?"""
+    groups = getattr(getattr(plan, "layout", None), "groups", ())
+    return any(getattr(g, "has_fraud", False) for g in groups)
+
+
+class LabelFeed:
+    """Applies the labels topic to ``plan`` (a :class:`~fds.features.FeaturePlan`).
+
+    Parameters
+    ----------
+    consumer
+        A group-less KafkaConsumer (``assign``/``seek``/``poll``) for the labels topic.
+    topic
+        The labels topic.
+    plan
+        The feature plan whose label-aware aggregates the labels update.
+    dead_letter
+        ``(record, stage, error)``: where a label that cannot be parsed goes.
+    """
+
+    def __init__(
+        self,
+        consumer: Any,
+        topic: str,
+        plan: Any,
+        dead_letter: Callable[[Any, str, BaseException], None],
+    ) -> None:
+        self.consumer = consumer
+        self.topic = topic
+        self.plan = plan
+        self.dead_letter = dead_letter
+        self.applied = 0
+        self.rewinds = 0
+        self._tps: list[Any] = []
+        self._held: deque[tuple[int, dict[str, Any]]] = deque()  # (record ms, label)
+
+    def rewind(self) -> None:
+        """(Re)start reading from the label horizon: on start, and after the state was caught
+        up or rebuilt (labels applied before may be missing from it, or found no match)."""
+        c = self.consumer
+        if not self._tps:
+            parts = c.partitions_for_topic(self.topic)
+            if not parts:
+                raise RuntimeError(f"labels topic {self.topic!r} does not exist")
+            self._tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
+            c.assign(self._tps)
+        self._held.clear()
+        for tp, offset in start_offsets(c, self._tps, float(self.plan.label_ttl)).items():
+            c.seek(tp, offset)
+        self.rewinds += 1
+
+    def poll(self, input_ms: float) -> int:
+        """Apply the labels that have arrived (no wait) and were produced no later than
+        ``input_ms`` (the newest input record decided; ``inf`` when the input is idle)."""
+        if not self._tps:
+            return 0
+        held = self._held
+        for records in self.consumer.poll(timeout_ms=0, max_records=MAX_PER_POLL).values():
+            for msg in records:
+                try:
+                    label = parse_label(loads(msg.value))
+                except Exception as exc:  # a bad label is dead-lettered, never dropped
+                    self.dead_letter(msg, "label", exc)
+                    continue
+                held.append((msg.timestamp, label))
+        on_label = self.plan.on_label
+        n = 0
+        while held and (held[0][0] <= input_ms or len(held) > MAX_HELD):
+            on_label(held.popleft()[1])
+            n += 1
+        self.applied += n
+        return n
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.consumer.close()
