@@ -262,6 +262,11 @@ class Metrics(Collector):
         self._learned = Counter(
             "fds_labels_learned_total", "Delayed labels the model learned from.", registry=r
         )
+        self._feature_labels = Counter(
+            "fds_feature_labels_total",
+            "Fraud labels applied to the label-aware features (fds run --labels-topic).",
+            registry=r,
+        )
         self._precision = Gauge(
             "fds_model_precision",
             "Live precision of a model's alerts, measured from delayed labels.",
@@ -436,6 +441,10 @@ class Metrics(Collector):
     def labels_learned(self, n: int = 1) -> None:
         """Count ``n`` delayed labels learned."""
         self._learned.inc(n)
+
+    def feature_labels(self, n: int) -> None:
+        """Count ``n`` labels applied to the label-aware features."""
+        self._feature_labels.inc(n)
 
     def model_precision(self, model: str, window: str, value: float) -> None:
         """Set live precision of ``model`` (``champion``, ``challenger``) over ``window``."""
@@ -735,6 +744,9 @@ class NullMetrics(Metrics):
         pass
 
     def labels_learned(self, n: int = 1) -> None:
+        pass
+
+    def feature_labels(self, n: int) -> None:
         pass
 
     def model_precision(self, model: str, window: str, value: float) -> None:

@@ -74,6 +74,7 @@ def exercise(m: Metrics) -> None:
     m.model_swap("ok")
     m.model_swap("rejected")
     m.labels_learned(250)
+    m.feature_labels(7)
     m.model_precision("champion", "1h", 0.42)
     m.drift()
     m.ruleset_info("2026-11-22.1")
@@ -138,6 +139,7 @@ def test_counts_match_the_workload_exactly() -> None:
     assert value(m, "fds_model_info", version="v3", spec="default") == 1
     assert value(m, "fds_model_swaps_total", result="rejected") == 1
     assert value(m, "fds_labels_learned_total") == 250
+    assert value(m, "fds_feature_labels_total") == 7
     assert value(m, "fds_model_precision", model="champion", window="1h") == pytest.approx(0.42)
     assert value(m, "fds_drift_detected_total") == 1
     assert value(m, "fds_ruleset_info", version="2026-11-22.1") == 1

@@ -444,7 +444,9 @@ class Runner:
             self._labels_due = False
             self._retrying("reading the labels topic", feed.rewind)
         try:
-            feed.poll(math.inf if idle else self._input_ms)
+            n = feed.poll(math.inf if idle else self._input_ms)
+            if n:
+                self.metrics.feature_labels(n)
         except KafkaError as exc:  # the input loop goes on; labels are read again next time
             log.warning("labels poll failed: %s: %s", type(exc).__name__, exc)
 
