@@ -255,6 +255,11 @@ class FeaturePlan:
         """Transactions currently attributable to a late label."""
         return len(self._labels)
 
+    def knows(self, tx_id: str) -> bool:
+        """Would a label for ``tx_id`` be attributed now (the transaction was decided and is
+        still within the label TTL)?"""
+        return self._labels.find(tx_id) is not None
+
     # ------------------------------------------------------------------ hot path
     def compute(self, tx: Mapping[str, Any]) -> dict[str, Any]:
         """Fold ``tx`` into the state and return its feature snapshot (name -> value)."""

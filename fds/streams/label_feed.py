@@ -9,10 +9,12 @@ state between two batches (``FeaturePlan.on_label``: attributed to the labelled 
 entity values at its own event time; a label for a transaction this instance never decided is
 counted as unmatched and changes nothing).
 
-A label is applied only once the input has caught up with it: its record timestamp (when it
-was produced) must not be ahead of the newest input record decided, unless the input is idle.
-A label then never arrives before its own transaction was decided (after a restart, a backlog
-of transactions and of labels is read side by side). At most ``MAX_HELD`` labels wait.
+A label whose transaction this instance has not decided yet waits while the input has not
+caught up with it (the label's record timestamp, when it was produced, is ahead of the newest
+input record decided and the input is not idle): after a restart, a backlog of transactions
+and one of labels are read side by side, and a label is applied once its transaction is
+decided, not dropped as unmatched before. Other labels are applied at once, before the next
+batch is decided. At most ``MAX_HELD`` labels wait.
 
 Applying a label is idempotent (a label already counted as it says changes nothing), so the
 feed keeps no offsets of its own: on start, and again after the state was caught up or rebuilt
@@ -96,8 +98,9 @@ class LabelFeed:
         self.rewinds += 1
 
     def poll(self, input_ms: float) -> int:
-        """Apply the labels that have arrived (no wait) and were produced no later than
-        ``input_ms`` (the newest input record decided; ``inf`` when the input is idle)."""
+        """Apply the labels that have arrived (no wait); a label whose transaction is unknown
+        waits while it was produced after ``input_ms`` (the newest input record decided;
+        ``inf`` when the input is idle). Returns how many were applied."""
         if not self._tps:
             return 0
         held = self._held
@@ -109,11 +112,21 @@ class LabelFeed:
                     self.dead_letter(msg, "label", exc)
                     continue
                 held.append((msg.timestamp, label))
-        on_label = self.plan.on_label
+        if not held:
+            return 0
+        plan = self.plan
+        knows, on_label = plan.knows, plan.on_label
+        waiting: deque[tuple[int, dict[str, Any]]] = deque()
+        room = MAX_HELD
         n = 0
-        while held and (held[0][0] <= input_ms or len(held) > MAX_HELD):
-            on_label(held.popleft()[1])
+        for ms, label in held:
+            if ms > input_ms and room > 0 and not knows(label["tx_id"]):
+                waiting.append((ms, label))
+                room -= 1
+                continue
+            on_label(label)  # known, or its transaction can no longer come: unmatched
             n += 1
+        self._held = waiting
         self.applied += n
         return n
 

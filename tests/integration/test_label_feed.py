@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import signal
 
 import orjson
 import pytest
@@ -74,3 +75,70 @@ def test_a_label_on_the_labels_topic_reaches_the_merchant_features_of_fds_run(
         producer.close()
         p.kill()
         p.wait(10)
+
+
+@pytest.mark.parametrize("restart", ["checkpoint", "rebuild"])
+def test_labels_survive_kill9_and_restart_counted_once(
+    kafka_bootstrap, topics, unique_name, tmp_path, restart
+):
+    """After kill -9 the restarted instance reads the labels topic again from the label
+    horizon, once its state is back: from the checkpoint (which already holds the label: it
+    must not count twice) or rebuilt from the input (without the label: it must count again)."""
+    group = unique_name("g")
+
+    def stages(state: str) -> tuple[str, ...]:
+        return (
+            "--rules", str(DEFAULT_RULES), "--model", "none", "--state-dir", str(tmp_path / state),
+            "--checkpoint-every", "0.2",
+        )  # fmt: skip
+
+    extra = ("--labels-topic", topics["labels"], "--group-instance-id", "i0")
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    seq = itertools.count()
+
+    def send_tx() -> str:
+        i = next(seq)
+        tx = {"tx_id": f"tx{i:05d}", "ts": T0 + 60.0 * i, "card_id": f"c{i}",
+              "merchant_id": "m1", "amount": 100.0}  # fmt: skip
+        producer.send(topics["transactions"], key=tx["card_id"].encode(), value=orjson.dumps(tx))
+        producer.flush()
+        return tx["tx_id"]
+
+    def counts(ids: list[str]) -> list[int]:
+        got = {}
+        for r in read_all(kafka_bootstrap, topics["decisions"]):
+            d = orjson.loads(r.value)
+            got[d["tx_id"]] = d["features"][FEATURE]
+        return [got[t] for t in ids if t in got]
+
+    try:
+        p = spawn_run(kafka_bootstrap, topics, group, *extra, stages=stages("a"),
+                      env={"FDS_LOG_LEVEL": "INFO"})  # fmt: skip
+        fraud = send_tx()
+        wait_until(lambda: counts([fraud]) == [0], 60, "the first decision")
+        label = {"tx_id": fraud, "ts": T0 + 86400.0, "is_fraud": True}
+        producer.send(topics["labels"], key=fraud.encode(), value=orjson.dumps(label))
+        producer.flush()
+        later: list[str] = []
+
+        def applied() -> bool:
+            later.append(send_tx())
+            return 1 in counts(later)
+
+        wait_until(applied, 60, "the label applied")
+        for _ in range(5):  # a few more batches after it: a checkpoint that holds the label
+            send_tx()
+        p.send_signal(signal.SIGKILL)
+        _, err = p.communicate(timeout=10)
+
+        state = "a" if restart == "checkpoint" else "b"  # b: no checkpoint, state rebuilt
+        p = spawn_run(kafka_bootstrap, topics, group, *extra, stages=stages(state),
+                      env={"FDS_LOG_LEVEL": "INFO"})  # fmt: skip
+        after = send_tx()
+        wait_until(lambda: counts([after]) != [], 60, "a decision after the restart")
+        assert counts([after]) == [1], "the label counts once after the restart"
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=30)
+        assert ("restored checkpoint" if restart == "checkpoint" else "rebuild") in err, err[-2000:]
+    finally:
+        producer.close()

@@ -62,22 +62,36 @@ def label(i: int, tx_id: str, ms: int, value: bytes | None = None) -> Rec:
     return Rec("labels", 0, i, ms, body)
 
 
-def test_labels_wait_for_the_input_and_bad_ones_are_dead_lettered():
+def tx(tx_id: str, ts: float) -> dict:
+    return {"tx_id": tx_id, "ts": ts, "merchant_id": "m", "card_id": tx_id}
+
+
+def test_a_label_waits_for_its_transaction_while_the_input_is_behind():
     p = plan()
-    p.compute({"tx_id": "a", "ts": 1_767_225_600.0, "merchant_id": "m", "card_id": "c"})
+    p.compute(tx("a", 1_767_225_600.0))
     dead = []
-    c = FakeConsumer([label(0, "a", 5_000), label(1, "x", 6_000, b"{oops")])
+    c = FakeConsumer([label(0, "a", 5_000), label(1, "x", 6_000, b"{oops"), label(2, "z", 7_000)])
     feed = LabelFeed(c, "labels", p, lambda msg, stage, exc: dead.append((msg.offset, stage)))
     feed.rewind()
-    assert feed.poll(input_ms=4_999) == 0  # produced after the newest input decided: held
-    tx = {"tx_id": "b", "ts": 1_767_225_660.0, "merchant_id": "m", "card_id": "d"}
-    assert p.compute(tx)["m_frauds"] == 0
-    assert feed.poll(input_ms=5_000) == 1
+    # "a" was decided: applied at once; "z" not yet, and the input is behind its label: waits
+    assert feed.poll(input_ms=4_000) == 1
     assert dead == [(1, "label")]
-    assert p.compute({**tx, "tx_id": "b2", "ts": 1_767_225_661.0})["m_frauds"] == 1
+    assert p.compute(tx("b", 1_767_225_660.0))["m_frauds"] == 1
+    p.compute(tx("z", 1_767_225_670.0))  # z's transaction comes through the input later
+    assert feed.poll(input_ms=4_500) == 1
+    assert p.compute(tx("c", 1_767_225_680.0))["m_frauds"] == 2
     feed.rewind()  # re-read (after a state rebuild): applying again changes nothing
-    assert feed.poll(input_ms=math.inf) == 1
-    assert p.compute({**tx, "tx_id": "b3", "ts": 1_767_225_662.0})["m_frauds"] == 1
+    assert feed.poll(input_ms=math.inf) == 2
+    assert p.compute(tx("d", 1_767_225_690.0))["m_frauds"] == 2
+
+
+def test_a_label_for_a_transaction_that_can_no_longer_come_is_not_held():
+    p = plan()
+    feed = LabelFeed(FakeConsumer([label(0, "gone", 5_000)]), "labels", p, print)
+    feed.rewind()
+    assert feed.poll(input_ms=4_000) == 0  # the input may still bring "gone": held
+    assert feed.poll(input_ms=5_000) == 1  # the input passed the label: applied, unmatched
+    assert p.unmatched_labels == 1
 
 
 def test_only_plans_with_label_aware_features_read_labels():
