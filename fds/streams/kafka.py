@@ -440,15 +440,15 @@ class Runner:
         feed = self.labels
         if feed is None or self._unresolved:
             return
-        if self._labels_due:
-            self._labels_due = False
-            self._retrying("reading the labels topic", feed.rewind)
         try:
+            if self._labels_due:
+                feed.rewind(timeout_s=self.s.broker_timeout_s)
+                self._labels_due = False
             n = feed.poll(math.inf if idle else self._input_ms)
             if n:
                 self.metrics.feature_labels(n)
-        except KafkaError as exc:  # the input loop goes on; labels are read again next time
-            log.warning("labels poll failed: %s: %s", type(exc).__name__, exc)
+        except (KafkaError, OSError) as exc:  # decisions go on; labels are tried again next time
+            log.warning("labels topic: %s: %s", type(exc).__name__, exc)
 
     def close(self) -> None:
         """Leave the group and close the clients (bounded by ``shutdown_timeout_s``)."""

@@ -26,12 +26,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from kafka import TopicPartition
+from kafka.errors import KafkaTimeoutError
 
+from fds.errors import ConfigError
 from fds.schema import loads, parse_label
 from fds.streams.rebuild import start_offsets
 
@@ -82,29 +85,35 @@ class LabelFeed:
         self._tps: list[Any] = []
         self._held: deque[tuple[int, dict[str, Any]]] = deque()  # (record ms, label)
 
-    def rewind(self) -> None:
-        """(Re)start reading from the label horizon: on start, and after the state was caught
-        up or rebuilt (labels applied before may be missing from it, or found no match)."""
+    def rewind(self, timeout_s: float = 60.0) -> None:
+        """(Re)read the labels topic from the label horizon up to its current end: on start,
+        and after the state was caught up or rebuilt (labels applied before may be missing
+        from it, or found no match). Returns once every label there is fetched (applied or
+        waiting, see :meth:`poll`), so the next batch is decided with them."""
         c = self.consumer
         if not self._tps:
             parts = c.partitions_for_topic(self.topic)
             if not parts:
-                raise RuntimeError(f"labels topic {self.topic!r} does not exist")
+                raise ConfigError(
+                    f"labels topic {self.topic!r} does not exist: create it (`fds kafka topics`) "
+                    "or drop --labels-topic"
+                )
             self._tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
             c.assign(self._tps)
         self._held.clear()
         for tp, offset in start_offsets(c, self._tps, float(self.plan.label_ttl)).items():
             c.seek(tp, offset)
+        end = c.end_offsets(self._tps)
+        deadline = time.monotonic() + timeout_s
+        while any(c.position(tp) < end[tp] for tp in self._tps):
+            if time.monotonic() > deadline:
+                raise KafkaTimeoutError(f"labels topic {self.topic!r}: not read in {timeout_s} s")
+            self._fetch(timeout_ms=100)
         self.rewinds += 1
 
-    def poll(self, input_ms: float) -> int:
-        """Apply the labels that have arrived (no wait); a label whose transaction is unknown
-        waits while it was produced after ``input_ms`` (the newest input record decided;
-        ``inf`` when the input is idle). Returns how many were applied."""
-        if not self._tps:
-            return 0
+    def _fetch(self, timeout_ms: int) -> None:
         held = self._held
-        for records in self.consumer.poll(timeout_ms=0, max_records=MAX_PER_POLL).values():
+        for records in self.consumer.poll(timeout_ms=timeout_ms, max_records=MAX_PER_POLL).values():
             for msg in records:
                 try:
                     label = parse_label(loads(msg.value))
@@ -112,6 +121,15 @@ class LabelFeed:
                     self.dead_letter(msg, "label", exc)
                     continue
                 held.append((msg.timestamp, label))
+
+    def poll(self, input_ms: float) -> int:
+        """Apply the labels that have arrived (no wait); a label whose transaction is unknown
+        waits while it was produced after ``input_ms`` (the newest input record decided;
+        ``inf`` when the input is idle). Returns how many were applied."""
+        if not self._tps:
+            return 0
+        self._fetch(timeout_ms=0)
+        held = self._held
         if not held:
             return 0
         plan = self.plan

@@ -6,7 +6,9 @@ import math
 from collections import namedtuple
 
 import orjson
+import pytest
 
+from fds.errors import ConfigError
 from fds.features import FeaturePlan
 from fds.rules.ruleset import FeatureSpec
 from fds.streams.label_feed import LabelFeed, reads_labels
@@ -30,6 +32,9 @@ class FakeConsumer:
 
     def beginning_offsets(self, tps):
         return dict.fromkeys(tps, 0)
+
+    def position(self, tp):
+        return self.pos
 
     def end_offsets(self, tps):
         return dict.fromkeys(tps, len(self.records))
@@ -101,3 +106,13 @@ def test_only_plans_with_label_aware_features_read_labels():
     )
     assert not reads_labels(counts)
     assert not reads_labels(None)
+
+
+def test_a_missing_labels_topic_is_a_clear_error():
+    class NoTopic(FakeConsumer):
+        def partitions_for_topic(self, topic):
+            return None
+
+    feed = LabelFeed(NoTopic([]), "labelz", plan(), print)
+    with pytest.raises(ConfigError, match=r"'labelz' does not exist.*fds kafka topics"):
+        feed.rewind()
