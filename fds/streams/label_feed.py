@@ -25,7 +25,6 @@ feature plan's label TTL: older labels can only be for transactions the state ha
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -40,11 +39,9 @@ from fds.streams.rebuild import start_offsets
 
 __all__ = ["LabelFeed", "reads_labels"]
 
-log = logging.getLogger(__name__)
-
 #: Label records fetched per call of :meth:`LabelFeed.poll` (the rest waits for the next one).
 MAX_PER_POLL = 2000
-#: Labels held until the input catches up; beyond it the oldest are applied anyway.
+#: Labels that wait for their transaction; beyond it, more are applied at once (unmatched).
 MAX_HELD = 100_000
 
 
