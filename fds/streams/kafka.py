@@ -417,8 +417,9 @@ class Runner:
         n_out = self.producer.partitions_for(s.output_topic)
         self._copartitioned = bool(n_in) and bool(n_out) and len(n_in) == len(n_out)
         log.info(
-            'consuming topic="%s" group="%s" exactly_once=%s co_partitioned=%s',
+            'consuming topic="%s" group="%s" exactly_once=%s co_partitioned=%s labels_topic=%s',
             s.input_topic, s.group, s.exactly_once, self._copartitioned,
+            f'"{s.labels_topic}"' if self.labels is not None else "off",
         )  # fmt: skip
 
     def _connect_labels(self, topic: str, timeout_ms: int) -> None:
