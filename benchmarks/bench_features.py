@@ -33,6 +33,7 @@ import sys
 import time
 import timeit
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,6 +150,11 @@ def _no_freeze() -> None:
     """``--no-freeze``: the collector's default passes (what runs before fds.gcpolicy)."""
 
 
+def _ticker(freeze: bool) -> Callable[[], None]:
+    """Called after each ``compute``: the engine's GC policy, or nothing (``--no-freeze``)."""
+    return Freezer().tick if freeze else _no_freeze
+
+
 def speed(days: int, cards: int, seed: int, freeze: bool = True) -> dict[str, Any]:
     from fds.streams.simulator import simulate
 
@@ -164,7 +170,7 @@ def speed(days: int, cards: int, seed: int, freeze: bool = True) -> dict[str, An
     steady_from = sim.end - 7 * 86400
     plan = FeaturePlan(DEFAULT_SPECS, timezone="Asia/Seoul")
     compute, on_label = plan.compute, plan.on_label
-    tick = Freezer().tick if freeze else _no_freeze
+    tick = _ticker(freeze)
     pauses = Pauses()
     n_tx = n_lab = n_steady = 0
     cpu_tx = cpu_lab = cpu_steady = 0.0
@@ -417,7 +423,7 @@ def deep_size(obj: Any, seen: set[int]) -> int:
 
 def memory(cards: int, days: int, seed: int, log: Any, freeze: bool = True) -> dict[str, Any]:
     gc.collect()
-    tick = Freezer().tick if freeze else _no_freeze
+    tick = _ticker(freeze)
     before = rss()
     plan = FeaturePlan(DEFAULT_SPECS, timezone="Asia/Seoul")
     n_tx = 0

@@ -184,13 +184,18 @@ def make_registry(spec: str) -> Path:
     return reg.path
 
 
-def passthrough(bootstrap: str, src: str, dst: str, group: str, idle_s: float) -> None:
-    """The ceiling: consume -> produce unchanged, flush + commit per batch like `fds run`,
-    with the same client tuning (linger, batch size, output partition = input partition)."""
-    c = KafkaConsumer(
+def group_consumer(bootstrap: str, src: str, group: str) -> KafkaConsumer:
+    """A consumer tuned as `fds run`'s (manual commits, the same batch size)."""
+    return KafkaConsumer(
         src, bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
         auto_offset_reset="earliest", max_poll_records=MAX_POLL,
     )  # fmt: skip
+
+
+def passthrough(bootstrap: str, src: str, dst: str, group: str, idle_s: float) -> None:
+    """The ceiling: consume -> produce unchanged, flush + commit per batch like `fds run`,
+    with the same client tuning (linger, batch size, output partition = input partition)."""
+    c = group_consumer(bootstrap, src, group)
     p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=100, batch_size=1 << 20)
     last = time.monotonic()
     while time.monotonic() - last < idle_s:
@@ -212,10 +217,7 @@ def passthrough(bootstrap: str, src: str, dst: str, group: str, idle_s: float) -
 def consume_only(bootstrap: str, src: str, group: str, n: int, out: str) -> None:
     """The floor: a group consumer that only polls. Writes, per record, poll return (this
     process's clock) - CreateTime in ms; a file ``out + ".ready"`` once ``WARM`` arrived."""
-    c = KafkaConsumer(
-        src, bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
-        auto_offset_reset="earliest", max_poll_records=MAX_POLL,
-    )  # fmt: skip
+    c = group_consumer(bootstrap, src, group)
     lat: list[float] = []
     while len(lat) < n:
         for recs in c.poll(timeout_ms=100, max_records=MAX_POLL).values():

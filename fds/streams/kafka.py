@@ -557,11 +557,8 @@ class Runner:
         # record took ~1.5x the CPU per record (cache locality; measured on a loaded machine).
         out: list[tuple[bytes, bytes, int | None]] = []
         copart = self._copartitioned
-        input_ms = self._input_ms
         for tp, msg, tx in batch:
             nxt[tp] = msg.offset + 1
-            if msg.timestamp > input_ms:
-                input_ms = msg.timestamp
             if tx.__class__ is _Bad:
                 self._dead_letter(msg, tx.stage, tx.error)
                 continue
@@ -578,7 +575,8 @@ class Runner:
                 continue
             key = msg.key if msg.key is not None else tx["card_id"].encode()
             out.append((value, key, tp.partition if copart else None))
-        self._input_ms = input_ms
+        if self.labels is not None:  # how far the input has been decided (labels wait on it)
+            self._input_ms = max(self._input_ms, max(m.timestamp for _, m, _ in batch))
         n = len(batch)
         offsets = {tp: OffsetAndMetadata(o, "", -1) for tp, o in nxt.items()}
         for value, key, part in out:

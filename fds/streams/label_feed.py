@@ -77,8 +77,6 @@ class LabelFeed:
         self.topic = topic
         self.plan = plan
         self.dead_letter = dead_letter
-        self.applied = 0
-        self.rewinds = 0
         self._tps: list[Any] = []
         self._held: deque[tuple[int, dict[str, Any]]] = deque()  # (record ms, label)
 
@@ -106,7 +104,6 @@ class LabelFeed:
             if time.monotonic() > deadline:
                 raise KafkaTimeoutError(f"labels topic {self.topic!r}: not read in {timeout_s} s")
             self._fetch(timeout_ms=100)
-        self.rewinds += 1
 
     def _fetch(self, timeout_ms: int) -> None:
         held = self._held
@@ -142,7 +139,6 @@ class LabelFeed:
             on_label(label)  # known, or its transaction can no longer come: unmatched
             n += 1
         self._held = waiting
-        self.applied += n
         return n
 
     def close(self) -> None:
