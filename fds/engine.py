@@ -68,8 +68,14 @@ class PolicyStage(Protocol):
     """Turns rule hits and the model score into ``(action, final score)``."""
 
     def decide(
-        self, hits: list[dict[str, Any]], model_score: float | None, ts: float
-    ) -> tuple[str, float]: ...
+        self,
+        hits: list[dict[str, Any]],
+        model_score: float | None,
+        ts: float,
+        stacked: bool = False,
+    ) -> tuple[str, float]:
+        """``stacked``: the model read the rules' results (passed only when true)."""
+        ...
 
 
 def _as_shadow(hit: dict[str, Any]) -> dict[str, Any]:
@@ -169,7 +175,10 @@ class Engine:
             if MODEL in self.demoted:
                 acting_score = None
             if self.policy is not None:
-                action, score = self.policy.decide(hits, acting_score, ts)
+                if acting_score is not None and getattr(self.model, "reads_rules", False):
+                    action, score = self.policy.decide(hits, acting_score, ts, stacked=True)
+                else:
+                    action, score = self.policy.decide(hits, acting_score, ts)
                 if timed:
                     _lap(m, stage, t, perf)
             else:

@@ -6,8 +6,10 @@ The rule (documented in the README, "Rules"):
 2. ``rule_score`` = the highest score among active hits (0 when none).
 3. ``final = combine(rule_score, model_score) = 1 - (1 - rule_score) * (1 - model_score)``
    (noisy-or: two signals of risk; either alone can push the score up, neither can pull it
-   down). Without an acting model score (no model, a model still in shadow behind its maturity
-   gate, or a bypassed one), ``final = rule_score``.
+   down). A model that reads the rules' results (a *stacking* spec, ``inputs: {rules: true}``)
+   has already weighed them, so its score is final: ``final = model_score``. Without an acting
+   model score (no model, a model still in shadow behind its maturity gate, or a bypassed
+   one), ``final = rule_score``.
 4. Action: any active ``decline`` hit -> **decline** (rules override the score); else
    ``final >= decline_at`` -> decline; else an active ``review`` hit or
    ``final >= review_threshold`` -> **review**; else approve. (``approve`` rules only contribute
@@ -48,14 +50,18 @@ def rule_score(hits: Sequence[Mapping[str, Any]]) -> float:
     return best
 
 
-def combine(rule_score: float, model_score: float) -> float:
-    """The final score from the rules' score and an acting model's score (noisy-or).
+def combine(rule_score: float, model_score: float, stacked: bool = False) -> float:
+    """The final score from the rules' score and an acting model's score: noisy-or, or the
+    model's score alone when the model reads the rules' results (``stacked``: counting the rules
+    again would weigh them twice).
 
     The model's maturity gate judges this combination against the rules alone.
 
-    >>> round(combine(0.5, 0.4), 6)
-    0.7
+    >>> round(combine(0.5, 0.4), 6), combine(0.5, 0.4, stacked=True)
+    (0.7, 0.4)
     """
+    if stacked:
+        return model_score
     return 1.0 - (1.0 - rule_score) * (1.0 - model_score)
 
 
@@ -247,9 +253,14 @@ class Policy:
         return max(self.review_at, self.budget.threshold())
 
     def decide(
-        self, hits: Sequence[Mapping[str, Any]], model_score: float | None, ts: float
+        self,
+        hits: Sequence[Mapping[str, Any]],
+        model_score: float | None,
+        ts: float,
+        stacked: bool = False,
     ) -> tuple[str, float]:
-        """``(action, final score)`` for one transaction at event time ``ts``."""
+        """``(action, final score)`` for one transaction at event time ``ts`` (``stacked``: the
+        model read the rules' results, see :func:`combine`)."""
         forced = None
         for h in hits:
             if h.get("state", "active") != "active":
@@ -260,7 +271,7 @@ class Policy:
             elif a == "review" and forced is None:
                 forced = "review"
         rules = rule_score(hits)
-        final = rules if model_score is None else combine(rules, model_score)
+        final = rules if model_score is None else combine(rules, model_score, stacked)
         final = round(final, 6)  # stable JSON; six decimals are far below any threshold step
         threshold = self.review_at
         budget = self.budget

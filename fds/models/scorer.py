@@ -8,7 +8,8 @@
 - A new version is verified (sha256/HMAC before unpickling) and canary-scored on recent inputs
   (every score finite and in [0, 1]) *off the hot path*; the hot path only swaps a reference at
   the start of the next event. A failing artifact is rejected (``stats["swaps_rejected"]``)
-  and the current model stays.
+  and the current model stays. A verified scaled logistic regression is folded into one pass
+  at that point (:func:`fds.models.fused.serving`), so it scores without River's per-step dicts.
 - Promotion and rollback follow :mod:`fds.models.champion`.
 - The maturity gate (the spec's ``gate``): until the champion has learned ``min_frauds`` fraud
   labels and, over the last ``window`` fraud labels, rules + model (the policy's combination,
@@ -48,6 +49,7 @@ from typing import Any
 
 from fds.errors import ArtifactError
 from fds.models.champion import BudgetRank, Contest
+from fds.models.fused import serving
 from fds.models.registry import Registry, load_verified
 from fds.models.spec import ModelSpec
 from fds.models.trainer import Publication, Trainer
@@ -250,11 +252,13 @@ class ModelServer:
     def offer(self, pub: Publication) -> bool:
         """Verify and canary a published version, then make it champion or challenger."""
         try:
-            model = load_verified(
-                pub.data,
-                sha256=pub.entry["sha256"],
-                signature=pub.entry.get("hmac"),
-                key=self.registry.key if self.registry is not None else None,
+            model = serving(
+                load_verified(
+                    pub.data,
+                    sha256=pub.entry["sha256"],
+                    signature=pub.entry.get("hmac"),
+                    key=self.registry.key if self.registry is not None else None,
+                )
             )
             canary(model, list(self._recent)[-CANARY_SIZE:])
         except ArtifactError as e:
@@ -355,7 +359,9 @@ class ModelServer:
             return
 
         def final(r: dict[str, float]) -> float:
-            return combine(r.get(RULE_SCORE, 0.0), self._probability(_p(champ, r)))
+            return combine(
+                r.get(RULE_SCORE, 0.0), self._probability(_p(champ, r)), self.reads_rules
+            )
 
         ranks = self._gate_ranks
         self._gate_n += 1
@@ -501,7 +507,7 @@ class ModelServer:
         v = self.registry.champion() or self.registry.latest()
         self._pointer = self.registry.champion()
         if v is not None:
-            model = self.registry.load(v)
+            model = serving(self.registry.load(v))
             canary(model, list(self._recent)[-CANARY_SIZE:])
             self.champion, self.version = model, v
             entry = self.registry.manifest()["versions"].get(v) or {}
@@ -535,7 +541,7 @@ class ModelServer:
         if target is None:
             return None
         try:
-            model = self.registry.load(target)
+            model = serving(self.registry.load(target))
             canary(model, list(self._recent)[-CANARY_SIZE:], pause=_yield)
         except ArtifactError as e:
             self.stats["swaps_rejected"] += 1

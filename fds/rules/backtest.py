@@ -133,7 +133,9 @@ class _Both:
         self.last = (tx, features, ch, bh)
         return ch
 
-    def decide(self, hits: list[dict], model_score: float | None, ts: float) -> tuple[str, float]:
+    def decide(
+        self, hits: list[dict], model_score: float | None, ts: float, stacked: bool = False
+    ) -> tuple[str, float]:
         tx, features, ch, bh = self.last
         ca, cs = self.cand_policy.decide(ch, None, ts)
         ba, bs = self.base_policy.decide(bh, None, ts)

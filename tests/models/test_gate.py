@@ -177,10 +177,8 @@ def _card_testing(engine: Engine) -> dict[str, Any]:
     return d
 
 
-def test_stacking_spec_gets_every_rule_result_as_input_and_learns_it(tmp_path: Path) -> None:
-    spec = tmp_path / "stacked.yaml"
-    spec.write_text(DEFAULT_MODEL.read_text() + "inputs:\n  rules: true\n")
-    engine = build_engine(DEFAULT_RULES, spec, guardrails=False)
+def test_stacking_spec_gets_every_rule_result_as_input_and_learns_it() -> None:
+    engine = build_engine(DEFAULT_RULES, DEFAULT_MODEL, guardrails=False)  # a stacking spec
     d = _card_testing(engine)
     ids = {r.id for r in load_ruleset(DEFAULT_RULES).evaluated}
     keys = {k[len("rule:") :] for k in d["features"] if k.startswith("rule:")}
@@ -198,8 +196,12 @@ def test_stacking_spec_gets_every_rule_result_as_input_and_learns_it(tmp_path: P
     assert "rule:card_testing_burst" in model.transform_one(x)  # the pipeline reads them
 
 
-def test_default_spec_gets_only_the_rules_score_and_does_not_read_it() -> None:
-    engine = build_engine(DEFAULT_RULES, DEFAULT_MODEL, guardrails=False)
+def test_plain_spec_gets_only_the_rules_score_and_does_not_read_it(tmp_path: Path) -> None:
+    spec = tmp_path / "plain.yaml"
+    text = DEFAULT_MODEL.read_text()
+    assert "rules: true" in text
+    spec.write_text(text.replace("rules: true", "rules: false"))
+    engine = build_engine(DEFAULT_RULES, spec, guardrails=False)
     d = _card_testing(engine)
     assert not [k for k in d["features"] if k.startswith("rule:")]
     assert d["features"]["rule_score"] == 0.7  # for the maturity gate
@@ -217,3 +219,22 @@ def test_default_spec_gets_only_the_rules_score_and_does_not_read_it() -> None:
     stored = trainer.store.pop("r1")
     assert stored is not None and set(stored[1]) >= {"n", "rule_score"}
     assert "rule:x" not in stored[1]
+
+
+def test_a_stacking_model_s_score_is_final_and_a_plain_model_s_adds_to_the_rules() -> None:
+    # the rule "hot" fires (score 0.6) on every transaction whose snapshot has f_r; the model
+    # scores f_a. A stacking model has read the rule's result already: its score is final.
+    base = "name: t\npipeline:\n  - linear_model.LogisticRegression: {}\n"
+    for text, stacked in ((base, False), (base + "inputs:\n  rules: true\n", True)):
+        srv = ModelServer(parse_spec(text), learn=False)
+        assert srv.acting and srv.reads_rules is stacked
+        s = Stream(srv)
+        s.run(100, {"f_a": 0.0})
+        assert srv.offer(_pub(FeatureModel("f_a"), 1, frauds=500))
+        s.run(20, {"f_a": 0.9})
+        hot = [d for d in s.decisions[100:] if d["rule_hits"]]
+        assert hot and all(d["model_score"] is not None for d in hot)
+        for d in hot:
+            p = d["model_score"]
+            want = p if stacked else 1.0 - (1.0 - 0.6) * (1.0 - p)
+            assert d["score"] == round(want, 6)
