@@ -165,19 +165,29 @@ def fds_cmd(bootstrap: str, topics: dict[str, str], *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def make_registry(spec: str) -> Path:
+def make_registry(spec: str, rules: str | None = None) -> Path:
     """A fresh registry with one trained version of ``spec`` as champion: the scorer in
-    `fds run` then scores every transaction, as in production."""
+    `fds run` then scores every transaction, as in production. It learns from the inputs
+    `fds run` gives it (the features of ``rules`` and the rules' results), so serving weighs
+    as many inputs as it would in production."""
     from fds.models import Registry, build_pipeline, load_spec
-    from fds.models.vector import to_vector
+    from fds.models.vector import rule_inputs, to_vector
+    from fds.pipeline import build_engine
+    from fds.rules import load_ruleset
 
     model = build_pipeline(load_spec(spec))
+    engine = build_engine(rules, None, guardrails=False) if rules else None
+    ids = [r.id for r in load_ruleset(rules).evaluated] if rules else []
     rng = random.Random(7)
     for i in range(2000):
         tx = orjson.loads(make_tx(i, rng))
+        feats: dict[str, Any] = {}
+        if engine is not None:
+            d = engine.decide(tx)
+            feats = {**d["features"], **rule_inputs(d["rule_hits"], ids)}
         # ~1% "fraud" (the largest amounts): scores stay low, as on real traffic, so the
         # rate breaker does not demote the model during the run.
-        model.learn_one(to_vector(tx, {}), tx["amount"] > 300)
+        model.learn_one(to_vector(tx, feats), tx["amount"] > 300)
     reg = Registry(Path(tempfile.mkdtemp(prefix="fds-bench-registry-")))
     version = reg.publish(model, spec={"name": "default"}, labels_learned=2000)["version"]
     reg.promote(version)
@@ -369,7 +379,11 @@ def main() -> int:
     load_before = os.getloadavg()[0]
     bootstrap = args.bootstrap or kafka_kit.up()
     pipeline = ["--rules", args.rules, "--model", args.model]
-    registry = make_registry(args.model) if args.model != "none" else None
+    registry = (
+        make_registry(args.model, None if args.rules == "none" else args.rules)
+        if args.model != "none"
+        else None
+    )
     if registry is not None:
         pipeline += ["--registry", str(registry)]
     engine_rate = engine_only(args.rules, args.model, registry, min(args.n, 50_000))

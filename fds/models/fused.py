@@ -7,8 +7,8 @@ served version never learns (the trainer learns its own copy and publishes new v
 steps can be folded once, when the version is loaded, off the hot path::
 
     logit = intercept + sum over inputs i of  w_i * (x_i - m_i) / s_i
-          = intercept + sum over inputs i of (a_i * x_i - c_i)   with a_i = w_i / s_i,
-                                                                      c_i = w_i * m_i / s_i
+          = (intercept - sum of c_i) + sum of a_i * x_i   with a_i = w_i / s_i,
+                                                               c_i = w_i * m_i / s_i
 
 An input the scaler has no spread for (``s_i = 0``, so River scales it to 0), an input with no
 weight, and an input the first step drops contribute nothing and are left out. The probability
@@ -30,6 +30,7 @@ True
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any
 
 from river import compose, linear_model, optim, preprocessing
@@ -44,22 +45,31 @@ __all__ = ["FusedLogistic", "fuse", "serving"]
 class FusedLogistic:
     """A frozen scaled logistic regression in one pass (see the module docstring).
 
-    ``model`` is the River pipeline it was folded from (kept for anything but scoring).
+    ``model`` is the River pipeline it was folded from (kept for anything but scoring). The
+    engine gives the model the same keys in the same order on every transaction, so the terms
+    are also laid out in that order once (``_layout``): scoring is then one C-level dot product
+    over ``x.values()``. An input in another order takes a new layout.
     """
 
     def __init__(self, model: Any, terms: dict[str, tuple[float, float]], intercept: float):
         self.model = model
         self._terms = terms
         self._intercept = intercept
+        self._layout: tuple[tuple[str, ...], list[float], float] = ((), [], intercept)
+
+    def _lay_out(self, keys: tuple[str, ...]) -> tuple[tuple[str, ...], list[float], float]:
+        terms = self._terms
+        a = [terms[k][0] if k in terms else 0.0 for k in keys]
+        base = self._intercept - sum(terms[k][1] for k in keys if k in terms)
+        self._layout = layout = (keys, a, base)  # one reference: never seen half-built
+        return layout
 
     def predict_proba_one(self, x: dict[str, float]) -> dict[bool, float]:
-        z = self._intercept
-        terms = self._terms
-        for k, v in x.items():
-            t = terms.get(k)
-            if t is not None:
-                z += t[0] * v - t[1]
-        p = sigmoid(z)
+        keys = tuple(x)
+        layout = self._layout
+        if keys != layout[0]:
+            layout = self._lay_out(keys)
+        p = sigmoid(layout[2] + sum(map(operator.mul, layout[1], x.values())))
         return {False: 1.0 - p, True: p}
 
 

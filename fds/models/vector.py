@@ -6,8 +6,9 @@ the ``{name: float}`` dict River models read. Rules for the snapshot:
 - numbers pass through (``float``); ``True``/``False`` become ``1.0``/``0.0``;
 - ``None`` (a feature with no value yet, e.g. an average over an empty window) becomes ``0.0``
   so that every estimator (trees included) sees the same keys on every transaction;
-- strings and other objects are skipped (the model is numeric; encode categories as features);
-- keys starting with ``_`` (engine internals such as ``_flags``) are skipped;
+- strings and other objects are skipped (the model is numeric; encode categories as features),
+  and so are engine internals such as ``_flags`` (a list; declared feature names cannot start
+  with ``_``);
 - non-finite numbers become ``0.0``.
 
 From the transaction: ``amount``, ``log_amount`` (``log1p``), and the UTC hour as
@@ -27,9 +28,12 @@ decision records too.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+from fds.policy import rule_score
 
 __all__ = ["RULE_PREFIX", "RULE_SCORE", "rule_inputs", "strip_rule_ids", "to_vector"]
 
@@ -46,14 +50,10 @@ def to_vector(tx: Mapping[str, Any], features: Mapping[str, Any]) -> dict[str, f
     """Model input for one transaction (see the module docstring for the rules)."""
     x: dict[str, float] = {}
     for k, v in features.items():
-        if k[:1] == "_":
-            continue
         t = type(v)
         if t is float:
-            x[k] = v if _isfinite(v) else 0.0
-        elif t is bool:
-            x[k] = 1.0 if v else 0.0
-        elif t is int:
+            x[k] = v if v - v == 0.0 else 0.0  # inf - inf and nan - nan are nan
+        elif t is bool or t is int:
             x[k] = float(v)
         elif v is None:
             x[k] = 0.0
@@ -82,15 +82,19 @@ def rule_inputs(
     >>> rule_inputs([{"id": "b", "score": 0.5, "state": "active"}])
     {'rule_score': 0.5}
     """
-    from fds.policy import rule_score
-
     out: dict[str, Any] = {}
     if rule_ids is not None:
-        out = dict.fromkeys((RULE_PREFIX + r for r in rule_ids), False)
+        out = _template(tuple(rule_ids)).copy()
         for h in hits:
             out[RULE_PREFIX + h["id"]] = True
     out[RULE_SCORE] = rule_score(hits)
     return out
+
+
+@functools.lru_cache(maxsize=64)
+def _template(rule_ids: tuple[str, ...]) -> dict[str, bool]:
+    """``rule:<id>: False`` for every rule (built once per ruleset; callers copy it)."""
+    return dict.fromkeys((RULE_PREFIX + r for r in rule_ids), False)
 
 
 def strip_rule_ids(x: Mapping[str, float]) -> dict[str, float]:
