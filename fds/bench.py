@@ -290,7 +290,7 @@ def run_precision(
             known_at_warm = {lab["tx_id"] for lab in labels[:li] if lab["is_fraud"]}
         d = engine.decide(tx)
         x = server._last[1] if server._last is not None else {}
-        if not mspec.inputs.rules:  # the static model reads what the River model reads
+        if not mspec.inputs.reads_rules:  # the static model reads what the River model reads
             x = without_rule_inputs(x)
         for c in x:
             if c not in cols:

@@ -215,8 +215,10 @@ class Engine:
 
     def _rule_inputs(self, hits: list[dict[str, Any]]) -> dict[str, Any]:
         """The rules' results for the model (:func:`fds.models.vector.rule_inputs`): the rules'
-        score, and one input per rule only for a model that reads them (stacking)."""
-        if not getattr(self.model, "reads_rules", False):
+        score, and one input per rule only for a model that reads them (``reads_rule_ids``;
+        a model stage without that attribute: ``reads_rules``)."""
+        model = self.model
+        if not getattr(model, "reads_rule_ids", getattr(model, "reads_rules", False)):
             return rule_inputs(hits)
         ruleset = getattr(self.rules, "current", self.rules)  # a reloading ruleset: this one
         ids = self._rule_ids

@@ -1,10 +1,11 @@
-"""Which inputs a spec's model reads: the rules' results only when ``inputs.rules`` is true.
+"""Which inputs a spec's model reads: the rules' results only when ``inputs.rules`` says so.
 
 The engine always adds the rules' score to the model's snapshot (``rule_score``, which the
 maturity gate ranks), and one ``rule:<id>`` per rule only for a spec with ``inputs: {rules:
-true}`` (:func:`fds.models.vector.rule_inputs`). A spec without it gets this first pipeline
-step, which hides ``rule_score`` from the model (and the trainer drops ``rule:<id>`` keys from
-decision records written by an engine serving a stacking spec).
+true}`` (:func:`fds.models.vector.rule_inputs`). A spec with ``rules: false`` gets this first
+pipeline step, which hides ``rule_score`` from the model (and the trainer drops ``rule:<id>``
+keys from decision records written by an engine serving per-rule inputs unless its own spec
+reads them).
 
 >>> WithoutRuleInputs().transform_one({"amount": 5.0, "rule_score": 0.7})
 {'amount': 5.0}

@@ -139,7 +139,8 @@ class ModelServer:
         self.metrics = metrics
         self._rate = spec.learn.legit_sample_rate
         #: the engine gives the model one input per rule only when it reads them (stacking)
-        self.reads_rules = spec.inputs.rules
+        self.reads_rules = spec.inputs.reads_rules  # its score is final (stacking)
+        self.reads_rule_ids = spec.inputs.per_rule  # one input per rule
         self.registry = registry
         self.trainer = trainer or (Trainer(spec, registry=registry) if learn else None)
         self.auto_promote = spec.promote.auto if auto_promote is None else auto_promote

@@ -124,11 +124,25 @@ class GatePolicy:
 
 @dataclass(frozen=True)
 class InputsPolicy:
-    """What the model reads besides the features: ``rules`` -- the rules' results (stacking:
-    ``rule:<id>`` for every rule, ``rule_score``). Off by default: with the shipped logistic
-    regression it ranked worse on the precision benchmark (README, "What the model sees")."""
+    """What the model reads besides the features: ``rules`` -- the rules' results.
 
-    rules: bool = False
+    ``false``: the features only; the policy adds the rules' score to the model's (noisy-or).
+    ``score``: also ``rule_score`` (the rules' combined score); the model weighs the rules, so
+    its score is final (stacking). ``true``: also ``rule:<id>`` for every rule (stacking with
+    one input per rule). See the README, "What the model sees", for how each ranked.
+    """
+
+    rules: bool | str = False
+
+    @property
+    def reads_rules(self) -> bool:
+        """The model reads the rules' results (so its score is the final score)."""
+        return self.rules is not False
+
+    @property
+    def per_rule(self) -> bool:
+        """The model reads one input per rule (``rule:<id>``)."""
+        return self.rules is True
 
 
 @dataclass(frozen=True)
@@ -305,8 +319,8 @@ def _policy(cls: type, raw: Any, source: str, node: yaml.Node | None, section: s
                     raise ValueError("must be in (0, 1]")
             elif k == "auto":
                 v = bool(v)
-            elif k == "rules" and not isinstance(v, bool):
-                raise ValueError("must be true or false")
+            elif k == "rules" and not (isinstance(v, bool) or v == "score"):
+                raise ValueError("must be true, false or score")
         except (TypeError, ValueError, ConfigError) as e:
             raise ConfigError(f"{section}.{k}: {e}", where=where) from None
         kwargs[k] = v
@@ -372,12 +386,12 @@ def parse_spec(text: str, *, source: str = "<spec>") -> ModelSpec:
 
 def build_pipeline(spec: ModelSpec) -> Any:
     """A fresh, untrained River pipeline for ``spec`` (the steps chained with ``|``), behind
-    :class:`~fds.models.inputs.WithoutRuleInputs` unless ``inputs.rules`` is true."""
+    :class:`~fds.models.inputs.WithoutRuleInputs` unless the model reads the rules' results."""
     from river import compose
 
     from fds.models.inputs import WithoutRuleInputs
 
-    models: list[Any] = [] if spec.inputs.rules else [WithoutRuleInputs()]
+    models: list[Any] = [] if spec.inputs.reads_rules else [WithoutRuleInputs()]
     for dotted, params, line in spec.steps:
         try:
             models.append(_instantiate(dotted, params))

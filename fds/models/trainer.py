@@ -275,7 +275,7 @@ class Trainer:
         if x is None:
             feats = (decision or tx).get("features") or {}
             x = to_vector(tx, feats)
-            if not self.spec.inputs.rules:  # written by an engine serving a stacking spec
+            if not self.spec.inputs.per_rule:  # written by an engine serving per-rule inputs
                 x = strip_rule_ids(x)
         ts = _ts(tx["ts"])
         self.store.put(tx["tx_id"], ts, x)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 
@@ -29,8 +30,11 @@ def _trained(text: str) -> object:
 
 @pytest.mark.parametrize("stacked", [False, True])
 def test_folded_scores_equal_river_s(stacked: bool) -> None:
-    text = DEFAULT_MODEL.read_text()  # a stacking spec
-    model = _trained(text if stacked else text.replace("rules: true", "rules: false"))
+    text = re.sub(
+        r"^  rules: \w+", f"  rules: {str(stacked).lower()}", DEFAULT_MODEL.read_text(), flags=re.M
+    )
+    assert parse_spec(text).inputs.rules is stacked
+    model = _trained(text)
     fast = fuse(model)
     assert isinstance(fast, FusedLogistic)
     rng = random.Random(2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -177,8 +178,17 @@ def _card_testing(engine: Engine) -> dict[str, Any]:
     return d
 
 
-def test_stacking_spec_gets_every_rule_result_as_input_and_learns_it() -> None:
-    engine = build_engine(DEFAULT_RULES, DEFAULT_MODEL, guardrails=False)  # a stacking spec
+def _default_spec_reading(rules: str, tmp_path: Path) -> Path:
+    """The default spec with ``inputs: {rules: <rules>}``."""
+    text = DEFAULT_MODEL.read_text()
+    assert re.search(r"^  rules: \w+", text, re.M)
+    spec = tmp_path / f"default-{rules}.yaml"
+    spec.write_text(re.sub(r"^  rules: \w+", f"  rules: {rules}", text, flags=re.M))
+    return spec
+
+
+def test_stacking_spec_gets_every_rule_result_as_input_and_learns_it(tmp_path: Path) -> None:
+    engine = build_engine(DEFAULT_RULES, _default_spec_reading("true", tmp_path), guardrails=False)
     d = _card_testing(engine)
     ids = {r.id for r in load_ruleset(DEFAULT_RULES).evaluated}
     keys = {k[len("rule:") :] for k in d["features"] if k.startswith("rule:")}
@@ -197,11 +207,7 @@ def test_stacking_spec_gets_every_rule_result_as_input_and_learns_it() -> None:
 
 
 def test_plain_spec_gets_only_the_rules_score_and_does_not_read_it(tmp_path: Path) -> None:
-    spec = tmp_path / "plain.yaml"
-    text = DEFAULT_MODEL.read_text()
-    assert "rules: true" in text
-    spec.write_text(text.replace("rules: true", "rules: false"))
-    engine = build_engine(DEFAULT_RULES, spec, guardrails=False)
+    engine = build_engine(DEFAULT_RULES, _default_spec_reading("false", tmp_path), guardrails=False)
     d = _card_testing(engine)
     assert not [k for k in d["features"] if k.startswith("rule:")]
     assert d["features"]["rule_score"] == 0.7  # for the maturity gate
@@ -225,8 +231,8 @@ def test_a_stacking_model_s_score_is_final_and_a_plain_model_s_adds_to_the_rules
     # the rule "hot" fires (score 0.6) on every transaction whose snapshot has f_r; the model
     # scores f_a. A stacking model has read the rule's result already: its score is final.
     base = "name: t\npipeline:\n  - linear_model.LogisticRegression: {}\n"
-    for text, stacked in ((base, False), (base + "inputs:\n  rules: true\n", True)):
-        srv = ModelServer(parse_spec(text), learn=False)
+    for rules, stacked in (("false", False), ("true", True), ("score", True)):
+        srv = ModelServer(parse_spec(f"{base}inputs:\n  rules: {rules}\n"), learn=False)
         assert srv.acting and srv.reads_rules is stacked
         s = Stream(srv)
         s.run(100, {"f_a": 0.0})
@@ -234,6 +240,9 @@ def test_a_stacking_model_s_score_is_final_and_a_plain_model_s_adds_to_the_rules
         s.run(20, {"f_a": 0.9})
         hot = [d for d in s.decisions[100:] if d["rule_hits"]]
         assert hot and all(d["model_score"] is not None for d in hot)
+        # every model gets the rules' score; one input per rule only with `rules: true`
+        assert all(d["features"]["rule_score"] == 0.6 for d in hot)
+        assert all(("rule:hot" in d["features"]) is (rules == "true") for d in hot)
         for d in hot:
             p = d["model_score"]
             want = p if stacked else 1.0 - (1.0 - 0.6) * (1.0 - p)

@@ -106,5 +106,9 @@ def test_rule_inputs_reach_the_model_only_when_the_spec_asks() -> None:
     assert plain.transform_one({"amount": 3.0, "rule_score": 0.6}) == {"amount": 0.0}
     stacked = build_pipeline(parse_spec(text + "inputs:\n  rules: true\n"))
     assert set(stacked.transform_one(x)) == {"amount", "rule:hot", "rule_score"}
-    with pytest.raises(ConfigError, match=r"inputs\.rules: must be true or false"):
+    score = parse_spec(text + "inputs:\n  rules: score\n")
+    assert score.inputs.reads_rules and not score.inputs.per_rule
+    y = {"amount": 3.0, "rule_score": 0.6}
+    assert set(build_pipeline(score).transform_one(y)) == {"amount", "rule_score"}
+    with pytest.raises(ConfigError, match=r"inputs\.rules: must be true, false or score"):
         parse_spec(text + "inputs:\n  rules: maybe\n")
