@@ -570,9 +570,9 @@ def _report(res: PrecisionResult, plot: Path) -> str:
         " `rules+adaptive` is the rules alone until the model passes its maturity gate (spec"
         " `gate`; the lifecycle line below gives the share of decisions where the model acted"
         " and the first day it did). The models read the rules' results only when the spec"
-        " says `inputs: {rules: true}` (stacking, as `default` does: then the acting model's"
-        " score is the final score, and the frozen models read the same rule results, so with"
-        " hindsight rules they inherit the rules' hindsight).",
+        " says `inputs.rules: score` or `true` (stacking, as `default` does: then the acting"
+        " model's score is the final score, and the frozen models read the same rule results,"
+        " so with hindsight rules they inherit the rules' hindsight).",
         "",
         "Targets (issue 5):",
         "",

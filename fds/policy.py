@@ -6,10 +6,10 @@ The rule (documented in the README, "Rules"):
 2. ``rule_score`` = the highest score among active hits (0 when none).
 3. ``final = combine(rule_score, model_score) = 1 - (1 - rule_score) * (1 - model_score)``
    (noisy-or: two signals of risk; either alone can push the score up, neither can pull it
-   down). A model that reads the rules' results (a *stacking* spec, ``inputs: {rules: true}``)
-   has already weighed them, so its score is final: ``final = model_score``. Without an acting
-   model score (no model, a model still in shadow behind its maturity gate, or a bypassed
-   one), ``final = rule_score``.
+   down). A model that reads the rules' results (a *stacking* spec, ``inputs.rules`` ``score``
+   or ``true``) has already weighed them, so its score is final: ``final = model_score``.
+   Without an acting model score (no model, a model still in shadow behind its maturity gate,
+   or a bypassed one), ``final = rule_score``.
 4. Action: any active ``decline`` hit -> **decline** (rules override the score); else
    ``final >= decline_at`` -> decline; else an active ``review`` hit or
    ``final >= review_threshold`` -> **review**; else approve. (``approve`` rules only contribute

@@ -15,11 +15,11 @@ From the transaction: ``amount``, ``log_amount`` (``log1p``), and the UTC hour a
 ``hour_sin``/``hour_cos`` (a cyclic encoding: 23h and 0h are neighbours).
 
 The rules' results: the engine adds :func:`rule_inputs` to the snapshot it gives the model --
-always ``rule_score`` (the policy's rule score: the highest active hit's score; the maturity gate
-ranks it), and for a spec with ``inputs: {rules: true}`` (stacking) also ``rule:<id>`` (1 when
-the rule fired, active or shadow; 0 otherwise, for every rule the ruleset evaluates, so the keys
-are stable). They are part of the decision's ``features``, so ``fds train`` sees them in
-decision records too.
+always ``rule_score`` (the policy's rule score: the highest active hit's score; the maturity
+gate ranks it), and for a spec with ``inputs: {rules: true}`` (per-rule stacking) also
+``rule:<id>`` (1 when the rule fired, active or shadow; 0 otherwise, for every rule the ruleset
+evaluates, so the keys are stable). They are part of the decision's ``features``, so
+``fds train`` sees them in decision records too.
 
 >>> x = to_vector({"amount": 99.0, "ts": 0.0}, {"n_1h": 3, "new_country": True, "avg": None})
 >>> x["n_1h"], x["new_country"], x["avg"], round(x["log_amount"], 3), x["hour_cos"]
