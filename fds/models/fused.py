@@ -48,7 +48,9 @@ class FusedLogistic:
     ``model`` is the River pipeline it was folded from (kept for anything but scoring). The
     engine gives the model the same keys in the same order on every transaction, so the terms
     are also laid out in that order once (``_layout``): scoring is then one C-level dot product
-    over ``x.values()``. An input in another order takes a new layout.
+    over ``x.values()``. An input in another order takes a new layout. Inputs must be finite
+    (:func:`fds.models.vector.to_vector` makes them so): a key that weighs nothing still enters
+    the dot product as ``0.0 * x``, where River would leave a non-finite value out.
     """
 
     def __init__(self, model: Any, terms: dict[str, tuple[float, float]], intercept: float):
