@@ -130,6 +130,11 @@ class Engine:
         self.guard = guard
         self.demoted: set[str] = set()  # rule ids (and MODEL) demoted to shadow by the breaker
         self._rule_ids: tuple[Any, tuple[str, ...]] | None = None  # (ruleset, its rule ids)
+        # What the model reads of the rules (fixed per model stage): its score is then final
+        # (``reads_rules``), and it gets one input per rule (``reads_rule_ids``; a stage
+        # without that attribute: ``reads_rules``).
+        self._stacked = bool(getattr(model, "reads_rules", False))
+        self._per_rule = bool(getattr(model, "reads_rule_ids", self._stacked))
         self._clock = clock
         self._perf = time.perf_counter
 
@@ -175,7 +180,7 @@ class Engine:
             if MODEL in self.demoted:
                 acting_score = None
             if self.policy is not None:
-                if acting_score is not None and getattr(self.model, "reads_rules", False):
+                if acting_score is not None and self._stacked:
                     action, score = self.policy.decide(hits, acting_score, ts, stacked=True)
                 else:
                     action, score = self.policy.decide(hits, acting_score, ts)
@@ -215,10 +220,8 @@ class Engine:
 
     def _rule_inputs(self, hits: list[dict[str, Any]]) -> dict[str, Any]:
         """The rules' results for the model (:func:`fds.models.vector.rule_inputs`): the rules'
-        score, and one input per rule only for a model that reads them (``reads_rule_ids``;
-        a model stage without that attribute: ``reads_rules``)."""
-        model = self.model
-        if not getattr(model, "reads_rule_ids", getattr(model, "reads_rules", False)):
+        score, and one input per rule only for a model that reads them."""
+        if not self._per_rule:
             return rule_inputs(hits)
         ruleset = getattr(self.rules, "current", self.rules)  # a reloading ruleset: this one
         ids = self._rule_ids
