@@ -10,9 +10,11 @@ one trained version (so every decision is scored), with state checkpoints on (th
 Scenarios (each on fresh topics, broker from the local kit on the same machine):
 
 1. **passthrough**: a raw kafka-python consume -> produce loop, no processing, with the same
-   delivery discipline and client tuning as `fds run` (flush, then commit, per poll batch;
-   linger 100 ms, 1 MiB batches, output partition = input partition): the ceiling.
-2. **fds at-least-once**: `python -m fds.streams.kafka run` (the `fds run` handler).
+   delivery discipline and client tuning as `fds run` (no linger, 1 MiB batches, output
+   partition = input partition; offsets committed asynchronously once a batch is acknowledged,
+   at most 2 batches awaiting): the ceiling.
+2. **fds at-least-once**: `python -m fds.streams.kafka run` (the `fds run` handler); also with
+   `--max-unacked-batches 0` (flush and commit each batch before the next poll, no overlap).
 3. **fds exactly-once**: the same with `--exactly-once` (transactional producer).
 4. **latency**: the passthrough and `fds run` (at-least-once; also with a short state
    checkpoint period, and the ``--baseline`` tree if given) while transactions are produced at a
@@ -38,6 +40,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -58,6 +61,7 @@ T0 = 1_767_225_600  # event times start at 2026-01-01T00:00:00Z
 CARDS = 5000  # distinct cards: spreads keys over all partitions
 COUNTRIES = ("KR", "US", "JP", "DE", "GB")
 MAX_POLL = KafkaSettings.model_fields["max_poll_records"].default  # the passthrough's, as fds's
+UNACKED = KafkaSettings.model_fields["max_unacked_batches"].default
 WARM = 200  # latency runs: a few records first, so the group has joined before the measured load
 
 
@@ -203,23 +207,33 @@ def group_consumer(bootstrap: str, src: str, group: str) -> KafkaConsumer:
 
 
 def passthrough(bootstrap: str, src: str, dst: str, group: str, idle_s: float) -> None:
-    """The ceiling: consume -> produce unchanged, flush + commit per batch like `fds run`,
-    with the same client tuning (linger, batch size, output partition = input partition)."""
+    """The ceiling: consume -> produce unchanged, with the delivery discipline and client tuning
+    of `fds run`'s default: sends leave at once (no linger, 1 MiB batches, output partition =
+    input partition); a batch's offsets are committed asynchronously once its sends are
+    acknowledged; with more than ``UNACKED`` batches awaiting, flush and commit."""
     c = group_consumer(bootstrap, src, group)
-    p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=100, batch_size=1 << 20)
+    p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0, batch_size=1 << 20)
+    unacked: deque[tuple[Any, dict[Any, Any]]] = deque()  # (last send, offsets) per batch
     last = time.monotonic()
     while time.monotonic() - last < idle_s:
         batch = c.poll(timeout_ms=100, max_records=MAX_POLL)
         if not batch:
             continue
         last = time.monotonic()
-        offsets = {}
+        offsets, fut = {}, None
         for tp, recs in batch.items():
             for r in recs:
-                p.send(dst, value=r.value, key=r.key, partition=tp.partition)
+                fut = p.send(dst, value=r.value, key=r.key, partition=tp.partition)
             offsets[tp] = OffsetAndMetadata(recs[-1].offset + 1, "", -1)
-        p.flush()
-        c.commit(offsets)
+        unacked.append((fut, offsets))
+        if len(unacked) > UNACKED:
+            p.flush()
+        done: dict[Any, Any] = {}
+        while unacked and unacked[0][0].is_done:
+            done.update(unacked.popleft()[1])
+        if done:
+            c.commit_async(done)
+    p.flush()
     c.close()
     p.close()
 
@@ -396,9 +410,11 @@ def main() -> int:
         "raw kafka-python passthrough",
     )
     base = f"fds run, at-least-once, {args.baseline_label}"
+    SYNC = "fds run, at-least-once, flush and commit per batch (`--max-unacked-batches 0`)"
     scenarios: dict[str, tuple[Path, list[str] | None]] = {
         RAW: (REPO, None),
         ALO: (REPO, pipeline),
+        SYNC: (REPO, [*pipeline, "--max-unacked-batches", "0"]),
         EOS: (REPO, [*pipeline, "--exactly-once"]),
     }
     if args.baseline is not None:

@@ -48,6 +48,10 @@ class Freezer:
         self.freezes += 1
         self._left = self.every
 
+    def due(self, n: int = 1) -> bool:
+        """Will ``tick(n)`` freeze?"""
+        return self._left <= n
+
     def tick(self, n: int = 1) -> None:
         self._left -= n
         if self._left <= 0:

@@ -9,9 +9,15 @@ The loop (one thread, batched)::
                       -> commit   (the order below is the whole delivery guarantee)
 
 Commit order, at-least-once (default):
-  1. ``producer.flush()``: every decision and dead letter of the batch is acknowledged;
-  2. ``consumer.commit(offsets)``: only then the input offsets move past them.
-  A crash between 1 and 2 replays the batch: duplicates, never losses.
+  1. the batch's decisions and dead letters are handed to the producer, which sends them at
+     once (no linger), while the loop goes on to poll and decide the next batch;
+  2. when every send of a batch is acknowledged, ``consumer.commit_async(offsets)`` moves the
+     input offsets past it, batches in order. At most ``max_unacked_batches`` batches wait
+     for their acknowledgements; beyond that, and before a checkpoint, a revocation or a stop,
+     the loop waits for them (``flush()``) and commits synchronously.
+  A crash before 2 replays those batches: duplicates, never losses. Overlapping the broker's
+  round trips with the next batch's decisions is what keeps the produce-to-decision latency
+  near the client's own floor (``max_unacked_batches: 0`` restores flush-and-commit per batch).
 
 Commit order, exactly-once (``--exactly-once``):
   1. ``begin_transaction()`` before the first send of the batch;
@@ -22,8 +28,9 @@ Commit order, exactly-once (``--exactly-once``):
      exits non-zero; a restart resumes from the last committed transaction.
 
 State (``--state-dir``; windows, alert budget, rate breaker: ``Engine.state_dict()``):
-  3. after the commit of step 2 (at most every ``checkpoint_every_s``, and at a clean stop and
-     on partition revocation), the state is written with the input positions it covers
+  3. after a synchronous commit of everything decided (at most every ``checkpoint_every_s``,
+     and at a clean stop and on partition revocation), the state is written with the input
+     positions it covers
      (:mod:`fds.streams.checkpoint`: temp file, fsync, rename, fsync of the directory).
      Positions advance only after a commit, so a checkpoint never runs ahead of the committed
      offsets; it may lag them by up to ``checkpoint_every_s`` of input.
@@ -39,10 +46,10 @@ State (``--state-dir``; windows, alert budget, rate breaker: ``Engine.state_dict
   identical features). Limit: the state is one file per instance; entities that span
   partitions (merchant, device) are counted over the partitions the instance holds.
 
-Backpressure: the batch is flushed/committed before the next poll, so at most
-``max_poll_records`` decisions are in flight; a partition buffers at most
-``2 * max_poll_records`` records (the rest is fetched again later); a slow broker slows the
-poll loop instead of growing a queue.
+Backpressure: at most ``max_unacked_batches + 1`` batches of decisions (each at most
+``max_poll_records``) await acknowledgement; beyond that the loop waits for the oldest before
+it polls on. A partition buffers at most ``2 * max_poll_records`` records (the rest is fetched
+again later); a slow broker slows the poll loop instead of growing a queue.
 
 Shutdown: SIGTERM/SIGINT stop polling, the current batch is finished and committed, the
 consumer leaves the group, and the process exits (well within 10 s).
@@ -64,6 +71,7 @@ import socket
 import sys
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,6 +193,10 @@ class KafkaSettings(BaseSettings):
     # Stable across restarts of the same instance so a restarted process fences its zombie.
     transactional_id: str | None = None
     auto_offset_reset: str = "earliest"
+    # At-least-once: batches whose decisions may still await the broker's acknowledgement (and
+    # their offsets a commit) while the next batch is decided. 0: flush and commit each batch
+    # before the next poll (adds the round trips to every record's latency).
+    max_unacked_batches: int = Field(default=2, ge=0)
     # One batch is the unit of commit: large enough to amortise the flush and commit round
     # trips (500: 7.2k tx/s, 5000: 10-11k tx/s on the benchmark), small enough that a replay
     # after a crash is short. Under a light load a poll returns what has arrived, far fewer.
@@ -205,11 +217,13 @@ class KafkaSettings(BaseSettings):
     session_timeout_ms: int = 10_000  # how fast a dead instance's partitions move
     # Engine state checkpoints (None: ~/.cache/fds/state/<group>[/<group_instance_id>]).
     state_dir: str | None = None
-    # How often the state is checkpointed (after a commit). Each checkpoint pickles the whole
-    # engine state on the decision loop (measured: 0.6 s for 5,000 cards with the default
-    # rules), so it is a latency spike; a restart re-folds at most this much input in
-    # catch-up mode (~10,000 records/s). 0: after every commit.
+    # How often the state is checkpointed (after a commit); a restart re-folds at most this
+    # much input in catch-up mode (~10,000 records/s). 0: after every commit.
     checkpoint_every_s: float = Field(default=30.0, ge=0)
+    # Periodic checkpoints are written by a forked child (fds.streams.checkpoint): the loop
+    # pauses for the fork, not for pickling the state. False: pickle on the loop (no fork;
+    # no transient extra memory).
+    checkpoint_in_background: bool = True
     # A partition without checkpointed state (first start, or moved here from another
     # instance) is re-read from its start to rebuild the state: exact, but costs a pass over
     # the retained input. False: start such partitions from an empty state.
@@ -288,6 +302,19 @@ class RunStats:
     dlq_by_stage: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(slots=True)
+class _Unacked:
+    """A decided batch whose sends are not all acknowledged: its offsets wait for them."""
+
+    number: int
+    futures: list[Any]
+    offsets: dict[Any, Any]
+
+    def acknowledged(self) -> bool:
+        f = self.futures
+        return not f or (f[-1].is_done and all(x.is_done for x in f))
+
+
 class Runner:
     """Consume transactions, decide them with ``engine``, produce decisions and dead letters.
 
@@ -339,7 +366,12 @@ class Runner:
         self.metrics: Any = engine.metrics if engine.metrics is not None else NullMetrics()
         self._lag_at = 0.0
         self._copartitioned = False
-        self._pending: list[Any] = []
+        self._pending: list[Any] = []  # send futures of the batch being decided
+        # At-least-once: batches sent but not all acknowledged yet, oldest first; offsets of
+        # acknowledged batches not committed synchronously yet (async commits may fail).
+        self._pipelined = not settings.exactly_once and settings.max_unacked_batches > 0
+        self._unacked: deque[_Unacked] = deque()
+        self._committable: dict[Any, Any] = {}
         self._freezer = Freezer()  # long-lived state out of the GC's passes (fds.gcpolicy)
         self.aligner: Aligner | None = None  # made with the consumer
         self.labels: LabelFeed | None = None  # --labels-topic, made with the consumer
@@ -377,10 +409,12 @@ class Runner:
         producer_cfg: dict[str, Any] = {
             **common,
             "acks": "all",
-            # Every batch ends with flush() (or commit_transaction), which sends at once; a long
-            # linger keeps the sender thread from draining half-built batches mid-loop, where
-            # each wakeup costs the decision loop a GIL hand-off (measured: 3x slower per record).
-            "linger_ms": 100,
+            # Pipelined at-least-once: no linger, a decision leaves as soon as the sender
+            # thread gets the interpreter. Otherwise every batch ends with flush() (or
+            # commit_transaction), which sends at once; a long linger then keeps the sender
+            # thread from draining half-built batches mid-loop, where each wakeup costs the
+            # decision loop a GIL hand-off.
+            "linger_ms": 0 if self._pipelined else 100,
             # Large batches: kafka-python wakes its sender thread per new batch, and each wakeup
             # costs a GIL hand-off; 1 MiB holds a whole poll batch of decisions per partition.
             "batch_size": 1 << 20,
@@ -468,7 +502,8 @@ class Runner:
         self._connect()
         try:
             self._loop(max_idle_s)
-            # Everything processed is committed here (the loop ends between batches).
+            # The loop ends between batches: commit everything decided, then the state.
+            self._settle(wait=True)
             self.checkpoint(force=True)
         finally:
             self.close()
@@ -585,8 +620,19 @@ class Runner:
         self.stats.consumed += n
         self.stats.batches += 1
         self.metrics.events_consumed("kafka", n)
-        t_commit = time.perf_counter()
-        if eos:
+        self._live = True  # the state moved on since it was restored
+        if not eos:
+            self._unacked.append(_Unacked(self.stats.batches, pending, offsets))
+            drain = (
+                len(self._unacked) > s.max_unacked_batches
+                or self._checkpoint_due()
+                or self._freezer.due(n)
+            )
+            self._settle(wait=drain)
+            if drain:
+                self.checkpoint()
+        else:
+            t_commit = time.perf_counter()
             if offsets:
                 self._retrying(
                     "send_offsets_to_transaction",
@@ -597,23 +643,44 @@ class Runner:
             if self.stats.batches == self._kill_after_flush:
                 os.kill(os.getpid(), signal.SIGKILL)  # fault injection: an open transaction
             self._retrying("commit_transaction", self.producer.commit_transaction)
-        else:
-            self._flush()
-            self._check_sent()
-            if self.stats.batches == self._kill_after_flush:
-                os.kill(os.getpid(), signal.SIGKILL)
-            if offsets:
-                self._retrying("commit", lambda: self.consumer.commit(offsets))
-        self.stats.commits += 1
+            self.stats.commits += 1
+            self.metrics.commit_time(time.perf_counter() - t_commit)
+            # Committed: the state now covers exactly the input up to these offsets.
+            self._positions.update({tp.partition: o for tp, o in nxt.items()})
+            self.checkpoint()
+        self._freezer.tick(n)  # due only right after a drain: no send in flight
         now = time.perf_counter()
-        self.metrics.commit_time(now - t_commit)
-        # Committed: the state now covers exactly the input up to these offsets.
-        self._positions.update({tp.partition: o for tp, o in nxt.items()})
-        self.checkpoint()
-        self._freezer.tick(n)  # between batches: no send in flight
         if now - self._lag_at > LAG_EVERY_S:
             self._lag_at = now
             self._report_lag(offsets)
+
+    def _settle(self, *, wait: bool) -> None:
+        """Commit the input offsets of the batches whose sends are all acknowledged, oldest
+        first (asynchronously). ``wait``: flush first, so that every batch is, and commit
+        synchronously; the state then covers exactly ``_positions``."""
+        unacked = self._unacked
+        if wait and unacked:
+            self._flush()
+        ready: dict[Any, Any] = {}
+        while unacked and unacked[0].acknowledged():
+            b = unacked.popleft()
+            self._check_sent(b.futures)
+            if b.number == self._kill_after_flush:  # fault injection (see __init__)
+                os.kill(os.getpid(), signal.SIGKILL)
+            ready.update(b.offsets)
+        self._committable.update(ready)
+        if not wait:
+            if ready:
+                self.consumer.commit_async(ready)
+                self.stats.commits += 1
+            return
+        offsets, self._committable = self._committable, {}
+        if offsets:
+            t = time.perf_counter()
+            self._retrying("commit", lambda: self.consumer.commit(offsets))
+            self.stats.commits += 1
+            self.metrics.commit_time(time.perf_counter() - t)
+        self._positions.update({tp.partition: om.offset for tp, om in offsets.items()})
 
     def _fold(self, tx: Mapping[str, Any]) -> None:
         self.stats.caught_up += 1
@@ -622,20 +689,30 @@ class Runner:
 
     # -- state -------------------------------------------------------------------------------
 
+    def _checkpoint_due(self) -> bool:
+        ck = self.checkpointer
+        return (
+            ck is not None
+            and time.monotonic() - self._ckpt_at >= self.s.checkpoint_every_s
+            and not ck.busy()  # the previous background write is still running
+        )
+
     def checkpoint(self, *, force: bool = False) -> bool:
         """Write the engine state with the input positions it covers (only between batches,
-        after their commit: the state then covers exactly ``_positions``)."""
-        if not force:  # the call after a batch's commit: the state moved on since a restore
-            self._live = True
+        after a synchronous commit of all of them: the state then covers exactly
+        ``_positions``)."""
         ck = self.checkpointer
         if ck is None or not self._positions:
             return False
-        now = time.monotonic()
-        if not force and now - self._ckpt_at < self.s.checkpoint_every_s:
+        if not force and not self._checkpoint_due():
             return False
-        self._ckpt_at = now
+        self._ckpt_at = time.monotonic()
+        topic, offsets = self.s.input_topic, dict(self._positions)
         try:
-            ck.save(self.engine.state_dict(), topic=self.s.input_topic, offsets=self._positions)
+            if force or not self.s.checkpoint_in_background:
+                ck.save(self.engine.state_dict(), topic=topic, offsets=offsets)
+            else:
+                ck.save_background(self.engine.state_dict, topic=topic, offsets=offsets)
         except OSError as exc:  # a full disk must not stop decisions; a restart re-folds more
             log.warning('checkpoint failed path="%s" error="%s"', ck.path, exc)
             return False
@@ -778,16 +855,15 @@ class Runner:
             stage, type(exc).__name__, msg.topic, msg.partition, msg.offset,
         )  # fmt: skip
 
-    def _check_sent(self) -> None:
+    def _check_sent(self, futures: list[Any]) -> None:
         """A send can fail for good (e.g. a record over the size limit) while flush() returns:
         then the batch's offsets must not be committed."""
-        for fut in self._pending:
+        for fut in futures:
             if fut.failed():
                 raise FdsError(
                     f"producing a decision or dead letter failed ({fut.exception!r}); input "
                     "offsets were not committed past it; fix the cause and restart"
                 )
-        self._pending = []
 
     def _flush(self) -> None:
         self._retrying("flush", lambda: self.producer.flush(timeout=self.s.broker_timeout_s))
@@ -831,9 +907,20 @@ class _Revoke(ConsumerRebalanceListener):
         self.runner = runner
 
     def on_partitions_revoked(self, revoked: Any) -> None:
-        # Between batches everything is committed: flush the state with its positions.
-        with contextlib.suppress(Exception):
-            self.runner.checkpoint(force=True)
+        # Commit everything decided (at-least-once: batches may await acknowledgement), then
+        # flush the state with its positions.
+        runner = self.runner
+        try:
+            if not runner.s.exactly_once:
+                runner._settle(wait=True)
+            runner.checkpoint(force=True)
+        except Exception as exc:  # the new owner replays the uncommitted batches
+            log.warning("commit on revocation failed: %s: %s", type(exc).__name__, exc)
+            # The state holds decisions past the committed offsets: it must not be taken for
+            # them (no checkpoint; the next assignment rebuilds it from the input).
+            runner._unacked.clear()
+            runner._committable = {}
+            runner._positions.clear()
         for tp in revoked:
             self.runner._unresolved.discard(tp.partition)
         if self.runner.aligner is not None:  # not decided yet: the new owner reads them again
@@ -976,6 +1063,7 @@ _SETTING_FLAGS = {
     "--group-instance-id": "group_instance_id",
     "--transactional-id": "transactional_id",
     "--max-poll-records": "max_poll_records",
+    "--max-unacked-batches": "max_unacked_batches",
     "--broker-timeout": "broker_timeout_s",
     "--state-dir": "state_dir",
     "--checkpoint-every": "checkpoint_every_s",
@@ -996,7 +1084,7 @@ def _add_settings_flags(p: argparse.ArgumentParser) -> None:
             float
             if dest in ("broker_timeout_s", "checkpoint_every_s", "align_wait_s")
             else int
-            if dest == "max_poll_records"
+            if dest in ("max_poll_records", "max_unacked_batches")
             else str
         )
         p.add_argument(
@@ -1023,6 +1111,13 @@ def register_run(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="transactional output: decisions, dead letters and offsets commit atomically",
     )
+    p.add_argument(
+        "--foreground-checkpoints", dest="checkpoint_in_background", action="store_const",
+        const=False, default=None,
+        help="pickle periodic state checkpoints on the decision loop instead of in a forked "
+        "child (no fork, no transient extra memory; a pause per checkpoint; env "
+        "FDS_CHECKPOINT_IN_BACKGROUND=false)",
+    )  # fmt: skip
     p.add_argument(
         "--rules", type=_none_or_path, default=DEFAULT_RULES,
         help="rules YAML, or 'none' (default: rules/default.yaml); reloaded when it changes",
@@ -1072,8 +1167,9 @@ def _none_or_path(text: str) -> Path | None:
 def _cmd_run(args: argparse.Namespace) -> int:
     try:
         settings = _settings_from(
-            args, exactly_once=args.exactly_once, labels_topic=args.labels_topic
-        )
+            args, exactly_once=args.exactly_once, labels_topic=args.labels_topic,
+            checkpoint_in_background=args.checkpoint_in_background,
+        )  # fmt: skip
         metrics = make_metrics(args.metrics_port >= 0)
         checkpointer = None
         if (settings.state_dir or "").lower() != "none":

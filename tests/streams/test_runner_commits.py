@@ -1,0 +1,123 @@
+"""The at-least-once commit discipline of ``fds run`` (fds.streams.kafka.Runner): a batch's input
+offsets are committed only once every send of it is acknowledged, batches in order, with at
+most ``max_unacked_batches`` awaiting acknowledgement. In-memory producer and consumer that
+implement the part of kafka-python's clients the loop uses; the broker-level behaviour (kill -9,
+SIGTERM) is tested against the real broker in tests/integration/test_kafka_run.py."""
+
+from __future__ import annotations
+
+from collections import namedtuple
+from typing import Any
+
+import pytest
+from kafka.structs import TopicPartition
+
+from fds.engine import Engine
+from fds.errors import FdsError
+from fds.schema import parse_transaction
+from fds.streams.kafka import KafkaSettings, Runner
+
+Record = namedtuple("Record", "topic partition offset timestamp key value")
+TP = TopicPartition("transactions", 0)
+
+
+class Future:
+    def __init__(self) -> None:
+        self.is_done = False
+        self.exception: BaseException | None = None
+
+    def failed(self) -> bool:
+        return self.exception is not None
+
+
+class Producer:
+    """Sends stay unacknowledged until :meth:`ack` or ``flush``."""
+
+    def __init__(self) -> None:
+        self.futures: list[Future] = []
+        self.flushes = 0
+
+    def send(self, topic: str, **_: Any) -> Future:
+        self.futures.append(Future())
+        return self.futures[-1]
+
+    def ack(self, error: BaseException | None = None) -> None:
+        for f in self.futures:
+            f.is_done = True
+            f.exception = f.exception or error
+
+    def flush(self, timeout: float | None = None) -> None:
+        self.flushes += 1
+        self.ack()
+
+
+class Consumer:
+    def __init__(self) -> None:
+        self.async_commits: list[int] = []
+        self.commits: list[int] = []
+
+    def commit_async(self, offsets: dict[Any, Any]) -> None:
+        self.async_commits.append(offsets[TP].offset)
+
+    def commit(self, offsets: dict[Any, Any]) -> None:
+        self.commits.append(offsets[TP].offset)
+
+    def highwater(self, tp: Any) -> None:
+        return None
+
+
+def make_runner(**settings: Any) -> Runner:
+    runner = Runner(KafkaSettings(**settings), Engine())
+    runner.consumer, runner.producer = Consumer(), Producer()
+    return runner
+
+
+def batch(start: int, n: int = 3) -> list[tuple[Any, Any, Any]]:
+    out = []
+    for i in range(start, start + n):
+        tx = parse_transaction(
+            {"tx_id": f"t{i}", "ts": 1_700_000_000 + i, "card_id": "c1", "amount": 5.0}
+        )
+        out.append((TP, Record("transactions", 0, i, i, b"c1", b"{}"), tx))
+    return out
+
+
+def test_offsets_move_only_past_acknowledged_batches_in_order():
+    r = make_runner(max_unacked_batches=2)
+    c, p = r.consumer, r.producer
+    r._process(batch(0))
+    assert c.async_commits == [] and c.commits == []  # nothing acknowledged yet
+    p.ack()
+    r._process(batch(3))  # batch 1 acknowledged: committed; batch 2 not yet
+    assert c.async_commits == [3]
+    r._process(batch(6))
+    assert c.async_commits == [3] and p.flushes == 0  # two batches await: within the bound
+    r._process(batch(9))  # a third would exceed max_unacked_batches: wait for them all
+    assert p.flushes == 1 and c.commits == [12]
+    assert r._positions == {0: 12} and not r._unacked
+
+
+def test_a_failed_send_stops_the_offsets_before_it():
+    r = make_runner(max_unacked_batches=2)
+    r._process(batch(0))
+    r.producer.ack(error=RuntimeError("record too large"))
+    with pytest.raises(FdsError, match="input offsets were not committed past it"):
+        r._process(batch(3))
+    assert r.consumer.async_commits == [] and r.consumer.commits == []
+
+
+def test_zero_unacked_batches_flushes_and_commits_each_batch():
+    r = make_runner(max_unacked_batches=0)
+    for start in (0, 3, 6):
+        r._process(batch(start))
+    assert r.producer.flushes == 3 and r.consumer.commits == [3, 6, 9]
+    assert r.consumer.async_commits == []
+
+
+def test_a_stop_commits_everything_decided():
+    r = make_runner(max_unacked_batches=5)
+    for start in (0, 3, 6):
+        r._process(batch(start))
+    assert r.consumer.commits == []
+    r._settle(wait=True)  # what run() does when the loop ends
+    assert r.consumer.commits == [9] and r._positions == {0: 9}
