@@ -11,7 +11,7 @@ The caller writes it only after the offsets it carries are committed (see
 
 :meth:`Checkpointer.save_background` writes it from a forked child instead (Redis's BGSAVE):
 the child holds a copy-on-write image of the process at the instant of the fork, so the caller
-pauses for the fork (the page tables: about 1 ms per 100 MB of resident memory) instead of
+pauses for the fork (the page tables: 9 ms at 360 MB resident, 21 ms at 960 MB) instead of
 pickling the whole state on its decision loop (seconds at a million cards). The cost is memory:
 pages the parent changes while the child writes are copied, and the child's own reference
 counting touches every object it pickles, so the process may need up to twice its resident
@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 # misread.
 FORMAT = 1
 FILE_NAME = "engine.ckpt"
+MAX_FD = 1 << 16  # descriptors a background writer closes (os.closerange: close_range(2))
 
 
 def default_state_dir(group: str, instance: str | None = None) -> Path:
@@ -111,8 +112,9 @@ class Checkpointer:
         """Write ``state()`` as of ``offsets`` from a forked child; return at once.
 
         False (nothing started) while the previous background write is still running. Where
-        ``os.fork`` does not exist this is :meth:`save`. The child runs only this write (no
-        logging, no client code) and leaves with ``os._exit``.
+        ``os.fork`` does not exist this is :meth:`save`. The child closes the descriptors it
+        inherited, runs only this write (no logging, no client code) and leaves with
+        ``os._exit``.
         """
         if self.busy():
             return False
@@ -123,6 +125,9 @@ class Checkpointer:
         if pid == 0:  # the child: a copy-on-write image of the parent at this instant
             code = 1
             try:
+                # Not the parent's sockets (Kafka connections, the metrics port): a restarted
+                # parent must be able to bind its port while this child still writes.
+                os.closerange(3, MAX_FD)
                 self._write(state(), topic, offsets)
                 code = 0
             except BaseException:  # reported to the parent by the exit code
