@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fds.bench import VARIANTS, _at_k, register, run_precision
+from fds.bench import VARIANTS, _at_k, _ceiling, register, run_precision
 from fds.streams.simulator import simulate
 
 
@@ -17,6 +17,20 @@ def test_precision_at_k_breaks_ties_in_expectation() -> None:
     y = np.array([True, True, False, False, False, True])
     assert _at_k(s, y, 1) == 1.0
     assert _at_k(s, y, 3) == 1.0 + 2 * 0.25  # two of four tied slots, one tied fraud in four
+
+
+def test_the_hindsight_ceiling_never_scores_a_row_it_learned_from() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(4000, 5))
+    y = rng.random(4000) < 0.1  # noise: nothing to learn, only rows to memorise
+    day = np.repeat(np.arange(8), 500)
+    s = _ceiling(X, y, day, seed=0)
+    assert s is not None and abs(roc_auc_score(y, s) - 0.5) < 0.06  # cross-fitted: chance
+    X[:, 0] += 3 * y  # now a signal to learn
+    s = _ceiling(X, y, day, seed=0)
+    assert s is not None and roc_auc_score(y, s) > 0.9
 
 
 def test_simulator_run_reports_every_variant(tmp_path: Path) -> None:
@@ -38,6 +52,8 @@ def test_simulator_run_reports_every_variant(tmp_path: Path) -> None:
         assert len(res.daily[v]["precision"]) == 5
     text = (tmp_path / "t.md").read_text()
     assert "rules+adaptive" in text and (tmp_path / "t.png").stat().st_size > 1000
+    assert 0.0 <= res.meta["ceiling_precision_at_k"] <= res.meta["perfect_precision_at_k"] <= 1.0
+    assert "a perfect ranker reaches" in text
     # the maturity gate is visible: how often the model acted, from which day
     assert 0.0 <= res.model_stats["model_acting_share"] <= 1.0
     assert "model_acting_share=" in text and "model_first_acting_day=" in text
