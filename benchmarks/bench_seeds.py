@@ -1,0 +1,108 @@
+"""The precision benchmark on other simulator seeds: how far its figures carry.
+
+    python benchmarks/bench_seeds.py [--seeds 1 2 3 4 5] [--reuse]
+
+Runs ``fds bench precision --rules rules/pre-drift.yaml --seed S`` for each seed (reports under
+benchmarks/results/seeds/; ``--reuse`` keeps a report that exists), reads seed 7 (the default
+seed, on which the default spec and features were chosen) from
+benchmarks/results/precision_pre_drift.md, and writes the table of the issue's figures per seed
+to benchmarks/results/precision_seeds.md. Each report quotes its own command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "results"
+BENCHMARK_SEED = 7  # run_precision's default seed: the committed precision_pre_drift.md
+
+
+def report(seed: int) -> Path:
+    if seed == BENCHMARK_SEED:
+        return OUT / "precision_pre_drift.md"
+    return OUT / "seeds" / f"pre_drift_seed{seed}.md"
+
+
+def figures(text: str) -> dict[str, str | float]:
+    def num(pattern: str) -> float:
+        m = re.search(pattern, text, re.M)
+        if m is None:
+            raise SystemExit(f"report lacks {pattern!r}: rerun without --reuse")
+        return float(m.group(1).rstrip("."))
+
+    def variant(v: str) -> float:
+        return num(r"^\| " + re.escape(v) + r" \| ([0-9.]+) \|")
+
+    rec = re.search(r"within label delay \+ 3 d \(= \d+ d\) \| (.*?) \|", text)
+    return {
+        "rules": variant("rules"),
+        "both": variant("rules+adaptive"),
+        "perfect": num(r"perfect ranker reaches ([0-9.]+)"),
+        "gbm": num(r"reverse\), reaches ([0-9.]+)"),
+        "recovery": rec.group(1) if rec else "?",
+        "sklearn": num(r"static_sklearn vs adaptive over those days: (\d+)% lower"),
+        "river": num(r"river_frozen vs adaptive over those days: (\d+)% lower"),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    ap.add_argument("--reuse", action="store_true", help="keep reports that exist")
+    args = ap.parse_args()
+    command = "python benchmarks/bench_seeds.py " + shlex.join(sys.argv[1:])
+    for seed in args.seeds:
+        if seed == BENCHMARK_SEED or (args.reuse and report(seed).exists()):
+            continue
+        cmd = [
+            *("fds", "bench", "precision", "--rules", "rules/pre-drift.yaml"),
+            *("--seed", str(seed), "--out", "benchmarks/results/seeds"),
+            *("--name", f"pre_drift_seed{seed}"),
+        ]
+        print("$", shlex.join(cmd), flush=True)
+        subprocess.run(cmd, cwd=ROOT, check=True)
+    rows = []
+    for seed in sorted({*args.seeds, BENCHMARK_SEED}):
+        f = figures(report(seed).read_text())
+        ratio = f["both"] / f["rules"]  # type: ignore[operator]
+        best = f["perfect"] / f["rules"]  # type: ignore[operator]
+        name = f"{seed} (the benchmark's)" if seed == BENCHMARK_SEED else str(seed)
+        rows.append(
+            f"| {name} | {f['rules']:.3f} | {f['both']:.3f} | **{ratio:.2f}x** | {best:.2f}x | "
+            f"{f['gbm']:.3f} | {f['recovery']} | {f['sklearn']:.0f}% | {f['river']:.0f}% |"
+        )
+    lines = [
+        "# Precision benchmark across simulator seeds",
+        "",
+        f"Command: `{command}` (each seed's report, under `seeds/`, quotes its own command).",
+        "",
+        "Rules as they were before the drift (`rules/pre-drift.yaml`), default spec, k = 25, "
+        "drift on day 30, warm-up 14 days; means over the evaluated days. Targets (issue 5): "
+        "rules + adaptive >= 2.5x rules alone; recovery within label delay + 3 d; both frozen "
+        "models >= 30% lower than the adaptive one from the recovery deadline on.",
+        "",
+        "| seed | rules | rules + adaptive | ratio | a perfect ranker's ratio | hindsight GBM | "
+        "adaptive recovered | scikit-learn frozen lower | River frozen lower |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|",
+        *rows,
+        "",
+        f"The default spec, its optimiser and the 8 newer features were chosen by their figures "
+        f"on seed {BENCHMARK_SEED}: its ratio is the best of the table. *A perfect "
+        "ranker's ratio* is the most any model could reach on that seed (days with fewer than k "
+        "frauds cap precision); *hindsight GBM* is gradient boosting trained offline with every "
+        "label, cross-fitted by day parity.",
+        "",
+    ]
+    (OUT / "precision_seeds.md").write_text("\n".join(lines))
+    print(f"wrote {OUT / 'precision_seeds.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
