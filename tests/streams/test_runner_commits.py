@@ -114,6 +114,27 @@ def test_zero_unacked_batches_flushes_and_commits_each_batch():
     assert r.consumer.async_commits == []
 
 
+def test_a_long_batch_is_sent_while_it_is_decided(monkeypatch):
+    """A backlog's first decisions leave before its last ones are made."""
+    monkeypatch.setattr("fds.streams.kafka.SEND_EVERY", 2)
+    r = make_runner()
+    decided_at_send: list[int] = []
+    decide, send = r.engine.decide, r.producer.send
+    count = [0]
+
+    def counting_decide(tx: Any) -> Any:
+        count[0] += 1
+        return decide(tx)
+
+    def spying_send(topic: str, **kw: Any) -> Future:
+        decided_at_send.append(count[0])
+        return send(topic, **kw)
+
+    r.engine.decide, r.producer.send = counting_decide, spying_send  # type: ignore[method-assign]
+    r._process(batch(0, n=5))
+    assert decided_at_send == [2, 2, 4, 4, 5]
+
+
 def test_a_stop_commits_everything_decided():
     r = make_runner(max_unacked_batches=5)
     for start in (0, 3, 6):
