@@ -5,7 +5,8 @@ The loop (one thread, batched)::
     poll(max_records) -> parse + validate each record (failure: a dead letter with headers)
                       -> per-partition buffers, released in event-time order across partitions
                          (:mod:`fds.streams.align`)
-                      -> engine.decide each released record, then send the decisions
+                      -> engine.decide each released record; send the decisions 500 at a
+                         time (SEND_EVERY) while the rest of the batch is decided
                       -> commit   (the order below is the whole delivery guarantee)
 
 Commit order, at-least-once (default):
