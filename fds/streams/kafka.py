@@ -90,13 +90,15 @@ from fds.engine import Engine
 from fds.errors import ConfigError, FdsError, StageError
 from fds.gcpolicy import Freezer
 from fds.metrics import NullMetrics, add_metrics_arguments, make_metrics, serve
+from fds.models.registry import write_atomic
 from fds.pipeline import DEFAULT_MODEL, DEFAULT_RULES, build_engine
 from fds.schema import dead_letter, dumps, loads, parse_transaction
 from fds.streams.align import Aligner
-from fds.streams.checkpoint import Checkpointer, default_state_dir
+from fds.streams.checkpoint import Checkpoint, Checkpointer, default_state_dir
 from fds.streams.files import ColumnMapping, load_mapping, read_records
 from fds.streams.label_feed import LabelFeed, reads_labels
 from fds.streams.rebuild import horizon_seconds, read_merged, start_offsets
+from fds.streams.state_topic import StateTopic
 
 __all__ = [
     "BrokerUnavailable",
@@ -227,6 +229,10 @@ class KafkaSettings(BaseSettings):
     # pauses for the fork, not for pickling the state. False: pickle on the loop (no fork;
     # no transient extra memory).
     checkpoint_in_background: bool = True
+    # Publish every checkpoint to this compacted topic (fds.streams.state_topic), and restore
+    # from it when there is no local checkpoint: a replacement instance on another machine
+    # (same group and group_instance_id) starts in seconds instead of rebuilding the state.
+    state_topic: str | None = None
     # A partition without checkpointed state (first start, or moved here from another
     # instance) is re-read from its start to rebuild the state: exact, but costs a pass over
     # the retained input. False: start such partitions from an empty state.
@@ -345,6 +351,19 @@ class Runner:
     ) -> None:
         self.s = settings
         self.checkpointer = checkpointer
+        self.state_topic: StateTopic | None = None
+        if settings.state_topic and checkpointer is not None:
+            if not settings.group_instance_id:
+                raise ConfigError(
+                    "--state-topic needs --group-instance-id: the instance's snapshot is found "
+                    "by its group and instance id (keep the id when the instance moves)"
+                )
+            self.state_topic = StateTopic(
+                settings.state_topic, f"{settings.group}/{settings.group_instance_id}",
+                slot_file=checkpointer.dir / "state-topic.slot",
+            )  # fmt: skip
+        self._state_producer: Any = None
+        self._published = 0  # checkpointer.saves already published to the state topic
         # Input partition -> offset of the first record NOT folded into the engine state.
         # Advanced only after a commit, so it never runs ahead of the committed offsets.
         self._positions: dict[int, int] = {}
@@ -499,6 +518,9 @@ class Runner:
         if self.producer is not None:
             with contextlib.suppress(Exception):
                 self.producer.close(timeout=t / 2)
+        if self._state_producer is not None:
+            with contextlib.suppress(Exception):
+                self._state_producer.close(timeout=t / 2)
 
     def run(self, *, max_idle_s: float | None = None) -> RunStats:
         """Run until :meth:`stop` (or ``max_idle_s`` without input, for tests and benchmarks)."""
@@ -508,6 +530,7 @@ class Runner:
             # The loop ends between batches: commit everything decided, then the state.
             self._settle(wait=True)
             self.checkpoint(force=True)
+            self._publish_state()
         finally:
             self.close()
             log.info(
@@ -660,6 +683,7 @@ class Runner:
             self._positions.update({tp.partition: o for tp, o in nxt.items()})
             self.checkpoint()
         self._freezer.tick(n)  # due only right after a drain: no send in flight
+        self._publish_state()
         now = time.perf_counter()
         if now - self._lag_at > LAG_EVERY_S:
             self._lag_at = now
@@ -737,6 +761,8 @@ class Runner:
             return
         try:
             got = ck.load()
+            if got is None and self.state_topic is not None:
+                got = self._fetch_state(ck)
             if got is None:
                 log.info(
                     'no checkpoint path="%s": state of already-consumed partitions is rebuilt '
@@ -759,6 +785,45 @@ class Runner:
             'restored checkpoint path="%s" offsets=%s age_s=%.1f',
             ck.path, self._positions, time.time() - got.written_at,
         )  # fmt: skip
+
+    def _fetch_state(self, ck: Checkpointer) -> Checkpoint | None:
+        """The newest snapshot on the state topic, written as the local checkpoint and loaded."""
+        st = self.state_topic
+        assert st is not None
+        t0 = time.monotonic()
+        data = st.fetch(
+            lambda: self._consumer_factory(
+                **self.s.client_config(), group_id=None, enable_auto_commit=False,
+                bootstrap_timeout_ms=int(self.s.broker_timeout_s * 1000),
+            ),
+            timeout_s=self.s.broker_timeout_s,
+        )  # fmt: skip
+        if data is None:
+            return None
+        write_atomic(ck.path, data)
+        self._published = ck.saves  # what was just read is on the topic already
+        log.info(
+            'restored checkpoint from state topic="%s" instance="%s" bytes=%d seconds=%.1f',
+            st.topic, st.ident, len(data), time.monotonic() - t0,
+        )  # fmt: skip
+        return ck.load()
+
+    def _publish_state(self) -> None:
+        """Send a checkpoint written since the last publish to the state topic (not awaited)."""
+        st, ck = self.state_topic, self.checkpointer
+        if st is None or ck is None or ck.saves == self._published or ck.busy():
+            return
+        self._published = ck.saves
+        try:
+            if self._state_producer is None:  # its own: the decisions' may be transactional
+                self._state_producer = self._producer_factory(
+                    **self.s.client_config(), acks="all", linger_ms=5, batch_size=1 << 20,
+                    bootstrap_timeout_ms=int(self.s.broker_timeout_s * 1000),
+                )  # fmt: skip
+            st.publish(self._state_producer, ck.path.read_bytes())
+        except (KafkaError, OSError) as exc:  # decisions go on; the next checkpoint is sent
+            log.warning('state topic="%s" publish failed: %s: %s', st.topic,
+                        type(exc).__name__, exc)  # fmt: skip
 
     def _on_assigned(self, assigned: Any) -> None:
         """Note the new assignment; the state is brought up to date before its first batch
@@ -1079,6 +1144,7 @@ _SETTING_FLAGS = {
     "--state-dir": "state_dir",
     "--checkpoint-every": "checkpoint_every_s",
     "--align-wait": "align_wait_s",
+    "--state-topic": "state_topic",
     "--security-protocol": "security_protocol",
     "--sasl-mechanism": "sasl_mechanism",
     "--sasl-username": "sasl_plain_username",

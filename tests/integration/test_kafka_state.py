@@ -82,6 +82,50 @@ def test_kill9_restart_restores_state_features_equal_uninterrupted_run(
     print(f"{mode}: {len(ids)} transactions, 3 x kill -9, {dups} identical duplicates")
 
 
+def test_a_replacement_with_an_empty_disk_restores_from_the_state_topic(
+    kafka_bootstrap, make_topics, unique_name, tmp_path
+):
+    """A data-centre loss: the instance's disk is gone; its replacement (same group and
+    instance id, an empty state dir) reads the newest snapshot from the state topic instead of
+    rebuilding the state from the input, and decides with the features of an uninterrupted
+    run."""
+    topics = make_topics(partitions=1)
+    ids = write_stream(tmp_path / "tx.jsonl", 6000, cards=300, step=7.0)
+    first_half, second_half = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    lines = (tmp_path / "tx.jsonl").read_bytes().splitlines(keepends=True)
+    first_half.write_bytes(b"".join(lines[:3000]))
+    second_half.write_bytes(b"".join(lines[3000:]))
+    group = unique_name("g")
+    s = settings_for(kafka_bootstrap, topics, group)
+
+    def run(state_dir: str) -> str:
+        stages = (
+            "--rules", str(DEFAULT_RULES), "--model", "none", "--state-dir",
+            str(tmp_path / state_dir), "--state-topic", topics["state_changelog"],
+            "--group-instance-id", "i0", "--checkpoint-every", "0.5", "--max-idle", "3",
+        )  # fmt: skip
+        p = spawn_run(kafka_bootstrap, topics, group, stages=stages, env={"FDS_LOG_LEVEL": "INFO"})
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err[-2000:]
+        return err
+
+    produce_file(first_half, s)
+    run("lost-disk")
+    produce_file(second_half, s)
+    log = run("new-disk")
+    assert "restored checkpoint from state topic" in log, log[-3000:]
+    assert "rebuild" not in log, log[-3000:]
+
+    first, _ = decisions_by_tx(kafka_bootstrap, topics["decisions"], ids)
+    ref = build_run_engine(DEFAULT_RULES, None)
+    try:
+        for tx in replay_load(tmp_path / "tx.jsonl").transactions:
+            want = with_tx(ref.decide(tx), tx)
+            assert first[tx["tx_id"]]["features"] == want["features"], tx["tx_id"]
+    finally:
+        close_engine(ref)
+
+
 def test_two_instances_one_killed_survivor_takes_over_nothing_lost(
     kafka_bootstrap, topics, unique_name, tmp_path
 ):

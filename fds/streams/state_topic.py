@@ -1,0 +1,157 @@
+"""Engine-state snapshots on a compacted Kafka topic, so that another machine restores in seconds.
+
+``fds run --state-topic state-changelog --group-instance-id i0`` publishes every checkpoint it
+writes (the file of :mod:`fds.streams.checkpoint`: the state with the input offsets it covers,
+never ahead of the committed ones) to the topic. An instance that starts without a local
+checkpoint -- a new machine after a data-centre loss, a wiped disk -- with the same group and
+instance id reads the newest snapshot back instead of rebuilding the state from the input
+topic's whole feature horizon (30 days for the default rules), then catches up from its offsets
+as after any restart.
+
+Layout (one partition per instance, chosen by a stable hash of ``<group>/<instance>``; the
+topic is compacted, so it keeps the newest record per key)::
+
+    key "<group>/<instance>#<slot>#<i>"  -> chunk i of the file (CHUNK bytes at most)
+    key "<group>/<instance>"             -> manifest {slot, chunks, size, sha256, signature,
+                                            written_at}, sent after its chunks
+
+Snapshots alternate between two slots, ``a`` and ``b``: a crash mid-publish overwrites chunks of
+the slot the current manifest does not name, so the previous snapshot stays whole. The slot last
+published is kept in a small file beside the checkpoint (``slot_file``) so that a restarted
+instance goes on alternating. A snapshot is
+restored only when its chunks join to the manifest's sha256 -- and its HMAC-SHA256 signature
+when ``FDS_MODEL_KEY`` is set, as for model artifacts (whoever can write to the topic could
+otherwise make ``fds run`` unpickle what they like) -- else a warning, and the state is rebuilt
+from the input as without the topic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+from kafka.structs import TopicPartition
+
+from fds.errors import ArtifactError
+from fds.models.registry import KEY_ENV, sign, verify, write_atomic
+
+__all__ = ["CHUNK", "StateTopic"]
+
+log = logging.getLogger(__name__)
+
+#: Bytes per chunk record: below the broker's default 1 MB message limit with room to spare.
+CHUNK = 512 * 1024
+
+
+class StateTopic:
+    """Publish and fetch one instance's checkpoint files on ``topic``.
+
+    Parameters
+    ----------
+    topic
+        The compacted topic (``state-changelog`` in streams/topics.yaml).
+    ident
+        ``<group>/<instance>``: whose snapshots these are.
+    key
+        HMAC key; ``None`` reads ``FDS_MODEL_KEY`` (unset: sha256 only).
+    slot_file
+        Where the slot last published is kept across restarts (``None``: not kept).
+    """
+
+    def __init__(
+        self, topic: str, ident: str, *, key: bytes | None = None, slot_file: Path | None = None
+    ) -> None:
+        self.topic = topic
+        self.ident = ident
+        env = os.environ.get(KEY_ENV)
+        self.key = key if key is not None else (env.encode() if env else None)
+        self.slot_file = slot_file
+        last = slot_file.read_text().strip() if slot_file and slot_file.exists() else "b"
+        self._slot = "b" if last == "a" else "a"  # the slot the next publish writes
+        self.published = 0
+
+    def partition(self, n_partitions: int) -> int:
+        return zlib.crc32(self.ident.encode()) % max(n_partitions, 1)
+
+    def publish(self, producer: Any, data: bytes) -> None:
+        """Send ``data`` (a checkpoint file) as chunks, then its manifest. Not awaited: a lost
+        snapshot is replaced by the next one, and the previous one stays whole meanwhile."""
+        part = self.partition(len(producer.partitions_for(self.topic) or ()))
+        slot = self._slot
+        n = max(1, -(-len(data) // CHUNK))
+        for i in range(n):
+            producer.send(
+                self.topic, key=f"{self.ident}#{slot}#{i}".encode(),
+                value=data[i * CHUNK : (i + 1) * CHUNK], partition=part,
+            )  # fmt: skip
+        manifest = {
+            "slot": slot,
+            "chunks": n,
+            "size": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "signature": sign(data, self.key) if self.key is not None else None,
+            "written_at": time.time(),
+        }
+        producer.send(
+            self.topic, key=self.ident.encode(), value=orjson.dumps(manifest), partition=part
+        )
+        self._slot = "b" if slot == "a" else "a"
+        self.published += 1
+        if self.slot_file is not None:
+            write_atomic(self.slot_file, slot.encode())
+
+    def fetch(self, make_reader: Callable[[], Any], *, timeout_s: float = 60.0) -> bytes | None:
+        """The newest whole, verified snapshot of this instance, or ``None`` (none, or it does not
+        verify: logged). Reads the instance's partition from its start to its end offset."""
+        reader = make_reader()
+        try:
+            parts = reader.partitions_for_topic(self.topic)
+            if not parts:
+                log.warning('state topic="%s" does not exist: nothing to restore', self.topic)
+                return None
+            tp = TopicPartition(self.topic, self.partition(len(parts)))
+            reader.assign([tp])
+            reader.seek_to_beginning(tp)
+            end = reader.end_offsets([tp])[tp]
+            latest: dict[bytes, bytes] = {}
+            prefix = self.ident.encode()
+            deadline = time.monotonic() + timeout_s
+            while reader.position(tp) < end:
+                if time.monotonic() > deadline:
+                    log.warning('state topic="%s": not read to its end in %.0f s', self.topic,
+                                timeout_s)  # fmt: skip
+                    return None
+                for records in reader.poll(timeout_ms=500, max_records=64).values():
+                    for r in records:
+                        if r.key is not None and r.key.startswith(prefix):
+                            latest[r.key] = r.value
+        finally:
+            reader.close()
+        return self._assemble(latest)
+
+    def _assemble(self, latest: dict[bytes, bytes]) -> bytes | None:
+        raw = latest.get(self.ident.encode())
+        if raw is None:
+            return None
+        try:
+            m = orjson.loads(raw)
+            chunks = [latest[f"{self.ident}#{m['slot']}#{i}".encode()] for i in range(m["chunks"])]
+            data = b"".join(chunks)
+            if len(data) != m["size"]:
+                raise ArtifactError(f"{len(data)} bytes, the manifest says {m['size']}")
+            verify(data, sha256=m["sha256"], signature=m.get("signature"), key=self.key)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ArtifactError) as exc:
+            log.warning(
+                'state snapshot of "%s" on topic="%s" rejected (%s: %s): the state is rebuilt '
+                "from the input instead", self.ident, self.topic, type(exc).__name__, exc,
+            )  # fmt: skip
+            return None
+        self._slot = "b" if m["slot"] == "a" else "a"  # never overwrite the snapshot just read
+        return data

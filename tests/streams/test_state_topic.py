@@ -1,0 +1,122 @@
+"""State snapshots on a compacted topic (fds.streams.state_topic) against an in-memory topic that
+implements the part of kafka-python's producer and consumer the module uses. The restore of a
+real `fds run` from the real broker is in tests/integration/test_kafka_state.py."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import namedtuple
+from typing import Any
+
+import pytest
+from kafka.structs import TopicPartition
+
+import fds.streams.state_topic as st_mod
+from fds.streams.state_topic import StateTopic
+
+Record = namedtuple("Record", "key value")
+
+
+class Topic:
+    """Partitions as record lists (an uncompacted log: compaction only drops older values)."""
+
+    def __init__(self, n: int = 3) -> None:
+        self.parts: list[list[Record]] = [[] for _ in range(n)]
+
+    # producer
+    def partitions_for(self, topic: str) -> set[int]:
+        return set(range(len(self.parts)))
+
+    def send(self, topic: str, *, key: bytes, value: bytes, partition: int) -> None:
+        self.parts[partition].append(Record(key, value))
+
+    # consumer
+    def reader(self) -> Topic.Reader:
+        return Topic.Reader(self)
+
+    class Reader:
+        def __init__(self, topic: Topic) -> None:
+            self.t, self.tp, self.pos = topic, None, 0
+
+        def partitions_for_topic(self, topic: str) -> set[int]:
+            return set(range(len(self.t.parts)))
+
+        def assign(self, tps: list[TopicPartition]) -> None:
+            self.tp = tps[0]
+
+        def seek_to_beginning(self, tp: TopicPartition) -> None:
+            self.pos = 0
+
+        def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+            return {tp: len(self.t.parts[tp.partition]) for tp in tps}
+
+        def position(self, tp: TopicPartition) -> int:
+            return self.pos
+
+        def poll(self, timeout_ms: int, max_records: int) -> dict[Any, list[Record]]:
+            assert self.tp is not None
+            got = self.t.parts[self.tp.partition][self.pos : self.pos + max_records]
+            self.pos += len(got)
+            return {self.tp: got} if got else {}
+
+        def close(self) -> None:
+            pass
+
+
+@pytest.fixture(autouse=True)
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(st_mod, "CHUNK", 10)
+    monkeypatch.delenv("FDS_MODEL_KEY", raising=False)
+
+
+def test_the_newest_snapshot_comes_back_whole():
+    topic = Topic()
+    a = StateTopic("state", "fds/i0")
+    a.publish(topic, b"first snapshot, 31 bytes long!!")
+    a.publish(topic, b"second, longer snapshot of the state")
+    StateTopic("state", "fds/i1").publish(topic, b"another instance's")
+    assert (
+        StateTopic("state", "fds/i0").fetch(topic.reader) == b"second, longer snapshot of the state"
+    )
+    assert StateTopic("state", "fds/i9").fetch(topic.reader) is None  # never published
+
+
+def test_a_crash_mid_publish_leaves_the_previous_snapshot_whole(tmp_path):
+    topic = Topic()
+    slot = tmp_path / "slot"
+    StateTopic("state", "fds/i0", slot_file=slot).publish(topic, b"a good snapshot of the state")
+    # A restarted instance (the slot file says what it published last) dies after two chunks.
+    part = StateTopic("state", "fds/i0").partition(3)
+    restarted = StateTopic("state", "fds/i0", slot_file=slot)
+    restarted.publish(topic, b"a newer snapshot that never finished")
+    topic.parts[part] = topic.parts[part][:-2]  # its last chunk and its manifest never arrived
+    got = StateTopic("state", "fds/i0").fetch(topic.reader)
+    assert got == b"a good snapshot of the state"
+
+
+def test_a_tampered_snapshot_is_not_restored(caplog):
+    topic = Topic()
+    StateTopic("state", "fds/i0").publish(topic, b"the state as it was written")
+    part = StateTopic("state", "fds/i0").partition(3)
+    k, v = topic.parts[part][0]
+    topic.parts[part].append(
+        Record(k, b"X" + v[1:])
+    )  # a later value of chunk 0: compaction keeps it
+    with caplog.at_level(logging.WARNING):
+        assert StateTopic("state", "fds/i0").fetch(topic.reader) is None
+    assert "sha256 mismatch" in caplog.text and "rebuilt from the input" in caplog.text
+
+
+def test_with_a_key_an_unsigned_or_forged_snapshot_is_rejected(monkeypatch, caplog):
+    topic = Topic()
+    StateTopic("state", "fds/i0").publish(topic, b"published without the key")
+    monkeypatch.setenv("FDS_MODEL_KEY", "secret")
+    with caplog.at_level(logging.WARNING):
+        assert StateTopic("state", "fds/i0").fetch(topic.reader) is None
+    assert "not signed" in caplog.text
+    StateTopic("state", "fds/i0", key=b"wrong").publish(topic, b"signed with another key")
+    assert StateTopic("state", "fds/i0").fetch(topic.reader) is None
+    StateTopic("state", "fds/i0").publish(topic, b"signed with the key")
+    assert os.environ["FDS_MODEL_KEY"] == "secret"
+    assert StateTopic("state", "fds/i0").fetch(topic.reader) == b"signed with the key"
