@@ -123,6 +123,9 @@ DLQ_HEADERS = ("source_topic", "source_partition", "source_offset", "stage", "er
 LAG_EVERY_S = 1.0
 # Decisions of a batch are handed to the producer this many at a time (see Runner._process).
 SEND_EVERY = 500
+# State-topic chunks (512 KB each) sent per batch: a large snapshot is spread over many batches
+# instead of blocking one on the producer's 32 MB buffer.
+STATE_CHUNKS_PER_BATCH = 8
 # Dead-letter reasons (a bounded label set) by the stage that rejected the record.
 _DLQ_REASON = {"parse": "bad_json", "validate": "schema"}
 # Output fields that depend on the wall clock, not on input and state: a replayed duplicate
@@ -530,7 +533,8 @@ class Runner:
             # The loop ends between batches: commit everything decided, then the state.
             self._settle(wait=True)
             self.checkpoint(force=True)
-            self._publish_state()
+            self._publish_state(whole=True)  # the snapshot being sent, if any
+            self._publish_state(whole=True)  # the final checkpoint
         finally:
             self.close()
             log.info(
@@ -808,19 +812,22 @@ class Runner:
         )  # fmt: skip
         return ck.load()
 
-    def _publish_state(self) -> None:
-        """Send a checkpoint written since the last publish to the state topic (not awaited)."""
+    def _publish_state(self, *, whole: bool = False) -> None:
+        """Send the newest checkpoint to the state topic, a few chunks per call (``whole``: all
+        of it now, at a stop); not awaited."""
         st, ck = self.state_topic, self.checkpointer
-        if st is None or ck is None or ck.saves == self._published or ck.busy():
+        if st is None or ck is None:
             return
-        self._published = ck.saves
         try:
             if self._state_producer is None:  # its own: the decisions' may be transactional
                 self._state_producer = self._producer_factory(
                     **self.s.client_config(), acks="all", linger_ms=5, batch_size=1 << 20,
                     bootstrap_timeout_ms=int(self.s.broker_timeout_s * 1000),
                 )  # fmt: skip
-            st.publish(self._state_producer, ck.path.read_bytes())
+            if not st.publishing and ck.saves != self._published and not ck.busy():
+                self._published = ck.saves
+                st.start(ck.path.read_bytes())
+            st.step(self._state_producer, chunks=1 << 30 if whole else STATE_CHUNKS_PER_BATCH)
         except (KafkaError, OSError) as exc:  # decisions go on; the next checkpoint is sent
             log.warning('state topic="%s" publish failed: %s: %s', st.topic,
                         type(exc).__name__, exc)  # fmt: skip

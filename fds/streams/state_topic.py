@@ -75,22 +75,47 @@ class StateTopic:
         self.slot_file = slot_file
         last = slot_file.read_text().strip() if slot_file and slot_file.exists() else "b"
         self._slot = "b" if last == "a" else "a"  # the slot the next publish writes
+        self._sending: tuple[str, bytes, int] | None = None  # (slot, data, next chunk)
         self.published = 0
 
     def partition(self, n_partitions: int) -> int:
         return zlib.crc32(self.ident.encode()) % max(n_partitions, 1)
 
+    @property
+    def publishing(self) -> bool:
+        """Is a snapshot partly sent (:meth:`start` without its last :meth:`step`)?"""
+        return self._sending is not None
+
     def publish(self, producer: Any, data: bytes) -> None:
-        """Send ``data`` (a checkpoint file) as chunks, then its manifest. Not awaited: a lost
-        snapshot is replaced by the next one, and the previous one stays whole meanwhile."""
+        """Send ``data`` (a checkpoint file) whole: its chunks, then its manifest."""
+        self.start(data)
+        while self.publishing:
+            self.step(producer, chunks=1 << 30)
+
+    def start(self, data: bytes) -> None:
+        """Begin sending ``data``; :meth:`step` sends it a few chunks at a time (the producer
+        holds 32 MB: sending a large state at once would block the caller until the broker has
+        most of it)."""
+        self._sending = (self._slot, data, 0)
+
+    def step(self, producer: Any, chunks: int = 8) -> None:
+        """Send up to ``chunks`` more chunks of the snapshot being sent; after its last, its
+        manifest. Not awaited: a lost snapshot is replaced by the next one, and the previous one
+        stays whole meanwhile."""
+        if self._sending is None:
+            return
+        slot, data, done = self._sending
         part = self.partition(len(producer.partitions_for(self.topic) or ()))
-        slot = self._slot
         n = max(1, -(-len(data) // CHUNK))
-        for i in range(n):
+        last = min(n, done + chunks)
+        for i in range(done, last):
             producer.send(
                 self.topic, key=f"{self.ident}#{slot}#{i}".encode(),
                 value=data[i * CHUNK : (i + 1) * CHUNK], partition=part,
             )  # fmt: skip
+        self._sending = (slot, data, last)
+        if last < n:
+            return
         manifest = {
             "slot": slot,
             "chunks": n,
@@ -102,6 +127,7 @@ class StateTopic:
         producer.send(
             self.topic, key=self.ident.encode(), value=orjson.dumps(manifest), partition=part
         )
+        self._sending = None
         self._slot = "b" if slot == "a" else "a"
         self.published += 1
         if self.slot_file is not None:

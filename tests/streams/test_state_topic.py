@@ -120,3 +120,17 @@ def test_with_a_key_an_unsigned_or_forged_snapshot_is_rejected(monkeypatch, capl
     StateTopic("state", "fds/i0").publish(topic, b"signed with the key")
     assert os.environ["FDS_MODEL_KEY"] == "secret"
     assert StateTopic("state", "fds/i0").fetch(topic.reader) == b"signed with the key"
+
+
+def test_a_snapshot_sent_a_few_chunks_at_a_time_counts_once_whole():
+    topic = Topic()
+    st = StateTopic("state", "fds/i0")
+    st.publish(topic, b"the previous snapshot")
+    st.start(b"x" * 45)  # 5 chunks of 10 bytes
+    for _ in range(2):
+        st.step(topic, chunks=2)
+        assert st.publishing
+        assert StateTopic("state", "fds/i0").fetch(topic.reader) == b"the previous snapshot"
+    st.step(topic, chunks=2)
+    assert not st.publishing and st.published == 2
+    assert StateTopic("state", "fds/i0").fetch(topic.reader) == b"x" * 45
