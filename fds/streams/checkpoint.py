@@ -141,7 +141,12 @@ class Checkpointer:
         """Is a background write still running? (Reaps it when it has finished.)"""
         if self._child is None:
             return False
-        pid, status = os.waitpid(self._child, os.WNOHANG)
+        try:
+            pid, status = os.waitpid(self._child, os.WNOHANG)
+        except ChildProcessError:  # reaped elsewhere (SIGCHLD ignored): its outcome is unknown
+            self._child = None
+            self.failures += 1
+            return False
         if pid == 0:
             return True
         self._child = None

@@ -472,6 +472,13 @@ class Runner:
         # Co-partitioned output: decisions of input partition p go to output partition p, the
         # same place the default partitioner puts their card_id key when the counts are equal,
         # without hashing every key again (murmur2 in pure Python is ~15 us per record).
+        if self.state_topic is not None and not self.consumer.partitions_for_topic(
+            self.state_topic.topic
+        ):
+            raise ConfigError(
+                f"state topic {self.state_topic.topic!r} does not exist: create it "
+                "(`fds kafka topics` creates state-changelog) or drop --state-topic"
+            )
         n_in = self.consumer.partitions_for_topic(s.input_topic)
         n_out = self.producer.partitions_for(s.output_topic)
         self._copartitioned = bool(n_in) and bool(n_out) and len(n_in) == len(n_out)
@@ -533,8 +540,11 @@ class Runner:
             # The loop ends between batches: commit everything decided, then the state.
             self._settle(wait=True)
             self.checkpoint(force=True)
-            self._publish_state(whole=True)  # the snapshot being sent, if any
-            self._publish_state(whole=True)  # the final checkpoint
+            for _ in range(2):  # the snapshot being sent, if any; then the final checkpoint
+                self._publish_state(whole=True)
+                if self._state_producer is not None:
+                    with contextlib.suppress(KafkaError):
+                        self._state_producer.flush(timeout=self.s.shutdown_timeout_s / 4)
         finally:
             self.close()
             log.info(
@@ -581,6 +591,9 @@ class Runner:
                 continue
             if batch or len(aligner):
                 continue  # held back until a partition that is behind has been fetched
+            if self._unacked or self._committable:  # idle: commit what was decided
+                self._settle(wait=True)
+                self.checkpoint()
             if max_idle_s is not None and now - last_input > max_idle_s:
                 return
             if now - last_contact > probe_every:
@@ -693,10 +706,16 @@ class Runner:
             self._lag_at = now
             self._report_lag(offsets)
 
-    def _settle(self, *, wait: bool) -> None:
+    def _settle(self, *, wait: bool, in_listener: bool = False) -> None:
         """Commit the input offsets of the batches whose sends are all acknowledged, oldest
         first (asynchronously). ``wait``: flush first, so that every batch is, and commit
-        synchronously; the state then covers exactly ``_positions``."""
+        synchronously; the state then covers exactly ``_positions``.
+
+        ``in_listener``: called from the rebalance listener, which kafka-python 3 runs on the
+        consumer's network thread, where a blocking ``commit()`` is refused: the commit is
+        queued with ``commit_async`` (sent before the group's JoinGroup, so within the current
+        generation) and ``_positions`` assumes it lands. If it does not, the next assignment
+        finds the committed offsets behind the positions and rebuilds the state."""
         unacked = self._unacked
         if wait and unacked:
             self._flush()
@@ -708,15 +727,28 @@ class Runner:
                 os.kill(os.getpid(), signal.SIGKILL)
             ready.update(b.offsets)
         self._committable.update(ready)
+        if wait and unacked:
+            raise FdsError(
+                f"{len(unacked)} batches still unacknowledged after a flush; their offsets were "
+                "not committed; restart to resume from the last commit"
+            )
         if not wait:
             if ready:
                 self.consumer.commit_async(ready)
                 self.stats.commits += 1
             return
         offsets, self._committable = self._committable, {}
-        if offsets:
+        if offsets and in_listener:
+            self.consumer.commit_async(offsets)
+            self.stats.commits += 1
+        elif offsets:
             t = time.perf_counter()
-            self._retrying("commit", lambda: self.consumer.commit(offsets))
+            self._retrying(
+                "commit",
+                lambda: self.consumer.commit(
+                    offsets, timeout_ms=int(self.s.broker_timeout_s * 1000)
+                ),
+            )
             self.stats.commits += 1
             self.metrics.commit_time(time.perf_counter() - t)
         self._positions.update({tp.partition: om.offset for tp, om in offsets.items()})
@@ -820,15 +852,17 @@ class Runner:
             return
         try:
             if self._state_producer is None:  # its own: the decisions' may be transactional
+                # max_block_ms: a full buffer or a missing topic must not hold decisions.
                 self._state_producer = self._producer_factory(
                     **self.s.client_config(), acks="all", linger_ms=5, batch_size=1 << 20,
-                    bootstrap_timeout_ms=int(self.s.broker_timeout_s * 1000),
+                    max_block_ms=1000, bootstrap_timeout_ms=int(self.s.broker_timeout_s * 1000),
                 )  # fmt: skip
             if not st.publishing and ck.saves != self._published and not ck.busy():
                 self._published = ck.saves
                 st.start(ck.path.read_bytes())
             st.step(self._state_producer, chunks=1 << 30 if whole else STATE_CHUNKS_PER_BATCH)
         except (KafkaError, OSError) as exc:  # decisions go on; the next checkpoint is sent
+            st.abort()
             log.warning('state topic="%s" publish failed: %s: %s', st.topic,
                         type(exc).__name__, exc)  # fmt: skip
 
@@ -995,7 +1029,7 @@ class _Revoke(ConsumerRebalanceListener):
         runner = self.runner
         try:
             if not runner.s.exactly_once:
-                runner._settle(wait=True)
+                runner._settle(wait=True, in_listener=True)
             runner.checkpoint(force=True)
         except Exception as exc:  # the new owner replays the uncommitted batches
             log.warning("commit on revocation failed: %s: %s", type(exc).__name__, exc)

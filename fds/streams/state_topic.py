@@ -76,6 +76,7 @@ class StateTopic:
         last = slot_file.read_text().strip() if slot_file and slot_file.exists() else "b"
         self._slot = "b" if last == "a" else "a"  # the slot the next publish writes
         self._sending: tuple[str, bytes, int] | None = None  # (slot, data, next chunk)
+        self._manifest: tuple[str, Any] | None = None  # (slot, send future) until acknowledged
         self.published = 0
 
     def partition(self, n_partitions: int) -> int:
@@ -83,14 +84,35 @@ class StateTopic:
 
     @property
     def publishing(self) -> bool:
-        """Is a snapshot partly sent (:meth:`start` without its last :meth:`step`)?"""
-        return self._sending is not None
+        """Is a snapshot partly sent, or its manifest not acknowledged yet?"""
+        self._confirm()
+        return self._sending is not None or self._manifest is not None
+
+    def _confirm(self) -> None:
+        """Once the broker has the manifest, the next snapshot goes to the other slot (and the
+        slot file says so); if the manifest was lost, the next one reuses this slot, which
+        the broker's manifest still does not name."""
+        m = self._manifest
+        if m is None or not getattr(m[1], "is_done", True):
+            return
+        self._manifest = None
+        if getattr(m[1], "failed", lambda: False)():
+            return
+        slot = m[0]
+        self._slot = "b" if slot == "a" else "a"
+        self.published += 1
+        if self.slot_file is not None:
+            write_atomic(self.slot_file, slot.encode())
+
+    def abort(self) -> None:
+        """Give up the snapshot being sent (the next checkpoint is sent instead)."""
+        self._sending = None
+        self._manifest = None
 
     def publish(self, producer: Any, data: bytes) -> None:
         """Send ``data`` (a checkpoint file) whole: its chunks, then its manifest."""
         self.start(data)
-        while self.publishing:
-            self.step(producer, chunks=1 << 30)
+        self.step(producer, chunks=1 << 30)
 
     def start(self, data: bytes) -> None:
         """Begin sending ``data``; :meth:`step` sends it a few chunks at a time (the producer
@@ -124,14 +146,12 @@ class StateTopic:
             "signature": sign(data, self.key) if self.key is not None else None,
             "written_at": time.time(),
         }
-        producer.send(
+        future = producer.send(
             self.topic, key=self.ident.encode(), value=orjson.dumps(manifest), partition=part
         )
         self._sending = None
-        self._slot = "b" if slot == "a" else "a"
-        self.published += 1
-        if self.slot_file is not None:
-            write_atomic(self.slot_file, slot.encode())
+        self._manifest = (slot, future)
+        self._confirm()
 
     def fetch(self, make_reader: Callable[[], Any], *, timeout_s: float = 60.0) -> bytes | None:
         """The newest whole, verified snapshot of this instance, or ``None`` (none, or it does not

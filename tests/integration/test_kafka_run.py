@@ -464,6 +464,47 @@ def test_broker_outage_mid_run_exits_after_the_timeout(tmp_path, unique_name):
     finally:
         kafka_kit.down(ddir, wipe=True)
     assert len(errors) == 1 and isinstance(errors[0], BrokerUnavailable), errors
-    assert "unreachable for 5 s" in str(errors[0])
+    # Idle and cut off ("unreachable for 5 s"), or cut off while committing what it decided
+    # ("commit failed for 5 s"): either way the reason names the timeout and the broker.
+    msg = str(errors[0])
+    assert ("unreachable for 5 s" in msg or "failed for 5 s" in msg) and bootstrap in msg, msg
     assert 5 <= waited < 30, waited
     print(f"broker gone -> exit after {waited:.1f} s (timeout 5 s)")
+
+
+def test_a_rebalance_commits_what_was_decided_before_the_partitions_move(
+    kafka_bootstrap, topics, unique_name, tmp_path, caplog
+):
+    """kafka-python 3 calls the rebalance listener on its network thread, where a blocking
+    commit is refused: the batches decided but not yet committed synchronously must still be
+    committed there (asynchronously), so the state and its checkpoint stay valid."""
+    from fds.streams.checkpoint import Checkpointer
+
+    write_stream(tmp_path / "tx.jsonl", 40_000)  # still deciding when the group rebalances
+    group = unique_name("g")
+    s = settings_for(
+        kafka_bootstrap, topics, group, max_poll_records=100, max_unacked_batches=50,
+        checkpoint_every_s=3600,
+    )  # fmt: skip
+    produce_file(tmp_path / "tx.jsonl", s)
+    runner = Runner(s, Engine(), checkpointer=Checkpointer(tmp_path / "state"))
+    t, errors = run_in_thread(runner)
+    try:
+        wait_until(lambda: runner.stats.decided >= 1000, 60, "the first decisions")
+        assert runner._committable, "decided offsets await a synchronous commit"
+        other = KafkaConsumer(
+            topics["transactions"], bootstrap_servers=kafka_bootstrap, group_id=group,
+            enable_auto_commit=False,
+        )  # fmt: skip
+        try:
+            wait_until(lambda: bool(other.poll(timeout_ms=200) is not None and other.assignment()),
+                       60, "the rebalance")  # fmt: skip
+        finally:
+            other.close()
+    finally:
+        runner.stop()
+        t.join(30)
+    assert not errors, errors
+    assert runner.stats.decided < 40_000, "the rebalance came after the input ended"
+    assert "commit on revocation failed" not in caplog.text, caplog.text[-2000:]
+    assert runner.stats.checkpoints >= 2  # the first commit's, and the revocation's

@@ -59,7 +59,7 @@ class Consumer:
     def commit_async(self, offsets: dict[Any, Any]) -> None:
         self.async_commits.append(offsets[TP].offset)
 
-    def commit(self, offsets: dict[Any, Any]) -> None:
+    def commit(self, offsets: dict[Any, Any], timeout_ms: int | None = None) -> None:
         self.commits.append(offsets[TP].offset)
 
     def highwater(self, tp: Any) -> None:

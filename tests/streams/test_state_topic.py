@@ -134,3 +134,37 @@ def test_a_snapshot_sent_a_few_chunks_at_a_time_counts_once_whole():
     st.step(topic, chunks=2)
     assert not st.publishing and st.published == 2
     assert StateTopic("state", "fds/i0").fetch(topic.reader) == b"x" * 45
+
+
+class Pending:
+    """A send future the broker has not answered yet."""
+
+    def __init__(self) -> None:
+        self.is_done, self.error = False, False
+
+    def failed(self) -> bool:
+        return self.error
+
+
+def test_the_slot_moves_on_only_once_the_broker_has_the_manifest(tmp_path):
+    topic = Topic()
+    slot = tmp_path / "slot"
+    st = StateTopic("state", "fds/i0", slot_file=slot)
+    futures: list[Pending] = []
+
+    class Producer(Topic):
+        def send(self, topic: str, *, key: bytes, value: bytes, partition: int) -> Pending:
+            super().send(topic, key=key, value=value, partition=partition)
+            futures.append(Pending())
+            return futures[-1]
+
+    producer = Producer()
+    producer.parts = topic.parts
+    st.publish(producer, b"first")
+    assert st.publishing and not slot.exists()  # the manifest is not acknowledged yet
+    futures[-1].is_done = futures[-1].error = True  # ... and it was lost
+    assert not st.publishing and not slot.exists() and st.published == 0
+    st.publish(producer, b"second")  # the same slot again: the broker's manifest never named it
+    assert topic.parts[st.partition(3)][-2].key == b"fds/i0#a#0"
+    futures[-1].is_done = True
+    assert not st.publishing and slot.read_text() == "a" and st.published == 1
