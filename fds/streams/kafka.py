@@ -791,36 +791,44 @@ class Runner:
         return True
 
     def _restore(self) -> None:
-        """Load the checkpoint (if any) into the engine; seeks happen on assignment."""
+        """Load the state into the engine: the local checkpoint, else (none, or one that
+        cannot be used) the newest snapshot on the state topic, else nothing (the state of
+        already-consumed partitions is then rebuilt from the input). Seeks happen on
+        assignment."""
         ck = self.checkpointer
         if ck is None:
             return
-        try:
-            got = ck.load()
-            if got is None and self.state_topic is not None:
-                got = self._fetch_state(ck)
-            if got is None:
-                log.info(
-                    'no checkpoint path="%s": state of already-consumed partitions is rebuilt '
-                    "from the start of the input",
-                    ck.path,
-                )
-                return
-            if got.topic != self.s.input_topic:
-                raise ConfigError(
-                    f"checkpoint is of topic {got.topic!r}, not {self.s.input_topic!r}; use "
-                    "one --state-dir per input topic and group",
-                    where=str(ck.path),
-                )
-            self.engine.load_state_dict(got.state)
-        except ConfigError as exc:
-            log.warning("checkpoint ignored, rebuilding the state from the input: %s", exc)
+        sources: list[tuple[str, Callable[[], Checkpoint | None]]] = [("checkpoint", ck.load)]
+        if self.state_topic is not None:
+            sources.append(("state topic snapshot", lambda: self._fetch_state(ck)))
+        for what, load in sources:
+            try:
+                got = load()
+                if got is None:
+                    continue
+                if got.topic != self.s.input_topic:
+                    raise ConfigError(
+                        f"{what} is of topic {got.topic!r}, not {self.s.input_topic!r}; use "
+                        "one --state-dir per input topic and group",
+                        where=str(ck.path),
+                    )
+                self.engine.load_state_dict(got.state)
+            except ConfigError as exc:
+                log.warning("%s ignored: %s", what, exc)
+                if what == "checkpoint" and ck.path.exists():  # kept for a post-mortem
+                    ck.path.replace(ck.path.with_name(ck.path.name + ".bad"))
+                continue
+            self._positions = dict(got.offsets)
+            log.info(
+                'restored %s path="%s" offsets=%s age_s=%.1f',
+                what, ck.path, self._positions, time.time() - got.written_at,
+            )  # fmt: skip
             return
-        self._positions = dict(got.offsets)
         log.info(
-            'restored checkpoint path="%s" offsets=%s age_s=%.1f',
-            ck.path, self._positions, time.time() - got.written_at,
-        )  # fmt: skip
+            'no usable checkpoint path="%s": state of already-consumed partitions is rebuilt '
+            "from the start of the input",
+            ck.path,
+        )
 
     def _fetch_state(self, ck: Checkpointer) -> Checkpoint | None:
         """The newest snapshot on the state topic, written as the local checkpoint and loaded."""

@@ -168,3 +168,39 @@ def test_the_slot_moves_on_only_once_the_broker_has_the_manifest(tmp_path):
     assert topic.parts[st.partition(3)][-2].key == b"fds/i0#a#0"
     futures[-1].is_done = True
     assert not st.publishing and slot.read_text() == "a" and st.published == 1
+
+
+@pytest.mark.parametrize("local", ["torn", "other topic"])
+def test_a_local_checkpoint_that_cannot_be_used_falls_back_to_the_state_topic(tmp_path, local):
+    """A disk that survived but holds a torn (or foreign) checkpoint: `fds run` restores the
+    instance's snapshot from the state topic rather than rebuilding from the input, and keeps
+    the unusable file aside for a post-mortem."""
+    from fds.engine import Engine
+    from fds.streams.checkpoint import Checkpointer
+    from fds.streams.kafka import KafkaSettings, Runner
+
+    topic = Topic()
+    good = Checkpointer(tmp_path / "elsewhere")
+    good.save(Engine().state_dict(), topic="transactions", offsets={0: 42, 1: 7})
+    StateTopic("state", "g/i0").publish(topic, good.path.read_bytes())
+
+    ck = Checkpointer(tmp_path / "state")
+    if local == "torn":
+        ck.path.write_bytes(good.path.read_bytes()[:-20])
+    else:
+        ck.save(Engine().state_dict(), topic="other", offsets={0: 1})
+    settings = KafkaSettings(
+        input_topic="transactions", group="g", group_instance_id="i0", state_topic="state"
+    )
+    runner = Runner(
+        settings, Engine(), checkpointer=ck, consumer_factory=lambda **_: topic.reader()
+    )
+    runner._restore()
+    assert runner._positions == {0: 42, 1: 7}
+    assert (ck.dir / "engine.ckpt.bad").exists() and ck.load() is not None
+
+    # no state topic: the unusable file is set aside and the state is rebuilt from the input
+    ck.path.write_bytes(b"torn")
+    alone = Runner(KafkaSettings(input_topic="transactions", group="g"), Engine(), checkpointer=ck)
+    alone._restore()
+    assert alone._positions == {} and not ck.path.exists()
