@@ -21,6 +21,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results"
 BENCHMARK_SEED = 7  # run_precision's default seed: the committed precision_pre_drift.md
+# the frozen models' gaps, per reading (see figures)
+GAPS = (
+    "sklearn over the recovery window", "river over the recovery window",
+    "sklearn after the deadline", "river after the deadline",
+)  # fmt: skip
 
 
 def report(seed: int) -> Path:
@@ -46,8 +51,11 @@ def figures(text: str) -> dict[str, str | float]:
         "perfect": num(r"perfect ranker reaches ([0-9.]+)"),
         "gbm": num(r"reverse\), reaches ([0-9.]+)"),
         "recovery": rec.group(1) if rec else "?",
-        "sklearn": num(r"static_sklearn vs adaptive over those days: (\d+)% lower"),
-        "river": num(r"river_frozen vs adaptive over those days: (\d+)% lower"),
+        **{
+            f"{short} {reading}": num(rf"{v} vs adaptive {reading}: (-?\d+)% lower")
+            for v, short in (("static_sklearn", "sklearn"), ("river_frozen", "river"))
+            for reading in ("over the recovery window", "after the deadline")
+        },
     }
 
 
@@ -75,7 +83,7 @@ def main() -> int:
         name = f"{seed} (the benchmark's)" if seed == BENCHMARK_SEED else str(seed)
         rows.append(
             f"| {name} | {f['rules']:.3f} | {f['both']:.3f} | **{ratio:.2f}x** | {best:.2f}x | "
-            f"{f['gbm']:.3f} | {f['recovery']} | {f['sklearn']:.0f}% | {f['river']:.0f}% |"
+            f"{f['gbm']:.3f} | {f['recovery']} | " + " | ".join(f"{f[k]:.0f}%" for k in GAPS) + " |"
         )
     lines = [
         "# Precision benchmark across simulator seeds",
@@ -85,11 +93,15 @@ def main() -> int:
         "Rules as they were before the drift (`rules/pre-drift.yaml`), default spec, k = 25, "
         "drift on day 30, warm-up 14 days; means over the evaluated days. Targets (issue 5): "
         "rules + adaptive >= 2.5x rules alone; recovery within label delay + 3 d; both frozen "
-        "models >= 30% lower than the adaptive one from the recovery deadline on.",
+        "models >= 30% lower than the adaptive one over the same days. *Window*: the days after "
+        "the drift day up to the recovery deadline (the issue's wording); *after*: from the "
+        "deadline on (another reading: the frozen models stay behind once the adaptive one "
+        "has recovered).",
         "",
         "| seed | rules | rules + adaptive | ratio | a perfect ranker's ratio | hindsight GBM | "
-        "adaptive recovered | scikit-learn frozen lower | River frozen lower |",
-        "|---|---:|---:|---:|---:|---:|---|---:|---:|",
+        "adaptive recovered | scikit-learn frozen lower, window | River frozen lower, window | "
+        "scikit-learn frozen lower, after | River frozen lower, after |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
         *rows,
         "",
         f"The default spec, its optimiser and the 8 newer features were chosen by their figures "

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fds.bench import VARIANTS, _at_k, _ceiling, register, run_precision
+from fds.bench import VARIANTS, _at_k, _ceiling, _recovery, register, run_precision
 from fds.streams.simulator import simulate
 
 
@@ -31,6 +31,20 @@ def test_the_hindsight_ceiling_never_scores_a_row_it_learned_from() -> None:
     X[:, 0] += 3 * y  # now a signal to learn
     s = _ceiling(X, y, day, seed=0)
     assert s is not None and roc_auc_score(y, s) > 0.9
+
+
+def test_recovery_reads_the_frozen_gap_over_the_window_and_after_the_deadline() -> None:
+    days = list(range(20, 40))
+    adaptive = [0.8] * 10 + [0.2, 0.5, 0.8, 0.8, 0.8, 0.8, 0.8, 0.9, 0.9, 0.9]
+    frozen = [0.8] * 10 + [0.2, 0.2, 0.4, 0.4, 0.4, 0.4, 0.6, 0.9, 0.9, 0.9]
+    daily = {v: {"precision": adaptive} for v in VARIANTS}
+    daily["river_frozen"] = {"precision": frozen}
+    r = _recovery(daily, days, drift_day=30, label_delay=2.5)  # deadline: drift + 6 d
+    assert r["deadline_days"] == 6 and r["window_days"] == list(range(31, 37))
+    assert r["adaptive"]["recovery_days"] == 2  # days 32-34 average 0.8 >= 0.9 * 0.8
+    assert np.isclose(r["river_frozen"]["window_precision"], np.mean(frozen[11:17]))
+    assert np.isclose(r["river_frozen"]["after_deadline_precision"], np.mean(frozen[16:]))
+    assert np.isclose(r["adaptive"]["after_deadline_precision"], np.mean(adaptive[16:]))
 
 
 def test_simulator_run_reports_every_variant(tmp_path: Path) -> None:
