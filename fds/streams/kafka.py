@@ -379,6 +379,7 @@ class Runner:
         self._rebuild = checkpointer is not None and settings.rebuild_state
         self._fresh_state = pickle.dumps(engine.state_dict()) if self._rebuild else b""
         self._live = False  # the state has decided input since it was restored
+        self._closing = False  # run() is closing the clients: the listener leaves state alone
         self._ckpt_at = -math.inf  # the first commit writes the first checkpoint
         self.engine = engine
         self.stats = RunStats()
@@ -545,7 +546,16 @@ class Runner:
                 if self._state_producer is not None:
                     with contextlib.suppress(KafkaError):
                         self._state_producer.flush(timeout=self.s.shutdown_timeout_s / 4)
+        except BaseException:
+            # A failed send, commit or batch: the state may hold decisions past the committed
+            # offsets. Nothing more is committed or checkpointed (kafka-python's close() calls
+            # the revocation listener); the restart replays from the last commit.
+            self._unacked.clear()
+            self._committable = {}
+            self._positions.clear()
+            raise
         finally:
+            self._closing = True  # committed and checkpointed above, or must not be
             self.close()
             log.info(
                 "stopped consumed=%d decided=%d dead_letters=%d commits=%d",
@@ -897,8 +907,10 @@ class Runner:
           instance, or taken back after a while): start from an empty state and fold every
           assigned partition from the feature horizon ("rebuild"), merged in event time.
         """
+        timeout_ms = int(self.s.broker_timeout_s * 1000)  # kafka-python: no limit by default
         committed = self._retrying(
-            "reading the committed offsets", lambda: {tp: self.consumer.committed(tp) for tp in tps}
+            "reading the committed offsets",
+            lambda: {tp: self.consumer.committed(tp, timeout_ms=timeout_ms) for tp in tps},
         )
         pos = self._positions
         behind = {
@@ -1036,9 +1048,11 @@ class _Revoke(ConsumerRebalanceListener):
         # flush the state with its positions.
         runner = self.runner
         try:
-            if not runner.s.exactly_once:
-                runner._settle(wait=True, in_listener=True)
-            runner.checkpoint(force=True)
+            # closing: run() has committed and checkpointed, or must not (after a failure)
+            if not runner._closing:
+                if not runner.s.exactly_once:
+                    runner._settle(wait=True, in_listener=True)
+                runner.checkpoint(force=True)
         except Exception as exc:  # the new owner replays the uncommitted batches
             log.warning("commit on revocation failed: %s: %s", type(exc).__name__, exc)
             # The state holds decisions past the committed offsets: it must not be taken for

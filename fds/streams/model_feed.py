@@ -245,6 +245,11 @@ class ModelFeed:
                     'models feed: broker error, retrying in %.1f s topic="%s" error="%s: %s"',
                     self._backoff, self.topic, type(exc).__name__, exc,
                 )  # fmt: skip
+            except Exception:  # a bug must not end the feed silently: scorers would go stale
+                log.exception(
+                    'models feed: unexpected error, retrying in %.1f s topic="%s"',
+                    self._backoff, self.topic,
+                )  # fmt: skip
             finally:
                 if consumer is not None:
                     with contextlib.suppress(Exception):

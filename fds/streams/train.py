@@ -71,8 +71,11 @@ INLINE_MAX_BYTES = 8 << 20
 # Wall-clock wait for decisions before a label is joined anyway: decisions normally arrive
 # seconds before their label; a stream with no decision for this long has nothing to wait for.
 LABEL_WAIT_S = 2.0
-# Trainer fields that are wiring, not learned state (not checkpointed).
-_WIRING = ("store", "registry", "on_drift", "on_example")
+# Trainer fields that are wiring or come from the spec file, not learned state (not
+# checkpointed: a restart takes them from the current spec, e.g. a new legit_sample_rate).
+_WIRING = (
+    "store", "registry", "on_drift", "on_example", "spec", "_rate", "_legit_after", "_ttl",
+)  # fmt: skip
 
 
 def announcement(pub: Publication, name: str, registry: Registry | None) -> dict[str, Any]:
@@ -150,10 +153,10 @@ class TrainService:
         self.models_topic = models_topic
         self.metrics: Any = metrics if metrics is not None else NullMetrics()
         self.label_wait_s = label_wait_s
-        self.trainer = self._make_trainer()
-        self.stats = TrainStats()
         self._offsets: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset
         self._restored: dict[tuple[str, int], int] = {}
+        self.trainer = self._make_trainer()  # restores the two above from a checkpoint
+        self.stats = TrainStats()
         self._watermark = float("-inf")  # newest decision event time consumed
         self._last_decision = time.monotonic()
         self._paused: dict[Any, float] = {}  # label partition -> event time it waits for
@@ -166,6 +169,15 @@ class TrainService:
     def _make_trainer(self) -> Trainer:
         got = self.ckpt.load()
         if got is not None and got.state.get("spec") == self.spec.name:
+            pipeline = self.spec.to_dict()["pipeline"]
+            if got.state.get("pipeline", pipeline) != pipeline:
+                raise ConfigError(
+                    f"the trainer checkpoint was made with another pipeline of spec "
+                    f"{self.spec.name!r} ({got.state['pipeline']}, now {pipeline}); a new "
+                    "pipeline starts a new model: give it a new --state-dir and registry, or "
+                    "restore the spec's pipeline",
+                    where=str(self.ckpt.path),
+                )
             trainer = Trainer(self.spec, store=self.store, registry=self.registry)
             trainer.__dict__.update(got.state["trainer"])
             self._restored = dict(got.state["offsets"])
@@ -185,7 +197,10 @@ class TrainService:
     def _checkpoint(self) -> None:
         t = self.trainer
         learned = {k: v for k, v in t.__dict__.items() if k not in _WIRING}
-        state = {"spec": self.spec.name, "trainer": learned, "offsets": dict(self._offsets)}
+        state = {
+            "spec": self.spec.name, "pipeline": self.spec.to_dict()["pipeline"],
+            "trainer": learned, "offsets": dict(self._offsets),
+        }  # fmt: skip
         self.ckpt.save(state, topic="|".join(self.topics), offsets={})
 
     # -- lifecycle ---------------------------------------------------------------------------

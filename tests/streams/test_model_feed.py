@@ -286,7 +286,9 @@ def test_waits_for_the_topic_and_retries_broker_errors(
         calls["n"] += 1
         if calls["n"] == 1:
             raise KafkaTimeoutError("no broker")
-        if calls["n"] == 3:
+        if calls["n"] == 2:
+            raise TypeError("a bug in the client or the feed")  # logged, retried: not fatal
+        if calls["n"] == 4:
             exists.set()  # the topic appears after one more look
         return FakeConsumer([Record(0, b"m", _value(a))], exists=exists.is_set)
 
@@ -296,7 +298,7 @@ def test_waits_for_the_topic_and_retries_broker_errors(
         wait_until(lambda: feed.registry.latest() == a["version"], "the version imported")
     finally:
         feed.close()
-    assert calls["n"] == 3
+    assert calls["n"] == 4
 
 
 # -- fds run wiring ----------------------------------------------------------------------------

@@ -142,3 +142,86 @@ def test_a_stop_commits_everything_decided():
     assert r.consumer.commits == []
     r._settle(wait=True)  # what run() does when the loop ends
     assert r.consumer.commits == [9] and r._positions == {0: 9}
+
+
+class LoopConsumer(Consumer):
+    """Enough of KafkaConsumer for ``Runner.run``: one partition, batches polled in turn; like
+    kafka-python 3, ``close()`` calls the rebalance listener's revocation."""
+
+    def __init__(self, batches: list[list[Record]]) -> None:
+        super().__init__()
+        self.batches, self.listener = batches, None
+
+    def bootstrap(self, timeout_ms: int) -> None:
+        pass
+
+    def subscribe(self, topics: list[str], listener: Any) -> None:
+        self.listener = listener
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return {0}
+
+    def assignment(self) -> set[Any]:
+        return {TP}
+
+    def poll(self, timeout_ms: int, max_records: int) -> dict[Any, list[Record]]:
+        return {TP: self.batches.pop(0)} if self.batches else {}
+
+    def close(self, autocommit: bool, timeout_ms: int) -> None:
+        self.listener.on_partitions_revoked([TP])
+
+
+class FailingProducer(Producer):
+    """Sends ``first`` to ``last`` (counted from 1) fail, as records the broker refuses; the
+    failure is known once a later send was made."""
+
+    def __init__(self, first: int, last: int) -> None:
+        super().__init__()
+        self.first, self.last = first, last
+
+    def send(self, topic: str, **kw: Any) -> Future:
+        f = super().send(topic, **kw)
+        if len(self.futures) == self.last + 1:
+            for g in self.futures[self.first - 1 : self.last]:
+                g.is_done, g.exception = True, RuntimeError("record too large")
+        return f
+
+    def partitions_for(self, topic: str) -> set[int]:
+        return {0}
+
+    def close(self, timeout: float | None = None) -> None:
+        pass
+
+
+def records(start: int, n: int = 3) -> list[Record]:
+    tx = b'{"tx_id": "t%d", "ts": %d, "card_id": "c1", "amount": 5.0}'
+    return [
+        Record("transactions", 0, i, i, b"c1", tx % (i, 1_700_000_000 + i))
+        for i in range(start, start + n)
+    ]
+
+
+def test_after_a_failed_send_closing_commits_and_checkpoints_nothing(tmp_path):
+    """kafka-python 3's close() runs the revocation listener: after a failure it must not
+    commit the batches decided after the failed one, nor checkpoint a state that holds them."""
+    from fds.streams.checkpoint import Checkpointer
+
+    # batch 1 is committed and checkpointed (the first commit always is); batch 2's sends
+    # fail, found out after batch 3 was decided and sent
+    consumer = LoopConsumer([records(0), records(3), records(6)])
+    producer = FailingProducer(4, 6)
+    ck = Checkpointer(tmp_path)
+    runner = Runner(
+        KafkaSettings(
+            input_topic="transactions", max_unacked_batches=2, checkpoint_in_background=False
+        ),
+        Engine(),
+        consumer_factory=lambda **_: consumer,
+        producer_factory=lambda **_: producer,
+        checkpointer=ck,
+    )
+    with pytest.raises(FdsError, match="not committed past it"):
+        runner.run(max_idle_s=1)
+    assert consumer.commits == [3] and consumer.async_commits == []
+    got = ck.load()
+    assert got is not None and got.offsets == {0: 3} and ck.saves == 1
