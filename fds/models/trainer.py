@@ -150,6 +150,7 @@ class SqliteStore:
             "(tx_id TEXT PRIMARY KEY, ts REAL, assumed INTEGER DEFAULT 0, x BLOB)"
         )
         self._db.execute("CREATE INDEX IF NOT EXISTS snaps_ts ON snaps (assumed, ts)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v BLOB)")
         self._db.execute("BEGIN")
 
     def put(self, tx_id: str, ts: float, x: dict[str, float]) -> None:
@@ -184,6 +185,20 @@ class SqliteStore:
     def flush(self) -> None:
         self._db.execute("COMMIT")
         self._db.execute("BEGIN")
+
+    def rollback(self) -> None:
+        """Undo everything since the last :meth:`flush`."""
+        self._db.execute("ROLLBACK")
+        self._db.execute("BEGIN")
+
+    def put_checkpoint(self, data: bytes) -> None:
+        """Keep the owner's checkpoint in the store: it commits with the snapshots at the
+        next :meth:`flush`, so the two never disagree after a crash."""
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('checkpoint', ?)", (data,))
+
+    def checkpoint(self) -> bytes | None:
+        row = self._db.execute("SELECT v FROM meta WHERE k = 'checkpoint'").fetchone()
+        return None if row is None else bytes(row[0])
 
     def close(self) -> None:
         self.flush()
@@ -347,7 +362,6 @@ class Trainer:
     def publish(self, now: float | None = None, evaluation: dict[str, Any] | None = None):
         """Snapshot the model now as a new version (registry or in memory)."""
         now = self.now if now is None else now
-        self.store.flush()
         data = pickle.dumps(self.model, protocol=pickle.HIGHEST_PROTOCOL)
         meta: dict[str, Any] = {
             "spec": self.spec.to_dict(),

@@ -18,13 +18,13 @@ committed to Kafka are for lag monitoring and a fresh state dir):
   1. ``publish`` when due: artifact + manifest into the registry (atomic, fsync), then the
      announcement on the compacted models topic (key = spec name; value = a manifest pointer
      ``{name, version, sha256, hmac, size, path, artifact_b64}``), flushed;
-  2. ``store.flush()``: the SQLite snapshot store commits;
-  3. the trainer checkpoint (model, counters, input offsets), written atomically;
-  4. ``consumer.commit(offsets)``.
+  2. one SQLite transaction: the snapshot store's changes and the trainer checkpoint (model,
+     counters, input offsets) commit together;
+  3. ``consumer.commit(offsets)``.
   On restart the checkpoint is restored and every partition is sought to its offset, so no
-  label is learned twice. A crash between 2 and 3 loses the labels of that one batch (their
-  snapshots are already consumed from the store); a crash between 1 and 3 publishes the same
-  learning again under a new version number.
+  label is learned twice or lost: the snapshots a batch consumed come back with the offsets
+  before it. A failed batch is rolled back, not committed. A crash between 1 and 2 publishes
+  the same learning again under a new version number.
 
 Scorers (``fds run``) serve the registry champion and poll the registry
 (:func:`fds.models.build_model_stage` with ``watch=True``): a version published here reaches
@@ -39,6 +39,7 @@ import argparse
 import base64
 import contextlib
 import logging
+import pickle
 import signal
 import sys
 import time
@@ -167,20 +168,25 @@ class TrainService:
     # -- state -------------------------------------------------------------------------------
 
     def _make_trainer(self) -> Trainer:
-        got = self.ckpt.load()
-        if got is not None and got.state.get("spec") == self.spec.name:
+        raw = self.store.checkpoint()
+        if raw is not None:
+            state = pickle.loads(raw)  # written by this service into its own state dir
+        else:  # a state dir of a release that kept the checkpoint in its own file
+            got = self.ckpt.load()
+            state = got.state if got is not None else {}
+        if state.get("spec") == self.spec.name:
             pipeline = self.spec.to_dict()["pipeline"]
-            if got.state.get("pipeline", pipeline) != pipeline:
+            if state.get("pipeline", pipeline) != pipeline:
                 raise ConfigError(
                     f"the trainer checkpoint was made with another pipeline of spec "
-                    f"{self.spec.name!r} ({got.state['pipeline']}, now {pipeline}); a new "
+                    f"{self.spec.name!r} ({state['pipeline']}, now {pipeline}); a new "
                     "pipeline starts a new model: give it a new --state-dir and registry, or "
                     "restore the spec's pipeline",
-                    where=str(self.ckpt.path),
+                    where=str(self.ckpt.dir),
                 )
             trainer = Trainer(self.spec, store=self.store, registry=self.registry)
-            trainer.__dict__.update(got.state["trainer"])
-            self._restored = dict(got.state["offsets"])
+            trainer.__dict__.update(state["trainer"])
+            self._restored = dict(state["offsets"])
             self._offsets = dict(self._restored)
             log.info(
                 'restored trainer checkpoint labels_learned=%d parent="%s"',
@@ -194,14 +200,17 @@ class TrainService:
             self.spec, store=self.store, registry=self.registry, model=model, parent=latest
         )
 
-    def _checkpoint(self) -> None:
+    def _save_state(self) -> None:
+        """Commit the snapshot store's changes and the checkpoint (model, counters, offsets)
+        in one SQLite transaction."""
         t = self.trainer
         learned = {k: v for k, v in t.__dict__.items() if k not in _WIRING}
         state = {
             "spec": self.spec.name, "pipeline": self.spec.to_dict()["pipeline"],
             "trainer": learned, "offsets": dict(self._offsets),
         }  # fmt: skip
-        self.ckpt.save(state, topic="|".join(self.topics), offsets={})
+        self.store.put_checkpoint(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+        self.store.flush()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -254,13 +263,15 @@ class TrainService:
                     self._process(batch)
                 elif max_idle_s is not None and now - last_input > max_idle_s and not self._paused:
                     break
+        except BaseException:
+            self.store.rollback()  # a half-done batch: the restart redoes it from the offsets
+            raise
         finally:
             with contextlib.suppress(Exception):
                 self.consumer.close(autocommit=False)
             if self.producer is not None:
                 with contextlib.suppress(Exception):
                     self.producer.close(timeout=5)
-            self.store.flush()
         return self.stats
 
     # -- the loop ----------------------------------------------------------------------------
@@ -355,8 +366,7 @@ class TrainService:
         self.producer.flush(timeout=self.s.broker_timeout_s)
 
     def _commit(self) -> None:
-        self.store.flush()
-        self._checkpoint()
+        self._save_state()
         offsets = {
             _tp(topic, part): OffsetAndMetadata(off, "", -1)
             for (topic, part), off in self._offsets.items()

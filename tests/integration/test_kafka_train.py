@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import pickle
+import sqlite3
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -129,8 +131,14 @@ def train_and_serve(
         reg = Registry(registry)
 
         def labels_checkpointed() -> int:
-            got = trainer.ckpt.load()  # written after the publish of the same batch
-            offsets = got.state["offsets"].items() if got is not None else ()
+            # committed with the snapshots after the publish of the same batch (read through a
+            # connection of its own: the trainer's thread holds the store's)
+            db = sqlite3.connect(trainer.ckpt.dir / "snapshots.sqlite")
+            try:
+                row = db.execute("SELECT v FROM meta WHERE k = 'checkpoint'").fetchone()
+            finally:
+                db.close()
+            offsets = pickle.loads(row[0])["offsets"].items() if row is not None else ()
             return sum(off for (topic, _), off in offsets if topic == topics["labels"])
 
         # Every label learned and its batch's version published: no version comes after.
