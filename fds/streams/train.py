@@ -39,6 +39,7 @@ import argparse
 import base64
 import contextlib
 import logging
+import math
 import pickle
 import signal
 import sys
@@ -49,7 +50,7 @@ from typing import Any
 
 import orjson
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, MessageSizeTooLargeError
 from kafka.structs import OffsetAndMetadata
 
 from fds.errors import ConfigError, FdsError
@@ -159,6 +160,8 @@ class TrainService:
         self.trainer = self._make_trainer()  # restores the two above from a checkpoint
         self.stats = TrainStats()
         self._watermark = float("-inf")  # newest decision event time consumed
+        self._newest: dict[int, float] = {}  # the same per decisions partition
+        self._unannounced: Publication | None = None  # published, its announcement failed
         self._last_decision = time.monotonic()
         self._paused: dict[Any, float] = {}  # label partition -> event time it waits for
         self._stop = False
@@ -294,7 +297,7 @@ class TrainService:
                         self._bad(msg, exc)
                         done = msg.offset + 1
                         continue
-                    if label["ts"] > self._watermark and not self._decisions_idle():
+                    if not self._decisions_cover(label["ts"]) and not self._decisions_idle():
                         self.consumer.seek(tp, msg.offset)  # learned after resume
                         self.consumer.pause(tp)
                         self._paused[tp] = label["ts"]
@@ -312,6 +315,8 @@ class TrainService:
             self.metrics.drift()
         if pub is not None:
             self._announce(pub)
+        else:
+            self._send_announcement()  # one that failed before, if any
         self._commit()
 
     def _on_decision(self, msg: Any) -> None:
@@ -329,6 +334,8 @@ class TrainService:
         self._last_decision = time.monotonic()
         if ts > self._watermark:
             self._watermark = ts
+        if ts > self._newest.get(msg.partition, -math.inf):
+            self._newest[msg.partition] = ts
 
     def _bad(self, msg: Any, exc: Exception) -> None:
         # Decisions come from fds run and labels from the labelling systems: a bad one is
@@ -339,6 +346,21 @@ class TrainService:
             msg.topic, msg.partition, msg.offset, type(exc).__name__, exc,
         )  # fmt: skip
 
+    def _decisions_cover(self, ts: float) -> bool:
+        """Have the decisions up to event time ``ts`` been read? Not while ``ts`` is past the
+        newest decision read, nor while a decisions partition with unread records (a lagging
+        one, e.g. in a catch-up) has not reached ``ts``."""
+        if ts > self._watermark:
+            return False
+        topic = self.topics[0]
+        for tp in self.consumer.assignment():
+            if tp.topic != topic or self._newest.get(tp.partition, -math.inf) >= ts:
+                continue
+            hw = self.consumer.highwater(tp)  # from the last fetch: local, no request
+            if hw is None or self._offsets.get((topic, tp.partition), 0) < hw:
+                return False
+        return True
+
     def _decisions_idle(self) -> bool:
         return time.monotonic() - self._last_decision > self.label_wait_s
 
@@ -346,7 +368,7 @@ class TrainService:
         if not self._paused:
             return
         idle = self._decisions_idle()
-        ready = [tp for tp, ts in self._paused.items() if idle or ts <= self._watermark]
+        ready = [tp for tp, ts in self._paused.items() if idle or self._decisions_cover(ts)]
         if ready:
             self.consumer.resume(*ready)
             for tp in ready:
@@ -361,9 +383,44 @@ class TrainService:
         )  # fmt: skip
         if self.producer is None or not self.models_topic:
             return
-        value = orjson.dumps(announcement(pub, self.spec.name, self.registry))
-        self.producer.send(self.models_topic, key=self.spec.name.encode(), value=value)
+        self._unannounced = pub
+        self._send_announcement()
+
+    def _send_announcement(self) -> None:
+        """Announce the newest published version not announced yet (a failed announcement is
+        retried after the next batch; a newer version supersedes it). One too large for the
+        topic (``max.message.bytes``) goes again without the artifact inline: scorers then
+        read it from the registry path."""
+        pub = self._unannounced
+        if pub is None or self.producer is None or not self.models_topic:
+            return
+        value = announcement(pub, self.spec.name, self.registry)
+        key = self.spec.name.encode()
+        try:
+            try:
+                self._send_and_wait(key, value)
+            except MessageSizeTooLargeError:
+                if value["artifact_b64"] is None:
+                    raise
+                log.warning(
+                    'version="%s" too large to announce inline; announced as a pointer to '
+                    'path="%s"', pub.version, value["path"],
+                )  # fmt: skip
+                self._send_and_wait(key, {**value, "artifact_b64": None})
+        except KafkaError as exc:
+            log.error(
+                'announcing version="%s" on topic="%s" failed (%s: %s); retried after the next '
+                "batch (scorers sharing the registry directory have it already)",
+                pub.version, self.models_topic, type(exc).__name__, exc,
+            )  # fmt: skip
+            return
+        self._unannounced = None
+
+    def _send_and_wait(self, key: bytes, value: dict[str, Any]) -> None:
+        assert self.producer is not None and self.models_topic
+        fut = self.producer.send(self.models_topic, key=key, value=orjson.dumps(value))
         self.producer.flush(timeout=self.s.broker_timeout_s)
+        fut.get(timeout=0)  # raises the send's error (or a timeout if it is still pending)
 
     def _commit(self) -> None:
         self._save_state()

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
+from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
+from kafka.structs import TopicPartition
 
 from fds.errors import ConfigError
 from fds.pipeline import DEFAULT_MODEL
 from fds.streams.kafka import KafkaSettings
-from fds.streams.train import TrainService
+from fds.streams.train import TrainService, announcement
 
 
 def service(tmp_path: Path, spec: Path | str = DEFAULT_MODEL) -> TrainService:
@@ -57,3 +60,109 @@ def test_the_snapshots_and_the_checkpoint_commit_together(tmp_path):
     assert again._offsets == {("decisions", 0): 1}
     assert again.trainer.stats["labels_learned"] == 0 and len(again.store) == 1
     assert again.trainer.on_label({"tx_id": "t1", "ts": 2000.0, "is_fraud": True})
+
+
+class Msg:
+    def __init__(self, topic: str, partition: int, offset: int, value: dict) -> None:
+        self.topic, self.partition, self.offset = topic, partition, offset
+        self.value = orjson.dumps(value)
+
+
+class Consumer:
+    """What TrainService._process and _resume_labels call."""
+
+    def __init__(self, highwater: dict[TopicPartition, int]) -> None:
+        self.hw, self.paused, self.sought = highwater, set(), {}
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.hw)
+
+    def highwater(self, tp: TopicPartition) -> int:
+        return self.hw[tp]
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.sought[tp] = offset
+
+    def pause(self, tp: TopicPartition) -> None:
+        self.paused.add(tp)
+
+    def resume(self, *tps: TopicPartition) -> None:
+        self.paused -= set(tps)
+
+    def commit(self, offsets: dict) -> None:
+        pass
+
+
+def decision(partition: int, offset: int, tx_id: str, ts: float) -> Msg:
+    body = {"tx_id": tx_id, "ts": "x", "features": {}, "tx": {"ts": ts, "amount": 5.0}}
+    return Msg("decisions", partition, offset, body)
+
+
+def test_a_label_waits_for_its_decision_in_a_lagging_partition(tmp_path):
+    """Decisions partition 1 is read up to event time 500 while partition 0, with unread
+    records, is at 100: a label at 350 waits until partition 0 has caught up, then joins."""
+    d0, d1, lab = (
+        TopicPartition(t, p) for t, p in (("decisions", 0), ("decisions", 1), ("labels", 0))
+    )
+    svc = service(tmp_path)
+    svc.consumer = c = Consumer({d0: 3, d1: 1, lab: 1})
+    label = Msg("labels", 0, 0, {"tx_id": "a2", "ts": 350.0, "is_fraud": True})
+    svc._process(
+        {d1: [decision(1, 0, "b", 500.0)], d0: [decision(0, 0, "a0", 100.0)], lab: [label]}
+    )
+    assert c.paused == {lab} and c.sought[lab] == 0  # waits: a2 is not read yet
+    assert svc.trainer.stats["labels_unjoined"] == 0
+    svc._process({d0: [decision(0, 1, "a1", 200.0), decision(0, 2, "a2", 300.0)]})
+    svc._resume_labels()  # partition 0 has caught up
+    assert c.paused == set()
+    svc._process({lab: [label]})
+    assert svc.trainer.stats["labels_learned"] == 1 and svc.trainer.stats["labels_unjoined"] == 0
+
+
+class Sent:
+    def __init__(self, error: Exception | None) -> None:
+        self.error = error
+
+    def get(self, timeout: float | None = None) -> None:
+        if self.error is not None:
+            raise self.error
+
+
+class Producer:
+    """The models topic: refuses values over ``limit`` bytes; ``down``: every send times out."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.down, self.values = limit, False, []
+
+    def send(self, topic: str, *, key: bytes, value: bytes) -> Sent:
+        if self.down:
+            return Sent(KafkaTimeoutError("no broker"))
+        if len(value) > self.limit:
+            return Sent(MessageSizeTooLargeError("over max.message.bytes"))
+        self.values.append(orjson.loads(value))
+        return Sent(None)
+
+    def flush(self, timeout: float | None = None) -> None:
+        pass
+
+
+def test_an_announcement_too_large_goes_as_a_pointer_and_a_failed_one_is_retried(tmp_path):
+    svc = TrainService(
+        KafkaSettings(group="fds-train"), registry=tmp_path / "registry",
+        state_dir=tmp_path / "state",
+    )  # fmt: skip
+    first = svc.trainer.publish(0.0)
+    pointer = {**announcement(first, svc.spec.name, svc.registry), "artifact_b64": None}
+    svc.producer = p = Producer(limit=len(orjson.dumps(pointer)))  # inline does not fit
+    svc._announce(first)
+    assert [v["artifact_b64"] for v in p.values] == [None]  # inline was refused
+    assert Path(p.values[0]["path"]).exists()
+    p.down = True
+    second = svc.trainer.publish(1.0)
+    svc._announce(second)  # logged, kept for later
+    assert len(p.values) == 1
+    p.down, p.limit = False, 1 << 20
+    svc.consumer = Consumer({})
+    svc._process({})  # after the next batch
+    assert [v["version"] for v in p.values] == [p.values[0]["version"], second.version]
+    assert p.values[1]["artifact_b64"] is not None
