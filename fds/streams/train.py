@@ -11,7 +11,8 @@ The loop (one thread, batched)::
 Labels wait for their decisions: a label whose event time is ahead of the newest decision
 consumed (its decision may still be on its way) pauses its partition, and the partition resumes
 when decisions catch up, or when no decision arrived for ``label_wait_s`` (nothing more to
-wait for: the label is then learned or counted unjoined).
+wait for: the label is then learned or counted unjoined), or after ``label_max_wait_s`` of
+waiting (a label stamped in the future; logged).
 
 Commit order per batch (the trainer's own checkpoint carries the input offsets, so offsets
 committed to Kafka are for lag monitoring and a fresh state dir):
@@ -61,7 +62,7 @@ from fds.pipeline import DEFAULT_MODEL
 from fds.schema import parse_label
 from fds.streams.checkpoint import Checkpointer, default_state_dir
 from fds.streams.kafka import BrokerUnavailable, KafkaSettings, _add_settings_flags, load_settings
-from fds.timeutil import parse_ts
+from fds.timeutil import format_ts, parse_ts
 
 __all__ = ["TrainService", "TrainStats", "announcement", "register_train"]
 
@@ -73,6 +74,9 @@ INLINE_MAX_BYTES = 8 << 20
 # Wall-clock wait for decisions before a label is joined anyway: decisions normally arrive
 # seconds before their label; a stream with no decision for this long has nothing to wait for.
 LABEL_WAIT_S = 2.0
+# ... and for at most this long (wall clock) while decisions keep coming without it: a label
+# stamped in the future (a labelling system's clock or time zone) must not hold its partition.
+LABEL_MAX_WAIT_S = 300.0
 # Trainer fields that are wiring or come from the spec file, not learned state (not
 # checkpointed: a restart takes them from the current spec, e.g. a new legit_sample_rate).
 _WIRING = (
@@ -145,6 +149,7 @@ class TrainService:
         models_topic: str | None = "models",
         metrics: Any = None,
         label_wait_s: float = LABEL_WAIT_S,
+        label_max_wait_s: float = LABEL_MAX_WAIT_S,
     ) -> None:
         self.s = settings
         self.spec = load_spec(spec)
@@ -155,6 +160,7 @@ class TrainService:
         self.models_topic = models_topic
         self.metrics: Any = metrics if metrics is not None else NullMetrics()
         self.label_wait_s = label_wait_s
+        self.label_max_wait_s = label_max_wait_s
         self._offsets: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset
         self._restored: dict[tuple[str, int], int] = {}
         self.trainer = self._make_trainer()  # restores the two above from a checkpoint
@@ -163,7 +169,9 @@ class TrainService:
         self._newest: dict[int, float] = {}  # the same per decisions partition
         self._unannounced: Publication | None = None  # published, its announcement failed
         self._last_decision = time.monotonic()
-        self._paused: dict[Any, float] = {}  # label partition -> event time it waits for
+        # label partition -> (event time, offset) of the label it waits with, since when
+        self._paused: dict[Any, tuple[float, int, float]] = {}
+        self._forced: dict[Any, int] = {}  # label partition -> offset of a label done waiting
         self._stop = False
         self.consumer: Any = None
         self.producer: Any = None
@@ -297,10 +305,14 @@ class TrainService:
                         self._bad(msg, exc)
                         done = msg.offset + 1
                         continue
-                    if not self._decisions_cover(label["ts"]) and not self._decisions_idle():
+                    if (
+                        not self._decisions_cover(label["ts"])
+                        and not self._decisions_idle()
+                        and self._forced.get(tp) != msg.offset
+                    ):
                         self.consumer.seek(tp, msg.offset)  # learned after resume
                         self.consumer.pause(tp)
-                        self._paused[tp] = label["ts"]
+                        self._paused[tp] = (label["ts"], msg.offset, time.monotonic())
                         break
                     learned = t.stats["labels_learned"]
                     t.on_label(label)
@@ -368,7 +380,19 @@ class TrainService:
         if not self._paused:
             return
         idle = self._decisions_idle()
-        ready = [tp for tp, ts in self._paused.items() if idle or self._decisions_cover(ts)]
+        now = time.monotonic()
+        ready = []
+        for tp, (ts, offset, since) in self._paused.items():
+            if idle or self._decisions_cover(ts):
+                ready.append(tp)
+            elif now - since > self.label_max_wait_s:  # e.g. a label stamped in the future
+                log.warning(
+                    'label at offset %d of "%s[%d]" (ts=%s) waited %.0f s for its decision; '
+                    "learned without waiting more", offset, tp.topic, tp.partition,
+                    format_ts(ts), now - since,
+                )  # fmt: skip
+                self._forced[tp] = offset
+                ready.append(tp)
         if ready:
             self.consumer.resume(*ready)
             for tp in ready:
@@ -450,6 +474,7 @@ class _Seek(ConsumerRebalanceListener):
     def on_partitions_revoked(self, revoked: Any) -> None:
         for tp in revoked:
             self.svc._paused.pop(tp, None)
+            self.svc._forced.pop(tp, None)
 
     def on_partitions_assigned(self, assigned: Any) -> None:
         for tp in assigned:

@@ -166,3 +166,26 @@ def test_an_announcement_too_large_goes_as_a_pointer_and_a_failed_one_is_retried
     svc._process({})  # after the next batch
     assert [v["version"] for v in p.values] == [p.values[0]["version"], second.version]
     assert p.values[1]["artifact_b64"] is not None
+
+
+def test_a_label_stamped_in_the_future_does_not_hold_its_partition(tmp_path, monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr("fds.streams.train.time.monotonic", lambda: clock[0])
+    d0, lab = TopicPartition("decisions", 0), TopicPartition("labels", 0)
+    svc = service(tmp_path)
+    svc.consumer = c = Consumer({d0: 1, lab: 2})
+    future = Msg("labels", 0, 0, {"tx_id": "a", "ts": 100.0 + 30 * 86400, "is_fraud": True})
+    after = Msg("labels", 0, 1, {"tx_id": "a", "ts": 101.0, "is_fraud": True})
+    svc._process({d0: [decision(0, 0, "a", 100.0)], lab: [future, after]})
+    assert c.paused == {lab}  # decisions keep coming: it waits for one 30 days on
+    offset = 1
+    for step in (60.0, svc.label_max_wait_s):
+        clock[0] += step
+        c.hw[d0] = offset + 1
+        svc._process({d0: [decision(0, offset, f"b{offset}", 100.0 + offset)]})  # not idle
+        offset += 1
+        svc._resume_labels()
+        assert c.paused == ({lab} if step == 60.0 else set())
+    svc._process({lab: [future, after]})  # read again from the label that waited
+    assert svc.trainer.stats["labels_learned"] == 1  # the same tx: learned once
+    assert svc._offsets[("labels", 0)] == 2
