@@ -501,7 +501,7 @@ class Runner:
             **self.s.client_config(), group_id=None, enable_auto_commit=False,
             isolation_level="read_committed", bootstrap_timeout_ms=timeout_ms,
         )  # fmt: skip
-        self.labels = LabelFeed(reader, topic, plan, self._dead_letter)
+        self.labels = LabelFeed(reader, topic, plan)
 
     def _apply_labels(self, idle: bool) -> None:
         """Apply the labels that arrived, up to where the input has been decided."""
@@ -641,6 +641,9 @@ class Runner:
             self.producer.begin_transaction()
         nxt: dict[Any, int] = {}  # partition -> next offset, once this batch is committed
         pending = self._pending = []  # send futures: checked before the offsets move on
+        if self.labels is not None and self.labels.bad:  # sent with this batch (and its
+            for msg, exc in self.labels.take_bad():  # transaction): never outside one
+                self._dead_letter(msg, "label", exc)
         # Decisions are sent SEND_EVERY at a time: alternating engine and client code per
         # record took ~1.5x the CPU per record (cache locality; measured on a loaded machine),
         # while sending a whole batch at its end held a backlog's first decisions back until

@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable
 from typing import Any
 
 from kafka import TopicPartition
@@ -62,21 +61,18 @@ class LabelFeed:
         The labels topic.
     plan
         The feature plan whose label-aware aggregates the labels update.
-    dead_letter
-        ``(record, stage, error)``: where a label that cannot be parsed goes.
+
+    A label that cannot be parsed waits in :attr:`bad` as ``(record, error)`` until the
+    caller dead-letters it with its next batch (inside that batch's transaction under
+    exactly-once); a rewind does not queue a bad label again.
     """
 
-    def __init__(
-        self,
-        consumer: Any,
-        topic: str,
-        plan: Any,
-        dead_letter: Callable[[Any, str, BaseException], None],
-    ) -> None:
+    def __init__(self, consumer: Any, topic: str, plan: Any) -> None:
         self.consumer = consumer
         self.topic = topic
         self.plan = plan
-        self.dead_letter = dead_letter
+        self.bad: list[tuple[Any, BaseException]] = []
+        self._bad_next: dict[int, int] = {}  # partition -> offset after the last bad one queued
         self._tps: list[Any] = []
         self._held: deque[tuple[int, dict[str, Any]]] = deque()  # (record ms, label)
 
@@ -112,7 +108,9 @@ class LabelFeed:
                 try:
                     label = parse_label(loads(msg.value))
                 except Exception as exc:  # a bad label is dead-lettered, never dropped
-                    self.dead_letter(msg, "label", exc)
+                    if msg.offset >= self._bad_next.get(msg.partition, 0):
+                        self.bad.append((msg, exc))
+                        self._bad_next[msg.partition] = msg.offset + 1
                     continue
                 held.append((msg.timestamp, label))
 
@@ -140,6 +138,11 @@ class LabelFeed:
             n += 1
         self._held = waiting
         return n
+
+    def take_bad(self) -> list[tuple[Any, BaseException]]:
+        """The bad labels queued since the last call (see the class docstring)."""
+        bad, self.bad = self.bad, []
+        return bad
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

@@ -17,12 +17,16 @@ pytestmark = pytest.mark.integration
 FEATURE = "merchant_fraud_count_28d"  # a label-aware feature of rules/default.yaml
 
 
+@pytest.mark.parametrize("mode", ["at-least-once", "exactly-once"])
 def test_a_label_on_the_labels_topic_reaches_the_merchant_features_of_fds_run(
-    kafka_bootstrap, topics, unique_name
+    kafka_bootstrap, topics, unique_name, mode
 ):
+    """... and a bad label is dead-lettered (under exactly-once inside a transaction: a send
+    outside one is refused)."""
     stages = ("--rules", str(DEFAULT_RULES), "--model", "none", "--state-dir", "none")
+    eos = ("--exactly-once",) if mode == "exactly-once" else ()
     p = spawn_run(
-        kafka_bootstrap, topics, unique_name("g"), "--labels-topic", topics["labels"],
+        kafka_bootstrap, topics, unique_name("g"), "--labels-topic", topics["labels"], *eos,
         stages=stages,
     )  # fmt: skip
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
@@ -67,7 +71,7 @@ def test_a_label_on_the_labels_topic_reaches_the_merchant_features_of_fds_run(
         wait_until(lambda: other in decisions(), 30, "a decision for another merchant")
         assert decisions()[other]["features"][FEATURE] == 0  # attributed to m1 only
 
-        dead = [r for r in read_all(kafka_bootstrap, topics["dead_letters"])]
+        dead = read_all(kafka_bootstrap, topics["dead_letters"], committed_only=bool(eos))
         headers = [dict(r.headers) for r in dead]
         assert any(h.get("stage") == b"label" for h in headers), headers
         assert any(h.get("source_topic") == topics["labels"].encode() for h in headers)

@@ -74,13 +74,12 @@ def tx(tx_id: str, ts: float) -> dict:
 def test_a_label_waits_for_its_transaction_while_the_input_is_behind():
     p = plan()
     p.compute(tx("a", 1_767_225_600.0))
-    dead = []
     c = FakeConsumer([label(0, "a", 5_000), label(1, "x", 6_000, b"{oops"), label(2, "z", 7_000)])
-    feed = LabelFeed(c, "labels", p, lambda msg, stage, exc: dead.append((msg.offset, stage)))
+    feed = LabelFeed(c, "labels", p)
     feed.rewind()
     # "a" was decided: applied at once; "z" not yet, and the input is behind its label: waits
     assert feed.poll(input_ms=4_000) == 1
-    assert dead == [(1, "label")]
+    assert [msg.offset for msg, _exc in feed.take_bad()] == [1]  # for the next batch's DLQ
     assert p.compute(tx("b", 1_767_225_660.0))["m_frauds"] == 1
     p.compute(tx("z", 1_767_225_670.0))  # z's transaction comes through the input later
     assert feed.poll(input_ms=4_500) == 1
@@ -88,11 +87,12 @@ def test_a_label_waits_for_its_transaction_while_the_input_is_behind():
     feed.rewind()  # re-read (after a state rebuild): applying again changes nothing
     assert feed.poll(input_ms=math.inf) == 2
     assert p.compute(tx("d", 1_767_225_690.0))["m_frauds"] == 2
+    assert feed.take_bad() == []  # dead-lettered once, not again at every rewind
 
 
 def test_a_label_for_a_transaction_that_can_no_longer_come_is_not_held():
     p = plan()
-    feed = LabelFeed(FakeConsumer([label(0, "gone", 5_000)]), "labels", p, print)
+    feed = LabelFeed(FakeConsumer([label(0, "gone", 5_000)]), "labels", p)
     feed.rewind()
     assert feed.poll(input_ms=4_000) == 0  # the input may still bring "gone": held
     assert feed.poll(input_ms=5_000) == 1  # the input passed the label: applied, unmatched
@@ -113,6 +113,6 @@ def test_a_missing_labels_topic_is_a_clear_error():
         def partitions_for_topic(self, topic):
             return None
 
-    feed = LabelFeed(NoTopic([]), "labelz", plan(), print)
+    feed = LabelFeed(NoTopic([]), "labelz", plan())
     with pytest.raises(ConfigError, match=r"'labelz' does not exist.*fds kafka topics"):
         feed.rewind()
