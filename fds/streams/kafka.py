@@ -508,11 +508,13 @@ class Runner:
         feed = self.labels
         if feed is None or self._unresolved:
             return
+        input_ms = math.inf if idle else self._input_ms
         try:
+            n = 0
             if self._labels_due:
-                feed.rewind(timeout_s=self.s.broker_timeout_s)
+                n = feed.rewind(input_ms, timeout_s=self.s.broker_timeout_s)
                 self._labels_due = False
-            n = feed.poll(math.inf if idle else self._input_ms)
+            n += feed.poll(input_ms)
             if n:
                 self.metrics.feature_labels(n)
         except (KafkaError, OSError) as exc:  # decisions go on; labels are tried again next time

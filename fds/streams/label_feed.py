@@ -76,11 +76,13 @@ class LabelFeed:
         self._tps: list[Any] = []
         self._held: deque[tuple[int, dict[str, Any]]] = deque()  # (record ms, label)
 
-    def rewind(self, timeout_s: float = 60.0) -> None:
+    def rewind(self, input_ms: float, timeout_s: float = 60.0) -> int:
         """(Re)read the labels topic from the label horizon up to its current end: on start,
         and after the state was caught up or rebuilt (labels applied before may be missing
-        from it, or found no match). Returns once every label there is fetched (applied or
-        waiting, see :meth:`poll`), so the next batch is decided with them."""
+        from it, or found no match). Labels are applied as they are read (``input_ms`` as in
+        :meth:`poll`; memory: at most ``MAX_HELD`` waiting); returns, with how many were
+        applied, once every label there is read, so the next batch is decided with them.
+        ``timeout_s``: how long without progress before giving up."""
         c = self.consumer
         if not self._tps:
             parts = c.partitions_for_topic(self.topic)
@@ -96,14 +98,23 @@ class LabelFeed:
             c.seek(tp, offset)
         end = c.end_offsets(self._tps)
         deadline = time.monotonic() + timeout_s
+        n = 0
         while any(c.position(tp) < end[tp] for tp in self._tps):
             if time.monotonic() > deadline:
-                raise KafkaTimeoutError(f"labels topic {self.topic!r}: not read in {timeout_s} s")
-            self._fetch(timeout_ms=100)
+                raise KafkaTimeoutError(
+                    f"labels topic {self.topic!r}: no progress reading it for {timeout_s} s"
+                )
+            if self._fetch(timeout_ms=100):
+                deadline = time.monotonic() + timeout_s
+            n += self._apply(input_ms)
+        return n
 
-    def _fetch(self, timeout_ms: int) -> None:
+    def _fetch(self, timeout_ms: int) -> int:
+        """Read what has arrived into the labels held; returns how many records."""
         held = self._held
+        got = 0
         for records in self.consumer.poll(timeout_ms=timeout_ms, max_records=MAX_PER_POLL).values():
+            got += len(records)
             for msg in records:
                 try:
                     label = parse_label(loads(msg.value))
@@ -113,6 +124,7 @@ class LabelFeed:
                         self._bad_next[msg.partition] = msg.offset + 1
                     continue
                 held.append((msg.timestamp, label))
+        return got
 
     def poll(self, input_ms: float) -> int:
         """Apply the labels that have arrived (no wait); a label whose transaction is unknown
@@ -121,6 +133,9 @@ class LabelFeed:
         if not self._tps:
             return 0
         self._fetch(timeout_ms=0)
+        return self._apply(input_ms)
+
+    def _apply(self, input_ms: float) -> int:
         held = self._held
         if not held:
             return 0

@@ -46,8 +46,8 @@ class FakeConsumer:
         self.pos = 0  # whatever the offset, the fake re-reads every record
 
     def poll(self, timeout_ms=0, max_records=None):
-        out = self.records[self.pos :]
-        self.pos = len(self.records)
+        out = self.records[self.pos :][:max_records]
+        self.pos += len(out)
         return {self.assigned[0]: out} if out else {}
 
 
@@ -76,16 +76,16 @@ def test_a_label_waits_for_its_transaction_while_the_input_is_behind():
     p.compute(tx("a", 1_767_225_600.0))
     c = FakeConsumer([label(0, "a", 5_000), label(1, "x", 6_000, b"{oops"), label(2, "z", 7_000)])
     feed = LabelFeed(c, "labels", p)
-    feed.rewind()
     # "a" was decided: applied at once; "z" not yet, and the input is behind its label: waits
-    assert feed.poll(input_ms=4_000) == 1
+    assert feed.rewind(input_ms=4_000) == 1
+    assert feed.poll(input_ms=4_000) == 0
     assert [msg.offset for msg, _exc in feed.take_bad()] == [1]  # for the next batch's DLQ
     assert p.compute(tx("b", 1_767_225_660.0))["m_frauds"] == 1
     p.compute(tx("z", 1_767_225_670.0))  # z's transaction comes through the input later
     assert feed.poll(input_ms=4_500) == 1
     assert p.compute(tx("c", 1_767_225_680.0))["m_frauds"] == 2
-    feed.rewind()  # re-read (after a state rebuild): applying again changes nothing
-    assert feed.poll(input_ms=math.inf) == 2
+    # re-read (after a state rebuild): applying again changes nothing
+    assert feed.rewind(input_ms=math.inf) == 2
     assert p.compute(tx("d", 1_767_225_690.0))["m_frauds"] == 2
     assert feed.take_bad() == []  # dead-lettered once, not again at every rewind
 
@@ -93,8 +93,7 @@ def test_a_label_waits_for_its_transaction_while_the_input_is_behind():
 def test_a_label_for_a_transaction_that_can_no_longer_come_is_not_held():
     p = plan()
     feed = LabelFeed(FakeConsumer([label(0, "gone", 5_000)]), "labels", p)
-    feed.rewind()
-    assert feed.poll(input_ms=4_000) == 0  # the input may still bring "gone": held
+    assert feed.rewind(input_ms=4_000) == 0  # the input may still bring "gone": held
     assert feed.poll(input_ms=5_000) == 1  # the input passed the label: applied, unmatched
     assert p.unmatched_labels == 1
 
@@ -115,4 +114,23 @@ def test_a_missing_labels_topic_is_a_clear_error():
 
     feed = LabelFeed(NoTopic([]), "labelz", plan())
     with pytest.raises(ConfigError, match=r"'labelz' does not exist.*fds kafka topics"):
-        feed.rewind()
+        feed.rewind(input_ms=0)
+
+
+def test_a_rewind_applies_labels_as_it_reads_them(monkeypatch):
+    """A long label history is not held whole in memory: each fetch is applied."""
+    monkeypatch.setattr("fds.streams.label_feed.MAX_PER_POLL", 3)
+    p = plan()
+    for i in range(10):
+        p.compute(tx(f"t{i}", 1_767_225_600.0 + i))
+    feed = LabelFeed(FakeConsumer([label(i, f"t{i}", 5_000) for i in range(10)]), "labels", p)
+    sizes = []
+    apply = feed._apply
+
+    def spying(input_ms: float) -> int:
+        sizes.append(len(feed._held))
+        return apply(input_ms)
+
+    monkeypatch.setattr(feed, "_apply", spying)
+    assert feed.rewind(input_ms=4_000) == 10
+    assert max(sizes) <= 3
