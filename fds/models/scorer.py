@@ -195,7 +195,10 @@ class ModelServer:
         champ = self.champion
         if champ is None:
             return None, None
-        s = self._probability(_p(champ, x))
+        raw = _p(champ, x)
+        if not 0.0 <= raw <= 1.0:  # NaN included: never a decline, the guard falls back to rules
+            raise ValueError(f"model {self.version} scored {raw!r}, not a probability")
+        s = self._probability(raw)
         if self.challenger is not None:
             try:
                 sh = self.shadow_scores
@@ -513,6 +516,8 @@ class ModelServer:
             self.champion, self.version = model, v
             entry = self.registry.manifest()["versions"].get(v) or {}
             self._gate_frauds = (entry.get("evaluation") or {}).get("frauds_learned", 0)
+            # a restart keeps the contest: a trained champion is no warm-up model
+            self._champion_labels = entry.get("labels_learned", 0)
         return v
 
     def poll(self) -> str | None:
@@ -530,11 +535,12 @@ class ModelServer:
             role, target = "champion", champ
             self._pointer = champ
         else:
-            latest = max(m["versions"].values(), key=lambda e: e["seq"], default=None)
-            newest_known = max(
-                (v for v in (self.version, self.challenger_version) if v), default=""
-            )
-            if latest and latest["version"] > newest_known and latest["status"] == "published":
+            versions = m["versions"]
+            latest = max(versions.values(), key=lambda e: e["seq"], default=None)
+            # by seq: "v1000000" sorts before "v999999" as a string
+            known = (self.version, self.challenger_version)
+            newest_known = max((versions[v]["seq"] for v in known if v in versions), default=-1)
+            if latest and latest["seq"] > newest_known and latest["status"] == "published":
                 role, target = (
                     ("challenger" if self.auto_promote else "champion"),
                     latest["version"],

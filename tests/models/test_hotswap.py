@@ -141,3 +141,29 @@ def test_watch_thread_swaps_under_load(tmp_path: Path) -> None:
     assert versions == sorted(versions)
     assert set(versions) == {"v000001", "v000002", "v000003", "v000005", "v000006"}
     assert srv.stats["swaps_rejected"] == 1
+
+
+def test_a_nan_score_falls_back_to_the_rules_and_is_never_a_decline(tmp_path: Path) -> None:
+    """The canary checks recent traffic; a model can still score NaN on an input it never
+    saw. That score must not act (a NaN compared as >= 1.0 became a decline)."""
+    from fds.guardrails import ModelGuard
+
+    srv = ModelServer(load_spec("default"), learn=False)
+    srv.champion, srv.version = NaNModel("amount"), "v000009"
+    eng = Engine(model=srv, guard=ModelGuard(latency_budget_s=1.0))
+    d = eng.decide({"tx_id": "a", "ts": 1.0, "card_id": "c", "amount": 5.0})
+    assert d["model_score"] is None and "degraded" in d["flags"] and d["action"] == "approve"
+
+
+def test_a_restarted_scorer_keeps_the_contest_and_orders_versions_by_seq(tmp_path: Path) -> None:
+    reg = Registry(tmp_path)
+    v1 = reg.publish(FeatureModel("amount"), spec={"name": "t"}, labels_learned=50_000)
+    reg.promote(v1["version"])
+    srv = ModelServer(load_spec("default"), registry=reg, learn=False)  # auto-promote: contests
+    assert srv.load_champion() == v1["version"]
+    reg.publish(FeatureModel("amount"), spec={"name": "t"}, labels_learned=10)
+    srv.poll()
+    srv._install_pending()
+    # a proven champion: the new version goes to shadow, not straight in as a warm-up model
+    assert srv.version == v1["version"] and srv.challenger_version == "v000002"
+    assert reg.champion() == v1["version"]
