@@ -223,7 +223,8 @@ class Engine:
         score, and one input per rule only for a model that reads them."""
         if not self._per_rule:
             return rule_inputs(hits)
-        ruleset = getattr(self.rules, "current", self.rules)  # a reloading ruleset: this one
+        # a reloading ruleset: the one that produced ``hits`` (a reload may have swapped since)
+        ruleset = getattr(self.rules, "applied", self.rules)
         ids = self._rule_ids
         if ids is None or ids[0] is not ruleset:
             evaluated = getattr(ruleset, "evaluated", ())

@@ -81,7 +81,7 @@ class ReloadingRuleset:
         self.version: str | None = self.current.version
         #: The policy stage of the ruleset in force (its thresholds follow reloads).
         self.policy = Policy.from_spec(self.current.policy)
-        self._applied = self.current
+        self.applied = self.current  # the ruleset of the last evaluate (the hot path's)
         self.metrics = metrics
         if metrics is not None:
             metrics.ruleset_info(self.current.version)
@@ -97,9 +97,9 @@ class ReloadingRuleset:
     ) -> list[dict[str, Any]]:
         """Hits of the ruleset in force; ``version`` then names the ruleset that produced them."""
         rs = self.current  # read the reference once: one event, one ruleset
-        if rs is not self._applied:  # first event after a swap: thresholds follow, same thread
+        if rs is not self.applied:  # first event after a swap: thresholds follow, same thread
             self.policy.configure(rs.policy)
-            self._applied = rs
+            self.applied = rs
         self.version = rs.version
         return rs.evaluate(tx, features)
 
@@ -150,7 +150,16 @@ class ReloadingRuleset:
 
     def _check_features(self, new: Ruleset) -> None:
         # Feature state is built from the declarations at start; a reload swaps rules and policy
-        # only. A changed declaration would leave rules reading values nobody computes.
+        # only. A changed declaration would leave rules reading values nobody computes; another
+        # timezone would move `hour` and `is_night` while calendar-day windows keep resetting at
+        # the old midnight.
+        old_tz, new_tz = self.current.spec.timezone, new.spec.timezone
+        if new_tz != old_tz:
+            raise ConfigError(
+                f"timezone changed ({old_tz} -> {new_tz}): calendar-day windows were built in "
+                "the old one; restart the engine to apply it",
+                where=str(self.path),
+            )
         if new.features != self.current.features:
             old = {f.name: f for f in self.current.features}
             changed = sorted(

@@ -182,3 +182,38 @@ def test_policy_follows_the_reloaded_file_and_features_cannot_change(tmp_path: P
     assert rs.check_now() == "rejected"
     assert "feature declarations changed (c)" in str(rs.last_error)
     assert engine.decide(tx)["ruleset_version"] == "v2"
+    write(p, rules("v4", 100) + "timezone: America/New_York\n")  # calendar days start elsewhere
+    assert rs.check_now() == "rejected"
+    assert "timezone changed (UTC -> America/New_York)" in str(rs.last_error)
+    assert engine.decide(tx)["ruleset_version"] == "v2"
+
+
+def test_the_model_reads_the_rule_results_of_the_ruleset_that_produced_them(tmp_path: Path):
+    """A reload landing between the rules and the model of one event: the model's per-rule
+    inputs are those of the ruleset that produced the hits, not of the new one."""
+
+    class PerRule:  # a model stage that reads one input per rule
+        reads_rules = reads_rule_ids = True
+
+        def score(self, tx, feats):
+            self.seen = sorted(k for k in feats if k.startswith("rule:"))
+            return 0.1, "v1"
+
+        def on_decision(self, tx, decision):
+            pass
+
+    p = tmp_path / "r.yaml"
+    p.write_text(rules("v1", 100))
+    rs = ReloadingRuleset(p, start=False)
+    write(p, rules("v2", 100).replace("id: big", "id: huge"))
+    evaluate = rs.evaluate
+
+    def evaluate_then_reload(tx, features=None):
+        hits = evaluate(tx, features)
+        assert rs.check_now() == "ok"  # the watcher thread swaps right after the rules ran
+        return hits
+
+    rs.evaluate = evaluate_then_reload  # type: ignore[method-assign]
+    model = PerRule()
+    d = Engine(rules=rs, model=model).decide({"tx_id": "t", "ts": 0.0, "amount": 150.0})
+    assert [h["id"] for h in d["rule_hits"]] == ["big"] and model.seen == ["rule:big"]
