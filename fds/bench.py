@@ -280,7 +280,7 @@ def run_precision(
     t0 = time.perf_counter()
     for i, tx in enumerate(txs):
         ts = tx["ts"]
-        while li < nl and labels[li]["ts"] <= ts:
+        while li < nl and labels[li]["ts"] < ts:  # strictly: never before its own decision
             engine.learn(labels[li])
             li += 1
         if frozen is None and ts >= warm_end:

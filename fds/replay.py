@@ -292,7 +292,9 @@ def run(
                     heapq.heappush(labels, (lab["ts"], n_labels, lab))
                     n_labels += 1
                 pending.clear()
-            while labels and labels[0][0] <= ts:
+            # strictly earlier: a label stamped with its own transaction's time (a label column
+            # without delay) is learned after that transaction is decided, never before
+            while labels and labels[0][0] < ts:
                 engine.learn(heapq.heappop(labels)[2])
                 learned += 1
             if speed:

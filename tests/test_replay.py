@@ -75,10 +75,21 @@ def test_labels_learned_only_after_their_delay(tmp_path):
     mapping = ColumnMapping.model_validate({"label": {"column": "FRAUD", "delay": "2h"}})
     rec = Recorder()
     s = replay.run(Engine(features=rec), replay.load(p, mapping=mapping), ListSink(), ListSink())
-    # the label of t0 becomes known at T0+2h: learned before t2 (same instant) is decided
-    assert rec.seen == ["t0", "t1", "L:t0", "t2", "t3"]
+    # the label of t0 becomes known at T0+2h: learned after t2 (same instant: a decision does
+    # not see a label stamped at its own instant), before t3
+    assert rec.seen == ["t0", "t1", "t2", "L:t0", "t3"]
     assert s.labels_learned == 1 and s.frauds == 1 and s.alerted_frauds == 0
     assert s.recall == 0.0
+
+
+def test_a_label_column_without_delay_is_learned_after_its_own_transaction(tmp_path):
+    # two transactions at one instant, the second a fraud; the file is read ahead of deciding
+    rows = [tx(0, T0, FRAUD=0), tx(1, T0, FRAUD=1), tx(2, T0 + 1, FRAUD=0)]
+    p = write_jsonl(tmp_path / "x.jsonl", rows)
+    mapping = ColumnMapping.model_validate({"label": {"column": "FRAUD"}})
+    rec = Recorder()
+    replay.run(Engine(features=rec), replay.load(p, mapping=mapping), ListSink(), ListSink())
+    assert rec.seen == ["t0", "t1", "L:t1", "t2"]
 
 
 def test_labels_file(tmp_path):

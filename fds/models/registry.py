@@ -35,7 +35,7 @@ import pickle
 import re
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -324,14 +324,24 @@ class Registry:
             parent = m["versions"].get(champ, {}).get("parent")
             if parent:
                 keep.add(parent)
+        # the champions of recent changes: what a rollback may return to
+        for h in m.get("history", [])[-self.retain :]:
+            for v in (h["from"], h["to"]):
+                if v and m["versions"].get(v, {}).get("status") != "rejected":
+                    keep.add(v)
         for e in entries:
             if e["version"] not in keep:
                 del m["versions"][e["version"]]
                 with contextlib.suppress(FileNotFoundError):
                     (self.path / f"{e['version']}.pkl").unlink()
 
-    def _set_champion(self, version: str, status: str, reason: str) -> dict[str, Any]:
+    def _set_champion(
+        self, version: str | Callable[[dict[str, Any]], str], status: str, reason: str
+    ) -> dict[str, Any]:
+        """``version``, or a function choosing it from the manifest under the lock."""
         with self._locked() as m:
+            if callable(version):
+                version = version(m)
             if version not in m["versions"]:
                 raise ConfigError(
                     f"unknown model version {version!r}: `fds models list` shows the versions"
@@ -352,13 +362,18 @@ class Registry:
         return self._set_champion(version, "champion", reason)
 
     def rollback(self, reason: str = "manual") -> dict[str, Any]:
-        """Return to the previous champion (from the history); its successor is rejected."""
-        m = self.manifest()
-        champ = m.get("champion")
-        for h in reversed(m.get("history", [])):
-            if h["to"] == champ and h["from"] and h["from"] in m["versions"]:
-                return self._set_champion(h["from"], "rolled-back", reason)
-        raise ConfigError("nothing to roll back to: no earlier champion in the registry")
+        """Return to the previous champion (from the history); its successor is rejected.
+        A rejected version is never returned to: a second rollback goes further back."""
+
+        def previous(m: dict[str, Any]) -> str:
+            champ = m.get("champion")
+            for h in reversed(m.get("history", [])):
+                before = m["versions"].get(h["from"] or "")
+                if h["to"] == champ and before is not None and before["status"] != "rejected":
+                    return str(h["from"])
+            raise ConfigError("nothing to roll back to: no earlier champion in the registry")
+
+        return self._set_champion(previous, "rolled-back", reason)
 
     def reject(self, version: str, reason: str) -> None:
         with self._locked() as m:

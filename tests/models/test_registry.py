@@ -133,8 +133,23 @@ def test_promote_and_rollback(tmp_path: Path) -> None:
     back = reg.rollback(reason="test")
     assert back["version"] == "v000001" and reg.champion() == "v000001"
     assert reg.entry("v000003")["status"] == "rejected"
+    with pytest.raises(ConfigError, match="nothing to roll back"):  # not back to v000003
+        reg.rollback()
+    assert reg.champion() == "v000001"
     with pytest.raises(ConfigError, match="unknown model version"):
         reg.promote("v000099")
+
+
+def test_a_rollback_goes_further_back_and_its_target_survives_retention(tmp_path: Path) -> None:
+    reg = Registry(tmp_path, retain=2)
+    for v in ("v000001", "v000002", "v000003"):
+        reg.publish({"v": v}, spec={"name": "t"})
+        reg.promote(v)
+    for i in range(4):  # newer versions, never promoted: retention drops older ones
+        reg.publish({"i": i}, spec={"name": "t"})
+    assert reg.rollback()["version"] == "v000002"  # kept: a recent champion
+    assert reg.rollback()["version"] == "v000001"  # v000003 was rejected: further back
+    assert reg.entry("v000002")["status"] == "rejected"
 
 
 # -- import_version: a version published by another registry (the models-topic feed) ----------
