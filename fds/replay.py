@@ -284,55 +284,57 @@ def run(
     actions = s.actions
     counted = seen = 0  # events already reported to metrics; events read
     with Freezer() as freezer:
-        for i, tx in enumerate(stream.transactions):
-            seen = i + 1
-            ts = tx["ts"]
-            if pending:
-                for lab in pending:
-                    heapq.heappush(labels, (lab["ts"], n_labels, lab))
-                    n_labels += 1
-                pending.clear()
-            # strictly earlier: a label stamped with its own transaction's time (a label column
-            # without delay) is learned after that transaction is decided, never before
-            while labels and labels[0][0] < ts:
-                engine.learn(heapq.heappop(labels)[2])
-                learned += 1
-            if speed:
-                if first_ts is None:
-                    first_ts = ts
-                ahead = (ts - first_ts) / speed - (time.perf_counter() - t0)
-                if ahead > 0:
-                    sleep(ahead)
-            if on_event is not None:
-                on_event(i)
-            try:
-                d = engine.decide(tx)
-            except StageError as e:
-                dead.append(
-                    dead_letter(stage=e.stage, error=e.cause, raw=tx, source=source, position=i)
-                )
-                if metrics is not None:
-                    metrics.failed(e.stage)
-                continue
-            sink.write(d)
-            action = d["action"]
-            actions[action] += 1
-            if d["flags"]:
-                s.late += "late" in d["flags"]
-            if tx["tx_id"] in truth:
-                total_frauds += 1
-                alerted_frauds += action != "approve"
-            if not i % _PROGRESS_EVERY:
-                written_dead = _drain_dead(dead, written_dead, dlq, metrics)
-                if bar is not None:
-                    bar.update(i - bar.n)
-                if metrics is not None:
-                    metrics.events_consumed("file", i - counted)
-                    counted = i
-                    engine.report()
-                freezer.tick(_PROGRESS_EVERY)
+        try:
+            for i, tx in enumerate(stream.transactions):
+                seen = i + 1
+                ts = tx["ts"]
+                if pending:
+                    for lab in pending:
+                        heapq.heappush(labels, (lab["ts"], n_labels, lab))
+                        n_labels += 1
+                    pending.clear()
+                # strictly earlier: a label stamped with its own transaction's time (a label column
+                # without delay) is learned after that transaction is decided, never before
+                while labels and labels[0][0] < ts:
+                    engine.learn(heapq.heappop(labels)[2])
+                    learned += 1
+                if speed:
+                    if first_ts is None:
+                        first_ts = ts
+                    ahead = (ts - first_ts) / speed - (time.perf_counter() - t0)
+                    if ahead > 0:
+                        sleep(ahead)
+                if on_event is not None:
+                    on_event(i)
+                try:
+                    d = engine.decide(tx)
+                except StageError as e:
+                    dead.append(
+                        dead_letter(stage=e.stage, error=e.cause, raw=tx, source=source, position=i)
+                    )
+                    if metrics is not None:
+                        metrics.failed(e.stage)
+                    continue
+                sink.write(d)
+                action = d["action"]
+                actions[action] += 1
+                if d["flags"]:
+                    s.late += "late" in d["flags"]
+                if tx["tx_id"] in truth:
+                    total_frauds += 1
+                    alerted_frauds += action != "approve"
+                if not i % _PROGRESS_EVERY:
+                    written_dead = _drain_dead(dead, written_dead, dlq, metrics)
+                    if bar is not None:
+                        bar.update(i - bar.n)
+                    if metrics is not None:
+                        metrics.events_consumed("file", i - counted)
+                        counted = i
+                        engine.report()
+                    freezer.tick(_PROGRESS_EVERY)
+        finally:  # what was read before a failure is not lost
+            written_dead = _drain_dead(dead, written_dead, dlq, metrics)
     s.seconds = time.perf_counter() - t0
-    _drain_dead(dead, written_dead, dlq, metrics)
     if metrics is not None:
         metrics.events_consumed("file", seen - counted)
         engine.report()

@@ -166,3 +166,18 @@ def test_cli_says_when_input_was_reordered(tmp_path, capsys):
     assert "input not in time order: 1 records were out of order" in capsys.readouterr().err
     decided = [orjson.loads(x)["tx_id"] for x in (tmp_path / "o.jsonl").read_bytes().split()]
     assert decided == ["t0", "t1"]
+
+
+def test_dead_letters_collected_before_a_failure_are_written(tmp_path):
+    p = write_jsonl(tmp_path / "x.jsonl", [tx(i, T0 + i) for i in range(5)])
+
+    class FullDisk(ListSink):
+        def write(self, record: Any) -> None:
+            if len(self.items) == 2:
+                raise OSError(28, "No space left on device")
+            super().write(record)
+
+    dlq = ListSink()
+    with pytest.raises(OSError, match="No space left"):  # at t3, after t1 failed
+        replay.run(Engine(features=Recorder(fail_on="t1")), replay.load(p), FullDisk(), dlq)
+    assert [(d["stage"], d["raw"]["tx_id"]) for d in dlq.items] == [("features", "t1")]

@@ -7,10 +7,12 @@ becomes a label event that the engine only learns ``delay`` after the transactio
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import io
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, Literal, cast
@@ -153,12 +155,20 @@ def infer_format(path: str | os.PathLike[str], declared: str | None = None) -> s
     )
 
 
-def open_text(path: str | os.PathLike[str], mode: str = "rt") -> IO[Any]:
+# Characters that stand for bytes that were not UTF-8 (errors="surrogateescape").
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+
+
+def open_text(
+    path: str | os.PathLike[str], mode: str = "rt", *, encoding: str = "utf-8",
+    errors: str | None = None,
+) -> IO[Any]:  # fmt: skip
     """Open a text file, transparently gunzipping/gzipping ``*.gz``."""
-    encoding = None if "b" in mode else "utf-8"
+    enc = None if "b" in mode else encoding
+    err = None if "b" in mode else errors
     if str(path).endswith(".gz"):
-        return cast(IO[Any], gzip.open(path, mode, encoding=encoding))
-    return open(path, mode, encoding=encoding)
+        return cast(IO[Any], gzip.open(path, mode, encoding=enc, errors=err))
+    return open(path, mode, encoding=enc, errors=err)
 
 
 def read_records(
@@ -184,6 +194,8 @@ def read_records(
 def _read_jsonl(p: Path, mapping: ColumnMapping | None) -> Iterator[Record]:
     with open_text(p, "rb") as f:
         for n, line in enumerate(f, 1):
+            if n == 1:
+                line = line.removeprefix(codecs.BOM_UTF8)  # written by some Windows tools
             if not line.strip():
                 continue
             try:
@@ -199,19 +211,33 @@ def _read_jsonl(p: Path, mapping: ColumnMapping | None) -> Iterator[Record]:
 
 
 def _read_csv(p: Path, mapping: ColumnMapping | None) -> Iterator[Record]:
-    with open_text(p, "rt") as f:
+    # utf-8-sig: a byte-order mark is not part of the first column's name; surrogateescape:
+    # a byte that is not UTF-8 makes its row a dead letter, not the end of the replay.
+    with open_text(p, "rt", encoding="utf-8-sig", errors="surrogateescape") as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None:
             return
+        if _UNDECODABLE.search("".join(header)):
+            raise ConfigError(f"{p}:1: the header is not valid UTF-8; save the file as UTF-8")
         if mapping is not None:
             mapping.check_columns(header, where=f"{p}:1")
         width = len(header)
-        for n, row in enumerate(reader, 2):
-            if len(row) != width:
+        start = reader.line_num + 1
+        for row in reader:
+            n, start = start, reader.line_num + 1  # the line a record starts on
+            if not row:
+                continue  # a blank line
+            error = None
+            if _UNDECODABLE.search("".join(row)):
+                error = ValueError("not valid UTF-8")
+                row = [c.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for c in row]
+            elif len(row) != width:
+                error = ValueError(f"expected {width} columns, found {len(row)}")
+            if error is not None:
                 raw = io.StringIO()
                 csv.writer(raw).writerow(row)
-                yield n, ValueError(f"expected {width} columns, found {len(row)}"), raw.getvalue()
+                yield n, error, raw.getvalue()
                 continue
             rec = {k: v for k, v in zip(header, row, strict=True) if v != ""}
             yield n, (mapping.apply(rec) if mapping is not None else rec), None

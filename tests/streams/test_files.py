@@ -103,3 +103,28 @@ def test_sink_roundtrip(tmp_path):
 
 def test_mapping_without_fields_is_identity():
     assert ColumnMapping().apply({"x": 1}) == {"x": 1}
+
+
+def test_csv_lines_bom_blank_lines_and_bytes_that_are_not_utf8(tmp_path):
+    p = tmp_path / "h.csv"
+    p.write_bytes(
+        b"\xef\xbb\xbfid,note\n"  # a byte-order mark before the first column's name
+        b'1,"two\nlines"\n'  # a quoted field over lines 2-3
+        b"\n"  # a blank line: no record
+        b"2,caf\xe9\n"  # Latin-1, not UTF-8: that row is a dead letter, the rest goes on
+        b"3,ok\n"
+    )
+    recs = list(read_records(p))
+    assert [n for n, _rec, _raw in recs] == [2, 5, 6]  # the line each record starts on
+    assert recs[0][1] == {"id": "1", "note": "two\nlines"}
+    assert isinstance(recs[1][1], ValueError) and "UTF-8" in str(recs[1][1])
+    assert recs[1][2] == "2,caf\ufffd\r\n" and recs[2][1] == {"id": "3", "note": "ok"}
+    p.write_bytes(b"\xefid\n1\n")
+    with pytest.raises(ConfigError, match=r"h\.csv:1: the header is not valid UTF-8"):
+        list(read_records(p))
+
+
+def test_jsonl_with_a_byte_order_mark(tmp_path):
+    p = tmp_path / "x.jsonl"
+    p.write_bytes(b'\xef\xbb\xbf{"a": 1}\n{"a": 2}\n')
+    assert [rec for _n, rec, _raw in read_records(p)] == [{"a": 1}, {"a": 2}]
