@@ -43,4 +43,12 @@ class StageError(FdsError):
 
 
 class ArtifactError(FdsError):
-    """A model artifact is corrupt, tampered with, or fails its canary check."""
+    """A model artifact is corrupt, tampered with, or fails its canary check.
+
+    ``local``: the failure may come from this machine rather than the artifact (its key, its
+    file system, its libraries): another machine may load the same version.
+    """
+
+    def __init__(self, message: str, *, local: bool = False) -> None:
+        super().__init__(message)
+        self.local = local

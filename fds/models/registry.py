@@ -107,10 +107,13 @@ def verify(
     if key is not None:
         if not signature:
             raise ArtifactError(
-                f"artifact is not signed but {KEY_ENV} is set: republish it with the key"
+                f"artifact is not signed but {KEY_ENV} is set: republish it with the key",
+                local=True,
             )
         if not hmac.compare_digest(sign(data, key), str(signature)):
-            raise ArtifactError("artifact HMAC signature mismatch: wrong key or tampered artifact")
+            raise ArtifactError(
+                "artifact HMAC signature mismatch: wrong key or tampered artifact", local=True
+            )
 
 
 def load_verified(
@@ -130,7 +133,9 @@ def load_verified(
     try:
         return pickle.loads(data)
     except Exception as e:
-        raise ArtifactError(f"artifact does not unpickle: {type(e).__name__}: {e}") from e
+        raise ArtifactError(  # e.g. another library version on this machine
+            f"artifact does not unpickle: {type(e).__name__}: {e}", local=True
+        ) from e
 
 
 def _env_key() -> bytes | None:
@@ -205,7 +210,9 @@ class Registry:
         try:
             data = (self.path / f"{version}.pkl").read_bytes()
         except FileNotFoundError:
-            raise ArtifactError(f"artifact of {version} is missing from {self.path}") from None
+            raise ArtifactError(
+                f"artifact of {version} is missing from {self.path}", local=True
+            ) from None
         return data, e
 
     def load(self, version: str) -> Any:

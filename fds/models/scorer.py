@@ -65,6 +65,9 @@ log = logging.getLogger("fds.models")
 RECENT_SIZE = 4096
 #: Inputs a candidate must score cleanly before it may serve.
 CANARY_SIZE = 64
+# A version that failed to load for a reason of this machine (key, files, libraries) is tried
+# again after this long (watch mode).
+LOCAL_RETRY_S = 60.0
 #: Shadow scores and inputs kept per tx_id for promotion decisions (watch mode); bounded memory.
 KEEP_SIZE = 200_000
 #: Every RANK_STRIDE-th recent input ranks contest scores: 2,048 points keep ~10 above a top-0.5%
@@ -179,6 +182,8 @@ class ModelServer:
         self._watch: threading.Thread | None = None
         self._stop = threading.Event()
         self._pointer: str | None = None  # the registry champion pointer last seen or written
+        self._offered = -1  # seq of the newest version taken from the registry (watch mode)
+        self._retry_at: dict[str, float] = {}  # version that failed to load -> when to retry
         if self.trainer is not None:
             self.trainer.on_example = self._evaluate
             self.trainer.on_drift = lambda now: self._emit("drift", {"ts": now})
@@ -530,22 +535,22 @@ class ModelServer:
         m = self.registry.manifest()
         champ = m.get("champion")
         role, target = None, None
+        versions = m["versions"]
         if champ and champ != self._pointer and champ != self.version:
             # promoted or rolled back by someone else (fds models promote|rollback)
             role, target = "champion", champ
-            self._pointer = champ
         else:
-            versions = m["versions"]
             latest = max(versions.values(), key=lambda e: e["seq"], default=None)
-            # by seq: "v1000000" sorts before "v999999" as a string
-            known = (self.version, self.challenger_version)
-            newest_known = max((versions[v]["seq"] for v in known if v in versions), default=-1)
+            # by seq ("v1000000" sorts before "v999999" as a string); a version offered before
+            # (a challenger rejected in shadow) is not offered again
+            known = [
+                versions.get(v, {}).get("seq", -1) for v in (self.version, self.challenger_version)
+            ]
+            newest_known = max([self._offered, *known])
             if latest and latest["seq"] > newest_known and latest["status"] == "published":
-                role, target = (
-                    ("challenger" if self.auto_promote else "champion"),
-                    latest["version"],
-                )
-        if target is None:
+                role = "challenger" if self.auto_promote else "champion"
+                target = latest["version"]
+        if target is None or time.monotonic() < self._retry_at.get(target, 0.0):
             return None
         try:
             model = serving(self.registry.load(target))
@@ -553,9 +558,16 @@ class ModelServer:
         except ArtifactError as e:
             self.stats["swaps_rejected"] += 1
             self._emit("swap_rejected", {"version": target, "error": str(e)})
-            self.registry.reject(target, str(e))
+            if e.local:  # this machine's key, files or libraries: not the version's fault
+                self._retry_at[target] = time.monotonic() + LOCAL_RETRY_S
+            else:  # verifiably bad for every scorer
+                self._retry_at[target] = math.inf
+                self.registry.reject(target, str(e))
             return None
-        self._pending = (role or "challenger", target, model, m["versions"].get(target) or {})
+        if role == "champion":
+            self._pointer = target
+        self._offered = max(self._offered, (versions.get(target) or {}).get("seq", -1))
+        self._pending = (role or "challenger", target, model, versions.get(target) or {})
         return target
 
     def _install_pending(self) -> None:

@@ -167,3 +167,28 @@ def test_a_restarted_scorer_keeps_the_contest_and_orders_versions_by_seq(tmp_pat
     # a proven champion: the new version goes to shadow, not straight in as a warm-up model
     assert srv.version == v1["version"] and srv.challenger_version == "v000002"
     assert reg.champion() == v1["version"]
+
+
+def test_a_version_this_scorer_cannot_load_is_not_rejected_for_everyone(tmp_path: Path) -> None:
+    """A wrong local key (or a missing file) is this machine's problem: the version stays
+    published for other scorers and is tried again later; a rejected challenger is not
+    offered again."""
+    reg = Registry(tmp_path, key=b"the trainer's key")
+    reg.publish(FeatureModel("amount"), spec={"name": "t"})
+    other = Registry(tmp_path, key=b"a wrong key")  # a misconfigured scorer
+    srv = ModelServer(load_spec("default"), registry=other, learn=False, auto_promote=False)
+    assert srv.poll() is None and srv.stats["swaps_rejected"] == 1
+    assert reg.entry("v000001")["status"] == "published"
+    assert srv.poll() is None and srv.stats["swaps_rejected"] == 1  # not retried at once
+    good = ModelServer(load_spec("default"), registry=reg, learn=False, auto_promote=False)
+    assert good.poll() == "v000001"
+    good._install_pending()
+    # a challenger that lost its contest is not offered again on the next poll
+    reg.publish(FeatureModel("amount"), spec={"name": "t"})
+    good.auto_promote = True
+    good._champion_labels = 10**6  # a proven champion: the next version goes to shadow
+    assert good.poll() == "v000002"
+    good._install_pending()
+    assert good.challenger_version == "v000002"
+    good._drop_challenger("reject", "precision below champion")
+    assert good.poll() is None
