@@ -125,8 +125,12 @@ class ReloadingRuleset:
                 return "unchanged"
             try:
                 text, stat, digest = self._read()
+                after = os.stat(self.path)
             except (OSError, ConfigError) as e:
                 return self._failed(e)
+            if (after.st_size, after.st_mtime_ns) != stat:  # written to while read (saved in
+                self.counts["unchanged"] += 1  # place, not renamed): read it again next time
+                return "unchanged"
             self._stat = stat
             if digest == self._digest:
                 self.counts["unchanged"] += 1

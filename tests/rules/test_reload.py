@@ -217,3 +217,22 @@ def test_the_model_reads_the_rule_results_of_the_ruleset_that_produced_them(tmp_
     model = PerRule()
     d = Engine(rules=rs, model=model).decide({"tx_id": "t", "ts": 0.0, "amount": 150.0})
     assert [h["id"] for h in d["rule_hits"]] == ["big"] and model.seen == ["rule:big"]
+
+
+def test_a_file_written_to_while_it_is_read_is_read_again_later(tmp_path: Path, monkeypatch):
+    p = tmp_path / "r.yaml"
+    p.write_text(rules("v1", 100))
+    rs = ReloadingRuleset(p, start=False)
+    write(p, rules("v2", 100))
+    read = rs._read
+
+    def read_then_append(*a, **kw):  # an editor saving in place, still writing
+        got = read(*a, **kw)
+        with p.open("a") as f:
+            f.write("# more to come\n")
+        return got
+
+    rs._read = read_then_append  # type: ignore[method-assign]
+    assert rs.check_now() == "unchanged" and rs.current.version == "v1"
+    rs._read = read  # type: ignore[method-assign]
+    assert rs.check_now() == "ok" and rs.current.version == "v2"
