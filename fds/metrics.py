@@ -52,6 +52,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector
 
+from fds.errors import ConfigError
+
 __all__ = [
     "ACTIONS",
     "COMMIT_BUCKETS",
@@ -852,11 +854,11 @@ def serve(metrics: Metrics, host: str = "127.0.0.1", port: int = 9108) -> Metric
     """
     try:
         server, thread = start_http_server(port, addr=host, registry=metrics.registry)
-    except OSError as e:
-        raise OSError(
-            e.errno,
-            f"cannot serve metrics on {host}:{port}: {e.strerror}; "
-            "choose another port (--metrics-port) or stop what is using it",
+    except (OSError, OverflowError) as e:  # in use, not ours to bind, or not a port number
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise ConfigError(
+            f"cannot serve metrics on {host}:{port}: {reason}; choose another port "
+            "(--metrics-port, 0-65535) or stop what is using it"
         ) from e
     return MetricsServer(host=host, port=server.server_port, _server=server, _thread=thread)
 

@@ -11,6 +11,7 @@ from typing import ClassVar
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from fds.errors import ConfigError
 from fds.metrics import LATENCY_BUCKETS, Metrics, NullMetrics, make_metrics, serve
 
 # Every metric RELIABILITY.md names (family names as Prometheus shows them), with its type.
@@ -282,8 +283,10 @@ def test_serve_on_a_busy_port_says_what_to_do() -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        with pytest.raises(OSError, match=r"cannot serve metrics on 127\.0\.0\.1:\d+.*port"):
+        with pytest.raises(ConfigError, match=r"cannot serve metrics on 127\.0\.0\.1:\d+.*port"):
             serve(Metrics(), "127.0.0.1", port)
+    with pytest.raises(ConfigError, match=r"127\.0\.0\.1:70000.*0-65535"):
+        serve(Metrics(), "127.0.0.1", 70000)
 
 
 def test_scrape_while_the_engine_thread_writes() -> None:

@@ -80,12 +80,13 @@ from typing import Any
 
 import yaml
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
-from kafka.errors import CommitFailedError, KafkaError
+from kafka.errors import CommitFailedError, KafkaError, KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from pydantic import Field, SecretStr
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fds.cli import positive_float, positive_int
 from fds.engine import Engine
 from fds.errors import ConfigError, FdsError, StageError
 from fds.gcpolicy import Freezer
@@ -448,7 +449,16 @@ class Runner:
             "max_block_ms": timeout_ms,
         }
         if s.exactly_once:
-            producer_cfg["transactional_id"] = s.transactional_id or f"fds-{s.group}-0"
+            # One per instance: a second instance with the same id fences the first.
+            producer_cfg["transactional_id"] = (
+                s.transactional_id or f"fds-{s.group}-{s.group_instance_id or '0'}"
+            )
+            if not s.transactional_id and not s.group_instance_id:
+                log.warning(
+                    "--exactly-once without --group-instance-id or --transactional-id: every "
+                    'such instance uses transactional id "%s" and fences the others; give each '
+                    "instance its own --group-instance-id", producer_cfg["transactional_id"],
+                )  # fmt: skip
         try:
             # kafka-python bootstraps in the constructors: an unreachable broker fails here.
             self.consumer = self._consumer_factory(**consumer_cfg)
@@ -480,6 +490,16 @@ class Runner:
                 f"state topic {self.state_topic.topic!r} does not exist: create it "
                 "(`fds kafka topics` creates state-changelog) or drop --state-topic"
             )
+        for what, topic, flag in (
+            ("input", s.input_topic, "--input-topic"),
+            ("output", s.output_topic, "--output-topic"),
+            ("dead-letter", s.dlq_topic, "--dlq-topic"),
+        ):
+            if not self.consumer.partitions_for_topic(topic):
+                raise ConfigError(
+                    f"{what} topic {topic!r} does not exist on {s.bootstrap}: create it "
+                    f"(`fds kafka topics` creates the kit's topics) or fix {flag}"
+                )
         n_in = self.consumer.partitions_for_topic(s.input_topic)
         n_out = self.producer.partitions_for(s.output_topic)
         self._copartitioned = bool(n_in) and bool(n_out) and len(n_in) == len(n_out)
@@ -934,13 +954,24 @@ class Runner:
             **self.s.client_config(),
             group_id=None,
             enable_auto_commit=False,
+            auto_offset_reset="earliest",  # never skip to the end (kafka-python: "latest")
             isolation_level="read_committed" if self.s.exactly_once else "read_uncommitted",
             bootstrap_timeout_ms=int(self.s.broker_timeout_s * 1000),
         )
         try:
             if restart:
                 what = "catch-up"
-                ranges = {tp: (pos[tp.partition], c) for tp, c in behind.items()}
+                begin = self._retrying(
+                    "reading the log starts", lambda: reader.beginning_offsets(list(behind))
+                )
+                ranges = {tp: (max(pos[tp.partition], begin[tp]), c) for tp, c in behind.items()}
+                for tp in behind:
+                    if pos[tp.partition] < begin[tp]:
+                        log.warning(
+                            "catch-up: %d records of %s[%d] are past the topic's retention; "
+                            "the state lacks them", begin[tp] - pos[tp.partition], tp.topic,
+                            tp.partition,
+                        )  # fmt: skip
             else:
                 what = "rebuild"
                 self.engine.load_state_dict(pickle.loads(self._fresh_state))
@@ -1074,6 +1105,25 @@ class _Revoke(ConsumerRebalanceListener):
             self.runner.metrics.forget_partition(tp.partition)
         log.info("partitions revoked: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked))
 
+    def on_partitions_lost(self, lost: Any) -> None:
+        # Evicted (session expired, fenced): a commit would fail and the state holds decisions
+        # past the committed offsets, so neither is attempted; the next assignment rebuilds
+        # the state from the input. The new owners replay the uncommitted batches.
+        runner = self.runner
+        log.warning(
+            "partitions lost (evicted from the group): %s",
+            sorted(f"{tp.topic}[{tp.partition}]" for tp in lost),
+        )
+        runner._unacked.clear()
+        runner._committable = {}
+        runner._positions.clear()
+        for tp in lost:
+            runner._unresolved.discard(tp.partition)
+            runner.metrics.forget_partition(tp.partition)
+        if runner.aligner is not None:
+            runner.aligner.forget(lost)
+        runner.metrics.rebalance()
+
     def on_partitions_assigned(self, assigned: Any) -> None:
         log.info(
             "partitions assigned: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned)
@@ -1165,8 +1215,9 @@ def produce_file(
     timeout_ms = int(settings.broker_timeout_s * 1000)
     try:
         producer = KafkaProducer(
-            **settings.client_config(), acks="all", linger_ms=5, bootstrap_timeout_ms=timeout_ms
-        )
+            **settings.client_config(), acks="all", linger_ms=5, bootstrap_timeout_ms=timeout_ms,
+            max_block_ms=timeout_ms,
+        )  # fmt: skip
     except (KafkaError, OSError) as exc:
         raise BrokerUnavailable(
             f"cannot reach Kafka at {settings.bootstrap} ({type(exc).__name__}: {exc}); check "
@@ -1175,14 +1226,23 @@ def produce_file(
     topic = topic or settings.input_topic
     t0 = time.monotonic()
     n = 0
+    failed: list[BaseException] = []  # sends the broker refused or that timed out
     try:
+        try:
+            producer.partitions_for(topic)
+        except KafkaTimeoutError:
+            raise ConfigError(
+                f"topic {topic!r} does not exist on {settings.bootstrap}: create it (`fds kafka "
+                "topics` creates the kit's topics) or give --topic"
+            ) from None
         for _line, rec, raw in records:
             if isinstance(rec, dict):
                 card = rec.get("card_id")
                 key = None if card is None else str(card).encode()
-                producer.send(topic, value=dumps(rec), key=key)
+                fut = producer.send(topic, value=dumps(rec), key=key)
             else:
-                producer.send(topic, value=(raw or "").encode())
+                fut = producer.send(topic, value=(raw or "").encode())
+            fut.add_errback(failed.append)
             n += 1
             if rate:
                 ahead = n / rate - (time.monotonic() - t0)
@@ -1193,6 +1253,11 @@ def produce_file(
         producer.flush(timeout=settings.broker_timeout_s)
     finally:
         producer.close(timeout=5)
+    if failed:
+        raise FdsError(
+            f"{len(failed)} of {n} records were not produced to {topic!r} (first error: "
+            f"{type(failed[0]).__name__}: {failed[0]}); the others were"
+        )
     return n
 
 
@@ -1298,9 +1363,11 @@ def register_produce(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("produce", help="load a JSONL/CSV file into a Kafka topic")
     p.add_argument("file", type=Path)
     p.add_argument("--topic", default=None, help="default: the input topic (transactions)")
-    p.add_argument("--rate", type=float, default=None, help="records per second (default: max)")
+    p.add_argument(
+        "--rate", type=positive_float, default=None, help="records per second (default: max)"
+    )
     p.add_argument("--mapping", type=Path, default=None, help="column mapping YAML (fields:)")
-    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--limit", type=positive_int, default=None, help="send at most this many")
     _add_settings_flags(p)
     p.set_defaults(func=_cmd_produce)
 
@@ -1328,20 +1395,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
             models_topic=args.models_topic, settings=settings,
         )  # fmt: skip
         runner = Runner(settings, engine, checkpointer=checkpointer)
+        server = (
+            serve(metrics, args.metrics_host, args.metrics_port) if args.metrics_port >= 0 else None
+        )
     except ConfigError as exc:
         print(f"fds run: error: {exc}", file=sys.stderr)
         return 2
-    server = (
-        serve(metrics, args.metrics_host, args.metrics_port) if args.metrics_port >= 0 else None
-    )
     if server is not None:
         log.info("serving metrics on %s", server.url)
     signal.signal(signal.SIGTERM, runner.stop)
     signal.signal(signal.SIGINT, runner.stop)
     try:
         stats = runner.run(max_idle_s=args.max_idle)
-    except FdsError as exc:
-        print(f"fds run: failed: {exc}", file=sys.stderr)
+    except ConfigError as exc:  # found at connect: a missing topic, a foreign checkpoint
+        print(f"fds run: error: {exc}", file=sys.stderr)
+        return 2
+    except (FdsError, KafkaError) as exc:
+        print(f"fds run: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     finally:
         close_engine(engine)

@@ -13,6 +13,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from fds.cli import positive_int
 from fds.errors import ConfigError
 from fds.streams.simulator import Simulation, labels_path, simulate, summarize, write
 from fds.timeutil import format_ts
@@ -43,16 +44,6 @@ def _drift(text: str) -> int | str | None:
     return value
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number {text!r}: give a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``simulate`` to the ``fds`` command line."""
     p = subparsers.add_parser(
@@ -64,10 +55,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "go beside it as <stem>.labels.jsonl[.gz]. Same seed, same bytes."
         ),
     )
-    p.add_argument("--days", type=_positive, default=60, help="length in days (default 60)")
+    p.add_argument("--days", type=positive_int, default=60, help="length in days (default 60)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--cards", type=_positive, default=20_000, help="cards (default 20000)")
-    p.add_argument("--merchants", type=_positive, default=2_000, help="merchants (default 2000)")
+    p.add_argument("--cards", type=positive_int, default=20_000, help="cards (default 20000)")
+    p.add_argument("--merchants", type=positive_int, default=2_000, help="merchants (default 2000)")
     p.add_argument(
         "--drift-day", type=_drift, default=_MIDDLE,
         help="day (0-based) the fraud pattern changes: a number, 'middle' (default: days // 2) "

@@ -528,18 +528,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
             models_topic=None if args.models_topic.lower() == "none" else args.models_topic,
             metrics=metrics,
         )
+        server = (
+            serve(metrics, args.metrics_host, args.metrics_port) if args.metrics_port >= 0 else None
+        )
     except ConfigError as exc:
         print(f"fds train: error: {exc}", file=sys.stderr)
         return 2
-    server = (
-        serve(metrics, args.metrics_host, args.metrics_port) if args.metrics_port >= 0 else None
-    )
     signal.signal(signal.SIGTERM, svc.stop)
     signal.signal(signal.SIGINT, svc.stop)
     try:
         stats = svc.run(max_idle_s=args.max_idle)
-    except FdsError as exc:
-        print(f"fds train: failed: {exc}", file=sys.stderr)
+    except ConfigError as exc:
+        print(f"fds train: error: {exc}", file=sys.stderr)
+        return 2
+    except (FdsError, KafkaError) as exc:
+        print(f"fds train: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     finally:
         if server is not None:

@@ -74,3 +74,13 @@ def test_produce_missing_file_is_a_usage_error(tmp_path, capsys):
     args = _parse(["produce", str(tmp_path / "nope.jsonl"), "--bootstrap", "127.0.0.1:1"])
     assert args.func(args) == 2
     assert "not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [("--rate", "-5", "must be greater than 0"), ("--limit", "0", "must be at least 1")],
+)
+def test_produce_rate_and_limit_must_be_positive(flag, value, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        _parse(["produce", "tx.jsonl", flag, value])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err

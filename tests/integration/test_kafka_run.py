@@ -444,6 +444,15 @@ def test_unreachable_broker_exits_nonzero_with_a_clear_message(unique_name):
     assert "cannot reach Kafka at 127.0.0.1:1" in p.stderr
 
 
+@pytest.mark.parametrize("which", ["transactions", "decisions", "dead_letters"])
+def test_a_missing_topic_is_a_usage_error_naming_it(kafka_bootstrap, topics, unique_name, which):
+    missing = {**topics, which: unique_name("no-such-topic")}
+    p = spawn_run(kafka_bootstrap, missing, unique_name("g"))
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 2, err[-2000:]
+    assert f"topic {missing[which]!r} does not exist" in err and "fds kafka topics" in err
+
+
 def test_broker_outage_mid_run_exits_after_the_timeout(tmp_path, unique_name):
     # A broker of our own (the shared one must stay up for the other tests).
     ddir = tmp_path / "kafka"

@@ -225,3 +225,24 @@ def test_after_a_failed_send_closing_commits_and_checkpoints_nothing(tmp_path):
     assert consumer.commits == [3] and consumer.async_commits == []
     got = ck.load()
     assert got is not None and got.offsets == {0: 3} and ck.saves == 1
+
+
+def test_evicted_partitions_are_neither_committed_nor_checkpointed(tmp_path):
+    """kafka-python calls on_partitions_lost after an eviction (session expired, fenced):
+    a commit would fail, and the state holds decisions past the committed offsets."""
+    from fds.streams.checkpoint import Checkpointer
+    from fds.streams.kafka import _Revoke
+
+    ck = Checkpointer(tmp_path)
+    r = Runner(
+        KafkaSettings(max_unacked_batches=5, checkpoint_in_background=False), Engine(),
+        checkpointer=ck,
+    )  # fmt: skip
+    r.consumer, r.producer = Consumer(), Producer()
+    r._process(batch(0))  # the first commit is synchronous: positions {0: 3}
+    r._process(batch(3))
+    r.producer.ack()
+    saves = ck.saves
+    _Revoke(r).on_partitions_lost([TP])
+    assert r.consumer.commits == [3] and r.consumer.async_commits == []
+    assert ck.saves == saves and r._positions == {} and not r._unacked
