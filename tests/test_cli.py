@@ -78,3 +78,13 @@ def test_demo_end_to_end_small(tmp_path, capsys):
 def test_demo_rejects_bad_drift_day(capsys):
     assert main(["demo", "--days", "10", "--drift-day", "12"]) == 2
     assert "--drift-day" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["replay", "run"])
+def test_a_missing_rules_file_is_a_usage_error(command, history, tmp_path, capsys):
+    args = [command, str(history), "--rules", str(tmp_path / "nope.yaml")]
+    if command == "run":
+        args = ["run", "--bootstrap", "127.0.0.1:1", "--rules", str(tmp_path / "nope.yaml")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "nope.yaml: cannot read the rules file" in err and "--rules" in err

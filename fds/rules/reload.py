@@ -105,8 +105,14 @@ class ReloadingRuleset:
 
     # -- the watcher ----------------------------------------------------------------------
     def _read(self) -> tuple[str, tuple[int, int], bytes]:
-        st = os.stat(self.path)
-        data = self.path.read_bytes()
+        try:
+            st = os.stat(self.path)
+            data = self.path.read_bytes()
+        except OSError as e:
+            raise ConfigError(
+                f"cannot read the rules file: {e.strerror}; check the path (--rules)",
+                where=str(self.path),
+            ) from None
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:

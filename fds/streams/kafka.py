@@ -381,6 +381,7 @@ class Runner:
         self._fresh_state = pickle.dumps(engine.state_dict()) if self._rebuild else b""
         self._live = False  # the state has decided input since it was restored
         self._closing = False  # run() is closing the clients: the listener leaves state alone
+        self._stop_by: float | None = None  # monotonic deadline of a stop's work
         self._ckpt_at = -math.inf  # the first commit writes the first checkpoint
         self.engine = engine
         self.stats = RunStats()
@@ -540,26 +541,33 @@ class Runner:
         except (KafkaError, OSError) as exc:  # decisions go on; labels are tried again next time
             log.warning("labels topic: %s: %s", type(exc).__name__, exc)
 
+    def _time_left(self) -> float:
+        """Seconds left before the stop's deadline (``shutdown_timeout_s`` from the stop)."""
+        if self._stop_by is None:
+            self._stop_by = time.monotonic() + self.s.shutdown_timeout_s
+        return max(0.1, self._stop_by - time.monotonic())
+
     def close(self) -> None:
-        """Leave the group and close the clients (bounded by ``shutdown_timeout_s``)."""
+        """Leave the group and close the clients, within the stop's deadline."""
         if self.labels is not None:
             self.labels.close()
-        t = self.s.shutdown_timeout_s
         if self.consumer is not None:
             with contextlib.suppress(Exception):
-                self.consumer.close(autocommit=False, timeout_ms=int(t * 500))
+                self.consumer.close(autocommit=False, timeout_ms=int(self._time_left() * 500))
         if self.producer is not None:
             with contextlib.suppress(Exception):
-                self.producer.close(timeout=t / 2)
+                self.producer.close(timeout=self._time_left() * 0.7)
         if self._state_producer is not None:
             with contextlib.suppress(Exception):
-                self._state_producer.close(timeout=t / 2)
+                self._state_producer.close(timeout=self._time_left())
 
     def run(self, *, max_idle_s: float | None = None) -> RunStats:
         """Run until :meth:`stop` (or ``max_idle_s`` without input, for tests and benchmarks)."""
         self._connect()
         try:
             self._loop(max_idle_s)
+            # One deadline for everything a stop does (shutdown_timeout_s < the 10 s promise).
+            self._stop_by = time.monotonic() + self.s.shutdown_timeout_s
             # The loop ends between batches: commit everything decided, then the state.
             self._settle(wait=True)
             self.checkpoint(force=True)
@@ -567,7 +575,7 @@ class Runner:
                 self._publish_state(whole=True)
                 if self._state_producer is not None:
                     with contextlib.suppress(KafkaError):
-                        self._state_producer.flush(timeout=self.s.shutdown_timeout_s / 4)
+                        self._state_producer.flush(timeout=self._time_left() / 2)
         except BaseException:
             # A failed send, commit or batch: the state may hold decisions past the committed
             # offsets. Nothing more is committed or checkpointed (kafka-python's close() calls
@@ -575,6 +583,8 @@ class Runner:
             self._unacked.clear()
             self._committable = {}
             self._positions.clear()
+            if self.checkpointer is not None:  # a background write must not outlive us and
+                self.checkpointer.cancel()  # land over a newer checkpoint after a restart
             raise
         finally:
             self._closing = True  # committed and checkpointed above, or must not be
@@ -983,6 +993,10 @@ class Runner:
                 ranges = {tp: (starts[tp], c) for tp, c in committed.items() if c is not None}
             folded = self.stats.caught_up
             for tx in read_merged(reader, ranges, _parsed, timeout_s=self.s.broker_timeout_s):
+                if self._stop:  # SIGTERM mid-way: the state is partial, nothing is kept of it
+                    pos.clear()
+                    log.info("%s interrupted by a stop; the next start does it again", what)
+                    return
                 self._fold(tx)
         finally:
             with contextlib.suppress(Exception):
@@ -1066,6 +1080,11 @@ class Runner:
                     raise BrokerUnavailable(
                         f"{what} failed for {self.s.broker_timeout_s:.0f} s "
                         f"({type(exc).__name__}: {exc}); is Kafka at {self.s.bootstrap} up?"
+                    ) from exc
+                if self._stop:
+                    raise BrokerUnavailable(
+                        f"{what} failed ({type(exc).__name__}: {exc}); stopping as asked "
+                        "without it (offsets are committed up to the last acknowledged batch)"
                     ) from exc
                 log.warning("%s failed (%s); retrying in %.1f s", what, exc, delay)
                 time.sleep(delay)

@@ -442,7 +442,15 @@ def create_topics(
 
     specs = load_topic_specs() if specs is None else specs
     names = {logical: prefix + s["name"] for logical, s in specs.items()}
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, **(client_config or {}))
+    from kafka.errors import KafkaError
+
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, **(client_config or {}))
+    except (KafkaError, OSError) as exc:
+        raise FdsError(
+            f"cannot reach Kafka at {bootstrap} to create topics ({type(exc).__name__}: {exc}); "
+            "start the kit's broker (`fds kafka up`) or give --bootstrap"
+        ) from exc
     try:
         new = {
             names[logical]: {

@@ -246,3 +246,25 @@ def test_evicted_partitions_are_neither_committed_nor_checkpointed(tmp_path):
     _Revoke(r).on_partitions_lost([TP])
     assert r.consumer.commits == [3] and r.consumer.async_commits == []
     assert ck.saves == saves and r._positions == {} and not r._unacked
+
+
+def test_a_stop_ends_broker_retries_at_once():
+    """SIGTERM during an outage must not wait out broker_timeout_s of retries."""
+    import time
+
+    from kafka.errors import KafkaTimeoutError
+
+    from fds.streams.kafka import BrokerUnavailable
+
+    r = make_runner(broker_timeout_s=60)
+    calls = []
+
+    def down() -> None:
+        calls.append(1)
+        r.stop()  # the signal arrives while the broker is away
+        raise KafkaTimeoutError("no broker")
+
+    t0 = time.monotonic()
+    with pytest.raises(BrokerUnavailable, match="stopping as asked"):
+        r._retrying("commit", down)
+    assert len(calls) == 1 and time.monotonic() - t0 < 1
