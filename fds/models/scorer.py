@@ -183,6 +183,7 @@ class ModelServer:
         self._stop = threading.Event()
         self._pointer: str | None = None  # the registry champion pointer last seen or written
         self._offered = -1  # seq of the newest version taken from the registry (watch mode)
+        self._labels_here = True  # fraud labels reach on_label (see without_labels)
         self._retry_at: dict[str, float] = {}  # version that failed to load -> when to retry
         if self.trainer is not None:
             self.trainer.on_example = self._evaluate
@@ -310,6 +311,8 @@ class ModelServer:
         self._champion_labels = entry.get("labels_learned", 0)
         frauds = (entry.get("evaluation") or {}).get("frauds_learned", 0)
         self._gate_frauds = max(self._gate_frauds, frauds)
+        if not self._labels_here:
+            self._gate_by_count()
         self.stats["swaps"] += 1
         self._emit("swap", {"from": old, "to": version, "why": why})
         if self.registry is not None and why != "registry":
@@ -404,6 +407,32 @@ class ModelServer:
                     "recall_at_budget_with_model": round(model_caught / max(len(win), 1), 4),
                     "recall_at_budget_rules": round(rules_caught / max(len(win), 1), 4),
                 },
+            )
+
+    def without_labels(self) -> None:
+        """No fraud label reaches this scorer (``fds run`` without ``--labels-topic``): a
+        contest or the gate's window could never be judged, so versions are served as the
+        registry publishes them (the canary still checks each) and the maturity gate opens on
+        the trainer's count of fraud labels learned (``gate.min_frauds``) alone."""
+        if self.auto_promote or self.spec.gate.window:
+            log.warning(
+                "no labels reach the scorer (no --labels-topic): new versions are served "
+                "without a champion/challenger contest and the maturity gate counts only the "
+                "fraud labels the trainer learned"
+            )
+        self.auto_promote = False
+        self._labels_here = False
+        self._gate_by_count()
+
+    def _gate_by_count(self) -> None:
+        gate = self.spec.gate
+        acting = self._gate_frauds >= gate.min_frauds
+        if acting != self.acting:
+            self.acting = acting
+            self.stats["gate_open" if acting else "gate_closed"] += 1
+            self._emit(
+                "gate",
+                {"acting": acting, "version": self.version, "frauds_learned": self._gate_frauds},
             )
 
     def gate_state(self) -> dict[str, Any]:
@@ -523,6 +552,8 @@ class ModelServer:
             self._gate_frauds = (entry.get("evaluation") or {}).get("frauds_learned", 0)
             # a restart keeps the contest: a trained champion is no warm-up model
             self._champion_labels = entry.get("labels_learned", 0)
+            if not self._labels_here:
+                self._gate_by_count()
         return v
 
     def poll(self) -> str | None:

@@ -481,6 +481,9 @@ class Runner:
         self.consumer.subscribe([s.input_topic], listener=_Revoke(self))
         if s.labels_topic:
             self._connect_labels(s.labels_topic, timeout_ms)
+        without_labels = getattr(self.engine.model, "without_labels", None)
+        if self.labels is None and without_labels is not None:
+            without_labels()
         # Co-partitioned output: decisions of input partition p go to output partition p, the
         # same place the default partitioner puts their card_id key when the counts are equal,
         # without hashing every key again (murmur2 in pure Python is ~15 us per record).
@@ -522,7 +525,8 @@ class Runner:
             **self.s.client_config(), group_id=None, enable_auto_commit=False,
             isolation_level="read_committed", bootstrap_timeout_ms=timeout_ms,
         )  # fmt: skip
-        self.labels = LabelFeed(reader, topic, plan)
+        # The model stage judges its maturity gate and champion/challenger contests on them.
+        self.labels = LabelFeed(reader, topic, plan, getattr(self.engine.model, "on_label", None))
 
     def _apply_labels(self, idle: bool) -> None:
         """Apply the labels that arrived, up to where the input has been decided."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from kafka import TopicPartition
@@ -67,10 +68,13 @@ class LabelFeed:
     exactly-once); a rewind does not queue a bad label again.
     """
 
-    def __init__(self, consumer: Any, topic: str, plan: Any) -> None:
+    def __init__(
+        self, consumer: Any, topic: str, plan: Any, also: Callable[[Any], None] | None = None
+    ) -> None:
         self.consumer = consumer
         self.topic = topic
         self.plan = plan
+        self.also = also  # also given each label applied (the model stage: gate and contests)
         self.bad: list[tuple[Any, BaseException]] = []
         self._bad_next: dict[int, int] = {}  # partition -> offset after the last bad one queued
         self._tps: list[Any] = []
@@ -150,6 +154,8 @@ class LabelFeed:
                 room -= 1
                 continue
             on_label(label)  # known, or its transaction can no longer come: unmatched
+            if self.also is not None:
+                self.also(label)
             n += 1
         self._held = waiting
         return n

@@ -192,3 +192,24 @@ def test_a_version_this_scorer_cannot_load_is_not_rejected_for_everyone(tmp_path
     assert good.challenger_version == "v000002"
     good._drop_challenger("reject", "precision below champion")
     assert good.poll() is None
+
+
+def test_without_labels_versions_are_served_as_published_and_the_gate_counts_frauds(
+    tmp_path: Path,
+) -> None:
+    """`fds run` without --labels-topic: no contest could ever be judged, and the gate's
+    window never fills; the trainer's count of frauds learned opens the gate."""
+    spec = load_spec("default")  # gate: min_frauds 100, window 100
+    reg = Registry(tmp_path)
+    v1 = reg.publish(FeatureModel("amount"), spec={"name": "t"}, labels_learned=5000,
+                     evaluation={"frauds_learned": 60})  # fmt: skip
+    reg.promote(v1["version"])
+    srv = ModelServer(spec, registry=reg, learn=False)
+    srv.load_champion()
+    srv.without_labels()
+    assert not srv.acting  # 60 < 100 frauds learned
+    reg.publish(FeatureModel("amount"), spec={"name": "t"}, labels_learned=6000,
+                evaluation={"frauds_learned": 130})  # fmt: skip
+    assert srv.poll() == "v000002"
+    srv._install_pending()
+    assert srv.version == "v000002" and srv.challenger is None and srv.acting

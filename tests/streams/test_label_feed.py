@@ -134,3 +134,11 @@ def test_a_rewind_applies_labels_as_it_reads_them(monkeypatch):
     monkeypatch.setattr(feed, "_apply", spying)
     assert feed.rewind(input_ms=4_000) == 10
     assert max(sizes) <= 3
+
+
+def test_each_applied_label_is_also_handed_to_the_model_stage():
+    p = plan()
+    p.compute(tx("a", 1_767_225_600.0))
+    seen = []
+    feed = LabelFeed(FakeConsumer([label(0, "a", 5_000)]), "labels", p, seen.append)
+    assert feed.rewind(input_ms=4_000) == 1 and [lab["tx_id"] for lab in seen] == ["a"]
