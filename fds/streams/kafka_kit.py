@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -276,7 +277,16 @@ def up(
     FdsError
         The broker did not start in time or exited; the message includes the log's tail.
     """
-    ddir = Path(data_dir).expanduser() if data_dir else data_dir_default()
+    # absolute: the broker runs with the data dir as its working directory
+    ddir = Path(data_dir).expanduser().resolve() if data_dir else data_dir_default()
+    ddir.mkdir(parents=True, exist_ok=True)
+    # one `up` at a time per data dir: two at once would both start a broker
+    with open(ddir / ".up.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _up(ddir, port, controller_port, timeout)
+
+
+def _up(ddir: Path, port: int, controller_port: int, timeout: float) -> str:
     bootstrap = f"127.0.0.1:{port}"
     log_file = ddir / "broker.log"
     kit = _read_kit(ddir)
@@ -291,7 +301,14 @@ def up(
     if pid is not None:
         if _wait_ready(bootstrap, lambda: _read_pid(ddir) == pid, log_file, timeout):
             return bootstrap
-    elif _port_open(port):
+        # alive but not answering: a second broker on the same data dir could only fail on
+        # its lock and take over broker.pid, losing track of this one
+        raise FdsError(
+            f"the kit's broker (pid {pid}, data dir {ddir}) is running but did not answer "
+            f"within {timeout:.0f} s; wait and retry, or `fds kafka down` it; see {log_file}:\n"
+            + _log_tail(log_file)
+        )
+    if _port_open(port):
         raise ConfigError(
             f"port {port} is already in use by a process that is not this kit's broker "
             f"(data dir {ddir}); stop it, or pass --port / point --bootstrap at it",

@@ -64,3 +64,24 @@ def test_topics_created_as_specified_and_idempotent(kafka_bootstrap: str, unique
         }  # fmt: skip
     finally:
         admin.close()
+
+
+def test_a_second_broker_in_a_relative_data_dir(tmp_path, monkeypatch) -> None:
+    """`fds kafka up --data-dir rel`: the broker runs in its data dir, so the kit must hand it
+    absolute paths; `down --wipe` stops it and removes the dir."""
+    import socket
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+
+    monkeypatch.chdir(tmp_path)
+    port, controller = free_port(), free_port()
+    bootstrap = kafka_kit.up(port, controller, "rel-broker")
+    try:
+        assert bootstrap == f"127.0.0.1:{port}" and kafka_kit.status("rel-broker").reachable
+        assert kafka_kit.up(port, controller, "rel-broker") == bootstrap  # found, not restarted
+    finally:
+        assert kafka_kit.down("rel-broker", wipe=True)
+    assert not (tmp_path / "rel-broker").exists()
