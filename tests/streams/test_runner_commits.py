@@ -268,3 +268,53 @@ def test_a_stop_ends_broker_retries_at_once():
     with pytest.raises(BrokerUnavailable, match="stopping as asked"):
         r._retrying("commit", down)
     assert len(calls) == 1 and time.monotonic() - t0 < 1
+
+
+def test_a_catch_up_starts_at_the_log_start_when_retention_passed_the_checkpoint(caplog):
+    """The checkpoint covers offset 2, retention has deleted up to 5, the group committed 10:
+    records 5-9 are folded (and the gap is logged), not records from the end of the log."""
+    log_start = 5
+    recs = records(0, 10)
+
+    class Reader:
+        def assign(self, tps):
+            self.pos = {tp: 0 for tp in tps}
+
+        def beginning_offsets(self, tps):
+            return dict.fromkeys(tps, log_start)
+
+        def seek(self, tp, offset):
+            assert offset >= log_start, "read below the log start"
+            self.pos[tp] = offset
+
+        def position(self, tp):
+            return self.pos[tp]
+
+        def pause(self, *tps):
+            pass
+
+        def poll(self, timeout_ms=0):
+            out = {tp: recs[at:10] for tp, at in self.pos.items() if at < 10}
+            self.pos = dict.fromkeys(self.pos, 10)
+            return out
+
+        def close(self):
+            pass
+
+    class Group(Consumer):
+        def committed(self, tp, timeout_ms=None):
+            return 10
+
+    from fds.streams.checkpoint import Checkpointer
+
+    r = Runner(
+        KafkaSettings(checkpoint_in_background=False), Engine(),
+        consumer_factory=lambda **_: Reader(), checkpointer=None,
+    )  # fmt: skip
+    r.checkpointer = Checkpointer.__new__(Checkpointer)  # only its presence matters here
+    r.checkpoint = lambda force=False: True  # type: ignore[method-assign]
+    r.consumer, r._positions = Group(), {0: 2}
+    with caplog.at_level("WARNING"):
+        r._bring_up_to_date([TP])
+    assert r.stats.caught_up == 5 and r._positions == {0: 10}
+    assert "3 records of transactions[0] are past the topic's retention" in caplog.text
