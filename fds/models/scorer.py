@@ -202,8 +202,12 @@ class ModelServer:
         if champ is None:
             return None, None
         raw = _p(champ, x)
-        if not 0.0 <= raw <= 1.0:  # NaN included: never a decline, the guard falls back to rules
-            raise ValueError(f"model {self.version} scored {raw!r}, not a probability")
+        if not 0.0 <= raw <= 1.0:
+            # NaN or far out: never a decline (the model guard falls back to the rules); a
+            # rounding overshoot is clipped
+            if not -1e-9 <= raw <= 1.0 + 1e-9:
+                raise ValueError(f"model {self.version} scored {raw!r}, not a probability")
+            raw = min(max(raw, 0.0), 1.0)
         s = self._probability(raw)
         if self.challenger is not None:
             try:
@@ -567,10 +571,16 @@ class ModelServer:
         champ = m.get("champion")
         role, target = None, None
         versions = m["versions"]
-        if champ and champ != self._pointer and champ != self.version:
+        now = time.monotonic()
+        if (
+            champ
+            and champ != self._pointer
+            and champ != self.version
+            and now >= self._retry_at.get(champ, 0.0)
+        ):
             # promoted or rolled back by someone else (fds models promote|rollback)
             role, target = "champion", champ
-        else:
+        else:  # (a champion that cannot be loaded here does not hold newer versions back)
             latest = max(versions.values(), key=lambda e: e["seq"], default=None)
             # by seq ("v1000000" sorts before "v999999" as a string); a version offered before
             # (a challenger rejected in shadow) is not offered again
@@ -581,7 +591,7 @@ class ModelServer:
             if latest and latest["seq"] > newest_known and latest["status"] == "published":
                 role = "challenger" if self.auto_promote else "champion"
                 target = latest["version"]
-        if target is None or time.monotonic() < self._retry_at.get(target, 0.0):
+        if target is None or now < self._retry_at.get(target, 0.0):
             return None
         try:
             model = serving(self.registry.load(target))
@@ -595,11 +605,16 @@ class ModelServer:
                 self._retry_at[target] = math.inf
                 self.registry.reject(target, str(e))
             return None
+        self._retry_at.pop(target, None)
         if role == "champion":
             self._pointer = target
         self._offered = max(self._offered, (versions.get(target) or {}).get("seq", -1))
         self._pending = (role or "challenger", target, model, versions.get(target) or {})
         return target
+
+    def _retry_pending(self) -> bool:
+        """Is a version that failed to load for a local reason due to be tried again?"""
+        return any(math.isfinite(t) for t in self._retry_at.values())
 
     def _install_pending(self) -> None:
         pending, self._pending = self._pending, None
@@ -627,7 +642,8 @@ class ModelServer:
                     continue
                 try:
                     self.poll()
-                    seen = stamp
+                    # a deferred retry (see poll) looks again without a manifest change
+                    seen = stamp if not self._retry_pending() else None
                 except Exception as e:
                     log.warning("model registry poll failed error=%s", e)
 

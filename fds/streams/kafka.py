@@ -481,9 +481,7 @@ class Runner:
         self.consumer.subscribe([s.input_topic], listener=_Revoke(self))
         if s.labels_topic:
             self._connect_labels(s.labels_topic, timeout_ms)
-        without_labels = getattr(self.engine.model, "without_labels", None)
-        if self.labels is None and without_labels is not None:
-            without_labels()
+        self._model_without_labels()
         # Co-partitioned output: decisions of input partition p go to output partition p, the
         # same place the default partitioner puts their card_id key when the counts are equal,
         # without hashing every key again (murmur2 in pure Python is ~15 us per record).
@@ -528,6 +526,12 @@ class Runner:
         # The model stage judges its maturity gate and champion/challenger contests on them.
         self.labels = LabelFeed(reader, topic, plan, getattr(self.engine.model, "on_label", None))
 
+    def _model_without_labels(self) -> None:
+        """No label feed: tell the model stage (see ModelServer.without_labels)."""
+        without_labels = getattr(self.engine.model, "without_labels", None)
+        if self.labels is None and without_labels is not None:
+            without_labels()
+
     def _apply_labels(self, idle: bool) -> None:
         """Apply the labels that arrived, up to where the input has been decided."""
         feed = self.labels
@@ -537,7 +541,9 @@ class Runner:
         try:
             n = 0
             if self._labels_due:
-                n = feed.rewind(input_ms, timeout_s=self.s.broker_timeout_s)
+                n = feed.rewind(
+                    input_ms, timeout_s=self.s.broker_timeout_s, stopping=lambda: self._stop
+                )
                 self._labels_due = False
             n += feed.poll(input_ms)
             if n:
@@ -567,8 +573,8 @@ class Runner:
 
     def run(self, *, max_idle_s: float | None = None) -> RunStats:
         """Run until :meth:`stop` (or ``max_idle_s`` without input, for tests and benchmarks)."""
-        self._connect()
         try:
+            self._connect()
             self._loop(max_idle_s)
             # One deadline for everything a stop does (shutdown_timeout_s < the 10 s promise).
             self._stop_by = time.monotonic() + self.s.shutdown_timeout_s
@@ -629,6 +635,8 @@ class Runner:
                 aligner.add(batch)
             if self._unresolved:  # assigned in that poll: bring the state up to date first
                 self._restore_assigned()
+                if self._stop:  # a stop may have cut the restore short: decide nothing more
+                    return
             ready = aligner.take(s.max_poll_records, consumer.assignment())
             if self.labels is not None:
                 self._apply_labels(idle=not ready and not batch and not len(aligner))
@@ -989,6 +997,7 @@ class Runner:
             else:
                 what = "rebuild"
                 self.engine.load_state_dict(pickle.loads(self._fresh_state))
+                self._model_without_labels()  # the fresh state's gate predates it
                 pos.clear()
                 horizon = horizon_seconds(self.engine)
                 starts = self._retrying(

@@ -80,13 +80,16 @@ class LabelFeed:
         self._tps: list[Any] = []
         self._held: deque[tuple[int, dict[str, Any]]] = deque()  # (record ms, label)
 
-    def rewind(self, input_ms: float, timeout_s: float = 60.0) -> int:
+    def rewind(
+        self, input_ms: float, timeout_s: float = 60.0, stopping: Callable[[], bool] = bool
+    ) -> int:
         """(Re)read the labels topic from the label horizon up to its current end: on start,
         and after the state was caught up or rebuilt (labels applied before may be missing
-        from it, or found no match). Labels are applied as they are read (``input_ms`` as in
-        :meth:`poll`; memory: at most ``MAX_HELD`` waiting); returns, with how many were
-        applied, once every label there is read, so the next batch is decided with them.
-        ``timeout_s``: how long without progress before giving up."""
+        from it, or found no match). Labels are applied at the end, and whenever more than
+        ``2 * MAX_HELD`` are held (``input_ms`` as in :meth:`poll`: bounded memory); returns,
+        with how many were applied, once every label there is read, so the next batch is
+        decided with them. ``timeout_s``: how long without progress before giving up;
+        ``stopping()`` true (a SIGTERM): return at once, the rest unread."""
         c = self.consumer
         if not self._tps:
             parts = c.partitions_for_topic(self.topic)
@@ -108,10 +111,13 @@ class LabelFeed:
                 raise KafkaTimeoutError(
                     f"labels topic {self.topic!r}: no progress reading it for {timeout_s} s"
                 )
+            if stopping():
+                return n
             if self._fetch(timeout_ms=100):
                 deadline = time.monotonic() + timeout_s
-            n += self._apply(input_ms)
-        return n
+            if len(self._held) > 2 * MAX_HELD:  # memory bound; each label scanned ~twice
+                n += self._apply(input_ms)
+        return n + self._apply(input_ms)
 
     def _fetch(self, timeout_ms: int) -> int:
         """Read what has arrived into the labels held; returns how many records."""

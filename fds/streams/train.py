@@ -77,6 +77,8 @@ LABEL_WAIT_S = 2.0
 # ... and for at most this long (wall clock) while decisions keep coming without it: a label
 # stamped in the future (a labelling system's clock or time zone) must not hold its partition.
 LABEL_MAX_WAIT_S = 300.0
+# A failed model announcement is tried again after this long (each try may block on the broker).
+ANNOUNCE_RETRY_S = 30.0
 # Trainer fields that are wiring or come from the spec file, not learned state (not
 # checkpointed: a restart takes them from the current spec, e.g. a new legit_sample_rate).
 _WIRING = (
@@ -168,6 +170,7 @@ class TrainService:
         self._watermark = float("-inf")  # newest decision event time consumed
         self._newest: dict[int, float] = {}  # the same per decisions partition
         self._unannounced: Publication | None = None  # published, its announcement failed
+        self._announce_at = 0.0  # monotonic time of the next announcement attempt
         self._last_decision = time.monotonic()
         # label partition -> (event time, offset) of the label it waits with, since when
         self._paused: dict[Any, tuple[float, int, float]] = {}
@@ -196,7 +199,9 @@ class TrainService:
                     where=str(self.ckpt.dir),
                 )
             trainer = Trainer(self.spec, store=self.store, registry=self.registry)
-            trainer.__dict__.update(state["trainer"])
+            # (an older release's checkpoint also holds fields now taken from the spec file)
+            learned = {k: v for k, v in state["trainer"].items() if k not in _WIRING}
+            trainer.__dict__.update(learned)
             self._restored = dict(state["offsets"])
             self._offsets = dict(self._restored)
             log.info(
@@ -245,7 +250,7 @@ class TrainService:
             if self.models_topic:
                 self.producer = KafkaProducer(
                     **s.client_config(), acks="all", bootstrap_timeout_ms=timeout_ms,
-                    max_request_size=16 << 20,
+                    max_request_size=16 << 20, max_block_ms=min(timeout_ms, 10_000),
                 )  # fmt: skip
         except (KafkaError, OSError) as exc:
             raise BrokerUnavailable(
@@ -368,8 +373,14 @@ class TrainService:
         for tp in self.consumer.assignment():
             if tp.topic != topic or self._newest.get(tp.partition, -math.inf) >= ts:
                 continue
-            hw = self.consumer.highwater(tp)  # from the last fetch: local, no request
-            if hw is None or self._offsets.get((topic, tp.partition), 0) < hw:
+            # read to the end? (the position skips transaction markers, which the last data
+            # record's offset does not; both are local, from the last fetch)
+            hw = self.consumer.highwater(tp)
+            try:
+                position = self.consumer.position(tp, timeout_ms=0)
+            except KafkaError:
+                position = None
+            if hw is None or position is None or position < hw:
                 return False
         return True
 
@@ -418,6 +429,8 @@ class TrainService:
         pub = self._unannounced
         if pub is None or self.producer is None or not self.models_topic:
             return
+        if time.monotonic() < self._announce_at:  # after a failure: not at every batch
+            return
         value = announcement(pub, self.spec.name, self.registry)
         key = self.spec.name.encode()
         try:
@@ -437,6 +450,7 @@ class TrainService:
                 "batch (scorers sharing the registry directory have it already)",
                 pub.version, self.models_topic, type(exc).__name__, exc,
             )  # fmt: skip
+            self._announce_at = time.monotonic() + ANNOUNCE_RETRY_S
             return
         self._unannounced = None
 

@@ -213,3 +213,19 @@ def test_without_labels_versions_are_served_as_published_and_the_gate_counts_fra
     assert srv.poll() == "v000002"
     srv._install_pending()
     assert srv.version == "v000002" and srv.challenger is None and srv.acting
+
+
+def test_a_champion_this_scorer_cannot_load_does_not_hold_newer_versions_back(
+    tmp_path: Path,
+) -> None:
+    reg = Registry(tmp_path)
+    srv = ModelServer(load_spec("default"), registry=reg, learn=False, auto_promote=False)
+    reg.publish(FeatureModel("amount"), spec={"name": "t"})
+    assert srv.poll() == "v000001"
+    srv._install_pending()
+    reg.publish(FeatureModel("amount"), spec={"name": "t"})
+    reg.promote("v000002")  # promoted by hand, but its file is gone on this machine
+    (tmp_path / "v000002.pkl").unlink()
+    assert srv.poll() is None and srv._retry_pending()
+    reg.publish(FeatureModel("amount"), spec={"name": "t"})
+    assert srv.poll() == "v000003"  # the newest still comes through

@@ -73,6 +73,10 @@ class Consumer:
 
     def __init__(self, highwater: dict[TopicPartition, int]) -> None:
         self.hw, self.paused, self.sought = highwater, set(), {}
+        self.pos: dict[TopicPartition, int] = {}  # set by feed()
+
+    def position(self, tp: TopicPartition, timeout_ms: int | None = None) -> int:
+        return self.pos.get(tp, 0)
 
     def assignment(self) -> set[TopicPartition]:
         return set(self.hw)
@@ -93,6 +97,13 @@ class Consumer:
         pass
 
 
+def feed(svc: TrainService, batch: dict[TopicPartition, list[Msg]]) -> None:
+    """One poll's records: the consumer's positions move past them, then they are processed."""
+    for tp, msgs in batch.items():
+        svc.consumer.pos[tp] = msgs[-1].offset + 1
+    svc._process(batch)
+
+
 def decision(partition: int, offset: int, tx_id: str, ts: float) -> Msg:
     body = {"tx_id": tx_id, "ts": "x", "features": {}, "tx": {"ts": ts, "amount": 5.0}}
     return Msg("decisions", partition, offset, body)
@@ -107,12 +118,10 @@ def test_a_label_waits_for_its_decision_in_a_lagging_partition(tmp_path):
     svc = service(tmp_path)
     svc.consumer = c = Consumer({d0: 3, d1: 1, lab: 1})
     label = Msg("labels", 0, 0, {"tx_id": "a2", "ts": 350.0, "is_fraud": True})
-    svc._process(
-        {d1: [decision(1, 0, "b", 500.0)], d0: [decision(0, 0, "a0", 100.0)], lab: [label]}
-    )
+    feed(svc, {d1: [decision(1, 0, "b", 500.0)], d0: [decision(0, 0, "a0", 100.0)], lab: [label]})
     assert c.paused == {lab} and c.sought[lab] == 0  # waits: a2 is not read yet
     assert svc.trainer.stats["labels_unjoined"] == 0
-    svc._process({d0: [decision(0, 1, "a1", 200.0), decision(0, 2, "a2", 300.0)]})
+    feed(svc, {d0: [decision(0, 1, "a1", 200.0), decision(0, 2, "a2", 300.0)]})
     svc._resume_labels()  # partition 0 has caught up
     assert c.paused == set()
     svc._process({lab: [label]})
@@ -146,7 +155,10 @@ class Producer:
         pass
 
 
-def test_an_announcement_too_large_goes_as_a_pointer_and_a_failed_one_is_retried(tmp_path):
+def test_an_announcement_too_large_goes_as_a_pointer_and_a_failed_one_is_retried(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr("fds.streams.train.ANNOUNCE_RETRY_S", 0.0)  # its length is not tested
     svc = TrainService(
         KafkaSettings(group="fds-train"), registry=tmp_path / "registry",
         state_dir=tmp_path / "state",
@@ -176,13 +188,13 @@ def test_a_label_stamped_in_the_future_does_not_hold_its_partition(tmp_path, mon
     svc.consumer = c = Consumer({d0: 1, lab: 2})
     future = Msg("labels", 0, 0, {"tx_id": "a", "ts": 100.0 + 30 * 86400, "is_fraud": True})
     after = Msg("labels", 0, 1, {"tx_id": "a", "ts": 101.0, "is_fraud": True})
-    svc._process({d0: [decision(0, 0, "a", 100.0)], lab: [future, after]})
+    feed(svc, {d0: [decision(0, 0, "a", 100.0)], lab: [future, after]})
     assert c.paused == {lab}  # decisions keep coming: it waits for one 30 days on
     offset = 1
     for step in (60.0, svc.label_max_wait_s):
         clock[0] += step
         c.hw[d0] = offset + 1
-        svc._process({d0: [decision(0, offset, f"b{offset}", 100.0 + offset)]})  # not idle
+        feed(svc, {d0: [decision(0, offset, f"b{offset}", 100.0 + offset)]})  # not idle
         offset += 1
         svc._resume_labels()
         assert c.paused == ({lab} if step == 60.0 else set())
