@@ -393,6 +393,7 @@ class Runner:
         # Metrics go to the engine's Metrics (fds.metrics) when it has one, else nowhere.
         self.metrics: Any = engine.metrics if engine.metrics is not None else NullMetrics()
         self._lag_at = 0.0
+        self._decided: dict[Any, int] = {}  # partition -> offset after the last record decided
         self._copartitioned = False
         self._pending: list[Any] = []  # send futures of the batch being decided
         # At-least-once: batches sent but not all acknowledged yet, oldest first; offsets of
@@ -648,6 +649,9 @@ class Runner:
             if self._unacked or self._committable:  # idle: commit what was decided
                 self._settle(wait=True)
                 self.checkpoint()
+            if time.perf_counter() - self._lag_at > LAG_EVERY_S:  # idle partitions' lag too
+                self._lag_at = time.perf_counter()
+                self._report_lag()
             if max_idle_s is not None and now - last_input > max_idle_s:
                 return
             if now - last_contact > probe_every:
@@ -759,9 +763,10 @@ class Runner:
         self._freezer.tick(n)  # due only right after a drain: no send in flight
         self._publish_state()
         now = time.perf_counter()
+        self._decided.update(nxt)
         if now - self._lag_at > LAG_EVERY_S:
             self._lag_at = now
-            self._report_lag(offsets)
+            self._report_lag()
 
     def _settle(self, *, wait: bool, in_listener: bool = False) -> None:
         """Commit the input offsets of the batches whose sends are all acknowledged, oldest
@@ -1024,11 +1029,13 @@ class Runner:
         self._live = False  # a restore is not input decided: a repeat assignment may catch up
         self._labels_due = True  # labels applied before may be missing from the folded state
 
-    def _report_lag(self, offsets: Mapping[Any, Any]) -> None:
-        for tp, om in offsets.items():
+    def _report_lag(self) -> None:
+        """Lag of every assigned partition (records not decided yet), idle ones included."""
+        for tp in self.consumer.assignment():
             hw = self.consumer.highwater(tp)  # from the last fetch response: no request
-            if hw is not None:
-                self.metrics.consumer_lag(tp.partition, max(0, hw - om.offset))
+            decided = self._decided.get(tp)
+            if hw is not None and decided is not None:
+                self.metrics.consumer_lag(tp.partition, max(0, hw - decided))
 
     def _dead_letter(self, msg: Any, stage: str, exc: BaseException) -> None:
         record = dead_letter(

@@ -65,6 +65,9 @@ class Consumer:
     def highwater(self, tp: Any) -> None:
         return None
 
+    def assignment(self) -> set[Any]:
+        return {TP}
+
 
 def make_runner(**settings: Any) -> Runner:
     runner = Runner(KafkaSettings(**settings), Engine())
@@ -318,3 +321,32 @@ def test_a_catch_up_starts_at_the_log_start_when_retention_passed_the_checkpoint
         r._bring_up_to_date([TP])
     assert r.stats.caught_up == 5 and r._positions == {0: 10}
     assert "3 records of transactions[0] are past the topic's retention" in caplog.text
+
+
+def test_lag_is_reported_for_every_assigned_partition_idle_ones_included():
+    class Lagging(Consumer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.hw = {TP: 10, TopicPartition("transactions", 1): 7}
+
+        def highwater(self, tp: Any) -> int:
+            return self.hw[tp]
+
+        def assignment(self) -> set[Any]:
+            return set(self.hw)
+
+    class Lags:
+        def __init__(self) -> None:
+            self.lag: dict[int, int] = {}
+
+        def consumer_lag(self, partition: int, n: int) -> None:
+            self.lag[partition] = n
+
+        def __getattr__(self, name: str) -> Any:
+            return lambda *a, **k: None
+
+    r = make_runner()
+    r.consumer, r.metrics = Lagging(), Lags()
+    r._decided = {TopicPartition("transactions", 1): 7}  # decided up to its end earlier
+    r._process(batch(0))  # partition 0 only: 3 decided of 10
+    assert r.metrics.lag == {0: 7, 1: 0}
