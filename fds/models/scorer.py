@@ -398,20 +398,25 @@ class ModelServer:
             and len(win) >= gate.window
             and model_caught >= rules_caught
         )
+        self._set_acting(
+            acting,
+            labels=len(win),
+            recall_at_budget_with_model=round(model_caught / max(len(win), 1), 4),
+            recall_at_budget_rules=round(rules_caught / max(len(win), 1), 4),
+        )
+
+    def _set_acting(self, acting: bool, **info: Any) -> None:
+        """Open or close the maturity gate (an event and a counter when it changes)."""
         if acting != self.acting:
             self.acting = acting
             self.stats["gate_open" if acting else "gate_closed"] += 1
             self._emit(
                 "gate",
                 {
-                    "acting": acting,
-                    "version": self.version,
-                    "frauds_learned": self._gate_frauds,
-                    "labels": len(win),
-                    "recall_at_budget_with_model": round(model_caught / max(len(win), 1), 4),
-                    "recall_at_budget_rules": round(rules_caught / max(len(win), 1), 4),
+                    "acting": acting, "version": self.version,
+                    "frauds_learned": self._gate_frauds, **info,
                 },
-            )
+            )  # fmt: skip
 
     def without_labels(self) -> None:
         """No fraud label reaches this scorer (``fds run`` without ``--labels-topic``): a
@@ -429,15 +434,7 @@ class ModelServer:
         self._gate_by_count()
 
     def _gate_by_count(self) -> None:
-        gate = self.spec.gate
-        acting = self._gate_frauds >= gate.min_frauds
-        if acting != self.acting:
-            self.acting = acting
-            self.stats["gate_open" if acting else "gate_closed"] += 1
-            self._emit(
-                "gate",
-                {"acting": acting, "version": self.version, "frauds_learned": self._gate_frauds},
-            )
+        self._set_acting(self._gate_frauds >= self.spec.gate.min_frauds)
 
     def gate_state(self) -> dict[str, Any]:
         """The maturity gate's state, for the engine's checkpoint (a restarted scorer must not
@@ -600,7 +597,7 @@ class ModelServer:
             self.stats["swaps_rejected"] += 1
             self._emit("swap_rejected", {"version": target, "error": str(e)})
             if e.local:  # this machine's key, files or libraries: not the version's fault
-                self._retry_at[target] = time.monotonic() + LOCAL_RETRY_S
+                self._retry_at[target] = now + LOCAL_RETRY_S
             else:  # verifiably bad for every scorer
                 self._retry_at[target] = math.inf
                 self.registry.reject(target, str(e))

@@ -483,26 +483,22 @@ class Runner:
         if s.labels_topic:
             self._connect_labels(s.labels_topic, timeout_ms)
         self._model_without_labels()
-        # Co-partitioned output: decisions of input partition p go to output partition p, the
-        # same place the default partitioner puts their card_id key when the counts are equal,
-        # without hashing every key again (murmur2 in pure Python is ~15 us per record).
-        if self.state_topic is not None and not self.consumer.partitions_for_topic(
-            self.state_topic.topic
-        ):
-            raise ConfigError(
-                f"state topic {self.state_topic.topic!r} does not exist: create it "
-                "(`fds kafka topics` creates state-changelog) or drop --state-topic"
-            )
-        for what, topic, flag in (
-            ("input", s.input_topic, "--input-topic"),
-            ("output", s.output_topic, "--output-topic"),
-            ("dead-letter", s.dlq_topic, "--dlq-topic"),
-        ):
+        topics = [
+            ("input", s.input_topic, "fix --input-topic"),
+            ("output", s.output_topic, "fix --output-topic"),
+            ("dead-letter", s.dlq_topic, "fix --dlq-topic"),
+        ]
+        if self.state_topic is not None:
+            topics.append(("state", self.state_topic.topic, "drop --state-topic"))
+        for what, topic, fix in topics:
             if not self.consumer.partitions_for_topic(topic):
                 raise ConfigError(
                     f"{what} topic {topic!r} does not exist on {s.bootstrap}: create it "
-                    f"(`fds kafka topics` creates the kit's topics) or fix {flag}"
+                    f"(`fds kafka topics` creates the kit's topics) or {fix}"
                 )
+        # Co-partitioned output: decisions of input partition p go to output partition p, the
+        # same place the default partitioner puts their card_id key when the counts are equal,
+        # without hashing every key again (murmur2 in pure Python is ~15 us per record).
         n_in = self.consumer.partitions_for_topic(s.input_topic)
         n_out = self.producer.partitions_for(s.output_topic)
         self._copartitioned = bool(n_in) and bool(n_out) and len(n_in) == len(n_out)
@@ -552,6 +548,13 @@ class Runner:
         except (KafkaError, OSError) as exc:  # decisions go on; labels are tried again next time
             log.warning("labels topic: %s: %s", type(exc).__name__, exc)
 
+    def _abandon(self) -> None:
+        """The state may hold decisions past the committed offsets: commit nothing more and
+        never take it for them (no checkpoint; the next assignment rebuilds it)."""
+        self._unacked.clear()
+        self._committable = {}
+        self._positions.clear()
+
     def _time_left(self) -> float:
         """Seconds left before the stop's deadline (``shutdown_timeout_s`` from the stop)."""
         if self._stop_by is None:
@@ -588,12 +591,10 @@ class Runner:
                     with contextlib.suppress(KafkaError):
                         self._state_producer.flush(timeout=self._time_left() / 2)
         except BaseException:
-            # A failed send, commit or batch: the state may hold decisions past the committed
-            # offsets. Nothing more is committed or checkpointed (kafka-python's close() calls
-            # the revocation listener); the restart replays from the last commit.
-            self._unacked.clear()
-            self._committable = {}
-            self._positions.clear()
+            # A failed send, commit or batch: nothing more is committed or checkpointed
+            # (kafka-python's close() calls the revocation listener); the restart replays from
+            # the last commit.
+            self._abandon()
             if self.checkpointer is not None:  # a background write must not outlive us and
                 self.checkpointer.cancel()  # land over a newer checkpoint after a restart
             raise
@@ -1130,37 +1131,27 @@ class _Revoke(ConsumerRebalanceListener):
                 runner.checkpoint(force=True)
         except Exception as exc:  # the new owner replays the uncommitted batches
             log.warning("commit on revocation failed: %s: %s", type(exc).__name__, exc)
-            # The state holds decisions past the committed offsets: it must not be taken for
-            # them (no checkpoint; the next assignment rebuilds it from the input).
-            runner._unacked.clear()
-            runner._committable = {}
-            runner._positions.clear()
-        for tp in revoked:
-            self.runner._unresolved.discard(tp.partition)
-        if self.runner.aligner is not None:  # not decided yet: the new owner reads them again
-            self.runner.aligner.forget(revoked)
-        self.runner.metrics.rebalance()
-        for tp in revoked:
-            self.runner.metrics.forget_partition(tp.partition)
+            runner._abandon()
+        self._forget(revoked)
         log.info("partitions revoked: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked))
 
     def on_partitions_lost(self, lost: Any) -> None:
-        # Evicted (session expired, fenced): a commit would fail and the state holds decisions
-        # past the committed offsets, so neither is attempted; the next assignment rebuilds
-        # the state from the input. The new owners replay the uncommitted batches.
-        runner = self.runner
+        # Evicted (session expired, fenced): a commit would fail, so none is attempted, nor a
+        # checkpoint; the new owners replay the uncommitted batches.
         log.warning(
             "partitions lost (evicted from the group): %s",
             sorted(f"{tp.topic}[{tp.partition}]" for tp in lost),
         )
-        runner._unacked.clear()
-        runner._committable = {}
-        runner._positions.clear()
-        for tp in lost:
+        self.runner._abandon()
+        self._forget(lost)
+
+    def _forget(self, tps: Any) -> None:
+        runner = self.runner
+        for tp in tps:
             runner._unresolved.discard(tp.partition)
             runner.metrics.forget_partition(tp.partition)
-        if runner.aligner is not None:
-            runner.aligner.forget(lost)
+        if runner.aligner is not None:  # not decided yet: the new owner reads them again
+            runner.aligner.forget(tps)
         runner.metrics.rebalance()
 
     def on_partitions_assigned(self, assigned: Any) -> None:

@@ -167,8 +167,7 @@ class TrainService:
         self._restored: dict[tuple[str, int], int] = {}
         self.trainer = self._make_trainer()  # restores the two above from a checkpoint
         self.stats = TrainStats()
-        self._watermark = float("-inf")  # newest decision event time consumed
-        self._newest: dict[int, float] = {}  # the same per decisions partition
+        self._newest: dict[int, float] = {}  # decisions partition -> newest event time read
         self._unannounced: Publication | None = None  # published, its announcement failed
         self._announce_at = 0.0  # monotonic time of the next announcement attempt
         self._last_decision = time.monotonic()
@@ -349,8 +348,6 @@ class TrainService:
             return
         self.stats.decisions += 1
         self._last_decision = time.monotonic()
-        if ts > self._watermark:
-            self._watermark = ts
         if ts > self._newest.get(msg.partition, -math.inf):
             self._newest[msg.partition] = ts
 
@@ -367,7 +364,7 @@ class TrainService:
         """Have the decisions up to event time ``ts`` been read? Not while ``ts`` is past the
         newest decision read, nor while a decisions partition with unread records (a lagging
         one, e.g. in a catch-up) has not reached ``ts``."""
-        if ts > self._watermark:
+        if ts > max(self._newest.values(), default=-math.inf):
             return False
         topic = self.topics[0]
         for tp in self.consumer.assignment():
@@ -423,9 +420,9 @@ class TrainService:
 
     def _send_announcement(self) -> None:
         """Announce the newest published version not announced yet (a failed announcement is
-        retried after the next batch; a newer version supersedes it). One too large for the
-        topic (``max.message.bytes``) goes again without the artifact inline: scorers then
-        read it from the registry path."""
+        retried after ``ANNOUNCE_RETRY_S``, at the end of a batch; a newer version supersedes
+        it). One too large for the topic (``max.message.bytes``) goes again without the
+        artifact inline: scorers then read it from the registry path."""
         pub = self._unannounced
         if pub is None or self.producer is None or not self.models_topic:
             return
@@ -446,9 +443,9 @@ class TrainService:
                 self._send_and_wait(key, {**value, "artifact_b64": None})
         except KafkaError as exc:
             log.error(
-                'announcing version="%s" on topic="%s" failed (%s: %s); retried after the next '
-                "batch (scorers sharing the registry directory have it already)",
-                pub.version, self.models_topic, type(exc).__name__, exc,
+                'announcing version="%s" on topic="%s" failed (%s: %s); retried in %.0f s '
+                "(scorers sharing the registry directory have it already)",
+                pub.version, self.models_topic, type(exc).__name__, exc, ANNOUNCE_RETRY_S,
             )  # fmt: skip
             self._announce_at = time.monotonic() + ANNOUNCE_RETRY_S
             return
