@@ -569,6 +569,7 @@ class ModelServer:
         role, target = None, None
         versions = m["versions"]
         now = time.monotonic()
+        self._prune_retries(champ, versions)
         if (
             champ
             and champ != self._pointer
@@ -608,6 +609,16 @@ class ModelServer:
         self._offered = max(self._offered, (versions.get(target) or {}).get("seq", -1))
         self._pending = (role or "challenger", target, model, versions.get(target) or {})
         return target
+
+    def _prune_retries(self, champ: str | None, versions: Mapping[str, Any]) -> None:
+        """Forget deferred retries of versions that can no longer be chosen: gone from the
+        manifest, or superseded (no newer than what is served or was offered, and not the
+        champion pointer). Otherwise the watcher would re-read the manifest every poll."""
+        seq = max(self._offered, versions.get(self.version or "", {}).get("seq", -1))
+        for v, at in list(self._retry_at.items()):
+            entry = versions.get(v)
+            if entry is None or (math.isfinite(at) and v != champ and entry["seq"] <= seq):
+                del self._retry_at[v]
 
     def _retry_pending(self) -> bool:
         """Is a version that failed to load for a local reason due to be tried again?"""

@@ -229,3 +229,15 @@ def test_a_champion_this_scorer_cannot_load_does_not_hold_newer_versions_back(
     assert srv.poll() is None and srv._retry_pending()
     reg.publish(FeatureModel("amount"), spec={"name": "t"})
     assert srv.poll() == "v000003"  # the newest still comes through
+    srv._install_pending()
+    reg.publish(FeatureModel("amount"), spec={"name": "t"})
+    (tmp_path / "v000004.pkl").unlink()
+    assert srv.poll() is None and srv._retry_pending()
+    reg.publish(FeatureModel("amount"), spec={"name": "t"})
+    assert srv.poll() == "v000005"
+    srv._install_pending()
+    reg.promote("v000005")
+    srv.poll()
+    # v000004 was superseded: no retry is pending, so the watcher waits for a manifest change
+    # (v000002 is no longer the champion pointer either)
+    assert not srv._retry_pending()
