@@ -415,8 +415,10 @@ class Runner:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def stop(self, *_: Any) -> None:
-        """Ask the loop to finish the current batch, commit and return (signal-safe)."""
+        """Ask the loop to finish the current batch, commit and return (signal-safe); the
+        stop's deadline (``shutdown_timeout_s``) runs from now."""
         self._stop = True
+        self._time_left()
 
     def _connect(self) -> None:
         s = self.s
@@ -580,8 +582,9 @@ class Runner:
         try:
             self._connect()
             self._loop(max_idle_s)
-            # One deadline for everything a stop does (shutdown_timeout_s < the 10 s promise).
-            self._stop_by = time.monotonic() + self.s.shutdown_timeout_s
+            # One deadline for everything a stop does (shutdown_timeout_s < the 10 s promise),
+            # from the signal, or from now when the loop ended for another reason.
+            self._time_left()
             # The loop ends between batches: commit everything decided, then the state.
             self._settle(wait=True)
             self.checkpoint(force=True)

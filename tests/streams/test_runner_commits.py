@@ -15,7 +15,8 @@ from kafka.structs import TopicPartition
 from fds.engine import Engine
 from fds.errors import FdsError
 from fds.schema import parse_transaction
-from fds.streams.kafka import KafkaSettings, Runner
+from fds.streams.align import Aligner
+from fds.streams.kafka import KafkaSettings, Runner, _event_time
 
 Record = namedtuple("Record", "topic partition offset timestamp key value")
 TP = TopicPartition("transactions", 0)
@@ -273,54 +274,98 @@ def test_a_stop_ends_broker_retries_at_once():
     assert len(calls) == 1 and time.monotonic() - t0 < 1
 
 
-def test_a_catch_up_starts_at_the_log_start_when_retention_passed_the_checkpoint(caplog):
-    """The checkpoint covers offset 2, retention has deleted up to 5, the group committed 10:
-    records 5-9 are folded (and the gap is logged), not records from the end of the log."""
-    log_start = 5
-    recs = records(0, 10)
+class Reader:
+    """The rebuild/catch-up reader: ``recs`` of partition 0 from ``log_start``, in polls of
+    ``per_poll`` records; ``on_poll`` runs before each poll."""
 
-    class Reader:
-        def assign(self, tps):
-            self.pos = {tp: 0 for tp in tps}
+    def __init__(self, recs: list[Record], log_start: int = 0, per_poll: int = 100,
+                 on_poll: Any = None) -> None:  # fmt: skip
+        self.recs, self.log_start, self.per_poll = recs, log_start, per_poll
+        self.on_poll = on_poll or (lambda: None)
 
-        def beginning_offsets(self, tps):
-            return dict.fromkeys(tps, log_start)
+    def assign(self, tps):
+        self.pos = {tp: 0 for tp in tps}
 
-        def seek(self, tp, offset):
-            assert offset >= log_start, "read below the log start"
-            self.pos[tp] = offset
+    def beginning_offsets(self, tps):
+        return dict.fromkeys(tps, self.log_start)
 
-        def position(self, tp):
-            return self.pos[tp]
+    def seek(self, tp, offset):
+        assert offset >= self.log_start, "read below the log start"
+        self.pos[tp] = offset
 
-        def pause(self, *tps):
-            pass
+    def position(self, tp):
+        return self.pos[tp]
 
-        def poll(self, timeout_ms=0):
-            out = {tp: recs[at:10] for tp, at in self.pos.items() if at < 10}
-            self.pos = dict.fromkeys(self.pos, 10)
-            return out
+    def pause(self, *tps):
+        pass
 
-        def close(self):
-            pass
+    def poll(self, timeout_ms=0):
+        self.on_poll()
+        n = len(self.recs)
+        out = {tp: self.recs[at : at + self.per_poll] for tp, at in self.pos.items() if at < n}
+        self.pos = {tp: min(at + self.per_poll, n) for tp, at in self.pos.items()}
+        return out
 
-    class Group(Consumer):
-        def committed(self, tp, timeout_ms=None):
-            return 10
+    def close(self):
+        pass
 
+
+class Group(Consumer):
+    def committed(self, tp, timeout_ms=None):
+        return 10
+
+
+def catching_up_runner(reader: Reader, checkpoints: list[bool]) -> Runner:
+    """A runner whose checkpoint covers offset 2 while the group committed 10."""
     from fds.streams.checkpoint import Checkpointer
 
     r = Runner(
         KafkaSettings(checkpoint_in_background=False), Engine(),
-        consumer_factory=lambda **_: Reader(), checkpointer=None,
+        consumer_factory=lambda **_: reader, checkpointer=None,
     )  # fmt: skip
     r.checkpointer = Checkpointer.__new__(Checkpointer)  # only its presence matters here
-    r.checkpoint = lambda force=False: True  # type: ignore[method-assign]
+    r.checkpoint = lambda force=False: checkpoints.append(force) or True  # type: ignore[method-assign]
     r.consumer, r._positions = Group(), {0: 2}
+    return r
+
+
+def test_a_catch_up_starts_at_the_log_start_when_retention_passed_the_checkpoint(caplog):
+    """The checkpoint covers offset 2, retention has deleted up to 5, the group committed 10:
+    records 5-9 are folded (and the gap is logged), not records from the end of the log."""
+    r = catching_up_runner(Reader(records(0, 10), log_start=5), [])
     with caplog.at_level("WARNING"):
         r._bring_up_to_date([TP])
     assert r.stats.caught_up == 5 and r._positions == {0: 10}
     assert "3 records of transactions[0] are past the topic's retention" in caplog.text
+
+
+def test_a_stop_during_a_catch_up_keeps_nothing_of_the_partial_state():
+    """SIGTERM mid-way: the positions are dropped (the next start does it again), no
+    checkpoint is written, and the loop decides nothing after the interrupted restore."""
+    checkpoints: list[bool] = []
+    polls = [0]
+
+    def stop_after_first_poll() -> None:
+        polls[0] += 1
+        if polls[0] == 2:
+            r.stop()
+
+    r = catching_up_runner(Reader(records(0, 10), per_poll=3, on_poll=stop_after_first_poll),
+                           checkpoints)  # fmt: skip
+    r._bring_up_to_date([TP])
+    assert 0 < r.stats.caught_up < 8 and r._positions == {} and checkpoints == []
+
+    class Polling(Group):
+        def poll(self, timeout_ms=0, max_records=None):
+            return {TP: [rec for _tp, rec, _tx in batch(10)]}
+
+    r._stop = False
+    r.consumer, r._positions, r._unresolved = Polling(), {0: 2}, {0}
+    r.aligner = Aligner(r.consumer, _event_time)
+    r._process = lambda b: pytest.fail("decided a batch after an interrupted restore")  # type: ignore[method-assign]
+    polls[0] = 0
+    r._poll_loop(max_idle_s=None)  # returns: stopped during the restore
+    assert checkpoints == []
 
 
 def test_lag_is_reported_for_every_assigned_partition_idle_ones_included():
@@ -350,3 +395,29 @@ def test_lag_is_reported_for_every_assigned_partition_idle_ones_included():
     r._decided = {TopicPartition("transactions", 1): 7}  # decided up to its end earlier
     r._process(batch(0))  # partition 0 only: 3 decided of 10
     assert r.metrics.lag == {0: 7, 1: 0}
+
+
+def test_a_stop_shares_one_deadline_between_its_final_commit_checkpoint_and_close():
+    """What the final checkpoint took is not given again to the clients' close: the whole
+    stop stays within shutdown_timeout_s (the 10 s SIGTERM promise)."""
+    import time
+
+    r = make_runner(shutdown_timeout_s=2.0)
+    closes: dict[str, float] = {}
+
+    class Closing(Consumer):
+        def close(self, autocommit: bool = True, timeout_ms: int | None = None) -> None:
+            closes["consumer"] = (timeout_ms or 0) / 1000
+
+    class ClosingProducer(Producer):
+        def close(self, timeout: float | None = None) -> None:
+            closes["producer"] = timeout or 0.0
+
+    r.consumer, r.producer = Closing(), ClosingProducer()
+    r._connect = lambda: None  # type: ignore[method-assign]
+    r._loop = lambda max_idle_s: None  # type: ignore[method-assign]
+    r.checkpoint = lambda force=False: time.sleep(1.5) or True  # type: ignore[method-assign]
+    t0 = time.monotonic()
+    r.run()
+    assert 0 < closes["consumer"] <= 0.5 and 0 < closes["producer"] <= 0.5
+    assert time.monotonic() - t0 < 2.0
