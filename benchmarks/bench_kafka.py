@@ -32,6 +32,7 @@ benchmarks/results/kafka.md.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import platform
 import random
@@ -164,7 +165,10 @@ def fresh_topics(bootstrap: str) -> dict[str, str]:
         **dec,
         "configs": {**(dec.get("configs") or {}), "message.timestamp.type": "LogAppendTime"},
     }
-    return kafka_kit.create_topics(bootstrap, specs, prefix=f"bench-{uuid.uuid4().hex[:8]}.")
+    names = kafka_kit.create_topics(bootstrap, specs, prefix=f"bench-{uuid.uuid4().hex[:8]}.")
+    # deleted when the benchmark exits: leftover partitions slow the kit's broker down
+    atexit.register(kafka_kit.delete_topics, bootstrap, list(names.values()))
+    return names
 
 
 def run_env(root: Path) -> dict[str, str]:

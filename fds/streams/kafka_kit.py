@@ -33,7 +33,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,7 @@ __all__ = [
     "KitStatus",
     "create_topics",
     "data_dir_default",
+    "delete_topics",
     "down",
     "ensure_jars",
     "load_topic_specs",
@@ -489,3 +490,16 @@ def create_topics(
     finally:
         admin.close()
     return names
+
+
+def delete_topics(bootstrap: str, names: Iterable[str], *, timeout: float = 30.0) -> None:
+    """Delete ``names`` (best effort: a topic already gone is fine). Tests and benchmarks
+    remove what they created: every partition left behind is a log directory the kit's single
+    broker loads, watches and lists, and thousands of them slow topic creation down."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.delete_topics(list(names), timeout_ms=int(timeout * 1000), raise_errors=False)
+    finally:
+        admin.close()

@@ -3,7 +3,8 @@
 The broker is started once per session with :func:`fds.streams.kafka_kit.up` (idempotent: a
 broker left running by an earlier session is reused) and stopped at the end only if this
 session started it. ``FDS_TEST_BOOTSTRAP=host:port`` uses an existing broker instead.
-Tests isolate themselves with uuid topic prefixes and group names, so nothing is torn down.
+Tests isolate themselves with uuid topic prefixes and group names; the topics they create are
+deleted when the test ends (thousands of leftover partitions slow the single broker down).
 """
 
 from __future__ import annotations
@@ -43,22 +44,28 @@ def unique_name() -> Callable[[str], str]:
 
 
 @pytest.fixture
-def topics(kafka_bootstrap: str, unique_name: Callable[[str], str]) -> dict[str, str]:
-    """All topics of streams/topics.yaml under a fresh prefix: logical name -> topic name."""
-    return kafka_kit.create_topics(kafka_bootstrap, prefix=unique_name("t") + ".")
-
-
-@pytest.fixture
 def make_topics(
     kafka_bootstrap: str, unique_name: Callable[[str], str]
-) -> Callable[..., dict[str, str]]:
-    """Factory for topic sets with overridden partition counts: ``make_topics(partitions=2)``."""
+) -> Iterator[Callable[..., dict[str, str]]]:
+    """Factory for topic sets with overridden partition counts: ``make_topics(partitions=2)``;
+    every set made is deleted when the test ends."""
+    made: list[str] = []
 
     def make(partitions: int | None = None) -> dict[str, str]:
         specs: dict[str, dict[str, Any]] = kafka_kit.load_topic_specs()
         if partitions is not None:
             for logical in ("transactions", "decisions", "state_changelog"):
                 specs[logical] = {**specs[logical], "partitions": partitions}
-        return kafka_kit.create_topics(kafka_bootstrap, specs, prefix=unique_name("t") + ".")
+        names = kafka_kit.create_topics(kafka_bootstrap, specs, prefix=unique_name("t") + ".")
+        made.extend(names.values())
+        return names
 
-    return make
+    yield make
+    if made:
+        kafka_kit.delete_topics(kafka_bootstrap, made)
+
+
+@pytest.fixture
+def topics(make_topics: Callable[..., dict[str, str]]) -> dict[str, str]:
+    """All topics of streams/topics.yaml under a fresh prefix: logical name -> topic name."""
+    return make_topics()

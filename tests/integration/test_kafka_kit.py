@@ -62,6 +62,11 @@ def test_topics_created_as_specified_and_idempotent(kafka_bootstrap: str, unique
         assert policy == {
             "models": "compact", "state_changelog": "compact", "transactions": "delete"
         }  # fmt: skip
+        kafka_kit.delete_topics(kafka_bootstrap, names.values())
+        deadline = time.monotonic() + 30
+        while set(names.values()) & set(admin.list_topics()):
+            assert time.monotonic() < deadline, "topics not deleted"
+            time.sleep(0.2)
     finally:
         admin.close()
 
