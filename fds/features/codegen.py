@@ -17,6 +17,7 @@ as ``source`` for inspection).
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from array import array
@@ -25,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 __all__ = [
-    "KEY", "TS", "assign_slots", "build_fused", "build_new_state", "num",
+    "KEY", "TS", "assign_slots", "build_fused", "build_new_state", "cat", "num",
 ]  # fmt: skip
 
 NAN = math.nan
@@ -37,38 +38,82 @@ _CUT_SLACK = 8
 
 
 def num(x: Any) -> float:
-    """A numeric field value as float; NaN when missing or not a number."""
+    """A numeric field value as float; NaN (missing) when absent, not a number or not finite
+    (an infinite value would turn every running sum of its window into NaN for good).
+
+    >>> num("12.5"), num(None), num(True), num("1e999"), num(10**400)
+    (12.5, nan, nan, nan, nan)
+    """
     if x is None or x.__class__ is bool:
         return NAN
     try:
-        return float(x)
-    except (TypeError, ValueError):
+        x = float(x)
+    except (TypeError, ValueError, OverflowError):
         return NAN
+    return x if x - x == 0.0 else NAN
+
+
+def cat(v: Any) -> Any:
+    """A categorical or entity value as the state holds it: strings interned (the many copies
+    of a merchant or country id become one object in the logs); ``None`` and NaN missing
+    (``None``: NaN is not equal to itself, so a counter could not find it again after a
+    restore); other hashable values as they are; an unhashable one (a list or an object in
+    ``extra``) as its canonical JSON text.
+
+    >>> cat(None), cat(float("nan")), cat(7), cat(["b", "a"]), cat({"y": 1, "x": 2})
+    (None, None, 7, '["b", "a"]', '{"x": 2, "y": 1}')
+    """
+    if v.__class__ is str:
+        return sys.intern(v)
+    if v is None or v != v:
+        return None
+    try:
+        hash(v)
+    except TypeError:
+        return sys.intern(json.dumps(v, sort_keys=True, default=str))
+    return v
 
 
 def _var(k: str, sub: str | None) -> str:
-    """The local that :func:`_reads` binds to transaction field ``k`` (``extra.sub``)."""
+    """The local that :func:`_reads` binds to transaction field ``k`` (``extra.sub``) as an
+    entity or categorical value (:func:`cat`); ``"n" + _var(...)`` holds it as a number."""
     return f"f_{k}" if sub is None else f"e_{len(sub)}_{sub.encode().hex()}"
 
 
 def _reads(cgs: Any) -> list[str]:
-    """Statements reading every field the groups use once, into locals named by :func:`_var`
-    (categorical values interned: many copies of a merchant or country id become one object
-    in the logs)."""
-    fields: dict[tuple[str, str | None], bool] = {}  # field -> is categorical somewhere
+    """Statements reading every field the groups use once, into locals named by :func:`_var`:
+    numbers as :func:`num` (a float that is finite costs a subtraction), entity and
+    categorical values as :func:`cat` (a string costs nothing more as an entity, an intern
+    call as a categorical value). No conversion can fail halfway through a state update."""
+    fields: dict[tuple[str, str | None], set[str]] = {}  # field -> its roles
     for cg in cgs:
-        for key in ((cg.ent, cg.ent_sub), *cg.nums):
-            fields.setdefault(key, False)
+        fields.setdefault((cg.ent, cg.ent_sub), set()).add("entity")
+        for key in cg.nums:
+            fields.setdefault(key, set()).add("num")
         for key in cg.cats:
-            fields[key] = True
+            fields.setdefault(key, set()).add("cat")
     lines = []
     if any(sub is not None for _k, sub in fields):
         lines.append("extra = tx.get('extra') or _EMPTY")
-    for (k, sub), cat in fields.items():
+    for (k, sub), roles in fields.items():
         var = _var(k, sub)
         lines.append(f"{var} = tx.get({k!r})" if sub is None else f"{var} = extra.get({sub!r})")
-        if cat:
-            lines += [f"if {var}.__class__ is str:", f"    {var} = _intern({var})"]
+        if "num" in roles:
+            lines += [
+                f"n{var} = {var}",
+                f"if n{var}.__class__ is not float or n{var} - n{var}:",
+                f"    n{var} = _num(n{var})",
+            ]
+        if "cat" in roles:
+            lines += [
+                f"if {var}.__class__ is str:",
+                f"    {var} = _intern({var})",
+                f"elif {var} is not None:",
+                f"    {var} = _cat({var})",
+            ]
+        elif "entity" in roles:
+            lines += [f"if {var}.__class__ is not str and {var} is not None:",
+                      f"    {var} = _cat({var})"]  # fmt: skip
     return lines
 
 
@@ -83,9 +128,7 @@ def _body(cg: Any, var: dict[str, str]) -> list[str]:
     a("    ts.append(t)")
     squared = {fi for sums in cg.i_sum for fi, _s1, s2, _n in sums if s2 >= 0}
     for fi, (k, sub) in enumerate(cg.nums):
-        a(f"    x{fi} = {_var(k, sub)}")
-        a(f"    if x{fi}.__class__ is not float:")
-        a(f"        x{fi} = _num(x{fi})")
+        a(f"    x{fi} = n{_var(k, sub)}")
         a(f"    num{fi} = st[{cg.i_num[fi]}]")
         a(f"    num{fi}.append(x{fi})")
         if cg.sums[fi]:  # the new value's deviation from the entity's shift (0 when missing)
@@ -168,12 +211,6 @@ def _body(cg: Any, var: dict[str, str]) -> list[str]:
             a(f"        m = st[{cg.i_mono[slot]}]")
             a("        while m and m[0] < h:")
             a("            del m[0]")
-        for ci, i_off in enumerate(cg.i_coff):
-            if i_off >= 0 and cg.cat_owner[ci] == wi:  # the longest window counting it
-                lag = cg.keep - cg.longest + cg.cat_keep[ci]  # grace + that window
-                a(f"    if h - co{ci} > {_CUT_SLACK}:")
-                a(f"        _cut_column(ts, cat{ci}, st, {i_off}, wm - {lag!r})")
-                a(f"        co{ci} = st[{i_off}]")
         for agg, name, fi, slot in feats:
             if agg == "seen":
                 a(f"    {var[name]} = None if v{fi} is None else v{fi} in st[{cg.i_ctr[slot]}]")
@@ -221,6 +258,14 @@ def _body(cg: Any, var: dict[str, str]) -> list[str]:
                 a(f"    {o} = st[{cg.i_nf[slot]}]")
             elif agg == "fraud_rate":
                 a(f"    {o} = st[{cg.i_nf[slot]}] / (idx + 1 - h)")
+    # Categorical columns kept shorter than the log: cut once every window has advanced (a
+    # window later in this body may still expire values the cut would drop), when the
+    # longest window counting the column is _CUT_SLACK values past its first one.
+    for ci, i_off in enumerate(cg.i_coff):
+        if i_off >= 0:
+            lag = cg.keep - cg.longest + cg.cat_keep[ci]  # grace + that window
+            a(f"    if st[{cg.i_head[cg.cat_owner[ci]]}] - co{ci} > {_CUT_SLACK}:")
+            a(f"        _cut_column(ts, cat{ci}, st, {i_off}, wm - {lag!r})")
     return [line[4:] for line in lines]
 
 
@@ -352,6 +397,7 @@ def _namespace() -> dict[str, Any]:
         "_EMPTY": {},
         "_num": num,
         "_intern": sys.intern,
+        "_cat": cat,
         "_bisect_right": bisect_right,
         "_sqrt": math.sqrt,
         "_cut_column": _cut_column,
@@ -376,7 +422,7 @@ def build_new_state(cg: Any) -> Callable[[Any, Any], list[Any]]:
         if g.num_sums[fi]:
             src = f"tx.get({k!r})" if sub is None else f"(tx.get('extra') or _EMPTY).get({sub!r})"
             lines.append(f"    k{fi} = {src}")
-            lines.append(f"    if k{fi}.__class__ is not float:")
+            lines.append(f"    if k{fi}.__class__ is not float or k{fi} - k{fi}:")
             lines.append(f"        k{fi} = _num(k{fi})")
             lines.append(f"    if k{fi} != k{fi}:")
             lines.append(f"        k{fi} = 0.0")

@@ -41,7 +41,6 @@ from __future__ import annotations
 import math
 import os
 import pickle
-import sys
 from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Mapping, Sequence
@@ -56,6 +55,7 @@ from fds.features.codegen import (
     build_fused,
     build_new_state,
 )
+from fds.features.codegen import cat as _cat
 from fds.features.codegen import num as _num
 from fds.features.spec import Group, Layout, compile_specs
 from fds.features.txstore import TxStore
@@ -99,11 +99,6 @@ def _get(tx: Mapping[str, Any], key: str, sub: str | None) -> Any:
         return tx.get(key)
     extra = tx.get("extra")
     return extra.get(sub) if extra else None
-
-
-def _cat(v: Any) -> Any:
-    # Interning makes the many copies of a merchant or country id one object in the logs.
-    return sys.intern(v) if v.__class__ is str else v
 
 
 class _CompiledGroup:
@@ -269,7 +264,7 @@ class FeaturePlan:
             self.late_events += 1
             out: dict[str, Any] = dict.fromkeys(self._names)
             for gi, cg in enumerate(self._groups):
-                v = _get(tx, cg.ent, cg.ent_sub)
+                v = _cat(_get(tx, cg.ent, cg.ent_sub))
                 if v is not None:
                     self._brute(cg, self.states[gi].get(v), t, tx, out)
             out["_flags"] = ["late"]
@@ -291,7 +286,7 @@ class FeaturePlan:
         ts = st[TS] if st is not None else array("d")
         hi = bisect_right(ts, t)  # others with ts <= t
         xs = [_num(_get(tx, k, sub)) for k, sub in cg.nums]
-        cvals = [_get(tx, k, sub) for k, sub in cg.cats]
+        cvals = [_cat(_get(tx, k, sub)) for k, sub in cg.cats]
         for _wi, width, _pe, _mono, _ctrs, _fslot, feats in cg.windows:
             cutoff = t - width if width is not None else self.clock.cutoff(t)
             lo = bisect_right(ts, cutoff, 0, hi)
@@ -305,7 +300,8 @@ class FeaturePlan:
                     out[name] = nfr if agg == "fraud_count" else nfr / (hi - lo + 1)
                 elif agg in ("distinct", "seen"):
                     o = _offset(cg, st, fi) if st is not None else 0
-                    others = set(st[cg.i_cat[fi]][max(lo - o, 0) : hi - o]) if st else set()
+                    col = st[cg.i_cat[fi]] if st is not None else ()
+                    others = set(col[max(lo - o, 0) : max(hi - o, 0)])
                     others.discard(None)
                     v = cvals[fi]
                     if agg == "seen":
@@ -329,8 +325,7 @@ class FeaturePlan:
             st[cg.i_num[fi]].insert(p, _num(_get(tx, k, sub)))
         cvals = []
         for ci, (k, sub) in enumerate(cg.cats):
-            v = _get(tx, k, sub)
-            v = _cat(v) if v is not None else None
+            v = _cat(_get(tx, k, sub))
             st[cg.i_cat[ci]].insert(p - _offset(cg, st, ci), v)
             cvals.append(v)
         if cg.fraud:

@@ -1,0 +1,111 @@
+"""Cases a randomized differential review found (each failed before its fix): a categorical
+column cut before a later window had expired it, a late event counting newer values, values
+that could not be converted leaving a state half-updated, NaN categories after a restore, and
+infinite numbers poisoning running sums."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace as S
+from typing import Any
+
+from fds.features import FeaturePlan
+
+H = 3600.0
+D0 = 1717200000.0  # 2024-06-01 00:00 UTC
+
+
+def feed(plan: FeaturePlan, t: float, **fields: Any) -> dict[str, Any]:
+    feed.n = getattr(feed, "n", 0) + 1  # type: ignore[attr-defined]
+    tx = {"tx_id": f"t{feed.n}", "ts": t, "card_id": "c", "amount": 1.0, **fields}  # type: ignore[attr-defined]
+    return plan.compute(tx)
+
+
+def distinct_plan(a: str, b: str, c: str) -> FeaturePlan:
+    return FeaturePlan(
+        [
+            S(name="da", entity="card_id", agg="distinct", field="merchant_id", window=a),
+            S(name="db", entity="card_id", agg="distinct", field="merchant_id", window=b),
+            S(name="n", entity="card_id", agg="count", field=None, window=c),
+        ],
+        grace=0,
+    )
+
+
+def test_a_column_counted_by_two_windows_is_cut_only_after_both_expired():
+    """The longer window declared first, a still longer one on the entity: the column was cut
+    before the shorter window expired its values (a wrong ``distinct``)."""
+    plan = distinct_plan("calendar_day", "24h", "30d")
+    for i in range(9):
+        feed(plan, D0 + H + i, merchant_id="early")
+    for i in range(12):
+        feed(plan, D0 + 20 * H + i, merchant_id=f"late{i}")
+    got = feed(plan, D0 + 26.5 * H, merchant_id="late0")
+    assert got == {"da": 1, "db": 12, "n": 22}
+
+
+def test_a_column_cut_too_early_no_longer_raises():
+    plan = distinct_plan("90m", "1h", "30d")
+    for i in range(9):
+        feed(plan, 8.3 * H + i, merchant_id=f"m{i}")
+    feed(plan, 9.2 * H, merchant_id="x")
+    assert feed(plan, 10 * H, merchant_id="y") == {"da": 2, "db": 2, "n": 11}  # was IndexError
+
+
+def test_a_late_event_does_not_count_values_logged_after_it():
+    plan = FeaturePlan(
+        [
+            S(name="seen", entity="card_id", agg="seen", field="merchant_id", window="1h"),
+            S(name="dist", entity="card_id", agg="distinct", field="merchant_id", window="1h"),
+            S(name="n", entity="card_id", agg="count", field=None, window="30d"),
+        ],
+        grace=0,
+    )
+    for i in range(241):
+        feed(plan, i * 300.0, merchant_id="old" if i * 5 <= 19 * 60 else "new")
+    # 18.5 h is 1.5 h behind: decided on the state held (the column keeps 1 h), which must not
+    # count "new", first logged after 19:00 (a negative slice end read the newest values)
+    got = feed(plan, 18.5 * H, merchant_id="new")
+    assert got["_flags"] == ["late"] and got["seen"] is False and got["dist"] == 1
+
+
+def test_values_that_cannot_be_numbers_or_keys_leave_no_half_updated_state():
+    """A huge integer (float() overflows) is a missing number; a list is a category by its
+    JSON text. Before, the first raised after the log was appended, and every later event of
+    the entity failed or counted the failed one."""
+    plan = FeaturePlan(
+        [
+            S(name="n", entity="card_id", agg="count", field=None, window="1h"),
+            S(name="x_max", entity="card_id", agg="max", field="extra.x", window="1h"),
+            S(name="x_mean", entity="card_id", agg="mean", field="extra.x", window="1h"),
+            S(name="devs", entity="card_id", agg="distinct", field="extra.dev", window="1h"),
+            S(name="per_dev", entity="extra.dev", agg="count", field=None, window="1h"),
+        ],
+        grace=0,
+    )
+    feed(plan, 0.0, extra={"x": 1, "dev": "d1"})
+    got = feed(plan, 10.0, extra={"x": 10**400, "dev": ["d1", "d2"]})
+    assert got == {"n": 2, "x_max": 1.0, "x_mean": 1.0, "devs": 2, "per_dev": 1}
+    got = feed(plan, 20.0, extra={"x": 5, "dev": ["d1", "d2"]})
+    assert got == {"n": 3, "x_max": 5.0, "x_mean": 3.0, "devs": 2, "per_dev": 2}
+    got = feed(plan, 3615.0, extra={"x": 7, "dev": "d3"})  # the first two have left
+    assert got == {"n": 2, "x_max": 7.0, "x_mean": 6.0, "devs": 2, "per_dev": 1}
+
+
+def test_a_nan_category_is_missing_and_survives_a_restore():
+    specs = [S(name="d", entity="card_id", agg="distinct", field="extra.shop", window="1h")]
+    p = FeaturePlan(specs, grace=0)
+    assert feed(p, 0.0, extra=json.loads('{"shop": NaN}')) == {"d": 0}
+    feed(p, 3000.0, extra={"shop": "s"})
+    q = FeaturePlan(specs, grace=0)
+    q.load_state_dict(p.state_dict())
+    assert feed(q, 3700.0, extra={"shop": "s"}) == {"d": 1}  # was KeyError: nan
+
+
+def test_an_infinite_number_is_missing_not_a_poisoned_sum():
+    specs = [S(name="s", entity="card_id", agg="sum", field="extra.x", window="1h")]
+    p = FeaturePlan(specs, grace=0)
+    assert feed(p, 0.0, extra={"x": "1e999"}) == {"s": 0.0}  # the entity's first value
+    feed(p, 1800.0, extra={"x": 2})
+    assert feed(p, 3700.0, extra={"x": 3}) == {"s": 5.0}
+    assert feed(p, 3800.0, extra={"x": float("-inf")}) == {"s": 5.0}
