@@ -341,9 +341,11 @@ class ModelServer:
         else:
             write()
 
-    def _drop_challenger(self, verdict: str, why: str) -> None:
+    def _drop_challenger(
+        self, verdict: str, why: str, figures: dict[str, Any] | None = None
+    ) -> None:
         self.stats[verdict] += 1
-        self._emit(verdict, {"version": self.challenger_version, "why": why})
+        self._emit(verdict, {"version": self.challenger_version, "why": why, **(figures or {})})
         self.challenger = self.challenger_version = None
         self.contest = None
         self._next_queued()
@@ -482,7 +484,7 @@ class ModelServer:
         info = {**c.figures(), "incumbent": c.incumbent, "candidate": c.candidate}
         self.history.append({"verdict": verdict, **info})
         if verdict == "reject":
-            self._drop_challenger("reject", "precision below champion")
+            self._drop_challenger("reject", "precision below champion", info)
             return
         self.stats["promote"] += 1
         self.predecessor, self.predecessor_version = self.champion, self.version
@@ -530,7 +532,8 @@ class ModelServer:
                 m.model_swap("rejected")
             elif kind == "drift":
                 m.drift()
-            elif kind in ("promote", "reject", "rollback", "confirm"):
+            elif kind in ("promote", "reject", "rollback", "confirm") and "candidate" in info:
+                # (a challenger dropped because shadow scoring raised has no contest figures)
                 m.model_precision("champion", "contest", info["recall_at_budget_incumbent"])
                 m.model_precision("challenger", "contest", info["recall_at_budget_candidate"])
             elif kind == "gate":

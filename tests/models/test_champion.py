@@ -6,6 +6,7 @@ import pickle
 from typing import Any
 
 from fds.engine import Engine
+from fds.metrics import Metrics
 from fds.models.champion import BudgetRank, Contest
 from fds.models.registry import make_entry
 from fds.models.scorer import ModelServer
@@ -97,11 +98,16 @@ def test_better_challenger_is_promoted_after_shadow_then_confirmed() -> None:
 
 def test_worse_challenger_is_rejected() -> None:
     srv, s = _server(FeatureModel("f_a"))
+    srv.metrics = m = Metrics()  # as in replay and `fds run`: a lost contest raised KeyError
     srv.offer(_pub(FeatureModel("f_none"), 2))
     s.run(60, {"f_a": 1.0, "f_b": 1.0})
     assert [h["verdict"] for h in srv.history] == ["reject"]
     assert srv.version == "v000001" and srv.challenger is None
     assert srv.stats["reject"] == 1
+    got = m.registry.get_sample_value(
+        "fds_model_precision", {"model": "challenger", "window": "contest"}
+    )
+    assert got == srv.history[0]["recall_at_budget_candidate"]
 
 
 def test_promoted_model_that_gets_worse_is_rolled_back() -> None:
