@@ -190,8 +190,11 @@ class Engine:
                 action, score = "approve", 0.0
         except Exception as e:
             raise StageError(stage, e) from e
-        if self.breaker is not None and action != "approve":
-            self._watch_rates(action, hits, acting_score, ts, tx["card_id"])
+        if self.breaker is not None:  # rates are shares of every decision, approvals too
+            if action == "approve":
+                self.breaker.observe(action, (), ts)
+            else:
+                self._watch_rates(action, hits, acting_score, ts, tx["card_id"])
         now = self._clock()
         latency = perf() - t0
         decision = {

@@ -74,6 +74,28 @@ def test_rule_that_declines_everything_is_demoted_within_its_window_rest_keeps_d
     assert engine.decide(tx(1001))["action"] == "decline"
 
 
+class OneRule(Rules):
+    """Only ``good``, on every 97th transaction (many cards): behind every alert, but alerts
+    are 1 % of the decisions."""
+
+    def evaluate(self, t, feats):
+        if int(t["tx_id"][1:]) % 97:
+            return []
+        return [{"id": "good", "action": "review", "score": 0.6, "reason": "ok", "state": "active"}]
+
+
+def test_a_rule_behind_every_alert_at_a_normal_rate_is_not_demoted():
+    """The breaker judges a rule's share of all decisions: approvals count in its window.
+    (They were left out, so a rule behind most alerts tripped on ordinary traffic.)"""
+    engine = Engine(
+        rules=OneRule(),
+        policy=Policy(decline_at=0.9, review_at=0.5),
+        breaker=RuleBreaker(window_events=500, multiple=3.0, min_events=50),
+    )
+    actions = [engine.decide(tx(i))["action"] for i in range(10_000)]
+    assert actions.count("review") == len(range(0, 10_000, 97)) and engine.demoted == set()
+
+
 def test_degraded_mode_when_model_raises():
     model = Model(fail=True)
     m = Metrics()
