@@ -28,6 +28,7 @@ from fds.timeutil import parse_ts
 
 __all__ = [
     "TX_FIELDS",
+    "TX_REQUIRED",
     "Decision",
     "Label",
     "RuleHit",
@@ -110,6 +111,13 @@ class Decision(BaseModel):
 
 #: Top-level transaction fields of the contract (everything else goes to ``extra``).
 TX_FIELDS: frozenset[str] = frozenset(Transaction.__annotations__)
+#: ... and those every transaction must have (``__required_keys__`` cannot tell: with postponed
+#: annotations, Python 3.11 does not see ``NotRequired``).
+TX_REQUIRED: frozenset[str] = frozenset(
+    k
+    for k, v in Transaction.__annotations__.items()
+    if not getattr(v, "__forward_arg__", str(v)).startswith("NotRequired")
+)
 _TX = TypeAdapter(Transaction)
 _validate_tx = _TX.validator.validate_python  # the core validator: skips a wrapper layer
 

@@ -23,7 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fds.errors import ConfigError
-from fds.schema import TX_FIELDS, dumps_line
+from fds.schema import TX_FIELDS, TX_REQUIRED, dumps_line
 from fds.timeutil import get_zone, parse_duration
 
 __all__ = [
@@ -77,14 +77,23 @@ class ColumnMapping(BaseModel):
         get_zone(v)
         return v
 
-    def check_columns(self, columns: list[str], where: str) -> None:
-        """Raise :class:`ConfigError` when a mapped column is not in the file."""
+    def check_columns(self, columns: list[str], where: str, *, header: bool = True) -> None:
+        """Raise :class:`ConfigError` when a mapped column is not in the file, or (``header``:
+        the columns are the whole file's, not one record's) a required field is missing."""
         wanted = list(self.fields.values()) + ([self.label.column] if self.label else [])
         missing = [c for c in wanted if c not in columns]
         if missing:
             raise ConfigError(
                 f"column(s) {missing} named in the mapping are not in the file; "
                 f"its columns are {columns}",
+                where=where,
+            )
+        unmapped = sorted(f for f in TX_REQUIRED if f not in self.fields and f not in columns)
+        if unmapped and header:
+            raise ConfigError(
+                f"required engine field(s) {unmapped} are neither mapped nor columns of the "
+                f"file: map them under `fields:` (e.g. `{unmapped[0]}: YOUR_COLUMN`); its "
+                f"columns are {columns}",
                 where=where,
             )
 
@@ -205,7 +214,7 @@ def _read_jsonl(p: Path, mapping: ColumnMapping | None) -> Iterator[Record]:
                 continue
             if mapping is not None and isinstance(rec, dict):
                 if n == 1:
-                    mapping.check_columns(list(rec), where=f"{p}:1")
+                    mapping.check_columns(list(rec), where=f"{p}:1", header=False)
                 rec = mapping.apply(rec)
             yield n, rec, None
 

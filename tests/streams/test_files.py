@@ -52,6 +52,19 @@ def test_mapping_unknown_column_names_file_and_columns(tmp_path):
         list(read_records(tmp_path / "h.csv", mapping=load_mapping(tmp_path / "m.yaml")))
 
 
+def test_a_required_field_neither_mapped_nor_a_column_is_a_config_error(tmp_path):
+    """Before, every row was dead-lettered (`card_id: Field required`) and the replay exited 0."""
+    (tmp_path / "m.yaml").write_text(MAPPING.replace("  card_id: CUSTOMER_ID\n", ""))
+    (tmp_path / "h.csv").write_text(CSV)
+    with pytest.raises(ConfigError, match=r"h.csv:1: required engine field\(s\) \['card_id'\]"):
+        list(read_records(tmp_path / "h.csv", mapping=load_mapping(tmp_path / "m.yaml")))
+    # a column already named like the engine field needs no mapping
+    (tmp_path / "h.csv").write_text(CSV.replace("CUSTOMER_ID", "card_id"))
+    assert (
+        len(list(read_records(tmp_path / "h.csv", mapping=load_mapping(tmp_path / "m.yaml")))) == 2
+    )
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
