@@ -367,7 +367,7 @@ def parse_spec(text: str, *, source: str = "<spec>") -> ModelSpec:
         ((dotted, params),) = item.items()
         _check_step(str(dotted), params, source, inode)
         steps.append((str(dotted), dict(params or {}), _line(inode) or 0))
-    return ModelSpec(
+    spec = ModelSpec(
         name=name,
         steps=tuple(steps),
         learn=_policy(LearnPolicy, data.get("learn"), source, _child(root, "learn"), "learn"),
@@ -382,6 +382,38 @@ def parse_spec(text: str, *, source: str = "<spec>") -> ModelSpec:
         source=source,
         text=text,
     )
+    _try_pipeline(spec)
+    return spec
+
+
+#: What a built pipeline learns and scores once at load (a spec whose parameters have the wrong
+#: types or whose last step does not classify fails here, not at the first label of a run).
+_SAMPLE = (({"amount": 120.0, "f": 0.0}, False), ({"amount": 9000.0, "f": 1.0}, True))
+
+
+def _try_pipeline(spec: ModelSpec) -> None:
+    """Build ``spec``'s pipeline and learn and score two sample rows."""
+    *_, (last, _params, last_line) = spec.steps
+    if not hasattr(_estimator_class(last, spec.source), "predict_proba_one"):
+        raise ConfigError(
+            f"{last} does not classify (no predict_proba_one): the last step of the pipeline "
+            "must be a classifier, e.g. linear_model.LogisticRegression",
+            where=f"{spec.source}:{last_line}",
+        )
+    model = build_pipeline(spec)
+    try:
+        for x, y in _SAMPLE:
+            model.learn_one(x, y)
+            p = model.predict_proba_one(x).get(True, 0.0)
+        if not 0.0 <= float(p) <= 1.0:
+            raise ValueError(f"a probability of {p!r}")
+    except Exception as e:  # what River raises for a bad parameter value varies
+        given = [(d, line) for d, params, line in spec.steps if params] or spec.steps[:1]
+        raise ConfigError(
+            f"the pipeline fails on a sample row ({type(e).__name__}: {e}): check the types "
+            "and values of the parameters of " + ", ".join(f"{d[0]} (line {d[-1]})" for d in given),
+            where=f"{spec.source}:{given[0][-1]}",
+        ) from None
 
 
 def build_pipeline(spec: ModelSpec) -> Any:

@@ -62,6 +62,17 @@ def test_shipped_specs_build(name: str) -> None:
             ":5",
             "unknown key gate.windo",
         ),
+        (  # a wrong parameter type: failed at the first label of a run before
+            "name: x\npipeline:\n  - preprocessing.StandardScaler: {}\n"
+            "  - linear_model.LogisticRegression: {l2: abc}\n",
+            ":4",
+            "the pipeline fails on a sample row",
+        ),
+        (
+            "name: x\npipeline:\n  - preprocessing.StandardScaler: {}\n",
+            ":3",
+            "must be a classifier",
+        ),
         ("name: x\npipelin:\n  - a.b: {}\n", ":2", "unknown key 'pipelin'"),
         ("name: x\npipeline: [\n", ":", "not valid YAML"),
     ],
@@ -99,7 +110,10 @@ def test_gate_section_parses_and_defaults_to_no_gate() -> None:
 
 
 def test_rule_inputs_reach_the_model_only_when_the_spec_asks() -> None:
-    text = "name: x\npipeline:\n  - preprocessing.StandardScaler: {}\n"
+    text = (
+        "name: x\npipeline:\n  - preprocessing.StandardScaler: {}\n"
+        "  - linear_model.LogisticRegression: {}\n"
+    )  # transform_one skips the final classifier
     x = {"amount": 3.0, "rule:hot": 1.0, "rule_score": 0.6}
     plain = build_pipeline(parse_spec(text))
     # the rules' score hidden (the engine gives such a spec no rule:<id> keys), amount scaled
