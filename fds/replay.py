@@ -35,6 +35,7 @@ _PROGRESS_EVERY = 2048
 REORDER_BUFFER = 100_000
 _READ_STAGES = ("parse", "validate")
 _TRUTHY = frozenset({"1", "true", "t", "yes", "y", "fraud"})
+_FALSY = frozenset({"0", "false", "f", "no", "n", "legit", "legitimate", ""})
 
 
 class Sink(Protocol):
@@ -121,8 +122,20 @@ class ReplaySummary:
         return rows
 
 
-def _is_true(v: Any) -> bool:
-    return v is True or (isinstance(v, int | float) and v == 1) or str(v).lower() in _TRUTHY
+def _truth(v: Any) -> bool:
+    """A label column's value: fraud or not; ValueError when it says neither."""
+    if v is True or v is False:
+        return v
+    if isinstance(v, int | float) and v in (0, 1):
+        return v == 1
+    text = str(v).strip().lower()
+    if text in _TRUTHY or text in _FALSY:
+        return text in _TRUTHY
+    raise ValueError(
+        f"label value {v!r} is neither fraud ({', '.join(sorted(_TRUTHY))}) nor legitimate "
+        f"({', '.join(sorted(_FALSY - {''}))}, empty); the transaction is decided, its label "
+        "is not learned"
+    )
 
 
 def open_stream(
@@ -197,7 +210,18 @@ def _validated(
         except ValidationError as e:
             dlq.append(dead_letter(stage="validate", error=e, raw=rec, source=source, position=pos))
             continue
-        if truth is not None and label is not None and stream is not None and _is_true(truth):
+        if truth is None or label is None or stream is None:
+            yield out
+            continue
+        try:
+            fraud = _truth(truth)
+        except ValueError as e:
+            raw_row = {**rec, label.column: truth}
+            dlq.append(
+                dead_letter(stage="label", error=e, raw=raw_row, source=source, position=pos)
+            )
+            fraud = False
+        if fraud:
             stream.truth.add(out["tx_id"])
             stream.pending_labels.append(
                 {

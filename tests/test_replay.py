@@ -92,6 +92,22 @@ def test_a_label_column_without_delay_is_learned_after_its_own_transaction(tmp_p
     assert rec.seen == ["t0", "t1", "L:t1", "t2"]
 
 
+def test_an_unreadable_label_value_is_a_dead_letter_and_its_transaction_is_decided(tmp_path):
+    """Before, "maybe" or 2 silently meant legitimate."""
+    rows = [tx(0, T0, FRAUD="yes"), tx(1, T0 + 1, FRAUD="maybe"), tx(2, T0 + 2, FRAUD=2),
+            tx(3, T0 + 3, FRAUD="No"), tx(4, T0 + 4, FRAUD=True)]  # fmt: skip
+    p = write_jsonl(tmp_path / "x.jsonl", rows)
+    mapping = ColumnMapping.model_validate({"label": {"column": "FRAUD"}})
+    out, dlq = ListSink(), ListSink()
+    stream = replay.load(p, mapping=mapping)
+    s = replay.run(Engine(), stream, out, dlq)
+    assert s.decided == 5 and stream.truth == {"t0", "t4"}
+    assert [(d["stage"], d["position"], d["raw"]["FRAUD"]) for d in dlq.items] == [
+        ("label", 2, "maybe"), ("label", 3, 2)
+    ]  # fmt: skip
+    assert "neither fraud" in dlq.items[0]["reason"]
+
+
 def test_labels_file(tmp_path):
     p = write_jsonl(tmp_path / "x.jsonl", [tx(0, T0), tx(1, T0 + 10)])
     lp = write_jsonl(tmp_path / "l.jsonl", [{"tx_id": "t0", "ts": T0 + 5, "is_fraud": True}])
