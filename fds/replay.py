@@ -79,6 +79,7 @@ class ReplaySummary:
     frauds: int | None = None  # known frauds among decided transactions (when labels exist)
     alerted_frauds: int | None = None
     late: int = 0
+    demoted: list[str] = field(default_factory=list)  # by the rate breaker, still demoted
 
     @property
     def throughput(self) -> float:
@@ -113,6 +114,8 @@ class ReplaySummary:
             ("throughput", f"{self.throughput:,.0f} tx/s"),
             ("wall time", f"{self.seconds:.2f} s"),
         ]
+        if self.demoted:
+            rows.append(("demoted to shadow", ", ".join(self.demoted)))
         if self.frauds is not None:
             rows += [
                 ("known frauds", f"{self.frauds:,}"),
@@ -328,6 +331,8 @@ def run(
                     ahead = (ts - first_ts) / speed - (time.perf_counter() - t0)
                     if ahead > 0:
                         sleep(ahead)
+                        if bar is not None:  # paced: the bar moves with the events
+                            bar.update(i - bar.n)
                 if on_event is not None:
                     on_event(i)
                 try:
@@ -368,6 +373,7 @@ def run(
     s.transactions = seen + unreadable
     s.reordered = stream.reordered
     s.labels_learned = learned
+    s.demoted = sorted(engine.demoted)
     if truth:
         s.frauds, s.alerted_frauds = total_frauds, alerted_frauds
     if bar is not None:

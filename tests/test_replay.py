@@ -197,3 +197,20 @@ def test_dead_letters_collected_before_a_failure_are_written(tmp_path):
     with pytest.raises(OSError, match="No space left"):  # at t3, after t1 failed
         replay.run(Engine(features=Recorder(fail_on="t1")), replay.load(p), FullDisk(), dlq)
     assert [(d["stage"], d["raw"]["tx_id"]) for d in dlq.items] == [("features", "t1")]
+
+
+def test_the_summary_names_the_rules_the_breaker_demoted(tmp_path):
+    from fds.guardrails import RuleBreaker
+    from fds.policy import Policy
+    from tests.test_engine import Rules  # "bad" declines everything
+
+    p = write_jsonl(
+        tmp_path / "x.jsonl", [tx(i, T0 + i) | {"card_id": f"c{i}"} for i in range(300)]
+    )
+    engine = Engine(
+        rules=Rules(),
+        policy=Policy(decline_at=0.9, review_at=0.5),
+        breaker=RuleBreaker(window_events=200, multiple=3.0, min_events=50),
+    )
+    s = replay.run(engine, replay.load(p), ListSink(), ListSink())
+    assert ("demoted to shadow", "bad") in s.rows()
