@@ -88,3 +88,23 @@ def test_a_missing_rules_file_is_a_usage_error(command, history, tmp_path, capsy
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "nope.yaml: cannot read the rules file" in err and "--rules" in err
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "needle"),
+    [("--start", "yesterday", "invalid start 'yesterday'"),
+     ("--timezone", "Mars/Base", "unknown timezone 'Mars/Base'")],
+)  # fmt: skip
+def test_simulate_rejects_a_bad_start_or_zone_as_a_usage_error(option, value, needle, tmp_path,
+                                                               capsys):  # fmt: skip
+    with pytest.raises(SystemExit) as e:
+        main(["simulate", "--days", "2", option, value, "--out", str(tmp_path / "s.jsonl")])
+    assert e.value.code == 2 and needle in capsys.readouterr().err
+
+
+def test_python_dash_m_fds_is_the_cli():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "fds", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "replay" in out.stdout

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from fds.cli import positive_int
 from fds.errors import ConfigError
 from fds.streams.simulator import Simulation, labels_path, simulate, summarize, write
-from fds.timeutil import format_ts
+from fds.timeutil import format_ts, get_zone, parse_ts
 
 __all__ = ["register"]
 
@@ -44,6 +44,27 @@ def _drift(text: str) -> int | str | None:
     return value
 
 
+def _start(text: str) -> str:
+    """argparse type: an ISO 8601 time or epoch seconds (checked here, used as given)."""
+    try:
+        parse_ts(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(
+            f"invalid start {text!r}: give an ISO 8601 time with its offset, e.g. "
+            "2026-01-01T00:00:00+09:00, or epoch seconds"
+        ) from None
+    return text
+
+
+def _zone(text: str) -> str:
+    """argparse type: an IANA timezone name."""
+    try:
+        get_zone(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``simulate`` to the ``fds`` command line."""
     p = subparsers.add_parser(
@@ -65,10 +86,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "or 'none' for no drift",
     )  # fmt: skip
     p.add_argument(
-        "--start", default="2026-01-01T00:00:00+09:00",
+        "--start", type=_start, default="2026-01-01T00:00:00+09:00",
         help="first local midnight, ISO 8601 (default 2026-01-01T00:00:00+09:00)",
     )  # fmt: skip
-    p.add_argument("--timezone", default="Asia/Seoul", help="IANA zone of local hours")
+    p.add_argument("--timezone", type=_zone, default="Asia/Seoul", help="IANA zone of local hours")
     p.add_argument(
         "--out", required=True, help="transactions file (.jsonl or .jsonl.gz); labels go beside it"
     )
