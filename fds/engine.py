@@ -242,6 +242,7 @@ class Engine:
         if guard is None:
             return model.score(tx, feats)
         result: tuple[float | None, str | None] = (None, None)
+        degraded = True  # a model that failed or is bypassed (not one with no version yet)
         if guard.allow():
             t = self._perf()
             try:
@@ -251,13 +252,14 @@ class Engine:
                 self._fallback("error")
             else:
                 guard.success(self._perf() - t)
+                degraded = False
         else:
             self._fallback("degraded")
         for kind, reason in guard.transitions():
             if self.metrics is not None:
                 self.metrics.degraded(kind == "degraded")
             log.warning('model %s reason="%s" error="%s"', kind, reason, guard.last_error)
-        if result[0] is None:
+        if degraded:
             flags.append("degraded")
         return result
 

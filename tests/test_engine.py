@@ -115,6 +115,18 @@ def test_degraded_mode_when_model_raises():
     assert m.registry.get_sample_value("fds_model_fallbacks_total", {"reason": "degraded"}) == 7.0
 
 
+def test_no_model_version_yet_is_not_degraded():
+    """Before the first version is published the model has no score: that is not a fallback."""
+
+    class Unpublished(Model):
+        def score(self, t, feats):
+            return None, None
+
+    engine = Engine(model=Unpublished(), policy=Policy(), guard=ModelGuard(latency_budget_s=0.05))
+    d = engine.decide(tx(1))
+    assert d["model_score"] is None and d["model_version"] is None and d["flags"] == []
+
+
 def test_degraded_mode_when_model_exceeds_latency_budget():
     clock = [0.0]
 
