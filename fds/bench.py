@@ -161,8 +161,26 @@ def _load_stream(
     merchants: int,
     seed: int,
     drift_day: int | None,
+    warmup_days: int,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], set[str], float, dict[str, Any]]:
+    from fds.errors import ConfigError
+
+    def check_days(covered: int, what: str) -> None:
+        if not 0 < warmup_days < covered:
+            raise ConfigError(
+                f"{what} cover(s) {covered} day(s) and the warm-up takes {warmup_days}: give "
+                f"--warmup-days from 1 to {covered - 1} (or more days) so that days are left to "
+                "evaluate"
+            )
+        if drift_day is not None and not warmup_days <= drift_day < covered:
+            raise ConfigError(
+                f"--drift-day {drift_day} must fall after the warm-up ({warmup_days} days) and "
+                f"inside the {covered} days (or -1 for no drift): the frozen models are "
+                "trained on the warm-up, before the drift"
+            )
+
     if input_path is None:
+        check_days(days, "the simulated days")
         from fds.streams.simulator import simulate
 
         sim = simulate(days=days, cards=cards, merchants=merchants, seed=seed, drift_day=drift_day)
@@ -171,19 +189,29 @@ def _load_stream(
         return sim.transactions, sim.labels, truth, sim.start, meta
     from fds import replay
     from fds.streams.files import load_mapping
+    from fds.streams.simulator import labels_beside
 
     mapping = load_mapping(mapping_path) if mapping_path else None
-    stream = replay.load(input_path, mapping=mapping)
+    beside = None if mapping is not None and mapping.label else labels_beside(input_path)
+    stream = replay.load(input_path, mapping=mapping, labels_path=beside)
     if not stream.labels:
-        from fds.errors import ConfigError
-
         raise ConfigError(
             f"{input_path}: no labels: give a mapping with a label column (label: {{column: ..., "
-            "delay: 7d}}) so the benchmark knows which transactions are fraud"
+            "delay: 7d}}), or a labels file beside it (as `fds simulate` writes), so the "
+            "benchmark knows which transactions are fraud"
         )
     txs = list(stream.transactions)  # load() materialises; list() also accepts a lazy stream
+    if not txs:
+        raise ConfigError(f"{input_path}: no valid transactions")
     truth = {lab["tx_id"] for lab in stream.labels if lab["is_fraud"]}
-    start = math.floor(txs[0]["ts"] / _DAY) * _DAY if txs else 0.0
+    start = math.floor(txs[0]["ts"] / _DAY) * _DAY
+    check_days(math.floor((txs[-1]["ts"] - start) / _DAY) + 1, str(input_path))
+    evaluated_from = start + warmup_days * _DAY
+    if not any(t["tx_id"] in truth for t in txs if t["ts"] >= evaluated_from):
+        raise ConfigError(
+            f"{input_path}: no known fraud after the {warmup_days}-day warm-up, so precision "
+            "cannot be measured: give a shorter --warmup-days (or a longer file)"
+        )
     meta = {
         "source": str(input_path),
         "mapping": mapping_path,
@@ -237,6 +265,7 @@ def run_precision(
         merchants=merchants,
         seed=seed,
         drift_day=drift_day,
+        warmup_days=warmup_days,
     )
     rs = load_ruleset(rules or DEFAULT_RULES)
     if k is None:

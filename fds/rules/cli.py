@@ -154,10 +154,9 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
     mapping = load_mapping(args.mapping) if args.mapping else None
     labels = args.labels
     if labels is None:
-        from fds.streams.simulator import labels_path
+        from fds.streams.simulator import labels_beside
 
-        guess = labels_path(args.file)
-        labels = guess if guess.is_file() else None
+        labels = labels_beside(args.file)
     stream = load(args.file, mapping=mapping, labels_path=labels)
     if not stream.transactions:
         raise ConfigError(f"{args.file}: no valid transactions")

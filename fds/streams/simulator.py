@@ -62,7 +62,9 @@ import orjson
 from fds.errors import ConfigError
 from fds.timeutil import get_zone, parse_ts
 
-__all__ = ["SCENARIOS", "Simulation", "labels_path", "simulate", "summarize", "write"]
+__all__ = [
+    "SCENARIOS", "Simulation", "labels_beside", "labels_path", "simulate", "summarize", "write",
+]  # fmt: skip
 
 Progress = Callable[[str], None]
 
@@ -889,6 +891,12 @@ def labels_path(out_path: str | Path) -> Path:
             stem = stem[: -len(suffix)]
             break
     return p.with_name(stem + ".labels.jsonl" + (".gz" if gz else ""))
+
+
+def labels_beside(path: str | Path) -> Path | None:
+    """The labels file :func:`write` put beside transactions ``path``, if there is one."""
+    guess = labels_path(path)
+    return guess if guess.is_file() else None
 
 
 # gzip level 1: about 3x faster than level 6 on this JSON, for files ~25% larger.

@@ -118,3 +118,30 @@ def test_cli_usage_error() -> None:
     register(ap.add_subparsers())
     args = ap.parse_args(["bench", "precision", "--mapping", "m.yaml"])
     assert args.func(args) == 2
+
+
+def test_a_stream_with_nothing_left_to_evaluate_is_a_usage_error(tmp_path: Path) -> None:
+    """Before: a table of NaN (the warm-up used up the file) and exit 0."""
+    import pytest
+
+    from fds.errors import ConfigError
+    from fds.streams.simulator import write
+
+    with pytest.raises(ConfigError, match="warm-up takes 14"):
+        run_precision(days=10, warmup_days=14, out_dir=tmp_path, echo=False, progress=False)
+    with pytest.raises(ConfigError, match="--drift-day 2 must fall after the warm-up"):
+        run_precision(days=10, warmup_days=3, drift_day=2, out_dir=tmp_path, echo=False)
+    sim = simulate(days=4, cards=300, merchants=100, seed=3, drift_day=None)
+    tx_path, lab_path = write(sim, tmp_path / "sim.jsonl")
+    lab_path.write_text("")  # labels beside the file are found; none after the warm-up
+    with pytest.raises(ConfigError, match="no labels"):
+        run_precision(input_path=str(tx_path), warmup_days=2, drift_day=None, out_dir=tmp_path,
+                      echo=False, progress=False)  # fmt: skip
+    write(sim, tmp_path / "sim.jsonl")
+    with pytest.raises(ConfigError, match="no known fraud after the 4-day warm-up"):
+        run_precision(input_path=str(tx_path), warmup_days=4, drift_day=None, out_dir=tmp_path,
+                      echo=False, progress=False)  # fmt: skip
+    res = run_precision(input_path=str(tx_path), warmup_days=2, drift_day=None, k=3,
+                        out_dir=tmp_path, echo=False, progress=False,
+                        ceiling_ref=False)  # fmt: skip
+    assert res.meta["frauds"] > 0  # the labels beside the file, as `fds simulate` wrote them
