@@ -49,7 +49,10 @@ class LabelColumn(BaseModel):
     @field_validator("delay", mode="before")
     @classmethod
     def _duration(cls, v: Any) -> float:
-        return parse_duration(v)
+        try:
+            return parse_duration(v)
+        except ConfigError as e:  # reported by pydantic with its place in the file
+            raise ValueError(str(e)) from None
 
 
 class ColumnMapping(BaseModel):
@@ -74,7 +77,10 @@ class ColumnMapping(BaseModel):
     @field_validator("timezone")
     @classmethod
     def _zone(cls, v: str) -> str:
-        get_zone(v)
+        try:
+            get_zone(v)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
         return v
 
     def check_columns(self, columns: list[str], where: str, *, header: bool = True) -> None:
@@ -129,10 +135,11 @@ def load_mapping(path: str | os.PathLike[str]) -> ColumnMapping:
         return ColumnMapping.model_validate(data)
     except pydantic.ValidationError as e:
         err = e.errors()[0]
-        key = str(err["loc"][0]) if err["loc"] else ""
-        line = _line_of(p, key)
+        keys = [str(k) for k in err["loc"] if isinstance(k, str)]
+        line = next((n for k in reversed(keys) if (n := _line_of(p, k))), None)
         loc = ".".join(str(x) for x in err["loc"])
-        raise ConfigError(f"{loc}: {err['msg']}", where=f"{p}:{line}" if line else str(p)) from None
+        msg = err["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{loc}: {msg}", where=f"{p}:{line}" if line else str(p)) from None
     except ConfigError as e:
         raise ConfigError(str(e), where=str(p)) from None
 
