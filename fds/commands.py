@@ -167,4 +167,11 @@ def _replay(args: argparse.Namespace) -> int:
         f"decisions: {args.out}" + (f"  dead letters: {dlq_path}" if summary.dead_letters else ""),
         file=sys.stderr,
     )
+    if summary.interrupted:
+        print(
+            f"fds replay: interrupted after {summary.decided:,} decisions; the files hold "
+            "them (run again to replay the whole file)",
+            file=sys.stderr,
+        )
+        return 130
     return 0

@@ -80,6 +80,7 @@ class ReplaySummary:
     alerted_frauds: int | None = None
     late: int = 0
     demoted: list[str] = field(default_factory=list)  # by the rate breaker, still demoted
+    interrupted: bool = False  # stopped by Ctrl-C: the figures cover what was decided
 
     @property
     def throughput(self) -> float:
@@ -116,6 +117,8 @@ class ReplaySummary:
         ]
         if self.demoted:
             rows.append(("demoted to shadow", ", ".join(self.demoted)))
+        if self.interrupted:
+            rows.insert(0, ("interrupted", "yes (Ctrl-C): figures so far"))
         if self.frauds is not None:
             rows += [
                 ("known frauds", f"{self.frauds:,}"),
@@ -361,6 +364,8 @@ def run(
                         counted = i
                         engine.report()
                     freezer.tick(_PROGRESS_EVERY)
+        except KeyboardInterrupt:  # Ctrl-C: stop between events, summarise what was decided
+            s.interrupted = True
         finally:  # what was read before a failure is not lost
             written_dead = _drain_dead(dead, written_dead, dlq, metrics)
     s.seconds = time.perf_counter() - t0

@@ -214,3 +214,16 @@ def test_the_summary_names_the_rules_the_breaker_demoted(tmp_path):
     )
     s = replay.run(engine, replay.load(p), ListSink(), ListSink())
     assert ("demoted to shadow", "bad") in s.rows()
+
+
+def test_ctrl_c_stops_between_events_and_the_summary_covers_what_was_decided(tmp_path):
+    p = write_jsonl(tmp_path / "x.jsonl", [tx(i, T0 + i) for i in range(20)])
+    out = ListSink()
+
+    def interrupt(i: int) -> None:
+        if i == 5:
+            raise KeyboardInterrupt
+
+    s = replay.run(Engine(), replay.load(p), out, ListSink(), on_event=interrupt)
+    assert s.interrupted and s.decided == len(out.items) == 5
+    assert s.rows()[0][0] == "interrupted"
