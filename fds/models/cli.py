@@ -48,7 +48,7 @@ def _list(args: argparse.Namespace) -> int:
     except ConfigError as e:
         return _fail(e, 1)
     if not entries:
-        print(f"no versions in {args.registry} (the trainer publishes them: fds train / fds demo)")
+        print(f"no versions in {args.registry} (`fds train` publishes them there)")
         return 0
     champ = reg.champion()
     print(f"{'version':10} {'status':10} {'spec':10} {'labels':>8} {'parent':10} created_at")
