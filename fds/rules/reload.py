@@ -147,6 +147,9 @@ class ReloadingRuleset:
                 self._check_features(new)
             except ConfigError as e:
                 return self._failed(e)
+            except Exception as e:  # a loader bug must not end the watcher: reject and say so
+                why = f"could not be loaded ({type(e).__name__}: {e})"
+                return self._failed(ConfigError(why, where=str(self.path)))
             self.current = new  # the atomic swap: one reference assignment
             self.last_error = None
             self.counts["ok"] += 1

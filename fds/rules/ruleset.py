@@ -256,7 +256,7 @@ def load_yaml_with_marks(text: str, filename: str) -> tuple[Any, dict[tuple[Any,
         if isinstance(node, yaml.MappingNode):
             out: dict[Any, Any] = {}
             for knode, vnode in node.value:
-                key = loader.construct_object(knode, deep=True)
+                key = construct(knode)
                 if not isinstance(key, str | int | float | bool) or key is None:
                     raise ConfigError("mapping keys must be text", where=_where(filename, knode))
                 if key in out:
@@ -269,7 +269,22 @@ def load_yaml_with_marks(text: str, filename: str) -> tuple[Any, dict[tuple[Any,
             return out
         if isinstance(node, yaml.SequenceNode):
             return [walk(v, (*path, i)) for i, v in enumerate(node.value)]
-        return loader.construct_object(node, deep=True)
+        return construct(node)
+
+    def construct(node: yaml.Node) -> Any:
+        """A scalar's value; a value YAML cannot build (``2026-13-45`` read as a date,
+        ``!!float abc``, an unknown tag) is a ConfigError at its place."""
+        try:
+            return loader.construct_object(node, deep=True)
+        except (yaml.YAMLError, ValueError, TypeError, OverflowError) as e:
+            problem = getattr(e, "problem", None) or str(e)
+            text = node.value if isinstance(node, yaml.ScalarNode) else ""
+            raise ConfigError(
+                f"bad value {text!r}: {problem} (quote it to keep it as text)"
+                if text
+                else f"bad value tagged {node.tag}: {problem}",
+                where=_where(filename, node),
+            ) from None
 
     try:
         try:

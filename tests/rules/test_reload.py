@@ -72,6 +72,17 @@ def test_failing_inline_test_is_rejected_like_a_syntax_error(tmp_path: Path) -> 
     assert "inline test 1 failed" in str(rs.last_error)
 
 
+def test_a_value_yaml_cannot_build_is_rejected_and_the_last_good_rules_stay(tmp_path: Path):
+    """It raised out of check_now before: no rejection counted, and no retry of the file."""
+    p = tmp_path / "r.yaml"
+    p.write_text(rules("1", 100))
+    rs = ReloadingRuleset(p, start=False)
+    write(p, rules("2", 100).replace('version: "2"', "version: 2026-13-45"))
+    assert rs.check_now() == "rejected" and rs.version == "1"
+    assert "r.yaml:1:10: bad value '2026-13-45'" in str(rs.last_error)
+    assert rs.counts["rejected"] == 1
+
+
 def test_hot_reload_under_a_running_replay(tmp_path: Path) -> None:
     p = tmp_path / "r.yaml"
     p.write_text(rules("v1", 100))
