@@ -72,12 +72,23 @@ def parse_ts(value: object, default_tz: tzinfo = UTC) -> float:
                 ) from None
             if dt.tzinfo is None:
                 dt = dt.replace(tzinfo=default_tz)
-            return dt.timestamp()
+            return _in_range(dt.timestamp(), value)
     else:
         raise ValueError(f"timestamp must be a string or a number, got {type(value).__name__}")
     if v != v or v in (float("inf"), float("-inf")):
         raise ValueError("timestamp is not finite")
-    return v / 1000.0 if abs(v) >= _MS_THRESHOLD else v
+    return _in_range(v / 1000.0 if abs(v) >= _MS_THRESHOLD else v, value)
+
+
+# Event times fds accepts: local calendar arithmetic (any zone) stays inside datetime's range.
+_MIN_TS = datetime(1900, 1, 1, tzinfo=UTC).timestamp()
+_MAX_TS = datetime(9998, 1, 1, tzinfo=UTC).timestamp()
+
+
+def _in_range(ts: float, value: object) -> float:
+    if not _MIN_TS <= ts < _MAX_TS:
+        raise ValueError(f"timestamp {value!r} is out of range: fds takes years 1900 to 9997")
+    return ts
 
 
 _second_prefix: dict[int, str] = {}  # epoch second -> "YYYY-MM-DDTHH:MM:SS"

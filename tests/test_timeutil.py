@@ -23,3 +23,16 @@ def test_format_then_parse_roundtrips_to_the_millisecond(ts):
 def test_bad_duration_says_how_to_write_one(bad):
     with pytest.raises(ConfigError, match=r"e\.g\. 90s, 10m, 1h, 7d"):
         parse_duration(bad)
+
+
+@pytest.mark.parametrize("value", ["9999-12-31T23:00:00Z", 1e19, "1800-01-01T00:00:00Z"])
+def test_timestamps_beyond_calendar_arithmetic_are_rejected(value):
+    """A year-9999 (or 1e19 ms) event time overflowed the rules' clock and dead-lettered the
+    transaction at the rules stage; it is now a validation error with a clear reason."""
+    with pytest.raises(ValueError, match="out of range"):
+        parse_ts(value)
+    from fds.errors import ValidationError
+    from fds.schema import parse_transaction
+
+    with pytest.raises(ValidationError, match="out of range"):
+        parse_transaction({"tx_id": "a", "ts": value, "card_id": "c", "amount": 5})
