@@ -211,7 +211,14 @@ def backtest(
     both rulesets' declarations, in the candidate's timezone).
     """
     if features is None:
-        features = feature_stage_for(_union_features(candidate, baseline), candidate.spec.timezone)
+        tz, base_tz = candidate.spec.timezone, baseline.spec.timezone
+        if tz != base_tz:  # one feature stage serves both: its calendar days have one zone
+            raise ConfigError(
+                f"the candidate's timezone {tz} differs from the baseline's {base_tz}: calendar "
+                "windows and hour/is_night are computed once for both, in one zone; compare a "
+                "timezone change with two replays instead (fds replay FILE --rules A, then B)"
+            )
+        features = feature_stage_for(_union_features(candidate, baseline), tz)
     both = _Both(candidate, baseline)
     frauds = {lab["tx_id"] for lab in stream.labels if lab["is_fraud"]} if stream.labels else None
     collector = _Collector(both, frauds)

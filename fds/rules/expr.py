@@ -58,6 +58,15 @@ __all__ = [
 #: Value types known at load time. ``any`` is what ``extra.NAME`` holds (checked at run time).
 NUM, STR, BOOL, ANY = "num", "str", "bool", "any"
 
+
+def _join(types: set[str]) -> str:
+    """The type of ``a or b`` / ``a if c else b`` from its branches' types: one type if they
+    agree; a number or text if either branch may give one (such a condition is not true/false,
+    ``country or amount`` fires on any non-empty value); otherwise unknown."""
+    if len(types) == 1:
+        return next(iter(types))
+    return NUM if NUM in types else STR if STR in types else ANY
+
 # Limits that keep a hostile or mistaken rule from costing time or memory at load or run time.
 MAX_SOURCE_CHARS = 2000  # a realistic rule is < 200 chars; 10x headroom
 MAX_DEPTH = 40  # AST nesting depth; Python's own parser recurses, so bound it well below that
@@ -217,7 +226,7 @@ class _Checker:
             op = " and " if isinstance(node.op, ast.And) else " or "
             parts = [self.visit(v, d) for v in node.values]
             types = {t for _, t in parts}
-            return "(" + op.join(p for p, _ in parts) + ")", types.pop() if len(types) == 1 else ANY
+            return "(" + op.join(p for p, _ in parts) + ")", _join(types)
         if isinstance(node, ast.UnaryOp):
             src, t = self.visit(node.operand, d)
             if isinstance(node.op, ast.Not):
@@ -246,7 +255,7 @@ class _Checker:
                 self.visit(node.body, d),
                 self.visit(node.orelse, d),
             )
-            return f"({bs} if {ts} else {os_})", bt if bt == ot else ANY
+            return f"({bs} if {ts} else {os_})", _join({bt, ot})
         if isinstance(node, ast.Call):
             return self.call(node, d)
         if isinstance(node, ast.List | ast.Tuple | ast.Set):

@@ -122,3 +122,15 @@ def test_backtest_usage_errors(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit) as ei:
         main(["rules", "backtest", str(tmp_path / "x.jsonl")])  # --candidate missing
     assert ei.value.code == 2
+
+
+def test_backtest_refuses_rulesets_in_two_timezones(tmp_path: Path, capsys) -> None:
+    """One feature stage serves both sides: the baseline's calendar days were computed in the
+    candidate's zone before, so its figures were wrong."""
+    sim = simulate(days=2, cards=300, merchants=100, seed=3, drift_day=None)
+    data, _labels = write(sim, tmp_path / "hist.jsonl")
+    base, cand = tmp_path / "base.yaml", tmp_path / "cand.yaml"
+    base.write_text(BASELINE)
+    cand.write_text(CANDIDATE.replace("timezone: Asia/Seoul", "timezone: UTC"))
+    code = main(["rules", "backtest", "--candidate", str(cand), "--baseline", str(base), str(data)])
+    assert code == 2 and "differs from the baseline's Asia/Seoul" in capsys.readouterr().err

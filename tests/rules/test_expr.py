@@ -103,6 +103,8 @@ def test_semantics_and_precedence(src: str, expected: bool) -> None:
         ("len(amount) > 1", "needs text"),
         ("amount + 1", "must be true/false"),
         ("country", "must be true/false"),
+        ("country or amount", "must be true/false"),  # accepted before: fired on any value
+        ("amount * 2 if is_night else country", "must be true/false"),
         ("amount > nope", "unknown name 'nope'"),
         ("amont > 1", "did you mean amount"),
         ("abs > 1", "is a function"),
