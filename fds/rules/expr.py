@@ -67,6 +67,7 @@ def _join(types: set[str]) -> str:
         return next(iter(types))
     return NUM if NUM in types else STR if STR in types else ANY
 
+
 # Limits that keep a hostile or mistaken rule from costing time or memory at load or run time.
 MAX_SOURCE_CHARS = 2000  # a realistic rule is < 200 chars; 10x headroom
 MAX_DEPTH = 40  # AST nesting depth; Python's own parser recurses, so bound it well below that

@@ -182,7 +182,14 @@ class RulesFile(_Strict):
     @field_validator("version", mode="before")
     @classmethod
     def _version_text(cls, v: Any) -> Any:
-        return str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
+        if isinstance(v, float):  # 1.10 would be recorded as "1.1"
+            raise ValueError(f"a version written as a number ({v!r}) may not be recorded as "
+                             'written: quote it (version: "...")')  # fmt: skip
+        if isinstance(v, int) and not isinstance(v, bool):
+            return str(v)
+        if isinstance(v, str) and not v.strip():
+            raise ValueError('the version is empty: give one, e.g. version: "2026-11-30.1"')
+        return v
 
 
 def export_schema(path: str | Path | None = None) -> str:

@@ -137,6 +137,8 @@ def test_division_by_zero_does_not_fire_and_is_counted() -> None:
         (("given: {amount: 900,", "given: {amont: 900,"), "r.yaml:15:18", "unknown name 'amont'"),
         (('version: "t.1"\n', 'version: "t.1"\nversion: 2\n'), "r.yaml:2:1", "duplicate key"),
         (("rules:\n", "rules:\n  - [oops\n"), "r.yaml:10:7", "YAML syntax error"),
+        (('version: "t.1"', "version: 1.10"), "r.yaml:1:10", "quote it"),  # recorded as 1.1
+        (('version: "t.1"', 'version: ""'), "r.yaml:1:10", "the version is empty"),
         # values YAML cannot build (a traceback before)
         (('version: "t.1"', "version: 2026-13-45"), "r.yaml:1:10", "bad value '2026-13-45'"),
         (('version: "t.1"\n', 'version: "t.1"\nx: !!float abc\n'), "r.yaml:2:4", "bad value"),
