@@ -128,6 +128,9 @@ class Checkpointer:
                 # Not the parent's sockets (Kafka connections, the metrics port): a restarted
                 # parent must be able to bind its port while this child still writes.
                 os.closerange(3, MAX_FD)
+                # The lowest CPU priority: on a busy machine the write yields the cores to the
+                # decision loop (and the broker) instead of competing with them.
+                os.nice(19)
                 self._write(state(), topic, offsets)
                 code = 0
             except BaseException:  # reported to the parent by the exit code
