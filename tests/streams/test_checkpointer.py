@@ -68,3 +68,11 @@ def test_a_foreground_save_supersedes_a_running_background_write(tmp_path):
     got = ck.load()
     assert got is not None and got.state == {"n": "new"} and got.offsets == {0: 9}
     assert [p.name for p in tmp_path.iterdir()] == ["engine.ckpt"]  # no temporary file left
+
+
+def test_the_background_writer_runs_at_the_lowest_cpu_priority(tmp_path):
+    """It must yield the cores to the decision loop (checkpoints showed in the latency tail)."""
+    ck = Checkpointer(tmp_path)
+    assert ck.save_background(lambda: {"nice": os.nice(0)}, topic="t", offsets={0: 1})
+    assert ck.wait(30)
+    assert ck.load().state == {"nice": 19} and os.nice(0) < 19  # this process is unchanged
