@@ -533,14 +533,35 @@ class Ruleset:
 _EMPTY: Mapping[str, Any] = {}
 
 
-def _expr_where(filename: str, mark: Mark, e: ExprError) -> str:
+def _expr_where(filename: str, text: str, mark: Mark, source: str, e: ExprError) -> str:
+    """``file:line:col`` in the rules file of the error ``e`` at ``e.line:e.col`` of the
+    expression ``source``, whatever the YAML style it was written in (plain or quoted, over
+    several lines, block ``|`` or folded ``>``): YAML changes only blanks (folding, indentation)
+    and escapes, so the error is the n-th non-blank character of the scalar in the file as in
+    the expression."""
     line, col, style = mark
-    if style in ("|", ">"):
-        return f"{filename}:{line + e.line}"
-    if e.line == 1:
-        quoted = 1 if style in ('"', "'") else 0
-        return f"{filename}:{line}:{col + quoted + e.col - 1}"
-    return f"{filename}:{line + e.line - 1}:{e.col}"
+    at = sum(len(s) + 1 for s in source.split("\n")[: e.line - 1]) + e.col - 1
+    n = sum(1 for ch in source[:at] if not ch.isspace())
+    i = sum(len(s) + 1 for s in text.split("\n")[: line - 1]) + col - 1
+    if style in ("|", ">"):  # the block's header line (indicators, a comment)
+        i = text.find("\n", i) + 1 or len(text)
+    elif style in ('"', "'"):
+        i += 1
+    while i < len(text):
+        ch = text[i]
+        if ch.isspace():
+            i += 1
+            continue
+        if n == 0:
+            break
+        # an escape (\" in double quotes, '' in single quotes) is one character of the value
+        step = (
+            2 if (style == '"' and ch == "\\") or (style == "'" and text[i : i + 2] == "''") else 1
+        )
+        i += step
+        n -= 1
+    i = min(i, len(text))
+    return f"{filename}:{text.count(chr(10), 0, i) + 1}:{i - text.rfind(chr(10), 0, i)}"
 
 
 def known_names(spec: RulesFile) -> dict[str, str]:
@@ -616,7 +637,8 @@ def load_ruleset_text(text: str, filename: str = "<rules>", *, run_tests: bool =
         try:
             expr = compile_expr(r.when, known)
         except ExprError as e:
-            errors.append(f"{_expr_where(filename, mark, e)}: rule {r.id}: {e.detail}")
+            where = _expr_where(filename, text, mark, r.when, e)
+            errors.append(f"{where}: rule {r.id}: {e.detail}")
             continue
         line, col, _ = _mark_for(marks, ("rules", i))
         compiled.append(CompiledRule(r, expr, f"{filename}:{line}:{col}"))

@@ -257,3 +257,26 @@ def test_yaml_alias_bomb_is_rejected_quickly() -> None:
     with pytest.raises(ConfigError, match="YAML nodes"):
         load_ruleset_text("\n".join(lines) + "\n", "bomb.yaml")
     assert time.perf_counter() - t < 5
+
+
+@pytest.mark.parametrize(
+    ("when", "where"),
+    [
+        ("amount > 1 and bogus > 2", "f.yaml:4:26"),
+        ('"amount > 1 and bogus > 2"', "f.yaml:4:27"),
+        ('"country == \\"KR\\" and bogus > 2"', "f.yaml:4:34"),  # escapes: 2 chars in the file
+        ("'country == ''KR'' and bogus > 2'", "f.yaml:4:34"),
+        ("|\n      amount > 1\n      and bogus > 2", "f.yaml:6:11"),
+        (">\n      amount > 1\n      and bogus > 2", "f.yaml:6:11"),
+        ("|-  # a comment\n      amount > 1\n      and bogus > 2", "f.yaml:6:11"),
+        ("amount > 1\n      and bogus > 2", "f.yaml:5:11"),  # plain, over two lines
+    ],
+)
+def test_an_expression_error_points_at_its_place_in_every_yaml_style(when, where):
+    text = (
+        f'version: "1"\nrules:\n  - id: a\n    when: {when}\n    action: review\n'
+        "    score: 0.5\n    reason: r\n"
+    )
+    with pytest.raises(ConfigError) as ei:
+        load_ruleset_text(text, "f.yaml")
+    assert str(ei.value).startswith(f"{where}: rule a: unknown name 'bogus'"), str(ei.value)
