@@ -271,6 +271,8 @@ class Policy:
             elif a == "review" and forced is None:
                 forced = "review"
         rules = rule_score(hits)
+        if model_score is not None and not 0.0 <= model_score <= 1.0:  # NaN too: rules alone
+            model_score = None
         final = rules if model_score is None else combine(rules, model_score, stacked)
         final = round(final, 6)  # stable JSON; six decimals are far below any threshold step
         threshold = self.review_at

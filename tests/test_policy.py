@@ -173,3 +173,12 @@ def test_alert_budget_survives_pickling_exactly():
     # the score histograms themselves (a threshold may hide a small difference)
     assert (restored._total == reference._total).all()
     assert (restored._slots == reference._slots).all()
+
+
+def test_a_model_score_outside_0_1_is_ignored_not_a_crash():
+    """NaN made the alert budget raise (the scorer filters it; a custom model stage may not)."""
+    from fds.policy import Policy
+
+    p = Policy(alert_budget_per_day=10)
+    assert p.decide([], float("nan"), 0.0) == ("approve", 0.0)
+    assert p.decide([], 7.0, 1.0) == ("approve", 0.0)
