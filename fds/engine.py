@@ -363,6 +363,15 @@ class Engine:
             if close is not None:
                 close()
 
+    def fold(self, tx: Mapping[str, Any]) -> None:
+        """Decide ``tx`` for its effect on the state only (a restore catching up on what was
+        decided before): the decision is dropped and nothing is counted in the metrics."""
+        m, self.metrics = self.metrics, None
+        try:
+            self.decide(tx)
+        finally:
+            self.metrics = m
+
     def learn(self, label: Mapping[str, Any]) -> None:
         """Feed one label (late feedback) to the stages that learn from labels."""
         if self.features is not None:

@@ -57,6 +57,7 @@ from fds.errors import ConfigError
 __all__ = [
     "ACTIONS",
     "COMMIT_BUCKETS",
+    "DLQ_REASON",
     "LATENCY_BUCKETS",
     "Metrics",
     "MetricsServer",
@@ -165,6 +166,10 @@ class _Hist:
             acc += c
             lower = bound
         return self.bounds[-1]  # in the +Inf bucket: the largest finite bound, as Prometheus does
+
+
+#: ``fds_dlq_messages_total{reason}`` of a dead letter from each reading stage.
+DLQ_REASON = {"parse": "bad_json", "validate": "schema"}
 
 
 class Metrics(Collector):
@@ -409,8 +414,16 @@ class Metrics(Collector):
         """Count one dead letter; ``reason`` is a short class (``bad_json``, ``schema``, ...)."""
         self._dlq.labels(reason=reason).inc()
 
+    def dead_letter(self, stage: str) -> None:
+        """Count one event dead-lettered at ``stage``: failed there, and a dead letter whose
+        reason is the stage's class (``parse`` -> ``bad_json``, ``validate`` -> ``schema``, the
+        stage's own name otherwise). Replay and ``fds run`` count the same way."""
+        self.failed(stage)
+        self.dlq(DLQ_REASON.get(stage, stage))
+
     def late_event(self, outcome: str) -> None:
-        """Count one event later than the grace period (``outcome``: ``accepted``/``dlq``)."""
+        """Count one event later than the grace period (``outcome``: ``decided``, on the
+        state held, flagged ``late``)."""
         self._late.labels(outcome=outcome).inc()
 
     def consumer_lag(self, partition: int | str, n: int) -> None:
@@ -437,7 +450,8 @@ class Metrics(Collector):
             self._model_info.labels(version=version, spec=spec).set(1)
 
     def model_swap(self, result: str) -> None:
-        """Count one hot-swap attempt (``ok``, ``rejected``, ``corrupt``, ...)."""
+        """Count one hot-swap attempt: ``ok`` or ``rejected`` (corrupt, unverified, failed
+        canary: the log line says which)."""
         self._swaps.labels(result=result).inc()
 
     def labels_learned(self, n: int = 1) -> None:
@@ -449,7 +463,9 @@ class Metrics(Collector):
         self._feature_labels.inc(n)
 
     def model_precision(self, model: str, window: str, value: float) -> None:
-        """Set live precision of ``model`` (``champion``, ``challenger``) over ``window``."""
+        """Set, from delayed labels, the share of labelled frauds ``model`` (``champion``,
+        ``challenger``, ``rules``) would have caught within the alert budget over ``window``
+        (``contest`` at a contest's verdict, ``gate`` when the maturity gate changes)."""
         self._precision.labels(model=model, window=window).set(value)
 
     def drift(self) -> None:
@@ -722,6 +738,9 @@ class NullMetrics(Metrics):
         pass
 
     def dlq(self, reason: str) -> None:
+        pass
+
+    def dead_letter(self, stage: str) -> None:
         pass
 
     def late_event(self, outcome: str) -> None:

@@ -344,8 +344,6 @@ def run(
                     dead.append(
                         dead_letter(stage=e.stage, error=e.cause, raw=tx, source=source, position=i)
                     )
-                    if metrics is not None:
-                        metrics.failed(e.stage)
                     continue
                 sink.write(d)
                 action = d["action"]
@@ -356,7 +354,7 @@ def run(
                     total_frauds += 1
                     alerted_frauds += action != "approve"
                 if not i % _PROGRESS_EVERY:
-                    written_dead = _drain_dead(dead, written_dead, dlq, metrics)
+                    written_dead = _drain_dead(dead, written_dead, dlq, metrics, source)
                     if bar is not None:
                         bar.update(i - bar.n)
                     if metrics is not None:
@@ -367,7 +365,7 @@ def run(
         except KeyboardInterrupt:  # Ctrl-C: stop between events, summarise what was decided
             s.interrupted = True
         finally:  # what was read before a failure is not lost
-            written_dead = _drain_dead(dead, written_dead, dlq, metrics)
+            written_dead = _drain_dead(dead, written_dead, dlq, metrics, source)
     s.seconds = time.perf_counter() - t0
     if metrics is not None:
         metrics.events_consumed("file", seen - counted)
@@ -387,12 +385,18 @@ def run(
     return s
 
 
-def _drain_dead(dead: list[dict[str, Any]], written: int, dlq: Sink, metrics: Any) -> int:
-    """Write dead letters collected since the last call; returns how many are written now."""
+def _drain_dead(
+    dead: list[dict[str, Any]], written: int, dlq: Sink, metrics: Any, source: str
+) -> int:
+    """Write dead letters collected since the last call; returns how many are written now.
+    Each is counted as ``fds run`` counts one; an unreadable record of the input also counts
+    as consumed (the decided ones are counted as they are decided)."""
     for d in dead[written:]:
         dlq.write(d)
         if metrics is not None:
-            metrics.dlq(d["stage"])
+            metrics.dead_letter(d["stage"])
+            if d["stage"] in _READ_STAGES and d["source"] == source:
+                metrics.events_consumed("file", 1)
     return len(dead)
 
 

@@ -227,3 +227,25 @@ def test_ctrl_c_stops_between_events_and_the_summary_covers_what_was_decided(tmp
     s = replay.run(Engine(), replay.load(p), out, ListSink(), on_event=interrupt)
     assert s.interrupted and s.decided == len(out.items) == 5
     assert s.rows()[0][0] == "interrupted"
+
+
+def test_dead_letters_are_counted_as_fds_run_counts_them(tmp_path):
+    """Same reasons as on Kafka (bad_json, schema), a failed-stage count for each, and an
+    unreadable record counts as consumed (before: reasons parse/validate, no failed count,
+    consumed short of the records read)."""
+    from fds.metrics import Metrics
+
+    p = tmp_path / "x.jsonl"
+    p.write_text(
+        orjson.dumps(tx(0, T0)).decode() + "\n{broken\n"
+        + orjson.dumps(tx(2, T0 + 1, amount=-1)).decode() + "\n"
+        + orjson.dumps(tx(3, T0 + 2)).decode() + "\n"
+    )  # fmt: skip
+    m = Metrics()
+    replay.run(Engine(metrics=m), replay.load(p), ListSink(), ListSink(), source=str(p))
+    get = m.registry.get_sample_value
+    assert get("fds_dlq_messages_total", {"reason": "bad_json"}) == 1
+    assert get("fds_dlq_messages_total", {"reason": "schema"}) == 1
+    assert get("fds_events_failed_total", {"stage": "parse"}) == 1
+    assert get("fds_events_failed_total", {"stage": "validate"}) == 1
+    assert get("fds_events_consumed_total", {"source": "file"}) == 4

@@ -552,6 +552,8 @@ class ModelServer:
             model = serving(self.registry.load(v))
             canary(model, list(self._recent)[-CANARY_SIZE:])
             self.champion, self.version = model, v
+            if self.metrics is not None:  # served from the start, not only after a swap
+                self.metrics.model_info(v, self.spec.name)
             entry = self.registry.manifest()["versions"].get(v) or {}
             self._gate_frauds = (entry.get("evaluation") or {}).get("frauds_learned", 0)
             # a restart keeps the contest: a trained champion is no warm-up model

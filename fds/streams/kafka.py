@@ -128,7 +128,6 @@ SEND_EVERY = 500
 # instead of blocking one on the producer's 32 MB buffer.
 STATE_CHUNKS_PER_BATCH = 8
 # Dead-letter reasons (a bounded label set) by the stage that rejected the record.
-_DLQ_REASON = {"parse": "bad_json", "validate": "schema"}
 # Output fields that depend on the wall clock, not on input and state: a replayed duplicate
 # differs only in these (tests compare decisions with them removed).
 WALL_CLOCK_FIELDS = ("decided_at", "latency_ms")
@@ -655,7 +654,7 @@ class Runner:
                 self.checkpoint()
             if time.perf_counter() - self._lag_at > LAG_EVERY_S:  # idle partitions' lag too
                 self._lag_at = time.perf_counter()
-                self._report_lag()
+                self._report()
             if max_idle_s is not None and now - last_input > max_idle_s:
                 return
             if now - last_contact > probe_every:
@@ -770,7 +769,7 @@ class Runner:
         self._decided.update(nxt)
         if now - self._lag_at > LAG_EVERY_S:
             self._lag_at = now
-            self._report_lag()
+            self._report()
 
     def _settle(self, *, wait: bool, in_listener: bool = False) -> None:
         """Commit the input offsets of the batches whose sends are all acknowledged, oldest
@@ -822,7 +821,7 @@ class Runner:
     def _fold(self, tx: Mapping[str, Any]) -> None:
         self.stats.caught_up += 1
         with contextlib.suppress(Exception):  # it was dead-lettered when first decided
-            self.engine.decide(tx)
+            self.engine.fold(tx)
 
     # -- state -------------------------------------------------------------------------------
 
@@ -1033,13 +1032,17 @@ class Runner:
         self._live = False  # a restore is not input decided: a repeat assignment may catch up
         self._labels_due = True  # labels applied before may be missing from the folded state
 
-    def _report_lag(self) -> None:
-        """Lag of every assigned partition (records not decided yet), idle ones included."""
+    def _report(self) -> None:
+        """About once a second: the lag of every assigned partition (records not decided yet),
+        idle ones included, and the engine's slow-moving figures (entities held, rules skipped
+        for a missing input or an error: :meth:`fds.engine.Engine.report`)."""
         for tp in self.consumer.assignment():
             hw = self.consumer.highwater(tp)  # from the last fetch response: no request
-            decided = self._decided.get(tp)
+            # nothing decided here yet: from the committed offset the state follows
+            decided = self._decided.get(tp, self._positions.get(tp.partition))
             if hw is not None and decided is not None:
                 self.metrics.consumer_lag(tp.partition, max(0, hw - decided))
+        self.engine.report()
 
     def _dead_letter(self, msg: Any, stage: str, exc: BaseException) -> None:
         record = dead_letter(
@@ -1058,8 +1061,7 @@ class Runner:
             self.producer.send(self.s.dlq_topic, value=dumps(record), key=msg.key, headers=headers)
         )
         self.stats.dead_letters += 1
-        self.metrics.failed(stage)
-        self.metrics.dlq(_DLQ_REASON.get(stage, stage))
+        self.metrics.dead_letter(stage)
         self.stats.dlq_by_stage[stage] = self.stats.dlq_by_stage.get(stage, 0) + 1
         log.warning(
             'dead letter stage="%s" error="%s" partition="%s[%d]" offset="%d"',
@@ -1152,6 +1154,7 @@ class _Revoke(ConsumerRebalanceListener):
         runner = self.runner
         for tp in tps:
             runner._unresolved.discard(tp.partition)
+            runner._decided.pop(tp, None)  # taken back later: its lag starts from the commit
             runner.metrics.forget_partition(tp.partition)
         if runner.aligner is not None:  # not decided yet: the new owner reads them again
             runner.aligner.forget(tps)

@@ -166,6 +166,7 @@ class TrainService:
         self._offsets: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset
         self._restored: dict[tuple[str, int], int] = {}
         self.trainer = self._make_trainer()  # restores the two above from a checkpoint
+        self.trainer.on_drift = lambda now: self.metrics.drift()  # detected while learning
         self.stats = TrainStats()
         self._newest: dict[int, float] = {}  # decisions partition -> newest event time read
         self._unannounced: Publication | None = None  # published, its announcement failed
@@ -325,10 +326,7 @@ class TrainService:
                 done = msg.offset + 1
             if done is not None:
                 self._offsets[(tp.topic, tp.partition)] = done
-        drifts = t.stats["drifts"]
         pub = t.maybe_publish()
-        for _ in range(t.stats["drifts"] - drifts):
-            self.metrics.drift()
         if pub is not None:
             self._announce(pub)
         else:

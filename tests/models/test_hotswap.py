@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from fds.engine import Engine
+from fds.metrics import Metrics
 from fds.models.registry import Registry
 from fds.models.scorer import ModelServer
 from fds.models.spec import load_spec, parse_spec
@@ -159,8 +160,11 @@ def test_a_restarted_scorer_keeps_the_contest_and_orders_versions_by_seq(tmp_pat
     reg = Registry(tmp_path)
     v1 = reg.publish(FeatureModel("amount"), spec={"name": "t"}, labels_learned=50_000)
     reg.promote(v1["version"])
-    srv = ModelServer(load_spec("default"), registry=reg, learn=False)  # auto-promote: contests
+    m = Metrics()
+    srv = ModelServer(load_spec("default"), registry=reg, learn=False, metrics=m)  # contests
     assert srv.load_champion() == v1["version"]
+    # the champion served from the start is exported (it was only after the first swap)
+    assert m.registry.get_sample_value("fds_model_info", {"version": "v000001", "spec": "default"})
     reg.publish(FeatureModel("amount"), spec={"name": "t"}, labels_learned=10)
     srv.poll()
     srv._install_pending()

@@ -392,9 +392,28 @@ def test_lag_is_reported_for_every_assigned_partition_idle_ones_included():
 
     r = make_runner()
     r.consumer, r.metrics = Lagging(), Lags()
-    r._decided = {TopicPartition("transactions", 1): 7}  # decided up to its end earlier
+    reports = []
+    r.engine.report = lambda: reports.append(1)  # type: ignore[method-assign]
+    r._positions = {1: 5}  # nothing decided on partition 1 yet: lag from its committed offset
     r._process(batch(0))  # partition 0 only: 3 decided of 10
-    assert r.metrics.lag == {0: 7, 1: 0}
+    assert r.metrics.lag == {0: 7, 1: 2}
+    # the engine's figures (entities held, rules skipped) are exported by `fds run` too
+    assert reports == [1]
+
+
+def test_a_catch_up_is_not_counted_as_decisions():
+    """Folding what the group decided before a restart is state only: before, every folded
+    record counted in fds_decisions_total, its latency and its event lag (days)."""
+    from fds.metrics import Metrics
+
+    m = Metrics()
+    engine = Engine(metrics=m)
+    engine.fold(parse_transaction({"tx_id": "a", "ts": 1, "card_id": "c", "amount": 5.0}))
+    total = sum(
+        m.registry.get_sample_value("fds_decisions_total", {"action": a}) or 0
+        for a in ("approve", "review", "decline")
+    )
+    assert total == 0 and engine.metrics is m
 
 
 def test_a_stop_shares_one_deadline_between_its_final_commit_checkpoint_and_close():

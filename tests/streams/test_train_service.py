@@ -201,3 +201,31 @@ def test_a_label_stamped_in_the_future_does_not_hold_its_partition(tmp_path, mon
     svc._process({lab: [future, after]})  # read again from the label that waited
     assert svc.trainer.stats["labels_learned"] == 1  # the same tx: learned once
     assert svc._offsets[("labels", 0)] == 2
+
+
+class AlwaysDrift:
+    """A drift detector that fires on every update (picklable: the checkpoint holds it)."""
+
+    drift_detected = True
+
+    def update(self, value: float) -> None:
+        pass
+
+
+def test_drift_detected_while_learning_is_counted_in_the_metrics(tmp_path):
+    """The service compared the trainer's drift count around maybe_publish only, while drifts
+    are found as labels are learned: fds_drift_detected_total stayed at 0."""
+    from fds.metrics import Metrics
+
+    svc = TrainService(
+        KafkaSettings(group="fds-train"), spec=DEFAULT_MODEL, registry=tmp_path / "registry",
+        state_dir=tmp_path / "state", models_topic=None, metrics=Metrics(),
+    )  # fmt: skip
+    d, lab = TopicPartition("decisions", 0), TopicPartition("labels", 0)
+    svc.consumer = Consumer({d: 1, lab: 1})
+    svc.trainer._adwin = AlwaysDrift()
+    feed(svc, {d: [decision(0, 0, "a", 100.0)]})
+    feed(svc, {lab: [Msg("labels", 0, 0, {"tx_id": "a", "ts": 99.0, "is_fraud": True})]})
+    drifts = svc.trainer.stats["drifts"]
+    assert drifts >= 1
+    assert svc.metrics.registry.get_sample_value("fds_drift_detected_total") == drifts
