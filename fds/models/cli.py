@@ -26,6 +26,7 @@ def register(subparsers: Any) -> None:
     s.set_defaults(func=_show)
     pr = sub.add_parser("promote", help="make a version the champion (verified first)")
     pr.add_argument("version")
+    pr.add_argument("--force", action="store_true", help="promote a rejected version anyway")
     pr.set_defaults(func=_promote)
     sub.add_parser("rollback", help="return to the previous champion").set_defaults(func=_rollback)
 
@@ -33,7 +34,7 @@ def register(subparsers: Any) -> None:
 def _registry(args: argparse.Namespace) -> Any:
     from fds.models.registry import Registry
 
-    return Registry(args.registry)
+    return Registry(args.registry, create=False)
 
 
 def _fail(e: Exception, code: int) -> int:
@@ -46,7 +47,7 @@ def _list(args: argparse.Namespace) -> int:
         reg = _registry(args)
         entries = reg.versions()
     except ConfigError as e:
-        return _fail(e, 1)
+        return _fail(e, 2)
     if not entries:
         print(f"no versions in {args.registry} (`fds train` publishes them there)")
         return 0
@@ -83,6 +84,12 @@ def _show(args: argparse.Namespace) -> int:
 def _promote(args: argparse.Namespace) -> int:
     try:
         reg = _registry(args)
+        status = reg.entry(args.version)["status"]
+        if status == "rejected" and not args.force:
+            why = reg.entry(args.version).get("rejected_because", "")
+            raise ConfigError(
+                f"{args.version} was rejected ({why}): promote it anyway with --force"
+            )
         reg.load(args.version)  # never promote what does not verify
         entry = reg.promote(args.version, reason="manual (fds models promote)")
     except ConfigError as e:
@@ -98,5 +105,7 @@ def _rollback(args: argparse.Namespace) -> int:
         entry = _registry(args).rollback(reason="manual (fds models rollback)")
     except ConfigError as e:
         return _fail(e, 1)
+    except ArtifactError as e:  # the previous champion does not verify: nothing changed
+        return _fail(ArtifactError(f"not rolled back: {e}"), 1)
     print(f"rolled back: champion is now {entry['version']}")
     return 0

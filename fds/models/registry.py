@@ -154,13 +154,28 @@ class Registry:
         HMAC key; ``None`` reads ``FDS_MODEL_KEY`` from the environment (unset: sha256 only).
     retain
         How many versions to keep on disk (the champion and its parent are always kept).
+    create
+        Create the folder when missing (a publisher); ``False`` (the ``fds models``
+        commands): a missing folder is a :class:`ConfigError`, a typo creates nothing.
     """
 
     def __init__(
-        self, path: str | Path = DEFAULT_REGISTRY, *, key: bytes | None = None, retain: int = 0
+        self,
+        path: str | Path = DEFAULT_REGISTRY,
+        *,
+        key: bytes | None = None,
+        retain: int = 0,
+        create: bool = True,
     ) -> None:
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(f"model registry {self.path} is a file, not a folder")
+        if create:
+            self.path.mkdir(parents=True, exist_ok=True)
+        elif not self.path.is_dir():
+            raise ConfigError(
+                f"no model registry at {self.path}: check --registry (`fds train` creates it)"
+            )
         self.key = key if key is not None else _env_key()
         self.retain = retain or DEFAULT_RETAIN
         self._manifest_path = self.path / "manifest.json"
@@ -180,11 +195,17 @@ class Registry:
         except FileNotFoundError:
             return {"versions": {}, "champion": None, "next": 1, "history": []}
         try:
-            return json.loads(raw)
+            m = json.loads(raw)
         except ValueError as e:
             raise ConfigError(
                 f"registry manifest is not valid JSON: {e}", where=str(self._manifest_path)
             ) from e
+        if not isinstance(m, dict) or not isinstance(m.get("versions"), dict):
+            raise ConfigError(
+                "registry manifest has no 'versions' mapping: it was not written by fds",
+                where=str(self._manifest_path),
+            )
+        return m
 
     def versions(self) -> list[dict[str, Any]]:
         """All entries, oldest first."""
@@ -214,6 +235,14 @@ class Registry:
                 f"artifact of {version} is missing from {self.path}", local=True
             ) from None
         return data, e
+
+    def verify_file(self, version: str, entry: Mapping[str, Any]) -> None:
+        """Check ``version``'s artifact against its entry (sha256, HMAC): nothing unpickled."""
+        try:
+            data = (self.path / f"{version}.pkl").read_bytes()
+        except FileNotFoundError:
+            raise ArtifactError(f"artifact of {version} is missing from {self.path}") from None
+        verify(data, sha256=entry.get("sha256", ""), signature=entry.get("hmac"), key=self.key)
 
     def load(self, version: str) -> Any:
         """The model of ``version``, verified (sha256, HMAC when keyed) before unpickling."""
@@ -349,12 +378,15 @@ class Registry:
         with self._locked() as m:
             if callable(version):
                 version = version(m)
+                self.verify_file(version, m["versions"].get(version) or {})
             if version not in m["versions"]:
                 raise ConfigError(
                     f"unknown model version {version!r}: `fds models list` shows the versions"
                 )
             old = m.get("champion")
-            if old and old in m["versions"] and old != version:
+            if old == version:  # already the champion: nothing changes, nothing recorded
+                return dict(m["versions"][version])
+            if old and old in m["versions"]:
                 m["versions"][old]["status"] = "retired" if status == "champion" else "rejected"
             m["versions"][version]["status"] = "champion"
             m["champion"] = version
@@ -364,9 +396,12 @@ class Registry:
             del m["history"][:-100]  # the last 100 changes are plenty for an audit
             return dict(m["versions"][version])
 
-    def promote(self, version: str, reason: str = "manual") -> dict[str, Any]:
-        """Make ``version`` the champion (scorers pick it up on their next poll)."""
-        return self._set_champion(version, "champion", reason)
+    def promote(
+        self, version: str, reason: str = "manual", *, reject_current: bool = False
+    ) -> dict[str, Any]:
+        """Make ``version`` the champion (scorers pick it up on their next poll); the current
+        one is retired, or rejected with ``reject_current`` (a scorer's automatic rollback)."""
+        return self._set_champion(version, "rolled-back" if reject_current else "champion", reason)
 
     def rollback(self, reason: str = "manual") -> dict[str, Any]:
         """Return to the previous champion (from the history); its successor is rejected.
@@ -376,6 +411,8 @@ class Registry:
             champ = m.get("champion")
             for h in reversed(m.get("history", [])):
                 before = m["versions"].get(h["from"] or "")
+                if h["from"] == h["to"]:  # a promotion of the champion itself (older releases)
+                    continue
                 if h["to"] == champ and before is not None and before["status"] != "rejected":
                     return str(h["from"])
             raise ConfigError("nothing to roll back to: no earlier champion in the registry")

@@ -307,7 +307,13 @@ class ModelServer:
         self._ranks = None
 
     def _set_champion(
-        self, version: str, model: Any, why: str, entry: Mapping[str, Any] | None = None
+        self,
+        version: str,
+        model: Any,
+        why: str,
+        entry: Mapping[str, Any] | None = None,
+        *,
+        reject_old: bool = False,
     ) -> None:
         old = self.version
         self.champion, self.version = model, version  # the swap: one reference, between events
@@ -320,21 +326,23 @@ class ModelServer:
         self.stats["swaps"] += 1
         self._emit("swap", {"from": old, "to": version, "why": why})
         if self.registry is not None and why != "registry":
-            self._record(version, why)
+            self._pointer = version  # our own change: the watcher must not "discover" it
+            # a rollback rejects the version that lost its probation (never returned to)
+            self._record(f"promote {version}", lambda reg: reg.promote(
+                version, reason=why, reject_current=reject_old))  # fmt: skip
 
-    def _record(self, version: str, why: str) -> None:
-        """Write the new champion to the registry (file I/O + fsync: never on the hot path
-        in watch mode, where it runs on a short-lived thread; inline it is synchronous so a
-        replay is reproducible)."""
+    def _record(self, what: str, change: Callable[[Registry], Any]) -> None:
+        """Write a verdict to the registry (file I/O + fsync: never on the hot path in watch
+        mode, where it runs on a short-lived thread; inline it is synchronous so a replay is
+        reproducible)."""
         reg = self.registry
         assert reg is not None
-        self._pointer = version  # our own change: the watcher must not "discover" it
 
         def write() -> None:
             try:
-                reg.promote(version, reason=why)
+                change(reg)
             except Exception as e:  # the registry is bookkeeping here; serving goes on
-                log.warning("registry promote failed version=%s error=%s", version, e)
+                log.warning('registry update failed change="%s" error=%s', what, e)
 
         if self._watch is not None:
             threading.Thread(target=write, name="fds-model-record", daemon=True).start()
@@ -345,7 +353,10 @@ class ModelServer:
         self, verdict: str, why: str, figures: dict[str, Any] | None = None
     ) -> None:
         self.stats[verdict] += 1
-        self._emit(verdict, {"version": self.challenger_version, "why": why, **(figures or {})})
+        lost = self.challenger_version
+        self._emit(verdict, {"version": lost, "why": why, **(figures or {})})
+        if self.registry is not None and lost is not None:  # not offered again, even after
+            self._record(f"reject {lost}", lambda reg: reg.reject(lost, why))  # a restart
         self.challenger = self.challenger_version = None
         self.contest = None
         self._next_queued()
@@ -508,8 +519,9 @@ class ModelServer:
         self.stats[verdict] += 1
         if verdict == "rollback":
             self._set_champion(
-                self.predecessor_version or "", self.predecessor, "rollback: worse than before"
-            )
+                self.predecessor_version or "", self.predecessor, "rollback: worse than before",
+                reject_old=True,
+            )  # fmt: skip
             self._champion_labels = self.spec.promote.warmup_labels  # a proven model
             if self.contest is not None:  # the challenger now faces the restored champion
                 self.contest = Contest(

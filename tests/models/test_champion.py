@@ -8,7 +8,7 @@ from typing import Any
 from fds.engine import Engine
 from fds.metrics import Metrics
 from fds.models.champion import BudgetRank, Contest
-from fds.models.registry import make_entry
+from fds.models.registry import Registry, make_entry
 from fds.models.scorer import ModelServer
 from fds.models.spec import parse_spec
 from fds.models.trainer import Publication
@@ -154,3 +154,40 @@ def test_probation_and_next_shadow_run_together() -> None:
     assert srv.version == "v000002"
     assert srv.probation is not None or srv.history[-1]["verdict"] == "confirm"
     assert srv.challenger_version == "v000003" or "v000003" in {h["candidate"] for h in srv.history}
+
+
+def _registered(reg: Registry, model: Any) -> Publication:
+    e = reg.publish(model, spec={"name": "t"})
+    data, entry = reg.load_bytes(e["version"])
+    return Publication(e["version"], data, entry)
+
+
+def _registry_server(tmp_path: Any, champion: Any) -> tuple[ModelServer, Stream, Registry]:
+    reg = Registry(tmp_path)
+    srv = ModelServer(SPEC, learn=False, registry=reg)
+    s = Stream(srv)
+    s.run(50, {"f_a": 1.0, "f_b": 1.0})
+    assert srv.offer(_registered(reg, champion)) and reg.champion() == "v000001"
+    return srv, s, reg
+
+
+def test_a_lost_contest_is_recorded_and_the_loser_never_offered_again(tmp_path) -> None:
+    """Before, the loser stayed 'published': a restarted scorer took it as a challenger again."""
+    srv, s, reg = _registry_server(tmp_path, FeatureModel("f_a"))
+    srv.offer(_registered(reg, FeatureModel("f_none")))
+    s.run(60, {"f_a": 1.0, "f_b": 1.0})
+    assert srv.stats["reject"] == 1 and reg.entry("v000002")["status"] == "rejected"
+    restarted = ModelServer(SPEC, learn=False, registry=reg)
+    assert restarted.load_champion() == "v000001" and restarted.poll() is None
+
+
+def test_an_automatic_rollback_rejects_the_version_that_lost_its_probation(tmp_path) -> None:
+    """Before, it was recorded as a plain promotion: the loser 'retired', so a later manual
+    rollback could make it champion again."""
+    srv, s, reg = _registry_server(tmp_path, FeatureModel("f_a"))
+    srv.offer(_registered(reg, FeatureModel("f_b")))
+    s.run(60, {"f_a": 1.0, "f_b": 1.0})  # tie: promoted, on probation
+    assert reg.champion() == "v000002"
+    s.run(60, {"f_a": 1.0, "f_b": 0.0})  # only the predecessor still catches fraud
+    assert srv.stats["rollback"] == 1 and reg.champion() == "v000001"
+    assert reg.entry("v000002")["status"] == "rejected"

@@ -152,6 +152,51 @@ def test_a_rollback_goes_further_back_and_its_target_survives_retention(tmp_path
     assert reg.entry("v000002")["status"] == "rejected"
 
 
+def test_promoting_the_champion_again_changes_nothing_and_rollback_still_works(tmp_path):
+    reg = Registry(tmp_path)
+    for _ in range(2):
+        reg.publish({"x": 1}, spec={"name": "t"})
+    reg.promote("v000001")
+    reg.promote("v000002")
+    reg.promote("v000002")  # twice (two scorers recording one promotion): no v2 -> v2 entry
+    assert reg.rollback()["version"] == "v000001"  # was a no-op "rolled back" to v000002
+
+
+def test_a_rollback_to_an_artifact_that_does_not_verify_changes_nothing(tmp_path):
+    reg = Registry(tmp_path)
+    for _ in range(2):
+        reg.publish({"x": 1}, spec={"name": "t"})
+    reg.promote("v000001")
+    reg.promote("v000002")
+    _flip_byte(tmp_path / "v000001.pkl")
+    with pytest.raises(ArtifactError, match="sha256 mismatch"):
+        reg.rollback()
+    assert reg.champion() == "v000002" and UNPICKLED == []
+
+
+def test_the_models_commands_create_no_registry_and_refuse_a_foreign_manifest(tmp_path, capsys):
+    from fds.cli import main
+
+    missing = tmp_path / "typo"
+    assert main(["models", "--registry", str(missing), "list"]) == 2
+    assert "no model registry at" in capsys.readouterr().err and not missing.exists()
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "manifest.json").write_text("{}")
+    assert main(["models", "--registry", str(tmp_path / "r"), "list"]) == 2
+    assert "no 'versions' mapping" in capsys.readouterr().err
+
+
+def test_promoting_a_rejected_version_needs_force(tmp_path, capsys):
+    from fds.cli import main
+
+    reg = Registry(tmp_path)
+    reg.publish({"x": 1}, spec={"name": "t"})
+    reg.reject("v000001", "lost its shadow contest")
+    args = ["models", "--registry", str(tmp_path), "promote", "v000001"]
+    assert main(args) == 2 and "lost its shadow contest" in capsys.readouterr().err
+    assert main([*args, "--force"]) == 0 and reg.champion() == "v000001"
+
+
 # -- import_version: a version published by another registry (the models-topic feed) ----------
 
 
