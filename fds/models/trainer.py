@@ -58,13 +58,21 @@ class SnapshotStore(Protocol):
 
     An entry is *pending* until its label arrives or it is ``assume_legit_after`` old; then it
     is *assumed* legitimate but kept until the TTL, so that a late fraud label (a chargeback
-    weeks later) still finds its own input.
+    weeks later) still finds its own input. Once a label is learned from it, it is *settled*:
+    its input is dropped and its id kept until the TTL, so that a redelivered decision (at
+    least once) cannot bring it back.
     """
 
-    def put(self, tx_id: str, ts: float, x: dict[str, float]) -> None: ...
+    def put(self, tx_id: str, ts: float, x: dict[str, float]) -> None:
+        """Store a decision's input; an id already stored or settled is left as it is."""
+        ...
 
-    def pop(self, tx_id: str) -> tuple[float, dict[str, float], bool] | None:
-        """Remove and return ``(ts, x, assumed)``."""
+    def get(self, tx_id: str) -> tuple[float, dict[str, float], bool] | None:
+        """``(ts, x, assumed)`` of a pending or assumed entry; ``None`` otherwise."""
+        ...
+
+    def settle(self, tx_id: str) -> None:
+        """A label was learned from it: drop its input, keep its id until the TTL."""
         ...
 
     def assume_older(self, cutoff: float) -> Iterator[tuple[str, float, dict[str, float]]]:
@@ -90,9 +98,12 @@ class MemoryStore:
     def __init__(self) -> None:
         self._pending: dict[str, tuple[float, tuple[str, ...], tuple[float, ...]]] = {}
         self._assumed: dict[str, tuple[float, tuple[str, ...], tuple[float, ...]]] = {}
+        self._settled: dict[str, float] = {}  # tx_id -> ts
         self._keys: tuple[str, ...] = ()
 
     def put(self, tx_id: str, ts: float, x: dict[str, float]) -> None:
+        if tx_id in self._pending or tx_id in self._assumed or tx_id in self._settled:
+            return
         keys = tuple(x)
         if keys == self._keys:
             keys = self._keys
@@ -100,15 +111,19 @@ class MemoryStore:
             self._keys = keys
         self._pending[tx_id] = (ts, keys, tuple(x.values()))
 
-    def pop(self, tx_id: str) -> tuple[float, dict[str, float], bool] | None:
-        e = self._pending.pop(tx_id, None)
-        assumed = False
+    def get(self, tx_id: str) -> tuple[float, dict[str, float], bool] | None:
+        e = self._pending.get(tx_id)
+        assumed = e is None
         if e is None:
-            e = self._assumed.pop(tx_id, None)
-            assumed = True
+            e = self._assumed.get(tx_id)
             if e is None:
                 return None
         return e[0], dict(zip(e[1], e[2], strict=True)), assumed
+
+    def settle(self, tx_id: str) -> None:
+        e = self._pending.pop(tx_id, None) or self._assumed.pop(tx_id, None)
+        if e is not None:
+            self._settled[tx_id] = e[0]
 
     def assume_older(self, cutoff: float) -> Iterator[tuple[str, float, dict[str, float]]]:
         d = self._pending
@@ -129,6 +144,8 @@ class MemoryStore:
                 break
             del d[k]
             n += 1
+        if self._settled:  # settled in label order, not event-time order: filter them all
+            self._settled = {k: ts for k, ts in self._settled.items() if ts >= cutoff}
         return n
 
     def __len__(self) -> int:
@@ -153,19 +170,22 @@ class SqliteStore:
         self._db.execute("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v BLOB)")
         self._db.execute("BEGIN")
 
+    # ``assumed``: 0 pending, 1 assumed legitimate, 2 settled (input dropped, id kept)
     def put(self, tx_id: str, ts: float, x: dict[str, float]) -> None:
         self._db.execute(
-            "INSERT OR REPLACE INTO snaps VALUES (?, ?, 0, ?)", (tx_id, ts, orjson.dumps(x))
+            "INSERT OR IGNORE INTO snaps VALUES (?, ?, 0, ?)", (tx_id, ts, orjson.dumps(x))
         )
 
-    def pop(self, tx_id: str) -> tuple[float, dict[str, float], bool] | None:
+    def get(self, tx_id: str) -> tuple[float, dict[str, float], bool] | None:
         row = self._db.execute(
-            "SELECT ts, x, assumed FROM snaps WHERE tx_id = ?", (tx_id,)
+            "SELECT ts, x, assumed FROM snaps WHERE tx_id = ? AND assumed < 2", (tx_id,)
         ).fetchone()
         if row is None:
             return None
-        self._db.execute("DELETE FROM snaps WHERE tx_id = ?", (tx_id,))
         return row[0], orjson.loads(row[1]), bool(row[2])
+
+    def settle(self, tx_id: str) -> None:
+        self._db.execute("UPDATE snaps SET assumed = 2, x = NULL WHERE tx_id = ?", (tx_id,))
 
     def assume_older(self, cutoff: float) -> Iterator[tuple[str, float, dict[str, float]]]:
         rows = self._db.execute(
@@ -180,7 +200,7 @@ class SqliteStore:
         return self._db.execute("DELETE FROM snaps WHERE ts < ?", (cutoff,)).rowcount
 
     def __len__(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM snaps").fetchone()[0])
+        return int(self._db.execute("SELECT COUNT(*) FROM snaps WHERE assumed < 2").fetchone()[0])
 
     def flush(self) -> None:
         self._db.execute("COMMIT")
@@ -300,7 +320,7 @@ class Trainer:
         """Learn one label; ``True`` if it was joined and learned (or sampled out)."""
         self.stats["labels_seen"] += 1
         self.advance(_ts(label["ts"]))
-        got = self.store.pop(label["tx_id"])
+        got = self.store.get(label["tx_id"])
         if got is None:
             self.stats["labels_unjoined"] += 1
             return False
@@ -308,10 +328,12 @@ class Trainer:
         y = bool(label["is_fraud"])
         if assumed:
             # Already counted as legitimate; only a fraud label changes anything (a late
-            # chargeback). Its legit sample, if any, is outweighed by learning the fraud now.
+            # chargeback, which a legit label before it must not keep from joining). Its legit
+            # sample, if any, is outweighed by learning the fraud now.
             if not y:
                 return False
             self.stats["late_frauds"] += 1
+        self.store.settle(label["tx_id"])
         if self.on_example is not None:
             self.on_example(x, y)
         if y or keep_legit(label["tx_id"], self._rate):

@@ -198,7 +198,7 @@ def test_stacking_spec_gets_every_rule_result_as_input_and_learns_it(tmp_path: P
     assert d["features"]["rule_score"] == 0.7
     server = engine.model
     assert isinstance(server, ModelServer) and server.trainer is not None
-    got = server.trainer.store.pop("t3")
+    got = server.trainer.store.get("t3")
     assert got is not None
     x = got[1]
     assert x["rule:card_testing_burst"] == 1.0 and x["rule_score"] == 0.7
@@ -213,7 +213,7 @@ def test_plain_spec_gets_only_the_rules_score_and_does_not_read_it(tmp_path: Pat
     assert d["features"]["rule_score"] == 0.7  # for the maturity gate
     server = engine.model
     assert isinstance(server, ModelServer) and server.trainer is not None
-    got = server.trainer.store.pop("t3")
+    got = server.trainer.store.get("t3")
     assert got is not None and got[1]["rule_score"] == 0.7
     assert "rule_score" not in server.trainer.model.transform_one(got[1])
     # a decision record from an engine serving a stacking spec: rule:<id> keys are dropped
@@ -222,7 +222,7 @@ def test_plain_spec_gets_only_the_rules_score_and_does_not_read_it(tmp_path: Pat
         {"tx_id": "r1", "ts": 1767225700.0, "amount": 1.0},
         {"features": {"n": 1, "rule:x": True, "rule_score": 0.4}},
     )
-    stored = trainer.store.pop("r1")
+    stored = trainer.store.get("r1")
     assert stored is not None and set(stored[1]) >= {"n", "rule_score"}
     assert "rule:x" not in stored[1]
 

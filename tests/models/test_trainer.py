@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from fds.engine import Engine
 from fds.models.scorer import ModelServer
-from fds.models.spec import parse_spec
-from fds.models.trainer import SqliteStore, Trainer, keep_legit
+from fds.models.spec import load_spec, parse_spec
+from fds.models.trainer import MemoryStore, SqliteStore, Trainer, keep_legit
 
 DAY = 86400.0
 
@@ -160,7 +162,34 @@ def test_sqlite_store_survives_restart(tmp_path: Path) -> None:
     s2 = SqliteStore(path)
     assert len(s2) == 2
     assert [k for k, _, _ in s2.assume_older(1.5)] == ["a"]
-    assert s2.pop("a") == (1.0, {"f": 1.5}, True)
-    assert s2.pop("b") == (2.0, {"f": 2.5}, False)
-    assert s2.pop("b") is None
+    assert s2.get("a") == (1.0, {"f": 1.5}, True)
+    assert s2.get("b") == (2.0, {"f": 2.5}, False)
+    s2.settle("b")
+    assert s2.get("b") is None and len(s2) == 1
     s2.close()
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_a_redelivered_decision_does_not_bring_back_a_settled_snapshot(kind, tmp_path):
+    """At least once: a decision read again after its fraud label was learned re-inserted the
+    snapshot, which was later learned again as legitimate."""
+    store = MemoryStore() if kind == "memory" else SqliteStore(tmp_path / "s.db")
+    t = Trainer(load_spec("default"), store=store)
+    tx = {"tx_id": "a", "ts": 0.0, "card_id": "c", "amount": 5.0}
+    decision = {"features": {"f": 1.0}}
+    t.on_decision(tx, decision)
+    assert t.on_label({"tx_id": "a", "ts": 3600.0, "is_fraud": True})
+    t.on_decision(tx, decision)  # redelivered
+    t.advance(40 * 86400.0)  # past assume_legit_after
+    assert t.stats["frauds_learned"] == 1 and t.stats["assumed_legit"] == 0
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_a_legit_label_on_an_assumed_entry_keeps_it_for_a_later_chargeback(kind, tmp_path):
+    store = MemoryStore() if kind == "memory" else SqliteStore(tmp_path / "s.db")
+    t = Trainer(load_spec("default"), store=store)
+    t.on_decision({"tx_id": "a", "ts": 0.0, "card_id": "c", "amount": 5.0}, {"features": {}})
+    t.advance(t._legit_after + 1.0)  # assumed legitimate
+    assert not t.on_label({"tx_id": "a", "ts": t._legit_after + 2.0, "is_fraud": False})
+    assert t.on_label({"tx_id": "a", "ts": t._legit_after + 3.0, "is_fraud": True})
+    assert t.stats["late_frauds"] == 1 and t.stats["labels_unjoined"] == 0
