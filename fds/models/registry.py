@@ -143,6 +143,10 @@ def _env_key() -> bytes | None:
     return v.encode() if v else None
 
 
+#: Challengers in a shadow contest that retention keeps (the newest ones marked).
+MAX_SHADOWS = 3
+
+
 class Registry:
     """A directory of versioned model artifacts with one manifest.
 
@@ -360,6 +364,9 @@ class Registry:
             parent = m["versions"].get(champ, {}).get("parent")
             if parent:
                 keep.add(parent)
+        # challengers in a shadow contest now (a few: one a dead scorer left is released)
+        shadows = [e["version"] for e in entries if e.get("status") == "shadow"]
+        keep.update(shadows[-MAX_SHADOWS:])
         # the champions of recent changes: what a rollback may return to
         for h in m.get("history", [])[-self.retain :]:
             for v in (h["from"], h["to"]):
@@ -418,6 +425,14 @@ class Registry:
             raise ConfigError("nothing to roll back to: no earlier champion in the registry")
 
         return self._set_champion(previous, "rolled-back", reason)
+
+    def mark_shadow(self, version: str) -> None:
+        """A scorer runs ``version`` as a challenger: retention keeps it until its verdict
+        (``promote`` or ``reject``), however many versions are published meanwhile."""
+        with self._locked() as m:
+            e = m["versions"].get(version)
+            if e is not None and e["status"] == "published":
+                e["status"] = "shadow"
 
     def reject(self, version: str, reason: str) -> None:
         with self._locked() as m:

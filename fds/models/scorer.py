@@ -298,6 +298,8 @@ class ModelServer:
             self._queued = (version, model, entry)  # the newest waits; older queued ones drop
 
     def _start_shadow(self, version: str, model: Any, entry: dict[str, Any]) -> None:
+        if self.registry is not None:  # kept by retention until its verdict
+            self._record(f"shadow {version}", lambda reg: reg.mark_shadow(version))
         self.challenger, self.challenger_version = model, version
         self._challenger_entry = entry
         self.shadow_scores.clear()
@@ -603,7 +605,8 @@ class ModelServer:
                 versions.get(v, {}).get("seq", -1) for v in (self.version, self.challenger_version)
             ]
             newest_known = max([self._offered, *known])
-            if latest and latest["seq"] > newest_known and latest["status"] == "published":
+            fresh = ("published", "shadow")  # (shadow: a challenger of another scorer)
+            if latest and latest["seq"] > newest_known and latest["status"] in fresh:
                 role = "challenger" if self.auto_promote else "champion"
                 target = latest["version"]
         if target is None or now < self._retry_at.get(target, 0.0):

@@ -191,3 +191,21 @@ def test_an_automatic_rollback_rejects_the_version_that_lost_its_probation(tmp_p
     s.run(60, {"f_a": 1.0, "f_b": 0.0})  # only the predecessor still catches fraud
     assert srv.stats["rollback"] == 1 and reg.champion() == "v000001"
     assert reg.entry("v000002")["status"] == "rejected"
+
+
+def test_a_challenger_survives_retention_while_its_contest_runs(tmp_path) -> None:
+    """retain=3 and four versions published during the contest: the challenger was deleted,
+    its promotion failed in the registry, and the scorer went back to the old champion."""
+    reg = Registry(tmp_path, retain=3)
+    srv = ModelServer(SPEC, learn=False, registry=reg)
+    s = Stream(srv)
+    s.run(50, {"f_a": 1.0, "f_b": 1.0})
+    assert srv.offer(_registered(reg, FeatureModel("f_none")))
+    assert srv.offer(_registered(reg, FeatureModel("f_a")))  # v2 in shadow
+    assert reg.entry("v000002")["status"] == "shadow"
+    for _ in range(4):
+        reg.publish(FeatureModel("f_none"), spec={"name": "t"})
+    s.run(60, {"f_a": 1.0, "f_b": 1.0})  # v2 catches the frauds: promoted
+    assert srv.version == "v000002" and reg.champion() == "v000002"
+    srv.poll()
+    assert srv.version == "v000002"
