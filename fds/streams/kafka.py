@@ -88,7 +88,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fds.cli import positive_float, positive_int
 from fds.engine import Engine
-from fds.errors import ConfigError, FdsError, StageError
+from fds.errors import ConfigError, FdsError, StageError, ValidationError
 from fds.gcpolicy import Freezer
 from fds.metrics import NullMetrics, add_metrics_arguments, make_metrics, serve
 from fds.models.registry import write_atomic
@@ -100,6 +100,7 @@ from fds.streams.files import ColumnMapping, load_mapping, read_records
 from fds.streams.label_feed import LabelFeed, reads_labels
 from fds.streams.rebuild import horizon_seconds, read_merged, start_offsets
 from fds.streams.state_topic import StateTopic
+from fds.timeutil import format_ts
 
 __all__ = [
     "BrokerUnavailable",
@@ -153,23 +154,36 @@ class _Bad:
     error: BaseException
 
 
-def _event_time(msg: Any) -> tuple[float, Any]:
+def _event_time(msg: Any, ahead_s: float = 0.0) -> tuple[float, Any]:
     """``(event time, transaction)`` of a record; ``(-inf, _Bad)`` for a bad one (dead-lettered
-    at once, ahead of the merge)."""
+    at once, ahead of the merge).
+
+    ``ahead_s`` > 0: an event time more than ``ahead_s`` after the record's own timestamp (when
+    it was produced) is a validation error. Such a time is a clock or data error, and folded in
+    it would move every window's watermark ahead, so that the following events all came late.
+    The record's timestamp, not this machine's clock: a rebuild judges a record as it was
+    judged when first decided."""
     stage = "parse"
     try:
         obj = loads(msg.value)
         stage = "validate"
         tx = parse_transaction(obj)
+        check_not_ahead(tx["ts"], msg, ahead_s)
     except Exception as exc:
         return -math.inf, _Bad(stage, exc)
     return tx["ts"], tx
 
 
-def _parsed(msg: Any) -> Mapping[str, Any] | None:
-    """The valid transaction a record holds, or ``None`` (it was dead-lettered)."""
-    tx = _event_time(msg)[1]
-    return None if tx.__class__ is _Bad else tx
+def check_not_ahead(ts: float, msg: Any, ahead_s: float) -> None:
+    """Raise :class:`ValidationError` when event time ``ts`` is more than ``ahead_s`` (> 0)
+    after record ``msg`` was produced (its timestamp): a clock or data error."""
+    sent = getattr(msg, "timestamp", None)
+    if ahead_s and sent is not None and sent >= 0 and ts > sent / 1000.0 + ahead_s:
+        raise ValidationError(
+            f"event time {format_ts(ts)} is {ts - sent / 1000.0:,.0f} s after the record was "
+            f"produced ({format_ts(sent / 1000.0)}), more than max_event_ahead_s "
+            f"({ahead_s:,.0f} s): a clock or data error"
+        )
 
 
 class BrokerUnavailable(FdsError):
@@ -222,6 +236,10 @@ class KafkaSettings(BaseSettings):
     # topic is read by every instance (fds.streams.label_feed). None: the features see no labels.
     labels_topic: str | None = None
     shutdown_timeout_s: float = Field(default=8.0, gt=0)  # < the 10 s promise
+    # A transaction stamped more than this after its record was produced is dead-lettered
+    # (stage validate): a clock or data error that would push every window's watermark ahead.
+    # 0: no check.
+    max_event_ahead_s: float = Field(default=3600.0, ge=0)
     session_timeout_ms: int = 10_000  # how fast a dead instance's partitions move
     # Engine state checkpoints (None: ~/.cache/fds/state/<group>[/<group_instance_id>]).
     state_dir: str | None = None
@@ -477,7 +495,7 @@ class Runner:
             self.producer.init_transactions()
         self._restore()
         self.aligner = Aligner(
-            self.consumer, _event_time, max_wait_s=s.align_wait_s,
+            self.consumer, self._event_time, max_wait_s=s.align_wait_s,
             max_buffer=2 * s.max_poll_records,
         )  # fmt: skip
         self.consumer.subscribe([s.input_topic], listener=_Revoke(self))
@@ -548,6 +566,14 @@ class Runner:
                 self.metrics.feature_labels(n)
         except (KafkaError, OSError) as exc:  # decisions go on; labels are tried again next time
             log.warning("labels topic: %s: %s", type(exc).__name__, exc)
+
+    def _event_time(self, msg: Any) -> tuple[float, Any]:
+        return _event_time(msg, self.s.max_event_ahead_s)
+
+    def _parsed(self, msg: Any) -> Mapping[str, Any] | None:
+        """The valid transaction a record holds, or ``None`` (it was dead-lettered)."""
+        tx = self._event_time(msg)[1]
+        return None if tx.__class__ is _Bad else tx
 
     def _abandon(self) -> None:
         """The state may hold decisions past the committed offsets: commit nothing more and
@@ -1013,7 +1039,7 @@ class Runner:
                 )
                 ranges = {tp: (starts[tp], c) for tp, c in committed.items() if c is not None}
             folded = self.stats.caught_up
-            for tx in read_merged(reader, ranges, _parsed, timeout_s=self.s.broker_timeout_s):
+            for tx in read_merged(reader, ranges, self._parsed, timeout_s=self.s.broker_timeout_s):
                 if self._stop:  # SIGTERM mid-way: the state is partial, nothing is kept of it
                     pos.clear()
                     log.info("%s interrupted by a stop; the next start does it again", what)
@@ -1310,6 +1336,7 @@ _SETTING_FLAGS = {
     "--max-poll-records": "max_poll_records",
     "--max-unacked-batches": "max_unacked_batches",
     "--broker-timeout": "broker_timeout_s",
+    "--max-event-ahead": "max_event_ahead_s",
     "--state-dir": "state_dir",
     "--checkpoint-every": "checkpoint_every_s",
     "--align-wait": "align_wait_s",
@@ -1328,7 +1355,8 @@ def _add_settings_flags(p: argparse.ArgumentParser) -> None:
     for flag, dest in _SETTING_FLAGS.items():
         kind = (
             float
-            if dest in ("broker_timeout_s", "checkpoint_every_s", "align_wait_s")
+            if dest
+            in ("broker_timeout_s", "checkpoint_every_s", "align_wait_s", "max_event_ahead_s")
             else int
             if dest in ("max_poll_records", "max_unacked_batches")
             else str

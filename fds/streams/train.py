@@ -61,7 +61,13 @@ from fds.models.registry import DEFAULT_REGISTRY, ENTRY_FIELDS
 from fds.pipeline import DEFAULT_MODEL
 from fds.schema import parse_label
 from fds.streams.checkpoint import Checkpointer, default_state_dir
-from fds.streams.kafka import BrokerUnavailable, KafkaSettings, _add_settings_flags, load_settings
+from fds.streams.kafka import (
+    BrokerUnavailable,
+    KafkaSettings,
+    _add_settings_flags,
+    check_not_ahead,
+    load_settings,
+)
 from fds.timeutil import format_ts, parse_ts
 
 __all__ = ["TrainService", "TrainStats", "announcement", "register_train"]
@@ -306,6 +312,9 @@ class TrainService:
                 else:
                     try:
                         label = parse_label(orjson.loads(msg.value))
+                        # a label stamped far ahead would move the trainer's event time there:
+                        # every snapshot assumed legitimate at once, then expired
+                        check_not_ahead(label["ts"], msg, self.s.max_event_ahead_s)
                     except Exception as exc:
                         self._bad(msg, exc)
                         done = msg.offset + 1

@@ -82,7 +82,7 @@ def batch(start: int, n: int = 3) -> list[tuple[Any, Any, Any]]:
         tx = parse_transaction(
             {"tx_id": f"t{i}", "ts": 1_700_000_000 + i, "card_id": "c1", "amount": 5.0}
         )
-        out.append((TP, Record("transactions", 0, i, i, b"c1", b"{}"), tx))
+        out.append((TP, Record("transactions", 0, i, (1_700_000_000 + i) * 1000, b"c1", b"{}"), tx))
     return out
 
 
@@ -200,7 +200,7 @@ class FailingProducer(Producer):
 def records(start: int, n: int = 3) -> list[Record]:
     tx = b'{"tx_id": "t%d", "ts": %d, "card_id": "c1", "amount": 5.0}'
     return [
-        Record("transactions", 0, i, i, b"c1", tx % (i, 1_700_000_000 + i))
+        Record("transactions", 0, i, (1_700_000_000 + i) * 1000, b"c1", tx % (i, 1_700_000_000 + i))
         for i in range(start, start + n)
     ]
 
@@ -440,3 +440,22 @@ def test_a_stop_shares_one_deadline_between_its_final_commit_checkpoint_and_clos
     r.run()
     assert 0 < closes["consumer"] <= 0.5 and 0 < closes["producer"] <= 0.5
     assert time.monotonic() - t0 < 2.0
+
+
+def test_a_transaction_stamped_far_after_its_record_was_produced_is_a_dead_letter():
+    """One transaction stamped in 2099 moved every window's watermark there: each later one
+    came 'late'. It is judged against the record's own timestamp, not this machine's clock,
+    so a rebuild judges it the same way."""
+    from fds.streams.kafka import _Bad, _event_time
+
+    produced = 1_700_000_000
+    body = b'{"tx_id": "t", "ts": %d, "card_id": "c1", "amount": 5.0}'
+    ok = Record("transactions", 0, 0, produced * 1000, b"c1", body % (produced + 3000))
+    far = Record("transactions", 0, 1, produced * 1000, b"c1", body % (produced + 4000))
+    assert _event_time(ok, 3600.0)[0] == produced + 3000
+    bad = _event_time(far, 3600.0)[1]
+    assert bad.__class__ is _Bad and bad.stage == "validate"
+    assert "after the record was produced" in str(bad.error)
+    assert _event_time(far, 0.0)[0] == produced + 4000  # 0: no check
+    runner = make_runner(max_event_ahead_s=3600)
+    assert runner._parsed(far) is None and runner._parsed(ok) is not None

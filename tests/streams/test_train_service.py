@@ -229,3 +229,18 @@ def test_drift_detected_while_learning_is_counted_in_the_metrics(tmp_path):
     drifts = svc.trainer.stats["drifts"]
     assert drifts >= 1
     assert svc.metrics.registry.get_sample_value("fds_drift_detected_total") == drifts
+
+
+def test_a_label_stamped_far_after_its_record_was_produced_is_set_aside(tmp_path):
+    """One label stamped in 2099 moved the trainer's event time there: every snapshot was
+    learned as legitimate at once and expired, and the store stopped expiring."""
+    svc = service(tmp_path)
+    d, lab = TopicPartition("decisions", 0), TopicPartition("labels", 0)
+    svc.consumer = Consumer({d: 3, lab: 1})
+    feed(svc, {d: [decision(0, i, f"t{i}", 100.0 + i) for i in range(3)]})
+    far = Msg("labels", 0, 0, {"tx_id": "nope", "ts": 4_070_908_800.0, "is_fraud": True})
+    far.timestamp = 200_000  # produced at 200 s (ms)
+    svc._forced[lab] = 0  # it has waited label_max_wait_s for the decisions to catch up
+    feed(svc, {lab: [far]})
+    assert svc.trainer.now < 1000 and len(svc.trainer.store) == 3
+    assert svc.trainer.stats["assumed_legit"] == 0
