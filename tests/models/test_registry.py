@@ -152,22 +152,23 @@ def test_a_rollback_goes_further_back_and_its_target_survives_retention(tmp_path
     assert reg.entry("v000002")["status"] == "rejected"
 
 
-def test_promoting_the_champion_again_changes_nothing_and_rollback_still_works(tmp_path):
-    reg = Registry(tmp_path)
-    for _ in range(2):
+def _two_champions(path: Path) -> Registry:
+    """v000001 then v000002 promoted."""
+    reg = Registry(path)
+    for v in ("v000001", "v000002"):
         reg.publish({"x": 1}, spec={"name": "t"})
-    reg.promote("v000001")
-    reg.promote("v000002")
+        reg.promote(v)
+    return reg
+
+
+def test_promoting_the_champion_again_changes_nothing_and_rollback_still_works(tmp_path):
+    reg = _two_champions(tmp_path)
     reg.promote("v000002")  # twice (two scorers recording one promotion): no v2 -> v2 entry
     assert reg.rollback()["version"] == "v000001"  # was a no-op "rolled back" to v000002
 
 
 def test_a_rollback_to_an_artifact_that_does_not_verify_changes_nothing(tmp_path):
-    reg = Registry(tmp_path)
-    for _ in range(2):
-        reg.publish({"x": 1}, spec={"name": "t"})
-    reg.promote("v000001")
-    reg.promote("v000002")
+    reg = _two_champions(tmp_path)
     _flip_byte(tmp_path / "v000001.pkl")
     with pytest.raises(ArtifactError, match="sha256 mismatch"):
         reg.rollback()
