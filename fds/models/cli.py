@@ -102,8 +102,12 @@ def _promote(args: argparse.Namespace) -> int:
 
 def _rollback(args: argparse.Namespace) -> int:
     try:
-        entry = _registry(args).rollback(reason="manual (fds models rollback)")
+        reg = _registry(args)
     except ConfigError as e:
+        return _fail(e, 2)
+    try:
+        entry = reg.rollback(reason="manual (fds models rollback)")
+    except ConfigError as e:  # nothing to roll back to
         return _fail(e, 1)
     except ArtifactError as e:  # the previous champion does not verify: nothing changed
         return _fail(ArtifactError(f"not rolled back: {e}"), 1)

@@ -395,6 +395,8 @@ class Registry:
                 return dict(m["versions"][version])
             if old and old in m["versions"]:
                 m["versions"][old]["status"] = "retired" if status == "champion" else "rejected"
+                if status != "champion":
+                    m["versions"][old]["rejected_because"] = reason
             m["versions"][version]["status"] = "champion"
             m["champion"] = version
             m.setdefault("history", []).append(
@@ -435,8 +437,9 @@ class Registry:
                 e["status"] = "shadow"
 
     def reject(self, version: str, reason: str) -> None:
+        """Mark ``version`` rejected (never the champion: promoted meanwhile, it stays)."""
         with self._locked() as m:
-            if version in m["versions"]:
+            if version in m["versions"] and version != m.get("champion"):
                 m["versions"][version]["status"] = "rejected"
                 m["versions"][version]["rejected_because"] = reason
 

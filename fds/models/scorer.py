@@ -216,7 +216,9 @@ class ModelServer:
                 if len(sh) > KEEP_SIZE:
                     sh.popitem(last=False)
             except Exception as e:  # a challenger never breaks serving
-                self._drop_challenger("reject", f"shadow scoring raised {type(e).__name__}: {e}")
+                self._drop_challenger(
+                    "reject", f"shadow scoring raised {type(e).__name__}: {e}", local=True
+                )  # (maybe this machine's libraries: the registry is not told)
         return s, self.version
 
     def _probability(self, s: float) -> float:
@@ -352,13 +354,19 @@ class ModelServer:
             write()
 
     def _drop_challenger(
-        self, verdict: str, why: str, figures: dict[str, Any] | None = None
+        self,
+        verdict: str,
+        why: str,
+        figures: dict[str, Any] | None = None,
+        *,
+        local: bool = False,
     ) -> None:
         self.stats[verdict] += 1
         lost = self.challenger_version
         self._emit(verdict, {"version": lost, "why": why, **(figures or {})})
-        if self.registry is not None and lost is not None:  # not offered again, even after
-            self._record(f"reject {lost}", lambda reg: reg.reject(lost, why))  # a restart
+        if self.registry is not None and lost is not None and not local:
+            # not offered again, even after a restart
+            self._record(f"reject {lost}", lambda reg: reg.reject(lost, why))
         self.challenger = self.challenger_version = None
         self.contest = None
         self._next_queued()
@@ -650,7 +658,12 @@ class ModelServer:
             return
         role, version, model, entry = pending
         if role == "champion" or self.champion is None:
+            dropped = version == self.challenger_version  # promoted by hand in its contest
+            if dropped:
+                self.challenger = self.challenger_version = self.contest = None
             self._set_champion(version, model, "registry", entry)
+            if dropped:
+                self._next_queued()
         else:
             self._take(version, model, entry)
 

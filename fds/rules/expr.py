@@ -60,12 +60,13 @@ NUM, STR, BOOL, ANY = "num", "str", "bool", "any"
 
 
 def _join(types: set[str]) -> str:
-    """The type of ``a or b`` / ``a if c else b`` from its branches' types: one type if they
-    agree; a number or text if either branch may give one (such a condition is not true/false,
-    ``country or amount`` fires on any non-empty value); otherwise unknown."""
+    """The type of ``a and b`` / ``a or b`` / ``a if c else b`` from its operands' types: one
+    type if they agree; a number if they are numbers and text and nothing else (``country or
+    amount`` is not true/false: it fires on any non-empty value); otherwise unknown (a guard
+    such as ``country and country != "KR"`` stays valid)."""
     if len(types) == 1:
         return next(iter(types))
-    return NUM if NUM in types else STR if STR in types else ANY
+    return NUM if types <= {NUM, STR} else ANY
 
 
 # Limits that keep a hostile or mistaken rule from costing time or memory at load or run time.
@@ -181,17 +182,25 @@ class CompiledExpr:
         return self._fn(values)
 
 
+def _column(lines: list[str], line: int, byte_offset: int) -> int:
+    """The 1-based character column in the expression of an ``ast`` offset (UTF-8 bytes into
+    the parsed text, whose first line starts with an added ``(``)."""
+    text = lines[line - 1] if 0 < line <= len(lines) else ""
+    chars = len(text.encode("utf-8")[:byte_offset].decode("utf-8", "ignore"))
+    return max(1, chars + 1 - (line == 1))
+
+
 class _Checker:
-    def __init__(self, known: Mapping[str, str], allow_extra: bool) -> None:
+    def __init__(self, known: Mapping[str, str], allow_extra: bool, lines: list[str]) -> None:
         self.known = known
         self.allow_extra = allow_extra
+        self.lines = lines  # the parsed text, for error columns
         self.names: dict[str, None] = {}  # insertion-ordered set
         self.consts: dict[str, Any] = {}
 
     def fail(self, node: ast.AST, msg: str) -> ExprError:
         line = getattr(node, "lineno", 1)
-        col = getattr(node, "col_offset", 0) + 1 - (line == 1)  # minus the added "("
-        return ExprError(msg, line, max(1, col))
+        return ExprError(msg, line, _column(self.lines, line, getattr(node, "col_offset", 0)))
 
     def const(self, obj: Any) -> str:
         key = f"_k{next(_const_ids)}"
@@ -220,7 +229,8 @@ class _Checker:
                 "write a field, feature or extra.NAME",
             )
             if node.end_col_offset is not None and node.end_lineno == node.lineno:
-                col = node.end_col_offset - len(node.attr) - (node.lineno == 1)
+                end = _column(self.lines, node.lineno, node.end_col_offset)
+                col = end - len(node.attr)
                 err = ExprError(err.detail, node.lineno, col)
             raise err
         if isinstance(node, ast.BoolOp):
@@ -391,14 +401,16 @@ def parse_expr(
         raise ExprError("empty expression: write a condition such as amount > 1000")
     # Wrapped in parentheses so that an expression may span lines (YAML block scalars); the
     # column on line 1 is shifted back by the added "(".
+    wrapped = "(" + source + "\n)"
     try:
-        tree = ast.parse("(" + source + "\n)", mode="eval")
+        tree = ast.parse(wrapped, mode="eval")
     except SyntaxError as e:
         line, col = e.lineno or 1, e.offset or 1
         raise ExprError(f"syntax error: {e.msg}", line, max(1, col - (line == 1))) from None
     except (RecursionError, MemoryError, ValueError) as e:
         raise ExprError(f"cannot parse ({type(e).__name__}): simplify the expression") from None
-    checker = _Checker(known, allow_extra)
+    lines = wrapped.split("\n")
+    checker = _Checker(known, allow_extra, lines)
     try:
         code, typ = checker.visit(tree.body, 0)
     except RecursionError:
@@ -408,7 +420,7 @@ def parse_expr(
         raise ExprError(
             f"a rule condition must be true/false, this gives {kind}: compare it, e.g. x > 0",
             tree.body.lineno,
-            max(1, tree.body.col_offset + 1 - (tree.body.lineno == 1)),
+            _column(lines, tree.body.lineno, tree.body.col_offset),
         )
     consts = dict(checker.consts)
     if "_num(" in code:

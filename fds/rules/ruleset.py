@@ -533,6 +533,28 @@ class Ruleset:
 _EMPTY: Mapping[str, Any] = {}
 
 
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", " ": " ", "_": "\xa0", "N": "\x85",
+            "L": "\u2028", "P": "\u2029", "0": "\0", "a": "\a", "b": "\b", "e": "\x1b",
+            "f": "\f", "v": "\v"}  # fmt: skip
+_HEX_ESCAPES = {"x": 2, "u": 4, "U": 8}
+
+
+def _dq_escape(text: str, i: int) -> tuple[int, int]:
+    """The escape at ``text[i]`` (a backslash) in a double-quoted YAML scalar: its length in
+    the file and how many non-blank characters of the value it gives (0 or 1)."""
+    c = text[i + 1 : i + 2]
+    if c == "\n":  # a line continuation: nothing in the value
+        return 2, 0
+    if c in _HEX_ESCAPES:
+        size = _HEX_ESCAPES[c]
+        try:
+            value = chr(int(text[i + 2 : i + 2 + size], 16))
+        except ValueError:
+            return 2, 1
+        return 2 + size, 0 if value.isspace() else 1
+    return 2, 0 if _ESCAPES.get(c, c).isspace() else 1
+
+
 def _expr_where(filename: str, text: str, mark: Mark, source: str, e: ExprError) -> str:
     """``file:line:col`` in the rules file of the error ``e`` at ``e.line:e.col`` of the
     expression ``source``, whatever the YAML style it was written in (plain or quoted, over
@@ -552,14 +574,15 @@ def _expr_where(filename: str, text: str, mark: Mark, source: str, e: ExprError)
         if ch.isspace():
             i += 1
             continue
-        if n == 0:
+        step, chars = 1, 1
+        if style == '"' and ch == "\\":  # an escape: \" \n \x41 \u00e9, or a line break
+            step, chars = _dq_escape(text, i)
+        elif style == "'" and text[i : i + 2] == "''":
+            step = 2
+        if chars and n == 0:
             break
-        # an escape (\" in double quotes, '' in single quotes) is one character of the value
-        step = (
-            2 if (style == '"' and ch == "\\") or (style == "'" and text[i : i + 2] == "''") else 1
-        )
         i += step
-        n -= 1
+        n -= chars
     i = min(i, len(text))
     return f"{filename}:{text.count(chr(10), 0, i) + 1}:{i - text.rfind(chr(10), 0, i)}"
 

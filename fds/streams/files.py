@@ -83,9 +83,9 @@ class ColumnMapping(BaseModel):
             raise ValueError(str(e)) from None
         return v
 
-    def check_columns(self, columns: list[str], where: str, *, header: bool = True) -> None:
-        """Raise :class:`ConfigError` when a mapped column is not in the file, or (``header``:
-        the columns are the whole file's, not one record's) a required field is missing."""
+    def check_columns(self, columns: list[str], where: str) -> None:
+        """Raise :class:`ConfigError` when a mapped column is not in the file, or a required
+        field is neither mapped nor a column (for JSON Lines: of the first record)."""
         wanted = list(self.fields.values()) + ([self.label.column] if self.label else [])
         missing = [c for c in wanted if c not in columns]
         if missing:
@@ -95,7 +95,7 @@ class ColumnMapping(BaseModel):
                 where=where,
             )
         unmapped = sorted(f for f in TX_REQUIRED if f not in self.fields and f not in columns)
-        if unmapped and header:
+        if unmapped:
             raise ConfigError(
                 f"required engine field(s) {unmapped} are neither mapped nor columns of the "
                 f"file: map them under `fields:` (e.g. `{unmapped[0]}: YOUR_COLUMN`); its "
@@ -221,7 +221,7 @@ def _read_jsonl(p: Path, mapping: ColumnMapping | None) -> Iterator[Record]:
                 continue
             if mapping is not None and isinstance(rec, dict):
                 if n == 1:
-                    mapping.check_columns(list(rec), where=f"{p}:1", header=False)
+                    mapping.check_columns(list(rec), where=f"{p}:1")
                 rec = mapping.apply(rec)
             yield n, rec, None
 

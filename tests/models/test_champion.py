@@ -209,3 +209,16 @@ def test_a_challenger_survives_retention_while_its_contest_runs(tmp_path) -> Non
     assert srv.version == "v000002" and reg.champion() == "v000002"
     srv.poll()
     assert srv.version == "v000002"
+
+
+def test_a_challenger_promoted_by_hand_ends_its_contest(tmp_path) -> None:
+    """The contest went on against itself and could reject the champion in the registry."""
+    srv, s, reg = _registry_server(tmp_path, FeatureModel("f_a"))
+    srv.offer(_registered(reg, FeatureModel("f_none")))
+    assert srv.challenger_version == "v000002"
+    reg.promote("v000002")  # fds models promote, while it is in shadow
+    assert srv.poll() == "v000002"
+    srv._install_pending()
+    assert srv.version == "v000002" and srv.challenger is None and srv.contest is None
+    s.run(60, {"f_a": 1.0, "f_b": 1.0})
+    assert reg.champion() == "v000002" and reg.entry("v000002")["status"] == "champion"

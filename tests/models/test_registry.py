@@ -179,12 +179,22 @@ def test_the_models_commands_create_no_registry_and_refuse_a_foreign_manifest(tm
     from fds.cli import main
 
     missing = tmp_path / "typo"
-    assert main(["models", "--registry", str(missing), "list"]) == 2
-    assert "no model registry at" in capsys.readouterr().err and not missing.exists()
+    for command in ("list", "show", "rollback"):
+        assert main(["models", "--registry", str(missing), command]) == 2
+        assert "no model registry at" in capsys.readouterr().err and not missing.exists()
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "manifest.json").write_text("{}")
     assert main(["models", "--registry", str(tmp_path / "r"), "list"]) == 2
     assert "no 'versions' mapping" in capsys.readouterr().err
+
+
+def test_the_champion_is_never_marked_rejected(tmp_path):
+    """A scorer whose contest lost against a version someone promoted meanwhile."""
+    reg = _two_champions(tmp_path)
+    reg.reject("v000002", "lost its shadow contest")
+    assert reg.entry("v000002")["status"] == "champion"
+    reg.rollback(reason="worse")
+    assert reg.entry("v000002")["rejected_because"] == "worse"
 
 
 def test_promoting_a_rejected_version_needs_force(tmp_path, capsys):

@@ -175,11 +175,14 @@ def test_a_redelivered_decision_does_not_bring_back_a_settled_snapshot(kind, tmp
     snapshot, which was later learned again as legitimate."""
     store = MemoryStore() if kind == "memory" else SqliteStore(tmp_path / "s.db")
     t = Trainer(load_spec("default"), store=store)
-    tx = {"tx_id": "a", "ts": 0.0, "card_id": "c", "amount": 5.0}
+    # an id inside the sample of legitimate transactions learned (else it never could be)
+    tx_id = next(f"t{i}" for i in range(10_000) if keep_legit(f"t{i}", t._rate))
+    tx = {"tx_id": tx_id, "ts": 0.0, "card_id": "c", "amount": 5.0}
     decision = {"features": {"f": 1.0}}
     t.on_decision(tx, decision)
-    assert t.on_label({"tx_id": "a", "ts": 3600.0, "is_fraud": True})
+    assert t.on_label({"tx_id": tx_id, "ts": 3600.0, "is_fraud": True})
     t.on_decision(tx, decision)  # redelivered
+    assert len(store) == 0
     t.advance(40 * 86400.0)  # past assume_legit_after
     assert t.stats["frauds_learned"] == 1 and t.stats["assumed_legit"] == 0
 

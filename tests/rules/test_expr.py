@@ -83,6 +83,8 @@ def ev(src: str, values: dict | None = None, known: dict | None = None):
         ("(amount if seen else avg) == 100", True),
         ("amount != None", True),
         ("True", True),
+        ('country and country != "KR"', True),  # a guard: valid, as before
+        ("country or amount > 9999", True),
     ],
 )
 def test_semantics_and_precedence(src: str, expected: bool) -> None:

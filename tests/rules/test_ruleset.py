@@ -280,3 +280,25 @@ def test_an_expression_error_points_at_its_place_in_every_yaml_style(when, where
     with pytest.raises(ConfigError) as ei:
         load_ruleset_text(text, "f.yaml")
     assert str(ei.value).startswith(f"{where}: rule a: unknown name 'bogus'"), str(ei.value)
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        '"country != \\"\\u00e9\\" and bogus > 2"',  # \u00e9: six characters, one in the value
+        '"country != \\"\\x41\\" and bogus > 2"',
+        '"amount > 1 and\\n bogus > 2"',  # \n: a blank in the value
+        '"amount > 1 and \\\n      bogus > 2"',  # a line continuation
+        '"amount > 1 and\\tbogus > 2"',
+    ],
+)
+def test_an_expression_error_points_at_its_place_after_any_escape(when):
+    text = (
+        f'version: "1"\nrules:\n  - id: a\n    when: {when}\n    action: review\n'
+        "    score: 0.5\n    reason: r\n"
+    )
+    at = text.index("bogus")
+    line, col = text.count("\n", 0, at) + 1, at - text.rfind("\n", 0, at)
+    with pytest.raises(ConfigError) as ei:
+        load_ruleset_text(text, "f.yaml")
+    assert str(ei.value).startswith(f"f.yaml:{line}:{col}: rule a:"), str(ei.value)

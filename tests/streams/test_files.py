@@ -1,4 +1,5 @@
 import gzip
+import json
 
 import pytest
 
@@ -58,6 +59,15 @@ def test_a_required_field_neither_mapped_nor_a_column_is_a_config_error(tmp_path
     (tmp_path / "h.csv").write_text(CSV)
     with pytest.raises(ConfigError, match=r"h.csv:1: required engine field\(s\) \['card_id'\]"):
         list(read_records(tmp_path / "h.csv", mapping=load_mapping(tmp_path / "m.yaml")))
+    # the same for JSON Lines (its first record's keys)
+    row = {"TRANSACTION_ID": 1, "TX_DATETIME": "2026-01-01 09:00:00", "TERMINAL_ID": 3,
+           "TX_AMOUNT": 5, "TX_FRAUD": 0}  # fmt: skip
+    (tmp_path / "h.jsonl").write_text(json.dumps(row) + "\n")
+    (tmp_path / "j.yaml").write_text(
+        MAPPING.replace("  card_id: CUSTOMER_ID\n", "").replace("format: csv\n", "")
+    )
+    with pytest.raises(ConfigError, match=r"required engine field\(s\) \['card_id'\]"):
+        list(read_records(tmp_path / "h.jsonl", mapping=load_mapping(tmp_path / "j.yaml")))
     # a column already named like the engine field needs no mapping
     (tmp_path / "h.csv").write_text(CSV.replace("CUSTOMER_ID", "card_id"))
     assert (
