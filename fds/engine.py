@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 from fds.errors import StageError
-from fds.guardrails import MODEL, decision_sources
+from fds.guardrails import MODEL, decision_sources, source_kind
 from fds.models.vector import rule_inputs
 from fds.timeutil import format_ts
 
@@ -338,7 +338,8 @@ class Engine:
     def report(self) -> None:
         """Export slow-moving state to metrics; call between events every few thousand events.
 
-        Rules skipped for a missing name, and entities held in window state.
+        Rules skipped for a missing name, entities held in window state, and who is demoted
+        by the rate breaker now (a restored engine included).
         """
         m = self.metrics
         if m is None:
@@ -355,6 +356,7 @@ class Engine:
         if sizes is not None:
             for entity, n in sizes().items():
                 m.state_entities(entity, n)
+        m.demoted_now((source_kind(s), s) for s in sorted(self.demoted))
 
     def close(self) -> None:
         """Stop the stages' background work (rules watcher, model poller)."""

@@ -115,7 +115,12 @@ class Trip:
     @property
     def kind(self) -> str:
         """``model`` for :data:`MODEL`, else ``rule``."""
-        return "model" if self.source == MODEL else "rule"
+        return source_kind(self.source)
+
+
+def source_kind(source: str) -> str:
+    """What a breaker source is: ``model`` for :data:`MODEL`, else ``rule``."""
+    return "model" if source == MODEL else "rule"
 
 
 class RuleBreaker:

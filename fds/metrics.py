@@ -43,7 +43,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -298,6 +298,12 @@ class Metrics(Collector):
             ["kind", "target"],
             registry=r,
         )
+        self._demoted_now = Gauge(
+            "fds_guardrail_demoted",
+            "1 for each rule or model in shadow by the breaker now (restored ones included).",
+            ["kind", "target"],
+            registry=r,
+        )
         self._degraded = Gauge(
             "fds_degraded_mode", "1 while the model is bypassed and rules decide alone.", registry=r
         )
@@ -505,6 +511,13 @@ class Metrics(Collector):
     def demoted(self, kind: str, target: str) -> None:
         """Count one breaker demotion; ``kind`` is ``rule`` or ``model``, ``target`` its id."""
         self._demotions.labels(kind=kind, target=target).inc()
+
+    def demoted_now(self, demoted: Iterable[tuple[str, str]]) -> None:
+        """Set who is demoted now: ``(kind, target)`` pairs (a demotion restored from a
+        checkpoint is not counted again in ``fds_guardrail_demotions_total``, but shows here)."""
+        self._demoted_now.clear()
+        for kind, target in demoted:
+            self._demoted_now.labels(kind=kind, target=target).set(1)
 
     def degraded(self, on: bool) -> None:
         """Enter (``True``) or leave (``False``) degraded mode (rules decide alone)."""
@@ -786,6 +799,9 @@ class NullMetrics(Metrics):
         pass
 
     def demoted(self, kind: str, target: str) -> None:
+        pass
+
+    def demoted_now(self, demoted: Iterable[tuple[str, str]]) -> None:
         pass
 
     def degraded(self, on: bool) -> None:

@@ -194,3 +194,24 @@ def test_state_dict_roundtrip_gives_identical_decisions():
     second = build_engine(DEFAULT_RULES, None)
     second.load_state_dict(pickle.loads(blob))
     assert [strip(second.decide(t)) for t in txs[cut:]] == expected[cut:]
+
+
+def test_who_is_demoted_now_is_exported_after_a_restore_too():
+    """fds_guardrail_demotions_total restarts at 0 with the process: a rule still demoted by a
+    restored engine was invisible."""
+    engine = Engine(
+        rules=Rules(), policy=Policy(decline_at=0.9, review_at=0.5),
+        breaker=RuleBreaker(window_events=500, multiple=3.0, min_events=50),
+    )  # fmt: skip
+    for i in range(200):
+        engine.decide(tx(i))
+    assert engine.demoted == {"bad"}
+    m = Metrics()
+    restored = Engine(rules=Rules(), policy=Policy(), metrics=m, breaker=RuleBreaker(500))
+    restored.load_state_dict(engine.state_dict())
+    restored.report()
+    get = m.registry.get_sample_value
+    assert get("fds_guardrail_demoted", {"kind": "rule", "target": "bad"}) == 1.0
+    restored.restore("bad")
+    restored.report()
+    assert get("fds_guardrail_demoted", {"kind": "rule", "target": "bad"}) is None
