@@ -230,22 +230,21 @@ class Registry:
         vs = self.versions()
         return vs[-1]["version"] if vs else None
 
-    def load_bytes(self, version: str) -> tuple[bytes, dict[str, Any]]:
-        e = self.entry(version)
+    def _artifact(self, version: str) -> bytes:
         try:
-            data = (self.path / f"{version}.pkl").read_bytes()
+            return (self.path / f"{version}.pkl").read_bytes()
         except FileNotFoundError:
             raise ArtifactError(
                 f"artifact of {version} is missing from {self.path}", local=True
             ) from None
-        return data, e
+
+    def load_bytes(self, version: str) -> tuple[bytes, dict[str, Any]]:
+        e = self.entry(version)
+        return self._artifact(version), e
 
     def verify_file(self, version: str, entry: Mapping[str, Any]) -> None:
         """Check ``version``'s artifact against its entry (sha256, HMAC): nothing unpickled."""
-        try:
-            data = (self.path / f"{version}.pkl").read_bytes()
-        except FileNotFoundError:
-            raise ArtifactError(f"artifact of {version} is missing from {self.path}") from None
+        data = self._artifact(version)
         verify(data, sha256=entry.get("sha256", ""), signature=entry.get("hmac"), key=self.key)
 
     def load(self, version: str) -> Any:
