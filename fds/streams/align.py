@@ -114,14 +114,24 @@ class Aligner:
         since = self._waiting_since.setdefault(tp, now)
         return now - since < self.max_wait_s
 
-    def take(self, n: int, assigned: Iterable[Any] = ()) -> list[tuple[Any, Any, Any]]:
+    def take(self, n: int, assigned: Iterable[Any] | None = None) -> list[tuple[Any, Any, Any]]:
         """Up to ``n`` buffered ``(tp, msg, item)`` in event-time order, stopping where a
-        partition that is behind (one of ``assigned``, or one buffered before) has run dry."""
+        partition that is behind (one of ``assigned``, or one buffered before) has run dry.
+
+        ``assigned`` (the consumer's assignment now): a partition buffered before that is no
+        longer in it is dropped (its new owner reads it; kafka-python may report the old
+        assignment between a revocation and the new assignment)."""
         now = time.monotonic()
         bufs = self._bufs
-        for tp in assigned:
-            if tp not in bufs:
-                bufs[tp] = deque()
+        if assigned is not None:
+            assigned = set(assigned)
+            for tp in [tp for tp in bufs if tp not in assigned]:
+                del bufs[tp]
+                self._waiting_since.pop(tp, None)
+                self._next.pop(tp, None)
+            for tp in assigned:
+                if tp not in bufs:
+                    bufs[tp] = deque()
         if any(not buf and self._holds_back(tp, now) for tp, buf in bufs.items()):
             return []
         heads = [(buf[0][0], i, tp) for i, (tp, buf) in enumerate(bufs.items()) if buf]

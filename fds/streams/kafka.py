@@ -123,6 +123,9 @@ log = logging.getLogger(__name__)
 DLQ_HEADERS = ("source_topic", "source_partition", "source_offset", "stage", "error", "reason")
 # Consumer lag is a gauge for dashboards: once a second is plenty and costs nothing per event.
 LAG_EVERY_S = 1.0
+# A restore (catch-up or rebuild) polls the group consumer this often, so that a rebalance the
+# group starts meanwhile does not wait for the restore to end (Runner._keep_alive).
+KEEPALIVE_S = 0.5
 # Decisions of a batch are handed to the producer this many at a time (see Runner._process).
 SEND_EVERY = 500
 # State-topic chunks (512 KB each) sent per batch: a large snapshot is spread over many batches
@@ -391,6 +394,8 @@ class Runner:
         # Input partitions just assigned: the state is brought up to their committed offsets
         # before their first batch is decided (fds.streams.rebuild).
         self._unresolved: set[int] = set()
+        self._rebalances = 0  # listener calls so far: a restore that sees one starts again
+        self._restoring = False  # folding a restore: the state is ahead of _positions
         # A partition the state has not followed (no checkpoint yet, or it moved here from
         # another instance) gets the state rebuilt from the input, all partitions merged in
         # event time, from the feature horizon up to the group's committed offsets.
@@ -428,6 +433,9 @@ class Runner:
         # transaction) are committed: the window where at-least-once must replay the batch and
         # exactly-once must abort it. Unset in production.
         self._kill_after_flush = int(os.environ.get("FDS_FAULT_KILL_AFTER_FLUSH", "0"))
+        # ... and slow every record a restore folds down by this many seconds (a long rebuild
+        # in a short test). Unset in production.
+        self._fold_delay = float(os.environ.get("FDS_FAULT_FOLD_DELAY_S", "0"))
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -848,6 +856,8 @@ class Runner:
         self.stats.caught_up += 1
         with contextlib.suppress(Exception):  # it was dead-lettered when first decided
             self.engine.fold(tx)
+        if self._fold_delay:
+            time.sleep(self._fold_delay)
 
     # -- state -------------------------------------------------------------------------------
 
@@ -864,7 +874,7 @@ class Runner:
         after a synchronous commit of all of them: the state then covers exactly
         ``_positions``)."""
         ck = self.checkpointer
-        if ck is None or not self._positions:
+        if ck is None or not self._positions or self._restoring:
             return False
         if not force and not self._checkpoint_due():
             return False
@@ -968,6 +978,7 @@ class Runner:
     def _on_assigned(self, assigned: Any) -> None:
         """Note the new assignment; the state is brought up to date before its first batch
         (the group consumer itself starts at the committed offsets)."""
+        self._rebalances += 1
         self._unresolved = {tp.partition for tp in assigned if tp.topic == self.s.input_topic}
 
     def _restore_assigned(self) -> None:
@@ -1039,13 +1050,25 @@ class Runner:
                 )
                 ranges = {tp: (starts[tp], c) for tp, c in committed.items() if c is not None}
             folded = self.stats.caught_up
-            for tx in read_merged(reader, ranges, self._parsed, timeout_s=self.s.broker_timeout_s):
+            rebalances = self._rebalances
+            answer_at = time.monotonic() + KEEPALIVE_S
+            self._restoring = True
+            for i, tx in enumerate(
+                read_merged(reader, ranges, self._parsed, timeout_s=self.s.broker_timeout_s)
+            ):
                 if self._stop:  # SIGTERM mid-way: the state is partial, nothing is kept of it
                     pos.clear()
                     log.info("%s interrupted by a stop; the next start does it again", what)
                     return
                 self._fold(tx)
+                if self._rebuild and not i & 255 and time.monotonic() >= answer_at:
+                    self._keep_alive()
+                    answer_at = time.monotonic() + KEEPALIVE_S
+                    if self._rebalances != rebalances:
+                        self._restart_restore(what)
+                        return
         finally:
+            self._restoring = False
             with contextlib.suppress(Exception):
                 reader.close()
         pos.update({tp.partition: c for tp, c in committed.items() if c is not None})
@@ -1057,6 +1080,36 @@ class Runner:
         self.checkpoint(force=True)
         self._live = False  # a restore is not input decided: a repeat assignment may catch up
         self._labels_due = True  # labels applied before may be missing from the folded state
+
+    def _keep_alive(self) -> None:
+        """Poll the group consumer once in the middle of a long restore. A rebalance the group
+        starts meanwhile waits for every member to poll; without this, every other instance
+        would decide nothing until the restore ends (kafka-python stops fetching during any
+        rebalance, cooperative ones included). What the poll fetches waits in the aligner."""
+        try:
+            batch = self.consumer.poll(timeout_ms=0, max_records=self.s.max_poll_records)
+        except KafkaError as exc:  # the restore's own reads notice a broker that is gone
+            log.warning("poll during a restore failed: %s: %s", type(exc).__name__, exc)
+            return
+        if batch and self.aligner is not None:
+            self.aligner.add(batch)
+
+    def _restart_restore(self, what: str) -> None:
+        """A rebalance interrupted a restore: drop the partial state (back to the checkpoint,
+        or empty), and restore again for the partitions assigned now, before any is decided."""
+        self.engine.load_state_dict(pickle.loads(self._fresh_state))
+        self._positions.clear()
+        self._restore()
+        self._model_without_labels()
+        self._live = False
+        self._labels_due = True
+        self._unresolved |= {
+            tp.partition for tp in self.consumer.assignment() if tp.topic == self.s.input_topic
+        }
+        log.info(
+            "%s interrupted by a rebalance; restoring again for partitions %s",
+            what, sorted(self._unresolved),
+        )  # fmt: skip
 
     def _report(self) -> None:
         """About once a second: the lag of every assigned partition (records not decided yet),
@@ -1178,6 +1231,7 @@ class _Revoke(ConsumerRebalanceListener):
 
     def _forget(self, tps: Any) -> None:
         runner = self.runner
+        runner._rebalances += 1
         for tp in tps:
             runner._unresolved.discard(tp.partition)
             runner._decided.pop(tp, None)  # taken back later: its lag starts from the commit

@@ -8,6 +8,7 @@ each time; its decisions must carry the same features as an uninterrupted run.
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from typing import Any
 
@@ -203,3 +204,78 @@ def test_two_instances_one_killed_survivor_takes_over_nothing_lost(
 
 def _card(features: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in features.items() if k.startswith("card_")}
+
+
+def test_a_rebalance_during_a_rebuild_does_not_stop_the_other_instances(
+    kafka_bootstrap, topics, unique_name, tmp_path
+):
+    """A member rebuilding state answers a rebalance within a second (Runner._keep_alive)
+    instead of holding the whole group until its rebuild ends: while B rebuilds (slowed down
+    to ~20 s), C joins, and A and C decide new input before B's rebuild is over. B's rebuild
+    then starts again for its new assignment; nothing is lost and every card feature equals
+    an uninterrupted run's."""
+    ids = write_stream(tmp_path / "tx.jsonl", 20_000, step=0.01)
+    group = unique_name("g")
+    s = settings_for(kafka_bootstrap, topics, group)
+    produce_file(tmp_path / "tx.jsonl", s)
+
+    def stages(name: str) -> tuple[str, ...]:
+        return (
+            "--rules", str(DEFAULT_RULES), "--model", "none",
+            "--state-dir", str(tmp_path / name), "--max-poll-records", "100",
+        )  # fmt: skip
+
+    a = spawn_run(kafka_bootstrap, topics, group, stages=stages("a"))
+    wait_until(
+        lambda: count_records(kafka_bootstrap, topics["decisions"]) >= len(ids), 90,
+        "A deciding the whole backlog",
+    )  # fmt: skip
+    # B joins, gets half the partitions and rebuilds their state from the input, slowly.
+    b = spawn_run(
+        kafka_bootstrap, topics, group, stages=stages("b"),
+        env={"FDS_LOG_LEVEL": "INFO", "FDS_FAULT_FOLD_DELAY_S": "0.002"},
+    )  # fmt: skip
+    b_log: list[str] = []
+    reader = threading.Thread(target=lambda: b_log.extend(iter(b.stderr.readline, "")))
+    reader.start()
+    wait_until(lambda: any("partitions assigned" in line for line in b_log), 60, "B assigned")
+    t_join = time.monotonic()
+    c = spawn_run(kafka_bootstrap, topics, group, stages=stages("c"))
+    new = write_stream(tmp_path / "more.jsonl", 600, start=len(ids), step=0.01)
+    produce_file(tmp_path / "more.jsonl", s)
+
+    def new_decided() -> int:
+        recs = read_all(kafka_bootstrap, topics["decisions"])
+        return len({orjson.loads(r.value)["tx_id"] for r in recs} & set(new))
+
+    wait_until(lambda: new_decided() >= len(new) // 3, 60, "A and C deciding new input")
+    waited = time.monotonic() - t_join
+    rebuilt = [line for line in b_log if "rebuild partitions=" in line]
+    assert not rebuilt, f"B finished rebuilding before the others decided anything: {rebuilt}"
+    wait_until(lambda: new_decided() == len(new), 120, "B deciding its share after its rebuild")
+    for p in (a, b, c):
+        p.send_signal(signal.SIGTERM)
+    for p in (a, c):
+        _, err = p.communicate(timeout=30)
+        assert p.returncode == 0, err[-8000:]
+    b.wait(30)
+    reader.join(10)
+    assert b.returncode == 0, "".join(b_log)[-2000:]
+    assert any("rebuild interrupted by a rebalance" in line for line in b_log), "".join(b_log)
+
+    ref = build_run_engine(DEFAULT_RULES, None)
+    try:
+        want = {
+            tx["tx_id"]: _card(ref.decide(tx)["features"])
+            for path in ("tx.jsonl", "more.jsonl")
+            for tx in replay_load(tmp_path / path).transactions
+        }
+    finally:
+        close_engine(ref)
+    seen = set()
+    for r in read_all(kafka_bootstrap, topics["decisions"]):
+        d = orjson.loads(r.value)
+        seen.add(d["tx_id"])
+        assert _card(d["features"]) == want[d["tx_id"]], d["tx_id"]
+    assert seen == set(ids) | set(new)
+    print(f"new input decided {waited:.1f} s after C joined, while B was still rebuilding")

@@ -91,3 +91,22 @@ def test_a_full_buffer_keeps_max_buffer_records_and_refetches_the_rest_later():
     a.forget(["p0"])
     assert c.sought == {"p0": 3}
     assert _names(a.take(10)) == ["b"]
+
+
+def test_a_partition_no_longer_assigned_is_dropped_not_asked_about():
+    """Between a revocation and the new assignment kafka-python may report the old assignment,
+    so the loop can buffer a partition it then loses: it is dropped at the next take (its new
+    owner reads it), and the consumer is never asked about it (kafka-python raises
+    IllegalStateError for the high watermark of a partition not assigned)."""
+
+    class Strict(Consumer):
+        def highwater(self, tp: str) -> int | None:
+            assert tp in self.hw, f"asked about unassigned {tp}"
+            return self.hw[tp]
+
+    a = Aligner(Strict(p0=2, p1=2, p2=0), _key)
+    a.add({"p0": _recs("a", [1.0, 3.0]), "p1": _recs("b", [2.0])})
+    a.take(0, {"p0", "p1", "p2"})  # the old assignment, p2 still in it
+    del a.consumer.hw["p1"], a.consumer.hw["p2"]  # p1 and p2 moved away
+    assert _names(a.take(10, {"p0"})) == ["a0", "a1"]
+    assert len(a) == 0

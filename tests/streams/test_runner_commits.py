@@ -10,7 +10,7 @@ from collections import namedtuple
 from typing import Any
 
 import pytest
-from kafka.structs import TopicPartition
+from kafka.structs import OffsetAndTimestamp, TopicPartition
 
 from fds.engine import Engine
 from fds.errors import FdsError
@@ -299,6 +299,12 @@ class Reader:
     def pause(self, *tps):
         pass
 
+    def offsets_for_times(self, times):  # every record is within the feature horizon
+        return {tp: OffsetAndTimestamp(self.log_start, 0, -1) for tp in times}
+
+    def end_offsets(self, tps):
+        return dict.fromkeys(tps, len(self.recs))
+
     def poll(self, timeout_ms=0):
         self.on_poll()
         n = len(self.recs)
@@ -459,3 +465,76 @@ def test_a_transaction_stamped_far_after_its_record_was_produced_is_a_dead_lette
     assert _event_time(far, 0.0)[0] == produced + 4000  # 0: no check
     runner = make_runner(max_event_ahead_s=3600)
     assert runner._parsed(far) is None and runner._parsed(ok) is not None
+
+
+def rebuilding_runner(tmp_path: Any, reader: Reader, group: Any) -> Runner:
+    """A runner with the default features, no checkpoint yet, that must rebuild partition 0
+    (the group committed 10) with ``reader``; ``group`` is its group consumer."""
+    from fds.pipeline import DEFAULT_RULES
+    from fds.streams.checkpoint import Checkpointer
+    from fds.streams.kafka import build_run_engine
+
+    r = Runner(
+        KafkaSettings(checkpoint_in_background=False), build_run_engine(DEFAULT_RULES, None),
+        consumer_factory=lambda **_: reader, checkpointer=Checkpointer(tmp_path / "state"),
+    )  # fmt: skip
+    r.consumer = group
+    r.aligner = Aligner(group, _event_time)
+    r._live = True  # deciding already: a partition that moved here is rebuilt
+    return r
+
+
+def test_a_rebuild_answers_a_rebalance_and_starts_again_for_the_new_assignment(
+    tmp_path, monkeypatch
+):
+    """A long restore polls the group now and then (Runner._keep_alive): a rebalance that starts
+    meanwhile does not wait for the restore to end (every other instance would decide nothing
+    until then). When the poll revokes and reassigns partitions, the partial state is dropped,
+    nothing of it is checkpointed, and the restore starts again before anything is decided."""
+    from fds.streams import kafka
+
+    monkeypatch.setattr(kafka, "KEEPALIVE_S", 0.0)  # answer at the first chance
+
+    class Rebalancing(Group):
+        polls = 0
+
+        def poll(self, timeout_ms=0, max_records=None):
+            Rebalancing.polls += 1
+            if Rebalancing.polls == 1:  # the group rebalances while this member rebuilds
+                listener = kafka._Revoke(r)
+                listener.on_partitions_revoked({TP})
+                listener.on_partitions_assigned({TP})
+            return {TP: records(10, 2)}  # fetched meanwhile: waits in the aligner
+
+        def assignment(self):
+            return {TP}
+
+    r = rebuilding_runner(tmp_path, Reader(records(0, 10), per_poll=1), Rebalancing())
+    r._bring_up_to_date([TP])
+    assert Rebalancing.polls == 1 and r.stats.caught_up == 1  # interrupted after one fold
+    assert r._positions == {} and r._unresolved == {0}
+    assert r.engine.features.state_sizes()["card_id"] == 0  # the partial state is gone
+    assert not r.checkpointer.path.exists()  # nothing partial was checkpointed
+    assert len(r.aligner) == 2
+
+    r._bring_up_to_date([TP])  # again, for the assignment the group settled on
+    assert r._positions == {0: 10} and r.stats.caught_up == 1 + 10
+    assert r.engine.features.state_sizes()["card_id"] == 1
+    assert r.checkpointer.path.exists()
+
+
+def test_a_rebuild_that_no_rebalance_interrupts_polls_and_finishes(tmp_path, monkeypatch):
+    from fds.streams import kafka
+
+    monkeypatch.setattr(kafka, "KEEPALIVE_S", 0.0)
+
+    class Quiet(Group):
+        polls = 0
+
+        def poll(self, timeout_ms=0, max_records=None):
+            Quiet.polls += 1
+            return {}
+
+    r = rebuilding_runner(tmp_path, Reader(records(0, 10), per_poll=1), Quiet())
+    r._bring_up_to_date([TP])
+    assert Quiet.polls >= 1 and r._positions == {0: 10} and r.stats.caught_up == 10
