@@ -39,8 +39,10 @@ Two ways to get new versions:
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import math
+import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -68,8 +70,12 @@ CANARY_SIZE = 64
 # A version that failed to load for a reason of this machine (key, files, libraries) is tried
 # again after this long (watch mode).
 LOCAL_RETRY_S = 60.0
-#: Shadow scores and inputs kept per tx_id for promotion decisions (watch mode); bounded memory.
+#: Decision-time inputs kept per tx_id for the contests and the gate (watch mode, with a labels
+#: topic): a count, not a time, so at 1M decisions a day only labels within ~5 h of their
+#: decision are judged (README, "Models over Kafka"); bounded memory (~1 KB per input).
 KEEP_SIZE = 200_000
+#: Registry writes of the scorer's own verdicts (watch mode) that fail are retried this often.
+RECORD_RETRIES = (1.0, 5.0, 30.0)
 #: Every RANK_STRIDE-th recent input ranks contest scores: 2,048 points keep ~10 above a top-0.5%
 #: budget while halving the cost of a refresh (two models x the points, on the label path).
 RANK_STRIDE = 2
@@ -175,7 +181,6 @@ class ModelServer:
         self._recent: collections.deque[dict[str, float]] = collections.deque(maxlen=RECENT_SIZE)
         self._day_counts: collections.Counter[int] = collections.Counter()
         self._last: tuple[str, dict[str, float]] | None = None
-        self.shadow_scores: collections.OrderedDict[str, float] = collections.OrderedDict()
         self._inputs: collections.OrderedDict[str, dict[str, float]] = collections.OrderedDict()
         self.history: list[dict[str, Any]] = []
         self.stats: collections.Counter[str] = collections.Counter()
@@ -185,6 +190,9 @@ class ModelServer:
         self._offered = -1  # seq of the newest version taken from the registry (watch mode)
         self._labels_here = True  # fraud labels reach on_label (see without_labels)
         self._retry_at: dict[str, float] = {}  # version that failed to load -> when to retry
+        # watch mode: the scorer's own verdicts, written to the registry in order (see _record)
+        self._writes: queue.Queue[tuple[str, Callable[[Registry], Any]]] = queue.Queue()
+        self._writer: threading.Thread | None = None
         if self.trainer is not None:
             self.trainer.on_example = self._evaluate
             self.trainer.on_drift = lambda now: self._emit("drift", {"ts": now})
@@ -210,11 +218,8 @@ class ModelServer:
             raw = min(max(raw, 0.0), 1.0)
         s = self._probability(raw)
         if self.challenger is not None:
-            try:
-                sh = self.shadow_scores
-                sh[tx["tx_id"]] = _p(self.challenger, x)
-                if len(sh) > KEEP_SIZE:
-                    sh.popitem(last=False)
+            try:  # in shadow: scored on live traffic so that a failing one is dropped early
+                _p(self.challenger, x)
             except Exception as e:  # a challenger never breaks serving
                 self._drop_challenger(
                     "reject", f"shadow scoring raised {type(e).__name__}: {e}", local=True
@@ -243,7 +248,7 @@ class ModelServer:
         self._day_counts[int(ts // _DAY)] += 1
         if self.trainer is not None:
             self.trainer.on_decision(tx, decision, x=x)
-        else:
+        elif self._labels_here:  # (no label would ever take them)
             keep = self._inputs
             keep[tx_id] = x
             if len(keep) > KEEP_SIZE:
@@ -304,7 +309,6 @@ class ModelServer:
             self._record(f"shadow {version}", lambda reg: reg.mark_shadow(version))
         self.challenger, self.challenger_version = model, version
         self._challenger_entry = entry
-        self.shadow_scores.clear()
         self.contest = Contest(
             "shadow", self.version or "", version, self.spec.promote.shadow_min_labels
         )
@@ -336,22 +340,47 @@ class ModelServer:
                 version, reason=why, reject_current=reject_old))  # fmt: skip
 
     def _record(self, what: str, change: Callable[[Registry], Any]) -> None:
-        """Write a verdict to the registry (file I/O + fsync: never on the hot path in watch
-        mode, where it runs on a short-lived thread; inline it is synchronous so a replay is
-        reproducible)."""
+        """Write a verdict to the registry. Inline it is synchronous, so a replay is
+        reproducible. In watch mode (file I/O + fsync: never on the hot path) the writes go in
+        order through one writer thread, each retried a few times (a lock held by `fds train`,
+        a full disk); the watcher reads no manifest while one is pending, or it would take the
+        champion pointer our promotion is about to replace for a change made by hand."""
         reg = self.registry
         assert reg is not None
+        if self._watch is None:
+            with contextlib.suppress(Exception):  # bookkeeping: serving goes on
+                self._write(reg, what, change, retries=())
+            return
+        self._writes.put((what, change))
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._write_loop, name="fds-model-record",
+                                            daemon=True)  # fmt: skip
+            self._writer.start()
 
-        def write() -> None:
+    def _write_loop(self) -> None:
+        reg = self.registry
+        assert reg is not None
+        while True:
+            what, change = self._writes.get()
+            with contextlib.suppress(Exception):
+                self._write(reg, what, change, retries=RECORD_RETRIES)
+            self._writes.task_done()
+
+    def _write(self, reg: Registry, what: str, change: Callable[[Registry], Any],
+               retries: tuple[float, ...]) -> None:  # fmt: skip
+        for wait in (*retries, None):
             try:
                 change(reg)
-            except Exception as e:  # the registry is bookkeeping here; serving goes on
-                log.warning('registry update failed change="%s" error=%s', what, e)
+                return
+            except Exception as e:
+                log.warning('registry update failed change="%s" error=%s%s', what, e,
+                            "" if wait is None else f"; retrying in {wait:g} s")  # fmt: skip
+                if wait is None or self._stop.wait(wait):
+                    raise
 
-        if self._watch is not None:
-            threading.Thread(target=write, name="fds-model-record", daemon=True).start()
-        else:
-            write()
+    def _writing(self) -> bool:
+        """Is a verdict of ours still on its way to the registry (watch mode)?"""
+        return self._writes.unfinished_tasks > 0
 
     def _drop_challenger(
         self,
@@ -454,6 +483,7 @@ class ModelServer:
             )
         self.auto_promote = False
         self._labels_here = False
+        self._inputs.clear()
         self._gate_by_count()
 
     def _gate_by_count(self) -> None:
@@ -479,25 +509,40 @@ class ModelServer:
         """
         if not y:
             return
-        self._judge_gate(x)
+        try:  # a model that raises is the model guard's business on the decision path
+            self._judge_gate(x)
+        except Exception as e:
+            log.warning("maturity gate: the champion raised %s: %s; label skipped",
+                        type(e).__name__, e)  # fmt: skip
         p = self.probation
         if p is not None:
-            if self._prob_ranks is None or p.n % THRESHOLD_REFRESH == 0:
-                self._prob_ranks = self._ranked((self.champion, self.predecessor))
-            r = self._prob_ranks
-            p.add(r[0].credit(_p(self.champion, x)), r[1].credit(_p(self.predecessor, x)))
-            verdict = p.verdict()
-            if verdict is not None:
-                self._judge_probation(verdict)
+            try:
+                if self._prob_ranks is None or p.n % THRESHOLD_REFRESH == 0:
+                    self._prob_ranks = self._ranked((self.champion, self.predecessor))
+                r = self._prob_ranks
+                p.add(r[0].credit(_p(self.champion, x)), r[1].credit(_p(self.predecessor, x)))
+            except Exception as e:  # no verdict possible: the champion stays, unjudged
+                self.probation = self.predecessor = self.predecessor_version = None
+                self._emit("probation_ended", {"why": f"scoring raised {type(e).__name__}: {e}"})
+            else:
+                verdict = p.verdict()
+                if verdict is not None:
+                    self._judge_probation(verdict)
         c = self.contest
         if c is not None:
-            if self._ranks is None or c.n % THRESHOLD_REFRESH == 0:
-                self._ranks = self._ranked((self.champion, self.challenger))
-            r = self._ranks
-            c.add(r[0].credit(_p(self.champion, x)), r[1].credit(_p(self.challenger, x)))
-            verdict = c.verdict()
-            if verdict is not None:
-                self._judge_shadow(verdict)
+            try:
+                if self._ranks is None or c.n % THRESHOLD_REFRESH == 0:
+                    self._ranks = self._ranked((self.champion, self.challenger))
+                r = self._ranks
+                c.add(r[0].credit(_p(self.champion, x)), r[1].credit(_p(self.challenger, x)))
+            except Exception as e:  # as on the decision path: the challenger goes
+                self._drop_challenger(
+                    "reject", f"shadow scoring raised {type(e).__name__}: {e}", local=True
+                )
+            else:
+                verdict = c.verdict()
+                if verdict is not None:
+                    self._judge_shadow(verdict)
 
     def _judge_shadow(self, verdict: str) -> None:
         c = self.contest
@@ -591,6 +636,8 @@ class ModelServer:
         events. Returns the version prepared, if any.
         """
         assert self.registry is not None
+        if self._writing():  # the manifest may not show our own verdict yet
+            return None
         m = self.registry.manifest()
         champ = m.get("champion")
         role, target = None, None
@@ -661,6 +708,14 @@ class ModelServer:
             dropped = version == self.challenger_version  # promoted by hand in its contest
             if dropped:
                 self.challenger = self.challenger_version = self.contest = None
+            # set by hand (or the first): no probation of the champion it replaces applies,
+            # and a running contest goes on against this one
+            self.probation = self.predecessor = self.predecessor_version = None
+            self._prob_ranks = self._ranks = None
+            if self.contest is not None:
+                self.contest = Contest(
+                    "shadow", version, self.contest.candidate, self.contest.min_labels
+                )
             self._set_champion(version, model, "registry", entry)
             if dropped:
                 self._next_queued()
@@ -676,8 +731,8 @@ class ModelServer:
         def loop() -> None:
             seen = None
             while not self._stop.wait(every):
-                if self._pending is not None:
-                    continue  # the hot path has not taken the last one yet
+                if self._pending is not None or self._writing():
+                    continue  # the hot path has not taken the last one yet, or see _record
                 stamp = reg.stamp()  # one stat(); the manifest is read only when it changed
                 if stamp == seen:
                     continue

@@ -22,3 +22,13 @@ class NaNModel(FeatureModel):
 
     def predict_proba_one(self, x: dict[str, float]) -> dict[bool, float]:
         return {True: float("nan"), False: float("nan")}
+
+
+class RaisesOn(FeatureModel):
+    """Scores like :class:`FeatureModel` but raises on inputs whose ``boom`` is 1 (a library
+    edge case the canary's recent inputs did not meet)."""
+
+    def predict_proba_one(self, x: dict[str, float]) -> dict[bool, float]:
+        if x.get("boom") == 1.0:
+            raise ZeroDivisionError("boom")
+        return super().predict_proba_one(x)

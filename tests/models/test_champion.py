@@ -12,7 +12,7 @@ from fds.models.registry import Registry, make_entry
 from fds.models.scorer import ModelServer
 from fds.models.spec import parse_spec
 from fds.models.trainer import Publication
-from tests.models.fakes import FeatureModel
+from tests.models.fakes import FeatureModel, RaisesOn
 
 DAY = 86400.0
 SPEC = parse_spec(
@@ -86,7 +86,7 @@ def test_better_challenger_is_promoted_after_shadow_then_confirmed() -> None:
     assert srv.offer(_pub(FeatureModel("f_a"), 2))
     assert srv.challenger_version == "v000002" and srv.version == "v000001"
     s.run(40, {"f_a": 1.0, "f_b": 1.0})  # 4 frauds: not enough labels yet
-    assert srv.version == "v000001" and srv.shadow_scores  # scored in shadow, not served
+    assert srv.version == "v000001" and srv.contest is not None and srv.contest.n > 0  # in shadow
     s.run(20, {"f_a": 1.0, "f_b": 1.0})
     assert srv.version == "v000002"
     assert srv.history[0]["verdict"] == "promote"
@@ -222,3 +222,73 @@ def test_a_challenger_promoted_by_hand_ends_its_contest(tmp_path) -> None:
     assert srv.version == "v000002" and srv.challenger is None and srv.contest is None
     s.run(60, {"f_a": 1.0, "f_b": 1.0})
     assert reg.champion() == "v000002" and reg.entry("v000002")["status"] == "champion"
+
+
+def test_a_champion_promoted_by_hand_is_not_judged_by_the_probation_it_ended(tmp_path) -> None:
+    """An operator promotes v3 while v2 is on probation against v1: the stale probation went on
+    with v3 as 'champion', rolled it back to v1 and rejected v3 in the registry."""
+    srv, s, reg = _registry_server(tmp_path, FeatureModel("f_a"))
+    srv.offer(_registered(reg, FeatureModel("f_b")))
+    s.run(60, {"f_a": 1.0, "f_b": 1.0})  # tie: v2 promoted, on probation against v1
+    assert srv.version == "v000002" and srv.probation is not None
+    reg.publish(FeatureModel("f_none"), spec={"name": "t"})
+    reg.promote("v000003", reason="by hand")  # fds models promote
+    assert srv.poll() == "v000003"
+    srv._install_pending()
+    assert srv.version == "v000003" and srv.probation is None
+    s.run(60, {"f_a": 1.0, "f_b": 0.0})
+    assert srv.stats["rollback"] == 0 and reg.champion() == "v000003"
+    assert reg.entry("v000003")["status"] == "champion"
+
+
+def test_the_watcher_does_not_undo_a_promotion_whose_write_is_still_pending(tmp_path) -> None:
+    """Watch mode writes verdicts off the hot path. The watcher read the manifest before the
+    promotion landed, took the old champion pointer for a change made by hand and swapped the
+    contest's loser back in."""
+    import threading
+
+    srv, s, reg = _registry_server(tmp_path, FeatureModel("f_none"))
+    srv.start_watch(every=3600)  # watch mode; the test calls poll() itself
+    release = threading.Event()
+    promote = reg.promote
+
+    def slow_promote(*args: Any, **kw: Any) -> Any:
+        release.wait(10)  # a registry lock held by `fds train`, a slow fsync
+        return promote(*args, **kw)
+
+    reg.promote = slow_promote  # type: ignore[method-assign]
+    try:
+        srv.offer(_registered(reg, FeatureModel("f_a")))
+        s.run(60, {"f_a": 1.0, "f_b": 1.0})  # v2 wins its contest; the write waits
+        assert srv.version == "v000002" and reg.champion() == "v000001"
+        reg.publish(FeatureModel("f_none"), spec={"name": "t"})  # the manifest changes
+        srv.poll()
+        srv._install_pending()
+        assert srv.version == "v000002"
+        release.set()
+        srv._writes.join()
+        assert reg.champion() == "v000002"
+    finally:
+        release.set()
+        srv.stop_watch()
+
+
+def test_a_challenger_that_raises_on_a_label_is_dropped_not_raised(tmp_path) -> None:
+    """Scoring a labelled input with the challenger raised out of on_label, which stops
+    `fds run` (the decision path already dropped such a challenger)."""
+    srv, s, reg = _registry_server(tmp_path, FeatureModel("f_a"))
+    i = s.i
+    s.i += 1
+    s._decide(i, i * DAY / 200, {"f_a": 1.0, "boom": 1.0})  # decided before the challenger
+    s.run(100, {"f_a": 1.0})  # the canary's recent inputs: none with boom
+    assert srv.offer(_registered(reg, RaisesOn("f_a")))
+    s.engine.learn({"tx_id": f"t{i}", "ts": i * DAY / 200 + 1, "is_fraud": True})
+    assert srv.challenger is None and srv.stats["reject"] == 1
+    assert srv.version == "v000001"
+
+
+def test_no_input_is_kept_when_no_label_can_reach_the_scorer(tmp_path) -> None:
+    srv, s, _reg = _registry_server(tmp_path, FeatureModel("f_a"))
+    srv.without_labels()
+    s.run(50, {"f_a": 1.0})
+    assert len(srv._inputs) == 0
