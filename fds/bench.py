@@ -39,6 +39,8 @@ VARIANTS = ("rules", "static_sklearn", "river_frozen", "adaptive", "rules+adapti
 _DAY = 86400.0
 #: Days before the drift that define "pre-drift precision" (a week smooths daily noise).
 PRE_DRIFT_DAYS = 7
+#: The simulator's drift day: mid-way through its 60 default days (``simulate``'s default).
+SIM_DRIFT_DAY = 30
 #: Default daily alert budget on the simulator, per 20,000 cards. The simulator makes ~35
 #: frauds a day per 20,000 cards before the drift (~90 after); a budget below that volume makes
 #: precision@k measure ranking quality rather than how many frauds there were to find.
@@ -172,11 +174,15 @@ def _load_stream(
                 f"--warmup-days from 1 to {covered - 1} (or more days) so that days are left to "
                 "evaluate"
             )
-        if drift_day is not None and not warmup_days <= drift_day < covered:
+        # at least one evaluated day before the drift: pre-drift precision is what recovery
+        # is measured against (over up to PRE_DRIFT_DAYS of them)
+        if drift_day is not None and not warmup_days < drift_day < covered:
             raise ConfigError(
                 f"--drift-day {drift_day} must fall after the warm-up ({warmup_days} days) and "
                 f"inside the {covered} days (or -1 for no drift): the frozen models are "
-                "trained on the warm-up, before the drift"
+                "trained on the warm-up, before the drift, and recovery is measured against "
+                f"the evaluated days between them (up to {PRE_DRIFT_DAYS}): give a --drift-day "
+                f"after day {warmup_days} or a shorter --warmup-days"
             )
 
     if input_path is None:
@@ -226,7 +232,7 @@ def run_precision(
     cards: int = 20_000,
     merchants: int = 2_000,
     seed: int = 7,
-    drift_day: int | None = 30,
+    drift_day: int | None = SIM_DRIFT_DAY,
     warmup_days: int = 14,
     k: int | None = None,
     spec: str = "default",
@@ -480,6 +486,8 @@ def _recovery(
         return {}
     idx = {d: j for j, d in enumerate(eval_days)}
     pre = [d for d in range(drift_day - PRE_DRIFT_DAYS, drift_day) if d in idx]
+    if not pre:  # no pre-drift precision to recover to (a file without those days)
+        return {}
     deadline_days = math.ceil((label_delay or 0.0) + 3)
     out: dict[str, Any] = {"deadline_days": deadline_days, "pre_days": pre}
     after_from = drift_day + deadline_days
@@ -487,22 +495,24 @@ def _recovery(
     # the issue's "over the same days": after the drift day, up to the recovery deadline
     within = [d for d in eval_days if drift_day < d <= after_from]
     out["window_days"] = within
+    after_drift = [d for d in eval_days if d >= drift_day]
     for v in VARIANTS:
         p = daily[v]["precision"]
-        pre_p = float(np.mean([p[idx[d]] for d in pre])) if pre else float("nan")
-        # recovered: the first day from which the mean of that day and the next two is back
-        # to RECOVERED_SHARE of pre-drift (one lucky day does not count)
-        rec = None
-        after_drift = [d for d in eval_days if d >= drift_day]
-        for j, d in enumerate(after_drift):
-            window = [p[idx[e]] for e in after_drift[j : j + RECOVERY_RUN]]
-            if len(window) == RECOVERY_RUN and np.mean(window) >= RECOVERED_SHARE * pre_p:
-                rec = d - drift_day
-                break
-        drop = min(p[idx[d]] for d in eval_days if d >= drift_day)
+        pre_p = _mean_over(p, idx, pre)
+        back = RECOVERED_SHARE * pre_p
+        # dropped: the first day from the drift day on below RECOVERED_SHARE of pre-drift;
+        # recovered: the first day after it from which the mean of that day and the next two
+        # is back (one lucky day does not count)
+        dropped = next((d for d in after_drift if p[idx[d]] < back), None)
+        rec: int | None = 0  # never dropped: nothing to recover from
+        if dropped is not None:
+            later = [d for d in after_drift if d > dropped]
+            runs = (later[j : j + RECOVERY_RUN] for j in range(len(later) - RECOVERY_RUN + 1))
+            rec = next((r[0] - drift_day for r in runs if _mean_over(p, idx, r) >= back), None)
         out[v] = {
             "pre_drift_precision": pre_p,
-            "min_after_drift": drop,
+            "min_after_drift": min(p[idx[d]] for d in after_drift),
+            "drop_day": dropped,
             "recovery_days": rec,
             "window_precision": _mean_over(p, idx, within),
             "after_deadline_precision": _mean_over(p, idx, after),
@@ -536,27 +546,49 @@ def _days(days: list[int]) -> str:
     return f"days {days[0]}-{days[-1]}" if days else "no days"
 
 
+def _at_least(value: float, bound: float) -> bool | None:
+    """``value >= bound``; None (not measurable) when ``value`` is NaN."""
+    return None if math.isnan(value) else value >= bound
+
+
+def _fmt(value: float, spec: str, unit: str = "") -> str:
+    """``value`` formatted with ``spec``, then ``unit``; ``"n/a"`` for NaN."""
+    return "n/a" if math.isnan(value) else f"{value:{spec}}{unit}"
+
+
+def _recovered(e: dict[str, Any]) -> str:
+    """When a variant was back to RECOVERED_SHARE of its pre-drift precision."""
+    if e["drop_day"] is None:
+        return "no drop (0 d)"
+    rd = e["recovery_days"]
+    return "never" if rd is None else f"{rd} d after the drift day"
+
+
 def _recovery_text(res: PrecisionResult) -> str:
     r = res.recovery
     if not r:
-        return "(no drift day inside the evaluation period: recovery not measured)"
+        return (
+            "(no drift day inside the evaluation period, or no evaluated day in the week before "
+            "it: recovery not measured)"
+        )
+    delay = res.label_delay_days
     lines = [
-        f"drift day {res.drift_day}; median label delay {res.label_delay_days:.1f} d; "
+        f"drift day {res.drift_day}; median label delay "
+        f"{'n/a' if delay is None else f'{delay:.1f} d'}; "
         f"recovery deadline = delay + 3 = {r['deadline_days']} d",
     ]
     for v in VARIANTS:
         e = r[v]
-        rd = "never" if e["recovery_days"] is None else f"at drift+{e['recovery_days']} d"
         lines.append(
             f"  {v:15s} pre-drift p@k {e['pre_drift_precision']:.3f}  "
             f"min after {e['min_after_drift']:.3f}"
-            f"  back to 90% (3-day mean): {rd}  "
+            f"  back to 90% (3-day mean): {_recovered(e)}  "
             f"p@k over {_days(r['window_days'])}: {e['window_precision']:.3f}  "
             f"from day {res.drift_day + r['deadline_days']}: "
             f"{e['after_deadline_precision']:.3f}"
         )
     for v, reading, lower, _f, _ad in _frozen_gaps(r):
-        lines.append(f"  {v} vs adaptive {reading}: {lower:.0%} lower")
+        lines.append(f"  {v} vs adaptive {reading}: {_fmt(lower, '.0%', ' lower')}")
     return "\n".join(lines)
 
 
@@ -568,8 +600,8 @@ def targets(res: PrecisionResult) -> list[tuple[str, str, bool | None]]:
     out: list[tuple[str, str, bool | None]] = [
         (
             "rules + adaptive >= 2.5x precision@k of rules alone",
-            f"{ratio:.2f}x ({combo:.3f} vs {base:.3f}, k={res.k})",
-            ratio >= 2.5,
+            f"{_fmt(ratio, '.2f', 'x')} ({combo:.3f} vs {base:.3f}, k={res.k})",
+            _at_least(ratio, 2.5),
         )
     ]
     r = res.recovery
@@ -579,7 +611,7 @@ def targets(res: PrecisionResult) -> list[tuple[str, str, bool | None]]:
             (
                 f"adaptive back to >= 90% of pre-drift precision within label delay + 3 d "
                 f"(= {r['deadline_days']} d)",
-                "never" if rd is None else f"{rd} d after the drift day",
+                _recovered(r["adaptive"]),
                 rd is not None and rd <= r["deadline_days"],
             )
         )
@@ -594,8 +626,8 @@ def targets(res: PrecisionResult) -> list[tuple[str, str, bool | None]]:
             out.append(
                 (
                     f"{v} >= 30% lower than adaptive {when[reading]}",
-                    f"{lower:.0%} lower ({f:.3f} vs {ad:.3f})",
-                    lower >= 0.3,
+                    f"{_fmt(lower, '.0%', ' lower')} ({f:.3f} vs {ad:.3f})",
+                    _at_least(lower, 0.3),
                 )
             )
     return out
@@ -729,14 +761,31 @@ def register(subparsers: Any) -> None:
     pp.add_argument("--cards", type=int, default=10_000)
     pp.add_argument("--merchants", type=int, default=1_000)
     pp.add_argument("--seed", type=int, default=7)
-    pp.add_argument("--drift-day", type=int, default=30, help="-1: no drift")
+    pp.add_argument(
+        "--drift-day",
+        type=int,
+        help=f"day the fraud pattern changes (default {SIM_DRIFT_DAY} on the simulator, none "
+        "with --input); -1: no drift",
+    )
     pp.add_argument("--warmup-days", type=int, default=14)
-    pp.add_argument("--k", type=int, help="daily alert budget (default: the rules' policy)")
+    pp.add_argument(
+        "--k", type=_alert_budget, help="daily alert budget (default: the rules' policy)"
+    )
     pp.add_argument("--spec", default="default", help="model spec name or YAML path")
     pp.add_argument("--rules", help="rules file (default rules/default.yaml)")
     pp.add_argument("--out", default="benchmarks/results", help="folder for report and plot")
     pp.add_argument("--name", default="precision", help="report file name (without .md)")
     pp.set_defaults(func=_cmd_precision)
+
+
+def _alert_budget(text: str) -> int:
+    """``--k``: a whole number of alerts per day, at least 1."""
+    k = int(text) if text.strip().isdigit() else 0
+    if k < 1:
+        raise argparse.ArgumentTypeError(
+            f"the daily alert budget must be a whole number of alerts, at least 1 (got {text!r})"
+        )
+    return k
 
 
 def _cmd_precision(args: argparse.Namespace) -> int:
@@ -745,9 +794,11 @@ def _cmd_precision(args: argparse.Namespace) -> int:
     if args.mapping and not args.input:
         print("error: --mapping needs --input FILE", file=sys.stderr)
         return 2
-    drift = None if args.drift_day is not None and args.drift_day < 0 else args.drift_day
-    if args.input and args.drift_day == 30:
-        drift = None  # the simulator's default drift day means nothing for a user's file
+    drift = args.drift_day
+    if drift is None and not args.input:  # a user's file has no drift unless told
+        drift = SIM_DRIFT_DAY
+    if drift is not None and drift < 0:
+        drift = None
     try:
         run_precision(
             days=args.days,

@@ -94,15 +94,15 @@ def _demo(args: argparse.Namespace) -> int:
     if not args.verbose:  # the progress bar and the table tell the story; -v shows every swap
         logging.getLogger("fds").setLevel(logging.WARNING)
 
-    if args.days < 7 or not 1 <= args.drift_day < args.days:
-        print("fds demo: error: need --days >= 7 and 1 <= --drift-day < --days", file=sys.stderr)
+    if args.days < 7 or not 2 <= args.drift_day < args.days:
+        print("fds demo: error: need --days >= 7 and 2 <= --drift-day < --days", file=sys.stderr)
         return 2
     res = run_precision(
         days=args.days,
         cards=args.cards,
         seed=args.seed,
         drift_day=args.drift_day,
-        warmup_days=min(14, args.drift_day),
+        warmup_days=min(14, args.drift_day - 1),  # at least one day before the drift
         rules=str(args.rules),
         out_dir=args.out_dir,
         name="demo",

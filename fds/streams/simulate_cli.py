@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from tqdm import tqdm
 
 from fds.cli import positive_int
 from fds.errors import ConfigError
-from fds.streams.simulator import Simulation, labels_path, simulate, summarize, write
+from fds.streams.simulator import Simulation, check_out, labels_path, simulate, summarize, write
 from fds.timeutil import format_ts, get_zone, parse_ts
 
 __all__ = ["register"]
@@ -50,19 +51,23 @@ def _start(text: str) -> str:
         parse_ts(text)
     except (TypeError, ValueError):
         raise argparse.ArgumentTypeError(
-            f"invalid start {text!r}: give an ISO 8601 time with its offset, e.g. "
-            "2026-01-01T00:00:00+09:00, or epoch seconds"
+            f"invalid start {text!r}: give a local midnight in ISO 8601, e.g. "
+            "2026-01-01T00:00:00 (read in --timezone), or epoch seconds"
         ) from None
     return text
 
 
-def _zone(text: str) -> str:
-    """argparse type: an IANA timezone name."""
-    try:
-        get_zone(text)
-    except ConfigError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return text
+def _checked(check: Callable[[str], object]) -> Callable[[str], str]:
+    """argparse type: the text, once ``check`` (which raises ConfigError) accepts it."""
+
+    def parse(text: str) -> str:
+        try:
+            check(text)
+        except ConfigError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return text
+
+    return parse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -86,13 +91,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "or 'none' for no drift",
     )  # fmt: skip
     p.add_argument(
-        "--start", type=_start, default="2026-01-01T00:00:00+09:00",
-        help="first local midnight, ISO 8601 (default 2026-01-01T00:00:00+09:00)",
+        "--start", type=_start, default="2026-01-01T00:00:00",
+        help="first local midnight, ISO 8601 without offset, read in --timezone "
+        "(default 2026-01-01T00:00:00)",
     )  # fmt: skip
-    p.add_argument("--timezone", type=_zone, default="Asia/Seoul", help="IANA zone of local hours")
     p.add_argument(
-        "--out", required=True, help="transactions file (.jsonl or .jsonl.gz); labels go beside it"
+        "--timezone", type=_checked(get_zone), default="Asia/Seoul", help="IANA zone of local hours"
     )
+    p.add_argument(
+        "--out", type=_checked(check_out), required=True,
+        help="transactions file (.jsonl or .jsonl.gz); labels go beside it",
+    )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress and no summary")
     p.set_defaults(func=_simulate)
 

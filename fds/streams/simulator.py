@@ -50,9 +50,10 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
-from datetime import datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,8 @@ from fds.errors import ConfigError
 from fds.timeutil import get_zone, parse_ts
 
 __all__ = [
-    "SCENARIOS", "Simulation", "labels_beside", "labels_path", "simulate", "summarize", "write",
+    "SCENARIOS", "Simulation", "check_out", "labels_beside", "labels_path", "simulate", "summarize",
+    "write",
 ]  # fmt: skip
 
 Progress = Callable[[str], None]
@@ -388,22 +390,40 @@ class _Clock:
     """Local calendar days of the simulation: event times from (day, local hour)."""
 
     def __init__(self, start: float, days: int, tz_name: str) -> None:
-        tz = get_zone(tz_name)
-        self.tz = tz
-        local = datetime.fromtimestamp(start, tz)
-        # Midnights of each local day (DST-aware); day 0 begins at `start` itself.
-        mid = [
-            datetime.combine(local.date() + timedelta(days=d), datetime.min.time(), tz).timestamp()
-            for d in range(days + 1)
-        ]
-        self.midnight = np.array(mid)
+        self.tz = get_zone(tz_name)
+        local = datetime.fromtimestamp(start, self.tz)
+        self.first = local.date()
+        if days > (date.max - self.first).days:
+            raise ConfigError(
+                f"{days} days from {self.first} run past the year 9999: use fewer days"
+            )
+        # Midnights of each local day (DST-aware).
+        self.midnight = np.array([self._wall(d) for d in range(days + 1)])
+        if self.midnight[0] != start:
+            raise ConfigError(
+                f"start is {local:%Y-%m-%d %H:%M} in {tz_name}, not a local midnight: give a "
+                f"midnight without offset, e.g. '{self.first}T00:00:00', to read it in {tz_name}"
+            )
+        # Days that are not 24 h long (DST changes): their hours need the zone's rules.
+        self.dst_days = np.flatnonzero(np.diff(self.midnight) != _DAY).tolist()
         self.start = start
-        self.end = float(self.midnight[-1]) if days else start
+        self.end = float(self.midnight[-1])
         self.days = days
+
+    def _wall(self, day: int, hour: float = 0.0) -> float:
+        """Epoch seconds of wall-clock ``hour`` on local ``day`` (fold 0 on DST changes)."""
+        midnight = datetime.combine(self.first + timedelta(days=day), time(), self.tz)
+        return (midnight + timedelta(hours=hour)).timestamp()
 
     def at(self, day: np.ndarray, hour: np.ndarray) -> np.ndarray:
         """Epoch seconds of local ``hour`` (float, wrapped into 0-24) on simulation ``day``."""
-        ts = self.midnight[np.clip(day, 0, self.days)] + np.mod(hour, 24.0) * 3600.0
+        day = np.clip(day, 0, self.days)
+        hour = np.mod(hour, 24.0)
+        ts = self.midnight[day] + hour * 3600.0
+        # On a DST day, midnight + hours is off by the change: ask the zone (a few days a year).
+        for d in self.dst_days:
+            rows = np.flatnonzero(day == d)
+            ts[rows] = [self._wall(d, h) for h in hour[rows].tolist()]
         return np.round(ts, 3)
 
 
@@ -696,7 +716,7 @@ def simulate(
     cards: int = 20_000,
     merchants: int = 2_000,
     drift_day: int | None = 30,
-    start: str = "2026-01-01T00:00:00+09:00",
+    start: str = "2026-01-01T00:00:00",
     timezone: str = "Asia/Seoul",
     progress: Progress | None = None,
 ) -> Simulation:
@@ -713,7 +733,8 @@ def simulate(
     drift_day : int or None
         Day (0-based) from which the fraud ring replaces the older scenarios; None: no drift.
     start : str
-        First local midnight, ISO 8601 (with offset, or read in ``timezone``).
+        First local midnight in ``timezone``: ISO 8601 without offset (read in ``timezone``),
+        with one, or epoch seconds. Anything but a local midnight raises ConfigError.
     timezone : str
         IANA zone whose local hours drive activity (day/night).
     progress : callable, optional
@@ -877,6 +898,27 @@ def _ids(prefix: str, n: int) -> list[str]:
     return out
 
 
+# Names the file readers (fds.streams.files) read as JSON Lines, each optionally ``.gz``.
+_JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
+
+
+def check_out(out_path: str | Path) -> Path:
+    """``out_path`` as a Path, if its name says JSON Lines (what :func:`write` writes).
+
+    >>> check_out("data/sim.jsonl.gz").name
+    'sim.jsonl.gz'
+    >>> check_out("sim.csv")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    fds.errors.ConfigError: cannot write sim.csv: the simulator writes JSON Lines, so name it ...
+    """
+    p = Path(out_path)
+    if not p.name.removesuffix(".gz").endswith(_JSONL_SUFFIXES):
+        raise ConfigError(
+            f"cannot write {p}: the simulator writes JSON Lines, so name it .jsonl or .jsonl.gz"
+        )
+    return p
+
+
 def labels_path(out_path: str | Path) -> Path:
     """Where :func:`write` puts the labels for transactions written to ``out_path``.
 
@@ -886,7 +928,7 @@ def labels_path(out_path: str | Path) -> Path:
     p = Path(out_path)
     gz = p.name.endswith(".gz")
     stem = p.name[:-3] if gz else p.name
-    for suffix in (".jsonl", ".json", ".ndjson"):
+    for suffix in _JSONL_SUFFIXES:
         if stem.endswith(suffix):
             stem = stem[: -len(suffix)]
             break
@@ -934,7 +976,8 @@ def write(
     """Write transactions to ``out_path`` and labels beside it (see :func:`labels_path`).
 
     JSON Lines, gzip-compressed when the name ends in ``.gz``; returns both paths.
-    ``on_rows(n)`` is called after each batch of ``n`` records (for a progress bar).
+    ``on_rows(n)`` is called after each batch of ``n`` records (for a progress bar). An
+    interrupted write leaves the previous files as they were.
 
     >>> import tempfile, os
     >>> sim = simulate(days=1, cards=100, merchants=120, seed=3)
@@ -943,10 +986,22 @@ def write(
     ...     sum(1 for _ in open(tx)) == len(sim.transactions), lab.name
     (True, 's.labels.jsonl')
     """
-    out = Path(out_path)
+    out = check_out(out_path)
     lab = labels_path(out)
-    _write_jsonl(sim.transactions, out, on_rows)
-    _write_jsonl(sim.labels, lab, on_rows)
+    # Temporary names in the same directory (ending like the real ones, for the .gz test).
+    tmp_tx, tmp_lab = (p.with_name(f".tmp{os.getpid()}.{p.name}") for p in (out, lab))
+    try:
+        _write_jsonl(sim.transactions, tmp_tx, on_rows)
+        _write_jsonl(sim.labels, tmp_lab, on_rows)
+        # Order matters: tx ids repeat across runs, so old labels must never sit beside new
+        # transactions. Remove them first; an interruption between these steps leaves
+        # transactions without labels, not mislabelled ones.
+        lab.unlink(missing_ok=True)
+        os.replace(tmp_tx, out)
+        os.replace(tmp_lab, lab)
+    finally:
+        tmp_tx.unlink(missing_ok=True)
+        tmp_lab.unlink(missing_ok=True)
     return out, lab
 
 

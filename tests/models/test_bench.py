@@ -7,8 +7,20 @@ import csv
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from fds.bench import VARIANTS, _at_k, _ceiling, _recovery, register, run_precision
+from fds.bench import (
+    VARIANTS,
+    PrecisionResult,
+    _at_k,
+    _ceiling,
+    _recovery,
+    _recovery_text,
+    register,
+    run_precision,
+    targets,
+)
+from fds.errors import ConfigError
 from fds.streams.simulator import simulate
 
 
@@ -122,9 +134,6 @@ def test_cli_usage_error() -> None:
 
 def test_a_stream_with_nothing_left_to_evaluate_is_a_usage_error(tmp_path: Path) -> None:
     """Before: a table of NaN (the warm-up used up the file) and exit 0."""
-    import pytest
-
-    from fds.errors import ConfigError
     from fds.streams.simulator import write
 
     with pytest.raises(ConfigError, match="warm-up takes 14"):
@@ -145,3 +154,97 @@ def test_a_stream_with_nothing_left_to_evaluate_is_a_usage_error(tmp_path: Path)
                         out_dir=tmp_path, echo=False, progress=False,
                         ceiling_ref=False)  # fmt: skip
     assert res.meta["frauds"] > 0  # the labels beside the file, as `fds simulate` wrote them
+
+
+def _result(precision: dict[str, list[float]], label_delay: float | None) -> PrecisionResult:
+    """A result over days 20-39 with the drift on day 30 (per-variant daily precision)."""
+    days = list(range(20, 40))
+    daily = {v: {"precision": precision.get(v, precision["adaptive"])} for v in VARIANTS}
+    mean = {v: float(np.mean(daily[v]["precision"])) for v in VARIANTS}
+    return PrecisionResult(
+        k=5,
+        days=days,
+        eval_from=20,
+        drift_day=30,
+        label_delay_days=label_delay,
+        daily=daily,
+        summary={v: {"precision_at_k": mean[v]} for v in VARIANTS},
+        recovery=_recovery(daily, days, 30, label_delay),
+        model_stats={},
+    )
+
+
+def test_recovery_is_counted_from_the_drop_not_from_the_drift_day() -> None:
+    """Before: precision held on the drift day itself, so it "recovered at drift+0"."""
+    held = [0.8] * 10 + [0.8, 0.8, 0.8, 0.1, 0.1, 0.8, 0.8, 0.8, 0.8, 0.8]  # drops on day 33
+    res = _result({"adaptive": held, "rules": [0.8] * 20}, label_delay=2.0)
+    assert res.recovery["adaptive"]["drop_day"] == 33
+    assert res.recovery["adaptive"]["recovery_days"] == 5  # days 34-36: 0.57 < 0.72; 35-37 back
+    # never below 90% of pre-drift: no drop, said as such (0 days, not a recovery)
+    assert res.recovery["rules"]["drop_day"] is None
+    assert res.recovery["rules"]["recovery_days"] == 0
+    lines = {ln.split()[0]: ln for ln in _recovery_text(res).splitlines()}
+    assert "back to 90% (3-day mean): no drop (0 d)" in lines["rules"]
+    assert "back to 90% (3-day mean): 5 d after the drift day" in lines["adaptive"]
+
+
+def test_recovery_text_without_a_label_delay_says_n_a() -> None:
+    """Before: TypeError formatting None, after the whole run, and no report written."""
+    res = _result({"adaptive": [0.5] * 20}, label_delay=None)
+    assert "median label delay n/a;" in _recovery_text(res)
+
+
+def test_a_target_that_cannot_be_measured_is_n_a_not_missed() -> None:
+    """Before: NaN compared as False: "**missed**" with "nanx" and "nan% lower"."""
+    gone = [0.5] * 10 + [0.0] * 10  # the adaptive model finds nothing after the drift
+    res = _result({"adaptive": gone, "rules": [0.0] * 20}, label_delay=2.0)
+    rows = targets(res)
+    assert rows[0][1].startswith("n/a (") and rows[0][2] is None  # rules alone: 0 precision
+    frozen = [(m, ok) for t, m, ok in rows if "lower than adaptive" in t]
+    assert len(frozen) == 4 and all(m.startswith("n/a (") and ok is None for m, ok in frozen)
+    assert "nan" not in _recovery_text(res)
+
+
+def test_the_drift_needs_an_evaluated_day_before_it(tmp_path: Path) -> None:
+    """Before: drift day == warm-up was accepted; pre-drift precision was NaN, recovery "never"."""
+    with pytest.raises(ConfigError, match="--drift-day 3 must fall after the warm-up"):
+        run_precision(days=8, cards=300, merchants=100, warmup_days=3, drift_day=3,
+                      out_dir=tmp_path, echo=False, progress=False)  # fmt: skip
+
+
+def _cli(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser()
+    register(ap.add_subparsers())
+    return ap.parse_args(["bench", "precision", *argv])
+
+
+@pytest.mark.parametrize("k", ["0", "-2", "x"])
+def test_a_daily_budget_below_one_is_a_usage_error(
+    k: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as e:
+        _cli(["--k", k])
+    assert e.value.code == 2
+    assert "--k: the daily alert budget must be a whole number of alerts, at least 1" in (
+        capsys.readouterr().err
+    )
+    assert _cli(["--k", "25"]).k == 25
+
+
+@pytest.mark.parametrize(
+    ("argv", "drift"),
+    [
+        (["--input", "h.csv", "--drift-day", "30"], 30),  # before: dropped (the default's value)
+        (["--input", "h.csv"], None),
+        (["--input", "h.csv", "--drift-day", "-1"], None),
+        ([], 30),
+        (["--drift-day", "-1"], None),
+    ],
+)
+def test_drift_day_given_with_a_file_is_kept(
+    argv: list[str], drift: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: dict[str, object] = {}
+    monkeypatch.setattr("fds.bench.run_precision", lambda **kw: seen.update(kw))
+    args = _cli(argv)
+    assert args.func(args) == 0 and seen["drift_day"] == drift

@@ -15,8 +15,16 @@ import pytest
 from fds.errors import ConfigError
 from fds.schema import parse_label, parse_transaction
 from fds.streams import simulate_cli
-from fds.streams.simulator import SCENARIOS, Simulation, labels_path, simulate, summarize, write
-from fds.timeutil import get_zone
+from fds.streams.simulator import (
+    SCENARIOS,
+    Simulation,
+    _Clock,
+    labels_path,
+    simulate,
+    summarize,
+    write,
+)
+from fds.timeutil import get_zone, parse_ts
 
 DAY = 86400.0
 ZONE = get_zone("Asia/Seoul")
@@ -97,6 +105,26 @@ def test_starts_at_local_midnight_and_spans_the_days(sim: Simulation) -> None:
     assert (start.hour, start.minute, start.isoformat()[:10]) == (0, 0, "2026-01-01")
     assert sim.end - sim.start == 28 * DAY
     assert sim.drift_ts == sim.start + 14 * DAY
+
+
+def test_default_start_is_a_local_midnight_in_any_timezone() -> None:
+    sim = simulate(days=2, seed=1, cards=300, merchants=120, timezone="Europe/Paris")
+    start = datetime.fromtimestamp(sim.start, get_zone("Europe/Paris"))
+    assert (start.isoformat()[:10], start.hour, start.minute) == ("2026-01-01", 0, 0)
+    assert sim.end - sim.start == 2 * DAY
+
+
+@pytest.mark.parametrize("first", ["2026-03-08", "2026-11-01"])  # New York: 23 h and 25 h days
+def test_local_hours_follow_the_wall_clock_on_dst_days(first: str) -> None:
+    ny = get_zone("America/New_York")
+    clock = _Clock(parse_ts(f"{first}T00:00:00", ny), 2, "America/New_York")
+    hours = np.array([1.5, 5.0, 23.5])
+    for day in (0, 1):
+        local = [datetime.fromtimestamp(t, ny) for t in clock.at(np.full(3, day), hours)]
+        expected = int(first[-2:]) + day
+        assert [(t.day, t.hour, t.minute) for t in local] == [
+            (expected, 1, 30), (expected, 5, 0), (expected, 23, 30)
+        ]  # fmt: skip
 
 
 # --- statistics --------------------------------------------------------------------------------
@@ -219,7 +247,9 @@ def test_no_drift_means_no_ring() -> None:
 @pytest.mark.parametrize(
     ("kw", "needle"),
     [({"days": 0}, "days"), ({"merchants": 10}, "merchants"), ({"drift_day": -1}, "drift_day"),
-     ({"timezone": "Mars/Base"}, "timezone")],
+     ({"timezone": "Mars/Base"}, "timezone"), ({"start": "2026-01-01T06:00:00"}, "midnight"),
+     ({"start": "2026-01-01T00:00:00+09:00", "timezone": "Europe/Paris"}, "midnight"),
+     ({"days": 10**8}, "fewer days")],
 )  # fmt: skip
 def test_bad_arguments_say_what_is_wrong(kw: dict, needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
@@ -239,6 +269,38 @@ def test_written_files_round_trip(tmp_path: Path) -> None:
         assert [orjson.loads(line) for line in f] == sim.transactions
     with gzip.open(lab_path) as f:
         assert [orjson.loads(line) for line in f] == sim.labels
+
+
+@pytest.mark.parametrize("interrupted_batch", [1, 2])  # while writing transactions, labels
+def test_an_interrupted_write_leaves_the_previous_files(
+    tmp_path: Path, interrupted_batch: int
+) -> None:
+    old = simulate(days=3, seed=1, cards=2_000, merchants=120)
+    old_tx, old_lab = write(old, tmp_path / "s.jsonl")
+    before = old_tx.read_bytes(), old_lab.read_bytes()
+    assert before[1]
+    batches = 0
+
+    def ctrl_c(_n: int) -> None:
+        nonlocal batches
+        batches += 1
+        if batches == interrupted_batch:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write(simulate(days=3, seed=2, cards=2_000, merchants=120), old_tx, on_rows=ctrl_c)
+    assert (old_tx.read_bytes(), old_lab.read_bytes()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.jsonl", "s.labels.jsonl"]
+
+
+def test_only_json_lines_names_are_written(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(ConfigError, match="jsonl"):
+        write(simulate(days=1, cards=100, merchants=120), tmp_path / "s.csv")
+    with pytest.raises(SystemExit) as e:
+        _cli(["simulate", "--days", "1", "--out", str(tmp_path / "s.csv")])
+    assert e.value.code == 2
+    assert "JSON Lines" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
 
 
 def _cli(argv: list[str]) -> int:
@@ -274,3 +336,15 @@ def test_cli_rejects_a_drift_day_outside_the_stream(
         _cli(["simulate", "--drift-day", "soon", "--out", str(tmp_path / "x.jsonl")])
     assert e.value.code == 2
     assert "'none'" in capsys.readouterr().err
+
+
+def test_cli_default_start_is_a_local_midnight_in_the_given_timezone(tmp_path: Path) -> None:
+    out = tmp_path / "sim.jsonl"
+    argv = ["simulate", "--days", "1", "--cards", "300", "--merchants", "120", "--quiet"]
+    assert _cli([*argv, "--timezone", "Europe/Paris", "--out", str(out)]) == 0
+    paris = get_zone("Europe/Paris")
+    days = {datetime.fromtimestamp(orjson.loads(line)["ts"], paris).date().isoformat()
+            for line in out.read_bytes().splitlines()}  # fmt: skip
+    assert days == {"2026-01-01"}
+    sim = simulate(days=1, cards=300, merchants=120, timezone="Europe/Paris")
+    assert len(out.read_bytes().splitlines()) == len(sim.transactions)
