@@ -3,13 +3,14 @@
 ``to_vector(tx, features)`` turns a feature snapshot plus the numeric transaction fields into
 the ``{name: float}`` dict River models read. Rules for the snapshot:
 
-- numbers pass through (``float``); ``True``/``False`` become ``1.0``/``0.0``;
+- numbers pass through (``float``, numpy scalars included); ``True``/``False`` become
+  ``1.0``/``0.0``;
 - ``None`` (a feature with no value yet, e.g. an average over an empty window) becomes ``0.0``
   so that every estimator (trees included) sees the same keys on every transaction;
 - strings and other objects are skipped (the model is numeric; encode categories as features),
   and so are engine internals such as ``_flags`` (a list; declared feature names cannot start
   with ``_``);
-- non-finite numbers become ``0.0``.
+- non-finite numbers, and integers beyond the float range, become ``0.0``.
 
 From the transaction: ``amount``, ``log_amount`` (``log1p``), and the UTC hour as
 ``hour_sin``/``hour_cos`` (a cyclic encoding: 23h and 0h are neighbours).
@@ -53,12 +54,18 @@ def to_vector(tx: Mapping[str, Any], features: Mapping[str, Any]) -> dict[str, f
         t = type(v)
         if t is float:
             x[k] = v if v - v == 0.0 else 0.0  # inf - inf and nan - nan are nan
-        elif t is bool or t is int:
-            x[k] = float(v)
+        elif t is int or t is bool:
+            try:
+                x[k] = float(v)
+            except OverflowError:  # beyond the float range
+                x[k] = 0.0
         elif v is None:
             x[k] = 0.0
-        elif isinstance(v, int | float):  # numpy scalars and other numeric types
-            f = float(v)
+        elif hasattr(t, "__float__"):  # numpy scalars (float32, int64, bool_), Decimal, ...
+            try:
+                f = float(v)
+            except (TypeError, ValueError, OverflowError):  # e.g. an int beyond float range
+                f = 0.0
             x[k] = f if _isfinite(f) else 0.0
     amount = float(tx.get("amount") or 0.0)
     x["amount"] = amount
