@@ -308,7 +308,7 @@ class Engine:
         """Everything a decision depends on besides the input and the config files.
 
         Feature windows, the alert budget's recent scores, the rate breaker and its demotions,
-        the model's maturity gate.
+        the model's maturity gate and contests.
         With :meth:`load_state_dict` a restarted engine decides exactly as an uninterrupted one
         (rules come from their file, the model from its registry). Picklable.
         """

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import logging
 import math
 import queue
@@ -190,6 +191,7 @@ class ModelServer:
         self._offered = -1  # seq of the newest version taken from the registry (watch mode)
         self._labels_here = True  # fraud labels reach on_label (see without_labels)
         self._retry_at: dict[str, float] = {}  # version that failed to load -> when to retry
+        self._saved_contest: dict[str, Any] | None = None  # restored, until its challenger
         # watch mode: the scorer's own verdicts, written to the registry in order (see _record)
         self._writes: queue.Queue[tuple[str, Callable[[Registry], Any]]] = queue.Queue()
         self._writer: threading.Thread | None = None
@@ -312,6 +314,9 @@ class ModelServer:
         self.contest = Contest(
             "shadow", self.version or "", version, self.spec.promote.shadow_min_labels
         )
+        saved, self._saved_contest = self._saved_contest, None
+        if saved and (saved["incumbent"], saved["candidate"]) == (self.version, version):
+            self.contest = Contest(**saved)  # the same contest, before a restart
         self._ranks = None
 
     def _set_champion(
@@ -490,16 +495,37 @@ class ModelServer:
         self._set_acting(self._gate_frauds >= self.spec.gate.min_frauds)
 
     def gate_state(self) -> dict[str, Any]:
-        """The maturity gate's state, for the engine's checkpoint (a restarted scorer must not
-        put a proven model back in shadow until `window` more frauds are labelled)."""
-        return {"acting": self.acting, "window": list(self._gate), "frauds": self._gate_frauds}
+        """The maturity gate's and the contests' state, for the engine's checkpoint: a
+        restarted scorer must not put a proven model back in shadow until `window` more frauds
+        are labelled, nor forget that its champion is on probation (no rollback would be
+        possible any more) or how far a challenger's contest got."""
+        return {
+            "acting": self.acting, "window": list(self._gate), "frauds": self._gate_frauds,
+            "probation": dataclasses.asdict(self.probation) if self.probation else None,
+            "predecessor": self.predecessor_version,
+            "contest": dataclasses.asdict(self.contest) if self.contest else None,
+        }  # fmt: skip
 
     def load_gate_state(self, state: Mapping[str, Any]) -> None:
-        """Restore what :meth:`gate_state` returned."""
+        """Restore what :meth:`gate_state` returned. A probation resumes when the champion
+        served is still the one on trial and its predecessor loads from the registry (verified);
+        a challenger's contest resumes when the watcher offers that challenger again."""
         self.acting = bool(state["acting"])
         self._gate.clear()
         self._gate.extend(tuple(c) for c in state["window"])
         self._gate_frauds = max(self._gate_frauds, int(state["frauds"]))
+        self._saved_contest = state.get("contest")
+        prob, pred = state.get("probation"), state.get("predecessor")
+        if not prob or not pred or prob["incumbent"] != self.version or self.registry is None:
+            return
+        try:
+            self.predecessor = serving(self.registry.load(pred))
+        except ArtifactError as e:
+            log.warning("probation of %s not resumed: predecessor %s: %s", self.version, pred, e)
+            return
+        self.predecessor_version = pred
+        self.probation = Contest(**prob)
+        self._prob_ranks = None
 
     def _evaluate(self, x: dict[str, float], y: bool) -> None:
         """A labelled input (before the trainer learns it): feed the running contests.

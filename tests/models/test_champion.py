@@ -292,3 +292,38 @@ def test_no_input_is_kept_when_no_label_can_reach_the_scorer(tmp_path) -> None:
     srv.without_labels()
     s.run(50, {"f_a": 1.0})
     assert len(srv._inputs) == 0
+
+
+def test_a_restart_keeps_the_probation_and_can_still_roll_back(tmp_path) -> None:
+    """The engine's checkpoint held only the maturity gate: a restarted scorer forgot that its
+    champion was on probation (no rollback possible any more) and restarted contests from 0."""
+    srv, s, reg = _registry_server(tmp_path, FeatureModel("f_a"))
+    srv.offer(_registered(reg, FeatureModel("f_b")))
+    s.run(60, {"f_a": 1.0, "f_b": 1.0})  # tie: v2 promoted, on probation against v1
+    s.run(20, {"f_a": 1.0, "f_b": 0.0})  # part of the probation: v2 now misses the frauds
+    assert srv.probation is not None and 0 < srv.probation.n < srv.probation.min_labels
+    state = pickle.loads(pickle.dumps(srv.gate_state()))  # through the engine's checkpoint
+
+    restarted = ModelServer(SPEC, learn=False, registry=reg)
+    assert restarted.load_champion() == "v000002"
+    restarted.load_gate_state(state)
+    assert restarted.probation == srv.probation and restarted.predecessor_version == "v000001"
+    s2 = Stream(restarted)
+    s2.i = s.i
+    s2.run(50, {"f_a": 1.0, "f_b": 0.0})
+    assert restarted.stats["rollback"] == 1 and reg.champion() == "v000001"
+
+
+def test_a_restart_resumes_the_contest_of_the_challenger_offered_again(tmp_path) -> None:
+    srv, s, reg = _registry_server(tmp_path, FeatureModel("f_none"))
+    srv.offer(_registered(reg, FeatureModel("f_a")))
+    s.run(30, {"f_a": 1.0, "f_b": 1.0})  # 3 of the 5 labels a verdict needs
+    state = srv.gate_state()
+    assert state["contest"]["n"] == 3
+
+    restarted = ModelServer(SPEC, learn=False, registry=reg)
+    assert restarted.load_champion() == "v000001"
+    restarted.load_gate_state(state)
+    assert restarted.poll() == "v000002"  # the watcher offers the challenger again
+    restarted._install_pending()
+    assert restarted.contest is not None and restarted.contest.n == 3
