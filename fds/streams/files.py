@@ -13,6 +13,7 @@ import gzip
 import io
 import os
 import re
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, Literal, cast
@@ -83,10 +84,16 @@ class ColumnMapping(BaseModel):
             raise ValueError(str(e)) from None
         return v
 
-    def check_columns(self, columns: list[str], where: str) -> None:
+    def check_columns(self, columns: list[str], where: str, *, first_record: bool = False) -> None:
         """Raise :class:`ConfigError` when a mapped column is not in the file, or a required
-        field is neither mapped nor a column (for JSON Lines: of the first record)."""
-        wanted = list(self.fields.values()) + ([self.label.column] if self.label else [])
+        field is neither mapped nor a column.
+
+        ``first_record``: ``columns`` are the keys of a JSON Lines file's first record, which
+        may lack an optional field or the label: only required fields are checked.
+        """
+        wanted = [c for f, c in self.fields.items() if not first_record or f in TX_REQUIRED]
+        if self.label and not first_record:
+            wanted.append(self.label.column)
         missing = [c for c in wanted if c not in columns]
         if missing:
             raise ConfigError(
@@ -174,6 +181,20 @@ def infer_format(path: str | os.PathLike[str], declared: str | None = None) -> s
 # Characters that stand for bytes that were not UTF-8 (errors="surrogateescape").
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
 
+# The longest CSV field, in characters. The csv module's default (128 KiB) refuses a JSON blob
+# that some exports keep in a column; the limit still bounds the memory that a quote left open
+# takes before it is found (see _runaway). Process-wide: the csv module has no other setting.
+_FIELD_LIMIT = 16 * 1024 * 1024
+csv.field_size_limit(max(csv.field_size_limit(), _FIELD_LIMIT))
+
+# What stops a file from being read on: a truncated or damaged gzip, a field over the limit.
+_FAULTS = (EOFError, gzip.BadGzipFile, zlib.error, csv.Error)
+
+
+def _fault(line: int, e: Exception) -> Record:
+    """The dead letter that ends a file at ``line``: the records before it are still decided."""
+    return line, ValueError(f"cannot read the file on from line {line}: {e}"), None
+
 
 def open_text(
     path: str | os.PathLike[str], mode: str = "rt", *, encoding: str = "utf-8",
@@ -208,55 +229,144 @@ def read_records(
 
 
 def _read_jsonl(p: Path, mapping: ColumnMapping | None) -> Iterator[Record]:
+    checked = mapping is None
     with open_text(p, "rb") as f:
-        for n, line in enumerate(f, 1):
-            if n == 1:
-                line = line.removeprefix(codecs.BOM_UTF8)  # written by some Windows tools
-            if not line.strip():
-                continue
-            try:
-                rec = orjson.loads(line)
-            except orjson.JSONDecodeError as e:
-                yield n, ValueError(f"not valid JSON: {e}"), line.decode("utf-8", "replace")
-                continue
-            if mapping is not None and isinstance(rec, dict):
+        n = 0
+        try:
+            for n, line in enumerate(f, 1):
                 if n == 1:
-                    mapping.check_columns(list(rec), where=f"{p}:1")
-                rec = mapping.apply(rec)
-            yield n, rec, None
+                    line = line.removeprefix(codecs.BOM_UTF8)  # written by some Windows tools
+                if not line.strip():
+                    continue
+                try:
+                    rec = orjson.loads(line)
+                except orjson.JSONDecodeError as e:
+                    yield n, ValueError(f"not valid JSON: {e}"), line.decode("utf-8", "replace")
+                    continue
+                if mapping is not None and isinstance(rec, dict):
+                    if not checked:
+                        mapping.check_columns(list(rec), where=f"{p}:{n}", first_record=True)
+                        checked = True
+                    rec = mapping.apply(rec)
+                yield n, rec, None
+        except _FAULTS as e:
+            yield _fault(n + 1, e)
+
+
+class _Lines:
+    """A text file's lines for :func:`csv.reader`, numbered, keeping those of the record
+    being read so that a record found to be a runaway quote can be read again as rows."""
+
+    __slots__ = ("_again", "_file", "line", "record")
+
+    def __init__(self, f: IO[str]) -> None:
+        self._file = f
+        self._again: list[str] = []  # lines to hand out again, the next one last
+        self.line = 0  # the number of the last line handed out
+        self.record: list[str] = []  # the lines handed out since it was last cleared
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        line = self._again.pop() if self._again else next(self._file)
+        self.line += 1
+        self.record.append(line)
+        return line
+
+    @property
+    def first(self) -> int:
+        """The number of the first line of the record being read."""
+        return self.line - len(self.record) + 1
+
+    def read_again(self, lines: list[str]) -> None:
+        """Hand out ``lines`` again, as the next ones; clear the record."""
+        self._again.extend(reversed(lines))
+        self.line -= len(lines)
+        self.record.clear()
+
+
+def _runaway(record: list[str], row: list[str] | None, width: int) -> bool:
+    """Whether a record over several lines is a quote left open that ran over whole rows.
+
+    It is when it is not a well-formed row of ``width`` fields (``row`` is None when it ran
+    over the field limit) and a line after its first is a row of its own: ``width`` fields
+    and no quote (inside the open quote, a quote would have closed it).
+    """
+    if row is not None and len(row) == width:
+        try:
+            next(csv.reader(record, strict=True))
+        except csv.Error:
+            pass  # closed by the end of the file, or by a quote that opens a later field
+        else:
+            return False  # a quoted field over several lines
+    return any('"' not in s and s.count(",") == width - 1 for s in record[1:])
 
 
 def _read_csv(p: Path, mapping: ColumnMapping | None) -> Iterator[Record]:
     # utf-8-sig: a byte-order mark is not part of the first column's name; surrogateescape:
     # a byte that is not UTF-8 makes its row a dead letter, not the end of the replay.
     with open_text(p, "rt", encoding="utf-8-sig", errors="surrogateescape") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None:
-            return
-        if _UNDECODABLE.search("".join(header)):
-            raise ConfigError(f"{p}:1: the header is not valid UTF-8; save the file as UTF-8")
-        if mapping is not None:
-            mapping.check_columns(header, where=f"{p}:1")
-        width = len(header)
-        start = reader.line_num + 1
-        for row in reader:
-            n, start = start, reader.line_num + 1  # the line a record starts on
-            if not row:
-                continue  # a blank line
-            error = None
-            if _UNDECODABLE.search("".join(row)):
-                error = ValueError("not valid UTF-8")
-                row = [c.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for c in row]
-            elif len(row) != width:
-                error = ValueError(f"expected {width} columns, found {len(row)}")
-            if error is not None:
-                raw = io.StringIO()
-                csv.writer(raw).writerow(row)
-                yield n, error, raw.getvalue()
-                continue
-            rec = {k: v for k, v in zip(header, row, strict=True) if v != ""}
-            yield n, (mapping.apply(rec) if mapping is not None else rec), None
+        lines = _Lines(f)
+        try:
+            yield from _csv_records(p, lines, mapping)
+        except _FAULTS as e:
+            yield _fault(lines.first, e)
+
+
+def _csv_records(p: Path, lines: _Lines, mapping: ColumnMapping | None) -> Iterator[Record]:
+    reader = csv.reader(lines)
+    header = next(reader, None)
+    if header is None:
+        return
+    if _UNDECODABLE.search("".join(header)):
+        raise ConfigError(f"{p}:1: the header is not valid UTF-8; save the file as UTF-8")
+    twice = sorted({c for c in header if header.count(c) > 1})
+    if twice:
+        raise ConfigError(
+            f"column name(s) {twice} appear more than once; rename them", where=f"{p}:1"
+        )
+    if mapping is not None:
+        mapping.check_columns(header, where=f"{p}:1")
+    width = len(header)
+    record = lines.record  # the lines of the record just read
+    record.clear()
+    while True:  # the for loop ends at the end of the file, or breaks for a quote left open
+        try:
+            for row in reader:
+                n = lines.line - len(record) + 1  # lines.first, inlined: this is the hot path
+                if len(record) > 1 and _runaway(record, row, width):
+                    break
+                record.clear()
+                if not row:
+                    continue  # a blank line
+                error = None
+                if _UNDECODABLE.search("".join(row)):
+                    error = ValueError("not valid UTF-8")
+                    row = [
+                        c.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for c in row
+                    ]
+                elif len(row) != width:
+                    error = ValueError(f"expected {width} columns, found {len(row)}")
+                if error is not None:
+                    raw = io.StringIO()
+                    csv.writer(raw).writerow(row)
+                    yield n, error, raw.getvalue()
+                    continue
+                rec = {k: v for k, v in zip(header, row, strict=True) if v != ""}
+                yield n, (mapping.apply(rec) if mapping is not None else rec), None
+            else:
+                return
+        except csv.Error:  # a field over _FIELD_LIMIT: a quote left open, or else a fault
+            if not _runaway(record, None, width):
+                raise
+        n, m = lines.first, lines.line
+        reason = (
+            f"unbalanced quote from line {n} to {m}; "
+            f"the lines after line {n} are read again as rows"
+        )
+        yield n, ValueError(reason), record[0]
+        lines.read_again(record[1:])
 
 
 def _read_parquet(p: Path, mapping: ColumnMapping | None) -> Iterator[Record]:

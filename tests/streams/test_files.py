@@ -1,3 +1,4 @@
+import csv
 import gzip
 import json
 
@@ -154,3 +155,136 @@ def test_jsonl_with_a_byte_order_mark(tmp_path):
     p = tmp_path / "x.jsonl"
     p.write_bytes(b'\xef\xbb\xbf{"a": 1}\n{"a": 2}\n')
     assert [rec for _n, rec, _raw in read_records(p)] == [{"a": 1}, {"a": 2}]
+
+
+ROWS = "".join(f"t{i},2026-01-01T00:00:{i:02d}Z,c1,100\n" for i in range(2, 50))  # lines 3-50
+
+
+@pytest.mark.parametrize(
+    ("stray", "after"),
+    [
+        ('t1,2026-01-01T00:00:00Z,"c1,100\n', ""),  # a middle column, open to the end
+        ('t1,2026-01-01T00:00:00Z,c1,"100\n', ""),  # the last column, open to the end
+        ('t1,2026-01-01T00:00:00Z,c1,"100\n', 't50,2026-01-01T00:00:50Z,c1,"100"\n'),  # closed
+    ],
+)
+def test_a_stray_quote_is_one_dead_letter_and_the_rows_after_it_are_still_read(
+    tmp_path, stray, after
+):
+    """Before, it swallowed every line up to the next quote: one dead letter for 49 lines, or
+    (in the last column) the rows glued into a field, with no dead letter at all."""
+    p = tmp_path / "x.csv"
+    p.write_text("tx_id,ts,card_id,amount\n" + stray + ROWS + after)
+    recs = list(read_records(p))
+    last = 51 if after else 50
+    n, error, raw = recs[0]
+    assert (n, raw) == (2, stray) and isinstance(error, ValueError)
+    assert str(error).startswith(f"unbalanced quote from line 2 to {last};")
+    assert [n for n, _rec, _raw in recs[1:]] == list(range(3, last + 1))
+    assert all(rec["amount"] == "100" and "\n" not in rec["ts"] for _n, rec, _raw in recs[1:])
+    # balanced quotes over several lines are one field, even with a line that looks like a row
+    p.write_text('tx_id,ts,card_id,amount\nt1,2026-01-01,c1,"1\na,b,c,d\n"\n' + ROWS)
+    recs = list(read_records(p))
+    assert recs[0] == (
+        2,
+        {"tx_id": "t1", "ts": "2026-01-01", "card_id": "c1", "amount": "1\na,b,c,d\n"},
+        None,
+    )
+    assert len(recs) == 49 and all(isinstance(rec, dict) for _n, rec, _raw in recs)
+
+
+@pytest.fixture
+def field_limit():
+    """A field limit of 1,000 characters for one test (the reader's is 16 MiB)."""
+    before = csv.field_size_limit(1000)
+    yield
+    csv.field_size_limit(before)
+
+
+def test_a_stray_quote_that_runs_over_the_field_limit_is_one_dead_letter(tmp_path, field_limit):
+    """Before, the runaway field ended the replay with a traceback (`_csv.Error`)."""
+    p = tmp_path / "x.csv"
+    p.write_text("tx_id,ts,card_id,amount\n" + 't1,2026-01-01,"c1,100\n' + ROWS * 3)
+    recs = list(read_records(p))
+    assert "unbalanced quote from line 2 to" in str(recs[0][1])
+    assert [n for n, _rec, _raw in recs[1:]] == list(range(3, 3 + 48 * 3))
+    assert all(isinstance(rec, dict) for _n, rec, _raw in recs[1:])
+
+
+def test_a_field_over_128_kib_is_read(tmp_path):
+    """Before: `_csv.Error: field larger than field limit (131072)` and a traceback."""
+    p = tmp_path / "x.csv"
+    p.write_text("id,note\n1," + "y" * 200_000 + "\n2,x\n")
+    assert [rec["id"] for _n, rec, _raw in read_records(p)] == ["1", "2"]
+
+
+CSV_TEXT = "tx_id,ts,card_id,amount\n" + "".join(f"t{i},{i},c1,1\n" for i in range(1, 3000))
+JSONL_TEXT = "".join(
+    json.dumps({"tx_id": f"t{i}", "ts": i, "card_id": "c1", "amount": 1}) + "\n"
+    for i in range(1, 3000)
+)
+
+
+def _truncated_gzip(p, text):
+    p.write_bytes(gzip.compress(text.encode())[:-40])
+
+
+def _as_is(p, text):
+    p.write_text(text)
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "damage", "line", "reason"),
+    [  # line: where reading stops, None where the gzip block ends
+        ("x.csv.gz", CSV_TEXT, _truncated_gzip, None, "Compressed file ended before the end-of"),
+        ("x.jsonl.gz", JSONL_TEXT, _truncated_gzip, None, "Compressed file ended before the end"),
+        ("x.csv.gz", CSV_TEXT, _as_is, 1, "Not a gzipped file (b'tx')"),
+        ("x.csv", CSV_TEXT.replace("t9,", "t9," + "y" * 2000), _as_is, 10,
+         "field larger than field limit (1000)"),
+    ],
+)  # fmt: skip
+def test_a_file_that_cannot_be_read_on_ends_in_one_dead_letter(
+    tmp_path, field_limit, name, text, damage, line, reason
+):
+    """Before, a traceback (EOFError, gzip.BadGzipFile, _csv.Error), and the rows read ahead
+    were never decided."""
+    p = tmp_path / name
+    damage(p, text)
+    *rows, (n, error, raw) = read_records(p)
+    assert n == (line or n) and isinstance(error, ValueError) and raw is None
+    assert str(error).startswith(f"cannot read the file on from line {n}: {reason}")
+    first = 1 if "jsonl" in name else 2
+    assert [m for m, _rec, _raw in rows] == list(range(first, n))  # every line before it
+    assert all(isinstance(rec, dict) for _m, rec, _raw in rows) and (rows or line == 1)
+
+
+def test_a_jsonl_mapping_checks_required_fields_only_on_the_first_record(tmp_path):
+    """Before, a mapped optional column missing from line 1 refused the whole replay (the
+    simulator's POS rows have no device_id); and a blank line 1 skipped the check."""
+    (tmp_path / "m.yaml").write_text(
+        "fields: {tx_id: TID, ts: WHEN, card_id: CARD, amount: AMT, device_id: DEV}\n"
+        "label: {column: FRAUD}\n"
+    )
+    m = load_mapping(tmp_path / "m.yaml")
+    p = tmp_path / "x.jsonl"
+    first = {"TID": "t1", "WHEN": 1, "CARD": "c1", "AMT": 5}
+    p.write_text(f"{json.dumps(first)}\n" + json.dumps({**first, "DEV": "d9", "FRAUD": 1}))
+    recs = [rec for _n, rec, _raw in read_records(p, mapping=m)]
+    assert recs == [
+        {"tx_id": "t1", "ts": 1, "card_id": "c1", "amount": 5},
+        {"tx_id": "t1", "ts": 1, "card_id": "c1", "amount": 5, "device_id": "d9", "FRAUD": 1},
+    ]
+    del first["AMT"]  # a required field's column is still checked, on the first record
+    p.write_text(f"\n{json.dumps(first)}\n")
+    with pytest.raises(ConfigError, match=r"x\.jsonl:2: column\(s\) \['AMT'\] named in the"):
+        list(read_records(p, mapping=m))
+
+
+def test_duplicate_csv_column_names_are_a_config_error(tmp_path):
+    """Before, the last of the columns with one name silently won."""
+    p = tmp_path / "x.csv"
+    p.write_text("tx_id,amount,ts,card_id,amount,tx_id\nt1,5,1,c1,6,t2\n")
+    with pytest.raises(
+        ConfigError, match=r"x\.csv:1: column name\(s\) \['amount', 'tx_id'\] appear more than once"
+    ):
+        list(read_records(p))
