@@ -72,6 +72,9 @@ class ReplaySummary:
     transactions: int = 0
     decided: int = 0
     dead_letters: int = 0
+    # of which labels (a label column's bad value, whose transaction is still decided, or a
+    # bad record of the labels file): transactions = decided + dead_letters - label_dead_letters
+    label_dead_letters: int = 0
     labels_learned: int = 0
     actions: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
@@ -109,6 +112,8 @@ class ReplaySummary:
         rows += [(f"  {a}", f"{self.actions[a]:,}") for a in ("approve", "review", "decline")]
         rows += [
             ("dead letters", f"{self.dead_letters:,}"),
+            ("  of transactions", f"{self.dead_letters - self.label_dead_letters:,}"),
+            ("  of labels", f"{self.label_dead_letters:,}"),
             ("labels learned", f"{self.labels_learned:,}"),
             ("late events", f"{self.late:,}"),
             ("reordered records", f"{self.reordered:,}"),
@@ -372,6 +377,7 @@ def run(
         engine.report()
     s.decided = sum(actions.values())
     s.dead_letters = len(dead)
+    s.label_dead_letters = sum(1 for d in dead if d["stage"] == "label" or d["source"] != source)
     unreadable = sum(1 for d in dead if d["stage"] in _READ_STAGES and d["source"] == source)
     s.transactions = seen + unreadable
     s.reordered = stream.reordered

@@ -106,6 +106,9 @@ def test_an_unreadable_label_value_is_a_dead_letter_and_its_transaction_is_decid
         ("label", 2, "maybe"), ("label", 3, 2)
     ]  # fmt: skip
     assert "neither fraud" in dlq.items[0]["reason"]
+    # the summary adds up: transactions = decided + the transactions' dead letters
+    assert (s.transactions, s.dead_letters, s.label_dead_letters) == (5, 2, 2)
+    assert ("  of transactions", "0") in s.rows() and ("  of labels", "2") in s.rows()
 
 
 def test_labels_file(tmp_path):
