@@ -77,6 +77,8 @@ LOCAL_RETRY_S = 60.0
 KEEP_SIZE = 200_000
 #: Registry writes of the scorer's own verdicts (watch mode) that fail are retried this often.
 RECORD_RETRIES = (1.0, 5.0, 30.0)
+#: How long closing the scorer waits for its queued verdicts to be written.
+WRITES_CLOSE_S = 3.0
 #: Every RANK_STRIDE-th recent input ranks contest scores: 2,048 points keep ~10 above a top-0.5%
 #: budget while halving the cost of a refresh (two models x the points, on the label path).
 RANK_STRIDE = 2
@@ -87,6 +89,14 @@ _DAY = 86400.0
 
 def _yield() -> None:
     time.sleep(0)  # releases the GIL: the decision loop runs before the next canary input
+
+
+class _Raised(Exception):
+    """A model of a contest raised while judging a label: ``which`` is 0 (the incumbent) or 1."""
+
+    def __init__(self, which: int, cause: Exception) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.which = which
 
 
 def _p(model: Any, x: dict[str, float]) -> float:
@@ -193,8 +203,9 @@ class ModelServer:
         self._retry_at: dict[str, float] = {}  # version that failed to load -> when to retry
         self._saved_contest: dict[str, Any] | None = None  # restored, until its challenger
         # watch mode: the scorer's own verdicts, written to the registry in order (see _record)
-        self._writes: queue.Queue[tuple[str, Callable[[Registry], Any]]] = queue.Queue()
+        self._writes: queue.Queue[tuple[str, Callable[[Registry], Any]] | None] = queue.Queue()
         self._writer: threading.Thread | None = None
+        self._give_up = threading.Event()  # set when closing cannot wait for the writes
         if self.trainer is not None:
             self.trainer.on_example = self._evaluate
             self.trainer.on_drift = lambda now: self._emit("drift", {"ts": now})
@@ -366,9 +377,12 @@ class ModelServer:
         reg = self.registry
         assert reg is not None
         while True:
-            what, change = self._writes.get()
+            item = self._writes.get()
+            if item is None:  # closing: everything queued before is written
+                self._writes.task_done()
+                return
             with contextlib.suppress(Exception):
-                self._write(reg, what, change, retries=RECORD_RETRIES)
+                self._write(reg, item[0], item[1], retries=RECORD_RETRIES)
             self._writes.task_done()
 
     def _write(self, reg: Registry, what: str, change: Callable[[Registry], Any],
@@ -380,7 +394,7 @@ class ModelServer:
             except Exception as e:
                 log.warning('registry update failed change="%s" error=%s%s', what, e,
                             "" if wait is None else f"; retrying in {wait:g} s")  # fmt: skip
-                if wait is None or self._stop.wait(wait):
+                if wait is None or self._give_up.wait(wait):
                     raise
 
     def _writing(self) -> bool:
@@ -416,13 +430,10 @@ class ModelServer:
         per_day = sum(self._day_counts[d] for d in days) / max(len(days), 1)
         return min(1.0, self.spec.promote.alert_budget_per_day / max(per_day, 1.0))
 
-    def _ranked(self, models: tuple[Any, Any]) -> tuple[BudgetRank, BudgetRank]:
+    def _rank(self, model: Any) -> BudgetRank:
+        """``model``'s scores of recent traffic, ranked at the alert budget."""
         recent = list(self._recent)[::RANK_STRIDE]
-        share = self._alert_share()
-        return (
-            BudgetRank([_p(models[0], r) for r in recent], share),
-            BudgetRank([_p(models[1], r) for r in recent], share),
-        )
+        return BudgetRank([_p(model, r) for r in recent], self._alert_share())
 
     def _judge_gate(self, x: dict[str, float]) -> None:
         """One fraud label for the maturity gate: rules + champion (the policy's combination)
@@ -514,13 +525,14 @@ class ModelServer:
         self._gate.clear()
         self._gate.extend(tuple(c) for c in state["window"])
         self._gate_frauds = max(self._gate_frauds, int(state["frauds"]))
-        self._saved_contest = state.get("contest")
+        if state.get("contest"):  # (a fresh state, as a rebuild loads, has none to resume)
+            self._saved_contest = state["contest"]
         prob, pred = state.get("probation"), state.get("predecessor")
         if not prob or not pred or prob["incumbent"] != self.version or self.registry is None:
             return
         try:
             self.predecessor = serving(self.registry.load(pred))
-        except ArtifactError as e:
+        except Exception as e:  # unverifiable, or deleted by retention since: no probation
             log.warning("probation of %s not resumed: predecessor %s: %s", self.version, pred, e)
             return
         self.predecessor_version = pred
@@ -543,32 +555,53 @@ class ModelServer:
         p = self.probation
         if p is not None:
             try:
-                if self._prob_ranks is None or p.n % THRESHOLD_REFRESH == 0:
-                    self._prob_ranks = self._ranked((self.champion, self.predecessor))
-                r = self._prob_ranks
-                p.add(r[0].credit(_p(self.champion, x)), r[1].credit(_p(self.predecessor, x)))
-            except Exception as e:  # no verdict possible: the champion stays, unjudged
-                self.probation = self.predecessor = self.predecessor_version = None
-                self._emit("probation_ended", {"why": f"scoring raised {type(e).__name__}: {e}"})
+                self._prob_ranks, credits = self._credits(
+                    self._prob_ranks, (self.champion, self.predecessor), x, p.n
+                )
+            except _Raised as e:  # the champion: this label is skipped (see _credits)
+                if e.which == 1:  # the predecessor: no verdict possible, the champion stays
+                    self.probation = self.predecessor = self.predecessor_version = None
+                    self._emit("probation_ended", {"why": f"the predecessor raised {e}"})
             else:
+                p.add(*credits)
                 verdict = p.verdict()
                 if verdict is not None:
                     self._judge_probation(verdict)
         c = self.contest
         if c is not None:
             try:
-                if self._ranks is None or c.n % THRESHOLD_REFRESH == 0:
-                    self._ranks = self._ranked((self.champion, self.challenger))
-                r = self._ranks
-                c.add(r[0].credit(_p(self.champion, x)), r[1].credit(_p(self.challenger, x)))
-            except Exception as e:  # as on the decision path: the challenger goes
-                self._drop_challenger(
-                    "reject", f"shadow scoring raised {type(e).__name__}: {e}", local=True
+                self._ranks, credits = self._credits(
+                    self._ranks, (self.champion, self.challenger), x, c.n
                 )
+            except _Raised as e:
+                if e.which == 1:  # as on the decision path: the challenger goes
+                    self._drop_challenger("reject", f"shadow scoring raised {e}", local=True)
             else:
+                c.add(*credits)
                 verdict = c.verdict()
                 if verdict is not None:
                     self._judge_shadow(verdict)
+
+    def _credits(
+        self, ranks: tuple[BudgetRank, BudgetRank] | None, models: tuple[Any, Any],
+        x: dict[str, float], n: int,
+    ) -> tuple[tuple[BudgetRank, BudgetRank], tuple[float, float]]:  # fmt: skip
+        """Budget credits of ``models`` (incumbent, candidate) for the labelled input ``x``, with
+        their ranks on recent traffic (refreshed every THRESHOLD_REFRESH labels). A model that
+        raises is named by :class:`_Raised` (0 or 1); the champion raising is logged here and
+        left to the model guard, which sees it on the decision path."""
+        refresh = ranks is None or n % THRESHOLD_REFRESH == 0
+        out = []
+        for i, model in enumerate(models):
+            try:
+                r = self._rank(model) if refresh or ranks is None else ranks[i]
+                out.append((r, r.credit(_p(model, x))))
+            except Exception as e:
+                if model is self.champion:
+                    log.warning("contest: the champion raised %s: %s; label skipped",
+                                type(e).__name__, e)  # fmt: skip
+                raise _Raised(i, e) from e
+        return (out[0][0], out[1][0]), (out[0][1], out[1][1])
 
     def _judge_shadow(self, verdict: str) -> None:
         c = self.contest
@@ -773,9 +806,19 @@ class ModelServer:
         self._watch.start()
 
     def stop_watch(self) -> None:
+        """Stop the watcher, then let the verdicts queued so far reach the registry (for at
+        most WRITES_CLOSE_S: a verdict lost here would undo a promotion after a restart)."""
         self._stop.set()
         if self._watch is not None:
             self._watch.join(timeout=5)
+        writer = self._writer
+        if writer is not None and writer.is_alive():
+            self._writes.put(None)
+            writer.join(timeout=WRITES_CLOSE_S)
+            if writer.is_alive():
+                self._give_up.set()
+                log.warning("model verdicts not written to the registry before closing: %d",
+                            self._writes.unfinished_tasks - 1)  # fmt: skip
 
     close = stop_watch  # the engine closes its stages on shutdown
 

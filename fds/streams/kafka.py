@@ -675,6 +675,8 @@ class Runner:
                 self._restore_assigned()
                 if self._stop:  # a stop may have cut the restore short: decide nothing more
                     return
+                if self._unresolved:  # a rebalance cut it short: again, before any decision
+                    continue
             ready = aligner.take(s.max_poll_records, consumer.assignment())
             if self.labels is not None:
                 self._apply_labels(idle=not ready and not batch and not len(aligner))
@@ -891,11 +893,11 @@ class Runner:
         self.stats.checkpoints += 1
         return True
 
-    def _restore(self) -> None:
+    def _restore(self, *, model: bool = True) -> None:
         """Load the state into the engine: the local checkpoint, else (none, or one that
         cannot be used) the newest snapshot on the state topic, else nothing (the state of
         already-consumed partitions is then rebuilt from the input). Seeks happen on
-        assignment."""
+        assignment. ``model=False``: the model stage's gate and contests stay as they are."""
         ck = self.checkpointer
         if ck is None:
             return
@@ -913,7 +915,7 @@ class Runner:
                         "one --state-dir per input topic and group",
                         where=str(ck.path),
                     )
-                self.engine.load_state_dict(got.state)
+                self.engine.load_state_dict(got.state if model else _without_model(got.state))
             except ConfigError as exc:
                 log.warning("%s ignored: %s", what, exc)
                 if what == "checkpoint" and ck.path.exists():  # kept for a post-mortem
@@ -979,7 +981,17 @@ class Runner:
         """Note the new assignment; the state is brought up to date before its first batch
         (the group consumer itself starts at the committed offsets)."""
         self._rebalances += 1
-        self._unresolved = {tp.partition for tp in assigned if tp.topic == self.s.input_topic}
+        mine = {tp.partition for tp in assigned if tp.topic == self.s.input_topic}
+        self._unresolved = set(mine)
+        # Eager assignment (kafka-python's default): ``assigned`` is the whole new assignment.
+        self._follow_only(mine)
+
+    def _follow_only(self, partitions: set[int]) -> None:
+        """Forget the positions of partitions not in ``partitions``: the state no longer
+        follows them, so no checkpoint may claim one (a restart would catch such a partition
+        up from an old position, on top of a state that went on without it)."""
+        for p in [p for p in self._positions if p not in partitions]:
+            del self._positions[p]
 
     def _restore_assigned(self) -> None:
         """Bring the state up to the committed offsets of the assigned partitions, before the
@@ -1097,15 +1109,18 @@ class Runner:
     def _restart_restore(self, what: str) -> None:
         """A rebalance interrupted a restore: drop the partial state (back to the checkpoint,
         or empty), and restore again for the partitions assigned now, before any is decided."""
-        self.engine.load_state_dict(pickle.loads(self._fresh_state))
+        # the model's gate and contests are not built from the input: they stay as they are
+        # (an older checkpoint could reopen a probation confirmed since)
+        self.engine.load_state_dict(_without_model(pickle.loads(self._fresh_state)))
         self._positions.clear()
-        self._restore()
-        self._model_without_labels()
-        self._live = False
-        self._labels_due = True
-        self._unresolved |= {
+        self._restore(model=False)
+        assigned = {
             tp.partition for tp in self.consumer.assignment() if tp.topic == self.s.input_topic
         }
+        self._follow_only(assigned)
+        self._live = False
+        self._labels_due = True
+        self._unresolved |= assigned
         log.info(
             "%s interrupted by a rebalance; restoring again for partitions %s",
             what, sorted(self._unresolved),
@@ -1253,6 +1268,11 @@ class _Revoke(ConsumerRebalanceListener):
 MODEL_POLL_S = 1.0
 # The models-topic feed of each engine build_run_engine made (close_engine stops it).
 _FEEDS: weakref.WeakKeyDictionary[Engine, Any] = weakref.WeakKeyDictionary()
+
+
+def _without_model(state: dict[str, Any]) -> dict[str, Any]:
+    """An engine state whose loading leaves the model stage's gate and contests alone."""
+    return {**state, "model_gate": None}
 
 
 def build_run_engine(

@@ -324,6 +324,54 @@ def test_a_restart_resumes_the_contest_of_the_challenger_offered_again(tmp_path)
     restarted = ModelServer(SPEC, learn=False, registry=reg)
     assert restarted.load_champion() == "v000001"
     restarted.load_gate_state(state)
+    restarted.load_gate_state(ModelServer(SPEC, learn=False).gate_state())  # a rebuild's
     assert restarted.poll() == "v000002"  # the watcher offers the challenger again
     restarted._install_pending()
     assert restarted.contest is not None and restarted.contest.n == 3
+
+
+def test_a_probation_whose_predecessor_is_gone_is_dropped_not_raised(tmp_path) -> None:
+    """Retention deletes old versions: loading the predecessor raised ConfigError out of the
+    engine's restore, which then discarded the whole checkpoint."""
+    srv, s, reg = _registry_server(tmp_path, FeatureModel("f_a"))
+    srv.offer(_registered(reg, FeatureModel("f_b")))
+    s.run(60, {"f_a": 1.0, "f_b": 1.0})  # v2 on probation against v1
+    state = {**srv.gate_state(), "predecessor": "v000009"}  # no such version any more
+    restarted = ModelServer(SPEC, learn=False, registry=reg)
+    restarted.load_champion()
+    restarted.load_gate_state(state)
+    assert restarted.probation is None and restarted.acting == srv.acting
+
+
+def test_closing_waits_for_the_verdicts_queued_for_the_registry(tmp_path) -> None:
+    """close() stopped the watcher only: a promotion still queued was lost with the process,
+    and a restarted scorer served the loser again."""
+    import time
+
+    srv, s, reg = _registry_server(tmp_path, FeatureModel("f_none"))
+    srv.start_watch(every=3600)
+    promote = reg.promote
+
+    def slow_promote(*args: Any, **kw: Any) -> Any:
+        time.sleep(0.3)
+        return promote(*args, **kw)
+
+    reg.promote = slow_promote  # type: ignore[method-assign]
+    srv.offer(_registered(reg, FeatureModel("f_a")))
+    s.run(60, {"f_a": 1.0, "f_b": 1.0})  # v2 wins: its promotion is queued
+    srv.close()
+    assert reg.champion() == "v000002"
+
+
+def test_a_champion_that_raises_on_a_label_does_not_cost_the_challenger_its_contest(
+    tmp_path,
+) -> None:
+    srv, s, reg = _registry_server(tmp_path, RaisesOn("f_a"))
+    i = s.i
+    s.i += 1
+    tx = {"tx_id": f"t{i}", "ts": i * DAY / 200, "card_id": "c", "amount": 1.0}
+    srv.on_decision(tx, {"features": {"f_a": 1.0, "boom": 1.0}})  # (the model guard served it)
+    s.run(100, {"f_a": 1.0})
+    assert srv.offer(_registered(reg, FeatureModel("f_a")))
+    s.engine.learn({"tx_id": f"t{i}", "ts": i * DAY / 200 + 1, "is_fraud": True})
+    assert srv.challenger_version == "v000002" and srv.stats["reject"] == 0

@@ -538,3 +538,51 @@ def test_a_rebuild_that_no_rebalance_interrupts_polls_and_finishes(tmp_path, mon
     r = rebuilding_runner(tmp_path, Reader(records(0, 10), per_poll=1), Quiet())
     r._bring_up_to_date([TP])
     assert Quiet.polls >= 1 and r._positions == {0: 10} and r.stats.caught_up == 10
+
+
+def test_a_rebalance_during_a_restore_decides_nothing_before_the_next_restore(
+    tmp_path, monkeypatch
+):
+    """The loop went on to decide what the keep-alive poll had buffered, on the state of the
+    interrupted restore (the checkpoint's, or an empty one)."""
+    from fds.streams import kafka
+
+    monkeypatch.setattr(kafka, "KEEPALIVE_S", 0.0)
+
+    class Rebalancing(Group):
+        polls = 0
+
+        def poll(self, timeout_ms=0, max_records=None):
+            Rebalancing.polls += 1
+            if Rebalancing.polls == 2:  # the keep-alive poll of the first restore
+                listener = kafka._Revoke(r)
+                listener.on_partitions_revoked({TP})
+                listener.on_partitions_assigned({TP})
+                return {TP: records(10, 2)}
+            return {}
+
+        def assignment(self):
+            return {TP}
+
+    r = rebuilding_runner(tmp_path, Reader(records(0, 10), per_poll=1), Rebalancing())
+    r._unresolved = {0}
+    decided_at: list[dict[int, int]] = []
+
+    def process(batch: Any) -> None:
+        decided_at.append(dict(r._positions))
+        r.stop()
+
+    r._process = process  # type: ignore[method-assign]
+    r._poll_loop(max_idle_s=None)
+    assert decided_at == [{0: 10}]  # only after the second, complete restore
+
+
+def test_an_assignment_forgets_the_positions_of_partitions_that_moved_away():
+    """A checkpoint kept the position of a partition revoked long before; a restart then
+    caught it up from there on top of a state that had gone on without it (late events)."""
+    from fds.streams import kafka
+
+    r = make_runner()
+    r._positions = {0: 5, 1: 7}
+    kafka._Revoke(r).on_partitions_assigned({TP})
+    assert r._positions == {0: 5} and r._unresolved == {0}
