@@ -60,6 +60,9 @@ class ReplayInput:
     truth: set[str] = field(default_factory=set)
     pending_labels: list[dict[str, Any]] = field(default_factory=list)
     late: int = 0  # out of order by more than the reorder buffer could fix
+    # id(transaction) -> its line in the file, while it waits to be decided (a lazy stream):
+    # the position of a dead letter for a stage failure (None: not kept, e.g. ``load``)
+    lines: dict[int, int] | None = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.transactions, list) and self.total is None:
@@ -185,6 +188,7 @@ def load(
     stream = open_stream(
         path, mapping=mapping, labels_path=labels_path, tz=tz, reorder_buffer=2**62
     )
+    stream.lines = None  # a line kept per transaction of the whole file: too much memory
     stream.transactions = list(stream.transactions)
     stream.total = len(stream.transactions)
     stream.labels = sorted(stream.labels + stream.pending_labels, key=_ts)
@@ -221,6 +225,8 @@ def _validated(
         except ValidationError as e:
             dlq.append(dead_letter(stage="validate", error=e, raw=rec, source=source, position=pos))
             continue
+        if stream is not None and stream.lines is not None:
+            stream.lines[id(out)] = pos
         if truth is None or label is None or stream is None:
             yield out
             continue
@@ -311,6 +317,7 @@ def run(
     n_labels = len(labels)
     pending = stream.pending_labels
     dead = stream.dead_letters
+    lines = stream.lines
     truth = stream.truth
     alerted_frauds = total_frauds = learned = written_dead = 0
     bar = _progress(stream.total, progress)
@@ -343,11 +350,14 @@ def run(
                             bar.update(i - bar.n)
                 if on_event is not None:
                     on_event(i)
+                line = lines.pop(id(tx), i) if lines is not None else i
                 try:
                     d = engine.decide(tx)
                 except StageError as e:
                     dead.append(
-                        dead_letter(stage=e.stage, error=e.cause, raw=tx, source=source, position=i)
+                        dead_letter(
+                            stage=e.stage, error=e.cause, raw=tx, source=source, position=line
+                        )
                     )
                     continue
                 sink.write(d)

@@ -128,6 +128,19 @@ def test_stage_failure_is_a_dead_letter_naming_the_stage(tmp_path):
     assert dlq.items[0]["raw"]["tx_id"] == "t1"
 
 
+def test_a_stage_failure_dead_letter_names_the_line_of_the_record(tmp_path):
+    """DESIGN.md: position = line number for files. It was the record's place in event-time
+    order (0-based): here 1, while t2 is on line 5 (a blank line, a bad line, reordered)."""
+    p = tmp_path / "x.jsonl"
+    rows = [tx(0, T0), tx(1, T0 + 9), tx(2, T0 + 1)]
+    lines = [orjson.dumps(rows[0]).decode(), "", "{bad", orjson.dumps(rows[1]).decode(),
+             orjson.dumps(rows[2]).decode()]  # fmt: skip
+    p.write_text("\n".join(lines) + "\n")
+    out, dlq = ListSink(), ListSink()
+    replay.run(Engine(features=Recorder(fail_on="t2")), replay.open_stream(p), out, dlq)
+    assert [(d["stage"], d["position"]) for d in dlq.items] == [("parse", 3), ("features", 5)]
+
+
 def test_speed_paces_by_event_time(tmp_path):
     p = write_jsonl(tmp_path / "x.jsonl", [tx(i, T0 + 60 * i) for i in range(4)])
     slept: list[float] = []
