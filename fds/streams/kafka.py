@@ -1143,7 +1143,9 @@ class Runner:
             stage=stage, error=exc, raw=msg.value, source=msg.topic,
             position={"partition": msg.partition, "offset": msg.offset},
         )  # fmt: skip
-        headers = [
+        headers = [  # the record's fields (DESIGN.md), raw aside; the source_* as before
+            ("source", msg.topic.encode()),
+            ("position", dumps(record["position"])),
             ("source_topic", msg.topic.encode()),
             ("source_partition", str(msg.partition).encode()),
             ("source_offset", str(msg.offset).encode()),

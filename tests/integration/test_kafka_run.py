@@ -327,6 +327,8 @@ def test_dead_letters_carry_headers_for_three_kinds_of_bad_input(
         assert headers["source_topic"] == topics["transactions"]
         assert int(headers["source_offset"]) == offsets[raw]
         assert headers["source_partition"] == str(body["position"]["partition"])
+        assert headers["source"] == body["source"]
+        assert orjson.loads(headers["position"]) == body["position"]
         assert (headers["stage"], headers["error"]) == (stage, error)
         assert headers["reason"] and body["reason"] == headers["reason"]
         assert (body["stage"], body["error"], body["source"]) == (
