@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,15 @@ def dlq_path_for(out: Path) -> Path:
     return out.with_name(name + ".dlq.jsonl")
 
 
+def _unwritable(path: Path) -> str | None:
+    """Why a file cannot be written at ``path`` (its directory is made if missing), or None."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return e.strerror or str(e)
+    return None if os.access(path.parent, os.W_OK) else "its directory is not writable"
+
+
 def _replay(args: argparse.Namespace) -> int:
     if args.speed is not None and args.speed <= 0:
         print("fds replay: error: --speed must be > 0 (e.g. --speed 60)", file=sys.stderr)
@@ -134,6 +144,12 @@ def _replay(args: argparse.Namespace) -> int:
     engine = build_engine(args.rules, args.model, metrics=metrics, watch=True)
     stream = replay_mod.open_stream(args.file, mapping=mapping, labels_path=args.labels)
     dlq_path = args.dlq or dlq_path_for(args.out)
+    for flag, path in (("--out", args.out), ("--dlq", dlq_path)):
+        problem = _unwritable(path)
+        if problem:
+            print(f"fds replay: error: cannot write {flag} {path}: {problem}; give a path in "
+                  "a writable directory", file=sys.stderr)  # fmt: skip
+            return 2
     with contextlib.ExitStack() as stack:
         sink = stack.enter_context(JsonlSink(args.out))
         dlq = stack.enter_context(JsonlSink(dlq_path))

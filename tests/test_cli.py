@@ -35,6 +35,15 @@ def test_missing_file_exit_2_with_message(tmp_path, capsys):
     assert "input file not found" in capsys.readouterr().err
 
 
+def test_an_unwritable_out_is_exit_2_before_any_work(history, tmp_path, capsys):
+    """It was a traceback (exit 1) at the first decision."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    out = blocker / "sub" / "d.jsonl"  # a directory under a file cannot exist
+    assert main(["replay", str(history), "--rules", "none", "--out", str(out)]) == 2
+    assert f"cannot write --out {out}" in capsys.readouterr().err
+
+
 def test_bad_mapping_exit_2_names_file_and_line(history, tmp_path, capsys):
     m = tmp_path / "m.yaml"
     m.write_text("fields:\n  tx_id: A\n  colour: B\n")

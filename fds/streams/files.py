@@ -373,7 +373,9 @@ def _read_parquet(p: Path, mapping: ColumnMapping | None) -> Iterator[Record]:
     try:
         import pyarrow.parquet as pq  # optional: only parquet users need it
     except ImportError:
-        raise ConfigError("reading parquet needs pyarrow: pip install pyarrow") from None
+        raise ConfigError(
+            "reading parquet needs pyarrow: pip install 'fds[parquet]' (or pip install pyarrow)"
+        ) from None
     table = pq.read_table(p)
     if mapping is not None:
         mapping.check_columns(table.column_names, where=str(p))
