@@ -154,9 +154,12 @@ def parse_transaction(raw: Any, tz: tzinfo = UTC) -> dict[str, Any]:
         tx: dict[str, Any] = _validate_tx(raw)
     except pydantic.ValidationError as e:
         raise ValidationError(_reason(e)) from None
+    if tx["amount"] == 1.0 and raw.get("amount").__class__ is bool:  # lax mode took True as 1
+        raise ValidationError("amount: a boolean is not an amount (got True)")
     if not tx.keys() <= TX_FIELDS:  # a subset test allocates nothing: the common case
         unknown = tx.keys() - TX_FIELDS
-        tx["extra"] = {**tx.get("extra", {}), **{k: tx.pop(k) for k in unknown}}
+        # an unknown top-level field joins ``extra``; a value given in ``extra`` itself wins
+        tx["extra"] = {**{k: tx.pop(k) for k in unknown}, **tx.get("extra", {})}
     try:
         tx["ts"] = parse_ts(tx["ts"], tz)
     except ValueError as e:
@@ -172,6 +175,8 @@ def parse_label(raw: Any, tz: tzinfo = UTC) -> dict[str, Any]:
         m = Label.model_validate(raw)
     except pydantic.ValidationError as e:
         raise ValidationError(_reason(e)) from None
+    if raw.get("ts").__class__ is bool:  # lax mode took it as 0 or 1: 1970
+        raise ValidationError(f"ts: a boolean is not a timestamp (got {raw['ts']!r})")
     lab = m.__dict__.copy()
     try:
         lab["ts"] = parse_ts(lab["ts"], tz)

@@ -93,3 +93,17 @@ def test_engine_decision_matches_decision_contract():
     d = Engine().decide(parse_transaction({**BASE, "ts": EPOCH}))
     assert Decision.model_validate(d).action == "approve"
     assert d["ts"] == "2026-01-01T00:00:00.000+00:00"
+
+
+def test_booleans_are_neither_amounts_nor_timestamps():
+    """Pydantic's lax mode read True as 1: an amount of 1.0, a label stamped 1970."""
+    with pytest.raises(ValidationError, match="amount: a boolean"):
+        parse_transaction({"tx_id": "a", "ts": 1.7e9, "card_id": "c", "amount": True})
+    with pytest.raises(ValidationError, match="ts: a boolean"):
+        parse_label({"tx_id": "a", "ts": True, "is_fraud": True})
+    assert parse_transaction({**BASE, "ts": EPOCH, "amount": 1})["amount"] == 1.0
+
+
+def test_a_value_given_in_extra_wins_over_an_unknown_top_level_field():
+    tx = parse_transaction({**BASE, "ts": EPOCH, "shoe": 1, "extra": {"shoe": 2}})
+    assert tx["extra"] == {"shoe": 2}
