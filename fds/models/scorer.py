@@ -99,6 +99,9 @@ class _Raised(Exception):
         self.which = which
 
 
+_UNSCORED: tuple[str | None, float, str | None, float] = (None, math.nan, None, math.nan)
+
+
 def _p(model: Any, x: dict[str, float]) -> float:
     return float(model.predict_proba_one(x).get(True, 0.0))
 
@@ -190,6 +193,12 @@ class ModelServer:
         self._gate_ranks: tuple[str | None, BudgetRank, BudgetRank] | None = None
         self._gate_n = 0  # fraud labels judged (threshold refreshes)
         self._recent: collections.deque[dict[str, float]] = collections.deque(maxlen=RECENT_SIZE)
+        # ... and the raw scores given to each on the decision path, aligned with it:
+        # (champion version, its score, challenger version, its score in shadow)
+        self._recent_scored: collections.deque[tuple[str | None, float, str | None, float]] = (
+            collections.deque(maxlen=RECENT_SIZE)
+        )
+        self._scored: tuple[str | None, float, str | None, float] = _UNSCORED  # the last one
         self._day_counts: collections.Counter[int] = collections.Counter()
         self._last: tuple[str, dict[str, float]] | None = None
         self._inputs: collections.OrderedDict[str, dict[str, float]] = collections.OrderedDict()
@@ -219,10 +228,12 @@ class ModelServer:
             self._install_pending()
         x = to_vector(tx, features)
         self._last = (tx["tx_id"], x)
+        self._scored = _UNSCORED
         champ = self.champion
         if champ is None:
             return None, None
         raw = _p(champ, x)
+        scored = raw
         if not 0.0 <= raw <= 1.0:
             # NaN or far out: never a decline (the model guard falls back to the rules); a
             # rounding overshoot is clipped
@@ -230,13 +241,16 @@ class ModelServer:
                 raise ValueError(f"model {self.version} scored {raw!r}, not a probability")
             raw = min(max(raw, 0.0), 1.0)
         s = self._probability(raw)
+        shadow, shadow_version = math.nan, None
         if self.challenger is not None:
             try:  # in shadow: scored on live traffic so that a failing one is dropped early
-                _p(self.challenger, x)
+                shadow, shadow_version = _p(self.challenger, x), self.challenger_version
             except Exception as e:  # a challenger never breaks serving
                 self._drop_challenger(
                     "reject", f"shadow scoring raised {type(e).__name__}: {e}", local=True
                 )  # (maybe this machine's libraries: the registry is not told)
+        # kept with the input: a contest re-ranking recent traffic reuses them (see _scores)
+        self._scored = (self.version, scored, shadow_version, shadow)
         return s, self.version
 
     def _probability(self, s: float) -> float:
@@ -254,8 +268,10 @@ class ModelServer:
         tx_id = tx["tx_id"]
         if last is not None and last[0] == tx_id:
             x = last[1]
+            self._recent_scored.append(self._scored)
         else:
             x = to_vector(tx, decision.get("features") or {})
+            self._recent_scored.append(_UNSCORED)
         self._recent.append(x)
         ts = tx["ts"]
         self._day_counts[int(ts // _DAY)] += 1
@@ -430,10 +446,20 @@ class ModelServer:
         per_day = sum(self._day_counts[d] for d in days) / max(len(days), 1)
         return min(1.0, self.spec.promote.alert_budget_per_day / max(per_day, 1.0))
 
-    def _rank(self, model: Any) -> BudgetRank:
+    def _rank(self, model: Any, version: str | None) -> BudgetRank:
         """``model``'s scores of recent traffic, ranked at the alert budget."""
-        recent = list(self._recent)[::RANK_STRIDE]
-        return BudgetRank([_p(model, r) for r in recent], self._alert_share())
+        return BudgetRank(self._scores(model, version), self._alert_share())
+
+    def _scores(self, model: Any, version: str | None) -> list[float]:
+        """Raw scores of ``model`` (version ``version``) for every RANK_STRIDE-th recent input:
+        the ones it gave on the decision path (as champion, or as challenger in shadow) are
+        reused, the others computed now. (Re-scoring 2,048 inputs with a forest took ~0.3 s
+        per model, on the decision thread, at every threshold refresh.)"""
+        out = []
+        scored = list(self._recent_scored)[::RANK_STRIDE]
+        for x, (v1, s1, v2, s2) in zip(list(self._recent)[::RANK_STRIDE], scored, strict=True):
+            out.append(s1 if v1 == version else s2 if v2 == version else _p(model, x))
+        return out
 
     def _judge_gate(self, x: dict[str, float]) -> None:
         """One fraud label for the maturity gate: rules + champion (the policy's combination)
@@ -442,23 +468,24 @@ class ModelServer:
         if not (gate.min_frauds or gate.window) or champ is None:
             return
 
-        def final(r: dict[str, float]) -> float:
-            return combine(
-                r.get(RULE_SCORE, 0.0), self._probability(_p(champ, r)), self.reads_rules
-            )
+        def final(r: dict[str, float], raw: float) -> float:
+            return combine(r.get(RULE_SCORE, 0.0), self._probability(raw), self.reads_rules)
 
         ranks = self._gate_ranks
         self._gate_n += 1
         if ranks is None or ranks[0] != self.version or self._gate_n % THRESHOLD_REFRESH == 0:
             recent = list(self._recent)[::RANK_STRIDE]
+            raws = self._scores(champ, self.version)
             share = self._alert_share()
             ranks = self._gate_ranks = (
                 self.version,
-                BudgetRank([final(r) for r in recent], share),
+                BudgetRank([final(r, s) for r, s in zip(recent, raws, strict=True)], share),
                 BudgetRank([r.get(RULE_SCORE, 0.0) for r in recent], share),
             )
         win = self._gate
-        win.append((ranks[1].credit(final(x)), ranks[2].credit(x.get(RULE_SCORE, 0.0))))
+        win.append(
+            (ranks[1].credit(final(x, _p(champ, x))), ranks[2].credit(x.get(RULE_SCORE, 0.0)))
+        )
         model_caught = sum(m for m, _ in win)
         rules_caught = sum(r for _, r in win)
         acting = (
@@ -556,8 +583,9 @@ class ModelServer:
         if p is not None:
             try:
                 self._prob_ranks, credits = self._credits(
-                    self._prob_ranks, (self.champion, self.predecessor), x, p.n
-                )
+                    self._prob_ranks, (self.champion, self.predecessor),
+                    (self.version, self.predecessor_version), x, p.n,
+                )  # fmt: skip
             except _Raised as e:  # the champion: this label is skipped (see _credits)
                 if e.which == 1:  # the predecessor: no verdict possible, the champion stays
                     self.probation = self.predecessor = self.predecessor_version = None
@@ -571,8 +599,9 @@ class ModelServer:
         if c is not None:
             try:
                 self._ranks, credits = self._credits(
-                    self._ranks, (self.champion, self.challenger), x, c.n
-                )
+                    self._ranks, (self.champion, self.challenger),
+                    (self.version, self.challenger_version), x, c.n,
+                )  # fmt: skip
             except _Raised as e:
                 if e.which == 1:  # as on the decision path: the challenger goes
                     self._drop_challenger("reject", f"shadow scoring raised {e}", local=True)
@@ -584,7 +613,7 @@ class ModelServer:
 
     def _credits(
         self, ranks: tuple[BudgetRank, BudgetRank] | None, models: tuple[Any, Any],
-        x: dict[str, float], n: int,
+        versions: tuple[str | None, str | None], x: dict[str, float], n: int,
     ) -> tuple[tuple[BudgetRank, BudgetRank], tuple[float, float]]:  # fmt: skip
         """Budget credits of ``models`` (incumbent, candidate) for the labelled input ``x``, with
         their ranks on recent traffic (refreshed every THRESHOLD_REFRESH labels). A model that
@@ -594,7 +623,7 @@ class ModelServer:
         out = []
         for i, model in enumerate(models):
             try:
-                r = self._rank(model) if refresh or ranks is None else ranks[i]
+                r = self._rank(model, versions[i]) if refresh or ranks is None else ranks[i]
                 out.append((r, r.credit(_p(model, x))))
             except Exception as e:
                 if model is self.champion:

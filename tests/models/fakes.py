@@ -32,3 +32,13 @@ class RaisesOn(FeatureModel):
         if x.get("boom") == 1.0:
             raise ZeroDivisionError("boom")
         return super().predict_proba_one(x)
+
+
+class Counting(FeatureModel):
+    """A :class:`FeatureModel` that counts its scorings (all instances together)."""
+
+    calls = 0
+
+    def predict_proba_one(self, x: dict[str, float]) -> dict[bool, float]:
+        Counting.calls += 1
+        return super().predict_proba_one(x)

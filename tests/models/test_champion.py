@@ -12,7 +12,7 @@ from fds.models.registry import Registry, make_entry
 from fds.models.scorer import ModelServer
 from fds.models.spec import parse_spec
 from fds.models.trainer import Publication
-from tests.models.fakes import FeatureModel, RaisesOn
+from tests.models.fakes import Counting, FeatureModel, RaisesOn
 
 DAY = 86400.0
 SPEC = parse_spec(
@@ -375,3 +375,25 @@ def test_a_champion_that_raises_on_a_label_does_not_cost_the_challenger_its_cont
     assert srv.offer(_registered(reg, FeatureModel("f_a")))
     s.engine.learn({"tx_id": f"t{i}", "ts": i * DAY / 200 + 1, "is_fraud": True})
     assert srv.challenger_version == "v000002" and srv.stats["reject"] == 0
+
+
+def test_re_ranking_recent_traffic_reuses_the_scores_given_on_the_decision_path(tmp_path):
+    """Every threshold refresh re-scored 2,048 recent inputs with both models on the decision
+    thread (~0.3 s per model for a forest). The champion, and a challenger in shadow, already
+    scored them when they were decided."""
+    from fds.models.scorer import RANK_STRIDE, _p
+
+    srv, s, reg = _registry_server(tmp_path, Counting("f_a"))  # 50 decided before the contest
+    srv.offer(_registered(reg, Counting("f_b")))
+    s.run(200, {"f_a": 1.0, "f_b": 1.0})
+    assert srv.contest is not None or srv.history  # the contest ran on these labels
+    for model, version in ((srv.champion, srv.version), (srv.challenger, srv.challenger_version)):
+        if model is None:
+            continue
+        Counting.calls = 0
+        got = srv._scores(model, version)
+        calls = Counting.calls
+        assert got == [_p(model, x) for x in list(srv._recent)[::RANK_STRIDE]]
+        # re-scored: at most the 50 inputs decided before the contest (every RANK_STRIDE-th);
+        # all 250 before (125 at that stride)
+        assert calls <= 50 // RANK_STRIDE < len(got)
