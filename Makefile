@@ -21,7 +21,7 @@ test: install
 	bash scripts/install_prometheus.sh
 	bash streams/kafka/install.sh
 	$(MAKE) lint
-	$(PYTHON) -m pytest -q
+	FDS_REQUIRE_INTEGRATION=1 $(PYTHON) -m pytest -q -rs
 
 bench: install
 	for b in benchmarks/bench_*.py; do $(PYTHON) $$b || exit 1; done

@@ -69,3 +69,23 @@ def make_topics(
 def topics(make_topics: Callable[..., dict[str, str]]) -> dict[str, str]:
     """All topics of streams/topics.yaml under a fresh prefix: logical name -> topic name."""
     return make_topics()
+
+
+# `make test` (and so CI) sets FDS_REQUIRE_INTEGRATION=1: there an integration test that skips
+# (Prometheus could not be installed, say) fails the run, instead of a green run that tested
+# nothing against the real broker or Prometheus.
+_SKIPPED: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and os.environ.get("FDS_REQUIRE_INTEGRATION") == "1":
+        if "tests/integration/" in report.nodeid.replace(os.sep, "/"):
+            _SKIPPED.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _SKIPPED:
+        print(f"\nFDS_REQUIRE_INTEGRATION=1 and {len(_SKIPPED)} integration test(s) skipped:")
+        for nodeid in _SKIPPED:
+            print(f"  {nodeid}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

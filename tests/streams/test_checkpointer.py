@@ -58,13 +58,17 @@ def test_a_foreground_save_supersedes_a_running_background_write(tmp_path):
     ck = Checkpointer(tmp_path)
 
     def slow() -> dict:
-        time.sleep(5.0)
+        time.sleep(1.0)
         return {"n": "old"}
 
     assert ck.save_background(slow, topic="tx", offsets={0: 1})
+    child = ck._child
+    assert child is not None
     ck.save({"n": "new"}, topic="tx", offsets={0: 9})  # e.g. on revocation or at a stop
     assert not ck.busy()
-    time.sleep(0.2)
+    with pytest.raises(ProcessLookupError):  # the stale writer is gone (killed and reaped) ...
+        os.kill(child, 0)
+    time.sleep(1.5)  # ... so nothing lands over the new checkpoint when it would have finished
     got = ck.load()
     assert got is not None and got.state == {"n": "new"} and got.offsets == {0: 9}
     assert [p.name for p in tmp_path.iterdir()] == ["engine.ckpt"]  # no temporary file left

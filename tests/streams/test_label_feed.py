@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import time
 from collections import namedtuple
 
 import orjson
 import pytest
+from kafka.structs import OffsetAndTimestamp
 
 from fds.errors import ConfigError
 from fds.features import FeaturePlan
@@ -14,6 +16,9 @@ from fds.rules.ruleset import FeatureSpec
 from fds.streams.label_feed import LabelFeed, reads_labels
 
 Rec = namedtuple("Rec", "topic partition offset timestamp value")
+# Record timestamps (ms) in these tests are offsets from now: the feed reads the labels topic
+# from the label horizon (the plan's label TTL before now) on.
+NOW_MS = int(time.time() * 1000)
 
 
 class FakeConsumer:
@@ -39,11 +44,18 @@ class FakeConsumer:
     def end_offsets(self, tps):
         return dict.fromkeys(tps, len(self.records))
 
-    def offsets_for_times(self, times):
-        return dict.fromkeys(times)  # no record that recent: start_offsets seeks to the end
+    def offsets_for_times(self, times):  # the first record at or after each time, as Kafka
+        return {
+            tp: next(
+                (OffsetAndTimestamp(r.offset, r.timestamp, -1) for r in self.records
+                 if r.timestamp >= ms),
+                None,
+            )
+            for tp, ms in times.items()
+        }  # fmt: skip
 
     def seek(self, tp, offset):
-        self.pos = 0  # whatever the offset, the fake re-reads every record
+        self.pos = offset
 
     def poll(self, timeout_ms=0, max_records=None):
         out = self.records[self.pos :][:max_records]
@@ -64,7 +76,7 @@ def label(i: int, tx_id: str, ms: int, value: bytes | None = None) -> Rec:
         if value is not None
         else orjson.dumps({"tx_id": tx_id, "ts": 1_767_225_700.0, "is_fraud": True})
     )
-    return Rec("labels", 0, i, ms, body)
+    return Rec("labels", 0, i, NOW_MS + ms, body)
 
 
 def tx(tx_id: str, ts: float) -> dict:
@@ -77,12 +89,12 @@ def test_a_label_waits_for_its_transaction_while_the_input_is_behind():
     c = FakeConsumer([label(0, "a", 5_000), label(1, "x", 6_000, b"{oops"), label(2, "z", 7_000)])
     feed = LabelFeed(c, "labels", p)
     # "a" was decided: applied at once; "z" not yet, and the input is behind its label: waits
-    assert feed.rewind(input_ms=4_000) == 1
-    assert feed.poll(input_ms=4_000) == 0
+    assert feed.rewind(input_ms=NOW_MS + 4_000) == 1
+    assert feed.poll(input_ms=NOW_MS + 4_000) == 0
     assert [msg.offset for msg, _exc in feed.take_bad()] == [1]  # for the next batch's DLQ
     assert p.compute(tx("b", 1_767_225_660.0))["m_frauds"] == 1
     p.compute(tx("z", 1_767_225_670.0))  # z's transaction comes through the input later
-    assert feed.poll(input_ms=4_500) == 1
+    assert feed.poll(input_ms=NOW_MS + 4_500) == 1
     assert p.compute(tx("c", 1_767_225_680.0))["m_frauds"] == 2
     # re-read (after a state rebuild): applying again changes nothing
     assert feed.rewind(input_ms=math.inf) == 2
@@ -93,8 +105,8 @@ def test_a_label_waits_for_its_transaction_while_the_input_is_behind():
 def test_a_label_for_a_transaction_that_can_no_longer_come_is_not_held():
     p = plan()
     feed = LabelFeed(FakeConsumer([label(0, "gone", 5_000)]), "labels", p)
-    assert feed.rewind(input_ms=4_000) == 0  # the input may still bring "gone": held
-    assert feed.poll(input_ms=5_000) == 1  # the input passed the label: applied, unmatched
+    assert feed.rewind(input_ms=NOW_MS + 4_000) == 0  # the input may still bring "gone": held
+    assert feed.poll(input_ms=NOW_MS + 5_000) == 1  # the input passed the label: applied, unmatched
     assert p.unmatched_labels == 1
 
 
@@ -133,7 +145,7 @@ def test_a_rewind_applies_labels_as_it_reads_them(monkeypatch):
         return apply(input_ms)
 
     monkeypatch.setattr(feed, "_apply", spying)
-    assert feed.rewind(input_ms=4_000) == 10
+    assert feed.rewind(input_ms=NOW_MS + 4_000) == 10
     assert len(sizes) > 1 and max(sizes) <= 2 * 2 + 3  # applied before the end, bounded
 
 
@@ -142,4 +154,4 @@ def test_each_applied_label_is_also_handed_to_the_model_stage():
     p.compute(tx("a", 1_767_225_600.0))
     seen = []
     feed = LabelFeed(FakeConsumer([label(0, "a", 5_000)]), "labels", p, seen.append)
-    assert feed.rewind(input_ms=4_000) == 1 and [lab["tx_id"] for lab in seen] == ["a"]
+    assert feed.rewind(input_ms=NOW_MS + 4_000) == 1 and [lab["tx_id"] for lab in seen] == ["a"]
