@@ -78,9 +78,12 @@ _SKIPPED: list[str] = []
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if report.skipped and os.environ.get("FDS_REQUIRE_INTEGRATION") == "1":
-        if "tests/integration/" in report.nodeid.replace(os.sep, "/"):
-            _SKIPPED.append(report.nodeid)
+    if (
+        report.skipped
+        and os.environ.get("FDS_REQUIRE_INTEGRATION") == "1"
+        and "tests/integration/" in report.nodeid.replace(os.sep, "/")
+    ):
+        _SKIPPED.append(report.nodeid)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
