@@ -27,6 +27,7 @@ simulator, like real life, only labels frauds).
 from __future__ import annotations
 
 import bisect
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -65,6 +66,8 @@ class Contest:
     n: int = 0
     caught_incumbent: float = 0.0
     caught_candidate: float = 0.0
+    # event time it started (NaN: at the next decision); see ModelServer._expire_contests
+    started: float = math.nan
 
     def add(self, credit_incumbent: float, credit_candidate: float) -> None:
         """One fraud label with both models' budget credits (see :class:`BudgetRank`)."""

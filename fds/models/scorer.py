@@ -99,6 +99,10 @@ class _Raised(Exception):
         self.which = which
 
 
+def _waited(wait: float, c: Contest) -> str:
+    return f"no verdict within {wait / _DAY:g} d ({c.n} of {c.min_labels} fraud labels judged)"
+
+
 _UNSCORED: tuple[str | None, float, str | None, float] = (None, math.nan, None, math.nan)
 
 
@@ -211,6 +215,8 @@ class ModelServer:
         self._labels_here = True  # fraud labels reach on_label (see without_labels)
         self._retry_at: dict[str, float] = {}  # version that failed to load -> when to retry
         self._saved_contest: dict[str, Any] | None = None  # restored, until its challenger
+        self._now = -math.inf  # event time of the newest decision
+        self._day = -1  # ... and its day (contests are checked for their wait once a day)
         # watch mode: the scorer's own verdicts, written to the registry in order (see _record)
         self._writes: queue.Queue[tuple[str, Callable[[Registry], Any]] | None] = queue.Queue()
         self._writer: threading.Thread | None = None
@@ -274,7 +280,13 @@ class ModelServer:
             self._recent_scored.append(_UNSCORED)
         self._recent.append(x)
         ts = tx["ts"]
-        self._day_counts[int(ts // _DAY)] += 1
+        day = int(ts // _DAY)
+        self._day_counts[day] += 1
+        if ts > self._now:
+            self._now = ts
+            if day != self._day:  # contests that waited too long: checked once a day
+                self._day = day
+                self._expire_contests(ts)
         if self.trainer is not None:
             self.trainer.on_decision(tx, decision, x=x)
         elif self._labels_here:  # (no label would ever take them)
@@ -339,8 +351,9 @@ class ModelServer:
         self.challenger, self.challenger_version = model, version
         self._challenger_entry = entry
         self.contest = Contest(
-            "shadow", self.version or "", version, self.spec.promote.shadow_min_labels
-        )
+            "shadow", self.version or "", version, self.spec.promote.shadow_min_labels,
+            started=self._now,
+        )  # fmt: skip
         saved, self._saved_contest = self._saved_contest, None
         if saved and (saved["incumbent"], saved["candidate"]) == (self.version, version):
             self.contest = Contest(**saved)  # the same contest, before a restart
@@ -632,7 +645,25 @@ class ModelServer:
                 raise _Raised(i, e) from e
         return (out[0][0], out[1][0]), (out[0][1], out[1][1])
 
-    def _judge_shadow(self, verdict: str) -> None:
+    def _expire_contests(self, now: float) -> None:
+        """End a contest or probation that has waited ``promote.shadow_max_wait`` of event time
+        without a verdict, as if no label reached this scorer: the challenger serves as
+        published, the champion on probation is confirmed. In `fds run` a label is judged only
+        with the input of one of the last KEEP_SIZE decisions: at a large volume a label days
+        late finds none, and the model would otherwise stop being updated."""
+        wait = self.spec.promote.shadow_max_wait
+        for c in (self.probation, self.contest):
+            if c is not None and not math.isfinite(c.started):
+                c.started = now  # (restored from before the field existed, or no event yet)
+        p, c = self.probation, self.contest
+        if p is not None and now - p.started >= wait:
+            self.stats["expired"] += 1
+            self._judge_probation("confirm", why=_waited(wait, p))
+        if c is not None and now - c.started >= wait:
+            self.stats["expired"] += 1
+            self._judge_shadow("promote", why=f"served as published: {_waited(wait, c)}")
+
+    def _judge_shadow(self, verdict: str, why: str = "promoted: precision >= champion") -> None:
         c = self.contest
         assert c is not None
         info = {**c.figures(), "incumbent": c.incumbent, "candidate": c.candidate}
@@ -642,21 +673,23 @@ class ModelServer:
             return
         self.stats["promote"] += 1
         self.predecessor, self.predecessor_version = self.champion, self.version
-        self._set_champion(
-            c.candidate, self.challenger, "promoted: precision >= champion", self._challenger_entry
-        )
+        self._set_champion(c.candidate, self.challenger, why, self._challenger_entry)
         self.challenger = self.challenger_version = None
         self.contest = None
         # a new probation replaces an unfinished one: the newest promotion is the one on trial
-        self.probation = Contest("probation", c.candidate, c.incumbent, c.min_labels)
+        self.probation = Contest(
+            "probation", c.candidate, c.incumbent, c.min_labels, started=self._now
+        )
         self._prob_ranks = None
         self._emit("promote", info)
         self._next_queued()
 
-    def _judge_probation(self, verdict: str) -> None:
+    def _judge_probation(self, verdict: str, why: str | None = None) -> None:
         p = self.probation
         assert p is not None
         info = {**p.figures(), "incumbent": p.incumbent, "candidate": p.candidate}
+        if why:
+            info["why"] = why
         self.history.append({"verdict": verdict, **info})
         self.probation = None
         self.stats[verdict] += 1
@@ -667,8 +700,9 @@ class ModelServer:
             )  # fmt: skip
             self._champion_labels = self.spec.promote.warmup_labels  # a proven model
             if self.contest is not None:  # the challenger now faces the restored champion
+                c = self.contest
                 self.contest = Contest(
-                    "shadow", self.version or "", self.contest.candidate, self.contest.min_labels
+                    "shadow", self.version or "", c.candidate, c.min_labels, started=c.started
                 )
                 self._ranks = None
             self._emit("rollback", info)
@@ -801,8 +835,9 @@ class ModelServer:
             self.probation = self.predecessor = self.predecessor_version = None
             self._prob_ranks = self._ranks = None
             if self.contest is not None:
+                c = self.contest
                 self.contest = Contest(
-                    "shadow", version, self.contest.candidate, self.contest.min_labels
+                    "shadow", version, c.candidate, c.min_labels, started=c.started
                 )
             self._set_champion(version, model, "registry", entry)
             if dropped:

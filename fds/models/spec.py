@@ -104,6 +104,10 @@ class PromotePolicy:
     alert_budget_per_day: int = 100
     # New versions replace the champion directly until it has learned this many examples.
     warmup_labels: int = 1000
+    # A contest (or probation) without a verdict after this long in event time ends as if no
+    # label reached the scorer: the challenger serves as published, a probation is confirmed.
+    # (In `fds run` the scorer judges a label only with the input of a recent decision.)
+    shadow_max_wait: float = 14 * 86400.0
     auto: bool = True
 
 
@@ -300,8 +304,10 @@ def _policy(cls: type, raw: Any, source: str, node: yaml.Node | None, section: s
                 f"unknown key {section}.{k}; known: {', '.join(sorted(known))}", where=where
             )
         try:
-            if k in ("assume_legit_after", "every_seconds", "ttl"):
+            if k in ("assume_legit_after", "every_seconds", "ttl", "shadow_max_wait"):
                 v = parse_duration(v)
+                if k == "shadow_max_wait" and v <= 0:
+                    raise ValueError("must be a positive duration, e.g. 14d")
             elif k in (
                 "every_labels",
                 "shadow_min_labels",

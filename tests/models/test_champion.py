@@ -397,3 +397,37 @@ def test_re_ranking_recent_traffic_reuses_the_scores_given_on_the_decision_path(
         # re-scored: at most the 50 inputs decided before the contest (every RANK_STRIDE-th);
         # all 250 before (125 at that stride)
         assert calls <= 50 // RANK_STRIDE < len(got)
+
+
+def test_a_contest_that_no_label_reaches_ends_after_its_wait(tmp_path) -> None:
+    """In `fds run` a label is judged only with the input of one of the last KEEP_SIZE
+    decisions: at 1 M decisions a day a label days late finds none, the challenger stayed in
+    shadow for good and the model stopped being updated."""
+    srv, s, reg = _registry_server(tmp_path, FeatureModel("f_a"))
+    srv.offer(_registered(reg, FeatureModel("f_b")))
+    assert srv.challenger_version == "v000002"
+    engine = Engine(model=srv)
+
+    def days(d0: float, d1: float) -> None:  # decisions every hour, no label ever matched
+        for h in range(int(d0 * 24), int(d1 * 24)):
+            engine.decide({"tx_id": f"h{h}", "ts": h * 3600.0, "card_id": "c", "amount": 1.0})
+
+    days(1, 14)  # the contest started at the first decision after it (~day 0.25)
+    assert srv.version == "v000001" and srv.contest is not None
+    days(14, 16)
+    assert srv.version == "v000002" and srv.stats["expired"] == 1
+    assert reg.champion() == "v000002" and srv.probation is not None
+    days(16, 31)
+    assert srv.probation is None and srv.stats["confirm"] == 1 and srv.version == "v000002"
+
+
+def test_the_wait_is_a_duration_in_the_spec() -> None:
+    import pytest
+
+    from fds.errors import ConfigError
+
+    base = "name: t\npipeline:\n  - linear_model.LogisticRegression: {}\npromote:\n"
+    assert parse_spec(base + "  shadow_max_wait: 3d\n").promote.shadow_max_wait == 3 * DAY
+    assert parse_spec(base + "  shadow_min_labels: 5\n").promote.shadow_max_wait == 14 * DAY
+    with pytest.raises(ConfigError, match="shadow_max_wait: must be a positive duration"):
+        parse_spec(base + "  shadow_max_wait: 0\n")
