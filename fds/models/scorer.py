@@ -216,6 +216,8 @@ class ModelServer:
         self._retry_at: dict[str, float] = {}  # version that failed to load -> when to retry
         self._saved_contest: dict[str, Any] | None = None  # restored, until its challenger
         self._now = -math.inf  # event time of the newest decision
+        self._gate_at = math.nan  # ... of the gate's last judged fraud label
+        self._gate_starved = False  # no label judged for shadow_max_wait: opens on the count
         self._day = -1  # ... and its day (contests are checked for their wait once a day)
         # watch mode: the scorer's own verdicts, written to the registry in order (see _record)
         self._writes: queue.Queue[tuple[str, Callable[[Registry], Any]] | None] = queue.Queue()
@@ -501,11 +503,11 @@ class ModelServer:
         )
         model_caught = sum(m for m, _ in win)
         rules_caught = sum(r for _, r in win)
-        acting = (
-            self._gate_frauds >= gate.min_frauds
-            and len(win) >= gate.window
-            and model_caught >= rules_caught
-        )
+        self._gate_at = self._now
+        # a window not full yet keeps the gate as it is when labels are starved (see
+        # _expire_contests); otherwise it keeps it closed
+        judged = model_caught >= rules_caught if len(win) >= gate.window else self._gate_starved
+        acting = self._gate_frauds >= gate.min_frauds and judged
         self._set_acting(
             acting,
             labels=len(win),
@@ -552,6 +554,7 @@ class ModelServer:
         possible any more) or how far a challenger's contest got."""
         return {
             "acting": self.acting, "window": list(self._gate), "frauds": self._gate_frauds,
+            "starved": self._gate_starved,
             "probation": dataclasses.asdict(self.probation) if self.probation else None,
             "predecessor": self.predecessor_version,
             "contest": dataclasses.asdict(self.contest) if self.contest else None,
@@ -565,6 +568,7 @@ class ModelServer:
         self._gate.clear()
         self._gate.extend(tuple(c) for c in state["window"])
         self._gate_frauds = max(self._gate_frauds, int(state["frauds"]))
+        self._gate_starved = bool(state.get("starved", False))
         if state.get("contest"):  # (a fresh state, as a rebuild loads, has none to resume)
             self._saved_contest = state["contest"]
         prob, pred = state.get("probation"), state.get("predecessor")
@@ -652,6 +656,18 @@ class ModelServer:
         with the input of one of the last KEEP_SIZE decisions: at a large volume a label days
         late finds none, and the model would otherwise stop being updated."""
         wait = self.spec.promote.shadow_max_wait
+        if not math.isfinite(self._gate_at):
+            self._gate_at = now
+        if (
+            self.spec.gate.window
+            and not self._gate_starved
+            and now - self._gate_at >= wait
+            and len(self._gate) < self.spec.gate.window
+        ):  # the gate's window cannot fill: it opens on the trainer's count, as without labels
+            self._gate_starved = True
+            log.warning("maturity gate: no fraud label judged for %g d; it now opens on the "
+                        "trainer's count of frauds learned alone", wait / _DAY)  # fmt: skip
+            self._gate_by_count()
         for c in (self.probation, self.contest):
             if c is not None and not math.isfinite(c.started):
                 c.started = now  # (restored from before the field existed, or no event yet)

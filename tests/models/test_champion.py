@@ -431,3 +431,21 @@ def test_the_wait_is_a_duration_in_the_spec() -> None:
     assert parse_spec(base + "  shadow_min_labels: 5\n").promote.shadow_max_wait == 14 * DAY
     with pytest.raises(ConfigError, match="shadow_max_wait: must be a positive duration"):
         parse_spec(base + "  shadow_max_wait: 0\n")
+
+
+def test_a_gate_whose_window_cannot_fill_opens_on_the_count_after_the_wait() -> None:
+    """With a labels topic but no label ever matched (see the test above), the maturity gate's
+    window never filled and the model never acted."""
+    spec = parse_spec(
+        "name: t\npipeline:\n  - linear_model.LogisticRegression: {}\n"
+        "gate:\n  min_frauds: 0\n  window: 5\n"
+    )
+    srv = ModelServer(spec, learn=False)
+    engine = Engine(model=srv)
+    assert srv.offer(_pub(FeatureModel("f_a"), 1)) and not srv.acting
+    for h in range(16 * 24):  # decisions every hour for 16 days, no label
+        engine.decide({"tx_id": f"h{h}", "ts": h * 3600.0, "card_id": "c", "amount": 1.0})
+    assert srv.acting and srv.gate_state()["starved"]
+    engine.decide({"tx_id": "f", "ts": 16 * DAY + 1, "card_id": "c", "amount": 1.0})
+    engine.learn({"tx_id": "f", "ts": 16 * DAY + 2, "is_fraud": True})  # the window: 1 of 5
+    assert srv.acting  # not closed again by a window that cannot fill
