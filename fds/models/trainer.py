@@ -21,6 +21,7 @@ False
 
 from __future__ import annotations
 
+import logging
 import math
 import pickle
 import sqlite3
@@ -38,6 +39,8 @@ from fds.models.vector import strip_rule_ids, to_vector
 from fds.timeutil import parse_ts
 
 __all__ = ["MemoryStore", "Publication", "SnapshotStore", "SqliteStore", "Trainer", "keep_legit"]
+
+log = logging.getLogger("fds.models")
 
 # Expiry scans run at most this often (event time): TTL precision of an hour is plenty.
 _EXPIRE_EVERY = 3600.0
@@ -380,6 +383,32 @@ class Trainer:
         """Publish when due (see :meth:`due`); returns the publication or ``None``."""
         now = self.now if now is None else now
         return self.publish(now) if self.due(now) else None
+
+    def follow_rollback(self) -> str | None:
+        """If the registry rejected the version this trainer last published (``fds models
+        rollback``, or a scorer's lost probation) and another is champion, go on learning from
+        the champion's model instead: otherwise the next version would carry back what was
+        rolled back (a version published from the rejected one, replacing the champion while
+        the scorer still takes versions directly, undid a manual rollback within seconds).
+        Returns the champion learning goes on from, or None. The learning since that champion
+        is dropped with the rejected line; nothing is published until the policy is due
+        again."""
+        reg, parent = self.registry, self.parent
+        if reg is None or parent is None:
+            return None
+        entry = reg.manifest()["versions"].get(parent)
+        champ = reg.champion()
+        if entry is None or entry.get("status") != "rejected" or champ in (None, parent):
+            return None
+        self.model = reg.load(champ)
+        self.parent = champ
+        self._since_publish = 0
+        self._last_publish = self.now if math.isfinite(self.now) else None
+        log.warning(
+            'version "%s" was rejected (%s): learning goes on from the champion "%s"',
+            parent, entry.get("rejected_because") or "", champ,
+        )  # fmt: skip
+        return champ
 
     def publish(self, now: float | None = None, evaluation: dict[str, Any] | None = None):
         """Snapshot the model now as a new version (registry or in memory)."""

@@ -335,6 +335,8 @@ class TrainService:
                 done = msg.offset + 1
             if done is not None:
                 self._offsets[(tp.topic, tp.partition)] = done
+        if t.due(t.now):  # a rollback since the last version: go on from the champion
+            t.follow_rollback()
         pub = t.maybe_publish()
         if pub is not None:
             self._announce(pub)

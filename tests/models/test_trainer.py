@@ -213,3 +213,26 @@ def test_a_legit_label_on_an_assumed_entry_keeps_it_for_a_later_chargeback(kind,
     assert not t.on_label({"tx_id": "a", "ts": t._legit_after + 2.0, "is_fraud": False})
     assert t.on_label({"tx_id": "a", "ts": t._legit_after + 3.0, "is_fraud": True})
     assert t.stats["late_frauds"] == 1 and t.stats["labels_unjoined"] == 0
+
+
+def test_after_a_rollback_the_trainer_goes_on_from_the_champion(tmp_path: Path) -> None:
+    """`fds models rollback` rejected v2; `fds train` published v3 from v2's line, which the
+    scorer took directly (warm-up): the rollback was undone within seconds."""
+    from fds.models.registry import Registry
+
+    reg = Registry(tmp_path / "reg")
+    t = Trainer(_spec(legit_sample_rate=1.0), registry=reg)
+    for i in range(6):
+        t.on_decision(_tx(i, float(i)), {"features": {}})
+        t.on_label({"tx_id": f"t{i}", "ts": 10.0 + i, "is_fraud": i % 2 == 0})
+        if i in (2, 5):
+            reg.promote(t.publish(10.0 + i).version)  # v1, then v2 (parent v1)
+    assert t.follow_rollback() is None  # nothing rejected: the line goes on
+    reg.rollback()  # by hand: v1 is champion again, v2 rejected
+    assert t.follow_rollback() == "v000001" and t.parent == "v000001"
+    x = {"amount": 50.0, "log_amount": 3.9}
+    score = lambda m: m.predict_proba_one(x)[True]  # noqa: E731
+    assert score(t.model) == score(reg.load("v000001")) != score(reg.load("v000002"))
+    t.on_decision(_tx(9, 20.0), {"features": {}})
+    t.on_label({"tx_id": "t9", "ts": 21.0, "is_fraud": True})
+    assert t.publish(22.0).entry["parent"] == "v000001"
