@@ -1268,6 +1268,8 @@ class _Revoke(ConsumerRebalanceListener):
 
 # Registry polling period of the scorer: a version published by `fds train` serves within ~1 s.
 MODEL_POLL_S = 1.0
+# How long `fds run` waits at start for the models topic's history (its newest versions).
+FEED_WAIT_S = 30.0
 # The models-topic feed of each engine build_run_engine made (close_engine stops it).
 _FEEDS: weakref.WeakKeyDictionary[Engine, Any] = weakref.WeakKeyDictionary()
 
@@ -1317,6 +1319,18 @@ def build_run_engine(
         )  # fmt: skip
         feed.start()
         _FEEDS[engine] = feed
+        # Serve the newest version announced so far from the first decision: without the
+        # wait, a new scorer decided its first batches with rules alone while it imported it.
+        s = settings or KafkaSettings()
+        if not feed.caught_up.wait(min(FEED_WAIT_S, s.broker_timeout_s)):
+            log.warning("models topic %s not read to its end within %.0f s: decisions start "
+                        "without its versions", models_topic, FEED_WAIT_S)  # fmt: skip
+        elif server.champion is None:
+            try:
+                server.load_champion()
+            except Exception as exc:  # the registry watch retries it, as for any version
+                log.warning("serving the imported version failed: %s: %s",
+                            type(exc).__name__, exc)  # fmt: skip
     return engine
 
 

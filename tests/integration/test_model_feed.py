@@ -16,6 +16,9 @@ from kafka import KafkaProducer
 from fds.metrics import Metrics
 from fds.models import Registry
 from fds.models.registry import ENTRY_FIELDS, KEY_ENV, sign
+from fds.pipeline import DEFAULT_MODEL
+from fds.schema import parse_transaction
+from fds.streams.kafka import build_run_engine, close_engine
 from fds.streams.model_feed import ModelFeed
 from tests.integration.test_kafka_run import read_all, settings_for, wait_until
 from tests.integration.test_kafka_train import train_and_serve
@@ -108,3 +111,15 @@ def test_announced_version_reaches_a_scorer_with_its_own_registry(
     assert [e["version"] for e in fresh.versions()] == [version]
     assert (feed.stats.imported, feed.stats.rejected) == (1, 2)
     assert Path(fresh.path / f"{version}.pkl").read_bytes() == scorer.load_bytes(version)[0]
+
+    # `fds run`'s engine for a new scorer waits for that catch-up: its very first decision is
+    # scored by the version (it decided its first batches with rules alone before).
+    engine = build_run_engine(
+        None, DEFAULT_MODEL, registry=tmp_path / "new-scorer",
+        models_topic=topics["models"], settings=settings_for(kafka_bootstrap, topics, "g2"),
+    )  # fmt: skip
+    try:
+        tx = {"tx_id": "first", "ts": 1_767_225_600.0, "card_id": "c1", "amount": 10.0}
+        assert engine.decide(parse_transaction(tx))["model_version"] == version
+    finally:
+        close_engine(engine)
