@@ -1355,7 +1355,8 @@ def produce_file(
     mapping: ColumnMapping | None = None,
     limit: int | None = None,
 ) -> int:
-    """Send each record of a JSONL/CSV file to ``topic``, keyed by ``card_id``; return the count.
+    """Send each record of a JSONL/CSV file to ``topic``, keyed by ``card_id`` (``tx_id`` for a
+    record without one: a label); return the count.
 
     ``rate`` paces to that many records per second (file order is kept); ``mapping`` renames
     foreign columns (``--mapping``). A record that cannot be read (bad JSON, a short CSV row) is
@@ -1389,7 +1390,9 @@ def produce_file(
             ) from None
         for _line, rec, raw in records:
             if isinstance(rec, dict):
-                card = rec.get("card_id")
+                # a transaction by its card (the state's partitioning), anything else (a label
+                # file) by its tx_id, as streams/topics.yaml keys the labels topic
+                card = rec.get("card_id", rec.get("tx_id"))
                 key = None if card is None else str(card).encode()
                 fut = producer.send(topic, value=dumps(rec), key=key)
             else:
