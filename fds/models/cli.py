@@ -19,16 +19,27 @@ def register(subparsers: Any) -> None:
         "--registry", default="models/registry", help="registry folder (default models/registry)"
     )
     sub = p.add_subparsers(dest="models_cmd", required=True)
-    sub.add_parser("list", help="versions, newest last, with status").set_defaults(func=_list)
-    s = sub.add_parser("show", help="one version's manifest entry (default: the champion)")
+    # --registry is also accepted after the command (`fds models list --registry DIR`)
+    after = argparse.ArgumentParser(add_help=False)
+    after.add_argument("--registry", default=argparse.SUPPRESS, help="registry folder")
+    sub.add_parser("list", parents=[after], help="versions, newest last, with status").set_defaults(
+        func=_list
+    )
+    s = sub.add_parser(
+        "show", parents=[after], help="one version's manifest entry (default: the champion)"
+    )
     s.add_argument("version", nargs="?")
     s.add_argument("--verify", action="store_true", help="also verify sha256/HMAC and load it")
     s.set_defaults(func=_show)
-    pr = sub.add_parser("promote", help="make a version the champion (verified first)")
+    pr = sub.add_parser(
+        "promote", parents=[after], help="make a version the champion (verified first)"
+    )
     pr.add_argument("version")
     pr.add_argument("--force", action="store_true", help="promote a rejected version anyway")
     pr.set_defaults(func=_promote)
-    sub.add_parser("rollback", help="return to the previous champion").set_defaults(func=_rollback)
+    sub.add_parser(
+        "rollback", parents=[after], help="return to the previous champion"
+    ).set_defaults(func=_rollback)
 
 
 def _registry(args: argparse.Namespace) -> Any:

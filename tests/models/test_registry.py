@@ -208,6 +208,17 @@ def test_promoting_a_rejected_version_needs_force(tmp_path, capsys):
     assert main([*args, "--force"]) == 0 and reg.champion() == "v000001"
 
 
+def test_the_registry_may_follow_the_command(tmp_path, capsys):
+    """`fds models list --registry DIR` was a usage error: only `fds models --registry DIR
+    list` worked."""
+    from fds.cli import main
+
+    Registry(tmp_path).publish({"x": 1}, spec={"name": "t"})
+    assert main(["models", "list", "--registry", str(tmp_path)]) == 0
+    assert "v000001" in capsys.readouterr().out
+    assert main(["models", "list", "--registry", str(tmp_path / "nope")]) == 2
+
+
 # -- import_version: a version published by another registry (the models-topic feed) ----------
 
 
