@@ -274,6 +274,8 @@ class TrainService:
     def run(self, *, max_idle_s: float | None = None) -> TrainStats:
         """Run until :meth:`stop` (or ``max_idle_s`` without input)."""
         self._connect()
+        if self.trainer.parent is not None:  # what it learns on from, before its next version
+            self.metrics.model_info(self.trainer.parent, self.spec.name)
         last_input = time.monotonic()
         try:
             while not self._stop:

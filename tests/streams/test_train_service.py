@@ -244,3 +244,28 @@ def test_a_label_stamped_far_after_its_record_was_produced_is_set_aside(tmp_path
     feed(svc, {lab: [far]})
     assert svc.trainer.now < 1000 and len(svc.trainer.store) == 3
     assert svc.trainer.stats["assumed_legit"] == 0
+
+
+def test_a_restarted_trainer_exports_the_version_it_learns_on_from_the_start(tmp_path):
+    """fds_model_info stayed empty after a restart until the next publish (minutes)."""
+    from fds.metrics import Metrics
+
+    first = service(tmp_path)
+    first.trainer.parent = "v000013"
+    first._save_state()
+    svc = TrainService(
+        KafkaSettings(group="fds-train"), spec=DEFAULT_MODEL, registry=tmp_path / "registry",
+        state_dir=tmp_path / "state", models_topic=None, metrics=Metrics(),
+    )  # fmt: skip
+
+    class Idle:
+        def poll(self, timeout_ms=0, max_records=None):
+            return {}
+
+        def close(self, autocommit=False):
+            pass
+
+    svc._connect = lambda: setattr(svc, "consumer", Idle())  # type: ignore[method-assign]
+    svc.run(max_idle_s=0)
+    info = {"version": "v000013", "spec": svc.spec.name}
+    assert svc.metrics.registry.get_sample_value("fds_model_info", info) == 1
