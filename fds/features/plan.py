@@ -444,21 +444,22 @@ class FeaturePlan:
         )
         self._next_label_expiry = wm + self._label_span
 
-    def on_label(self, label: Mapping[str, Any]) -> None:
+    def on_label(self, label: Mapping[str, Any]) -> bool:
         """Record a (late) label: later decisions count it in ``fraud_count``/``fraud_rate``.
 
         The label is attributed to the entity values the transaction had, at its own event
         time. Labels for unknown or expired transactions are counted in ``unmatched_labels``.
+        Returns whether the label changed anything (not unmatched, not already counted).
         """
         tx_id = label["tx_id"]
         found = self._labels.find(tx_id)
         if found is None:
             self.unmatched_labels += 1
-            return
+            return False
         bucket, rec, t = found
         want = 1 if label["is_fraud"] else 0
         if bucket.known.get(tx_id, 0) == want:
-            return  # already counted as it says
+            return False  # already counted as it says
         if want:
             bucket.known[tx_id] = 1
         else:
@@ -487,6 +488,7 @@ class FeaturePlan:
             for wi, _w, _pe, _mono, _ctrs, fslot, _feats in cg.windows:
                 if fslot >= 0 and p >= st[cg.i_head[wi]]:
                     st[cg.i_nf[fslot]] += delta
+        return True
 
     # ------------------------------------------------------------------ checkpoints
     def _identity(self) -> dict[str, Any]:

@@ -563,15 +563,15 @@ class Runner:
             return
         input_ms = math.inf if idle else self._input_ms
         try:
-            n = 0
             if self._labels_due:
-                n = feed.rewind(
+                feed.rewind(
                     input_ms, timeout_s=self.s.broker_timeout_s, stopping=lambda: self._stop
                 )
                 self._labels_due = False
-            n += feed.poll(input_ms)
-            if n:
-                self.metrics.feature_labels(n)
+            feed.poll(input_ms)
+            if feed.changed:  # (a label read again after a restore changes nothing)
+                self.metrics.feature_labels(feed.changed)
+                feed.changed = 0
         except (KafkaError, OSError) as exc:  # decisions go on; labels are tried again next time
             log.warning("labels topic: %s: %s", type(exc).__name__, exc)
 

@@ -76,6 +76,8 @@ class LabelFeed:
         self.plan = plan
         self.also = also  # also given each label applied (the model stage: gate and contests)
         self.bad: list[tuple[Any, BaseException]] = []
+        # labels that changed the features since last read (not a re-read one: the metric)
+        self.changed = 0
         self._bad_next: dict[int, int] = {}  # partition -> offset after the last bad one queued
         self._tps: list[Any] = []
         self._held: deque[tuple[int, dict[str, Any]]] = deque()  # (record ms, label)
@@ -159,7 +161,8 @@ class LabelFeed:
                 waiting.append((ms, label))
                 room -= 1
                 continue
-            on_label(label)  # known, or its transaction can no longer come: unmatched
+            # known, or its transaction can no longer come: unmatched
+            self.changed += bool(on_label(label))
             if self.also is not None:
                 self.also(label)
             n += 1

@@ -155,3 +155,13 @@ def test_each_applied_label_is_also_handed_to_the_model_stage():
     seen = []
     feed = LabelFeed(FakeConsumer([label(0, "a", 5_000)]), "labels", p, seen.append)
     assert feed.rewind(input_ms=NOW_MS + 4_000) == 1 and [lab["tx_id"] for lab in seen] == ["a"]
+
+
+def test_a_label_read_again_is_not_counted_again():
+    """fds_feature_labels_total counted every label again at each re-read of the topic (after
+    a catch-up or a rebalance), though applying it again changes nothing."""
+    p = plan()
+    p.compute(tx("a", 1_767_225_600.0))
+    feed = LabelFeed(FakeConsumer([label(0, "a", 5_000), label(1, "gone", 5_000)]), "labels", p)
+    assert feed.rewind(input_ms=math.inf) == 2 and feed.changed == 1  # "gone": unmatched
+    assert feed.rewind(input_ms=math.inf) == 2 and feed.changed == 1
