@@ -34,7 +34,9 @@ class FeatureStage(Protocol):
         """Fold ``tx`` into the state and return its feature snapshot."""
         ...
 
-    def on_label(self, label: Mapping[str, Any]) -> None: ...
+    def on_label(self, label: Mapping[str, Any]) -> object:
+        """Apply a late label (what it returns is not used here)."""
+        ...
 
 
 @runtime_checkable
@@ -339,8 +341,13 @@ class Engine:
         """Export slow-moving state to metrics; call between events every few thousand events.
 
         Rules skipped for a missing name, entities held in window state, and who is demoted
-        by the rate breaker now (a restored engine included).
+        by the rate breaker now (a restored engine included). Also serves a model version
+        prepared meanwhile (a rollback while the input is idle is served, and shown in
+        ``fds_model_info``, without waiting for the next transaction).
         """
+        install = getattr(self.model, "install_pending", None)
+        if install is not None:
+            install()
         m = self.metrics
         if m is None:
             return

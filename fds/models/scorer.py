@@ -233,7 +233,7 @@ class ModelServer:
     ) -> tuple[float | None, str | None]:
         """Champion score and version (``(None, None)`` before the first version)."""
         if self._pending is not None:
-            self._install_pending()
+            self.install_pending()
         x = to_vector(tx, features)
         self._last = (tx["tx_id"], x)
         self._scored = _UNSCORED
@@ -837,7 +837,8 @@ class ModelServer:
         """Is a version that failed to load for a local reason due to be tried again?"""
         return any(math.isfinite(t) for t in self._retry_at.values())
 
-    def _install_pending(self) -> None:
+    def install_pending(self) -> None:
+        """Serve the version the watcher prepared, if any (between two events)."""
         pending, self._pending = self._pending, None
         if pending is None:
             return

@@ -218,7 +218,7 @@ def test_a_challenger_promoted_by_hand_ends_its_contest(tmp_path) -> None:
     assert srv.challenger_version == "v000002"
     reg.promote("v000002")  # fds models promote, while it is in shadow
     assert srv.poll() == "v000002"
-    srv._install_pending()
+    srv.install_pending()
     assert srv.version == "v000002" and srv.challenger is None and srv.contest is None
     s.run(60, {"f_a": 1.0, "f_b": 1.0})
     assert reg.champion() == "v000002" and reg.entry("v000002")["status"] == "champion"
@@ -234,7 +234,7 @@ def test_a_champion_promoted_by_hand_is_not_judged_by_the_probation_it_ended(tmp
     reg.publish(FeatureModel("f_none"), spec={"name": "t"})
     reg.promote("v000003", reason="by hand")  # fds models promote
     assert srv.poll() == "v000003"
-    srv._install_pending()
+    srv.install_pending()
     assert srv.version == "v000003" and srv.probation is None
     s.run(60, {"f_a": 1.0, "f_b": 0.0})
     assert srv.stats["rollback"] == 0 and reg.champion() == "v000003"
@@ -263,7 +263,7 @@ def test_the_watcher_does_not_undo_a_promotion_whose_write_is_still_pending(tmp_
         assert srv.version == "v000002" and reg.champion() == "v000001"
         reg.publish(FeatureModel("f_none"), spec={"name": "t"})  # the manifest changes
         srv.poll()
-        srv._install_pending()
+        srv.install_pending()
         assert srv.version == "v000002"
         release.set()
         srv._writes.join()
@@ -326,7 +326,7 @@ def test_a_restart_resumes_the_contest_of_the_challenger_offered_again(tmp_path)
     restarted.load_gate_state(state)
     restarted.load_gate_state(ModelServer(SPEC, learn=False).gate_state())  # a rebuild's
     assert restarted.poll() == "v000002"  # the watcher offers the challenger again
-    restarted._install_pending()
+    restarted.install_pending()
     assert restarted.contest is not None and restarted.contest.n == 3
 
 
@@ -403,7 +403,7 @@ def test_a_contest_that_no_label_reaches_ends_after_its_wait(tmp_path) -> None:
     """In `fds run` a label is judged only with the input of one of the last KEEP_SIZE
     decisions: at 1 M decisions a day a label days late finds none, the challenger stayed in
     shadow for good and the model stopped being updated."""
-    srv, s, reg = _registry_server(tmp_path, FeatureModel("f_a"))
+    srv, _s, reg = _registry_server(tmp_path, FeatureModel("f_a"))
     srv.offer(_registered(reg, FeatureModel("f_b")))
     assert srv.challenger_version == "v000002"
     engine = Engine(model=srv)

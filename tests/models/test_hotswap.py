@@ -167,7 +167,7 @@ def test_a_restarted_scorer_keeps_the_contest_and_orders_versions_by_seq(tmp_pat
     assert m.registry.get_sample_value("fds_model_info", {"version": "v000001", "spec": "default"})
     reg.publish(FeatureModel("amount"), spec={"name": "t"}, labels_learned=10)
     srv.poll()
-    srv._install_pending()
+    srv.install_pending()
     # a proven champion: the new version goes to shadow, not straight in as a warm-up model
     assert srv.version == v1["version"] and srv.challenger_version == "v000002"
     assert reg.champion() == v1["version"]
@@ -186,13 +186,13 @@ def test_a_version_this_scorer_cannot_load_is_not_rejected_for_everyone(tmp_path
     assert srv.poll() is None and srv.stats["swaps_rejected"] == 1  # not retried at once
     good = ModelServer(load_spec("default"), registry=reg, learn=False, auto_promote=False)
     assert good.poll() == "v000001"
-    good._install_pending()
+    good.install_pending()
     # a challenger that lost its contest is not offered again on the next poll
     reg.publish(FeatureModel("amount"), spec={"name": "t"})
     good.auto_promote = True
     good._champion_labels = 10**6  # a proven champion: the next version goes to shadow
     assert good.poll() == "v000002"
-    good._install_pending()
+    good.install_pending()
     assert good.challenger_version == "v000002"
     good._drop_challenger("reject", "precision below champion")
     assert good.poll() is None
@@ -215,7 +215,7 @@ def test_without_labels_versions_are_served_as_published_and_the_gate_counts_fra
     reg.publish(FeatureModel("amount"), spec={"name": "t"}, labels_learned=6000,
                 evaluation={"frauds_learned": 130})  # fmt: skip
     assert srv.poll() == "v000002"
-    srv._install_pending()
+    srv.install_pending()
     assert srv.version == "v000002" and srv.challenger is None and srv.acting
 
 
@@ -226,22 +226,45 @@ def test_a_champion_this_scorer_cannot_load_does_not_hold_newer_versions_back(
     srv = ModelServer(load_spec("default"), registry=reg, learn=False, auto_promote=False)
     reg.publish(FeatureModel("amount"), spec={"name": "t"})
     assert srv.poll() == "v000001"
-    srv._install_pending()
+    srv.install_pending()
     reg.publish(FeatureModel("amount"), spec={"name": "t"})
     reg.promote("v000002")  # promoted by hand, but its file is gone on this machine
     (tmp_path / "v000002.pkl").unlink()
     assert srv.poll() is None and srv._retry_pending()
     reg.publish(FeatureModel("amount"), spec={"name": "t"})
     assert srv.poll() == "v000003"  # the newest still comes through
-    srv._install_pending()
+    srv.install_pending()
     reg.publish(FeatureModel("amount"), spec={"name": "t"})
     (tmp_path / "v000004.pkl").unlink()
     assert srv.poll() is None and srv._retry_pending()
     reg.publish(FeatureModel("amount"), spec={"name": "t"})
     assert srv.poll() == "v000005"
-    srv._install_pending()
+    srv.install_pending()
     reg.promote("v000005")
     srv.poll()
     # v000004 was superseded: no retry is pending, so the watcher waits for a manifest change
     # (v000002 is no longer the champion pointer either)
     assert not srv._retry_pending()
+
+
+def test_a_version_prepared_while_the_input_is_idle_is_served_at_the_next_report(tmp_path):
+    """A rollback while no transaction came stayed unserved (and fds_model_info showed the
+    rejected version) until the next transaction; the runner reports once a second, idle too."""
+    from fds.engine import Engine
+    from fds.metrics import Metrics
+    from fds.models import Registry, build_model_stage
+
+    reg = Registry(tmp_path)
+    reg.promote(reg.publish(FeatureModel("f_a"), spec={"name": "default"})["version"])
+    metrics = Metrics()
+    srv = build_model_stage("default", registry=reg, watch=True, poll_seconds=3600, metrics=metrics)
+    try:
+        engine = Engine(model=srv, metrics=metrics)
+        reg.promote(reg.publish(FeatureModel("f_b"), spec={"name": "default"})["version"])
+        assert srv.poll() == "v000002" and srv.version == "v000001"  # prepared, not served
+        engine.report()  # no transaction in between
+        assert srv.version == "v000002"
+        info = {"version": "v000002", "spec": "default"}
+        assert metrics.registry.get_sample_value("fds_model_info", info) == 1
+    finally:
+        srv.close()
