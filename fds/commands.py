@@ -129,6 +129,8 @@ def _unwritable(path: Path) -> str | None:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         return e.strerror or str(e)
+    if path.exists():  # (/dev/null, say, in a directory no user may write)
+        return None if os.access(path, os.W_OK) else "it is not writable"
     return None if os.access(path.parent, os.W_OK) else "its directory is not writable"
 
 
@@ -144,8 +146,9 @@ def _replay(args: argparse.Namespace) -> int:
     engine = build_engine(args.rules, args.model, metrics=metrics, watch=True)
     stream = replay_mod.open_stream(args.file, mapping=mapping, labels_path=args.labels)
     dlq_path = args.dlq or dlq_path_for(args.out)
-    for flag, path in (("--out", args.out), ("--dlq", dlq_path)):
-        problem = _unwritable(path)
+    # (the default dead-letter file is only made when there is a dead letter)
+    for flag, path in (("--out", args.out), ("--dlq", args.dlq)):
+        problem = _unwritable(path) if path is not None else None
         if problem:
             print(f"fds replay: error: cannot write {flag} {path}: {problem}; give a path in "
                   "a writable directory", file=sys.stderr)  # fmt: skip

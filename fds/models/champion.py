@@ -75,10 +75,11 @@ class Contest:
         self.caught_incumbent += credit_incumbent
         self.caught_candidate += credit_candidate
 
-    def verdict(self) -> str | None:
+    def verdict(self, *, early: bool = False) -> str | None:
         """``None`` while too few labels, then ``promote``/``reject`` (shadow) or
-        ``confirm``/``rollback`` (probation)."""
-        if self.n < self.min_labels:
+        ``confirm``/``rollback`` (probation). ``early``: on the labels judged so far (no label:
+        ``promote``/``confirm``)."""
+        if self.n < self.min_labels and not early:
             return None
         if self.kind == "shadow":
             return "promote" if self.caught_candidate >= self.caught_incumbent else "reject"

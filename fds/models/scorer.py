@@ -651,13 +651,14 @@ class ModelServer:
 
     def _expire_contests(self, now: float) -> None:
         """End a contest or probation that has waited ``promote.shadow_max_wait`` of event time
-        without a verdict, as if no label reached this scorer: the challenger serves as
-        published, the champion on probation is confirmed. In `fds run` a label is judged only
+        without a verdict, on the fraud labels judged so far (none: as if no label reached
+        this scorer, the challenger serves as published, the champion on probation is
+        confirmed). In `fds run` a label is judged only
         with the input of one of the last KEEP_SIZE decisions: at a large volume a label days
         late finds none, and the model would otherwise stop being updated."""
         wait = self.spec.promote.shadow_max_wait
-        if not math.isfinite(self._gate_at):
-            self._gate_at = now
+        if not math.isfinite(self._gate_at) or self.champion is None:
+            self._gate_at = now  # (no champion: nothing for the gate to judge yet)
         if (
             self.spec.gate.window
             and not self._gate_starved
@@ -671,13 +672,15 @@ class ModelServer:
         for c in (self.probation, self.contest):
             if c is not None and not math.isfinite(c.started):
                 c.started = now  # (restored from before the field existed, or no event yet)
+        # decided on the labels judged so far: none, as without labels (promote / confirm)
         p, c = self.probation, self.contest
         if p is not None and now - p.started >= wait:
             self.stats["expired"] += 1
-            self._judge_probation("confirm", why=_waited(wait, p))
+            self._judge_probation(p.verdict(early=True) or "confirm", why=_waited(wait, p))
         if c is not None and now - c.started >= wait:
             self.stats["expired"] += 1
-            self._judge_shadow("promote", why=f"served as published: {_waited(wait, c)}")
+            verdict = c.verdict(early=True) or "promote"
+            self._judge_shadow(verdict, why=f"expired: {_waited(wait, c)}")
 
     def _judge_shadow(self, verdict: str, why: str = "promoted: precision >= champion") -> None:
         c = self.contest
@@ -843,6 +846,8 @@ class ModelServer:
         if pending is None:
             return
         role, version, model, entry = pending
+        if version == self.version:  # served already (loaded at start while it was prepared)
+            return
         if role == "champion" or self.champion is None:
             dropped = version == self.challenger_version  # promoted by hand in its contest
             if dropped:

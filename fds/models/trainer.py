@@ -385,23 +385,39 @@ class Trainer:
         return self.publish(now) if self.due(now) else None
 
     def follow_rollback(self) -> str | None:
-        """If the registry rejected the version this trainer last published (``fds models
-        rollback``, or a scorer's lost probation) and another is champion, go on learning from
-        the champion's model instead: otherwise the next version would carry back what was
-        rolled back (a version published from the rejected one, replacing the champion while
-        the scorer still takes versions directly, undid a manual rollback within seconds).
+        """If the registry rolled back the version this trainer last published (``fds models
+        rollback``, or a scorer's lost probation: rejected after it had been champion), go on
+        learning from the champion's model instead: otherwise the next version would carry back
+        what was rolled back (a version published from the rejected one, replacing the champion
+        while the scorer still takes versions directly, undid a manual rollback in seconds).
         Returns the champion learning goes on from, or None. The learning since that champion
         is dropped with the rejected line; nothing is published until the policy is due
         again."""
         reg, parent = self.registry, self.parent
         if reg is None or parent is None:
             return None
-        entry = reg.manifest()["versions"].get(parent)
-        champ = reg.champion()
-        if entry is None or entry.get("status") != "rejected" or champ in (None, parent):
+        m = reg.manifest()
+        entry, champ = m["versions"].get(parent), m.get("champion")
+        # rolled back: rejected after it had been champion (a challenger that lost its shadow
+        # contest was never champion: the line goes on, its next version faces a new contest)
+        was_champion = any(h.get("to") == parent for h in m.get("history", []))
+        if entry is None or entry.get("status") != "rejected" or not was_champion:
             return None
-        self.model = reg.load(champ)
-        self.parent = champ
+        if champ in (None, parent):
+            return None
+        try:
+            model = reg.load(champ)
+        except Exception as e:  # this machine's key or files: go on as before, say so
+            log.warning(
+                'version "%s" was rolled back, but the champion "%s" cannot be loaded here '
+                "(%s): learning goes on from the rolled-back line", parent, champ, e,
+            )  # fmt: skip
+            return None
+        self.model, self.parent = model, champ
+        # what the champion had learned: the scorer reads these (warm-up, the gate's count)
+        self.stats["labels_learned"] = m["versions"][champ].get("labels_learned") or 0
+        evaluation = m["versions"][champ].get("evaluation") or {}
+        self.stats["frauds_learned"] = evaluation.get("frauds_learned", 0)
         self._since_publish = 0
         self._last_publish = self.now if math.isfinite(self.now) else None
         log.warning(

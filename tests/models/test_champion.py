@@ -449,3 +449,43 @@ def test_a_gate_whose_window_cannot_fill_opens_on_the_count_after_the_wait() -> 
     engine.decide({"tx_id": "f", "ts": 16 * DAY + 1, "card_id": "c", "amount": 1.0})
     engine.learn({"tx_id": "f", "ts": 16 * DAY + 2, "is_fraud": True})  # the window: 1 of 5
     assert srv.acting  # not closed again by a window that cannot fill
+
+
+def test_an_expired_contest_is_decided_on_the_labels_it_judged(tmp_path) -> None:
+    """Expiry promoted a challenger that had lost every label judged so far."""
+    srv, s, reg = _registry_server(tmp_path, FeatureModel("f_a"))
+    srv.offer(_registered(reg, FeatureModel("f_none")))  # catches no fraud
+    s.run(30, {"f_a": 1.0, "f_b": 1.0})  # 3 of the 5 labels a verdict needs
+    assert srv.contest is not None and srv.contest.n == 3
+    for h in range(24, 16 * 24):  # then no label for two weeks
+        s.engine.decide({"tx_id": f"h{h}", "ts": h * 3600.0, "card_id": "c", "amount": 1.0})
+    assert srv.stats["expired"] == 1 and srv.stats["reject"] == 1
+    assert srv.version == "v000001" and reg.entry("v000002")["status"] == "rejected"
+
+
+def test_the_gate_waits_for_labels_only_once_there_is_a_champion() -> None:
+    """Its starved timer ran with no champion (nothing to judge): the first champion's gate
+    then opened on the count alone."""
+    spec = parse_spec(
+        "name: t\npipeline:\n  - linear_model.LogisticRegression: {}\n"
+        "gate:\n  min_frauds: 0\n  window: 5\n"
+    )
+    srv = ModelServer(spec, learn=False)
+    engine = Engine(model=srv)
+    for h in range(16 * 24):  # 16 days without any version
+        engine.decide({"tx_id": f"h{h}", "ts": h * 3600.0, "card_id": "c", "amount": 1.0})
+    assert srv.offer(_pub(FeatureModel("f_a"), 1))
+    engine.decide({"tx_id": "x", "ts": 16 * DAY + 1, "card_id": "c", "amount": 1.0})
+    assert not srv.gate_state()["starved"] and not srv.acting
+
+
+def test_a_version_loaded_at_start_is_not_also_its_own_challenger(tmp_path) -> None:
+    """fds run --models-topic loads the imported version at start while the registry watcher
+    may have prepared it too: it then ran a shadow contest against itself."""
+    reg = Registry(tmp_path)
+    reg.publish(FeatureModel("f_a"), spec={"name": "t"})
+    srv = ModelServer(SPEC, learn=False, registry=reg)
+    assert srv.poll() == "v000001"  # the watcher, before anything is served
+    assert srv.load_champion() == "v000001"  # the start
+    srv.install_pending()
+    assert srv.version == "v000001" and srv.contest is None and srv.challenger is None

@@ -228,8 +228,14 @@ def test_after_a_rollback_the_trainer_goes_on_from_the_champion(tmp_path: Path) 
         if i in (2, 5):
             reg.promote(t.publish(10.0 + i).version)  # v1, then v2 (parent v1)
     assert t.follow_rollback() is None  # nothing rejected: the line goes on
+    lost = t.publish(17.0).version  # v3, a challenger that loses its shadow contest
+    reg.reject(lost, "precision below champion")
+    assert t.follow_rollback() is None  # never champion: the line goes on (a new contest)
+    t.parent = "v000002"  # (as if v3 had not been published)
     reg.rollback()  # by hand: v1 is champion again, v2 rejected
     assert t.follow_rollback() == "v000001" and t.parent == "v000001"
+    # what the champion had learned, not the rolled-back line (the scorer reads these)
+    assert t.stats["labels_learned"] == reg.entry("v000001")["labels_learned"] == 3
     x = {"amount": 50.0, "log_amount": 3.9}
     score = lambda m: m.predict_proba_one(x)[True]  # noqa: E731
     assert score(t.model) == score(reg.load("v000001")) != score(reg.load("v000002"))
