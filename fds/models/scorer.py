@@ -653,9 +653,9 @@ class ModelServer:
         """End a contest or probation that has waited ``promote.shadow_max_wait`` of event time
         without a verdict, on the fraud labels judged so far (none: as if no label reached
         this scorer, the challenger serves as published, the champion on probation is
-        confirmed). In `fds run` a label is judged only
-        with the input of one of the last KEEP_SIZE decisions: at a large volume a label days
-        late finds none, and the model would otherwise stop being updated."""
+        confirmed). In `fds run` a label is judged only with the input of one of the last
+        KEEP_SIZE decisions: at a large volume a label days late finds none, and the model
+        would otherwise stop being updated."""
         wait = self.spec.promote.shadow_max_wait
         if not math.isfinite(self._gate_at) or self.champion is None:
             self._gate_at = now  # (no champion: nothing for the gate to judge yet)
@@ -703,6 +703,15 @@ class ModelServer:
         self._emit("promote", info)
         self._next_queued()
 
+    def _contest_against(self, incumbent: str) -> None:
+        """A running shadow contest starts over against a new champion (its wait goes on)."""
+        c = self.contest
+        if c is not None:
+            self.contest = Contest(
+                "shadow", incumbent, c.candidate, c.min_labels, started=c.started
+            )
+            self._ranks = None
+
     def _judge_probation(self, verdict: str, why: str | None = None) -> None:
         p = self.probation
         assert p is not None
@@ -718,12 +727,7 @@ class ModelServer:
                 reject_old=True,
             )  # fmt: skip
             self._champion_labels = self.spec.promote.warmup_labels  # a proven model
-            if self.contest is not None:  # the challenger now faces the restored champion
-                c = self.contest
-                self.contest = Contest(
-                    "shadow", self.version or "", c.candidate, c.min_labels, started=c.started
-                )
-                self._ranks = None
+            self._contest_against(self.version or "")  # the restored champion
             self._emit("rollback", info)
         else:
             self._emit("confirm", info)
@@ -855,12 +859,8 @@ class ModelServer:
             # set by hand (or the first): no probation of the champion it replaces applies,
             # and a running contest goes on against this one
             self.probation = self.predecessor = self.predecessor_version = None
-            self._prob_ranks = self._ranks = None
-            if self.contest is not None:
-                c = self.contest
-                self.contest = Contest(
-                    "shadow", version, c.candidate, c.min_labels, started=c.started
-                )
+            self._prob_ranks = None
+            self._contest_against(version)
             self._set_champion(version, model, "registry", entry)
             if dropped:
                 self._next_queued()

@@ -1321,10 +1321,10 @@ def build_run_engine(
         _FEEDS[engine] = feed
         # Serve the newest version announced so far from the first decision: without the
         # wait, a new scorer decided its first batches with rules alone while it imported it.
-        s = settings or KafkaSettings()
-        if not feed.caught_up.wait(min(FEED_WAIT_S, s.broker_timeout_s)):
+        wait = min(FEED_WAIT_S, (settings or KafkaSettings()).broker_timeout_s)
+        if not feed.caught_up.wait(wait):
             log.warning("models topic %s not read to its end within %.0f s: decisions start "
-                        "without its versions", models_topic, FEED_WAIT_S)  # fmt: skip
+                        "without its versions", models_topic, wait)  # fmt: skip
         elif server.champion is None:
             try:
                 server.load_champion()
