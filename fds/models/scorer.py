@@ -129,6 +129,23 @@ def canary(
             raise ArtifactError(f"canary: score {p!r} is not a probability in [0, 1]")
 
 
+def _champions(m: Mapping[str, Any]) -> list[str]:
+    """The versions a starting scorer may serve, in order: the champion (the newest version
+    when none was chosen yet), then the earlier champions of the history, newest first,
+    except rejected ones."""
+    versions: Mapping[str, Any] = m["versions"]
+    newest = max(versions.values(), key=lambda e: e["seq"], default=None)
+    first = m.get("champion") or (newest["version"] if newest else None)
+    history = [v for h in reversed(m.get("history", [])) for v in (h["to"], h["from"])]
+    out: list[str] = []
+    for v in [first, *history]:
+        if not isinstance(v, str) or v not in versions or v in out:
+            continue
+        if v == first or versions[v]["status"] != "rejected":
+            out.append(v)
+    return out
+
+
 class ModelServer:
     """Serving model stage (see the module docstring).
 
@@ -756,23 +773,44 @@ class ModelServer:
 
     # -- watch mode (the streaming service) ------------------------------------------------
     def load_champion(self) -> str | None:
-        """Serve the registry's champion now (startup); ``None`` when there is none yet."""
-        assert self.registry is not None
-        v = self.registry.champion() or self.registry.latest()
-        self._pointer = self.registry.champion()
-        if v is not None:
-            model = serving(self.registry.load(v))
-            canary(model, list(self._recent)[-CANARY_SIZE:])
+        """Serve the registry's champion now (startup); ``None`` when none can be served yet.
+
+        A champion that fails its verification or canary is refused as in :meth:`poll`
+        (retried later for a cause of this machine, else rejected) and the scorer falls back to
+        the registry's earlier champions, newest first (a corrupt file must not keep a scorer
+        from starting: "keep the last good one"), and to the rules alone when none loads; the
+        watcher serves the champion once it can be loaded.
+        """
+        reg = self.registry
+        assert reg is not None
+        m = reg.manifest()
+        self._pointer = m.get("champion")
+        for v in _champions(m):
+            try:
+                model = serving(reg.load(v))
+                canary(model, list(self._recent)[-CANARY_SIZE:])
+            except ArtifactError as e:
+                self._refuse(v, e)
+                continue
+            if v != self._pointer:
+                log.error("model %s served instead of the registry's champion %s, which "
+                          "could not be loaded", v, self._pointer)  # fmt: skip
+                self._pointer = v  # the watcher retries the champion (see poll)
             self.champion, self.version = model, v
             if self.metrics is not None:  # served from the start, not only after a swap
                 self.metrics.model_info(v, self.spec.name)
-            entry = self.registry.manifest()["versions"].get(v) or {}
+            entry = m["versions"].get(v) or {}
             self._gate_frauds = (entry.get("evaluation") or {}).get("frauds_learned", 0)
             # a restart keeps the contest: a trained champion is no warm-up model
             self._champion_labels = entry.get("labels_learned", 0)
             if not self._labels_here:
                 self._gate_by_count()
-        return v
+            return v
+        if self._pointer is not None:
+            log.error("no model version of %s could be loaded: deciding with the rules alone "
+                      "until one can", reg.path)  # fmt: skip
+            self._pointer = None
+        return None
 
     def poll(self) -> str | None:
         """One registry check (the watcher thread calls this): prepare a newer version.
@@ -815,13 +853,7 @@ class ModelServer:
             model = serving(self.registry.load(target))
             canary(model, list(self._recent)[-CANARY_SIZE:], pause=_yield)
         except ArtifactError as e:
-            self.stats["swaps_rejected"] += 1
-            self._emit("swap_rejected", {"version": target, "error": str(e)})
-            if e.local:  # this machine's key, files or libraries: not the version's fault
-                self._retry_at[target] = now + LOCAL_RETRY_S
-            else:  # verifiably bad for every scorer
-                self._retry_at[target] = math.inf
-                self.registry.reject(target, str(e))
+            self._refuse(target, e)
             return None
         self._retry_at.pop(target, None)
         if role == "champion":
@@ -829,6 +861,18 @@ class ModelServer:
         self._offered = max(self._offered, (versions.get(target) or {}).get("seq", -1))
         self._pending = (role or "challenger", target, model, versions.get(target) or {})
         return target
+
+    def _refuse(self, version: str, e: ArtifactError) -> None:
+        """A version that failed to load or its canary: counted, reported, and tried again
+        after LOCAL_RETRY_S when the cause is this machine's, else rejected for every scorer."""
+        assert self.registry is not None
+        self.stats["swaps_rejected"] += 1
+        self._emit("swap_rejected", {"version": version, "error": str(e)})
+        if e.local:  # this machine's key, files or libraries: not the version's fault
+            self._retry_at[version] = time.monotonic() + LOCAL_RETRY_S
+        else:  # verifiably bad for every scorer (a champion stays the pointer: see reject)
+            self._retry_at[version] = math.inf
+            self.registry.reject(version, str(e))
 
     def _prune_retries(self, champ: str | None, versions: Mapping[str, Any]) -> None:
         """Forget deferred retries of versions that can no longer be chosen: gone from the

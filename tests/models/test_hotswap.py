@@ -268,3 +268,33 @@ def test_a_version_prepared_while_the_input_is_idle_is_served_at_the_next_report
         assert metrics.registry.get_sample_value("fds_model_info", info) == 1
     finally:
         srv.close()
+
+
+def test_a_corrupt_champion_at_startup_falls_back_to_the_previous_one(tmp_path: Path) -> None:
+    """A scorer (re)starting while the champion's file is corrupt used to exit: it serves the
+    previous champion, then the rules alone when no version loads, and takes the champion once
+    it can be loaded."""
+    reg = Registry(tmp_path)
+    for _ in range(3):
+        reg.promote(reg.publish(FeatureModel("amount"), spec={"name": "t"})["version"])
+    reg.reject("v000002", "bad")  # never returned to
+    good = (tmp_path / "v000003.pkl").read_bytes()
+    (tmp_path / "v000003.pkl").write_bytes(good[:-2] + b"xx")
+    events: list[tuple[str, dict[str, Any]]] = []
+    srv = ModelServer(load_spec("default"), registry=reg, learn=False,
+                      on_event=lambda k, i: events.append((k, i)))  # fmt: skip
+    assert srv.load_champion() == "v000001" and srv.version == "v000001"
+    assert events == [("swap_rejected", {"version": "v000003", "error": events[0][1]["error"]})]
+    assert "sha256" in events[0][1]["error"]
+    assert reg.champion() == "v000003"  # the pointer is the owner's to change
+    assert srv.poll() is None  # a corrupt file is not tried again
+    # nothing loads: rules alone, and the champion is served once its file is whole again
+    (tmp_path / "v000001.pkl").unlink()
+    (tmp_path / "v000003.pkl").unlink()  # a missing file: this machine's problem, retried
+    alone = ModelServer(load_spec("default"), registry=reg, learn=False)
+    assert alone.load_champion() is None and alone.champion is None
+    (tmp_path / "v000003.pkl").write_bytes(good)
+    alone._retry_at["v000003"] = 0.0  # (instead of waiting LOCAL_RETRY_S)
+    assert alone.poll() == "v000003"
+    alone.install_pending()
+    assert alone.version == "v000003"
