@@ -328,8 +328,13 @@ class Engine:
         """Restore what :meth:`state_dict` saved (same feature declarations required)."""
         if state.get("features") is not None and self.features is not None:
             self.features.load_state_dict(state["features"])  # type: ignore[attr-defined]
-        if state.get("budget") is not None and self.policy is not None:
-            self.policy.budget = state["budget"]  # type: ignore[attr-defined]
+        # The budget's history is restored; its size, or whether there is one, is the rules
+        # file's as it reads now (an edit made while the engine was down applies).
+        budget, now = state.get("budget"), getattr(self.policy, "budget", None)
+        if budget is not None and now is not None:
+            if budget.budget != now.budget:
+                budget.set_budget(now.budget)
+            self.policy.budget = budget  # type: ignore[union-attr]
         if state.get("breaker") is not None and self.breaker is not None:
             self.breaker = state["breaker"]
         self.demoted = set(state.get("demoted", ()))
@@ -351,8 +356,7 @@ class Engine:
         m = self.metrics
         if m is None:
             return
-        ruleset = getattr(self.rules, "current", self.rules)
-        drain = getattr(ruleset, "drain_counts", None)
+        drain = getattr(self.rules, "drain_counts", None)  # a Ruleset or a RulesReloader
         if drain is not None:
             missing, errors = drain()
             for rule, n in missing.items():

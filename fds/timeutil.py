@@ -45,13 +45,16 @@ def get_zone(name: str) -> tzinfo:
 def parse_ts(value: object, default_tz: tzinfo = UTC) -> float:
     """An event timestamp as epoch seconds (float).
 
-    Accepts epoch seconds or milliseconds (number or numeric string), or ISO 8601; a naive ISO
-    timestamp is read in ``default_tz``.
+    Accepts epoch seconds or milliseconds (number or numeric string), ISO 8601 text, or a
+    ``datetime`` (what YAML makes of an unquoted timestamp, or a Parquet column); a naive one is
+    read in ``default_tz``.
 
     >>> parse_ts(1700000000), parse_ts(1700000000000), parse_ts("1700000000.5")
     (1700000000.0, 1700000000.0, 1700000000.5)
     >>> parse_ts("2023-11-14T22:13:20Z"), parse_ts("2023-11-15T07:13:20+09:00")
     (1700000000.0, 1700000000.0)
+    >>> parse_ts(datetime(2023, 11, 14, 22, 13, 20))
+    1700000000.0
     """
     if type(value) is float and 0.0 <= value < _MS_THRESHOLD:
         return value  # the common case on the hot path
@@ -73,6 +76,9 @@ def parse_ts(value: object, default_tz: tzinfo = UTC) -> float:
             if dt.tzinfo is None:
                 dt = dt.replace(tzinfo=default_tz)
             return _in_range(dt.timestamp(), value)
+    elif isinstance(value, datetime):
+        dt = value if value.tzinfo is not None else value.replace(tzinfo=default_tz)
+        return _in_range(dt.timestamp(), value)
     else:
         raise ValueError(f"timestamp must be a string or a number, got {type(value).__name__}")
     if v != v or v in (float("inf"), float("-inf")):

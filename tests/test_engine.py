@@ -215,3 +215,21 @@ def test_who_is_demoted_now_is_exported_after_a_restore_too():
     restored.restore("bad")
     restored.report()
     assert get("fds_guardrail_demoted", {"kind": "rule", "target": "bad"}) is None
+
+
+def test_a_restored_budget_keeps_its_history_but_takes_the_rules_file_as_it_reads_now():
+    """The checkpoint's budget replaced the file's: a budget edited (or removed) while the
+    engine was down stayed as it was before the restart."""
+    old = Engine(rules=Rules(), policy=Policy(alert_budget_per_day=10))
+    for i in range(50):
+        old.decide(tx(i))
+    state = old.state_dict()
+    scores = int(state["budget"]._total.sum())
+    assert scores == 50
+    bigger = Engine(rules=Rules(), policy=Policy(alert_budget_per_day=500))
+    bigger.load_state_dict(state)
+    assert bigger.policy.budget.budget == 500  # the file's budget ...
+    assert int(bigger.policy.budget._total.sum()) == scores  # ... over the restored history
+    none = Engine(rules=Rules(), policy=Policy())
+    none.load_state_dict(old.state_dict())
+    assert none.policy.budget is None

@@ -57,16 +57,26 @@ __all__ = [
 
 #: Value types known at load time. ``any`` is what ``extra.NAME`` holds (checked at run time).
 NUM, STR, BOOL, ANY = "num", "str", "bool", "any"
+#: Text or a number, known at load time (``country or amount``): neither a condition (it fires
+#: on any non-empty value) nor an operand of arithmetic (text would be multiplied or
+#: %-formatted: ``(country or amount) * 10**12`` built a terabyte string).
+MIXED = "text or number"
 
 
 def _join(types: set[str]) -> str:
     """The type of ``a and b`` / ``a or b`` / ``a if c else b`` from its operands' types: one
-    type if they agree; a number if they are numbers and text and nothing else (``country or
-    amount`` is not true/false: it fires on any non-empty value); otherwise unknown (a guard
-    such as ``country and country != "KR"`` stays valid)."""
+    type if they agree; :data:`MIXED` if text meets a number; a number if they are numbers and
+    true/false values (``is_night or amount`` is not a condition either); otherwise unknown (a
+    guard such as ``country and country != "KR"`` stays valid).
+
+    >>> _join({STR, NUM}), _join({BOOL, NUM}), _join({STR, BOOL}), _join({MIXED, BOOL})
+    ('text or number', 'num', 'any', 'text or number')
+    """
     if len(types) == 1:
         return next(iter(types))
-    return NUM if types <= {NUM, STR} else ANY
+    if MIXED in types or {STR, NUM} <= types:
+        return MIXED
+    return NUM if types <= {NUM, BOOL} else ANY
 
 
 # Limits that keep a hostile or mistaken rule from costing time or memory at load or run time.
@@ -311,6 +321,9 @@ class _Checker:
     def need_num(self, node: ast.AST, t: str, what: str) -> None:
         if t == STR:
             raise self.fail(node, f"{what} needs a number, this is text")
+        if t == MIXED:
+            raise self.fail(node, f"{what} needs a number, this may be text (it joins text "
+                            "and a number with and/or/if)")  # fmt: skip
 
     @staticmethod
     def guard(src: str, t: str) -> str:
@@ -415,8 +428,8 @@ def parse_expr(
         code, typ = checker.visit(tree.body, 0)
     except RecursionError:
         raise ExprError("expression too deeply nested: simplify it") from None
-    if want_bool and typ in (NUM, STR):
-        kind = "a number" if typ == NUM else "text"
+    if want_bool and typ in (NUM, STR, MIXED):
+        kind = {NUM: "a number", STR: "text", MIXED: "text or a number"}[typ]
         raise ExprError(
             f"a rule condition must be true/false, this gives {kind}: compare it, e.g. x > 0",
             tree.body.lineno,

@@ -82,6 +82,7 @@ class ReloadingRuleset:
         #: The policy stage of the ruleset in force (its thresholds follow reloads).
         self.policy = Policy.from_spec(self.current.policy)
         self.applied = self.current  # the ruleset of the last evaluate (the hot path's)
+        self._retired: list[Ruleset] = []  # replaced on the hot path since the last drain
         self.metrics = metrics
         if metrics is not None:
             metrics.ruleset_info(self.current.version)
@@ -99,9 +100,23 @@ class ReloadingRuleset:
         rs = self.current  # read the reference once: one event, one ruleset
         if rs is not self.applied:  # first event after a swap: thresholds follow, same thread
             self.policy.configure(rs.policy)
+            self._retired.append(self.applied)  # its skip counts are still to be drained
             self.applied = rs
         self.version = rs.version
         return rs.evaluate(tx, features)
+
+    def drain_counts(self) -> tuple[dict[str, int], dict[str, int]]:
+        """:meth:`Ruleset.drain_counts` over the ruleset in force and those it replaced since
+        the last call (a reload does not lose the skips counted before it). Deciding thread."""
+        missing: dict[str, int] = {}
+        errors: dict[str, int] = {}
+        retired, self._retired = self._retired, []
+        for rs in (*retired, self.applied):
+            m, e = rs.drain_counts()
+            for total, part in ((missing, m), (errors, e)):
+                for rule, n in part.items():
+                    total[rule] = total.get(rule, 0) + n
+        return missing, errors
 
     # -- the watcher ----------------------------------------------------------------------
     def _read(self) -> tuple[str, tuple[int, int], bytes]:
@@ -173,12 +188,10 @@ class ReloadingRuleset:
                 "the old one; restart the engine to apply it",
                 where=str(self.path),
             )
-        if new.features != self.current.features:
-            old = {f.name: f for f in self.current.features}
-            changed = sorted(
-                {f.name for f in new.features if old.get(f.name) != f}
-                | (set(old) - {f.name for f in new.features})
-            )
+        old = {f.name: f for f in self.current.features}
+        now = {f.name: f for f in new.features}
+        if now != old:  # (in another order they are the same features: snapshots keep theirs)
+            changed = sorted({n for n, f in now.items() if old.get(n) != f} | (set(old) - set(now)))
             raise ConfigError(
                 f"feature declarations changed ({', '.join(changed)}): hot reload swaps rules and "
                 "policy only; restart the engine to apply new features",

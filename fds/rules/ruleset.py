@@ -227,6 +227,7 @@ Mark = tuple[int, int, str | None]  # 1-based line, 1-based column, scalar style
 # A 100-rule file is ~40 KB and ~3,000 nodes; these bound hostile or broken files.
 MAX_FILE_CHARS = 5_000_000
 MAX_NODES = 100_000
+MAX_NESTING = 50  # YAML levels; a rules file has about five
 #: Path suffix under which the position of a mapping KEY is recorded (the value's is the path).
 KEY = "\0key"
 
@@ -257,26 +258,50 @@ def load_yaml_with_marks(text: str, filename: str) -> tuple[Any, dict[tuple[Any,
                 f"more than {MAX_NODES} YAML nodes (aliases expanded): simplify the file",
                 where=_where(filename, node),
             )
+        if len(path) > 4 * MAX_NESTING:  # aliases nest what _check_nesting saw; walk recurses
+            raise ConfigError(
+                f"nested deeper than {4 * MAX_NESTING} levels (aliases expanded): simplify",
+                where=_where(filename, node),
+            )
         m = node.start_mark
         style = getattr(node, "style", None) or None  # the C loader says "" for plain
         marks[path] = (m.line + 1, m.column + 1, style)
         if isinstance(node, yaml.MappingNode):
+            own = sum(1 for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge")
+            try:  # YAML merge keys (<<: *defaults) as PyYAML reads them: merged entries first
+                loader.flatten_mapping(node)
+            except yaml.MarkedYAMLError as e:
+                raise ConfigError(
+                    f"bad merge key: {e.problem}", where=_where(filename, node)
+                ) from None
+            merged = len(node.value) - own  # (the mapping's own keys override them)
             out: dict[Any, Any] = {}
-            for knode, vnode in node.value:
+            seen: set[Any] = set()  # the mapping's own keys
+            for i, (knode, vnode) in enumerate(node.value):
                 key = construct(knode)
                 if not isinstance(key, str | int | float | bool) or key is None:
                     raise ConfigError("mapping keys must be text", where=_where(filename, knode))
-                if key in out:
+                if i >= merged and key in seen:
                     raise ConfigError(
                         f"duplicate key {key!r}: remove one of them", where=_where(filename, knode)
                     )
+                if i >= merged:
+                    seen.add(key)
                 km = knode.start_mark
                 marks[(*path, key, KEY)] = (km.line + 1, km.column + 1, None)
                 out[key] = walk(vnode, (*path, key))
             return out
         if isinstance(node, yaml.SequenceNode):
             return [walk(v, (*path, i)) for i, v in enumerate(node.value)]
-        return construct(node)
+        value = construct(node)
+        if path == ("version",) and type(value) in (int, float) and str(value) != node.value:
+            # YAML 1.1 reads 0105 as 69, 1:30 as 90, 0x1F as 31, 1.10 as 1.1
+            raise ConfigError(
+                f"version {node.value} would be recorded as {value!r}: quote it "
+                f'(version: "{node.value}")',
+                where=_where(filename, node),
+            )
+        return value
 
     def construct(node: yaml.Node) -> Any:
         """A scalar's value; a value YAML cannot build (``2026-13-45`` read as a date,
@@ -295,6 +320,7 @@ def load_yaml_with_marks(text: str, filename: str) -> tuple[Any, dict[tuple[Any,
 
     try:
         try:
+            _check_nesting(text, filename)
             node = loader.get_single_node()
         except yaml.MarkedYAMLError as e:
             mark = e.problem_mark or e.context_mark
@@ -305,6 +331,30 @@ def load_yaml_with_marks(text: str, filename: str) -> tuple[Any, dict[tuple[Any,
         if node is None:
             return None, {(): (1, 1, None)}
         return walk(node, ()), marks
+    finally:
+        loader.dispose()
+
+
+def _check_nesting(text: str, filename: str) -> None:
+    """Refuse collections nested deeper than MAX_NESTING before they are composed into nodes:
+    YAML's composer recurses (libyaml's crashed the process at ~100,000 levels), its event
+    parser does not."""
+    depth = 0
+    loader = _yaml_loader()(text)
+    try:
+        while loader.check_event():
+            event = loader.get_event()
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_NESTING:
+                    m = event.start_mark
+                    raise ConfigError(
+                        f"nested deeper than {MAX_NESTING} levels: a rules file is a few "
+                        "levels deep",
+                        where=f"{filename}:{m.line + 1}:{m.column + 1}" if m else filename,
+                    )
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
     finally:
         loader.dispose()
 

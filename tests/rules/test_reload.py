@@ -247,3 +247,35 @@ def test_a_file_written_to_while_it_is_read_is_read_again_later(tmp_path: Path, 
     assert rs.check_now() == "unchanged" and rs.current.version == "v1"
     rs._read = read  # type: ignore[method-assign]
     assert rs.check_now() == "ok" and rs.current.version == "v2"
+
+
+def test_skips_counted_before_a_reload_are_exported_after_it(tmp_path: Path) -> None:
+    """report() drained the new ruleset only: the skips the replaced one had counted were lost."""
+    p = tmp_path / "r.yaml"
+    skip = "  - {id: vip, when: extra.vip == 1, action: review, score: 0.5, reason: VIP}\n"
+    p.write_text(rules("v1", 100) + skip)
+    rs = ReloadingRuleset(p, start=False)
+    m = Metrics()
+    engine = Engine(rules=rs, policy=rs.policy, metrics=m)
+    for i in range(5):  # extra.vip is missing: a skip each
+        engine.decide({"tx_id": f"a{i}", "ts": float(i), "amount": 1.0, "extra": {}})
+    write(p, rules("v2", 100) + skip)
+    assert rs.check_now() == "ok"
+    engine.decide({"tx_id": "b", "ts": 9.0, "amount": 1.0, "extra": {}})  # counted by v2
+    engine.report()
+    get = m.registry.get_sample_value
+    assert get("fds_rule_missing_inputs_total", {"rule": "vip"}) == 6
+
+
+def test_features_in_another_order_are_the_same_features(tmp_path: Path) -> None:
+    """A reload that only reordered the declarations was rejected with "changed ()"."""
+    p = tmp_path / "r.yaml"
+    a = "  - {name: a, entity: card_id, agg: count, window: 1h}\n"
+    b = "  - {name: b, entity: card_id, agg: count, window: 2h}\n"
+    p.write_text(rules("v1", 100) + "features:\n" + a + b)
+    rs = ReloadingRuleset(p, start=False)
+    write(p, rules("v2", 100) + "features:\n" + b + a)
+    assert rs.check_now() == "ok"
+    write(p, rules("v3", 100) + "features:\n" + b + a.replace("1h", "3h"))
+    assert rs.check_now() == "rejected"
+    assert "feature declarations changed (a)" in str(rs.last_error)

@@ -137,7 +137,10 @@ def test_division_by_zero_does_not_fire_and_is_counted() -> None:
         (("given: {amount: 900,", "given: {amont: 900,"), "r.yaml:15:18", "unknown name 'amont'"),
         (('version: "t.1"\n', 'version: "t.1"\nversion: 2\n'), "r.yaml:2:1", "duplicate key"),
         (("rules:\n", "rules:\n  - [oops\n"), "r.yaml:10:7", "YAML syntax error"),
-        (('version: "t.1"', "version: 1.10"), "r.yaml:1:10", "quote it"),  # recorded as 1.1
+        (('version: "t.1"', "version: 1.10"), "r.yaml:1:10", "recorded as 1.1: quote it"),
+        (('version: "t.1"', "version: 0105"), "r.yaml:1:10", "recorded as 69: quote it"),
+        (('version: "t.1"', "version: 1:30"), "r.yaml:1:10", "recorded as 90: quote it"),
+        (('version: "t.1"', "version: 0x1F"), "r.yaml:1:10", "recorded as 31: quote it"),
         (('version: "t.1"', 'version: ""'), "r.yaml:1:10", "the version is empty"),
         # values YAML cannot build (a traceback before)
         (('version: "t.1"', "version: 2026-13-45"), "r.yaml:1:10", "bad value '2026-13-45'"),
@@ -302,3 +305,46 @@ def test_an_expression_error_points_at_its_place_after_any_escape(when):
     with pytest.raises(ConfigError) as ei:
         load_ruleset_text(text, "f.yaml")
     assert str(ei.value).startswith(f"f.yaml:{line}:{col}: rule a:"), str(ei.value)
+
+
+@pytest.mark.parametrize("depth", [60, 100_000])
+def test_deep_nesting_is_a_config_error_not_a_crash(depth: int) -> None:
+    """5,000 levels raised RecursionError (a traceback without a place); 100,000 made libyaml's
+    composer crash the process (a hot reload would have killed `fds run`)."""
+    text = 'version: "1"\nrules: ' + "[" * depth + "]" * depth + "\n"
+    with pytest.raises(ConfigError, match=r"deep\.yaml:2:\d+: nested deeper than 50 levels"):
+        load_ruleset_text(text, "deep.yaml")
+
+
+def test_aliases_nesting_deeper_than_the_walk_can_go_are_a_config_error() -> None:
+    lines = ['version: "1"', "x0: &a0 " + "[" * 40 + "1" + "]" * 40]
+    lines += [f"x{i}: &a{i} " + "[" * 40 + f"*a{i - 1}" + "]" * 40 for i in range(1, 30)]
+    with pytest.raises(ConfigError, match="aliases expanded"):
+        load_ruleset_text("\n".join(lines) + "\n", "alias.yaml")
+
+
+def test_an_unquoted_timestamp_in_a_rule_test_is_read_as_written() -> None:
+    """YAML reads an unquoted ISO timestamp as a datetime: the test failed with "timestamp must
+    be a string or a number"."""
+    text = (
+        'version: "1"\ntimezone: Asia/Seoul\nrules:\n'
+        "  - id: night\n    when: is_night\n    action: review\n    score: 0.5\n"
+        "    reason: Night\n    tests:\n"
+        "      - {given: {amount: 1, ts: 2026-01-02T03:10:00+09:00}, expect: hit}\n"
+        "      - {given: {amount: 1, ts: 2026-01-02T13:10:00+09:00}, expect: miss}\n"
+    )
+    assert load_ruleset_text(text, "r.yaml", run_tests=True).version == "1"
+
+
+def test_yaml_merge_keys_work_as_in_any_yaml_reader() -> None:
+    text = (
+        'version: "1"\nrules:\n'
+        "  - &base {id: a, when: amount > 10, action: review, score: 0.5, reason: Big}\n"
+        "  - {<<: *base, id: b, when: amount > 20}\n"
+    )
+    rs = load_ruleset_text(text, "merge.yaml")
+    assert [(r.id, r.expr.source, r.spec.reason) for r in rs.rules] == [
+        ("a", "amount > 10", "Big"), ("b", "amount > 20", "Big"),
+    ]  # fmt: skip
+    with pytest.raises(ConfigError, match=r"merge\.yaml:3:\d+: bad merge key"):
+        load_ruleset_text('version: "1"\nrules: []\nx: {<<: 3}\n', "merge.yaml")
