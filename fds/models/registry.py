@@ -30,6 +30,7 @@ import fcntl
 import hashlib
 import hmac
 import json
+import logging
 import os
 import pickle
 import re
@@ -41,6 +42,8 @@ from typing import Any
 
 from fds.errors import ArtifactError, ConfigError
 from fds.timeutil import format_ts
+
+log = logging.getLogger("fds.models")
 
 __all__ = [
     "DEFAULT_REGISTRY",
@@ -60,7 +63,14 @@ KEY_ENV = "FDS_MODEL_KEY"
 #: Manifest fields a version carries to another registry (the models-topic announcement).
 ENTRY_FIELDS = (
     "version", "seq", "spec", "parent", "created_at", "event_time", "labels_learned",
-    "evaluation", "sha256", "hmac", "size",
+    "evaluation", "sha256", "hmac", "size", "fields_hmac",
+)  # fmt: skip
+#: The fields ``fields_hmac`` signs (with ``FDS_MODEL_KEY``): the artifact's HMAC alone let a
+#: writer of the models topic re-announce an old signed artifact under a new id with invented
+#: counts (which open the scorers' maturity gate and skip its warm-up).
+SIGNED_FIELDS = (
+    "version", "seq", "spec", "parent", "created_at", "event_time", "labels_learned",
+    "evaluation", "sha256", "size",
 )  # fmt: skip
 # A version id is also a file name: only ids the registry itself makes are accepted from outside.
 _VERSION_ID = re.compile(r"v[0-9]{6,}")
@@ -89,6 +99,20 @@ def write_atomic(path: Path, data: bytes) -> None:
 def sign(data: bytes, key: bytes) -> str:
     """HMAC-SHA256 of ``data`` (hex)."""
     return hmac.new(key, data, hashlib.sha256).hexdigest()
+
+
+def sign_fields(entry: Mapping[str, Any], key: bytes) -> str:
+    """HMAC-SHA256 of an entry's :data:`SIGNED_FIELDS`, as canonical JSON.
+
+    >>> e = {"version": "v000001", "seq": 1, "labels_learned": 5, "evaluation": {"auc": 0.9}}
+    >>> sign_fields(e, b"k") == sign_fields({**e, "hmac": "x"}, b"k")  # other keys: not signed
+    True
+    >>> sign_fields(e, b"k") == sign_fields({**e, "labels_learned": 6}, b"k")
+    False
+    """
+    body = {k: entry.get(k) for k in SIGNED_FIELDS}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    return sign(text.encode(), key)
 
 
 def verify(
@@ -307,6 +331,12 @@ class Registry:
                 f"artifact size {len(data)} differs from the announced {fields['size']}"
             )
         verify(data, sha256=fields.get("sha256") or "", signature=fields.get("hmac"), key=self.key)
+        signed, key = fields.get("fields_hmac"), self.key
+        if key and signed and not hmac.compare_digest(sign_fields(fields, key), str(signed)):
+            raise ArtifactError(
+                f"announced fields of {version} do not match their signature (its id, "
+                "counts or evaluation were altered): refused"
+            )
 
     def import_version(self, data: bytes, fields: Mapping[str, Any]) -> dict[str, Any] | None:
         """Add a version published by another registry, under its own id and manifest fields.
@@ -330,6 +360,11 @@ class Registry:
         version = str(fields["version"])
         seq = int(version[1:])
         entry = {k: fields.get(k) for k in ENTRY_FIELDS}
+        if self.key is not None and entry["fields_hmac"] is None:
+            # announced by a trainer that signed the artifact only: its counts are unverified,
+            # so they do not count (a scorer warms the version up and gates it afresh)
+            log.warning("%s: announced fields are not signed; its counts are not taken", version)
+            entry.update(labels_learned=0, evaluation={})
         entry.update(
             seq=seq,
             spec=entry["spec"] or {},
@@ -455,8 +490,9 @@ def make_entry(
     evaluation: dict[str, Any] | None = None,
     event_time: float | None = None,
 ) -> dict[str, Any]:
-    """A manifest entry for artifact bytes ``data`` (sha256 and, with ``key``, HMAC)."""
-    return {
+    """A manifest entry for artifact bytes ``data`` (sha256 and, with ``key``, the HMACs of
+    the artifact and of the entry's :data:`SIGNED_FIELDS`)."""
+    entry: dict[str, Any] = {
         "version": version,
         "seq": seq,
         "spec": spec,
@@ -470,3 +506,5 @@ def make_entry(
         "size": len(data),
         "status": "published",
     }
+    entry["fields_hmac"] = sign_fields(entry, key) if key else None
+    return entry

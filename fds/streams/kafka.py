@@ -73,7 +73,7 @@ import sys
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1443,9 +1443,19 @@ _SETTING_FLAGS = {
 }
 
 
-def _add_settings_flags(p: argparse.ArgumentParser) -> None:
+#: The settings every client takes: where the broker is and how to reach it.
+CONNECTION_SETTINGS = (
+    "bootstrap", "broker_timeout_s", "security_protocol", "sasl_mechanism",
+    "sasl_plain_username", "ssl_cafile", "ssl_certfile", "ssl_keyfile",
+)  # fmt: skip
+
+
+def _add_settings_flags(p: argparse.ArgumentParser, only: Sequence[str] | None = None) -> None:
+    """The settings flags (``only``: those of these settings; ``fds run`` takes them all)."""
     p.add_argument("--config", type=Path, default=None, help="YAML file of settings (lowest rank)")
     for flag, dest in _SETTING_FLAGS.items():
+        if only is not None and dest not in only:
+            continue
         kind = (
             float
             if dest
@@ -1525,7 +1535,7 @@ def register_produce(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--mapping", type=Path, default=None, help="column mapping YAML (fields:)")
     p.add_argument("--limit", type=positive_int, default=None, help="send at most this many")
-    _add_settings_flags(p)
+    _add_settings_flags(p, (*CONNECTION_SETTINGS, "input_topic"))
     p.set_defaults(func=_cmd_produce)
 
 

@@ -9,10 +9,13 @@ The loop (one thread, batched)::
                             -> commit (order below)
 
 Labels wait for their decisions: a label whose event time is ahead of the newest decision
-consumed (its decision may still be on its way) pauses its partition, and the partition resumes
-when decisions catch up, or when no decision arrived for ``label_wait_s`` (nothing more to
-wait for: the label is then learned or counted unjoined), or after ``label_max_wait_s`` of
-waiting (a label stamped in the future; logged).
+consumed (its decision may still be on its way) holds its partition's labels in memory (at most
+``2 x max_poll_records``; the consumer is sought back to the rest), and they go on when
+decisions catch up, or when no decision arrived for ``label_wait_s`` (nothing more to wait for:
+the label is then learned or counted unjoined), or after ``label_max_wait_s`` of waiting (a
+label stamped in the future; logged). Not ``pause``: kafka-python 3.0 can leave a resumed
+partition unfetched for good (it parks the records it had fetched at the pause), and a labels
+backlog then stopped being read without a word.
 
 Commit order per batch (the trainer's own checkpoint carries the input offsets, so offsets
 committed to Kafka are for lag monitoring and a fresh state dir):
@@ -38,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import collections
 import contextlib
 import logging
 import math
@@ -62,6 +66,7 @@ from fds.pipeline import DEFAULT_MODEL
 from fds.schema import parse_label
 from fds.streams.checkpoint import Checkpointer, default_state_dir
 from fds.streams.kafka import (
+    CONNECTION_SETTINGS,
     BrokerUnavailable,
     KafkaSettings,
     _add_settings_flags,
@@ -178,9 +183,11 @@ class TrainService:
         self._unannounced: Publication | None = None  # published, its announcement failed
         self._announce_at = 0.0  # monotonic time of the next announcement attempt
         self._last_decision = time.monotonic()
-        # label partition -> (event time, offset) of the label it waits with, since when
-        self._paused: dict[Any, tuple[float, int, float]] = {}
-        self._forced: dict[Any, int] = {}  # label partition -> offset of a label done waiting
+        # label partition -> its polled labels not learned yet, the first one waiting
+        self._held: dict[Any, collections.deque[Any]] = {}
+        self._waiting: dict[Any, tuple[int, float]] = {}  # ... (offset, since when) of that one
+        self._revoked: list[Any] = []  # by the rebalance listener (the client's I/O thread)
+        self._shared: str | None = None  # ... when another trainer shares the group
         self._stop = False
         self.consumer: Any = None
         self.producer: Any = None
@@ -268,8 +275,12 @@ class TrainService:
         # without it, the group rebalances again as soon as the metadata arrives, and that
         # second join was seen to stall for good in kafka-python 3.0.12 when the poll timed
         # out during SyncGroup (the trainer then never got its partitions).
-        for topic in self.topics:
-            self.consumer.partitions_for_topic(topic)
+        for topic, flag in zip(self.topics, ("--decisions-topic", "--labels-topic"), strict=True):
+            if not self.consumer.partitions_for_topic(topic):
+                raise ConfigError(
+                    f"topic {topic!r} does not exist on {self.s.bootstrap}: create it (`fds "
+                    f"kafka topics` creates the kit's topics) or fix {flag}"
+                )
 
     def run(self, *, max_idle_s: float | None = None) -> TrainStats:
         """Run until :meth:`stop` (or ``max_idle_s`` without input)."""
@@ -279,13 +290,15 @@ class TrainService:
         last_input = time.monotonic()
         try:
             while not self._stop:
-                self._resume_labels()
                 batch = self.consumer.poll(timeout_ms=100, max_records=self.s.max_poll_records)
+                if self._shared is not None:
+                    raise FdsError(self._shared)
                 now = time.monotonic()
                 if batch:
                     last_input = now
+                if batch or any(self._held.values()):  # (held labels may go on by now)
                     self._process(batch)
-                elif max_idle_s is not None and now - last_input > max_idle_s and not self._paused:
+                elif max_idle_s is not None and now - last_input > max_idle_s:
                     break
         except BaseException:
             self.store.rollback()  # a half-done batch: the restart redoes it from the offsets
@@ -301,42 +314,24 @@ class TrainService:
     # -- the loop ----------------------------------------------------------------------------
 
     def _process(self, batch: Any) -> None:
-        decisions_topic, _labels_topic = self.topics
+        decisions_topic = self.topics[0]
         t = self.trainer
+        while self._revoked:  # their new owner reads them from the committed offsets
+            tp = self._revoked.pop()
+            self._held.pop(tp, None)
+            self._waiting.pop(tp, None)
         # Decisions first: a label in the same batch then finds its snapshot.
-        for tp, records in sorted(batch.items(), key=lambda kv: kv[0].topic != decisions_topic):
-            if tp in self._paused:
-                continue  # fetched before the pause took effect; re-read after resume
-            done = None
-            for msg in records:
-                if tp.topic == decisions_topic:
+        moved = False
+        for tp, records in batch.items():
+            if tp.topic == decisions_topic and records:
+                for msg in records:
                     self._on_decision(msg)
-                else:
-                    try:
-                        label = parse_label(orjson.loads(msg.value))
-                        # a label stamped far ahead would move the trainer's event time there:
-                        # every snapshot assumed legitimate at once, then expired
-                        check_not_ahead(label["ts"], msg, self.s.max_event_ahead_s)
-                    except Exception as exc:
-                        self._bad(msg, exc)
-                        done = msg.offset + 1
-                        continue
-                    if (
-                        not self._decisions_cover(label["ts"])
-                        and not self._decisions_idle()
-                        and self._forced.get(tp) != msg.offset
-                    ):
-                        self.consumer.seek(tp, msg.offset)  # learned after resume
-                        self.consumer.pause(tp)
-                        self._paused[tp] = (label["ts"], msg.offset, time.monotonic())
-                        break
-                    learned = t.stats["labels_learned"]
-                    t.on_label(label)
-                    self.stats.labels += 1
-                    self.metrics.labels_learned(t.stats["labels_learned"] - learned)
-                done = msg.offset + 1
-            if done is not None:
-                self._offsets[(tp.topic, tp.partition)] = done
+                self._offsets[(tp.topic, tp.partition)] = records[-1].offset + 1
+                moved = True
+        for tp, records in batch.items():
+            if tp.topic != decisions_topic and records:
+                self._hold(tp, records)
+        moved = self._learn_held() > 0 or moved  # (or every held label still waits)
         if t.due(t.now):  # a rollback since the last version: go on from the champion
             t.follow_rollback()
         pub = t.maybe_publish()
@@ -344,7 +339,8 @@ class TrainService:
             self._announce(pub)
         else:
             self._send_announcement()  # one that failed before, if any
-        self._commit()
+        if moved or pub is not None:
+            self._commit()
 
     def _on_decision(self, msg: Any) -> None:
         try:
@@ -395,27 +391,66 @@ class TrainService:
     def _decisions_idle(self) -> bool:
         return time.monotonic() - self._last_decision > self.label_wait_s
 
-    def _resume_labels(self) -> None:
-        if not self._paused:
-            return
-        idle = self._decisions_idle()
+    def _hold(self, tp: Any, records: list[Any]) -> None:
+        """Queue a poll's labels of ``tp`` behind those still held; beyond the bound the
+        consumer is sought back to the first one left out (fetched again later)."""
+        held = self._held.setdefault(tp, collections.deque())
+        room = max(2 * self.s.max_poll_records - len(held), 0)
+        if room < len(records):
+            self.consumer.seek(tp, records[room].offset)
+            records = records[:room]
+        held.extend(records)
+
+    def _learn_held(self) -> int:
+        """Learn the held labels, in order per partition, up to the first that must wait for
+        its decision; returns how many records were consumed (learned or bad)."""
+        t = self.trainer
+        n = 0
+        for tp, held in self._held.items():
+            done = None
+            while held:
+                msg = held[0]
+                try:
+                    label = parse_label(orjson.loads(msg.value))
+                    # a label stamped far ahead would move the trainer's event time there:
+                    # every snapshot assumed legitimate at once, then expired
+                    check_not_ahead(label["ts"], msg, self.s.max_event_ahead_s)
+                except Exception as exc:
+                    self._bad(msg, exc)
+                else:
+                    if not self._may_learn(tp, msg.offset, label["ts"]):
+                        break
+                    learned = t.stats["labels_learned"]
+                    t.on_label(label)
+                    self.stats.labels += 1
+                    self.metrics.labels_learned(t.stats["labels_learned"] - learned)
+                held.popleft()
+                done = msg.offset + 1
+                n += 1
+            if done is not None:
+                self._offsets[(tp.topic, tp.partition)] = done
+        return n
+
+    def _may_learn(self, tp: Any, offset: int, ts: float) -> bool:
+        """May the label at ``offset`` of ``tp`` (event time ``ts``) be learned now: its
+        decision is read, or none comes any more, or it has waited ``label_max_wait_s``."""
+        if self._decisions_idle() or self._decisions_cover(ts):
+            self._waiting.pop(tp, None)
+            return True
         now = time.monotonic()
-        ready = []
-        for tp, (ts, offset, since) in self._paused.items():
-            if idle or self._decisions_cover(ts):
-                ready.append(tp)
-            elif now - since > self.label_max_wait_s:  # e.g. a label stamped in the future
-                log.warning(
-                    'label at offset %d of "%s[%d]" (ts=%s) waited %.0f s for its decision; '
-                    "learned without waiting more", offset, tp.topic, tp.partition,
-                    format_ts(ts), now - since,
-                )  # fmt: skip
-                self._forced[tp] = offset
-                ready.append(tp)
-        if ready:
-            self.consumer.resume(*ready)
-            for tp in ready:
-                del self._paused[tp]
+        w = self._waiting.get(tp)
+        if w is None or w[0] != offset:
+            self._waiting[tp] = (offset, now)
+            return False
+        if now - w[1] <= self.label_max_wait_s:
+            return False
+        log.warning(  # e.g. a label stamped in the future
+            'label at offset %d of "%s[%d]" (ts=%s) waited %.0f s for its decision; '
+            "learned without waiting more", offset, tp.topic, tp.partition,
+            format_ts(ts), now - w[1],
+        )  # fmt: skip
+        del self._waiting[tp]
+        return True
 
     def _announce(self, pub: Publication) -> None:
         self.stats.published += 1
@@ -494,11 +529,21 @@ class _Seek(ConsumerRebalanceListener):
         self.svc = svc
 
     def on_partitions_revoked(self, revoked: Any) -> None:
-        for tp in revoked:
-            self.svc._paused.pop(tp, None)
-            self.svc._forced.pop(tp, None)
+        self.svc._revoked.extend(revoked)  # dropped by the loop, which owns the held labels
 
     def on_partitions_assigned(self, assigned: Any) -> None:
+        svc = self.svc
+        for topic in svc.topics:  # one trainer per model: a share of the topics loses labels
+            every = svc.consumer.partitions_for_topic(topic) or set()
+            held = {tp.partition for tp in assigned if tp.topic == topic}
+            if held != set(every):
+                svc._shared = (
+                    f"this trainer was given {len(held)} of the {len(every)} partitions of "
+                    f"{topic!r}: another fds train runs in group {svc.s.group!r}, and a label "
+                    "whose decision the other one reads would never be learned; run one fds "
+                    "train per model (stop the other, or give it its own --group, registry "
+                    "and state dir)"
+                )
         for tp in assigned:
             off = self.svc._offsets.get((tp.topic, tp.partition))
             if off is not None:
@@ -508,12 +553,19 @@ class _Seek(ConsumerRebalanceListener):
 # -- CLI ---------------------------------------------------------------------------------------
 
 
+#: The settings flags ``fds train`` takes (the others are ``fds run``'s).
+TRAIN_SETTINGS = (
+    *CONNECTION_SETTINGS, "group", "group_instance_id", "max_poll_records", "max_event_ahead_s",
+    "state_dir",
+)  # fmt: skip
+
+
 def register_train(subparsers: argparse._SubParsersAction) -> None:
     """Add ``fds train``."""
     p = subparsers.add_parser(
         "train", help="the trainer service: decisions + labels from Kafka -> model versions"
     )
-    _add_settings_flags(p)
+    _add_settings_flags(p, TRAIN_SETTINGS)
     p.add_argument("--spec", type=Path, default=DEFAULT_MODEL, help="model spec YAML")
     p.add_argument(
         "--registry", type=Path, default=DEFAULT_REGISTRY,
@@ -529,16 +581,16 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_train)
 
 
+def train_settings(args: argparse.Namespace) -> KafkaSettings:
+    """``fds train``'s settings: its flags over env over ``--config`` (group ``fds-train``)."""
+    flags = {dest: getattr(args, dest, None) for dest in TRAIN_SETTINGS}
+    flags["group"] = flags["group"] or "fds-train"
+    return load_settings(args.config, **flags)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     try:
-        flags = {
-            dest: getattr(args, dest, None)
-            for dest in ("bootstrap", "group", "group_instance_id", "max_poll_records",
-                         "broker_timeout_s", "state_dir", "security_protocol", "sasl_mechanism",
-                         "sasl_plain_username", "ssl_cafile", "ssl_certfile", "ssl_keyfile")
-        }  # fmt: skip
-        flags["group"] = flags["group"] or "fds-train"
-        settings = load_settings(args.config, **flags)
+        settings = train_settings(args)
         metrics = make_metrics(args.metrics_port >= 0)
         svc = TrainService(
             settings,

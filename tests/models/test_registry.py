@@ -280,3 +280,23 @@ def test_import_refuses_a_different_artifact_under_a_known_id(tmp_path: Path) ->
     with pytest.raises(ArtifactError, match="different artifact"):
         dst.import_version(other, forged)
     assert dst.load(e["version"]) == {"w": 3}
+
+
+def test_announced_fields_are_verified_with_the_key(tmp_path: Path) -> None:
+    """The artifact's HMAC alone let a writer of the models topic re-announce an old signed
+    artifact under a new id with invented counts (found by a review): the fields are signed."""
+    data, e = _published(tmp_path, {"w": 3}, key=b"right")
+    dst = Registry(tmp_path / "dst", key=b"right")
+    forged = {**e, "version": "v000777", "labels_learned": 10**6,
+              "evaluation": {"frauds_learned": 10**6}}  # fmt: skip
+    with pytest.raises(ArtifactError, match="do not match their signature") as ei:
+        dst.import_version(data, forged)
+    assert not ei.value.local  # bad for every scorer, not this machine's problem
+    assert dst.versions() == []
+    # an announcement of a trainer that signed the artifact only: imported, counts not taken
+    old = {**e, "fields_hmac": None}
+    got = dst.import_version(data, old)
+    assert got is not None and got["labels_learned"] == 0 and got["evaluation"] == {}
+    # the genuine one is taken with its counts (another registry: the id is new there)
+    other = Registry(tmp_path / "other", key=b"right")
+    assert other.import_version(data, e)["labels_learned"] == 7

@@ -14,7 +14,7 @@ from kafka.structs import TopicPartition
 from fds.errors import ConfigError
 from fds.pipeline import DEFAULT_MODEL
 from fds.streams.kafka import KafkaSettings
-from fds.streams.train import TrainService, announcement
+from fds.streams.train import TrainService, _Seek, announcement
 
 
 def service(tmp_path: Path, spec: Path | str = DEFAULT_MODEL) -> TrainService:
@@ -69,7 +69,7 @@ class Msg:
 
 
 class Consumer:
-    """What TrainService._process and _resume_labels call."""
+    """What TrainService._process calls."""
 
     def __init__(self, highwater: dict[TopicPartition, int]) -> None:
         self.hw, self.paused, self.sought = highwater, set(), {}
@@ -119,13 +119,27 @@ def test_a_label_waits_for_its_decision_in_a_lagging_partition(tmp_path):
     svc.consumer = c = Consumer({d0: 3, d1: 1, lab: 1})
     label = Msg("labels", 0, 0, {"tx_id": "a2", "ts": 350.0, "is_fraud": True})
     feed(svc, {d1: [decision(1, 0, "b", 500.0)], d0: [decision(0, 0, "a0", 100.0)], lab: [label]})
-    assert c.paused == {lab} and c.sought[lab] == 0  # waits: a2 is not read yet
-    assert svc.trainer.stats["labels_unjoined"] == 0
+    assert list(svc._held[lab]) == [label]  # waits (held, not paused): a2 is not read yet
+    assert svc.trainer.stats["labels_unjoined"] == 0 and ("labels", 0) not in svc._offsets
     feed(svc, {d0: [decision(0, 1, "a1", 200.0), decision(0, 2, "a2", 300.0)]})
-    svc._resume_labels()  # partition 0 has caught up
-    assert c.paused == set()
-    svc._process({lab: [label]})
+    assert not svc._held[lab] and not c.paused and not c.sought  # partition 0 caught up
     assert svc.trainer.stats["labels_learned"] == 1 and svc.trainer.stats["labels_unjoined"] == 0
+    assert svc._offsets[("labels", 0)] == 1
+
+
+def test_held_labels_are_bounded_and_a_revoked_partition_forgets_them(tmp_path):
+    d0, lab = TopicPartition("decisions", 0), TopicPartition("labels", 0)
+    svc = service(tmp_path)
+    svc.s = svc.s.model_copy(update={"max_poll_records": 2})  # holds at most 4
+    svc.consumer = c = Consumer({d0: 5, lab: 9})
+    labels = [Msg("labels", 0, i, {"tx_id": f"x{i}", "ts": 900.0, "is_fraud": True})
+              for i in range(6)]  # fmt: skip
+    feed(svc, {d0: [decision(0, 0, "a", 100.0)], lab: labels[:3]})
+    feed(svc, {lab: labels[3:]})
+    assert [m.offset for m in svc._held[lab]] == [0, 1, 2, 3] and c.sought[lab] == 4
+    _Seek(svc).on_partitions_revoked([lab])
+    svc._process({})
+    assert lab not in svc._held and ("labels", 0) not in svc._offsets
 
 
 class Sent:
@@ -189,16 +203,14 @@ def test_a_label_stamped_in_the_future_does_not_hold_its_partition(tmp_path, mon
     future = Msg("labels", 0, 0, {"tx_id": "a", "ts": 100.0 + 30 * 86400, "is_fraud": True})
     after = Msg("labels", 0, 1, {"tx_id": "a", "ts": 101.0, "is_fraud": True})
     feed(svc, {d0: [decision(0, 0, "a", 100.0)], lab: [future, after]})
-    assert c.paused == {lab}  # decisions keep coming: it waits for one 30 days on
+    assert len(svc._held[lab]) == 2  # decisions keep coming: it waits for one 30 days on
     offset = 1
     for step in (60.0, svc.label_max_wait_s):
         clock[0] += step
         c.hw[d0] = offset + 1
         feed(svc, {d0: [decision(0, offset, f"b{offset}", 100.0 + offset)]})  # not idle
         offset += 1
-        svc._resume_labels()
-        assert c.paused == ({lab} if step == 60.0 else set())
-    svc._process({lab: [future, after]})  # read again from the label that waited
+        assert len(svc._held[lab]) == (2 if step == 60.0 else 0)
     assert svc.trainer.stats["labels_learned"] == 1  # the same tx: learned once
     assert svc._offsets[("labels", 0)] == 2
 
@@ -240,8 +252,9 @@ def test_a_label_stamped_far_after_its_record_was_produced_is_set_aside(tmp_path
     feed(svc, {d: [decision(0, i, f"t{i}", 100.0 + i) for i in range(3)]})
     far = Msg("labels", 0, 0, {"tx_id": "nope", "ts": 4_070_908_800.0, "is_fraud": True})
     far.timestamp = 200_000  # produced at 200 s (ms)
-    svc._forced[lab] = 0  # it has waited label_max_wait_s for the decisions to catch up
-    feed(svc, {lab: [far]})
+    svc.label_max_wait_s = -1.0  # it has waited label_max_wait_s for the decisions
+    feed(svc, {lab: [far]})  # (held at the first look)
+    svc._process({})
     assert svc.trainer.now < 1000 and len(svc.trainer.store) == 3
     assert svc.trainer.stats["assumed_legit"] == 0
 
@@ -269,3 +282,18 @@ def test_a_restarted_trainer_exports_the_version_it_learns_on_from_the_start(tmp
     svc.run(max_idle_s=0)
     info = {"version": "v000013", "spec": svc.spec.name}
     assert svc.metrics.registry.get_sample_value("fds_model_info", info) == 1
+
+
+def test_fds_train_takes_its_settings_flags_and_only_those():
+    """--max-event-ahead was listed by `fds train --help` but not passed on (labels were
+    refused at the default hour), and so were fds run's own flags."""
+    from fds.cli import build_parser
+    from fds.streams.train import train_settings
+
+    parser = build_parser()
+    args = parser.parse_args(["train", "--max-event-ahead", "7", "--max-poll-records", "9"])
+    s = train_settings(args)
+    assert (s.max_event_ahead_s, s.max_poll_records, s.group) == (7.0, 9, "fds-train")
+    for run_only in ("--output-topic", "--state-topic", "--align-wait", "--checkpoint-every"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["train", run_only, "x"])
