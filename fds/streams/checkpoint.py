@@ -55,12 +55,13 @@ MAX_FD = 1 << 16  # descriptors a background writer closes (os.closerange: close
 
 
 def default_state_dir(group: str, instance: str | None = None) -> Path:
-    """``~/.cache/fds/state/<group>[/<instance>]`` (``$FDS_STATE_DIR`` replaces the root).
+    """``~/.cache/fds/state/<group>[/<instance>]`` (``$FDS_STATE_ROOT`` replaces the root;
+    ``$FDS_STATE_DIR``, like ``--state-dir``, is one instance's whole state dir).
 
     >>> default_state_dir("fds", "i0").parts[-2:]
     ('fds', 'i0')
     """
-    root = Path(os.environ.get("FDS_STATE_DIR") or Path.home() / ".cache" / "fds" / "state")
+    root = Path(os.environ.get("FDS_STATE_ROOT") or Path.home() / ".cache" / "fds" / "state")
     path = root / group
     return path / instance if instance else path
 

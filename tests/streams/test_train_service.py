@@ -297,3 +297,29 @@ def test_fds_train_takes_its_settings_flags_and_only_those():
     for run_only in ("--output-topic", "--state-topic", "--align-wait", "--checkpoint-every"):
         with pytest.raises(SystemExit):
             parser.parse_args(["train", run_only, "x"])
+
+
+def test_the_state_root_and_one_state_dir_are_two_variables(monkeypatch, tmp_path):
+    """FDS_STATE_DIR was documented as the root of every instance's dir but read as one
+    instance's whole dir: instances on a host shared (and overwrote) one checkpoint."""
+    from fds.streams.checkpoint import default_state_dir
+
+    monkeypatch.setenv("FDS_STATE_ROOT", str(tmp_path))
+    assert default_state_dir("g", "a") == tmp_path / "g" / "a" != default_state_dir("g", "b")
+
+
+def test_a_trainer_without_a_checkpoint_refuses_to_go_on_from_another_pipeline(tmp_path):
+    """It loaded the registry's newest version whatever made it, and published on from a
+    HoeffdingTree with a manifest saying LogisticRegression (found by a review)."""
+    first = service(tmp_path, spec="tree")
+    first.trainer.publish(0.0)
+    with pytest.raises(ConfigError, match="was made by spec 'tree'"):
+        TrainService(
+            KafkaSettings(group="fds-train"), spec=DEFAULT_MODEL, registry=tmp_path / "registry",
+            state_dir=tmp_path / "fresh", models_topic=None,
+        )  # fmt: skip
+    same = TrainService(
+        KafkaSettings(group="fds-train"), spec="tree", registry=tmp_path / "registry",
+        state_dir=tmp_path / "fresh2", models_topic=None,
+    )  # fmt: skip
+    assert same.trainer.parent == "v000001"
