@@ -765,7 +765,8 @@ class ModelServer:
                 # (a challenger dropped because shadow scoring raised has no contest figures)
                 m.model_precision("champion", "contest", info["recall_at_budget_incumbent"])
                 m.model_precision("challenger", "contest", info["recall_at_budget_candidate"])
-            elif kind == "gate":
+            elif kind == "gate" and "recall_at_budget_rules" in info:
+                # (a gate opened on the trainer's count, without labels, has no figures)
                 m.model_precision("champion", "gate", info["recall_at_budget_with_model"])
                 m.model_precision("rules", "gate", info["recall_at_budget_rules"])
         if self.on_event is not None:

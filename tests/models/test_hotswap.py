@@ -208,7 +208,8 @@ def test_without_labels_versions_are_served_as_published_and_the_gate_counts_fra
     v1 = reg.publish(FeatureModel("amount"), spec={"name": "t"}, labels_learned=5000,
                      evaluation={"frauds_learned": 60})  # fmt: skip
     reg.promote(v1["version"])
-    srv = ModelServer(spec, registry=reg, learn=False)
+    metrics = Metrics()  # (opening the gate on the count crashed fds run when it exported it)
+    srv = ModelServer(spec, registry=reg, learn=False, metrics=metrics)
     srv.load_champion()
     srv.without_labels()
     assert not srv.acting  # 60 < 100 frauds learned
@@ -217,6 +218,8 @@ def test_without_labels_versions_are_served_as_published_and_the_gate_counts_fra
     assert srv.poll() == "v000002"
     srv.install_pending()
     assert srv.version == "v000002" and srv.challenger is None and srv.acting
+    assert metrics.registry.get_sample_value("fds_model_info", {"version": "v000002",
+                                                                "spec": "default"}) == 1
 
 
 def test_a_champion_this_scorer_cannot_load_does_not_hold_newer_versions_back(
