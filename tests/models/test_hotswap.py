@@ -218,8 +218,12 @@ def test_without_labels_versions_are_served_as_published_and_the_gate_counts_fra
     assert srv.poll() == "v000002"
     srv.install_pending()
     assert srv.version == "v000002" and srv.challenger is None and srv.acting
-    assert metrics.registry.get_sample_value("fds_model_info", {"version": "v000002",
-                                                                "spec": "default"}) == 1
+    assert (
+        metrics.registry.get_sample_value(
+            "fds_model_info", {"version": "v000002", "spec": "default"}
+        )
+        == 1
+    )
 
 
 def test_a_champion_this_scorer_cannot_load_does_not_hold_newer_versions_back(
