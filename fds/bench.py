@@ -774,7 +774,11 @@ def register(subparsers: Any) -> None:
     pp.add_argument("--spec", default="default", help="model spec name or YAML path")
     pp.add_argument("--rules", help="rules file (default rules/default.yaml)")
     pp.add_argument("--out", default="benchmarks/results", help="folder for report and plot")
-    pp.add_argument("--name", default="precision", help="report file name (without .md)")
+    pp.add_argument(
+        "--name", default=None,
+        help="report file name (without .md); default precision, or precision_<file> with "
+        "--input (the committed simulator report is not overwritten)",
+    )  # fmt: skip
     pp.set_defaults(func=_cmd_precision)
 
 
@@ -813,7 +817,8 @@ def _cmd_precision(args: argparse.Namespace) -> int:
             input_path=args.input,
             mapping_path=args.mapping,
             out_dir=args.out,
-            name=args.name,
+            name=args.name
+            or (f"precision_{Path(args.input).name.split('.')[0]}" if args.input else "precision"),
             command="fds " + " ".join(sys.argv[1:]),
         )
     except ConfigError as e:

@@ -34,8 +34,6 @@ _PROGRESS_EVERY = 2048
 # enough for exports merged from several shards; disorder beyond it is counted, not hidden.
 REORDER_BUFFER = 100_000
 _READ_STAGES = ("parse", "validate")
-_TRUTHY = frozenset({"1", "true", "t", "yes", "y", "fraud"})
-_FALSY = frozenset({"0", "false", "f", "no", "n", "legit", "legitimate", ""})
 
 
 class Sink(Protocol):
@@ -136,22 +134,6 @@ class ReplaySummary:
         return rows
 
 
-def _truth(v: Any) -> bool:
-    """A label column's value: fraud or not; ValueError when it says neither."""
-    if v is True or v is False:
-        return v
-    if isinstance(v, int | float) and v in (0, 1):
-        return v == 1
-    text = str(v).strip().lower()
-    if text in _TRUTHY or text in _FALSY:
-        return text in _TRUTHY
-    raise ValueError(
-        f"label value {v!r} is neither fraud ({', '.join(sorted(_TRUTHY))}) nor legitimate "
-        f"({', '.join(sorted(_FALSY - {''}))}, empty); the transaction is decided, its label "
-        "is not learned"
-    )
-
-
 def open_stream(
     path: str | Path,
     *,
@@ -231,7 +213,7 @@ def _validated(
             yield out
             continue
         try:
-            fraud = _truth(truth)
+            fraud = label.is_fraud(truth)
         except ValueError as e:
             raw_row = {**rec, label.column: truth}
             dlq.append(

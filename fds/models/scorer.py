@@ -984,6 +984,9 @@ def build_model_stage(
 
         reg = Registry(DEFAULT_REGISTRY)
     srv = ModelServer(mspec, registry=reg, learn=False, on_event=on_event, metrics=metrics)
-    srv.load_champion()
+    if srv.load_champion() is None and not reg.versions():
+        log.warning("no model version in registry %s yet: decisions use the rules alone until "
+                    "one is published there (fds train --registry %s); check --registry if "
+                    "one was", reg.path, reg.path)  # fmt: skip
     srv.start_watch(every=poll_seconds)
     return srv

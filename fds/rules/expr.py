@@ -34,6 +34,7 @@ fds.rules.expr.ExprError: 1:4: attribute access is not allowed (only extra.NAME)
 from __future__ import annotations
 
 import ast
+import difflib
 import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -308,7 +309,7 @@ class _Checker:
         else:
             if name in FUNCTIONS:
                 raise self.fail(node, f"{name} is a function: call it, e.g. {name}(x)")
-            close = sorted(k for k in self.known if k[:3] == name[:3])[:3]
+            close = difflib.get_close_matches(name, list(self.known), n=3, cutoff=0.6)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise self.fail(
                 node,

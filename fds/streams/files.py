@@ -42,10 +42,30 @@ Format = Literal["csv", "jsonl", "parquet"]
 Record = tuple[int, "dict[str, Any] | Exception", "str | None"]
 
 
+_TRUTHY = frozenset({"1", "true", "t", "yes", "y", "fraud"})
+_FALSY = frozenset({"0", "false", "f", "no", "n", "legit", "legitimate", ""})
+
+
 class LabelColumn(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     column: str
     delay: float = Field(default=0.0, description="seconds; written as 7d, 12h, ...")
+
+    @staticmethod
+    def is_fraud(v: Any) -> bool:
+        """A label column's value: fraud or not; ValueError when it says neither."""
+        if v is True or v is False:
+            return v
+        if isinstance(v, int | float) and v in (0, 1):
+            return v == 1
+        text = str(v).strip().lower()
+        if text in _TRUTHY or text in _FALSY:
+            return text in _TRUTHY
+        raise ValueError(
+            f"label value {v!r} is neither fraud ({', '.join(sorted(_TRUTHY))}) nor legitimate "
+            f"({', '.join(sorted(_FALSY - {''}))}, empty); the transaction is decided, its label "
+            "is not learned"
+        )
 
     @field_validator("delay", mode="before")
     @classmethod

@@ -96,11 +96,11 @@ from fds.pipeline import DEFAULT_MODEL, DEFAULT_RULES, build_engine
 from fds.schema import dead_letter, dumps, loads, parse_transaction
 from fds.streams.align import Aligner
 from fds.streams.checkpoint import Checkpoint, Checkpointer, default_state_dir
-from fds.streams.files import ColumnMapping, load_mapping, read_records
+from fds.streams.files import ColumnMapping, LabelColumn, load_mapping, read_records
 from fds.streams.label_feed import LabelFeed, reads_labels
 from fds.streams.rebuild import horizon_seconds, read_merged, start_offsets
 from fds.streams.state_topic import StateTopic
-from fds.timeutil import format_ts
+from fds.timeutil import format_ts, get_zone, parse_ts
 
 __all__ = [
     "BrokerUnavailable",
@@ -1354,17 +1354,26 @@ def produce_file(
     rate: float | None = None,
     mapping: ColumnMapping | None = None,
     limit: int | None = None,
+    labels_topic: str | None = None,
 ) -> int:
     """Send each record of a JSONL/CSV file to ``topic``, keyed by ``card_id`` (``tx_id`` for a
     record without one: a label); return the count.
 
     ``rate`` paces to that many records per second (file order is kept); ``mapping`` renames
-    foreign columns (``--mapping``). A record that cannot be read (bad JSON, a short CSV row) is
-    sent as its raw text, so ``fds run`` dead-letters it: nothing is silently dropped.
+    foreign columns (``--mapping``) and reads timestamps in its zone, as ``fds replay`` does;
+    its label column is no transaction field: with ``labels_topic`` each fraud it marks goes
+    there as a label (``{tx_id, ts: ts + delay, is_fraud, source}``, keyed by ``tx_id``). A
+    record that cannot be read (bad JSON, a short CSV row) is sent as its raw text, so ``fds
+    run`` dead-letters it: nothing is silently dropped.
     """
     if not Path(path).is_file():
         raise ConfigError(f"input file not found: {path}; give a JSONL or CSV file")
     records = read_records(path, mapping=mapping)
+    zone = get_zone(mapping.timezone) if mapping is not None else None
+    label = mapping.label if mapping is not None else None
+    if labels_topic and label is None:
+        raise ConfigError("--labels-topic needs a --mapping with a label: section (its column)")
+    labels = 0
     timeout_ms = int(settings.broker_timeout_s * 1000)
     try:
         producer = KafkaProducer(
@@ -1381,15 +1390,24 @@ def produce_file(
     n = 0
     failed: list[BaseException] = []  # sends the broker refused or that timed out
     try:
-        try:
-            producer.partitions_for(topic)
-        except KafkaTimeoutError:
-            raise ConfigError(
-                f"topic {topic!r} does not exist on {settings.bootstrap}: create it (`fds kafka "
-                "topics` creates the kit's topics) or give --topic"
-            ) from None
+        for name, flag in ((topic, "--topic"), (labels_topic, "--labels-topic")):
+            try:
+                if name:
+                    producer.partitions_for(name)
+            except KafkaTimeoutError:
+                raise ConfigError(
+                    f"topic {name!r} does not exist on {settings.bootstrap}: create it (`fds "
+                    f"kafka topics` creates the kit's topics) or fix {flag}"
+                ) from None
         for _line, rec, raw in records:
             if isinstance(rec, dict):
+                truth = rec.pop(label.column, None) if label is not None else None
+                if zone is not None and isinstance(rec.get("ts"), str):
+                    # the mapping's zone, as fds replay reads the file: epoch seconds carry it
+                    with contextlib.suppress(ValueError):
+                        rec["ts"] = parse_ts(rec["ts"], zone)  # (unreadable: fds run says so)
+                if labels_topic and label is not None and truth is not None:
+                    labels += _label_of(rec, truth, label.delay, labels_topic, producer, failed)
                 # a transaction by its card (the state's partitioning), anything else (a label
                 # file) by its tx_id, as streams/topics.yaml keys the labels topic
                 card = rec.get("card_id", rec.get("tx_id"))
@@ -1408,12 +1426,32 @@ def produce_file(
         producer.flush(timeout=settings.broker_timeout_s)
     finally:
         producer.close(timeout=5)
+    if labels_topic:
+        log.info("produced %d fraud labels to %s", labels, labels_topic)
     if failed:
         raise FdsError(
             f"{len(failed)} of {n} records were not produced to {topic!r} (first error: "
             f"{type(failed[0]).__name__}: {failed[0]}); the others were"
         )
     return n
+
+
+def _label_of(
+    tx: dict[str, Any], truth: Any, delay: float, topic: str, producer: Any, failed: list[Any]
+) -> int:
+    """Send the label a file's fraud column gives ``tx`` (1), or nothing (0: legitimate, or a
+    value that says neither, or a transaction without a readable id and time)."""
+    try:
+        fraud = LabelColumn.is_fraud(truth)
+        ts = float(tx["ts"]) if not isinstance(tx["ts"], str) else parse_ts(tx["ts"])
+        tx_id = str(tx["tx_id"])
+    except (KeyError, TypeError, ValueError):
+        return 0
+    if not fraud:
+        return 0
+    body = {"tx_id": tx_id, "ts": ts + delay, "is_fraud": True, "source": "file"}
+    producer.send(topic, value=dumps(body), key=tx_id.encode()).add_errback(failed.append)
+    return 1
 
 
 # -- CLI ---------------------------------------------------------------------------------------
@@ -1535,6 +1573,11 @@ def register_produce(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--mapping", type=Path, default=None, help="column mapping YAML (fields:)")
     p.add_argument("--limit", type=positive_int, default=None, help="send at most this many")
+    p.add_argument(
+        "--labels-topic", default=None,
+        help="with a --mapping that has a label: column, send each fraud it marks here as a "
+        "label, delay after its transaction",
+    )  # fmt: skip
     _add_settings_flags(p, (*CONNECTION_SETTINGS, "input_topic"))
     p.set_defaults(func=_cmd_produce)
 
@@ -1598,7 +1641,7 @@ def _cmd_produce(args: argparse.Namespace) -> int:
         mapping = load_mapping(args.mapping) if args.mapping is not None else None
         n = produce_file(
             args.file, settings, topic=args.topic, rate=args.rate, mapping=mapping,
-            limit=args.limit,
+            limit=args.limit, labels_topic=args.labels_topic,
         )  # fmt: skip
     except ConfigError as exc:
         print(f"fds: error: {exc}", file=sys.stderr)

@@ -519,3 +519,32 @@ def test_a_rebalance_commits_what_was_decided_before_the_partitions_move(
     assert runner.stats.decided < 40_000, "the rebalance came after the input ended"
     assert "commit on revocation failed" not in caplog.text, caplog.text[-2000:]
     assert runner.stats.checkpoints >= 2  # the first commit's, and the revocation's
+
+
+def test_produce_with_a_mapping_reads_the_file_as_replay_does(kafka_bootstrap, topics, tmp_path):
+    """fds produce ignored the mapping's timezone (fds run decided P00000 an hour off fds
+    replay) and sent the fraud column as a transaction field (found by a README walkthrough)."""
+    from fds.streams.files import load_mapping
+
+    (tmp_path / "mine.csv").write_text(
+        "ID,When,Card,Shop,EUR,Is Fraud\n"
+        "P00000,2026-03-01 08:00:00,c1,m1,12.5,no\n"
+        "P00001,2026-07-01 08:00:00.123456,c2,m1,99,yes\n"
+    )
+    (tmp_path / "mine.yaml").write_text(
+        "fields: {tx_id: ID, ts: When, card_id: Card, merchant_id: Shop, amount: EUR}\n"
+        "timezone: Europe/Paris\nlabel: {column: Is Fraud, delay: 1d}\n"
+    )
+    mapping = load_mapping(tmp_path / "mine.yaml")
+    s = settings_for(kafka_bootstrap, topics, "unused")
+    n = produce_file(tmp_path / "mine.csv", s, mapping=mapping, labels_topic=topics["labels"])
+    assert n == 2
+    labels = [orjson.loads(m.value) for m in read_all(kafka_bootstrap, topics["labels"])]
+    assert labels == [{"tx_id": "P00001", "ts": 1782885600.123456 + 86400, "is_fraud": True,
+                       "source": "file"}]  # fmt: skip
+    sent = {r["tx_id"]: r for r in (orjson.loads(m.value) for m in read_all(
+        kafka_bootstrap, topics["transactions"]))}  # fmt: skip
+    replayed = replay_load(tmp_path / "mine.csv", mapping=mapping).transactions
+    assert [sent[t["tx_id"]]["ts"] for t in replayed] == [t["ts"] for t in replayed]
+    assert replayed[0]["ts"] == 1772348400.0  # 07:00 UTC: Paris in winter is UTC+1
+    assert all("Is Fraud" not in r and "Is Fraud" not in r.get("extra", {}) for r in sent.values())

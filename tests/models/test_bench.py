@@ -248,3 +248,20 @@ def test_drift_day_given_with_a_file_is_kept(
     monkeypatch.setattr("fds.bench.run_precision", lambda **kw: seen.update(kw))
     args = _cli(argv)
     assert args.func(args) == 0 and seen["drift_day"] == drift
+
+
+@pytest.mark.parametrize(
+    ("argv", "name"),
+    [
+        ([], "precision"),
+        (["--input", "streams/samples/handbook.csv.gz"], "precision_handbook"),
+        (["--input", "h.csv", "--name", "mine"], "mine"),
+    ],
+)
+def test_a_users_file_does_not_overwrite_the_committed_report(
+    argv: list[str], name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: dict[str, object] = {}
+    monkeypatch.setattr("fds.bench.run_precision", lambda **kw: seen.update(kw))
+    args = _cli(argv)
+    assert args.func(args) == 0 and seen["name"] == name

@@ -305,3 +305,14 @@ def test_a_corrupt_champion_at_startup_falls_back_to_the_previous_one(tmp_path: 
     assert alone.poll() == "v000003"
     alone.install_pending()
     assert alone.version == "v000003"
+
+
+def test_an_empty_registry_is_said_at_start(tmp_path: Path, caplog) -> None:
+    """A typo in --registry created an empty registry and fds run decided on the rules alone
+    without a word (found by a README walkthrough)."""
+    from fds.models import build_model_stage
+
+    with caplog.at_level("WARNING", logger="fds.models"):
+        srv = build_model_stage("default", registry=tmp_path / "typo", watch=True)
+        srv.close()
+    assert "no model version in registry" in caplog.text and "typo" in caplog.text

@@ -114,6 +114,7 @@ def test_semantics_and_precedence(src: str, expected: bool) -> None:
         ("amount * 2 if is_night else country", "must be true/false"),
         ("amount > nope", "unknown name 'nope'"),
         ("amont > 1", "did you mean amount"),
+        ("avg31 > 1", "did you mean avg"),  # the closest name, not the first alphabetically
         ("abs > 1", "is a function"),
         ("min(amount) > 1", "takes 2 to 8 arguments"),
         ("round(amount, amount) > 1", "whole number"),
