@@ -804,6 +804,10 @@ def _cmd_precision(args: argparse.Namespace) -> int:
     if drift is not None and drift < 0:
         drift = None
     try:
+        if args.input and not args.mapping:
+            from fds.streams.files import check_transaction_columns
+
+            check_transaction_columns(args.input)
         run_precision(
             days=args.days,
             cards=args.cards,

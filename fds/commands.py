@@ -12,7 +12,7 @@ from typing import Any
 from fds import replay as replay_mod
 from fds.metrics import Metrics, add_metrics_arguments, serve
 from fds.pipeline import DEFAULT_MODEL, DEFAULT_RULES, build_engine
-from fds.streams.files import JsonlSink, load_mapping
+from fds.streams.files import JsonlSink, check_transaction_columns, load_mapping
 
 __all__ = ["register"]
 
@@ -142,6 +142,8 @@ def _replay(args: argparse.Namespace) -> int:
         print(f"fds replay: error: input file not found: {args.file}", file=sys.stderr)
         return 2
     mapping = load_mapping(args.mapping) if args.mapping else None
+    if mapping is None:
+        check_transaction_columns(args.file)
     metrics = Metrics()
     engine = build_engine(args.rules, args.model, metrics=metrics, watch=True)
     stream = replay_mod.open_stream(args.file, mapping=mapping, labels_path=args.labels)
@@ -153,6 +155,8 @@ def _replay(args: argparse.Namespace) -> int:
             print(f"fds replay: error: cannot write {flag} {path}: {problem}; give a path in "
                   "a writable directory", file=sys.stderr)  # fmt: skip
             return 2
+    if dlq_path.is_file():  # a previous run's dead letters would pass for this one's
+        dlq_path.unlink()
     with contextlib.ExitStack() as stack:
         sink = stack.enter_context(JsonlSink(args.out))
         dlq = stack.enter_context(JsonlSink(dlq_path))
@@ -193,4 +197,12 @@ def _replay(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
+    if not summary.decided and summary.dead_letters > summary.label_dead_letters:
+        print(
+            f"fds replay: error: no transaction could be decided, every one was dead-lettered "
+            f"(most often {summary.top_reason}); check the file against --mapping (fields, "
+            "format, timezone) and the dead letters in " + str(dlq_path),
+            file=sys.stderr,
+        )
+        return 1
     return 0

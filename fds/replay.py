@@ -11,9 +11,10 @@ own timestamp has passed, exactly as it would be in production.
 from __future__ import annotations
 
 import heapq
+import re
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import tzinfo
 from pathlib import Path
@@ -85,6 +86,8 @@ class ReplaySummary:
     late: int = 0
     demoted: list[str] = field(default_factory=list)  # by the rate breaker, still demoted
     interrupted: bool = False  # stopped by Ctrl-C: the figures cover what was decided
+    # the most frequent reason a transaction was dead-lettered: "stage: error" (first line)
+    top_reason: str | None = None
 
     @property
     def throughput(self) -> float:
@@ -115,6 +118,7 @@ class ReplaySummary:
             ("dead letters", f"{self.dead_letters:,}"),
             ("  of transactions", f"{self.dead_letters - self.label_dead_letters:,}"),
             ("  of labels", f"{self.label_dead_letters:,}"),
+            *([("  most often (transactions)", self.top_reason)] if self.top_reason else []),
             ("labels learned", f"{self.labels_learned:,}"),
             ("late events", f"{self.late:,}"),
             ("reordered records", f"{self.reordered:,}"),
@@ -370,6 +374,10 @@ def run(
     s.decided = sum(actions.values())
     s.dead_letters = len(dead)
     s.label_dead_letters = sum(1 for d in dead if d["stage"] == "label" or d["source"] != source)
+    reasons = Counter(_reason(d) for d in dead if d["stage"] != "label" and d["source"] == source)
+    if reasons:
+        reason, n = reasons.most_common(1)[0]
+        s.top_reason = f"{reason} ({n:,})"
     unreadable = sum(1 for d in dead if d["stage"] in _READ_STAGES and d["source"] == source)
     s.transactions = seen + unreadable
     s.reordered = stream.reordered
@@ -381,6 +389,23 @@ def run(
         bar.update(s.decided - bar.n)
         bar.close()
     return s
+
+
+_QUOTED = re.compile(r"'[^']*'")
+
+
+def _reason(dead: Mapping[str, Any]) -> str:
+    """A dead letter's reason without its values, to count alike ones together: its stage and
+    the first line of its error, quoted values and pydantic's ``[type=..., input_value=...]``
+    left out, at most 120 characters.
+
+    >>> _reason({"stage": "validate", "reason": "ts: timestamp '01/03' is neither ISO 8601"})
+    "validate: ts: timestamp '...' is neither ISO 8601"
+    """
+    text = str(dead.get("reason") or dead.get("error", ""))
+    reason = text.split("\n")[0].split(" [type=")[0].split(" input_value=")[0]
+    reason = _QUOTED.sub("'...'", reason)[:120]
+    return f"{dead['stage']}: {reason}"
 
 
 def _drain_dead(

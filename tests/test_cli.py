@@ -117,3 +117,29 @@ def test_python_dash_m_fds_is_the_cli():
 
     out = subprocess.run([sys.executable, "-m", "fds", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "replay" in out.stdout
+
+
+def test_a_rerun_without_dead_letters_leaves_no_old_ones(history, tmp_path):
+    """The previous run's dead-letter file stayed beside the new decisions (a walkthrough)."""
+    out = tmp_path / "d.jsonl"
+    assert bare_replay(str(history), "--out", str(out)) == 0
+    assert (tmp_path / "d.dlq.jsonl").exists()
+    clean = tmp_path / "clean.jsonl"
+    clean.write_bytes(b"".join(history.read_bytes().splitlines(keepends=True)[:20]))
+    assert bare_replay(str(clean), "--out", str(out)) == 0
+    assert not (tmp_path / "d.dlq.jsonl").exists()
+
+
+def test_a_replay_that_decides_nothing_fails_and_says_why(tmp_path, capsys):
+    """Every record dead-lettered was exit 0 with no reason given; a CSV without --mapping
+    whose header lacks the required fields read every row as a dead letter."""
+    day_first = tmp_path / "d.csv"
+    day_first.write_text("tx_id,ts,amount,card_id\na,01/03/2026 08:00:00,1,c\nb,02/03/2026,1,c\n")
+    assert bare_replay(str(day_first), "--out", str(tmp_path / "o.jsonl")) == 1
+    err = capsys.readouterr().err
+    assert "no transaction could be decided" in err
+    assert "validate: ts: timestamp '...' is neither ISO 8601" in err and "(2)" in err
+    foreign = tmp_path / "f.csv"
+    foreign.write_text("ID,When,EUR\na,2026-01-01,1\n")
+    assert bare_replay(str(foreign), "--out", str(tmp_path / "o.jsonl")) == 2
+    assert "are neither mapped nor columns" in capsys.readouterr().err

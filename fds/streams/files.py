@@ -125,8 +125,8 @@ class ColumnMapping(BaseModel):
         if unmapped:
             raise ConfigError(
                 f"required engine field(s) {unmapped} are neither mapped nor columns of the "
-                f"file: map them under `fields:` (e.g. `{unmapped[0]}: YOUR_COLUMN`); its "
-                f"columns are {columns}",
+                f"file: map them under `fields:` of a --mapping file (e.g. `{unmapped[0]}: "
+                f"YOUR_COLUMN`); its columns are {columns}",
                 where=where,
             )
 
@@ -226,6 +226,19 @@ def open_text(
     if str(path).endswith(".gz"):
         return cast(IO[Any], gzip.open(path, mode, encoding=enc, errors=err))
     return open(path, mode, encoding=enc, errors=err)
+
+
+def check_transaction_columns(path: str | os.PathLike[str]) -> None:
+    """A CSV file of transactions read without a mapping must name the required fields in its
+    header (every row would be a dead letter otherwise): a :class:`ConfigError` saying which
+    are missing and that a ``--mapping`` maps them. Other formats are not checked here."""
+    if not Path(path).is_file() or infer_format(path) != "csv":
+        return  # (a missing file is reported where it is read)
+    with open_text(path, errors="replace") as f:
+        header = next(csv.reader(f), None)
+    if header:
+        ColumnMapping().check_columns([c.removeprefix("\ufeff") for c in header],
+                                      where=f"{path}:1")  # fmt: skip
 
 
 def read_records(
