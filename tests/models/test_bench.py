@@ -254,7 +254,15 @@ def test_drift_day_given_with_a_file_is_kept(
     ("argv", "name"),
     [
         ([], "precision"),
-        (["--input", "streams/samples/handbook.csv.gz"], "precision_handbook"),
+        (
+            [
+                "--input",
+                "streams/samples/handbook.csv.gz",
+                "--mapping",
+                "streams/mappings/handbook.yaml",
+            ],
+            "precision_handbook",
+        ),
         (["--input", "h.csv", "--name", "mine"], "mine"),
     ],
 )
