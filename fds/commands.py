@@ -138,9 +138,10 @@ def _replay(args: argparse.Namespace) -> int:
     if args.speed is not None and args.speed <= 0:
         print("fds replay: error: --speed must be > 0 (e.g. --speed 60)", file=sys.stderr)
         return 2
-    if not args.file.is_file():
-        print(f"fds replay: error: input file not found: {args.file}", file=sys.stderr)
-        return 2
+    for flag, path in (("input file", args.file), ("--labels file", args.labels)):
+        if path is not None and not Path(path).is_file():
+            print(f"fds replay: error: {flag} not found: {path}", file=sys.stderr)
+            return 2
     mapping = load_mapping(args.mapping) if args.mapping else None
     if mapping is None:
         check_transaction_columns(args.file)

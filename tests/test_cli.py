@@ -143,3 +143,15 @@ def test_a_replay_that_decides_nothing_fails_and_says_why(tmp_path, capsys):
     foreign.write_text("ID,When,EUR\na,2026-01-01,1\n")
     assert bare_replay(str(foreign), "--out", str(tmp_path / "o.jsonl")) == 2
     assert "are neither mapped nor columns" in capsys.readouterr().err
+
+
+def test_a_missing_labels_file_is_named_as_such(history, tmp_path, capsys):
+    assert bare_replay(str(history), "--labels", str(tmp_path / "nope.jsonl")) == 2
+    assert "--labels file not found" in capsys.readouterr().err
+
+
+def test_a_misspelt_mapping_key_gets_a_suggestion(history, tmp_path, capsys):
+    m = tmp_path / "m.yaml"
+    m.write_text("field:\n  tx_id: ID\n")
+    assert bare_replay(str(history), "--mapping", str(m)) == 2
+    assert "field: unknown key: did you mean 'fields'?" in capsys.readouterr().err

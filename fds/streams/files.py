@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import difflib
 import gzip
 import io
 import os
@@ -166,6 +167,12 @@ def load_mapping(path: str | os.PathLike[str]) -> ColumnMapping:
         line = next((n for k in reversed(keys) if (n := _line_of(p, k))), None)
         loc = ".".join(str(x) for x in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden" and len(err["loc"]) == 1:
+            known = list(ColumnMapping.model_fields)
+            close = difflib.get_close_matches(str(err["loc"][0]), known, n=1)
+            msg = f"unknown key: {'did you mean ' + repr(close[0]) + '? ' if close else ''}" + (
+                f"a mapping has {', '.join(known)}"
+            )
         raise ConfigError(f"{loc}: {msg}", where=f"{p}:{line}" if line else str(p)) from None
     except ConfigError as e:
         raise ConfigError(str(e), where=str(p)) from None
