@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     parser.add_argument(
+        "-q", "--quiet", action="store_true",
+        help="log warnings and errors only (a replay's model swaps are INFO lines)",
+    )  # fmt: skip
+    parser.add_argument(
         "--log-format",
         choices=("kv", "json"),
         default="kv",
@@ -57,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fds`` console script."""
     args = build_parser().parse_args(argv)
-    configure_logging("DEBUG" if args.verbose else "INFO", fmt=args.log_format)
+    level = "DEBUG" if args.verbose else "WARNING" if args.quiet else "INFO"
+    configure_logging(level, fmt=args.log_format)
     try:
         return int(args.func(args) or 0)
     except ConfigError as e:

@@ -155,3 +155,13 @@ def test_a_misspelt_mapping_key_gets_a_suggestion(history, tmp_path, capsys):
     m.write_text("field:\n  tx_id: ID\n")
     assert bare_replay(str(history), "--mapping", str(m)) == 2
     assert "field: unknown key: did you mean 'fields'?" in capsys.readouterr().err
+
+
+def test_quiet_logs_warnings_only(history, tmp_path):
+    import logging
+
+    assert main(["-q", "replay", str(history), "--rules", "none", "--model", "none",
+                 "--no-progress", "--out", str(tmp_path / "o.jsonl")]) == 0  # fmt: skip
+    assert logging.getLogger("fds").level == logging.WARNING
+    main(["replay", str(tmp_path / "nope.jsonl")])
+    assert logging.getLogger("fds").level == logging.INFO
