@@ -47,6 +47,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -84,11 +85,31 @@ WRITES_CLOSE_S = 3.0
 RANK_STRIDE = 2
 #: Fraud labels between refreshes of the budget thresholds during a contest.
 THRESHOLD_REFRESH = 20
+#: How long a model may score recent inputs again on the label path at a refresh (seconds, as
+#: estimated from RESCORE_PROBE of them); longer goes to a worker thread in watch mode (see
+#: ModelServer._rank): 2,048 scorings take ~5 ms with the default spec, ~160 ms with a forest.
+RESCORE_INLINE_S = 0.002
+RESCORE_PROBE = 8
 _DAY = 86400.0
 
 
 def _yield() -> None:
     time.sleep(0)  # releases the GIL: the decision loop runs before the next canary input
+
+
+def _pacer(every_s: float = 0.001) -> Callable[[], None]:
+    """A ``pause`` for long work on a worker thread: releases the GIL once ``every_s`` of work
+    went by. (After each item instead, a worker behind a busy decision loop waited the
+    interpreter's switch interval, 5 ms, to get it back for every item.)"""
+    last = time.perf_counter()
+
+    def pause() -> None:
+        nonlocal last
+        if time.perf_counter() - last >= every_s:
+            time.sleep(0.0001)  # (sleep(0) may take the GIL straight back: a real wait)
+            last = time.perf_counter()
+
+    return pause
 
 
 class _Raised(Exception):
@@ -108,6 +129,29 @@ _UNSCORED: tuple[str | None, float, str | None, float] = (None, math.nan, None, 
 
 def _p(model: Any, x: dict[str, float]) -> float:
     return float(model.predict_proba_one(x).get(True, 0.0))
+
+
+def _scores(
+    model: Any,
+    version: str | None,
+    recent: list[dict[str, float]],
+    scored: list[tuple[str | None, float, str | None, float]],
+    pause: Callable[[], None] | None = None,
+) -> list[float]:
+    """Raw scores of ``model`` (version ``version``) for ``recent`` inputs: the ones it gave on
+    the decision path (as champion, or as challenger in shadow: ``scored``) are reused, the
+    others computed now (``pause`` between two: a worker thread yields the interpreter)."""
+    out = []
+    for x, (v1, s1, v2, s2) in zip(recent, scored, strict=True):
+        if v1 == version:
+            out.append(s1)
+        elif v2 == version:
+            out.append(s2)
+        else:
+            if pause is not None:
+                pause()
+            out.append(_p(model, x))
+    return out
 
 
 def canary(
@@ -239,6 +283,9 @@ class ModelServer:
         # watch mode: the scorer's own verdicts, written to the registry in order (see _record)
         self._writes: queue.Queue[tuple[str, Callable[[Registry], Any]] | None] = queue.Queue()
         self._writer: threading.Thread | None = None
+        # watch mode: ranks being computed off the decision thread, by model version
+        self._reranks: dict[str | None, Future[BudgetRank]] = {}
+        self._ranker: ThreadPoolExecutor | None = None
         self._give_up = threading.Event()  # set when closing cannot wait for the writes
         if self.trainer is not None:
             self.trainer.on_example = self._evaluate
@@ -478,20 +525,44 @@ class ModelServer:
         per_day = sum(self._day_counts[d] for d in days) / max(len(days), 1)
         return min(1.0, self.spec.promote.alert_budget_per_day / max(per_day, 1.0))
 
-    def _rank(self, model: Any, version: str | None) -> BudgetRank:
-        """``model``'s scores of recent traffic, ranked at the alert budget."""
-        return BudgetRank(self._scores(model, version), self._alert_share())
+    def _rank(self, model: Any, version: str | None, old: BudgetRank | None = None) -> BudgetRank:
+        """``model``'s scores of recent traffic, ranked at the alert budget.
 
-    def _scores(self, model: Any, version: str | None) -> list[float]:
-        """Raw scores of ``model`` (version ``version``) for every RANK_STRIDE-th recent input:
-        the ones it gave on the decision path (as champion, or as challenger in shadow) are
-        reused, the others computed now. (Re-scoring 2,048 inputs with a forest took ~0.3 s
-        per model, on the decision thread, at every threshold refresh.)"""
-        out = []
+        In watch mode (``fds run``), with ranks ``old`` to go on with, a model whose scoring of
+        recent inputs again (a predecessor on probation) would take longer than
+        RESCORE_INLINE_S does so on a worker thread that hands the interpreter back after each
+        input, and ``old`` serves until it is done (the label that finds it done takes it):
+        2,048 forest scorings took ~160 ms, a gap in decisions, every THRESHOLD_REFRESH fraud
+        labels. Replays stay inline: their verdicts must not depend on thread timing.
+        """
+        recent = list(self._recent)[::RANK_STRIDE]
         scored = list(self._recent_scored)[::RANK_STRIDE]
-        for x, (v1, s1, v2, s2) in zip(list(self._recent)[::RANK_STRIDE], scored, strict=True):
-            out.append(s1 if v1 == version else s2 if v2 == version else _p(model, x))
-        return out
+        share = self._alert_share()
+        if old is None or self._watch is None:
+            return BudgetRank(_scores(model, version, recent, scored), share)
+        job = self._reranks.get(version)
+        if job is not None:  # (called for a refresh, or because a job was pending)
+            if not job.done():
+                return old
+            del self._reranks[version]
+            return job.result()  # (a model that raised raises here, on the label path)
+        todo = [x for x, (v1, _, v2, _) in zip(recent, scored, strict=True)
+                if version not in (v1, v2)]  # fmt: skip
+        probe = todo[:RESCORE_PROBE]  # a few scorings tell what all of them would cost
+        t = time.perf_counter()
+        for x in probe:
+            _p(model, x)
+        if (time.perf_counter() - t) / max(len(probe), 1) * len(todo) <= RESCORE_INLINE_S:
+            return BudgetRank(_scores(model, version, recent, scored), share)
+        held = (self.version, self.predecessor_version, self.challenger_version)
+        for v in [v for v in self._reranks if v not in held]:
+            del self._reranks[v]  # (of a model no contest holds any more)
+        if self._ranker is None:
+            self._ranker = ThreadPoolExecutor(1, thread_name_prefix="fds-model-rank")
+        self._reranks[version] = self._ranker.submit(
+            lambda: BudgetRank(_scores(model, version, recent, scored, _pacer()), share)
+        )
+        return old
 
     def _judge_gate(self, x: dict[str, float]) -> None:
         """One fraud label for the maturity gate: rules + champion (the policy's combination)
@@ -507,7 +578,7 @@ class ModelServer:
         self._gate_n += 1
         if ranks is None or ranks[0] != self.version or self._gate_n % THRESHOLD_REFRESH == 0:
             recent = list(self._recent)[::RANK_STRIDE]
-            raws = self._scores(champ, self.version)
+            raws = _scores(champ, self.version, recent, list(self._recent_scored)[::RANK_STRIDE])
             share = self._alert_share()
             ranks = self._gate_ranks = (
                 self.version,
@@ -657,7 +728,10 @@ class ModelServer:
         out = []
         for i, model in enumerate(models):
             try:
-                r = self._rank(model, versions[i]) if refresh or ranks is None else ranks[i]
+                if refresh or ranks is None or versions[i] in self._reranks:
+                    r = self._rank(model, versions[i], None if ranks is None else ranks[i])
+                else:
+                    r = ranks[i]
                 out.append((r, r.credit(_p(model, x))))
             except Exception as e:
                 if model is self.champion:
@@ -942,6 +1016,8 @@ class ModelServer:
         self._stop.set()
         if self._watch is not None:
             self._watch.join(timeout=5)
+        if self._ranker is not None:
+            self._ranker.shutdown(wait=False, cancel_futures=True)
         writer = self._writer
         if writer is not None and writer.is_alive():
             self._writes.put(None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class FeatureModel:
     """Scores a transaction by one input feature (clipped to [0, 1])."""
@@ -41,4 +43,16 @@ class Counting(FeatureModel):
 
     def predict_proba_one(self, x: dict[str, float]) -> dict[bool, float]:
         Counting.calls += 1
+        return super().predict_proba_one(x)
+
+
+class Threads(FeatureModel):
+    """A :class:`FeatureModel` that records the thread of each scoring (all instances)."""
+
+    names: ClassVar[list[str]] = []
+
+    def predict_proba_one(self, x: dict[str, float]) -> dict[bool, float]:
+        import threading
+
+        Threads.names.append(threading.current_thread().name)
         return super().predict_proba_one(x)

@@ -381,7 +381,7 @@ def test_re_ranking_recent_traffic_reuses_the_scores_given_on_the_decision_path(
     """Every threshold refresh re-scored 2,048 recent inputs with both models on the decision
     thread (~0.3 s per model for a forest). The champion, and a challenger in shadow, already
     scored them when they were decided."""
-    from fds.models.scorer import RANK_STRIDE, _p
+    from fds.models.scorer import RANK_STRIDE, _p, _scores
 
     srv, s, reg = _registry_server(tmp_path, Counting("f_a"))  # 50 decided before the contest
     srv.offer(_registered(reg, Counting("f_b")))
@@ -391,7 +391,8 @@ def test_re_ranking_recent_traffic_reuses_the_scores_given_on_the_decision_path(
         if model is None:
             continue
         Counting.calls = 0
-        got = srv._scores(model, version)
+        recent = list(srv._recent)[::RANK_STRIDE]
+        got = _scores(model, version, recent, list(srv._recent_scored)[::RANK_STRIDE])
         calls = Counting.calls
         assert got == [_p(model, x) for x in list(srv._recent)[::RANK_STRIDE]]
         # re-scored: at most the 50 inputs decided before the contest (every RANK_STRIDE-th);
@@ -489,3 +490,46 @@ def test_a_version_loaded_at_start_is_not_also_its_own_challenger(tmp_path) -> N
     assert srv.load_champion() == "v000001"  # the start
     srv.install_pending()
     assert srv.version == "v000001" and srv.contest is None and srv.challenger is None
+
+
+def test_in_fds_run_a_predecessor_re_scores_recent_traffic_off_the_decision_thread(
+    tmp_path, monkeypatch
+):
+    """A predecessor on probation re-scored 2,048 inputs on the decision thread at every
+    threshold refresh (158 ms with a forest: a gap in decisions). In watch mode one that would
+    take longer than RESCORE_INLINE_S does so on a worker thread, the thresholds it had
+    serving meanwhile; a replay stays inline."""
+    from tests.models.fakes import Threads
+
+    monkeypatch.setattr("fds.models.scorer.RESCORE_INLINE_S", 0.0)  # (the fake is fast)
+
+    spec = parse_spec(
+        "name: t\npipeline:\n  - linear_model.LogisticRegression: {}\n"
+        "promote:\n  shadow_min_labels: 60\n  alert_budget_per_day: 10\n  warmup_labels: 0\n"
+    )
+    for watch in (False, True):
+        reg = Registry(tmp_path / str(watch))
+        srv = ModelServer(spec, learn=False, registry=reg)
+        if watch:
+            srv.start_watch(every=3600)  # (no poll in this test: offers come directly)
+        s = Stream(srv)
+        s.run(50, {"f_a": 1.0, "f_b": 1.0})
+        assert srv.offer(_registered(reg, Threads("f_a")))
+        assert srv.offer(_registered(reg, FeatureModel("f_a")))
+        s.run(600, {"f_a": 1.0, "f_b": 1.0})  # 60 frauds in shadow: a tie, promoted
+        assert srv.version == "v000002" and srv.probation is not None
+        Threads.names = []
+        s.run(600, {"f_a": 1.0, "f_b": 1.0})  # refreshes at the 20th and 40th label
+        if srv._reranks:
+            next(iter(srv._reranks.values())).result(timeout=10)
+        on_loop = sum(1 for n in Threads.names if n == "MainThread")
+        off_loop = len(Threads.names) - on_loop
+        # on the loop besides each label's own input (60): the first refresh of the probation
+        # (no thresholds to go on with yet: few inputs decided since the promotion) and a
+        # probe of RESCORE_PROBE inputs at each later one
+        if watch:
+            assert off_loop > 100 and on_loop - 60 < off_loop / 2
+            srv.close()
+        else:
+            assert off_loop == 0 and on_loop - 60 > 100
+        assert srv.probation is None or srv.probation.n > 0
