@@ -131,6 +131,10 @@ class Engine:
         self.breaker = breaker
         self.guard = guard
         self.demoted: set[str] = set()  # rule ids (and MODEL) demoted to shadow by the breaker
+        # what was demoted, as it was then: the rule's definition (an edit lifts the demotion)
+        # and the model version (a swap lifts it)
+        self._demoted_as: dict[str, Any] = {}
+        self._lifted_for: Any = None  # the ruleset _lift_edited last looked at
         self._rule_ids: tuple[Any, tuple[str, ...]] | None = None  # (ruleset, its rule ids)
         # What the model reads of the rules (fixed per model stage): its score is then final
         # (``reads_rules``), and it gets one input per rule (``reads_rule_ids``; a stage
@@ -162,6 +166,8 @@ class Engine:
             stage = "rules"
             if self.rules is not None:
                 hits = self.rules.evaluate(tx, feats)
+                if self.demoted:
+                    self._lift_edited()
                 if self.demoted and hits:
                     hits = [_as_shadow(h) if h["id"] in self.demoted else h for h in hits]
                 if timed:
@@ -180,7 +186,10 @@ class Engine:
                     t = _lap(m, stage, t, perf)
             stage = "policy"
             if MODEL in self.demoted:
-                acting_score = None
+                if model_version is not None and model_version != self._demoted_as.get(MODEL):
+                    self.restore(MODEL, why=f"model {model_version} serves now")
+                else:
+                    acting_score = None
             if self.policy is not None:
                 if acting_score is not None and self._stacked:
                     action, score = self.policy.decide(hits, acting_score, ts, stacked=True)
@@ -196,7 +205,7 @@ class Engine:
             if action == "approve":
                 self.breaker.observe(action, (), ts)
             else:
-                self._watch_rates(action, hits, acting_score, ts, tx["card_id"])
+                self._watch_rates(action, hits, acting_score, ts, tx["card_id"], model_version)
         now = self._clock()
         latency = perf() - t0
         decision = {
@@ -276,6 +285,7 @@ class Engine:
         model_score: float | None,
         ts: float,
         card: str,
+        model_version: str | None,
     ) -> None:
         policy = self.policy
         sources = decision_sources(
@@ -288,6 +298,9 @@ class Engine:
         # the card lets the breaker tell one card's fraud burst from a rule gone wrong
         for trip in self.breaker.observe(action, sources, ts=ts, entity=card):
             self.demoted.add(trip.source)
+            self._demoted_as[trip.source] = (
+                self._rule_spec(trip.source) if trip.source != MODEL else model_version
+            )
             if self.metrics is not None:
                 self.metrics.demoted(trip.kind, trip.source)
             log.warning(
@@ -300,9 +313,34 @@ class Engine:
                 trip.limit,
             )
 
-    def restore(self, source: str) -> None:
-        """Put a demoted rule (or ``"@model"``) back in force after a fix."""
+    def _rule_spec(self, rule_id: str) -> Any:
+        """The definition of rule ``rule_id`` in the ruleset in force (``None``: none)."""
+        ruleset = getattr(self.rules, "applied", self.rules)
+        for r in getattr(ruleset, "rules", ()):
+            if r.id == rule_id:
+                return r.spec
+        return None
+
+    def _lift_edited(self) -> None:
+        """Lift the demotion of a rule whose definition changed since (a reload, or a restart
+        with an edited file): "an analyst re-activates it in one edit". Looked at once per
+        ruleset in force."""
+        ruleset = getattr(self.rules, "applied", self.rules)
+        if ruleset is self._lifted_for:
+            return
+        self._lifted_for = ruleset
+        for source in [s for s in self.demoted if s != MODEL]:
+            if self._rule_spec(source) != self._demoted_as.get(source):
+                self.restore(source, why="its definition changed")
+
+    def restore(self, source: str, why: str = "restored") -> None:
+        """Put a demoted rule (or ``"@model"``) back in force after a fix. The engine does it
+        itself when the rule's definition is edited (a reload) or another model version
+        serves."""
+        if source in self.demoted:
+            log.warning('back in force after a demotion target="%s" why="%s"', source, why)
         self.demoted.discard(source)
+        self._demoted_as.pop(source, None)
         if self.breaker is not None:
             self.breaker.reset(source)
 
@@ -321,6 +359,7 @@ class Engine:
             "budget": getattr(self.policy, "budget", None),
             "breaker": self.breaker,
             "demoted": set(self.demoted),
+            "demoted_as": dict(self._demoted_as),
             "model_gate": gate() if gate is not None else None,
         }
 
@@ -338,6 +377,12 @@ class Engine:
         if state.get("breaker") is not None and self.breaker is not None:
             self.breaker = state["breaker"]
         self.demoted = set(state.get("demoted", ()))
+        was = state.get("demoted_as")
+        if was is None:  # a checkpoint of a release that did not keep it: as things are now
+            model = getattr(self.model, "version", None)
+            was = {s: model if s == MODEL else self._rule_spec(s) for s in self.demoted}
+        self._demoted_as = dict(was)
+        self._lifted_for = None  # a rule edited while the engine was down is lifted
         load_gate = getattr(self.model, "load_gate_state", None)
         if state.get("model_gate") is not None and load_gate is not None:
             load_gate(state["model_gate"])

@@ -233,3 +233,34 @@ def test_a_restored_budget_keeps_its_history_but_takes_the_rules_file_as_it_read
     none = Engine(rules=Rules(), policy=Policy())
     none.load_state_dict(old.state_dict())
     assert none.policy.budget is None
+
+
+def test_a_demoted_model_is_back_in_force_when_another_version_serves():
+    """A champion demoted by the rate breaker stayed in shadow after a good version replaced
+    it (found by a review): the breaker guards a promotion, not the model stage for good."""
+    from fds.guardrails import MODEL
+
+    class Model:
+        acting, reads_rules = True, False
+
+        def __init__(self) -> None:
+            self.version, self.p = "v1", 0.99  # v1 declines everything
+
+        def score(self, tx, feats):
+            return self.p, self.version
+
+        def on_decision(self, tx, decision) -> None:
+            pass
+
+    model = Model()
+    engine = Engine(
+        model=model, policy=Policy(decline_at=0.9, review_at=0.5),
+        breaker=RuleBreaker(window_events=500, multiple=3.0, min_events=50,
+                            initial_baseline={"decline": 0.01, "review": 0.05}),
+    )  # fmt: skip
+    for i in range(200):
+        engine.decide({**tx(i), "card_id": f"c{i}"})
+    assert engine.demoted == {MODEL}
+    assert engine.decide(tx(200))["action"] == "approve"  # v1 still serves: in shadow
+    model.version, model.p = "v2", 0.95
+    assert engine.decide(tx(201))["action"] == "decline" and engine.demoted == set()

@@ -136,6 +136,9 @@ def test_a_newly_promoted_model_that_declines_too_much_is_demoted_and_reset_rear
     sim.model_declines = 0.003
     sim.run(10_000)
     assert len(sim.trips) == 1
+    sim.model_declines = 0.10  # the next bad promotion is caught again (a review: the test
+    sim.run(window)  # passed with a reset that did nothing)
+    assert [(t.kind, t.action) for t in sim.trips] == [("model", "decline")] * 2
 
 
 def test_tripped_windows_do_not_poison_the_baseline() -> None:

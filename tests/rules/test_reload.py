@@ -279,3 +279,49 @@ def test_features_in_another_order_are_the_same_features(tmp_path: Path) -> None
     write(p, rules("v3", 100) + "features:\n" + b + a.replace("1h", "3h"))
     assert rs.check_now() == "rejected"
     assert "feature declarations changed (a)" in str(rs.last_error)
+
+
+def test_a_demoted_rule_is_back_in_force_once_its_definition_is_edited(tmp_path: Path) -> None:
+    """Nothing lifted a rate-breaker demotion: an analyst's fix (a reload), a restart with the
+    fixed file, a new model version all left the rule or the model in shadow for good."""
+    import pickle
+
+    from fds.guardrails import RuleBreaker
+
+    p = tmp_path / "r.yaml"
+    bad = ('version: "1"\nrules:\n  - {id: big, when: "amount > 1", action: decline, '
+           "score: 0.95, reason: Big}\n  - {id: other, when: \"amount > 5000\", action: review, "
+           "score: 0.6, reason: Other}\npolicy: {decline_at: 0.9, review_at: 0.5}\n")  # fmt: skip
+    p.write_text(bad)
+    rs = ReloadingRuleset(p, start=False)
+
+    def engine(rules: ReloadingRuleset) -> Engine:
+        return Engine(rules=rules, policy=rules.policy, breaker=RuleBreaker(
+            window_events=500, multiple=3.0, min_events=50,
+            initial_baseline={"decline": 0.01, "review": 0.05}))  # fmt: skip
+
+    def tx(i: int, amount: float = 50.0) -> dict:
+        return {"tx_id": f"t{i}", "ts": float(i), "card_id": f"c{i % 500}", "amount": amount}
+
+    e = engine(rs)
+    for i in range(300):
+        e.decide(tx(i))
+    assert e.demoted == {"big"}
+    write(p, bad.replace('"1"', '"2"').replace("amount > 5000", "amount > 6000"))  # not big
+    assert rs.check_now() == "ok"
+    assert e.decide(tx(300))["action"] == "approve" and e.demoted == {"big"}
+    state = pickle.dumps(e.state_dict())
+    fixed = bad.replace('"1"', '"3"').replace('"amount > 1"', '"amount > 100000"')
+    write(p, fixed)
+    assert rs.check_now() == "ok"
+    d = e.decide(tx(301, 200_000.0))
+    assert d["action"] == "decline" and e.demoted == set()  # the fix acts at once
+    # a restart with the file fixed while the engine was down: lifted as well ...
+    restarted = engine(ReloadingRuleset(p, start=False))
+    restarted.load_state_dict(pickle.loads(state))
+    assert restarted.decide(tx(302, 200_000.0))["action"] == "decline"
+    # ... and with the file as it was: still in shadow
+    write(p, bad.replace('"1"', '"2"').replace("amount > 5000", "amount > 6000"))
+    same = engine(ReloadingRuleset(p, start=False))
+    same.load_state_dict(pickle.loads(state))
+    assert same.decide(tx(303))["action"] == "approve" and same.demoted == {"big"}
