@@ -118,19 +118,35 @@ class AlertBudget:
         self._now_slot = -1
         self._since = 0
         self._threshold = 0.0
+        self._leaping = False  # one event came more than a window ahead (see observe)
+        self._warm_threshold = 0.0  # the threshold while warming up (after a gap: the last)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # `_cur` is a view into `_slots`; pickling copies views, so point it back after loading
         # (else the restored budget would count new scores in a detached copy).
+        self._leaping = False  # (a budget pickled before it had these)
+        self._warm_threshold = 0.0
         self.__dict__.update(state)
         self._cur = self._slots[max(self._now_slot, 0) % self.nslots]
 
     def observe(self, score: float, ts: float) -> None:
-        """Count one final score at event time ``ts`` (late events count in the current slot)."""
+        """Count one final score at event time ``ts`` (late events count in the current slot).
+
+        An event more than a window ahead of the budget's clock moves it only when the next
+        one does too (a real gap in traffic): a single record dated a year ahead would have
+        put every later event in one slot that never leaves the window.
+        """
         if ts >= self._slot_end:
             if self._first_ts is None:
                 self._first_ts = ts
-            self._advance(int(ts // self.slot_seconds))
+            slot = int(ts // self.slot_seconds)
+            if self._now_slot >= 0 and slot - self._now_slot > self.nslots and not self._leaping:
+                self._leaping = True  # counted where the clock is; the next event decides
+            else:
+                self._leaping = False
+                self._advance(slot)
+        elif self._leaping:
+            self._leaping = False  # the one ahead was an outlier
         bins = self.bins
         b = int(score * bins)
         if b >= bins:
@@ -145,6 +161,12 @@ class AlertBudget:
 
     def _advance(self, slot: int) -> None:
         # Expire every ring position whose slot left the window; O(bins) per expired slot.
+        if self._now_slot >= 0 and slot - self._now_slot >= self.nslots:
+            # nothing in the window any more: the history (and its warm-up, which keeps the
+            # threshold from before the gap) starts again, or a whole day's budget would be
+            # allowed against minutes of history after the gap
+            self._first_ts = slot * self.slot_seconds
+            self._warm_threshold = self._threshold
         for s in range(max(self._now_slot + 1, slot - self.nslots + 1), slot + 1):
             idx = s % self.nslots
             if self._slot_ids[idx] != -1:
@@ -171,7 +193,7 @@ class AlertBudget:
         self._since = 0
         span = now - (self._first_ts if self._first_ts is not None else now)
         if span < self.warmup:
-            self._threshold = 0.0
+            self._threshold = self._warm_threshold
             return
         scale = self.window / min(span, self.window)  # extrapolate while the window fills
         allowed = self.budget / scale

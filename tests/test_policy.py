@@ -182,3 +182,46 @@ def test_a_model_score_outside_0_1_is_ignored_not_a_crash():
     p = Policy(alert_budget_per_day=10)
     assert p.decide([], float("nan"), 0.0) == ("approve", 0.0)
     assert p.decide([], 7.0, 1.0) == ("approve", 0.0)
+
+
+def _reviews_per_hour(events: list[tuple[float, float]]) -> Counter[int]:
+    p = Policy(decline_at=1.0, review_at=0.0, alert_budget_per_day=100)
+    out: Counter[int] = Counter()
+    for score, ts in events:
+        if p.decide([], score, ts)[0] == "review":
+            out[int((ts - T0) // 3600)] += 1
+    return out
+
+
+T0 = 1767225600.0
+
+
+def _traffic(days: int, seed: int = 1) -> list[tuple[float, float]]:
+    rng = random.Random(seed)  # 10,000 transactions a day
+    return [(rng.betavariate(1, 12), T0 + i * 8.64) for i in range(days * 10_000)]
+
+
+def test_the_budget_holds_after_a_gap_longer_than_its_window() -> None:
+    """Found by a review: after two days without traffic a whole day's budget was allowed
+    against minutes of history (137 reviews in the first hour, 314 in the day, for 100)."""
+    events = _traffic(3)
+    events = events[:20_000] + [(s, ts + 2 * 86400) for s, ts in events[20_000:]]
+    per_hour = _reviews_per_hour(events)
+    after = [per_hour[h] for h in range(96, 120)]
+    assert max(after) < 25 and sum(after) < 130
+
+
+def test_one_transaction_dated_far_ahead_does_not_stop_the_window_sliding() -> None:
+    """Found by a review: one record a year ahead moved the budget's clock there; every later
+    score then counted in one slot that never expired (350 reviews on a day, then none)."""
+    clean = _traffic(5)
+    poisoned = [*clean[:25_000], (0.01, clean[25_000][1] + 365 * 86400), *clean[25_000:]]
+
+    def by_day(hours: Counter[int]) -> Counter[int]:
+        days: Counter[int] = Counter()
+        for h, n in hours.items():
+            days[h // 24] += n
+        return days
+
+    a, b = by_day(_reviews_per_hour(clean)), by_day(_reviews_per_hour(poisoned))
+    assert all(abs(a[d] - b[d]) <= 2 for d in range(1, 5)), (a, b)
