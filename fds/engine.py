@@ -403,11 +403,7 @@ class Engine:
             return
         drain = getattr(self.rules, "drain_counts", None)  # a Ruleset or a RulesReloader
         if drain is not None:
-            missing, errors = drain()
-            for rule, n in missing.items():
-                m.rule_missing_input(rule, n)
-            for rule, n in errors.items():
-                m.rule_error(rule, n)
+            m.drain_rule_counts(drain)
         sizes = getattr(self.features, "state_sizes", None)
         if sizes is not None:
             for entity, n in sizes().items():

@@ -207,6 +207,7 @@ class Metrics(Collector):
         self.stage_sample_every = max(1, stage_sample_every)
         self._countdown = 0  # events until the next timed one (0: time this one)
         self._lock = threading.Lock()  # makes clear()+set() of the info gauges one step
+        self._rules_lock = threading.Lock()  # a drain of rule counts vs a scrape
 
         # hot, single-writer state (see the module docstring)
         self._consumed: dict[str, int] = {}
@@ -367,6 +368,18 @@ class Metrics(Collector):
         """Count ``n`` evaluations of ``rule`` that raised (so the rule did not fire)."""
         d = self._errors
         d[rule] = d.get(rule, 0) + n
+
+    def drain_rule_counts(self, drain: Callable[[], tuple[dict[str, int], dict[str, int]]]) -> None:
+        """Move the per-rule counts ``drain()`` hands over (``Ruleset.drain_counts``: missing,
+        errors; reset by the call) into the counters, as one step for a scrape: with
+        :meth:`watch_ruleset` a scrape between the drain and the adds saw them in neither
+        place, and the counter went down."""
+        with self._rules_lock:
+            missing, errors = drain()
+            for rule, n in missing.items():
+                self.rule_missing_input(rule, n)
+            for rule, n in errors.items():
+                self.rule_error(rule, n)
 
     def watch_ruleset(self, current: Callable[[], Any]) -> None:
         """Export the live ruleset's own per-rule counters at each scrape, at no per-event cost.
@@ -554,14 +567,15 @@ class Metrics(Collector):
                 c.add_metric([rule, state], float(n))
         yield c
 
-        missing = dict(self._missing)
-        errors = dict(self._errors)
-        rs = self._ruleset_source() if self._ruleset_source is not None else None
-        if rs is not None:  # counts not yet drained into the two dicts above
-            for rule, n in getattr(rs, "missing_counts", {}).items():
-                missing[rule] = missing.get(rule, 0) + n
-            for rule, n in getattr(rs, "error_counts", {}).items():
-                errors[rule] = errors.get(rule, 0) + n
+        with self._rules_lock:  # (see drain_rule_counts)
+            missing = dict(self._missing)
+            errors = dict(self._errors)
+            rs = self._ruleset_source() if self._ruleset_source is not None else None
+            if rs is not None:  # counts not yet drained into the two dicts above
+                for rule, n in getattr(rs, "missing_counts", {}).items():
+                    missing[rule] = missing.get(rule, 0) + n
+                for rule, n in getattr(rs, "error_counts", {}).items():
+                    errors[rule] = errors.get(rule, 0) + n
         c = CounterMetricFamily(
             "fds_rule_missing_inputs",
             "Rule evaluations skipped because a name the rule uses was missing.",
@@ -740,6 +754,9 @@ class NullMetrics(Metrics):
 
     def rule_error(self, rule: str, n: int = 1) -> None:
         pass
+
+    def drain_rule_counts(self, drain: Callable[[], Any]) -> None:
+        drain()
 
     def sample_stages(self) -> bool:
         return False

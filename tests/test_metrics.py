@@ -446,3 +446,38 @@ def test_watch_features_reads_state_sizes_at_scrape() -> None:
     plan.sizes["card_id"] = 25  # no call needed: read at scrape time
     assert value(m, "fds_state_entities", entity="card_id") == 25
     assert value(m, "fds_state_entities", entity="device_id") == 3
+
+
+def test_a_scrape_never_sees_a_rule_count_between_the_ruleset_and_the_counters():
+    """With watch_ruleset, a scrape between Engine.report's drain and its adds saw the drained
+    counts in neither place: fds_rule_missing_inputs_total went down (57 times in a review's
+    run). The drain and the adds are one step for a scrape now."""
+    import threading
+
+    from fds.metrics import Metrics
+
+    class Ruleset:
+        def __init__(self) -> None:
+            self.missing_counts, self.error_counts = {"r": 5}, {}
+
+    rs = Ruleset()
+    m = Metrics()
+    m.watch_ruleset(lambda: rs)
+    seen: list[float | None] = []
+    scrapes: list[threading.Thread] = []
+
+    def drain():
+        scrape = threading.Thread(
+            target=lambda: seen.append(
+                m.registry.get_sample_value("fds_rule_missing_inputs_total", {"rule": "r"})
+            )
+        )
+        scrape.start()
+        scrape.join(0.2)
+        scrapes.append(scrape)
+        rs.missing_counts = {}  # drained: the ruleset's counts start again at 0
+        return {"r": 5}, {}
+
+    m.drain_rule_counts(drain)
+    scrapes[0].join(5)
+    assert seen == [5.0]
