@@ -467,7 +467,8 @@ def test_a_scrape_never_sees_a_rule_count_between_the_ruleset_and_the_counters()
     scrapes: list[threading.Thread] = []
 
     def drain():
-        scrape = threading.Thread(
+        rs.missing_counts = {}  # drained: the ruleset's counts start again at 0 ...
+        scrape = threading.Thread(  # ... and a scrape comes before they reach the counters
             target=lambda: seen.append(
                 m.registry.get_sample_value("fds_rule_missing_inputs_total", {"rule": "r"})
             )
@@ -475,7 +476,6 @@ def test_a_scrape_never_sees_a_rule_count_between_the_ruleset_and_the_counters()
         scrape.start()
         scrape.join(0.2)
         scrapes.append(scrape)
-        rs.missing_counts = {}  # drained: the ruleset's counts start again at 0
         return {"r": 5}, {}
 
     m.drain_rule_counts(drain)

@@ -30,7 +30,6 @@ import fcntl
 import hashlib
 import hmac
 import json
-import logging
 import os
 import pickle
 import re
@@ -42,8 +41,6 @@ from typing import Any
 
 from fds.errors import ArtifactError, ConfigError
 from fds.timeutil import format_ts
-
-log = logging.getLogger("fds.models")
 
 __all__ = [
     "DEFAULT_REGISTRY",
@@ -332,7 +329,12 @@ class Registry:
             )
         verify(data, sha256=fields.get("sha256") or "", signature=fields.get("hmac"), key=self.key)
         signed, key = fields.get("fields_hmac"), self.key
-        if key and signed and not hmac.compare_digest(sign_fields(fields, key), str(signed)):
+        if key and not signed:
+            raise ArtifactError(
+                f"announced fields of {version} are not signed but {KEY_ENV} is set: its id "
+                "and counts cannot be trusted (a trainer older than fields_hmac: upgrade it)"
+            )
+        if key and not hmac.compare_digest(sign_fields(fields, key), str(signed)):
             raise ArtifactError(
                 f"announced fields of {version} do not match their signature (its id, "
                 "counts or evaluation were altered): refused"
@@ -360,11 +362,6 @@ class Registry:
         version = str(fields["version"])
         seq = int(version[1:])
         entry = {k: fields.get(k) for k in ENTRY_FIELDS}
-        if self.key is not None and entry["fields_hmac"] is None:
-            # announced by a trainer that signed the artifact only: its counts are unverified,
-            # so they do not count (a scorer warms the version up and gates it afresh)
-            log.warning("%s: announced fields are not signed; its counts are not taken", version)
-            entry.update(labels_learned=0, evaluation={})
         entry.update(
             seq=seq,
             spec=entry["spec"] or {},

@@ -284,7 +284,7 @@ class ModelServer:
         self._writes: queue.Queue[tuple[str, Callable[[Registry], Any]] | None] = queue.Queue()
         self._writer: threading.Thread | None = None
         # watch mode: ranks being computed off the decision thread, by model version
-        self._reranks: dict[str | None, Future[BudgetRank]] = {}
+        self._reranks: dict[tuple[int, str | None], tuple[Any, Future[BudgetRank]]] = {}
         self._ranker: ThreadPoolExecutor | None = None
         self._give_up = threading.Event()  # set when closing cannot wait for the writes
         if self.trainer is not None:
@@ -525,7 +525,10 @@ class ModelServer:
         per_day = sum(self._day_counts[d] for d in days) / max(len(days), 1)
         return min(1.0, self.spec.promote.alert_budget_per_day / max(per_day, 1.0))
 
-    def _rank(self, model: Any, version: str | None, old: BudgetRank | None = None) -> BudgetRank:
+    def _rank(
+        self, model: Any, version: str | None, old: BudgetRank | None = None,
+        contest: Contest | None = None,
+    ) -> BudgetRank:  # fmt: skip
         """``model``'s scores of recent traffic, ranked at the alert budget.
 
         In watch mode (``fds run``), with ranks ``old`` to go on with, a model whose scoring of
@@ -533,18 +536,21 @@ class ModelServer:
         RESCORE_INLINE_S does so on a worker thread that hands the interpreter back after each
         input, and ``old`` serves until it is done (the label that finds it done takes it):
         2,048 forest scorings took ~160 ms, a gap in decisions, every THRESHOLD_REFRESH fraud
-        labels. Replays stay inline: their verdicts must not depend on thread timing.
+        labels. Replays stay inline: their verdicts must not depend on thread timing. A job
+        belongs to its ``contest``: another one (after a promotion, say) starts its own.
         """
         recent = list(self._recent)[::RANK_STRIDE]
         scored = list(self._recent_scored)[::RANK_STRIDE]
         share = self._alert_share()
         if old is None or self._watch is None:
             return BudgetRank(_scores(model, version, recent, scored), share)
-        job = self._reranks.get(version)
-        if job is not None:  # (called for a refresh, or because a job was pending)
+        key = (id(contest), version)  # (each entry holds its contest: the id is not reused)
+        entry = self._reranks.get(key)
+        if entry is not None:  # (called for a refresh, or because a job was pending)
+            job = entry[1]
             if not job.done():
                 return old
-            del self._reranks[version]
+            del self._reranks[key]
             return job.result()  # (a model that raised raises here, on the label path)
         todo = [x for x, (v1, _, v2, _) in zip(recent, scored, strict=True)
                 if version not in (v1, v2)]  # fmt: skip
@@ -554,14 +560,15 @@ class ModelServer:
             _p(model, x)
         if (time.perf_counter() - t) / max(len(probe), 1) * len(todo) <= RESCORE_INLINE_S:
             return BudgetRank(_scores(model, version, recent, scored), share)
-        held = (self.version, self.predecessor_version, self.challenger_version)
-        for v in [v for v in self._reranks if v not in held]:
-            del self._reranks[v]  # (of a model no contest holds any more)
+        held = {(id(c), v) for c in (self.probation, self.contest) if c is not None
+                for v in (self.version, c.candidate, c.incumbent)}  # fmt: skip
+        for k in [k for k in self._reranks if k not in held]:
+            self._reranks.pop(k)[1].cancel()  # (of a contest that ended)
         if self._ranker is None:
             self._ranker = ThreadPoolExecutor(1, thread_name_prefix="fds-model-rank")
-        self._reranks[version] = self._ranker.submit(
+        self._reranks[key] = (contest, self._ranker.submit(
             lambda: BudgetRank(_scores(model, version, recent, scored, _pacer()), share)
-        )
+        ))  # fmt: skip
         return old
 
     def _judge_gate(self, x: dict[str, float]) -> None:
@@ -689,7 +696,7 @@ class ModelServer:
             try:
                 self._prob_ranks, credits = self._credits(
                     self._prob_ranks, (self.champion, self.predecessor),
-                    (self.version, self.predecessor_version), x, p.n,
+                    (self.version, self.predecessor_version), x, p,
                 )  # fmt: skip
             except _Raised as e:  # the champion: this label is skipped (see _credits)
                 if e.which == 1:  # the predecessor: no verdict possible, the champion stays
@@ -705,7 +712,7 @@ class ModelServer:
             try:
                 self._ranks, credits = self._credits(
                     self._ranks, (self.champion, self.challenger),
-                    (self.version, self.challenger_version), x, c.n,
+                    (self.version, self.challenger_version), x, c,
                 )  # fmt: skip
             except _Raised as e:
                 if e.which == 1:  # as on the decision path: the challenger goes
@@ -718,18 +725,19 @@ class ModelServer:
 
     def _credits(
         self, ranks: tuple[BudgetRank, BudgetRank] | None, models: tuple[Any, Any],
-        versions: tuple[str | None, str | None], x: dict[str, float], n: int,
+        versions: tuple[str | None, str | None], x: dict[str, float], contest: Contest,
     ) -> tuple[tuple[BudgetRank, BudgetRank], tuple[float, float]]:  # fmt: skip
         """Budget credits of ``models`` (incumbent, candidate) for the labelled input ``x``, with
         their ranks on recent traffic (refreshed every THRESHOLD_REFRESH labels). A model that
         raises is named by :class:`_Raised` (0 or 1); the champion raising is logged here and
         left to the model guard, which sees it on the decision path."""
-        refresh = ranks is None or n % THRESHOLD_REFRESH == 0
+        refresh = ranks is None or contest.n % THRESHOLD_REFRESH == 0
         out = []
         for i, model in enumerate(models):
             try:
-                if refresh or ranks is None or versions[i] in self._reranks:
-                    r = self._rank(model, versions[i], None if ranks is None else ranks[i])
+                if refresh or ranks is None or (id(contest), versions[i]) in self._reranks:
+                    old = None if ranks is None else ranks[i]
+                    r = self._rank(model, versions[i], old, contest)
                 else:
                     r = ranks[i]
                 out.append((r, r.credit(_p(model, x))))

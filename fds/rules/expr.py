@@ -64,20 +64,23 @@ NUM, STR, BOOL, ANY = "num", "str", "bool", "any"
 MIXED = "text or number"
 
 
-def _join(types: set[str]) -> str:
-    """The type of ``a and b`` / ``a or b`` / ``a if c else b`` from its operands' types: one
-    type if they agree; :data:`MIXED` if text meets a number; a number if they are numbers and
-    true/false values (``is_night or amount`` is not a condition either); otherwise unknown (a
-    guard such as ``country and country != "KR"`` stays valid).
+def _join(types: set[str], op: str) -> str:
+    """The type of ``a and b`` / ``a or b`` / ``a if c else b`` (``op``: and, or, if) from its
+    operands' types: one type if they agree; :data:`MIXED` if text meets a number; a number for
+    ``or`` of numbers and true/false values (``is_night or amount`` fires on any amount);
+    otherwise unknown (guards such as ``country and country != "KR"`` or ``n and n > 3``, and
+    ``x > 5 if is_night else 0``, stay valid conditions).
 
-    >>> _join({STR, NUM}), _join({BOOL, NUM}), _join({STR, BOOL}), _join({MIXED, BOOL})
-    ('text or number', 'num', 'any', 'text or number')
+    >>> _join({STR, NUM}, "and"), _join({BOOL, NUM}, "or"), _join({BOOL, NUM}, "and")
+    ('text or number', 'num', 'any')
+    >>> _join({STR, BOOL}, "and"), _join({MIXED, BOOL}, "if")
+    ('any', 'text or number')
     """
     if len(types) == 1:
         return next(iter(types))
     if MIXED in types or {STR, NUM} <= types:
         return MIXED
-    return NUM if types <= {NUM, BOOL} else ANY
+    return NUM if op == "or" and types <= {NUM, BOOL} else ANY
 
 
 # Limits that keep a hostile or mistaken rule from costing time or memory at load or run time.
@@ -248,7 +251,7 @@ class _Checker:
             op = " and " if isinstance(node.op, ast.And) else " or "
             parts = [self.visit(v, d) for v in node.values]
             types = {t for _, t in parts}
-            return "(" + op.join(p for p, _ in parts) + ")", _join(types)
+            return "(" + op.join(p for p, _ in parts) + ")", _join(types, op.strip())
         if isinstance(node, ast.UnaryOp):
             src, t = self.visit(node.operand, d)
             if isinstance(node.op, ast.Not):
@@ -277,7 +280,7 @@ class _Checker:
                 self.visit(node.body, d),
                 self.visit(node.orelse, d),
             )
-            return f"({bs} if {ts} else {os_})", _join({bt, ot})
+            return f"({bs} if {ts} else {os_})", _join({bt, ot}, "if")
         if isinstance(node, ast.Call):
             return self.call(node, d)
         if isinstance(node, ast.List | ast.Tuple | ast.Set):

@@ -250,6 +250,7 @@ def load_yaml_with_marks(text: str, filename: str) -> tuple[Any, dict[tuple[Any,
     loader = _yaml_loader()(text)
     marks: dict[tuple[Any, ...], Mark] = {}
     budget = [MAX_NODES]
+    merged_of: dict[int, int] = {}  # mapping node -> how many of its entries were merged in
 
     def walk(node: yaml.Node, path: tuple[Any, ...]) -> Any:
         budget[0] -= 1
@@ -267,14 +268,16 @@ def load_yaml_with_marks(text: str, filename: str) -> tuple[Any, dict[tuple[Any,
         style = getattr(node, "style", None) or None  # the C loader says "" for plain
         marks[path] = (m.line + 1, m.column + 1, style)
         if isinstance(node, yaml.MappingNode):
-            own = sum(1 for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge")
-            try:  # YAML merge keys (<<: *defaults) as PyYAML reads them: merged entries first
-                loader.flatten_mapping(node)
-            except yaml.MarkedYAMLError as e:
-                raise ConfigError(
-                    f"bad merge key: {e.problem}", where=_where(filename, node)
-                ) from None
-            merged = len(node.value) - own  # (the mapping's own keys override them)
+            merged = merged_of.get(id(node))
+            if merged is None:  # (an alias walks a node again: flattened once)
+                own = sum(1 for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge")
+                try:  # YAML merge keys (<<: *defaults) as PyYAML reads them: merged first
+                    loader.flatten_mapping(node)
+                except yaml.MarkedYAMLError as e:
+                    raise ConfigError(
+                        f"bad merge key: {e.problem}", where=_where(filename, node)
+                    ) from None
+                merged = merged_of[id(node)] = len(node.value) - own  # (own keys override)
             out: dict[Any, Any] = {}
             seen: set[Any] = set()  # the mapping's own keys
             for i, (knode, vnode) in enumerate(node.value):

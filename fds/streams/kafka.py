@@ -1407,7 +1407,9 @@ def produce_file(
                     with contextlib.suppress(ValueError):
                         rec["ts"] = parse_ts(rec["ts"], zone)  # (unreadable: fds run says so)
                 if labels_topic and label is not None and truth is not None:
-                    labels += _label_of(rec, truth, label.delay, labels_topic, producer, failed)
+                    labels += _label_of(
+                        rec, truth, label.delay, zone, labels_topic, producer, failed
+                    )
                 # a transaction by its card (the state's partitioning), anything else (a label
                 # file) by its tx_id, as streams/topics.yaml keys the labels topic
                 card = rec.get("card_id", rec.get("tx_id"))
@@ -1437,13 +1439,15 @@ def produce_file(
 
 
 def _label_of(
-    tx: dict[str, Any], truth: Any, delay: float, topic: str, producer: Any, failed: list[Any]
-) -> int:
+    tx: dict[str, Any], truth: Any, delay: float, zone: Any, topic: str, producer: Any,
+    failed: list[Any],
+) -> int:  # fmt: skip
     """Send the label a file's fraud column gives ``tx`` (1), or nothing (0: legitimate, or a
-    value that says neither, or a transaction without a readable id and time)."""
+    value that says neither, or a transaction without a readable id and time). Its time is the
+    transaction's, read as fds run reads it (epoch milliseconds too), plus ``delay``."""
     try:
         fraud = LabelColumn.is_fraud(truth)
-        ts = float(tx["ts"]) if not isinstance(tx["ts"], str) else parse_ts(tx["ts"])
+        ts = parse_ts(tx["ts"], zone)
         tx_id = str(tx["tx_id"])
     except (KeyError, TypeError, ValueError):
         return 0

@@ -548,3 +548,10 @@ def test_produce_with_a_mapping_reads_the_file_as_replay_does(kafka_bootstrap, t
     assert [sent[t["tx_id"]]["ts"] for t in replayed] == [t["ts"] for t in replayed]
     assert replayed[0]["ts"] == 1772348400.0  # 07:00 UTC: Paris in winter is UTC+1
     assert all("Is Fraud" not in r and "Is Fraud" not in r.get("extra", {}) for r in sent.values())
+    # epoch milliseconds in JSON Lines: the label's time is in seconds, as fds run reads the tx
+    (tmp_path / "ms.jsonl").write_bytes(orjson.dumps(
+        {"ID": "M1", "When": 1772348400000, "Card": "c", "Shop": "m", "EUR": 1, "Is Fraud": 1}
+    ) + b"\n")  # fmt: skip
+    produce_file(tmp_path / "ms.jsonl", s, mapping=mapping, labels_topic=topics["labels"])
+    labels = [orjson.loads(m.value) for m in read_all(kafka_bootstrap, topics["labels"])]
+    assert [lab["ts"] for lab in labels if lab["tx_id"] == "M1"] == [1772348400.0 + 86400]

@@ -293,10 +293,10 @@ def test_announced_fields_are_verified_with_the_key(tmp_path: Path) -> None:
         dst.import_version(data, forged)
     assert not ei.value.local  # bad for every scorer, not this machine's problem
     assert dst.versions() == []
-    # an announcement of a trainer that signed the artifact only: imported, counts not taken
-    old = {**e, "fields_hmac": None}
-    got = dst.import_version(data, old)
-    assert got is not None and got["labels_learned"] == 0 and got["evaluation"] == {}
+    # without the fields' signature (removed, or a trainer that signed the artifact only)
+    with pytest.raises(ArtifactError, match="are not signed but FDS_MODEL_KEY is set"):
+        dst.import_version(data, {**forged, "fields_hmac": None})
+    assert dst.versions() == []
     # the genuine one is taken with its counts (another registry: the id is new there)
     other = Registry(tmp_path / "other", key=b"right")
     assert other.import_version(data, e)["labels_learned"] == 7

@@ -84,6 +84,8 @@ def ev(src: str, values: dict | None = None, known: dict | None = None):
         ("amount != None", True),
         ("True", True),
         ('country and country != "KR"', True),  # a guard: valid, as before
+        ("count and count > 3", False),  # numeric guards too (a review: refused for a while)
+        ("amount > 5 if is_night else 0", True),
         ("country or amount > 9999", True),
     ],
 )
@@ -107,6 +109,7 @@ def test_semantics_and_precedence(src: str, expected: bool) -> None:
         ("country", "must be true/false"),
         ("country or amount", "must be true/false"),  # accepted before: fired on any value
         ("seen or amount", "must be true/false"),  # (was accepted: fired on any amount)
+        ("amount or seen", "must be true/false"),
         # text joined with a number is no operand: text was multiplied or %-formatted
         ("(country or amount) * 1000000000000 > 0", "this may be text"),
         ("(country or amount) % amount > 0", "this may be text"),

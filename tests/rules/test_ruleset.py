@@ -346,5 +346,15 @@ def test_yaml_merge_keys_work_as_in_any_yaml_reader() -> None:
     assert [(r.id, r.expr.source, r.spec.reason) for r in rs.rules] == [
         ("a", "amount > 10", "Big"), ("b", "amount > 20", "Big"),
     ]  # fmt: skip
+    # a merged mapping walked again through an alias (its merge overrides a key)
+    aliased = text + (
+        "  - id: c\n    when: amount > 30\n    action: review\n    score: 0.5\n"
+        "    reason: C\n    tests:\n"
+        "      - given: &small {<<: {channel: online, amount: 50}, amount: 5}\n"
+        "        expect: miss\n      - {given: *small, expect: miss}\n"
+    )
+    assert [r.id for r in load_ruleset_text(aliased, "merge.yaml", run_tests=True).rules] == [
+        "a", "b", "c"
+    ]  # fmt: skip
     with pytest.raises(ConfigError, match=r"merge\.yaml:3:\d+: bad merge key"):
         load_ruleset_text('version: "1"\nrules: []\nx: {<<: 3}\n', "merge.yaml")
