@@ -70,6 +70,7 @@ import pickle
 import signal
 import socket
 import sys
+import threading
 import time
 import weakref
 from collections import deque
@@ -123,6 +124,10 @@ log = logging.getLogger(__name__)
 DLQ_HEADERS = ("source_topic", "source_partition", "source_offset", "stage", "error", "reason")
 # Consumer lag is a gauge for dashboards: once a second is plenty and costs nothing per event.
 LAG_EVERY_S = 1.0
+# A blocking broker call (commit, flush, a transaction's) is waited for in steps of this long,
+# and logged every WAIT_LOG_S while the broker does not answer (see Runner._waited).
+WAIT_STEP_S = 0.5
+WAIT_LOG_S = 5.0
 # A restore (catch-up or rebuild) polls the group consumer this often, so that a rebalance the
 # group starts meanwhile does not wait for the restore to end (Runner._keep_alive).
 KEEPALIVE_S = 0.5
@@ -685,8 +690,8 @@ class Runner:
                 continue
             if batch or len(aligner):
                 continue  # held back until a partition that is behind has been fetched
-            if self._unacked or self._committable:  # idle: commit what was decided
-                self._settle(wait=True)
+            idle_commit = self._unacked or self._committable  # idle: commit what was decided
+            if idle_commit and self._settle_or_rejoin(wait=True):
                 self.checkpoint()
             if time.perf_counter() - self._lag_at > LAG_EVERY_S:  # idle partitions' lag too
                 self._lag_at = time.perf_counter()
@@ -779,8 +784,7 @@ class Runner:
                 or self._checkpoint_due()
                 or self._freezer.due(n)
             )
-            self._settle(wait=drain)
-            if drain:
+            if self._settle_or_rejoin(wait=drain) and drain:
                 self.checkpoint()
         else:
             t_commit = time.perf_counter()
@@ -853,6 +857,22 @@ class Runner:
             self.stats.commits += 1
             self.metrics.commit_time(time.perf_counter() - t)
         self._positions.update({tp.partition: om.offset for tp, om in offsets.items()})
+
+    def _settle_or_rejoin(self, *, wait: bool) -> bool:
+        """:meth:`_settle`, at-least-once; False when the group refused the commit because this
+        instance was evicted (a broker outage or a pause longer than the session timeout):
+        what it decided since its last commit is decided again once the next poll rejoins the
+        group and restores the state (before, fds run exited though the broker was back)."""
+        try:
+            self._settle(wait=wait)
+        except CommitFailedError as exc:
+            log.warning(
+                "commit refused (%s): evicted from the group; the batches decided since the "
+                "last commit are decided again after the group is rejoined", exc,
+            )  # fmt: skip
+            self._abandon()
+            return False
+        return True
 
     def _fold(self, tx: Mapping[str, Any]) -> None:
         self.stats.caught_up += 1
@@ -1187,13 +1207,14 @@ class Runner:
         delay = 0.1  # first backoff; doubles up to 5 s
         while True:
             try:
-                return fn()
+                return self._waited(what, fn, deadline)
             except CommitFailedError:
                 raise  # the group rebalanced: the batch will be replayed by the new owner
             except (KafkaError, OSError) as exc:
                 if self.s.exactly_once:
-                    with contextlib.suppress(Exception):
-                        self.producer.abort_transaction()
+                    with contextlib.suppress(Exception):  # (bounded: it waits for the broker)
+                        self._waited("abort_transaction", self.producer.abort_transaction,
+                                     time.monotonic() + WAIT_LOG_S)  # fmt: skip
                     raise FdsError(
                         f"{what} failed under exactly-once ({type(exc).__name__}: {exc}); the "
                         "transaction was aborted; restart to resume from the last commit"
@@ -1211,6 +1232,61 @@ class Runner:
                 log.warning("%s failed (%s); retrying in %.1f s", what, exc, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    def _waited(self, what: str, fn: Callable[[], Any], deadline: float) -> Any:
+        """``fn()`` run on the broker-call thread and waited for in steps: logged every
+        WAIT_LOG_S while the broker does not answer, given up at ``deadline`` and, after a stop,
+        at the stop's deadline (BrokerUnavailable). kafka-python's transactional calls wait
+        for the broker without any time limit (``fds run --exactly-once`` hung for good when
+        the broker went away mid-transaction), and its other calls held a stop for the whole
+        ``broker_timeout_s``; the call left behind is abandoned with the process."""
+        call = _Call(fn)
+        started = logged = time.monotonic()
+        while True:
+            if call.done.wait(WAIT_STEP_S):
+                return call.result()
+            now = time.monotonic()
+            if self._stop and self._time_left() <= self.s.shutdown_timeout_s / 2:
+                raise BrokerUnavailable(
+                    f"stopping as asked: {what} still had no answer from Kafka at "
+                    f"{self.s.bootstrap} after {now - started:.0f} s (offsets are committed up "
+                    "to the last acknowledged batch; a restart goes on from there)"
+                )
+            if now >= deadline:
+                raise BrokerUnavailable(
+                    f"{what} failed for {self.s.broker_timeout_s:.0f} s (broker_timeout_s): no "
+                    f"answer from Kafka at {self.s.bootstrap}; exiting so a supervisor can "
+                    "restart fds (offsets are committed up to the last acknowledged batch)"
+                )
+            if now - logged >= WAIT_LOG_S:
+                logged = now
+                log.warning("%s waiting for Kafka at %s (%.0f s of %.0f s)", what,
+                            self.s.bootstrap, now - started, deadline - started)  # fmt: skip
+
+
+class _Call:
+    """``fn()`` on a daemon thread of its own (one that never returns must not keep the
+    process from exiting, as a pool's worker would): ``done`` is set with its outcome."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+        self.done = threading.Event()
+        self._out: Any = None
+        self._exc: BaseException | None = None
+        threading.Thread(target=self._run, name="fds-broker-call", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self._out = self.fn()
+        except BaseException as exc:  # handed to the waiting thread
+            self._exc = exc
+        finally:
+            self.done.set()
+
+    def result(self) -> Any:
+        if self._exc is not None:
+            raise self._exc
+        return self._out
 
 
 class _Revoke(ConsumerRebalanceListener):
@@ -1379,6 +1455,9 @@ def produce_file(
         producer = KafkaProducer(
             **settings.client_config(), acks="all", linger_ms=5, bootstrap_timeout_ms=timeout_ms,
             max_block_ms=timeout_ms,
+            # a record waits for a broker that went away as long as --broker-timeout says (the
+            # default 2 minutes dropped records of an outage longer than that)
+            delivery_timeout_ms=max(timeout_ms, 120_000),
         )  # fmt: skip
     except (KafkaError, OSError) as exc:
         raise BrokerUnavailable(
@@ -1389,6 +1468,7 @@ def produce_file(
     t0 = time.monotonic()
     n = 0
     failed: list[BaseException] = []  # sends the broker refused or that timed out
+    acked = [0]  # sends it acknowledged (counted on the producer's thread)
     try:
         for name, flag in ((topic, "--topic"), (labels_topic, "--labels-topic")):
             try:
@@ -1418,6 +1498,7 @@ def produce_file(
             else:
                 fut = producer.send(topic, value=(raw or "").encode())
             fut.add_errback(failed.append)
+            fut.add_callback(lambda _meta: acked.__setitem__(0, acked[0] + 1))
             n += 1
             if rate:
                 ahead = n / rate - (time.monotonic() - t0)
@@ -1425,7 +1506,15 @@ def produce_file(
                     time.sleep(ahead)  # pacing to the requested rate
             if limit is not None and n >= limit:
                 break
-        producer.flush(timeout=settings.broker_timeout_s)
+        try:
+            producer.flush(timeout=settings.broker_timeout_s)
+        except KafkaTimeoutError:
+            raise BrokerUnavailable(
+                f"Kafka at {settings.bootstrap} did not acknowledge the records for "
+                f"{settings.broker_timeout_s:.0f} s (--broker-timeout): {acked[0]} of {n} "
+                f"records were written, {len(failed)} refused, the rest unknown; produce the "
+                "file again once it is up (fds run decides a record twice as at-least-once)"
+            ) from None
     finally:
         producer.close(timeout=5)
     if labels_topic:

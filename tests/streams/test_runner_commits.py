@@ -582,3 +582,83 @@ def test_an_assignment_forgets_the_positions_of_partitions_that_moved_away():
     r._positions = {0: 5, 1: 7}
     kafka._Revoke(r).on_partitions_assigned({TP})
     assert r._positions == {0: 5} and r._unresolved == {0}
+
+
+class Hanging(Producer):
+    """A broker gone mid-transaction: kafka-python's transactional calls wait for its answer
+    with no time limit."""
+
+    def begin_transaction(self) -> None:
+        pass
+
+    def send_offsets_to_transaction(self, offsets: Any, group: Any) -> None:
+        import threading
+
+        threading.Event().wait()  # forever
+
+    def abort_transaction(self) -> None:
+        import threading
+
+        threading.Event().wait()
+
+
+class GroupConsumer(Consumer):
+    def group_metadata(self) -> None:
+        return None
+
+
+def test_a_broker_gone_mid_transaction_is_a_clear_exit_not_a_hang(caplog, monkeypatch):
+    """Found by a chaos run: `fds run --exactly-once` hung for good in
+    send_offsets_to_transaction when the broker died mid-transaction."""
+    import time
+
+    from fds.streams.kafka import BrokerUnavailable
+
+    monkeypatch.setattr("fds.streams.kafka.WAIT_LOG_S", 0.5)
+    r = make_runner(exactly_once=True, broker_timeout_s=1.5)
+    r.consumer, r.producer = GroupConsumer(), Hanging()
+    t = time.monotonic()
+    failed = r"send_offsets_to_transaction failed for \d s \(broker_timeout_s\): no answer"
+    with (
+        caplog.at_level("WARNING", logger="fds.streams.kafka"),
+        pytest.raises(BrokerUnavailable, match=failed),
+    ):
+        r._process(batch(0))
+    assert time.monotonic() - t < 4.0
+    assert "send_offsets_to_transaction waiting for Kafka" in caplog.text  # said meanwhile
+
+
+def test_a_stop_while_the_broker_does_not_answer_ends_within_its_deadline():
+    """Found by a chaos run: SIGTERM while blocked in a commit or flush waited the whole
+    broker_timeout_s (52-55 s) instead of the promised 10 s."""
+    import threading
+    import time
+
+    from fds.streams.kafka import BrokerUnavailable
+
+    r = make_runner(broker_timeout_s=60, shutdown_timeout_s=2)
+    r.consumer.commit = lambda offsets, timeout_ms=None: threading.Event().wait()
+    threading.Timer(0.5, r.stop).start()  # SIGTERM half a second into the commit
+    t = time.monotonic()
+    with pytest.raises(BrokerUnavailable, match="stopping as asked: commit still had no answer"):
+        r._retrying("commit", lambda: r.consumer.commit({}, timeout_ms=60_000))
+    assert time.monotonic() - t < 2.5
+
+
+def test_a_commit_refused_after_an_eviction_is_not_an_exit(caplog):
+    """Found by a chaos run: after a ~30 s broker restart fds run exited with CommitFailedError
+    (UnknownMemberId), the broker being back; at-least-once it rejoins and decides the
+    uncommitted batches again."""
+    from kafka.errors import CommitFailedError
+
+    r = make_runner(max_unacked_batches=0)
+    r._positions = {0: 0}
+
+    def refused(offsets: Any, timeout_ms: int | None = None) -> None:
+        raise CommitFailedError("UnknownMemberIdError")
+
+    r.consumer.commit = refused
+    with caplog.at_level("WARNING", logger="fds.streams.kafka"):
+        r._process(batch(0))  # no exception
+    assert "evicted from the group" in caplog.text
+    assert r._positions == {} and not r._unacked and not r._committable  # state not trusted
