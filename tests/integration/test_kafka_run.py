@@ -479,7 +479,9 @@ def test_broker_outage_mid_run_exits_after_the_timeout(tmp_path, unique_name):
     # ("commit failed for 5 s"): either way the reason names the timeout and the broker.
     msg = str(errors[0])
     assert ("unreachable for 5 s" in msg or "failed for 5 s" in msg) and bootstrap in msg, msg
-    assert 5 <= waited < 30, waited
+    # (the timeout runs from the first call the broker failed, which can be during its
+    # shutdown, before down() returned)
+    assert 3 <= waited < 30, waited
     print(f"broker gone -> exit after {waited:.1f} s (timeout 5 s)")
 
 
