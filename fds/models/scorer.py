@@ -534,24 +534,26 @@ class ModelServer:
         In watch mode (``fds run``), with ranks ``old`` to go on with, a model whose scoring of
         recent inputs again (a predecessor on probation) would take longer than
         RESCORE_INLINE_S does so on a worker thread that hands the interpreter back after each
-        input, and ``old`` serves until it is done (the label that finds it done takes it):
-        2,048 forest scorings took ~160 ms, a gap in decisions, every THRESHOLD_REFRESH fraud
-        labels. Replays stay inline: their verdicts must not depend on thread timing. A job
-        belongs to its ``contest``: another one (after a promotion, say) starts its own.
+        millisecond of work (``_pacer``), and ``old`` serves until it is done (the label that
+        finds it done takes it): 2,048 forest scorings took ~160 ms, a gap in decisions, every
+        THRESHOLD_REFRESH fraud labels. Replays stay inline: their verdicts must not depend on
+        thread timing. A job belongs to its ``contest``: another one (after a promotion, say)
+        starts its own.
         """
-        recent = list(self._recent)[::RANK_STRIDE]
-        scored = list(self._recent_scored)[::RANK_STRIDE]
-        share = self._alert_share()
-        if old is None or self._watch is None:
-            return BudgetRank(_scores(model, version, recent, scored), share)
+        inline = old is None or self._watch is None
         key = (id(contest), version)  # (each entry holds its contest: the id is not reused)
-        entry = self._reranks.get(key)
+        entry = None if inline else self._reranks.get(key)
         if entry is not None:  # (called for a refresh, or because a job was pending)
             job = entry[1]
-            if not job.done():
+            if not job.done() and old is not None:  # (not inline: old is set)
                 return old
             del self._reranks[key]
             return job.result()  # (a model that raised raises here, on the label path)
+        recent = list(self._recent)[::RANK_STRIDE]
+        scored = list(self._recent_scored)[::RANK_STRIDE]
+        share = self._alert_share()
+        if old is None or inline:
+            return BudgetRank(_scores(model, version, recent, scored), share)
         todo = [x for x, (v1, _, v2, _) in zip(recent, scored, strict=True)
                 if version not in (v1, v2)]  # fmt: skip
         probe = todo[:RESCORE_PROBE]  # a few scorings tell what all of them would cost
