@@ -409,7 +409,7 @@ class Runner:
         # another instance) gets the state rebuilt from the input, all partitions merged in
         # event time, from the feature horizon up to the group's committed offsets.
         self._rebuild = checkpointer is not None and settings.rebuild_state
-        self._fresh_state = pickle.dumps(engine.state_dict()) if self._rebuild else b""
+        self._fresh_state = pickle.dumps(engine.state_dict()) if checkpointer else b""
         self._live = False  # the state has decided input since it was restored
         self._closing = False  # run() is closing the clients: the listener leaves state alone
         self._stop_by: float | None = None  # monotonic deadline of a stop's work
@@ -793,12 +793,16 @@ class Runner:
         else:
             t_commit = time.perf_counter()
             if offsets:
-                self._retrying(
-                    "send_offsets_to_transaction",
-                    lambda: self.producer.send_offsets_to_transaction(
-                        offsets, self.consumer.group_metadata()
-                    ),
-                )
+                try:
+                    self._retrying(
+                        "send_offsets_to_transaction",
+                        lambda: self.producer.send_offsets_to_transaction(
+                            offsets, self.consumer.group_metadata()
+                        ),
+                    )
+                except CommitFailedError as exc:
+                    self._abort_and_rewind(batch, exc)
+                    return
             if self.stats.batches == self._kill_after_flush:
                 os.kill(os.getpid(), signal.SIGKILL)  # fault injection: an open transaction
             self._retrying("commit_transaction", self.producer.commit_transaction)
@@ -877,6 +881,44 @@ class Runner:
             self._abandon()
             return False
         return True
+
+    def _abort_and_rewind(self, batch: list[tuple[Any, Any, Any]], exc: BaseException) -> None:
+        """Exactly-once: the group refused the batch's offsets because this instance was
+        evicted (a broker outage or a pause longer than the session timeout; before, fds run
+        exited though the broker was back). Abort the transaction (its decisions are never
+        read by ``read_committed`` consumers), go back to its first record in every partition,
+        put the state back to the last checkpoint and catch it up to the committed offsets
+        before the next decision: the batch is decided again, once, after the group is
+        rejoined. Without a checkpoint to go back to, exit (a restart resumes from the last
+        commit)."""
+        if self.checkpointer is None:
+            raise FdsError(
+                f"the group refused the transaction's offsets ({exc}) and there is no state "
+                "checkpoint to go back to (--state-dir none); restart to resume from the last "
+                "commit"
+            ) from exc
+        log.warning(
+            "transaction offsets refused (%s): evicted from the group; the transaction is "
+            "aborted and its %d records are decided again after the group is rejoined",
+            exc, len(batch),
+        )  # fmt: skip
+        self._waited(
+            "abort_transaction",
+            self.producer.abort_transaction,
+            time.monotonic() + self.s.broker_timeout_s,
+        )
+        first: dict[Any, int] = {}
+        for tp, msg, _ in batch:
+            first.setdefault(tp, msg.offset)
+        assigned = self.consumer.assignment()
+        for tp, offset in first.items():
+            if tp in assigned:  # else a rejoin has already moved it to the committed offset
+                with contextlib.suppress(Exception):
+                    self.consumer.seek(tp, offset)
+        if self.aligner is not None:  # read after the batch: fetched again after the seek
+            self.aligner.forget(list(first))
+        self._abandon()
+        self._restart_restore("the aborted transaction")
 
     def _fold(self, tx: Mapping[str, Any]) -> None:
         self.stats.caught_up += 1
@@ -1101,7 +1143,7 @@ class Runner:
                     self._keep_alive()
                     answer_at = time.monotonic() + KEEPALIVE_S
                     if self._rebalances != rebalances:
-                        self._restart_restore(what)
+                        self._restart_restore(f"{what} interrupted by a rebalance")
                         return
         finally:
             self._restoring = False
@@ -1130,9 +1172,10 @@ class Runner:
         if batch and self.aligner is not None:
             self.aligner.add(batch)
 
-    def _restart_restore(self, what: str) -> None:
-        """A rebalance interrupted a restore: drop the partial state (back to the checkpoint,
-        or empty), and restore again for the partitions assigned now, before any is decided."""
+    def _restart_restore(self, why: str) -> None:
+        """The state cannot be trusted (a rebalance interrupted a restore, or a transaction it
+        folded was aborted): drop it (back to the checkpoint, or empty), and restore again for
+        the partitions assigned now, before any is decided."""
         # the model's gate and contests are not built from the input: they stay as they are
         # (an older checkpoint could reopen a probation confirmed since)
         self.engine.load_state_dict(_without_model(pickle.loads(self._fresh_state)))
@@ -1145,10 +1188,8 @@ class Runner:
         self._live = False
         self._labels_due = True
         self._unresolved |= assigned
-        log.info(
-            "%s interrupted by a rebalance; restoring again for partitions %s",
-            what, sorted(self._unresolved),
-        )  # fmt: skip
+        log.info("%s; restoring the state again for partitions %s", why,
+                 sorted(self._unresolved))  # fmt: skip
 
     def _report(self) -> None:
         """About once a second: the lag of every assigned partition (records not decided yet),

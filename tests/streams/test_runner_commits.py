@@ -662,3 +662,73 @@ def test_a_commit_refused_after_an_eviction_is_not_an_exit(caplog):
         r._process(batch(0))  # no exception
     assert "evicted from the group" in caplog.text
     assert r._positions == {} and not r._unacked and not r._committable  # state not trusted
+
+
+class TxProducer(Producer):
+    """A transactional producer whose offsets the group refuses once ``refuse`` is set (this
+    instance was evicted: kafka-python raises CommitFailedError, an abortable error)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refuse, self.commits, self.aborts = False, 0, 0
+
+    def begin_transaction(self) -> None:
+        pass
+
+    def send_offsets_to_transaction(self, offsets: Any, group: Any) -> None:
+        from kafka.errors import CommitFailedError
+
+        if self.refuse:
+            raise CommitFailedError("IllegalGenerationError")
+
+    def commit_transaction(self) -> None:
+        self.commits += 1
+
+    def abort_transaction(self) -> None:
+        self.aborts += 1
+
+
+class SeekingConsumer(GroupConsumer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.seeks: list[tuple[Any, int]] = []
+
+    def seek(self, tp: Any, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+
+def test_an_eviction_under_exactly_once_aborts_rewinds_and_goes_on(tmp_path, caplog):
+    """Left by the chaos runs: under --exactly-once a transaction whose offsets the group
+    refused after an eviction made fds run exit though the broker was back. It now aborts the
+    transaction, goes back to its first record, and puts the state back to the checkpoint
+    (caught up to the committed offsets before the next decision): nothing of the aborted
+    transaction stays in the state, so deciding it again gives the same decisions."""
+    from fds.features import FeaturePlan
+    from fds.streams.checkpoint import Checkpointer
+
+    spec = type("S", (), dict(name="n", entity="card_id", agg="count", field=None, window="1d"))
+    ck = Checkpointer(tmp_path)
+    r = Runner(
+        KafkaSettings(exactly_once=True, checkpoint_in_background=False),
+        Engine(features=FeaturePlan([spec])),
+        checkpointer=ck,
+    )
+    r.consumer, r.producer = SeekingConsumer(), TxProducer()
+    r._process(batch(0))  # committed and checkpointed at offset 3
+    assert r.producer.commits == 1 and r._positions == {0: 3}
+    r.producer.refuse = True
+    with caplog.at_level("WARNING", logger="fds.streams.kafka"):
+        r._process(batch(3))  # no exception
+    assert "transaction is aborted" in caplog.text
+    assert r.producer.aborts == 1 and r.producer.commits == 1
+    assert r.consumer.seeks == [(TP, 3)]  # back to the aborted transaction's first record
+    assert r._positions == {0: 3} and r._unresolved == {0}  # caught up before the next batch
+    assert len(r.engine.features.states[0]["c1"][1]) == 3  # the aborted 3 are not in the state
+
+
+def test_an_eviction_under_exactly_once_without_a_checkpoint_is_a_clear_exit():
+    r = make_runner(exactly_once=True)
+    r.consumer, r.producer = SeekingConsumer(), TxProducer()
+    r.producer.refuse = True
+    with pytest.raises(FdsError, match="no state checkpoint to go back to"):
+        r._process(batch(0))
