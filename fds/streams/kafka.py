@@ -98,6 +98,7 @@ from fds.schema import dead_letter, dumps, loads, parse_transaction
 from fds.streams.align import Aligner
 from fds.streams.checkpoint import Checkpoint, Checkpointer, default_state_dir
 from fds.streams.files import ColumnMapping, LabelColumn, load_mapping, read_records
+from fds.streams.kafka_kit import ClientErrors
 from fds.streams.label_feed import LabelFeed, reads_labels
 from fds.streams.rebuild import horizon_seconds, read_merged, start_offsets
 from fds.streams.state_topic import StateTopic
@@ -196,6 +197,16 @@ def check_not_ahead(ts: float, msg: Any, ahead_s: float) -> None:
 
 class BrokerUnavailable(FdsError):
     """The broker could not be reached for longer than ``broker_timeout_s``."""
+
+
+def unreachable(s: KafkaSettings, exc: BaseException, errors: ClientErrors) -> BrokerUnavailable:
+    """The error for clients that could not bootstrap: what failed and what to check (a
+    refused login or TLS handshake, from the client's log, else the address and the broker)."""
+    return BrokerUnavailable(
+        f"cannot reach Kafka at {s.bootstrap} within {s.broker_timeout_s:.0f} s "
+        f"({type(exc).__name__}: {exc}); "
+        + errors.hint("check --bootstrap and that the broker is up (`fds kafka status`)")
+    )
 
 
 class KafkaSettings(BaseSettings):
@@ -499,15 +510,12 @@ class Runner:
                 )  # fmt: skip
         try:
             # kafka-python bootstraps in the constructors: an unreachable broker fails here.
-            self.consumer = self._consumer_factory(**consumer_cfg)
-            self.producer = self._producer_factory(**producer_cfg)
-            self.consumer.bootstrap(timeout_ms=timeout_ms)
+            with ClientErrors() as errors:
+                self.consumer = self._consumer_factory(**consumer_cfg)
+                self.producer = self._producer_factory(**producer_cfg)
+                self.consumer.bootstrap(timeout_ms=timeout_ms)
         except (KafkaError, OSError) as exc:
-            raise BrokerUnavailable(
-                f"cannot reach Kafka at {s.bootstrap} within {s.broker_timeout_s:.0f} s "
-                f"({type(exc).__name__}: {exc}); check --bootstrap and that the broker is up "
-                "(`fds kafka status`)"
-            ) from exc
+            raise unreachable(s, exc, errors) from exc
         if s.exactly_once:
             self.producer.init_transactions()
         self._restore()
@@ -1505,18 +1513,16 @@ def produce_file(
     labels = 0
     timeout_ms = int(settings.broker_timeout_s * 1000)
     try:
-        producer = KafkaProducer(
-            **settings.client_config(), acks="all", linger_ms=5, bootstrap_timeout_ms=timeout_ms,
-            max_block_ms=timeout_ms,
-            # a record waits for a broker that went away as long as --broker-timeout says (the
-            # default 2 minutes dropped records of an outage longer than that)
-            delivery_timeout_ms=max(timeout_ms, 120_000),
-        )  # fmt: skip
+        with ClientErrors() as errors:
+            producer = KafkaProducer(
+                **settings.client_config(), acks="all", linger_ms=5,
+                bootstrap_timeout_ms=timeout_ms, max_block_ms=timeout_ms,
+                # a record waits for a broker that went away as long as --broker-timeout says
+                # (the default 2 minutes dropped records of an outage longer than that)
+                delivery_timeout_ms=max(timeout_ms, 120_000),
+            )  # fmt: skip
     except (KafkaError, OSError) as exc:
-        raise BrokerUnavailable(
-            f"cannot reach Kafka at {settings.bootstrap} ({type(exc).__name__}: {exc}); check "
-            "--bootstrap and that the broker is up (`fds kafka status`)"
-        ) from exc
+        raise unreachable(settings, exc, errors) from exc
     topic = topic or settings.input_topic
     t0 = time.monotonic()
     n = 0

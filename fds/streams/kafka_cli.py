@@ -38,6 +38,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = ksub.add_parser("up", help="start the broker (resolving jars on first use); idempotent")
     common(p)
     p.add_argument("--timeout", type=float, default=kafka_kit.START_TIMEOUT_S)
+    p.add_argument(
+        "--secure-port", type=int, default=None,
+        help="also listen for SASL_SSL clients (SCRAM-SHA-512 over TLS, a CA of the data dir's "
+        "own) on this port; fixed when the data dir is first formatted",
+    )  # fmt: skip
     p.add_argument("--no-topics", action="store_true", help="do not create streams/topics.yaml")
     p.set_defaults(func=_up)
     p = ksub.add_parser("down", help="stop the broker (SIGTERM, then SIGKILL)")
@@ -47,13 +52,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = ksub.add_parser("status", help="is the broker running and reachable?")
     common(p)
     p.set_defaults(func=_status)
+    from fds.streams import kafka as kstream  # the runner pulls in more; keep the kit light
+
     p = ksub.add_parser("topics", help="create the topics of streams/topics.yaml (idempotent)")
-    p.add_argument("--bootstrap", default=f"127.0.0.1:{kafka_kit.DEFAULT_PORT}")
     p.add_argument("--file", type=Path, default=kafka_kit.TOPICS_FILE, help="topic specs YAML")
     p.add_argument("--prefix", default="", help="prepended to every topic name")
+    kstream._add_settings_flags(p, kstream.CONNECTION_SETTINGS)  # --bootstrap, security
     p.set_defaults(func=_topics)
-
-    from fds.streams import kafka as kstream  # the runner pulls in more; keep the kit light
 
     kstream.register_run(subparsers)
     kstream.register_produce(subparsers)
@@ -63,11 +68,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _up(args: argparse.Namespace) -> int:
-    bootstrap = kafka_kit.up(args.port, args.controller_port, args.data_dir, timeout=args.timeout)
+    bootstrap = kafka_kit.up(
+        args.port, args.controller_port, args.data_dir, timeout=args.timeout,
+        secure_port=args.secure_port,
+    )  # fmt: skip
     if not args.no_topics:
         kafka_kit.create_topics(bootstrap)
     print(bootstrap)
+    _print_secure(args.data_dir)
     return 0
+
+
+def _print_secure(data_dir: Path | None) -> None:
+    """How clients connect to the SASL_SSL listener, if the broker has one."""
+    sec = kafka_kit.secure_listener(data_dir)
+    if sec is not None:
+        c = sec.client_settings()
+        print(
+            f"SASL_SSL on {c['bootstrap']}: --bootstrap {c['bootstrap']} --security-protocol "
+            f"SASL_SSL --sasl-mechanism {c['sasl_mechanism']} --sasl-username "
+            f"{c['sasl_plain_username']} --ssl-cafile {c['ssl_cafile']}, and the password "
+            f"(FDS_SASL_PLAIN_PASSWORD) is in {Path(c['ssl_cafile']).parents[1] / 'secure.json'}"
+        )
 
 
 def _down(args: argparse.Namespace) -> int:
@@ -82,13 +104,20 @@ def _status(args: argparse.Namespace) -> int:
     if st.running:
         state += ", reachable" if st.reachable else ", NOT reachable"
     print(f"{state} pid={st.pid} bootstrap={st.bootstrap} data_dir={st.data_dir} log={st.log_file}")
+    _print_secure(args.data_dir)
     return 0 if st.reachable else 1
 
 
 def _topics(args: argparse.Namespace) -> int:
+    from fds.streams import kafka as kstream
+
+    s = kstream._settings_from(args)
+    client = {k: v for k, v in s.client_config().items() if k != "bootstrap_servers"}
+    client["bootstrap_timeout_ms"] = int(s.broker_timeout_s * 1000)
     names = kafka_kit.create_topics(
-        args.bootstrap, kafka_kit.load_topic_specs(args.file), prefix=args.prefix
-    )
+        s.bootstrap, kafka_kit.load_topic_specs(args.file), prefix=args.prefix,
+        client_config=client,
+    )  # fmt: skip
     for logical, name in names.items():
         print(f"{logical}\t{name}")
     return 0

@@ -8,6 +8,7 @@ running broker returns at once; :func:`down` on a stopped one does nothing.
 Layout of the data dir::
 
     kit.json            ports and version the dir was formatted for
+    secure.json, tls/   with ``secure_port``: the SCRAM password and the TLS key store (0600)
     server.properties   rendered from streams/kafka/server.properties.template
     broker.log          the broker's stdout/stderr (log4j2, INFO)
     broker.pid          pid of the running broker JVM
@@ -27,6 +28,8 @@ import fcntl
 import json
 import logging
 import os
+import re
+import secrets
 import shutil
 import signal
 import socket
@@ -46,7 +49,9 @@ __all__ = [
     "DEFAULT_CONTROLLER_PORT",
     "DEFAULT_PORT",
     "KAFKA_VERSION",
+    "ClientErrors",
     "KitStatus",
+    "Secure",
     "create_topics",
     "data_dir_default",
     "delete_topics",
@@ -54,6 +59,7 @@ __all__ = [
     "ensure_jars",
     "load_topic_specs",
     "render_properties",
+    "secure_listener",
     "status",
     "up",
 ]
@@ -65,6 +71,9 @@ DEFAULT_PORT = 19092
 DEFAULT_CONTROLLER_PORT = 19093
 # Matches streams/kafka/pom.xml; override with FDS_KAFKA_VERSION for another 4.x release.
 KAFKA_VERSION = os.environ.get("FDS_KAFKA_VERSION", "4.1.1")
+# The SASL_SSL listener's client identity (``up(secure_port=...)``).
+SECURE_USER = "fds"
+SECURE_MECHANISM = "SCRAM-SHA-512"
 # An explicit heap: the JVM default is a quarter of RAM, far more than a test broker needs.
 JVM_HEAP = ("-Xms512m", "-Xmx1g")
 # A cold JVM start plus KRaft bootstrap takes ~5-10 s on 2 cores; allow for a loaded CI machine.
@@ -75,6 +84,63 @@ STOP_TIMEOUT_S = 30.0
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 KIT_DIR = Path(os.environ.get("FDS_KAFKA_KIT", _REPO_ROOT / "streams" / "kafka"))
 TOPICS_FILE = _REPO_ROOT / "streams" / "topics.yaml"
+
+
+class ClientErrors(logging.Handler):
+    """``with ClientErrors() as errors:`` keeps the reason of the last connection kafka-python
+    saw fail meanwhile. A TLS handshake or a SASL login the broker refused surfaces only as a
+    bootstrap timeout ("Unable to bootstrap"), as if the broker were down; the client's log
+    says why, and :meth:`hint` says what to check.
+
+    >>> e = ClientErrors()
+    >>> e.last = "SaslAuthenticationFailedError: invalid credentials"
+    >>> e.hint("is the broker up?").split(";")[0]
+    'the broker refused the login (SaslAuthenticationFailedError: invalid credentials)'
+    """
+
+    _REASON = re.compile(
+        r"(?:Bootstrap connection to \S+|Connection) failed: (.*?)(?: \(backoff .*\))?$"
+    )
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.last: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        m = self._REASON.search(record.getMessage())
+        if m and not (self.last and self._telling(self.last)):  # a refusal outranks the
+            self.last = m.group(1)  # disconnects around it
+
+    @staticmethod
+    def _telling(why: str) -> bool:
+        return any(k in why for k in ("Authentication", "SSL", "Handshake", "frame length"))
+
+    def __enter__(self) -> ClientErrors:
+        logging.getLogger("kafka").addHandler(self)
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        logging.getLogger("kafka").removeHandler(self)
+
+    def hint(self, default: str) -> str:
+        """What to check, from the last failure: the login, TLS, the protocol, else ``default``
+        (with the client's reason when there is one)."""
+        why = self.last
+        if why is None:
+            return default
+        if "Authentication" in why:
+            return (
+                f"the broker refused the login ({why}); check --sasl-username, the password "
+                "(FDS_SASL_PLAIN_PASSWORD) and --sasl-mechanism"
+            )
+        if "SSL" in why or "Handshake" in why:
+            return f"the TLS handshake failed ({why}); check --ssl-cafile and --security-protocol"
+        if "frame length" in why or "socket disconnected" in why:
+            return (
+                f"the broker closed the connection or answered in another protocol ({why}): a "
+                "TLS or SASL port spoken to in PLAINTEXT? check --security-protocol"
+            )
+        return f"{default} (last client error: {why})"
 
 
 def data_dir_default() -> Path:
@@ -132,14 +198,110 @@ def ensure_jars(version: str = KAFKA_VERSION) -> Path:
     return lib
 
 
-def render_properties(port: int, controller_port: int, log_dir: Path) -> str:
-    """``server.properties`` for a combined broker+controller on 127.0.0.1."""
+def render_properties(
+    port: int, controller_port: int, log_dir: Path, secure: Secure | None = None
+) -> str:
+    """``server.properties`` for a combined broker+controller on 127.0.0.1 (with ``secure``,
+    also a SASL_SSL listener)."""
     template = (KIT_DIR / "server.properties.template").read_text()
+    listener = mapping = extra = ""
+    if secure is not None:
+        listener = f",SECURE://127.0.0.1:{secure.port}"
+        mapping = ",SECURE:SASL_SSL"
+        extra = (
+            "# The SASL_SSL listener (`fds kafka up --secure-port`): SCRAM-SHA-512 over TLS.\n"
+            f"sasl.enabled.mechanisms={SECURE_MECHANISM}\n"
+            f"listener.name.secure.{SECURE_MECHANISM.lower()}.sasl.jaas.config="
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;\n"
+            "ssl.keystore.type=PKCS12\n"
+            f"ssl.keystore.location={secure.keystore}\n"
+            f"ssl.keystore.password={secure.store_password}\n"
+            f"ssl.key.password={secure.store_password}\n"
+        )
     return (
         template.replace("{port}", str(port))
         .replace("{controller_port}", str(controller_port))
         .replace("{log_dir}", str(log_dir))
+        .replace("{secure_listener}", listener)
+        .replace("{secure_map}", mapping)
+        .replace("{secure}", extra)
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Secure:
+    """The kit's SASL_SSL listener: SCRAM-SHA-512 over TLS, as production clusters run, so the
+    client security settings of ``fds run``/``produce``/``train`` are tested against a real
+    broker. The user and its password are created when the data dir is formatted; the broker's
+    certificate (for 127.0.0.1) is signed by a CA of the data dir's own (``cafile``)."""
+
+    port: int
+    password: str  # SECURE_USER's
+    store_password: str
+    keystore: Path
+    cafile: Path
+
+    def client_settings(self) -> dict[str, Any]:
+        """What a client needs (``KafkaSettings`` fields; the CLI's ``--security-protocol``,
+        ``--sasl-mechanism``, ``--sasl-username``, ``--ssl-cafile`` and
+        ``FDS_SASL_PLAIN_PASSWORD``)."""
+        return {
+            "bootstrap": f"127.0.0.1:{self.port}",
+            "security_protocol": "SASL_SSL",
+            "sasl_mechanism": SECURE_MECHANISM,
+            "sasl_plain_username": SECURE_USER,
+            "sasl_plain_password": self.password,
+            "ssl_cafile": str(self.cafile),
+        }
+
+
+def secure_listener(data_dir: Path | str | None = None) -> Secure | None:
+    """The SASL_SSL listener of the kit's broker in ``data_dir``, if it was set up with one."""
+    ddir = Path(data_dir).expanduser() if data_dir else data_dir_default()
+    path = ddir / "secure.json"
+    if not path.exists():
+        return None
+    got = json.loads(path.read_text())
+    tls = ddir / "tls"
+    return Secure(got["port"], got["password"], got["store_password"], tls / "broker.p12",
+                  tls / "ca.pem")  # fmt: skip
+
+
+def _make_secure(ddir: Path, port: int) -> Secure:
+    """Passwords (``secure.json``, 0600) and a TLS key store for 127.0.0.1 signed by a CA of
+    the data dir's own, made with the JDK's keytool."""
+    tls = ddir / "tls"
+    tls.mkdir(mode=0o700, exist_ok=True)
+    path = ddir / "secure.json"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"port": port, "password": secrets.token_urlsafe(18),
+                   "store_password": secrets.token_urlsafe(18)}, f)  # fmt: skip
+    sec = secure_listener(ddir)
+    assert sec is not None
+    keytool = str(Path(_java()).with_name("keytool"))
+    pw = sec.store_password
+    ca = ["-keystore", str(tls / "ca.p12"), "-storetype", "PKCS12", "-storepass", pw]
+    broker = ["-keystore", str(sec.keystore), "-storetype", "PKCS12", "-storepass", pw]
+    rsa = ["-keyalg", "RSA", "-keysize", "2048", "-validity", "3650"]
+    steps = [
+        ["-genkeypair", "-alias", "ca", "-dname", "CN=fds kit CA", *rsa, *ca,
+         "-ext", "bc:c=ca:true", "-ext", "ku:c=keyCertSign,cRLSign"],
+        ["-exportcert", "-alias", "ca", "-rfc", "-file", str(sec.cafile), *ca],
+        ["-genkeypair", "-alias", "broker", "-dname", "CN=127.0.0.1", *rsa, *broker],
+        ["-certreq", "-alias", "broker", "-file", str(tls / "broker.csr"), *broker],
+        ["-gencert", "-alias", "ca", "-infile", str(tls / "broker.csr"), "-rfc",
+         "-outfile", str(tls / "broker.pem"), "-validity", "3650", *ca,
+         "-ext", "SAN=IP:127.0.0.1,DNS:localhost", "-ext", "eku=serverAuth"],
+        ["-importcert", "-alias", "ca", "-file", str(sec.cafile), "-noprompt", *broker],
+        ["-importcert", "-alias", "broker", "-file", str(tls / "broker.pem"), *broker],
+    ]  # fmt: skip
+    for step in steps:
+        proc = subprocess.run([keytool, *step], capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise FdsError(f"keytool {step[0]} failed making the kit's TLS key store in {tls}:"
+                           f"\n{(proc.stdout + proc.stderr)[-1500:]}")  # fmt: skip
+    return sec
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,12 +397,17 @@ def _java() -> str:
     return java
 
 
-def _format(java: str, lib: Path, props: Path, log_file: Path) -> None:
+def _format(
+    java: str, lib: Path, props: Path, log_file: Path, secure: Secure | None = None
+) -> None:
     cmd = [
         java, "-Xmx256m", f"-Dlog4j2.configurationFile={KIT_DIR / 'log4j2.properties'}",
         "-cp", f"{lib}/*", "kafka.tools.StorageTool", "format", "--standalone",
         "-t", _random_cluster_id(), "-c", str(props),
     ]  # fmt: skip
+    if secure is not None:  # the SCRAM user, in the cluster metadata from the start
+        cmd += ["--add-scram", f"{SECURE_MECHANISM}=[name={SECURE_USER},"
+                f"password={secure.password}]"]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     with log_file.open("a") as f:
         f.write(proc.stdout + proc.stderr)
@@ -254,6 +421,7 @@ def up(
     data_dir: Path | str | None = None,
     *,
     timeout: float = START_TIMEOUT_S,
+    secure_port: int | None = None,
 ) -> str:
     """Start the local broker (or find it running) and return its bootstrap address.
 
@@ -265,6 +433,9 @@ def up(
         Where the KRaft log dir, broker log and pid file live; formatted on first use.
     timeout
         Seconds to wait for the broker to answer a metadata request.
+    secure_port
+        Also listen for SASL_SSL clients (SCRAM-SHA-512 over TLS) on this port; how to
+        connect: :func:`secure_listener`. Decided when the data dir is formatted.
 
     Returns
     -------
@@ -284,18 +455,26 @@ def up(
     # one `up` at a time per data dir: two at once would both start a broker
     with open(ddir / ".up.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return _up(ddir, port, controller_port, timeout)
+        return _up(ddir, port, controller_port, timeout, secure_port)
 
 
-def _up(ddir: Path, port: int, controller_port: int, timeout: float) -> str:
+def _up(
+    ddir: Path, port: int, controller_port: int, timeout: float, secure_port: int | None
+) -> str:
     bootstrap = f"127.0.0.1:{port}"
     log_file = ddir / "broker.log"
     kit = _read_kit(ddir)
-    if kit and (kit.get("port"), kit.get("controller_port")) != (port, controller_port):
+    want = (port, controller_port, secure_port)
+    if kit and (kit.get("port"), kit.get("controller_port"), kit.get("secure_port")) != want:
+
+        def ports(p: int | None, c: int | None, sp: int | None) -> str:
+            return f"ports {p}/{c}" + (f" with a SASL_SSL port {sp}" if sp else "")
+
         raise ConfigError(
-            f"{ddir} holds a broker formatted for ports {kit.get('port')}/"
-            f"{kit.get('controller_port')}, not {port}/{controller_port}; use those ports, "
-            "another --data-dir, or `fds kafka down --wipe` to start afresh",
+            f"{ddir} holds a broker formatted for "
+            f"{ports(kit.get('port'), kit.get('controller_port'), kit.get('secure_port'))}, "
+            f"not {ports(*want)}; use those, another --data-dir, or `fds kafka down --wipe` to "
+            "start afresh",
             where=str(ddir / "kit.json"),
         )
     pid = _read_pid(ddir)
@@ -319,13 +498,24 @@ def _up(ddir: Path, port: int, controller_port: int, timeout: float) -> str:
     java = _java()
     lib = ensure_jars()
     ddir.mkdir(parents=True, exist_ok=True)
+    formatted = (ddir / "kraft" / "meta.properties").exists()
+    secure = None
+    if secure_port is not None:
+        secure = secure_listener(ddir) if formatted else _make_secure(ddir, secure_port)
+        if secure is None:
+            raise ConfigError(
+                f"{ddir} was formatted without a SASL_SSL listener; use another --data-dir, or "
+                "`fds kafka down --wipe` to start afresh",
+                where=str(ddir),
+            )
     props = ddir / "server.properties"
-    props.write_text(render_properties(port, controller_port, ddir / "kraft"))
-    if not (ddir / "kraft" / "meta.properties").exists():
-        _format(java, lib, props, log_file)
+    props.write_text(render_properties(port, controller_port, ddir / "kraft", secure))
+    if not formatted:
+        _format(java, lib, props, log_file, secure)
         (ddir / "kit.json").write_text(
             json.dumps(
                 {"port": port, "controller_port": controller_port, "version": lib.parent.name}
+                | ({"secure_port": secure_port} if secure_port else {})
             )
         )
     cmd = [
@@ -463,11 +653,12 @@ def create_topics(
     from kafka.errors import KafkaError
 
     try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, **(client_config or {}))
+        with ClientErrors() as errors:
+            admin = KafkaAdminClient(bootstrap_servers=bootstrap, **(client_config or {}))
     except (KafkaError, OSError) as exc:
         raise FdsError(
             f"cannot reach Kafka at {bootstrap} to create topics ({type(exc).__name__}: {exc}); "
-            "start the kit's broker (`fds kafka up`) or give --bootstrap"
+            + errors.hint("start the kit's broker (`fds kafka up`) or give --bootstrap")
         ) from exc
     try:
         new = {

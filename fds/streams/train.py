@@ -67,12 +67,13 @@ from fds.schema import parse_label
 from fds.streams.checkpoint import Checkpointer, default_state_dir
 from fds.streams.kafka import (
     CONNECTION_SETTINGS,
-    BrokerUnavailable,
     KafkaSettings,
     _add_settings_flags,
     check_not_ahead,
     load_settings,
+    unreachable,
 )
+from fds.streams.kafka_kit import ClientErrors
 from fds.timeutil import format_ts, parse_ts
 
 __all__ = ["TrainService", "TrainStats", "announcement", "register_train"]
@@ -262,25 +263,23 @@ class TrainService:
         s = self.s
         timeout_ms = int(s.broker_timeout_s * 1000)
         try:
-            self.consumer = KafkaConsumer(
-                **s.client_config(),
-                group_id=s.group,
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                max_poll_records=s.max_poll_records,
-                isolation_level="read_committed",  # only decisions of committed transactions
-                bootstrap_timeout_ms=timeout_ms,
-            )
-            if self.models_topic:
-                self.producer = KafkaProducer(
-                    **s.client_config(), acks="all", bootstrap_timeout_ms=timeout_ms,
-                    max_request_size=16 << 20, max_block_ms=min(timeout_ms, 10_000),
-                )  # fmt: skip
+            with ClientErrors() as errors:
+                self.consumer = KafkaConsumer(
+                    **s.client_config(),
+                    group_id=s.group,
+                    enable_auto_commit=False,
+                    auto_offset_reset="earliest",
+                    max_poll_records=s.max_poll_records,
+                    isolation_level="read_committed",  # decisions of committed transactions
+                    bootstrap_timeout_ms=timeout_ms,
+                )
+                if self.models_topic:
+                    self.producer = KafkaProducer(
+                        **s.client_config(), acks="all", bootstrap_timeout_ms=timeout_ms,
+                        max_request_size=16 << 20, max_block_ms=min(timeout_ms, 10_000),
+                    )  # fmt: skip
         except (KafkaError, OSError) as exc:
-            raise BrokerUnavailable(
-                f"cannot reach Kafka at {s.bootstrap} ({type(exc).__name__}: {exc}); check "
-                "--bootstrap and that the broker is up (`fds kafka status`)"
-            ) from exc
+            raise unreachable(s, exc, errors) from exc
         self.consumer.subscribe(list(self.topics), listener=_Seek(self))
         # Topic metadata after subscribing and before the first poll joins the group: joined
         # without it, the group rebalances again as soon as the metadata arrives, and that

@@ -87,3 +87,25 @@ def test_produce_rate_and_limit_must_be_positive(flag, value, message, capsys):
     with pytest.raises(SystemExit) as exit_:
         _parse(["produce", "tx.jsonl", flag, value])
     assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_client_errors_name_the_refusal_not_an_unreachable_broker():
+    """kafka-python logs why a bootstrap connection failed and then only raises "Unable to
+    bootstrap"; a refused login outranks the disconnects logged around it."""
+    import logging
+
+    from fds.streams.kafka_kit import ClientErrors
+
+    manager = logging.getLogger("kafka.net.manager")
+    with ClientErrors() as errors:
+        manager.warning("Bootstrap connection to bootstrap-0 failed: KafkaConnectionError: "
+                        "socket disconnected (backoff 0.05 secs)")  # fmt: skip
+        manager.warning("Bootstrap connection to bootstrap-0 failed: [Error 58] "
+                        "SaslAuthenticationFailedError: invalid credentials "
+                        "(backoff 0.11 secs)")  # fmt: skip
+        manager.warning("Bootstrap connection to bootstrap-0 failed: KafkaConnectionError: "
+                        "socket disconnected (backoff 0.2 secs)")  # fmt: skip
+    manager.warning("Connection failed: ECONNREFUSED")  # after the block: not kept
+    assert errors.last == "[Error 58] SaslAuthenticationFailedError: invalid credentials"
+    assert errors.hint("is it up?").startswith("the broker refused the login")
+    assert ClientErrors().hint("is it up?") == "is it up?"
