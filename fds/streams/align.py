@@ -31,7 +31,20 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-__all__ = ["Aligner"]
+__all__ = ["Aligner", "fetched_to"]
+
+
+def fetched_to(consumer: Any, tp: Any, buffered_to: int) -> int:
+    """The offset after what has been read of ``tp``: after the last record buffered, or
+    further where the consumer skipped transaction markers (each commit of a transactional
+    producer takes an offset no record has, so by its records alone such a partition would
+    always look one behind its high watermark). The consumer's position is asked only here,
+    without waiting (an unknown one counts as nothing read)."""
+    try:
+        pos = consumer.position(tp, timeout_ms=0)
+    except Exception:  # not assigned any more, or not known yet
+        pos = None
+    return max(buffered_to, pos or 0)
 
 
 class Aligner:
@@ -108,7 +121,9 @@ class Aligner:
     def _holds_back(self, tp: Any, now: float) -> bool:
         """Does empty partition ``tp`` still have input to read (and has not waited too long)?"""
         hw = self.consumer.highwater(tp)  # of the last fetch: local, no request
-        if hw is not None and self._next.get(tp, 0) >= hw:
+        if hw is not None and (
+            self._next.get(tp, 0) >= hw or fetched_to(self.consumer, tp, 0) >= hw
+        ):
             self._waiting_since.pop(tp, None)
             return False
         since = self._waiting_since.setdefault(tp, now)
@@ -132,7 +147,9 @@ class Aligner:
             for tp in assigned:
                 if tp not in bufs:
                     bufs[tp] = deque()
-        if any(not buf and self._holds_back(tp, now) for tp, buf in bufs.items()):
+        # every empty partition is asked (not any(): its short-circuit would start the waits
+        # of the partitions that are behind one after another, k of them waiting k times)
+        if sum([not buf and self._holds_back(tp, now) for tp, buf in bufs.items()]):
             return []
         heads = [(buf[0][0], i, tp) for i, (tp, buf) in enumerate(bufs.items()) if buf]
         heapq.heapify(heads)

@@ -95,7 +95,7 @@ from fds.metrics import NullMetrics, add_metrics_arguments, make_metrics, serve
 from fds.models.registry import write_atomic
 from fds.pipeline import DEFAULT_MODEL, DEFAULT_RULES, build_engine
 from fds.schema import dead_letter, dumps, loads, parse_transaction
-from fds.streams.align import Aligner
+from fds.streams.align import Aligner, fetched_to
 from fds.streams.checkpoint import Checkpoint, Checkpointer, default_state_dir
 from fds.streams.files import ColumnMapping, LabelColumn, load_mapping, read_records
 from fds.streams.kafka_kit import ClientErrors
@@ -573,6 +573,22 @@ class Runner:
         if self.labels is None and without_labels is not None:
             without_labels()
 
+    def _read_to_end(self) -> bool:
+        """Has every assigned input partition been read to its end (its high watermark, known
+        once a fetch of it was answered)? An empty poll alone says nothing: after a start or a
+        restore the group join uses up the first poll's time, and labels applied as if the
+        input were idle then found the backlog's transactions unknown and were lost
+        (unmatched) for good."""
+        c = self.consumer
+        assigned = c.assignment()
+        if not assigned:
+            return False
+        for tp in assigned:
+            hw = c.highwater(tp)
+            if hw is None or fetched_to(c, tp, 0) < hw:
+                return False
+        return True
+
     def _apply_labels(self, idle: bool) -> None:
         """Apply the labels that arrived, up to where the input has been decided."""
         feed = self.labels
@@ -696,7 +712,8 @@ class Runner:
                     continue
             ready = aligner.take(s.max_poll_records, consumer.assignment())
             if self.labels is not None:
-                self._apply_labels(idle=not ready and not batch and not len(aligner))
+                idle = not ready and not batch and not len(aligner) and self._read_to_end()
+                self._apply_labels(idle=idle)
             if ready:
                 self._process(ready)
                 continue
@@ -918,13 +935,13 @@ class Runner:
         first: dict[Any, int] = {}
         for tp, msg, _ in batch:
             first.setdefault(tp, msg.offset)
+        if self.aligner is not None:  # read after the batch: fetched again after the seek
+            self.aligner.forget(list(first))  # (first: it seeks to what it held)
         assigned = self.consumer.assignment()
         for tp, offset in first.items():
             if tp in assigned:  # else a rejoin has already moved it to the committed offset
                 with contextlib.suppress(Exception):
                     self.consumer.seek(tp, offset)
-        if self.aligner is not None:  # read after the batch: fetched again after the seek
-            self.aligner.forget(list(first))
         self._abandon()
         self._restart_restore("the aborted transaction")
 

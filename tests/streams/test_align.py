@@ -110,3 +110,33 @@ def test_a_partition_no_longer_assigned_is_dropped_not_asked_about():
     del a.consumer.hw["p1"], a.consumer.hw["p2"]  # p1 and p2 moved away
     assert _names(a.take(10, {"p0"})) == ["a0", "a1"]
     assert len(a) == 0
+
+
+def test_a_partition_ending_in_a_transaction_marker_is_caught_up_not_behind():
+    """Input written by a transactional producer: each commit marker takes an offset no record
+    has, so by its records a caught-up partition looked one behind its high watermark forever
+    and held every other partition back for max_wait_s after each drain (a review)."""
+
+    class Positions(Consumer):
+        def position(self, tp: str, timeout_ms: int | None = None) -> int:
+            return {"p0": 2}.get(tp, 0)  # p0: record 0, then its commit marker at offset 1
+
+    c = Positions(p0=2, p1=100)
+    a = Aligner(c, _key, max_wait_s=60.0)
+    a.add({"p0": _recs("a", [1.0]), "p1": _recs("b", [2.0], first=98)})
+    c.hw["p1"] = 99
+    assert _names(a.take(10)) == ["a0", "b98"]
+    a.add({"p1": _recs("c", [3.0], first=99)})
+    assert _names(a.take(10)) == ["c99"]  # at once, not after max_wait_s
+
+
+def test_partitions_that_are_behind_wait_together_not_one_after_another():
+    c = Consumer(p0=1)  # p1..p3: no high watermark yet (behind)
+    a = Aligner(c, _key, max_wait_s=0.3)
+    a.add({"p0": _recs("x", [1.0])})
+    t0 = time.monotonic()
+    got: list = []
+    while not got:
+        got = a.take(10, assigned=["p0", "p1", "p2", "p3"])
+        time.sleep(0.01)  # polling interval
+    assert time.monotonic() - t0 < 0.6  # one wait of 0.3 s, not three

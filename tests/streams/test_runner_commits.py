@@ -716,12 +716,15 @@ def test_an_eviction_under_exactly_once_aborts_rewinds_and_goes_on(tmp_path, cap
     r.consumer, r.producer = SeekingConsumer(), TxProducer()
     r._process(batch(0))  # committed and checkpointed at offset 3
     assert r.producer.commits == 1 and r._positions == {0: 3}
+    r.aligner = Aligner(r.consumer, r._event_time)
+    r.aligner.add({TP: records(6)})  # fetched after the batch below, not decided yet
     r.producer.refuse = True
     with caplog.at_level("WARNING", logger="fds.streams.kafka"):
         r._process(batch(3))  # no exception
     assert "transaction is aborted" in caplog.text
     assert r.producer.aborts == 1 and r.producer.commits == 1
-    assert r.consumer.seeks == [(TP, 3)]  # back to the aborted transaction's first record
+    assert r.consumer.seeks[-1] == (TP, 3)  # back to the aborted transaction's first record
+    assert not len(r.aligner)  # (what it held is fetched again)
     assert r._positions == {0: 3} and r._unresolved == {0}  # caught up before the next batch
     assert len(r.engine.features.states[0]["c1"][1]) == 3  # the aborted 3 are not in the state
 
@@ -732,3 +735,59 @@ def test_an_eviction_under_exactly_once_without_a_checkpoint_is_a_clear_exit():
     r.producer.refuse = True
     with pytest.raises(FdsError, match="no state checkpoint to go back to"):
         r._process(batch(0))
+
+
+def test_labels_for_the_input_backlog_wait_for_it_after_a_restart():
+    """Found by a review: the first poll after a start returns nothing (the group join uses up
+    its time), which looked like an idle input, so every label was applied at once: a label
+    whose transaction was still in the unread backlog was counted unmatched and lost."""
+    import orjson
+
+    from fds.features import FeaturePlan
+    from fds.rules.ruleset import FeatureSpec
+    from fds.streams.label_feed import LabelFeed
+    from tests.streams.test_label_feed import NOW_MS, FakeConsumer, label
+
+    def tx(i: int, ts: float) -> bytes:
+        return orjson.dumps(
+            {"tx_id": f"t{i}", "ts": ts, "card_id": f"c{i}", "merchant_id": "m", "amount": 5.0}
+        )
+
+    backlog = [
+        Record("transactions", 0, 0, NOW_MS - 1000, b"c0", tx(0, 1_767_225_600.0)),
+        Record("transactions", 0, 1, NOW_MS - 500, b"c1", tx(1, 1_767_225_660.0)),
+    ]
+
+    class Joining(Consumer):
+        """Poll 1: the group join, nothing; poll 2: the backlog; then nothing."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.polls: list[dict] = [{}, {TP: backlog}]
+            self.read = 0
+
+        def poll(self, timeout_ms: int, max_records: int) -> dict:
+            got = self.polls.pop(0) if self.polls else {}
+            self.read += sum(len(v) for v in got.values())
+            return got
+
+        def highwater(self, tp: Any) -> int:
+            return len(backlog)
+
+        def position(self, tp: Any, timeout_ms: int | None = None) -> int:
+            return self.read
+
+        def seek(self, tp: Any, offset: int) -> None:
+            pass
+
+    spec = FeatureSpec(name="m_frauds", entity="merchant_id", agg="fraud_count", window="7d")
+    plan = FeaturePlan([spec], timezone="UTC")
+    r = Runner(KafkaSettings(max_unacked_batches=0, align_wait_s=0), Engine(features=plan))
+    r.consumer, r.producer = Joining(), Producer()
+    r.aligner = Aligner(r.consumer, r._event_time, max_wait_s=0)
+    # t0's fraud label was produced while fds run was down, after t0
+    r.labels = LabelFeed(FakeConsumer([label(0, "t0", -800)]), "labels", plan)
+    r._poll_loop(max_idle_s=0.3)
+    assert plan.unmatched_labels == 0
+    later = {"tx_id": "t9", "ts": 1_767_225_700.0, "merchant_id": "m", "card_id": "c9"}
+    assert plan.compute(later)["m_frauds"] == 1
