@@ -422,6 +422,13 @@ class Runner:
         self._rebuild = checkpointer is not None and settings.rebuild_state
         self._fresh_state = pickle.dumps(engine.state_dict()) if checkpointer else b""
         self._live = False  # the state has decided input since it was restored
+        # The state holds decisions past _positions (not all committed synchronously yet): an
+        # eviction then leaves it untrusted (rebuilt at the next assignment); else it is kept.
+        self._ahead = False
+        # A commit refused after an eviction: kafka-python notices at its next heartbeat, and
+        # until it has rejoined every batch would be refused again (six in a row in a chaos
+        # run). Nothing is decided until a rebalance or a session timeout since then.
+        self._evicted: tuple[float, int] | None = None  # (when, rebalances then)
         self._closing = False  # run() is closing the clients: the listener leaves state alone
         self._stop_by: float | None = None  # monotonic deadline of a stop's work
         self._ckpt_at = -math.inf  # the first commit writes the first checkpoint
@@ -704,6 +711,8 @@ class Runner:
             if batch:
                 last_contact = last_input = now
                 aligner.add(batch)
+            if self._evicted is not None and self._awaiting_rejoin(now):
+                continue  # polls drive the rejoin; what they fetch waits in the aligner
             if self._unresolved:  # assigned in that poll: bring the state up to date first
                 self._restore_assigned()
                 if self._stop:  # a stop may have cut the restore short: decide nothing more
@@ -737,6 +746,16 @@ class Runner:
                         "exiting so a supervisor can restart fds (offsets are committed up to "
                         "the last acknowledged batch)"
                     )
+
+    def _awaiting_rejoin(self, now: float) -> bool:
+        """After a refused commit, until the group is rejoined (a rebalance was seen) or a
+        session timeout has passed (a member the broker still knows)."""
+        assert self._evicted is not None
+        since, rebalances = self._evicted
+        if self._rebalances == rebalances and now - since < self.s.session_timeout_ms / 1000:
+            return True
+        self._evicted = None
+        return False
 
     def _probe(self) -> bool:
         try:
@@ -806,6 +825,7 @@ class Runner:
         self.stats.batches += 1
         self.metrics.events_consumed("kafka", n)
         self._live = True  # the state moved on since it was restored
+        self._ahead = True
         if not eos:
             self._unacked.append(_Unacked(self.stats.batches, pending, offsets))
             drain = (
@@ -835,6 +855,7 @@ class Runner:
             self.metrics.commit_time(time.perf_counter() - t_commit)
             # Committed: the state now covers exactly the input up to these offsets.
             self._positions.update({tp.partition: o for tp, o in nxt.items()})
+            self._ahead = False
             self.checkpoint()
         self._freezer.tick(n)  # due only right after a drain: no send in flight
         self._publish_state()
@@ -890,6 +911,7 @@ class Runner:
             self.stats.commits += 1
             self.metrics.commit_time(time.perf_counter() - t)
         self._positions.update({tp.partition: om.offset for tp, om in offsets.items()})
+        self._ahead = False  # (wait: everything decided is committed)
 
     def _settle_or_rejoin(self, *, wait: bool) -> bool:
         """:meth:`_settle`, at-least-once; False when the group refused the commit because this
@@ -904,6 +926,9 @@ class Runner:
                 "last commit are decided again after the group is rejoined", exc,
             )  # fmt: skip
             self._abandon()
+            if self.checkpointer is not None:  # caught up from it, not rebuilt from scratch
+                self._restart_restore("a commit refused after an eviction")
+            self._evicted = (time.monotonic(), self._rebalances)
             return False
         return True
 
@@ -944,6 +969,7 @@ class Runner:
                     self.consumer.seek(tp, offset)
         self._abandon()
         self._restart_restore("the aborted transaction")
+        self._evicted = (time.monotonic(), self._rebalances)
 
     def _fold(self, tx: Mapping[str, Any]) -> None:
         self.stats.caught_up += 1
@@ -1182,6 +1208,7 @@ class Runner:
         )  # fmt: skip
         self.checkpoint(force=True)
         self._live = False  # a restore is not input decided: a repeat assignment may catch up
+        self._ahead = False
         self._labels_due = True  # labels applied before may be missing from the folded state
 
     def _keep_alive(self) -> None:
@@ -1210,7 +1237,7 @@ class Runner:
             tp.partition for tp in self.consumer.assignment() if tp.topic == self.s.input_topic
         }
         self._follow_only(assigned)
-        self._live = False
+        self._live = self._ahead = False
         self._labels_due = True
         self._unresolved |= assigned
         log.info("%s; restoring the state again for partitions %s", why,
@@ -1392,12 +1419,15 @@ class _Revoke(ConsumerRebalanceListener):
 
     def on_partitions_lost(self, lost: Any) -> None:
         # Evicted (session expired, fenced): a commit would fail, so none is attempted, nor a
-        # checkpoint; the new owners replay the uncommitted batches.
+        # checkpoint; the new owners replay the uncommitted batches. A state that holds
+        # nothing past the last commit (or was put back to the checkpoint) is kept: the next
+        # assignment catches it up instead of rebuilding it from the feature horizon.
         log.warning(
             "partitions lost (evicted from the group): %s",
             sorted(f"{tp.topic}[{tp.partition}]" for tp in lost),
         )
-        self.runner._abandon()
+        if self.runner._ahead:
+            self.runner._abandon()
         self._forget(lost)
 
     def _forget(self, tps: Any) -> None:

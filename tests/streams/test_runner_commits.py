@@ -6,6 +6,7 @@ SIGTERM) is tested against the real broker in tests/integration/test_kafka_run.p
 
 from __future__ import annotations
 
+import time
 from collections import namedtuple
 from typing import Any
 
@@ -791,3 +792,51 @@ def test_labels_for_the_input_backlog_wait_for_it_after_a_restart():
     assert plan.unmatched_labels == 0
     later = {"tx_id": "t9", "ts": 1_767_225_700.0, "merchant_id": "m", "card_id": "c9"}
     assert plan.compute(later)["m_frauds"] == 1
+
+
+def _evictable(tmp_path: Any, **settings: Any) -> Runner:
+    """A runner with a one-count feature plan and a checkpoint at offset 3 (batch 0 decided
+    and committed)."""
+    from fds.features import FeaturePlan
+    from fds.streams.checkpoint import Checkpointer
+
+    spec = type("S", (), dict(name="n", entity="card_id", agg="count", field=None, window="1d"))
+    r = Runner(
+        KafkaSettings(checkpoint_in_background=False, max_unacked_batches=0, **settings),
+        Engine(features=FeaturePlan([spec])),
+        checkpointer=Checkpointer(tmp_path),
+    )
+    r.consumer, r.producer = SeekingConsumer(), TxProducer()
+    r._process(batch(0))
+    assert r._positions == {0: 3} and r.checkpointer.saves == 1
+    return r
+
+
+@pytest.mark.parametrize("eos", [False, True], ids=["at-least-once", "exactly-once"])
+def test_after_a_refused_commit_nothing_is_decided_until_the_group_is_rejoined(tmp_path, eos):
+    """Found by a chaos run (fds run paused 20 s, the broker up): after the refused commit the
+    next batch was decided and refused again, six times in 3 s, until kafka-python's heartbeat
+    noticed the eviction; then the state was rebuilt from the feature horizon although it had
+    been put back to the checkpoint. Now the state goes back to the checkpoint, nothing is
+    decided until a rebalance (or a session timeout), and the eviction keeps the checkpoint's
+    positions, so the next assignment catches up from them."""
+    from kafka.errors import CommitFailedError
+
+    from fds.streams.kafka import _Revoke
+
+    r = _evictable(tmp_path, exactly_once=eos, session_timeout_ms=60_000)
+    if eos:
+        r.producer.refuse = True
+    else:
+
+        def refused(offsets: Any, timeout_ms: int | None = None) -> None:
+            raise CommitFailedError("UnknownMemberIdError")
+
+        r.consumer.commit = refused
+    r._process(batch(3))
+    assert len(r.engine.features.states[0]["c1"][1]) == 3  # back to the checkpoint
+    assert r._positions == {0: 3} and r._unresolved == {0}
+    assert r._awaiting_rejoin(time.monotonic())  # the loop decides nothing meanwhile
+    _Revoke(r).on_partitions_lost([TP])  # kafka-python noticed the eviction
+    assert not r._awaiting_rejoin(time.monotonic())
+    assert r._positions == {0: 3}  # kept: the next assignment catches up, no rebuild
