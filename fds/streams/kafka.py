@@ -1088,7 +1088,10 @@ class Runner:
             if not st.publishing and ck.saves != self._published and not ck.busy():
                 self._published = ck.saves
                 st.start(ck.path.read_bytes())
-            st.step(self._state_producer, chunks=1 << 30 if whole else STATE_CHUNKS_PER_BATCH)
+            if whole:  # a stop: the chunks, then (once acknowledged) the manifest, now
+                st.step(self._state_producer, chunks=1 << 30, flush_s=self._time_left() / 2)
+            else:
+                st.step(self._state_producer, chunks=STATE_CHUNKS_PER_BATCH)
         except (KafkaError, OSError) as exc:  # decisions go on; the next checkpoint is sent
             st.abort()
             log.warning('state topic="%s" publish failed: %s: %s', st.topic,

@@ -76,6 +76,7 @@ class StateTopic:
         last = slot_file.read_text().strip() if slot_file and slot_file.exists() else "b"
         self._slot = "b" if last == "a" else "a"  # the slot the next publish writes
         self._sending: tuple[str, bytes, int] | None = None  # (slot, data, next chunk)
+        self._chunks: list[Any] = []  # send futures of the snapshot's chunks
         self._manifest: tuple[str, Any] | None = None  # (slot, send future) until acknowledged
         self.published = 0
 
@@ -108,11 +109,13 @@ class StateTopic:
         """Give up the snapshot being sent (the next checkpoint is sent instead)."""
         self._sending = None
         self._manifest = None
+        self._chunks = []
 
     def publish(self, producer: Any, data: bytes) -> None:
-        """Send ``data`` (a checkpoint file) whole: its chunks, then its manifest."""
+        """Send ``data`` (a checkpoint file) whole: its chunks, then (once the broker has them
+        all) its manifest."""
         self.start(data)
-        self.step(producer, chunks=1 << 30)
+        self.step(producer, chunks=1 << 30, flush_s=60.0)
 
     def start(self, data: bytes) -> None:
         """Begin sending ``data``; :meth:`step` sends it a few chunks at a time (the producer
@@ -120,10 +123,12 @@ class StateTopic:
         most of it)."""
         self._sending = (self._slot, data, 0)
 
-    def step(self, producer: Any, chunks: int = 8) -> None:
-        """Send up to ``chunks`` more chunks of the snapshot being sent; after its last, its
-        manifest. Not awaited: a lost snapshot is replaced by the next one, and the previous one
-        stays whole meanwhile."""
+    def step(self, producer: Any, chunks: int = 8, *, flush_s: float | None = None) -> None:
+        """Send up to ``chunks`` more chunks of the snapshot being sent; once the broker has
+        acknowledged every chunk, its manifest (a manifest sent before had named a torn slot
+        when a chunk was lost, and the next snapshot then overwrote the only whole one). Not
+        awaited (``flush_s``: wait for the chunks that long, at a stop): a lost snapshot is
+        replaced by the next one, and the previous one stays whole meanwhile."""
         if self._sending is None:
             return
         slot, data, done = self._sending
@@ -131,13 +136,25 @@ class StateTopic:
         n = max(1, -(-len(data) // CHUNK))
         last = min(n, done + chunks)
         for i in range(done, last):
-            producer.send(
-                self.topic, key=f"{self.ident}#{slot}#{i}".encode(),
-                value=data[i * CHUNK : (i + 1) * CHUNK], partition=part,
+            self._chunks.append(
+                producer.send(
+                    self.topic, key=f"{self.ident}#{slot}#{i}".encode(),
+                    value=data[i * CHUNK : (i + 1) * CHUNK], partition=part,
+                )
             )  # fmt: skip
         self._sending = (slot, data, last)
         if last < n:
             return
+        if flush_s is not None:
+            producer.flush(timeout=flush_s)
+        if not all(getattr(f, "is_done", True) for f in self._chunks):
+            return  # the manifest goes with a later step
+        if any(getattr(f, "failed", lambda: False)() for f in self._chunks):
+            log.warning('state topic="%s": a chunk of the snapshot was not written; the next '
+                        "checkpoint is sent instead", self.topic)  # fmt: skip
+            self.abort()  # (the slot stays: the broker's manifest still names the other one)
+            return
+        self._chunks = []
         manifest = {
             "slot": slot,
             "chunks": n,
@@ -167,16 +184,18 @@ class StateTopic:
             reader.seek_to_beginning(tp)
             end = reader.end_offsets([tp])[tp]
             latest: dict[bytes, bytes] = {}
-            prefix = self.ident.encode()
+            mine = self.ident.encode()
+            chunk = mine + b"#"  # (not the chunks of "g/fds-10" for "g/fds-1")
             deadline = time.monotonic() + timeout_s
             while reader.position(tp) < end:
                 if time.monotonic() > deadline:
-                    log.warning('state topic="%s": not read to its end in %.0f s', self.topic,
+                    log.warning('state topic="%s": no progress reading it for %.0f s', self.topic,
                                 timeout_s)  # fmt: skip
                     return None
                 for records in reader.poll(timeout_ms=500, max_records=64).values():
+                    deadline = time.monotonic() + timeout_s  # progress (a large partition)
                     for r in records:
-                        if r.key is not None and r.key.startswith(prefix):
+                        if r.key is not None and (r.key == mine or r.key.startswith(chunk)):
                             latest[r.key] = r.value
         finally:
             reader.close()

@@ -31,6 +31,9 @@ class Topic:
     def send(self, topic: str, *, key: bytes, value: bytes, partition: int) -> None:
         self.parts[partition].append(Record(key, value))
 
+    def flush(self, timeout: float | None = None) -> None:
+        pass
+
     # consumer
     def reader(self) -> Topic.Reader:
         return Topic.Reader(self)
@@ -158,6 +161,10 @@ def test_the_slot_moves_on_only_once_the_broker_has_the_manifest(tmp_path):
             futures.append(Pending())
             return futures[-1]
 
+        def flush(self, timeout: float | None = None) -> None:
+            for f in futures:  # the chunks sent so far are acknowledged
+                f.is_done = True
+
     producer = Producer()
     producer.parts = topic.parts
     st.publish(producer, b"first")
@@ -204,3 +211,52 @@ def test_a_local_checkpoint_that_cannot_be_used_falls_back_to_the_state_topic(tm
     alone = Runner(KafkaSettings(input_topic="transactions", group="g"), Engine(), checkpointer=ck)
     alone._restore()
     assert alone._positions == {} and not ck.path.exists()
+
+
+def test_a_manifest_is_sent_only_once_the_broker_has_every_chunk():
+    """Found by a review: the manifest went out right after the last chunk, unchecked. A chunk
+    lost in an outage (its batch expired) left a manifest naming a torn slot, and the next
+    snapshot overwrote the other slot, the only whole one: nothing could be restored."""
+    st_mod.CHUNK = 10
+
+    class Done:
+        def __init__(self, ok: bool) -> None:
+            self.is_done, self.ok = True, ok
+
+        def failed(self) -> bool:
+            return not self.ok
+
+    class Lossy(Topic):
+        lossy = False
+
+        def send(self, topic: str, *, key: bytes, value: bytes, partition: int) -> Done:
+            if self.lossy and key.endswith(b"#1"):
+                return Done(False)  # the producer says it failed
+            super().send(topic, key=key, value=value, partition=partition)
+            return Done(True)
+
+    topic = Lossy()
+    pub = StateTopic("state", "fds/i0")
+    pub.publish(topic, b"snapshot one is whole and good")
+    topic.lossy = True
+    pub.publish(topic, b"snapshot two: chunk one gets lost")
+    topic.lossy = False
+    assert StateTopic("state", "fds/i0").fetch(topic.reader) == b"snapshot one is whole and good"
+    assert not pub.publishing and pub.published == 1
+    pub.publish(topic, b"snapshot three goes to the slot of two")
+    assert (
+        StateTopic("state", "fds/i0").fetch(topic.reader)
+        == b"snapshot three goes to the slot of two"
+    )
+
+
+def test_an_instance_reads_only_its_own_records_not_those_of_a_longer_id():
+    topic = Topic(n=1)  # every instance on one partition
+    StateTopic("state", "g/fds-1").publish(topic, b"mine")
+    other = StateTopic("state", "g/fds-10")
+    other.publish(topic, b"not mine")
+    kept: list[bytes] = []
+    st = StateTopic("state", "g/fds-1")
+    st._assemble = lambda latest: kept.extend(latest) or b""  # type: ignore[method-assign]
+    st.fetch(topic.reader)
+    assert sorted(kept) == [b"g/fds-1", b"g/fds-1#a#0"]
