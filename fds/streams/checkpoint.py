@@ -30,6 +30,7 @@ True
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import pickle
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 FORMAT = 1
 FILE_NAME = "engine.ckpt"
 MAX_FD = 1 << 16  # descriptors a background writer closes (os.closerange: close_range(2))
+_PR_SET_PDEATHSIG = 1  # prctl(2): the signal a child gets when its parent dies
 
 
 def default_state_dir(group: str, instance: str | None = None) -> Path:
@@ -74,6 +76,15 @@ class Checkpoint:
     offsets: dict[int, int]
     state: dict[str, Any]
     written_at: float
+
+
+def _die_with(parent: int) -> None:
+    """In a forked child: be killed when ``parent`` dies (Linux ``PR_SET_PDEATHSIG``), and
+    leave at once if it already has (between the fork and this call)."""
+    with contextlib.suppress(OSError, AttributeError):  # elsewhere: the checks alone
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 class Checkpointer:
@@ -122,17 +133,22 @@ class Checkpointer:
         if not hasattr(os, "fork"):
             self.save(state(), topic=topic, offsets=offsets)
             return True
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the child: a copy-on-write image of the parent at this instant
             code = 1
             try:
+                # Never outlive the parent: a writer left by a killed instance (kill -9, the
+                # OOM killer) held a copy as large as the instance and renamed its older
+                # state over the checkpoint the restarted instance wrote since.
+                _die_with(parent)
                 # Not the parent's sockets (Kafka connections, the metrics port): a restarted
                 # parent must be able to bind its port while this child still writes.
                 os.closerange(3, MAX_FD)
                 # The lowest CPU priority: on a busy machine the write yields the cores to the
                 # decision loop (and the broker) instead of competing with them.
                 os.nice(19)
-                self._write(state(), topic, offsets)
+                self._write(state(), topic, offsets, alive=lambda: os.getppid() == parent)
                 code = 0
             except BaseException:  # reported to the parent by the exit code
                 pass
@@ -186,7 +202,13 @@ class Checkpointer:
             with contextlib.suppress(OSError):
                 tmp.unlink()
 
-    def _write(self, state: dict[str, Any], topic: str, offsets: dict[int, int]) -> None:
+    def _write(
+        self,
+        state: dict[str, Any],
+        topic: str,
+        offsets: dict[int, int],
+        alive: Callable[[], bool] = lambda: True,
+    ) -> None:
         payload = {
             "format": FORMAT,
             "topic": topic,
@@ -194,7 +216,10 @@ class Checkpointer:
             "state": state,
             "written_at": time.time(),
         }
-        write_atomic(self.path, pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))
+        data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+        if not alive():  # (a background writer whose instance died while it pickled)
+            raise ProcessLookupError("the instance is gone")
+        write_atomic(self.path, data)
 
     def load(self) -> Checkpoint | None:
         """The checkpoint, or ``None`` when there is none.

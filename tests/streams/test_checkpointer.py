@@ -81,3 +81,34 @@ def test_the_background_writer_runs_at_the_lowest_cpu_priority(tmp_path):
     assert ck.save_background(lambda: {"nice": os.nice(0)}, topic="t", offsets={0: 1})
     assert ck.wait(30)
     assert ck.load().state == {"nice": 19} and os.nice(0) == mine  # this process is unchanged
+
+
+def test_a_background_writer_dies_with_its_instance(tmp_path):
+    """Found by a review: the writer of a killed instance (kill -9, the OOM killer) lived on,
+    holding a copy as large as the instance, and renamed its older state over the checkpoint
+    the restarted instance had written since."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from fds.streams.checkpoint import Checkpointer
+
+    repo = Path(__file__).resolve().parents[2]
+    script = f"""
+import os, signal, sys, time
+sys.path.insert(0, {str(repo)!r})
+from fds.streams.checkpoint import Checkpointer
+ck = Checkpointer({str(tmp_path)!r})
+def slow_state():  # a large state pickled at nice 19 on a busy machine
+    time.sleep(1.5)
+    return {{"features": "OLD"}}
+ck.save_background(slow_state, topic="tx", offsets={{0: 50}})
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    old = subprocess.run([sys.executable, "-c", script], timeout=60)
+    assert old.returncode == -9
+    ck = Checkpointer(tmp_path)  # the restarted instance, caught up
+    ck.save({"features": "NEW"}, topic="tx", offsets={0: 100})
+    time.sleep(2.5)  # past the old writer's 1.5 s of pickling (a fixed wait: nothing to poll)
+    got = ck.load()
+    assert got is not None and got.offsets == {0: 100} and got.state == {"features": "NEW"}
