@@ -454,6 +454,7 @@ class Runner:
         self.aligner: Aligner | None = None  # made with the consumer
         self.labels: LabelFeed | None = None  # --labels-topic, made with the consumer
         self._labels_due = True  # re-read the labels topic (start; state caught up or rebuilt)
+        self._labels_retry_at = -math.inf  # after a failed re-read: not before then
         self._input_ms = -math.inf  # record timestamp of the newest input decided
         # Fault injection for the crash tests (RELIABILITY.md tests 1-2): SIGKILL this process
         # after batch N's outputs are sent and acknowledged but before its offsets (or its
@@ -602,18 +603,27 @@ class Runner:
         if feed is None or self._unresolved:
             return
         input_ms = math.inf if idle else self._input_ms
+        now = time.monotonic()
         try:
             if self._labels_due:
-                feed.rewind(
-                    input_ms, timeout_s=self.s.broker_timeout_s, stopping=lambda: self._stop
+                if now < self._labels_retry_at:
+                    return  # the topic could not be read: decisions go on without labels
+                # a retry waits less long: each one holds the decisions back meanwhile
+                timeout = (
+                    self.s.broker_timeout_s if self._labels_retry_at < 0 else LABELS_RETRY_WAIT_S
                 )
+                feed.rewind(input_ms, timeout_s=timeout, stopping=lambda: self._stop)
                 self._labels_due = False
+                self._labels_retry_at = -math.inf
             feed.poll(input_ms)
             if feed.changed:  # (a label read again after a restore changes nothing)
                 self.metrics.feature_labels(feed.changed)
                 feed.changed = 0
-        except (KafkaError, OSError) as exc:  # decisions go on; labels are tried again next time
-            log.warning("labels topic: %s: %s", type(exc).__name__, exc)
+        except (KafkaError, OSError) as exc:  # decisions go on; labels are tried again later
+            if self._labels_due:  # (not every batch: a rewind waits for the topic each time)
+                self._labels_retry_at = now + LABELS_RETRY_S
+            log.warning("labels topic: %s: %s (tried again in %.0f s)", type(exc).__name__, exc,
+                        LABELS_RETRY_S if self._labels_due else 0)  # fmt: skip
 
     def _event_time(self, msg: Any) -> tuple[float, Any]:
         return _event_time(msg, self.s.max_event_ahead_s)
@@ -1452,6 +1462,12 @@ class _Revoke(ConsumerRebalanceListener):
 
 
 # -- the engine of fds run ----------------------------------------------------------------------
+
+# A labels topic that could not be read is tried again this much later, waiting at most
+# LABELS_RETRY_WAIT_S for it (the decisions wait meanwhile; before, every batch waited the whole
+# broker timeout for it).
+LABELS_RETRY_S = 60.0
+LABELS_RETRY_WAIT_S = 5.0
 
 # Registry polling period of the scorer: a version published by `fds train` serves within ~1 s.
 MODEL_POLL_S = 1.0

@@ -840,3 +840,34 @@ def test_after_a_refused_commit_nothing_is_decided_until_the_group_is_rejoined(t
     _Revoke(r).on_partitions_lost([TP])  # kafka-python noticed the eviction
     assert not r._awaiting_rejoin(time.monotonic())
     assert r._positions == {0: 3}  # kept: the next assignment catches up, no rebuild
+
+
+def test_a_labels_topic_that_cannot_be_read_does_not_hold_every_batch(caplog, monkeypatch):
+    """Found by a review: after a failed re-read of the labels topic every batch tried again
+    and waited the whole broker timeout for it (one batch per broker_timeout_s)."""
+    from fds.features import FeaturePlan
+    from fds.rules.ruleset import FeatureSpec
+    from fds.streams.label_feed import LabelFeed
+    from tests.streams.test_label_feed import FakeConsumer, label
+
+    class Stuck(FakeConsumer):  # its partition's leader is away: fetches return nothing
+        def poll(self, timeout_ms: int = 0, max_records: int | None = None) -> dict:
+            time.sleep(timeout_ms / 1000)
+            return {}
+
+    spec = FeatureSpec(name="m", entity="merchant_id", agg="fraud_count", window="7d")
+    plan = FeaturePlan([spec], timezone="UTC")
+    r = Runner(KafkaSettings(broker_timeout_s=1), Engine(features=plan))
+    r.labels = LabelFeed(Stuck([label(0, "t0", -800)]), "labels", plan)
+    with caplog.at_level("WARNING", logger="fds.streams.kafka"):
+        r._apply_labels(idle=False)  # waits the broker timeout once, then gives up
+    assert "tried again in 60 s" in caplog.text
+    t = time.monotonic()
+    for _ in range(3):  # the next batches are not held
+        r._apply_labels(idle=False)
+    assert time.monotonic() - t < 0.5
+    monkeypatch.setattr("fds.streams.kafka.LABELS_RETRY_WAIT_S", 0.2)
+    r._labels_retry_at = 0.0  # a minute later: tried again, waiting less long
+    t = time.monotonic()
+    r._apply_labels(idle=False)
+    assert time.monotonic() - t < 0.9 and r._labels_due
