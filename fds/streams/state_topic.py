@@ -15,10 +15,13 @@ topic is compacted, so it keeps the newest record per key)::
     key "<group>/<instance>"             -> manifest {slot, chunks, size, sha256, signature,
                                             written_at}, sent after its chunks
 
-Snapshots alternate between two slots, ``a`` and ``b``: a crash mid-publish overwrites chunks of
-the slot the current manifest does not name, so the previous snapshot stays whole. The slot last
-published is kept in a small file beside the checkpoint (``slot_file``) so that a restarted
-instance goes on alternating. A snapshot is
+Snapshots rotate over three slots, ``a``, ``b`` and ``c``: a publish writes a slot that neither
+the last manifest the broker acknowledged nor the last one sent (which it may have received)
+names, so a crash mid-publish leaves the snapshot the broker's manifest names whole, whatever
+the broker got. Both slots are kept in a small file beside the checkpoint (``slot_file``),
+written *before* a manifest is sent, so that a restarted instance knows them too (with two
+slots and the file written once the manifest was acknowledged, an instance killed in between
+wrote its next snapshot over the one the broker named). A snapshot is
 restored only when its chunks join to the manifest's sha256 -- and its HMAC-SHA256 signature
 when ``FDS_MODEL_KEY`` is set, as for model artifacts (whoever can write to the topic could
 otherwise make ``fds run`` unpickle what they like) -- else a warning, and the state is rebuilt
@@ -46,6 +49,8 @@ __all__ = ["CHUNK", "StateTopic"]
 
 log = logging.getLogger(__name__)
 
+#: Chunk slots a snapshot rotates over (see the module docstring).
+SLOTS = ("a", "b", "c")
 #: Bytes per chunk record: below the broker's default 1 MB message limit with room to spare.
 CHUNK = 512 * 1024
 
@@ -73,8 +78,10 @@ class StateTopic:
         env = os.environ.get(KEY_ENV)
         self.key = key if key is not None else (env.encode() if env else None)
         self.slot_file = slot_file
-        last = slot_file.read_text().strip() if slot_file and slot_file.exists() else "b"
-        self._slot = "b" if last == "a" else "a"  # the slot the next publish writes
+        # the slots the broker's manifest may name: the last acknowledged, the last sent
+        known = slot_file.read_text().split() if slot_file and slot_file.exists() else []
+        known = [k for k in known if k in SLOTS][:2] or ["c"]
+        self._acked, self._sent = known[0], known[-1]
         self._sending: tuple[str, bytes, int] | None = None  # (slot, data, next chunk)
         self._chunks: list[Any] = []  # send futures of the snapshot's chunks
         self._manifest: tuple[str, Any] | None = None  # (slot, send future) until acknowledged
@@ -89,21 +96,31 @@ class StateTopic:
         self._confirm()
         return self._sending is not None or self._manifest is not None
 
+    @property
+    def _slot(self) -> str:
+        """The slot the next publish writes: after the last one sent, named by no manifest
+        the broker may hold."""
+        i = SLOTS.index(self._sent)
+        return next(
+            x for x in SLOTS[i + 1 :] + SLOTS[: i + 1] if x not in (self._acked, self._sent)
+        )
+
+    def _save_slots(self) -> None:
+        if self.slot_file is not None:
+            write_atomic(self.slot_file, f"{self._acked} {self._sent}".encode())
+
     def _confirm(self) -> None:
-        """Once the broker has the manifest, the next snapshot goes to the other slot (and the
-        slot file says so); if the manifest was lost, the next one reuses this slot, which
-        the broker's manifest still does not name."""
+        """Once the broker has acknowledged the manifest, its slot is the one named. A manifest
+        that failed may still have landed: its slot stays avoided."""
         m = self._manifest
         if m is None or not getattr(m[1], "is_done", True):
             return
         self._manifest = None
         if getattr(m[1], "failed", lambda: False)():
             return
-        slot = m[0]
-        self._slot = "b" if slot == "a" else "a"
+        self._acked = m[0]
         self.published += 1
-        if self.slot_file is not None:
-            write_atomic(self.slot_file, slot.encode())
+        self._save_slots()
 
     def abort(self) -> None:
         """Give up the snapshot being sent (the next checkpoint is sent instead)."""
@@ -155,6 +172,8 @@ class StateTopic:
             self.abort()  # (the slot stays: the broker's manifest still names the other one)
             return
         self._chunks = []
+        self._sent = slot
+        self._save_slots()  # before the manifest: a restart must know the broker may name it
         manifest = {
             "slot": slot,
             "chunks": n,
@@ -218,5 +237,5 @@ class StateTopic:
                 "from the input instead", self.ident, self.topic, type(exc).__name__, exc,
             )  # fmt: skip
             return None
-        self._slot = "b" if m["slot"] == "a" else "a"  # never overwrite the snapshot just read
+        self._acked = self._sent = m["slot"]  # never overwrite the snapshot just read
         return data
