@@ -620,10 +620,11 @@ class Runner:
                 self.metrics.feature_labels(feed.changed)
                 feed.changed = 0
         except (KafkaError, OSError) as exc:  # decisions go on; labels are tried again later
-            if self._labels_due:  # (not every batch: a rewind waits for the topic each time)
+            when = "at the next batch"
+            if self._labels_due:  # (not every batch: a re-read waits for the topic each time)
                 self._labels_retry_at = now + LABELS_RETRY_S
-            log.warning("labels topic: %s: %s (tried again in %.0f s)", type(exc).__name__, exc,
-                        LABELS_RETRY_S if self._labels_due else 0)  # fmt: skip
+                when = f"in {LABELS_RETRY_S:.0f} s"
+            log.warning("labels topic: %s: %s (tried again %s)", type(exc).__name__, exc, when)
 
     def _event_time(self, msg: Any) -> tuple[float, Any]:
         return _event_time(msg, self.s.max_event_ahead_s)
