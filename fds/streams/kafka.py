@@ -1360,11 +1360,18 @@ class Runner:
         the broker went away mid-transaction), and its other calls held a stop for the whole
         ``broker_timeout_s``; the call left behind is abandoned with the process."""
         call = _Call(fn)
-        started = logged = time.monotonic()
+        started = logged = stepped = time.monotonic()
         while True:
             if call.done.wait(WAIT_STEP_S):
                 return call.result()
             now = time.monotonic()
+            frozen = now - stepped - WAIT_STEP_S
+            stepped = now
+            if frozen > FROZEN_S:  # this process was stopped (SIGSTOP, a frozen VM), not the
+                deadline += frozen  # broker silent: that time is not the broker's (a chaos run)
+                started += frozen
+                log.warning("%s: fds run was stopped for %.0f s (not counted as waiting for "
+                            "Kafka)", what, frozen)  # fmt: skip
             if self._stop and self._time_left() <= self.s.shutdown_timeout_s / 2:
                 raise BrokerUnavailable(
                     f"stopping as asked: {what} still had no answer from Kafka at "
@@ -1381,6 +1388,10 @@ class Runner:
                 logged = now
                 log.warning("%s waiting for Kafka at %s (%.0f s of %.0f s)", what,
                             self.s.bootstrap, now - started, deadline - started)  # fmt: skip
+
+
+# A wait step that took this much longer than WAIT_STEP_S: the process itself was stopped.
+FROZEN_S = 5.0
 
 
 class _Call:

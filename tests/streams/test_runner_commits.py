@@ -871,3 +871,26 @@ def test_a_labels_topic_that_cannot_be_read_does_not_hold_every_batch(caplog, mo
     t = time.monotonic()
     r._apply_labels(idle=False)
     assert time.monotonic() - t < 0.9 and r._labels_due
+
+
+def test_time_the_process_was_stopped_is_not_counted_against_the_broker(monkeypatch, caplog):
+    """Found by a chaos run: fds run stopped (SIGSTOP) for 20 s while a transactional call
+    waited logged "waiting for Kafka (20 s of 60 s)" with the broker up; a longer stop would
+    have been taken for a broker outage and ended the run."""
+    import threading
+
+    real = time.monotonic
+    jump = {"by": 0.0}
+    monkeypatch.setattr(time, "monotonic", lambda: real() + jump["by"])
+    r = make_runner(broker_timeout_s=10)
+    answered = threading.Event()
+
+    def call() -> str:
+        answered.wait(0.2)
+        jump["by"] = 100.0  # the process is stopped for 100 s while the call waits ...
+        answered.wait(1.2)  # ... and the broker answers a second after it goes on
+        return "ok"
+
+    with caplog.at_level("WARNING", logger="fds.streams.kafka"):
+        assert r._waited("send_offsets_to_transaction", call, time.monotonic() + 10) == "ok"
+    assert "fds run was stopped for" in caplog.text
