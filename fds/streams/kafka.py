@@ -1370,6 +1370,7 @@ class Runner:
             if frozen > FROZEN_S:  # this process was stopped (SIGSTOP, a frozen VM), not the
                 deadline += frozen  # broker silent: that time is not the broker's (a chaos run)
                 started += frozen
+                logged = now
                 log.warning("%s: fds run was stopped for %.0f s (not counted as waiting for "
                             "Kafka)", what, frozen)  # fmt: skip
             if self._stop and self._time_left() <= self.s.shutdown_timeout_s / 2:
