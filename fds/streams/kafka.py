@@ -429,6 +429,7 @@ class Runner:
         # until it has rejoined every batch would be refused again (six in a row in a chaos
         # run). Nothing is decided until a rebalance or a session timeout since then.
         self._evicted: tuple[float, int] | None = None  # (when, rebalances then)
+        self._rewind = False  # ... and the consumer goes back to the committed offsets
         self._closing = False  # run() is closing the clients: the listener leaves state alone
         self._stop_by: float | None = None  # monotonic deadline of a stop's work
         self._ckpt_at = -math.inf  # the first commit writes the first checkpoint
@@ -939,6 +940,7 @@ class Runner:
             self._abandon()
             if self.checkpointer is not None:  # caught up from it, not rebuilt from scratch
                 self._restart_restore("a commit refused after an eviction")
+                self._rewind = True
             self._evicted = (time.monotonic(), self._rebalances)
             return False
         return True
@@ -1128,10 +1130,24 @@ class Runner:
         """Bring the state up to the committed offsets of the assigned partitions, before the
         first batch after an assignment is decided."""
         parts, self._unresolved = self._unresolved, set()
-        if self.checkpointer is not None and parts:
-            self._bring_up_to_date([TopicPartition(self.s.input_topic, p) for p in sorted(parts)])
+        if self.checkpointer is None or not parts:
+            return
+        tps = [TopicPartition(self.s.input_topic, p) for p in sorted(parts)]
+        committed = self._bring_up_to_date(tps)
+        if self._rewind and not self._unresolved and not self._stop:
+            # After a refused commit: the group consumer goes back to the committed offsets
+            # the state now covers. A rejoin that lost the generation did that already; one
+            # that did not (a rebalance in progress, or none within the session timeout)
+            # kept its positions, and the records between were neither decided nor folded.
+            self._rewind = False
+            if self.aligner is not None:
+                self.aligner.forget(tps)  # (first: it seeks to what it held)
+            for tp, c in committed.items():
+                if c is not None:
+                    with contextlib.suppress(Exception):  # no longer assigned: not ours
+                        self.consumer.seek(tp, c)
 
-    def _bring_up_to_date(self, tps: list[Any]) -> None:
+    def _bring_up_to_date(self, tps: list[Any]) -> dict[Any, int | None]:
         """Fold what the group decided below its committed offsets into the state (state only,
         no output), so that deciding resumes exactly where the group left off.
 
@@ -1152,13 +1168,13 @@ class Runner:
             tp: c for tp, c in committed.items() if c is not None and c != pos.get(tp.partition)
         }
         if not behind:
-            return
+            return committed
         restart = not self._live and all(
             tp.partition in pos and pos[tp.partition] <= c for tp, c in behind.items()
         )
         if not restart and not self._rebuild:  # such partitions start from the state as it is
             pos.update({tp.partition: c for tp, c in behind.items()})
-            return
+            return committed
         t0 = time.monotonic()
         reader = self._consumer_factory(
             **self.s.client_config(),
@@ -1202,14 +1218,14 @@ class Runner:
                 if self._stop:  # SIGTERM mid-way: the state is partial, nothing is kept of it
                     pos.clear()
                     log.info("%s interrupted by a stop; the next start does it again", what)
-                    return
+                    return committed
                 self._fold(tx)
                 if self._rebuild and not i & 255 and time.monotonic() >= answer_at:
                     self._keep_alive()
                     answer_at = time.monotonic() + KEEPALIVE_S
                     if self._rebalances != rebalances:
                         self._restart_restore(f"{what} interrupted by a rebalance")
-                        return
+                        return committed
         finally:
             self._restoring = False
             with contextlib.suppress(Exception):
@@ -1224,6 +1240,8 @@ class Runner:
         self._live = False  # a restore is not input decided: a repeat assignment may catch up
         self._ahead = False
         self._labels_due = True  # labels applied before may be missing from the folded state
+        self._input_ms = -math.inf  # what is decided next may be older: its labels wait for it
+        return committed
 
     def _keep_alive(self) -> None:
         """Poll the group consumer once in the middle of a long restore. A rebalance the group
@@ -1253,6 +1271,9 @@ class Runner:
         self._follow_only(assigned)
         self._live = self._ahead = False
         self._labels_due = True
+        # the records decided since the checkpoint are decided again: labels produced before
+        # the newest of them wait for their transaction (else: unmatched, lost for good)
+        self._input_ms = -math.inf
         self._unresolved |= assigned
         log.info("%s; restoring the state again for partitions %s", why,
                  sorted(self._unresolved))  # fmt: skip

@@ -509,7 +509,10 @@ def _up(
                 where=str(ddir),
             )
     props = ddir / "server.properties"
-    props.write_text(render_properties(port, controller_port, ddir / "kraft", secure))
+    fd = os.open(props, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # (key store password)
+    with os.fdopen(fd, "w") as f:
+        f.write(render_properties(port, controller_port, ddir / "kraft", secure))
+    props.chmod(0o600)  # a file made before by an older kit
     if not formatted:
         _format(java, lib, props, log_file, secure)
         (ddir / "kit.json").write_text(

@@ -146,3 +146,10 @@ def test_a_refused_client_is_told_why_not_that_the_broker_is_down(
         p = fds("kafka", "topics", *argv, "--broker-timeout", "8", "--prefix",
                 unique_name("t") + ".", env=env)  # fmt: skip
         assert p.returncode == 1 and says in p.stderr, p.stderr[-2000:]
+
+
+def test_the_secrets_are_readable_by_their_owner_only(secure):
+    ddir = secure.keystore.parent.parent
+    for path in (ddir / "server.properties", ddir / "secure.json"):  # key store / SCRAM password
+        assert path.stat().st_mode & 0o077 == 0, path
+    assert secure.password not in (ddir / "server.properties").read_text()

@@ -894,3 +894,75 @@ def test_time_the_process_was_stopped_is_not_counted_against_the_broker(monkeypa
     with caplog.at_level("WARNING", logger="fds.streams.kafka"):
         assert r._waited("send_offsets_to_transaction", call, time.monotonic() + 10) == "ok"
     assert "fds run was stopped for" in caplog.text
+
+
+def test_a_label_of_an_aborted_transaction_waits_for_it_to_be_decided_again(tmp_path):
+    """Found by a review: after an aborted transaction the state went back to the checkpoint
+    but the input's newest time did not, so the labels re-read found the aborted records'
+    transactions unknown and counted their labels unmatched, lost for good."""
+    import orjson
+
+    from fds.features import FeaturePlan
+    from fds.rules.ruleset import FeatureSpec
+    from fds.streams.checkpoint import Checkpointer
+    from fds.streams.label_feed import LabelFeed
+    from tests.streams.test_label_feed import FakeConsumer, Rec
+
+    t0 = int(time.time()) - 100
+
+    def merchant_batch(start: int) -> list[tuple[Any, Any, Any]]:
+        out = []
+        for i in range(start, start + 3):
+            tx = parse_transaction(
+                {"tx_id": f"t{i}", "ts": t0 + i, "card_id": "c1", "merchant_id": "m",
+                 "amount": 5.0}
+            )  # fmt: skip
+            out.append((TP, Record("transactions", 0, i, (t0 + i) * 1000, b"c1", b"{}"), tx))
+        return out
+
+    spec = FeatureSpec(name="m_frauds", entity="merchant_id", agg="fraud_count", window="7d")
+    plan = FeaturePlan([spec], timezone="UTC")
+    r = Runner(
+        KafkaSettings(exactly_once=True, checkpoint_in_background=False),
+        Engine(features=plan),
+        checkpointer=Checkpointer(tmp_path),
+    )
+    r.consumer, r.producer = SeekingConsumer(), TxProducer()
+    # t4's label was produced half a second after t4, before t5 (the batch's newest record)
+    body = orjson.dumps({"tx_id": "t4", "ts": t0 + 4, "is_fraud": True})
+    r.labels = LabelFeed(FakeConsumer([Rec("labels", 0, 0, (t0 + 4) * 1000 + 500, body)]),
+                         "labels", plan)  # fmt: skip
+    r._labels_due = False
+    r._process(merchant_batch(0))
+    r.producer.refuse = True
+    r._process(merchant_batch(3))  # refused: aborted, the state back to the checkpoint
+    r.consumer.committed = lambda tp, timeout_ms=None: 3  # what the group holds
+    r._restore_assigned()  # the loop: the state caught up to it, then the labels re-read
+    r._apply_labels(idle=False)  # ... before t3..t5 are decided again
+    r.producer.refuse = False
+    r._process(merchant_batch(3))  # decided again
+    r._apply_labels(idle=False)
+    later = {"tx_id": "t9", "ts": t0 + 9, "merchant_id": "m", "card_id": "c9"}
+    assert plan.unmatched_labels == 0 and plan.compute(later)["m_frauds"] == 1
+
+
+def test_at_least_once_the_consumer_goes_back_to_the_commit_after_a_refused_one(tmp_path):
+    """Found by a review: after a refused commit the state went back to the checkpoint and was
+    caught up to the committed offsets, but the consumer was not sought back; a rejoin that
+    keeps the positions (a rebalance in progress, or none within the session timeout) left the
+    records between neither decided again nor folded."""
+    from kafka.errors import CommitFailedError
+
+    r = _evictable(tmp_path)
+    r.aligner = Aligner(r.consumer, r._event_time)
+
+    def refused(offsets: Any, timeout_ms: int | None = None) -> None:
+        raise CommitFailedError("RebalanceInProgressError")
+
+    r.consumer.commit = refused
+    r.consumer.committed = lambda tp, timeout_ms=None: 3  # what the group holds
+    r._process(batch(3))
+    r.aligner.add({TP: records(6)})  # fetched meanwhile
+    r._restore_assigned()  # the loop, before the next batch
+    assert r.consumer.seeks[-1] == (TP, 3) and not len(r.aligner)
+    assert not r._rewind
