@@ -205,7 +205,10 @@ def unreachable(s: KafkaSettings, exc: BaseException, errors: ClientErrors) -> B
     return BrokerUnavailable(
         f"cannot reach Kafka at {s.bootstrap} within {s.broker_timeout_s:.0f} s "
         f"({type(exc).__name__}: {exc}); "
-        + errors.hint("check --bootstrap and that the broker is up (`fds kafka status`)")
+        + errors.hint(
+            "check --bootstrap and that the broker is up (`fds kafka status`)",
+            s.security_protocol,
+        )
     )
 
 

@@ -109,3 +109,7 @@ def test_client_errors_name_the_refusal_not_an_unreachable_broker():
     assert errors.last == "[Error 58] SaslAuthenticationFailedError: invalid credentials"
     assert errors.hint("is it up?").startswith("the broker refused the login")
     assert ClientErrors().hint("is it up?") == "is it up?"
+    dropped = ClientErrors()
+    dropped.last = "KafkaConnectionError: socket disconnected"
+    assert "during the login" in dropped.hint("is it up?", "SASL_SSL")
+    assert "spoken to in PLAINTEXT" in dropped.hint("is it up?", "PLAINTEXT")
