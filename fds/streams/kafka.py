@@ -940,13 +940,30 @@ class Runner:
                 "commit refused (%s): evicted from the group; the batches decided since the "
                 "last commit are decided again after the group is rejoined", exc,
             )  # fmt: skip
-            self._abandon()
-            if self.checkpointer is not None:  # caught up from it, not rebuilt from scratch
-                self._restart_restore("a commit refused after an eviction")
-                self._rewind = True
-            self._evicted = (time.monotonic(), self._rebalances)
+            self._back_to_checkpoint("a commit refused after an eviction")
+            self._rewind = self.checkpointer is not None
             return False
         return True
+
+    def _back_to_checkpoint(self, why: str) -> None:
+        """After an eviction refused a commit: nothing of the state past it is trusted; it goes
+        back to the checkpoint (caught up from it before the next decision, not rebuilt from
+        scratch) and nothing is decided until the group is rejoined."""
+        self._abandon()
+        if self.checkpointer is not None:
+            self._restart_restore(why)
+        self._evicted = (time.monotonic(), self._rebalances)
+
+    def _seek_back(self, offsets: Mapping[Any, int | None]) -> None:
+        """Send the group consumer back to ``offsets``, dropping what the aligner held of those
+        partitions first (its forget seeks to what it held). A partition no longer assigned is
+        not ours any more."""
+        if self.aligner is not None:
+            self.aligner.forget(list(offsets))
+        for tp, offset in offsets.items():
+            if offset is not None:
+                with contextlib.suppress(Exception):
+                    self.consumer.seek(tp, offset)
 
     def _abort_and_rewind(self, batch: list[tuple[Any, Any, Any]], exc: BaseException) -> None:
         """Exactly-once: the group refused the batch's offsets because this instance was
@@ -976,16 +993,8 @@ class Runner:
         first: dict[Any, int] = {}
         for tp, msg, _ in batch:
             first.setdefault(tp, msg.offset)
-        if self.aligner is not None:  # read after the batch: fetched again after the seek
-            self.aligner.forget(list(first))  # (first: it seeks to what it held)
-        assigned = self.consumer.assignment()
-        for tp, offset in first.items():
-            if tp in assigned:  # else a rejoin has already moved it to the committed offset
-                with contextlib.suppress(Exception):
-                    self.consumer.seek(tp, offset)
-        self._abandon()
-        self._restart_restore("the aborted transaction")
-        self._evicted = (time.monotonic(), self._rebalances)
+        self._seek_back(first)
+        self._back_to_checkpoint("the aborted transaction")
 
     def _fold(self, tx: Mapping[str, Any]) -> None:
         self.stats.caught_up += 1
@@ -1143,12 +1152,7 @@ class Runner:
             # that did not (a rebalance in progress, or none within the session timeout)
             # kept its positions, and the records between were neither decided nor folded.
             self._rewind = False
-            if self.aligner is not None:
-                self.aligner.forget(tps)  # (first: it seeks to what it held)
-            for tp, c in committed.items():
-                if c is not None:
-                    with contextlib.suppress(Exception):  # no longer assigned: not ours
-                        self.consumer.seek(tp, c)
+            self._seek_back(committed)
 
     def _bring_up_to_date(self, tps: list[Any]) -> dict[Any, int | None]:
         """Fold what the group decided below its committed offsets into the state (state only,

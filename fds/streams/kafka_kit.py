@@ -44,6 +44,7 @@ from typing import Any
 import yaml
 
 from fds.errors import ConfigError, FdsError
+from fds.models.registry import write_atomic
 
 __all__ = [
     "DEFAULT_CONTROLLER_PORT",
@@ -278,11 +279,9 @@ def _make_secure(ddir: Path, port: int) -> Secure:
     the data dir's own, made with the JDK's keytool."""
     tls = ddir / "tls"
     tls.mkdir(mode=0o700, exist_ok=True)
-    path = ddir / "secure.json"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"port": port, "password": secrets.token_urlsafe(18),
-                   "store_password": secrets.token_urlsafe(18)}, f)  # fmt: skip
+    secret = {"port": port, "password": secrets.token_urlsafe(18),
+              "store_password": secrets.token_urlsafe(18)}  # fmt: skip
+    write_atomic(ddir / "secure.json", json.dumps(secret).encode())  # (mkstemp: 0600)
     sec = secure_listener(ddir)
     assert sec is not None
     keytool = str(Path(_java()).with_name("keytool"))
@@ -514,11 +513,8 @@ def _up(
                 "`fds kafka down --wipe` to start afresh",
                 where=str(ddir),
             )
-    props = ddir / "server.properties"
-    fd = os.open(props, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # (key store password)
-    with os.fdopen(fd, "w") as f:
-        f.write(render_properties(port, controller_port, ddir / "kraft", secure))
-    props.chmod(0o600)  # a file made before by an older kit
+    props = ddir / "server.properties"  # 0600 (mkstemp): it holds the key store password
+    write_atomic(props, render_properties(port, controller_port, ddir / "kraft", secure).encode())
     if not formatted:
         _format(java, lib, props, log_file, secure)
         (ddir / "kit.json").write_text(
