@@ -70,7 +70,6 @@ import pickle
 import signal
 import socket
 import sys
-import threading
 import time
 import weakref
 from collections import deque
@@ -98,7 +97,7 @@ from fds.schema import dead_letter, dumps, loads, parse_transaction
 from fds.streams.align import Aligner, fetched_to
 from fds.streams.checkpoint import Checkpoint, Checkpointer, default_state_dir
 from fds.streams.files import ColumnMapping, LabelColumn, load_mapping, read_records
-from fds.streams.kafka_kit import ClientErrors
+from fds.streams.kafka_kit import Call, ClientErrors
 from fds.streams.label_feed import LabelFeed, reads_labels
 from fds.streams.rebuild import horizon_seconds, read_merged, start_offsets
 from fds.streams.state_topic import StateTopic
@@ -203,9 +202,10 @@ def unreachable(s: KafkaSettings, exc: BaseException, errors: ClientErrors) -> B
     """The error for clients that could not bootstrap: what failed and what to check (a
     refused login or TLS handshake, from the client's log, else the address and the broker)."""
     return BrokerUnavailable(
-        f"cannot reach Kafka at {s.bootstrap} within {s.broker_timeout_s:.0f} s "
-        f"({type(exc).__name__}: {exc}); "
-        + errors.hint(
+        errors.explain(
+            exc,
+            s.bootstrap,
+            f"cannot reach Kafka at {s.bootstrap} within {s.broker_timeout_s:.0f} s",
             "check --bootstrap and that the broker is up (`fds kafka status`)",
             s.security_protocol,
         )
@@ -523,9 +523,9 @@ class Runner:
         try:
             # kafka-python bootstraps in the constructors: an unreachable broker fails here.
             with ClientErrors() as errors:
-                self.consumer = self._consumer_factory(**consumer_cfg)
-                self.producer = self._producer_factory(**producer_cfg)
-                self.consumer.bootstrap(timeout_ms=timeout_ms)
+                self.consumer = errors.connect(lambda: self._consumer_factory(**consumer_cfg))
+                self.producer = errors.connect(lambda: self._producer_factory(**producer_cfg))
+                errors.connect(lambda: self.consumer.bootstrap(timeout_ms=timeout_ms))
         except (KafkaError, OSError) as exc:
             raise unreachable(s, exc, errors) from exc
         if s.exactly_once:
@@ -1387,7 +1387,7 @@ class Runner:
         for the broker without any time limit (``fds run --exactly-once`` hung for good when
         the broker went away mid-transaction), and its other calls held a stop for the whole
         ``broker_timeout_s``; the call left behind is abandoned with the process."""
-        call = _Call(fn)
+        call = Call(fn)
         started = logged = stepped = time.monotonic()
         while True:
             if call.done.wait(WAIT_STEP_S):
@@ -1421,31 +1421,6 @@ class Runner:
 
 # A wait step that took this much longer than WAIT_STEP_S: the process itself was stopped.
 FROZEN_S = 5.0
-
-
-class _Call:
-    """``fn()`` on a daemon thread of its own (one that never returns must not keep the
-    process from exiting, as a pool's worker would): ``done`` is set with its outcome."""
-
-    def __init__(self, fn: Callable[[], Any]) -> None:
-        self.fn = fn
-        self.done = threading.Event()
-        self._out: Any = None
-        self._exc: BaseException | None = None
-        threading.Thread(target=self._run, name="fds-broker-call", daemon=True).start()
-
-    def _run(self) -> None:
-        try:
-            self._out = self.fn()
-        except BaseException as exc:  # handed to the waiting thread
-            self._exc = exc
-        finally:
-            self.done.set()
-
-    def result(self) -> Any:
-        if self._exc is not None:
-            raise self._exc
-        return self._out
 
 
 class _Revoke(ConsumerRebalanceListener):
@@ -1621,13 +1596,13 @@ def produce_file(
     timeout_ms = int(settings.broker_timeout_s * 1000)
     try:
         with ClientErrors() as errors:
-            producer = KafkaProducer(
+            producer = errors.connect(lambda: KafkaProducer(
                 **settings.client_config(), acks="all", linger_ms=5,
                 bootstrap_timeout_ms=timeout_ms, max_block_ms=timeout_ms,
                 # a record waits for a broker that went away as long as --broker-timeout says
                 # (the default 2 minutes dropped records of an outage longer than that)
                 delivery_timeout_ms=max(timeout_ms, 120_000),
-            )  # fmt: skip
+            ))  # fmt: skip
     except (KafkaError, OSError) as exc:
         raise unreachable(settings, exc, errors) from exc
     topic = topic or settings.input_topic

@@ -34,12 +34,13 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -50,7 +51,9 @@ __all__ = [
     "DEFAULT_CONTROLLER_PORT",
     "DEFAULT_PORT",
     "KAFKA_VERSION",
+    "Call",
     "ClientErrors",
+    "ClientRefused",
     "KitStatus",
     "Secure",
     "create_topics",
@@ -87,6 +90,39 @@ KIT_DIR = Path(os.environ.get("FDS_KAFKA_KIT", _REPO_ROOT / "streams" / "kafka")
 TOPICS_FILE = _REPO_ROOT / "streams" / "topics.yaml"
 
 
+T = TypeVar("T")
+
+
+class Call:
+    """``fn()`` on a daemon thread of its own (one that never returns must not keep the
+    process from exiting, as a pool's worker would): ``done`` is set with its outcome."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+        self.done = threading.Event()
+        self._out: Any = None
+        self._exc: BaseException | None = None
+        threading.Thread(target=self._run, name="fds-broker-call", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self._out = self.fn()
+        except BaseException as exc:  # handed to the waiting thread
+            self._exc = exc
+        finally:
+            self.done.set()
+
+    def result(self) -> Any:
+        if self._exc is not None:
+            raise self._exc
+        return self._out
+
+
+class ClientRefused(ConnectionError):
+    """The broker refused the client in a way no retry changes (:meth:`ClientErrors.connect`).
+    An ``OSError``, like the other ways a connection fails."""
+
+
 class ClientErrors(logging.Handler):
     """``with ClientErrors() as errors:`` keeps the reason of the last connection kafka-python
     saw fail meanwhile. A TLS handshake or a SASL login the broker refused surfaces only as a
@@ -102,15 +138,25 @@ class ClientErrors(logging.Handler):
     _REASON = re.compile(
         r"(?:Bootstrap connection to \S+|Connection) failed: (.*?)(?: \(backoff .*\))?$"
     )
+    # Reasons no retry changes: the broker refused the login, the client does not trust the
+    # broker's certificate (or its name), a TLS port answered a PLAINTEXT client. (A dropped
+    # connection or a TLS handshake cut short is also what a broker going down looks like.)
+    _FINAL = ("AuthenticationFailed", "certificate verify failed", "Invalid frame length")
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
         self.last: str | None = None
+        self.refusal: str | None = None  # the first reason in _FINAL seen
 
     def emit(self, record: logging.LogRecord) -> None:
         m = self._REASON.search(record.getMessage())
-        if m and not (self.last and self._telling(self.last)):  # a refusal outranks the
-            self.last = m.group(1)  # disconnects around it
+        if m is None:
+            return
+        why = m.group(1)
+        if self.refusal is None and any(k in why for k in self._FINAL):
+            self.refusal = why
+        if not (self.last and self._telling(self.last)):  # a refusal outranks the
+            self.last = why  # disconnects around it
 
     @staticmethod
     def _telling(why: str) -> bool:
@@ -122,6 +168,27 @@ class ClientErrors(logging.Handler):
 
     def __exit__(self, *_: Any) -> None:
         logging.getLogger("kafka").removeHandler(self)
+
+    def connect(self, make: Callable[[], T]) -> T:
+        """``make()``, a kafka-python client's constructor (it bootstraps, retrying until its
+        ``bootstrap_timeout_ms``), on a :class:`Call`; given up at once with
+        :class:`ClientRefused` when the client logs a refusal no retry changes (``_FINAL``):
+        a wrong password used to wait the whole broker timeout (60 s by default) before it was
+        named. The abandoned constructor ends at its own timeout."""
+        call = Call(make)
+        while not call.done.wait(0.05):
+            if self.refusal is not None:
+                raise ClientRefused(f"Kafka refused the client: {self.refusal}")
+        return call.result()
+
+    def explain(
+        self, exc: BaseException, bootstrap: str, failed: str, default: str, protocol: str
+    ) -> str:
+        """The error of a client that could not connect to ``bootstrap``: refused (what the
+        broker refused), else ``failed`` with the client's exception; then :meth:`hint`."""
+        if isinstance(exc, ClientRefused):
+            return f"Kafka at {bootstrap} refused the client: " + self.hint(default, protocol)
+        return f"{failed} ({type(exc).__name__}: {exc}); " + self.hint(default, protocol)
 
     def hint(self, default: str, protocol: str = "PLAINTEXT") -> str:
         """What to check, from the last failure and the client's ``security_protocol``: the
@@ -659,11 +726,15 @@ def create_topics(
 
     try:
         with ClientErrors() as errors:
-            admin = KafkaAdminClient(bootstrap_servers=bootstrap, **(client_config or {}))
+            admin = errors.connect(
+                lambda: KafkaAdminClient(bootstrap_servers=bootstrap, **(client_config or {}))
+            )
     except (KafkaError, OSError) as exc:
         raise FdsError(
-            f"cannot reach Kafka at {bootstrap} to create topics ({type(exc).__name__}: {exc}); "
-            + errors.hint(
+            errors.explain(
+                exc,
+                bootstrap,
+                f"cannot reach Kafka at {bootstrap} to create topics",
                 "start the kit's broker (`fds kafka up`) or give --bootstrap",
                 (client_config or {}).get("security_protocol", "PLAINTEXT"),
             )

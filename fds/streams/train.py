@@ -264,7 +264,7 @@ class TrainService:
         timeout_ms = int(s.broker_timeout_s * 1000)
         try:
             with ClientErrors() as errors:
-                self.consumer = KafkaConsumer(
+                self.consumer = errors.connect(lambda: KafkaConsumer(
                     **s.client_config(),
                     group_id=s.group,
                     enable_auto_commit=False,
@@ -272,12 +272,12 @@ class TrainService:
                     max_poll_records=s.max_poll_records,
                     isolation_level="read_committed",  # decisions of committed transactions
                     bootstrap_timeout_ms=timeout_ms,
-                )
+                ))  # fmt: skip
                 if self.models_topic:
-                    self.producer = KafkaProducer(
+                    self.producer = errors.connect(lambda: KafkaProducer(
                         **s.client_config(), acks="all", bootstrap_timeout_ms=timeout_ms,
                         max_request_size=16 << 20, max_block_ms=min(timeout_ms, 10_000),
-                    )  # fmt: skip
+                    ))  # fmt: skip
         except (KafkaError, OSError) as exc:
             raise unreachable(s, exc, errors) from exc
         self.consumer.subscribe(list(self.topics), listener=_Seek(self))

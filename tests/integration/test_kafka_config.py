@@ -113,3 +113,39 @@ def test_client_errors_name_the_refusal_not_an_unreachable_broker():
     dropped.last = "KafkaConnectionError: socket disconnected"
     assert "during the login" in dropped.hint("is it up?", "SASL_SSL")
     assert "spoken to in PLAINTEXT" in dropped.hint("is it up?", "PLAINTEXT")
+
+
+def test_a_final_refusal_ends_the_connect_at_once_a_drop_does_not():
+    """``ClientErrors.connect`` gives up on a client constructor (which retries until its
+    bootstrap timeout) as soon as it logs a refusal no retry changes; a drop keeps waiting."""
+    import logging
+    import threading
+
+    from fds.streams.kafka_kit import ClientErrors, ClientRefused
+
+    manager = logging.getLogger("kafka.net.manager")
+    release = threading.Event()
+
+    def constructor(*reasons: str):
+        def make() -> str:
+            for why in reasons:
+                manager.warning("Bootstrap connection to bootstrap-0 failed: %s", why)
+            release.wait(60)  # retrying, as kafka-python does until its timeout
+            return "client"
+
+        return make
+
+    with ClientErrors() as errors, pytest.raises(ClientRefused, match="certificate verify"):
+        why = "KafkaConnectionError: Handshake failed: [SSL: CERTIFICATE_VERIFY_FAILED] " + (
+            "certificate verify failed"
+        )
+        errors.connect(constructor(why))
+    with ClientErrors() as errors, pytest.raises(ClientRefused, match="frame length"):
+        errors.connect(constructor("InvalidReceiveError: Invalid frame length: 352518912"))
+    release.set()  # the abandoned constructors end
+    release.clear()
+    with ClientErrors() as errors:
+        threading.Timer(0.3, release.set).start()
+        assert errors.connect(constructor("KafkaConnectionError: socket disconnected")) == "client"
+    msg = errors.explain(ClientRefused("x"), "h:1", "cannot reach Kafka at h:1", "up?", "SSL")
+    assert msg.startswith("Kafka at h:1 refused the client: ")
