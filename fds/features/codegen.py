@@ -77,7 +77,9 @@ def cat(v: Any) -> Any:
 def _var(k: str, sub: str | None) -> str:
     """The local that :func:`_reads` binds to transaction field ``k`` (``extra.sub``) as an
     entity or categorical value (:func:`cat`); ``"n" + _var(...)`` holds it as a number."""
-    return f"f_{k}" if sub is None else f"e_{len(sub)}_{sub.encode().hex()}"
+    if sub is None:  # a field name that is no identifier (``card-id``) is spelt in hex
+        return f"f_{k}" if k.isidentifier() and k.isascii() else f"h_{k.encode().hex()}"
+    return f"e_{len(sub)}_{sub.encode().hex()}"
 
 
 def _reads(cgs: Any) -> list[str]:
@@ -127,24 +129,29 @@ def _body(cg: Any, var: dict[str, str]) -> list[str]:
     a("    prev = ts[-1] if idx else _NEG_INF")
     a("    ts.append(t)")
     squared = {fi for sums in cg.i_sum for fi, _s1, s2, _n in sums if s2 >= 0}
+    stds = [  # (window, field, name) of every std: checked for lost precision (_rebase)
+        (wi, fi, name) for wi, *_w, feats in cg.windows for agg, name, fi, _slot in feats
+        if agg == "std"
+    ]  # fmt: skip
+    for fi in sorted({fi for _wi, fi, _name in stds}):
+        a(f"    rb{fi} = 0")
     for fi, (k, sub) in enumerate(cg.nums):
         a(f"    x{fi} = n{_var(k, sub)}")
         a(f"    num{fi} = st[{cg.i_num[fi]}]")
         a(f"    num{fi}.append(x{fi})")
         if cg.sums[fi]:  # the new value's deviation from the entity's shift (0 when missing)
             a(f"    k{fi} = st[{cg.i_shift[fi]}]")
+            a(f"    kk{fi} = k{fi} * k{fi}")
             a(f"    if x{fi} == x{fi}:")
             a(f"        d{fi} = x{fi} - k{fi}")
             if fi in squared:
                 a(f"        dd{fi} = d{fi} * d{fi}")
-            if cg.counted[fi]:
-                a(f"        o{fi} = 1")
+            a(f"        o{fi} = 1")
             a("    else:")
             a(f"        d{fi} = 0.0")
             if fi in squared:
                 a(f"        dd{fi} = 0.0")
-            if cg.counted[fi]:
-                a(f"        o{fi} = 0")
+            a(f"        o{fi} = 0")
     for ci, (k, sub) in enumerate(cg.cats):
         a(f"    v{ci} = {_var(k, sub)}")
         a(f"    cat{ci} = st[{cg.i_cat[ci]}]")
@@ -174,12 +181,13 @@ def _body(cg: Any, var: dict[str, str]) -> list[str]:
             a(f"            st[{i1}] = 0.0")
             if i2 >= 0:
                 a(f"            st[{i2}] = 0.0")
-            if i_n >= 0:
-                a(f"            st[{i_n}] = 0")
+            a(f"            st[{i_n}] = 0")
         for slot, _fi, _mx in mono:
             a(f"            del st[{cg.i_mono[slot]}][:]")
         a("    elif ts[h] <= cut:")
         if per_entry:
+            if sums:
+                a("        lost = 0")
             a("        while ts[h] <= cut:")
             for slot, ci in ctrs:
                 off = f" - co{ci}" if cg.i_coff[ci] >= 0 else ""
@@ -198,15 +206,23 @@ def _body(cg: Any, var: dict[str, str]) -> list[str]:
                 a(f"            x = num{fi}[h]")
                 a("            if x == x:")
                 a(f"                d = x - k{fi}")
-                a(f"                st[{i1}] -= d")
+                a(f"                s = st[{i1}] = st[{i1}] - d")
+                a("                dd = d * d")
                 if i2 >= 0:
-                    a(f"                st[{i2}] -= d * d")
-                if i_n >= 0:
-                    a(f"                st[{i_n}] -= 1")
+                    a(f"                q = st[{i2}] = st[{i2}] - dd")
+                    a(f"                if not dd <= _DRIFT * q + kk{fi}:")
+                else:
+                    a(f"                if not dd <= _DRIFT2 * s * s + kk{fi}:")
+                a("                    lost = 1")
+                a(f"                st[{i_n}] -= 1")
             a("            h += 1")
         else:
             a("        h = _bisect_right(ts, cut, h)")
         a(f"        st[{cg.i_head[wi]}] = h")
+        if per_entry and sums:  # sums recomputed exactly: see _exact
+            a("        if lost:")
+            for fi, i1, i2, i_n in sums:
+                a(f"            _exact(num{fi}, k{fi}, h, idx, st, {i1}, {i2}, {i_n})")
         for slot, _fi, _mx in mono:
             a(f"        m = st[{cg.i_mono[slot]}]")
             a("        while m and m[0] < h:")
@@ -229,10 +245,7 @@ def _body(cg: Any, var: dict[str, str]) -> list[str]:
             a(f"    s{fi} = st[{i1}] = st[{i1}] + d{fi}")
             if i2 >= 0:
                 a(f"    q{fi} = st[{i2}] = st[{i2}] + dd{fi}")
-            if i_n >= 0:
-                a(f"    m{fi} = st[{i_n}] = st[{i_n}] + o{fi}")
-            else:  # ``amount`` is a required field: every entry counts
-                a(f"    m{fi} = idx + 1 - h")
+            a(f"    m{fi} = st[{i_n}] = st[{i_n}] + o{fi}")
         for agg, name, fi, slot in feats:
             o = var[name]
             if agg == "count":
@@ -247,7 +260,9 @@ def _body(cg: Any, var: dict[str, str]) -> list[str]:
             elif agg == "std":
                 a(f"    if m{fi}:")
                 a(f"        var = (q{fi} - s{fi} * s{fi} / m{fi}) / m{fi}")
-                a(f"        {o} = _sqrt(var) if var > 0.0 else 0.0")
+                a(f"        {o} = _std(var)")
+                a(f"        if var * _DRIFT < q{fi} / m{fi} and m{fi} > 1:")
+                a(f"            rb{fi} = {cg.i_head[wi]}")
             elif agg in ("min", "max"):
                 a(f"    m = st[{cg.i_mono[slot]}]")
                 a("    if m:")
@@ -258,6 +273,19 @@ def _body(cg: Any, var: dict[str, str]) -> list[str]:
                 a(f"    {o} = st[{cg.i_nf[slot]}]")
             elif agg == "fraud_rate":
                 a(f"    {o} = st[{cg.i_nf[slot]}] / (idx + 1 - h)")
+    for fi in sorted({fi for _wi, fi, _name in stds}):  # rebased: every std again
+        sums = tuple(
+            (cg.i_head[wi], *ss[1:]) for wi, per in enumerate(cg.i_sum) for ss in per
+            if ss[0] == fi
+        )  # fmt: skip
+        a(f"    if rb{fi}:")
+        a(f"        _rebase(st, num{fi}, {cg.i_shift[fi]}, rb{fi}, {sums!r})")
+        for wi, f2, name in stds:
+            if f2 != fi:
+                continue
+            ((_fi, i1, i2, i_n),) = (x for x in cg.i_sum[wi] if x[0] == fi)
+            a(f"        mm = st[{i_n}]")
+            a(f"        {var[name]} = _std((st[{i2}] - st[{i1}] * st[{i1}] / mm) / mm)")
     # Categorical columns kept shorter than the log: cut once every window has advanced (a
     # window later in this body may still expire values the cut would drop), when the
     # longest window counting the column is _CUT_SLACK values past its first one.
@@ -274,8 +302,8 @@ def assign_slots(cg: Any) -> None:
 
     ``[key, ts, <per numeric field: values, shift (if summed)>, <per categorical field: values,
     offset (if kept shorter than the log)>, <known-fraud flags (fraud groups)>, <per window:
-    head>, <per window and summed field: running sum, sum of squares (std), present-value count
-    (fields other than amount)>, <per min/max slot: candidates>, <per counter slot: dict>, <per
+    head>, <per window and summed field: running sum, sum of squares (std), present-value
+    count>, <per min/max slot: candidates>, <per counter slot: dict>, <per
     fraud slot: count>]``. One list instead of an object holding a dozen small lists: far fewer
     containers for the cyclic garbage collector to visit (columns of numbers and min/max
     candidates are arrays, and a dict of strings and ints, like a counter, is not tracked by it
@@ -310,9 +338,9 @@ def assign_slots(cg: Any) -> None:
         sums = []
         for fi, squares in w.sums.items():
             i2 = i + 1 if squares else -1
-            i_n = i + 1 + squares if cg.counted[fi] else -1
+            i_n = i + 1 + squares
             sums.append((fi, i, i2, i_n))
-            i += 1 + squares + cg.counted[fi]
+            i += 2 + squares
         cg.i_sum.append(tuple(sums))
     cg.i_mono = list(range(i, i + g.n_mono))
     i += g.n_mono
@@ -349,6 +377,8 @@ def build_fused(
         a(f"    {' = '.join(f'kf{gi}' for gi in fraud)} = None")
     ns: dict[str, Any] = {}
     lines += ["    " + line for line in _reads(cgs)]
+    if fraud:  # read before any state changes (a missing tx_id fails here)
+        a("    tx_id = tx['tx_id']")
     for gi, cg in enumerate(cgs):
         ns[f"_S{gi}"] = states[gi]
         ns[f"_new{gi}"] = cg.new_state
@@ -369,11 +399,11 @@ def build_fused(
         a(f"            if ts[0] <= wm - {cg.trim_lag!r}:")
         a(f"                _trim({gi}, st, wm - {cg.keep!r})")
         if cg.fraud and len(fraud) == 1:
-            a("        _remember(tx['tx_id'], t, st[0])")
+            a("        _remember(tx_id, t, st[0])")
         elif cg.fraud:
             a(f"        kf{gi} = st[0]")
     if len(fraud) > 1:
-        a(f"    _remember(tx['tx_id'], t, ({', '.join(f'kf{gi}' for gi in fraud)},))")
+        a(f"    _remember(tx_id, t, ({', '.join(f'kf{gi}' for gi in fraud)},))")
     a(f"    return {{{', '.join(f'{name!r}: {v}' for name, v in var.items())}}}")
     source = "\n".join(lines) + "\n"
     namespace = {**_namespace(), **ns, **helpers}
@@ -391,9 +421,56 @@ def _cut_column(ts: Any, col: list[Any], st: list[Any], i_off: int, horizon: flo
         st[i_off] = k
 
 
+# Running sums subtract what leaves a window, so a value far larger than the rest leaves its
+# rounding behind (a 1e17 amount passing through a card of single-digit amounts left its sum
+# off by 7, and 1e160 overflowed its squares into NaN: a review found it). A leave that takes
+# a sum of squares down by more than this factor (its square root for a plain sum), and is
+# larger than the shift itself, has the window's sums recomputed exactly (_exact): at most 20
+# of the 52 bits are lost before that. A std whose variance is this much below the second
+# moment about the shift (the shift far from the window's values: a merchant's first amount
+# 2e9, then amounts around 10,000, gave 25.7 for 29.6) has the shift moved to the window's
+# mean (_rebase). Both are rare: amounts of one magnitude never trigger them.
+_DRIFT = float(2**20)
+_DRIFT2 = _DRIFT * _DRIFT
+
+
+def _exact(col: Any, k: float, h: int, end: int, st: list[Any], i1: int, i2: int, i_n: int) -> None:
+    """Recompute one window's running sums from the log: deviations from the shift ``k`` of
+    ``col[h:end]``, missing values skipped, summed exactly (``math.fsum``)."""
+    ds = [x - k for x in col[h:end] if x == x]
+    st[i1] = math.fsum(ds)
+    if i2 >= 0:
+        st[i2] = math.fsum([d * d for d in ds])
+    st[i_n] = len(ds)
+
+
+def _rebase(st: list[Any], col: Any, i_shift: int, i_head: int, sums: Any) -> None:
+    """Move a numeric field's shift to the mean of the window whose head is ``st[i_head]``
+    and recompute every window's sums of that field (``sums``: (head, sum, squares, count)
+    slots) exactly."""
+    vals = [x for x in col[st[i_head] :] if x == x]
+    if vals:
+        k = st[i_shift] = math.fsum(vals) / len(vals)
+        for head, i1, i2, i_n in sums:
+            _exact(col, k, st[head], len(col), st, i1, i2, i_n)
+
+
+def _std(var: float) -> float:
+    """The standard deviation for a computed variance: 0 for rounding below zero, infinite
+    when the squares overflowed (a value beyond ~1e154 in the window)."""
+    if var > 0.0:
+        return math.sqrt(var)
+    return 0.0 if var == var else math.inf
+
+
 def _namespace() -> dict[str, Any]:
     return {
         "_NEG_INF": -math.inf,
+        "_DRIFT": _DRIFT,
+        "_DRIFT2": _DRIFT2,
+        "_exact": _exact,
+        "_rebase": _rebase,
+        "_std": _std,
         "_EMPTY": {},
         "_num": num,
         "_intern": sys.intern,
@@ -433,8 +510,8 @@ def build_new_state(cg: Any) -> Callable[[Any, Any], list[Any]]:
         parts.append("bytearray()")
     parts += ["0"] * len(g.windows)
     for sums in cg.i_sum:
-        for _fi, _i1, i2, i_n in sums:
-            parts += ["0.0"] + ["0.0"] * (i2 >= 0) + ["0"] * (i_n >= 0)
+        for _fi, _i1, i2, _n in sums:
+            parts += ["0.0"] + ["0.0"] * (i2 >= 0) + ["0"]
     parts += ["_A('q')"] * g.n_mono
     parts += ["{}"] * g.n_counters
     parts += ["0"] * g.n_fraud

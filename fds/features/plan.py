@@ -51,6 +51,7 @@ from fds.errors import ConfigError
 from fds.features.calendar import DayClock
 from fds.features.codegen import (
     TS,
+    _exact,
     assign_slots,
     build_fused,
     build_new_state,
@@ -65,7 +66,7 @@ __all__ = ["FeaturePlan"]
 
 NAN = math.nan
 # Checkpoint format version: bump when the pickled state layout changes.
-_FORMAT = 3
+_FORMAT = 4
 # The log may hold this fraction of the longest window beyond what is needed before it is
 # trimmed: trimming then happens once per 1/16 window per entity (amortised O(1) per event)
 # at a memory cost of at most ~6 % extra entries.
@@ -123,9 +124,6 @@ class _CompiledGroup:
         self.nums = tuple(_split(f) for f in g.num_fields)
         self.cats = tuple(_split(f) for f in g.cat_fields)
         self.sums = tuple(g.num_sums)
-        self.counted = tuple(
-            s and f != "amount" for s, f in zip(g.num_sums, g.num_fields, strict=True)
-        )
         self.fraud = g.has_fraud
         self.longest = g.longest
         self.names = tuple(f.name for f in g.features)
@@ -214,6 +212,7 @@ class FeaturePlan:
         self.watermark = -math.inf
         self.late_events = 0  # beyond grace: decided on current state, flagged
         self.reordered_events = 0  # within grace: inserted in order
+        self._reordered_tx: Any = None  # the last of them (counted once for all its groups)
         self.evicted_entities = 0
         self.unmatched_labels = 0
         self._sweep_at = [-math.inf for _ in self._groups]  # event time of each group's sweep
@@ -229,7 +228,9 @@ class FeaturePlan:
         groups = self._groups
 
         def reorder(gi: int, st: list[Any], t: float, tx: Mapping[str, Any], out: dict) -> None:
-            self.reordered_events += 1
+            if tx is not self._reordered_tx:  # once per event, not per entity group
+                self._reordered_tx = tx
+                self.reordered_events += 1
             self._brute(groups[gi], st, t, tx, out)
             self._insert(groups[gi], st, t, tx)
 
@@ -269,14 +270,17 @@ class FeaturePlan:
                     self._brute(cg, self.states[gi].get(v), t, tx, out)
             out["_flags"] = ["late"]
             return out
+        # The state moves only once the event is folded in: an input the generated code
+        # cannot read (a missing tx_id, ``extra`` not a mapping) raises before any change.
+        out = self._run(tx, t, t if t > wm else wm)
         if t > wm:
-            self.watermark = wm = t
+            self.watermark = t
             if t >= self._next_label_expiry:
                 self._expire_labels()
         self._accepted += 1
         if self._accepted >= self._sweep_after:
             self._sweep()
-        return self._run(tx, t, wm)
+        return out
 
     # ------------------------------------------------------------------ rare paths
     def _brute(
@@ -343,20 +347,7 @@ class FeaturePlan:
                 st[cg.i_head[wi]] += 1
             h = st[cg.i_head[wi]]
             for fi, i1, i2, i_n in cg.i_sum[wi]:  # recomputed exactly from the log
-                k = st[cg.i_shift[fi]]
-                s1 = s2 = 0.0
-                m = 0
-                for x in st[cg.i_num[fi]][h:]:
-                    if x == x:
-                        d = x - k
-                        s1 += d
-                        s2 += d * d
-                        m += 1
-                st[i1] = s1
-                if i2 >= 0:
-                    st[i2] = s2
-                if i_n >= 0:
-                    st[i_n] = m
+                _exact(st[cg.i_num[fi]], st[cg.i_shift[fi]], h, len(ts), st, i1, i2, i_n)
             for slot, fi, is_max in mono:  # positions moved: rebuild from the log
                 col = st[cg.i_num[fi]]
                 lst: list[int] = []

@@ -49,8 +49,11 @@ NUM_AGGS = frozenset({"sum", "mean", "min", "max", "std"})
 #: Aggregates over a categorical field (value counters).
 CAT_AGGS = frozenset({"distinct", "seen"})
 CALENDAR_DAY = "calendar_day"
-# The longest local day (a DST fall-back day lasts 25 h); retention for calendar windows.
-CALENDAR_DAY_MAX_SECONDS = 25 * 3600.0
+# Retention for calendar windows: longer than any local day. A DST fall-back day lasts 25 h,
+# but Antarctica/Troll has 26-hour days and Antarctica/Casey had 27-hour ones (25 h trimmed a
+# day's first entries while the day still counted them: a review found it); 48 h leaves room
+# for any offset change of up to a day.
+CALENDAR_DAY_MAX_SECONDS = 48 * 3600.0
 
 
 @dataclass(slots=True)

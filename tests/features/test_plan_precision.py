@@ -1,0 +1,109 @@
+"""Cases a second differential review found (each failed before its fix): rounding left in
+running sums by a value far larger than the others, a shift far from the window's values, a
+missing ``amount`` counted, a day longer than 25 hours, a state moved by an input that then
+failed, and field names that are not identifiers."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from types import SimpleNamespace as S
+
+import pytest
+
+from fds.features import FeaturePlan
+
+H = 3600.0
+
+
+def moments(window: str = "1h", entity: str = "card_id") -> FeaturePlan:
+    return FeaturePlan(
+        [S(name=a, entity=entity, agg=a, field="amount", window=window)
+         for a in ("sum", "mean", "std")],
+        grace=0,
+    )  # fmt: skip
+
+
+def run(plan: FeaturePlan, events: list[tuple[float, float | None]], **fields) -> list[dict]:
+    return [
+        plan.compute({"tx_id": f"t{i}", "ts": t, "card_id": "c", "amount": a, **fields})
+        for i, (t, a) in enumerate(events)
+    ]
+
+
+@pytest.mark.parametrize("big", [1e17, 1e160])
+def test_a_huge_value_leaves_no_rounding_behind_when_it_leaves(big):
+    out = run(moments(), [(0, 5.0), (10, big), (20, 1.0), (30, 2.0), (H + 15, 4.0)])
+    assert out[2]["std"] == (math.inf if big > 1e154 else pytest.approx(big * math.sqrt(2) / 3))
+    assert out[-1]["sum"] == 7.0  # the window (15, 3615] holds 1, 2, 4
+    assert out[-1]["mean"] == pytest.approx(7 / 3, rel=1e-12)
+    assert out[-1]["std"] == pytest.approx(statistics.pstdev([1.0, 2.0, 4.0]), rel=1e-12)
+
+
+def test_a_first_value_far_from_the_rest_does_not_cost_the_std_its_precision():
+    """The shift is the entity's first value: 2e9 ahead of amounts around 10,000 left a std of
+    25.7 for 29.6, for as long as the merchant stayed active."""
+    plan = moments("1h", entity="merchant_id")
+    amounts = [2e9] + [10_000.0 + (i * 7919 % 101) - 50 for i in range(1, 4000)]
+    out = [
+        plan.compute({"tx_id": f"t{i}", "ts": float(i), "merchant_id": "m", "amount": a})
+        for i, a in enumerate(amounts)
+    ]
+    inside = amounts[4000 - 3600 :]  # (399, 3999]
+    assert out[-1]["std"] == pytest.approx(statistics.pstdev(inside), rel=1e-9)
+    assert out[-1]["mean"] == pytest.approx(statistics.mean(inside), rel=1e-12)
+    assert out[100]["std"] == pytest.approx(statistics.pstdev(amounts[:101]), rel=1e-9)
+
+
+def test_a_missing_amount_is_skipped_like_any_missing_value():
+    out = run(moments(), [(0, 10.0), (1, None), (2, 20.0)])
+    assert out[1] == {"sum": 10.0, "mean": 10.0, "std": 0.0}
+    assert out[2] == {"sum": 30.0, "mean": 15.0, "std": 5.0}
+
+
+def test_a_26_hour_local_day_keeps_its_first_entries():
+    """Antarctica/Troll's day of 2024-10-27 lasts 26 h: trimming at 25 h dropped its first
+    payment while the day still counted it (and its max candidate pointed at another)."""
+    start, end = 1729980000.0, 1730073600.0  # local midnight to midnight, 26 h
+    plan = FeaturePlan(
+        [S(name="n", entity="card_id", agg="count", field=None, window="calendar_day"),
+         S(name="mx", entity="card_id", agg="max", field="amount", window="calendar_day")],
+        timezone="Antarctica/Troll", grace=0, sweep_min_events=1,
+    )  # fmt: skip
+    out = run(plan, [(start - H, 1.0), (start + 600, 50.0), (end - 1200, 5.0), (end - 600, 2.0)])
+    assert out[-1] == {"n": 3, "mx": 50.0}
+
+
+def test_an_input_that_fails_leaves_the_state_as_it_was():
+    plan = FeaturePlan(
+        [S(name="n", entity="card_id", agg="count", field=None, window="1h"),
+         S(name="s", entity="extra.shop", agg="count", field=None, window="1h"),
+         S(name="f", entity="card_id", agg="fraud_count", field=None, window="1h")],
+    )  # fmt: skip
+    plan.compute({"tx_id": "a", "ts": 1000.0, "card_id": "c", "amount": 1.0})
+    with pytest.raises(AttributeError):  # ``extra`` not a mapping, an hour ahead
+        plan.compute({"tx_id": "b", "ts": 90000.0, "card_id": "c", "extra": ["x"]})
+    with pytest.raises(KeyError):  # no tx_id (a fraud group remembers it)
+        plan.compute({"ts": 1001.0, "card_id": "c", "amount": 1.0})
+    assert plan.watermark == 1000.0
+    out = plan.compute({"tx_id": "c", "ts": 1010.0, "card_id": "c", "amount": 1.0})
+    assert out == {"n": 2, "s": None, "f": 0}  # not late, the failed ones not counted
+
+
+def test_field_names_need_not_be_identifiers():
+    plan = FeaturePlan(
+        [S(name="n", entity="card-id", agg="count", field=None, window="1h"),
+         S(name="m", entity="kärte", agg="sum", field="amt-x", window="1h")],
+    )  # fmt: skip
+    assert plan.compute({"tx_id": "x", "ts": 2.0, "card-id": "c", "kärte": "k", "amt-x": 3}) == {
+        "n": 1, "m": 3.0,
+    }  # fmt: skip
+
+
+def test_an_event_reordered_in_several_groups_counts_once():
+    plan = FeaturePlan(
+        [S(name="n", entity="card_id", agg="count", field=None, window="1h"),
+         S(name="m", entity="merchant_id", agg="count", field=None, window="1h")],
+    )  # fmt: skip
+    run(plan, [(100.0, 1.0), (50.0, 1.0)], merchant_id="m")
+    assert plan.reordered_events == 1
