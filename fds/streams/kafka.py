@@ -419,6 +419,9 @@ class Runner:
         self._unresolved: set[int] = set()
         self._rebalances = 0  # listener calls so far: a restore that sees one starts again
         self._restoring = False  # folding a restore: the state is ahead of _positions
+        # Partitions were revoked or lost and no assignment has come since: a join is under
+        # way, and consumer.assignment() still names the old partitions (eager protocol).
+        self._joining = False
         # A partition the state has not followed (no checkpoint yet, or it moved here from
         # another instance) gets the state rebuilt from the input, all partitions merged in
         # event time, from the feature horizon up to the group's committed offsets.
@@ -1126,6 +1129,7 @@ class Runner:
         """Note the new assignment; the state is brought up to date before its first batch
         (the group consumer itself starts at the committed offsets)."""
         self._rebalances += 1
+        self._joining = False
         mine = {tp.partition for tp in assigned if tp.topic == self.s.input_topic}
         self._unresolved = set(mine)
         # Eager assignment (kafka-python's default): ``assigned`` is the whole new assignment.
@@ -1272,10 +1276,18 @@ class Runner:
         self.engine.load_state_dict(_without_model(pickle.loads(self._fresh_state)))
         self._positions.clear()
         self._restore(model=False)
-        assigned = {
-            tp.partition for tp in self.consumer.assignment() if tp.topic == self.s.input_topic
-        }
-        self._follow_only(assigned)
+        if self._joining:
+            # The group's answer has not come: restoring the old partitions meanwhile kept
+            # this member from polling, so it never finished joining (a leader asked the
+            # group to rebalance again at every keep-alive poll, a follower was evicted: a
+            # chaos run saw 49 rebalances in 106 s). The loop polls until the assignment.
+            assigned: set[int] = set()
+        else:
+            assigned = {
+                tp.partition for tp in self.consumer.assignment()
+                if tp.topic == self.s.input_topic
+            }  # fmt: skip
+            self._follow_only(assigned)
         self._live = self._ahead = False
         self._labels_due = True
         # the records decided since the checkpoint are decided again: labels produced before
@@ -1283,7 +1295,7 @@ class Runner:
         self._input_ms = -math.inf
         self._unresolved |= assigned
         log.info("%s; restoring the state again for partitions %s", why,
-                 sorted(self._unresolved))  # fmt: skip
+                 sorted(self._unresolved) if not self._joining else "assigned next")  # fmt: skip
 
     def _report(self) -> None:
         """About once a second: the lag of every assigned partition (records not decided yet),
@@ -1462,6 +1474,7 @@ class _Revoke(ConsumerRebalanceListener):
     def _forget(self, tps: Any) -> None:
         runner = self.runner
         runner._rebalances += 1
+        runner._joining = True
         for tp in tps:
             runner._unresolved.discard(tp.partition)
             runner._decided.pop(tp, None)  # taken back later: its lag starts from the commit

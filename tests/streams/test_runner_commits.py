@@ -520,6 +520,39 @@ def test_a_rebuild_answers_a_rebalance_and_starts_again_for_the_new_assignment(
     assert r.checkpointer.path.exists()
 
 
+def test_a_rebuild_cut_short_by_a_join_waits_for_the_assignment_not_the_old_partitions(
+    tmp_path, monkeypatch
+):
+    """The keep-alive poll revoked the partitions and the join was not answered yet: the
+    restore started again at once for the partitions consumer.assignment() still named, and
+    its keep-alive polls never let the join finish (a leader asked for a new rebalance at each
+    of them, a follower was evicted: 49 rebalances in 106 s in a chaos run)."""
+    from fds.streams import kafka
+
+    monkeypatch.setattr(kafka, "KEEPALIVE_S", 0.0)
+
+    class Joining(Group):
+        polls = 0
+
+        def poll(self, timeout_ms=0, max_records=None):
+            Joining.polls += 1
+            if Joining.polls == 1:  # the keep-alive poll: a rebalance starts, no answer yet
+                kafka._Revoke(r).on_partitions_revoked({TP})
+            if Joining.polls == 2:  # the loop's next poll: the group's answer
+                kafka._Revoke(r).on_partitions_assigned({TP})
+            return {}
+
+        def assignment(self):
+            return {TP}  # the eager protocol still names the revoked partitions
+
+    r = rebuilding_runner(tmp_path, Reader(records(0, 10), per_poll=1), Joining())
+    r._bring_up_to_date([TP])
+    assert Joining.polls == 1 and r._unresolved == set() and r._joining
+    assert r.engine.features.state_sizes()["card_id"] == 0  # the partial state is gone
+    r.consumer.poll()
+    assert r._unresolved == {0} and not r._joining  # restored for what the group assigned
+
+
 def test_a_rebuild_that_no_rebalance_interrupts_polls_and_finishes(tmp_path, monkeypatch):
     from fds.streams import kafka
 
