@@ -1,3 +1,5 @@
+import sys
+
 import orjson
 import pytest
 
@@ -165,3 +167,25 @@ def test_quiet_logs_warnings_only(history, tmp_path):
     assert logging.getLogger("fds").level == logging.WARNING
     main(["replay", str(tmp_path / "nope.jsonl")])
     assert logging.getLogger("fds").level == logging.INFO
+
+
+@pytest.mark.parametrize("command", ["run", "train"])
+def test_a_sigterm_while_a_service_starts_ends_it_with_code_0(command):
+    """SIGTERM in the first seconds of `fds run` (imports, engine) killed it by the signal
+    (exit 143) although nothing had been consumed."""
+    import subprocess
+
+    code = (
+        "import os, signal, sys\n"
+        "from fds import cli\n"
+        "build = cli.build_parser\n"
+        "def starting():\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)  # arrives while the service starts\n"
+        "    return build()\n"
+        "cli.build_parser = starting\n"
+        f"sys.argv = ['fds', '--log-format', 'json', {command!r}, '--bootstrap', '127.0.0.1:1']\n"
+        "sys.exit(cli.main())\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "stopped by signal 15 while starting" in p.stderr
