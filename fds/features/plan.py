@@ -20,7 +20,9 @@ How (see the README, "Features" for the full account):
 Every window is exact (no bucketing, long windows included). Sums are running sums of
 deviations from the entity's first value, so they carry floating-point rounding like any
 running total (relative error ~1e-12 at simulator amounts; reset to exact zeros whenever the
-window empties, recomputed exactly after an out-of-order insert).
+window empties, recomputed exactly after an out-of-order insert, after a leave that cancelled
+most of a sum, and with a new shift when ``std`` lost precision to a far shift: see
+``codegen._DRIFT``).
 
 >>> from types import SimpleNamespace as S
 >>> plan = FeaturePlan([
