@@ -210,9 +210,9 @@ def _body(cg: Any, var: dict[str, str]) -> list[str]:
                 a("                dd = d * d")
                 if i2 >= 0:
                     a(f"                q = st[{i2}] = st[{i2}] - dd")
-                    a(f"                if not dd <= _DRIFT * q + kk{fi}:")
+                    a(f"                if not dd <= {_DRIFT!r} * q + kk{fi}:")
                 else:
-                    a(f"                if not dd <= _DRIFT2 * s * s + kk{fi}:")
+                    a(f"                if not dd <= {_DRIFT2!r} * s * s + kk{fi}:")
                 a("                    lost = 1")
                 a(f"                st[{i_n}] -= 1")
             a("            h += 1")
@@ -261,7 +261,7 @@ def _body(cg: Any, var: dict[str, str]) -> list[str]:
                 a(f"    if m{fi}:")
                 a(f"        var = (q{fi} - s{fi} * s{fi} / m{fi}) / m{fi}")
                 a(f"        {o} = _std(var)")
-                a(f"        if var * _DRIFT < q{fi} / m{fi} and m{fi} > 1:")
+                a(f"        if var * {_DRIFT!r} < q{fi} / m{fi} and m{fi} > 1:")
                 a(f"            rb{fi} = {cg.i_head[wi]}")
             elif agg in ("min", "max"):
                 a(f"    m = st[{cg.i_mono[slot]}]")
@@ -466,8 +466,6 @@ def _std(var: float) -> float:
 def _namespace() -> dict[str, Any]:
     return {
         "_NEG_INF": -math.inf,
-        "_DRIFT": _DRIFT,
-        "_DRIFT2": _DRIFT2,
         "_exact": _exact,
         "_rebase": _rebase,
         "_std": _std,

@@ -151,31 +151,59 @@ def load_mapping(path: str | os.PathLike[str]) -> ColumnMapping:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"mapping file not found: {p}")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark else str(p)
-        raise ConfigError(f"not valid YAML: {getattr(e, 'problem', e)}", where=where) from None
+    data = read_yaml(p)
     if not isinstance(data, dict):
         raise ConfigError("a mapping file is a YAML mapping with 'fields:'", where=str(p))
     try:
         return ColumnMapping.model_validate(data)
     except pydantic.ValidationError as e:
-        err = e.errors()[0]
-        keys = [str(k) for k in err["loc"] if isinstance(k, str)]
-        line = next((n for k in reversed(keys) if (n := _line_of(p, k))), None)
-        loc = ".".join(str(x) for x in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden" and len(err["loc"]) == 1:
-            known = list(ColumnMapping.model_fields)
-            close = difflib.get_close_matches(str(err["loc"][0]), known, n=1)
-            msg = f"unknown key: {'did you mean ' + repr(close[0]) + '? ' if close else ''}" + (
-                f"a mapping has {', '.join(known)}"
-            )
-        raise ConfigError(f"{loc}: {msg}", where=f"{p}:{line}" if line else str(p)) from None
+        raise invalid(p, e, ColumnMapping, "a mapping") from None
     except ConfigError as e:
         raise ConfigError(str(e), where=str(p)) from None
+
+
+def read_yaml(p: Path) -> Any:
+    """The YAML document of file ``p``; a syntax error names its line and column."""
+    try:
+        return yaml.safe_load(p.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"cannot read: {e.strerror or e}", where=str(p)) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark else str(p)
+        raise ConfigError(f"not valid YAML: {getattr(e, 'problem', e)}", where=where) from None
+
+
+def invalid(p: Path, e: pydantic.ValidationError, model: Any, what: str) -> ConfigError:
+    """The first error of validating file ``p`` against ``model``, at the line of the key it
+    names (an unknown key, at any depth, with the closest known one: ``colum`` under
+    ``label:`` used to be reported as the missing ``column``)."""
+    errs = e.errors()
+    err = next((x for x in errs if x["type"] == "extra_forbidden"), errs[0])
+    keys = [str(k) for k in err["loc"] if isinstance(k, str)]
+    line = next((n for k in reversed(keys) if (n := _line_of(p, k))), None)
+    loc = ".".join(str(x) for x in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        known = _fields_at(model, err["loc"][:-1])
+        close = difflib.get_close_matches(str(err["loc"][-1]), known, n=1)
+        has = f"{what} has" if len(err["loc"]) == 1 else "here:"
+        msg = f"unknown key: {'did you mean ' + repr(close[0]) + '? ' if close else ''}" + (
+            f"{has} {', '.join(known)}"
+        )
+    return ConfigError(f"{loc}: {msg}", where=f"{p}:{line}" if line else str(p))
+
+
+def _fields_at(model: Any, loc: tuple[Any, ...]) -> list[str]:
+    """The field names of the (nested) pydantic model at ``loc`` (list indices skipped)."""
+    for k in loc:
+        if not isinstance(k, str) or model is None:
+            continue
+        ann = model.model_fields[k].annotation if k in getattr(model, "model_fields", {}) else None
+        model = next(
+            (a for a in (ann, *getattr(ann, "__args__", ())) if hasattr(a, "model_fields")), None
+        )
+    return list(getattr(model, "model_fields", {}))
 
 
 def _line_of(p: Path, key: str) -> int | None:

@@ -76,13 +76,12 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import yaml
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.errors import CommitFailedError, KafkaError, KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata, TopicPartition
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -96,7 +95,14 @@ from fds.pipeline import DEFAULT_MODEL, DEFAULT_RULES, build_engine
 from fds.schema import dead_letter, dumps, loads, parse_transaction
 from fds.streams.align import Aligner, fetched_to
 from fds.streams.checkpoint import Checkpoint, Checkpointer, default_state_dir
-from fds.streams.files import ColumnMapping, LabelColumn, load_mapping, read_records
+from fds.streams.files import (
+    ColumnMapping,
+    LabelColumn,
+    invalid,
+    load_mapping,
+    read_records,
+    read_yaml,
+)
 from fds.streams.kafka_kit import Call, ClientErrors
 from fds.streams.label_feed import LabelFeed, reads_labels
 from fds.streams.rebuild import horizon_seconds, read_merged, start_offsets
@@ -281,8 +287,10 @@ class KafkaSettings(BaseSettings):
     # the retained input. False: start such partitions from an empty state.
     rebuild_state: bool = True
     # Security, passed to kafka-python unchanged when set.
-    security_protocol: str = "PLAINTEXT"
-    sasl_mechanism: str | None = None
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: (
+        Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI", "OAUTHBEARER"] | None
+    ) = None
     sasl_plain_username: str | None = None
     sasl_plain_password: SecretStr | None = None
     ssl_cafile: str | None = None
@@ -290,6 +298,26 @@ class KafkaSettings(BaseSettings):
     ssl_keyfile: str | None = None
     ssl_password: SecretStr | None = None
     ssl_check_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _usable_security(self) -> KafkaSettings:
+        """What the client would otherwise find only after ``broker_timeout_s``, as if the
+        broker were down (a review: a missing password, a CA file not there)."""
+        sasl = self.security_protocol.startswith("SASL")
+        if sasl and self.sasl_mechanism is None:
+            raise ValueError(f"{self.security_protocol} needs --sasl-mechanism")
+        if sasl and self.sasl_mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+            if self.sasl_plain_username is None:
+                raise ValueError(f"{self.sasl_mechanism} needs --sasl-username")
+            if self.sasl_plain_password is None:
+                raise ValueError(
+                    f"{self.sasl_mechanism} needs the password: set FDS_SASL_PLAIN_PASSWORD"
+                )
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name}: no such file {path!r}")
+        return self
 
     def client_config(self) -> dict[str, Any]:
         """Connection and security options common to consumer, producer and admin."""
@@ -319,28 +347,36 @@ class KafkaSettings(BaseSettings):
 def load_settings(file: Path | str | None = None, **flags: Any) -> KafkaSettings:
     """Build settings from a YAML file, the environment and flags (highest wins: flags).
 
-    ``None`` flags are ignored (argparse defaults). Errors name the field and the source.
+    ``None`` flags are ignored (argparse defaults). Errors name the setting and where it came
+    from: the file's line (an unknown key with the closest known one), else the flag or the
+    environment variable.
     """
     values: dict[str, Any] = {}
-    if file is not None:
-        path = Path(file)
-        try:
-            doc = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read settings: {exc}", where=str(path)) from exc
+    doc: dict[str, Any] = {}
+    path = Path(file) if file is not None else None
+    if path is not None:
+        if not path.is_file():
+            raise ConfigError(f"settings file not found: {path}")
+        doc = read_yaml(path) or {}
         if not isinstance(doc, dict):
             raise ConfigError("expected a mapping of setting: value", where=str(path))
         # The environment outranks the file: drop file keys that FDS_<KEY> sets.
-        values = {k: v for k, v in doc.items() if f"FDS_{k.upper()}" not in os.environ}
-    values.update({k: v for k, v in flags.items() if v is not None})
+        values = {k: v for k, v in doc.items() if f"FDS_{str(k).upper()}" not in os.environ}
+    given = {k: v for k, v in flags.items() if v is not None}
+    values.update(given)
     try:
         return KafkaSettings(**values)
     except PydanticValidationError as exc:
         err = exc.errors()[0]
         name = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if path is not None and name in doc and name not in given:
+            raise invalid(path, exc, KafkaSettings, "the settings file") from None
+        if not name:  # several settings together (the security ones)
+            raise ConfigError(msg) from None
+        flag = "--" + name.replace("_", "-")
         raise ConfigError(
-            f"setting {name}: {err['msg']} (from a flag, FDS_{name.upper()} or the settings file)",
-            where=str(file) if file else None,
+            f"setting {name}: {msg} (from {flag if name in given else f'FDS_{name.upper()}'})"
         ) from None
 
 

@@ -6,6 +6,7 @@ It lives beside the Kafka integration tests to keep the Kafka area's files toget
 from __future__ import annotations
 
 import argparse
+import re
 
 import pydantic
 import pytest
@@ -27,28 +28,62 @@ def test_flags_beat_environment_beat_file(tmp_path, monkeypatch):
 
 def test_bad_values_name_the_setting_and_file(tmp_path):
     f = tmp_path / "kafka.yaml"
-    f.write_text("max_poll_records: 0\n")
-    with pytest.raises(ConfigError, match=r"kafka\.yaml: setting max_poll_records"):
+    f.write_text("group: g\nmax_poll_records: 0\n")
+    with pytest.raises(ConfigError, match=r"kafka\.yaml:2: max_poll_records: Input should be"):
         load_settings(f)
-    f.write_text("bootstrapp: typo:9092\n")
-    with pytest.raises(ConfigError, match="bootstrapp"):
+    with pytest.raises(ConfigError, match=r"setting max_poll_records: .* \(from --max-poll"):
+        load_settings(f, max_poll_records=0)  # the flag's value, not the file's
+    f.write_text("group: g\nbootstrp: typo:9092\n")
+    with pytest.raises(ConfigError, match=r"kafka\.yaml:2: bootstrp: .*did you mean 'bootstrap'"):
         load_settings(f)
-    with pytest.raises(ConfigError, match="cannot read settings"):
+    f.write_text("group: g\n  bad: 1\n")
+    with pytest.raises(ConfigError, match=r"kafka\.yaml:2:6: not valid YAML"):
+        load_settings(f)
+    with pytest.raises(ConfigError, match="settings file not found"):
         load_settings(tmp_path / "missing.yaml")
 
 
-def test_security_settings_reach_the_client_and_secrets_stay_hidden():
+@pytest.mark.parametrize(
+    ("settings", "says"),
+    [
+        ({"security_protocol": "SASL_TLS"}, "Input should be 'PLAINTEXT', 'SSL'"),
+        ({"security_protocol": "SASL_SSL"}, "SASL_SSL needs --sasl-mechanism"),
+        ({"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-999"}, "Input should be"),
+        (
+            {
+                "security_protocol": "SASL_SSL",
+                "sasl_mechanism": "SCRAM-SHA-512",
+                "sasl_plain_username": "fds",
+            },
+            "set FDS_SASL_PLAIN_PASSWORD",
+        ),
+        (
+            {"security_protocol": "SSL", "ssl_cafile": "/nonexistent/ca.pem"},
+            "ssl_cafile: no such file '/nonexistent/ca.pem'",
+        ),
+    ],
+)
+def test_security_settings_that_cannot_work_are_refused_before_connecting(settings, says):
+    """They were found only after the broker timeout, and reported as a broker that is down
+    (a missing password: "'NoneType' object has no attribute 'encode'")."""
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        load_settings(**settings)
+
+
+def test_security_settings_reach_the_client_and_secrets_stay_hidden(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
     s = KafkaSettings(
         bootstrap="a:9093,b:9093",
         security_protocol="SASL_SSL",
         sasl_mechanism="SCRAM-SHA-512",
         sasl_plain_username="fds",
         sasl_plain_password="s3cret",
-        ssl_cafile="/etc/ca.pem",
+        ssl_cafile=str(ca),
     )
     cfg = s.client_config()
     assert cfg["bootstrap_servers"] == ["a:9093", "b:9093"]
-    assert cfg["sasl_plain_password"] == "s3cret" and cfg["ssl_cafile"] == "/etc/ca.pem"
+    assert cfg["sasl_plain_password"] == "s3cret" and cfg["ssl_cafile"] == str(ca)
     assert cfg["security_protocol"] == "SASL_SSL" and cfg["ssl_check_hostname"] is True
     # reconnect within a second of a broker coming back (kafka-python's 30 s kept fds run
     # idle for up to 39 s after an outage, a chaos run)
