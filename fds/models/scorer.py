@@ -877,7 +877,10 @@ class ModelServer:
             except ArtifactError as e:
                 self._refuse(v, e)
                 continue
-            if v != self._pointer:
+            if self._pointer is None:  # none chosen yet: the newest version (not an error)
+                log.info("model %s served: the newest version (no champion chosen yet)", v)
+                self._pointer = v
+            elif v != self._pointer:
                 log.error("model %s served instead of the registry's champion %s, which "
                           "could not be loaded", v, self._pointer)  # fmt: skip
                 self._pointer = v  # the watcher retries the champion (see poll)

@@ -35,6 +35,8 @@ from fds.rules.ruleset import Ruleset, load_ruleset_text
 __all__ = ["ReloadingRuleset"]
 
 log = logging.getLogger("fds.rules")
+# The watched file's stat while it cannot be read (deleted, moved away).
+_GONE = (-1, -1)
 
 
 class ReloadingRuleset:
@@ -140,6 +142,10 @@ class ReloadingRuleset:
             try:
                 st = os.stat(self.path)
             except OSError as e:
+                if self._stat == _GONE:  # said once, like a broken file that stays unchanged
+                    self.counts["unchanged"] += 1  # (it was rejected again every second)
+                    return "unchanged"
+                self._stat = _GONE
                 return self._failed(ConfigError(f"cannot read: {e.strerror}", where=str(self.path)))
             if (st.st_size, st.st_mtime_ns) == self._stat:
                 self.counts["unchanged"] += 1

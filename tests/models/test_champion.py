@@ -539,3 +539,19 @@ def test_in_fds_run_a_predecessor_re_scores_recent_traffic_off_the_decision_thre
         else:
             assert off_loop == 0 and on_loop - 60 > 100
         assert srv.probation is None or srv.probation.n > 0
+
+
+def test_a_registry_without_a_champion_serves_its_newest_version_without_an_error(
+    tmp_path, caplog
+) -> None:
+    """`fds train` publishes, nobody promotes yet: every `fds run` start logged an ERROR that
+    the champion "None" could not be loaded."""
+    import logging
+
+    reg = Registry(tmp_path)
+    reg.publish(FeatureModel("f_a"), spec={"name": "t"})
+    assert reg.champion() is None
+    with caplog.at_level(logging.INFO, logger="fds.models"):
+        assert ModelServer(SPEC, learn=False, registry=reg).load_champion() == "v000001"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "no champion chosen yet" in caplog.text

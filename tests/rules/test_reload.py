@@ -171,6 +171,10 @@ def test_unchanged_and_deleted_file(tmp_path: Path) -> None:
     p.unlink()
     assert rs.check_now() == "rejected"
     assert rs.current.version == "v1"
+    # rejected once, not at every look (a deleted file was logged and counted each second)
+    assert rs.check_now() == "unchanged" and rs.counts["rejected"] == 1
+    write(p, rules("v2", 100))  # back, changed
+    assert rs.check_now() == "ok" and rs.current.version == "v2"
 
 
 def test_policy_follows_the_reloaded_file_and_features_cannot_change(tmp_path: Path) -> None:
