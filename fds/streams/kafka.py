@@ -268,7 +268,7 @@ class KafkaSettings(BaseSettings):
     # (stage validate): a clock or data error that would push every window's watermark ahead.
     # 0: no check.
     max_event_ahead_s: float = Field(default=3600.0, ge=0)
-    session_timeout_ms: int = 10_000  # how fast a dead instance's partitions move
+    session_timeout_ms: int = Field(default=10_000, ge=1000)  # how fast a dead one is noticed
     # Engine state checkpoints (None: ~/.cache/fds/state/<group>[/<group_instance_id>]).
     state_dir: str | None = None
     # How often the state is checkpointed (after a commit); a restart re-folds at most this
@@ -374,10 +374,9 @@ def load_settings(file: Path | str | None = None, **flags: Any) -> KafkaSettings
             raise invalid(path, exc, KafkaSettings, "the settings file") from None
         if not name:  # several settings together (the security ones)
             raise ConfigError(msg) from None
-        flag = "--" + name.replace("_", "-")
-        raise ConfigError(
-            f"setting {name}: {msg} (from {flag if name in given else f'FDS_{name.upper()}'})"
-        ) from None
+        flag = next((f for f, dest in _SETTING_FLAGS.items() if dest == name), None)
+        source = flag if flag and name in given else f"FDS_{name.upper()}"
+        raise ConfigError(f"setting {name}: {msg} (from {source})") from None
 
 
 @dataclass(slots=True)
@@ -1755,6 +1754,8 @@ _SETTING_FLAGS = {
     "--checkpoint-every": "checkpoint_every_s",
     "--align-wait": "align_wait_s",
     "--state-topic": "state_topic",
+    "--session-timeout": "session_timeout_ms",
+    "--max-poll-interval": "max_poll_interval_ms",
     "--security-protocol": "security_protocol",
     "--sasl-mechanism": "sasl_mechanism",
     "--sasl-username": "sasl_plain_username",
@@ -1782,7 +1783,7 @@ def _add_settings_flags(p: argparse.ArgumentParser, only: Sequence[str] | None =
             if dest
             in ("broker_timeout_s", "checkpoint_every_s", "align_wait_s", "max_event_ahead_s")
             else int
-            if dest in ("max_poll_records", "max_unacked_batches")
+            if dest in ("max_poll_records", "max_unacked_batches") or dest.endswith("_ms")
             else str
         )
         p.add_argument(

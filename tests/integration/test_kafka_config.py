@@ -70,6 +70,17 @@ def test_security_settings_that_cannot_work_are_refused_before_connecting(settin
         load_settings(**settings)
 
 
+def test_the_group_timeouts_are_flags_too():
+    """The README said every setting is a flag; these two were env or file only."""
+    from fds.streams import kafka
+
+    parser = argparse.ArgumentParser(prog="fds")
+    kafka.register_run(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["run", "--session-timeout", "20000", "--max-poll-interval", "60000"])
+    s = kafka._settings_from(args)
+    assert (s.session_timeout_ms, s.max_poll_interval_ms) == (20000, 60000)
+
+
 def test_security_settings_reach_the_client_and_secrets_stay_hidden(tmp_path):
     ca = tmp_path / "ca.pem"
     ca.write_text("-----BEGIN CERTIFICATE-----\n")
