@@ -199,10 +199,16 @@ def _replay(args: argparse.Namespace) -> int:
         )
         return 130
     if not summary.decided and summary.dead_letters > summary.label_dead_letters:
+        dates = (
+            ", and give timestamps as ISO 8601 or epoch seconds: convert other formats "
+            "(day-first 01/03/2026 08:04) first"
+            if "timestamp" in (summary.top_reason or "")
+            else ""
+        )
         print(
             f"fds replay: error: no transaction could be decided, every one was dead-lettered "
             f"(most often {summary.top_reason}); check the file against --mapping (fields, "
-            "format, timezone) and the dead letters in " + str(dlq_path),
+            f"timezone){dates}; the dead letters are in {dlq_path}",
             file=sys.stderr,
         )
         return 1

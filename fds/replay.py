@@ -374,10 +374,15 @@ def run(
     s.decided = sum(actions.values())
     s.dead_letters = len(dead)
     s.label_dead_letters = sum(1 for d in dead if d["stage"] == "label" or d["source"] != source)
-    reasons = Counter(_reason(d) for d in dead if d["stage"] != "label" and d["source"] == source)
+    mine = [d for d in dead if d["stage"] != "label" and d["source"] == source]
+    reasons = Counter(_reason(d) for d in mine)
     if reasons:
         reason, n = reasons.most_common(1)[0]
-        s.top_reason = f"{reason} ({n:,})"
+        example = next(d for d in mine if _reason(d) == reason)  # its values, once
+        shown = str(example.get("reason") or example.get("error", "")).split("\n")[0][:160]
+        s.top_reason = (
+            f"{reason} ({n:,}; first: {shown})" if shown not in reason else (f"{reason} ({n:,})")
+        )
     unreadable = sum(1 for d in dead if d["stage"] in _READ_STAGES and d["source"] == source)
     s.transactions = seen + unreadable
     s.reordered = stream.reordered

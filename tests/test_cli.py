@@ -140,7 +140,8 @@ def test_a_replay_that_decides_nothing_fails_and_says_why(tmp_path, capsys):
     assert bare_replay(str(day_first), "--out", str(tmp_path / "o.jsonl")) == 1
     err = capsys.readouterr().err
     assert "no transaction could be decided" in err
-    assert "validate: ts: timestamp '...' is neither ISO 8601" in err and "(2)" in err
+    assert "validate: ts: timestamp '...' is neither ISO 8601" in err and "(2; first: " in err
+    assert "timestamp '01/03/2026 08:00:00'" in err and "convert other formats" in err
     foreign = tmp_path / "f.csv"
     foreign.write_text("ID,When,EUR\na,2026-01-01,1\n")
     assert bare_replay(str(foreign), "--out", str(tmp_path / "o.jsonl")) == 2

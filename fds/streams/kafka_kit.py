@@ -542,11 +542,13 @@ def _up(
         def ports(p: int | None, c: int | None, sp: int | None) -> str:
             return f"ports {p}/{c}" + (f" with a SASL_SSL port {sp}" if sp else "")
 
+        had = (kit.get("port"), kit.get("controller_port"), kit.get("secure_port"))
+        fix = "use those"
+        if had[:2] == want[:2]:  # only the secured listener differs: say which flag
+            fix = f"add --secure-port {had[2]}" if had[2] else "drop --secure-port"
         raise ConfigError(
-            f"{ddir} holds a broker formatted for "
-            f"{ports(kit.get('port'), kit.get('controller_port'), kit.get('secure_port'))}, "
-            f"not {ports(*want)}; use those, another --data-dir, or `fds kafka down --wipe` to "
-            "start afresh",
+            f"{ddir} holds a broker formatted for {ports(*had)}, not {ports(*want)}; {fix}, "
+            "another --data-dir, or `fds kafka down --wipe` to start afresh",
             where=str(ddir / "kit.json"),
         )
     pid = _read_pid(ddir)

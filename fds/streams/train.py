@@ -430,10 +430,14 @@ class TrainService:
                 else:
                     if not self._may_learn(tp, msg.offset, label["ts"]):
                         break
-                    learned = t.stats["labels_learned"]
+                    learned = t.stats["labels_learned"] - t.stats["assumed_legit"]
                     t.on_label(label)
                     self.stats.labels += 1
-                    self.metrics.labels_learned(t.stats["labels_learned"] - learned)
+                    # delayed labels only: the examples assumed legitimate that the label's
+                    # event time let through are in the registry's labels_learned, not here
+                    self.metrics.labels_learned(
+                        t.stats["labels_learned"] - t.stats["assumed_legit"] - learned
+                    )
                 held.popleft()
                 done = msg.offset + 1
                 n += 1

@@ -323,3 +323,25 @@ def test_a_trainer_without_a_checkpoint_refuses_to_go_on_from_another_pipeline(t
         state_dir=tmp_path / "fresh2", models_topic=None,
     )  # fmt: skip
     assert same.trainer.parent == "v000001"
+
+
+def test_the_labels_metric_counts_delayed_labels_not_examples_assumed_legitimate(tmp_path):
+    """fds_labels_learned_total also counted the unlabelled transactions a label's event time
+    let through as legitimate: it equalled the registry's labels_learned (a README review)."""
+    from fds.metrics import Metrics
+
+    svc = TrainService(
+        KafkaSettings(group="fds-train"), spec=DEFAULT_MODEL, registry=tmp_path / "registry",
+        state_dir=tmp_path / "state", models_topic=None, metrics=Metrics(),
+    )  # fmt: skip
+    d, lab = TopicPartition("decisions", 0), TopicPartition("labels", 0)
+    svc.consumer = Consumer({d: 400, lab: 1})
+    svc._decisions_idle = lambda: True  # type: ignore[method-assign]  # (no wait for more)
+    feed(svc, {d: [decision(0, i, f"t{i}", 100.0) for i in range(400)]})
+    assert svc.trainer.stats["assumed_legit"] == 0
+    # a chargeback 5 days later: its event time makes every decision before it legitimate
+    feed(svc, {lab: [Msg("labels", 0, 0, {"tx_id": "t7", "ts": 5 * 86400.0,
+                                          "is_fraud": True})]})  # fmt: skip
+    assert svc.trainer.stats["assumed_legit"] > 0  # (5% of 400, sampled by tx_id)
+    assert svc.trainer.stats["labels_learned"] == 1 + svc.trainer.stats["assumed_legit"]
+    assert svc.metrics.registry.get_sample_value("fds_labels_learned_total") == 1
