@@ -5,6 +5,7 @@ tests/integration/test_kafka_train.py."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -17,10 +18,10 @@ from fds.streams.kafka import KafkaSettings
 from fds.streams.train import TrainService, _Seek, announcement
 
 
-def service(tmp_path: Path, spec: Path | str = DEFAULT_MODEL) -> TrainService:
+def service(tmp_path: Path, spec: Path | str = DEFAULT_MODEL, **kw: Any) -> TrainService:
     return TrainService(
         KafkaSettings(group="fds-train"), spec=spec, registry=tmp_path / "registry",
-        state_dir=tmp_path / "state", models_topic=None,
+        state_dir=tmp_path / "state", models_topic=None, **kw,
     )  # fmt: skip
 
 
@@ -229,10 +230,7 @@ def test_drift_detected_while_learning_is_counted_in_the_metrics(tmp_path):
     are found as labels are learned: fds_drift_detected_total stayed at 0."""
     from fds.metrics import Metrics
 
-    svc = TrainService(
-        KafkaSettings(group="fds-train"), spec=DEFAULT_MODEL, registry=tmp_path / "registry",
-        state_dir=tmp_path / "state", models_topic=None, metrics=Metrics(),
-    )  # fmt: skip
+    svc = service(tmp_path, metrics=Metrics())
     d, lab = TopicPartition("decisions", 0), TopicPartition("labels", 0)
     svc.consumer = Consumer({d: 1, lab: 1})
     svc.trainer._adwin = AlwaysDrift()
@@ -266,10 +264,7 @@ def test_a_restarted_trainer_exports_the_version_it_learns_on_from_the_start(tmp
     first = service(tmp_path)
     first.trainer.parent = "v000013"
     first._save_state()
-    svc = TrainService(
-        KafkaSettings(group="fds-train"), spec=DEFAULT_MODEL, registry=tmp_path / "registry",
-        state_dir=tmp_path / "state", models_topic=None, metrics=Metrics(),
-    )  # fmt: skip
+    svc = service(tmp_path, metrics=Metrics())
 
     class Idle:
         def poll(self, timeout_ms=0, max_records=None):
@@ -330,10 +325,7 @@ def test_the_labels_metric_counts_delayed_labels_not_examples_assumed_legitimate
     let through as legitimate: it equalled the registry's labels_learned (a README review)."""
     from fds.metrics import Metrics
 
-    svc = TrainService(
-        KafkaSettings(group="fds-train"), spec=DEFAULT_MODEL, registry=tmp_path / "registry",
-        state_dir=tmp_path / "state", models_topic=None, metrics=Metrics(),
-    )  # fmt: skip
+    svc = service(tmp_path, metrics=Metrics())
     d, lab = TopicPartition("decisions", 0), TopicPartition("labels", 0)
     svc.consumer = Consumer({d: 400, lab: 1})
     svc._decisions_idle = lambda: True  # type: ignore[method-assign]  # (no wait for more)
