@@ -129,11 +129,12 @@ def _body(cg: Any, var: dict[str, str]) -> list[str]:
     a("    prev = ts[-1] if idx else _NEG_INF")
     a("    ts.append(t)")
     squared = {fi for sums in cg.i_sum for fi, _s1, s2, _n in sums if s2 >= 0}
-    stds = [  # (window, field, name) of every std: checked for lost precision (_rebase)
-        (wi, fi, name) for wi, *_w, feats in cg.windows for agg, name, fi, _slot in feats
-        if agg == "std"
+    moments = [  # (window, field, agg, name) of every sum/mean/std: computed again if rebased
+        (wi, fi, agg, name) for wi, *_w, feats in cg.windows for agg, name, fi, _slot in feats
+        if agg in ("sum", "mean", "std")
     ]  # fmt: skip
-    for fi in sorted({fi for _wi, fi, _name in stds}):
+    summed = sorted({fi for _wi, fi, _agg, _name in moments})
+    for fi in summed:
         a(f"    rb{fi} = 0")
     for fi, (k, sub) in enumerate(cg.nums):
         a(f"    x{fi} = n{_var(k, sub)}")
@@ -147,6 +148,9 @@ def _body(cg: Any, var: dict[str, str]) -> list[str]:
             if fi in squared:
                 a(f"        dd{fi} = d{fi} * d{fi}")
             a(f"        o{fi} = 1")
+            if fi in summed:  # a value far below the shift: deviations round it away
+                a(f"        if kk{fi} > {_DRIFT2!r} * x{fi} * x{fi}:")
+                a(f"            rb{fi} = -1")
             a("    else:")
             a(f"        d{fi} = 0.0")
             if fi in squared:
@@ -273,19 +277,25 @@ def _body(cg: Any, var: dict[str, str]) -> list[str]:
                 a(f"    {o} = st[{cg.i_nf[slot]}]")
             elif agg == "fraud_rate":
                 a(f"    {o} = st[{cg.i_nf[slot]}] / (idx + 1 - h)")
-    for fi in sorted({fi for _wi, fi, _name in stds}):  # rebased: every std again
+    for fi in summed:  # rebased: the field's sums and what is read from them, again
         sums = tuple(
             (cg.i_head[wi], *ss[1:]) for wi, per in enumerate(cg.i_sum) for ss in per
             if ss[0] == fi
         )  # fmt: skip
         a(f"    if rb{fi}:")
-        a(f"        _rebase(st, num{fi}, {cg.i_shift[fi]}, rb{fi}, {sums!r})")
-        for wi, f2, name in stds:
+        a(f"        k{fi} = _rebase(st, num{fi}, {cg.i_shift[fi]}, rb{fi}, {sums!r})")
+        for wi, f2, agg, name in moments:
             if f2 != fi:
                 continue
             ((_fi, i1, i2, i_n),) = (x for x in cg.i_sum[wi] if x[0] == fi)
+            y = var[name]
             a(f"        mm = st[{i_n}]")
-            a(f"        {var[name]} = _std((st[{i2}] - st[{i1}] * st[{i1}] / mm) / mm)")
+            if agg == "sum":
+                a(f"        {y} = st[{i1}] + k{fi} * mm")
+            elif agg == "mean":
+                a(f"        {y} = k{fi} + st[{i1}] / mm if mm else None")
+            else:
+                a(f"        {y} = _std((st[{i2}] - st[{i1}] * st[{i1}] / mm) / mm) if mm else None")
     # Categorical columns kept shorter than the log: cut once every window has advanced (a
     # window later in this body may still expire values the cut would drop), when the
     # longest window counting the column is _CUT_SLACK values past its first one.
@@ -444,15 +454,21 @@ def _exact(col: Any, k: float, h: int, end: int, st: list[Any], i1: int, i2: int
     st[i_n] = len(ds)
 
 
-def _rebase(st: list[Any], col: Any, i_shift: int, i_head: int, sums: Any) -> None:
+def _rebase(st: list[Any], col: Any, i_shift: int, i_head: int, sums: Any) -> float:
     """Move a numeric field's shift to the mean of the window whose head is ``st[i_head]``
-    and recompute every window's sums of that field (``sums``: (head, sum, squares, count)
-    slots) exactly."""
-    vals = [x for x in col[st[i_head] :] if x == x]
-    if vals:
-        k = st[i_shift] = math.fsum(vals) / len(vals)
-        for head, i1, i2, i_n in sums:
-            _exact(col, k, st[head], len(col), st, i1, i2, i_n)
+    (``i_head`` -1: to the newest value), recompute every window's sums of that field
+    (``sums``: (head, sum, squares, count) slots) exactly, and return the shift."""
+    if i_head < 0:
+        k = col[-1]
+    else:
+        vals = [x for x in col[st[i_head] :] if x == x]
+        if not vals:
+            return st[i_shift]
+        k = math.fsum(vals) / len(vals)
+    st[i_shift] = k
+    for head, i1, i2, i_n in sums:
+        _exact(col, k, st[head], len(col), st, i1, i2, i_n)
+    return k
 
 
 def _std(var: float) -> float:

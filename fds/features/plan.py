@@ -598,4 +598,6 @@ def _num_agg(agg: str, vals: list[float]) -> float | None:
     mean = sum(vals) / len(vals)
     if agg == "mean":
         return mean
-    return math.sqrt(sum((x - mean) ** 2 for x in vals) / len(vals))  # std (population)
+    # std (population); squares by multiplication: a value beyond ~1e154 gives inf (as the
+    # running sums do), where ``** 2`` raised OverflowError
+    return math.sqrt(sum((x - mean) * (x - mean) for x in vals) / len(vals))

@@ -107,3 +107,41 @@ def test_an_event_reordered_in_several_groups_counts_once():
     )  # fmt: skip
     run(plan, [(100.0, 1.0), (50.0, 1.0)], merchant_id="m")
     assert plan.reordered_events == 1
+
+
+def test_a_rebase_with_an_empty_window_of_the_field_gives_none():
+    """A std triggered the rebase while the new day's window held only a missing value: the
+    recompute divided by its count of 0 (ZeroDivisionError, the event left in the log)."""
+    plan = FeaturePlan(
+        [S(name="a", entity="card_id", agg="std", field="amount", window="1h"),
+         S(name="b", entity="card_id", agg="std", field="amount", window="calendar_day")],
+        grace=0,
+    )  # fmt: skip
+    m = 86400 * 20000.0  # a UTC midnight
+    events = [(m - 10000, 5.0), (m - 3000, 50.0), (m - 2000, 100.0), (m - 1000, 100.0)]
+    out = run(plan, [*events, (m + 700, None)])
+    assert out[-1] == {"a": 0.0, "b": None}
+
+
+@pytest.mark.parametrize("first", [1e17, 1e160])
+def test_a_first_value_far_above_the_rest_does_not_cost_sum_and_mean_their_values(first):
+    """The shift is the entity's first value: deviations from 1e17 rounded 12.34 away (a sum
+    of 16.0), and from 1e160 their squares overflowed (a std of inf for [12, 10])."""
+    plan = FeaturePlan(
+        [S(name=a, entity="card_id", agg=a, field="amount", window="1h")
+         for a in ("sum", "mean", "std")],
+        grace=0,
+    )  # fmt: skip
+    out = run(plan, [(0, first), (4000, 12.34), (4001, 10.0)])
+    assert out[1] == {"sum": 12.34, "mean": 12.34, "std": 0.0}
+    assert out[2]["sum"] == pytest.approx(22.34, rel=1e-12)
+    assert out[2]["mean"] == pytest.approx(11.17, rel=1e-12)
+    assert out[2]["std"] == pytest.approx(1.17, rel=1e-9)
+
+
+def test_a_reordered_event_next_to_an_overflowing_value_gives_an_infinite_std():
+    plan = FeaturePlan(
+        [S(name="sd", entity="card_id", agg="std", field="amount", window="1h")], grace="5m"
+    )
+    out = run(plan, [(100.0, 1e160), (200.0, 1.0), (150.0, 2.0)])  # the last reordered
+    assert out[1:] == [{"sd": math.inf}, {"sd": math.inf}]  # (it raised OverflowError)
