@@ -81,7 +81,7 @@ from typing import Any, Literal
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.errors import CommitFailedError, KafkaError, KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata, TopicPartition
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -288,9 +288,7 @@ class KafkaSettings(BaseSettings):
     rebuild_state: bool = True
     # Security, passed to kafka-python unchanged when set.
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: (
-        Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI", "OAUTHBEARER"] | None
-    ) = None
+    sasl_mechanism: str | None = None  # one kafka-python knows (SASL_MECHANISMS)
     sasl_plain_username: str | None = None
     sasl_plain_password: SecretStr | None = None
     ssl_cafile: str | None = None
@@ -298,6 +296,23 @@ class KafkaSettings(BaseSettings):
     ssl_keyfile: str | None = None
     ssl_password: SecretStr | None = None
     ssl_check_hostname: bool = True
+
+    @field_validator("sasl_mechanism")
+    @classmethod
+    def _known_mechanism(cls, v: str | None) -> str | None:
+        from kafka.net.sasl import SASL_MECHANISMS
+
+        if v is not None and v not in SASL_MECHANISMS:
+            raise ValueError(f"unknown SASL mechanism {v!r}: one of {', '.join(SASL_MECHANISMS)}")
+        return v
+
+    @field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+    @classmethod
+    def _existing_file(cls, v: str | None, info: ValidationInfo) -> str | None:
+        protocol = info.data.get("security_protocol", "PLAINTEXT")
+        if v is not None and protocol in ("SSL", "SASL_SSL") and not Path(v).is_file():
+            raise ValueError(f"no such file {v!r}")  # (a plaintext client does not read it)
+        return v
 
     @model_validator(mode="after")
     def _usable_security(self) -> KafkaSettings:
@@ -313,10 +328,6 @@ class KafkaSettings(BaseSettings):
                 raise ValueError(
                     f"{self.sasl_mechanism} needs the password: set FDS_SASL_PLAIN_PASSWORD"
                 )
-        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
-            path = getattr(self, name)
-            if path is not None and not Path(path).is_file():
-                raise ValueError(f"{name}: no such file {path!r}")
         return self
 
     def client_config(self) -> dict[str, Any]:
@@ -360,8 +371,15 @@ def load_settings(file: Path | str | None = None, **flags: Any) -> KafkaSettings
         doc = read_yaml(path) or {}
         if not isinstance(doc, dict):
             raise ConfigError("expected a mapping of setting: value", where=str(path))
+        for k in doc:
+            if not isinstance(k, str):
+                raise ConfigError(f"{k!r}: a setting's name is text (e.g. group: fds)",
+                                  where=str(path))  # fmt: skip
+        for k in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):  # relative to the file
+            if isinstance(doc.get(k), str) and not Path(doc[k]).expanduser().is_absolute():
+                doc[k] = str(path.parent / Path(doc[k]).expanduser())
         # The environment outranks the file: drop file keys that FDS_<KEY> sets.
-        values = {k: v for k, v in doc.items() if f"FDS_{str(k).upper()}" not in os.environ}
+        values = {k: v for k, v in doc.items() if f"FDS_{k.upper()}" not in os.environ}
     given = {k: v for k, v in flags.items() if v is not None}
     values.update(given)
     try:
@@ -561,9 +579,10 @@ class Runner:
         try:
             # kafka-python bootstraps in the constructors: an unreachable broker fails here.
             with ClientErrors() as errors:
-                self.consumer = errors.connect(lambda: self._consumer_factory(**consumer_cfg))
-                self.producer = errors.connect(lambda: self._producer_factory(**producer_cfg))
-                errors.connect(lambda: self.consumer.bootstrap(timeout_ms=timeout_ms))
+                n = len(common["bootstrap_servers"])
+                self.consumer = errors.connect(lambda: self._consumer_factory(**consumer_cfg), n)
+                self.producer = errors.connect(lambda: self._producer_factory(**producer_cfg), n)
+                errors.connect(lambda: self.consumer.bootstrap(timeout_ms=timeout_ms), n)
         except (KafkaError, OSError) as exc:
             raise unreachable(s, exc, errors) from exc
         if s.exactly_once:
@@ -1650,7 +1669,7 @@ def produce_file(
                 # a record waits for a broker that went away as long as --broker-timeout says
                 # (the default 2 minutes dropped records of an outage longer than that)
                 delivery_timeout_ms=max(timeout_ms, 120_000),
-            ))  # fmt: skip
+            ), len(settings.client_config()["bootstrap_servers"]))  # fmt: skip
     except (KafkaError, OSError) as exc:
         raise unreachable(settings, exc, errors) from exc
     topic = topic or settings.input_topic

@@ -136,7 +136,7 @@ class ClientErrors(logging.Handler):
     """
 
     _REASON = re.compile(
-        r"(?:Bootstrap connection to \S+|Connection) failed: (.*?)(?: \(backoff .*\))?$"
+        r"(?:Bootstrap connection to (\S+)|Connection) failed: (.*?)(?: \(backoff .*\))?$"
     )
     # Reasons no retry changes: the broker refused the login, the client does not trust the
     # broker's certificate (or its name), a TLS port answered a PLAINTEXT client. (A dropped
@@ -146,15 +146,16 @@ class ClientErrors(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
         self.last: str | None = None
-        self.refusal: str | None = None  # the first reason in _FINAL seen
+        # bootstrap node -> the reason in _FINAL it refused with, since connect() began
+        self.refused: dict[str, str] = {}
 
     def emit(self, record: logging.LogRecord) -> None:
         m = self._REASON.search(record.getMessage())
         if m is None:
             return
-        why = m.group(1)
-        if self.refusal is None and any(k in why for k in self._FINAL):
-            self.refusal = why
+        node, why = m.groups()
+        if node is not None and any(k in why for k in self._FINAL):
+            self.refused.setdefault(node, why)
         if not (self.last and self._telling(self.last)):  # a refusal outranks the
             self.last = why  # disconnects around it
 
@@ -169,16 +170,20 @@ class ClientErrors(logging.Handler):
     def __exit__(self, *_: Any) -> None:
         logging.getLogger("kafka").removeHandler(self)
 
-    def connect(self, make: Callable[[], T]) -> T:
+    def connect(self, make: Callable[[], T], servers: int = 1) -> T:
         """``make()``, a kafka-python client's constructor (it bootstraps, retrying until its
         ``bootstrap_timeout_ms``), on a :class:`Call`; given up at once with
-        :class:`ClientRefused` when the client logs a refusal no retry changes (``_FINAL``):
-        a wrong password used to wait the whole broker timeout (60 s by default) before it was
-        named. The abandoned constructor ends at its own timeout."""
+        :class:`ClientRefused` once each of the ``servers`` bootstrap addresses refused it in
+        a way no retry changes (``_FINAL``; kafka-python tries the next address after one
+        that refuses): a wrong CA used to wait the whole broker timeout (60 s by default)
+        before it was named. The abandoned constructor ends at its own timeout."""
+        self.refused = {}
         call = Call(make)
         while not call.done.wait(0.05):
-            if self.refusal is not None:
-                raise ClientRefused(f"Kafka refused the client: {self.refusal}")
+            if len(self.refused) >= servers:
+                raise ClientRefused(
+                    f"Kafka refused the client: {next(iter(self.refused.values()))}"
+                )
         return call.result()
 
     def explain(
@@ -729,7 +734,8 @@ def create_topics(
     try:
         with ClientErrors() as errors:
             admin = errors.connect(
-                lambda: KafkaAdminClient(bootstrap_servers=bootstrap, **(client_config or {}))
+                lambda: KafkaAdminClient(bootstrap_servers=bootstrap, **(client_config or {})),
+                len(bootstrap.split(",")),
             )
     except (KafkaError, OSError) as exc:
         raise FdsError(

@@ -48,7 +48,10 @@ def test_bad_values_name_the_setting_and_file(tmp_path):
     [
         ({"security_protocol": "SASL_TLS"}, "Input should be 'PLAINTEXT', 'SSL'"),
         ({"security_protocol": "SASL_SSL"}, "SASL_SSL needs --sasl-mechanism"),
-        ({"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-999"}, "Input should be"),
+        (
+            {"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-999"},
+            "unknown SASL mechanism 'SCRAM-SHA-999': one of AWS_MSK_IAM",
+        ),
         (
             {
                 "security_protocol": "SASL_SSL",
@@ -68,6 +71,23 @@ def test_security_settings_that_cannot_work_are_refused_before_connecting(settin
     (a missing password: "'NoneType' object has no attribute 'encode'")."""
     with pytest.raises(ConfigError, match=re.escape(says)):
         load_settings(**settings)
+
+
+def test_security_settings_that_work_are_not_refused(tmp_path, monkeypatch):
+    """Any mechanism kafka-python knows; a CA file a plaintext client never reads; a CA file
+    named relative to the settings file."""
+    assert load_settings(security_protocol="SASL_SSL", sasl_mechanism="AWS_MSK_IAM")
+    monkeypatch.setenv("FDS_SSL_CAFILE", "/nonexistent/ca.pem")
+    assert load_settings().ssl_cafile == "/nonexistent/ca.pem"  # PLAINTEXT: not read
+    monkeypatch.delenv("FDS_SSL_CAFILE")
+    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    f = tmp_path / "kafka.yaml"
+    f.write_text("security_protocol: SSL\nssl_cafile: ca.pem\n")
+    monkeypatch.chdir("/")
+    assert load_settings(f).ssl_cafile == str(tmp_path / "ca.pem")
+    f.write_text("group: g\n1: 2\n")
+    with pytest.raises(ConfigError, match="1: a setting's name is text"):
+        load_settings(f)
 
 
 def test_the_group_timeouts_are_flags_too():
@@ -193,5 +213,11 @@ def test_a_final_refusal_ends_the_connect_at_once_a_drop_does_not():
     with ClientErrors() as errors:
         threading.Timer(0.3, release.set).start()
         assert errors.connect(constructor("KafkaConnectionError: socket disconnected")) == "client"
+        release.clear()
+        # one of two bootstrap addresses refusing is no verdict: kafka-python tries the other
+        # (a refusal seen by an earlier connect of the block does not count either)
+        threading.Timer(0.3, release.set).start()
+        refused = "InvalidReceiveError: Invalid frame length: 1"
+        assert errors.connect(constructor(refused), servers=2) == "client"
     msg = errors.explain(ClientRefused("x"), "h:1", "cannot reach Kafka at h:1", "up?", "SSL")
     assert msg.startswith("Kafka at h:1 refused the client: ")
