@@ -257,14 +257,14 @@ def _body(cg: Any, var: dict[str, str]) -> list[str]:
             elif agg == "last_gap":
                 a(f"    {o} = t - prev if prev > cut else None")
             elif agg == "sum":
-                a(f"    {o} = s{fi} + k{fi} * m{fi}")
+                a(f"    {o} = s{fi} + k{fi} * m{fi} if m{fi} else 0.0")  # none: exactly 0
             elif agg == "mean":
                 a(f"    if m{fi}:")
                 a(f"        {o} = k{fi} + s{fi} / m{fi}")
             elif agg == "std":
                 a(f"    if m{fi}:")
                 a(f"        var = (q{fi} - s{fi} * s{fi} / m{fi}) / m{fi}")
-                a(f"        {o} = _std(var)")
+                a(f"        {o} = _std(var) if m{fi} > 1 else 0.0")  # one value: exactly 0
                 a(f"        if var * {_DRIFT!r} < q{fi} / m{fi} and m{fi} > 1:")
                 a(f"            rb{fi} = {cg.i_head[wi]}")
             elif agg in ("min", "max"):
@@ -291,7 +291,7 @@ def _body(cg: Any, var: dict[str, str]) -> list[str]:
             y = var[name]
             a(f"        mm = st[{i_n}]")
             if agg == "sum":
-                a(f"        {y} = st[{i1}] + k{fi} * mm")
+                a(f"        {y} = st[{i1}] + k{fi} * mm if mm else 0.0")
             elif agg == "mean":
                 a(f"        {y} = k{fi} + st[{i1}] / mm if mm else None")
             else:

@@ -242,6 +242,11 @@ class KafkaSettings(BaseSettings):
     exactly_once: bool = False
     # Stable across restarts of the same instance so a restarted process fences its zombie.
     transactional_id: str | None = None
+    # Exactly-once: the broker aborts a transaction open longer than this. A killed instance's
+    # open transaction holds its partitions' committed offsets back from their new owner until
+    # then (kafka-python's 60 s, as long as broker_timeout_s, stalled a group for 57 s in a
+    # chaos review); Kafka Streams uses 10 s. A batch's transaction takes well under a second.
+    transaction_timeout_ms: int = Field(default=10_000, ge=1000)
     auto_offset_reset: str = "earliest"
     # At-least-once: batches whose decisions may still await the broker's acknowledgement (and
     # their offsets a commit) while the next batch is decided. 0: flush and commit each batch
@@ -570,6 +575,7 @@ class Runner:
             producer_cfg["transactional_id"] = (
                 s.transactional_id or f"fds-{s.group}-{s.group_instance_id or '0'}"
             )
+            producer_cfg["transaction_timeout_ms"] = s.transaction_timeout_ms
             if not s.transactional_id and not s.group_instance_id:
                 log.warning(
                     "--exactly-once without --group-instance-id or --transactional-id: every "
@@ -1225,7 +1231,13 @@ class Runner:
         """
         timeout_ms = int(self.s.broker_timeout_s * 1000)  # kafka-python: no limit by default
         committed = self._retrying(
-            "reading the committed offsets",
+            "reading the committed offsets"
+            + (
+                " (a transaction a stopped instance left open holds them until the broker aborts "
+                "it: transaction_timeout_ms)"
+                if self.s.exactly_once
+                else ""
+            ),
             lambda: {tp: self.consumer.committed(tp, timeout_ms=timeout_ms) for tp in tps},
         )
         pos = self._positions

@@ -145,3 +145,21 @@ def test_a_reordered_event_next_to_an_overflowing_value_gives_an_infinite_std():
     )
     out = run(plan, [(100.0, 1e160), (200.0, 1.0), (150.0, 2.0)])  # the last reordered
     assert out[1:] == [{"sd": math.inf}, {"sd": math.inf}]  # (it raised OverflowError)
+
+
+def test_the_std_of_one_value_is_exactly_zero():
+    """Left by the values before it, a window holding one value gave 1.9e-6 (the sums'
+    rounding), not 0."""
+    plan = moments("1h")
+    events = [(100.0, 401.13), (110.0, None), (1310.0, 236.12), (2510.0, 46.93),
+              (2520.0, 194.9), (5520.0, 1.05), (6720.0, None)]  # fmt: skip
+    out = run(plan, events)
+    assert out[-1]["std"] == 0.0  # the window (3120, 6720]: 1.05 and a missing value
+
+
+def test_a_sum_over_no_present_value_is_exactly_zero():
+    plan = moments("1h")
+    events = [(100.0, 401.13), (110.0, None), (1310.0, 236.12), (2510.0, 46.93),
+              (2520.0, 194.9), (5520.0, 1.05), (6720.0, None), (9130.0, None)]  # fmt: skip
+    out = run(plan, events)
+    assert out[-1] == {"sum": 0.0, "mean": None, "std": None}  # (5530, 9130]: missing values

@@ -999,3 +999,24 @@ def test_at_least_once_the_consumer_goes_back_to_the_commit_after_a_refused_one(
     r._restore_assigned()  # the loop, before the next batch
     assert r.consumer.seeks[-1] == (TP, 3) and not len(r.aligner)
     assert not r._rewind
+
+
+def test_the_exactly_once_producer_asks_for_a_short_transaction_timeout():
+    """A killed instance's open transaction held its partitions' committed offsets back from
+    their new owner for kafka-python's 60 s (as long as broker_timeout_s: the group stalled
+    57 s in a chaos review, and a little longer would have ended the new owner)."""
+    from fds.streams.kafka import BrokerUnavailable
+
+    seen: dict[str, Any] = {}
+
+    def producer(**cfg: Any) -> Any:
+        seen.update(cfg)
+        raise OSError("no broker here")  # the configuration is what this test reads
+
+    r = Runner(
+        KafkaSettings(exactly_once=True, broker_timeout_s=5), Engine(),
+        consumer_factory=lambda **_: Consumer(), producer_factory=producer,
+    )  # fmt: skip
+    with pytest.raises(BrokerUnavailable):
+        r._connect()
+    assert seen["transaction_timeout_ms"] == 10_000 and seen["transactional_id"]
