@@ -771,6 +771,52 @@ def test_an_eviction_under_exactly_once_without_a_checkpoint_is_a_clear_exit():
         r._process(batch(0))
 
 
+def test_a_commit_the_broker_aborted_on_its_timeout_is_decided_again(tmp_path, caplog):
+    """A chaos run lost a batch under --exactly-once: the broker was down longer than the
+    transaction timeout, so it aborted the open transaction when it came back, and
+    kafka-python reported its commit all the same; the consumer had moved past the batch, so
+    its 50 transactions were never decided again. A commit that took longer than half the
+    timeout now checks the committed offsets."""
+    import time
+
+    from fds.features import FeaturePlan
+    from fds.streams.checkpoint import Checkpointer
+
+    class SlowTxProducer(TxProducer):
+        slow = 0.0
+
+        def commit_transaction(self) -> None:
+            time.sleep(self.slow)  # the outage
+            super().commit_transaction()
+
+    class Committed(SeekingConsumer):
+        group = 0
+
+        def committed(self, tp: Any, timeout_ms: Any = None) -> int:
+            return self.group  # what the group holds (the aborted transaction's: not there)
+
+    spec = type("S", (), dict(name="n", entity="card_id", agg="count", field=None, window="1d"))
+    r = Runner(
+        KafkaSettings(exactly_once=True, checkpoint_in_background=False,
+                      transaction_timeout_ms=1000),
+        Engine(features=FeaturePlan([spec])), checkpointer=Checkpointer(tmp_path),
+    )  # fmt: skip
+    r.consumer, r.producer = Committed(), SlowTxProducer()
+    r._process(batch(0))  # quick: not checked
+    assert r._positions == {0: 3} and r.stats.commits == 1
+    r.consumer.group = 3
+    r.producer.slow = 0.6  # > half the timeout
+    with caplog.at_level("WARNING", logger="fds.streams.kafka"):
+        r._process(batch(3))
+    assert "aborted on its timeout" in caplog.text and r.stats.commits == 1
+    assert r.consumer.seeks[-1] == (TP, 3)  # decided again from its first record
+    assert r._positions == {0: 3} and r._unresolved == {0}
+    assert len(r.engine.features.states[0]["c1"][1]) == 3  # not in the state
+    r.consumer.group = 9
+    r._process(batch(3))  # slow, and landed: committed
+    assert r.stats.commits == 2 and r._positions == {0: 6}
+
+
 def test_labels_for_the_input_backlog_wait_for_it_after_a_restart():
     """Found by a review: the first poll after a start returns nothing (the group join uses up
     its time), which looked like an idle input, so every label was applied at once: a label
