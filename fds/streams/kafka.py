@@ -242,11 +242,13 @@ class KafkaSettings(BaseSettings):
     exactly_once: bool = False
     # Stable across restarts of the same instance so a restarted process fences its zombie.
     transactional_id: str | None = None
-    # Exactly-once: the broker aborts a transaction open longer than this. A killed instance's
+    # Exactly-once: the broker aborts a transaction open longer than this (and fences its
+    # producer: fds run exits, a restart resumes from the last commit). A killed instance's
     # open transaction holds its partitions' committed offsets back from their new owner until
-    # then (kafka-python's 60 s, as long as broker_timeout_s, stalled a group for 57 s in a
-    # chaos review); Kafka Streams uses 10 s. A batch's transaction takes well under a second.
-    transaction_timeout_ms: int = Field(default=10_000, ge=1000)
+    # then, which waits for it (a chaos review saw a 57 s stall). Shorter takes over sooner
+    # but turns a shorter pause into an exit: 10 s (Kafka Streams' value) ended fds run after a
+    # 25 s SIGSTOP in a chaos run, where 60 s (kafka-python's default) rides it out.
+    transaction_timeout_ms: int = Field(default=60_000, ge=1000)
     auto_offset_reset: str = "earliest"
     # At-least-once: batches whose decisions may still await the broker's acknowledgement (and
     # their offsets a commit) while the next batch is decided. 0: flush and commit each batch
@@ -1254,7 +1256,12 @@ class Runner:
           instance, or taken back after a while): start from an empty state and fold every
           assigned partition from the feature horizon ("rebuild"), merged in event time.
         """
-        timeout_ms = int(self.s.broker_timeout_s * 1000)  # kafka-python: no limit by default
+        # Exactly-once: a transaction a killed instance left open holds its offsets back until
+        # the broker aborts it (transaction_timeout_ms): waited for, not given up on.
+        wait_s = self.s.broker_timeout_s
+        if self.s.exactly_once:
+            wait_s = max(wait_s, self.s.transaction_timeout_ms / 1000 + WAIT_LOG_S)
+        timeout_ms = int(wait_s * 1000)  # kafka-python: no limit by default
         committed = self._retrying(
             "reading the committed offsets"
             + (
@@ -1264,6 +1271,7 @@ class Runner:
                 else ""
             ),
             lambda: {tp: self.consumer.committed(tp, timeout_ms=timeout_ms) for tp in tps},
+            wait_s,
         )
         pos = self._positions
         behind = {
@@ -1439,13 +1447,14 @@ class Runner:
     def _flush(self) -> None:
         self._retrying("flush", lambda: self.producer.flush(timeout=self.s.broker_timeout_s))
 
-    def _retrying(self, what: str, fn: Callable[[], Any]) -> Any:
-        """Call ``fn`` with exponential backoff until ``broker_timeout_s``; then give up loudly.
+    def _retrying(self, what: str, fn: Callable[[], Any], timeout_s: float | None = None) -> Any:
+        """Call ``fn`` with exponential backoff until ``timeout_s`` (``broker_timeout_s``);
+        then give up loudly.
 
         Under exactly-once a failed transactional call is not retried: the transaction is
         aborted and the error propagates (a restart resumes from the last commit).
         """
-        deadline = time.monotonic() + self.s.broker_timeout_s
+        deadline = time.monotonic() + (timeout_s or self.s.broker_timeout_s)
         delay = 0.1  # first backoff; doubles up to 5 s
         while True:
             try:

@@ -1047,22 +1047,22 @@ def test_at_least_once_the_consumer_goes_back_to_the_commit_after_a_refused_one(
     assert not r._rewind
 
 
-def test_the_exactly_once_producer_asks_for_a_short_transaction_timeout():
-    """A killed instance's open transaction held its partitions' committed offsets back from
-    their new owner for kafka-python's 60 s (as long as broker_timeout_s: the group stalled
-    57 s in a chaos review, and a little longer would have ended the new owner)."""
-    from fds.streams.kafka import BrokerUnavailable
-
+def test_a_new_owner_waits_out_the_transaction_a_killed_instance_left_open():
+    """A killed instance's open transaction holds its partitions' committed offsets back until
+    the broker aborts it (transaction_timeout_ms, kafka-python's 60 s): the new owner read them
+    for broker_timeout_s only, as long, and was seen 3 s short of exiting (a chaos review)."""
     seen: dict[str, Any] = {}
 
-    def producer(**cfg: Any) -> Any:
-        seen.update(cfg)
-        raise OSError("no broker here")  # the configuration is what this test reads
+    class Held(GroupConsumer):
+        def committed(self, tp: Any, timeout_ms: Any = None) -> int:
+            seen["timeout_ms"] = timeout_ms
+            return 0
 
-    r = Runner(
-        KafkaSettings(exactly_once=True, broker_timeout_s=5), Engine(),
-        consumer_factory=lambda **_: Consumer(), producer_factory=producer,
-    )  # fmt: skip
-    with pytest.raises(BrokerUnavailable):
-        r._connect()
-    assert seen["transaction_timeout_ms"] == 10_000 and seen["transactional_id"]
+    r = Runner(KafkaSettings(exactly_once=True, broker_timeout_s=20), Engine())
+    r.consumer = Held()
+    r._bring_up_to_date([TP])
+    assert seen["timeout_ms"] == (60 + 5) * 1000  # the transaction timeout and a margin
+    r = Runner(KafkaSettings(broker_timeout_s=20), Engine())  # at-least-once: no transaction
+    r.consumer = Held()
+    r._bring_up_to_date([TP])
+    assert seen["timeout_ms"] == 20_000
