@@ -183,6 +183,13 @@ def one_run(
         t for d in got if (t := datetime.fromisoformat(d["decided_at"]).timestamp()) > back
     )
     logged = log_path.read_text()
+    which = Counter(  # the features that differ from the replay, and whether decided late
+        (k, "late" in (d.get("flags") or []))
+        for i, d in first.items() if d["features"] != ref.get(i)
+        for k in d["features"] if d["features"][k] != (ref.get(i) or {}).get(k)
+    )  # fmt: skip
+    if which:
+        print("features differ:", which.most_common(8), flush=True)
     return {
         "fault": fault, "mode": mode, "down": down, "inputs": n, "finished": done,
         "exit": code, "lost": sum(1 for i in ids if i not in first), "dups": dups,
