@@ -436,10 +436,12 @@ def _cut_column(ts: Any, col: list[Any], st: list[Any], i_off: int, horizon: flo
 # off by 7, and 1e160 overflowed its squares into NaN: a review found it). A leave that takes
 # a sum of squares down by more than this factor (its square root for a plain sum), and is
 # larger than the shift itself, has the window's sums recomputed exactly (_exact): at most 20
-# of the 52 bits are lost before that. A std whose variance is this much below the second
-# moment about the shift (the shift far from the window's values: a merchant's first amount
-# 2e9, then amounts around 10,000, gave 25.7 for 29.6) has the shift moved to the window's
-# mean (_rebase). Both are rare: amounts of one magnitude never trigger them.
+# of the 52 bits are lost before that. The shift moves (_rebase, every window of the field
+# recomputed) when a std's variance is this much below the second moment about the shift (a
+# merchant's first amount 2e9, then amounts around 10,000, gave 25.7 for 29.6): to that
+# window's mean; or when a new value is this much below the shift (a first value of 1e17
+# rounded a later 12.34 to 16): to that value. All are rare: amounts of one magnitude never
+# trigger them.
 _DRIFT = float(2**20)
 _DRIFT2 = _DRIFT * _DRIFT
 
@@ -490,7 +492,6 @@ def _namespace() -> dict[str, Any]:
         "_intern": sys.intern,
         "_cat": cat,
         "_bisect_right": bisect_right,
-        "_sqrt": math.sqrt,
         "_cut_column": _cut_column,
     }
 
