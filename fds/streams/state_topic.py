@@ -15,10 +15,14 @@ topic is compacted, so it keeps the newest record per key)::
     key "<group>/<instance>"             -> manifest {slot, chunks, size, sha256, signature,
                                             written_at}, sent after its chunks
 
-Snapshots rotate over three slots, ``a``, ``b`` and ``c``: a publish writes a slot that neither
-the last manifest the broker acknowledged nor the last one sent (which it may have received)
-names, so a crash mid-publish leaves the snapshot the broker's manifest names whole, whatever
-the broker got. Both slots are kept in a small file beside the checkpoint (``slot_file``),
+Snapshots rotate over three slots, ``a``, ``b`` and ``c``: a publish writes a slot that no
+manifest the broker may hold names -- the last one it acknowledged, and every one sent since
+(a manifest that failed may still have landed) -- so a crash mid-publish leaves the snapshot
+the broker's manifest names whole, whatever the broker got. When manifests failed until every
+slot may be named, the newest manifest is sent again instead of a new snapshot: once the broker
+acknowledges it, it names that slot for sure and the other two are free (a review found the
+next snapshot written over a slot that two failed manifests in a row left maybe named). The
+slots and the newest manifest are kept in a small file beside the checkpoint (``slot_file``),
 written *before* a manifest is sent, so that a restarted instance knows them too (with two
 slots and the file written once the manifest was acknowledged, an instance killed in between
 wrote its next snapshot over the one the broker named). A snapshot is
@@ -78,11 +82,14 @@ class StateTopic:
         env = os.environ.get(KEY_ENV)
         self.key = key if key is not None else (env.encode() if env else None)
         self.slot_file = slot_file
-        # the slots the broker's manifest may name: the last acknowledged, the last sent
-        known = slot_file.read_text().split() if slot_file and slot_file.exists() else []
-        known = [k for k in known if k in SLOTS][:2] or ["c"]
-        self._acked, self._sent = known[0], known[-1]
-        self._sending: tuple[str, bytes, int] | None = None  # (slot, data, next chunk)
+        # the slots the broker's manifest may name: the last acknowledged (``_acked``) and those
+        # sent since (``_maybe``, newest last), with the newest manifest (``_last``)
+        self._acked = "c"
+        self._maybe: list[str] = []
+        self._last: bytes | None = None
+        if slot_file is not None and slot_file.exists():
+            self._load_slots(slot_file.read_bytes())
+        self._sending: tuple[str | None, bytes, int] | None = None  # (slot, data, next chunk)
         self._chunks: list[Any] = []  # send futures of the snapshot's chunks
         self._manifest: tuple[str, Any] | None = None  # (slot, send future) until acknowledged
         self.published = 0
@@ -97,17 +104,27 @@ class StateTopic:
         return self._sending is not None or self._manifest is not None
 
     @property
-    def _slot(self) -> str:
-        """The slot the next publish writes: after the last one sent, named by no manifest
-        the broker may hold."""
-        i = SLOTS.index(self._sent)
-        return next(
-            x for x in SLOTS[i + 1 :] + SLOTS[: i + 1] if x not in (self._acked, self._sent)
-        )
+    def _slot(self) -> str | None:
+        """The slot the next publish writes: after the newest one sent, named by no manifest
+        the broker may hold (``None``: every slot may be named)."""
+        named = {self._acked, *self._maybe}
+        i = SLOTS.index(self._maybe[-1] if self._maybe else self._acked)
+        return next((x for x in SLOTS[i + 1 :] + SLOTS[: i + 1] if x not in named), None)
+
+    def _load_slots(self, text: bytes) -> None:
+        """Read ``slot_file``: ``<acked> <sent since>...``, then the newest manifest on a line
+        of its own (a file of an earlier release: ``<acked> <last sent>``)."""
+        first, _, manifest = text.partition(b"\n")
+        known = [k for k in first.decode(errors="replace").split() if k in SLOTS]
+        if known:
+            self._acked = known[0]
+            self._maybe = [k for k in dict.fromkeys(known[1:]) if k != known[0]]
+        self._last = manifest.strip() or None
 
     def _save_slots(self) -> None:
         if self.slot_file is not None:
-            write_atomic(self.slot_file, f"{self._acked} {self._sent}".encode())
+            text = " ".join([self._acked, *self._maybe]).encode()
+            write_atomic(self.slot_file, text + b"\n" + (self._last or b""))
 
     def _confirm(self) -> None:
         """Once the broker has acknowledged the manifest, its slot is the one named. A manifest
@@ -118,7 +135,7 @@ class StateTopic:
         self._manifest = None
         if getattr(m[1], "failed", lambda: False)():
             return
-        self._acked = m[0]
+        self._acked, self._maybe = m[0], []  # sent after every earlier one had an answer
         self.published += 1
         self._save_slots()
 
@@ -145,10 +162,30 @@ class StateTopic:
         acknowledged every chunk, its manifest (a manifest sent before had named a torn slot
         when a chunk was lost, and the next snapshot then overwrote the only whole one). Not
         awaited (``flush_s``: wait for the chunks that long, at a stop): a lost snapshot is
-        replaced by the next one, and the previous one stays whole meanwhile."""
+        replaced by the next one, and the previous one stays whole meanwhile. When every slot
+        may be named, the newest manifest is sent first, and the chunks once it is
+        acknowledged."""
         if self._sending is None:
             return
         slot, data, done = self._sending
+        if slot is None:  # every slot may be named: the newest manifest first
+            newest = self._last
+            if newest is None:  # (a slot file of an earlier release)
+                slot = self._maybe[0]
+            else:
+                self._confirm()
+                slot = self._slot
+                if slot is None and self._manifest is None:  # (sent again if it failed)
+                    log.warning(
+                        'state topic="%s": the manifests of the last snapshots may not have '
+                        "landed; the newest is sent again first",
+                        self.topic,
+                    )
+                    self._send_manifest(producer, self._maybe[-1], newest, flush_s)
+                    slot = self._slot  # (acknowledged at once when flushed, at a stop)
+                if slot is None:
+                    return
+        self._sending = (slot, data, done)
         part = self.partition(len(producer.partitions_for(self.topic) or ()))
         n = max(1, -(-len(data) // CHUNK))
         last = min(n, done + chunks)
@@ -172,8 +209,6 @@ class StateTopic:
             self.abort()  # (the slot stays: the broker's manifest still names the other one)
             return
         self._chunks = []
-        self._sent = slot
-        self._save_slots()  # before the manifest: a restart must know the broker may name it
         manifest = {
             "slot": slot,
             "chunks": n,
@@ -182,11 +217,21 @@ class StateTopic:
             "signature": sign(data, self.key) if self.key is not None else None,
             "written_at": time.time(),
         }
-        future = producer.send(
-            self.topic, key=self.ident.encode(), value=orjson.dumps(manifest), partition=part
-        )
         self._sending = None
+        self._maybe = [*(x for x in self._maybe if x != slot), slot]
+        self._last = orjson.dumps(manifest)
+        self._save_slots()  # before the manifest: a restart must know the broker may name it
+        self._send_manifest(producer, slot, self._last, None)
+
+    def _send_manifest(
+        self, producer: Any, slot: str, manifest: bytes, flush_s: float | None
+    ) -> None:
+        """Send the manifest naming ``slot`` (at a stop, ``flush_s``: wait for it that long)."""
+        part = self.partition(len(producer.partitions_for(self.topic) or ()))
+        future = producer.send(self.topic, key=self.ident.encode(), value=manifest, partition=part)
         self._manifest = (slot, future)
+        if flush_s is not None:
+            producer.flush(timeout=flush_s)
         self._confirm()
 
     def fetch(self, make_reader: Callable[[], Any], *, timeout_s: float = 60.0) -> bytes | None:
@@ -237,5 +282,5 @@ class StateTopic:
                 "from the input instead", self.ident, self.topic, type(exc).__name__, exc,
             )  # fmt: skip
             return None
-        self._acked = self._sent = m["slot"]  # never overwrite the snapshot just read
+        self._acked, self._maybe = m["slot"], []  # never overwrite the snapshot just read
         return data
