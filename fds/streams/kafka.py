@@ -1047,17 +1047,9 @@ class Runner:
         before the next decision: the batch is decided again, once, after the group is
         rejoined. Without a checkpoint to go back to, exit (a restart resumes from the last
         commit)."""
-        log.warning(
-            "transaction offsets refused (%s): evicted from the group; the transaction is "
-            "aborted and its %d records are decided again after the group is rejoined",
-            exc, len(batch),
-        )  # fmt: skip
-        self._waited(
-            "abort_transaction",
-            self.producer.abort_transaction,
-            time.monotonic() + self.s.broker_timeout_s,
+        self._rewind_batch(
+            batch, f"transaction offsets refused ({exc}): evicted from the group", abort=True
         )
-        self._rewind_batch(batch, f"the group refused the transaction's offsets ({exc})")
 
     def _offsets_landed(self, offsets: Mapping[Any, Any]) -> bool:
         """Did a transaction's input offsets reach the group? The broker aborts a transaction
@@ -1071,15 +1063,27 @@ class Runner:
         )
         return all((got[tp] or 0) >= om.offset for tp, om in offsets.items())
 
-    def _rewind_batch(self, batch: list[tuple[Any, Any, Any]], why: str) -> None:
-        """Decide ``batch`` again: back to its first record in every partition, the state back
-        to the last checkpoint and caught up before the next decision."""
+    def _rewind_batch(
+        self, batch: list[tuple[Any, Any, Any]], why: str, *, abort: bool = False
+    ) -> None:
+        """Decide ``batch`` again (``abort``: its transaction is aborted first): back to its
+        first record in every partition, the state back to the last checkpoint and caught up
+        before the next decision."""
+        if abort:  # its decisions are never read by read_committed consumers
+            self._waited(
+                "abort_transaction",
+                self.producer.abort_transaction,
+                time.monotonic() + self.s.broker_timeout_s,
+            )
         if self.checkpointer is None:
             raise FdsError(
                 f"{why}: the batch is not committed and there is no state checkpoint to go "
                 "back to (--state-dir none); restart to resume from the last commit"
             )
-        log.warning("%s: its %d records are decided again", why, len(batch))
+        log.warning(
+            "%s: %sits %d records are decided again after the group is rejoined",
+            why, "the transaction was aborted and " if abort else "", len(batch),
+        )  # fmt: skip
         first: dict[Any, int] = {}
         for tp, msg, _ in batch:
             first.setdefault(tp, msg.offset)
