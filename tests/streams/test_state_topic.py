@@ -149,24 +149,28 @@ class Pending:
         return self.error
 
 
+class AckLater(Topic):
+    """A topic whose broker answers the sends at a flush (``futures``: one per send)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.futures: list[Pending] = []
+
+    def send(self, topic: str, *, key: bytes, value: bytes, partition: int) -> Pending:
+        super().send(topic, key=key, value=value, partition=partition)
+        self.futures.append(Pending())
+        return self.futures[-1]
+
+    def flush(self, timeout: float | None = None) -> None:
+        for f in self.futures:
+            f.is_done = True
+
+
 def test_the_slot_moves_on_only_once_the_broker_has_the_manifest(tmp_path):
-    topic = Topic()
     slot = tmp_path / "slot"
     st = StateTopic("state", "fds/i0", slot_file=slot)
-    futures: list[Pending] = []
-
-    class Producer(Topic):
-        def send(self, topic: str, *, key: bytes, value: bytes, partition: int) -> Pending:
-            super().send(topic, key=key, value=value, partition=partition)
-            futures.append(Pending())
-            return futures[-1]
-
-        def flush(self, timeout: float | None = None) -> None:
-            for f in futures:  # the chunks sent so far are acknowledged
-                f.is_done = True
-
-    producer = Producer()
-    producer.parts = topic.parts
+    topic = producer = AckLater()
+    futures = producer.futures
     st.publish(producer, b"first")
     # the slot file says, before the manifest is sent, that the broker may name slot a now
     named = lambda: slot.read_text().splitlines()[0]  # noqa: E731  (acknowledged, sent since)
@@ -186,19 +190,8 @@ def test_after_two_failed_manifests_the_newest_is_sent_again_before_a_slot_is_re
     """Found by a review: two manifests in a row that failed (either may have landed) left
     the third slot's snapshot as the only one free of them, and the next publish wrote over a
     slot the broker might name: a crash during it left nothing that verifies."""
-    futures: list[Pending] = []
-
-    class Producer(Topic):
-        def send(self, topic: str, *, key: bytes, value: bytes, partition: int) -> Pending:
-            super().send(topic, key=key, value=value, partition=partition)
-            futures.append(Pending())
-            return futures[-1]
-
-        def flush(self, timeout: float | None = None) -> None:
-            for f in futures:
-                f.is_done = True
-
-    producer, slot = Producer(), tmp_path / "slot"
+    producer, slot = AckLater(), tmp_path / "slot"
+    futures = producer.futures
     st = StateTopic("state", "fds/i0", slot_file=slot)
     part = producer.parts[st.partition(3)]
     st.publish(producer, b"S1 lands")  # slot a, acknowledged
@@ -320,18 +313,6 @@ def test_an_instance_killed_before_its_manifest_was_confirmed_keeps_the_named_sl
     killed in between, the restarted instance wrote its next snapshot into the slot the
     broker's manifest named, and dying during that publish left nothing to restore."""
     st_mod.CHUNK = 10
-    futures: list[Pending] = []
-
-    class AckLater(Topic):  # the broker answers at a flush
-        def send(self, topic: str, *, key: bytes, value: bytes, partition: int) -> Pending:
-            super().send(topic, key=key, value=value, partition=partition)
-            futures.append(Pending())
-            return futures[-1]
-
-        def flush(self, timeout: float | None = None) -> None:
-            for f in futures:
-                f.is_done = True
-
     topic = AckLater()
     slot = tmp_path / "slot"
     one = StateTopic("state", "fds/i0", slot_file=slot)
