@@ -193,6 +193,7 @@ class Registry:
         create: bool = True,
     ) -> None:
         self.path = Path(path)
+        self._dropped: list[Path] = []  # artifacts to delete once the manifest is written
         if self.path.exists() and not self.path.is_dir():
             raise ConfigError(f"model registry {self.path} is a file, not a folder")
         if create:
@@ -266,12 +267,23 @@ class Registry:
     def verify_file(self, version: str, entry: Mapping[str, Any]) -> None:
         """Check ``version``'s artifact against its entry (sha256, HMAC): nothing unpickled."""
         data = self._artifact(version)
-        verify(data, sha256=entry.get("sha256", ""), signature=entry.get("hmac"), key=self.key)
+        try:
+            verify(data, sha256=entry.get("sha256", ""), signature=entry.get("hmac"), key=self.key)
+        except ArtifactError as e:
+            raise self._naming(version, e) from e
 
     def load(self, version: str) -> Any:
         """The model of ``version``, verified (sha256, HMAC when keyed) before unpickling."""
         data, e = self.load_bytes(version)
-        return load_verified(data, sha256=e["sha256"], signature=e.get("hmac"), key=self.key)
+        try:
+            return load_verified(data, sha256=e["sha256"], signature=e.get("hmac"), key=self.key)
+        except ArtifactError as exc:
+            raise self._naming(version, exc) from exc
+
+    def _naming(self, version: str, e: ArtifactError) -> ArtifactError:
+        """``e`` naming the version and its file (`fds train` said only "artifact sha256
+        mismatch")."""
+        return ArtifactError(f"{version} ({self.path / f'{version}.pkl'}): {e}", local=e.local)
 
     # -- writing ---------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -280,8 +292,14 @@ class Registry:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 m = self.manifest()
+                self._dropped = []
                 yield m
                 write_atomic(self._manifest_path, json.dumps(m, indent=1, sort_keys=True).encode())
+                # artifacts retention dropped go once the manifest no longer lists them (a
+                # crash in between leaves a file, never an entry without one)
+                for path in self._dropped:
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
@@ -406,8 +424,7 @@ class Registry:
         for e in entries:
             if e["version"] not in keep:
                 del m["versions"][e["version"]]
-                with contextlib.suppress(FileNotFoundError):
-                    (self.path / f"{e['version']}.pkl").unlink()
+                self._dropped.append(self.path / f"{e['version']}.pkl")  # (see _locked)
 
     def _set_champion(
         self, version: str | Callable[[dict[str, Any]], str], status: str, reason: str

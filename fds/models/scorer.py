@@ -167,8 +167,10 @@ def canary(
             pause()
         try:
             p = _p(model, x)
-        except Exception as e:
-            raise ArtifactError(f"canary: scoring raised {type(e).__name__}: {e}") from e
+        except Exception as e:  # maybe this machine's libraries (a River version): retried
+            raise ArtifactError(
+                f"canary: scoring raised {type(e).__name__}: {e}", local=True
+            ) from e
         if not (math.isfinite(p) and 0.0 <= p <= 1.0):
             raise ArtifactError(f"canary: score {p!r} is not a probability in [0, 1]")
 
@@ -246,7 +248,9 @@ class ModelServer:
         self._challenger_entry: dict[str, Any] = {}
         self._queued: tuple[str, Any, dict[str, Any]] | None = None  # newest verified version
         # (role, version, model, manifest entry) prepared by the watcher thread
-        self._pending: tuple[str, str, Any, dict[str, Any]] | None = None
+        # (role, version, model, its manifest entry, the swaps counted when it was prepared)
+        self._pending: tuple[str, str, Any, dict[str, Any], int] | None = None
+        self._swaps = 0  # champion swaps so far: a version prepared before one is stale
         self._ranks: tuple[BudgetRank, BudgetRank] | None = None
         # maturity gate: (model credit, rules credit) on the last `gate.window` fraud labels
         gate = spec.gate
@@ -321,6 +325,12 @@ class ModelServer:
                 self._drop_challenger(
                     "reject", f"shadow scoring raised {type(e).__name__}: {e}", local=True
                 )  # (maybe this machine's libraries: the registry is not told)
+            else:
+                if not -1e-9 <= shadow <= 1.0 + 1e-9:  # NaN or far out: the version's fault
+                    self._drop_challenger(  # (it had been ranked, and promoted: a review)
+                        "reject", f"shadow score {shadow!r} is not a probability in [0, 1]"
+                    )
+                    shadow, shadow_version = math.nan, None
         # kept with the input: a contest re-ranking recent traffic reuses them (see _scores)
         self._scored = (self.version, scored, shadow_version, shadow)
         return s, self.version
@@ -436,6 +446,7 @@ class ModelServer:
     ) -> None:
         old = self.version
         self.champion, self.version = model, version  # the swap: one reference, between events
+        self._swaps += 1
         entry = entry or {}
         self._champion_labels = entry.get("labels_learned", 0)
         frauds = (entry.get("evaluation") or {}).get("frauds_learned", 0)
@@ -907,6 +918,7 @@ class ModelServer:
         events. Returns the version prepared, if any.
         """
         assert self.registry is not None
+        swaps = self._swaps  # a promotion of ours after this: the manifest read is stale
         if self._writing():  # the manifest may not show our own verdict yet
             return None
         m = self.registry.manifest()
@@ -933,7 +945,7 @@ class ModelServer:
             newest_known = max([self._offered, *known])
             fresh = ("published", "shadow")  # (shadow: a challenger of another scorer)
             if latest and latest["seq"] > newest_known and latest["status"] in fresh:
-                role = "challenger" if self.auto_promote else "champion"
+                role = "challenger" if self.auto_promote else "newest"
                 target = latest["version"]
         if target is None or now < self._retry_at.get(target, 0.0):
             return None
@@ -944,10 +956,13 @@ class ModelServer:
             self._refuse(target, e)
             return None
         self._retry_at.pop(target, None)
-        if role == "champion":
-            self._pointer = target
+        if swaps != self._swaps:  # (the decision thread promoted meanwhile: a review found
+            return None  # its champion's old pointer taken for a change by hand, undone)
+        if target == champ:  # (not the newest version served without labels: the registry
+            self._pointer = target  # still names its champion, which is no change by hand)
         self._offered = max(self._offered, (versions.get(target) or {}).get("seq", -1))
-        self._pending = (role or "challenger", target, model, versions.get(target) or {})
+        entry = versions.get(target) or {}
+        self._pending = (role or "challenger", target, model, entry, swaps)
         return target
 
     def _refuse(self, version: str, e: ArtifactError) -> None:
@@ -981,10 +996,13 @@ class ModelServer:
         pending, self._pending = self._pending, None
         if pending is None:
             return
-        role, version, model, entry = pending
+        role, version, model, entry, swaps = pending
         if version == self.version:  # served already (loaded at start while it was prepared)
             return
-        if role == "champion" or self.champion is None:
+        if role == "champion" and swaps != self._swaps:  # a change by hand read from a
+            self._pointer = self.version  # manifest before our own promotion: stale (the
+            return  # watcher reads the registry again once our verdict is written)
+        if role != "challenger" or self.champion is None:
             dropped = version == self.challenger_version  # promoted by hand in its contest
             if dropped:
                 self.challenger = self.challenger_version = self.contest = None

@@ -36,6 +36,16 @@ class RaisesOn(FeatureModel):
         return super().predict_proba_one(x)
 
 
+class NaNOn(FeatureModel):
+    """Scores like :class:`FeatureModel` but NaN on inputs whose ``odd`` is 1 (an overflow on
+    a rare value the canary's recent inputs did not meet)."""
+
+    def predict_proba_one(self, x: dict[str, float]) -> dict[bool, float]:
+        if x.get("odd") == 1.0:
+            return {True: float("nan"), False: float("nan")}
+        return super().predict_proba_one(x)
+
+
 class Counting(FeatureModel):
     """A :class:`FeatureModel` that counts its scorings (all instances together)."""
 

@@ -12,7 +12,7 @@ from fds.models.registry import Registry, make_entry
 from fds.models.scorer import ModelServer
 from fds.models.spec import parse_spec
 from fds.models.trainer import Publication
-from tests.models.fakes import Counting, FeatureModel, RaisesOn
+from tests.models.fakes import Counting, FeatureModel, NaNOn, RaisesOn
 
 DAY = 86400.0
 SPEC = parse_spec(
@@ -271,6 +271,82 @@ def test_the_watcher_does_not_undo_a_promotion_whose_write_is_still_pending(tmp_
     finally:
         release.set()
         srv.stop_watch()
+
+
+def test_the_watcher_drops_a_change_by_hand_read_before_our_own_promotion(tmp_path) -> None:
+    """Found by a review: the watcher checked that no verdict was being written, then read the
+    manifest; the decision thread promoted its challenger in between, and the manifest's old
+    champion was taken for a change by hand: the loser served again, the probation lost."""
+    import threading
+
+    srv, s, reg = _registry_server(tmp_path, FeatureModel("f_none"))
+    srv.start_watch(every=3600)  # watch mode; the test calls poll() itself
+    try:
+        srv.offer(_registered(reg, FeatureModel("f_a")))
+        srv._writes.join()
+        manifest = reg.manifest
+
+        def read_while_promoted() -> Any:  # the decision thread runs during the file read
+            m = manifest()
+            if threading.current_thread().name == "poller" and srv.contest is not None:
+                s.run(60, {"f_a": 1.0, "f_b": 1.0})  # v2 wins its contest
+            return m
+
+        reg.manifest = read_while_promoted  # type: ignore[method-assign]
+        poller = threading.Thread(target=srv.poll, name="poller")
+        poller.start()
+        poller.join()
+        reg.manifest = manifest  # type: ignore[method-assign]
+        srv.install_pending()
+        assert srv.version == "v000002" and srv.probation is not None
+        srv._writes.join()
+        assert reg.champion() == "v000002" and srv.poll() is None
+    finally:
+        srv.stop_watch()
+
+
+def test_a_challenger_scoring_nan_in_shadow_is_rejected_not_promoted(tmp_path) -> None:
+    """Found by a review: only a challenger that raised was dropped; one that scored NaN on
+    some live inputs was ranked on the others, won, and then each such decision fell back
+    to the rules (the model guard counting failures)."""
+    srv, s, reg = _registry_server(tmp_path, FeatureModel("f_a"))
+    assert srv.offer(_registered(reg, NaNOn("f_a")))  # the canary's inputs have no odd one
+    s._decide(s.i, s.i * DAY / 200, {"f_a": 0.5, "odd": 1.0})
+    assert srv.challenger is None and srv.stats["reject"] == 1
+    assert reg.entry("v000002")["status"] == "rejected" and srv.version == "v000001"
+
+
+def test_a_canary_that_raises_here_does_not_reject_the_version_for_every_scorer(tmp_path):
+    """Found by a review: a version whose scoring raised in the canary (a library of this
+    machine: a River version mismatch) was rejected in the shared registry; it is retried."""
+    srv, s, reg = _registry_server(tmp_path, FeatureModel("f_a"))
+    s._decide(s.i, s.i * DAY / 200, {"f_a": 0.5, "boom": 1.0})  # among the canary's inputs
+    reg.publish(RaisesOn("f_a"), spec={"name": "t"})
+    assert srv.poll() is None and srv.stats["swaps_rejected"] == 1
+    assert reg.entry("v000002")["status"] == "published" and srv._retry_pending()
+
+
+def test_a_scorer_without_labels_never_goes_back_to_the_registry_champion(tmp_path) -> None:
+    """Found by a review: serving the newest version (no labels here) set the scorer's idea of
+    the champion pointer to it, so at the next publication the registry's unchanged pointer
+    looked like a change by hand: every other version served was the old champion."""
+    reg = Registry(tmp_path)
+    reg.promote(reg.publish(FeatureModel("f_a"), spec={"name": "t"})["version"])
+    srv = ModelServer(SPEC, learn=False, registry=reg)
+    srv.load_champion()
+    srv.without_labels()
+    served = [srv.version]
+    for _ in range(4):
+        reg.publish(FeatureModel("f_a"), spec={"name": "t"})  # fds train publishes
+        srv.poll()
+        srv.install_pending()
+        served.append(srv.version)
+    assert served == [f"v{i:06d}" for i in range(1, 6)]
+    assert reg.champion() == "v000001"  # no verdict of a scorer that judges nothing
+    reg.promote("v000003")  # a change by hand is still taken
+    srv.poll()
+    srv.install_pending()
+    assert srv.version == "v000003"
 
 
 def test_a_challenger_that_raises_on_a_label_is_dropped_not_raised(tmp_path) -> None:

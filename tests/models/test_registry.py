@@ -68,7 +68,8 @@ def test_flipped_byte_is_rejected_and_not_unpickled(tmp_path: Path) -> None:
     assert UNPICKLED == ["a"]  # the trap works when the artifact is intact
     UNPICKLED.clear()
     _flip_byte(tmp_path / f"{e['version']}.pkl")
-    with pytest.raises(ArtifactError, match="sha256"):
+    # the error names the version and its file (`fds train` said only "sha256 mismatch")
+    with pytest.raises(ArtifactError, match=rf"v000001 \({tmp_path}/v000001.pkl\): .*sha256"):
         reg.load(e["version"])
     assert UNPICKLED == []
 
@@ -119,6 +120,34 @@ def test_retention_keeps_last_n_and_the_champion(tmp_path: Path) -> None:
     kept = [e["version"] for e in reg.versions()]
     assert kept == ["v000001", "v000006", "v000007", "v000008"]
     assert sorted(p.stem for p in tmp_path.glob("*.pkl")) == kept
+
+
+def test_retention_deletes_artifacts_only_once_the_manifest_no_longer_lists_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a review: retention deleted the artifacts before writing the manifest, so a
+    crash (or a full disk) in between left a manifest listing versions without a file."""
+    import fds.models.registry as registry
+
+    reg = Registry(tmp_path, retain=2)
+    for i in range(2):
+        reg.publish({"i": i}, spec={"name": "t"})
+    write = registry.write_atomic
+
+    def disk_full(path: Path, data: bytes) -> None:
+        if path.name == "manifest.json":
+            raise OSError(28, "No space left on device")
+        write(path, data)
+
+    monkeypatch.setattr(registry, "write_atomic", disk_full)
+    with pytest.raises(OSError):
+        reg.publish({"i": 2}, spec={"name": "t"})
+    monkeypatch.setattr(registry, "write_atomic", write)
+    assert [e["version"] for e in reg.versions()] == ["v000001", "v000002"]
+    assert reg.load("v000001") == {"i": 0}  # still there
+    reg.publish({"i": 3}, spec={"name": "t"})  # (the failed one's number again)
+    kept = [e["version"] for e in reg.versions()]
+    assert kept == ["v000002", "v000003"] == sorted(p.stem for p in tmp_path.glob("v*.pkl"))
 
 
 def test_promote_and_rollback(tmp_path: Path) -> None:
