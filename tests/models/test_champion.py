@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import threading
 from typing import Any
 
 from fds.engine import Engine
@@ -615,6 +616,45 @@ def test_in_fds_run_a_predecessor_re_scores_recent_traffic_off_the_decision_thre
         else:
             assert off_loop == 0 and on_loop - 60 > 100
         assert srv.probation is None or srv.probation.n > 0
+
+
+def test_a_new_version_is_ranked_on_recent_traffic_by_the_watcher_not_the_label_path(
+    tmp_path,
+) -> None:
+    """Found by a review: the first fraud label after a version change (the maturity gate) and
+    the first of a new contest scored 2,048 recent inputs with the new version on the decision
+    thread (160-320 ms with a forest). The watcher scores them when it prepares the version,
+    off the decision thread; the label path reuses those scores."""
+    from tests.models.fakes import Threads
+
+    spec = parse_spec(
+        "name: t\npipeline:\n  - linear_model.LogisticRegression: {}\n"
+        "promote:\n  shadow_min_labels: 60\n  warmup_labels: 0\n"
+        "gate:\n  min_frauds: 1\n  window: 5\n"
+    )
+    reg = Registry(tmp_path)
+    reg.promote(reg.publish(Threads("f_a"), spec={"name": "t"})["version"])
+    srv = ModelServer(spec, learn=False, registry=reg)
+    srv.load_champion()
+    s = Stream(srv)
+    s.run(900, {"f_a": 1.0, "f_b": 1.0})  # recent traffic, and the gate ranked once
+
+    def on_the_label_path(version: str) -> int:
+        watcher = threading.Thread(target=srv.poll, name="watcher")
+        watcher.start()
+        watcher.join()
+        srv.install_pending()
+        assert version in (srv.version, srv.challenger_version)
+        Threads.names = []
+        s.run(10, {"f_a": 1.0, "f_b": 1.0})  # one fraud label
+        return sum(1 for n in Threads.names if n == "MainThread")
+
+    reg.publish(Threads("f_a"), spec={"name": "t"})  # v2: promoted by hand (the gate ranks)
+    reg.promote("v000002")
+    assert on_the_label_path("v000002") < 50  # (the 10 decisions, the label's own input)
+    reg.publish(Threads("f_b"), spec={"name": "t"})  # v3: a challenger (its contest ranks)
+    assert on_the_label_path("v000003") < 50
+    srv.close()
 
 
 def test_a_registry_without_a_champion_serves_its_newest_version_without_an_error(
