@@ -271,6 +271,7 @@ class ModelServer:
         self._gate_ranks: tuple[str | None, BudgetRank, BudgetRank] | None = None
         self._gate_n = 0  # fraud labels judged (threshold refreshes)
         self._recent: collections.deque[dict[str, float]] = collections.deque(maxlen=RECENT_SIZE)
+        self._canary_seed: list[dict[str, float]] = []  # the last run's, from the checkpoint
         # ... and the raw scores given to each on the decision path, aligned with it:
         # (champion version, its score, challenger version, its score in shadow)
         self._recent_scored: collections.deque[tuple[str | None, float, str | None, float]] = (
@@ -407,7 +408,7 @@ class ModelServer:
                     key=self.registry.key if self.registry is not None else None,
                 )
             )
-            canary(model, list(self._recent)[-CANARY_SIZE:])
+            canary(model, self._canary_inputs())
         except ArtifactError as e:
             self.stats["swaps_rejected"] += 1
             self._emit("swap_rejected", {"version": pub.version, "error": str(e)})
@@ -679,6 +680,7 @@ class ModelServer:
             "probation": dataclasses.asdict(self.probation) if self.probation else None,
             "predecessor": self.predecessor_version,
             "contest": dataclasses.asdict(self.contest) if self.contest else None,
+            "canary": self._canary_inputs(),
         }  # fmt: skip
 
     def load_gate_state(self, state: Mapping[str, Any]) -> None:
@@ -690,6 +692,7 @@ class ModelServer:
         self._gate.extend(tuple(c) for c in state["window"])
         self._gate_frauds = max(self._gate_frauds, int(state["frauds"]))
         self._gate_starved = bool(state.get("starved", False))
+        self._canary_seed = [dict(x) for x in state.get("canary") or () if x]
         if state.get("contest"):  # (a fresh state, as a rebuild loads, has none to resume)
             self._saved_contest = state["contest"]
         prob, pred = state.get("probation"), state.get("predecessor")
@@ -897,7 +900,7 @@ class ModelServer:
         for v in _champions(m):
             try:
                 model = serving(reg.load(v))
-                canary(model, list(self._recent)[-CANARY_SIZE:])
+                canary(model, self._canary_inputs())
             except ArtifactError as e:
                 self._refuse(v, e)
                 continue
@@ -964,7 +967,7 @@ class ModelServer:
             return None
         try:
             model = serving(self.registry.load(target))
-            canary(model, list(self._recent)[-CANARY_SIZE:], pause=_yield)
+            canary(model, self._canary_inputs(), pause=_yield)
         except ArtifactError as e:
             self._refuse(target, e)
             return None
@@ -978,6 +981,16 @@ class ModelServer:
         entry = versions.get(target) or {}
         self._pending = (role or "challenger", target, model, entry, swaps, pre)
         return target
+
+    def _canary_inputs(self) -> list[dict[str, float]]:
+        """The inputs a version must score cleanly: the last CANARY_SIZE decided, topped up
+        after a restart with those the checkpoint kept (``gate_state``), and an empty input
+        when there is none (before, no input passed any model: a review served one that
+        scored NaN on everything, each decision then falling back to the rules)."""
+        xs = list(self._recent)[-CANARY_SIZE:]
+        if len(xs) < CANARY_SIZE:
+            xs = (self._canary_seed + xs)[-CANARY_SIZE:]
+        return xs or [{}]
 
     def _prescore(self, model: Any) -> tuple[list[dict[str, float]], dict[int, float]] | None:
         """``model``'s scores of the recent inputs, on the watcher thread (handing the

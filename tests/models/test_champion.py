@@ -671,3 +671,25 @@ def test_a_registry_without_a_champion_serves_its_newest_version_without_an_erro
         assert ModelServer(SPEC, learn=False, registry=reg).load_champion() == "v000001"
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert "no champion chosen yet" in caplog.text
+
+
+def test_the_canary_has_inputs_after_a_restart_and_before_any_traffic(tmp_path) -> None:
+    """Found by a review: the canary scored the last 64 inputs decided, none after a restart
+    or before any traffic, so any version passed it (one scoring NaN on everything served,
+    each decision then falling back to the rules). The checkpoint keeps the canary's inputs;
+    with none at all an empty input is scored."""
+    from tests.models.fakes import NaNModel
+
+    srv, s, reg = _registry_server(tmp_path, FeatureModel("f_a"))
+    s._decide(s.i, s.i * DAY / 200, {"f_a": 0.5, "odd": 1.0})  # among the canary's inputs
+    saved = srv.gate_state()
+    restarted = ModelServer(SPEC, learn=False, registry=reg)
+    restarted.load_champion()
+    restarted.load_gate_state(saved)  # the engine's checkpoint
+    reg.publish(NaNOn("f_a"), spec={"name": "t"})
+    assert restarted.poll() is None and reg.entry("v000002")["status"] == "rejected"
+    fresh = ModelServer(SPEC, learn=False, registry=Registry(tmp_path / "fresh"))
+    fresh.registry.publish(NaNModel("f_a"), spec={"name": "t"})
+    assert fresh.load_champion() is None and fresh.registry.entry("v000001")["status"] == (
+        "rejected"
+    )
