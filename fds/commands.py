@@ -134,6 +134,14 @@ def _unwritable(path: Path) -> str | None:
     return None if os.access(path.parent, os.W_OK) else "its directory is not writable"
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """Do ``a`` and ``b`` name one file (links and relative paths included)?"""
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def _replay(args: argparse.Namespace) -> int:
     if args.speed is not None and args.speed <= 0:
         print("fds replay: error: --speed must be > 0 (e.g. --speed 60)", file=sys.stderr)
@@ -156,8 +164,16 @@ def _replay(args: argparse.Namespace) -> int:
             print(f"fds replay: error: cannot write {flag} {path}: {problem}; give a path in "
                   "a writable directory", file=sys.stderr)  # fmt: skip
             return 2
-    if dlq_path.is_file():  # a previous run's dead letters would pass for this one's
-        dlq_path.unlink()
+    inputs = [Path(x) for x in (args.file, args.labels) if x is not None]
+    for flag, path in (("--out", args.out), ("--dlq", dlq_path)):
+        same = next((x for x in inputs if _same_file(path, x)), None)
+        if same is not None:  # (it was truncated while the reader was still in it)
+            print(f"fds replay: error: {flag} {path} is the input file {same}; give another "
+                  "path", file=sys.stderr)  # fmt: skip
+            return 2
+    for old in (args.out, dlq_path):  # a previous run's output would pass for this one's
+        if old is not None and old.is_file():  # (when nothing is decided or dead-lettered)
+            old.unlink()
     with contextlib.ExitStack() as stack:
         sink = stack.enter_context(JsonlSink(args.out))
         dlq = stack.enter_context(JsonlSink(dlq_path))

@@ -15,7 +15,8 @@ fds.errors.ValidationError: amount: Input should be greater than 0 (got -3)
 
 from __future__ import annotations
 
-from datetime import UTC, tzinfo
+from datetime import UTC, datetime, tzinfo
+from decimal import Decimal
 from typing import Annotated, Any, Literal, NotRequired
 
 import orjson
@@ -55,9 +56,10 @@ class Transaction(TypedDict):
 
     tx_id: Annotated[str, Field(min_length=1)]
     ts: Annotated[
-        StrictFloat | StrictInt | StrictStr,
-        Field(description="ISO 8601 with offset, or epoch seconds / milliseconds"),
-    ]
+        StrictFloat | StrictInt | StrictStr | datetime,
+        Field(description="ISO 8601 with offset, or epoch seconds / milliseconds (a datetime "
+              "from a Parquet timestamp column)"),
+    ]  # fmt: skip
     card_id: Annotated[str, Field(min_length=1)]
     amount: Annotated[float, Field(gt=0, allow_inf_nan=False)]
     currency: NotRequired[str | None]
@@ -79,7 +81,7 @@ class Label(BaseModel):
     model_config = ConfigDict(coerce_numbers_to_str=True)
 
     tx_id: str = Field(min_length=1)
-    ts: float | str = Field(description="when the label became known")
+    ts: float | str | datetime = Field(description="when the label became known")
     is_fraud: bool
     source: str | None = Field(default=None, description="chargeback | analyst | customer")
 
@@ -124,14 +126,27 @@ _validate_tx = _TX.validator.validate_python  # the core validator: skips a wrap
 loads = orjson.loads
 
 
+def _as_json(o: Any) -> Any:
+    """What JSON cannot hold natively, as a file's own values come (a Parquet decimal or binary
+    column in a dead letter's ``raw`` crashed the replay): a decimal as its text, bytes as
+    UTF-8 text."""
+    if isinstance(o, Decimal):
+        return str(o)
+    if isinstance(o, bytes | bytearray | memoryview):
+        return bytes(o).decode("utf-8", "replace")
+    raise TypeError(f"Type is not JSON serializable: {type(o).__name__}")
+
+
 def dumps(obj: Any) -> bytes:
     """Serialise a record as compact JSON (UTF-8, no trailing newline)."""
-    return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
+    return orjson.dumps(obj, default=_as_json, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def dumps_line(obj: Any) -> bytes:
     """Serialise a record as one JSON line (with its newline: no copy to append it)."""
-    return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE)
+    return orjson.dumps(
+        obj, default=_as_json, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
+    )
 
 
 def _reason(err: pydantic.ValidationError) -> str:

@@ -190,3 +190,76 @@ def test_a_sigterm_while_a_service_starts_ends_it_with_code_0(command):
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "stopped by signal 15 while starting" in p.stderr
+
+
+def test_a_rerun_that_decides_nothing_leaves_no_old_decisions(history, tmp_path):
+    """Found by a review: --out was opened on the first decision, so a rerun that decided
+    nothing (an empty file, every row a dead letter) left the previous run's decisions."""
+    out = tmp_path / "d.jsonl"
+    assert bare_replay(str(history), "--out", str(out)) == 0 and out.read_bytes()
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    assert bare_replay(str(empty), "--out", str(out)) in (0, 1)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("flag", ["--out", "--dlq"])
+def test_an_output_that_is_the_input_is_refused(history, tmp_path, capsys, flag):
+    """Found by a review: `--out` naming the input truncated it while the reader was in it:
+    600,000 rows became 100,079 decided, exit 0, the input gone."""
+    before = history.read_bytes()
+    args = ["--out", str(tmp_path / "d.jsonl")] if flag == "--dlq" else []
+    assert bare_replay(str(history), flag, str(history), *args) == 2
+    assert f"{flag} {history} is the input file" in capsys.readouterr().err
+    assert history.read_bytes() == before
+
+
+def test_a_csv_gz_that_is_not_gzip_is_a_dead_letter_not_a_crash(tmp_path, capsys):
+    """Found by a review: without --mapping the header check read it first and crashed."""
+    bad = tmp_path / "t.csv.gz"
+    bad.write_bytes(b"tx_id,ts,card_id,amount\na,2026-01-01T00:00:00Z,c,1\n")
+    assert bare_replay(str(bad), "--out", str(tmp_path / "o.jsonl")) == 1
+    assert "no transaction could be decided" in capsys.readouterr().err
+
+
+def test_parquet_with_timestamp_and_decimal_columns(tmp_path, capsys):
+    """Found by a review: a native timestamp column (what pandas and Spark write) made every
+    row a dead letter, a decimal amount crashed the replay at its first dead letter, and a
+    file that is no parquet was a traceback. The file is read a batch at a time."""
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import fds.streams.files as files
+
+    n = 5
+    table = pa.table({
+        "tx_id": [f"t{i}" for i in range(n)],
+        "ts": pa.array([datetime(2026, 1, 1, 0, i, tzinfo=UTC) for i in range(n)],
+                       pa.timestamp("us", tz="UTC")),
+        "card_id": ["c"] * n,
+        "amount": pa.array([Decimal("12.50")] * (n - 1) + [Decimal("-1.00")], pa.decimal128(9, 2)),
+        "blob": pa.array([b"x\xff"] * n, pa.binary()),
+    })  # fmt: skip
+    path = tmp_path / "t.parquet"
+    pq.write_table(table, path)
+    out = tmp_path / "o.jsonl"
+    files.PARQUET_BATCH, batch = 2, files.PARQUET_BATCH  # several batches
+    try:
+        assert bare_replay(str(path), "--out", str(out)) == 0
+    finally:
+        files.PARQUET_BATCH = batch
+    decisions = [orjson.loads(x) for x in out.read_bytes().splitlines()]
+    assert [d["ts"] for d in decisions] == [f"2026-01-01T00:0{i}:00.000+00:00" for i in range(4)]
+    (dead,) = [orjson.loads(x) for x in (tmp_path / "o.dlq.jsonl").read_bytes().splitlines()]
+    assert dead["raw"]["amount"] == "-1.00" and dead["raw"]["blob"] == "x\ufffd"
+    naive = tmp_path / "naive.parquet"
+    pq.write_table(table.set_column(1, "ts", table["ts"].cast(pa.timestamp("ns"))), naive)
+    assert bare_replay(str(naive), "--out", str(out)) == 0
+    capsys.readouterr()
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(b"not a parquet file")
+    assert bare_replay(str(bad), "--out", str(out)) == 2
+    assert f"{bad} is not a readable parquet file" in capsys.readouterr().err
