@@ -55,11 +55,20 @@ def parse_ts(value: object, default_tz: tzinfo = UTC) -> float:
     (1700000000.0, 1700000000.0)
     >>> parse_ts(datetime(2023, 11, 14, 22, 13, 20))
     1700000000.0
+
+    Eight or fourteen digits that form a date, ``YYYYMMDD`` or ``YYYYMMDDHHMMSS``, are that
+    local date (as epoch seconds they would be 1970-1973, as milliseconds after 2286: a file of
+    compact dates was decided in the year 2612 before):
+
+    >>> parse_ts("20231114221320") == parse_ts(20231114221320) == 1700000000.0
+    True
     """
     if type(value) is float and 0.0 <= value < _MS_THRESHOLD:
         return value  # the common case on the hot path
     if isinstance(value, bool):
         raise ValueError("a boolean is not a timestamp")
+    if isinstance(value, int | str) and (compact := _compact(value)) is not None:
+        return _in_range(compact.replace(tzinfo=default_tz).timestamp(), value)
     if isinstance(value, int | float):
         v = float(value)
     elif isinstance(value, str):
@@ -84,6 +93,17 @@ def parse_ts(value: object, default_tz: tzinfo = UTC) -> float:
     if v != v or v in (float("inf"), float("-inf")):
         raise ValueError("timestamp is not finite")
     return _in_range(v / 1000.0 if abs(v) >= _MS_THRESHOLD else v, value)
+
+
+def _compact(value: int | str) -> datetime | None:
+    """``value`` as a naive ``YYYYMMDD`` or ``YYYYMMDDHHMMSS`` date, else ``None``."""
+    s = value.strip() if isinstance(value, str) else str(value)
+    if not (s.isdigit() and s.isascii() and len(s) in (8, 14)):
+        return None
+    try:
+        return datetime.strptime(s, "%Y%m%d" if len(s) == 8 else "%Y%m%d%H%M%S")
+    except ValueError:
+        return None
 
 
 # Event times fds accepts: local calendar arithmetic (any zone) stays inside datetime's range.
