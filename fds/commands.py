@@ -207,6 +207,19 @@ def _replay(args: argparse.Namespace) -> int:
         f"decisions: {args.out}" + (f"  dead letters: {dlq_path}" if summary.dead_letters else ""),
         file=sys.stderr,
     )
+    if summary.fraud_labels and not summary.frauds:
+        print(
+            f"fds replay: warning: none of the {summary.fraud_labels:,} transactions labelled "
+            "fraud was decided: check that the labels' tx_id are those of the transactions "
+            "(case, prefixes, another file)",
+            file=sys.stderr,
+        )
+    if args.labels is not None and not summary.labels_learned and summary.label_dead_letters:
+        print(
+            f"fds replay: warning: every label of {args.labels} was a dead letter (their "
+            f"reasons are in {dlq_path}): a labels file has the columns tx_id, ts, is_fraud",
+            file=sys.stderr,
+        )
     if summary.interrupted:
         print(
             f"fds replay: interrupted after {summary.decided:,} decisions; the files hold "

@@ -82,6 +82,7 @@ class ReplaySummary:
     seconds: float = 0.0
     reordered: int = 0
     frauds: int | None = None  # known frauds among decided transactions (when labels exist)
+    fraud_labels: int = 0  # distinct transactions labelled fraud (decided or not)
     alerted_frauds: int | None = None
     late: int = 0
     demoted: list[str] = field(default_factory=list)  # by the rate breaker, still demoted
@@ -99,8 +100,8 @@ class ReplaySummary:
 
     @property
     def precision(self) -> float | None:
-        if self.alerted_frauds is None or not self.alerts:
-            return None
+        if self.alerted_frauds is None or not self.alerts or not self.frauds:
+            return None  # (no label matched: "0.0%" read as a judgement of the rules)
         return self.alerted_frauds / self.alerts
 
     @property
@@ -108,6 +109,12 @@ class ReplaySummary:
         if self.alerted_frauds is None or not self.frauds:
             return None
         return self.alerted_frauds / self.frauds
+
+    @property
+    def unmatched_frauds(self) -> int:
+        """Fraud labels whose ``tx_id`` no decided transaction has (a different spelling of
+        the ids, or labels of another file)."""
+        return max(0, self.fraud_labels - (self.frauds or 0)) if self.frauds is not None else 0
 
     def rows(self) -> list[tuple[str, str]]:
         """The summary as (name, value) rows, for a table."""
@@ -132,6 +139,11 @@ class ReplaySummary:
         if self.frauds is not None:
             rows += [
                 ("known frauds", f"{self.frauds:,}"),
+                *(
+                    [("  fraud labels of no transaction", f"{self.unmatched_frauds:,}")]
+                    if self.unmatched_frauds
+                    else []
+                ),
                 ("precision (alerts)", pct(self.precision)),
                 ("recall (alerts)", pct(self.recall)),
             ]
@@ -390,6 +402,7 @@ def run(
     s.demoted = sorted(engine.demoted)
     if truth:
         s.frauds, s.alerted_frauds = total_frauds, alerted_frauds
+        s.fraud_labels = len(truth)
     if bar is not None:
         bar.update(s.decided - bar.n)
         bar.close()

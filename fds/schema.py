@@ -15,13 +15,23 @@ fds.errors.ValidationError: amount: Input should be greater than 0 (got -3)
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime, tzinfo
 from decimal import Decimal
 from typing import Annotated, Any, Literal, NotRequired
 
 import orjson
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, TypeAdapter
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    field_validator,
+)
 from typing_extensions import TypedDict
 
 from fds.errors import ValidationError
@@ -75,6 +85,33 @@ class Transaction(TypedDict):
     extra: NotRequired[dict[str, Any]]
 
 
+FRAUD_WORDS = frozenset({"1", "true", "t", "yes", "y", "fraud"})
+LEGIT_WORDS = frozenset({"0", "false", "f", "no", "n", "legit", "legitimate"})
+
+
+def fraud_flag(v: Any, *, empty_is_legit: bool = False) -> bool:
+    """A label's value: fraud or not (``ValueError`` when it says neither). A number or
+    numeric text equal to 0 or 1 (``1.0``: a float column written by pandas) counts.
+
+    >>> fraud_flag("Fraud"), fraud_flag("1.0"), fraud_flag(0), fraud_flag("", empty_is_legit=True)
+    (True, True, False, False)
+    """
+    if v is True or v is False:
+        return v
+    if isinstance(v, int | float) and v in (0, 1):
+        return v == 1
+    text = str(v).strip().lower()
+    if text in FRAUD_WORDS or text in LEGIT_WORDS or (empty_is_legit and not text):
+        return text in FRAUD_WORDS
+    with contextlib.suppress(ValueError):
+        if float(text) in (0.0, 1.0):
+            return float(text) == 1.0
+    raise ValueError(
+        f"label value {v!r} is neither fraud ({', '.join(sorted(FRAUD_WORDS))}) nor legitimate "
+        f"({', '.join(sorted(LEGIT_WORDS))}{', empty' if empty_is_legit else ''})"
+    )
+
+
 class Label(BaseModel):
     """Fraud feedback for a transaction; arrives late."""
 
@@ -84,6 +121,11 @@ class Label(BaseModel):
     ts: float | str | datetime = Field(description="when the label became known")
     is_fraud: bool
     source: str | None = Field(default=None, description="chargeback | analyst | customer")
+
+    @field_validator("is_fraud", mode="before")
+    @classmethod
+    def _flag(cls, v: Any) -> bool:
+        return fraud_flag(v)  # the words a label column takes too (and "1.0")
 
 
 class RuleHit(BaseModel):

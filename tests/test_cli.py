@@ -263,3 +263,22 @@ def test_parquet_with_timestamp_and_decimal_columns(tmp_path, capsys):
     bad.write_bytes(b"not a parquet file")
     assert bare_replay(str(bad), "--out", str(out)) == 2
     assert f"{bad} is not a readable parquet file" in capsys.readouterr().err
+
+
+def test_labels_that_match_nothing_or_cannot_be_read_are_said_so(history, tmp_path, capsys):
+    """Found by a review: labels whose tx_id matched no transaction (upper-cased ids) showed
+    precision 0.0% and exit 0 as if judged; a labels file with other column names, or 1.0/0.0
+    in is_fraud (a float column written by pandas), was dead-lettered whole without a word."""
+    labels = tmp_path / "l.csv"
+    labels.write_text("tx_id,ts,is_fraud\n" + "".join(f"T{i},{T0 + 30},1\n" for i in range(3)))
+    assert bare_replay(str(history), "--labels", str(labels), "--out", str(tmp_path / "o")) == 0
+    err = capsys.readouterr().err
+    assert "none of the 3 transactions labelled fraud was decided" in err
+    assert "fraud labels of no transaction" in err and "0.0%" not in err
+    labels.write_text("tx_id,ts,is_fraud\n" + "".join(f"t{i},{T0 + 30},1.0\n" for i in range(3)))
+    assert bare_replay(str(history), "--labels", str(labels), "--out", str(tmp_path / "o")) == 0
+    err = capsys.readouterr().err
+    assert "none of" not in err and "known frauds" in err
+    labels.write_text("TRANSACTION_ID,reported_at,fraud\nt1,2026-01-01,1\n")
+    assert bare_replay(str(history), "--labels", str(labels), "--out", str(tmp_path / "o")) == 0
+    assert f"every label of {labels} was a dead letter" in capsys.readouterr().err

@@ -26,7 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fds.errors import ConfigError
-from fds.schema import TX_FIELDS, TX_REQUIRED, dumps_line
+from fds.schema import TX_FIELDS, TX_REQUIRED, dumps_line, fraud_flag
 from fds.timeutil import get_zone, parse_duration
 
 __all__ = [
@@ -44,10 +44,6 @@ Format = Literal["csv", "jsonl", "parquet"]
 Record = tuple[int, "dict[str, Any] | Exception", "str | None"]
 
 
-_TRUTHY = frozenset({"1", "true", "t", "yes", "y", "fraud"})
-_FALSY = frozenset({"0", "false", "f", "no", "n", "legit", "legitimate", ""})
-
-
 class LabelColumn(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     column: str
@@ -55,19 +51,12 @@ class LabelColumn(BaseModel):
 
     @staticmethod
     def is_fraud(v: Any) -> bool:
-        """A label column's value: fraud or not; ValueError when it says neither."""
-        if v is True or v is False:
-            return v
-        if isinstance(v, int | float) and v in (0, 1):
-            return v == 1
-        text = str(v).strip().lower()
-        if text in _TRUTHY or text in _FALSY:
-            return text in _TRUTHY
-        raise ValueError(
-            f"label value {v!r} is neither fraud ({', '.join(sorted(_TRUTHY))}) nor legitimate "
-            f"({', '.join(sorted(_FALSY - {''}))}, empty); the transaction is decided, its label "
-            "is not learned"
-        )
+        """A label column's value: fraud or not (empty: legitimate); ValueError when it says
+        neither."""
+        try:
+            return fraud_flag(v, empty_is_legit=True)
+        except ValueError as e:
+            raise ValueError(f"{e}; the transaction is decided, its label is not learned") from None
 
     @field_validator("delay", mode="before")
     @classmethod
