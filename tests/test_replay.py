@@ -52,6 +52,21 @@ def test_bad_records_go_to_dlq_with_position_and_neighbours_are_decided(tmp_path
     assert s.dead_letters == 2 and s.decided == 2
 
 
+def test_dead_letters_are_written_and_counted_not_kept(tmp_path):
+    """Found by a review: every dead letter stayed in memory until the end (838 MB for a
+    600,000-row file in the wrong date format); the summary counts them as they are written."""
+    p = tmp_path / "x.jsonl"
+    rows = [tx(i, T0 + i, amount=-1) for i in range(2_500)] + [tx(9_999, T0 + 9_999)]
+    p.write_text("".join(orjson.dumps(r).decode() + "\n" for r in rows) + "{broken\n")
+    stream, dlq = replay.open_stream(p), ListSink()
+    kept: list[int] = []
+    s = replay.run(Engine(), stream, ListSink(), dlq, source=str(p),
+                   on_event=lambda i: kept.append(len(stream.dead_letters)))  # fmt: skip
+    assert len(dlq.items) == s.dead_letters == 2_501 and s.decided == 1
+    assert s.transactions == 2_502 and stream.dead_letters == [] and max(kept) <= 1_000
+    assert s.top_reason == "validate: amount: Input should be greater than 0 (got -1) (2,500)"
+
+
 class Recorder:
     """A feature stage that records the order of events it sees (tx and labels)."""
 
@@ -90,6 +105,18 @@ def test_a_label_column_without_delay_is_learned_after_its_own_transaction(tmp_p
     rec = Recorder()
     replay.run(Engine(features=rec), replay.load(p, mapping=mapping), ListSink(), ListSink())
     assert rec.seen == ["t0", "t1", "L:t1", "t2"]
+
+
+def test_a_row_that_fails_validation_keeps_its_label_in_the_dead_letter(tmp_path):
+    """Found by a review: the label column was taken off the row before it was validated, so
+    the dead letter of a row with a bad date lost its fraud label for good."""
+    rows = [tx(0, T0, FRAUD=1), {**tx(1, T0 + 1, FRAUD=1), "ts": "01/01/2026 00:01:00"}]
+    p = write_jsonl(tmp_path / "x.jsonl", rows)
+    mapping = ColumnMapping.model_validate({"label": {"column": "FRAUD"}})
+    dlq = ListSink()
+    replay.run(Engine(), replay.load(p, mapping=mapping), ListSink(), dlq)
+    (dead,) = dlq.items
+    assert dead["stage"] == "validate" and dead["raw"]["FRAUD"] == 1
 
 
 def test_an_unreadable_label_value_is_a_dead_letter_and_its_transaction_is_decided(tmp_path):
