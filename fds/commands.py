@@ -203,6 +203,12 @@ def _replay(args: argparse.Namespace) -> int:
             ),
             file=sys.stderr,
         )
+    if stream.second_pass:
+        print(
+            f"fds replay: {stream.second_pass:,} local times of an hour a DST change repeats "
+            "were read as its second pass (they came after later times in the file)",
+            file=sys.stderr,
+        )
     print(
         f"decisions: {args.out}" + (f"  dead letters: {dlq_path}" if summary.dead_letters else ""),
         file=sys.stderr,

@@ -11,6 +11,7 @@ own timestamp has passed, exactly as it would be in production.
 from __future__ import annotations
 
 import heapq
+import math
 import re
 import time
 from collections import Counter, deque
@@ -25,7 +26,7 @@ from fds.errors import StageError, ValidationError
 from fds.gcpolicy import Freezer
 from fds.schema import dead_letter, parse_label, parse_transaction
 from fds.streams.files import ColumnMapping, read_records
-from fds.timeutil import get_zone
+from fds.timeutil import get_zone, second_pass
 
 __all__ = ["ReplayInput", "ReplaySummary", "load", "run"]
 
@@ -60,6 +61,7 @@ class ReplayInput:
     truth: set[str] = field(default_factory=set)
     pending_labels: list[dict[str, Any]] = field(default_factory=list)
     late: int = 0  # out of order by more than the reorder buffer could fix
+    second_pass: int = 0  # local times read as the second pass of a repeated DST hour
     # id(transaction) -> its line in the file, while it waits to be decided (a lazy stream):
     # the position of a dead letter for a stage failure (None: not kept, e.g. ``load``)
     lines: dict[int, int] | None = field(default_factory=dict)
@@ -217,6 +219,7 @@ def _validated(
     """
     source = str(path)
     label = mapping.label if mapping is not None else None
+    last = -math.inf  # the newest time read (a DST change's repeated hour: see second_pass)
     for pos, rec, raw in read_records(path, mapping=mapping):
         if len(dlq) >= DEAD_BATCH and stream is not None and stream.on_dead is not None:
             stream.on_dead()
@@ -232,6 +235,16 @@ def _validated(
                 dead_letter(stage="validate", error=e, raw=raw_row, source=source, position=pos)
             )
             continue
+        if out["ts"] < last and isinstance(rec, dict):
+            # a local time of the hour a DST change repeats, behind the file's newest: its
+            # second pass (read alone, it is the first: a review found both passes of a
+            # fall-back hour read as the first, the file reordered and its windows wrong)
+            again = second_pass(rec.get("ts"), zone)
+            if again is not None and again >= last:
+                out["ts"] = again
+                if stream is not None:
+                    stream.second_pass += 1
+        last = max(last, out["ts"])
         if stream is not None and stream.lines is not None:
             stream.lines[id(out)] = pos
         if truth is None or label is None or stream is None:

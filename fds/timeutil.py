@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from datetime import UTC, datetime, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fds.errors import ConfigError
 
-__all__ = ["format_ts", "get_zone", "parse_duration", "parse_ts"]
+__all__ = ["format_ts", "get_zone", "parse_duration", "parse_ts", "second_pass"]
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
@@ -93,6 +94,33 @@ def parse_ts(value: object, default_tz: tzinfo = UTC) -> float:
     if v != v or v in (float("inf"), float("-inf")):
         raise ValueError("timestamp is not finite")
     return _in_range(v / 1000.0 if abs(v) >= _MS_THRESHOLD else v, value)
+
+
+def second_pass(value: object, default_tz: tzinfo) -> float | None:
+    """For a naive local time in the hour a DST change repeats (``2026-11-01 01:30`` in
+    New York), the epoch seconds of its second pass; ``None`` for any other value. (Read alone
+    such a time is its first pass: a reader in file order takes the second when the first
+    would go back in time.)
+
+    >>> from zoneinfo import ZoneInfo
+    >>> ny = ZoneInfo("America/New_York")
+    >>> second_pass("2026-11-01 01:30", ny) - parse_ts("2026-11-01 01:30", ny)
+    3600.0
+    >>> second_pass("2026-11-01 02:30", ny) is None
+    True
+    """
+    dt: datetime | None = None
+    if isinstance(value, datetime):
+        dt = value
+    elif isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            dt = datetime.fromisoformat(value.strip())
+    if dt is None or dt.tzinfo is not None:
+        return None
+    first, second = dt.replace(tzinfo=default_tz), dt.replace(tzinfo=default_tz, fold=1)
+    if first.utcoffset() == second.utcoffset():
+        return None
+    return second.timestamp()
 
 
 def _compact(value: int | str) -> datetime | None:

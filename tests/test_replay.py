@@ -292,3 +292,18 @@ def test_dead_letters_are_counted_as_fds_run_counts_them(tmp_path):
     assert get("fds_events_failed_total", {"stage": "parse"}) == 1
     assert get("fds_events_failed_total", {"stage": "validate"}) == 1
     assert get("fds_events_consumed_total", {"source": "file"}) == 4
+
+
+def test_the_hour_a_dst_change_repeats_is_read_in_file_order(tmp_path):
+    """Found by a review: both passes of the fall-back hour were read as the first (01:10 EST
+    as 01:10 EDT), so the file was "reordered" and the 1-hour windows were wrong."""
+    p = tmp_path / "ny.csv"
+    times = ["00:50", "01:10", "01:50", "01:10", "01:50", "02:10"]  # EDT, then EST again
+    rows = "".join(f"t{i},2026-11-01 {hm}:00,c,1\n" for i, hm in enumerate(times))
+    p.write_text("tx_id,ts,card_id,amount\n" + rows)
+    mapping = ColumnMapping.model_validate({"timezone": "America/New_York"})
+    stream, out = replay.open_stream(p, mapping=mapping), ListSink()
+    replay.run(Engine(), stream, out, ListSink())
+    utc = [d["ts"][11:16] for d in out.items]
+    assert utc == ["04:50", "05:10", "05:50", "06:10", "06:50", "07:10"]
+    assert stream.second_pass == 2 and stream.reordered == 0
