@@ -443,7 +443,9 @@ def _reason(dead: Mapping[str, Any]) -> str:
     """
     text = str(dead.get("reason") or dead.get("error", ""))
     reason = text.split("\n")[0].split(" [type=")[0].split(" input_value=")[0]
-    reason = _QUOTED.sub("'...'", reason)[:120]
+    reason = _QUOTED.sub("'...'", reason)
+    if len(reason) > 120:  # (cut mid-word without a mark, it read as garbled: a review)
+        reason = reason[:119] + "…"
     return f"{dead['stage']}: {reason}"
 
 
