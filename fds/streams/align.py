@@ -8,9 +8,15 @@ entities that span partitions, such as merchants and devices). So polled records
 per-partition buffers and are released in event-time order across partitions: the head with
 the smallest event time goes first, and only while every partition that still has unread input
 has a buffered head to compare with. A partition that is caught up (nothing more to read) does
-not hold the others back; one that is behind holds them back for at most ``max_wait_s``
-(then its records may be late: Kafka Streams' ``max.task.idle.ms``). Each partition keeps its
-own order. A partition's buffer holds at most ``max_buffer`` records (bounded memory).
+not hold the others back; one that is behind holds them back until the others have been
+fetched for ``max_wait_s`` without it (uneven fetching; then its records may be late: Kafka
+Streams' ``max.task.idle.ms``), or for at most ``max_hold_s``. The wait runs on the fetch
+clock, from the first poll that fetched records after the partition ran dry: time with nothing
+fetched (the broker down) or with the loop not polling (blocked in a flush, a commit or a
+restore) is not uneven fetching. Counted on the wall clock, it let the partitions fetched
+first after a broker outage overtake the others by hours (a chaos run: hundreds of late
+events, features that differed from a replay). Each partition keeps its own order. A
+partition's buffer holds at most ``max_buffer`` records (bounded memory).
 
 >>> class C:  # the consumer calls the aligner makes
 ...     def highwater(self, tp): return 2
@@ -26,6 +32,7 @@ own order. A partition's buffer holds at most ``max_buffer`` records (bounded me
 from __future__ import annotations
 
 import heapq
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -70,13 +77,19 @@ class Aligner:
         *,
         max_wait_s: float = 1.0,
         max_buffer: int = 2000,
+        max_hold_s: float = 30.0,
     ) -> None:
         self.consumer = consumer
         self.key = key
         self.max_wait_s = max_wait_s
         self.max_buffer = max_buffer
         self._bufs: dict[Any, deque[tuple[float, Any, Any]]] = {}
-        self._waiting_since: dict[Any, float] = {}
+        self.max_hold_s = max_hold_s
+        # partition that ran dry while behind -> [when (the loop's clock), when its wait began:
+        # the first poll that fetched records after it ran dry (None: none yet)]
+        self._waiting_since: dict[Any, list[Any]] = {}
+        self._fetched_at = -math.inf  # when a poll last fetched records
+        self._took_at = math.inf  # when the loop last asked for records
         self._next: dict[Any, int] = {}  # partition -> offset of the next record to fetch
 
     def __len__(self) -> int:
@@ -90,6 +103,15 @@ class Aligner:
         no other partition's records are in line, which in a busy loop never happens)."""
         key = self.key
         cap = self.max_buffer
+        if any(batch.values()):  # the consumer fetches: the waits of dry partitions run
+            now = time.monotonic()
+            # after longer than a wait with nothing fetched (the broker down), waits that had
+            # begun begin again: that time was no uneven fetching
+            again = now - self._fetched_at > self.max_wait_s
+            self._fetched_at = now
+            for w in self._waiting_since.values():
+                if w[1] is None or again:
+                    w[1] = now
         for tp, records in batch.items():
             buf = self._bufs.get(tp)
             if buf is None:
@@ -126,8 +148,10 @@ class Aligner:
         ):
             self._waiting_since.pop(tp, None)
             return False
-        since = self._waiting_since.setdefault(tp, now)
-        return now - since < self.max_wait_s
+        dry, since = self._waiting_since.setdefault(tp, [now, None])
+        if now - dry >= self.max_hold_s:
+            return False
+        return since is None or self._fetched_at - since < self.max_wait_s
 
     def take(self, n: int, assigned: Iterable[Any] | None = None) -> list[tuple[Any, Any, Any]]:
         """Up to ``n`` buffered ``(tp, msg, item)`` in event-time order, stopping where a
@@ -137,6 +161,12 @@ class Aligner:
         longer in it is dropped (its new owner reads it; kafka-python may report the old
         assignment between a revocation and the new assignment)."""
         now = time.monotonic()
+        if now - self._took_at > self.max_wait_s:
+            # the loop did not poll for longer than a wait (blocked in a flush during a broker
+            # outage, a commit, a restore): the waits begin again
+            for w in self._waiting_since.values():
+                w[0], w[1] = now, None
+        self._took_at = now
         bufs = self._bufs
         if assigned is not None:
             assigned = set(assigned)

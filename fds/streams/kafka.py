@@ -599,6 +599,9 @@ class Runner:
         self.aligner = Aligner(
             self.consumer, self._event_time, max_wait_s=s.align_wait_s,
             max_buffer=2 * s.max_poll_records,
+            # a partition that is behind holds the others back through a broker outage (the
+            # loop keeps polling): for as long as fds waits for the broker at all
+            max_hold_s=s.broker_timeout_s,
         )  # fmt: skip
         self.consumer.subscribe([s.input_topic], listener=_Revoke(self))
         if s.labels_topic:

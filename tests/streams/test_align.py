@@ -74,8 +74,15 @@ def test_a_caught_up_empty_partition_does_not_hold_back_and_waiting_is_bounded()
     assert _names(a.take(10, ["p0", "p1"])) == ["a0"]  # p1 is empty: caught up
     a.add({"p0": _recs("a", [2.0], first=1)})
     assert a.take(10, ["p0", "p2"]) == []  # p2 behind: waits ...
-    time.sleep(0.06)
-    assert _names(a.take(10, ["p0", "p2"])) == ["a1"]  # ... but not for ever
+    got: list = []
+    i, t0 = 2, time.monotonic()
+    while not got and time.monotonic() - t0 < 5:  # ... while p0 is fetched and p2 is not ...
+        time.sleep(0.01)
+        c.hw["p0"] = i + 1
+        a.add({"p0": _recs("a", [1.0 + i], first=i)})
+        i += 1
+        got = a.take(10, ["p0", "p2"])
+    assert _names(got)[:2] == ["a1", "a2"] and time.monotonic() - t0 < 1  # ... not for ever
 
 
 def test_a_full_buffer_keeps_max_buffer_records_and_refetches_the_rest_later():
@@ -136,7 +143,84 @@ def test_partitions_that_are_behind_wait_together_not_one_after_another():
     a.add({"p0": _recs("x", [1.0])})
     t0 = time.monotonic()
     got: list = []
-    while not got:
+    i = 1
+    while not got and time.monotonic() - t0 < 5:
         got = a.take(10, assigned=["p0", "p1", "p2", "p3"])
-        time.sleep(0.01)  # polling interval
+        time.sleep(0.01)  # polling interval: p0 is fetched, p1..p3 are not
+        c.hw["p0"] = i + 1
+        a.add({"p0": _recs("x", [1.0 + i], first=i)})
+        i += 1
     assert time.monotonic() - t0 < 0.6  # one wait of 0.3 s, not three
+
+
+P = ["p0", "p1"]
+
+
+def test_a_wait_does_not_run_while_the_loop_is_blocked_and_nothing_is_fetched():
+    """A chaos run (broker kill, at-least-once): the loop blocked in a flush for the whole
+    outage right after p0 ran dry while behind; the first poll after it brought p1 only, p0's
+    wait had run out meanwhile, and p1's records went ahead of p0's, which then came hours
+    behind the watermark: late, folded into no window, and 600 later decisions of those
+    cards had features that differed from a replay."""
+    c = Consumer(p0=10, p1=10)
+    a = Aligner(c, _key, max_wait_s=0.2)
+    a.add({"p0": _recs("a", [1.0]), "p1": _recs("b", [5.0])})
+    assert _names(a.take(10, P)) == ["a0"]  # p0 ran dry, 9 more to read: b0 waits
+    time.sleep(0.3)  # blocked in producer.flush() while the broker is down: no poll, no take
+    a.add({"p1": _recs("b", [6.0, 7.0], first=1)})  # the first poll after the outage: p1 only
+    assert a.take(10, P) == []  # p0 is still behind and has not been fetched since
+    a.add({"p0": _recs("a", [2.0, 8.0], first=1)})
+    assert _names(a.take(10, P)) == ["a1", "b0", "b1", "b2"]  # p1 dry, behind: a2 waits
+
+
+def test_a_wait_that_had_begun_begins_again_after_a_time_with_nothing_fetched():
+    c = Consumer(p0=10, p1=10)
+    a = Aligner(c, _key, max_wait_s=0.2)
+    a.add({"p0": _recs("a", [1.0]), "p1": _recs("b", [5.0])})
+    assert _names(a.take(10, P)) == ["a0"]
+    a.add({"p1": _recs("b", [6.0], first=1)})  # p0's wait begins: p1 is fetched, p0 is not
+    assert a.take(10, P) == []
+    time.sleep(0.3)  # then the loop blocks (a flush during an outage)
+    a.add({"p1": _recs("b", [7.0], first=2)})
+    assert a.take(10, P) == []  # the blocked time did not count
+
+
+def test_buffered_records_do_not_overtake_a_partition_that_is_behind_while_nothing_is_fetched():
+    """The loop keeps polling through an outage (polls return nothing): what is buffered of p1
+    does not overtake p0, which is behind."""
+    c = Consumer(p0=10, p1=10)
+    a = Aligner(c, _key, max_wait_s=0.2)
+    a.add({"p0": _recs("a", [1.0]), "p1": _recs("b", [5.0, 6.0])})
+    assert _names(a.take(10, P)) == ["a0"]
+    for _ in range(30):  # 0.3 s of empty polls
+        time.sleep(0.01)
+        assert a.take(10, P) == []
+
+
+def test_a_partition_that_is_behind_holds_the_others_back_for_at_most_max_hold_s():
+    c = Consumer(p0=10, p1=10)
+    a = Aligner(c, _key, max_wait_s=0.05, max_hold_s=0.2)
+    a.add({"p0": _recs("a", [1.0]), "p1": _recs("b", [5.0])})
+    assert _names(a.take(10, P)) == ["a0"]
+    got: list = []
+    t0 = time.monotonic()
+    while not got and time.monotonic() - t0 < 5:  # nothing fetched, the loop polling
+        time.sleep(0.01)
+        got = a.take(10, P)
+    assert _names(got) == ["b0"] and 0.15 < time.monotonic() - t0 < 1
+
+
+def test_a_wait_that_had_begun_begins_again_when_fetching_resumes_after_an_outage():
+    """A chaos run on the fix's first version: p0's wait began with records kafka-python had
+    fetched before the broker died; the loop kept polling through the outage and the first
+    fetch after it ended the wait at once."""
+    c = Consumer(p0=10, p1=10)
+    a = Aligner(c, _key, max_wait_s=0.2)
+    a.add({"p0": _recs("a", [1.0]), "p1": _recs("b", [5.0])})
+    assert _names(a.take(10, P)) == ["a0"]
+    a.add({"p1": _recs("b", [6.0], first=1)})  # fetched before the broker died: p0's wait begins
+    for _ in range(30):  # 0.3 s of empty polls: the broker is down
+        time.sleep(0.01)
+        assert a.take(10, P) == []
+    a.add({"p1": _recs("b", [7.0], first=2)})  # the broker is back: p1 first
+    assert a.take(10, P) == []
