@@ -85,8 +85,8 @@ class Transaction(TypedDict):
     extra: NotRequired[dict[str, Any]]
 
 
-FRAUD_WORDS = frozenset({"1", "true", "t", "yes", "y", "fraud"})
-LEGIT_WORDS = frozenset({"0", "false", "f", "no", "n", "legit", "legitimate"})
+FRAUD_WORDS = frozenset({"1", "true", "t", "yes", "y", "on", "fraud"})
+LEGIT_WORDS = frozenset({"0", "false", "f", "no", "n", "off", "legit", "legitimate"})
 
 
 def fraud_flag(v: Any, *, empty_is_legit: bool = False) -> bool:
@@ -95,6 +95,8 @@ def fraud_flag(v: Any, *, empty_is_legit: bool = False) -> bool:
 
     >>> fraud_flag("Fraud"), fraud_flag("1.0"), fraud_flag(0), fraud_flag("", empty_is_legit=True)
     (True, True, False, False)
+    >>> fraud_flag("on"), fraud_flag("OFF")  # (pydantic's booleans, as the contract had them)
+    (True, False)
     """
     if v is True or v is False:
         return v

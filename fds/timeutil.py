@@ -57,18 +57,19 @@ def parse_ts(value: object, default_tz: tzinfo = UTC) -> float:
     >>> parse_ts(datetime(2023, 11, 14, 22, 13, 20))
     1700000000.0
 
-    Eight or fourteen digits that form a date, ``YYYYMMDD`` or ``YYYYMMDDHHMMSS``, are that
-    local date (as epoch seconds they would be 1970-1973, as milliseconds after 2286: a file of
-    compact dates was decided in the year 2612 before):
+    Text of eight or fourteen digits that form a date, ``YYYYMMDD`` or ``YYYYMMDDHHMMSS``, is
+    that local date (as epoch seconds it would be 1970-1973, as milliseconds after 2286: a file
+    of compact dates was decided in the year 2612 before); a number stays an epoch time (a
+    label's time is a number once validated, whatever it was written as):
 
-    >>> parse_ts("20231114221320") == parse_ts(20231114221320) == 1700000000.0
-    True
+    >>> parse_ts("20231114221320"), parse_ts(1700000000)
+    (1700000000.0, 1700000000.0)
     """
     if type(value) is float and 0.0 <= value < _MS_THRESHOLD:
         return value  # the common case on the hot path
     if isinstance(value, bool):
         raise ValueError("a boolean is not a timestamp")
-    if isinstance(value, int | str) and (compact := _compact(value)) is not None:
+    if isinstance(value, str) and (compact := _compact(value)) is not None:
         return _in_range(compact.replace(tzinfo=default_tz).timestamp(), value)
     if isinstance(value, int | float):
         v = float(value)
@@ -123,9 +124,9 @@ def second_pass(value: object, default_tz: tzinfo) -> float | None:
     return second.timestamp()
 
 
-def _compact(value: int | str) -> datetime | None:
+def _compact(value: str) -> datetime | None:
     """``value`` as a naive ``YYYYMMDD`` or ``YYYYMMDDHHMMSS`` date, else ``None``."""
-    s = value.strip() if isinstance(value, str) else str(value)
+    s = value.strip()
     if not (s.isdigit() and s.isascii() and len(s) in (8, 14)):
         return None
     try:

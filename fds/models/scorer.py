@@ -943,6 +943,10 @@ class ModelServer:
         versions = m["versions"]
         now = time.monotonic()
         self._prune_retries(champ, versions)
+        if champ and champ == self.version and champ != self._pointer and swaps == self._swaps:
+            self._pointer = champ  # seen: the registry now names what we serve (a scorer
+            # without labels serving the newest version, promoted by hand later: a later change
+            # of the pointer, back to the old champion say, is again one by hand)
         if (
             champ
             and champ != self._pointer
@@ -1068,6 +1072,7 @@ class ModelServer:
                 self._next_queued()
         else:
             self._take(version, model, entry)
+        self._pre(None)  # (the scores of versions no longer served or contested go)
 
     def start_watch(self, every: float = 1.0) -> None:
         """Poll the registry every ``every`` seconds on a daemon thread."""

@@ -282,5 +282,7 @@ class StateTopic:
                 "from the input instead", self.ident, self.topic, type(exc).__name__, exc,
             )  # fmt: skip
             return None
-        self._acked, self._maybe = m["slot"], []  # never overwrite the snapshot just read
+        self._acked, self._maybe, self._last = m["slot"], [], raw  # never overwrite the
+        self._save_slots()  # snapshot just read, also after a restart from the checkpoint
+        # written from it (without the file, a review found the next publish writing into it)
         return data

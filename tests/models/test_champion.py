@@ -348,6 +348,15 @@ def test_a_scorer_without_labels_never_goes_back_to_the_registry_champion(tmp_pa
     srv.poll()
     srv.install_pending()
     assert srv.version == "v000003"
+    reg.publish(FeatureModel("f_a"), spec={"name": "t"})  # v6, served as the newest
+    srv.poll()
+    srv.install_pending()
+    reg.promote("v000006")  # by hand, the version served already (nothing to do) ...
+    assert srv.poll() is None and srv.version == "v000006"
+    reg.promote("v000003")  # ... and back to the one before: a change by hand too (a review
+    srv.poll()  # found it ignored: the pointer seen was still v3's)
+    srv.install_pending()
+    assert srv.version == "v000003"
 
 
 def test_a_challenger_that_raises_on_a_label_is_dropped_not_raised(tmp_path) -> None:
@@ -654,6 +663,12 @@ def test_a_new_version_is_ranked_on_recent_traffic_by_the_watcher_not_the_label_
     assert on_the_label_path("v000002") < 50  # (the 10 decisions, the label's own input)
     reg.publish(Threads("f_b"), spec={"name": "t"})  # v3: a challenger (its contest ranks)
     assert on_the_label_path("v000003") < 50
+    for _ in range(4):  # the scores of versions no longer served or contested are dropped
+        reg.publish(Threads("f_b"), spec={"name": "t"})
+        srv.poll()
+        srv.install_pending()
+    live = {srv.version, srv.challenger_version, srv.predecessor_version}
+    assert set(srv._prescored) <= live
     srv.close()
 
 

@@ -325,3 +325,18 @@ def test_an_instance_killed_before_its_manifest_was_confirmed_keeps_the_named_sl
     again.start(b"S3, a bigger one .............................................")
     again.step(topic, chunks=2)  # ... and the machine is lost mid-publish
     assert StateTopic("state", "fds/i0").fetch(topic.reader) == b"S2 ...................."
+
+
+def test_a_snapshot_restored_from_the_topic_is_noted_in_the_slot_file(tmp_path):
+    """Found by a review: a restore from the topic did not write the slot file, so an
+    instance restarted from the checkpoint written from it took the default slot, the one the
+    broker named, and a crash during that publish left nothing that verifies."""
+    st_mod.CHUNK = 10
+    topic = Topic()
+    StateTopic("state", "g/i0", slot_file=tmp_path / "old").publish(topic, b"S1: the only one ..")
+    slot = tmp_path / "slot"  # the new machine's empty state dir
+    assert StateTopic("state", "g/i0", slot_file=slot).fetch(topic.reader) == b"S1: the only one .."
+    again = StateTopic("state", "g/i0", slot_file=slot)  # restarted from the local checkpoint
+    again.start(b"S2, a bigger snapshot ..............................")
+    again.step(topic, chunks=2)  # killed mid-publish
+    assert StateTopic("state", "g/i0").fetch(topic.reader) == b"S1: the only one .."
