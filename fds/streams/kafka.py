@@ -809,16 +809,20 @@ class Runner:
             if ready:
                 self._process(ready)
                 continue
-            if batch or len(aligner):
-                continue  # held back until a partition that is behind has been fetched
-            idle_commit = self._unacked or self._committable  # idle: commit what was decided
-            if idle_commit and self._settle_or_rejoin(wait=True):
-                self.checkpoint()
-            if time.perf_counter() - self._lag_at > LAG_EVERY_S:  # idle partitions' lag too
-                self._lag_at = time.perf_counter()
-                self._report()
-            if max_idle_s is not None and now - last_input > max_idle_s:
-                return
+            if batch:
+                continue
+            if not len(aligner):  # (else held back until a partition that is behind is fetched)
+                idle_commit = self._unacked or self._committable  # idle: commit the decided
+                if idle_commit and self._settle_or_rejoin(wait=True):
+                    self.checkpoint()
+                if time.perf_counter() - self._lag_at > LAG_EVERY_S:  # idle partitions' too
+                    self._lag_at = time.perf_counter()
+                    self._report()
+                if max_idle_s is not None and now - last_input > max_idle_s:
+                    return
+            # Idle, or records held for a partition that is behind while nothing is fetched:
+            # the broker may be gone (held records had skipped this: the aligner now holds them
+            # through an outage, and fds run exited after twice the broker timeout)
             if now - last_contact > probe_every:
                 # Idle or cut off? An empty poll looks the same; ask the broker.
                 if self._probe():

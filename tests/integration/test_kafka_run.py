@@ -467,8 +467,8 @@ def test_broker_outage_mid_run_exits_after_the_timeout(tmp_path, unique_name):
         runner = Runner(s, Engine())
         t, errors = run_in_thread(runner)
         wait_until(lambda: runner.stats.decided == 100, 60, "the first decisions")
+        t0 = time.monotonic()  # (before the shutdown: the first call may fail during it)
         kafka_kit.down(ddir)
-        t0 = time.monotonic()
         t.join(60)
         assert not t.is_alive(), "fds run hangs when the broker is gone"
         waited = time.monotonic() - t0
@@ -481,7 +481,8 @@ def test_broker_outage_mid_run_exits_after_the_timeout(tmp_path, unique_name):
     assert ("unreachable for 5 s" in msg or "failed for 5 s" in msg) and bootstrap in msg, msg
     # (the timeout runs from the first call the broker failed, which can be during its
     # shutdown, before down() returned)
-    assert 3 <= waited < 30, waited
+    # (a loaded machine's shutdown took 2.4 s, and the exit came 2.6 s after it returned)
+    assert 4.5 <= waited < 30, waited
     print(f"broker gone -> exit after {waited:.1f} s (timeout 5 s)")
 
 
