@@ -33,6 +33,9 @@ __all__ = ["ReplayInput", "ReplaySummary", "load", "run"]
 # Progress-bar updates are batched: a tqdm update per event would cost more than a decision.
 _PROGRESS_EVERY = 2048
 DEAD_BATCH = 1_000  # dead letters the reader collects before the replay writes them
+# A step back in a file's local times at least this long may be the second pass of an hour a
+# DST change repeats (a record a minute late is not: a review found one garbling the hour).
+_FALL_BACK_STEP = 1800.0
 # Records held to put a slightly disordered file back in event-time order: ~100 MB of dicts,
 # enough for exports merged from several shards; disorder beyond it is counted, not hidden.
 REORDER_BUFFER = 100_000
@@ -220,6 +223,7 @@ def _validated(
     source = str(path)
     label = mapping.label if mapping is not None else None
     last = -math.inf  # the newest time read (a DST change's repeated hour: see second_pass)
+    second = False  # reading the second pass of such an hour
     for pos, rec, raw in read_records(path, mapping=mapping):
         if len(dlq) >= DEAD_BATCH and stream is not None and stream.on_dead is not None:
             stream.on_dead()
@@ -235,15 +239,19 @@ def _validated(
                 dead_letter(stage="validate", error=e, raw=raw_row, source=source, position=pos)
             )
             continue
-        if out["ts"] < last and isinstance(rec, dict):
-            # a local time of the hour a DST change repeats, behind the file's newest: its
-            # second pass (read alone, it is the first: a review found both passes of a
-            # fall-back hour read as the first, the file reordered and its windows wrong)
+        if (
+            stream is not None
+            and isinstance(rec, dict)
+            and (second or last - out["ts"] >= _FALL_BACK_STEP)
+        ):
+            # a local time of the hour a DST change repeats, well behind the file's newest (or
+            # after one that was): its second pass (read alone, it is the first: a review found
+            # both passes of a fall-back hour read as the first, the windows wrong)
             again = second_pass(rec.get("ts"), zone)
-            if again is not None and again >= last:
+            second = again is not None  # (until a time outside the repeated hour)
+            if again is not None:
                 out["ts"] = again
-                if stream is not None:
-                    stream.second_pass += 1
+                stream.second_pass += 1
         last = max(last, out["ts"])
         if stream is not None and stream.lines is not None:
             stream.lines[id(out)] = pos

@@ -71,6 +71,10 @@ def parse_ts(value: object, default_tz: tzinfo = UTC) -> float:
         raise ValueError("a boolean is not a timestamp")
     if isinstance(value, str) and (compact := _compact(value)) is not None:
         return _in_range(compact.replace(tzinfo=default_tz).timestamp(), value)
+    if isinstance(value, str) and len(value.strip()) == 14 and value.strip().isdigit():
+        raise ValueError(  # (as epoch milliseconds: after 2286; it was read as 2611)
+            f"timestamp {value!r} is 14 digits but no YYYYMMDDHHMMSS date"
+        )
     if isinstance(value, int | float):
         v = float(value)
     elif isinstance(value, str):

@@ -256,7 +256,8 @@ def test_parquet_with_timestamp_and_decimal_columns(tmp_path, capsys):
     (dead,) = [orjson.loads(x) for x in (tmp_path / "o.dlq.jsonl").read_bytes().splitlines()]
     assert dead["raw"]["amount"] == "-1.00" and dead["raw"]["blob"] == "x\ufffd"
     naive = tmp_path / "naive.parquet"
-    pq.write_table(table.set_column(1, "ts", table["ts"].cast(pa.timestamp("ns"))), naive)
+    ns = pa.array([1_767_225_600_000_000_001 + i for i in range(n)], pa.timestamp("ns"))
+    pq.write_table(table.set_column(1, "ts", ns), naive)  # (sub-microsecond: it raised)
     assert bare_replay(str(naive), "--out", str(out)) == 0
     capsys.readouterr()
     bad = tmp_path / "bad.parquet"

@@ -307,3 +307,19 @@ def test_the_hour_a_dst_change_repeats_is_read_in_file_order(tmp_path):
     utc = [d["ts"][11:16] for d in out.items]
     assert utc == ["04:50", "05:10", "05:50", "06:10", "06:50", "07:10"]
     assert stream.second_pass == 2 and stream.reordered == 0
+
+
+def test_a_record_a_minute_late_in_a_repeated_dst_hour_is_not_its_second_pass(tmp_path):
+    """Found by a review: any step back in the repeated hour was taken as the second pass, so
+    one record a minute late moved itself and every later record of the hour by an hour."""
+    p = tmp_path / "ny.csv"
+    times = ["01:38", "01:40", "01:39", "01:45", "01:59", "01:05", "01:20"]  # one jitter
+    rows = "".join(f"t{i},2026-11-01 {hm}:00,c,1\n" for i, hm in enumerate(times))
+    p.write_text("tx_id,ts,card_id,amount\n" + rows)
+    mapping = ColumnMapping.model_validate({"timezone": "America/New_York"})
+    stream, out = replay.open_stream(p, mapping=mapping), ListSink()
+    replay.run(Engine(), stream, out, ListSink())
+    utc = sorted((d["tx_id"], d["ts"][11:16]) for d in out.items)
+    assert utc == [("t0", "05:38"), ("t1", "05:40"), ("t2", "05:39"), ("t3", "05:45"),
+                   ("t4", "05:59"), ("t5", "06:05"), ("t6", "06:20")]  # fmt: skip
+    assert stream.second_pass == 2

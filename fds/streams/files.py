@@ -457,10 +457,26 @@ def _read_parquet(p: Path, mapping: ColumnMapping | None) -> Iterator[Record]:
                 raise ConfigError(f"{p}: cannot read the rows after row {n}: {e}") from None
             if batch is None:
                 return
-            for rec in batch.to_pylist():
+            for rec in _microseconds(batch).to_pylist():
                 n += 1
                 rec = {k: v for k, v in rec.items() if v is not None}
                 yield n, (mapping.apply(rec) if mapping is not None else rec), None
+
+
+def _microseconds(batch: Any) -> Any:
+    """``batch`` with nanosecond timestamps cut to microseconds (what a ``datetime`` holds:
+    a sub-microsecond value made ``to_pylist`` raise without pandas)."""
+    import pyarrow as pa
+
+    if not any(pa.types.is_timestamp(t) and t.unit == "ns" for t in batch.schema.types):
+        return batch
+    cols = [
+        c.cast(pa.timestamp("us", c.type.tz), safe=False)
+        if pa.types.is_timestamp(c.type) and c.type.unit == "ns"
+        else c
+        for c in batch.columns
+    ]
+    return pa.RecordBatch.from_arrays(cols, names=batch.schema.names)
 
 
 class JsonlSink:
