@@ -1089,9 +1089,12 @@ class ModelServer:
                 if stamp == seen:
                     continue
                 try:
+                    swaps = self._swaps
                     self.poll()
-                    # a deferred retry (see poll) looks again without a manifest change
-                    seen = stamp if not self._retry_pending() else None
+                    # a deferred retry (see poll), or a read made stale by a swap of ours (its
+                    # verdict may never change the manifest), looks again without a change
+                    again = self._retry_pending() or swaps != self._swaps
+                    seen = stamp if not again else None
                 except Exception as e:
                     log.warning("model registry poll failed error=%s", e)
 
