@@ -476,11 +476,12 @@ class _DeadTally:
             dlq.write(d)
             self.total += 1
             mine = d["source"] == self.source
+            unreadable = d["stage"] in _READ_STAGES and mine
+            self.unreadable += unreadable
             if metrics is not None:
                 metrics.dead_letter(d["stage"])
-                if d["stage"] in _READ_STAGES and mine:
+                if unreadable:
                     metrics.events_consumed("file", 1)
-            self.unreadable += d["stage"] in _READ_STAGES and mine
             if d["stage"] == "label" or not mine:
                 self.of_labels += 1
                 continue

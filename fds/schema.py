@@ -106,8 +106,8 @@ def fraud_flag(v: Any, *, empty_is_legit: bool = False) -> bool:
     if text in FRAUD_WORDS or text in LEGIT_WORDS or (empty_is_legit and not text):
         return text in FRAUD_WORDS
     with contextlib.suppress(ValueError):
-        if float(text) in (0.0, 1.0):
-            return float(text) == 1.0
+        if (x := float(text)) in (0.0, 1.0):
+            return x == 1.0
     raise ValueError(
         f"label value {v!r} is neither fraud ({', '.join(sorted(FRAUD_WORDS))}) nor legitimate "
         f"({', '.join(sorted(LEGIT_WORDS))}{', empty' if empty_is_legit else ''})"

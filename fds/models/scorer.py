@@ -251,9 +251,8 @@ class ModelServer:
         self._champion_labels = 0
         self._challenger_entry: dict[str, Any] = {}
         self._queued: tuple[str, Any, dict[str, Any]] | None = None  # newest verified version
-        # (role, version, model, manifest entry) prepared by the watcher thread
-        # (role, version, model, its manifest entry, the swaps counted when it was prepared,
-        # its scores of the recent inputs then)
+        # prepared by the watcher thread: (role, version, model, its manifest entry, the swaps
+        # counted when it was prepared, its scores of the recent inputs then)
         self._pending: tuple[str, str, Any, dict[str, Any], int, Any] | None = None
         # version -> (the recent inputs it scored before it served, their scores by input id):
         # a new champion's or challenger's first ranking of recent traffic reuses them instead
@@ -981,8 +980,8 @@ class ModelServer:
             return None  # its champion's old pointer taken for a change by hand, undone)
         if target == champ:  # (not the newest version served without labels: the registry
             self._pointer = target  # still names its champion, which is no change by hand)
-        self._offered = max(self._offered, (versions.get(target) or {}).get("seq", -1))
         entry = versions.get(target) or {}
+        self._offered = max(self._offered, entry.get("seq", -1))
         self._pending = (role or "challenger", target, model, entry, swaps, pre)
         return target
 
@@ -1053,11 +1052,11 @@ class ModelServer:
         role, version, model, entry, swaps, pre = pending
         if version == self.version:  # served already (loaded at start while it was prepared)
             return
-        if pre is not None:
-            self._prescored[version] = pre
         if role == "champion" and swaps != self._swaps:  # a change by hand read from a
             self._pointer = self.version  # manifest before our own promotion: stale (the
             return  # watcher reads the registry again once our verdict is written)
+        if pre is not None:
+            self._prescored[version] = pre
         if role != "challenger" or self.champion is None:
             dropped = version == self.challenger_version  # promoted by hand in its contest
             if dropped:

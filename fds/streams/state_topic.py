@@ -19,9 +19,10 @@ Snapshots rotate over three slots, ``a``, ``b`` and ``c``: a publish writes a sl
 manifest the broker may hold names -- the last one it acknowledged, and every one sent since
 (a manifest that failed may still have landed) -- so a crash mid-publish leaves the snapshot
 the broker's manifest names whole, whatever the broker got. When manifests failed until every
-slot may be named, the newest manifest is sent again instead of a new snapshot: once the broker
-acknowledges it, it names that slot for sure and the other two are free (a review found the
-next snapshot written over a slot that two failed manifests in a row left maybe named). The
+slot may be named, the newest manifest is sent again before the next snapshot's chunks: once
+the broker acknowledges it, it names that slot for sure and the other two are free (a review
+found the next snapshot written over a slot that two failed manifests in a row left maybe
+named). The
 slots and the newest manifest are kept in a small file beside the checkpoint (``slot_file``),
 written *before* a manifest is sent, so that a restarted instance knows them too (with two
 slots and the file written once the manifest was acknowledged, an instance killed in between
