@@ -48,10 +48,16 @@ def test_an_unwritable_out_is_exit_2_before_any_work(history, tmp_path, capsys):
 
 def test_bad_mapping_exit_2_names_file_and_line(history, tmp_path, capsys):
     m = tmp_path / "m.yaml"
-    m.write_text("fields:\n  tx_id: A\n  colour: B\n")
+    m.write_text("fields:\n  tx_id: A\n  colour: B\n  merchant: C\n")
     assert bare_replay(str(history), "--mapping", str(m)) == 2
-    err = capsys.readouterr().err
-    assert f"{m}:1" in err and "unknown engine field" in err
+    err = capsys.readouterr().err  # the key's own line (it was the line of `fields:`)
+    assert f"{m}:3: fields.colour: unknown engine field 'colour';" in err
+    m.write_text("fields:\n  tx_id: A\n  merchant: C\n")
+    assert bare_replay(str(history), "--mapping", str(m)) == 2
+    assert (
+        f"{m}:3: fields.merchant: unknown engine field 'merchant'; did you mean 'merchant_id'?"
+        in (capsys.readouterr().err)
+    )
 
 
 def test_unknown_column_in_mapping(history, tmp_path, capsys):

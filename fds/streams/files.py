@@ -13,17 +13,18 @@ import csv
 import difflib
 import gzip
 import io
+import itertools
 import os
 import re
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any, Literal, cast
+from typing import IO, Annotated, Any, Literal, cast
 
 import orjson
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from fds.errors import ConfigError
 from fds.schema import TX_FIELDS, TX_REQUIRED, dumps_line, fraud_flag
@@ -40,8 +41,9 @@ __all__ = [
 ]
 
 Format = Literal["csv", "jsonl", "parquet"]
-# A raw record: (position = 1-based line number, parsed dict or the error it raised, raw text)
-Record = tuple[int, "dict[str, Any] | Exception", "str | None"]
+# A raw record: (position = 1-based line number, parsed dict or the error it raised, raw text;
+# bytes when some are not UTF-8)
+Record = tuple[int, "dict[str, Any] | Exception", "str | bytes | None"]
 
 
 class LabelColumn(BaseModel):
@@ -67,24 +69,28 @@ class LabelColumn(BaseModel):
             raise ValueError(str(e)) from None
 
 
+def _engine_field(name: str) -> str:
+    if name not in TX_FIELDS:
+        close = difflib.get_close_matches(name, TX_FIELDS, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValueError(
+            f"unknown engine field {name!r}; {hint}map onto one of {sorted(TX_FIELDS)}"
+        )
+    return name
+
+
+#: A key under ``fields:`` (its error names the key, so its line is found).
+EngineField = Annotated[str, AfterValidator(_engine_field)]
+
+
 class ColumnMapping(BaseModel):
     """How a foreign file's columns map onto the transaction contract."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     format: Format | None = None
-    fields: dict[str, str] = Field(default_factory=dict)
+    fields: dict[EngineField, str] = Field(default_factory=dict)
     timezone: str = "UTC"
     label: LabelColumn | None = None
-
-    @field_validator("fields")
-    @classmethod
-    def _known_fields(cls, v: dict[str, str]) -> dict[str, str]:
-        unknown = sorted(set(v) - TX_FIELDS)
-        if unknown:
-            raise ValueError(
-                f"unknown engine field(s) {unknown}; map onto one of {sorted(TX_FIELDS)}"
-            )
-        return v
 
     @field_validator("timezone")
     @classmethod
@@ -99,8 +105,8 @@ class ColumnMapping(BaseModel):
         """Raise :class:`ConfigError` when a mapped column is not in the file, or a required
         field is neither mapped nor a column.
 
-        ``first_record``: ``columns`` are the keys of a JSON Lines file's first record, which
-        may lack an optional field or the label: only required fields are checked.
+        ``first_record``: ``columns`` are the keys of one JSON Lines record, which may lack an
+        optional field or the label: only required fields are checked.
         """
         wanted = [c for f, c in self.fields.items() if not first_record or f in TX_REQUIRED]
         if self.label and not first_record:
@@ -172,7 +178,7 @@ def invalid(p: Path, e: pydantic.ValidationError, model: Any, what: str) -> Conf
     err = next((x for x in errs if x["type"] == "extra_forbidden"), errs[0])
     keys = [str(k) for k in err["loc"] if isinstance(k, str)]
     line = next((n for k in reversed(keys) if (n := _line_of(p, k))), None)
-    loc = ".".join(str(x) for x in err["loc"])
+    loc = ".".join(str(x) for x in err["loc"] if x != "[key]")  # (a dict key's error)
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         known = _fields_at(model, err["loc"][:-1])
@@ -225,6 +231,13 @@ def infer_format(path: str | os.PathLike[str], declared: str | None = None) -> s
 
 # Characters that stand for bytes that were not UTF-8 (errors="surrogateescape").
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
+
+
+def _text_or_bytes(raw: str) -> str | bytes:
+    """A dead letter's raw text, or its bytes when some are not UTF-8 (read with
+    surrogateescape): :func:`fds.schema.dead_letter` escapes them (``\\xe9``), nothing is lost."""
+    return raw.encode("utf-8", "surrogateescape") if _UNDECODABLE.search(raw) else raw
+
 
 # The longest CSV field, in characters. The csv module's default (128 KiB) refuses a JSON blob
 # that some exports keep in a column; the limit still bounds the memory that a quote left open
@@ -291,8 +304,44 @@ def read_records(
         yield from _read_jsonl(p, mapping)
 
 
+#: JSON Lines records looked at for one whose keys the mapping's required columns are in:
+#: a mapping that fits none of them is wrong (a :class:`ConfigError`, nothing decided);
+#: records before the first that fits are decided (dead letters when they lack a field).
+JSONL_PROBE = 1000
+
+
 def _read_jsonl(p: Path, mapping: ColumnMapping | None) -> Iterator[Record]:
-    checked = mapping is None
+    records = _jsonl_records(p)
+    if mapping is None:
+        yield from records
+        return
+    for n, r, raw in itertools.chain(_probe(records, mapping, p), records):
+        yield n, mapping.apply(r) if isinstance(r, dict) else r, raw
+
+
+def _probe(records: Iterator[Record], mapping: ColumnMapping, p: Path) -> list[Record]:
+    """The first records of a JSON Lines file, up to the first whose keys hold the mapping's
+    required columns; a :class:`ConfigError` when none of the first ``JSONL_PROBE`` does."""
+    held: list[Record] = []
+    wrong: ConfigError | None = None
+    for rec in records:
+        held.append(rec)
+        n, r, _raw = rec
+        if isinstance(r, dict):
+            try:
+                mapping.check_columns(list(r), where=f"{p}:{n}", first_record=True)
+                return held
+            except ConfigError as e:
+                wrong = wrong or e
+        if len(held) >= JSONL_PROBE and wrong is not None:
+            break
+    if wrong is not None:
+        more = f"; nor has any record up to line {held[-1][0]}" if len(held) > 1 else ""
+        raise ConfigError(f"{wrong}{more}")
+    return held
+
+
+def _jsonl_records(p: Path) -> Iterator[Record]:
     with open_text(p, "rb") as f:
         n = 0
         try:
@@ -302,16 +351,13 @@ def _read_jsonl(p: Path, mapping: ColumnMapping | None) -> Iterator[Record]:
                 if not line.strip():
                     continue
                 try:
-                    rec = orjson.loads(line)
+                    yield n, orjson.loads(line), None
                 except orjson.JSONDecodeError as e:
-                    yield n, ValueError(f"not valid JSON: {e}"), line.decode("utf-8", "replace")
-                    continue
-                if mapping is not None and isinstance(rec, dict):
-                    if not checked:
-                        mapping.check_columns(list(rec), where=f"{p}:{n}", first_record=True)
-                        checked = True
-                    rec = mapping.apply(rec)
-                yield n, rec, None
+                    try:
+                        raw: str | bytes = line.decode()
+                    except UnicodeDecodeError:  # (dead_letter escapes what is not UTF-8)
+                        raw = line
+                    yield n, ValueError(f"not valid JSON: {e}"), raw
         except _FAULTS as e:
             yield _fault(n + 1, e)
 
@@ -406,15 +452,12 @@ def _csv_records(p: Path, lines: _Lines, mapping: ColumnMapping | None) -> Itera
                 error = None
                 if _UNDECODABLE.search("".join(row)):
                     error = ValueError("not valid UTF-8")
-                    row = [
-                        c.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for c in row
-                    ]
                 elif len(row) != width:
                     error = ValueError(f"expected {width} columns, found {len(row)}")
                 if error is not None:
                     raw = io.StringIO()
                     csv.writer(raw).writerow(row)
-                    yield n, error, raw.getvalue()
+                    yield n, error, _text_or_bytes(raw.getvalue())
                     continue
                 rec = {k: v for k, v in zip(header, row, strict=True) if v != ""}
                 yield n, (mapping.apply(rec) if mapping is not None else rec), None

@@ -1761,7 +1761,8 @@ def produce_file(
                 key = None if card is None else str(card).encode()
                 fut = producer.send(topic, value=dumps(rec), key=key)
             else:
-                fut = producer.send(topic, value=(raw or "").encode())
+                value = raw if isinstance(raw, bytes) else (raw or "").encode()
+                fut = producer.send(topic, value=value)  # (the file's own bytes)
             fut.add_errback(failed.append)
             fut.add_callback(lambda _meta: acked.__setitem__(0, acked[0] + 1))
             n += 1

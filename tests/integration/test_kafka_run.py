@@ -560,3 +560,9 @@ def test_produce_with_a_mapping_reads_the_file_as_replay_does(kafka_bootstrap, t
     produce_file(tmp_path / "ms.jsonl", s, mapping=mapping, labels_topic=topics["labels"])
     labels = [orjson.loads(m.value) for m in read_all(kafka_bootstrap, topics["labels"])]
     assert [lab["ts"] for lab in labels if lab["tx_id"] == "M1"] == [1772348400.0 + 86400]
+    # a row that is not UTF-8 goes as its own bytes, for fds run to dead-letter (they were
+    # replaced by U+FFFD)
+    (tmp_path / "latin.csv").write_bytes(b"tx_id,ts,card_id,amount\nL1,1,caf\xe9,5\n")
+    assert produce_file(tmp_path / "latin.csv", s) == 1
+    sent = [m.value for m in read_all(kafka_bootstrap, topics["transactions"])]
+    assert b"L1,1,caf\xe9,5\r\n" in sent

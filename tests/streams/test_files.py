@@ -5,7 +5,15 @@ import json
 import pytest
 
 from fds.errors import ConfigError
-from fds.streams.files import ColumnMapping, JsonlSink, infer_format, load_mapping, read_records
+from fds.schema import dead_letter
+from fds.streams.files import (
+    JSONL_PROBE,
+    ColumnMapping,
+    JsonlSink,
+    infer_format,
+    load_mapping,
+    read_records,
+)
 
 MAPPING = """\
 format: csv
@@ -79,7 +87,7 @@ def test_a_required_field_neither_mapped_nor_a_column_is_a_config_error(tmp_path
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("fields:\n  tx_id: A\n  shoe: B\n", r"m.yaml:1: fields: unknown engine"),
+        ("fields:\n  tx_id: A\n  shoe: B\n", r"m.yaml:3: fields.shoe: unknown engine field .shoe."),
         ("fields: {tx_id: A}\ntimezone: Mars/Base\n", r"m.yaml:2: timezone: unknown timezone"),
         (
             "fields: {tx_id: A}\nlabel:\n  column: F\n  delay: soon\n",
@@ -145,7 +153,13 @@ def test_csv_lines_bom_blank_lines_and_bytes_that_are_not_utf8(tmp_path):
     assert [n for n, _rec, _raw in recs] == [2, 5, 6]  # the line each record starts on
     assert recs[0][1] == {"id": "1", "note": "two\nlines"}
     assert isinstance(recs[1][1], ValueError) and "UTF-8" in str(recs[1][1])
-    assert recs[1][2] == "2,caf\ufffd\r\n" and recs[2][1] == {"id": "3", "note": "ok"}
+    # the row's own bytes (they were replaced by U+FFFD: a dead letter lost them)
+    assert recs[1][2] == b"2,caf\xe9\r\n" and recs[2][1] == {"id": "3", "note": "ok"}
+    letter = dead_letter(stage="parse", error=recs[1][1], raw=recs[1][2], source="h", position=5)
+    assert letter["raw"] == "2,caf\\xe9\r\n"  # escaped as fds run escapes a Kafka record's
+    j = tmp_path / "x.jsonl"
+    j.write_bytes(b'{"id": "caf\xe9"}\n{"id": 1\n')
+    assert [raw for _n, _rec, raw in read_records(j)] == [b'{"id": "caf\xe9"}\n', '{"id": 1\n']
     p.write_bytes(b"\xefid\n1\n")
     with pytest.raises(ConfigError, match=r"h\.csv:1: the header is not valid UTF-8"):
         list(read_records(p))
@@ -277,6 +291,28 @@ def test_a_jsonl_mapping_checks_required_fields_only_on_the_first_record(tmp_pat
     del first["AMT"]  # a required field's column is still checked, on the first record
     p.write_text(f"\n{json.dumps(first)}\n")
     with pytest.raises(ConfigError, match=r"x\.jsonl:2: column\(s\) \['AMT'\] named in the"):
+        list(read_records(p, mapping=m))
+
+
+def test_a_jsonl_record_without_a_required_column_is_decided_when_a_later_one_fits(tmp_path):
+    """Before, a first record that lacked a mapped required key stopped the replay with a
+    mapping error, though the mapping fitted every other record: it is now one dead letter.
+    A mapping that fits none of the first JSONL_PROBE records is still an error."""
+    m = ColumnMapping(fields={"tx_id": "TID", "ts": "WHEN", "card_id": "CARD", "amount": "AMT"})
+    p = tmp_path / "x.jsonl"
+    good = {"TID": "t1", "WHEN": 1, "CARD": "c1", "AMT": 5}
+    bad = {"TID": "t0", "WHEN": 1, "CARD": "c1"}
+    p.write_text(f"{json.dumps(bad)}\nnot json\n{json.dumps(good)}\n{json.dumps(bad)}\n")
+    out = list(read_records(p, mapping=m))
+    assert [n for n, _rec, _raw in out] == [1, 2, 3, 4]  # in file order, nothing lost
+    assert out[0][1] == {"tx_id": "t0", "ts": 1, "card_id": "c1"}  # (fails validation later)
+    assert isinstance(out[1][1], ValueError)
+    assert out[2][1] == {"tx_id": "t1", "ts": 1, "card_id": "c1", "amount": 5}
+    p.write_text(f"{json.dumps(bad)}\n" * JSONL_PROBE + f"{json.dumps(good)}\n")
+    with pytest.raises(
+        ConfigError,
+        match=rf"x\.jsonl:1: column\(s\) \['AMT'\] .* nor has any record up to line {JSONL_PROBE}$",
+    ):
         list(read_records(p, mapping=m))
 
 
