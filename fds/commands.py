@@ -194,7 +194,7 @@ def _replay(args: argparse.Namespace) -> int:
     if stream.reordered:
         print(
             f"fds replay: input not in time order: {stream.reordered:,} records were out of "
-            f"order and were replayed sorted by ts"
+            f"order (each read after one with a later ts) and were replayed sorted by ts"
             + (
                 f"; {stream.late:,} were beyond the reorder buffer "
                 f"({replay_mod.REORDER_BUFFER:,} records) and decided late"

@@ -353,6 +353,7 @@ def run(
     bar = _progress(stream.total, progress)
     t0 = time.perf_counter()
     first_ts: float | None = None
+    paced_from = t0
     actions = s.actions
     counted = seen = 0  # events already reported to metrics; events read
     with Freezer() as freezer:
@@ -371,9 +372,9 @@ def run(
                     engine.learn(heapq.heappop(labels)[2])
                     learned += 1
                 if speed:
-                    if first_ts is None:
-                        first_ts = ts
-                    ahead = (ts - first_ts) / speed - (time.perf_counter() - t0)
+                    if first_ts is None:  # the clock starts with the first event: after the
+                        first_ts, paced_from = ts, time.perf_counter()  # reorder buffer filled
+                    ahead = (ts - first_ts) / speed - (time.perf_counter() - paced_from)
                     if ahead > 0:
                         sleep(ahead)
                         if bar is not None:  # paced: the bar moves with the events

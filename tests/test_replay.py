@@ -1,3 +1,4 @@
+import time
 from typing import Any
 
 import orjson
@@ -174,6 +175,23 @@ def test_speed_paces_by_event_time(tmp_path):
     replay.run(Engine(), replay.load(p), ListSink(), ListSink(), speed=60.0, sleep=slept.append)
     # 60x real time: one event-minute is one wall second; we are never ahead of the schedule
     assert len(slept) == 3
+    assert slept == pytest.approx([1.0, 2.0, 3.0], abs=0.2)
+
+
+def test_speed_paces_from_the_first_event_not_from_the_start(tmp_path):
+    """Before, the clock started before the reorder buffer had filled (100,000 records read
+    first): the events of that time were decided at once, unpaced."""
+    p = write_jsonl(tmp_path / "x.jsonl", [tx(i, T0 + 60 * i) for i in range(4)])
+    stream = replay.load(p)
+    events = stream.transactions
+
+    def slow_start():
+        time.sleep(1.5)  # reading and sorting before the first event
+        yield from events
+
+    stream.transactions = slow_start()
+    slept: list[float] = []
+    replay.run(Engine(), stream, ListSink(), ListSink(), speed=60.0, sleep=slept.append)
     assert slept == pytest.approx([1.0, 2.0, 3.0], abs=0.2)
 
 
