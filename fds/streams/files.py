@@ -14,6 +14,7 @@ import difflib
 import gzip
 import io
 import itertools
+import logging
 import os
 import re
 import zlib
@@ -29,6 +30,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from fds.errors import ConfigError
 from fds.schema import TX_FIELDS, TX_REQUIRED, dumps_line, fraud_flag
 from fds.timeutil import get_zone, parse_duration
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ColumnMapping",
@@ -151,11 +154,18 @@ def load_mapping(path: str | os.PathLike[str]) -> ColumnMapping:
     if not isinstance(data, dict):
         raise ConfigError("a mapping file is a YAML mapping with 'fields:'", where=str(p))
     try:
-        return ColumnMapping.model_validate(data)
+        mapping = ColumnMapping.model_validate(data)
     except pydantic.ValidationError as e:
         raise invalid(p, e, ColumnMapping, "a mapping") from None
     except ConfigError as e:
         raise ConfigError(str(e), where=str(p)) from None
+    delay = (data.get("label") or {}).get("delay")
+    if type(delay) in (int, float) and delay:  # a unit forgotten? (7 meant as 7 days)
+        log.warning(
+            "%s:%s: label.delay %s has no unit: read as %s seconds (write 7d, 12h, 90s)",
+            p, _line_of(p, "delay"), delay, delay,
+        )  # fmt: skip
+    return mapping
 
 
 def read_yaml(p: Path) -> Any:

@@ -324,3 +324,14 @@ def test_duplicate_csv_column_names_are_a_config_error(tmp_path):
         ConfigError, match=r"x\.csv:1: column name\(s\) \['amount', 'tx_id'\] appear more than once"
     ):
         list(read_records(p))
+
+
+def test_a_label_delay_without_a_unit_is_warned_about(tmp_path, caplog):
+    """`delay: 7` is 7 seconds (a number of seconds, as everywhere): likely meant as 7d."""
+    m = tmp_path / "m.yaml"
+    m.write_text("fields: {tx_id: A}\nlabel:\n  column: F\n  delay: 7\n")
+    assert load_mapping(m).label.delay == 7.0
+    assert f"{m}:4: label.delay 7 has no unit: read as 7 seconds" in caplog.text
+    caplog.clear()
+    m.write_text("fields: {tx_id: A}\nlabel: {column: F, delay: 7d}\n")
+    assert load_mapping(m).label.delay == 7 * 86400.0 and not caplog.text
