@@ -134,6 +134,10 @@ LAG_EVERY_S = 1.0
 # and logged every WAIT_LOG_S while the broker does not answer (see Runner._waited).
 WAIT_STEP_S = 0.5
 WAIT_LOG_S = 5.0
+# An idle loop's broker probe waits this long for an answer, less when broker_timeout_s has
+# less left (but at least PROBE_MIN_S: a broker just back needs a round trip).
+PROBE_TIMEOUT_S = 3.0
+PROBE_MIN_S = 0.5
 # A restore (catch-up or rebuild) polls the group consumer this often, so that a rebalance the
 # group starts meanwhile does not wait for the restore to end (Runner._keep_alive).
 KEEPALIVE_S = 0.5
@@ -824,10 +828,13 @@ class Runner:
             # the broker may be gone (held records had skipped this: the aligner now holds them
             # through an outage, and fds run exited after twice the broker timeout)
             if now - last_contact > probe_every:
-                # Idle or cut off? An empty poll looks the same; ask the broker.
-                if self._probe():
+                # Idle or cut off? An empty poll looks the same; ask the broker, for no longer
+                # than the timeout has left, and judge a failure by the clock after the probe
+                # (3 s probes judged by the clock before them: exits after twice the timeout)
+                left = s.broker_timeout_s - (now - last_contact)
+                if self._probe(min(PROBE_TIMEOUT_S, max(left, PROBE_MIN_S))):
                     last_contact = now
-                elif now - last_contact > s.broker_timeout_s:
+                elif time.monotonic() - last_contact > s.broker_timeout_s:
                     raise BrokerUnavailable(
                         f"Kafka at {s.bootstrap} unreachable for {s.broker_timeout_s:.0f} s; "
                         "exiting so a supervisor can restart fds (offsets are committed up to "
@@ -844,13 +851,12 @@ class Runner:
         self._evicted = None
         return False
 
-    def _probe(self) -> bool:
+    def _probe(self, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
         try:
-            parts = self.consumer.assignment() or set()
-            if parts:
-                self.consumer.end_offsets(list(parts), timeout_ms=3000)
-            else:
-                self.consumer.topics()
+            # with nothing assigned, the input's partition 0 (KafkaConsumer.topics() would
+            # wait without a time limit in kafka-python 3.0)
+            parts = self.consumer.assignment() or {TopicPartition(self.s.input_topic, 0)}
+            self.consumer.end_offsets(list(parts), timeout_ms=int(timeout_s * 1000))
             return True
         except Exception as exc:
             log.warning("broker probe failed: %s: %s", type(exc).__name__, exc)

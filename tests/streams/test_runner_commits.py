@@ -11,6 +11,7 @@ from collections import namedtuple
 from typing import Any
 
 import pytest
+from kafka.errors import KafkaTimeoutError
 from kafka.structs import OffsetAndTimestamp, TopicPartition
 
 from fds.engine import Engine
@@ -51,6 +52,12 @@ class Producer:
     def flush(self, timeout: float | None = None) -> None:
         self.flushes += 1
         self.ack()
+
+    def partitions_for(self, topic: str) -> set[int]:
+        return {0}
+
+    def close(self, timeout: float | None = None) -> None:
+        pass
 
 
 class Consumer:
@@ -191,12 +198,6 @@ class FailingProducer(Producer):
                 g.is_done, g.exception = True, RuntimeError("record too large")
         return f
 
-    def partitions_for(self, topic: str) -> set[int]:
-        return {0}
-
-    def close(self, timeout: float | None = None) -> None:
-        pass
-
 
 def records(start: int, n: int = 3) -> list[Record]:
     tx = b'{"tx_id": "t%d", "ts": %d, "card_id": "c1", "amount": 5.0}'
@@ -255,10 +256,6 @@ def test_evicted_partitions_are_neither_committed_nor_checkpointed(tmp_path):
 
 def test_a_stop_ends_broker_retries_at_once():
     """SIGTERM during an outage must not wait out broker_timeout_s of retries."""
-    import time
-
-    from kafka.errors import KafkaTimeoutError
-
     from fds.streams.kafka import BrokerUnavailable
 
     r = make_runner(broker_timeout_s=60)
@@ -273,6 +270,65 @@ def test_a_stop_ends_broker_retries_at_once():
     with pytest.raises(BrokerUnavailable, match="stopping as asked"):
         r._retrying("commit", down)
     assert len(calls) == 1 and time.monotonic() - t0 < 1
+
+
+class CutOff(LoopConsumer):
+    """After its batches the broker is gone until ``back_at`` (monotonic; inf: for good):
+    ``end_offsets`` blocks for its whole timeout, then fails, as kafka-python's does."""
+
+    def __init__(self, batches: list[list[Record]], back_at: float = float("inf")) -> None:
+        super().__init__(batches)
+        self.back_at, self.probes = back_at, []
+
+    def end_offsets(self, tps: list[Any], timeout_ms: int) -> dict[Any, int]:
+        self.probes.append(timeout_ms)
+        now = time.monotonic()
+        if now < self.back_at:
+            time.sleep(min(timeout_ms / 1000, self.back_at - now))
+            if time.monotonic() < self.back_at:
+                raise KafkaTimeoutError(f"Failed to get offsets by timestamps in {timeout_ms} ms")
+        return {tp: 3 for tp in tps}
+
+
+def cut_off_runner(consumer: CutOff, timeout_s: float) -> Runner:
+    return Runner(
+        KafkaSettings(input_topic="transactions", broker_timeout_s=timeout_s), Engine(),
+        consumer_factory=lambda **_: consumer, producer_factory=lambda **_: Producer(),
+    )  # fmt: skip
+
+
+class Unassigned(CutOff):
+    """No partition assigned (more members than partitions); ``topics()`` waits without a
+    time limit for a broker that is gone, as kafka-python 3.0's does."""
+
+    def assignment(self) -> set[Any]:
+        return set()
+
+    def topics(self) -> set[str]:
+        time.sleep(30)
+        raise KafkaTimeoutError("no broker")
+
+
+@pytest.mark.parametrize("kind", [CutOff, Unassigned])
+def test_a_broker_gone_while_idle_exits_after_the_timeout_not_a_probe_later(kind):
+    """The idle loop's probe waited 3 s and a failure was judged by the clock before it: with
+    a 5 s timeout fds run exited after 10.5 s (the integration test saw 5.2-10.5 s). With no
+    partition assigned the probe was ``topics()``, which has no time limit."""
+    from fds.streams.kafka import BrokerUnavailable
+
+    consumer = kind([records(0)])
+    t0 = time.monotonic()
+    with pytest.raises(BrokerUnavailable, match="unreachable for 1 s"):
+        cut_off_runner(consumer, timeout_s=1.0).run()
+    assert 1.0 <= time.monotonic() - t0 < 2.0, consumer.probes  # (6.3 s before)
+
+
+def test_a_broker_back_within_the_timeout_is_ridden_out():
+    """The probe is cut to what the timeout has left, but not so short that a broker that is
+    back is taken for gone."""
+    consumer = CutOff([records(0)], back_at=time.monotonic() + 1.5)
+    stats = cut_off_runner(consumer, timeout_s=2.0).run(max_idle_s=3)
+    assert stats.decided == 3 and len(consumer.probes) >= 2
 
 
 class Reader:
@@ -422,8 +478,6 @@ def test_a_catch_up_is_not_counted_as_decisions():
 def test_a_stop_shares_one_deadline_between_its_final_commit_checkpoint_and_close():
     """What the final checkpoint took is not given again to the clients' close: the whole
     stop stays within shutdown_timeout_s (the 10 s SIGTERM promise)."""
-    import time
-
     r = make_runner(shutdown_timeout_s=2.0)
     closes: dict[str, float] = {}
 
@@ -644,8 +698,6 @@ class GroupConsumer(Consumer):
 def test_a_broker_gone_mid_transaction_is_a_clear_exit_not_a_hang(caplog, monkeypatch):
     """Found by a chaos run: `fds run --exactly-once` hung for good in
     send_offsets_to_transaction when the broker died mid-transaction."""
-    import time
-
     from fds.streams.kafka import BrokerUnavailable
 
     monkeypatch.setattr("fds.streams.kafka.WAIT_LOG_S", 0.5)
@@ -666,7 +718,6 @@ def test_a_stop_while_the_broker_does_not_answer_ends_within_its_deadline():
     """Found by a chaos run: SIGTERM while blocked in a commit or flush waited the whole
     broker_timeout_s (52-55 s) instead of the promised 10 s."""
     import threading
-    import time
 
     from fds.streams.kafka import BrokerUnavailable
 
@@ -778,8 +829,6 @@ def test_a_commit_the_broker_aborted_on_its_timeout_is_decided_again(tmp_path, c
     kafka-python reported its commit all the same; the consumer had moved past the batch, so
     its 50 transactions were never decided again. A commit that took longer than half the
     timeout now checks the committed offsets."""
-    import time
-
     from fds.features import FeaturePlan
     from fds.streams.checkpoint import Checkpointer
 
