@@ -152,13 +152,16 @@ def _in_range(ts: float, value: object) -> float:
 
 _second_prefix: dict[int, str] = {}  # epoch second -> "YYYY-MM-DDTHH:MM:SS"
 _day_prefix: dict[int, str] = {}  # epoch day -> "YYYY-MM-DDT"
+# millisecond -> ".mmm+00:00": one concatenation instead of formatting (~4x faster)
+_ms_suffix = tuple(f".{ms:03d}+00:00" for ms in range(1000))
 
 
 def format_ts(ts: float) -> str:
     """Epoch seconds as ISO 8601 UTC with milliseconds.
 
     Hot path (two calls per decision): the text up to the second is cached per epoch second
-    (bounded), so most calls are one rounding, one divmod and one f-string.
+    (bounded), and the text after it is taken from a table, so most calls are one rounding,
+    one divmod and one concatenation.
 
     >>> format_ts(1700000000.25), format_ts(-0.5)
     ('2023-11-14T22:13:20.250+00:00', '1969-12-31T23:59:59.500+00:00')
@@ -177,4 +180,4 @@ def format_ts(ts: float) -> str:
         h, s = divmod(s, 3600)
         m, s = divmod(s, 60)
         prefix = _second_prefix[sec] = f"{date}{h:02d}:{m:02d}:{s:02d}"
-    return f"{prefix}.{ms:03d}+00:00"
+    return prefix + _ms_suffix[ms]
