@@ -19,6 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 from fds.errors import StageError
 from fds.guardrails import MODEL, decision_sources, source_kind
 from fds.models.vector import rule_inputs
+from fds.policy import round_to
 from fds.timeutil import format_ts
 
 log = logging.getLogger("fds.engine")
@@ -218,7 +219,7 @@ class Engine:
             "rule_hits": hits,
             "model_version": model_version,
             "ruleset_version": self.rules.version if self.rules is not None else None,
-            "latency_ms": round(latency * 1000.0, 3),
+            "latency_ms": round_to(latency * 1000.0, 3),
             "features": feats,
             "flags": flags,
         }

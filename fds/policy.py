@@ -34,7 +34,38 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["AlertBudget", "Policy", "combine", "rule_score"]
+__all__ = ["AlertBudget", "Policy", "combine", "round_to", "rule_score"]
+
+_SCALE = tuple(10.0**n for n in range(16))  # exact powers of ten
+# round_to's fast path: below this, x * 10**n + 0.5 is within 2**-33 of its exact value ...
+_FAST_BELOW = 2.0**20
+# ... so its floor is the exact rounding unless its fraction is this close to a whole number
+# (a tie, or next to one: there round() decides)
+_TIE_MARGIN = 1e-6
+
+
+def round_to(x: float, ndigits: int) -> float:
+    """``round(x, ndigits)``: the same float, in a third of the time for a positive ``x``
+    (two per decision: its score and its latency).
+
+    ``round`` formats ``x`` as decimal text and parses it back. Here ``x * 10**ndigits + 0.5``
+    is floored instead: the result is the same integer away from a tie (the margins above), and
+    the division makes the float nearest to it over ``10**ndigits``, as the parse does. Zero,
+    negatives, non-floats, values beyond the fast range and near-ties go to ``round`` itself.
+
+    >>> round_to(0.7345678, 6), round_to(12.0625, 3), round_to(0.0, 6), round_to(-1e-9, 6)
+    (0.734568, 12.062, 0.0, -0.0)
+    """
+    if type(x) is float:
+        if x > 0.0:
+            s = _SCALE[ndigits]
+            r = x * s + 0.5
+            frac = r % 1.0
+            if r < _FAST_BELOW and _TIE_MARGIN < frac < 1.0 - _TIE_MARGIN:
+                return (r - frac) / s  # (r - frac: exactly the floor of r)
+        elif x == 0.0:
+            return x  # as round() returns it, -0.0 included
+    return round(x, ndigits)
 
 
 def rule_score(hits: Sequence[Mapping[str, Any]]) -> float:
@@ -296,7 +327,7 @@ class Policy:
         if model_score is not None and not 0.0 <= model_score <= 1.0:  # NaN too: rules alone
             model_score = None
         final = rules if model_score is None else combine(rules, model_score, stacked)
-        final = round(final, 6)  # stable JSON; six decimals are far below any threshold step
+        final = round_to(final, 6)  # stable JSON; six decimals are far below any threshold step
         threshold = self.review_at
         budget = self.budget
         if budget is not None:

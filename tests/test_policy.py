@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import random
+import struct
 from collections import Counter
 from datetime import datetime
 
 import pytest
 
-from fds.policy import AlertBudget, Policy
+from fds.policy import AlertBudget, Policy, round_to
 from fds.timeutil import get_zone
 
 
@@ -225,3 +227,21 @@ def test_one_transaction_dated_far_ahead_does_not_stop_the_window_sliding() -> N
 
     a, b = by_day(_reviews_per_hour(clean)), by_day(_reviews_per_hour(poisoned))
     assert all(abs(a[d] - b[d]) <= 2 for d in range(1, 5)), (a, b)
+
+
+def test_round_to_is_round_bit_for_bit():
+    """Random values of each range it serves (scores, latencies), exact decimals, ties and their
+    neighbours, and what goes to round() itself: the same float, sign of zero included."""
+    rng = random.Random(5)
+    xs = [0.0, -0.0, -1e-9, -0.5, 1.0, 5e-324, 1e300, 2.0**20, math.nan, math.inf, -math.inf]
+    for _ in range(20_000):
+        n = rng.choice((3, 6))
+        m = rng.randrange(10**n)
+        tie, exact = (m + 0.5) / 10**n, m / 10**n
+        xs += [rng.random(), rng.uniform(0.0, 3000.0), 10 ** rng.uniform(-12, 3), tie, exact]
+        xs += [math.nextafter(tie, 0.0), math.nextafter(tie, 1.0), math.nextafter(exact, 0.0)]
+    bits = lambda v: struct.pack("<d", v)  # noqa: E731
+    for x in xs:
+        for n in (3, 6):
+            assert bits(round_to(x, n)) == bits(round(x, n)), (x, n)
+    assert round_to(1, 6) == 1 and type(round_to(1, 6)) is int  # (round keeps an int an int)
