@@ -145,20 +145,27 @@ class AlertBudget:
         self._total = np.zeros(bins, dtype=np.int64)
         self._first_ts: float | None = None
         self._slot_end = -math.inf  # end of the current slot: the next event past it rotates
-        self._cur = self._slots[0]  # the current slot's histogram
+        # The current slot's histogram and the window's, as memoryviews of those arrays: counting
+        # a score is then two increments of a Python int (numpy's scalar path takes twice as long).
+        self._cur = self._slots[0].data
+        self._tot = self._total.data
         self._now_slot = -1
         self._since = 0
         self._threshold = 0.0
         self._leaping = False  # one event came more than a window ahead (see observe)
         self._warm_threshold = 0.0  # the threshold while warming up (after a gap: the last)
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_cur", "_tot")}
+
     def __setstate__(self, state: dict[str, Any]) -> None:
-        # `_cur` is a view into `_slots`; pickling copies views, so point it back after loading
-        # (else the restored budget would count new scores in a detached copy).
+        # The memoryviews do not pickle: made again from the arrays after loading (a budget
+        # pickled before them kept `_cur` as an array, a detached copy of its slot: replaced).
         self._leaping = False  # (a budget pickled before it had these)
         self._warm_threshold = 0.0
         self.__dict__.update(state)
-        self._cur = self._slots[max(self._now_slot, 0) % self.nslots]
+        self._cur = self._slots[max(self._now_slot, 0) % self.nslots].data
+        self._tot = self._total.data
 
     def observe(self, score: float, ts: float) -> None:
         """Count one final score at event time ``ts`` (late events count in the current slot).
@@ -185,7 +192,7 @@ class AlertBudget:
         elif b < 0:
             b = 0
         self._cur[b] += 1
-        self._total[b] += 1
+        self._tot[b] += 1
         self._since += 1
         if self._since >= self.refresh:
             self.recompute(ts)
@@ -207,7 +214,7 @@ class AlertBudget:
             self._slot_ids[idx] = s
         self._now_slot = slot
         self._slot_end = (slot + 1) * self.slot_seconds
-        self._cur = self._slots[slot % self.nslots]
+        self._cur = self._slots[slot % self.nslots].data
         self.recompute(slot * self.slot_seconds)
 
     def set_budget(self, budget: int) -> None:
