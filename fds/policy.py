@@ -36,7 +36,8 @@ import numpy as np
 
 __all__ = ["AlertBudget", "Policy", "combine", "round_to", "rule_score"]
 
-_SCALE = tuple(10.0**n for n in range(16))  # exact powers of ten
+_DIGITS = 16
+_SCALE = tuple(10.0**n for n in range(_DIGITS))  # exact powers of ten
 # round_to's fast path: below this, x * 10**n + 0.5 is within 2**-33 of its exact value ...
 _FAST_BELOW = 2.0**20
 # ... so its floor is the exact rounding unless its fraction is this close to a whole number
@@ -51,13 +52,14 @@ def round_to(x: float, ndigits: int) -> float:
     ``round`` formats ``x`` as decimal text and parses it back. Here ``x * 10**ndigits + 0.5``
     is floored instead: the result is the same integer away from a tie (the margins above), and
     the division makes the float nearest to it over ``10**ndigits``, as the parse does. Zero,
-    negatives, non-floats, values beyond the fast range and near-ties go to ``round`` itself.
+    negatives, non-floats, ``ndigits`` outside 0-15, values beyond the fast range and near-ties
+    go to ``round`` itself.
 
     >>> round_to(0.7345678, 6), round_to(12.0625, 3), round_to(0.0, 6), round_to(-1e-9, 6)
     (0.734568, 12.062, 0.0, -0.0)
     """
     if type(x) is float:
-        if x > 0.0:
+        if x > 0.0 and 0 <= ndigits < _DIGITS:
             s = _SCALE[ndigits]
             r = x * s + 0.5
             frac = r % 1.0

@@ -245,3 +245,7 @@ def test_round_to_is_round_bit_for_bit():
         for n in (3, 6):
             assert bits(round_to(x, n)) == bits(round(x, n)), (x, n)
     assert round_to(1, 6) == 1 and type(round_to(1, 6)) is int  # (round keeps an int an int)
+    # ndigits outside the table: a negative one indexed it from the end (5e-10 for 0.0), 16
+    # raised IndexError (a review found them)
+    for x, n in ((5e-10, -1), (1234.5, -2), (0.5, 16), (0.123456789, 20)):
+        assert bits(round_to(x, n)) == bits(round(x, n)), (x, n)

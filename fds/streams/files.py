@@ -161,9 +161,10 @@ def load_mapping(path: str | os.PathLike[str]) -> ColumnMapping:
         raise ConfigError(str(e), where=str(p)) from None
     delay = (data.get("label") or {}).get("delay")
     if type(delay) in (int, float) and delay:  # a unit forgotten? (7 meant as 7 days)
+        line = _line_of(p, "delay") or _line_of(p, "label")  # (a flow mapping: label's line)
         log.warning(
-            "%s:%s: label.delay %s has no unit: read as %s seconds (write 7d, 12h, 90s)",
-            p, _line_of(p, "delay"), delay, delay,
+            "%s: label.delay %s has no unit: read as %s seconds (write 7d, 12h, 90s)",
+            f"{p}:{line}" if line else p, delay, delay,
         )  # fmt: skip
     return mapping
 
@@ -314,9 +315,10 @@ def read_records(
         yield from _read_jsonl(p, mapping)
 
 
-#: JSON Lines records looked at for one whose keys the mapping's required columns are in:
-#: a mapping that fits none of them is wrong (a :class:`ConfigError`, nothing decided);
-#: records before the first that fits are decided (dead letters when they lack a field).
+#: JSON Lines records looked at (held in memory) for one whose keys the mapping's required
+#: columns are in: a mapping that fits none of the objects among them is wrong (a
+#: :class:`ConfigError`, nothing decided); records before the first that fits are decided
+#: (dead letters when they lack a field).
 JSONL_PROBE = 1000
 
 
@@ -330,8 +332,10 @@ def _read_jsonl(p: Path, mapping: ColumnMapping | None) -> Iterator[Record]:
 
 
 def _probe(records: Iterator[Record], mapping: ColumnMapping, p: Path) -> list[Record]:
-    """The first records of a JSON Lines file, up to the first whose keys hold the mapping's
-    required columns; a :class:`ConfigError` when none of the first ``JSONL_PROBE`` does."""
+    """The first records of a JSON Lines file (at most ``JSONL_PROBE``), up to the first
+    object whose keys hold the mapping's required columns; a :class:`ConfigError` when there
+    were objects among them and none did (with none, there is nothing to judge: the records
+    are decided, dead letters when they lack a field)."""
     held: list[Record] = []
     wrong: ConfigError | None = None
     for rec in records:
@@ -343,7 +347,7 @@ def _probe(records: Iterator[Record], mapping: ColumnMapping, p: Path) -> list[R
                 return held
             except ConfigError as e:
                 wrong = wrong or e
-        if len(held) >= JSONL_PROBE and wrong is not None:
+        if len(held) >= JSONL_PROBE:
             break
     if wrong is not None:
         more = f"; nor has any record up to line {held[-1][0]}" if len(held) > 1 else ""

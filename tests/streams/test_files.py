@@ -1,9 +1,11 @@
 import csv
 import gzip
 import json
+from typing import Any
 
 import pytest
 
+import fds.streams.files as files
 from fds.errors import ConfigError
 from fds.schema import dead_letter
 from fds.streams.files import (
@@ -294,7 +296,9 @@ def test_a_jsonl_mapping_checks_required_fields_only_on_the_first_record(tmp_pat
         list(read_records(p, mapping=m))
 
 
-def test_a_jsonl_record_without_a_required_column_is_decided_when_a_later_one_fits(tmp_path):
+def test_a_jsonl_record_without_a_required_column_is_decided_when_a_later_one_fits(
+    tmp_path, monkeypatch
+):
     """Before, a first record that lacked a mapped required key stopped the replay with a
     mapping error, though the mapping fitted every other record: it is now one dead letter.
     A mapping that fits none of the first JSONL_PROBE records is still an error."""
@@ -308,6 +312,17 @@ def test_a_jsonl_record_without_a_required_column_is_decided_when_a_later_one_fi
     assert out[0][1] == {"tx_id": "t0", "ts": 1, "card_id": "c1"}  # (fails validation later)
     assert isinstance(out[1][1], ValueError)
     assert out[2][1] == {"tx_id": "t1", "ts": 1, "card_id": "c1", "amount": 5}
+    # at most JSONL_PROBE records are held: with no object among them nothing is judged (a
+    # pretty-printed JSON array, each line invalid, was held whole: 93 MB for 200,000 lines)
+    p.write_text("not json\n" * JSONL_PROBE + f"{json.dumps(bad)}\n{json.dumps(good)}\n")
+    out = read_records(p, mapping=m)
+    assert next(out)[0] == 1 and sum(1 for _ in out) == JSONL_PROBE + 1
+    read: list[Any] = []
+    real = files._jsonl_records
+    monkeypatch.setattr(files, "_jsonl_records", lambda q: (read.append(r) or r for r in real(q)))
+    p.write_text("not json\n" * (3 * JSONL_PROBE))
+    next(read_records(p, mapping=m))
+    assert len(read) == JSONL_PROBE  # held before the first is handed on
     p.write_text(f"{json.dumps(bad)}\n" * JSONL_PROBE + f"{json.dumps(good)}\n")
     with pytest.raises(
         ConfigError,
@@ -332,6 +347,10 @@ def test_a_label_delay_without_a_unit_is_warned_about(tmp_path, caplog):
     m.write_text("fields: {tx_id: A}\nlabel:\n  column: F\n  delay: 7\n")
     assert load_mapping(m).label.delay == 7.0
     assert f"{m}:4: label.delay 7 has no unit: read as 7 seconds" in caplog.text
+    caplog.clear()
+    m.write_text("fields: {tx_id: A}\nlabel: {column: F, delay: 7}\n")  # (no delay: line)
+    load_mapping(m)
+    assert f"{m}:2: label.delay 7 has no unit" in caplog.text
     caplog.clear()
     m.write_text("fields: {tx_id: A}\nlabel: {column: F, delay: 7d}\n")
     assert load_mapping(m).label.delay == 7 * 86400.0 and not caplog.text

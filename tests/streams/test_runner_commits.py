@@ -274,20 +274,29 @@ def test_a_stop_ends_broker_retries_at_once():
 
 class CutOff(LoopConsumer):
     """After its batches the broker is gone until ``back_at`` (monotonic; inf: for good):
-    ``end_offsets`` blocks for its whole timeout, then fails, as kafka-python's does."""
+    ``end_offsets`` blocks for its whole timeout, then fails, as kafka-python's does (or fails
+    after ``refused_s``: a connection refused at once). Once back it answers after ``rtt_s``."""
 
-    def __init__(self, batches: list[list[Record]], back_at: float = float("inf")) -> None:
+    def __init__(
+        self, batches: list[list[Record]], back_at: float = float("inf"),
+        refused_s: float | None = None, rtt_s: float = 0.0,
+    ) -> None:  # fmt: skip
         super().__init__(batches)
-        self.back_at, self.probes = back_at, []
+        self.back_at, self.refused_s, self.rtt_s = back_at, refused_s, rtt_s
+        self.probes: list[tuple[int, bool]] = []  # (timeout_ms, answered)
 
     def end_offsets(self, tps: list[Any], timeout_ms: int) -> dict[Any, int]:
-        self.probes.append(timeout_ms)
-        now = time.monotonic()
+        timeout_s, now = timeout_ms / 1000, time.monotonic()
         if now < self.back_at:
-            time.sleep(min(timeout_ms / 1000, self.back_at - now))
-            if time.monotonic() < self.back_at:
-                raise KafkaTimeoutError(f"Failed to get offsets by timestamps in {timeout_ms} ms")
-        return {tp: 3 for tp in tps}
+            time.sleep(min(timeout_s, self.refused_s or timeout_s))
+        elif timeout_s >= self.rtt_s:
+            time.sleep(self.rtt_s)
+            self.probes.append((timeout_ms, True))
+            return {tp: 3 for tp in tps}
+        else:
+            time.sleep(timeout_s)
+        self.probes.append((timeout_ms, False))
+        raise KafkaTimeoutError(f"Failed to get offsets by timestamps in {timeout_ms} ms")
 
 
 def cut_off_runner(consumer: CutOff, timeout_s: float) -> Runner:
@@ -320,15 +329,17 @@ def test_a_broker_gone_while_idle_exits_after_the_timeout_not_a_probe_later(kind
     t0 = time.monotonic()
     with pytest.raises(BrokerUnavailable, match="unreachable for 1 s"):
         cut_off_runner(consumer, timeout_s=1.0).run()
-    assert 1.0 <= time.monotonic() - t0 < 2.0, consumer.probes  # (6.3 s before)
+    assert 1.0 <= time.monotonic() - t0 < 2.5, consumer.probes  # (6.3 s before)
 
 
-def test_a_broker_back_within_the_timeout_is_ridden_out():
-    """The probe is cut to what the timeout has left, but not so short that a broker that is
-    back is taken for gone."""
-    consumer = CutOff([records(0)], back_at=time.monotonic() + 1.5)
+def test_a_broker_back_just_before_the_timeout_is_ridden_out():
+    """The probe is cut to what the timeout has left, but never below PROBE_MIN_S: a broker
+    back 0.2 s before the timeout and answering in 0.3 s is not taken for gone."""
+    consumer = CutOff([records(0)], back_at=time.monotonic() + 1.8, refused_s=0.05, rtt_s=0.3)
     stats = cut_off_runner(consumer, timeout_s=2.0).run(max_idle_s=3)
-    assert stats.decided == 3 and len(consumer.probes) >= 2
+    assert stats.decided == 3
+    answered = [ms for ms, ok in consumer.probes if ok]
+    assert answered and answered[0] < 1000, consumer.probes  # one with little left answered
 
 
 class Reader:
