@@ -156,8 +156,11 @@ class ClientErrors(logging.Handler):
         node, why = m.groups()
         if node is not None and any(k in why for k in self._FINAL):
             self.refused.setdefault(node, why)
-        if not (self.last and self._telling(self.last)):  # a refusal outranks the
-            self.last = why  # disconnects around it
+        # a refusal outranks the disconnects around it; a request timed out (the attempt the
+        # bootstrap deadline cut short: "after 160 ms") says less than what it replaces (a
+        # wrong password read as a broker down, on a loaded machine)
+        if not (self.last and (self._telling(self.last) or "RequestTimedOut" in why)):
+            self.last = why
 
     @staticmethod
     def _telling(why: str) -> bool:
