@@ -485,7 +485,7 @@ def _csv_records(p: Path, lines: _Lines, mapping: ColumnMapping | None) -> Itera
             f"unbalanced quote from line {n} to {m}; "
             f"the lines after line {n} are read again as rows"
         )
-        yield n, ValueError(reason), record[0]
+        yield n, ValueError(reason), _text_or_bytes(record[0])
         lines.read_again(record[1:])
 
 

@@ -7,7 +7,7 @@ import pytest
 
 import fds.streams.files as files
 from fds.errors import ConfigError
-from fds.schema import dead_letter
+from fds.schema import dead_letter, dumps_line
 from fds.streams.files import (
     JSONL_PROBE,
     ColumnMapping,
@@ -159,6 +159,13 @@ def test_csv_lines_bom_blank_lines_and_bytes_that_are_not_utf8(tmp_path):
     assert recs[1][2] == b"2,caf\xe9\r\n" and recs[2][1] == {"id": "3", "note": "ok"}
     letter = dead_letter(stage="parse", error=recs[1][1], raw=recs[1][2], source="h", position=5)
     assert letter["raw"] == "2,caf\\xe9\r\n"  # escaped as fds run escapes a Kafka record's
+    # a quote left open on a line that is not UTF-8: its dead letter could not be written
+    # (orjson refused the surrogates standing for the bytes: the replay crashed)
+    p.write_bytes(b'tx_id,note\nt1,"caf\xe9\nt2,ok\n')
+    (n, error, raw), *rest = read_records(p)
+    assert "unbalanced quote" in str(error) and raw == b't1,"caf\xe9\n'
+    assert dumps_line(dead_letter(stage="parse", error=error, raw=raw, source="h", position=n))
+    assert [rec for _n, rec, _raw in rest] == [{"tx_id": "t2", "note": "ok"}]
     j = tmp_path / "x.jsonl"
     j.write_bytes(b'{"id": "caf\xe9"}\n{"id": 1\n')
     assert [raw for _n, _rec, raw in read_records(j)] == [b'{"id": "caf\xe9"}\n', '{"id": 1\n']
