@@ -851,7 +851,7 @@ class Runner:
         self._evicted = None
         return False
 
-    def _probe(self, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
+    def _probe(self, timeout_s: float) -> bool:
         try:
             # with nothing assigned, the input's partition 0 (KafkaConsumer.topics() would
             # wait without a time limit in kafka-python 3.0)
