@@ -252,20 +252,28 @@ class Engine:
         model, guard = self.model, self.guard
         assert model is not None
         if guard is None:
-            return model.score(tx, feats)
-        result: tuple[float | None, str | None] = (None, None)
+            result = model.score(tx, feats)
+            if result[0] != result[0]:  # NaN: no score to act on, as a model that failed
+                self._fallback("error")
+                flags.append("degraded")
+                return None, None
+            return result
         degraded = True  # a model that failed or is bypassed (not one with no version yet)
         if guard.allow():
             t = self._perf()
             try:
                 result = model.score(tx, feats)
+                if result[0] != result[0]:
+                    raise ValueError(f"model {result[1]} scored NaN")
             except Exception as e:  # a failing model degrades to rules alone, never stalls
+                result = (None, None)
                 guard.failure(e)
                 self._fallback("error")
             else:
                 guard.success(self._perf() - t)
                 degraded = False
         else:
+            result = (None, None)
             self._fallback("degraded")
         for kind, reason in guard.transitions():
             if self.metrics is not None:
@@ -420,12 +428,20 @@ class Engine:
 
     def fold(self, tx: Mapping[str, Any]) -> None:
         """Decide ``tx`` for its effect on the state only (a restore catching up on what was
-        decided before): the decision is dropped and nothing is counted in the metrics."""
+        decided before): the decision is dropped and nothing is counted in the metrics (call
+        :meth:`report` before the folds and :meth:`discard_counts` after them)."""
         m, self.metrics = self.metrics, None
         try:
             self.decide(tx)
         finally:
             self.metrics = m
+
+    def discard_counts(self) -> None:
+        """Drop what the rule stage counted since the last :meth:`report` (rules skipped for a
+        missing name or an error): after folds, whose records were counted when decided."""
+        drain = getattr(self.rules, "drain_counts", None)
+        if drain is not None:
+            drain()
 
     def learn(self, label: Mapping[str, Any]) -> None:
         """Feed one label (late feedback) to the stages that learn from labels."""

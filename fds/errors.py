@@ -6,12 +6,20 @@
     ├── ConfigError             a config, rules, model or mapping file is wrong (names file:line)
     ├── ValidationError         one input record violates the contract (goes to the dead letters)
     ├── StageError              a stage raised while deciding one record (goes to the dead letters)
+    ├── RuleError               an acting rule raised on one record's values (its stage's cause)
     └── ArtifactError           a model artifact failed verification (sha256 / HMAC / canary)
 """
 
 from __future__ import annotations
 
-__all__ = ["ArtifactError", "ConfigError", "FdsError", "StageError", "ValidationError"]
+__all__ = [
+    "ArtifactError",
+    "ConfigError",
+    "FdsError",
+    "RuleError",
+    "StageError",
+    "ValidationError",
+]
 
 
 class FdsError(Exception):
@@ -40,6 +48,20 @@ class StageError(FdsError):
         self.stage = stage
         self.cause = cause
         super().__init__(f"{stage}: {type(cause).__name__}: {cause}")
+
+
+class RuleError(FdsError):
+    """An active rule raised on one transaction's values (division by zero, ``log(0)``, text
+    where it computes with a number): the transaction cannot be decided as the rules say.
+
+    >>> str(RuleError("ratio", ZeroDivisionError("float division by zero")))
+    'rule ratio raised ZeroDivisionError: float division by zero'
+    """
+
+    def __init__(self, rule: str, cause: BaseException) -> None:
+        self.rule = rule
+        self.cause = cause
+        super().__init__(f"rule {rule} raised {type(cause).__name__}: {cause}")
 
 
 class ArtifactError(FdsError):

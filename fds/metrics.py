@@ -537,7 +537,8 @@ class Metrics(Collector):
         self._degraded.set(1 if on else 0)
 
     def model_fallback(self, reason: str) -> None:
-        """Count one event decided without the model (``error``, ``slow``, ``degraded``)."""
+        """Count one event decided without the model: ``error`` (it raised or scored NaN),
+        ``degraded`` (bypassed by the model guard)."""
         self._fallbacks.labels(reason=reason).inc()
 
     # ---------------------------------------------------------------------- exposition

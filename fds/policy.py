@@ -155,6 +155,8 @@ class AlertBudget:
         self._since = 0
         self._threshold = 0.0
         self._leaping = False  # one event came more than a window ahead (see observe)
+        self._behind = False  # one event came more than a window behind (see observe)
+        self._far_behind = -math.inf  # events before this are more than a window behind
         self._warm_threshold = 0.0  # the threshold while warming up (after a gap: the last)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -163,9 +165,11 @@ class AlertBudget:
     def __setstate__(self, state: dict[str, Any]) -> None:
         # The memoryviews do not pickle: made again from the arrays after loading (a budget
         # pickled before them kept `_cur` as an array, a detached copy of its slot: replaced).
-        self._leaping = False  # (a budget pickled before it had these)
+        self._leaping = self._behind = False  # (a budget pickled before it had these)
         self._warm_threshold = 0.0
         self.__dict__.update(state)
+        if "_far_behind" not in state:
+            self._far_behind = self._behind_from(self._now_slot)
         self._cur = self._slots[max(self._now_slot, 0) % self.nslots].data
         self._tot = self._total.data
 
@@ -174,9 +178,20 @@ class AlertBudget:
 
         An event more than a window ahead of the budget's clock moves it only when the next
         one does too (a real gap in traffic): a single record dated a year ahead would have
-        put every later event in one slot that never leaves the window.
+        put every later event in one slot that never leaves the window. Likewise two events in
+        a row more than a window behind the clock start its history again at their time: the
+        first event sets the clock, and one dated a year ahead had set it there for good.
         """
+        if ts < self._slot_end:
+            if ts < self._far_behind:
+                if self._behind:
+                    self._restart()  # the clock was the outlier: this event starts it again
+                else:
+                    self._behind = True  # counted where the clock is; the next event decides
+            elif self._leaping or self._behind:
+                self._leaping = self._behind = False  # the one ahead (behind) was an outlier
         if ts >= self._slot_end:
+            self._behind = False
             if self._first_ts is None:
                 self._first_ts = ts
             slot = int(ts // self.slot_seconds)
@@ -185,8 +200,6 @@ class AlertBudget:
             else:
                 self._leaping = False
                 self._advance(slot)
-        elif self._leaping:
-            self._leaping = False  # the one ahead was an outlier
         bins = self.bins
         b = int(score * bins)
         if b >= bins:
@@ -216,8 +229,23 @@ class AlertBudget:
             self._slot_ids[idx] = s
         self._now_slot = slot
         self._slot_end = (slot + 1) * self.slot_seconds
+        self._far_behind = self._behind_from(slot)
         self._cur = self._slots[slot % self.nslots].data
         self.recompute(slot * self.slot_seconds)
+
+    def _behind_from(self, slot: int) -> float:
+        return (slot - self.nslots) * self.slot_seconds if slot >= 0 else -math.inf
+
+    def _restart(self) -> None:
+        """Forget the score history and the clock (the threshold stays, as after a gap)."""
+        self._warm_threshold = self._threshold
+        self._slots[:] = 0
+        self._total[:] = 0
+        self._slot_ids = [-1] * self.nslots
+        self._now_slot = -1
+        self._first_ts = None
+        self._slot_end = self._far_behind = -math.inf
+        self._leaping = self._behind = False
 
     def set_budget(self, budget: int) -> None:
         """Change the daily budget; the score history is kept, the threshold follows at once."""

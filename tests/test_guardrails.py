@@ -375,3 +375,33 @@ def test_a_fraud_burst_on_one_card_does_not_demote_the_rule_that_catches_it() ->
 def test_without_entities_the_same_burst_trips() -> None:
     rb = RuleBreaker(window_events=2000, multiple=3.0, min_events=200)
     assert [t.source for t in burst_stream(rb, with_entities=False)] == ["card_testing"]
+
+
+class NaNModel:
+    """A model stage whose score is NaN (a blown-up online model)."""
+
+    def score(self, tx: object, feats: object) -> tuple[float, str]:
+        return float("nan"), "v9"
+
+    def on_decision(self, *a: object, **kw: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("guarded", [True, False])
+def test_a_nan_score_is_a_model_failure_not_a_score(guarded: bool) -> None:
+    """A NaN score was decided on as a score: no `degraded` flag, no fallback counted, and the
+    model guard recorded a success."""
+    from fds.engine import Engine
+    from fds.metrics import Metrics
+    from fds.policy import Policy
+
+    guard = ModelGuard(latency_budget_s=1.0, max_failures=2, clock=FakeClock()) if guarded else None
+    m = Metrics()
+    e = Engine(model=NaNModel(), policy=Policy(), guard=guard, metrics=m)
+    tx = {"tx_id": "t", "ts": 0.0, "card_id": "c", "amount": 1.0}
+    d = e.decide(tx)
+    assert d["model_score"] is None and "degraded" in d["flags"] and d["action"] == "approve"
+    assert b'fds_model_fallbacks_total{reason="error"} 1.0' in m.exposition()
+    if guard is not None:
+        e.decide(tx)
+        assert guard.degraded  # two failures in a row open the guard

@@ -229,6 +229,23 @@ def test_one_transaction_dated_far_ahead_does_not_stop_the_window_sliding() -> N
     assert all(abs(a[d] - b[d]) <= 2 for d in range(1, 5)), (a, b)
 
 
+def test_a_first_transaction_dated_far_ahead_does_not_turn_the_budget_off() -> None:
+    """Found by a review: the first event sets the budget's clock, so one dated a year ahead
+    (the first record of a fresh start) put every later score in its slot: the budget stayed in
+    warm-up for a year and every score was a review (10,000 a day for a budget of 100)."""
+
+    def by_day(hours: Counter[int]) -> Counter[int]:
+        days: Counter[int] = Counter()
+        for h, n in hours.items():
+            days[h // 24] += n
+        return days
+
+    clean = _traffic(4)
+    poisoned = [(0.01, clean[0][1] + 365 * 86400), *clean]
+    a, b = by_day(_reviews_per_hour(clean)), by_day(_reviews_per_hour(poisoned))
+    assert all(abs(a[d] - b[d]) <= 2 for d in range(1, 4)), (a, b)
+
+
 def test_round_to_is_round_bit_for_bit():
     """Random values of each range it serves (scores, latencies), exact decimals, ties and their
     neighbours, and what goes to round() itself: the same float, sign of zero included."""

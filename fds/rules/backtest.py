@@ -30,14 +30,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fds.engine import Engine, FeatureStage
-from fds.errors import ConfigError
+from fds.errors import ConfigError, RuleError
 from fds.policy import Policy
 from fds.replay import ReplayInput, run
 from fds.rules.ruleset import BUILTINS, FeatureSpec, Ruleset
 
-__all__ = ["BacktestResult", "SideResult", "backtest", "feature_stage_for"]
+__all__ = ["DEAD_LETTER", "BacktestResult", "SideResult", "backtest", "feature_stage_for"]
 
 MAX_EXAMPLES = 20  # changed transactions kept with their values: enough to eyeball, small output
+#: A side's action for a transaction one of its active rules raised on (in production: a dead
+#: letter, not a decision).
+DEAD_LETTER = "dead letter"
 
 
 @dataclass
@@ -48,6 +51,8 @@ class SideResult:
     actions: Counter[str] = field(default_factory=Counter)
     rule_hits: Counter[str] = field(default_factory=Counter)
     rule_fraud_hits: Counter[str] = field(default_factory=Counter)
+    #: Per rule id: transactions it raised on (each one a dead letter, ``actions[DEAD_LETTER]``).
+    rule_errors: Counter[str] = field(default_factory=Counter)
     alerted_frauds: int = 0
     frauds: int | None = None
     days: float = 0.0
@@ -128,19 +133,31 @@ class _Both:
         self.last: tuple[Any, ...] = ()
 
     def evaluate(self, tx: Mapping[str, Any], features: Mapping[str, Any]) -> list[dict]:
-        ch = self.cand.evaluate(tx, features)
-        bh = self.base.evaluate(tx, features)
+        ch = _hits(self.cand, tx, features)
+        bh = _hits(self.base, tx, features)
         self.last = (tx, features, ch, bh)
-        return ch
+        return ch if isinstance(ch, list) else []
 
     def decide(
         self, hits: list[dict], model_score: float | None, ts: float, stacked: bool = False
     ) -> tuple[str, float]:
         tx, features, ch, bh = self.last
-        ca, cs = self.cand_policy.decide(ch, None, ts)
-        ba, bs = self.base_policy.decide(bh, None, ts)
+        ca, cs = _decide(self.cand_policy, ch, ts)
+        ba, bs = _decide(self.base_policy, bh, ts)
         self.last = (tx, features, ch, bh, ca, cs, ba, bs)
         return ca, cs
+
+
+def _hits(rules: Ruleset, tx: Mapping[str, Any], features: Mapping[str, Any]) -> Any:
+    """The side's hits, or the :class:`RuleError` that would make ``tx`` a dead letter."""
+    try:
+        return rules.evaluate(tx, features)
+    except RuleError as e:
+        return e
+
+
+def _decide(policy: Policy, hits: Any, ts: float) -> tuple[str, float]:
+    return (DEAD_LETTER, 0.0) if isinstance(hits, RuleError) else policy.decide(hits, None, ts)
 
 
 class _Collector:
@@ -159,6 +176,9 @@ class _Collector:
         fraud = self.frauds is not None and tx["tx_id"] in self.frauds
         for side, hits, action in ((self.cand, ch, ca), (self.base, bh, ba)):
             side.actions[action] += 1
+            if isinstance(hits, RuleError):
+                side.rule_errors[hits.rule] += 1
+                hits = ()
             for h in hits:
                 side.rule_hits[h["id"]] += 1
                 side.rule_fraud_hits[h["id"]] += fraud
@@ -169,19 +189,24 @@ class _Collector:
             self.changed_count += 1
             if len(self.changed) < MAX_EXAMPLES:
                 read: dict[str, Any] = {}
-                for h in (*ch, *bh):
-                    for n in self.names.get(h["id"], ()):
+                for rid in (*_ids(ch), *_ids(bh)):
+                    for n in self.names.get(rid, ()):
                         read[n] = _value(n, tx, feats, self.both.cand.clock)
                 self.changed.append(
                     {
                         "tx_id": tx["tx_id"],
                         "ts": decision["ts"],
                         "fraud": fraud if self.frauds is not None else None,
-                        "baseline": {"action": ba, "score": bs, "hits": [h["id"] for h in bh]},
-                        "candidate": {"action": ca, "score": cs, "hits": [h["id"] for h in ch]},
+                        "baseline": {"action": ba, "score": bs, "hits": _ids(bh)},
+                        "candidate": {"action": ca, "score": cs, "hits": _ids(ch)},
                         "values": read,
                     }
                 )
+
+
+def _ids(hits: Any) -> list[str]:
+    """The rule ids of a side's hits (of the rule that raised, for a dead letter)."""
+    return [hits.rule] if isinstance(hits, RuleError) else [h["id"] for h in hits]
 
 
 def _value(name: str, tx: Mapping[str, Any], feats: Mapping[str, Any], clock: Any) -> Any:

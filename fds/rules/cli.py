@@ -138,6 +138,7 @@ def _fmt(v: float | None, pct: bool = True) -> str:
 def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     from fds.replay import load
+    from fds.rules.backtest import DEAD_LETTER as DEAD
     from fds.rules.backtest import backtest
     from fds.streams.files import load_mapping
 
@@ -173,6 +174,11 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
         ("alerts per day", _fmt(b.alerts_per_day, False), _fmt(c.alerts_per_day, False)),
         ("review", str(b.actions["review"]), str(c.actions["review"])),
         ("decline", str(b.actions["decline"]), str(c.actions["decline"])),
+        *(
+            [("dead letters (rule raised)", str(b.actions[DEAD]), str(c.actions[DEAD]))]
+            if b.actions[DEAD] or c.actions[DEAD]
+            else []
+        ),
         ("precision", _fmt(b.precision), _fmt(c.precision)),
         ("recall", _fmt(b.recall), _fmt(c.recall)),
     ]
@@ -189,6 +195,13 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
             shown = str(n) if state.get(rid) not in (None, "paused") else state.get(rid) or "-"
             cells += [shown, _fmt(prec)]
         print(f"{rid:<34}{cells[0]:>10}{cells[1]:>8}{cells[2]:>11}{cells[3]:>8}", file=out)
+    for side, name in ((b, "baseline"), (c, "candidate")):
+        for rid, n in sorted(side.rule_errors.items()):
+            print(
+                f"{name} rule {rid} raised on {n} transaction(s): in production each is a "
+                "dead letter, not a decision (guard it: `avg > 0 and amount / avg > 3`)",
+                file=out,
+            )
     print(f"\n{r.changed_count} transaction(s) changed action", file=out)
     for ex in r.changed[: args.examples]:
         fraud = "" if ex["fraud"] is None else (" FRAUD" if ex["fraud"] else " legit")

@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fds.errors import ConfigError
+from fds.errors import ConfigError, RuleError
 
 __all__ = [
     "ANY",
@@ -133,7 +133,9 @@ FUNCTIONS: dict[str, tuple[Callable[..., Any], int, int, str, str]] = {
     "len": (_len, 1, 1, STR, NUM),
 }
 
-#: Exceptions that make a rule not fire (counted) instead of failing the transaction.
+#: Exceptions a rule may raise on a transaction's values: counted per rule; an active rule's
+#: makes the transaction a dead letter (:class:`fds.errors.RuleError`), a shadow rule's is only
+#: counted (it has no effect).
 RUNTIME_ERRORS = (ArithmeticError, TypeError, ValueError)
 
 _CMP = {
@@ -290,8 +292,13 @@ class _Checker:
 
     def constant(self, node: ast.Constant) -> tuple[str, str]:
         v = node.value
-        if v is None or isinstance(v, bool):
-            return repr(v), BOOL if isinstance(v, bool) else ANY
+        if v is None:  # `x == None` never holds, `x > None` raises on every transaction
+            raise self.fail(
+                node,
+                "None is not a value a rule sees: a rule whose names are missing does not fire",
+            )
+        if isinstance(v, bool):
+            return repr(v), BOOL
         if isinstance(v, int | float):
             if not math.isfinite(v) or abs(v) > MAX_ABS_NUMBER:
                 raise self.fail(node, f"number out of range (|x| <= {MAX_ABS_NUMBER:g})")
@@ -346,6 +353,10 @@ class _Checker:
                 src, rt = self.visit(right, d)
                 if {left_t, rt} in ({STR, NUM}, {STR, BOOL}):
                     raise self.fail(right, f"compares text with a number ({left_t} {sym} {rt})")
+                if MIXED in (left_t, rt) and sym not in ("==", "!="):
+                    raise self.fail(  # raises whenever one side is text and the other a number
+                        right, f"orders what may be text against what may be a number ({sym})"
+                    )
             out += [sym, src]
             left_t = rt
         return "(" + " ".join(out) + ")", BOOL
@@ -477,12 +488,20 @@ def compile_expr(
         lines.append("    _e = v.get('extra') or {}")
     for n in names:
         src = f"_e.get({n[6:]!r})" if n.startswith("extra.") else f"v.get({n!r})"
-        lines += [f"    {local_name(n)} = {src}", f"    if {local_name(n)} is None:"]
+        lines += [f"    {local_name(n)} = {src}", f"    if {_missing(n, local_name(n))}:"]
         lines.append(f"        raise _Missing({n!r})")
     lines.append(f"    return {code}")
     ns = _namespace(consts)
     exec(compile("\n".join(lines), "<rule>", "exec"), ns)  # safe: only whitelisted AST becomes code
     return CompiledExpr(source, code, names, typ, consts, ns["_f"])
+
+
+def _missing(name: str, local: str) -> str:
+    """The test that ``name`` (read into ``local``) is missing: absent or null, and for a value
+    of ``extra`` also NaN (a Parquet file's empty float cell; the schema checks the rest)."""
+    if name.startswith("extra."):
+        return f"{local} is None or {local} != {local}"
+    return f"{local} is None"
 
 
 @dataclass(frozen=True)
@@ -508,7 +527,9 @@ def build_evaluator(
     Names in ``tx_names`` (and ``extra.*``) are read from ``tx``, built-ins are computed from
     ``tx['ts']`` with ``clock`` (unless ``features`` supplies them, as inline tests do), all
     other names come from ``features``. Returns the function, the per-rule counters of
-    missing-name non-fires and of run-time errors (lists updated in place), and the source.
+    missing-name non-fires and of run-time errors (lists updated in place), and the source. A
+    rule whose names are missing does not fire; an active rule that raises (``RUNTIME_ERRORS``)
+    raises :class:`fds.errors.RuleError`, a shadow rule's error is only counted.
     """
     tx_names = set(tx_names)
     builtins = ("hour", "weekday", "is_night", "is_weekend")
@@ -550,11 +571,13 @@ def build_evaluator(
             lines.append(f"    {ln} = _t({n!r})")
         else:
             lines.append(f"    {ln} = _f({n!r})")
-        lines.append(f"    if {ln} is None:")
+        lines.append(f"    if {_missing(n, ln)}:")
         lines.append(f"        _m |= {bit[n]}")
     missing = [0] * len(plans)
     errors = [0] * len(plans)
-    ns.update(_MISS=missing, _ERR=errors, _RUNTIME_ERRORS=RUNTIME_ERRORS, _copy=dict)
+    ns.update(
+        _MISS=missing, _ERR=errors, _RUNTIME_ERRORS=RUNTIME_ERRORS, _copy=dict, _RuleError=RuleError
+    )
     for i, p in enumerate(plans):
         ns.update(p.expr.consts)
         ns[f"_H{i}"] = p.hit
@@ -568,9 +591,11 @@ def build_evaluator(
             f"{indent}try:",
             f"{indent}    if {p.expr.code}:",
             f"{indent}        _hits.append(_copy(_H{i}))",
-            f"{indent}except _RUNTIME_ERRORS:",
+            f"{indent}except _RUNTIME_ERRORS as e:",
             f"{indent}    _ERR[{i}] += 1",
         ]
+        if p.hit.get("state") == "active":
+            lines.append(f"{indent}    raise _RuleError({p.hit.get('id')!r}, e) from e")
     lines.append("    return _hits")
     source = "\n".join(lines)
     full_ns = _namespace(ns)

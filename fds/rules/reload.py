@@ -1,8 +1,10 @@
 """Hot reload of a rules file, off the hot path, swapped atomically between two events.
 
 :class:`ReloadingRuleset` is what the engine holds as its rule stage. A background thread polls
-the file (size, mtime and, when those change, a SHA-256 of the bytes); a changed file is parsed,
-compiled and its inline tests run on that thread. Only a ruleset that passes everything replaces
+the file (size, mtime, inode and, when those change, a SHA-256 of the bytes); a changed file is
+read once it has stayed unchanged for a poll (a file saved in place may be read half-written
+otherwise, and a prefix of a rules file is often a valid rules file), then parsed, compiled and
+its inline tests run on that thread. Only a ruleset that passes everything replaces
 the current one, by a single reference assignment; the engine's thread reads that reference once
 per event, so an event is evaluated entirely by one ruleset. A broken file is logged with its
 ``file:line``, counted, and the last good ruleset stays in force.
@@ -10,7 +12,7 @@ per event, so an event is evaluated entirely by one ruleset. A broken file is lo
 >>> import pathlib, tempfile
 >>> d = pathlib.Path(tempfile.mkdtemp())
 >>> _ = (d / "r.yaml").write_text('version: "1"\\nrules: []\\n')
->>> rules = ReloadingRuleset(d / "r.yaml", start=False)
+>>> rules = ReloadingRuleset(d / "r.yaml", start=False, settle_seconds=0)
 >>> rules.version
 '1'
 >>> _ = (d / "r.yaml").write_text('version: "2"\\nrules: [oops]\\n')
@@ -24,19 +26,26 @@ import hashlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from fds.errors import ConfigError
 from fds.policy import Policy
-from fds.rules.ruleset import Ruleset, load_ruleset_text
+from fds.rules.ruleset import Ruleset, decode_rules, load_ruleset_text
 
 __all__ = ["ReloadingRuleset"]
 
 log = logging.getLogger("fds.rules")
 # The watched file's stat while it cannot be read (deleted, moved away).
-_GONE = (-1, -1)
+_GONE = (-1, -1, -1, -1)
+
+
+def _key(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What says a file changed: size and mtime, and the inode for a replacement made with the
+    old file's size and mtime (``cp -p``, ``rsync -t`` and ``tar x`` keep the mtime)."""
+    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
 
 
 class ReloadingRuleset:
@@ -52,6 +61,8 @@ class ReloadingRuleset:
         The rules file. It must load (and its inline tests pass) at construction time.
     poll_seconds
         How often the watcher thread looks at the file's size and mtime.
+    settle_seconds
+        How long a changed file must stay unchanged before it is read (default: one poll).
     start
         Start the watcher thread now (tests may drive :meth:`check_now` instead).
     on_result
@@ -66,17 +77,20 @@ class ReloadingRuleset:
         self,
         path: str | Path,
         *,
-        poll_seconds: float = 1.0,  # an analyst's save shows up within a second
+        poll_seconds: float = 1.0,  # an analyst's save shows up within two seconds
+        settle_seconds: float | None = None,
         start: bool = True,
         on_result: Callable[[str, Ruleset | None, Exception | None], None] | None = None,
         metrics: Any = None,
     ) -> None:
         self.path = Path(path)
         self.poll_seconds = poll_seconds
+        self.settle_seconds = poll_seconds if settle_seconds is None else settle_seconds
+        self._seen: tuple[tuple[int, int, int, int], float] | None = None  # a change, since when
         self.on_result = on_result
         self.counts = {"ok": 0, "rejected": 0, "unchanged": 0}
         self.last_error: Exception | None = None
-        self._stat: tuple[int, int] | None = None
+        self._stat: tuple[int, int, int, int] | None = None
         self._digest: bytes | None = None
         text, self._stat, self._digest = self._read()
         self.current: Ruleset = load_ruleset_text(text, str(self.path), run_tests=True)
@@ -121,7 +135,7 @@ class ReloadingRuleset:
         return missing, errors
 
     # -- the watcher ----------------------------------------------------------------------
-    def _read(self) -> tuple[str, tuple[int, int], bytes]:
+    def _read(self) -> tuple[str, tuple[int, int, int, int], bytes]:
         try:
             st = os.stat(self.path)
             data = self.path.read_bytes()
@@ -130,11 +144,7 @@ class ReloadingRuleset:
                 f"cannot read the rules file: {e.strerror}; check the path (--rules)",
                 where=str(self.path),
             ) from None
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ConfigError("rules file is not UTF-8 text", where=str(self.path)) from None
-        return text, (st.st_size, st.st_mtime_ns), hashlib.sha256(data).digest()
+        return decode_rules(data, str(self.path)), _key(st), hashlib.sha256(data).digest()
 
     def check_now(self) -> str:
         """Look at the file once; reload if it changed. Returns ok | rejected | unchanged."""
@@ -147,16 +157,18 @@ class ReloadingRuleset:
                     return "unchanged"
                 self._stat = _GONE
                 return self._failed(ConfigError(f"cannot read: {e.strerror}", where=str(self.path)))
-            if (st.st_size, st.st_mtime_ns) == self._stat:
+            key = _key(st)
+            if key == self._stat or not self._settled(key):
                 self.counts["unchanged"] += 1
                 return "unchanged"
             try:
                 text, stat, digest = self._read()
                 after = os.stat(self.path)
             except (OSError, ConfigError) as e:
+                self._stat = key  # said once, until the file changes again
                 return self._failed(e)
-            if (after.st_size, after.st_mtime_ns) != stat:  # written to while read (saved in
-                self.counts["unchanged"] += 1  # place, not renamed): read it again next time
+            if _key(after) != stat:  # written to while read (saved in place, not renamed):
+                self.counts["unchanged"] += 1  # read it again next time
                 return "unchanged"
             self._stat = stat
             if digest == self._digest:
@@ -182,6 +194,17 @@ class ReloadingRuleset:
                 self.on_result("ok", new, None)
             return "ok"
 
+    def _settled(self, key: tuple[int, int, int, int]) -> bool:
+        """Whether the file has looked like ``key`` for ``settle_seconds`` (a writer still at
+        it changes its size or mtime in between)."""
+        if self.settle_seconds <= 0:
+            return True
+        now = time.monotonic()
+        if self._seen is None or self._seen[0] != key:
+            self._seen = (key, now)
+            return False
+        return now - self._seen[1] >= self.settle_seconds
+
     def _check_features(self, new: Ruleset) -> None:
         # Feature state is built from the declarations at start; a reload swaps rules and policy
         # only. A changed declaration would leave rules reading values nobody computes; another
@@ -192,16 +215,17 @@ class ReloadingRuleset:
             raise ConfigError(
                 f"timezone changed ({old_tz} -> {new_tz}): calendar-day windows were built in "
                 "the old one; restart the engine to apply it",
-                where=str(self.path),
+                where=new.where("timezone"),
             )
         old = {f.name: f for f in self.current.features}
         now = {f.name: f for f in new.features}
         if now != old:  # (in another order they are the same features: snapshots keep theirs)
             changed = sorted({n for n, f in now.items() if old.get(n) != f} | (set(old) - set(now)))
-            raise ConfigError(
+            at = [i for i, f in enumerate(new.features) if old.get(f.name) != f]
+            raise ConfigError(  # at the first changed or added one, else (removed) at features:
                 f"feature declarations changed ({', '.join(changed)}): hot reload swaps rules and "
                 "policy only; restart the engine to apply new features",
-                where=str(self.path),
+                where=new.where("features", *at[:1]),
             )
 
     def _failed(self, e: Exception) -> str:

@@ -67,6 +67,7 @@ __all__ = [
     "RulesFile",
     "Ruleset",
     "TestResult",
+    "decode_rules",
     "export_schema",
     "load_ruleset",
     "load_ruleset_text",
@@ -150,7 +151,9 @@ class Rule(_Strict):
     id: str = Field(pattern=_RULE_ID, description="stable id, reported in decisions")
     when: str = Field(min_length=1, description="condition in the rule expression language")
     action: Literal["approve", "review", "decline"]
-    score: float = Field(ge=0, le=1, description="contribution to the final score")
+    score: float = Field(
+        ge=0, le=1, strict=True, allow_inf_nan=False, description="contribution to the final score"
+    )
     reason: str = Field(min_length=1, description="reason shown with the decision")
     state: Literal["active", "shadow", "paused"] = "active"
     tests: list[RuleTest] = Field(default_factory=list)
@@ -159,9 +162,10 @@ class Rule(_Strict):
 class PolicySpec(_Strict):
     """Final-score thresholds and the optional daily alert budget (see :mod:`fds.policy`)."""
 
-    decline_at: float = Field(default=0.9, ge=0, le=1)
-    review_at: float = Field(default=0.5, ge=0, le=1)
-    alert_budget_per_day: int | None = Field(default=None, gt=0)
+    # Strict: `true` or "0.5" is a typo, not a number; 0 would review or decline everything.
+    decline_at: float = Field(default=0.9, gt=0, le=1, strict=True, allow_inf_nan=False)
+    review_at: float = Field(default=0.5, gt=0, le=1, strict=True, allow_inf_nan=False)
+    alert_budget_per_day: int | None = Field(default=None, gt=0, strict=True)
 
     @model_validator(mode="after")
     def _ordered(self) -> PolicySpec:
@@ -485,9 +489,11 @@ class Ruleset:
         rules: list[CompiledRule],
         path: str,
         test_where: Mapping[tuple[str, int], str] | None = None,
+        marks: Mapping[tuple[Any, ...], Mark] | None = None,
     ) -> None:
         self.spec = spec
         self._test_where = dict(test_where or {})
+        self._marks = marks or {}
         self.version: str = spec.version
         self.path = path
         self.tz = get_zone(spec.timezone)
@@ -521,6 +527,12 @@ class Ruleset:
         ``features`` its feature snapshot. A rule whose names are missing does not fire.
         """
         return self._fn(tx, features if features is not None else _EMPTY)
+
+    def where(self, *loc: Any) -> str:
+        """``file:line:column`` of the value at ``loc`` in the file (``"features", 2``), or of
+        its nearest ancestor written there."""
+        line, col, _ = _mark_for(self._marks, loc)
+        return f"{self.path}:{line}:{col}"
 
     @property
     def missing_counts(self) -> dict[str, int]:
@@ -733,7 +745,7 @@ def load_ruleset_text(text: str, filename: str = "<rules>", *, run_tests: bool =
         raise ConfigError(msg, where=where)
     if errors:
         raise ConfigError(f"{len(errors)} errors:\n" + "\n".join(errors))
-    rs = Ruleset(spec, compiled, filename, test_where)
+    rs = Ruleset(spec, compiled, filename, test_where, marks)
     if run_tests:
         failed = [res for res in rs.run_tests() if not res.passed]
         if failed:
@@ -754,9 +766,26 @@ def load_ruleset(path: str | Path, *, run_tests: bool = False) -> Ruleset:
     """
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        data = p.read_bytes()
     except OSError as e:
         raise ConfigError(f"cannot read rules file: {e.strerror}", where=str(p)) from None
-    except UnicodeDecodeError:
-        raise ConfigError("rules file is not UTF-8 text", where=str(p)) from None
-    return load_ruleset_text(text, str(p), run_tests=run_tests)
+    return load_ruleset_text(decode_rules(data, str(p)), str(p), run_tests=run_tests)
+
+
+def decode_rules(data: bytes, filename: str) -> str:
+    """A rules file's bytes as text; bytes that are not UTF-8 are an error at their line.
+
+    >>> decode_rules(b"version: '1'\\nrules: [caf\\xe9]\\n", "r.yaml")
+    Traceback (most recent call last):
+    fds.errors.ConfigError: r.yaml:2:12: byte 0xe9 is not UTF-8: save the file as UTF-8
+    """
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        bad = data[e.start]
+        raise ConfigError(
+            f"byte 0x{bad:02x} is not UTF-8: save the file as UTF-8",
+            where=f"{filename}:{line}:{col}",
+        ) from None

@@ -25,6 +25,7 @@ from fds.engine import Engine
 from fds.models import Registry, build_pipeline, load_spec
 from fds.pipeline import DEFAULT_MODEL, DEFAULT_RULES
 from fds.replay import load as replay_load
+from fds.rules.ruleset import load_ruleset_text
 from fds.streams import kafka_kit
 from fds.streams.kafka import (
     WALL_CLOCK_FIELDS,
@@ -259,15 +260,12 @@ def test_end_to_end_decisions_match_replay(kafka_bootstrap, make_topics, unique_
     assert all(orjson.loads(r.value)["features"]["card_count_30d"] for r in records)
 
 
-class _ExplodingRules:
-    """A rule stage that raises on one amount (a value that makes a rule throw)."""
-
-    version = "test"
-
-    def evaluate(self, tx, features):
-        if tx["amount"] == 666:
-            raise ZeroDivisionError("rule divided by zero")
-        return []
+# A real rule that throws on one value (RELIABILITY test 4): extra.base 0 divides by zero.
+_RATIO_RULES = """
+version: ratio
+rules:
+  - {id: ratio, when: amount / extra.base > 3, action: decline, score: 0.9, reason: ratio}
+"""
 
 
 def test_dead_letters_carry_headers_for_three_kinds_of_bad_input(
@@ -278,9 +276,9 @@ def test_dead_letters_carry_headers_for_three_kinds_of_bad_input(
         orjson.dumps({"tx_id": "bad-schema", "ts": T0, "card_id": "c1", "amount": -5}): (
             "validate", "ValidationError",
         ),
-        orjson.dumps({"tx_id": "bad-rule", "ts": T0, "card_id": "c1", "amount": 666}): (
-            "rules", "ZeroDivisionError",
-        ),
+        orjson.dumps(
+            {"tx_id": "bad-rule", "ts": T0, "card_id": "c1", "amount": 666, "extra": {"base": 0}}
+        ): ("rules", "RuleError"),
     }  # fmt: skip
     good = [
         orjson.dumps({"tx_id": f"ok{i}", "ts": T0 + i, "card_id": "c1", "amount": 10 + i})
@@ -296,7 +294,7 @@ def test_dead_letters_carry_headers_for_three_kinds_of_bad_input(
     producer.close()
 
     s = settings_for(kafka_bootstrap, topics, unique_name("g"))
-    runner = Runner(s, Engine(rules=_ExplodingRules()))
+    runner = Runner(s, Engine(rules=load_ruleset_text(_RATIO_RULES)))
     t, errors = run_in_thread(runner)
     wait_until(
         lambda: (
@@ -337,6 +335,7 @@ def test_dead_letters_carry_headers_for_three_kinds_of_bad_input(
             topics["transactions"],
         )
         assert body["position"]["offset"] == offsets[raw]
+    assert "rule ratio raised ZeroDivisionError" in by_raw[bad_values[2]][0]["reason"]
 
 
 def _kill_restart_run(

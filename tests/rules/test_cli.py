@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,30 @@ def test_backtest_refuses_rulesets_in_two_timezones(tmp_path: Path, capsys) -> N
     cand.write_text(CANDIDATE.replace("timezone: Asia/Seoul", "timezone: UTC"))
     code = main(["rules", "backtest", "--candidate", str(cand), "--baseline", str(base), str(data)])
     assert code == 2 and "differs from the baseline's Asia/Seoul" in capsys.readouterr().err
+
+
+def test_backtest_counts_the_transactions_a_rule_raises_on(tmp_path: Path, capsys) -> None:
+    """A candidate rule that raises makes its transactions dead letters in production: the
+    backtest lost them from both sides' counts without a word (the replay dead-lettered them)."""
+    data = tmp_path / "h.jsonl"
+    txs = [
+        {"tx_id": f"t{i}", "ts": 1767225600 + i, "card_id": "c", "amount": 100, "extra": e}
+        for i, e in enumerate([{"base": 10}, {"base": 0}, {"base": 40}, {}])
+    ]
+    data.write_text("".join(json.dumps(t) + "\n" for t in txs))
+    base, cand = tmp_path / "base.yaml", tmp_path / "cand.yaml"
+    base.write_text(BASELINE)
+    cand.write_text(
+        BASELINE.replace("version: base", "version: cand")
+        + "  - {id: ratio, when: amount / extra.base > 3, action: decline, score: 0.9, reason: r}\n"
+    )
+    argv = ["rules", "backtest", "--candidate", str(cand), "--baseline", str(base), str(data)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "backtest over 4 transactions" in out
+    row = next(line.split() for line in out.splitlines() if line.startswith("dead letters"))
+    assert row[-2:] == ["0", "1"]  # baseline, candidate
+    decline = next(line.split() for line in out.splitlines() if line.startswith("decline"))
+    assert decline[-2:] == ["0", "1"]  # t0: 100 / 10 > 3; t2 no; t3 base missing
+    assert "candidate rule ratio raised on 1 transaction(s)" in out
+    assert "2 transaction(s) changed action" in out  # t0, t1

@@ -81,7 +81,6 @@ def ev(src: str, values: dict | None = None, known: dict | None = None):
         ("extra.segment == 'vip' and extra.score > 0.5", True),
         ("is_night and hour < 6", True),
         ("(amount if seen else avg) == 100", True),
-        ("amount != None", True),
         ("True", True),
         ('country and country != "KR"', True),  # a guard: valid, as before
         ("count and count > 3", False),  # numeric guards too (a review: refused for a while)
@@ -125,6 +124,9 @@ def test_semantics_and_precedence(src: str, expected: bool) -> None:
         ("amount in avg", "literal list"),
         ("country in ['a', country]", "must be literals"),
         ("amount is None", "comparison is not allowed"),
+        ("amount != None", "None is not a value a rule sees"),  # always true
+        ("amount > None", "None is not a value a rule sees"),  # raised on every transaction
+        ("(country or amount) > 5", "orders what may be text"),  # raised when country is set
         ("[1, 2] == [1, 2]", "only allowed on the right of `in`"),
         ("{'a': 1} == 1", "dict literals"),
         ("amount > 1e999", "out of range"),

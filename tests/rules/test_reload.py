@@ -59,13 +59,13 @@ def test_broken_file_at_start_is_an_error(tmp_path: Path) -> None:
     p = tmp_path / "r.yaml"
     p.write_text(rules("1", 100, broken=True))
     with pytest.raises(ConfigError, match=r"r.yaml:4:\d+: rule big: unknown name 'nope'"):
-        ReloadingRuleset(p, start=False)
+        ReloadingRuleset(p, start=False, settle_seconds=0)
 
 
 def test_failing_inline_test_is_rejected_like_a_syntax_error(tmp_path: Path) -> None:
     p = tmp_path / "r.yaml"
     p.write_text(rules("1", 100))
-    rs = ReloadingRuleset(p, start=False)
+    rs = ReloadingRuleset(p, start=False, settle_seconds=0)
     write(p, rules("2", 100).replace("expect: hit", "expect: miss"))
     assert rs.check_now() == "rejected"
     assert rs.version == "1"
@@ -76,7 +76,7 @@ def test_a_value_yaml_cannot_build_is_rejected_and_the_last_good_rules_stay(tmp_
     """It raised out of check_now before: no rejection counted, and no retry of the file."""
     p = tmp_path / "r.yaml"
     p.write_text(rules("1", 100))
-    rs = ReloadingRuleset(p, start=False)
+    rs = ReloadingRuleset(p, start=False, settle_seconds=0)
     write(p, rules("2", 100).replace('version: "2"', "version: 2026-13-45"))
     assert rs.check_now() == "rejected" and rs.version == "1"
     assert "r.yaml:1:10: bad value '2026-13-45'" in str(rs.last_error)
@@ -89,7 +89,11 @@ def test_hot_reload_under_a_running_replay(tmp_path: Path) -> None:
     results: list[tuple[str, object]] = []
     metrics = Metrics()
     rs = ReloadingRuleset(
-        p, start=False, on_result=lambda r, new, err: results.append((r, err)), metrics=metrics
+        p,
+        start=False,
+        settle_seconds=0,
+        on_result=lambda r, new, err: results.append((r, err)),
+        metrics=metrics,
     )
     txs = [
         {"tx_id": f"t{i}", "ts": float(i), "card_id": "c", "amount": 150.0, "extra": {}}
@@ -163,7 +167,7 @@ def test_watcher_thread_swaps_while_events_flow(tmp_path: Path) -> None:
 def test_unchanged_and_deleted_file(tmp_path: Path) -> None:
     p = tmp_path / "r.yaml"
     p.write_text(rules("v1", 100))
-    rs = ReloadingRuleset(p, start=False)
+    rs = ReloadingRuleset(p, start=False, settle_seconds=0)
     assert rs.check_now() == "unchanged"
     os.utime(p)  # touched, same bytes: hash says unchanged
     write(p, rules("v1", 100))
@@ -180,7 +184,7 @@ def test_unchanged_and_deleted_file(tmp_path: Path) -> None:
 def test_policy_follows_the_reloaded_file_and_features_cannot_change(tmp_path: Path) -> None:
     p = tmp_path / "r.yaml"
     p.write_text(rules("v1", 100) + "policy: {review_at: 0.5, decline_at: 0.9}\n")
-    rs = ReloadingRuleset(p, start=False)
+    rs = ReloadingRuleset(p, start=False, settle_seconds=0)
     tx = {"tx_id": "t", "ts": 0.0, "amount": 150.0, "extra": {}}
     engine = Engine(rules=rs, policy=rs.policy)
     assert engine.decide(tx)["action"] == "review"  # score 0.7 >= 0.5 and a review rule
@@ -196,10 +200,12 @@ def test_policy_follows_the_reloaded_file_and_features_cannot_change(tmp_path: P
     write(p, rules("v3", 100) + "features: [{name: c, entity: card_id, agg: count, window: 1h}]\n")
     assert rs.check_now() == "rejected"
     assert "feature declarations changed (c)" in str(rs.last_error)
+    assert str(rs.last_error).startswith(f"{p}:9:")  # the declaration's own line
     assert engine.decide(tx)["ruleset_version"] == "v2"
     write(p, rules("v4", 100) + "timezone: America/New_York\n")  # calendar days start elsewhere
     assert rs.check_now() == "rejected"
     assert "timezone changed (UTC -> America/New_York)" in str(rs.last_error)
+    assert str(rs.last_error).startswith(f"{p}:9:11: ")
     assert engine.decide(tx)["ruleset_version"] == "v2"
 
 
@@ -219,7 +225,7 @@ def test_the_model_reads_the_rule_results_of_the_ruleset_that_produced_them(tmp_
 
     p = tmp_path / "r.yaml"
     p.write_text(rules("v1", 100))
-    rs = ReloadingRuleset(p, start=False)
+    rs = ReloadingRuleset(p, start=False, settle_seconds=0)
     write(p, rules("v2", 100).replace("id: big", "id: huge"))
     evaluate = rs.evaluate
 
@@ -237,7 +243,7 @@ def test_the_model_reads_the_rule_results_of_the_ruleset_that_produced_them(tmp_
 def test_a_file_written_to_while_it_is_read_is_read_again_later(tmp_path: Path, monkeypatch):
     p = tmp_path / "r.yaml"
     p.write_text(rules("v1", 100))
-    rs = ReloadingRuleset(p, start=False)
+    rs = ReloadingRuleset(p, start=False, settle_seconds=0)
     write(p, rules("v2", 100))
     read = rs._read
 
@@ -258,7 +264,7 @@ def test_skips_counted_before_a_reload_are_exported_after_it(tmp_path: Path) -> 
     p = tmp_path / "r.yaml"
     skip = "  - {id: vip, when: extra.vip == 1, action: review, score: 0.5, reason: VIP}\n"
     p.write_text(rules("v1", 100) + skip)
-    rs = ReloadingRuleset(p, start=False)
+    rs = ReloadingRuleset(p, start=False, settle_seconds=0)
     m = Metrics()
     engine = Engine(rules=rs, policy=rs.policy, metrics=m)
     for i in range(5):  # extra.vip is missing: a skip each
@@ -277,12 +283,13 @@ def test_features_in_another_order_are_the_same_features(tmp_path: Path) -> None
     a = "  - {name: a, entity: card_id, agg: count, window: 1h}\n"
     b = "  - {name: b, entity: card_id, agg: count, window: 2h}\n"
     p.write_text(rules("v1", 100) + "features:\n" + a + b)
-    rs = ReloadingRuleset(p, start=False)
+    rs = ReloadingRuleset(p, start=False, settle_seconds=0)
     write(p, rules("v2", 100) + "features:\n" + b + a)
     assert rs.check_now() == "ok"
     write(p, rules("v3", 100) + "features:\n" + b + a.replace("1h", "3h"))
     assert rs.check_now() == "rejected"
     assert "feature declarations changed (a)" in str(rs.last_error)
+    assert str(rs.last_error).startswith(f"{p}:11:5: ")  # a, second in the new file
 
 
 def test_a_demoted_rule_is_back_in_force_once_its_definition_is_edited(tmp_path: Path) -> None:
@@ -297,7 +304,7 @@ def test_a_demoted_rule_is_back_in_force_once_its_definition_is_edited(tmp_path:
            "score: 0.95, reason: Big}\n  - {id: other, when: \"amount > 5000\", action: review, "
            "score: 0.6, reason: Other}\npolicy: {decline_at: 0.9, review_at: 0.5}\n")  # fmt: skip
     p.write_text(bad)
-    rs = ReloadingRuleset(p, start=False)
+    rs = ReloadingRuleset(p, start=False, settle_seconds=0)
 
     def engine(rules: ReloadingRuleset) -> Engine:
         return Engine(rules=rules, policy=rules.policy, breaker=RuleBreaker(
@@ -321,11 +328,63 @@ def test_a_demoted_rule_is_back_in_force_once_its_definition_is_edited(tmp_path:
     d = e.decide(tx(301, 200_000.0))
     assert d["action"] == "decline" and e.demoted == set()  # the fix acts at once
     # a restart with the file fixed while the engine was down: lifted as well ...
-    restarted = engine(ReloadingRuleset(p, start=False))
+    restarted = engine(ReloadingRuleset(p, start=False, settle_seconds=0))
     restarted.load_state_dict(pickle.loads(state))
     assert restarted.decide(tx(302, 200_000.0))["action"] == "decline"
     # ... and with the file as it was: still in shadow
     write(p, bad.replace('"1"', '"2"').replace("amount > 5000", "amount > 6000"))
-    same = engine(ReloadingRuleset(p, start=False))
+    same = engine(ReloadingRuleset(p, start=False, settle_seconds=0))
     same.load_state_dict(pickle.loads(state))
     assert same.decide(tx(303))["action"] == "approve" and same.demoted == {"big"}
+
+
+def test_a_file_saved_in_place_is_read_once_it_stops_changing(tmp_path: Path) -> None:
+    """A file written in place was read as soon as its stat changed: a prefix of a rules file is
+    often a valid rules file (here the policy without its budget's last digits), and it was
+    swapped in until the next poll."""
+    p = tmp_path / "r.yaml"
+    text = rules("v1", 100) + "policy: {review_at: 0.5, alert_budget_per_day: 200}\n"
+    p.write_text(text)
+    rs = ReloadingRuleset(p, start=False, settle_seconds=0.05)
+    full = text.replace("v1", "v2")
+    with p.open("r+") as f:  # the writer's first write(), then the rest
+        f.truncate(0)
+        f.write(full[: full.index("200") + 1])
+        f.flush()
+        assert rs.check_now() == "unchanged"  # changed just now: wait for it to settle
+        time.sleep(0.06)
+        f.write(full[full.index("200") + 1 :])
+    assert rs.check_now() == "unchanged"  # changed again: the wait starts again
+    time.sleep(0.06)
+    assert rs.check_now() == "ok"
+    assert rs.current.version == "v2" and rs.current.policy.alert_budget_per_day == 200
+
+
+def test_a_replacement_with_the_old_size_and_mtime_is_noticed(tmp_path: Path) -> None:
+    """``cp -p``, ``rsync -t`` and ``tar x`` keep the mtime: a new file of the same size was
+    taken for the old one for good."""
+    p = tmp_path / "r.yaml"
+    p.write_text(rules("v1", 100))
+    rs = ReloadingRuleset(p, start=False, settle_seconds=0)
+    new = tmp_path / "new.yaml"
+    new.write_text(rules("v2", 100))
+    st = p.stat()
+    os.utime(new, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(new, p)
+    assert rs.check_now() == "ok" and rs.current.version == "v2"
+
+
+def test_a_file_that_is_not_utf8_is_rejected_once_at_its_line(tmp_path: Path) -> None:
+    """It was rejected again at every poll (an error line and a count each second) and named no
+    line."""
+    p = tmp_path / "r.yaml"
+    p.write_text(rules("v1", 100))
+    metrics = Metrics()
+    rs = ReloadingRuleset(p, start=False, settle_seconds=0, metrics=metrics)
+    write(p, rules("v2", 100).replace("Big", "Caf\xe9"))
+    p.write_bytes(p.read_text().encode("latin-1"))
+    assert [rs.check_now() for _ in range(3)] == ["rejected", "unchanged", "unchanged"]
+    assert str(rs.last_error).startswith(f"{p}:7:16: byte 0xe9 is not UTF-8")
+    assert b'fds_ruleset_reloads_total{result="rejected"} 1.0' in metrics.exposition()
+    write(p, rules("v3", 100))
+    assert rs.check_now() == "ok" and rs.current.version == "v3"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fds.errors import ConfigError
+from fds.errors import ConfigError, RuleError
 from fds.rules.ruleset import (
     FeatureSpec,
     LocalClock,
@@ -95,16 +95,38 @@ def test_missing_feature_does_not_fire_and_is_counted() -> None:
     assert rs.missing_counts == {"spike": 1, "night": 0}
 
 
-def test_division_by_zero_does_not_fire_and_is_counted() -> None:
+def test_an_active_rule_that_raises_fails_the_transaction_a_shadow_rule_is_counted() -> None:
+    """RELIABILITY: a value that makes a rule throw goes to the dead letters. An active rule's
+    error made it not fire: a decline rule that raised on every transaction approved them all,
+    seen only in a counter."""
     rs = load("""\
         version: "1"
         features: [{name: avg, entity: card_id, agg: mean, field: amount, window: 1d}]
         rules:
-          - {id: ratio, when: amount / avg > 3, action: review, score: 0.5, reason: r}
+          - {id: ratio, when: amount / avg > 3, action: decline, score: 0.9, reason: r}
+          - {id: watch, when: log(avg) > 1, action: review, score: 0.5, reason: w, state: shadow}
         """)
-    assert rs.evaluate({"amount": 10.0}, {"avg": 0.0}) == []
-    assert rs.error_counts == {"ratio": 1}
+    with pytest.raises(RuleError, match="rule ratio raised ZeroDivisionError") as e:
+        rs.evaluate({"amount": 10.0}, {"avg": 0.0})
+    assert e.value.rule == "ratio" and isinstance(e.value.cause, ZeroDivisionError)
+    assert rs.error_counts == {"ratio": 1, "watch": 0}
     assert rs.evaluate({"amount": 10.0}, {"avg": 1.0})[0]["id"] == "ratio"
+    assert rs.evaluate({"amount": 1.0}, {"avg": -1.0}) == []  # log(-1): the shadow rule's
+    assert rs.error_counts == {"ratio": 1, "watch": 1}
+
+
+def test_nan_in_extra_is_missing() -> None:
+    """A Parquet file's empty float cell is NaN: it was a value, and a negated rule fired."""
+    rs = load("""\
+        version: "1"
+        rules:
+          - {id: low, when: not (extra.risk > 0.5), action: review, score: 0.5, reason: r,
+             tests: [{given: {extra.risk: .nan}, expect: miss}]}
+        """)
+    assert rs.evaluate({"amount": 1.0, "extra": {"risk": float("nan")}}) == []
+    assert rs.missing_counts == {"low": 1}
+    assert [h["id"] for h in rs.evaluate({"amount": 1.0, "extra": {"risk": 0.1}})] == ["low"]
+    assert all(t.passed for t in rs.run_tests())
 
 
 @pytest.mark.parametrize(
@@ -358,3 +380,24 @@ def test_yaml_merge_keys_work_as_in_any_yaml_reader() -> None:
     ]  # fmt: skip
     with pytest.raises(ConfigError, match=r"merge\.yaml:3:\d+: bad merge key"):
         load_ruleset_text('version: "1"\nrules: []\nx: {<<: 3}\n', "merge.yaml")
+
+
+@pytest.mark.parametrize(
+    ("policy", "rule_score", "fragment"),
+    [
+        ("{decline_at: 0, review_at: 0}", "0.5", "greater than 0"),  # declined everything
+        ("{review_at: 0.5}", "true", "valid number"),  # loaded as 1.0
+        ("{review_at: 0.5}", '"0.5"', "valid number"),
+        ("{review_at: 0.5, alert_budget_per_day: true}", "0.5", "valid integer"),  # as 1
+        ("{review_at: 0.5}", ".nan", "finite number"),  # said "less than or equal to 1"
+    ],
+)
+def test_thresholds_and_scores_that_are_typos_are_errors(policy, rule_score, fragment) -> None:
+    text = (
+        'version: "1"\nrules:\n'
+        f"  - {{id: r, when: amount > 1, action: review, score: {rule_score}, reason: r}}\n"
+        f"policy: {policy}\n"
+    )
+    with pytest.raises(ConfigError, match=fragment) as e:
+        load_ruleset_text(text, "r.yaml")
+    assert str(e.value).startswith("r.yaml:")

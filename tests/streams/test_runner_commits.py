@@ -403,6 +403,26 @@ def catching_up_runner(reader: Reader, checkpoints: list[bool]) -> Runner:
     return r
 
 
+def test_records_folded_by_a_catch_up_are_not_counted_again_in_the_rule_metrics():
+    """Folding decides each record again for its state: the rules' skip counts were exported
+    with the next report, so every restart or rebuild inflated them (here 8 times over)."""
+    from fds.metrics import Metrics
+    from fds.rules.ruleset import load_ruleset_text
+
+    rules = load_ruleset_text(
+        "version: v\nrules:\n"
+        "  - {id: r, when: extra.x > 1, action: review, score: 0.5, reason: r}\n"
+    )
+    r = catching_up_runner(Reader(records(0, 10)), [])
+    r.engine = Engine(rules=rules, metrics=Metrics())
+    r.engine.decide(parse_transaction({"tx_id": "d", "ts": 1.7e9, "card_id": "c", "amount": 1}))
+    r._bring_up_to_date([TP])  # folds records 2-9: extra.x missing in each
+    assert r.stats.caught_up == 8
+    r.engine.report()
+    text = r.engine.metrics.exposition()
+    assert b'fds_rule_missing_inputs_total{rule="r"} 1.0' in text  # the decision, not the folds
+
+
 def test_a_catch_up_starts_at_the_log_start_when_retention_passed_the_checkpoint(caplog):
     """The checkpoint covers offset 2, retention has deleted up to 5, the group committed 10:
     records 5-9 are folded (and the gap is logged), not records from the end of the log."""
