@@ -338,6 +338,29 @@ def test_dead_letters_carry_headers_for_three_kinds_of_bad_input(
     assert "rule ratio raised ZeroDivisionError" in by_raw[bad_values[2]][0]["reason"]
 
 
+def test_produced_json_that_is_no_object_is_dead_lettered_with_its_content(
+    kafka_bootstrap, topics, unique_name, tmp_path
+):
+    """fds produce sent a JSON line that parses to no object ([1, 2, 3], 42, null) as an empty
+    record: fds run dead-lettered "" as bad JSON, and what the line held was lost."""
+    lines = ['[1, 2, 3]', "42", "null", '"text"', "{not json",
+             '{"tx_id": "ok", "ts": 1767193300.0, "card_id": "c1", "amount": 10}']  # fmt: skip
+    (tmp_path / "odd.jsonl").write_text("\n".join(lines) + "\n")
+    s = settings_for(kafka_bootstrap, topics, unique_name("g"))
+    assert produce_file(tmp_path / "odd.jsonl", s) == len(lines)
+    runner = Runner(s, Engine())
+    t, errors = run_in_thread(runner)
+    wait_until(lambda: runner.stats.dead_letters >= 5 and runner.stats.decided >= 1, 60, "5+1")
+    runner.stop()
+    t.join(15)
+    assert not errors, errors
+    dlq = [orjson.loads(r.value) for r in read_all(kafka_bootstrap, topics["dead_letters"])]
+    assert {d["raw"]: d["stage"] for d in dlq} == {
+        "[1,2,3]": "validate", "42": "validate", "null": "validate", '"text"': "validate",
+        "{not json\n": "parse",  # (the file's own line)
+    }  # fmt: skip
+
+
 def _kill_restart_run(
     bootstrap, topics, group, n, extra, kills=(0.25, 0.6), stages=BARE, env=None
 ) -> list[str]:
