@@ -104,11 +104,34 @@ class MissingName(Exception):
 
 
 def _num(x: Any) -> Any:
-    # Guards arithmetic on `extra.*` values of unknown type: a string or list there must not be
-    # multiplied (``extra.s * 10**9`` would build a gigabyte string).
+    """Guards arithmetic on ``extra.*`` values of unknown type: a number, or text that reads as
+    a finite one (a CSV file's columns are text); other text or a list must not be multiplied
+    (``extra.s * 10**9`` would build a gigabyte string).
+
+    >>> _num(7), _num("7.5")
+    (7, 7.5)
+    >>> _num("abc")
+    Traceback (most recent call last):
+    TypeError: not a number: str
+    """
     if type(x) is int or type(x) is float or type(x) is bool:
         return x
+    if type(x) is str and (v := _coerce(x)) is not x:
+        return v
     raise TypeError(f"not a number: {type(x).__name__}")
+
+
+def _coerce(x: Any) -> Any:
+    """An ``extra.*`` value compared with a number (or ordered): text that reads as a finite
+    number is that number (``"7" > 5`` holds, ``"7" == 7`` too: a CSV file's columns are
+    text, a JSON file's numbers are numbers); anything else is left as it is."""
+    if type(x) is str:
+        try:
+            v = float(x)
+        except ValueError:
+            return x
+        return v if v - v == 0.0 else x
+    return x
 
 
 def _len(x: Any) -> int:
@@ -349,8 +372,15 @@ class _Checker:
                 raise self.fail(node, f"{type(op).__name__} comparison is not allowed: use == !=")
             if sym in ("in", "not in"):
                 src, rt = self.literal_list(right, left_t)
+                if left_t == ANY and rt == "numbers":  # extra.code in [1, 2] reads "1" too
+                    out[-1] = f"_coerce({out[-1]})"
             else:
                 src, rt = self.visit(right, d)
+                ordered = sym not in ("==", "!=")  # numeric text compares as its number
+                if left_t == ANY and (ordered or rt == NUM) and not out[-1].startswith("_coerce"):
+                    out[-1] = f"_coerce({out[-1]})"
+                if rt == ANY and (ordered or left_t == NUM):
+                    src = f"_coerce({src})"
                 if {left_t, rt} in ({STR, NUM}, {STR, BOOL}):
                     raise self.fail(right, f"compares text with a number ({left_t} {sym} {rt})")
                 if MIXED in (left_t, rt) and sym not in ("==", "!="):
@@ -385,7 +415,8 @@ class _Checker:
             if {left_t, t} in ({STR, NUM}, {STR, BOOL}):
                 raise self.fail(elt, f"list item type {t} never equals the {left_t} on the left")
             items.append(elt.value)
-        return self.const(frozenset(items)), "list"
+        numbers = any(type(v) in (int, float) for v in items)
+        return self.const(frozenset(items)), "numbers" if numbers else "list"
 
     def call(self, node: ast.Call, d: int) -> tuple[str, str]:
         if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
@@ -453,6 +484,8 @@ def parse_expr(
     consts = dict(checker.consts)
     if "_num(" in code:
         consts["_num"] = _num
+    if "_coerce(" in code:
+        consts["_coerce"] = _coerce
     return code, typ, tuple(checker.names), consts
 
 

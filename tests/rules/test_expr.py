@@ -278,7 +278,7 @@ def test_sandbox_escape_attempts_are_rejected_at_load_time(src: str) -> None:
 
 
 ALLOWED_PREFIX = ("n_", "x_", "_k", "_e")
-ALLOWED_EXACT = {"_num", "_Missing", "v", "get"}
+ALLOWED_EXACT = {"_num", "_coerce", "_Missing", "v", "get"}
 
 
 def _all_names(code: types.CodeType) -> set[str]:

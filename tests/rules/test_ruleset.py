@@ -401,3 +401,27 @@ def test_thresholds_and_scores_that_are_typos_are_errors(policy, rule_score, fra
     with pytest.raises(ConfigError, match=fragment) as e:
         load_ruleset_text(text, "r.yaml")
     assert str(e.value).startswith("r.yaml:")
+
+
+def test_numeric_text_in_extra_compares_as_its_number() -> None:
+    """A CSV file's unmapped columns are text: `extra.risk > 5` never fired on them (and, once
+    a raising rule made a dead letter, would have dead-lettered every row), while its inline
+    test, given a YAML number, passed."""
+    rs = load("""\
+        version: "1"
+        rules:
+          - {id: gt, when: extra.risk > 5, action: review, score: 0.5, reason: r}
+          - {id: eq, when: extra.code == 7, action: review, score: 0.5, reason: r}
+          - {id: inl, when: "extra.code in [1, 7]", action: review, score: 0.5, reason: r}
+          - {id: ar, when: extra.risk * 2 > 13, action: review, score: 0.5, reason: r}
+          - {id: txt, when: extra.code == "7", action: review, score: 0.5, reason: r}
+        """)
+
+    def hits(extra: dict) -> list[str]:
+        return [h["id"] for h in rs.evaluate({"amount": 1.0, "extra": extra})]
+
+    assert hits({"risk": "7", "code": "7"}) == ["gt", "eq", "inl", "ar", "txt"]
+    assert hits({"risk": 7, "code": 7}) == ["gt", "eq", "inl", "ar"]
+    assert hits({"risk": "1", "code": "x"}) == []
+    with pytest.raises(RuleError, match="rule gt raised TypeError"):
+        hits({"risk": "high"})  # text that is no number, ordered against one
