@@ -129,33 +129,32 @@ def _unwritable(path: Path) -> str | None:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         return e.strerror or str(e)
+    if path.is_dir():
+        return "it is a directory: name a file in it"
     if path.exists():  # (/dev/null, say, in a directory no user may write)
         return None if os.access(path, os.W_OK) else "it is not writable"
     return None if os.access(path.parent, os.W_OK) else "its directory is not writable"
 
 
 def _same_file(a: Path, b: Path) -> bool:
-    """Do ``a`` and ``b`` name one file (links and relative paths included)?"""
+    """Do ``a`` and ``b`` name one file (links and relative paths included; one that does not
+    exist yet by its resolved path)?"""
     try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+        return a.resolve() == b.resolve()
     except OSError:
         return False
 
 
 def _replay(args: argparse.Namespace) -> int:
-    if args.speed is not None and args.speed <= 0:
+    if args.speed is not None and not args.speed > 0:  # (nan too)
         print("fds replay: error: --speed must be > 0 (e.g. --speed 60)", file=sys.stderr)
         return 2
     for flag, path in (("input file", args.file), ("--labels file", args.labels)):
         if path is not None and not Path(path).is_file():
             print(f"fds replay: error: {flag} not found: {path}", file=sys.stderr)
             return 2
-    mapping = load_mapping(args.mapping) if args.mapping else None
-    if mapping is None:
-        check_transaction_columns(args.file)
-    metrics = Metrics()
-    engine = build_engine(args.rules, args.model, metrics=metrics, watch=True)
-    stream = replay_mod.open_stream(args.file, mapping=mapping, labels_path=args.labels)
     dlq_path = args.dlq or dlq_path_for(args.out)
     # (the default dead-letter file is only made when there is a dead letter)
     for flag, path in (("--out", args.out), ("--dlq", args.dlq)):
@@ -164,13 +163,35 @@ def _replay(args: argparse.Namespace) -> int:
             print(f"fds replay: error: cannot write {flag} {path}: {problem}; give a path in "
                   "a writable directory", file=sys.stderr)  # fmt: skip
             return 2
-    inputs = [Path(x) for x in (args.file, args.labels) if x is not None]
+    # Files this run reads: an output over one truncated it (the input while the reader was
+    # still in it; the rules or the mapping for the next run).
+    reads = [
+        (what, Path(x))
+        for what, x in (
+            ("input file", args.file),
+            ("--labels file", args.labels),
+            ("--rules file", args.rules),
+            ("--mapping file", args.mapping),
+            ("--model spec", args.model),
+        )
+        if x is not None and Path(x).is_file()
+    ]
     for flag, path in (("--out", args.out), ("--dlq", dlq_path)):
-        same = next((x for x in inputs if _same_file(path, x)), None)
-        if same is not None:  # (it was truncated while the reader was still in it)
-            print(f"fds replay: error: {flag} {path} is the input file {same}; give another "
+        same = next(((what, x) for what, x in reads if _same_file(path, x)), None)
+        if same is not None:
+            print(f"fds replay: error: {flag} {path} is the {same[0]} {same[1]}; give another "
                   "path", file=sys.stderr)  # fmt: skip
             return 2
+    if _same_file(args.out, dlq_path):  # the decisions were written over the dead letters
+        print(f"fds replay: error: --dlq {dlq_path} is the --out file; give another path",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    mapping = load_mapping(args.mapping) if args.mapping else None
+    if mapping is None:
+        check_transaction_columns(args.file)
+    metrics = Metrics()
+    engine = build_engine(args.rules, args.model, metrics=metrics, watch=True)
+    stream = replay_mod.open_stream(args.file, mapping=mapping, labels_path=args.labels)
     for old in (args.out, dlq_path):  # a previous run's output would pass for this one's
         if old is not None and old.is_file():  # (when nothing is decided or dead-lettered)
             old.unlink()

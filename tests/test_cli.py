@@ -4,6 +4,7 @@ import orjson
 import pytest
 
 from fds.cli import main
+from fds.pipeline import DEFAULT_RULES
 
 T0 = 1767225600.0
 
@@ -218,6 +219,30 @@ def test_an_output_that_is_the_input_is_refused(history, tmp_path, capsys, flag)
     assert bare_replay(str(history), flag, str(history), *args) == 2
     assert f"{flag} {history} is the input file" in capsys.readouterr().err
     assert history.read_bytes() == before
+
+
+def test_outputs_over_each_other_or_over_a_file_the_run_reads_are_refused(
+    history, tmp_path, capsys
+):
+    """Found by a review: --out and --dlq naming one file lost the dead letters (exit 0, the
+    summary naming the file), and an output could overwrite the rules or mapping file it was
+    given; an output that is a directory was a traceback after the engine started."""
+    rules = tmp_path / "r.yaml"
+    rules.write_bytes(DEFAULT_RULES.read_bytes())
+    same = tmp_path / "same.jsonl"
+    cases = [
+        (["--out", str(same), "--dlq", str(same)], "--dlq", "is the --out file"),
+        (["--out", str(rules)], "--out", "is the --rules file"),
+        (["--dlq", str(rules)], "--dlq", "is the --rules file"),
+        (["--out", str(tmp_path)], "--out", "it is a directory"),
+        (["--dlq", str(tmp_path)], "--dlq", "it is a directory"),
+    ]
+    for args, flag, fragment in cases:
+        argv = ["replay", str(history), "--rules", str(rules), "--model", "none", *args]
+        assert main([*argv, "--no-progress"]) == 2, args
+        err = capsys.readouterr().err
+        assert flag in err and fragment in err, err
+    assert rules.read_bytes() == DEFAULT_RULES.read_bytes()
 
 
 def test_a_csv_gz_that_is_not_gzip_is_a_dead_letter_not_a_crash(tmp_path, capsys):
