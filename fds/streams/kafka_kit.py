@@ -30,6 +30,7 @@ import logging
 import os
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -396,6 +397,11 @@ class KitStatus:
     log_file: Path
 
 
+def _wipe(ddir: Path) -> str:
+    """The command that wipes ``ddir``, and only it (a bare ``--wipe`` wipes the default)."""
+    return f"`fds kafka down --wipe --data-dir {shlex.quote(str(ddir))}`"
+
+
 def _read_kit(data_dir: Path) -> dict[str, Any]:
     path = data_dir / "kit.json"
     return json.loads(path.read_text()) if path.exists() else {}
@@ -551,12 +557,13 @@ def _up(
             return f"ports {p}/{c}" + (f" with a SASL_SSL port {sp}" if sp else "")
 
         had = (kit.get("port"), kit.get("controller_port"), kit.get("secure_port"))
-        fix = "use those"
+        fix = f"use those (--port {had[0]} --controller-port {had[1]}"
+        fix += f" --secure-port {had[2]})" if had[2] else ")"
         if had[:2] == want[:2]:  # only the secured listener differs: say which flag
             fix = f"add --secure-port {had[2]}" if had[2] else "drop --secure-port"
         raise ConfigError(
             f"{ddir} holds a broker formatted for {ports(*had)}, not {ports(*want)}; {fix}, "
-            "another --data-dir, or `fds kafka down --wipe` to start afresh",
+            f"another --data-dir, or {_wipe(ddir)} to start afresh",
             where=str(ddir / "kit.json"),
         )
     pid = _read_pid(ddir)
@@ -587,7 +594,7 @@ def _up(
         if secure is None:
             raise ConfigError(
                 f"{ddir} was formatted without a SASL_SSL listener; use another --data-dir, or "
-                "`fds kafka down --wipe` to start afresh",
+                f"{_wipe(ddir)} to start afresh",
                 where=str(ddir),
             )
     props = ddir / "server.properties"  # 0600 (mkstemp): it holds the key store password

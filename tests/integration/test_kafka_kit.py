@@ -27,8 +27,12 @@ def test_up_is_idempotent_and_fast_when_running(kafka_bootstrap: str) -> None:
 def test_up_refuses_other_ports_for_a_formatted_dir(kafka_bootstrap: str) -> None:
     if kafka_bootstrap != f"127.0.0.1:{kafka_kit.DEFAULT_PORT}":
         pytest.skip("an external broker is in use (FDS_TEST_BOOTSTRAP)")
-    with pytest.raises(kafka_kit.ConfigError, match=r"formatted for ports.*; use those"):
+    with pytest.raises(kafka_kit.ConfigError, match=r"formatted for ports.*; use those") as e:
         kafka_kit.up(port=29092, controller_port=29093)
+    # the flags are named, and the wipe it suggests is of this data dir (a bare --wipe wipes the
+    # default one, which may be another broker's: a review found it)
+    assert f"(--port {kafka_kit.DEFAULT_PORT} --controller-port" in str(e.value)
+    assert "`fds kafka down --wipe --data-dir " in str(e.value)
     # only the secured listener differs: the flag is named (the ports read alike before)
     with pytest.raises(kafka_kit.ConfigError, match="; drop --secure-port"):
         kafka_kit.up(secure_port=29094)
