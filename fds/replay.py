@@ -86,7 +86,8 @@ class ReplaySummary:
     # of which labels (a label column's bad value, whose transaction is still decided, or a
     # bad record of the labels file): transactions = decided + dead_letters - label_dead_letters
     label_dead_letters: int = 0
-    labels_learned: int = 0
+    labels_read: int = 0  # labels handed to the engine, each at its own ts
+    labels_learned: int | None = None  # of them, learned by the model (None: not counted)
     actions: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
     reordered: int = 0
@@ -135,7 +136,12 @@ class ReplaySummary:
             ("  of transactions", f"{self.dead_letters - self.label_dead_letters:,}"),
             ("  of labels", f"{self.label_dead_letters:,}"),
             *([("  most often (transactions)", self.top_reason)] if self.top_reason else []),
-            ("labels learned", f"{self.labels_learned:,}"),
+            ("labels read", f"{self.labels_read:,}"),
+            *(
+                [("  learned by the model", f"{self.labels_learned:,}")]
+                if self.labels_learned is not None
+                else []
+            ),
             ("late events", f"{self.late:,}"),
             ("reordered records", f"{self.reordered:,}"),
             ("throughput", f"{self.throughput:,.0f} tx/s"),
@@ -348,6 +354,7 @@ def run(
     lines = stream.lines
     truth = stream.truth
     alerted_frauds = total_frauds = learned = 0
+    model_learned = _model_learned(engine)
     tally = _DeadTally(source)
     stream.on_dead = lambda: tally.drain(dead, dlq, metrics)
     bar = _progress(stream.total, progress)
@@ -427,7 +434,9 @@ def run(
     unreadable = tally.unreadable
     s.transactions = seen + unreadable
     s.reordered = stream.reordered
-    s.labels_learned = learned
+    s.labels_read = learned
+    if model_learned is not None:  # (labels of no decided transaction are not learned)
+        s.labels_learned = int((_model_learned(engine) or 0) - model_learned)
     s.demoted = sorted(engine.demoted)
     if truth:
         s.frauds, s.alerted_frauds = total_frauds, alerted_frauds
@@ -436,6 +445,15 @@ def run(
         bar.update(s.decided - bar.n)
         bar.close()
     return s
+
+
+def _model_learned(engine: Any) -> float | None:
+    """The labels the engine's model has learned so far (``fds_labels_learned_total``), or
+    None without a model or metrics."""
+    registry = getattr(engine.metrics, "registry", None)
+    if engine.model is None or registry is None:
+        return None
+    return registry.get_sample_value("fds_labels_learned_total") or 0.0
 
 
 _QUOTED = re.compile(r"'[^']*'")

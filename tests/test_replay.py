@@ -94,7 +94,7 @@ def test_labels_learned_only_after_their_delay(tmp_path):
     # the label of t0 becomes known at T0+2h: learned after t2 (same instant: a decision does
     # not see a label stamped at its own instant), before t3
     assert rec.seen == ["t0", "t1", "t2", "L:t0", "t3"]
-    assert s.labels_learned == 1 and s.frauds == 1 and s.alerted_frauds == 0
+    assert s.labels_read == 1 and s.frauds == 1 and s.alerted_frauds == 0
     assert s.recall == 0.0
 
 
@@ -341,3 +341,21 @@ def test_a_record_a_minute_late_in_a_repeated_dst_hour_is_not_its_second_pass(tm
     assert utc == [("t0", "05:38"), ("t1", "05:40"), ("t2", "05:39"), ("t3", "05:45"),
                    ("t4", "05:59"), ("t5", "06:05"), ("t6", "06:20")]  # fmt: skip
     assert stream.second_pass == 2
+
+
+def test_the_summary_tells_labels_read_from_labels_the_model_learned():
+    """Found by a review: "labels learned" counted every label read, 137 whether or not any
+    matched a transaction, and with no model at all."""
+    from fds.metrics import Metrics
+    from fds.pipeline import DEFAULT_MODEL, build_engine
+
+    txs = [dict(tx(i, T0 + i * 60), extra={}) for i in range(5)]
+    labels = [{"tx_id": "t1", "ts": T0 + 600.0, "is_fraud": True},
+              {"tx_id": "nope", "ts": T0 + 600.0, "is_fraud": True}]  # fmt: skip
+    engine = build_engine(None, DEFAULT_MODEL, metrics=Metrics())
+    s = replay.run(engine, replay.ReplayInput([*txs, dict(tx(9, T0 + 900), extra={})], labels),
+                   ListSink(), ListSink())  # fmt: skip
+    assert (s.labels_read, s.labels_learned) == (2, 1)
+    assert ("  learned by the model", "1") in s.rows()
+    bare = replay.run(Engine(), replay.ReplayInput(txs, labels), ListSink(), ListSink())
+    assert bare.labels_learned is None and "  learned by the model" not in dict(bare.rows())
