@@ -234,14 +234,14 @@ def _replay(args: argparse.Namespace) -> int:
         f"decisions: {args.out}" + (f"  dead letters: {dlq_path}" if summary.dead_letters else ""),
         file=sys.stderr,
     )
-    if summary.fraud_labels and not summary.frauds:
+    if summary.fraud_labels and not summary.frauds and not summary.interrupted:
         print(
             f"fds replay: warning: none of the {summary.fraud_labels:,} transactions labelled "
             "fraud was decided: check that the labels' tx_id are those of the transactions "
             "(case, prefixes, another file)",
             file=sys.stderr,
         )
-    if args.labels is not None and not summary.labels_learned and summary.label_dead_letters:
+    if args.labels is not None and not summary.labels_read and summary.label_dead_letters:
         print(
             f"fds replay: warning: every label of {args.labels} was a dead letter (their "
             f"reasons are in {dlq_path}): a labels file has the columns tx_id, ts, is_fraud",

@@ -156,7 +156,7 @@ class ReplaySummary:
                 ("known frauds", f"{self.frauds:,}"),
                 *(
                     [("  fraud labels of no transaction", f"{self.unmatched_frauds:,}")]
-                    if self.unmatched_frauds
+                    if self.unmatched_frauds and not self.interrupted  # (some not reached yet)
                     else []
                 ),
                 ("precision (alerts)", pct(self.precision)),
@@ -362,11 +362,10 @@ def run(
     first_ts: float | None = None
     paced_from = t0
     actions = s.actions
-    counted = seen = 0  # events already reported to metrics; events read
+    counted = seen = 0  # events already reported to metrics; events decided or dead-lettered
     with Freezer() as freezer:
         try:
             for i, tx in enumerate(stream.transactions):
-                seen = i + 1
                 ts = tx["ts"]
                 if pending:
                     for lab in pending:
@@ -397,8 +396,10 @@ def run(
                             stage=e.stage, error=e.cause, raw=tx, source=source, position=line
                         )
                     )
+                    seen = i + 1
                     continue
                 sink.write(d)
+                seen = i + 1  # (not before: a Ctrl-C while it waits leaves it unread)
                 action = d["action"]
                 actions[action] += 1
                 if d["flags"]:

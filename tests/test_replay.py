@@ -285,9 +285,16 @@ def test_ctrl_c_stops_between_events_and_the_summary_covers_what_was_decided(tmp
         if i == 5:
             raise KeyboardInterrupt
 
-    s = replay.run(Engine(), replay.load(p), out, ListSink(), on_event=interrupt)
+    labels = [{"tx_id": "t9", "ts": T0 + 30.0, "is_fraud": True}]  # not reached
+    stream = replay.load(p)
+    stream.labels, stream.truth = labels, {"t9"}
+    s = replay.run(Engine(), stream, out, ListSink(), on_event=interrupt)
     assert s.interrupted and s.decided == len(out.items) == 5
     assert s.rows()[0][0] == "interrupted"
+    # the one it was waiting on when Ctrl-C came is not counted read (transactions 6 for 5
+    # decided, a review found), nor is a label of one not reached of "no transaction"
+    assert s.transactions == 5
+    assert "  fraud labels of no transaction" not in dict(s.rows())
 
 
 def test_dead_letters_are_counted_as_fds_run_counts_them(tmp_path):
