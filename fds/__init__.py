@@ -1,17 +1,57 @@
 """fds: a real-time fraud-detection streaming engine.
 
-The public API; everything else is internal. Heavy parts (River models, Kafka) are imported by
-the modules that need them, so ``import fds`` stays fast.
+The public API; everything else is internal. The names below are imported when first used
+(PEP 562), so ``import fds`` (and the ``fds`` command before it parses its arguments) stays
+fast: the engine pulls in River and NumPy, seconds on a loaded machine, and a service must be
+able to handle a SIGTERM in that time.
+
+>>> import fds
+>>> fds.Engine.__module__
+'fds.engine'
 """
 
-from fds.engine import Engine
+import importlib as _importlib
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
+
 from fds.errors import ArtifactError, ConfigError, FdsError, StageError, ValidationError
-from fds.pipeline import build_engine
-from fds.replay import ReplayInput, ReplaySummary
-from fds.replay import load as load_replay
-from fds.replay import run as run_replay
-from fds.schema import Decision, Label, Transaction, parse_label, parse_transaction
-from fds.streams.files import ColumnMapping, load_mapping
+
+if _TYPE_CHECKING:
+    from fds.engine import Engine
+    from fds.pipeline import build_engine
+    from fds.replay import ReplayInput, ReplaySummary
+    from fds.replay import load as load_replay
+    from fds.replay import run as run_replay
+    from fds.schema import Decision, Label, Transaction, parse_label, parse_transaction
+    from fds.streams.files import ColumnMapping, load_mapping
+
+# public name -> (module, name there)
+_LAZY = {
+    "Engine": ("fds.engine", "Engine"),
+    "build_engine": ("fds.pipeline", "build_engine"),
+    "ReplayInput": ("fds.replay", "ReplayInput"),
+    "ReplaySummary": ("fds.replay", "ReplaySummary"),
+    "load_replay": ("fds.replay", "load"),
+    "run_replay": ("fds.replay", "run"),
+    "Decision": ("fds.schema", "Decision"),
+    "Label": ("fds.schema", "Label"),
+    "Transaction": ("fds.schema", "Transaction"),
+    "parse_label": ("fds.schema", "parse_label"),
+    "parse_transaction": ("fds.schema", "parse_transaction"),
+    "ColumnMapping": ("fds.streams.files", "ColumnMapping"),
+    "load_mapping": ("fds.streams.files", "load_mapping"),
+}
+
+
+def __getattr__(name: str) -> _Any:
+    try:
+        module, attr = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'fds' has no attribute {name!r}") from None
+    value = getattr(_importlib.import_module(module), attr)
+    globals()[name] = value  # once: later lookups do not come here
+    return value
+
 
 __all__ = [
     "ArtifactError",

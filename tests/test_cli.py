@@ -199,6 +199,18 @@ def test_a_sigterm_while_a_service_starts_ends_it_with_code_0(command):
     assert "stopped by signal 15 while starting" in p.stderr
 
 
+def test_the_command_handles_sigterm_before_any_heavy_import():
+    """The handler above is installed by cli.main; importing fds.cli imported the engine (River,
+    NumPy, scikit-learn: 5 s on a loaded machine), so a SIGTERM in that time still ended
+    `fds run` by the signal (a review: exit 143 half a second and two seconds in)."""
+    import subprocess
+
+    heavy = ("river", "numpy", "sklearn", "kafka", "fds.engine", "fds.models")
+    code = f"import sys, fds.cli\nprint([m for m in {heavy!r} if m in sys.modules])"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.stdout.strip() == "[]", p.stdout + p.stderr
+
+
 def test_a_rerun_that_decides_nothing_leaves_no_old_decisions(history, tmp_path):
     """Found by a review: --out was opened on the first decision, so a rerun that decided
     nothing (an empty file, every row a dead letter) left the previous run's decisions."""
