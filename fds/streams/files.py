@@ -73,13 +73,19 @@ class LabelColumn(BaseModel):
 
 
 def _engine_field(name: str) -> str:
-    if name not in TX_FIELDS:
-        close = difflib.get_close_matches(name, TX_FIELDS, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
+    if name == "extra" or name.startswith("extra."):  # (suggested once: it failed every row)
         raise ValueError(
-            f"unknown engine field {name!r}; {hint}map onto one of {sorted(TX_FIELDS)}"
+            f"{name!r} is not a field to map onto: a column no field names arrives in "
+            "`extra` under its own name (extra.COLUMN in rules and features); leave it unmapped"
         )
+    if name not in _MAPPABLE:
+        close = difflib.get_close_matches(name, _MAPPABLE, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValueError(f"unknown engine field {name!r}; {hint}map onto one of {_MAPPABLE}")
     return name
+
+
+_MAPPABLE = sorted(f for f in TX_FIELDS if f != "extra")
 
 
 #: A key under ``fields:`` (its error names the key, so its line is found).

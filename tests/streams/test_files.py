@@ -97,6 +97,9 @@ def test_a_required_field_neither_mapped_nor_a_column_is_a_config_error(tmp_path
         ),
         ("fields: [tx_id\n", r"m.yaml:2:1: not valid YAML"),
         ("fields: {}\nformat: xml\n", r"m.yaml:2: format: Input should be 'csv'"),
+        # the error for an unknown field listed `extra`, and a column mapped onto it failed
+        # every row (a review)
+        ("fields:\n  tx_id: A\n  extra: L\n", r"m.yaml:3: fields.extra: 'extra' is not a fi"),
     ],
 )
 def test_bad_mapping_names_file_line_and_problem(tmp_path, text, message):
