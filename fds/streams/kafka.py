@@ -1005,13 +1005,11 @@ class Runner:
             )
         if not wait:
             if ready:
-                self.consumer.commit_async(ready)
-                self.stats.commits += 1
+                self._commit_async(ready)
             return
         offsets, self._committable = self._committable, {}
         if offsets and in_listener:
-            self.consumer.commit_async(offsets)
-            self.stats.commits += 1
+            self._commit_async(offsets)
         elif offsets:
             t = time.perf_counter()
             self._retrying(
@@ -1024,6 +1022,18 @@ class Runner:
             self.metrics.commit_time(time.perf_counter() - t)
         self._positions.update({tp.partition: om.offset for tp, om in offsets.items()})
         self._ahead = False  # (wait: everything decided is committed)
+
+    def _commit_async(self, offsets: dict[Any, Any]) -> None:
+        """``commit_async``, timed to its answer in ``fds_commit_duration_seconds`` (only the
+        blocking commits were: 2 of 9 in a review's run)."""
+        t = time.perf_counter()
+
+        def answered(_offsets: Any, response: Any) -> None:  # on the consumer's thread
+            if not isinstance(response, BaseException):
+                self.metrics.commit_time(time.perf_counter() - t)
+
+        self.consumer.commit_async(offsets, callback=answered)
+        self.stats.commits += 1
 
     def _settle_or_rejoin(self, *, wait: bool) -> bool:
         """:meth:`_settle`, at-least-once; False when the group refused the commit because this
