@@ -403,11 +403,20 @@ def load_settings(file: Path | str | None = None, **flags: Any) -> KafkaSettings
         msg = err["msg"].removeprefix("Value error, ")
         if path is not None and name in doc and name not in given:
             raise invalid(path, exc, KafkaSettings, "the settings file") from None
-        if not name:  # several settings together (the security ones)
-            raise ConfigError(msg) from None
-        flag = next((f for f, dest in _SETTING_FLAGS.items() if dest == name), None)
-        source = flag if flag and name in given else f"FDS_{name.upper()}"
-        raise ConfigError(f"setting {name}: {msg} (from {source})") from None
+
+        def source(setting: str) -> str:
+            flag = next((f for f, dest in _SETTING_FLAGS.items() if dest == setting), None)
+            if flag and setting in given:
+                return flag
+            env = f"FDS_{setting.upper()}"
+            return (
+                f"{path}" if path is not None and setting in doc and env not in os.environ else env
+            )
+
+        if not name:  # several settings together (the security ones): say whence the protocol
+            where = source("security_protocol")
+            raise ConfigError(f"{msg} (security_protocol from {where})") from None
+        raise ConfigError(f"setting {name}: {msg} (from {source(name)})") from None
 
 
 @dataclass(slots=True)

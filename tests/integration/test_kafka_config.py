@@ -73,6 +73,16 @@ def test_security_settings_that_cannot_work_are_refused_before_connecting(settin
         load_settings(**settings)
 
 
+def test_a_security_error_says_where_the_protocol_came_from(tmp_path):
+    """Found by a review: set in a settings file, it named neither the file nor the flag."""
+    f = tmp_path / "kafka.yaml"
+    f.write_text("security_protocol: SASL_SSL\n")
+    with pytest.raises(ConfigError, match=re.escape(f"(security_protocol from {f})")):
+        load_settings(f)
+    with pytest.raises(ConfigError, match=re.escape("(security_protocol from --security-proto")):
+        load_settings(security_protocol="SASL_SSL")
+
+
 def test_security_settings_that_work_are_not_refused(tmp_path, monkeypatch):
     """Any mechanism kafka-python knows; a CA file a plaintext client never reads; a CA file
     named relative to the settings file."""
