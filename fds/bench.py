@@ -169,10 +169,14 @@ def _load_stream(
 
     def check_days(covered: int, what: str) -> None:
         if not 0 < warmup_days < covered:
+            fix = (
+                f"give --warmup-days from 1 to {covered - 1} (or more days)"
+                if covered > 1
+                else "give at least 2 days of data"
+            )
             raise ConfigError(
-                f"{what} cover(s) {covered} day(s) and the warm-up takes {warmup_days}: give "
-                f"--warmup-days from 1 to {covered - 1} (or more days) so that days are left to "
-                "evaluate"
+                f"{what} cover(s) {covered} day(s) and the warm-up takes {warmup_days}: {fix} "
+                "so that days are left to evaluate"
             )
         # at least one evaluated day before the drift: pre-drift precision is what recovery
         # is measured against (over up to PRE_DRIFT_DAYS of them)
@@ -203,7 +207,7 @@ def _load_stream(
     if not stream.labels:
         raise ConfigError(
             f"{input_path}: no labels: give a mapping with a label column (label: {{column: ..., "
-            "delay: 7d}}), or a labels file beside it (as `fds simulate` writes), so the "
+            "delay: 7d}), or a labels file beside it (as `fds simulate` writes), so the "
             "benchmark knows which transactions are fraud"
         )
     txs = list(stream.transactions)  # load() materialises; list() also accepts a lazy stream
@@ -556,6 +560,15 @@ def _fmt(value: float, spec: str, unit: str = "") -> str:
     return "n/a" if math.isnan(value) else f"{value:{spec}}{unit}"
 
 
+def _lower(share: float) -> str:
+    """How much lower a precision is, as a share (a negative one is higher: "-44% lower").
+
+    >>> _lower(0.25), _lower(-0.44), _lower(float("nan"))
+    ('25% lower', '44% higher', 'n/a')
+    """
+    return _fmt(share, ".0%", " lower") if not share < 0 else _fmt(-share, ".0%", " higher")
+
+
 def _recovered(e: dict[str, Any]) -> str:
     """When a variant was back to RECOVERED_SHARE of its pre-drift precision."""
     if e["drop_day"] is None:
@@ -588,7 +601,7 @@ def _recovery_text(res: PrecisionResult) -> str:
             f"{e['after_deadline_precision']:.3f}"
         )
     for v, reading, lower, _f, _ad in _frozen_gaps(r):
-        lines.append(f"  {v} vs adaptive {reading}: {_fmt(lower, '.0%', ' lower')}")
+        lines.append(f"  {v} vs adaptive {reading}: {_lower(lower)}")
     return "\n".join(lines)
 
 
@@ -626,7 +639,7 @@ def targets(res: PrecisionResult) -> list[tuple[str, str, bool | None]]:
             out.append(
                 (
                     f"{v} >= 30% lower than adaptive {when[reading]}",
-                    f"{_fmt(lower, '.0%', ' lower')} ({f:.3f} vs {ad:.3f})",
+                    f"{_lower(lower)} ({f:.3f} vs {ad:.3f})",
                     _at_least(lower, 0.3),
                 )
             )
