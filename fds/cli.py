@@ -29,10 +29,18 @@ _COMMAND_MODULES = (
 )
 
 
+_GLOBAL = ("-v", "--verbose", "-q", "--quiet", "--log-format")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)
-        self.exit(2, f"{self.prog}: error: {message}\n  (run '{self.prog} --help' for help)\n")
+        hint = f"run '{self.prog} --help' for help"
+        if message.startswith("unrecognized arguments:"):
+            misplaced = [a for a in message.split(":", 1)[1].split() if a in _GLOBAL]
+            if misplaced:  # `fds replay f.csv -q`: the global options go first
+                hint = f"{misplaced[0]} goes before the command: fds {misplaced[0]} COMMAND ..."
+        self.exit(2, f"{self.prog}: error: {message}\n  ({hint})\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -212,6 +212,8 @@ def parse_transaction(raw: Any, tz: tzinfo = UTC) -> dict[str, Any]:
     try:
         tx: dict[str, Any] = _validate_tx(raw)
     except pydantic.ValidationError as e:
+        if raw.get("ts").__class__ is bool:  # (each branch of the ts union said why not)
+            raise ValidationError(f"ts: a boolean is not a timestamp (got {raw['ts']!r})") from None
         raise ValidationError(_reason(e)) from None
     if tx["amount"] == 1.0 and raw.get("amount").__class__ is bool:  # lax mode took True as 1
         raise ValidationError("amount: a boolean is not an amount (got True)")

@@ -326,3 +326,11 @@ def test_labels_that_match_nothing_or_cannot_be_read_are_said_so(history, tmp_pa
     labels.write_text("TRANSACTION_ID,reported_at,fraud\nt1,2026-01-01,1\n")
     assert bare_replay(str(history), "--labels", str(labels), "--out", str(tmp_path / "o")) == 0
     assert f"every label of {labels} was a dead letter" in capsys.readouterr().err
+
+
+def test_a_global_option_after_the_command_says_where_it_goes(capsys):
+    """`fds replay f.csv -q` said only "unrecognized arguments: -q"."""
+    with pytest.raises(SystemExit) as e:
+        main(["replay", "f.csv", "-q"])
+    assert e.value.code == 2
+    assert "(-q goes before the command: fds -q COMMAND ...)" in capsys.readouterr().err

@@ -101,6 +101,8 @@ def test_booleans_are_neither_amounts_nor_timestamps():
         parse_transaction({"tx_id": "a", "ts": 1.7e9, "card_id": "c", "amount": True})
     with pytest.raises(ValidationError, match="ts: a boolean"):
         parse_label({"tx_id": "a", "ts": True, "is_fraud": True})
+    with pytest.raises(ValidationError, match=r"^ts: a boolean is not a timestamp \(got True\)$"):
+        parse_transaction({"tx_id": "a", "ts": True, "card_id": "c", "amount": 1.0})
     assert parse_transaction({**BASE, "ts": EPOCH, "amount": 1})["amount"] == 1.0
 
 

@@ -32,7 +32,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, tzinfo
+from datetime import date, datetime, tzinfo
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,6 +45,7 @@ from fds.features.spec import AGGS, FIELD_AGGS  # one definition of the aggregat
 from fds.rules.expr import (
     BOOL,
     NUM,
+    RUNTIME_ERRORS,
     STR,
     CompiledExpr,
     EvalPlan,
@@ -191,6 +192,9 @@ class RulesFile(_Strict):
                              'written: quote it (version: "...")')  # fmt: skip
         if isinstance(v, int) and not isinstance(v, bool):
             return str(v)
+        if isinstance(v, date):  # YAML reads 2026-11-22 as a date
+            raise ValueError(f'a version written as a date ({v}) is read as a date: quote it '
+                             f'(version: "{v}")')  # fmt: skip
         if isinstance(v, str) and not v.strip():
             raise ValueError('the version is empty: give one, e.g. version: "2026-11-30.1"')
         return v
@@ -575,7 +579,7 @@ class Ruleset:
                     out.append(TestResult(r.id, i, t.expect, got, where))
                 except MissingName:
                     out.append(TestResult(r.id, i, t.expect, "miss", where))
-                except (ArithmeticError, TypeError, ValueError) as e:
+                except RUNTIME_ERRORS as e:
                     out.append(TestResult(r.id, i, t.expect, "miss", where, f"{e}"))
         return out
 

@@ -425,3 +425,9 @@ def test_numeric_text_in_extra_compares_as_its_number() -> None:
     assert hits({"risk": "1", "code": "x"}) == []
     with pytest.raises(RuleError, match="rule gt raised TypeError"):
         hits({"risk": "high"})  # text that is no number, ordered against one
+
+
+def test_a_version_written_as_a_date_is_told_to_be_quoted() -> None:
+    """It said only "Input should be a valid string" (the 1.10 and 0105 cases said to quote)."""
+    with pytest.raises(ConfigError, match=r'r.yaml:1:10: .* quote it \(version: "2026-11-22"\)'):
+        load_ruleset_text("version: 2026-11-22\nrules: []\n", "r.yaml")
