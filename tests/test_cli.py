@@ -153,6 +153,12 @@ def test_a_replay_that_decides_nothing_fails_and_says_why(tmp_path, capsys):
     foreign.write_text("ID,When,EUR\na,2026-01-01,1\n")
     assert bare_replay(str(foreign), "--out", str(tmp_path / "o.jsonl")) == 2
     assert "are neither mapped nor columns" in capsys.readouterr().err
+    # the same in JSON Lines was read to its end, every record a dead letter, exit 1
+    foreign_jsonl = tmp_path / "f.jsonl"
+    foreign_jsonl.write_text('{"ID": "a", "When": "2026-01-01", "EUR": 1}\n' * 3)
+    assert bare_replay(str(foreign_jsonl), "--out", str(tmp_path / "o.jsonl")) == 2
+    err = capsys.readouterr().err
+    assert "are neither mapped nor columns" in err and "['ID', 'When', 'EUR']" in err
 
 
 def test_a_missing_labels_file_is_named_as_such(history, tmp_path, capsys):

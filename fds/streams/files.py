@@ -18,7 +18,7 @@ import logging
 import os
 import re
 import zlib
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import IO, Annotated, Any, Literal, cast
 
@@ -287,10 +287,21 @@ def open_text(
 
 def check_transaction_columns(path: str | os.PathLike[str]) -> None:
     """A CSV file of transactions read without a mapping must name the required fields in its
-    header (every row would be a dead letter otherwise): a :class:`ConfigError` saying which
-    are missing and that a ``--mapping`` maps them. Other formats are not checked here."""
-    if not Path(path).is_file() or infer_format(path) != "csv":
+    header, and a JSON Lines file hold them in one of its first ``JSONL_PROBE`` objects (every
+    record would be a dead letter otherwise): a :class:`ConfigError` saying which are missing
+    and that a ``--mapping`` maps them. Parquet is not checked here."""
+    if not Path(path).is_file():
         return  # (a missing file is reported where it is read)
+    fmt = infer_format(path)
+    if fmt == "jsonl":  # as a mapping's columns are looked for (it read every record before)
+        records = _jsonl_records(Path(path))
+        try:
+            _probe(records, ColumnMapping(), Path(path))
+        finally:
+            records.close()
+        return
+    if fmt != "csv":
+        return
     try:
         with open_text(path, errors="replace") as f:
             header = next(csv.reader(f), None)
@@ -361,7 +372,7 @@ def _probe(records: Iterator[Record], mapping: ColumnMapping, p: Path) -> list[R
     return held
 
 
-def _jsonl_records(p: Path) -> Iterator[Record]:
+def _jsonl_records(p: Path) -> Generator[Record, None, None]:
     with open_text(p, "rb") as f:
         n = 0
         try:
