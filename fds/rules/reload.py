@@ -121,6 +121,15 @@ class ReloadingRuleset:
         self.version = rs.version
         return rs.evaluate(tx, features)
 
+    @property
+    def missing_counts(self) -> dict[str, int]:
+        """The ruleset in force's counts not drained yet (:meth:`Metrics.watch_ruleset`)."""
+        return self.applied.missing_counts
+
+    @property
+    def error_counts(self) -> dict[str, int]:
+        return self.applied.error_counts
+
     def drain_counts(self) -> tuple[dict[str, int], dict[str, int]]:
         """:meth:`Ruleset.drain_counts` over the ruleset in force and those it replaced since
         the last call (a reload does not lose the skips counted before it). Deciding thread."""

@@ -388,3 +388,15 @@ def test_a_file_that_is_not_utf8_is_rejected_once_at_its_line(tmp_path: Path) ->
     assert b'fds_ruleset_reloads_total{result="rejected"} 1.0' in metrics.exposition()
     write(p, rules("v3", 100))
     assert rs.check_now() == "ok" and rs.current.version == "v3"
+
+
+def test_metrics_can_watch_a_reloading_ruleset(tmp_path: Path) -> None:
+    """README: `m.watch_ruleset(lambda: engine.rules)`; with the ReloadingRuleset fds run uses
+    it exported nothing (it had no missing_counts)."""
+    p = tmp_path / "r.yaml"
+    p.write_text(rules("v1", 100))
+    rs = ReloadingRuleset(p, start=False, settle_seconds=0)
+    m = Metrics()
+    m.watch_ruleset(lambda: rs)
+    rs.evaluate({"tx_id": "t", "ts": 0.0, "extra": {}})  # no amount: the rule's name is missing
+    assert m.registry.get_sample_value("fds_rule_missing_inputs_total", {"rule": "big"}) == 1.0
