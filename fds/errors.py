@@ -19,6 +19,7 @@ __all__ = [
     "RuleError",
     "StageError",
     "ValidationError",
+    "describe",
 ]
 
 
@@ -47,7 +48,7 @@ class StageError(FdsError):
     def __init__(self, stage: str, cause: BaseException) -> None:
         self.stage = stage
         self.cause = cause
-        super().__init__(f"{stage}: {type(cause).__name__}: {cause}")
+        super().__init__(f"{stage}: {describe(cause)}")
 
 
 class RuleError(FdsError):
@@ -61,7 +62,7 @@ class RuleError(FdsError):
     def __init__(self, rule: str, cause: BaseException) -> None:
         self.rule = rule
         self.cause = cause
-        super().__init__(f"rule {rule} raised {type(cause).__name__}: {cause}")
+        super().__init__(f"rule {rule} raised {describe(cause)}")
 
 
 class ArtifactError(FdsError):
@@ -74,3 +75,18 @@ class ArtifactError(FdsError):
     def __init__(self, message: str, *, local: bool = False) -> None:
         super().__init__(message)
         self.local = local
+
+
+def describe(exc: BaseException) -> str:
+    """``Class: message`` of an exception, once (kafka-python's errors already start so).
+
+    >>> describe(ValueError("bad")), describe(ValueError())
+    ('ValueError: bad', 'ValueError')
+    >>> from kafka.errors import KafkaTimeoutError
+    >>> describe(KafkaTimeoutError("no answer"))
+    'KafkaTimeoutError: no answer'
+    """
+    name, text = type(exc).__name__, str(exc)
+    if not text:
+        return name
+    return text if text == name or text.startswith(f"{name}: ") else f"{name}: {text}"

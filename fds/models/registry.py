@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from fds.errors import ArtifactError, ConfigError
+from fds.errors import ArtifactError, ConfigError, describe
 from fds.timeutil import format_ts
 
 __all__ = [
@@ -155,7 +155,7 @@ def load_verified(
         return pickle.loads(data)
     except Exception as e:
         raise ArtifactError(  # e.g. another library version on this machine
-            f"artifact does not unpickle: {type(e).__name__}: {e}", local=True
+            f"artifact does not unpickle: {describe(e)}", local=True
         ) from e
 
 

@@ -51,7 +51,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from fds.errors import ArtifactError
+from fds.errors import ArtifactError, describe
 from fds.models.champion import BudgetRank, Contest
 from fds.models.fused import serving
 from fds.models.registry import Registry, load_verified
@@ -172,9 +172,7 @@ def canary(
         try:
             p = _p(model, x)
         except Exception as e:  # maybe this machine's libraries (a River version): retried
-            raise ArtifactError(
-                f"canary: scoring raised {type(e).__name__}: {e}", local=True
-            ) from e
+            raise ArtifactError(f"canary: scoring raised {describe(e)}", local=True) from e
         if not (math.isfinite(p) and 0.0 <= p <= 1.0):
             raise ArtifactError(f"canary: score {p!r} is not a probability in [0, 1]")
 
@@ -333,7 +331,7 @@ class ModelServer:
                 shadow, shadow_version = _p(self.challenger, x), self.challenger_version
             except Exception as e:  # a challenger never breaks serving
                 self._drop_challenger(
-                    "reject", f"shadow scoring raised {type(e).__name__}: {e}", local=True
+                    "reject", f"shadow scoring raised {describe(e)}", local=True
                 )  # (maybe this machine's libraries: the registry is not told)
             else:
                 if not -1e-9 <= shadow <= 1.0 + 1e-9:  # NaN or far out: the version's fault

@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from fds.errors import ConfigError
+from fds.errors import ConfigError, describe
 from fds.timeutil import parse_duration
 
 __all__ = [
@@ -416,7 +416,7 @@ def _try_pipeline(spec: ModelSpec) -> None:
     except Exception as e:  # what River raises for a bad parameter value varies
         given = [(d, line) for d, params, line in spec.steps if params] or spec.steps[:1]
         raise ConfigError(
-            f"the pipeline fails on a sample row ({type(e).__name__}: {e}): check the types "
+            f"the pipeline fails on a sample row ({describe(e)}): check the types "
             "and values of the parameters of " + ", ".join(f"{d[0]} (line {d[-1]})" for d in given),
             where=f"{spec.source}:{given[0][-1]}",
         ) from None

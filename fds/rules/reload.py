@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from fds.errors import ConfigError
+from fds.errors import ConfigError, describe
 from fds.policy import Policy
 from fds.rules.ruleset import Ruleset, decode_rules, load_ruleset_text
 
@@ -190,7 +190,7 @@ class ReloadingRuleset:
             except ConfigError as e:
                 return self._failed(e)
             except Exception as e:  # a loader bug must not end the watcher: reject and say so
-                why = f"could not be loaded ({type(e).__name__}: {e})"
+                why = f"could not be loaded ({describe(e)})"
                 return self._failed(ConfigError(why, where=str(self.path)))
             self.current = new  # the atomic swap: one reference assignment
             self.last_error = None

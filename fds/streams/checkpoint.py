@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fds.errors import ConfigError
+from fds.errors import ConfigError, describe
 from fds.models.registry import write_atomic
 
 __all__ = ["Checkpoint", "Checkpointer", "default_state_dir"]
@@ -234,7 +234,7 @@ class Checkpointer:
             payload = pickle.loads(raw)
         except Exception as exc:
             raise ConfigError(
-                f"checkpoint is unreadable ({type(exc).__name__}: {exc}); delete it to start "
+                f"checkpoint is unreadable ({describe(exc)}); delete it to start "
                 "from an empty state (decisions of the next events then lack their history)",
                 where=str(self.path),
             ) from None

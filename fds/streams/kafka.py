@@ -87,7 +87,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fds.cli import positive_float, positive_int
 from fds.engine import Engine
-from fds.errors import ConfigError, FdsError, StageError, ValidationError
+from fds.errors import ConfigError, FdsError, StageError, ValidationError, describe
 from fds.gcpolicy import Freezer
 from fds.metrics import NullMetrics, add_metrics_arguments, make_metrics, serve
 from fds.models.registry import write_atomic
@@ -1549,17 +1549,17 @@ class Runner:
                         self._waited("abort_transaction", self.producer.abort_transaction,
                                      time.monotonic() + WAIT_LOG_S)  # fmt: skip
                     raise FdsError(
-                        f"{what} failed under exactly-once ({type(exc).__name__}: {exc}); the "
+                        f"{what} failed under exactly-once ({describe(exc)}); the "
                         "transaction was aborted; restart to resume from the last commit"
                     ) from exc
                 if time.monotonic() + delay > deadline:
                     raise BrokerUnavailable(
                         f"{what} failed for {self.s.broker_timeout_s:.0f} s "
-                        f"({type(exc).__name__}: {exc}); is Kafka at {self.s.bootstrap} up?"
+                        f"({describe(exc)}); is Kafka at {self.s.bootstrap} up?"
                     ) from exc
                 if self._stop:
                     raise BrokerUnavailable(
-                        f"{what} failed ({type(exc).__name__}: {exc}); stopping as asked "
+                        f"{what} failed ({describe(exc)}); stopping as asked "
                         "without it (offsets are committed up to the last acknowledged batch)"
                     ) from exc
                 log.warning("%s failed (%s); retrying in %.1f s", what, exc, delay)
@@ -2055,7 +2055,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"fds run: error: {exc}", file=sys.stderr)
         return 2
     except (FdsError, KafkaError) as exc:
-        print(f"fds run: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"fds run: failed: {describe(exc)}", file=sys.stderr)
         return 1
     finally:
         close_engine(engine)
@@ -2081,7 +2081,7 @@ def _cmd_produce(args: argparse.Namespace) -> int:
         print(f"fds: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
-        print(f"fds: error: producing failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"fds: error: producing failed: {describe(exc)}", file=sys.stderr)
         return 1
     print(f"produced {n} records to {args.topic or settings.input_topic}", file=sys.stderr)
     return 0

@@ -45,7 +45,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from fds.errors import ConfigError, FdsError
+from fds.errors import ConfigError, FdsError, describe
 from fds.models.registry import write_atomic
 
 __all__ = [
@@ -197,7 +197,7 @@ class ClientErrors(logging.Handler):
         broker refused), else ``failed`` with the client's exception; then :meth:`hint`."""
         if isinstance(exc, ClientRefused):
             return f"Kafka at {bootstrap} refused the client: " + self.hint(default, protocol)
-        return f"{failed} ({type(exc).__name__}: {exc}); " + self.hint(default, protocol)
+        return f"{failed} ({describe(exc)}); " + self.hint(default, protocol)
 
     def hint(self, default: str, protocol: str = "PLAINTEXT") -> str:
         """What to check, from the last failure and the client's ``security_protocol``: the

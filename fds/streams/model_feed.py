@@ -51,7 +51,7 @@ from kafka import KafkaConsumer
 from kafka.errors import KafkaError
 from kafka.structs import TopicPartition
 
-from fds.errors import ArtifactError
+from fds.errors import ArtifactError, describe
 from fds.metrics import NullMetrics
 from fds.models.registry import KEY_ENV, Registry
 from fds.streams.kafka import KafkaSettings
@@ -145,7 +145,7 @@ class ModelFeed:
 
     def _reject(self, exc: Exception, where: str) -> str:
         self.metrics.model_swap("bad_announcement")
-        error = str(exc) if isinstance(exc, ArtifactError) else f"{type(exc).__name__}: {exc}"
+        error = str(exc) if isinstance(exc, ArtifactError) else f"{describe(exc)}"
         log.warning('rejected model announcement %s error="%s"', where, error)
         return "rejected"
 

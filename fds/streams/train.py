@@ -58,7 +58,7 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError, MessageSizeTooLargeError
 from kafka.structs import OffsetAndMetadata
 
-from fds.errors import ConfigError, FdsError
+from fds.errors import ConfigError, FdsError, describe
 from fds.metrics import NullMetrics, add_metrics_arguments, make_metrics, serve
 from fds.models import Publication, Registry, SqliteStore, Trainer, load_spec
 from fds.models.registry import DEFAULT_REGISTRY, ENTRY_FIELDS
@@ -630,7 +630,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"fds train: error: {exc}", file=sys.stderr)
         return 2
     except (FdsError, KafkaError) as exc:
-        print(f"fds train: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"fds train: failed: {describe(exc)}", file=sys.stderr)
         return 1
     finally:
         if server is not None:
