@@ -240,10 +240,10 @@ def _validated(
         try:
             out = parse(rec, zone)
         except ValidationError as e:  # (its label put back: a review found it lost)
-            raw_row = rec if truth is None or label is None else {**rec, label.column: truth}
-            dlq.append(
-                dead_letter(stage="validate", error=e, raw=raw_row, source=source, position=pos)
-            )
+            row = raw if isinstance(raw, dict) else rec  # as read: the file's own column names
+            if truth is not None and label is not None and label.column not in row:
+                row = {**row, label.column: truth}
+            dlq.append(dead_letter(stage="validate", error=e, raw=row, source=source, position=pos))
             continue
         if (
             stream is not None

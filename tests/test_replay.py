@@ -120,6 +120,23 @@ def test_a_row_that_fails_validation_keeps_its_label_in_the_dead_letter(tmp_path
     assert dead["stage"] == "validate" and dead["raw"]["FRAUD"] == 1
 
 
+def test_a_dead_letter_of_a_mapped_file_has_the_file_s_own_columns(tmp_path):
+    """Found by a review: its raw was the row renamed to engine fields (tx_id, ts, ...), not
+    the columns the user has to find and fix (Id, When, ...)."""
+    p = tmp_path / "x.csv"
+    p.write_text("Id,When,Card,Amt,F\na,2026-01-01T00:00:00,c,5,1\nb,01/01/2026,c,5,1\n")
+    mapping = ColumnMapping.model_validate(
+        {
+            "fields": {"tx_id": "Id", "ts": "When", "card_id": "Card", "amount": "Amt"},
+            "label": {"column": "F"},
+        }
+    )
+    dlq = ListSink()
+    replay.run(Engine(), replay.load(p, mapping=mapping), ListSink(), dlq)
+    (dead,) = dlq.items
+    assert dead["raw"] == {"Id": "b", "When": "01/01/2026", "Card": "c", "Amt": "5", "F": "1"}
+
+
 def test_an_unreadable_label_value_is_a_dead_letter_and_its_transaction_is_decided(tmp_path):
     """Before, "maybe" or 2 silently meant legitimate."""
     rows = [tx(0, T0, FRAUD="yes"), tx(1, T0 + 1, FRAUD="maybe"), tx(2, T0 + 2, FRAUD=2),

@@ -46,7 +46,9 @@ __all__ = [
 Format = Literal["csv", "jsonl", "parquet"]
 # A raw record: (position = 1-based line number, parsed dict or the error it raised, raw text;
 # bytes when some are not UTF-8)
-Record = tuple[int, "dict[str, Any] | Exception", "str | bytes | None"]
+#: ``(line, record | error, raw)``: ``raw`` is an unreadable record's own text, or the row as
+#: read (the file's own column names) when a mapping renamed it, else None.
+Record = tuple[int, "dict[str, Any] | Exception", "str | bytes | dict[str, Any] | None"]
 
 
 class LabelColumn(BaseModel):
@@ -345,7 +347,7 @@ def _read_jsonl(p: Path, mapping: ColumnMapping | None) -> Iterator[Record]:
         yield from records
         return
     for n, r, raw in itertools.chain(_probe(records, mapping, p), records):
-        yield n, mapping.apply(r) if isinstance(r, dict) else r, raw
+        yield (n, mapping.apply(r), r) if isinstance(r, dict) else (n, r, raw)
 
 
 def _probe(records: Iterator[Record], mapping: ColumnMapping, p: Path) -> list[Record]:
@@ -491,7 +493,7 @@ def _csv_records(p: Path, lines: _Lines, mapping: ColumnMapping | None) -> Itera
                     yield n, error, _text_or_bytes(raw.getvalue())
                     continue
                 rec = {k: v for k, v in zip(header, row, strict=True) if v != ""}
-                yield n, (mapping.apply(rec) if mapping is not None else rec), None
+                yield (n, mapping.apply(rec), rec) if mapping is not None else (n, rec, None)
             else:
                 return
         except csv.Error:  # a field over _FIELD_LIMIT: a quote left open, or else a fault
@@ -534,7 +536,7 @@ def _read_parquet(p: Path, mapping: ColumnMapping | None) -> Iterator[Record]:
             for rec in _microseconds(batch).to_pylist():
                 n += 1
                 rec = {k: v for k, v in rec.items() if v is not None}
-                yield n, (mapping.apply(rec) if mapping is not None else rec), None
+                yield (n, mapping.apply(rec), rec) if mapping is not None else (n, rec, None)
 
 
 def _microseconds(batch: Any) -> Any:

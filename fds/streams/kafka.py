@@ -1832,7 +1832,7 @@ def produce_file(
                 key = None if card is None else str(card).encode()
                 fut = producer.send(topic, value=dumps(rec), key=key)
             elif isinstance(rec, Exception):  # unreadable: the file's own bytes
-                value = raw if isinstance(raw, bytes) else (raw or "").encode()
+                value = raw if isinstance(raw, bytes) else str(raw or "").encode()
                 fut = producer.send(topic, value=value)
             else:  # JSON that is no object ([1, 2], 42, null): fds run says so, as fds replay
                 fut = producer.send(topic, value=dumps(rec))  # (it was sent empty: lost)
