@@ -206,7 +206,11 @@ class Metrics(Collector):
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self.stage_sample_every = max(1, stage_sample_every)
         self._countdown = 0  # events until the next timed one (0: time this one)
-        self._lock = threading.Lock()  # makes clear()+set() of the info gauges one step
+        # The info gauges, set by one assignment and turned into samples at scrape time (a
+        # Gauge's clear() then set() let a scrape in between see no series at all: a review).
+        self._info_model: tuple[str, str] | None = None
+        self._info_ruleset: str | None = None
+        self._info_demoted: tuple[tuple[str, str], ...] = ()
         self._rules_lock = threading.Lock()  # a drain of rule counts vs a scrape
 
         # hot, single-writer state (see the module docstring)
@@ -258,12 +262,6 @@ class Metrics(Collector):
             buckets=COMMIT_BUCKETS,
             registry=r,
         )
-        self._model_info = Gauge(
-            "fds_model_info",
-            "The champion model scoring now (value 1).",
-            ["version", "spec"],
-            registry=r,
-        )
         self._swaps = Counter(
             "fds_model_swaps_total", "Model hot-swaps attempted, by result.", ["result"], registry=r
         )
@@ -284,9 +282,6 @@ class Metrics(Collector):
         self._drift = Counter(
             "fds_drift_detected_total", "Concept drifts flagged by the drift detector.", registry=r
         )
-        self._ruleset_info = Gauge(
-            "fds_ruleset_info", "The ruleset deciding now (value 1).", ["version"], registry=r
-        )
         self._reloads = Counter(
             "fds_ruleset_reloads_total",
             "Ruleset reloads attempted, by result.",
@@ -296,12 +291,6 @@ class Metrics(Collector):
         self._demotions = Counter(
             "fds_guardrail_demotions_total",
             "Rules or models demoted to shadow by a rate circuit breaker.",
-            ["kind", "target"],
-            registry=r,
-        )
-        self._demoted_now = Gauge(
-            "fds_guardrail_demoted",
-            "1 for each rule or model in shadow by the breaker now (restored ones included).",
             ["kind", "target"],
             registry=r,
         )
@@ -464,9 +453,7 @@ class Metrics(Collector):
 
     def model_info(self, version: str, spec: str) -> None:
         """Record the champion now scoring; the previous info series is removed."""
-        with self._lock:
-            self._model_info.clear()
-            self._model_info.labels(version=version, spec=spec).set(1)
+        self._info_model = (version, spec)
 
     def model_swap(self, result: str) -> None:
         """Count one hot-swap attempt: ``ok`` or ``rejected`` (corrupt, unverified, failed
@@ -493,9 +480,7 @@ class Metrics(Collector):
 
     def ruleset_info(self, version: str) -> None:
         """Record the ruleset deciding now; the previous info series is removed."""
-        with self._lock:
-            self._ruleset_info.clear()
-            self._ruleset_info.labels(version=version).set(1)
+        self._info_ruleset = version
 
     def ruleset_reload(self, result: str) -> None:
         """Count one ruleset reload attempt (``ok`` or ``rejected``)."""
@@ -528,9 +513,7 @@ class Metrics(Collector):
     def demoted_now(self, demoted: Iterable[tuple[str, str]]) -> None:
         """Set who is demoted now: ``(kind, target)`` pairs (a demotion restored from a
         checkpoint is not counted again in ``fds_guardrail_demotions_total``, but shows here)."""
-        self._demoted_now.clear()
-        for kind, target in demoted:
-            self._demoted_now.labels(kind=kind, target=target).set(1)
+        self._info_demoted = tuple(demoted)
 
     def degraded(self, on: bool) -> None:
         """Enter (``True``) or leave (``False``) degraded mode (rules decide alone)."""
@@ -588,7 +571,7 @@ class Metrics(Collector):
 
         c = CounterMetricFamily(
             "fds_rule_errors",
-            "Rule evaluations that raised (the rule did not fire).",
+            "Rule evaluations that raised (an active rule's transaction is a dead letter).",
             labels=["rule"],
         )
         for rule, n in errors.items():
@@ -625,6 +608,20 @@ class Metrics(Collector):
         for entity, n in entities.items():
             g.add_metric([entity], float(n))
         yield g
+
+        for name, doc, labels, values in (
+            ("fds_model_info", "The champion model scoring now (value 1).",
+             ["version", "spec"], [self._info_model] if self._info_model else []),
+            ("fds_ruleset_info", "The ruleset deciding now (value 1).",
+             ["version"], [(self._info_ruleset,)] if self._info_ruleset else []),
+            ("fds_guardrail_demoted",
+             "1 for each rule or model in shadow by the breaker now (restored ones included).",
+             ["kind", "target"], self._info_demoted),
+        ):  # fmt: skip
+            g = GaugeMetricFamily(name, doc, labels=labels)
+            for value in values:
+                g.add_metric(list(value), 1.0)
+            yield g
 
         lag = self._event_lag
         # A gauge, not a histogram: live lag is seconds to minutes while a replay of history
