@@ -513,10 +513,9 @@ def test_a_catch_up_is_not_counted_as_decisions():
     assert total == 0 and engine.metrics is m
 
 
-def test_a_stop_shares_one_deadline_between_its_final_commit_checkpoint_and_close():
-    """What the final checkpoint took is not given again to the clients' close: the whole
-    stop stays within shutdown_timeout_s (the 10 s SIGTERM promise)."""
-    r = make_runner(shutdown_timeout_s=2.0)
+def closing_runner(**settings: Any) -> tuple[Runner, dict[str, float]]:
+    """A runner (connected already) whose clients note the timeout their close() was given."""
+    r = make_runner(**settings)
     closes: dict[str, float] = {}
 
     class Closing(Consumer):
@@ -529,6 +528,13 @@ def test_a_stop_shares_one_deadline_between_its_final_commit_checkpoint_and_clos
 
     r.consumer, r.producer = Closing(), ClosingProducer()
     r._connect = lambda: None  # type: ignore[method-assign]
+    return r, closes
+
+
+def test_a_stop_shares_one_deadline_between_its_final_commit_checkpoint_and_close():
+    """What the final checkpoint took is not given again to the clients' close: the whole
+    stop stays within shutdown_timeout_s (the 10 s SIGTERM promise)."""
+    r, closes = closing_runner(shutdown_timeout_s=2.0)
     r._loop = lambda max_idle_s: None  # type: ignore[method-assign]
     r.checkpoint = lambda force=False: time.sleep(1.5) or True  # type: ignore[method-assign]
     t0 = time.monotonic()
@@ -758,22 +764,11 @@ def test_a_run_ended_by_a_silent_broker_closes_its_clients_at_once():
     a review, for the 10 s promise."""
     from fds.streams.kafka import GONE_CLOSE_S, BrokerUnavailable
 
-    r = make_runner(shutdown_timeout_s=8.0)
-    closes: dict[str, float] = {}
-
-    class Closing(Consumer):
-        def close(self, autocommit: bool = True, timeout_ms: int | None = None) -> None:
-            closes["consumer"] = (timeout_ms or 0) / 1000
-
-    class ClosingProducer(Producer):
-        def close(self, timeout: float | None = None) -> None:
-            closes["producer"] = timeout or 0.0
+    r, closes = closing_runner(shutdown_timeout_s=8.0)
 
     def gone(max_idle_s: Any) -> None:
         raise BrokerUnavailable("stopping as asked: flush still had no answer")
 
-    r.consumer, r.producer = Closing(), ClosingProducer()
-    r._connect = lambda: None  # type: ignore[method-assign]
     r._loop = gone  # type: ignore[method-assign]
     with pytest.raises(BrokerUnavailable):
         r.run()
