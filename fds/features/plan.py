@@ -249,19 +249,6 @@ class FeaturePlan:
         """Entities held per entity type, e.g. ``{"card_id": 1203, "merchant_id": 88}``."""
         return {cg.g.entity: len(s) for cg, s in zip(self._groups, self.states, strict=True)}
 
-    def hold_watermark(self, t: float) -> None:
-        """Move the watermark back to ``t`` when it is ahead: events from ``t - grace`` on are
-        folded in again rather than late. For a restore that folded partitions up to where
-        different instances had decided them: the state holds one partition's events up to
-        day 2 and another's up to day 1, and the second one's day-1 records, still to decide,
-        would all be late (decided, not folded into any window). A card's events all come from
-        its own partition, so its windows stay in order; an entity seen on several (a
-        merchant) takes the older events in order through the reorder path. Trimming,
-        eviction and label expiry follow the watermark, so holding it back only delays them.
-        """
-        if t < self.watermark:
-            self.watermark = t
-
     def label_store_size(self) -> int:
         """Transactions currently attributable to a late label."""
         return len(self._labels)

@@ -1370,16 +1370,8 @@ class Runner:
             rebalances = self._rebalances
             answer_at = time.monotonic() + KEEPALIVE_S
             self._restoring = True
-            last: dict[int, float] = {}  # event time of the last record read, per partition
-
-            def parse(msg: Any) -> Mapping[str, Any] | None:
-                tx = self._parsed(msg)
-                if tx is not None:
-                    last[msg.partition] = tx["ts"]
-                return tx
-
             for i, tx in enumerate(
-                read_merged(reader, ranges, parse, timeout_s=self.s.broker_timeout_s)
+                read_merged(reader, ranges, self._parsed, timeout_s=self.s.broker_timeout_s)
             ):
                 if self._stop:  # SIGTERM mid-way: the state is partial, nothing is kept of it
                     pos.clear()
@@ -1392,7 +1384,6 @@ class Runner:
                     if self._rebalances != rebalances:
                         self._restart_restore(f"{what} interrupted by a rebalance")
                         return committed
-            self._hold_watermark(reader, ranges, last)
         finally:
             self._restoring = False
             self.engine.discard_counts()
@@ -1453,30 +1444,6 @@ class Runner:
         self._unresolved |= assigned
         log.info("%s; restoring the state again for partitions %s", why,
                  sorted(self._unresolved) if not self._joining else "assigned next")  # fmt: skip
-
-    def _hold_watermark(
-        self, reader: Any, ranges: Mapping[Any, tuple[int, int]], last: Mapping[int, float]
-    ) -> None:
-        """After a restore: hold the feature watermark back to the event time of the partition
-        furthest behind among those with input left to decide. Partitions decided by
-        different instances end at different event times (one decided to day 2, another to
-        day 1 when it moved here), and the watermark of the fold is the newest of them: every
-        record still to decide of the others was late (a review: 12,251 of 40,285 decisions
-        flagged late after a handover, their cards' windows missing them)."""
-        hold = getattr(getattr(self.engine, "features", None), "hold_watermark", None)
-        if hold is None or not last:
-            return
-        try:
-            ends = reader.end_offsets(list(ranges))
-        except Exception:  # not knowing what is left only leaves the watermark where it is
-            return
-        behind = [
-            last[tp.partition]
-            for tp, (_, end) in ranges.items()
-            if tp.partition in last and end < ends.get(tp, end)
-        ]
-        if behind:
-            hold(min(behind))
 
     def _report(self) -> None:
         """About once a second: the lag of every assigned partition (records not decided yet),
