@@ -354,7 +354,8 @@ class Metrics(Collector):
         d[rule] = d.get(rule, 0) + n
 
     def rule_error(self, rule: str, n: int = 1) -> None:
-        """Count ``n`` evaluations of ``rule`` that raised (so the rule did not fire)."""
+        """Count ``n`` evaluations of ``rule`` that raised (an active rule's transaction is then
+        a dead letter, a shadow rule's is decided)."""
         d = self._errors
         d[rule] = d.get(rule, 0) + n
 

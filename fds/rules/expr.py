@@ -14,8 +14,10 @@ handful of helper functions, and compiled with an empty ``__builtins__``. A rule
 all its rules into ONE function (see :func:`build_evaluator`), so evaluating 100 rules costs one
 Python call plus the comparisons themselves.
 
-At run time a name that is missing (absent or ``None``) makes the rule not fire and is counted;
-so are arithmetic errors (division by zero, ``log(0)``) and type errors on ``extra`` values.
+At run time a name that is missing (absent or ``None``, an ``extra`` value NaN, or text that is
+no number where one is used) makes the rule not fire and is counted; an arithmetic error
+(division by zero, ``log(0)``) or a type error is counted too, and an active rule's makes the
+transaction a dead letter (:class:`fds.errors.RuleError`).
 
 >>> e = compile_expr("amount > 3 * avg and country not in ['KR', 'JP']",
 ...                  {"amount": NUM, "avg": NUM, "country": STR})
@@ -42,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fds.errors import ConfigError, RuleError
+from fds.features.codegen import num
 
 __all__ = [
     "ANY",
@@ -104,34 +107,44 @@ class MissingName(Exception):
 
 
 def _num(x: Any) -> Any:
-    """Guards arithmetic on ``extra.*`` values of unknown type: a number, or text that reads as
-    a finite one (a CSV file's columns are text); other text or a list must not be multiplied
-    (``extra.s * 10**9`` would build a gigabyte string).
+    """An ``extra.*`` value used as a number (arithmetic, or ordered against a number): a
+    number; text that reads as a finite number is that number (a CSV file's columns are text);
+    other text is missing (:class:`MissingName`: the rule does not fire), as the features read
+    it ("NA", "nan", "high"); a list or a mapping is an error (it must not be multiplied:
+    ``extra.s * 10**9`` would build a gigabyte string).
 
     >>> _num(7), _num("7.5")
     (7, 7.5)
-    >>> _num("abc")
+    >>> _num("NA")
     Traceback (most recent call last):
-    TypeError: not a number: str
+    fds.rules.expr.MissingName: NA
+    >>> _num([1])
+    Traceback (most recent call last):
+    TypeError: not a number: list
     """
     if type(x) is int or type(x) is float or type(x) is bool:
         return x
-    if type(x) is str and (v := _coerce(x)) is not x:
-        return v
+    if type(x) is str:
+        v = num(x)
+        if v == v:
+            return v
+        raise MissingName(x)
     raise TypeError(f"not a number: {type(x).__name__}")
 
 
 def _coerce(x: Any) -> Any:
-    """An ``extra.*`` value compared with a number (or ordered): text that reads as a finite
-    number is that number (``"7" > 5`` holds, ``"7" == 7`` too: a CSV file's columns are
-    text, a JSON file's numbers are numbers); anything else is left as it is."""
+    """An ``extra.*`` value compared for equality with a number: text that reads as a finite
+    number is that number (``"7" == 7`` holds); anything else is left as it is."""
     if type(x) is str:
-        try:
-            v = float(x)
-        except ValueError:
-            return x
-        return v if v - v == 0.0 else x
+        v = num(x)
+        return v if v == v else x
     return x
+
+
+def _isin(x: Any, items: frozenset[Any]) -> bool:
+    """``x in items`` for an ``extra.*`` value and a list with numbers: as written, or as the
+    number its text reads as (``"7" in [7, "007"]`` and ``"007" in [7, "007"]`` both hold)."""
+    return x in items or _coerce(x) in items
 
 
 def _len(x: Any) -> int:
@@ -372,15 +385,18 @@ class _Checker:
                 raise self.fail(node, f"{type(op).__name__} comparison is not allowed: use == !=")
             if sym in ("in", "not in"):
                 src, rt = self.literal_list(right, left_t)
-                if left_t == ANY and rt == "numbers":  # extra.code in [1, 2] reads "1" too
-                    out[-1] = f"_coerce({out[-1]})"
+                if left_t == ANY and rt == "numbers" and len(node.ops) == 1:
+                    neg = "not " if sym == "not in" else ""  # extra.code in [1, 2] reads "1"
+                    return f"({neg}_isin({out[-1]}, {src}))", BOOL
             else:
                 src, rt = self.visit(right, d)
-                ordered = sym not in ("==", "!=")  # numeric text compares as its number
-                if left_t == ANY and (ordered or rt == NUM) and not out[-1].startswith("_coerce"):
-                    out[-1] = f"_coerce({out[-1]})"
-                if rt == ANY and (ordered or left_t == NUM):
-                    src = f"_coerce({src})"
+                # An extra value against a number: its text read as a number; ordered, text
+                # that is no number is missing (as the features read it), not an error.
+                conv = "_coerce" if sym in ("==", "!=") else "_num"
+                if left_t == ANY and rt == NUM and not out[-1].startswith("_"):
+                    out[-1] = f"{conv}({out[-1]})"
+                if rt == ANY and left_t == NUM:
+                    src = f"{conv}({src})"
                 if {left_t, rt} in ({STR, NUM}, {STR, BOOL}):
                     raise self.fail(right, f"compares text with a number ({left_t} {sym} {rt})")
                 if MIXED in (left_t, rt) and sym not in ("==", "!="):
@@ -486,6 +502,8 @@ def parse_expr(
         consts["_num"] = _num
     if "_coerce(" in code:
         consts["_coerce"] = _coerce
+    if "_isin(" in code:
+        consts["_isin"] = _isin
     return code, typ, tuple(checker.names), consts
 
 
@@ -624,6 +642,8 @@ def build_evaluator(
             f"{indent}try:",
             f"{indent}    if {p.expr.code}:",
             f"{indent}        _hits.append(_copy(_H{i}))",
+            f"{indent}except _Missing:",  # (text that is no number, used as one)
+            f"{indent}    _MISS[{i}] += 1",
             f"{indent}except _RUNTIME_ERRORS as e:",
             f"{indent}    _ERR[{i}] += 1",
         ]

@@ -406,15 +406,17 @@ def test_thresholds_and_scores_that_are_typos_are_errors(policy, rule_score, fra
 def test_numeric_text_in_extra_compares_as_its_number() -> None:
     """A CSV file's unmapped columns are text: `extra.risk > 5` never fired on them (and, once
     a raising rule made a dead letter, would have dead-lettered every row), while its inline
-    test, given a YAML number, passed."""
+    test, given a YAML number, passed. Text that is no number, used as one, is missing, as the
+    features read it (a review: "NaN", "NA", " " dead-lettered rows the features read)."""
     rs = load("""\
         version: "1"
         rules:
           - {id: gt, when: extra.risk > 5, action: review, score: 0.5, reason: r}
           - {id: eq, when: extra.code == 7, action: review, score: 0.5, reason: r}
-          - {id: inl, when: "extra.code in [1, 7]", action: review, score: 0.5, reason: r}
+          - {id: inl, when: "extra.code in [1, 7, '007']", action: review, score: 0.5, reason: r}
           - {id: ar, when: extra.risk * 2 > 13, action: review, score: 0.5, reason: r}
           - {id: txt, when: extra.code == "7", action: review, score: 0.5, reason: r}
+          - {id: two, when: extra.app < extra.min_app, action: review, score: 0.5, reason: r}
         """)
 
     def hits(extra: dict) -> list[str]:
@@ -423,8 +425,15 @@ def test_numeric_text_in_extra_compares_as_its_number() -> None:
     assert hits({"risk": "7", "code": "7"}) == ["gt", "eq", "inl", "ar", "txt"]
     assert hits({"risk": 7, "code": 7}) == ["gt", "eq", "inl", "ar"]
     assert hits({"risk": "1", "code": "x"}) == []
+    assert hits({"code": "007"}) == ["eq", "inl"]  # as written or as its number
+    for missing in ("NA", "NaN", "1e999", " ", "high"):
+        before = rs.missing_counts["gt"]
+        assert hits({"risk": missing}) == [], missing  # neither a hit nor a dead letter
+        assert rs.missing_counts["gt"] == before + 1
+    # two extra values are compared as they are (text with text, as before)
+    assert hits({"app": "10", "min_app": "9"}) == ["two"]
     with pytest.raises(RuleError, match="rule gt raised TypeError"):
-        hits({"risk": "high"})  # text that is no number, ordered against one
+        hits({"risk": [1, 2]})  # a list used as a number is an error
 
 
 def test_a_version_written_as_a_date_is_told_to_be_quoted() -> None:
