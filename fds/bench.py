@@ -257,6 +257,7 @@ def run_precision(
     ``ceiling_ref``: also report the hindsight ceiling (:func:`_ceiling`) and a perfect ranker.
     """
     from fds.engine import Engine
+    from fds.errors import ConfigError, StageError
     from fds.features import FeaturePlan
     from fds.models.inputs import without_rule_inputs
     from fds.models.scorer import ModelServer
@@ -329,7 +330,14 @@ def run_precision(
             frozen_version = f"trainer@day{warmup_days} ({server.version} serving)"
             train_rows = len(rows)
             known_at_warm = {lab["tx_id"] for lab in labels[:li] if lab["is_fraud"]}
-        d = engine.decide(tx)
+        try:
+            d = engine.decide(tx)
+        except StageError as e:  # (a dead letter in production: every variant must see it)
+            raise ConfigError(
+                f"transaction {tx['tx_id']}: {e}; the benchmark compares every transaction's "
+                "scores, so none may be a dead letter: guard the rule (e.g. `avg > 0 and "
+                "amount / avg > 3`) or pass other --rules"
+            ) from None
         x = server._last[1] if server._last is not None else {}
         if not mspec.inputs.reads_rules:  # the static model reads what the River model reads
             x = without_rule_inputs(x)

@@ -273,3 +273,17 @@ def test_a_users_file_does_not_overwrite_the_committed_report(
     monkeypatch.setattr("fds.bench.run_precision", lambda **kw: seen.update(kw))
     args = _cli(argv)
     assert args.func(args) == 0 and seen["name"] == name
+
+
+def test_a_rule_that_raises_is_a_usage_error_naming_it(tmp_path: Path) -> None:
+    """An active rule that raises makes a dead letter; the benchmark compares every
+    transaction's scores, so it says which rule and transaction (it failed on a RuleError)."""
+    rules = tmp_path / "r.yaml"
+    rules.write_text(
+        "version: r\nrules:\n"
+        "  - {id: night_ratio, when: amount / hour > 100000, action: review, score: 0.5, "
+        "reason: r}\n"
+    )
+    with pytest.raises(ConfigError, match=r"rule night_ratio raised ZeroDivisionError.*guard"):
+        run_precision(days=3, cards=300, merchants=100, drift_day=None, warmup_days=1, seed=1,
+                      rules=str(rules), out_dir=tmp_path, progress=False, echo=False)  # fmt: skip
