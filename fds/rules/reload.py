@@ -39,13 +39,15 @@ __all__ = ["ReloadingRuleset"]
 
 log = logging.getLogger("fds.rules")
 # The watched file's stat while it cannot be read (deleted, moved away).
-_GONE = (-1, -1, -1, -1)
+_GONE = (-1, -1, -1, -1, -1)
+_Key = tuple[int, int, int, int, int]
 
 
-def _key(st: os.stat_result) -> tuple[int, int, int, int]:
-    """What says a file changed: size and mtime, and the inode for a replacement made with the
-    old file's size and mtime (``cp -p``, ``rsync -t`` and ``tar x`` keep the mtime)."""
-    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+def _key(st: os.stat_result) -> _Key:
+    """What says a file changed: size and mtime; the inode for a replacement made with the
+    old file's size and mtime (``cp -p``, ``rsync -t`` and ``tar x`` keep the mtime); the
+    ctime for a chmod that makes an unreadable file readable (rejected once, it stayed so)."""
+    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, st.st_ctime_ns)
 
 
 class ReloadingRuleset:
@@ -86,11 +88,11 @@ class ReloadingRuleset:
         self.path = Path(path)
         self.poll_seconds = poll_seconds
         self.settle_seconds = poll_seconds if settle_seconds is None else settle_seconds
-        self._seen: tuple[tuple[int, int, int, int], float] | None = None  # a change, since when
+        self._seen: tuple[_Key, float] | None = None  # a change, since when
         self.on_result = on_result
         self.counts = {"ok": 0, "rejected": 0, "unchanged": 0}
         self.last_error: Exception | None = None
-        self._stat: tuple[int, int, int, int] | None = None
+        self._stat: _Key | None = None
         self._digest: bytes | None = None
         text, self._stat, self._digest = self._read()
         self.current: Ruleset = load_ruleset_text(text, str(self.path), run_tests=True)
@@ -144,7 +146,7 @@ class ReloadingRuleset:
         return missing, errors
 
     # -- the watcher ----------------------------------------------------------------------
-    def _read(self) -> tuple[str, tuple[int, int, int, int], bytes]:
+    def _read(self) -> tuple[str, _Key, bytes]:
         try:
             st = os.stat(self.path)
             data = self.path.read_bytes()
@@ -203,7 +205,7 @@ class ReloadingRuleset:
                 self.on_result("ok", new, None)
             return "ok"
 
-    def _settled(self, key: tuple[int, int, int, int]) -> bool:
+    def _settled(self, key: _Key) -> bool:
         """Whether the file has looked like ``key`` for ``settle_seconds`` (a writer still at
         it changes its size or mtime in between)."""
         if self.settle_seconds <= 0:

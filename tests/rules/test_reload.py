@@ -6,6 +6,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -400,3 +401,23 @@ def test_metrics_can_watch_a_reloading_ruleset(tmp_path: Path) -> None:
     m.watch_ruleset(lambda: rs)
     rs.evaluate({"tx_id": "t", "ts": 0.0, "extra": {}})  # no amount: the rule's name is missing
     assert m.registry.get_sample_value("fds_rule_missing_inputs_total", {"rule": "big"}) == 1.0
+
+
+def test_a_file_made_readable_again_is_read(tmp_path: Path) -> None:
+    """Rejected once while it could not be read, a file then made readable by a chmod (same
+    size, mtime and inode) was never read again (a review)."""
+    p = tmp_path / "r.yaml"
+    p.write_text(rules("v1", 100))
+    rs = ReloadingRuleset(p, start=False, settle_seconds=0)
+    write(p, rules("v2", 100))
+    read = rs._read
+
+    def denied() -> Any:
+        raise ConfigError("cannot read the rules file: Permission denied", where=str(p))
+
+    rs._read = denied  # type: ignore[method-assign]
+    assert rs.check_now() == "rejected"
+    assert rs.check_now() == "unchanged"  # said once
+    rs._read = read  # type: ignore[method-assign]
+    os.chmod(p, 0o644)  # the fix: ctime moves, nothing else
+    assert rs.check_now() == "ok" and rs.current.version == "v2"
