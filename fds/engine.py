@@ -144,6 +144,7 @@ class Engine:
         self._per_rule = bool(getattr(model, "reads_rule_ids", self._stacked))
         self._clock = clock
         self._perf = time.perf_counter
+        self._quiet_ok = bool(getattr(rules, "takes_quiet", False))
 
     def decide(self, tx: Mapping[str, Any]) -> dict[str, Any]:
         """Decide one validated transaction. Raises :class:`StageError` naming the stage."""
@@ -166,7 +167,10 @@ class Engine:
                     t = _lap(m, stage, t, perf)
             stage = "rules"
             if self.rules is not None:
-                hits = self.rules.evaluate(tx, feats)
+                if self.demoted and self._quiet_ok:  # a demoted rule that raises: no effect
+                    hits = self.rules.evaluate(tx, feats, quiet=self.demoted)  # type: ignore[call-arg]
+                else:
+                    hits = self.rules.evaluate(tx, feats)
                 if self.demoted:
                     self._lift_edited()
                 if self.demoted and hits:

@@ -405,3 +405,23 @@ def test_a_nan_score_is_a_model_failure_not_a_score(guarded: bool) -> None:
     if guard is not None:
         e.decide(tx)
         assert guard.degraded  # two failures in a row open the guard
+
+
+def test_a_rule_demoted_to_shadow_that_raises_has_no_effect() -> None:
+    """An active rule that raises makes a dead letter; one the breaker demoted to shadow still
+    did (a shadow rule's error is only counted: a review)."""
+    from fds.engine import Engine
+    from fds.errors import StageError
+    from fds.rules.ruleset import load_ruleset_text
+
+    rules = load_ruleset_text(
+        "version: v\nrules:\n"
+        "  - {id: ratio, when: amount / extra.base > 3, action: decline, score: 0.9, reason: r}\n"
+    )
+    e = Engine(rules=rules)
+    tx = {"tx_id": "t", "ts": 0.0, "card_id": "c", "amount": 100.0, "extra": {"base": 0}}
+    with pytest.raises(StageError, match="rule ratio raised ZeroDivisionError"):
+        e.decide(tx)
+    e.demoted.add("ratio")  # as the rate breaker does
+    assert e.decide(tx)["action"] == "approve"
+    assert rules.error_counts == {"ratio": 2}

@@ -568,19 +568,20 @@ def build_evaluator(
     tx_names: Iterable[str],
     clock: Callable[[float], tuple[int, int, bool, bool]] | None,
 ) -> tuple[
-    Callable[[Mapping[str, Any], Mapping[str, Any]], list[dict[str, Any]]],
+    Callable[..., list[dict[str, Any]]],
     list[int],
     list[int],
     str,
 ]:
-    """Combine compiled rules into ONE function ``evaluate(tx, features) -> hits``.
+    """Combine compiled rules into ONE function ``evaluate(tx, features, quiet=()) -> hits``.
 
     Names in ``tx_names`` (and ``extra.*``) are read from ``tx``, built-ins are computed from
     ``tx['ts']`` with ``clock`` (unless ``features`` supplies them, as inline tests do), all
     other names come from ``features``. Returns the function, the per-rule counters of
     missing-name non-fires and of run-time errors (lists updated in place), and the source. A
     rule whose names are missing does not fire; an active rule that raises (``RUNTIME_ERRORS``)
-    raises :class:`fds.errors.RuleError`, a shadow rule's error is only counted.
+    raises :class:`fds.errors.RuleError`, a shadow rule's error is only counted, and so is that
+    of an active rule named in ``quiet`` (demoted to shadow by the guardrails).
     """
     tx_names = set(tx_names)
     builtins = ("hour", "weekday", "is_night", "is_weekend")
@@ -588,7 +589,7 @@ def build_evaluator(
     for p in plans:
         used.update(dict.fromkeys(p.expr.names))
     ns: dict[str, Any] = {"_clock": clock, "_NOCAL": (None, None, None, None)}
-    lines = ["def _evaluate(t, f):", "    _hits = []", "    _f = f.get", "    _t = t.get"]
+    lines = ["def _evaluate(t, f, _q=_NOQ):", "    _hits = []", "    _f = f.get", "    _t = t.get"]
     if any(n.startswith("extra.") for n in used):
         lines.append("    _e = _t('extra') or _EMPTY")
         ns["_EMPTY"] = {}
@@ -627,7 +628,12 @@ def build_evaluator(
     missing = [0] * len(plans)
     errors = [0] * len(plans)
     ns.update(
-        _MISS=missing, _ERR=errors, _RUNTIME_ERRORS=RUNTIME_ERRORS, _copy=dict, _RuleError=RuleError
+        _MISS=missing,
+        _ERR=errors,
+        _RUNTIME_ERRORS=RUNTIME_ERRORS,
+        _copy=dict,
+        _RuleError=RuleError,
+        _NOQ=frozenset(),
     )
     for i, p in enumerate(plans):
         ns.update(p.expr.consts)
@@ -648,7 +654,9 @@ def build_evaluator(
             f"{indent}    _ERR[{i}] += 1",
         ]
         if p.hit.get("state") == "active":
-            lines.append(f"{indent}    raise _RuleError({p.hit.get('id')!r}, e) from e")
+            rid = p.hit.get("id")  # (one the guardrails demoted to shadow: counted only)
+            lines.append(f"{indent}    if {rid!r} not in _q:")
+            lines.append(f"{indent}        raise _RuleError({rid!r}, e) from e")
     lines.append("    return _hits")
     source = "\n".join(lines)
     full_ns = _namespace(ns)

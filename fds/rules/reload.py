@@ -27,7 +27,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -111,8 +111,13 @@ class ReloadingRuleset:
             self.start()
 
     # -- the hot path ---------------------------------------------------------------------
+    takes_quiet = True  # (see Ruleset.evaluate)
+
     def evaluate(
-        self, tx: Mapping[str, Any], features: Mapping[str, Any] | None = None
+        self,
+        tx: Mapping[str, Any],
+        features: Mapping[str, Any] | None = None,
+        quiet: Collection[str] = frozenset(),
     ) -> list[dict[str, Any]]:
         """Hits of the ruleset in force; ``version`` then names the ruleset that produced them."""
         rs = self.current  # read the reference once: one event, one ruleset
@@ -121,7 +126,7 @@ class ReloadingRuleset:
             self._retired.append(self.applied)  # its skip counts are still to be drained
             self.applied = rs
         self.version = rs.version
-        return rs.evaluate(tx, features)
+        return rs.evaluate(tx, features, quiet)
 
     @property
     def missing_counts(self) -> dict[str, int]:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, tzinfo
 from pathlib import Path
@@ -522,15 +522,23 @@ class Ruleset:
         fn, self._missing, self._errors, self.code = build_evaluator(plans, TX_TYPES, self.clock)
         self._fn = fn
 
+    #: ``evaluate`` takes ``quiet`` (the engine passes the rules its guardrails demoted).
+    takes_quiet = True
+
     def evaluate(
-        self, tx: Mapping[str, Any], features: Mapping[str, Any] | None = None
+        self,
+        tx: Mapping[str, Any],
+        features: Mapping[str, Any] | None = None,
+        quiet: Collection[str] = frozenset(),
     ) -> list[dict[str, Any]]:
         """Hits ``[{id, action, score, reason, state}]`` of active and shadow rules, in file order.
 
         ``tx`` is a validated transaction (``ts`` in epoch seconds, ``extra`` a dict);
-        ``features`` its feature snapshot. A rule whose names are missing does not fire.
+        ``features`` its feature snapshot. A rule whose names are missing does not fire; an
+        active rule that raises raises :class:`fds.errors.RuleError`, unless it is in ``quiet``
+        (demoted to shadow: it has no effect, so its error is only counted).
         """
-        return self._fn(tx, features if features is not None else _EMPTY)
+        return self._fn(tx, features if features is not None else _EMPTY, quiet)
 
     def where(self, *loc: Any) -> str:
         """``file:line:column`` of the value at ``loc`` in the file (``"features", 2``), or of
