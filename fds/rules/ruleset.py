@@ -165,13 +165,18 @@ class PolicySpec(_Strict):
 
     # Strict: `true` or "0.5" is a typo, not a number; 0 would review or decline everything.
     decline_at: float = Field(default=0.9, gt=0, le=1, strict=True, allow_inf_nan=False)
-    review_at: float = Field(default=0.5, gt=0, le=1, strict=True, allow_inf_nan=False)
+    review_at: float = Field(default=0.5, ge=0, le=1, strict=True, allow_inf_nan=False)
     alert_budget_per_day: int | None = Field(default=None, gt=0, strict=True)
 
     @model_validator(mode="after")
     def _ordered(self) -> PolicySpec:
         if self.review_at > self.decline_at:
             raise ValueError("review_at must be <= decline_at")
+        if self.review_at == 0 and self.alert_budget_per_day is None:
+            raise ValueError(
+                "review_at 0 sends every transaction to review: give a threshold > 0, or an "
+                "alert_budget_per_day to let the budget alone set it"
+            )
         return self
 
 

@@ -386,6 +386,7 @@ def test_yaml_merge_keys_work_as_in_any_yaml_reader() -> None:
     ("policy", "rule_score", "fragment"),
     [
         ("{decline_at: 0, review_at: 0}", "0.5", "greater than 0"),  # declined everything
+        ("{review_at: 0}", "0.5", "review_at 0 sends every transaction to review"),
         ("{review_at: 0.5}", "true", "valid number"),  # loaded as 1.0
         ("{review_at: 0.5}", '"0.5"', "valid number"),
         ("{review_at: 0.5, alert_budget_per_day: true}", "0.5", "valid integer"),  # as 1
@@ -440,3 +441,9 @@ def test_a_version_written_as_a_date_is_told_to_be_quoted() -> None:
     """It said only "Input should be a valid string" (the 1.10 and 0105 cases said to quote)."""
     with pytest.raises(ConfigError, match=r'r.yaml:1:10: .* quote it \(version: "2026-11-22"\)'):
         load_ruleset_text("version: 2026-11-22\nrules: []\n", "r.yaml")
+
+
+def test_review_at_0_with_a_budget_lets_the_budget_decide() -> None:
+    """Valid before, refused by the stricter thresholds (a review)."""
+    rs = load_ruleset_text('version: "1"\npolicy: {review_at: 0, alert_budget_per_day: 50}\n')
+    assert rs.policy.review_at == 0 and rs.policy.alert_budget_per_day == 50
