@@ -245,6 +245,16 @@ def test_a_first_transaction_dated_far_ahead_does_not_turn_the_budget_off() -> N
     a, b = by_day(_reviews_per_hour(clean)), by_day(_reviews_per_hour(poisoned))
     assert all(abs(a[d] - b[d]) <= 2 for d in range(1, 4)), (a, b)
 
+    # stale events after a real history do not start it again (a review: two events three days
+    # behind wiped two days of history)
+    budget = AlertBudget(100)
+    for score, ts in _traffic(2):
+        budget.observe(score, ts)
+    first, threshold = budget._first_ts, budget.threshold()
+    for _ in range(2):
+        budget.observe(0.5, T0 - 3 * 86400)
+    assert budget._first_ts == first and budget.threshold() == threshold
+
 
 def test_round_to_is_round_bit_for_bit():
     """Random values of each range it serves (scores, latencies), exact decimals, ties and their
