@@ -14,7 +14,14 @@ import importlib as _importlib
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 from typing import Any as _Any
 
-from fds.errors import ArtifactError, ConfigError, FdsError, StageError, ValidationError
+from fds.errors import (
+    ArtifactError,
+    ConfigError,
+    FdsError,
+    RuleError,
+    StageError,
+    ValidationError,
+)
 
 if _TYPE_CHECKING:
     from fds.engine import Engine
@@ -44,10 +51,14 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> _Any:
-    try:
-        module, attr = _LAZY[name]
-    except KeyError:
-        raise AttributeError(f"module 'fds' has no attribute {name!r}") from None
+    if name not in _LAZY:  # a submodule (fds.engine, ...), as when the names were imported
+        try:
+            return _importlib.import_module(f"fds.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"fds.{name}":  # the submodule exists; something it imports does not
+                raise
+            raise AttributeError(f"module 'fds' has no attribute {name!r}") from None
+    module, attr = _LAZY[name]
     value = getattr(_importlib.import_module(module), attr)
     globals()[name] = value  # once: later lookups do not come here
     return value
@@ -63,6 +74,7 @@ __all__ = [
     "Label",
     "ReplayInput",
     "ReplaySummary",
+    "RuleError",
     "StageError",
     "Transaction",
     "ValidationError",

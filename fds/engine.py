@@ -85,6 +85,17 @@ def _as_shadow(hit: dict[str, Any]) -> dict[str, Any]:
     return {**hit, "state": "shadow", "demoted": True}
 
 
+class _NaNScore(ValueError):
+    """A model scored NaN: no score to act on."""
+
+
+def _scored(model: Any, tx: Mapping[str, Any], feats: Mapping[str, Any]) -> Any:
+    result = model.score(tx, feats)
+    if result[0] != result[0]:
+        raise _NaNScore(f"model {result[1]} scored NaN")
+    return result
+
+
 def _lap(m: Any, stage: str, t: float, perf: Callable[[], float]) -> float:
     now = perf()
     m.stage_time(stage, now - t)
@@ -256,19 +267,17 @@ class Engine:
         model, guard = self.model, self.guard
         assert model is not None
         if guard is None:
-            result = model.score(tx, feats)
-            if result[0] != result[0]:  # NaN: no score to act on, as a model that failed
+            try:
+                return _scored(model, tx, feats)
+            except _NaNScore:  # no score to act on, as a model that failed
                 self._fallback("error")
                 flags.append("degraded")
                 return None, None
-            return result
         degraded = True  # a model that failed or is bypassed (not one with no version yet)
         if guard.allow():
             t = self._perf()
             try:
-                result = model.score(tx, feats)
-                if result[0] != result[0]:
-                    raise ValueError(f"model {result[1]} scored NaN")
+                result = _scored(model, tx, feats)
             except Exception as e:  # a failing model degrades to rules alone, never stalls
                 result = (None, None)
                 guard.failure(e)

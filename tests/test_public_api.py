@@ -1,5 +1,7 @@
 import types
 
+import pytest
+
 import fds
 
 
@@ -13,3 +15,10 @@ def test_all_is_exactly_the_public_names():
     assert fds.__all__ == sorted(fds.__all__)
     for name in fds.__all__:
         assert getattr(fds, name).__doc__, f"{name} has no docstring"
+
+
+def test_the_lazy_package_still_reaches_its_submodules():
+    """`import fds; fds.engine` worked while the package imported its names at once."""
+    assert fds.engine.Engine is fds.Engine
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        fds.nope  # noqa: B018
