@@ -488,8 +488,8 @@ class Ruleset:
     ----------
     version, spec, path, tz, rules (all, including paused), features, policy
     missing_counts, error_counts
-        Per rule id: times it did not fire because a name was missing / a run-time error
-        (division by zero, log of 0, wrong type in ``extra``).
+        Per rule id: times it did not fire because a name was missing / times it raised
+        (division by zero, log of 0; an active rule's transaction is then a dead letter).
     """
 
     def __init__(
