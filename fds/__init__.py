@@ -52,6 +52,8 @@ _LAZY = {
 
 def __getattr__(name: str) -> _Any:
     if name not in _LAZY:  # a submodule (fds.engine, ...), as when the names were imported
+        if name.startswith("_") or "." in name:  # (hasattr(fds, "__main__") ran the CLI)
+            raise AttributeError(f"module 'fds' has no attribute {name!r}")
         try:
             return _importlib.import_module(f"fds.{name}")
         except ModuleNotFoundError as e:

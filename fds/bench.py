@@ -333,10 +333,14 @@ def run_precision(
         try:
             d = engine.decide(tx)
         except StageError as e:  # (a dead letter in production: every variant must see it)
+            fix = (
+                "guard the rule (e.g. `avg > 0 and amount / avg > 3`) or pass other --rules"
+                if e.stage == "rules"
+                else "fix the input or the stage"
+            )
             raise ConfigError(
                 f"transaction {tx['tx_id']}: {e}; the benchmark compares every transaction's "
-                "scores, so none may be a dead letter: guard the rule (e.g. `avg > 0 and "
-                "amount / avg > 3`) or pass other --rules"
+                f"scores, so none may be a dead letter: {fix}"
             ) from None
         x = server._last[1] if server._last is not None else {}
         if not mspec.inputs.reads_rules:  # the static model reads what the River model reads

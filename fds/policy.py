@@ -179,13 +179,14 @@ class AlertBudget:
         An event more than a window ahead of the budget's clock moves it only when the next
         one does too (a real gap in traffic): a single record dated a year ahead would have
         put every later event in one slot that never leaves the window. Likewise two events in
-        a row more than a window behind a clock that has no history but its first event start
-        it again at their time: the first event sets the clock, and one dated a year ahead had
-        set it there for good (stale events after a real history leave it alone).
+        a row more than a window behind a clock with less than a warm-up of history start it
+        again at their time: the first events set the clock, and one dated a year ahead had set
+        it there for good (stale events after a real history leave it alone).
         """
         if ts < self._slot_end:
             if ts < self._far_behind:
-                if self._behind and self._total.sum() <= 2:
+                first = self._first_ts if self._first_ts is not None else -math.inf
+                if self._behind and self._slot_end - first <= self.warmup:  # (young history)
                     self._restart()  # the clock was the outlier: this event starts it again
                 else:
                     self._behind = True  # counted where the clock is; the next event decides

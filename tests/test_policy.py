@@ -245,6 +245,11 @@ def test_a_first_transaction_dated_far_ahead_does_not_turn_the_budget_off() -> N
     a, b = by_day(_reviews_per_hour(clean)), by_day(_reviews_per_hour(poisoned))
     assert all(abs(a[d] - b[d]) <= 2 for d in range(1, 4)), (a, b)
 
+    # nor two of them at the start (a review: the clock stayed there, the threshold 0 for good)
+    poisoned = [(0.01, clean[0][1] + 365 * 86400)] * 2 + clean
+    b = by_day(_reviews_per_hour(poisoned))
+    assert all(abs(a[d] - b[d]) <= 2 for d in range(1, 4)), (a, b)
+
     # stale events after a real history do not start it again (a review: two events three days
     # behind wiped two days of history)
     budget = AlertBudget(100)

@@ -22,3 +22,4 @@ def test_the_lazy_package_still_reaches_its_submodules():
     assert fds.engine.Engine is fds.Engine
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         fds.nope  # noqa: B018
+    assert not hasattr(fds, "__main__") and not hasattr(fds, "a.b")  # (the first ran the CLI)

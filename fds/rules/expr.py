@@ -144,6 +144,8 @@ def _coerce(x: Any) -> Any:
 def _isin(x: Any, items: frozenset[Any]) -> bool:
     """``x in items`` for an ``extra.*`` value and a list with numbers: as written, or as the
     number its text reads as (``"7" in [7, "007"]`` and ``"007" in [7, "007"]`` both hold)."""
+    if type(x) is list or type(x) is dict:  # in no list of literals (and not hashable)
+        return False
     return x in items or _coerce(x) in items
 
 
@@ -397,6 +399,10 @@ class _Checker:
                     out[-1] = f"{conv}({out[-1]})"
                 if rt == ANY and left_t == NUM:
                     src = f"{conv}({src})"
+                if left_t == rt == ANY and conv == "_num":  # two extra values, ordered: as
+                    if not out[-1].startswith("_"):  # numbers when their text reads as one
+                        out[-1] = f"_coerce({out[-1]})"
+                    src = f"_coerce({src})"
                 if {left_t, rt} in ({STR, NUM}, {STR, BOOL}):
                     raise self.fail(right, f"compares text with a number ({left_t} {sym} {rt})")
                 if MIXED in (left_t, rt) and sym not in ("==", "!="):

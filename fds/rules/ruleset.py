@@ -172,10 +172,10 @@ class PolicySpec(_Strict):
     def _ordered(self) -> PolicySpec:
         if self.review_at > self.decline_at:
             raise ValueError("review_at must be <= decline_at")
-        if self.review_at == 0 and self.alert_budget_per_day is None:
+        if self.review_at == 0:  # (also with a budget: it is the threshold while it warms up)
             raise ValueError(
-                "review_at 0 sends every transaction to review: give a threshold > 0, or an "
-                "alert_budget_per_day to let the budget alone set it"
+                "review_at 0 sends every transaction to review (with alert_budget_per_day, "
+                "while the budget warms up): give a threshold > 0, e.g. 0.05; a budget raises it"
             )
         return self
 
