@@ -254,6 +254,9 @@ def _replay(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
+    if not summary.transactions:  # (an empty file printed a table of zeros, exit 0)
+        print(f"fds replay: error: {args.file} holds no transactions", file=sys.stderr)
+        return 1
     if not summary.decided and summary.dead_letters > summary.label_dead_letters:
         dates = (
             ", and give timestamps as ISO 8601 or epoch seconds: convert other formats "

@@ -153,6 +153,10 @@ def test_a_replay_that_decides_nothing_fails_and_says_why(tmp_path, capsys):
     foreign.write_text("ID,When,EUR\na,2026-01-01,1\n")
     assert bare_replay(str(foreign), "--out", str(tmp_path / "o.jsonl")) == 2
     assert "are neither mapped nor columns" in capsys.readouterr().err
+    semicolons = tmp_path / "s.csv"  # one column: say what the separator seems to be
+    semicolons.write_text("tx_id;ts;card_id;amount\na;2026-01-01;c;5\n")
+    assert bare_replay(str(semicolons), "--out", str(tmp_path / "o.jsonl")) == 2
+    assert "seems to separate them with ';'" in capsys.readouterr().err
     # the same in JSON Lines was read to its end, every record a dead letter, exit 1
     foreign_jsonl = tmp_path / "f.jsonl"
     foreign_jsonl.write_text('{"ID": "a", "When": "2026-01-01", "EUR": 1}\n' * 3)
@@ -224,8 +228,11 @@ def test_a_rerun_that_decides_nothing_leaves_no_old_decisions(history, tmp_path)
     assert bare_replay(str(history), "--out", str(out)) == 0 and out.read_bytes()
     empty = tmp_path / "empty.jsonl"
     empty.write_bytes(b"")
-    assert bare_replay(str(empty), "--out", str(out)) in (0, 1)
+    assert bare_replay(str(empty), "--out", str(out)) == 1  # (it was a table of zeros, exit 0)
     assert not out.exists()
+    empty_csv = tmp_path / "empty.csv"
+    empty_csv.write_bytes(b"")
+    assert bare_replay(str(empty_csv), "--out", str(out)) == 1
 
 
 @pytest.mark.parametrize("flag", ["--out", "--dlq"])

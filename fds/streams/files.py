@@ -122,11 +122,19 @@ class ColumnMapping(BaseModel):
         wanted = [c for f, c in self.fields.items() if not first_record or f in TX_REQUIRED]
         if self.label and not first_record:
             wanted.append(self.label.column)
+        # one column whose name holds the others: another separator than the comma
+        sep = next((c for c in (";", "\t", "|") if len(columns) == 1 and c in columns[0]), None)
+        hint = (
+            f" (one column: the file seems to separate them with {sep!r}; fds reads "
+            "comma-separated CSV: convert it)"
+            if sep
+            else ""
+        )
         missing = [c for c in wanted if c not in columns]
         if missing:
             raise ConfigError(
                 f"column(s) {missing} named in the mapping are not in the file; "
-                f"its columns are {columns}",
+                f"its columns are {columns}{hint}",
                 where=where,
             )
         unmapped = sorted(f for f in TX_REQUIRED if f not in self.fields and f not in columns)
@@ -134,7 +142,7 @@ class ColumnMapping(BaseModel):
             raise ConfigError(
                 f"required engine field(s) {unmapped} are neither mapped nor columns of the "
                 f"file: map them under `fields:` of a --mapping file (e.g. `{unmapped[0]}: "
-                f"YOUR_COLUMN`); its columns are {columns}",
+                f"YOUR_COLUMN`); its columns are {columns}{hint}",
                 where=where,
             )
 
