@@ -128,6 +128,11 @@ class Aligner:
                 buf.append((t, msg, item))
             self._waiting_since.pop(tp, None)
 
+    def holds(self, tp: Any) -> int:
+        """Records of ``tp`` buffered."""
+        buf = self._bufs.get(tp)
+        return len(buf) if buf else 0
+
     def forget(self, tps: Iterable[Any]) -> None:
         """Drop the buffers of revoked partitions. Their new owner reads them from the committed
         offset; the consumer is sought back to the first dropped record in case the partition

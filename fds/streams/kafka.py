@@ -493,6 +493,10 @@ class Runner:
         # before their first batch is decided (fds.streams.rebuild).
         self._unresolved: set[int] = set()
         self._rebalances = 0  # listener calls so far: a restore that sees one starts again
+        # Input partition -> its committed offset, for partitions whose restore stopped short
+        # of it (they were ahead in event time of one still to decide): records below it are
+        # folded without output as the loop decides the others. No checkpoint meanwhile.
+        self._refold: dict[Any, int] = {}
         self._restoring = False  # folding a restore: the state is ahead of _positions
         # Partitions were revoked or lost and no assignment has come since: a join is under
         # way, and consumer.assignment() still names the old partitions (eager protocol).
@@ -833,6 +837,8 @@ class Runner:
             if ready:
                 self._process(ready)
                 continue
+            if self._refold:  # (read past transaction markers only)
+                self._refolds_done()
             if batch:
                 continue
             if not len(aligner):  # (else held back until a partition that is behind is fetched)
@@ -905,12 +911,23 @@ class Runner:
         out: list[tuple[bytes, bytes, int | None]] = []
         copart = self._copartitioned
         decided = 0
+        refold = self._refold
+        refolded: dict[Any, int] = {}  # partition -> its committed offset, folded below it
+        folds = 0
         for tp, msg, tx in batch:
             if len(out) >= SEND_EVERY:
                 decided += len(out)
                 for value, key, part in out:
                     pending.append(send(out_topic, value=value, key=key, partition=part))
                 out.clear()
+            if refold and tp in refold:
+                if msg.offset < refold[tp]:  # decided before: state only, offsets stay
+                    refolded[tp] = refold[tp]
+                    folds += 1
+                    if tx.__class__ is not _Bad:
+                        self._fold(tx)
+                    continue
+                del refold[tp]
             nxt[tp] = msg.offset + 1
             if tx.__class__ is _Bad:
                 self._dead_letter(msg, tx.stage, tx.error)
@@ -934,6 +951,11 @@ class Runner:
         offsets = {tp: OffsetAndMetadata(o, "", -1) for tp, o in nxt.items()}
         for value, key, part in out:
             pending.append(send(out_topic, value=value, key=key, partition=part))
+        if refolded:
+            n -= folds
+            self._refolds_done()
+            if eos:  # their committed offsets again: no transaction is ever empty
+                offsets = {tp: OffsetAndMetadata(o, "", -1) for tp, o in refolded.items()} | offsets
         self.stats.decided += decided + len(out)
         self.stats.consumed += n
         self.stats.batches += 1
@@ -1128,6 +1150,15 @@ class Runner:
         self._seek_back(first)
         self._back_to_checkpoint(why)
 
+    def _refolds_done(self) -> None:
+        """Note the partitions whose records below their committed offset are all folded
+        (nothing of them buffered, and read up to it): the state covers them up to it."""
+        aligner = self.aligner
+        for tp, c in list(self._refold.items()):
+            if (aligner is None or not aligner.holds(tp)) and fetched_to(self.consumer, tp, 0) >= c:
+                del self._refold[tp]
+                self._positions[tp.partition] = c
+
     def _fold(self, tx: Mapping[str, Any]) -> None:
         self.stats.caught_up += 1
         with contextlib.suppress(Exception):  # it was dead-lettered when first decided
@@ -1150,7 +1181,8 @@ class Runner:
         after a synchronous commit of all of them: the state then covers exactly
         ``_positions``)."""
         ck = self.checkpointer
-        if ck is None or not self._positions or self._restoring:
+        # (_refold: the state covers more of those partitions than _positions says)
+        if ck is None or not self._positions or self._restoring or self._refold:
             return False
         if not force and not self._checkpoint_due():
             return False
@@ -1261,6 +1293,7 @@ class Runner:
         self._joining = False
         mine = {tp.partition for tp in assigned if tp.topic == self.s.input_topic}
         self._unresolved = set(mine)
+        self._refold = {}  # the restore before the first batch says what is left to fold
         # Eager assignment (kafka-python's default): ``assigned`` is the whole new assignment.
         self._follow_only(mine)
 
@@ -1278,18 +1311,22 @@ class Runner:
         if self.checkpointer is None or not parts:
             return
         tps = [TopicPartition(self.s.input_topic, p) for p in sorted(parts)]
-        committed = self._bring_up_to_date(tps)
+        covered = self._bring_up_to_date(tps)
         if self._rewind and not self._unresolved and not self._stop:
-            # After a refused commit: the group consumer goes back to the committed offsets
-            # the state now covers. A rejoin that lost the generation did that already; one
-            # that did not (a rebalance in progress, or none within the session timeout)
-            # kept its positions, and the records between were neither decided nor folded.
+            # After a refused commit: the group consumer goes back to the offsets the state
+            # now covers (the committed ones, or where a fold stopped: _refold). A rejoin
+            # that lost the generation did that already; one that did not (a rebalance in
+            # progress, or none within the session timeout) kept its positions, and the
+            # records between were neither decided nor folded.
             self._rewind = False
-            self._seek_back(committed)
+            self._seek_back(covered)
 
     def _bring_up_to_date(self, tps: list[Any]) -> dict[Any, int | None]:
         """Fold what the group decided below its committed offsets into the state (state only,
-        no output), so that deciding resumes exactly where the group left off.
+        no output), so that deciding resumes exactly where the group left off. Returns the
+        offset the state covers of each partition: the committed one, or, for a partition
+        ahead in event time of one still to decide, where its fold stopped (the rest is
+        folded as the loop decides: ``_refold``).
 
         * the state follows every partition up to its committed offset: nothing to do;
         * a restart from a checkpoint behind the committed offsets: fold each partition's gap
@@ -1338,11 +1375,14 @@ class Runner:
             bootstrap_timeout_ms=int(self.s.broker_timeout_s * 1000),
         )
         try:
+            begin = self._retrying("reading the log starts", lambda: reader.beginning_offsets(tps))
+            end = self._retrying("reading the log ends", lambda: reader.end_offsets(tps))
+            # Partitions with records still to decide: the fold stops at the event time of the
+            # one furthest behind (fds.streams.rebuild). An EOS partition whose last record is
+            # followed by a transaction marker counts too: the rest is then folded as it goes.
+            hold = [tp for tp in tps if end[tp] > max(committed[tp] or 0, begin[tp])]
             if restart:
                 what = "catch-up"
-                begin = self._retrying(
-                    "reading the log starts", lambda: reader.beginning_offsets(list(behind))
-                )
                 ranges = {tp: (max(pos[tp.partition], begin[tp]), c) for tp, c in behind.items()}
                 for tp in behind:
                     if pos[tp.partition] < begin[tp]:
@@ -1361,13 +1401,16 @@ class Runner:
                     "locating the feature horizon", lambda: start_offsets(reader, tps, horizon)
                 )
                 ranges = {tp: (starts[tp], c) for tp, c in committed.items() if c is not None}
+            reached: dict[Any, int] = {}
             folded = self.stats.caught_up
             rebalances = self._rebalances
             answer_at = time.monotonic() + KEEPALIVE_S
             self._restoring = True
-            for i, tx in enumerate(
-                read_merged(reader, ranges, self._parsed, timeout_s=self.s.broker_timeout_s)
-            ):
+            merged = read_merged(
+                reader, ranges, self._parsed, timeout_s=self.s.broker_timeout_s, hold=hold,
+                reached=reached,
+            )  # fmt: skip
+            for i, tx in enumerate(merged):
                 if self._stop:  # SIGTERM mid-way: the state is partial, nothing is kept of it
                     pos.clear()
                     log.info("%s interrupted by a stop; the next start does it again", what)
@@ -1385,17 +1428,28 @@ class Runner:
             with contextlib.suppress(Exception):
                 reader.close()
         pos.update({tp.partition: c for tp, c in committed.items() if c is not None})
+        # What the fold left (past the event time of a partition behind) is folded as the loop
+        # decides, merged with it in event time (_process); the state covers up to where it
+        # stopped, and the group consumer goes back there.
+        refold = {tp: c for tp, (_, c) in ranges.items() if reached[tp] < c}
+        pos.update({tp.partition: reached[tp] for tp in refold})
         log.info(
-            "%s partitions=%s records=%d seconds=%.1f (state only, no output) ranges=%s",
+            "%s partitions=%s records=%d seconds=%.1f (state only, no output) ranges=%s%s",
             what, sorted(tp.partition for tp in tps), self.stats.caught_up - folded,
             time.monotonic() - t0, {tp.partition: r for tp, r in sorted(ranges.items())},
+            f"; folded as the partitions behind are decided: "
+            f"{ {tp.partition: (reached[tp], c) for tp, c in sorted(refold.items())} }"
+            if refold else "",
         )  # fmt: skip
         self.checkpoint(force=True)
+        self._refold = refold
+        resume = {tp: reached[tp] for tp in refold}
+        self._seek_back(resume)
         self._live = False  # a restore is not input decided: a repeat assignment may catch up
         self._ahead = False
         self._labels_due = True  # labels applied before may be missing from the folded state
         self._input_ms = -math.inf  # what is decided next may be older: its labels wait for it
-        return committed
+        return {**committed, **resume}
 
     def _keep_alive(self) -> None:
         """Poll the group consumer once in the middle of a long restore. A rebalance the group
@@ -1418,6 +1472,7 @@ class Runner:
         # (an older checkpoint could reopen a probation confirmed since)
         self.engine.load_state_dict(_without_model(pickle.loads(self._fresh_state)))
         self._positions.clear()
+        self._refold = {}
         self._restore(model=False)
         if self._joining:
             # The group's answer has not come: restoring the old partitions meanwhile kept

@@ -19,6 +19,14 @@ an uninterrupted run holding those partitions would have. Records are read with 
 group-less consumer, up to the group's committed offsets only: the state never runs ahead of
 them. Memory is bounded by ``buffer`` records per partition (the rest is fetched again later).
 
+Partitions decided to different event times (instances apart during a backlog: one at day 2,
+the other at day 1) are folded only **up to the event time of the one furthest behind**: the
+fold stops where a partition with records still to decide (``hold``) is read to its committed
+offset. Folding the others on would move the watermark a day past the records still to decide
+of that partition, and every one of them would be *late*. The rest of the others (already
+decided) is folded by ``fds run`` as it decides the partitions behind, merged with them in
+event time; ``reached`` tells where each partition's fold stopped.
+
 >>> list(merge_sorted({0: [(1.0, "a"), (5.0, "c")], 1: [(2.0, "b")]}))
 ['a', 'b', 'c']
 """
@@ -30,7 +38,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import Any
 
 from fds.errors import FdsError
@@ -56,15 +64,26 @@ def horizon_seconds(engine: Any) -> float:
     return float(longest) + float(getattr(plan, "grace", 0.0))
 
 
-def merge_sorted(streams: Mapping[Any, Iterable[tuple[float, Any]]]) -> Iterator[Any]:
+def merge_sorted(
+    streams: Mapping[Any, Iterable[tuple[float, Any]]], *, until_end_of: Collection[Any] = ()
+) -> Iterator[Any]:
     """Merge per-partition ``(event_time, item)`` iterables by their heads' event time (ties:
-    partition order), yielding the items. Each partition keeps its own order."""
+    partition order), yielding the items. Each partition keeps its own order. The merge ends
+    as soon as one of the partitions ``until_end_of`` ends (at once when one is empty).
+
+    >>> list(merge_sorted({0: [(1.0, "a"), (5.0, "c")], 1: [(2.0, "b")]}, until_end_of={1}))
+    ['a', 'b']
+    """
     heads: list[tuple[float, int, Any, Iterator[tuple[float, Any]]]] = []
-    for rank, (_, items) in enumerate(sorted(streams.items(), key=lambda kv: kv[0])):
-        it = iter(items)
+    keys = sorted(streams)
+    for rank, key in enumerate(keys):
+        it = iter(streams[key])
         for t, item in it:
             heads.append((t, rank, item, it))
             break
+        else:
+            if key in until_end_of:
+                return
     heapq.heapify(heads)
     while heads:
         _, rank, item, it = heads[0]
@@ -74,6 +93,8 @@ def merge_sorted(streams: Mapping[Any, Iterable[tuple[float, Any]]]) -> Iterator
             break
         else:
             heapq.heappop(heads)
+            if keys[rank] in until_end_of:
+                return
 
 
 def start_offsets(consumer: Any, tps: Iterable[Any], horizon_s: float) -> dict[Any, int]:
@@ -98,17 +119,27 @@ def read_merged(
     *,
     timeout_s: float,
     buffer: int = BUFFER,
+    hold: Collection[Any] = (),
+    reached: dict[Any, int] | None = None,
 ) -> Iterator[Mapping[str, Any]]:
     """Read ``[start, end)`` of each partition with ``consumer`` (assigned here, no group) and
     yield the parsed records (``parse`` returns ``None`` for a bad one: skipped, it was
-    dead-lettered when first decided) merged in event-time order."""
+    dead-lettered when first decided) merged in event-time order.
+
+    ``hold``: partitions with records after ``end`` still to decide; the merge stops when one
+    of them is read to its end (at once when one has nothing in range), so that no record is
+    folded past its event time. ``reached`` is filled with the offset after the last record
+    yielded of each partition (its ``end`` once read to it)."""
+    if reached is None:
+        reached = {}
+    reached.update({tp: r[0] for tp, r in ranges.items()})
     todo = {tp: r for tp, r in ranges.items() if r[0] < r[1]}
-    if not todo:
+    if not todo or any(tp not in todo for tp in hold):
         return
     consumer.assign(list(todo))
     for tp, (start, _) in todo.items():
         consumer.seek(tp, start)
-    bufs: dict[Any, deque[tuple[float, Mapping[str, Any]]]] = {tp: deque() for tp in todo}
+    bufs: dict[Any, deque[tuple[float, Any]]] = {tp: deque() for tp in todo}
     done: set[Any] = set()
     deadline = time.monotonic() + timeout_s
 
@@ -134,19 +165,23 @@ def read_merged(
                     break
                 tx = parse(msg)
                 if tx is not None:
-                    buf.append((tx["ts"], tx))
+                    buf.append((tx["ts"], (tp, msg.offset, tx)))
         for tp, (_, end) in todo.items():
             if tp not in done and consumer.position(tp) >= end:
                 done.add(tp)
                 consumer.pause(tp)  # read to its end: never resumed
 
-    def stream(tp: Any) -> Iterator[tuple[float, Mapping[str, Any]]]:
+    def stream(tp: Any) -> Iterator[tuple[float, Any]]:
         buf = bufs[tp]
         while True:
             while not buf:
                 if tp in done:
+                    reached[tp] = todo[tp][1]
                     return
                 fetch()
             yield buf.popleft()
 
-    yield from merge_sorted({tp.partition: stream(tp) for tp in todo})
+    streams = {tp.partition: stream(tp) for tp in todo}
+    for tp, offset, tx in merge_sorted(streams, until_end_of={tp.partition for tp in hold}):
+        reached[tp] = offset + 1
+        yield tx

@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 import pytest
+from kafka import KafkaConsumer, TopicPartition
+from kafka.structs import OffsetAndMetadata
 
 from fds.pipeline import DEFAULT_MODEL, DEFAULT_RULES
 from fds.replay import load as replay_load
@@ -279,3 +281,62 @@ def test_a_rebalance_during_a_rebuild_does_not_stop_the_other_instances(
         assert _card(d["features"]) == want[d["tx_id"]], d["tx_id"]
     assert seen == set(ids) | set(new)
     print(f"new input decided {waited:.1f} s after C joined, while B was still rebuilding")
+
+
+@pytest.mark.parametrize("mode", ["at-least-once", "exactly-once"])
+def test_partitions_decided_to_different_event_times_resume_with_no_late_decision(
+    kafka_bootstrap, make_topics, unique_name, tmp_path, mode
+):
+    """A handover during a backlog: the group decided partition 0 to day 2.2 of the stream but
+    partition 1 only to day 0.8 (two instances far apart in event time). A new instance
+    rebuilds the state from the input and decides the rest of both: it folds partition 0 only
+    up to where partition 1 stands and the rest of it as it decides partition 1, so no
+    decision is late and every one has the features of an uninterrupted run (before, the fold
+    ended at day 2.2 and partition 1's records were decided late, outside every window)."""
+    topics = make_topics(partitions=2)
+    write_simulated(tmp_path / "tx.jsonl", days=3, cards=1500)
+    group = unique_name("g")
+    produce_file(tmp_path / "tx.jsonl", settings_for(kafka_bootstrap, topics, group))
+    txs = replay_load(tmp_path / "tx.jsonl").transactions
+    t0, span = txs[0]["ts"], txs[-1]["ts"] - txs[0]["ts"]
+    cut = {0: t0 + 0.73 * span, 1: t0 + 0.27 * span}
+    todo, commit = set(), {}
+    for r in read_all(kafka_bootstrap, topics["transactions"]):
+        tx = orjson.loads(r.value)
+        tp = TopicPartition(r.topic, r.partition)
+        if tx["ts"] >= cut[r.partition]:
+            todo.add(tx["tx_id"])
+            commit[tp] = min(commit.get(tp, r.offset), r.offset)
+    group_consumer = KafkaConsumer(
+        bootstrap_servers=kafka_bootstrap, group_id=group, enable_auto_commit=False
+    )
+    try:
+        group_consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in commit.items()})
+    finally:
+        group_consumer.close()
+
+    extra = ["--exactly-once", "--transactional-id", group + "-0"] if mode == "exactly-once" else []
+    stages = (
+        "--rules", str(DEFAULT_RULES), "--model", "none", "--state-dir", str(tmp_path / "s"),
+        "--max-idle", "3",
+    )  # fmt: skip
+    p = spawn_run(
+        kafka_bootstrap, topics, group, *extra, stages=stages, env={"FDS_LOG_LEVEL": "INFO"}
+    )
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err[-3000:]
+    assert "folded as the partitions behind are decided: {0:" in err, err[-3000:]
+
+    first, _ = decisions_by_tx(
+        kafka_bootstrap, topics["decisions"], sorted(todo), committed_only=mode == "exactly-once"
+    )
+    ref = build_run_engine(DEFAULT_RULES, None)
+    try:
+        want = {tx["tx_id"]: ref.decide(tx) for tx in txs}
+    finally:
+        close_engine(ref)
+    late = [i for i, d in first.items() if "late" in d["flags"]]
+    assert not late, f"{len(late)} of {len(first)} decided late"
+    for tx_id, d in first.items():
+        assert d["features"] == want[tx_id]["features"], tx_id
+    print(f"{mode}: {len(first)} decided after a handover 1.3 days apart, none late")

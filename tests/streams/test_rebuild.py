@@ -136,3 +136,31 @@ def test_horizon_is_the_longest_window_plus_grace():
 def test_merge_sorted_keeps_each_partitions_order_on_ties():
     got = list(merge_sorted({1: [(1.0, "b1"), (1.0, "b2")], 0: [(1.0, "a1"), (0.5, "a0")]}))
     assert got == ["a1", "a0", "b1", "b2"]
+
+
+def test_read_merged_stops_at_the_event_time_of_a_partition_with_more_to_decide():
+    # partition 0 was decided to t=300, partition 1 only to t=100 (more of it to decide):
+    # the fold of partition 0 stops where partition 1's ends; reached says where each stands
+    tp0, tp1 = TopicPartition("tx", 0), TopicPartition("tx", 1)
+    data = {
+        tp: [Record("tx", tp.partition, i, 0, {"ts": float(t), "p": tp}) for i, t in enumerate(ts)]
+        for tp, ts in ((tp0, range(0, 400, 10)), (tp1, range(5, 400, 10)))
+    }
+    ranges = {tp0: (0, 31), tp1: (0, 10)}  # up to t=300 and t=95
+    reached: dict[Any, int] = {}
+    got = list(
+        read_merged(FakeConsumer(data), ranges, _parse, timeout_s=30, hold=[tp1], reached=reached)
+    )
+    assert [v["ts"] for v in got] == sorted([*range(0, 100, 10), *range(5, 100, 10)])
+    assert reached == {tp0: 10, tp1: 10}
+    # without partition 1 to wait for: everything in range
+    reached.clear()
+    got = list(read_merged(FakeConsumer(data), ranges, _parse, timeout_s=30, reached=reached))
+    assert len(got) == 41 and reached == {tp0: 31, tp1: 10}
+    # a partition with more to decide but nothing in range: nothing is folded here
+    reached.clear()
+    ranges[tp1] = (10, 10)
+    got = list(
+        read_merged(FakeConsumer(data), ranges, _parse, timeout_s=30, hold=[tp1], reached=reached)
+    )
+    assert got == [] and reached == {tp0: 0, tp1: 10}

@@ -18,6 +18,7 @@ from fds.engine import Engine
 from fds.errors import FdsError
 from fds.schema import parse_transaction
 from fds.streams.align import Aligner
+from fds.streams.checkpoint import Checkpointer
 from fds.streams.kafka import KafkaSettings, Runner, _event_time
 
 Record = namedtuple("Record", "topic partition offset timestamp key value")
@@ -215,7 +216,6 @@ def records(start: int, n: int = 3) -> list[Record]:
 def test_after_a_failed_send_closing_commits_and_checkpoints_nothing(tmp_path):
     """kafka-python 3's close() runs the revocation listener: after a failure it must not
     commit the batches decided after the failed one, nor checkpoint a state that holds them."""
-    from fds.streams.checkpoint import Checkpointer
 
     # batch 1 is committed and checkpointed (the first commit always is); batch 2's sends
     # fail, found out after batch 3 was decided and sent
@@ -241,7 +241,6 @@ def test_after_a_failed_send_closing_commits_and_checkpoints_nothing(tmp_path):
 def test_evicted_partitions_are_neither_committed_nor_checkpointed(tmp_path):
     """kafka-python calls on_partitions_lost after an eviction (session expired, fenced):
     a commit would fail, and the state holds decisions past the committed offsets."""
-    from fds.streams.checkpoint import Checkpointer
     from fds.streams.kafka import _Revoke
 
     ck = Checkpointer(tmp_path)
@@ -396,7 +395,6 @@ class Group(Consumer):
 
 def catching_up_runner(reader: Reader, checkpoints: list[bool]) -> Runner:
     """A runner whose checkpoint covers offset 2 while the group committed 10."""
-    from fds.streams.checkpoint import Checkpointer
 
     r = Runner(
         KafkaSettings(checkpoint_in_background=False), Engine(),
@@ -564,7 +562,6 @@ def rebuilding_runner(tmp_path: Any, reader: Reader, group: Any) -> Runner:
     """A runner with the default features, no checkpoint yet, that must rebuild partition 0
     (the group committed 10) with ``reader``; ``group`` is its group consumer."""
     from fds.pipeline import DEFAULT_RULES
-    from fds.streams.checkpoint import Checkpointer
     from fds.streams.kafka import build_run_engine
 
     r = Runner(
@@ -848,7 +845,6 @@ def test_an_eviction_under_exactly_once_aborts_rewinds_and_goes_on(tmp_path, cap
     (caught up to the committed offsets before the next decision): nothing of the aborted
     transaction stays in the state, so deciding it again gives the same decisions."""
     from fds.features import FeaturePlan
-    from fds.streams.checkpoint import Checkpointer
 
     spec = type("S", (), dict(name="n", entity="card_id", agg="count", field=None, window="1d"))
     ck = Checkpointer(tmp_path)
@@ -889,7 +885,6 @@ def test_a_commit_the_broker_aborted_on_its_timeout_is_decided_again(tmp_path, c
     its 50 transactions were never decided again. A commit that took longer than half the
     timeout now checks the committed offsets."""
     from fds.features import FeaturePlan
-    from fds.streams.checkpoint import Checkpointer
 
     class SlowTxProducer(TxProducer):
         slow = 0.0
@@ -986,7 +981,6 @@ def _evictable(tmp_path: Any, **settings: Any) -> Runner:
     """A runner with a one-count feature plan and a checkpoint at offset 3 (batch 0 decided
     and committed)."""
     from fds.features import FeaturePlan
-    from fds.streams.checkpoint import Checkpointer
 
     spec = type("S", (), dict(name="n", entity="card_id", agg="count", field=None, window="1d"))
     r = Runner(
@@ -1092,7 +1086,6 @@ def test_a_label_of_an_aborted_transaction_waits_for_it_to_be_decided_again(tmp_
 
     from fds.features import FeaturePlan
     from fds.rules.ruleset import FeatureSpec
-    from fds.streams.checkpoint import Checkpointer
     from fds.streams.label_feed import LabelFeed
     from tests.streams.test_label_feed import FakeConsumer, Rec
 
@@ -1175,3 +1168,35 @@ def test_a_new_owner_waits_out_the_transaction_a_killed_instance_left_open():
     r.consumer = Held()
     r._bring_up_to_date([TP])
     assert seen["timeout_ms"] == 20_000
+
+
+@pytest.mark.parametrize("eos", [False, True])
+def test_records_a_restore_left_to_fold_are_folded_with_no_output_and_no_commit(tmp_path, eos):
+    """After a restore that stopped folding a partition ahead in event time (see
+    fds.streams.rebuild), its records below the committed offset are folded as the loop meets
+    them: no decision, no offset committed backwards, no checkpoint claiming them, until the
+    partition is decided past its committed offset."""
+    r = make_runner(max_unacked_batches=0, exactly_once=eos, transactional_id="t" if eos else None)
+    r.checkpointer = Checkpointer(tmp_path)
+    sent_offsets: list[dict[Any, Any]] = []
+    r.producer.begin_transaction = lambda: None
+    r.producer.send_offsets_to_transaction = lambda offsets, _: sent_offsets.append(offsets)
+    r.producer.commit_transaction = lambda: None
+    r.consumer.group_metadata = lambda: "g"
+    folded: list[Any] = []
+    r.engine.fold = folded.append  # type: ignore[method-assign]
+    r._refold, r._positions = {TP: 5}, {0: 2}  # the fold stopped at 2; committed: 5
+    r._process(batch(2))  # offsets 2-4: decided before
+    assert [tx["tx_id"] for tx in folded] == ["t2", "t3", "t4"]
+    assert r.producer.futures == [] and r.consumer.commits == [] and r.stats.decided == 0
+    assert r._positions == {0: 2} and r._refold == {TP: 5}
+    assert not r.checkpoint(force=True)  # the state holds more than _positions says
+    if eos:  # the transaction carries the committed offset again, never an empty one
+        assert [o[TP].offset for o in sent_offsets] == [5]
+    r._process(batch(5))  # past the committed offset: decided
+    assert len(r.producer.futures) == 3 and r.stats.decided == 3 and not r._refold
+    if eos:
+        assert [o[TP].offset for o in sent_offsets] == [5, 8]
+    else:
+        assert r.consumer.commits == [8]
+    assert r._positions == {0: 8} and r.checkpoint(force=True)
