@@ -11,7 +11,11 @@ once a fifth of the stream is decided:
 * **broker-kill**: `kill -9` of the broker JVM, down ``--down`` seconds, started again on the
   same data dir (the outage a machine or data-centre loss causes);
 * **pause**: `fds run` itself stopped (SIGSTOP) for ``--down`` seconds while the broker stays
-  up: longer than the 10 s session timeout, so the group evicts it (a GC pause, a frozen VM).
+  up: longer than the 10 s session timeout, so the group evicts it (a GC pause, a frozen VM);
+* **handover**: a second `fds run` joins the group (it rebuilds the state of the partitions it
+  gets and decides them at its own pace, so the two drift apart in event time on the
+  backlog); once two fifths are decided the first is killed with SIGKILL, and the second
+  takes its partitions, decided further (or less far) in event time than its own.
 
 Both at-least-once and `--exactly-once`. Checked against the input and a replay of the same
 file through the same engine: transactions lost; duplicates, and those that differ from their
@@ -62,7 +66,7 @@ from fds.streams.simulator import write as write_simulation  # noqa: E402
 RESULTS = REPO / "benchmarks" / "results" / "chaos.md"
 PORT, CONTROLLER_PORT = 19592, 19593
 BOOTSTRAP = f"127.0.0.1:{PORT}"
-MODES = {"at-least-once": [], "exactly-once": ["--exactly-once", "--group-instance-id", "i1"]}
+MODES = {"at-least-once": [], "exactly-once": ["--exactly-once"]}
 
 
 def count_output(topic: str) -> int:
@@ -132,22 +136,37 @@ def one_run(
     topics = kafka_kit.create_topics(BOOTSTRAP, prefix=name + ".")
     group = f"{name}-g"
     produce_file(data, KafkaSettings(bootstrap=BOOTSTRAP, input_topic=topics["transactions"]))
-    log_path = work / f"{name}.log"
     cmd = [
         sys.executable, "-m", "fds", "run", "--bootstrap", BOOTSTRAP,
         "--input-topic", topics["transactions"], "--output-topic", topics["decisions"],
         "--dlq-topic", topics["dead_letters"], "--group", group,
-        "--rules", DEFAULT_RULES, "--model", "none", "--state-dir", str(work / name),
+        "--rules", DEFAULT_RULES, "--model", "none",
         "--metrics-port", "-1", "--max-poll-records", "50", "--checkpoint-every", "5",
         "--broker-timeout", f"{broker_timeout:g}", *MODES[mode],
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO), "FDS_LOG_LEVEL": "INFO"}
-    with log_path.open("w") as log:
-        run = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def start(instance: str) -> subprocess.Popen:
+        extra = ["--state-dir", str(work / name / instance)]
+        if mode == "exactly-once":
+            extra += ["--group-instance-id", instance, "--transactional-id", f"{name}-{instance}"]
+        with (work / f"{name}-{instance}.log").open("w") as log:
+            return subprocess.Popen(
+                [*cmd, *extra], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+
+    run = start("i1")
+    log_path = work / f"{name}-i1.log"
     n = len(ids)
     try:
         wait(lambda: count_output(topics["decisions"]) >= n // 5, 120)
-        if fault == "broker-kill":
+        if fault == "handover":
+            second = start("i2")
+            wait(lambda: count_output(topics["decisions"]) >= 2 * n // 5, 300)
+            run.kill()
+            run.wait()
+            run, log_path = second, work / f"{name}-i2.log"
+        elif fault == "broker-kill":
             pid = kafka_kit.status(ddir).pid
             assert pid is not None
             os.kill(pid, signal.SIGKILL)
@@ -195,6 +214,7 @@ def one_run(
         "exit": code, "lost": sum(1 for i in ids if i not in first), "dups": dups,
         "dups_differ": differ,
         "features_differ": sum(1 for i, d in first.items() if d["features"] != ref.get(i)),
+        "late": sum("late" in (d.get("flags") or []) for d in first.values()),
         "resumed_s": round(after[0] - back, 1) if after else None,
         "refused": logged.count("refused ("), "catch_up": logged.count("msg=\"catch-up"),
         "rebuild": logged.count("msg=\"rebuild"), "log": log_path.name,
@@ -250,16 +270,16 @@ def main() -> int:
         "decided (see the script's docstring). The runs' logs are in the work dir "
         f"(`{work}`) of the machine that ran it.", "",
         "| fault | mode | down (s) | finished | exit | lost | duplicates (differ) | features "
-        "differ from a replay | resumed after (s) | commits refused | state back by | own stop "
-        "not counted against the broker |",
-        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|---:|",
+        "differ from a replay | decided `late` | resumed after (s) | commits refused | state "
+        "back by | own stop not counted against the broker |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]  # fmt: skip
     for r in rows:
         back = ("catch-up" if r["catch_up"] else "") + (" rebuild" if r["rebuild"] else "")
         lines.append(
             f"| {r['fault']} | {r['mode']} | {r['down']:g} | {'yes' if r['finished'] else 'NO'} "
             f"| {r['exit']} | {r['lost']} | {r['dups']} ({r['dups_differ']}) | "
-            f"{r['features_differ']} | {r['resumed_s']} | {r['refused']} | "
+            f"{r['features_differ']} | {r['late']} | {r['resumed_s']} | {r['refused']} | "
             f"{back.strip() or '-'} | {r['stopped']} |"
         )
     bad = [r for r in rows if r["lost"] or not r["finished"] or r["dups_differ"]

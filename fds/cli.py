@@ -8,9 +8,11 @@ them together and turns errors into clear messages and exit codes (2: usage or c
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from fds.errors import ConfigError, FdsError
@@ -33,9 +35,37 @@ _GLOBAL = ("-v", "--verbose", "-q", "--quiet", "--log-format")
 
 
 class _Parser(argparse.ArgumentParser):
+    _hint: str | None = None
+
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = getattr(ns, "command", None)
+            self._hint = self._did_you_mean(command, extras) or (
+                f"run '{self.prog} {command} --help' for its options" if command else None
+            )
+            self.error("unrecognized arguments: " + " ".join(extras))
+        return ns
+
+    def _did_you_mean(self, command: str | None, extras: list[str]) -> str | None:
+        """``--bootstarp``: the closest option of the command (or of fds itself)."""
+        options = list(self._option_string_actions)
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+                options += action.choices[command]._option_string_actions
+        for arg in extras:
+            name = arg.split("=", 1)[0]
+            if name.startswith("-") and name not in _GLOBAL:
+                close = difflib.get_close_matches(name, options, n=1, cutoff=0.7)
+                if close:
+                    return f"{name}: did you mean {close[0]}?"
+        return None
+
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)
-        hint = f"run '{self.prog} --help' for help"
+        hint = self._hint or f"run '{self.prog} --help' for help"
         if message.startswith("unrecognized arguments:"):
             misplaced = [a for a in message.split(":", 1)[1].split() if a in _GLOBAL]
             if misplaced:  # `fds replay f.csv -q`: the global options go first

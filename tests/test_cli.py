@@ -347,3 +347,18 @@ def test_a_global_option_after_the_command_says_where_it_goes(capsys):
         main(["replay", "f.csv", "-q"])
     assert e.value.code == 2
     assert "(-q goes before the command: fds -q COMMAND ...)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "hint"),
+    [
+        (["run", "--bootstarp", "x"], "(--bootstarp: did you mean --bootstrap?)"),
+        (["replay", "f.csv", "--sped=2"], "(--sped: did you mean --speed?)"),
+        (["replay", "f.csv", "--xyz"], "(run 'fds replay --help' for its options)"),
+    ],
+)
+def test_a_mistyped_option_is_told_the_closest_one(capsys, argv, hint):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert hint in capsys.readouterr().err

@@ -46,8 +46,9 @@ State (``--state-dir``; windows, alert budget, rate breaker: ``Engine.state_dict
   replayed after a crash is decided on the same state as the first time (identical duplicates,
   identical features). A partition ahead in event time of one with records still to decide is
   folded only that far; the loop folds the rest of it (below its committed offset, no output)
-  merged with what it decides (``_refold``). Limit: the state is one file per instance; entities that span
-  partitions (merchant, device) are counted over the partitions the instance holds.
+  merged with what it decides (``_refold``). Limit: the state is one file per instance;
+  entities that span partitions (merchant, device) are counted over the partitions the
+  instance holds.
 
 Backpressure: at most ``max_unacked_batches + 1`` batches of decisions (each at most
 ``max_poll_records``) await acknowledgement; beyond that the loop waits for the oldest before
