@@ -6,16 +6,17 @@
 Each run: fresh topics and group on a kit broker started here (ports 19592/19593, its own data
 dir, stopped at the end), the simulator's stream produced first (a backlog on 6 partitions),
 `fds run` with the default rules (a process of its own, logs kept) deciding it, and one fault
-once a fifth of the stream is decided:
+(once a fifth of the stream is decided, but for the handover):
 
 * **broker-kill**: `kill -9` of the broker JVM, down ``--down`` seconds, started again on the
   same data dir (the outage a machine or data-centre loss causes);
 * **pause**: `fds run` itself stopped (SIGSTOP) for ``--down`` seconds while the broker stays
   up: longer than the 10 s session timeout, so the group evicts it (a GC pause, a frozen VM);
-* **handover**: a second `fds run` joins the group (it rebuilds the state of the partitions it
-  gets and decides them at its own pace, so the two drift apart in event time on the
-  backlog); once two fifths are decided the first is killed with SIGKILL, and the second
-  takes its partitions, decided further (or less far) in event time than its own.
+* **handover**: a second `fds run` joins the group once a tenth is decided and gets half the
+  partitions; once it has rebuilt their state, the first is stopped (SIGSTOP) for 7 s, less
+  than the session timeout, while the second decides on (the two drift days apart in event
+  time on the backlog), then killed with SIGKILL: after the session timeout the second takes
+  its partitions, decided to an event time days behind its own.
 
 Both at-least-once and `--exactly-once`. Checked against the input and a replay of the same
 file through the same engine: transactions lost; duplicates, and those that differ from their
@@ -159,20 +160,24 @@ def one_run(
     log_path = work / f"{name}-i1.log"
     n = len(ids)
     try:
-        wait(lambda: count_output(topics["decisions"]) >= n // 5, 120)
-        if fault == "handover":
-            second = start("i2")
-            wait(lambda: count_output(topics["decisions"]) >= 2 * n // 5, 300)
+        if fault == "handover":  # the first commits, the second joins and rebuilds its share
+            wait(lambda: count_output(topics["decisions"]) >= n // 10, 120)
+            second, log2 = start("i2"), work / f"{name}-i2.log"
+            wait(lambda: 'msg="rebuild' in log2.read_text(), 120)
+            run.send_signal(signal.SIGSTOP)
+            time.sleep(7.0)  # the second decides on, the first stays in the group
             run.kill()
             run.wait()
-            run, log_path = second, work / f"{name}-i2.log"
+            run, log_path = second, log2
         elif fault == "broker-kill":
+            wait(lambda: count_output(topics["decisions"]) >= n // 5, 120)
             pid = kafka_kit.status(ddir).pid
             assert pid is not None
             os.kill(pid, signal.SIGKILL)
             time.sleep(down)
             kafka_kit.up(PORT, CONTROLLER_PORT, ddir)
         else:
+            wait(lambda: count_output(topics["decisions"]) >= n // 5, 120)
             run.send_signal(signal.SIGSTOP)
             time.sleep(down)
             run.send_signal(signal.SIGCONT)

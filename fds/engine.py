@@ -441,20 +441,17 @@ class Engine:
 
     def fold(self, tx: Mapping[str, Any]) -> None:
         """Decide ``tx`` for its effect on the state only (a restore catching up on what was
-        decided before): the decision is dropped and nothing is counted in the metrics (call
-        :meth:`report` before the folds and :meth:`discard_counts` after them)."""
+        decided before): the decision is dropped and nothing is counted, in the metrics or in
+        the rule stage's skip counts (the record was counted when first decided)."""
         m, self.metrics = self.metrics, None
+        hold = getattr(self.rules, "hold_counts", None)
+        restore = hold() if hold is not None else None
         try:
             self.decide(tx)
         finally:
             self.metrics = m
-
-    def discard_counts(self) -> None:
-        """Drop what the rule stage counted since the last :meth:`report` (rules skipped for a
-        missing name or an error): after folds, whose records were counted when decided."""
-        drain = getattr(self.rules, "drain_counts", None)
-        if drain is not None:
-            drain()
+            if restore is not None:
+                restore()
 
     def learn(self, label: Mapping[str, Any]) -> None:
         """Feed one label (late feedback) to the stages that learn from labels."""

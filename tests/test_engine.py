@@ -1,5 +1,7 @@
 """The engine's wiring: stage failures, guardrails (rate breaker, degraded mode), metrics."""
 
+from typing import Any
+
 import pytest
 
 from fds.engine import Engine
@@ -264,3 +266,32 @@ def test_a_demoted_model_is_back_in_force_when_another_version_serves():
     assert engine.decide(tx(200))["action"] == "approve"  # v1 still serves: in shadow
     model.version, model.p = "v2", 0.95
     assert engine.decide(tx(201))["action"] == "decline" and engine.demoted == set()
+
+
+@pytest.mark.parametrize("reloading", [False, True])
+def test_a_fold_counts_no_rule_skip(tmp_path, reloading):
+    """A fold decides again a record that was counted when first decided (a restore, or what a
+    restore left to fold as fds run decides): the rules' skip counts must not grow."""
+    from fds.rules.reload import ReloadingRuleset
+    from fds.rules.ruleset import load_ruleset_text
+
+    text = (
+        "version: v\nrules:\n"
+        "  - {id: r, when: extra.x > 1, action: review, score: 0.5, reason: r}\n"
+        "  - {id: e, when: amount / extra.zero > 1, action: review, score: 0.5, reason: e}\n"
+    )
+    if reloading:
+        path = tmp_path / "r.yaml"
+        path.write_text(text)
+        rules: Any = ReloadingRuleset(path, poll_seconds=0)
+    else:
+        rules = load_ruleset_text(text)
+    engine = Engine(rules=rules)
+    tx = {"tx_id": "t", "ts": 1.7e9, "card_id": "c", "amount": 5.0, "extra": {"zero": 0}}
+    for _ in range(2):
+        with pytest.raises(StageError):  # rule e raises: the fold's caller drops the record
+            engine.fold(tx)
+    assert rules.missing_counts == {"r": 0, "e": 0} and rules.error_counts == {"r": 0, "e": 0}
+    with pytest.raises(StageError):
+        engine.decide(tx)
+    assert rules.missing_counts["r"] == 1 and rules.error_counts["e"] == 1

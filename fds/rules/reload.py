@@ -137,6 +137,10 @@ class ReloadingRuleset:
     def error_counts(self) -> dict[str, int]:
         return self.applied.error_counts
 
+    def hold_counts(self) -> Callable[[], None]:
+        """:meth:`Ruleset.hold_counts` of the ruleset in force."""
+        return self.applied.hold_counts()
+
     def drain_counts(self) -> tuple[dict[str, int], dict[str, int]]:
         """:meth:`Ruleset.drain_counts` over the ruleset in force and those it replaced since
         the last call (a reload does not lose the skips counted before it). Deciding thread."""

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, tzinfo
 from pathlib import Path
@@ -570,6 +570,16 @@ class Ruleset:
             out.append({r.id: n for r, n in zip(self.evaluated, counts, strict=True) if n})
             counts[:] = [0] * len(counts)
         return out[0], out[1]
+
+    def hold_counts(self) -> Callable[[], None]:
+        """Note the skip counts; the function returned puts them back (a fold decides again a
+        record counted when it was first decided)."""
+        missing, errors = self._missing[:], self._errors[:]
+
+        def restore() -> None:
+            self._missing[:], self._errors[:] = missing, errors
+
+        return restore
 
     def names_read(self) -> dict[str, tuple[str, ...]]:
         """Per rule id, the names its condition reads (for reports)."""

@@ -1368,7 +1368,6 @@ class Runner:
             pos.update({tp.partition: c for tp, c in behind.items()})
             return committed
         t0 = time.monotonic()
-        self.engine.report()  # what was decided so far is counted; the folds below are not
         reader = self._consumer_factory(
             **self.s.client_config(),
             group_id=None,
@@ -1427,7 +1426,6 @@ class Runner:
                         return committed
         finally:
             self._restoring = False
-            self.engine.discard_counts()
             with contextlib.suppress(Exception):
                 reader.close()
         pos.update({tp.partition: c for tp, c in committed.items() if c is not None})
