@@ -929,6 +929,8 @@ class Runner:
                     folds += 1
                     if tx.__class__ is not _Bad:
                         self._fold(tx)
+                        if self.labels is not None:  # its labels count from the next decision
+                            self.labels.folded(tx["tx_id"])
                     continue
                 del refold[tp]
             nxt[tp] = msg.offset + 1

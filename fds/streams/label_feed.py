@@ -81,6 +81,9 @@ class LabelFeed:
         self._bad_next: dict[int, int] = {}  # partition -> offset after the last bad one queued
         self._tps: list[Any] = []
         self._held: deque[tuple[int, dict[str, Any]]] = deque()  # (record ms, label)
+        # labels waiting for their transaction, by tx_id; those applied by folded (their id())
+        self._waiting: dict[str, list[dict[str, Any]]] = {}
+        self._done: set[int] = set()
 
     def rewind(
         self, input_ms: float, timeout_s: float = 60.0, stopping: Callable[[], bool] = bool
@@ -103,6 +106,8 @@ class LabelFeed:
             self._tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
             c.assign(self._tps)
         self._held.clear()
+        self._waiting.clear()
+        self._done.clear()
         for tp, offset in start_offsets(c, self._tps, float(self.plan.label_ttl)).items():
             c.seek(tp, offset)
         end = c.end_offsets(self._tps)
@@ -147,26 +152,46 @@ class LabelFeed:
         self._fetch(timeout_ms=0)
         return self._apply(input_ms)
 
+    def folded(self, tx_id: str) -> int:
+        """Transaction ``tx_id`` was just folded into the state (what a restore left to fold,
+        as ``fds run`` decides): the labels waiting for it are applied now, before the next
+        decision (they were known to the decisions made after them the first time)."""
+        labels = self._waiting.pop(tx_id, None) if self._waiting else None
+        if not labels:
+            return 0
+        for label in labels:
+            self._one(label)
+            self._done.add(id(label))  # (still held: skipped there)
+        return len(labels)
+
+    def _one(self, label: dict[str, Any]) -> None:
+        self.changed += bool(self.plan.on_label(label))
+        if self.also is not None:
+            self.also(label)
+
     def _apply(self, input_ms: float) -> int:
         held = self._held
         if not held:
             return 0
-        plan = self.plan
-        knows, on_label = plan.knows, plan.on_label
-        waiting: deque[tuple[int, dict[str, Any]]] = deque()
+        knows = self.plan.knows
+        kept: deque[tuple[int, dict[str, Any]]] = deque()
+        by_id: dict[str, list[dict[str, Any]]] = {}
+        done = self._done
         room = MAX_HELD
         n = 0
         for ms, label in held:
-            if ms > input_ms and room > 0 and not knows(label["tx_id"]):
-                waiting.append((ms, label))
+            if done and id(label) in done:
+                continue  # applied when its transaction was folded
+            tx_id = label["tx_id"]
+            if ms > input_ms and room > 0 and not knows(tx_id):
+                kept.append((ms, label))
+                by_id.setdefault(tx_id, []).append(label)
                 room -= 1
                 continue
             # known, or its transaction can no longer come: unmatched
-            self.changed += bool(on_label(label))
-            if self.also is not None:
-                self.also(label)
+            self._one(label)
             n += 1
-        self._held = waiting
+        self._held, self._waiting, self._done = kept, by_id, set()
         return n
 
     def take_bad(self) -> list[tuple[Any, BaseException]]:

@@ -165,3 +165,19 @@ def test_a_label_read_again_is_not_counted_again():
     feed = LabelFeed(FakeConsumer([label(0, "a", 5_000), label(1, "gone", 5_000)]), "labels", p)
     assert feed.rewind(input_ms=math.inf) == 2 and feed.changed == 1  # "gone": unmatched
     assert feed.rewind(input_ms=math.inf) == 2 and feed.changed == 1
+
+
+def test_a_label_waiting_for_a_transaction_folded_as_fds_run_decides_is_applied_at_its_fold():
+    """What a restore left to fold is folded between decisions: a label waiting for one of
+    those transactions counts from the next decision, as it did the first time (a CI run: the
+    decision after a restart had fraud_count 0), and only once."""
+    p = plan()
+    seen: list[str] = []
+    feed = LabelFeed(FakeConsumer([label(0, "z", 5_000)]), "labels", p, seen.append)
+    assert feed.rewind(input_ms=-math.inf) == 0  # "z" is not in the state yet: waits
+    assert feed.folded("other") == 0
+    p.compute(tx("z", 1_767_225_670.0))  # folded
+    assert feed.folded("z") == 1
+    assert p.compute(tx("after", 1_767_225_680.0))["m_frauds"] == 1
+    assert feed.poll(input_ms=math.inf) == 0 and feed.folded("z") == 0  # not applied again
+    assert [lab["tx_id"] for lab in seen] == ["z"]
