@@ -158,6 +158,7 @@ def _load_stream(
     input_path: str | None,
     mapping_path: str | None,
     *,
+    labels_path: str | Path | None = None,
     days: int,
     cards: int,
     merchants: int,
@@ -202,13 +203,14 @@ def _load_stream(
     from fds.streams.simulator import labels_beside
 
     mapping = load_mapping(mapping_path) if mapping_path else None
-    beside = None if mapping is not None and mapping.label else labels_beside(input_path)
-    stream = replay.load(input_path, mapping=mapping, labels_path=beside)
+    if labels_path is None and not (mapping is not None and mapping.label):
+        labels_path = labels_beside(input_path)
+    stream = replay.load(input_path, mapping=mapping, labels_path=labels_path)
     if not stream.labels:
         raise ConfigError(
             f"{input_path}: no labels: give a mapping with a label column (label: {{column: ..., "
-            "delay: 7d}), or a labels file beside it (as `fds simulate` writes), so the "
-            "benchmark knows which transactions are fraud"
+            "delay: 7d}), a labels file (--labels, as for `fds replay`) or one beside it (as "
+            "`fds simulate` writes), so the benchmark knows which transactions are fraud"
         )
     txs = list(stream.transactions)  # load() materialises; list() also accepts a lazy stream
     if not txs:
@@ -243,6 +245,7 @@ def run_precision(
     rules: str | None = None,
     input_path: str | None = None,
     mapping_path: str | None = None,
+    labels_path: str | Path | None = None,
     out_dir: str | Path | None = "benchmarks/results",
     name: str = "precision",
     command: str | None = None,
@@ -253,7 +256,8 @@ def run_precision(
     """Run the precision benchmark; print the table; write plots and a report to ``out_dir``.
 
     For a user's file pass ``input_path`` (and ``mapping_path`` whose ``label`` section gives
-    the fraud column and its delay); ``drift_day`` then marks a known change, or ``None``.
+    the fraud column and its delay, or ``labels_path``, a labels file); ``drift_day`` then
+    marks a known change, or ``None``.
     ``ceiling_ref``: also report the hindsight ceiling (:func:`_ceiling`) and a perfect ranker.
     """
     from fds.engine import Engine
@@ -271,6 +275,7 @@ def run_precision(
     txs, labels, truth, start, meta = _load_stream(
         input_path,
         mapping_path,
+        labels_path=labels_path,
         days=days,
         cards=cards,
         merchants=merchants,
@@ -782,6 +787,9 @@ def register(subparsers: Any) -> None:
     )
     pp.add_argument("--input", help="a historical file instead of the simulator")
     pp.add_argument("--mapping", help="column mapping YAML for --input (with a label section)")
+    pp.add_argument(
+        "--labels", help="labels file for --input (JSONL/CSV: tx_id, ts, is_fraud), as fds replay"
+    )
     pp.add_argument("--days", type=int, default=60)
     pp.add_argument("--cards", type=int, default=10_000)
     pp.add_argument("--merchants", type=int, default=1_000)
@@ -820,9 +828,10 @@ def _alert_budget(text: str) -> int:
 def _cmd_precision(args: argparse.Namespace) -> int:
     from fds.errors import ConfigError
 
-    if args.mapping and not args.input:
-        print("error: --mapping needs --input FILE", file=sys.stderr)
-        return 2
+    for flag in ("mapping", "labels"):
+        if getattr(args, flag) and not args.input:
+            print(f"error: --{flag} needs --input FILE", file=sys.stderr)
+            return 2
     drift = args.drift_day
     if drift is None and not args.input:  # a user's file has no drift unless told
         drift = SIM_DRIFT_DAY
@@ -845,6 +854,7 @@ def _cmd_precision(args: argparse.Namespace) -> int:
             rules=args.rules,
             input_path=args.input,
             mapping_path=args.mapping,
+            labels_path=args.labels,
             out_dir=args.out,
             name=args.name
             or (f"precision_{Path(args.input).name.split('.')[0]}" if args.input else "precision"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -287,3 +288,22 @@ def test_a_rule_that_raises_is_a_usage_error_naming_it(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"rule night_ratio raised ZeroDivisionError.*guard"):
         run_precision(days=3, cards=300, merchants=100, drift_day=None, warmup_days=1, seed=1,
                       rules=str(rules), out_dir=tmp_path, progress=False, echo=False)  # fmt: skip
+
+
+def test_a_users_file_with_its_labels_in_a_file_of_their_own(tmp_path: Path, capsys) -> None:
+    """`--labels` as for `fds replay`: the labels need not be a column or beside the file."""
+    from fds.streams.simulator import write
+
+    sim = simulate(days=5, cards=300, merchants=100, seed=3)
+    write(sim, tmp_path / "tx.jsonl")
+    labels = tmp_path / "elsewhere.jsonl"
+    (tmp_path / "tx.labels.jsonl").rename(labels)
+    kw: dict[str, Any] = dict(
+        drift_day=None, warmup_days=1, k=5, out_dir=tmp_path, progress=False, echo=False
+    )
+    with pytest.raises(ConfigError, match=r"no labels: .*--labels"):
+        run_precision(input_path=str(tmp_path / "tx.jsonl"), **kw)
+    res = run_precision(input_path=str(tmp_path / "tx.jsonl"), labels_path=str(labels), **kw)
+    assert res.meta["frauds"] == sum(lab["is_fraud"] for lab in sim.labels) > 0
+    args = _cli(["--labels", str(labels)])
+    assert args.func(args) == 2 and "--labels needs --input FILE" in capsys.readouterr().err
