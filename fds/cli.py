@@ -42,19 +42,32 @@ class _Parser(argparse.ArgumentParser):
     ) -> argparse.Namespace:
         ns, extras = self.parse_known_args(args, namespace)
         if extras:
-            command = getattr(ns, "command", None)
-            self._hint = self._did_you_mean(command, extras) or (
-                f"run '{self.prog} {command} --help' for its options" if command else None
+            path, options = self._chosen(ns)
+            self._hint = self._did_you_mean(options, extras) or (
+                f"run '{self.prog} {' '.join(path)} --help' for its options" if path else None
             )
             self.error("unrecognized arguments: " + " ".join(extras))
         return ns
 
-    def _did_you_mean(self, command: str | None, extras: list[str]) -> str | None:
-        """``--bootstarp``: the closest option of the command (or of fds itself)."""
+    def _chosen(self, ns: argparse.Namespace) -> tuple[list[str], list[str]]:
+        """The (sub)commands ``ns`` went through (``kafka up``) and the options of the last."""
+        parser: argparse.ArgumentParser = self
+        path: list[str] = []
         options = list(self._option_string_actions)
-        for action in self._actions:
-            if isinstance(action, argparse._SubParsersAction) and command in action.choices:
-                options += action.choices[command]._option_string_actions
+        while True:
+            sub = next(
+                (a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None
+            )
+            name = getattr(ns, sub.dest, None) if sub is not None else None
+            if sub is None or name not in sub.choices:
+                return path, options
+            parser = sub.choices[name]
+            path.append(name)
+            options += parser._option_string_actions
+
+    @staticmethod
+    def _did_you_mean(options: list[str], extras: list[str]) -> str | None:
+        """``--bootstarp``: the closest option of the command (or of fds itself)."""
         for arg in extras:
             name = arg.split("=", 1)[0]
             if name.startswith("-") and name not in _GLOBAL:

@@ -355,6 +355,8 @@ def test_a_global_option_after_the_command_says_where_it_goes(capsys):
         (["run", "--bootstarp", "x"], "(--bootstarp: did you mean --bootstrap?)"),
         (["replay", "f.csv", "--sped=2"], "(--sped: did you mean --speed?)"),
         (["replay", "f.csv", "--xyz"], "(run 'fds replay --help' for its options)"),
+        (["kafka", "up", "--prot", "1"], "(--prot: did you mean --port?)"),
+        (["kafka", "up", "--xyz"], "(run 'fds kafka up --help' for its options)"),
     ],
 )
 def test_a_mistyped_option_is_told_the_closest_one(capsys, argv, hint):

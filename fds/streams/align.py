@@ -133,6 +133,11 @@ class Aligner:
         buf = self._bufs.get(tp)
         return len(buf) if buf else 0
 
+    def first(self, tp: Any) -> int | None:
+        """Offset of the first record of ``tp`` buffered (``None``: none)."""
+        buf = self._bufs.get(tp)
+        return buf[0][1].offset if buf else None
+
     def forget(self, tps: Iterable[Any]) -> None:
         """Drop the buffers of revoked partitions. Their new owner reads them from the committed
         offset; the consumer is sought back to the first dropped record in case the partition

@@ -498,7 +498,7 @@ class Runner:
         self._rebalances = 0  # listener calls so far: a restore that sees one starts again
         # Input partition -> its committed offset, for partitions whose restore stopped short
         # of it (they were ahead in event time of one still to decide): records below it are
-        # folded without output as the loop decides the others. No checkpoint meanwhile.
+        # folded without output as the loop decides the others, _positions following them.
         self._refold: dict[Any, int] = {}
         self._restoring = False  # folding a restore: the state is ahead of _positions
         # Partitions were revoked or lost and no assignment has come since: a join is under
@@ -517,7 +517,6 @@ class Runner:
         # until it has rejoined every batch would be refused again (six in a row in a chaos
         # run). Nothing is decided until a rebalance or a session timeout since then.
         self._evicted: tuple[float, int] | None = None  # (when, rebalances then)
-        self._rewind = False  # ... and the consumer goes back to the committed offsets
         self._closing = False  # run() is closing the clients: the listener leaves state alone
         self._broker_gone = False  # the run ends because Kafka did not answer
         self._stop_by: float | None = None  # monotonic deadline of a stop's work
@@ -931,6 +930,8 @@ class Runner:
                         self._fold(tx)
                         if self.labels is not None:  # its labels count from the next decision
                             self.labels.folded(tx["tx_id"])
+                    # committed already: a checkpoint may say the state covers it
+                    self._positions[tp.partition] = msg.offset + 1
                     continue
                 del refold[tp]
             nxt[tp] = msg.offset + 1
@@ -1079,7 +1080,6 @@ class Runner:
                 "last commit are decided again after the group is rejoined", exc,
             )  # fmt: skip
             self._back_to_checkpoint("a commit refused after an eviction")
-            self._rewind = self.checkpointer is not None
             return False
         return True
 
@@ -1102,6 +1102,21 @@ class Runner:
             if offset is not None:
                 with contextlib.suppress(Exception):
                     self.consumer.seek(tp, offset)
+
+    def _resume_from(self, offsets: Mapping[Any, int | None]) -> None:
+        """Send the group consumer back to ``offsets`` where it would read anything else next
+        (what the aligner holds from there on stays)."""
+        moved: dict[Any, int | None] = {}
+        for tp, offset in offsets.items():
+            at = self.aligner.first(tp) if self.aligner is not None else None
+            if at is None:
+                try:
+                    at = self.consumer.position(tp, timeout_ms=0)
+                except Exception:  # not known yet: sought
+                    at = None
+            if offset is not None and at != offset:
+                moved[tp] = offset
+        self._seek_back(moved)
 
     def _abort_and_rewind(self, batch: list[tuple[Any, Any, Any]], exc: BaseException) -> None:
         """Exactly-once: the group refused the batch's offsets because this instance was
@@ -1186,8 +1201,7 @@ class Runner:
         after a synchronous commit of all of them: the state then covers exactly
         ``_positions``)."""
         ck = self.checkpointer
-        # (_refold: the state covers more of those partitions than _positions says)
-        if ck is None or not self._positions or self._restoring or self._refold:
+        if ck is None or not self._positions or self._restoring:
             return False
         if not force and not self._checkpoint_due():
             return False
@@ -1298,7 +1312,9 @@ class Runner:
         self._joining = False
         mine = {tp.partition for tp in assigned if tp.topic == self.s.input_topic}
         self._unresolved = set(mine)
-        self._refold = {}  # the restore before the first batch says what is left to fold
+        # (a partition kept is caught up from where its fold stands, not rebuilt: see
+        # _bring_up_to_date; the restore before the next batch says what is left to fold)
+        self._refold = {tp: c for tp, c in self._refold.items() if tp.partition in mine}
         # Eager assignment (kafka-python's default): ``assigned`` is the whole new assignment.
         self._follow_only(mine)
 
@@ -1317,14 +1333,14 @@ class Runner:
             return
         tps = [TopicPartition(self.s.input_topic, p) for p in sorted(parts)]
         covered = self._bring_up_to_date(tps)
-        if self._rewind and not self._unresolved and not self._stop:
-            # After a refused commit: the group consumer goes back to the offsets the state
-            # now covers (the committed ones, or where a fold stopped: _refold). A rejoin
-            # that lost the generation did that already; one that did not (a rebalance in
-            # progress, or none within the session timeout) kept its positions, and the
-            # records between were neither decided nor folded.
-            self._rewind = False
-            self._seek_back(covered)
+        if not self._unresolved and not self._stop:
+            # The group consumer goes on from what the state covers (the committed offsets, or
+            # where a fold stopped: _refold). kafka-python keeps the position of a partition
+            # that stays assigned across a rebalance, or that a refused commit rewound
+            # (_rewind_batch, _settle_or_rejoin), and it may be behind the committed offset
+            # (a partition being folded) or past it (an asynchronous commit at a revocation
+            # that did not land): records decided twice, or neither decided nor folded.
+            self._resume_from(covered)
 
     def _bring_up_to_date(self, tps: list[Any]) -> dict[Any, int | None]:
         """Fold what the group decided below its committed offsets into the state (state only,
@@ -1363,11 +1379,18 @@ class Runner:
         }
         if not behind:
             return committed
-        restart = not self._live and all(
-            tp.partition in pos and pos[tp.partition] <= c for tp, c in behind.items()
+        # The state follows each partition behind up to its position: a catch-up from there
+        # is exact unless the state decided input since its restore (it may then lack what
+        # another instance decided meanwhile), but for a partition it was still folding up to
+        # that same committed offset (_refold, held since)
+        own = self._refold
+        restart = all(
+            tp.partition in pos and pos[tp.partition] <= c and (not self._live or own.get(tp) == c)
+            for tp, c in behind.items()
         )
         if not restart and not self._rebuild:  # such partitions start from the state as it is
             pos.update({tp.partition: c for tp, c in behind.items()})
+            self._refold = {}
             return committed
         t0 = time.monotonic()
         reader = self._consumer_factory(
@@ -1447,7 +1470,6 @@ class Runner:
         self.checkpoint(force=True)
         self._refold = refold
         resume = {tp: reached[tp] for tp in refold}
-        self._seek_back(resume)
         self._live = False  # a restore is not input decided: a repeat assignment may catch up
         self._ahead = False
         self._labels_due = True  # labels applied before may be missing from the folded state
@@ -1506,6 +1528,8 @@ class Runner:
             hw = self.consumer.highwater(tp)  # from the last fetch response: no request
             # nothing decided here yet: from the committed offset the state follows
             decided = self._decided.get(tp, self._positions.get(tp.partition))
+            if tp in self._refold and decided is not None:  # what it folds was decided before
+                decided = max(decided, self._refold[tp])
             if hw is not None and decided is not None:
                 self.metrics.consumer_lag(tp.partition, max(0, hw - decided))
         self.engine.report()

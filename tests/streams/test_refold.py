@@ -1,0 +1,155 @@
+"""What a restore leaves to fold (partitions ahead in event time of one still to decide, see
+fds.streams.rebuild) is folded as ``fds run`` decides. Across rebalances and refused
+transactions during that fold, nothing below a committed offset is decided again, no offset
+goes backwards, and the state counts every record once. In-memory broker
+(tests/streams/fakebroker.py); against the real one: tests/integration/test_kafka_state.py."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+from kafka.errors import CommitFailedError
+from kafka.structs import TopicPartition
+
+from fds.engine import Engine
+from fds.features import FeaturePlan
+from fds.metrics import Metrics
+from fds.rules.ruleset import FeatureSpec
+from fds.streams.align import Aligner
+from fds.streams.checkpoint import Checkpointer
+from fds.streams.kafka import KafkaSettings, Runner, _event_time
+from tests.streams.fakebroker import TOPIC, Broker, Group, Producer, Reader
+
+P0, P1 = TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)
+BASE = time.time() - 5000  # record timestamps within the feature horizon
+
+
+def logs(n0: int = 40, n1: int = 40) -> dict[int, list[dict[str, Any]]]:
+    """One card in both partitions (so its count shows every record the state holds), P1's
+    records 5 s after P0's of the same index."""
+    return {
+        p: [{"tx_id": f"p{p}-{i}", "ts": BASE + 10 * i + 5 * p, "card_id": "c1", "amount": 1.0}
+            for i in range(n)]
+        for p, n in ((0, n0), (1, n1))
+    }  # fmt: skip
+
+
+def engine(metrics: Any = None) -> Engine:
+    spec = FeatureSpec(name="n", entity="card_id", agg="count", window="1d")
+    return Engine(features=FeaturePlan([spec]), metrics=metrics)
+
+
+def runner(broker: Broker, tmp_path: Any, producer: type = Producer, **settings: Any) -> Runner:
+    group = Group(broker)
+    return Runner(
+        KafkaSettings(checkpoint_in_background=False, align_wait_s=0, **settings), engine(),
+        consumer_factory=lambda **cfg: group if cfg.get("group_id") else Reader(broker),
+        producer_factory=lambda **cfg: producer(broker, **cfg),
+        checkpointer=Checkpointer(tmp_path),
+    )  # fmt: skip
+
+
+def decided_below(broker: Broker, committed: dict[str, int]) -> list[str]:
+    return [
+        d["tx_id"] for d in broker.out
+        if int(d["tx_id"].split("-")[1]) < committed[d["tx_id"].split("-")[0]]
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("eos", [False, True])
+@pytest.mark.parametrize("kept", [{P1}, {P0, P1}])
+def test_a_rebalance_during_the_fold_decides_nothing_twice(tmp_path, caplog, eos, kept):
+    """P0 was decided to offset 10 (t=100 s), P1 to 30 (t=305 s): the restore folds both to
+    t=95 s, and P1's records 10-29 are folded as P0's are decided. A rebalance in the middle
+    keeps P1 here (kafka-python keeps its position, below its committed offset): before, the
+    restore after it folded P1 to 30 without seeking its consumer there, and P1's records
+    21-29 were decided again, counted twice in the state, and their offsets committed
+    backwards. Now the restore after it is a catch-up of P1 from where its fold stood."""
+    caplog.set_level(logging.INFO, logger="fds.streams.kafka")
+    broker = Broker(logs(), committed={0: 10, 1: 30})
+    broker.script = [(1, lambda g: g.rebalance({P0, P1})), (6, lambda g: g.rebalance(kept))]
+    r = runner(broker, tmp_path, max_unacked_batches=0, max_poll_records=6,
+               exactly_once=eos, transactional_id="t" if eos else None)  # fmt: skip
+    r.run(max_idle_s=0.3)
+    ids = Counter(d["tx_id"] for d in broker.out)
+    assert decided_below(broker, {"p0": 10, "p1": 30}) == []
+    assert [i for i, n in ids.items() if n > 1] == []
+    p1_commits = [o for p, o in broker.commit_log if p == 1]
+    assert p1_commits == sorted(p1_commits) and min(p1_commits) >= 30
+    assert ids["p1-39"] == 1
+    # the restore after the rebalance is a catch-up, not a second rebuild from the horizon
+    assert "catch-up partitions=" in caplog.text and caplog.text.count("rebuild partitions") == 1
+    if kept == {P0, P1}:  # every record once in the state, as an uninterrupted run
+        last = next(d for d in broker.out if d["tx_id"] == "p1-39")
+        assert last["features"]["n"] == 80
+
+
+def test_a_refused_transaction_of_folded_records_decides_none_of_them(tmp_path):
+    """Exactly-once: a transaction holding only records being folded (it carries P1's
+    committed offset again) is refused, and no rebalance follows: the batch is rewound below
+    P1's committed offset, the state goes back to the checkpoint; the catch-up then folds P1
+    to 30, and its consumer must be sought there (before: P1's records 13-29 decided again,
+    the card's count 69 for an uninterrupted 52)."""
+    broker = Broker(logs(n0=12), committed={0: 5, 1: 30})
+    broker.script = [(1, lambda g: g.rebalance({P0, P1}))]
+    refused: list[Any] = []
+
+    class Refusing(Producer):
+        def send_offsets_to_transaction(self, offsets: dict[Any, Any], meta: Any) -> None:
+            if not refused and set(offsets) == {P1} and broker.committed[P0] == 12:
+                refused.append(offsets)
+                raise CommitFailedError("evicted (test)")
+            super().send_offsets_to_transaction(offsets, meta)
+
+    r = runner(broker, tmp_path, Refusing, max_poll_records=4, exactly_once=True,
+               transactional_id="t", session_timeout_ms=1000)  # fmt: skip
+    r.run(max_idle_s=1.5)
+    assert refused and decided_below(broker, {"p0": 5, "p1": 30}) == []
+    p1_commits = [o for p, o in broker.commit_log if p == 1]
+    assert p1_commits == sorted(p1_commits)
+    last = next(d for d in broker.out if d["tx_id"] == "p1-39")
+    assert last["features"]["n"] == 52
+
+
+def test_the_lag_of_a_partition_being_folded_counts_only_what_is_left_to_decide(tmp_path):
+    m = Metrics()
+    broker = Broker(logs(), committed={0: 10, 1: 30})
+    group = Group(broker)
+    group.assigned, group.pos, group.hw = {P0, P1}, {P0: 10, P1: 30}, {P0: 40, P1: 40}
+    r = Runner(
+        KafkaSettings(checkpoint_in_background=False),
+        engine(m),
+        consumer_factory=lambda **_: Reader(broker),
+        checkpointer=Checkpointer(tmp_path),
+    )
+    r.consumer, r.producer, r.aligner = group, Producer(broker), Aligner(group, _event_time)
+    r._live = True
+    r._bring_up_to_date([P0, P1])
+    assert r._refold == {P1: 30} and r._positions[1] < 30
+    r._report()
+    lag = {p: m.registry.get_sample_value("fds_consumer_lag_messages", {"partition": p})
+           for p in "01"}  # fmt: skip
+    assert lag == {"0": 30.0, "1": 10.0}
+
+
+def test_batches_are_pipelined_while_a_partition_is_folded(tmp_path):
+    """A checkpoint refused for the whole fold left one due, so every at-least-once batch
+    was flushed and committed synchronously."""
+    from tests.streams.test_runner_commits import TP, batch, make_runner
+
+    counts = []
+    for refold in (False, True):
+        r = make_runner(max_unacked_batches=5, checkpoint_in_background=False)
+        r.checkpointer = Checkpointer(tmp_path / str(refold))
+        r._positions = {0: 0, 1: 5}
+        if refold:
+            r._refold = {TopicPartition(TP.topic, 1): 50}
+        for start in range(0, 30, 3):
+            r._process(batch(start))
+            r.producer.ack()
+        counts.append((r.producer.flushes, len(r.consumer.commits)))
+    assert counts[0] == counts[1] == (1, 1)
