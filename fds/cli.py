@@ -63,7 +63,7 @@ class _Parser(argparse.ArgumentParser):
                 return path, options
             parser = sub.choices[name]
             path.append(name)
-            options += parser._option_string_actions
+            options = list(parser._option_string_actions)  # (fds's own go before the command)
 
     @staticmethod
     def _did_you_mean(options: list[str], extras: list[str]) -> str | None:

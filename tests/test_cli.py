@@ -357,6 +357,7 @@ def test_a_global_option_after_the_command_says_where_it_goes(capsys):
         (["replay", "f.csv", "--xyz"], "(run 'fds replay --help' for its options)"),
         (["kafka", "up", "--prot", "1"], "(--prot: did you mean --port?)"),
         (["kafka", "up", "--xyz"], "(run 'fds kafka up --help' for its options)"),
+        (["kafka", "up", "--quite"], "(run 'fds kafka up --help' for its options)"),
     ],
 )
 def test_a_mistyped_option_is_told_the_closest_one(capsys, argv, hint):
