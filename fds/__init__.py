@@ -10,10 +10,9 @@ able to handle a SIGTERM in that time.
 'fds.engine'
 """
 
-import importlib as _importlib
 from typing import TYPE_CHECKING as _TYPE_CHECKING
-from typing import Any as _Any
 
+from fds._lazy import lazy as _lazy
 from fds.errors import (
     ArtifactError,
     ConfigError,
@@ -50,21 +49,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> _Any:
-    if name not in _LAZY:  # a submodule (fds.engine, ...), as when the names were imported
-        if name.startswith("_") or "." in name:  # (hasattr(fds, "__main__") ran the CLI)
-            raise AttributeError(f"module 'fds' has no attribute {name!r}")
-        try:
-            return _importlib.import_module(f"fds.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"fds.{name}":  # the submodule exists; something it imports does not
-                raise
-            raise AttributeError(f"module 'fds' has no attribute {name!r}") from None
-    module, attr = _LAZY[name]
-    value = getattr(_importlib.import_module(module), attr)
-    globals()[name] = value  # once: later lookups do not come here
-    return value
-
+__getattr__ = _lazy("fds", _LAZY, globals())
 
 __all__ = [
     "ArtifactError",

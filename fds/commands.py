@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fds import replay as replay_mod
 from fds.metrics import Metrics, add_metrics_arguments, serve
 from fds.pipeline import DEFAULT_MODEL, DEFAULT_RULES, build_engine
 from fds.streams.files import JsonlSink, check_transaction_columns, load_mapping
@@ -148,6 +147,8 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def _replay(args: argparse.Namespace) -> int:
+    from fds import replay as replay_mod  # (the engine: not to build the command line)
+
     if args.speed is not None and not args.speed > 0:  # (nan too)
         print("fds replay: error: --speed must be > 0 (e.g. --speed 60)", file=sys.stderr)
         return 2

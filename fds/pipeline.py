@@ -13,10 +13,10 @@ so every door runs the same code path.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fds.engine import Engine
-from fds.guardrails import ModelGuard, RuleBreaker
+if TYPE_CHECKING:  # (imported when an engine is built: the CLI reads the defaults below)
+    from fds.engine import Engine
 
 __all__ = ["DEFAULT_MODEL", "DEFAULT_RULES", "build_engine"]
 
@@ -56,7 +56,9 @@ def build_engine(
     :meth:`Engine.learn` labels, deterministically (replay, demo, benchmarks).
     ``guardrails`` adds the rate circuit breaker and the model guard (fds.guardrails).
     """
+    from fds.engine import Engine
     from fds.features import FeaturePlan
+    from fds.guardrails import ModelGuard, RuleBreaker
     from fds.policy import Policy
     from fds.rules import ReloadingRuleset, load_ruleset
 

@@ -221,6 +221,20 @@ def test_the_command_handles_sigterm_before_any_heavy_import():
     assert p.stdout.strip() == "[]", p.stdout + p.stderr
 
 
+def test_building_the_command_line_imports_no_engine():
+    """`fds kafka status` took 3.5-7 s under load, nearly all of it importing the engine (River,
+    scikit-learn) to build the parser of every command."""
+    import subprocess
+
+    heavy = ("river", "sklearn", "fds.engine", "fds.models.scorer", "fds.replay")
+    code = (
+        "import sys, fds.cli\nfds.cli.build_parser()\n"
+        f"print([m for m in {heavy!r} if m in sys.modules])"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.stdout.strip() == "[]", p.stdout + p.stderr
+
+
 def test_a_rerun_that_decides_nothing_leaves_no_old_decisions(history, tmp_path):
     """Found by a review: --out was opened on the first decision, so a rerun that decided
     nothing (an empty file, every row a dead letter) left the previous run's decisions."""

@@ -79,7 +79,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.errors import CommitFailedError, KafkaError, KafkaTimeoutError
@@ -89,7 +89,6 @@ from pydantic import ValidationError as PydanticValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fds.cli import positive_float, positive_int
-from fds.engine import Engine
 from fds.errors import ConfigError, FdsError, StageError, ValidationError, describe
 from fds.gcpolicy import Freezer
 from fds.metrics import NullMetrics, add_metrics_arguments, make_metrics, serve
@@ -111,6 +110,9 @@ from fds.streams.label_feed import LabelFeed, reads_labels
 from fds.streams.rebuild import horizon_seconds, read_merged, start_offsets
 from fds.streams.state_topic import StateTopic
 from fds.timeutil import format_ts, get_zone, parse_ts
+
+if TYPE_CHECKING:  # (River: imported when an engine is built, not to build the command line)
+    from fds.engine import Engine
 
 __all__ = [
     "BrokerUnavailable",

@@ -51,7 +51,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
@@ -60,7 +60,6 @@ from kafka.structs import OffsetAndMetadata
 
 from fds.errors import ConfigError, FdsError, describe
 from fds.metrics import NullMetrics, add_metrics_arguments, make_metrics, serve
-from fds.models import Publication, Registry, SqliteStore, Trainer, load_spec
 from fds.models.registry import DEFAULT_REGISTRY, ENTRY_FIELDS
 from fds.pipeline import DEFAULT_MODEL
 from fds.schema import parse_label
@@ -75,6 +74,9 @@ from fds.streams.kafka import (
 )
 from fds.streams.kafka_kit import ClientErrors
 from fds.timeutil import format_ts, parse_ts
+
+if TYPE_CHECKING:  # (River: imported when a trainer starts, not to build the command line)
+    from fds.models import Publication, Registry, Trainer
 
 __all__ = ["TrainService", "TrainStats", "announcement", "register_train"]
 
@@ -165,6 +167,8 @@ class TrainService:
         label_wait_s: float = LABEL_WAIT_S,
         label_max_wait_s: float = LABEL_MAX_WAIT_S,
     ) -> None:
+        from fds.models import Registry, SqliteStore, load_spec
+
         self.s = settings
         self.spec = load_spec(spec)
         self.registry = Registry(registry)
@@ -196,6 +200,8 @@ class TrainService:
     # -- state -------------------------------------------------------------------------------
 
     def _make_trainer(self) -> Trainer:
+        from fds.models import Trainer
+
         raw = self.store.checkpoint()
         if raw is not None:
             state = pickle.loads(raw)  # written by this service into its own state dir
