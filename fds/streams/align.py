@@ -128,11 +128,6 @@ class Aligner:
                 buf.append((t, msg, item))
             self._waiting_since.pop(tp, None)
 
-    def holds(self, tp: Any) -> int:
-        """Records of ``tp`` buffered."""
-        buf = self._bufs.get(tp)
-        return len(buf) if buf else 0
-
     def first(self, tp: Any) -> int | None:
         """Offset of the first record of ``tp`` buffered (``None``: none)."""
         buf = self._bufs.get(tp)

@@ -1177,7 +1177,9 @@ class Runner:
         (nothing of them buffered, and read up to it): the state covers them up to it."""
         aligner = self.aligner
         for tp, c in list(self._refold.items()):
-            if (aligner is None or not aligner.holds(tp)) and fetched_to(self.consumer, tp, 0) >= c:
+            if (aligner is None or aligner.first(tp) is None) and fetched_to(
+                self.consumer, tp, 0
+            ) >= c:
                 del self._refold[tp]
                 self._positions[tp.partition] = c
 
