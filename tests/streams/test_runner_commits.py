@@ -33,6 +33,13 @@ class Future:
     def failed(self) -> bool:
         return self.exception is not None
 
+    def get(self, timeout: float | None = None) -> None:
+        """Waited for: the broker answers (kafka-python's blocks until it does)."""
+        self.waited = True
+        self.is_done = True
+        if self.exception is not None:
+            raise self.exception
+
 
 class Producer:
     """Sends stay unacknowledged until :meth:`ack` or ``flush``."""
@@ -108,11 +115,27 @@ def test_offsets_move_only_past_acknowledged_batches_in_order():
     assert c.async_commits == [3]
     r._process(batch(6))
     assert c.async_commits == [3] and p.flushes == 0  # two batches await: within the bound
-    r._process(batch(9))  # a third would exceed max_unacked_batches: wait for them all
+    r._process(batch(9))  # a third would exceed max_unacked_batches: wait for the oldest only
+    oldest, newer = p.futures[3:6], p.futures[6:]
+    assert all(getattr(f, "waited", False) for f in oldest)
+    assert not any(f.is_done for f in newer)  # still in flight: no flush
+    assert p.flushes == 0 and c.commits == [] and c.async_commits == [3, 6]
+    assert len(r._unacked) == 2
+    p.ack()
+    r._settle(wait=True)  # a checkpoint, an idle input or a stop: flush, blocking commit
     assert p.flushes == 1 and c.commits == [12]
     assert r._positions == {0: 12} and not r._unacked
     # the blocking commit is timed (an asynchronous one's answer is read in a later poll)
     assert r.metrics.registry.get_sample_value("fds_commit_duration_seconds_count") == 1
+
+
+def test_backpressure_waits_through_a_failed_send_and_stops_before_its_offsets():
+    r = make_runner(max_unacked_batches=1)
+    r._process(batch(0))
+    r.producer.futures[1].exception = RuntimeError("record too large")
+    with pytest.raises(FdsError, match="input offsets were not committed past it"):
+        r._process(batch(3))
+    assert r.consumer.async_commits == [] and r.consumer.commits == []
 
 
 def test_a_failed_send_stops_the_offsets_before_it():
