@@ -236,7 +236,8 @@ def passthrough(bootstrap: str, src: str, dst: str, group: str, idle_s: float) -
     """The ceiling: consume -> produce unchanged, with the delivery discipline and client tuning
     of `fds run`'s default: sends leave at once (no linger, 1 MiB batches, output partition =
     input partition); a batch's offsets are committed asynchronously once its sends are
-    acknowledged; with more than ``UNACKED`` batches awaiting, flush and commit."""
+    acknowledged; with more than ``UNACKED`` batches awaiting, wait for the oldest ones'
+    acknowledgements."""
     c = group_consumer(bootstrap, src, group)
     p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0, batch_size=1 << 20)
     unacked: deque[tuple[Any, dict[Any, Any]]] = deque()  # (last send, offsets) per batch
@@ -252,8 +253,8 @@ def passthrough(bootstrap: str, src: str, dst: str, group: str, idle_s: float) -
                 fut = p.send(dst, value=r.value, key=r.key, partition=tp.partition)
             offsets[tp] = OffsetAndMetadata(recs[-1].offset + 1, "", -1)
         unacked.append((fut, offsets))
-        if len(unacked) > UNACKED:
-            p.flush()
+        for oldest, _ in list(unacked)[: max(len(unacked) - UNACKED, 0)]:
+            oldest.get()
         done: dict[Any, Any] = {}
         while unacked and unacked[0][0].is_done:
             done.update(unacked.popleft()[1])

@@ -38,6 +38,22 @@ def test_up_refuses_other_ports_for_a_formatted_dir(kafka_bootstrap: str) -> Non
         kafka_kit.up(secure_port=29094)
 
 
+def test_the_kit_broker_answers_an_offset_commit_without_lingering(kafka_bootstrap: str) -> None:
+    """fds run commits synchronously before each state checkpoint: the group coordinator's
+    append linger (Kafka 4: 5 ms by default) would add itself to that pause."""
+    if kafka_bootstrap != f"127.0.0.1:{kafka_kit.DEFAULT_PORT}":
+        pytest.skip("an external broker is in use (FDS_TEST_BOOTSTRAP)")
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        key = "group.coordinator.append.linger.ms"
+        res = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.BROKER, "1", [key])], config_filter="all"
+        )
+        assert res["broker"]["1"][key]["value"] == "0"
+    finally:
+        admin.close()
+
+
 def test_topics_created_as_specified_and_idempotent(kafka_bootstrap: str, unique_name) -> None:
     prefix = unique_name("kit") + "."
     names = kafka_kit.create_topics(kafka_bootstrap, prefix=prefix)
