@@ -254,7 +254,7 @@ def passthrough(bootstrap: str, src: str, dst: str, group: str, idle_s: float) -
             offsets[tp] = OffsetAndMetadata(recs[-1].offset + 1, "", -1)
         unacked.append((fut, offsets))
         for oldest, _ in list(unacked)[: max(len(unacked) - UNACKED, 0)]:
-            oldest.get()
+            oldest.get(timeout=60)  # (its batch's last send: the others went before it)
         done: dict[Any, Any] = {}
         while unacked and unacked[0][0].is_done:
             done.update(unacked.popleft()[1])

@@ -135,7 +135,7 @@ def wait(cond: Any, timeout: float) -> bool:
 
 def one_run(
     fault: str, mode: str, down: float, data: Path, ids: list[str], ref: dict, work: Path,
-    ddir: Path, broker_timeout: float,
+    ddir: Path, broker_timeout: float, checkpoint_every: float = 5.0,
 ) -> dict[str, Any]:  # fmt: skip
     name = f"chaos-{uuid.uuid4().hex[:8]}"
     topics = kafka_kit.create_topics(BOOTSTRAP, prefix=name + ".")
@@ -146,7 +146,8 @@ def one_run(
         "--input-topic", topics["transactions"], "--output-topic", topics["decisions"],
         "--dlq-topic", topics["dead_letters"], "--group", group,
         "--rules", DEFAULT_RULES, "--model", "none",
-        "--metrics-port", "-1", "--max-poll-records", "50", "--checkpoint-every", "5",
+        "--metrics-port", "-1", "--max-poll-records", "50",
+        "--checkpoint-every", f"{checkpoint_every:g}",
         "--broker-timeout", f"{broker_timeout:g}", *MODES[mode],
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO), "FDS_LOG_LEVEL": "INFO"}
@@ -260,6 +261,11 @@ def main() -> int:
         "--broker-timeout", type=float, default=None,
         help="fds run's --broker-timeout (default: the fault's length + 45 s, at least 60)",
     )  # fmt: skip
+    ap.add_argument(
+        "--checkpoint-every", type=float, default=5.0,
+        help="fds run's state checkpoint period (s); longer than --down: a pause is noticed "
+        "between two synchronous commits (partitions lost with decisions past the last commit)",
+    )  # fmt: skip
     ap.add_argument("--cards", type=int, default=3000)
     ap.add_argument("--days", type=int, default=10)
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -280,7 +286,10 @@ def main() -> int:
             for fault in args.faults.split(","):
                 for mode in args.modes.split(","):
                     timeout = args.broker_timeout or max(60.0, args.down + 45)
-                    row = one_run(fault, mode, args.down, data, ids, ref, work, ddir, timeout)
+                    row = one_run(
+                        fault, mode, args.down, data, ids, ref, work, ddir, timeout,
+                        args.checkpoint_every,
+                    )  # fmt: skip
                     print(row, flush=True)
                     rows.append(row)
     finally:
@@ -292,7 +301,7 @@ def main() -> int:
         f"load average {load:.1f} at the start (the machine is shared). The stream: the "
         f"simulator, {args.cards} cards x {args.days} days, {len(ids):,} transactions, produced "
         "first (a backlog on 6 partitions); the default rules, no model; `fds run` with "
-        "`--max-poll-records 50 --checkpoint-every 5 --broker-timeout "
+        f"`--max-poll-records 50 --checkpoint-every {args.checkpoint_every:g} --broker-timeout "
         f"{args.broker_timeout or max(60.0, args.down + 45):g}`, one fault once a fifth of the "
         "stream is "
         "decided (see the script's docstring). The runs' logs are in the work dir "

@@ -134,7 +134,8 @@ def _command(argv: list[str]) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``fds`` console script."""
+    """Entry point of the ``fds`` console script (``argv`` ``None``: the process exits when
+    this returns; in-process callers pass ``argv``)."""
     if argv is None and _command(sys.argv[1:]) in _SERVICES:  # the console script
         signal.signal(signal.SIGTERM, _stopped_while_starting)  # the service installs its own
     args = build_parser().parse_args(argv)

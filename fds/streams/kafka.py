@@ -15,8 +15,10 @@ Commit order, at-least-once (default):
   2. when every send of a batch is acknowledged, ``consumer.commit_async(offsets)`` moves the
      input offsets past it, batches in order. At most ``max_unacked_batches`` batches wait
      for their acknowledgements; beyond that the loop waits for the oldest ones' (not for a
-     flush, and with no blocking commit); before a checkpoint, a revocation or a stop it waits
-     for all of them (``flush()``) and commits synchronously.
+     flush, and with no blocking commit); before a checkpoint, a freeze of the heap
+     (:mod:`fds.gcpolicy`), when the input goes idle and at a stop it waits for all of them
+     (``flush()``) and commits synchronously; on a revocation it waits for all of them and
+     queues the commit (``commit_async``: the listener runs on the client's thread).
   A crash before 2 replays those batches: duplicates, never losses. Overlapping the broker's
   round trips with the next batch's decisions is what keeps the produce-to-decision latency
   near the client's own floor (``max_unacked_batches: 0`` restores flush-and-commit per batch).
@@ -520,6 +522,9 @@ class Runner:
         # until it has rejoined every batch would be refused again (six in a row in a chaos
         # run). Nothing is decided until a rebalance or a session timeout since then.
         self._evicted: tuple[float, int] | None = None  # (when, rebalances then)
+        # partitions lost while the state held decisions past the last commit (_Revoke): back
+        # to the checkpoint at the loop's next pass
+        self._lost_ahead = False
         self._closing = False  # run() is closing the clients: the listener leaves state alone
         self._broker_gone = False  # the run ends because Kafka did not answer
         self._stop_by: float | None = None  # monotonic deadline of a stop's work
@@ -827,6 +832,8 @@ class Runner:
             if batch:
                 last_contact = last_input = now
                 aligner.add(batch)
+            if self._lost_ahead:
+                self._back_after_loss()
             if self._evicted is not None and self._awaiting_rejoin(now):
                 continue  # polls drive the rejoin; what they fetch waits in the aligner
             if self._unresolved:  # assigned in that poll: bring the state up to date first
@@ -1105,6 +1112,15 @@ class Runner:
             self._back_to_checkpoint("a commit refused after an eviction")
             return False
         return True
+
+    def _back_after_loss(self) -> None:
+        """After partitions were lost (an eviction kafka-python noticed first: between
+        checkpoints the commits are asynchronous, and a refused one is only logged) while the
+        state held decisions past the last commit: back to the checkpoint, so the next
+        assignment catches the state up instead of rebuilding it from the feature horizon."""
+        self._lost_ahead = False
+        if self.checkpointer is not None:
+            self._restart_restore("partitions lost with decisions past the last commit")
 
     def _back_to_checkpoint(self, why: str) -> None:
         """After an eviction refused a commit: nothing of the state past it is trusted; it goes
@@ -1713,13 +1729,15 @@ class _Revoke(ConsumerRebalanceListener):
         # Evicted (session expired, fenced): a commit would fail, so none is attempted, nor a
         # checkpoint; the new owners replay the uncommitted batches. A state that holds
         # nothing past the last commit (or was put back to the checkpoint) is kept: the next
-        # assignment catches it up instead of rebuilding it from the feature horizon.
+        # assignment catches it up instead of rebuilding it from the feature horizon; one that
+        # holds more goes back to the checkpoint (the loop's next pass) and is caught up too.
         log.warning(
             "partitions lost (evicted from the group): %s",
             sorted(f"{tp.topic}[{tp.partition}]" for tp in lost),
         )
         if self.runner._ahead:
             self.runner._abandon()
+            self.runner._lost_ahead = True  # (not restored here, on the client's thread)
         self._forget(lost)
 
     def _forget(self, tps: Any) -> None:

@@ -49,7 +49,9 @@ def test_the_kit_broker_answers_an_offset_commit_without_lingering(kafka_bootstr
         res = admin.describe_configs(
             [ConfigResource(ConfigResourceType.BROKER, "1", [key])], config_filter="all"
         )
-        assert res["broker"]["1"][key]["value"] == "0"
+        assert res["broker"]["1"][key]["value"] == "0", (
+            "a kit broker started before this setting: `fds kafka down && fds kafka up`"
+        )
     finally:
         admin.close()
 

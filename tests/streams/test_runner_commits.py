@@ -1047,6 +1047,34 @@ def test_after_a_refused_commit_nothing_is_decided_until_the_group_is_rejoined(t
     assert r._positions == {0: 3}  # kept: the next assignment catches up, no rebuild
 
 
+def test_partitions_lost_past_the_last_commit_go_back_to_the_checkpoint(tmp_path):
+    """Found by a review: between checkpoints the commits are asynchronous, so after an
+    eviction under load kafka-python noticed it first (partitions lost) while the state held
+    decisions past the last commit, and the state was rebuilt from the feature horizon. Now it
+    goes back to the checkpoint at the loop's next pass, and the next assignment catches up."""
+    from fds.features import FeaturePlan
+    from fds.streams.kafka import _Revoke
+
+    spec = type("S", (), dict(name="n", entity="card_id", agg="count", field=None, window="1d"))
+    r = Runner(
+        KafkaSettings(checkpoint_in_background=False, max_unacked_batches=2),
+        Engine(features=FeaturePlan([spec])),
+        checkpointer=Checkpointer(tmp_path),
+    )
+    r.consumer, r.producer = SeekingConsumer(), Producer()
+    r._process(batch(0))
+    r._settle(wait=True)
+    assert r.checkpoint(force=True) and r._positions == {0: 3}
+    r._process(batch(3))  # decided, awaiting the broker: nothing committed past offset 3
+    assert r._ahead and len(r.engine.features.states[0]["c1"][1]) == 6
+    _Revoke(r).on_partitions_lost([TP])
+    assert r._positions == {} and r._lost_ahead  # (before: a rebuild from the horizon next)
+    r._back_after_loss()  # what the loop does after the poll that ran the listener
+    assert len(r.engine.features.states[0]["c1"][1]) == 3  # back to the checkpoint
+    assert r._positions == {0: 3} and not r._ahead  # the next assignment catches up from it
+    assert not r._lost_ahead
+
+
 def test_a_labels_topic_that_cannot_be_read_does_not_hold_every_batch(caplog, monkeypatch):
     """Found by a review: after a failed re-read of the labels topic every batch tried again
     and waited the whole broker timeout for it (one batch per broker_timeout_s)."""
