@@ -544,6 +544,21 @@ def up(
         return _up(ddir, port, controller_port, timeout, secure_port)
 
 
+def _warn_if_stale(ddir: Path, port: int, controller_port: int) -> None:
+    """A running broker started from an older ``server.properties.template`` (fds was upgraded
+    while it ran) keeps its settings until a restart: say so."""
+    try:
+        running = (ddir / "server.properties").read_text()
+    except OSError:
+        return
+    if running != render_properties(port, controller_port, ddir / "kraft", secure_listener(ddir)):
+        log.warning(
+            "the kit's broker (data dir %s) runs with settings older than this fds's "
+            "(streams/kafka/server.properties.template); `fds kafka down && fds kafka up` "
+            "applies them", ddir,
+        )  # fmt: skip
+
+
 def _up(
     ddir: Path, port: int, controller_port: int, timeout: float, secure_port: int | None
 ) -> str:
@@ -569,6 +584,7 @@ def _up(
     pid = _read_pid(ddir)
     if pid is not None:
         if _wait_ready(bootstrap, lambda: _read_pid(ddir) == pid, log_file, timeout):
+            _warn_if_stale(ddir, port, controller_port)
             return bootstrap
         # alive but not answering: a second broker on the same data dir could only fail on
         # its lock and take over broker.pid, losing track of this one

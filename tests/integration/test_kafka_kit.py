@@ -24,6 +24,25 @@ def test_up_is_idempotent_and_fast_when_running(kafka_bootstrap: str) -> None:
     assert st.running and st.reachable and st.pid == pid
 
 
+def test_up_says_when_the_running_broker_has_older_settings(kafka_bootstrap: str, caplog) -> None:
+    """fds upgraded while the kit's broker ran (a new setting in the template): `up` finds it
+    running and says that a restart applies the new settings."""
+    if kafka_bootstrap != f"127.0.0.1:{kafka_kit.DEFAULT_PORT}":
+        pytest.skip("an external broker is in use (FDS_TEST_BOOTSTRAP)")
+    props = kafka_kit.data_dir_default() / "server.properties"
+    current = props.read_bytes()
+    caplog.set_level("WARNING", logger="fds.streams.kafka_kit")
+    assert kafka_kit.up() == kafka_bootstrap
+    assert "runs with settings older" not in caplog.text
+    try:
+        props.write_bytes(current.replace(b"group.coordinator.append.linger.ms=0\n", b""))
+        assert kafka_kit.up() == kafka_bootstrap
+    finally:
+        props.write_bytes(current)
+    assert "runs with settings older than this fds's" in caplog.text
+    assert "`fds kafka down && fds kafka up` applies them" in caplog.text
+
+
 def test_up_refuses_other_ports_for_a_formatted_dir(kafka_bootstrap: str) -> None:
     if kafka_bootstrap != f"127.0.0.1:{kafka_kit.DEFAULT_PORT}":
         pytest.skip("an external broker is in use (FDS_TEST_BOOTSTRAP)")
