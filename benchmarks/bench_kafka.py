@@ -393,142 +393,13 @@ def pct(sorted_vals: list[float], q: float) -> float:
     return sorted_vals[min(len(sorted_vals) - 1, int(q * len(sorted_vals)))]
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--n", type=int, default=100_000, help="transactions per throughput run")
-    ap.add_argument("--rate", type=float, default=2000.0, help="offered load for latency (tx/s)")
-    ap.add_argument("--seconds", type=float, default=15.0, help="latency run length")
-    ap.add_argument("--repeat", type=int, default=2, help="throughput runs per scenario")
-    ap.add_argument("--rules", default="rules/default.yaml", help="rules for `fds run` or none")
-    ap.add_argument(
-        "--model", default="models/default.yaml", help="model spec for `fds run` or none"
-    )
-    ap.add_argument(
-        "--checkpoint-every", type=float, default=5.0,
-        help="state checkpoint period (s) of an extra latency run that shows what a checkpoint "
-        "costs (the default period, 30 s, is longer than the latency run); 0: skip it",
-    )  # fmt: skip
-    ap.add_argument(
-        "--baseline", type=Path, default=None,
-        help="another fds tree (e.g. `git archive HEAD | tar -x -C DIR`) whose `fds run` is "
-        "measured too, at-least-once, in the same run: a before/after",
-    )  # fmt: skip
-    ap.add_argument("--baseline-label", default="baseline", help="its name in the tables")
-    ap.add_argument("--bootstrap", default=None, help="default: start/find the local kit broker")
-    ap.add_argument("--passthrough", nargs=4, metavar=("SRC", "DST", "GROUP", "BOOTSTRAP"),
-                    help=argparse.SUPPRESS)  # fmt: skip
-    ap.add_argument("--consume-only", nargs=5, metavar=("SRC", "GROUP", "BOOTSTRAP", "N", "OUT"),
-                    help=argparse.SUPPRESS)  # fmt: skip
-    args = ap.parse_args()
-    if args.consume_only:
-        src, group, bootstrap, n, out = args.consume_only
-        consume_only(bootstrap, src, group, int(n), out)
-        return 0
-    if args.passthrough:
-        src, dst, group, bootstrap = args.passthrough
-        passthrough(bootstrap, src, dst, group, idle_s=3.0)
-        return 0
-
-    command = "python benchmarks/bench_kafka.py " + shlex.join(sys.argv[1:])
-    load_before = os.getloadavg()[0]
-    bootstrap = args.bootstrap or kafka_kit.up()
-    pipeline = ["--rules", args.rules, "--model", args.model]
-    registry = (
-        make_registry(args.model, None if args.rules == "none" else args.rules)
-        if args.model != "none"
-        else None
-    )
-    if registry is not None:
-        pipeline += ["--registry", str(registry)]
-    engine_rate = engine_only(args.rules, args.model, registry, min(args.n, 50_000))
-    print(f"engine only, in process: {engine_rate:,.0f} tx/s", flush=True)
-
-    # Scenarios: name -> (fds tree to run, `fds run` flags; None: the raw passthrough).
-    ALO, EOS, RAW = (
-        "fds run, at-least-once",
-        "fds run, exactly-once",
-        "raw kafka-python passthrough",
-    )
-    base = f"fds run, at-least-once, {args.baseline_label}"
-    SYNC = "fds run, at-least-once, flush and commit per batch (`--max-unacked-batches 0`)"
-    scenarios: dict[str, tuple[Path, list[str] | None]] = {
-        RAW: (REPO, None),
-        ALO: (REPO, pipeline),
-        SYNC: (REPO, [*pipeline, "--max-unacked-batches", "0"]),
-        EOS: (REPO, [*pipeline, "--exactly-once"]),
-    }
-    if args.baseline is not None:
-        scenarios[base] = (args.baseline.resolve(), pipeline)
-
-    def command_for(flags: list[str] | None, topics: dict[str, str], *more: str) -> list[str]:
-        if flags is None:
-            return passthrough_cmd(bootstrap, topics)
-        return fds_cmd(bootstrap, topics, *flags, *more)
-
-    # 1-3. throughput; scenarios interleaved and repeated, best run reported (all runs listed):
-    # the machine may be shared, and the best run is the one least disturbed by other work.
-    runs: dict[str, list[float]] = {name: [] for name in scenarios}
-    # fds only: decided_at -> the broker's append time of each decision, over all runs (how long
-    # a decision waits for the rest of its batch when the input is a backlog)
-    backlog: dict[str, list[float]] = {name: [] for name in scenarios}
-    for _ in range(args.repeat):
-        for name, (root, flags) in scenarios.items():
-            t = fresh_topics(bootstrap)
-            produce(bootstrap, t["transactions"], args.n)
-            run_cmd(command_for(flags, t, "--max-idle", "3"), root)
-            out = read_topic(bootstrap, t["decisions"], committed=name == EOS)
-            n_out, rate = throughput(out)
-            assert n_out == args.n, f"{name}: {n_out} outputs for {args.n} inputs"
-            runs[name].append(rate)
-            if flags is not None:
-                backlog[name] += [r.timestamp - decided_ms(r) for r in out]
-            print(f"{name}: {rate:,.0f} records/s", flush=True)
-    best = {name: max(r) for name, r in runs.items()}
-    backlog = {name: sorted(v) for name, v in backlog.items()}
-
-    # 4. latency at a fixed offered load, the passthrough and fds alike
-    lat_scenarios = {k: v for k, v in scenarios.items() if k != EOS}
-    ckpt = f"fds run, at-least-once, state checkpoint every {args.checkpoint_every:g} s"
-    if args.checkpoint_every > 0:
-        every = ["--checkpoint-every", str(args.checkpoint_every)]
-        lat_scenarios[ckpt] = (REPO, [*pipeline, *every])
-        lat_scenarios[f"{ckpt}, written on the loop (`--foreground-checkpoints`)"] = (
-            REPO,
-            [*pipeline, *every, "--foreground-checkpoints"],
-        )
-    latency: dict[str, dict[str, list[float]]] = {}
-    for name, (root, flags) in lat_scenarios.items():
-        lat = measure_latency(
-            bootstrap, lambda t, f=flags: command_for(f, t), root, args.rate, args.seconds
-        )
-        latency[name] = lat
-        tot = lat["total"]
-        print(
-            f"{name} latency at {args.rate:.0f}/s: p50={pct(tot, 0.5):.0f} "
-            f"p99={pct(tot, 0.99):.0f} p99.9={pct(tot, 0.999):.0f} ms",
-            flush=True,
-        )
-    FLOOR = "floor: kafka-python consumer alone (poll return, no processing, no produce)"
-    latency[FLOOR] = consumer_floor(bootstrap, args.rate, args.seconds)
-    floor = latency[FLOOR]["total"]
-    print(f"{FLOOR}: p50={pct(floor, 0.5):.1f} p99={pct(floor, 0.99):.1f} ms", flush=True)
-    lat = latency[ALO]["total"]
-    p99, p999 = pct(lat, 0.99), pct(lat, 0.999)
-
+def throughput_report(
+    args: Any, best: dict[str, float], runs: dict[str, list[float]],
+    backlog: dict[str, list[float]], engine_rate: float, RAW: str, ALO: str, EOS: str,
+) -> list[str]:  # fmt: skip
+    """The throughput section of the report."""
     ceiling, alo, eos = best[RAW], best[ALO], best[EOS]
     lines = [
-        "# Kafka end to end",
-        "",
-        f"Command: `{command}`  ",
-        f"Machine: {os.cpu_count()} cores, {platform.python_implementation()} "
-        f"{platform.python_version()}, broker Apache Kafka {kafka_kit.KAFKA_VERSION} (local kit, "
-        "same machine), kafka-python client; pipeline for `fds run`: "
-        f"`--rules {args.rules} --model {args.model}` (model served from a registry with one "
-        "trained version, so every decision is scored; state checkpoints every 30 s). "
-        "1-minute load average "
-        f"{load_before:.1f} before and {os.getloadavg()[0]:.1f} after the run (other work shared "
-        "the machine when it is above the core count; the figures are then pessimistic).",
-        "",
         f"## Throughput ({args.n:,} pre-produced transactions, one consumer process, "
         f"best of {args.repeat})",
         "",
@@ -575,6 +446,156 @@ def main() -> int:
         f"engine-alone rate, which is itself {engine_rate / ceiling:.0%} of the passthrough here: "
         "the share of the passthrough cannot exceed the engine's.",
         "",
+    ]
+    return lines
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--n", type=int, default=100_000, help="transactions per throughput run")
+    ap.add_argument("--rate", type=float, default=2000.0, help="offered load for latency (tx/s)")
+    ap.add_argument("--seconds", type=float, default=15.0, help="latency run length")
+    ap.add_argument("--repeat", type=int, default=2, help="throughput runs per scenario")
+    ap.add_argument("--rules", default="rules/default.yaml", help="rules for `fds run` or none")
+    ap.add_argument(
+        "--model", default="models/default.yaml", help="model spec for `fds run` or none"
+    )
+    ap.add_argument(
+        "--checkpoint-every", type=float, default=5.0,
+        help="state checkpoint period (s) of an extra latency run that shows what a checkpoint "
+        "costs (the default period, 30 s, is longer than the latency run); 0: skip it",
+    )  # fmt: skip
+    ap.add_argument(
+        "--baseline", type=Path, default=None,
+        help="another fds tree (e.g. `git archive HEAD | tar -x -C DIR`) whose `fds run` is "
+        "measured too, at-least-once, in the same run: a before/after",
+    )  # fmt: skip
+    ap.add_argument("--baseline-label", default="baseline", help="its name in the tables")
+    ap.add_argument("--bootstrap", default=None, help="default: start/find the local kit broker")
+    ap.add_argument(
+        "--latency-only", action="store_true",
+        help="only the latency scenarios (e.g. with --seconds 60, which holds two state "
+        "checkpoints at the default period)",
+    )  # fmt: skip
+    ap.add_argument("--out", type=Path, default=RESULTS, help="the report (markdown)")
+    ap.add_argument("--passthrough", nargs=4, metavar=("SRC", "DST", "GROUP", "BOOTSTRAP"),
+                    help=argparse.SUPPRESS)  # fmt: skip
+    ap.add_argument("--consume-only", nargs=5, metavar=("SRC", "GROUP", "BOOTSTRAP", "N", "OUT"),
+                    help=argparse.SUPPRESS)  # fmt: skip
+    args = ap.parse_args()
+    if args.consume_only:
+        src, group, bootstrap, n, out = args.consume_only
+        consume_only(bootstrap, src, group, int(n), out)
+        return 0
+    if args.passthrough:
+        src, dst, group, bootstrap = args.passthrough
+        passthrough(bootstrap, src, dst, group, idle_s=3.0)
+        return 0
+
+    command = "python benchmarks/bench_kafka.py " + shlex.join(sys.argv[1:])
+    load_before = os.getloadavg()[0]
+    bootstrap = args.bootstrap or kafka_kit.up()
+    pipeline = ["--rules", args.rules, "--model", args.model]
+    registry = (
+        make_registry(args.model, None if args.rules == "none" else args.rules)
+        if args.model != "none"
+        else None
+    )
+    if registry is not None:
+        pipeline += ["--registry", str(registry)]
+    if not args.latency_only:
+        engine_rate = engine_only(args.rules, args.model, registry, min(args.n, 50_000))
+        print(f"engine only, in process: {engine_rate:,.0f} tx/s", flush=True)
+
+    # Scenarios: name -> (fds tree to run, `fds run` flags; None: the raw passthrough).
+    ALO, EOS, RAW = (
+        "fds run, at-least-once",
+        "fds run, exactly-once",
+        "raw kafka-python passthrough",
+    )
+    base = f"fds run, at-least-once, {args.baseline_label}"
+    SYNC = "fds run, at-least-once, flush and commit per batch (`--max-unacked-batches 0`)"
+    scenarios: dict[str, tuple[Path, list[str] | None]] = {
+        RAW: (REPO, None),
+        ALO: (REPO, pipeline),
+        SYNC: (REPO, [*pipeline, "--max-unacked-batches", "0"]),
+        EOS: (REPO, [*pipeline, "--exactly-once"]),
+    }
+    if args.baseline is not None:
+        scenarios[base] = (args.baseline.resolve(), pipeline)
+
+    def command_for(flags: list[str] | None, topics: dict[str, str], *more: str) -> list[str]:
+        if flags is None:
+            return passthrough_cmd(bootstrap, topics)
+        return fds_cmd(bootstrap, topics, *flags, *more)
+
+    # 1-3. throughput; scenarios interleaved and repeated, best run reported (all runs listed):
+    # the machine may be shared, and the best run is the one least disturbed by other work.
+    runs: dict[str, list[float]] = {name: [] for name in scenarios}
+    # fds only: decided_at -> the broker's append time of each decision, over all runs (how long
+    # a decision waits for the rest of its batch when the input is a backlog)
+    backlog: dict[str, list[float]] = {name: [] for name in scenarios}
+    for _ in range(0 if args.latency_only else args.repeat):
+        for name, (root, flags) in scenarios.items():
+            t = fresh_topics(bootstrap)
+            produce(bootstrap, t["transactions"], args.n)
+            run_cmd(command_for(flags, t, "--max-idle", "3"), root)
+            out = read_topic(bootstrap, t["decisions"], committed=name == EOS)
+            n_out, rate = throughput(out)
+            assert n_out == args.n, f"{name}: {n_out} outputs for {args.n} inputs"
+            runs[name].append(rate)
+            if flags is not None:
+                backlog[name] += [r.timestamp - decided_ms(r) for r in out]
+            print(f"{name}: {rate:,.0f} records/s", flush=True)
+    best = {name: max(r) for name, r in runs.items() if r}
+    backlog = {name: sorted(v) for name, v in backlog.items()}
+
+    # 4. latency at a fixed offered load, the passthrough and fds alike
+    lat_scenarios = {k: v for k, v in scenarios.items() if k != EOS}
+    ckpt = f"fds run, at-least-once, state checkpoint every {args.checkpoint_every:g} s"
+    if args.checkpoint_every > 0:
+        every = ["--checkpoint-every", str(args.checkpoint_every)]
+        lat_scenarios[ckpt] = (REPO, [*pipeline, *every])
+        lat_scenarios[f"{ckpt}, written on the loop (`--foreground-checkpoints`)"] = (
+            REPO,
+            [*pipeline, *every, "--foreground-checkpoints"],
+        )
+    latency: dict[str, dict[str, list[float]]] = {}
+    for name, (root, flags) in lat_scenarios.items():
+        lat = measure_latency(
+            bootstrap, lambda t, f=flags: command_for(f, t), root, args.rate, args.seconds
+        )
+        latency[name] = lat
+        tot = lat["total"]
+        print(
+            f"{name} latency at {args.rate:.0f}/s: p50={pct(tot, 0.5):.0f} "
+            f"p99={pct(tot, 0.99):.0f} p99.9={pct(tot, 0.999):.0f} ms",
+            flush=True,
+        )
+    FLOOR = "floor: kafka-python consumer alone (poll return, no processing, no produce)"
+    latency[FLOOR] = consumer_floor(bootstrap, args.rate, args.seconds)
+    floor = latency[FLOOR]["total"]
+    print(f"{FLOOR}: p50={pct(floor, 0.5):.1f} p99={pct(floor, 0.99):.1f} ms", flush=True)
+    lat = latency[ALO]["total"]
+    p99, p999 = pct(lat, 0.99), pct(lat, 0.999)
+
+    lines = [
+        "# Kafka end to end",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {os.cpu_count()} cores, {platform.python_implementation()} "
+        f"{platform.python_version()}, broker Apache Kafka {kafka_kit.KAFKA_VERSION} (local kit, "
+        "same machine), kafka-python client; pipeline for `fds run`: "
+        f"`--rules {args.rules} --model {args.model}` (model served from a registry with one "
+        "trained version, so every decision is scored; state checkpoints every 30 s). "
+        "1-minute load average "
+        f"{load_before:.1f} before and {os.getloadavg()[0]:.1f} after the run (other work shared "
+        "the machine when it is above the core count; the figures are then pessimistic).",
+        "",
+    ]
+    if not args.latency_only:
+        lines += throughput_report(args, best, runs, backlog, engine_rate, RAW, ALO, EOS)
+    lines += [
         f"## Latency at a fixed offered load of {args.rate:,.0f} tx/s for {args.seconds:g} s",
         "",
         f"Measured after the load has run {RAMP_S:g} s (the last column: from its first ",
@@ -618,9 +639,9 @@ def main() -> int:
         f"p99.9 {pct(floor, 0.999):.0f} ms.",
         "",
     ]
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text("\n".join(lines))
-    print(f"wrote {RESULTS}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines))
+    print(f"wrote {args.out}")
     return 0
 
 
