@@ -224,6 +224,14 @@ def make_registry(spec: str, rules: str | None = None) -> Path:
     return reg.path
 
 
+def default_pipeline() -> list[str]:
+    """`fds run` flags for the default rules and model, served from a fresh registry holding
+    one trained version (:func:`make_registry`): the pipeline of the latency experiments."""
+    registry = make_registry("models/default.yaml", "rules/default.yaml")
+    return ["--rules", "rules/default.yaml", "--model", "models/default.yaml",
+            "--registry", str(registry)]  # fmt: skip
+
+
 def group_consumer(bootstrap: str, src: str, group: str) -> KafkaConsumer:
     """A consumer tuned as `fds run`'s (manual commits, the same batch size)."""
     return KafkaConsumer(

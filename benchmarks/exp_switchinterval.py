@@ -31,9 +31,7 @@ def main() -> int:
     args = ap.parse_args()
     command = shlex.join(["python", "benchmarks/exp_switchinterval.py", *sys.argv[1:]])
     bootstrap = kafka_kit.up()
-    registry = bk.make_registry("models/default.yaml", "rules/default.yaml")
-    pipeline = ["--rules", "rules/default.yaml", "--model", "models/default.yaml",
-                "--registry", str(registry)]  # fmt: skip
+    pipeline = bk.default_pipeline()
 
     def make(interval: float):  # fds run under the given switch interval
         def cmd(topics: dict[str, str]) -> list[str]:

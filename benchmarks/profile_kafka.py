@@ -38,9 +38,7 @@ def main() -> int:
         return 2
     command = shlex.join(["python", "benchmarks/profile_kafka.py", *sys.argv[1:]])
     bootstrap = kafka_kit.up()
-    registry = bk.make_registry("models/default.yaml", "rules/default.yaml")
-    pipeline = ["--rules", "rules/default.yaml", "--model", "models/default.yaml",
-                "--registry", str(registry)]  # fmt: skip
+    pipeline = bk.default_pipeline()
     raw = Path(tempfile.mkdtemp(prefix="fds-profile-")) / "spy.txt"
     spies: list[subprocess.Popen] = []
     popen = subprocess.Popen

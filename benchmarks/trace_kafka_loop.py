@@ -124,9 +124,7 @@ def main() -> int:
 
     command = shlex.join(["python", "benchmarks/trace_kafka_loop.py", *sys.argv[1:]])
     bootstrap = kafka_kit.up()
-    registry = bk.make_registry("models/default.yaml", "rules/default.yaml")
-    pipeline = ["--rules", "rules/default.yaml", "--model", "models/default.yaml",
-                "--registry", str(registry)]  # fmt: skip
+    pipeline = bk.default_pipeline()
     trace_file = Path(tempfile.mkdtemp(prefix="fds-trace-")) / "trace.json"
     os.environ["FDS_TRACE_OUT"] = str(trace_file)
 
