@@ -106,44 +106,78 @@ class MissingName(Exception):
     """Internal signal: a name the expression reads is absent or None for this transaction."""
 
 
+#: Text that stands for a missing value in data files (pandas' default ``na_values``, compared
+#: stripped and lower-cased): compared with a number, such text is missing, not a value that
+#: differs (``extra.code != 7`` does not fire on ``"NA"``, as it does not on a null).
+NA_TEXT = frozenset(
+    s.lower()
+    for s in (
+        "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
+        "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
+    )
+)  # fmt: skip
+
+
 def _num(x: Any) -> Any:
     """An ``extra.*`` value used as a number (arithmetic, or ordered against a number): a
-    number; text that reads as a finite number is that number (a CSV file's columns are text);
-    other text is missing (:class:`MissingName`: the rule does not fire), as the features read
-    it ("NA", "nan", "high"); a list or a mapping is an error (it must not be multiplied:
-    ``extra.s * 10**9`` would build a gigabyte string).
+    finite number; text that reads as a finite number is that number (a CSV file's columns are
+    text); other text, an infinite number and true/false are missing (:class:`MissingName`: the
+    rule does not fire), as the features read them ("NA", "nan", "high", ``1e999`` in JSON); a
+    list or a mapping is an error (it must not be multiplied: ``extra.s * 10**9`` would build a
+    gigabyte string).
 
     >>> _num(7), _num("7.5")
     (7, 7.5)
     >>> _num("NA")
     Traceback (most recent call last):
     fds.rules.expr.MissingName: NA
+    >>> _num(float("inf"))
+    Traceback (most recent call last):
+    fds.rules.expr.MissingName: inf
     >>> _num([1])
     Traceback (most recent call last):
     TypeError: not a number: list
     """
-    if type(x) is int or type(x) is float or type(x) is bool:
+    if type(x) is int or (type(x) is float and x - x == 0.0):
         return x
     if type(x) is str:
         v = num(x)
         if v == v:
             return v
         raise MissingName(x)
+    if type(x) is bool or type(x) is float:
+        raise MissingName(str(x))
     raise TypeError(f"not a number: {type(x).__name__}")
 
 
 def _coerce(x: Any) -> Any:
     """An ``extra.*`` value compared for equality with a number: text that reads as a finite
-    number is that number (``"7" == 7`` holds); anything else is left as it is."""
+    number is that number (``"7" == 7`` holds); text that stands for a missing value
+    (:data:`NA_TEXT`) and an infinite number are missing; anything else is left as it is
+    (``"high" != 7`` holds).
+
+    >>> _coerce("7"), _coerce("high"), _coerce(True)
+    (7.0, 'high', True)
+    >>> _coerce("N/A")
+    Traceback (most recent call last):
+    fds.rules.expr.MissingName: N/A
+    """
     if type(x) is str:
         v = num(x)
-        return v if v == v else x
+        if v == v:
+            return v
+        if x.strip().lower() in NA_TEXT:
+            raise MissingName(x)
+    elif type(x) is float and x - x:  # infinite (a NaN is missing when read)
+        raise MissingName(str(x))
     return x
 
 
 def _isin(x: Any, items: frozenset[Any]) -> bool:
     """``x in items`` for an ``extra.*`` value and a list with numbers: as written, or as the
-    number its text reads as (``"7" in [7, "007"]`` and ``"007" in [7, "007"]`` both hold)."""
+    number its text reads as (``"7" in [7, "007"]`` and ``"007" in [7, "007"]`` both hold);
+    missing (:func:`_coerce`) when it is in the list neither way and stands for a missing value
+    (``"NA" not in [1, 2]`` does not fire)."""
     if type(x) is list or type(x) is dict:  # in no list of literals (and not hashable)
         return False
     return x in items or _coerce(x) in items
@@ -386,8 +420,12 @@ class _Checker:
             if sym is None:
                 raise self.fail(node, f"{type(op).__name__} comparison is not allowed: use == !=")
             if sym in ("in", "not in"):
+                if len(node.ops) > 1:  # `x in [..] == y` compares the list with y
+                    raise self.fail(
+                        node, f"`{sym}` in a chain of comparisons: join them with `and`"
+                    )
                 src, rt = self.literal_list(right, left_t)
-                if left_t == ANY and rt == "numbers" and len(node.ops) == 1:
+                if left_t == ANY and rt == "numbers":
                     neg = "not " if sym == "not in" else ""  # extra.code in [1, 2] reads "1"
                     return f"({neg}_isin({out[-1]}, {src}))", BOOL
             else:

@@ -442,6 +442,46 @@ def test_numeric_text_in_extra_compares_as_its_number() -> None:
         hits({"risk": [1, 2]})  # a list used as a number is an error
 
 
+def test_text_for_a_missing_value_is_missing_against_a_number_also_for_inequality() -> None:
+    """`extra.code != 7` and `extra.code not in [1, 2]` fired on a CSV file's "NA" (compared as
+    text, it differs from every number), while a null made them not fire; an infinite number
+    (JSON's 1e999) and true/false fired `extra.risk > 5`, which the features read as missing."""
+    rs = load("""\
+        version: "1"
+        rules:
+          - {id: ne, when: extra.code != 7, action: review, score: 0.5, reason: r}
+          - {id: notin, when: "extra.code not in [1, 2]", action: review, score: 0.5, reason: r}
+          - {id: gt, when: extra.risk > 5, action: review, score: 0.5, reason: r}
+          - {id: na, when: "extra.tag in [1, 'NA']", action: review, score: 0.5, reason: r}
+        """)
+
+    def hits(extra: dict) -> list[str]:
+        return [h["id"] for h in rs.evaluate({"amount": 1.0, "extra": extra})]
+
+    for missing in ("NA", "n/a ", "", "NULL", "None", "nan", None):
+        before = rs.missing_counts["ne"]
+        assert hits({"code": missing}) == [], missing
+        assert rs.missing_counts["ne"] == before + 1
+    assert hits({"code": 7, "tag": "NA"}) == ["notin", "na"]  # as text, where the list names it
+    assert hits({"code": "high"}) == ["ne", "notin"]  # other text is a value that differs
+    assert hits({"code": "7"}) == ["notin"]
+    assert hits({"code": 3}) == ["ne", "notin"]
+    for missing in (float("inf"), float("-inf"), True, False):
+        assert hits({"risk": missing, "code": 1}) == ["ne"], missing
+    assert hits({"risk": 6.5, "code": 1}) == ["ne", "gt"]
+
+
+def test_in_is_not_allowed_in_a_chain_of_comparisons() -> None:
+    """`extra.code in [1, 2] == x` compared the list with x, and skipped reading the text as a
+    number."""
+    text = (
+        'version: "1"\nrules:\n'
+        '  - {id: r, when: "1 < amount in [2, 3]", action: review, score: 0.5, reason: r}\n'
+    )
+    with pytest.raises(ConfigError, match=r"r.yaml:3:.*`in` in a chain of comparisons: join them"):
+        load_ruleset_text(text, "r.yaml")
+
+
 def test_a_version_written_as_a_date_is_told_to_be_quoted() -> None:
     """It said only "Input should be a valid string" (the 1.10 and 0105 cases said to quote)."""
     with pytest.raises(ConfigError, match=r'r.yaml:1:10: .* quote it \(version: "2026-11-22"\)'):
