@@ -173,11 +173,12 @@ loads = orjson.loads
 def _as_json(o: Any) -> Any:
     """What JSON cannot hold natively, as a file's own values come (a Parquet decimal or binary
     column in a dead letter's ``raw`` crashed the replay): a decimal as its text, bytes as
-    UTF-8 text."""
+    UTF-8 text with every byte that is not UTF-8 escaped as ``\\xNN`` (as :func:`dead_letter`
+    keeps a raw record's bytes: nothing is lost)."""
     if isinstance(o, Decimal):
         return str(o)
     if isinstance(o, bytes | bytearray | memoryview):
-        return bytes(o).decode("utf-8", "replace")
+        return bytes(o).decode("utf-8", "backslashreplace")
     raise TypeError(f"Type is not JSON serializable: {type(o).__name__}")
 
 
