@@ -138,8 +138,17 @@ class ReloadingRuleset:
         return self.applied.error_counts
 
     def hold_counts(self) -> Callable[[], None]:
-        """:meth:`Ruleset.hold_counts` of the ruleset in force."""
-        return self.applied.hold_counts()
+        """:meth:`Ruleset.hold_counts` of the ruleset in force; a ruleset that the held record
+        swaps in (a reload landed just before it) forgets what that one record counted."""
+        held = self.applied
+        restore = held.hold_counts()
+
+        def put_back() -> None:
+            restore()
+            if self.applied is not held:  # it has counted this record alone
+                self.applied.drain_counts()
+
+        return put_back
 
     def drain_counts(self) -> tuple[dict[str, int], dict[str, int]]:
         """:meth:`Ruleset.drain_counts` over the ruleset in force and those it replaced since

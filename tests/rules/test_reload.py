@@ -278,6 +278,26 @@ def test_skips_counted_before_a_reload_are_exported_after_it(tmp_path: Path) -> 
     assert get("fds_rule_missing_inputs_total", {"rule": "vip"}) == 6
 
 
+def test_a_record_folded_right_after_a_reload_counts_no_skip(tmp_path: Path) -> None:
+    """A fold (a restore catching up on records decided before) counts nothing; when a reload
+    landed just before it, the new ruleset, swapped in by the folded record, counted its skips."""
+    p = tmp_path / "r.yaml"
+    skip = "  - {id: vip, when: extra.vip == 1, action: review, score: 0.5, reason: VIP}\n"
+    p.write_text(rules("v1", 100) + skip)
+    rs = ReloadingRuleset(p, start=False, settle_seconds=0)
+    m = Metrics()
+    engine = Engine(rules=rs, policy=rs.policy, metrics=m)
+    engine.decide({"tx_id": "a", "ts": 1.0, "amount": 1.0, "extra": {}})  # a skip, counted
+    write(p, rules("v2", 100) + skip)
+    assert rs.check_now() == "ok"
+    engine.fold({"tx_id": "b", "ts": 2.0, "amount": 1.0, "extra": {}})  # v2 swapped in here
+    assert rs.applied.version == "v2"
+    engine.decide({"tx_id": "c", "ts": 3.0, "amount": 1.0, "extra": {}})  # counted
+    engine.report()
+    get = m.registry.get_sample_value
+    assert get("fds_rule_missing_inputs_total", {"rule": "vip"}) == 2
+
+
 def test_features_in_another_order_are_the_same_features(tmp_path: Path) -> None:
     """A reload that only reordered the declarations was rejected with "changed ()"."""
     p = tmp_path / "r.yaml"
