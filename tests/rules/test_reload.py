@@ -260,18 +260,27 @@ def test_a_file_written_to_while_it_is_read_is_read_again_later(tmp_path: Path, 
     assert rs.check_now() == "ok" and rs.current.version == "v2"
 
 
-def test_skips_counted_before_a_reload_are_exported_after_it(tmp_path: Path) -> None:
-    """report() drained the new ruleset only: the skips the replaced one had counted were lost."""
+_SKIP = "  - {id: vip, when: extra.vip == 1, action: review, score: 0.5, reason: VIP}\n"
+
+
+def skipping_engine(tmp_path: Path, decided: int) -> tuple[ReloadingRuleset, Metrics, Engine]:
+    """An engine whose rule `vip` skips every transaction (extra.vip missing), having decided
+    ``decided`` of them with ruleset v1, and v2 just reloaded (swapped in at the next one)."""
     p = tmp_path / "r.yaml"
-    skip = "  - {id: vip, when: extra.vip == 1, action: review, score: 0.5, reason: VIP}\n"
-    p.write_text(rules("v1", 100) + skip)
+    p.write_text(rules("v1", 100) + _SKIP)
     rs = ReloadingRuleset(p, start=False, settle_seconds=0)
     m = Metrics()
     engine = Engine(rules=rs, policy=rs.policy, metrics=m)
-    for i in range(5):  # extra.vip is missing: a skip each
+    for i in range(decided):
         engine.decide({"tx_id": f"a{i}", "ts": float(i), "amount": 1.0, "extra": {}})
-    write(p, rules("v2", 100) + skip)
+    write(p, rules("v2", 100) + _SKIP)
     assert rs.check_now() == "ok"
+    return rs, m, engine
+
+
+def test_skips_counted_before_a_reload_are_exported_after_it(tmp_path: Path) -> None:
+    """report() drained the new ruleset only: the skips the replaced one had counted were lost."""
+    _rs, m, engine = skipping_engine(tmp_path, 5)
     engine.decide({"tx_id": "b", "ts": 9.0, "amount": 1.0, "extra": {}})  # counted by v2
     engine.report()
     get = m.registry.get_sample_value
@@ -281,15 +290,7 @@ def test_skips_counted_before_a_reload_are_exported_after_it(tmp_path: Path) -> 
 def test_a_record_folded_right_after_a_reload_counts_no_skip(tmp_path: Path) -> None:
     """A fold (a restore catching up on records decided before) counts nothing; when a reload
     landed just before it, the new ruleset, swapped in by the folded record, counted its skips."""
-    p = tmp_path / "r.yaml"
-    skip = "  - {id: vip, when: extra.vip == 1, action: review, score: 0.5, reason: VIP}\n"
-    p.write_text(rules("v1", 100) + skip)
-    rs = ReloadingRuleset(p, start=False, settle_seconds=0)
-    m = Metrics()
-    engine = Engine(rules=rs, policy=rs.policy, metrics=m)
-    engine.decide({"tx_id": "a", "ts": 1.0, "amount": 1.0, "extra": {}})  # a skip, counted
-    write(p, rules("v2", 100) + skip)
-    assert rs.check_now() == "ok"
+    rs, m, engine = skipping_engine(tmp_path, 1)
     engine.fold({"tx_id": "b", "ts": 2.0, "amount": 1.0, "extra": {}})  # v2 swapped in here
     assert rs.applied.version == "v2"
     engine.decide({"tx_id": "c", "ts": 3.0, "amount": 1.0, "extra": {}})  # counted
