@@ -32,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from fds import yamlio
 from fds.errors import ConfigError, describe
 from fds.timeutil import parse_duration
 
@@ -337,7 +338,7 @@ def parse_spec(text: str, *, source: str = "<spec>") -> ModelSpec:
     """Parse and validate spec YAML (estimators and parameters are checked, not built)."""
     try:
         root = yaml.compose(text)
-        data = yaml.safe_load(text)
+        data = yamlio.load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source

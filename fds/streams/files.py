@@ -11,6 +11,7 @@ import codecs
 import contextlib
 import csv
 import difflib
+import functools
 import gzip
 import io
 import itertools
@@ -25,8 +26,16 @@ from typing import IO, Annotated, Any, Literal, cast
 import orjson
 import pydantic
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
 
+from fds import yamlio
 from fds.errors import ConfigError
 from fds.schema import TX_FIELDS, TX_REQUIRED, dumps_line, fraud_flag
 from fds.timeutil import get_zone, parse_duration
@@ -112,6 +121,18 @@ class ColumnMapping(BaseModel):
             raise ValueError(str(e)) from None
         return v
 
+    @field_validator("label")
+    @classmethod
+    def _label_not_mapped(cls, v: LabelColumn | None, info: ValidationInfo) -> LabelColumn | None:
+        fields = info.data.get("fields", {})  # (validated before: declared before)
+        field = next((f for f, c in fields.items() if v is not None and c == v.column), None)
+        if v is not None and field is not None:  # apply() renames it: every label was lost
+            raise ValueError(
+                f"column {v.column!r} is also mapped onto the field {field!r}: a label needs a "
+                "column of its own"
+            )
+        return v
+
     def check_columns(self, columns: list[str], where: str, *, first_record: bool = False) -> None:
         """Raise :class:`ConfigError` when a mapped column is not in the file, or a required
         field is neither mapped nor a column.
@@ -147,18 +168,28 @@ class ColumnMapping(BaseModel):
             )
 
     def apply(self, row: dict[str, Any]) -> dict[str, Any]:
-        """Rename one raw row to engine fields; other columns stay (they go to ``extra``)."""
+        """Rename one raw row to engine fields; other columns stay (they go to ``extra``), also
+        a column named like a field that the mapping fills from another column (``amount``
+        when ``amount: AMT``): it goes to ``extra`` under its name (it was overwritten)."""
         if not self.fields:
             return row
-        out = {k: v for k, v in row.items() if k not in self._sources}
+        sources, shadowed = self._plan
+        out = {k: v for k, v in row.items() if k not in sources}
+        for field in shadowed:
+            extra = out.get("extra", {})
+            if field in out and isinstance(extra, dict):  # (else a dead letter, raw as read)
+                out["extra"] = {field: out.pop(field), **extra}  # a value of `extra` itself wins
         for field, col in self.fields.items():
             if col in row:
                 out[field] = row[col]
         return out
 
-    @property
-    def _sources(self) -> frozenset[str]:
-        return frozenset(self.fields.values())
+    @functools.cached_property
+    def _plan(self) -> tuple[frozenset[str], tuple[str, ...]]:
+        """The mapped columns, and the fields filled from a column of another name that is not
+        itself mapped (a column named like one of them would be overwritten)."""
+        sources = frozenset(self.fields.values())
+        return sources, tuple(f for f, c in self.fields.items() if f != c and f not in sources)
 
 
 def load_mapping(path: str | os.PathLike[str]) -> ColumnMapping:
@@ -186,9 +217,10 @@ def load_mapping(path: str | os.PathLike[str]) -> ColumnMapping:
 
 
 def read_yaml(p: Path) -> Any:
-    """The YAML document of file ``p``; a syntax error names its line and column."""
+    """The YAML document of file ``p``; a syntax error or a key written twice names its line
+    and column."""
     try:
-        return yaml.safe_load(p.read_text(encoding="utf-8"))
+        return yamlio.load(p.read_text(encoding="utf-8"))
     except OSError as e:
         raise ConfigError(f"cannot read: {e.strerror or e}", where=str(p)) from None
     except yaml.YAMLError as e:

@@ -75,6 +75,12 @@ def test_shipped_specs_build(name: str) -> None:
         ),
         ("name: x\npipelin:\n  - a.b: {}\n", ":2", "unknown key 'pipelin'"),
         ("name: x\npipeline: [\n", ":", "not valid YAML"),
+        (  # a key written twice: the last one won without a word (a review)
+            "name: x\npipeline:\n  - linear_model.LogisticRegression: {}\n"
+            "publish: {every_labels: 200, every_labels: 1}\n",
+            ":4",
+            "duplicate key 'every_labels'",
+        ),
     ],
 )
 def test_spec_errors_name_file_and_line(text: str, where: str, needle: str) -> None:

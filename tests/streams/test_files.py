@@ -100,6 +100,16 @@ def test_a_required_field_neither_mapped_nor_a_column_is_a_config_error(tmp_path
         # the error for an unknown field listed `extra`, and a column mapped onto it failed
         # every row (a review)
         ("fields:\n  tx_id: A\n  extra: L\n", r"m.yaml:3: fields.extra: 'extra' is not a fi"),
+        # a key written twice: the last one won, every tx_id became a shop id (a review)
+        (
+            "fields:\n  tx_id: A\n  ts: T\n  tx_id: S\n",
+            r"m.yaml:4:3: not valid YAML: duplicate key 'tx_id'",
+        ),
+        # a label column mapped onto a field too: renamed away, every label lost (a review)
+        (
+            "fields: {tx_id: A, amount: AMT}\nlabel: {column: AMT}\n",
+            r"m.yaml:2: label: column 'AMT' is also mapped onto the field 'amount'",
+        ),
     ],
 )
 def test_bad_mapping_names_file_line_and_problem(tmp_path, text, message):
@@ -139,6 +149,21 @@ def test_sink_roundtrip(tmp_path):
         s.write({"a": 1})
         s.write({"b": [1, 2]})
     assert [r[1] for r in read_records(tmp_path / "o.jsonl.gz")] == [{"a": 1}, {"b": [1, 2]}]
+
+
+def test_a_column_named_like_a_field_mapped_from_another_goes_to_extra():
+    """`amount: AMT` overwrote the file's own `amount` column: a rule on `extra.amount` never
+    fired, and the column was in no decision or dead letter (a review)."""
+    m = ColumnMapping(fields={"tx_id": "TID", "amount": "AMT", "merchant_id": "amount"})
+    row = {"TID": "t1", "AMT": "10", "amount": "999", "card_id": "AMT"}
+    assert m.apply(row) == {"tx_id": "t1", "amount": "10", "merchant_id": "999", "card_id": "AMT"}
+    m = ColumnMapping(fields={"tx_id": "TID", "amount": "AMT"})
+    assert m.apply({"TID": "t1", "AMT": "10", "amount": "999"}) == {
+        "tx_id": "t1", "amount": "10", "extra": {"amount": "999"}
+    }  # fmt: skip
+    both = {"TID": "t1", "AMT": "10", "amount": "999", "extra": {"amount": 1, "b": 2}}
+    assert m.apply(both)["extra"] == {"amount": 1, "b": 2}  # a value of `extra` itself wins
+    assert m.apply({"TID": "t1", "AMT": "10", "amount": "9", "extra": "x"})["extra"] == "x"
 
 
 def test_mapping_without_fields_is_identity():

@@ -1,0 +1,55 @@
+"""YAML as the project reads its own files (mappings, model specs, settings): PyYAML's safe
+loader, refusing a key written twice in one mapping (PyYAML keeps the last one without a word:
+``tx_id: TID`` then ``tx_id: SHOP`` silently mapped every id to a shop). Rules files have a
+loader of their own with the same check (:mod:`fds.rules.ruleset`).
+
+>>> load("a: 1\\nb: {c: 2}\\n")
+{'a': 1, 'b': {'c': 2}}
+>>> load("a: 1\\nb: 2\\na: 3\\n")
+Traceback (most recent call last):
+...
+yaml.constructor.ConstructorError: while constructing a mapping
+  in "<unicode string>", line 1, column 1:
+    a: 1
+    ^
+duplicate key 'a': remove one of them
+  in "<unicode string>", line 3, column 1:
+    a: 3
+    ^
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+__all__ = ["load"]
+
+_MERGE = "tag:yaml.org,2002:merge"
+
+
+class _Strict(yaml.SafeLoader):
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for knode, _ in node.value:
+            if knode.tag == _MERGE:  # (<<: *defaults: its keys may be overridden)
+                continue
+            key = self.construct_object(knode, deep=True)
+            try:
+                again = key in seen
+            except TypeError:  # unhashable: the base class says so
+                break
+            if again:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"duplicate key {key!r}: remove one of them", knode.start_mark,
+                )  # fmt: skip
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load(text: str) -> Any:
+    """The YAML document in ``text``; raises :class:`yaml.YAMLError` (marked with the line of
+    the problem) on a syntax error or a duplicate key."""
+    return yaml.load(text, Loader=_Strict)  # a SafeLoader: builds plain data only
