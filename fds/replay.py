@@ -75,7 +75,9 @@ class ReplayInput:
     def __post_init__(self) -> None:
         if isinstance(self.transactions, list) and self.total is None:
             self.total = len(self.transactions)
-        self.truth |= {lab["tx_id"] for lab in self.labels if lab["is_fraud"]}
+        # the last word on each transaction (in event time; a later ``false`` withdraws a fraud)
+        last = {lab["tx_id"]: lab["is_fraud"] for lab in sorted(self.labels, key=_ts)}
+        self.truth |= {tx_id for tx_id, fraud in last.items() if fraud}
 
 
 @dataclass

@@ -164,6 +164,20 @@ def test_labels_file(tmp_path):
     assert rec.seen == ["t0", "L:t0", "t1"]
 
 
+def test_a_fraud_label_withdrawn_later_is_no_known_fraud_in_the_summary(tmp_path):
+    """A later `is_fraud: false` withdraws a label (the model unlearns it), yet the summary
+    counted the transaction among the known frauds, judging precision and recall by it."""
+    p = write_jsonl(tmp_path / "x.jsonl", [tx(i, T0 + i) for i in range(3)])
+    lp = write_jsonl(tmp_path / "l.jsonl", [  # the withdrawal first in the file, later in time
+        {"tx_id": "t1", "ts": T0 + 60, "is_fraud": False},
+        {"tx_id": "t1", "ts": T0 + 30, "is_fraud": True},
+        {"tx_id": "t2", "ts": T0 + 30, "is_fraud": True},
+    ])  # fmt: skip
+    for stream in (replay.load(p, labels_path=lp), replay.open_stream(p, labels_path=lp)):
+        s = replay.run(Engine(), stream, ListSink(), ListSink())
+        assert (s.frauds, s.fraud_labels) == (1, 1)
+
+
 def test_stage_failure_is_a_dead_letter_naming_the_stage(tmp_path):
     p = write_jsonl(tmp_path / "x.jsonl", [tx(0, T0), tx(1, T0 + 1), tx(2, T0 + 2)])
     out, dlq = ListSink(), ListSink()
