@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from fds.cli import folder, positive_int, seed
+
 __all__ = ["PrecisionResult", "register", "run_precision"]
 
 VARIANTS = ("rules", "static_sklearn", "river_frozen", "adaptive", "rules+adaptive")
@@ -790,10 +792,10 @@ def register(subparsers: Any) -> None:
     pp.add_argument(
         "--labels", help="labels file for --input (JSONL/CSV: tx_id, ts, is_fraud), as fds replay"
     )
-    pp.add_argument("--days", type=int, default=60)
-    pp.add_argument("--cards", type=int, default=10_000)
-    pp.add_argument("--merchants", type=int, default=1_000)
-    pp.add_argument("--seed", type=int, default=7)
+    pp.add_argument("--days", type=positive_int, default=60)
+    pp.add_argument("--cards", type=positive_int, default=10_000)
+    pp.add_argument("--merchants", type=positive_int, default=1_000)
+    pp.add_argument("--seed", type=seed, default=7)
     pp.add_argument(
         "--drift-day",
         type=int,
@@ -806,7 +808,9 @@ def register(subparsers: Any) -> None:
     )
     pp.add_argument("--spec", default="default", help="model spec name or YAML path")
     pp.add_argument("--rules", help="rules file (default rules/default.yaml)")
-    pp.add_argument("--out", default="benchmarks/results", help="folder for report and plot")
+    pp.add_argument(
+        "--out", type=folder, default="benchmarks/results", help="folder for report and plot"
+    )
     pp.add_argument(
         "--name", default=None,
         help="report file name (without .md); default precision, or precision_<file> with "

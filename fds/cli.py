@@ -170,6 +170,27 @@ def positive_int(text: str) -> int:
     return value
 
 
+def seed(text: str) -> int:
+    """argparse type: a random seed, a whole number >= 0 (NumPy refuses a negative one)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid seed {text!r}: give a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a seed is a whole number >= 0, got {value}")
+    return value
+
+
+def folder(text: str) -> Path:
+    """argparse type: a folder to write into (made when missing), not an existing file."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is a file, not a folder: name a folder (it is made when missing)"
+        )
+    return path
+
+
 def positive_float(text: str) -> float:
     """argparse type: a number > 0."""
     try:

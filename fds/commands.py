@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fds.cli import folder, positive_int, seed
 from fds.metrics import Metrics, add_metrics_arguments, serve
 from fds.pipeline import DEFAULT_MODEL, DEFAULT_RULES, build_engine
 from fds.streams.files import JsonlSink, check_transaction_columns, load_mapping
@@ -66,10 +67,10 @@ def register(sub: Any) -> None:
         "features, rules and the adaptive model in-process, and print the precision of rules "
         "alone vs rules + adaptive model at the same daily alert budget. No Kafka needed.",
     )
-    d.add_argument("--days", type=int, default=45, help="days to simulate (default 45)")
-    d.add_argument("--cards", type=int, default=5_000, help="cards (default 5,000)")
+    d.add_argument("--days", type=positive_int, default=45, help="days to simulate (default 45)")
+    d.add_argument("--cards", type=positive_int, default=5_000, help="cards (default 5,000)")
     d.add_argument("--drift-day", type=int, default=21, help="day the fraud pattern changes")
-    d.add_argument("--seed", type=int, default=7)
+    d.add_argument("--seed", type=seed, default=7)
     d.add_argument(
         "--rules",
         type=Path,
@@ -79,7 +80,7 @@ def register(sub: Any) -> None:
     )
     d.add_argument(
         "--out-dir",
-        type=Path,
+        type=folder,
         default=Path("demo-out"),
         help="where the report and plots go (default demo-out/)",
     )
@@ -185,6 +186,12 @@ def _replay(args: argparse.Namespace) -> int:
             return 2
     if _same_file(args.out, dlq_path):  # the decisions were written over the dead letters
         print(f"fds replay: error: --dlq {dlq_path} is the --out file; give another path",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    if args.labels is not None and _same_file(Path(args.labels), Path(args.file)):
+        # (every transaction was read twice: once decided, once a label's dead letter)
+        print(f"fds replay: error: --labels {args.labels} is the input file; give the labels "
+              "file (tx_id, ts, is_fraud), or a --mapping with a label column",
               file=sys.stderr)  # fmt: skip
         return 2
     mapping = load_mapping(args.mapping) if args.mapping else None

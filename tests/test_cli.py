@@ -93,6 +93,27 @@ def test_demo_end_to_end_small(tmp_path, capsys):
     assert "| rules |" in out.out + out.err
 
 
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["simulate", "--out", "{tmp}/s.jsonl", "--seed", "-1"], "a seed is a whole number >= 0"),
+        (["demo", "--seed", "-1"], "a seed is a whole number >= 0"),
+        (["demo", "--cards", "0"], "--cards: must be at least 1"),
+        (["demo", "--out-dir", "{tmp}/f"], "is a file, not a folder"),
+        (["bench", "precision", "--out", "{tmp}/f"], "is a file, not a folder"),
+    ],
+)
+def test_a_seed_or_folder_argument_that_cannot_work_is_a_usage_error(argv, needle, tmp_path,
+                                                                     capsys):  # fmt: skip
+    """A negative seed was NumPy's traceback; an --out-dir naming a file, one after the whole
+    18-s demo (a review)."""
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(SystemExit) as e:
+        main([a.format(tmp=tmp_path) for a in argv])
+    assert e.value.code == 2 and needle in capsys.readouterr().err
+    assert (tmp_path / "f").read_text() == "x"
+
+
 def test_demo_rejects_bad_drift_day(capsys):
     assert main(["demo", "--days", "10", "--drift-day", "12"]) == 2
     assert "--drift-day" in capsys.readouterr().err
@@ -275,6 +296,9 @@ def test_outputs_over_each_other_or_over_a_file_the_run_reads_are_refused(
         (["--dlq", str(rules)], "--dlq", "is the --rules file"),
         (["--out", str(tmp_path)], "--out", "it is a directory"),
         (["--dlq", str(tmp_path)], "--dlq", "it is a directory"),
+        # every transaction read twice, once a label's dead letter (a review: 39,280
+        # transactions in the summary for 19,640)
+        (["--labels", str(history)], "--labels", "is the input file"),
     ]
     for args, flag, fragment in cases:
         argv = ["replay", str(history), "--rules", str(rules), "--model", "none", *args]

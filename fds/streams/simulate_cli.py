@@ -14,7 +14,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from fds.cli import positive_int
+from fds.cli import positive_int, seed
 from fds.errors import ConfigError
 from fds.streams.simulator import Simulation, check_out, labels_path, simulate, summarize, write
 from fds.timeutil import format_ts, get_zone, parse_ts
@@ -82,7 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--days", type=positive_int, default=60, help="length in days (default 60)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=seed, default=0, help="random seed (default 0)")
     p.add_argument("--cards", type=positive_int, default=20_000, help="cards (default 20000)")
     p.add_argument("--merchants", type=positive_int, default=2_000, help="merchants (default 2000)")
     p.add_argument(
