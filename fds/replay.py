@@ -463,12 +463,12 @@ _QUOTED = re.compile(r"'[^']*'")
 _MAX_REASONS = 1_000  # distinct reasons counted apart (dead letters' errors without values)
 
 
-def _reason(dead: Mapping[str, Any]) -> str:
+def reason_of(dead: Mapping[str, Any]) -> str:
     """A dead letter's reason without its values, to count alike ones together: its stage and
     the first line of its error, quoted values and pydantic's ``[type=..., input_value=...]``
     left out, at most 120 characters.
 
-    >>> _reason({"stage": "validate", "reason": "ts: timestamp '01/03' is neither ISO 8601"})
+    >>> reason_of({"stage": "validate", "reason": "ts: timestamp '01/03' is neither ISO 8601"})
     "validate: ts: timestamp '...' is neither ISO 8601"
     """
     text = str(dead.get("reason") or dead.get("error", ""))
@@ -507,7 +507,7 @@ class _DeadTally:
             if d["stage"] == "label" or not mine:
                 self.of_labels += 1
                 continue
-            reason = _reason(d)
+            reason = reason_of(d)
             if reason not in self.reasons and len(self.reasons) >= _MAX_REASONS:
                 reason = "other reasons"
             self.reasons[reason] += 1

@@ -125,6 +125,28 @@ def test_backtest_usage_errors(tmp_path: Path, capsys) -> None:
     assert ei.value.code == 2
 
 
+def test_backtest_says_which_records_it_left_out(tmp_path: Path, capsys) -> None:
+    """Rows that could not be read or validated were left out without a word (alerts and recall
+    over a subset), and a file without the required columns said only "no valid transactions"
+    (a review)."""
+    base = tmp_path / "base.yaml"
+    base.write_text(BASELINE)
+    good = '{"tx_id": "t%d", "ts": 1767225600, "card_id": "c1", "amount": 10}\n'
+    data = tmp_path / "h.jsonl"
+    bad = '{"tx_id": "x", "ts": "noon"}\nnot json\n'
+    data.write_text("".join(good % i for i in range(3)) + bad)
+    argv = ["rules", "backtest", "--candidate", str(base), "--baseline", str(base)]
+    assert main([*argv, str(data)]) == 0
+    out = capsys.readouterr().out
+    assert "backtest over 3 transactions" in out
+    assert "note: 2 record(s) of the files could not be read or validated" in out
+    foreign = tmp_path / "f.csv"
+    foreign.write_text("TID,WHEN,CARD,AMT\nt1,1767225600,c1,10\n")
+    assert main([*argv, str(foreign)]) == 2
+    err = capsys.readouterr().err
+    assert "required engine field(s) ['amount', 'card_id', 'ts', 'tx_id']" in err
+
+
 def test_backtest_refuses_rulesets_in_two_timezones(tmp_path: Path, capsys) -> None:
     """One feature stage serves both sides: the baseline's calendar days were computed in the
     candidate's zone before, so its figures were wrong."""
