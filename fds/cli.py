@@ -122,6 +122,19 @@ def _stopped_while_starting(signum: int, _frame: object) -> None:
     raise SystemExit(0)
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM to a command that is no service: stopped as Ctrl-C stops it (a replay between
+    two events with its summary, a simulation removing its temporary files), exit code 143."""
+
+
+_TERMINATED: list[int] = []  # the SIGTERM received, if any
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    _TERMINATED.append(signum)
+    raise _Terminated
+
+
 def _command(argv: list[str]) -> str | None:
     """The command word of ``argv`` (after the global options)."""
     it = iter(argv)
@@ -136,13 +149,18 @@ def _command(argv: list[str]) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fds`` console script (``argv`` ``None``: the process exits when
     this returns; in-process callers pass ``argv``)."""
-    if argv is None and _command(sys.argv[1:]) in _SERVICES:  # the console script
-        signal.signal(signal.SIGTERM, _stopped_while_starting)  # the service installs its own
+    if argv is None:  # the console script (a service installs its own handler once running)
+        service = _command(sys.argv[1:]) in _SERVICES
+        signal.signal(signal.SIGTERM, _stopped_while_starting if service else _terminate)
     args = build_parser().parse_args(argv)
     level = "DEBUG" if args.verbose else "WARNING" if args.quiet else "INFO"
     configure_logging(level, fmt=args.log_format)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        # (a summary printed after a SIGTERM: the status still says the signal stopped it)
+        return 143 if code == 130 and _TERMINATED else code
+    except _Terminated:
+        return 143
     except ConfigError as e:
         print(f"fds {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -230,6 +230,30 @@ def test_a_sigterm_while_a_service_starts_ends_it_with_code_0(command):
     assert "stopped by signal 15 while starting" in p.stderr
 
 
+def test_a_sigterm_to_fds_simulate_removes_its_temporary_files(tmp_path):
+    """Killed by SIGTERM (a supervisor, `timeout`) while it wrote, `fds simulate` left its
+    temporary file behind (2 GB in a review); Ctrl-C removed it."""
+    import subprocess
+
+    code = (
+        "import os, signal, sys\n"
+        "from fds import cli\n"
+        "from fds.streams import simulator\n"
+        "write = simulator._write_jsonl\n"
+        "def writing(rows, path, on_rows):\n"
+        "    path.write_text('partial')\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)  # arrives while the file is written\n"
+        "    return write(rows, path, on_rows)\n"
+        "simulator._write_jsonl = writing\n"
+        f"sys.argv = ['fds', 'simulate', '--days', '2', '--cards', '50', '--out', "
+        f"{str(tmp_path / 's.jsonl')!r}]\n"
+        "sys.exit(cli.main())\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 143, p.stderr[-2000:]
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_command_handles_sigterm_before_any_heavy_import():
     """The handler above is installed by cli.main; importing fds.cli imported the engine (River,
     NumPy, scikit-learn: 5 s on a loaded machine), so a SIGTERM in that time still ended
