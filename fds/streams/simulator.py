@@ -910,11 +910,20 @@ def check_out(out_path: str | Path) -> Path:
     >>> check_out("sim.csv")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     fds.errors.ConfigError: cannot write sim.csv: the simulator writes JSON Lines, so name it ...
+    >>> check_out("sim.labels.jsonl")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    fds.errors.ConfigError: cannot write sim.labels.jsonl: a name ending in .labels... is where ...
     """
     p = Path(out_path)
-    if not p.name.removesuffix(".gz").endswith(_JSONL_SUFFIXES):
+    name = p.name.removesuffix(".gz")
+    if not name.endswith(_JSONL_SUFFIXES):
         raise ConfigError(
             f"cannot write {p}: the simulator writes JSON Lines, so name it .jsonl or .jsonl.gz"
+        )
+    if name.removesuffix(Path(name).suffix).endswith(".labels"):  # (it overwrote the labels
+        raise ConfigError(  # of an earlier run with transactions, a review found)
+            f"cannot write {p}: a name ending in .labels{Path(name).suffix} is where the labels "
+            "of another file's transactions go; name the transactions file otherwise"
         )
     return p
 
