@@ -272,10 +272,17 @@ def _replay(args: argparse.Namespace) -> int:
             if "timestamp" in (summary.top_reason or "")
             else ""
         )
+        top = summary.top_reason or ""
+        check = (
+            "fds reads JSON Lines (one object per line) and CSV in UTF-8: convert the file"
+            if top.startswith("parse:")
+            else "check the file against --mapping (fields, timezone)"
+            if args.mapping
+            else "map its columns with --mapping"
+        )
         print(
             f"fds replay: error: no transaction could be decided, every one was dead-lettered "
-            f"(most often {summary.top_reason}); check the file against --mapping (fields, "
-            f"timezone){dates}; the dead letters are in {dlq_path}",
+            f"(most often {top}); {check}{dates}; the dead letters are in {dlq_path}",
             file=sys.stderr,
         )
         return 1

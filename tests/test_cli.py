@@ -170,6 +170,12 @@ def test_a_replay_that_decides_nothing_fails_and_says_why(tmp_path, capsys):
     assert "no transaction could be decided" in err
     assert "validate: ts: timestamp '...' is neither ISO 8601" in err and "(2; first: " in err
     assert "timestamp '01/03/2026 08:00:00'" in err and "convert other formats" in err
+    assert "map its columns with --mapping" in err  # (it named a --mapping none was given)
+    array = tmp_path / "a.json"  # one JSON array, not JSON Lines: say what fds reads
+    array.write_text('[{"tx_id": "a", "ts": 1, "card_id": "c", "amount": 1},\n'
+                     ' {"tx_id": "b", "ts": 2, "card_id": "c", "amount": 1}]\n')  # fmt: skip
+    assert bare_replay(str(array), "--out", str(tmp_path / "o.jsonl")) == 1
+    assert "fds reads JSON Lines (one object per line)" in capsys.readouterr().err
     foreign = tmp_path / "f.csv"
     foreign.write_text("ID,When,EUR\na,2026-01-01,1\n")
     assert bare_replay(str(foreign), "--out", str(tmp_path / "o.jsonl")) == 2
