@@ -206,6 +206,7 @@ class ReloadingRuleset:
             self._digest = digest
             try:
                 new = load_ruleset_text(text, str(self.path), run_tests=True)
+                self._check_version(new)
                 self._check_features(new)
             except ConfigError as e:
                 return self._failed(e)
@@ -233,6 +234,17 @@ class ReloadingRuleset:
             self._seen = (key, now)
             return False
         return now - self._seen[1] >= self.settle_seconds
+
+    def _check_version(self, new: Ruleset) -> None:
+        # Decisions record the ruleset that made them (ruleset_version): two different rulesets
+        # under one version made that record ambiguous (a review). An edit of comments or
+        # layout only leaves the rules as they were and needs no new version.
+        if new.version == self.current.version and new.spec != self.current.spec:
+            raise ConfigError(
+                f"the rules changed but the version did not ({new.version!r}): give the file a "
+                "new version, which decisions record as ruleset_version",
+                where=new.where("version"),
+            )
 
     def _check_features(self, new: Ruleset) -> None:
         # Feature state is built from the declarations at start; a reload swaps rules and policy

@@ -299,6 +299,23 @@ def test_a_record_folded_right_after_a_reload_counts_no_skip(tmp_path: Path) -> 
     assert get("fds_rule_missing_inputs_total", {"rule": "vip"}) == 2
 
 
+def test_changed_rules_under_the_same_version_are_rejected(tmp_path: Path) -> None:
+    """Decisions record the ruleset that made them; a threshold edited under the same version
+    was accepted without a word, so one ruleset_version named two rulesets (a review)."""
+    p = tmp_path / "r.yaml"
+    p.write_text(rules("v1", 100))
+    rs = ReloadingRuleset(p, start=False, settle_seconds=0)
+    write(p, rules("v1", 200))
+    assert rs.check_now() == "rejected"
+    assert "the rules changed but the version did not ('v1')" in str(rs.last_error)
+    assert str(rs.last_error).startswith(f"{p}:1:")
+    assert rs.current.rules[0].spec.when == "amount > 100"  # the last good ones stay
+    write(p, "# a comment only\n" + rules("v1", 100))  # the same rules: no new version needed
+    assert rs.check_now() == "ok"
+    write(p, rules("v2", 200))
+    assert rs.check_now() == "ok" and rs.current.version == "v2"
+
+
 def test_features_in_another_order_are_the_same_features(tmp_path: Path) -> None:
     """A reload that only reordered the declarations was rejected with "changed ()"."""
     p = tmp_path / "r.yaml"
