@@ -75,11 +75,19 @@ def register(subparsers: Any) -> None:
 
 def _check(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
-    files = args.files or [DEFAULT_RULES]
+    files = []
+    for f in args.files or [DEFAULT_RULES]:  # a folder: its rules files (it said "no such file")
+        found = sorted([*f.glob("*.yaml"), *f.glob("*.yml")]) if f.is_dir() else [f]
+        files += found or [f]
     failed = 0
     for f in files:
         if not f.is_file():
-            print(f"{f}: no such file: give the path of a rules YAML file", file=out)
+            why = (
+                "a folder with no .yaml file" if f.is_dir()
+                else "not a regular file" if f.exists()
+                else "no such file"
+            )  # fmt: skip
+            print(f"{f}: {why}: give the path of a rules YAML file", file=out)
             failed += 1
             continue
         try:

@@ -70,6 +70,19 @@ def test_check_missing_file_fails(tmp_path: Path, capsys) -> None:
     assert "no such file" in capsys.readouterr().out
 
 
+def test_check_a_folder_checks_its_rules_files(tmp_path: Path, capsys) -> None:
+    """`fds rules check rules/` said "no such file"."""
+    (tmp_path / "a.yaml").write_text(BASELINE)
+    (tmp_path / "b.yml").write_text(BASELINE.replace("expect: hit", "expect: miss"))
+    assert main(["rules", "check", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert f"OK   {tmp_path / 'a.yaml'}" in out and "1 of 2 file(s) OK" in out
+    assert main(["rules", "check", str(tmp_path / "a.yaml"), str(tmp_path / "sub")]) == 1
+    (tmp_path / "sub").mkdir()
+    assert main(["rules", "check", str(tmp_path / "sub")]) == 1
+    assert "a folder with no .yaml file" in capsys.readouterr().out
+
+
 def test_backtest_end_to_end(tmp_path: Path, capsys) -> None:
     sim = simulate(days=4, cards=1500, merchants=200, seed=11, drift_day=None)
     data, _labels = write(sim, tmp_path / "hist.jsonl")
