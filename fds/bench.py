@@ -711,11 +711,19 @@ def _report(res: PrecisionResult, plot: Path) -> str:
         _recovery_text(res),
         "```",
         "",
-        "Reading it: `rules` is `rules/default.yaml` unless the command says otherwise. That file"
-        " was tuned on this simulator's output *including the post-drift fraud ring* (its rule"
-        ' comments quote precision per seed), so after the drift day "rules alone" is a'
-        " hindsight baseline that already knows the new pattern; the adaptive model had to learn"
-        " it from delayed labels. The frozen models show what happens without learning."
+        f"Reading it: `rules` is `{m['rules']}`. "
+        + (
+            "That file is `rules/default.yaml` without the four rules written with hindsight of"
+            " the post-drift fraud ring: the rules a team had before the drift, which the new"
+            ' pattern escapes by design, so "rules alone" is the fair baseline; the adaptive'
+            " model had to learn the new pattern from delayed labels."
+            if Path(m["rules"]).name == "pre-drift.yaml"
+            else "`rules/default.yaml` was tuned on this simulator's output *including the"
+            " post-drift fraud ring* (its rule comments quote precision per seed), so with it,"
+            ' after the drift day "rules alone" is a hindsight baseline that already knows the'
+            " new pattern; the adaptive model had to learn it from delayed labels."
+        )
+        + " The frozen models show what happens without learning."
         " `rules+adaptive` is the rules alone until the model passes its maturity gate (spec"
         " `gate`; the lifecycle line below gives the share of decisions where the model acted"
         " and the first day it did). The models read the rules' results only when the spec"

@@ -88,6 +88,8 @@ def test_demo_end_to_end_small(tmp_path, capsys):
     assert code == 0
     report = (tmp_path / "demo.md").read_text()
     assert "rules+adaptive" in report and "fds demo --days 8" in report
+    assert "pre-drift.yaml`. That file is `rules/default.yaml` without" in report  # (it said
+    # the demo's baseline was rules/default.yaml, a hindsight one: a review)
     assert (tmp_path / "demo.png").stat().st_size > 1000
     out = capsys.readouterr()
     assert "| rules |" in out.out + out.err
