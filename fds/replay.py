@@ -242,9 +242,7 @@ def _validated(
         try:
             out = parse(rec, zone)
         except ValidationError as e:  # (its label put back: a review found it lost)
-            row = raw if isinstance(raw, dict) else rec  # as read: the file's own column names
-            if truth is not None and label is not None and label.column not in row:
-                row = {**row, label.column: truth}
+            row = _as_read(raw, rec, label, truth)
             dlq.append(dead_letter(stage="validate", error=e, raw=row, source=source, position=pos))
             continue
         if (
@@ -269,10 +267,8 @@ def _validated(
         try:
             fraud = label.is_fraud(truth)
         except ValueError as e:
-            raw_row = {**rec, label.column: truth}
-            dlq.append(
-                dead_letter(stage="label", error=e, raw=raw_row, source=source, position=pos)
-            )
+            row = _as_read(raw, rec, label, truth)
+            dlq.append(dead_letter(stage="label", error=e, raw=row, source=source, position=pos))
             fraud = False
         if fraud:
             stream.truth.add(out["tx_id"])
@@ -285,6 +281,15 @@ def _validated(
                 }
             )
         yield out
+
+
+def _as_read(raw: Any, rec: dict[str, Any], label: Any, truth: Any) -> dict[str, Any]:
+    """A mapped file's record as read, for its dead letter: the file's own column names (not
+    the engine's), with the label column the reader took out of it."""
+    row = raw if isinstance(raw, dict) else rec
+    if truth is not None and label is not None and label.column not in row:
+        row = {**row, label.column: truth}
+    return row
 
 
 def _ordered(

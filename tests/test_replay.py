@@ -124,7 +124,8 @@ def test_a_dead_letter_of_a_mapped_file_has_the_file_s_own_columns(tmp_path):
     """Found by a review: its raw was the row renamed to engine fields (tx_id, ts, ...), not
     the columns the user has to find and fix (Id, When, ...)."""
     p = tmp_path / "x.csv"
-    p.write_text("Id,When,Card,Amt,F\na,2026-01-01T00:00:00,c,5,1\nb,01/01/2026,c,5,1\n")
+    p.write_text("Id,When,Card,Amt,F\na,2026-01-01T00:00:00,c,5,1\nb,01/01/2026,c,5,1\n"
+                 "c,2026-01-01T00:01:00,c,5,maybe\n")  # fmt: skip
     mapping = ColumnMapping.model_validate(
         {
             "fields": {"tx_id": "Id", "ts": "When", "card_id": "Card", "amount": "Amt"},
@@ -133,8 +134,12 @@ def test_a_dead_letter_of_a_mapped_file_has_the_file_s_own_columns(tmp_path):
     )
     dlq = ListSink()
     replay.run(Engine(), replay.load(p, mapping=mapping), ListSink(), dlq)
-    (dead,) = dlq.items
+    dead, label = dlq.items
     assert dead["raw"] == {"Id": "b", "When": "01/01/2026", "Card": "c", "Amt": "5", "F": "1"}
+    # a label's dead letter too (it had the engine's names)
+    assert (label["stage"], label["raw"]) == (
+        "label", {"Id": "c", "When": "2026-01-01T00:01:00", "Card": "c", "Amt": "5", "F": "maybe"}
+    )  # fmt: skip
 
 
 def test_an_unreadable_label_value_is_a_dead_letter_and_its_transaction_is_decided(tmp_path):
