@@ -1415,6 +1415,26 @@ class Runner:
             wait_s,
         )
         pos = self._positions
+        # A partition the state follows but the group has no offset for (the group deleted,
+        # its offsets expired after offsets.retention.minutes): the group consumer starts at
+        # its auto_offset_reset, so the state must cover exactly that (it was taken as it was:
+        # every record decided again on a state that held it, features counted twice).
+        gone = [tp for tp, c in committed.items() if c is None and tp.partition in pos]
+        if gone:
+            earliest = self.s.auto_offset_reset == "earliest"
+            read = self.consumer.beginning_offsets if earliest else self.consumer.end_offsets
+            starts = self._retrying(
+                "reading the log starts" if earliest else "reading the log ends",
+                lambda: read(gone),
+            )
+            log.warning(
+                "no committed offset for partitions %s (the group was deleted or its offsets "
+                "expired): the group starts them at the %s offsets %s (auto_offset_reset), and "
+                "the state is made to cover exactly that",
+                sorted(tp.partition for tp in gone), self.s.auto_offset_reset,
+                {tp.partition: starts[tp] for tp in gone},
+            )  # fmt: skip
+            committed = {**committed, **{tp: starts[tp] for tp in gone}}
         behind = {
             tp: c for tp, c in committed.items() if c is not None and c != pos.get(tp.partition)
         }
