@@ -926,20 +926,25 @@ class Runner:
         refold = self._refold
         refolded: dict[Any, int] = {}  # partition -> its committed offset, folded below it
         folds = 0
+        feed = self.labels
+        due = feed.due if feed is not None else math.inf  # labels wait for this event time
         for tp, msg, tx in batch:
             if len(out) >= SEND_EVERY:
                 decided += len(out)
                 for value, key, part in out:
                     pending.append(send(out_topic, value=value, key=key, partition=part))
                 out.clear()
+            if tx.__class__ is not _Bad and tx["ts"] > due:  # (only with a labels topic)
+                due = feed.release(tx["ts"])  # type: ignore[union-attr]
             if refold and tp in refold:
                 if msg.offset < refold[tp]:  # decided before: state only, offsets stay
                     refolded[tp] = refold[tp]
                     folds += 1
                     if tx.__class__ is not _Bad:
                         self._fold(tx)
-                        if self.labels is not None:  # its labels count from the next decision
-                            self.labels.folded(tx["tx_id"])
+                        if feed is not None:  # its labels count from the next decision
+                            feed.folded(tx["tx_id"])
+                            due = feed.due
                     # committed already: a checkpoint may say the state covers it
                     self._positions[tp.partition] = msg.offset + 1
                     continue

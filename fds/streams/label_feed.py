@@ -16,6 +16,14 @@ and one of labels are read side by side, and a label is applied once its transac
 decided, not dropped as unmatched before. Other labels are applied at once, before the next
 batch is decided. At most ``MAX_HELD`` labels wait.
 
+A label counts only for decisions of transactions later in event time than the label itself
+(its ``ts``, when it became known), as in a replay: one whose transaction is decided but whose
+time the input has not reached yet (a backlog read after a restart or an outage, labels of days
+later already on the topic) waits in :attr:`due` until ``fds run`` is about to decide (or fold)
+a transaction later than it (:meth:`release`). Before, it was applied at once, so the decisions
+of the backlog saw frauds labelled days after them, and the same input gave other decisions
+with other poll sizes (a review).
+
 Applying a label is idempotent (a label already counted as it says changes nothing), so the
 feed keeps no offsets of its own: on start, and again after the state was caught up or rebuilt
 from the input, it reads the labels topic from the label horizon (records produced within the
@@ -25,6 +33,9 @@ feature plan's label TTL: older labels can only be for transactions the state ha
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -84,6 +95,11 @@ class LabelFeed:
         # labels waiting for their transaction, by tx_id; those applied by folded (their id())
         self._waiting: dict[str, list[dict[str, Any]]] = {}
         self._done: set[int] = set()
+        # labels ahead of the decisions' event time: (ts, arrival, label), earliest first
+        self._later: list[tuple[float, int, dict[str, Any]]] = []
+        self._seq = itertools.count()
+        #: The event time of the earliest label waiting for the decisions to pass it (inf: none).
+        self.due = math.inf
 
     def rewind(
         self, input_ms: float, timeout_s: float = 60.0, stopping: Callable[[], bool] = bool
@@ -108,6 +124,8 @@ class LabelFeed:
         self._held.clear()
         self._waiting.clear()
         self._done.clear()
+        self._later.clear()  # (read again below)
+        self.due = math.inf
         for tp, offset in start_offsets(c, self._tps, float(self.plan.label_ttl)).items():
             c.seek(tp, offset)
         end = c.end_offsets(self._tps)
@@ -160,9 +178,31 @@ class LabelFeed:
         if not labels:
             return 0
         for label in labels:
-            self._one(label)
+            self._when_due(label)
             self._done.add(id(label))  # (still held: skipped there)
         return len(labels)
+
+    def release(self, t: float) -> float:
+        """A transaction of event time ``t`` is about to be decided or folded: apply the labels
+        that waited for the decisions to pass them (``ts < t``, as a replay learns them), and
+        return the new :attr:`due`."""
+        later = self._later
+        while later and later[0][0] < t:
+            self._one(heapq.heappop(later)[2])
+        self.due = later[0][0] if later else math.inf
+        return self.due
+
+    def _when_due(self, label: dict[str, Any]) -> None:
+        """Apply ``label`` now if the decisions are past its time, else when they pass it."""
+        t = label["ts"]
+        if t < self.plan.watermark:
+            self._one(label)
+            return
+        later = self._later
+        heapq.heappush(later, (t, next(self._seq), label))
+        if len(later) > MAX_HELD:  # memory bound: the earliest is applied ahead of its time
+            self._one(heapq.heappop(later)[2])
+        self.due = later[0][0]
 
     def _one(self, label: dict[str, Any]) -> None:
         self.changed += bool(self.plan.on_label(label))
@@ -183,13 +223,16 @@ class LabelFeed:
             if done and id(label) in done:
                 continue  # applied when its transaction was folded
             tx_id = label["tx_id"]
-            if ms > input_ms and room > 0 and not knows(tx_id):
+            known = knows(tx_id)
+            if ms > input_ms and room > 0 and not known:
                 kept.append((ms, label))
                 by_id.setdefault(tx_id, []).append(label)
                 room -= 1
                 continue
-            # known, or its transaction can no longer come: unmatched
-            self._one(label)
+            if known:  # applied once the decisions pass its time
+                self._when_due(label)
+            else:  # its transaction can no longer come: unmatched
+                self._one(label)
             n += 1
         self._held, self._waiting, self._done = kept, by_id, set()
         return n

@@ -51,7 +51,7 @@ def test_a_label_on_the_labels_topic_reaches_the_merchant_features_of_fds_run(
         fraud = send_tx("m1")
         before_label = send_tx("m1")
         wait_until(lambda: before_label in decisions(), 60, "the first decisions")
-        label = {"tx_id": fraud, "ts": T0 + 86400.0, "is_fraud": True}
+        label = {"tx_id": fraud, "ts": T0 + 90.0, "is_fraud": True}  # between tx 1 and 2
         producer.send(topics["labels"], value=b"{not json")  # a bad label: dead-lettered
         producer.send(topics["labels"], key=fraud.encode(), value=orjson.dumps(label))
         producer.flush()
@@ -120,7 +120,7 @@ def test_labels_survive_kill9_and_restart_counted_once(
                       env={"FDS_LOG_LEVEL": "INFO"})  # fmt: skip
         fraud = send_tx()
         wait_until(lambda: counts([fraud]) == [0], 60, "the first decision")
-        label = {"tx_id": fraud, "ts": T0 + 86400.0, "is_fraud": True}
+        label = {"tx_id": fraud, "ts": T0 + 90.0, "is_fraud": True}  # between tx 1 and 2
         producer.send(topics["labels"], key=fraud.encode(), value=orjson.dumps(label))
         producer.flush()
         later: list[str] = []

@@ -74,7 +74,7 @@ def label(i: int, tx_id: str, ms: int, value: bytes | None = None) -> Rec:
     body = (
         value
         if value is not None
-        else orjson.dumps({"tx_id": tx_id, "ts": 1_767_225_700.0, "is_fraud": True})
+        else orjson.dumps({"tx_id": tx_id, "ts": 1_767_225_500.0, "is_fraud": True})
     )
     return Rec("labels", 0, i, NOW_MS + ms, body)
 
@@ -181,3 +181,22 @@ def test_a_label_waiting_for_a_transaction_folded_as_fds_run_decides_is_applied_
     assert p.compute(tx("after", 1_767_225_680.0))["m_frauds"] == 1
     assert feed.poll(input_ms=math.inf) == 0 and feed.folded("z") == 0  # not applied again
     assert [lab["tx_id"] for lab in seen] == ["z"]
+
+
+def test_a_label_counts_only_for_transactions_after_its_own_time():
+    """A backlog read with labels of days later already on the topic: the decisions of the
+    backlog saw those frauds (a review: a merchant's fraud_count 2 one day before its labels,
+    and other decisions with other poll sizes). A label waits until the decisions pass its
+    time, as a replay learns it."""
+    p = plan()
+    p.compute(tx("a", 1_767_225_600.0))  # the fraud; its label is known a day later
+    body = orjson.dumps({"tx_id": "a", "ts": 1_767_225_600.0 + 86400, "is_fraud": True})
+    feed = LabelFeed(FakeConsumer([label(0, "a", 5_000, body)]), "labels", p)
+    assert feed.rewind(input_ms=math.inf) == 1
+    assert feed.due == 1_767_225_600.0 + 86400
+    assert p.compute(tx("b", 1_767_229_200.0))["m_frauds"] == 0  # an hour later: not yet
+    assert feed.release(1_767_225_600.0 + 86400) == feed.due  # not strictly later: waits
+    assert p.compute(tx("c", 1_767_225_600.0 + 86400))["m_frauds"] == 0
+    assert feed.release(1_767_225_601.0 + 86400) == math.inf  # (what fds run calls first)
+    assert p.compute(tx("d", 1_767_225_601.0 + 86400))["m_frauds"] == 1
+    assert feed.changed == 1

@@ -6,6 +6,7 @@ SIGTERM) is tested against the real broker in tests/integration/test_kafka_run.p
 
 from __future__ import annotations
 
+import math
 import time
 from collections import namedtuple
 from typing import Any
@@ -1045,6 +1046,42 @@ def test_after_a_refused_commit_nothing_is_decided_until_the_group_is_rejoined(t
     _Revoke(r).on_partitions_lost([TP])  # kafka-python noticed the eviction
     assert not r._awaiting_rejoin(time.monotonic())
     assert r._positions == {0: 3}  # kept: the next assignment catches up, no rebuild
+
+
+def test_a_label_is_applied_in_a_batch_right_before_the_first_transaction_after_it():
+    """A label counts for the transactions after its own time, within a batch too: the same
+    input gave other decisions with other poll sizes (a review)."""
+    import orjson
+
+    from fds.features import FeaturePlan
+    from fds.rules.ruleset import FeatureSpec
+    from fds.streams.label_feed import LabelFeed
+    from tests.streams.test_label_feed import FakeConsumer, label
+
+    spec = FeatureSpec(name="m_frauds", entity="merchant_id", agg="fraud_count", window="7d")
+    plan = FeaturePlan([spec], timezone="UTC")
+    sent: list[int] = []
+
+    class Keeping(Producer):
+        def send(self, topic: str, value: bytes = b"", **kw: Any) -> Future:
+            sent.append(orjson.loads(value)["features"]["m_frauds"])
+            return super().send(topic, **kw)
+
+    r = Runner(KafkaSettings(max_unacked_batches=0), Engine(features=plan))
+    r.consumer, r.producer = Consumer(), Keeping()
+    t0 = 1_767_225_600.0
+    plan.compute({"tx_id": "f", "ts": t0, "merchant_id": "m", "card_id": "c"})  # the fraud
+    body = orjson.dumps({"tx_id": "f", "ts": t0 + 30, "is_fraud": True})  # known 30 s later
+    r.labels = LabelFeed(FakeConsumer([label(0, "f", -800, body)]), "labels", plan)
+    r.labels.rewind(input_ms=math.inf)
+    b = [
+        (TP, Record("transactions", 0, i, int(ts * 1000), b"c", b"{}"),
+         parse_transaction({"tx_id": f"t{i}", "ts": ts, "card_id": "c", "merchant_id": "m",
+                            "amount": 1}))
+        for i, ts in enumerate(t0 + 10 * k for k in range(1, 6))  # 10, 20, 30, 40, 50 s
+    ]  # fmt: skip
+    r._process(b)
+    assert sent == [0, 0, 0, 1, 1]  # (before: 1 from the first one on)
 
 
 def test_partitions_lost_past_the_last_commit_go_back_to_the_checkpoint(tmp_path):
