@@ -232,6 +232,15 @@ def unreachable(s: KafkaSettings, exc: BaseException, errors: ClientErrors) -> B
     )
 
 
+#: A dead letter whose JSON is larger than this keeps the first DLQ_RAW_KEPT characters of its
+#: ``raw`` (``raw_truncated: true``, ``raw_bytes``: the record's size; the record itself stays
+#: in the input topic at the partition and offset it names). Escaped, a 250 KB record the
+#: broker had taken became a 1.25 MB dead letter it refused (kafka-python's default
+#: max_request_size is 1 MB), and fds run stopped at it, every restart (a review).
+DLQ_MAX_BYTES = 512 * 1024
+DLQ_RAW_KEPT = 64 * 1024
+
+
 class KafkaSettings(BaseSettings):
     """Settings of ``fds run`` / ``fds produce``: flags > environment (``FDS_*``) > file.
 
@@ -1615,8 +1624,14 @@ class Runner:
             ("error", type(exc).__name__.encode()),
             ("reason", str(exc)[:1000].encode("utf-8", "backslashreplace")),
         ]
+        value = dumps(record)
+        if len(value) > DLQ_MAX_BYTES:  # escaped, a record the broker took may not fit again
+            record["raw"] = record["raw"][:DLQ_RAW_KEPT]  # (it stays whole in the input topic)
+            record |= {"raw_truncated": True, "raw_bytes": len(msg.value or b"")}
+            headers.append(("raw_truncated", b"true"))
+            value = dumps(record)
         self._pending.append(
-            self.producer.send(self.s.dlq_topic, value=dumps(record), key=msg.key, headers=headers)
+            self.producer.send(self.s.dlq_topic, value=value, key=msg.key, headers=headers)
         )
         self.stats.dead_letters += 1
         self.metrics.dead_letter(stage)

@@ -1084,6 +1084,37 @@ def test_a_label_is_applied_in_a_batch_right_before_the_first_transaction_after_
     assert sent == [0, 0, 0, 1, 1]  # (before: 1 from the first one on)
 
 
+def test_a_dead_letter_too_large_to_send_keeps_the_start_of_its_raw():
+    """A 250 KB record of bytes that are not UTF-8 became a 1.25 MB dead letter once escaped,
+    which the broker refused: fds run stopped at it, at every restart (a review)."""
+    import orjson
+
+    from fds.streams.kafka import DLQ_MAX_BYTES, DLQ_RAW_KEPT
+
+    sent: list[tuple[bytes, list]] = []
+
+    class Keeping(Producer):
+        def send(self, topic: str, value: bytes = b"", headers: Any = None, **kw: Any) -> Future:
+            sent.append((value, headers))
+            return super().send(topic, **kw)
+
+    r = make_runner()
+    r.producer = Keeping()
+    r._pending = []
+    for value in (b"\xff" * 250_000, b"short \xff"):
+        r._dead_letter(Record("transactions", 0, 7, 0, b"k", value), "parse", ValueError("bad"))
+    (big, big_headers), (small, _) = sent
+    assert len(big) < DLQ_MAX_BYTES
+    dead = orjson.loads(big)
+    assert dead["raw"] == "\\xff" * (DLQ_RAW_KEPT // 4)
+    assert (dead["raw_truncated"], dead["raw_bytes"], dead["position"]) == (
+        True, 250_000, {"partition": 0, "offset": 7}
+    )  # fmt: skip
+    assert ("raw_truncated", b"true") in big_headers
+    small_dead = orjson.loads(small)
+    assert small_dead["raw"] == "short \\xff" and "raw_truncated" not in small_dead
+
+
 def test_partitions_lost_past_the_last_commit_go_back_to_the_checkpoint(tmp_path):
     """Found by a review: between checkpoints the commits are asynchronous, so after an
     eviction under load kafka-python noticed it first (partitions lost) while the state held
