@@ -327,6 +327,20 @@ class KafkaSettings(BaseSettings):
     ssl_password: SecretStr | None = None
     ssl_check_hostname: bool = True
 
+    @field_validator("bootstrap")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        """Each of the comma-separated servers is ``host:port`` (a port that is no number was
+        a traceback from the client; an empty one, a wait for the broker timeout)."""
+        for server in v.split(","):
+            host, _, port = server.strip().rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(
+                    f"{server.strip()!r} is not host:port (e.g. 127.0.0.1:19092; several "
+                    "separated by commas)"
+                )
+        return v
+
     @field_validator("sasl_mechanism")
     @classmethod
     def _known_mechanism(cls, v: str | None) -> str | None:
@@ -343,6 +357,23 @@ class KafkaSettings(BaseSettings):
         if v is not None and protocol in ("SSL", "SASL_SSL") and not Path(v).is_file():
             raise ValueError(f"no such file {v!r}")  # (a plaintext client does not read it)
         return v
+
+    @model_validator(mode="after")
+    def _distinct_topics(self) -> KafkaSettings:
+        """What fds run writes goes to no topic it reads: dead letters sent to the input were
+        read back and wrapped again, growing, until one was too large (a review)."""
+        topics = {"input_topic": self.input_topic, "output_topic": self.output_topic,
+                  "dlq_topic": self.dlq_topic, "labels_topic": self.labels_topic,
+                  "state_topic": self.state_topic}  # fmt: skip
+        seen: dict[str, str] = {}
+        for name, topic in topics.items():
+            if topic is not None and topic in seen:
+                raise ValueError(
+                    f"{name} and {seen[topic]} are both {topic!r}: give each its own topic"
+                )
+            if topic is not None:
+                seen[topic] = name
+        return self
 
     @model_validator(mode="after")
     def _usable_security(self) -> KafkaSettings:
@@ -426,13 +457,15 @@ def load_settings(file: Path | str | None = None, **flags: Any) -> KafkaSettings
             if flag and setting in given:
                 return flag
             env = f"FDS_{setting.upper()}"
-            return (
-                f"{path}" if path is not None and setting in doc and env not in os.environ else env
-            )
+            if env in os.environ:
+                return env
+            return f"{path}" if path is not None and setting in doc else "the default"
 
-        if not name:  # several settings together (the security ones): say whence the protocol
-            where = source("security_protocol")
-            raise ConfigError(f"{msg} (security_protocol from {where})") from None
+        if not name:  # several settings together: say whence those it names (else the
+            # security ones: whence the protocol)
+            named = [k for k in KafkaSettings.model_fields if k in msg] or ["security_protocol"]
+            whence = ", ".join(f"{k} from {source(k)}" for k in named)
+            raise ConfigError(f"{msg} ({whence})") from None
         raise ConfigError(f"setting {name}: {msg} (from {source(name)})") from None
 
 

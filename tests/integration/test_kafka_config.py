@@ -83,6 +83,28 @@ def test_a_security_error_says_where_the_protocol_came_from(tmp_path):
         load_settings(security_protocol="SASL_SSL")
 
 
+@pytest.mark.parametrize(
+    ("settings", "says"),
+    [
+        # a port that is no number was a traceback from the client, an empty one a wait for
+        # the broker timeout (a review)
+        ({"bootstrap": "127.0.0.1:abc"}, "setting bootstrap: '127.0.0.1:abc' is not host:port"),
+        ({"bootstrap": "a:1,127.0.0.1:"}, "'127.0.0.1:' is not host:port"),
+        ({"bootstrap": ""}, "'' is not host:port"),
+        ({"bootstrap": "h:70000"}, "'h:70000' is not host:port"),
+        # dead letters sent to the input were read back and wrapped again, growing, until one
+        # was too large (a review)
+        ({"dlq_topic": "transactions"}, "dlq_topic and input_topic are both 'transactions'"),
+        ({"output_topic": "x", "input_topic": "x"}, "output_topic and input_topic are both"),
+        ({"labels_topic": "decisions"}, "labels_topic and output_topic are both 'decisions'"),
+    ],
+)
+def test_a_server_that_is_no_host_port_or_a_topic_used_twice_is_refused(settings, says):
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        load_settings(**settings)
+    assert load_settings(bootstrap="broker-1:9092, [::1]:9093")  # (IPv6, spaces)
+
+
 def test_security_settings_that_work_are_not_refused(tmp_path, monkeypatch):
     """Any mechanism kafka-python knows; a CA file a plaintext client never reads; a CA file
     named relative to the settings file."""
