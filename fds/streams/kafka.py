@@ -85,7 +85,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
-from kafka.errors import CommitFailedError, KafkaError, KafkaTimeoutError
+from kafka.errors import (
+    CommitFailedError,
+    FencedInstanceIdError,
+    KafkaError,
+    KafkaTimeoutError,
+)
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
@@ -1709,6 +1714,12 @@ class Runner:
                     raise FdsError(
                         f"{what} failed under exactly-once ({describe(exc)}); the "
                         "transaction was aborted; restart to resume from the last commit"
+                    ) from exc
+                if isinstance(exc, FencedInstanceIdError):  # no retry can help (it was retried
+                    raise FdsError(  # for broker_timeout_s, then blamed on the broker: a review)
+                        f"{what}: another member joined group {self.s.group!r} with this "
+                        f"--group-instance-id ({self.s.group_instance_id}), so the broker fenced "
+                        "this one, which stops; give each instance its own id"
                     ) from exc
                 if time.monotonic() + delay > deadline:
                     raise BrokerUnavailable(

@@ -300,6 +300,19 @@ def test_a_stop_ends_broker_retries_at_once():
     assert len(calls) == 1 and time.monotonic() - t0 < 1
 
 
+def test_a_fenced_instance_stops_at_once_saying_why():
+    """Two instances with one --group-instance-id: the fenced one retried its commit for
+    broker_timeout_s, then blamed the broker ("is Kafka ... up?") while it was up (a review)."""
+    from kafka.errors import FencedInstanceIdError
+
+    r = make_runner(broker_timeout_s=60, group="g", group_instance_id="i0")
+    t0 = time.monotonic()
+    with pytest.raises(FdsError, match=r"another member joined group 'g' with this "
+                       r"--group-instance-id \(i0\).*give each instance its own id"):  # fmt: skip
+        r._retrying("commit", lambda: (_ for _ in ()).throw(FencedInstanceIdError("fenced")))
+    assert time.monotonic() - t0 < 1
+
+
 class CutOff(LoopConsumer):
     """After its batches the broker is gone until ``back_at`` (monotonic; inf: for good):
     ``end_offsets`` blocks for its whole timeout, then fails, as kafka-python's does (or fails
