@@ -11,7 +11,6 @@ own timestamp has passed, exactly as it would be in production.
 from __future__ import annotations
 
 import heapq
-import math
 import re
 import time
 from collections import Counter, deque
@@ -26,16 +25,13 @@ from fds.errors import StageError, ValidationError
 from fds.gcpolicy import Freezer
 from fds.schema import dead_letter, parse_label, parse_transaction
 from fds.streams.files import ColumnMapping, read_records
-from fds.timeutil import get_zone, second_pass
+from fds.timeutil import FileClock, get_zone
 
 __all__ = ["ReplayInput", "ReplaySummary", "load", "run"]
 
 # Progress-bar updates are batched: a tqdm update per event would cost more than a decision.
 _PROGRESS_EVERY = 2048
 DEAD_BATCH = 1_000  # dead letters the reader collects before the replay writes them
-# A step back in a file's local times at least this long may be the second pass of an hour a
-# DST change repeats (a record a minute late is not: a review found one garbling the hour).
-_FALL_BACK_STEP = 1800.0
 # Records held to put a slightly disordered file back in event-time order: ~100 MB of dicts,
 # enough for exports merged from several shards; disorder beyond it is counted, not hidden.
 REORDER_BUFFER = 100_000
@@ -230,8 +226,7 @@ def _validated(
     """
     source = str(path)
     label = mapping.label if mapping is not None else None
-    last = -math.inf  # the newest time read (a DST change's repeated hour: see second_pass)
-    second = False  # reading the second pass of such an hour
+    clock = FileClock(zone)  # (a DST change's repeated hour)
     for pos, rec, raw in read_records(path, mapping=mapping):
         if len(dlq) >= DEAD_BATCH and stream is not None and stream.on_dead is not None:
             stream.on_dead()
@@ -245,20 +240,14 @@ def _validated(
             row = _as_read(raw, rec, label, truth)
             dlq.append(dead_letter(stage="validate", error=e, raw=row, source=source, position=pos))
             continue
-        if (
-            stream is not None
-            and isinstance(rec, dict)
-            and (second or last - out["ts"] >= _FALL_BACK_STEP)
-        ):
-            # a local time of the hour a DST change repeats, well behind the file's newest (or
-            # after one that was): its second pass (read alone, it is the first: a review found
-            # both passes of a fall-back hour read as the first, the windows wrong)
-            again = second_pass(rec.get("ts"), zone)
-            second = again is not None  # (until a time outside the repeated hour)
-            if again is not None:
-                out["ts"] = again
+        if stream is not None and isinstance(rec, dict):
+            # a local time of the hour a DST change repeats: its second pass where the file
+            # says so (read alone, it is the first: a review found both passes of a fall-back
+            # hour read as the first, the windows wrong)
+            t = clock(rec.get("ts"), out["ts"])
+            if t != out["ts"]:
+                out["ts"] = t
                 stream.second_pass += 1
-        last = max(last, out["ts"])
         if stream is not None and stream.lines is not None:
             stream.lines[id(out)] = pos
         if truth is None or label is None or stream is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 from datetime import UTC, datetime, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -126,6 +127,42 @@ def second_pass(value: object, default_tz: tzinfo) -> float | None:
     if first.utcoffset() == second.utcoffset():
         return None
     return second.timestamp()
+
+
+#: A step back in a file's local times at least this long may be the second pass of an hour a
+#: DST change repeats (a record a minute late is not: a review found one garbling the hour).
+FALL_BACK_STEP = 1800.0
+
+
+class FileClock:
+    """The event times of a file's records read in file order, in zone ``zone``: a naive local
+    time of the hour a DST change repeats that comes well after the file's newest time (or
+    right after one that did) is its second pass (read alone, it is the first). ``fds replay``
+    and ``fds produce`` read files with it (``fds produce`` sent such records an hour early,
+    decided `late` or in the wrong windows: a review).
+
+    >>> from zoneinfo import ZoneInfo
+    >>> ny, clock = ZoneInfo("America/New_York"), FileClock(ZoneInfo("America/New_York"))
+    >>> times = ["2026-11-01 01:10", "2026-11-01 01:50", "2026-11-01 01:20", "2026-11-01 02:10"]
+    >>> [(clock(x, parse_ts(x, ny)) - parse_ts(times[0], ny)) / 60 for x in times]
+    [0.0, 40.0, 70.0, 120.0]
+    """
+
+    def __init__(self, zone: tzinfo) -> None:
+        self.zone = zone
+        self.last = -math.inf  # the newest time read
+        self.second = False  # reading the second pass of such an hour
+
+    def __call__(self, value: object, t: float) -> float:
+        """The event time of a record whose ``ts`` is ``value``, read alone as ``t``."""
+        if self.second or self.last - t >= FALL_BACK_STEP:
+            again = second_pass(value, self.zone)
+            self.second = again is not None  # (until a time outside the repeated hour)
+            if again is not None:
+                t = again
+        if t > self.last:
+            self.last = t
+        return t
 
 
 def _compact(value: str) -> datetime | None:

@@ -108,6 +108,7 @@ from fds.streams.checkpoint import Checkpoint, Checkpointer, default_state_dir
 from fds.streams.files import (
     ColumnMapping,
     LabelColumn,
+    check_transaction_columns,
     invalid,
     load_mapping,
     read_records,
@@ -117,7 +118,7 @@ from fds.streams.kafka_kit import Call, ClientErrors
 from fds.streams.label_feed import LabelFeed, reads_labels
 from fds.streams.rebuild import horizon_seconds, read_merged, start_offsets
 from fds.streams.state_topic import StateTopic
-from fds.timeutil import format_ts, get_zone, parse_ts
+from fds.timeutil import FileClock, format_ts, get_zone, parse_ts
 
 if TYPE_CHECKING:  # (River: imported when an engine is built, not to build the command line)
     from fds.engine import Engine
@@ -1953,6 +1954,9 @@ def produce_file(
     """
     if not Path(path).is_file():
         raise ConfigError(f"input file not found: {path}; give a JSONL or CSV file")
+    if mapping is None and (topic or settings.input_topic) == settings.input_topic:
+        # transactions with other column names: every one was sent, for fds run to dead-letter
+        check_transaction_columns(path)  # (without a key: a review) -- as fds replay refuses
     records = read_records(path, mapping=mapping)
     zone = get_zone(mapping.timezone) if mapping is not None else None
     label = mapping.label if mapping is not None else None
@@ -1976,46 +1980,72 @@ def produce_file(
     n = 0
     failed: list[BaseException] = []  # sends the broker refused or that timed out
     acked = [0]  # sends it acknowledged (counted on the producer's thread)
+    line = 0
+    unreadable_labels = 0
     try:
-        for name, flag in ((topic, "--topic"), (labels_topic, "--labels-topic")):
-            try:
-                if name:
-                    producer.partitions_for(name)
-            except KafkaTimeoutError:
-                raise ConfigError(
-                    f"topic {name!r} does not exist on {settings.bootstrap}: create it (`fds "
-                    f"kafka topics` creates the kit's topics) or fix {flag}"
-                ) from None
-        for _line, rec, raw in records:
-            if isinstance(rec, dict):
-                truth = rec.pop(label.column, None) if label is not None else None
-                if zone is not None and isinstance(rec.get("ts"), str):
-                    # the mapping's zone, as fds replay reads the file: epoch seconds carry it
-                    with contextlib.suppress(ValueError):
-                        rec["ts"] = parse_ts(rec["ts"], zone)  # (unreadable: fds run says so)
-                if labels_topic and label is not None and truth is not None:
-                    labels += _label_of(
-                        rec, truth, label.delay, zone, labels_topic, producer, failed
-                    )
-                # a transaction by its card (the state's partitioning), anything else (a label
-                # file) by its tx_id, as streams/topics.yaml keys the labels topic
-                card = rec.get("card_id", rec.get("tx_id"))
-                key = None if card is None else str(card).encode()
-                fut = producer.send(topic, value=dumps(rec), key=key)
-            elif isinstance(rec, Exception):  # unreadable: the file's own bytes
-                value = raw if isinstance(raw, bytes) else str(raw or "").encode()
-                fut = producer.send(topic, value=value)
-            else:  # JSON that is no object ([1, 2], 42, null): fds run says so, as fds replay
-                fut = producer.send(topic, value=dumps(rec))  # (it was sent empty: lost)
-            fut.add_errback(failed.append)
-            fut.add_callback(lambda _meta: acked.__setitem__(0, acked[0] + 1))
-            n += 1
-            if rate:
-                ahead = n / rate - (time.monotonic() - t0)
-                if ahead > 0:
-                    time.sleep(ahead)  # pacing to the requested rate
-            if limit is not None and n >= limit:
-                break
+        try:
+            # A topic's metadata comes in well under a second; a missing one was waited for
+            # the whole max_block_ms (the broker timeout: a minute without a word, a review).
+            block, producer.config["max_block_ms"] = producer.config["max_block_ms"], 5000
+            for name, flag in ((topic, "--topic"), (labels_topic, "--labels-topic")):
+                try:
+                    if name:
+                        producer.partitions_for(name)
+                except KafkaTimeoutError:
+                    raise ConfigError(
+                        f"topic {name!r} does not exist on {settings.bootstrap}: create it "
+                        f"(`fds kafka topics` creates the kit's topics) or fix {flag}"
+                    ) from None
+            producer.config["max_block_ms"] = block
+            clock = FileClock(zone) if zone is not None else None
+            for line, rec, raw in records:  # noqa: B007 (`line` is said if it stops)
+                if isinstance(rec, dict):
+                    truth = rec.pop(label.column, None) if label is not None else None
+                    if clock is not None and isinstance(rec.get("ts"), str):
+                        # the mapping's zone, as fds replay reads the file (epoch seconds
+                        # carry it); unreadable: fds run says so
+                        with contextlib.suppress(ValueError):
+                            rec["ts"] = clock(rec["ts"], parse_ts(rec["ts"], clock.zone))
+                    if labels_topic and label is not None and truth is not None:
+                        sent = _label_of(
+                            rec, truth, label.delay, zone, labels_topic, producer, failed
+                        )
+                        labels += sent > 0
+                        unreadable_labels += sent < 0
+                    # a transaction by its card (the state's partitioning), anything else (a
+                    # label file) by its tx_id, as streams/topics.yaml keys the labels topic
+                    card = rec.get("card_id", rec.get("tx_id"))
+                    key = None if card is None else str(card).encode()
+                    fut = producer.send(topic, value=dumps(rec), key=key)
+                elif isinstance(rec, Exception):  # unreadable: the file's own bytes
+                    value = raw if isinstance(raw, bytes) else str(raw or "").encode()
+                    fut = producer.send(topic, value=value)
+                else:  # JSON that is no object ([1, 2], 42, null): fds run says so, as replay
+                    fut = producer.send(topic, value=dumps(rec))  # (it was sent empty: lost)
+                fut.add_errback(failed.append)
+                fut.add_callback(lambda _meta: acked.__setitem__(0, acked[0] + 1))
+                n += 1
+                if rate:
+                    ahead = n / rate - (time.monotonic() - t0)
+                    if ahead > 0:
+                        time.sleep(ahead)  # pacing to the requested rate
+                if limit is not None and n >= limit:
+                    break
+        except (KafkaError, KeyboardInterrupt) as exc:  # how far it got: a rerun sends again
+            with contextlib.suppress(Exception):
+                producer.flush(timeout=5)
+            sent_so_far = (
+                f"{n} records of {path} were sent (to line {line}), {acked[0]} acknowledged "
+                "by Kafka; producing the file again sends them again (fds run decides a "
+                "record twice)"
+            )
+            if isinstance(exc, KeyboardInterrupt):  # (SIGTERM too)
+                log.warning("interrupted: %s", sent_so_far)
+                raise
+            raise FdsError(
+                f"producing stopped{f' at line {line}' if line else ''} ({describe(exc)}): "
+                f"{sent_so_far}"
+            ) from exc
         try:
             producer.flush(timeout=settings.broker_timeout_s)
         except KafkaTimeoutError:
@@ -2027,6 +2057,13 @@ def produce_file(
             ) from None
     finally:
         producer.close(timeout=5)
+    if unreadable_labels:  # (skipped without a word before; fds replay dead-letters them)
+        log.warning(
+            "%d values of the label column %r said neither fraud nor legitimate: those labels "
+            "were not sent (their transactions were)",
+            unreadable_labels,
+            label.column,  # type: ignore[union-attr]
+        )
     if labels_topic:
         log.info("produced %d fraud labels to %s", labels, labels_topic)
     if failed:
@@ -2042,10 +2079,13 @@ def _label_of(
     failed: list[Any],
 ) -> int:  # fmt: skip
     """Send the label a file's fraud column gives ``tx`` (1), or nothing (0: legitimate, or a
-    value that says neither, or a transaction without a readable id and time). Its time is the
+    transaction without a readable id and time; -1: a value that says neither). Its time is the
     transaction's, read as fds run reads it (epoch milliseconds too), plus ``delay``."""
     try:
         fraud = LabelColumn.is_fraud(truth)
+    except ValueError:
+        return -1  # (counted and said)
+    try:
         ts = parse_ts(tx["ts"], zone)
         tx_id = str(tx["tx_id"])
     except (KeyError, TypeError, ValueError):
@@ -2251,6 +2291,9 @@ def _cmd_produce(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"fds: error: {exc}", file=sys.stderr)
         return 2
+    except FdsError as exc:  # (it says what failed and how far it got)
+        print(f"fds produce: failed: {exc}", file=sys.stderr)
+        return 1
     except Exception as exc:
         print(f"fds: error: producing failed: {describe(exc)}", file=sys.stderr)
         return 1

@@ -591,3 +591,51 @@ def test_produce_with_a_mapping_reads_the_file_as_replay_does(kafka_bootstrap, t
     assert produce_file(tmp_path / "latin.csv", s) == 1
     sent = [m.value for m in read_all(kafka_bootstrap, topics["transactions"])]
     assert b"L1,1,caf\xe9,5\r\n" in sent
+    # the hour the autumn DST change repeats, in file order: fds produce sent its second pass
+    # an hour early (a review: 30 of 60 decisions differed from a replay, 18 `late`)
+    (tmp_path / "dst.csv").write_text("ID,When,Card,Shop,EUR,Is Fraud\n" + "".join(
+        f"D{i},2026-10-25 {hm}:00,c1,m1,5,no\n"
+        for i, hm in enumerate(["02:10", "02:50", "02:20", "02:40", "03:10"])
+    ))  # fmt: skip
+    produce_file(tmp_path / "dst.csv", s, mapping=mapping)
+    sent_dst = {r.get("tx_id"): r for r in (orjson.loads(m.value) for m in read_all(
+        kafka_bootstrap, topics["transactions"]) if m.value.startswith(b"{"))}  # fmt: skip
+    replayed = replay_load(tmp_path / "dst.csv", mapping=mapping).transactions
+    assert [sent_dst[t["tx_id"]]["ts"] for t in replayed] == [t["ts"] for t in replayed]
+    assert [t["tx_id"] for t in replayed] == ["D0", "D1", "D2", "D3", "D4"]  # in event time
+
+
+def test_produce_says_how_far_it_got_and_refuses_what_fds_run_cannot_read(
+    kafka_bootstrap, topics, tmp_path, caplog
+):
+    """Found by a review: a record too large stopped it without saying how many records were
+    already sent (a rerun sends them again: decided twice); a CSV with its own column names and
+    no mapping was sent whole, unkeyed, for fds run to dead-letter every row; a label value
+    saying neither fraud nor legitimate was skipped without a word; a missing topic was waited
+    for the whole broker timeout."""
+    from fds.errors import ConfigError, FdsError
+    from fds.streams.files import load_mapping
+
+    s = settings_for(kafka_bootstrap, topics, "unused")
+    rows = [{"tx_id": f"b{i}", "ts": T0 + i, "card_id": "c", "amount": 1.0} for i in range(5)]
+    rows[3]["pad"] = "x" * 2_000_000  # over the producer's 1 MB max_request_size
+    big = tmp_path / "big.jsonl"
+    big.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    with pytest.raises(FdsError, match=r"producing stopped at line 4 .*MessageSizeTooLarge.*: 3 "
+                       r"records of .* were sent \(to line 4\), 3 acknowledged"):  # fmt: skip
+        produce_file(big, s)
+    foreign = tmp_path / "foreign.csv"
+    foreign.write_text("TID,WHEN,CARD,AMT\nt1,1767225600,c1,10\n")
+    with pytest.raises(ConfigError, match=r"required engine field\(s\) \['amount', 'card_id'"):
+        produce_file(foreign, s, topic=s.input_topic)
+    assert produce_file(foreign, s, topic=topics["labels"]) == 1  # (another role: as it is)
+    (tmp_path / "m.yaml").write_text(
+        "fields: {tx_id: TID, ts: WHEN, card_id: CARD, amount: AMT}\nlabel: {column: F}\n"
+    )
+    (tmp_path / "l.csv").write_text("TID,WHEN,CARD,AMT,F\nt1,1767225600,c1,10,maybe\n")
+    with caplog.at_level("WARNING", logger="fds.streams.kafka"):
+        produce_file(tmp_path / "l.csv", s, mapping=load_mapping(tmp_path / "m.yaml"),
+                     labels_topic=topics["labels"])  # fmt: skip
+    assert "1 values of the label column 'F' said neither fraud nor legitimate" in caplog.text
+    with pytest.raises(ConfigError, match="topic 'no-such-topic' does not exist"):
+        produce_file(big, s, topic="no-such-topic")
