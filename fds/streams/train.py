@@ -291,7 +291,12 @@ class TrainService:
         # without it, the group rebalances again as soon as the metadata arrives, and that
         # second join was seen to stall for good in kafka-python 3.0.12 when the poll timed
         # out during SyncGroup (the trainer then never got its partitions).
-        for topic, flag in zip(self.topics, ("--decisions-topic", "--labels-topic"), strict=True):
+        # (a missing models topic too: each version's announcement failed, and the last one
+        # was never announced: a review)
+        named = [*zip(self.topics, ("--decisions-topic", "--labels-topic"), strict=True)]
+        if self.producer is not None and self.models_topic:
+            named.append((self.models_topic, "--models-topic"))
+        for topic, flag in named:
             if not self.consumer.partitions_for_topic(topic):
                 raise ConfigError(
                     f"topic {topic!r} does not exist on {self.s.bootstrap}: create it (`fds "
@@ -323,6 +328,16 @@ class TrainService:
             with contextlib.suppress(Exception):
                 self.consumer.close(autocommit=False)
             if self.producer is not None:
+                if self._unannounced is not None:  # a last try: it would be lost with us
+                    self._announce_at = 0.0
+                    with contextlib.suppress(Exception):
+                        self._send_announcement()
+                    if self._unannounced is not None:
+                        log.error(
+                            'version="%s" was published in the registry but not announced on '
+                            'topic="%s": scorers reading that topic get it with the next version',
+                            self._unannounced.version, self.models_topic,
+                        )  # fmt: skip
                 with contextlib.suppress(Exception):
                     self.producer.close(timeout=5)
         return self.stats

@@ -267,6 +267,14 @@ def test_a_second_trainer_in_the_group_is_refused_and_a_missing_topic_named(
 
     with pytest.raises(ConfigError, match=r"'nope-labels' does not exist.*--labels-topic"):
         trainer("typo", "nope-labels").run(max_idle_s=1.0)
+    no_models = TrainService(  # each announcement failed, the last one was never made (a review)
+        settings_for(kafka_bootstrap, topics, group), spec=_spec(tmp_path),
+        registry=tmp_path / "registry", state_dir=tmp_path / "nomodels",
+        decisions_topic=topics["decisions"], labels_topic=topics["labels"],
+        models_topic="nope-models",
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match=r"'nope-models' does not exist.*--models-topic"):
+        no_models.run(max_idle_s=1.0)
     errors: dict[str, BaseException] = {}
 
     def run(svc: TrainService, name: str) -> None:
