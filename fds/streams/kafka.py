@@ -990,8 +990,8 @@ class Runner:
                     folds += 1
                     if tx.__class__ is not _Bad:
                         self._fold(tx)
-                        if feed is not None:  # its labels count from the next decision
-                            feed.folded(tx["tx_id"])
+                        if feed is not None and tx["tx_id"] in feed.waiting:
+                            feed.reached(tx["tx_id"])  # its labels count from then on
                             due = feed.due
                     # committed already: a checkpoint may say the state covers it
                     self._positions[tp.partition] = msg.offset + 1
@@ -1004,6 +1004,9 @@ class Runner:
             stage = "engine"
             try:
                 decision = decide(tx)
+                if feed is not None and feed.waiting and tx["tx_id"] in feed.waiting:
+                    feed.reached(tx["tx_id"])  # its labels count from then on, in this batch too
+                    due = feed.due
                 stage = "serialise"
                 value = dumps(with_tx(decision, tx))
             except StageError as exc:

@@ -92,8 +92,8 @@ class LabelFeed:
         self._bad_next: dict[int, int] = {}  # partition -> offset after the last bad one queued
         self._tps: list[Any] = []
         self._held: deque[tuple[int, dict[str, Any]]] = deque()  # (record ms, label)
-        # labels waiting for their transaction, by tx_id; those applied by folded (their id())
-        self._waiting: dict[str, list[dict[str, Any]]] = {}
+        #: Labels waiting for their transaction, by tx_id; those it reached: their id() in _done
+        self.waiting: dict[str, list[dict[str, Any]]] = {}
         self._done: set[int] = set()
         # labels ahead of the decisions' event time: (ts, arrival, label), earliest first
         self._later: list[tuple[float, int, dict[str, Any]]] = []
@@ -122,7 +122,7 @@ class LabelFeed:
             self._tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
             c.assign(self._tps)
         self._held.clear()
-        self._waiting.clear()
+        self.waiting.clear()
         self._done.clear()
         self._later.clear()  # (read again below)
         self.due = math.inf
@@ -170,11 +170,13 @@ class LabelFeed:
         self._fetch(timeout_ms=0)
         return self._apply(input_ms)
 
-    def folded(self, tx_id: str) -> int:
-        """Transaction ``tx_id`` was just folded into the state (what a restore left to fold,
-        as ``fds run`` decides): the labels waiting for it are applied now, before the next
-        decision (they were known to the decisions made after them the first time)."""
-        labels = self._waiting.pop(tx_id, None) if self._waiting else None
+    def reached(self, tx_id: str) -> int:
+        """Transaction ``tx_id`` was just decided, or folded into the state (what a restore left
+        to fold, as ``fds run`` decides): the labels that waited for it count from the next
+        transaction after their own time (:meth:`release`), inside the batch too (found by a
+        review: between batches only, so one input gave other decisions with other poll
+        sizes). ``fds run`` calls it for a transaction in :attr:`waiting` only."""
+        labels = self.waiting.pop(tx_id, None) if self.waiting else None
         if not labels:
             return 0
         for label in labels:
@@ -234,7 +236,7 @@ class LabelFeed:
             else:  # its transaction can no longer come: unmatched
                 self._one(label)
             n += 1
-        self._held, self._waiting, self._done = kept, by_id, set()
+        self._held, self.waiting, self._done = kept, by_id, set()
         return n
 
     def take_bad(self) -> list[tuple[Any, BaseException]]:

@@ -175,11 +175,11 @@ def test_a_label_waiting_for_a_transaction_folded_as_fds_run_decides_is_applied_
     seen: list[str] = []
     feed = LabelFeed(FakeConsumer([label(0, "z", 5_000)]), "labels", p, seen.append)
     assert feed.rewind(input_ms=-math.inf) == 0  # "z" is not in the state yet: waits
-    assert feed.folded("other") == 0
+    assert feed.reached("other") == 0
     p.compute(tx("z", 1_767_225_670.0))  # folded
-    assert feed.folded("z") == 1
+    assert feed.reached("z") == 1
     assert p.compute(tx("after", 1_767_225_680.0))["m_frauds"] == 1
-    assert feed.poll(input_ms=math.inf) == 0 and feed.folded("z") == 0  # not applied again
+    assert feed.poll(input_ms=math.inf) == 0 and feed.reached("z") == 0  # not applied again
     assert [lab["tx_id"] for lab in seen] == ["z"]
 
 

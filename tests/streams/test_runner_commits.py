@@ -1095,6 +1095,20 @@ def test_a_label_is_applied_in_a_batch_right_before_the_first_transaction_after_
     ]  # fmt: skip
     r._process(b)
     assert sent == [0, 0, 0, 1, 1]  # (before: 1 from the first one on)
+    # a label for a transaction of the batch itself (after a restart: not decided yet when the
+    # topic was read) counts from the first transaction after its time, not from the next batch
+    body = orjson.dumps({"tx_id": "t6", "ts": t0 + 65, "is_fraud": True})
+    r.labels = LabelFeed(FakeConsumer([label(0, "t6", -800, body)]), "labels", plan)
+    r.labels.rewind(input_ms=-math.inf)
+    assert "t6" in r.labels.waiting
+    sent.clear()
+    r._process([
+        (TP, Record("transactions", 0, i, int(ts * 1000), b"c", b"{}"),
+         parse_transaction({"tx_id": f"t{i}", "ts": ts, "card_id": "c", "merchant_id": "m",
+                            "amount": 1}))
+        for i, ts in ((6, t0 + 60), (7, t0 + 70), (8, t0 + 80))
+    ])  # fmt: skip
+    assert sent == [1, 2, 2]  # (before: 1, 1, 1)
 
 
 def test_a_dead_letter_too_large_to_send_keeps_the_start_of_its_raw():
