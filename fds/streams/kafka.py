@@ -1472,25 +1472,21 @@ class Runner:
         )
         pos = self._positions
         # A partition the state follows but the group has no offset for (the group deleted,
-        # its offsets expired after offsets.retention.minutes): the group consumer starts at
-        # its auto_offset_reset, so the state must cover exactly that (it was taken as it was:
-        # every record decided again on a state that held it, features counted twice).
-        gone = [tp for tp, c in committed.items() if c is None and tp.partition in pos]
+        # its offsets expired after offsets.retention.minutes): resumed from where the state
+        # stands, so nothing is decided twice or skipped (taken as it was, every record of the
+        # log was decided again on a state that held it: features counted twice; from the
+        # consumer's auto_offset_reset, the whole retained log would be decided again or
+        # folded without a decision: a review).
+        gone = {tp: pos[tp.partition] for tp, c in committed.items()
+                if c is None and tp.partition in pos}  # fmt: skip
         if gone:
-            earliest = self.s.auto_offset_reset == "earliest"
-            read = self.consumer.beginning_offsets if earliest else self.consumer.end_offsets
-            starts = self._retrying(
-                "reading the log starts" if earliest else "reading the log ends",
-                lambda: read(gone),
-            )
             log.warning(
                 "no committed offset for partitions %s (the group was deleted or its offsets "
-                "expired): the group starts them at the %s offsets %s (auto_offset_reset), and "
-                "the state is made to cover exactly that",
-                sorted(tp.partition for tp in gone), self.s.auto_offset_reset,
-                {tp.partition: starts[tp] for tp in gone},
+                "expired): resumed from the offsets the state covers %s; to decide the topic "
+                "again from its start, start with an empty --state-dir",
+                sorted(tp.partition for tp in gone), {tp.partition: o for tp, o in gone.items()},
             )  # fmt: skip
-            committed = {**committed, **{tp: starts[tp] for tp in gone}}
+            committed = {**committed, **gone}
         behind = {
             tp: c for tp, c in committed.items() if c is not None and c != pos.get(tp.partition)
         }

@@ -155,21 +155,32 @@ def test_batches_are_pipelined_while_a_partition_is_folded(tmp_path):
     assert counts[0] == counts[1] == (1, 1)
 
 
-def test_a_checkpoint_is_not_reused_when_the_group_has_no_committed_offsets(tmp_path, caplog):
-    """The group deleted, or its offsets expired: the group consumer starts at the earliest
-    offsets, and the checkpoint's state was taken as it was, so every record was decided again
-    on a state that already held it (a review: features counted twice, 5,884 of 5,889 flagged
-    `late`). The state now covers exactly where the group starts: decided as the first time."""
-    broker = Broker(logs(n0=10, n1=10), committed={})
+def test_a_group_without_committed_offsets_resumes_from_the_checkpoint(tmp_path, caplog):
+    """The group deleted, or its offsets expired: the checkpoint's state was taken as it was
+    while the group consumer started at the earliest offsets, so every record was decided
+    again on a state that already held it (a review: features counted twice, 5,884 of 5,889
+    flagged `late`). It now resumes from the offsets the state covers: nothing decided twice,
+    the records after them decided as an uninterrupted run decides them."""
+    full = Broker(logs(n0=15, n1=15), committed={})
+    full.script = [(1, lambda g: g.rebalance({P0, P1}))]
+    runner(full, tmp_path / "uninterrupted").run(max_idle_s=0.3)
+    expected = {d["tx_id"]: d["features"] for d in full.out}
+
+    broker = Broker(logs(n0=15, n1=15), committed={})
+    later = {tp: records[10:] for tp, records in broker.logs.items()}
+    for tp in later:
+        del broker.logs[tp][10:]  # the first run sees 10 of each
     broker.script = [(1, lambda g: g.rebalance({P0, P1}))]
-    runner(broker, tmp_path).run(max_idle_s=0.3)
-    first = {d["tx_id"]: d["features"] for d in broker.out}
-    assert len(first) == 20 and broker.committed == {P0: 10, P1: 10}
+    runner(broker, tmp_path / "state").run(max_idle_s=0.3)
+    assert len(broker.out) == 20 and broker.committed == {P0: 10, P1: 10}
+    for tp, records in later.items():
+        broker.logs[tp] += records
     broker.committed, broker.out, broker.polls = {}, [], 0  # the group is gone
     broker.script = [(1, lambda g: g.rebalance({P0, P1}))]
     with caplog.at_level(logging.WARNING, logger="fds.streams.kafka"):
-        runner(broker, tmp_path).run(max_idle_s=0.3)
+        runner(broker, tmp_path / "state").run(max_idle_s=0.3)
     assert "no committed offset for partitions [0, 1]" in caplog.text
     again = {d["tx_id"]: d["features"] for d in broker.out}
-    assert again == first  # (before: the card's count from 21 to 40, not 1 to 20)
+    assert sorted(again) == sorted(f"p{p}-{i}" for p in (0, 1) for i in range(10, 15))
+    assert again == {t: expected[t] for t in again}  # (before: the card's count doubled)
     assert not any(d["flags"] for d in broker.out)
