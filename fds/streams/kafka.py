@@ -872,6 +872,8 @@ class Runner:
         while not self._stop:
             try:
                 batch = consumer.poll(timeout_ms=s.poll_timeout_ms, max_records=s.max_poll_records)
+            except FencedInstanceIdError as exc:  # polling again would fence the other one
+                raise self._fenced("poll") from exc  # (they took turns, both deciding: a review)
             except KafkaError as exc:  # counted against broker_timeout_s like a silent broker
                 log.warning("poll failed: %s: %s", type(exc).__name__, exc)
                 time.sleep(0.5)  # back off instead of spinning while the broker is away
@@ -1150,8 +1152,18 @@ class Runner:
         # Not timed: kafka-python reads the answer (and runs a callback) only in a later poll,
         # so the time would be the next batch's; and a callback would replace its own, which
         # logs a failed commit.
-        self.consumer.commit_async(offsets)
+        try:
+            self.consumer.commit_async(offsets)
+        except FencedInstanceIdError as exc:  # (an earlier async commit was fenced)
+            raise self._fenced("commit") from exc
         self.stats.commits += 1
+
+    def _fenced(self, what: str) -> FdsError:
+        return FdsError(
+            f"{what}: another member joined group {self.s.group!r} with this "
+            f"--group-instance-id ({self.s.group_instance_id}), so the broker fenced this one, "
+            "which stops; give each instance its own id"
+        )
 
     def _settle_or_rejoin(self, *, wait: bool) -> bool:
         """:meth:`_settle`, at-least-once; False when the group refused the commit because this
@@ -1716,11 +1728,8 @@ class Runner:
                         "transaction was aborted; restart to resume from the last commit"
                     ) from exc
                 if isinstance(exc, FencedInstanceIdError):  # no retry can help (it was retried
-                    raise FdsError(  # for broker_timeout_s, then blamed on the broker: a review)
-                        f"{what}: another member joined group {self.s.group!r} with this "
-                        f"--group-instance-id ({self.s.group_instance_id}), so the broker fenced "
-                        "this one, which stops; give each instance its own id"
-                    ) from exc
+                    raise self._fenced(what) from exc  # for broker_timeout_s, then blamed on
+                    # the broker: a review)
                 if time.monotonic() + delay > deadline:
                     raise BrokerUnavailable(
                         f"{what} failed for {self.s.broker_timeout_s:.0f} s "

@@ -312,6 +312,19 @@ def test_a_fenced_instance_stops_at_once_saying_why():
         r._retrying("commit", lambda: (_ for _ in ()).throw(FencedInstanceIdError("fenced")))
     assert time.monotonic() - t0 < 1
 
+    class Fenced(Consumer):  # (polling again fenced the other instance: they took turns)
+        def poll(self, *_: Any, **__: Any) -> dict:
+            raise FencedInstanceIdError("fenced")
+
+        def commit_async(self, offsets: Any) -> None:
+            raise FencedInstanceIdError("an earlier async commit was fenced")
+
+    r.consumer = Fenced()
+    r.aligner = Aligner(r.consumer, r._event_time, max_wait_s=0)
+    for call in (lambda: r._poll_loop(max_idle_s=5), lambda: r._commit_async({})):
+        with pytest.raises(FdsError, match=r"another member joined group 'g'"):
+            call()
+
 
 class CutOff(LoopConsumer):
     """After its batches the broker is gone until ``back_at`` (monotonic; inf: for good):
