@@ -30,23 +30,32 @@ _MERGE = "tag:yaml.org,2002:merge"
 
 
 class _Strict(yaml.SafeLoader):
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for knode, _ in node.value:
-            if knode.tag == _MERGE:  # (<<: *defaults: its keys may be overridden)
-                continue
-            key = self.construct_object(knode, deep=True)
-            try:
-                again = key in seen
-            except TypeError:  # unhashable: the base class says so
-                break
-            if again:
-                raise yaml.constructor.ConstructorError(
-                    "while constructing a mapping", node.start_mark,
-                    f"duplicate key {key!r}: remove one of them", knode.start_mark,
-                )  # fmt: skip
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._checked: set[int] = set()
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        # Each mapping's own keys, checked before merge keys bring others in: PyYAML flattens
+        # a mapping merged into another in place, so its merged keys are not its own (a check
+        # after that refused `{<<: *base, a: 2}` merged further: a review).
+        if id(node) not in self._checked:
+            self._checked.add(id(node))
+            seen: set[Any] = set()
+            for knode, _ in node.value:
+                if knode.tag == _MERGE:  # (<<: *defaults: its keys may be overridden)
+                    continue
+                key = self.construct_object(knode, deep=True)
+                try:
+                    again = key in seen
+                except TypeError:  # unhashable: the constructor says so
+                    break
+                if again:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark,
+                        f"duplicate key {key!r}: remove one of them", knode.start_mark,
+                    )  # fmt: skip
+                seen.add(key)
+        super().flatten_mapping(node)
 
 
 def load(text: str) -> Any:
