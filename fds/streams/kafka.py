@@ -339,7 +339,9 @@ class KafkaSettings(BaseSettings):
         """Each of the comma-separated servers is ``host:port`` (a port that is no number was
         a traceback from the client; an empty one, a wait for the broker timeout)."""
         for server in v.split(","):
-            host, _, port = server.strip().rpartition(":")
+            host, colon, port = server.strip().rpartition(":")
+            if not colon and port and not port.endswith("]"):  # a host alone: port 9092, as
+                continue  # kafka-python reads it
             if not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ValueError(
                     f"{server.strip()!r} is not host:port (e.g. 127.0.0.1:19092; several "
@@ -366,19 +368,19 @@ class KafkaSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _distinct_topics(self) -> KafkaSettings:
-        """What fds run writes goes to no topic it reads: dead letters sent to the input were
-        read back and wrapped again, growing, until one was too large (a review)."""
-        topics = {"input_topic": self.input_topic, "output_topic": self.output_topic,
-                  "dlq_topic": self.dlq_topic, "labels_topic": self.labels_topic,
-                  "state_topic": self.state_topic}  # fmt: skip
+        """What fds run writes goes to no topic it reads, and each topic it reads has one role:
+        dead letters sent to the input were read back and wrapped again, growing, until one was
+        too large (a review). (Decisions and dead letters may share a topic.)"""
+        reads = {"input_topic": self.input_topic, "labels_topic": self.labels_topic,
+                 "state_topic": self.state_topic}  # fmt: skip
+        writes = {"output_topic": self.output_topic, "dlq_topic": self.dlq_topic}
         seen: dict[str, str] = {}
-        for name, topic in topics.items():
-            if topic is not None and topic in seen:
-                raise ValueError(
-                    f"{name} and {seen[topic]} are both {topic!r}: give each its own topic"
-                )
+        for name, topic in [*reads.items(), *writes.items()]:
+            other = seen.get(topic) if topic is not None else None
+            if other is not None and (name in reads or other in reads):
+                raise ValueError(f"{name} and {other} are both {topic!r}: give each its own topic")
             if topic is not None:
-                seen[topic] = name
+                seen.setdefault(topic, name)
         return self
 
     @model_validator(mode="after")

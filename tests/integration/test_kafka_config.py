@@ -103,6 +103,8 @@ def test_a_server_that_is_no_host_port_or_a_topic_used_twice_is_refused(settings
     with pytest.raises(ConfigError, match=re.escape(says)):
         load_settings(**settings)
     assert load_settings(bootstrap="broker-1:9092, [::1]:9093")  # (IPv6, spaces)
+    assert load_settings(bootstrap="kafka")  # a host alone: port 9092, as kafka-python reads it
+    assert load_settings(output_topic="out", dlq_topic="out")  # written both: no loop
 
 
 def test_security_settings_that_work_are_not_refused(tmp_path, monkeypatch):
