@@ -462,8 +462,8 @@ def load_settings(file: Path | str | None = None, **flags: Any) -> KafkaSettings
 
         def source(setting: str) -> str:
             flag = next((f for f, dest in _SETTING_FLAGS.items() if dest == setting), None)
-            if flag and setting in given:
-                return flag
+            if setting in given:
+                return flag or f"--{setting.replace('_', '-')}"
             env = f"FDS_{setting.upper()}"
             if env in os.environ:
                 return env

@@ -96,7 +96,11 @@ def test_a_security_error_says_where_the_protocol_came_from(tmp_path):
         # was too large (a review)
         ({"dlq_topic": "transactions"}, "dlq_topic and input_topic are both 'transactions'"),
         ({"output_topic": "x", "input_topic": "x"}, "output_topic and input_topic are both"),
-        ({"labels_topic": "decisions"}, "labels_topic and output_topic are both 'decisions'"),
+        (
+            {"labels_topic": "decisions"},
+            "output_topic and labels_topic are both 'decisions': give each its own topic "
+            "(output_topic from the default, labels_topic from --labels-topic)",
+        ),
     ],
 )
 def test_a_server_that_is_no_host_port_or_a_topic_used_twice_is_refused(settings, says):
