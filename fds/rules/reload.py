@@ -237,9 +237,9 @@ class ReloadingRuleset:
 
     def _check_version(self, new: Ruleset) -> None:
         # Decisions record the ruleset that made them (ruleset_version): two different rulesets
-        # under one version made that record ambiguous (a review). An edit of comments or
-        # layout only leaves the rules as they were and needs no new version.
-        if new.version == self.current.version and new.spec != self.current.spec:
+        # under one version made that record ambiguous (a review). An edit of comments, layout
+        # or inline tests only leaves the rules as they were and needs no new version.
+        if new.version == self.current.version and _deciding(new) != _deciding(self.current):
             raise ConfigError(
                 f"the rules changed but the version did not ({new.version!r}): give the file a "
                 "new version, which decisions record as ruleset_version",
@@ -304,3 +304,8 @@ class ReloadingRuleset:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _deciding(rs: Ruleset) -> dict[str, Any]:
+    """What of a ruleset decides: its spec without the rules' inline tests."""
+    return rs.spec.model_dump(exclude={"rules": {"__all__": {"tests"}}})

@@ -312,6 +312,10 @@ def test_changed_rules_under_the_same_version_are_rejected(tmp_path: Path) -> No
     assert rs.current.rules[0].spec.when == "amount > 100"  # the last good ones stay
     write(p, "# a comment only\n" + rules("v1", 100))  # the same rules: no new version needed
     assert rs.check_now() == "ok"
+    more_tests = rules("v1", 100).replace("expect: hit}]", "expect: hit}, {given: {amount: 5}, "
+                                           "expect: miss}]")  # fmt: skip
+    write(p, more_tests)  # an inline test added: no new version needed either
+    assert rs.check_now() == "ok" and len(rs.current.rules[0].spec.tests) == 2
     write(p, rules("v2", 200))
     assert rs.check_now() == "ok" and rs.current.version == "v2"
 
