@@ -170,7 +170,8 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
     if mapping is None:  # (missing columns, another encoding: said as fds replay says it)
         check_transaction_columns(args.file)
     stream = load(args.file, mapping=mapping, labels_path=labels)
-    reasons = Counter(reason_of(d) for d in stream.dead_letters)
+    # (a label's dead letter: its transaction is in the backtest, not its label)
+    reasons = Counter(reason_of(d) for d in stream.dead_letters if d["stage"] != "label")
     skipped = (
         f"{reasons.total()} record(s) of the files could not be read or validated and are not in "
         f"it (most often {reasons.most_common(1)[0][0]}); `fds replay` writes them out"

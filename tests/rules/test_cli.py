@@ -158,6 +158,15 @@ def test_backtest_says_which_records_it_left_out(tmp_path: Path, capsys) -> None
     assert main([*argv, str(foreign)]) == 2
     err = capsys.readouterr().err
     assert "required engine field(s) ['amount', 'card_id', 'ts', 'tx_id']" in err
+    # an unreadable label value: its transaction is in the backtest (not counted as left out)
+    (tmp_path / "m.yaml").write_text(
+        "fields: {tx_id: TID, ts: WHEN, card_id: CARD, amount: AMT}\nlabel: {column: F}\n"
+    )
+    labelled = tmp_path / "l.csv"
+    labelled.write_text("TID,WHEN,CARD,AMT,F\nt1,1767225600,c1,10,maybe\nt2,1767225601,c1,10,1\n")
+    assert main([*argv, str(labelled), "--mapping", str(tmp_path / "m.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "backtest over 2 transactions" in out and "note:" not in out
 
 
 def test_backtest_refuses_rulesets_in_two_timezones(tmp_path: Path, capsys) -> None:
