@@ -152,7 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:  # the console script (a service installs its own handler once running)
         service = _command(sys.argv[1:]) in _SERVICES
         signal.signal(signal.SIGTERM, _stopped_while_starting if service else _terminate)
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)  # (imports every command's module: a while)
+    except _Terminated:
+        return 143
     level = "DEBUG" if args.verbose else "WARNING" if args.quiet else "INFO"
     configure_logging(level, fmt=args.log_format)
     try:
