@@ -1996,7 +1996,7 @@ def produce_file(
         try:
             # A topic's metadata comes in well under a second; a missing one was waited for
             # the whole max_block_ms (the broker timeout: a minute without a word, a review).
-            block, producer.config["max_block_ms"] = producer.config["max_block_ms"], 5000
+            block, producer.config["max_block_ms"] = producer.config["max_block_ms"], 10_000
             for name, flag in ((topic, "--topic"), (labels_topic, "--labels-topic")):
                 try:
                     if name:
@@ -2011,11 +2011,14 @@ def produce_file(
             for line, rec, raw in records:  # noqa: B007 (`line` is said if it stops)
                 if isinstance(rec, dict):
                     truth = rec.pop(label.column, None) if label is not None else None
-                    if clock is not None and isinstance(rec.get("ts"), str):
+                    if clock is not None and rec.get("ts") is not None:
                         # the mapping's zone, as fds replay reads the file (epoch seconds
-                        # carry it); unreadable: fds run says so
-                        with contextlib.suppress(ValueError):
-                            rec["ts"] = clock(rec["ts"], parse_ts(rec["ts"], clock.zone))
+                        # carry it: sent as they are, read by the clock); unreadable: fds run
+                        # says so
+                        with contextlib.suppress(ValueError, TypeError):
+                            t = clock(rec["ts"], parse_ts(rec["ts"], clock.zone))
+                            if isinstance(rec["ts"], str):
+                                rec["ts"] = t
                     if labels_topic and label is not None and truth is not None:
                         sent = _label_of(
                             rec, truth, label.delay, zone, labels_topic, producer, failed
