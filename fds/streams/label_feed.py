@@ -108,9 +108,9 @@ class LabelFeed:
         and after the state was caught up or rebuilt (labels applied before may be missing
         from it, or found no match). Labels are applied at the end, and whenever more than
         ``2 * MAX_HELD`` are held (``input_ms`` as in :meth:`poll`: bounded memory); returns,
-        with how many were applied, once every label there is read, so the next batch is
-        decided with them. ``timeout_s``: how long without progress before giving up;
-        ``stopping()`` true (a SIGTERM): return at once, the rest unread."""
+        with how many were applied or made due (:attr:`due`), once every label there is read,
+        so the next batch is decided with them. ``timeout_s``: how long without progress
+        before giving up; ``stopping()`` true (a SIGTERM): return at once, the rest unread."""
         c = self.consumer
         if not self._tps:
             parts = c.partitions_for_topic(self.topic)
@@ -164,7 +164,7 @@ class LabelFeed:
     def poll(self, input_ms: float) -> int:
         """Apply the labels that have arrived (no wait); a label whose transaction is unknown
         waits while it was produced after ``input_ms`` (the newest input record decided;
-        ``inf`` when the input is idle). Returns how many were applied."""
+        ``inf`` when the input is idle). Returns how many were applied or made due."""
         if not self._tps:
             return 0
         self._fetch(timeout_ms=0)
