@@ -180,26 +180,24 @@ def main(argv: list[str] | None = None) -> int:
             gc.freeze()
 
 
-def positive_int(text: str) -> int:
-    """argparse type: a whole number >= 1."""
+def _whole(text: str, least: int, what: str, too_small: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number {text!r}: give a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+        raise argparse.ArgumentTypeError(f"invalid {what} {text!r}: give a whole number") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"{too_small}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    return _whole(text, 1, "number", "must be at least 1")
 
 
 def seed(text: str) -> int:
     """argparse type: a random seed, a whole number >= 0 (NumPy refuses a negative one)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid seed {text!r}: give a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"a seed is a whole number >= 0, got {value}")
-    return value
+    return _whole(text, 0, "seed", "a seed is a whole number >= 0")
 
 
 def folder(text: str) -> Path:
