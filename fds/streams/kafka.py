@@ -84,6 +84,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import orjson
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.errors import (
     CommitFailedError,
@@ -199,7 +200,10 @@ def _event_time(msg: Any, ahead_s: float = 0.0) -> tuple[float, Any]:
     judged when first decided."""
     stage = "parse"
     try:
-        obj = loads(msg.value)
+        try:
+            obj = loads(msg.value)
+        except orjson.JSONDecodeError as e:  # named as fds replay names it (its subclass was)
+            raise ValueError(f"not valid JSON: {e}") from None
         stage = "validate"
         tx = parse_transaction(obj)
         check_not_ahead(tx["ts"], msg, ahead_s)
