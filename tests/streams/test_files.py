@@ -166,6 +166,23 @@ def test_a_column_named_like_a_field_mapped_from_another_goes_to_extra():
     assert m.apply({"TID": "t1", "AMT": "10", "amount": "9", "extra": "x"})["extra"] == "x"
 
 
+def test_a_csv_column_named_extra_arrives_in_extra_under_its_name(tmp_path):
+    """Text where a transaction's `extra` is an object: every row was a dead letter, and a
+    mapping cannot rename it (a review)."""
+    from fds.schema import parse_transaction
+
+    p = tmp_path / "x.csv"
+    p.write_text("tx_id,ts,card_id,amount,extra\nt1,1767225600,c1,10,hello\n"
+                 "t2,1767225601,c1,10,\n")  # fmt: skip
+    (_, rec1, raw1), (_, rec2, raw2) = read_records(p)
+    assert rec1["extra"] == {"extra": "hello"} and raw1["extra"] == "hello"  # raw: as read
+    assert "extra" not in rec2 and raw2 is None
+    assert parse_transaction(rec1)["extra"] == {"extra": "hello"}
+    m = ColumnMapping(fields={"tx_id": "tx_id", "amount": "amount"})
+    (_, mapped, _), _ = read_records(p, mapping=m)
+    assert mapped["extra"] == {"extra": "hello"}
+
+
 def test_mapping_without_fields_is_identity():
     assert ColumnMapping().apply({"x": 1}) == {"x": 1}
 
