@@ -125,6 +125,11 @@ def verify(
     """
     if not hmac.compare_digest(hashlib.sha256(data).hexdigest(), str(sha256)):
         raise ArtifactError("artifact sha256 mismatch: the file is corrupt or was altered")
+    if key is None and signature:  # (it was loaded unchecked: a tampered artifact ran, a review)
+        raise ArtifactError(
+            f"artifact is signed but {KEY_ENV} is not set here: set it to check the signature",
+            local=True,
+        )
     if key is not None:
         if not signature:
             raise ArtifactError(
@@ -161,6 +166,8 @@ def load_verified(
 
 def _env_key() -> bytes | None:
     v = os.environ.get(KEY_ENV)
+    if v is not None and not v:  # (it meant "no check" without a word: a review)
+        raise ConfigError(f"{KEY_ENV} is set but empty: give the key, or unset it")
     return v.encode() if v else None
 
 

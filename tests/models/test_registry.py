@@ -95,6 +95,29 @@ def test_forged_artifact_with_matching_sha_but_no_key_is_rejected(tmp_path: Path
     assert UNPICKLED == []
 
 
+def test_a_signed_artifact_is_not_loaded_where_the_key_is_missing_or_empty(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where FDS_MODEL_KEY was unset (or set empty), a signed version was loaded with its
+    sha256 checked only: a tampered artifact with a fixed sha256 ran (a review)."""
+    from fds.errors import ConfigError
+
+    reg = Registry(tmp_path, key=b"right")
+    reg.publish({"ok": 1}, spec={"name": "t"})
+    evil = pickle.dumps(Booby("evil"))
+    (tmp_path / "v000001.pkl").write_bytes(evil)
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    m["versions"]["v000001"]["sha256"] = hashlib.sha256(evil).hexdigest()
+    (tmp_path / "manifest.json").write_text(json.dumps(m))
+    monkeypatch.delenv("FDS_MODEL_KEY", raising=False)
+    with pytest.raises(ArtifactError, match="signed but FDS_MODEL_KEY is not set"):
+        Registry(tmp_path).load("v000001")
+    monkeypatch.setenv("FDS_MODEL_KEY", "")
+    with pytest.raises(ConfigError, match="FDS_MODEL_KEY is set but empty"):
+        Registry(tmp_path).load("v000001")
+    assert UNPICKLED == []
+
+
 def test_unsigned_artifact_rejected_when_key_configured(tmp_path: Path) -> None:
     Registry(tmp_path, key=None).publish({"x": 1}, spec={"name": "t"})
     with pytest.raises(ArtifactError, match="not signed"):
