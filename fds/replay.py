@@ -392,17 +392,20 @@ def run(
                             stage=e.stage, error=e.cause, raw=tx, source=source, position=line
                         )
                     )
-                    seen = i + 1
-                    continue
-                sink.write(d)
+                    d = None
+                else:
+                    sink.write(d)
                 seen = i + 1  # (not before: a Ctrl-C while it waits leaves it unread)
-                action = d["action"]
-                actions[action] += 1
-                if d["flags"]:
-                    s.late += "late" in d["flags"]
-                if tx["tx_id"] in truth:
-                    total_frauds += 1
-                    alerted_frauds += action != "approve"
+                if d is not None:
+                    action = d["action"]
+                    actions[action] += 1
+                    if d["flags"]:
+                        s.late += "late" in d["flags"]
+                    if tx["tx_id"] in truth:
+                        total_frauds += 1
+                        alerted_frauds += action != "approve"
+                # (also after a stage failure: every record failing one held its dead letters
+                # in memory and the metrics still until the end, a review)
                 if not i % _PROGRESS_EVERY:
                     tally.drain(dead, dlq, metrics)
                     if bar is not None:

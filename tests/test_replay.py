@@ -68,6 +68,35 @@ def test_dead_letters_are_written_and_counted_not_kept(tmp_path):
     assert s.top_reason == "validate: amount: Input should be greater than 0 (got -1) (2,500)"
 
 
+def test_dead_letters_of_a_failing_stage_are_written_as_they_come():
+    """Found by a review: when every record failed at a stage (a rule raising on all of them),
+    the replay skipped its periodic block: the dead letters stayed in memory and the metrics
+    (dead letters, events consumed) did not move until the end."""
+    from fds.metrics import Metrics
+
+    class Failing:
+        def compute(self, t):
+            raise ZeroDivisionError("boom")
+
+        def on_label(self, label):
+            pass
+
+    rows = [tx(i, T0 + i) for i in range(5_000)]
+    dlq, m = ListSink(), Metrics()
+    written: list[int] = []
+    consumed: list[float] = []
+
+    def watch(i: int) -> None:
+        if i == 4_500:
+            written.append(len(dlq.items))
+            consumed.append(m.registry.get_sample_value(
+                "fds_events_consumed_total", {"source": "file"}) or 0.0)  # fmt: skip
+
+    s = replay.run(Engine(features=Failing(), metrics=m), replay.ReplayInput(rows), ListSink(),
+                   dlq, on_event=watch)  # fmt: skip
+    assert s.dead_letters == 5_000 and written[0] >= 4_000 and consumed[0] >= 4_000
+
+
 class Recorder:
     """A feature stage that records the order of events it sees (tx and labels)."""
 
