@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from fds.engine import Engine
-from fds.errors import StageError, ValidationError
+from fds.errors import ConfigError, StageError, ValidationError
 from fds.gcpolicy import Freezer
 from fds.schema import dead_letter, parse_label, parse_transaction
 from fds.streams.files import ColumnMapping, read_records
@@ -172,6 +172,11 @@ def open_stream(
     reorder_buffer: int = REORDER_BUFFER,
 ) -> ReplayInput:
     """A lazy, validated, event-time-ordered stream of a historical file (and its labels)."""
+    if labels_path is not None and mapping is not None and mapping.label is not None:
+        raise ConfigError(  # (both were learned: each fraud twice, at the earlier time: a review)
+            f"the mapping's label column ({mapping.label.column!r}) and the labels file "
+            f"{labels_path} both give labels: use one of them"
+        )
     zone = tz or get_zone(mapping.timezone if mapping else "UTC")
     labels: list[dict[str, Any]] = []
     dlq: list[dict[str, Any]] = []

@@ -190,6 +190,17 @@ def test_an_unreadable_label_value_is_a_dead_letter_and_its_transaction_is_decid
     assert ("  of transactions", "0") in s.rows() and ("  of labels", "2") in s.rows()
 
 
+def test_a_label_column_and_a_labels_file_together_are_refused(tmp_path):
+    """Both were learned: each fraud twice, at the earlier of its two times (a review)."""
+    from fds.errors import ConfigError
+
+    p = write_jsonl(tmp_path / "x.jsonl", [tx(0, T0, FRAUD=1)])
+    lp = write_jsonl(tmp_path / "l.jsonl", [{"tx_id": "t0", "ts": T0 + 5, "is_fraud": True}])
+    mapping = ColumnMapping.model_validate({"label": {"column": "FRAUD"}})
+    with pytest.raises(ConfigError, match=r"label column \('FRAUD'\) and the labels file"):
+        replay.open_stream(p, mapping=mapping, labels_path=lp)
+
+
 def test_labels_file(tmp_path):
     p = write_jsonl(tmp_path / "x.jsonl", [tx(0, T0), tx(1, T0 + 10)])
     lp = write_jsonl(tmp_path / "l.jsonl", [{"tx_id": "t0", "ts": T0 + 5, "is_fraud": True}])

@@ -163,7 +163,7 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
     base = load_ruleset(args.baseline, run_tests=True)
     mapping = load_mapping(args.mapping) if args.mapping else None
     labels = args.labels
-    if labels is None:
+    if labels is None and not (mapping is not None and mapping.label):
         from fds.streams.simulator import labels_beside
 
         labels = labels_beside(args.file)
