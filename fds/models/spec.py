@@ -304,9 +304,16 @@ def _policy(cls: type, raw: Any, source: str, node: yaml.Node | None, section: s
             raise ConfigError(
                 f"unknown key {section}.{k}; known: {', '.join(sorted(known))}", where=where
             )
+        # Values are taken as written, not coerced: "false" was true, 99.9 was 99, true was 1,
+        # -5 was a negative duration (a weakened gate or contests turned back on without a
+        # word: a review).
         try:
             if k in ("assume_legit_after", "every_seconds", "ttl", "shadow_max_wait"):
+                if type(v) is bool:
+                    raise ValueError("must be a duration, e.g. 4d or 3600 (seconds)")
                 v = parse_duration(v)
+                if not v >= 0:
+                    raise ValueError("must be a duration of 0 or more, e.g. 4d")
                 if k == "shadow_max_wait" and v <= 0:
                     raise ValueError("must be a positive duration, e.g. 14d")
             elif k in (
@@ -317,15 +324,16 @@ def _policy(cls: type, raw: Any, source: str, node: yaml.Node | None, section: s
                 "min_frauds",
                 "window",
             ):
-                v = int(v)
-                if v < (0 if k in ("warmup_labels", "min_frauds", "window") else 1):
-                    raise ValueError("must be a positive whole number")
+                least = 0 if k in ("warmup_labels", "min_frauds", "window") else 1
+                if type(v) is not int or v < least:
+                    raise ValueError(f"must be a whole number of at least {least}, got {v!r}")
             elif k == "legit_sample_rate":
+                if type(v) not in (int, float) or not 0.0 < v <= 1.0:
+                    raise ValueError(f"must be a number in (0, 1], got {v!r}")
                 v = float(v)
-                if not 0.0 < v <= 1.0:
-                    raise ValueError("must be in (0, 1]")
             elif k == "auto":
-                v = bool(v)
+                if type(v) is not bool:
+                    raise ValueError(f"must be true or false, got {v!r}")
             elif k == "rules" and not (isinstance(v, bool) or v == "score"):
                 raise ValueError("must be true, false or score")
         except (TypeError, ValueError, ConfigError) as e:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from fds.errors import ConfigError
@@ -44,7 +46,7 @@ def test_shipped_specs_build(name: str) -> None:
             "name: x\npipeline:\n  - tree.HoeffdingTreeClassifier: {}\nlearn:\n"
             "  legit_sample_rate: 2\n",
             ":5",
-            "must be in (0, 1]",
+            "must be a number in (0, 1], got 2",
         ),
         (
             "name: x\npipeline:\n  - tree.HoeffdingTreeClassifier: {}\npublish:\n"
@@ -55,7 +57,7 @@ def test_shipped_specs_build(name: str) -> None:
         (
             "name: x\npipeline:\n  - tree.HoeffdingTreeClassifier: {}\ngate:\n  min_frauds: -5\n",
             ":5",
-            "gate.min_frauds: must be a positive whole number",
+            "gate.min_frauds: must be a whole number of at least 0, got -5",
         ),
         (
             "name: x\npipeline:\n  - tree.HoeffdingTreeClassifier: {}\ngate:\n  windo: 5\n",
@@ -88,6 +90,27 @@ def test_spec_errors_name_file_and_line(text: str, where: str, needle: str) -> N
         parse_spec(text, source="m.yaml")
     assert e.value.where is not None and e.value.where.startswith("m.yaml" + where)
     assert needle in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("section", "text", "says"),
+    [
+        ("promote", 'auto: "false"', "promote.auto: must be true or false, got 'false'"),
+        ("gate", "window: true", "gate.window: must be a whole number of at least 0, got True"),
+        ("gate", "min_frauds: 99.9", "gate.min_frauds: must be a whole number of at least 0"),
+        ("publish", "every_labels: 2.7", "publish.every_labels: must be a whole number of at"),
+        ("learn", "legit_sample_rate: true", "learn.legit_sample_rate: must be a number in"),
+        ("learn", "ttl: -5", "learn.ttl: must be a duration of 0 or more"),
+        ("promote", "shadow_max_wait: .nan", "promote.shadow_max_wait: must be a duration of 0"),
+    ],
+)
+def test_spec_values_are_taken_as_written_not_coerced(section: str, text: str, says: str) -> None:
+    """`auto: "false"` was true (contests ran), `window: true` was 1, 99.9 was 99, a negative
+    number a negative duration: a weakened gate, without a word (a review)."""
+    spec = f"name: x\npipeline:\n  - tree.HoeffdingTreeClassifier: {{}}\n{section}:\n  {text}\n"
+    with pytest.raises(ConfigError, match=re.escape(says)) as e:
+        parse_spec(spec, source="m.yaml")
+    assert e.value.where == "m.yaml:5"
 
 
 def test_unknown_spec_name_lists_shipped() -> None:
