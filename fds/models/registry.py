@@ -238,6 +238,18 @@ class Registry:
                 "registry manifest has no 'versions' mapping: it was not written by fds",
                 where=str(self._manifest_path),
             )
+        for version, entry in m["versions"].items():  # (a traceback in `fds models`: a review)
+            if not (
+                isinstance(entry, dict)
+                and isinstance(entry.get("seq"), int)
+                and isinstance(entry.get("status"), str)
+                and isinstance(entry.get("spec"), dict)
+            ):
+                raise ConfigError(
+                    f"registry manifest entry {version!r} lacks a seq, status or spec: it was "
+                    "not written by fds",
+                    where=str(self._manifest_path),
+                )
         return m
 
     def versions(self) -> list[dict[str, Any]]:

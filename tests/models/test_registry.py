@@ -238,6 +238,13 @@ def test_the_models_commands_create_no_registry_and_refuse_a_foreign_manifest(tm
     (tmp_path / "r" / "manifest.json").write_text("{}")
     assert main(["models", "--registry", str(tmp_path / "r"), "list"]) == 2
     assert "no 'versions' mapping" in capsys.readouterr().err
+    # an entry without the fields fds writes was a traceback (KeyError 'seq', a None spec)
+    bad = ('{"version": "v000001"}', '{"version": "v1", "seq": 1, "status": "x", "spec": null}')
+    for entry in bad:
+        (tmp_path / "r" / "manifest.json").write_text(f'{{"versions": {{"v000001": {entry}}}}}')
+        for command in (["list"], ["show", "v000001"], ["promote", "v000001"]):
+            assert main(["models", "--registry", str(tmp_path / "r"), *command]) == 2
+            assert "entry 'v000001' lacks a seq, status or spec" in capsys.readouterr().err
 
 
 def test_the_champion_is_never_marked_rejected(tmp_path):
