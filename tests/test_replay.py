@@ -442,3 +442,12 @@ def test_the_summary_tells_labels_read_from_labels_the_model_learned():
     assert ("  learned by the model", "1") in s.rows()
     bare = replay.run(Engine(), replay.ReplayInput(txs, labels), ListSink(), ListSink())
     assert bare.labels_learned is None and "  learned by the model" not in dict(bare.rows())
+    # a label days later: the transactions assumed legitimate meanwhile (the spec's
+    # assume_legit_after) are learned as it moves event time on, and are no label learned
+    # (they were counted: more labels learned than read, a review)
+    late = [{"tx_id": "t1", "ts": T0 + 30 * 86400.0, "is_fraud": False}]
+    engine = build_engine(None, DEFAULT_MODEL, metrics=Metrics())
+    txs = [dict(tx(i, T0 + i * 60), extra={}) for i in range(400)]
+    s = replay.run(engine, replay.ReplayInput([*txs, dict(tx(999, T0 + 31 * 86400), extra={})],
+                                              late), ListSink(), ListSink())  # fmt: skip
+    assert s.labels_read == 1 and s.labels_learned <= 1

@@ -56,7 +56,7 @@ from fds.models.champion import BudgetRank, Contest
 from fds.models.fused import serving
 from fds.models.registry import Registry, load_verified
 from fds.models.spec import ModelSpec
-from fds.models.trainer import Publication, Trainer
+from fds.models.trainer import Publication, Trainer, event_time
 from fds.models.vector import RULE_SCORE, to_vector
 from fds.policy import combine
 
@@ -387,6 +387,10 @@ class ModelServer:
             if x is not None and label["is_fraud"]:
                 self._evaluate(x, True)
             return
+        # Event time first: what it assumes legitimate (unlabelled for long) is learned there,
+        # and is no label learned (fds_labels_learned_total counted it: more labels learned
+        # than read, a review)
+        self.trainer.advance(event_time(label["ts"]))
         learned = self.trainer.stats["labels_learned"]
         self.trainer.on_label(label)
         if self.metrics is not None and self.trainer.stats["labels_learned"] > learned:

@@ -237,7 +237,8 @@ class Publication:
     entry: dict[str, Any]
 
 
-def _ts(v: Any) -> float:
+def event_time(v: Any) -> float:
+    """A ``ts`` as epoch seconds (a number as it is, text as ISO 8601)."""
     return float(v) if isinstance(v, int | float) else parse_ts(v)
 
 
@@ -315,14 +316,14 @@ class Trainer:
             x = to_vector(tx, feats)
             if not self.spec.inputs.per_rule:  # written by an engine serving per-rule inputs
                 x = strip_rule_ids(x)
-        ts = _ts(tx["ts"])
+        ts = event_time(tx["ts"])
         self.store.put(tx["tx_id"], ts, x)
         self.advance(ts)
 
     def on_label(self, label: Mapping[str, Any]) -> bool:
         """Learn one label; ``True`` if it was joined and learned (or sampled out)."""
         self.stats["labels_seen"] += 1
-        self.advance(_ts(label["ts"]))
+        self.advance(event_time(label["ts"]))
         got = self.store.get(label["tx_id"])
         if got is None:
             self.stats["labels_unjoined"] += 1
