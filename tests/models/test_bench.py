@@ -206,6 +206,18 @@ def test_a_target_that_cannot_be_measured_is_n_a_not_missed() -> None:
     assert "nan" not in _recovery_text(res)
 
 
+def test_a_baseline_near_zero_measures_nothing() -> None:
+    """Rules alone at 0.005 gave "4.97x met", and an adaptive model at 0.031 before the drift
+    "recovered" at once: both not measurable (a review)."""
+    weak = [0.031] * 10 + [0.0, 0.03, 0.03] + [0.03] * 7
+    res = _result({"adaptive": weak, "rules": [0.005] * 20, "rules+adaptive": [0.03] * 20},
+                  label_delay=2.0)  # fmt: skip
+    rows = targets(res)
+    assert rows[0][1].startswith("n/a (") and rows[0][2] is None
+    recovery = next((m, ok) for t, m, ok in rows if t.startswith("adaptive back to"))
+    assert recovery[1] is None and "not measurable" in recovery[0]
+
+
 def test_the_drift_needs_an_evaluated_day_before_it(tmp_path: Path) -> None:
     """Before: drift day == warm-up was accepted; pre-drift precision was NaN, recovery "never"."""
     with pytest.raises(ConfigError, match="--drift-day 3 must fall after the warm-up"):
