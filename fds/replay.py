@@ -148,7 +148,7 @@ class ReplaySummary:
         if self.demoted:
             rows.append(("demoted to shadow", ", ".join(self.demoted)))
         if self.interrupted:
-            rows.insert(0, ("interrupted", "yes (Ctrl-C): figures so far"))
+            rows.insert(0, ("interrupted", "yes (Ctrl-C or SIGTERM): figures so far"))
         if self.frauds is not None:
             rows += [
                 ("known frauds", f"{self.frauds:,}"),

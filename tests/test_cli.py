@@ -83,11 +83,11 @@ def test_bad_speed(history, capsys):
 
 def test_demo_end_to_end_small(tmp_path, capsys):
     code = main(
-        ["demo", "--days", "8", "--cards", "400", "--drift-day", "4", "--out-dir", str(tmp_path)]
-    )
+        ["demo", "--days", "8", "--cards", "400", "--out-dir", str(tmp_path)]
+    )  # (no --drift-day: the middle of a stream shorter than the default 21 days)
     assert code == 0
     report = (tmp_path / "demo.md").read_text()
-    assert "rules+adaptive" in report and "fds demo --days 8" in report
+    assert "rules+adaptive" in report and "fds demo --days 8 --cards 400 --drift-day 4" in report
     assert "pre-drift.yaml`. That file is `rules/default.yaml` without" in report  # (it said
     # the demo's baseline was rules/default.yaml, a hindsight one: a review)
     assert (tmp_path / "demo.png").stat().st_size > 1000
@@ -173,6 +173,15 @@ def test_a_replay_that_decides_nothing_fails_and_says_why(tmp_path, capsys):
     assert "validate: ts: timestamp '...' is neither ISO 8601" in err and "(2; first: " in err
     assert "timestamp '01/03/2026 08:00:00'" in err and "convert other formats" in err
     assert "map its columns with --mapping" in err  # (it named a --mapping none was given)
+    raising = tmp_path / "r.yaml"  # a rule raising on every transaction: not a mapping matter
+    raising.write_text('version: "1"\nrules:\n  - {id: r, when: amount / (amount - amount) > 1, '
+                       'action: review, score: 0.5, reason: r}\n')  # fmt: skip
+    good = tmp_path / "g.csv"
+    good.write_text("tx_id,ts,amount,card_id\na,2026-01-01T00:00:00Z,1,c\n")
+    assert main(["replay", str(good), "--rules", str(raising), "--model", "none", "--out",
+                 str(tmp_path / "o.jsonl"), "--no-progress"]) == 1  # fmt: skip
+    err = capsys.readouterr().err
+    assert "the rules stage fails on every transaction: fix it" in err and "--mapping" not in err
     array = tmp_path / "a.json"  # one JSON array, not JSON Lines: say what fds reads
     array.write_text('[{"tx_id": "a", "ts": 1, "card_id": "c", "amount": 1},\n'
                      ' {"tx_id": "b", "ts": 2, "card_id": "c", "amount": 1}]\n')  # fmt: skip
