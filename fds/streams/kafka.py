@@ -1498,12 +1498,26 @@ class Runner:
         gone = {tp: pos[tp.partition] for tp, c in committed.items()
                 if c is None and tp.partition in pos}  # fmt: skip
         if gone:
+            starts = self._retrying(
+                "reading the log starts", lambda: self.consumer.beginning_offsets(list(gone))
+            )
+            gone = {tp: max(o, starts[tp]) for tp, o in gone.items()}  # (retention passed it)
             log.warning(
                 "no committed offset for partitions %s (the group was deleted or its offsets "
-                "expired): resumed from the offsets the state covers %s; to decide the topic "
-                "again from its start, start with an empty --state-dir",
+                "expired): resumed from the offsets the state covers %s, committed for the "
+                "group; to decide the topic again from its start, start with an empty "
+                "--state-dir",
                 sorted(tp.partition for tp in gone), {tp.partition: o for tp, o in gone.items()},
             )  # fmt: skip
+            # Committed at once: a partition that stays idle and moves to another instance
+            # would start there at auto_offset_reset, the whole log decided again (a review).
+            self._retrying(
+                "commit",
+                lambda: self.consumer.commit(
+                    {tp: OffsetAndMetadata(o, "", -1) for tp, o in gone.items()},
+                    timeout_ms=int(self.s.broker_timeout_s * 1000),
+                ),
+            )
             committed = {**committed, **gone}
         behind = {
             tp: c for tp, c in committed.items() if c is not None and c != pos.get(tp.partition)
