@@ -515,6 +515,7 @@ def _csv_records(p: Path, lines: _Lines, mapping: ColumnMapping | None) -> Itera
     # `extra` under its own name, as any other column (every row was a dead letter, and a
     # mapping cannot rename it: a review)
     own_extra = "extra" in header
+    label_column = mapping.label.column if mapping is not None and mapping.label else None
     record = lines.record  # the lines of the record just read
     record.clear()
     while True:  # the for loop ends at the end of the file, or breaks for a quote left open
@@ -538,8 +539,10 @@ def _csv_records(p: Path, lines: _Lines, mapping: ColumnMapping | None) -> Itera
                     continue
                 rec = {k: v for k, v in zip(header, row, strict=True) if v != ""}
                 if own_extra and "extra" in rec:
-                    tx = {**rec, "extra": {"extra": rec["extra"]}}
-                    yield n, mapping.apply(tx) if mapping is not None else tx, rec
+                    tx = mapping.apply(rec) if mapping is not None else dict(rec)
+                    if isinstance(tx.get("extra"), str) and label_column != "extra":
+                        tx["extra"] = {"extra": tx["extra"]}  # (not when a mapping reads it)
+                    yield n, tx, rec
                     continue
                 yield (n, mapping.apply(rec), rec) if mapping is not None else (n, rec, None)
             else:

@@ -181,6 +181,13 @@ def test_a_csv_column_named_extra_arrives_in_extra_under_its_name(tmp_path):
     m = ColumnMapping(fields={"tx_id": "tx_id", "amount": "amount"})
     (_, mapped, _), _ = read_records(p, mapping=m)
     assert mapped["extra"] == {"extra": "hello"}
+    # a mapping that reads it takes it as it is (a field's source, the label column)
+    m = ColumnMapping(fields={"merchant_id": "extra"})
+    (_, mapped, _), _ = read_records(p, mapping=m)
+    assert mapped["merchant_id"] == "hello" and "extra" not in mapped
+    m = ColumnMapping.model_validate({"label": {"column": "extra"}})
+    (_, mapped, _), _ = read_records(p, mapping=m)
+    assert mapped["extra"] == "hello"  # (the replay takes the label column out of the row)
 
 
 def test_mapping_without_fields_is_identity():
