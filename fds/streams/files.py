@@ -539,7 +539,7 @@ def _csv_records(p: Path, lines: _Lines, mapping: ColumnMapping | None) -> Itera
                     continue
                 rec = {k: v for k, v in zip(header, row, strict=True) if v != ""}
                 if own_extra and "extra" in rec:
-                    tx = mapping.apply(rec) if mapping is not None else dict(rec)
+                    tx: dict[str, Any] = mapping.apply(rec) if mapping is not None else dict(rec)
                     if isinstance(tx.get("extra"), str) and label_column != "extra":
                         tx["extra"] = {"extra": tx["extra"]}  # (not when a mapping reads it)
                     yield n, tx, rec
