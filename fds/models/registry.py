@@ -364,6 +364,10 @@ class Registry:
             raise ArtifactError(
                 f"artifact size {len(data)} differs from the announced {fields['size']}"
             )
+        if not isinstance(fields.get("spec") or {}, dict):  # (kept, it made every later read
+            raise ArtifactError(  # of the manifest refuse it: a review)
+                f"announced spec of {version} is no mapping: {type(fields['spec']).__name__}"
+            )
         verify(data, sha256=fields.get("sha256") or "", signature=fields.get("hmac"), key=self.key)
         signed, key = fields.get("fields_hmac"), self.key
         if key and not signed:

@@ -320,6 +320,8 @@ def test_import_verifies_before_writing_and_never_unpickles(tmp_path: Path) -> N
         (data, e, b"wrong", "HMAC"),
         (data, {**e, "hmac": None}, b"right", "not signed"),
         (data, {**e, "version": "../evil"}, b"right", "invalid version id"),
+        # kept, a spec that is no mapping made every later read of the manifest refuse it
+        (data, {**e, "spec": "demo"}, b"right", "announced spec of v000001 is no mapping"),
     ]
     for i, (blob, fields, key, match) in enumerate(cases):
         dst = Registry(tmp_path / f"dst{i}", key=key)
