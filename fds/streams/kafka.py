@@ -1012,9 +1012,6 @@ class Runner:
             stage = "engine"
             try:
                 decision = decide(tx)
-                if feed is not None and feed.waiting and tx["tx_id"] in feed.waiting:
-                    feed.reached(tx["tx_id"])  # its labels count from then on, in this batch too
-                    due = feed.due
                 stage = "serialise"
                 value = dumps(with_tx(decision, tx))
             except StageError as exc:
@@ -1025,6 +1022,9 @@ class Runner:
                 continue
             key = msg.key if msg.key is not None else tx["card_id"].encode()
             out.append((value, key, tp.partition if copart else None))
+            if feed is not None and feed.waiting and tx["tx_id"] in feed.waiting:
+                feed.reached(tx["tx_id"])  # its labels count from then on, in this batch too
+                due = feed.due  # (outside the try: a label's failure is no decision's)
         if self.labels is not None:  # how far the input has been decided (labels wait on it)
             self._input_ms = max(self._input_ms, max(m.timestamp for _, m, _ in batch))
         n = len(batch)
