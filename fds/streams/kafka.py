@@ -1743,6 +1743,8 @@ class Runner:
                     with contextlib.suppress(Exception):  # (bounded: it waits for the broker)
                         self._waited("abort_transaction", self.producer.abort_transaction,
                                      time.monotonic() + WAIT_LOG_S)  # fmt: skip
+                    if isinstance(exc, FencedInstanceIdError):  # (a restart would fence the
+                        raise self._fenced(what) from exc  # other one again: say why)
                     raise FdsError(
                         f"{what} failed under exactly-once ({describe(exc)}); the "
                         "transaction was aborted; restart to resume from the last commit"

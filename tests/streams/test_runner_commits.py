@@ -319,6 +319,10 @@ def test_a_fenced_instance_stops_at_once_saying_why():
         def commit_async(self, offsets: Any) -> None:
             raise FencedInstanceIdError("an earlier async commit was fenced")
 
+    eos = make_runner(group="g", group_instance_id="i0", exactly_once=True, transactional_id="t")
+    with pytest.raises(FdsError, match=r"another member joined group 'g'"):  # (exactly-once too)
+        eos._retrying("send_offsets_to_transaction",
+                      lambda: (_ for _ in ()).throw(FencedInstanceIdError("fenced")))  # fmt: skip
     r.consumer = Fenced()
     r.aligner = Aligner(r.consumer, r._event_time, max_wait_s=0)
     for call in (lambda: r._poll_loop(max_idle_s=5), lambda: r._commit_async({})):
