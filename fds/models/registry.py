@@ -164,7 +164,7 @@ def load_verified(
         ) from e
 
 
-def _env_key() -> bytes | None:
+def env_key() -> bytes | None:
     v = os.environ.get(KEY_ENV)
     if v is not None and not v:  # (it meant "no check" without a word: a review)
         raise ConfigError(f"{KEY_ENV} is set but empty: give the key, or unset it")
@@ -209,7 +209,7 @@ class Registry:
             raise ConfigError(
                 f"no model registry at {self.path}: check --registry (`fds train` creates it)"
             )
-        self.key = key if key is not None else _env_key()
+        self.key = key if key is not None else env_key()
         self.retain = retain or DEFAULT_RETAIN
         self._manifest_path = self.path / "manifest.json"
 

@@ -29,9 +29,10 @@ errors are retried with backoff; the feed never stops the scorer.
 Version ids are the trainer's: keep one trainer registry per model name. A second trainer (or
 a reset registry) reuses ids, and its versions are rejected as different artifacts.
 
-Without ``FDS_MODEL_KEY`` only the sha256 is checked: that catches corruption, not a forged
-announcement, since whoever can write to the topic can also compute a sha256 -- and the scorer
-unpickles what it imports. Set the same key on the trainer and the scorers.
+Without ``FDS_MODEL_KEY`` only the sha256 of an unsigned announcement is checked: that catches
+corruption, not a forged announcement, since whoever can write to the topic can also compute a
+sha256 -- and the scorer unpickles what it imports; a signed one is refused. Set the same key on
+the trainer and the scorers.
 """
 
 from __future__ import annotations
@@ -211,8 +212,9 @@ class ModelFeed:
         """Start the feed thread."""
         if self.registry.key is None:
             log.warning(
-                "models feed without %s: announcements are checked by sha256 only (corruption, "
-                "not forgery); set the trainer's key on this scorer",
+                "models feed without %s: unsigned announcements are checked by sha256 only "
+                "(corruption, not forgery), signed ones refused; set the trainer's key on this "
+                "scorer",
                 KEY_ENV,
             )
         self._thread = threading.Thread(target=self._run, name="fds-model-feed", daemon=True)

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 import zlib
 from collections.abc import Callable
@@ -48,7 +47,7 @@ import orjson
 from kafka.structs import TopicPartition
 
 from fds.errors import ArtifactError
-from fds.models.registry import KEY_ENV, sign, verify, write_atomic
+from fds.models.registry import env_key, sign, verify, write_atomic
 
 __all__ = ["CHUNK", "StateTopic"]
 
@@ -80,8 +79,7 @@ class StateTopic:
     ) -> None:
         self.topic = topic
         self.ident = ident
-        env = os.environ.get(KEY_ENV)
-        self.key = key if key is not None else (env.encode() if env else None)
+        self.key = key if key is not None else env_key()  # (an empty key: an error, as there)
         self.slot_file = slot_file
         # the slots the broker's manifest may name: the last acknowledged (``_acked``) and those
         # sent since (``_maybe``, newest last), with the newest manifest (``_last``)
