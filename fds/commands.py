@@ -99,7 +99,7 @@ def _demo(args: argparse.Namespace) -> int:
         logging.getLogger("fds").setLevel(logging.WARNING)
 
     if args.drift_day is None:  # (a fixed 21 refused `--days 20` the user never gave it)
-        args.drift_day = min(21, args.days // 2)
+        args.drift_day = 21 if args.days > 21 else args.days // 2
     if args.days < 7 or not 2 <= args.drift_day < args.days:
         print("fds demo: error: need --days >= 7 and 2 <= --drift-day < --days", file=sys.stderr)
         return 2
@@ -279,11 +279,12 @@ def _replay(args: argparse.Namespace) -> int:
         )
         top = summary.top_reason or ""
         stage = top.split(":", 1)[0]
+        guard = ", e.g. guard a rule that raises: `avg > 0 and amount / avg > 3`"
         check = (
             "fds reads JSON Lines (one object per line) and CSV in UTF-8: convert the file"
             if stage == "parse"
-            else f"the {stage} stage fails on every transaction: fix it (a rule that raises: "
-            "guard it, e.g. `avg > 0 and amount / avg > 3`)"
+            else f"the {stage} stage fails on every transaction: fix it"
+            + (guard if stage == "rules" else "")
             if stage != "validate"
             else "check the file against --mapping (fields, timezone)"
             if args.mapping
