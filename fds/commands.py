@@ -71,7 +71,7 @@ def register(sub: Any) -> None:
     d.add_argument("--cards", type=positive_int, default=5_000, help="cards (default 5,000)")
     d.add_argument(
         "--drift-day", type=int, default=None,
-        help="day the fraud pattern changes (default 21, or the middle of a shorter stream)",
+        help="day the fraud pattern changes (default 21; the middle of a stream of <= 21 days)",
     )  # fmt: skip
     d.add_argument("--seed", type=seed, default=7)
     d.add_argument(
