@@ -81,15 +81,21 @@ def test_wrong_signature_is_rejected_and_not_unpickled(tmp_path: Path) -> None:
     assert UNPICKLED == []
 
 
-def test_forged_artifact_with_matching_sha_but_no_key_is_rejected(tmp_path: Path) -> None:
+def _forged(tmp_path: Path) -> Registry:
+    """A registry signed with b"right" whose v000001 an attacker replaced, fixing its sha256 in
+    the manifest, not knowing the key."""
     reg = Registry(tmp_path, key=b"right")
     reg.publish({"ok": 1}, spec={"name": "t"})
-    # An attacker replaces the artifact and fixes the sha256 in the manifest, not knowing the key.
     evil = pickle.dumps(Booby("evil"))
     (tmp_path / "v000001.pkl").write_bytes(evil)
     m = json.loads((tmp_path / "manifest.json").read_text())
     m["versions"]["v000001"]["sha256"] = hashlib.sha256(evil).hexdigest()
     (tmp_path / "manifest.json").write_text(json.dumps(m))
+    return reg
+
+
+def test_forged_artifact_with_matching_sha_but_no_key_is_rejected(tmp_path: Path) -> None:
+    reg = _forged(tmp_path)
     with pytest.raises(ArtifactError, match="HMAC"):
         reg.load("v000001")
     assert UNPICKLED == []
@@ -102,13 +108,7 @@ def test_a_signed_artifact_is_not_loaded_where_the_key_is_missing_or_empty(
     sha256 checked only: a tampered artifact with a fixed sha256 ran (a review)."""
     from fds.errors import ConfigError
 
-    reg = Registry(tmp_path, key=b"right")
-    reg.publish({"ok": 1}, spec={"name": "t"})
-    evil = pickle.dumps(Booby("evil"))
-    (tmp_path / "v000001.pkl").write_bytes(evil)
-    m = json.loads((tmp_path / "manifest.json").read_text())
-    m["versions"]["v000001"]["sha256"] = hashlib.sha256(evil).hexdigest()
-    (tmp_path / "manifest.json").write_text(json.dumps(m))
+    _forged(tmp_path)
     monkeypatch.delenv("FDS_MODEL_KEY", raising=False)
     with pytest.raises(ArtifactError, match="signed but FDS_MODEL_KEY is not set"):
         Registry(tmp_path).load("v000001")
