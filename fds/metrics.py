@@ -40,7 +40,9 @@ True
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import socket
 import threading
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
@@ -905,6 +907,11 @@ def serve(metrics: Metrics, host: str = "127.0.0.1", port: int = 9108) -> Metric
     """
     try:
         server, thread = start_http_server(port, addr=host, registry=metrics.registry)
+    except socket.gaierror as e:  # (it was told as a port problem: a review)
+        raise ConfigError(
+            f"cannot serve metrics on {host}:{port}: {e.strerror or e}; give an address of this "
+            "machine (--metrics-host, e.g. 127.0.0.1 or 0.0.0.0)"
+        ) from e
     except (OSError, OverflowError) as e:  # in use, not ours to bind, or not a port number
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         raise ConfigError(
@@ -914,11 +921,25 @@ def serve(metrics: Metrics, host: str = "127.0.0.1", port: int = 9108) -> Metric
     return MetricsServer(host=host, port=server.server_port, _server=server, _thread=thread)
 
 
+def _metrics_port(text: str) -> int:
+    """argparse type: a port 0-65535, or -1 (off); another negative number turned metrics off
+    without a word (a review)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}: give a whole number") from None
+    if not -1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"a port is 0-65535 (0: any free port), or -1: off; got {port}"
+        )
+    return port
+
+
 def add_metrics_arguments(parser: Any, default_port: int) -> None:
     """``--metrics-port`` and ``--metrics-host``, the same for every long-running command."""
     parser.add_argument(
         "--metrics-port",
-        type=int,
+        type=_metrics_port,
         default=default_port,
         help=f"serve Prometheus /metrics on this port (default {default_port}; 0: any free "
         "port; -1: off)",

@@ -289,6 +289,23 @@ def test_serve_on_a_busy_port_says_what_to_do() -> None:
         serve(Metrics(), "127.0.0.1", 70000)
 
 
+def test_a_metrics_address_or_port_that_cannot_work_says_so(capsys) -> None:
+    """An unknown host was told as a port problem, and a port below -1 turned metrics off
+    without a word (a review)."""
+    import argparse
+
+    from fds.metrics import add_metrics_arguments
+
+    with pytest.raises(ConfigError, match=r"nosuchhost\.invalid:0: .*give an address of this"):
+        serve(Metrics(), "nosuchhost.invalid", 0)
+    parser = argparse.ArgumentParser()
+    add_metrics_arguments(parser, -1)
+    assert parser.parse_args(["--metrics-port", "-1"]).metrics_port == -1
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--metrics-port", "-5"])
+    assert "a port is 0-65535 (0: any free port), or -1: off; got -5" in capsys.readouterr().err
+
+
 def test_scrape_while_the_engine_thread_writes() -> None:
     """A scrape from the HTTP thread during hot-path writes never fails or goes backwards."""
     m = Metrics()
