@@ -808,9 +808,9 @@ def register(subparsers: Any) -> None:
     pp.add_argument(
         "--labels", help="labels file for --input (JSONL/CSV: tx_id, ts, is_fraud), as fds replay"
     )
-    pp.add_argument("--days", type=positive_int, default=60)
-    pp.add_argument("--cards", type=positive_int, default=10_000)
-    pp.add_argument("--merchants", type=positive_int, default=1_000)
+    pp.add_argument("--days", type=positive_int, help="simulated days (default 60)")
+    pp.add_argument("--cards", type=positive_int, help="simulated cards (default 10,000)")
+    pp.add_argument("--merchants", type=positive_int, help="simulated merchants (default 1,000)")
     pp.add_argument("--seed", type=seed, default=7)
     pp.add_argument(
         "--drift-day",
@@ -852,6 +852,11 @@ def _cmd_precision(args: argparse.Namespace) -> int:
         if getattr(args, flag) and not args.input:
             print(f"error: --{flag} needs --input FILE", file=sys.stderr)
             return 2
+    for flag in ("days", "cards", "merchants"):  # (ignored without a word: a review)
+        if getattr(args, flag) is not None and args.input:
+            print(f"error: --{flag} is for the simulator; --input FILE is replayed whole",
+                  file=sys.stderr)  # fmt: skip
+            return 2
     drift = args.drift_day
     if drift is None and not args.input:  # a user's file has no drift unless told
         drift = SIM_DRIFT_DAY
@@ -863,9 +868,9 @@ def _cmd_precision(args: argparse.Namespace) -> int:
 
             check_transaction_columns(args.input)
         run_precision(
-            days=args.days,
-            cards=args.cards,
-            merchants=args.merchants,
+            days=args.days or 60,
+            cards=args.cards or 10_000,
+            merchants=args.merchants or 1_000,
             seed=args.seed,
             drift_day=drift,
             warmup_days=args.warmup_days,

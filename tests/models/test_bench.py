@@ -126,11 +126,17 @@ def test_foreign_file_with_mapping(tmp_path: Path) -> None:
     assert abs(res.label_delay_days - 2.0) < 1e-6
 
 
-def test_cli_usage_error() -> None:
+def test_cli_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ap = argparse.ArgumentParser()
     register(ap.add_subparsers())
     args = ap.parse_args(["bench", "precision", "--mapping", "m.yaml"])
     assert args.func(args) == 2
+    # a simulator option with a file: ignored without a word before (a review)
+    (tmp_path / "h.jsonl").write_text('{"tx_id": "a", "ts": 1, "card_id": "c", "amount": 1}\n')
+    argv = ["bench", "precision", "--input", str(tmp_path / "h.jsonl"), "--days", "3"]
+    args = ap.parse_args(argv)
+    assert args.func(args) == 2
+    assert "--days is for the simulator" in capsys.readouterr().err
 
 
 def test_a_stream_with_nothing_left_to_evaluate_is_a_usage_error(tmp_path: Path) -> None:
