@@ -990,15 +990,15 @@ class Runner:
                 for value, key, part in out:
                     pending.append(send(out_topic, value=value, key=key, partition=part))
                 out.clear()
-            if tx.__class__ is not _Bad and tx["ts"] > due:  # (only with a labels topic)
-                due = feed.release(tx["ts"])  # type: ignore[union-attr]
+            if feed is not None and tx.__class__ is not _Bad and tx["ts"] > due:
+                due = feed.release(tx["ts"])
             if refold and tp in refold:
                 if msg.offset < refold[tp]:  # decided before: state only, offsets stay
                     refolded[tp] = refold[tp]
                     folds += 1
                     if tx.__class__ is not _Bad:
                         self._fold(tx)
-                        if feed is not None and tx["tx_id"] in feed.waiting:
+                        if feed is not None and feed.waiting and tx["tx_id"] in feed.waiting:
                             feed.reached(tx["tx_id"])  # its labels count from then on
                             due = feed.due
                     # committed already: a checkpoint may say the state covers it
@@ -1743,15 +1743,13 @@ class Runner:
                     with contextlib.suppress(Exception):  # (bounded: it waits for the broker)
                         self._waited("abort_transaction", self.producer.abort_transaction,
                                      time.monotonic() + WAIT_LOG_S)  # fmt: skip
-                    if isinstance(exc, FencedInstanceIdError):  # (a restart would fence the
-                        raise self._fenced(what) from exc  # other one again: say why)
+                if isinstance(exc, FencedInstanceIdError):  # no retry or restart can help (it
+                    raise self._fenced(what) from exc  # was retried, then the broker blamed)
+                if self.s.exactly_once:
                     raise FdsError(
                         f"{what} failed under exactly-once ({describe(exc)}); the "
                         "transaction was aborted; restart to resume from the last commit"
                     ) from exc
-                if isinstance(exc, FencedInstanceIdError):  # no retry can help (it was retried
-                    raise self._fenced(what) from exc  # for broker_timeout_s, then blamed on
-                    # the broker: a review)
                 if time.monotonic() + delay > deadline:
                     raise BrokerUnavailable(
                         f"{what} failed for {self.s.broker_timeout_s:.0f} s "
