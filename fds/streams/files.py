@@ -477,7 +477,7 @@ def _runaway(record: list[str], row: list[str] | None, width: int) -> bool:
     """
     if row is not None and len(row) == width:
         try:
-            next(csv.reader(record, strict=True))
+            next(csv.reader(record, strict=True, skipinitialspace=True))
         except csv.Error:
             pass  # closed by the end of the file, or by a quote that opens a later field
         else:
@@ -497,10 +497,13 @@ def _read_csv(p: Path, mapping: ColumnMapping | None) -> Iterator[Record]:
 
 
 def _csv_records(p: Path, lines: _Lines, mapping: ColumnMapping | None) -> Iterator[Record]:
-    reader = csv.reader(lines)
+    # skipinitialspace: `t1, "Main St, 5", c1` as written by hand is three fields; the spaces
+    # around a column name are not part of it (ids lose theirs in the schema)
+    reader = csv.reader(lines, skipinitialspace=True)
     header = next(reader, None)
     if header is None:
         return
+    header = [c.strip() for c in header]
     if _UNDECODABLE.search("".join(header)):
         raise ConfigError(f"{p}:1: the header is not valid UTF-8; save the file as UTF-8")
     twice = sorted({c for c in header if header.count(c) > 1})

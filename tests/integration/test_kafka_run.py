@@ -578,6 +578,12 @@ def test_produce_with_a_mapping_reads_the_file_as_replay_does(kafka_bootstrap, t
     assert [sent[t["tx_id"]]["ts"] for t in replayed] == [t["ts"] for t in replayed]
     assert replayed[0]["ts"] == 1772348400.0  # 07:00 UTC: Paris in winter is UTC+1
     assert all("Is Fraud" not in r and "Is Fraud" not in r.get("extra", {}) for r in sent.values())
+    # a card written with spaces is the same card, on the same partition (fds run strips ids)
+    (tmp_path / "sp.csv").write_text("ID, When, Card, Shop, EUR, Is Fraud\nS1, 1, c1 , m1, 5, 1\n")
+    produce_file(tmp_path / "sp.csv", s, mapping=mapping, labels_topic=topics["labels"])
+    keys = {m.key for m in read_all(kafka_bootstrap, topics["transactions"])}
+    assert keys == {b"c1", b"c2"}
+    assert b"S1" in {m.key for m in read_all(kafka_bootstrap, topics["labels"])}
     # epoch milliseconds in JSON Lines: the label's time is in seconds, as fds run reads the tx
     (tmp_path / "ms.jsonl").write_bytes(orjson.dumps(
         {"ID": "M1", "When": 1772348400000, "Card": "c", "Shop": "m", "EUR": 1, "Is Fraud": 1}
