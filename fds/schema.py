@@ -48,6 +48,7 @@ __all__ = [
     "dumps",
     "dumps_line",
     "loads",
+    "loads_record",
     "parse_label",
     "parse_transaction",
 ]
@@ -170,6 +171,15 @@ _TX = TypeAdapter(Transaction)
 _validate_tx = _TX.validator.validate_python  # the core validator: skips a wrapper layer
 
 loads = orjson.loads
+
+
+def loads_record(raw: bytes | str) -> Any:
+    """:func:`loads` for a record from outside (a Kafka message): what is not JSON is a
+    ``ValueError("not valid JSON: ...")``, as fds replay names a line of a file."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise ValueError(f"not valid JSON: {e}") from None
 
 
 def _as_json(o: Any) -> Any:

@@ -84,7 +84,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import orjson
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.errors import (
     CommitFailedError,
@@ -103,7 +102,7 @@ from fds.gcpolicy import Freezer
 from fds.metrics import NullMetrics, add_metrics_arguments, make_metrics, serve
 from fds.models.registry import write_atomic
 from fds.pipeline import DEFAULT_MODEL, DEFAULT_RULES, build_engine
-from fds.schema import dead_letter, dumps, loads, parse_transaction
+from fds.schema import dead_letter, dumps, loads_record, parse_transaction
 from fds.streams.align import Aligner, fetched_to
 from fds.streams.checkpoint import Checkpoint, Checkpointer, default_state_dir
 from fds.streams.files import (
@@ -200,10 +199,7 @@ def _event_time(msg: Any, ahead_s: float = 0.0) -> tuple[float, Any]:
     judged when first decided."""
     stage = "parse"
     try:
-        try:
-            obj = loads(msg.value)
-        except orjson.JSONDecodeError as e:  # named as fds replay names it (its subclass was)
-            raise ValueError(f"not valid JSON: {e}") from None
+        obj = loads_record(msg.value)
         stage = "validate"
         tx = parse_transaction(obj)
         check_not_ahead(tx["ts"], msg, ahead_s)
@@ -596,6 +592,8 @@ class Runner:
         self._decided: dict[Any, int] = {}  # partition -> offset after the last record decided
         self._copartitioned = False
         self._pending: list[Any] = []  # send futures of the batch being decided
+        # the bad labels dead-lettered with that batch (queued again if its transaction aborts)
+        self._bad_labels: list[tuple[Any, BaseException]] = []
         # At-least-once: batches sent but not all acknowledged yet, oldest first; offsets of
         # acknowledged batches not committed synchronously yet (async commits may fail).
         self._pipelined = not settings.exactly_once and settings.max_unacked_batches > 0
@@ -905,6 +903,10 @@ class Runner:
             if ready:
                 self._process(ready)
                 continue
+            if self.labels is not None and self.labels.bad:
+                # a bad label read while the input is idle: its dead letter is sent now (in a
+                # batch of its own: a transaction under exactly-once), not with the next input
+                self._process([])
             if self._refold:  # (read past transaction markers only)
                 self._refolds_done()
             if batch:
@@ -969,8 +971,10 @@ class Runner:
             began = time.monotonic()
         nxt: dict[Any, int] = {}  # partition -> next offset, once this batch is committed
         pending = self._pending = []  # send futures: checked before the offsets move on
+        self._bad_labels = []
         if self.labels is not None and self.labels.bad:  # sent with this batch (and its
-            for msg, exc in self.labels.take_bad():  # transaction): never outside one
+            self._bad_labels = self.labels.take_bad()  # transaction): never outside one
+            for msg, exc in self._bad_labels:
                 self._dead_letter(msg, "label", exc)
         # Decisions are sent SEND_EVERY at a time: alternating engine and client code per
         # record took ~1.5x the CPU per record (cache locality; measured on a loaded machine),
@@ -1025,8 +1029,8 @@ class Runner:
             if feed is not None and feed.waiting and tx["tx_id"] in feed.waiting:
                 feed.reached(tx["tx_id"])  # its labels count from then on, in this batch too
                 due = feed.due  # (outside the try: a label's failure is no decision's)
-        if self.labels is not None:  # how far the input has been decided (labels wait on it)
-            self._input_ms = max(self._input_ms, max(m.timestamp for _, m, _ in batch))
+        if self.labels is not None and batch:  # how far the input has been decided (labels
+            self._input_ms = max(self._input_ms, max(m.timestamp for _, m, _ in batch))  # wait)
         n = len(batch)
         offsets = {tp: OffsetAndMetadata(o, "", -1) for tp, o in nxt.items()}
         for value, key, part in out:
@@ -1268,6 +1272,9 @@ class Runner:
                 self.producer.abort_transaction,
                 time.monotonic() + self.s.broker_timeout_s,
             )
+        if self.labels is not None:  # their dead letters were in the aborted transaction
+            self.labels.bad[:0] = self._bad_labels  # (a re-read does not queue them again)
+            self._bad_labels = []
         if self.checkpointer is None:
             raise FdsError(
                 f"{why}: the batch is not committed and there is no state checkpoint to go "

@@ -45,7 +45,7 @@ from kafka import TopicPartition
 from kafka.errors import KafkaTimeoutError
 
 from fds.errors import ConfigError
-from fds.schema import loads, parse_label
+from fds.schema import loads_record, parse_label
 from fds.streams.rebuild import start_offsets
 
 __all__ = ["LabelFeed", "reads_labels"]
@@ -152,7 +152,7 @@ class LabelFeed:
             got += len(records)
             for msg in records:
                 try:
-                    label = parse_label(loads(msg.value))
+                    label = parse_label(loads_record(msg.value))
                 except Exception as exc:  # a bad label is dead-lettered, never dropped
                     if msg.offset >= self._bad_next.get(msg.partition, 0):
                         self.bad.append((msg, exc))

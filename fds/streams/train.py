@@ -62,7 +62,7 @@ from fds.errors import ConfigError, FdsError, describe
 from fds.metrics import NullMetrics, add_metrics_arguments, make_metrics, serve
 from fds.models.registry import DEFAULT_REGISTRY, ENTRY_FIELDS
 from fds.pipeline import DEFAULT_MODEL
-from fds.schema import parse_label
+from fds.schema import loads_record, parse_label
 from fds.streams.checkpoint import Checkpointer, default_state_dir
 from fds.streams.kafka import (
     CONNECTION_SETTINGS,
@@ -442,7 +442,7 @@ class TrainService:
             while held:
                 msg = held[0]
                 try:
-                    label = parse_label(orjson.loads(msg.value))
+                    label = parse_label(loads_record(msg.value))
                     # a label stamped far ahead would move the trainer's event time there:
                     # every snapshot assumed legitimate at once, then expired
                     check_not_ahead(label["ts"], msg, self.s.max_event_ahead_s)

@@ -1362,3 +1362,61 @@ def test_records_a_restore_left_to_fold_are_folded_with_no_output_and_no_commit(
     else:
         assert r.consumer.commits == [8]
     assert r._positions == {0: 8} and r.checkpoint(force=True)
+
+
+def bad_label() -> Record:
+    return Record("labels", 0, 0, int(time.time() * 1000) - 800, None, b"{not json")
+
+
+def test_a_bad_label_read_while_the_input_is_idle_is_dead_lettered_then():
+    """Left by a QA pass: its dead letter waited for the next transaction, hours on a quiet
+    input, and was lost if fds run stopped first."""
+    from fds.features import FeaturePlan
+    from fds.rules.ruleset import FeatureSpec
+    from fds.streams.label_feed import LabelFeed
+    from tests.streams.test_label_feed import FakeConsumer
+
+    class Idle(Consumer):
+        def poll(self, timeout_ms: int, max_records: int) -> dict:
+            return {}
+
+    spec = FeatureSpec(name="m_frauds", entity="merchant_id", agg="fraud_count", window="7d")
+    plan = FeaturePlan([spec], timezone="UTC")
+    r = Runner(KafkaSettings(align_wait_s=0), Engine(features=plan))
+    r.consumer, r.producer = Idle(), Producer()
+    r.aligner = Aligner(r.consumer, r._event_time, max_wait_s=0)
+    r.labels = LabelFeed(FakeConsumer([bad_label()]), "labels", plan)
+    r._labels_due = False  # (read from the topic's start below, as a poll would)
+    r.labels.rewind(input_ms=math.inf)
+    r._poll_loop(max_idle_s=0.2)
+    assert r.stats.dlq_by_stage == {"label": 1}
+    assert r.producer.flushes and all(f.is_done for f in r.producer.futures)  # sent, not held
+
+
+def test_a_bad_label_s_dead_letter_in_an_aborted_transaction_is_sent_again(tmp_path):
+    """Exactly-once: a bad label's dead letter goes in a batch's transaction; when the group
+    refused that batch's offsets, the transaction was aborted and the dead letter lost (the
+    labels re-read does not queue a bad label again)."""
+    from fds.features import FeaturePlan
+    from fds.rules.ruleset import FeatureSpec
+    from fds.streams.label_feed import LabelFeed
+    from tests.streams.test_label_feed import FakeConsumer
+
+    spec = FeatureSpec(name="m_frauds", entity="merchant_id", agg="fraud_count", window="7d")
+    plan = FeaturePlan([spec], timezone="UTC")
+    r = Runner(
+        KafkaSettings(exactly_once=True, checkpoint_in_background=False),
+        Engine(features=plan),
+        checkpointer=Checkpointer(tmp_path),
+    )
+    r.consumer, r.producer = SeekingConsumer(), TxProducer()
+    r._process(batch(0))  # a checkpoint to go back to
+    r.labels = LabelFeed(FakeConsumer([bad_label()]), "labels", plan)
+    r.labels.rewind(input_ms=math.inf)
+    r.producer.refuse = True
+    r._process(batch(3))  # aborted, its dead letter with it
+    r.labels.rewind(input_ms=math.inf)  # the re-read after the rewind
+    assert len(r.labels.bad) == 1
+    r.producer.refuse = False
+    r._process(batch(3))
+    assert r.stats.dlq_by_stage == {"label": 2} and not r.labels.bad  # sent once more, committed
