@@ -220,6 +220,26 @@ def check_not_ahead(ts: float, msg: Any, ahead_s: float) -> None:
         )
 
 
+class IdleTimer:
+    """``--max-idle``: whether ``limit`` seconds passed without input (``None``: never),
+    counted from the consumer's first partitions: the group join is no idle time (a join
+    slower than the limit ended a run before it had read anything)."""
+
+    def __init__(self, limit: float | None) -> None:
+        self.limit = limit
+        self.since = time.monotonic()
+        self.joined = False
+
+    def over(self, consumer: Any, now: float) -> bool:
+        if self.limit is None:
+            return False
+        if not self.joined:
+            self.joined = bool(consumer.assignment())
+            if not self.joined:
+                self.since = now
+        return now - self.since > self.limit
+
+
 class BrokerUnavailable(FdsError):
     """The broker could not be reached for longer than ``broker_timeout_s``."""
 
@@ -871,7 +891,8 @@ class Runner:
         consumer = self.consumer
         aligner = self.aligner
         assert aligner is not None
-        last_contact = last_input = time.monotonic()
+        last_contact = time.monotonic()
+        no_input = IdleTimer(max_idle_s)
         probe_every = min(5.0, s.broker_timeout_s / 4)
         while not self._stop:
             try:
@@ -884,7 +905,7 @@ class Runner:
                 batch = {}
             now = time.monotonic()
             if batch:
-                last_contact = last_input = now
+                last_contact = no_input.since = now
                 aligner.add(batch)
             if self._lost_ahead:
                 self._back_after_loss()
@@ -918,7 +939,7 @@ class Runner:
                 if time.perf_counter() - self._lag_at > LAG_EVERY_S:  # idle partitions' too
                     self._lag_at = time.perf_counter()
                     self._report()
-                if max_idle_s is not None and now - last_input > max_idle_s:
+                if no_input.over(consumer, now):
                     return
             # Idle, or records held for a partition that is behind while nothing is fetched:
             # the broker may be gone (held records had skipped this: the aligner now holds them
@@ -2243,7 +2264,13 @@ def register_run(subparsers: argparse._SubParsersAction) -> None:
         "env FDS_LABELS_TOPIC)",
     )  # fmt: skip
     add_metrics_arguments(p, 9108)
-    p.add_argument("--max-idle", type=float, default=None, help="exit after this many idle seconds")
+    p.add_argument(
+        "--max-idle",
+        type=float,
+        default=None,
+        help="exit after this many seconds without input, counted from the first partitions "
+        "assigned (for tests and demos; default: run until stopped)",
+    )
     p.set_defaults(func=_cmd_run)
 
 

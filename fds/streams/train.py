@@ -66,6 +66,7 @@ from fds.schema import loads_record, parse_label
 from fds.streams.checkpoint import Checkpointer, default_state_dir
 from fds.streams.kafka import (
     CONNECTION_SETTINGS,
+    IdleTimer,
     KafkaSettings,
     _add_settings_flags,
     check_not_ahead,
@@ -308,7 +309,7 @@ class TrainService:
         self._connect()
         if self.trainer.parent is not None:  # what it learns on from, before its next version
             self.metrics.model_info(self.trainer.parent, self.spec.name)
-        last_input = time.monotonic()
+        no_input = IdleTimer(max_idle_s)
         try:
             while not self._stop:
                 batch = self.consumer.poll(timeout_ms=100, max_records=self.s.max_poll_records)
@@ -316,10 +317,10 @@ class TrainService:
                     raise FdsError(self._shared)
                 now = time.monotonic()
                 if batch:
-                    last_input = now
+                    no_input.since = now
                 if batch or any(self._held.values()):  # (held labels may go on by now)
                     self._process(batch)
-                elif max_idle_s is not None and now - last_input > max_idle_s:
+                elif no_input.over(self.consumer, now):
                     break
         except BaseException:
             self.store.rollback()  # a half-done batch: the restart redoes it from the offsets
@@ -612,7 +613,13 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
         "--models-topic", default="models", help="announce versions here ('none': do not)"
     )
     add_metrics_arguments(p, 9109)
-    p.add_argument("--max-idle", type=float, default=None, help="exit after this many idle seconds")
+    p.add_argument(
+        "--max-idle",
+        type=float,
+        default=None,
+        help="exit after this many seconds without input, counted from the first partitions "
+        "assigned (for tests and demos; default: run until stopped)",
+    )
     p.set_defaults(func=_cmd_train)
 
 

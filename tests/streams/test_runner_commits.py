@@ -1420,3 +1420,24 @@ def test_a_bad_label_s_dead_letter_in_an_aborted_transaction_is_sent_again(tmp_p
     r.producer.refuse = False
     r._process(batch(3))
     assert r.stats.dlq_by_stage == {"label": 2} and not r.labels.bad  # sent once more, committed
+
+
+def test_max_idle_counts_from_the_first_partitions_not_the_group_join():
+    """Left by a QA pass: `--max-idle 1` with a group join of 1.5 s exited before reading the
+    backlog the join was about to hand it."""
+    from fds.streams.kafka import IdleTimer
+
+    class Joining(Consumer):
+        joined = False
+
+        def assignment(self) -> set[Any]:
+            return {TP} if self.joined else set()
+
+    timer, c, t0 = IdleTimer(1.0), Joining(), time.monotonic()
+    assert not timer.over(c, t0 + 5)  # 5 s joining: not idle
+    c.joined = True
+    assert not timer.over(c, t0 + 5.9)
+    assert timer.over(c, t0 + 6.1)  # idle from the assignment on
+    c.joined = False  # partitions taken away later: idle time still
+    assert timer.over(c, t0 + 7)
+    assert not IdleTimer(None).over(c, t0 + 1e9)

@@ -270,6 +270,9 @@ def test_a_restarted_trainer_exports_the_version_it_learns_on_from_the_start(tmp
         def poll(self, timeout_ms=0, max_records=None):
             return {}
 
+        def assignment(self):
+            return {TopicPartition("labels", 0)}
+
         def close(self, autocommit=False):
             pass
 
