@@ -114,6 +114,8 @@ def second_pass(value: object, default_tz: tzinfo) -> float | None:
     3600.0
     >>> second_pass("2026-11-01 02:30", ny) is None
     True
+    >>> second_pass("2026-03-08 02:30", ny) is None  # the hour a spring change skips: none
+    True
     """
     dt: datetime | None = None
     if isinstance(value, datetime):
@@ -124,8 +126,9 @@ def second_pass(value: object, default_tz: tzinfo) -> float | None:
     if dt is None or dt.tzinfo is not None:
         return None
     first, second = dt.replace(tzinfo=default_tz), dt.replace(tzinfo=default_tz, fold=1)
-    if first.utcoffset() == second.utcoffset():
-        return None
+    a, b = first.utcoffset(), second.utcoffset()
+    if a is None or b is None or a <= b:  # (in a skipped hour the second offset is larger:
+        return None  # read after a later time, 02:30 was taken an hour early: a QA report)
     return second.timestamp()
 
 

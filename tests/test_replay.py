@@ -440,6 +440,18 @@ def test_a_record_a_minute_late_in_a_repeated_dst_hour_is_not_its_second_pass(tm
     assert stream.second_pass == 2
 
 
+def test_a_time_in_the_hour_a_spring_change_skips_is_no_second_pass(tmp_path):
+    """Found by a QA pass: 02:30 on Berlin's spring change day after 04:00 in the file was
+    read an hour early (00:30 UTC), and said to be "the second pass" of a repeated hour."""
+    p = tmp_path / "berlin.csv"
+    p.write_text("tx_id,ts,card_id,amount\na,2026-03-29 04:00:00,c,1\nb,2026-03-29 02:30:00,c,1\n")
+    mapping = ColumnMapping.model_validate({"timezone": "Europe/Berlin"})
+    stream, out = replay.open_stream(p, mapping=mapping), ListSink()
+    replay.run(Engine(), stream, out, ListSink())
+    assert {d["tx_id"]: d["ts"][11:16] for d in out.items} == {"a": "02:00", "b": "01:30"}
+    assert stream.second_pass == 0  # (02:30 read as 03:30 CEST, as when read alone)
+
+
 def test_the_summary_tells_labels_read_from_labels_the_model_learned():
     """Found by a review: "labels learned" counted every label read, 137 whether or not any
     matched a transaction, and with no model at all."""

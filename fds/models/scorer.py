@@ -91,6 +91,8 @@ THRESHOLD_REFRESH = 20
 RESCORE_INLINE_S = 0.002
 RESCORE_PROBE = 8
 _DAY = 86400.0
+#: Model events logged as warnings (the rest, the model's normal life, as INFO lines).
+_WARN = frozenset({"swap_rejected", "rollback"})
 
 
 def _yield() -> None:
@@ -865,7 +867,10 @@ class ModelServer:
         self.predecessor = self.predecessor_version = None
 
     def _emit(self, kind: str, info: dict[str, Any]) -> None:
-        log.info("model %s %s", kind, " ".join(f'{k}="{v}"' for k, v in info.items()))
+        # a version refused or rolled back is a warning: `fds -q` shows it (a rejected rules
+        # file is an error line; a rejected model was an INFO line only: a QA report)
+        level = logging.WARNING if kind in _WARN else logging.INFO
+        log.log(level, "model %s %s", kind, " ".join(f'{k}="{v}"' for k, v in info.items()))
         m = self.metrics
         if m is not None:
             if kind == "swap":
