@@ -231,7 +231,9 @@ def _replay(args: argparse.Namespace) -> int:
             f"order (each read after one with a later ts) and were replayed sorted by ts"
             + (
                 f"; {stream.late:,} were beyond the reorder buffer "
-                f"({replay_mod.REORDER_BUFFER:,} records) and decided late"
+                f"({replay_mod.REORDER_BUFFER:,} records) and decided after later records (those "
+                f"within the grace period folded in exactly; {summary.late:,} beyond it: "
+                f"`late events` above)"
                 if stream.late
                 else ""
             ),

@@ -169,9 +169,10 @@ def open_stream(
     mapping: ColumnMapping | None = None,
     labels_path: str | Path | None = None,
     tz: tzinfo | None = None,
-    reorder_buffer: int = REORDER_BUFFER,
+    reorder_buffer: int | None = None,
 ) -> ReplayInput:
-    """A lazy, validated, event-time-ordered stream of a historical file (and its labels)."""
+    """A lazy, validated, event-time-ordered stream of a historical file (and its labels);
+    ``reorder_buffer``: records held back to sort (default :data:`REORDER_BUFFER`)."""
     if labels_path is not None and mapping is not None and mapping.label is not None:
         raise ConfigError(  # (both were learned: each fraud twice, at the earlier time: a review)
             f"the mapping's label column ({mapping.label.column!r}) and the labels file "
@@ -187,7 +188,7 @@ def open_stream(
     stream = ReplayInput(iter(()), labels, dlq)
     stream.transactions = _ordered(
         _validated(path, mapping, zone, parse_transaction, dlq, stream),
-        reorder_buffer,
+        REORDER_BUFFER if reorder_buffer is None else reorder_buffer,
         stream,
     )
     return stream

@@ -335,6 +335,24 @@ def test_cli_says_when_input_was_reordered(tmp_path, capsys):
     assert decided == ["t0", "t1"]
 
 
+def test_cli_tells_records_beyond_the_reorder_buffer_from_late_ones(tmp_path, capsys, monkeypatch):
+    """Found by a QA pass: "2 were beyond the reorder buffer and decided late" when one of them
+    was within the grace period (folded in, not flagged) and the summary said 1 late event."""
+    from fds.cli import main
+
+    monkeypatch.setattr(replay, "REORDER_BUFFER", 2)
+    rows = [tx(i, T0 + 3600 + i) for i in range(5)] + [tx(8, T0 + 3600 - 60), tx(9, T0)]
+    p = write_jsonl(tmp_path / "x.jsonl", rows)
+    out = tmp_path / "o.jsonl"
+    args = ["replay", str(p), "--model", "none", "--no-progress"]  # (the features tell late)
+    assert main([*args, "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "2 were beyond the reorder buffer (2 records) and decided after later records" in err
+    assert "1 beyond it" in err
+    flags = {d["tx_id"]: d["flags"] for d in map(orjson.loads, out.read_bytes().splitlines())}
+    assert flags["t9"] == ["late"] and flags["t8"] == []
+
+
 def test_dead_letters_collected_before_a_failure_are_written(tmp_path):
     p = write_jsonl(tmp_path / "x.jsonl", [tx(i, T0 + i) for i in range(5)])
 
