@@ -204,6 +204,22 @@ def test_an_unreadable_label_value_is_a_dead_letter_and_its_transaction_is_decid
     assert ("  of transactions", "0") in s.rows() and ("  of labels", "2") in s.rows()
 
 
+def test_a_label_dated_before_its_transaction_is_learned_right_after_it(tmp_path):
+    """Found by a QA pass: a chargeback dated to the day (00:00, before its transaction) was
+    learned before the transaction existed, matched nothing, and was lost without a word."""
+    p = write_jsonl(tmp_path / "x.jsonl", [tx(i, T0 + 3600 * (i + 1)) for i in range(3)])
+    lp = write_jsonl(tmp_path / "l.jsonl", [
+        {"tx_id": "t1", "ts": T0, "is_fraud": True},  # dated before t1 (and t0)
+        {"tx_id": "t0", "ts": T0 + 3600 * 1.5, "is_fraud": True},  # on time
+        {"tx_id": "nope", "ts": T0 + 1, "is_fraud": True},  # of no transaction
+    ])  # fmt: skip
+    rec = Recorder()
+    s = replay.run(Engine(features=rec), replay.load(p, labels_path=lp), ListSink(), ListSink())
+    assert rec.seen == ["t0", "L:t0", "t1", "L:t1", "t2", "L:nope"]
+    assert s.labels_read == 3 and s.early_labels == 1
+    assert ("  dated before their transaction", "1 (learned after it)") in s.rows()
+
+
 def test_a_label_column_and_a_labels_file_together_are_refused(tmp_path):
     """Both were learned: each fraud twice, at the earlier of its two times (a review)."""
     from fds.errors import ConfigError
