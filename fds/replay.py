@@ -87,6 +87,8 @@ class ReplaySummary:
     labels_read: int = 0  # labels handed to the engine, each at its own ts
     # of them, dated before their own transaction: learned right after it was decided
     early_labels: int = 0
+    # the ruleset versions that decided, in order (more than one: the file was reloaded)
+    ruleset_versions: list[str] = field(default_factory=list)
     labels_learned: int | None = None  # of them, learned by the model (None: not counted)
     actions: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
@@ -154,6 +156,8 @@ class ReplaySummary:
         ]
         if self.demoted:
             rows.append(("demoted to shadow", ", ".join(self.demoted)))
+        if len(self.ruleset_versions) > 1:  # (each decision names its own)
+            rows.append(("rules reloaded", " -> ".join(self.ruleset_versions)))
         if self.interrupted:
             rows.insert(0, ("interrupted", "yes (Ctrl-C or SIGTERM): figures so far"))
         if self.frauds is not None:
@@ -377,6 +381,7 @@ def run(
     paced_from = t0
     actions = s.actions
     counted = seen = 0  # events already reported to metrics; events decided or dead-lettered
+    version: Any = ""  # the ruleset version of the last decision
     with Freezer() as freezer:
         try:
             for i, tx in enumerate(stream.transactions):
@@ -430,6 +435,9 @@ def run(
                 if d is not None:
                     action = d["action"]
                     actions[action] += 1
+                    if d["ruleset_version"] != version:
+                        version = d["ruleset_version"]
+                        s.ruleset_versions.append(str(version))
                     if d["flags"]:
                         s.late += "late" in d["flags"]
                     if tx["tx_id"] in truth:

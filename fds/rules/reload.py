@@ -100,6 +100,11 @@ class ReloadingRuleset:
         #: The policy stage of the ruleset in force (its thresholds follow reloads).
         self.policy = Policy.from_spec(self.current.policy)
         self.applied = self.current  # the ruleset of the last evaluate (the hot path's)
+        # what each version served by this process decided with (a version comes back only
+        # with its own rules)
+        self._served: dict[str | None, dict[str, Any]] = {
+            self.current.version: _deciding(self.current)
+        }
         self._retired: list[Ruleset] = []  # replaced on the hot path since the last drain
         self.metrics = metrics
         if metrics is not None:
@@ -214,6 +219,7 @@ class ReloadingRuleset:
                 why = f"could not be loaded ({describe(e)})"
                 return self._failed(ConfigError(why, where=str(self.path)))
             self.current = new  # the atomic swap: one reference assignment
+            self._served[new.version] = _deciding(new)
             self.last_error = None
             self.counts["ok"] += 1
             log.info('rules reloaded path="%s" version="%s"', self.path, new.version)
@@ -238,11 +244,16 @@ class ReloadingRuleset:
     def _check_version(self, new: Ruleset) -> None:
         # Decisions record the ruleset that made them (ruleset_version): two different rulesets
         # under one version made that record ambiguous (a review). An edit of comments, layout
-        # or inline tests only leaves the rules as they were and needs no new version.
-        if new.version == self.current.version and _deciding(new) != _deciding(self.current):
+        # or inline tests only leaves the rules as they were and needs no new version. A
+        # version served earlier comes back only with its rules (v1 -> v2 -> other rules named
+        # v1 was taken: a QA pass).
+        served = self._served.get(new.version)
+        if served is not None and _deciding(new) != served:
+            again = new.version != self.current.version
             raise ConfigError(
-                f"the rules changed but the version did not ({new.version!r}): give the file a "
-                "new version, which decisions record as ruleset_version",
+                f"the rules changed but the version did not ({new.version!r}"
+                + (", which named other rules earlier in this run" if again else "")
+                + "): give the file a new version, which decisions record as ruleset_version",
                 where=new.where("version"),
             )
 

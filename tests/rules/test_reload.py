@@ -115,6 +115,7 @@ def test_hot_reload_under_a_running_replay(tmp_path: Path) -> None:
     assert summary.decided == 300 and not dlq.records  # no event failed
     versions = [d["ruleset_version"] for d in sink.records]
     assert versions == ["v1"] * 200 + ["v3"] * 100  # broken v2 never served
+    assert ("rules reloaded", "v1 -> v3") in summary.rows()  # (a QA pass: it said nothing)
     # v1 fires on 150 > 100; v3 (> 200) does not: each event decided by one whole ruleset.
     assert {d["action"] for d in sink.records[:200]} == {"review"}
     assert {d["action"] for d in sink.records[200:]} == {"approve"}
@@ -318,6 +319,12 @@ def test_changed_rules_under_the_same_version_are_rejected(tmp_path: Path) -> No
     assert rs.check_now() == "ok" and len(rs.current.rules[0].spec.tests) == 2
     write(p, rules("v2", 200))
     assert rs.check_now() == "ok" and rs.current.version == "v2"
+    # back to v1 with other rules than v1 had (a QA pass: only the version in force was checked)
+    write(p, rules("v1", 300))
+    assert rs.check_now() == "rejected" and rs.current.version == "v2"
+    assert "('v1', which named other rules earlier in this run)" in str(rs.last_error)
+    write(p, rules("v1", 100))  # v1 as it was: a rollback
+    assert rs.check_now() == "ok" and rs.current.version == "v1"
 
 
 def test_features_in_another_order_are_the_same_features(tmp_path: Path) -> None:
