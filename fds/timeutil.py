@@ -55,6 +55,8 @@ def parse_ts(value: object, default_tz: tzinfo = UTC) -> float:
     (1700000000.0, 1700000000.0, 1700000000.5)
     >>> parse_ts("2023-11-14T22:13:20Z"), parse_ts("2023-11-15T07:13:20+09:00")
     (1700000000.0, 1700000000.0)
+    >>> parse_ts("2023-11-14t22:13:20z")  # RFC 3339 allows lowercase
+    1700000000.0
     >>> parse_ts(datetime(2023, 11, 14, 22, 13, 20))
     1700000000.0
 
@@ -84,7 +86,8 @@ def parse_ts(value: object, default_tz: tzinfo = UTC) -> float:
             v = float(s)
         except ValueError:
             try:
-                dt = datetime.fromisoformat(s)
+                # (RFC 3339 allows a lowercase t and z, Python 3.11 does not: a QA pass)
+                dt = datetime.fromisoformat(s.upper())
             except ValueError:
                 raise ValueError(
                     f"timestamp {value!r} is neither ISO 8601 nor epoch seconds/milliseconds"
