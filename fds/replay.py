@@ -11,6 +11,7 @@ own timestamp has passed, exactly as it would be in production.
 from __future__ import annotations
 
 import heapq
+import logging
 import re
 import time
 from collections import Counter, deque
@@ -25,7 +26,7 @@ from fds.errors import ConfigError, StageError, ValidationError
 from fds.gcpolicy import Freezer
 from fds.schema import dead_letter, parse_label, parse_transaction
 from fds.streams.files import ColumnMapping, read_records
-from fds.timeutil import FileClock, get_zone
+from fds.timeutil import FileClock, format_ts, get_zone
 
 __all__ = ["ReplayInput", "ReplaySummary", "load", "run"]
 
@@ -35,6 +36,21 @@ DEAD_BATCH = 1_000  # dead letters the reader collects before the replay writes 
 # Records held to put a slightly disordered file back in event-time order: ~100 MB of dicts,
 # enough for exports merged from several shards; disorder beyond it is counted, not hidden.
 REORDER_BUFFER = 100_000
+#: A paced replay that waits longer than this for its next event says so.
+LONG_WAIT_S = 60.0
+
+log = logging.getLogger("fds.replay")
+
+
+def _span(seconds: float) -> str:
+    """A duration for people: ``90 s``, ``2.5 h``, ``36.5 days``."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h" if seconds < 172800 else f"{seconds / 86400:.1f} days"
+
+
 _READ_STAGES = ("parse", "validate")
 
 
@@ -406,6 +422,13 @@ def run(
                         first_ts, paced_from = ts, time.perf_counter()  # reorder buffer filled
                     ahead = (ts - first_ts) / speed - (time.perf_counter() - paced_from)
                     if ahead > 0:
+                        if ahead > LONG_WAIT_S:  # (a date mistyped years ahead waited without
+                            log.warning(  # a word, a QA pass)
+                                "paced replay: transaction %s at %s is %s of event time ahead; "
+                                "waiting %s at --speed %g (Ctrl-C stops)",
+                                tx["tx_id"], format_ts(ts), _span(ahead * speed),
+                                _span(ahead), speed,
+                            )  # fmt: skip
                         sleep(ahead)
                         if bar is not None:  # paced: the bar moves with the events
                             bar.update(i - bar.n)

@@ -284,6 +284,21 @@ def test_speed_paces_by_event_time(tmp_path):
     assert slept == pytest.approx([1.0, 2.0, 3.0], abs=0.2)
 
 
+def test_a_long_wait_of_a_paced_replay_is_said(tmp_path, caplog):
+    """Found by a QA pass: one date mistyped ten years ahead made `--speed 100` sleep 36 days
+    without a word."""
+    p = write_jsonl(tmp_path / "x.jsonl", [tx(0, T0), tx(1, T0 + 60), tx(2, T0 + 86400 * 3650)])
+    slept: list[float] = []
+    with caplog.at_level("WARNING", logger="fds.replay"):
+        replay.run(Engine(), replay.load(p), ListSink(), ListSink(), speed=100.0,
+                   sleep=slept.append)  # fmt: skip
+    assert len(caplog.records) == 1  # (not for the minute ahead)
+    assert "transaction t2 at 2035-12-30T00:00:00.000+00:00 is 3650.0 days of event time" in (
+        caplog.text
+    )
+    assert "waiting 36.5 days at --speed 100 (Ctrl-C stops)" in caplog.text
+
+
 def test_speed_paces_from_the_first_event_not_from_the_start(tmp_path):
     """Before, the clock started before the reorder buffer had filled (100,000 records read
     first): the events of that time were decided at once, unpaced."""
