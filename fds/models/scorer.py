@@ -1090,12 +1090,20 @@ class ModelServer:
 
         def loop() -> None:
             seen = None
+            said = None  # the failure logged last: each is logged once, not at every poll
+            had = reg.stamp() != (0, 0)  # a manifest when last looked at
             while not self._stop.wait(every):
                 if self._pending is not None or self._writing():
                     continue  # the hot path has not taken the last one yet, or see _record
                 stamp = reg.stamp()  # one stat(); the manifest is read only when it changed
                 if stamp == seen:
                     continue
+                if had and stamp == (0, 0):  # (it said nothing: a QA pass)
+                    log.warning(
+                        "model registry %s: manifest.json is gone; still serving %s",
+                        reg.path, self.version,
+                    )  # fmt: skip
+                had = stamp != (0, 0)
                 try:
                     swaps = self._swaps
                     self.poll()
@@ -1103,8 +1111,11 @@ class ModelServer:
                     # verdict may never change the manifest), looks again without a change
                     again = self._retry_pending() or swaps != self._swaps
                     seen = stamp if not again else None
+                    said = None
                 except Exception as e:
-                    log.warning("model registry poll failed error=%s", e)
+                    if str(e) != said:  # (an invalid manifest was logged every second)
+                        log.warning("model registry poll failed error=%s", e)
+                        said = str(e)
 
         self._watch = threading.Thread(target=loop, name="fds-model-watch", daemon=True)
         self._watch.start()

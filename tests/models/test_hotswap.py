@@ -320,3 +320,35 @@ def test_an_empty_registry_is_said_at_start(tmp_path: Path, caplog) -> None:
         srv = build_model_stage("default", registry=tmp_path / "typo", watch=True)
         srv.close()
     assert "no model version in registry" in caplog.text and "typo" in caplog.text
+
+
+def test_registry_problems_are_logged_once_each(tmp_path: Path, caplog) -> None:
+    """Found by a QA pass: an invalid manifest was logged at every poll (each second), a
+    deleted one not at all."""
+    import time
+
+    reg = Registry(tmp_path)
+    reg.promote(reg.publish(FeatureModel("amount"), spec={"name": "t"})["version"])
+    srv = ModelServer(load_spec("default"), registry=reg, learn=False)
+    srv.load_champion()
+    manifest = tmp_path / "manifest.json"
+
+    def polls(n: int) -> None:  # the watcher's polls, n of them at least
+        for _ in range(n):
+            before = reg.stamp()
+            time.sleep(0.03)
+            assert reg.stamp() == before  # (nothing else touches it)
+
+    with caplog.at_level("WARNING", logger="fds.models"):
+        srv.start_watch(every=0.005)
+        try:
+            manifest.write_text("{not json")
+            polls(5)
+            manifest.unlink()
+            polls(5)
+        finally:
+            srv.stop_watch()
+    said = [r.getMessage() for r in caplog.records]
+    assert sum("manifest is not valid JSON" in m for m in said) == 1, said
+    assert sum("manifest.json is gone; still serving v000001" in m for m in said) == 1, said
+    assert srv.version == "v000001"
