@@ -240,6 +240,17 @@ class IdleTimer:
         return now - self.since > self.limit
 
 
+def add_max_idle_argument(p: argparse.ArgumentParser) -> None:
+    """``--max-idle`` (:class:`IdleTimer`) of ``fds run`` and ``fds train``."""
+    p.add_argument(
+        "--max-idle",
+        type=float,
+        default=None,
+        help="exit after this many seconds without input, counted from the first partitions "
+        "assigned (for tests and demos; default: run until stopped)",
+    )
+
+
 class BrokerUnavailable(FdsError):
     """The broker could not be reached for longer than ``broker_timeout_s``."""
 
@@ -2264,13 +2275,7 @@ def register_run(subparsers: argparse._SubParsersAction) -> None:
         "env FDS_LABELS_TOPIC)",
     )  # fmt: skip
     add_metrics_arguments(p, 9108)
-    p.add_argument(
-        "--max-idle",
-        type=float,
-        default=None,
-        help="exit after this many seconds without input, counted from the first partitions "
-        "assigned (for tests and demos; default: run until stopped)",
-    )
+    add_max_idle_argument(p)
     p.set_defaults(func=_cmd_run)
 
 

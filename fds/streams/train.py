@@ -69,6 +69,7 @@ from fds.streams.kafka import (
     IdleTimer,
     KafkaSettings,
     _add_settings_flags,
+    add_max_idle_argument,
     check_not_ahead,
     load_settings,
     unreachable,
@@ -613,13 +614,7 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
         "--models-topic", default="models", help="announce versions here ('none': do not)"
     )
     add_metrics_arguments(p, 9109)
-    p.add_argument(
-        "--max-idle",
-        type=float,
-        default=None,
-        help="exit after this many seconds without input, counted from the first partitions "
-        "assigned (for tests and demos; default: run until stopped)",
-    )
+    add_max_idle_argument(p)
     p.set_defaults(func=_cmd_train)
 
 

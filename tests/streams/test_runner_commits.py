@@ -21,6 +21,7 @@ from fds.schema import parse_transaction
 from fds.streams.align import Aligner
 from fds.streams.checkpoint import Checkpointer
 from fds.streams.kafka import KafkaSettings, Runner, _event_time
+from tests.streams.test_label_feed import plan as merchant_plan
 
 Record = namedtuple("Record", "topic partition offset timestamp key value")
 TP = TopicPartition("transactions", 0)
@@ -1247,8 +1248,6 @@ def test_a_label_of_an_aborted_transaction_waits_for_it_to_be_decided_again(tmp_
     transactions unknown and counted their labels unmatched, lost for good."""
     import orjson
 
-    from fds.features import FeaturePlan
-    from fds.rules.ruleset import FeatureSpec
     from fds.streams.label_feed import LabelFeed
     from tests.streams.test_label_feed import FakeConsumer, Rec
 
@@ -1264,14 +1263,8 @@ def test_a_label_of_an_aborted_transaction_waits_for_it_to_be_decided_again(tmp_
             out.append((TP, Record("transactions", 0, i, (t0 + i) * 1000, b"c1", b"{}"), tx))
         return out
 
-    spec = FeatureSpec(name="m_frauds", entity="merchant_id", agg="fraud_count", window="7d")
-    plan = FeaturePlan([spec], timezone="UTC")
-    r = Runner(
-        KafkaSettings(exactly_once=True, checkpoint_in_background=False),
-        Engine(features=plan),
-        checkpointer=Checkpointer(tmp_path),
-    )
-    r.consumer, r.producer = SeekingConsumer(), TxProducer()
+    plan = merchant_plan()
+    r = eos_runner(tmp_path, plan)
     # t4's label was produced half a second after t4, before t5 (the batch's newest record)
     body = orjson.dumps({"tx_id": "t4", "ts": t0 + 4, "is_fraud": True})
     r.labels = LabelFeed(FakeConsumer([Rec("labels", 0, 0, (t0 + 4) * 1000 + 500, body)]),
@@ -1364,6 +1357,17 @@ def test_records_a_restore_left_to_fold_are_folded_with_no_output_and_no_commit(
     assert r._positions == {0: 8} and r.checkpoint(force=True)
 
 
+def eos_runner(tmp_path: Any, plan: Any) -> Runner:
+    """An exactly-once runner over ``plan`` with a checkpoint to go back to."""
+    r = Runner(
+        KafkaSettings(exactly_once=True, checkpoint_in_background=False),
+        Engine(features=plan),
+        checkpointer=Checkpointer(tmp_path),
+    )
+    r.consumer, r.producer = SeekingConsumer(), TxProducer()
+    return r
+
+
 def bad_label() -> Record:
     return Record("labels", 0, 0, int(time.time() * 1000) - 800, None, b"{not json")
 
@@ -1371,8 +1375,6 @@ def bad_label() -> Record:
 def test_a_bad_label_read_while_the_input_is_idle_is_dead_lettered_then():
     """Left by a QA pass: its dead letter waited for the next transaction, hours on a quiet
     input, and was lost if fds run stopped first."""
-    from fds.features import FeaturePlan
-    from fds.rules.ruleset import FeatureSpec
     from fds.streams.label_feed import LabelFeed
     from tests.streams.test_label_feed import FakeConsumer
 
@@ -1380,8 +1382,7 @@ def test_a_bad_label_read_while_the_input_is_idle_is_dead_lettered_then():
         def poll(self, timeout_ms: int, max_records: int) -> dict:
             return {}
 
-    spec = FeatureSpec(name="m_frauds", entity="merchant_id", agg="fraud_count", window="7d")
-    plan = FeaturePlan([spec], timezone="UTC")
+    plan = merchant_plan()
     r = Runner(KafkaSettings(align_wait_s=0), Engine(features=plan))
     r.consumer, r.producer = Idle(), Producer()
     r.aligner = Aligner(r.consumer, r._event_time, max_wait_s=0)
@@ -1397,19 +1398,11 @@ def test_a_bad_label_s_dead_letter_in_an_aborted_transaction_is_sent_again(tmp_p
     """Exactly-once: a bad label's dead letter goes in a batch's transaction; when the group
     refused that batch's offsets, the transaction was aborted and the dead letter lost (the
     labels re-read does not queue a bad label again)."""
-    from fds.features import FeaturePlan
-    from fds.rules.ruleset import FeatureSpec
     from fds.streams.label_feed import LabelFeed
     from tests.streams.test_label_feed import FakeConsumer
 
-    spec = FeatureSpec(name="m_frauds", entity="merchant_id", agg="fraud_count", window="7d")
-    plan = FeaturePlan([spec], timezone="UTC")
-    r = Runner(
-        KafkaSettings(exactly_once=True, checkpoint_in_background=False),
-        Engine(features=plan),
-        checkpointer=Checkpointer(tmp_path),
-    )
-    r.consumer, r.producer = SeekingConsumer(), TxProducer()
+    plan = merchant_plan()
+    r = eos_runner(tmp_path, plan)
     r._process(batch(0))  # a checkpoint to go back to
     r.labels = LabelFeed(FakeConsumer([bad_label()]), "labels", plan)
     r.labels.rewind(input_ms=math.inf)
