@@ -863,10 +863,12 @@ def _cmd_precision(args: argparse.Namespace) -> int:
     if drift is not None and drift < 0:
         drift = None
     try:
-        if args.input and not args.mapping:
-            from fds.streams.files import check_transaction_columns
+        if args.input:
+            from fds.streams.files import check_transaction_columns, load_mapping
 
-            check_transaction_columns(args.input)
+            check_transaction_columns(
+                args.input, load_mapping(args.mapping) if args.mapping else None
+            )
         run_precision(
             days=args.days or 60,
             cards=args.cards or 10_000,

@@ -200,21 +200,23 @@ def _replay(args: argparse.Namespace) -> int:
               file=sys.stderr)  # fmt: skip
         return 2
     mapping = load_mapping(args.mapping) if args.mapping else None
-    if mapping is None:
-        check_transaction_columns(args.file)
+    check_transaction_columns(args.file, mapping)
     metrics = Metrics()
     engine = build_engine(args.rules, args.model, metrics=metrics, watch=True)
-    stream = replay_mod.open_stream(args.file, mapping=mapping, labels_path=args.labels)
-    for old in (args.out, dlq_path):  # a previous run's output would pass for this one's
-        if old is not None and old.is_file():  # (when nothing is decided or dead-lettered)
-            old.unlink()
     with contextlib.ExitStack() as stack:
-        sink = stack.enter_context(JsonlSink(args.out))
-        dlq = stack.enter_context(JsonlSink(dlq_path))
+        stack.callback(engine.close)
+        stream = replay_mod.open_stream(args.file, mapping=mapping, labels_path=args.labels)
         if args.metrics_port >= 0:
             server = stack.enter_context(serve(metrics, args.metrics_host, args.metrics_port))
             print(f"metrics: {server.url}", file=sys.stderr)
-        stack.callback(engine.close)
+        # Only now, every usage error said (a port in use removed the last run's decisions: a
+        # QA pass): a previous run's output would pass for this one's (when nothing is decided
+        # or dead-lettered)
+        for old in (args.out, dlq_path):
+            if old is not None and old.is_file():
+                old.unlink()
+        sink = stack.enter_context(JsonlSink(args.out))
+        dlq = stack.enter_context(JsonlSink(dlq_path))
         summary = replay_mod.run(
             engine,
             stream,

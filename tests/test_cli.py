@@ -68,6 +68,50 @@ def test_unknown_column_in_mapping(history, tmp_path, capsys):
     assert "['TRANSACTION_ID'] named in the mapping are not in the file" in capsys.readouterr().err
 
 
+def test_a_usage_error_leaves_the_previous_run_s_output_alone(history, tmp_path, capsys):
+    """Found by a QA pass: a metrics port in use, or a mapped column missing from the file,
+    was said (exit 2) after the previous run's decisions and dead letters were removed or
+    emptied (600,000 decisions lost)."""
+    import socket
+
+    out, dlq = tmp_path / "d.jsonl", tmp_path / "d.dlq.jsonl"
+    out.write_text("keep\n")
+    dlq.write_text("keep too\n")
+    m = tmp_path / "m.yaml"
+    m.write_text("fields: {ts: TX_DATE}\n")
+    assert bare_replay(str(history), "--mapping", str(m), "--out", str(out)) == 2
+    assert "['TX_DATE'] named in the mapping are not in the file" in capsys.readouterr().err
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        assert bare_replay(str(history), "--metrics-port", port, "--out", str(out)) == 2
+    assert "cannot serve metrics" in capsys.readouterr().err
+    assert out.read_text() == "keep\n" and dlq.read_text() == "keep too\n"
+
+
+def test_a_mapping_s_format_contradicted_by_the_file_name_is_said(history, tmp_path, capsys):
+    """A Parquet file read with a `format: csv` mapping was told to "save the file as UTF-8"."""
+    m = tmp_path / "m.yaml"
+    m.write_text("format: csv\n")
+    assert bare_replay(str(history), "--mapping", str(m)) == 2
+    err = capsys.readouterr().err
+    assert f"the mapping says `format: csv` but {history} is named like a jsonl file" in err
+
+
+def test_parquet_with_foreign_columns_is_refused_up_front(tmp_path, capsys):
+    """Every row was a dead letter (exit 1) where CSV and JSON Lines are refused (exit 2)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "f.parquet"
+    pq.write_table(pa.table({"TID": ["t1"], "WHEN": [T0], "CARD": ["c"], "AMT": [5.0]}), path)
+    assert bare_replay(str(path), "--out", str(tmp_path / "o.jsonl")) == 2
+    assert "required engine field(s) ['amount', 'card_id', 'ts', 'tx_id']" in (
+        capsys.readouterr().err
+    )
+
+
 def test_bad_argument_says_what_and_how(capsys):
     with pytest.raises(SystemExit) as e:
         main(["replay"])

@@ -167,8 +167,8 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
         from fds.streams.simulator import labels_beside
 
         labels = labels_beside(args.file)
-    if mapping is None:  # (missing columns, another encoding: said as fds replay says it)
-        check_transaction_columns(args.file)
+    # (missing columns, another encoding: said as fds replay says it)
+    check_transaction_columns(args.file, mapping)
     stream = load(args.file, mapping=mapping, labels_path=labels)
     # (a label's dead letter: its transaction is in the backtest, not its label)
     reasons = Counter(reason_of(d) for d in stream.dead_letters if d["stage"] != "label")

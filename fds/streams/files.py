@@ -327,31 +327,53 @@ def open_text(
     return open(path, mode, encoding=enc, errors=err)
 
 
-def check_transaction_columns(path: str | os.PathLike[str]) -> None:
-    """A CSV file of transactions read without a mapping must name the required fields in its
-    header, and a JSON Lines file hold them in one of its first ``JSONL_PROBE`` objects (every
-    record would be a dead letter otherwise): a :class:`ConfigError` saying which are missing
-    and that a ``--mapping`` maps them. Parquet is not checked here."""
-    if not Path(path).is_file():
+def check_transaction_columns(
+    path: str | os.PathLike[str], mapping: ColumnMapping | None = None
+) -> None:
+    """Check, before anything is decided or written, that ``path`` holds transactions as
+    ``mapping`` (``None``: none, the file's own names) reads them: a CSV's header, a JSON Lines
+    file's first ``JSONL_PROBE`` objects, a Parquet file's schema must have the mapped columns
+    and the required fields (every record would be a dead letter otherwise; a replay had
+    removed the previous run's output by the time a mapped column was found missing: a QA
+    pass). A :class:`ConfigError` says what is missing and how to fix it; a file that cannot be
+    read at all is reported where it is read. A mapping's ``format:`` that the file's name
+    contradicts is refused too (a Parquet file read as CSV was told to save it as UTF-8)."""
+    p = Path(path)
+    if not p.is_file():
         return  # (a missing file is reported where it is read)
-    fmt = infer_format(path)
+    m = mapping if mapping is not None else ColumnMapping()
+    try:
+        named = infer_format(p)
+    except ConfigError:
+        named = None
+    if m.format is not None and named is not None and named != m.format:
+        raise ConfigError(
+            f"the mapping says `format: {m.format}` but {p} is named like a {named} file: drop "
+            "`format:` from the mapping (the file name tells the format) or rename the file"
+        )
+    fmt = m.format or named
     if fmt == "jsonl":  # as a mapping's columns are looked for (it read every record before)
-        records = _jsonl_records(Path(path))
+        records = _jsonl_records(p)
         try:
-            _probe(records, ColumnMapping(), Path(path))
+            _probe(records, m, p)
         finally:
             records.close()
-        return
-    if fmt != "csv":
-        return
-    try:
-        with open_text(path, errors="replace") as f:
-            header = next(csv.reader(f), None)
-    except _FAULTS:  # (not gzip, say: reading it ends in one dead letter naming the line)
-        return
-    if header:
-        ColumnMapping().check_columns([c.removeprefix("\ufeff") for c in header],
-                                      where=f"{path}:1")  # fmt: skip
+    elif fmt == "parquet":
+        try:
+            import pyarrow.parquet as pq
+
+            names = pq.read_schema(p).names
+        except Exception:  # (not installed, not Parquet: said where it is read)
+            return
+        m.check_columns(names, where=str(p))
+    elif fmt == "csv":
+        try:
+            with open_text(p, encoding="utf-8-sig", errors="replace") as f:
+                header = next(csv.reader(f, skipinitialspace=True), None)
+        except _FAULTS:  # (not gzip, say: reading it ends in one dead letter naming the line)
+            return
+        if header and "\ufffd" not in "".join(header):  # (not UTF-8: the reader says so)
+            m.check_columns([c.strip() for c in header], where=f"{p}:1")
 
 
 def read_records(

@@ -2021,9 +2021,11 @@ def produce_file(
     """
     if not Path(path).is_file():
         raise ConfigError(f"input file not found: {path}; give a JSONL or CSV file")
-    if mapping is None and (topic or settings.input_topic) == settings.input_topic:
+    if (topic or settings.input_topic) == settings.input_topic:
         # transactions with other column names: every one was sent, for fds run to dead-letter
-        check_transaction_columns(path)  # (without a key: a review) -- as fds replay refuses
+        # (without a key: a review), as fds replay refuses; with a mapping, checked before
+        # connecting (a QA pass)
+        check_transaction_columns(path, mapping)
     records = read_records(path, mapping=mapping)
     zone = get_zone(mapping.timezone) if mapping is not None else None
     label = mapping.label if mapping is not None else None
