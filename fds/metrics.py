@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import socket
 import threading
 from bisect import bisect_left
@@ -907,18 +908,25 @@ def serve(metrics: Metrics, host: str = "127.0.0.1", port: int = 9108) -> Metric
     """
     try:
         server, thread = start_http_server(port, addr=host, registry=metrics.registry)
-    except socket.gaierror as e:  # (it was told as a port problem: a review)
+    except (socket.gaierror, OSError) as e:  # (told as a port problem: a review, a QA pass)
+        if not isinstance(e, socket.gaierror) and e.errno != errno.EADDRNOTAVAIL:
+            raise _port_problem(host, port, e) from e
         raise ConfigError(
             f"cannot serve metrics on {host}:{port}: {e.strerror or e}; give an address of this "
             "machine (--metrics-host, e.g. 127.0.0.1 or 0.0.0.0)"
         ) from e
-    except (OSError, OverflowError) as e:  # in use, not ours to bind, or not a port number
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        raise ConfigError(
-            f"cannot serve metrics on {host}:{port}: {reason}; choose another port "
-            "(--metrics-port, 0-65535) or stop what is using it"
-        ) from e
+    except OverflowError as e:  # not a port number
+        raise _port_problem(host, port, e) from e
     return MetricsServer(host=host, port=server.server_port, _server=server, _thread=thread)
+
+
+def _port_problem(host: str, port: int, e: BaseException) -> ConfigError:
+    """A port in use, not ours to bind, or not a port number."""
+    reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+    return ConfigError(
+        f"cannot serve metrics on {host}:{port}: {reason}; choose another port "
+        "(--metrics-port, 0-65535) or stop what is using it"
+    )
 
 
 def _metrics_port(text: str) -> int:

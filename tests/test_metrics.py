@@ -298,6 +298,9 @@ def test_a_metrics_address_or_port_that_cannot_work_says_so(capsys) -> None:
 
     with pytest.raises(ConfigError, match=r"nosuchhost\.invalid:0: .*give an address of this"):
         serve(Metrics(), "nosuchhost.invalid", 0)
+    # an address, but not this machine's (TEST-NET-1): no port problem either (a QA pass)
+    with pytest.raises(ConfigError, match=r"192\.0\.2\.1:0: .*give an address of this"):
+        serve(Metrics(), "192.0.2.1", 0)
     parser = argparse.ArgumentParser()
     add_metrics_arguments(parser, -1)
     assert parser.parse_args(["--metrics-port", "-1"]).metrics_port == -1
