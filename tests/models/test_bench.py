@@ -222,6 +222,12 @@ def test_a_baseline_near_zero_measures_nothing() -> None:
     assert rows[0][1].startswith("n/a (") and rows[0][2] is None
     recovery = next((m, ok) for t, m, ok in rows if t.startswith("adaptive back to"))
     assert recovery[1] is None and "not measurable" in recovery[0]
+    # nor the table's ratios (17.75x against 0.006 beside an n/a target: a QA pass)
+    for v in res.summary:
+        res.summary[v] |= {"card_precision_at_k": 0.0, "recall_at_k": 0.0, "average_precision": 0.0}
+    assert [ln.rsplit("|", 2)[1].strip() for ln in res.table().splitlines()[2:]] == ["n/a"] * len(
+        res.summary
+    )
 
 
 def test_the_drift_needs_an_evaluated_day_before_it(tmp_path: Path) -> None:
