@@ -775,10 +775,7 @@ def _report(res: PrecisionResult, plot: Path) -> str:
         "|---|" + "---|" * len(VARIANTS),
         *(
             f"| {kk} | "
-            + " | ".join(
-                f"{row[v]:.3f} ({_ratio(row[v], row['rules'])})"
-                for v in VARIANTS
-            )
+            + " | ".join(f"{row[v]:.3f} ({_ratio(row[v], row['rules'])})" for v in VARIANTS)
             + " |"
             for kk, row in res.sweep.items()
         ),

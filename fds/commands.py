@@ -275,14 +275,15 @@ def _replay(args: argparse.Namespace) -> int:
         print(f"fds replay: error: {args.file} holds no transactions", file=sys.stderr)
         return 1
     if not summary.decided and summary.dead_letters > summary.label_dead_letters:
-        dates = (
-            ", and give timestamps as ISO 8601 or epoch seconds: convert other formats "
-            "(day-first 01/03/2026 08:04) first"
-            if "timestamp" in (summary.top_reason or "")
-            else ""
-        )
         top = summary.top_reason or ""
         stage = top.split(":", 1)[0]
+        dated = "timestamp" in top  # (the columns are right: "map its columns" misled, a QA)
+        dates = (
+            "give timestamps as ISO 8601 or epoch seconds: convert other formats "
+            "(day-first 01/03/2026 08:04) first"
+            if dated
+            else ""
+        )
         guard = ", e.g. guard a rule that raises: `avg > 0 and amount / avg > 3`"
         check = (
             "fds reads JSON Lines (one object per line) and CSV in UTF-8: convert the file"
@@ -292,11 +293,14 @@ def _replay(args: argparse.Namespace) -> int:
             if stage != "validate"
             else "check the file against --mapping (fields, timezone)"
             if args.mapping
+            else ""
+            if dated
             else "map its columns with --mapping"
         )
+        hint = ", and ".join(h for h in (check, dates) if h)
         print(
             f"fds replay: error: no transaction could be decided, every one was dead-lettered "
-            f"(most often {top}); {check}{dates}; the dead letters are in {dlq_path}",
+            f"(most often {top}); {hint}; the dead letters are in {dlq_path}",
             file=sys.stderr,
         )
         return 1

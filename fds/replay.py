@@ -495,7 +495,9 @@ def run(
         reason, n = tally.reasons.most_common(1)[0]
         shown = tally.examples[reason]  # its values, once
         s.top_reason = (
-            f"{reason} ({n:,}; first: {shown})" if shown not in reason else (f"{reason} ({n:,})")
+            f"{reason} ({n:,} records; the first: {shown})"
+            if shown not in reason
+            else f"{reason} ({n:,} records)"
         )
     unreadable = tally.unreadable
     s.transactions = seen + unreadable

@@ -214,9 +214,14 @@ def test_a_replay_that_decides_nothing_fails_and_says_why(tmp_path, capsys):
     assert bare_replay(str(day_first), "--out", str(tmp_path / "o.jsonl")) == 1
     err = capsys.readouterr().err
     assert "no transaction could be decided" in err
-    assert "validate: ts: timestamp '...' is neither ISO 8601" in err and "(2; first: " in err
+    assert "validate: ts: timestamp '...' is neither ISO 8601" in err
+    assert "(2 records; the first: " in err
     assert "timestamp '01/03/2026 08:00:00'" in err and "convert other formats" in err
-    assert "map its columns with --mapping" in err  # (it named a --mapping none was given)
+    assert "--mapping" not in err  # the columns are right (a QA pass: "map its columns")
+    foreign = tmp_path / "f.jsonl"  # the columns are wrong: a mapping is the fix
+    foreign.write_text('{"tx_id": "a", "ts": 1, "card_id": "c", "amount": -1}\n')
+    assert bare_replay(str(foreign), "--out", str(tmp_path / "o.jsonl")) == 1
+    assert "map its columns with --mapping" in capsys.readouterr().err
     raising = tmp_path / "r.yaml"  # a rule raising on every transaction: not a mapping matter
     raising.write_text('version: "1"\nrules:\n  - {id: r, when: amount / (amount - amount) > 1, '
                        'action: review, score: 0.5, reason: r}\n')  # fmt: skip
