@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from fds.cli import folder, positive_int, seed
+from fds.cli import drift_day, folder, positive_int, seed
 
 __all__ = ["PrecisionResult", "register", "run_precision"]
 
@@ -817,9 +817,9 @@ def register(subparsers: Any) -> None:
     pp.add_argument("--seed", type=seed, default=7)
     pp.add_argument(
         "--drift-day",
-        type=int,
+        type=lambda text: -1 if (d := drift_day(text)) is None else d,  # (-1: no drift)
         help=f"day the fraud pattern changes (default {SIM_DRIFT_DAY} on the simulator, none "
-        "with --input); -1: no drift",
+        "with --input); 'none' or -1: no drift",
     )
     pp.add_argument("--warmup-days", type=int, default=14)
     pp.add_argument(

@@ -200,6 +200,18 @@ def seed(text: str) -> int:
     return _whole(text, 0, "seed", "a seed is a whole number >= 0")
 
 
+#: How ``--drift-day`` says "no drift" (``fds simulate``, ``fds bench precision``).
+NO_DRIFT = frozenset({"none", "off", "no", "-1"})
+
+
+def drift_day(text: str) -> int | None:
+    """argparse type: a day number >= 0, or ``None`` for no drift (``none``, or -1 as the
+    benchmark took it: the two commands refused each other's spelling, a QA pass)."""
+    if text.strip().lower() in NO_DRIFT:
+        return None
+    return _whole(text, 0, "day", "a day is >= 0 (or 'none' for no drift)")
+
+
 def folder(text: str) -> Path:
     """argparse type: a folder to write into (made when missing), not an existing file."""
     path = Path(text)

@@ -511,3 +511,17 @@ def test_the_console_script_freezes_what_it_held_before_the_process_exits(tmp_pa
     monkeypatch.setattr(sys, "argv", ["fds", "replay", missing, "--rules", "none"])
     assert main() == 2  # the console script's call (a failing command too)
     assert freezes == [1]
+
+
+@pytest.mark.parametrize("spelling", ["none", "-1", "None"])
+def test_no_drift_is_spelt_alike_by_simulate_and_the_benchmark(spelling):
+    """`fds simulate` took `none` and refused -1, `fds bench precision` the reverse (a QA)."""
+    from fds.cli import build_parser
+
+    parser = build_parser()
+    sim = ["simulate", "--out", "x.jsonl", "--drift-day"]
+    assert parser.parse_args([*sim, spelling]).drift_day is None
+    bench = parser.parse_args(["bench", "precision", "--drift-day", spelling])
+    assert bench.drift_day == -1  # (-1: no drift; not given: the simulator's default day)
+    assert parser.parse_args(["bench", "precision"]).drift_day is None
+    assert parser.parse_args([*sim, "12"]).drift_day == 12

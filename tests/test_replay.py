@@ -65,7 +65,9 @@ def test_dead_letters_are_written_and_counted_not_kept(tmp_path):
                    on_event=lambda i: kept.append(len(stream.dead_letters)))  # fmt: skip
     assert len(dlq.items) == s.dead_letters == 2_501 and s.decided == 1
     assert s.transactions == 2_502 and stream.dead_letters == [] and max(kept) <= 1_000
-    assert s.top_reason == "validate: amount: Input should be greater than 0 (got -1) (2,500 records)"
+    assert s.top_reason == (
+        "validate: amount: Input should be greater than 0 (got -1) (2,500 records)"
+    )
 
 
 def test_dead_letters_of_a_failing_stage_are_written_as_they_come():

@@ -14,7 +14,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from fds.cli import positive_int, seed
+from fds.cli import drift_day, positive_int, seed
 from fds.errors import ConfigError
 from fds.streams.simulator import Simulation, check_out, labels_path, simulate, summarize, write
 from fds.timeutil import format_ts, get_zone, parse_ts
@@ -29,20 +29,12 @@ _MIDDLE = "middle"
 
 def _drift(text: str) -> int | str | None:
     """``--drift-day``: a day number, ``middle``, or ``none`` for a stream without drift."""
-    t = text.strip().lower()
-    if t in ("none", "off", "no"):
-        return None
-    if t == _MIDDLE:
+    if text.strip().lower() == _MIDDLE:
         return _MIDDLE
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"invalid day {text!r}: give a day number (e.g. 30), 'middle' or 'none'"
-        ) from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"day must be >= 0 (or 'none'), got {value}")
-    return value
+        return drift_day(text)
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"{e}; or 'middle'") from None
 
 
 def _start(text: str) -> str:
