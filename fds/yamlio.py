@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["load"]
+__all__ = ["fields_at", "load"]
 
 _MERGE = "tag:yaml.org,2002:merge"
 
@@ -62,3 +62,16 @@ def load(text: str) -> Any:
     """The YAML document in ``text``; raises :class:`yaml.YAMLError` (marked with the line of
     the problem) on a syntax error or a duplicate key."""
     return yaml.load(text, Loader=_Strict)  # a SafeLoader: builds plain data only
+
+
+def fields_at(model: Any, loc: tuple[Any, ...]) -> list[str]:
+    """The field names of the (nested) pydantic model at ``loc`` (list indices skipped): what
+    an unknown key of a file could have meant."""
+    for k in loc:
+        if not isinstance(k, str) or model is None:
+            continue
+        ann = model.model_fields[k].annotation if k in getattr(model, "model_fields", {}) else None
+        model = next(
+            (a for a in (ann, *getattr(ann, "__args__", ())) if hasattr(a, "model_fields")), None
+        )
+    return list(getattr(model, "model_fields", {}))

@@ -28,6 +28,7 @@ generated Python function. Every error names ``file:line:column`` and says what 
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from collections.abc import Callable, Collection, Mapping
@@ -40,6 +41,7 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from fds import yamlio
 from fds.errors import ConfigError
 from fds.features.spec import AGGS, FIELD_AGGS  # one definition of the aggregates
 from fds.rules.expr import (
@@ -388,6 +390,8 @@ def _mark_for(marks: Mapping[tuple[Any, ...], Mark], loc: tuple[Any, ...]) -> Ma
 
 
 def _pydantic_error(e: pydantic.ValidationError, filename: str, marks: Mapping) -> ConfigError:
+    """Every error of validating a rules file, each at its line and column (an unknown key with
+    the closest known one, as a mapping's: ``acton`` was only "check its spelling")."""
     lines = []
     first_where = None
     for err in e.errors():
@@ -401,7 +405,13 @@ def _pydantic_error(e: pydantic.ValidationError, filename: str, marks: Mapping) 
         field = ".".join(str(p) for p in loc if p != KEY) or "file"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = "unknown key: check its spelling (see rules/schema.json)"
+            close = difflib.get_close_matches(
+                str(loc[-2] if loc[-1] == KEY else loc[-1]),
+                yamlio.fields_at(RulesFile, tuple(p for p in loc if p != KEY)[:-1]),
+                n=1,
+            )
+            hint = f"did you mean {close[0]!r}? " if close else "check its spelling "
+            msg = f"unknown key: {hint}(see rules/schema.json)"
         elif err["type"] == "missing":
             msg = "missing: add it"
         lines.append(f"{where}: {field}: {msg}")

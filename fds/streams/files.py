@@ -121,6 +121,16 @@ class ColumnMapping(BaseModel):
             raise ValueError(str(e)) from None
         return v
 
+    @field_validator("label", mode="before")
+    @classmethod
+    def _label_section(cls, v: Any) -> Any:
+        if isinstance(v, str):  # (told "a valid dictionary or instance of LabelColumn": a QA)
+            raise ValueError(
+                f"give the fraud column as a section: `label: {{column: {v}, delay: 30d}}` "
+                "(delay: how long after a transaction its label becomes known)"
+            )
+        return v
+
     @field_validator("label")
     @classmethod
     def _label_not_mapped(cls, v: LabelColumn | None, info: ValidationInfo) -> LabelColumn | None:
@@ -240,25 +250,13 @@ def invalid(p: Path, e: pydantic.ValidationError, model: Any, what: str) -> Conf
     loc = ".".join(str(x) for x in err["loc"] if x != "[key]")  # (a dict key's error)
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
-        known = _fields_at(model, err["loc"][:-1])
+        known = yamlio.fields_at(model, err["loc"][:-1])
         close = difflib.get_close_matches(str(err["loc"][-1]), known, n=1)
         has = f"{what} has" if len(err["loc"]) == 1 else "here:"
         msg = f"unknown key: {'did you mean ' + repr(close[0]) + '? ' if close else ''}" + (
             f"{has} {', '.join(known)}"
         )
     return ConfigError(f"{loc}: {msg}", where=f"{p}:{line}" if line else str(p))
-
-
-def _fields_at(model: Any, loc: tuple[Any, ...]) -> list[str]:
-    """The field names of the (nested) pydantic model at ``loc`` (list indices skipped)."""
-    for k in loc:
-        if not isinstance(k, str) or model is None:
-            continue
-        ann = model.model_fields[k].annotation if k in getattr(model, "model_fields", {}) else None
-        model = next(
-            (a for a in (ann, *getattr(ann, "__args__", ())) if hasattr(a, "model_fields")), None
-        )
-    return list(getattr(model, "model_fields", {}))
 
 
 def _line_of(p: Path, key: str) -> int | None:

@@ -138,7 +138,8 @@ def test_nan_in_extra_is_missing() -> None:
             "'approve', 'review' or 'decline'",
         ),
         (("score: 0.6", "score: 1.6"), "r.yaml:12:12", "less than or equal to 1"),
-        (("reason: Spike", "reasn: Spike"), "r.yaml:13:5", "unknown key"),
+        (("reason: Spike", "reasn: Spike"), "r.yaml:13:5", "unknown key: did you mean 'reason'?"),
+        (("window: 1h", "windw: 1h"), "r.yaml:4:46", "unknown key: did you mean 'window'?"),
         (
             ('when: "amount > 3 * avg30', 'when: "amount > 3 * avg31'),
             "r.yaml:10:25",

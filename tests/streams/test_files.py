@@ -110,6 +110,11 @@ def test_a_required_field_neither_mapped_nor_a_column_is_a_config_error(tmp_path
             "fields: {tx_id: A, amount: AMT}\nlabel: {column: AMT}\n",
             r"m.yaml:2: label: column 'AMT' is also mapped onto the field 'amount'",
         ),
+        # a column name alone: "a valid dictionary or instance of LabelColumn" (a QA pass)
+        (
+            "fields: {tx_id: A}\nlabel: FRAUD\n",
+            r"m.yaml:2: label: give the fraud column as a section: `label: \{column: FRAUD, ",
+        ),
     ],
 )
 def test_bad_mapping_names_file_line_and_problem(tmp_path, text, message):
