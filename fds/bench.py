@@ -814,14 +814,16 @@ def register(subparsers: Any) -> None:
     pp.add_argument("--days", type=positive_int, help="simulated days (default 60)")
     pp.add_argument("--cards", type=positive_int, help="simulated cards (default 10,000)")
     pp.add_argument("--merchants", type=positive_int, help="simulated merchants (default 1,000)")
-    pp.add_argument("--seed", type=seed, default=7)
+    pp.add_argument("--seed", type=seed, default=7, help="random seed of the simulator")
     pp.add_argument(
         "--drift-day",
         type=lambda text: -1 if (d := drift_day(text)) is None else d,  # (-1: no drift)
         help=f"day the fraud pattern changes (default {SIM_DRIFT_DAY} on the simulator, none "
         "with --input); 'none' or -1: no drift",
     )
-    pp.add_argument("--warmup-days", type=int, default=14)
+    pp.add_argument(
+        "--warmup-days", type=int, default=14, help="days the models learn before they are judged"
+    )
     pp.add_argument(
         "--k", type=_alert_budget, help="daily alert budget (default: the rules' policy)"
     )

@@ -15,6 +15,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from fds.errors import ConfigError, FdsError
 from fds.logs import configure_logging
@@ -35,8 +36,30 @@ _COMMAND_MODULES = (
 _GLOBAL = ("-v", "--verbose", "-q", "--quiet", "--log-format")
 
 
+class _Formatter(argparse.HelpFormatter):
+    """Help that states each option's default, where its text does not already (a QA pass
+    found most defaults unstated: --bootstrap, --warmup-days, the ports, ...)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            action.option_strings
+            and default not in (None, False, True, argparse.SUPPRESS)
+            and "default" not in text
+        ):
+            # (a file shipped in the package: as the README names it, rules/default.yaml)
+            shown = Path(*default.parts[-2:]) if isinstance(default, Path) else default
+            text += f" (default: {str(shown).replace('%', '%%')})"
+        return text
+
+
 class _Parser(argparse.ArgumentParser):
     _hint: str | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
 
     def parse_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None

@@ -24,10 +24,15 @@ def _none_or_path(text: str) -> Path | None:
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "replay",
-        help="run a historical file (CSV/JSONL, gzip) through the engine",
+        help="run a historical file (CSV, JSON Lines, Parquet; gzip) through the engine",
         description="Replay a historical file through the same code path as the Kafka service.",
     )
-    p.add_argument("file", type=Path, help="transactions file: .csv, .jsonl (optionally .gz)")
+    p.add_argument(
+        "file",
+        type=Path,
+        help="transactions file: .csv, .jsonl (.json, .ndjson), optionally .gz; .parquet (with "
+        "pyarrow)",
+    )
     p.add_argument("--mapping", type=Path, help="YAML column mapping for foreign column names")
     p.add_argument("--labels", type=Path, help="labels file (JSONL/CSV: tx_id, ts, is_fraud)")
     p.add_argument(
@@ -73,7 +78,7 @@ def register(sub: Any) -> None:
         "--drift-day", type=int, default=None,
         help="day the fraud pattern changes (default 21; the middle of a stream of <= 21 days)",
     )  # fmt: skip
-    d.add_argument("--seed", type=seed, default=7)
+    d.add_argument("--seed", type=seed, default=7, help="random seed of the simulator")
     d.add_argument(
         "--rules",
         type=Path,

@@ -525,3 +525,17 @@ def test_no_drift_is_spelt_alike_by_simulate_and_the_benchmark(spelling):
     assert bench.drift_day == -1  # (-1: no drift; not given: the simulator's default day)
     assert parser.parse_args(["bench", "precision"]).drift_day is None
     assert parser.parse_args([*sim, "12"]).drift_day == 12
+
+
+def test_help_states_the_defaults(capsys):
+    """A QA pass found most defaults unstated (--bootstrap, --warmup-days, the kit's ports)."""
+    for argv, needles in [
+        (["run"], ["default 127.0.0.1:19092", "FDS_MAX_POLL_RECORDS; default 5000"]),
+        (["bench", "precision"], ["(default: 14)", "(default: 7)"]),
+        (["kafka", "up"], ["(default: 19092)"]),
+        (["train"], ["(default: models/default.yaml)", "(default: decisions)"]),
+    ]:
+        with pytest.raises(SystemExit):
+            main([*argv, "--help"])
+        text = " ".join(capsys.readouterr().out.split())  # (wrapped lines joined)
+        assert all(n in text for n in needles), (argv, text)

@@ -94,6 +94,7 @@ from kafka.errors import (
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
+from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fds.cli import positive_float, positive_int
@@ -2225,8 +2226,16 @@ def _add_settings_flags(p: argparse.ArgumentParser, only: Sequence[str] | None =
             dest=dest,
             type=kind,
             default=None,
-            help=f"setting {dest} (env FDS_{dest.upper()})",
+            help=f"setting {dest} (env FDS_{dest.upper()}; default {_default_of(dest)})",
         )
+
+
+def _default_of(setting: str) -> Any:
+    """A setting's default as ``--help`` states it."""
+    if setting == "state_dir":
+        return "~/.cache/fds/state/<group>[/<instance>]; 'none': no checkpoints"
+    default = KafkaSettings.model_fields[setting].default
+    return "none" if default in (None, PydanticUndefined) else default
 
 
 def _settings_from(args: argparse.Namespace, **extra: Any) -> KafkaSettings:

@@ -37,7 +37,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = ksub.add_parser("up", help="start the broker (resolving jars on first use); idempotent")
     common(p)
-    p.add_argument("--timeout", type=float, default=kafka_kit.START_TIMEOUT_S)
+    p.add_argument(
+        "--timeout", type=float, default=kafka_kit.START_TIMEOUT_S,
+        help="seconds to wait for the broker to accept connections",
+    )  # fmt: skip
     p.add_argument(
         "--secure-port", type=int, default=None,
         help="also listen for SASL_SSL clients (SCRAM-SHA-512 over TLS, a CA of the data dir's "

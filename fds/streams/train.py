@@ -608,8 +608,10 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
         "--registry", type=Path, default=DEFAULT_REGISTRY,
         help="publish versions here (the registry `fds run` serves from)",
     )  # fmt: skip
-    p.add_argument("--decisions-topic", default="decisions")
-    p.add_argument("--labels-topic", default="labels")
+    p.add_argument(
+        "--decisions-topic", default="decisions", help="where fds run writes its decisions"
+    )
+    p.add_argument("--labels-topic", default="labels", help="the fraud labels to learn from")
     p.add_argument(
         "--models-topic", default="models", help="announce versions here ('none': do not)"
     )
