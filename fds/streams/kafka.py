@@ -734,17 +734,22 @@ class Runner:
                     f"{what} topic {topic!r} does not exist on {s.bootstrap}: create it "
                     f"(`fds kafka topics` creates the kit's topics) or {fix}"
                 )
-        # Co-partitioned output: decisions of input partition p go to output partition p, the
-        # same place the default partitioner puts their card_id key when the counts are equal,
-        # without hashing every key again (murmur2 in pure Python is ~15 us per record).
-        n_in = self.consumer.partitions_for_topic(s.input_topic)
-        n_out = self.producer.partitions_for(s.output_topic)
-        self._copartitioned = bool(n_in) and bool(n_out) and len(n_in) == len(n_out)
+        self._check_copartitioned()
         log.info(
             'consuming topic="%s" group="%s" exactly_once=%s co_partitioned=%s labels_topic=%s',
             s.input_topic, s.group, s.exactly_once, self._copartitioned,
             f'"{s.labels_topic}"' if self.labels is not None else "off",
         )  # fmt: skip
+
+    def _check_copartitioned(self) -> None:
+        """Co-partitioned output: decisions of input partition p go to output partition p, the
+        same place the default partitioner puts their card_id key when the counts are equal,
+        without hashing every key again (murmur2 in pure Python is ~15 us per record). Checked
+        again at every assignment: partitions added to the input while fds run ran made it
+        send to an output partition that does not exist (a traceback: a QA pass)."""
+        n_in = self.consumer.partitions_for_topic(self.s.input_topic)
+        n_out = self.producer.partitions_for(self.s.output_topic)
+        self._copartitioned = bool(n_in) and bool(n_out) and len(n_in) == len(n_out)
 
     def _connect_labels(self, topic: str, timeout_ms: int) -> None:
         plan = self.engine.features
@@ -1484,6 +1489,8 @@ class Runner:
         """Bring the state up to the committed offsets of the assigned partitions, before the
         first batch after an assignment is decided."""
         parts, self._unresolved = self._unresolved, set()
+        if parts and self._copartitioned:
+            self._check_copartitioned()
         if self.checkpointer is None or not parts:
             return
         tps = [TopicPartition(self.s.input_topic, p) for p in sorted(parts)]

@@ -1434,3 +1434,28 @@ def test_max_idle_counts_from_the_first_partitions_not_the_group_join():
     c.joined = False  # partitions taken away later: idle time still
     assert timer.over(c, t0 + 7)
     assert not IdleTimer(None).over(c, t0 + 1e9)
+
+
+def test_partitions_added_to_the_input_end_the_co_partitioned_output():
+    """Found by a QA pass: with 2 input and 2 output partitions decisions went to the input's
+    partition; after the input grew to 3, a record of partition 2 was sent to an output
+    partition that does not exist (a traceback)."""
+
+    class Growing(Consumer):
+        parts: frozenset[int] = frozenset({0, 1})
+
+        def partitions_for_topic(self, topic: str) -> frozenset[int]:
+            return self.parts
+
+    class TwoOut(Producer):
+        def partitions_for(self, topic: str) -> set[int]:
+            return {0, 1}
+
+    r = make_runner(state_dir="none")
+    r.consumer, r.producer = Growing(), TwoOut()
+    r._check_copartitioned()
+    assert r._copartitioned
+    r.consumer.parts = frozenset({0, 1, 2})
+    r._on_assigned({TopicPartition("transactions", 2)})
+    r._restore_assigned()  # before the assignment's first batch
+    assert not r._copartitioned  # keyed by card again: the default partitioner's place
