@@ -88,8 +88,12 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.errors import (
     CommitFailedError,
     FencedInstanceIdError,
+    GroupAuthorizationFailedError,
+    InvalidGroupIdError,
+    InvalidSessionTimeoutError,
     KafkaError,
     KafkaTimeoutError,
+    TopicAuthorizationFailedError,
 )
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
@@ -219,6 +223,15 @@ def check_not_ahead(ts: float, msg: Any, ahead_s: float) -> None:
             f"produced ({format_ts(sent / 1000.0)}), more than max_event_ahead_s "
             f"({ahead_s:,.0f} s): a clock or data error"
         )
+
+
+#: Errors of a poll that no retry changes (each said with its setting, exit 2).
+_REFUSED = (
+    InvalidSessionTimeoutError,
+    InvalidGroupIdError,
+    GroupAuthorizationFailedError,
+    TopicAuthorizationFailedError,
+)
 
 
 class IdleTimer:
@@ -916,6 +929,8 @@ class Runner:
                 batch = consumer.poll(timeout_ms=s.poll_timeout_ms, max_records=s.max_poll_records)
             except FencedInstanceIdError as exc:  # polling again would fence the other one
                 raise self._fenced("poll") from exc  # (they took turns, both deciding: a review)
+            except _REFUSED as exc:  # the broker answers, and no retry changes its answer (it
+                raise self._refused(exc) from exc  # was retried every 0.5 s for good: a QA)
             except KafkaError as exc:  # counted against broker_timeout_s like a silent broker
                 log.warning("poll failed: %s: %s", type(exc).__name__, exc)
                 time.sleep(0.5)  # back off instead of spinning while the broker is away
@@ -1205,6 +1220,21 @@ class Runner:
         except FencedInstanceIdError as exc:  # (an earlier async commit was fenced)
             raise self._fenced("commit") from exc
         self.stats.commits += 1
+
+    def _refused(self, exc: KafkaError) -> ConfigError:
+        """What the broker refused the group for good, and the setting to fix."""
+        s = self.s
+        why = {
+            InvalidSessionTimeoutError: f"session_timeout_ms {s.session_timeout_ms} is outside "
+            "the broker's group.min/max.session.timeout.ms (6000-1800000 by default): fix "
+            "--session-timeout",
+            InvalidGroupIdError: f"group {s.group!r} is not a valid group id: fix --group",
+            GroupAuthorizationFailedError: f"this client may not join group {s.group!r} (an "
+            "ACL): fix --group or the broker's ACLs for this principal",
+            TopicAuthorizationFailedError: f"this client may not read topic {s.input_topic!r} "
+            "(an ACL): fix --input-topic or the broker's ACLs for this principal",
+        }[type(exc)]
+        return ConfigError(f"Kafka refused the consumer group: {type(exc).__name__}: {why}")
 
     def _fenced(self, what: str) -> FdsError:
         return FdsError(

@@ -477,6 +477,18 @@ def test_a_missing_topic_is_a_usage_error_naming_it(kafka_bootstrap, topics, uni
     assert f"topic {missing[which]!r} does not exist" in err and "fds kafka topics" in err
 
 
+def test_a_group_setting_the_broker_refuses_is_a_usage_error(kafka_bootstrap, topics,
+                                                             unique_name, tmp_path):  # fmt: skip
+    """Found by a QA pass: a session timeout above the broker's maximum was retried every
+    0.5 s for good (the broker answered, so no timeout ever fired), --max-idle too."""
+    p = spawn_run(kafka_bootstrap, topics, unique_name("g"), "--session-timeout", "3600000",
+                  "--max-idle", "2", "--state-dir", str(tmp_path / "s"))  # fmt: skip
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 2, err[-2000:]
+    assert "InvalidSessionTimeoutError: session_timeout_ms 3600000 is outside" in err
+    assert "fix --session-timeout" in err
+
+
 def test_broker_outage_mid_run_exits_after_the_timeout(tmp_path, unique_name):
     # A broker of our own (the shared one must stay up for the other tests).
     ddir = tmp_path / "kafka"
