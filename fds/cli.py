@@ -227,12 +227,16 @@ def seed(text: str) -> int:
 NO_DRIFT = frozenset({"none", "off", "no", "-1"})
 
 
-def drift_day(text: str) -> int | None:
+def drift_day(text: str, words: str = "'none' for no drift") -> int | None:
     """argparse type: a day number >= 0, or ``None`` for no drift (``none``, or -1 as the
-    benchmark took it: the two commands refused each other's spelling, a QA pass)."""
+    benchmark took it: the two commands refused each other's spelling, a QA pass); ``words``:
+    what else the option takes, as its errors say."""
     if text.strip().lower() in NO_DRIFT:
         return None
-    return _whole(text, 0, "day", "a day is >= 0 (or 'none' for no drift)")
+    try:
+        return _whole(text, 0, "day", "a day is >= 0")
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"{e} (or {words})") from None
 
 
 def folder(text: str) -> Path:

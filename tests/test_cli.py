@@ -530,7 +530,14 @@ def test_no_drift_is_spelt_alike_by_simulate_and_the_benchmark(spelling):
 def test_help_states_the_defaults(capsys):
     """A QA pass found most defaults unstated (--bootstrap, --warmup-days, the kit's ports)."""
     for argv, needles in [
-        (["run"], ["default 127.0.0.1:19092", "FDS_MAX_POLL_RECORDS; default 5000"]),
+        (
+            ["run"],
+            [
+                "default 127.0.0.1:19092",
+                "FDS_MAX_POLL_RECORDS; default 5000",
+                "default fds-<group>-<group-instance-id or 0>",
+            ],
+        ),
         (["bench", "precision"], ["(default: 14)", "(default: 7)"]),
         (["kafka", "up"], ["(default: 19092)"]),
         (["train"], ["(default: models/default.yaml)", "(default: decisions)"]),

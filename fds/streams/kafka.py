@@ -2271,6 +2271,8 @@ def _default_of(setting: str) -> Any:
     """A setting's default as ``--help`` states it."""
     if setting == "state_dir":
         return "~/.cache/fds/state/<group>[/<instance>]; 'none': no checkpoints"
+    if setting == "transactional_id":
+        return "fds-<group>-<group-instance-id or 0>"
     default = KafkaSettings.model_fields[setting].default
     return "none" if default in (None, PydanticUndefined) else default
 

@@ -31,10 +31,7 @@ def _drift(text: str) -> int | str | None:
     """``--drift-day``: a day number, ``middle``, or ``none`` for a stream without drift."""
     if text.strip().lower() == _MIDDLE:
         return _MIDDLE
-    try:
-        return drift_day(text)
-    except argparse.ArgumentTypeError as e:
-        raise argparse.ArgumentTypeError(f"{e}; or 'middle'") from None
+    return drift_day(text, words="'middle', or 'none' for no drift")
 
 
 def _start(text: str) -> str:
