@@ -87,6 +87,15 @@ def test_a_usage_error_leaves_the_previous_run_s_output_alone(history, tmp_path,
         port = str(busy.getsockname()[1])
         assert bare_replay(str(history), "--metrics-port", port, "--out", str(out)) == 2
     assert "cannot serve metrics" in capsys.readouterr().err
+    # what the readers find in a header, too (a review)
+    (tmp_path / "dup.csv").write_text("tx_id,ts,card_id,amount,amount\nt1,1,c,5,6\n")
+    (tmp_path / "latin.csv").write_bytes(b"tx_id,ts,card_id,amount,caf\xe9\nt1,1,c,5,6\n")
+    (tmp_path / "bad.parquet").write_bytes(b"not a parquet file")
+    for name, said in [("dup.csv", "['amount'] appear more than once"),
+                       ("latin.csv", "the header is not valid UTF-8"),
+                       ("bad.parquet", "is not a readable parquet file")]:  # fmt: skip
+        assert bare_replay(str(tmp_path / name), "--out", str(out)) == 2
+        assert said in capsys.readouterr().err
     assert out.read_text() == "keep\n" and dlq.read_text() == "keep too\n"
 
 

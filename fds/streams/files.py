@@ -333,8 +333,9 @@ def check_transaction_columns(
     file's first ``JSONL_PROBE`` objects, a Parquet file's schema must have the mapped columns
     and the required fields (every record would be a dead letter otherwise; a replay had
     removed the previous run's output by the time a mapped column was found missing: a QA
-    pass). A :class:`ConfigError` says what is missing and how to fix it; a file that cannot be
-    read at all is reported where it is read. A mapping's ``format:`` that the file's name
+    pass). The other header checks of the readers are made here too (a column named twice, a
+    header that is not UTF-8, a file that is not Parquet). A :class:`ConfigError` says what is
+    wrong and how to fix it. A mapping's ``format:`` that the file's name
     contradicts is refused too (a Parquet file read as CSV was told to save it as UTF-8)."""
     p = Path(path)
     if not p.is_file():
@@ -357,21 +358,14 @@ def check_transaction_columns(
         finally:
             records.close()
     elif fmt == "parquet":
-        try:
-            import pyarrow.parquet as pq
-
-            names = pq.read_schema(p).names
-        except Exception:  # (not installed, not Parquet: said where it is read)
-            return
-        m.check_columns(names, where=str(p))
+        _parquet_open(p, m)[0].close()
     elif fmt == "csv":
-        try:
-            with open_text(p, encoding="utf-8-sig", errors="replace") as f:
-                header = next(csv.reader(f, skipinitialspace=True), None)
+        try:  # (opened as the reader opens it)
+            with open_text(p, encoding="utf-8-sig", errors="surrogateescape") as f:
+                row = next(csv.reader(f, skipinitialspace=True), None)
         except _FAULTS:  # (not gzip, say: reading it ends in one dead letter naming the line)
             return
-        if header and "\ufffd" not in "".join(header):  # (not UTF-8: the reader says so)
-            m.check_columns([c.strip() for c in header], where=f"{p}:1")
+        _csv_header(p, row, m)
 
 
 def read_records(
@@ -516,14 +510,12 @@ def _read_csv(p: Path, mapping: ColumnMapping | None) -> Iterator[Record]:
             yield _fault(lines.first, e)
 
 
-def _csv_records(p: Path, lines: _Lines, mapping: ColumnMapping | None) -> Iterator[Record]:
-    # skipinitialspace: `t1, "Main St, 5", c1` as written by hand is three fields; the spaces
-    # around a column name are not part of it (ids lose theirs in the schema)
-    reader = csv.reader(lines, skipinitialspace=True)
-    header = next(reader, None)
-    if header is None:
-        return
-    header = [c.strip() for c in header]
+def _csv_header(p: Path, row: list[str] | None, mapping: ColumnMapping | None) -> list[str] | None:
+    """A CSV file's column names from its first ``row`` (``None``: an empty file), checked:
+    UTF-8, no name twice, the ``mapping``'s columns there."""
+    if row is None:
+        return None
+    header = [c.strip() for c in row]
     if _UNDECODABLE.search("".join(header)):
         raise ConfigError(f"{p}:1: the header is not valid UTF-8; save the file as UTF-8")
     twice = sorted({c for c in header if header.count(c) > 1})
@@ -533,6 +525,16 @@ def _csv_records(p: Path, lines: _Lines, mapping: ColumnMapping | None) -> Itera
         )
     if mapping is not None:
         mapping.check_columns(header, where=f"{p}:1")
+    return header
+
+
+def _csv_records(p: Path, lines: _Lines, mapping: ColumnMapping | None) -> Iterator[Record]:
+    # skipinitialspace: `t1, "Main St, 5", c1` as written by hand is three fields; the spaces
+    # around a column name are not part of it (ids lose theirs in the schema)
+    reader = csv.reader(lines, skipinitialspace=True)
+    header = _csv_header(p, next(reader, None), mapping)
+    if header is None:
+        return
     width = len(header)
     # A column named `extra`: text, where a transaction's `extra` is an object; it arrives in
     # `extra` under its own name, as any other column (every row was a dead letter, and a
@@ -582,7 +584,8 @@ def _csv_records(p: Path, lines: _Lines, mapping: ColumnMapping | None) -> Itera
         lines.read_again(record[1:])
 
 
-def _read_parquet(p: Path, mapping: ColumnMapping | None) -> Iterator[Record]:
+def _parquet_open(p: Path, mapping: ColumnMapping | None) -> tuple[Any, Any]:
+    """A Parquet file and its batches, checked: readable, the ``mapping``'s columns there."""
     try:
         import pyarrow.parquet as pq  # optional: only parquet users need it
     except ImportError:
@@ -597,7 +600,18 @@ def _read_parquet(p: Path, mapping: ColumnMapping | None) -> Iterator[Record]:
     except (pa.ArrowException, OSError) as e:
         raise ConfigError(f"{p} is not a readable parquet file: {e}") from None
     if mapping is not None:
-        mapping.check_columns(f.schema_arrow.names, where=str(p))
+        try:
+            mapping.check_columns(f.schema_arrow.names, where=str(p))
+        except ConfigError:
+            f.close()
+            raise
+    return f, batches
+
+
+def _read_parquet(p: Path, mapping: ColumnMapping | None) -> Iterator[Record]:
+    import pyarrow as pa
+
+    f, batches = _parquet_open(p, mapping)
     n = 0
     with contextlib.closing(f):
         while True:
