@@ -270,6 +270,7 @@ def run_precision(
     from fds.models.spec import load_spec
     from fds.pipeline import DEFAULT_RULES
     from fds.policy import Policy
+    from fds.replay import LabelSchedule
     from fds.rules.ruleset import load_ruleset
 
     say = print if echo else (lambda *a, **kw: None)
@@ -318,7 +319,14 @@ def run_precision(
     frozen_version = None
     train_rows: int | None = None
     known_at_warm: set[str] = set()
-    li, nl = 0, len(labels)
+    schedule = LabelSchedule(labels)  # as fds replay learns them (a review: one dated before
+    known: set[str] = set()  # its transaction was lost here); the frauds learned so far
+
+    def learn(label: dict[str, Any]) -> None:
+        engine.learn(label)
+        if label["is_fraud"]:
+            known.add(label["tx_id"])
+
     bar = None
     if progress:
         from tqdm import tqdm
@@ -327,16 +335,16 @@ def run_precision(
     t0 = time.perf_counter()
     for i, tx in enumerate(txs):
         ts = tx["ts"]
-        while li < nl and labels[li]["ts"] < ts:  # strictly: never before its own decision
-            engine.learn(labels[li])
-            li += 1
+        if schedule.next_ts < ts:  # strictly: never before its own decision
+            for label in schedule.due(ts):
+                learn(label)
         if frozen is None and ts >= warm_end:
             # the learner as it stands at the end of the warm-up, frozen from here on
             learner = server.trainer.model if server.trainer is not None else server.champion
             frozen = pickle.loads(pickle.dumps(learner))
             frozen_version = f"trainer@day{warmup_days} ({server.version} serving)"
             train_rows = len(rows)
-            known_at_warm = {lab["tx_id"] for lab in labels[:li] if lab["is_fraud"]}
+            known_at_warm = set(known)
         try:
             d = engine.decide(tx)
         except StageError as e:  # (a dead letter in production: every variant must see it)
@@ -367,6 +375,9 @@ def run_precision(
         card[i] = tx["card_id"]
         versions[i] = d["model_version"]
         acting[i] = ms is not None and "model_shadow" not in d["flags"]
+        if tx["tx_id"] in schedule.labelled:
+            for label in schedule.after(tx["tx_id"]):
+                learn(label)
         if bar is not None and not i % 4096:
             bar.update(i - bar.n)
     if bar is not None:
@@ -438,7 +449,7 @@ def run_precision(
     meta.update(
         {
             "transactions": n,
-            "labels": nl,
+            "labels": len(labels),
             "frauds": int(y.sum()),
             "k": k,
             "spec": spec,

@@ -11,7 +11,9 @@ own timestamp has passed, exactly as it would be in production.
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
+import math
 import re
 import time
 from collections import Counter, deque
@@ -90,6 +92,60 @@ class ReplayInput:
         # the last word on each transaction (in event time; a later ``false`` withdraws a fraud)
         last = {lab["tx_id"]: lab["is_fraud"] for lab in sorted(self.labels, key=_ts)}
         self.truth |= {tx_id for tx_id, fraud in last.items() if fraud}
+
+
+class LabelSchedule:
+    """When a replay learns each label: strictly after the decisions at its own ``ts`` (a label
+    column without delay is learned after its own transaction), and never before its own
+    transaction: a label dated before it (a chargeback dated to the day, 00:00) waits for it
+    and is learned right after it is decided, as ``fds run`` applies it (it was learned before
+    the transaction existed, matched nothing, and was lost without a word: a QA pass).
+
+    The hot path reads :attr:`next_ts` and :attr:`labelled` itself and calls :meth:`due` and
+    :meth:`after` only when they say so.
+    """
+
+    def __init__(self, labels: Iterable[dict[str, Any]] = ()) -> None:
+        self._heap: list[tuple[float, int, dict[str, Any]]] = []
+        self._seq = itertools.count()
+        self.labelled: set[str] = set()  # the tx_ids of every label added
+        self._reached: set[str] = set()  # labelled transactions decided so far
+        self._waiting: dict[str, list[dict[str, Any]]] = {}  # labels before their transaction
+        self.early = 0  # labels learned right after their transaction (dated before it)
+        self.next_ts = math.inf  # the time of the next label due
+        for lab in labels:
+            self.add(lab)
+
+    def add(self, label: dict[str, Any]) -> None:
+        heapq.heappush(self._heap, (label["ts"], next(self._seq), label))
+        self.labelled.add(label["tx_id"])
+        self.next_ts = self._heap[0][0]
+
+    def due(self, ts: float) -> list[dict[str, Any]]:
+        """The labels to learn before a transaction at ``ts`` is decided."""
+        heap, out = self._heap, []
+        while heap and heap[0][0] < ts:
+            label = heapq.heappop(heap)[2]
+            if label["tx_id"] in self._reached:
+                out.append(label)
+            else:
+                self._waiting.setdefault(label["tx_id"], []).append(label)
+        self.next_ts = heap[0][0] if heap else math.inf
+        return out
+
+    def after(self, tx_id: str) -> list[dict[str, Any]]:
+        """Transaction ``tx_id`` (one of :attr:`labelled`) was decided: its labels that waited
+        for it, to learn now."""
+        self._reached.add(tx_id)
+        early = self._waiting.pop(tx_id, [])
+        self.early += len(early)
+        return early
+
+    def never_came(self) -> list[dict[str, Any]]:
+        """At the end: the labels whose transaction never came (learned as unmatched)."""
+        rest = [lab for labels in self._waiting.values() for lab in labels]
+        self._waiting.clear()
+        return rest
 
 
 @dataclass
@@ -375,19 +431,13 @@ def run(
     """
     s = ReplaySummary()
     metrics = engine.metrics
-    labels = [(lab["ts"], n, lab) for n, lab in enumerate(stream.labels)]
-    heapq.heapify(labels)
-    n_labels = len(labels)
+    schedule = LabelSchedule(stream.labels)
+    labelled = schedule.labelled
     pending = stream.pending_labels
     dead = stream.dead_letters
     lines = stream.lines
     truth = stream.truth
     alerted_frauds = total_frauds = learned = 0
-    # A label dated before its own transaction (a chargeback dated to the day) matched nothing
-    # and was lost without a word (a QA pass): it waits for its transaction, as in fds run
-    labelled = {lab["tx_id"] for lab in stream.labels}  # (and a label column's, as they come)
-    reached: set[str] = set()  # labelled transactions decided so far
-    waiting: dict[str, list[dict[str, Any]]] = {}  # labels whose transaction is still to come
     model_learned = _model_learned(engine)
     tally = _DeadTally(source)
     stream.on_dead = lambda: tally.drain(dead, dlq, metrics)
@@ -405,19 +455,12 @@ def run(
                 ts = tx["ts"]
                 if pending:
                     for lab in pending:
-                        heapq.heappush(labels, (lab["ts"], n_labels, lab))
-                        labelled.add(lab["tx_id"])
-                        n_labels += 1
+                        schedule.add(lab)
                     pending.clear()
-                # strictly earlier: a label stamped with its own transaction's time (a label column
-                # without delay) is learned after that transaction is decided, never before
-                while labels and labels[0][0] < ts:
-                    lab = heapq.heappop(labels)[2]
-                    if lab["tx_id"] in reached:
+                if schedule.next_ts < ts:
+                    for lab in schedule.due(ts):
                         engine.learn(lab)
                         learned += 1
-                    else:
-                        waiting.setdefault(lab["tx_id"], []).append(lab)
                 if speed:
                     if first_ts is None:  # the clock starts with the first event: after the
                         first_ts, paced_from = ts, time.perf_counter()  # reorder buffer filled
@@ -449,13 +492,9 @@ def run(
                     sink.write(d)
                 seen = i + 1  # (not before: a Ctrl-C while it waits leaves it unread)
                 if tx["tx_id"] in labelled:
-                    reached.add(tx["tx_id"])
-                    early = waiting.pop(tx["tx_id"], None)
-                    if early:
-                        for lab in early:
-                            engine.learn(lab)
-                        learned += len(early)
-                        s.early_labels += len(early)
+                    for lab in schedule.after(tx["tx_id"]):
+                        engine.learn(lab)
+                        learned += 1
                 if d is not None:
                     action = d["action"]
                     actions[action] += 1
@@ -483,10 +522,9 @@ def run(
                         engine.report()
                     if block:
                         freezer.tick(_PROGRESS_EVERY)
-            for early in waiting.values():  # their transactions never came: unmatched, as
-                for lab in early:  # they were before
-                    engine.learn(lab)
-                learned += len(early)
+            for lab in schedule.never_came():  # unmatched, as they were before
+                engine.learn(lab)
+                learned += 1
         except KeyboardInterrupt:  # Ctrl-C: stop between events, summarise what was decided
             s.interrupted = True
         finally:  # what was read before a failure is not lost
@@ -509,6 +547,7 @@ def run(
     s.transactions = seen + unreadable
     s.reordered = stream.reordered
     s.labels_read = learned
+    s.early_labels = schedule.early
     if model_learned is not None:  # (labels of no decided transaction are not learned)
         s.labels_learned = int((_model_learned(engine) or 0) - model_learned)
     s.demoted = sorted(engine.demoted)

@@ -331,3 +331,26 @@ def test_a_users_file_with_its_labels_in_a_file_of_their_own(tmp_path: Path, cap
     assert res.meta["frauds"] == sum(lab["is_fraud"] for lab in sim.labels) > 0
     args = _cli(["--labels", str(labels)])
     assert args.func(args) == 2 and "--labels needs --input FILE" in capsys.readouterr().err
+
+
+def test_labels_dated_before_their_transactions_are_learned_after_them(tmp_path: Path) -> None:
+    """Found by a review: the benchmark learned a label as soon as its time came, so one dated
+    before its transaction (a chargeback dated to the day) joined nothing: 65 of 65 lost."""
+    import orjson
+
+    from fds.streams.simulator import write
+
+    sim = simulate(days=5, cards=300, merchants=100, seed=3, drift_day=None)
+    write(sim, tmp_path / "tx.jsonl")
+    when = {t["tx_id"]: t["ts"] for t in sim.transactions}
+    early = tmp_path / "early.jsonl"
+    early.write_bytes(b"".join(
+        orjson.dumps({**lab, "ts": when[lab["tx_id"]] - 3600}) + b"\n" for lab in sim.labels
+    ))  # fmt: skip
+    kw: dict[str, Any] = dict(
+        drift_day=None, warmup_days=1, k=5, out_dir=tmp_path, progress=False, echo=False,
+        ceiling_ref=False,
+    )  # fmt: skip
+    res = run_precision(input_path=str(tmp_path / "tx.jsonl"), labels_path=str(early), **kw)
+    assert res.model_stats["trainer_labels_unjoined"] == 0
+    assert res.model_stats["trainer_labels_seen"] == len(sim.labels) > 0
