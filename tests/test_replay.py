@@ -132,12 +132,13 @@ def test_labels_learned_only_after_their_delay(tmp_path):
 def test_ids_written_with_spaces_are_the_same_entities(tmp_path):
     (tmp_path / "a.csv").write_text(
         'tx_id, ts, card_id, amount, shop\nt1, 1767225600, c1, 5, "Main St, 5"\n'
-        "t2, 1767225660,c1 , 7,\n"
+        "t2, 1767225660,c1 , 7,  \n"
     )
     (tmp_path / "l.csv").write_text("tx_id,ts,is_fraud\n t1 ,1767225630,1\n")
     s = replay.load(tmp_path / "a.csv", labels_path=tmp_path / "l.csv")
     assert [t["card_id"] for t in s.transactions] == ["c1", "c1"]
     assert s.transactions[0]["extra"] == {"shop": "Main St, 5"} and not s.dead_letters
+    assert "shop" not in s.transactions[1].get("extra", {})  # a cell of spaces: missing
     out = ListSink()
     summary = replay.run(Engine(), s, out, ListSink())
     assert summary.frauds == 1 and summary.unmatched_frauds == 0

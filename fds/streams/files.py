@@ -562,7 +562,9 @@ def _csv_records(p: Path, lines: _Lines, mapping: ColumnMapping | None) -> Itera
                     csv.writer(raw).writerow(row)
                     yield n, error, _text_or_bytes(raw.getvalue())
                     continue
-                rec = {k: v for k, v in zip(header, row, strict=True) if v != ""}
+                # (the spaces around a cell are no part of it: " c1" was a card of its own, a
+                # QA pass; a quoted field's line breaks are)
+                rec = {k: v for k, c in zip(header, row, strict=True) if (v := c.strip(" "))}
                 if own_extra and "extra" in rec:
                     tx: dict[str, Any] = mapping.apply(rec) if mapping is not None else dict(rec)
                     if isinstance(tx.get("extra"), str) and label_column != "extra":

@@ -2123,10 +2123,9 @@ def produce_file(
                         labels += sent > 0
                         unreadable_labels += sent < 0
                     # a transaction by its card (the state's partitioning), anything else (a
-                    # label file) by its tx_id, as streams/topics.yaml keys the labels topic;
-                    # stripped as fds run reads the ids (" c1" is card c1: same partition)
+                    # label file) by its tx_id, as streams/topics.yaml keys the labels topic
                     card = rec.get("card_id", rec.get("tx_id"))
-                    key = None if card is None else str(card).strip().encode()
+                    key = None if card is None else str(card).encode()
                     fut = producer.send(topic, value=dumps(rec), key=key)
                 elif isinstance(rec, Exception):  # unreadable: the file's own bytes
                     value = raw if isinstance(raw, bytes) else str(raw or "").encode()
@@ -2198,7 +2197,7 @@ def _label_of(
         return -1  # (counted and said)
     try:
         ts = parse_ts(tx["ts"], zone)
-        tx_id = str(tx["tx_id"]).strip()
+        tx_id = str(tx["tx_id"])
     except (KeyError, TypeError, ValueError):
         return 0
     if not fraud:
