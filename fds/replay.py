@@ -491,7 +491,7 @@ def run(
                 else:
                     sink.write(d)
                 seen = i + 1  # (not before: a Ctrl-C while it waits leaves it unread)
-                if tx["tx_id"] in labelled:
+                if labelled and tx["tx_id"] in labelled:
                     for lab in schedule.after(tx["tx_id"]):
                         engine.learn(lab)
                         learned += 1
