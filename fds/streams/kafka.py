@@ -237,11 +237,14 @@ _REFUSED = (
 class IdleTimer:
     """``--max-idle``: whether ``limit`` seconds passed without input (``None``: never),
     counted from the consumer's first partitions: the group join is no idle time (a join
-    slower than the limit ended a run before it had read anything)."""
+    slower than the limit ended a run before it had read anything), for ``JOIN_GRACE_S`` at
+    most (a member the group gives no partition, one more than there are, still ends)."""
+
+    JOIN_GRACE_S = 60.0
 
     def __init__(self, limit: float | None) -> None:
         self.limit = limit
-        self.since = time.monotonic()
+        self.since = self.start = time.monotonic()
         self.joined = False
 
     def over(self, consumer: Any, now: float) -> bool:
@@ -249,7 +252,7 @@ class IdleTimer:
             return False
         if not self.joined:
             self.joined = bool(consumer.assignment())
-            if not self.joined:
+            if not self.joined and now - self.start < self.JOIN_GRACE_S:
                 self.since = now
         return now - self.since > self.limit
 
@@ -1097,8 +1100,9 @@ class Runner:
         self.stats.consumed += n
         self.stats.batches += 1
         self.metrics.events_consumed("kafka", n)
-        self._live = True  # the state moved on since it was restored
-        self._ahead = True
+        if batch:  # (a batch of a bad label's dead letter alone moved no input: a review)
+            self._live = True  # the state moved on since it was restored
+            self._ahead = True
         if not eos:
             self._unacked.append(_Unacked(self.stats.batches, pending, offsets))
             # Backpressure waits for the oldest batches only: a flush and a blocking commit

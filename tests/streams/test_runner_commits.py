@@ -1434,6 +1434,9 @@ def test_max_idle_counts_from_the_first_partitions_not_the_group_join():
     c.joined = False  # partitions taken away later: idle time still
     assert timer.over(c, t0 + 7)
     assert not IdleTimer(None).over(c, t0 + 1e9)
+    never = IdleTimer(1.0)  # a member given no partition: ends after the join's grace
+    assert not never.over(c, t0 + IdleTimer.JOIN_GRACE_S - 1)
+    assert never.over(c, t0 + IdleTimer.JOIN_GRACE_S + 1.5)
 
 
 def test_partitions_added_to_the_input_end_the_co_partitioned_output():
