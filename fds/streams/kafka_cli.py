@@ -10,6 +10,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from fds.errors import ConfigError
 from fds.streams import kafka_kit
 
 __all__ = ["register"]
@@ -24,12 +25,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     kafka = subparsers.add_parser("kafka", help="a local single-node Apache Kafka broker")
     ksub = kafka.add_subparsers(dest="kafka_cmd", required=True, metavar="{up,down,status,topics}")
 
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--port", type=int, default=kafka_kit.DEFAULT_PORT, help="client port")
-        p.add_argument(
-            "--controller-port", type=int, default=kafka_kit.DEFAULT_CONTROLLER_PORT,
-            help="KRaft controller port",
-        )  # fmt: skip
+    def common(p: argparse.ArgumentParser, *, found_by_dir: bool = False) -> None:
+        if found_by_dir:  # down, status: the data dir names the broker; ports are checked
+            # against it (they were ignored: `down --port 19592` stopped the default broker)
+            checked = "; the broker is the --data-dir's, and these must be its own"
+            p.add_argument("--port", type=int, default=None, help="client port" + checked)
+            p.add_argument("--controller-port", type=int, default=None,
+                           help="KRaft controller port" + checked)  # fmt: skip
+        else:
+            p.add_argument("--port", type=int, default=kafka_kit.DEFAULT_PORT, help="client port")
+            p.add_argument(
+                "--controller-port", type=int, default=kafka_kit.DEFAULT_CONTROLLER_PORT,
+                help="KRaft controller port",
+            )  # fmt: skip
         p.add_argument(
             "--data-dir", type=Path, default=None,
             help="broker data dir (default $FDS_KAFKA_DIR or ~/.cache/fds/kafka/run)",
@@ -49,11 +57,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-topics", action="store_true", help="do not create streams/topics.yaml")
     p.set_defaults(func=_up)
     p = ksub.add_parser("down", help="stop the broker (SIGTERM, then SIGKILL)")
-    common(p)
+    common(p, found_by_dir=True)
     p.add_argument("--wipe", action="store_true", help="also delete the data dir (all topics)")
     p.set_defaults(func=_down)
     p = ksub.add_parser("status", help="is the broker running and reachable?")
-    common(p)
+    common(p, found_by_dir=True)
     p.set_defaults(func=_status)
     from fds.streams import kafka as kstream  # the runner pulls in more; keep the kit light
 
@@ -95,13 +103,36 @@ def _print_secure(data_dir: Path | None) -> None:
         )
 
 
+def _its_ports(args: argparse.Namespace) -> None:
+    """``--port`` / ``--controller-port`` given to ``down`` or ``status`` must be those of the
+    data dir's broker (the data dir, not a port, says which broker)."""
+    if args.port is None and args.controller_port is None:
+        return
+    ddir = Path(args.data_dir).expanduser() if args.data_dir else kafka_kit.data_dir_default()
+    kit = kafka_kit.read_kit(ddir)
+    given_ports = (
+        ("--port", args.port, "port"),
+        ("--controller-port", args.controller_port, "controller_port"),
+    )
+    for flag, given, key in given_ports:
+        if given is not None and kit.get(key) != given:
+            raise ConfigError(
+                f"{flag} {given}: the broker of {ddir} "
+                + (f"listens on {kit[key]}" if key in kit else "was never started")
+                + "; give the --data-dir of the broker on that port (`fds kafka up --port "
+                f"{given}` was given one)"
+            )
+
+
 def _down(args: argparse.Namespace) -> int:
+    _its_ports(args)
     stopped = kafka_kit.down(args.data_dir, wipe=args.wipe)
     print("stopped" if stopped else "not running")
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
+    _its_ports(args)
     st = kafka_kit.status(args.data_dir)
     state = "running" if st.running else "stopped"
     if st.running:

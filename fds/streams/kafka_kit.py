@@ -402,7 +402,8 @@ def _wipe(ddir: Path) -> str:
     return f"`fds kafka down --wipe --data-dir {shlex.quote(str(ddir))}`"
 
 
-def _read_kit(data_dir: Path) -> dict[str, Any]:
+def read_kit(data_dir: Path) -> dict[str, Any]:
+    """What ``data_dir`` was formatted for (``kit.json``: ports, version), or ``{}``."""
     path = data_dir / "kit.json"
     return json.loads(path.read_text()) if path.exists() else {}
 
@@ -564,7 +565,7 @@ def _up(
 ) -> str:
     bootstrap = f"127.0.0.1:{port}"
     log_file = ddir / "broker.log"
-    kit = _read_kit(ddir)
+    kit = read_kit(ddir)
     want = (port, controller_port, secure_port)
     if kit and (kit.get("port"), kit.get("controller_port"), kit.get("secure_port")) != want:
 
@@ -699,7 +700,7 @@ def status(data_dir: Path | str | None = None) -> KitStatus:
     False
     """
     ddir = Path(data_dir).expanduser() if data_dir else data_dir_default()
-    kit = _read_kit(ddir)
+    kit = read_kit(ddir)
     pid = _read_pid(ddir)
     bootstrap = f"127.0.0.1:{kit['port']}" if "port" in kit else None
     reachable = bool(pid and bootstrap and _port_open(kit["port"]) and _metadata_ok(bootstrap))

@@ -57,6 +57,25 @@ def test_up_refuses_other_ports_for_a_formatted_dir(kafka_bootstrap: str) -> Non
         kafka_kit.up(secure_port=29094)
 
 
+def test_down_and_status_refuse_a_port_that_is_not_their_data_dir_s(
+    kafka_bootstrap: str, capsys, tmp_path
+) -> None:
+    """Found by a QA pass: `fds kafka down --port 19592` (another broker's port, its data dir
+    not given) stopped the default broker: the one the test suite uses."""
+    from fds.cli import main
+
+    if kafka_bootstrap != f"127.0.0.1:{kafka_kit.DEFAULT_PORT}":
+        pytest.skip("an external broker is in use (FDS_TEST_BOOTSTRAP)")
+    pid = kafka_kit.status().pid
+    assert main(["kafka", "down", "--port", "29592"]) == 2
+    assert "--port 29592: the broker of" in capsys.readouterr().err
+    assert main(["kafka", "status", "--data-dir", str(tmp_path), "--port", "29592"]) == 2
+    assert "was never started" in capsys.readouterr().err
+    st = kafka_kit.status()
+    assert st.running and st.pid == pid  # untouched
+    assert main(["kafka", "status", "--port", str(kafka_kit.DEFAULT_PORT)]) == 0  # its own
+
+
 def test_the_kit_broker_answers_an_offset_commit_without_lingering(kafka_bootstrap: str) -> None:
     """fds run commits synchronously before each state checkpoint: the group coordinator's
     append linger (Kafka 4: 5 ms by default) would add itself to that pause."""
