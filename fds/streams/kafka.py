@@ -492,9 +492,11 @@ def load_settings(file: Path | str | None = None, **flags: Any) -> KafkaSettings
             if not isinstance(k, str):
                 raise ConfigError(f"{k!r}: a setting's name is text (e.g. group: fds)",
                                   where=str(path))  # fmt: skip
-        for k in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):  # relative to the file
-            if isinstance(doc.get(k), str) and not Path(doc[k]).expanduser().is_absolute():
-                doc[k] = str(path.parent / Path(doc[k]).expanduser())
+        # relative to the file (the state dir was relative to the working directory: a QA)
+        for k in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "state_dir"):
+            v = doc.get(k)
+            if isinstance(v, str) and v.lower() != "none":
+                doc[k] = str(path.parent / Path(v).expanduser())  # (an absolute path: as it is)
         # The environment outranks the file: drop file keys that FDS_<KEY> sets.
         values = {k: v for k, v in doc.items() if f"FDS_{k.upper()}" not in os.environ}
     given = {k: v for k, v in flags.items() if v is not None}

@@ -26,6 +26,20 @@ def test_flags_beat_environment_beat_file(tmp_path, monkeypatch):
     assert s.dlq_topic == "dead-letters"  # a None flag (argparse default) is ignored
 
 
+def test_paths_in_a_settings_file_are_relative_to_it(tmp_path, monkeypatch):
+    """The state dir was relative to the working directory (a QA pass); the README says every
+    file name of a settings file is relative to that file."""
+    (tmp_path / "etc").mkdir()
+    f = tmp_path / "etc" / "kafka.yaml"
+    f.write_text("state_dir: state\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_settings(f).state_dir == str(tmp_path / "etc" / "state")
+    f.write_text("state_dir: none\n")  # (no checkpoints: a word, not a path)
+    assert load_settings(f).state_dir == "none"
+    f.write_text(f"state_dir: {tmp_path / 'abs'}\n")
+    assert load_settings(f).state_dir == str(tmp_path / "abs")
+
+
 def test_bad_values_name_the_setting_and_file(tmp_path):
     f = tmp_path / "kafka.yaml"
     f.write_text("group: g\nmax_poll_records: 0\n")
