@@ -1665,12 +1665,16 @@ class Runner:
                 reader, ranges, self._parsed, timeout_s=self.s.broker_timeout_s, hold=hold,
                 reached=reached,
             )  # fmt: skip
+            lag_at = 0.0
             for i, tx in enumerate(merged):
                 if self._stop:  # SIGTERM mid-way: the state is partial, nothing is kept of it
                     pos.clear()
                     log.info("%s interrupted by a stop; the next start does it again", what)
                     return committed
                 self._fold(tx)
+                if not i & 255 and time.monotonic() >= lag_at:
+                    lag_at = time.monotonic() + LAG_EVERY_S
+                    self._report_restoring(reader, committed)
                 if self._rebuild and not i & 255 and time.monotonic() >= answer_at:
                     self._keep_alive()
                     answer_at = time.monotonic() + KEEPALIVE_S
@@ -1758,9 +1762,23 @@ class Runner:
             decided = self._decided.get(tp, self._positions.get(tp.partition))
             if tp in self._refold and decided is not None:  # what it folds was decided before
                 decided = max(decided, self._refold[tp])
+            if decided is None and hw is not None:
+                # no commit either (a partition never written, or not yet decided): from the
+                # first record buffered, else where the consumer reads next (it had no series:
+                # a QA pass)
+                first = self.aligner.first(tp) if self.aligner is not None else None
+                decided = first if first is not None else fetched_to(self.consumer, tp, 0)
             if hw is not None and decided is not None:
                 self.metrics.consumer_lag(tp.partition, max(0, hw - decided))
         self.engine.report()
+
+    def _report_restoring(self, reader: Any, committed: Mapping[Any, int | None]) -> None:
+        """During a restore (a rebuild can take minutes), the lag of the partitions it restores:
+        everything from their committed offsets is still to decide (no series before)."""
+        for tp, c in committed.items():
+            hw = reader.highwater(tp)
+            if hw is not None and c is not None:
+                self.metrics.consumer_lag(tp.partition, max(0, hw - c))
 
     def _dead_letter(self, msg: Any, stage: str, exc: BaseException) -> None:
         record = dead_letter(

@@ -122,6 +122,10 @@ class Reader:
     def end_offsets(self, tps: list[Any], timeout_ms: int | None = None) -> dict[Any, int]:
         return {tp: len(self.b.logs[tp]) for tp in tps}
 
+    def highwater(self, tp: Any) -> int | None:
+        """As of the last fetch: known once the partition is assigned here (and fetched)."""
+        return len(self.b.logs[tp]) if tp in self.pos else None
+
     def offsets_for_times(self, query: dict[Any, int]) -> dict[Any, Any]:
         return {tp: OffsetAndTimestamp(0, 0, -1) for tp in query}  # all within the horizon
 
