@@ -784,6 +784,7 @@ def create_topics(
             for logical, s in specs.items()
         }
         result = admin.create_topics(new, timeout_ms=int(timeout * 1000), raise_errors=False)
+        existing = []
         for topic in result["topics"]:
             err = for_code(topic["error_code"])
             if topic["error_code"] and err is not TopicAlreadyExistsError:
@@ -791,10 +792,48 @@ def create_topics(
                     f"creating topic {topic['name']!r} failed: {err.__name__}: "
                     f"{topic.get('error_message')}"
                 )
+            if topic["error_code"]:
+                existing.append(topic["name"])
         admin.wait_for_topics(list(names.values()), timeout_ms=int(timeout * 1000))
+        if existing:
+            _say_differences(admin, {n: new[n] for n in existing})
     finally:
         admin.close()
     return names
+
+
+#: Topic configs at Kafka's defaults, which a broker may leave out of a description.
+_TOPIC_DEFAULTS = {"cleanup.policy": "delete"}
+
+
+def _say_differences(admin: Any, wanted: dict[str, dict[str, Any]]) -> None:
+    """Warn of topics that existed already with other partitions or configs than their spec:
+    they are kept as they are (a models topic that is not compacted loses versions to
+    retention; it was accepted without a word: a QA pass)."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    parts = {t["name"]: len(t["partitions"]) for t in admin.describe_topics(list(wanted))}
+    resources = [
+        ConfigResource(ConfigResourceType.TOPIC, name, list(spec["configs"]))
+        for name, spec in wanted.items()
+        if spec["configs"]
+    ]
+    configs = admin.describe_configs(resources)["topic"] if resources else {}
+    for name, spec in wanted.items():
+        differ = []
+        if parts.get(name) != spec["num_partitions"]:
+            differ.append(f"{parts.get(name)} partitions (the spec: {spec['num_partitions']})")
+        for key, value in spec["configs"].items():
+            # (a key at the broker's default may not be listed: cleanup.policy's is delete)
+            had = configs.get(name, {}).get(key, {}).get("value", _TOPIC_DEFAULTS.get(key))
+            if had is not None and str(had) != str(value):
+                differ.append(f"{key}={had} (the spec: {value})")
+        if differ:
+            log.warning(
+                "topic %r exists with %s; it is kept as it is: change it (kafka-topics.sh "
+                "--alter, kafka-configs.sh) or delete it and run `fds kafka topics` again",
+                name, ", ".join(differ),
+            )  # fmt: skip
 
 
 def delete_topics(bootstrap: str, names: Iterable[str], *, timeout: float = 30.0) -> None:

@@ -134,6 +134,32 @@ def test_topics_created_as_specified_and_idempotent(kafka_bootstrap: str, unique
         admin.close()
 
 
+def test_topics_that_exist_with_other_settings_are_said(
+    kafka_bootstrap: str, unique_name, caplog
+) -> None:
+    """Found by a QA pass: a models topic that is not compacted (its versions lost to
+    retention) and an input topic with other partitions were accepted without a word."""
+    from kafka.admin import NewTopic
+
+    prefix = unique_name("kitdiff") + "."
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        admin.create_topics([NewTopic(prefix + "transactions", 2, 1),
+                             NewTopic(prefix + "models", 1, 1)])  # fmt: skip
+    finally:
+        admin.close()
+    with caplog.at_level("WARNING", logger="fds.streams.kafka_kit"):
+        names = kafka_kit.create_topics(kafka_bootstrap, prefix=prefix)
+    try:
+        assert f"topic '{prefix}transactions' exists with 2 partitions (the spec: 6)" in caplog.text
+        assert f"topic '{prefix}models' exists with cleanup.policy=delete (the spec: compact)" in (
+            caplog.text
+        )
+        assert "decisions" not in caplog.text  # created as specified: nothing to say
+    finally:
+        kafka_kit.delete_topics(kafka_bootstrap, names.values())
+
+
 def test_a_second_broker_in_a_relative_data_dir(tmp_path, monkeypatch) -> None:
     """`fds kafka up --data-dir rel`: the broker runs in its data dir, so the kit must hand it
     absolute paths; `down --wipe` stops it and removes the dir."""
