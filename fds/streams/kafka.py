@@ -992,7 +992,7 @@ class Runner:
                     raise BrokerUnavailable(
                         f"Kafka at {s.bootstrap} unreachable for {s.broker_timeout_s:.0f} s; "
                         "exiting so a supervisor can restart fds (offsets are committed up to "
-                        "the last acknowledged batch)"
+                        f"{self._committed_up_to})"
                     )
 
     def _awaiting_rejoin(self, now: float) -> bool:
@@ -1832,11 +1832,12 @@ class Runner:
         Under exactly-once a failed transactional call is not retried: the transaction is
         aborted and the error propagates (a restart resumes from the last commit).
         """
-        deadline = time.monotonic() + (timeout_s or self.s.broker_timeout_s)
+        first = time.monotonic()
+        deadline = first + (timeout_s or self.s.broker_timeout_s)
         delay = 0.1  # first backoff; doubles up to 5 s
         while True:
             try:
-                return self._waited(what, fn, deadline)
+                return self._waited(what, fn, deadline, since=first)
             except CommitFailedError:
                 raise  # the group rebalanced: the batch will be replayed by the new owner
             except (KafkaError, OSError) as exc:
@@ -1873,7 +1874,9 @@ class Runner:
             else "the last acknowledged batch"
         )
 
-    def _waited(self, what: str, fn: Callable[[], Any], deadline: float) -> Any:
+    def _waited(
+        self, what: str, fn: Callable[[], Any], deadline: float, *, since: float | None = None
+    ) -> Any:
         """``fn()`` run on the broker-call thread and waited for in steps: logged every
         WAIT_LOG_S while the broker does not answer, given up at ``deadline`` and, after a stop,
         at the stop's deadline (BrokerUnavailable). kafka-python's transactional calls wait
@@ -1881,7 +1884,9 @@ class Runner:
         the broker went away mid-transaction), and its other calls held a stop for the whole
         ``broker_timeout_s``; the call left behind is abandoned with the process."""
         call = Call(fn)
-        started = logged = stepped = time.monotonic()
+        logged = stepped = time.monotonic()
+        started = logged if since is None else since  # (the first try of a retried call: its
+        # log said "5 s of 49 s" 15 s into an outage, a QA pass)
         while True:
             if call.done.wait(WAIT_STEP_S):
                 return call.result()

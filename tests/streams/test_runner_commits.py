@@ -1481,3 +1481,27 @@ def test_partitions_added_to_the_input_end_the_co_partitioned_output():
     r._on_assigned({TopicPartition("transactions", 2)})
     r._restore_assigned()  # before the assignment's first batch
     assert not r._copartitioned  # keyed by card again: the default partitioner's place
+
+
+def test_a_retried_call_logs_its_wait_from_its_first_try(monkeypatch, caplog):
+    """Found by a QA pass: 15 s into an outage the log read "(5 s of 49 s)": each retry
+    counted from itself, against what was left of the deadline."""
+    monkeypatch.setattr("fds.streams.kafka.WAIT_STEP_S", 0.05)
+    monkeypatch.setattr("fds.streams.kafka.WAIT_LOG_S", 0.2)
+    r = make_runner(broker_timeout_s=60)
+    tries: list[float] = []
+
+    def flaky() -> str:
+        tries.append(time.monotonic())
+        if len(tries) == 1:
+            time.sleep(1.2)  # the first try: no answer, then a failure
+            raise KafkaTimeoutError("no answer")
+        time.sleep(0.5)  # the second: answered at last
+        return "ok"
+
+    with caplog.at_level("WARNING", logger="fds.streams.kafka"):
+        assert r._retrying("flush", flaky) == "ok"
+    waits = [m for m in caplog.messages if "flush waiting for Kafka" in m]
+    # the second try's lines count from the first (1.3 s before it), against the whole 60 s
+    assert waits and all(m.endswith(" of 60 s)") for m in waits), waits
+    assert int(waits[-1].rsplit("(", 1)[1].split()[0]) >= 1, waits
