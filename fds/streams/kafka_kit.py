@@ -142,7 +142,10 @@ class ClientErrors(logging.Handler):
     # Reasons no retry changes: the broker refused the login, the client does not trust the
     # broker's certificate (or its name), a TLS port answered a PLAINTEXT client. (A dropped
     # connection or a TLS handshake cut short is also what a broker going down looks like.)
-    _FINAL = ("AuthenticationFailed", "certificate verify failed", "Invalid frame length")
+    _FINAL = (
+        "AuthenticationFailed", "certificate verify failed", "Invalid frame length",
+        "IllegalSaslState",  # (a SASL client on a port without SASL)
+    )  # fmt: skip
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
@@ -205,14 +208,25 @@ class ClientErrors(logging.Handler):
         one). A refused SASL login mostly shows as a dropped connection, not as the broker's
         error (6 of 8 attempts in one measurement): with SASL, a drop points at the login."""
         why = self.last
-        if why is None:
-            return default
+        other = f"or its port speaks another protocol than {protocol}: check --security-protocol"
+        if why is None:  # (an SSL client on a SASL_SSL port said nothing more: a QA pass)
+            return default if protocol == "PLAINTEXT" else f"{default}; {other}"
         login = "check --sasl-username, the password (FDS_SASL_PLAIN_PASSWORD), --sasl-mechanism"
+        if "IllegalSaslState" in why:  # (told "is the broker up?" after the timeout: a QA)
+            return (
+                f"the broker takes no SASL login on this port ({why}): a PLAINTEXT or SSL "
+                f"listener spoken to with {protocol}? check --security-protocol and the port"
+            )
         if "Authentication" in why:
             return f"the broker refused the login ({why}); {login}"
         if "SSL" in why or "Handshake" in why:
             return f"the TLS handshake failed ({why}); check --ssl-cafile and --security-protocol"
         dropped = "frame length" in why or "socket disconnected" in why
+        if dropped and protocol == "SSL":
+            return (
+                f"the broker closed the connection after the TLS handshake ({why}): a SASL_SSL "
+                "listener spoken to without a login? check --security-protocol"
+            )
         if dropped and protocol.startswith("SASL"):
             return (
                 f"the broker closed the connection during the login ({why}); {login} and "

@@ -32,3 +32,17 @@ def test_a_wrong_password_dropped_and_then_cut_short_still_points_at_the_login()
     refused = "[Error 58] SaslAuthenticationFailedError: invalid credentials"
     assert seen(refused, DROP).last == refused
     assert seen("[Error 7] RequestTimedOutError: x", DROP).last == DROP
+
+
+def test_a_protocol_the_port_does_not_speak_points_at_security_protocol():
+    """Found by a QA pass: a SASL client on a PLAINTEXT port, and an SSL client on a SASL_SSL
+    port, were told to check that the broker is up, after the whole timeout."""
+    sasl_on_plain = seen("[Error 34] IllegalSaslStateError: Request is not valid")
+    assert sasl_on_plain.refused  # final: given up at once, not after the broker timeout
+    said = sasl_on_plain.hint("is the broker up?", "SASL_PLAINTEXT")
+    assert "takes no SASL login on this port" in said and "--security-protocol" in said
+    said = seen(DROP).hint("is the broker up?", "SSL")
+    assert "after the TLS handshake" in said and "--security-protocol" in said
+    said = ClientErrors().hint("is the broker up?", "SSL")  # (nothing more in the client's log)
+    assert said.startswith("is the broker up?; or its port speaks another protocol than SSL")
+    assert ClientErrors().hint("is the broker up?") == "is the broker up?"
