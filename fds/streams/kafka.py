@@ -498,7 +498,9 @@ def load_settings(file: Path | str | None = None, **flags: Any) -> KafkaSettings
             if isinstance(v, str) and v.lower() != "none":
                 doc[k] = str(path.parent / Path(v).expanduser())  # (an absolute path: as it is)
         # The environment outranks the file: drop file keys that FDS_<KEY> sets.
-        values = {k: v for k, v in doc.items() if f"FDS_{k.upper()}" not in os.environ}
+        # (case-insensitively, as pydantic reads the environment: fds_group lost to the file)
+        env = {k.upper() for k in os.environ}
+        values = {k: v for k, v in doc.items() if f"FDS_{k.upper()}" not in env}
     given = {k: v for k, v in flags.items() if v is not None}
     values.update(given)
     try:

@@ -24,6 +24,9 @@ def test_flags_beat_environment_beat_file(tmp_path, monkeypatch):
     s = load_settings(f, input_topic="flag-topic", dlq_topic=None)
     assert (s.bootstrap, s.group, s.input_topic) == ("file:9092", "from-env", "flag-topic")
     assert s.dlq_topic == "dead-letters"  # a None flag (argparse default) is ignored
+    monkeypatch.delenv("FDS_GROUP")
+    monkeypatch.setenv("fds_group", "lower-env")  # (read by pydantic, lost to the file: a QA)
+    assert load_settings(f).group == "lower-env"
 
 
 def test_paths_in_a_settings_file_are_relative_to_it(tmp_path, monkeypatch):
