@@ -1855,9 +1855,13 @@ class Runner:
                         "transaction was aborted; restart to resume from the last commit"
                     ) from exc
                 if time.monotonic() + delay > deadline:
+                    # (a decisions topic deleted under fds run was told as a broker down: a QA)
+                    topics = f"{self.s.output_topic!r} and {self.s.dlq_topic!r}"
+                    also = f", and do the topics it writes ({topics}) exist?"
                     raise BrokerUnavailable(
                         f"{what} failed for {self.s.broker_timeout_s:.0f} s "
-                        f"({describe(exc)}); is Kafka at {self.s.bootstrap} up?"
+                        f"({describe(exc)}); is Kafka at {self.s.bootstrap} up"
+                        + (also if what == "flush" else "?")
                     ) from exc
                 if self._stop:
                     raise BrokerUnavailable(

@@ -1505,3 +1505,18 @@ def test_a_retried_call_logs_its_wait_from_its_first_try(monkeypatch, caplog):
     # the second try's lines count from the first (1.3 s before it), against the whole 60 s
     assert waits and all(m.endswith(" of 60 s)") for m in waits), waits
     assert int(waits[-1].rsplit("(", 1)[1].split()[0]) >= 1, waits
+
+
+def test_a_flush_given_up_asks_whether_the_topics_it_writes_exist(monkeypatch):
+    """Found by a QA pass: the decisions topic deleted under fds run was reported as "is Kafka
+    up?", the topic not named."""
+    from fds.streams.kafka import BrokerUnavailable
+
+    r = make_runner(broker_timeout_s=0.3)
+
+    def never() -> None:
+        raise KafkaTimeoutError("Failed to update metadata after 0.3 secs")
+
+    with pytest.raises(BrokerUnavailable, match=r"is Kafka at .* up, and do the topics it writes "
+                       r"\('decisions' and 'dead-letters'\) exist\?"):  # fmt: skip
+        r._retrying("flush", never)
