@@ -31,15 +31,17 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import logging
 import os
 import pickle
 import signal
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from fds.errors import ConfigError, describe
 from fds.models.registry import write_atomic
@@ -52,6 +54,8 @@ log = logging.getLogger(__name__)
 # misread.
 FORMAT = 1
 FILE_NAME = "engine.ckpt"
+#: Held by the ``fds run`` that owns the state dir (:meth:`Checkpointer.lock`).
+LOCK_NAME = "lock"
 MAX_FD = 1 << 16  # descriptors a background writer closes (os.closerange: close_range(2))
 _PR_SET_PDEATHSIG = 1  # prctl(2): the signal a child gets when its parent dies
 
@@ -96,6 +100,8 @@ class Checkpointer:
         Directory of the instance's state (created when missing).
     """
 
+    _lock: IO[str] | None = None  # the state dir's lock file, while held
+
     def __init__(self, state_dir: str | Path) -> None:
         self.dir = Path(state_dir)
         try:
@@ -109,6 +115,33 @@ class Checkpointer:
         self.saves = 0  # completed writes (a background one counts once its child succeeded)
         self.failures = 0  # background writes whose child failed
         self._child: int | None = None  # pid of the background writer, while it runs
+
+    def lock(self) -> None:
+        """Hold the state dir for this process until :meth:`unlock` (or its exit): two
+        instances of a group given one dir (no ``--group-instance-id``, the default dir) wrote
+        over each other's checkpoint and restored each other's state (a QA pass)."""
+        f = open(self.dir / LOCK_NAME, "a+")  # noqa: SIM115 (held open: the lock)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise ConfigError(
+                f"the state dir is in use by another fds run ({holder}); give each instance "
+                "its own --group-instance-id (the default state dir follows it) or --state-dir",
+                where=str(self.dir),
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        self._lock = f
+
+    def unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # (the lock goes with the file's last descriptor)
+            self._lock = None
 
     def save(self, state: dict[str, Any], *, topic: str, offsets: dict[int, int]) -> None:
         """Write ``state`` as of ``offsets`` atomically (temp + fsync + rename + dir fsync).

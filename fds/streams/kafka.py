@@ -882,6 +882,8 @@ class Runner:
     def run(self, *, max_idle_s: float | None = None) -> RunStats:
         """Run until :meth:`stop` (or ``max_idle_s`` without input, for tests and benchmarks)."""
         try:
+            if self.checkpointer is not None:
+                self.checkpointer.lock()
             self._connect()
             self._loop(max_idle_s)
             # One deadline for everything a stop does (shutdown_timeout_s < the 10 s promise),
@@ -907,6 +909,8 @@ class Runner:
         finally:
             self._closing = True  # committed and checkpointed above, or must not be
             self.close()
+            if self.checkpointer is not None:
+                self.checkpointer.unlock()
             log.info(
                 "stopped consumed=%d decided=%d dead_letters=%d commits=%d",
                 self.stats.consumed, self.stats.decided, self.stats.dead_letters,

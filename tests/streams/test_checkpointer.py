@@ -112,3 +112,17 @@ os.kill(os.getpid(), signal.SIGKILL)
     time.sleep(2.5)  # past the old writer's 1.5 s of pickling (a fixed wait: nothing to poll)
     got = ck.load()
     assert got is not None and got.offsets == {0: 100} and got.state == {"features": "NEW"}
+
+
+def test_one_fds_run_holds_a_state_dir(tmp_path):
+    """Found by a QA pass: two instances of a group without instance ids shared the default
+    state dir, wrote over each other's checkpoint and restored each other's state."""
+    from fds.errors import ConfigError
+
+    first, second = Checkpointer(tmp_path), Checkpointer(tmp_path)
+    first.lock()
+    with pytest.raises(ConfigError, match=rf"in use by another fds run \(pid {os.getpid()} on "):
+        second.lock()
+    first.unlock()
+    second.lock()  # free again once the first stopped
+    second.unlock()
