@@ -620,6 +620,7 @@ class Runner:
         # The state holds decisions past _positions (not all committed synchronously yet): an
         # eviction then leaves it untrusted (rebuilt at the next assignment); else it is kept.
         self._ahead = False
+        self._saved: dict[int, int] = {}  # the positions of the last checkpoint written
         # A commit refused after an eviction: kafka-python notices at its next heartbeat, and
         # until it has rejoined every batch would be refused again (six in a row in a chaos
         # run). Nothing is decided until a rebalance or a session timeout since then.
@@ -979,6 +980,11 @@ class Runner:
                 idle_commit = self._unacked or self._committable  # idle: commit the decided
                 if idle_commit and self._settle_or_rejoin(wait=True):
                     self.checkpoint()
+                elif not idle_commit and not self._ahead and self._positions != self._saved:
+                    self.checkpoint()  # one not due at that commit: once it is
+                # and to the state topic: an instance gone quiet had not checkpointed or not
+                # published what it last decided, so its replacement rebuilt it all (a QA pass)
+                self._publish_state()
                 if time.perf_counter() - self._lag_at > LAG_EVERY_S:  # idle partitions' too
                     self._lag_at = time.perf_counter()
                     self._report()
@@ -1418,6 +1424,7 @@ class Runner:
             log.warning('checkpoint failed path="%s" error="%s"', ck.path, exc)
             return False
         self.stats.checkpoints += 1
+        self._saved = offsets
         return True
 
     def _restore(self, *, model: bool = True) -> None:
@@ -1495,7 +1502,9 @@ class Runner:
                     **self.s.client_config(), acks="all", linger_ms=5, batch_size=1 << 20,
                     max_block_ms=1000, bootstrap_timeout_ms=int(self.s.broker_timeout_s * 1000),
                 )  # fmt: skip
-            if not st.publishing and ck.saves != self._published and not ck.busy():
+            # (busy() first: it reaps a finished background write, which counts it in saves;
+            # when idle nothing else asked, so that checkpoint was never published: a QA pass)
+            if not st.publishing and not ck.busy() and ck.saves != self._published:
                 self._published = ck.saves
                 st.start(ck.path.read_bytes())
             if whole:  # a stop: the chunks, then (once acknowledged) the manifest, now

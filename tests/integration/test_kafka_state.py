@@ -85,13 +85,15 @@ def test_kill9_restart_restores_state_features_equal_uninterrupted_run(
     print(f"{mode}: {len(ids)} transactions, 3 x kill -9, {dups} identical duplicates")
 
 
+@pytest.mark.parametrize("ending", ["stop", "kill -9 when idle"])
 def test_a_replacement_with_an_empty_disk_restores_from_the_state_topic(
-    kafka_bootstrap, make_topics, unique_name, tmp_path
+    kafka_bootstrap, make_topics, unique_name, tmp_path, ending
 ):
     """A data-centre loss: the instance's disk is gone; its replacement (same group and
     instance id, an empty state dir) reads the newest snapshot from the state topic instead of
     rebuilding the state from the input, and decides with the features of an uninterrupted
-    run."""
+    run. An instance killed after it went quiet had published no snapshot of its idle
+    checkpoint: its replacement rebuilt everything (a QA pass)."""
     topics = make_topics(partitions=1)
     ids = write_stream(tmp_path / "tx.jsonl", 6000, cards=300, step=7.0)
     first_half, second_half = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
@@ -101,23 +103,37 @@ def test_a_replacement_with_an_empty_disk_restores_from_the_state_topic(
     group = unique_name("g")
     s = settings_for(kafka_bootstrap, topics, group)
 
-    def run(state_dir: str) -> str:
+    def run(state_dir: str, kill_when_idle: bool = False) -> str:
         stages = (
             "--rules", str(DEFAULT_RULES), "--model", "none", "--state-dir",
             str(tmp_path / state_dir), "--state-topic", topics["state_changelog"],
-            "--group-instance-id", "i0", "--checkpoint-every", "0.5", "--max-idle", "3",
+            "--group-instance-id", "i0", "--checkpoint-every", "0.5",
+            *(() if kill_when_idle else ("--max-idle", "3")),
         )  # fmt: skip
         p = spawn_run(kafka_bootstrap, topics, group, stages=stages, env={"FDS_LOG_LEVEL": "INFO"})
+        if kill_when_idle:  # every decision out, then quiet: no stop sends a snapshot
+            wait_until(lambda: count_records(kafka_bootstrap, topics["decisions"]) >= 3000, 90,
+                       "the first half's decisions")  # fmt: skip
+            seen = [count_records(kafka_bootstrap, topics["state_changelog"]), time.monotonic()]
+
+            def settled() -> bool:  # the state topic unchanged for 3 s
+                now = count_records(kafka_bootstrap, topics["state_changelog"])
+                if now != seen[0]:
+                    seen[:] = [now, time.monotonic()]
+                return time.monotonic() - seen[1] > 3.0
+
+            wait_until(settled, 30, "the state topic to settle")
+            p.send_signal(signal.SIGKILL)
         _, err = p.communicate(timeout=120)
-        assert p.returncode == 0, err[-2000:]
+        assert kill_when_idle or p.returncode == 0, err[-2000:]
         return err
 
     produce_file(first_half, s)
-    run("lost-disk")
+    run("lost-disk", kill_when_idle=ending != "stop")
     produce_file(second_half, s)
     log = run("new-disk")
     assert "restored checkpoint from state topic" in log, log[-3000:]
-    assert "rebuild" not in log, log[-3000:]
+    assert "rebuild" not in log and "catch-up" not in log, log[-3000:]  # (all 3,000 in it)
 
     first, _ = decisions_by_tx(kafka_bootstrap, topics["decisions"], ids)
     ref = build_run_engine(DEFAULT_RULES, None)
