@@ -28,7 +28,7 @@ from fds.errors import ConfigError, StageError, ValidationError
 from fds.gcpolicy import Freezer
 from fds.schema import dead_letter, parse_label, parse_transaction
 from fds.streams.files import ColumnMapping, read_records
-from fds.timeutil import FileClock, format_ts, get_zone
+from fds.timeutil import FileClock, format_ts, get_zone, span
 
 __all__ = ["ReplayInput", "ReplaySummary", "load", "run"]
 
@@ -42,15 +42,6 @@ REORDER_BUFFER = 100_000
 LONG_WAIT_S = 60.0
 
 log = logging.getLogger("fds.replay")
-
-
-def _span(seconds: float) -> str:
-    """A duration for people: ``90 s``, ``2.5 h``, ``36.5 days``."""
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h" if seconds < 172800 else f"{seconds / 86400:.1f} days"
 
 
 _READ_STAGES = ("parse", "validate")
@@ -475,8 +466,8 @@ def run(
                                 "paced replay: transaction %s at %s is %s of event time ahead; "
                                 "waiting %s at --speed %g (Ctrl-C stops; later waits are not "
                                 "logged)",
-                                tx["tx_id"], format_ts(ts), _span(ahead * speed),
-                                _span(ahead), speed,
+                                tx["tx_id"], format_ts(ts), span(ahead * speed),
+                                span(ahead), speed,
                             )  # fmt: skip
                         sleep(ahead)
                         if bar is not None:  # paced: the bar moves with the events

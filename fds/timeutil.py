@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fds.errors import ConfigError
 
-__all__ = ["format_ts", "get_zone", "parse_duration", "parse_ts", "second_pass"]
+__all__ = ["format_ts", "get_zone", "parse_duration", "parse_ts", "second_pass", "span"]
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
@@ -224,3 +224,16 @@ def format_ts(ts: float) -> str:
         m, s = divmod(s, 60)
         prefix = _second_prefix[sec] = f"{date}{h:02d}:{m:02d}:{s:02d}"
     return prefix + _ms_suffix[ms]
+
+
+def span(seconds: float) -> str:
+    """A duration for people: ``90 s``, ``2.5 h``, ``36.5 days``.
+
+    >>> span(90), span(9000), span(86400 * 36.5)
+    ('90 s', '2.5 h', '36.5 days')
+    """
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h" if seconds < 172800 else f"{seconds / 86400:.1f} days"

@@ -1668,7 +1668,8 @@ class Runner:
                 pos.clear()
                 horizon = horizon_seconds(self.engine)
                 starts = self._retrying(
-                    "locating the feature horizon", lambda: start_offsets(reader, tps, horizon)
+                    "locating the feature horizon",
+                    lambda: start_offsets(reader, tps, horizon, "the state rebuild"),
                 )
                 ranges = {tp: (starts[tp], c) for tp, c in committed.items() if c is not None}
             reached: dict[Any, int] = {}

@@ -126,7 +126,8 @@ class LabelFeed:
         self._done.clear()
         self._later.clear()  # (read again below)
         self.due = math.inf
-        for tp, offset in start_offsets(c, self._tps, float(self.plan.label_ttl)).items():
+        ttl = float(self.plan.label_ttl)
+        for tp, offset in start_offsets(c, self._tps, ttl, "the label re-read").items():
             c.seek(tp, offset)
         end = c.end_offsets(self._tps)
         deadline = time.monotonic() + timeout_s

@@ -126,6 +126,32 @@ def test_start_offsets_follow_the_horizon_on_record_time():
     assert start_offsets(consumer, [tp], 60.0) == {tp: 10}  # nothing that recent: the end
 
 
+def test_a_log_cut_inside_the_horizon_is_said(caplog):
+    """Found by a QA pass: the input kept 7 days and the features 30 to 90; a rebuild read what
+    was left without a word, and 536 of the next 600 decisions had other features."""
+    import time
+
+    now_ms = int(time.time() * 1000)
+    tp = TopicPartition("tx", 0)
+    kept = [Record("tx", 0, i, now_ms - (10 - i) * 3_600_000, {"ts": i}) for i in range(4, 10)]
+
+    class Trimmed(FakeConsumer):  # offsets 0-3 deleted by retention
+        def beginning_offsets(self, tps):
+            return dict.fromkeys(tps, 4)
+
+        def end_offsets(self, tps):
+            return dict.fromkeys(tps, 10)
+
+    consumer = Trimmed({tp: kept})
+    with caplog.at_level("WARNING", logger="fds.streams.rebuild"):
+        assert start_offsets(consumer, [tp], 4.5 * 3600, "the rebuild") == {tp: 6}
+        assert not caplog.text  # what was deleted is older than the horizon
+        assert start_offsets(consumer, [tp], 8 * 3600, "the rebuild") == {tp: 4}
+    assert "the rebuild needs the last 8.0 h of topic 'tx', but partitions [0] start" in (
+        caplog.text
+    )
+
+
 def test_horizon_is_the_longest_window_plus_grace():
     engine = build_engine(DEFAULT_RULES, None)
     longest = max(g.longest for g in engine.features.layout.groups)  # type: ignore[union-attr]
