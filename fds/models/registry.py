@@ -368,6 +368,14 @@ class Registry:
             raise ArtifactError(  # of the manifest refuse it: a review)
                 f"announced spec of {version} is no mapping: {type(fields['spec']).__name__}"
             )
+        named, spec_name = fields.get("name"), (fields.get("spec") or {}).get("name")
+        if named is not None and spec_name is not None and named != spec_name:
+            # (the name is not signed, the spec is: a signed version of one model was taken
+            # for another's under a renamed announcement, a QA pass)
+            raise ArtifactError(
+                f"{version} is announced as model {named!r} but its spec names {spec_name!r}: "
+                "refused"
+            )
         verify(data, sha256=fields.get("sha256") or "", signature=fields.get("hmac"), key=self.key)
         signed, key = fields.get("fields_hmac"), self.key
         if key and not signed:

@@ -203,6 +203,15 @@ def test_a_different_artifact_under_a_known_version_is_rejected(tmp_path: Path) 
     assert feed.registry.load(a["version"]) == {"w": 1}
 
 
+def test_a_signed_version_renamed_to_another_model_is_refused(tmp_path: Path) -> None:
+    """Found by a QA pass: the announcement's name is not signed, its spec is; a signed
+    version of model "other" re-announced as "m" was imported and served as m's."""
+    a = _publish(Registry(tmp_path / "trainer", key=b"k"), Booby("ok"), name="other")
+    feed = _feed(tmp_path, key=b"k")
+    assert feed.handle(_value({**a, "name": "m"})) == "rejected"
+    assert feed.registry.versions() == [] and UNPICKLED == []
+
+
 def test_other_models_are_skipped(tmp_path: Path) -> None:
     a = _publish(Registry(tmp_path / "trainer"), {"w": 1}, name="other")
     feed = _feed(tmp_path)
