@@ -2413,6 +2413,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 settings.group, settings.group_instance_id
             )
             checkpointer = Checkpointer(state_dir)
+        elif settings.state_topic:  # (it switched the state topic off without a word: a QA)
+            raise ConfigError(
+                "--state-topic publishes the state dir's checkpoints, and --state-dir none "
+                "writes none: drop one of them"
+            )
         # The same builder as `fds replay` for features, rules and policy: one code path.
         engine = build_run_engine(
             args.rules, args.model, metrics=metrics, registry=args.registry,

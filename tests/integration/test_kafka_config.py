@@ -200,6 +200,16 @@ def test_produce_missing_file_is_a_usage_error(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
 
 
+def test_a_state_topic_without_a_state_dir_is_a_usage_error(capsys):
+    """--state-dir none switched --state-topic off without a word (a QA pass)."""
+    args = _parse([
+        "run", "--bootstrap", "127.0.0.1:1", "--state-dir", "none", "--state-topic", "state",
+        "--group-instance-id", "i0", "--rules", "none", "--model", "none",
+    ])  # fmt: skip
+    assert args.func(args) == 2
+    assert "--state-topic publishes the state dir's checkpoints" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("flag", "value", "message"),
     [("--rate", "-5", "must be greater than 0"), ("--limit", "0", "must be at least 1")],
