@@ -93,6 +93,7 @@ from kafka.errors import (
     InvalidSessionTimeoutError,
     KafkaError,
     KafkaTimeoutError,
+    ProducerFencedError,
     TopicAuthorizationFailedError,
 )
 from kafka.structs import OffsetAndMetadata, TopicPartition
@@ -709,9 +710,7 @@ class Runner:
         }
         if s.exactly_once:
             # One per instance: a second instance with the same id fences the first.
-            producer_cfg["transactional_id"] = (
-                s.transactional_id or f"fds-{s.group}-{s.group_instance_id or '0'}"
-            )
+            producer_cfg["transactional_id"] = self._transactional_id
             producer_cfg["transaction_timeout_ms"] = s.transaction_timeout_ms
             if not s.transactional_id and not s.group_instance_id:
                 log.warning(
@@ -1238,6 +1237,13 @@ class Runner:
         except FencedInstanceIdError as exc:  # (an earlier async commit was fenced)
             raise self._fenced("commit") from exc
         self.stats.commits += 1
+
+    @property
+    def _transactional_id(self) -> str:
+        """One per instance (exactly-once): a second instance with the same id fences the
+        first."""
+        s = self.s
+        return s.transactional_id or f"fds-{s.group}-{s.group_instance_id or '0'}"
 
     def _refused(self, exc: KafkaError) -> ConfigError:
         """What the broker refused the group for good, and the setting to fix."""
@@ -1863,6 +1869,16 @@ class Runner:
                                      time.monotonic() + WAIT_LOG_S)  # fmt: skip
                 if isinstance(exc, FencedInstanceIdError):  # no retry or restart can help (it
                     raise self._fenced(what) from exc  # was retried, then the broker blamed)
+                if isinstance(exc, ProducerFencedError):  # another instance took the id: a
+                    # restart, as said before, fenced that one in turn (a QA pass)
+                    raise FdsError(
+                        f"{what}: the broker fenced this instance's transactional producer "
+                        f"({self._transactional_id}): another producer took the id, or a "
+                        "transaction stayed open past transaction_timeout_ms. If another "
+                        "instance runs with this --group-instance-id (or --transactional-id), "
+                        "give each instance its own (restarting this one fences that one in "
+                        "turn); else restart: it resumes from the last commit"
+                    ) from exc
                 if self.s.exactly_once:
                     raise FdsError(
                         f"{what} failed under exactly-once ({describe(exc)}); the "

@@ -324,6 +324,14 @@ def test_a_fenced_instance_stops_at_once_saying_why():
     with pytest.raises(FdsError, match=r"another member joined group 'g'"):  # (exactly-once too)
         eos._retrying("send_offsets_to_transaction",
                       lambda: (_ for _ in ()).throw(FencedInstanceIdError("fenced")))  # fmt: skip
+    # the transactional id taken by another producer: "restart to resume", as it said, fenced
+    # that one in turn (a QA pass)
+    from kafka.errors import ProducerFencedError
+
+    with pytest.raises(FdsError, match=r"fenced this instance's transactional producer \(t\): "
+                       r"another producer took the id.*give each instance its own"):  # fmt: skip
+        eos._retrying("commit_transaction",
+                      lambda: (_ for _ in ()).throw(ProducerFencedError("fenced")))  # fmt: skip
     r.consumer = Fenced()
     r.aligner = Aligner(r.consumer, r._event_time, max_wait_s=0)
     for call in (lambda: r._poll_loop(max_idle_s=5), lambda: r._commit_async({})):
