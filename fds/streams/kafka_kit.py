@@ -219,6 +219,12 @@ class ClientErrors(logging.Handler):
             )
         if "Authentication" in why:
             return f"the broker refused the login ({why}); {login}"
+        if "Hostname mismatch" in why or "doesn't match" in why:  # (blamed on the CA: a QA)
+            return (
+                f"the broker's certificate is not for the host in --bootstrap ({why}); connect "
+                "by a name or address the certificate holds, or set ssl_check_hostname: false "
+                "(FDS_SSL_CHECK_HOSTNAME=false)"
+            )
         if "SSL" in why or "Handshake" in why:
             return f"the TLS handshake failed ({why}); check --ssl-cafile and --security-protocol"
         dropped = "frame length" in why or "socket disconnected" in why

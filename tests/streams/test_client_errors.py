@@ -46,3 +46,13 @@ def test_a_protocol_the_port_does_not_speak_points_at_security_protocol():
     said = ClientErrors().hint("is the broker up?", "SSL")  # (nothing more in the client's log)
     assert said.startswith("is the broker up?; or its port speaks another protocol than SSL")
     assert ClientErrors().hint("is the broker up?") == "is the broker up?"
+
+
+def test_a_certificate_for_another_host_points_at_the_host_name():
+    """Found by a QA pass: a host-name mismatch was blamed on --ssl-cafile."""
+    why = ("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: Hostname mismatch, "
+           "certificate is not valid for 'vm'. (_ssl.c:1006)")  # fmt: skip
+    errors = seen(why)
+    assert errors.refused  # final: given up at once
+    said = errors.hint("is the broker up?", "SASL_SSL")
+    assert "not for the host in --bootstrap" in said and "ssl_check_hostname: false" in said
