@@ -510,7 +510,9 @@ def load_settings(file: Path | str | None = None, **flags: Any) -> KafkaSettings
         err = exc.errors()[0]
         name = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
-        if path is not None and name in doc and name not in given:
+        # (the file's line only when the value is the file's: an environment variable that
+        # overrode it was blamed on the file, a QA pass)
+        if path is not None and name in values and name not in given:
             raise invalid(path, exc, KafkaSettings, "the settings file") from None
 
         def source(setting: str) -> str:
@@ -518,7 +520,7 @@ def load_settings(file: Path | str | None = None, **flags: Any) -> KafkaSettings
             if setting in given:
                 return flag or f"--{setting.replace('_', '-')}"
             env = f"FDS_{setting.upper()}"
-            if env in os.environ:
+            if any(k.upper() == env for k in os.environ):
                 return env
             return f"{path}" if path is not None and setting in doc else "the default"
 

@@ -60,6 +60,16 @@ def test_bad_values_name_the_setting_and_file(tmp_path):
         load_settings(tmp_path / "missing.yaml")
 
 
+def test_a_bad_value_from_the_environment_is_not_blamed_on_the_file(tmp_path, monkeypatch):
+    """Found by a QA pass: FDS_SASL_MECHANISM=PLAINX over a valid file value was reported at
+    the file's line."""
+    f = tmp_path / "kafka.yaml"
+    f.write_text("group: g\nmax_poll_records: 100\n")
+    monkeypatch.setenv("FDS_MAX_POLL_RECORDS", "0")
+    with pytest.raises(ConfigError, match=r"setting max_poll_records: .*\(from FDS_MAX_POLL_R"):
+        load_settings(f)
+
+
 @pytest.mark.parametrize(
     ("settings", "says"),
     [
