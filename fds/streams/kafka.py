@@ -1612,7 +1612,7 @@ class Runner:
                 "no committed offset for partitions %s (the group was deleted or its offsets "
                 "expired): resumed from the offsets the state covers %s, committed for the "
                 "group; to decide the topic again from its start, start with an empty "
-                "--state-dir",
+                "--state-dir and no --state-topic (its snapshot would be restored)",
                 sorted(tp.partition for tp in gone), {tp.partition: o for tp, o in gone.items()},
             )  # fmt: skip
             # Committed at once: a partition that stays idle and moves to another instance
