@@ -120,7 +120,13 @@ class Checkpointer:
         """Hold the state dir for this process until :meth:`unlock` (or its exit): two
         instances of a group given one dir (no ``--group-instance-id``, the default dir) wrote
         over each other's checkpoint and restored each other's state (a QA pass)."""
-        f = open(self.dir / LOCK_NAME, "a+")  # noqa: SIM115 (held open: the lock)
+        try:
+            f = open(self.dir / LOCK_NAME, "a+")  # noqa: SIM115 (held open: the lock)
+        except OSError as exc:  # (a traceback: a review)
+            raise ConfigError(
+                f"cannot lock the state dir: {exc.strerror or exc}; give a writable --state-dir",
+                where=str(self.dir),
+            ) from exc
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -515,7 +515,7 @@ def _csv_header(p: Path, row: list[str] | None, mapping: ColumnMapping | None) -
     UTF-8, no name twice, the ``mapping``'s columns there."""
     if row is None:
         return None
-    header = [c.strip() for c in row]
+    header = [c.strip(" ") for c in row]  # (as a cell's: spaces only)
     if _UNDECODABLE.search("".join(header)):
         raise ConfigError(f"{p}:1: the header is not valid UTF-8; save the file as UTF-8")
     twice = sorted({c for c in header if header.count(c) > 1})

@@ -647,6 +647,7 @@ class Runner:
         self._lag_at = 0.0
         self._decided: dict[Any, int] = {}  # partition -> offset after the last record decided
         self._copartitioned = False
+        self._n_out = 0  # the output topic's partitions, when co-partitioned
         self._pending: list[Any] = []  # send futures of the batch being decided
         # the bad labels dead-lettered with that batch (queued again if its transaction aborts)
         self._bad_labels: list[tuple[Any, BaseException]] = []
@@ -772,6 +773,7 @@ class Runner:
         n_in = self.consumer.partitions_for_topic(self.s.input_topic)
         n_out = self.producer.partitions_for(self.s.output_topic)
         self._copartitioned = bool(n_in) and bool(n_out) and len(n_in) == len(n_out)
+        self._n_out = len(n_out or ())
 
     def _connect_labels(self, topic: str, timeout_ms: int) -> None:
         plan = self.engine.features
@@ -981,8 +983,12 @@ class Runner:
                 idle_commit = self._unacked or self._committable  # idle: commit the decided
                 if idle_commit and self._settle_or_rejoin(wait=True):
                     self.checkpoint()
-                elif not idle_commit and not self._ahead and self._positions != self._saved:
-                    self.checkpoint()  # one not due at that commit: once it is
+                elif (
+                    not idle_commit and self._live and not self._ahead
+                    and self._positions != self._saved
+                ):  # fmt: skip
+                    self.checkpoint()  # one not due at that commit: once it is (not after a
+                    # restore that decided nothing: it sent the whole state again, a review)
                 # and to the state topic: an instance gone quiet had not checkpointed or not
                 # published what it last decided, so its replacement rebuilt it all (a QA pass)
                 self._publish_state()
@@ -1052,7 +1058,7 @@ class Runner:
         # while sending a whole batch at its end held a backlog's first decisions back until
         # its last was made.
         out: list[tuple[bytes, bytes, int | None]] = []
-        copart = self._copartitioned
+        copart, n_out = self._copartitioned, self._n_out
         decided = 0
         refold = self._refold
         refolded: dict[Any, int] = {}  # partition -> its committed offset, folded below it
@@ -1096,7 +1102,8 @@ class Runner:
                 self._dead_letter(msg, stage, exc)
                 continue
             key = msg.key if msg.key is not None else tx["card_id"].encode()
-            out.append((value, key, tp.partition if copart else None))
+            # (a partition the output lacks, the metadata not yet refreshed: by its key)
+            out.append((value, key, tp.partition if copart and tp.partition < n_out else None))
             if feed is not None and feed.waiting and tx["tx_id"] in feed.waiting:
                 feed.reached(tx["tx_id"])  # its labels count from then on, in this batch too
                 due = feed.due  # (outside the try: a label's failure is no decision's)
@@ -1871,7 +1878,12 @@ class Runner:
                                      time.monotonic() + WAIT_LOG_S)  # fmt: skip
                 if isinstance(exc, FencedInstanceIdError):  # no retry or restart can help (it
                     raise self._fenced(what) from exc  # was retried, then the broker blamed)
-                if isinstance(exc, ProducerFencedError):  # another instance took the id: a
+                if isinstance(exc, _REFUSED):  # (a group ACL refused a commit, say)
+                    raise self._refused(exc) from exc
+                # (fenced in a send, kafka-python's next transactional call raises a plain
+                # KafkaError naming it: a review)
+                if isinstance(exc, ProducerFencedError) or "ProducerFencedError" in str(exc):
+                    # another instance took the id: a
                     # restart, as said before, fenced that one in turn (a QA pass)
                     raise FdsError(
                         f"{what}: the broker fenced this instance's transactional producer "

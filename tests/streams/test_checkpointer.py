@@ -126,3 +126,7 @@ def test_one_fds_run_holds_a_state_dir(tmp_path):
     first.unlock()
     second.lock()  # free again once the first stopped
     second.unlock()
+    (tmp_path / "lock").unlink()
+    (tmp_path / "lock").mkdir()  # a lock file that cannot be opened: said, no traceback
+    with pytest.raises(ConfigError, match="cannot lock the state dir: Is a directory"):
+        first.lock()

@@ -12,7 +12,7 @@ from collections import namedtuple
 from typing import Any
 
 import pytest
-from kafka.errors import KafkaTimeoutError
+from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.structs import OffsetAndTimestamp, TopicPartition
 
 from fds.engine import Engine
@@ -328,10 +328,11 @@ def test_a_fenced_instance_stops_at_once_saying_why():
     # that one in turn (a QA pass)
     from kafka.errors import ProducerFencedError
 
-    with pytest.raises(FdsError, match=r"fenced this instance's transactional producer \(t\): "
-                       r"another producer took the id.*give each instance its own"):  # fmt: skip
-        eos._retrying("commit_transaction",
-                      lambda: (_ for _ in ()).throw(ProducerFencedError("fenced")))  # fmt: skip
+    for fenced in (ProducerFencedError("fenced"),  # and as kafka-python's next call says it
+                   KafkaError("in an error state: [Error 90] ProducerFencedError")):  # fmt: skip
+        with pytest.raises(FdsError, match=r"fenced this instance's transactional producer "
+                           r"\(t\): another producer took the id.*give each"):  # fmt: skip
+            eos._retrying("commit_transaction", lambda e=fenced: (_ for _ in ()).throw(e))
     r.consumer = Fenced()
     r.aligner = Aligner(r.consumer, r._event_time, max_wait_s=0)
     for call in (lambda: r._poll_loop(max_idle_s=5), lambda: r._commit_async({})):
@@ -1489,6 +1490,12 @@ def test_partitions_added_to_the_input_end_the_co_partitioned_output():
     r._on_assigned({TopicPartition("transactions", 2)})
     r._restore_assigned()  # before the assignment's first batch
     assert not r._copartitioned  # keyed by card again: the default partitioner's place
+    # and a partition the output lacks while the metadata says otherwise: by its key too
+    r._copartitioned, r._n_out = True, 2
+    sent: list[Any] = []
+    r.producer.send = lambda topic, **kw: sent.append(kw.get("partition")) or Future()
+    r._process([*batch(0), (TopicPartition("transactions", 2), *batch(9, 1)[0][1:])])
+    assert sent == [0, 0, 0, None]
 
 
 def test_a_retried_call_logs_its_wait_from_its_first_try(monkeypatch, caplog):
@@ -1528,3 +1535,24 @@ def test_a_flush_given_up_asks_whether_the_topics_it_writes_exist(monkeypatch):
     with pytest.raises(BrokerUnavailable, match=r"is Kafka at .* up, and do the topics it writes "
                        r"\('decisions' and 'dead-letters'\) exist\?"):  # fmt: skip
         r._retrying("flush", never)
+
+
+def test_an_instance_that_decided_nothing_since_its_restore_writes_no_checkpoint(tmp_path):
+    """Found by a review: the idle checkpoint (written when the last one was not due at the
+    commit) also fired right after a restore that decided nothing: the whole state written and
+    sent to the state topic again at every restart."""
+
+    class Idle(Consumer):
+        def poll(self, timeout_ms: int, max_records: int) -> dict:
+            return {}
+
+    r = Runner(KafkaSettings(align_wait_s=0, checkpoint_in_background=False), Engine(),
+               checkpointer=Checkpointer(tmp_path))  # fmt: skip
+    r.consumer, r.producer = Idle(), Producer()
+    r.aligner = Aligner(r.consumer, r._event_time, max_wait_s=0)
+    r._positions = {0: 3}  # what the restore covers
+    r._poll_loop(max_idle_s=0.2)
+    assert r.checkpointer.saves == 0
+    r._live = True  # decided since, and its last checkpoint was not due at its commit
+    r._poll_loop(max_idle_s=0.2)
+    assert r.checkpointer.saves == 1 and r._saved == {0: 3}
