@@ -112,6 +112,29 @@ def redact(text: str) -> str:
     return _PAN.sub(_mask, text)
 
 
+# A message that ends in ``key="value"`` pairs (how fds's log calls write their context):
+# the text before them, and the pairs.
+_TRAILING_PAIRS = re.compile(r'^(.*?)((?:\s+\w+="(?:[^"\\]|\\.)*")+)\s*$', re.DOTALL)
+_PAIR = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def _split(message: str) -> tuple[str, dict[str, str]]:
+    """``message`` as its text and the ``key="value"`` pairs it ends with, so that each is a
+    field of its own (in JSON they were one ``msg`` string, and ``kv`` quoted them again: a
+    QA pass).
+
+    >>> _split('dead letter stage="parse" offset="12"')
+    ('dead letter', {'stage': 'parse', 'offset': '12'})
+    >>> _split('state topic="t" publish failed: x')  # (pairs inside the text: left as is)
+    ('state topic="t" publish failed: x', {})
+    """
+    m = _TRAILING_PAIRS.match(message)
+    if m is None or not m.group(1).strip():
+        return message, {}
+    pairs = {k: re.sub(r"\\(.)", r"\1", v) for k, v in _PAIR.findall(m.group(2))}
+    return m.group(1).strip(), pairs
+
+
 def _context(record: logging.LogRecord) -> dict[str, Any]:
     ctx: dict[str, Any] = {}
     for k, v in record.__dict__.items():  # fields given with logger.info(..., extra={...})
@@ -136,13 +159,15 @@ class KeyValueFormatter(logging.Formatter):
     """``ts="..." level="info" logger="..." msg="..." key="value" ...`` on one line."""
 
     def format(self, record: logging.LogRecord) -> str:
+        text, pairs = _split(record.getMessage())
         parts = [
             f'ts="{_iso(record.created)}"',
             f'level="{record.levelname.lower()}"',
             f'logger="{record.name}"',
-            f"msg={_quote(redact(record.getMessage()))}",
+            f"msg={_quote(redact(text))}",
         ]
-        parts.extend(f"{k}={_quote(_safe(k, v))}" for k, v in _context(record).items())
+        context = {**pairs, **_context(record)}
+        parts.extend(f"{k}={_quote(_safe(k, v))}" for k, v in context.items())
         if record.exc_info:
             parts.append(f"exc={_quote(redact(self.formatException(record.exc_info)))}")
         return " ".join(parts)
@@ -152,13 +177,16 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line, with the same fields as :class:`KeyValueFormatter`."""
 
     def format(self, record: logging.LogRecord) -> str:
+        text, pairs = _split(record.getMessage())
         out: dict[str, Any] = {
             "ts": _iso(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": redact(record.getMessage()),
+            "msg": redact(text),
         }
-        for k, v in _context(record).items():
+        for k, v in {**pairs, **_context(record)}.items():
+            if k in ("ts", "level", "logger", "msg"):
+                k = f"{k}_"  # (a pair named like a field keeps the field)
             if isinstance(v, bool | int | float) and k not in SENSITIVE_KEYS:
                 out[k] = v
             else:

@@ -87,3 +87,24 @@ def test_configure_is_idempotent_and_checks_the_format() -> None:
     assert "hidden" not in out.getvalue()
     with pytest.raises(ValueError, match="'kv' or 'json'"):
         configure_logging(fmt="xml")
+
+
+def test_the_context_a_log_call_writes_into_its_message_becomes_fields():
+    """Found by a QA pass: `--log-format json` had every line's context inside `msg`
+    ('model swap from="v5" to="v6"'): a log shipper could not select on it."""
+    import orjson
+
+    out = io.StringIO()
+    log = configure_logging("INFO", fmt="json", stream=out, logger_name="fds.test_split")
+    log.warning('dead letter stage="%s" error="%s" partition="%s[%d]" offset="%d"',
+                "parse", "ValueError", "tx", 3, 12)  # fmt: skip
+    log.info('model swap from="%s" to="%s" card_id="%s"', "v5", "v6", "c-17")
+    first, second = (orjson.loads(line) for line in out.getvalue().splitlines())
+    assert first["msg"] == "dead letter"
+    assert (first["stage"], first["partition"], first["offset"]) == ("parse", "tx[3]", "12")
+    assert second["msg"] == "model swap" and second["to"] == "v6"
+    assert second["card_id"] == "<redacted>"  # (a sensitive key, wherever it was written)
+    kv = io.StringIO()
+    log = configure_logging("INFO", fmt="kv", stream=kv, logger_name="fds.test_split_kv")
+    log.info('rules reloaded path="%s" version="%s"', "r.yaml", "v2")
+    assert 'msg="rules reloaded" path="r.yaml" version="v2"' in kv.getvalue()
