@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fds.errors import ConfigError, FdsError
-from fds.logs import configure_logging
+from fds.logs import configure_logging, say
 
 __all__ = ["build_parser", "main"]
 
@@ -188,10 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     except _Terminated:
         return 143
     except ConfigError as e:
-        print(f"fds {args.command}: error: {e}", file=sys.stderr)
+        say(f"fds {args.command}: error: {e}")
         return 2
     except FdsError as e:
-        print(f"fds {args.command}: failed: {e}", file=sys.stderr)
+        say(f"fds {args.command}: failed: {e}")
         return 1
     except KeyboardInterrupt:
         return 130

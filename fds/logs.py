@@ -47,6 +47,7 @@ __all__ = [
     "configure_logging",
     "log_event",
     "redact",
+    "say",
 ]
 
 #: Context keys whose values are personal data (or may carry it): never written to logs.
@@ -198,6 +199,18 @@ class JsonFormatter(logging.Formatter):
 
 def _quote(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def say(text: str, level: int = logging.ERROR) -> None:
+    """A command's own last word (its error, its summary line): a plain stderr line, or, where
+    logs are JSON, a log record like every other line (a JSON log shipper dropped the one line
+    an operator needs most: a QA pass)."""
+    handlers = logging.getLogger("fds").handlers
+    if any(getattr(h, "_fds_handler", False) and isinstance(h.formatter, JsonFormatter)
+           for h in handlers):  # fmt: skip
+        logging.getLogger("fds").log(level, text)
+    else:
+        print(text, file=sys.stderr)
 
 
 def configure_logging(

@@ -108,3 +108,19 @@ def test_the_context_a_log_call_writes_into_its_message_becomes_fields():
     log = configure_logging("INFO", fmt="kv", stream=kv, logger_name="fds.test_split_kv")
     log.info('rules reloaded path="%s" version="%s"', "r.yaml", "v2")
     assert 'msg="rules reloaded" path="r.yaml" version="v2"' in kv.getvalue()
+
+
+def test_a_command_s_last_word_is_a_log_record_where_logs_are_json(capsys):
+    """Found by a QA pass: `fds --log-format json run` ended with a plain stderr line (its
+    error), which a JSON log shipper drops."""
+    import orjson
+
+    from fds.cli import main
+
+    assert main(["--log-format", "json", "run", "--bootstrap", "nohostport:", "--rules", "none",
+                 "--model", "none"]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    last = orjson.loads(err[-1])
+    assert last["level"] == "error" and last["msg"].startswith("fds run: error:")
+    assert main(["run", "--bootstrap", "nohostport:", "--rules", "none", "--model", "none"]) == 2
+    assert capsys.readouterr().err.startswith("fds run: error:")  # (kv: the plain line, as ever)

@@ -105,6 +105,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from fds.cli import positive_float, positive_int
 from fds.errors import ConfigError, FdsError, StageError, ValidationError, describe
 from fds.gcpolicy import Freezer
+from fds.logs import say
 from fds.metrics import NullMetrics, add_metrics_arguments, make_metrics, serve
 from fds.models.registry import write_atomic
 from fds.pipeline import DEFAULT_MODEL, DEFAULT_RULES, build_engine
@@ -2458,7 +2459,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             serve(metrics, args.metrics_host, args.metrics_port) if args.metrics_port >= 0 else None
         )
     except ConfigError as exc:
-        print(f"fds run: error: {exc}", file=sys.stderr)
+        say(f"fds run: error: {exc}")
         return 2
     if server is not None:
         log.info("serving metrics on %s", server.url)
@@ -2467,19 +2468,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         stats = runner.run(max_idle_s=args.max_idle)
     except ConfigError as exc:  # found at connect: a missing topic, a foreign checkpoint
-        print(f"fds run: error: {exc}", file=sys.stderr)
+        say(f"fds run: error: {exc}")
         return 2
     except (FdsError, KafkaError) as exc:
-        print(f"fds run: failed: {describe(exc)}", file=sys.stderr)
+        say(f"fds run: failed: {describe(exc)}")
         return 1
     finally:
         close_engine(engine)
         if server is not None:
             server.stop()
-    print(
+    say(
         f"consumed={stats.consumed} decided={stats.decided} dead_letters={stats.dead_letters} "
         f"commits={stats.commits} caught_up={stats.caught_up} checkpoints={stats.checkpoints}",
-        file=sys.stderr,
+        logging.INFO,
     )
     return 0
 
@@ -2493,15 +2494,15 @@ def _cmd_produce(args: argparse.Namespace) -> int:
             limit=args.limit, labels_topic=args.labels_topic,
         )  # fmt: skip
     except ConfigError as exc:
-        print(f"fds: error: {exc}", file=sys.stderr)
+        say(f"fds: error: {exc}")
         return 2
     except FdsError as exc:  # (it says what failed and how far it got)
-        print(f"fds produce: failed: {exc}", file=sys.stderr)
+        say(f"fds produce: failed: {exc}")
         return 1
     except Exception as exc:
-        print(f"fds: error: producing failed: {describe(exc)}", file=sys.stderr)
+        say(f"fds: error: producing failed: {describe(exc)}")
         return 1
-    print(f"produced {n} records to {args.topic or settings.input_topic}", file=sys.stderr)
+    say(f"produced {n} records to {args.topic or settings.input_topic}", logging.INFO)
     return 0
 
 

@@ -47,7 +47,6 @@ import logging
 import math
 import pickle
 import signal
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +58,7 @@ from kafka.errors import KafkaError, MessageSizeTooLargeError
 from kafka.structs import OffsetAndMetadata
 
 from fds.errors import ConfigError, FdsError, describe
+from fds.logs import say
 from fds.metrics import NullMetrics, add_metrics_arguments, make_metrics, serve
 from fds.models.registry import DEFAULT_REGISTRY, ENTRY_FIELDS
 from fds.pipeline import DEFAULT_MODEL
@@ -645,24 +645,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
             serve(metrics, args.metrics_host, args.metrics_port) if args.metrics_port >= 0 else None
         )
     except ConfigError as exc:
-        print(f"fds train: error: {exc}", file=sys.stderr)
+        say(f"fds train: error: {exc}")
         return 2
     signal.signal(signal.SIGTERM, svc.stop)
     signal.signal(signal.SIGINT, svc.stop)
     try:
         stats = svc.run(max_idle_s=args.max_idle)
     except ConfigError as exc:
-        print(f"fds train: error: {exc}", file=sys.stderr)
+        say(f"fds train: error: {exc}")
         return 2
     except (FdsError, KafkaError) as exc:
-        print(f"fds train: failed: {describe(exc)}", file=sys.stderr)
+        say(f"fds train: failed: {describe(exc)}")
         return 1
     finally:
         if server is not None:
             server.stop()
-    print(
+    say(
         f"decisions={stats.decisions} labels={stats.labels} published={stats.published} "
         f"bad_records={stats.bad_records}",
-        file=sys.stderr,
+        logging.INFO,
     )
     return 0
