@@ -198,6 +198,10 @@ class Metrics(Collector):
     True
     """
 
+    # fds_broker_reachable, exported once set (a replay or a trainer has no broker state to
+    # report, and an unset gauge would read 0: "unreachable")
+    _broker: float | None = None
+
     enabled = True
 
     def __init__(
@@ -259,6 +263,13 @@ class Metrics(Collector):
         self._rebalances = Counter(
             "fds_rebalances_total", "Consumer-group rebalances seen by this instance.", registry=r
         )
+        self._checkpoints = Counter(
+            "fds_checkpoints_total",
+            "State checkpoints written by fds run, by result (ok, failed).",
+            ["result"],
+            registry=r,
+        )
+
         self._commit = Histogram(
             "fds_commit_duration_seconds",
             "Time to commit offsets (and the Kafka transaction under exactly-once).",
@@ -455,6 +466,19 @@ class Metrics(Collector):
         """Observe one offset/transaction commit duration."""
         self._commit.observe(seconds)
 
+    def checkpoints(self, ok: int, failed: int) -> None:
+        """Count ``ok`` checkpoints written and ``failed`` ones (a full disk: decisions go on,
+        but a crash then rebuilds more; nothing showed it but a log line, a QA pass)."""
+        if ok:
+            self._checkpoints.labels(result="ok").inc(ok)
+        if failed:
+            self._checkpoints.labels(result="failed").inc(failed)
+
+    def broker_reachable(self, up: bool) -> None:
+        """Whether the broker answers (a probe or a call succeeded, or failed): an outage
+        showed only as an instance down, once fds run had given up (a QA pass)."""
+        self._broker = 1.0 if up else 0.0
+
     def model_info(self, version: str, spec: str) -> None:
         """Record the champion now scoring; the previous info series is removed."""
         self._info_model = (version, spec)
@@ -627,6 +651,14 @@ class Metrics(Collector):
                 g.add_metric(list(value), 1.0)
             yield g
 
+        g = GaugeMetricFamily(
+            "fds_broker_reachable",
+            "1 while the Kafka broker answers this instance, 0 while its calls fail.",
+        )
+        if self._broker is not None:
+            g.add_metric([], self._broker)
+        yield g
+
         lag = self._event_lag
         # A gauge, not a histogram: live lag is seconds to minutes while a replay of history
         # shows days, beyond any useful bucket set; the alert watches its growth (deriv()).
@@ -788,6 +820,12 @@ class NullMetrics(Metrics):
         pass
 
     def commit_time(self, seconds: float) -> None:
+        pass
+
+    def checkpoints(self, ok: int, failed: int) -> None:
+        pass
+
+    def broker_reachable(self, up: bool) -> None:
         pass
 
     def model_info(self, version: str, spec: str) -> None:

@@ -71,6 +71,8 @@ def exercise(m: Metrics) -> None:
     m.consumer_lag(3, 42)
     m.rebalance()
     m.commit_time(0.004)
+    m.checkpoints(ok=3, failed=1)
+    m.broker_reachable(True)
     m.model_info("v3", "default")
     m.model_swap("ok")
     m.model_swap("rejected")

@@ -625,6 +625,7 @@ class Runner:
         # eviction then leaves it untrusted (rebuilt at the next assignment); else it is kept.
         self._ahead = False
         self._saved: dict[int, int] = {}  # the positions of the last checkpoint written
+        self._ck_seen = (0, 0)  # the checkpointer's (saves, failures) already counted
         # A commit refused after an eviction: kafka-python notices at its next heartbeat, and
         # until it has rejoined every batch would be refused again (six in a row in a chaos
         # run). Nothing is decided until a rebalance or a session timeout since then.
@@ -764,6 +765,7 @@ class Runner:
             s.input_topic, s.group, s.exactly_once, self._copartitioned,
             f'"{s.labels_topic}"' if self.labels is not None else "off",
         )  # fmt: skip
+        self.metrics.broker_reachable(True)
 
     def _check_copartitioned(self) -> None:
         """Co-partitioned output: decisions of input partition p go to output partition p, the
@@ -949,6 +951,7 @@ class Runner:
                 raise self._refused(exc) from exc  # was retried every 0.5 s for good: a QA)
             except KafkaError as exc:  # counted against broker_timeout_s like a silent broker
                 log.warning("poll failed: %s: %s", type(exc).__name__, exc)
+                self.metrics.broker_reachable(False)
                 time.sleep(0.5)  # back off instead of spinning while the broker is away
                 batch = {}
             now = time.monotonic()
@@ -1031,9 +1034,11 @@ class Runner:
             # wait without a time limit in kafka-python 3.0)
             parts = self.consumer.assignment() or {TopicPartition(self.s.input_topic, 0)}
             self.consumer.end_offsets(list(parts), timeout_ms=int(timeout_s * 1000))
+            self.metrics.broker_reachable(True)
             return True
         except Exception as exc:
             log.warning("broker probe failed: %s: %s", type(exc).__name__, exc)
+            self.metrics.broker_reachable(False)
             return False
 
     def _process(self, batch: list[tuple[Any, Any, Any]]) -> None:
@@ -1438,6 +1443,7 @@ class Runner:
                 ck.save_background(self.engine.state_dict, topic=topic, offsets=offsets)
         except OSError as exc:  # a full disk must not stop decisions; a restart re-folds more
             log.warning('checkpoint failed path="%s" error="%s"', ck.path, exc)
+            ck.failures += 1  # (fds_checkpoints_total{result="failed"})
             return False
         self.stats.checkpoints += 1
         self._saved = offsets
@@ -1786,8 +1792,14 @@ class Runner:
 
     def _report(self) -> None:
         """About once a second: the lag of every assigned partition (records not decided yet),
-        idle ones included, and the engine's slow-moving figures (entities held, rules skipped
-        for a missing input or an error: :meth:`fds.engine.Engine.report`)."""
+        idle ones included, the checkpoints written or failed since, and the engine's
+        slow-moving figures (entities held, rules skipped for a missing input or an error:
+        :meth:`fds.engine.Engine.report`)."""
+        ck = self.checkpointer
+        if ck is not None:
+            ck.busy()  # (reaps a background write that ended: counted in saves or failures)
+            seen, self._ck_seen = self._ck_seen, (ck.saves, ck.failures)
+            self.metrics.checkpoints(ck.saves - seen[0], ck.failures - seen[1])
         for tp in self.consumer.assignment():
             hw = self.consumer.highwater(tp)  # from the last fetch response: no request
             # nothing decided here yet: from the committed offset the state follows
@@ -1869,7 +1881,9 @@ class Runner:
         delay = 0.1  # first backoff; doubles up to 5 s
         while True:
             try:
-                return self._waited(what, fn, deadline, since=first)
+                got = self._waited(what, fn, deadline, since=first)
+                self.metrics.broker_reachable(True)
+                return got
             except CommitFailedError:
                 raise  # the group rebalanced: the batch will be replayed by the new owner
             except (KafkaError, OSError) as exc:
@@ -1914,6 +1928,7 @@ class Runner:
                         "without it (offsets are committed up to the last acknowledged batch)"
                     ) from exc
                 log.warning("%s failed (%s); retrying in %.1f s", what, exc, delay)
+                self.metrics.broker_reachable(False)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -1964,6 +1979,7 @@ class Runner:
                 )
             if now - logged >= WAIT_LOG_S:
                 logged = now
+                self.metrics.broker_reachable(False)
                 log.warning("%s waiting for Kafka at %s (%.0f s of %.0f s)", what,
                             self.s.bootstrap, now - started, deadline - started)  # fmt: skip
 

@@ -1556,3 +1556,28 @@ def test_an_instance_that_decided_nothing_since_its_restore_writes_no_checkpoint
     r._live = True  # decided since, and its last checkpoint was not due at its commit
     r._poll_loop(max_idle_s=0.2)
     assert r.checkpointer.saves == 1 and r._saved == {0: 3}
+
+
+def test_checkpoint_failures_and_broker_reachability_are_metrics(tmp_path):
+    """Found by a QA pass: a checkpoint failing every 5 s (a full disk) and a broker gone
+    showed only as log lines: nothing to alert on before the instance gave up."""
+    from fds.metrics import Metrics
+
+    class Gone(Consumer):
+        def end_offsets(self, tps: Any, timeout_ms: int | None = None) -> dict:
+            raise KafkaTimeoutError("no answer")
+
+    r = Runner(KafkaSettings(checkpoint_in_background=False), Engine(),
+               checkpointer=Checkpointer(tmp_path))  # fmt: skip
+    r.consumer, r.producer, r.metrics = Gone(), Producer(), Metrics()
+    value = r.metrics.registry.get_sample_value
+    r._process(batch(0))  # a checkpoint written
+    (tmp_path / "engine.ckpt").unlink()
+    (tmp_path / "engine.ckpt").mkdir()  # the next cannot be written
+    r._ckpt_at = 0.0
+    r._process(batch(3))
+    r._report()
+    assert value("fds_checkpoints_total", {"result": "ok"}) == 1
+    assert value("fds_checkpoints_total", {"result": "failed"}) == 1
+    assert not r._probe(0.1)
+    assert value("fds_broker_reachable") == 0
