@@ -184,7 +184,7 @@ class TrainService:
         self._offsets: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset
         self._restored: dict[tuple[str, int], int] = {}
         self.trainer = self._make_trainer()  # restores the two above from a checkpoint
-        self.trainer.on_drift = lambda now: self.metrics.drift()  # detected while learning
+        self.trainer.on_drift = self._drifted  # detected while learning
         self.stats = TrainStats()
         self._newest: dict[int, float] = {}  # decisions partition -> newest event time read
         self._unannounced: Publication | None = None  # published, its announcement failed
@@ -200,6 +200,12 @@ class TrainService:
         self.producer: Any = None
 
     # -- state -------------------------------------------------------------------------------
+
+    def _drifted(self, now: float) -> None:
+        """Counted and said, as a scorer learning inline says it (the trainer only counted
+        it: a QA pass)."""
+        self.metrics.drift()
+        log.info('model drift ts="%s"', now)  # (as the scorer's line)
 
     def _make_trainer(self) -> Trainer:
         from fds.models import Trainer

@@ -340,3 +340,15 @@ def test_the_labels_metric_counts_delayed_labels_not_examples_assumed_legitimate
     assert svc.trainer.stats["assumed_legit"] > 0  # (5% of 400, sampled by tx_id)
     assert svc.trainer.stats["labels_learned"] == 1 + svc.trainer.stats["assumed_legit"]
     assert svc.metrics.registry.get_sample_value("fds_labels_learned_total") == 1
+
+
+def test_a_drift_the_trainer_detects_is_counted_and_logged(tmp_path, caplog):
+    """Found by a QA pass: fds_drift_detected_total moved and its alert fired, but the trainer's
+    log said nothing (a scorer learning inline says `model drift`)."""
+    from fds.metrics import Metrics
+
+    svc = service(tmp_path, metrics=Metrics())
+    with caplog.at_level("INFO", logger="fds.streams.train"):
+        svc.trainer.on_drift(1767225600.0)
+    assert 'model drift ts="1767225600.0"' in caplog.text
+    assert svc.metrics.registry.get_sample_value("fds_drift_detected_total") == 1
