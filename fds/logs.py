@@ -114,9 +114,13 @@ def redact(text: str) -> str:
 
 
 # A message that ends in ``key="value"`` pairs (how fds's log calls write their context):
-# the text before them, and the pairs.
-_TRAILING_PAIRS = re.compile(r'^(.*?)((?:\s+\w+="(?:[^"\\]|\\.)*")+)\s*$', re.DOTALL)
-_PAIR = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+# the text before them, and the pairs. Values are written as they are (no escapes), so a value
+# holds no quote; a longer message is left whole (the pattern backtracks on long ones).
+_TRAILING_PAIRS = re.compile(r'^(.*?)((?:\s+\w+="[^"]*")+)\s*$', re.DOTALL)
+_PAIR = re.compile(r'(\w+)="([^"]*)"')
+_SPLIT_MAX = 2000
+_FIELDS = ("ts", "level", "logger", "msg")  # every line's own fields
+_PLAIN = "_fds_plain"  # a record attribute: its message is a sentence, not context (say)
 
 
 def _split(message: str) -> tuple[str, dict[str, str]]:
@@ -128,12 +132,26 @@ def _split(message: str) -> tuple[str, dict[str, str]]:
     ('dead letter', {'stage': 'parse', 'offset': '12'})
     >>> _split('state topic="t" publish failed: x')  # (pairs inside the text: left as is)
     ('state topic="t" publish failed: x', {})
+    >>> _split(r'rules reloaded path="C:\\new\\r.yml"')[1]  # (no escapes: as written)
+    {'path': 'C:\\\\new\\\\r.yml'}
     """
+    if len(message) > _SPLIT_MAX:
+        return message, {}
     m = _TRAILING_PAIRS.match(message)
     if m is None or not m.group(1).strip():
         return message, {}
-    pairs = {k: re.sub(r"\\(.)", r"\1", v) for k, v in _PAIR.findall(m.group(2))}
-    return m.group(1).strip(), pairs
+    return m.group(1).strip(), dict(_PAIR.findall(m.group(2)))
+
+
+def _fields(record: logging.LogRecord) -> tuple[str, dict[str, Any]]:
+    """A record's message text and its context: the pairs its message ends with (not for
+    :func:`say`'s sentences), then the ``extra`` fields; a key named like a line's own field
+    gets a ``_`` (a drift line's ``ts="..."`` took the place of the line's time in ``kv``: a
+    review)."""
+    message = record.getMessage()
+    text, pairs = (message, {}) if getattr(record, _PLAIN, False) else _split(message)
+    context = {f"{k}_" if k in _FIELDS else k: v for k, v in {**pairs, **_context(record)}.items()}
+    return text, context
 
 
 def _context(record: logging.LogRecord) -> dict[str, Any]:
@@ -160,14 +178,13 @@ class KeyValueFormatter(logging.Formatter):
     """``ts="..." level="info" logger="..." msg="..." key="value" ...`` on one line."""
 
     def format(self, record: logging.LogRecord) -> str:
-        text, pairs = _split(record.getMessage())
+        text, context = _fields(record)
         parts = [
             f'ts="{_iso(record.created)}"',
             f'level="{record.levelname.lower()}"',
             f'logger="{record.name}"',
             f"msg={_quote(redact(text))}",
         ]
-        context = {**pairs, **_context(record)}
         parts.extend(f"{k}={_quote(_safe(k, v))}" for k, v in context.items())
         if record.exc_info:
             parts.append(f"exc={_quote(redact(self.formatException(record.exc_info)))}")
@@ -178,16 +195,14 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line, with the same fields as :class:`KeyValueFormatter`."""
 
     def format(self, record: logging.LogRecord) -> str:
-        text, pairs = _split(record.getMessage())
+        text, context = _fields(record)
         out: dict[str, Any] = {
             "ts": _iso(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": redact(text),
         }
-        for k, v in {**pairs, **_context(record)}.items():
-            if k in ("ts", "level", "logger", "msg"):
-                k = f"{k}_"  # (a pair named like a field keeps the field)
+        for k, v in context.items():
             if isinstance(v, bool | int | float) and k not in SENSITIVE_KEYS:
                 out[k] = v
             else:
@@ -205,10 +220,12 @@ def say(text: str, level: int = logging.ERROR) -> None:
     """A command's own last word (its error, its summary line): a plain stderr line, or, where
     logs are JSON, a log record like every other line (a JSON log shipper dropped the one line
     an operator needs most: a QA pass)."""
-    handlers = logging.getLogger("fds").handlers
+    log = logging.getLogger("fds")
     if any(getattr(h, "_fds_handler", False) and isinstance(h.formatter, JsonFormatter)
-           for h in handlers):  # fmt: skip
-        logging.getLogger("fds").log(level, text)
+           for h in log.handlers):  # fmt: skip
+        record = log.makeRecord(log.name, level, "(fds)", 0, text, (), None)
+        setattr(record, _PLAIN, True)  # (a sentence: no pairs taken out of it)
+        log.handle(record)  # (whatever the logger's level: -q hid the summary, a review)
     else:
         print(text, file=sys.stderr)
 

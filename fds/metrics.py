@@ -269,6 +269,8 @@ class Metrics(Collector):
             ["result"],
             registry=r,
         )
+        for result in ("ok", "failed"):  # at 0 from the start: increase() sees the first one
+            self._checkpoints.labels(result=result)
 
         self._commit = Histogram(
             "fds_commit_duration_seconds",

@@ -124,3 +124,22 @@ def test_a_command_s_last_word_is_a_log_record_where_logs_are_json(capsys):
     assert last["level"] == "error" and last["msg"].startswith("fds run: error:")
     assert main(["run", "--bootstrap", "nohostport:", "--rules", "none", "--model", "none"]) == 2
     assert capsys.readouterr().err.startswith("fds run: error:")  # (kv: the plain line, as ever)
+
+
+def test_a_command_s_summary_is_kept_under_q_and_a_pair_never_replaces_a_line_field():
+    """Found by a review: with `-q --log-format json` the summary (INFO) was dropped, and a
+    drift line's `ts="..."` pair took the place of the line's own time in kv."""
+    import orjson
+
+    from fds.logs import say
+
+    out = io.StringIO()
+    configure_logging("WARNING", fmt="json", stream=out, logger_name="fds")
+    say("consumed=10 decided=10", logging.INFO)
+    assert orjson.loads(out.getvalue())["msg"] == "consumed=10 decided=10"
+    kv = io.StringIO()
+    log = configure_logging("INFO", fmt="kv", stream=kv, logger_name="fds")
+    log.info('model drift ts="%s"', 5.0)
+    line = kv.getvalue()
+    assert line.count(" ts=") == 0 and line.startswith('ts="20') and 'ts_="5.0"' in line
+    configure_logging("INFO", fmt="kv", logger_name="fds")  # (as the other tests expect it)

@@ -626,6 +626,7 @@ class Runner:
         self._ahead = False
         self._saved: dict[int, int] = {}  # the positions of the last checkpoint written
         self._ck_seen = (0, 0)  # the checkpointer's (saves, failures) already counted
+        self._broker_up: bool | None = None  # as fds_broker_reachable says it
         # A commit refused after an eviction: kafka-python notices at its next heartbeat, and
         # until it has rejoined every batch would be refused again (six in a row in a chaos
         # run). Nothing is decided until a rebalance or a session timeout since then.
@@ -765,7 +766,7 @@ class Runner:
             s.input_topic, s.group, s.exactly_once, self._copartitioned,
             f'"{s.labels_topic}"' if self.labels is not None else "off",
         )  # fmt: skip
-        self.metrics.broker_reachable(True)
+        self._broker_state(True)
 
     def _check_copartitioned(self) -> None:
         """Co-partitioned output: decisions of input partition p go to output partition p, the
@@ -951,13 +952,15 @@ class Runner:
                 raise self._refused(exc) from exc  # was retried every 0.5 s for good: a QA)
             except KafkaError as exc:  # counted against broker_timeout_s like a silent broker
                 log.warning("poll failed: %s: %s", type(exc).__name__, exc)
-                self.metrics.broker_reachable(False)
+                self._broker_state(False)
                 time.sleep(0.5)  # back off instead of spinning while the broker is away
                 batch = {}
             now = time.monotonic()
             if batch:
                 last_contact = no_input.since = now
                 aligner.add(batch)
+                self._broker_state(True)  # (records came: it answers; the gauge stayed 0
+                # after an outage, a review)
             if self._lost_ahead:
                 self._back_after_loss()
             if self._evicted is not None and self._awaiting_rejoin(now):
@@ -1034,11 +1037,11 @@ class Runner:
             # wait without a time limit in kafka-python 3.0)
             parts = self.consumer.assignment() or {TopicPartition(self.s.input_topic, 0)}
             self.consumer.end_offsets(list(parts), timeout_ms=int(timeout_s * 1000))
-            self.metrics.broker_reachable(True)
+            self._broker_state(True)
             return True
         except Exception as exc:
             log.warning("broker probe failed: %s: %s", type(exc).__name__, exc)
-            self.metrics.broker_reachable(False)
+            self._broker_state(False)
             return False
 
     def _process(self, batch: list[tuple[Any, Any, Any]]) -> None:
@@ -1253,6 +1256,12 @@ class Runner:
             raise self._fenced("commit") from exc
         self.stats.commits += 1
 
+    def _broker_state(self, up: bool) -> None:
+        """``fds_broker_reachable``, set when it changes."""
+        if up is not self._broker_up:
+            self._broker_up = up
+            self.metrics.broker_reachable(up)
+
     @property
     def _transactional_id(self) -> str:
         """One per instance (exactly-once): a second instance with the same id fences the
@@ -1260,20 +1269,25 @@ class Runner:
         s = self.s
         return s.transactional_id or f"fds-{s.group}-{s.group_instance_id or '0'}"
 
-    def _refused(self, exc: KafkaError) -> ConfigError:
-        """What the broker refused the group for good, and the setting to fix."""
+    def _refused(self, exc: KafkaError, what: str = "poll") -> ConfigError:
+        """What the broker refused for good in ``what``, and the setting to fix."""
         s = self.s
+        topics = (
+            f"--input-topic {s.input_topic!r}" if what == "poll"
+            else f"the topics it reads and writes ({s.input_topic!r}, {s.output_topic!r}, "
+            f"{s.dlq_topic!r}, ...)"
+        )  # fmt: skip
         why = {
             InvalidSessionTimeoutError: f"session_timeout_ms {s.session_timeout_ms} is outside "
             "the broker's group.min/max.session.timeout.ms (6000-1800000 by default): fix "
             "--session-timeout",
             InvalidGroupIdError: f"group {s.group!r} is not a valid group id: fix --group",
-            GroupAuthorizationFailedError: f"this client may not join group {s.group!r} (an "
+            GroupAuthorizationFailedError: f"this client may not use group {s.group!r} (an "
             "ACL): fix --group or the broker's ACLs for this principal",
-            TopicAuthorizationFailedError: f"this client may not read topic {s.input_topic!r} "
-            "(an ACL): fix --input-topic or the broker's ACLs for this principal",
+            TopicAuthorizationFailedError: f"this client may not use {topics} (an ACL): fix "
+            "the topic or the broker's ACLs for this principal",
         }[type(exc)]
-        return ConfigError(f"Kafka refused the consumer group: {type(exc).__name__}: {why}")
+        return ConfigError(f"Kafka refused {what}: {type(exc).__name__}: {why}")
 
     def _fenced(self, what: str) -> FdsError:
         return FdsError(
@@ -1798,8 +1812,9 @@ class Runner:
         ck = self.checkpointer
         if ck is not None:
             ck.busy()  # (reaps a background write that ended: counted in saves or failures)
-            seen, self._ck_seen = self._ck_seen, (ck.saves, ck.failures)
-            self.metrics.checkpoints(ck.saves - seen[0], ck.failures - seen[1])
+            now = (ck.saves, ck.failures)  # (read once: the listener's thread may add one)
+            seen, self._ck_seen = self._ck_seen, now
+            self.metrics.checkpoints(now[0] - seen[0], now[1] - seen[1])
         for tp in self.consumer.assignment():
             hw = self.consumer.highwater(tp)  # from the last fetch response: no request
             # nothing decided here yet: from the committed offset the state follows
@@ -1882,7 +1897,7 @@ class Runner:
         while True:
             try:
                 got = self._waited(what, fn, deadline, since=first)
-                self.metrics.broker_reachable(True)
+                self._broker_state(True)
                 return got
             except CommitFailedError:
                 raise  # the group rebalanced: the batch will be replayed by the new owner
@@ -1894,7 +1909,7 @@ class Runner:
                 if isinstance(exc, FencedInstanceIdError):  # no retry or restart can help (it
                     raise self._fenced(what) from exc  # was retried, then the broker blamed)
                 if isinstance(exc, _REFUSED):  # (a group ACL refused a commit, say)
-                    raise self._refused(exc) from exc
+                    raise self._refused(exc, what) from exc
                 # (fenced in a send, kafka-python's next transactional call raises a plain
                 # KafkaError naming it: a review)
                 if isinstance(exc, ProducerFencedError) or "ProducerFencedError" in str(exc):
@@ -1928,7 +1943,7 @@ class Runner:
                         "without it (offsets are committed up to the last acknowledged batch)"
                     ) from exc
                 log.warning("%s failed (%s); retrying in %.1f s", what, exc, delay)
-                self.metrics.broker_reachable(False)
+                self._broker_state(False)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -1979,7 +1994,7 @@ class Runner:
                 )
             if now - logged >= WAIT_LOG_S:
                 logged = now
-                self.metrics.broker_reachable(False)
+                self._broker_state(False)
                 log.warning("%s waiting for Kafka at %s (%.0f s of %.0f s)", what,
                             self.s.bootstrap, now - started, deadline - started)  # fmt: skip
 

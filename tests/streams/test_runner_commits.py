@@ -16,7 +16,7 @@ from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.structs import OffsetAndTimestamp, TopicPartition
 
 from fds.engine import Engine
-from fds.errors import FdsError
+from fds.errors import ConfigError, FdsError
 from fds.schema import parse_transaction
 from fds.streams.align import Aligner
 from fds.streams.checkpoint import Checkpointer
@@ -1581,3 +1581,13 @@ def test_checkpoint_failures_and_broker_reachability_are_metrics(tmp_path):
     assert value("fds_checkpoints_total", {"result": "failed"}) == 1
     assert not r._probe(0.1)
     assert value("fds_broker_reachable") == 0
+    # records polled again: it answers (the gauge stayed 0 while traffic flowed: a review)
+    r.consumer = LoopConsumer([records(6)])
+    r.aligner = Aligner(r.consumer, r._event_time, max_wait_s=0)
+    r._poll_loop(max_idle_s=0.2)
+    assert value("fds_broker_reachable") == 1
+    # a refusal in another call than a poll names that call, not the input topic alone
+    from kafka.errors import TopicAuthorizationFailedError
+
+    with pytest.raises(ConfigError, match=r"Kafka refused flush: .*the topics it reads and wri"):
+        r._retrying("flush", lambda: (_ for _ in ()).throw(TopicAuthorizationFailedError()))
