@@ -1072,6 +1072,9 @@ class Runner:
         refold = self._refold
         refolded: dict[Any, int] = {}  # partition -> its committed offset, folded below it
         folds = 0
+        early = not refold  # (the fold empties refold as it goes)
+        if early:  # counted before they are decided, as the decisions are one by one
+            self.metrics.events_consumed("kafka", len(batch))  # (it trailed them: a QA pass)
         feed = self.labels
         due = feed.due if feed is not None else math.inf  # labels wait for this event time
         for tp, msg, tx in batch:
@@ -1130,7 +1133,8 @@ class Runner:
         self.stats.decided += decided + len(out)
         self.stats.consumed += n
         self.stats.batches += 1
-        self.metrics.events_consumed("kafka", n)
+        if not early:  # (what a fold read is no input consumed again)
+            self.metrics.events_consumed("kafka", n)
         if batch:  # (a batch of a bad label's dead letter alone moved no input: a review)
             self._live = True  # the state moved on since it was restored
             self._ahead = True
@@ -1815,6 +1819,8 @@ class Runner:
             now = (ck.saves, ck.failures)  # (read once: the listener's thread may add one)
             seen, self._ck_seen = self._ck_seen, now
             self.metrics.checkpoints(now[0] - seen[0], now[1] - seen[1])
+            if now[1] > seen[1]:  # a write failed: what it held is not saved (an idle instance
+                self._saved = {}  # tries again when due, not only once its input moves)
         for tp in self.consumer.assignment():
             hw = self.consumer.highwater(tp)  # from the last fetch response: no request
             # nothing decided here yet: from the committed offset the state follows

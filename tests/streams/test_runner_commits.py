@@ -1591,3 +1591,31 @@ def test_checkpoint_failures_and_broker_reachability_are_metrics(tmp_path):
 
     with pytest.raises(ConfigError, match=r"Kafka refused flush: .*the topics it reads and wri"):
         r._retrying("flush", lambda: (_ for _ in ()).throw(TopicAuthorizationFailedError()))
+
+
+def test_a_batch_is_counted_consumed_before_it_is_decided_and_a_failed_write_is_retried(
+    tmp_path,
+):
+    """Found by QA passes: mid-batch fds_events_consumed_total trailed fds_decisions_total
+    (counted after the whole batch); a background checkpoint that failed while idle was not
+    written again until input came."""
+    from fds.metrics import Metrics
+
+    r = make_runner()
+    r.metrics = Metrics()
+    seen: list[float] = []
+    decide = r.engine.decide
+
+    def watching(tx: Any) -> Any:
+        seen.append(r.metrics.registry.get_sample_value(
+            "fds_events_consumed_total", {"source": "kafka"}))  # fmt: skip
+        return decide(tx)
+
+    r.engine.decide = watching  # type: ignore[method-assign]
+    r._process(batch(0))
+    assert seen == [3, 3, 3]
+    r.checkpointer = Checkpointer(tmp_path)
+    r._saved = {0: 3}
+    r.checkpointer.failures += 1  # the background write of those positions failed
+    r._report()
+    assert r._saved == {}  # written again when due
