@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from fds.cli import drift_day, folder, positive_int, seed
+from fds.logs import say
 
 __all__ = ["PrecisionResult", "register", "run_precision"]
 
@@ -866,12 +867,11 @@ def _cmd_precision(args: argparse.Namespace) -> int:
 
     for flag in ("mapping", "labels"):
         if getattr(args, flag) and not args.input:
-            print(f"error: --{flag} needs --input FILE", file=sys.stderr)
+            say(f"error: --{flag} needs --input FILE")
             return 2
     for flag in ("days", "cards", "merchants"):  # (ignored without a word: a review)
         if getattr(args, flag) is not None and args.input:
-            print(f"error: --{flag} is for the simulator; --input FILE is replayed whole",
-                  file=sys.stderr)  # fmt: skip
+            say(f"error: --{flag} is for the simulator; --input FILE is replayed whole")
             return 2
     drift = args.drift_day
     if drift is None and not args.input:  # a user's file has no drift unless told
@@ -904,6 +904,6 @@ def _cmd_precision(args: argparse.Namespace) -> int:
             command="fds " + " ".join(sys.argv[1:]),
         )
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        say(f"error: {e}")
         return 2
     return 0

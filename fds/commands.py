@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fds.cli import folder, positive_int, seed
+from fds.logs import say
 from fds.metrics import Metrics, add_metrics_arguments, serve
 from fds.pipeline import DEFAULT_MODEL, DEFAULT_RULES, build_engine
 from fds.streams.files import JsonlSink, check_transaction_columns, load_mapping
@@ -106,7 +107,7 @@ def _demo(args: argparse.Namespace) -> int:
     if args.drift_day is None:  # (a fixed 21 refused `--days 20` the user never gave it)
         args.drift_day = 21 if args.days > 21 else args.days // 2
     if args.days < 7 or not 2 <= args.drift_day < args.days:
-        print("fds demo: error: need --days >= 7 and 2 <= --drift-day < --days", file=sys.stderr)
+        say("fds demo: error: need --days >= 7 and 2 <= --drift-day < --days")
         return 2
     res = run_precision(
         days=args.days,
@@ -161,19 +162,21 @@ def _replay(args: argparse.Namespace) -> int:
     from fds import replay as replay_mod  # (the engine: not to build the command line)
 
     if args.speed is not None and not args.speed > 0:  # (nan too)
-        print("fds replay: error: --speed must be > 0 (e.g. --speed 60)", file=sys.stderr)
+        say("fds replay: error: --speed must be > 0 (e.g. --speed 60)")
         return 2
     for flag, path in (("input file", args.file), ("--labels file", args.labels)):
         if path is not None and not Path(path).is_file():
-            print(f"fds replay: error: {flag} not found: {path}", file=sys.stderr)
+            say(f"fds replay: error: {flag} not found: {path}")
             return 2
     dlq_path = args.dlq or dlq_path_for(args.out)
     # (the default dead-letter file is only made when there is a dead letter)
     for flag, path in (("--out", args.out), ("--dlq", args.dlq)):
         problem = _unwritable(path) if path is not None else None
         if problem:
-            print(f"fds replay: error: cannot write {flag} {path}: {problem}; give a path in "
-                  "a writable directory", file=sys.stderr)  # fmt: skip
+            say(
+                f"fds replay: error: cannot write {flag} {path}: {problem}; give a path in "
+                "a writable directory"
+            )
             return 2
     # Files this run reads: an output over one truncated it (the input while the reader was
     # still in it; the rules or the mapping for the next run).
@@ -191,18 +194,17 @@ def _replay(args: argparse.Namespace) -> int:
     for flag, path in (("--out", args.out), ("--dlq", dlq_path)):
         same = next(((what, x) for what, x in reads if _same_file(path, x)), None)
         if same is not None:
-            print(f"fds replay: error: {flag} {path} is the {same[0]} {same[1]}; give another "
-                  "path", file=sys.stderr)  # fmt: skip
+            say(f"fds replay: error: {flag} {path} is the {same[0]} {same[1]}; give another path")
             return 2
     if _same_file(args.out, dlq_path):  # the decisions were written over the dead letters
-        print(f"fds replay: error: --dlq {dlq_path} is the --out file; give another path",
-              file=sys.stderr)  # fmt: skip
+        say(f"fds replay: error: --dlq {dlq_path} is the --out file; give another path")
         return 2
     if args.labels is not None and _same_file(Path(args.labels), Path(args.file)):
         # (every transaction was read twice: once decided, once a label's dead letter)
-        print(f"fds replay: error: --labels {args.labels} is the input file; give the labels "
-              "file (tx_id, ts, is_fraud), or a --mapping with a label column",
-              file=sys.stderr)  # fmt: skip
+        say(
+            f"fds replay: error: --labels {args.labels} is the input file; give the labels "
+            "file (tx_id, ts, is_fraud), or a --mapping with a label column"
+        )
         return 2
     mapping = load_mapping(args.mapping) if args.mapping else None
     check_transaction_columns(args.file, mapping)
@@ -277,7 +279,7 @@ def _replay(args: argparse.Namespace) -> int:
         )
         return 130
     if not summary.transactions:  # (an empty file printed a table of zeros, exit 0)
-        print(f"fds replay: error: {args.file} holds no transactions", file=sys.stderr)
+        say(f"fds replay: error: {args.file} holds no transactions")
         return 1
     if not summary.decided and summary.dead_letters > summary.label_dead_letters:
         top = summary.top_reason or ""
@@ -303,10 +305,9 @@ def _replay(args: argparse.Namespace) -> int:
             else "map its columns with --mapping"
         )
         hint = ", and ".join(h for h in (check, dates) if h)
-        print(
+        say(
             f"fds replay: error: no transaction could be decided, every one was dead-lettered "
-            f"(most often {top}); {hint}; the dead letters are in {dlq_path}",
-            file=sys.stderr,
+            f"(most often {top}); {hint}; the dead letters are in {dlq_path}"
         )
         return 1
     return 0

@@ -124,6 +124,12 @@ def test_a_command_s_last_word_is_a_log_record_where_logs_are_json(capsys):
     assert last["level"] == "error" and last["msg"].startswith("fds run: error:")
     assert main(["run", "--bootstrap", "nohostport:", "--rules", "none", "--model", "none"]) == 2
     assert capsys.readouterr().err.startswith("fds run: error:")  # (kv: the plain line, as ever)
+    # the other commands' usage errors too (a review: replay's were plain lines)
+    assert main(["--log-format", "json", "replay", "--speed", "0", "x.csv"]) == 2
+    last = orjson.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert last["msg"] == "fds replay: error: --speed must be > 0 (e.g. --speed 60)"
+    main(["replay", "--speed", "0", "x.csv"])  # (kv again for the tests after this one)
+    capsys.readouterr()
 
 
 def test_a_command_s_summary_is_kept_under_q_and_a_pair_never_replaces_a_line_field():

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
 from fds.errors import ArtifactError, ConfigError
+from fds.logs import say
 
 __all__ = ["register"]
 
@@ -49,7 +49,7 @@ def _registry(args: argparse.Namespace) -> Any:
 
 
 def _fail(e: Exception, code: int) -> int:
-    print(f"error: {e}", file=sys.stderr)
+    say(f"error: {e}")
     return code
 
 
@@ -78,7 +78,7 @@ def _show(args: argparse.Namespace) -> int:
         reg = _registry(args)
         version = args.version or reg.champion() or reg.latest()
         if version is None:
-            print(f"error: no versions in {args.registry}", file=sys.stderr)
+            say(f"error: no versions in {args.registry}")
             return 1
         entry = reg.entry(version)
         if args.verify:
