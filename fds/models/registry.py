@@ -369,12 +369,13 @@ class Registry:
                 f"announced spec of {version} is no mapping: {type(fields['spec']).__name__}"
             )
         named, spec_name = fields.get("name"), (fields.get("spec") or {}).get("name")
-        if named is not None and spec_name is not None and named != spec_name:
+        if named is not None and named != spec_name:
             # (the name is not signed, the spec is: a signed version of one model was taken
-            # for another's under a renamed announcement, a QA pass)
+            # for another's under a renamed announcement, a QA pass; a spec naming no model
+            # could be announced under any name)
             raise ArtifactError(
-                f"{version} is announced as model {named!r} but its spec names {spec_name!r}: "
-                "refused"
+                f"{version} is announced as model {named!r} but its spec names "
+                f"{'no model' if spec_name is None else repr(spec_name)}: refused"
             )
         verify(data, sha256=fields.get("sha256") or "", signature=fields.get("hmac"), key=self.key)
         signed, key = fields.get("fields_hmac"), self.key

@@ -212,6 +212,17 @@ def test_a_signed_version_renamed_to_another_model_is_refused(tmp_path: Path) ->
     assert feed.registry.versions() == [] and UNPICKLED == []
 
 
+def test_a_signed_version_whose_spec_names_no_model_is_refused(tmp_path: Path) -> None:
+    """A review: a signed spec without a name could be announced under any model's name."""
+    trainer = Registry(tmp_path / "trainer", key=b"k")
+    e = trainer.publish(Booby("ok"), spec={}, labels_learned=5)
+    data, _ = trainer.load_bytes(e["version"])
+    a = announcement(Publication(e["version"], data, e), "m", trainer)
+    feed = _feed(tmp_path, key=b"k")
+    assert feed.handle(_value(a)) == "rejected"
+    assert feed.registry.versions() == [] and UNPICKLED == []
+
+
 def test_other_models_are_skipped(tmp_path: Path) -> None:
     a = _publish(Registry(tmp_path / "trainer"), {"w": 1}, name="other")
     feed = _feed(tmp_path)
