@@ -218,6 +218,13 @@ def positive_int(text: str) -> int:
     return _whole(text, 1, "number", "must be at least 1")
 
 
+def count_or_all(text: str) -> int | None:
+    """argparse type: a whole number >= 0, or ``all`` (``None``)."""
+    if text.strip().lower() == "all":
+        return None
+    return _whole(text, 0, "number", "give a whole number >= 0 or 'all'")
+
+
 def seed(text: str) -> int:
     """argparse type: a random seed, a whole number >= 0 (NumPy refuses a negative one)."""
     return _whole(text, 0, "seed", "a seed is a whole number >= 0")

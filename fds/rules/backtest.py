@@ -3,7 +3,8 @@
 Both rulesets run over the same stream through the same replay loop
 (:func:`fds.replay.run`: labels are learned only once their own time has passed) with ONE
 feature stage computing the union of both rulesets' features, so differences come from the
-rules alone. Each side has its own :class:`fds.policy.Policy` (from its file). No model runs: the
+rules alone (and from a feature the candidate declares otherwise, computed for each side).
+Each side has its own :class:`fds.policy.Policy` (from its file). No model runs: the
 comparison is rules against rules.
 
 >>> from fds.rules.ruleset import load_ruleset_text
@@ -37,7 +38,6 @@ from fds.rules.ruleset import BUILTINS, FeatureSpec, Ruleset
 
 __all__ = ["DEAD_LETTER", "BacktestResult", "SideResult", "backtest", "feature_stage_for"]
 
-MAX_EXAMPLES = 20  # changed transactions kept with their values: enough to eyeball, small output
 #: A side's action for a transaction one of its active rules raised on (in production: a dead
 #: letter, not a decision).
 DEAD_LETTER = "dead letter"
@@ -53,6 +53,9 @@ class SideResult:
     rule_fraud_hits: Counter[str] = field(default_factory=Counter)
     #: Per rule id: transactions it raised on (each one a dead letter, ``actions[DEAD_LETTER]``).
     rule_errors: Counter[str] = field(default_factory=Counter)
+    #: Per rule id: transactions it was skipped on because a name it reads was missing (an
+    #: empty cell is missing: a rule on ``extra.x == ''`` never fires, a QA pass).
+    rule_missing: Counter[str] = field(default_factory=Counter)
     alerted_frauds: int = 0
     frauds: int | None = None
     days: float = 0.0
@@ -101,16 +104,22 @@ class _NoFeatures:
         return None
 
 
-def _union_features(a: Ruleset, b: Ruleset) -> list[FeatureSpec]:
-    out: dict[str, FeatureSpec] = {}
-    for f in (*a.features, *b.features):
+#: Suffix of the candidate's own version of a feature both rulesets declare differently.
+CANDIDATE_SUFFIX = "__candidate"
+
+
+def _union_features(cand: Ruleset, base: Ruleset) -> tuple[list[FeatureSpec], dict[str, str]]:
+    """Both rulesets' feature declarations, computed once each, and the candidate's features
+    declared otherwise than the baseline's (a window changed): name -> the name they are
+    computed under (they were refused: "rename one", with every rule that reads it)."""
+    out = {f.name: f for f in base.features}
+    renamed: dict[str, str] = {}
+    for f in cand.features:
         if f.name in out and out[f.name] != f:
-            raise ConfigError(
-                f"feature {f.name!r} is declared differently in the two rulesets: rename one "
-                "of them so that both can be computed side by side"
-            )
+            renamed[f.name] = f.name + CANDIDATE_SUFFIX
+            f = f.model_copy(update={"name": renamed[f.name]})
         out[f.name] = f
-    return list(out.values())
+    return list(out.values()), renamed
 
 
 def feature_stage_for(specs: list[FeatureSpec], timezone: str) -> FeatureStage:
@@ -125,15 +134,19 @@ def feature_stage_for(specs: list[FeatureSpec], timezone: str) -> FeatureStage:
 class _Both:
     """Rule + policy stages that run both rulesets and remember the per-transaction outcome."""
 
-    def __init__(self, cand: Ruleset, base: Ruleset) -> None:
+    def __init__(self, cand: Ruleset, base: Ruleset, renamed: Mapping[str, str]) -> None:
         self.cand, self.base = cand, base
+        self.renamed = tuple(renamed.items())
         self.cand_policy = Policy.from_spec(cand.policy)
         self.base_policy = Policy.from_spec(base.policy)
         self.version: str | None = cand.version
         self.last: tuple[Any, ...] = ()
 
     def evaluate(self, tx: Mapping[str, Any], features: Mapping[str, Any]) -> list[dict]:
-        ch = _hits(self.cand, tx, features)
+        seen = features
+        if self.renamed:  # the candidate reads its own version under the declared name
+            seen = {**features, **{n: features.get(own) for n, own in self.renamed}}
+        ch = _hits(self.cand, tx, seen)
         bh = _hits(self.base, tx, features)
         self.last = (tx, features, ch, bh)
         return ch if isinstance(ch, list) else []
@@ -161,8 +174,9 @@ def _decide(policy: Policy, hits: Any, ts: float) -> tuple[str, float]:
 
 
 class _Collector:
-    def __init__(self, both: _Both, frauds: set[str] | None) -> None:
+    def __init__(self, both: _Both, frauds: set[str] | None, keep: int | None) -> None:
         self.both = both
+        self.keep = keep  # changed transactions kept with their values (None: all)
         self.frauds = frauds
         c, b = both.cand, both.base
         self.cand = SideResult(c.version, frauds=0 if frauds is not None else None)
@@ -179,7 +193,7 @@ class _Collector:
             if isinstance(hits, RuleError):
                 side.rule_errors[hits.rule] += 1
                 hits = ()
-            for h in hits:
+            for h in hits:  # (shadow rules' hits too: counted, marked in the report)
                 side.rule_hits[h["id"]] += 1
                 side.rule_fraud_hits[h["id"]] += fraud
             if fraud:
@@ -187,18 +201,21 @@ class _Collector:
                 side.alerted_frauds += action != "approve"
         if ca != ba:
             self.changed_count += 1
-            if len(self.changed) < MAX_EXAMPLES:
+            if self.keep is None or len(self.changed) < self.keep:
                 read: dict[str, Any] = {}
                 for rid in (*_ids(ch), *_ids(bh)):
                     for n in self.names.get(rid, ()):
                         read[n] = _value(n, tx, feats, self.both.cand.clock)
+                for n, own in self.both.renamed:  # both versions of a changed feature
+                    if n in read:
+                        read[own] = feats.get(own)
                 self.changed.append(
                     {
                         "tx_id": tx["tx_id"],
                         "ts": decision["ts"],
                         "fraud": fraud if self.frauds is not None else None,
-                        "baseline": {"action": ba, "score": bs, "hits": _ids(bh)},
-                        "candidate": {"action": ca, "score": cs, "hits": _ids(ch)},
+                        "baseline": _side(ba, bs, bh),
+                        "candidate": _side(ca, cs, ch),
                         "values": read,
                     }
                 )
@@ -207,6 +224,17 @@ class _Collector:
 def _ids(hits: Any) -> list[str]:
     """The rule ids of a side's hits (of the rule that raised, for a dead letter)."""
     return [hits.rule] if isinstance(hits, RuleError) else [h["id"] for h in hits]
+
+
+def _side(action: str, score: float, hits: Any) -> dict[str, Any]:
+    """A changed transaction's outcome on one side: its acting and its shadow hits apart."""
+    shadow = [] if isinstance(hits, RuleError) else [h["id"] for h in hits if _shadow(h)]
+    acting = [i for i in _ids(hits) if i not in shadow]
+    return {"action": action, "score": score, "hits": acting, "shadow_hits": shadow}
+
+
+def _shadow(hit: Mapping[str, Any]) -> bool:
+    return bool(hit.get("state") == "shadow")
 
 
 def _value(name: str, tx: Mapping[str, Any], feats: Mapping[str, Any], clock: Any) -> Any:
@@ -229,12 +257,16 @@ def backtest(
     *,
     features: FeatureStage | None = None,
     progress: bool = False,
+    examples: int | None = 20,
 ) -> BacktestResult:
     """Run both rulesets over ``stream`` with the same features; compare the outcomes.
 
     ``features`` overrides the feature stage (default: :func:`feature_stage_for` the union of
-    both rulesets' declarations, in the candidate's timezone).
+    both rulesets' declarations, in the candidate's timezone; a feature the candidate declares
+    otherwise is computed for each side). ``examples``: changed transactions kept with the
+    values their rules read (``None``: all of them).
     """
+    renamed: dict[str, str] = {}
     if features is None:
         tz, base_tz = candidate.spec.timezone, baseline.spec.timezone
         if tz != base_tz:  # one feature stage serves both: its calendar days have one zone
@@ -243,13 +275,20 @@ def backtest(
                 "windows and hour/is_night are computed once for both, in one zone; compare a "
                 "timezone change with two replays instead (fds replay FILE --rules A, then B)"
             )
-        features = feature_stage_for(_union_features(candidate, baseline), tz)
-    both = _Both(candidate, baseline)
+        specs, renamed = _union_features(candidate, baseline)
+        features = feature_stage_for(specs, tz)
+    both = _Both(candidate, baseline, renamed)
     frauds = {lab["tx_id"] for lab in stream.labels if lab["is_fraud"]} if stream.labels else None
-    collector = _Collector(both, frauds)
+    collector = _Collector(both, frauds, examples)
     engine = Engine(features=features, rules=both, policy=both)
     txs = stream.transactions = list(stream.transactions)  # read twice: run, then the span
+    before = [dict(rs.missing_counts) for rs in (candidate, baseline)]  # (the inline tests')
     run(engine, stream, collector, _Null(), source="backtest", progress=progress)
+    sides = (collector.cand, collector.base)
+    for side, rs, was in zip(sides, (candidate, baseline), before, strict=True):
+        for rid, n in rs.missing_counts.items():
+            if n > was.get(rid, 0):
+                side.rule_missing[rid] = n - was.get(rid, 0)
     days = (txs[-1]["ts"] - txs[0]["ts"]) / 86400.0 if len(txs) > 1 else 0.0
     collector.cand.days = collector.base.days = days
     ids = [r.id for r in baseline.rules]

@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, TextIO
 
+from fds.cli import count_or_all
 from fds.errors import ConfigError
 from fds.rules.ruleset import Ruleset, load_ruleset
 
@@ -64,10 +65,17 @@ def register(subparsers: Any) -> None:
     )
     bt.add_argument(
         "--examples",
-        type=int,
+        type=count_or_all,
         default=10,
         metavar="N",
-        help="changed transactions to show (default 10)",
+        help="changed transactions to show with the values their rules read (a number or 'all')",
+    )
+    bt.add_argument(
+        "--changed-out",
+        type=Path,
+        metavar="FILE",
+        help="write every transaction whose action changed to FILE (JSON Lines: tx_id, ts, "
+        "fraud, each side's action, score, hits and shadow hits, the values the rules read)",
     )
     bt.add_argument("--progress", action="store_true", help="show a progress bar")
     bt.set_defaults(func=_backtest)
@@ -151,13 +159,22 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from fds.rules.backtest import backtest
     from fds.streams.files import check_transaction_columns, load_mapping
 
-    for name in ("file", "candidate", "baseline", "mapping", "labels"):
+    inputs = ("file", "candidate", "baseline", "mapping", "labels")
+    for name in inputs:
         p = getattr(args, name)
         if p is not None and not p.is_file():
             raise ConfigError(
                 f"--{name} {p}: no such file"
                 if name != "file"
                 else f"{p}: no such file: give a historical transactions file"
+            )
+    if args.changed_out is not None:
+        to = args.changed_out.resolve()
+        read = [p.resolve() for n in inputs if (p := getattr(args, n)) is not None]
+        if to.is_dir() or to in read:
+            raise ConfigError(
+                f"--changed-out {args.changed_out}: a file this backtest reads or a folder; "
+                "give the path of a new file"
             )
     cand = load_ruleset(args.candidate, run_tests=True)
     base = load_ruleset(args.baseline, run_tests=True)
@@ -170,8 +187,23 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
     # (missing columns, another encoding: said as fds replay says it)
     check_transaction_columns(args.file, mapping)
     stream = load(args.file, mapping=mapping, labels_path=labels)
-    # (a label's dead letter: its transaction is in the backtest, not its label)
-    reasons = Counter(reason_of(d) for d in stream.dead_letters if d["stage"] != "label")
+    # (a label's dead letter: its transaction is in the backtest, not its label; a labels
+    # file's were counted as transactions left out, a QA pass)
+    of_labels = Counter(
+        reason_of(d) for d in stream.dead_letters if labels and d["source"] == str(labels)
+    )
+    if of_labels and not stream.labels:  # (precision "-" and no word why, a QA pass)
+        raise ConfigError(
+            f"--labels {labels}: none of its {of_labels.total()} record(s) is a label (most "
+            f"often {of_labels.most_common(1)[0][0]}): a labels file has the columns tx_id, "
+            "ts (when the label became known) and is_fraud; rename its columns or give the "
+            "truth as a label column in the --mapping"
+        )
+    reasons = Counter(
+        reason_of(d)
+        for d in stream.dead_letters
+        if d["stage"] != "label" and not (labels and d["source"] == str(labels))
+    )
     skipped = (
         f"{reasons.total()} record(s) of the files could not be read or validated and are not in "
         f"it (most often {reasons.most_common(1)[0][0]}); `fds replay` writes them out"
@@ -180,7 +212,8 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
     )
     if not stream.transactions:
         raise ConfigError(f"{args.file}: no valid transactions" + (skipped and f"; {skipped}"))
-    r = backtest(cand, base, stream, progress=args.progress)
+    keep = None if args.changed_out is not None else args.examples
+    r = backtest(cand, base, stream, progress=args.progress, examples=keep)
     b, c = r.baseline, r.candidate
     print(
         f"backtest over {r.transactions} transactions ({b.days:.1f} days)"
@@ -189,6 +222,12 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
     )
     if skipped:  # (they were left out without a word: alerts and recall over a subset)
         print(f"note: {skipped}", file=out)
+    if of_labels:
+        print(
+            f"note: {of_labels.total()} record(s) of {labels} are not labels and were left out "
+            f"(most often {of_labels.most_common(1)[0][0]})",
+            file=out,
+        )
     rows = [
         ("version", b.version, c.version),
         ("alerts (review+decline)", str(b.alerts), str(c.alerts)),
@@ -206,16 +245,29 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
     print(f"\n{'':<26}{'baseline':>16}{'candidate':>16}", file=out)
     for k, x, y in rows:
         print(f"{k:<26}{x:>16}{y:>16}", file=out)
-    print(f"\n{'rule hits':<34}{'baseline':>10}{'prec':>8}{'candidate':>11}{'prec':>8}", file=out)
+    print(f"\n{'rule hits':<34}{'baseline':>16}{'prec':>8}{'candidate':>16}{'prec':>8}", file=out)
     states = [{x.id: x.spec.state for x in rs.rules} for rs in (base, cand)]
     for rid in r.rule_ids:
         cells = []
         for side, state in zip((b, c), states, strict=True):
             n = side.rule_hits.get(rid, 0)
             prec = (side.rule_fraud_hits[rid] / n) if n and side.frauds is not None else None
-            shown = str(n) if state.get(rid) not in (None, "paused") else state.get(rid) or "-"
+            st = state.get(rid)
+            # (a shadow rule's hits read like an acting rule's: a QA pass)
+            shown = str(n) if st == "active" else f"{n} shadow" if st == "shadow" else st or "-"
             cells += [shown, _fmt(prec)]
-        print(f"{rid:<34}{cells[0]:>10}{cells[1]:>8}{cells[2]:>11}{cells[3]:>8}", file=out)
+        print(f"{rid:<34}{cells[0]:>16}{cells[1]:>8}{cells[2]:>16}{cells[3]:>8}", file=out)
+    if any(st == "shadow" for s in states for st in s.values()):
+        print("(shadow: evaluated and counted, never acts on the decision)", file=out)
+    names = {**base.names_read(), **cand.names_read()}
+    for side, name in ((b, "baseline"), (c, "candidate")):
+        for rid, n in sorted(side.rule_missing.items()):
+            print(
+                f"{name} rule {rid} was skipped on {n} of {r.transactions} transaction(s): a "
+                f"name it reads was missing ({', '.join(names.get(rid, ()))}; an empty cell "
+                "is missing)",
+                file=out,
+            )
     for side, name in ((b, "baseline"), (c, "candidate")):
         for rid, n in sorted(side.rule_errors.items()):
             print(
@@ -223,16 +275,33 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
                 "dead letter, not a decision (guard it: `avg > 0 and amount / avg > 3`)",
                 file=out,
             )
-    print(f"\n{r.changed_count} transaction(s) changed action", file=out)
-    for ex in r.changed[: args.examples]:
+    listed = r.changed if args.examples is None else r.changed[: args.examples]
+    more = (
+        f"; {len(listed)} shown (--examples N or all, --changed-out FILE for the list)"
+        if len(listed) < r.changed_count
+        else ""
+    )  # (--examples 50 showed 20 without a word: a QA pass)
+    print(f"\n{r.changed_count} transaction(s) changed action{more}", file=out)
+    for ex in listed:
         fraud = "" if ex["fraud"] is None else (" FRAUD" if ex["fraud"] else " legit")
         print(
-            f"  {ex['tx_id']} {ex['ts']}{fraud}: {ex['baseline']['action']} "
-            f"{ex['baseline']['hits']} -> {ex['candidate']['action']} "
-            f"{ex['candidate']['hits']}",
+            f"  {ex['tx_id']} {ex['ts']}{fraud}: {_outcome(ex['baseline'])} -> "
+            f"{_outcome(ex['candidate'])}",
             file=out,
         )
         vals = ", ".join(f"{k}={v!r}" for k, v in ex["values"].items())
         if vals:
             print(f"      read: {vals}", file=out)
+    if args.changed_out is not None:
+        import orjson
+
+        args.changed_out.write_bytes(
+            b"".join(orjson.dumps(ex, option=orjson.OPT_APPEND_NEWLINE) for ex in r.changed)
+        )
+        print(f"wrote {len(r.changed)} changed transaction(s) to {args.changed_out}", file=out)
     return 0
+
+
+def _outcome(side: dict[str, Any]) -> str:
+    shadow = f" shadow {side['shadow_hits']}" if side["shadow_hits"] else ""
+    return f"{side['action']} {side['hits']}{shadow}"

@@ -206,3 +206,126 @@ def test_backtest_counts_the_transactions_a_rule_raises_on(tmp_path: Path, capsy
     assert decline[-2:] == ["0", "1"]  # t0: 100 / 10 > 3; t2 no; t3 base missing
     assert "candidate rule ratio raised on 1 transaction(s)" in out
     assert "2 transaction(s) changed action" in out  # t0, t1
+
+
+def _history(tmp_path: Path, n: int = 60) -> Path:
+    """``n`` transactions of one card a minute apart, amounts 10, 20, ..., every 4th without
+    ``extra.addr`` (as a CSV's empty cell)."""
+    data = tmp_path / "h.jsonl"
+    rows = [
+        {"tx_id": f"t{i}", "ts": 1767225600 + 60 * i, "card_id": "c", "amount": 10 * (i + 1)}
+        | ({} if i % 4 == 0 else {"addr": "x"})
+        for i in range(n)
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return data
+
+
+def _rules(tmp_path: Path, name: str, body: str) -> Path:
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(f"version: {name}\ntimezone: UTC\n" + body)
+    return p
+
+
+def test_backtest_examples_says_how_many_it_shows_and_writes_them_all(tmp_path, capsys) -> None:
+    """A QA pass: `--examples 50` showed 20 of 83 changed transactions without a word (a cap),
+    `--examples -1` showed all but one, and there was no way to get the whole list."""
+    data = _history(tmp_path)
+    base = _rules(tmp_path, "b", "rules: []\n")
+    cand = _rules(
+        tmp_path,
+        "c",
+        "rules:\n  - {id: big, when: amount > 0, action: review, score: 1, reason: r}\n",
+    )
+    argv = ["rules", "backtest", "--candidate", str(cand), "--baseline", str(base), str(data)]
+    assert main([*argv, "--examples", "50"]) == 0
+    out = capsys.readouterr().out
+    assert "60 transaction(s) changed action; 50 shown (--examples N or all" in out
+    assert out.count("approve [] -> decline ['big']") == 50
+    assert main([*argv, "--examples", "all"]) == 0
+    out = capsys.readouterr().out
+    assert "60 transaction(s) changed action\n" in out and out.count("-> decline") == 60
+    with pytest.raises(SystemExit) as ei:
+        main([*argv, "--examples", "-1"])
+    assert ei.value.code == 2 and "whole number >= 0 or 'all'" in capsys.readouterr().err
+    listed = tmp_path / "changed.jsonl"
+    assert main([*argv, "--examples", "0", "--changed-out", str(listed)]) == 0
+    assert "wrote 60 changed transaction(s)" in capsys.readouterr().out
+    rows = [json.loads(line) for line in listed.read_text().splitlines()]
+    assert [r["tx_id"] for r in rows] == [f"t{i}" for i in range(60)]
+    assert rows[0]["candidate"] == {
+        "action": "decline", "score": 1.0, "hits": ["big"], "shadow_hits": []
+    }  # fmt: skip
+    assert rows[0]["values"] == {"amount": 10}
+    assert main([*argv, "--changed-out", str(data)]) == 2  # never over an input
+    assert "a file this backtest reads" in capsys.readouterr().err
+
+
+def test_backtest_marks_shadow_rules_and_rules_skipped_for_missing_inputs(tmp_path, capsys):
+    """A QA pass: a shadow rule's hits read like an acting rule's, and a rule on an empty cell
+    (`extra.addr == ''`: an empty cell is missing) passed its test and never fired without a
+    word."""
+    data = _history(tmp_path, 8)
+    base = _rules(tmp_path, "b", "rules: []\n")
+    cand = _rules(
+        tmp_path,
+        "c",
+        "rules:\n"
+        "  - {id: big, when: amount > 40, action: review, score: 1, reason: r}\n"
+        "  - {id: watch, when: amount > 0, action: decline, score: 1, reason: r, state: shadow}\n"
+        "  - id: no_addr\n    when: \"extra.addr == ''\"\n    action: decline\n    score: 1\n"
+        "    reason: r\n    tests: [{given: {extra.addr: ''}, expect: hit}]\n",
+    )
+    argv = ["rules", "backtest", "--candidate", str(cand), "--baseline", str(base), str(data)]
+    assert main([*argv, "--examples", "all"]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    assert lines["watch"].split()[3:5] == ["8", "shadow"]
+    assert lines["big"].split()[3] == "4"
+    assert "(shadow: evaluated and counted, never acts on the decision)" in out
+    assert (
+        "candidate rule no_addr was skipped on 2 of 8 transaction(s): a name it reads was "
+        "missing (extra.addr; an empty cell is missing)"
+    ) in out
+    assert "approve [] -> decline ['big'] shadow ['watch']" in out
+
+
+def test_backtest_compares_a_changed_window(tmp_path, capsys) -> None:
+    """A QA pass: a feature whose window the candidate changes was refused ("declared
+    differently: rename one", and every rule reading it); each side now reads its own."""
+    data = _history(tmp_path, 10)
+    rule = "rules:\n  - {id: burst, when: n >= 4, action: review, score: 1, reason: r}\n"
+    base = _rules(
+        tmp_path, "b", "features:\n  - {name: n, entity: card_id, agg: count, window: 5m}\n" + rule
+    )
+    cand = _rules(
+        tmp_path, "c", "features:\n  - {name: n, entity: card_id, agg: count, window: 3m}\n" + rule
+    )
+    argv = ["rules", "backtest", "--candidate", str(cand), "--baseline", str(base), str(data)]
+    assert main([*argv, "--examples", "all"]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
+    # one a minute: a 5-minute window holds 5 from the 5th on, a 3-minute one 3 (never 4)
+    assert lines["burst"][1] == "7" and lines["burst"][3] == "0"
+    assert "7 transaction(s) changed action" in out
+    assert "read: n=4, n__candidate=3" in out
+
+
+def test_backtest_refuses_a_labels_file_without_one_label(tmp_path, capsys) -> None:
+    """A QA pass: a chargeback file with its own column names gave "no labels" and precision
+    "-" without a word why, and its rows were counted as transactions left out."""
+    data = _history(tmp_path, 4)
+    base = _rules(tmp_path, "b", "rules: []\n")
+    foreign = tmp_path / "cb.csv"
+    foreign.write_text("TransactionID,chargeback_date,isFraud\nt1,1767312000,1\nt2,1767312000,1\n")
+    argv = ["rules", "backtest", "--candidate", str(base), "--baseline", str(base), str(data)]
+    assert main([*argv, "--labels", str(foreign)]) == 2
+    err = capsys.readouterr().err
+    assert f"--labels {foreign}: none of its 2 record(s) is a label" in err
+    assert "tx_id, ts (when the label became known) and is_fraud" in err
+    mixed = tmp_path / "l.csv"
+    mixed.write_text("tx_id,ts,is_fraud\nt1,1767312000,1\nt2,soon,1\n")
+    assert main([*argv, "--labels", str(mixed)]) == 0
+    out = capsys.readouterr().out
+    assert "1 known frauds" in out and "could not be read or validated" not in out
+    assert f"note: 1 record(s) of {mixed} are not labels and were left out" in out
