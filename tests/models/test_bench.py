@@ -354,3 +354,47 @@ def test_labels_dated_before_their_transactions_are_learned_after_them(tmp_path:
     res = run_precision(input_path=str(tmp_path / "tx.jsonl"), labels_path=str(early), **kw)
     assert res.model_stats["trainer_labels_unjoined"] == 0
     assert res.model_stats["trainer_labels_seen"] == len(sim.labels) > 0
+
+
+def test_models_never_trained_are_said_and_a_users_file_is_not_told_of_the_simulator(
+    tmp_path: Path,
+) -> None:
+    """A QA pass: with labels later than the warm-up, the static model scored all zeros and
+    the frozen one was untrained, shown as figures without a word; the report on the user's
+    own file and rules said `rules/default.yaml` was tuned on "this simulator's output"."""
+    import orjson
+
+    from fds.streams.simulator import write
+
+    sim = simulate(days=5, cards=1000, merchants=200, seed=3, drift_day=None)
+    write(sim, tmp_path / "tx.jsonl")  # frauds on days 2 and 3 (counted from 00:00 UTC)
+    late = tmp_path / "late.jsonl"
+    late.write_bytes(b"".join(
+        orjson.dumps({**lab, "ts": lab["ts"] + 5 * 86400}) + b"\n" for lab in sim.labels
+    ))  # fmt: skip
+    kw: dict[str, Any] = dict(
+        drift_day=None, warmup_days=1, k=5, out_dir=tmp_path, progress=False, echo=False,
+        ceiling_ref=False, name="mine",
+    )  # fmt: skip
+    res = run_precision(input_path=str(tmp_path / "tx.jsonl"), labels_path=str(late), **kw)
+    notes = res.meta["notes"]
+    assert notes[0].startswith(
+        "static_sklearn was not trained, its scores are all 0: no fraud label was known"
+    )
+    assert notes[1].startswith("river_frozen had learned no fraud label")
+    report = (tmp_path / "mine.md").read_text()
+    assert "Note: static_sklearn was not trained" in report
+    assert "this simulator's output" not in report
+    assert "Targets (issue 5), set for the built-in simulator's stream:" in report
+    when = {t["tx_id"]: t["ts"] for t in sim.transactions}
+    soon = tmp_path / "soon.jsonl"
+    soon.write_bytes(b"".join(
+        orjson.dumps({**lab, "ts": when[lab["tx_id"]] + 3600}) + b"\n" for lab in sim.labels
+    ))  # fmt: skip
+    kw["warmup_days"] = 3
+    res = run_precision(input_path=str(tmp_path / "tx.jsonl"), labels_path=str(soon), **kw)
+    assert res.meta["notes"] == [
+        "static_sklearn was not trained, its scores are all 0: no transaction was old enough "
+        "by the end of the warm-up (day 3) to be taken as legitimate (the spec's "
+        "learn.assume_legit_after, 4.0 days): lengthen --warmup-days"
+    ]  # the frauds were known by then, the river model learned them
