@@ -1730,7 +1730,7 @@ class Runner:
                 self._fold(tx)
                 if not i & 255 and time.monotonic() >= lag_at:
                     lag_at = time.monotonic() + LAG_EVERY_S
-                    self._report_restoring(reader, committed)
+                    self._report_restoring(reader, committed, ranges, end)
                 if self._rebuild and not i & 255 and time.monotonic() >= answer_at:
                     self._keep_alive()
                     answer_at = time.monotonic() + KEEPALIVE_S
@@ -1837,11 +1837,21 @@ class Runner:
                 self.metrics.consumer_lag(tp.partition, max(0, hw - decided))
         self.engine.report()
 
-    def _report_restoring(self, reader: Any, committed: Mapping[Any, int | None]) -> None:
+    def _report_restoring(
+        self,
+        reader: Any,
+        committed: Mapping[Any, int | None],
+        ranges: Mapping[Any, Any],
+        end: Mapping[Any, int],
+    ) -> None:
         """During a restore (a rebuild can take minutes), the lag of the partitions it restores:
-        everything from their committed offsets is still to decide (no series before)."""
+        everything from their committed offsets is still to decide (no series before). The
+        reader knows the high watermark of the partitions it reads (``ranges``; another one
+        raised IllegalStateError, which stopped every restart after partitions were added: a
+        QA pass); the others' end is the one read when the restore began."""
         for tp, c in committed.items():
-            hw = reader.highwater(tp)
+            hw = reader.highwater(tp) if tp in ranges else None
+            hw = end.get(tp) if hw is None else hw
             if hw is not None and c is not None:
                 self.metrics.consumer_lag(tp.partition, max(0, hw - c))
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+from kafka.errors import IllegalStateError
 from kafka.structs import OffsetAndTimestamp, TopicPartition
 
 Record = namedtuple("Record", "topic partition offset timestamp key value headers")
@@ -123,8 +124,10 @@ class Reader:
         return {tp: len(self.b.logs[tp]) for tp in tps}
 
     def highwater(self, tp: Any) -> int | None:
-        """As of the last fetch: known once the partition is assigned here (and fetched)."""
-        return len(self.b.logs[tp]) if tp in self.pos else None
+        """As of the last fetch; a partition not assigned here raises, as kafka-python's."""
+        if tp not in self.pos:
+            raise IllegalStateError(f"Partition is not assigned: {tp}")
+        return len(self.b.logs[tp])
 
     def offsets_for_times(self, query: dict[Any, int]) -> dict[Any, Any]:
         return {tp: OffsetAndTimestamp(0, 0, -1) for tp in query}  # all within the horizon

@@ -188,3 +188,23 @@ def test_a_group_without_committed_offsets_resumes_from_the_checkpoint(tmp_path,
     assert sorted(again) == sorted(f"p{p}-{i}" for p in (0, 1) for i in range(10, 15))
     assert again == {t: expected[t] for t in again}  # (before: the card's count doubled)
     assert not any(d["flags"] for d in broker.out)
+
+
+def test_a_rebuild_with_a_partition_never_committed_goes_ahead(tmp_path):
+    """A QA pass: partitions added to the input (empty, no committed offset) stopped every
+    restart that rebuilt the state (`IllegalStateError: Partition is not assigned`: the lag
+    report asked the restore's reader for a partition it does not read)."""
+    m = Metrics()
+    broker = Broker(logs(n0=40, n1=0), committed={0: 20})
+    broker.script = [(1, lambda g: g.rebalance({P0, P1}))]
+    group = Group(broker)
+    r = Runner(
+        KafkaSettings(checkpoint_in_background=False, align_wait_s=0),
+        engine(m),
+        consumer_factory=lambda **cfg: group if cfg.get("group_id") else Reader(broker),
+        producer_factory=lambda **cfg: Producer(broker, **cfg),
+        checkpointer=Checkpointer(tmp_path),
+    )
+    r.run(max_idle_s=0.3)
+    assert sorted(d["tx_id"] for d in broker.out) == [f"p0-{i}" for i in range(20, 40)]
+    assert [d["features"]["n"] for d in broker.out] == list(range(21, 41))  # rebuilt: 20 held
