@@ -198,6 +198,21 @@ def test_state_dict_roundtrip_gives_identical_decisions():
     assert [strip(second.decide(t)) for t in txs[cut:]] == expected[cut:]
 
 
+def test_a_state_without_features_is_refused_by_an_engine_with_features():
+    """A QA pass: a checkpoint of `fds run --rules none` restored under rules with features
+    was taken as complete: every window started empty after the restart, no rebuild."""
+    from fds.errors import ConfigError
+    from fds.pipeline import DEFAULT_RULES, build_engine
+
+    bare = build_engine(None, None)
+    bare.decide(tx(1))
+    with pytest.raises(ConfigError, match="saved without feature state"):
+        build_engine(DEFAULT_RULES, None).load_state_dict(bare.state_dict())
+    build_engine(None, None).load_state_dict(bare.state_dict())  # the same engine: fine
+    full = build_engine(DEFAULT_RULES, None)
+    bare.load_state_dict(full.state_dict())  # features no longer needed: fine
+
+
 def test_who_is_demoted_now_is_exported_after_a_restore_too():
     """fds_guardrail_demotions_total restarts at 0 with the process: a rule still demoted by a
     restored engine was invisible."""

@@ -516,10 +516,15 @@ class FeaturePlan:
         mine = self._identity()
         for k, v in mine.items():
             if sd.get(k) != v:
+                was = (
+                    _changed(str(sd.get(k) or ""), str(v))
+                    if k == "fingerprint"  # (both in full: 2,267 characters, a QA pass)
+                    else f"{sd.get(k)!r}, now {v!r}"
+                )
+                what = "feature declarations" if k == "fingerprint" else k
                 raise ConfigError(
-                    f"feature state was saved with a different {k} ({sd.get(k)!r}, now {v!r}): "
-                    "restore with the same feature declarations, timezone and grace, or start "
-                    "from an empty state"
+                    f"feature state was saved with other {what} ({was}): restore with the same "
+                    "feature declarations, timezone and grace, or start from an empty state"
                 )
         body = pickle.loads(sd["state"])
         self._reset()
@@ -579,6 +584,25 @@ class FeaturePlan:
         """A plan for ``specs`` restored from ``path``, and the source position to resume at."""
         plan = cls(specs, **kwargs)
         return plan, plan.restore(path)
+
+
+def _changed(old: str, new: str) -> str:
+    """The features two fingerprints (``name=definition;...``) declare otherwise.
+
+    >>> _changed("a=card_id:count::600.0;b=x", "a=card_id:count::60.0;c=y")
+    'changed: a; added: c; removed: b'
+    """
+    was, now = (dict(p.partition("=")[::2] for p in f.split(";") if p) for f in (old, new))
+    parts = [
+        f"{what}: {', '.join(names)}"
+        for what, names in (
+            ("changed", [n for n in now if n in was and was[n] != now[n]]),
+            ("added", [n for n in now if n not in was]),
+            ("removed", [n for n in was if n not in now]),
+        )
+        if names
+    ]
+    return "; ".join(parts) or "their order changed"
 
 
 def _offset(cg: _CompiledGroup, st: list[Any], ci: int) -> int:

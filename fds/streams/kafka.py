@@ -125,7 +125,7 @@ from fds.streams.kafka_kit import Call, ClientErrors
 from fds.streams.label_feed import LabelFeed, reads_labels
 from fds.streams.rebuild import horizon_seconds, read_merged, start_offsets
 from fds.streams.state_topic import StateTopic
-from fds.timeutil import FileClock, format_ts, get_zone, parse_ts
+from fds.timeutil import FileClock, format_ts, get_zone, parse_ts, span
 
 if TYPE_CHECKING:  # (River: imported when an engine is built, not to build the command line)
     from fds.engine import Engine
@@ -1478,6 +1478,7 @@ class Runner:
         sources: list[tuple[str, Callable[[], Checkpoint | None]]] = [("checkpoint", ck.load)]
         if self.state_topic is not None:
             sources.append(("state topic snapshot", lambda: self._fetch_state(ck)))
+        ignored = False
         for what, load in sources:
             try:
                 got = load()
@@ -1492,8 +1493,10 @@ class Runner:
                 self.engine.load_state_dict(got.state if model else _without_model(got.state))
             except ConfigError as exc:
                 log.warning("%s ignored: %s", what, exc)
-                if what == "checkpoint" and ck.path.exists():  # kept for a post-mortem
-                    ck.path.replace(ck.path.with_name(ck.path.name + ".bad"))
+                if ck.path.exists():  # kept for a post-mortem (the topic's: it was left as
+                    bad = ".bad" if what == "checkpoint" else ".snapshot.bad"  # the checkpoint)
+                    ck.path.replace(ck.path.with_name(ck.path.name + bad))
+                ignored = True
                 continue
             self._positions = dict(got.offsets)
             log.info(
@@ -1501,11 +1504,14 @@ class Runner:
                 what, ck.path, self._positions, time.time() - got.written_at,
             )  # fmt: skip
             return
-        log.info(
-            'no usable checkpoint path="%s": state of already-consumed partitions is rebuilt '
-            "from the start of the input",
-            ck.path,
-        )
+        # (after a checkpoint was ignored, an INFO line that read as routine, though the
+        # rebuild may take long: a QA pass)
+        log.log(
+            logging.WARNING if ignored else logging.INFO,
+            'no usable checkpoint path="%s": the state of the partitions already consumed is '
+            "rebuilt from the input (each one's feature horizon read again%s)",
+            ck.path, f", {_horizon_text(self.engine)}" if ignored else "",
+        )  # fmt: skip
 
     def _fetch_state(self, ck: Checkpointer) -> Checkpoint | None:
         """The newest snapshot on the state topic, written as the local checkpoint and loaded."""
@@ -1657,6 +1663,9 @@ class Runner:
                 ),
             )
             committed = {**committed, **gone}
+        new = [tp for tp, c in committed.items() if c is None and tp.partition not in pos]
+        if new and self.s.auto_offset_reset == "earliest":
+            self._say_decided_from_start(new)
         behind = {
             tp: c for tp, c in committed.items() if c is not None and c != pos.get(tp.partition)
         }
@@ -1836,6 +1845,24 @@ class Runner:
             if hw is not None and decided is not None:
                 self.metrics.consumer_lag(tp.partition, max(0, hw - decided))
         self.engine.report()
+
+    def _say_decided_from_start(self, tps: list[Any]) -> None:
+        """Partitions with no committed offset and no state: the group starts them at the
+        earliest offset, every record they hold decided and sent (a group renamed decided the
+        whole topic again with only an INFO line about the checkpoint, a QA pass)."""
+        begin = self._retrying(
+            "reading the log starts", lambda: self.consumer.beginning_offsets(tps)
+        )
+        end = self._retrying("reading the log ends", lambda: self.consumer.end_offsets(tps))
+        n = sum(end[tp] - begin[tp] for tp in tps)
+        if n:
+            log.warning(
+                "no committed offset for partitions %s of group %s (a new group, or renamed): "
+                "their %d records are decided from the earliest offset and their decisions "
+                "sent (again, if another group decided them); to start at their end instead, "
+                "set auto_offset_reset: latest",
+                sorted(tp.partition for tp in tps), self.s.group, n,
+            )  # fmt: skip
 
     def _report_restoring(
         self,
@@ -2090,6 +2117,11 @@ MODEL_POLL_S = 1.0
 FEED_WAIT_S = 30.0
 # The models-topic feed of each engine build_run_engine made (close_engine stops it).
 _FEEDS: weakref.WeakKeyDictionary[Engine, Any] = weakref.WeakKeyDictionary()
+
+
+def _horizon_text(engine: Engine) -> str:
+    h = horizon_seconds(engine)
+    return span(h) if math.isfinite(h) else "the whole log"
 
 
 def _without_model(state: dict[str, Any]) -> dict[str, Any]:

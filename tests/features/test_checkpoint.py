@@ -35,9 +35,12 @@ def test_restore_refuses_other_declarations(tmp_path: Path) -> None:
     plan = FeaturePlan(ALL_SPECS)
     plan.checkpoint(tmp_path / "c", 0)
     other = FeaturePlan([Spec("n", "card_id", "count", None, "1h")])
-    with pytest.raises(ConfigError, match="different fingerprint"):
+    # the features that differ are named (both declarations in full, 2,267 characters: a QA)
+    with pytest.raises(
+        ConfigError, match=r"other feature declarations \((changed|added)[^)]*removed: "
+    ):
         other.restore(tmp_path / "c")
-    with pytest.raises(ConfigError, match="different timezone"):
+    with pytest.raises(ConfigError, match="other timezone"):
         FeaturePlan(ALL_SPECS, timezone="Asia/Seoul").restore(tmp_path / "c")
 
 

@@ -208,3 +208,25 @@ def test_a_rebuild_with_a_partition_never_committed_goes_ahead(tmp_path):
     r.run(max_idle_s=0.3)
     assert sorted(d["tx_id"] for d in broker.out) == [f"p0-{i}" for i in range(20, 40)]
     assert [d["features"]["n"] for d in broker.out] == list(range(21, 41))  # rebuilt: 20 held
+
+
+def test_a_new_group_and_an_ignored_checkpoint_are_warned_about(tmp_path, caplog):
+    """A QA pass: a renamed group decided the whole topic again (and sent every decision
+    again) with only an INFO line about the checkpoint, and a checkpoint that could not be
+    used (an upgrade, other features) was followed by an INFO line that read as routine."""
+    broker = Broker(logs(n0=5, n1=7), committed={})
+    broker.script = [(1, lambda g: g.rebalance({P0, P1}))]
+    (tmp_path / "engine.ckpt").write_bytes(b"torn")
+    with caplog.at_level(logging.INFO, logger="fds.streams.kafka"):
+        runner(broker, tmp_path).run(max_idle_s=0.3)
+    assert len(broker.out) == 12
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(
+        "no committed offset for partitions [0, 1] of group fds (a new group, or renamed): "
+        "their 12 records are decided from the earliest offset" in w
+        for w in warned
+    ), warned
+    assert any(
+        "no usable checkpoint" in w and "feature horizon read again, 24.1 h)" in w for w in warned
+    ), warned
+    assert (tmp_path / "engine.ckpt.bad").read_bytes() == b"torn"
