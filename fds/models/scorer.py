@@ -628,19 +628,26 @@ class ModelServer:
         win.append(
             (ranks[1].credit(final(x, _p(champ, x))), ranks[2].credit(x.get(RULE_SCORE, 0.0)))
         )
+        self._gate_at = self._now
+        self._set_acting(
+            self._gate_verdict(),
+            labels=len(win),
+            recall_at_budget_with_model=round(sum(m for m, _ in win) / max(len(win), 1), 4),
+            recall_at_budget_rules=round(sum(r for _, r in win) / max(len(win), 1), 4),
+        )
+
+    def _gate_verdict(self) -> bool:
+        """Whether the maturity gate is open by what it holds: no gate, or enough frauds
+        learned and a full window where rules + model caught at least what the rules did (a
+        window not full yet keeps it as it is when labels are starved, see
+        _expire_contests; otherwise closed)."""
+        gate, win = self.spec.gate, self._gate
+        if not (gate.min_frauds or gate.window):
+            return True
         model_caught = sum(m for m, _ in win)
         rules_caught = sum(r for _, r in win)
-        self._gate_at = self._now
-        # a window not full yet keeps the gate as it is when labels are starved (see
-        # _expire_contests); otherwise it keeps it closed
         judged = model_caught >= rules_caught if len(win) >= gate.window else self._gate_starved
-        acting = self._gate_frauds >= gate.min_frauds and judged
-        self._set_acting(
-            acting,
-            labels=len(win),
-            recall_at_budget_with_model=round(model_caught / max(len(win), 1), 4),
-            recall_at_budget_rules=round(rules_caught / max(len(win), 1), 4),
-        )
+        return self._gate_frauds >= gate.min_frauds and judged
 
     def _set_acting(self, acting: bool, **info: Any) -> None:
         """Open or close the maturity gate (an event and a counter when it changes)."""
@@ -679,9 +686,10 @@ class ModelServer:
         restarted scorer must not put a proven model back in shadow until `window` more frauds
         are labelled, nor forget that its champion is on probation (no rollback would be
         possible any more) or how far a challenger's contest got."""
+        gate = self.spec.gate
         return {
             "acting": self.acting, "window": list(self._gate), "frauds": self._gate_frauds,
-            "starved": self._gate_starved,
+            "starved": self._gate_starved, "gate": [gate.min_frauds, gate.window],
             "probation": dataclasses.asdict(self.probation) if self.probation else None,
             "predecessor": self.predecessor_version,
             "contest": dataclasses.asdict(self.contest) if self.contest else None,
@@ -692,11 +700,19 @@ class ModelServer:
         """Restore what :meth:`gate_state` returned. A probation resumes when the champion
         served is still the one on trial and its predecessor loads from the registry (verified);
         a challenger's contest resumes when the watcher offers that challenger again."""
-        self.acting = bool(state["acting"])
         self._gate.clear()
         self._gate.extend(tuple(c) for c in state["window"])
         self._gate_frauds = max(self._gate_frauds, int(state["frauds"]))
         self._gate_starved = bool(state.get("starved", False))
+        gate = self.spec.gate
+        saved = state.get("gate")  # (None: a release before it was kept)
+        changed = saved is not None and list(saved) != [gate.min_frauds, gate.window]
+        if changed or not (gate.min_frauds or gate.window):
+            # the spec's gate changed while it was down: judged anew on what it holds (a gate
+            # removed kept the model in shadow until the next label, a QA pass)
+            self.acting = self._gate_verdict()
+        else:
+            self.acting = bool(state["acting"])
         self._canary_seed = [dict(x) for x in state.get("canary") or () if x]
         if state.get("contest"):  # (a fresh state, as a rebuild loads, has none to resume)
             self._saved_contest = state["contest"]

@@ -708,3 +708,26 @@ def test_the_canary_has_inputs_after_a_restart_and_before_any_traffic(tmp_path) 
     assert fresh.load_champion() is None and fresh.registry.entry("v000001")["status"] == (
         "rejected"
     )
+
+
+def test_a_gate_changed_while_the_scorer_was_down_is_judged_anew() -> None:
+    """A QA pass: a restart with the spec's gate removed ("acts at once", the README) kept the
+    model in shadow, restored as it was; a gated spec restored from an ungated run acted."""
+    gated = parse_spec(
+        "name: t\npipeline:\n  - linear_model.LogisticRegression: {}\n"
+        "gate:\n  min_frauds: 3\n  window: 5\n"
+    )
+    ungated = parse_spec("name: t\npipeline:\n  - linear_model.LogisticRegression: {}\n")
+    shadow = ModelServer(gated, learn=False)
+    assert shadow.offer(_pub(FeatureModel("f_a"), 1)) and not shadow.acting
+    restarted = ModelServer(ungated, learn=False)
+    restarted.load_gate_state(pickle.loads(pickle.dumps(shadow.gate_state())))
+    assert restarted.acting
+    acting = ModelServer(ungated, learn=False)
+    assert acting.offer(_pub(FeatureModel("f_a"), 1)) and acting.acting
+    restarted = ModelServer(gated, learn=False)
+    restarted.load_gate_state(acting.gate_state())
+    assert not restarted.acting  # nothing learned, no window: closed until judged
+    same = ModelServer(gated, learn=False)
+    same.load_gate_state({**shadow.gate_state(), "acting": True})  # the same gate: as saved
+    assert same.acting
