@@ -784,16 +784,21 @@ def load_ruleset_text(text: str, filename: str = "<rules>", *, run_tests: bool =
         raise ConfigError(f"{len(errors)} errors:\n" + "\n".join(errors))
     rs = Ruleset(spec, compiled, filename, test_where, marks)
     if run_tests:
-        failed = [res for res in rs.run_tests() if not res.passed]
-        if failed:
-            first = failed[0]
-            why = first.error or f"expected {first.expect}, got {first.got}"
-            raise ConfigError(
-                f"rule {first.rule_id}: inline test {first.index + 1} failed: {why} "
-                f"({len(failed)} failing test(s); run `fds rules check`)",
-                where=first.where,
-            )
+        check_tests(rs)
     return rs
+
+
+def check_tests(rs: Ruleset) -> None:
+    """Raise :class:`ConfigError` at the first failing inline test of ``rs``."""
+    failed = [res for res in rs.run_tests() if not res.passed]
+    if failed:
+        first = failed[0]
+        why = first.error or f"expected {first.expect}, got {first.got}"
+        raise ConfigError(
+            f"rule {first.rule_id}: inline test {first.index + 1} failed: {why} "
+            f"({len(failed)} failing test(s); run `fds rules check`)",
+            where=first.where,
+        )
 
 
 def load_ruleset(path: str | Path, *, run_tests: bool = False) -> Ruleset:

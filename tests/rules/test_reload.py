@@ -209,6 +209,15 @@ def test_policy_follows_the_reloaded_file_and_features_cannot_change(tmp_path: P
     assert "timezone changed (UTC -> America/New_York)" in str(rs.last_error)
     assert str(rs.last_error).startswith(f"{p}:9:11: ")
     assert engine.decide(tx)["ruleset_version"] == "v2"
+    # a rule whose test holds only in the old zone: the zone is what is told (a QA pass: it
+    # said "inline test 1 failed")
+    night = (
+        "  - {id: night, when: hour < 6, action: review, score: 0.5, reason: n,\n"
+        "     tests: [{given: {ts: 0}, expect: hit}]}\n"
+    )
+    write(p, rules("v5", 100) + night + "timezone: Asia/Seoul\n")
+    assert rs.check_now() == "rejected"
+    assert "timezone changed (UTC -> Asia/Seoul)" in str(rs.last_error)
 
 
 def test_the_model_reads_the_rule_results_of_the_ruleset_that_produced_them(tmp_path: Path):
