@@ -418,3 +418,31 @@ def test_a_label_delay_without_a_unit_is_warned_about(tmp_path, caplog):
     caplog.clear()
     m.write_text("fields: {tx_id: A}\nlabel: {column: F, delay: 7d}\n")
     assert load_mapping(m).label.delay == 7 * 86400.0 and not caplog.text
+
+
+def test_a_mapping_names_the_texts_that_mean_missing(tmp_path):
+    """A QA pass: a `DeviceInfo` of `NaN` was one device shared by every transaction without
+    one (617 cards in `device_cards_7d`), and a mapping could not say that `NaN` is no value."""
+    (tmp_path / "m.yaml").write_text(MAPPING + "missing: [NaN, null, -999]\n")
+    (tmp_path / "h.csv").write_text(
+        "TRANSACTION_ID,TX_DATETIME,CUSTOMER_ID,TERMINAL_ID,TX_AMOUNT,TX_FRAUD,SECTOR\n"
+        "1,2026-01-01 09:00:00,17,NaN,12.50,0,null\n"
+        "2,2026-01-01 09:05:00,17,-999,990.00,1,NaN \n"
+        "3,2026-01-01 09:06:00,17,nan,5.00,0,-999.0\n"
+    )
+    m = load_mapping(tmp_path / "m.yaml")
+    assert m.missing == {"NaN", "null", "-999"}  # (YAML's null and -999 as written)
+    recs = [r for _, r, _ in read_records(tmp_path / "h.csv", mapping=m)]
+    assert "merchant_id" not in recs[0] and "SECTOR" not in recs[0]
+    assert "merchant_id" not in recs[1] and "SECTOR" not in recs[1]  # (the space: stripped)
+    assert recs[2]["merchant_id"] == "nan" and recs[2]["SECTOR"] == "-999.0"  # as written only
+    (tmp_path / "j.jsonl").write_text(
+        '{"TRANSACTION_ID": "1", "TX_DATETIME": 1, "CUSTOMER_ID": "c", "TX_AMOUNT": 1, '
+        '"TERMINAL_ID": "NaN", "TX_FRAUD": 0}\n'
+    )
+    jm = ColumnMapping.model_validate({**m.model_dump(), "format": "jsonl"})
+    (rec,) = [r for _, r, _ in read_records(tmp_path / "j.jsonl", mapping=jm)]
+    assert "merchant_id" not in rec
+    (tmp_path / "bad.yaml").write_text(MAPPING + "missing: {NaN: 1}\n")
+    with pytest.raises(ConfigError, match="a list of texts read as missing"):
+        load_mapping(tmp_path / "bad.yaml")
