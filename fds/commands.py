@@ -14,8 +14,13 @@ from fds.logs import say
 from fds.metrics import Metrics, add_metrics_arguments, serve
 from fds.pipeline import DEFAULT_MODEL, DEFAULT_RULES, build_engine
 from fds.streams.files import JsonlSink, check_transaction_columns, load_mapping
+from fds.timeutil import format_ts
 
 __all__ = ["register"]
+
+
+#: 2000-01-01T00:00:00Z: a replay whose every transaction is older was warned about.
+EPOCH_2000 = 946684800.0
 
 
 def _none_or_path(text: str) -> Path | None:
@@ -263,6 +268,16 @@ def _replay(args: argparse.Namespace) -> int:
             f"fds replay: warning: none of the {summary.fraud_labels:,} transactions labelled "
             "fraud was decided: check that the labels' tx_id are those of the transactions "
             "(case, prefixes, another file)",
+            file=sys.stderr,
+        )
+    if summary.last_ts is not None and summary.last_ts < EPOCH_2000:
+        # (seconds from the dataset's own reference date, IEEE-CIS's TransactionDT, were
+        # replayed as January 1970 without a word: a QA pass)
+        print(
+            f"fds replay: warning: every transaction is dated before 2000 (the last at "
+            f"{format_ts(summary.last_ts)}): if the file's times count seconds from another "
+            "origin than 1970, give it as ts_origin in the --mapping (e.g. ts_origin: "
+            "2017-12-01)",
             file=sys.stderr,
         )
     if args.labels is not None and not summary.labels_read and summary.label_dead_letters:

@@ -164,6 +164,7 @@ class ReplaySummary:
     interrupted: bool = False  # stopped by Ctrl-C: the figures cover what was decided
     # the most frequent reason a transaction was dead-lettered: "stage: error" (first line)
     top_reason: str | None = None
+    last_ts: float | None = None  # the event time of the last transaction read
 
     @property
     def throughput(self) -> float:
@@ -526,6 +527,8 @@ def run(
         finally:  # what was read before a failure is not lost
             tally.drain(dead, dlq, metrics)
     s.seconds = time.perf_counter() - t0
+    if seen:
+        s.last_ts = ts  # (the newest event decided: the file is in time order)
     if metrics is not None:
         metrics.events_consumed("file", seen - counted)
         engine.report()

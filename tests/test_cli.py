@@ -555,3 +555,33 @@ def test_help_states_the_defaults(capsys):
             main([*argv, "--help"])
         text = " ".join(capsys.readouterr().out.split())  # (wrapped lines joined)
         assert all(n in text for n in needles), (argv, text)
+
+
+def test_seconds_from_another_origin_are_mapped_or_warned_about(tmp_path, capsys):
+    """A QA pass: IEEE-CIS's `TransactionDT` (seconds from the dataset's reference date) was
+    replayed as January 1970 without a word, and a mapping could not give the origin."""
+    data = tmp_path / "ieee.csv"
+    data.write_text(
+        "TransactionID,TransactionDT,card1,TransactionAmt\n"
+        + "".join(f"{i},{86400 + 60 * i},c{i % 3},{10 + i}\n" for i in range(5))
+    )
+    fields = (
+        "fields: {tx_id: TransactionID, ts: TransactionDT, card_id: card1, "
+        "amount: TransactionAmt}\n"
+    )
+    plain, origin = tmp_path / "plain.yaml", tmp_path / "origin.yaml"
+    plain.write_text(fields)
+    origin.write_text(fields + "timezone: Asia/Seoul\nts_origin: 2017-12-01\n")
+    out = tmp_path / "d.jsonl"
+    argv = [str(data), "--rules", "none", "--model", "none", "--out", str(out)]
+    assert main(["replay", *argv, "--mapping", str(plain)]) == 0
+    err = capsys.readouterr().err
+    assert "every transaction is dated before 2000 (the last at 1970-01-02T00:04:00" in err
+    assert "give it as ts_origin in the --mapping" in err
+    assert main(["replay", *argv, "--mapping", str(origin)]) == 0
+    assert "before 2000" not in capsys.readouterr().err
+    first = orjson.loads(out.read_bytes().splitlines()[0])
+    assert first["ts"].startswith("2017-12-01T15:00:00")  # a day after 00:00 KST, in UTC
+    (tmp_path / "bad.yaml").write_text(fields + "ts_origin: 86400\n")
+    assert main(["replay", *argv, "--mapping", str(tmp_path / "bad.yaml")]) == 2
+    assert "ts_origin: a date and time, e.g. 2017-12-01" in capsys.readouterr().err

@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import csv
+import datetime as dt
 import difflib
 import functools
 import gzip
@@ -38,7 +39,7 @@ from pydantic import (
 from fds import yamlio
 from fds.errors import ConfigError
 from fds.schema import TX_FIELDS, TX_REQUIRED, dumps_line, fraud_flag
-from fds.timeutil import get_zone, parse_duration
+from fds.timeutil import get_zone, parse_duration, parse_ts
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,9 @@ class ColumnMapping(BaseModel):
     #: Texts read as a missing value, as an empty cell is (``[NaN, NA, "null"]``): a device
     #: ``NaN`` was one device of every transaction without one (617 cards, a QA pass).
     missing: frozenset[str] = frozenset()
+    #: Numeric timestamps count seconds from this instant, not from 1970 (IEEE-CIS's
+    #: ``TransactionDT``: seconds from a reference date); epoch seconds once mapped.
+    ts_origin: float | None = None
 
     @field_validator("timezone")
     @classmethod
@@ -133,6 +137,20 @@ class ColumnMapping(BaseModel):
             raise ValueError("a list of texts read as missing, e.g. [NaN, NA, '-999']")
         # (YAML reads null, -999 and 1.5 as no text: taken as they are written in a cell)
         return ["null" if x is None else str(x) if type(x) in (int, float) else x for x in v]
+
+    @field_validator("ts_origin", mode="before")
+    @classmethod
+    def _origin(cls, v: Any, info: ValidationInfo) -> Any:
+        if v is None:
+            return None
+        if type(v) is dt.date:  # (YAML's unquoted 2017-12-01)
+            v = dt.datetime.combine(v, dt.time())
+        if not isinstance(v, str | dt.datetime):
+            raise ValueError("a date and time, e.g. 2017-12-01 or 2017-12-01T00:00:00+09:00")
+        try:
+            return parse_ts(v, get_zone(info.data.get("timezone", "UTC")))
+        except (ValueError, ConfigError) as e:
+            raise ValueError(f"not a date and time ({e}): e.g. 2017-12-01T00:00:00Z") from None
 
     @field_validator("label", mode="before")
     @classmethod
@@ -197,17 +215,20 @@ class ColumnMapping(BaseModel):
         if self.missing:
             gone = self.missing
             row = {k: v for k, v in row.items() if v.__class__ is not str or v not in gone}
-        if not self.fields:
-            return row
-        sources, shadowed = self._plan
-        out = {k: v for k, v in row.items() if k not in sources}
-        for field in shadowed:
-            extra = out.get("extra", {})
-            if field in out and isinstance(extra, dict):  # (else a dead letter, raw as read)
-                out["extra"] = {field: out.pop(field), **extra}  # a value of `extra` itself wins
-        for field, col in self.fields.items():
-            if col in row:
-                out[field] = row[col]
+        if self.fields:
+            sources, shadowed = self._plan
+            out = {k: v for k, v in row.items() if k not in sources}
+            for field in shadowed:
+                extra = out.get("extra", {})
+                if field in out and isinstance(extra, dict):  # (else a dead letter, raw as read)
+                    out["extra"] = {field: out.pop(field), **extra}  # `extra`'s own value wins
+            for field, col in self.fields.items():
+                if col in row:
+                    out[field] = row[col]
+        else:
+            out = row
+        if self.ts_origin is not None and "ts" in out:
+            out = {**out, "ts": _from_origin(out["ts"], self.ts_origin)}
         return out
 
     @functools.cached_property
@@ -216,6 +237,17 @@ class ColumnMapping(BaseModel):
         itself mapped (a column named like one of them would be overwritten)."""
         sources = frozenset(self.fields.values())
         return sources, tuple(f for f, c in self.fields.items() if f != c and f not in sources)
+
+
+def _from_origin(value: Any, origin: float) -> Any:
+    """A number of seconds after ``origin`` as epoch seconds; anything else as it is (a dead
+    letter when it is no timestamp)."""
+    if type(value) in (int, float):
+        return origin + value
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return origin + float(value)
+    return value
 
 
 def load_mapping(path: str | os.PathLike[str]) -> ColumnMapping:
