@@ -879,6 +879,11 @@ def register(subparsers: Any) -> None:
         help="report file name (without .md); default precision, or precision_<file> with "
         "--input (the committed simulator report is not overwritten)",
     )  # fmt: skip
+    pp.add_argument(
+        "--no-reference", dest="reference", action="store_false",
+        help="skip the offline hindsight reference (two gradient-boosting fits over the whole "
+        "file: most of the run's time on a small file)",
+    )  # fmt: skip
     pp.set_defaults(func=_cmd_precision)
 
 
@@ -932,6 +937,7 @@ def _cmd_precision(args: argparse.Namespace) -> int:
             name=args.name
             or (f"precision_{Path(args.input).name.split('.')[0]}" if args.input else "precision"),
             command="fds " + " ".join(sys.argv[1:]),
+            ceiling_ref=args.reference,
         )
     except ConfigError as e:
         say(f"error: {e}")
