@@ -59,7 +59,11 @@ def register(sub: Any) -> None:
         default=Path("decisions.jsonl"),
         help="decisions JSONL (default: decisions.jsonl; .gz to compress)",
     )
-    p.add_argument("--dlq", type=Path, help="dead letters JSONL (default: <out>.dlq.jsonl)")
+    p.add_argument(
+        "--dlq",
+        type=Path,
+        help="dead letters JSONL (default: beside --out, decisions.jsonl -> decisions.dlq.jsonl)",
+    )
     p.add_argument(
         "--speed",
         type=float,
