@@ -13,7 +13,8 @@ from fds.errors import ConfigError
 __all__ = ["format_ts", "get_zone", "parse_duration", "parse_ts", "second_pass", "span"]
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
+DURATION_PATTERN = r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*"  # (also rules/schema.json's)
+_DURATION = re.compile(f"^{DURATION_PATTERN}$")
 # Epoch values above this are milliseconds: 1e11 s is the year 5138, 1e11 ms is 1973.
 _MS_THRESHOLD = 1e11
 
