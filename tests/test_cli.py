@@ -1,3 +1,4 @@
+import re
 import sys
 
 import orjson
@@ -585,3 +586,19 @@ def test_seconds_from_another_origin_are_mapped_or_warned_about(tmp_path, capsys
     (tmp_path / "bad.yaml").write_text(fields + "ts_origin: 86400\n")
     assert main(["replay", *argv, "--mapping", str(tmp_path / "bad.yaml")]) == 2
     assert "ts_origin: a date and time, e.g. 2017-12-01" in capsys.readouterr().err
+
+
+def test_labels_dated_after_the_last_transaction_are_counted_apart(history, tmp_path, capsys):
+    """A QA pass: "labels read 478" next to "known frauds 604" (the labels due after the end
+    of the file are known frauds but never read) read as labels lost."""
+    labels = tmp_path / "l.jsonl"
+    labels.write_text(
+        f'{{"tx_id": "t1", "ts": {T0 + 5}, "is_fraud": true}}\n'
+        f'{{"tx_id": "t2", "ts": {T0 + 3600}, "is_fraud": true}}\n'
+        f'{{"tx_id": "t3", "ts": {T0 + 7200}, "is_fraud": true}}\n'
+    )
+    assert bare_replay(str(history), "--labels", str(labels), "--out", str(tmp_path / "o")) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"labels read[\s│]+1\b", err), err
+    assert re.search(r"dated after the last transaction[\s│]+2 \(not read\)", err), err
+    assert re.search(r"known frauds[\s│]+3\b", err), err
