@@ -287,7 +287,8 @@ def _replay(args: argparse.Namespace) -> int:
     if args.labels is not None and not summary.labels_read and summary.label_dead_letters:
         print(
             f"fds replay: warning: every label of {args.labels} was a dead letter (their "
-            f"reasons are in {dlq_path}): a labels file has the columns tx_id, ts, is_fraud",
+            f"reasons are in {dlq_path}): a labels file has the columns tx_id, ts, is_fraud "
+            "(or name its own under labels_file: in the --mapping)",
             file=sys.stderr,
         )
     if summary.interrupted:

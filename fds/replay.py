@@ -268,7 +268,8 @@ def open_stream(
     labels: list[dict[str, Any]] = []
     dlq: list[dict[str, Any]] = []
     if labels_path is not None:
-        for rec in _validated(labels_path, None, zone, parse_label, dlq, None):
+        own = mapping.for_labels() if mapping is not None and mapping.labels_file else None
+        for rec in _validated(labels_path, own, zone, parse_label, dlq, None):
             labels.append(rec)
         labels.sort(key=_ts)
     stream = ReplayInput(iter(()), labels, dlq)

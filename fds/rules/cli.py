@@ -196,8 +196,9 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
         raise ConfigError(
             f"--labels {labels}: none of its {of_labels.total()} record(s) is a label (most "
             f"often {of_labels.most_common(1)[0][0]}): a labels file has the columns tx_id, "
-            "ts (when the label became known) and is_fraud; rename its columns or give the "
-            "truth as a label column in the --mapping"
+            "ts (when the label became known) and is_fraud; name its own under labels_file: "
+            "in the --mapping (e.g. labels_file: {tx_id: TransactionID, ts: chargeback_date, "
+            "is_fraud: isFraud})"
         )
     reasons = Counter(
         reason_of(d)

@@ -32,6 +32,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationInfo,
     field_validator,
 )
@@ -104,6 +105,11 @@ _MAPPABLE = sorted(f for f in TX_FIELDS if f != "extra")
 EngineField = Annotated[str, AfterValidator(_engine_field)]
 
 
+#: A labels file's fields (the Label contract) and those it needs.
+LabelField = Literal["tx_id", "ts", "is_fraud", "source"]
+LABEL_REQUIRED: frozenset[str] = frozenset({"tx_id", "ts", "is_fraud"})
+
+
 class ColumnMapping(BaseModel):
     """How a foreign file's columns map onto the transaction contract."""
 
@@ -118,6 +124,12 @@ class ColumnMapping(BaseModel):
     #: Numeric timestamps count seconds from this instant, not from 1970 (IEEE-CIS's
     #: ``TransactionDT``: seconds from a reference date); epoch seconds once mapped.
     ts_origin: float | None = None
+    #: A separate ``--labels`` file's own column names (``is_fraud: isFraud``): a chargeback
+    #: file with its own names was dead-lettered whole (a QA pass).
+    labels_file: dict[LabelField, str] = Field(default_factory=dict)
+    # what check_columns requires, and where the mapping names it (a labels file's: for_labels)
+    _required: frozenset[str] = PrivateAttr(default=TX_REQUIRED)
+    _section: str = PrivateAttr(default="fields")
 
     @field_validator("timezone")
     @classmethod
@@ -181,7 +193,7 @@ class ColumnMapping(BaseModel):
         ``first_record``: ``columns`` are the keys of one JSON Lines record, which may lack an
         optional field or the label: only required fields are checked.
         """
-        wanted = [c for f, c in self.fields.items() if not first_record or f in TX_REQUIRED]
+        wanted = [c for f, c in self.fields.items() if not first_record or f in self._required]
         if self.label and not first_record:
             wanted.append(self.label.column)
         # one column whose name holds the others: another separator than the comma
@@ -199,14 +211,24 @@ class ColumnMapping(BaseModel):
                 f"its columns are {columns}{hint}",
                 where=where,
             )
-        unmapped = sorted(f for f in TX_REQUIRED if f not in self.fields and f not in columns)
+        unmapped = sorted(f for f in self._required if f not in self.fields and f not in columns)
         if unmapped:
             raise ConfigError(
                 f"required engine field(s) {unmapped} are neither mapped nor columns of the "
-                f"file: map them under `fields:` of a --mapping file (e.g. `{unmapped[0]}: "
-                f"YOUR_COLUMN`); its columns are {columns}{hint}",
+                f"file: map them under `{self._section}:` of a --mapping file (e.g. "
+                f"`{unmapped[0]}: YOUR_COLUMN`); its columns are {columns}{hint}",
                 where=where,
             )
+
+    def for_labels(self) -> ColumnMapping:
+        """The mapping of a separate labels file: its ``labels_file`` columns, read in this
+        mapping's timezone, with its ``missing`` texts and ``ts_origin``."""
+        m = ColumnMapping.model_construct(
+            fields=dict(self.labels_file), timezone=self.timezone, missing=self.missing,
+            ts_origin=self.ts_origin,
+        )  # fmt: skip
+        m._required, m._section = LABEL_REQUIRED, "labels_file"
+        return m
 
     def apply(self, row: dict[str, Any]) -> dict[str, Any]:
         """Rename one raw row to engine fields; other columns stay (they go to ``extra``), also

@@ -323,6 +323,22 @@ def test_backtest_refuses_a_labels_file_without_one_label(tmp_path, capsys) -> N
     err = capsys.readouterr().err
     assert f"--labels {foreign}: none of its 2 record(s) is a label" in err
     assert "tx_id, ts (when the label became known) and is_fraud" in err
+    # ... or mapped: the mapping names the labels file's own columns
+    mapping = tmp_path / "m.yaml"
+    mapping.write_text(
+        "labels_file: {tx_id: TransactionID, ts: chargeback_date, is_fraud: isFraud}\n"
+    )
+    assert main([*argv, "--labels", str(foreign), "--mapping", str(mapping)]) == 0
+    assert "2 known frauds" in capsys.readouterr().out
+    mapping.write_text("labels_file: {tx_id: TID, ts: chargeback_date, is_fraud: isFraud}\n")
+    assert main([*argv, "--labels", str(foreign), "--mapping", str(mapping)]) == 2
+    assert "column(s) ['TID'] named in the mapping are not in the file" in capsys.readouterr().err
+    mapping.write_text("labels_file: {tx_id: TransactionID, ts: chargeback_date}\n")
+    assert main([*argv, "--labels", str(foreign), "--mapping", str(mapping)]) == 2
+    assert (
+        "['is_fraud'] are neither mapped nor columns of the file: map them under `labels_file:`"
+        in capsys.readouterr().err
+    )
     mixed = tmp_path / "l.csv"
     mixed.write_text("tx_id,ts,is_fraud\nt1,1767312000,1\nt2,soon,1\n")
     assert main([*argv, "--labels", str(mixed)]) == 0
