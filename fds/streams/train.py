@@ -416,19 +416,30 @@ class TrainService:
         for tp in self.consumer.assignment():
             if tp.topic != topic or self._newest.get(tp.partition, -math.inf) >= ts:
                 continue
-            # read to the end? (the position skips transaction markers, which the last data
-            # record's offset does not; both are local, from the last fetch)
-            hw = self.consumer.highwater(tp)
-            try:
-                position = self.consumer.position(tp, timeout_ms=0)
-            except KafkaError:
-                position = None
-            if hw is None or position is None or position < hw:
+            if not self._read_to_end(tp):
                 return False
         return True
 
+    def _read_to_end(self, tp: Any) -> bool:
+        """Is ``tp`` read to its end? (the position skips transaction markers, which the last
+        data record's offset does not; both are local, from the last fetch)"""
+        hw = self.consumer.highwater(tp)
+        try:
+            position = self.consumer.position(tp, timeout_ms=0)
+        except KafkaError:
+            position = None
+        return hw is not None and position is not None and position >= hw
+
     def _decisions_idle(self) -> bool:
-        return time.monotonic() - self._last_decision > self.label_wait_s
+        """No decision for ``label_wait_s``, and every decisions partition assigned and read to
+        its end: nothing more to wait for. (Quiet alone was idle while the group was joined
+        after a restart, or a backlog still unread: labels were learned before their
+        decisions, unjoined, and moved the event time days ahead, so the next decisions were
+        assumed legitimate at once: a QA pass.)"""
+        if time.monotonic() - self._last_decision <= self.label_wait_s:
+            return False
+        mine = [tp for tp in self.consumer.assignment() if tp.topic == self.topics[0]]
+        return bool(mine) and all(self._read_to_end(tp) for tp in mine)
 
     def _hold(self, tp: Any, records: list[Any]) -> None:
         """Queue a poll's labels of ``tp`` behind those still held; beyond the bound the

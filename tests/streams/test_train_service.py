@@ -352,3 +352,34 @@ def test_a_drift_the_trainer_detects_is_counted_and_logged(tmp_path, caplog):
         svc.trainer.on_drift(1767225600.0)
     assert 'model drift ts="1767225600.0"' in caplog.text
     assert svc.metrics.registry.get_sample_value("fds_drift_detected_total") == 1
+
+
+def test_labels_do_not_go_ahead_of_decisions_still_unread(tmp_path, monkeypatch):
+    """A QA pass: after a restart (the group still joining) or in a decisions backlog, two
+    quiet seconds counted as "no decision comes any more": labels were learned before their
+    decisions (unjoined) and moved the event time days ahead, so the decisions read next were
+    assumed legitimate at once and nothing was published for minutes."""
+    clock = [1000.0]
+    monkeypatch.setattr("fds.streams.train.time.monotonic", lambda: clock[0])
+    d0, lab = TopicPartition("decisions", 0), TopicPartition("labels", 0)
+    svc = service(tmp_path)
+    svc.consumer = c = Consumer({lab: 1})  # the decisions partition not assigned yet
+    label = Msg("labels", 0, 0, {"tx_id": "a", "ts": 101.5, "is_fraud": True})
+    feed(svc, {lab: [label]})
+    clock[0] += 10 * svc.label_wait_s
+    feed(svc, {})
+    assert len(svc._held[lab]) == 1  # waits: no decisions partition yet
+    c.hw[d0] = 3  # assigned, three decisions unread
+    feed(svc, {})
+    assert len(svc._held[lab]) == 1 and svc.trainer.stats["labels_unjoined"] == 0
+    feed(svc, {d0: [decision(0, i, t, 100.0 + i) for i, t in enumerate("xya")]})
+    assert not svc._held[lab]  # read up to its time: its decision joined
+    assert svc.trainer.stats["labels_learned"] >= 1 and svc.trainer.stats["labels_unjoined"] == 0
+    # read to the end and quiet: nothing more to wait for, a label is learned (unjoined)
+    late = Msg("labels", 0, 1, {"tx_id": "zz", "ts": 100.0 + 9 * 86400, "is_fraud": True})
+    c.hw[lab] = 2
+    feed(svc, {lab: [late]})
+    assert len(svc._held[lab]) == 1
+    clock[0] += 10 * svc.label_wait_s
+    feed(svc, {})
+    assert not svc._held[lab] and svc.trainer.stats["labels_unjoined"] == 1
