@@ -21,6 +21,7 @@ False
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import pickle
@@ -158,11 +159,16 @@ class MemoryStore:
         return None
 
 
+#: Bytes of write-ahead log above which a flush checkpoints it and truncates it.
+WAL_LIMIT = 16 * 2**20
+
+
 class SqliteStore:
     """Persistent store for the trainer service (survives restarts). Commits on ``flush``."""
 
     def __init__(self, path: str | Path) -> None:
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._wal = Path(f"{path}-wal")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(
@@ -207,6 +213,11 @@ class SqliteStore:
 
     def flush(self) -> None:
         self._db.execute("COMMIT")
+        with contextlib.suppress(OSError):
+            # SQLite reuses its write-ahead log but never shrinks it: one large batch left 243
+            # MB of it beside the database for good (a soak run)
+            if self._wal.stat().st_size > WAL_LIMIT:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._db.execute("BEGIN")
 
     def rollback(self) -> None:

@@ -242,3 +242,21 @@ def test_after_a_rollback_the_trainer_goes_on_from_the_champion(tmp_path: Path) 
     t.on_decision(_tx(9, 20.0), {"features": {}})
     t.on_label({"tx_id": "t9", "ts": 21.0, "is_fraud": True})
     assert t.publish(22.0).entry["parent"] == "v000001"
+
+
+def test_the_sqlite_stores_write_ahead_log_does_not_stay_large(tmp_path, monkeypatch) -> None:
+    """A soak run: one large batch left 243 MB of write-ahead log beside the database for
+    good (SQLite reuses a WAL but does not shrink it unless told)."""
+    monkeypatch.setattr("fds.models.trainer.WAL_LIMIT", 64 * 1024)
+    s = SqliteStore(tmp_path / "s.db")
+    x = {f"f{i}": i + 0.5 for i in range(40)}
+    for i in range(5000):  # ~4 MB in one batch
+        s.put(f"t{i}", float(i), x)
+    s.flush()
+    wal = tmp_path / "s.db-wal"
+    assert wal.stat().st_size < 64 * 1024  # (2.5 MB before)
+    assert len(s) == 5000
+    s.put("next", 1.0, x)
+    s.flush()
+    s.close()
+    assert len(SqliteStore(tmp_path / "s.db")) == 5001
