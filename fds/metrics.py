@@ -284,6 +284,17 @@ class Metrics(Collector):
         self._learned = Counter(
             "fds_labels_learned_total", "Delayed labels the model learned from.", registry=r
         )
+        self._unjoined = Counter(
+            "fds_labels_unjoined_total",
+            "Labels fds train read whose decision it does not hold (expired, never decided, or "
+            "of another model), so learned nothing from.",
+            registry=r,
+        )
+        self._waiting = Gauge(
+            "fds_labels_waiting",
+            "Labels fds train holds until their decision is read.",
+            registry=r,
+        )
         self._feature_labels = Counter(
             "fds_feature_labels_total",
             "Fraud labels applied to the label-aware features (fds run --labels-topic).",
@@ -497,6 +508,15 @@ class Metrics(Collector):
     def feature_labels(self, n: int) -> None:
         """Count ``n`` labels applied to the label-aware features."""
         self._feature_labels.inc(n)
+
+    def labels_unjoined(self, n: int) -> None:
+        """Count ``n`` labels the trainer found no decision for."""
+        self._unjoined.inc(n)
+
+    def labels_waiting(self, n: int) -> None:
+        """Labels the trainer holds until their decision is read (a soak run: only its
+        checkpoint showed them)."""
+        self._waiting.set(n)
 
     def model_precision(self, model: str, window: str, value: float) -> None:
         """Set, from delayed labels, the share of labelled frauds ``model`` (``champion``,
@@ -840,6 +860,12 @@ class NullMetrics(Metrics):
         pass
 
     def feature_labels(self, n: int) -> None:
+        pass
+
+    def labels_unjoined(self, n: int) -> None:
+        pass
+
+    def labels_waiting(self, n: int) -> None:
         pass
 
     def model_precision(self, model: str, window: str, value: float) -> None:

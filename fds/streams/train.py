@@ -471,7 +471,9 @@ class TrainService:
                     if not self._may_learn(tp, msg.offset, label["ts"]):
                         break
                     learned = t.stats["labels_learned"] - t.stats["assumed_legit"]
+                    unjoined = t.stats["labels_unjoined"]
                     t.on_label(label)
+                    self.metrics.labels_unjoined(t.stats["labels_unjoined"] - unjoined)
                     self.stats.labels += 1
                     # delayed labels only: the examples assumed legitimate that the label's
                     # event time let through are in the registry's labels_learned, not here
@@ -483,6 +485,7 @@ class TrainService:
                 n += 1
             if done is not None:
                 self._offsets[(tp.topic, tp.partition)] = done
+        self.metrics.labels_waiting(sum(len(held) for held in self._held.values()))
         return n
 
     def _may_learn(self, tp: Any, offset: int, ts: float) -> bool:
@@ -559,6 +562,7 @@ class TrainService:
 
     def _commit(self) -> None:
         self._save_state()
+        self.metrics.checkpoints(1, 0)  # (it stayed at 0 on the trainer: a soak run)
         offsets = {
             _tp(topic, part): OffsetAndMetadata(off, "", -1)
             for (topic, part), off in self._offsets.items()

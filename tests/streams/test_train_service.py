@@ -383,3 +383,24 @@ def test_labels_do_not_go_ahead_of_decisions_still_unread(tmp_path, monkeypatch)
     clock[0] += 10 * svc.label_wait_s
     feed(svc, {})
     assert not svc._held[lab] and svc.trainer.stats["labels_unjoined"] == 1
+
+
+def test_the_trainer_exports_labels_waiting_and_unjoined_and_its_checkpoints(tmp_path):
+    """A soak run: the trainer's labels waiting for their decision and those that found none
+    showed only in its checkpoint, and fds_checkpoints_total stayed at 0 though it checkpoints
+    after every batch."""
+    from fds.metrics import Metrics
+
+    svc = service(tmp_path, metrics=Metrics())
+    get = svc.metrics.registry.get_sample_value
+    d, lab = TopicPartition("decisions", 0), TopicPartition("labels", 0)
+    svc.consumer = Consumer({d: 2, lab: 3})
+    ahead = Msg("labels", 0, 0, {"tx_id": "t1", "ts": 500.0, "is_fraud": True})
+    feed(svc, {d: [decision(0, 0, "t0", 100.0)], lab: [ahead]})
+    assert get("fds_labels_waiting") == 1 and get("fds_labels_unjoined_total") == 0
+    none = Msg("labels", 0, 1, {"tx_id": "nobody", "ts": 600.0, "is_fraud": True})
+    feed(svc, {d: [decision(0, 1, "t1", 700.0)], lab: [none]})
+    assert get("fds_labels_waiting") == 0 and get("fds_labels_unjoined_total") == 1
+    n = get("fds_checkpoints_total", {"result": "ok"})
+    svc._commit()
+    assert n == 2 and get("fds_checkpoints_total", {"result": "ok"}) == 3  # one a batch
