@@ -376,7 +376,9 @@ class Engine:
         """
         save = getattr(self.features, "state_dict", None)
         gate = getattr(self.model, "gate_state", None)
+        served = getattr(self.rules, "served", None)
         return {
+            "rulesets": served() if served is not None else None,
             "features": save() if save is not None else None,
             "budget": getattr(self.policy, "budget", None),
             "breaker": self.breaker,
@@ -416,6 +418,9 @@ class Engine:
         load_gate = getattr(self.model, "load_gate_state", None)
         if state.get("model_gate") is not None and load_gate is not None:
             load_gate(state["model_gate"])
+        remember = getattr(self.rules, "remember_served", None)
+        if state.get("rulesets") and remember is not None:
+            remember(state["rulesets"])
 
     def report(self) -> None:
         """Export slow-moving state to metrics; call between events every few thousand events.

@@ -31,6 +31,8 @@ from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from fds.errors import ConfigError, describe
 from fds.policy import Policy
 from fds.rules.ruleset import Ruleset, check_tests, decode_rules, load_ruleset_text
@@ -100,11 +102,9 @@ class ReloadingRuleset:
         #: The policy stage of the ruleset in force (its thresholds follow reloads).
         self.policy = Policy.from_spec(self.current.policy)
         self.applied = self.current  # the ruleset of the last evaluate (the hot path's)
-        # what each version served by this process decided with (a version comes back only
-        # with its own rules)
-        self._served: dict[str | None, dict[str, Any]] = {
-            self.current.version: _deciding(self.current)
-        }
+        # what each version served decided with, by digest (a version comes back only with its
+        # own rules; kept in the engine's checkpoint, so also across restarts)
+        self._served: dict[str | None, str] = {self.current.version: _deciding(self.current)}
         self._retired: list[Ruleset] = []  # replaced on the hot path since the last drain
         self.metrics = metrics
         if metrics is not None:
@@ -283,6 +283,26 @@ class ReloadingRuleset:
                 where=new.where("features", *at[:1]),
             )
 
+    def served(self) -> dict[str | None, str]:
+        """Each version served and the digest of what it decided with (for a checkpoint)."""
+        return dict(self._served)
+
+    def remember_served(self, saved: Mapping[str | None, str]) -> None:
+        """Take the versions a checkpoint's process served: a hot reload checks against them
+        too, and a file that names other rules under a version served before the restart is
+        logged as an error (decisions carry the version: an audit could not tell the two
+        apart; the engine goes on deciding with the file as it is: a QA pass)."""
+        now = self.current.version
+        for version, digest in saved.items():
+            if version == now and digest != self._served[now]:
+                log.error(
+                    'rules file %s version="%s" names other rules than the same version did '
+                    "before the restart: decisions record ruleset_version, so the two cannot "
+                    "be told apart; give the file a new version",
+                    self.path, now,
+                )  # fmt: skip
+            self._served.setdefault(version, digest)
+
     def _failed(self, e: Exception) -> str:
         self.last_error = e
         self.counts["rejected"] += 1
@@ -320,6 +340,7 @@ class ReloadingRuleset:
         self.close()
 
 
-def _deciding(rs: Ruleset) -> dict[str, Any]:
-    """What of a ruleset decides: its spec without the rules' inline tests."""
-    return rs.spec.model_dump(exclude={"rules": {"__all__": {"tests"}}})
+def _deciding(rs: Ruleset) -> str:
+    """What of a ruleset decides, as a digest: its spec without the rules' inline tests."""
+    spec = rs.spec.model_dump(mode="json", exclude={"rules": {"__all__": {"tests"}}})
+    return hashlib.sha256(orjson.dumps(spec, option=orjson.OPT_SORT_KEYS)).hexdigest()

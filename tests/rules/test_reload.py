@@ -479,3 +479,30 @@ def test_a_file_made_readable_again_is_read(tmp_path: Path) -> None:
     rs._read = read  # type: ignore[method-assign]
     os.chmod(p, 0o644)  # the fix: ctime moves, nothing else
     assert rs.check_now() == "ok" and rs.current.version == "v2"
+
+
+def test_versions_served_before_a_restart_keep_their_rules(tmp_path: Path, caplog) -> None:
+    """A QA pass: the check that a version comes back only with its own rules held within one
+    run; the engine's checkpoint did not keep what each version decided with, so after a
+    restart a version could name other rules without a word."""
+    import logging
+    import pickle
+
+    p = tmp_path / "r.yaml"
+    write(p, rules("v1", 100))
+    first = ReloadingRuleset(p, start=False, settle_seconds=0)
+    write(p, rules("v2", 200))
+    assert first.check_now() == "ok"
+    state = pickle.loads(pickle.dumps(Engine(rules=first).state_dict()))  # the checkpoint
+    write(p, rules("v2", 300))  # edited while down, same version
+    again = ReloadingRuleset(p, start=False, settle_seconds=0)
+    with caplog.at_level(logging.ERROR, logger="fds.rules.reload"):
+        Engine(rules=again).load_state_dict(state)
+    assert 'version="v2" names other rules than the same version did before the restart' in (
+        caplog.text
+    )
+    write(p, rules("v1", 150))  # v1, served before the restart, with other rules
+    assert again.check_now() == "rejected"
+    assert "which named other rules earlier in this run" in str(again.last_error)
+    write(p, rules("v1", 100))  # v1 as it was: a rollback
+    assert again.check_now() == "ok"
