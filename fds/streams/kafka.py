@@ -339,6 +339,13 @@ class KafkaSettings(BaseSettings):
     max_poll_records: int = Field(default=5000, ge=1)
     # Short so SIGTERM is noticed promptly even when idle.
     poll_timeout_ms: int = Field(default=100, ge=1)
+    # How long the broker may hold a fetch until ``fetch_min_bytes`` have arrived (the
+    # consumer's own settings; kafka-python's defaults). Under a light load every fetch
+    # answers with the few records that came, so the client's per-poll work dominates: a
+    # larger fetch_min_bytes trades latency (up to fetch_max_wait_ms) for CPU
+    # (benchmarks/results/fetch_wait.md).
+    fetch_min_bytes: int = Field(default=1, ge=1)
+    fetch_max_wait_ms: int = Field(default=500, ge=0)
     # Event-time alignment (fds.streams.align): how long a partition that is behind may hold
     # the others back while its records are fetched (Kafka Streams' max.task.idle.ms).
     align_wait_s: float = Field(default=1.0, ge=0)
@@ -693,6 +700,8 @@ class Runner:
             "enable_auto_commit": False,
             "auto_offset_reset": s.auto_offset_reset,
             "max_poll_records": s.max_poll_records,
+            "fetch_min_bytes": s.fetch_min_bytes,
+            "fetch_max_wait_ms": s.fetch_max_wait_ms,
             "session_timeout_ms": s.session_timeout_ms,
             "max_poll_interval_ms": s.max_poll_interval_ms,
             "heartbeat_interval_ms": max(1000, s.session_timeout_ms // 3),
@@ -2386,6 +2395,8 @@ _SETTING_FLAGS = {
     "--state-topic": "state_topic",
     "--session-timeout": "session_timeout_ms",
     "--max-poll-interval": "max_poll_interval_ms",
+    "--fetch-min-bytes": "fetch_min_bytes",
+    "--fetch-max-wait": "fetch_max_wait_ms",
     "--security-protocol": "security_protocol",
     "--sasl-mechanism": "sasl_mechanism",
     "--sasl-username": "sasl_plain_username",
@@ -2413,7 +2424,8 @@ def _add_settings_flags(p: argparse.ArgumentParser, only: Sequence[str] | None =
             if dest
             in ("broker_timeout_s", "checkpoint_every_s", "align_wait_s", "max_event_ahead_s")
             else int
-            if dest in ("max_poll_records", "max_unacked_batches") or dest.endswith("_ms")
+            if dest in ("max_poll_records", "max_unacked_batches", "fetch_min_bytes")
+            or dest.endswith("_ms")
             else str
         )
         p.add_argument(
