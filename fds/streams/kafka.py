@@ -1748,7 +1748,7 @@ class Runner:
                 self._fold(tx)
                 if not i & 255 and time.monotonic() >= lag_at:
                     lag_at = time.monotonic() + LAG_EVERY_S
-                    self._report_restoring(reader, committed, ranges, end)
+                    self._report_restoring(reader, committed, end)
                 if self._rebuild and not i & 255 and time.monotonic() >= answer_at:
                     self._keep_alive()
                     answer_at = time.monotonic() + KEEPALIVE_S
@@ -1874,19 +1874,16 @@ class Runner:
             )  # fmt: skip
 
     def _report_restoring(
-        self,
-        reader: Any,
-        committed: Mapping[Any, int | None],
-        ranges: Mapping[Any, Any],
-        end: Mapping[Any, int],
+        self, reader: Any, committed: Mapping[Any, int | None], end: Mapping[Any, int]
     ) -> None:
         """During a restore (a rebuild can take minutes), the lag of the partitions it restores:
         everything from their committed offsets is still to decide (no series before). The
-        reader knows the high watermark of the partitions it reads (``ranges``; another one
+        reader knows the high watermark of the partitions it reads (its assignment; another one
         raised IllegalStateError, which stopped every restart after partitions were added: a
         QA pass); the others' end is the one read when the restore began."""
+        held = reader.assignment()  # (an empty range is not read: not assigned either)
         for tp, c in committed.items():
-            hw = reader.highwater(tp) if tp in ranges else None
+            hw = reader.highwater(tp) if tp in held else None
             hw = end.get(tp) if hw is None else hw
             if hw is not None and c is not None:
                 self.metrics.consumer_lag(tp.partition, max(0, hw - c))

@@ -99,6 +99,9 @@ class Reader:
     def assign(self, tps: list[Any]) -> None:
         self.pos = dict.fromkeys(tps, 0)
 
+    def assignment(self) -> set[Any]:
+        return set(self.pos)
+
     def seek(self, tp: Any, offset: int) -> None:
         self.pos[tp] = offset
 

@@ -190,12 +190,14 @@ def test_a_group_without_committed_offsets_resumes_from_the_checkpoint(tmp_path,
     assert not any(d["flags"] for d in broker.out)
 
 
-def test_a_rebuild_with_a_partition_never_committed_goes_ahead(tmp_path):
+@pytest.mark.parametrize("committed", [{0: 20}, {0: 20, 1: 0}])
+def test_a_rebuild_with_a_partition_never_committed_goes_ahead(tmp_path, committed):
     """A QA pass: partitions added to the input (empty, no committed offset) stopped every
     restart that rebuilt the state (`IllegalStateError: Partition is not assigned`: the lag
-    report asked the restore's reader for a partition it does not read)."""
+    report asked the restore's reader for a partition it does not read); a review: also one
+    committed at 0 and still empty (an empty range is not read either)."""
     m = Metrics()
-    broker = Broker(logs(n0=40, n1=0), committed={0: 20})
+    broker = Broker(logs(n0=40, n1=0), committed=committed)
     broker.script = [(1, lambda g: g.rebalance({P0, P1}))]
     group = Group(broker)
     r = Runner(
