@@ -168,14 +168,6 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
                 if name != "file"
                 else f"{p}: no such file: give a historical transactions file"
             )
-    if args.changed_out is not None:
-        to = args.changed_out.resolve()
-        read = [p.resolve() for n in inputs if (p := getattr(args, n)) is not None]
-        if to.is_dir() or to in read:
-            raise ConfigError(
-                f"--changed-out {args.changed_out}: a file this backtest reads or a folder; "
-                "give the path of a new file"
-            )
     cand = load_ruleset(args.candidate, run_tests=True)
     base = load_ruleset(args.baseline, run_tests=True)
     mapping = load_mapping(args.mapping) if args.mapping else None
@@ -184,26 +176,33 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
         from fds.streams.simulator import labels_beside
 
         labels = labels_beside(args.file)
+    if args.changed_out is not None:  # (after the labels beside the file: a review found
+        to = args.changed_out.resolve()  # them written over)
+        read = [Path(p).resolve() for n in inputs if (p := getattr(args, n)) is not None]
+        if to.is_dir() or to in read or (labels is not None and to == Path(labels).resolve()):
+            raise ConfigError(
+                f"--changed-out {args.changed_out}: a file this backtest reads or a folder; "
+                "give the path of a new file"
+            )
+        if not to.parent.is_dir():  # (a traceback after the whole backtest had run)
+            raise ConfigError(f"--changed-out {args.changed_out}: no folder {to.parent}")
+    labels_given = "--labels" if args.labels is not None else "the labels file"
     # (missing columns, another encoding: said as fds replay says it)
     check_transaction_columns(args.file, mapping)
     stream = load(args.file, mapping=mapping, labels_path=labels)
     # (a label's dead letter: its transaction is in the backtest, not its label; a labels
     # file's were counted as transactions left out, a QA pass)
-    of_labels = Counter(
-        reason_of(d) for d in stream.dead_letters if labels and d["source"] == str(labels)
-    )
+    of_labels = Counter(reason_of(d) for d in stream.dead_letters if _of(d, labels))
     if of_labels and not stream.labels:  # (precision "-" and no word why, a QA pass)
         raise ConfigError(
-            f"--labels {labels}: none of its {of_labels.total()} record(s) is a label (most "
+            f"{labels_given} {labels}: none of its {of_labels.total()} record(s) is a label (most "
             f"often {of_labels.most_common(1)[0][0]}): a labels file has the columns tx_id, "
             "ts (when the label became known) and is_fraud; name its own under labels_file: "
             "in the --mapping (e.g. labels_file: {tx_id: TransactionID, ts: chargeback_date, "
             "is_fraud: isFraud})"
         )
     reasons = Counter(
-        reason_of(d)
-        for d in stream.dead_letters
-        if d["stage"] != "label" and not (labels and d["source"] == str(labels))
+        reason_of(d) for d in stream.dead_letters if d["stage"] != "label" and not _of(d, labels)
     )
     skipped = (
         f"{reasons.total()} record(s) of the files could not be read or validated and are not in "
@@ -260,8 +259,8 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
         print(f"{rid:<34}{cells[0]:>16}{cells[1]:>8}{cells[2]:>16}{cells[3]:>8}", file=out)
     if any(st == "shadow" for s in states for st in s.values()):
         print("(shadow: evaluated and counted, never acts on the decision)", file=out)
-    names = {**base.names_read(), **cand.names_read()}
-    for side, name in ((b, "baseline"), (c, "candidate")):
+    for side, name, rs in ((b, "baseline", base), (c, "candidate", cand)):
+        names = rs.names_read()
         for rid, n in sorted(side.rule_missing.items()):
             print(
                 f"{name} rule {rid} was skipped on {n} of {r.transactions} transaction(s): a "
@@ -301,6 +300,11 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
         )
         print(f"wrote {len(r.changed)} changed transaction(s) to {args.changed_out}", file=out)
     return 0
+
+
+def _of(dead: dict[str, Any], labels: Path | None) -> bool:
+    """Is ``dead`` a record of the labels file?"""
+    return labels is not None and dead["source"] == str(labels)
 
 
 def _outcome(side: dict[str, Any]) -> str:

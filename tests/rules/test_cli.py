@@ -345,3 +345,19 @@ def test_backtest_refuses_a_labels_file_without_one_label(tmp_path, capsys) -> N
     out = capsys.readouterr().out
     assert "1 known frauds" in out and "could not be read or validated" not in out
     assert f"note: 1 record(s) of {mixed} are not labels and were left out" in out
+
+
+def test_changed_out_never_overwrites_the_labels_beside_the_file(tmp_path, capsys) -> None:
+    """A review: the labels file found beside the input (not given with --labels) was written
+    over by --changed-out (10 KB of labels left empty), and a folder that does not exist gave
+    a traceback after the whole backtest."""
+    sim = simulate(days=1, cards=300, merchants=100, seed=3, drift_day=None)
+    data, labels = write(sim, tmp_path / "tx.jsonl")
+    base = _rules(tmp_path, "b", "rules: []\n")
+    argv = ["rules", "backtest", "--candidate", str(base), "--baseline", str(base), str(data)]
+    before = labels.read_bytes()
+    assert main([*argv, "--changed-out", str(labels)]) == 2
+    assert "a file this backtest reads" in capsys.readouterr().err
+    assert labels.read_bytes() == before
+    assert main([*argv, "--changed-out", str(tmp_path / "no" / "x.jsonl")]) == 2
+    assert f"no folder {tmp_path / 'no'}" in capsys.readouterr().err
