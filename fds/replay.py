@@ -268,7 +268,9 @@ def open_stream(
     labels: list[dict[str, Any]] = []
     dlq: list[dict[str, Any]] = []
     if labels_path is not None:
-        own = mapping.for_labels() if mapping is not None and mapping.labels_file else None
+        # (read with the mapping's zone, missing texts and ts_origin: a labels file in the
+        # contract's columns was read from 1970 while its transactions had an origin, a review)
+        own = mapping.for_labels() if mapping is not None else None
         for rec in _validated(labels_path, own, zone, parse_label, dlq, None):
             labels.append(rec)
         labels.sort(key=_ts)

@@ -583,6 +583,14 @@ def test_seconds_from_another_origin_are_mapped_or_warned_about(tmp_path, capsys
     assert "before 2000" not in capsys.readouterr().err
     first = orjson.loads(out.read_bytes().splitlines()[0])
     assert first["ts"].startswith("2017-12-01T15:00:00")  # a day after 00:00 KST, in UTC
+    # a labels file in the contract's columns counts from the same origin (it was read from
+    # 1970: every label "dated before its transaction", learned at once: a review)
+    labels = tmp_path / "l.csv"
+    labels.write_text("tx_id,ts,is_fraud\n0,86430,1\n")
+    assert main(["replay", *argv, "--mapping", str(origin), "--labels", str(labels)]) == 0
+    err = capsys.readouterr().err
+    assert "dated before their transaction" not in err
+    assert re.search(r"labels read[\s│]+1\b", err), err
     (tmp_path / "bad.yaml").write_text(fields + "ts_origin: 86400\n")
     assert main(["replay", *argv, "--mapping", str(tmp_path / "bad.yaml")]) == 2
     assert "ts_origin: a date and time, e.g. 2017-12-01" in capsys.readouterr().err

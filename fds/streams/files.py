@@ -147,8 +147,13 @@ class ColumnMapping(BaseModel):
             v = [v]
         if not isinstance(v, list | set | frozenset | tuple):
             raise ValueError("a list of texts read as missing, e.g. [NaN, NA, '-999']")
-        # (YAML reads null, -999 and 1.5 as no text: taken as they are written in a cell)
-        return ["null" if x is None else str(x) if type(x) in (int, float) else x for x in v]
+        odd = next((x for x in v if not isinstance(x, str)), "")
+        if odd != "":  # (NULL, ~, 1.50, 0x10 and no were read as other texts or refused
+            raise ValueError(  # obscurely: a review)
+                f"{odd!r} is no text to YAML: write each one in quotes as it appears in a "
+                "cell, e.g. ['NULL', '-999', 'no']"
+            )
+        return v
 
     @field_validator("ts_origin", mode="before")
     @classmethod

@@ -423,7 +423,7 @@ def test_a_label_delay_without_a_unit_is_warned_about(tmp_path, caplog):
 def test_a_mapping_names_the_texts_that_mean_missing(tmp_path):
     """A QA pass: a `DeviceInfo` of `NaN` was one device shared by every transaction without
     one (617 cards in `device_cards_7d`), and a mapping could not say that `NaN` is no value."""
-    (tmp_path / "m.yaml").write_text(MAPPING + "missing: [NaN, null, -999]\n")
+    (tmp_path / "m.yaml").write_text(MAPPING + "missing: [NaN, 'null', '-999']\n")
     (tmp_path / "h.csv").write_text(
         "TRANSACTION_ID,TX_DATETIME,CUSTOMER_ID,TERMINAL_ID,TX_AMOUNT,TX_FRAUD,SECTOR\n"
         "1,2026-01-01 09:00:00,17,NaN,12.50,0,null\n"
@@ -431,7 +431,7 @@ def test_a_mapping_names_the_texts_that_mean_missing(tmp_path):
         "3,2026-01-01 09:06:00,17,nan,5.00,0,-999.0\n"
     )
     m = load_mapping(tmp_path / "m.yaml")
-    assert m.missing == {"NaN", "null", "-999"}  # (YAML's null and -999 as written)
+    assert m.missing == {"NaN", "null", "-999"}
     recs = [r for _, r, _ in read_records(tmp_path / "h.csv", mapping=m)]
     assert "merchant_id" not in recs[0] and "SECTOR" not in recs[0]
     assert "merchant_id" not in recs[1] and "SECTOR" not in recs[1]  # (the space: stripped)
@@ -446,3 +446,8 @@ def test_a_mapping_names_the_texts_that_mean_missing(tmp_path):
     (tmp_path / "bad.yaml").write_text(MAPPING + "missing: {NaN: 1}\n")
     with pytest.raises(ConfigError, match="a list of texts read as missing"):
         load_mapping(tmp_path / "bad.yaml")
+    # what YAML reads as no text (NULL, ~, 1.50, no) is refused: it matched nothing (a review)
+    for odd in ("NULL", "~", "1.50", "no", "-999"):
+        (tmp_path / "bad.yaml").write_text(MAPPING + f"missing: [NaN, {odd}]\n")
+        with pytest.raises(ConfigError, match="is no text to YAML: write each one in quotes"):
+            load_mapping(tmp_path / "bad.yaml")
