@@ -134,7 +134,7 @@ class LabelSchedule:
 
     @property
     def left(self) -> int:
-        """Labels not due yet (at the end: dated after the last transaction)."""
+        """Labels not due yet (at the end: dated at or after the last transaction)."""
         return len(self._heap)
 
     def never_came(self) -> list[dict[str, Any]]:
@@ -153,7 +153,7 @@ class ReplaySummary:
     # bad record of the labels file): transactions = decided + dead_letters - label_dead_letters
     label_dead_letters: int = 0
     labels_read: int = 0  # labels handed to the engine, each at its own ts
-    labels_after_end: int = 0  # labels dated after the last transaction: never due
+    labels_after_end: int = 0  # labels dated at or after the last transaction: never due
     # of them, dated before their own transaction: learned right after it was decided
     early_labels: int = 0
     # the ruleset versions that decided, in order (more than one: the file was reloaded)
@@ -210,7 +210,12 @@ class ReplaySummary:
             *([("  most often (transactions)", self.top_reason)] if self.top_reason else []),
             ("labels read", f"{self.labels_read:,}"),
             *(  # (read next to "known frauds", which counts them: a QA pass found it puzzling)
-                [("  dated after the last transaction", f"{self.labels_after_end:,} (not read)")]
+                [
+                    (
+                        "  at or after the last transaction",
+                        f"{self.labels_after_end:,} (not read)",
+                    )
+                ]
                 if self.labels_after_end and not self.interrupted
                 else []
             ),
