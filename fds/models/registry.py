@@ -378,6 +378,12 @@ class Registry:
                 f"{'no model' if spec_name is None else repr(spec_name)}: refused"
             )
         verify(data, sha256=fields.get("sha256") or "", signature=fields.get("hmac"), key=self.key)
+        self.check_fields(fields)
+
+    def check_fields(self, fields: Mapping[str, Any]) -> None:
+        """Raise :class:`ArtifactError` unless the announced fields carry this registry's
+        signature (``fields_hmac``; nothing to check without a key)."""
+        version = str(fields.get("version"))
         signed, key = fields.get("fields_hmac"), self.key
         if key and not signed:
             raise ArtifactError(

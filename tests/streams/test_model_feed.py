@@ -141,6 +141,26 @@ def test_pointer_only_announcement_with_unreachable_path_is_counted(tmp_path: Pa
     assert m.registry.get_sample_value("fds_model_swaps_total", {"result": "unreachable"}) == 1
 
 
+def test_a_pointer_is_read_only_when_signed_and_a_regular_file_of_its_size(tmp_path: Path):
+    """A security review: the path of a pointer announcement was read before anything was
+    verified: /dev/zero grew the scorer to 2 GB, a FIFO blocked the feed thread for good, and
+    any local file could be read (its outcome told whether it existed)."""
+    import os
+
+    a = _publish(Registry(tmp_path / "trainer", key=b"k"), {"w": 2})
+    a["artifact_b64"] = None
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path, size in (("/dev/zero", a["size"]), (str(fifo), a["size"]), (a["path"], 7)):
+        feed = _feed(tmp_path, key=b"k")
+        assert feed.handle(_value({**a, "path": path, "size": size})) == "rejected"
+    # signed fields first: an unsigned pointer is refused before its path is looked at
+    feed = _feed(tmp_path, key=b"k")
+    assert feed.handle(_value({**a, "fields_hmac": None, "path": str(fifo)})) == "rejected"
+    assert feed.handle(_value(a)) == "imported"  # the real one
+    assert feed.registry.load(a["version"]) == {"w": 2}
+
+
 def _tampered(a: dict[str, Any]) -> dict[str, Any]:
     blob = bytearray(base64.b64decode(a["artifact_b64"]))
     blob[-3] ^= 1
