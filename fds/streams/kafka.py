@@ -107,7 +107,7 @@ from fds.errors import ConfigError, FdsError, StageError, ValidationError, descr
 from fds.gcpolicy import Freezer
 from fds.logs import say
 from fds.metrics import NullMetrics, add_metrics_arguments, make_metrics, serve
-from fds.models.registry import write_atomic
+from fds.models.registry import KEY_ENV, write_atomic
 from fds.pipeline import DEFAULT_MODEL, DEFAULT_RULES, build_engine
 from fds.schema import dead_letter, dumps, loads_record, parse_transaction
 from fds.streams.align import Aligner, fetched_to
@@ -605,6 +605,14 @@ class Runner:
                 settings.state_topic, f"{settings.group}/{settings.group_instance_id}",
                 slot_file=checkpointer.dir / "state-topic.slot",
             )  # fmt: skip
+            if self.state_topic.key is None:  # (as the models feed says it: a security review
+                log.warning(  # ran code in fds run through a forged snapshot, not a word)
+                    "state topic without %s: its snapshots are checked by sha256 only "
+                    "(corruption, not forgery), and a restore unpickles them: whoever can write "
+                    "to %r can run code in this process; set the key, or restrict writes to "
+                    "the topic with ACLs",
+                    KEY_ENV, settings.state_topic,
+                )  # fmt: skip
         self._state_producer: Any = None
         self._published = 0  # checkpointer.saves already published to the state topic
         # Input partition -> offset of the first record NOT folded into the engine state.
