@@ -257,6 +257,22 @@ def parse_label(raw: Any, tz: tzinfo = UTC) -> dict[str, Any]:
     return lab
 
 
+def _writable(raw: dict[str, Any] | list[Any]) -> Any:
+    """``raw`` if its dead letter can be written, else its JSON text: orjson reads a record
+    nested 1,024 deep but writes only ~254 levels, and one such record stopped a replay at its
+    dead letter (a security review)."""
+    try:
+        orjson.dumps(raw, default=_as_json)
+        return raw
+    except TypeError:
+        import json
+
+        try:
+            return json.dumps(raw, default=str)
+        except (RecursionError, ValueError):
+            return repr(raw)[:65536]
+
+
 def dead_letter(
     *, stage: str, error: BaseException, raw: Any, source: str, position: Any
 ) -> dict[str, Any]:
@@ -266,6 +282,8 @@ def dead_letter(
     """
     if isinstance(raw, bytes | bytearray):
         raw = bytes(raw).decode("utf-8", errors="backslashreplace")
+    elif isinstance(raw, dict | list):
+        raw = _writable(raw)
     return {
         "stage": stage,
         "error": type(error).__name__,

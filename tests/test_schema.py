@@ -109,3 +109,21 @@ def test_booleans_are_neither_amounts_nor_timestamps():
 def test_a_value_given_in_extra_wins_over_an_unknown_top_level_field():
     tx = parse_transaction({**BASE, "ts": EPOCH, "shoe": 1, "extra": {"shoe": 2}})
     assert tx["extra"] == {"shoe": 2}
+
+
+def test_a_dead_letter_of_a_record_nested_too_deep_to_write_keeps_its_text():
+    """A security review: orjson reads a record nested 1,024 deep but writes ~254 levels, so
+    the dead letter of one (a bad amount) stopped `fds replay` with a traceback."""
+    import orjson
+
+    from fds.schema import dead_letter, dumps_line
+
+    deep: dict = {"x": 1}
+    for _ in range(300):
+        deep = {"a": deep}
+    d = dead_letter(stage="validate", error=ValueError("amount"), raw={"deep": deep}, source="f",
+                    position=1)  # fmt: skip
+    assert orjson.loads(orjson.loads(dumps_line(d))["raw"]) == {"deep": deep}  # nothing lost
+    flat = dead_letter(stage="validate", error=ValueError("x"), raw={"a": 1}, source="f",
+                       position=1)  # fmt: skip
+    assert flat["raw"] == {"a": 1}  # as before
