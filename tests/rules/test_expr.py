@@ -131,6 +131,7 @@ def test_semantics_and_precedence(src: str, expected: bool) -> None:
         ("{'a': 1} == 1", "dict literals"),
         ("amount > 1e999", "out of range"),
         ("amount > 10000000000000000000000", "out of range"),
+        ("amount > " + "9" * 400, "out of range"),  # (OverflowError: a traceback, a review)
         ("country == '" + "a" * 500 + "'", "string literal longer"),
         ("amount >", "syntax error"),
         ("", "empty expression"),
