@@ -204,7 +204,7 @@ class Registry:
         if self.path.exists() and not self.path.is_dir():
             raise ConfigError(f"model registry {self.path} is a file, not a folder")
         if create:
-            self.path.mkdir(parents=True, exist_ok=True)
+            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)  # (owner-only)
         elif not self.path.is_dir():
             raise ConfigError(
                 f"no model registry at {self.path}: check --registry (`fds train` creates it)"

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import pickle
 import sqlite3
 import zlib
@@ -167,6 +168,11 @@ class SqliteStore:
     """Persistent store for the trainer service (survives restarts). Commits on ``flush``."""
 
     def __init__(self, path: str | Path) -> None:
+        # owner-only, as the checkpoints and the registry are (0644 showed every kept input and
+        # the trainer's checkpoint to the machine's users: a security review); SQLite gives its
+        # -wal and -shm files the database's mode
+        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+        os.chmod(path, 0o600)
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._wal = Path(f"{path}-wal")
         self._db.execute("PRAGMA journal_mode=WAL")

@@ -105,7 +105,7 @@ class Checkpointer:
     def __init__(self, state_dir: str | Path) -> None:
         self.dir = Path(state_dir)
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # (owner-only, a review)
         except OSError as exc:
             raise ConfigError(
                 f"cannot create the state dir: {exc}; give a writable --state-dir",

@@ -260,3 +260,14 @@ def test_the_sqlite_stores_write_ahead_log_does_not_stay_large(tmp_path, monkeyp
     s.flush()
     s.close()
     assert len(SqliteStore(tmp_path / "s.db")) == 5001
+
+
+def test_the_trainers_store_is_readable_by_its_owner_only(tmp_path) -> None:
+    """A security review: snapshots.sqlite and its -wal/-shm (every kept model input and the
+    trainer's pickled checkpoint) were 0644, while checkpoints and the registry are 0600."""
+    s = SqliteStore(tmp_path / "s.db")
+    s.put("a", 1.0, {"f": 1.0})
+    s.flush()
+    for f in tmp_path.glob("s.db*"):
+        assert f.stat().st_mode & 0o077 == 0, (f, oct(f.stat().st_mode))
+    s.close()
