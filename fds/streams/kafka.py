@@ -450,9 +450,10 @@ class KafkaSettings(BaseSettings):
         if sasl and self.sasl_mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
             if self.sasl_plain_username is None:
                 raise ValueError(f"{self.sasl_mechanism} needs --sasl-username")
-            if self.sasl_plain_password is None:
-                raise ValueError(
+            if self.sasl_plain_password is None or not self.sasl_plain_password.get_secret_value():
+                raise ValueError(  # (an empty one was taken: told as a failed login, a review)
                     f"{self.sasl_mechanism} needs the password: set FDS_SASL_PLAIN_PASSWORD"
+                    + (" (it is empty)" if self.sasl_plain_password is not None else "")
                 )
         return self
 

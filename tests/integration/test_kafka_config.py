@@ -87,6 +87,15 @@ def test_a_bad_value_from_the_environment_is_not_blamed_on_the_file(tmp_path, mo
             },
             "set FDS_SASL_PLAIN_PASSWORD",
         ),
+        (  # (an empty one was taken, and told as a failed login: a security review)
+            {
+                "security_protocol": "SASL_SSL",
+                "sasl_mechanism": "SCRAM-SHA-512",
+                "sasl_plain_username": "fds",
+                "sasl_plain_password": "",
+            },
+            "set FDS_SASL_PLAIN_PASSWORD (it is empty)",
+        ),
         (
             {"security_protocol": "SSL", "ssl_cafile": "/nonexistent/ca.pem"},
             "ssl_cafile: no such file '/nonexistent/ca.pem'",
