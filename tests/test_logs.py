@@ -149,3 +149,20 @@ def test_a_command_s_summary_is_kept_under_q_and_a_pair_never_replaces_a_line_fi
     line = kv.getvalue()
     assert line.count(" ts=") == 0 and line.startswith('ts="20') and 'ts_="5.0"' in line
     configure_logging("INFO", fmt="kv", logger_name="fds")  # (as the other tests expect it)
+
+
+def test_a_value_cannot_forge_fields_of_its_own():
+    """A security review: an announcement's `path` holding `" partition="transactions[9]` was
+    logged as a `partition` field of its own in JSON logs (the pairs were split after the
+    values were formatted into the message)."""
+    import orjson
+
+    out = io.StringIO()
+    log = configure_logging("INFO", fmt="json", stream=out, logger_name="fds.test_forge")
+    forged = 'x" partition="transactions[9]" tx_id="forged'
+    log.warning('model unreachable version="%s" path="%s" error="%s"', "v1", forged, "gone")
+    log.info("100%% done %s", "now")  # no pairs: the message as logging makes it
+    first, second = (orjson.loads(line) for line in out.getvalue().splitlines())
+    assert first["msg"] == "model unreachable" and first["path"] == forged
+    assert "partition" not in first and "tx_id" not in first and first["error"] == "gone"
+    assert second["msg"] == "100% done now"
