@@ -156,14 +156,15 @@ def _split_record(record: logging.LogRecord) -> tuple[str, dict[str, str]]:
     if isinstance(msg, str) and isinstance(args, tuple) and len(msg) <= _SPLIT_MAX:
         m = _TRAILING_PAIRS.match(msg)
         if m is not None and m.group(1).strip():
-            parts = [m.group(1), *(v for _, v in _PAIR.findall(m.group(2)))]
+            pairs = _PAIR.findall(m.group(2))
+            parts = [m.group(1), *(v for _, v in pairs)]
             counts = [sum(x != "%%" for x in _SPEC.findall(p)) for p in parts]
             if sum(counts) == len(args) and "*" not in msg:
                 done, i = [], 0
                 for part, n in zip(parts, counts, strict=True):
                     done.append(part % args[i : i + n] if args else part)
                     i += n
-                keys = [k for k, _ in _PAIR.findall(m.group(2))]
+                keys = [k for k, _ in pairs]
                 return done[0].strip(), dict(zip(keys, done[1:], strict=True))
     return _split(record.getMessage())
 

@@ -270,7 +270,10 @@ def _writable(raw: dict[str, Any] | list[Any]) -> Any:
         try:
             return json.dumps(raw, default=str)
         except (RecursionError, ValueError):
-            return repr(raw)[:65536]
+            try:
+                return repr(raw)[:65536]
+            except RecursionError:  # (~1,000 deep: a review)
+                return "<a record nested too deep to write; see its source position>"
 
 
 def dead_letter(

@@ -172,7 +172,8 @@ class SqliteStore:
         # the trainer's checkpoint to the machine's users: a security review); SQLite gives its
         # -wal and -shm files the database's mode
         os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
-        os.chmod(path, 0o600)
+        with contextlib.suppress(PermissionError):  # (another user's file: as it is)
+            os.chmod(path, 0o600)
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._wal = Path(f"{path}-wal")
         self._db.execute("PRAGMA journal_mode=WAL")

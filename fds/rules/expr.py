@@ -372,10 +372,9 @@ class _Checker:
         if isinstance(v, bool):
             return repr(v), BOOL
         if isinstance(v, int | float):
-            # (an int past a float's range raised OverflowError here: a traceback, a review)
-            if isinstance(v, int) and abs(v) > MAX_ABS_NUMBER:
-                raise self.fail(node, f"number out of range (|x| <= {MAX_ABS_NUMBER:g})")
-            if not math.isfinite(v) or abs(v) > MAX_ABS_NUMBER:
+            # (the bound first: isfinite of an int past a float's range raised OverflowError,
+            # a traceback, a review; comparing it with a float does not)
+            if abs(v) > MAX_ABS_NUMBER or not math.isfinite(v):
                 raise self.fail(node, f"number out of range (|x| <= {MAX_ABS_NUMBER:g})")
             return repr(v), NUM
         if isinstance(v, str):

@@ -345,7 +345,9 @@ class KafkaSettings(BaseSettings):
     # larger fetch_min_bytes trades latency (up to fetch_max_wait_ms) for CPU
     # (benchmarks/results/fetch_wait.md).
     fetch_min_bytes: int = Field(default=1, ge=1)
-    fetch_max_wait_ms: int = Field(default=500, ge=0)
+    # (below kafka-python's request timeout, 30 s: above it the client refused to start,
+    # told as a broker out of reach; 0 fetched in a tight loop while idle: a review)
+    fetch_max_wait_ms: int = Field(default=500, ge=1, lt=30_000)
     # Event-time alignment (fds.streams.align): how long a partition that is behind may hold
     # the others back while its records are fetched (Kafka Streams' max.task.idle.ms).
     align_wait_s: float = Field(default=1.0, ge=0)

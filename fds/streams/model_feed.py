@@ -44,8 +44,9 @@ import logging
 import os
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import orjson
@@ -61,6 +62,8 @@ from fds.streams.kafka import KafkaSettings
 __all__ = ["FeedStats", "ModelFeed"]
 
 log = logging.getLogger(__name__)
+#: No record's context (an announcement handled outside the consumer loop).
+_NOWHERE: Mapping[str, str] = MappingProxyType({})
 
 # The models topic's max.message.bytes (streams/topics.yaml): one fetch holds a whole
 # announcement (an 8 MB artifact is ~11 MB in base64).
@@ -134,7 +137,7 @@ class ModelFeed:
 
     # -- one announcement --------------------------------------------------------------------
 
-    def handle(self, value: bytes | None, where: str = "") -> str:
+    def handle(self, value: bytes | None, where: Mapping[str, str] = _NOWHERE) -> str:
         """Verify and import one announcement; returns the outcome (a :class:`FeedStats`
         field name)."""
         checked = self._check(value, where)
@@ -145,20 +148,22 @@ class ModelFeed:
         setattr(self.stats, outcome, getattr(self.stats, outcome) + 1)
         return outcome
 
-    def _reject(self, exc: Exception, where: str) -> str:
+    def _reject(self, exc: Exception, where: Mapping[str, str]) -> str:
         self.metrics.model_swap("bad_announcement")
         error = str(exc) if isinstance(exc, ArtifactError) else f"{describe(exc)}"
-        log.warning('rejected model announcement %s error="%s"', where, error)
+        log.warning('rejected model announcement error="%s"', error, extra=where)
         return "rejected"
 
-    def _check(self, value: bytes | None, where: str) -> str | tuple[dict[str, Any], bytes]:
+    def _check(
+        self, value: bytes | None, where: Mapping[str, str]
+    ) -> str | tuple[dict[str, Any], bytes]:
         """``(announcement, verified artifact)`` to import, or the outcome that ends it."""
         try:
             ann = orjson.loads(value or b"")
             if not isinstance(ann, dict):
                 raise ArtifactError("not a JSON object")
             if ann.get("name") != self.name:
-                log.debug('skipped announcement of model="%s" %s', ann.get("name"), where)
+                log.debug('skipped announcement of model="%s"', ann.get("name"), extra=where)
                 return "other_model"
             have = self.registry.manifest()["versions"].get(ann.get("version"))
             if have is not None and have["sha256"] == ann.get("sha256"):
@@ -171,7 +176,7 @@ class ModelFeed:
             return self._reject(exc, where)
         return ann, data
 
-    def _install(self, checked: tuple[dict[str, Any], bytes], where: str) -> str:
+    def _install(self, checked: tuple[dict[str, Any], bytes], where: Mapping[str, str]) -> str:
         ann, data = checked
         try:
             if self.registry.import_version(data, ann) is None:
@@ -179,12 +184,12 @@ class ModelFeed:
         except Exception as exc:  # a different artifact under a known id, a full disk, ...
             return self._reject(exc, where)
         log.info(
-            'imported model version="%s" model="%s" size=%d %s',
-            ann["version"], self.name, len(data), where,
+            'imported model version="%s" model="%s" size="%d"',
+            ann["version"], self.name, len(data), extra=where,
         )  # fmt: skip
         return "imported"
 
-    def _artifact(self, ann: dict[str, Any], where: str) -> bytes | None:
+    def _artifact(self, ann: dict[str, Any], where: Mapping[str, str]) -> bytes | None:
         """The announced bytes (unverified): inline, else read from the pointer path."""
         inline = ann.get("artifact_b64")
         if inline is not None:
@@ -213,10 +218,9 @@ class ModelFeed:
         except OSError as exc:
             self.metrics.model_swap("unreachable")
             log.warning(
-                'model version="%s" is announced by pointer only and its path is not readable '
-                'here: share the trainer\'s registry path with this machine %s path="%s" '
-                'error="%s"',
-                ann.get("version"), where, path, exc,
+                "model announced by pointer only and its path is not readable here: share the "
+                'trainer\'s registry path with this machine version="%s" path="%s" error="%s"',
+                ann.get("version"), path, exc, extra=where,
             )  # fmt: skip
             return None
 
@@ -289,7 +293,7 @@ class ModelFeed:
         self._backoff = RETRY_MIN_S  # connected: the next outage starts its backoff afresh
         # Catching up (also after a reconnect): each record is checked, and only the newest
         # one per key that passes is imported; a bad newest record does not hide a good one.
-        newest: dict[Any, tuple[tuple[dict[str, Any], bytes], str]] = {}
+        newest: dict[Any, tuple[tuple[dict[str, Any], bytes], Mapping[str, str]]] = {}
         catching_up = True
         while not self._stop.is_set():
             if catching_up and all(consumer.position(tp) >= end[tp] for tp in tps):
@@ -302,7 +306,7 @@ class ModelFeed:
             batch = consumer.poll(timeout_ms=POLL_MS)
             for tp, records in batch.items():
                 for r in records:
-                    where = f'partition="{tp.topic}[{tp.partition}]" offset="{r.offset}"'
+                    where = {"partition": f"{tp.topic}[{tp.partition}]", "offset": str(r.offset)}
                     if not catching_up:
                         self.handle(r.value, where)
                         continue

@@ -305,3 +305,12 @@ def test_a_final_refusal_ends_the_connect_at_once_a_drop_does_not():
         assert errors.connect(constructor(refused), servers=2) == "client"
     msg = errors.explain(ClientRefused("x"), "h:1", "cannot reach Kafka at h:1", "up?", "SSL")
     assert msg.startswith("Kafka at h:1 refused the client: ")
+
+
+def test_a_fetch_wait_the_client_cannot_take_is_refused():
+    """A review: fetch_max_wait_ms of 30 s or more made kafka-python refuse to start, told
+    as a broker out of reach; 0 fetched in a tight loop while idle."""
+    for bad in (0, 30_000):
+        with pytest.raises(ConfigError, match="fetch_max_wait_ms"):
+            load_settings(fetch_max_wait_ms=bad)
+    assert load_settings(fetch_max_wait_ms=20, fetch_min_bytes=16384).fetch_min_bytes == 16384

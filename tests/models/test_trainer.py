@@ -265,6 +265,8 @@ def test_the_sqlite_stores_write_ahead_log_does_not_stay_large(tmp_path, monkeyp
 def test_the_trainers_store_is_readable_by_its_owner_only(tmp_path) -> None:
     """A security review: snapshots.sqlite and its -wal/-shm (every kept model input and the
     trainer's pickled checkpoint) were 0644, while checkpoints and the registry are 0600."""
+    (tmp_path / "s.db").touch(mode=0o644)  # written by an older release
+    (tmp_path / "s.db").chmod(0o644)
     s = SqliteStore(tmp_path / "s.db")
     s.put("a", 1.0, {"f": 1.0})
     s.flush()

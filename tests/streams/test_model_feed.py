@@ -141,7 +141,9 @@ def test_pointer_only_announcement_with_unreachable_path_is_counted(tmp_path: Pa
     assert m.registry.get_sample_value("fds_model_swaps_total", {"result": "unreachable"}) == 1
 
 
-def test_a_pointer_is_read_only_when_signed_and_a_regular_file_of_its_size(tmp_path: Path):
+def test_a_pointer_is_read_only_when_signed_and_a_regular_file_of_its_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A security review: the path of a pointer announcement was read before anything was
     verified: /dev/zero grew the scorer to 2 GB, a FIFO blocked the feed thread for good, and
     any local file could be read (its outcome told whether it existed)."""
@@ -155,10 +157,23 @@ def test_a_pointer_is_read_only_when_signed_and_a_regular_file_of_its_size(tmp_p
         feed = _feed(tmp_path, key=b"k")
         assert feed.handle(_value({**a, "path": path, "size": size})) == "rejected"
     # signed fields first: an unsigned pointer is refused before its path is looked at
+    # (a path that does not exist is "unreachable" once looked at)
     feed = _feed(tmp_path, key=b"k")
-    assert feed.handle(_value({**a, "fields_hmac": None, "path": str(fifo)})) == "rejected"
+    gone = str(tmp_path / "gone.pkl")
+    assert feed.handle(_value({**a, "fields_hmac": None, "path": gone})) == "rejected"
+    assert feed.handle(_value({**a, "path": gone})) == "unreachable"
     assert feed.handle(_value(a)) == "imported"  # the real one
     assert feed.registry.load(a["version"]) == {"w": 2}
+    # without a key nothing is signed: a file of another size than announced is not read
+    import fds.streams.model_feed as mf
+
+    opened: list[str] = []
+    monkeypatch.setattr(mf, "open", lambda p, *a: opened.append(p) or open(p, *a), raising=False)  # noqa: SIM115
+    plain = _publish(Registry(tmp_path / "plain"), {"w": 3})
+    plain["artifact_b64"] = None
+    feed = _feed(tmp_path / "unsigned")
+    assert feed.handle(_value({**plain, "size": 7})) == "rejected" and opened == []
+    assert feed.handle(_value(plain)) == "imported" and opened == [plain["path"]]
 
 
 def _tampered(a: dict[str, Any]) -> dict[str, Any]:
@@ -354,3 +369,18 @@ def test_run_flag_is_off_by_default() -> None:
 def test_models_topic_without_a_model_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="needs a model"):
         build_run_engine(None, None, models_topic="models")
+
+
+def test_a_rejected_announcement_is_logged_with_its_partition_and_offset(tmp_path: Path):
+    """A review: once log fields were read from the template only, the record's position
+    (given as one "%s" of pairs) landed inside the message instead of fields of its own."""
+    import io
+
+    from fds.logs import configure_logging
+
+    out = io.StringIO()
+    configure_logging("INFO", fmt="json", stream=out, logger_name="fds.streams.model_feed")
+    _feed(tmp_path).handle(b"not json", {"partition": "models[0]", "offset": "12"})
+    line = orjson.loads(out.getvalue().splitlines()[-1])
+    assert line["msg"] == "rejected model announcement"
+    assert (line["partition"], line["offset"]) == ("models[0]", "12") and line["error"]

@@ -422,6 +422,9 @@ class Reader:
     def assign(self, tps):
         self.pos = {tp: 0 for tp in tps}
 
+    def assignment(self):
+        return set(getattr(self, "pos", ()))
+
     def beginning_offsets(self, tps):
         return dict.fromkeys(tps, self.log_start)
 

@@ -340,3 +340,26 @@ def test_a_snapshot_restored_from_the_topic_is_noted_in_the_slot_file(tmp_path):
     again.start(b"S2, a bigger snapshot ..............................")
     again.step(topic, chunks=2)  # killed mid-publish
     assert StateTopic("state", "g/i0").fetch(topic.reader) == b"S1: the only one .."
+
+
+def test_unsigned_snapshots_are_warned_about_at_start(tmp_path, monkeypatch, caplog):
+    """A security review: without FDS_MODEL_KEY a forged snapshot on the state topic ran code
+    in fds run (a restore unpickles it) without a word; the models feed already warned."""
+    import logging
+
+    from fds.engine import Engine
+    from fds.streams.checkpoint import Checkpointer
+    from fds.streams.kafka import KafkaSettings, Runner
+
+    settings = KafkaSettings(
+        input_topic="transactions", group="g", group_instance_id="i0", state_topic="state"
+    )
+    monkeypatch.delenv("FDS_MODEL_KEY", raising=False)
+    with caplog.at_level(logging.WARNING, logger="fds.streams.kafka"):
+        Runner(settings, Engine(), checkpointer=Checkpointer(tmp_path / "a"))
+    assert "whoever can write to 'state' can run code in this process" in caplog.text
+    caplog.clear()
+    monkeypatch.setenv("FDS_MODEL_KEY", "k")
+    with caplog.at_level(logging.WARNING, logger="fds.streams.kafka"):
+        Runner(settings, Engine(), checkpointer=Checkpointer(tmp_path / "b"))
+    assert "can run code" not in caplog.text
