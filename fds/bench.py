@@ -797,7 +797,7 @@ def _report(res: PrecisionResult, plot: Path) -> str:
                 "",
             ]
             if "ceiling_precision_at_k" in m
-            else []
+            else ["References: skipped (`--no-reference`).", ""]
         ),
         "Targets (issue 5)"
         + (":" if m.get("source") == "simulator" else ", set for the built-in simulator's stream:"),

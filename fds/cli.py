@@ -8,9 +8,11 @@ them together and turns errors into clear messages and exit codes (2: usage or c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import gc
 import importlib
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -195,6 +197,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # (`fds rules check | head`: a traceback, a QA pass)
+        with contextlib.suppress(OSError):  # nothing more can be written to it
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+        return 141  # as a shell reports SIGPIPE
     finally:
         if argv is None:  # the console script: the process exits next
             # Out of the collector's sight, what the command held is not visited by the

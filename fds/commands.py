@@ -277,11 +277,15 @@ def _replay(args: argparse.Namespace) -> int:
     if summary.last_ts is not None and summary.last_ts < EPOCH_2000:
         # (seconds from the dataset's own reference date, IEEE-CIS's TransactionDT, were
         # replayed as January 1970 without a word: a QA pass)
+        fix = (
+            "check its ts_origin"
+            if mapping is not None and mapping.ts_origin is not None
+            else "give it as ts_origin in the --mapping (e.g. ts_origin: 2017-12-01)"
+        )
         print(
             f"fds replay: warning: every transaction is dated before 2000 (the last at "
             f"{format_ts(summary.last_ts)}): if the file's times count seconds from another "
-            "origin than 1970, give it as ts_origin in the --mapping (e.g. ts_origin: "
-            "2017-12-01)",
+            f"origin than 1970, {fix}",
             file=sys.stderr,
         )
     if args.labels is not None and not summary.labels_read and summary.label_dead_letters:

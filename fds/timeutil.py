@@ -16,7 +16,7 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 6048
 DURATION_PATTERN = r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*"  # (also rules/schema.json's)
 _DURATION = re.compile(f"^{DURATION_PATTERN}$")
 # Epoch values above this are milliseconds: 1e11 s is the year 5138, 1e11 ms is 1973.
-_MS_THRESHOLD = 1e11
+MS_THRESHOLD = _MS_THRESHOLD = 1e11
 
 
 def parse_duration(text: str | float | int) -> float:

@@ -1,3 +1,4 @@
+import io
 import re
 import sys
 
@@ -583,6 +584,13 @@ def test_seconds_from_another_origin_are_mapped_or_warned_about(tmp_path, capsys
     assert "before 2000" not in capsys.readouterr().err
     first = orjson.loads(out.read_bytes().splitlines()[0])
     assert first["ts"].startswith("2017-12-01T15:00:00")  # a day after 00:00 KST, in UTC
+    # a number of seconds too large is a dead letter, not milliseconds (1976: a QA pass)
+    huge = tmp_path / "huge.csv"
+    huge.write_text(data.read_text() + "9,200000000000,c1,5\n")
+    assert main(["replay", str(huge), *argv[1:], "--mapping", str(origin)]) == 0
+    dead = [orjson.loads(x) for x in (tmp_path / "d.dlq.jsonl").read_bytes().splitlines()]
+    assert len(dead) == 1 and "past year 5000" in dead[0]["reason"]
+    capsys.readouterr()
     # a labels file in the contract's columns counts from the same origin (it was read from
     # 1970: every label "dated before its transaction", learned at once: a review)
     labels = tmp_path / "l.csv"
@@ -610,3 +618,15 @@ def test_labels_dated_after_the_last_transaction_are_counted_apart(history, tmp_
     assert re.search(r"labels read[\s│]+1\b", err), err
     assert re.search(r"at or after the last transaction[\s│]+2 \(not read\)", err), err
     assert re.search(r"known frauds[\s│]+3\b", err), err
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(monkeypatch, capsys):
+    """A QA pass: `fds rules check ... | head -1` ended in a BrokenPipeError traceback."""
+
+    class Gone(io.StringIO):
+        def write(self, s: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", Gone())
+    assert main(["rules", "check"]) == 141
+    assert "Traceback" not in capsys.readouterr().err

@@ -71,8 +71,9 @@ class SideResult:
 
     @property
     def precision(self) -> float | None:
-        """Known frauds among alerts (None without labels or alerts)."""
-        if self.frauds is None or not self.alerts:
+        """Known frauds among alerts (None without labels, frauds or alerts: 0.0% read as a
+        judgement where no fraud was known, a QA pass; replay says n/a too)."""
+        if not self.frauds or not self.alerts:
             return None
         return self.alerted_frauds / self.alerts
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -177,15 +178,15 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
         labels = labels_beside(args.file)
     if args.changed_out is not None:  # (after the labels beside the file: a review found
-        to = args.changed_out.resolve()  # them written over)
-        read = [Path(p).resolve() for n in inputs if (p := getattr(args, n)) is not None]
-        if to.is_dir() or to in read or (labels is not None and to == Path(labels).resolve()):
+        to = args.changed_out  # them written over; a hard link to the input, a QA pass)
+        read = [Path(p) for n in inputs if (p := getattr(args, n)) is not None]
+        if to.is_dir() or any(_same(to, p) for p in [*read, *([labels] if labels else [])]):
             raise ConfigError(
                 f"--changed-out {args.changed_out}: a file this backtest reads or a folder; "
                 "give the path of a new file"
             )
-        if not to.parent.is_dir():  # (a traceback after the whole backtest had run)
-            raise ConfigError(f"--changed-out {args.changed_out}: no folder {to.parent}")
+        if not to.resolve().parent.is_dir():  # (a traceback after the whole backtest)
+            raise ConfigError(f"--changed-out {to}: no folder {to.resolve().parent}")
     labels_given = "--labels" if args.labels is not None else "the labels file"
     # (missing columns, another encoding: said as fds replay says it)
     check_transaction_columns(args.file, mapping)
@@ -300,6 +301,11 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
         )
         print(f"wrote {len(r.changed)} changed transaction(s) to {args.changed_out}", file=out)
     return 0
+
+
+def _same(a: Path, b: Path) -> bool:
+    """One file under two names (a symlink or a hard link included)?"""
+    return a.exists() and b.exists() and os.path.samefile(a, b)
 
 
 def _of(dead: dict[str, Any], labels: Path | None) -> bool:

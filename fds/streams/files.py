@@ -40,7 +40,7 @@ from pydantic import (
 from fds import yamlio
 from fds.errors import ConfigError
 from fds.schema import TX_FIELDS, TX_REQUIRED, dumps_line, fraud_flag
-from fds.timeutil import get_zone, parse_duration, parse_ts
+from fds.timeutil import MS_THRESHOLD, get_zone, parse_duration, parse_ts
 
 log = logging.getLogger(__name__)
 
@@ -143,15 +143,15 @@ class ColumnMapping(BaseModel):
     @field_validator("missing", mode="before")
     @classmethod
     def _missing_texts(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            v = [v]
+        if isinstance(v, str) or v is None or type(v) in (int, float, bool):
+            v = [v]  # (an unquoted NULL alone: the generic "a list" message, a QA pass)
         if not isinstance(v, list | set | frozenset | tuple):
             raise ValueError("a list of texts read as missing, e.g. [NaN, NA, '-999']")
         odd = next((x for x in v if not isinstance(x, str)), "")
         if odd != "":  # (NULL, ~, 1.50, 0x10 and no were read as other texts or refused
             raise ValueError(  # obscurely: a review)
-                f"{odd!r} is no text to YAML: write each one in quotes as it appears in a "
-                "cell, e.g. ['NULL', '-999', 'no']"
+                f"YAML reads one of them as {_yaml_kind(odd)}, not a text: write each one in "
+                "quotes as it appears in a cell, e.g. ['NULL', '-999', 'no']"
             )
         return v
 
@@ -266,14 +266,25 @@ class ColumnMapping(BaseModel):
         return sources, tuple(f for f, c in self.fields.items() if f != c and f not in sources)
 
 
+def _yaml_kind(value: Any) -> str:
+    """What YAML made of an unquoted scalar, for an error message."""
+    if value is None:
+        return "a null (NULL, ~)"
+    if isinstance(value, bool):
+        return f"a boolean ({value})"
+    return f"the number {value}" if isinstance(value, int | float) else f"a {type(value).__name__}"
+
+
 def _from_origin(value: Any, origin: float) -> Any:
     """A number of seconds after ``origin`` as epoch seconds; anything else as it is (a dead
-    letter when it is no timestamp)."""
-    if type(value) in (int, float):
-        return origin + value
-    if isinstance(value, str):
-        with contextlib.suppress(ValueError):
-            return origin + float(value)
+    letter when it is no timestamp). A sum past the year 5000 is no time either: as a number
+    it would be read as milliseconds (``200000000000`` after 2018 was 1976, a QA pass)."""
+    if type(value) in (int, float) or isinstance(value, str):
+        try:
+            t = origin + float(value)
+        except ValueError:
+            return value
+        return t if abs(t) < MS_THRESHOLD else f"{value} seconds after ts_origin: past year 5000"
     return value
 
 
@@ -312,6 +323,11 @@ def read_yaml(p: Path) -> Any:
         mark = getattr(e, "problem_mark", None)
         where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark else str(p)
         raise ConfigError(f"not valid YAML: {getattr(e, 'problem', e)}", where=where) from None
+    except ValueError as e:  # (YAML read 2018-13-45 as a date that does not exist: a
+        raise ConfigError(  # traceback, a QA pass)
+            f"a value YAML reads as a date does not exist ({e}): fix it, or quote it",
+            where=str(p),
+        ) from None
 
 
 def invalid(p: Path, e: pydantic.ValidationError, model: Any, what: str) -> ConfigError:

@@ -411,4 +411,6 @@ def test_the_hindsight_reference_can_be_skipped(tmp_path: Path) -> None:
     for flags, has in (([], True), (["--no-reference"], False)):
         args = _cli([*base, *flags])
         assert args.func(args) == 0
-        assert ("References (no live system has either)" in (tmp_path / "r.md").read_text()) is has
+        report = (tmp_path / "r.md").read_text()
+        assert ("References (no live system has either)" in report) is has
+        assert ("References: skipped (`--no-reference`)." in report) is not has

@@ -361,3 +361,19 @@ def test_changed_out_never_overwrites_the_labels_beside_the_file(tmp_path, capsy
     assert labels.read_bytes() == before
     assert main([*argv, "--changed-out", str(tmp_path / "no" / "x.jsonl")]) == 2
     assert f"no folder {tmp_path / 'no'}" in capsys.readouterr().err
+    (tmp_path / "hard.jsonl").hardlink_to(data)  # (written over: a QA pass)
+    assert main([*argv, "--changed-out", str(tmp_path / "hard.jsonl")]) == 2
+    assert "a file this backtest reads" in capsys.readouterr().err
+
+
+def test_precision_without_a_known_fraud_is_not_zero(tmp_path, capsys) -> None:
+    """A QA pass: labels that name no fraud gave precision 0.0% on both sides (replay: n/a)."""
+    data = _history(tmp_path, 4)
+    base = _rules(tmp_path, "b", "rules:\n  - {id: a, when: amount > 0, action: review, "
+                  "score: 0.5, reason: r}\n")  # fmt: skip
+    legit = tmp_path / "l.csv"
+    legit.write_text("tx_id,ts,is_fraud\nt1,1767312000,0\n")
+    argv = ["rules", "backtest", "--candidate", str(base), "--baseline", str(base), str(data)]
+    assert main([*argv, "--labels", str(legit)]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("prec"))
+    assert row.split()[1:] == ["-", "-"]

@@ -446,8 +446,15 @@ def test_a_mapping_names_the_texts_that_mean_missing(tmp_path):
     (tmp_path / "bad.yaml").write_text(MAPPING + "missing: {NaN: 1}\n")
     with pytest.raises(ConfigError, match="a list of texts read as missing"):
         load_mapping(tmp_path / "bad.yaml")
-    # what YAML reads as no text (NULL, ~, 1.50, no) is refused: it matched nothing (a review)
+    # what YAML reads as no text (NULL, ~, 1.50, no) is refused: it matched nothing (a review),
+    # a single one too (a QA pass), and a date that does not exist is no traceback
+    (tmp_path / "bad.yaml").write_text(MAPPING + "missing: NULL\n")
+    with pytest.raises(ConfigError, match=r"as a null \(NULL, ~\), not a text"):
+        load_mapping(tmp_path / "bad.yaml")
+    (tmp_path / "bad.yaml").write_text(MAPPING + "ts_origin: 2018-13-45\n")
+    with pytest.raises(ConfigError, match="a value YAML reads as a date does not exist"):
+        load_mapping(tmp_path / "bad.yaml")
     for odd in ("NULL", "~", "1.50", "no", "-999"):
         (tmp_path / "bad.yaml").write_text(MAPPING + f"missing: [NaN, {odd}]\n")
-        with pytest.raises(ConfigError, match="is no text to YAML: write each one in quotes"):
+        with pytest.raises(ConfigError, match="not a text: write each one in quotes"):
             load_mapping(tmp_path / "bad.yaml")
