@@ -245,8 +245,9 @@ def _replay(args: argparse.Namespace) -> int:
     replay_mod.print_summary(summary, metrics.summary(), title=f"replay of {args.file}")
     if stream.reordered:
         print(
-            f"fds replay: input not in time order: {stream.reordered:,} records were out of "
-            f"order (each read after one with a later ts) and were replayed sorted by ts"
+            f"fds replay: input not in time order: {stream.reordered:,} "
+            + ("record was" if stream.reordered == 1 else "records were")
+            + " out of order (each read after one with a later ts) and were replayed sorted by ts"
             + (
                 f"; {stream.late:,} were beyond the reorder buffer "
                 f"({replay_mod.REORDER_BUFFER:,} records) and decided after later records (those "

@@ -321,7 +321,9 @@ def test_a_paced_replay_reports_its_metrics_every_second(tmp_path):
                sleep=sleep, clock=lambda: now[0],
                on_event=lambda i: seen.setdefault(i, consumed("fds_events_consumed_total",
                                                               {"source": "file"})))  # fmt: skip
-    assert seen[7] == 4  # reported at 1.2 s (event 4), then not before 2.2 s
+    # each event counted as read: never behind the decisions (a scrape of a QA pass saw 4,096
+    # consumed and 4,768 decided when they were counted once a second)
+    assert [seen[i] or 0 for i in range(8)] == list(range(8))
 
 
 def test_speed_paces_from_the_first_event_not_from_the_start(tmp_path):
@@ -386,7 +388,7 @@ def test_cli_says_when_input_was_reordered(tmp_path, capsys):
         )
         == 0
     )
-    assert "input not in time order: 1 records were out of order" in capsys.readouterr().err
+    assert "input not in time order: 1 record was out of order" in capsys.readouterr().err
     decided = [orjson.loads(x)["tx_id"] for x in (tmp_path / "o.jsonl").read_bytes().split()]
     assert decided == ["t0", "t1"]
 

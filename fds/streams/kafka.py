@@ -401,7 +401,8 @@ class KafkaSettings(BaseSettings):
             host, colon, port = server.strip().rpartition(":")
             if not colon and port and not port.endswith("]"):  # a host alone: port 9092, as
                 continue  # kafka-python reads it
-            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            bad_host = ":" in host and not host.startswith("[")  # (host:1:2 waited a minute)
+            if not host or bad_host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ValueError(
                     f"{server.strip()!r} is not host:port (e.g. 127.0.0.1:19092; several "
                     "separated by commas)"
@@ -782,9 +783,10 @@ class Runner:
                 )
         self._check_copartitioned()
         log.info(
-            'consuming topic="%s" group="%s" exactly_once=%s co_partitioned=%s labels_topic=%s',
+            'consuming topic="%s" group="%s" exactly_once="%s" co_partitioned="%s" '
+            'labels_topic="%s"',
             s.input_topic, s.group, s.exactly_once, self._copartitioned,
-            f'"{s.labels_topic}"' if self.labels is not None else "off",
+            s.labels_topic if self.labels is not None else "off",
         )  # fmt: skip
         self._broker_state(True)
 
@@ -1520,7 +1522,7 @@ class Runner:
                 continue
             self._positions = dict(got.offsets)
             log.info(
-                'restored %s path="%s" offsets=%s age_s=%.1f',
+                'restored %s path="%s" offsets="%s" age_s="%.1f"',
                 what, ck.path, self._positions, time.time() - got.written_at,
             )  # fmt: skip
             return

@@ -233,7 +233,7 @@ class TrainService:
             self._restored = dict(state["offsets"])
             self._offsets = dict(self._restored)
             log.info(
-                'restored trainer checkpoint labels_learned=%d parent="%s"',
+                'restored trainer checkpoint labels_learned="%d" parent="%s"',
                 trainer.stats["labels_learned"], trainer.parent,
             )  # fmt: skip
             return trainer
@@ -513,7 +513,7 @@ class TrainService:
         self.stats.published += 1
         self.metrics.model_info(pub.version, self.spec.name)
         log.info(
-            'published version="%s" labels_learned=%d',
+            'published version="%s" labels_learned="%d"',
             pub.version, pub.entry.get("labels_learned", 0),
         )  # fmt: skip
         if self.producer is None or not self.models_topic:

@@ -128,6 +128,7 @@ def test_a_security_error_says_where_the_protocol_came_from(tmp_path):
         ({"bootstrap": "a:1,127.0.0.1:"}, "'127.0.0.1:' is not host:port"),
         ({"bootstrap": ""}, "'' is not host:port"),
         ({"bootstrap": "h:70000"}, "'h:70000' is not host:port"),
+        ({"bootstrap": "host:1:2"}, "'host:1:2' is not host:port"),  # (waited a minute: a QA)
         # dead letters sent to the input were read back and wrapped again, growing, until one
         # was too large (a review)
         ({"dlq_topic": "transactions"}, "dlq_topic and input_topic are both 'transactions'"),

@@ -414,3 +414,17 @@ def test_the_hindsight_reference_can_be_skipped(tmp_path: Path) -> None:
         report = (tmp_path / "r.md").read_text()
         assert ("References (no live system has either)" in report) is has
         assert ("References: skipped (`--no-reference`)." in report) is not has
+
+
+def test_the_drift_day_defaults_to_the_middle_of_a_short_stream(monkeypatch) -> None:
+    """A QA pass: `fds bench precision --days 20` was refused for `--drift-day 30`, a flag
+    the user had not given (demo and simulate take the middle of a short stream)."""
+    import fds.bench
+
+    got: dict[str, Any] = {}
+    monkeypatch.setattr(fds.bench, "run_precision", lambda **kw: got.update(kw))
+    for days, drift in (("20", 10), ("60", 30), ("90", 30)):
+        args = _cli(["--days", days])
+        assert args.func(args) == 0 and got["drift_day"] == drift
+    args = _cli(["--days", "20", "--drift-day", "none"])
+    assert args.func(args) == 0 and got["drift_day"] is None
