@@ -333,7 +333,14 @@ def run_precision(
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=n, unit="tx", desc="bench precision", mininterval=1.0, file=sys.stderr)
+        bar = tqdm(
+            total=n,
+            unit="tx",
+            desc="bench precision",
+            mininterval=1.0,
+            file=sys.stderr,
+            disable=None,
+        )  # fmt: skip  (no bar into a log file)
     t0 = time.perf_counter()
     for i, tx in enumerate(txs):
         ts = tx["ts"]
@@ -865,7 +872,11 @@ def register(subparsers: Any) -> None:
         "with --input); 'none' or -1: no drift",
     )
     pp.add_argument(
-        "--warmup-days", type=int, default=14, help="days the models learn before they are judged"
+        "--warmup-days",
+        type=int,
+        default=None,
+        help="days the models learn before they are judged (default 14, or the days before "
+        "the drift day when it comes earlier)",
     )
     pp.add_argument(
         "--k", type=_alert_budget, help="daily alert budget (default: the rules' policy)"
@@ -915,6 +926,9 @@ def _cmd_precision(args: argparse.Namespace) -> int:
         # 30 of 20 was refused, naming a flag not given: a QA pass), as demo and simulate
     if drift is not None and drift < 0:
         drift = None
+    warmup = args.warmup_days  # (the middle of --days 20 fell inside a 14-day warm-up: a QA)
+    if warmup is None:
+        warmup = min(14, drift - 1) if drift is not None and drift > 1 else 14
     try:
         if args.input:
             from fds.streams.files import check_transaction_columns, load_mapping
@@ -928,7 +942,7 @@ def _cmd_precision(args: argparse.Namespace) -> int:
             merchants=args.merchants or 1_000,
             seed=args.seed,
             drift_day=drift,
-            warmup_days=args.warmup_days,
+            warmup_days=warmup,
             k=args.k,
             spec=args.spec,
             rules=args.rules,

@@ -655,7 +655,10 @@ def _progress(total: int | None, enabled: bool) -> Any:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="tx", unit_scale=True, mininterval=0.5, desc="replay")
+    # disable=None: no bar when stderr is no terminal (a replay into a log file wrote a
+    # redraw every 0.6 s: a QA pass)
+    return tqdm(total=total, unit="tx", unit_scale=True, mininterval=0.5, desc="replay",
+                disable=None)  # fmt: skip
 
 
 def print_summary(

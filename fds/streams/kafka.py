@@ -151,6 +151,8 @@ log = logging.getLogger(__name__)
 DLQ_HEADERS = ("source_topic", "source_partition", "source_offset", "stage", "error", "reason")
 # Consumer lag is a gauge for dashboards: once a second is plenty and costs nothing per event.
 LAG_EVERY_S = 1.0
+#: How often a state rebuild or catch-up logs how far it got.
+PROGRESS_EVERY_S = 5.0
 # A blocking broker call (commit, flush, a transaction's) is waited for in steps of this long,
 # and logged every WAIT_LOG_S while the broker does not answer (see Runner._waited).
 WAIT_STEP_S = 0.5
@@ -1753,6 +1755,14 @@ class Runner:
                 reached=reached,
             )  # fmt: skip
             lag_at = 0.0
+            # (a rebuild of 200,000 records said nothing until its end, and its metrics did not
+            # move: an operator could not see it go, a QA pass)
+            todo = sum(max(0, c - a) for a, c in ranges.values())
+            log.info(
+                '%s started partitions="%s" records="%d" (state only, no output)',
+                what, sorted(tp.partition for tp in ranges), todo,
+            )  # fmt: skip
+            said_at = time.monotonic() + PROGRESS_EVERY_S
             for i, tx in enumerate(merged):
                 if self._stop:  # SIGTERM mid-way: the state is partial, nothing is kept of it
                     pos.clear()
@@ -1762,6 +1772,12 @@ class Runner:
                 if not i & 255 and time.monotonic() >= lag_at:
                     lag_at = time.monotonic() + LAG_EVERY_S
                     self._report_restoring(reader, committed, end)
+                    if lag_at >= said_at:
+                        said_at = lag_at + PROGRESS_EVERY_S
+                        log.info(
+                            '%s progress records="%d" of="%d" done="%.0f%%"',
+                            what, i + 1, todo, 100.0 * (i + 1) / max(todo, 1),
+                        )  # fmt: skip
                 if self._rebuild and not i & 255 and time.monotonic() >= answer_at:
                     self._keep_alive()
                     answer_at = time.monotonic() + KEEPALIVE_S
@@ -2283,7 +2299,8 @@ def produce_file(
                     ) from None
             producer.config["max_block_ms"] = block
             clock = FileClock(zone) if zone is not None else None
-            for line, rec, raw in records:  # noqa: B007 (`line` is said if it stops)
+            said_at = time.monotonic() + PROGRESS_EVERY_S
+            for line, rec, raw in records:
                 if isinstance(rec, dict):
                     truth = rec.pop(label.column, None) if label is not None else None
                     if clock is not None and rec.get("ts") is not None:
@@ -2313,6 +2330,12 @@ def produce_file(
                 fut.add_errback(failed.append)
                 fut.add_callback(lambda _meta: acked.__setitem__(0, acked[0] + 1))
                 n += 1
+                if not n & 1023 and time.monotonic() >= said_at:  # (silent for minutes at a
+                    said_at = time.monotonic() + PROGRESS_EVERY_S  # --rate: a QA pass)
+                    log.info(
+                        'producing records="%d" acknowledged="%d" line="%d" rate="%.0f/s"',
+                        n, acked[0], line, n / max(time.monotonic() - t0, 1e-9),
+                    )  # fmt: skip
                 if rate:
                     ahead = n / rate - (time.monotonic() - t0)
                     if ahead > 0:

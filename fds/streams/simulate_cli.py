@@ -123,7 +123,7 @@ def _simulate(args: argparse.Namespace) -> int:
     t_gen = time.perf_counter() - t0
     total = len(sim.transactions) + len(sim.labels)
     try:
-        with tqdm(total=total, unit="rec", unit_scale=True, desc="writing", disable=quiet,
+        with tqdm(total=total, unit="rec", unit_scale=True, desc="writing", disable=quiet or None,
                   file=sys.stderr) as bar:  # fmt: skip
             tx_path, lab_path = write(sim, args.out, on_rows=bar.update)
     except OSError as e:

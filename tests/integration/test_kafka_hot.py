@@ -68,3 +68,16 @@ def test_broken_rules_file_keeps_last_good_then_takes_the_next_good(
     assert len(versions) == 600 and runner.stats.dead_letters == 0  # not one event failed
     assert {versions[f"tx{i:07d}"] for i in range(400)} == {v1}  # last good kept
     assert {versions[f"tx{i:07d}"] for i in range(400, 600)} == {v1 + "-fixed"}
+
+
+def test_produce_says_how_far_it_got_as_it_goes(
+    kafka_bootstrap, topics, unique_name, tmp_path, caplog, monkeypatch
+):
+    """A QA pass: `fds produce FILE --rate R` was silent until its end (minutes at a rate)."""
+    monkeypatch.setattr("fds.streams.kafka.PROGRESS_EVERY_S", 0.0)
+    s = settings_for(kafka_bootstrap, topics, unique_name("g"))
+    write_stream(tmp_path / "tx.jsonl", 2100)
+    with caplog.at_level(logging.INFO, logger="fds.streams.kafka"):
+        assert produce_file(tmp_path / "tx.jsonl", s) == 2100
+    assert 'producing records="1024"' in caplog.text
+    assert 'producing records="2048"' in caplog.text

@@ -423,8 +423,10 @@ def test_the_drift_day_defaults_to_the_middle_of_a_short_stream(monkeypatch) -> 
 
     got: dict[str, Any] = {}
     monkeypatch.setattr(fds.bench, "run_precision", lambda **kw: got.update(kw))
-    for days, drift in (("20", 10), ("60", 30), ("90", 30)):
-        args = _cli(["--days", days])
-        assert args.func(args) == 0 and got["drift_day"] == drift
+    for days, drift, warmup in (("20", 10, 9), ("60", 30, 14), ("90", 30, 14)):
+        args = _cli(["--days", days])  # (and the warm-up before it: a QA pass)
+        assert args.func(args) == 0 and (got["drift_day"], got["warmup_days"]) == (drift, warmup)
+    args = _cli(["--days", "20", "--warmup-days", "5"])
+    assert args.func(args) == 0 and got["warmup_days"] == 5
     args = _cli(["--days", "20", "--drift-day", "none"])
     assert args.func(args) == 0 and got["drift_day"] is None
