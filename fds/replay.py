@@ -553,7 +553,7 @@ def run(
     if seen:
         s.last_ts = ts  # (the newest event decided: the file is in time order)
     if metrics is not None:
-        metrics.events_consumed("file", seen - counted)
+        metrics.events_consumed("file", max(0, seen - counted))  # (paced: counted as read)
         engine.report()
     s.decided = sum(actions.values())
     s.dead_letters, s.label_dead_letters = tally.total, tally.of_labels

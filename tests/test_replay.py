@@ -553,3 +553,25 @@ def test_the_summary_tells_labels_read_from_labels_the_model_learned():
     s = replay.run(engine, replay.ReplayInput([*txs, dict(tx(999, T0 + 31 * 86400), extra={})],
                                               late), ListSink(), ListSink())  # fmt: skip
     assert s.labels_read == 1 and s.labels_learned <= 1
+
+
+def test_a_paced_replay_stopped_mid_decision_keeps_its_consumed_count(tmp_path):
+    """A paced replay counts each event consumed as it reads it; stopped (Ctrl-C) while one
+    was being decided, the final count took that event back (a review of the change)."""
+    from fds.metrics import Metrics
+
+    p = write_jsonl(tmp_path / "x.jsonl", [tx(i, T0 + i) for i in range(6)])
+    metrics = Metrics()
+    engine = Engine(metrics=metrics)
+    real = engine.decide
+
+    def decide(t):
+        if t["tx_id"] == "t3":
+            raise KeyboardInterrupt
+        return real(t)
+
+    engine.decide = decide  # type: ignore[method-assign]
+    s = replay.run(engine, replay.load(p), ListSink(), ListSink(), speed=1e9)
+    assert s.interrupted
+    got = metrics.registry.get_sample_value("fds_events_consumed_total", {"source": "file"})
+    assert got == 4  # t0..t3 read, t3 not decided
