@@ -44,6 +44,7 @@ _DAY = 86400.0
 PRE_DRIFT_DAYS = 7
 #: The simulator's drift day: mid-way through its 60 default days (``simulate``'s default).
 SIM_DRIFT_DAY = 30
+WARMUP_DAYS = 14  # days the models learn before they are judged (default)
 #: Default daily alert budget on the simulator, per 20,000 cards. The simulator makes ~35
 #: frauds a day per 20,000 cards before the drift (~90 after); a budget below that volume makes
 #: precision@k measure ranking quality rather than how many frauds there were to find.
@@ -242,7 +243,7 @@ def run_precision(
     merchants: int = 2_000,
     seed: int = 7,
     drift_day: int | None = SIM_DRIFT_DAY,
-    warmup_days: int = 14,
+    warmup_days: int = WARMUP_DAYS,
     k: int | None = None,
     spec: str = "default",
     rules: str | None = None,
@@ -899,6 +900,14 @@ def register(subparsers: Any) -> None:
     pp.set_defaults(func=_cmd_precision)
 
 
+def warmup_before(drift_day: int | None) -> int:
+    """The default warm-up: 14 days, or the days before an earlier drift (at least one day
+    of it evaluated before the drift); ``fds demo`` and ``fds bench precision``."""
+    return (
+        min(WARMUP_DAYS, drift_day - 1) if drift_day is not None and drift_day > 1 else WARMUP_DAYS
+    )
+
+
 def _alert_budget(text: str) -> int:
     """``--k``: a whole number of alerts per day, at least 1."""
     k = int(text) if text.strip().isdigit() else 0
@@ -928,7 +937,7 @@ def _cmd_precision(args: argparse.Namespace) -> int:
         drift = None
     warmup = args.warmup_days  # (the middle of --days 20 fell inside a 14-day warm-up: a QA)
     if warmup is None:
-        warmup = min(14, drift - 1) if drift is not None and drift > 1 else 14
+        warmup = warmup_before(drift)
     try:
         if args.input:
             from fds.streams.files import check_transaction_columns, load_mapping

@@ -209,6 +209,18 @@ def main(argv: list[str] | None = None) -> int:
             gc.freeze()
 
 
+def same_file(a: Path, b: Path) -> bool:
+    """Do ``a`` and ``b`` name one file (links and relative paths included; one that does not
+    exist yet by its resolved path)? For the outputs a command must not write over its inputs.
+    """
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
 def _whole(text: str, least: int, what: str, too_small: str) -> int:
     try:
         value = int(text)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fds.cli import folder, positive_int, seed
+from fds.cli import folder, positive_int, same_file, seed
 from fds.logs import say
 from fds.metrics import Metrics, add_metrics_arguments, serve
 from fds.pipeline import DEFAULT_MODEL, DEFAULT_RULES, build_engine
@@ -108,7 +108,7 @@ def register(sub: Any) -> None:
 def _demo(args: argparse.Namespace) -> int:
     import logging
 
-    from fds.bench import run_precision
+    from fds.bench import run_precision, warmup_before
 
     if not args.verbose:  # the progress bar and the table tell the story; -v shows every swap
         logging.getLogger("fds").setLevel(logging.WARNING)
@@ -123,7 +123,7 @@ def _demo(args: argparse.Namespace) -> int:
         cards=args.cards,
         seed=args.seed,
         drift_day=args.drift_day,
-        warmup_days=min(14, args.drift_day - 1),  # at least one day before the drift
+        warmup_days=warmup_before(args.drift_day),
         rules=str(args.rules),
         out_dir=args.out_dir,
         name="demo",
@@ -154,17 +154,6 @@ def _unwritable(path: Path) -> str | None:
     if path.exists():  # (/dev/null, say, in a directory no user may write)
         return None if os.access(path, os.W_OK) else "it is not writable"
     return None if os.access(path.parent, os.W_OK) else "its directory is not writable"
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    """Do ``a`` and ``b`` name one file (links and relative paths included; one that does not
-    exist yet by its resolved path)?"""
-    try:
-        if a.exists() and b.exists():
-            return os.path.samefile(a, b)
-        return a.resolve() == b.resolve()
-    except OSError:
-        return False
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -201,14 +190,14 @@ def _replay(args: argparse.Namespace) -> int:
         if x is not None and Path(x).is_file()
     ]
     for flag, path in (("--out", args.out), ("--dlq", dlq_path)):
-        same = next(((what, x) for what, x in reads if _same_file(path, x)), None)
+        same = next(((what, x) for what, x in reads if same_file(path, x)), None)
         if same is not None:
             say(f"fds replay: error: {flag} {path} is the {same[0]} {same[1]}; give another path")
             return 2
-    if _same_file(args.out, dlq_path):  # the decisions were written over the dead letters
+    if same_file(args.out, dlq_path):  # the decisions were written over the dead letters
         say(f"fds replay: error: --dlq {dlq_path} is the --out file; give another path")
         return 2
-    if args.labels is not None and _same_file(Path(args.labels), Path(args.file)):
+    if args.labels is not None and same_file(Path(args.labels), Path(args.file)):
         # (every transaction was read twice: once decided, once a label's dead letter)
         say(
             f"fds replay: error: --labels {args.labels} is the input file; give the labels "

@@ -229,13 +229,11 @@ def _ids(hits: Any) -> list[str]:
 
 def _side(action: str, score: float, hits: Any) -> dict[str, Any]:
     """A changed transaction's outcome on one side: its acting and its shadow hits apart."""
-    shadow = [] if isinstance(hits, RuleError) else [h["id"] for h in hits if _shadow(h)]
+    shadow = (
+        [] if isinstance(hits, RuleError) else [h["id"] for h in hits if h["state"] == "shadow"]
+    )
     acting = [i for i in _ids(hits) if i not in shadow]
     return {"action": action, "score": score, "hits": acting, "shadow_hits": shadow}
-
-
-def _shadow(hit: Mapping[str, Any]) -> bool:
-    return bool(hit.get("state") == "shadow")
 
 
 def _value(name: str, tx: Mapping[str, Any], feats: Mapping[str, Any], clock: Any) -> Any:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any, TextIO
 
-from fds.cli import count_or_all
+from fds.cli import count_or_all, same_file
 from fds.errors import ConfigError
 from fds.rules.ruleset import Ruleset, load_ruleset
 
@@ -180,7 +179,7 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
     if args.changed_out is not None:  # (after the labels beside the file: a review found
         to = args.changed_out  # them written over; a hard link to the input, a QA pass)
         read = [Path(p) for n in inputs if (p := getattr(args, n)) is not None]
-        if to.is_dir() or any(_same(to, p) for p in [*read, *([labels] if labels else [])]):
+        if to.is_dir() or any(same_file(to, p) for p in [*read, *([labels] if labels else [])]):
             raise ConfigError(
                 f"--changed-out {args.changed_out}: a file this backtest reads or a folder; "
                 "give the path of a new file"
@@ -294,18 +293,11 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
         if vals:
             print(f"      read: {vals}", file=out)
     if args.changed_out is not None:
-        import orjson
+        from fds.schema import dumps_line
 
-        args.changed_out.write_bytes(
-            b"".join(orjson.dumps(ex, option=orjson.OPT_APPEND_NEWLINE) for ex in r.changed)
-        )
+        args.changed_out.write_bytes(b"".join(dumps_line(ex) for ex in r.changed))
         print(f"wrote {len(r.changed)} changed transaction(s) to {args.changed_out}", file=out)
     return 0
-
-
-def _same(a: Path, b: Path) -> bool:
-    """One file under two names (a symlink or a hard link included)?"""
-    return a.exists() and b.exists() and os.path.samefile(a, b)
 
 
 def _of(dead: dict[str, Any], labels: Path | None) -> bool:
