@@ -35,6 +35,7 @@ import numpy as np
 
 from fds.cli import drift_day, folder, positive_int, seed
 from fds.logs import say
+from fds.progress import progress_bar
 
 __all__ = ["PrecisionResult", "register", "run_precision"]
 
@@ -330,69 +331,58 @@ def run_precision(
         if label["is_fraud"]:
             known.add(label["tx_id"])
 
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(
-            total=n,
-            unit="tx",
-            desc="bench precision",
-            mininterval=1.0,
-            file=sys.stderr,
-            disable=None,
-        )  # fmt: skip  (no bar into a log file)
     t0 = time.perf_counter()
-    for i, tx in enumerate(txs):
-        ts = tx["ts"]
-        if schedule.next_ts < ts:  # strictly: never before its own decision
-            for label in schedule.due(ts):
-                learn(label)
-        if frozen is None and ts >= warm_end:
-            # the learner as it stands at the end of the warm-up, frozen from here on
-            learner = server.trainer.model if server.trainer is not None else server.champion
-            frozen = pickle.loads(pickle.dumps(learner))
-            frozen_version = f"trainer@day{warmup_days} ({server.version} serving)"
-            train_rows = len(rows)
-            known_at_warm = set(known)
-        try:
-            d = engine.decide(tx)
-        except StageError as e:  # (a dead letter in production: every variant must see it)
-            fix = (
-                "guard the rule (e.g. `avg > 0 and amount / avg > 3`) or pass other --rules"
-                if e.stage == "rules"
-                else "fix the input or the stage"
-            )
-            raise ConfigError(
-                f"transaction {tx['tx_id']}: {e}; the benchmark compares every transaction's "
-                f"scores, so none may be a dead letter: {fix}"
-            ) from None
-        x = server._last[1] if server._last is not None else {}
-        if not mspec.inputs.reads_rules:  # the static model reads what the River model reads
-            x = without_rule_inputs(x)
-        for c in x:
-            if c not in cols:
-                cols[c] = len(cols)
-        rows.append([x.get(c, 0.0) for c in cols])
-        day[i] = int((ts - start) // _DAY)
-        s_rules[i] = rules_only.decide(d["rule_hits"], None, ts)[1]
-        ms = d["model_score"]
-        s_adapt[i] = ms if ms is not None else 0.0
-        s_final[i] = d["score"]
-        if frozen is not None:
-            s_frozen[i] = frozen.predict_proba_one(x).get(True, 0.0)
-        y[i] = tx["tx_id"] in truth
-        card[i] = tx["card_id"]
-        versions[i] = d["model_version"]
-        acting[i] = ms is not None and "model_shadow" not in d["flags"]
-        if tx["tx_id"] in schedule.labelled:
-            for label in schedule.after(tx["tx_id"]):
-                learn(label)
-        if bar is not None and not i % 4096:
-            bar.update(i - bar.n)
-    if bar is not None:
+    with progress_bar(
+        n, unit="tx", desc="bench precision", mininterval=1.0, enabled=progress
+    ) as bar:
+        for i, tx in enumerate(txs):
+            ts = tx["ts"]
+            if schedule.next_ts < ts:  # strictly: never before its own decision
+                for label in schedule.due(ts):
+                    learn(label)
+            if frozen is None and ts >= warm_end:
+                # the learner as it stands at the end of the warm-up, frozen from here on
+                learner = server.trainer.model if server.trainer is not None else server.champion
+                frozen = pickle.loads(pickle.dumps(learner))
+                frozen_version = f"trainer@day{warmup_days} ({server.version} serving)"
+                train_rows = len(rows)
+                known_at_warm = set(known)
+            try:
+                d = engine.decide(tx)
+            except StageError as e:  # (a dead letter in production: every variant must see it)
+                fix = (
+                    "guard the rule (e.g. `avg > 0 and amount / avg > 3`) or pass other --rules"
+                    if e.stage == "rules"
+                    else "fix the input or the stage"
+                )
+                raise ConfigError(
+                    f"transaction {tx['tx_id']}: {e}; the benchmark compares every transaction's "
+                    f"scores, so none may be a dead letter: {fix}"
+                ) from None
+            x = server._last[1] if server._last is not None else {}
+            if not mspec.inputs.reads_rules:  # the static model reads what the River model reads
+                x = without_rule_inputs(x)
+            for c in x:
+                if c not in cols:
+                    cols[c] = len(cols)
+            rows.append([x.get(c, 0.0) for c in cols])
+            day[i] = int((ts - start) // _DAY)
+            s_rules[i] = rules_only.decide(d["rule_hits"], None, ts)[1]
+            ms = d["model_score"]
+            s_adapt[i] = ms if ms is not None else 0.0
+            s_final[i] = d["score"]
+            if frozen is not None:
+                s_frozen[i] = frozen.predict_proba_one(x).get(True, 0.0)
+            y[i] = tx["tx_id"] in truth
+            card[i] = tx["card_id"]
+            versions[i] = d["model_version"]
+            acting[i] = ms is not None and "model_shadow" not in d["flags"]
+            if tx["tx_id"] in schedule.labelled:
+                for label in schedule.after(tx["tx_id"]):
+                    learn(label)
+            if not i % 4096:
+                bar.update(i - bar.n)
         bar.update(n - bar.n)
-        bar.close()
     replay_s = time.perf_counter() - t0
 
     # Static scikit-learn model: trained once on the warm-up weeks with what was known then.

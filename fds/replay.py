@@ -26,8 +26,9 @@ from typing import Any, Protocol
 from fds.engine import Engine
 from fds.errors import ConfigError, StageError, ValidationError
 from fds.gcpolicy import Freezer
+from fds.progress import progress_bar
 from fds.schema import dead_letter, parse_label, parse_transaction
-from fds.streams.files import ColumnMapping, read_records
+from fds.streams.files import ColumnMapping, count_rows, read_records
 from fds.timeutil import FileClock, format_ts, get_zone, span
 
 __all__ = ["ReplayInput", "ReplaySummary", "load", "run"]
@@ -66,6 +67,7 @@ class ReplayInput:
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
     reordered: int = 0
     total: int | None = None  # transactions, when known (progress bar)
+    count: Callable[[], int | None] | None = None  # or a count of the file's rows (a pass)
     truth: set[str] = field(default_factory=set)
     pending_labels: list[dict[str, Any]] = field(default_factory=list)
     late: int = 0  # out of order by more than the reorder buffer could fix
@@ -279,7 +281,7 @@ def open_stream(
         for rec in _validated(labels_path, own, zone, parse_label, dlq, None):
             labels.append(rec)
         labels.sort(key=_ts)
-    stream = ReplayInput(iter(()), labels, dlq)
+    stream = ReplayInput(iter(()), labels, dlq, count=lambda: count_rows(path, mapping))
     stream.transactions = _ordered(
         _validated(path, mapping, zone, parse_transaction, dlq, stream),
         REORDER_BUFFER if reorder_buffer is None else reorder_buffer,
@@ -442,6 +444,28 @@ def run(
     ``on_event(i)`` is called between events (hot reload checks, tests); ``sleep`` and
     ``clock`` are the pacing's (tests give their own).
     """
+    total = stream.total if stream.total is not None or stream.count is None else stream.count
+    with progress_bar(total, unit="tx", desc="replay", enabled=progress) as bar:
+        s = _run(engine, stream, sink, dlq, bar, source, speed, on_event, sleep, clock)
+        bar.update(s.decided - bar.n)
+        if not s.interrupted:  # (rows were counted: a dead letter is not decided)
+            bar.total = s.decided
+            bar.refresh()
+    return s
+
+
+def _run(
+    engine: Engine,
+    stream: ReplayInput,
+    sink: Sink,
+    dlq: Sink,
+    bar: Any,
+    source: str,
+    speed: float | None,
+    on_event: Callable[[int], None] | None,
+    sleep: Callable[[float], None],
+    clock: Callable[[], float],
+) -> ReplaySummary:
     s = ReplaySummary()
     metrics = engine.metrics
     schedule = LabelSchedule(stream.labels)
@@ -454,7 +478,6 @@ def run(
     model_learned = _model_learned(engine)
     tally = _DeadTally(source)
     stream.on_dead = lambda: tally.drain(dead, dlq, metrics)
-    bar = _progress(stream.total, progress)
     t0 = time.perf_counter()
     first_ts: float | None = None
     paced_from = t0
@@ -490,8 +513,7 @@ def run(
                                 span(ahead), speed,
                             )  # fmt: skip
                         sleep(ahead)
-                        if bar is not None:  # paced: the bar moves with the events
-                            bar.update(i - bar.n)
+                        bar.update(i - bar.n)  # paced: the bar moves with the events
                 if on_event is not None:
                     on_event(i)
                 if speed and metrics is not None:  # paced: counted consumed as it is read,
@@ -533,8 +555,7 @@ def run(
                 if block or (speed and clock() >= report_at):
                     report_at = clock() + 1.0
                     tally.drain(dead, dlq, metrics)
-                    if bar is not None:
-                        bar.update(i - bar.n)
+                    bar.update(i - bar.n)
                     if metrics is not None:
                         if i > counted:  # (paced: counted as read already)
                             metrics.events_consumed("file", i - counted)
@@ -577,9 +598,6 @@ def run(
     if truth:
         s.frauds, s.alerted_frauds = total_frauds, alerted_frauds
         s.fraud_labels = len(truth)
-    if bar is not None:
-        bar.update(s.decided - bar.n)
-        bar.close()
     return s
 
 
@@ -648,17 +666,6 @@ class _DeadTally:
                 text = str(d.get("reason") or d.get("error", ""))
                 self.examples[reason] = text.split("\n")[0][:160]
         dead.clear()
-
-
-def _progress(total: int | None, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    # disable=None: no bar when stderr is no terminal (a replay into a log file wrote a
-    # redraw every 0.6 s: a QA pass)
-    return tqdm(total=total, unit="tx", unit_scale=True, mininterval=0.5, desc="replay",
-                disable=None)  # fmt: skip
 
 
 def print_summary(

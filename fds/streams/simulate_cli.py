@@ -12,10 +12,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tqdm import tqdm
-
 from fds.cli import drift_day, positive_int, seed
 from fds.errors import ConfigError
+from fds.progress import progress_bar
 from fds.streams.simulator import Simulation, check_out, labels_path, simulate, summarize, write
 from fds.timeutil import format_ts, get_zone, parse_ts
 
@@ -123,8 +122,7 @@ def _simulate(args: argparse.Namespace) -> int:
     t_gen = time.perf_counter() - t0
     total = len(sim.transactions) + len(sim.labels)
     try:
-        with tqdm(total=total, unit="rec", unit_scale=True, desc="writing", disable=quiet or None,
-                  file=sys.stderr) as bar:  # fmt: skip
+        with progress_bar(total, unit="rec", desc="writing", enabled=not quiet) as bar:
             tx_path, lab_path = write(sim, args.out, on_rows=bar.update)
     except OSError as e:
         raise ConfigError(

@@ -1,0 +1,77 @@
+"""Progress bars: only on a terminal, log lines above them, a streamed file's total."""
+
+import io
+import logging
+import sys
+
+from fds import replay
+from fds.engine import Engine
+from fds.logs import configure_logging
+from fds.progress import progress_bar
+from fds.streams.files import count_rows
+from tests.test_replay import T0, ListSink, tx, write_jsonl
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def on_terminal(monkeypatch) -> Terminal:
+    tty = Terminal()
+    monkeypatch.setattr(sys, "stderr", tty)
+    configure_logging(stream=tty)
+    return tty
+
+
+def screen_lines(text: str) -> list[str]:
+    """What a terminal shows of each line: the text after its last carriage return."""
+    return [line.rsplit("\r", 1)[-1] for line in text.split("\n")]
+
+
+def test_a_log_line_is_printed_above_the_bar_not_into_it(monkeypatch):
+    tty = on_terminal(monkeypatch)
+    try:
+        with progress_bar(10, unit="tx", desc="replay", mininterval=0) as bar:
+            bar.update(5)
+            logging.getLogger("fds.test").warning("careful")
+            bar.update(5)
+        warned = [line for line in screen_lines(tty.getvalue()) if "careful" in line]
+        assert warned and all(line.startswith("ts=") for line in warned), tty.getvalue()
+        assert "replay: 100%" in tty.getvalue()
+    finally:
+        configure_logging()
+    handlers = logging.getLogger("fds").handlers  # the bar's handler is gone with it
+    assert [getattr(h, "_fds_handler", False) for h in handlers] == [True]
+
+
+def test_no_bar_when_stderr_is_no_terminal(monkeypatch):
+    log = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", log)
+    with progress_bar(10, unit="tx", desc="replay", mininterval=0) as bar:
+        bar.update(10)
+    assert log.getvalue() == ""
+
+
+def test_rows_are_counted_for_the_bar(tmp_path):
+    csv = tmp_path / "t.csv"
+    csv.write_text("tx_id,ts\na,1\nb,2\n\n")  # (a blank line counts: an estimate for the bar)
+    assert count_rows(csv) == 3
+    assert count_rows(tmp_path / "t.jsonl") is None  # missing
+    (tmp_path / "t.csv.gz").write_bytes(b"")
+    assert count_rows(tmp_path / "t.csv.gz") is None  # a gzip file is not decompressed twice
+
+
+def test_a_streamed_replay_shows_its_total(tmp_path, monkeypatch):
+    p = write_jsonl(tmp_path / "x.jsonl", [tx(i, T0 + i) for i in range(7)] + [{"tx_id": 1}])
+    tty = on_terminal(monkeypatch)
+    try:
+        s = replay.run(Engine(), replay.open_stream(p), ListSink(), ListSink(), progress=True)
+    finally:
+        configure_logging()
+    assert s.decided == 7
+    shown = tty.getvalue()
+    assert "replay:   0%|          | 0.00/8.00" in shown, (
+        shown
+    )  # the file's 8 records, counted first
+    assert screen_lines(shown)[-2].startswith("replay: 100%|"), shown  # 7 of 7 decided
