@@ -913,11 +913,11 @@ def _cmd_precision(args: argparse.Namespace) -> int:
 
     for flag in ("mapping", "labels"):
         if getattr(args, flag) and not args.input:
-            say(f"error: --{flag} needs --input FILE")
+            say(f"fds bench: error: --{flag} needs --input FILE")
             return 2
     for flag in ("days", "cards", "merchants"):  # (ignored without a word: a review)
         if getattr(args, flag) is not None and args.input:
-            say(f"error: --{flag} is for the simulator; --input FILE is replayed whole")
+            say(f"fds bench: error: --{flag} is for the simulator; --input FILE is replayed whole")
             return 2
     drift = args.drift_day
     if drift is None and not args.input:  # a user's file has no drift unless told; the
@@ -955,6 +955,6 @@ def _cmd_precision(args: argparse.Namespace) -> int:
             ceiling_ref=args.reference,
         )
     except ConfigError as e:
-        say(f"error: {e}")
+        say(f"fds bench: error: {e}")
         return 2
     return 0

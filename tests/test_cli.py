@@ -630,3 +630,20 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdout", Gone())
     assert main(["rules", "check"]) == 141
     assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["models", "--registry", "{tmp}/none", "list"],
+        ["produce", "{tmp}/none.jsonl", "--topic", "t", "--bootstrap", "127.0.0.1:1"],
+        ["bench", "precision", "--input", "{tmp}/none.jsonl", "--out", "{tmp}"],
+        ["replay", "{tmp}/none.jsonl"],
+    ],
+)
+def test_every_command_s_error_names_the_command(argv, tmp_path, capsys):
+    """One form for every command's last word: ``fds COMMAND: error: ...`` (``fds models``
+    said ``error:``, ``fds produce`` ``fds: error:``)."""
+    assert main([a.format(tmp=tmp_path) for a in argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and err[-1].startswith(f"fds {argv[0]}: error: "), err

@@ -49,7 +49,7 @@ def _registry(args: argparse.Namespace) -> Any:
 
 
 def _fail(e: Exception, code: int) -> int:
-    say(f"error: {e}")
+    say(f"fds models: error: {e}")
     return code
 
 
@@ -78,7 +78,7 @@ def _show(args: argparse.Namespace) -> int:
         reg = _registry(args)
         version = args.version or reg.champion() or reg.latest()
         if version is None:
-            say(f"error: no versions in {args.registry}")
+            say(f"fds models: error: no versions in {args.registry}")
             return 1
         entry = reg.entry(version)
         if args.verify:

@@ -2618,13 +2618,13 @@ def _cmd_produce(args: argparse.Namespace) -> int:
             limit=args.limit, labels_topic=args.labels_topic,
         )  # fmt: skip
     except ConfigError as exc:
-        say(f"fds: error: {exc}")
+        say(f"fds produce: error: {exc}")
         return 2
     except FdsError as exc:  # (it says what failed and how far it got)
         say(f"fds produce: failed: {exc}")
         return 1
     except Exception as exc:
-        say(f"fds: error: producing failed: {describe(exc)}")
+        say(f"fds produce: failed: {describe(exc)}")
         return 1
     say(f"produced {n} records to {args.topic or settings.input_topic}", logging.INFO)
     return 0
