@@ -285,6 +285,10 @@ def _replay(args: argparse.Namespace) -> int:
             "(or name its own under labels_file: in the --mapping)",
             file=sys.stderr,
         )
+    elif args.labels is not None and not (
+        summary.labels_read or summary.labels_after_end or summary.interrupted
+    ):  # (a header alone was read without a word)
+        print(f"fds replay: warning: {args.labels} holds no labels", file=sys.stderr)
     if summary.interrupted:
         print(
             f"fds replay: interrupted after {summary.decided:,} decisions; the files hold "

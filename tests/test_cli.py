@@ -475,10 +475,13 @@ def test_labels_that_match_nothing_or_cannot_be_read_are_said_so(history, tmp_pa
     labels.write_text("tx_id,ts,is_fraud\n" + "".join(f"t{i},{T0 + 30},1.0\n" for i in range(3)))
     assert bare_replay(str(history), "--labels", str(labels), "--out", str(tmp_path / "o")) == 0
     err = capsys.readouterr().err
-    assert "none of" not in err and "known frauds" in err
+    assert "none of" not in err and "known frauds" in err and "holds no labels" not in err
     labels.write_text("TRANSACTION_ID,reported_at,fraud\nt1,2026-01-01,1\n")
     assert bare_replay(str(history), "--labels", str(labels), "--out", str(tmp_path / "o")) == 0
     assert f"every label of {labels} was a dead letter" in capsys.readouterr().err
+    labels.write_text("tx_id,ts,is_fraud\n")  # a header alone: an export that went wrong
+    assert bare_replay(str(history), "--labels", str(labels), "--out", str(tmp_path / "o")) == 0
+    assert f"fds replay: warning: {labels} holds no labels" in capsys.readouterr().err
 
 
 def test_a_global_option_after_the_command_says_where_it_goes(capsys):
