@@ -644,10 +644,15 @@ def _recovery_text(res: PrecisionResult) -> str:
     ]
     for v in VARIANTS:
         e = r[v]
+        back = (  # (as in the targets: "no drop" of a precision near zero is noise)
+            _recovered(e)
+            if e["pre_drift_precision"] >= _MEASURABLE
+            else f"n/a (pre-drift p@k below {_MEASURABLE})"
+        )
         lines.append(
             f"  {v:15s} pre-drift p@k {e['pre_drift_precision']:.3f}  "
             f"min after {e['min_after_drift']:.3f}"
-            f"  back to 90% (3-day mean): {_recovered(e)}  "
+            f"  back to 90% (3-day mean): {back}  "
             f"p@k over {_days(r['window_days'])}: {e['window_precision']:.3f}  "
             f"from day {res.drift_day + r['deadline_days']}: "
             f"{e['after_deadline_precision']:.3f}"

@@ -210,6 +210,8 @@ def test_a_target_that_cannot_be_measured_is_n_a_not_missed() -> None:
     frozen = [(m, ok) for t, m, ok in rows if "lower than adaptive" in t]
     assert len(frozen) == 4 and all(m.startswith("n/a (") and ok is None for m, ok in frozen)
     assert "nan" not in _recovery_text(res)
+    rules = next(ln for ln in _recovery_text(res).splitlines() if ln.split()[0] == "rules")
+    assert "back to 90% (3-day mean): n/a (pre-drift p@k below 0.05)" in rules  # not "no drop"
 
 
 def test_a_baseline_near_zero_measures_nothing() -> None:
