@@ -175,6 +175,16 @@ class _Hist:
 DLQ_REASON = {"parse": "bad_json", "validate": "schema"}
 
 
+#: The families of :meth:`Metrics.collect` that only a process deciding transactions sets.
+_DECIDING = frozenset(
+    {
+        "fds_decisions", "fds_rule_hits", "fds_rule_missing_inputs", "fds_rule_errors",
+        "fds_stage_duration_seconds", "fds_decision_latency_seconds", "fds_state_entities",
+        "fds_ruleset_info", "fds_guardrail_demoted", "fds_event_lag_seconds",
+    }
+)  # fmt: skip
+
+
 class Metrics(Collector):
     """All fds metrics, in a registry of their own.
 
@@ -209,8 +219,10 @@ class Metrics(Collector):
         registry: CollectorRegistry | None = None,
         *,
         stage_sample_every: int = STAGE_SAMPLE_EVERY,
+        decides: bool = True,
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self.decides = decides
         self.stage_sample_every = max(1, stage_sample_every)
         self._countdown = 0  # events until the next timed one (0: time this one)
         # The info gauges, set by one assignment and turned into samples at scrape time (a
@@ -237,31 +249,33 @@ class Metrics(Collector):
         self._features_source: Callable[[], Any] | None = None
         self.registry.register(self)
 
-        # cold, thread-safe prometheus_client objects
+        # cold, thread-safe prometheus_client objects; those only a scorer sets are exported
+        # by a scorer only (``rs``: the trainer exported them at 0 beside its own)
         r = self.registry
+        rs = r if decides else None
         self._failed = Counter(
-            "fds_events_failed_total", "Events a stage failed on, by stage.", ["stage"], registry=r
+            "fds_events_failed_total", "Events a stage failed on, by stage.", ["stage"], registry=rs
         )
         self._dlq = Counter(
             "fds_dlq_messages_total",
             "Records sent to the dead letters, by reason.",
             ["reason"],
-            registry=r,
+            registry=rs,
         )
         self._late = Counter(
             "fds_late_events_total",
             "Events older than the watermark minus the grace period, by what was done with them.",
             ["outcome"],
-            registry=r,
+            registry=rs,
         )
         self._consumer_lag = Gauge(
             "fds_consumer_lag_messages",
             "Messages between the consumer position and the end of the partition.",
             ["partition"],
-            registry=r,
+            registry=rs,
         )
         self._rebalances = Counter(
-            "fds_rebalances_total", "Consumer-group rebalances seen by this instance.", registry=r
+            "fds_rebalances_total", "Consumer-group rebalances seen by this instance.", registry=rs
         )
         self._checkpoints = Counter(
             "fds_checkpoints_total",
@@ -276,10 +290,13 @@ class Metrics(Collector):
             "fds_commit_duration_seconds",
             "Time to commit offsets (and the Kafka transaction under exactly-once).",
             buckets=COMMIT_BUCKETS,
-            registry=r,
+            registry=rs,
         )
         self._swaps = Counter(
-            "fds_model_swaps_total", "Model hot-swaps attempted, by result.", ["result"], registry=r
+            "fds_model_swaps_total",
+            "Model hot-swaps attempted, by result.",
+            ["result"],
+            registry=rs,
         )
         self._learned = Counter(
             "fds_labels_learned_total", "Delayed labels the model learned from.", registry=r
@@ -298,7 +315,7 @@ class Metrics(Collector):
         self._feature_labels = Counter(
             "fds_feature_labels_total",
             "Fraud labels applied to the label-aware features (fds run --labels-topic).",
-            registry=r,
+            registry=rs,
         )
         self._precision = Gauge(
             "fds_model_precision",
@@ -313,22 +330,24 @@ class Metrics(Collector):
             "fds_ruleset_reloads_total",
             "Ruleset reloads attempted, by result.",
             ["result"],
-            registry=r,
+            registry=rs,
         )
         self._demotions = Counter(
             "fds_guardrail_demotions_total",
             "Rules or models demoted to shadow by a rate circuit breaker.",
             ["kind", "target"],
-            registry=r,
+            registry=rs,
         )
         self._degraded = Gauge(
-            "fds_degraded_mode", "1 while the model is bypassed and rules decide alone.", registry=r
+            "fds_degraded_mode",
+            "1 while the model is bypassed and rules decide alone.",
+            registry=rs,
         )
         self._fallbacks = Counter(
             "fds_model_fallbacks_total",
             "Events decided by rules alone because the model failed, was slow or was bypassed.",
             ["reason"],
-            registry=r,
+            registry=rs,
         )
         # Series that exist (at 0) from the start: rate()/increase() and the alerts then see
         # the first failure as a step from 0, not as a brand-new series without history.
@@ -580,7 +599,13 @@ class Metrics(Collector):
         return list(self.collect())
 
     def collect(self) -> Iterator[Any]:
-        """Turn the hot, plain-Python state into Prometheus metric families (at scrape time)."""
+        """Turn the hot, plain-Python state into Prometheus metric families (at scrape time);
+        without ``decides`` (``fds train``), none of those only a scorer sets."""
+        for family in self._families():
+            if self.decides or family.name not in _DECIDING:
+                yield family
+
+    def _families(self) -> Iterator[Any]:
         c = CounterMetricFamily(
             "fds_events_consumed", "Events read from a source.", labels=["source"]
         )
@@ -911,13 +936,14 @@ class NullMetrics(Metrics):
         }
 
 
-def make_metrics(enabled: bool = True) -> Metrics:
-    """A recording :class:`Metrics` when ``enabled``, else a :class:`NullMetrics`.
+def make_metrics(enabled: bool = True, *, decides: bool = True) -> Metrics:
+    """A recording :class:`Metrics` when ``enabled``, else a :class:`NullMetrics`;
+    ``decides=False`` for a process that decides nothing (``fds train``).
 
     >>> make_metrics(False).enabled
     False
     """
-    return Metrics() if enabled else NullMetrics()
+    return Metrics(decides=decides) if enabled else NullMetrics()
 
 
 @dataclass

@@ -59,7 +59,7 @@ from kafka.structs import OffsetAndMetadata
 
 from fds.errors import ConfigError, FdsError, describe
 from fds.logs import say
-from fds.metrics import NullMetrics, add_metrics_arguments, make_metrics, serve
+from fds.metrics import Metrics, NullMetrics, add_metrics_arguments, make_metrics, serve
 from fds.models.registry import DEFAULT_REGISTRY, ENTRY_FIELDS
 from fds.pipeline import DEFAULT_MODEL
 from fds.schema import loads_record, parse_label
@@ -648,10 +648,15 @@ def train_settings(args: argparse.Namespace) -> KafkaSettings:
     return load_settings(args.config, **flags)
 
 
+def trainer_metrics(enabled: bool) -> Metrics:
+    """The trainer's metrics: its own series, none of a scorer's (they stayed at 0 there)."""
+    return make_metrics(enabled, decides=False)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     try:
         settings = train_settings(args)
-        metrics = make_metrics(args.metrics_port >= 0)
+        metrics = trainer_metrics(args.metrics_port >= 0)
         svc = TrainService(
             settings,
             spec=args.spec,

@@ -13,6 +13,7 @@ from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 from kafka.structs import TopicPartition
 
 from fds.errors import ConfigError
+from fds.metrics import make_metrics
 from fds.pipeline import DEFAULT_MODEL
 from fds.streams.kafka import KafkaSettings
 from fds.streams.train import TrainService, _Seek, announcement
@@ -404,3 +405,26 @@ def test_the_trainer_exports_labels_waiting_and_unjoined_and_its_checkpoints(tmp
     n = get("fds_checkpoints_total", {"result": "ok"})
     svc._commit()
     assert n == 2 and get("fds_checkpoints_total", {"result": "ok"}) == 3  # one a batch
+
+
+def test_the_trainer_exports_none_of_the_scorer_s_series():
+    """Its /metrics held fds_decisions_total, fds_rebalances_total, ... at 0 beside its own: an
+    alert on no decisions fired on the trainer unless it selected by the scrape's role."""
+    from prometheus_client import generate_latest
+
+    from fds.streams.train import trainer_metrics
+
+    text = generate_latest(trainer_metrics(True).registry).decode()
+    for name in (
+        "fds_decisions_total",
+        "fds_rebalances_total",
+        "fds_model_swaps_total",
+        "fds_decision_latency_seconds",
+        "fds_degraded_mode",
+        "fds_rule_hits_total",
+    ):
+        assert name not in text, name
+    for name in ("fds_labels_learned_total", "fds_checkpoints_total", "fds_drift_detected_total"):
+        assert name in text, name
+    scorer = generate_latest(make_metrics(True).registry).decode()
+    assert "fds_decisions_total" in scorer and "fds_rebalances_total" in scorer
