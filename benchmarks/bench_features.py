@@ -42,6 +42,7 @@ import numpy as np
 
 # Measure the tree this script lives in, whatever ``fds`` happens to be installed.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fds.features import FeaturePlan
 from fds.features.txstore import TxStore
@@ -480,6 +481,42 @@ def memory(cards: int, days: int, seed: int, log: Any, freeze: bool = True) -> d
     }
 
 
+def plot(m: dict[str, Any] | None, s: dict[str, Any] | None, path: Path) -> str:
+    """Memory per active card by part (left) and CPU per transaction by entity (right), each
+    against its target."""
+    import plots
+
+    fig, axes = plots.figure(int(m is not None) + int(s is not None))
+    ax = iter(axes)
+    if m is not None:
+        a = next(ax)
+        active = m["sizes"]["card_id"]
+        parts = {k: v / active for k, v in m["split"].items()}
+        parts["allocator and the rest (RSS - deep sizes)"] = max(
+            0.0, m["rss_delta"] / active - sum(parts.values())
+        )
+        left = 0.0
+        for name, size in parts.items():
+            a.barh(["RSS per active card"], [size], left=left, label=f"{name}: {size:,.0f} B")
+            left += size
+        a.axvline(TARGET_BYTES_PER_CARD, color="tab:red", ls="--", label="target 2 KB")
+        a.set_xlabel("bytes per active card")
+        a.set_title(f"Memory, {m['cards']:,} cards x {m['days']} days")
+        a.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
+    if s is not None:
+        rows = {
+            "all features, last 7 days (per call)": s["us_steady"],
+            **{k if k.startswith("(") else f"only the {k} features": v
+               for k, v in s["split"].items()},
+        }  # fmt: skip
+        plots.bars(
+            next(ax), rows, xlabel="CPU microseconds per transaction", fmt=".1f",
+            title=f"Speed, {s['days']} days x {s['cards']:,} cards",
+            targets=[(TARGET_US, f"target {TARGET_US:g} us")],
+        )  # fmt: skip
+    return plots.save(fig, path, "memory and speed against the targets")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--days", type=int, default=30, help="speed run: simulated days")
@@ -550,6 +587,7 @@ def main() -> int:
         ]
         log("\n".join(lines[-len(c["rows"]) - 10 :]))
     # memory first: its RSS delta is only meaningful in a process that has not yet grown
+    m = s = None
     if not args.skip_memory:
         log(f"memory: {args.mem_cards:,} cards x {args.mem_days} days ...")
         m = memory(args.mem_cards, args.mem_days, args.seed, log, freeze=not args.no_freeze)
@@ -622,6 +660,8 @@ def main() -> int:
         ]
         log("\n".join(lines[-18:]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    if m is not None or s is not None:
+        lines += [plot(m, s, args.out.with_suffix(".png")), ""]
     args.out.write_text("\n".join(lines) + "\n")
     log(f"wrote {args.out}")
     return 0

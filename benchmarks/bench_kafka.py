@@ -54,6 +54,7 @@ from kafka.structs import OffsetAndMetadata
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 from fds.streams import kafka_kit  # noqa: E402
 from fds.streams.kafka import KafkaSettings  # noqa: E402
@@ -458,6 +459,42 @@ def throughput_report(
     return lines
 
 
+def plot(
+    best: dict[str, float], engine_rate: float | None, latency: dict[str, dict[str, list[float]]],
+    path: Path,
+) -> str:  # fmt: skip
+    """Throughput against the passthrough (left) and latency percentiles (right)."""
+    import plots
+
+    short = lambda name: name.split(" (")[0].replace("fds run, ", "").replace(", ", "\n")  # noqa: E731
+    fig, axes = plots.figure(2 if best else 1, height=4.8)
+    if best:
+        rates = {short(n): r for n, r in best.items()}
+        if engine_rate is not None:
+            rates["engine alone, no Kafka"] = engine_rate
+        ceiling = next(iter(best.values()))  # (the passthrough is measured first)
+        plots.bars(
+            axes[0], rates, xlabel="records/s (best run)",
+            title="Throughput, backlog of pre-produced records",
+            targets=[(ceiling / 2, "target: 50% of the passthrough"), (10_000, "target: 10,000/s")],
+        )  # fmt: skip
+    ax = axes[-1]
+    names = list(latency)
+    for k, q in enumerate((0.5, 0.99, 0.999)):
+        ax.barh([i + (k - 1) * 0.27 for i in range(len(names))],
+                [max(pct(latency[n]["total"], q), 0.5) for n in names], 0.27,
+                label=f"p{q * 100:g}")  # fmt: skip
+    ax.axvline(20, color="tab:orange", ls="--", label="p99 target 20 ms")
+    ax.axvline(50, color="tab:red", ls="--", label="p99.9 target 50 ms")
+    ax.set_yticks(range(len(names)), [short(n) for n in names], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("produce to decision (ms, log)")
+    ax.set_title("Latency at a fixed offered load")
+    ax.legend(fontsize=8, loc="lower right")
+    return plots.save(fig, path, "throughput and latency")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--n", type=int, default=100_000, help="transactions per throughput run")
@@ -648,6 +685,11 @@ def main() -> int:
         "",
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    image = plot(
+        best, None if args.latency_only else engine_rate, latency, args.out.with_suffix(".png")
+    )
+    at = next(i for i, line in enumerate(lines) if line.startswith("## "))
+    lines[at:at] = [image, ""]
     args.out.write_text("\n".join(lines))
     print(f"wrote {args.out}")
     return 0
