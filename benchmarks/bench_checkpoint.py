@@ -126,11 +126,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--cards", type=int, nargs="+", default=[5_000, 50_000, 200_000])
     ap.add_argument("--per-card", type=int, default=5, help="transactions per card first")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="the report (markdown)")
     args = ap.parse_args()
     command = "python benchmarks/bench_checkpoint.py " + shlex.join(sys.argv[1:])
     load = os.getloadavg()[0]
     rows = [measure(c, args.per_card) for c in args.cards]
-    plot(rows, RESULTS.with_suffix(".png"))
+    plot(rows, args.out.with_suffix(".png"))
     lines = [
         "# State checkpoints: the pause in the decision loop",
         "",
@@ -174,8 +175,8 @@ def main() -> int:
         "up to the process's resident size again, for the duration of a write.",
         "",
     ]
-    RESULTS.write_text("\n".join(lines))
-    print(f"wrote {RESULTS}")
+    args.out.write_text("\n".join(lines))
+    print(f"wrote {args.out}")
     return 0
 
 

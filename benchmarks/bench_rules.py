@@ -7,11 +7,14 @@ load + compile + inline tests of a 100-rule file in < 1 s.
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import random
+import shlex
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -169,10 +172,12 @@ def bench_default() -> tuple[float, int]:
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", type=Path, default=RESULTS, help="the report (markdown)")
+    args = ap.parse_args()
     load_avg = os.getloadavg()[0]
     text = rules_yaml()
-    path = ROOT / "benchmarks" / "results" / "bench_rules_100.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp()) / "bench_rules_100.yaml"
     path.write_text(text)
     loads = []
     for _ in range(PASSES):
@@ -180,6 +185,7 @@ def main() -> None:
         rs = load_ruleset(path, run_tests=True)
         loads.append(time.perf_counter() - t)
     path.unlink()
+    path.parent.rmdir()
     data = transactions(N_TX)
     hits = sum(len(rs.evaluate(tx, f)) for tx, f in data)
     ev = bench_evaluate(rs, data)
@@ -199,16 +205,16 @@ def main() -> None:
     lines = [
         "# Rules benchmark",
         "",
-        f"Command: `{COMMAND}`  ",
+        f"Command: `{shlex.join([*COMMAND.split(), *sys.argv[1:]])}`  ",
         f"Machine: {platform.processor() or platform.machine()}, Python "
         f"{platform.python_version()}, one core (single thread); load average at the start "
         f"{load_avg:.1f} (the 2-core machine is shared, so figures vary between runs).",
         "",
         "| figure | value | target |",
         "|---|---|---|",
-        f"| evaluate {N_RULES} rules / transaction (best of {PASSES} x {N_TX} tx) "
-        f"| {best:.1f} us (median {med:.1f} us; {best / N_RULES * 1000:.0f} ns/rule) "
-        f"| <= 50 us {'MET' if best <= 50 else 'MISSED'} |",
+        f"| evaluate {N_RULES} rules / transaction (median of {PASSES} passes x {N_TX} tx) "
+        f"| {med:.1f} us (best {best:.1f} us; {med / N_RULES * 1000:.0f} ns/rule) "
+        f"| <= 50 us {'MET' if med <= 50 else 'MISSED'} |",
         f"| evaluate 1 rule / transaction (same loop) | {min(ev1):.2f} us | - |",
         f"| empty call loop over the same data (baseline) | {min(base):.2f} us | - |",
         f"| ratio 100 rules / 1 rule | {best / min(ev1):.1f}x | - |",
@@ -216,9 +222,9 @@ def main() -> None:
         f"| policy.decide with alert budget | {policy_us:.2f} us | - |",
         f"| rules/default.yaml ({default_n} rules) on simulated feature snapshots "
         f"| {default_us:.2f} us | - |",
-        f"| load + compile + inline tests, {N_RULES}-rule file (best of {PASSES}) "
-        f"| {min(loads) * 1000:.0f} ms (median {statistics.median(loads) * 1000:.0f} ms) "
-        f"| < 1 s {'MET' if min(loads) < 1 else 'MISSED'} |",
+        f"| load + compile + inline tests, {N_RULES}-rule file (median of {PASSES}) "
+        f"| {statistics.median(loads) * 1000:.0f} ms (best {min(loads) * 1000:.0f} ms) "
+        f"| < 1 s {'MET' if statistics.median(loads) < 1 else 'MISSED'} |",
         "",
         "The 100 rules are ten typical shapes (velocity, amount vs the card's history, new "
         "device + new country, merchant fraud rate, card-testing bursts, night + amount, ...) "
@@ -238,9 +244,9 @@ def main() -> None:
         xlabel="microseconds per transaction", title="Rule evaluation", fmt=".1f",
         targets=[(50, "target 50 us for 100 rules")],
     )  # fmt: skip
-    lines += ["", plots.save(fig, RESULTS.with_suffix(".png"), "rule evaluation")]
+    lines += ["", plots.save(fig, args.out.with_suffix(".png"), "rule evaluation")]
     report = "\n".join(lines) + "\n"
-    RESULTS.write_text(report)
+    args.out.write_text(report)
     print(report)
 
 

@@ -28,10 +28,10 @@ GAPS = (
 )  # fmt: skip
 
 
-def report(seed: int) -> Path:
+def report(seed: int, out: Path = OUT) -> Path:
     if seed == BENCHMARK_SEED:
         return OUT / "precision_pre_drift.md"
-    return OUT / "seeds" / f"pre_drift_seed{seed}.md"
+    return out / "seeds" / f"pre_drift_seed{seed}.md"
 
 
 def figures(text: str) -> dict[str, str | float]:
@@ -63,21 +63,26 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     ap.add_argument("--reuse", action="store_true", help="keep reports that exist")
+    ap.add_argument(
+        "--out-dir", type=Path, default=OUT,
+        help="where the seeds' reports (DIR/seeds) and the summary go; the benchmark seed's "
+        "own report is read from benchmarks/results",
+    )  # fmt: skip
     args = ap.parse_args()
     command = "python benchmarks/bench_seeds.py " + shlex.join(sys.argv[1:])
     for seed in args.seeds:
-        if seed == BENCHMARK_SEED or (args.reuse and report(seed).exists()):
+        if seed == BENCHMARK_SEED or (args.reuse and report(seed, args.out_dir).exists()):
             continue
         cmd = [
             *("fds", "bench", "precision", "--rules", "rules/pre-drift.yaml"),
-            *("--seed", str(seed), "--out", "benchmarks/results/seeds"),
+            *("--seed", str(seed), "--out", str(args.out_dir / "seeds")),
             *("--name", f"pre_drift_seed{seed}"),
         ]
         print("$", shlex.join(cmd), flush=True)
         subprocess.run(cmd, cwd=ROOT, check=True)
     rows = []
     for seed in sorted({*args.seeds, BENCHMARK_SEED}):
-        f = figures(report(seed).read_text())
+        f = figures(report(seed, args.out_dir).read_text())
         ratio = f["both"] / f["rules"]  # type: ignore[operator]
         best = f["perfect"] / f["rules"]  # type: ignore[operator]
         name = f"{seed} (the benchmark's)" if seed == BENCHMARK_SEED else str(seed)
@@ -111,8 +116,8 @@ def main() -> int:
         "label, cross-fitted by day parity.",
         "",
     ]
-    (OUT / "precision_seeds.md").write_text("\n".join(lines))
-    print(f"wrote {OUT / 'precision_seeds.md'}")
+    (args.out_dir / "precision_seeds.md").write_text("\n".join(lines))
+    print(f"wrote {args.out_dir / 'precision_seeds.md'}")
     return 0
 
 
