@@ -55,14 +55,17 @@ def test_every_sensitive_key_is_redacted(key: str) -> None:
 
 
 def test_card_numbers_in_messages_and_tracebacks_are_masked() -> None:
+    # 16 digits, and the shortest and longest card numbers (13 and 19 digits, Luhn-valid)
     log, out = setup("kv")
     try:
-        raise ValueError("bad card 5500 0000 0000 0004")
+        raise ValueError("bad card 5500 0000 0000 0004, then 6221 2600 0000 0000 126")
     except ValueError:
-        log.exception("stage failed for 4111111111111111")
+        log.exception("stage failed for 4111111111111111 and 4222222222222")
     text = out.getvalue()
-    assert "4111111111111111" not in text and "5500 0000 0000 0004" not in text
+    for pan in ("4111111111111111", "5500 0000 0000 0004", "4222222222222", "0000 126"):
+        assert pan not in text
     assert "************1111" in text and "************0004" in text
+    assert "*********2222" in text and "***************0126" in text
 
 
 def test_plain_extra_fields_are_context_too() -> None:

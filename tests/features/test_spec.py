@@ -7,6 +7,7 @@ import pytest
 import fds.features
 from fds.errors import ConfigError
 from fds.features import FeaturePlan, compile_specs
+from fds.rules.ruleset import FeatureSpec
 from tests.features.conftest import Spec
 
 
@@ -59,8 +60,7 @@ def test_windows_are_shared_per_entity() -> None:
 
 
 def test_ruleset_feature_spec_is_accepted() -> None:
-    ruleset = pytest.importorskip("fds.rules.ruleset")
-    spec = ruleset.FeatureSpec(name="c1h", entity="card_id", agg="count", window="1h")
+    spec = FeatureSpec(name="c1h", entity="card_id", agg="count", window="1h")
     plan = FeaturePlan([spec])
     assert plan.compute({"tx_id": "1", "ts": 1.0, "card_id": "c", "amount": 2.0}) == {"c1h": 1}
 

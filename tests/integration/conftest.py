@@ -4,12 +4,14 @@ The broker is started once per session with :func:`fds.streams.kafka_kit.up` (id
 broker left running by an earlier session is reused) and stopped at the end only if this
 session started it. ``FDS_TEST_BOOTSTRAP=host:port`` uses an existing broker instead.
 Tests isolate themselves with uuid topic prefixes and group names; the topics they create are
-deleted when the test ends (thousands of leftover partitions slow the single broker down).
+deleted when the test ends (thousands of leftover partitions slow the single broker down), and
+every ``fds run`` a test spawned is killed when it ends, whether it passed or failed.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -31,6 +33,24 @@ def kafka_bootstrap() -> Iterator[str]:
     yield bootstrap
     if not was_running and os.environ.get("FDS_TEST_KEEP_BROKER") != "1":
         kafka_kit.down()
+
+
+# Every `fds run` started by a test (test_kafka_run.spawn_run appends it): the autouse fixture
+# below kills what is still running when the test ends, failed or not.
+SPAWNED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_processes() -> Iterator[None]:
+    """A failing test must not leave an `fds run` consuming in the background."""
+    yield
+    while SPAWNED:
+        p = SPAWNED.pop()
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
+        if p.stderr is not None:
+            p.stderr.close()
 
 
 @pytest.fixture

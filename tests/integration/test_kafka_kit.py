@@ -14,15 +14,13 @@ from fds.streams import kafka_kit
 pytestmark = pytest.mark.integration
 
 
-def test_up_is_idempotent_and_fast_when_running(kafka_bootstrap: str) -> None:
+def test_up_is_idempotent_when_running(kafka_bootstrap: str) -> None:
     if kafka_bootstrap != f"127.0.0.1:{kafka_kit.DEFAULT_PORT}":
         pytest.skip("an external broker is in use (FDS_TEST_BOOTSTRAP)")
     pid = kafka_kit.status().pid
-    t0 = time.monotonic()
     assert kafka_kit.up() == kafka_bootstrap
-    assert time.monotonic() - t0 < 5.0  # no restart: a metadata round trip at most
     st = kafka_kit.status()
-    assert st.running and st.reachable and st.pid == pid
+    assert st.running and st.reachable and st.pid == pid  # the same broker: no restart
 
 
 def test_up_says_when_the_running_broker_has_older_settings(kafka_bootstrap: str, caplog) -> None:

@@ -116,8 +116,7 @@ def test_labels_survive_kill9_and_restart_counted_once(
         return [got[t] for t in ids if t in got]
 
     try:
-        p = spawn_run(kafka_bootstrap, topics, group, *extra, stages=stages("a"),
-                      env={"FDS_LOG_LEVEL": "INFO"})  # fmt: skip
+        p = spawn_run(kafka_bootstrap, topics, group, *extra, stages=stages("a"))
         fraud = send_tx()
         wait_until(lambda: counts([fraud]) == [0], 60, "the first decision")
         label = {"tx_id": fraud, "ts": T0 + 90.0, "is_fraud": True}  # between tx 1 and 2
@@ -136,8 +135,7 @@ def test_labels_survive_kill9_and_restart_counted_once(
         _, err = p.communicate(timeout=10)
 
         state = "a" if restart == "checkpoint" else "b"  # b: no checkpoint, state rebuilt
-        p = spawn_run(kafka_bootstrap, topics, group, *extra, stages=stages(state),
-                      env={"FDS_LOG_LEVEL": "INFO"})  # fmt: skip
+        p = spawn_run(kafka_bootstrap, topics, group, *extra, stages=stages(state))
         after = send_tx()
         wait_until(lambda: counts([after]) != [], 60, "a decision after the restart")
         assert counts([after]) == [1], "the label counts once after the restart"

@@ -71,6 +71,9 @@ def test_failing_inline_test_is_rejected_like_a_syntax_error(tmp_path: Path) -> 
     assert rs.check_now() == "rejected"
     assert rs.version == "1"
     assert "inline test 1 failed" in str(rs.last_error)
+    write(p, rules("3", 100))  # fixed: the error is gone with it (it is reported until then)
+    assert rs.check_now() == "ok" and rs.current.version == "3"
+    assert rs.last_error is None
 
 
 def test_a_value_yaml_cannot_build_is_rejected_and_the_last_good_rules_stay(tmp_path: Path):

@@ -66,9 +66,8 @@ def test_a_foreground_save_supersedes_a_running_background_write(tmp_path):
     assert child is not None
     ck.save({"n": "new"}, topic="tx", offsets={0: 9})  # e.g. on revocation or at a stop
     assert not ck.busy()
-    with pytest.raises(ProcessLookupError):  # the stale writer is gone (killed and reaped) ...
-        os.kill(child, 0)
-    time.sleep(1.5)  # ... so nothing lands over the new checkpoint when it would have finished
+    with pytest.raises(ProcessLookupError):  # the stale writer is gone (killed and reaped):
+        os.kill(child, 0)  # nothing can land over the new checkpoint any more
     got = ck.load()
     assert got is not None and got.state == {"n": "new"} and got.offsets == {0: 9}
     assert [p.name for p in tmp_path.iterdir()] == ["engine.ckpt"]  # no temporary file left
@@ -94,6 +93,7 @@ def test_a_background_writer_dies_with_its_instance(tmp_path):
     from fds.streams.checkpoint import Checkpointer
 
     repo = Path(__file__).resolve().parents[2]
+    pid_file = tmp_path / "writer.pid"
     script = f"""
 import os, signal, sys, time
 sys.path.insert(0, {str(repo)!r})
@@ -103,15 +103,37 @@ def slow_state():  # a large state pickled at nice 19 on a busy machine
     time.sleep(1.5)
     return {{"features": "OLD"}}
 ck.save_background(slow_state, topic="tx", offsets={{0: 50}})
+with open({str(pid_file)!r}, "w") as f:  # (not a pipe: run() would wait for the writer)
+    f.write(str(ck._child))  # the writer's pid, for the test to wait on
 os.kill(os.getpid(), signal.SIGKILL)
 """
     old = subprocess.run([sys.executable, "-c", script], timeout=60)
     assert old.returncode == -9
+    writer = int(pid_file.read_text())
     ck = Checkpointer(tmp_path)  # the restarted instance, caught up
     ck.save({"features": "NEW"}, topic="tx", offsets={0: 100})
-    time.sleep(2.5)  # past the old writer's 1.5 s of pickling (a fixed wait: nothing to poll)
+    deadline = time.monotonic() + 60
+    while not _gone(writer):  # at once, or (the bug) after its 1.5 s of pickling and a write
+        assert time.monotonic() < deadline, f"the old writer {writer} still runs after 60 s"
+        time.sleep(0.05)  # polling interval for another process's exit
     got = ck.load()
     assert got is not None and got.offsets == {0: 100} and got.state == {"features": "NEW"}
+
+
+def _gone(pid: int) -> bool:
+    """Has process ``pid`` ended? (An orphan's zombie counts as ended: who reaps it, and when,
+    is up to init.)"""
+    if not os.path.isdir("/proc/self"):  # no procfs: a zombie counts as running (wait longer)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
 
 
 def test_one_fds_run_holds_a_state_dir(tmp_path):

