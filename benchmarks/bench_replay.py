@@ -93,7 +93,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--out", type=Path, default=RESULTS, help="the report (markdown)")
     args = ap.parse_args()
-    cmd = "python benchmarks/bench_replay.py " + " ".join(sys.argv[1:])
+    cmd = " ".join(["python benchmarks/bench_replay.py", *sys.argv[1:]])
     with tempfile.TemporaryDirectory() as d:
         src = Path(d) / "tx.jsonl"
         make_file(src, args.n)
