@@ -128,7 +128,7 @@ def main() -> int:
     ap.add_argument("--per-card", type=int, default=5, help="transactions per card first")
     ap.add_argument("--out", type=Path, default=RESULTS, help="the report (markdown)")
     args = ap.parse_args()
-    command = "python benchmarks/bench_checkpoint.py " + shlex.join(sys.argv[1:])
+    command = shlex.join(["python", "benchmarks/bench_checkpoint.py", *sys.argv[1:]])
     load = os.getloadavg()[0]
     rows = [measure(c, args.per_card) for c in args.cards]
     plot(rows, args.out.with_suffix(".png"))

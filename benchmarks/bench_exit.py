@@ -63,7 +63,7 @@ def main() -> int:
     if args.child:
         child(int(args.child[0]), int(args.child[1]), args.child[2])
         return 0
-    cmd = "python benchmarks/bench_exit.py " + shlex.join(sys.argv[1:])
+    cmd = shlex.join(["python", "benchmarks/bench_exit.py", *sys.argv[1:]])
     rows = []
     for cards in args.cards:
         for mode in MODES:

@@ -537,7 +537,7 @@ def main() -> int:
         passthrough(bootstrap, src, dst, group, idle_s=3.0)
         return 0
 
-    command = "python benchmarks/bench_kafka.py " + shlex.join(sys.argv[1:])
+    command = shlex.join(["python", "benchmarks/bench_kafka.py", *sys.argv[1:]])
     load_before = os.getloadavg()[0]
     bootstrap = args.bootstrap or kafka_kit.up()
     pipeline = ["--rules", args.rules, "--model", args.model]

@@ -25,6 +25,7 @@ import argparse
 import gc
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -193,7 +194,7 @@ def main() -> int:
     )
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
-    command = "python benchmarks/bench_metrics.py " + " ".join(sys.argv[1:])
+    command = shlex.join(["python", "benchmarks/bench_metrics.py", *sys.argv[1:]])
 
     print(f"$ {command}", file=sys.stderr)
     sim = simulate(days=args.days, cards=args.cards, merchants=args.cards // 5, seed=args.seed)
@@ -242,7 +243,7 @@ def main() -> int:
     verdicts = []
     fig, (ax,) = plots.figure(1, height=3.0)
     for i, (kind, (tput, costs)) in enumerate(results.items()):
-        ax.boxplot([[100 * c for c in costs]], positions=[i], vert=False, widths=0.5,
+        ax.boxplot([[100 * c for c in costs]], positions=[i], orientation="horizontal", widths=0.5,
                    showfliers=False)  # fmt: skip
         ax.plot([100 * (1 - tput["on"] / tput["none"])], [i], "D", color="tab:blue")
         cost = 1 - tput["on"] / tput["none"]

@@ -69,7 +69,7 @@ def main() -> int:
         "own report is read from benchmarks/results",
     )  # fmt: skip
     args = ap.parse_args()
-    command = "python benchmarks/bench_seeds.py " + shlex.join(sys.argv[1:])
+    command = shlex.join(["python", "benchmarks/bench_seeds.py", *sys.argv[1:]])
     for seed in args.seeds:
         if seed == BENCHMARK_SEED or (args.reuse and report(seed, args.out_dir).exists()):
             continue

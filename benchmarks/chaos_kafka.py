@@ -270,7 +270,7 @@ def main() -> int:
     ap.add_argument("--days", type=int, default=10)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
-    command = "python benchmarks/chaos_kafka.py " + shlex.join(sys.argv[1:])
+    command = shlex.join(["python", "benchmarks/chaos_kafka.py", *sys.argv[1:]])
     work = Path(tempfile.mkdtemp(prefix="fds-chaos-"))
     ddir = work / "kafka"
     data = work / "tx.jsonl"
