@@ -174,7 +174,7 @@ def fresh_topics(bootstrap: str) -> dict[str, str]:
 
 def run_env(root: Path) -> dict[str, str]:
     """Environment of a consumer process running the fds tree at ``root`` (its cwd too)."""
-    return {**os.environ, "PYTHONPATH": str(root), "FDS_LOG_LEVEL": "WARNING"}
+    return {**os.environ, "PYTHONPATH": str(root)}
 
 
 def run_cmd(cmd: list[str], root: Path = REPO) -> float:
