@@ -82,9 +82,13 @@ class ReplayInput:
     def __post_init__(self) -> None:
         if isinstance(self.transactions, list) and self.total is None:
             self.total = len(self.transactions)
-        # the last word on each transaction (in event time; a later ``false`` withdraws a fraud)
-        last = {lab["tx_id"]: lab["is_fraud"] for lab in sorted(self.labels, key=_ts)}
-        self.truth |= {tx_id for tx_id, fraud in last.items() if fraud}
+        self.truth |= known_frauds(self.labels)
+
+
+def known_frauds(labels: Iterable[dict[str, Any]]) -> set[str]:
+    """The tx_ids whose last label in event time says fraud (a later ``false`` withdraws it)."""
+    last = {lab["tx_id"]: lab["is_fraud"] for lab in sorted(labels, key=_ts)}
+    return {tx_id for tx_id, fraud in last.items() if fraud}
 
 
 class LabelSchedule:

@@ -33,7 +33,7 @@ from typing import Any
 from fds.engine import Engine, FeatureStage
 from fds.errors import ConfigError, RuleError
 from fds.policy import Policy
-from fds.replay import ReplayInput, run
+from fds.replay import ReplayInput, known_frauds, run
 from fds.rules.ruleset import BUILTINS, FeatureSpec, Ruleset
 
 __all__ = ["DEAD_LETTER", "BacktestResult", "SideResult", "backtest", "feature_stage_for"]
@@ -277,7 +277,8 @@ def backtest(
         specs, renamed = _union_features(candidate, baseline)
         features = feature_stage_for(specs, tz)
     both = _Both(candidate, baseline, renamed)
-    frauds = {lab["tx_id"] for lab in stream.labels if lab["is_fraud"]} if stream.labels else None
+    # (the last word on each, as a replay reads them: a withdrawn fraud counted, a QA pass)
+    frauds = known_frauds(stream.labels) if stream.labels else None
     collector = _Collector(both, frauds, examples)
     engine = Engine(features=features, rules=both, policy=both)
     txs = stream.transactions = list(stream.transactions)  # read twice: run, then the span
