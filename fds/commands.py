@@ -289,6 +289,13 @@ def _replay(args: argparse.Namespace) -> int:
         summary.labels_read or summary.labels_after_end or summary.interrupted
     ):  # (a header alone was read without a word)
         print(f"fds replay: warning: {args.labels} holds no labels", file=sys.stderr)
+    if stream.damaged is not None and not summary.interrupted:  # (exit 0 and garbage decided
+        say(  # without a word: a QA pass flipped one byte of a .gz)
+            f"fds replay: error: {args.file} is damaged: {stream.damaged}; the records read "
+            f"before that may be corrupt too (their decisions are in {args.out}): replay a good "
+            "copy of the file"
+        )
+        return 1
     if summary.interrupted:
         print(
             f"fds replay: interrupted after {summary.decided:,} decisions; the files hold "

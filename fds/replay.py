@@ -28,7 +28,7 @@ from fds.errors import ConfigError, StageError, ValidationError
 from fds.gcpolicy import Freezer
 from fds.progress import progress_bar
 from fds.schema import dead_letter, parse_label, parse_transaction
-from fds.streams.files import ColumnMapping, count_rows, read_records
+from fds.streams.files import ColumnMapping, DamagedFile, count_rows, read_records
 from fds.timeutil import FileClock, format_ts, get_zone, span
 
 __all__ = ["ReplayInput", "ReplaySummary", "load", "run"]
@@ -68,6 +68,7 @@ class ReplayInput:
     reordered: int = 0
     total: int | None = None  # transactions, when known (progress bar)
     count: Callable[[], int | None] | None = None  # or a count of the file's rows (a pass)
+    damaged: str | None = None  # the fault of a file whose compressed data is corrupt
     truth: set[str] = field(default_factory=set)
     pending_labels: list[dict[str, Any]] = field(default_factory=list)
     late: int = 0  # out of order by more than the reorder buffer could fix
@@ -338,6 +339,8 @@ def _validated(
             stream.on_dead()
         if isinstance(rec, Exception):
             dlq.append(dead_letter(stage="parse", error=rec, raw=raw, source=source, position=pos))
+            if isinstance(rec, DamagedFile) and stream is not None:
+                stream.damaged = str(rec)
             continue
         truth = rec.pop(label.column, None) if label and isinstance(rec, dict) else None
         try:

@@ -399,9 +399,18 @@ _FAULTS = (EOFError, gzip.BadGzipFile, zlib.error, csv.Error)
 PARQUET_BATCH = 65_536
 
 
+class DamagedFile(ValueError):
+    """A file whose compressed data is corrupt (a CRC that does not match, a bad deflate
+    block): what was read before the fault may be garbage too, unlike a truncated file's."""
+
+
 def _fault(line: int, e: Exception) -> Record:
     """The dead letter that ends a file at ``line``: the records before it are still decided."""
-    return line, ValueError(f"cannot read the file on from line {line}: {e}"), None
+    damaged = isinstance(e, zlib.error) or (
+        isinstance(e, gzip.BadGzipFile) and ("CRC" in str(e) or "length" in str(e))
+    )
+    kind = DamagedFile if damaged else ValueError
+    return line, kind(f"cannot read the file on from line {line}: {e}"), None
 
 
 def open_text(
