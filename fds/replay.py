@@ -617,6 +617,27 @@ def _model_learned(engine: Any) -> float | None:
     return registry.get_sample_value("fds_labels_learned_total") or 0.0
 
 
+def left_out(
+    dead: Iterable[Mapping[str, Any]], labels: str | Path | None = None
+) -> tuple[Counter[str], Counter[str]]:
+    """The reasons of the records a materialised stream left out, counted: the transactions'
+    and the labels' (a labels file's records and a label column's values that are no label;
+    the transaction of such a value is still decided)."""
+    txs: Counter[str] = Counter()
+    labs: Counter[str] = Counter()
+    for d in dead:
+        of_labels = d["stage"] == "label" or (labels is not None and d["source"] == str(labels))
+        (labs if of_labels else txs)[reason_of(d)] += 1
+    return txs, labs
+
+
+def said(counts: Counter[str], what: str) -> str:
+    """``"3 record(s) of FILE could not be read (most often R)"`` in a few words, or ""."""
+    if not counts:
+        return ""
+    return f"{counts.total():,} {what} (most often {counts.most_common(1)[0][0]})"
+
+
 _QUOTED = re.compile(r"'[^']*'")
 _MAX_REASONS = 1_000  # distinct reasons counted apart (dead letters' errors without values)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections import Counter
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -154,7 +153,7 @@ def _fmt(v: float | None, pct: bool = True) -> str:
 
 def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
-    from fds.replay import load, reason_of
+    from fds.replay import left_out, load, said
     from fds.rules.backtest import DEAD_LETTER as DEAD
     from fds.rules.backtest import backtest
     from fds.streams.files import check_transaction_columns, load_mapping
@@ -192,7 +191,7 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
     stream = load(args.file, mapping=mapping, labels_path=labels)
     # (a label's dead letter: its transaction is in the backtest, not its label; a labels
     # file's were counted as transactions left out, a QA pass)
-    of_labels = Counter(reason_of(d) for d in stream.dead_letters if _of(d, labels))
+    reasons, of_labels = left_out(stream.dead_letters, labels)
     if of_labels and not stream.labels:  # (precision "-" and no word why, a QA pass)
         raise ConfigError(
             f"{labels_given} {labels}: none of its {of_labels.total()} record(s) is a label (most "
@@ -201,15 +200,9 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
             "in the --mapping (e.g. labels_file: {tx_id: TransactionID, ts: chargeback_date, "
             "is_fraud: isFraud})"
         )
-    reasons = Counter(
-        reason_of(d) for d in stream.dead_letters if d["stage"] != "label" and not _of(d, labels)
-    )
-    skipped = (
-        f"{reasons.total()} record(s) of the files could not be read or validated and are not in "
-        f"it (most often {reasons.most_common(1)[0][0]}); `fds replay` writes them out"
-        if reasons
-        else ""
-    )
+    skipped = said(
+        reasons, "record(s) of the files could not be read or validated and are not in it"
+    ) + ("; `fds replay` writes them out" if reasons else "")
     if not stream.transactions:
         raise ConfigError(f"{args.file}: no valid transactions" + (skipped and f"; {skipped}"))
     keep = None if args.changed_out is not None else args.examples
@@ -223,11 +216,8 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
     if skipped:  # (they were left out without a word: alerts and recall over a subset)
         print(f"note: {skipped}", file=out)
     if of_labels:
-        print(
-            f"note: {of_labels.total()} record(s) of {labels} are not labels and were left out "
-            f"(most often {of_labels.most_common(1)[0][0]})",
-            file=out,
-        )
+        left = said(of_labels, "label(s) could not be read and were left out")
+        print(f"note: {left}", file=out)
     rows = [
         ("version", b.version, c.version),
         ("alerts (review+decline)", str(b.alerts), str(c.alerts)),
@@ -298,11 +288,6 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
         args.changed_out.write_bytes(b"".join(dumps_line(ex) for ex in r.changed))
         print(f"wrote {len(r.changed)} changed transaction(s) to {args.changed_out}", file=out)
     return 0
-
-
-def _of(dead: dict[str, Any], labels: Path | None) -> bool:
-    """Is ``dead`` a record of the labels file?"""
-    return labels is not None and dead["source"] == str(labels)
 
 
 def _outcome(side: dict[str, Any]) -> str:

@@ -158,7 +158,7 @@ def test_backtest_says_which_records_it_left_out(tmp_path: Path, capsys) -> None
     assert main([*argv, str(foreign)]) == 2
     err = capsys.readouterr().err
     assert "required engine field(s) ['amount', 'card_id', 'ts', 'tx_id']" in err
-    # an unreadable label value: its transaction is in the backtest (not counted as left out)
+    # an unreadable label value: its transaction is in the backtest, its label is left out
     (tmp_path / "m.yaml").write_text(
         "fields: {tx_id: TID, ts: WHEN, card_id: CARD, amount: AMT}\nlabel: {column: F}\n"
     )
@@ -166,7 +166,8 @@ def test_backtest_says_which_records_it_left_out(tmp_path: Path, capsys) -> None
     labelled.write_text("TID,WHEN,CARD,AMT,F\nt1,1767225600,c1,10,maybe\nt2,1767225601,c1,10,1\n")
     assert main([*argv, str(labelled), "--mapping", str(tmp_path / "m.yaml")]) == 0
     out = capsys.readouterr().out
-    assert "backtest over 2 transactions" in out and "note:" not in out
+    assert "backtest over 2 transactions" in out and "could not be read or validated" not in out
+    assert "note: 1 label(s) could not be read and were left out" in out
 
 
 def test_backtest_refuses_rulesets_in_two_timezones(tmp_path: Path, capsys) -> None:
@@ -344,7 +345,7 @@ def test_backtest_refuses_a_labels_file_without_one_label(tmp_path, capsys) -> N
     assert main([*argv, "--labels", str(mixed)]) == 0
     out = capsys.readouterr().out
     assert "1 known frauds" in out and "could not be read or validated" not in out
-    assert f"note: 1 record(s) of {mixed} are not labels and were left out" in out
+    assert "note: 1 label(s) could not be read and were left out" in out
 
 
 def test_changed_out_never_overwrites_the_labels_beside_the_file(tmp_path, capsys) -> None:
