@@ -61,6 +61,11 @@ def test_bad_mapping_exit_2_names_file_and_line(history, tmp_path, capsys):
         f"{m}:3: fields.merchant: unknown engine field 'merchant'; did you mean 'merchant_id'?"
         in (capsys.readouterr().err)
     )
+    # a key of the same name in two sections: the line of the one at fault (a QA pass: line 2)
+    m.write_text("fields:\n  amount: A\n  ts: T\nlabels_file:\n  ts: [D]\n  amount: B\n")
+    assert bare_replay(str(history), "--mapping", str(m)) == 2
+    err = capsys.readouterr().err
+    assert f"{m}:5: labels_file.ts:" in err, err
 
 
 def test_unknown_column_in_mapping(history, tmp_path, capsys):

@@ -20,7 +20,7 @@ import logging
 import os
 import re
 import zlib
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Annotated, Any, Literal, cast
 
@@ -304,7 +304,7 @@ def load_mapping(path: str | os.PathLike[str]) -> ColumnMapping:
         raise ConfigError(str(e), where=str(p)) from None
     delay = (data.get("label") or {}).get("delay")
     if type(delay) in (int, float) and delay:  # a unit forgotten? (7 meant as 7 days)
-        line = _line_of(p, "delay") or _line_of(p, "label")  # (a flow mapping: label's line)
+        line = _line_at(p, ["label", "delay"])
         log.warning(
             "%s: label.delay %s has no unit: read as %s seconds (write 7d, 12h, 90s)",
             f"{p}:{line}" if line else p, delay, delay,
@@ -337,7 +337,7 @@ def invalid(p: Path, e: pydantic.ValidationError, model: Any, what: str) -> Conf
     errs = e.errors()
     err = next((x for x in errs if x["type"] == "extra_forbidden"), errs[0])
     keys = [str(k) for k in err["loc"] if isinstance(k, str)]
-    line = next((n for k in reversed(keys) if (n := _line_of(p, k))), None)
+    line = _line_at(p, keys)
     loc = ".".join(str(x) for x in err["loc"] if x != "[key]")  # (a dict key's error)
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
@@ -350,11 +350,23 @@ def invalid(p: Path, e: pydantic.ValidationError, model: Any, what: str) -> Conf
     return ConfigError(f"{loc}: {msg}", where=f"{p}:{line}" if line else str(p))
 
 
-def _line_of(p: Path, key: str) -> int | None:
-    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if line.lstrip().startswith(f"{key}:"):
-            return i
-    return None
+def _line_at(p: Path, keys: Sequence[str]) -> int | None:
+    """The line of the deepest of ``keys`` (a path: ``["labels_file", "amount"]``) found in
+    the YAML file ``p`` (the first line that started with the last key named a same-named key
+    of another section: a QA pass)."""
+    try:
+        node = yaml.compose(p.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    line = None
+    for key in keys:
+        if not isinstance(node, yaml.MappingNode):
+            break
+        found = next(((k, v) for k, v in node.value if k.value == key), None)
+        if found is None:
+            break
+        line, node = found[0].start_mark.line + 1, found[1]
+    return line
 
 
 def infer_format(path: str | os.PathLike[str], declared: str | None = None) -> str:
