@@ -127,6 +127,9 @@ class ColumnMapping(BaseModel):
     #: A separate ``--labels`` file's own column names (``is_fraud: isFraud``): a chargeback
     #: file with its own names was dead-lettered whole (a QA pass).
     labels_file: dict[LabelField, str] = Field(default_factory=dict)
+    #: A CSV file's text encoding (``cp1252``, as Excel on Windows writes it); UTF-8 (a byte
+    #: order mark skipped) when omitted. JSON Lines is UTF-8 by definition.
+    encoding: str | None = None
     # what check_columns requires, and where the mapping names it (a labels file's: for_labels)
     _required: frozenset[str] = PrivateAttr(default=TX_REQUIRED)
     _section: str = PrivateAttr(default="fields")
@@ -139,6 +142,21 @@ class ColumnMapping(BaseModel):
         except ConfigError as e:
             raise ValueError(str(e)) from None
         return v
+
+    @field_validator("encoding")
+    @classmethod
+    def _encoding(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                codecs.lookup(v)
+            except LookupError:
+                raise ValueError(f"unknown encoding {v!r}: e.g. cp1252, latin-1, utf-16") from None
+        return v
+
+    @property
+    def csv_encoding(self) -> str:
+        """How a CSV file is decoded: ``encoding``, or UTF-8 with its byte order mark skipped."""
+        return self.encoding or "utf-8-sig"
 
     @field_validator("missing", mode="before")
     @classmethod
@@ -230,7 +248,7 @@ class ColumnMapping(BaseModel):
         mapping's timezone, with its ``missing`` texts and ``ts_origin``."""
         m = ColumnMapping.model_construct(
             fields=dict(self.labels_file), timezone=self.timezone, missing=self.missing,
-            ts_origin=self.ts_origin,
+            ts_origin=self.ts_origin, encoding=self.encoding,
         )  # fmt: skip
         m._required, m._section = LABEL_REQUIRED, "labels_file"
         return m
@@ -473,7 +491,7 @@ def check_transaction_columns(
         _parquet_open(p, m)[0].close()
     elif fmt == "csv":
         try:  # (opened as the reader opens it)
-            with open_text(p, encoding="utf-8-sig", errors="surrogateescape") as f:
+            with open_text(p, encoding=m.csv_encoding, errors="surrogateescape") as f:
                 row = next(csv.reader(f, skipinitialspace=True), None)
         except _FAULTS:  # (not gzip, say: reading it ends in one dead letter naming the line)
             return
@@ -644,7 +662,8 @@ def _runaway(record: list[str], row: list[str] | None, width: int) -> bool:
 def _read_csv(p: Path, mapping: ColumnMapping | None) -> Iterator[Record]:
     # utf-8-sig: a byte-order mark is not part of the first column's name; surrogateescape:
     # a byte that is not UTF-8 makes its row a dead letter, not the end of the replay.
-    with open_text(p, "rt", encoding="utf-8-sig", errors="surrogateescape") as f:
+    enc = mapping.csv_encoding if mapping is not None else "utf-8-sig"
+    with open_text(p, "rt", encoding=enc, errors="surrogateescape") as f:
         lines = _Lines(f)
         try:
             yield from _csv_records(p, lines, mapping)
@@ -659,7 +678,10 @@ def _csv_header(p: Path, row: list[str] | None, mapping: ColumnMapping | None) -
         return None
     header = [c.strip(" ") for c in row]  # (as a cell's: spaces only)
     if _UNDECODABLE.search("".join(header)):
-        raise ConfigError(f"{p}:1: the header is not valid UTF-8; save the file as UTF-8")
+        raise ConfigError(
+            f"{p}:1: the header is not valid UTF-8: save the file as UTF-8, or give its encoding "
+            "in the --mapping (e.g. encoding: cp1252)"
+        )
     twice = sorted({c for c in header if header.count(c) > 1})
     if twice:
         raise ConfigError(
@@ -683,6 +705,11 @@ def _csv_records(p: Path, lines: _Lines, mapping: ColumnMapping | None) -> Itera
     # mapping cannot rename it: a review)
     own_extra = "extra" in header
     label_column = mapping.label.column if mapping is not None and mapping.label else None
+    undecodable = (  # (120 of 200 rows of an Excel export were dead letters with no hint)
+        f"not valid {mapping.encoding}"
+        if mapping is not None and mapping.encoding
+        else "not valid UTF-8 (another encoding? give it in the --mapping: encoding: cp1252)"
+    )
     record = lines.record  # the lines of the record just read
     record.clear()
     while True:  # the for loop ends at the end of the file, or breaks for a quote left open
@@ -696,7 +723,7 @@ def _csv_records(p: Path, lines: _Lines, mapping: ColumnMapping | None) -> Itera
                     continue  # a blank line
                 error = None
                 if _UNDECODABLE.search("".join(row)):
-                    error = ValueError("not valid UTF-8")
+                    error = ValueError(undecodable)
                 elif len(row) != width:
                     error = ValueError(f"expected {width} columns, found {len(row)}")
                 if error is not None:
