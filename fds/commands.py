@@ -278,6 +278,14 @@ def _replay(args: argparse.Namespace) -> int:
             f"origin than 1970, {fix}",
             file=sys.stderr,
         )
+    label = mapping.label if mapping is not None else None
+    if label is not None and summary.label_dead_letters and not summary.interrupted:
+        print(  # (2,000 label dead letters, exit 0, without a word: a QA pass)
+            f"fds replay: warning: {summary.label_dead_letters:,} value(s) of the label column "
+            f"{label.column!r} were neither fraud nor legitimate: their transactions were "
+            f"decided, the labels are in {dlq_path} (stage label)",
+            file=sys.stderr,
+        )
     if args.labels is not None and not summary.labels_read and summary.label_dead_letters:
         print(
             f"fds replay: warning: every label of {args.labels} was a dead letter (their "

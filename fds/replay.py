@@ -588,10 +588,11 @@ def _run(
     if tally.reasons:
         reason, n = tally.reasons.most_common(1)[0]
         shown = tally.examples[reason]  # its values, once
+        records = f"{n:,} record" + ("s" if n != 1 else "")
         s.top_reason = (
-            f"{reason} ({n:,} records; the first: {shown})"
+            f"{reason} ({records}; the first: {shown})"
             if shown not in reason
-            else f"{reason} ({n:,} records)"
+            else f"{reason} ({records})"
         )
     unreadable = tally.unreadable
     s.transactions = seen + unreadable

@@ -695,3 +695,26 @@ def test_a_csv_in_another_encoding_is_read_with_the_mapping_s_encoding(tmp_path,
     m.write_text("encoding: cp-1252x\n")
     assert bare_replay(str(data), "--mapping", str(m), "--out", str(out)) == 2
     assert f"{m}:1: encoding: unknown encoding 'cp-1252x'" in capsys.readouterr().err
+
+
+def test_excel_s_csv_habits_are_read(tmp_path, capsys):
+    """A QA pass: trailing commas after the last column (Excel) were refused as "column name(s)
+    [''] appear more than once; rename them", an empty cell past the last column made its row
+    a dead letter, an invalid label column gave 2,000 dead letters without a word, and the
+    summary said "(1 records)"."""
+    data = tmp_path / "x.csv"
+    data.write_text(
+        "tx_id,ts,card_id,amount,F,,\n"
+        f"t1,{T0},c,5,0,,\nt2,{T0 + 1},c,5,maybe,\nt3,{T0 + 2},c,5,0,,x\n"
+    )
+    m = tmp_path / "m.yaml"
+    m.write_text("label: {column: F}\n")
+    out = tmp_path / "o.jsonl"
+    assert bare_replay(str(data), "--mapping", str(m), "--out", str(out)) == 0
+    err = capsys.readouterr().err
+    assert len(out.read_bytes().splitlines()) == 2  # t3 has a value past the last column
+    assert "parse: expected 5 columns, found 7 (1 record)" in err, err
+    assert "1 value(s) of the label column 'F' were neither fraud nor legitimate" in err
+    data.write_text(f"tx_id,,card_id,amount\nt1,{T0},c,5\n")
+    assert bare_replay(str(data), "--out", str(out)) == 2
+    assert f"{data}:1: column 2 has no name: name it" in capsys.readouterr().err

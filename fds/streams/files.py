@@ -682,6 +682,12 @@ def _csv_header(p: Path, row: list[str] | None, mapping: ColumnMapping | None) -
             f"{p}:1: the header is not valid UTF-8: save the file as UTF-8, or give its encoding "
             "in the --mapping (e.g. encoding: cp1252)"
         )
+    while header and not header[-1]:  # columns without a name after the last one (Excel's
+        header.pop()  # trailing commas: "'' appears more than once; rename them", a QA pass)
+    if "" in header:
+        raise ConfigError(
+            f"{p}:1: column {header.index('') + 1} has no name: name it (or delete the column)"
+        )
     twice = sorted({c for c in header if header.count(c) > 1})
     if twice:
         raise ConfigError(
@@ -725,7 +731,10 @@ def _csv_records(p: Path, lines: _Lines, mapping: ColumnMapping | None) -> Itera
                 if _UNDECODABLE.search("".join(row)):
                     error = ValueError(undecodable)
                 elif len(row) != width:
-                    error = ValueError(f"expected {width} columns, found {len(row)}")
+                    if len(row) > width and not "".join(row[width:]).strip(" "):
+                        del row[width:]  # empty cells past the last column (Excel writes them)
+                    else:
+                        error = ValueError(f"expected {width} columns, found {len(row)}")
                 if error is not None:
                     raw = io.StringIO()
                     csv.writer(raw).writerow(row)
