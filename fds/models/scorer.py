@@ -95,10 +95,6 @@ _DAY = 86400.0
 _WARN = frozenset({"swap_rejected", "rollback"})
 
 
-def _yield() -> None:
-    time.sleep(0)  # releases the GIL: the decision loop runs before the next canary input
-
-
 def _pacer(every_s: float = 0.001) -> Callable[[], None]:
     """A ``pause`` for long work on a worker thread: releases the GIL once ``every_s`` of work
     went by. (After each item instead, a worker behind a busy decision loop waited the
@@ -165,7 +161,7 @@ def canary(
 ) -> None:
     """Raise :class:`ArtifactError` unless ``model`` scores every input finitely in [0, 1].
 
-    ``pause`` runs between inputs: the watcher thread passes ``time.sleep(0)`` to hand the GIL
+    ``pause`` runs between inputs: the watcher thread passes a :func:`_pacer` to hand the GIL
     back to the decision loop instead of holding it for the whole canary.
     """
     for x in inputs:
@@ -995,7 +991,10 @@ class ModelServer:
             return None
         try:
             model = serving(self.registry.load(target))
-            canary(model, self._canary_inputs(), pause=_yield)
+            # (paced as the other watcher work: sleep(0) after each input often took the GIL
+            # straight back, and a decision then waited the 5-ms switch interval: a swap's gap
+            # was 5.9 ms in model.md)
+            canary(model, self._canary_inputs(), pause=_pacer())
         except ArtifactError as e:
             self._refuse(target, e)
             return None
