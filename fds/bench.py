@@ -482,7 +482,7 @@ def run_precision(
             "frauds": int(y.sum()),
             "k": k,
             "spec": spec,
-            "rules": str(rules or DEFAULT_RULES),
+            "rules": str(rules) if rules else "rules/default.yaml",  # (not an absolute path)
             "warmup_days": warmup_days,
             "replay_seconds": round(replay_s, 1),
             "total_seconds": round(time.perf_counter() - t_all, 1),
