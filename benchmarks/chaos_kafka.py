@@ -150,7 +150,7 @@ def one_run(
         "--checkpoint-every", f"{checkpoint_every:g}",
         "--broker-timeout", f"{broker_timeout:g}", *MODES[mode],
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO), "FDS_LOG_LEVEL": "INFO"}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
 
     def start(instance: str) -> subprocess.Popen:
         extra = ["--state-dir", str(work / name / instance)]
