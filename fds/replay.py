@@ -286,6 +286,9 @@ def open_stream(
         for rec in _validated(labels_path, own, zone, parse_label, dlq, None):
             labels.append(rec)
         labels.sort(key=_ts)
+        fault = next((d for d in dlq if d["error"] == DamagedFile.__name__), None)
+        if fault is not None:  # (read whole before anything is decided: refused, as a bad file)
+            raise ConfigError(f"{labels_path} is damaged: {fault['reason']}; use a good copy")
     stream = ReplayInput(iter(()), labels, dlq, count=lambda: count_rows(path, mapping))
     stream.transactions = _ordered(
         _validated(path, mapping, zone, parse_transaction, dlq, stream),
@@ -308,6 +311,11 @@ def load(
     )
     stream.lines = None  # a line kept per transaction of the whole file: too much memory
     stream.transactions = list(stream.transactions)
+    if stream.damaged is not None:  # (backtest and bench went on with exit 0: a review)
+        raise ConfigError(
+            f"{path} is damaged: {stream.damaged}; the records read before that may be corrupt "
+            "too: use a good copy"
+        )
     stream.total = len(stream.transactions)
     stream.labels = sorted(stream.labels + stream.pending_labels, key=_ts)
     stream.pending_labels = []

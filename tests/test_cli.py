@@ -699,22 +699,74 @@ def test_a_csv_in_another_encoding_is_read_with_the_mapping_s_encoding(tmp_path,
 
 def test_excel_s_csv_habits_are_read(tmp_path, capsys):
     """A QA pass: trailing commas after the last column (Excel) were refused as "column name(s)
-    [''] appear more than once; rename them", an empty cell past the last column made its row
-    a dead letter, an invalid label column gave 2,000 dead letters without a word, and the
-    summary said "(1 records)"."""
+    [''] appear more than once; rename them", a row with fewer or more empty cells there was a
+    dead letter, an invalid label column gave 2,000 dead letters without a word, and the
+    summary said "(1 records)". Unnamed columns are named by position (pandas' index too)."""
     data = tmp_path / "x.csv"
     data.write_text(
         "tx_id,ts,card_id,amount,F,,\n"
-        f"t1,{T0},c,5,0,,\nt2,{T0 + 1},c,5,maybe,\nt3,{T0 + 2},c,5,0,,x\n"
+        f"t1,{T0},c,5,0,,\nt2,{T0 + 1},c,5,maybe,\nt3,{T0 + 2},c,5,0,,x\nt4,{T0 + 3},c,abc,0\n"
     )
     m = tmp_path / "m.yaml"
     m.write_text("label: {column: F}\n")
     out = tmp_path / "o.jsonl"
     assert bare_replay(str(data), "--mapping", str(m), "--out", str(out)) == 0
     err = capsys.readouterr().err
-    assert len(out.read_bytes().splitlines()) == 2  # t3 has a value past the last column
-    assert "parse: expected 5 columns, found 7 (1 record)" in err, err
+    assert len(out.read_bytes().splitlines()) == 3  # t3's value: an unnamed column's (extra)
+    assert "(1 record; the first:" in err, err  # t4's amount
     assert "1 value(s) of the label column 'F' were neither fraud nor legitimate" in err
-    data.write_text(f"tx_id,,card_id,amount\nt1,{T0},c,5\n")
-    assert bare_replay(str(data), "--out", str(out)) == 2
-    assert f"{data}:1: column 2 has no name: name it" in capsys.readouterr().err
+    data.write_text(f",tx_id,ts,card_id,amount\n0,t1,{T0},c,5\n")  # pandas' unnamed index
+    assert bare_replay(str(data), "--out", str(out)) == 0
+    assert len(out.read_bytes().splitlines()) == 1
+
+
+def test_a_damaged_file_is_refused_where_it_is_read_whole(tmp_path, capsys):
+    """A review: a damaged .gz stopped `fds replay` (exit 1) but a backtest of it, and a
+    damaged labels file in a replay, went on with exit 0."""
+    import gzip
+
+    rows = [{"tx_id": f"t{i}", "ts": T0 + i, "card_id": "c", "amount": 5} for i in range(50)]
+    data = tmp_path / "good.jsonl"
+    data.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    packed = gzip.compress(data.read_bytes())
+    damaged = tmp_path / "d.jsonl.gz"
+    damaged.write_bytes(packed[:-8] + bytes([packed[-8] ^ 0xFF]) + packed[-7:])
+    rules = tmp_path / "r.yaml"
+    rules.write_text("version: r\ntimezone: UTC\nrules: []\n")
+    argv = ["rules", "backtest", "--candidate", str(rules), "--baseline", str(rules)]
+    assert main([*argv, str(damaged)]) == 2
+    assert f"{damaged} is damaged: " in capsys.readouterr().err
+    labels = gzip.compress(b"".join(
+        orjson.dumps({"tx_id": f"t{i}", "ts": T0 + 60, "is_fraud": True}) + b"\n" for i in range(9)
+    ))  # fmt: skip
+    bad_labels = tmp_path / "l.jsonl.gz"
+    bad_labels.write_bytes(labels[:-8] + bytes([labels[-8] ^ 0xFF]) + labels[-7:])
+    assert bare_replay(str(data), "--labels", str(bad_labels), "--out", str(tmp_path / "o")) == 2
+    assert f"{bad_labels} is damaged: " in capsys.readouterr().err
+
+
+def test_odd_encodings_and_a_label_column_without_fraud(tmp_path, capsys):
+    """A review: `encoding: utf-16` with a bad byte was a traceback; `encoding: utf-8` kept a
+    byte order mark in the first column's name; a backtest of a label column with no fraud and
+    one bad value was refused as "the labels file None"."""
+    rows = "tx_id,ts,card_id,amount\n" + "".join(f"t{i},{T0 + i},c,5\n" for i in range(3))
+    m = tmp_path / "m.yaml"
+    data = tmp_path / "x.csv"
+    data.write_bytes(rows.encode("utf-16") + b"\x00")  # an odd byte at the end
+    m.write_text("encoding: utf-16\n")
+    assert bare_replay(str(data), "--mapping", str(m), "--out", str(tmp_path / "o.jsonl")) == 0
+    assert len((tmp_path / "o.jsonl").read_bytes().splitlines()) == 3
+    data.write_bytes(rows.encode("utf-8-sig"))
+    m.write_text("encoding: utf-8\n")
+    assert bare_replay(str(data), "--mapping", str(m), "--out", str(tmp_path / "o.jsonl")) == 0
+    labelled = tmp_path / "l.csv"
+    labelled.write_text("tx_id,ts,card_id,amount,F\n" + "".join(
+        f"t{i},{T0 + i},c,5,{'maybe' if i == 2 else 0}\n" for i in range(4)
+    ))  # fmt: skip
+    m.write_text("label: {column: F}\n")
+    rules = tmp_path / "r.yaml"
+    rules.write_text("version: r\ntimezone: UTC\nrules: []\n")
+    argv = ["rules", "backtest", "--candidate", str(rules), "--baseline", str(rules)]
+    capsys.readouterr()
+    assert main([*argv, str(labelled), "--mapping", str(m)]) == 0, capsys.readouterr().err
+    assert "note: 1 label(s) could not be read and were left out" in capsys.readouterr().out

@@ -192,7 +192,8 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
     # (a label's dead letter: its transaction is in the backtest, not its label; a labels
     # file's were counted as transactions left out, a QA pass)
     reasons, of_labels = left_out(stream.dead_letters, labels)
-    if of_labels and not stream.labels:  # (precision "-" and no word why, a QA pass)
+    # (precision "-" and no word why, a QA pass; a label column makes labels of frauds only)
+    if labels is not None and of_labels and not stream.labels:
         raise ConfigError(
             f"{labels_given} {labels}: none of its {of_labels.total()} record(s) is a label (most "
             f"often {of_labels.most_common(1)[0][0]}): a labels file has the columns tx_id, "

@@ -424,7 +424,7 @@ _FIELD_LIMIT = 16 * 1024 * 1024
 csv.field_size_limit(max(csv.field_size_limit(), _FIELD_LIMIT))
 
 # What stops a file from being read on: a truncated or damaged gzip, a field over the limit.
-_FAULTS = (EOFError, gzip.BadGzipFile, zlib.error, csv.Error)
+_FAULTS = (EOFError, gzip.BadGzipFile, zlib.error, csv.Error, UnicodeDecodeError)
 #: Parquet rows converted to dicts at a time (the file is read a batch at a time).
 PARQUET_BATCH = 65_536
 
@@ -677,17 +677,16 @@ def _csv_header(p: Path, row: list[str] | None, mapping: ColumnMapping | None) -
     if row is None:
         return None
     header = [c.strip(" ") for c in row]  # (as a cell's: spaces only)
+    if header:  # (an explicit `encoding: utf-8` keeps a byte order mark: utf-8-sig does not)
+        header[0] = header[0].lstrip("\ufeff")
     if _UNDECODABLE.search("".join(header)):
         raise ConfigError(
             f"{p}:1: the header is not valid UTF-8: save the file as UTF-8, or give its encoding "
             "in the --mapping (e.g. encoding: cp1252)"
         )
-    while header and not header[-1]:  # columns without a name after the last one (Excel's
-        header.pop()  # trailing commas: "'' appears more than once; rename them", a QA pass)
-    if "" in header:
-        raise ConfigError(
-            f"{p}:1: column {header.index('') + 1} has no name: name it (or delete the column)"
-        )
+    # a column without a name is named by its position (Excel's trailing commas were refused as
+    # "'' appears more than once; rename them", a QA pass; pandas writes its index unnamed)
+    header = [c or f"column_{i}" for i, c in enumerate(header, 1)]
     twice = sorted({c for c in header if header.count(c) > 1})
     if twice:
         raise ConfigError(
@@ -706,6 +705,8 @@ def _csv_records(p: Path, lines: _Lines, mapping: ColumnMapping | None) -> Itera
     if header is None:
         return
     width = len(header)
+    # the columns up to the last one with a name of its own (the rest: Excel's trailing commas)
+    named = next((i for i in range(width, 0, -1) if header[i - 1] != f"column_{i}"), 0)
     # A column named `extra`: text, where a transaction's `extra` is an object; it arrives in
     # `extra` under its own name, as any other column (every row was a dead letter, and a
     # mapping cannot rename it: a review)
@@ -733,6 +734,8 @@ def _csv_records(p: Path, lines: _Lines, mapping: ColumnMapping | None) -> Itera
                 elif len(row) != width:
                     if len(row) > width and not "".join(row[width:]).strip(" "):
                         del row[width:]  # empty cells past the last column (Excel writes them)
+                    elif named <= len(row) < width:  # cells of unnamed last columns left out
+                        row += [""] * (width - len(row))
                     else:
                         error = ValueError(f"expected {width} columns, found {len(row)}")
                 if error is not None:
