@@ -367,29 +367,27 @@ def test_changed_out_never_overwrites_the_labels_beside_the_file(tmp_path, capsy
     assert "a file this backtest reads" in capsys.readouterr().err
 
 
-def test_precision_without_a_known_fraud_is_not_zero(tmp_path, capsys) -> None:
-    """A QA pass: labels that name no fraud gave precision 0.0% on both sides (replay: n/a)."""
+def _precision(tmp_path, capsys, labels: str) -> list[str]:
+    """The precision row of a backtest of one always-alerting rule over 4 transactions of
+    ``_history``, with the labels file ``labels`` (its text)."""
     data = _history(tmp_path, 4)
     base = _rules(tmp_path, "b", "rules:\n  - {id: a, when: amount > 0, action: review, "
                   "score: 0.5, reason: r}\n")  # fmt: skip
-    legit = tmp_path / "l.csv"
-    legit.write_text("tx_id,ts,is_fraud\nt1,1767312000,0\n")
+    path = tmp_path / "l.csv"
+    path.write_text("tx_id,ts,is_fraud\n" + labels)
     argv = ["rules", "backtest", "--candidate", str(base), "--baseline", str(base), str(data)]
-    assert main([*argv, "--labels", str(legit)]) == 0
+    assert main([*argv, "--labels", str(path)]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("prec"))
-    assert row.split()[1:] == ["-", "-"]
+    return row.split()[1:]
+
+
+def test_precision_without_a_known_fraud_is_not_zero(tmp_path, capsys) -> None:
+    """A QA pass: labels that name no fraud gave precision 0.0% on both sides (replay: n/a)."""
+    assert _precision(tmp_path, capsys, "t1,1767312000,0\n") == ["-", "-"]
 
 
 def test_a_withdrawn_fraud_label_is_no_fraud_as_in_a_replay(tmp_path, capsys) -> None:
     """A QA pass: a fraud label withdrawn by a later ``false`` still counted as a known fraud
     in the backtest (129 frauds, replay 128), so their precision and recall disagreed."""
-    data = _history(tmp_path, 4)
-    base = _rules(tmp_path, "b", "rules:\n  - {id: a, when: amount > 0, action: review, "
-                  "score: 0.5, reason: r}\n")  # fmt: skip
-    labels = tmp_path / "l.csv"
-    labels.write_text("tx_id,ts,is_fraud\nt1,1767312000,1\nt2,1767312000,1\nt1,1767398400,0\n")
-    argv = ["rules", "backtest", "--candidate", str(base), "--baseline", str(base), str(data)]
-    assert main([*argv, "--labels", str(labels)]) == 0
-    out = capsys.readouterr().out
-    row = next(line for line in out.splitlines() if line.startswith("prec"))
-    assert row.split()[1:] == ["25.0%", "25.0%"], out  # t2 alone among 4 alerts
+    labels = "t1,1767312000,1\nt2,1767312000,1\nt1,1767398400,0\n"
+    assert _precision(tmp_path, capsys, labels) == ["25.0%", "25.0%"]  # t2 alone of 4 alerts

@@ -433,24 +433,24 @@ def _compile_or_reject(src: str):
     return e
 
 
-@settings(max_examples=400, deadline=1000, suppress_health_check=[HealthCheck.too_slow])
-@given(_edited_conditions())
-def test_fuzz_token_soup_never_escapes_or_hangs(src: str) -> None:
-    # (the deadline bounds compiling and evaluating: a hang or a blow-up fails the example)
+def _never_escapes(src: str) -> None:
+    """Rejected, or compiled into contained code that evaluates (the tests' deadline bounds
+    compiling and evaluating: a hang or a blow-up fails the example)."""
     e = _compile_or_reject(src)
     if e is None:
         return
     _assert_contained(e)
     with contextlib.suppress(MissingName, ArithmeticError, TypeError, ValueError):
         e.evaluate(VALUES)
+
+
+@settings(max_examples=400, deadline=1000, suppress_health_check=[HealthCheck.too_slow])
+@given(_edited_conditions())
+def test_fuzz_token_soup_never_escapes_or_hangs(src: str) -> None:
+    _never_escapes(src)
 
 
 @settings(max_examples=300, deadline=1000)
 @given(st.text(max_size=300) | _text_in_conditions())
 def test_fuzz_random_text_never_escapes_or_hangs(src: str) -> None:
-    e = _compile_or_reject(src)
-    if e is None:
-        return
-    _assert_contained(e)
-    with contextlib.suppress(MissingName, ArithmeticError, TypeError, ValueError):
-        e.evaluate(VALUES)
+    _never_escapes(src)
