@@ -278,6 +278,16 @@ def _replay(args: argparse.Namespace) -> int:
             f"origin than 1970, {fix}",
             file=sys.stderr,
         )
+    never = _never_evaluated(engine, metrics, summary.decided)
+    if never:  # (10 of 14 default rules never fired on a file without channel, mcc or device,
+        shown = ", ".join(f"{rid} (reads {', '.join(names)})" for rid, names in never[:5])  # QA
+        more = f" and {len(never) - 5} more" if len(never) > 5 else ""  # pass)
+        print(
+            f"fds replay: warning: {len(never)} rule(s) were skipped on every transaction, a "
+            f"name they read missing from each: {shown}{more}; map the columns they read "
+            "(--mapping) or they never fire",
+            file=sys.stderr,
+        )
     label = mapping.label if mapping is not None else None
     if label is not None and summary.label_dead_letters and not summary.interrupted:
         print(  # (2,000 label dead letters, exit 0, without a word: a QA pass)
@@ -344,3 +354,20 @@ def _replay(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def _never_evaluated(
+    engine: Any, metrics: Metrics, decided: int
+) -> list[tuple[str, tuple[str, ...]]]:
+    """The rules skipped for a missing input on every decided transaction, each with the
+    names it reads (``fds_rule_missing_inputs_total`` counts the skips)."""
+    ruleset = getattr(engine.rules, "applied", engine.rules)
+    if ruleset is None or not decided:
+        return []
+    names = ruleset.names_read()
+    get = metrics.registry.get_sample_value
+    return [
+        (r.id, names.get(r.id, ()))
+        for r in ruleset.evaluated
+        if (get("fds_rule_missing_inputs_total", {"rule": r.id}) or 0) >= decided
+    ]
