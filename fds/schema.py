@@ -228,6 +228,8 @@ def parse_transaction(raw: Any, tz: tzinfo = UTC) -> dict[str, Any]:
         raise ValidationError(_reason(e)) from None
     if tx["amount"] == 1.0 and raw.get("amount").__class__ is bool:  # lax mode took True as 1
         raise ValidationError("amount: a boolean is not an amount (got True)")
+    if raw.get("tx_id").__class__ is float or raw.get("card_id").__class__ is float:
+        _exact_ids(raw, ("tx_id", "card_id"))
     if not tx.keys() <= TX_FIELDS:  # a subset test allocates nothing: the common case
         unknown = tx.keys() - TX_FIELDS
         # an unknown top-level field joins ``extra``; a value given in ``extra`` itself wins
@@ -237,6 +239,28 @@ def parse_transaction(raw: Any, tz: tzinfo = UTC) -> dict[str, Any]:
     except ValueError as e:
         raise ValidationError(f"ts: {e}") from None
     return tx
+
+
+#: Past this a float no longer holds every integer: an id read as one may have lost digits.
+_EXACT = 2.0**53
+
+
+def _exact_ids(raw: dict[str, Any], keys: tuple[str, ...]) -> None:
+    """Refuse an id that a JSON reader made a float too large to be exact: two ids past 2^64
+    written as numbers were read as the same float, one card of two (a QA pass).
+
+    >>> _exact_ids({"tx_id": 123456789012345678901.0}, ("tx_id",))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    fds.errors.ValidationError: tx_id: 1.2345678901234568e+20 is a number too large ...
+    >>> _exact_ids({"tx_id": 1234.0}, ("tx_id",))  # (a float column of ids: exact)
+    """
+    for k in keys:
+        v = raw.get(k)
+        if v.__class__ is float and not -_EXACT < v < _EXACT:
+            raise ValidationError(
+                f"{k}: {v!r} is a number too large to be an exact id: write ids as text"
+            )
 
 
 def parse_label(raw: Any, tz: tzinfo = UTC) -> dict[str, Any]:
@@ -249,6 +273,8 @@ def parse_label(raw: Any, tz: tzinfo = UTC) -> dict[str, Any]:
         raise ValidationError(_reason(e)) from None
     if raw.get("ts").__class__ is bool:  # lax mode took it as 0 or 1: 1970
         raise ValidationError(f"ts: a boolean is not a timestamp (got {raw['ts']!r})")
+    if raw.get("tx_id").__class__ is float:
+        _exact_ids(raw, ("tx_id",))
     lab = m.__dict__.copy()
     try:
         lab["ts"] = parse_ts(lab["ts"], tz)

@@ -445,14 +445,15 @@ def _fault(line: int, e: Exception) -> Record:
 
 def open_text(
     path: str | os.PathLike[str], mode: str = "rt", *, encoding: str = "utf-8",
-    errors: str | None = None,
+    errors: str | None = None, newline: str | None = None,
 ) -> IO[Any]:  # fmt: skip
     """Open a text file, transparently gunzipping/gzipping ``*.gz``."""
     enc = None if "b" in mode else encoding
     err = None if "b" in mode else errors
+    nl = None if "b" in mode else newline
     if str(path).endswith(".gz"):
-        return cast(IO[Any], gzip.open(path, mode, encoding=enc, errors=err))
-    return open(path, mode, encoding=enc, errors=err)
+        return cast(IO[Any], gzip.open(path, mode, encoding=enc, errors=err, newline=nl))
+    return open(path, mode, encoding=enc, errors=err, newline=nl)
 
 
 def check_transaction_columns(
@@ -491,8 +492,9 @@ def check_transaction_columns(
         _parquet_open(p, m)[0].close()
     elif fmt == "csv":
         try:  # (opened as the reader opens it)
-            with open_text(p, encoding=m.csv_encoding, errors="surrogateescape") as f:
-                row = next(csv.reader(f, skipinitialspace=True), None)
+            with open_text(p, encoding=m.csv_encoding, errors="surrogateescape", newline="") as f:
+                lines = _Lines(f)
+                row = _first_row(p, csv.reader(lines, skipinitialspace=True), lines)
         except _FAULTS:  # (not gzip, say: reading it ends in one dead letter naming the line)
             return
         _csv_header(p, row, m)
@@ -642,20 +644,35 @@ class _Lines:
         self.record.clear()
 
 
-def _runaway(record: list[str], row: list[str] | None, width: int) -> bool:
+def _fits(row: list[str], width: int, named: int) -> bool:
+    """Whether ``row`` is a row of the header's ``width``, or one the reader mends: empty
+    cells past the last column (Excel writes them), or the cells of the unnamed last columns
+    (those after the ``named`` first) left out."""
+    n = len(row)
+    return n == width or (n > width and not "".join(row[width:]).strip(" ")) or named <= n < width
+
+
+# Spaces between a closing quote and the next comma (or the line's end): a hand-written CSV's
+# `"Main St" , 5`, which the strict re-read below would take for a quote left open.
+_SPACES_AFTER_QUOTE = re.compile(r'" +(?=,|\r?\n|\r|$)')
+
+
+def _runaway(record: list[str], row: list[str] | None, width: int, named: int) -> bool:
     """Whether a record over several lines is a quote left open that ran over whole rows.
 
-    It is when it is not a well-formed row of ``width`` fields (``row`` is None when it ran
-    over the field limit) and a line after its first is a row of its own: ``width`` fields
-    and no quote (inside the open quote, a quote would have closed it).
+    It is when it is not a well-formed row (:func:`_fits`; ``row`` is None when it ran over
+    the field limit) and a line after its first is a row of its own: ``width`` fields and no
+    quote (inside the open quote, a quote would have closed it).
     """
-    if row is not None and len(row) == width:
+    if row is not None and _fits(row, width, named):
+        tidy = [_SPACES_AFTER_QUOTE.sub('"', s) for s in record]
         try:
-            next(csv.reader(record, strict=True, skipinitialspace=True))
+            next(csv.reader(tidy, strict=True, skipinitialspace=True))
         except csv.Error:
             pass  # closed by the end of the file, or by a quote that opens a later field
         else:
-            return False  # a quoted field over several lines
+            return False  # a quoted field over several lines (a valid trailing cell or a
+            # space after its quote read as a quote left open, a phantom row decided: a QA pass)
     return any('"' not in s and s.count(",") == width - 1 for s in record[1:])
 
 
@@ -663,12 +680,25 @@ def _read_csv(p: Path, mapping: ColumnMapping | None) -> Iterator[Record]:
     # utf-8-sig: a byte-order mark is not part of the first column's name; surrogateescape:
     # a byte that is not UTF-8 makes its row a dead letter, not the end of the replay.
     enc = mapping.csv_encoding if mapping is not None else "utf-8-sig"
-    with open_text(p, "rt", encoding=enc, errors="surrogateescape") as f:
+    # newline="": a quoted field's line breaks as written (`\r\n` in an Excel cell became `\n`)
+    with open_text(p, "rt", encoding=enc, errors="surrogateescape", newline="") as f:
         lines = _Lines(f)
         try:
             yield from _csv_records(p, lines, mapping)
         except _FAULTS as e:
             yield _fault(lines.first, e)
+
+
+def _first_row(p: Path, reader: Any, lines: _Lines) -> list[str] | None:
+    """A CSV file's first row, its header; refused when a quote left open in it ran on over
+    the rows (they were swallowed into one column name, without a dead letter: a QA pass)."""
+    row = next(reader, None)
+    if len(lines.record) > 1:
+        raise ConfigError(
+            f"the header leaves a quote open (it runs on to line {lines.line}): close it",
+            where=f"{p}:1",
+        )
+    return row
 
 
 def _csv_header(p: Path, row: list[str] | None, mapping: ColumnMapping | None) -> list[str] | None:
@@ -701,7 +731,7 @@ def _csv_records(p: Path, lines: _Lines, mapping: ColumnMapping | None) -> Itera
     # skipinitialspace: `t1, "Main St, 5", c1` as written by hand is three fields; the spaces
     # around a column name are not part of it (ids lose theirs in the schema)
     reader = csv.reader(lines, skipinitialspace=True)
-    header = _csv_header(p, next(reader, None), mapping)
+    header = _csv_header(p, _first_row(p, reader, lines), mapping)
     if header is None:
         return
     width = len(header)
@@ -723,7 +753,7 @@ def _csv_records(p: Path, lines: _Lines, mapping: ColumnMapping | None) -> Itera
         try:
             for row in reader:
                 n = lines.line - len(record) + 1  # lines.first, inlined: this is the hot path
-                if len(record) > 1 and _runaway(record, row, width):
+                if len(record) > 1 and _runaway(record, row, width, named):
                     break
                 record.clear()
                 if not row:
@@ -732,12 +762,12 @@ def _csv_records(p: Path, lines: _Lines, mapping: ColumnMapping | None) -> Itera
                 if _UNDECODABLE.search("".join(row)):
                     error = ValueError(undecodable)
                 elif len(row) != width:
-                    if len(row) > width and not "".join(row[width:]).strip(" "):
-                        del row[width:]  # empty cells past the last column (Excel writes them)
-                    elif named <= len(row) < width:  # cells of unnamed last columns left out
-                        row += [""] * (width - len(row))
-                    else:
+                    if not _fits(row, width, named):
                         error = ValueError(f"expected {width} columns, found {len(row)}")
+                    elif len(row) > width:
+                        del row[width:]  # empty cells past the last column (Excel writes them)
+                    else:  # the cells of unnamed last columns left out
+                        row += [""] * (width - len(row))
                 if error is not None:
                     raw = io.StringIO()
                     csv.writer(raw).writerow(row)
@@ -756,7 +786,7 @@ def _csv_records(p: Path, lines: _Lines, mapping: ColumnMapping | None) -> Itera
             else:
                 return
         except csv.Error:  # a field over _FIELD_LIMIT: a quote left open, or else a fault
-            if not _runaway(record, None, width):
+            if not _runaway(record, None, width, named):
                 raise
         n, m = lines.first, lines.line
         reason = (

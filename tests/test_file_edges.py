@@ -1,0 +1,63 @@
+"""Edge cases of the CSV and JSON Lines readers found by a differential fuzzer (a QA pass)."""
+
+import pytest
+
+from fds import replay
+from fds.errors import ConfigError
+from fds.streams.files import read_records
+
+HEAD = "tx_id,ts,card_id,amount,note"
+
+
+def decided_and_dead(tmp_path, text: str, name: str = "x.csv") -> tuple[list[str], list[int]]:
+    p = tmp_path / name
+    p.write_bytes(text.encode())
+    stream = replay.load(p)
+    return [t["tx_id"] for t in stream.transactions], [d["position"] for d in stream.dead_letters]
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        't1,1767225600,c1,10,"first\nt9,1767225601,c9,99,x\nlast",\n',  # a trailing empty cell
+        't1, 1767225600, c1, 10, "first\nt9, 1767225601, c9, 99, x\nlast" \n',  # space after "
+    ],
+)
+def test_a_quoted_field_over_several_lines_is_one_field(tmp_path, row):
+    """A line inside the field looked like a row of its own: the record was read as a quote
+    left open and that line decided as a transaction (t9), a phantom."""
+    ids, dead = decided_and_dead(tmp_path, f"{HEAD}\n{row}t2,1767225602,c1,12,ok\n")
+    assert ids == ["t1", "t2"] and dead == []
+
+
+def test_a_quoted_field_may_span_lines_when_unnamed_last_cells_are_left_out(tmp_path):
+    text = f'{HEAD},\nt1,1767225600,c1,10,"first\nt9,1767225601,c9,99,x,y\nlast"\n'
+    ids, dead = decided_and_dead(tmp_path, text)
+    assert ids == ["t1"] and dead == []
+
+
+def test_a_header_with_a_quote_left_open_is_refused(tmp_path):
+    """The rows after it were swallowed into one column name, without a dead letter."""
+    p = tmp_path / "x.csv"
+    p.write_text(f'{HEAD[:-4]}"note\nt1,1767225600,c1,10,a\nt2,1767225601,c1,10,"x"\n')
+    with pytest.raises(ConfigError, match=r"x.csv:1: the header leaves a quote open"):
+        list(read_records(p))
+
+
+def test_line_breaks_inside_a_quoted_field_are_kept_as_written(tmp_path):
+    """`\\r\\n` in an Excel cell became `\\n` (the file was read with universal newlines)."""
+    p = tmp_path / "x.csv"
+    p.write_bytes(f'{HEAD}\r\nt1,1767225600,c1,10,"a\r\nb"\r\n'.encode())
+    [(_, rec, _)] = list(read_records(p))
+    assert isinstance(rec, dict) and rec["note"] == "a\r\nb"
+
+
+def test_an_id_too_large_for_an_exact_number_is_a_dead_letter(tmp_path):
+    """Two JSON ids past 2^64 were read as one float: two cards decided as one."""
+    rows = (
+        '{"tx_id": 123456789012345678901, "ts": 1767225600, "card_id": "c", "amount": 5}\n'
+        '{"tx_id": "t2", "ts": 1767225601, "card_id": 98765432109876543210, "amount": 5}\n'
+        '{"tx_id": 18446744073709551615, "ts": 1767225602, "card_id": "c", "amount": 5}\n'
+    )
+    ids, dead = decided_and_dead(tmp_path, rows, "x.jsonl")
+    assert ids == ["18446744073709551615"] and dead == [1, 2]  # (2^64 - 1 is still exact)
