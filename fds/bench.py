@@ -662,9 +662,9 @@ def _recovery_text(res: PrecisionResult) -> str:
             f"  {v:15s} pre-drift p@k {e['pre_drift_precision']:.3f}  "
             f"min after {e['min_after_drift']:.3f}"
             f"  back to 90% (3-day mean): {back}  "
-            f"p@k over {_days(r['window_days'])}: {e['window_precision']:.3f}  "
+            f"p@k over {_days(r['window_days'])}: {_fmt(e['window_precision'], '.3f')}  "
             f"from day {res.drift_day + r['deadline_days']}: "
-            f"{e['after_deadline_precision']:.3f}"
+            f"{_fmt(e['after_deadline_precision'], '.3f')}"  # (no day left: "nan", a QA pass)
         )
     for v, reading, lower, _f, _ad in _frozen_gaps(r):
         lines.append(f"  {v} vs adaptive {reading}: {_lower(lower)}")
@@ -704,7 +704,8 @@ def targets(res: PrecisionResult) -> list[tuple[str, str, bool | None]]:
                 f"adaptive back to >= 90% of pre-drift precision within label delay + 3 d "
                 f"(= {r['deadline_days']} d)",
                 _recovered(r["adaptive"])
-                + ("" if pre >= _MEASURABLE else f" (pre-drift p@k {pre:.3f}: not measurable)"),
+                if pre >= _MEASURABLE
+                else f"n/a (pre-drift p@k {pre:.3f}, below {_MEASURABLE})",  # (as the console)
                 (rd is not None and rd <= r["deadline_days"]) if pre >= _MEASURABLE else None,
             )
         )

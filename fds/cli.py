@@ -68,17 +68,18 @@ class _Parser(argparse.ArgumentParser):
     ) -> argparse.Namespace:
         ns, extras = self.parse_known_args(args, namespace)
         if extras:
-            path, options = self._chosen(ns)
-            self._hint = self._did_you_mean(options, extras) or (
-                f"run '{self.prog} {' '.join(path)} --help' for its options" if path else None
+            chosen, options = self._chosen(ns)
+            chosen._hint = self._did_you_mean(options, extras) or (
+                f"run '{chosen.prog} --help' for its options" if chosen is not self else None
             )
-            self.error("unrecognized arguments: " + " ".join(extras))
+            # (said by the command's own parser: `fds replay: error: ...` with its usage, as
+            # every other error of a command; it was `fds: error:` with fds's usage, a QA pass)
+            chosen.error("unrecognized arguments: " + " ".join(extras))
         return ns
 
-    def _chosen(self, ns: argparse.Namespace) -> tuple[list[str], list[str]]:
-        """The (sub)commands ``ns`` went through (``kafka up``) and the options of the last."""
-        parser: argparse.ArgumentParser = self
-        path: list[str] = []
+    def _chosen(self, ns: argparse.Namespace) -> tuple[_Parser, list[str]]:
+        """The parser of the (sub)command ``ns`` went through (``kafka up``) and its options."""
+        parser: _Parser = self
         options = list(self._option_string_actions)
         while True:
             sub = next(
@@ -86,9 +87,8 @@ class _Parser(argparse.ArgumentParser):
             )
             name = getattr(ns, sub.dest, None) if sub is not None else None
             if sub is None or name not in sub.choices:
-                return path, options
+                return parser, options
             parser = sub.choices[name]
-            path.append(name)
             options = list(parser._option_string_actions)  # (fds's own go before the command)
 
     @staticmethod

@@ -28,7 +28,13 @@ from fds.errors import ConfigError, StageError, ValidationError
 from fds.gcpolicy import Freezer
 from fds.progress import progress_bar
 from fds.schema import dead_letter, parse_label, parse_transaction
-from fds.streams.files import ColumnMapping, DamagedFile, count_rows, read_records
+from fds.streams.files import (
+    ColumnMapping,
+    DamagedFile,
+    FileCut,
+    count_rows,
+    read_records,
+)
 from fds.timeutil import FileClock, format_ts, get_zone, span
 
 __all__ = ["ReplayInput", "ReplaySummary", "load", "run"]
@@ -69,6 +75,7 @@ class ReplayInput:
     total: int | None = None  # transactions, when known (progress bar)
     count: Callable[[], int | None] | None = None  # or a count of the file's rows (a pass)
     damaged: str | None = None  # the fault of a file whose compressed data is corrupt
+    cut: str | None = None  # the fault that ended a file before its end (cut short, ...)
     truth: set[str] = field(default_factory=set)
     pending_labels: list[dict[str, Any]] = field(default_factory=list)
     late: int = 0  # out of order by more than the reorder buffer could fix
@@ -347,8 +354,11 @@ def _validated(
             stream.on_dead()
         if isinstance(rec, Exception):
             dlq.append(dead_letter(stage="parse", error=rec, raw=raw, source=source, position=pos))
-            if isinstance(rec, DamagedFile) and stream is not None:
-                stream.damaged = str(rec)
+            if isinstance(rec, FileCut) and stream is not None:
+                if isinstance(rec, DamagedFile):
+                    stream.damaged = str(rec)
+                else:
+                    stream.cut = str(rec)
             continue
         truth = rec.pop(label.column, None) if label and isinstance(rec, dict) else None
         try:
@@ -462,9 +472,9 @@ def run(
     total = stream.total if stream.total is not None or stream.count is None else stream.count
     with progress_bar(total, unit="tx", desc="replay", enabled=progress) as bar:
         s = _run(engine, stream, sink, dlq, bar, source, speed, on_event, sleep, clock)
-        bar.update(s.decided - bar.n)
-        if not s.interrupted:  # (rows were counted: a dead letter is not decided)
-            bar.total = s.decided
+        bar.update(s.transactions - bar.n)  # (records read: decided or dead letters)
+        if not s.interrupted:  # (the rows were counted: a record may span lines)
+            bar.total = s.transactions
             bar.refresh()
     return s
 
@@ -500,6 +510,20 @@ def _run(
     counted = seen = 0  # events already reported to metrics; events decided or dead-lettered
     version: Any = ""  # the ruleset version of the last decision
     report_at = 0.0  # paced: when the metrics and the bar are brought up to date next
+
+    def up_to_date(i: int) -> None:
+        """Dead letters written, the bar (records read: decided or dead letters) and the
+        metrics brought up to the ``i`` transactions decided so far."""
+        nonlocal report_at, counted
+        report_at = clock() + 1.0
+        tally.drain(dead, dlq, metrics)
+        bar.update(i + tally.unreadable - bar.n)
+        if metrics is not None:
+            if i > counted:  # (paced: counted as read already)
+                metrics.events_consumed("file", i - counted)
+                counted = i
+            engine.report()
+
     said_wait = False  # paced: a long wait was logged
     with Freezer() as freezer:
         try:
@@ -527,8 +551,10 @@ def _run(
                                 tx["tx_id"], format_ts(ts), span(ahead * speed),
                                 span(ahead), speed,
                             )  # fmt: skip
+                        if ahead > 1.0:  # (what was decided shows during a long wait: the bar
+                            up_to_date(i)  # stood still for minutes, a QA pass)
                         sleep(ahead)
-                        bar.update(i - bar.n)  # paced: the bar moves with the events
+                        bar.update(i + tally.unreadable - bar.n)  # paced: moves with events
                 if on_event is not None:
                     on_event(i)
                 if speed and metrics is not None:  # paced: counted consumed as it is read,
@@ -568,14 +594,7 @@ def _run(
                 # 87 decisions and 0 events consumed: a QA pass)
                 block = not i % _PROGRESS_EVERY
                 if block or (speed and clock() >= report_at):
-                    report_at = clock() + 1.0
-                    tally.drain(dead, dlq, metrics)
-                    bar.update(i - bar.n)
-                    if metrics is not None:
-                        if i > counted:  # (paced: counted as read already)
-                            metrics.events_consumed("file", i - counted)
-                            counted = i
-                        engine.report()
+                    up_to_date(i)
                     if block:
                         freezer.tick(_PROGRESS_EVERY)
             for lab in schedule.never_came():  # unmatched, as they were before

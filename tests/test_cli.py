@@ -512,7 +512,13 @@ def test_a_mistyped_option_is_told_the_closest_one(capsys, argv, hint):
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2
-    assert hint in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert hint in err
+    # said by the command, as its other errors (it was `fds: error:` with fds's usage)
+    command = " ".join(a for a in argv[:2] if a in ("run", "replay", "kafka", "up"))
+    assert (
+        f"fds {command}: error: unrecognized arguments: " in err and "usage: fds " + command in err
+    )
 
 
 def test_the_console_script_freezes_what_it_held_before_the_process_exits(tmp_path, monkeypatch):
@@ -673,7 +679,10 @@ def test_a_damaged_gzip_is_an_error_a_truncated_one_is_not(tmp_path, capsys):
     cut = tmp_path / "c.jsonl.gz"
     cut.write_bytes(data[:-8])
     assert bare_replay(str(cut), "--out", str(tmp_path / "o.jsonl")) == 0
-    assert "is damaged" not in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "is damaged" not in err
+    assert f"fds replay: warning: {cut} could not be read to its end: cannot read the file on " \
+        "from line" in err  # fmt: skip
 
 
 def test_a_csv_in_another_encoding_is_read_with_the_mapping_s_encoding(tmp_path, capsys):
@@ -787,3 +796,21 @@ def test_rules_skipped_on_every_transaction_are_named(history, tmp_path, capsys)
     assert "1 rule(s) were skipped on every transaction, a name they read missing from each: " \
         "web (reads channel)" in err, err  # fmt: skip
     assert "big (" not in err
+
+
+def test_an_encoding_that_cannot_read_the_file_is_said_before_anything_is_decided(tmp_path, capsys):
+    """A QA pass: `encoding: utf-16` on a file without its byte order mark, and `encoding:
+    rot13`, ended in tracebacks; a UTF-16 file read as UTF-8 was told to try cp1252."""
+    rows = "tx_id,ts,card_id,amount\n" + "".join(f"t{i},{T0 + i},c,5\n" for i in range(3))
+    data, m = tmp_path / "x.csv", tmp_path / "m.yaml"
+    out = str(tmp_path / "o.jsonl")
+    data.write_bytes(rows.encode("cp1252"))
+    m.write_text("encoding: utf-16\n")
+    assert bare_replay(str(data), "--mapping", str(m), "--out", out) == 2
+    assert f"{data}: cannot read the file as utf-16: " in capsys.readouterr().err
+    m.write_text("encoding: rot13\n")
+    assert bare_replay(str(data), "--mapping", str(m), "--out", out) == 2
+    assert f"{m}:1: encoding: unknown encoding 'rot13'" in capsys.readouterr().err
+    data.write_bytes(rows.encode("utf-16"))
+    assert bare_replay(str(data), "--out", out) == 2
+    assert "(it starts as UTF-16 does: encoding: utf-16)" in capsys.readouterr().err

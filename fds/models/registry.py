@@ -204,7 +204,12 @@ class Registry:
         if self.path.exists() and not self.path.is_dir():
             raise ConfigError(f"model registry {self.path} is a file, not a folder")
         if create:
-            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)  # (owner-only)
+            try:
+                self.path.mkdir(mode=0o700, parents=True, exist_ok=True)  # (owner-only)
+            except OSError as e:  # (under a file, in /proc: a traceback, a QA pass)
+                raise ConfigError(
+                    f"cannot create the model registry {self.path}: {e.strerror or e}"
+                ) from None
         elif not self.path.is_dir():
             raise ConfigError(
                 f"no model registry at {self.path}: check --registry (`fds train` creates it)"

@@ -82,6 +82,9 @@ def register(subparsers: Any) -> None:
 
 def _check(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
+    missing = [f for f in args.files or () if not f.exists()]
+    if missing:  # a usage error, as for every command (it was a failed check, exit 1)
+        raise ConfigError(f"{missing[0]}: no such file: give the path of a rules YAML file")
     files = []
     for f in args.files or [DEFAULT_RULES]:  # a folder: its rules files (it said "no such file")
         found = sorted([*f.glob("*.yaml"), *f.glob("*.yml")]) if f.is_dir() else [f]
@@ -89,11 +92,7 @@ def _check(args: argparse.Namespace, out: TextIO | None = None) -> int:
     failed = 0
     for f in files:
         if not f.is_file():
-            why = (
-                "a folder with no .yaml file" if f.is_dir()
-                else "not a regular file" if f.exists()
-                else "no such file"
-            )  # fmt: skip
+            why = "a folder with no .yaml file" if f.is_dir() else "not a regular file"
             print(f"{f}: {why}: give the path of a rules YAML file", file=out)
             failed += 1
             continue

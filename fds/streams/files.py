@@ -147,10 +147,12 @@ class ColumnMapping(BaseModel):
     @classmethod
     def _encoding(cls, v: str | None) -> str | None:
         if v is not None:
-            try:
-                codecs.lookup(v)
+            try:  # (a name codecs knows is not always a text encoding: rot13, base64, idna)
+                b"a\xff".decode(v, "surrogateescape")
             except LookupError:
                 raise ValueError(f"unknown encoding {v!r}: e.g. cp1252, latin-1, utf-16") from None
+            except UnicodeError:
+                raise ValueError(f"{v!r} cannot read a CSV file: e.g. cp1252, utf-16") from None
         return v
 
     @property
@@ -424,12 +426,17 @@ _FIELD_LIMIT = 16 * 1024 * 1024
 csv.field_size_limit(max(csv.field_size_limit(), _FIELD_LIMIT))
 
 # What stops a file from being read on: a truncated or damaged gzip, a field over the limit.
-_FAULTS = (EOFError, gzip.BadGzipFile, zlib.error, csv.Error, UnicodeDecodeError)
+_FAULTS = (EOFError, gzip.BadGzipFile, zlib.error, csv.Error, UnicodeError)
 #: Parquet rows converted to dicts at a time (the file is read a batch at a time).
 PARQUET_BATCH = 65_536
 
 
-class DamagedFile(ValueError):
+class FileCut(ValueError):
+    """A file that cannot be read to its end (cut short, a field over the limit, bytes its
+    encoding cannot read): the records before the fault are sound, the rest is not read."""
+
+
+class DamagedFile(FileCut):
     """A file whose compressed data is corrupt (a CRC that does not match, a bad deflate
     block): what was read before the fault may be garbage too, unlike a truncated file's."""
 
@@ -439,7 +446,7 @@ def _fault(line: int, e: Exception) -> Record:
     damaged = isinstance(e, zlib.error) or (
         isinstance(e, gzip.BadGzipFile) and ("CRC" in str(e) or "length" in str(e))
     )
-    kind = DamagedFile if damaged else ValueError
+    kind = DamagedFile if damaged else FileCut
     return line, kind(f"cannot read the file on from line {line}: {e}"), None
 
 
@@ -495,6 +502,12 @@ def check_transaction_columns(
             with open_text(p, encoding=m.csv_encoding, errors="surrogateescape", newline="") as f:
                 lines = _Lines(f)
                 row = _first_row(p, csv.reader(lines, skipinitialspace=True), lines)
+        except UnicodeError as e:  # (utf-16 without a byte order mark: a traceback, a QA pass)
+            raise ConfigError(
+                f"cannot read the file as {m.csv_encoding}: {e}; check `encoding:` in the "
+                "--mapping",
+                where=str(p),
+            ) from None
         except _FAULTS:  # (not gzip, say: reading it ends in one dead letter naming the line)
             return
         _csv_header(p, row, m)
@@ -710,9 +723,12 @@ def _csv_header(p: Path, row: list[str] | None, mapping: ColumnMapping | None) -
     if header:  # (an explicit `encoding: utf-8` keeps a byte order mark: utf-8-sig does not)
         header[0] = header[0].lstrip("\ufeff")
     if _UNDECODABLE.search("".join(header)):
+        bom16 = header[0][:2] in ("\udcff\udcfe", "\udcfe\udcff")  # UTF-16's byte order mark
         raise ConfigError(
             f"{p}:1: the header is not valid UTF-8: save the file as UTF-8, or give its encoding "
-            "in the --mapping (e.g. encoding: cp1252)"
+            "in the --mapping ("
+            + ("it starts as UTF-16 does: encoding: utf-16" if bom16 else "e.g. encoding: cp1252")
+            + ")"
         )
     # a column without a name is named by its position (Excel's trailing commas were refused as
     # "'' appears more than once; rename them", a QA pass; pandas writes its index unnamed)

@@ -361,3 +361,15 @@ def test_announced_fields_are_verified_with_the_key(tmp_path: Path) -> None:
     # the genuine one is taken with its counts (another registry: the id is new there)
     other = Registry(tmp_path / "other", key=b"right")
     assert other.import_version(data, e)["labels_learned"] == 7
+
+
+def test_a_registry_that_cannot_be_created_is_a_clear_error(tmp_path) -> None:
+    """A QA pass: `fds train --registry FILE/reg` ended in NotADirectoryError, a traceback."""
+    from fds.errors import ConfigError
+
+    f = tmp_path / "f.jsonl"
+    f.write_text("")
+    with pytest.raises(ConfigError, match=r"cannot create the model registry .*: Not a directory"):
+        Registry(f / "reg")
+    with pytest.raises(ConfigError, match="is a file, not a folder"):
+        Registry(f)

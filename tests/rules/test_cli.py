@@ -65,9 +65,11 @@ def test_check_reports_failures_with_file_line(tmp_path: Path, capsys) -> None:
     assert "1 of 3 file(s) OK" in out
 
 
-def test_check_missing_file_fails(tmp_path: Path, capsys) -> None:
-    assert main(["rules", "check", str(tmp_path / "nope.yaml")]) == 1
-    assert "no such file" in capsys.readouterr().out
+def test_check_missing_file_is_a_usage_error(tmp_path: Path, capsys) -> None:
+    """It was a failed check, exit 1, where every other command says `error:`, exit 2."""
+    assert main(["rules", "check", str(tmp_path / "nope.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert f"fds rules: error: {tmp_path / 'nope.yaml'}: no such file: give the path" in err
 
 
 def test_check_a_folder_checks_its_rules_files(tmp_path: Path, capsys) -> None:
@@ -77,7 +79,7 @@ def test_check_a_folder_checks_its_rules_files(tmp_path: Path, capsys) -> None:
     assert main(["rules", "check", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert f"OK   {tmp_path / 'a.yaml'}" in out and "1 of 2 file(s) OK" in out
-    assert main(["rules", "check", str(tmp_path / "a.yaml"), str(tmp_path / "sub")]) == 1
+    assert main(["rules", "check", str(tmp_path / "a.yaml"), str(tmp_path / "sub")]) == 2
     (tmp_path / "sub").mkdir()
     assert main(["rules", "check", str(tmp_path / "sub")]) == 1
     assert "a folder with no .yaml file" in capsys.readouterr().out
