@@ -814,3 +814,16 @@ def test_an_encoding_that_cannot_read_the_file_is_said_before_anything_is_decide
     data.write_bytes(rows.encode("utf-16"))
     assert bare_replay(str(data), "--out", out) == 2
     assert "(it starts as UTF-16 does: encoding: utf-16)" in capsys.readouterr().err
+
+
+def test_one_bad_label_of_many_is_not_every_label(history, tmp_path, capsys):
+    """A QA pass: labels dated after the last transaction (not read) and one bad line said
+    "every label of ... was a dead letter", blaming the columns."""
+    labels = tmp_path / "l.csv"
+    labels.write_text("tx_id,ts,is_fraud\n" + "".join(f"t{i},{T0 + 900},1\n" for i in range(5))
+                      + "t9,soon,1\n")  # fmt: skip
+    assert bare_replay(str(history), "--labels", str(labels), "--out", str(tmp_path / "o")) == 0
+    assert "was a dead letter" not in capsys.readouterr().err
+    labels.write_text("tx_id,ts,is_fraud\nt9,soon,1\n")
+    assert bare_replay(str(history), "--labels", str(labels), "--out", str(tmp_path / "o")) == 0
+    assert f"every label of {labels} was a dead letter" in capsys.readouterr().err
