@@ -231,7 +231,7 @@ def _load_stream(
         )
     # (rows and labels that could not be read were left out without a word: the report said
     # 30,142 transactions and 115 frauds of a file of 30,758 and 119, a QA pass)
-    bad_txs, bad_labels = replay.left_out(stream.dead_letters, labels_path)
+    bad_txs, bad_labels = replay.left_out(stream.dead_letters, input_path)
     left = [
         replay.said(bad_txs, "record(s) could not be read or validated and are not in it"),
         replay.said(bad_labels, "label(s) could not be read and were left out"),

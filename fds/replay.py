@@ -645,17 +645,21 @@ def _model_learned(engine: Any) -> float | None:
     return registry.get_sample_value("fds_labels_learned_total") or 0.0
 
 
+def of_labels(dead: Mapping[str, Any], source: str) -> bool:
+    """Is ``dead`` a label's: of another file than the transactions' ``source`` (a labels
+    file), or a label column's value that is no label (its transaction is still decided)?"""
+    return dead["stage"] == "label" or dead["source"] != source
+
+
 def left_out(
-    dead: Iterable[Mapping[str, Any]], labels: str | Path | None = None
+    dead: Iterable[Mapping[str, Any]], source: str | Path
 ) -> tuple[Counter[str], Counter[str]]:
-    """The reasons of the records a materialised stream left out, counted: the transactions'
-    and the labels' (a labels file's records and a label column's values that are no label;
-    the transaction of such a value is still decided)."""
+    """The reasons of the records a materialised stream of the transactions file ``source``
+    left out, counted: the transactions' and the labels' (:func:`of_labels`)."""
     txs: Counter[str] = Counter()
     labs: Counter[str] = Counter()
     for d in dead:
-        of_labels = d["stage"] == "label" or (labels is not None and d["source"] == str(labels))
-        (labs if of_labels else txs)[reason_of(d)] += 1
+        (labs if of_labels(d, str(source)) else txs)[reason_of(d)] += 1
     return txs, labs
 
 
@@ -711,7 +715,7 @@ class _DeadTally:
                 metrics.dead_letter(d["stage"])
                 if unreadable:
                     metrics.events_consumed("file", 1)
-            if d["stage"] == "label" or not mine:
+            if of_labels(d, self.source):
                 self.of_labels += 1
                 continue
             reason = reason_of(d)

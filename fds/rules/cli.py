@@ -190,7 +190,7 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
     stream = load(args.file, mapping=mapping, labels_path=labels)
     # (a label's dead letter: its transaction is in the backtest, not its label; a labels
     # file's were counted as transactions left out, a QA pass)
-    reasons, of_labels = left_out(stream.dead_letters, labels)
+    reasons, of_labels = left_out(stream.dead_letters, args.file)
     # (precision "-" and no word why, a QA pass; a label column makes labels of frauds only)
     if labels is not None and of_labels and not stream.labels:
         raise ConfigError(
