@@ -293,9 +293,16 @@ def open_stream(
         for rec in _validated(labels_path, own, zone, parse_label, dlq, None):
             labels.append(rec)
         labels.sort(key=_ts)
-        fault = next((d for d in dlq if d["error"] == DamagedFile.__name__), None)
-        if fault is not None:  # (read whole before anything is decided: refused, as a bad file)
-            raise ConfigError(f"{labels_path} is damaged: {fault['reason']}; use a good copy")
+        fault = next((d for d in dlq if d["error"] in _CUTS), None)
+        if fault is not None and fault["error"] == DamagedFile.__name__:  # (read whole before
+            raise ConfigError(  # anything is decided: refused, as a bad file)
+                f"{labels_path} is damaged: {fault['reason']}; use a good copy"
+            )
+        if fault is not None:
+            log.warning(
+                "%s could not be read to its end: %s; the labels after that are not read",
+                labels_path, fault["reason"],
+            )  # fmt: skip
     stream = ReplayInput(iter(()), labels, dlq, count=lambda: count_rows(path, mapping))
     stream.transactions = _ordered(
         _validated(path, mapping, zone, parse_transaction, dlq, stream),
@@ -323,6 +330,11 @@ def load(
             f"{path} is damaged: {stream.damaged}; the records read before that may be corrupt "
             "too: use a good copy"
         )
+    if stream.cut is not None:
+        log.warning(
+            "%s could not be read to its end: %s; the records after that are not read",
+            path, stream.cut,
+        )  # fmt: skip
     stream.total = len(stream.transactions)
     stream.labels = sorted(stream.labels + stream.pending_labels, key=_ts)
     stream.pending_labels = []
@@ -331,6 +343,10 @@ def load(
 
 def _ts(r: dict[str, Any]) -> float:
     return float(r["ts"])
+
+
+#: The dead letters' ``error`` of a file that could not be read to its end.
+_CUTS = frozenset({FileCut.__name__, DamagedFile.__name__})
 
 
 def _validated(

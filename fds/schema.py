@@ -258,9 +258,8 @@ def _exact_ids(raw: dict[str, Any], keys: tuple[str, ...]) -> None:
     for k in keys:
         v = raw.get(k)
         if v.__class__ is float and not -_EXACT < v < _EXACT:
-            raise ValidationError(
-                f"{k}: {v!r} is a number too large to be an exact id: write ids as text"
-            )
+            what = "no id" if v - v else "a number too large to be an exact id"  # (nan, inf)
+            raise ValidationError(f"{k}: {v!r} is {what}: write ids as text")
 
 
 def parse_label(raw: Any, tz: tzinfo = UTC) -> dict[str, Any]:

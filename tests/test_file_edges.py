@@ -61,3 +61,33 @@ def test_an_id_too_large_for_an_exact_number_is_a_dead_letter(tmp_path):
     )
     ids, dead = decided_and_dead(tmp_path, rows, "x.jsonl")
     assert ids == ["18446744073709551615"] and dead == [1, 2]  # (2^64 - 1 is still exact)
+
+
+def test_a_header_name_over_two_lines_is_a_name(tmp_path):
+    """A review: Excel's `"Notes\n(internal)"` header was refused as a quote left open."""
+    ids, dead = decided_and_dead(
+        tmp_path, f'{HEAD[:-4]}"Notes\n(internal)"\nt1,1767225600,c1,5,a\n'
+    )
+    assert ids == ["t1"] and dead == []
+
+
+def test_a_stray_quote_does_not_swallow_rows_with_excel_s_trailing_cell(tmp_path):
+    """A review: with every row ending in an empty cell, no later line looked like a row of
+    its own, so a stray quote swallowed the rest of the file (one dead letter, exit 0)."""
+    rows = "".join(f"t{i},{1767225600 + i},c{i},5,\n" for i in range(1, 50))
+    ids, dead = decided_and_dead(tmp_path, f'tx_id,ts,card_id,amount\nt0,1767225600,"c0,5,\n{rows}')
+    assert len(ids) == 49 and dead == [2]
+
+
+def test_a_labels_file_cut_short_is_warned_about(tmp_path, caplog):
+    import gzip
+
+    labels = gzip.compress(b"".join(
+        b'{"tx_id": "t%d", "ts": 1767225660, "is_fraud": true}\n' % i for i in range(50)
+    ))[:-30]  # fmt: skip
+    (tmp_path / "l.jsonl.gz").write_bytes(labels)
+    (tmp_path / "x.jsonl").write_text(
+        '{"tx_id": "t0", "ts": 1767225600, "card_id": "c", "amount": 5}\n'
+    )
+    replay.load(tmp_path / "x.jsonl", labels_path=tmp_path / "l.jsonl.gz")
+    assert "l.jsonl.gz could not be read to its end" in caplog.text

@@ -147,12 +147,12 @@ class ColumnMapping(BaseModel):
     @classmethod
     def _encoding(cls, v: str | None) -> str | None:
         if v is not None:
-            try:  # (a name codecs knows is not always a text encoding: rot13, base64, idna)
-                b"a\xff".decode(v, "surrogateescape")
+            try:
+                info = codecs.lookup(v)
             except LookupError:
                 raise ValueError(f"unknown encoding {v!r}: e.g. cp1252, latin-1, utf-16") from None
-            except UnicodeError:
-                raise ValueError(f"{v!r} cannot read a CSV file: e.g. cp1252, utf-16") from None
+            if not info._is_text_encoding:  # (rot13, base64: a traceback, a QA pass)
+                raise ValueError(f"{v!r} is no text encoding: e.g. cp1252, latin-1, utf-16")
         return v
 
     @property
@@ -677,16 +677,26 @@ def _runaway(record: list[str], row: list[str] | None, width: int, named: int) -
     the field limit) and a line after its first is a row of its own: ``width`` fields and no
     quote (inside the open quote, a quote would have closed it).
     """
-    if row is not None and _fits(row, width, named):
-        tidy = [_SPACES_AFTER_QUOTE.sub('"', s) for s in record]
-        try:
-            next(csv.reader(tidy, strict=True, skipinitialspace=True))
-        except csv.Error:
-            pass  # closed by the end of the file, or by a quote that opens a later field
-        else:
-            return False  # a quoted field over several lines (a valid trailing cell or a
-            # space after its quote read as a quote left open, a phantom row decided: a QA pass)
-    return any('"' not in s and s.count(",") == width - 1 for s in record[1:])
+    if row is not None and _fits(row, width, named) and _one_record(record):
+        return False  # a quoted field over several lines (a valid trailing cell or a space
+        # after its quote read as a quote left open, a phantom row decided: a QA pass)
+    # (a row of its own as the reader mends it: Excel's trailing empty cell made every later
+    # row look like none, and the quote swallowed the rest of the file, a review)
+    return any(
+        '"' not in s and _fits(s.rstrip("\r\n").split(","), width, named) for s in record[1:]
+    )
+
+
+def _one_record(record: list[str]) -> bool:
+    """Whether ``record``'s lines read strictly as one CSV record: every quote closed before a
+    comma or the end of a line (spaces between them aside), not by the end of the file or by a
+    quote that opens a later field."""
+    tidy = [_SPACES_AFTER_QUOTE.sub('"', s) for s in record]
+    try:
+        next(csv.reader(tidy, strict=True, skipinitialspace=True))
+    except csv.Error:
+        return False
+    return True
 
 
 def _read_csv(p: Path, mapping: ColumnMapping | None) -> Iterator[Record]:
@@ -704,9 +714,10 @@ def _read_csv(p: Path, mapping: ColumnMapping | None) -> Iterator[Record]:
 
 def _first_row(p: Path, reader: Any, lines: _Lines) -> list[str] | None:
     """A CSV file's first row, its header; refused when a quote left open in it ran on over
-    the rows (they were swallowed into one column name, without a dead letter: a QA pass)."""
+    the rows (they were swallowed into one column name, without a dead letter: a QA pass; a
+    balanced name over two lines, Excel's `"Notes\n(internal)"`, is a name)."""
     row = next(reader, None)
-    if len(lines.record) > 1:
+    if len(lines.record) > 1 and not _one_record(lines.record):
         raise ConfigError(
             f"the header leaves a quote open (it runs on to line {lines.line}): close it",
             where=f"{p}:1",
