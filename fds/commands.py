@@ -280,8 +280,8 @@ def _replay(args: argparse.Namespace) -> int:
         )
     never = _never_evaluated(engine, metrics, summary.decided)
     if never:  # (10 of 14 default rules never fired on a file without channel, mcc or device,
-        shown = ", ".join(f"{rid} (reads {', '.join(names)})" for rid, names in never[:5])  # QA
-        more = f" and {len(never) - 5} more" if len(never) > 5 else ""  # pass)
+        shown = ", ".join(f"{rid} ({why})" for rid, why in never[:5])  # a QA pass; each with
+        more = f" and {len(never) - 5} more" if len(never) > 5 else ""  # what was missing)
         print(
             f"fds replay: warning: {len(never)} rule(s) were skipped on every transaction, a "
             f"name they read missing from each: {shown}{more}; map the columns they read "
@@ -367,18 +367,15 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def _never_evaluated(
-    engine: Any, metrics: Metrics, decided: int
-) -> list[tuple[str, tuple[str, ...]]]:
-    """The rules skipped for a missing input on every decided transaction, each with the
-    names it reads (``fds_rule_missing_inputs_total`` counts the skips)."""
+def _never_evaluated(engine: Any, metrics: Metrics, decided: int) -> list[tuple[str, str]]:
+    """The rules skipped for a missing input on every decided transaction, each with the names
+    that were missing (``fds_rule_missing_inputs_total`` counts the skips)."""
     ruleset = getattr(engine.rules, "applied", engine.rules)
     if ruleset is None or not decided:
         return []
-    names = ruleset.names_read()
     get = metrics.registry.get_sample_value
     return [
-        (r.id, names.get(r.id, ()))
+        (r.id, ruleset.why_skipped(r.id))
         for r in ruleset.evaluated
         if (get("fds_rule_missing_inputs_total", {"rule": r.id}) or 0) >= decided
     ]

@@ -788,14 +788,16 @@ def test_rules_skipped_on_every_transaction_are_named(history, tmp_path, capsys)
     rules.write_text(
         "version: r\ntimezone: UTC\nrules:\n"
         "  - {id: big, when: amount > 1000, action: review, score: 0.5, reason: r}\n"
-        "  - {id: web, when: \"channel == 'online'\", action: review, score: 0.5, reason: r}\n"
+        "  - id: web\n    when: \"channel == 'online' and amount > 1\"\n"
+        "    action: review\n    score: 0.5\n    reason: r\n"
     )
     argv = ["replay", str(history), "--rules", str(rules), "--model", "none", "--no-progress"]
     assert main([*argv, "--out", str(tmp_path / "o.jsonl")]) == 0
     err = capsys.readouterr().err
+    n = sum(1 for line in (tmp_path / "o.jsonl").open() if line.strip())
     assert "1 rule(s) were skipped on every transaction, a name they read missing from each: " \
-        "web (reads channel)" in err, err  # fmt: skip
-    assert "big (" not in err
+        f"web (channel missing on {n:,})" in err, err  # fmt: skip
+    assert "big (" not in err  # only the name that was missing is named, not amount
 
 
 def test_an_encoding_that_cannot_read_the_file_is_said_before_anything_is_decided(tmp_path, capsys):

@@ -56,6 +56,8 @@ class SideResult:
     #: Per rule id: transactions it was skipped on because a name it reads was missing (an
     #: empty cell is missing: a rule on ``extra.x == ''`` never fires, a QA pass).
     rule_missing: Counter[str] = field(default_factory=Counter)
+    #: Per name a rule reads: transactions it was missing on (what ``rule_missing`` skipped on).
+    names_missing: Counter[str] = field(default_factory=Counter)
     alerted_frauds: int = 0
     frauds: int | None = None
     days: float = 0.0
@@ -282,13 +284,15 @@ def backtest(
     collector = _Collector(both, frauds, examples)
     engine = Engine(features=features, rules=both, policy=both)
     txs = stream.transactions = list(stream.transactions)  # read twice: run, then the span
-    before = [dict(rs.missing_counts) for rs in (candidate, baseline)]  # (the inline tests')
+    rulesets = (candidate, baseline)
+    before = [(rs.missing_counts, Counter(rs.missing_names())) for rs in rulesets]
     run(engine, stream, collector, _Null(), source="backtest", progress=progress)
     sides = (collector.cand, collector.base)
-    for side, rs, was in zip(sides, (candidate, baseline), before, strict=True):
+    for side, rs, (was, names_was) in zip(sides, rulesets, before, strict=True):
         for rid, n in rs.missing_counts.items():
             if n > was.get(rid, 0):
                 side.rule_missing[rid] = n - was.get(rid, 0)
+        side.names_missing = Counter(rs.missing_names()) - names_was
     days = (txs[-1]["ts"] - txs[0]["ts"]) / 86400.0 if len(txs) > 1 else 0.0
     collector.cand.days = collector.base.days = days
     ids = [r.id for r in baseline.rules]

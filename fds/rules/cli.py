@@ -250,12 +250,11 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
     if any(st == "shadow" for s in states for st in s.values()):
         print("(shadow: evaluated and counted, never acts on the decision)", file=out)
     for side, name, rs in ((b, "baseline", base), (c, "candidate", cand)):
-        names = rs.names_read()
         for rid, n in sorted(side.rule_missing.items()):
             print(
                 f"{name} rule {rid} was skipped on {n} of {r.transactions} transaction(s): a "
-                f"name it reads was missing ({', '.join(names.get(rid, ()))}; an empty cell "
-                "is missing)",
+                f"name it reads was missing ({rs.why_skipped(rid, side.names_missing)}; an "
+                "empty cell is missing)",
                 file=out,
             )
     for side, name in ((b, "baseline"), (c, "candidate")):

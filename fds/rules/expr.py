@@ -55,6 +55,7 @@ __all__ = [
     "CompiledExpr",
     "ExprError",
     "MissingName",
+    "MissingTally",
     "build_evaluator",
     "compile_expr",
 ]
@@ -609,10 +610,40 @@ class EvalPlan:
     hit: Mapping[str, Any]
 
 
+class MissingTally:
+    """Which names were missing, counted by :func:`build_evaluator`'s function: per set of
+    names missing together (a bit mask), the transactions it was missing on. Nothing is done
+    for a transaction missing none; reports read :meth:`per_name`.
+
+    >>> tally = MissingTally()
+    >>> fn = build_evaluator(
+    ...     [EvalPlan(compile_expr("amount > n", {"amount": NUM, "n": NUM}), {"id": "r"})],
+    ...     {"amount"}, None, tally,
+    ... )[0]
+    >>> _ = fn({"amount": 1.0}, {}), fn({}, {}), fn({"amount": 1.0}, {"n": 0})
+    >>> tally.per_name()
+    {'amount': 1, 'n': 2}
+    """
+
+    def __init__(self) -> None:
+        self.bits: dict[str, int] = {}
+        self.masks: dict[int, int] = {}
+
+    def per_name(self) -> dict[str, int]:
+        """Name -> transactions it was missing on (names never missing left out)."""
+        out = {}
+        for name, bit in self.bits.items():
+            n = sum(count for mask, count in self.masks.items() if mask & bit)
+            if n:
+                out[name] = n
+        return out
+
+
 def build_evaluator(
     plans: Sequence[EvalPlan],
     tx_names: Iterable[str],
     clock: Callable[[float], tuple[int, int, bool, bool]] | None,
+    tally: MissingTally | None = None,
 ) -> tuple[
     Callable[..., list[dict[str, Any]]],
     list[int],
@@ -627,7 +658,8 @@ def build_evaluator(
     missing-name non-fires and of run-time errors (lists updated in place), and the source. A
     rule whose names are missing does not fire; an active rule that raises (``RUNTIME_ERRORS``)
     raises :class:`fds.errors.RuleError`, a shadow rule's error is only counted, and so is that
-    of an active rule named in ``quiet`` (demoted to shadow by the guardrails).
+    of an active rule named in ``quiet`` (demoted to shadow by the guardrails). ``tally``
+    counts which names were missing (for reports).
     """
     tx_names = set(tx_names)
     builtins = ("hour", "weekday", "is_night", "is_weekend")
@@ -671,6 +703,10 @@ def build_evaluator(
             lines.append(f"    {ln} = _f({n!r})")
         lines.append(f"    if {_missing(n, ln)}:")
         lines.append(f"        _m |= {bit[n]}")
+    if tally is not None and used:
+        tally.bits = bit
+        ns["_MASKS"] = tally.masks
+        lines += ["    if _m:", "        _MASKS[_m] = _MASKS.get(_m, 0) + 1"]
     missing = [0] * len(plans)
     errors = [0] * len(plans)
     ns.update(

@@ -53,6 +53,7 @@ from fds.rules.expr import (
     EvalPlan,
     ExprError,
     MissingName,
+    MissingTally,
     build_evaluator,
     compile_expr,
 )
@@ -538,7 +539,10 @@ class Ruleset:
             )
             for r in self.evaluated
         ]
-        fn, self._missing, self._errors, self.code = build_evaluator(plans, TX_TYPES, self.clock)
+        self._tally = MissingTally()
+        fn, self._missing, self._errors, self.code = build_evaluator(
+            plans, TX_TYPES, self.clock, self._tally
+        )
         self._fn = fn
 
     #: ``evaluate`` takes ``quiet`` (the engine passes the rules its guardrails demoted).
@@ -588,16 +592,33 @@ class Ruleset:
     def hold_counts(self) -> Callable[[], None]:
         """Note the skip counts; the function returned puts them back (a fold decides again a
         record counted when it was first decided)."""
-        missing, errors = self._missing[:], self._errors[:]
+        missing, errors, masks = self._missing[:], self._errors[:], dict(self._tally.masks)
 
         def restore() -> None:
             self._missing[:], self._errors[:] = missing, errors
+            self._tally.masks.clear()
+            self._tally.masks.update(masks)
 
         return restore
 
     def names_read(self) -> dict[str, tuple[str, ...]]:
         """Per rule id, the names its condition reads (for reports)."""
         return {r.id: r.expr.names for r in self.rules}
+
+    def missing_names(self) -> dict[str, int]:
+        """Per name a rule reads: the transactions evaluated since this ruleset was built that
+        it was missing on (names never missing left out)."""
+        return self._tally.per_name()
+
+    def why_skipped(self, rule_id: str, missing: Mapping[str, int] | None = None) -> str:
+        """For reports: the names rule ``rule_id`` reads that were missing, each with the
+        transactions it was missing on (``missing``, default :meth:`missing_names`), e.g.
+        ``device_id missing on 1,000``; every name it reads when none was (a text that is no
+        number, used as one, skips a rule too)."""
+        names = self.names_read().get(rule_id, ())
+        counts = self.missing_names() if missing is None else missing
+        found = [f"{n} missing on {counts[n]:,}" for n in names if counts.get(n)]
+        return ", ".join(found) if found else f"reads {', '.join(names)}"
 
     def unused_features(self) -> list[str]:
         """Declared features no rule reads (they may still feed the model)."""

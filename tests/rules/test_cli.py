@@ -276,8 +276,9 @@ def test_backtest_marks_shadow_rules_and_rules_skipped_for_missing_inputs(tmp_pa
         "rules:\n"
         "  - {id: big, when: amount > 40, action: review, score: 1, reason: r}\n"
         "  - {id: watch, when: amount > 0, action: decline, score: 1, reason: r, state: shadow}\n"
-        "  - id: no_addr\n    when: \"extra.addr == ''\"\n    action: decline\n    score: 1\n"
-        "    reason: r\n    tests: [{given: {extra.addr: ''}, expect: hit}]\n",
+        "  - id: no_addr\n    when: \"extra.addr == '' and amount > 0\"\n"
+        "    action: decline\n    score: 1\n"
+        "    reason: r\n    tests: [{given: {extra.addr: '', amount: 1}, expect: hit}]\n",
     )
     argv = ["rules", "backtest", "--candidate", str(cand), "--baseline", str(base), str(data)]
     assert main([*argv, "--examples", "all"]) == 0
@@ -288,7 +289,7 @@ def test_backtest_marks_shadow_rules_and_rules_skipped_for_missing_inputs(tmp_pa
     assert "(shadow: evaluated and counted, never acts on the decision)" in out
     assert (
         "candidate rule no_addr was skipped on 2 of 8 transaction(s): a name it reads was "
-        "missing (extra.addr; an empty cell is missing)"
+        "missing (extra.addr missing on 2; an empty cell is missing)"
     ) in out
     assert "approve [] -> decline ['big'] shadow ['watch']" in out
 

@@ -95,6 +95,22 @@ def test_missing_feature_does_not_fire_and_is_counted() -> None:
     assert rs.missing_counts == {"spike": 1, "night": 0}
 
 
+def test_the_names_that_were_missing_are_counted_for_reports() -> None:
+    """A QA pass: a report named every name a skipped rule reads, not the missing one."""
+    rs = load(GOOD)
+    tx = {"tx_id": "t", "ts": 0.0, "amount": 500.0, "extra": {}}
+    rs.evaluate(tx, {"avg30": None, "seen_country": False})
+    rs.evaluate(tx, {"avg30": 1.0})
+    assert rs.missing_names() == {"avg30": 1, "seen_country": 1}
+    restore = rs.hold_counts()  # a fold decides a record again: counted once
+    rs.evaluate(tx, {})
+    restore()
+    rs.evaluate(tx, {"avg30": None, "seen_country": True})
+    assert rs.missing_names() == {"avg30": 2, "seen_country": 1}
+    assert rs.why_skipped("spike") == "avg30 missing on 2, seen_country missing on 1"
+    assert rs.why_skipped("spike", {}) == "reads amount, avg30, seen_country"
+
+
 def test_an_active_rule_that_raises_fails_the_transaction_a_shadow_rule_is_counted() -> None:
     """RELIABILITY: a value that makes a rule throw goes to the dead letters. An active rule's
     error made it not fire: a decline rule that raised on every transaction approved them all,
