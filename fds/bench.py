@@ -928,11 +928,11 @@ def _cmd_precision(args: argparse.Namespace) -> int:
 
     for flag in ("mapping", "labels"):
         if getattr(args, flag) and not args.input:
-            say(f"fds bench: error: --{flag} needs --input FILE")
+            say(f"{args.prog}: error: --{flag} needs --input FILE")
             return 2
     for flag in ("days", "cards", "merchants"):  # (ignored without a word: a review)
         if getattr(args, flag) is not None and args.input:
-            say(f"fds bench: error: --{flag} is for the simulator; --input FILE is replayed whole")
+            say(f"{args.prog}: error: --{flag} is for the simulator; --input FILE is read whole")
             return 2
     drift = args.drift_day
     if drift is None and not args.input:  # a user's file has no drift unless told; the
@@ -970,6 +970,6 @@ def _cmd_precision(args: argparse.Namespace) -> int:
             ceiling_ref=args.reference,
         )
     except ConfigError as e:
-        say(f"fds bench: error: {e}")
+        say(f"{args.prog}: error: {e}")
         return 2
     return 0

@@ -75,6 +75,9 @@ class _Parser(argparse.ArgumentParser):
             # (said by the command's own parser: `fds replay: error: ...` with its usage, as
             # every other error of a command; it was `fds: error:` with fds's usage, a QA pass)
             chosen.error("unrecognized arguments: " + " ".join(extras))
+        # A command's own errors name it as argparse's do (`fds rules backtest: error:`; they
+        # said `fds rules: error:`).
+        ns.prog = self._chosen(ns)[0].prog
         return ns
 
     def _chosen(self, ns: argparse.Namespace) -> tuple[_Parser, list[str]]:
@@ -190,10 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     except _Terminated:
         return 143
     except ConfigError as e:
-        say(f"fds {args.command}: error: {e}")
+        say(f"{args.prog}: error: {e}")
         return 2
     except FdsError as e:
-        say(f"fds {args.command}: failed: {e}")
+        say(f"{args.prog}: failed: {e}")
         return 1
     except KeyboardInterrupt:
         return 130

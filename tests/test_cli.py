@@ -647,20 +647,31 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(monkeypatch, capsys):
 
 
 @pytest.mark.parametrize(
-    "argv",
+    ("argv", "prog"),
     [
-        ["models", "--registry", "{tmp}/none", "list"],
-        ["produce", "{tmp}/none.jsonl", "--topic", "t", "--bootstrap", "127.0.0.1:1"],
-        ["bench", "precision", "--input", "{tmp}/none.jsonl", "--out", "{tmp}"],
-        ["replay", "{tmp}/none.jsonl"],
+        (["models", "--registry", "{tmp}/none", "list"], "fds models list"),
+        (
+            ["produce", "{tmp}/none.jsonl", "--topic", "t", "--bootstrap", "127.0.0.1:1"],
+            "fds produce",
+        ),
+        (
+            ["bench", "precision", "--input", "{tmp}/none.jsonl", "--out", "{tmp}"],
+            "fds bench precision",
+        ),
+        (["replay", "{tmp}/none.jsonl"], "fds replay"),
+        (
+            ["rules", "backtest", "--candidate", "{rules}", "--baseline", "{rules}", "{tmp}/h"],
+            "fds rules backtest",
+        ),
     ],
 )
-def test_every_command_s_error_names_the_command(argv, tmp_path, capsys):
+def test_every_command_s_error_names_the_command(argv, prog, tmp_path, capsys):
     """One form for every command's last word: ``fds COMMAND: error: ...`` (``fds models``
-    said ``error:``, ``fds produce`` ``fds: error:``)."""
-    assert main([a.format(tmp=tmp_path) for a in argv]) == 2
+    said ``error:``, ``fds produce`` ``fds: error:``), with the subcommand as argparse's own
+    errors name it (``fds rules backtest: error:``; fds's said ``fds rules: error:``)."""
+    assert main([a.format(tmp=tmp_path, rules=DEFAULT_RULES) for a in argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err and err[-1].startswith(f"fds {argv[0]}: error: "), err
+    assert err and err[-1].startswith(f"{prog}: error: "), err
 
 
 def test_a_damaged_gzip_is_an_error_a_truncated_one_is_not(tmp_path, capsys):

@@ -48,8 +48,8 @@ def _registry(args: argparse.Namespace) -> Any:
     return Registry(args.registry, create=False)
 
 
-def _fail(e: Exception, code: int) -> int:
-    say(f"fds models: error: {e}")
+def _fail(args: argparse.Namespace, e: Exception | str, code: int) -> int:
+    say(f"{args.prog}: error: {e}")
     return code
 
 
@@ -58,7 +58,7 @@ def _list(args: argparse.Namespace) -> int:
         reg = _registry(args)
         entries = reg.versions()
     except ConfigError as e:
-        return _fail(e, 2)
+        return _fail(args, e, 2)
     if not entries:
         print(f"no versions in {args.registry} (`fds train` publishes them there)")
         return 0
@@ -78,16 +78,15 @@ def _show(args: argparse.Namespace) -> int:
         reg = _registry(args)
         version = args.version or reg.champion() or reg.latest()
         if version is None:
-            say(f"fds models: error: no versions in {args.registry}")
-            return 1
+            return _fail(args, f"no versions in {args.registry}", 1)
         entry = reg.entry(version)
         if args.verify:
             reg.load(version)
             entry = {**entry, "verified": True}
     except ConfigError as e:
-        return _fail(e, 2)
+        return _fail(args, e, 2)
     except ArtifactError as e:
-        return _fail(e, 1)
+        return _fail(args, e, 1)
     print(json.dumps(entry, indent=2, sort_keys=True))
     return 0
 
@@ -104,9 +103,9 @@ def _promote(args: argparse.Namespace) -> int:
         reg.load(args.version)  # never promote what does not verify
         entry = reg.promote(args.version, reason="manual (fds models promote)")
     except ConfigError as e:
-        return _fail(e, 2)
+        return _fail(args, e, 2)
     except ArtifactError as e:
-        return _fail(ArtifactError(f"{args.version} not promoted: {e}"), 1)
+        return _fail(args, ArtifactError(f"{args.version} not promoted: {e}"), 1)
     print(f"champion is now {entry['version']}; running scorers pick it up on their next poll")
     return 0
 
@@ -115,12 +114,12 @@ def _rollback(args: argparse.Namespace) -> int:
     try:
         reg = _registry(args)
     except ConfigError as e:
-        return _fail(e, 2)
+        return _fail(args, e, 2)
     try:
         entry = reg.rollback(reason="manual (fds models rollback)")
     except ConfigError as e:  # nothing to roll back to
-        return _fail(e, 1)
+        return _fail(args, e, 1)
     except ArtifactError as e:  # the previous champion does not verify: nothing changed
-        return _fail(ArtifactError(f"not rolled back: {e}"), 1)
+        return _fail(args, ArtifactError(f"not rolled back: {e}"), 1)
     print(f"rolled back: champion is now {entry['version']}")
     return 0

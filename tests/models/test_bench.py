@@ -17,10 +17,10 @@ from fds.bench import (
     _ceiling,
     _recovery,
     _recovery_text,
-    register,
     run_precision,
     targets,
 )
+from fds.cli import build_parser
 from fds.errors import ConfigError
 from fds.streams.simulator import simulate
 
@@ -127,8 +127,7 @@ def test_foreign_file_with_mapping(tmp_path: Path) -> None:
 
 
 def test_cli_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    ap = argparse.ArgumentParser()
-    register(ap.add_subparsers())
+    ap = build_parser()
     args = ap.parse_args(["bench", "precision", "--mapping", "m.yaml"])
     assert args.func(args) == 2
     # a simulator option with a file: ignored without a word before (a review)
@@ -242,8 +241,7 @@ def test_the_drift_needs_an_evaluated_day_before_it(tmp_path: Path) -> None:
 
 
 def _cli(argv: list[str]) -> argparse.Namespace:
-    ap = argparse.ArgumentParser()
-    register(ap.add_subparsers())
+    ap = build_parser()
     return ap.parse_args(["bench", "precision", *argv])
 
 

@@ -69,7 +69,7 @@ def test_check_missing_file_is_a_usage_error(tmp_path: Path, capsys) -> None:
     """It was a failed check, exit 1, where every other command says `error:`, exit 2."""
     assert main(["rules", "check", str(tmp_path / "nope.yaml")]) == 2
     err = capsys.readouterr().err
-    assert f"fds rules: error: {tmp_path / 'nope.yaml'}: no such file: give the path" in err
+    assert f"fds rules check: error: {tmp_path / 'nope.yaml'}: no such file: give the path" in err
 
 
 def test_check_a_folder_checks_its_rules_files(tmp_path: Path, capsys) -> None:
