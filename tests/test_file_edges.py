@@ -91,3 +91,18 @@ def test_a_labels_file_cut_short_is_warned_about(tmp_path, caplog):
     )
     replay.load(tmp_path / "x.jsonl", labels_path=tmp_path / "l.jsonl.gz")
     assert "l.jsonl.gz could not be read to its end" in caplog.text
+
+
+def test_an_unnamed_column_is_named_past_a_column_the_file_names_so(tmp_path):
+    """A column named `column_6` by the file and an unnamed sixth column were refused as a
+    name appearing twice; the unnamed one is `column_6_` (its value in `extra`)."""
+    p = tmp_path / "x.csv"
+    p.write_text(f"{HEAD},,column_6\nt1,1767225600,c1,10,n,a,b\n")
+    [(_, rec, _)] = list(read_records(p))
+    assert rec["column_6_"] == "a" and rec["column_6"] == "b", rec
+    p.write_text(f"{HEAD},column_6,\nt1,1767225600,c1,10,n,a\n")  # Excel's trailing comma
+    [(_, rec, _)] = list(read_records(p))
+    assert rec["column_6"] == "a" and rec.get("column_7") is None, rec
+    # a file's own column_6 is a named column: a row without it is short, not Excel's habit
+    ids, dead = decided_and_dead(tmp_path, f"{HEAD},column_6,\nt1,1767225600,c1,10,n\n")
+    assert ids == [] and dead == [2]

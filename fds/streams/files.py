@@ -742,8 +742,16 @@ def _csv_header(p: Path, row: list[str] | None, mapping: ColumnMapping | None) -
             + ")"
         )
     # a column without a name is named by its position (Excel's trailing commas were refused as
-    # "'' appears more than once; rename them", a QA pass; pandas writes its index unnamed)
-    header = [c or f"column_{i}" for i, c in enumerate(header, 1)]
+    # "'' appears more than once; rename them", a QA pass; pandas writes its index unnamed), a
+    # name the file gives another column taken further (column_3_; it was "appears twice")
+    given = set(header)
+    for i, c in enumerate(header):
+        if not c:
+            name = f"column_{i + 1}"
+            while name in given:
+                name += "_"
+            header[i] = name
+            given.add(name)
     twice = sorted({c for c in header if header.count(c) > 1})
     if twice:
         raise ConfigError(
@@ -758,12 +766,13 @@ def _csv_records(p: Path, lines: _Lines, mapping: ColumnMapping | None) -> Itera
     # skipinitialspace: `t1, "Main St, 5", c1` as written by hand is three fields; the spaces
     # around a column name are not part of it (ids lose theirs in the schema)
     reader = csv.reader(lines, skipinitialspace=True)
-    header = _csv_header(p, _first_row(p, reader, lines), mapping)
-    if header is None:
+    first = _first_row(p, reader, lines)
+    header = _csv_header(p, first, mapping)
+    if first is None or header is None:
         return
     width = len(header)
     # the columns up to the last one with a name of its own (the rest: Excel's trailing commas)
-    named = next((i for i in range(width, 0, -1) if header[i - 1] != f"column_{i}"), 0)
+    named = next((i for i in range(width, 0, -1) if first[i - 1].strip(" \ufeff")), 0)
     # A column named `extra`: text, where a transaction's `extra` is an object; it arrives in
     # `extra` under its own name, as any other column (every row was a dead letter, and a
     # mapping cannot rename it: a review)
