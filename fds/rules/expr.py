@@ -37,8 +37,11 @@ from __future__ import annotations
 
 import ast
 import difflib
+import io
 import itertools
 import math
+import operator
+import tokenize
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -174,6 +177,45 @@ def _coerce(x: Any) -> Any:
     return x
 
 
+def _order(x: Any, y: Any, op: Callable[[Any, Any], bool]) -> bool:
+    """``op(x, y)`` for an ordering (``<`` ...) of an ``extra.*`` value against another one or
+    text: as numbers where both read as one, as text where both are text; missing when one is
+    a number and the other text that is no number (``5 <= "high"`` raised, a dead letter).
+
+    >>> import operator
+    >>> _order("10", 9, operator.gt), _order("apple", "banana", operator.lt)
+    (True, True)
+    >>> _order(5, "high", operator.le)
+    Traceback (most recent call last):
+    fds.rules.expr.MissingName: high
+    """
+    x, y = _coerce(x), _coerce(y)
+    if type(x) is str and type(y) is str:
+        return op(x, y)
+    return op(_num(x), _num(y))
+
+
+def _truth(x: Any) -> bool:
+    """An ``extra.*`` value tested for truth (a condition, ``not``, ``and``/``or`` in one):
+    text as a CSV file writes a flag, ``"0"``/``"false"`` false and ``"1"``/``"true"`` true
+    (non-empty text was true: a rule on ``extra.vip`` fired on ``"0"``), text that stands for
+    a missing value missing; other values as Python tests them.
+
+    >>> _truth("0"), _truth("FALSE"), _truth(" 1 "), _truth("gold"), _truth(0), _truth([])
+    (False, False, True, True, False, False)
+    """
+    if type(x) is str:
+        v = num(x)
+        if v == v:
+            return v != 0
+        low = x.strip().lower()
+        if low in ("true", "false"):
+            return low == "true"
+        if low in NA_TEXT:
+            raise MissingName(x)
+    return bool(x)
+
+
 def _isin(x: Any, items: frozenset[Any]) -> bool:
     """``x in items`` for an ``extra.*`` value and a list with numbers: as written, or as the
     number its text reads as (``"7" in [7, "007"]`` and ``"007" in [7, "007"]`` both hold);
@@ -182,6 +224,12 @@ def _isin(x: Any, items: frozenset[Any]) -> bool:
     if type(x) is list or type(x) is dict:  # in no list of literals (and not hashable)
         return False
     return x in items or _coerce(x) in items
+
+
+def _isin_text(x: Any, items: frozenset[Any]) -> bool:
+    """``x in items`` for an ``extra.*`` value and a list of text: a list or a mapping is in
+    none (it raised TypeError: unhashable, where a list with a number said no)."""
+    return type(x) is not list and type(x) is not dict and x in items
 
 
 def _len(x: Any) -> int:
@@ -221,6 +269,7 @@ _CMP = {
     ast.In: "in",
     ast.NotIn: "not in",
 }
+_ORDER = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 _BIN = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Mod: "%"}
 _FORBIDDEN_HINT = {
     ast.Attribute: "attribute access is not allowed (only extra.NAME)",
@@ -296,8 +345,10 @@ class _Checker:
         self.consts[key] = obj
         return key
 
-    # Each visit returns (python source, type).
-    def visit(self, node: ast.AST, depth: int) -> tuple[str, str]:
+    # Each visit returns (python source, type). ``cond``: the node's value is used only for its
+    # truth (a condition, `not`, an `if` test, `and`/`or` in one): an extra value is then
+    # tested as :func:`_truth` reads it.
+    def visit(self, node: ast.AST, depth: int, cond: bool = False) -> tuple[str, str]:
         if depth > MAX_DEPTH:
             raise self.fail(node, f"expression nested deeper than {MAX_DEPTH}: simplify it")
         d = depth + 1
@@ -311,7 +362,8 @@ class _Checker:
                     raise self.fail(node, "extra.NAME is not available here")
                 if node.attr.startswith("_"):
                     raise self.fail(node, "extra names may not start with '_'")
-                return self.name(node, "extra." + node.attr)
+                src, t = self.name(node, "extra." + node.attr)
+                return (f"_truth({src})", BOOL) if cond else (src, t)
             err = self.fail(
                 node,
                 "attribute access is not allowed (only extra.NAME): "
@@ -324,11 +376,11 @@ class _Checker:
             raise err
         if isinstance(node, ast.BoolOp):
             op = " and " if isinstance(node.op, ast.And) else " or "
-            parts = [self.visit(v, d) for v in node.values]
+            parts = [self.visit(v, d, cond) for v in node.values]
             types = {t for _, t in parts}
             return "(" + op.join(p for p, _ in parts) + ")", _join(types, op.strip())
         if isinstance(node, ast.UnaryOp):
-            src, t = self.visit(node.operand, d)
+            src, t = self.visit(node.operand, d, isinstance(node.op, ast.Not))
             if isinstance(node.op, ast.Not):
                 return f"(not {src})", BOOL
             if isinstance(node.op, ast.USub | ast.UAdd):
@@ -351,9 +403,9 @@ class _Checker:
             return self.compare(node, d)
         if isinstance(node, ast.IfExp):
             (ts, _), (bs, bt), (os_, ot) = (
-                self.visit(node.test, d),
-                self.visit(node.body, d),
-                self.visit(node.orelse, d),
+                self.visit(node.test, d, True),
+                self.visit(node.body, d, cond),
+                self.visit(node.orelse, d, cond),
             )
             return f"({bs} if {ts} else {os_})", _join({bt, ot}, "if")
         if isinstance(node, ast.Call):
@@ -416,8 +468,11 @@ class _Checker:
         return f"_num({src})" if t == ANY else src
 
     def compare(self, node: ast.Compare, d: int) -> tuple[str, str]:
+        """A comparison; a chain ``a < b < c`` as ``(a < b) and (b < c)``, each with the
+        conversions of its own operator (the middle operand kept the first one's: a dead
+        letter where ``0 != extra.s < 10`` meets "high", ``True < 7`` fired)."""
         left_src, left_t = self.visit(node.left, d)
-        out = [left_src]
+        parts = []
         for op, right in zip(node.ops, node.comparators, strict=True):
             sym = _CMP.get(type(op))
             if sym is None:
@@ -428,31 +483,35 @@ class _Checker:
                         node, f"`{sym}` in a chain of comparisons: join them with `and`"
                     )
                 src, rt = self.literal_list(right, left_t)
-                if left_t == ANY and rt == "numbers":
-                    neg = "not " if sym == "not in" else ""  # extra.code in [1, 2] reads "1"
-                    return f"({neg}_isin({out[-1]}, {src}))", BOOL
-            else:
-                src, rt = self.visit(right, d)
-                # An extra value against a number: its text read as a number; ordered, text
-                # that is no number is missing (as the features read it), not an error.
-                conv = "_coerce" if sym in ("==", "!=") else "_num"
-                if left_t == ANY and rt == NUM and not out[-1].startswith("_"):
-                    out[-1] = f"{conv}({out[-1]})"
+                if left_t == ANY:  # extra.code in [1, 2] reads "1"; a list value is in none
+                    neg = "not " if sym == "not in" else ""
+                    isin = "_isin" if rt == "numbers" else "_isin_text"
+                    return f"({neg}{isin}({left_src}, {src}))", BOOL
+                parts.append(f"({left_src} {sym} {src})")
+                continue
+            src, rt = self.visit(right, d)
+            if {left_t, rt} in ({STR, NUM}, {STR, BOOL}):
+                raise self.fail(right, f"compares text with a number ({left_t} {sym} {rt})")
+            if MIXED in (left_t, rt) and sym not in ("==", "!="):
+                raise self.fail(  # raises whenever one side is text and the other a number
+                    right, f"orders what may be text against what may be a number ({sym})"
+                )
+            ls, rs = left_src, src
+            if sym in ("==", "!="):  # an extra value against a number: its text read as one
+                if left_t == ANY and rt == NUM:
+                    ls = f"_coerce({ls})"
                 if rt == ANY and left_t == NUM:
-                    src = f"{conv}({src})"
-                if left_t == rt == ANY and conv == "_num":  # two extra values, ordered: as
-                    if not out[-1].startswith("_"):  # numbers when their text reads as one
-                        out[-1] = f"_coerce({out[-1]})"
-                    src = f"_coerce({src})"
-                if {left_t, rt} in ({STR, NUM}, {STR, BOOL}):
-                    raise self.fail(right, f"compares text with a number ({left_t} {sym} {rt})")
-                if MIXED in (left_t, rt) and sym not in ("==", "!="):
-                    raise self.fail(  # raises whenever one side is text and the other a number
-                        right, f"orders what may be text against what may be a number ({sym})"
-                    )
-            out += [sym, src]
-            left_t = rt
-        return "(" + " ".join(out) + ")", BOOL
+                    rs = f"_coerce({rs})"
+                parts.append(f"({ls} {sym} {rs})")
+            elif {left_t, rt} == {ANY, NUM}:
+                # ordered against a number: text that is no number is missing, not an error
+                parts.append(f"({self.guard(ls, left_t)} {sym} {self.guard(rs, rt)})")
+            elif ANY in (left_t, rt) and {left_t, rt} <= {ANY, STR}:  # two extra values, or
+                parts.append(f"_order({ls}, {rs}, {self.const(_ORDER[sym])})")  # one and text
+            else:
+                parts.append(f"({ls} {sym} {rs})")
+            left_src, left_t = src, rt
+        return (parts[0] if len(parts) == 1 else "(" + " and ".join(parts) + ")"), BOOL
 
     def literal_list(self, node: ast.AST, left_t: str) -> tuple[str, str]:
         if not isinstance(node, ast.List | ast.Tuple | ast.Set):
@@ -511,6 +570,54 @@ class _Checker:
         return f"{self.const(fn)}({', '.join(args)})", res_t
 
 
+def _check_tokens(source: str) -> None:
+    """Refuse what the added parentheses of :func:`parse_expr` would hide: a ``#`` comment
+    (the rest of the condition was dropped without a word) and a bracket closed that was
+    never opened (``amount > 3) or (amount < 1`` loaded). Other errors are the parser's. The
+    source is read as parsed, in parentheses: its indentation is then no token."""
+    depth = 0
+    last = source.count("\n") + 2  # the line of the added ")"
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO("(" + source + "\n)").readline):
+            line, col = tok.start
+            col -= line == 1  # the added "("
+            if tok.type == tokenize.COMMENT:
+                raise ExprError(
+                    "'#' starts no comment in a condition: write comments in YAML, on a line "
+                    "of their own",
+                    line,
+                    col + 1,
+                )
+            if tok.type == tokenize.OP and tok.string in "([{":
+                depth += 1
+            elif tok.type == tokenize.OP and tok.string in ")]}":
+                depth -= 1
+                if depth == 0 and line < last:
+                    raise ExprError(f"syntax error: unmatched {tok.string!r}", line, col + 1)
+    except (tokenize.TokenError, SyntaxError):  # the parser's to say
+        pass
+
+
+def _syntax_error(e: SyntaxError, source: str) -> ExprError:
+    """``e`` of the wrapped ``source`` at its place in ``source``: an error on the added
+    closing line is at the end of the expression (it pointed at the next key of the file);
+    a column in characters (the tokenizer's are bytes: parsed again with the non-ASCII
+    characters replaced, when that gives the same error)."""
+    line, col = e.lineno or 1, e.offset or 1
+    if any(ord(c) > 127 for c in source):
+        ascii_only = "".join(c if ord(c) < 128 else "x" for c in source)
+        try:
+            ast.parse("(" + ascii_only + "\n)", mode="eval")
+        except SyntaxError as a:
+            if a.msg == e.msg and a.lineno == e.lineno:
+                col = a.offset or col
+    lines, where = source.split("\n"), ""
+    if line > len(lines):  # on the added ")": the expression ended too early
+        line, where = len(lines), " at the end of the condition"
+        col = len(lines[-1].rstrip()) + 1 + (line == 1)
+    return ExprError(f"syntax error{where}: {e.msg}", line, max(1, col - (line == 1)))
+
+
 def parse_expr(
     source: str, known: Mapping[str, str], *, allow_extra: bool = True, want_bool: bool = True
 ) -> tuple[str, str, tuple[str, ...], dict[str, Any]]:
@@ -521,20 +628,20 @@ def parse_expr(
         raise ExprError(f"expression longer than {MAX_SOURCE_CHARS} characters: split the rule")
     if not source.strip():
         raise ExprError("empty expression: write a condition such as amount > 1000")
+    _check_tokens(source)
     # Wrapped in parentheses so that an expression may span lines (YAML block scalars); the
     # column on line 1 is shifted back by the added "(".
     wrapped = "(" + source + "\n)"
     try:
         tree = ast.parse(wrapped, mode="eval")
     except SyntaxError as e:
-        line, col = e.lineno or 1, e.offset or 1
-        raise ExprError(f"syntax error: {e.msg}", line, max(1, col - (line == 1))) from None
+        raise _syntax_error(e, source) from None
     except (RecursionError, MemoryError, ValueError) as e:
         raise ExprError(f"cannot parse ({type(e).__name__}): simplify the expression") from None
     lines = wrapped.split("\n")
     checker = _Checker(known, allow_extra, lines)
     try:
-        code, typ = checker.visit(tree.body, 0)
+        code, typ = checker.visit(tree.body, 0, want_bool)
     except RecursionError:
         raise ExprError("expression too deeply nested: simplify it") from None
     if want_bool and typ in (NUM, STR, MIXED):
@@ -549,8 +656,9 @@ def parse_expr(
         consts["_num"] = _num
     if "_coerce(" in code:
         consts["_coerce"] = _coerce
-    if "_isin(" in code:
-        consts["_isin"] = _isin
+    for helper in (_isin, _isin_text, _order, _truth):
+        if f"{helper.__name__}(" in code:
+            consts[helper.__name__] = helper
     return code, typ, tuple(checker.names), consts
 
 

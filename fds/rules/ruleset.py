@@ -691,6 +691,8 @@ def _expr_where(filename: str, text: str, mark: Mark, source: str, e: ExprError)
     line, col, style = mark
     at = sum(len(s) + 1 for s in source.split("\n")[: e.line - 1]) + e.col - 1
     n = sum(1 for ch in source[:at] if not ch.isspace())
+    past_end = n > 0 and not source[at:].strip()  # (it pointed at the file's next key)
+    n -= past_end  # then: the expression's last character, and one past it
     i = sum(len(s) + 1 for s in text.split("\n")[: line - 1]) + col - 1
     if style in ("|", ">"):  # the block's header line (indicators, a comment)
         i = text.find("\n", i) + 1 or len(text)
@@ -707,6 +709,7 @@ def _expr_where(filename: str, text: str, mark: Mark, source: str, e: ExprError)
         elif style == "'" and text[i : i + 2] == "''":
             step = 2
         if chars and n == 0:
+            i += step * past_end
             break
         i += step
         n -= chars

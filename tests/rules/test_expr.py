@@ -15,6 +15,7 @@ from fds.rules.expr import (
     ANY,
     BOOL,
     NUM,
+    RUNTIME_ERRORS,
     STR,
     EvalPlan,
     ExprError,
@@ -155,6 +156,27 @@ def test_error_points_at_the_offending_spot() -> None:
     assert (ei.value.line, ei.value.col) == (1, 16)
 
 
+@pytest.mark.parametrize(
+    ("src", "where", "fragment"),
+    [
+        # the added parentheses hid these: they loaded (a QA pass)
+        ("amount > 3) or (amount < 1", (1, 11), "unmatched ')'"),
+        ("amount > 3 # and country == 5", (1, 12), "'#' starts no comment"),
+        ("amount > 3\n    and country == 'a'\n  and amount < 9 # x", (3, 18), "'#' starts"),
+        # at the end: it was on the added line (the file's next key)
+        ("amount > 3 +", (1, 13), "syntax error at the end of the condition"),
+        ("amount > 3 and\n  country == 'x' and", (2, 21), "at the end of the condition"),
+        # the tokenizer's columns are bytes: in characters here
+        ("country == '\u00fc' and amount > 01", (1, 29), "leading zeros"),
+        ("country == '\U0001d11e\U0001d11e' and amount > 01", (1, 30), "leading zeros"),
+    ],
+)
+def test_syntax_errors_the_wrapping_hid_or_misplaced(src, where, fragment) -> None:
+    with pytest.raises(ExprError) as ei:
+        compile_expr(src, KNOWN)
+    assert (ei.value.line, ei.value.col) == where and fragment in str(ei.value), str(ei.value)
+
+
 def test_missing_names_raise_the_internal_signal() -> None:
     e = compile_expr("amount > avg or seen", KNOWN)
     assert e.names == ("amount", "avg", "seen")
@@ -284,7 +306,17 @@ def test_sandbox_escape_attempts_are_rejected_at_load_time(src: str) -> None:
 
 
 ALLOWED_PREFIX = ("n_", "x_", "_k", "_e")
-ALLOWED_EXACT = {"_num", "_coerce", "_Missing", "v", "get"}
+ALLOWED_EXACT = {
+    "_num",
+    "_coerce",
+    "_isin",
+    "_isin_text",
+    "_order",
+    "_truth",
+    "_Missing",
+    "v",
+    "get",
+}
 
 
 def _all_names(code: types.CodeType) -> set[str]:
@@ -454,3 +486,48 @@ def test_fuzz_token_soup_never_escapes_or_hangs(src: str) -> None:
 @given(st.text(max_size=300) | _text_in_conditions())
 def test_fuzz_random_text_never_escapes_or_hangs(src: str) -> None:
     _never_escapes(src)
+
+
+def _outcome(src: str, extra: dict) -> str:
+    try:
+        hit = compile_expr(src, KNOWN).evaluate({"extra": extra, "amount": 5.0})
+    except MissingName:
+        return "missing"
+    except RUNTIME_ERRORS as e:
+        return type(e).__name__
+    return "hit" if hit else "miss"
+
+
+@pytest.mark.parametrize(
+    ("src", "extra", "expected"),
+    [
+        # a chain: each comparison with its own operator's reading of an extra value (the
+        # middle one kept the first's: "high" raised TypeError, a dead letter; True < 7 fired)
+        ("0 != extra.s < 10", {"s": "7"}, "hit"),
+        ("0 != extra.s < 10", {"s": "high"}, "missing"),
+        ("extra.a <= extra.b < 7", {"a": 0, "b": True}, "missing"),
+        ("extra.a <= extra.b < 7", {"a": "0", "b": "5"}, "hit"),
+        # ordered against another extra value or text: missing when number meets text
+        ("extra.a <= extra.b", {"a": 5, "b": "high"}, "missing"),
+        ("extra.a <= extra.b", {"a": "10", "b": "9"}, "miss"),  # as numbers
+        ("extra.a < 'm'", {"a": "apple"}, "hit"),
+        ("extra.a < 'm'", {"a": 5}, "missing"),
+        # a list or mapping value is in no list, whatever the list holds (it raised TypeError)
+        ("extra.a in ['x', 'y']", {"a": [1]}, "miss"),
+        ("extra.a not in []", {"a": {"k": 1}}, "hit"),
+        ("extra.a in [1, 'y']", {"a": [1]}, "miss"),
+        # an extra value tested for truth: a CSV flag's text read as one ("0" fired)
+        ("extra.vip", {"vip": "0"}, "miss"),
+        ("extra.vip", {"vip": "false"}, "miss"),
+        ("extra.vip", {"vip": "1"}, "hit"),
+        ("extra.vip", {"vip": "gold"}, "hit"),
+        ("extra.vip", {"vip": "NA"}, "missing"),
+        ("not extra.vip", {"vip": "0"}, "hit"),
+        ("extra.vip and amount > 1", {"vip": "false"}, "miss"),
+        ("amount > 1 if extra.vip else True", {"vip": "0"}, "hit"),
+        ("(extra.a or 0) > 5", {"a": "7"}, "hit"),  # a value, not a truth: as it was
+    ],
+)
+def test_extra_values_in_chains_lists_orderings_and_conditions(src, extra, expected) -> None:
+    """A QA pass (a differential fuzzer against the README's semantics)."""
+    assert _outcome(src, extra) == expected

@@ -325,6 +325,25 @@ def test_an_expression_error_points_at_its_place_in_every_yaml_style(when, where
 
 
 @pytest.mark.parametrize(
+    ("when", "where"),
+    [
+        ("amount > 3 +", "f.yaml:4:23"),
+        ('"amount > 3 +"', "f.yaml:4:24"),  # the closing quote
+        (">-\n      amount > 3 and\n      amount < 9 and", "f.yaml:6:21"),
+    ],
+)
+def test_an_expression_cut_short_is_pointed_at_its_end_not_the_next_key(when, where):
+    """A QA pass: the error was on the line of `action:`."""
+    text = (
+        f'version: "1"\nrules:\n  - id: a\n    when: {when}\n    action: review\n'
+        "    score: 0.5\n    reason: r\n"
+    )
+    with pytest.raises(ConfigError) as ei:
+        load_ruleset_text(text, "f.yaml")
+    assert str(ei.value).startswith(f"{where}: rule a: syntax error at the end"), str(ei.value)
+
+
+@pytest.mark.parametrize(
     "when",
     [
         '"country != \\"\\u00e9\\" and bogus > 2"',  # \u00e9: six characters, one in the value
