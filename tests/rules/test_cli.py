@@ -209,6 +209,12 @@ def test_backtest_counts_the_transactions_a_rule_raises_on(tmp_path: Path, capsy
     assert decline[-2:] == ["0", "1"]  # t0: 100 / 10 > 3; t2 no; t3 base missing
     assert "candidate rule ratio raised on 1 transaction(s)" in out
     assert "2 transaction(s) changed action" in out  # t0, t1
+    # a fraud it raised on is a dead letter, not caught (precision 200%: a QA pass)
+    labels = tmp_path / "l.csv"
+    labels.write_text("tx_id,ts,is_fraud\nt0,1767312000,1\nt1,1767312000,1\n")
+    assert main([*argv, "--labels", str(labels)]) == 0
+    rows = {line[:24].strip(): line.split()[-2:] for line in capsys.readouterr().out.splitlines()}
+    assert rows["precision"] == ["-", "100.0%"] and rows["recall"] == ["0.0%", "50.0%"], rows
 
 
 def _history(tmp_path: Path, n: int = 60) -> Path:
