@@ -256,6 +256,12 @@ def _yaml_loader() -> type:
     return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
+_COLLECTION_TAGS = {
+    yaml.MappingNode: "tag:yaml.org,2002:map",
+    yaml.SequenceNode: "tag:yaml.org,2002:seq",
+}
+
+
 def load_yaml_with_marks(text: str, filename: str) -> tuple[Any, dict[tuple[Any, ...], Mark]]:
     """Parse YAML and record the position of every node by its path (``('rules', 3, 'when')``).
 
@@ -287,6 +293,12 @@ def load_yaml_with_marks(text: str, filename: str) -> tuple[Any, dict[tuple[Any,
         m = node.start_mark
         style = getattr(node, "style", None) or None  # the C loader says "" for plain
         marks[path] = (m.line + 1, m.column + 1, style)
+        plain = _COLLECTION_TAGS.get(type(node))
+        if plain is not None and node.tag != plain:  # (ignored: a scalar's was refused)
+            raise ConfigError(
+                f"bad value tagged {node.tag}: a list or a mapping takes no tag here; remove it",
+                where=_where(filename, node),
+            )
         if isinstance(node, yaml.MappingNode):
             merged = merged_of.get(id(node))
             if merged is None:  # (an alias walks a node again: flattened once)

@@ -189,6 +189,9 @@ def test_nan_in_extra_is_missing() -> None:
             "r.yaml:2:4",
             "bad value tagged",
         ),
+        # a tag on a list or a mapping was ignored (a QA pass)
+        (("rules:\n", "rules: !!python/tuple\n"), "r.yaml:8:8", "takes no tag"),
+        (("rules:\n", "rules: !whatever\n"), "r.yaml:8:8", "takes no tag"),
     ],
 )
 def test_errors_name_file_line_column(patch: tuple[str, str], where: str, fragment: str) -> None:
