@@ -22,6 +22,7 @@ per event, so an event is evaluated entirely by one ruleset. A broken file is lo
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import logging
 import os
@@ -294,6 +295,8 @@ class ReloadingRuleset:
         apart; the engine goes on deciding with the file as it is: a QA pass)."""
         now = self.current.version
         for version, digest in saved.items():
+            if not digest.startswith(_SCHEME):  # an earlier fds's: not comparable
+                continue
             if version == now and digest != self._served[now]:
                 log.error(
                     'rules file %s version="%s" names other rules than the same version did '
@@ -340,7 +343,20 @@ class ReloadingRuleset:
         self.close()
 
 
+#: The scheme of :func:`_deciding`'s digests: a checkpoint's digests of another scheme (an
+#: earlier fds's, which hashed a condition's text and the features in file order) are not
+#: compared with this one's.
+_SCHEME = "2:"
+
+
 def _deciding(rs: Ruleset) -> str:
-    """What of a ruleset decides, as a digest: its spec without the rules' inline tests."""
+    """What of a ruleset decides, as a digest: its spec without the rules' inline tests, a
+    condition as its syntax tree and the features by name (``a >  5`` or ``(a > 5)`` for
+    ``a > 5``, or the features in another order, were refused as other rules under the same
+    version, where the README promises that an edit of layout alone needs none)."""
     spec = rs.spec.model_dump(mode="json", exclude={"rules": {"__all__": {"tests"}}})
-    return hashlib.sha256(orjson.dumps(spec, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    for rule in spec["rules"]:
+        rule["when"] = ast.dump(ast.parse("(" + rule["when"] + "\n)", mode="eval"))
+    spec["features"] = sorted(spec["features"], key=lambda f: f["name"])
+    digest = hashlib.sha256(orjson.dumps(spec, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return _SCHEME + digest

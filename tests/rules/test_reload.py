@@ -339,6 +339,36 @@ def test_changed_rules_under_the_same_version_are_rejected(tmp_path: Path) -> No
     assert rs.check_now() == "ok" and rs.current.version == "v1"
 
 
+def test_an_edit_of_layout_alone_needs_no_new_version(tmp_path: Path) -> None:
+    """A QA pass: spaces or parentheses in a condition, or the features in another order,
+    under the same version were refused as "the rules changed but the version did not"."""
+    p = tmp_path / "r.yaml"
+    a = "  - {name: a, entity: card_id, agg: count, window: 1h}\n"
+    b = "  - {name: b, entity: card_id, agg: count, window: 2h}\n"
+    p.write_text(rules("v1", 100) + "features:\n" + a + b)
+    rs = ReloadingRuleset(p, start=False, settle_seconds=0)
+    for when in ("amount >  100", "(amount > 100)", "amount > 100\n      "):
+        write(p, rules("v1", 100).replace("amount > 100", when) + "features:\n" + b + a)
+        assert rs.check_now() == "ok", rs.last_error
+    write(p, rules("v1", 100).replace("amount > 100", "100 < amount") + "features:\n" + a + b)
+    assert rs.check_now() == "rejected"  # another condition, if an equivalent one
+
+
+def test_a_checkpoint_s_digests_of_an_earlier_scheme_are_not_compared(tmp_path, caplog):
+    """An earlier fds hashed a condition's text: its digests never equal this one's, so the
+    file as it was would be logged as other rules, and a rollback to a version refused."""
+    import logging
+
+    p = tmp_path / "r.yaml"
+    write(p, rules("v2", 200))
+    rs = ReloadingRuleset(p, start=False, settle_seconds=0)
+    with caplog.at_level(logging.ERROR, logger="fds.rules.reload"):
+        rs.remember_served({"v1": "0" * 64, "v2": "f" * 64})
+    assert "names other rules" not in caplog.text
+    write(p, rules("v1", 100))
+    assert rs.check_now() == "ok"
+
+
 def test_features_in_another_order_are_the_same_features(tmp_path: Path) -> None:
     """A reload that only reordered the declarations was rejected with "changed ()"."""
     p = tmp_path / "r.yaml"
