@@ -513,6 +513,12 @@ def run_precision(
         f"{ms.get('reject', 0)} challengers rejected, {ms.get('rollback', 0)} rollbacks), "
         f"{ms.get('trainer_labels_learned', 0):,} examples learned, "
         f"{ms.get('trainer_drifts', 0)} drift alarms"
+        + (  # (a traceback halfway: a QA pass)
+            f"; the model raised on {ms['trainer_learn_errors']:,} examples while learning: "
+            "not learned, its figures are of a model that learned the rest"
+            if ms.get("trainer_learn_errors")
+            else ""
+        )
     )
     if out_dir is not None:
         out = Path(out_dir)

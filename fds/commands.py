@@ -278,6 +278,13 @@ def _replay(args: argparse.Namespace) -> int:
             f"origin than 1970, {fix}",
             file=sys.stderr,
         )
+    if summary.learn_errors:  # (a traceback halfway through the replay: a QA pass)
+        print(
+            f"fds replay: warning: the model raised on {summary.learn_errors:,} example(s) "
+            f"while learning ({summary.learn_error}): they were not learned; its estimator "
+            "cannot learn this stream as it is: try another in the --model spec",
+            file=sys.stderr,
+        )
     never = _never_evaluated(engine, metrics, summary.decided)
     if never:  # (10 of 14 default rules never fired on a file without channel, mcc or device,
         shown = ", ".join(f"{rid} ({why})" for rid, why in never[:5])  # a QA pass; each with

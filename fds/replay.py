@@ -173,6 +173,9 @@ class ReplaySummary:
     # the ruleset versions that decided, in order (more than one: the file was reloaded)
     ruleset_versions: list[str] = field(default_factory=list)
     labels_learned: int | None = None  # of them, learned by the model (None: not counted)
+    # examples the model raised on while learning (not learned), and the last such error
+    learn_errors: int = 0
+    learn_error: str | None = None
     actions: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
     reordered: int = 0
@@ -241,6 +244,11 @@ class ReplaySummary:
             *(
                 [("  learned by the model", f"{self.labels_learned:,}")]
                 if self.labels_learned is not None
+                else []
+            ),
+            *(
+                [("  the model raised on (not learned)", f"{self.learn_errors:,}")]
+                if self.learn_errors
                 else []
             ),
             ("late events", f"{self.late:,}"),
@@ -517,6 +525,8 @@ def _run(
     truth = stream.truth
     alerted_frauds = total_frauds = learned = 0
     model_learned = _model_learned(engine)
+    trainer = getattr(engine.model, "trainer", None)
+    learn_errors = trainer.stats["learn_errors"] if trainer is not None else 0
     tally = _DeadTally(source)
     stream.on_dead = lambda: tally.drain(dead, dlq, metrics)
     t0 = time.perf_counter()
@@ -645,6 +655,9 @@ def _run(
     s.early_labels = schedule.early
     if model_learned is not None:  # (labels of no decided transaction are not learned)
         s.labels_learned = int((_model_learned(engine) or 0) - model_learned)
+    if trainer is not None:
+        s.learn_errors = trainer.stats["learn_errors"] - learn_errors
+        s.learn_error = trainer.last_learn_error
     s.demoted = sorted(engine.demoted)
     if truth:
         s.frauds, s.alerted_frauds = total_frauds, alerted_frauds

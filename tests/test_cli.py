@@ -843,3 +843,21 @@ def test_one_bad_label_of_many_is_not_every_label(history, tmp_path, capsys):
     labels.write_text("tx_id,ts,is_fraud\nt9,soon,1\n")
     assert bare_replay(str(history), "--labels", str(labels), "--out", str(tmp_path / "o")) == 0
     assert f"every label of {labels} was a dead letter" in capsys.readouterr().err
+
+
+def test_a_model_that_raises_while_learning_is_told_not_a_traceback(tmp_path, capsys):
+    """A QA pass: River's tree.SGTClassifier (a spec that passes its check) divides by zero
+    while learning this stream; the replay stopped halfway with a traceback."""
+    sim = tmp_path / "s.jsonl"
+    argv = ["simulate", "--days", "10", "--cards", "1000", "--merchants", "300", "--seed", "3"]
+    assert main([*argv, "--out", str(sim)]) == 0
+    spec = tmp_path / "sgt.yaml"
+    spec.write_text("name: sgt\npipeline:\n  - tree.SGTClassifier: {}\n")
+    out = tmp_path / "o.jsonl"
+    labels = str(sim).replace(".jsonl", ".labels.jsonl")
+    argv = ["replay", str(sim), "--labels", labels, "--model", str(spec), "--no-progress"]
+    assert main([*argv, "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "the model raised on" in captured.err and "ZeroDivisionError" in captured.err
+    assert "the model raised on (not learned)" in captured.out + captured.err  # the summary
+    assert sum(1 for _ in out.open()) == sum(1 for _ in sim.open())  # every one decided

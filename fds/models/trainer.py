@@ -35,6 +35,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from fds.errors import describe
 from fds.models.registry import Registry, make_entry
 from fds.models.spec import ModelSpec, build_pipeline
 from fds.models.vector import strip_rule_ids, to_vector
@@ -310,7 +311,9 @@ class Trainer:
             "late_frauds": 0,
             "drifts": 0,
             "published": 0,
+            "learn_errors": 0,
         }
+        self.last_learn_error: str | None = None
         self.on_drift: Any = None  # optional callback(now) for metrics/logs
         # optional callback(x, y) seeing each joined label before it is learned (contests)
         self.on_example: Any = None
@@ -376,16 +379,33 @@ class Trainer:
             self.store.expire(now - self._ttl)
 
     def _learn(self, x: dict[str, float], y: bool) -> None:
-        p = self.model.predict_proba_one(x).get(True, 0.0)
+        try:
+            p = self.model.predict_proba_one(x).get(True, 0.0)
+            self.model.learn_one(x, y)
+        except Exception as e:  # the estimator's own failure (River's SGTClassifier divides
+            self._learn_failed(e)  # by zero on some streams): the stream goes on, told
+            return
         self._adwin.update(float((p >= 0.5) != y))
         if self._adwin.drift_detected:
             self.stats["drifts"] += 1
             if self.on_drift is not None:
                 self.on_drift(self.now)
-        self.model.learn_one(x, y)
         self.stats["labels_learned"] += 1
         self.stats["frauds_learned" if y else "legit_learned"] += 1
         self._since_publish += 1
+
+    def _learn_failed(self, e: Exception) -> None:
+        """An example the model raised on is not learned: counted, logged the first time and
+        every 1,000th (it stopped a replay with a traceback halfway, a QA pass)."""
+        n = self.stats["learn_errors"] = self.stats["learn_errors"] + 1
+        self.last_learn_error = describe(e)
+        if n == 1 or n % 1000 == 0:
+            step = self.spec.steps[-1][0] if self.spec.steps else "?"
+            log.error(
+                'model spec="%s" estimator="%s" raised while learning, example not learned '
+                '(%d so far): %s',
+                self.spec.name, step, n, self.last_learn_error,
+            )  # fmt: skip
 
     # -- publishing ------------------------------------------------------------------------
     def due(self, now: float) -> bool:

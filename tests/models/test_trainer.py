@@ -273,3 +273,28 @@ def test_the_trainers_store_is_readable_by_its_owner_only(tmp_path) -> None:
     for f in tmp_path.glob("s.db*"):
         assert f.stat().st_mode & 0o077 == 0, (f, oct(f.stat().st_mode))
     s.close()
+
+
+class Raising(Recorder):
+    """An estimator that raises on some examples (River's SGTClassifier divides by zero on
+    some streams)."""
+
+    def learn_one(self, x: dict[str, float], y: bool) -> None:
+        if x["amount"] == 12.0:
+            raise ZeroDivisionError("float division by zero")
+        super().learn_one(x, y)
+
+
+def test_an_example_the_model_raises_on_is_not_learned_and_the_stream_goes_on(caplog) -> None:
+    """A QA pass: the estimator's exception stopped a replay halfway with a traceback."""
+    rec = Raising()
+    t = Trainer(_spec(legit_sample_rate=1.0), model=rec)
+    rec.trainer = t
+    for i in range(4):
+        t.on_decision(_tx(i, i * 60.0), {"features": {}})
+    with caplog.at_level("ERROR", logger="fds.models"):
+        for i in range(4):
+            t.on_label({"tx_id": f"t{i}", "ts": 400.0, "is_fraud": True})
+    assert (t.stats["learn_errors"], t.stats["labels_learned"], len(rec.learned)) == (1, 3, 3)
+    assert t.last_learn_error == "ZeroDivisionError: float division by zero"
+    assert 'estimator="linear_model.LogisticRegression" raised while learning' in caplog.text
