@@ -297,6 +297,7 @@ class ModelServer:
         self._reranks: dict[tuple[int, str | None], tuple[Any, Future[BudgetRank]]] = {}
         self._ranker: ThreadPoolExecutor | None = None
         self._give_up = threading.Event()  # set when closing cannot wait for the writes
+        self._foreign_seen: set[str] = set()  # versions of another spec, said once
         if self.trainer is not None:
             self.trainer.on_example = self._evaluate
             self.trainer.on_drift = lambda now: self._emit("drift", {"ts": now})
@@ -918,6 +919,8 @@ class ModelServer:
         m = reg.manifest()
         self._pointer = m.get("champion")
         for v in _champions(m):
+            if self._foreign(v, m["versions"][v]):
+                continue
             try:
                 model = serving(reg.load(v))
                 canary(model, self._canary_inputs())
@@ -989,6 +992,9 @@ class ModelServer:
                 target = latest["version"]
         if target is None or now < self._retry_at.get(target, 0.0):
             return None
+        if self._foreign(target, versions[target]):
+            self._retry_at[target] = math.inf  # never ours: not read again
+            return None
         try:
             model = serving(self.registry.load(target))
             # (paced as the other watcher work: sleep(0) after each input often took the GIL
@@ -1041,6 +1047,21 @@ class ModelServer:
             del self._prescored[v]
         got = self._prescored.get(version or "")
         return None if got is None else got[1]
+
+    def _foreign(self, version: str, entry: Mapping[str, Any]) -> bool:
+        """Was ``version`` made by another spec than this scorer's (another model, inputs or
+        legit sampling)? It is then not served, and said once (a scorer of spec `tree` served a
+        version of `nogate` without a word, with its own spec's inputs and sampling rate: a
+        QA pass). The registry is not told: the version is good for its own spec's scorers."""
+        other = self.spec.made_otherwise(entry.get("spec"), serving=True)
+        if other is not None and version not in self._foreign_seen:
+            self._foreign_seen.add(version)
+            log.error(
+                "model %s of %s not served: it was made by spec %s; serve it with the spec "
+                "its trainer ran (--model), or give this spec its own --registry",
+                version, self.registry.path if self.registry else "?", other,
+            )  # fmt: skip
+        return other is not None
 
     def _refuse(self, version: str, e: ArtifactError) -> None:
         """A version that failed to load or its canary: counted, reported, and tried again

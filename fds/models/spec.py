@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 import yaml
 
 from fds import yamlio
@@ -175,6 +176,31 @@ class ModelSpec:
             "gate": vars(self.gate),
             "inputs": vars(self.inputs),
         }
+
+    def made_otherwise(self, made: Any, *, serving: bool = False) -> str | None:
+        """How the spec ``made`` (a registry entry's ``spec``) that made a version differs from
+        this one in what a trainer goes on from (name, pipeline) or, ``serving``, also in what
+        a scorer serves the version with (its inputs, the legit sampling its scores undo):
+        e.g. ``"'nogate' with pipeline [...]"``; ``None`` when it does not, or does not say.
+        """
+        if not isinstance(made, dict) or not made:
+            return None
+        now = orjson.loads(orjson.dumps(self.to_dict()))  # as a manifest holds it (JSON)
+        keys: list[tuple[str, ...]] = [("name",), ("pipeline",)]
+        if serving:  # (an entry of an older release may not say: not compared)
+            keys += [("inputs",), ("learn", "legit_sample_rate")]
+        for key in keys:
+            theirs: Any = made
+            ours: Any = now
+            for k in key:
+                theirs = theirs.get(k) if isinstance(theirs, dict) else None
+                ours = ours[k]
+            if theirs is not None and theirs != ours:
+                return (
+                    f"{made.get('name')!r} with {'.'.join(key)} {theirs!r}, not "
+                    f"{now['name']!r} with {ours!r}"
+                )
+        return None
 
 
 def _line(node: yaml.Node | None) -> int | None:

@@ -239,14 +239,12 @@ class TrainService:
             return trainer
         latest = self.registry.latest()
         if latest is not None:  # it goes on learning from the newest version: the same model?
-            made = self.registry.entry(latest).get("spec") or {}
-            now = orjson.loads(orjson.dumps(self.spec.to_dict()))  # as the manifest holds it
-            if (made.get("name"), made.get("pipeline")) != (now["name"], now["pipeline"]):
+            other = self.spec.made_otherwise(self.registry.entry(latest).get("spec"))
+            if other is not None:
                 raise ConfigError(
-                    f"the registry's newest version {latest} was made by spec "
-                    f"{made.get('name')!r} with pipeline {made.get('pipeline')}, not by "
-                    f"{now['name']!r} with {now['pipeline']}: a trainer goes on from it, so a "
-                    "new pipeline needs its own --registry (and state dir)",
+                    f"the registry's newest version {latest} was made by spec {other}: a "
+                    "trainer goes on from it, so a new pipeline needs its own --registry (and "
+                    "state dir)",
                     where=str(self.registry.path),
                 )
         model = self.registry.load(latest) if latest else None

@@ -82,7 +82,7 @@ def _pub(model: Any, seq: int, frauds: int) -> Publication:
         version=f"v{seq:06d}",
         seq=seq,
         key=None,
-        spec={"name": "t"},
+        spec={"name": "default"},
         evaluation={"frauds_learned": frauds},
     )
     return Publication(e["version"], data, e)

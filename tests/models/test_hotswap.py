@@ -83,18 +83,18 @@ def test_corrupt_and_failing_artifacts_are_rejected_current_stays(tmp_path: Path
     eng = Engine(model=srv)
     for i in range(100):
         eng.decide({"tx_id": f"w{i}", "ts": float(i), "card_id": "c", "amount": 1.0 + i})
-    reg.publish(FeatureModel("amount"), spec={"name": "t"})
+    reg.publish(FeatureModel("amount"), spec={"name": "default"})
     assert srv.poll() == "v000001"
     eng.decide({"tx_id": "a", "ts": 200.0, "card_id": "c", "amount": 0.5})
     assert srv.version == "v000001"
     # v2: a flipped byte; v3: unpickles but fails the canary (NaN scores)
-    reg.publish(FeatureModel("amount"), spec={"name": "t"})
+    reg.publish(FeatureModel("amount"), spec={"name": "default"})
     p = tmp_path / "v000002.pkl"
     data = bytearray(p.read_bytes())
     data[-2] ^= 0xFF
     p.write_bytes(bytes(data))
     assert srv.poll() is None
-    reg.publish(NaNModel("amount"), spec={"name": "t"})
+    reg.publish(NaNModel("amount"), spec={"name": "default"})
     assert srv.poll() is None
     assert srv.stats["swaps_rejected"] == 2
     assert {reg.entry(v)["status"] for v in ("v000002", "v000003")} == {"rejected"}
@@ -115,7 +115,7 @@ def test_watch_thread_swaps_under_load(tmp_path: Path) -> None:
     def publisher() -> None:
         for k in range(6):
             model = NaNModel("amount") if k == 3 else FeatureModel("amount")
-            reg.publish(model, spec={"name": "t"})
+            reg.publish(model, spec={"name": "default"})
             # wait until the server has dealt with it (swapped or rejected)
             while srv.stats["swaps"] + srv.stats["swaps_rejected"] < k + 1:
                 if stop.wait(0.001):
@@ -158,14 +158,14 @@ def test_a_nan_score_falls_back_to_the_rules_and_is_never_a_decline(tmp_path: Pa
 
 def test_a_restarted_scorer_keeps_the_contest_and_orders_versions_by_seq(tmp_path: Path) -> None:
     reg = Registry(tmp_path)
-    v1 = reg.publish(FeatureModel("amount"), spec={"name": "t"}, labels_learned=50_000)
+    v1 = reg.publish(FeatureModel("amount"), spec={"name": "default"}, labels_learned=50_000)
     reg.promote(v1["version"])
     m = Metrics()
     srv = ModelServer(load_spec("default"), registry=reg, learn=False, metrics=m)  # contests
     assert srv.load_champion() == v1["version"]
     # the champion served from the start is exported (it was only after the first swap)
     assert m.registry.get_sample_value("fds_model_info", {"version": "v000001", "spec": "default"})
-    reg.publish(FeatureModel("amount"), spec={"name": "t"}, labels_learned=10)
+    reg.publish(FeatureModel("amount"), spec={"name": "default"}, labels_learned=10)
     srv.poll()
     srv.install_pending()
     # a proven champion: the new version goes to shadow, not straight in as a warm-up model
@@ -178,7 +178,7 @@ def test_a_version_this_scorer_cannot_load_is_not_rejected_for_everyone(tmp_path
     published for other scorers and is tried again later; a rejected challenger is not
     offered again."""
     reg = Registry(tmp_path, key=b"the trainer's key")
-    reg.publish(FeatureModel("amount"), spec={"name": "t"})
+    reg.publish(FeatureModel("amount"), spec={"name": "default"})
     other = Registry(tmp_path, key=b"a wrong key")  # a misconfigured scorer
     srv = ModelServer(load_spec("default"), registry=other, learn=False, auto_promote=False)
     assert srv.poll() is None and srv.stats["swaps_rejected"] == 1
@@ -188,7 +188,7 @@ def test_a_version_this_scorer_cannot_load_is_not_rejected_for_everyone(tmp_path
     assert good.poll() == "v000001"
     good.install_pending()
     # a challenger that lost its contest is not offered again on the next poll
-    reg.publish(FeatureModel("amount"), spec={"name": "t"})
+    reg.publish(FeatureModel("amount"), spec={"name": "default"})
     good.auto_promote = True
     good._champion_labels = 10**6  # a proven champion: the next version goes to shadow
     assert good.poll() == "v000002"
@@ -205,7 +205,7 @@ def test_without_labels_versions_are_served_as_published_and_the_gate_counts_fra
     window never fills; the trainer's count of frauds learned opens the gate."""
     spec = load_spec("default")  # gate: min_frauds 100, window 100
     reg = Registry(tmp_path)
-    v1 = reg.publish(FeatureModel("amount"), spec={"name": "t"}, labels_learned=5000,
+    v1 = reg.publish(FeatureModel("amount"), spec={"name": "default"}, labels_learned=5000,
                      evaluation={"frauds_learned": 60})  # fmt: skip
     reg.promote(v1["version"])
     metrics = Metrics()  # (opening the gate on the count crashed fds run when it exported it)
@@ -213,7 +213,7 @@ def test_without_labels_versions_are_served_as_published_and_the_gate_counts_fra
     srv.load_champion()
     srv.without_labels()
     assert not srv.acting  # 60 < 100 frauds learned
-    reg.publish(FeatureModel("amount"), spec={"name": "t"}, labels_learned=6000,
+    reg.publish(FeatureModel("amount"), spec={"name": "default"}, labels_learned=6000,
                 evaluation={"frauds_learned": 130})  # fmt: skip
     assert srv.poll() == "v000002"
     srv.install_pending()
@@ -231,20 +231,20 @@ def test_a_champion_this_scorer_cannot_load_does_not_hold_newer_versions_back(
 ) -> None:
     reg = Registry(tmp_path)
     srv = ModelServer(load_spec("default"), registry=reg, learn=False, auto_promote=False)
-    reg.publish(FeatureModel("amount"), spec={"name": "t"})
+    reg.publish(FeatureModel("amount"), spec={"name": "default"})
     assert srv.poll() == "v000001"
     srv.install_pending()
-    reg.publish(FeatureModel("amount"), spec={"name": "t"})
+    reg.publish(FeatureModel("amount"), spec={"name": "default"})
     reg.promote("v000002")  # promoted by hand, but its file is gone on this machine
     (tmp_path / "v000002.pkl").unlink()
     assert srv.poll() is None and srv._retry_pending()
-    reg.publish(FeatureModel("amount"), spec={"name": "t"})
+    reg.publish(FeatureModel("amount"), spec={"name": "default"})
     assert srv.poll() == "v000003"  # the newest still comes through
     srv.install_pending()
-    reg.publish(FeatureModel("amount"), spec={"name": "t"})
+    reg.publish(FeatureModel("amount"), spec={"name": "default"})
     (tmp_path / "v000004.pkl").unlink()
     assert srv.poll() is None and srv._retry_pending()
-    reg.publish(FeatureModel("amount"), spec={"name": "t"})
+    reg.publish(FeatureModel("amount"), spec={"name": "default"})
     assert srv.poll() == "v000005"
     srv.install_pending()
     reg.promote("v000005")
@@ -285,7 +285,7 @@ def test_a_corrupt_champion_at_startup_falls_back_to_the_previous_one(
     it can be loaded."""
     reg = Registry(tmp_path)
     for _ in range(3):
-        reg.promote(reg.publish(FeatureModel("amount"), spec={"name": "t"})["version"])
+        reg.promote(reg.publish(FeatureModel("amount"), spec={"name": "default"})["version"])
     reg.reject("v000002", "bad")  # never returned to
     good = (tmp_path / "v000003.pkl").read_bytes()
     (tmp_path / "v000003.pkl").write_bytes(good[:-2] + b"xx")
@@ -328,7 +328,7 @@ def test_registry_problems_are_logged_once_each(tmp_path: Path, caplog) -> None:
     import time
 
     reg = Registry(tmp_path)
-    reg.promote(reg.publish(FeatureModel("amount"), spec={"name": "t"})["version"])
+    reg.promote(reg.publish(FeatureModel("amount"), spec={"name": "default"})["version"])
     srv = ModelServer(load_spec("default"), registry=reg, learn=False)
     srv.load_champion()
     manifest = tmp_path / "manifest.json"
@@ -352,3 +352,23 @@ def test_registry_problems_are_logged_once_each(tmp_path: Path, caplog) -> None:
     assert sum("manifest is not valid JSON" in m for m in said) == 1, said
     assert sum("manifest.json is gone; still serving v000001" in m for m in said) == 1, said
     assert srv.version == "v000001"
+
+
+def test_a_version_made_by_another_spec_is_not_served(tmp_path: Path, caplog) -> None:
+    """A QA pass: a scorer of spec `tree` served the versions a trainer of spec `nogate`
+    published to the registry it shared, without a word, feeding them its own spec's inputs
+    and undoing its own spec's legit sampling."""
+    reg = Registry(tmp_path)
+    reg.publish(FeatureModel("amount"), spec={"name": "nogate"})
+    reg.publish(FeatureModel("amount"), spec={"name": "default", "learn": {
+        "legit_sample_rate": 1.0}})  # fmt: skip
+    srv = ModelServer(load_spec("default"), registry=reg, learn=False, auto_promote=False)
+    with caplog.at_level("ERROR", logger="fds.models"):
+        assert srv.load_champion() is None  # at start: neither is this spec's
+        assert srv.poll() is None and srv.poll() is None
+    assert "model v000002 of" in caplog.text and "not served: it was made by spec" in caplog.text
+    assert "learn.legit_sample_rate 1.0, not 'default' with 0.05" in caplog.text
+    assert caplog.text.count("model v000002 of") == 1  # said once
+    assert reg.entry("v000002")["status"] != "rejected"  # good for its own spec's scorers
+    ours = reg.publish(FeatureModel("amount"), spec={"name": "default"})["version"]
+    assert srv.poll() == ours

@@ -266,10 +266,10 @@ def test_other_models_are_skipped(tmp_path: Path) -> None:
 
 
 def test_an_imported_version_is_served_by_the_watching_scorer(tmp_path: Path) -> None:
-    a = _publish(Registry(tmp_path / "trainer"), FeatureModel("amount"))
+    a = _publish(Registry(tmp_path / "trainer"), FeatureModel("amount"), name="default")
     scorer = build_model_stage("default", registry=tmp_path / "scorer", watch=True)
     scorer.stop_watch()  # polled by hand below: one step at a time
-    feed = ModelFeed(KafkaSettings(), scorer.registry, name="m")
+    feed = ModelFeed(KafkaSettings(), scorer.registry, name="default")  # the scorer's spec
     assert scorer.poll() is None
     feed.handle(_value(a))
     assert scorer.poll() == a["version"]
