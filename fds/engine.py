@@ -204,8 +204,9 @@ class Engine:
             if MODEL in self.demoted:
                 if model_version is not None and model_version != self._demoted_as.get(MODEL):
                     self.restore(MODEL, why=f"model {model_version} serves now")
-                else:
+                elif acting_score is not None:  # (no trace in the decision: a QA pass)
                     acting_score = None
+                    flags.append("model_demoted")
             if self.policy is not None:
                 if acting_score is not None and self._stacked:
                     action, score = self.policy.decide(hits, acting_score, ts, stacked=True)

@@ -278,9 +278,13 @@ def test_a_demoted_model_is_back_in_force_when_another_version_serves():
     for i in range(200):
         engine.decide({**tx(i), "card_id": f"c{i}"})
     assert engine.demoted == {MODEL}
-    assert engine.decide(tx(200))["action"] == "approve"  # v1 still serves: in shadow
+    shadowed = engine.decide(tx(200))
+    assert shadowed["action"] == "approve"  # v1 still serves: in shadow
+    assert "model_demoted" in shadowed["flags"]  # (no trace in the decision: a QA pass)
     model.version, model.p = "v2", 0.95
-    assert engine.decide(tx(201))["action"] == "decline" and engine.demoted == set()
+    restored = engine.decide(tx(201))
+    assert restored["action"] == "decline" and engine.demoted == set()
+    assert "model_demoted" not in restored["flags"]
 
 
 @pytest.mark.parametrize("reloading", [False, True])
