@@ -20,11 +20,14 @@ duplicate key 'a': remove one of them
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import yaml
 
-__all__ = ["fields_at", "load"]
+from fds.errors import ConfigError
+
+__all__ = ["decode", "fields_at", "load", "read_text"]
 
 _MERGE = "tag:yaml.org,2002:merge"
 
@@ -56,6 +59,36 @@ class _Strict(yaml.SafeLoader):
                     )  # fmt: skip
                 seen.add(key)
         super().flatten_mapping(node)
+
+
+def read_text(path: Path, what: str) -> str:
+    """The text of the project's file ``path`` (a rules file, mapping, model spec, settings);
+    what cannot be read (a folder, no permission) and bytes that are not UTF-8 are a
+    :class:`ConfigError` at their place (a folder or a Latin-1 spec was a traceback)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read {what}: {e.strerror or e}", where=str(path)) from None
+    return decode(data, str(path))
+
+
+def decode(data: bytes, filename: str) -> str:
+    """A file's bytes as text; bytes that are not UTF-8 are an error at their line.
+
+    >>> decode(b"version: '1'\\nrules: [caf\\xe9]\\n", "r.yaml")
+    Traceback (most recent call last):
+    fds.errors.ConfigError: r.yaml:2:12: byte 0xe9 is not UTF-8: save the file as UTF-8
+    """
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        bad = data[e.start]
+        raise ConfigError(
+            f"byte 0x{bad:02x} is not UTF-8: save the file as UTF-8",
+            where=f"{filename}:{line}:{col}",
+        ) from None
 
 
 def load(text: str) -> Any:

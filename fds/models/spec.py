@@ -247,7 +247,7 @@ def resolve_spec_path(name_or_path: str | Path) -> Path:
 def load_spec(name_or_path: str | Path) -> ModelSpec:
     """Load and validate a spec by shipped name (``default``, ``tree``, ``forest``) or path."""
     path = resolve_spec_path(name_or_path)
-    return parse_spec(path.read_text(encoding="utf-8"), source=str(path))
+    return parse_spec(yamlio.read_text(path, "model spec"), source=str(path))
 
 
 def _estimator_class(dotted: str, where: str) -> type:

@@ -34,9 +34,10 @@ from typing import Any
 
 import orjson
 
+from fds import yamlio
 from fds.errors import ConfigError, describe
 from fds.policy import Policy
-from fds.rules.ruleset import Ruleset, check_tests, decode_rules, load_ruleset_text
+from fds.rules.ruleset import Ruleset, check_tests, load_ruleset_text
 
 __all__ = ["ReloadingRuleset"]
 
@@ -179,7 +180,7 @@ class ReloadingRuleset:
                 f"cannot read the rules file: {e.strerror}; check the path (--rules)",
                 where=str(self.path),
             ) from None
-        return decode_rules(data, str(self.path)), _key(st), hashlib.sha256(data).digest()
+        return yamlio.decode(data, str(self.path)), _key(st), hashlib.sha256(data).digest()
 
     def check_now(self) -> str:
         """Look at the file once; reload if it changed. Returns ok | rejected | unchanged."""

@@ -71,7 +71,6 @@ __all__ = [
     "RulesFile",
     "Ruleset",
     "TestResult",
-    "decode_rules",
     "export_schema",
     "load_ruleset",
     "load_ruleset_text",
@@ -847,27 +846,4 @@ def load_ruleset(path: str | Path, *, run_tests: bool = False) -> Ruleset:
     Raises :class:`fds.errors.ConfigError` naming ``file:line:column`` and the fix.
     """
     p = Path(path)
-    try:
-        data = p.read_bytes()
-    except OSError as e:
-        raise ConfigError(f"cannot read rules file: {e.strerror}", where=str(p)) from None
-    return load_ruleset_text(decode_rules(data, str(p)), str(p), run_tests=run_tests)
-
-
-def decode_rules(data: bytes, filename: str) -> str:
-    """A rules file's bytes as text; bytes that are not UTF-8 are an error at their line.
-
-    >>> decode_rules(b"version: '1'\\nrules: [caf\\xe9]\\n", "r.yaml")
-    Traceback (most recent call last):
-    fds.errors.ConfigError: r.yaml:2:12: byte 0xe9 is not UTF-8: save the file as UTF-8
-    """
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
-        bad = data[e.start]
-        raise ConfigError(
-            f"byte 0x{bad:02x} is not UTF-8: save the file as UTF-8",
-            where=f"{filename}:{line}:{col}",
-        ) from None
+    return load_ruleset_text(yamlio.read_text(p, "rules file"), str(p), run_tests=run_tests)

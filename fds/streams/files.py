@@ -335,10 +335,9 @@ def load_mapping(path: str | os.PathLike[str]) -> ColumnMapping:
 def read_yaml(p: Path) -> Any:
     """The YAML document of file ``p``; a syntax error or a key written twice names its line
     and column."""
+    text = yamlio.read_text(p, "the file")
     try:
-        return yamlio.load(p.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ConfigError(f"cannot read: {e.strerror or e}", where=str(p)) from None
+        return yamlio.load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark else str(p)

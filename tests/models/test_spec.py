@@ -118,6 +118,16 @@ def test_unknown_spec_name_lists_shipped() -> None:
         load_spec("nope")
 
 
+def test_a_folder_or_a_file_not_utf8_is_an_error_not_a_traceback(tmp_path) -> None:
+    """A QA pass: IsADirectoryError and UnicodeDecodeError tracebacks."""
+    with pytest.raises(ConfigError, match="cannot read model spec: Is a directory"):
+        load_spec(tmp_path)
+    latin1 = tmp_path / "s.yaml"
+    latin1.write_bytes(b"name: caf\xe9\npipeline:\n  - linear_model.LogisticRegression: {}\n")
+    with pytest.raises(ConfigError, match=r"s\.yaml:1:10: byte 0xe9 is not UTF-8"):
+        load_spec(latin1)
+
+
 def test_nested_estimator_is_built() -> None:
     spec = parse_spec(
         "name: x\npipeline:\n  - linear_model.LogisticRegression:\n"
