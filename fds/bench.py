@@ -891,7 +891,10 @@ def register(subparsers: Any) -> None:
         "the drift day when it comes earlier)",
     )
     pp.add_argument(
-        "--k", type=_alert_budget, help="daily alert budget (default: the rules' policy)"
+        "--k",
+        type=_alert_budget,
+        help=f"daily alert budget (default: {SIM_K_PER_20K_CARDS} per 20,000 cards on the "
+        "simulator; with --input the rules' alert_budget_per_day, else 100)",
     )
     pp.add_argument("--spec", default="default", help="model spec name or YAML path")
     pp.add_argument("--rules", help="rules file (default rules/default.yaml)")
