@@ -952,6 +952,8 @@ def _cmd_precision(args: argparse.Namespace) -> int:
     warmup = args.warmup_days  # (the middle of --days 20 fell inside a 14-day warm-up: a QA)
     if warmup is None:
         warmup = warmup_before(drift)
+        if not args.input:  # (14 days of it refused --days 12, naming --warmup-days: a QA pass)
+            warmup = min(warmup, max(1, (args.days or 60) // 2))
     try:
         if args.input:
             from fds.streams.files import check_transaction_columns, load_mapping

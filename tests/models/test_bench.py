@@ -432,6 +432,10 @@ def test_the_drift_day_defaults_to_the_middle_of_a_short_stream(monkeypatch) -> 
     assert args.func(args) == 0 and got["warmup_days"] == 5
     args = _cli(["--days", "20", "--drift-day", "none"])
     assert args.func(args) == 0 and got["drift_day"] is None
+    # (the default's 14 days refused --days 12 --drift-day 0, naming --warmup-days: a QA pass)
+    for drift_flag in ("0", "-1", "40"):
+        args = _cli(["--days", "12", "--drift-day", drift_flag])
+        assert args.func(args) == 0 and got["warmup_days"] == 6
 
 
 def test_records_and_labels_left_out_of_a_file_are_noted(tmp_path: Path) -> None:
