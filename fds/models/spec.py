@@ -252,13 +252,22 @@ def load_spec(name_or_path: str | Path) -> ModelSpec:
 
 def _estimator_class(dotted: str, where: str) -> type:
     mod, _, cls = dotted.rpartition(".")
-    if mod not in ALLOWED_MODULES or not cls:
+    top = mod.split(".")[0]
+    # (a submodule of an allowed one too: optim.losses.Log, optim.schedulers.Constant)
+    if top not in ALLOWED_MODULES or not cls or any(p.startswith("_") for p in mod.split(".")):
+        close = difflib.get_close_matches(top, sorted(ALLOWED_MODULES), n=1)
+        hint = f"did you mean {close[0]}? " if close and close[0] != top else ""
         raise ConfigError(
-            f"unknown estimator {dotted!r}: write module.Class with module one of "
+            f"unknown estimator {dotted!r}: {hint}write module.Class with module one of "
             f"{', '.join(sorted(ALLOWED_MODULES))} (e.g. linear_model.LogisticRegression)",
             where=where,
         )
-    module = importlib.import_module(f"river.{mod}")
+    try:
+        module = importlib.import_module(f"river.{mod}")
+    except ImportError:
+        raise ConfigError(
+            f"unknown estimator {dotted!r}: river has no module {mod}", where=where
+        ) from None
     obj = getattr(module, cls, None)
     if not inspect.isclass(obj) or cls.startswith("_"):
         names = [n for n in getattr(module, "__all__", []) if inspect.isclass(getattr(module, n))]
@@ -272,13 +281,23 @@ def _estimator_class(dotted: str, where: str) -> type:
 
 
 def _is_estimator_ref(value: Any) -> bool:
-    return (
-        isinstance(value, dict)
-        and len(value) == 1
-        and isinstance(next(iter(value)), str)
-        and "." in next(iter(value))
-        and next(iter(value)).split(".")[0] in ALLOWED_MODULES
-    )
+    """``{module.Class: {params}}``: a nested estimator (one of another module too, refused
+    by :func:`_estimator_class` with a hint: `optm.AdaGrad` reached River as a dict)."""
+    if not (isinstance(value, dict) and len(value) == 1):
+        return False
+    key = next(iter(value))
+    return isinstance(key, str) and "." in key and key.rpartition(".")[2][:1].isupper()
+
+
+def _nested(value: Any) -> list[tuple[str, Any, int | None]]:
+    """The nested estimators in a parameter's ``value``: itself, or the items of a list
+    (``ensemble.VotingClassifier: {models: [...]}``), each as (name, params, index)."""
+    if _is_estimator_ref(value):
+        ((name, params),) = value.items()
+        return [(name, params, None)]
+    if isinstance(value, list):
+        return [(*next(iter(v.items())), i) for i, v in enumerate(value) if _is_estimator_ref(v)]
+    return []
 
 
 def _check_step(dotted: str, params: Any, source: str, node: yaml.Node | None) -> None:
@@ -301,9 +320,12 @@ def _check_step(dotted: str, params: Any, source: str, node: yaml.Node | None) -
                 f"{dotted} has no parameter {key!r}; it accepts: {', '.join(sorted(accepted))}",
                 where=_where(source, _key_node(pnode, key) or node),
             )
-        if _is_estimator_ref(value):
-            ((inner, inner_params),) = value.items()
-            _check_step(inner, inner_params, source, _child(pnode, key) or node)
+        vnode = _child(pnode, key) or node
+        for inner, inner_params, i in _nested(value):
+            item = (
+                vnode.value[i] if i is not None and isinstance(vnode, yaml.SequenceNode) else vnode
+            )
+            _check_step(inner, inner_params, source, item)
 
 
 def _instantiate(dotted: str, params: dict[str, Any] | None) -> Any:
@@ -313,6 +335,8 @@ def _instantiate(dotted: str, params: dict[str, Any] | None) -> Any:
         if _is_estimator_ref(v):
             ((inner, inner_params),) = v.items()
             v = _instantiate(inner, inner_params)
+        elif isinstance(v, list) and any(_is_estimator_ref(x) for x in v):
+            v = [_instantiate(*next(iter(x.items()))) if _is_estimator_ref(x) else x for x in v]
         kwargs[k] = v
     return cls(**kwargs)
 

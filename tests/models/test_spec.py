@@ -83,6 +83,29 @@ def test_shipped_specs_build(name: str) -> None:
             ":4",
             "duplicate key 'every_labels'",
         ),
+        # nested estimators (a QA pass): a module typo reached River as a dict, at the step's
+        # line; an item of a list of estimators was not built
+        (
+            "name: x\npipeline:\n  - linear_model.LogisticRegression:\n"
+            "      optimizer: {optm.AdaGrad: {lr: 0.2}}\n",
+            ":4",
+            "unknown estimator 'optm.AdaGrad': did you mean optim?",
+        ),
+        (
+            "name: x\npipeline:\n  - ensemble.BaggingClassifier:\n"
+            "      model: {tree.HoeffdingTreeClassifier: {}}\n"
+            "  - linear_model.LogisticRegression:\n      optimizer:\n"
+            "        optim.SGD: {lr: {optim.schedulers.Nope: {}}}\n",
+            ":7",
+            "unknown estimator 'optim.schedulers.Nope'",
+        ),
+        (
+            "name: x\npipeline:\n  - ensemble.VotingClassifier:\n      models:\n"
+            "        - linear_model.LogisticRegression: {}\n"
+            "        - naive_bayes.GaussianNB: {bogus: 1}\n",
+            ":6",
+            "GaussianNB has no parameter 'bogus'",
+        ),
     ],
 )
 def test_spec_errors_name_file_and_line(text: str, where: str, needle: str) -> None:
@@ -126,6 +149,29 @@ def test_a_folder_or_a_file_not_utf8_is_an_error_not_a_traceback(tmp_path) -> No
     latin1.write_bytes(b"name: caf\xe9\npipeline:\n  - linear_model.LogisticRegression: {}\n")
     with pytest.raises(ConfigError, match=r"s\.yaml:1:10: byte 0xe9 is not UTF-8"):
         load_spec(latin1)
+
+
+def test_estimators_of_submodules_and_in_lists_are_built() -> None:
+    """A QA pass: `optim.losses.Log` and `optim.schedulers.*` were refused although `optim`
+    is allowed; the items of a list of estimators reached River as dicts."""
+    spec = parse_spec(
+        "name: x\npipeline:\n  - linear_model.LogisticRegression:\n"
+        "      loss: {optim.losses.Log: {}}\n"
+        "      optimizer: {optim.SGD: {lr: {optim.schedulers.InverseScaling: "
+        "{learning_rate: 0.1}}}}\n"
+    )
+    model = build_pipeline(spec)
+    step = model[list(model.steps)[-1]]
+    assert type(step.loss).__name__ == "Log"
+    assert type(step.optimizer.lr).__name__ == "InverseScaling"
+    spec = parse_spec(
+        "name: x\npipeline:\n  - ensemble.StackingClassifier:\n      models:\n"
+        "        - linear_model.LogisticRegression: {}\n        - naive_bayes.GaussianNB: {}\n"
+        "      meta_classifier: {linear_model.LogisticRegression: {}}\n",
+    )
+    stack = build_pipeline(spec)
+    stack = stack[list(stack.steps)[-1]]
+    assert [type(m).__name__ for m in stack] == ["LogisticRegression", "GaussianNB"]
 
 
 def test_nested_estimator_is_built() -> None:
