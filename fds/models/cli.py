@@ -113,6 +113,7 @@ def _promote(args: argparse.Namespace) -> int:
 def _rollback(args: argparse.Namespace) -> int:
     try:
         reg = _registry(args)
+        reg.manifest()  # (one not written by fds: exit 2, as in list, show and promote)
     except ConfigError as e:
         return _fail(args, e, 2)
     try:

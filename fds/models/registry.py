@@ -69,6 +69,23 @@ SIGNED_FIELDS = (
     "version", "seq", "spec", "parent", "created_at", "event_time", "labels_learned",
     "evaluation", "sha256", "size",
 )  # fmt: skip
+#: What every manifest entry holds, and of which type (``fds models`` formats them).
+_ENTRY_TYPES: dict[str, Any] = {
+    "version": str, "seq": int, "status": str, "spec": dict, "created_at": str,
+    "labels_learned": int,
+}  # fmt: skip
+
+
+def _is(value: Any, kind: Any) -> bool:
+    """``isinstance`` where ``None`` stands for null and a bool is no int."""
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if value is None:
+        return None in kinds
+    return isinstance(value, tuple(k for k in kinds if k is not None)) and not (
+        isinstance(value, bool) and bool not in kinds
+    )
+
+
 # A version id is also a file name: only ids the registry itself makes are accepted from outside.
 _VERSION_ID = re.compile(r"v[0-9]{6,}")
 
@@ -244,17 +261,30 @@ class Registry:
                 where=str(self._manifest_path),
             )
         for version, entry in m["versions"].items():  # (a traceback in `fds models`: a review)
-            if not (
-                isinstance(entry, dict)
-                and isinstance(entry.get("seq"), int)
-                and isinstance(entry.get("status"), str)
-                and isinstance(entry.get("spec"), dict)
-            ):
+            bad = [
+                k for k, kind in _ENTRY_TYPES.items()
+                if not isinstance(entry, dict) or not _is(entry.get(k), kind)
+            ]  # fmt: skip
+            if bad or entry["version"] != version:
                 raise ConfigError(
-                    f"registry manifest entry {version!r} lacks a seq, status or spec: it was "
-                    "not written by fds",
+                    f"registry manifest entry {version!r} lacks a valid "
+                    f"{', '.join(bad) or 'version'}: it was not written by fds (or edited)",
                     where=str(self._manifest_path),
                 )
+        history = m.get("history", [])
+        if not isinstance(history, list) or not all(
+            isinstance(h, dict) and _is(h.get("to"), str) and _is(h.get("from", 0), (str, None))
+            for h in history
+        ):  # (a hand-edited one: KeyError tracebacks in list and rollback, a QA pass)
+            raise ConfigError(
+                "registry manifest history items need 'from' and 'to': it was not written by "
+                "fds (or edited)",
+                where=str(self._manifest_path),
+            )
+        if not _is(m.get("champion"), (str, None)):
+            raise ConfigError(
+                "registry manifest champion is not a version", where=str(self._manifest_path)
+            )
         return m
 
     def versions(self) -> list[dict[str, Any]]:
@@ -489,7 +519,8 @@ class Registry:
                 if status != "champion":
                     m["versions"][old]["rejected_because"] = reason
             m["versions"][version]["status"] = "champion"
-            m["champion"] = version
+            m["versions"][version].pop("rejected_because", None)  # (promoted with --force: it
+            m["champion"] = version  # kept the reason it was rejected, a QA pass)
             m.setdefault("history", []).append(
                 {"at": format_ts(time.time()), "from": old, "to": version, "why": reason}
             )

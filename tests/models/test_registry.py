@@ -244,7 +244,27 @@ def test_the_models_commands_create_no_registry_and_refuse_a_foreign_manifest(tm
         (tmp_path / "r" / "manifest.json").write_text(f'{{"versions": {{"v000001": {entry}}}}}')
         for command in (["list"], ["show", "v000001"], ["promote", "v000001"]):
             assert main(["models", "--registry", str(tmp_path / "r"), *command]) == 2
-            assert "entry 'v000001' lacks a seq, status or spec" in capsys.readouterr().err
+            assert "entry 'v000001' lacks a valid " in capsys.readouterr().err
+    # hand-edited fields fds formats or follows (tracebacks: TypeError, KeyError; a QA pass)
+    reg = Registry(tmp_path / "e")
+    reg.publish({"x": 1}, spec={"name": "t"})
+    reg.publish({"x": 2}, spec={"name": "t"})
+    reg.promote("v000001")
+    reg.promote("v000002")
+    good = json.loads((tmp_path / "e" / "manifest.json").read_text())
+    edits = [
+        (lambda m: m["versions"]["v000001"].update(labels_learned=None), "labels_learned"),
+        (lambda m: m["versions"]["v000001"].pop("created_at"), "created_at"),
+        (lambda m: m["versions"]["v000001"].pop("version"), "version"),
+        (lambda m: m["history"][-1].pop("from"), "history items need 'from' and 'to'"),
+    ]
+    for edit, says in edits:
+        m = json.loads(json.dumps(good))
+        edit(m)
+        (tmp_path / "e" / "manifest.json").write_text(json.dumps(m))
+        for command in (["list"], ["promote", "v000001"], ["rollback"]):
+            assert main(["models", "--registry", str(tmp_path / "e"), *command]) == 2, command
+            assert says in capsys.readouterr().err
 
 
 def test_the_champion_is_never_marked_rejected(tmp_path):
@@ -265,6 +285,7 @@ def test_promoting_a_rejected_version_needs_force(tmp_path, capsys):
     args = ["models", "--registry", str(tmp_path), "promote", "v000001"]
     assert main(args) == 2 and "lost its shadow contest" in capsys.readouterr().err
     assert main([*args, "--force"]) == 0 and reg.champion() == "v000001"
+    assert "rejected_because" not in reg.entry("v000001")  # (it stayed: a QA pass)
 
 
 def test_the_registry_may_follow_the_command(tmp_path, capsys):
