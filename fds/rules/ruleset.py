@@ -119,6 +119,7 @@ class FeatureSpec(_Strict):
     @field_validator("window", mode="before")
     @classmethod
     def _window(cls, v: Any) -> Any:
+        written = v  # (`.inf` was told as 'infs', a QA pass)
         if isinstance(v, int | float) and not isinstance(v, bool):
             v = f"{v}s"
         if isinstance(v, str) and v != "calendar_day":
@@ -127,7 +128,8 @@ class FeatureSpec(_Strict):
                     raise ValueError("window must be longer than 0")
             except ConfigError:
                 raise ValueError(
-                    f"bad window {v!r}: write a duration (90s, 10m, 1h, 7d) or calendar_day"
+                    f"bad window {written!r}: write a duration (90s, 10m, 1h, 7d) or "
+                    "calendar_day"
                 ) from None
         return v
 

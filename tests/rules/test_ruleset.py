@@ -164,6 +164,7 @@ def test_nan_in_extra_is_missing() -> None:
         (('when: "amount > 3', 'when: "amount >> 3'), "r.yaml:10:12", "RShift"),
         (("agg: count", "agg: cnt"), "r.yaml:4:39", "Input should be 'count'"),
         (("window: 1h", "window: 1 hour"), "r.yaml:4:54", "bad window"),
+        (("window: 1h", "window: .inf"), "r.yaml:4:54", "bad window inf:"),  # (not 'infs')
         (("agg: seen, field: country", "agg: seen"), "r.yaml:6:5", "needs `field`"),
         (
             ("entity: card_id, agg: count", "entity: colour, agg: count"),
