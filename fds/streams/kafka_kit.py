@@ -381,9 +381,11 @@ def _make_secure(ddir: Path, port: int) -> Secure:
     sec = secure_listener(ddir)
     assert sec is not None
     keytool = str(Path(_java()).with_name("keytool"))
-    pw = sec.store_password
-    ca = ["-keystore", str(tls / "ca.p12"), "-storetype", "PKCS12", "-storepass", pw]
-    broker = ["-keystore", str(sec.keystore), "-storetype", "PKCS12", "-storepass", pw]
+    # the password by the environment, not as an argument any local user could read in ps
+    env = {**os.environ, "FDS_KIT_STOREPASS": sec.store_password}
+    pw = ["-storetype", "PKCS12", "-storepass:env", "FDS_KIT_STOREPASS"]
+    ca = ["-keystore", str(tls / "ca.p12"), *pw]
+    broker = ["-keystore", str(sec.keystore), *pw]
     rsa = ["-keyalg", "RSA", "-keysize", "2048", "-validity", "3650"]
     steps = [
         ["-genkeypair", "-alias", "ca", "-dname", "CN=fds kit CA", *rsa, *ca,
@@ -398,7 +400,9 @@ def _make_secure(ddir: Path, port: int) -> Secure:
         ["-importcert", "-alias", "broker", "-file", str(tls / "broker.pem"), *broker],
     ]  # fmt: skip
     for step in steps:
-        proc = subprocess.run([keytool, *step], capture_output=True, text=True, check=False)
+        proc = subprocess.run(
+            [keytool, *step], capture_output=True, text=True, check=False, env=env
+        )
         if proc.returncode != 0:
             raise FdsError(f"keytool {step[0]} failed making the kit's TLS key store in {tls}:"
                            f"\n{(proc.stdout + proc.stderr)[-1500:]}")  # fmt: skip
