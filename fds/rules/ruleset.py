@@ -128,8 +128,7 @@ class FeatureSpec(_Strict):
                     raise ValueError("window must be longer than 0")
             except ConfigError:
                 raise ValueError(
-                    f"bad window {written!r}: write a duration (90s, 10m, 1h, 7d) or "
-                    "calendar_day"
+                    f"bad window {written!r}: write a duration (90s, 10m, 1h, 7d) or calendar_day"
                 ) from None
         return v
 
