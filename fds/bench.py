@@ -888,7 +888,7 @@ def register(subparsers: Any) -> None:
         type=int,
         default=None,
         help="days the models learn before they are judged (default 14, or the days before "
-        "the drift day when it comes earlier)",
+        "the drift day when it comes earlier; on the simulator at most half of --days)",
     )
     pp.add_argument(
         "--k",

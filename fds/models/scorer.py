@@ -342,6 +342,16 @@ class ModelServer:
         self._scored = (self.version, scored, shadow_version, shadow)
         return s, self.version
 
+    def _rate_of(self, entry: Mapping[str, Any]) -> float:
+        """The legit sampling rate a version learned at: its entry's spec says (a trainer
+        restarted with another rate publishes versions of it; a scorer undid its own spec's
+        rate, or refused them), else this scorer's spec."""
+        learn = (entry.get("spec") or {}).get("learn") or {}
+        rate = learn.get("legit_sample_rate") if isinstance(learn, dict) else None
+        if isinstance(rate, int | float) and not isinstance(rate, bool) and 0.0 < rate <= 1.0:
+            return float(rate)
+        return self.spec.learn.legit_sample_rate
+
     def _probability(self, s: float) -> float:
         """Undo the legit sampling: the learner saw legit transactions at ``rate``, so its odds
         of fraud are 1/rate too high. Ranking is unchanged; the score becomes a probability
@@ -460,6 +470,7 @@ class ModelServer:
         self.champion, self.version = model, version  # the swap: one reference, between events
         self._swaps += 1
         entry = entry or {}
+        self._rate = self._rate_of(entry)
         self._champion_labels = entry.get("labels_learned", 0)
         frauds = (entry.get("evaluation") or {}).get("frauds_learned", 0)
         self._gate_frauds = max(self._gate_frauds, frauds)
@@ -932,12 +943,14 @@ class ModelServer:
                 self._pointer = v
             elif v != self._pointer:
                 log.error("model %s served instead of the registry's champion %s, which "
-                          "could not be loaded", v, self._pointer)  # fmt: skip
+                          "could not be loaded or was made by another spec", v,
+                          self._pointer)  # fmt: skip
                 self._pointer = v  # the watcher retries the champion (see poll)
             self.champion, self.version = model, v
             if self.metrics is not None:  # served from the start, not only after a swap
                 self.metrics.model_info(v, self.spec.name)
             entry = m["versions"].get(v) or {}
+            self._rate = self._rate_of(entry)
             self._gate_frauds = (entry.get("evaluation") or {}).get("frauds_learned", 0)
             # a restart keeps the contest: a trained champion is no warm-up model
             self._champion_labels = entry.get("labels_learned", 0)

@@ -179,16 +179,18 @@ class ModelSpec:
 
     def made_otherwise(self, made: Any, *, serving: bool = False) -> str | None:
         """How the spec ``made`` (a registry entry's ``spec``) that made a version differs from
-        this one in what a trainer goes on from (name, pipeline) or, ``serving``, also in what
-        a scorer serves the version with (its inputs, the legit sampling its scores undo):
-        e.g. ``"'nogate' with pipeline [...]"``; ``None`` when it does not, or does not say.
+        this one in what a trainer goes on from (name, pipeline) or, ``serving``, also in the
+        inputs a scorer would feed it (each ``inputs`` key the entry holds): e.g. ``"'nogate'
+        with pipeline [...], not 'tree' with [...]"``; ``None`` when it does not, or does not
+        say. (The legit sampling a version's scores undo is its own entry's: see the scorer.)
         """
         if not isinstance(made, dict) or not made:
             return None
         now = orjson.loads(orjson.dumps(self.to_dict()))  # as a manifest holds it (JSON)
         keys: list[tuple[str, ...]] = [("name",), ("pipeline",)]
-        if serving:  # (an entry of an older release may not say: not compared)
-            keys += [("inputs",), ("learn", "legit_sample_rate")]
+        theirs_inputs = made.get("inputs")
+        if serving and isinstance(theirs_inputs, dict):  # (an older entry may not say)
+            keys += [("inputs", k) for k in theirs_inputs if k in now["inputs"]]
         for key in keys:
             theirs: Any = made
             ours: Any = now
@@ -269,7 +271,8 @@ def _estimator_class(dotted: str, where: str) -> type:
             f"unknown estimator {dotted!r}: river has no module {mod}", where=where
         ) from None
     obj = getattr(module, cls, None)
-    if not inspect.isclass(obj) or cls.startswith("_"):
+    # (a class a River module imports from elsewhere is not River's: tree.base.Queue)
+    if not inspect.isclass(obj) or cls.startswith("_") or not obj.__module__.startswith("river."):
         names = [n for n in getattr(module, "__all__", []) if inspect.isclass(getattr(module, n))]
         close = difflib.get_close_matches(cls, names, n=1)
         hint = f"did you mean {mod}.{close[0]}? " if close else ""

@@ -383,8 +383,8 @@ class Trainer:
             p = self.model.predict_proba_one(x).get(True, 0.0)
             self.model.learn_one(x, y)
         except Exception as e:  # the estimator's own failure (River's SGTClassifier divides
-            self._learn_failed(e)  # by zero on some streams): the stream goes on, told
-            return
+            self._learn_failed(e)  # by zero on some streams): the stream goes on, told. (The
+            return  # steps before the one that raised, a scaler say, have taken the example.)
         self._adwin.update(float((p >= 0.5) != y))
         if self._adwin.drift_detected:
             self.stats["drifts"] += 1

@@ -197,23 +197,31 @@ def _order(x: Any, y: Any, op: Callable[[Any, Any], bool]) -> bool:
 
 def _truth(x: Any) -> bool:
     """An ``extra.*`` value tested for truth (a condition, ``not``, ``and``/``or`` in one):
-    text as a CSV file writes a flag, ``"0"``/``"false"`` false and ``"1"``/``"true"`` true
-    (non-empty text was true: a rule on ``extra.vip`` fired on ``"0"``), text that stands for
-    a missing value missing; other values as Python tests them.
+    text as a CSV file writes a flag, ``"0"``, ``"false"``, ``"no"``, ``"n"``, ``"f"`` false
+    and ``"1"``, ``"true"``, ``"yes"``, ``"y"``, ``"t"`` true, any case (non-empty text was
+    true: a rule on ``extra.vip`` fired on ``"0"``), text that stands for a missing value
+    missing (``""`` too); other values as Python tests them.
 
-    >>> _truth("0"), _truth("FALSE"), _truth(" 1 "), _truth("gold"), _truth(0), _truth([])
-    (False, False, True, True, False, False)
+    >>> _truth("0"), _truth("FALSE"), _truth(" 1 "), _truth("No"), _truth("gold"), _truth([])
+    (False, False, True, False, True, False)
     """
     if type(x) is str:
         v = num(x)
         if v == v:
             return v != 0
         low = x.strip().lower()
-        if low in ("true", "false"):
-            return low == "true"
+        if low in _FLAG_TEXT:
+            return _FLAG_TEXT[low]
         if low in NA_TEXT:
             raise MissingName(x)
     return bool(x)
+
+
+#: How a flag column's text reads in a condition (:func:`_truth`).
+_FLAG_TEXT = {
+    "true": True, "yes": True, "y": True, "t": True,
+    "false": False, "no": False, "n": False, "f": False,
+}  # fmt: skip
 
 
 def _isin(x: Any, items: frozenset[Any]) -> bool:
@@ -468,11 +476,14 @@ class _Checker:
         return f"_num({src})" if t == ANY else src
 
     def compare(self, node: ast.Compare, d: int) -> tuple[str, str]:
-        """A comparison; a chain ``a < b < c`` as ``(a < b) and (b < c)``, each with the
+        """A comparison. A chain ``a < b < c`` whose operands need no conversion is Python's
+        own (the middle one computed once); else ``(a < b) and (b < c)``, each with the
         conversions of its own operator (the middle operand kept the first one's: a dead
         letter where ``0 != extra.s < 10`` meets "high", ``True < 7`` fired)."""
         left_src, left_t = self.visit(node.left, d)
         parts = []
+        chain = [left_src]
+        converted = False
         for op, right in zip(node.ops, node.comparators, strict=True):
             sym = _CMP.get(type(op))
             if sym is None:
@@ -487,8 +498,7 @@ class _Checker:
                     neg = "not " if sym == "not in" else ""
                     isin = "_isin" if rt == "numbers" else "_isin_text"
                     return f"({neg}{isin}({left_src}, {src}))", BOOL
-                parts.append(f"({left_src} {sym} {src})")
-                continue
+                return f"({left_src} {sym} {src})", BOOL
             src, rt = self.visit(right, d)
             if {left_t, rt} in ({STR, NUM}, {STR, BOOL}):
                 raise self.fail(right, f"compares text with a number ({left_t} {sym} {rt})")
@@ -502,16 +512,25 @@ class _Checker:
                     ls = f"_coerce({ls})"
                 if rt == ANY and left_t == NUM:
                     rs = f"_coerce({rs})"
-                parts.append(f"({ls} {sym} {rs})")
+                part = f"({ls} {sym} {rs})"
             elif {left_t, rt} == {ANY, NUM}:
                 # ordered against a number: text that is no number is missing, not an error
-                parts.append(f"({self.guard(ls, left_t)} {sym} {self.guard(rs, rt)})")
+                ls, rs = self.guard(ls, left_t), self.guard(rs, rt)
+                part = f"({ls} {sym} {rs})"
             elif ANY in (left_t, rt) and {left_t, rt} <= {ANY, STR}:  # two extra values, or
-                parts.append(f"_order({ls}, {rs}, {self.const(_ORDER[sym])})")  # one and text
+                part = f"_order({ls}, {rs}, {self.const(_ORDER[sym])})"  # one and text
+                converted = True
             else:
-                parts.append(f"({ls} {sym} {rs})")
+                part = f"({ls} {sym} {rs})"
+            converted = converted or (ls, rs) != (left_src, src)
+            parts.append(part)
+            chain += [sym, src]
             left_src, left_t = src, rt
-        return (parts[0] if len(parts) == 1 else "(" + " and ".join(parts) + ")"), BOOL
+        if len(parts) == 1:
+            return parts[0], BOOL
+        if not converted:
+            return "(" + " ".join(chain) + ")", BOOL
+        return "(" + " and ".join(parts) + ")", BOOL
 
     def literal_list(self, node: ast.AST, left_t: str) -> tuple[str, str]:
         if not isinstance(node, ast.List | ast.Tuple | ast.Set):
@@ -570,31 +589,42 @@ class _Checker:
         return f"{self.const(fn)}({', '.join(args)})", res_t
 
 
-def _check_tokens(source: str) -> None:
-    """Refuse what the added parentheses of :func:`parse_expr` would hide: a ``#`` comment
-    (the rest of the condition was dropped without a word) and a bracket closed that was
-    never opened (``amount > 3) or (amount < 1`` loaded). Other errors are the parser's. The
-    source is read as parsed, in parentheses: its indentation is then no token."""
-    depth = 0
+_PAIRS = {"(": ")", "[": "]", "{": "}"}
+
+
+def _check_tokens(source: str, comments: bool) -> None:
+    """Refuse what the added parentheses of :func:`parse_expr` would hide: a bracket closed
+    that was never opened (``amount > 3) or (amount < 1`` loaded), one never closed (told at
+    the added parenthesis) and, unless ``comments`` (a YAML ``|`` block keeps its lines), a
+    ``#`` comment (a folded condition's next lines joined it: the rest of the condition was
+    dropped without a word). Other errors are the parser's. The source is read as parsed, in
+    parentheses: its indentation is then no token."""
+    opened: list[tuple[str, int, int]] = []
     last = source.count("\n") + 2  # the line of the added ")"
     try:
         for tok in tokenize.generate_tokens(io.StringIO("(" + source + "\n)").readline):
             line, col = tok.start
             col -= line == 1  # the added "("
-            if tok.type == tokenize.COMMENT:
+            if tok.type == tokenize.COMMENT and not comments:
                 raise ExprError(
-                    "'#' starts no comment in a condition: write comments in YAML, on a line "
-                    "of their own",
+                    "'#' starts no comment in this condition (its lines are joined into one):"
+                    " write the comment in YAML after the value, or the condition as a | block",
                     line,
                     col + 1,
                 )
             if tok.type == tokenize.OP and tok.string in "([{":
-                depth += 1
+                opened.append((tok.string, line, col + 1))
             elif tok.type == tokenize.OP and tok.string in ")]}":
-                depth -= 1
-                if depth == 0 and line < last:
+                bracket, at_line, at_col = opened.pop()
+                if _PAIRS[bracket] != tok.string and line < last:
+                    raise ExprError(
+                        f"syntax error: {tok.string!r} does not close {bracket!r}", line, col + 1
+                    )
+                if line < last and not opened:
                     raise ExprError(f"syntax error: unmatched {tok.string!r}", line, col + 1)
-    except (tokenize.TokenError, SyntaxError):  # the parser's to say
+                if line == last and at_col > 0:  # the added ")" closed one of the source's
+                    raise ExprError(f"syntax error: {bracket!r} was never closed", at_line, at_col)
+    except (tokenize.TokenError, SyntaxError, IndexError):  # the parser's to say
         pass
 
 
@@ -612,23 +642,30 @@ def _syntax_error(e: SyntaxError, source: str) -> ExprError:
             if a.msg == e.msg and a.lineno == e.lineno:
                 col = a.offset or col
     lines, where = source.split("\n"), ""
-    if line > len(lines):  # on the added ")": the expression ended too early
+    if line > len(lines):  # on the added ")": the expression ended too early (after its last
+        lines = source.rstrip().split("\n")  # line that is not blank)
         line, where = len(lines), " at the end of the condition"
         col = len(lines[-1].rstrip()) + 1 + (line == 1)
     return ExprError(f"syntax error{where}: {e.msg}", line, max(1, col - (line == 1)))
 
 
 def parse_expr(
-    source: str, known: Mapping[str, str], *, allow_extra: bool = True, want_bool: bool = True
+    source: str,
+    known: Mapping[str, str],
+    *,
+    allow_extra: bool = True,
+    want_bool: bool = True,
+    comments: bool = False,
 ) -> tuple[str, str, tuple[str, ...], dict[str, Any]]:
-    """Check ``source``; return (python code, type, names read, helper constants)."""
+    """Check ``source``; return (python code, type, names read, helper constants). A ``#``
+    comment is refused unless ``comments`` (see :func:`_check_tokens`)."""
     if not isinstance(source, str):
         raise ExprError(f"an expression must be text, got {type(source).__name__}")
     if len(source) > MAX_SOURCE_CHARS:
         raise ExprError(f"expression longer than {MAX_SOURCE_CHARS} characters: split the rule")
     if not source.strip():
         raise ExprError("empty expression: write a condition such as amount > 1000")
-    _check_tokens(source)
+    _check_tokens(source, comments)
     # Wrapped in parentheses so that an expression may span lines (YAML block scalars); the
     # column on line 1 is shifted back by the added "(".
     wrapped = "(" + source + "\n)"
@@ -668,7 +705,12 @@ def _namespace(consts: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def compile_expr(
-    source: str, known: Mapping[str, str], *, allow_extra: bool = True, want_bool: bool = True
+    source: str,
+    known: Mapping[str, str],
+    *,
+    allow_extra: bool = True,
+    want_bool: bool = True,
+    comments: bool = False,
 ) -> CompiledExpr:
     """Check and compile one expression.
 
@@ -682,12 +724,15 @@ def compile_expr(
         Whether ``extra.NAME`` is allowed.
     want_bool
         Reject expressions whose type is certainly a number or text (a rule needs a condition).
+    comments
+        Whether ``#`` comments may end its lines (a YAML ``|`` block keeps its lines; other
+        styles fold them into one, so a comment swallowed the rest of the condition).
 
     >>> compile_expr("abs(a - b) < 2", {"a": NUM, "b": NUM}).evaluate({"a": 1, "b": 2.5})
     True
     """
     code, typ, names, consts = parse_expr(
-        source, known, allow_extra=allow_extra, want_bool=want_bool
+        source, known, allow_extra=allow_extra, want_bool=want_bool, comments=comments
     )
     lines = ["def _f(v):"]
     if any(n.startswith("extra.") for n in names):

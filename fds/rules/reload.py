@@ -357,7 +357,8 @@ def _deciding(rs: Ruleset) -> str:
     version, where the README promises that an edit of layout alone needs none)."""
     spec = rs.spec.model_dump(mode="json", exclude={"rules": {"__all__": {"tests"}}})
     for rule in spec["rules"]:
-        rule["when"] = ast.dump(ast.parse("(" + rule["when"] + "\n)", mode="eval"))
+        # (unparsed: ast.dump's text changed with Python 3.13, a digest must not)
+        rule["when"] = ast.unparse(ast.parse("(" + rule["when"] + "\n)", mode="eval"))
     spec["features"] = sorted(spec["features"], key=lambda f: f["name"])
     digest = hashlib.sha256(orjson.dumps(spec, option=orjson.OPT_SORT_KEYS)).hexdigest()
     return _SCHEME + digest

@@ -800,7 +800,7 @@ def load_ruleset_text(text: str, filename: str = "<rules>", *, run_tests: bool =
     for i, r in enumerate(spec.rules):
         mark = _mark_for(marks, ("rules", i, "when"))
         try:
-            expr = compile_expr(r.when, known)
+            expr = compile_expr(r.when, known, comments=mark[2] == "|")
         except ExprError as e:
             where = _expr_where(filename, text, mark, r.when, e)
             errors.append(f"{where}: rule {r.id}: {e.detail}")

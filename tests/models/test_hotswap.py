@@ -356,19 +356,25 @@ def test_registry_problems_are_logged_once_each(tmp_path: Path, caplog) -> None:
 
 def test_a_version_made_by_another_spec_is_not_served(tmp_path: Path, caplog) -> None:
     """A QA pass: a scorer of spec `tree` served the versions a trainer of spec `nogate`
-    published to the registry it shared, without a word, feeding them its own spec's inputs
-    and undoing its own spec's legit sampling."""
+    published to the registry it shared, without a word, feeding them its own spec's inputs;
+    and it undid its own spec's legit sampling, not the one the version learned at."""
     reg = Registry(tmp_path)
     reg.publish(FeatureModel("amount"), spec={"name": "nogate"})
-    reg.publish(FeatureModel("amount"), spec={"name": "default", "learn": {
-        "legit_sample_rate": 1.0}})  # fmt: skip
     srv = ModelServer(load_spec("default"), registry=reg, learn=False, auto_promote=False)
     with caplog.at_level("ERROR", logger="fds.models"):
-        assert srv.load_champion() is None  # at start: neither is this spec's
-        assert srv.poll() is None and srv.poll() is None
-    assert "model v000002 of" in caplog.text and "not served: it was made by spec" in caplog.text
-    assert "learn.legit_sample_rate 1.0, not 'default' with 0.05" in caplog.text
+        assert srv.load_champion() is None  # at start
+        reg.publish(FeatureModel("amount"), spec={"name": "default", "inputs": {"rules": False}})
+        assert srv.poll() is None and srv.poll() is None  # running
+    assert "model v000001 of" in caplog.text and "made by spec 'nogate' with name" in caplog.text
+    assert "inputs.rules False, not 'default' with 'score'" in caplog.text
     assert caplog.text.count("model v000002 of") == 1  # said once
     assert reg.entry("v000002")["status"] != "rejected"  # good for its own spec's scorers
-    ours = reg.publish(FeatureModel("amount"), spec={"name": "default"})["version"]
-    assert srv.poll() == ours
+    # a version learned at another legit sampling rate (a trainer restarted with it) is
+    # served, its scores corrected by its own rate
+    tx = {"tx_id": "t", "ts": 0.0, "card_id": "c", "amount": 0.5}
+    for rate, want in ((1.0, 0.5), (0.05, 0.5 * 0.05 / (0.5 * 0.05 + 0.5))):
+        spec = {"name": "default", "learn": {"legit_sample_rate": rate}}
+        ours = reg.publish(FeatureModel("amount"), spec=spec)["version"]
+        assert srv.poll() == ours
+        srv.install_pending()
+        assert abs(srv.score(tx, {})[0] - want) < 1e-12

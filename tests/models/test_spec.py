@@ -99,6 +99,8 @@ def test_shipped_specs_build(name: str) -> None:
             ":7",
             "unknown estimator 'optim.schedulers.Nope'",
         ),
+        # a class a River module imports is not River's (a review)
+        ("name: x\npipeline:\n  - tree.base.Queue: {}\n", ":3", "unknown estimator 'tree.base"),
         (
             "name: x\npipeline:\n  - ensemble.VotingClassifier:\n      models:\n"
             "        - linear_model.LogisticRegression: {}\n"

@@ -163,6 +163,9 @@ def test_error_points_at_the_offending_spot() -> None:
         ("amount > 3) or (amount < 1", (1, 11), "unmatched ')'"),
         ("amount > 3 # and country == 5", (1, 12), "'#' starts no comment"),
         ("amount > 3\n    and country == 'a'\n  and amount < 9 # x", (3, 18), "'#' starts"),
+        ("amount > (3", (1, 10), "'(' was never closed"),  # (at the added one, 1:1)
+        ("amount > [3, (4]", (1, 16), "']' does not close '('"),
+        ("amount > 3 and\n\n", (1, 15), "at the end of the condition"),  # (on a blank line)
         # at the end: it was on the added line (the file's next key)
         ("amount > 3 +", (1, 13), "syntax error at the end of the condition"),
         ("amount > 3 and\n  country == 'x' and", (2, 21), "at the end of the condition"),
@@ -522,6 +525,10 @@ def _outcome(src: str, extra: dict) -> str:
         ("extra.vip", {"vip": "1"}, "hit"),
         ("extra.vip", {"vip": "gold"}, "hit"),
         ("extra.vip", {"vip": "NA"}, "missing"),
+        ("extra.vip", {"vip": "No"}, "miss"),
+        ("extra.vip", {"vip": "Y"}, "hit"),
+        ("1 < extra.a < 5", {"a": "3"}, "hit"),  # chains with a conversion: `and`
+        ("0 < log(amount) < 5", {}, "hit"),  # without: Python's chain
         ("not extra.vip", {"vip": "0"}, "hit"),
         ("extra.vip and amount > 1", {"vip": "false"}, "miss"),
         ("amount > 1 if extra.vip else True", {"vip": "0"}, "hit"),
@@ -531,3 +538,9 @@ def _outcome(src: str, extra: dict) -> str:
 def test_extra_values_in_chains_lists_orderings_and_conditions(src, extra, expected) -> None:
     """A QA pass (a differential fuzzer against the README's semantics)."""
     assert _outcome(src, extra) == expected
+
+
+def test_a_chain_needing_no_conversion_computes_its_middle_once() -> None:
+    """A review: every chain became `(a < b) and (b < c)`, computing `b` twice."""
+    assert " and " not in compile_expr("0 < log(amount) < 5", KNOWN).code
+    assert " and " in compile_expr("0 < extra.s < 5", KNOWN).code

@@ -333,6 +333,21 @@ def test_an_expression_error_points_at_its_place_in_every_yaml_style(when, where
     assert str(ei.value).startswith(f"{where}: rule a: {what}"), str(ei.value)
 
 
+def test_comments_in_a_block_condition_are_comments_where_its_lines_are_kept() -> None:
+    """A review: a `|` block keeps its lines, so a `#` there ends only its own line (it was
+    refused with the others); in a folded style the next lines join the comment's."""
+    rule = (
+        'version: "1"\nrules:\n  - id: a\n    when: {}\n      amount > 500000  # large\n'
+        "      and country != 'KR'  # foreign\n    action: review\n    score: 0.5\n"
+        "    reason: r\n"
+    )
+    rs = load_ruleset_text(rule.format("|"), "f.yaml")
+    assert rs.evaluate({"amount": 600000.0, "country": "US"}) != []
+    assert rs.evaluate({"amount": 600000.0, "country": "KR"}) == []
+    with pytest.raises(ConfigError, match=r"f\.yaml:5:24: rule a: '#' starts no comment"):
+        load_ruleset_text(rule.format(">"), "f.yaml")
+
+
 @pytest.mark.parametrize(
     "when",
     [
