@@ -594,11 +594,11 @@ _PAIRS = {"(": ")", "[": "]", "{": "}"}
 
 def _check_tokens(source: str, comments: bool) -> None:
     """Refuse what the added parentheses of :func:`parse_expr` would hide: a bracket closed
-    that was never opened (``amount > 3) or (amount < 1`` loaded), one never closed (told at
-    the added parenthesis) and, unless ``comments`` (a YAML ``|`` block keeps its lines), a
-    ``#`` comment (a folded condition's next lines joined it: the rest of the condition was
-    dropped without a word). Other errors are the parser's. The source is read as parsed, in
-    parentheses: its indentation is then no token."""
+    that was never opened (``amount > 3) or (amount < 1`` loaded), one never closed (Python
+    told it at the added parenthesis, 1:1) and, unless ``comments`` (a YAML ``|`` block keeps
+    its lines), a ``#`` comment (a folded condition's next lines joined it: the rest of the
+    condition was dropped without a word). Other errors are the parser's. The source is read
+    as parsed, in parentheses: its indentation is then no token."""
     opened: list[tuple[str, int, int]] = []
     last = source.count("\n") + 2  # the line of the added ")"
     try:
