@@ -106,3 +106,20 @@ def test_an_unnamed_column_is_named_past_a_column_the_file_names_so(tmp_path):
     # a file's own column_6 is a named column: a row without it is short, not Excel's habit
     ids, dead = decided_and_dead(tmp_path, f"{HEAD},column_6,\nt1,1767225600,c1,10,n\n")
     assert ids == [] and dead == [2]
+
+
+def test_a_parquet_float_column_s_nan_is_missing(tmp_path):
+    """A QA pass: a device_id column of floats with NaN for no device gave the text "nan",
+    one device shared by every transaction without one (a shared-device rule fired)."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    p = tmp_path / "n.parquet"
+    pq.write_table(pa.table({
+        "tx_id": ["t0", "t1", "t2"], "ts": [1767225600.0, 1767225601.0, 1767225602.0],
+        "card_id": ["c0", "c1", "c2"], "amount": [5.0, 5.0, 5.0],
+        "device_id": [float("nan"), 5.0, float("nan")], "risk": [float("nan"), 1.0, 2.0],
+    }), p)  # fmt: skip
+    recs = [rec for _, rec, _ in read_records(p)]
+    assert ["device_id" in r for r in recs] == [False, True, False]
+    assert "risk" not in recs[0] and recs[2]["risk"] == 2.0

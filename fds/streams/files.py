@@ -871,7 +871,9 @@ def _read_parquet(p: Path, mapping: ColumnMapping | None) -> Iterator[Record]:
                 return
             for rec in _microseconds(batch).to_pylist():
                 n += 1
-                rec = {k: v for k, v in rec.items() if v is not None}
+                # a float column's NaN is its missing value, as a null (a device_id of NaN
+                # was the text "nan": one device shared by every row without one, a QA pass)
+                rec = {k: v for k, v in rec.items() if v is not None and v == v}
                 yield (n, mapping.apply(rec), rec) if mapping is not None else (n, rec, None)
 
 
