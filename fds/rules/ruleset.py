@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import difflib
 import json
+import keyword
+import logging
 import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -75,6 +77,8 @@ __all__ = [
     "load_ruleset",
     "load_ruleset_text",
 ]
+
+log = logging.getLogger("fds.rules")
 
 #: Built-in names, computed from the transaction's ``ts`` in the ruleset timezone.
 BUILTINS: dict[str, str] = {"hour": NUM, "weekday": NUM, "is_night": BOOL, "is_weekend": BOOL}
@@ -758,6 +762,14 @@ def _check_semantics(spec: RulesFile, filename: str, marks: Mapping) -> None:
                 f"feature name {f.name!r} is taken by a built-in name: rename it",
                 ("features", i, "name"),
             )
+        if f.name.startswith("_") or keyword.iskeyword(f.name):  # (`_f` passed the check and
+            raise fail(  # stopped the replay; no rule can read `lambda`: a QA pass)
+                f"feature name {f.name!r} "
+                + ("starts with '_', kept for the engine (_flags)" if f.name[0] == "_"
+                   else "is a keyword of the expression language, which no rule can read")
+                + ": rename it",
+                ("features", i, "name"),
+            )  # fmt: skip
         if f.name in seen:
             raise fail(f"duplicate feature {f.name!r}: rename or remove one", ("features", i))
         seen.add(f.name)
@@ -793,6 +805,14 @@ def load_ruleset_text(text: str, filename: str = "<rules>", *, run_tests: bool =
     except pydantic.ValidationError as e:
         raise _pydantic_error(e, filename, marks) from None
     _check_semantics(spec, filename, marks)
+    for i, f in enumerate(data.get("features") or []):  # (7 meant as days: 7 s, a QA pass)
+        window = f.get("window")
+        if type(window) in (int, float):
+            line, col, _ = _mark_for(marks, ("features", i, "window"))
+            log.warning(
+                "%s:%d:%d: window %s has no unit: read as %s seconds (write 7d, 12h, 90s)",
+                filename, line, col, window, window,
+            )  # fmt: skip
     known = known_names(spec)
     compiled = []
     errors: list[str] = []  # every rule's error at once: an analyst fixes them in one pass

@@ -165,6 +165,9 @@ def test_nan_in_extra_is_missing() -> None:
         (("agg: count", "agg: cnt"), "r.yaml:4:39", "Input should be 'count'"),
         (("window: 1h", "window: 1 hour"), "r.yaml:4:54", "bad window"),
         (("window: 1h", "window: .inf"), "r.yaml:4:54", "bad window inf:"),  # (not 'infs')
+        (("window: 1h", "window: " + "9" * 400 + "d"), "r.yaml:4:54", "bad window"),  # inf
+        (("{name: c1h,", "{name: _c1h,"), "r.yaml:4:12", "starts with '_', kept for the engine"),
+        (("{name: c1h,", "{name: lambda,"), "r.yaml:4:12", "is a keyword"),
         (("agg: seen, field: country", "agg: seen"), "r.yaml:6:5", "needs `field`"),
         (
             ("entity: card_id, agg: count", "entity: colour, agg: count"),
@@ -331,6 +334,15 @@ def test_an_expression_error_points_at_its_place_in_every_yaml_style(when, where
         load_ruleset_text(text, "f.yaml")
     what = "unknown name 'bogus'" if "bogus" in when else "syntax error at the end"
     assert str(ei.value).startswith(f"{where}: rule a: {what}"), str(ei.value)
+
+
+def test_a_window_without_a_unit_is_warned_about(caplog) -> None:
+    """A QA pass: `window: 7` meant as days was 7 seconds without a word."""
+    text = 'version: "1"\nfeatures:\n  - {name: a, entity: card_id, agg: count, window: 7}\n'
+    with caplog.at_level("WARNING", logger="fds.rules"):
+        rs = load_ruleset_text(text + "rules: []\n", "f.yaml")
+    assert rs.features[0].window_seconds == 7.0
+    assert "f.yaml:3:52: window 7 has no unit: read as 7 seconds" in caplog.text
 
 
 def test_comments_in_a_block_condition_are_comments_where_its_lines_are_kept() -> None:
