@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import os
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -222,6 +224,8 @@ def _replay(args: argparse.Namespace) -> int:
                 old.unlink()
         sink = stack.enter_context(JsonlSink(args.out))
         dlq = stack.enter_context(JsonlSink(dlq_path))
+        rules = getattr(engine.rules, "applied", engine.rules)
+        unseen = _watch_fields(stream, getattr(rules, "features", ()))
         summary = replay_mod.run(
             engine,
             stream,
@@ -283,6 +287,16 @@ def _replay(args: argparse.Namespace) -> int:
             f"fds replay: warning: the model raised on {summary.learn_errors:,} example(s) "
             f"while learning ({summary.learn_error}): they were not learned; its estimator "
             "cannot learn this stream as it is: try another in the --model spec",
+            file=sys.stderr,
+        )
+    absent, probed = unseen()
+    if absent and not summary.interrupted:  # (a typo'd extra.riks summed to 0.0 on every
+        shown = ", ".join(f"{name} ({field})" for name, field in absent[:5])  # decision, and
+        more = f" and {len(absent) - 5} more" if len(absent) > 5 else ""  # its rule never
+        print(  # fired, without a word: a QA pass)
+            f"fds replay: warning: {len(absent)} feature(s) read a field none of the first "
+            f"{probed:,} transactions had: {shown}{more}; their values stay empty (0 or None): "
+            "check the names against the file's columns (or --mapping)",
             file=sys.stderr,
         )
     never = _never_evaluated(engine, metrics, summary.decided)
@@ -372,6 +386,45 @@ def _replay(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+#: How many transactions :func:`_watch_fields` looks at.
+_WATCHED = 1000
+
+
+def _watch_fields(stream: Any, features: Any) -> Callable[[], tuple[list[tuple[str, str]], int]]:
+    """Watch the first :data:`_WATCHED` transactions of ``stream`` (its iterator is wrapped:
+    nothing is done per transaction after them) for the fields ``features`` read, as entity
+    or field; the function returned gives the (feature, field) pairs none of them had, and
+    how many were watched."""
+    reads: dict[str, list[str]] = {}
+    for f in features:
+        for name in (f.entity, f.field):
+            if name:
+                reads.setdefault(name, []).append(f.name)
+    seen: set[str] = set()
+    watched = 0
+
+    def watch(txs: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        nonlocal watched
+        for tx in txs:
+            watched += 1
+            extra = tx.get("extra") or {}
+            for name in reads.keys() - seen:
+                v = extra.get(name[6:]) if name.startswith("extra.") else tx.get(name)
+                if v is not None and v == v:  # (NaN: missing)
+                    seen.add(name)
+            yield tx
+
+    rest = iter(stream.transactions)
+    stream.transactions = itertools.chain(watch(itertools.islice(rest, _WATCHED)), rest)
+
+    def absent() -> tuple[list[tuple[str, str]], int]:
+        if not watched:
+            return [], 0
+        return [(f, n) for n, fs in reads.items() if n not in seen for f in fs], watched
+
+    return absent
 
 
 def _never_evaluated(engine: Any, metrics: Metrics, decided: int) -> list[tuple[str, str]]:

@@ -861,3 +861,24 @@ def test_a_model_that_raises_while_learning_is_told_not_a_traceback(tmp_path, ca
     assert "the model raised on" in captured.err and "ZeroDivisionError" in captured.err
     assert "the model raised on (not learned)" in captured.out + captured.err  # the summary
     assert sum(1 for _ in out.open()) == sum(1 for _ in sim.open())  # every one decided
+
+
+def test_features_reading_a_field_no_transaction_has_are_named(tmp_path, capsys):
+    """A QA pass: a feature over a mistyped column (extra.riks for risk) summed to 0.0 on every
+    decision and its rule never fired, without a word."""
+    data = tmp_path / "n.csv"
+    data.write_text("tx_id,ts,card_id,amount,risk\n" + "".join(
+        f"t{i},{T0 + 60 * i},c1,10,{i}\n" for i in range(5)
+    ))  # fmt: skip
+    rules = tmp_path / "r.yaml"
+    rules.write_text(
+        "version: r\ntimezone: UTC\nfeatures:\n"
+        "  - {name: risk_1h, entity: card_id, agg: sum, field: extra.riks, window: 1h}\n"
+        "  - {name: fine_1h, entity: card_id, agg: sum, field: extra.risk, window: 1h}\n"
+        "rules:\n  - {id: r, when: risk_1h > 3, action: review, score: 0.5, reason: r}\n"
+    )
+    argv = ["replay", str(data), "--rules", str(rules), "--model", "none", "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path / "o.jsonl")]) == 0
+    err = capsys.readouterr().err
+    assert "1 feature(s) read a field none of the first 5 transactions had: " \
+        "risk_1h (extra.riks);" in err, err  # fmt: skip
