@@ -132,3 +132,13 @@ def test_a_dead_letter_of_a_record_nested_too_deep_to_write_keeps_its_text():
     flat = dead_letter(stage="validate", error=ValueError("x"), raw={"a": 1}, source="f",
                        position=1)  # fmt: skip
     assert flat["raw"] == {"a": 1}  # as before
+
+
+def test_an_extra_of_null_is_no_extra() -> None:
+    """A QA pass: `"extra": null` made the record a dead letter, where a null optional field
+    is missing."""
+    raw = {"tx_id": "t", "ts": 1767225600, "card_id": "c", "amount": 5, "extra": None}
+    assert "extra" not in parse_transaction(raw)
+    assert parse_transaction({**raw, "shop": "s"})["extra"] == {"shop": "s"}
+    with pytest.raises(ValidationError, match="amount"):
+        parse_transaction({**raw, "amount": -5})
