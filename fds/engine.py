@@ -379,7 +379,9 @@ class Engine:
         gate = getattr(self.model, "gate_state", None)
         served = getattr(self.rules, "served", None)
         return {
-            "rulesets": served() if served is not None else None,
+            # (under a key of its own: an earlier release read the digests under "rulesets" as
+            # its own kind, and called unchanged files other rules after a downgrade)
+            "served_rulesets": served() if served is not None else None,
             "features": save() if save is not None else None,
             "budget": getattr(self.policy, "budget", None),
             "breaker": self.breaker,
@@ -420,8 +422,8 @@ class Engine:
         if state.get("model_gate") is not None and load_gate is not None:
             load_gate(state["model_gate"])
         remember = getattr(self.rules, "remember_served", None)
-        if state.get("rulesets") and remember is not None:
-            remember(state["rulesets"])
+        if state.get("served_rulesets") and remember is not None:  # ("rulesets": an earlier
+            remember(state["served_rulesets"])  # release's digests, of another kind: ignored)
 
     def report(self) -> None:
         """Export slow-moving state to metrics; call between events every few thousand events.

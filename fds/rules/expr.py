@@ -592,12 +592,13 @@ class _Checker:
 _PAIRS = {"(": ")", "[": "]", "{": "}"}
 
 
-def _check_tokens(source: str, comments: bool) -> None:
+def _check_tokens(source: str, comments: bool | Callable[[str], bool]) -> None:
     """Refuse what the added parentheses of :func:`parse_expr` would hide: a bracket closed
     that was never opened (``amount > 3) or (amount < 1`` loaded), one never closed (Python
-    told it at the added parenthesis, 1:1) and, unless ``comments`` (a YAML ``|`` block keeps
-    its lines), a ``#`` comment (a folded condition's next lines joined it: the rest of the
-    condition was dropped without a word). Other errors are the parser's. The source is read
+    told it at the added parenthesis, 1:1) and a ``#`` comment that ``comments`` does not
+    allow (``True``: any; a function: those it says were written so, see the ruleset; a
+    folded condition's next lines joined the comment: the rest of the condition was dropped
+    without a word). Other errors are the parser's. The source is read
     as parsed, in parentheses: its indentation is then no token."""
     opened: list[tuple[str, int, int]] = []
     last = source.count("\n") + 2  # the line of the added ")"
@@ -605,10 +606,13 @@ def _check_tokens(source: str, comments: bool) -> None:
         for tok in tokenize.generate_tokens(io.StringIO("(" + source + "\n)").readline):
             line, col = tok.start
             col -= line == 1  # the added "("
-            if tok.type == tokenize.COMMENT and not comments:
+            if tok.type == tokenize.COMMENT and not (
+                comments is True or (callable(comments) and comments(tok.string))
+            ):
                 raise ExprError(
-                    "'#' starts no comment in this condition (its lines are joined into one):"
-                    " write the comment in YAML after the value, or the condition as a | block",
+                    "'#' starts a comment that runs to the end of the condition's line, and "
+                    "YAML joined the next lines of the file onto it: write the comment in YAML "
+                    "after the value, or the condition as a | block",
                     line,
                     col + 1,
                 )
@@ -655,7 +659,7 @@ def parse_expr(
     *,
     allow_extra: bool = True,
     want_bool: bool = True,
-    comments: bool = False,
+    comments: bool | Callable[[str], bool] = False,
 ) -> tuple[str, str, tuple[str, ...], dict[str, Any]]:
     """Check ``source``; return (python code, type, names read, helper constants). A ``#``
     comment is refused unless ``comments`` (see :func:`_check_tokens`)."""
@@ -710,7 +714,7 @@ def compile_expr(
     *,
     allow_extra: bool = True,
     want_bool: bool = True,
-    comments: bool = False,
+    comments: bool | Callable[[str], bool] = False,
 ) -> CompiledExpr:
     """Check and compile one expression.
 
@@ -725,8 +729,9 @@ def compile_expr(
     want_bool
         Reject expressions whose type is certainly a number or text (a rule needs a condition).
     comments
-        Whether ``#`` comments may end its lines (a YAML ``|`` block keeps its lines; other
-        styles fold them into one, so a comment swallowed the rest of the condition).
+        Whether ``#`` comments may end its lines, or a function of a comment's text that says
+        whether it may (YAML folds the lines of most styles into one: a comment then
+        swallowed the rest of the condition).
 
     >>> compile_expr("abs(a - b) < 2", {"a": NUM, "b": NUM}).evaluate({"a": 1, "b": 2.5})
     True

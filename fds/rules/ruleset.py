@@ -698,6 +698,23 @@ def _dq_escape(text: str, i: int) -> tuple[int, int]:
     return 2, 0 if _ESCAPES.get(c, c).isspace() else 1
 
 
+def _comments(text: str, mark: Mark) -> bool | Callable[[str], bool]:
+    """Which ``#`` comments a condition written at ``mark`` of the file ``text`` may hold:
+    any in a ``|`` block (it keeps its lines); else those written as they are, to the end of
+    a line of the file (YAML joined no other line onto them: a folded condition's next lines
+    were swallowed by one, where a `>` block's more-indented line or a quoted ``\n`` keeps
+    the comment's line its own)."""
+    if mark[2] == "|":
+        return True
+    lines = [line.rstrip() for line in text.split("\n")[mark[0] - 1 :]]
+
+    def written(comment: str) -> bool:
+        c = comment.rstrip()
+        return any(line.endswith(c) or c + "\\n" in line for line in lines)
+
+    return written
+
+
 def _expr_where(filename: str, text: str, mark: Mark, source: str, e: ExprError) -> str:
     """``file:line:col`` in the rules file of the error ``e`` at ``e.line:e.col`` of the
     expression ``source``, whatever the YAML style it was written in (plain or quoted, over
@@ -820,7 +837,7 @@ def load_ruleset_text(text: str, filename: str = "<rules>", *, run_tests: bool =
     for i, r in enumerate(spec.rules):
         mark = _mark_for(marks, ("rules", i, "when"))
         try:
-            expr = compile_expr(r.when, known, comments=mark[2] == "|")
+            expr = compile_expr(r.when, known, comments=_comments(text, mark))
         except ExprError as e:
             where = _expr_where(filename, text, mark, r.when, e)
             errors.append(f"{where}: rule {r.id}: {e.detail}")

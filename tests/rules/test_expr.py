@@ -161,7 +161,7 @@ def test_error_points_at_the_offending_spot() -> None:
     [
         # the added parentheses hid these: they loaded (a QA pass)
         ("amount > 3) or (amount < 1", (1, 11), "unmatched ')'"),
-        ("amount > 3 # and country == 5", (1, 12), "'#' starts no comment"),
+        ("amount > 3 # and country == 5", (1, 12), "'#' starts a comment"),
         ("amount > 3\n    and country == 'a'\n  and amount < 9 # x", (3, 18), "'#' starts"),
         ("amount > (3", (1, 10), "'(' was never closed"),  # (at the added one, 1:1)
         ("amount > [3, (4]", (1, 16), "']' does not close '('"),

@@ -354,6 +354,26 @@ def test_an_edit_of_layout_alone_needs_no_new_version(tmp_path: Path) -> None:
     assert rs.check_now() == "rejected"  # another condition, if an equivalent one
 
 
+def test_the_served_digests_are_kept_where_an_earlier_release_does_not_read_them(
+    tmp_path, caplog
+):
+    """An upgrade QA pass: an earlier release read this release's digests (under its key
+    "rulesets") as its own kind, so after a downgrade unchanged files were "other rules"."""
+    import logging
+
+    p = tmp_path / "r.yaml"
+    write(p, rules("v1", 100))
+    rs = ReloadingRuleset(p, start=False, settle_seconds=0)
+    state = Engine(rules=rs).state_dict()
+    assert "rulesets" not in state and state["served_rulesets"]["v1"].startswith("2:")
+    old = {**state, "rulesets": {"v1": "f" * 64}}  # an earlier release's checkpoint
+    del old["served_rulesets"]
+    again = ReloadingRuleset(p, start=False, settle_seconds=0)
+    with caplog.at_level(logging.ERROR, logger="fds.rules.reload"):
+        Engine(rules=again).load_state_dict(old)
+    assert "names other rules" not in caplog.text
+
+
 def test_a_checkpoint_s_digests_of_an_earlier_scheme_are_not_compared(tmp_path, caplog):
     """An earlier fds hashed a condition's text: its digests never equal this one's, so the
     file as it was would be logged as other rules, and a rollback to a version refused."""

@@ -356,8 +356,20 @@ def test_comments_in_a_block_condition_are_comments_where_its_lines_are_kept() -
     rs = load_ruleset_text(rule.format("|"), "f.yaml")
     assert rs.evaluate({"amount": 600000.0, "country": "US"}) != []
     assert rs.evaluate({"amount": 600000.0, "country": "KR"}) == []
-    with pytest.raises(ConfigError, match=r"f\.yaml:5:24: rule a: '#' starts no comment"):
+    with pytest.raises(ConfigError, match=r"f\.yaml:5:24: rule a: '#' starts a comment"):
         load_ruleset_text(rule.format(">"), "f.yaml")
+    # where YAML joined nothing onto the comment (an upgrade QA pass: refused by style)
+    kept = [
+        ">\n      amount > 100\n        # big amounts\n      and hour < 6",  # more-indented
+        '"amount > 100 # big\\n and hour < 6"',  # an escaped line break
+        ">\n      amount > 100\n      and hour < 6  # night",  # the last line's
+    ]
+    for when in kept:
+        text = f'version: "1"\nrules:\n  - id: a\n    when: {when}\n' + (
+            "    action: review\n    score: 0.5\n    reason: r\n"
+        )
+        rs = load_ruleset_text(text, "f.yaml")
+        assert rs.evaluate({"amount": 600.0, "ts": 1767232800.0}) != [], when  # 02:00 UTC
 
 
 @pytest.mark.parametrize(
