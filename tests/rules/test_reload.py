@@ -354,9 +354,7 @@ def test_an_edit_of_layout_alone_needs_no_new_version(tmp_path: Path) -> None:
     assert rs.check_now() == "rejected"  # another condition, if an equivalent one
 
 
-def test_the_served_digests_are_kept_where_an_earlier_release_does_not_read_them(
-    tmp_path, caplog
-):
+def test_the_served_digests_are_kept_where_an_earlier_release_does_not_read_them(tmp_path, caplog):
     """An upgrade QA pass: an earlier release read this release's digests (under its key
     "rulesets") as its own kind, so after a downgrade unchanged files were "other rules"."""
     import logging
