@@ -526,7 +526,7 @@ def _run(
     alerted_frauds = total_frauds = learned = 0
     model_learned = _model_learned(engine)
     trainer = getattr(engine.model, "trainer", None)
-    learn_errors = trainer.stats.get("learn_errors", 0) if trainer is not None else 0
+    learn_errors = trainer.stats["learn_errors"] if trainer is not None else 0
     tally = _DeadTally(source)
     stream.on_dead = lambda: tally.drain(dead, dlq, metrics)
     t0 = time.perf_counter()
@@ -656,7 +656,7 @@ def _run(
     if model_learned is not None:  # (labels of no decided transaction are not learned)
         s.labels_learned = int((_model_learned(engine) or 0) - model_learned)
     if trainer is not None:
-        s.learn_errors = trainer.stats.get("learn_errors", 0) - learn_errors
+        s.learn_errors = trainer.stats["learn_errors"] - learn_errors
         s.learn_error = trainer.last_learn_error
     s.demoted = sorted(engine.demoted)
     if truth:

@@ -86,8 +86,11 @@ class Transaction(TypedDict):
     extra: NotRequired[dict[str, Any]]
 
 
-FRAUD_WORDS = frozenset({"1", "true", "t", "yes", "y", "on", "fraud"})
-LEGIT_WORDS = frozenset({"0", "false", "f", "no", "n", "off", "legit", "legitimate"})
+#: The words a flag column writes for true and false (a label's, a rule's ``extra.vip``).
+TRUE_WORDS = frozenset({"true", "t", "yes", "y", "on"})
+FALSE_WORDS = frozenset({"false", "f", "no", "n", "off"})
+FRAUD_WORDS = TRUE_WORDS | {"1", "fraud"}
+LEGIT_WORDS = FALSE_WORDS | {"0", "legit", "legitimate"}
 
 
 def fraud_flag(v: Any, *, empty_is_legit: bool = False) -> bool:

@@ -26,19 +26,16 @@ def parse_duration(text: str | float | int) -> float:
     (600.0, 604800.0, 1.5)
     """
     if isinstance(text, int | float) and not isinstance(text, bool):
-        seconds = float(text)
-    else:
-        m = _DURATION.match(str(text))
-        if not m:
-            raise ConfigError(
-                f"bad duration {text!r}: write a number and a unit, e.g. 90s, 10m, 1h, 7d, 2w"
-            )
-        seconds = float(m.group(1)) * _UNITS[m.group(2)]
-    if not math.isfinite(seconds):  # (a window of 400 nines of days passed the check, then
-        raise ConfigError(  # every transaction was a dead letter: a QA pass)
-            f"bad duration {str(text)[:40]!r}: not a finite length of time"
+        try:
+            return float(text)
+        except OverflowError:  # (an int of 400 digits: a traceback, a review)
+            return math.inf if text > 0 else -math.inf
+    m = _DURATION.match(str(text))
+    if not m:
+        raise ConfigError(
+            f"bad duration {text!r}: write a number and a unit, e.g. 90s, 10m, 1h, 7d, 2w"
         )
-    return seconds
+    return float(m.group(1)) * _UNITS[m.group(2)]
 
 
 def get_zone(name: str) -> tzinfo:

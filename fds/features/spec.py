@@ -20,6 +20,7 @@ share one structure, and two windows of one entity share one log.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,11 +32,14 @@ __all__ = [
     "AGGS",
     "CALENDAR_DAY",
     "FIELD_AGGS",
+    "RESERVED",
     "CompiledFeature",
     "Group",
     "Layout",
     "WindowDef",
     "compile_specs",
+    "reserved",
+    "window_seconds",
 ]
 
 AGGS = (
@@ -133,8 +137,15 @@ class Layout:
         return ";".join(parts)
 
 
-def _window_seconds(spec: Any, where: str) -> float | None:
-    window = spec.window
+def window_seconds(window: Any, where: str) -> float | None:
+    """A declared window in seconds (``None``: ``calendar_day``); a number is seconds. What is
+    no window, or not a finite one longer than 0, is a ConfigError starting with ``where``
+    (a window of 400 nines of days passed a check, then every transaction was a dead letter).
+
+    >>> window_seconds("10m", "f"), window_seconds(90, "f"), window_seconds("calendar_day", "f")
+    (600.0, 90.0, None)
+    """
+    written = window
     if isinstance(window, int | float) and not isinstance(window, bool):
         window = f"{window}s"
     if window == CALENDAR_DAY:
@@ -143,11 +154,23 @@ def _window_seconds(spec: Any, where: str) -> float | None:
         raise ConfigError(f"{where}: window must be a duration like 10m or 'calendar_day'")
     try:
         seconds = parse_duration(window)
-    except ConfigError as e:
-        raise ConfigError(f"{where}: {e} (or write calendar_day)") from None
-    if seconds <= 0:
-        raise ConfigError(f"{where}: window must be longer than 0, got {window!r}")
+    except ConfigError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise ConfigError(
+            f"{where}: bad window {written!r}: write a duration longer than 0 (90s, 10m, 1h, "
+            "7d) or calendar_day"
+        )
     return seconds
+
+
+#: Why :func:`reserved` names are refused.
+RESERVED = "names starting with '_' are kept for the engine (e.g. _flags): rename it"
+
+
+def reserved(name: str) -> bool:
+    """Is ``name`` kept for the engine (``_flags`` in a snapshot)?"""
+    return name.startswith("_")
 
 
 def _validate(spec: Any, i: int, seen: set[str]) -> None:
@@ -159,8 +182,8 @@ def _validate(spec: Any, i: int, seen: set[str]) -> None:
         raise ConfigError(f"feature #{i + 1}: name must be a non-empty string")
     if spec.name in seen:
         raise ConfigError(f"{where}: declared twice; give each feature a unique name")
-    if spec.name.startswith("_"):
-        raise ConfigError(f"{where}: names starting with '_' are reserved (e.g. _flags)")
+    if reserved(spec.name):
+        raise ConfigError(f"{where}: {RESERVED}")
     seen.add(spec.name)
     if not isinstance(spec.entity, str) or not spec.entity:
         raise ConfigError(f"{where}: entity must be a transaction field such as card_id")
@@ -182,7 +205,7 @@ def compile_specs(specs: Sequence[Any]) -> Layout:
     seen: set[str] = set()
     for i, spec in enumerate(specs):
         _validate(spec, i, seen)
-        seconds = _window_seconds(spec, f"feature {spec.name!r}")
+        seconds = window_seconds(spec.window, f"feature {spec.name!r}")
         g = groups.get(spec.entity)
         if g is None:
             g = groups[spec.entity] = Group(entity=spec.entity)

@@ -241,6 +241,7 @@ class ModelServer:
         self.challenger_version: str | None = None
         self.predecessor: Any = None  # kept during probation, for rollback
         self.predecessor_version: str | None = None
+        self._predecessor_rate = spec.learn.legit_sample_rate  # the legit rate it learned at
         self.contest: Contest | None = None  # shadow: challenger vs champion
         self.probation: Contest | None = None  # last promoted champion vs its predecessor
         self._prob_ranks: tuple[BudgetRank, BudgetRank] | None = None
@@ -729,6 +730,7 @@ class ModelServer:
             return
         try:
             self.predecessor = serving(self.registry.load(pred))
+            self._predecessor_rate = self._rate_of(self.registry.entry(pred))
         except Exception as e:  # unverifiable, or deleted by retention since: no probation
             log.warning("probation of %s not resumed: predecessor %s: %s", self.version, pred, e)
             return
@@ -849,6 +851,7 @@ class ModelServer:
             return
         self.stats["promote"] += 1
         self.predecessor, self.predecessor_version = self.champion, self.version
+        self._predecessor_rate = self._rate  # (a rollback undid the spec's rate: a review)
         self._set_champion(c.candidate, self.challenger, why, self._challenger_entry)
         self.challenger = self.challenger_version = None
         self.contest = None
@@ -883,6 +886,7 @@ class ModelServer:
                 self.predecessor_version or "", self.predecessor, "rollback: worse than before",
                 reject_old=True,
             )  # fmt: skip
+            self._rate = self._predecessor_rate  # the rate it learned at, as when it served
             self._champion_labels = self.spec.promote.warmup_labels  # a proven model
             self._contest_against(self.version or "")  # the restored champion
             self._emit("rollback", info)
@@ -1062,10 +1066,10 @@ class ModelServer:
         return None if got is None else got[1]
 
     def _foreign(self, version: str, entry: Mapping[str, Any]) -> bool:
-        """Was ``version`` made by another spec than this scorer's (another model, inputs or
-        legit sampling)? It is then not served, and said once (a scorer of spec `tree` served a
-        version of `nogate` without a word, with its own spec's inputs and sampling rate: a
-        QA pass). The registry is not told: the version is good for its own spec's scorers."""
+        """Was ``version`` made by another spec than this scorer's (another model or inputs)?
+        It is then not served, and said once (a scorer of spec `tree` served a version of
+        `nogate` without a word, with its own spec's inputs: a QA pass). The registry is not
+        told: the version is good for its own spec's scorers."""
         other = self.spec.made_otherwise(entry.get("spec"), serving=True)
         if other is not None and version not in self._foreign_seen:
             self._foreign_seen.add(version)

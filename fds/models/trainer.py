@@ -397,8 +397,7 @@ class Trainer:
     def _learn_failed(self, e: Exception) -> None:
         """An example the model raised on is not learned: counted, logged the first time and
         every 1,000th (it stopped a replay with a traceback halfway, a QA pass)."""
-        # (.get: a checkpoint of an earlier release restores stats without this count)
-        n = self.stats["learn_errors"] = self.stats.get("learn_errors", 0) + 1
+        n = self.stats["learn_errors"] = self.stats["learn_errors"] + 1
         self.last_learn_error = describe(e)
         if n == 1 or n % 1000 == 0:
             step = self.spec.steps[-1][0] if self.spec.steps else "?"

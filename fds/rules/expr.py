@@ -48,6 +48,7 @@ from typing import Any
 
 from fds.errors import ConfigError, RuleError
 from fds.features.codegen import num
+from fds.schema import FALSE_WORDS, TRUE_WORDS
 
 __all__ = [
     "ANY",
@@ -197,10 +198,10 @@ def _order(x: Any, y: Any, op: Callable[[Any, Any], bool]) -> bool:
 
 def _truth(x: Any) -> bool:
     """An ``extra.*`` value tested for truth (a condition, ``not``, ``and``/``or`` in one):
-    text as a CSV file writes a flag, ``"0"``, ``"false"``, ``"no"``, ``"n"``, ``"f"`` false
-    and ``"1"``, ``"true"``, ``"yes"``, ``"y"``, ``"t"`` true, any case (non-empty text was
-    true: a rule on ``extra.vip`` fired on ``"0"``), text that stands for a missing value
-    missing (``""`` too); other values as Python tests them.
+    text as a CSV file writes a flag (the words a label takes), ``"0"``, ``"false"``,
+    ``"no"``, ``"off"`` ... false and ``"1"``, ``"true"``, ``"yes"``, ``"on"`` ... true, any
+    case (non-empty text was true: a rule on ``extra.vip`` fired on ``"0"``), text that stands
+    for a missing value missing (``""`` too); other values as Python tests them.
 
     >>> _truth("0"), _truth("FALSE"), _truth(" 1 "), _truth("No"), _truth("gold"), _truth([])
     (False, False, True, False, True, False)
@@ -210,18 +211,11 @@ def _truth(x: Any) -> bool:
         if v == v:
             return v != 0
         low = x.strip().lower()
-        if low in _FLAG_TEXT:
-            return _FLAG_TEXT[low]
+        if low in TRUE_WORDS or low in FALSE_WORDS:
+            return low in TRUE_WORDS
         if low in NA_TEXT:
             raise MissingName(x)
     return bool(x)
-
-
-#: How a flag column's text reads in a condition (:func:`_truth`).
-_FLAG_TEXT = {
-    "true": True, "yes": True, "y": True, "t": True,
-    "false": False, "no": False, "n": False, "f": False,
-}  # fmt: skip
 
 
 def _isin(x: Any, items: frozenset[Any]) -> bool:
@@ -620,12 +614,12 @@ def _check_tokens(source: str, comments: bool | Callable[[str], bool]) -> None:
                 opened.append((tok.string, line, col + 1))
             elif tok.type == tokenize.OP and tok.string in ")]}":
                 bracket, at_line, at_col = opened.pop()
+                if line < last and not opened:  # (it closed the added "(")
+                    raise ExprError(f"syntax error: unmatched {tok.string!r}", line, col + 1)
                 if _PAIRS[bracket] != tok.string and line < last:
                     raise ExprError(
                         f"syntax error: {tok.string!r} does not close {bracket!r}", line, col + 1
                     )
-                if line < last and not opened:
-                    raise ExprError(f"syntax error: unmatched {tok.string!r}", line, col + 1)
                 if line == last and at_col > 0:  # the added ")" closed one of the source's
                     raise ExprError(f"syntax error: {bracket!r} was never closed", at_line, at_col)
     except (tokenize.TokenError, SyntaxError, IndexError):  # the parser's to say

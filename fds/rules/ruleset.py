@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import keyword
 import logging
 import re
 from collections.abc import Callable, Collection, Mapping
@@ -45,7 +44,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from fds import yamlio
 from fds.errors import ConfigError
-from fds.features.spec import AGGS, FIELD_AGGS  # one definition of the aggregates
+from fds.features.spec import (  # one definition of each
+    AGGS,
+    FIELD_AGGS,
+    RESERVED,
+    reserved,
+    window_seconds,
+)
 from fds.rules.expr import (
     BOOL,
     NUM,
@@ -60,7 +65,7 @@ from fds.rules.expr import (
     compile_expr,
 )
 from fds.schema import TX_FIELDS
-from fds.timeutil import DURATION_PATTERN, get_zone, parse_duration, parse_ts
+from fds.timeutil import DURATION_PATTERN, get_zone, parse_ts
 
 __all__ = [
     "AGGS",
@@ -123,18 +128,11 @@ class FeatureSpec(_Strict):
     @field_validator("window", mode="before")
     @classmethod
     def _window(cls, v: Any) -> Any:
-        written = v  # (`.inf` was told as 'infs', a QA pass)
-        if isinstance(v, int | float) and not isinstance(v, bool):
-            v = f"{v}s"
-        if isinstance(v, str) and v != "calendar_day":
-            try:
-                if parse_duration(v) <= 0:
-                    raise ValueError("window must be longer than 0")
-            except ConfigError:
-                raise ValueError(
-                    f"bad window {written!r}: write a duration (90s, 10m, 1h, 7d) or calendar_day"
-                ) from None
-        return v
+        try:  # (one check with the feature plan's: `.inf` was told as 'infs', an infinite
+            window_seconds(v, "window")  # window passed here and failed there, QA passes)
+        except ConfigError as e:
+            raise ValueError(str(e).removeprefix("window: ")) from None
+        return f"{v}s" if isinstance(v, int | float) and not isinstance(v, bool) else v
 
     @model_validator(mode="after")
     def _field_matches_agg(self) -> FeatureSpec:
@@ -147,7 +145,7 @@ class FeatureSpec(_Strict):
     @property
     def window_seconds(self) -> float | None:
         """The sliding window length in seconds; None for ``calendar_day``."""
-        return None if self.window == "calendar_day" else parse_duration(self.window)
+        return window_seconds(self.window, f"feature {self.name!r}")
 
 
 class RuleTest(_Strict):
@@ -698,19 +696,20 @@ def _dq_escape(text: str, i: int) -> tuple[int, int]:
     return 2, 0 if _ESCAPES.get(c, c).isspace() else 1
 
 
-def _comments(text: str, mark: Mark) -> bool | Callable[[str], bool]:
-    """Which ``#`` comments a condition written at ``mark`` of the file ``text`` may hold:
-    any in a ``|`` block (it keeps its lines); else those written as they are, to the end of
-    a line of the file (YAML joined no other line onto them: a folded condition's next lines
-    were swallowed by one, where a `>` block's more-indented line or a quoted ``\n`` keeps
-    the comment's line its own)."""
+def _comments(text: str, mark: Mark, source: str) -> bool | Callable[[str], bool]:
+    """Which ``#`` comments the condition ``source`` written at ``mark`` of the file ``text``
+    may hold: any in a ``|`` block (it keeps its lines); else those whose text lies within one
+    line of the condition in the file (YAML joined no other line onto them: a folded
+    condition's next lines were swallowed by one, where a one-line condition's, a ``>`` block's
+    more-indented line's or one before a quoted ``\n`` keep their line)."""
     if mark[2] == "|":
         return True
-    lines = [line.rstrip() for line in text.split("\n")[mark[0] - 1 :]]
 
-    def written(comment: str) -> bool:
-        c = comment.rstrip()
-        return any(line.endswith(c) or c + "\\n" in line for line in lines)
+    def written(comment: str) -> bool:  # (only for a condition with a comment: rare)
+        lines = source.rstrip().split("\n")
+        last = ExprError("", len(lines), len(lines[-1]))  # its last character
+        end = int(_expr_where("", text, mark, source, last).split(":")[1])
+        return any(comment.rstrip() in line for line in text.split("\n")[mark[0] - 1 : end])
 
     return written
 
@@ -771,22 +770,16 @@ def _check_semantics(spec: RulesFile, filename: str, marks: Mapping) -> None:
         get_zone(spec.timezone)
     except ConfigError as e:
         raise fail(str(e), ("timezone",)) from None
-    reserved = set(TX_TYPES) | set(BUILTINS) | {"extra"}
+    taken = set(TX_TYPES) | set(BUILTINS) | {"extra"}
     seen: set[str] = set()
     for i, f in enumerate(spec.features):
-        if f.name in reserved:
+        if f.name in taken:
             raise fail(
                 f"feature name {f.name!r} is taken by a built-in name: rename it",
                 ("features", i, "name"),
             )
-        if f.name.startswith("_") or keyword.iskeyword(f.name):  # (`_f` passed the check and
-            raise fail(  # stopped the replay; no rule can read `lambda`: a QA pass)
-                f"feature name {f.name!r} "
-                + ("starts with '_', kept for the engine (_flags)" if f.name[0] == "_"
-                   else "is a keyword of the expression language, which no rule can read")
-                + ": rename it",
-                ("features", i, "name"),
-            )  # fmt: skip
+        if reserved(f.name):  # (`_f` passed the check, then stopped the replay: a QA pass)
+            raise fail(f"feature name {f.name!r}: {RESERVED}", ("features", i, "name"))
         if f.name in seen:
             raise fail(f"duplicate feature {f.name!r}: rename or remove one", ("features", i))
         seen.add(f.name)
@@ -837,7 +830,7 @@ def load_ruleset_text(text: str, filename: str = "<rules>", *, run_tests: bool =
     for i, r in enumerate(spec.rules):
         mark = _mark_for(marks, ("rules", i, "when"))
         try:
-            expr = compile_expr(r.when, known, comments=_comments(text, mark))
+            expr = compile_expr(r.when, known, comments=_comments(text, mark, r.when))
         except ExprError as e:
             where = _expr_where(filename, text, mark, r.when, e)
             errors.append(f"{where}: rule {r.id}: {e.detail}")

@@ -229,6 +229,9 @@ class TrainService:
             trainer = Trainer(self.spec, store=self.store, registry=self.registry)
             # (an older release's checkpoint also holds fields now taken from the spec file)
             learned = {k: v for k, v in state["trainer"].items() if k not in _WIRING}
+            # (counts an earlier release did not keep start at 0: it restored stats without
+            # learn_errors, a KeyError at the first estimator failure)
+            learned["stats"] = {**trainer.stats, **learned.get("stats", {})}
             trainer.__dict__.update(learned)
             self._restored = dict(state["offsets"])
             self._offsets = dict(self._restored)

@@ -25,10 +25,10 @@ def test_public_api_is_explicit() -> None:
         (Spec("a", "card_id", "median", "amount", "1h"), "unknown agg 'median'"),
         (Spec("a", "card_id", "sum", None, "1h"), "needs a field"),
         (Spec("a", "card_id", "seen", None, "1h"), "needs a field"),
-        (Spec("a", "card_id", "count", None, "fortnight"), "bad duration"),
+        (Spec("a", "card_id", "count", None, "fortnight"), "bad window 'fortnight'"),
         (Spec("a", "card_id", "count", None, "0s"), "longer than 0"),
         (Spec("a", "", "count", None, "1h"), "entity must be"),
-        (Spec("_flags", "card_id", "count", None, "1h"), "reserved"),
+        (Spec("_flags", "card_id", "count", None, "1h"), "kept for the engine"),
     ],
 )
 def test_bad_declarations_say_what_to_fix(spec: Spec, message: str) -> None:

@@ -157,8 +157,9 @@ def test_probation_and_next_shadow_run_together() -> None:
     assert srv.challenger_version == "v000003" or "v000003" in {h["candidate"] for h in srv.history}
 
 
-def _registered(reg: Registry, model: Any) -> Publication:
-    e = reg.publish(model, spec={"name": "t"})
+def _registered(reg: Registry, model: Any, rate: float | None = None) -> Publication:
+    learn = {"learn": {"legit_sample_rate": rate}} if rate is not None else {}
+    e = reg.publish(model, spec={"name": "t", **learn})
     data, entry = reg.load_bytes(e["version"])
     return Publication(e["version"], data, entry)
 
@@ -192,6 +193,21 @@ def test_an_automatic_rollback_rejects_the_version_that_lost_its_probation(tmp_p
     s.run(60, {"f_a": 1.0, "f_b": 0.0})  # only the predecessor still catches fraud
     assert srv.stats["rollback"] == 1 and reg.champion() == "v000001"
     assert reg.entry("v000002")["status"] == "rejected"
+
+
+def test_a_rolled_back_champion_is_served_with_the_sampling_rate_it_learned_at(tmp_path):
+    """A review: the rollback undid the spec's legit sampling rate, not the version's own."""
+    reg = Registry(tmp_path)
+    srv = ModelServer(SPEC, learn=False, registry=reg)
+    s = Stream(srv)
+    s.run(50, {"f_a": 1.0, "f_b": 1.0})
+    assert srv.offer(_registered(reg, FeatureModel("f_a"), rate=1.0))
+    assert srv._rate == 1.0
+    srv.offer(_registered(reg, FeatureModel("f_b")))
+    s.run(60, {"f_a": 1.0, "f_b": 1.0})  # tie: promoted, on probation
+    assert srv.version == "v000002" and srv._rate == SPEC.learn.legit_sample_rate
+    s.run(60, {"f_a": 1.0, "f_b": 0.0})  # only the predecessor still catches fraud
+    assert srv.stats["rollback"] == 1 and srv.version == "v000001" and srv._rate == 1.0
 
 
 def test_a_challenger_survives_retention_while_its_contest_runs(tmp_path) -> None:

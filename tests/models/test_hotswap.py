@@ -372,7 +372,7 @@ def test_a_version_made_by_another_spec_is_not_served(tmp_path: Path, caplog) ->
     # a version learned at another legit sampling rate (a trainer restarted with it) is
     # served, its scores corrected by its own rate
     tx = {"tx_id": "t", "ts": 0.0, "card_id": "c", "amount": 0.5}
-    for rate, want in ((1.0, 0.5), (0.05, 0.5 * 0.05 / (0.5 * 0.05 + 0.5))):
+    for rate, want in ((1.0, 0.5), (0.2, 0.5 * 0.2 / (0.5 * 0.2 + 0.5))):  # (spec's: 0.05)
         spec = {"name": "default", "learn": {"legit_sample_rate": rate}}
         ours = reg.publish(FeatureModel("amount"), spec=spec)["version"]
         assert srv.poll() == ours

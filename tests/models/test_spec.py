@@ -213,3 +213,14 @@ def test_rule_inputs_reach_the_model_only_when_the_spec_asks() -> None:
     assert set(build_pipeline(score).transform_one(y)) == {"amount", "rule_score"}
     with pytest.raises(ConfigError, match=r"inputs\.rules: must be true, false or score"):
         parse_spec(text + "inputs:\n  rules: maybe\n")
+
+
+def test_an_endless_duration_is_one_and_a_huge_number_no_traceback() -> None:
+    """A review: the windows' finite check in the shared duration parser refused a spec's
+    `shadow_max_wait: .inf` (never decide a contest by time), and a 400-digit number of
+    seconds was an OverflowError traceback."""
+    base = "name: x\npipeline:\n  - linear_model.LogisticRegression: {}\n"
+    spec = parse_spec(base + "promote:\n  shadow_max_wait: .inf\n")
+    assert spec.promote.shadow_max_wait == float("inf")
+    spec = parse_spec(base + "learn:\n  ttl: " + "9" * 400 + "\n")
+    assert spec.learn.ttl == float("inf")

@@ -290,7 +290,6 @@ def test_an_example_the_model_raises_on_is_not_learned_and_the_stream_goes_on(ca
     rec = Raising()
     t = Trainer(_spec(legit_sample_rate=1.0), model=rec)
     rec.trainer = t
-    del t.stats["learn_errors"]  # as restored from a checkpoint of an earlier release
     for i in range(4):
         t.on_decision(_tx(i, i * 60.0), {"features": {}})
     with caplog.at_level("ERROR", logger="fds.models"):

@@ -165,6 +165,7 @@ def test_error_points_at_the_offending_spot() -> None:
         ("amount > 3\n    and country == 'a'\n  and amount < 9 # x", (3, 18), "'#' starts"),
         ("amount > (3", (1, 10), "'(' was never closed"),  # (at the added one, 1:1)
         ("amount > [3, (4]", (1, 16), "']' does not close '('"),
+        ("amount > 3]", (1, 11), "unmatched ']'"),  # (not the added "(": a review)
         ("amount > 3 and\n\n", (1, 15), "at the end of the condition"),  # (on a blank line)
         # at the end: it was on the added line (the file's next key)
         ("amount > 3 +", (1, 13), "syntax error at the end of the condition"),

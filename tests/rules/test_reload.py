@@ -364,7 +364,7 @@ def test_the_served_digests_are_kept_where_an_earlier_release_does_not_read_them
     rs = ReloadingRuleset(p, start=False, settle_seconds=0)
     state = Engine(rules=rs).state_dict()
     assert "rulesets" not in state and state["served_rulesets"]["v1"].startswith("2:")
-    old = {**state, "rulesets": {"v1": "f" * 64}}  # an earlier release's checkpoint
+    old = {**state, "rulesets": {"v1": "2:" + "f" * 64}}  # as this build wrote there before
     del old["served_rulesets"]
     again = ReloadingRuleset(p, start=False, settle_seconds=0)
     with caplog.at_level(logging.ERROR, logger="fds.rules.reload"):

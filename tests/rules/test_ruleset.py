@@ -166,8 +166,7 @@ def test_nan_in_extra_is_missing() -> None:
         (("window: 1h", "window: 1 hour"), "r.yaml:4:54", "bad window"),
         (("window: 1h", "window: .inf"), "r.yaml:4:54", "bad window inf:"),  # (not 'infs')
         (("window: 1h", "window: " + "9" * 400 + "d"), "r.yaml:4:54", "bad window"),  # inf
-        (("{name: c1h,", "{name: _c1h,"), "r.yaml:4:12", "starts with '_', kept for the engine"),
-        (("{name: c1h,", "{name: lambda,"), "r.yaml:4:12", "is a keyword"),
+        (("{name: c1h,", "{name: _c1h,"), "r.yaml:4:12", "starting with '_' are kept for"),
         (("agg: seen, field: country", "agg: seen"), "r.yaml:6:5", "needs `field`"),
         (
             ("entity: card_id, agg: count", "entity: colour, agg: count"),
@@ -363,6 +362,7 @@ def test_comments_in_a_block_condition_are_comments_where_its_lines_are_kept() -
         ">\n      amount > 100\n        # big amounts\n      and hour < 6",  # more-indented
         '"amount > 100 # big\\n and hour < 6"',  # an escaped line break
         ">\n      amount > 100\n      and hour < 6  # night",  # the last line's
+        '"amount > 100 and hour < 6  # night"',  # one line, quoted (a review)
     ]
     for when in kept:
         text = f'version: "1"\nrules:\n  - id: a\n    when: {when}\n' + (
@@ -370,6 +370,14 @@ def test_comments_in_a_block_condition_are_comments_where_its_lines_are_kept() -
         )
         rs = load_ruleset_text(text, "f.yaml")
         assert rs.evaluate({"amount": 600.0, "ts": 1767232800.0}) != [], when  # 02:00 UTC
+    # a later rule's line that happens to hold the swallowed text vouches for no other (a
+    # review: it was searched to the end of the file)
+    two = rule.format(">").replace("  # large", " # x").replace("  # foreign", "") + (
+        "  - id: b\n    when: |\n      amount > 1 # x and country != 'KR'\n"
+        "    action: review\n    score: 0.5\n    reason: r\n"
+    )
+    with pytest.raises(ConfigError, match=r"f\.yaml:5:23: rule a: '#' starts a comment"):
+        load_ruleset_text(two, "f.yaml")
 
 
 @pytest.mark.parametrize(

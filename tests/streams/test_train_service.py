@@ -34,6 +34,18 @@ def test_a_restart_resumes_from_the_checkpointed_offsets(tmp_path):
     assert again._offsets == again._restored == {("labels", 0): 5, ("decisions", 2): 40}
 
 
+def test_a_checkpoint_of_an_earlier_release_keeps_the_counts_it_did_not_know(tmp_path):
+    """A review: the checkpoint's stats replaced the trainer's whole, so a count added since
+    (learn_errors) was a KeyError at the first estimator failure after an upgrade."""
+    first = service(tmp_path)
+    first.trainer.stats["labels_learned"] = 7
+    del first.trainer.stats["learn_errors"]  # as an earlier release kept them
+    first._save_state()
+    again = service(tmp_path)
+    assert again.trainer.stats["labels_learned"] == 7
+    assert again.trainer.stats["learn_errors"] == 0
+
+
 def test_a_restart_takes_the_learning_policy_from_the_current_spec(tmp_path):
     text = Path(DEFAULT_MODEL).read_text()
     spec = tmp_path / "default.yaml"
