@@ -792,19 +792,28 @@ def test_odd_encodings_and_a_label_column_without_fraud(tmp_path, capsys):
     assert "note: 1 label(s) could not be read and were left out" in capsys.readouterr().out
 
 
+def _replay_with_rules(data, body: str, tmp_path, capsys) -> str:
+    """``fds replay data`` under a rules file of ``body`` (after version and timezone),
+    without a model: its stderr."""
+    rules = tmp_path / "r.yaml"
+    rules.write_text("version: r\ntimezone: UTC\n" + body)
+    argv = ["replay", str(data), "--rules", str(rules), "--model", "none", "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path / "o.jsonl")]) == 0
+    return capsys.readouterr().err
+
+
 def test_rules_skipped_on_every_transaction_are_named(history, tmp_path, capsys):
     """A QA pass: on a file without channel, mcc or device, 10 of the 14 default rules never
     fired and the replay said nothing."""
-    rules = tmp_path / "r.yaml"
-    rules.write_text(
-        "version: r\ntimezone: UTC\nrules:\n"
+    err = _replay_with_rules(
+        history,
+        "rules:\n"
         "  - {id: big, when: amount > 1000, action: review, score: 0.5, reason: r}\n"
         "  - id: web\n    when: \"channel == 'online' and amount > 1\"\n"
-        "    action: review\n    score: 0.5\n    reason: r\n"
+        "    action: review\n    score: 0.5\n    reason: r\n",
+        tmp_path,
+        capsys,
     )
-    argv = ["replay", str(history), "--rules", str(rules), "--model", "none", "--no-progress"]
-    assert main([*argv, "--out", str(tmp_path / "o.jsonl")]) == 0
-    err = capsys.readouterr().err
     n = sum(1 for line in (tmp_path / "o.jsonl").open() if line.strip())
     assert "1 rule(s) were skipped on every transaction, a name they read missing from each: " \
         f"web (channel missing on {n:,})" in err, err  # fmt: skip
@@ -870,15 +879,14 @@ def test_features_reading_a_field_no_transaction_has_are_named(tmp_path, capsys)
     data.write_text("tx_id,ts,card_id,amount,risk\n" + "".join(
         f"t{i},{T0 + 60 * i},c1,10,{i}\n" for i in range(5)
     ))  # fmt: skip
-    rules = tmp_path / "r.yaml"
-    rules.write_text(
-        "version: r\ntimezone: UTC\nfeatures:\n"
+    err = _replay_with_rules(
+        data,
+        "features:\n"
         "  - {name: risk_1h, entity: card_id, agg: sum, field: extra.riks, window: 1h}\n"
         "  - {name: fine_1h, entity: card_id, agg: sum, field: extra.risk, window: 1h}\n"
-        "rules:\n  - {id: r, when: risk_1h > 3, action: review, score: 0.5, reason: r}\n"
+        "rules:\n  - {id: r, when: risk_1h > 3, action: review, score: 0.5, reason: r}\n",
+        tmp_path,
+        capsys,
     )
-    argv = ["replay", str(data), "--rules", str(rules), "--model", "none", "--no-progress"]
-    assert main([*argv, "--out", str(tmp_path / "o.jsonl")]) == 0
-    err = capsys.readouterr().err
     assert "1 feature(s) read a field none of the first 5 transactions had: " \
         "risk_1h (extra.riks);" in err, err  # fmt: skip
