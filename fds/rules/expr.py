@@ -183,16 +183,27 @@ def _order(x: Any, y: Any, op: Callable[[Any, Any], bool]) -> bool:
     text: as numbers where both read as one, as text where both are text; missing when one is
     a number and the other text that is no number (``5 <= "high"`` raised, a dead letter).
 
+    Text that stands for a missing value is text here, as any other (a country field's
+    "NA", Namibia, made the rule's transactions missing); a list or a mapping is an error
+    whichever side it is on.
+
     >>> import operator
     >>> _order("10", 9, operator.gt), _order("apple", "banana", operator.lt)
     (True, True)
+    >>> _order("NA", "Z", operator.lt)
+    True
     >>> _order(5, "high", operator.le)
     Traceback (most recent call last):
     fds.rules.expr.MissingName: high
     """
-    x, y = _coerce(x), _coerce(y)
+    if type(x) is str:
+        x = v if (v := num(x)) == v else x  # text that reads as a finite number: that number
+    if type(y) is str:
+        y = v if (v := num(y)) == v else y
     if type(x) is str and type(y) is str:
         return op(x, y)
+    if type(y) in (list, dict):  # (the same error as the left side's: it depended on which)
+        _num(y)
     return op(_num(x), _num(y))
 
 
@@ -586,11 +597,12 @@ class _Checker:
 _PAIRS = {"(": ")", "[": "]", "{": "}"}
 
 
-def _check_tokens(source: str, comments: bool | Callable[[str], bool]) -> None:
+def _check_tokens(source: str, comments: bool | Callable[[str, int, int], bool]) -> None:
     """Refuse what the added parentheses of :func:`parse_expr` would hide: a bracket closed
     that was never opened (``amount > 3) or (amount < 1`` loaded), one never closed (Python
     told it at the added parenthesis, 1:1) and a ``#`` comment that ``comments`` does not
-    allow (``True``: any; a function: those it says were written so, see the ruleset; a
+    allow (``True``: any; a function of its text, line and column: those it says were
+    written so, see the ruleset; a
     folded condition's next lines joined the comment: the rest of the condition was dropped
     without a word). Other errors are the parser's. The source is read
     as parsed, in parentheses: its indentation is then no token."""
@@ -601,7 +613,7 @@ def _check_tokens(source: str, comments: bool | Callable[[str], bool]) -> None:
             line, col = tok.start
             col -= line == 1  # the added "("
             if tok.type == tokenize.COMMENT and not (
-                comments is True or (callable(comments) and comments(tok.string))
+                comments is True or (callable(comments) and comments(tok.string, line, col + 1))
             ):
                 raise ExprError(
                     "'#' starts a comment that runs to the end of the condition's line, and "
@@ -653,7 +665,7 @@ def parse_expr(
     *,
     allow_extra: bool = True,
     want_bool: bool = True,
-    comments: bool | Callable[[str], bool] = False,
+    comments: bool | Callable[[str, int, int], bool] = False,
 ) -> tuple[str, str, tuple[str, ...], dict[str, Any]]:
     """Check ``source``; return (python code, type, names read, helper constants). A ``#``
     comment is refused unless ``comments`` (see :func:`_check_tokens`)."""
@@ -708,7 +720,7 @@ def compile_expr(
     *,
     allow_extra: bool = True,
     want_bool: bool = True,
-    comments: bool | Callable[[str], bool] = False,
+    comments: bool | Callable[[str, int, int], bool] = False,
 ) -> CompiledExpr:
     """Check and compile one expression.
 
@@ -723,9 +735,9 @@ def compile_expr(
     want_bool
         Reject expressions whose type is certainly a number or text (a rule needs a condition).
     comments
-        Whether ``#`` comments may end its lines, or a function of a comment's text that says
-        whether it may (YAML folds the lines of most styles into one: a comment then
-        swallowed the rest of the condition).
+        Whether ``#`` comments may end its lines, or a function of a comment's text, line
+        and column (1-based) that says whether it may (YAML folds the lines of most styles
+        into one: a comment then swallowed the rest of the condition).
 
     >>> compile_expr("abs(a - b) < 2", {"a": NUM, "b": NUM}).evaluate({"a": 1, "b": 2.5})
     True

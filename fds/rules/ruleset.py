@@ -696,22 +696,29 @@ def _dq_escape(text: str, i: int) -> tuple[int, int]:
     return 2, 0 if _ESCAPES.get(c, c).isspace() else 1
 
 
-def _comments(text: str, mark: Mark, source: str) -> bool | Callable[[str], bool]:
+def _comments(text: str, mark: Mark, source: str) -> bool | Callable[[str, int, int], bool]:
     """Which ``#`` comments the condition ``source`` written at ``mark`` of the file ``text``
-    may hold: any in a ``|`` block (it keeps its lines); else those whose text lies within one
-    line of the condition in the file (YAML joined no other line onto them: a folded
-    condition's next lines were swallowed by one, where a one-line condition's, a ``>`` block's
-    more-indented line's or one before a quoted ``\n`` keep their line)."""
+    may hold: any in a ``|`` block (it keeps its lines); else those that end on the line of
+    the file they start on (YAML joined no other line onto them: a folded condition's next
+    lines were swallowed by one, where a one-line condition's, a ``>`` block's more-indented
+    line's or one before a quoted ``\n`` end where they are written). Both ends are found as
+    an error's place is (:func:`_expr_where`: escapes and styles included)."""
     if mark[2] == "|":
         return True
 
-    def written(comment: str) -> bool:  # (only for a condition with a comment: rare)
-        lines = source.rstrip().split("\n")
-        last = ExprError("", len(lines), len(lines[-1]))  # its last character
-        end = int(_expr_where("", text, mark, source, last).split(":")[1])
-        return any(comment.rstrip() in line for line in text.split("\n")[mark[0] - 1 : end])
+    def written(comment: str, line: int, col: int) -> bool:  # (only for a comment: rare)
+        last = col + len(comment.rstrip()) - 1
+        start, end = (
+            _expr_where("", text, mark, source, ExprError("", line, c)).split(":")[1]
+            for c in (col, last)
+        )
+        return start == end
 
     return written
+
+
+# A node's anchor and tag, before its value: `&big amount > 1`, `!!str "..."`.
+_PROPERTIES = re.compile(r"(?:[&!]\S*\s+)+")
 
 
 def _expr_where(filename: str, text: str, mark: Mark, source: str, e: ExprError) -> str:
@@ -726,6 +733,8 @@ def _expr_where(filename: str, text: str, mark: Mark, source: str, e: ExprError)
     past_end = n > 0 and not source[at:].strip()  # (it pointed at the file's next key)
     n -= past_end  # then: the expression's last character, and one past it
     i = sum(len(s) + 1 for s in text.split("\n")[: line - 1]) + col - 1
+    props = _PROPERTIES.match(text, i)  # (the node starts at its anchor or tag: positions
+    i = props.end() if props else i  # were that much too early, a QA pass)
     if style in ("|", ">"):  # the block's header line (indicators, a comment)
         i = text.find("\n", i) + 1 or len(text)
     elif style in ('"', "'"):

@@ -516,6 +516,9 @@ def _outcome(src: str, extra: dict) -> str:
         ("extra.a <= extra.b", {"a": "10", "b": "9"}, "miss"),  # as numbers
         ("extra.a < 'm'", {"a": "apple"}, "hit"),
         ("extra.a < 'm'", {"a": 5}, "missing"),
+        ("extra.a < extra.b", {"a": "NA", "b": "x"}, "hit"),  # text as text (fuzz, round 2)
+        ("extra.a < extra.b", {"a": [1], "b": "x"}, "TypeError"),  # either side: an error
+        ("extra.b > extra.a", {"a": [1], "b": "x"}, "TypeError"),
         # a list or mapping value is in no list, whatever the list holds (it raised TypeError)
         ("extra.a in ['x', 'y']", {"a": [1]}, "miss"),
         ("extra.a not in []", {"a": {"k": 1}}, "hit"),

@@ -318,6 +318,8 @@ def test_yaml_alias_bomb_is_rejected_quickly() -> None:
         (">\n      amount > 1\n      and bogus > 2", "f.yaml:6:11"),
         ("|-  # a comment\n      amount > 1\n      and bogus > 2", "f.yaml:6:11"),
         ("amount > 1\n      and bogus > 2", "f.yaml:5:11"),  # plain, over two lines
+        ("&big amount > 1 and bogus > 2", "f.yaml:4:31"),  # an anchor before it (a QA pass)
+        ('!!str "amount > 1 and bogus > 2"', "f.yaml:4:33"),  # a tag
         # cut short: at its end (it was the line of `action:`, a QA pass)
         ("amount > 3 +", "f.yaml:4:23"),
         ('"amount > 3 +"', "f.yaml:4:24"),  # the closing quote
@@ -363,6 +365,8 @@ def test_comments_in_a_block_condition_are_comments_where_its_lines_are_kept() -
         '"amount > 100 # big\\n and hour < 6"',  # an escaped line break
         ">\n      amount > 100\n      and hour < 6  # night",  # the last line's
         '"amount > 100 and hour < 6  # night"',  # one line, quoted (a review)
+        "'amount > 100 and hour < 6  # customer''s night'",  # an escape in it (a QA pass)
+        '"amount > 100 and hour < 6  # \\"night\\""',
     ]
     for when in kept:
         text = f'version: "1"\nrules:\n  - id: a\n    when: {when}\n' + (
@@ -378,6 +382,16 @@ def test_comments_in_a_block_condition_are_comments_where_its_lines_are_kept() -
     )
     with pytest.raises(ConfigError, match=r"f\.yaml:5:23: rule a: '#' starts a comment"):
         load_ruleset_text(two, "f.yaml")
+    # nor does the same text written outside the condition on its lines (a QA pass)
+    for when, where in (
+        ('"amount > 1000 # large\n      and hour < 6" # large and hour < 6', "4:26"),
+        (">  # big and hour < 6\n      amount > 1000 # big\n      and hour < 6", "5:21"),
+    ):
+        text = f'version: "1"\nrules:\n  - id: a\n    when: {when}\n' + (
+            "    action: review\n    score: 0.5\n    reason: r\n"
+        )
+        with pytest.raises(ConfigError, match=rf"f\.yaml:{where}: rule a: '#' starts"):
+            load_ruleset_text(text, "f.yaml")
 
 
 @pytest.mark.parametrize(
