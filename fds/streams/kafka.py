@@ -81,6 +81,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -114,6 +115,8 @@ from fds.streams.align import Aligner, fetched_to
 from fds.streams.checkpoint import Checkpoint, Checkpointer, default_state_dir
 from fds.streams.files import (
     ColumnMapping,
+    DamagedFile,
+    FileCut,
     LabelColumn,
     check_transaction_columns,
     invalid,
@@ -213,8 +216,16 @@ def _event_time(msg: Any, ahead_s: float = 0.0) -> tuple[float, Any]:
         tx = parse_transaction(obj)
         check_not_ahead(tx["ts"], msg, ahead_s)
     except Exception as exc:
-        return -math.inf, _Bad(stage, exc)
+        said = dict(getattr(msg, "headers", None) or ()).get(UNREADABLE)
+        if stage == "parse" and said is not None:  # a row `fds produce` could not read: the
+            return -math.inf, _Bad(stage, ValueError(said.decode("utf-8", "replace")))  # reader's
+        return -math.inf, _Bad(stage, exc)  # reason (it was "not valid JSON")
     return tx["ts"], tx
+
+
+#: The header `fds produce` gives a file's row it could not read (sent as its own text, so
+#: that fds run dead-letters it): the reader's reason, which fds run's dead letter keeps.
+UNREADABLE = "unreadable"
 
 
 def check_not_ahead(ts: float, msg: Any, ahead_s: float) -> None:
@@ -2263,7 +2274,8 @@ def produce_file(
     label = mapping.label if mapping is not None else None
     if labels_topic and label is None:
         raise ConfigError("--labels-topic needs a --mapping with a label: section (its column)")
-    labels = 0
+    labels = disordered = 0
+    cut: FileCut | None = None  # what ended the file early, if anything
     timeout_ms = int(settings.broker_timeout_s * 1000)
     try:
         with ClientErrors() as errors:
@@ -2300,17 +2312,25 @@ def produce_file(
             producer.config["max_block_ms"] = block
             clock = FileClock(zone) if zone is not None else None
             said_at = time.monotonic() + PROGRESS_EVERY_S
+            newest = -math.inf  # the latest event time sent
             for line, rec, raw in records:
+                if isinstance(rec, FileCut):  # the file ends here: nothing of it to send (an
+                    cut = rec  # empty record was sent, and exit 0 for a damaged .gz)
+                    break
                 if isinstance(rec, dict):
                     truth = rec.pop(label.column, None) if label is not None else None
-                    if clock is not None and rec.get("ts") is not None:
+                    if rec.get("ts") is not None:
                         # the mapping's zone, as fds replay reads the file (epoch seconds
-                        # carry it: sent as they are, read by the clock); unreadable: fds run
-                        # says so
-                        with contextlib.suppress(ValueError, TypeError):
-                            t = clock(rec["ts"], parse_ts(rec["ts"], clock.zone))
-                            if isinstance(rec["ts"], str):
+                        # carry it: sent as they are; a text or a Parquet column's datetime,
+                        # naive in that zone, as epoch seconds: it was sent as UTC, a QA
+                        # pass); unreadable: fds run says so
+                        with contextlib.suppress(ValueError, TypeError, OverflowError):
+                            t = parse_ts(rec["ts"], zone or UTC)
+                            t = clock(rec["ts"], t) if clock is not None else t
+                            if clock is not None and not isinstance(rec["ts"], int | float):
                                 rec["ts"] = t
+                            disordered += t < newest
+                            newest = max(newest, t)
                     if labels_topic and label is not None and truth is not None:
                         sent = _label_of(
                             rec, truth, label.delay, zone, labels_topic, producer, failed
@@ -2322,16 +2342,17 @@ def produce_file(
                     card = rec.get("card_id", rec.get("tx_id"))
                     key = None if card is None else str(card).encode()
                     fut = producer.send(topic, value=dumps(rec), key=key)
-                elif isinstance(rec, Exception):  # unreadable: the file's own bytes
+                elif isinstance(rec, Exception):  # unreadable: the file's own bytes, and
                     value = raw if isinstance(raw, bytes) else str(raw or "").encode()
-                    fut = producer.send(topic, value=value)
+                    reason = str(rec)[:1000].encode("utf-8", "backslashreplace")  # why
+                    fut = producer.send(topic, value=value, headers=[(UNREADABLE, reason)])
                 else:  # JSON that is no object ([1, 2], 42, null): fds run says so, as replay
                     fut = producer.send(topic, value=dumps(rec))  # (it was sent empty: lost)
                 fut.add_errback(failed.append)
                 fut.add_callback(lambda _meta: acked.__setitem__(0, acked[0] + 1))
                 n += 1
-                if not n & 1023 and time.monotonic() >= said_at:  # (silent for minutes at a
-                    said_at = time.monotonic() + PROGRESS_EVERY_S  # --rate: a QA pass)
+                if (rate or not n & 1023) and time.monotonic() >= said_at:  # (silent for
+                    said_at = time.monotonic() + PROGRESS_EVERY_S  # minutes at a --rate)
                     log.info(
                         'producing records="%d" acknowledged="%d" line="%d" rate="%.0f/s"',
                         n, acked[0], line, n / max(time.monotonic() - t0, 1e-9),
@@ -2377,6 +2398,21 @@ def produce_file(
         )
     if labels_topic:
         log.info("produced %d fraud labels to %s", labels, labels_topic)
+    if disordered:  # (fds run then decided them late, or with other windows than fds replay,
+        log.warning(  # which sorts them: a QA pass)
+            "%d records were out of time order (each after one with a later ts) and were sent "
+            "in file order: fds run decides them as they come (late, or windows without what "
+            "came after them), fds replay sorts them; sort the file by ts to match a replay",
+            disordered,
+        )
+    if isinstance(cut, DamagedFile):  # (exit 0 and garbage sent: a QA pass)
+        raise FdsError(
+            f"{path} is damaged: {cut}; {n} records before it were sent and may be garbage "
+            "too: delete them from the topic (or use a new one) and produce a good copy"
+        )
+    if cut is not None:
+        log.warning("%s could not be read to its end: %s; the %d records before it were sent",
+                    path, cut, n)  # fmt: skip
     if failed:
         raise FdsError(
             f"{len(failed)} of {n} records were not produced to {topic!r} (first error: "

@@ -647,3 +647,66 @@ def test_produce_says_how_far_it_got_and_refuses_what_fds_run_cannot_read(
     assert "1 values of the label column 'F' said neither fraud nor legitimate" in caplog.text
     with pytest.raises(ConfigError, match="topic 'no-such-topic' does not exist"):
         produce_file(big, s, topic="no-such-topic")
+
+
+def test_produce_sends_a_file_as_replay_reads_it_or_says_why_not(
+    kafka_bootstrap, topics, tmp_path, caplog
+):
+    """A QA pass (produce -> run against replay): a Parquet column of naive timestamps was
+    sent as UTC, not in the mapping's zone; a file out of time order was sent without a word
+    (fds run then decided records late); a damaged .gz was sent with exit 0 and its fault as
+    an empty record (a cut one too); a row the reader could not read reached fds run's dead
+    letters as "not valid JSON", without the reader's reason."""
+    import gzip
+    from datetime import datetime
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from fds.errors import FdsError
+    from fds.streams.files import load_mapping
+
+    s = settings_for(kafka_bootstrap, topics, "unused")
+    pq.write_table(pa.table({
+        "ID": ["p1"], "When": pa.array([datetime(2026, 1, 1, 9, 0)], pa.timestamp("us")),
+        "Card": ["c"], "EUR": [5.0],
+    }), tmp_path / "naive.parquet")  # fmt: skip
+    (tmp_path / "m.yaml").write_text(
+        "fields: {tx_id: ID, ts: When, card_id: Card, amount: EUR}\ntimezone: Asia/Seoul\n"
+    )
+    produce_file(tmp_path / "naive.parquet", s, mapping=load_mapping(tmp_path / "m.yaml"))
+    (sent,) = [orjson.loads(m.value) for m in read_all(kafka_bootstrap, topics["transactions"])]
+    assert sent["ts"] == 1767225600.0  # 09:00 in Seoul is midnight UTC
+    rows = [{"tx_id": f"o{i}", "ts": T0 + t, "card_id": "c", "amount": 1.0}
+            for i, t in enumerate([0, 60, 30, 90])]  # fmt: skip
+    (tmp_path / "ooo.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    with caplog.at_level("WARNING", logger="fds.streams.kafka"):
+        produce_file(tmp_path / "ooo.jsonl", s)
+    assert "1 records were out of time order" in caplog.text
+    data = gzip.compress(b"".join(orjson.dumps(r) + b"\n" for r in rows * 500))
+    (tmp_path / "cut.jsonl.gz").write_bytes(data[: len(data) // 2])
+    before = len(read_all(kafka_bootstrap, topics["transactions"]))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fds.streams.kafka"):
+        n = produce_file(tmp_path / "cut.jsonl.gz", s)
+    assert "could not be read to its end" in caplog.text
+    sent_now = read_all(kafka_bootstrap, topics["transactions"])[before:]
+    assert len(sent_now) == n and all(m.value for m in sent_now)  # no empty record
+    (tmp_path / "bad.jsonl.gz").write_bytes(data[:-8] + bytes([data[-8] ^ 0xFF]) + data[-7:])
+    with pytest.raises(FdsError, match="is damaged"):
+        produce_file(tmp_path / "bad.jsonl.gz", s)
+    (tmp_path / "short.csv").write_text("tx_id,ts,card_id,amount\nr1,1767225600\n")
+    produce_file(tmp_path / "short.csv", s)
+    last = read_all(kafka_bootstrap, topics["transactions"])[-1]
+    assert dict(last.headers)["unreadable"] == b"expected 4 columns, found 2"
+    # paced, it says how far it got also before 1,024 records (silent for minutes at --rate 1)
+    import fds.streams.kafka as kafka_mod
+
+    caplog.clear()
+    with caplog.at_level("INFO", logger="fds.streams.kafka"):
+        kafka_mod.PROGRESS_EVERY_S, every = 0.0, kafka_mod.PROGRESS_EVERY_S
+        try:
+            produce_file(tmp_path / "ooo.jsonl", s, rate=200)
+        finally:
+            kafka_mod.PROGRESS_EVERY_S = every
+    assert "producing records=" in caplog.text

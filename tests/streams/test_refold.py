@@ -244,3 +244,15 @@ def test_a_rebuild_says_how_much_it_reads_and_how_far_it_got(tmp_path, caplog, m
         runner(broker, tmp_path).run(max_idle_s=0.3)
     assert 'rebuild started partitions="[0, 1]" records="30"' in caplog.text
     assert 'rebuild progress records="1" of="30" done="3%"' in caplog.text
+
+
+def test_a_row_produce_could_not_read_is_dead_lettered_with_the_reader_s_reason() -> None:
+    """A QA pass: a CSV row fds produce sent as its own text (a short row) reached the dead
+    letters as "not valid JSON"; the reader's reason travels in a header."""
+    from tests.streams.fakebroker import Record
+
+    plain = Record(TOPIC, 0, 0, 0, None, b"r1,1767225600", [])
+    said = plain._replace(headers=[("unreadable", b"expected 4 columns, found 2")])
+    assert "not valid JSON" in str(_event_time(plain)[1].error)
+    bad = _event_time(said)[1]
+    assert (bad.stage, str(bad.error)) == ("parse", "expected 4 columns, found 2")
