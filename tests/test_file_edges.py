@@ -123,3 +123,24 @@ def test_a_parquet_float_column_s_nan_is_missing(tmp_path):
     recs = [rec for _, rec, _ in read_records(p)]
     assert ["device_id" in r for r in recs] == [False, True, False]
     assert "risk" not in recs[0] and recs[2]["risk"] == 2.0
+
+
+def test_parquet_values_reach_extra_as_fds_produce_sends_them(tmp_path):
+    """A QA pass: a decimal fee in `extra` made a rule raise in a replay ("not a number:
+    Decimal", every transaction a dead letter) and was "2.50" over Kafka; a timestamp and a
+    binary column likewise differed."""
+    from datetime import datetime
+    from decimal import Decimal
+
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    p = tmp_path / "x.parquet"
+    pq.write_table(pa.table({
+        "tx_id": ["t0"], "ts": [1767225600.0], "card_id": ["c0"], "amount": [5.0],
+        "fee": pa.array([Decimal("2.50")], pa.decimal128(5, 2)),
+        "settled": pa.array([datetime(2026, 1, 1, 9, 30)], pa.timestamp("us")),
+        "tag": pa.array([b"a"], pa.binary()),
+    }), p)  # fmt: skip
+    [(_, rec, _)] = list(read_records(p))
+    assert (rec["fee"], rec["settled"], rec["tag"]) == ("2.50", "2026-01-01T09:30:00", "a")

@@ -21,6 +21,7 @@ import os
 import re
 import zlib
 from collections.abc import Generator, Iterator, Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import IO, Annotated, Any, Literal, cast
 
@@ -39,7 +40,7 @@ from pydantic import (
 
 from fds import yamlio
 from fds.errors import ConfigError
-from fds.schema import TX_FIELDS, TX_REQUIRED, dumps_line, fraud_flag
+from fds.schema import TX_FIELDS, TX_REQUIRED, as_json, dumps_line, fraud_flag
 from fds.timeutil import MS_THRESHOLD, get_zone, parse_duration, parse_ts
 
 log = logging.getLogger(__name__)
@@ -856,10 +857,23 @@ def _parquet_open(p: Path, mapping: ColumnMapping | None) -> tuple[Any, Any]:
     return f, batches
 
 
+def _as_sent(v: Any) -> Any:
+    """A Parquet value as it reaches the rules from a file and from Kafka alike: a decimal,
+    bytes and a date or time as the text `fds produce` sends (JSON) (a decimal fee in `extra`
+    made a rule raise in a replay, "not a number: Decimal", and was "2.50" over Kafka)."""
+    if isinstance(v, dt.date | dt.time):
+        return v.isoformat()
+    return as_json(v) if isinstance(v, Decimal | bytes | bytearray | memoryview) else v
+
+
+_AS_IS = frozenset({str, int, float, bool})
+
+
 def _read_parquet(p: Path, mapping: ColumnMapping | None) -> Iterator[Record]:
     import pyarrow as pa
 
     f, batches = _parquet_open(p, mapping)
+    ts_col = (mapping.fields.get("ts") if mapping is not None else None) or "ts"
     n = 0
     with contextlib.closing(f):
         while True:
@@ -873,7 +887,11 @@ def _read_parquet(p: Path, mapping: ColumnMapping | None) -> Iterator[Record]:
                 n += 1
                 # a float column's NaN is its missing value, as a null (a device_id of NaN
                 # was the text "nan": one device shared by every row without one, a QA pass)
-                rec = {k: v for k, v in rec.items() if v is not None and v == v}
+                rec = {
+                    k: v if type(v) in _AS_IS or k == ts_col else _as_sent(v)
+                    for k, v in rec.items()
+                    if v is not None and v == v
+                }  # (the ts column is read in the mapping's zone: a naive datetime kept)
                 yield (n, mapping.apply(rec), rec) if mapping is not None else (n, rec, None)
 
 
