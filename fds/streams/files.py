@@ -813,10 +813,12 @@ def _csv_records(p: Path, lines: _Lines, mapping: ColumnMapping | None) -> Itera
                 # QA pass; a quoted field's line breaks are)
                 rec = {k: v for k, c in zip(header, row, strict=True) if (v := c.strip(" "))}
                 if own_extra and "extra" in rec:
-                    tx: dict[str, Any] = mapping.apply(rec) if mapping is not None else dict(rec)
-                    if isinstance(tx.get("extra"), str) and label_column != "extra":
-                        tx["extra"] = {"extra": tx["extra"]}  # (not when a mapping reads it)
-                    yield n, tx, rec
+                    own: dict[str, Any] = rec
+                    if label_column != "extra" and not (
+                        mapping is not None and "extra" in mapping.fields.values()
+                    ):  # (not when a mapping reads it) in `extra` before the mapping moves a
+                        own = {**rec, "extra": {"extra": rec["extra"]}}  # column there too
+                    yield n, mapping.apply(own) if mapping is not None else own, rec
                     continue
                 yield (n, mapping.apply(rec), rec) if mapping is not None else (n, rec, None)
             else:

@@ -186,6 +186,12 @@ def test_a_csv_column_named_extra_arrives_in_extra_under_its_name(tmp_path):
     m = ColumnMapping(fields={"tx_id": "tx_id", "amount": "amount"})
     (_, mapped, _), _ = read_records(p, mapping=m)
     assert mapped["extra"] == {"extra": "hello"}
+    # with a column named like a field the mapping fills from another: both in `extra` (the
+    # second was lost when `extra` was text: a QA pass)
+    q = tmp_path / "y.csv"
+    q.write_text("tx_id,ts,card_id,AMT,amount,extra\nt1,1767225600,c1,10,shadow,hello\n")
+    ((_, mapped, _),) = read_records(q, mapping=ColumnMapping(fields={"amount": "AMT"}))
+    assert mapped["amount"] == "10" and mapped["extra"] == {"extra": "hello", "amount": "shadow"}
     # a mapping that reads it takes it as it is (a field's source, the label column)
     m = ColumnMapping(fields={"merchant_id": "extra"})
     (_, mapped, _), _ = read_records(p, mapping=m)
