@@ -2398,6 +2398,12 @@ def produce_file(
         )
     if labels_topic:
         log.info("produced %d fraud labels to %s", labels, labels_topic)
+    elif label is not None:  # (dropped without a word: a QA pass)
+        log.warning(
+            "the mapping's label column %r was not sent (it is no transaction field): "
+            "--labels-topic sends its frauds as labels",
+            label.column,
+        )
     if disordered:  # (fds run then decided them late, or with other windows than fds replay,
         log.warning(  # which sorts them: a QA pass)
             "%d records were out of time order (each after one with a later ts) and were sent "

@@ -645,6 +645,9 @@ def test_produce_says_how_far_it_got_and_refuses_what_fds_run_cannot_read(
         produce_file(tmp_path / "l.csv", s, mapping=load_mapping(tmp_path / "m.yaml"),
                      labels_topic=topics["labels"])  # fmt: skip
     assert "1 values of the label column 'F' said neither fraud nor legitimate" in caplog.text
+    with caplog.at_level("WARNING", logger="fds.streams.kafka"):  # without --labels-topic
+        produce_file(tmp_path / "l.csv", s, mapping=load_mapping(tmp_path / "m.yaml"))
+    assert "the mapping's label column 'F' was not sent" in caplog.text
     with pytest.raises(ConfigError, match="topic 'no-such-topic' does not exist"):
         produce_file(big, s, topic="no-such-topic")
 
