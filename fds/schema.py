@@ -183,7 +183,7 @@ def loads_record(raw: bytes | str) -> Any:
         raise ValueError(f"not valid JSON: {e}") from None
 
 
-def as_json(o: Any) -> Any:
+def _as_json(o: Any) -> Any:
     """What JSON cannot hold natively, as a file's own values come (a Parquet decimal or binary
     column in a dead letter's ``raw`` crashed the replay): a decimal as its text, bytes as
     UTF-8 text with every byte that is not UTF-8 escaped as ``\\xNN`` (as :func:`dead_letter`
@@ -197,13 +197,13 @@ def as_json(o: Any) -> Any:
 
 def dumps(obj: Any) -> bytes:
     """Serialise a record as compact JSON (UTF-8, no trailing newline)."""
-    return orjson.dumps(obj, default=as_json, option=orjson.OPT_SERIALIZE_NUMPY)
+    return orjson.dumps(obj, default=_as_json, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def dumps_line(obj: Any) -> bytes:
     """Serialise a record as one JSON line (with its newline: no copy to append it)."""
     return orjson.dumps(
-        obj, default=as_json, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
+        obj, default=_as_json, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
     )
 
 
@@ -293,7 +293,7 @@ def _writable(raw: dict[str, Any] | list[Any]) -> Any:
     nested 1,024 deep but writes only ~254 levels, and one such record stopped a replay at its
     dead letter (a security review)."""
     try:
-        orjson.dumps(raw, default=as_json)
+        orjson.dumps(raw, default=_as_json)
         return raw
     except TypeError:
         import json

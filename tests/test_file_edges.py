@@ -144,3 +144,17 @@ def test_parquet_values_reach_extra_as_fds_produce_sends_them(tmp_path):
     }), p)  # fmt: skip
     [(_, rec, _)] = list(read_records(p))
     assert (rec["fee"], rec["settled"], rec["tag"]) == ("2.50", "2026-01-01T09:30:00", "a")
+    # nested in a struct or a list, and a ts column of dates, likewise (a review)
+    from datetime import date
+
+    from fds.streams.files import ColumnMapping
+
+    pq.write_table(pa.table({
+        "tx_id": ["t0"], "day": pa.array([date(2026, 1, 1)], pa.date32()), "card_id": ["c0"],
+        "amount": [5.0], "extra": pa.array([{"fee": Decimal("2.50")}],
+                                           pa.struct([("fee", pa.decimal128(5, 2))])),
+        "fees": pa.array([[Decimal("1.50")]], pa.list_(pa.decimal128(5, 2))),
+    }), p)  # fmt: skip
+    m = ColumnMapping(fields={"ts": "day"}, timezone="Asia/Seoul")
+    [(_, rec, _)] = list(read_records(p, mapping=m))
+    assert (rec["extra"], rec["fees"], rec["ts"]) == ({"fee": "2.50"}, ["1.50"], "2026-01-01")

@@ -718,7 +718,7 @@ def _comments(text: str, mark: Mark, source: str) -> bool | Callable[[str, int, 
 
 
 # A node's anchor and tag, before its value: `&big amount > 1`, `!!str "..."`.
-_PROPERTIES = re.compile(r"(?:[&!]\S*\s+)+")
+_PROPERTIES = re.compile(r"(?:[&!]\S*\s+(?:#[^\n]*\n\s*)*)+")  # (a comment after them too)
 
 
 def _expr_where(filename: str, text: str, mark: Mark, source: str, e: ExprError) -> str:

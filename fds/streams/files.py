@@ -21,7 +21,6 @@ import os
 import re
 import zlib
 from collections.abc import Generator, Iterator, Sequence
-from decimal import Decimal
 from pathlib import Path
 from typing import IO, Annotated, Any, Literal, cast
 
@@ -40,7 +39,7 @@ from pydantic import (
 
 from fds import yamlio
 from fds.errors import ConfigError
-from fds.schema import TX_FIELDS, TX_REQUIRED, as_json, dumps_line, fraud_flag
+from fds.schema import TX_FIELDS, TX_REQUIRED, dumps, dumps_line, fraud_flag
 from fds.timeutil import MS_THRESHOLD, get_zone, parse_duration, parse_ts
 
 log = logging.getLogger(__name__)
@@ -815,9 +814,11 @@ def _csv_records(p: Path, lines: _Lines, mapping: ColumnMapping | None) -> Itera
                 if own_extra and "extra" in rec:
                     own: dict[str, Any] = rec
                     if label_column != "extra" and not (
-                        mapping is not None and "extra" in mapping.fields.values()
-                    ):  # (not when a mapping reads it) in `extra` before the mapping moves a
-                        own = {**rec, "extra": {"extra": rec["extra"]}}  # column there too
+                        mapping is not None
+                        and ("extra" in mapping.fields.values() or rec["extra"] in mapping.missing)
+                    ):  # (not when a mapping reads it or it is missing) in `extra` before the
+                        own = {**rec, "extra": {"extra": rec["extra"]}}  # mapping moves a
+                        # column there too
                     yield n, mapping.apply(own) if mapping is not None else own, rec
                     continue
                 yield (n, mapping.apply(rec), rec) if mapping is not None else (n, rec, None)
@@ -860,15 +861,25 @@ def _parquet_open(p: Path, mapping: ColumnMapping | None) -> tuple[Any, Any]:
 
 
 def _as_sent(v: Any) -> Any:
-    """A Parquet value as it reaches the rules from a file and from Kafka alike: a decimal,
-    bytes and a date or time as the text `fds produce` sends (JSON) (a decimal fee in `extra`
-    made a rule raise in a replay, "not a number: Decimal", and was "2.50" over Kafka)."""
-    if isinstance(v, dt.date | dt.time):
-        return v.isoformat()
-    return as_json(v) if isinstance(v, Decimal | bytes | bytearray | memoryview) else v
+    """A Parquet value as it reaches the rules from a file and from Kafka alike: as `fds
+    produce` sends it, JSON (a decimal fee in `extra` made a rule raise in a replay, "not a
+    number: Decimal", and was "2.50" over Kafka; nested in a struct or a list too)."""
+    return orjson.loads(dumps(v))
 
 
-_AS_IS = frozenset({str, int, float, bool})
+def _as_sent_columns(schema: Any, ts_col: str) -> frozenset[str]:
+    """The columns of an Arrow ``schema`` whose values :func:`_as_sent` converts: all but text,
+    numbers and booleans, and but a timestamp column read as ``ts`` (in the mapping's zone:
+    a naive datetime kept; a date one is text, which both paths read in the zone)."""
+    import pyarrow as pa
+
+    plain = (pa.types.is_string, pa.types.is_large_string, pa.types.is_integer,
+             pa.types.is_floating, pa.types.is_boolean, pa.types.is_null)  # fmt: skip
+    return frozenset(
+        f.name for f in schema
+        if not any(is_(f.type) for is_ in plain)
+        and not (f.name == ts_col and pa.types.is_timestamp(f.type))
+    )  # fmt: skip
 
 
 def _read_parquet(p: Path, mapping: ColumnMapping | None) -> Iterator[Record]:
@@ -876,6 +887,7 @@ def _read_parquet(p: Path, mapping: ColumnMapping | None) -> Iterator[Record]:
 
     f, batches = _parquet_open(p, mapping)
     ts_col = (mapping.fields.get("ts") if mapping is not None else None) or "ts"
+    convert = _as_sent_columns(f.schema_arrow, ts_col)
     n = 0
     with contextlib.closing(f):
         while True:
@@ -889,11 +901,9 @@ def _read_parquet(p: Path, mapping: ColumnMapping | None) -> Iterator[Record]:
                 n += 1
                 # a float column's NaN is its missing value, as a null (a device_id of NaN
                 # was the text "nan": one device shared by every row without one, a QA pass)
-                rec = {
-                    k: v if type(v) in _AS_IS or k == ts_col else _as_sent(v)
-                    for k, v in rec.items()
-                    if v is not None and v == v
-                }  # (the ts column is read in the mapping's zone: a naive datetime kept)
+                rec = {k: v for k, v in rec.items() if v is not None and v == v}
+                for k in convert & rec.keys() if convert else ():
+                    rec[k] = _as_sent(rec[k])
                 yield (n, mapping.apply(rec), rec) if mapping is not None else (n, rec, None)
 
 

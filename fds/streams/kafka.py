@@ -217,9 +217,10 @@ def _event_time(msg: Any, ahead_s: float = 0.0) -> tuple[float, Any]:
         check_not_ahead(tx["ts"], msg, ahead_s)
     except Exception as exc:
         said = dict(getattr(msg, "headers", None) or ()).get(UNREADABLE)
-        if stage == "parse" and said is not None:  # a row `fds produce` could not read: the
-            return -math.inf, _Bad(stage, ValueError(said.decode("utf-8", "replace")))  # reader's
-        return -math.inf, _Bad(stage, exc)  # reason (it was "not valid JSON")
+        if said is not None:  # a row `fds produce` could not read: the reader's reason (it was
+            why = said[:1000].decode("utf-8", "replace")  # "not valid JSON"; a row reading as
+            return -math.inf, _Bad("parse", ValueError(why))  # JSON, `5`, failed validation)
+        return -math.inf, _Bad(stage, exc)
     return tx["ts"], tx
 
 
@@ -2412,9 +2413,10 @@ def produce_file(
             disordered,
         )
     if isinstance(cut, DamagedFile):  # (exit 0 and garbage sent: a QA pass)
+        refused = f" ({len(failed)} of them refused by Kafka)" if failed else ""
         raise FdsError(
-            f"{path} is damaged: {cut}; {n} records before it were sent and may be garbage "
-            "too: delete them from the topic (or use a new one) and produce a good copy"
+            f"{path} is damaged: {cut}; {n} records before it were sent{refused} and may be "
+            "garbage too: delete them from the topic (or use a new one) and produce a good copy"
         )
     if cut is not None:
         log.warning("%s could not be read to its end: %s; the %d records before it were sent",

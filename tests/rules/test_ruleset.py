@@ -320,6 +320,7 @@ def test_yaml_alias_bomb_is_rejected_quickly() -> None:
         ("amount > 1\n      and bogus > 2", "f.yaml:5:11"),  # plain, over two lines
         ("&big amount > 1 and bogus > 2", "f.yaml:4:31"),  # an anchor before it (a QA pass)
         ('!!str "amount > 1 and bogus > 2"', "f.yaml:4:33"),  # a tag
+        ("&a # note\n      amount > 1 and bogus > 2", "f.yaml:5:22"),  # and a comment after
         # cut short: at its end (it was the line of `action:`, a QA pass)
         ("amount > 3 +", "f.yaml:4:23"),
         ('"amount > 3 +"', "f.yaml:4:24"),  # the closing quote

@@ -256,3 +256,5 @@ def test_a_row_produce_could_not_read_is_dead_lettered_with_the_reader_s_reason(
     assert "not valid JSON" in str(_event_time(plain)[1].error)
     bad = _event_time(said)[1]
     assert (bad.stage, str(bad.error)) == ("parse", "expected 4 columns, found 2")
+    footer = said._replace(value=b"5")  # text that reads as JSON fails validation: the same
+    assert str(_event_time(footer)[1].error) == "expected 4 columns, found 2"
