@@ -12,6 +12,7 @@ import contextlib
 import difflib
 import gc
 import importlib
+import math
 import os
 import signal
 import sys
@@ -19,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fds.errors import ConfigError, FdsError
+from fds.errors import ConfigError, FdsError, describe
 from fds.logs import configure_logging, say
 
 __all__ = ["build_parser", "main"]
@@ -204,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(OSError):  # nothing more can be written to it
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115
         return 141  # as a shell reports SIGPIPE
+    except (OSError, UnicodeError) as e:  # a path the system refuses (/proc/x, a full disk,
+        say(f"{args.prog}: failed: {describe(e)}")  # a name too long): said, not a traceback
+        return 1  # (a QA pass)
     finally:
         if argv is None:  # the console script: the process exits next
             # Out of the collector's sight, what the command held is not visited by the
@@ -231,7 +235,13 @@ def _whole(text: str, least: int, what: str, too_small: str) -> int:
         raise argparse.ArgumentTypeError(f"invalid {what} {text!r}: give a whole number") from None
     if value < least:
         raise argparse.ArgumentTypeError(f"{too_small}, got {value}")
+    if value > _MOST:  # (10**30 cards was a NumPy OverflowError traceback: a QA pass)
+        raise argparse.ArgumentTypeError(f"must be at most {_MOST:,}, got {text}")
     return value
+
+
+#: The largest whole number an option takes (Kafka's sizes and timeouts are 32-bit too).
+_MOST = 2**31 - 1
 
 
 def positive_int(text: str) -> int:
@@ -269,6 +279,8 @@ def drift_day(text: str, words: str = "'none' for no drift") -> int | None:
 
 def folder(text: str) -> Path:
     """argparse type: a folder to write into (made when missing), not an existing file."""
+    if not text.strip():  # ('' wrote into the current folder: a QA pass)
+        raise argparse.ArgumentTypeError("an empty path: name a folder")
     path = Path(text)
     if path.exists() and not path.is_dir():
         raise argparse.ArgumentTypeError(
@@ -283,8 +295,8 @@ def positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid number {text!r}: give a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+    if not 0 < value < math.inf:  # (inf and nan too: a QA pass)
+        raise argparse.ArgumentTypeError(f"must be a finite number greater than 0, got {text}")
     return value
 
 

@@ -1,3 +1,4 @@
+import contextlib
 import io
 import re
 import sys
@@ -890,3 +891,29 @@ def test_features_reading_a_field_no_transaction_has_are_named(tmp_path, capsys)
     )
     assert "1 feature(s) read a field none of the first 5 transactions had: " \
         "risk_1h (extra.riks);" in err, err  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "says"),
+    [
+        # numbers past any sensible size: a NumPy OverflowError traceback before
+        (["simulate", "--cards", "1" + "0" * 30, "--out", "{tmp}/s.jsonl"], 2, "at most"),
+        (
+            ["produce", "{tmp}/s.jsonl", "--rate", "inf", "--bootstrap", "127.0.0.1:1"],
+            2,
+            "finite number greater than 0",
+        ),
+        (["demo", "--out-dir", ""], 2, "an empty path: name a folder"),  # ('' wrote into ./)
+        # a path the system refuses: said, not a traceback
+        (["replay", "{tmp}/s.jsonl", "--out", "/proc/x", "--model", "none"], 1, "failed:"),
+    ],
+)
+def test_bad_values_and_refused_paths_are_said_not_tracebacks(argv, code, says, tmp_path, capsys):
+    """A QA pass fuzzing every option: tracebacks for huge counts, inf, '' and /proc/x."""
+    (tmp_path / "s.jsonl").write_bytes(orjson.dumps(
+        {"tx_id": "t", "ts": T0, "card_id": "c", "amount": 5}) + b"\n")  # fmt: skip
+    with contextlib.suppress(SystemExit):
+        got = main([a.format(tmp=tmp_path) for a in argv])
+        assert got == code
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err, err

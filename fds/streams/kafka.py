@@ -277,7 +277,7 @@ def add_max_idle_argument(p: argparse.ArgumentParser) -> None:
     """``--max-idle`` (:class:`IdleTimer`) of ``fds run`` and ``fds train``."""
     p.add_argument(
         "--max-idle",
-        type=float,
+        type=positive_float,
         default=None,
         help="exit after this many seconds without input, counted from the first partitions "
         "assigned (for tests and demos; default: run until stopped)",
@@ -350,7 +350,7 @@ class KafkaSettings(BaseSettings):
     # One batch is the unit of commit: large enough to amortise the flush and commit round
     # trips (500: 7.2k tx/s, 5000: 10-11k tx/s on the benchmark), small enough that a replay
     # after a crash is short. Under a light load a poll returns what has arrived, far fewer.
-    max_poll_records: int = Field(default=5000, ge=1)
+    max_poll_records: int = Field(default=5000, ge=1, le=2**31 - 1)
     # Short so SIGTERM is noticed promptly even when idle.
     poll_timeout_ms: int = Field(default=100, ge=1)
     # How long the broker may hold a fetch until ``fetch_min_bytes`` have arrived (the
@@ -358,17 +358,17 @@ class KafkaSettings(BaseSettings):
     # answers with the few records that came, so the client's per-poll work dominates: a
     # larger fetch_min_bytes trades latency (up to fetch_max_wait_ms) for CPU
     # (benchmarks/results/fetch_wait.md).
-    fetch_min_bytes: int = Field(default=1, ge=1)
+    fetch_min_bytes: int = Field(default=1, ge=1, le=2**31 - 1)
     # (below kafka-python's request timeout, 30 s: above it the client refused to start,
     # told as a broker out of reach; 0 fetched in a tight loop while idle: a review)
     fetch_max_wait_ms: int = Field(default=500, ge=1, lt=30_000)
     # Event-time alignment (fds.streams.align): how long a partition that is behind may hold
     # the others back while its records are fetched (Kafka Streams' max.task.idle.ms).
-    align_wait_s: float = Field(default=1.0, ge=0)
+    align_wait_s: float = Field(default=1.0, ge=0, allow_inf_nan=False)
     # A state rebuild runs between two polls; the group must not evict the member meanwhile
     # (a dead process is still noticed within session_timeout_ms). Kafka Streams: no limit.
-    max_poll_interval_ms: int = Field(default=1_800_000, ge=1000)
-    broker_timeout_s: float = Field(default=60.0, gt=0)
+    max_poll_interval_ms: int = Field(default=1_800_000, ge=1000, le=2**31 - 1)
+    broker_timeout_s: float = Field(default=60.0, gt=0, allow_inf_nan=False)
     # Labels for the label-aware features (fraud_count, fraud_rate): every partition of this
     # topic is read by every instance (fds.streams.label_feed). None: the features see no labels.
     labels_topic: str | None = None
@@ -376,13 +376,14 @@ class KafkaSettings(BaseSettings):
     # A transaction stamped more than this after its record was produced is dead-lettered
     # (stage validate): a clock or data error that would push every window's watermark ahead.
     # 0: no check.
-    max_event_ahead_s: float = Field(default=3600.0, ge=0)
-    session_timeout_ms: int = Field(default=10_000, ge=1000)  # how fast a dead one is noticed
+    max_event_ahead_s: float = Field(default=3600.0, ge=0, allow_inf_nan=False)
+    # how fast a dead one is noticed
+    session_timeout_ms: int = Field(default=10_000, ge=1000, le=2**31 - 1)
     # Engine state checkpoints (None: ~/.cache/fds/state/<group>[/<group_instance_id>]).
     state_dir: str | None = None
     # How often the state is checkpointed (after a commit); a restart re-folds at most this
     # much input in catch-up mode (~10,000 records/s). 0: after every commit.
-    checkpoint_every_s: float = Field(default=30.0, ge=0)
+    checkpoint_every_s: float = Field(default=30.0, ge=0, allow_inf_nan=False)
     # Periodic checkpoints are written by a forked child (fds.streams.checkpoint): the loop
     # pauses for the fork, not for pickling the state. False: pickle on the loop (no fork;
     # no transient extra memory).

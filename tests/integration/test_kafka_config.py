@@ -232,7 +232,7 @@ def test_a_state_topic_without_a_state_dir_is_a_usage_error(capsys):
 
 @pytest.mark.parametrize(
     ("flag", "value", "message"),
-    [("--rate", "-5", "must be greater than 0"), ("--limit", "0", "must be at least 1")],
+    [("--rate", "-5", "greater than 0"), ("--limit", "0", "must be at least 1")],
 )
 def test_produce_rate_and_limit_must_be_positive(flag, value, message, capsys):
     with pytest.raises(SystemExit) as exit_:
