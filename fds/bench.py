@@ -902,7 +902,7 @@ def register(subparsers: Any) -> None:
         "--out", type=folder, default="benchmarks/results", help="folder for report and plot"
     )
     pp.add_argument(
-        "--name", default=None,
+        "--name", default=None, type=_report_name,
         help="report file name (without .md); default precision, or precision_<file> with "
         "--input (the committed simulator report is not overwritten)",
     )  # fmt: skip
@@ -920,6 +920,16 @@ def warmup_before(drift_day: int | None) -> int:
     return (
         min(WARMUP_DAYS, drift_day - 1) if drift_day is not None and drift_day > 1 else WARMUP_DAYS
     )
+
+
+def _report_name(text: str) -> str:
+    """``--name``: a file name in ``--out`` (`../escape` and an absolute path wrote outside it,
+    a QA pass)."""
+    if not text.strip() or text in (".", "..") or "/" in text or "\\" in text:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is no file name: give a name without a folder (the report goes to --out)"
+        )
+    return text
 
 
 def _alert_budget(text: str) -> int:

@@ -904,6 +904,22 @@ def test_features_reading_a_field_no_transaction_has_are_named(tmp_path, capsys)
             "finite number greater than 0",
         ),
         (["demo", "--out-dir", ""], 2, "an empty path: name a folder"),  # ('' wrote into ./)
+        (["bench", "precision", "--name", "../escape"], 2, "is no file name"),  # (wrote outside)
+        (
+            [
+                "rules",
+                "backtest",
+                "--candidate",
+                "{rules}",
+                "--baseline",
+                "{rules}",
+                "{tmp}/s.jsonl",
+                "--labels",
+                "{tmp}/s.jsonl",
+            ],
+            2,
+            "is the input file",
+        ),
         # a path the system refuses: said, not a traceback
         (["replay", "{tmp}/s.jsonl", "--out", "/proc/x", "--model", "none"], 1, "failed:"),
     ],
@@ -913,7 +929,7 @@ def test_bad_values_and_refused_paths_are_said_not_tracebacks(argv, code, says, 
     (tmp_path / "s.jsonl").write_bytes(orjson.dumps(
         {"tx_id": "t", "ts": T0, "card_id": "c", "amount": 5}) + b"\n")  # fmt: skip
     with contextlib.suppress(SystemExit):
-        got = main([a.format(tmp=tmp_path) for a in argv])
+        got = main([a.format(tmp=tmp_path, rules=DEFAULT_RULES) for a in argv])
         assert got == code
     err = capsys.readouterr().err
     assert says in err and "Traceback" not in err, err
