@@ -904,6 +904,11 @@ def test_features_reading_a_field_no_transaction_has_are_named(tmp_path, capsys)
             "finite number greater than 0",
         ),
         (["demo", "--out-dir", ""], 2, "an empty path: name a folder"),  # ('' wrote into ./)
+        (
+            ["simulate", "--start", "1900-01-01", "--days", "1", "--out", "{tmp}/x.jsonl"],
+            2,
+            "must fall between 1900-01-02 and 9997-12-31",
+        ),  # (Seoul's: 1899 in UTC, a traceback)
         (["bench", "precision", "--name", "../escape"], 2, "is no file name"),  # (wrote outside)
         (
             [

@@ -7,9 +7,11 @@ A thin layer over :mod:`fds.streams.simulator`; the lead wires :func:`register` 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from fds.cli import drift_day, positive_int, seed
@@ -94,6 +96,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_simulate)
 
 
+# The event times fds takes (timeutil), with a day's margin for local midnights in any zone.
+_FIRST = datetime(1900, 1, 2, tzinfo=UTC).timestamp()
+_LAST = datetime(9997, 12, 31, tzinfo=UTC).timestamp()
+
+
 def _simulate(args: argparse.Namespace) -> int:
     quiet: bool = args.quiet
     if args.drift_day == _MIDDLE:
@@ -102,6 +109,16 @@ def _simulate(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"--drift-day {args.drift_day} is not inside the {args.days} simulated days: "
             f"use a day below {args.days}, or 'none' for no drift"
+        )
+    try:  # (a traceback whose message said 1900 was allowed: a QA pass)
+        begin = parse_ts(args.start, get_zone(args.timezone))
+    except ValueError:  # out of range in --timezone
+        begin = -math.inf
+    if not (begin >= _FIRST and begin + (args.days + 70) * 86400.0 < _LAST):
+        raise ConfigError(
+            f"--start {args.start} with --days {args.days}: the simulated days and their labels "
+            "(up to 70 days later) must fall between 1900-01-02 and 9997-12-31; give a --start "
+            "inside them"
         )
     t0 = time.perf_counter()
 
