@@ -33,9 +33,10 @@ from typing import Any
 
 import numpy as np
 
-from fds.cli import drift_day, folder, positive_int, seed
+from fds.cli import at_least, drift_day, folder, positive_int, seed
 from fds.logs import say
 from fds.progress import progress_bar
+from fds.streams.simulator import MIN_MERCHANTS
 
 __all__ = ["PrecisionResult", "register", "run_precision"]
 
@@ -874,7 +875,10 @@ def register(subparsers: Any) -> None:
     )
     pp.add_argument("--days", type=positive_int, help="simulated days (default 60)")
     pp.add_argument("--cards", type=positive_int, help="simulated cards (default 10,000)")
-    pp.add_argument("--merchants", type=positive_int, help="simulated merchants (default 1,000)")
+    pp.add_argument(
+        "--merchants", type=at_least(MIN_MERCHANTS),
+        help=f"simulated merchants (default 1,000; at least {MIN_MERCHANTS})",
+    )  # fmt: skip
     pp.add_argument("--seed", type=seed, default=7, help="random seed of the simulator")
     pp.add_argument(
         "--drift-day",

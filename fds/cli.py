@@ -16,7 +16,7 @@ import math
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -247,6 +247,12 @@ _MOST = 2**31 - 1
 def positive_int(text: str) -> int:
     """argparse type: a whole number >= 1."""
     return _whole(text, 1, "number", "must be at least 1")
+
+
+def at_least(least: int) -> Callable[[str], int]:
+    """argparse type: a whole number >= ``least`` (``--merchants``: the simulator's minimum,
+    said by the flag; it was "merchants must be at least 100", a QA pass)."""
+    return lambda text: _whole(text, least, "number", f"must be at least {least:,}")
 
 
 def count_or_all(text: str) -> int | None:

@@ -162,6 +162,10 @@ def test_demo_end_to_end_small(tmp_path, capsys):
         (["simulate", "--out", "{tmp}/s.jsonl", "--seed", "-1"], "a seed is a whole number >= 0"),
         (["demo", "--seed", "-1"], "a seed is a whole number >= 0"),
         (["demo", "--cards", "0"], "--cards: must be at least 1"),
+        (
+            ["simulate", "--merchants", "20", "--out", "{tmp}/s.jsonl"],
+            "--merchants: must be at least 100",
+        ),  # (it did not name the flag: a QA pass)
         (["demo", "--out-dir", "{tmp}/f"], "is a file, not a folder"),
         (["bench", "precision", "--out", "{tmp}/f"], "is a file, not a folder"),
     ],

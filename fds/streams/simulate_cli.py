@@ -14,10 +14,18 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from fds.cli import drift_day, positive_int, seed
+from fds.cli import at_least, drift_day, positive_int, seed
 from fds.errors import ConfigError
 from fds.progress import progress_bar
-from fds.streams.simulator import Simulation, check_out, labels_path, simulate, summarize, write
+from fds.streams.simulator import (
+    MIN_MERCHANTS,
+    Simulation,
+    check_out,
+    labels_path,
+    simulate,
+    summarize,
+    write,
+)
 from fds.timeutil import format_ts, get_zone, parse_ts
 
 __all__ = ["register"]
@@ -74,7 +82,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--days", type=positive_int, default=60, help="length in days (default 60)")
     p.add_argument("--seed", type=seed, default=0, help="random seed (default 0)")
     p.add_argument("--cards", type=positive_int, default=20_000, help="cards (default 20000)")
-    p.add_argument("--merchants", type=positive_int, default=2_000, help="merchants (default 2000)")
+    p.add_argument(
+        "--merchants", type=at_least(MIN_MERCHANTS), default=2_000,
+        help=f"merchants (default 2000; at least {MIN_MERCHANTS})",
+    )  # fmt: skip
     p.add_argument(
         "--drift-day", type=_drift, default=_MIDDLE,
         help="day (0-based) the fraud pattern changes: a number, 'middle' (default: days // 2) "

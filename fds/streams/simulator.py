@@ -64,8 +64,8 @@ from fds.errors import ConfigError
 from fds.timeutil import get_zone, parse_ts
 
 __all__ = [
-    "SCENARIOS", "Simulation", "check_out", "labels_beside", "labels_path", "simulate", "summarize",
-    "write",
+    "MIN_MERCHANTS", "SCENARIOS", "Simulation", "check_out", "labels_beside", "labels_path",
+    "simulate", "summarize", "write",
 ]  # fmt: skip
 
 Progress = Callable[[str], None]
@@ -188,7 +188,7 @@ _GAMER_SHARE = 0.05
 _HOUSEHOLD_SHARE = 0.05
 # Victims per ring phone before the ring drops it.
 _RING_VICTIMS_PER_DEVICE = 3
-_MIN_MERCHANTS = 100  # below this the forced merchants would crowd out the ordinary ones
+MIN_MERCHANTS = 100  # below this the forced merchants would crowd out the ordinary ones
 
 
 @dataclass(frozen=True)
@@ -755,8 +755,8 @@ def simulate(
         raise ConfigError(f"days must be at least 1, got {days}")
     if cards < 1:
         raise ConfigError(f"cards must be at least 1, got {cards}")
-    if merchants < _MIN_MERCHANTS:
-        raise ConfigError(f"merchants must be at least {_MIN_MERCHANTS}, got {merchants}")
+    if merchants < MIN_MERCHANTS:
+        raise ConfigError(f"merchants must be at least {MIN_MERCHANTS}, got {merchants}")
     if drift_day is not None and drift_day < 0:
         raise ConfigError(f"drift_day must be >= 0 (or None for no drift), got {drift_day}")
     say = progress or (lambda _msg: None)
