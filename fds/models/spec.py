@@ -338,7 +338,7 @@ def _instantiate(dotted: str, params: dict[str, Any] | None) -> Any:
         if _is_estimator_ref(v):
             ((inner, inner_params),) = v.items()
             v = _instantiate(inner, inner_params)
-        elif isinstance(v, list) and any(_is_estimator_ref(x) for x in v):
+        elif isinstance(v, list):
             v = [_instantiate(*next(iter(x.items()))) if _is_estimator_ref(x) else x for x in v]
         kwargs[k] = v
     return cls(**kwargs)

@@ -296,8 +296,6 @@ class ReloadingRuleset:
         apart; the engine goes on deciding with the file as it is: a QA pass)."""
         now = self.current.version
         for version, digest in saved.items():
-            if not digest.startswith(_SCHEME):  # an earlier fds's: not comparable
-                continue
             if version == now and digest != self._served[now]:
                 log.error(
                     'rules file %s version="%s" names other rules than the same version did '
@@ -344,21 +342,16 @@ class ReloadingRuleset:
         self.close()
 
 
-#: The scheme of :func:`_deciding`'s digests: a checkpoint's digests of another scheme (an
-#: earlier fds's, which hashed a condition's text and the features in file order) are not
-#: compared with this one's.
-_SCHEME = "2:"
-
-
 def _deciding(rs: Ruleset) -> str:
     """What of a ruleset decides, as a digest: its spec without the rules' inline tests, a
     condition as its syntax tree and the features by name (``a >  5`` or ``(a > 5)`` for
     ``a > 5``, or the features in another order, were refused as other rules under the same
-    version, where the README promises that an edit of layout alone needs none)."""
+    version, where the README promises that an edit of layout alone needs none). An earlier
+    release's digests, of its condition's text, are kept in its checkpoints under another key
+    (see :meth:`fds.engine.Engine.state_dict`): never compared with these."""
     spec = rs.spec.model_dump(mode="json", exclude={"rules": {"__all__": {"tests"}}})
     for rule in spec["rules"]:
         # (unparsed: ast.dump's text changed with Python 3.13, a digest must not)
         rule["when"] = ast.unparse(ast.parse("(" + rule["when"] + "\n)", mode="eval"))
     spec["features"] = sorted(spec["features"], key=lambda f: f["name"])
-    digest = hashlib.sha256(orjson.dumps(spec, option=orjson.OPT_SORT_KEYS)).hexdigest()
-    return _SCHEME + digest
+    return hashlib.sha256(orjson.dumps(spec, option=orjson.OPT_SORT_KEYS)).hexdigest()

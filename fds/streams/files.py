@@ -868,9 +868,10 @@ def _as_sent(v: Any) -> Any:
 
 
 def _as_sent_columns(schema: Any, ts_col: str) -> frozenset[str]:
-    """The columns of an Arrow ``schema`` whose values :func:`_as_sent` converts: all but text,
-    numbers and booleans, and but a timestamp column read as ``ts`` (in the mapping's zone:
-    a naive datetime kept; a date one is text, which both paths read in the zone)."""
+    """The columns of an Arrow ``schema`` whose values :func:`_as_sent` converts: all except
+    text, numbers, booleans and the timestamp column read as ``ts`` (its naive datetimes are
+    read in the mapping's zone; a date column there is converted to text, which both paths
+    read in the zone)."""
     import pyarrow as pa
 
     plain = (pa.types.is_string, pa.types.is_large_string, pa.types.is_integer,
