@@ -85,7 +85,7 @@ from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+from kafka import ConsumerRebalanceListener, KafkaProducer
 from kafka.errors import (
     CommitFailedError,
     FencedInstanceIdError,
@@ -124,7 +124,7 @@ from fds.streams.files import (
     read_records,
     read_yaml,
 )
-from fds.streams.kafka_kit import Call, ClientErrors
+from fds.streams.kafka_kit import Call, ClientErrors, Consumer
 from fds.streams.label_feed import LabelFeed, reads_labels
 from fds.streams.rebuild import horizon_seconds, read_merged, start_offsets
 from fds.streams.state_topic import StateTopic
@@ -369,6 +369,9 @@ class KafkaSettings(BaseSettings):
     # (a dead process is still noticed within session_timeout_ms). Kafka Streams: no limit.
     max_poll_interval_ms: int = Field(default=1_800_000, ge=1000, le=2**31 - 1)
     broker_timeout_s: float = Field(default=60.0, gt=0, allow_inf_nan=False)
+    # Compression of what fds run writes (decisions, dead letters) and fds produce sends. Any
+    # compression is read: every codec's library is installed with fds.
+    compression_type: Literal["gzip", "snappy", "lz4", "zstd"] | None = None
     # Labels for the label-aware features (fraud_count, fraud_rate): every partition of this
     # topic is read by every instance (fds.streams.label_feed). None: the features see no labels.
     labels_topic: str | None = None
@@ -675,7 +678,7 @@ class Runner:
         self.engine = engine
         self.stats = RunStats()
         self._stop = False
-        self._consumer_factory = consumer_factory or KafkaConsumer
+        self._consumer_factory = consumer_factory or Consumer
         self._producer_factory = producer_factory or KafkaProducer
         self.consumer: Any = None
         self.producer: Any = None
@@ -749,6 +752,7 @@ class Runner:
             "batch_size": 1 << 20,
             "bootstrap_timeout_ms": timeout_ms,
             "max_block_ms": timeout_ms,
+            "compression_type": s.compression_type,
         }
         if s.exactly_once:
             # One per instance: a second instance with the same id fences the first.
@@ -2287,6 +2291,7 @@ def produce_file(
                 # a record waits for a broker that went away as long as --broker-timeout says
                 # (the default 2 minutes dropped records of an outage longer than that)
                 delivery_timeout_ms=max(timeout_ms, 120_000),
+                compression_type=settings.compression_type,
             ), len(settings.client_config()["bootstrap_servers"]))  # fmt: skip
     except (KafkaError, OSError) as exc:
         raise unreachable(settings, exc, errors) from exc
@@ -2475,6 +2480,7 @@ _SETTING_FLAGS = {
     "--max-poll-interval": "max_poll_interval_ms",
     "--fetch-min-bytes": "fetch_min_bytes",
     "--fetch-max-wait": "fetch_max_wait_ms",
+    "--compression": "compression_type",
     "--security-protocol": "security_protocol",
     "--sasl-mechanism": "sasl_mechanism",
     "--sasl-username": "sasl_plain_username",
@@ -2592,7 +2598,7 @@ def register_produce(subparsers: argparse._SubParsersAction) -> None:
         help="with a --mapping that has a label: column, send each fraud it marks here as a "
         "label, delay after its transaction",
     )  # fmt: skip
-    _add_settings_flags(p, (*CONNECTION_SETTINGS, "input_topic"))
+    _add_settings_flags(p, (*CONNECTION_SETTINGS, "input_topic", "compression_type"))
     p.set_defaults(func=_cmd_produce)
 
 

@@ -50,7 +50,6 @@ from types import MappingProxyType
 from typing import Any
 
 import orjson
-from kafka import KafkaConsumer
 from kafka.errors import KafkaError
 from kafka.structs import TopicPartition
 
@@ -58,6 +57,7 @@ from fds.errors import ArtifactError, describe
 from fds.metrics import NullMetrics
 from fds.models.registry import KEY_ENV, Registry
 from fds.streams.kafka import KafkaSettings
+from fds.streams.kafka_kit import Consumer, UnreadableRecords
 
 __all__ = ["FeedStats", "ModelFeed"]
 
@@ -130,7 +130,7 @@ class ModelFeed:
         self.stats = FeedStats()
         self.metrics: Any = metrics if metrics is not None else NullMetrics()
         self.caught_up = threading.Event()  # set once the topic's history has been read
-        self._consumer_factory = consumer_factory or KafkaConsumer
+        self._consumer_factory = consumer_factory or Consumer
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._backoff = RETRY_MIN_S
@@ -265,6 +265,8 @@ class ModelFeed:
                     'models feed: broker error, retrying in %.1f s topic="%s" error="%s: %s"',
                     self._backoff, self.topic, type(exc).__name__, exc,
                 )  # fmt: skip
+            except UnreadableRecords as exc:  # (the scorer goes on with the versions it has)
+                log.error("models feed: %s; retrying in %.1f s", exc, self._backoff)
             except Exception:  # a bug must not end the feed silently: scorers would go stale
                 log.exception(
                     'models feed: unexpected error, retrying in %.1f s topic="%s"',

@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+from kafka import ConsumerRebalanceListener, KafkaProducer
 from kafka.errors import KafkaError, MessageSizeTooLargeError
 from kafka.structs import OffsetAndMetadata
 
@@ -74,7 +74,7 @@ from fds.streams.kafka import (
     load_settings,
     unreachable,
 )
-from fds.streams.kafka_kit import ClientErrors
+from fds.streams.kafka_kit import ClientErrors, Consumer
 from fds.timeutil import format_ts, parse_ts
 
 if TYPE_CHECKING:  # (River: imported when a trainer starts, not to build the command line)
@@ -279,7 +279,7 @@ class TrainService:
         timeout_ms = int(s.broker_timeout_s * 1000)
         try:
             with ClientErrors() as errors:
-                self.consumer = errors.connect(lambda: KafkaConsumer(
+                self.consumer = errors.connect(lambda: Consumer(
                     **s.client_config(),
                     group_id=s.group,
                     enable_auto_commit=False,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -344,6 +345,52 @@ def test_produced_json_that_is_no_object_is_dead_lettered_with_its_content(
         "[1,2,3]": "validate", "42": "validate", "null": "validate", '"text"': "validate",
         "{not json\n": "parse",  # (the file's own line)
     }  # fmt: skip
+
+
+def _produce_compressed(bootstrap: str, topic: str, codecs: tuple[str, ...], n: int) -> list[str]:
+    """``n`` transactions per codec, each codec's sent by a producer of its own (as outside
+    producers would); returns the tx_ids."""
+    ids = []
+    for codec in codecs:
+        p = KafkaProducer(bootstrap_servers=bootstrap, compression_type=codec)
+        for i in range(n):
+            ids.append(f"{codec}-{i}")
+            rec = {"tx_id": ids[-1], "ts": T0 + i, "card_id": f"c{i % 7}", "amount": 5 + i}
+            p.send(topic, key=rec["card_id"].encode(), value=orjson.dumps(rec))
+        p.flush()
+        p.close()
+    return ids
+
+
+def test_every_compression_a_producer_may_choose_is_decided(kafka_bootstrap, topics, unique_name):
+    """An lz4 batch from an outside producer stopped fds run: kafka-python reads gzip alone
+    without the codec libraries, and looped for ever inside poll after the error (a QA pass).
+    fds run's own output compression is a setting."""
+    codecs = ("gzip", "snappy", "lz4", "zstd")
+    ids = _produce_compressed(kafka_bootstrap, topics["transactions"], codecs, 20)
+    s = settings_for(kafka_bootstrap, topics, unique_name("g"), compression_type="zstd")
+    stats = Runner(s, Engine()).run(max_idle_s=3)
+    assert (stats.decided, stats.dead_letters) == (len(ids), 0)
+    decisions_by_tx(kafka_bootstrap, topics["decisions"], ids)
+
+
+def test_a_batch_the_client_cannot_read_stops_the_run_naming_where(
+    kafka_bootstrap, topics, unique_name, monkeypatch
+):
+    """Before: one warning, then 100 % of a core inside kafka-python's poll for good, deaf to
+    SIGTERM (the failed batch stayed first in line, empty). Now fds run stops at once, naming
+    the partition and offset, and decides nothing of what it could not read."""
+    _produce_compressed(kafka_bootstrap, topics["transactions"], ("lz4",), 5)
+    monkeypatch.setattr("kafka.codec.has_lz4", lambda: False)  # a client without lz4
+    runner = Runner(settings_for(kafka_bootstrap, topics, unique_name("g")), Engine())
+    t, errors = run_in_thread(runner)
+    t.join(60)
+    assert not t.is_alive(), "fds run hangs on a batch it cannot read"
+    assert [type(e).__name__ for e in errors] == ["UnreadableRecords"]
+    message = str(errors[0])
+    assert re.search(rf"{topics['transactions']}\[\d\] at offset 0 ", message), message
+    assert "lz4" in message and "stops rather than skip" in message, message
+    assert runner.stats.decided == 0
 
 
 def _kill_restart_run(
