@@ -391,14 +391,16 @@ def _validated(
             row = _as_read(raw, rec, label, truth)
             dlq.append(dead_letter(stage="validate", error=e, raw=row, source=source, position=pos))
             continue
-        if stream is not None and isinstance(rec, dict):
+        if isinstance(rec, dict):
             # a local time of the hour a DST change repeats: its second pass where the file
             # says so (read alone, it is the first: a review found both passes of a fall-back
-            # hour read as the first, the windows wrong)
+            # hour read as the first, the windows wrong; a labels file's too, learned an hour
+            # before they were known: a QA pass)
             t = clock(rec.get("ts"), out["ts"])
             if t != out["ts"]:
                 out["ts"] = t
-                stream.second_pass += 1
+                if stream is not None:
+                    stream.second_pass += 1
         if stream is not None and stream.lines is not None:
             stream.lines[id(out)] = pos
         if truth is None or label is None or stream is None:

@@ -140,7 +140,9 @@ def second_pass(value: object, default_tz: tzinfo) -> float | None:
 
 
 #: A step back in a file's local times at least this long may be the second pass of an hour a
-#: DST change repeats (a record a minute late is not: a review found one garbling the hour).
+#: DST change repeats (a record a minute late is not: a review found one garbling the hour);
+#: at least half the repeated span where that is shorter (Lord Howe repeats 30 minutes, so a
+#: second pass there is always less than 30 minutes behind: a QA pass).
 FALL_BACK_STEP = 1800.0
 
 
@@ -165,8 +167,15 @@ class FileClock:
 
     def __call__(self, value: object, t: float) -> float:
         """The event time of a record whose ``ts`` is ``value``, read alone as ``t``."""
-        if self.second or self.last - t >= FALL_BACK_STEP:
+        behind = self.last - t
+        if self.second or behind > 0:
             again = second_pass(value, self.zone)
+            if (
+                not self.second
+                and again is not None
+                and behind < min(FALL_BACK_STEP, (again - t) / 2)
+            ):
+                again = None  # a record a little late, in the first pass
             self.second = again is not None  # (until a time outside the repeated hour)
             if again is not None:
                 t = again

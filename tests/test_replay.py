@@ -528,6 +528,38 @@ def test_a_time_in_the_hour_a_spring_change_skips_is_no_second_pass(tmp_path):
     assert stream.second_pass == 0  # (02:30 read as 03:30 CEST, as when read alone)
 
 
+def test_a_labels_file_s_repeated_dst_hour_is_read_in_file_order_too(tmp_path):
+    """Found by a QA pass: a labels file's times were read alone, so a label of the second
+    pass of Havana's repeated midnight hour was dated an hour early: before its transaction,
+    counted in the fraud features of a decision taken before the label was known."""
+    p, labels = tmp_path / "tx.csv", tmp_path / "labels.csv"
+    p.write_text("tx_id,ts,card_id,amount\na,2022-11-06 00:10:00,c,1\n")
+    labels.write_text(
+        "tx_id,ts,is_fraud\na,2022-11-06 00:59:00,1\nb,2022-11-06 00:25:00,1\n"
+        "c,2022-11-06 00:50:00,1\nd,2022-11-06 01:30:00,1\n"
+    )
+    mapping = ColumnMapping.model_validate({"timezone": "America/Havana"})
+    stream = replay.load(p, mapping=mapping, labels_path=labels)
+    got = {lab["tx_id"]: (lab["ts"] - 1667707200) / 60 for lab in stream.labels}  # 04:00Z
+    assert got == {"a": 59, "b": 85, "c": 110, "d": 150}  # 00:25 and 00:50 of the 2nd pass
+
+
+def test_a_repeated_half_hour_is_read_in_file_order(tmp_path):
+    """Found by a QA pass: Lord Howe repeats 30 minutes (02:00 -> 01:30), so a second pass
+    there is always less than the 30-minute step that marked one: 01:32 after 01:58 was read
+    30 minutes early and reported as merely out of order."""
+    p = tmp_path / "lh.csv"
+    times = ["01:35", "01:50", "01:58", "01:32", "01:45", "02:05"]
+    rows = "".join(f"t{i},2022-04-03 {hm}:00,c,1\n" for i, hm in enumerate(times))
+    p.write_text("tx_id,ts,card_id,amount\n" + rows)
+    mapping = ColumnMapping.model_validate({"timezone": "Australia/Lord_Howe"})
+    stream, out = replay.open_stream(p, mapping=mapping), ListSink()
+    replay.run(Engine(), stream, out, ListSink())
+    utc = [d["ts"][11:16] for d in out.items]
+    assert utc == ["14:35", "14:50", "14:58", "15:02", "15:15", "15:35"]
+    assert stream.second_pass == 2 and stream.reordered == 0
+
+
 def test_the_summary_tells_labels_read_from_labels_the_model_learned():
     """Found by a review: "labels learned" counted every label read, 137 whether or not any
     matched a transaction, and with no model at all."""

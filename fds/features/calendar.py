@@ -43,7 +43,9 @@ class DayClock:
         self.cache = [self._start, self._end, self._cutoff]
 
     def _bounds(self, t: float) -> tuple[float, float]:
-        day = datetime.fromtimestamp(t, self.tz).date()
+        # (whole seconds: every midnight is one, and fromtimestamp rounds to the microsecond,
+        # so 0.4 us before midnight was the next day: a QA pass)
+        day = datetime.fromtimestamp(math.floor(t), self.tz).date()
         nxt = day + timedelta(days=1)
         # A midnight that does not exist (DST jump at 00:00) resolves, with fold=0, to the
         # instant of the jump: the day starts when the clocks say it does.

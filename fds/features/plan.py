@@ -40,6 +40,7 @@ most of a sum, and with a new shift when ``std`` lost precision to a far shift: 
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import pickle
@@ -65,6 +66,8 @@ from fds.features.txstore import TxStore
 from fds.timeutil import parse_duration
 
 __all__ = ["FeaturePlan"]
+
+log = logging.getLogger(__name__)
 
 NAN = math.nan
 # Checkpoint format version: bump when the pickled state layout changes.
@@ -540,8 +543,12 @@ class FeaturePlan:
         self._sweep_todo = body["sweep_todo"]
         self._labels = body["labels"]
         self._next_label_expiry = body["next_label_expiry"]
-        self.label_ttl = body["label_ttl"]
-        self._label_span = max(self.label_ttl / _LABEL_BUCKETS, 1.0)
+        if body["label_ttl"] < self.label_ttl:  # (the configured one is kept: it was replaced
+            log.warning(  # by the checkpoint's without a word, a QA pass)
+                "the restored tx_id store was kept for label_ttl %.0f s, now %.0f s: labels "
+                "for transactions older than the first are not attributed until it fills",
+                body["label_ttl"], self.label_ttl,
+            )  # fmt: skip
         self._bind()
 
     def checkpoint(self, path: str | os.PathLike[str], position: Any) -> None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import difflib
 import json
 import logging
+import math
 import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -446,9 +447,11 @@ def _pydantic_error(e: pydantic.ValidationError, filename: str, marks: Mapping) 
 class LocalClock:
     """Hour, weekday, is_night and is_weekend of an epoch timestamp in one timezone.
 
-    Cached per 15-minute UTC bucket: every UTC offset and DST change in the IANA database is a
-    multiple of 15 minutes, so a bucket never straddles a local hour boundary, and events out of
-    order cost no more than ordered ones.
+    Cached per 15-minute UTC bucket: today's UTC offsets and DST changes are multiples of 15
+    minutes, so a bucket holds one local hour, and events out of order cost no more than
+    ordered ones. A bucket whose ends fall in two local hours (historical offsets such as
+    Monrovia's -0:44:30, St. John's changes at 00:01) is not cached: its times are read one
+    by one (they were read as the bucket's start: a QA pass).
 
     >>> from fds.timeutil import get_zone
     >>> LocalClock(get_zone("Asia/Seoul"))(1767225600.0)  # 2026-01-01 09:00 KST, a Thursday
@@ -469,7 +472,13 @@ class LocalClock:
         hit = self.cache.get(key)
         if hit is not None:
             return hit
-        dt = datetime.fromtimestamp(key * self.bucket, self.tz)
+        start = key * self.bucket
+        dt = datetime.fromtimestamp(start, self.tz)
+        last = datetime.fromtimestamp(start + self.bucket - 1, self.tz)
+        if (last.hour, last.date()) != (dt.hour, dt.date()):  # not cached (see above)
+            dt = datetime.fromtimestamp(math.floor(ts), self.tz)
+            wd = dt.weekday()
+            return (dt.hour, wd, dt.hour < NIGHT_END_HOUR, wd >= 5)
         wd = dt.weekday()
         out = (dt.hour, wd, dt.hour < NIGHT_END_HOUR, wd >= 5)
         if len(self.cache) >= self._MAX_ENTRIES:

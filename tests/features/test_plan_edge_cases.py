@@ -109,3 +109,16 @@ def test_an_infinite_number_is_missing_not_a_poisoned_sum():
     feed(p, 1800.0, extra={"x": 2})
     assert feed(p, 3700.0, extra={"x": 3}) == {"s": 5.0}
     assert feed(p, 3800.0, extra={"x": float("-inf")}) == {"s": 5.0}
+
+
+def test_a_calendar_day_ends_at_midnight_to_the_last_fraction_of_a_second() -> None:
+    """Found by a QA pass: the day of a time 0.4 us before midnight was read rounded to the
+    microsecond, the next day, when another card had moved the cached day past midnight."""
+    plan = FeaturePlan([
+        S(name="n", entity="card_id", agg="count", field=None, window="calendar_day"),
+        S(name="s", entity="card_id", agg="sum", field="amount", window="calendar_day"),
+    ])  # fmt: skip
+    m = 1767225600.0  # 2026-01-01 00:00 UTC
+    feed(plan, m - H, amount=1.0)
+    feed(plan, m + 10, card_id="other")
+    assert feed(plan, m - 4e-7, amount=2.0) == {"n": 2, "s": 3.0}

@@ -261,6 +261,22 @@ def test_local_clock_matches_datetime_across_midnight_and_dst() -> None:
             assert clock(ts) == want, (zone, dt)
 
 
+def test_local_clock_reads_offsets_off_the_quarter_hour() -> None:
+    """Found by a QA pass: the cache assumed every offset and change a multiple of 15 minutes;
+    St. John's changed at 00:01 until 2011 and Monrovia was -0:44:30 until 1972, so times
+    near their hour boundaries read the hour (and day) of their bucket's start."""
+    for zone, utc in (
+        ("America/St_Johns", "2010-11-07T02:40:00"),  # Saturday 23:10 local, not Sunday 00
+        ("Africa/Monrovia", "1971-06-01T06:44:40"),  # 06:00:10 local, not 05 (night)
+    ):
+        tz = get_zone(zone)
+        ts = datetime.fromisoformat(utc + "+00:00").timestamp()
+        clock = LocalClock(tz)
+        for t in (ts, ts, ts + 0.25):  # a miss, then what it cached, if anything
+            dt = datetime.fromtimestamp(t, tz)
+            assert clock(t) == (dt.hour, dt.weekday(), dt.hour < 6, dt.weekday() >= 5), zone
+
+
 def test_builtins_read_from_ts_in_the_ruleset_timezone() -> None:
     rs = load("""\
         version: "1"
