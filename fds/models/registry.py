@@ -231,6 +231,13 @@ class Registry:
             raise ConfigError(
                 f"no model registry at {self.path}: check --registry (`fds train` creates it)"
             )
+        elif not (self.path / "manifest.json").exists() and any(
+            f.name != ".lock" for f in self.path.iterdir()
+        ):  # (`--registry /tmp` listed "no versions", and a rollback left its lock there)
+            raise ConfigError(
+                f"{self.path} is no model registry (it holds other files and no manifest.json): "
+                "check --registry; an empty folder is an empty registry"
+            )
         self.key = key if key is not None else env_key()
         self.retain = retain or DEFAULT_RETAIN
         self._manifest_path = self.path / "manifest.json"

@@ -227,6 +227,20 @@ def test_a_rollback_to_an_artifact_that_does_not_verify_changes_nothing(tmp_path
     assert reg.champion() == "v000002" and UNPICKLED == []
 
 
+def test_the_models_commands_refuse_a_folder_that_is_no_registry(tmp_path, capsys):
+    """Found by a QA pass: `fds models list --registry /tmp` said "no versions", and a
+    rollback there wrote its lock file into it."""
+    from fds.cli import main
+
+    (tmp_path / "notes.txt").write_text("not a model")
+    for command in ("list", "rollback"):
+        assert main(["models", "--registry", str(tmp_path), command]) == 2
+        assert "is no model registry" in capsys.readouterr().err
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["notes.txt"]
+    (tmp_path / "empty").mkdir()
+    assert main(["models", "--registry", str(tmp_path / "empty"), "list"]) == 0
+
+
 def test_the_models_commands_create_no_registry_and_refuse_a_foreign_manifest(tmp_path, capsys):
     from fds.cli import main
 
