@@ -73,6 +73,7 @@ import logging
 import math
 import os
 import pickle
+import re
 import signal
 import socket
 import sys
@@ -311,6 +312,31 @@ DLQ_MAX_BYTES = 512 * 1024
 DLQ_RAW_KEPT = 64 * 1024
 
 
+_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
+
+
+def check_topic(name: str) -> str:
+    """``name`` if Kafka takes it as a topic name, else a ``ValueError`` saying why (an input
+    topic with a space was a traceback from the client; others waited for the broker).
+
+    >>> check_topic("fds.decisions-1")
+    'fds.decisions-1'
+    """
+    if not _TOPIC.fullmatch(name) or name in (".", ".."):
+        raise ValueError(
+            f"{name!r} is no Kafka topic name: 1 to 249 ASCII letters, digits, '.', '_' and '-'"
+        )
+    return name
+
+
+def topic_arg(text: str) -> str:
+    """argparse type: a Kafka topic name."""
+    try:
+        return check_topic(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 class KafkaSettings(BaseSettings):
     """Settings of ``fds run`` / ``fds produce``: flags > environment (``FDS_*``) > file.
 
@@ -426,6 +452,11 @@ class KafkaSettings(BaseSettings):
                     "separated by commas)"
                 )
         return v
+
+    @field_validator("input_topic", "output_topic", "dlq_topic", "labels_topic", "state_topic")
+    @classmethod
+    def _topic(cls, v: str | None) -> str | None:
+        return v if v is None else check_topic(v)
 
     @field_validator("sasl_mechanism")
     @classmethod
@@ -2567,7 +2598,7 @@ def register_run(subparsers: argparse._SubParsersAction) -> None:
         "publishes there",
     )  # fmt: skip
     p.add_argument(
-        "--models-topic", default=None, metavar="TOPIC",
+        "--models-topic", type=topic_arg, default=None, metavar="TOPIC",
         help="also import the versions `fds train` announces on TOPIC (e.g. models) into "
         "--registry: for a scorer that does not share the trainer's registry directory "
         "(default: off; set FDS_MODEL_KEY as on the trainer)",
@@ -2587,14 +2618,16 @@ def register_produce(subparsers: argparse._SubParsersAction) -> None:
     """Add ``fds produce``."""
     p = subparsers.add_parser("produce", help="load a JSONL/CSV file into a Kafka topic")
     p.add_argument("file", type=Path)
-    p.add_argument("--topic", default=None, help="default: the input topic (transactions)")
+    p.add_argument(
+        "--topic", type=topic_arg, default=None, help="default: the input topic (transactions)"
+    )
     p.add_argument(
         "--rate", type=positive_float, default=None, help="records per second (default: max)"
     )
     p.add_argument("--mapping", type=Path, default=None, help="column mapping YAML (fields:)")
     p.add_argument("--limit", type=positive_int, default=None, help="send at most this many")
     p.add_argument(
-        "--labels-topic", default=None,
+        "--labels-topic", type=topic_arg, default=None,
         help="with a --mapping that has a label: column, send each fraud it marks here as a "
         "label, delay after its transaction",
     )  # fmt: skip

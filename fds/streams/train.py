@@ -72,6 +72,7 @@ from fds.streams.kafka import (
     add_max_idle_argument,
     check_not_ahead,
     load_settings,
+    topic_arg,
     unreachable,
 )
 from fds.streams.kafka_kit import ClientErrors, Consumer
@@ -631,12 +632,16 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
         help="publish versions here (the registry `fds run` serves from)",
     )  # fmt: skip
     p.add_argument(
-        "--decisions-topic", default="decisions", help="where fds run writes its decisions"
-    )
-    p.add_argument("--labels-topic", default="labels", help="the fraud labels to learn from")
+        "--decisions-topic", type=topic_arg, default="decisions",
+        help="where fds run writes its decisions",
+    )  # fmt: skip
     p.add_argument(
-        "--models-topic", default="models", help="announce versions here ('none': do not)"
+        "--labels-topic", type=topic_arg, default="labels", help="the fraud labels to learn from"
     )
+    p.add_argument(
+        "--models-topic", type=lambda t: t if t == "none" else topic_arg(t), default="models",
+        help="announce versions here ('none': do not)",
+    )  # fmt: skip
     add_metrics_arguments(p, 9109)
     add_max_idle_argument(p)
     p.set_defaults(func=_cmd_train)

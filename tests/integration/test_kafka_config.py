@@ -138,6 +138,10 @@ def test_a_security_error_says_where_the_protocol_came_from(tmp_path):
             "output_topic and labels_topic are both 'decisions': give each its own topic "
             "(output_topic from the default, labels_topic from --labels-topic)",
         ),
+        # a space in the input topic was a traceback from the client (a QA leftover)
+        ({"input_topic": "bad topic"}, "setting input_topic: 'bad topic' is no Kafka topic"),
+        ({"state_topic": ".."}, "setting state_topic: '..' is no Kafka topic name"),
+        ({"dlq_topic": "x" * 250}, "is no Kafka topic name: 1 to 249 ASCII"),
     ],
 )
 def test_a_server_that_is_no_host_port_or_a_topic_used_twice_is_refused(settings, says):
@@ -315,3 +319,20 @@ def test_a_fetch_wait_the_client_cannot_take_is_refused():
         with pytest.raises(ConfigError, match="fetch_max_wait_ms"):
             load_settings(fetch_max_wait_ms=bad)
     assert load_settings(fetch_max_wait_ms=20, fetch_min_bytes=16384).fetch_min_bytes == 16384
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["produce", "x.csv", "--topic", "a/b"],
+        ["produce", "x.csv", "--labels-topic", "a b"],
+        ["run", "--models-topic", "é"],
+        ["train", "--decisions-topic", ""],
+        ["train", "--models-topic", "a:b"],
+    ],
+)
+def test_a_topic_flag_kafka_cannot_take_is_a_usage_error(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        _parse(argv)
+    assert exit_.value.code == 2
+    assert "is no Kafka topic name" in capsys.readouterr().err
