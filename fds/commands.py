@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fds.cli import folder, positive_int, same_file, seed
+from fds.features.plan import read_field
 from fds.logs import say
 from fds.metrics import Metrics, add_metrics_arguments, serve
 from fds.pipeline import DEFAULT_MODEL, DEFAULT_RULES, build_engine
@@ -409,9 +410,8 @@ def _watch_fields(stream: Any, features: Any) -> Callable[[], tuple[list[tuple[s
         nonlocal watched
         for tx in txs:
             watched += 1
-            extra = tx.get("extra") or {}
             for name in reads.keys() - seen:
-                v = extra.get(name[6:]) if name.startswith("extra.") else tx.get(name)
+                v = read_field(tx, name)
                 if v is not None and v == v:  # (NaN: missing)
                     seen.add(name)
             yield tx

@@ -65,7 +65,7 @@ from fds.features.spec import Group, Layout, compile_specs
 from fds.features.txstore import TxStore
 from fds.timeutil import parse_duration
 
-__all__ = ["FeaturePlan"]
+__all__ = ["FeaturePlan", "read_field"]
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,11 @@ def _get(tx: Mapping[str, Any], key: str, sub: str | None) -> Any:
         return tx.get(key)
     extra = tx.get("extra")
     return extra.get(sub) if extra else None
+
+
+def read_field(tx: Mapping[str, Any], name: str) -> Any:
+    """The value of field ``name`` (``extra.NAME`` included) a feature reads from ``tx``."""
+    return _get(tx, *_split(name))
 
 
 class _CompiledGroup:
