@@ -244,6 +244,9 @@ def parse_transaction(raw: Any, tz: tzinfo = UTC) -> dict[str, Any]:
         tx["ts"] = parse_ts(tx["ts"], tz)
     except ValueError as e:
         raise ValidationError(f"ts: {e}") from None
+    if "" in tx.values():  # an empty optional text is missing, as an empty CSV cell is (a JSON
+        for k in [k for k, v in tx.items() if v == ""]:  # `"device_id": ""` was one device of
+            tx[k] = None  # every transaction without one: a QA leftover)
     return tx
 
 

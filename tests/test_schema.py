@@ -142,3 +142,14 @@ def test_an_extra_of_null_is_no_extra() -> None:
     assert parse_transaction({**raw, "shop": "s"})["extra"] == {"shop": "s"}
     with pytest.raises(ValidationError, match="amount"):
         parse_transaction({**raw, "amount": -5})
+
+
+def test_an_empty_optional_text_is_missing_as_an_empty_csv_cell_is():
+    """A QA leftover: JSON `"device_id": ""` was an entity, one device shared by every
+    transaction without one (a CSV's empty cell was missing already)."""
+    tx = parse_transaction(
+        {"tx_id": "t", "ts": 0, "card_id": "c", "amount": 1, "device_id": "", "ip": "10.0.0.1",
+         "merchant_id": "", "note": ""}
+    )  # fmt: skip
+    assert (tx["device_id"], tx["merchant_id"], tx["ip"]) == (None, None, "10.0.0.1")
+    assert tx["extra"] == {"note": ""}  # (extra values keep their own reading in rules)
