@@ -306,6 +306,10 @@ class Registry:
             )
         return e
 
+    def artifact(self, version: str) -> Path:
+        """The file of ``version``'s model."""
+        return self.path / f"{version}.pkl"
+
     def champion(self) -> str | None:
         return self.manifest().get("champion")
 
@@ -315,7 +319,7 @@ class Registry:
 
     def _artifact(self, version: str) -> bytes:
         try:
-            return (self.path / f"{version}.pkl").read_bytes()
+            return self.artifact(version).read_bytes()
         except FileNotFoundError:
             raise ArtifactError(
                 f"artifact of {version} is missing from {self.path}", local=True
@@ -344,7 +348,7 @@ class Registry:
     def _naming(self, version: str, e: ArtifactError) -> ArtifactError:
         """``e`` naming the version and its file (`fds train` said only "artifact sha256
         mismatch")."""
-        return ArtifactError(f"{version} ({self.path / f'{version}.pkl'}): {e}", local=e.local)
+        return ArtifactError(f"{version} ({self.artifact(version)}): {e}", local=e.local)
 
     # -- writing ---------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -388,7 +392,7 @@ class Registry:
         with self._locked() as m:
             seq = int(m.get("next", 1))
             version = f"v{seq:06d}"
-            write_atomic(self.path / f"{version}.pkl", data)
+            write_atomic(self.artifact(version), data)
             entry = make_entry(data, version=version, seq=seq, key=self.key, **meta)
             m["versions"][version] = entry
             m["next"] = seq + 1
@@ -478,7 +482,7 @@ class Registry:
                     f"{version} is already in {self.path} with a different artifact: versions "
                     "of one model must come from one trainer registry"
                 )
-            write_atomic(self.path / f"{version}.pkl", data)
+            write_atomic(self.artifact(version), data)
             m["versions"][version] = entry
             m["next"] = max(int(m.get("next", 1)), seq + 1)
             self._retain(m)
@@ -504,7 +508,7 @@ class Registry:
         for e in entries:
             if e["version"] not in keep:
                 del m["versions"][e["version"]]
-                self._dropped.append(self.path / f"{e['version']}.pkl")  # (see _locked)
+                self._dropped.append(self.artifact(e["version"]))  # (see _locked)
 
     def _set_champion(
         self, version: str | Callable[[dict[str, Any]], str], status: str, reason: str

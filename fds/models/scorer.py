@@ -286,6 +286,8 @@ class ModelServer:
         self._offered = -1  # seq of the newest version taken from the registry (watch mode)
         self._labels_here = True  # fraud labels reach on_label (see without_labels)
         self._retry_at: dict[str, float] = {}  # version that failed to load -> when to retry
+        # version that failed for good -> its file then (stat): a file restored is tried again
+        self._bad_file: dict[str, tuple[int, int, int] | None] = {}
         self._saved_contest: dict[str, Any] | None = None  # restored, until its challenger
         self._now = -math.inf  # event time of the newest decision
         self._gate_at = math.nan  # ... of the gate's last judged fraud label
@@ -1090,13 +1092,33 @@ class ModelServer:
             self._retry_at[version] = time.monotonic() + LOCAL_RETRY_S
         else:  # verifiably bad for every scorer (a champion stays the pointer: see reject)
             self._retry_at[version] = math.inf
+            self._bad_file[version] = self._file_of(version)
             self.registry.reject(version, str(e))
+
+    def _file_of(self, version: str) -> tuple[int, int, int] | None:
+        """What marks a version's artifact file (time, size, inode): ``None`` when missing."""
+        assert self.registry is not None
+        try:
+            st = self.registry.artifact(version).stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def _bad_files(self) -> tuple[tuple[int, int, int] | None, ...]:
+        """The marks of the files of the versions that failed for good (the watcher looks
+        again when one changes: a champion's file restored was never tried again)."""
+        return tuple(self._file_of(v) for v in self._bad_file)
 
     def _prune_retries(self, champ: str | None, versions: Mapping[str, Any]) -> None:
         """Forget deferred retries of versions that can no longer be chosen: gone from the
         manifest, or superseded (no newer than what is served or was offered, and not the
         champion pointer). Otherwise the watcher would re-read the manifest every poll."""
         seq = max(self._offered, versions.get(self.version or "", {}).get("seq", -1))
+        for v, mark in list(self._bad_file.items()):
+            if v not in versions or self._file_of(v) != mark:  # gone, or its file replaced
+                del self._bad_file[v]
+                if self._retry_at.get(v) == math.inf:
+                    del self._retry_at[v]
         for v, at in list(self._retry_at.items()):
             entry = versions.get(v)
             if entry is None or (math.isfinite(at) and v != champ and entry["seq"] <= seq):
@@ -1148,15 +1170,17 @@ class ModelServer:
             while not self._stop.wait(every):
                 if self._pending is not None or self._writing():
                     continue  # the hot path has not taken the last one yet, or see _record
-                stamp = reg.stamp()  # one stat(); the manifest is read only when it changed
+                # one stat() (and one per artifact that failed for good); the manifest is
+                # read only when it changed
+                stamp = (reg.stamp(), self._bad_files())
                 if stamp == seen:
                     continue
-                if had and stamp == (0, 0):  # (it said nothing: a QA pass)
+                if had and stamp[0] == (0, 0):  # (it said nothing: a QA pass)
                     log.warning(
                         "model registry %s: manifest.json is gone; still serving %s",
                         reg.path, self.version,
                     )  # fmt: skip
-                had = stamp != (0, 0)
+                had = stamp[0] != (0, 0)
                 try:
                     swaps = self._swaps
                     self.poll()

@@ -121,7 +121,7 @@ def announcement(pub: Publication, name: str, registry: Registry | None) -> dict
         "name": name,
         "version": pub.version,
         "size": entry.get("size", len(pub.data)),
-        "path": str((registry.path / f"{pub.version}.pkl").resolve()) if registry else None,
+        "path": str(registry.artifact(pub.version).resolve()) if registry else None,
         "artifact_b64": (
             base64.b64encode(pub.data).decode() if len(pub.data) <= INLINE_MAX_BYTES else None
         ),

@@ -378,3 +378,38 @@ def test_a_version_made_by_another_spec_is_not_served(tmp_path: Path, caplog) ->
         assert srv.poll() == ours
         srv.install_pending()
         assert abs(srv.score(tx, {})[0] - want) < 1e-12
+
+
+def test_a_champion_whose_file_failed_its_check_is_served_once_the_file_is_restored(
+    tmp_path: Path,
+) -> None:
+    """A QA leftover: a champion whose artifact failed its sha256 check was never tried again
+    (only a missing file was), so restoring the file from a backup needed a restart."""
+    reg = Registry(tmp_path)
+    srv = ModelServer(load_spec("default"), registry=reg, learn=False, auto_promote=False)
+    eng = Engine(model=srv)
+    reg.publish(FeatureModel("amount"), spec={"name": "default"})
+    assert srv.poll() == "v000001"
+    srv.install_pending()
+    reg.publish(FeatureModel("amount"), spec={"name": "default"})
+    good = reg.artifact("v000002").read_bytes()
+    reg.artifact("v000002").write_bytes(good[:-1] + bytes([good[-1] ^ 1]))  # damaged
+    reg.promote("v000002")
+    srv.start_watch(every=0.01)
+    try:
+        tx = {"tx_id": "t", "ts": 0.0, "card_id": "c", "amount": 5.0}
+        for _ in range(2000):
+            if srv.stats["swaps_rejected"]:
+                break
+            eng.decide(tx)
+            threading.Event().wait(0.005)
+        assert srv.stats["swaps_rejected"] == 1 and srv.version == "v000001"
+        reg.artifact("v000002").write_bytes(good)  # restored from a backup
+        for _ in range(2000):
+            if srv.version == "v000002":
+                break
+            eng.decide(tx)
+            threading.Event().wait(0.005)
+        assert srv.version == "v000002" and srv.stats["swaps_rejected"] == 1
+    finally:
+        srv.stop_watch()
