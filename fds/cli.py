@@ -306,13 +306,5 @@ def positive_float(text: str) -> float:
     return value
 
 
-def existing_file(text: str) -> Path:
-    """argparse type: a path that must exist, with a helpful message."""
-    p = Path(text)
-    if not p.is_file():
-        raise argparse.ArgumentTypeError(f"file not found: {text} (check the path)")
-    return p
-
-
 if __name__ == "__main__":
     sys.exit(main())

@@ -288,7 +288,7 @@ class AlertBudget:
         ]
         return self._edge(self._slots[recent].sum(axis=0), self.burst_allowed)
 
-    def threshold(self, ts: float | None = None) -> float:
+    def threshold(self) -> float:
         """The current budget threshold (0 while warming up or when under budget)."""
         return self._threshold
 

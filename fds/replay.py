@@ -158,8 +158,38 @@ class LabelSchedule:
         return rest
 
 
+class Alerts:
+    """Alerts, precision and recall of a run's ``actions``, ``frauds`` (known frauds among the
+    transactions decided) and ``alerted_frauds`` (of them, reviewed or declined): the replay
+    summary's and the backtest's."""
+
+    actions: Counter[str]
+    frauds: int | None
+    alerted_frauds: int | None
+
+    @property
+    def alerts(self) -> int:
+        """Transactions sent to review or declined."""
+        return self.actions["review"] + self.actions["decline"]
+
+    @property
+    def precision(self) -> float | None:
+        """Known frauds among alerts (None without labels, frauds or alerts: "0.0%" where no
+        fraud was known read as a judgement of the rules, a QA pass)."""
+        if self.alerted_frauds is None or not self.alerts or not self.frauds:
+            return None
+        return self.alerted_frauds / self.alerts
+
+    @property
+    def recall(self) -> float | None:
+        """Alerted share of the known frauds (None without labels)."""
+        if self.alerted_frauds is None or not self.frauds:
+            return None
+        return self.alerted_frauds / self.frauds
+
+
 @dataclass
-class ReplaySummary:
+class ReplaySummary(Alerts):
     transactions: int = 0
     decided: int = 0
     dead_letters: int = 0
@@ -192,22 +222,6 @@ class ReplaySummary:
     @property
     def throughput(self) -> float:
         return self.decided / self.seconds if self.seconds > 0 else 0.0
-
-    @property
-    def alerts(self) -> int:
-        return self.actions["review"] + self.actions["decline"]
-
-    @property
-    def precision(self) -> float | None:
-        if self.alerted_frauds is None or not self.alerts or not self.frauds:
-            return None  # (no label matched: "0.0%" read as a judgement of the rules)
-        return self.alerted_frauds / self.alerts
-
-    @property
-    def recall(self) -> float | None:
-        if self.alerted_frauds is None or not self.frauds:
-            return None
-        return self.alerted_frauds / self.frauds
 
     @property
     def unmatched_frauds(self) -> int:
@@ -776,10 +790,3 @@ def print_summary(
         if lat.get(q) is not None:
             table.add_row(f"decision latency {q}", f"{lat[q]:.3f} ms")
     Console(stderr=True).print(table)
-
-
-def iter_decisions(path: str | Path) -> Iterable[dict[str, Any]]:
-    """Read a decisions JSONL file back (tests, backtests)."""
-    for _, rec, _ in read_records(path, fmt="jsonl"):
-        if isinstance(rec, dict):
-            yield rec

@@ -32,8 +32,9 @@ from typing import Any
 
 from fds.engine import Engine, FeatureStage
 from fds.errors import ConfigError, RuleError
+from fds.features.plan import read_field
 from fds.policy import Policy
-from fds.replay import ReplayInput, known_frauds, run
+from fds.replay import Alerts, ReplayInput, known_frauds, run
 from fds.rules.ruleset import BUILTINS, FeatureSpec, Ruleset
 
 __all__ = ["DEAD_LETTER", "BacktestResult", "SideResult", "backtest", "feature_stage_for"]
@@ -44,7 +45,7 @@ DEAD_LETTER = "dead letter"
 
 
 @dataclass
-class SideResult:
+class SideResult(Alerts):
     """One ruleset's outcome over the stream."""
 
     version: str
@@ -63,28 +64,8 @@ class SideResult:
     days: float = 0.0
 
     @property
-    def alerts(self) -> int:
-        """Transactions sent to review or declined."""
-        return self.actions["review"] + self.actions["decline"]
-
-    @property
     def alerts_per_day(self) -> float:
         return self.alerts / self.days if self.days else float(self.alerts)
-
-    @property
-    def precision(self) -> float | None:
-        """Known frauds among alerts (None without labels, frauds or alerts: 0.0% read as a
-        judgement where no fraud was known, a QA pass; replay says n/a too)."""
-        if not self.frauds or not self.alerts:
-            return None
-        return self.alerted_frauds / self.alerts
-
-    @property
-    def recall(self) -> float | None:
-        """Alerted share of the known frauds (None without labels)."""
-        if not self.frauds:
-            return None
-        return self.alerted_frauds / self.frauds
 
 
 @dataclass
@@ -241,7 +222,7 @@ def _side(action: str, score: float, hits: Any) -> dict[str, Any]:
 
 def _value(name: str, tx: Mapping[str, Any], feats: Mapping[str, Any], clock: Any) -> Any:
     if name.startswith("extra."):
-        return (tx.get("extra") or {}).get(name[6:])
+        return read_field(tx, name)
     if name in BUILTINS and name not in feats:
         return clock(tx["ts"])[list(BUILTINS).index(name)]
     return tx[name] if name in tx else feats.get(name)

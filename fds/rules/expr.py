@@ -53,6 +53,7 @@ from fds.schema import FALSE_WORDS, TRUE_WORDS
 __all__ = [
     "ANY",
     "BOOL",
+    "BUILTINS",
     "FUNCTIONS",
     "NUM",
     "STR",
@@ -66,6 +67,9 @@ __all__ = [
 
 #: Value types known at load time. ``any`` is what ``extra.NAME`` holds (checked at run time).
 NUM, STR, BOOL, ANY = "num", "str", "bool", "any"
+#: Built-in names, computed from the transaction's ``ts`` in the ruleset timezone, in the order
+#: of the clock's tuple (``ruleset.LocalClock``).
+BUILTINS: dict[str, str] = {"hour": NUM, "weekday": NUM, "is_night": BOOL, "is_weekend": BOOL}
 #: Text or a number, known at load time (``country or amount``): neither a condition (it fires
 #: on any non-empty value) nor an operand of arithmetic (text would be multiplied or
 #: %-formatted: ``(country or amount) * 10**12`` built a terabyte string).
@@ -826,7 +830,7 @@ def build_evaluator(
     counts which names were missing (for reports).
     """
     tx_names = set(tx_names)
-    builtins = ("hour", "weekday", "is_night", "is_weekend")
+    builtins = tuple(BUILTINS)
     used: dict[str, None] = {}
     for p in plans:
         used.update(dict.fromkeys(p.expr.names))

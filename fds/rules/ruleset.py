@@ -54,6 +54,7 @@ from fds.features.spec import (  # one definition of each
 )
 from fds.rules.expr import (
     BOOL,
+    BUILTINS,
     NUM,
     RUNTIME_ERRORS,
     STR,
@@ -86,8 +87,6 @@ __all__ = [
 
 log = logging.getLogger("fds.rules")
 
-#: Built-in names, computed from the transaction's ``ts`` in the ruleset timezone.
-BUILTINS: dict[str, str] = {"hour": NUM, "weekday": NUM, "is_night": BOOL, "is_weekend": BOOL}
 # Night = 00:00-05:59 local: the hours card-fraud studies single out (owners asleep).
 NIGHT_END_HOUR = 6
 _NUM_TX_FIELDS = frozenset({"amount", "lat", "lon", "ts"})
@@ -603,8 +602,8 @@ class Ruleset:
     def drain_counts(self) -> tuple[dict[str, int], dict[str, int]]:
         """Missing-name and run-time-error non-fires per rule since the last call, then reset.
 
-        For periodic metric export (``fds_rules_skipped``-style counters); call it on the
-        deciding thread so that no increment is lost.
+        For periodic metric export (``fds_rule_missing_inputs_total``,
+        ``fds_rule_errors_total``); call it on the deciding thread so that no increment is lost.
         """
         out = []
         for counts in (self._missing, self._errors):

@@ -151,8 +151,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Header names on dead letters (values are UTF-8 bytes); the body carries the same fields.
-DLQ_HEADERS = ("source_topic", "source_partition", "source_offset", "stage", "error", "reason")
 # Consumer lag is a gauge for dashboards: once a second is plenty and costs nothing per event.
 LAG_EVERY_S = 1.0
 #: How often a state rebuild or catch-up logs how far it got.
@@ -175,7 +173,6 @@ SEND_EVERY = 500
 # State-topic chunks (512 KB each) sent per batch: a large snapshot is spread over many batches
 # instead of blocking one on the producer's 32 MB buffer.
 STATE_CHUNKS_PER_BATCH = 8
-# Dead-letter reasons (a bounded label set) by the stage that rejected the record.
 # Output fields that depend on the wall clock, not on input and state: a replayed duplicate
 # differs only in these (tests compare decisions with them removed).
 WALL_CLOCK_FIELDS = ("decided_at", "latency_ms")

@@ -76,10 +76,9 @@ _CT, _ATO, _COMP, _RING = 1, 2, 3, 4
 _SOURCES = ("", "customer", "chargeback")
 
 _DAY = 86400.0
-# The platform's home market; "domestic" means this country.
-_HOME = "KR"
 # Countries, with the share of merchants located there and the share of cards issued there.
-# KR dominates (a Korean platform); the others host travel and cross-border spending.
+# KR dominates (a Korean platform: the home market, index 0, "domestic"); the others host
+# travel and cross-border spending.
 _COUNTRIES = ("KR", "JP", "US", "CN", "TH", "VN", "SG", "FR", "GB")
 _MERCHANT_SHARE = np.array([0.84, 0.04, 0.04, 0.02, 0.015, 0.015, 0.01, 0.01, 0.01])
 _CARD_SHARE = np.array([0.92, 0.03, 0.02, 0.02, 0.0, 0.0, 0.01, 0.0, 0.0])
