@@ -307,6 +307,17 @@ def unreachable(s: KafkaSettings, exc: BaseException, errors: ClientErrors) -> B
 #: max_request_size is 1 MB), and fds run stopped at it, every restart (a review).
 DLQ_MAX_BYTES = 512 * 1024
 DLQ_RAW_KEPT = 64 * 1024
+#: ... and of its ``reason`` (which may quote the bad value whole: 480,000 backslashes in an
+#: ``amount`` made a 2 MB dead letter, and fds run stopped at it at every restart: a QA pass).
+DLQ_REASON_KEPT = 4096
+#: A record's key longer than this is cut to it in its dead letter (``key_truncated`` header):
+#: a 1 MB key the broker had taken did not fit again with the dead letter's body (a QA pass).
+DLQ_KEY_KEPT = 1024
+
+
+def _cut(value: Any, n: int) -> Any:
+    """A text's first ``n`` characters (any other value as it is)."""
+    return value[:n] if isinstance(value, str) else value
 
 
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
@@ -1979,12 +1990,17 @@ class Runner:
         ]
         value = dumps(record)
         if len(value) > DLQ_MAX_BYTES:  # escaped, a record the broker took may not fit again
-            record["raw"] = record["raw"][:DLQ_RAW_KEPT]  # (it stays whole in the input topic)
+            record["raw"] = _cut(record["raw"], DLQ_RAW_KEPT)  # (whole in the input topic)
+            record["reason"] = _cut(record["reason"], DLQ_REASON_KEPT)
             record |= {"raw_truncated": True, "raw_bytes": len(msg.value or b"")}
             headers.append(("raw_truncated", b"true"))
             value = dumps(record)
+        key = msg.key
+        if key is not None and len(key) > DLQ_KEY_KEPT:
+            key = key[:DLQ_KEY_KEPT]
+            headers.append(("key_truncated", b"true"))
         self._pending.append(
-            self.producer.send(self.s.dlq_topic, value=value, key=msg.key, headers=headers)
+            self.producer.send(self.s.dlq_topic, value=value, key=key, headers=headers)
         )
         self.stats.dead_letters += 1
         self.metrics.dead_letter(stage)

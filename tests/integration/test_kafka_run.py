@@ -393,6 +393,32 @@ def test_a_batch_the_client_cannot_read_stops_the_run_naming_where(
     assert runner.stats.decided == 0
 
 
+def test_a_record_whose_dead_letter_would_be_too_large_does_not_stop_the_run(
+    kafka_bootstrap, topics, unique_name
+):
+    """Found by a QA pass: records the broker took (a reason quoting a 480,000-backslash
+    amount, a 1 MB key) made dead letters it refused: fds run stopped at each, every restart."""
+    p = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    good = {"ts": T0, "card_id": "c", "amount": 5}
+    poison = {"tx_id": "poison", "ts": T0 + 1, "card_id": "c", "amount": "\\" * 480_000}
+    sends = [
+        (b"c", orjson.dumps({**good, "tx_id": "before"})),
+        (b"c", orjson.dumps(poison)),
+        (b"k" * 1_000_000, b"\\" * 40_000),
+        (b"c", orjson.dumps({**good, "tx_id": "after", "ts": T0 + 2})),
+    ]
+    for key, value in sends:
+        p.send(topics["transactions"], key=key, value=value).get(30)
+    p.close()
+    stats = Runner(settings_for(kafka_bootstrap, topics, unique_name("g")), Engine()).run(
+        max_idle_s=3
+    )
+    assert (stats.decided, stats.dead_letters) == (2, 2)
+    dead = sorted(orjson.loads(r.value)["stage"] for r in read_all(
+        kafka_bootstrap, topics["dead_letters"]))  # fmt: skip
+    assert dead == ["parse", "validate"]
+
+
 def _kill_restart_run(
     bootstrap, topics, group, n, extra, kills=(0.25, 0.6), stages=BARE, env=None
 ) -> list[str]:

@@ -1190,6 +1190,33 @@ def test_a_dead_letter_too_large_to_send_keeps_the_start_of_its_raw():
     assert small_dead["raw"] == "short \\xff" and "raw_truncated" not in small_dead
 
 
+def test_a_dead_letter_keeps_the_start_of_a_huge_reason_and_key():
+    """Found by a QA pass: a reason quoting a 480,000-backslash amount made a 2 MB dead letter
+    even with its raw cut, and a 1 MB key (the broker had taken it) did not fit again with
+    the body: the broker refused both and fds run stopped at them, every restart."""
+    import orjson
+
+    from fds.streams.kafka import DLQ_KEY_KEPT, DLQ_MAX_BYTES, DLQ_REASON_KEPT
+
+    sent: list[tuple[bytes, bytes, list]] = []
+
+    class Keeping(Producer):
+        def send(self, topic: str, value: bytes = b"", key: Any = None, headers: Any = None,
+                 **kw: Any) -> Future:  # fmt: skip
+            sent.append((value, key, headers))
+            return super().send(topic, **kw)
+
+    r = make_runner()
+    r.producer = Keeping()
+    r._pending = []
+    huge = ValueError("amount: not a number: " + "\\" * 480_000)
+    r._dead_letter(Record("transactions", 0, 7, 0, b"k" * 10**6, b"x" * 960_000), "validate", huge)
+    value, key, headers = sent[0]
+    assert len(value) < DLQ_MAX_BYTES and key == b"k" * DLQ_KEY_KEPT
+    assert len(orjson.loads(value)["reason"]) == DLQ_REASON_KEPT
+    assert ("key_truncated", b"true") in headers and ("raw_truncated", b"true") in headers
+
+
 def test_partitions_lost_past_the_last_commit_go_back_to_the_checkpoint(tmp_path):
     """Found by a review: between checkpoints the commits are asynchronous, so after an
     eviction under load kafka-python noticed it first (partitions lost) while the state held
