@@ -612,6 +612,7 @@ class RunStats:
     commits: int = 0
     caught_up: int = 0  # records re-folded into state without output (after a restore)
     checkpoints: int = 0
+    keyed_otherwise: int = 0  # input records not keyed by their card_id
     dlq_by_stage: dict[str, int] = field(default_factory=dict)
 
 
@@ -774,7 +775,9 @@ class Runner:
             "session_timeout_ms": s.session_timeout_ms,
             "max_poll_interval_ms": s.max_poll_interval_ms,
             "heartbeat_interval_ms": max(1000, s.session_timeout_ms // 3),
-            "isolation_level": "read_committed" if s.exactly_once else "read_uncommitted",
+            # (at-least-once too: records of a producer's aborted transaction are payments
+            # that never happened; they were decided and counted in the windows, a QA pass)
+            "isolation_level": "read_committed",
             "bootstrap_timeout_ms": timeout_ms,
         }
         producer_cfg: dict[str, Any] = {
@@ -1193,9 +1196,16 @@ class Runner:
             except Exception as exc:  # any bug: never silently dropped
                 self._dead_letter(msg, stage, exc)
                 continue
-            key = msg.key if msg.key is not None else tx["card_id"].encode()
-            # (a partition the output lacks, the metadata not yet refreshed: by its key)
-            out.append((value, key, tp.partition if copart and tp.partition < n_out else None))
+            # keyed by card_id (the contract); on the input's partition number where the input
+            # is keyed so too, else placed by the key (the input's key and partition were kept:
+            # a QA pass); also by the key where the output lacks that partition (metadata not
+            # yet refreshed)
+            key = tx["card_id"].encode()
+            if msg.key != key:
+                self._keyed_otherwise(msg)
+                out.append((value, key, None))
+            else:
+                out.append((value, key, tp.partition if copart and tp.partition < n_out else None))
             if feed is not None and feed.waiting and tx["tx_id"] in feed.waiting:
                 feed.reached(tx["tx_id"])  # its labels count from then on, in this batch too
                 due = feed.due  # (outside the try: a label's failure is no decision's)
@@ -1770,7 +1780,7 @@ class Runner:
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",  # never skip to the end (kafka-python: "latest")
-            isolation_level="read_committed" if self.s.exactly_once else "read_uncommitted",
+            isolation_level="read_committed",  # (as the input is read)
             bootstrap_timeout_ms=int(self.s.broker_timeout_s * 1000),
         )
         try:
@@ -1972,6 +1982,19 @@ class Runner:
             hw = end.get(tp) if hw is None else hw
             if hw is not None and c is not None:
                 self.metrics.consumer_lag(tp.partition, max(0, hw - c))
+
+    def _keyed_otherwise(self, msg: Any) -> None:
+        """An input record not keyed by its card_id: counted, and said once (the default
+        partitioner then spreads a card over partitions, so over instances: each holds part
+        of its windows)."""
+        self.stats.keyed_otherwise += 1
+        if self.stats.keyed_otherwise == 1:
+            log.warning(
+                'input records are not keyed by card_id (first at partition="%s[%d]" offset='
+                '"%d"): a card whose transactions go to several partitions has its windows '
+                "split over the instances that read them; key them by card_id (fds produce "
+                "does)", msg.topic, msg.partition, msg.offset,
+            )  # fmt: skip
 
     def _dead_letter(self, msg: Any, stage: str, exc: BaseException) -> None:
         record = dead_letter(

@@ -419,6 +419,47 @@ def test_a_record_whose_dead_letter_would_be_too_large_does_not_stop_the_run(
     assert dead == ["parse", "validate"]
 
 
+def test_records_of_an_aborted_upstream_transaction_are_not_decided(
+    kafka_bootstrap, topics, unique_name
+):
+    """Found by a QA pass: at-least-once read uncommitted records, so a payment whose
+    producer aborted its transaction was decided and counted in the card's windows."""
+    p = KafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=unique_name("tx"))
+    p.init_transactions()
+    for tx_id, commit in (("aborted", False), ("committed", True)):
+        p.begin_transaction()
+        rec = {"tx_id": tx_id, "ts": T0, "card_id": "c", "amount": 900}
+        p.send(topics["transactions"], key=b"c", value=orjson.dumps(rec))
+        p.flush()  # (in the topic, then aborted)
+        p.commit_transaction() if commit else p.abort_transaction()
+    p.close()
+    s = settings_for(kafka_bootstrap, topics, unique_name("g"))
+    stats = Runner(s, build_run_engine(DEFAULT_RULES, None, settings=s)).run(max_idle_s=3)
+    assert stats.decided == 1
+    (decision,) = [orjson.loads(r.value) for r in read_all(kafka_bootstrap, topics["decisions"])]
+    assert decision["tx_id"] == "committed"
+    assert decision["features"]["card_count_1h"] == 1  # the aborted one is in no window
+
+
+def test_decisions_are_keyed_by_card_id_whatever_the_input_key(
+    kafka_bootstrap, topics, unique_name, caplog
+):
+    """Found by a QA pass: a decision kept its input record's key (a tx_id, a UUID) where the
+    contract keys decisions by card_id, and nothing said the input was keyed otherwise."""
+    p = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    for i, key in enumerate((b"c1", b"tx-1", None)):
+        rec = {"tx_id": f"t{i}", "ts": T0 + i, "card_id": "c1", "amount": 5}
+        p.send(topics["transactions"], key=key, value=orjson.dumps(rec))
+    p.close()
+    stats = Runner(settings_for(kafka_bootstrap, topics, unique_name("g")), Engine()).run(
+        max_idle_s=3
+    )
+    assert (stats.decided, stats.keyed_otherwise) == (3, 2)
+    out = read_all(kafka_bootstrap, topics["decisions"])
+    assert {r.key for r in out} == {b"c1"} and len({r.partition for r in out}) == 1
+    assert caplog.text.count("input records are not keyed by card_id") == 1
+
+
 def _kill_restart_run(
     bootstrap, topics, group, n, extra, kills=(0.25, 0.6), stages=BARE, env=None
 ) -> list[str]:
