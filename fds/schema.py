@@ -174,12 +174,24 @@ _validate_tx = _TX.validator.validate_python  # the core validator: skips a wrap
 loads = orjson.loads
 
 
-def loads_record(raw: bytes | str) -> Any:
+def loads_record(raw: bytes | str | None) -> Any:
     """:func:`loads` for a record from outside (a Kafka message): what is not JSON is a
     ``ValueError("not valid JSON: ...")``, as fds replay names a line of a file."""
+    if raw is None:  # (it said "Input must be bytes, ...": a QA pass)
+        raise ValueError("the record has no value (a tombstone): a transaction is a JSON object")
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as e:
+        if isinstance(raw, str):
+            raise ValueError(f"not valid JSON: {e}") from None
+        if raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark, as files are read
+            return loads_record(raw[3:])
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as bad:  # (orjson said "surrogates not allowed" at char 0)
+            raise ValueError(
+                f"not valid JSON: byte 0x{raw[bad.start]:02x} at position {bad.start} is not UTF-8"
+            ) from None
         raise ValueError(f"not valid JSON: {e}") from None
 
 

@@ -1,3 +1,4 @@
+import re
 from datetime import UTC
 from zoneinfo import ZoneInfo
 
@@ -153,3 +154,19 @@ def test_an_empty_optional_text_is_missing_as_an_empty_csv_cell_is():
     )  # fmt: skip
     assert (tx["device_id"], tx["merchant_id"], tx["ip"]) == (None, None, "10.0.0.1")
     assert tx["extra"] == {"note": ""}  # (extra values keep their own reading in rules)
+
+
+def test_a_kafka_value_that_is_no_json_says_exactly_why():
+    """Found by a QA pass: a tombstone said "Input must be bytes, ..."; bytes that are not
+    UTF-8 were placed at char 0 without the byte; a UTF-8 byte order mark, skipped in files,
+    made a dead letter over Kafka."""
+    from fds.schema import loads_record
+
+    assert loads_record(b'\xef\xbb\xbf{"a": 1}') == {"a": 1}
+    for raw, says in (
+        (None, "no value (a tombstone)"),
+        (b'{"tx_id": "caf\xe9"}', "byte 0xe9 at position 14 is not UTF-8"),
+        (b"{bad", "not valid JSON: unexpected character"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(says)):
+            loads_record(raw)
