@@ -71,7 +71,19 @@ def test_label_joins_its_own_snapshot_exactly_once() -> None:
     assert len(rec.learned) == 1
     x, y = rec.learned[0]
     assert y is True and x["uid"] == 3.0 and x["amount"] == 13.0
-    assert t.stats["labels_unjoined"] == 2
+    # a label repeated (a producer's retry) is no unjoined label: it was counted so, and its
+    # alert fired (a QA pass)
+    assert (t.stats["labels_unjoined"], t.stats["labels_repeated"]) == (1, 1)
+
+
+def test_both_stores_tell_a_settled_id(tmp_path) -> None:
+    from fds.models.trainer import MemoryStore, SqliteStore
+
+    for store in (MemoryStore(), SqliteStore(tmp_path / "s.db")):
+        store.put("a", 1.0, {"x": 1.0})
+        assert not store.settled("a")
+        store.settle("a")
+        assert store.settled("a") and not store.settled("b") and store.get("a") is None
 
 
 def test_legit_sampling_is_deterministic_by_tx_id() -> None:
