@@ -44,6 +44,14 @@ def figures(text: str) -> dict[str, str | float]:
     def variant(v: str) -> float:
         return num(r"^\| " + re.escape(v) + r" \| ([0-9.]+) \|")
 
+    def lower(v: str, reading: str) -> float:
+        """A share lower (negative: higher; the report writes "6% higher", where earlier
+        reports wrote "-6% lower": both read)."""
+        m = re.search(rf"{v} vs adaptive {reading}: (-?\d+)% (lower|higher)", text)
+        if m is None:
+            raise SystemExit(f"report lacks {v} vs adaptive {reading}: rerun without --reuse")
+        return float(m.group(1)) * (1 if m.group(2) == "lower" else -1)
+
     rec = re.search(r"within label delay \+ 3 d \(= \d+ d\) \| (.*?) \|", text)
     return {
         "rules": variant("rules"),
@@ -52,7 +60,7 @@ def figures(text: str) -> dict[str, str | float]:
         "gbm": num(r"reverse\), reaches ([0-9.]+)"),
         "recovery": rec.group(1) if rec else "?",
         **{
-            f"{short} {reading}": num(rf"{v} vs adaptive {reading}: (-?\d+)% lower")
+            f"{short} {reading}": lower(v, reading)
             for v, short in (("static_sklearn", "sklearn"), ("river_frozen", "river"))
             for reading in ("over the recovery window", "after the deadline")
         },
