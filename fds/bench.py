@@ -483,7 +483,7 @@ def run_precision(
             "frauds": int(y.sum()),
             "k": k,
             "spec": spec,
-            "rules": str(rules) if rules else "rules/default.yaml",  # (not an absolute path)
+            "rules": shown_path(rules) if rules else "rules/default.yaml",
             "warmup_days": warmup_days,
             "replay_seconds": round(replay_s, 1),
             "total_seconds": round(time.perf_counter() - t_all, 1),
@@ -687,6 +687,16 @@ def _ratio(x: float, base: float) -> str:
     """``x`` against the rules' ``base`` as ``2.51x``; ``n/a`` below :data:`_MEASURABLE` (the
     tables showed 17.75x against 0.006 beside an n/a target: a QA pass)."""
     return f"{x / base:.2f}x" if base >= _MEASURABLE else "n/a"
+
+
+def shown_path(path: str | Path) -> str:
+    """``path`` as a report shows it: relative to the working directory when under it (the
+    demo's report named /work/main/rules/pre-drift.yaml, this checkout's: a QA pass)."""
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(p)
 
 
 def ratio_interval(

@@ -111,7 +111,7 @@ def register(sub: Any) -> None:
 def _demo(args: argparse.Namespace) -> int:
     import logging
 
-    from fds.bench import run_precision, warmup_before
+    from fds.bench import run_precision, shown_path, warmup_before
 
     if not args.verbose:  # the progress bar and the table tell the story; -v shows every swap
         logging.getLogger("fds").setLevel(logging.WARNING)
@@ -131,7 +131,7 @@ def _demo(args: argparse.Namespace) -> int:
         out_dir=args.out_dir,
         name="demo",
         command=f"fds demo --days {args.days} --cards {args.cards} "
-        f"--drift-day {args.drift_day} --seed {args.seed} --rules {args.rules}",
+        f"--drift-day {args.drift_day} --seed {args.seed} --rules {shown_path(args.rules)}",
     )
     print(f"report and plots: {args.out_dir}/", file=sys.stderr)
     return 0 if res is not None else 1

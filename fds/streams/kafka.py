@@ -213,6 +213,8 @@ def _event_time(msg: Any, ahead_s: float = 0.0) -> tuple[float, Any]:
         stage = "validate"
         tx = parse_transaction(obj)
         check_not_ahead(tx["ts"], msg, ahead_s)
+        if _NAIVE_WATCH[0]:
+            _watch_naive(obj, msg)
     except Exception as exc:
         said = dict(getattr(msg, "headers", None) or ()).get(UNREADABLE)
         if said is not None:  # a row `fds produce` could not read: the reader's reason (it was
@@ -220,6 +222,24 @@ def _event_time(msg: Any, ahead_s: float = 0.0) -> tuple[float, Any]:
             return -math.inf, _Bad("parse", ValueError(why))  # JSON, `5`, failed validation)
         return -math.inf, _Bad(stage, exc)
     return tx["ts"], tx
+
+
+# The first records of a process are watched for a ``ts`` text without an offset (read as UTC
+# over Kafka: a producer's local times were decided hours off without a word, a QA pass).
+_NAIVE_WATCH = [10_000]  # records left to watch; 0: said, or watched enough
+_OFFSET = re.compile(r"(?:[Zz]|[+-]\d\d(?::?\d\d)?)\s*$")
+
+
+def _watch_naive(obj: Any, msg: Any) -> None:
+    _NAIVE_WATCH[0] -= 1
+    ts = obj.get("ts")
+    if ts.__class__ is str and not _OFFSET.search(ts):
+        _NAIVE_WATCH[0] = 0
+        log.warning(
+            'a transaction\'s ts has no UTC offset (ts="%s" at partition="%s[%d]" offset="%d"): '
+            "read as UTC; the contract's times carry their offset (2026-03-01T08:04:13+09:00) "
+            "or are epoch seconds (said once)", ts[:40], msg.topic, msg.partition, msg.offset,
+        )  # fmt: skip
 
 
 #: The header `fds produce` gives a file's row it could not read (sent as its own text, so

@@ -498,3 +498,15 @@ def test_the_ratio_target_carries_its_spread_over_the_days() -> None:
     assert lo < 2.5 < hi and 0.2 < share < 0.8
     assert ratio_interval(noisy) == (lo, hi, share)  # seeded
     assert f"95% interval over the days {lo:.2f}-{hi:.2f}x" in targets(noisy)[0][1]
+
+
+def test_a_report_names_a_rules_file_under_the_working_directory_relatively(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A QA pass: the demo's committed report named /work/main/rules/pre-drift.yaml."""
+    from fds.bench import shown_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rules").mkdir()
+    assert shown_path(tmp_path / "rules" / "x.yaml") == "rules/x.yaml"
+    assert shown_path("/elsewhere/x.yaml") == "/elsewhere/x.yaml"

@@ -11,6 +11,7 @@ import time
 from collections import namedtuple
 from typing import Any
 
+import orjson
 import pytest
 from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.structs import OffsetAndTimestamp, TopicPartition
@@ -1648,3 +1649,17 @@ def test_a_batch_is_counted_consumed_before_it_is_decided_and_a_failed_write_is_
     r.checkpointer.failures += 1  # the background write of those positions failed
     r._report()
     assert r._saved == {}  # written again when due
+
+
+def test_a_ts_without_an_offset_over_kafka_is_said_once(monkeypatch, caplog):
+    """Found by a QA pass: a producer's local times without an offset were read as UTC, every
+    decision hours off, without a word."""
+    from fds.streams import kafka as k
+
+    monkeypatch.setattr(k, "_NAIVE_WATCH", [10_000])
+    for i, ts in enumerate(("2026-03-01T08:04:13+09:00", "2026-03-01T08:04:13Z", 1772319853,
+                            "2026-03-01 08:04:13", "2026-03-01T09:00:00")):  # fmt: skip
+        value = orjson.dumps({"tx_id": f"t{i}", "ts": ts, "card_id": "c", "amount": 1})
+        assert k._event_time(Record("transactions", 0, i, 0, b"c", value))[0] > 0
+    assert caplog.text.count("has no UTC offset") == 1
+    assert 'ts="2026-03-01 08:04:13" at partition="transactions[0]" offset="3"' in caplog.text
