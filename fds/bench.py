@@ -976,13 +976,15 @@ def _report_name(text: str) -> str:
 
 
 def _alert_budget(text: str) -> int:
-    """``--k``: a whole number of alerts per day, at least 1."""
-    k = int(text) if text.strip().isdigit() else 0
-    if k < 1:
+    """``--k``: a whole number of alerts per day, at least 1 (and at most what any option
+    takes: the CLI's own whole-number reading, said for the budget)."""
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(
-            f"the daily alert budget must be a whole number of alerts, at least 1 (got {text!r})"
-        )
-    return k
+            "the daily alert budget must be a whole number of alerts, at least 1 and at most "
+            f"2,147,483,647 (got {text!r})"
+        ) from None
 
 
 def _cmd_precision(args: argparse.Namespace) -> int:

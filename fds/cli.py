@@ -244,6 +244,16 @@ def _whole(text: str, least: int, what: str, too_small: str) -> int:
 _MOST = 2**31 - 1
 
 
+def labels_not_input(labels: str | Path | None, file: str | Path) -> None:
+    """Refuse a ``--labels`` file that is the input itself (every transaction was read twice:
+    decided, and a label's dead letter; replay and backtest alike)."""
+    if labels is not None and same_file(Path(labels), Path(file)):
+        raise ConfigError(
+            f"--labels {labels} is the input file; give the labels file (tx_id, ts, is_fraud), "
+            "or a --mapping with a label column"
+        )
+
+
 def positive_int(text: str) -> int:
     """argparse type: a whole number >= 1."""
     return _whole(text, 1, "number", "must be at least 1")

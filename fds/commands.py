@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from fds.cli import folder, positive_int, same_file, seed
+from fds.cli import folder, labels_not_input, positive_int, same_file, seed
 from fds.features.plan import read_field
 from fds.logs import say
 from fds.metrics import Metrics, add_metrics_arguments, serve
@@ -200,13 +200,7 @@ def _replay(args: argparse.Namespace) -> int:
     if same_file(args.out, dlq_path):  # the decisions were written over the dead letters
         say(f"fds replay: error: --dlq {dlq_path} is the --out file; give another path")
         return 2
-    if args.labels is not None and same_file(Path(args.labels), Path(args.file)):
-        # (every transaction was read twice: once decided, once a label's dead letter)
-        say(
-            f"fds replay: error: --labels {args.labels} is the input file; give the labels "
-            "file (tx_id, ts, is_fraud), or a --mapping with a label column"
-        )
-        return 2
+    labels_not_input(args.labels, args.file)
     mapping = load_mapping(args.mapping) if args.mapping else None
     check_transaction_columns(args.file, mapping)
     metrics = Metrics()

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from fds.cli import count_or_all, same_file
+from fds.cli import count_or_all, labels_not_input, same_file
 from fds.errors import ConfigError
 from fds.rules.ruleset import Ruleset, load_ruleset
 
@@ -184,11 +184,7 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
             )
         if not to.resolve().parent.is_dir():  # (a traceback after the whole backtest)
             raise ConfigError(f"--changed-out {to}: no folder {to.resolve().parent}")
-    if args.labels is not None and same_file(Path(args.labels), Path(args.file)):
-        raise ConfigError(  # (as fds replay refuses it; the backtest took it: a QA pass)
-            f"--labels {args.labels} is the input file; give the labels file (tx_id, ts, "
-            "is_fraud), or a --mapping with a label column"
-        )
+    labels_not_input(args.labels, args.file)  # (the backtest took it: a QA pass)
     labels_given = "--labels" if args.labels is not None else "the labels file"
     # (missing columns, another encoding: said as fds replay says it)
     check_transaction_columns(args.file, mapping)

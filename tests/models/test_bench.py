@@ -246,7 +246,7 @@ def _cli(argv: list[str]) -> argparse.Namespace:
     return ap.parse_args(["bench", "precision", *argv])
 
 
-@pytest.mark.parametrize("k", ["0", "-2", "x"])
+@pytest.mark.parametrize("k", ["0", "-2", "x", "1e3", "3000000000"])
 def test_a_daily_budget_below_one_is_a_usage_error(
     k: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
