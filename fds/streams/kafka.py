@@ -537,6 +537,28 @@ class KafkaSettings(BaseSettings):
                 )
         return self
 
+    @property
+    def timeout_ms(self) -> int:
+        """``broker_timeout_s`` in milliseconds, as the client takes it."""
+        return int(self.broker_timeout_s * 1000)
+
+    @property
+    def n_servers(self) -> int:
+        """How many bootstrap servers are given."""
+        return len(self.bootstrap.split(","))
+
+    def reader_config(self, **over: Any) -> dict[str, Any]:
+        """A group-less reader's config: it assigns partitions itself and commits nothing
+        (state restores, label and model feeds), committed records only."""
+        return {
+            **self.client_config(),
+            "group_id": None,
+            "enable_auto_commit": False,
+            "isolation_level": "read_committed",
+            "bootstrap_timeout_ms": self.timeout_ms,
+            **over,
+        }
+
     def client_config(self) -> dict[str, Any]:
         """Connection and security options common to consumer, producer and admin."""
         cfg: dict[str, Any] = {
@@ -782,7 +804,7 @@ class Runner:
     def _connect(self) -> None:
         s = self.s
         common = s.client_config()
-        timeout_ms = int(s.broker_timeout_s * 1000)
+        timeout_ms = s.timeout_ms
         consumer_cfg: dict[str, Any] = {
             **common,
             "group_id": s.group,
@@ -890,10 +912,7 @@ class Runner:
                 "fraud_rate)", topic,
             )  # fmt: skip
             return
-        reader = self._consumer_factory(
-            **self.s.client_config(), group_id=None, enable_auto_commit=False,
-            isolation_level="read_committed", bootstrap_timeout_ms=timeout_ms,
-        )  # fmt: skip
+        reader = self._consumer_factory(**self.s.reader_config(bootstrap_timeout_ms=timeout_ms))
         # The model stage judges its maturity gate and champion/challenger contests on them.
         self.labels = LabelFeed(reader, topic, plan, getattr(self.engine.model, "on_label", None))
 
@@ -1334,9 +1353,7 @@ class Runner:
             t = time.perf_counter()
             self._retrying(
                 "commit",
-                lambda: self.consumer.commit(
-                    offsets, timeout_ms=int(self.s.broker_timeout_s * 1000)
-                ),
+                lambda: self.consumer.commit(offsets, timeout_ms=self.s.timeout_ms),
             )
             self.stats.commits += 1
             self.metrics.commit_time(time.perf_counter() - t)
@@ -1488,7 +1505,7 @@ class Runner:
         open longer than ``transaction_timeout_ms`` (a broker outage, this process stopped),
         and kafka-python was seen to report its commit all the same once the broker was back:
         a chaos run lost that batch's 50 decisions, the consumer having moved past them."""
-        ms = int(self.s.broker_timeout_s * 1000)
+        ms = self.s.timeout_ms
         got = self._retrying(
             "verifying the committed offsets",
             lambda: {tp: self.consumer.committed(tp, timeout_ms=ms) for tp in offsets},
@@ -1629,10 +1646,7 @@ class Runner:
         assert st is not None
         t0 = time.monotonic()
         data = st.fetch(
-            lambda: self._consumer_factory(
-                **self.s.client_config(), group_id=None, enable_auto_commit=False,
-                bootstrap_timeout_ms=int(self.s.broker_timeout_s * 1000),
-            ),
+            lambda: self._consumer_factory(**self.s.reader_config()),
             timeout_s=self.s.broker_timeout_s,
         )  # fmt: skip
         if data is None:
@@ -1656,7 +1670,7 @@ class Runner:
                 # max_block_ms: a full buffer or a missing topic must not hold decisions.
                 self._state_producer = self._producer_factory(
                     **self.s.client_config(), acks="all", linger_ms=5, batch_size=1 << 20,
-                    max_block_ms=1000, bootstrap_timeout_ms=int(self.s.broker_timeout_s * 1000),
+                    max_block_ms=1000, bootstrap_timeout_ms=self.s.timeout_ms,
                 )  # fmt: skip
             # (busy() first: it reaps a finished background write, which counts it in saves;
             # when idle nothing else asked, so that checkpoint was never published: a QA pass)
@@ -1769,7 +1783,7 @@ class Runner:
                 "commit",
                 lambda: self.consumer.commit(
                     {tp: OffsetAndMetadata(o, "", -1) for tp, o in gone.items()},
-                    timeout_ms=int(self.s.broker_timeout_s * 1000),
+                    timeout_ms=self.s.timeout_ms,
                 ),
             )
             committed = {**committed, **gone}
@@ -1795,14 +1809,9 @@ class Runner:
             self._refold = {}
             return committed
         t0 = time.monotonic()
-        reader = self._consumer_factory(
-            **self.s.client_config(),
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",  # never skip to the end (kafka-python: "latest")
-            isolation_level="read_committed",  # (as the input is read)
-            bootstrap_timeout_ms=int(self.s.broker_timeout_s * 1000),
-        )
+        reader = self._consumer_factory(  # (read_committed, as the input is read)
+            **self.s.reader_config(auto_offset_reset="earliest")  # never skip to the end
+        )  # (kafka-python's default: "latest")
         try:
             begin = self._retrying("reading the log starts", lambda: reader.beginning_offsets(tps))
             end = self._retrying("reading the log ends", lambda: reader.end_offsets(tps))
@@ -2369,7 +2378,7 @@ def produce_file(
         raise ConfigError("--labels-topic needs a --mapping with a label: section (its column)")
     labels = disordered = 0
     cut: FileCut | None = None  # what ended the file early, if anything
-    timeout_ms = int(settings.broker_timeout_s * 1000)
+    timeout_ms = settings.timeout_ms
     try:
         with ClientErrors() as errors:
             producer = errors.connect(lambda: KafkaProducer(
@@ -2379,7 +2388,7 @@ def produce_file(
                 # (the default 2 minutes dropped records of an outage longer than that)
                 delivery_timeout_ms=max(timeout_ms, 120_000),
                 compression_type=settings.compression_type,
-            ), len(settings.client_config()["bootstrap_servers"]))  # fmt: skip
+            ), settings.n_servers)  # fmt: skip
     except (KafkaError, OSError) as exc:
         raise unreachable(settings, exc, errors) from exc
     topic = topic or settings.input_topic

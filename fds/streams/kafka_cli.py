@@ -147,7 +147,7 @@ def _topics(args: argparse.Namespace) -> int:
 
     s = kstream._settings_from(args)
     client = {k: v for k, v in s.client_config().items() if k != "bootstrap_servers"}
-    client["bootstrap_timeout_ms"] = int(s.broker_timeout_s * 1000)
+    client["bootstrap_timeout_ms"] = s.timeout_ms
     names = kafka_kit.create_topics(
         s.bootstrap, kafka_kit.load_topic_specs(args.file), prefix=args.prefix,
         client_config=client,

@@ -248,15 +248,14 @@ class ModelFeed:
         while not self._stop.is_set():
             consumer = None
             try:
-                consumer = self._consumer_factory(
-                    **self.s.client_config(),
-                    group_id=None,  # every scorer reads the whole topic; nothing to commit
-                    enable_auto_commit=False,
-                    allow_auto_create_topics=False,  # a mistyped name must not make a topic
-                    max_partition_fetch_bytes=MAX_FETCH_BYTES,
-                    bootstrap_timeout_ms=int(
-                        min(self.s.broker_timeout_s, BOOTSTRAP_TIMEOUT_S) * 1000
-                    ),
+                consumer = self._consumer_factory(  # every scorer reads the whole topic
+                    **self.s.reader_config(
+                        allow_auto_create_topics=False,  # a mistyped name must not make one
+                        max_partition_fetch_bytes=MAX_FETCH_BYTES,
+                        bootstrap_timeout_ms=int(
+                            min(self.s.broker_timeout_s, BOOTSTRAP_TIMEOUT_S) * 1000
+                        ),
+                    )
                 )
                 if self._consume(consumer):
                     return

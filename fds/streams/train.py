@@ -277,7 +277,7 @@ class TrainService:
 
     def _connect(self) -> None:
         s = self.s
-        timeout_ms = int(s.broker_timeout_s * 1000)
+        timeout_ms = s.timeout_ms
         try:
             with ClientErrors() as errors:
                 self.consumer = errors.connect(lambda: Consumer(
@@ -288,12 +288,12 @@ class TrainService:
                     max_poll_records=s.max_poll_records,
                     isolation_level="read_committed",  # decisions of committed transactions
                     bootstrap_timeout_ms=timeout_ms,
-                ), len(s.client_config()["bootstrap_servers"]))  # fmt: skip
+                ), s.n_servers)  # fmt: skip
                 if self.models_topic:
                     self.producer = errors.connect(lambda: KafkaProducer(
                         **s.client_config(), acks="all", bootstrap_timeout_ms=timeout_ms,
                         max_request_size=16 << 20, max_block_ms=min(timeout_ms, 10_000),
-                    ), len(s.client_config()["bootstrap_servers"]))  # fmt: skip
+                    ), s.n_servers)  # fmt: skip
         except (KafkaError, OSError) as exc:
             raise unreachable(s, exc, errors) from exc
         self.consumer.subscribe(list(self.topics), listener=_Seek(self))
