@@ -485,17 +485,22 @@ def test_dead_letters_are_counted_as_fds_run_counts_them(tmp_path):
     assert get("fds_events_consumed_total", {"source": "file"}) == 4
 
 
+def _replayed_utc(tmp_path: Any, zone: str, day: str, times: list[str]) -> tuple[list, Any]:
+    """The UTC hh:mm of each decision of a CSV of local ``times`` on ``day`` in ``zone``."""
+    p = tmp_path / "local.csv"
+    rows = "".join(f"t{i},{day} {hm}:00,c,1\n" for i, hm in enumerate(times))
+    p.write_text("tx_id,ts,card_id,amount\n" + rows)
+    mapping = ColumnMapping.model_validate({"timezone": zone})
+    stream, out = replay.open_stream(p, mapping=mapping), ListSink()
+    replay.run(Engine(), stream, out, ListSink())
+    return [d["ts"][11:16] for d in out.items], stream
+
+
 def test_the_hour_a_dst_change_repeats_is_read_in_file_order(tmp_path):
     """Found by a review: both passes of the fall-back hour were read as the first (01:10 EST
     as 01:10 EDT), so the file was "reordered" and the 1-hour windows were wrong."""
-    p = tmp_path / "ny.csv"
     times = ["00:50", "01:10", "01:50", "01:10", "01:50", "02:10"]  # EDT, then EST again
-    rows = "".join(f"t{i},2026-11-01 {hm}:00,c,1\n" for i, hm in enumerate(times))
-    p.write_text("tx_id,ts,card_id,amount\n" + rows)
-    mapping = ColumnMapping.model_validate({"timezone": "America/New_York"})
-    stream, out = replay.open_stream(p, mapping=mapping), ListSink()
-    replay.run(Engine(), stream, out, ListSink())
-    utc = [d["ts"][11:16] for d in out.items]
+    utc, stream = _replayed_utc(tmp_path, "America/New_York", "2026-11-01", times)
     assert utc == ["04:50", "05:10", "05:50", "06:10", "06:50", "07:10"]
     assert stream.second_pass == 2 and stream.reordered == 0
 
@@ -548,14 +553,8 @@ def test_a_repeated_half_hour_is_read_in_file_order(tmp_path):
     """Found by a QA pass: Lord Howe repeats 30 minutes (02:00 -> 01:30), so a second pass
     there is always less than the 30-minute step that marked one: 01:32 after 01:58 was read
     30 minutes early and reported as merely out of order."""
-    p = tmp_path / "lh.csv"
     times = ["01:35", "01:50", "01:58", "01:32", "01:45", "02:05"]
-    rows = "".join(f"t{i},2022-04-03 {hm}:00,c,1\n" for i, hm in enumerate(times))
-    p.write_text("tx_id,ts,card_id,amount\n" + rows)
-    mapping = ColumnMapping.model_validate({"timezone": "Australia/Lord_Howe"})
-    stream, out = replay.open_stream(p, mapping=mapping), ListSink()
-    replay.run(Engine(), stream, out, ListSink())
-    utc = [d["ts"][11:16] for d in out.items]
+    utc, stream = _replayed_utc(tmp_path, "Australia/Lord_Howe", "2022-04-03", times)
     assert utc == ["14:35", "14:50", "14:58", "15:02", "15:15", "15:35"]
     assert stream.second_pass == 2 and stream.reordered == 0
 
