@@ -184,6 +184,27 @@ class FileClock:
         return t
 
 
+def naive_text(value: str) -> bool:
+    """Is ``value`` a time written without its UTC offset (read in a default zone)? Epoch
+    seconds or milliseconds as text are not; a compact local date is.
+
+    >>> [naive_text(v) for v in ("2026-03-01T08:04:13+09:00", "2026-03-01 08:04", "2026-03-01",
+    ...                          "1772319853", "20260301", "2026-03-01T08:04:13Z")]
+    [False, True, True, False, True, False]
+    """
+    if _compact(value) is not None:
+        return True
+    try:
+        float(value)
+        return False
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(value.strip()).tzinfo is None
+    except ValueError:
+        return False  # (no time at all: its own dead letter says so)
+
+
 def _compact(value: str) -> datetime | None:
     """``value`` as a naive ``YYYYMMDD`` or ``YYYYMMDDHHMMSS`` date, else ``None``."""
     s = value.strip()

@@ -548,12 +548,14 @@ class FeaturePlan:
         self._sweep_todo = body["sweep_todo"]
         self._labels = body["labels"]
         self._next_label_expiry = body["next_label_expiry"]
-        if body["label_ttl"] < self.label_ttl:  # (the configured one is kept: it was replaced
-            log.warning(  # by the checkpoint's without a word, a QA pass)
-                "the restored tx_id store was kept for label_ttl %.0f s, now %.0f s: labels "
-                "for transactions older than the first are not attributed until it fills",
-                body["label_ttl"], self.label_ttl,
+        if body["label_ttl"] != self.label_ttl:  # (replaced without a word: a QA pass)
+            log.warning(  # (kept: the restored store's buckets are made for it, a review)
+                "the restored feature state keeps its label_ttl of %.0f s (its tx_id store is "
+                "bucketed for it), not the %.0f s configured: that applies to a state started "
+                "empty", body["label_ttl"], self.label_ttl,
             )  # fmt: skip
+        self.label_ttl = body["label_ttl"]
+        self._label_span = max(self.label_ttl / _LABEL_BUCKETS, 1.0)
         self._bind()
 
     def checkpoint(self, path: str | os.PathLike[str], position: Any) -> None:

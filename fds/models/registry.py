@@ -88,6 +88,7 @@ def _is(value: Any, kind: Any) -> bool:
 
 # A version id is also a file name: only ids the registry itself makes are accepted from outside.
 _VERSION_ID = re.compile(r"v[0-9]{6,}")
+_ARTIFACT = re.compile(r"v[0-9]{6,}\.pkl")
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -232,8 +233,9 @@ class Registry:
                 f"no model registry at {self.path}: check --registry (`fds train` creates it)"
             )
         elif not (self.path / "manifest.json").exists() and any(
-            f.name != ".lock" for f in self.path.iterdir()
-        ):  # (`--registry /tmp` listed "no versions", and a rollback left its lock there)
+            not (f.name.startswith(".") or _ARTIFACT.fullmatch(f.name)) for f in self.path.iterdir()
+        ):  # (`--registry /tmp` listed "no versions", and a rollback left its lock there; a
+            # first publish writes its artifact before the manifest, its temp files hidden)
             raise ConfigError(
                 f"{self.path} is no model registry (it holds other files and no manifest.json): "
                 "check --registry; an empty folder is an empty registry"

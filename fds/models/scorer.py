@@ -1096,18 +1096,20 @@ class ModelServer:
             self.registry.reject(version, str(e))
 
     def _file_of(self, version: str) -> tuple[int, int, int] | None:
-        """What marks a version's artifact file (time, size, inode): ``None`` when missing."""
+        """What marks a version's artifact file (change time, size, inode: a copy that keeps
+        the old modification time changes it too): ``None`` when missing."""
         assert self.registry is not None
         try:
             st = self.registry.artifact(version).stat()
         except OSError:
             return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
+        return (st.st_ctime_ns, st.st_size, st.st_ino)
 
     def _bad_files(self) -> tuple[tuple[int, int, int] | None, ...]:
         """The marks of the files of the versions that failed for good (the watcher looks
         again when one changes: a champion's file restored was never tried again)."""
-        return tuple(self._file_of(v) for v in self._bad_file)
+        return tuple(self._file_of(v) for v in list(self._bad_file))  # (another thread may
+        # add one meanwhile: the watcher died of "dictionary changed size", a review)
 
     def _prune_retries(self, champ: str | None, versions: Mapping[str, Any]) -> None:
         """Forget deferred retries of versions that can no longer be chosen: gone from the
@@ -1170,18 +1172,18 @@ class ModelServer:
             while not self._stop.wait(every):
                 if self._pending is not None or self._writing():
                     continue  # the hot path has not taken the last one yet, or see _record
-                # one stat() (and one per artifact that failed for good); the manifest is
-                # read only when it changed
-                stamp = (reg.stamp(), self._bad_files())
-                if stamp == seen:
-                    continue
-                if had and stamp[0] == (0, 0):  # (it said nothing: a QA pass)
-                    log.warning(
-                        "model registry %s: manifest.json is gone; still serving %s",
-                        reg.path, self.version,
-                    )  # fmt: skip
-                had = stamp[0] != (0, 0)
                 try:
+                    # one stat() (and one per artifact that failed for good); the manifest is
+                    # read only when it changed
+                    stamp = (reg.stamp(), self._bad_files())
+                    if stamp == seen:
+                        continue
+                    if had and stamp[0] == (0, 0):  # (it said nothing: a QA pass)
+                        log.warning(
+                            "model registry %s: manifest.json is gone; still serving %s",
+                            reg.path, self.version,
+                        )  # fmt: skip
+                    had = stamp[0] != (0, 0)
                     swaps = self._swaps
                     self.poll()
                     # a deferred retry (see poll), or a read made stale by a swap of ours (its

@@ -77,12 +77,13 @@ class SnapshotStore(Protocol):
         """``(ts, x, assumed)`` of a pending or assumed entry; ``None`` otherwise."""
         ...
 
-    def settle(self, tx_id: str) -> None:
-        """A label was learned from it: drop its input, keep its id until the TTL."""
+    def settle(self, tx_id: str, y: bool) -> None:
+        """Label ``y`` was learned from it: drop its input, keep its id (and ``y``) until the
+        TTL."""
         ...
 
-    def settled(self, tx_id: str) -> bool:
-        """Was a label learned from it (and its id is still kept)?"""
+    def settled(self, tx_id: str) -> bool | None:
+        """The label learned from it while its id is kept; ``None``: none (or not known)."""
         ...
 
     def assume_older(self, cutoff: float) -> Iterator[tuple[str, float, dict[str, float]]]:
@@ -108,7 +109,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self._pending: dict[str, tuple[float, tuple[str, ...], tuple[float, ...]]] = {}
         self._assumed: dict[str, tuple[float, tuple[str, ...], tuple[float, ...]]] = {}
-        self._settled: dict[str, float] = {}  # tx_id -> ts
+        self._settled: dict[str, tuple[float, bool]] = {}  # tx_id -> (ts, label learned)
         self._keys: tuple[str, ...] = ()
 
     def put(self, tx_id: str, ts: float, x: dict[str, float]) -> None:
@@ -130,13 +131,14 @@ class MemoryStore:
                 return None
         return e[0], dict(zip(e[1], e[2], strict=True)), assumed
 
-    def settle(self, tx_id: str) -> None:
+    def settle(self, tx_id: str, y: bool) -> None:
         e = self._pending.pop(tx_id, None) or self._assumed.pop(tx_id, None)
         if e is not None:
-            self._settled[tx_id] = e[0]
+            self._settled[tx_id] = (e[0], y)
 
-    def settled(self, tx_id: str) -> bool:
-        return tx_id in self._settled
+    def settled(self, tx_id: str) -> bool | None:
+        got = self._settled.get(tx_id)
+        return None if got is None else got[1]
 
     def assume_older(self, cutoff: float) -> Iterator[tuple[str, float, dict[str, float]]]:
         d = self._pending
@@ -158,7 +160,7 @@ class MemoryStore:
             del d[k]
             n += 1
         if self._settled:  # settled in label order, not event-time order: filter them all
-            self._settled = {k: ts for k, ts in self._settled.items() if ts >= cutoff}
+            self._settled = {k: v for k, v in self._settled.items() if v[0] >= cutoff}
         return n
 
     def __len__(self) -> int:
@@ -194,7 +196,8 @@ class SqliteStore:
         self._db.execute("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v BLOB)")
         self._db.execute("BEGIN")
 
-    # ``assumed``: 0 pending, 1 assumed legitimate, 2 settled (input dropped, id kept)
+    # ``assumed``: 0 pending, 1 assumed legitimate, 2 settled (input dropped, id kept; ``x``
+    # then holds the label learned, b"1" or b"0": NULL in a store of an earlier release)
     def put(self, tx_id: str, ts: float, x: dict[str, float]) -> None:
         self._db.execute(
             "INSERT OR IGNORE INTO snaps VALUES (?, ?, 0, ?)", (tx_id, ts, orjson.dumps(x))
@@ -208,12 +211,14 @@ class SqliteStore:
             return None
         return row[0], orjson.loads(row[1]), bool(row[2])
 
-    def settle(self, tx_id: str) -> None:
-        self._db.execute("UPDATE snaps SET assumed = 2, x = NULL WHERE tx_id = ?", (tx_id,))
+    def settle(self, tx_id: str, y: bool) -> None:
+        label = b"1" if y else b"0"
+        self._db.execute("UPDATE snaps SET assumed = 2, x = ? WHERE tx_id = ?", (label, tx_id))
 
-    def settled(self, tx_id: str) -> bool:
-        sql = "SELECT 1 FROM snaps WHERE tx_id = ? AND assumed = 2"
-        return self._db.execute(sql, (tx_id,)).fetchone() is not None
+    def settled(self, tx_id: str) -> bool | None:
+        sql = "SELECT x FROM snaps WHERE tx_id = ? AND assumed = 2"
+        row = self._db.execute(sql, (tx_id,)).fetchone()
+        return None if row is None or row[0] is None else bytes(row[0]) == b"1"
 
     def assume_older(self, cutoff: float) -> Iterator[tuple[str, float, dict[str, float]]]:
         rows = self._db.execute(
@@ -358,12 +363,14 @@ class Trainer:
         self.stats["labels_seen"] += 1
         self.advance(event_time(label["ts"]))
         got = self.store.get(label["tx_id"])
-        if got is None:  # (a producer's retry was counted unjoined, its alert fired: a QA)
-            repeated = self.store.settled(label["tx_id"])
+        y = bool(label["is_fraud"])
+        if got is None:  # the same label again (a producer's retry, counted unjoined: its alert
+            # fired, a QA pass) is repeated; another one (a chargeback after a legit label)
+            # finds no input to learn from, unjoined as before (a review)
+            repeated = self.store.settled(label["tx_id"]) is y
             self.stats["labels_repeated" if repeated else "labels_unjoined"] += 1
             return False
         _, x, assumed = got
-        y = bool(label["is_fraud"])
         if assumed:
             # Already counted as legitimate; only a fraud label changes anything (a late
             # chargeback, which a legit label before it must not keep from joining). Its legit
@@ -371,7 +378,7 @@ class Trainer:
             if not y:
                 return False
             self.stats["late_frauds"] += 1
-        self.store.settle(label["tx_id"])
+        self.store.settle(label["tx_id"], y)
         if self.on_example is not None:
             self.on_example(x, y)
         if y or keep_legit(label["tx_id"], self._rate):

@@ -125,11 +125,11 @@ from fds.streams.files import (
     read_records,
     read_yaml,
 )
-from fds.streams.kafka_kit import Call, ClientErrors, Consumer
+from fds.streams.kafka_kit import Call, ClientErrors, Consumer, UnreadableRecords
 from fds.streams.label_feed import LabelFeed, reads_labels
 from fds.streams.rebuild import horizon_seconds, read_merged, start_offsets
 from fds.streams.state_topic import StateTopic
-from fds.timeutil import FileClock, format_ts, get_zone, parse_ts, span
+from fds.timeutil import FileClock, format_ts, get_zone, naive_text, parse_ts, span
 
 if TYPE_CHECKING:  # (River: imported when an engine is built, not to build the command line)
     from fds.engine import Engine
@@ -227,13 +227,14 @@ def _event_time(msg: Any, ahead_s: float = 0.0) -> tuple[float, Any]:
 # The first records of a process are watched for a ``ts`` text without an offset (read as UTC
 # over Kafka: a producer's local times were decided hours off without a word, a QA pass).
 _NAIVE_WATCH = [10_000]  # records left to watch; 0: said, or watched enough
-_OFFSET = re.compile(r"(?:[Zz]|[+-]\d\d(?::?\d\d)?)\s*$")
 
 
 def _watch_naive(obj: Any, msg: Any) -> None:
+    """Say once that a record's ``ts`` is text without an offset (only the first records of
+    the process are watched: a producer that joins later is not)."""
     _NAIVE_WATCH[0] -= 1
     ts = obj.get("ts")
-    if ts.__class__ is str and not _OFFSET.search(ts):
+    if ts.__class__ is str and naive_text(ts):
         _NAIVE_WATCH[0] = 0
         log.warning(
             'a transaction\'s ts has no UTC offset (ts="%s" at partition="%s[%d]" offset="%d"): '
@@ -960,8 +961,11 @@ class Runner:
             if feed.changed:  # (a label read again after a restore changes nothing)
                 self.metrics.feature_labels(feed.changed)
                 feed.changed = 0
-        except (KafkaError, OSError) as exc:  # decisions go on; labels are tried again later
-            when = "at the next batch"
+        except (KafkaError, OSError, UnreadableRecords) as exc:  # decisions go on; labels are
+            when = "at the next batch"  # tried again later
+            if isinstance(exc, UnreadableRecords):  # (it stopped fds run, at every restart: a
+                self._labels_due = True  # review) re-read from the horizon: a seek, not a poll
+                # of the batch kafka-python keeps first in line (it would loop for ever)
             if self._labels_due:  # (not every batch: a re-read waits for the topic each time)
                 self._labels_retry_at = now + LABELS_RETRY_S
                 when = f"in {LABELS_RETRY_S:.0f} s"
@@ -1235,16 +1239,14 @@ class Runner:
             except Exception as exc:  # any bug: never silently dropped
                 self._dead_letter(msg, stage, exc)
                 continue
-            # keyed by card_id (the contract); on the input's partition number where the input
-            # is keyed so too, else placed by the key (the input's key and partition were kept:
-            # a QA pass); also by the key where the output lacks that partition (metadata not
-            # yet refreshed)
+            # keyed by card_id (the contract: the input's own key was kept, a QA pass), on the
+            # input's partition number (one writer per decisions partition, in the order it
+            # decided: hashing a key of another input placed them elsewhere, a review); by the
+            # key where the output lacks that partition (metadata not yet refreshed)
             key = tx["card_id"].encode()
             if msg.key != key:
                 self._keyed_otherwise(msg)
-                out.append((value, key, None))
-            else:
-                out.append((value, key, tp.partition if copart and tp.partition < n_out else None))
+            out.append((value, key, tp.partition if copart and tp.partition < n_out else None))
             if feed is not None and feed.waiting and tx["tx_id"] in feed.waiting:
                 feed.reached(tx["tx_id"])  # its labels count from then on, in this batch too
                 due = feed.due  # (outside the try: a label's failure is no decision's)

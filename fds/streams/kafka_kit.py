@@ -157,8 +157,9 @@ class Consumer(KafkaConsumer):
         attribute; without it, every partition assigned)."""
         failed: Any = getattr(getattr(self, "_fetcher", None), "_next_partition_records", None)
         tp = getattr(failed, "topic_partition", None)
-        if tp is not None:
-            return f"{tp.topic}[{tp.partition}] at offset {failed.next_fetch_offset}"
+        offset = getattr(failed, "next_fetch_offset", None)
+        if tp is not None and offset is not None:
+            return f"{tp.topic}[{tp.partition}] at offset {offset}"
         return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(self.assignment()))
 
 

@@ -86,11 +86,16 @@ def test_restore_mid_freeze_continues_exactly(cut: int) -> None:
     assert any(bk.parts is not None for bk in second._labels.buckets.values())
 
 
-def test_a_restore_keeps_the_configured_label_ttl(caplog) -> None:
-    """Found by a QA pass: the checkpoint's label_ttl replaced the plan's without a word."""
+def test_a_restore_says_when_it_keeps_another_label_ttl(caplog) -> None:
+    """Found by a QA pass: the checkpoint's label_ttl replaced the plan's without a word. It
+    is kept (the restored store's buckets are made for it: keeping the configured one made
+    thousands of them, a review) and said."""
     specs = [Spec("m_fr", "merchant_id", "fraud_rate", None, "1h")]
     saved = FeaturePlan(specs, label_ttl="2h").state_dict()
     plan = FeaturePlan(specs, label_ttl="7d")
     plan.load_state_dict(saved)
-    assert plan.label_ttl == 7 * 86400
-    assert "kept for label_ttl 7200 s, now 604800 s" in caplog.text
+    assert plan.label_ttl == 7200
+    assert (
+        "keeps its label_ttl of 7200 s (its tx_id store is bucketed for it), not the "
+        "604800 s configured" in caplog.text
+    )

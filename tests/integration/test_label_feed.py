@@ -144,3 +144,30 @@ def test_labels_survive_kill9_and_restart_counted_once(
         assert ("restored checkpoint" if restart == "checkpoint" else "rebuild") in err, err[-2000:]
     finally:
         producer.close()
+
+
+def test_a_labels_batch_that_cannot_be_read_does_not_stop_the_decisions(
+    kafka_bootstrap, topics, unique_name, monkeypatch, caplog
+):
+    """A review: a labels batch the client could not read stopped fds run (exit 1, again at
+    every restart), where labels are a side input: decisions go on, labels are tried again."""
+    from fds.streams.kafka import Runner, build_run_engine
+    from tests.integration.test_kafka_run import settings_for
+
+    lz4 = KafkaProducer(bootstrap_servers=kafka_bootstrap, compression_type="lz4")
+    for i in range(20):  # (one small record is written uncompressed)
+        label = {"tx_id": f"tx{i}", "ts": T0 + 1, "is_fraud": True}
+        lz4.send(topics["labels"], partition=0, value=orjson.dumps(label))
+    lz4.close()
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    for i in range(5):
+        tx = {"tx_id": f"tx{i}", "ts": T0 + 60.0 * i, "card_id": "c", "merchant_id": "m1",
+              "amount": 100.0}  # fmt: skip
+        producer.send(topics["transactions"], key=b"c", value=orjson.dumps(tx))
+    producer.close()
+    monkeypatch.setattr("kafka.codec.has_lz4", lambda: False)  # a client without lz4
+    s = settings_for(kafka_bootstrap, topics, unique_name("g"), labels_topic=topics["labels"])
+    engine = build_run_engine(DEFAULT_RULES, None, settings=s)
+    stats = Runner(s, engine).run(max_idle_s=3)
+    assert stats.decided == 5
+    assert "labels topic: UnreadableRecords" in caplog.text

@@ -239,6 +239,11 @@ def test_the_models_commands_refuse_a_folder_that_is_no_registry(tmp_path, capsy
     assert sorted(f.name for f in tmp_path.iterdir()) == ["notes.txt"]
     (tmp_path / "empty").mkdir()
     assert main(["models", "--registry", str(tmp_path / "empty"), "list"]) == 0
+    # a first publish writes its artifact (and hidden temp files) before the manifest: a
+    # registry being made, not another folder (a review)
+    for name in ("v000001.pkl", ".lock", ".manifest.json.x1"):
+        (tmp_path / "empty" / name).write_bytes(b"")
+    assert main(["models", "--registry", str(tmp_path / "empty"), "list"]) == 0
 
 
 def test_the_models_commands_create_no_registry_and_refuse_a_foreign_manifest(tmp_path, capsys):

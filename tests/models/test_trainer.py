@@ -81,9 +81,23 @@ def test_both_stores_tell_a_settled_id(tmp_path) -> None:
 
     for store in (MemoryStore(), SqliteStore(tmp_path / "s.db")):
         store.put("a", 1.0, {"x": 1.0})
-        assert not store.settled("a")
-        store.settle("a")
-        assert store.settled("a") and not store.settled("b") and store.get("a") is None
+        store.put("b", 2.0, {"x": 1.0})
+        assert store.settled("a") is None
+        store.settle("a", True)
+        store.settle("b", False)
+        assert (store.settled("a"), store.settled("b"), store.settled("c")) == (True, False, None)
+        assert store.get("a") is None
+
+
+def test_a_label_that_contradicts_the_one_learned_is_not_taken_for_a_retry() -> None:
+    """A review: a chargeback after a legit label was counted as a producer's retry, its
+    unjoined count and alert silenced."""
+    t, _ = _trainer(legit_sample_rate=1.0)
+    t.on_decision(_tx(1, 60.0), {"features": {}})
+    assert t.on_label({"tx_id": "t1", "ts": 100.0, "is_fraud": False})
+    assert not t.on_label({"tx_id": "t1", "ts": 101.0, "is_fraud": False})  # a retry
+    assert not t.on_label({"tx_id": "t1", "ts": 102.0, "is_fraud": True})  # a chargeback
+    assert (t.stats["labels_repeated"], t.stats["labels_unjoined"]) == (1, 1)
 
 
 def test_legit_sampling_is_deterministic_by_tx_id() -> None:
@@ -193,7 +207,7 @@ def test_sqlite_store_survives_restart(tmp_path: Path) -> None:
     assert [k for k, _, _ in s2.assume_older(1.5)] == ["a"]
     assert s2.get("a") == (1.0, {"f": 1.5}, True)
     assert s2.get("b") == (2.0, {"f": 2.5}, False)
-    s2.settle("b")
+    s2.settle("b", True)
     assert s2.get("b") is None and len(s2) == 1
     s2.close()
 

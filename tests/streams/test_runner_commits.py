@@ -1657,9 +1657,14 @@ def test_a_ts_without_an_offset_over_kafka_is_said_once(monkeypatch, caplog):
     from fds.streams import kafka as k
 
     monkeypatch.setattr(k, "_NAIVE_WATCH", [10_000])
-    for i, ts in enumerate(("2026-03-01T08:04:13+09:00", "2026-03-01T08:04:13Z", 1772319853,
-                            "2026-03-01 08:04:13", "2026-03-01T09:00:00")):  # fmt: skip
+    times = ("2026-03-01T08:04:13+09:00", "2026-03-01T08:04:13Z", 1772319853, "1772319853",
+             "2026-03-01 08:04:13", "2026-03-01T09:00:00")  # fmt: skip
+    for i, ts in enumerate(times):
         value = orjson.dumps({"tx_id": f"t{i}", "ts": ts, "card_id": "c", "amount": 1})
         assert k._event_time(Record("transactions", 0, i, 0, b"c", value))[0] > 0
     assert caplog.text.count("has no UTC offset") == 1
-    assert 'ts="2026-03-01 08:04:13" at partition="transactions[0]" offset="3"' in caplog.text
+    assert 'ts="2026-03-01 08:04:13" at partition="transactions[0]" offset="4"' in caplog.text
+    monkeypatch.setattr(k, "_NAIVE_WATCH", [10_000])  # (a date alone has no offset either)
+    value = orjson.dumps({"tx_id": "d", "ts": "2026-03-01", "card_id": "c", "amount": 1})
+    k._event_time(Record("transactions", 0, 9, 0, b"c", value))
+    assert caplog.text.count("has no UTC offset") == 2
