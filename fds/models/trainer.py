@@ -21,6 +21,7 @@ False
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import math
@@ -110,6 +111,9 @@ class MemoryStore:
         self._pending: dict[str, tuple[float, tuple[str, ...], tuple[float, ...]]] = {}
         self._assumed: dict[str, tuple[float, tuple[str, ...], tuple[float, ...]]] = {}
         self._settled: dict[str, tuple[float, bool]] = {}  # tx_id -> (ts, label learned)
+        # the keys of _pending and _assumed in the order they came (see _pop_older)
+        self._pending_order: collections.deque[str] = collections.deque()
+        self._assumed_order: collections.deque[str] = collections.deque()
         self._keys: tuple[str, ...] = ()
 
     def put(self, tx_id: str, ts: float, x: dict[str, float]) -> None:
@@ -121,6 +125,7 @@ class MemoryStore:
         else:
             self._keys = keys
         self._pending[tx_id] = (ts, keys, tuple(x.values()))
+        self._pending_order.append(tx_id)
 
     def get(self, tx_id: str) -> tuple[float, dict[str, float], bool] | None:
         e = self._pending.get(tx_id)
@@ -141,24 +146,14 @@ class MemoryStore:
         return None if got is None else got[1]
 
     def assume_older(self, cutoff: float) -> Iterator[tuple[str, float, dict[str, float]]]:
-        d = self._pending
-        while d:
-            k = next(iter(d))
-            e = d[k]
-            if e[0] >= cutoff:
-                return
-            del d[k]
-            self._assumed[k] = e
+        moved = _pop_older(self._pending, self._pending_order, cutoff)
+        self._assumed.update(moved)
+        self._assumed_order.extend(k for k, _ in moved)
+        for k, e in moved:
             yield k, e[0], dict(zip(e[1], e[2], strict=True))
 
     def expire(self, cutoff: float) -> int:
-        d, n = self._assumed, 0
-        while d:
-            k = next(iter(d))
-            if d[k][0] >= cutoff:
-                break
-            del d[k]
-            n += 1
+        n = len(_pop_older(self._assumed, self._assumed_order, cutoff))
         if self._settled:  # settled in label order, not event-time order: filter them all
             self._settled = {k: v for k, v in self._settled.items() if v[0] >= cutoff}
         return n
@@ -172,6 +167,28 @@ class MemoryStore:
 
 #: Bytes of write-ahead log above which a flush checkpoints it and truncates it.
 WAL_LIMIT = 16 * 2**20
+
+
+def _pop_older(
+    d: dict[str, Any], order: collections.deque[str], cutoff: float
+) -> list[tuple[str, Any]]:
+    """Remove from ``d`` the entries older than ``cutoff``, oldest first, found through
+    ``order`` (its keys in insertion order; keys no longer in ``d`` are skipped), and return
+    them. Iterating the dict from its front instead walked again the slots of the entries
+    removed before (a dict keeps them until it is resized): one ``next(iter(d))`` at a time
+    was quadratic in one call (4 days of event time without a label released 300,000 at once:
+    a 47 s stall in a replay, a QA pass) and cost every later call ~78 us at 300,000 held."""
+    out: list[tuple[str, Any]] = []
+    while order:
+        k = order[0]
+        e = d.get(k)
+        if e is not None and e[0] >= cutoff:
+            break
+        order.popleft()
+        if e is not None:
+            del d[k]
+            out.append((k, e))
+    return out
 
 
 class SqliteStore:

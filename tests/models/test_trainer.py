@@ -324,3 +324,20 @@ def test_an_example_the_model_raises_on_is_not_learned_and_the_stream_goes_on(ca
     assert (t.stats["learn_errors"], t.stats["labels_learned"], len(rec.learned)) == (1, 3, 3)
     assert t.last_learn_error == "ZeroDivisionError: float division by zero"
     assert 'estimator="linear_model.LogisticRegression" raised while learning' in caplog.text
+
+
+def test_the_memory_store_takes_entries_oldest_first_skipping_those_settled() -> None:
+    """The store finds its oldest entries through their arrival order (walking the dict from
+    its front rescanned every slot emptied before: quadratic, a 47 s stall in a replay)."""
+    from fds.models.trainer import MemoryStore
+
+    store = MemoryStore()
+    for i, name in enumerate("abcde"):
+        store.put(name, float(i), {"x": float(i)})
+    store.settle("b", True)
+    assert [k for k, _, _ in store.assume_older(3.0)] == ["a", "c"]
+    assert [k for k, _, _ in store.assume_older(3.0)] == []
+    store.settle("c", False)
+    assert store.expire(10.0) == 1  # a (c was settled)
+    assert [k for k, _, _ in store.assume_older(10.0)] == ["d", "e"] and len(store) == 2
+    assert store.expire(10.0) == 2 and len(store) == 0
