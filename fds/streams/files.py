@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import zlib
+from collections import Counter
 from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Annotated, Any, Literal, cast
@@ -751,7 +752,8 @@ def _csv_header(p: Path, row: list[str] | None, mapping: ColumnMapping | None) -
                 name += "_"
             header[i] = name
             given.add(name)
-    twice = sorted({c for c in header if header.count(c) > 1})
+    twice = sorted(c for c, n in Counter(header).items() if n > 1)  # (header.count per
+    # column: 100,000 columns took 194 s before the first row, a QA pass)
     if twice:
         raise ConfigError(
             f"column name(s) {twice} appear more than once; rename them", where=f"{p}:1"
