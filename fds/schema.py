@@ -72,7 +72,8 @@ class Transaction(TypedDict):
               "from a Parquet timestamp column)"),
     ]  # fmt: skip
     card_id: Annotated[str, Field(min_length=1)]
-    amount: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    # (at most 1e18: past any payment, and 1e308 broke the windows' sums: a QA pass)
+    amount: Annotated[float, Field(gt=0, le=1e18, allow_inf_nan=False)]
     currency: NotRequired[str | None]
     merchant_id: NotRequired[str | None]
     mcc: NotRequired[str | None]

@@ -170,3 +170,11 @@ def test_a_kafka_value_that_is_no_json_says_exactly_why():
     ):
         with pytest.raises(ValueError, match=re.escape(says)):
             loads_record(raw)
+
+
+def test_an_amount_past_any_payment_is_refused():
+    """A QA pass: 1e308 was accepted and broke the card's window sums for 30 days."""
+    tx = {"tx_id": "t", "ts": 0, "card_id": "c"}
+    assert parse_transaction({**tx, "amount": 1e18})["amount"] == 1e18
+    with pytest.raises(ValidationError, match="amount: Input should be less than or equal"):
+        parse_transaction({**tx, "amount": 1e308})

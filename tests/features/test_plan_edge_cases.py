@@ -122,3 +122,17 @@ def test_a_calendar_day_ends_at_midnight_to_the_last_fraction_of_a_second() -> N
     feed(plan, m - H, amount=1.0)
     feed(plan, m + 10, card_id="other")
     assert feed(plan, m - 4e-7, amount=2.0) == {"n": 2, "s": 3.0}
+
+
+def test_a_number_too_large_to_square_is_missing_and_breaks_no_sum() -> None:
+    """Found by a QA pass: two values of 1e308 made the window's mean None for its whole
+    length and the entity's later events dead letters (fsum's intermediate overflow)."""
+    plan = FeaturePlan([
+        S(name="s", entity="card_id", agg="sum", field="extra.x", window="30d"),
+        S(name="sd", entity="card_id", agg="std", field="extra.x", window="30d"),
+        S(name="n", entity="card_id", agg="count", field=None, window="30d"),
+    ])  # fmt: skip
+    for i, x in enumerate((1e308, 1e308, -1e200)):
+        feed(plan, D0 + i, extra={"x": x})
+    assert feed(plan, D0 + 10, extra={"x": 5.0}) == {"s": 5.0, "sd": 0.0, "n": 4}
+    assert feed(plan, D0 + 11, extra={"x": 7.0}) == {"s": 12.0, "sd": 1.0, "n": 5}

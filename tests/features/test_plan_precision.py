@@ -31,10 +31,10 @@ def run(plan: FeaturePlan, events: list[tuple[float, float | None]], **fields) -
     ]
 
 
-@pytest.mark.parametrize("big", [1e17, 1e160])
+@pytest.mark.parametrize("big", [1e17, 1e90])  # (1e100 and more are missing: codegen.BIG)
 def test_a_huge_value_leaves_no_rounding_behind_when_it_leaves(big):
     out = run(moments(), [(0, 5.0), (10, big), (20, 1.0), (30, 2.0), (H + 15, 4.0)])
-    assert out[2]["std"] == (math.inf if big > 1e154 else pytest.approx(big * math.sqrt(2) / 3))
+    assert out[2]["std"] == pytest.approx(big * math.sqrt(2) / 3)
     assert out[-1]["sum"] == 7.0  # the window (15, 3615] holds 1, 2, 4
     assert out[-1]["mean"] == pytest.approx(7 / 3, rel=1e-12)
     assert out[-1]["std"] == pytest.approx(statistics.pstdev([1.0, 2.0, 4.0]), rel=1e-12)
@@ -139,12 +139,13 @@ def test_a_first_value_far_above_the_rest_does_not_cost_sum_and_mean_their_value
     assert out[2]["std"] == pytest.approx(1.17, rel=1e-9)
 
 
-def test_a_reordered_event_next_to_an_overflowing_value_gives_an_infinite_std():
+def test_a_reordered_event_next_to_a_value_too_large_to_square_raises_nothing():
     plan = FeaturePlan(
         [S(name="sd", entity="card_id", agg="std", field="amount", window="1h")], grace="5m"
     )
     out = run(plan, [(100.0, 1e160), (200.0, 1.0), (150.0, 2.0)])  # the last reordered
-    assert out[1:] == [{"sd": math.inf}, {"sd": math.inf}]  # (it raised OverflowError)
+    # (it raised OverflowError; then it gave inf; now 1e160 is missing: codegen.BIG)
+    assert out[1:] == [{"sd": 0.0}, {"sd": 0.0}]
 
 
 def test_the_std_of_one_value_is_exactly_zero():
