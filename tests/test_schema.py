@@ -178,3 +178,16 @@ def test_an_amount_past_any_payment_is_refused():
     assert parse_transaction({**tx, "amount": 1e18})["amount"] == 1e18
     with pytest.raises(ValidationError, match="amount: Input should be less than or equal"):
         parse_transaction({**tx, "amount": 1e308})
+
+
+def test_an_id_longer_than_any_real_one_is_refused_and_quoted_short():
+    """A QA pass: a 400 KB card_id was taken (each id a key of the feature state: 200 ids of
+    1 MB took a replay to 1.5 GB), and a reason quoted a bad value whole."""
+    from fds.schema import ID_MAX
+
+    tx = {"tx_id": "t", "ts": 0, "card_id": "c", "amount": 1}
+    assert parse_transaction({**tx, "device_id": "d" * ID_MAX})["device_id"] == "d" * ID_MAX
+    for field in ("tx_id", "card_id", "merchant_id", "device_id", "ip", "customer_id"):
+        with pytest.raises(ValidationError, match=f"{field}: String should have at most") as e:
+            parse_transaction({**tx, field: "x" * 400_000})
+        assert len(str(e.value)) < 300
