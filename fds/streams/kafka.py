@@ -1647,10 +1647,14 @@ class Runner:
         st = self.state_topic
         assert st is not None
         t0 = time.monotonic()
-        data = st.fetch(
-            lambda: self._consumer_factory(**self.s.reader_config()),
-            timeout_s=self.s.broker_timeout_s,
-        )  # fmt: skip
+        try:
+            data = st.fetch(
+                lambda: self._consumer_factory(**self.s.reader_config()),
+                timeout_s=self.s.broker_timeout_s,
+            )  # fmt: skip
+        except UnreadableRecords as exc:  # the snapshot is a shortcut: rebuilt without it
+            log.warning('state topic="%s" not read: %s', st.topic, exc)
+            return None
         if data is None:
             return None
         write_atomic(ck.path, data)

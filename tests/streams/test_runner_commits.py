@@ -1668,3 +1668,19 @@ def test_a_ts_without_an_offset_over_kafka_is_said_once(monkeypatch, caplog):
     value = orjson.dumps({"tx_id": "d", "ts": "2026-03-01", "card_id": "c", "amount": 1})
     k._event_time(Record("transactions", 0, 9, 0, b"c", value))
     assert caplog.text.count("has no UTC offset") == 2
+
+
+def test_a_state_snapshot_that_cannot_be_read_leaves_the_state_to_a_rebuild(tmp_path, caplog):
+    """A review: an unreadable batch on the state topic stopped fds run at its start; the
+    snapshot is a shortcut, and the state is rebuilt from the input without it."""
+    from types import SimpleNamespace
+
+    from fds.streams.kafka_kit import UnreadableRecords
+
+    def fetch(*_: Any, **__: Any) -> bytes:
+        raise UnreadableRecords("a record batch of state[0] at offset 3 fails its checksum")
+
+    r = make_runner()
+    r.state_topic = SimpleNamespace(fetch=fetch, topic="state", ident="g/a")  # type: ignore[assignment]
+    assert r._fetch_state(Checkpointer(tmp_path / "ck")) is None
+    assert 'state topic="state" not read: a record batch of state[0]' in caplog.text
