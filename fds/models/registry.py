@@ -91,6 +91,15 @@ _VERSION_ID = re.compile(r"v[0-9]{6,}")
 _ARTIFACT = re.compile(r"v[0-9]{6,}\.pkl")
 
 
+def owner_only(path: Path) -> int:
+    """A descriptor of ``path`` (read-write, created if missing) readable by its owner only,
+    an earlier release's 0644 file included."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    with contextlib.suppress(OSError):  # (another user's file: as it is)
+        os.fchmod(fd, 0o600)
+    return fd
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically: temp file, fsync, rename, fsync the directory."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -355,7 +364,8 @@ class Registry:
     # -- writing ---------------------------------------------------------------------------
     @contextlib.contextmanager
     def _locked(self) -> Iterator[dict[str, Any]]:
-        with open(self.path / ".lock", "a+b") as lock:
+        # (owner-only, as the registry's files: it was 0644, a QA pass)
+        with os.fdopen(owner_only(self.path / ".lock"), "a+b") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 m = self.manifest()

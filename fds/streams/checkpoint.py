@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from fds.errors import ConfigError, describe
-from fds.models.registry import write_atomic
+from fds.models.registry import owner_only, write_atomic
 
 __all__ = ["Checkpoint", "Checkpointer", "default_state_dir"]
 
@@ -121,7 +121,8 @@ class Checkpointer:
         instances of a group given one dir (no ``--group-instance-id``, the default dir) wrote
         over each other's checkpoint and restored each other's state (a QA pass)."""
         try:
-            f = open(self.dir / LOCK_NAME, "a+")  # noqa: SIM115 (held open: the lock)
+            # (owner-only, as every state file: it was 0644, a QA pass; held open: the lock)
+            f = os.fdopen(owner_only(self.dir / LOCK_NAME), "a+")
         except OSError as exc:  # (a traceback: a review)
             raise ConfigError(
                 f"cannot lock the state dir: {exc.strerror or exc}; give a writable --state-dir",

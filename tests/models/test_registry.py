@@ -413,3 +413,25 @@ def test_a_registry_that_cannot_be_created_is_a_clear_error(tmp_path) -> None:
         Registry(f / "reg")
     with pytest.raises(ConfigError, match="is a file, not a folder"):
         Registry(f)
+
+
+def test_the_lock_files_are_readable_by_their_owner_only(tmp_path):
+    """A QA pass: the registry's and the state dir's lock files were 0644, where every other
+    state and registry file is 0600."""
+    import os
+
+    from fds.streams.checkpoint import LOCK_NAME, Checkpointer
+
+    (tmp_path / "reg").mkdir()
+    (tmp_path / "reg" / ".lock").touch(mode=0o644)  # an earlier release's
+    old = os.umask(0o022)
+    try:
+        reg = Registry(tmp_path / "reg")
+        reg.publish({"w": 1}, spec={"name": "t"})
+        ck = Checkpointer(tmp_path / "state")
+        ck.lock()
+        ck.unlock()
+    finally:
+        os.umask(old)
+    for f in (tmp_path / "reg" / ".lock", tmp_path / "state" / LOCK_NAME):
+        assert f.stat().st_mode & 0o077 == 0, (f, oct(f.stat().st_mode))
