@@ -16,6 +16,7 @@ fds.errors.ValidationError: amount: Input should be greater than 0 (got -3)
 from __future__ import annotations
 
 import contextlib
+import reprlib
 from datetime import UTC, datetime, tzinfo
 from decimal import Decimal
 from typing import Annotated, Any, Literal, NotRequired
@@ -80,11 +81,11 @@ class Transaction(TypedDict):
     card_id: Annotated[str, Field(min_length=1, max_length=ID_MAX)]
     # (at most 1e18: past any payment, and 1e308 broke the windows' sums: a QA pass)
     amount: Annotated[float, Field(gt=0, le=1e18, allow_inf_nan=False)]
-    currency: NotRequired[str | None]
+    currency: NotRequired[_Id | None]
     merchant_id: NotRequired[_Id | None]
-    mcc: NotRequired[str | None]
-    country: NotRequired[str | None]
-    channel: NotRequired[str | None]
+    mcc: NotRequired[_Id | None]
+    country: NotRequired[_Id | None]
+    channel: NotRequired[_Id | None]
     device_id: NotRequired[_Id | None]
     ip: NotRequired[_Id | None]
     customer_id: NotRequired[_Id | None]
@@ -130,10 +131,12 @@ class Label(BaseModel):
 
     model_config = ConfigDict(coerce_numbers_to_str=True)
 
-    tx_id: str = Field(min_length=1)
+    tx_id: str = Field(min_length=1, max_length=ID_MAX)
     ts: float | str | datetime = Field(description="when the label became known")
     is_fraud: bool
-    source: str | None = Field(default=None, description="chargeback | analyst | customer")
+    source: str | None = Field(
+        default=None, max_length=ID_MAX, description="chargeback | analyst | customer"
+    )
 
     @field_validator("is_fraud", mode="before")
     @classmethod
@@ -226,14 +229,23 @@ def dumps_line(obj: Any) -> bytes:
     )
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 200, 200
+_REPR.maxlist = _REPR.maxdict = _REPR.maxtuple = _REPR.maxset = 10
+
+
 def _short(value: Any, n: int = 100) -> str:
     """``repr(value)``, cut to ``n`` characters (a reason quoted a 1 MB id whole).
 
     >>> _short("x" * 500, 10)
-    "'xxxxxxxx... (502 characters)"
+    "'xxxxxxxx... (500 characters)"
     """
-    text = repr(value)
-    return text if len(text) <= n else f"{text[: n - 1]}... ({len(text)} characters)"
+    text = _REPR.repr(value)  # (bounded in depth and length: repr() of a list nested 1,000
+    # deep raised RecursionError, a traceback in fds replay, a review)
+    if len(text) <= n:
+        return text
+    size = f" ({len(value):,} characters)" if isinstance(value, str) else ""
+    return f"{text[: n - 1]}...{size}"
 
 
 def _reason(err: pydantic.ValidationError) -> str:

@@ -191,3 +191,21 @@ def test_an_id_longer_than_any_real_one_is_refused_and_quoted_short():
         with pytest.raises(ValidationError, match=f"{field}: String should have at most") as e:
             parse_transaction({**tx, field: "x" * 400_000})
         assert len(str(e.value)) < 300
+
+
+def test_a_bad_value_nested_deep_is_quoted_without_a_traceback():
+    """A review: repr() of a list nested 1,000 deep in a reason raised RecursionError, and
+    fds replay stopped with a traceback."""
+    deep: list = []
+    cur = deep
+    for _ in range(1000):
+        cur.append([])
+        cur = cur[0]
+    with pytest.raises(ValidationError, match=r"amount: Input should be a valid number"):
+        parse_transaction({"tx_id": "t", "ts": 0, "card_id": "c", "amount": deep})
+    with pytest.raises(ValidationError, match="tx_id: String should have at most"):
+        parse_label({"tx_id": "x" * 2000, "ts": 0, "is_fraud": True})
+    with pytest.raises(ValidationError, match="country: String should have at most"):
+        parse_transaction(
+            {"tx_id": "t", "ts": 0, "card_id": "c", "amount": 1, "country": "K" * 2000}
+        )

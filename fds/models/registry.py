@@ -94,7 +94,8 @@ _ARTIFACT = re.compile(r"v[0-9]{6,}\.pkl")
 def owner_only(path: Path) -> int:
     """A descriptor of ``path`` (read-write, created if missing) readable by its owner only,
     an earlier release's 0644 file included."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)  # (a planted link
+    # would have its target's mode changed: a review)
     with contextlib.suppress(OSError):  # (another user's file: as it is)
         os.fchmod(fd, 0o600)
     return fd

@@ -37,7 +37,7 @@ from typing import Any, Protocol
 import orjson
 
 from fds.errors import describe
-from fds.models.registry import Registry, make_entry
+from fds.models.registry import Registry, make_entry, owner_only
 from fds.models.spec import ModelSpec, build_pipeline
 from fds.models.vector import strip_rule_ids, to_vector
 from fds.timeutil import parse_ts
@@ -111,9 +111,9 @@ class MemoryStore:
         self._pending: dict[str, tuple[float, tuple[str, ...], tuple[float, ...]]] = {}
         self._assumed: dict[str, tuple[float, tuple[str, ...], tuple[float, ...]]] = {}
         self._settled: dict[str, tuple[float, bool]] = {}  # tx_id -> (ts, label learned)
-        # the keys of _pending and _assumed in the order they came (see _pop_older)
-        self._pending_order: collections.deque[str] = collections.deque()
-        self._assumed_order: collections.deque[str] = collections.deque()
+        # the keys and entries of _pending and _assumed in the order they came (_pop_older)
+        self._pending_order: collections.deque[tuple[str, Any]] = collections.deque()
+        self._assumed_order: collections.deque[tuple[str, Any]] = collections.deque()
         self._keys: tuple[str, ...] = ()
 
     def put(self, tx_id: str, ts: float, x: dict[str, float]) -> None:
@@ -124,8 +124,8 @@ class MemoryStore:
             keys = self._keys
         else:
             self._keys = keys
-        self._pending[tx_id] = (ts, keys, tuple(x.values()))
-        self._pending_order.append(tx_id)
+        e = self._pending[tx_id] = (ts, keys, tuple(x.values()))
+        self._pending_order.append((tx_id, e))
 
     def get(self, tx_id: str) -> tuple[float, dict[str, float], bool] | None:
         e = self._pending.get(tx_id)
@@ -148,7 +148,7 @@ class MemoryStore:
     def assume_older(self, cutoff: float) -> Iterator[tuple[str, float, dict[str, float]]]:
         moved = _pop_older(self._pending, self._pending_order, cutoff)
         self._assumed.update(moved)
-        self._assumed_order.extend(k for k, _ in moved)
+        self._assumed_order.extend(moved)
         for k, e in moved:
             yield k, e[0], dict(zip(e[1], e[2], strict=True))
 
@@ -170,24 +170,26 @@ WAL_LIMIT = 16 * 2**20
 
 
 def _pop_older(
-    d: dict[str, Any], order: collections.deque[str], cutoff: float
+    d: dict[str, Any], order: collections.deque[tuple[str, Any]], cutoff: float
 ) -> list[tuple[str, Any]]:
     """Remove from ``d`` the entries older than ``cutoff``, oldest first, found through
-    ``order`` (its keys in insertion order; keys no longer in ``d`` are skipped), and return
-    them. Iterating the dict from its front instead walked again the slots of the entries
-    removed before (a dict keeps them until it is resized): one ``next(iter(d))`` at a time
-    was quadratic in one call (4 days of event time without a label released 300,000 at once:
-    a 47 s stall in a replay, a QA pass) and cost every later call ~78 us at 300,000 held."""
+    ``order`` (its keys and entries in insertion order; an entry no longer in ``d`` is skipped:
+    a key settled and put again later must not hold the older ones back), and return them.
+
+    Iterating the dict from its front instead walked again the slots of the entries removed
+    before (a dict keeps them until it is resized): one ``next(iter(d))`` at a time was
+    quadratic in one call (4 days of event time without a label released 300,000 at once: a
+    47 s stall in a replay, a QA pass) and cost every later call ~78 us at 300,000 held."""
     out: list[tuple[str, Any]] = []
     while order:
-        k = order[0]
-        e = d.get(k)
-        if e is not None and e[0] >= cutoff:
-            break
-        order.popleft()
-        if e is not None:
+        k, e = order[0]
+        ts = e[0]
+        if d.get(k) is e:  # (else: gone, or put again since: its own place comes later)
+            if ts >= cutoff:
+                break
             del d[k]
             out.append((k, e))
+        order.popleft()
     return out
 
 
@@ -198,9 +200,7 @@ class SqliteStore:
         # owner-only, as the checkpoints and the registry are (0644 showed every kept input and
         # the trainer's checkpoint to the machine's users: a security review); SQLite gives its
         # -wal and -shm files the database's mode
-        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
-        with contextlib.suppress(PermissionError):  # (another user's file: as it is)
-            os.chmod(path, 0o600)
+        os.close(owner_only(Path(path)))
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._wal = Path(f"{path}-wal")
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -372,6 +372,8 @@ class Trainer:
             if not self.spec.inputs.per_rule:  # written by an engine serving per-rule inputs
                 x = strip_rule_ids(x)
         ts = event_time(tx["ts"])
+        if ts < self.now - self._ttl:  # (redelivered after its TTL, its settled id gone: it
+            return  # was assumed legitimate and learned again, a review; no label joins it)
         self.store.put(tx["tx_id"], ts, x)
         self.advance(ts)
 

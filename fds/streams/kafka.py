@@ -1653,7 +1653,12 @@ class Runner:
                 timeout_s=self.s.broker_timeout_s,
             )  # fmt: skip
         except UnreadableRecords as exc:  # the snapshot is a shortcut: rebuilt without it
-            log.warning('state topic="%s" not read: %s', st.topic, exc)
+            log.warning(
+                'state topic="%s": a batch of it cannot be read (%s): the state is rebuilt '
+                "from the input; this happens at every restore until its partition is deleted "
+                "and made again (a snapshot is written at the next checkpoint)",
+                st.topic, exc.__cause__ or exc,
+            )  # fmt: skip
             return None
         if data is None:
             return None

@@ -341,3 +341,31 @@ def test_the_memory_store_takes_entries_oldest_first_skipping_those_settled() ->
     assert store.expire(10.0) == 1  # a (c was settled)
     assert [k for k, _, _ in store.assume_older(10.0)] == ["d", "e"] and len(store) == 2
     assert store.expire(10.0) == 2 and len(store) == 0
+
+
+def test_an_id_put_again_does_not_hold_the_older_entries_back() -> None:
+    """A review: an id settled, expired and put again later kept its first place in the
+    arrival order, and the entries behind it waited for its new time."""
+    from fds.models.trainer import MemoryStore
+
+    store = MemoryStore()
+    for name, ts in (("z", 100.0), ("k", 0.0), ("a", 1.0)):
+        store.put(name, ts, {"x": 1.0})
+    store.settle("k", True)
+    assert list(store.assume_older(50.0)) == []  # (z, first to arrive, is not older)
+    store.expire(50.0)
+    store._settled.clear()  # (its id kept no longer: as after the TTL)
+    store.put("k", 1000.0, {"x": 1.0})
+    assert [k for k, _, _ in store.assume_older(200.0)] == ["z", "a"]
+
+
+def test_a_decision_redelivered_after_its_ttl_is_not_learned_again() -> None:
+    """A review: a decision read again after its TTL (its settled id dropped) was kept again,
+    assumed legitimate and learned as such after its fraud label."""
+    t, rec = _trainer(legit_sample_rate=1.0)
+    t.on_decision(_tx(1, 0.0), {"features": {}})
+    assert t.on_label({"tx_id": "t1", "ts": 10.0, "is_fraud": True})
+    t.on_decision(_tx(2, 100 * 86400.0), {"features": {}})  # event time far past the TTL
+    t.on_decision(_tx(1, 0.0), {"features": {}})  # t1 again (a redelivery)
+    t.advance(200 * 86400.0)
+    assert [y for _, y in rec.learned].count(False) == 1  # t2 only, not t1 again

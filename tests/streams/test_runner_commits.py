@@ -1683,4 +1683,5 @@ def test_a_state_snapshot_that_cannot_be_read_leaves_the_state_to_a_rebuild(tmp_
     r = make_runner()
     r.state_topic = SimpleNamespace(fetch=fetch, topic="state", ident="g/a")  # type: ignore[assignment]
     assert r._fetch_state(Checkpointer(tmp_path / "ck")) is None
-    assert 'state topic="state" not read: a record batch of state[0]' in caplog.text
+    assert 'state topic="state": a batch of it cannot be read' in caplog.text
+    assert "the state is rebuilt from the input" in caplog.text
