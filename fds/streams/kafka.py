@@ -482,6 +482,13 @@ class KafkaSettings(BaseSettings):
                 )
         return v
 
+    @field_validator("compression_type", mode="before")
+    @classmethod
+    def _no_compression(cls, v: Any) -> Any:
+        """``none`` (any case) is no compression, as ``--help`` names the default (it was
+        refused, so a flag could not turn off a file's setting: a QA pass)."""
+        return None if isinstance(v, str) and v.strip().lower() == "none" else v
+
     @field_validator("input_topic", "output_topic", "dlq_topic", "labels_topic", "state_topic")
     @classmethod
     def _topic(cls, v: str | None) -> str | None:
@@ -2355,6 +2362,18 @@ def close_engine(engine: Engine) -> None:
 # -- fds produce ---------------------------------------------------------------------------------
 
 
+def _labels_file(path: Path | str, mapping: ColumnMapping | None) -> bool:
+    """Does the file's first record look like a label (``is_fraud``, no ``amount``)?"""
+    records = read_records(path, mapping=mapping)
+    try:
+        first = next((rec for _, rec, _ in records), None)
+    finally:
+        close = getattr(records, "close", None)
+        if close is not None:
+            close()
+    return isinstance(first, dict) and "is_fraud" in first and "amount" not in first
+
+
 def produce_file(
     path: Path | str,
     settings: KafkaSettings,
@@ -2377,10 +2396,15 @@ def produce_file(
     """
     if not Path(path).is_file():
         raise ConfigError(f"input file not found: {path}; give a JSONL or CSV file")
-    if (topic or settings.input_topic) == settings.input_topic:
+    if labels_topic and labels_topic == (topic or settings.input_topic):
+        raise ConfigError(  # (fds run dead-lettered the labels as transactions: a QA pass)
+            f"--labels-topic {labels_topic!r} is the topic the records go to: give each its own"
+        )
+    if (topic or settings.input_topic) == settings.input_topic or not _labels_file(path, mapping):
         # transactions with other column names: every one was sent, for fds run to dead-letter
         # (without a key: a review), as fds replay refuses; with a mapping, checked before
-        # connecting (a QA pass)
+        # connecting (a QA pass); to a topic of another name too (a prefixed one), unless the
+        # file holds labels (it was not checked there: a QA pass)
         check_transaction_columns(path, mapping)
     records = read_records(path, mapping=mapping)
     zone = get_zone(mapping.timezone) if mapping is not None else None

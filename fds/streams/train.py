@@ -662,6 +662,11 @@ def trainer_metrics(enabled: bool) -> Metrics:
 def _cmd_train(args: argparse.Namespace) -> int:
     try:
         settings = train_settings(args)
+        if args.decisions_topic == args.labels_topic:  # (it learned nothing, without a word:
+            raise ConfigError(  # a QA pass)
+                f"--decisions-topic and --labels-topic are both {args.labels_topic!r}: give "
+                "each its own topic"
+            )
         metrics = trainer_metrics(args.metrics_port >= 0)
         svc = TrainService(
             settings,
@@ -679,6 +684,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         say(f"fds train: error: {exc}")
         return 2
+    if server is not None:  # (as fds run says it: --metrics-port 0 left it unknown, a QA pass)
+        log.info("serving metrics on %s", server.url)
     signal.signal(signal.SIGTERM, svc.stop)
     signal.signal(signal.SIGINT, svc.stop)
     try:

@@ -336,3 +336,30 @@ def test_a_topic_flag_kafka_cannot_take_is_a_usage_error(argv, capsys):
         _parse(argv)
     assert exit_.value.code == 2
     assert "is no Kafka topic name" in capsys.readouterr().err
+
+
+def test_produce_checks_a_foreign_file_for_any_topic_but_a_labels_file(tmp_path, capsys):
+    """A QA pass: a CSV of other column names sent to a prefixed transactions topic went out
+    whole (checked only for the input topic's own name); one topic given both roles sent the
+    labels as transactions; `--compression none` (the documented default) was refused."""
+    from fds.streams.kafka import _labels_file, produce_file
+
+    mine = tmp_path / "mine.csv"
+    mine.write_text("TRANSACTION_ID,TX_DATETIME,AMT\nt1,2026-01-01 00:00:00,5\n")
+    s = KafkaSettings(bootstrap="127.0.0.1:1", broker_timeout_s=1)
+    with pytest.raises(ConfigError, match="amount|card_id"):
+        produce_file(mine, s, topic="p-transactions")
+    labels = tmp_path / "x.labels.jsonl"
+    labels.write_text('{"tx_id": "t1", "ts": 1767225600, "is_fraud": true}\n')
+    assert _labels_file(labels, None) and not _labels_file(mine, None)
+    with pytest.raises(ConfigError, match="--labels-topic 'p-t' is the topic the records go to"):
+        produce_file(mine, s, topic="p-t", labels_topic="p-t")
+    for none in ("none", "NONE"):
+        assert KafkaSettings(compression_type=none).compression_type is None
+
+
+def test_train_refuses_one_topic_for_decisions_and_labels(capsys):
+    args = _parse(["train", "--decisions-topic", "d", "--labels-topic", "d", "--metrics-port",
+                   "-1"])  # fmt: skip
+    assert args.func(args) == 2
+    assert "--decisions-topic and --labels-topic are both 'd'" in capsys.readouterr().err
