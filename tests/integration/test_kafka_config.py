@@ -347,7 +347,7 @@ def test_produce_checks_a_foreign_file_for_any_topic_but_a_labels_file(tmp_path,
     mine = tmp_path / "mine.csv"
     mine.write_text("TRANSACTION_ID,TX_DATETIME,AMT\nt1,2026-01-01 00:00:00,5\n")
     s = KafkaSettings(bootstrap="127.0.0.1:1", broker_timeout_s=1)
-    with pytest.raises(ConfigError, match="amount|card_id"):
+    with pytest.raises(ConfigError, match=r"amount|card_id"):
         produce_file(mine, s, topic="p-transactions")
     labels = tmp_path / "x.labels.jsonl"
     labels.write_text('{"tx_id": "t1", "ts": 1767225600, "is_fraud": true}\n')
