@@ -754,7 +754,11 @@ def test_produce_says_how_far_it_got_and_refuses_what_fds_run_cannot_read(
     foreign.write_text("TID,WHEN,CARD,AMT\nt1,1767225600,c1,10\n")
     with pytest.raises(ConfigError, match=r"required engine field\(s\) \['amount', 'card_id'"):
         produce_file(foreign, s, topic=s.input_topic)
-    assert produce_file(foreign, s, topic=topics["labels"]) == 1  # (another role: as it is)
+    with pytest.raises(ConfigError, match=r"required engine field\(s\)"):  # (to a topic of
+        produce_file(foreign, s, topic=topics["labels"])  # another name too: a QA pass)
+    labels = tmp_path / "labels.jsonl"  # (a labels file goes to any topic as it is)
+    labels.write_text('{"tx_id": "t1", "ts": 1767225600, "is_fraud": true}\n')
+    assert produce_file(labels, s, topic=topics["labels"]) == 1
     (tmp_path / "m.yaml").write_text(
         "fields: {tx_id: TID, ts: WHEN, card_id: CARD, amount: AMT}\nlabel: {column: F}\n"
     )
