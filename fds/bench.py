@@ -980,10 +980,9 @@ def _alert_budget(text: str) -> int:
     takes: the CLI's own whole-number reading, said for the budget)."""
     try:
         return positive_int(text)
-    except argparse.ArgumentTypeError:
+    except argparse.ArgumentTypeError as exc:
         raise argparse.ArgumentTypeError(
-            "the daily alert budget must be a whole number of alerts, at least 1 and at most "
-            f"2,147,483,647 (got {text!r})"
+            f"the daily alert budget must be a whole number of alerts, at least 1 ({exc})"
         ) from None
 
 

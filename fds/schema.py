@@ -57,10 +57,11 @@ __all__ = [
 Action = Literal["approve", "review", "decline"]
 
 
-#: The longest id (a transaction's, a card's, a merchant's...) taken: an id is a key of the
-#: feature state, held for its windows (200 ids of 1 MB took a replay to 1.5 GB: a QA pass).
+#: The longest id (a transaction's, a card's, a merchant's...) or short code (country,
+#: currency...) taken: each is a key of the feature state, held for its windows (200 ids of
+#: 1 MB took a replay to 1.5 GB: a QA pass).
 ID_MAX = 1024
-_Id = Annotated[str, Field(max_length=ID_MAX)]
+_Text = Annotated[str, Field(max_length=ID_MAX)]
 
 
 class Transaction(TypedDict):
@@ -72,23 +73,23 @@ class Transaction(TypedDict):
 
     __pydantic_config__ = ConfigDict(extra="allow", coerce_numbers_to_str=True)  # type: ignore[misc]
 
-    tx_id: Annotated[str, Field(min_length=1, max_length=ID_MAX)]
+    tx_id: Annotated[_Text, Field(min_length=1)]
     ts: Annotated[
         StrictFloat | StrictInt | StrictStr | datetime,
         Field(description="ISO 8601 with offset, or epoch seconds / milliseconds (a datetime "
               "from a Parquet timestamp column)"),
     ]  # fmt: skip
-    card_id: Annotated[str, Field(min_length=1, max_length=ID_MAX)]
+    card_id: Annotated[_Text, Field(min_length=1)]
     # (at most 1e18: past any payment, and 1e308 broke the windows' sums: a QA pass)
     amount: Annotated[float, Field(gt=0, le=1e18, allow_inf_nan=False)]
-    currency: NotRequired[_Id | None]
-    merchant_id: NotRequired[_Id | None]
-    mcc: NotRequired[_Id | None]
-    country: NotRequired[_Id | None]
-    channel: NotRequired[_Id | None]
-    device_id: NotRequired[_Id | None]
-    ip: NotRequired[_Id | None]
-    customer_id: NotRequired[_Id | None]
+    currency: NotRequired[_Text | None]
+    merchant_id: NotRequired[_Text | None]
+    mcc: NotRequired[_Text | None]
+    country: NotRequired[_Text | None]
+    channel: NotRequired[_Text | None]
+    device_id: NotRequired[_Text | None]
+    ip: NotRequired[_Text | None]
+    customer_id: NotRequired[_Text | None]
     lat: NotRequired[Annotated[float | None, Field(ge=-90, le=90)]]
     lon: NotRequired[Annotated[float | None, Field(ge=-180, le=180)]]
     extra: NotRequired[dict[str, Any]]

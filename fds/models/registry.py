@@ -88,7 +88,7 @@ def _is(value: Any, kind: Any) -> bool:
 
 # A version id is also a file name: only ids the registry itself makes are accepted from outside.
 _VERSION_ID = re.compile(r"v[0-9]{6,}")
-_ARTIFACT = re.compile(r"v[0-9]{6,}\.pkl")
+_ARTIFACT = re.compile(_VERSION_ID.pattern + r"\.pkl")
 
 
 def owner_only(path: Path) -> int:

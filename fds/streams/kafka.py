@@ -1083,6 +1083,13 @@ class Runner:
                 raise self._fenced("poll") from exc  # (they took turns, both deciding: a review)
             except _REFUSED as exc:  # the broker answers, and no retry changes its answer (it
                 raise self._refused(exc) from exc  # was retried every 0.5 s for good: a QA)
+            except UnreadableRecords as exc:  # (the side inputs read it again; the input stops)
+                raise UnreadableRecords(
+                    f"{exc}: fds run stops rather than skip it (its transactions would be "
+                    "decided by no one); restore the partition, or move the group past the "
+                    "batch with fds stopped (kafka-consumer-groups.sh --reset-offsets "
+                    "--to-offset N --topic TOPIC:PARTITION --execute)"
+                ) from exc
             except KafkaError as exc:  # counted against broker_timeout_s like a silent broker
                 log.warning("poll failed: %s: %s", type(exc).__name__, exc)
                 self._broker_state(False)
@@ -1664,7 +1671,7 @@ class Runner:
                 'state topic="%s": a batch of it cannot be read (%s): the state is rebuilt '
                 "from the input; this happens at every restore until its partition is deleted "
                 "and made again (a snapshot is written at the next checkpoint)",
-                st.topic, exc.__cause__ or exc,
+                st.topic, exc,
             )  # fmt: skip
             return None
         if data is None:

@@ -129,11 +129,12 @@ class UnreadableRecords(FdsError):
 
 
 class Consumer(KafkaConsumer):
-    """The ``KafkaConsumer`` every fds reader uses: a batch it cannot read stops it with
-    :class:`UnreadableRecords`, naming where, rather than being skipped (its records would be
-    lost) or retried. kafka-python 3.0.12 raises the error once, then loops for ever inside the
-    next ``poll`` (the failed batch stays first in line, empty): a service that spun at 100 %
-    of a core, deaf to SIGTERM, after one lz4 batch (codecs were not installed then).
+    """The ``KafkaConsumer`` every fds reader uses: a batch it cannot read raises
+    :class:`UnreadableRecords`, naming where (each reader decides to stop or read again: never
+    poll past it, the batch would be skipped). kafka-python 3.0.12 raises the error once, then
+    loops for ever inside the next ``poll`` (the failed batch stays first in line, empty): a
+    service that spun at 100 % of a core, deaf to SIGTERM, after one lz4 batch (codecs were not
+    installed then).
     """
 
     def poll(self, *args: Any, **kwargs: Any) -> Any:
@@ -141,12 +142,9 @@ class Consumer(KafkaConsumer):
             return super().poll(*args, **kwargs)
         except (CorruptRecordError, UnsupportedCodecError) as exc:
             what = (
-                "is in a compression this client cannot decode: fds stops rather than skip it"
+                "is in a compression this client cannot decode"
                 if isinstance(exc, UnsupportedCodecError)
-                else "fails its checksum (damaged on the broker): fds stops rather than skip "
-                "it. Restore the partition, or move the group past the batch with fds stopped "
-                "(kafka-consumer-groups.sh --reset-offsets --to-offset N --topic TOPIC:PARTITION"
-                " --execute): its records are then decided by no one"
+                else "fails its checksum (damaged on the broker)"
             )
             raise UnreadableRecords(
                 f"a record batch of {self._failed_at()} {what} ({describe(exc)})"
