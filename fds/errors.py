@@ -78,10 +78,11 @@ class ArtifactError(FdsError):
 
 
 def describe(exc: BaseException) -> str:
-    """``Class: message`` of an exception, once (kafka-python's errors already start so).
+    """``Class: message`` of an exception, once (kafka-python's errors already start so); our
+    own errors' messages are written for the user and go without the class name.
 
-    >>> describe(ValueError("bad")), describe(ValueError())
-    ('ValueError: bad', 'ValueError')
+    >>> describe(ValueError("bad")), describe(ValueError()), describe(FdsError("no labels"))
+    ('ValueError: bad', 'ValueError', 'no labels')
     >>> from kafka.errors import KafkaTimeoutError
     >>> describe(KafkaTimeoutError("no answer"))
     'KafkaTimeoutError: no answer'
@@ -89,4 +90,6 @@ def describe(exc: BaseException) -> str:
     name, text = type(exc).__name__, str(exc)
     if not text:
         return name
+    if isinstance(exc, FdsError):  # (`fds train: failed: FdsError: ...`, a QA pass)
+        return text
     return text if text == name or text.startswith(f"{name}: ") else f"{name}: {text}"

@@ -1035,6 +1035,23 @@ def _metrics_port(text: str) -> int:
     return port
 
 
+def _metrics_host(text: str) -> str:
+    """argparse type: an address of this machine, checked by binding it (a name of no
+    interface was refused only after a model or checkpoint had loaded: a QA pass)."""
+    try:
+        infos = socket.getaddrinfo(text, 0, type=socket.SOCK_STREAM)
+        family, kind, proto, _, addr = infos[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.bind(addr)
+    except (OSError, UnicodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is no address of this machine ({reason}); give one, e.g. 127.0.0.1 "
+            "(this machine only) or 0.0.0.0 (every interface)"
+        ) from None
+    return text
+
+
 def add_metrics_arguments(parser: Any, default_port: int) -> None:
     """``--metrics-port`` and ``--metrics-host``, the same for every long-running command."""
     parser.add_argument(
@@ -1046,6 +1063,7 @@ def add_metrics_arguments(parser: Any, default_port: int) -> None:
     )
     parser.add_argument(
         "--metrics-host",
+        type=_metrics_host,
         default="127.0.0.1",
         help="address to serve /metrics on (0.0.0.0 to be scraped from other machines)",
     )

@@ -168,6 +168,10 @@ def test_demo_end_to_end_small(tmp_path, capsys):
         ),  # (it did not name the flag: a QA pass)
         (["demo", "--out-dir", "{tmp}/f"], "is a file, not a folder"),
         (["bench", "precision", "--out", "{tmp}/f"], "is a file, not a folder"),
+        # (refused after the model or trainer checkpoint had loaded: a QA pass)
+        (["run", "--metrics-host", "192.0.2.1"], "'192.0.2.1' is no address of this machine"),
+        (["train", "--metrics-host", "no.such.host.invalid"], "is no address of this machine"),
+        (["replay", "f", "--metrics-host", "10.255.0.9"], "e.g. 127.0.0.1 (this machine only)"),
     ],
 )
 def test_a_seed_or_folder_argument_that_cannot_work_is_a_usage_error(argv, needle, tmp_path,

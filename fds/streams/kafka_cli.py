@@ -117,10 +117,10 @@ def _its_ports(args: argparse.Namespace) -> None:
     for flag, given, key in given_ports:
         if given is not None and kit.get(key) != given:
             raise ConfigError(
-                f"{flag} {given}: the broker of {ddir} "
-                + (f"listens on {kit[key]}" if key in kit else "was never started")
-                + "; give the --data-dir of the broker on that port (`fds kafka up --port "
-                f"{given}` was given one)"
+                f"{flag} {given}: the data dir {ddir} "
+                + (f"is a broker on {kit[key]}, not {given}" if key in kit else "holds no broker")
+                + f"; a data dir, not a port, names the broker: give the --data-dir that "
+                f"`fds kafka up {flag} {given}` used (or leave {flag} out)"
             )
 
 
@@ -137,7 +137,11 @@ def _status(args: argparse.Namespace) -> int:
     state = "running" if st.running else "stopped"
     if st.running:
         state += ", reachable" if st.reachable else ", NOT reachable"
-    print(f"{state} pid={st.pid} bootstrap={st.bootstrap} data_dir={st.data_dir} log={st.log_file}")
+    if st.bootstrap is None:  # (`pid=None bootstrap=None`: a QA pass)
+        print(f"stopped: no broker was ever started with the data dir {st.data_dir}")
+        return 1
+    pid = f" pid={st.pid}" if st.running else ""
+    print(f"{state}{pid} bootstrap={st.bootstrap} data_dir={st.data_dir} log={st.log_file}")
     _print_secure(args.data_dir)
     return 0 if st.reachable else 1
 
