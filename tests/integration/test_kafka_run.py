@@ -372,6 +372,22 @@ def test_every_compression_a_producer_may_choose_is_decided(kafka_bootstrap, top
     stats = Runner(s, Engine()).run(max_idle_s=3)
     assert (stats.decided, stats.dead_letters) == (len(ids), 0)
     decisions_by_tx(kafka_bootstrap, topics["decisions"], ids)
+    if kafka_bootstrap == f"127.0.0.1:{kafka_kit.DEFAULT_PORT}":  # the kit's: its log on disk
+        assert _codecs_on_disk(topics["decisions"]) == {"zstd"}  # written so, not only read
+
+
+def _codecs_on_disk(topic: str) -> set[str]:
+    """The compression of every record batch the kit's broker holds for ``topic``, read from
+    its log segments (a consumer is not told a batch's codec)."""
+    from kafka.record import MemoryRecords
+
+    names = {0: "none", 1: "gzip", 2: "snappy", 3: "lz4", 4: "zstd"}
+    found = set()
+    for seg in (kafka_kit.data_dir_default() / "kraft").glob(f"{topic}-*/*.log"):
+        records = MemoryRecords(seg.read_bytes())
+        while (batch := records.next_batch()) is not None:
+            found.add(names[batch.compression_type])
+    return found
 
 
 def test_a_batch_the_client_cannot_read_stops_the_run_naming_where(
