@@ -555,13 +555,16 @@ class KafkaSettings(BaseSettings):
         """How many bootstrap servers are given."""
         return len(self.bootstrap.split(","))
 
-    def reader_config(self, **over: Any) -> dict[str, Any]:
-        """A group-less reader's config: it assigns partitions itself and commits nothing
-        (state restores, label and model feeds), committed records only."""
+    def reader_config(self, group: str | None = None, **over: Any) -> dict[str, Any]:
+        """A consumer's config: committed records only, offsets committed by hand. Without
+        ``group`` a group-less reader that assigns partitions itself and commits nothing
+        (state restores, label and model feeds)."""
         return {
             **self.client_config(),
-            "group_id": None,
+            "group_id": group,
             "enable_auto_commit": False,
+            # (at-least-once too: records of a producer's aborted transaction are payments
+            # that never happened; they were decided and counted in the windows, a QA pass)
             "isolation_level": "read_committed",
             "bootstrap_timeout_ms": self.timeout_ms,
             **over,
@@ -813,23 +816,17 @@ class Runner:
         s = self.s
         common = s.client_config()
         timeout_ms = s.timeout_ms
-        consumer_cfg: dict[str, Any] = {
-            **common,
-            "group_id": s.group,
-            "group_instance_id": s.group_instance_id,
-            "enable_auto_commit": False,
-            "auto_offset_reset": s.auto_offset_reset,
-            "max_poll_records": s.max_poll_records,
-            "fetch_min_bytes": s.fetch_min_bytes,
-            "fetch_max_wait_ms": s.fetch_max_wait_ms,
-            "session_timeout_ms": s.session_timeout_ms,
-            "max_poll_interval_ms": s.max_poll_interval_ms,
-            "heartbeat_interval_ms": max(1000, s.session_timeout_ms // 3),
-            # (at-least-once too: records of a producer's aborted transaction are payments
-            # that never happened; they were decided and counted in the windows, a QA pass)
-            "isolation_level": "read_committed",
-            "bootstrap_timeout_ms": timeout_ms,
-        }
+        consumer_cfg = s.reader_config(
+            s.group,
+            group_instance_id=s.group_instance_id,
+            auto_offset_reset=s.auto_offset_reset,
+            max_poll_records=s.max_poll_records,
+            fetch_min_bytes=s.fetch_min_bytes,
+            fetch_max_wait_ms=s.fetch_max_wait_ms,
+            session_timeout_ms=s.session_timeout_ms,
+            max_poll_interval_ms=s.max_poll_interval_ms,
+            heartbeat_interval_ms=max(1000, s.session_timeout_ms // 3),
+        )
         producer_cfg: dict[str, Any] = {
             **common,
             "acks": "all",

@@ -280,15 +280,9 @@ class TrainService:
         timeout_ms = s.timeout_ms
         try:
             with ClientErrors() as errors:
-                self.consumer = errors.connect(lambda: Consumer(
-                    **s.client_config(),
-                    group_id=s.group,
-                    enable_auto_commit=False,
-                    auto_offset_reset="earliest",
-                    max_poll_records=s.max_poll_records,
-                    isolation_level="read_committed",  # decisions of committed transactions
-                    bootstrap_timeout_ms=timeout_ms,
-                ), s.n_servers)  # fmt: skip
+                self.consumer = errors.connect(lambda: Consumer(**s.reader_config(
+                    s.group, auto_offset_reset="earliest", max_poll_records=s.max_poll_records,
+                )), s.n_servers)  # fmt: skip
                 if self.models_topic:
                     self.producer = errors.connect(lambda: KafkaProducer(
                         **s.client_config(), acks="all", bootstrap_timeout_ms=timeout_ms,
