@@ -176,6 +176,18 @@ STATE_CHUNKS_PER_BATCH = 8
 # Output fields that depend on the wall clock, not on input and state: a replayed duplicate
 # differs only in these (tests compare decisions with them removed).
 WALL_CLOCK_FIELDS = ("decided_at", "latency_ms")
+# At-least-once commits say where the decisions of the records past them start (the commit's
+# metadata: this prefix and an offset of the decisions partition of the same number): a
+# restart reads what is there and folds those records instead of deciding them again.
+DECIDED_MARK = "fds:decisions@"
+
+
+def _decided_id(msg: Any) -> dict[str, Any] | None:
+    """A decision record's ``tx_id`` (as :func:`read_merged` takes a record; order is moot)."""
+    try:
+        return {"ts": 0.0, "tx_id": loads_record(msg.value)["tx_id"]}
+    except Exception:  # not a decision (written by another tool): nothing to find in it
+        return None
 
 
 def with_tx(decision: dict[str, Any], tx: Mapping[str, Any]) -> dict[str, Any]:
@@ -664,6 +676,7 @@ class RunStats:
     batches: int = 0
     commits: int = 0
     caught_up: int = 0  # records re-folded into state without output (after a restore)
+    found_decided: int = 0  # of those, past the committed offsets: decided before a restart
     checkpoints: int = 0
     keyed_otherwise: int = 0  # input records not keyed by their card_id
     dlq_by_stage: dict[str, int] = field(default_factory=dict)
@@ -676,6 +689,7 @@ class _Unacked:
     number: int
     futures: list[Any]
     offsets: dict[Any, Any]
+    last: dict[Any, Any]  # decisions partition -> the send of its last decision in the batch
 
     def acknowledged(self) -> bool:
         f = self.futures
@@ -741,6 +755,14 @@ class Runner:
         # of it (they were ahead in event time of one still to decide): records below it are
         # folded without output as the loop decides the others, _positions following them.
         self._refold: dict[Any, int] = {}
+        # At-least-once, after an assignment: input partition -> its end offset then, for the
+        # partitions whose records past the committed offset were decided before (found on
+        # the decisions topic: _find_decided); those records' tx_ids are _found_ids. Such a
+        # record is folded, not decided again: no duplicate of a decision already out.
+        self._found: dict[Any, int] = {}
+        self._found_ids: set[str] = set()
+        # Decisions partition -> the offset after its last acknowledged decision (DECIDED_MARK)
+        self._out_next: dict[int, int] = {}
         self._restoring = False  # folding a restore: the state is ahead of _positions
         # Partitions were revoked or lost and no assignment has come since: a join is under
         # way, and consumer.assignment() still names the old partitions (eager protocol).
@@ -1204,7 +1226,9 @@ class Runner:
         # while sending a whole batch at its end held a backlog's first decisions back until
         # its last was made.
         out: list[tuple[bytes, bytes, int | None]] = []
+        last: dict[Any, Any] = {}  # decisions partition -> its last send of this batch
         copart, n_out = self._copartitioned, self._n_out
+        found = self._found
         decided = 0
         refold = self._refold
         refolded: dict[Any, int] = {}  # partition -> its committed offset, folded below it
@@ -1218,7 +1242,8 @@ class Runner:
             if len(out) >= SEND_EVERY:
                 decided += len(out)
                 for value, key, part in out:
-                    pending.append(send(out_topic, value=value, key=key, partition=part))
+                    last[part] = f = send(out_topic, value=value, key=key, partition=part)
+                    pending.append(f)
                 out.clear()
             if feed is not None and tx.__class__ is not _Bad and tx["ts"] > due:
                 due = feed.release(tx["ts"])
@@ -1239,6 +1264,16 @@ class Runner:
             if tx.__class__ is _Bad:
                 self._dead_letter(msg, tx.stage, tx.error)
                 continue
+            if found and tp in found:
+                if msg.offset >= found[tp]:  # past what was there at the restart
+                    del found[tp]
+                elif tx["tx_id"] in self._found_ids:  # its decision is out: state only
+                    self._fold(tx)
+                    self.stats.found_decided += 1
+                    if feed is not None and feed.waiting and tx["tx_id"] in feed.waiting:
+                        feed.reached(tx["tx_id"])
+                        due = feed.due
+                    continue
             stage = "engine"
             try:
                 decision = decide(tx)
@@ -1266,7 +1301,8 @@ class Runner:
         n = len(batch)
         offsets = {tp: OffsetAndMetadata(o, "", -1) for tp, o in nxt.items()}
         for value, key, part in out:
-            pending.append(send(out_topic, value=value, key=key, partition=part))
+            last[part] = f = send(out_topic, value=value, key=key, partition=part)
+            pending.append(f)
         if refolded:
             n -= folds
             self._refolds_done()
@@ -1281,7 +1317,7 @@ class Runner:
             self._live = True  # the state moved on since it was restored
             self._ahead = True
         if not eos:
-            self._unacked.append(_Unacked(self.stats.batches, pending, offsets))
+            self._unacked.append(_Unacked(self.stats.batches, pending, offsets, last))
             # Backpressure waits for the oldest batches only: a flush and a blocking commit
             # (8-28 ms each on the benchmark) taken whenever three small batches of a light
             # load were in flight decided that load's p99.
@@ -1348,7 +1384,7 @@ class Runner:
             self._check_sent(b.futures)
             if b.number == self._kill_after_flush:  # fault injection (see __init__)
                 os.kill(os.getpid(), signal.SIGKILL)
-            ready.update(b.offsets)
+            ready.update(self._marked(b))
         self._committable.update(ready)
         if wait and unacked:
             raise FdsError(
@@ -1372,6 +1408,19 @@ class Runner:
             self.metrics.commit_time(time.perf_counter() - t)
         self._positions.update({tp.partition: om.offset for tp, om in offsets.items()})
         self._ahead = False  # (wait: everything decided is committed)
+
+    def _marked(self, b: _Unacked) -> dict[Any, Any]:
+        """``b``'s offsets to commit, each saying where the decisions past it start on the
+        decisions partition of its number (DECIDED_MARK; none where unknown)."""
+        nxt = self._out_next
+        for part, fut in b.last.items():
+            if part is not None:
+                nxt[part] = fut.value.offset + 1
+        return {
+            tp: OffsetAndMetadata(om.offset, f"{DECIDED_MARK}{nxt[tp.partition]}", -1)
+            if tp.partition in nxt else om
+            for tp, om in b.offsets.items()
+        }  # fmt: skip
 
     def _await(self, batch: _Unacked) -> None:
         """Wait until every send of ``batch`` is acknowledged or has failed for good (as a flush
@@ -1734,11 +1783,13 @@ class Runner:
         parts, self._unresolved = self._unresolved, set()
         if parts and self._copartitioned:
             self._check_copartitioned()
-        if self.checkpointer is None or not parts:
+        if not parts:
             return
         tps = [TopicPartition(self.s.input_topic, p) for p in sorted(parts)]
-        covered = self._bring_up_to_date(tps)
-        if not self._unresolved and not self._stop:
+        if self.checkpointer is not None:
+            covered = self._bring_up_to_date(tps)
+            if self._unresolved or self._stop:
+                return
             # The group consumer goes on from what the state covers (the committed offsets, or
             # where a fold stopped: _refold). kafka-python keeps the position of a partition
             # that stays assigned across a rebalance, or that a refused commit rewound
@@ -1746,6 +1797,48 @@ class Runner:
             # (a partition being folded) or past it (an asynchronous commit at a revocation
             # that did not land): records decided twice, or neither decided nor folded.
             self._resume_from(covered)
+        if not self.s.exactly_once and self._copartitioned:
+            self._find_decided(tps)
+
+    def _find_decided(self, tps: list[Any]) -> None:
+        """At-least-once: find the decisions already out for records past the committed
+        offsets of ``tps`` (made before a crash, or by an instance that held the partition
+        before and stopped without committing them), so that those records are folded into
+        the state rather than decided again (``_found``). Where they start is the commit's
+        metadata (DECIDED_MARK): a commit made otherwise (an offset reset by an operator's
+        tool, an earlier release) finds nothing, and its records are decided again."""
+        self._found, self._found_ids = {}, set()
+        ms = self.s.timeout_ms
+        committed = self._retrying(
+            "reading the committed offsets",
+            lambda: {tp: self.consumer.committed(tp, metadata=True, timeout_ms=ms) for tp in tps},
+        )
+        starts: dict[Any, int] = {}  # decisions partition -> where the records past start
+        for tp, om in committed.items():
+            meta = getattr(om, "metadata", None) or ""
+            if meta.startswith(DECIDED_MARK) and meta[len(DECIDED_MARK) :].isdigit():
+                starts[TopicPartition(self.s.output_topic, tp.partition)] = int(
+                    meta[len(DECIDED_MARK) :]
+                )
+        outs = [TopicPartition(self.s.output_topic, tp.partition) for tp in tps]
+        reader = self._consumer_factory(**self.s.reader_config())
+        try:
+            ends = self._retrying("reading the log ends", lambda: reader.end_offsets(outs + tps))
+            self._out_next.update({o.partition: ends[o] for o in outs})
+            ranges = {o: (a, ends[o]) for o, a in starts.items() if a < ends[o]}
+            if not ranges:
+                return
+            decided = read_merged(reader, ranges, _decided_id, timeout_s=self.s.broker_timeout_s)
+            self._found_ids = {d["tx_id"] for d in decided}
+        finally:
+            with contextlib.suppress(Exception):
+                reader.close()
+        self._found = {tp: ends[tp] for tp in tps if tp.partition in {o.partition for o in ranges}}
+        log.info(
+            "decisions made before a stop, past the committed offsets, found (their records "
+            'are folded, not decided again) records="%d" partitions="%s"',
+            len(self._found_ids), sorted(o.partition for o in ranges),
+        )  # fmt: skip
 
     def _bring_up_to_date(self, tps: list[Any]) -> dict[Any, int | None]:
         """Fold what the group decided below its committed offsets into the state (state only,

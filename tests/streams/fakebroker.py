@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 from kafka.errors import IllegalStateError
-from kafka.structs import OffsetAndTimestamp, TopicPartition
+from kafka.structs import OffsetAndMetadata, OffsetAndTimestamp, TopicPartition
 
 Record = namedtuple("Record", "topic partition offset timestamp key value headers")
 TOPIC = "transactions"
@@ -31,6 +31,7 @@ class Broker:
             for p, txs in logs.items()
         }  # fmt: skip
         self.committed = {TopicPartition(TOPIC, p): o for p, o in committed.items()}
+        self.metadata: dict[Any, str] = {}  # the metadata of each partition's last commit
         self.commit_log: list[tuple[int, int]] = []  # (partition, offset), in commit order
         self.out: list[dict[str, Any]] = []  # decisions
         self.script: list[tuple[int, Callable[[Group], None]]] = []
@@ -39,12 +40,14 @@ class Broker:
     def commit(self, offsets: dict[Any, Any]) -> None:
         for tp, om in offsets.items():
             self.committed[tp] = om.offset
+            self.metadata[tp] = om.metadata
             self.commit_log.append((tp.partition, om.offset))
 
 
 class Future:
     is_done = True
     exception = None
+    value: Any = None  # RecordMetadata: its offset, for decisions sent outside a transaction
 
     def failed(self) -> bool:
         return False
@@ -56,10 +59,18 @@ class Producer:
         self.txn: list[dict[str, Any]] | None = None
         self.txn_offsets: dict[Any, Any] = {}
 
-    def send(self, topic: str, value: bytes = b"", **_: Any) -> Future:
+    def send(
+        self, topic: str, value: bytes = b"", key: bytes | None = None,
+        partition: int | None = None, **_: Any,
+    ) -> Future:  # fmt: skip
+        fut = Future()
         if topic == "decisions":
             (self.txn if self.txn is not None else self.b.out).append(orjson.loads(value))
-        return Future()
+            if self.txn is None and partition is not None:  # readable back, at an offset
+                log = self.b.logs.setdefault(TopicPartition(topic, partition), [])
+                log.append(Record(topic, partition, len(log), 0, key, value, []))
+                fut.value = log[-1]
+        return fut
 
     def flush(self, timeout: float | None = None) -> None:
         pass
@@ -124,7 +135,7 @@ class Reader:
         return dict.fromkeys(tps, 0)
 
     def end_offsets(self, tps: list[Any], timeout_ms: int | None = None) -> dict[Any, int]:
-        return {tp: len(self.b.logs[tp]) for tp in tps}
+        return {tp: len(self.b.logs.get(tp, ())) for tp in tps}
 
     def highwater(self, tp: Any) -> int | None:
         """As of the last fetch; a partition not assigned here raises, as kafka-python's."""
@@ -190,8 +201,10 @@ class Group(Reader):
     def highwater(self, tp: Any) -> int | None:
         return self.hw.get(tp)
 
-    def committed(self, tp: Any, timeout_ms: int | None = None) -> int | None:
-        return self.b.committed.get(tp)
+    def committed(self, tp: Any, metadata: bool = False, timeout_ms: int | None = None) -> Any:
+        o = self.b.committed.get(tp)
+        meta = self.b.metadata.get(tp, "")
+        return OffsetAndMetadata(o, meta, -1) if metadata and o is not None else o
 
     def commit(self, offsets: dict[Any, Any], timeout_ms: int | None = None) -> None:
         self.b.commit(offsets)

@@ -60,6 +60,22 @@ def decided_below(broker: Broker, committed: dict[str, int]) -> list[str]:
     ]  # fmt: skip
 
 
+def _ten_of_fifteen(tmp_path: Any) -> tuple[dict[str, Any], Broker, dict[Any, list[Any]]]:
+    """15 records per partition: the features of an uninterrupted run of them; a broker on
+    which a run with the state dir ``tmp_path / "state"`` decided the first 10 of each; the
+    5 later ones of each partition, to be added."""
+    full = Broker(logs(n0=15, n1=15), committed={})
+    full.script = [(1, lambda g: g.rebalance({P0, P1}))]
+    runner(full, tmp_path / "uninterrupted").run(max_idle_s=0.3)
+    broker = Broker(logs(n0=15, n1=15), committed={})
+    later = {tp: records[10:] for tp, records in broker.logs.items()}
+    for tp in later:
+        del broker.logs[tp][10:]  # the first run sees 10 of each
+    broker.script = [(1, lambda g: g.rebalance({P0, P1}))]
+    runner(broker, tmp_path / "state").run(max_idle_s=0.3)
+    return {d["tx_id"]: d["features"] for d in full.out}, broker, later
+
+
 @pytest.mark.parametrize("eos", [False, True])
 @pytest.mark.parametrize("kept", [{P1}, {P0, P1}])
 def test_a_rebalance_during_the_fold_decides_nothing_twice(tmp_path, caplog, eos, kept):
@@ -161,17 +177,7 @@ def test_a_group_without_committed_offsets_resumes_from_the_checkpoint(tmp_path,
     again on a state that already held it (a review: features counted twice, 5,884 of 5,889
     flagged `late`). It now resumes from the offsets the state covers: nothing decided twice,
     the records after them decided as an uninterrupted run decides them."""
-    full = Broker(logs(n0=15, n1=15), committed={})
-    full.script = [(1, lambda g: g.rebalance({P0, P1}))]
-    runner(full, tmp_path / "uninterrupted").run(max_idle_s=0.3)
-    expected = {d["tx_id"]: d["features"] for d in full.out}
-
-    broker = Broker(logs(n0=15, n1=15), committed={})
-    later = {tp: records[10:] for tp, records in broker.logs.items()}
-    for tp in later:
-        del broker.logs[tp][10:]  # the first run sees 10 of each
-    broker.script = [(1, lambda g: g.rebalance({P0, P1}))]
-    runner(broker, tmp_path / "state").run(max_idle_s=0.3)
+    expected, broker, later = _ten_of_fifteen(tmp_path)
     assert len(broker.out) == 20 and broker.committed == {P0: 10, P1: 10}
     for tp, records in later.items():
         broker.logs[tp] += records
@@ -258,3 +264,42 @@ def test_a_row_produce_could_not_read_is_dead_lettered_with_the_reader_s_reason(
     assert (bad.stage, str(bad.error)) == ("parse", "expected 4 columns, found 2")
     footer = said._replace(value=b"5")  # text that reads as JSON fails validation: the same
     assert str(_event_time(footer)[1].error) == "expected 4 columns, found 2"
+
+
+@pytest.mark.parametrize("reset_by_a_tool", [False, True])
+def test_decisions_out_before_a_crash_are_not_made_again(tmp_path, reset_by_a_tool):
+    """At-least-once: a crash after decisions were acknowledged and before their offsets were
+    committed made a restart decide those records again, duplicates that differ in
+    `decided_at` and `latency_ms` (a contract audit: the promise is byte-identical ones). A
+    restart now reads the decisions past the commit's mark and folds their records instead.
+    An offset committed otherwise (an operator resetting the group with Kafka's tools) carries
+    no mark: everything past it is decided again, as asked."""
+    import shutil
+
+    expected, broker, later = _ten_of_fifteen(tmp_path)
+    assert broker.committed == {P0: 10, P1: 10}
+    assert all(m.startswith("fds:decisions@") for m in broker.metadata.values())
+    at_crash = dict(broker.committed), dict(broker.metadata)
+    shutil.copytree(tmp_path / "state", tmp_path / "at-crash")
+    for tp, records in later.items():
+        broker.logs[tp] += records
+    broker.polls = 0
+    broker.script = [(1, lambda g: g.rebalance({P0, P1}))]
+    runner(broker, tmp_path / "state").run(max_idle_s=0.3)  # decides the 10 later ones ...
+    assert len(broker.out) == 30
+    broker.committed, broker.metadata = at_crash  # ... but dies before committing them
+    if reset_by_a_tool:
+        broker.metadata = dict.fromkeys(broker.metadata, "")
+    broker.polls = 0
+    broker.script = [(1, lambda g: g.rebalance({P0, P1}))]
+    r = runner(broker, tmp_path / "at-crash")
+    r.run(max_idle_s=0.3)
+    ids = Counter(d["tx_id"] for d in broker.out)
+    assert broker.committed == {P0: 15, P1: 15}
+    if reset_by_a_tool:
+        assert r.stats.found_decided == 0 and sum(ids.values()) == 40
+    else:
+        assert r.stats.found_decided == 10 and sum(ids.values()) == 30
+    assert set(ids) == set(expected)  # every record decided, none lost
+    # and the state counted each record once: the decisions made again match a replay's
+    assert all(d["features"] == expected[d["tx_id"]] for d in broker.out)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections import namedtuple
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -53,6 +54,7 @@ class Producer:
 
     def send(self, topic: str, **_: Any) -> Future:
         self.futures.append(Future())
+        self.futures[-1].value = SimpleNamespace(offset=len(self.futures) - 1)  # RecordMetadata
         return self.futures[-1]
 
     def ack(self, error: BaseException | None = None) -> None:
