@@ -246,8 +246,12 @@ class SqliteStore:
         for tx_id, ts, x in rows:
             yield tx_id, ts, orjson.loads(x)
 
+    # Every ``assumed`` value named: so the (assumed, ts) index serves the range (``ts < ?``
+    # alone scanned the whole table, 93% of a soak run's trainer time, its lag growing)
+    EXPIRE = "DELETE FROM snaps WHERE assumed IN (0, 1, 2) AND ts < ?"
+
     def expire(self, cutoff: float) -> int:
-        return self._db.execute("DELETE FROM snaps WHERE ts < ?", (cutoff,)).rowcount
+        return self._db.execute(self.EXPIRE, (cutoff,)).rowcount
 
     def __len__(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM snaps WHERE assumed < 2").fetchone()[0])

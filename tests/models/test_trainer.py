@@ -212,6 +212,21 @@ def test_sqlite_store_survives_restart(tmp_path: Path) -> None:
     s2.close()
 
 
+def test_sqlite_store_expires_through_its_index(tmp_path: Path) -> None:
+    """A soak run: `DELETE ... WHERE ts < ?` scanned the whole table (the index leads with
+    `assumed`), 93% of the trainer's time at 600,000 rows, its lag growing for good. Rows of
+    every state expire."""
+    s = SqliteStore(tmp_path / "snaps.db")
+    plan = s._db.execute("EXPLAIN QUERY PLAN " + SqliteStore.EXPIRE, (0.0,)).fetchall()
+    assert "USING INDEX snaps_ts" in str(plan) and "SCAN" not in str(plan), plan
+    for i, tx in enumerate("abcd"):
+        s.put(tx, float(i), {})
+    list(s.assume_older(1.5))  # a, b assumed legitimate
+    s.settle("c", True)
+    assert s.expire(3.0) == 3 and len(s) == 1 and s.get("d") is not None
+    s.close()
+
+
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
 def test_a_redelivered_decision_does_not_bring_back_a_settled_snapshot(kind, tmp_path):
     """At least once: a decision read again after its fraud label was learned re-inserted the
