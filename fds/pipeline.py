@@ -15,14 +15,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # (imported when an engine is built: the CLI reads the defaults below)
+from fds.shipped import DEFAULT_MODEL, DEFAULT_RULES
+
+if TYPE_CHECKING:  # (imported when an engine is built: the CLI reads the defaults above)
     from fds.engine import Engine
 
 __all__ = ["DEFAULT_MODEL", "DEFAULT_RULES", "build_engine"]
-
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_RULES = ROOT / "rules" / "default.yaml"
-DEFAULT_MODEL = ROOT / "models" / "default.yaml"
 
 # Guardrail defaults. A window of 2,000 decisions is a few seconds of peak traffic: a rule
 # that declines everything is caught within ~min_events decisions, long before customers notice.

@@ -33,7 +33,7 @@ from typing import Any
 import orjson
 import yaml
 
-from fds import yamlio
+from fds import shipped, yamlio
 from fds.errors import ConfigError, describe
 from fds.timeutil import parse_duration
 
@@ -71,7 +71,7 @@ ALLOWED_MODULES: frozenset[str] = frozenset(
 )
 
 #: The folder of shipped specs, so that ``--model default`` finds ``models/default.yaml``.
-SPEC_DIR = Path(__file__).resolve().parents[2] / "models"
+SPEC_DIR = shipped.ROOT / "models"
 
 _TOP_KEYS = {
     "name",

@@ -10,10 +10,9 @@ from typing import Any, TextIO
 from fds.cli import count_or_all, labels_not_input, same_file
 from fds.errors import ConfigError
 from fds.rules.ruleset import Ruleset, load_ruleset
+from fds.shipped import DEFAULT_RULES
 
 __all__ = ["register"]
-
-DEFAULT_RULES = Path(__file__).resolve().parents[2] / "rules" / "default.yaml"
 
 
 def register(subparsers: Any) -> None:

@@ -47,6 +47,7 @@ import yaml
 from kafka import KafkaConsumer
 from kafka.errors import CorruptRecordError, UnsupportedCodecError
 
+from fds import shipped
 from fds.errors import ConfigError, FdsError, describe
 from fds.models.registry import write_atomic
 
@@ -90,9 +91,8 @@ START_TIMEOUT_S = 90.0
 # The broker's controlled shutdown normally takes 1-3 s; past this it is killed.
 STOP_TIMEOUT_S = 30.0
 
-_REPO_ROOT = Path(__file__).resolve().parents[2]
-KIT_DIR = Path(os.environ.get("FDS_KAFKA_KIT", _REPO_ROOT / "streams" / "kafka"))
-TOPICS_FILE = _REPO_ROOT / "streams" / "topics.yaml"
+KIT_DIR = Path(os.environ.get("FDS_KAFKA_KIT", shipped.ROOT / "streams" / "kafka"))
+TOPICS_FILE = shipped.ROOT / "streams" / "topics.yaml"
 
 
 T = TypeVar("T")
