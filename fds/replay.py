@@ -789,4 +789,4 @@ def print_summary(
     for q in ("p50", "p95", "p99"):
         if lat.get(q) is not None:
             table.add_row(f"decision latency {q}", f"{lat[q]:.3f} ms")
-    Console(stderr=True).print(table)
+    Console().print(table)  # the result: on stdout, as the other commands print theirs
