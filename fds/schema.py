@@ -254,6 +254,12 @@ def _reason(err: pydantic.ValidationError) -> str:
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "record"
         got = "" if e["type"] == "missing" else f" (got {_short(e.get('input'))})"
+        value = e.get("input")
+        if e["type"] == "float_parsing" and isinstance(value, str) and "," in value:
+            got += (  # (a European CSV: every row a dead letter, the hint silent, a README walk)
+                "; numbers are read with a dot for decimals and no grouping (29.78, 1234.5): "
+                "convert a decimal comma or thousands separators first"
+            )
         parts.append(f"{loc}: {e['msg']}{got}")
     return "; ".join(parts)
 

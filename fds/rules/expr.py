@@ -41,6 +41,7 @@ import io
 import itertools
 import math
 import operator
+import re
 import tokenize
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -468,7 +469,7 @@ class _Checker:
             raise self.fail(
                 node,
                 f"unknown name {name!r}{hint}: use a transaction field, extra.NAME, a declared "
-                "feature or hour/weekday/is_night/is_weekend",
+                f"feature or hour/weekday/is_night/is_weekend; a text value is quoted: '{name}'",
             )
         self.names[name] = None
         return local_name(name), t
@@ -660,7 +661,18 @@ def _syntax_error(e: SyntaxError, source: str) -> ExprError:
         lines = source.rstrip().split("\n")  # line that is not blank)
         line, where = len(lines), " at the end of the condition"
         col = len(lines[-1].rstrip()) + 1 + (line == 1)
-    return ExprError(f"syntax error{where}: {e.msg}", line, max(1, col - (line == 1)))
+    bare = re.sub(r"'[^'\n]*'|\"[^\"\n]*\"", "''", source)  # (text values aside)
+    hint = next((h for pattern, h in _HABITS if re.search(pattern, bare)), "")
+    msg = e.msg.split(". Maybe you meant")[0] if hint else e.msg  # (its ':=' is no option here)
+    return ExprError(f"syntax error{where}: {msg}{hint}", line, max(1, col - (line == 1)))
+
+
+# Other languages' habits that are syntax errors here, and what to write instead
+_HABITS = (
+    (r"&&|\|\|", " (write 'and' / 'or' for && / ||)"),
+    (r"(?<![=<>!])=(?!=)", " (compare with ==; a single = assigns nothing here)"),
+    (r"!(?!=)", " (write 'not' for !)"),
+)
 
 
 def parse_expr(

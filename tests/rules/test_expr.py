@@ -117,6 +117,12 @@ def test_semantics_and_precedence(src: str, expected: bool) -> None:
         ("abs(amount if seen else country) > 1", "this may be text"),
         ("amount * 2 if is_night else country", "must be true/false"),
         ("amount > nope", "unknown name 'nope'"),
+        # other languages' habits: said what to write (it said `invalid syntax`: a README walk)
+        ("country == DE", "a text value is quoted: 'DE'"),
+        ("country = 'DE'", "invalid syntax (compare with ==; a single = assigns nothing here)"),
+        ("amount > 1 && seen", "write 'and' / 'or' for && / ||"),
+        ("amount > 1 || seen", "write 'and' / 'or' for && / ||"),
+        ("!seen", "write 'not' for !"),
         ("amont > 1", "did you mean amount"),
         ("avg31 > 1", "did you mean avg"),  # the closest name, not the first alphabetically
         ("abs > 1", "is a function"),
