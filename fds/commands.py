@@ -210,7 +210,7 @@ def _replay(args: argparse.Namespace) -> int:
         stream = replay_mod.open_stream(args.file, mapping=mapping, labels_path=args.labels)
         if args.metrics_port >= 0:
             server = stack.enter_context(serve(metrics, args.metrics_host, args.metrics_port))
-            print(f"metrics: {server.url}", file=sys.stderr)
+            print(f"serving metrics on {server.url}", file=sys.stderr)
         # Only now, every usage error said (a port in use removed the last run's decisions: a
         # QA pass): a previous run's output would pass for this one's (when nothing is decided
         # or dead-lettered)

@@ -26,15 +26,16 @@ def register(subparsers: Any) -> None:
         func=_list
     )
     s = sub.add_parser(
-        "show", parents=[after], help="one version's manifest entry (default: the champion)"
-    )
-    s.add_argument("version", nargs="?")
+        "show", parents=[after],
+        help="one version's manifest entry (default: the champion, else the newest)",
+    )  # fmt: skip
+    s.add_argument("version", nargs="?", type=_version)
     s.add_argument("--verify", action="store_true", help="also verify sha256/HMAC and load it")
     s.set_defaults(func=_show)
     pr = sub.add_parser(
         "promote", parents=[after], help="make a version the champion (verified first)"
     )
-    pr.add_argument("version")
+    pr.add_argument("version", type=_version)
     pr.add_argument("--force", action="store_true", help="promote a rejected version anyway")
     pr.set_defaults(func=_promote)
     sub.add_parser(
@@ -48,8 +49,15 @@ def _registry(args: argparse.Namespace) -> Any:
     return Registry(args.registry, create=False)
 
 
+def _version(text: str) -> str:
+    """argparse type: a version id; a bare number is the version of that sequence number
+    (``3`` -> ``v000003``, as `fds models list` shows them)."""
+    return f"v{int(text):06d}" if text.isdigit() else text
+
+
 def _fail(args: argparse.Namespace, e: Exception | str, code: int) -> int:
-    say(f"{args.prog}: error: {e}")
+    """``error:`` for a usage error (2), ``failed:`` otherwise (1), as every command says."""
+    say(f"{args.prog}: {'error' if code == 2 else 'failed'}: {e}")
     return code
 
 
@@ -76,9 +84,12 @@ def _list(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     try:
         reg = _registry(args)
-        version = args.version or reg.champion() or reg.latest()
+        version = args.version or reg.champion()
         if version is None:
-            return _fail(args, f"no versions in {args.registry}", 1)
+            version = reg.latest()
+            if version is None:
+                return _fail(args, f"no versions in {args.registry}", 1)
+            say(f"{args.prog}: no champion yet: the newest version, {version}")
         entry = reg.entry(version)
         if args.verify:
             reg.load(version)

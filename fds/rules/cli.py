@@ -131,6 +131,8 @@ def _report(rs: Ruleset, out: TextIO, *, quiet: bool) -> int:
             if not t.passed:
                 why = t.error or f"expected {t.expect}, got {t.got}"
                 print(f"       {t.where}: test {t.index + 1}: {why}", file=out)
+    for note in rs.notes:  # (only a log line beside `OK` before: a README walk)
+        print(f"  note: {note}", file=out)
     untested = [r.id for r in rs.rules if not r.spec.tests]
     if untested and not quiet:
         print(f"  note: rules without inline tests: {', '.join(untested)}", file=out)

@@ -538,6 +538,7 @@ class Ruleset:
         marks: Mapping[tuple[Any, ...], Mark] | None = None,
     ) -> None:
         self.spec = spec
+        self.notes: list[str] = []  # what loading it warned about (a window without a unit)
         self._test_where = dict(test_where or {})
         self._marks = marks or {}
         self.version: str = spec.version
@@ -832,14 +833,16 @@ def load_ruleset_text(text: str, filename: str = "<rules>", *, run_tests: bool =
     except pydantic.ValidationError as e:
         raise _pydantic_error(e, filename, marks) from None
     _check_semantics(spec, filename, marks)
+    notes = []  # said at load, and by `fds rules check` in its report
     for i, f in enumerate(data.get("features") or []):  # (7 meant as days: 7 s, a QA pass)
         window = f.get("window")
         if type(window) in (int, float):
             line, col, _ = _mark_for(marks, ("features", i, "window"))
-            log.warning(
-                "%s:%d:%d: window %s has no unit: read as %s seconds (write 7d, 12h, 90s)",
-                filename, line, col, window, window,
-            )  # fmt: skip
+            notes.append(
+                f"{filename}:{line}:{col}: window {window} has no unit: read as {window} "
+                "seconds (write 7d, 12h, 90s)"
+            )
+            log.warning("%s", notes[-1])
     known = known_names(spec)
     compiled = []
     errors: list[str] = []  # every rule's error at once: an analyst fixes them in one pass
@@ -870,6 +873,7 @@ def load_ruleset_text(text: str, filename: str = "<rules>", *, run_tests: bool =
     if errors:
         raise ConfigError(f"{len(errors)} errors:\n" + "\n".join(errors))
     rs = Ruleset(spec, compiled, filename, test_where, marks)
+    rs.notes = notes
     if run_tests:
         check_tests(rs)
     return rs

@@ -307,6 +307,24 @@ def test_promoting_a_rejected_version_needs_force(tmp_path, capsys):
     assert "rejected_because" not in reg.entry("v000001")  # (it stayed: a QA pass)
 
 
+def test_models_commands_read_a_bare_number_and_say_what_they_show(tmp_path, capsys):
+    """A README walk: `promote 3` was no version; `show` without a champion showed the newest
+    without a word; "nothing to roll back to" said `error:` (a usage error's) with exit 1."""
+    from fds.cli import main
+
+    reg = Registry(tmp_path)
+    for _ in range(2):
+        reg.publish({"x": 1}, spec={"name": "t"})
+    base = ["models", "--registry", str(tmp_path)]
+    assert main([*base, "show"]) == 0
+    out = capsys.readouterr()
+    assert '"version": "v000002"' in out.out and "no champion yet: the newest" in out.err
+    assert main([*base, "rollback"]) == 1
+    assert "fds models rollback: failed: " in capsys.readouterr().err
+    assert main([*base, "promote", "1"]) == 0 and reg.champion() == "v000001"
+    assert main([*base, "show", "1"]) == 0 and "no champion" not in capsys.readouterr().err
+
+
 def test_the_registry_may_follow_the_command(tmp_path, capsys):
     """`fds models list --registry DIR` was a usage error: only `fds models --registry DIR
     list` worked."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import textwrap
 from datetime import datetime
@@ -361,6 +362,12 @@ def test_a_window_without_a_unit_is_warned_about(caplog) -> None:
         rs = load_ruleset_text(text + "rules: []\n", "f.yaml")
     assert rs.features[0].window_seconds == 7.0
     assert "f.yaml:3:52: window 7 has no unit: read as 7 seconds" in caplog.text
+    # and `fds rules check` says it in its report, beside its OK (a README walk)
+    from fds.rules.cli import _report
+
+    out = io.StringIO()
+    assert _report(rs, out, quiet=False) == 0
+    assert "  note: f.yaml:3:52: window 7 has no unit" in out.getvalue()
 
 
 def test_comments_in_a_block_condition_are_comments_where_its_lines_are_kept() -> None:
