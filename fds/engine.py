@@ -24,6 +24,9 @@ from fds.timeutil import format_ts
 
 log = logging.getLogger("fds.engine")
 
+#: Decisions flagged ``late`` are said in a log line at most this often (the first at once).
+LATE_SAID_EVERY_S = 60.0
+
 __all__ = ["Engine", "FeatureStage", "ModelStage", "PolicyStage", "RuleStage"]
 
 
@@ -156,6 +159,8 @@ class Engine:
         self._clock = clock
         self._perf = time.perf_counter
         self._quiet_ok = bool(getattr(rules, "takes_quiet", False))
+        self._late_unsaid = 0  # decisions flagged late since the last line that said so
+        self._late_say_at = 0.0  # (monotonic) the next such line, at the earliest
 
     def decide(self, tx: Mapping[str, Any]) -> dict[str, Any]:
         """Decide one validated transaction. Raises :class:`StageError` naming the stage."""
@@ -245,9 +250,23 @@ class Engine:
             m.decision(action, latency, now - ts)
             if flags and "late" in flags:
                 m.late_event("decided")
+                self._say_late(tx)
             for h in hits:
                 m.rule_hit(h["id"], h["state"])
         return decision
+
+    def _say_late(self, tx: Mapping[str, Any]) -> None:
+        """A warning for decisions flagged ``late``, at most every LATE_SAID_EVERY_S (a burst
+        of them showed in fds_late_events_total alone: a soak run)."""
+        self._late_unsaid += 1
+        now = time.monotonic()
+        if now >= self._late_say_at:
+            log.warning(
+                "events later than the grace period decided on the state held and flagged late "
+                'count="%d" last_tx_id="%s" last_ts="%s"',
+                self._late_unsaid, tx.get("tx_id"), format_ts(tx["ts"]),
+            )  # fmt: skip
+            self._late_unsaid, self._late_say_at = 0, now + LATE_SAID_EVERY_S
 
     def _rule_inputs(self, hits: list[dict[str, Any]]) -> dict[str, Any]:
         """The rules' results for the model (:func:`fds.models.vector.rule_inputs`): the rules'
