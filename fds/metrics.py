@@ -173,6 +173,8 @@ class _Hist:
 
 #: ``fds_dlq_messages_total{reason}`` of a dead letter from each reading stage.
 DLQ_REASON = {"parse": "bad_json", "validate": "schema"}
+#: The stages a record can fail at (a dead letter's ``stage``).
+STAGES = ("parse", "validate", "features", "rules", "model", "policy")
 
 
 #: The families of :meth:`Metrics.collect` that only a process deciding transactions sets.
@@ -274,6 +276,12 @@ class Metrics(Collector):
             ["partition"],
             registry=rs,
         )
+        # At 0 from the start, for the values a run may see: a dashboard shows 0 rather than no
+        # data on a healthy run, and increase() sees the first one (a README walk)
+        for stage in STAGES:
+            self._failed.labels(stage=stage)
+            self._dlq.labels(reason=DLQ_REASON.get(stage, stage))
+        self._late.labels(outcome="decided")
         self._rebalances = Counter(
             "fds_rebalances_total", "Consumer-group rebalances seen by this instance.", registry=rs
         )
@@ -779,7 +787,7 @@ def _by_label(registry: CollectorRegistry, sample_name: str, label: str) -> dict
     out: dict[str, int] = {}
     for family in registry.collect():
         for s in family.samples:
-            if s.name == sample_name:
+            if s.name == sample_name and s.value:  # (the series at 0 from the start: none)
                 out[s.labels[label]] = int(s.value)
     return out
 
