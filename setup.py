@@ -22,9 +22,11 @@ class BuildPyWithShipped(build_py):
         if getattr(self, "editable_mode", False):  # an editable install reads the checkout
             return
         here = Path(__file__).resolve().parent
+        shipped = Path(self.build_lib) / "fds" / "_shipped"
+        shutil.rmtree(shipped, ignore_errors=True)  # (a file removed since a build: not kept)
         for pattern in SHIPPED:
             for src in sorted(here.glob(pattern)):
-                dest = Path(self.build_lib) / "fds" / "_shipped" / src.relative_to(here)
+                dest = shipped / src.relative_to(here)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src, dest)
 

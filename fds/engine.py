@@ -161,6 +161,7 @@ class Engine:
         self._quiet_ok = bool(getattr(rules, "takes_quiet", False))
         self._late_unsaid = 0  # decisions flagged late since the last line that said so
         self._late_say_at = 0.0  # (monotonic) the next such line, at the earliest
+        self._late_last: tuple[Any, float] = (None, 0.0)  # the last one's tx_id and ts
 
     def decide(self, tx: Mapping[str, Any]) -> dict[str, Any]:
         """Decide one validated transaction. Raises :class:`StageError` naming the stage."""
@@ -256,17 +257,22 @@ class Engine:
         return decision
 
     def _say_late(self, tx: Mapping[str, Any]) -> None:
-        """A warning for decisions flagged ``late``, at most every LATE_SAID_EVERY_S (a burst
-        of them showed in fds_late_events_total alone: a soak run)."""
+        """A warning for decisions flagged ``late``, at most every LATE_SAID_EVERY_S, with the
+        count since the last one (a burst of them showed in fds_late_events_total alone: a
+        soak run); :meth:`report` and :meth:`close` say what is left."""
         self._late_unsaid += 1
-        now = time.monotonic()
-        if now >= self._late_say_at:
+        self._late_last = (tx.get("tx_id"), tx["ts"])
+        self._flush_late()
+
+    def _flush_late(self, *, now: bool = False) -> None:
+        t = time.monotonic()
+        if self._late_unsaid and (now or t >= self._late_say_at):
             log.warning(
                 "events later than the grace period decided on the state held and flagged late "
                 'count="%d" last_tx_id="%s" last_ts="%s"',
-                self._late_unsaid, tx.get("tx_id"), format_ts(tx["ts"]),
+                self._late_unsaid, self._late_last[0], format_ts(self._late_last[1]),
             )  # fmt: skip
-            self._late_unsaid, self._late_say_at = 0, now + LATE_SAID_EVERY_S
+            self._late_unsaid, self._late_say_at = 0, t + LATE_SAID_EVERY_S
 
     def _rule_inputs(self, hits: list[dict[str, Any]]) -> dict[str, Any]:
         """The rules' results for the model (:func:`fds.models.vector.rule_inputs`): the rules'
@@ -455,6 +461,7 @@ class Engine:
         install = getattr(self.model, "install_pending", None)
         if install is not None:
             install()
+        self._flush_late()
         m = self.metrics
         if m is None:
             return
@@ -468,7 +475,9 @@ class Engine:
         m.demoted_now((source_kind(s), s) for s in sorted(self.demoted))
 
     def close(self) -> None:
-        """Stop the stages' background work (rules watcher, model poller)."""
+        """Stop the stages' background work (rules watcher, model poller); say the late
+        decisions not said yet."""
+        self._flush_late(now=True)
         for stage in (self.features, self.rules, self.model):
             close = getattr(stage, "close", None)
             if close is not None:

@@ -16,6 +16,7 @@ fds.errors.ValidationError: amount: Input should be greater than 0 (got -3)
 from __future__ import annotations
 
 import contextlib
+import re
 import reprlib
 from datetime import UTC, datetime, tzinfo
 from decimal import Decimal
@@ -249,13 +250,16 @@ def _short(value: Any, n: int = 100) -> str:
     return f"{text[: n - 1]}...{size}"
 
 
+_COMMA_NUMBER = re.compile(r"\d,\d")  # a decimal comma or a thousands separator
+
+
 def _reason(err: pydantic.ValidationError) -> str:
     parts = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "record"
         got = "" if e["type"] == "missing" else f" (got {_short(e.get('input'))})"
         value = e.get("input")
-        if e["type"] == "float_parsing" and isinstance(value, str) and "," in value:
+        if e["type"] == "float_parsing" and isinstance(value, str) and _COMMA_NUMBER.search(value):
             got += (  # (a European CSV: every row a dead letter, the hint silent, a README walk)
                 "; numbers are read with a dot for decimals and no grouping (29.78, 1234.5): "
                 "convert a decimal comma or thousands separators first"

@@ -176,9 +176,9 @@ def test_demo_end_to_end_small(tmp_path, capsys):
         (["demo", "--out-dir", "{tmp}/f"], "is a file, not a folder"),
         (["bench", "precision", "--out", "{tmp}/f"], "is a file, not a folder"),
         # (refused after the model or trainer checkpoint had loaded: a QA pass)
-        (["run", "--metrics-host", "192.0.2.1"], "'192.0.2.1' is no address of this machine"),
+        (["run", "--metrics-host", "198.51.100.7"], "'198.51.100.7' is no address of this"),
         (["train", "--metrics-host", "no.such.host.invalid"], "is no address of this machine"),
-        (["replay", "f", "--metrics-host", "10.255.0.9"], "e.g. 127.0.0.1 (this machine only)"),
+        (["replay", "f", "--metrics-host", "203.0.113.9"], "e.g. 127.0.0.1 (this machine only)"),
     ],
 )
 def test_a_seed_or_folder_argument_that_cannot_work_is_a_usage_error(argv, needle, tmp_path,

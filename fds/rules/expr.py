@@ -466,10 +466,11 @@ class _Checker:
                 raise self.fail(node, f"{name} is a function: call it, e.g. {name}(x)")
             close = difflib.get_close_matches(name, list(self.known), n=3, cutoff=0.6)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            quote = "" if close else f"; a text value is quoted: '{name}'"
             raise self.fail(
                 node,
                 f"unknown name {name!r}{hint}: use a transaction field, extra.NAME, a declared "
-                f"feature or hour/weekday/is_night/is_weekend; a text value is quoted: '{name}'",
+                f"feature or hour/weekday/is_night/is_weekend{quote}",
             )
         self.names[name] = None
         return local_name(name), t
@@ -661,7 +662,8 @@ def _syntax_error(e: SyntaxError, source: str) -> ExprError:
         lines = source.rstrip().split("\n")  # line that is not blank)
         line, where = len(lines), " at the end of the condition"
         col = len(lines[-1].rstrip()) + 1 + (line == 1)
-    bare = re.sub(r"'[^'\n]*'|\"[^\"\n]*\"", "''", source)  # (text values aside)
+    # (text values and comments aside)
+    bare = re.sub(r"'[^'\n]*'|\"[^\"\n]*\"|#[^\n]*", "''", source)
     hint = next((h for pattern, h in _HABITS if re.search(pattern, bare)), "")
     msg = e.msg.split(". Maybe you meant")[0] if hint else e.msg  # (its ':=' is no option here)
     return ExprError(f"syntax error{where}: {msg}{hint}", line, max(1, col - (line == 1)))
@@ -669,8 +671,9 @@ def _syntax_error(e: SyntaxError, source: str) -> ExprError:
 
 # Other languages' habits that are syntax errors here, and what to write instead
 _HABITS = (
+    (r"=<|=>", " (write <= or >=)"),
     (r"&&|\|\|", " (write 'and' / 'or' for && / ||)"),
-    (r"(?<![=<>!])=(?!=)", " (compare with ==; a single = assigns nothing here)"),
+    (r"(?<![=<>!])=(?![=<>])", " (compare with ==; a single = assigns nothing here)"),
     (r"!(?!=)", " (write 'not' for !)"),
 )
 

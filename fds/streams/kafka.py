@@ -180,14 +180,18 @@ WALL_CLOCK_FIELDS = ("decided_at", "latency_ms")
 # metadata: this prefix and an offset of the decisions partition of the same number): a
 # restart reads what is there and folds those records instead of deciding them again.
 DECIDED_MARK = "fds:decisions@"
+# How long a restart waits to read those decisions before it decides their records again.
+FIND_TIMEOUT_S = 10.0
 
 
 def _decided_id(msg: Any) -> dict[str, Any] | None:
-    """A decision record's ``tx_id`` (as :func:`read_merged` takes a record; order is moot)."""
+    """A decision record's ``tx_id``, partition and offset (as :func:`read_merged` takes a
+    record: a constant time keeps each partition's order)."""
     try:
-        return {"ts": 0.0, "tx_id": loads_record(msg.value)["tx_id"]}
+        tx_id = loads_record(msg.value)["tx_id"]
     except Exception:  # not a decision (written by another tool): nothing to find in it
         return None
+    return {"ts": 0.0, "tx_id": tx_id, "p": msg.partition, "o": msg.offset}
 
 
 def with_tx(decision: dict[str, Any], tx: Mapping[str, Any]) -> dict[str, Any]:
@@ -690,6 +694,8 @@ class _Unacked:
     futures: list[Any]
     offsets: dict[Any, Any]
     last: dict[Any, Any]  # decisions partition -> the send of its last decision in the batch
+    # decisions partition -> the offset of its first decision found out and not folded yet
+    pins: dict[int, int] = field(default_factory=dict)
 
     def acknowledged(self) -> bool:
         f = self.futures
@@ -755,12 +761,11 @@ class Runner:
         # of it (they were ahead in event time of one still to decide): records below it are
         # folded without output as the loop decides the others, _positions following them.
         self._refold: dict[Any, int] = {}
-        # At-least-once, after an assignment: input partition -> its end offset then, for the
-        # partitions whose records past the committed offset were decided before (found on
-        # the decisions topic: _find_decided); those records' tx_ids are _found_ids. Such a
-        # record is folded, not decided again: no duplicate of a decision already out.
-        self._found: dict[Any, int] = {}
-        self._found_ids: set[str] = set()
+        # At-least-once, after an assignment: input partition -> (its end offset then, the
+        # decisions already out for its records past the committed offset, in order: (tx_id,
+        # offset) on the decisions partition of its number; _find_decided). The record whose
+        # tx_id is the next one is folded, not decided again: no duplicate of a decision out.
+        self._found: dict[Any, tuple[int, deque[tuple[str, int]]]] = {}
         # Decisions partition -> the offset after its last acknowledged decision (DECIDED_MARK)
         self._out_next: dict[int, int] = {}
         self._restoring = False  # folding a restore: the state is ahead of _positions
@@ -1265,15 +1270,20 @@ class Runner:
                 self._dead_letter(msg, tx.stage, tx.error)
                 continue
             if found and tp in found:
-                if msg.offset >= found[tp]:  # past what was there at the restart
+                end, todo = found[tp]
+                if msg.offset >= end:  # past what was there at the restart
                     del found[tp]
-                elif tx["tx_id"] in self._found_ids:  # its decision is out: state only
+                elif tx["tx_id"] == todo[0][0]:  # its decision is out: state only
+                    todo.popleft()
+                    if not todo:
+                        del found[tp]
                     self._fold(tx)
                     self.stats.found_decided += 1
                     if feed is not None and feed.waiting and tx["tx_id"] in feed.waiting:
                         feed.reached(tx["tx_id"])
                         due = feed.due
                     continue
+                # (else a record with no decision out, one a stage failed on: decided now)
             stage = "engine"
             try:
                 decision = decide(tx)
@@ -1317,7 +1327,10 @@ class Runner:
             self._live = True  # the state moved on since it was restored
             self._ahead = True
         if not eos:
-            self._unacked.append(_Unacked(self.stats.batches, pending, offsets, last))
+            # a partition still folding what was found: its commits name the first found
+            # decision not folded yet, so that a restart or a takeover finds it again
+            pins = {tp.partition: todo[0][1] for tp, (_, todo) in found.items()}
+            self._unacked.append(_Unacked(self.stats.batches, pending, offsets, last, pins))
             # Backpressure waits for the oldest batches only: a flush and a blocking commit
             # (8-28 ms each on the benchmark) taken whenever three small batches of a light
             # load were in flight decided that load's p99.
@@ -1412,13 +1425,17 @@ class Runner:
     def _marked(self, b: _Unacked) -> dict[Any, Any]:
         """``b``'s offsets to commit, each saying where the decisions past it start on the
         decisions partition of its number (DECIDED_MARK; none where unknown)."""
+        if not self._copartitioned:  # (decisions placed by key: nothing to look up)
+            self._out_next.clear()
+            return b.offsets
         nxt = self._out_next
         for part, fut in b.last.items():
             if part is not None:
                 nxt[part] = fut.value.offset + 1
+        marks = {**nxt, **b.pins}
         return {
-            tp: OffsetAndMetadata(om.offset, f"{DECIDED_MARK}{nxt[tp.partition]}", -1)
-            if tp.partition in nxt else om
+            tp: OffsetAndMetadata(om.offset, f"{DECIDED_MARK}{marks[tp.partition]}", -1)
+            if tp.partition in marks else om
             for tp, om in b.offsets.items()
         }  # fmt: skip
 
@@ -1807,7 +1824,7 @@ class Runner:
         the state rather than decided again (``_found``). Where they start is the commit's
         metadata (DECIDED_MARK): a commit made otherwise (an offset reset by an operator's
         tool, an earlier release) finds nothing, and its records are decided again."""
-        self._found, self._found_ids = {}, set()
+        self._found = {}
         ms = self.s.timeout_ms
         committed = self._retrying(
             "reading the committed offsets",
@@ -1820,25 +1837,36 @@ class Runner:
                 starts[TopicPartition(self.s.output_topic, tp.partition)] = int(
                     meta[len(DECIDED_MARK) :]
                 )
+        if not starts:  # (no commit of ours: nothing to look up, no reader made)
+            return
         outs = [TopicPartition(self.s.output_topic, tp.partition) for tp in tps]
-        reader = self._consumer_factory(**self.s.reader_config())
+        # (a mark below the log start after retention: read from the start, not the end)
+        reader = self._consumer_factory(**self.s.reader_config(auto_offset_reset="earliest"))
+        by_part: dict[int, deque[tuple[str, int]]] = {}
         try:
-            ends = self._retrying("reading the log ends", lambda: reader.end_offsets(outs + tps))
+            ends = reader.end_offsets(outs + tps)
             self._out_next.update({o.partition: ends[o] for o in outs})
             ranges = {o: (a, ends[o]) for o, a in starts.items() if a < ends[o]}
-            if not ranges:
-                return
-            decided = read_merged(reader, ranges, _decided_id, timeout_s=self.s.broker_timeout_s)
-            self._found_ids = {d["tx_id"] for d in decided}
+            wait = min(self.s.broker_timeout_s, FIND_TIMEOUT_S)
+            for d in read_merged(reader, ranges, _decided_id, timeout_s=wait):
+                by_part.setdefault(d["p"], deque()).append((d["tx_id"], d["o"]))
+        except (KafkaError, FdsError) as exc:  # (a Write-only ACL, a broker that stalls, ...)
+            log.warning(
+                'reading the decisions topic "%s" failed: %s; the records past the committed '
+                "offsets are decided again (duplicates of what was out); fds run needs Read "
+                "on it to avoid that", self.s.output_topic, describe(exc),
+            )  # fmt: skip
+            return
         finally:
             with contextlib.suppress(Exception):
                 reader.close()
-        self._found = {tp: ends[tp] for tp in tps if tp.partition in {o.partition for o in ranges}}
-        log.info(
-            "decisions made before a stop, past the committed offsets, found (their records "
-            'are folded, not decided again) records="%d" partitions="%s"',
-            len(self._found_ids), sorted(o.partition for o in ranges),
-        )  # fmt: skip
+        self._found = {tp: (ends[tp], by_part[p]) for tp in tps if (p := tp.partition) in by_part}
+        if self._found:
+            log.info(
+                "decisions made before a stop, past the committed offsets, found (their "
+                'records are folded, not decided again) records="%d" partitions="%s"',
+                sum(len(q) for _, q in self._found.values()), sorted(by_part),
+            )  # fmt: skip
 
     def _bring_up_to_date(self, tps: list[Any]) -> dict[Any, int | None]:
         """Fold what the group decided below its committed offsets into the state (state only,

@@ -137,7 +137,7 @@ def _status(args: argparse.Namespace) -> int:
     state = "running" if st.running else "stopped"
     if st.running:
         state += ", reachable" if st.reachable else ", NOT reachable"
-    if st.bootstrap is None:  # (`pid=None bootstrap=None`: a QA pass)
+    if st.bootstrap is None and not st.running:  # (`pid=None bootstrap=None`: a QA pass)
         print(f"stopped: no broker was ever started with the data dir {st.data_dir}")
         return 1
     pid = f" pid={st.pid}" if st.running else ""

@@ -129,6 +129,12 @@ def test_model_versions_swapped_under_load_one_corrupt(
                         good, version=corrupt, seq=seq, key=reg.key, spec={"name": "default"}
                     )
                     m["next"] = seq + 1
+                wait_until(  # the newest until the scorer has tried it (it polls every 1 s)
+                    lambda: metrics.registry.get_sample_value(
+                        "fds_model_swaps_total", {"result": "rejected"}
+                    ),
+                    60, "the corrupt version's rejection",
+                )  # fmt: skip
             else:
                 published.append(reg.publish(model, spec={"name": "default"})["version"])
             time.sleep(0.3)

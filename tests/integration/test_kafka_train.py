@@ -352,8 +352,11 @@ def test_a_trainer_killed_and_restarted_learns_as_an_uninterrupted_one(
         db = state / "snapshots.sqlite"
         if not db.exists():
             return 0
-        with sqlite3.connect(db) as con:  # the committed checkpoint (WAL: readers see commits)
-            row = con.execute("SELECT v FROM meta WHERE k = 'checkpoint'").fetchone()
+        try:  # the committed checkpoint (WAL: readers see commits)
+            with sqlite3.connect(db) as con:
+                row = con.execute("SELECT v FROM meta WHERE k = 'checkpoint'").fetchone()
+        except sqlite3.OperationalError:  # (the file made, its tables not yet)
+            return 0
         return 0 if row is None else pickle.loads(row[0])["trainer"]["stats"]["labels_seen"]
 
     try:

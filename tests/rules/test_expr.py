@@ -123,6 +123,8 @@ def test_semantics_and_precedence(src: str, expected: bool) -> None:
         ("amount > 1 && seen", "write 'and' / 'or' for && / ||"),
         ("amount > 1 || seen", "write 'and' / 'or' for && / ||"),
         ("!seen", "write 'not' for !"),
+        ("amount =< 5", "(write <= or >=)"),
+        ("amount => 5", "(write <= or >=)"),
         ("amont > 1", "did you mean amount"),
         ("avg31 > 1", "did you mean avg"),  # the closest name, not the first alphabetically
         ("abs > 1", "is a function"),
@@ -151,6 +153,12 @@ def test_load_errors(src: str, fragment: str) -> None:
     with pytest.raises(ExprError) as ei:
         compile_expr(src, KNOWN)
     assert fragment in str(ei.value)
+
+
+def test_a_misspelt_name_gets_no_reminder_to_quote_text() -> None:
+    with pytest.raises(ExprError) as ei:
+        compile_expr("amont == 'DE'", KNOWN)
+    assert "did you mean amount" in str(ei.value) and "quoted" not in str(ei.value)
 
 
 def test_error_points_at_the_offending_spot() -> None:

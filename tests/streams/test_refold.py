@@ -22,7 +22,7 @@ from fds.rules.ruleset import FeatureSpec
 from fds.streams.align import Aligner
 from fds.streams.checkpoint import Checkpointer
 from fds.streams.kafka import KafkaSettings, Runner, _event_time
-from tests.streams.fakebroker import TOPIC, Broker, Group, Producer, Reader
+from tests.streams.fakebroker import TOPIC, Broker, Group, Producer, Reader, Record
 
 P0, P1 = TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)
 BASE = time.time() - 5000  # record timestamps within the feature horizon
@@ -303,3 +303,78 @@ def test_decisions_out_before_a_crash_are_not_made_again(tmp_path, reset_by_a_to
     assert set(ids) == set(expected)  # every record decided, none lost
     # and the state counted each record once: the decisions made again match a replay's
     assert all(d["features"] == expected[d["tx_id"]] for d in broker.out)
+
+
+def _crashed_after_deciding_the_later_ones(tmp_path: Any) -> tuple[Broker, dict[Any, list]]:
+    """The broker after a run decided the 5 later records of each partition and died before
+    committing them (offsets and marks as before that run), and the state dir ``at-crash``
+    of the checkpoint then; returns it with the later records."""
+    import shutil
+
+    _, broker, later = _ten_of_fifteen(tmp_path)
+    at_crash = dict(broker.committed), dict(broker.metadata)
+    shutil.copytree(tmp_path / "state", tmp_path / "at-crash")
+    for tp, records in later.items():
+        broker.logs[tp] += records
+    broker.polls = 0
+    broker.script = [(1, lambda g: g.rebalance({P0, P1}))]
+    runner(broker, tmp_path / "state").run(max_idle_s=0.3)
+    assert len(broker.out) == 30
+    broker.committed, broker.metadata = at_crash
+    broker.polls = 0
+    return broker, later
+
+
+class _Crash(BaseException):
+    pass
+
+
+@pytest.mark.parametrize("interruption", ["rebalance", "crash"])
+def test_a_fold_of_found_decisions_interrupted_keeps_the_rest_found(tmp_path, interruption):
+    """A review: while a restart folded the decisions it found, its commits named the
+    decisions partition's end, past those not folded yet; a rebalance (another instance
+    joining) or a crash then made them again. The commits now name the first one left."""
+    import shutil
+
+    broker, _ = _crashed_after_deciding_the_later_ones(tmp_path)
+    shutil.copytree(tmp_path / "at-crash", tmp_path / "at-crash-2")
+    if interruption == "rebalance":
+        broker.script = [(1, lambda g: g.rebalance({P0, P1})), (2, lambda g: g.rebalance({P0, P1}))]
+        runner(broker, tmp_path / "at-crash", max_poll_records=2).run(max_idle_s=0.3)
+    else:
+        commit = broker.commit
+
+        def crash_after_the_first(offsets: dict[Any, Any]) -> None:
+            commit(offsets)
+            broker.commit = commit
+            raise _Crash
+
+        broker.commit = crash_after_the_first  # type: ignore[method-assign]
+        broker.script = [(1, lambda g: g.rebalance({P0, P1}))]
+        with pytest.raises(_Crash):
+            runner(broker, tmp_path / "at-crash", max_poll_records=2).run(max_idle_s=0.3)
+        assert broker.committed != {P0: 15, P1: 15}  # cut short mid-fold
+        broker.polls = 0
+        broker.script = [(1, lambda g: g.rebalance({P0, P1}))]
+        runner(broker, tmp_path / "at-crash-2").run(max_idle_s=0.3)
+    ids = Counter(d["tx_id"] for d in broker.out)
+    assert [t for t, n in ids.items() if n > 1] == [] and len(ids) == 30
+    assert broker.committed == {P0: 15, P1: 15}
+
+
+def test_a_transaction_sent_twice_past_the_commit_is_decided_twice(tmp_path):
+    """A review: the decisions found were matched by tx_id alone, so a producer's retry of a
+    transaction (its tx_id again, a later offset) was folded as if decided: its decision
+    never made. Found decisions now match the partition's records in order."""
+    import orjson
+
+    broker, later = _crashed_after_deciding_the_later_ones(tmp_path)
+    retry = orjson.loads(later[P0][2].value)  # p0-12, sent again after p0-14
+    log0 = broker.logs[P0]
+    log0.append(Record(P0.topic, 0, len(log0), int(retry["ts"] * 1000) + 60_000, b"c1",
+                       orjson.dumps({**retry, "ts": retry["ts"] + 60}), []))  # fmt: skip
+    broker.script = [(1, lambda g: g.rebalance({P0, P1}))]
+    r = runner(broker, tmp_path / "at-crash")
+    r.run(max_idle_s=0.3)
+    assert r.stats.found_decided == 10
+    assert Counter(d["tx_id"] for d in broker.out)["p0-12"] == 2
