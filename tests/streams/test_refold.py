@@ -274,20 +274,7 @@ def test_decisions_out_before_a_crash_are_not_made_again(tmp_path, reset_by_a_to
     restart now reads the decisions past the commit's mark and folds their records instead.
     An offset committed otherwise (an operator resetting the group with Kafka's tools) carries
     no mark: everything past it is decided again, as asked."""
-    import shutil
-
-    expected, broker, later = _ten_of_fifteen(tmp_path)
-    assert broker.committed == {P0: 10, P1: 10}
-    assert all(m.startswith("fds:decisions@") for m in broker.metadata.values())
-    at_crash = dict(broker.committed), dict(broker.metadata)
-    shutil.copytree(tmp_path / "state", tmp_path / "at-crash")
-    for tp, records in later.items():
-        broker.logs[tp] += records
-    broker.polls = 0
-    broker.script = [(1, lambda g: g.rebalance({P0, P1}))]
-    runner(broker, tmp_path / "state").run(max_idle_s=0.3)  # decides the 10 later ones ...
-    assert len(broker.out) == 30
-    broker.committed, broker.metadata = at_crash  # ... but dies before committing them
+    expected, broker, _ = _crashed_after_deciding_the_later_ones(tmp_path)
     if reset_by_a_tool:
         broker.metadata = dict.fromkeys(broker.metadata, "")
     broker.polls = 0
@@ -305,24 +292,28 @@ def test_decisions_out_before_a_crash_are_not_made_again(tmp_path, reset_by_a_to
     assert all(d["features"] == expected[d["tx_id"]] for d in broker.out)
 
 
-def _crashed_after_deciding_the_later_ones(tmp_path: Any) -> tuple[Broker, dict[Any, list]]:
-    """The broker after a run decided the 5 later records of each partition and died before
-    committing them (offsets and marks as before that run), and the state dir ``at-crash``
-    of the checkpoint then; returns it with the later records."""
+def _crashed_after_deciding_the_later_ones(
+    tmp_path: Any,
+) -> tuple[dict[str, Any], Broker, dict[Any, list]]:
+    """The features of an uninterrupted run; the broker after a run decided the 5 later
+    records of each partition and died before committing them (offsets and marks as before
+    that run), and the state dir ``at-crash`` of the checkpoint then; the later records."""
     import shutil
 
-    _, broker, later = _ten_of_fifteen(tmp_path)
+    expected, broker, later = _ten_of_fifteen(tmp_path)
+    assert broker.committed == {P0: 10, P1: 10}
+    assert all(m.startswith("fds:decisions@") for m in broker.metadata.values())
     at_crash = dict(broker.committed), dict(broker.metadata)
     shutil.copytree(tmp_path / "state", tmp_path / "at-crash")
     for tp, records in later.items():
         broker.logs[tp] += records
     broker.polls = 0
     broker.script = [(1, lambda g: g.rebalance({P0, P1}))]
-    runner(broker, tmp_path / "state").run(max_idle_s=0.3)
+    runner(broker, tmp_path / "state").run(max_idle_s=0.3)  # decides the 10 later ones ...
     assert len(broker.out) == 30
-    broker.committed, broker.metadata = at_crash
+    broker.committed, broker.metadata = at_crash  # ... but dies before committing them
     broker.polls = 0
-    return broker, later
+    return expected, broker, later
 
 
 class _Crash(BaseException):
@@ -336,7 +327,7 @@ def test_a_fold_of_found_decisions_interrupted_keeps_the_rest_found(tmp_path, in
     joining) or a crash then made them again. The commits now name the first one left."""
     import shutil
 
-    broker, _ = _crashed_after_deciding_the_later_ones(tmp_path)
+    _, broker, _ = _crashed_after_deciding_the_later_ones(tmp_path)
     shutil.copytree(tmp_path / "at-crash", tmp_path / "at-crash-2")
     if interruption == "rebalance":
         broker.script = [(1, lambda g: g.rebalance({P0, P1})), (2, lambda g: g.rebalance({P0, P1}))]
@@ -368,7 +359,7 @@ def test_a_transaction_sent_twice_past_the_commit_is_decided_twice(tmp_path):
     never made. Found decisions now match the partition's records in order."""
     import orjson
 
-    broker, later = _crashed_after_deciding_the_later_ones(tmp_path)
+    _, broker, later = _crashed_after_deciding_the_later_ones(tmp_path)
     retry = orjson.loads(later[P0][2].value)  # p0-12, sent again after p0-14
     log0 = broker.logs[P0]
     log0.append(Record(P0.topic, 0, len(log0), int(retry["ts"] * 1000) + 60_000, b"c1",
