@@ -45,7 +45,35 @@ def progress_bar(
         file=sys.stderr, disable=not shown,
     ) as bar:  # fmt: skip
         if bar.disable:
-            yield bar
+            yield _Logged(bar, desc, unit) if enabled else bar
             return
         with logging_redirect_tqdm(loggers=[logging.getLogger("fds")], tqdm_class=tqdm):
             yield bar
+
+
+#: Without a terminal, how often a long task logs how far it got instead of drawing a bar.
+LOG_EVERY_S = 30.0
+
+
+class _Logged:
+    """A hidden bar's stand-in: counts as tqdm does and logs ``progress`` at INFO every
+    LOG_EVERY_S (a long `fds bench precision` into a file said nothing until its end: a README
+    walk). Everything else is the hidden bar's."""
+
+    def __init__(self, bar: Any, desc: str, unit: str) -> None:
+        import time
+
+        self._bar, self._desc, self._unit, self._clock = bar, desc, unit, time.monotonic
+        self._at = self._clock() + LOG_EVERY_S
+        self.n: float = 0
+
+    def update(self, n: float = 1) -> None:
+        self.n += n
+        if self._clock() >= self._at:
+            self._at = self._clock() + LOG_EVERY_S
+            logging.getLogger("fds.progress").info(
+                'progress task="%s" done="%d" unit="%s"', self._desc, self.n, self._unit
+            )
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._bar, name)

@@ -119,3 +119,21 @@ def test_the_bar_counts_dead_letters_and_is_current_before_a_long_wait(tmp_path,
     assert s.decided == 4 and s.transactions == 5
     assert seen_at_wait == [4]  # three decided and the dead letter, before the 10-minute wait
     assert bars[-1].n == bars[-1].total == 5
+
+
+def test_without_a_terminal_long_work_logs_how_far_it_got(monkeypatch, caplog):
+    """A README walk: `fds bench precision` into a file said nothing for 8 minutes. Without a
+    terminal there is no bar, and a line every LOG_EVERY_S says how far it got."""
+    import fds.progress
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # no terminal
+    monkeypatch.setattr(fds.progress, "LOG_EVERY_S", 0.0)
+    with caplog.at_level(logging.INFO, logger="fds.progress"):
+        with progress_bar(10, unit="tx", desc="replay", enabled=True) as bar:
+            bar.update(4)
+            bar.update(6 - bar.n)
+        with progress_bar(10, unit="tx", desc="quiet", enabled=False) as bar:
+            bar.update(3)  # (--no-progress: nothing at all)
+    said = [r.getMessage() for r in caplog.records]
+    assert said == ['progress task="replay" done="4" unit="tx"',
+                    'progress task="replay" done="6" unit="tx"']  # fmt: skip
