@@ -1833,10 +1833,9 @@ class Runner:
         starts: dict[Any, int] = {}  # decisions partition -> where the records past start
         for tp, om in committed.items():
             meta = getattr(om, "metadata", None) or ""
-            if meta.startswith(DECIDED_MARK) and meta[len(DECIDED_MARK) :].isdigit():
-                starts[TopicPartition(self.s.output_topic, tp.partition)] = int(
-                    meta[len(DECIDED_MARK) :]
-                )
+            at = meta.removeprefix(DECIDED_MARK)
+            if at != meta and at.isdigit():
+                starts[TopicPartition(self.s.output_topic, tp.partition)] = int(at)
         if not starts:  # (no commit of ours: nothing to look up, no reader made)
             return
         outs = [TopicPartition(self.s.output_topic, tp.partition) for tp in tps]
