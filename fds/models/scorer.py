@@ -649,14 +649,16 @@ class ModelServer:
 
     def _gate_verdict(self) -> bool:
         """Whether the maturity gate is open by what it holds: no gate, or enough frauds
-        learned and a full window where rules + model caught at least what the rules did (a
-        window not full yet keeps it as it is when labels are starved, see
-        _expire_contests; otherwise closed)."""
+        learned and a full window where rules + model caught at least what the rules did, or,
+        while open, no less than ``gate.margin`` of the window below it (a window not full yet
+        keeps it as it is when labels are starved, see _expire_contests; otherwise closed)."""
         gate, win = self.spec.gate, self._gate
         if not (gate.min_frauds or gate.window):
             return True
         model_caught = sum(m for m, _ in win)
         rules_caught = sum(r for _, r in win)
+        if self.acting:  # hysteresis: closes only when clearly behind (the spec's margin)
+            rules_caught -= gate.margin * len(win)
         judged = model_caught >= rules_caught if len(win) >= gate.window else self._gate_starved
         return self._gate_frauds >= gate.min_frauds and judged
 

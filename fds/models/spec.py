@@ -120,12 +120,15 @@ class GatePolicy:
     The score acts once the champion has learned ``min_frauds`` fraud labels *and*, over the
     last ``window`` fraud labels that arrived, rules + model (the policy's combination) caught
     at least as many within the daily alert budget (``promote.alert_budget_per_day``) as the
-    rules alone; it goes back to shadow while they catch fewer. The defaults (0, 0) act at
-    once (no gate).
+    rules alone; once acting, it goes back to shadow only when their recall at the budget
+    falls more than ``margin`` below the rules' (hysteresis: a combination level with the
+    rules, within a label or two, would otherwise open and close the gate on every fraud
+    label). The defaults (0, 0) act at once (no gate).
     """
 
     min_frauds: int = 0
     window: int = 0
+    margin: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -383,6 +386,10 @@ def _policy(cls: type, raw: Any, source: str, node: yaml.Node | None, section: s
             elif k == "legit_sample_rate":
                 if type(v) not in (int, float) or not 0.0 < v <= 1.0:
                     raise ValueError(f"must be a number in (0, 1], got {v!r}")
+                v = float(v)
+            elif k == "margin":
+                if type(v) not in (int, float) or not 0.0 <= v < 1.0:
+                    raise ValueError(f"must be a number in [0, 1), e.g. 0.05, got {v!r}")
                 v = float(v)
             elif k == "auto":
                 if type(v) is not bool:

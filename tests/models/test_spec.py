@@ -123,6 +123,8 @@ def test_spec_errors_name_file_and_line(text: str, where: str, needle: str) -> N
         ("promote", 'auto: "false"', "promote.auto: must be true or false, got 'false'"),
         ("gate", "window: true", "gate.window: must be a whole number of at least 0, got True"),
         ("gate", "min_frauds: 99.9", "gate.min_frauds: must be a whole number of at least 0"),
+        ("gate", "margin: 5", "gate.margin: must be a number in [0, 1), e.g. 0.05, got 5"),
+        ("gate", "margin: true", "gate.margin: must be a number in [0, 1)"),
         ("publish", "every_labels: 2.7", "publish.every_labels: must be a whole number of at"),
         ("learn", "legit_sample_rate: true", "learn.legit_sample_rate: must be a number in"),
         ("learn", "ttl: -5", "learn.ttl: must be a duration of 0 or more"),
@@ -191,7 +193,7 @@ def test_gate_section_parses_and_defaults_to_no_gate() -> None:
         "gate:\n  min_frauds: 40\n  window: 25\n"
     )
     assert (spec.gate.min_frauds, spec.gate.window) == (40, 25)
-    assert spec.to_dict()["gate"] == {"min_frauds": 40, "window": 25}
+    assert spec.to_dict()["gate"] == {"min_frauds": 40, "window": 25, "margin": 0.05}
     bare = parse_spec("name: x\npipeline:\n  - linear_model.LogisticRegression: {}\n")
     assert (bare.gate.min_frauds, bare.gate.window) == (0, 0)
 
