@@ -29,7 +29,7 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 __all__ = ["BudgetRank", "Contest"]
 
@@ -85,10 +85,17 @@ class Contest:
             return "promote" if self.caught_candidate >= self.caught_incumbent else "reject"
         return "rollback" if self.caught_incumbent < self.caught_candidate else "confirm"
 
-    def figures(self) -> dict[str, float | int]:
+    def figures(self) -> dict[str, Any]:
+        """The contest's versions and recalls at the budget, named for what they are: a
+        probation's incumbent is the version ``on_probation``, its candidate the
+        ``predecessor`` a rollback returns to (not a "candidate" of anything)."""
         n = max(self.n, 1)
+        shadow = self.kind == "shadow"
+        a, b = ("incumbent", "candidate") if shadow else ("on_probation", "predecessor")
         return {
             "labels": self.n,
-            "recall_at_budget_incumbent": round(self.caught_incumbent / n, 4),
-            "recall_at_budget_candidate": round(self.caught_candidate / n, 4),
+            f"recall_at_budget_{a}": round(self.caught_incumbent / n, 4),
+            f"recall_at_budget_{b}": round(self.caught_candidate / n, 4),
+            a: self.incumbent,
+            b: self.candidate,
         }

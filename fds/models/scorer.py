@@ -848,7 +848,7 @@ class ModelServer:
     def _judge_shadow(self, verdict: str, why: str = "promoted: precision >= champion") -> None:
         c = self.contest
         assert c is not None
-        info = {**c.figures(), "incumbent": c.incumbent, "candidate": c.candidate}
+        info = c.figures()
         self.history.append({"verdict": verdict, **info})
         if verdict == "reject":
             self._drop_challenger("reject", "precision below champion", info)
@@ -879,7 +879,7 @@ class ModelServer:
     def _judge_probation(self, verdict: str, why: str | None = None) -> None:
         p = self.probation
         assert p is not None
-        info = {**p.figures(), "incumbent": p.incumbent, "candidate": p.candidate}
+        info = p.figures()
         if why:
             info["why"] = why
         self.history.append({"verdict": verdict, **info})
@@ -912,10 +912,13 @@ class ModelServer:
                 m.model_swap("rejected")
             elif kind == "drift":
                 m.drift()
-            elif kind in ("promote", "reject", "rollback", "confirm") and "candidate" in info:
+            elif kind in ("promote", "reject") and "candidate" in info:
                 # (a challenger dropped because shadow scoring raised has no contest figures)
                 m.model_precision("champion", "contest", info["recall_at_budget_incumbent"])
                 m.model_precision("challenger", "contest", info["recall_at_budget_candidate"])
+            elif kind in ("rollback", "confirm"):  # the version on trial was the champion
+                m.model_precision("champion", "contest", info["recall_at_budget_on_probation"])
+                m.model_precision("challenger", "contest", info["recall_at_budget_predecessor"])
             elif kind == "gate" and "recall_at_budget_rules" in info:
                 # (a gate opened on the trainer's count, without labels, has no figures)
                 m.model_precision("champion", "gate", info["recall_at_budget_with_model"])

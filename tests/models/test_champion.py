@@ -97,6 +97,23 @@ def test_better_challenger_is_promoted_after_shadow_then_confirmed() -> None:
     assert served == sorted(served)
 
 
+def test_rollback_sets_the_contest_precision_of_both_versions() -> None:
+    srv, s = _server(FeatureModel("f_a"))
+    srv.metrics = m = Metrics()
+    srv.offer(_pub(FeatureModel("f_b"), 2))
+    s.run(60, {"f_a": 1.0, "f_b": 1.0})
+    s.run(60, {"f_a": 1.0, "f_b": 0.0})
+    assert srv.stats["rollback"] == 1
+
+    def got(model: str) -> float | None:
+        return m.registry.get_sample_value(
+            "fds_model_precision", {"model": model, "window": "contest"}
+        )
+
+    assert got("champion") == srv.history[-1]["recall_at_budget_on_probation"]
+    assert got("challenger") == srv.history[-1]["recall_at_budget_predecessor"]
+
+
 def test_worse_challenger_is_rejected() -> None:
     srv, s = _server(FeatureModel("f_a"))
     srv.metrics = m = Metrics()  # as in replay and `fds run`: a lost contest raised KeyError
@@ -119,6 +136,11 @@ def test_promoted_model_that_gets_worse_is_rolled_back() -> None:
     s.run(60, {"f_a": 1.0, "f_b": 0.0})  # fraud changes: only the predecessor still catches it
     assert [h["verdict"] for h in srv.history] == ["promote", "rollback"]
     assert srv.version == "v000001" and srv.stats["rollback"] == 1
+    # named for what they are (the log line called the version returned to "candidate")
+    rb = srv.history[1]
+    assert (rb["on_probation"], rb["predecessor"]) == ("v000002", "v000001")
+    assert rb["recall_at_budget_on_probation"] < rb["recall_at_budget_predecessor"]
+    assert "candidate" not in rb and "incumbent" not in rb
 
 
 def test_newest_queued_version_gets_its_turn() -> None:
