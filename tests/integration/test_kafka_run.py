@@ -435,6 +435,67 @@ def test_a_record_whose_dead_letter_would_be_too_large_does_not_stop_the_run(
     assert dead == ["parse", "validate"]
 
 
+def _set_topic_config(bootstrap: str, topic: str, **configs: str) -> None:
+    from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs=configs)])
+    finally:
+        admin.close()
+
+
+@pytest.mark.parametrize("exactly_once", [False, True], ids=["at-least-once", "exactly-once"])
+def test_a_decision_the_broker_refuses_stops_the_run_short_of_it(
+    kafka_bootstrap, topics, unique_name, exactly_once
+):
+    """RELIABILITY test 3: a stage fails on message k, here the last one (the broker refuses
+    k's decision: larger than the decisions topic now takes). The offset of k is not committed
+    past; after the fix (the topic's limit raised) and a restart, k..n are decided."""
+    group = unique_name("g")
+    settings = settings_for(kafka_bootstrap, topics, group, exactly_once=exactly_once)
+    p = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+
+    def send(txs: list[dict[str, Any]]) -> None:
+        for tx in txs:
+            p.send(topics["transactions"], key=b"c", value=orjson.dumps(tx)).get(30)
+
+    def tx(tx_id: str, i: int) -> dict[str, Any]:
+        return {"tx_id": tx_id, "ts": T0 + i, "card_id": "c", "amount": 5}
+
+    send([tx(f"a{i}", i) for i in range(20)])
+    assert Runner(settings, Engine()).run(max_idle_s=2).decided == 20
+    # an ordinary decision alone in its batch fits; k's, 1,000 bytes longer, does not
+    ordinary = max(len(r.value) + len(r.key) for r in read_all(
+        kafka_bootstrap, topics["decisions"]))  # fmt: skip
+    _set_topic_config(kafka_bootstrap, topics["decisions"], **{
+        "max.message.bytes": str(ordinary + 600)})  # fmt: skip
+    send([tx("k" * 1000, 20)])  # alone in the input, so alone in its batch of decisions
+    runner = Runner(settings, Engine())
+    t, errors = run_in_thread(runner)
+    t.join(60)
+    assert not t.is_alive(), "fds run went on past a decision the broker refused"
+    assert len(errors) == 1, errors
+    assert "failed" in str(errors[0]) and "TooLarge" in str(errors[0]), errors[0]
+    send([tx(f"b{i}", 21 + i) for i in range(10)])  # k+1..n, while fds run is down
+    (k,) = [r for r in read_all(kafka_bootstrap, topics["transactions"]) if b"kkk" in r.value]
+    tp = TopicPartition(k.topic, k.partition)
+    c = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group)
+    try:
+        assert c.committed(tp) == k.offset  # not past k
+        _set_topic_config(kafka_bootstrap, topics["decisions"], **{
+            "max.message.bytes": "1048588"})  # the fix (Kafka's default) # fmt: skip
+        assert Runner(settings, Engine()).run(max_idle_s=2).decided == 11  # k..n
+        assert c.committed(tp) == k.offset + 11
+    finally:
+        c.close()
+    ids = [f"a{i}" for i in range(20)] + ["k" * 1000] + [f"b{i}" for i in range(10)]
+    _, dups = decisions_by_tx(
+        kafka_bootstrap, topics["decisions"], ids, committed_only=exactly_once
+    )
+    assert dups == 0
+
+
 def test_records_of_an_aborted_upstream_transaction_are_not_decided(
     kafka_bootstrap, topics, unique_name
 ):
