@@ -54,6 +54,9 @@ class SideResult(Alerts):
     rule_fraud_hits: Counter[str] = field(default_factory=Counter)
     #: Per rule id: transactions it raised on (each one a dead letter, ``actions[DEAD_LETTER]``).
     rule_errors: Counter[str] = field(default_factory=Counter)
+    #: Per shadow rule id: transactions it raised on (counted only; active, each would be a
+    #: dead letter: they were not shown, so a rule was promoted blind, a QA pass).
+    shadow_errors: Counter[str] = field(default_factory=Counter)
     #: Per rule id: transactions it was skipped on because a name it reads was missing (an
     #: empty cell is missing: a rule on ``extra.x == ''`` never fires, a QA pass).
     rule_missing: Counter[str] = field(default_factory=Counter)
@@ -267,14 +270,18 @@ def backtest(
     engine = Engine(features=features, rules=both, policy=both)
     txs = stream.transactions = list(stream.transactions)  # read twice: run, then the span
     rulesets = (candidate, baseline)
-    before = [(rs.missing_counts, Counter(rs.missing_names())) for rs in rulesets]
+    before = [
+        (Counter(rs.missing_counts), Counter(rs.missing_names()), Counter(rs.error_counts))
+        for rs in rulesets
+    ]
     run(engine, stream, collector, _Null(), source="backtest", progress=progress)
     sides = (collector.cand, collector.base)
-    for side, rs, (was, names_was) in zip(sides, rulesets, before, strict=True):
-        for rid, n in rs.missing_counts.items():
-            if n > was.get(rid, 0):
-                side.rule_missing[rid] = n - was.get(rid, 0)
+    for side, rs, (was, names_was, errors_was) in zip(sides, rulesets, before, strict=True):
+        side.rule_missing = Counter(rs.missing_counts) - was
         side.names_missing = Counter(rs.missing_names()) - names_was
+        shadow = {r.id for r in rs.rules if r.spec.state == "shadow"}
+        errors = Counter(rs.error_counts) - errors_was
+        side.shadow_errors = Counter({k: n for k, n in errors.items() if k in shadow})
     days = (txs[-1]["ts"] - txs[0]["ts"]) / 86400.0 if len(txs) > 1 else 0.0
     collector.cand.days = collector.base.days = days
     ids = [r.id for r in baseline.rules]

@@ -266,6 +266,13 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
                 "dead letter, not a decision (guard it: `avg > 0 and amount / avg > 3`)",
                 file=out,
             )
+        for rid, n in sorted(side.shadow_errors.items()):
+            print(
+                f"{name} shadow rule {rid} raised on {n} transaction(s): counted only while in "
+                "shadow; made active, each would be a dead letter (guard it: "
+                "`avg > 0 and amount / avg > 3`)",
+                file=out,
+            )
     listed = r.changed if args.examples is None else r.changed[: args.examples]
     more = (
         f"; {len(listed)} shown (--examples N or all, --changed-out FILE for the list)"

@@ -217,6 +217,31 @@ def test_backtest_counts_the_transactions_a_rule_raises_on(tmp_path: Path, capsy
     assert rows["precision"] == ["-", "100.0%"] and rows["recall"] == ["0.0%", "50.0%"], rows
 
 
+def test_backtest_counts_what_a_shadow_rule_raises_on(tmp_path: Path, capsys) -> None:
+    """A shadow rule that raised was invisible in a backtest (a QA pass): promoted, it would
+    have made those transactions dead letters."""
+    data = tmp_path / "h.jsonl"
+    txs = [
+        {"tx_id": f"t{i}", "ts": 1767225600 + i, "card_id": "c", "amount": 100, "extra": e}
+        for i, e in enumerate([{"k": 1}, {"k": 1}, {"k": 3}, {}])
+    ]
+    data.write_text("".join(json.dumps(t) + "\n" for t in txs))
+    base, cand = tmp_path / "base.yaml", tmp_path / "cand.yaml"
+    base.write_text(BASELINE)
+    cand.write_text(
+        BASELINE.replace("version: base", "version: cand")
+        + "  - {id: ratio, when: amount / (extra.k - 1) > 10, action: decline, score: 0.9,"
+        " reason: r, state: shadow}\n"
+    )
+    argv = ["rules", "backtest", "--candidate", str(cand), "--baseline", str(base), str(data)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "candidate shadow rule ratio raised on 2 transaction(s)" in out, out
+    assert "made active, each would be a dead letter" in out
+    # shadow: no effect on the decisions (no dead-letter row)
+    assert not any(line.startswith("dead letters") for line in out.splitlines()), out
+
+
 def _history(tmp_path: Path, n: int = 60) -> Path:
     """``n`` transactions of one card a minute apart, amounts 10, 20, ..., every 4th without
     ``extra.addr`` (as a CSV's empty cell)."""
