@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import re
 import reprlib
+from collections.abc import Mapping
 from datetime import UTC, datetime, tzinfo
 from decimal import Decimal
 from typing import Annotated, Any, Literal, NotRequired
@@ -53,6 +54,7 @@ __all__ = [
     "loads_record",
     "parse_label",
     "parse_transaction",
+    "read_fields",
 ]
 
 Action = Literal["approve", "review", "decline"]
@@ -300,6 +302,30 @@ def parse_transaction(raw: Any, tz: tzinfo = UTC) -> dict[str, Any]:
         for k in [k for k, v in tx.items() if v == ""]:  # `"device_id": ""` was one device of
             tx[k] = None  # every transaction without one: a QA leftover)
     return tx
+
+
+#: What a transaction must hold besides the fields :func:`read_fields` is asked about.
+_FILLER = {"tx_id": "t", "ts": 0, "card_id": "c", "amount": 1.0}
+
+
+def read_fields(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` with each contract field in it (not ``ts``, ``extra``) read as a transaction's
+    field is: a numeric id as its text, an amount written as text as a number, an empty text
+    as missing (a rule's inline test compared the raw YAML value: ``mcc: 6051`` missed a rule
+    on ``mcc in ['6051']`` that every such transaction hit, a QA pass). Raises
+    :class:`fds.errors.ValidationError` for a value no transaction can hold.
+
+    >>> read_fields({"mcc": 6051, "amount": "100", "device_id": "", "card_count_1h": 3})
+    {'mcc': '6051', 'amount': 100.0, 'device_id': None, 'card_count_1h': 3}
+    """
+    given = {k: v for k, v in values.items() if k in TX_FIELDS and k not in ("ts", "extra")}
+    if not given:
+        return dict(values)
+    try:
+        tx = parse_transaction({**_FILLER, **given})
+    except ValidationError as e:
+        raise ValidationError(f"no transaction holds it: {e}") from None
+    return {**values, **{k: tx[k] for k in given}}
 
 
 #: Past this a float no longer holds every integer: an id read as one may have lost digits.

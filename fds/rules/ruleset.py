@@ -44,7 +44,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fds import yamlio
-from fds.errors import ConfigError
+from fds.errors import ConfigError, ValidationError
 from fds.features.spec import (  # one definition of each
     AGGS,
     FIELD_AGGS,
@@ -66,7 +66,7 @@ from fds.rules.expr import (
     build_evaluator,
     compile_expr,
 )
-from fds.schema import TX_FIELDS
+from fds.schema import TX_FIELDS, read_fields
 from fds.timeutil import DURATION_PATTERN, get_zone, parse_ts
 
 __all__ = [
@@ -658,6 +658,8 @@ class Ruleset:
                     values = self._test_values(t.given)
                     got = "hit" if r.expr.evaluate(values) else "miss"
                     out.append(TestResult(r.id, i, t.expect, got, where))
+                except ValidationError as e:
+                    out.append(TestResult(r.id, i, t.expect, "miss", where, f"given {e}"))
                 except MissingName:
                     out.append(TestResult(r.id, i, t.expect, "miss", where))
                 except RUNTIME_ERRORS as e:
@@ -665,7 +667,9 @@ class Ruleset:
         return out
 
     def _test_values(self, given: Mapping[str, Any]) -> dict[str, Any]:
-        values = dict(given)
+        """A test's ``given`` as the engine reads a transaction: its contract fields as the
+        schema reads them, ``extra.NAME`` keys into ``extra``, built-ins from ``ts``."""
+        values = read_fields(given)
         extra = dict(values.get("extra") or {})
         for k in list(values):
             if k.startswith("extra."):

@@ -239,6 +239,36 @@ def test_failing_inline_test_rejects_the_file_when_tests_are_required() -> None:
         load_ruleset_text(text, "r.yaml", run_tests=True)
 
 
+def test_inline_tests_read_given_values_as_the_engine_reads_a_transaction() -> None:
+    """A test compared the raw YAML value: `mcc: 6051` missed `mcc in ['6051']`, which every
+    transaction with that mcc hits (numeric ids are read as text), and failed a correct file
+    at hot reload (a QA pass)."""
+    text = textwrap.dedent("""\
+        version: "1"
+        rules:
+          - id: mcc
+            when: "mcc in ['6051', '7995']"
+            action: review
+            score: 0.5
+            reason: r
+            tests:
+              - {given: {mcc: 6051}, expect: hit}
+              - {given: {mcc: ""}, expect: miss}
+          - id: card
+            when: "card_id == '42' and amount == 100"
+            action: review
+            score: 0.5
+            reason: r
+            tests:
+              - {given: {card_id: 42, amount: "100"}, expect: hit}
+              - {given: {card_id: 42, amount: "abc"}, expect: miss}
+        """)
+    results = load_ruleset_text(text, "r.yaml").run_tests()
+    assert [t.passed for t in results] == [True, True, True, False]
+    assert results[3].error is not None
+    assert results[3].error.startswith("given no transaction holds it: amount:"), results[3].error
+
+
 def test_feature_spec_model_for_the_features_area() -> None:
     f = FeatureSpec(name="x", entity="card_id", agg="distinct", field="merchant_id", window="7d")
     assert f.window_seconds == 7 * 86400
