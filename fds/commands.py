@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fds.cli import folder, labels_not_input, positive_int, same_file, seed
 from fds.features.plan import read_field
@@ -18,6 +18,9 @@ from fds.metrics import Metrics, add_metrics_arguments, serve
 from fds.pipeline import DEFAULT_MODEL, DEFAULT_RULES, build_engine
 from fds.streams.files import JsonlSink, check_transaction_columns, load_mapping
 from fds.timeutil import format_ts
+
+if TYPE_CHECKING:
+    from fds.replay import ReplaySummary
 
 __all__ = ["register"]
 
@@ -256,7 +259,11 @@ def _replay(args: argparse.Namespace) -> int:
         f"decisions: {args.out}" + (f"  dead letters: {dlq_path}" if summary.dead_letters else ""),
         file=sys.stderr,
     )
-    if summary.fraud_labels and not summary.frauds and not summary.interrupted:
+    if (
+        summary.fraud_labels
+        and not (summary.frauds or summary.dead_frauds)
+        and not summary.interrupted
+    ):
         print(
             f"fds replay: warning: none of the {summary.fraud_labels:,} transactions labelled "
             "fraud was decided: check that the labels' tx_id are those of the transactions "
@@ -294,7 +301,7 @@ def _replay(args: argparse.Namespace) -> int:
             "check the names against the file's columns (or --mapping)",
             file=sys.stderr,
         )
-    never = _never_evaluated(engine, metrics, summary.decided)
+    never = _never_evaluated(engine, metrics, summary)
     if never:  # (10 of 14 default rules never fired on a file without channel, mcc or device,
         shown = ", ".join(f"{rid} ({why})" for rid, why in never[:5])  # a QA pass; each with
         more = f" and {len(never) - 5} more" if len(never) > 5 else ""  # what was missing)
@@ -421,15 +428,22 @@ def _watch_fields(stream: Any, features: Any) -> Callable[[], tuple[list[tuple[s
     return absent
 
 
-def _never_evaluated(engine: Any, metrics: Metrics, decided: int) -> list[tuple[str, str]]:
-    """The rules skipped for a missing input on every decided transaction, each with the names
-    that were missing (``fds_rule_missing_inputs_total`` counts the skips)."""
+def _never_evaluated(
+    engine: Any, metrics: Metrics, summary: ReplaySummary
+) -> list[tuple[str, str]]:
+    """The rules skipped for a missing input on every transaction that ran them, each with the
+    names that were missing (``fds_rule_missing_inputs_total`` counts the skips). A rule ran on
+    the decided transactions, those a stage after the rules dead-lettered, and those a rule
+    after it raised on (counting the decided ones only, a rule before one that raised was said
+    skipped on every transaction though it hit others: a QA pass)."""
     ruleset = getattr(engine.rules, "applied", engine.rules)
-    if ruleset is None or not decided:
+    if ruleset is None or not summary.decided:
         return []
     get = metrics.registry.get_sample_value
-    return [
-        (r.id, ruleset.why_skipped(r.id))
-        for r in ruleset.evaluated
-        if (get("fds_rule_missing_inputs_total", {"rule": r.id}) or 0) >= decided
-    ]
+    ran = summary.decided + summary.dead_after_rules + sum(summary.dead_by_rule.values())
+    never = []
+    for r in ruleset.evaluated:  # (in order: the rules after one that raised did not run)
+        if (get("fds_rule_missing_inputs_total", {"rule": r.id}) or 0) >= ran:
+            never.append((r.id, ruleset.why_skipped(r.id)))
+        ran -= summary.dead_by_rule.get(r.id, 0)
+    return never

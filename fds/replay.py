@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from fds.engine import Engine
-from fds.errors import ConfigError, StageError, ValidationError
+from fds.errors import ConfigError, RuleError, StageError, ValidationError
 from fds.gcpolicy import Freezer
 from fds.progress import progress_bar
 from fds.schema import dead_letter, parse_label, parse_transaction
@@ -211,6 +211,11 @@ class ReplaySummary(Alerts):
     reordered: int = 0
     frauds: int | None = None  # known frauds among decided transactions (when labels exist)
     fraud_labels: int = 0  # distinct transactions labelled fraud (decided or not)
+    dead_frauds: int = 0  # of those, transactions read but dead-lettered (not decided)
+    # transactions dead-lettered by a rule that raised (per rule id: the rules before it ran
+    # on them), and by a stage after the rules (every rule ran on them)
+    dead_by_rule: Counter[str] = field(default_factory=Counter)
+    dead_after_rules: int = 0
     alerted_frauds: int | None = None
     late: int = 0
     demoted: list[str] = field(default_factory=list)  # by the rate breaker, still demoted
@@ -225,9 +230,11 @@ class ReplaySummary(Alerts):
 
     @property
     def unmatched_frauds(self) -> int:
-        """Fraud labels whose ``tx_id`` no decided transaction has (a different spelling of
-        the ids, or labels of another file)."""
-        return max(0, self.fraud_labels - (self.frauds or 0)) if self.frauds is not None else 0
+        """Fraud labels whose ``tx_id`` no transaction read has (a different spelling of the
+        ids, or labels of another file); those of dead-lettered transactions are apart."""
+        if self.frauds is None:
+            return 0
+        return max(0, self.fraud_labels - self.frauds - self.dead_frauds)
 
     def rows(self) -> list[tuple[str, str]]:
         """The summary as (name, value) rows, for a table."""
@@ -282,6 +289,11 @@ class ReplaySummary(Alerts):
                 *(
                     [("  fraud labels of no transaction", f"{self.unmatched_frauds:,}")]
                     if self.unmatched_frauds and not self.interrupted  # (some not reached yet)
+                    else []
+                ),
+                *(  # (they were "of no transaction", sending the user after the ids: a QA pass)
+                    [("  fraud labels of dead letters", f"{self.dead_frauds:,}")]
+                    if self.dead_frauds
                     else []
                 ),
                 ("precision (alerts)", pct(self.precision)),
@@ -539,7 +551,7 @@ def _run(
     dead = stream.dead_letters
     lines = stream.lines
     truth = stream.truth
-    alerted_frauds = total_frauds = learned = 0
+    alerted_frauds = total_frauds = learned = dead_frauds = dead_after_rules = 0
     model_learned = _model_learned(engine)
     trainer = getattr(engine.model, "trainer", None)
     learn_errors = trainer.stats["learn_errors"] if trainer is not None else 0
@@ -612,6 +624,11 @@ def _run(
                         )
                     )
                     d = None
+                    dead_frauds += tx["tx_id"] in truth
+                    if isinstance(e.cause, RuleError):
+                        s.dead_by_rule[e.cause.rule] += 1
+                    else:
+                        dead_after_rules += e.stage not in ("features", "rules")
                 else:
                     sink.write(d)
                 seen = i + 1  # (not before: a Ctrl-C while it waits leaves it unread)
@@ -675,9 +692,10 @@ def _run(
         s.learn_errors = trainer.stats["learn_errors"] - learn_errors
         s.learn_error = trainer.last_learn_error
     s.demoted = sorted(engine.demoted)
+    s.dead_after_rules = dead_after_rules
     if truth:
         s.frauds, s.alerted_frauds = total_frauds, alerted_frauds
-        s.fraud_labels = len(truth)
+        s.fraud_labels, s.dead_frauds = len(truth), dead_frauds
     return s
 
 

@@ -1,5 +1,6 @@
 import contextlib
 import io
+import json
 import re
 import sys
 
@@ -834,6 +835,37 @@ def test_rules_skipped_on_every_transaction_are_named(history, tmp_path, capsys)
     assert "1 rule(s) were skipped on every transaction, a name they read missing from each: " \
         f"web (channel missing on {n:,})" in err, err  # fmt: skip
     assert "big (" not in err  # only the name that was missing is named, not amount
+
+
+def test_transactions_a_rule_raised_on_do_not_make_false_warnings(tmp_path, capsys):
+    """A QA pass: with an active rule raising on some transactions (dead letters), a rule
+    before it that hit another was said "skipped on every transaction" (its skips on the dead
+    letters counted against the decided transactions only), and a fraud label of a
+    dead-lettered transaction was "of no transaction", the ids to be checked."""
+    rows = [("a", 1, None), ("b", 1, None), ("c", 2, "x"), ("d", 2, "y")]
+    data, labels = tmp_path / "tx.jsonl", tmp_path / "labels.jsonl"
+    data.write_text("".join(json.dumps(
+        {"tx_id": i, "ts": T0 + n, "card_id": f"c{n}", "amount": 10, "k": k}
+        | ({"tag": tag} if tag else {})) + "\n" for n, (i, k, tag) in enumerate(rows)))  # fmt: skip
+    labels.write_text(json.dumps({"tx_id": "a", "ts": T0 + 30, "is_fraud": True}) + "\n")
+    rules = tmp_path / "r.yaml"
+    rules.write_text(
+        "version: r\ntimezone: UTC\nrules:\n"
+        "  - {id: tagged, when: \"extra.tag == 'x'\", action: review, score: 0.7, reason: r}\n"
+        "  - {id: ratio, when: amount / (extra.k - 1) > 1000, action: review, score: 0.6,"
+        " reason: r}\n"
+        "  - {id: web, when: \"channel == 'web'\", action: review, score: 0.6, reason: r}\n"
+    )
+    argv = ["replay", str(data), "--labels", str(labels), "--rules", str(rules), "--model",
+            "none", "--no-progress", "--out", str(tmp_path / "o.jsonl")]  # fmt: skip
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    err, out = captured.err, captured.out
+    # web ran on c and d only (ratio raised first on a and b): skipped on every one of them
+    assert "1 rule(s) were skipped on every transaction" in err and "web (" in err, err
+    assert "tagged (" not in err  # it hit c
+    assert "none of the 1 transactions labelled fraud was decided" not in err
+    assert "fraud labels of dead letters" in out and "fraud labels of no transaction" not in out
 
 
 def test_an_encoding_that_cannot_read_the_file_is_said_before_anything_is_decided(tmp_path, capsys):
