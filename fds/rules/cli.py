@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -79,6 +80,14 @@ def register(subparsers: Any) -> None:
     bt.set_defaults(func=_backtest)
 
 
+def _rules_files(folder: Path) -> Iterator[Path]:
+    """The rules files of ``folder``: ``.yaml`` and ``.yml`` in any case, not hidden ones (an
+    editor's lock file ``.#a.yaml`` failed the check, and ``A.YML`` was left out: a QA pass)."""
+    for p in folder.iterdir():
+        if not p.name.startswith(".") and p.suffix.lower() in (".yaml", ".yml"):
+            yield p
+
+
 def _check(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     missing = [f for f in args.files or () if not f.exists()]
@@ -86,7 +95,7 @@ def _check(args: argparse.Namespace, out: TextIO | None = None) -> int:
         raise ConfigError(f"{missing[0]}: no such file: give the path of a rules YAML file")
     files = []
     for f in args.files or [DEFAULT_RULES]:  # a folder: its rules files (it said "no such file")
-        found = sorted([*f.glob("*.yaml"), *f.glob("*.yml")]) if f.is_dir() else [f]
+        found = sorted(_rules_files(f)) if f.is_dir() else [f]
         files += found or [f]
     failed = 0
     for f in files:
@@ -162,10 +171,11 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
     for name in inputs:
         p = getattr(args, name)
         if p is not None and not p.is_file():
+            what = "a folder" if p.is_dir() else "no such file"  # (a folder: "no such file")
             raise ConfigError(
-                f"--{name} {p}: no such file"
+                f"--{name} {p}: {what}: give a file"
                 if name != "file"
-                else f"{p}: no such file: give a historical transactions file"
+                else f"{p}: {what}: give a historical transactions file"
             )
     cand = load_ruleset(args.candidate, run_tests=True)
     base = load_ruleset(args.baseline, run_tests=True)

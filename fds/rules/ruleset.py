@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import keyword
 import logging
 import math
 import re
@@ -802,6 +803,12 @@ def _check_semantics(spec: RulesFile, filename: str, marks: Mapping) -> None:
             )
         if reserved(f.name):  # (`_f` passed the check, then stopped the replay: a QA pass)
             raise fail(f"feature name {f.name!r}: {RESERVED}", ("features", i, "name"))
+        if keyword.iskeyword(f.name):  # (a rule `True > 0` read the constant: a QA pass)
+            raise fail(
+                f"feature name {f.name!r} is a word of the expression language, which no rule "
+                "could read as a name: rename it",
+                ("features", i, "name"),
+            )
         if f.name in seen:
             raise fail(f"duplicate feature {f.name!r}: rename or remove one", ("features", i))
         seen.add(f.name)

@@ -83,6 +83,12 @@ def test_check_a_folder_checks_its_rules_files(tmp_path: Path, capsys) -> None:
     (tmp_path / "sub").mkdir()
     assert main(["rules", "check", str(tmp_path / "sub")]) == 1
     assert "a folder with no .yaml file" in capsys.readouterr().out
+    # hidden files (an editor's lock link) are no rules files; a suffix in capitals is one
+    (tmp_path / "sub" / ".#a.yaml").symlink_to("user@host.1234")
+    (tmp_path / "sub" / "C.YML").write_text(BASELINE)
+    assert main(["rules", "check", str(tmp_path / "sub")]) == 0
+    out = capsys.readouterr().out
+    assert "C.YML" in out and ".#a.yaml" not in out
 
 
 def test_backtest_end_to_end(tmp_path: Path, capsys) -> None:
@@ -135,6 +141,9 @@ def test_backtest_usage_errors(tmp_path: Path, capsys) -> None:
         == 2
     )
     assert "no such file" in capsys.readouterr().err
+    argv = ["rules", "backtest", "--candidate", str(tmp_path), "--baseline", str(base)]
+    assert main([*argv, str(base)]) == 2  # a folder was "no such file" (a QA pass)
+    assert f"--candidate {tmp_path}: a folder: give a file" in capsys.readouterr().err
     with pytest.raises(SystemExit) as ei:
         main(["rules", "backtest", str(tmp_path / "x.jsonl")])  # --candidate missing
     assert ei.value.code == 2

@@ -177,6 +177,8 @@ def test_nan_in_extra_is_missing() -> None:
         (("timezone: Asia/Seoul", "timezone: Mars/Base"), "r.yaml:2:11", "unknown timezone"),
         (("id: night", "id: spike"), "r.yaml:17:9", "duplicate rule id"),
         (("{name: c1h,", "{name: amount,"), "r.yaml:4:12", "taken by a built-in"),
+        (("{name: c1h,", "{name: lambda,"), "r.yaml:4:12", "a word of the expression language"),
+        (("{name: c1h,", '{name: "True",'), "r.yaml:4:12", "a word of the expression language"),
         (("given: {amount: 900,", "given: {amont: 900,"), "r.yaml:15:18", "unknown name 'amont'"),
         (('version: "t.1"\n', 'version: "t.1"\nversion: 2\n'), "r.yaml:2:1", "duplicate key"),
         (("rules:\n", "rules:\n  - [oops\n"), "r.yaml:10:7", "YAML syntax error"),
