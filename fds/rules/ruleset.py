@@ -148,6 +148,17 @@ class FeatureSpec(_Strict):
         """The sliding window length in seconds; None for ``calendar_day``."""
         return window_seconds(self.window, f"feature {self.name!r}")
 
+    # One feature however its window is written: `90s` and `1.5m`, `2w` and `14d` were
+    # "feature declarations changed" to a hot reload (a QA pass).
+    def _key(self) -> tuple[Any, ...]:
+        return (self.name, self.entity, self.agg, self.field, self.window_seconds)
+
+    def __eq__(self, other: object) -> bool:
+        return self._key() == other._key() if isinstance(other, FeatureSpec) else NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
 
 class RuleTest(_Strict):
     """An inline test: the values a rule reads, and whether it must fire."""

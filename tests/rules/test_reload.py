@@ -381,7 +381,9 @@ def test_features_in_another_order_are_the_same_features(tmp_path: Path) -> None
     rs = ReloadingRuleset(p, start=False, settle_seconds=0)
     write(p, rules("v2", 100) + "features:\n" + b + a)
     assert rs.check_now() == "ok"
-    write(p, rules("v3", 100) + "features:\n" + b + a.replace("1h", "3h"))
+    write(p, rules("v3", 100) + "features:\n" + b.replace("2h", "120m") + a)
+    assert rs.check_now() == "ok"  # one window written otherwise (was "changed": a QA pass)
+    write(p, rules("v4", 100) + "features:\n" + b + a.replace("1h", "3h"))
     assert rs.check_now() == "rejected"
     assert "feature declarations changed (a)" in str(rs.last_error)
     assert str(rs.last_error).startswith(f"{p}:11:5: ")  # a, second in the new file
