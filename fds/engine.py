@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
-from fds.errors import ConfigError, StageError
-from fds.guardrails import MODEL, decision_sources, source_kind
+from fds.errors import ConfigError, RuleError, StageError
+from fds.guardrails import MODEL, RAISE, Trip, decision_sources, source_kind
 from fds.models.vector import rule_inputs
 from fds.policy import round_to
 from fds.timeutil import format_ts
@@ -223,6 +223,8 @@ class Engine:
             else:
                 action, score = "approve", 0.0
         except Exception as e:
+            if self.breaker is not None and isinstance(e, RuleError):
+                self._demote(self.breaker.observe(RAISE, (e.rule,), ts, tx.get("card_id")), None)
             raise StageError(stage, e) from e
         if self.breaker is not None:  # rates are shares of every decision, approvals too
             if action == "approve":
@@ -344,7 +346,11 @@ class Engine:
             review_at=getattr(policy, "review_threshold", getattr(policy, "review_at", 1.0)),
         )
         # the card lets the breaker tell one card's fraud burst from a rule gone wrong
-        for trip in self.breaker.observe(action, sources, ts=ts, entity=card):
+        self._demote(self.breaker.observe(action, sources, ts=ts, entity=card), model_version)
+
+    def _demote(self, trips: tuple[Trip, ...], model_version: str | None) -> None:
+        """Demote what the rate breaker tripped to shadow: logged and counted."""
+        for trip in trips:
             self.demoted.add(trip.source)
             self._demoted_as[trip.source] = (
                 self._rule_spec(trip.source) if trip.source != MODEL else model_version
