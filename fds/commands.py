@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -165,8 +166,11 @@ def _unwritable(path: Path) -> str | None:
 def _replay(args: argparse.Namespace) -> int:
     from fds import replay as replay_mod  # (the engine: not to build the command line)
 
-    if args.speed is not None and not args.speed > 0:  # (nan too)
-        say("fds replay: error: --speed must be > 0 (e.g. --speed 60)")
+    if args.speed is not None and not 0 < args.speed < math.inf:  # (nan too; inf, a QA pass)
+        say(
+            "fds replay: error: --speed must be > 0 and finite (e.g. --speed 60; without it: "
+            "as fast as possible)"
+        )
         return 2
     for flag, path in (("input file", args.file), ("--labels file", args.labels)):
         if path is not None and not Path(path).is_file():

@@ -148,6 +148,8 @@ def test_bad_argument_says_what_and_how(capsys):
 def test_bad_speed(history, capsys):
     assert main(["replay", str(history), "--speed", "-1", "--rules", "none"]) == 2
     assert "--speed must be > 0" in capsys.readouterr().err
+    assert main(["replay", str(history), "--speed", "inf", "--rules", "none"]) == 2
+    assert "--speed must be > 0 and finite" in capsys.readouterr().err
 
 
 def test_demo_end_to_end_small(tmp_path, capsys):

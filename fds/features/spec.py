@@ -158,8 +158,8 @@ def window_seconds(window: Any, where: str) -> float | None:
         seconds = math.nan
     if not 0 < seconds < math.inf:
         raise ConfigError(
-            f"{where}: bad window {written!r}: write a duration longer than 0 (90s, 10m, 1h, "
-            "7d) or calendar_day"
+            f"{where}: bad window {written!r}: write a duration longer than 0, a number and a "
+            "unit (90s, 10m, 1.5h, 7d), or calendar_day"
         )
     return seconds
 

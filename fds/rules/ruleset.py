@@ -688,6 +688,11 @@ class Ruleset:
                 extra[k[6:]] = values.pop(k)
         values["extra"] = extra
         ts = values.get("ts")
+        if isinstance(ts, date) and not isinstance(ts, datetime):  # (bare 2026-01-02: a QA pass)
+            raise ValueError(
+                f"ts: {ts} written bare is a date, no time: quote a time, e.g. "
+                f'ts: "{ts.isoformat()[:10]}T03:10:00+09:00"'
+            )
         if ts is not None:
             ts = values["ts"] = parse_ts(ts, self.tz)
             cal = self.clock(ts)

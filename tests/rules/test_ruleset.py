@@ -271,6 +271,15 @@ def test_inline_tests_read_given_values_as_the_engine_reads_a_transaction() -> N
     assert results[3].error.startswith("given no transaction holds it: amount:"), results[3].error
 
 
+def test_an_inline_test_with_a_bare_date_says_to_quote_a_time() -> None:
+    text = (
+        'version: "1"\nrules:\n  - {id: n, when: hour > 3, action: review, score: 0.5, '
+        "reason: r, tests: [{given: {ts: 2026-01-02}, expect: hit}]}\n"
+    )
+    (result,) = load_ruleset_text(text, "r.yaml").run_tests()
+    assert result.error is not None and 'quote a time, e.g. ts: "2026-01-02T' in result.error
+
+
 def test_feature_spec_model_for_the_features_area() -> None:
     f = FeatureSpec(name="x", entity="card_id", agg="distinct", field="merchant_id", window="7d")
     assert f.window_seconds == 7 * 86400
