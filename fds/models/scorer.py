@@ -468,7 +468,10 @@ class ModelServer:
         entry: Mapping[str, Any] | None = None,
         *,
         reject_old: bool = False,
+        record: bool = True,
     ) -> None:
+        """Serve ``version``; ``record``: also make it the registry's champion (not for a
+        version the registry chose, or one standing in for a champion not loaded here)."""
         old = self.version
         self.champion, self.version = model, version  # the swap: one reference, between events
         self._swaps += 1
@@ -481,7 +484,7 @@ class ModelServer:
             self._gate_by_count()
         self.stats["swaps"] += 1
         self._emit("swap", {"from": old, "to": version, "why": why})
-        if self.registry is not None and why != "registry":
+        if self.registry is not None and record:
             self._pointer = version  # our own change: the watcher must not "discover" it
             # a rollback rejects the version that lost its probation (never returned to)
             self._record(f"promote {version}", lambda reg: reg.promote(
@@ -1013,6 +1016,16 @@ class ModelServer:
             fresh = ("published", "shadow")  # (shadow: a challenger of another scorer)
             if latest and latest["seq"] > newest_known and latest["status"] in fresh:
                 role = "challenger" if self.auto_promote else "newest"
+                if (
+                    champ
+                    and champ != self.version
+                    and math.isfinite(self._retry_at.get(champ, math.inf))
+                ):
+                    # The registry's champion failed to load here (retried): what is served
+                    # stands in for it. A warm-up or a contest against the stand-in changed
+                    # the shared champion for a failure of this machine (a QA pass): the
+                    # newer version is served as the stand-in, written nowhere.
+                    role = f"stand-in for {champ}, not loaded here"
                 target = latest["version"]
         if target is None or now < self._retry_at.get(target, 0.0):
             return None
@@ -1157,7 +1170,8 @@ class ModelServer:
             self.probation = self.predecessor = self.predecessor_version = None
             self._prob_ranks = None
             self._contest_against(version)
-            self._set_champion(version, model, "registry", entry)
+            why = role if role.startswith("stand-in") else "registry"
+            self._set_champion(version, model, why, entry, record=False)
             if dropped:
                 self._next_queued()
         else:

@@ -312,6 +312,32 @@ def test_a_corrupt_champion_at_startup_falls_back_to_the_previous_one(
     assert alone.version == "v000003"
 
 
+def test_a_champion_missing_here_is_not_replaced_in_the_registry_by_a_stand_in(
+    tmp_path: Path,
+) -> None:
+    """A QA pass: a scorer whose champion's file was missing served the previous champion,
+    took it for a warm-up model (it had learned fewer labels) and made the newest version
+    the registry's champion, for every scorer, without a contest."""
+    reg = Registry(tmp_path)
+    for _ in range(2):
+        reg.promote(reg.publish(FeatureModel("amount"), spec={"name": "default"})["version"])
+    good = (tmp_path / "v000002.pkl").read_bytes()
+    (tmp_path / "v000002.pkl").unlink()  # this machine's problem: retried
+    srv = ModelServer(load_spec("default"), registry=reg, learn=False)
+    assert srv.load_champion() == "v000001"
+    reg.publish(FeatureModel("amount"), spec={"name": "default"})  # v000003, newer
+    assert srv.poll() == "v000003"
+    srv.install_pending()
+    assert srv.version == "v000003"  # served in its stead ...
+    assert reg.champion() == "v000002"  # ... written nowhere: the pointer is its owner's
+    assert [h["to"] for h in reg.manifest()["history"]] == ["v000001", "v000002"]
+    (tmp_path / "v000002.pkl").write_bytes(good)
+    srv._retry_at["v000002"] = 0.0  # (instead of waiting LOCAL_RETRY_S)
+    assert srv.poll() == "v000002"
+    srv.install_pending()
+    assert srv.version == "v000002" and reg.champion() == "v000002"
+
+
 def test_an_empty_registry_is_said_at_start(tmp_path: Path, caplog) -> None:
     """A typo in --registry created an empty registry and fds run decided on the rules alone
     without a word (found by a README walkthrough)."""
