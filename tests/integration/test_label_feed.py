@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import itertools
 import signal
+import time
 
 import orjson
 import pytest
 from kafka import KafkaProducer
 
 from fds.pipeline import DEFAULT_RULES
+from fds.streams.checkpoint import FILE_NAME
 from tests.integration.test_kafka_run import T0, read_all, spawn_run, wait_until
 
 pytestmark = pytest.mark.integration
@@ -129,8 +131,19 @@ def test_labels_survive_kill9_and_restart_counted_once(
             return 1 in counts(later)
 
         wait_until(applied, 60, "the label applied")
+        applied_at = time.time()
         for _ in range(5):  # a few more batches after it: a checkpoint that holds the label
             send_tx()
+        if restart == "checkpoint":  # (written by a child at nice 19: on a loaded machine it
+            ckpt = tmp_path / "a" / FILE_NAME  # came after the kill, and the restart rebuilt)
+
+            def written_after(t: float) -> bool:
+                return ckpt.exists() and ckpt.stat().st_mtime > t
+
+            wait_until(lambda: written_after(applied_at), 60, "a checkpoint after the label")
+            first = ckpt.stat().st_mtime  # (one write at a time: the next began after it)
+            send_tx()  # (a quiet instance writes no more)
+            wait_until(lambda: written_after(first), 60, "a checkpoint begun after the label")
         p.send_signal(signal.SIGKILL)
         _, err = p.communicate(timeout=10)
 
