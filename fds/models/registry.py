@@ -336,6 +336,11 @@ class Registry:
             raise ArtifactError(
                 f"artifact of {version} is missing from {self.path}", local=True
             ) from None
+        except OSError as e:  # (a folder in its place, no permission, an I/O error: fds run
+            raise ArtifactError(  # did not start, where a missing file is retried: a QA pass)
+                f"artifact of {version} cannot be read from {self.path}: {e.strerror or e}",
+                local=True,
+            ) from None
 
     def load_bytes(self, version: str) -> tuple[bytes, dict[str, Any]]:
         e = self.entry(version)

@@ -662,7 +662,12 @@ class ModelServer:
         rules_caught = sum(r for _, r in win)
         if self.acting:  # hysteresis: closes only when clearly behind (the spec's margin)
             rules_caught -= gate.margin * len(win)
-        judged = model_caught >= rules_caught if len(win) >= gate.window else self._gate_starved
+        if not gate.window:  # min_frauds alone (it judged the last fraud label: a QA pass)
+            judged = True
+        elif len(win) >= gate.window:
+            judged = model_caught >= rules_caught
+        else:
+            judged = self._gate_starved
         return self._gate_frauds >= gate.min_frauds and judged
 
     def _set_acting(self, acting: bool, **info: Any) -> None:

@@ -502,6 +502,18 @@ def build_pipeline(spec: ModelSpec) -> Any:
     for dotted, params, line in spec.steps:
         try:
             models.append(_instantiate(dotted, params))
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"{dotted}: {e}", where=f"{spec.source}:{line}") from None
-    return compose.Pipeline(*models)
+        except Exception as e:  # what River raises for bad parameters varies (an
+            # AttributeError for `model: null`, an IndexError for an empty Pipeline: a QA pass)
+            raise ConfigError(
+                f"{dotted} cannot be built with these parameters ({describe(e)}): check their "
+                "types and values",
+                where=f"{spec.source}:{line}",
+            ) from None
+    try:
+        return compose.Pipeline(*models)
+    except Exception as e:  # (an empty compose.Pipeline among the steps: an IndexError)
+        raise ConfigError(
+            f"the steps cannot be chained into a pipeline ({describe(e)}): check that each "
+            "is a River estimator with its parameters",
+            where=f"{spec.source}:{spec.steps[0][-1]}",
+        ) from None

@@ -176,6 +176,17 @@ def test_a_model_that_adds_nothing_may_act() -> None:
     assert srv.acting
 
 
+def test_a_gate_without_a_window_waits_for_min_frauds_only() -> None:
+    """A QA pass: `window: 0` with `min_frauds` judged each fraud label alone (the gate
+    switched on every one of them)."""
+    spec = parse_spec(SPEC.text.replace("window: 10\n", "window: 0\n"))
+    srv, s = _server(FeatureModel("f_a"), frauds=500, spec=spec)
+    s.run(300, {"f_a": 1.0, "f_r": False})
+    assert srv.acting
+    s.run(300, {"f_a": 0.0, "f_r": True})  # frauds only the rules catch: no window, no test
+    assert srv.acting and srv.stats["gate_closed"] == 0
+
+
 def test_no_gate_acts_at_once() -> None:
     spec = parse_spec("name: t\npipeline:\n  - linear_model.LogisticRegression: {}\n")
     assert spec.gate.min_frauds == 0 and spec.gate.window == 0

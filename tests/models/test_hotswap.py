@@ -3,6 +3,7 @@ corrupt or failing artifacts rejected while the current model keeps serving."""
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from pathlib import Path
@@ -336,6 +337,20 @@ def test_a_champion_missing_here_is_not_replaced_in_the_registry_by_a_stand_in(
     assert srv.poll() == "v000002"
     srv.install_pending()
     assert srv.version == "v000002" and reg.champion() == "v000002"
+
+
+def test_a_champion_file_that_cannot_be_read_is_retried_not_fatal(tmp_path: Path) -> None:
+    """A QA pass: a folder in place of the champion's file (an IsADirectoryError, as a
+    PermissionError would) stopped fds run at start, where a missing file falls back."""
+    reg = Registry(tmp_path)
+    for _ in range(2):
+        reg.promote(reg.publish(FeatureModel("amount"), spec={"name": "default"})["version"])
+    (tmp_path / "v000002.pkl").unlink()
+    (tmp_path / "v000002.pkl").mkdir()
+    srv = ModelServer(load_spec("default"), registry=reg, learn=False)
+    assert srv.load_champion() == "v000001"
+    assert math.isfinite(srv._retry_at["v000002"])  # this machine's: retried, not rejected
+    assert reg.manifest()["versions"]["v000002"]["status"] != "rejected"
 
 
 def test_an_empty_registry_is_said_at_start(tmp_path: Path, caplog) -> None:

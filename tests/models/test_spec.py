@@ -108,6 +108,13 @@ def test_shipped_specs_build(name: str) -> None:
             ":6",
             "GaussianNB has no parameter 'bogus'",
         ),
+        # what else a River constructor raises (tracebacks before: a QA pass)
+        (
+            "name: x\npipeline:\n  - ensemble.BaggingClassifier:\n      model: null\n",
+            ":3",
+            "BaggingClassifier cannot be built with these parameters (AttributeError",
+        ),
+        ("name: x\npipeline:\n  - compose.Pipeline: {}\n", ":3", "cannot be chained"),
     ],
 )
 def test_spec_errors_name_file_and_line(text: str, where: str, needle: str) -> None:
