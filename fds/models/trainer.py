@@ -466,6 +466,16 @@ class Trainer:
         now = self.now if now is None else now
         return self.publish(now) if self.due(now) else None
 
+    def count_from(self, entry: Mapping[str, Any]) -> None:
+        """Count on from what the version of registry ``entry`` had learned, when learning goes
+        on from it: the scorers read these counts (the warm-up, the maturity gate's count),
+        and a trainer resumed from the registry published its next version with 400 labels
+        learned of 2,551, putting the champion back in warm-up (a QA pass)."""
+        evaluation = entry.get("evaluation")
+        frauds = evaluation.get("frauds_learned") if isinstance(evaluation, dict) else None
+        self.stats["labels_learned"] = _count(entry.get("labels_learned"))
+        self.stats["frauds_learned"] = _count(frauds)
+
     def follow_rollback(self) -> str | None:
         """If the registry rolled back the version this trainer last published (``fds models
         rollback``, or a scorer's lost probation: rejected after it had been champion), go on
@@ -496,10 +506,7 @@ class Trainer:
             )  # fmt: skip
             return None
         self.model, self.parent = model, champ
-        # what the champion had learned: the scorer reads these (warm-up, the gate's count)
-        self.stats["labels_learned"] = m["versions"][champ].get("labels_learned") or 0
-        evaluation = m["versions"][champ].get("evaluation") or {}
-        self.stats["frauds_learned"] = evaluation.get("frauds_learned", 0)
+        self.count_from(m["versions"][champ])
         self._since_publish = 0
         self._last_publish = self.now if math.isfinite(self.now) else None
         log.warning(
@@ -533,3 +540,8 @@ class Trainer:
         self._last_publish = now
         self.stats["published"] += 1
         return Publication(entry["version"], data, entry)
+
+
+def _count(v: Any) -> int:
+    """A count of a registry entry as written (a hand edit may have made it anything)."""
+    return v if type(v) is int and v >= 0 else 0

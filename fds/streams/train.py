@@ -243,7 +243,9 @@ class TrainService:
             return trainer
         latest = self.registry.latest()
         if latest is not None:  # it goes on learning from the newest version: the same model?
-            other = self.spec.made_otherwise(self.registry.entry(latest).get("spec"))
+            # (its inputs too: a trainer of `inputs.rules: false` went on from versions that
+            # read the rules' score, and published them as reading none: a QA pass)
+            other = self.spec.made_otherwise(self.registry.entry(latest).get("spec"), serving=True)
             if other is not None:
                 raise ConfigError(
                     f"the registry's newest version {latest} was made by spec {other}: a "
@@ -253,9 +255,12 @@ class TrainService:
                 )
         model = self.registry.load(latest) if latest else None
         log.info('starting trainer from version="%s"', latest or "a fresh pipeline")
-        return Trainer(
+        trainer = Trainer(
             self.spec, store=self.store, registry=self.registry, model=model, parent=latest
         )
+        if latest:
+            trainer.count_from(self.registry.entry(latest))
+        return trainer
 
     def _save_state(self) -> None:
         """Commit the snapshot store's changes and the checkpoint (model, counters, offsets)

@@ -19,10 +19,12 @@ from fds.streams.kafka import KafkaSettings
 from fds.streams.train import TrainService, _Seek, announcement
 
 
-def service(tmp_path: Path, spec: Path | str = DEFAULT_MODEL, **kw: Any) -> TrainService:
+def service(
+    tmp_path: Path, spec: Path | str = DEFAULT_MODEL, state_dir: Path | None = None, **kw: Any
+) -> TrainService:
     return TrainService(
         KafkaSettings(group="fds-train"), spec=spec, registry=tmp_path / "registry",
-        state_dir=tmp_path / "state", models_topic=None, **kw,
+        state_dir=state_dir or tmp_path / "state", models_topic=None, **kw,
     )  # fmt: skip
 
 
@@ -334,6 +336,31 @@ def test_a_trainer_without_a_checkpoint_refuses_to_go_on_from_another_pipeline(t
         state_dir=tmp_path / "fresh2", models_topic=None,
     )  # fmt: skip
     assert same.trainer.parent == "v000001"
+
+
+def test_a_trainer_resumed_from_the_registry_counts_on_from_its_version(tmp_path):
+    """A QA pass: a trainer started from the registry's newest version (its checkpoint lost)
+    published the next one with its own counts from 0 (400 labels learned of 2,551): the
+    scorers put the champion back in warm-up and closed the maturity gate."""
+    first = service(tmp_path)
+    first.trainer.stats.update(labels_learned=2151, frauds_learned=187)
+    first.trainer.publish(0.0)
+    again = service(tmp_path, state_dir=tmp_path / "fresh")  # its checkpoint lost
+    assert again.trainer.parent == "v000001"
+    assert (again.trainer.stats["labels_learned"], again.trainer.stats["frauds_learned"]) == (
+        2151, 187,
+    )  # fmt: skip
+
+
+def test_a_trainer_refuses_to_go_on_from_a_version_with_other_inputs(tmp_path):
+    """A QA pass: a trainer of `inputs.rules: false` went on from versions that read the rules'
+    score and published them as reading none (the scorers then added the rules twice)."""
+    first = service(tmp_path)  # default: inputs.rules score
+    first.trainer.publish(0.0)
+    spec = tmp_path / "nofeed.yaml"
+    spec.write_text(Path(DEFAULT_MODEL).read_text().replace("rules: score", "rules: false"))
+    with pytest.raises(ConfigError, match=r"inputs\.rules"):
+        service(tmp_path, spec=spec, state_dir=tmp_path / "fresh")
 
 
 def test_the_labels_metric_counts_delayed_labels_not_examples_assumed_legitimate(tmp_path):
