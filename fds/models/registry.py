@@ -72,7 +72,11 @@ SIGNED_FIELDS = (
 #: What every manifest entry holds, and of which type (``fds models`` formats them).
 _ENTRY_TYPES: dict[str, Any] = {
     "version": str, "seq": int, "status": str, "spec": dict, "created_at": str,
-    "labels_learned": int,
+    "labels_learned": int, "sha256": str,
+    # (null or absent in an earlier release's entries; edited into another type by hand, each
+    # was a traceback in `fds models` or stopped `fds run`: a QA pass)
+    "parent": (str, None), "evaluation": (dict, None), "hmac": (str, None),
+    "event_time": (str, None), "size": (int, None),
 }  # fmt: skip
 
 
@@ -284,6 +288,10 @@ class Registry:
                 k for k, kind in _ENTRY_TYPES.items()
                 if not isinstance(entry, dict) or not _is(entry.get(k), kind)
             ]  # fmt: skip
+            if not bad and not _is(entry["spec"].get("name"), (str, None)):
+                bad = ["spec.name"]
+            if not bad and not _is((entry["evaluation"] or {}).get("frauds_learned"), (int, None)):
+                bad = ["evaluation.frauds_learned"]  # (the scorers compare it to a count)
             if bad or entry["version"] != version:
                 raise ConfigError(
                     f"registry manifest entry {version!r} lacks a valid "

@@ -276,6 +276,15 @@ def test_the_models_commands_create_no_registry_and_refuse_a_foreign_manifest(tm
         (lambda m: m["versions"]["v000001"].pop("created_at"), "created_at"),
         (lambda m: m["versions"]["v000001"].pop("version"), "version"),
         (lambda m: m["history"][-1].pop("from"), "history items need 'from' and 'to'"),
+        # (more of them, another QA pass: tracebacks, or fds run stopped at its start)
+        (lambda m: m["versions"]["v000001"].pop("sha256"), "sha256"),
+        (lambda m: m["versions"]["v000001"].update(evaluation="x"), "valid evaluation"),
+        (lambda m: m["versions"]["v000001"].update(parent=["v0"]), "valid parent"),
+        (lambda m: m["versions"]["v000001"]["spec"].update(name=["t"]), "spec.name"),
+        (
+            lambda m: m["versions"]["v000001"].update(evaluation={"frauds_learned": "9"}),
+            "evaluation.frauds_learned",
+        ),
     ]
     for edit, says in edits:
         m = json.loads(json.dumps(good))
