@@ -26,6 +26,7 @@ import dataclasses
 import difflib
 import importlib
 import inspect
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -262,6 +263,9 @@ def _estimator_class(dotted: str, where: str) -> type:
     if top not in ALLOWED_MODULES or not cls or any(p.startswith("_") for p in mod.split(".")):
         close = difflib.get_close_matches(top, sorted(ALLOWED_MODULES), n=1)
         hint = f"did you mean {close[0]}? " if close and close[0] != top else ""
+        if not mod:  # a bare class name: the module that has it
+            homes = [m for m in sorted(ALLOWED_MODULES) if _has_class(m, cls)]
+            hint = f"did you mean {homes[0]}.{cls}? " if homes else hint
         raise ConfigError(
             f"unknown estimator {dotted!r}: {hint}write module.Class with module one of "
             f"{', '.join(sorted(ALLOWED_MODULES))} (e.g. linear_model.LogisticRegression)",
@@ -286,13 +290,26 @@ def _estimator_class(dotted: str, where: str) -> type:
     return obj
 
 
+def _has_class(module: str, name: str) -> bool:
+    """Does ``river.<module>`` have a class ``name`` of River's own?"""
+    try:
+        obj = getattr(importlib.import_module(f"river.{module}"), name, None)
+    except ImportError:
+        return False
+    return inspect.isclass(obj) and obj.__module__.startswith("river.")
+
+
 def _is_estimator_ref(value: Any) -> bool:
     """``{module.Class: {params}}``: a nested estimator (one of another module too, refused
     by :func:`_estimator_class` with a hint: `optm.AdaGrad` reached River as a dict)."""
     if not (isinstance(value, dict) and len(value) == 1):
         return False
-    key = next(iter(value))
-    return isinstance(key, str) and "." in key and key.rpartition(".")[2][:1].isupper()
+    ((key, params),) = value.items()
+    if not isinstance(key, str) or not isinstance(params, dict | None):
+        return False
+    # (a typo such as `optim.adaGrad` or a bare `AdaGrad` is one too, told at its line: it
+    # reached River as a dict, "'dict' object has no attribute 'look_ahead'", a QA pass)
+    return "." in key or re.fullmatch(r"[A-Z][A-Za-z0-9]*", key) is not None
 
 
 def _nested(value: Any) -> list[tuple[str, Any, int | None]]:

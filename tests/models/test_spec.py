@@ -115,6 +115,19 @@ def test_shipped_specs_build(name: str) -> None:
             "BaggingClassifier cannot be built with these parameters (AttributeError",
         ),
         ("name: x\npipeline:\n  - compose.Pipeline: {}\n", ":3", "cannot be chained"),
+        # nested typos that reached River as a dict ("no attribute 'look_ahead'", a QA pass)
+        (
+            "name: x\npipeline:\n  - linear_model.LogisticRegression:\n"
+            "      optimizer: {optim.adaGrad: {lr: 0.2}}\n",
+            ":4",
+            "did you mean optim.AdaGrad?",
+        ),
+        (
+            "name: x\npipeline:\n  - linear_model.LogisticRegression:\n"
+            "      optimizer: {AdaGrad: {lr: 0.2}}\n",
+            ":4",
+            "unknown estimator 'AdaGrad': did you mean optim.AdaGrad?",
+        ),
     ],
 )
 def test_spec_errors_name_file_and_line(text: str, where: str, needle: str) -> None:
