@@ -402,7 +402,10 @@ def _policy(cls: type, raw: Any, source: str, node: yaml.Node | None, section: s
                     raise ValueError(f"must be a whole number of at least {least}, got {v!r}")
             elif k == "legit_sample_rate":
                 if type(v) not in (int, float) or not 0.0 < v <= 1.0:
-                    raise ValueError(f"must be a number in (0, 1], got {v!r}")
+                    # (YAML reads 1e-3 as text: it wants 1.0e-3; a QA pass)
+                    text = " (write it 0.001 or 1.0e-3: YAML reads 1e-3 as text)"
+                    hint = text if isinstance(v, str) and "e" in v.lower() else ""
+                    raise ValueError(f"must be a number in (0, 1], got {v!r}{hint}")
                 v = float(v)
             elif k == "margin":
                 if type(v) not in (int, float) or not 0.0 <= v < 1.0:
@@ -438,7 +441,10 @@ def parse_spec(text: str, *, source: str = "<spec>") -> ModelSpec:
             )
     name = data.get("name")
     if not isinstance(name, str) or not name:
-        raise ConfigError("name: a spec needs a name (e.g. name: default)", where=source)
+        raise ConfigError(
+            "name: a spec needs a name, as text (e.g. name: default)",
+            where=_where(source, _key_node(root, "name")) if "name" in data else source,
+        )
     pipe = data.get("pipeline")
     pnode = _child(root, "pipeline")
     if not isinstance(pipe, list) or not pipe:

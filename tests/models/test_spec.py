@@ -144,6 +144,7 @@ def test_spec_errors_name_file_and_line(text: str, where: str, needle: str) -> N
         ("gate", "window: true", "gate.window: must be a whole number of at least 0, got True"),
         ("gate", "min_frauds: 99.9", "gate.min_frauds: must be a whole number of at least 0"),
         ("gate", "margin: 5", "gate.margin: must be a number in [0, 1), e.g. 0.05, got 5"),
+        ("learn", "legit_sample_rate: 1e-3", "(write it 0.001 or 1.0e-3: YAML reads 1e-3"),
         ("gate", "margin: true", "gate.margin: must be a number in [0, 1)"),
         ("publish", "every_labels: 2.7", "publish.every_labels: must be a whole number of at"),
         ("learn", "legit_sample_rate: true", "learn.legit_sample_rate: must be a number in"),
@@ -246,3 +247,9 @@ def test_an_endless_duration_is_one_and_a_huge_number_no_traceback() -> None:
     assert spec.promote.shadow_max_wait == float("inf")
     spec = parse_spec(base + "learn:\n  ttl: " + "9" * 400 + "\n")
     assert spec.learn.ttl == float("inf")
+
+
+def test_a_name_that_is_no_text_is_told_at_its_line() -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_spec("pipeline:\n  - linear_model.LogisticRegression: {}\nname: 5\n", source="m")
+    assert e.value.where == "m:3" and "as text" in str(e.value)
