@@ -90,6 +90,20 @@ def _is(value: Any, kind: Any) -> bool:
     )
 
 
+def learned(entry: Mapping[str, Any]) -> tuple[int, int]:
+    """``(labels_learned, frauds_learned)`` of a manifest entry, 0 for what is absent or no
+    count (a null one passed the manifest's check, then stopped fds run: a review).
+
+    >>> learned({"labels_learned": 9, "evaluation": {"frauds_learned": None}})
+    (9, 0)
+    """
+    evaluation = entry.get("evaluation")
+    frauds = evaluation.get("frauds_learned") if isinstance(evaluation, dict) else None
+    return tuple(  # type: ignore[return-value]
+        v if type(v) is int and v >= 0 else 0 for v in (entry.get("labels_learned"), frauds)
+    )
+
+
 # A version id is also a file name: only ids the registry itself makes are accepted from outside.
 _VERSION_ID = re.compile(r"v[0-9]{6,}")
 _ARTIFACT = re.compile(_VERSION_ID.pattern + r"\.pkl")

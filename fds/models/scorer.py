@@ -54,7 +54,7 @@ from typing import Any
 from fds.errors import ArtifactError, describe
 from fds.models.champion import BudgetRank, Contest
 from fds.models.fused import serving
-from fds.models.registry import Registry, load_verified
+from fds.models.registry import Registry, learned, load_verified
 from fds.models.spec import ModelSpec
 from fds.models.trainer import Publication, Trainer, event_time
 from fds.models.vector import RULE_SCORE, to_vector
@@ -284,6 +284,9 @@ class ModelServer:
         self._stop = threading.Event()
         self._pointer: str | None = None  # the registry champion pointer last seen or written
         self._offered = -1  # seq of the newest version taken from the registry (watch mode)
+        # serving in the stead of a registry champion that failed to load here (watch mode):
+        # nothing is contested or written to the registry meanwhile
+        self._standing_in = False
         self._labels_here = True  # fraud labels reach on_label (see without_labels)
         self._retry_at: dict[str, float] = {}  # version that failed to load -> when to retry
         # version that failed for good -> its file then (stat): a file restored is tried again
@@ -477,8 +480,7 @@ class ModelServer:
         self._swaps += 1
         entry = entry or {}
         self._rate = self._rate_of(entry)
-        self._champion_labels = entry.get("labels_learned", 0)
-        frauds = (entry.get("evaluation") or {}).get("frauds_learned", 0)
+        self._champion_labels, frauds = learned(entry)
         self._gate_frauds = max(self._gate_frauds, frauds)
         if not self._labels_here:
             self._gate_by_count()
@@ -960,19 +962,19 @@ class ModelServer:
             if self._pointer is None:  # none chosen yet: the newest version (not an error)
                 log.info("model %s served: the newest version (no champion chosen yet)", v)
                 self._pointer = v
-            elif v != self._pointer:
+            elif v != self._pointer:  # (the pointer stays the registry's: a change of it
+                # by hand is one, also while a stand-in serves; a failure here is retried)
                 log.error("model %s served instead of the registry's champion %s, which "
                           "could not be loaded or was made by another spec", v,
                           self._pointer)  # fmt: skip
-                self._pointer = v  # the watcher retries the champion (see poll)
+                self._standing_in = self._retrying(self._pointer)
             self.champion, self.version = model, v
             if self.metrics is not None:  # served from the start, not only after a swap
                 self.metrics.model_info(v, self.spec.name)
             entry = m["versions"].get(v) or {}
             self._rate = self._rate_of(entry)
-            self._gate_frauds = (entry.get("evaluation") or {}).get("frauds_learned", 0)
             # a restart keeps the contest: a trained champion is no warm-up model
-            self._champion_labels = entry.get("labels_learned", 0)
+            self._champion_labels, self._gate_frauds = learned(entry)
             if not self._labels_here:
                 self._gate_by_count()
             return v
@@ -1004,11 +1006,12 @@ class ModelServer:
             # of the pointer, back to the old champion say, is again one by hand)
         if (
             champ
-            and champ != self._pointer
+            and (champ != self._pointer or self._retrying(champ))
             and champ != self.version
             and now >= self._retry_at.get(champ, 0.0)
         ):
-            # promoted or rolled back by someone else (fds models promote|rollback)
+            # promoted or rolled back by someone else (fds models promote|rollback), or a
+            # champion that failed to load here, tried again
             role, target = "champion", champ
         else:  # (a champion that cannot be loaded here does not hold newer versions back)
             latest = max(versions.values(), key=lambda e: e["seq"], default=None)
@@ -1021,11 +1024,7 @@ class ModelServer:
             fresh = ("published", "shadow")  # (shadow: a challenger of another scorer)
             if latest and latest["seq"] > newest_known and latest["status"] in fresh:
                 role = "challenger" if self.auto_promote else "newest"
-                if (
-                    champ
-                    and champ != self.version
-                    and math.isfinite(self._retry_at.get(champ, math.inf))
-                ):
+                if champ and champ != self.version and self._retrying(champ):
                     # The registry's champion failed to load here (retried): what is served
                     # stands in for it. A warm-up or a contest against the stand-in changed
                     # the shared champion for a failure of this machine (a QA pass): the
@@ -1149,6 +1148,10 @@ class ModelServer:
             if entry is None or (math.isfinite(at) and v != champ and entry["seq"] <= seq):
                 del self._retry_at[v]
 
+    def _retrying(self, version: str | None) -> bool:
+        """Did ``version`` fail to load here for a cause of this machine (tried again)?"""
+        return version is not None and math.isfinite(self._retry_at.get(version, math.inf))
+
     def _retry_pending(self) -> bool:
         """Is a version that failed to load for a local reason due to be tried again?"""
         return any(math.isfinite(t) for t in self._retry_at.values())
@@ -1167,15 +1170,20 @@ class ModelServer:
         if pre is not None:
             self._prescored[version] = pre
         if role != "challenger" or self.champion is None:
+            stand_in = role.startswith("stand-in")
+            if self._standing_in and not stand_in:  # the champion loads at last: the newer
+                self._offered = entry.get("seq", -1)  # versions served meanwhile are contested
+            self._standing_in = stand_in
             dropped = version == self.challenger_version  # promoted by hand in its contest
-            if dropped:
+            if dropped or stand_in:  # (a contest against a stand-in would be written for all)
                 self.challenger = self.challenger_version = self.contest = None
+                self._queued = None
             # set by hand (or the first): no probation of the champion it replaces applies,
             # and a running contest goes on against this one
             self.probation = self.predecessor = self.predecessor_version = None
             self._prob_ranks = None
             self._contest_against(version)
-            why = role if role.startswith("stand-in") else "registry"
+            why = role if stand_in else "registry"
             self._set_champion(version, model, why, entry, record=False)
             if dropped:
                 self._next_queued()

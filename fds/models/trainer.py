@@ -37,7 +37,7 @@ from typing import Any, Protocol
 import orjson
 
 from fds.errors import describe
-from fds.models.registry import Registry, make_entry, owner_only
+from fds.models.registry import Registry, learned, make_entry, owner_only
 from fds.models.spec import ModelSpec, build_pipeline
 from fds.models.vector import strip_rule_ids, to_vector
 from fds.timeutil import parse_ts
@@ -471,10 +471,7 @@ class Trainer:
         on from it: the scorers read these counts (the warm-up, the maturity gate's count),
         and a trainer resumed from the registry published its next version with 400 labels
         learned of 2,551, putting the champion back in warm-up (a QA pass)."""
-        evaluation = entry.get("evaluation")
-        frauds = evaluation.get("frauds_learned") if isinstance(evaluation, dict) else None
-        self.stats["labels_learned"] = _count(entry.get("labels_learned"))
-        self.stats["frauds_learned"] = _count(frauds)
+        self.stats["labels_learned"], self.stats["frauds_learned"] = learned(entry)
 
     def follow_rollback(self) -> str | None:
         """If the registry rolled back the version this trainer last published (``fds models
@@ -540,8 +537,3 @@ class Trainer:
         self._last_publish = now
         self.stats["published"] += 1
         return Publication(entry["version"], data, entry)
-
-
-def _count(v: Any) -> int:
-    """A count of a registry entry as written (a hand edit may have made it anything)."""
-    return v if type(v) is int and v >= 0 else 0

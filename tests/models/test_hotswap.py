@@ -337,6 +337,44 @@ def test_a_champion_missing_here_is_not_replaced_in_the_registry_by_a_stand_in(
     assert srv.poll() == "v000002"
     srv.install_pending()
     assert srv.version == "v000002" and reg.champion() == "v000002"
+    # the version served meanwhile is offered again, as any newer one (it was skipped: a
+    # review); here the champion learned nothing, so it replaces it as a warm-up
+    assert srv.poll() == "v000003"
+    srv.install_pending()
+    assert srv.version == "v000003" and reg.champion() == "v000003"
+
+
+def test_a_null_count_in_the_manifest_is_no_count(tmp_path: Path) -> None:
+    """A review: `frauds_learned: null` passed the manifest's check, then stopped fds run
+    (None compared with the gate's count)."""
+    import json
+
+    reg = Registry(tmp_path)
+    reg.promote(reg.publish(FeatureModel("amount"), spec={"name": "default"})["version"])
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    m["versions"]["v000001"]["evaluation"] = {"frauds_learned": None}
+    (tmp_path / "manifest.json").write_text(json.dumps(m))
+    srv = ModelServer(load_spec("default"), registry=reg, learn=False)
+    srv.without_labels()
+    assert srv.load_champion() == "v000001" and not srv.acting  # 0 frauds learned: gated
+
+
+def test_a_champion_set_by_hand_while_a_stand_in_serves_is_served(tmp_path: Path) -> None:
+    """A review: the pointer was set to the stand-in's predecessor, so a rollback by hand to
+    that version read as no change, and the stand-in served on for good."""
+    reg = Registry(tmp_path)
+    for _ in range(2):
+        reg.promote(reg.publish(FeatureModel("amount"), spec={"name": "default"})["version"])
+    (tmp_path / "v000002.pkl").unlink()
+    srv = ModelServer(load_spec("default"), registry=reg, learn=False)
+    assert srv.load_champion() == "v000001"
+    reg.publish(FeatureModel("amount"), spec={"name": "default"})
+    assert srv.poll() == "v000003"
+    srv.install_pending()
+    reg.promote("v000001")  # by hand (`fds models promote 1`)
+    assert srv.poll() == "v000001"
+    srv.install_pending()
+    assert srv.version == "v000001" and reg.champion() == "v000001"
 
 
 def test_a_champion_file_that_cannot_be_read_is_retried_not_fatal(tmp_path: Path) -> None:
