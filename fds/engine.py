@@ -410,9 +410,11 @@ class Engine:
         gate = getattr(self.model, "gate_state", None)
         served = getattr(self.rules, "served", None)
         return {
-            # (under a key of its own: an earlier release read the digests under "rulesets" as
-            # its own kind, and called unchanged files other rules after a downgrade)
-            "served_rulesets": served() if served is not None else None,
+            # (under a key of its own for each kind of digest: an earlier release read them
+            # as its own kind, and called unchanged files other rules after an up- or
+            # downgrade; "rulesets": of the condition's text, "served_rulesets": of windows as
+            # written, before `2h` and `120m` were one)
+            "served_rulesets_2": served() if served is not None else None,
             "features": save() if save is not None else None,
             "budget": getattr(self.policy, "budget", None),
             "breaker": self.breaker,
@@ -453,8 +455,8 @@ class Engine:
         if state.get("model_gate") is not None and load_gate is not None:
             load_gate(state["model_gate"])
         remember = getattr(self.rules, "remember_served", None)
-        if state.get("served_rulesets") and remember is not None:  # ("rulesets": an earlier
-            remember(state["served_rulesets"])  # release's digests, of another kind: ignored)
+        if state.get("served_rulesets_2") and remember is not None:  # (earlier releases'
+            remember(state["served_rulesets_2"])  # digests, of other kinds: ignored)
 
     def report(self) -> None:
         """Export slow-moving state to metrics; call between events every few thousand events.

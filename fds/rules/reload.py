@@ -344,7 +344,8 @@ class ReloadingRuleset:
 
 def _deciding(rs: Ruleset) -> str:
     """What of a ruleset decides, as a digest: its spec without the rules' inline tests, a
-    condition as its syntax tree and the features by name (``a >  5`` or ``(a > 5)`` for
+    condition as its syntax tree and the features by name and window length (``a >  5`` or
+    ``(a > 5)`` for
     ``a > 5``, or the features in another order, were refused as other rules under the same
     version, where the README promises that an edit of layout alone needs none). An earlier
     release's digests, of its condition's text, are kept in its checkpoints under another key
@@ -354,4 +355,8 @@ def _deciding(rs: Ruleset) -> str:
         # (unparsed: ast.dump's text changed with Python 3.13, a digest must not)
         rule["when"] = ast.unparse(ast.parse("(" + rule["when"] + "\n)", mode="eval"))
     spec["features"] = sorted(spec["features"], key=lambda f: f["name"])
+    declared_by_name = sorted(rs.features, key=lambda f: f.name)
+    for f, declared in zip(spec["features"], declared_by_name, strict=True):
+        # a window is its length (`2h` and `120m` were other rules under one version: a review)
+        f["window"] = declared.window_seconds or declared.window
     return hashlib.sha256(orjson.dumps(spec, option=orjson.OPT_SORT_KEYS)).hexdigest()

@@ -363,9 +363,10 @@ def test_the_served_digests_are_kept_where_an_earlier_release_does_not_read_them
     write(p, rules("v1", 100))
     rs = ReloadingRuleset(p, start=False, settle_seconds=0)
     state = Engine(rules=rs).state_dict()
-    assert "rulesets" not in state and "v1" in state["served_rulesets"]
-    old = {**state, "rulesets": {"v1": "f" * 64}}  # an earlier release's digest of the text
-    del old["served_rulesets"]
+    assert "rulesets" not in state and "v1" in state["served_rulesets_2"]
+    # earlier releases' digests: of the condition's text, of the windows as written
+    old = {**state, "rulesets": {"v1": "f" * 64}, "served_rulesets": {"v1": "e" * 64}}
+    del old["served_rulesets_2"]
     again = ReloadingRuleset(p, start=False, settle_seconds=0)
     with caplog.at_level(logging.ERROR, logger="fds.rules.reload"):
         Engine(rules=again).load_state_dict(old)
@@ -381,8 +382,9 @@ def test_features_in_another_order_are_the_same_features(tmp_path: Path) -> None
     rs = ReloadingRuleset(p, start=False, settle_seconds=0)
     write(p, rules("v2", 100) + "features:\n" + b + a)
     assert rs.check_now() == "ok"
-    write(p, rules("v3", 100) + "features:\n" + b.replace("2h", "120m") + a)
-    assert rs.check_now() == "ok"  # one window written otherwise (was "changed": a QA pass)
+    write(p, rules("v2", 100) + "features:\n" + b.replace("2h", "120m") + a)
+    assert rs.check_now() == "ok"  # one window written otherwise (was "changed": a QA pass),
+    # under the same version: the same rules (they were other rules: a review)
     write(p, rules("v4", 100) + "features:\n" + b + a.replace("1h", "3h"))
     assert rs.check_now() == "rejected"
     assert "feature declarations changed (a)" in str(rs.last_error)
