@@ -218,15 +218,17 @@ class TrainService:
             got = self.ckpt.load()
             state = got.state if got is not None else {}
         if state.get("spec") == self.spec.name:
-            pipeline = self.spec.to_dict()["pipeline"]
-            if state.get("pipeline", pipeline) != pipeline:
-                raise ConfigError(
-                    f"the trainer checkpoint was made with another pipeline of spec "
-                    f"{self.spec.name!r} ({state['pipeline']}, now {pipeline}); a new "
-                    "pipeline starts a new model: give it a new --state-dir and registry, or "
-                    "restore the spec's pipeline",
-                    where=str(self.ckpt.dir),
-                )
+            now = self.spec.to_dict()
+            for key in ("pipeline", "inputs"):  # (inputs: an earlier checkpoint has none; a
+                # model learned with the rules' score went on as reading none: a review)
+                if state.get(key, now[key]) != now[key]:
+                    raise ConfigError(
+                        f"the trainer checkpoint was made with other {key} of spec "
+                        f"{self.spec.name!r} ({state[key]}, now {now[key]}); a model with new "
+                        f"{key} is a new model: give it a new --state-dir and registry, or "
+                        f"restore the spec's {key}",
+                        where=str(self.ckpt.dir),
+                    )
             trainer = Trainer(self.spec, store=self.store, registry=self.registry)
             # (an older release's checkpoint also holds fields now taken from the spec file)
             learned = {k: v for k, v in state["trainer"].items() if k not in _WIRING}
@@ -267,8 +269,9 @@ class TrainService:
         in one SQLite transaction."""
         t = self.trainer
         learned = {k: v for k, v in t.__dict__.items() if k not in _WIRING}
+        spec = self.spec.to_dict()
         state = {
-            "spec": self.spec.name, "pipeline": self.spec.to_dict()["pipeline"],
+            "spec": self.spec.name, "pipeline": spec["pipeline"], "inputs": spec["inputs"],
             "trainer": learned, "offsets": dict(self._offsets),
         }  # fmt: skip
         self.store.put_checkpoint(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))

@@ -57,9 +57,13 @@ def test_a_restart_takes_the_learning_policy_from_the_current_spec(tmp_path):
     assert service(tmp_path, spec).trainer._rate == 0.5
     # another pipeline under the same name: refused, naming the checkpoint
     spec.write_text(text.replace("l2: 0.0001", "l2: 0.001"))
-    with pytest.raises(ConfigError, match="another pipeline") as err:
+    with pytest.raises(ConfigError, match="other pipeline") as err:
         service(tmp_path, spec)
     assert "trainer" in str(err.value) and str(tmp_path / "state") in str(err.value)
+    # other inputs too (the model learned with the rules' score went on as reading none)
+    spec.write_text(text.replace("rules: score", "rules: false"))
+    with pytest.raises(ConfigError, match="other inputs"):
+        service(tmp_path, spec)
 
 
 def test_the_snapshots_and_the_checkpoint_commit_together(tmp_path):
