@@ -402,14 +402,13 @@ def _policy(cls: type, raw: Any, source: str, node: yaml.Node | None, section: s
                     raise ValueError(f"must be a whole number of at least {least}, got {v!r}")
             elif k == "legit_sample_rate":
                 if type(v) not in (int, float) or not 0.0 < v <= 1.0:
-                    # (YAML reads 1e-3 as text: it wants 1.0e-3; a QA pass)
-                    text = " (write it 0.001 or 1.0e-3: YAML reads 1e-3 as text)"
-                    hint = text if isinstance(v, str) and "e" in v.lower() else ""
-                    raise ValueError(f"must be a number in (0, 1], got {v!r}{hint}")
+                    raise ValueError(f"must be a number in (0, 1], got {v!r}{_exponent(v)}")
                 v = float(v)
             elif k == "margin":
                 if type(v) not in (int, float) or not 0.0 <= v < 1.0:
-                    raise ValueError(f"must be a number in [0, 1), e.g. 0.05, got {v!r}")
+                    raise ValueError(
+                        f"must be a number in [0, 1), e.g. 0.05, got {v!r}{_exponent(v)}"
+                    )
                 v = float(v)
             elif k == "auto":
                 if type(v) is not bool:
@@ -420,6 +419,13 @@ def _policy(cls: type, raw: Any, source: str, node: yaml.Node | None, section: s
             raise ConfigError(f"{section}.{k}: {e}", where=where) from None
         kwargs[k] = v
     return cls(**kwargs)
+
+
+def _exponent(v: Any) -> str:
+    """A hint for a number YAML read as text: ``1e-3`` (it wants ``1.0e-3``; a QA pass)."""
+    if isinstance(v, str) and re.fullmatch(r"[+-]?[0-9]+(\.[0-9]*)?[eE][+-]?[0-9]+", v.strip()):
+        return f" (YAML reads {v} as text: write it {float(v):g} or with a decimal point)"
+    return ""
 
 
 def parse_spec(text: str, *, source: str = "<spec>") -> ModelSpec:

@@ -279,7 +279,8 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
         for rid, n in sorted(side.shadow_errors.items()):
             print(
                 f"{name} shadow rule {rid} raised on {n} transaction(s): counted only while in "
-                "shadow; made active, each would be a dead letter (guard it: "
+                "shadow; made active, each would be a dead letter, unless they are so many "
+                "that the guardrails demote it (guard it: "
                 "`avg > 0 and amount / avg > 3`)",
                 file=out,
             )

@@ -440,7 +440,14 @@ def _set_topic_config(bootstrap: str, topic: str, **configs: str) -> None:
 
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     try:
-        admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs=configs)])
+        got = admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, configs=configs)]
+        )
+        assert got == {"topic": {topic: "OK"}}, got  # (an error is returned, not raised)
+        described = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, list(configs))]
+        )["topic"][topic]
+        assert {k: described[k]["value"] for k in configs} == configs, described
     finally:
         admin.close()
 
@@ -474,6 +481,8 @@ def test_a_decision_the_broker_refuses_stops_the_run_short_of_it(
     runner = Runner(settings, Engine())
     t, errors = run_in_thread(runner)
     t.join(60)
+    if t.is_alive():
+        runner.stop()
     assert not t.is_alive(), "fds run went on past a decision the broker refused"
     assert len(errors) == 1, errors
     assert "failed" in str(errors[0]) and "TooLarge" in str(errors[0]), errors[0]

@@ -176,7 +176,9 @@ def test_probation_and_next_shadow_run_together() -> None:
     s.run(60, {"f_a": 1.0, "f_b": 1.0})
     assert srv.version == "v000002"
     assert srv.probation is not None or srv.history[-1]["verdict"] == "confirm"
-    assert srv.challenger_version == "v000003" or "v000003" in {h["candidate"] for h in srv.history}
+    assert srv.challenger_version == "v000003" or "v000003" in {
+        h.get("candidate") for h in srv.history
+    }
 
 
 def _registered(reg: Registry, model: Any, rate: float | None = None) -> Publication:
