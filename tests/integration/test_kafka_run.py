@@ -444,10 +444,15 @@ def _set_topic_config(bootstrap: str, topic: str, **configs: str) -> None:
             [ConfigResource(ConfigResourceType.TOPIC, topic, configs=configs)]
         )
         assert got == {"topic": {topic: "OK"}}, got  # (an error is returned, not raised)
-        described = admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, topic, list(configs))]
-        )["topic"][topic]
-        assert {k: described[k]["value"] for k in configs} == configs, described
+
+        def took() -> bool:  # (the broker applies it a moment later)
+            now = admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, topic, list(configs))],
+                config_filter="all",
+            )["topic"][topic]
+            return all(now.get(k, {}).get("value") == v for k, v in configs.items())
+
+        wait_until(took, 30, f"{configs} on {topic}")
     finally:
         admin.close()
 
