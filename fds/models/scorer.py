@@ -660,13 +660,13 @@ class ModelServer:
         gate, win = self.spec.gate, self._gate
         if not (gate.min_frauds or gate.window):
             return True
-        model_caught = sum(m for m, _ in win)
-        rules_caught = sum(r for _, r in win)
-        if self.acting:  # hysteresis: closes only when clearly behind (the spec's margin)
-            rules_caught -= gate.margin * len(win)
         if not gate.window:  # min_frauds alone (it judged the last fraud label: a QA pass)
             judged = True
         elif len(win) >= gate.window:
+            model_caught = sum(m for m, _ in win)
+            rules_caught = sum(r for _, r in win)
+            if self.acting:  # hysteresis: closes only when clearly behind (the spec's margin)
+                rules_caught -= gate.margin * len(win)
             judged = model_caught >= rules_caught
         else:
             judged = self._gate_starved

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -193,22 +194,28 @@ def test_backtest_refuses_rulesets_in_two_timezones(tmp_path: Path, capsys) -> N
     assert code == 2 and "differs from the baseline's Asia/Seoul" in capsys.readouterr().err
 
 
-def test_backtest_counts_the_transactions_a_rule_raises_on(tmp_path: Path, capsys) -> None:
-    """A candidate rule that raises makes its transactions dead letters in production: the
-    backtest lost them from both sides' counts without a word (the replay dead-lettered them)."""
+def _backtest_a_rule(tmp_path: Path, extras: list[dict[str, Any]], rule: str) -> list[str]:
+    """The argv of a backtest of BASELINE plus ``rule`` against BASELINE, over one card's
+    transactions t0, t1, ... (amount 100) with these ``extra`` values."""
     data = tmp_path / "h.jsonl"
     txs = [
         {"tx_id": f"t{i}", "ts": 1767225600 + i, "card_id": "c", "amount": 100, "extra": e}
-        for i, e in enumerate([{"base": 10}, {"base": 0}, {"base": 40}, {}])
+        for i, e in enumerate(extras)
     ]
     data.write_text("".join(json.dumps(t) + "\n" for t in txs))
     base, cand = tmp_path / "base.yaml", tmp_path / "cand.yaml"
     base.write_text(BASELINE)
-    cand.write_text(
-        BASELINE.replace("version: base", "version: cand")
-        + "  - {id: ratio, when: amount / extra.base > 3, action: decline, score: 0.9, reason: r}\n"
-    )
-    argv = ["rules", "backtest", "--candidate", str(cand), "--baseline", str(base), str(data)]
+    cand.write_text(BASELINE.replace("version: base", "version: cand") + f"  - {rule}\n")
+    return ["rules", "backtest", "--candidate", str(cand), "--baseline", str(base), str(data)]
+
+
+def test_backtest_counts_the_transactions_a_rule_raises_on(tmp_path: Path, capsys) -> None:
+    """A candidate rule that raises makes its transactions dead letters in production: the
+    backtest lost them from both sides' counts without a word (the replay dead-lettered them)."""
+    argv = _backtest_a_rule(
+        tmp_path, [{"base": 10}, {"base": 0}, {"base": 40}, {}],
+        "{id: ratio, when: amount / extra.base > 3, action: decline, score: 0.9, reason: r}",
+    )  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "backtest over 4 transactions" in out
@@ -229,20 +236,11 @@ def test_backtest_counts_the_transactions_a_rule_raises_on(tmp_path: Path, capsy
 def test_backtest_counts_what_a_shadow_rule_raises_on(tmp_path: Path, capsys) -> None:
     """A shadow rule that raised was invisible in a backtest (a QA pass): promoted, it would
     have made those transactions dead letters."""
-    data = tmp_path / "h.jsonl"
-    txs = [
-        {"tx_id": f"t{i}", "ts": 1767225600 + i, "card_id": "c", "amount": 100, "extra": e}
-        for i, e in enumerate([{"k": 1}, {"k": 1}, {"k": 3}, {}])
-    ]
-    data.write_text("".join(json.dumps(t) + "\n" for t in txs))
-    base, cand = tmp_path / "base.yaml", tmp_path / "cand.yaml"
-    base.write_text(BASELINE)
-    cand.write_text(
-        BASELINE.replace("version: base", "version: cand")
-        + "  - {id: ratio, when: amount / (extra.k - 1) > 10, action: decline, score: 0.9,"
-        " reason: r, state: shadow}\n"
-    )
-    argv = ["rules", "backtest", "--candidate", str(cand), "--baseline", str(base), str(data)]
+    argv = _backtest_a_rule(
+        tmp_path, [{"k": 1}, {"k": 1}, {"k": 3}, {}],
+        "{id: ratio, when: amount / (extra.k - 1) > 10, action: decline, score: 0.9, reason: r,"
+        " state: shadow}",
+    )  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "candidate shadow rule ratio raised on 2 transaction(s)" in out, out
