@@ -337,31 +337,36 @@ class FeaturePlan:
         ts.insert(p, t)
         for fi, (k, sub) in enumerate(cg.nums):
             st[cg.i_num[fi]].insert(p, _num(_get(tx, k, sub)))
-        cvals = []
         for ci, (k, sub) in enumerate(cg.cats):
-            v = _cat(_get(tx, k, sub))
-            st[cg.i_cat[ci]].insert(p - _offset(cg, st, ci), v)
-            cvals.append(v)
+            st[cg.i_cat[ci]].insert(p - _offset(cg, st, ci), _cat(_get(tx, k, sub)))
         if cg.fraud:
             st[cg.i_flags].insert(p, 0)
+        self._repair(cg, st)
+
+    def _repair(self, cg: _CompiledGroup, st: list[Any]) -> None:
+        """Recompute every window's head, counters, known-fraud counts, running sums and
+        min/max candidates of ``st`` from its log, as of its newest entry (after an
+        out-of-order insert, or a merge of two logs)."""
+        ts = st[TS]
+        n = len(ts)
         last = ts[-1]
-        for wi, width, _pe, mono, ctrs, _fslot, _feats in cg.windows:
+        for wi, width, _pe, mono, ctrs, fslot, _feats in cg.windows:
             cutoff = last - width if width is not None else self.clock.cutoff(last)
-            if t > cutoff:  # inside the window as it stands: count it
-                for slot, ci in ctrs:
-                    v = cvals[ci]
+            h = st[cg.i_head[wi]] = bisect_right(ts, cutoff)
+            for slot, ci in ctrs:
+                c: dict[Any, int] = {}
+                for v in st[cg.i_cat[ci]][max(h - _offset(cg, st, ci), 0) :]:
                     if v is not None:
-                        c = st[cg.i_ctr[slot]]
                         c[v] = c.get(v, 0) + 1
-            else:  # inserted before the head: the head entry moved one place right
-                st[cg.i_head[wi]] += 1
-            h = st[cg.i_head[wi]]
+                st[cg.i_ctr[slot]] = c
+            if fslot >= 0:
+                st[cg.i_nf[fslot]] = sum(st[cg.i_flags][h:])
             for fi, i1, i2, i_n in cg.i_sum[wi]:  # recomputed exactly from the log
-                _exact(st[cg.i_num[fi]], st[cg.i_shift[fi]], h, len(ts), st, i1, i2, i_n)
-            for slot, fi, is_max in mono:  # positions moved: rebuild from the log
+                _exact(st[cg.i_num[fi]], st[cg.i_shift[fi]], h, n, st, i1, i2, i_n)
+            for slot, fi, is_max in mono:
                 col = st[cg.i_num[fi]]
                 lst: list[int] = []
-                for q in range(h, len(ts)):
+                for q in range(h, n):
                     x = col[q]
                     if x != x:
                         continue
@@ -519,8 +524,8 @@ class FeaturePlan:
         }
         return {**self._identity(), "state": pickle.dumps(body, protocol=5)}
 
-    def load_state_dict(self, sd: Mapping[str, Any]) -> None:
-        """Replace the state with one from :meth:`state_dict` (same declarations required)."""
+    def _body_of(self, sd: Mapping[str, Any]) -> dict[str, Any]:
+        """The unpickled state of ``sd``, checked to be of this plan's declarations."""
         mine = self._identity()
         for k, v in mine.items():
             if sd.get(k) != v:
@@ -534,7 +539,11 @@ class FeaturePlan:
                     f"feature state was saved with other {what} ({was}): restore with the same "
                     "feature declarations, timezone and grace, or start from an empty state"
                 )
-        body = pickle.loads(sd["state"])
+        return pickle.loads(sd["state"])
+
+    def load_state_dict(self, sd: Mapping[str, Any]) -> None:
+        """Replace the state with one from :meth:`state_dict` (same declarations required)."""
+        body = self._body_of(sd)
         self._reset()
         self.states = body["states"]
         self.watermark = body["watermark"]
@@ -557,6 +566,59 @@ class FeaturePlan:
         self.label_ttl = body["label_ttl"]
         self._label_span = max(self.label_ttl / _LABEL_BUCKETS, 1.0)
         self._bind()
+
+    def absorb(self, sd: Mapping[str, Any]) -> None:
+        """Merge another plan's state (:meth:`state_dict`, same declarations) into this one.
+
+        Exact when the two states hold different events -- each the events of its own input
+        partitions, as two instances of a consumer group do: the result is the state one plan
+        fed both streams would hold (running sums up to rounding: they are recomputed from the
+        merged logs). An entity only the other state holds is taken as it is; one both hold
+        gets the two logs merged in event time and its windows recomputed as of its newest
+        entry (:meth:`_repair`). Labels known there are attributed here; the watermark is the
+        later of the two; this plan's counters (late, evicted, ...) stay its own.
+        """
+        body = self._body_of(sd)
+        if body["label_ttl"] != self.label_ttl:
+            raise ConfigError(
+                f"feature state with a label_ttl of {body['label_ttl']:.0f} s cannot be merged "
+                f"into one of {self.label_ttl:.0f} s (their tx_id stores are bucketed for each)"
+            )
+        for cg, states, theirs in zip(self._groups, self.states, body["states"], strict=True):
+            for key, so in theirs.items():
+                st = states.get(key)
+                if st is None:
+                    states[key] = so
+                else:
+                    self._merge(cg, st, so)
+        self._labels.absorb(body["labels"])
+        self.watermark = max(self.watermark, body["watermark"])
+        self._sweep_todo = []  # (their keys are visited by the next sweep)
+        self._sweep_after = self._accepted
+        self._expire_labels()
+
+    def _merge(self, cg: _CompiledGroup, st: list[Any], so: list[Any]) -> None:
+        """Merge the log of ``so`` into ``st`` in event time (on equal timestamps ``st``'s
+        entries first) and recompute the windows. Categorical columns become whole logs
+        (values a column had already cut, which no window counts, are ``None``)."""
+        ta, tb = st[TS], so[TS]
+        na = len(ta)
+        order = sorted(range(na + len(tb)), key=lambda i: ta[i] if i < na else tb[i - na])
+
+        def merged(i: int, off: int = -1) -> list[Any]:
+            both = _whole(st, i, off) + _whole(so, i, off)
+            return [both[q] for q in order]
+
+        st[TS] = array("d", merged(TS))
+        for i in cg.i_num:
+            st[i] = array("d", merged(i))
+        for i, off in zip(cg.i_cat, cg.i_coff, strict=True):
+            st[i] = merged(i, off)
+            if off >= 0:
+                st[off] = 0
+        if cg.fraud:
+            st[cg.i_flags] = bytearray(merged(cg.i_flags))
+        self._repair(cg, st)
 
     def checkpoint(self, path: str | os.PathLike[str], position: Any) -> None:
         """Write the state and the source ``position`` it corresponds to, atomically.
@@ -622,6 +684,12 @@ def _changed(old: str, new: str) -> str:
 def _offset(cg: _CompiledGroup, st: list[Any], ci: int) -> int:
     """Log position of the first value held in categorical column ``ci``."""
     return st[cg.i_coff[ci]] if cg.i_coff[ci] >= 0 else 0
+
+
+def _whole(st: list[Any], i: int, off: int) -> list[Any]:
+    """Column ``st[i]`` as long as the log: ``None`` for the values a categorical column cut
+    (``off``: the slot of its offset, -1 for a column never cut)."""
+    return [None] * (st[off] if off >= 0 else 0) + list(st[i])
 
 
 def _num_agg(agg: str, vals: list[float]) -> float | None:

@@ -35,6 +35,7 @@ in a frozen bucket is one binary search in the id's partition.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from itertools import islice
 from operator import mul
 from typing import Any
@@ -66,6 +67,11 @@ def _encode(tx_id: str) -> bytes:
     NumPy's fixed-width bytes would strip."""
     b = tx_id.encode("utf-8", "surrogatepass")
     return b + b"\xff" if b.endswith(b"\x00") else b
+
+
+def _decode(b: bytes) -> str:
+    """The id :func:`_encode` stored as ``b``."""
+    return (b[:-1] if b.endswith(b"\x00\xff") else b).decode("utf-8", "surrogatepass")
 
 
 def _hash(key: bytes) -> int:
@@ -139,6 +145,17 @@ class _Bucket:
         if self.open is not None:
             return sum(len(keys) for keys, _ts in self.open)
         return sum(len(p.keys) for p in self.parts or ())
+
+    def entries(self) -> Iterator[tuple[str, Any, float]]:
+        """Every ``(tx_id, keys, ts)`` held, open or frozen."""
+        if self.open is not None:
+            for keys, ts in self.open:
+                for tx_id, k in keys.items():
+                    yield tx_id, k, ts[tx_id]
+            return
+        for p in self.parts or ():
+            for b, k, t in zip(p.ids.tolist(), p.keys, p.ts.tolist(), strict=True):
+                yield _decode(b), k, t
 
     def find(self, tx_id: str, key: bytes, h: int) -> tuple[Any, float] | None:
         if self.open is not None:
@@ -291,6 +308,29 @@ class TxStore:
             if rec is not None:
                 return bk, rec[0], rec[1]
         return None
+
+    def absorb(self, other: TxStore) -> None:
+        """Add the transactions (and known labels) of ``other``, a store of the same span. A
+        bucket both hold is reopened with the entries of both (the next :meth:`expire` freezes
+        it again if it is due)."""
+        if other.span != self.span:
+            raise ValueError(f"spans differ: {other.span} and {self.span}")
+        for b, theirs in other.buckets.items():
+            mine = self.buckets.get(b)
+            if mine is None:
+                self.buckets[b] = theirs
+                continue
+            both = _Bucket()
+            keys, ts = both.open[0]  # type: ignore[index]
+            for bk in (mine, theirs):
+                for tx_id, k, t in bk.entries():
+                    keys[tx_id] = k
+                    ts[tx_id] = t
+                both.known.update(bk.known)
+            self.buckets[b] = both
+        self.buckets = dict(sorted(self.buckets.items()))  # oldest first, as find expects
+        self._due = []  # (made again by the next expire: reopened buckets included)
+        self._cur, self._keys, self._ts = -1, {}, {}
 
     def expire(self, *, freeze_before: float, drop_before: float) -> None:
         """Drop buckets that end at or before ``drop_before``; queue the open ones that end at
