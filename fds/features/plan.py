@@ -196,6 +196,7 @@ class FeaturePlan:
         sweep_min_events: int = _SWEEP_MIN_EVENTS,
     ) -> None:
         self.layout: Layout = compile_specs(specs)
+        self._args = (tuple(specs), timezone, grace, sweep_min_events)
         self.sweep_min_events = max(int(sweep_min_events), 1)
         self.timezone = timezone
         self.clock = DayClock(timezone)
@@ -214,6 +215,14 @@ class FeaturePlan:
             self.label_ttl = parse_duration(label_ttl)
         self._label_span = max(self.label_ttl / _LABEL_BUCKETS, 1.0)
         self._reset()
+
+    def fresh(self) -> FeaturePlan:
+        """A plan of the same declarations and settings with an empty state."""
+        specs, timezone, grace, sweep = self._args
+        return FeaturePlan(  # (the label_ttl held: a restored state keeps its own)
+            specs, timezone=timezone, grace=grace, label_ttl=self.label_ttl,
+            sweep_min_events=sweep,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ state
     def _reset(self) -> None:

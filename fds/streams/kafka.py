@@ -180,6 +180,8 @@ WALL_CLOCK_FIELDS = ("decided_at", "latency_ms")
 # metadata: this prefix and an offset of the decisions partition of the same number): a
 # restart reads what is there and folds those records instead of deciding them again.
 DECIDED_MARK = "fds:decisions@"
+#: Checkpoint state key of Runner._left (the partitions whose events the state may still hold).
+LEFT_KEY = "partitions_left"
 # How long a restart waits to read those decisions before it decides their records again.
 FIND_TIMEOUT_S = 10.0
 
@@ -776,6 +778,11 @@ class Runner:
         # another instance) gets the state rebuilt from the input, all partitions merged in
         # event time, from the feature horizon up to the group's committed offsets.
         self._rebuild = checkpointer is not None and settings.rebuild_state
+        # Partitions the state no longer follows but whose events its windows may still hold
+        # (revoked, moved away) -> the feature watermark then; None: not known (a checkpoint of
+        # an earlier release). A partition that moves here is rebuilt alone and merged into
+        # the state only when the state holds none of its events (_moved_alone).
+        self._left: dict[int, float] | None = {}
         self._fresh_state = pickle.dumps(engine.state_dict()) if checkpointer else b""
         self._live = False  # the state has decided input since it was restored
         # The state holds decisions past _positions (not all committed synchronously yet): an
@@ -1016,6 +1023,7 @@ class Runner:
         self._unacked.clear()
         self._committable = {}
         self._positions.clear()
+        self._left = None  # (which partitions it holds events of: no longer known)
 
     def _time_left(self) -> float:
         """Seconds left before the stop's deadline (``shutdown_timeout_s`` from the stop)."""
@@ -1662,9 +1670,9 @@ class Runner:
         topic, offsets = self.s.input_topic, dict(self._positions)
         try:
             if force or not self.s.checkpoint_in_background:
-                ck.save(self.engine.state_dict(), topic=topic, offsets=offsets)
+                ck.save(self._state(), topic=topic, offsets=offsets)
             else:
-                ck.save_background(self.engine.state_dict, topic=topic, offsets=offsets)
+                ck.save_background(self._state, topic=topic, offsets=offsets)
         except OSError as exc:  # a full disk must not stop decisions; a restart re-folds more
             log.warning('checkpoint failed path="%s" error="%s"', ck.path, exc)
             ck.failures += 1  # (fds_checkpoints_total{result="failed"})
@@ -1672,6 +1680,10 @@ class Runner:
         self.stats.checkpoints += 1
         self._saved = offsets
         return True
+
+    def _state(self) -> dict[str, Any]:
+        """What a checkpoint holds besides the offsets: the engine's state and ``_left``."""
+        return {**self.engine.state_dict(), LEFT_KEY: self._left}
 
     def _restore(self, *, model: bool = True) -> None:
         """Load the state into the engine: the local checkpoint, else (none, or one that
@@ -1697,6 +1709,7 @@ class Runner:
                         where=str(ck.path),
                     )
                 self.engine.load_state_dict(got.state if model else _without_model(got.state))
+                self._left = got.state.get(LEFT_KEY)
             except ConfigError as exc:
                 log.warning("%s ignored: %s", what, exc)
                 if ck.path.exists():  # kept for a post-mortem (the topic's: it was left as
@@ -1791,8 +1804,11 @@ class Runner:
         """Forget the positions of partitions not in ``partitions``: the state no longer
         follows them, so no checkpoint may claim one (a restart would catch such a partition
         up from an old position, on top of a state that went on without it)."""
+        wm = getattr(self.engine.features, "watermark", -math.inf)
         for p in [p for p in self._positions if p not in partitions]:
             del self._positions[p]
+            if self._left is not None:
+                self._left[p] = wm
 
     def _restore_assigned(self) -> None:
         """Bring the state up to the committed offsets of the assigned partitions, before the
@@ -1950,6 +1966,24 @@ class Runner:
             pos.update({tp.partition: c for tp, c in behind.items()})
             self._refold = {}
             return committed
+        alone = None if restart else self._moved_alone(behind)
+        scratch: Any = None  # the plan the moved partitions are rebuilt into (alone)
+        fold, parse = self._fold, self._parsed
+        last: dict[int, float] = {}  # partition -> event time of its last record folded
+
+        def fold_alone(tx: Mapping[str, Any]) -> None:
+            self.stats.caught_up += 1
+            with contextlib.suppress(Exception):  # (dead-lettered when first decided)
+                scratch.compute(tx)
+            if self._fold_delay:
+                time.sleep(self._fold_delay)
+
+        def parse_alone(msg: Any) -> Mapping[str, Any] | None:
+            tx = self._parsed(msg)
+            if tx is not None:
+                last[msg.partition] = tx["ts"]
+            return tx
+
         t0 = time.monotonic()
         reader = self._consumer_factory(  # (read_committed, as the input is read)
             **self.s.reader_config(auto_offset_reset="earliest")  # never skip to the end
@@ -1971,8 +2005,20 @@ class Runner:
                             "the state lacks them", begin[tp] - pos[tp.partition], tp.topic,
                             tp.partition,
                         )  # fmt: skip
+            elif alone is not None:
+                what = "rebuild of the partitions moved here"
+                plan = self.engine.features
+                scratch = plan.fresh()  # type: ignore[union-attr]
+                fold, parse, hold = fold_alone, parse_alone, []  # (each folded whole: checked)
+                starts = self._retrying(
+                    "locating the feature horizon",
+                    lambda: start_offsets(reader, alone, horizon_seconds(self.engine),
+                                          "the state rebuild"),
+                )  # fmt: skip
+                ranges = {tp: (starts[tp], behind[tp]) for tp in alone}
             else:
                 what = "rebuild"
+                self._left = {}
                 self.engine.load_state_dict(pickle.loads(self._fresh_state))
                 self._model_without_labels()  # the fresh state's gate predates it
                 pos.clear()
@@ -1988,7 +2034,7 @@ class Runner:
             answer_at = time.monotonic() + KEEPALIVE_S
             self._restoring = True
             merged = read_merged(
-                reader, ranges, self._parsed, timeout_s=self.s.broker_timeout_s, hold=hold,
+                reader, ranges, parse, timeout_s=self.s.broker_timeout_s, hold=hold,
                 reached=reached,
             )  # fmt: skip
             lag_at = 0.0
@@ -2005,7 +2051,7 @@ class Runner:
                     pos.clear()
                     log.info("%s interrupted by a stop; the next start does it again", what)
                     return committed
-                self._fold(tx)
+                fold(tx)
                 if not i & 255 and time.monotonic() >= lag_at:
                     lag_at = time.monotonic() + LAG_EVERY_S
                     self._report_restoring(reader, committed, end)
@@ -2025,6 +2071,8 @@ class Runner:
             self._restoring = False
             with contextlib.suppress(Exception):
                 reader.close()
+        if alone is not None and not self._merge_moved(scratch, alone, last, end, committed):
+            return self._bring_up_to_date(tps)  # (now a rebuild of every partition)
         pos.update({tp.partition: c for tp, c in committed.items() if c is not None})
         # What the fold left (past the event time of a partition behind) is folded as the loop
         # decides, merged with it in event time (_process); the state covers up to where it
@@ -2033,7 +2081,7 @@ class Runner:
         pos.update({tp.partition: reached[tp] for tp in refold})
         log.info(
             "%s partitions=%s records=%d seconds=%.1f (state only, no output) ranges=%s%s",
-            what, sorted(tp.partition for tp in tps), self.stats.caught_up - folded,
+            what, sorted(tp.partition for tp in alone or tps), self.stats.caught_up - folded,
             time.monotonic() - t0, {tp.partition: r for tp, r in sorted(ranges.items())},
             f"; folded as the partitions behind are decided: "
             f"{ {tp.partition: (reached[tp], c) for tp, c in sorted(refold.items())} }"
@@ -2047,6 +2095,54 @@ class Runner:
         self._labels_due = True  # labels applied before may be missing from the folded state
         self._input_ms = -math.inf  # what is decided next may be older: its labels wait for it
         return {**committed, **resume}
+
+    def _moved_alone(self, behind: Mapping[Any, int]) -> list[Any] | None:
+        """The partitions of ``behind`` to rebuild alone and merge into the state, which goes
+        on holding the others, or ``None``: rebuild the state of every partition. Alone when
+        every partition behind moved here (the state does not follow it) and the state follows
+        others and holds no event of a moved one (it never held it, or every window has left
+        its events since: ``_left``); :meth:`fds.features.FeaturePlan.absorb` is then exact."""
+        plan, pos, left = self.engine.features, self._positions, self._left
+        if not pos or left is None or self._refold or not hasattr(plan, "absorb"):
+            return None
+        if any(tp.partition in pos for tp in behind):
+            return None
+        aged = plan.watermark - horizon_seconds(self.engine)  # type: ignore[union-attr]
+        if any(left.get(tp.partition, -math.inf) > aged for tp in behind):
+            return None
+        return sorted(behind, key=lambda tp: tp.partition)
+
+    def _merge_moved(
+        self,
+        scratch: Any,
+        alone: list[Any],
+        last: Mapping[int, float],
+        end: Mapping[Any, int],
+        committed: Mapping[Any, int | None],
+    ) -> bool:
+        """Merge the state rebuilt for the partitions moved here into the engine's, unless a
+        moved partition with records still to decide stopped so far behind the state's
+        watermark that they would be decided late (its previous owner fell behind on a
+        backlog): False then, and the state of every partition is rebuilt instead, folded in
+        event time (``_bring_up_to_date``)."""
+        plan = self.engine.features
+        wm = max(plan.watermark, scratch.watermark)  # type: ignore[union-attr]
+        behind = [
+            tp.partition for tp in alone
+            if end[tp] > (committed[tp] or 0)
+            and last.get(tp.partition, -math.inf) < wm - scratch.grace
+        ]  # fmt: skip
+        if behind:
+            log.warning(
+                "partitions %s moved here stop more than the grace period behind the state's "
+                "event time: the state of every partition is rebuilt instead", behind,
+            )  # fmt: skip
+            self._left = None  # (so that _moved_alone says no)
+            return False
+        plan.absorb(scratch.state_dict())  # type: ignore[union-attr]
+        for tp in alone:
+            self._left.pop(tp.partition, None)  # type: ignore[union-attr]
+        return True
 
     def _keep_alive(self) -> None:
         """Poll the group consumer once in the middle of a long restore. A rebalance the group
@@ -2069,6 +2165,7 @@ class Runner:
         # (an older checkpoint could reopen a probation confirmed since)
         self.engine.load_state_dict(_without_model(pickle.loads(self._fresh_state)))
         self._positions.clear()
+        self._left = {}
         self._refold = {}
         self._restore(model=False)
         if self._joining:

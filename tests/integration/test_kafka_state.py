@@ -12,6 +12,7 @@ import re
 import signal
 import threading
 import time
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -152,14 +153,23 @@ def test_two_instances_one_killed_survivor_takes_over_nothing_lost(
 ):
     """RELIABILITY.md test 8: two `fds run` in one group (6 partitions), one killed with
     SIGKILL: the survivor takes its partitions within the session timeout, rebuilds the state
-    from the input, and every tx_id is decided with the card features of an uninterrupted
-    run."""
+    of those partitions alone from the input and merges it into its own, and every tx_id is
+    decided with the card features of an uninterrupted run; once merged, with all of them."""
     # 20,000 transactions within 200 s of event time, less than the grace period: however far
     # apart in event time the two instances get, nothing can be late, so every card feature
     # must equal the uninterrupted run's -- unless a moved partition's history is missing.
     ids = write_stream(tmp_path / "tx.jsonl", 20_000, step=0.01)
+    with_merchants = [  # (merchants and devices span partitions: counted by both instances)
+        orjson.dumps({**orjson.loads(line), "merchant_id": f"m{i % 37}", "device_id": f"d{i % 53}"})
+        for i, line in enumerate((tmp_path / "tx.jsonl").read_bytes().splitlines())
+    ]  # fmt: skip
+    (tmp_path / "tx.jsonl").write_bytes(b"\n".join(with_merchants) + b"\n")
+    half = len(ids) // 2
+    (tmp_path / "a.jsonl").write_bytes(b"\n".join(with_merchants[:half]) + b"\n")
+    (tmp_path / "b.jsonl").write_bytes(b"\n".join(with_merchants[half:]) + b"\n")
     group = unique_name("g")
-    produce_file(tmp_path / "tx.jsonl", settings_for(kafka_bootstrap, topics, group))
+    s = settings_for(kafka_bootstrap, topics, group)
+    produce_file(tmp_path / "a.jsonl", s)
     session_s = 6.0  # the broker's minimum: a quick takeover
     env = {"FDS_SESSION_TIMEOUT_MS": str(int(session_s * 1000))}
 
@@ -170,7 +180,9 @@ def test_two_instances_one_killed_survivor_takes_over_nothing_lost(
         )  # fmt: skip
 
     # The victim starts alone (it commits on every partition), then the survivor joins and
-    # takes its share, rebuilding the state of the partitions it gets from the input.
+    # takes its share, rebuilding the state of the partitions it gets from the input (its
+    # first checkpoint follows them). The second half of the stream comes, and the victim
+    # is killed with its share of it to decide.
     victim = spawn_run(kafka_bootstrap, topics, group, stages=stages("a"), env=env)
     wait_until(
         lambda: count_records(kafka_bootstrap, topics["decisions"]) >= 0.1 * len(ids),
@@ -178,9 +190,11 @@ def test_two_instances_one_killed_survivor_takes_over_nothing_lost(
     )  # fmt: skip
     survivor = spawn_run(kafka_bootstrap, topics, group, stages=stages("b"), env=env)
     wait_until(
-        lambda: count_records(kafka_bootstrap, topics["decisions"]) >= 0.4 * len(ids),
-        90, "both deciding",
+        lambda: (tmp_path / "b" / "engine.ckpt").exists()
+        and count_records(kafka_bootstrap, topics["decisions"]) >= half,
+        90, "both deciding the first half",
     )  # fmt: skip
+    produce_file(tmp_path / "b.jsonl", s)
     t_kill = time.time()  # wall clock: compared with the survivor's log timestamps
     victim.kill()
     victim.wait(10)
@@ -220,21 +234,42 @@ def test_two_instances_one_killed_survivor_takes_over_nothing_lost(
     # features (without the rebuild the moved partitions' history would be missing).
     ref = build_run_engine(DEFAULT_RULES, None)
     try:
-        want = {
-            tx["tx_id"]: _card(ref.decide(tx)["features"])
+        full = {
+            tx["tx_id"]: ref.decide(tx)["features"]
             for tx in replay_load(tmp_path / "tx.jsonl").transactions
         }
+        want = {tx_id: _card(f) for tx_id, f in full.items()}
     finally:
         close_engine(ref)
+    # The moved partitions alone were rebuilt after the kill (the survivor's own went on from
+    # its state), then merged: from then on every feature -- merchants' and devices' too,
+    # which span partitions -- is the uninterrupted run's (sums to rounding: recomputed).
+    moved = [
+        (_log_time(line), line) for line in err.splitlines()
+        if "rebuild of the partitions moved here partitions=" in line and _log_time(line) > t_kill
+    ]  # fmt: skip
+    assert len(moved) == 1, err[-3000:]
+    merged_at, line = moved[0]
+    rebuilt = set(map(int, re.search(r"partitions=\[([\d, ]+)\]", line)[1].split(", ")))
+    held = re.findall(r"partitions assigned: \[([^]]*)\]", err)[-2]  # before the kill's
+    assert rebuilt and not rebuilt & set(map(int, re.findall(r"\[(\d)\]'", held))), (line, held)
+    assert not [
+        ln for ln in err.splitlines() if "rebuild partitions=" in ln and _log_time(ln) > t_kill
+    ], err[-3000:]  # (no rebuild of every partition)
     seen: set[str] = set()
-    dups = 0
+    dups = after = 0
     for r in read_all(kafka_bootstrap, topics["decisions"]):
         d = orjson.loads(r.value)
         dups += d["tx_id"] in seen
         seen.add(d["tx_id"])
         assert _card(d["features"]) == want[d["tx_id"]], d["tx_id"]
+        if _decided_time(d) > merged_at:
+            after += 1
+            for name, v in full[d["tx_id"]].items():
+                got = d["features"][name]
+                assert got == v or got == pytest.approx(v, rel=1e-9), (d["tx_id"], name)
     assert seen == set(ids)
-    assert "rebuild partitions=[0, 1, 2, 3, 4, 5]" in err, err[-3000:]
+    assert after > 0
     print(
         f"survivor took over {takeover_s:.1f} s and decided everything {decided_s:.1f} s "
         f"after the kill; {dups} duplicates"
@@ -246,6 +281,11 @@ def _log_time(line: str) -> float:
     m = re.match(r'ts="([^".]+)\.(\d{3})Z"', line)
     assert m, line
     return calendar.timegm(time.strptime(m[1], "%Y-%m-%dT%H:%M:%S")) + int(m[2]) / 1000
+
+
+def _decided_time(decision: dict[str, Any]) -> float:
+    """A decision's ``decided_at`` (UTC, ISO 8601) as epoch seconds."""
+    return datetime.fromisoformat(decision["decided_at"].replace("Z", "+00:00")).timestamp()
 
 
 def _card(features: dict[str, Any]) -> dict[str, Any]:

@@ -1687,3 +1687,29 @@ def test_a_state_snapshot_that_cannot_be_read_leaves_the_state_to_a_rebuild(tmp_
     assert r._fetch_state(Checkpointer(tmp_path / "ck")) is None
     assert 'state topic="state": a batch of it cannot be read' in caplog.text
     assert "the state is rebuilt from the input" in caplog.text
+
+
+def test_a_partition_moved_here_is_rebuilt_alone_unless_the_state_may_hold_its_events(tmp_path):
+    """The state follows partition 1; partition 0 moves here: it alone is rebuilt from the
+    input and merged in (the state of partition 1 stays). Not when the state may still hold
+    events of partition 0 (revoked from here within the feature horizon: they would count
+    twice), nor when that is not known: then every partition is rebuilt, as before."""
+    from fds.streams import kafka
+
+    r = rebuilding_runner(tmp_path, Reader(records(0, 10)), Group())
+    r._positions = {0: 4, 1: 5}
+    kafka._Revoke(r).on_partitions_assigned({TopicPartition("transactions", 1)})
+    assert r._left == {0: -math.inf}  # revoked before the state saw any event
+    r._bring_up_to_date([TP])
+    assert r._positions == {0: 10, 1: 5} and r._left == {}
+    assert r.engine.features.state_sizes()["card_id"] == 1  # merged in
+    assert r.checkpointer.load().state[kafka.LEFT_KEY] == {}
+
+    behind = {TP: 10}
+    del r._positions[0]
+    r._left = {0: r.engine.features.watermark - 60.0}  # revoked a minute ago
+    assert r._moved_alone(behind) is None
+    r._left = None  # (a checkpoint of an earlier release)
+    assert r._moved_alone(behind) is None
+    r._left, r._positions = {}, {}  # (following nothing: a rebuild of all)
+    assert r._moved_alone(behind) is None
