@@ -91,6 +91,9 @@ THRESHOLD_REFRESH = 20
 RESCORE_INLINE_S = 0.002
 RESCORE_PROBE = 8
 _DAY = 86400.0
+#: Days of decision counts kept: the alert share divides the daily budget by the mean count of
+#: the 7 days with decisions before the one under way, the eighth (older days are never read).
+DAYS_COUNTED = 8
 #: Model events logged as warnings (the rest, the model's normal life, as INFO lines).
 _WARN = frozenset({"swap_rejected", "rollback"})
 
@@ -387,6 +390,9 @@ class ModelServer:
             if day != self._day:  # contests that waited too long: checked once a day
                 self._day = day
                 self._expire_contests(ts)
+                if len(counts) > DAYS_COUNTED:  # (a late decision may have brought one back)
+                    for old in sorted(counts)[:-DAYS_COUNTED]:
+                        del counts[old]
         if self.trainer is not None:
             self.trainer.on_decision(tx, decision, x=x)
         elif self._labels_here:  # (no label would ever take them)
@@ -563,7 +569,7 @@ class ModelServer:
             self._start_shadow(version, model, entry)
 
     def _alert_share(self) -> float:
-        days = sorted(self._day_counts)[-8:-1] or sorted(self._day_counts)[-1:]
+        days = sorted(self._day_counts)[-DAYS_COUNTED:-1] or sorted(self._day_counts)[-1:]
         per_day = sum(self._day_counts[d] for d in days) / max(len(days), 1)
         return min(1.0, self.spec.promote.alert_budget_per_day / max(per_day, 1.0))
 

@@ -771,3 +771,17 @@ def test_a_gate_changed_while_the_scorer_was_down_is_judged_anew() -> None:
     same = ModelServer(gated, learn=False)
     same.load_gate_state({**shadow.gate_state(), "acting": True})  # the same gate: as saved
     assert same.acting
+
+
+def test_decisions_per_day_keep_only_the_days_the_alert_share_reads() -> None:
+    """A service runs for years: one count per day was kept for good, 8 are ever read."""
+    srv = ModelServer(SPEC, learn=False)
+    per_day = {d: 20 + d for d in range(40)}  # each day its own volume
+    for d, n in per_day.items():
+        for i in range(n):
+            srv.on_decision({"tx_id": f"t{d}-{i}", "ts": d * DAY + i}, {})
+    srv.on_decision({"tx_id": "late", "ts": 3 * DAY}, {})  # a late one brings a day back
+    srv.on_decision({"tx_id": "next", "ts": 40 * DAY}, {})
+    assert len(srv._day_counts) == 8  # today and the 7 days before it
+    # the budget (10 a day) over the mean of the 7 days before the one under way, as before
+    assert srv._alert_share() == 10 / (sum(per_day[d] for d in range(33, 40)) / 7)
