@@ -94,6 +94,9 @@ _DAY = 86400.0
 #: Days of decision counts kept: the alert share divides the daily budget by the mean count of
 #: the 7 days with decisions before the one under way, the eighth (older days are never read).
 DAYS_COUNTED = 8
+#: Contest verdicts kept in ModelServer.history (newest last): a benchmark run reads all of its
+#: own (tens); a service, one or a few a day, keeps years of them without growing for good.
+HISTORY_SIZE = 1000
 #: Model events logged as warnings (the rest, the model's normal life, as INFO lines).
 _WARN = frozenset({"swap_rejected", "rollback"})
 
@@ -281,7 +284,7 @@ class ModelServer:
         self._day_counts: dict[int, int] = {}
         self._last: tuple[str, dict[str, float]] | None = None
         self._inputs: collections.OrderedDict[str, dict[str, float]] = collections.OrderedDict()
-        self.history: list[dict[str, Any]] = []
+        self.history: list[dict[str, Any]] = []  # contest verdicts, the newest HISTORY_SIZE
         self.stats: collections.Counter[str] = collections.Counter()
         self._watch: threading.Thread | None = None
         self._stop = threading.Event()
@@ -865,7 +868,7 @@ class ModelServer:
         c = self.contest
         assert c is not None
         info = c.figures()
-        self.history.append({"verdict": verdict, **info})
+        self._keep_verdict(verdict, info)
         if verdict == "reject":
             self._drop_challenger("reject", "precision below champion", info)
             return
@@ -883,6 +886,11 @@ class ModelServer:
         self._emit("promote", info)
         self._next_queued()
 
+    def _keep_verdict(self, verdict: str, info: dict[str, Any]) -> None:
+        history = self.history
+        history.append({"verdict": verdict, **info})
+        del history[:-HISTORY_SIZE]  # the newest HISTORY_SIZE
+
     def _contest_against(self, incumbent: str) -> None:
         """A running shadow contest starts over against a new champion (its wait goes on)."""
         c = self.contest
@@ -898,7 +906,7 @@ class ModelServer:
         info = p.figures()
         if why:
             info["why"] = why
-        self.history.append({"verdict": verdict, **info})
+        self._keep_verdict(verdict, info)
         self.probation = None
         self.stats[verdict] += 1
         if verdict == "rollback":

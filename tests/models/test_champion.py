@@ -785,3 +785,12 @@ def test_decisions_per_day_keep_only_the_days_the_alert_share_reads() -> None:
     assert len(srv._day_counts) == 8  # today and the 7 days before it
     # the budget (10 a day) over the mean of the 7 days before the one under way, as before
     assert srv._alert_share() == 10 / (sum(per_day[d] for d in range(33, 40)) / 7)
+
+
+def test_the_verdict_history_keeps_the_newest_1000() -> None:
+    srv = ModelServer(SPEC, learn=False)
+    for i in range(1005):  # (a verdict or a few a day: years of a service)
+        srv.probation = Contest("probation", f"v{i}", "v0", min_labels=1)
+        srv._judge_probation("confirm")
+    assert len(srv.history) == 1000
+    assert [h["on_probation"] for h in srv.history[::999]] == ["v5", "v1004"]
