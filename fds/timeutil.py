@@ -237,8 +237,8 @@ def format_ts(ts: float) -> str:
     """Epoch seconds as ISO 8601 UTC with milliseconds.
 
     Hot path (two calls per decision): the text up to the second is cached per epoch second
-    (bounded), and the text after it is taken from a table, so most calls are one rounding,
-    one divmod and one concatenation.
+    and its date per epoch day (both bounded), and the text after it is taken from a table,
+    so most calls are one rounding, one divmod and one concatenation.
 
     >>> format_ts(1700000000.25), format_ts(-0.5)
     ('2023-11-14T22:13:20.250+00:00', '1969-12-31T23:59:59.500+00:00')
@@ -250,6 +250,7 @@ def format_ts(ts: float) -> str:
     if prefix is None:
         if len(_second_prefix) > 8192:  # bounded; a replay moves forward through time
             _second_prefix.clear()
+            _day_prefix.clear()  # (at most one new day per second cached: bounded too)
         day, s = divmod(sec, 86400)
         date = _day_prefix.get(day)
         if date is None:

@@ -4,6 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fds import timeutil
 from fds.errors import ConfigError
 from fds.timeutil import format_ts, parse_duration, parse_ts
 
@@ -17,6 +18,14 @@ def test_format_ts_matches_datetime(ts):
 @given(st.floats(min_value=0, max_value=4e9, allow_nan=False))
 def test_format_then_parse_roundtrips_to_the_millisecond(ts):
     assert parse_ts(format_ts(ts)) == pytest.approx(round(ts * 1000) / 1000, abs=1e-6)
+
+
+def test_the_format_caches_stay_bounded_over_years_of_event_time():
+    for day in range(10_000):  # 27 years, one event a day
+        ts = day * 86400.0 + 0.5
+        assert format_ts(ts) == datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+    assert len(timeutil._day_prefix) <= 8193
+    assert len(timeutil._second_prefix) <= 8193
 
 
 @pytest.mark.parametrize("bad", ["", "5", "5 years", "-1h", "1.2.3s"])
