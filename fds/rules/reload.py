@@ -105,7 +105,10 @@ class ReloadingRuleset:
         self.policy = Policy.from_spec(self.current.policy)
         self.applied = self.current  # the ruleset of the last evaluate (the hot path's)
         # what each version served decided with, by digest (a version comes back only with its
-        # own rules; kept in the engine's checkpoint, so also across restarts)
+        # own rules; kept in the engine's checkpoint, so also across restarts). Not bounded on
+        # purpose: a version forgotten could come back with other rules, and decisions that
+        # carry it could no longer be told apart. It grows by one entry (~200 B) per reload
+        # that brings a new version, a person's edit: thousands in years.
         self._served: dict[str | None, str] = {self.current.version: _deciding(self.current)}
         self._retired: list[Ruleset] = []  # replaced on the hot path since the last drain
         self.metrics = metrics
