@@ -41,3 +41,21 @@ def test_frozen_objects_are_not_visited_by_full_collections():
 def test_every_must_be_positive():
     with pytest.raises(ValueError, match="every must be >= 1"):
         Freezer(every=0)
+
+
+def test_cycles_other_threads_drop_right_after_the_full_collection_are_not_frozen():
+    """A thread held back during the full pass (kafka-python's network thread) runs as soon as
+    it returns: the cycles it dropped then were frozen with the rest, and never collected."""
+    made: list[weakref.ref[Node]] = []
+
+    def other_thread(phase: str, info: dict[str, int]) -> None:
+        if phase == "stop" and info["generation"] == 2 and not made:
+            made.append(weakref.ref(Node()))  # garbage at once, after the full pass
+
+    gc.callbacks.append(other_thread)
+    try:
+        with Freezer(every=1) as fz:
+            fz.tick()
+            assert made and made[0]() is None
+    finally:
+        gc.callbacks.remove(other_thread)
