@@ -13,11 +13,17 @@ counting unless its own estimator holds a cycle). Instagram runs its Python serv
 
 What is frozen is everything alive at that moment, also short-lived cycles of other threads
 (kafka-python's network thread: a future failed with a timeout, whose traceback holds the frame
-that holds the future); once garbage, a frozen cycle stays. The freeze therefore comes right
-after a young collection (~10 us) that follows the full one: the other threads, held back
-during the full pass, run just after it, and the cycles they made and dropped meanwhile were
-frozen with the rest (a reproduction: 5.3 objects leaked per freeze before, 0.3 after). Cycles
-that were alive during the full pass are not collected by it (they are old by then).
+that holds the future); once garbage, a frozen cycle stays. Two things keep that small:
+
+- the freeze comes right after a young collection (~10 us) that follows the full one: the other
+  threads, held back during the full pass, run just after it, and the cycles they made and
+  dropped meanwhile were frozen with the rest (a reproduction: 5.3 objects leaked per freeze
+  before, 0.3 after). Cycles alive during the full pass are old by then: not collected by it;
+- :meth:`Freezer.idle`: once the caller's input has been quiet for a while, the whole heap is
+  unfrozen, collected and frozen again (:meth:`Freezer.compact`), a full pass over the state
+  (0.2 s at 50,000 cards, ~10 s at 1,000,000) that no waiting event pays for. A loop that is
+  never idle keeps the cycles frozen alive (~0.13 B per event on the Kafka path before the
+  young collection, an upper bound now).
 
 >>> import gc
 >>> with Freezer(every=2) as fz:
@@ -31,35 +37,98 @@ that were alive during the full pass are not collected by it (they are old by th
 from __future__ import annotations
 
 import gc
+import logging
+import math
+import time
 from types import TracebackType
 
-__all__ = ["FREEZE_EVERY", "Freezer"]
+__all__ = ["COMPACT_EVERY_S", "FREEZE_EVERY", "QUIET_S", "Freezer"]
+
+log = logging.getLogger("fds.gc")
 
 #: Events between two freezes: often enough that the young state is never large, rarely enough
 #: that the collection before each freeze (~10-30 ms at 20,000 cards) costs < 1% of the time.
 FREEZE_EVERY = 100_000
+#: Seconds without input before :meth:`Freezer.idle` compacts: one empty poll is no lull (fds
+#: run polls for 100 ms at a time), and a record that comes during a compaction waits for it.
+QUIET_S = 5.0
+#: Least seconds between two compactions (or two estimates of one): each is a full pass over the
+#: state, so at most that pass's CPU every 15 min; what a busy loop froze meanwhile is ~1 MB at
+#: 12,000 tx/s (0.13 B per event measured on the Kafka path before the young collection).
+COMPACT_EVERY_S = 900.0
+#: A compaction's pause, estimated as this many times the time to count the frozen objects (the
+#: same list, walked once): 8.0-9.6 times on the feature state (the benchmarks' default set:
+#: 50,000 cards x 14 days, 26 ms then 0.20-0.24 s; 200,000 x 21 days, 0.19-0.21 s then
+#: 1.5-2.0 s), with room to spare.
+PROBE_RATIO = 12.0
 
 
 class Freezer:
-    """``with Freezer() as fz:`` around an event loop, ``fz.tick(n)`` after ``n`` events."""
+    """``with Freezer() as fz:`` around an event loop, ``fz.tick(n)`` after ``n`` events, and
+    ``fz.idle(quiet_s)`` when the loop has nothing to do (optional: see the module's text)."""
 
-    def __init__(self, every: int = FREEZE_EVERY) -> None:
+    def __init__(
+        self,
+        every: int = FREEZE_EVERY,
+        *,
+        quiet_s: float = QUIET_S,
+        compact_every_s: float = COMPACT_EVERY_S,
+    ) -> None:
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
         self.every = every
+        self.quiet_s = quiet_s
+        self.compact_every_s = compact_every_s
         self.freezes = 0
+        self.compactions = 0
         self._left = every
+        self._compacted_at = 0  # freezes then: a compaction with none since finds nothing new
+        self._next_compaction = -math.inf  # (monotonic time)
 
     def freeze(self) -> None:
         """Collect the garbage among the unfrozen objects, then freeze what is alive."""
-        gc.collect()
-        # Other threads held back during that pass (kafka-python's network thread, with replies
-        # waiting) run as soon as it returns; the cycles they drop meanwhile are young: a young
-        # pass (well under a millisecond) collects them, or they would be frozen for good.
-        gc.collect(1)
-        gc.freeze()
+        _collect_and_freeze()
         self.freezes += 1
         self._left = self.every
+
+    def compact(self) -> int:
+        """Unfreeze everything, collect it all, freeze again: the frozen garbage is freed (a
+        full pass over the whole heap). Returns the objects collected."""
+        gc.unfreeze()
+        collected = _collect_and_freeze()
+        self.compactions += 1
+        self._compacted_at = self.freezes
+        self._left = self.every
+        return collected
+
+    def idle(self, quiet_s: float, max_pause_s: float = math.inf) -> bool:
+        """The caller's input has been quiet for ``quiet_s`` seconds: :meth:`compact` when that
+        is ``self.quiet_s`` or more, a freeze came since the last compaction, none was done or
+        estimated in the last ``compact_every_s``, and its pause is estimated at no more than
+        ``max_pause_s`` (a Kafka consumer whose thread waits longer than its session timeout
+        is dropped from its group). Returns whether it compacted."""
+        now = time.monotonic()
+        if quiet_s < self.quiet_s or self.freezes == self._compacted_at:
+            return False
+        if now < self._next_compaction:
+            return False
+        self._next_compaction = now + self.compact_every_s
+        if max_pause_s < math.inf:
+            t = time.perf_counter()
+            frozen = gc.get_freeze_count()
+            estimate = (time.perf_counter() - t) * PROBE_RATIO
+            if estimate > max_pause_s:
+                log.info(
+                    'heap compaction skipped: estimated_s="%.1f" max_pause_s="%.1f" frozen="%d"',
+                    estimate, max_pause_s, frozen,
+                )  # fmt: skip
+                return False
+        t = time.perf_counter()
+        collected = self.compact()
+        log.info(
+            'heap compacted: collected="%d" pause_s="%.2f"', collected, time.perf_counter() - t
+        )
+        return True
 
     def due(self, n: int = 1) -> bool:
         """Will ``tick(n)`` freeze?"""
@@ -84,3 +153,15 @@ class Freezer:
         tb: TracebackType | None,
     ) -> None:
         gc.unfreeze()  # back in the collector's sight: garbage once the loop is done
+
+
+def _collect_and_freeze() -> int:
+    """A full collection of what is not frozen, then a freeze of what is alive; the number of
+    objects collected."""
+    collected = gc.collect()
+    # Other threads held back during that pass (kafka-python's network thread, with replies
+    # waiting) run as soon as it returns; the cycles they drop meanwhile are young: a young
+    # pass (well under a millisecond) collects them, or they would be frozen for good.
+    collected += gc.collect(1)
+    gc.freeze()
+    return collected

@@ -59,3 +59,28 @@ def test_cycles_other_threads_drop_right_after_the_full_collection_are_not_froze
             assert made and made[0]() is None
     finally:
         gc.callbacks.remove(other_thread)
+
+
+def test_a_quiet_loop_collects_the_cycles_that_died_frozen():
+    with Freezer(every=1, quiet_s=5.0, compact_every_s=3600.0) as fz:
+        alive = Node()  # a cycle alive at a freeze (a future in flight) ...
+        fz.tick()
+        gone = weakref.ref(alive)
+        del alive  # ... that dies later: frozen garbage, which no tick collects
+        fz.tick()
+        assert gone() is not None
+        assert not fz.idle(quiet_s=0.1)  # one empty poll is no lull
+        assert fz.idle(quiet_s=5.0)
+        assert gone() is None and fz.compactions == 1
+        assert gc.get_freeze_count() > 0  # what is alive is frozen again
+        assert not fz.idle(quiet_s=60.0), "nothing was frozen since"
+        fz.tick()
+        assert not fz.idle(quiet_s=60.0), "at most one compaction per compact_every_s"
+
+
+def test_no_compaction_whose_pause_is_estimated_over_the_limit():
+    with Freezer(every=1, compact_every_s=0.0) as fz:
+        fz.tick()
+        assert not fz.idle(quiet_s=60.0, max_pause_s=0.0)
+        assert fz.compactions == 0
+        assert fz.idle(quiet_s=60.0, max_pause_s=60.0)
