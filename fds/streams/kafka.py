@@ -1174,6 +1174,9 @@ class Runner:
                 if time.perf_counter() - self._lag_at > LAG_EVERY_S:  # idle partitions' too
                     self._lag_at = time.perf_counter()
                     self._report()
+                # a lull: the cycles kafka-python had alive at the freezes are collected
+                # (fds.gcpolicy), in at most half the session timeout (heartbeats stay in time)
+                self._freezer.idle(now - no_input.since, self.s.session_timeout_ms / 2000)
                 if no_input.over(consumer, now):
                     return
             # Idle, or records held for a partition that is behind while nothing is fetched:

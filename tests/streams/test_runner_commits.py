@@ -1713,3 +1713,18 @@ def test_a_partition_moved_here_is_rebuilt_alone_unless_the_state_may_hold_its_e
     assert r._moved_alone(behind) is None
     r._left, r._positions = {}, {}  # (following nothing: a rebuild of all)
     assert r._moved_alone(behind) is None
+
+
+def test_a_quiet_input_lets_the_freezer_compact_within_half_the_session_timeout(monkeypatch):
+    """The cycles kafka-python had alive at a freeze are collected only by a full pass: the
+    loop offers one to the freezer while its input is quiet (fds.gcpolicy.Freezer.idle), with
+    half the session timeout as the longest pause (heartbeats stay in time)."""
+    from fds.gcpolicy import Freezer
+
+    calls: list[tuple[float, float]] = []
+    monkeypatch.setattr(Freezer, "idle", lambda self, q, m=math.inf: calls.append((q, m)))
+    consumer = CutOff([records(0)], back_at=0.0, refused_s=0.0, rtt_s=0.0)
+    stats = cut_off_runner(consumer, timeout_s=5.0).run(max_idle_s=0.5)
+    assert stats.decided == 3
+    assert calls and {m for _, m in calls} == {5.0}  # (session_timeout_ms 10,000)
+    assert max(q for q, _ in calls) >= 0.4  # quiet for as long as the input was
