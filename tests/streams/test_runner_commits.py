@@ -1728,3 +1728,19 @@ def test_a_quiet_input_lets_the_freezer_compact_within_half_the_session_timeout(
     assert stats.decided == 3
     assert calls and {m for _, m in calls} == {5.0}  # (session_timeout_ms 10,000)
     assert max(q for q, _ in calls) >= 0.4  # quiet for as long as the input was
+
+
+def test_a_moved_partition_far_behind_the_state_gets_every_partition_rebuilt(tmp_path, caplog):
+    """Rebuilt alone, partition 0 stops at event times far behind the state's (its previous
+    owner fell behind on a backlog): its records still to decide would be decided late once
+    merged, so the state of every partition is rebuilt instead, folded in event time."""
+    r = rebuilding_runner(tmp_path, Reader(records(0, 12)), Group())  # 10 committed, 2 to go
+    r._positions = {1: 5}
+    r.engine.features.compute(
+        {"tx_id": "x", "ts": 1_700_000_000.0 + 86400, "card_id": "c9", "amount": 1.0}
+    )  # partition 1 decided a day later
+    with caplog.at_level("WARNING"):
+        r._bring_up_to_date([TP])
+    assert "stop more than the grace period behind" in caplog.text
+    assert r._positions == {0: 10} and r._left == {}  # rebuilt: the state of partition 0 only
+    assert r.engine.features.state_sizes()["card_id"] == 1
