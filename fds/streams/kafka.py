@@ -127,7 +127,7 @@ from fds.streams.files import (
 )
 from fds.streams.kafka_kit import Call, ClientErrors, Consumer, UnreadableRecords
 from fds.streams.label_feed import LabelFeed, reads_labels
-from fds.streams.rebuild import horizon_seconds, read_merged, start_offsets
+from fds.streams.rebuild import STAGES_TAIL_S, horizon_seconds, read_merged, start_offsets
 from fds.streams.state_topic import StateTopic
 from fds.timeutil import FileClock, format_ts, get_zone, naive_text, parse_ts, span
 
@@ -1973,13 +1973,21 @@ class Runner:
         scratch: Any = None  # the plan the moved partitions are rebuilt into (alone)
         fold, parse = self._fold, self._parsed
         last: dict[int, float] = {}  # partition -> event time of its last record folded
+        at: dict[str, Any] = {}  # partition and offset of the record folded (read_merged)
+        tail: dict[Any, int] = {}  # a rebuild: where the records for the whole engine start
 
-        def fold_alone(tx: Mapping[str, Any]) -> None:
+        def fold_features(tx: Mapping[str, Any]) -> None:  # into ``plan``: features only
             self.stats.caught_up += 1
             with contextlib.suppress(Exception):  # (dead-lettered when first decided)
-                scratch.compute(tx)
+                plan.compute(tx)
             if self._fold_delay:
                 time.sleep(self._fold_delay)
+
+        def fold_rebuild(tx: Mapping[str, Any]) -> None:
+            if at["offset"] < tail[at["tp"]]:
+                fold_features(tx)
+            else:
+                self._fold(tx)
 
         def parse_alone(msg: Any) -> Mapping[str, Any] | None:
             tx = self._parsed(msg)
@@ -2010,9 +2018,8 @@ class Runner:
                         )  # fmt: skip
             elif alone is not None:
                 what = "rebuild of the partitions moved here"
-                plan = self.engine.features
-                scratch = plan.fresh()  # type: ignore[union-attr]
-                fold, parse, hold = fold_alone, parse_alone, []  # (each folded whole: checked)
+                plan = scratch = self.engine.features.fresh()  # type: ignore[union-attr]
+                fold, parse, hold = fold_features, parse_alone, []  # (each folded whole: checked)
                 starts = self._retrying(
                     "locating the feature horizon",
                     lambda: start_offsets(reader, alone, horizon_seconds(self.engine),
@@ -2031,6 +2038,13 @@ class Runner:
                     lambda: start_offsets(reader, tps, horizon, "the state rebuild"),
                 )
                 ranges = {tp: (starts[tp], c) for tp, c in committed.items() if c is not None}
+                plan = self.engine.features
+                if plan is not None and horizon > STAGES_TAIL_S:
+                    tail = self._retrying(
+                        "locating the rebuild's tail",
+                        lambda: start_offsets(reader, tps, STAGES_TAIL_S),
+                    )  # fmt: skip
+                    fold = fold_rebuild
             reached: dict[Any, int] = {}
             folded = self.stats.caught_up
             rebalances = self._rebalances
@@ -2038,7 +2052,7 @@ class Runner:
             self._restoring = True
             merged = read_merged(
                 reader, ranges, parse, timeout_s=self.s.broker_timeout_s, hold=hold,
-                reached=reached,
+                reached=reached, positions=at,
             )  # fmt: skip
             lag_at = 0.0
             # (a rebuild of 200,000 records said nothing until its end, and its metrics did not
