@@ -105,20 +105,46 @@ def _show(args: argparse.Namespace) -> int:
 def _promote(args: argparse.Namespace) -> int:
     try:
         reg = _registry(args)
-        status = reg.entry(args.version)["status"]
-        if status == "rejected" and not args.force:
-            why = reg.entry(args.version).get("rejected_because", "")
+        before = reg.entry(args.version)
+        if before["status"] == "rejected" and not args.force:
+            why = before.get("rejected_because", "")
             raise ConfigError(
                 f"{args.version} was rejected ({why}): promote it anyway with --force"
             )
-        reg.load(args.version)  # never promote what does not verify
+        model = reg.load(args.version)  # never promote what does not verify
+        unserved = _canary_failure(model, before)
         entry = reg.promote(args.version, reason="manual (fds models promote)")
     except ConfigError as e:
         return _fail(args, e, 2)
     except ArtifactError as e:
         return _fail(args, ArtifactError(f"{args.version} not promoted: {e}"), 1)
-    print(f"champion is now {entry['version']}; running scorers pick it up on their next poll")
+    if unserved is None:
+        print(f"champion is now {entry['version']}; running scorers pick it up on their next poll")
+        return 0
+    # (promoted with --force, such a version was refused by every scorer while this said they
+    # picked it up: a QA pass)
+    print(f"champion is now {entry['version']}")
+    say(
+        f"{args.prog}: warning: running scorers will not serve {entry['version']} while it "
+        f"fails their canary check ({unserved}): they keep serving an earlier champion; "
+        "`fds models rollback` makes the registry's champion the previous one again"
+    )
     return 0
+
+
+def _canary_failure(model: Any, entry: dict[str, Any]) -> str | None:
+    """Why scorers would refuse to serve ``model``: its canary failing here (on the empty
+    input a scorer without recent inputs checks), or the canary failure it was rejected for
+    (on a scorer's recent inputs, which this command does not have); ``None`` otherwise."""
+    from fds.models.fused import serving
+    from fds.models.scorer import canary
+
+    try:
+        canary(serving(model), [{}])
+        why = str(entry.get("rejected_because") or "") if entry["status"] == "rejected" else ""
+    except ArtifactError as e:
+        why = str(e)
+    return why.removeprefix("canary: ") if why.startswith("canary:") else None
 
 
 def _rollback(args: argparse.Namespace) -> int:

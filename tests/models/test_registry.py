@@ -316,6 +316,30 @@ def test_promoting_a_rejected_version_needs_force(tmp_path, capsys):
     assert "rejected_because" not in reg.entry("v000001")  # (it stayed: a QA pass)
 
 
+def test_promoting_a_version_that_fails_its_canary_says_it_will_not_be_served(tmp_path, capsys):
+    """`promote --force` of a version a scorer rejected for its canary said running scorers
+    picked it up: each refused it again and kept its model (a QA pass)."""
+    from fds.cli import main
+    from tests.models.fakes import FeatureModel, NaNModel, NaNOn
+
+    reg = Registry(tmp_path)
+    reg.publish(FeatureModel("amount"), spec={"name": "t"})  # v000001: fine
+    reg.publish(NaNModel("amount"), spec={"name": "t"})  # v000002: NaN on every input
+    reg.publish(NaNOn("amount"), spec={"name": "t"})  # v000003: NaN on a scorer's inputs
+    reg.reject("v000003", "canary: score nan is not a probability in [0, 1]")
+    base = ["models", "--registry", str(tmp_path), "promote", "--force"]
+    for version in ("v000002", "v000003"):
+        assert main([*base, version]) == 0 and reg.champion() == version
+        out = capsys.readouterr()
+        assert "pick it up" not in out.out
+        assert (
+            f"scorers will not serve {version} while it fails their canary check (score nan"
+            in out.err
+        )
+    assert main([*base, "v000001"]) == 0
+    assert "running scorers pick it up on their next poll" in capsys.readouterr().out
+
+
 def test_models_commands_read_a_bare_number_and_say_what_they_show(tmp_path, capsys):
     """A README walk: `promote 3` was no version; `show` without a champion showed the newest
     without a word; "nothing to roll back to" said `error:` (a usage error's) with exit 1."""
