@@ -36,7 +36,7 @@ import yaml
 
 from fds import shipped, yamlio
 from fds.errors import ConfigError, describe
-from fds.timeutil import parse_duration
+from fds.timeutil import parse_duration, span
 
 __all__ = [
     "ALLOWED_MODULES",
@@ -421,6 +421,22 @@ def _policy(cls: type, raw: Any, source: str, node: yaml.Node | None, section: s
     return cls(**kwargs)
 
 
+def _learn_policy(raw: Any, source: str, node: yaml.Node | None) -> LearnPolicy:
+    """The ``learn`` section; a ``ttl`` shorter than ``assume_legit_after`` is refused (the
+    trainer silently kept the inputs for ``assume_legit_after`` instead: a QA pass)."""
+    learn: LearnPolicy = _policy(LearnPolicy, raw, source, node, "learn")
+    if learn.ttl < learn.assume_legit_after:
+        written = isinstance(raw, dict) and "ttl" in raw
+        raise ConfigError(
+            f"learn.ttl ({span(learn.ttl)}{'' if written else ', the default'}) is shorter than "
+            f"learn.assume_legit_after ({span(learn.assume_legit_after)}): an input must be "
+            "kept until it is assumed legitimate, and after for late labels (chargebacks): "
+            f"set ttl to at least {span(learn.assume_legit_after)}",
+            where=_where(source, _key_node(node, "ttl" if written else "assume_legit_after")),
+        )
+    return learn
+
+
 def _exponent(v: Any) -> str:
     """A hint for a number YAML read as text: ``1e-3`` (it wants ``1.0e-3``; a QA pass)."""
     if isinstance(v, str) and re.fullmatch(r"[+-]?[0-9]+(\.[0-9]*)?[eE][+-]?[0-9]+", v.strip()):
@@ -474,7 +490,7 @@ def parse_spec(text: str, *, source: str = "<spec>") -> ModelSpec:
     spec = ModelSpec(
         name=name,
         steps=tuple(steps),
-        learn=_policy(LearnPolicy, data.get("learn"), source, _child(root, "learn"), "learn"),
+        learn=_learn_policy(data.get("learn"), source, _child(root, "learn")),
         publish=_policy(
             PublishPolicy, data.get("publish"), source, _child(root, "publish"), "publish"
         ),

@@ -331,6 +331,7 @@ class Trainer:
         self.parent = parent
         self._rate = spec.learn.legit_sample_rate
         self._legit_after = spec.learn.assume_legit_after
+        # (a spec file with a shorter ttl is refused: this is for a spec built in code)
         self._ttl = max(spec.learn.ttl or 0.0, self._legit_after)
         self._last_expire = -math.inf
         self._adwin = drift.ADWIN()

@@ -163,6 +163,32 @@ def test_spec_values_are_taken_as_written_not_coerced(section: str, text: str, s
     assert e.value.where == "m.yaml:5"
 
 
+@pytest.mark.parametrize(
+    ("learn", "where", "says"),
+    [
+        (
+            "assume_legit_after: 4d\n  ttl: 1d",
+            ":6",
+            "learn.ttl (24.0 h) is shorter than learn.assume_legit_after (4.0 days)",
+        ),
+        (
+            "assume_legit_after: 90d",
+            ":5",
+            "learn.ttl (62.0 days, the default) is shorter than learn.assume_legit_after (90.0",
+        ),
+    ],
+)
+def test_a_ttl_shorter_than_assume_legit_after_is_refused(
+    learn: str, where: str, says: str
+) -> None:
+    """The trainer raised such a ttl to assume_legit_after without a word (a QA pass)."""
+    spec = f"name: x\npipeline:\n  - linear_model.LogisticRegression: {{}}\nlearn:\n  {learn}\n"
+    with pytest.raises(ConfigError, match=re.escape(says)) as e:
+        parse_spec(spec, source="m.yaml")
+    assert e.value.where == "m.yaml" + where and "set ttl to at least" in str(e.value)
+    assert parse_spec(spec.replace("4d", "1d").replace("90d", "62d")).learn.ttl > 0
+
+
 def test_unknown_spec_name_lists_shipped() -> None:
     with pytest.raises(ConfigError, match="default"):
         load_spec("nope")
