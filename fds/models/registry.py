@@ -599,6 +599,9 @@ class Registry:
                     return str(h["from"])
             raise ConfigError("nothing to roll back to: no earlier champion in the registry")
 
+        # said before the lock is taken too: taking it made a .lock in an empty folder, left
+        # there (a QA pass); under the lock it is chosen again, from the manifest then
+        previous(self.manifest())
         return self._set_champion(previous, "rolled-back", reason)
 
     def mark_shadow(self, version: str) -> None:

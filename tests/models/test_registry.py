@@ -246,6 +246,15 @@ def test_the_models_commands_refuse_a_folder_that_is_no_registry(tmp_path, capsy
     assert main(["models", "--registry", str(tmp_path / "empty"), "list"]) == 0
 
 
+def test_a_rollback_of_an_empty_registry_leaves_its_folder_as_it_was(tmp_path, capsys):
+    """A QA pass: it said there was nothing to roll back to, and left a .lock file there."""
+    from fds.cli import main
+
+    assert main(["models", "--registry", str(tmp_path), "rollback"]) == 1
+    assert "nothing to roll back to: no earlier champion" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_models_commands_create_no_registry_and_refuse_a_foreign_manifest(tmp_path, capsys):
     from fds.cli import main
 
