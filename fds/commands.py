@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import itertools
 import math
 import os
 import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fds.cli import folder, labels_not_input, positive_int, same_file, seed
-from fds.features.plan import read_field
 from fds.logs import say
 from fds.metrics import Metrics, add_metrics_arguments, serve
 from fds.pipeline import DEFAULT_MODEL, DEFAULT_RULES, build_engine
@@ -227,7 +224,7 @@ def _replay(args: argparse.Namespace) -> int:
         sink = stack.enter_context(JsonlSink(args.out))
         dlq = stack.enter_context(JsonlSink(dlq_path))
         rules = getattr(engine.rules, "applied", engine.rules)
-        unseen = _watch_fields(stream, getattr(rules, "features", ()))
+        unseen = replay_mod.watch_fields(stream, getattr(rules, "features", ()))
         summary = replay_mod.run(
             engine,
             stream,
@@ -295,16 +292,9 @@ def _replay(args: argparse.Namespace) -> int:
             "cannot learn this stream as it is: try another in the --model spec",
             file=sys.stderr,
         )
-    absent, probed = unseen()
-    if absent and not summary.interrupted:  # (a typo'd extra.riks summed to 0.0 on every
-        shown = ", ".join(f"{name} ({field})" for name, field in absent[:5])  # decision, and
-        more = f" and {len(absent) - 5} more" if len(absent) > 5 else ""  # its rule never
-        print(  # fired, without a word: a QA pass)
-            f"fds replay: warning: {len(absent)} feature(s) read a field none of the first "
-            f"{probed:,} transactions had: {shown}{more}; their values stay empty (0 or None): "
-            "check the names against the file's columns (or --mapping)",
-            file=sys.stderr,
-        )
+    absent = unseen()
+    if absent and not summary.interrupted:
+        print(f"fds replay: warning: {absent}", file=sys.stderr)
     never = _never_evaluated(engine, metrics, summary)
     if never:  # (10 of 14 default rules never fired on a file without channel, mcc or device,
         shown = ", ".join(f"{rid} ({why})" for rid, why in never[:5])  # a QA pass; each with
@@ -392,44 +382,6 @@ def _replay(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
-
-
-#: How many transactions :func:`_watch_fields` looks at.
-_WATCHED = 1000
-
-
-def _watch_fields(stream: Any, features: Any) -> Callable[[], tuple[list[tuple[str, str]], int]]:
-    """Watch the first :data:`_WATCHED` transactions of ``stream`` (its iterator is wrapped:
-    nothing is done per transaction after them) for the fields ``features`` read, as entity
-    or field; the function returned gives the (feature, field) pairs none of them had, and
-    how many were watched."""
-    reads: dict[str, list[str]] = {}
-    for f in features:
-        for name in (f.entity, f.field):
-            if name:
-                reads.setdefault(name, []).append(f.name)
-    seen: set[str] = set()
-    watched = 0
-
-    def watch(txs: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        nonlocal watched
-        for tx in txs:
-            watched += 1
-            for name in reads.keys() - seen:
-                v = read_field(tx, name)
-                if v is not None and v == v:  # (NaN: missing)
-                    seen.add(name)
-            yield tx
-
-    rest = iter(stream.transactions)
-    stream.transactions = itertools.chain(watch(itertools.islice(rest, _WATCHED)), rest)
-
-    def absent() -> tuple[list[tuple[str, str]], int]:
-        if not watched:
-            return [], 0
-        return [(f, n) for n, fs in reads.items() if n not in seen for f in fs], watched
-
-    return absent
 
 
 def _never_evaluated(

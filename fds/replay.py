@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from fds.engine import Engine
 from fds.errors import ConfigError, RuleError, StageError, ValidationError
+from fds.features.plan import read_field
 from fds.gcpolicy import Freezer
 from fds.progress import progress_bar
 from fds.schema import dead_letter, parse_label, parse_transaction
@@ -37,7 +38,7 @@ from fds.streams.files import (
 )
 from fds.timeutil import FileClock, format_ts, get_zone, span
 
-__all__ = ["ReplayInput", "ReplaySummary", "load", "run"]
+__all__ = ["ReplayInput", "ReplaySummary", "load", "run", "watch_fields"]
 
 # Progress-bar updates are batched: a tqdm update per event would cost more than a decision.
 _PROGRESS_EVERY = 2048
@@ -731,6 +732,61 @@ def said(counts: Counter[str], what: str) -> str:
     if not counts:
         return ""
     return f"{counts.total():,} {what} (most often {counts.most_common(1)[0][0]})"
+
+
+#: How many transactions :func:`watch_fields` looks at: a field none of them has is most likely
+#: a mistyped or unmapped column, and watching stops before it costs the run anything.
+WATCHED = 1000
+
+
+def watch_fields(stream: ReplayInput, features: Iterable[Any]) -> Callable[[], str]:
+    """Watch the first :data:`WATCHED` transactions of ``stream`` (its iterator is wrapped:
+    nothing is done per transaction after them) for the fields ``features`` read, as entity
+    or field; the function returned says which features read a field none of them had (a
+    typo'd ``extra.riks`` summed to 0.0 on every decision and its rule never fired, without
+    a word: a QA pass), or ``""``. ``fds replay`` and ``fds rules backtest`` warn with it.
+
+    >>> s = ReplayInput([{"tx_id": "t", "ts": 0.0, "card_id": "c", "extra": {"risk": 1}}])
+    >>> class F: name, entity, field = "risk_1h", "card_id", "extra.riks"
+    >>> unseen = watch_fields(s, [F])
+    >>> _ = list(s.transactions)
+    >>> unseen().split(";")[0]
+    '1 feature(s) read a field none of the first 1 transactions had: risk_1h (extra.riks)'
+    """
+    reads: dict[str, list[str]] = {}
+    for f in features:
+        for name in (f.entity, f.field):
+            if name:
+                reads.setdefault(name, []).append(f.name)
+    seen: set[str] = set()
+    watched = 0
+
+    def watch(txs: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        nonlocal watched
+        for tx in txs:
+            watched += 1
+            for name in reads.keys() - seen:
+                v = read_field(tx, name)
+                if v is not None and v == v:  # (NaN: missing)
+                    seen.add(name)
+            yield tx
+
+    rest = iter(stream.transactions)
+    stream.transactions = itertools.chain(watch(itertools.islice(rest, WATCHED)), rest)
+
+    def unseen() -> str:
+        absent = [(f, n) for n, fs in reads.items() if n not in seen for f in fs]
+        if not (watched and absent):
+            return ""
+        shown = ", ".join(f"{name} ({field})" for name, field in absent[:5])
+        more = f" and {len(absent) - 5} more" if len(absent) > 5 else ""
+        return (
+            f"{len(absent)} feature(s) read a field none of the first {watched:,} transactions "
+            f"had: {shown}{more}; their values stay empty (0 or None): check the names against "
+            "the file's columns (or --mapping)"
+        )
+
+    return unseen
 
 
 _QUOTED = re.compile(r"'[^']*'")

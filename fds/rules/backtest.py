@@ -34,7 +34,7 @@ from fds.engine import Engine, FeatureStage
 from fds.errors import ConfigError, RuleError
 from fds.features.plan import read_field
 from fds.policy import Policy
-from fds.replay import Alerts, ReplayInput, known_frauds, run
+from fds.replay import Alerts, ReplayInput, known_frauds, run, watch_fields
 from fds.rules.ruleset import BUILTINS, FeatureSpec, Ruleset
 
 __all__ = ["DEAD_LETTER", "BacktestResult", "SideResult", "backtest", "feature_stage_for"]
@@ -79,6 +79,9 @@ class BacktestResult:
     changed_count: int = 0
     changed: list[dict[str, Any]] = field(default_factory=list)
     rule_ids: list[str] = field(default_factory=list)
+    #: The features that read a field none of the first transactions had, said as
+    #: ``fds replay`` says it (:func:`fds.replay.watch_fields`), or "".
+    unseen_fields: str = ""
 
 
 class _NoFeatures:
@@ -252,7 +255,7 @@ def backtest(
     otherwise is computed for each side). ``examples``: changed transactions kept with the
     values their rules read (``None``: all of them).
     """
-    renamed: dict[str, str] = {}
+    specs, renamed = _union_features(candidate, baseline)
     if features is None:
         tz, base_tz = candidate.spec.timezone, baseline.spec.timezone
         if tz != base_tz:  # one feature stage serves both: its calendar days have one zone
@@ -261,14 +264,16 @@ def backtest(
                 "windows and hour/is_night are computed once for both, in one zone; compare a "
                 "timezone change with two replays instead (fds replay FILE --rules A, then B)"
             )
-        specs, renamed = _union_features(candidate, baseline)
         features = feature_stage_for(specs, tz)
+    else:
+        renamed = {}  # (the stage given computes no candidate's own versions)
     both = _Both(candidate, baseline, renamed)
     # (the last word on each, as a replay reads them: a withdrawn fraud counted, a QA pass)
     frauds = known_frauds(stream.labels) if stream.labels else None
     collector = _Collector(both, frauds, examples)
     engine = Engine(features=features, rules=both, policy=both)
     txs = stream.transactions = list(stream.transactions)  # read twice: run, then the span
+    unseen = watch_fields(stream, specs)
     rulesets = (candidate, baseline)
     before = [
         (Counter(rs.missing_counts), Counter(rs.missing_names()), Counter(rs.error_counts))
@@ -293,4 +298,5 @@ def backtest(
         collector.changed_count,
         collector.changed,
         ids,
+        unseen(),
     )

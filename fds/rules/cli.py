@@ -230,6 +230,8 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
     if of_labels:
         left = said(of_labels, "label(s) could not be read and were left out")
         print(f"note: {left}", file=out)
+    if r.unseen_fields:  # (said by fds replay only: a QA pass)
+        print(f"warning: {r.unseen_fields}", file=out)
     rows = [
         ("version", b.version, c.version),
         ("alerts (review+decline)", str(b.alerts), str(c.alerts)),

@@ -353,6 +353,27 @@ def test_backtest_compares_a_changed_window(tmp_path, capsys) -> None:
     assert "read: n=4, n__candidate=3" in out
 
 
+def test_backtest_names_features_reading_a_field_no_transaction_has(tmp_path, capsys) -> None:
+    """A QA pass: `fds replay` said so, the backtest of the same rules did not (a mistyped
+    extra.adr was empty on every transaction, its rule never fired)."""
+    data = _history(tmp_path, 10)
+    base = _rules(tmp_path, "b", "rules: []\n")
+    cand = _rules(
+        tmp_path,
+        "c",
+        "features:\n"
+        "  - {name: adrs, entity: card_id, agg: distinct, field: extra.adr, window: 1h}\n"
+        "  - {name: addrs, entity: card_id, agg: distinct, field: extra.addr, window: 1h}\n"
+        "rules:\n  - {id: r, when: adrs > 1, action: review, score: 1, reason: r}\n",
+    )
+    argv = ["rules", "backtest", "--candidate", str(cand), "--baseline", str(base), str(data)]
+    assert main(argv) == 0
+    assert (
+        "warning: 1 feature(s) read a field none of the first 10 transactions had: adrs "
+        "(extra.adr); their values stay empty"
+    ) in capsys.readouterr().out
+
+
 def test_backtest_refuses_a_labels_file_without_one_label(tmp_path, capsys) -> None:
     """A QA pass: a chargeback file with its own column names gave "no labels" and precision
     "-" without a word why, and its rows were counted as transactions left out."""
