@@ -78,6 +78,11 @@ class ReplayInput:
     damaged: str | None = None  # the fault of a file whose compressed data is corrupt
     cut: str | None = None  # the fault that ended a file before its end (cut short, ...)
     truth: set[str] = field(default_factory=set)
+    # of ``truth``, the tx_ids of records the reader dead-lettered (their fraud labels were
+    # "of no transaction", sending the user after the ids: a QA pass), and how many records
+    # it could not parse at all (not JSON: their ids unknown)
+    dead_truth: set[str] = field(default_factory=set)
+    unparsed: int = 0
     pending_labels: list[dict[str, Any]] = field(default_factory=list)
     late: int = 0  # out of order by more than the reorder buffer could fix
     second_pass: int = 0  # local times read as the second pass of a repeated DST hour
@@ -212,7 +217,10 @@ class ReplaySummary(Alerts):
     reordered: int = 0
     frauds: int | None = None  # known frauds among decided transactions (when labels exist)
     fraud_labels: int = 0  # distinct transactions labelled fraud (decided or not)
-    dead_frauds: int = 0  # of those, transactions read but dead-lettered (not decided)
+    # of those, transactions read but dead-lettered (not decided), by the reader (a value it
+    # could not parse) or by a stage of the engine
+    dead_frauds: int = 0
+    unparsed: int = 0  # records that could not be parsed at all (not JSON: their ids unknown)
     # transactions dead-lettered by a rule that raised (per rule id: the rules before it ran
     # on them), and by a stage after the rules (every rule ran on them)
     dead_by_rule: Counter[str] = field(default_factory=Counter)
@@ -236,6 +244,12 @@ class ReplaySummary(Alerts):
         if self.frauds is None:
             return 0
         return max(0, self.fraud_labels - self.frauds - self.dead_frauds)
+
+    def _unmatched(self) -> str:
+        """:attr:`unmatched_frauds`, and the records whose ids could not be read: some of
+        those labels may be theirs."""
+        n = f"{self.unmatched_frauds:,}"
+        return f"{n} (or of the {self.unparsed:,} unparsed record(s))" if self.unparsed else n
 
     def rows(self) -> list[tuple[str, str]]:
         """The summary as (name, value) rows, for a table."""
@@ -288,7 +302,7 @@ class ReplaySummary(Alerts):
             rows += [
                 ("known frauds", f"{self.frauds:,}"),
                 *(
-                    [("  fraud labels of no transaction", f"{self.unmatched_frauds:,}")]
+                    [("  fraud labels of no transaction", self._unmatched())]
                     if self.unmatched_frauds and not self.interrupted  # (some not reached yet)
                     else []
                 ),
@@ -410,6 +424,8 @@ def _validated(
                     stream.damaged = str(rec)
                 else:
                     stream.cut = str(rec)
+            elif stream is not None:
+                stream.unparsed += 1
             continue
         truth = rec.pop(label.column, None) if label and isinstance(rec, dict) else None
         try:
@@ -417,6 +433,9 @@ def _validated(
         except ValidationError as e:  # (its label put back: a review found it lost)
             row = _as_read(raw, rec, label, truth)
             dlq.append(dead_letter(stage="validate", error=e, raw=row, source=source, position=pos))
+            tx_id = rec.get("tx_id") if isinstance(rec, dict) else None
+            if stream is not None and type(tx_id) in (str, int) and str(tx_id) in stream.truth:
+                stream.dead_truth.add(str(tx_id))
             continue
         if isinstance(rec, dict):
             # a local time of the hour a DST change repeats: its second pass where the file
@@ -696,7 +715,8 @@ def _run(
     s.dead_after_rules = dead_after_rules
     if truth:
         s.frauds, s.alerted_frauds = total_frauds, alerted_frauds
-        s.fraud_labels, s.dead_frauds = len(truth), dead_frauds
+        s.fraud_labels, s.dead_frauds = len(truth), dead_frauds + len(stream.dead_truth)
+    s.unparsed = stream.unparsed
     return s
 
 

@@ -223,6 +223,28 @@ def test_a_label_dated_before_its_transaction_is_learned_right_after_it(tmp_path
     assert ("  dated before their transaction", "1 (learned after it)") in s.rows()
 
 
+def test_fraud_labels_of_records_the_reader_dead_lettered_are_said_as_such(tmp_path):
+    """A QA pass: the fraud label of a record that failed validation was counted "of no
+    transaction", the ids to be checked; that of a line that is no JSON (its id unknown) may
+    be its own."""
+    p = tmp_path / "x.jsonl"
+    p.write_bytes(
+        orjson.dumps(tx(0, T0)) + b"\n"
+        + orjson.dumps(tx(1, T0 + 1, amount="abc")) + b"\n"  # fails validation
+        + b'{"tx_id": "t2", "ts": \n'  # no JSON
+        + orjson.dumps(tx(3, T0 + 3)) + b"\n"
+    )  # fmt: skip
+    lp = write_jsonl(tmp_path / "l.jsonl", [
+        {"tx_id": t, "ts": T0 + 2, "is_fraud": True} for t in ("t0", "t1", "t2")
+    ])  # fmt: skip
+    stream = replay.open_stream(p, labels_path=lp)
+    s = replay.run(Engine(), stream, ListSink(), ListSink())
+    assert (s.frauds, s.dead_frauds, s.unmatched_frauds, s.unparsed) == (1, 1, 1, 1)
+    rows = dict(s.rows())
+    assert rows["  fraud labels of dead letters"] == "1"
+    assert rows["  fraud labels of no transaction"] == "1 (or of the 1 unparsed record(s))"
+
+
 def test_a_label_column_and_a_labels_file_together_are_refused(tmp_path):
     """Both were learned: each fraud twice, at the earlier of its two times (a review)."""
     from fds.errors import ConfigError
