@@ -2006,6 +2006,10 @@ class Runner:
             # one furthest behind (fds.streams.rebuild). An EOS partition whose last record is
             # followed by a transaction marker counts too: the rest is then folded as it goes.
             hold = [tp for tp in tps if end[tp] > max(committed[tp] or 0, begin[tp])]
+            if alone is not None and self._decided_behind(
+                reader, [tp for tp in alone if tp in hold], committed
+            ):
+                alone = None
             if restart:
                 what = "catch-up"
                 ranges = {tp: (max(pos[tp.partition], begin[tp]), c) for tp, c in behind.items()}
@@ -2128,6 +2132,29 @@ class Runner:
         if any(left.get(tp.partition, -math.inf) > aged for tp in behind):
             return None
         return sorted(behind, key=lambda tp: tp.partition)
+
+    def _decided_behind(
+        self, reader: Any, tps: list[Any], committed: Mapping[Any, int | None]
+    ) -> bool:
+        """Is the next record to decide of one of ``tps`` more than the grace period behind
+        the state's event time (the previous owner fell behind on a backlog)? Rebuilt alone and
+        merged, it would be decided late: the state of every partition is rebuilt instead (in
+        event time). Reads that one record of each (the check after the fold,
+        :meth:`_merge_moved`, would come after reading their whole horizon)."""
+        plan = self.engine.features
+        firsts = read_merged(
+            reader, {tp: (committed[tp] or 0, (committed[tp] or 0) + 1) for tp in tps},
+            self._parsed, timeout_s=self.s.broker_timeout_s,
+        )  # fmt: skip
+        late = plan.watermark - plan.grace  # type: ignore[union-attr]
+        if not any(tx["ts"] < late for tx in firsts):
+            return False
+        log.info(
+            "partitions moved here %s are decided to an event time more than the grace period "
+            "behind the state's: the state of every partition is rebuilt (in event time)",
+            sorted(tp.partition for tp in tps),
+        )  # fmt: skip
+        return True
 
     def _merge_moved(
         self,

@@ -169,6 +169,7 @@ def read_merged(
     if not todo or any(tp not in todo for tp in hold):
         return
     consumer.assign(list(todo))
+    consumer.resume(*todo)  # (paused by an earlier read of this consumer: assign keeps that)
     for tp, (start, _) in todo.items():
         consumer.seek(tp, start)
     bufs: dict[Any, deque[tuple[float, Any]]] = {tp: deque() for tp in todo}

@@ -122,6 +122,9 @@ class Reader:
     def pause(self, *tps: Any) -> None:
         self.paused.update(tps)
 
+    def resume(self, *tps: Any) -> None:
+        self.paused.difference_update(tps)
+
     def poll(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[Any, list[Any]]:
         out = {}
         for tp, at in self.pos.items():

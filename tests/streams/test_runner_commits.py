@@ -441,6 +441,9 @@ class Reader:
     def pause(self, *tps):
         pass
 
+    def resume(self, *tps):
+        pass
+
     def offsets_for_times(self, times):  # every record is within the feature horizon
         return {tp: OffsetAndTimestamp(self.log_start, 0, -1) for tp in times}
 
@@ -1730,18 +1733,31 @@ def test_a_quiet_input_lets_the_freezer_compact_within_half_the_session_timeout(
     assert max(q for q, _ in calls) >= 0.4  # quiet for as long as the input was
 
 
-def test_a_moved_partition_far_behind_the_state_gets_every_partition_rebuilt(tmp_path, caplog):
-    """Rebuilt alone, partition 0 stops at event times far behind the state's (its previous
-    owner fell behind on a backlog): its records still to decide would be decided late once
-    merged, so the state of every partition is rebuilt instead, folded in event time."""
-    r = rebuilding_runner(tmp_path, Reader(records(0, 12)), Group())  # 10 committed, 2 to go
+@pytest.mark.parametrize("first", ["valid", "a dead letter"])
+def test_a_moved_partition_far_behind_the_state_gets_every_partition_rebuilt(
+    tmp_path, caplog, first
+):
+    """Partition 0 moved here is to be decided at event times far behind the state's (its
+    previous owner fell behind on a backlog): rebuilt alone and merged, its records would be
+    decided late, so the state of every partition is rebuilt instead, folded in event time.
+    Told by its next record to decide, before its horizon is read; when that one cannot be
+    read (a dead letter), by the last one folded."""
+    recs = records(0, 12)  # 10 committed, 2 to decide
+    if first == "a dead letter":
+        recs[10] = recs[10]._replace(value=b"not json")
+    r = rebuilding_runner(tmp_path, Reader(recs), Group())
     r._positions = {1: 5}
     r.engine.features.compute(
         {"tx_id": "x", "ts": 1_700_000_000.0 + 86400, "card_id": "c9", "amount": 1.0}
     )  # partition 1 decided a day later
-    with caplog.at_level("WARNING"):
+    with caplog.at_level("INFO"):
         r._bring_up_to_date([TP])
-    assert "stop more than the grace period behind" in caplog.text
+    if first == "valid":
+        assert "are decided to an event time more than the grace period" in caplog.text
+        assert r.stats.caught_up == 10  # its horizon read once
+    else:
+        assert "stop more than the grace period behind" in caplog.text
+        assert r.stats.caught_up == 20  # rebuilt alone, then with the others
     assert r._positions == {0: 10} and r._left == {}  # rebuilt: the state of partition 0 only
     assert r.engine.features.state_sizes()["card_id"] == 1
 
