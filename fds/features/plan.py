@@ -346,20 +346,33 @@ class FeaturePlan:
         ts.insert(p, t)
         for fi, (k, sub) in enumerate(cg.nums):
             st[cg.i_num[fi]].insert(p, _num(_get(tx, k, sub)))
+        cvals = []
         for ci, (k, sub) in enumerate(cg.cats):
-            st[cg.i_cat[ci]].insert(p - _offset(cg, st, ci), _cat(_get(tx, k, sub)))
+            v = _cat(_get(tx, k, sub))
+            st[cg.i_cat[ci]].insert(p - _offset(cg, st, ci), v)
+            cvals.append(v)
         if cg.fraud:
             st[cg.i_flags].insert(p, 0)
-        self._repair(cg, st)
+        last = ts[-1]
+        for wi, width, _pe, _mono, ctrs, _fslot, _feats in cg.windows:
+            cutoff = last - width if width is not None else self.clock.cutoff(last)
+            if t > cutoff:  # inside the window as it stands: count it
+                for slot, ci in ctrs:
+                    v = cvals[ci]
+                    if v is not None:
+                        c = st[cg.i_ctr[slot]]
+                        c[v] = c.get(v, 0) + 1
+            else:  # inserted before the head: the head entry moved one place right
+                st[cg.i_head[wi]] += 1
+            _resum(cg, st, wi)  # positions moved: sums and min/max candidates from the log
 
     def _repair(self, cg: _CompiledGroup, st: list[Any]) -> None:
-        """Recompute every window's head, counters, known-fraud counts, running sums and
-        min/max candidates of ``st`` from its log, as of its newest entry (after an
-        out-of-order insert, or a merge of two logs)."""
+        """Recompute every window of ``st`` from its log, as of its newest entry: head,
+        counters, known-fraud count, running sums and min/max candidates (after a merge of two
+        logs; an out-of-order insert changes them in place)."""
         ts = st[TS]
-        n = len(ts)
         last = ts[-1]
-        for wi, width, _pe, mono, ctrs, fslot, _feats in cg.windows:
+        for wi, width, _pe, _mono, ctrs, fslot, _feats in cg.windows:
             cutoff = last - width if width is not None else self.clock.cutoff(last)
             h = st[cg.i_head[wi]] = bisect_right(ts, cutoff)
             for slot, ci in ctrs:
@@ -370,19 +383,7 @@ class FeaturePlan:
                 st[cg.i_ctr[slot]] = c
             if fslot >= 0:
                 st[cg.i_nf[fslot]] = sum(st[cg.i_flags][h:])
-            for fi, i1, i2, i_n in cg.i_sum[wi]:  # recomputed exactly from the log
-                _exact(st[cg.i_num[fi]], st[cg.i_shift[fi]], h, n, st, i1, i2, i_n)
-            for slot, fi, is_max in mono:
-                col = st[cg.i_num[fi]]
-                lst: list[int] = []
-                for q in range(h, n):
-                    x = col[q]
-                    if x != x:
-                        continue
-                    while lst and (col[lst[-1]] <= x if is_max else col[lst[-1]] >= x):
-                        lst.pop()
-                    lst.append(q)
-                st[cg.i_mono[slot]] = array("q", lst)
+            _resum(cg, st, wi)
 
     def _trim(self, cg: _CompiledGroup, st: list[Any], horizon: float) -> None:
         """Drop log entries no accepted event can see any more (``ts <= horizon``), and the
@@ -535,6 +536,11 @@ class FeaturePlan:
 
     def _body_of(self, sd: Mapping[str, Any]) -> dict[str, Any]:
         """The unpickled state of ``sd``, checked to be of this plan's declarations."""
+        self._check(sd)
+        return pickle.loads(sd["state"])
+
+    def _check(self, sd: Mapping[str, Any]) -> None:
+        """Refuse a state of other declarations, timezone or grace (``sd``: its identity)."""
         mine = self._identity()
         for k, v in mine.items():
             if sd.get(k) != v:
@@ -548,7 +554,6 @@ class FeaturePlan:
                     f"feature state was saved with other {what} ({was}): restore with the same "
                     "feature declarations, timezone and grace, or start from an empty state"
                 )
-        return pickle.loads(sd["state"])
 
     def load_state_dict(self, sd: Mapping[str, Any]) -> None:
         """Replace the state with one from :meth:`state_dict` (same declarations required)."""
@@ -576,8 +581,9 @@ class FeaturePlan:
         self._label_span = max(self.label_ttl / _LABEL_BUCKETS, 1.0)
         self._bind()
 
-    def absorb(self, sd: Mapping[str, Any]) -> None:
-        """Merge another plan's state (:meth:`state_dict`, same declarations) into this one.
+    def absorb(self, other: FeaturePlan | Mapping[str, Any]) -> None:
+        """Merge another plan (same declarations), or its :meth:`state_dict`, into this one; a
+        plan given is left sharing its entity states with this one: discard it.
 
         Exact when the two states hold different events -- each the events of its own input
         partitions, as two instances of a consumer group do: the result is the state one plan
@@ -587,7 +593,14 @@ class FeaturePlan:
         entry (:meth:`_repair`). Labels known there are attributed here; the watermark is the
         later of the two; this plan's counters (late, evicted, ...) stay its own.
         """
-        body = self._body_of(sd)
+        if isinstance(other, FeaturePlan):  # (no pickling: ~3x the state's size at its peak)
+            self._check(other._identity())
+            body: dict[str, Any] = {
+                "states": other.states, "labels": other._labels,
+                "watermark": other.watermark, "label_ttl": other.label_ttl,
+            }  # fmt: skip
+        else:
+            body = self._body_of(other)
         if body["label_ttl"] != self.label_ttl:
             raise ConfigError(
                 f"feature state with a label_ttl of {body['label_ttl']:.0f} s cannot be merged "
@@ -693,6 +706,25 @@ def _changed(old: str, new: str) -> str:
 def _offset(cg: _CompiledGroup, st: list[Any], ci: int) -> int:
     """Log position of the first value held in categorical column ``ci``."""
     return st[cg.i_coff[ci]] if cg.i_coff[ci] >= 0 else 0
+
+
+def _resum(cg: _CompiledGroup, st: list[Any], wi: int) -> None:
+    """Recompute window ``wi``'s running sums (exactly) and min/max candidates from the log,
+    from its head."""
+    h, n = st[cg.i_head[wi]], len(st[TS])
+    for fi, i1, i2, i_n in cg.i_sum[wi]:
+        _exact(st[cg.i_num[fi]], st[cg.i_shift[fi]], h, n, st, i1, i2, i_n)
+    for slot, fi, is_max in cg.windows[wi][3]:
+        col = st[cg.i_num[fi]]
+        lst: list[int] = []
+        for q in range(h, n):
+            x = col[q]
+            if x != x:
+                continue
+            while lst and (col[lst[-1]] <= x if is_max else col[lst[-1]] >= x):
+                lst.pop()
+            lst.append(q)
+        st[cg.i_mono[slot]] = array("q", lst)
 
 
 def _whole(st: list[Any], i: int, off: int) -> list[Any]:

@@ -97,6 +97,26 @@ def _hash_all(arr: np.ndarray) -> np.ndarray:
     return mat.astype(np.int64) @ _WEIGHTS_NP[:width]
 
 
+def _n_parts(n: int) -> int:
+    """Partitions of a frozen bucket of ``n`` entries: ~PART_SIZE each, a power of two."""
+    return 1 << (max(1, -(-n // PART_SIZE)) - 1).bit_length()
+
+
+def _by_part(
+    arr: np.ndarray, keys: list[Any], ts: np.ndarray, n_parts: int
+) -> Iterator[tuple[int, np.ndarray, list[Any], np.ndarray]]:
+    """The entries (encoded ids, keys, timestamps) of each partition holding any, by the
+    partition hash (NumPy: no Python work per entry but the keys' reorder)."""
+    part = _hash_all(arr) & (n_parts - 1)
+    order = np.argsort(part, kind="stable")
+    bounds = np.searchsorted(part[order], np.arange(n_parts + 1)).tolist()
+    keys = [keys[i] for i in order.tolist()]
+    arr, ts = arr[order], ts[order]
+    for p, (a, b) in enumerate(itertools.pairwise(bounds)):
+        if b > a:
+            yield p, arr[a:b], keys[a:b], ts[a:b]
+
+
 class _Part:
     """One frozen partition: encoded ids sorted, with their keys and event times alike."""
 
@@ -180,9 +200,7 @@ class _Bucket:
         segs = self.open
         assert segs is not None
         if self._work is None:  # start: partitions (a power of two), iterators over entries
-            n = max(1, -(-len(self) // PART_SIZE))
-            n_parts = 1 << (n - 1).bit_length()
-            pieces: list[Any] = [[] for _ in range(n_parts)]
+            pieces: list[Any] = [[] for _ in range(_n_parts(len(self)))]
             chain = itertools.chain.from_iterable
             self._work = (
                 chain(keys for keys, _ts in segs),
@@ -196,15 +214,8 @@ class _Bucket:
         if ids:  # split the next entries into their partitions
             keys = list(islice(it_keys, PART_SIZE))
             ts = np.fromiter(islice(it_ts, PART_SIZE), np.float64, len(ids))
-            arr = _encode_all(ids)
-            part = _hash_all(arr) & (len(pieces) - 1)
-            order = np.argsort(part, kind="stable")
-            bounds = np.searchsorted(part[order], np.arange(len(pieces) + 1)).tolist()
-            keys = [keys[i] for i in order.tolist()]
-            arr, ts = arr[order], ts[order]
-            for p, (a, b) in enumerate(itertools.pairwise(bounds)):
-                if b > a:
-                    pieces[p].append((arr[a:b], keys[a:b], ts[a:b]))
+            for p, *piece in _by_part(_encode_all(ids), keys, ts, len(pieces)):
+                pieces[p].append(piece)
             return None
         if len(done) < len(pieces):  # sort one partition
             got = pieces[len(done)]
@@ -222,6 +233,23 @@ class _Bucket:
         self._work = None
         segs, self.open = self.open, None
         return segs
+
+
+def _frozen_together(a: _Bucket, b: _Bucket) -> list[_Part]:
+    """The partitions of one frozen bucket holding the entries of frozen buckets ``a`` and
+    ``b`` (two stores' transactions of one span)."""
+    parts = [*(a.parts or ()), *(b.parts or ())]
+    keys = [k for p in parts for k in p.keys]
+    n_parts = _n_parts(len(keys))
+    got = {
+        p: _Part(ids, ks, ts)
+        for p, ids, ks, ts in _by_part(
+            np.concatenate([p.ids for p in parts]), keys,
+            np.concatenate([p.ts for p in parts]), n_parts,
+        )
+    }  # fmt: skip
+    empty = _Part(np.array([], dtype="S1"), [], np.array([]))
+    return [got.get(p, empty) for p in range(n_parts)]
 
 
 class TxStore:
@@ -311,8 +339,8 @@ class TxStore:
 
     def absorb(self, other: TxStore) -> None:
         """Add the transactions (and known labels) of ``other``, a store of the same span. A
-        bucket both hold is reopened with the entries of both (the next :meth:`expire` freezes
-        it again if it is due)."""
+        bucket both hold frozen is frozen with the entries of both; one that either holds open
+        is reopened with them (the next :meth:`expire` freezes it again if it is due)."""
         if other.span != self.span:
             raise ValueError(f"spans differ: {other.span} and {self.span}")
         for b, theirs in other.buckets.items():
@@ -321,12 +349,15 @@ class TxStore:
                 self.buckets[b] = theirs
                 continue
             both = _Bucket()
-            keys, ts = both.open[0]  # type: ignore[index]
-            for bk in (mine, theirs):
-                for tx_id, k, t in bk.entries():
-                    keys[tx_id] = k
-                    ts[tx_id] = t
-                both.known.update(bk.known)
+            both.known = {**mine.known, **theirs.known}
+            if mine.open is None and theirs.open is None:  # frozen both: frozen together
+                both.open, both.parts = None, _frozen_together(mine, theirs)
+            else:  # (a bucket still open is recent: small)
+                keys, ts = both.open[0]  # type: ignore[index]
+                for bk in (mine, theirs):
+                    for tx_id, k, t in bk.entries():
+                        keys[tx_id] = k
+                        ts[tx_id] = t
             self.buckets[b] = both
         self.buckets = dict(sorted(self.buckets.items()))  # oldest first, as find expects
         self._due = []  # (made again by the next expire: reopened buckets included)

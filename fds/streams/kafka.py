@@ -2183,7 +2183,7 @@ class Runner:
             )  # fmt: skip
             self._left = None  # (so that _moved_alone says no)
             return False
-        plan.absorb(scratch.state_dict())  # type: ignore[union-attr]
+        plan.absorb(scratch)  # type: ignore[union-attr]
         for tp in alone:
             self._left.pop(tp.partition, None)  # type: ignore[union-attr]
         return True
