@@ -180,6 +180,9 @@ WALL_CLOCK_FIELDS = ("decided_at", "latency_ms")
 # metadata: this prefix and an offset of the decisions partition of the same number): a
 # restart reads what is there and folds those records instead of deciding them again.
 DECIDED_MARK = "fds:decisions@"
+#: Records read ahead of a moved partition's committed offset to tell whether it is to be decided
+#: far behind the state (Runner._decided_behind).
+PEEK_RECORDS = 16
 #: Checkpoint state key of Runner._left (the partitions whose events the state may still hold).
 LEFT_KEY = "partitions_left"
 # How long a restart waits to read those decisions before it decides their records again.
@@ -1971,8 +1974,8 @@ class Runner:
             return committed
         alone = None if restart else self._moved_alone(behind)
         scratch: Any = None  # the plan the moved partitions are rebuilt into (alone)
-        fold, parse = self._fold, self._parsed
-        last: dict[int, float] = {}  # partition -> event time of its last record folded
+        fold = self._fold
+        waiting: list[Any] = []  # alone: partitions it follows with records to decide
         at: dict[str, Any] = {}  # partition and offset of the record folded (read_merged)
         tail: dict[Any, int] = {}  # a rebuild: where the records for the whole engine start
 
@@ -1989,12 +1992,6 @@ class Runner:
             else:
                 self._fold(tx)
 
-        def parse_alone(msg: Any) -> Mapping[str, Any] | None:
-            tx = self._parsed(msg)
-            if tx is not None:
-                last[msg.partition] = tx["ts"]
-            return tx
-
         t0 = time.monotonic()
         reader = self._consumer_factory(  # (read_committed, as the input is read)
             **self.s.reader_config(auto_offset_reset="earliest")  # never skip to the end
@@ -2007,7 +2004,7 @@ class Runner:
             # followed by a transaction marker counts too: the rest is then folded as it goes.
             hold = [tp for tp in tps if end[tp] > max(committed[tp] or 0, begin[tp])]
             if alone is not None and self._decided_behind(
-                reader, [tp for tp in alone if tp in hold], committed
+                reader, [tp for tp in alone if tp in hold], committed, end
             ):
                 alone = None
             if restart:
@@ -2023,7 +2020,8 @@ class Runner:
             elif alone is not None:
                 what = "rebuild of the partitions moved here"
                 plan = scratch = self.engine.features.fresh()  # type: ignore[union-attr]
-                fold, parse, hold = fold_features, parse_alone, []  # (each folded whole: checked)
+                waiting = [tp for tp in hold if tp not in alone]
+                fold, hold = fold_features, []  # (each folded whole: _merge_moved checks)
                 starts = self._retrying(
                     "locating the feature horizon",
                     lambda: start_offsets(reader, alone, horizon_seconds(self.engine),
@@ -2055,7 +2053,7 @@ class Runner:
             answer_at = time.monotonic() + KEEPALIVE_S
             self._restoring = True
             merged = read_merged(
-                reader, ranges, parse, timeout_s=self.s.broker_timeout_s, hold=hold,
+                reader, ranges, self._parsed, timeout_s=self.s.broker_timeout_s, hold=hold,
                 reached=reached, positions=at,
             )  # fmt: skip
             lag_at = 0.0
@@ -2092,7 +2090,7 @@ class Runner:
             self._restoring = False
             with contextlib.suppress(Exception):
                 reader.close()
-        if alone is not None and not self._merge_moved(scratch, alone, last, end, committed):
+        if alone is not None and not self._merge_moved(scratch, alone, waiting):
             return self._bring_up_to_date(tps)  # (now a rebuild of every partition)
         pos.update({tp.partition: c for tp, c in committed.items() if c is not None})
         # What the fold left (past the event time of a partition behind) is folded as the loop
@@ -2134,20 +2132,23 @@ class Runner:
         return sorted(behind, key=lambda tp: tp.partition)
 
     def _decided_behind(
-        self, reader: Any, tps: list[Any], committed: Mapping[Any, int | None]
+        self,
+        reader: Any,
+        tps: list[Any],
+        committed: Mapping[Any, int | None],
+        end: Mapping[Any, int],
     ) -> bool:
         """Is the next record to decide of one of ``tps`` more than the grace period behind
         the state's event time (the previous owner fell behind on a backlog)? Rebuilt alone and
         merged, it would be decided late: the state of every partition is rebuilt instead (in
-        event time). Reads that one record of each (the check after the fold,
-        :meth:`_merge_moved`, would come after reading their whole horizon)."""
+        event time). Reads the next PEEK_RECORDS records of each, before their horizon."""
         plan = self.engine.features
-        firsts = read_merged(
-            reader, {tp: (committed[tp] or 0, (committed[tp] or 0) + 1) for tp in tps},
+        nexts = read_merged(  # (a few: the next one may be a dead letter)
+            reader, {tp: (c := committed[tp] or 0, min(c + PEEK_RECORDS, end[tp])) for tp in tps},
             self._parsed, timeout_s=self.s.broker_timeout_s,
         )  # fmt: skip
         late = plan.watermark - plan.grace  # type: ignore[union-attr]
-        if not any(tx["ts"] < late for tx in firsts):
+        if not any(tx["ts"] < late for tx in nexts):
             return False
         log.info(
             "partitions moved here %s are decided to an event time more than the grace period "
@@ -2156,30 +2157,19 @@ class Runner:
         )  # fmt: skip
         return True
 
-    def _merge_moved(
-        self,
-        scratch: Any,
-        alone: list[Any],
-        last: Mapping[int, float],
-        end: Mapping[Any, int],
-        committed: Mapping[Any, int | None],
-    ) -> bool:
-        """Merge the state rebuilt for the partitions moved here into the engine's, unless a
-        moved partition with records still to decide stopped so far behind the state's
-        watermark that they would be decided late (its previous owner fell behind on a
-        backlog): False then, and the state of every partition is rebuilt instead, folded in
-        event time (``_bring_up_to_date``)."""
+    def _merge_moved(self, scratch: Any, alone: list[Any], waiting: list[Any]) -> bool:
+        """Merge the state rebuilt for the partitions moved here into the engine's, unless they
+        were decided to an event time more than the grace period ahead of the state's while
+        partitions it follows (``waiting``) have records still to decide: those would be decided
+        late, so False, and the state of every partition is rebuilt instead, folded in event
+        time (``_bring_up_to_date``). (Behind it: :meth:`_decided_behind`, before the fold.)"""
         plan = self.engine.features
-        wm = max(plan.watermark, scratch.watermark)  # type: ignore[union-attr]
-        behind = [
-            tp.partition for tp in alone
-            if end[tp] > (committed[tp] or 0)
-            and last.get(tp.partition, -math.inf) < wm - scratch.grace
-        ]  # fmt: skip
-        if behind:
+        if waiting and scratch.watermark - scratch.grace > plan.watermark:  # type: ignore[union-attr]
             log.warning(
-                "partitions %s moved here stop more than the grace period behind the state's "
-                "event time: the state of every partition is rebuilt instead", behind,
+                "partitions moved here were decided to an event time more than the grace "
+                "period ahead of this instance's partitions %s, which have records to decide: "
+                "the state of every partition is rebuilt instead (in event time)",
+                sorted(tp.partition for tp in waiting),
             )  # fmt: skip
             self._left = None  # (so that _moved_alone says no)
             return False

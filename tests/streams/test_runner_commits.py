@@ -1740,8 +1740,8 @@ def test_a_moved_partition_far_behind_the_state_gets_every_partition_rebuilt(
     """Partition 0 moved here is to be decided at event times far behind the state's (its
     previous owner fell behind on a backlog): rebuilt alone and merged, its records would be
     decided late, so the state of every partition is rebuilt instead, folded in event time.
-    Told by its next record to decide, before its horizon is read; when that one cannot be
-    read (a dead letter), by the last one folded."""
+    Told by its next records to decide (the first may be a dead letter), before its horizon
+    is read."""
     recs = records(0, 12)  # 10 committed, 2 to decide
     if first == "a dead letter":
         recs[10] = recs[10]._replace(value=b"not json")
@@ -1752,14 +1752,58 @@ def test_a_moved_partition_far_behind_the_state_gets_every_partition_rebuilt(
     )  # partition 1 decided a day later
     with caplog.at_level("INFO"):
         r._bring_up_to_date([TP])
-    if first == "valid":
-        assert "are decided to an event time more than the grace period" in caplog.text
-        assert r.stats.caught_up == 10  # its horizon read once
-    else:
-        assert "stop more than the grace period behind" in caplog.text
-        assert r.stats.caught_up == 20  # rebuilt alone, then with the others
+    assert "are decided to an event time more than the grace period" in caplog.text
+    assert r.stats.caught_up == 10  # its horizon read once
     assert r._positions == {0: 10} and r._left == {}  # rebuilt: the state of partition 0 only
     assert r.engine.features.state_sizes()["card_id"] == 1
+
+
+def test_partitions_moved_here_far_ahead_of_the_state_get_every_partition_rebuilt(tmp_path, caplog):
+    """The reverse (a review): partition 0 moved here was decided two hours ahead of partition
+    1, which this instance follows and which has records to decide. Merged, the watermark would
+    jump two hours and partition 1's records would all be decided late; every partition is
+    rebuilt instead, folded in event time (partition 0 held back where partition 1 stands)."""
+
+    t0 = 1_700_000_000
+    p1 = TopicPartition("transactions", 1)
+    tx = b'{"tx_id": "%s", "ts": %d, "card_id": "%s", "amount": 5.0}'
+
+    def rec(tp: Any, i: int, ts: int, card: str) -> Record:
+        return Record("transactions", tp.partition, i, ts * 1000, card.encode(),
+                      tx % (f"{tp.partition}-{i}".encode(), ts, card.encode()))  # fmt: skip
+
+    logs = {
+        TP: [rec(TP, i, t0 - 9 + i, "c0") for i in range(10)],
+        p1: [rec(p1, i, t0 - 7210 + i, "c1") for i in range(10)]
+        + [rec(p1, 10 + i, t0 - 7200 + 60 * (i + 1), "c1") for i in range(5)],
+    }
+
+    class Two(Reader):
+        def __init__(self) -> None:
+            super().__init__([])
+
+        def end_offsets(self, tps):
+            return {tp: len(logs[tp]) for tp in tps}
+
+        def poll(self, timeout_ms=0):
+            out = {tp: logs[tp][at : at + 100] for tp, at in self.pos.items() if at < len(logs[tp])}
+            self.pos = {tp: min(at + 100, len(logs[tp])) for tp, at in self.pos.items()}
+            return out
+
+    class Both(Group):
+        def assignment(self):
+            return {TP, p1}
+
+    r = rebuilding_runner(tmp_path, Two(), Both())
+    for m in logs[p1][:10]:
+        r.engine.decide(_event_time(m, math.inf)[1])
+    r._positions = {1: 10}
+    with caplog.at_level("WARNING"):
+        covered = r._bring_up_to_date([TP, p1])
+    assert "ahead of this instance's partitions [1]" in caplog.text
+    assert covered == {TP: 0, p1: 10}  # partition 0 folded as partition 1 is decided
+    for m in logs[p1][10:]:
+        assert "late" not in r.engine.decide(_event_time(m, math.inf)[1])["flags"]
 
 
 def test_a_rebuild_folds_older_records_through_the_features_alone(tmp_path, monkeypatch):
