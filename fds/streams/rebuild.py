@@ -48,7 +48,6 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import Any
 
 from fds.errors import FdsError
-from fds.models.scorer import DAYS_COUNTED
 from fds.timeutil import span
 
 __all__ = ["STAGES_TAIL_S", "horizon_seconds", "merge_sorted", "read_merged", "start_offsets"]
@@ -58,8 +57,10 @@ log = logging.getLogger(__name__)
 #: How much of a rebuild's history goes through the whole engine (rules, model, policy) rather
 #: than the feature plan alone: what the other stages' state depends on is shorter (the alert
 #: budget: a sliding day and a 2-hour burst guard; the rate breaker: windows of decisions, a few
-#: minutes each at any real rate; the scorer's decisions per day: DAYS_COUNTED days), plus a day.
-STAGES_TAIL_S = (DAYS_COUNTED + 1) * 86400.0
+#: minutes each at any real rate; the scorer's decisions per day: fds.models.scorer.DAYS_COUNTED,
+#: 8 days), plus a day. (A number, not imported: the scorer imports River, and `fds --help`
+#: must not.)
+STAGES_TAIL_S = 9 * 86400.0
 
 # Records buffered per partition before its fetching pauses (bounded memory).
 BUFFER = 5_000

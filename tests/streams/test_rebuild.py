@@ -12,7 +12,13 @@ from kafka.structs import OffsetAndTimestamp, TopicPartition
 
 from fds.errors import FdsError
 from fds.pipeline import DEFAULT_RULES, build_engine
-from fds.streams.rebuild import horizon_seconds, merge_sorted, read_merged, start_offsets
+from fds.streams.rebuild import (
+    STAGES_TAIL_S,
+    horizon_seconds,
+    merge_sorted,
+    read_merged,
+    start_offsets,
+)
 
 Record = namedtuple("Record", "topic partition offset timestamp value")
 
@@ -164,6 +170,14 @@ def test_a_log_cut_inside_the_horizon_is_said(caplog):
     assert "the rebuild needs the last 8.0 h of topic 'tx', but partitions [0] start" in (
         caplog.text
     )
+
+
+def test_a_rebuilds_tail_covers_every_stage_state_that_depends_on_the_input():
+    from fds.models.scorer import DAYS_COUNTED
+    from fds.policy import AlertBudget
+
+    assert STAGES_TAIL_S >= DAYS_COUNTED * 86400 + 86400  # the scorer's day counts, a day more
+    assert AlertBudget(10).window + 86400 <= STAGES_TAIL_S
 
 
 def test_horizon_is_the_longest_window_plus_grace():
