@@ -2004,7 +2004,7 @@ class Runner:
             # followed by a transaction marker counts too: the rest is then folded as it goes.
             hold = [tp for tp in tps if end[tp] > max(committed[tp] or 0, begin[tp])]
             if alone is not None and self._decided_behind(
-                reader, [tp for tp in alone if tp in hold], committed, end
+                [tp for tp in alone if tp in hold], committed, end
             ):
                 alone = None
             if restart:
@@ -2132,23 +2132,24 @@ class Runner:
         return sorted(behind, key=lambda tp: tp.partition)
 
     def _decided_behind(
-        self,
-        reader: Any,
-        tps: list[Any],
-        committed: Mapping[Any, int | None],
-        end: Mapping[Any, int],
+        self, tps: list[Any], committed: Mapping[Any, int | None], end: Mapping[Any, int]
     ) -> bool:
         """Is the next record to decide of one of ``tps`` more than the grace period behind
         the state's event time (the previous owner fell behind on a backlog)? Rebuilt alone and
         merged, it would be decided late: the state of every partition is rebuilt instead (in
         event time). Reads the next PEEK_RECORDS records of each, before their horizon."""
         plan = self.engine.features
-        nexts = read_merged(  # (a few: the next one may be a dead letter)
-            reader, {tp: (c := committed[tp] or 0, min(c + PEEK_RECORDS, end[tp])) for tp in tps},
-            self._parsed, timeout_s=self.s.broker_timeout_s,
-        )  # fmt: skip
+        if not tps:
+            return False
+        ranges = {tp: (c := committed[tp] or 0, min(c + PEEK_RECORDS, end[tp])) for tp in tps}
+        peek = self._consumer_factory(**self.s.reader_config(auto_offset_reset="earliest"))
+        try:  # (a reader of its own: the rebuild's, reused, read nothing after it in a chaos run)
+            nexts = list(read_merged(peek, ranges, self._parsed, timeout_s=self.s.broker_timeout_s))
+        finally:
+            with contextlib.suppress(Exception):
+                peek.close()
         late = plan.watermark - plan.grace  # type: ignore[union-attr]
-        if not any(tx["ts"] < late for tx in nexts):
+        if not any(tx["ts"] < late for tx in nexts):  # (a few: the next may be a dead letter)
             return False
         log.info(
             "partitions moved here %s are decided to an event time more than the grace period "

@@ -190,19 +190,20 @@ def read_merged(
         for tp, records in consumer.poll(timeout_ms=200).items():
             end = todo[tp][1]
             buf = bufs[tp]
-            deadline = now + timeout_s  # progress
             for msg in records:
                 if msg.offset >= end:
                     break
                 if len(buf) >= buffer:
                     consumer.seek(tp, msg.offset)
                     break
+                deadline = now + timeout_s  # progress (records polled and dropped are none)
                 tx = parse(msg)
                 if tx is not None:
                     buf.append((tx["ts"], (tp, msg.offset, tx)))
         for tp, (_, end) in todo.items():
             if tp not in done and consumer.position(tp) >= end:
                 done.add(tp)
+                deadline = now + timeout_s
                 consumer.pause(tp)  # read to its end: never resumed
 
     def stream(tp: Any) -> Iterator[tuple[float, Any]]:

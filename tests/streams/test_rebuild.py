@@ -117,8 +117,8 @@ def test_read_merged_skips_bad_records_and_empty_ranges():
 
 def test_one_consumer_reads_a_partition_again_after_reading_it_to_an_end():
     """A partition read to its end is paused, and kafka-python's assign() keeps that for a
-    partition assigned again: a second read with the same consumer (a moved partition's next
-    record peeked, then its horizon) got nothing and gave up after the timeout."""
+    partition assigned again: a second read with the same consumer got nothing and gave up
+    after the timeout."""
     data = _stream(partitions=1, n=20, seed=2)
     (tp,) = data
     consumer = FakeConsumer(data)
