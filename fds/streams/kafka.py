@@ -2122,14 +2122,28 @@ class Runner:
         others and holds no event of a moved one (it never held it, or every window has left
         its events since: ``_left``); :meth:`fds.features.FeaturePlan.absorb` is then exact."""
         plan, pos, left = self.engine.features, self._positions, self._left
-        if not pos or left is None or self._refold or not hasattr(plan, "absorb"):
+        if not pos or not hasattr(plan, "absorb"):  # (following none: a rebuild of all)
             return None
-        if any(tp.partition in pos for tp in behind):
-            return None
+        moved = sorted(tp.partition for tp in behind if tp.partition not in pos)
         aged = plan.watermark - horizon_seconds(self.engine)  # type: ignore[union-attr]
-        if any(left.get(tp.partition, -math.inf) > aged for tp in behind):
-            return None
-        return sorted(behind, key=lambda tp: tp.partition)
+        if left is None:
+            why = "which partitions' events its windows hold is not known (a checkpoint of an "
+            why += "earlier release, or a state kept after a failure)"
+        elif self._refold:
+            why = f"partitions {sorted(tp.partition for tp in self._refold)} are still folded"
+        elif len(moved) < len(behind):
+            why = f"partitions {sorted(set(pos) & {tp.partition for tp in behind})} it "
+            why += "follows are behind their committed offsets too"
+        elif back := [p for p in moved if left.get(p, -math.inf) > aged]:
+            why = f"partitions {back} left this instance within the feature horizon, and their "
+            why += "events are still in its windows (they would count twice)"
+        else:
+            return sorted(behind, key=lambda tp: tp.partition)
+        log.info(
+            "partitions moved here %s are not rebuilt alone: %s; the state of every partition "
+            "is rebuilt", moved, why,
+        )  # fmt: skip
+        return None
 
     def _decided_behind(
         self, tps: list[Any], committed: Mapping[Any, int | None], end: Mapping[Any, int]
@@ -2274,15 +2288,17 @@ class Runner:
     def _report_restoring(
         self, reader: Any, committed: Mapping[Any, int | None], end: Mapping[Any, int]
     ) -> None:
-        """During a restore (a rebuild can take minutes), the lag of the partitions it restores:
-        everything from their committed offsets is still to decide (no series before). The
-        reader knows the high watermark of the partitions it reads (its assignment; another one
-        raised IllegalStateError, which stopped every restart after partitions were added: a
-        QA pass); the others' end is the one read when the restore began."""
-        held = reader.assignment()  # (an empty range is not read: not assigned either)
+        """During a restore (a rebuild can take minutes), the lag of the assigned partitions:
+        everything from their committed offsets is still to decide (no series before). Their
+        ends are read again each time (the ends at the restore's start, or the high watermark
+        of a partition read to its end and paused, stood still while new input came: a QA
+        pass); ``end``, those at the start, when the broker does not answer."""
+        try:
+            now = reader.end_offsets(list(committed))
+        except KafkaError:
+            now = end
         for tp, c in committed.items():
-            hw = reader.highwater(tp) if tp in held else None
-            hw = end.get(tp) if hw is None else hw
+            hw = now.get(tp, end.get(tp))
             if hw is not None and c is not None:
                 self.metrics.consumer_lag(tp.partition, max(0, hw - c))
 

@@ -524,6 +524,25 @@ def test_the_lag_of_the_partitions_a_restore_catches_up_is_reported_meanwhile():
     assert lag == 5  # 15 in the log, 10 committed: the 5 after them wait for the restore
 
 
+def test_the_lag_reported_during_a_restore_follows_new_input():
+    """The ends read when the restore began (or a paused partition's high watermark) stood
+    still: a rebuild of 10 s reported a lag of 218 throughout while new input came, then 721
+    decisions went out in the next second (a QA pass); real rebuilds last hours."""
+    from fds.metrics import Metrics
+
+    class Growing(Reader):
+        def end_offsets(self, tps):
+            self.calls = getattr(self, "calls", 0) + 1
+            return dict.fromkeys(tps, len(self.recs) + 100 * self.calls)  # input keeps coming
+
+    r = catching_up_runner(Growing(records(0, 15)), [])
+    r.metrics = Metrics()
+    r._report_restoring(r._consumer_factory(), {TP: 10}, {TP: 15})
+    r._report_restoring(r._consumer_factory(), {TP: 10}, {TP: 15})
+    lag = r.metrics.registry.get_sample_value("fds_consumer_lag_messages", {"partition": "0"})
+    assert lag == 215 - 10  # the second report's end
+
+
 def test_a_stop_during_a_catch_up_keeps_nothing_of_the_partial_state():
     """SIGTERM mid-way: the positions are dropped (the next start does it again), no
     checkpoint is written, and the loop decides nothing after the interrupted restore."""
@@ -1692,7 +1711,9 @@ def test_a_state_snapshot_that_cannot_be_read_leaves_the_state_to_a_rebuild(tmp_
     assert "the state is rebuilt from the input" in caplog.text
 
 
-def test_a_partition_moved_here_is_rebuilt_alone_unless_the_state_may_hold_its_events(tmp_path):
+def test_a_partition_moved_here_is_rebuilt_alone_unless_the_state_may_hold_its_events(
+    tmp_path, caplog
+):
     """The state follows partition 1; partition 0 moves here: it alone is rebuilt from the
     input and merged in (the state of partition 1 stays). Not when the state may still hold
     events of partition 0 (revoked from here within the feature horizon: they would count
@@ -1711,9 +1732,12 @@ def test_a_partition_moved_here_is_rebuilt_alone_unless_the_state_may_hold_its_e
     behind = {TP: 10}
     del r._positions[0]
     r._left = {0: r.engine.features.watermark - 60.0}  # revoked a minute ago
-    assert r._moved_alone(behind) is None
-    r._left = None  # (a checkpoint of an earlier release)
-    assert r._moved_alone(behind) is None
+    with caplog.at_level("INFO"):
+        assert r._moved_alone(behind) is None
+        assert "partitions [0] left this instance within the feature horizon" in caplog.text
+        r._left = None  # (a checkpoint of an earlier release)
+        assert r._moved_alone(behind) is None
+        assert "is not known" in caplog.text
     r._left, r._positions = {}, {}  # (following nothing: a rebuild of all)
     assert r._moved_alone(behind) is None
 
