@@ -782,10 +782,10 @@ class Runner:
         # event time, from the feature horizon up to the group's committed offsets.
         self._rebuild = checkpointer is not None and settings.rebuild_state
         # Partitions the state no longer follows but whose events its windows may still hold
-        # (revoked, moved away) -> the feature watermark then; None: not known (a checkpoint of
-        # an earlier release). A partition that moves here is rebuilt alone and merged into
-        # the state only when the state holds none of its events (_moved_alone).
-        self._left: dict[int, float] | None = {}
+        # (revoked, moved away) -> (the feature watermark then, the offset the state covered);
+        # None: not known (a state kept after a failure). A partition that moves here is
+        # rebuilt alone, from the first offset the state lacks, and merged (_moved_alone).
+        self._left: dict[int, tuple[float, int]] | None = {}
         self._fresh_state = pickle.dumps(engine.state_dict()) if checkpointer else b""
         self._live = False  # the state has decided input since it was restored
         # The state holds decisions past _positions (not all committed synchronously yet): an
@@ -1812,9 +1812,9 @@ class Runner:
         up from an old position, on top of a state that went on without it)."""
         wm = getattr(self.engine.features, "watermark", -math.inf)
         for p in [p for p in self._positions if p not in partitions]:
-            del self._positions[p]
             if self._left is not None:
-                self._left[p] = wm
+                self._left[p] = (wm, self._positions[p])
+            del self._positions[p]
 
     def _restore_assigned(self) -> None:
         """Bring the state up to the committed offsets of the assigned partitions, before the
@@ -2027,7 +2027,7 @@ class Runner:
                     lambda: start_offsets(reader, alone, horizon_seconds(self.engine),
                                           "the state rebuild"),
                 )  # fmt: skip
-                ranges = {tp: (starts[tp], behind[tp]) for tp in alone}
+                ranges = {tp: (max(starts[tp], alone[tp]), behind[tp]) for tp in alone}
             else:
                 what = "rebuild"
                 self._left = {}
@@ -2115,30 +2115,36 @@ class Runner:
         self._input_ms = -math.inf  # what is decided next may be older: its labels wait for it
         return {**committed, **resume}
 
-    def _moved_alone(self, behind: Mapping[Any, int]) -> list[Any] | None:
+    def _moved_alone(self, behind: Mapping[Any, int]) -> dict[Any, int] | None:
         """The partitions of ``behind`` to rebuild alone and merge into the state, which goes
-        on holding the others, or ``None``: rebuild the state of every partition. Alone when
-        every partition behind moved here (the state does not follow it) and the state follows
-        others and holds no event of a moved one (it never held it, or every window has left
-        its events since: ``_left``); :meth:`fds.features.FeaturePlan.absorb` is then exact."""
+        on holding the others, each with the first offset the state lacks (0 for a partition
+        it never held, or whose events every window has left since; where it stopped following
+        it otherwise: ``_left``), or ``None``: rebuild the state of every partition. Alone when
+        every partition behind moved here and the state follows others; the events it folds
+        are then none the state holds, and :meth:`fds.features.FeaturePlan.absorb` is exact."""
         plan, pos, left = self.engine.features, self._positions, self._left
         if not pos or not hasattr(plan, "absorb"):  # (following none: a rebuild of all)
             return None
         moved = sorted(tp.partition for tp in behind if tp.partition not in pos)
         aged = plan.watermark - horizon_seconds(self.engine)  # type: ignore[union-attr]
-        if left is None:
-            why = "which partitions' events its windows hold is not known (a checkpoint of an "
-            why += "earlier release, or a state kept after a failure)"
+        if left is None or any(not isinstance(v, tuple) for v in left.values()):
+            why = "which partitions' events its windows hold is not known (a state kept after "
+            why += "a failure, or a checkpoint of an earlier release)"
         elif self._refold:
             why = f"partitions {sorted(tp.partition for tp in self._refold)} are still folded"
         elif len(moved) < len(behind):
             why = f"partitions {sorted(set(pos) & {tp.partition for tp in behind})} it "
             why += "follows are behind their committed offsets too"
-        elif back := [p for p in moved if left.get(p, -math.inf) > aged]:
-            why = f"partitions {back} left this instance within the feature horizon, and their "
-            why += "events are still in its windows (they would count twice)"
+        elif back := [
+            tp.partition for tp, c in behind.items() if left.get(tp.partition, (0, 0))[1] > c
+        ]:
+            why = f"partitions {back} were committed below where this instance left them "
+            why += "(offsets reset)"
         else:
-            return sorted(behind, key=lambda tp: tp.partition)
+            return {
+                tp: 0 if (got := left.get(tp.partition)) is None or got[0] <= aged else got[1]
+                for tp in sorted(behind, key=lambda tp: tp.partition)
+            }
         log.info(
             "partitions moved here %s are not rebuilt alone: %s; the state of every partition "
             "is rebuilt", moved, why,
@@ -2172,7 +2178,7 @@ class Runner:
         )  # fmt: skip
         return True
 
-    def _merge_moved(self, scratch: Any, alone: list[Any], waiting: list[Any]) -> bool:
+    def _merge_moved(self, scratch: Any, alone: Mapping[Any, int], waiting: list[Any]) -> bool:
         """Merge the state rebuilt for the partitions moved here into the engine's, unless they
         were decided to an event time more than the grace period ahead of the state's while
         partitions it follows (``waiting``) have records still to decide: those would be decided

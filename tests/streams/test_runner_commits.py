@@ -1711,33 +1711,38 @@ def test_a_state_snapshot_that_cannot_be_read_leaves_the_state_to_a_rebuild(tmp_
     assert "the state is rebuilt from the input" in caplog.text
 
 
-def test_a_partition_moved_here_is_rebuilt_alone_unless_the_state_may_hold_its_events(
-    tmp_path, caplog
-):
+def test_a_partition_moved_here_is_rebuilt_alone_from_what_the_state_lacks(tmp_path, caplog):
     """The state follows partition 1; partition 0 moves here: it alone is rebuilt from the
-    input and merged in (the state of partition 1 stays). Not when the state may still hold
-    events of partition 0 (revoked from here within the feature horizon: they would count
-    twice), nor when that is not known: then every partition is rebuilt, as before."""
+    input and merged in (the state of partition 1 stays), from where this instance stopped
+    following it when it had it before (its events up to there are still in the windows: read
+    again, they counted twice). Not when what the state holds is not known, nor when the
+    group's offset is below where this instance left it: then every partition is rebuilt."""
     from fds.streams import kafka
 
     r = rebuilding_runner(tmp_path, Reader(records(0, 10)), Group())
+    for msg in records(0, 4):  # decided here before partition 0 moved away at offset 4
+        r.engine.decide(kafka._event_time(msg)[1])
     r._positions = {0: 4, 1: 5}
     kafka._Revoke(r).on_partitions_assigned({TopicPartition("transactions", 1)})
-    assert r._left == {0: -math.inf}  # revoked before the state saw any event
-    r._bring_up_to_date([TP])
+    assert r._left == {0: (1_700_000_003.0, 4)}
+    r._bring_up_to_date([TP])  # taken back: records 4..9 folded, 0..3 were kept
+    assert r.stats.caught_up == 6
     assert r._positions == {0: 10, 1: 5} and r._left == {}
-    assert r.engine.features.state_sizes()["card_id"] == 1  # merged in
     assert r.checkpointer.load().state[kafka.LEFT_KEY] == {}
+    tx = {"tx_id": "z", "ts": 1_700_000_010.0, "card_id": "c1", "amount": 5.0}
+    assert r.engine.features.compute(tx)["card_count_1h"] == 11  # the 10 once each, and itself
 
     behind = {TP: 10}
     del r._positions[0]
-    r._left = {0: r.engine.features.watermark - 60.0}  # revoked a minute ago
     with caplog.at_level("INFO"):
+        r._left = {0: (r.engine.features.watermark - 60.0, 12)}  # committed below it: reset
         assert r._moved_alone(behind) is None
-        assert "partitions [0] left this instance within the feature horizon" in caplog.text
-        r._left = None  # (a checkpoint of an earlier release)
+        assert "were committed below where this instance left them" in caplog.text
+        r._left = None  # (a state kept after a failure)
         assert r._moved_alone(behind) is None
         assert "is not known" in caplog.text
+    r._left = {0: (r.engine.features.watermark - 91 * 86400, 4)}  # left long ago: aged out
+    assert r._moved_alone(behind) == {TP: 0}
     r._left, r._positions = {}, {}  # (following nothing: a rebuild of all)
     assert r._moved_alone(behind) is None
 
