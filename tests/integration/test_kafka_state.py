@@ -22,7 +22,8 @@ from kafka.structs import OffsetAndMetadata
 
 from fds.pipeline import DEFAULT_MODEL, DEFAULT_RULES
 from fds.replay import load as replay_load
-from fds.streams.kafka import build_run_engine, close_engine, produce_file, with_tx
+from fds.streams.checkpoint import Checkpointer
+from fds.streams.kafka import LEFT_KEY, build_run_engine, close_engine, produce_file, with_tx
 from tests.integration.test_kafka_run import (
     _kill_restart_run,
     comparable,
@@ -274,6 +275,103 @@ def test_two_instances_one_killed_survivor_takes_over_nothing_lost(
         f"survivor took over {takeover_s:.1f} s and decided everything {decided_s:.1f} s "
         f"after the kill; {dups} duplicates"
     )
+
+
+def test_a_partition_taken_back_is_rebuilt_from_where_it_was_left(
+    kafka_bootstrap, topics, unique_name, tmp_path
+):
+    """Partitions move back and forth (a rolling restart): the survivor takes the victim's
+    partitions, gives some back when the victim returns with its state dir, and takes them
+    again at its second kill. The second time they are rebuilt from the offsets the survivor
+    covered when it gave them back (its windows still hold their events before: read again,
+    they counted twice), not from the feature horizon, and not by a rebuild of every
+    partition; every decision has the card features of an uninterrupted replay, and every
+    decision after that merge all of its features."""
+    # 24,000 transactions within 240 s of event time, less than the grace period: nothing late
+    ids = write_stream(tmp_path / "tx.jsonl", 24_000, step=0.01)
+    lines = [
+        orjson.dumps({**orjson.loads(line), "merchant_id": f"m{i % 37}", "device_id": f"d{i % 53}"})
+        for i, line in enumerate((tmp_path / "tx.jsonl").read_bytes().splitlines())
+    ]  # fmt: skip
+    (tmp_path / "tx.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    for k in range(3):
+        (tmp_path / f"{k}.jsonl").write_bytes(b"\n".join(lines[k * 8000 : (k + 1) * 8000]) + b"\n")
+    group = unique_name("g")
+    s = settings_for(kafka_bootstrap, topics, group)
+    env = {"FDS_SESSION_TIMEOUT_MS": "6000"}  # (the broker's minimum: quick takeovers)
+
+    def start(name: str) -> Any:
+        return spawn_run(
+            kafka_bootstrap, topics, group, "--group-instance-id", name, env=env, stages=(
+                "--rules", str(DEFAULT_RULES), "--model", "none", "--state-dir",
+                str(tmp_path / name), "--max-poll-records", "100", "--checkpoint-every", "0.5",
+            ),
+        )  # fmt: skip
+
+    def decided(n: int) -> None:
+        wait_until(lambda: count_records(kafka_bootstrap, topics["decisions"]) >= n, 120,
+                   f"{n} decisions")  # fmt: skip
+
+    def left() -> dict[int, Any]:  # the partitions the survivor gave back, from its checkpoint
+        got = Checkpointer(tmp_path / "b").load()
+        return (got.state.get(LEFT_KEY) or {}) if got is not None else {}
+
+    produce_file(tmp_path / "0.jsonl", s)
+    victim = start("a")
+    decided(800)
+    survivor = start("b")
+    wait_until(lambda: (tmp_path / "b" / "engine.ckpt").exists(), 90, "the survivor's state")
+    decided(8000)
+    produce_file(tmp_path / "1.jsonl", s)
+    victim.kill()  # first kill: the survivor takes everything
+    victim.wait(10)
+    decided(16_000)
+    victim = start("a")  # back with its state dir: it takes its share again
+    wait_until(lambda: left(), 90, "the survivor to give partitions back")
+    given_back = left()
+    produce_file(tmp_path / "2.jsonl", s)
+    t_kill = time.time()
+    victim.kill()  # second kill: the survivor takes them back
+    victim.wait(10)
+    decided(24_000)
+    survivor.send_signal(signal.SIGTERM)
+    _, err = survivor.communicate(timeout=30)
+    assert survivor.returncode == 0, err[-2000:]
+
+    taken = [
+        (_log_time(line), line) for line in err.splitlines()
+        if "rebuild of the partitions moved here partitions=" in line and _log_time(line) > t_kill
+    ]  # fmt: skip
+    assert len(taken) == 1, err[-4000:]
+    merged_at, line = taken[0]
+    ranges = {int(p): (int(a), int(b)) for p, a, b in re.findall(r"(\d+): \((\d+), (\d+)\)", line)}
+    assert set(ranges) == set(given_back), (line, given_back)
+    for p, (start_at, _) in ranges.items():
+        assert start_at == given_back[p][1] > 0, (line, given_back)  # from where it was left
+    assert not [
+        ln for ln in err.splitlines() if "rebuild partitions=" in ln and _log_time(ln) > t_kill
+    ], err[-4000:]
+
+    ref = build_run_engine(DEFAULT_RULES, None)
+    try:
+        full = {
+            tx["tx_id"]: ref.decide(tx)["features"]
+            for tx in replay_load(tmp_path / "tx.jsonl").transactions
+        }
+    finally:
+        close_engine(ref)
+    seen: set[str] = set()
+    after = 0
+    for r in read_all(kafka_bootstrap, topics["decisions"]):
+        d = orjson.loads(r.value)
+        seen.add(d["tx_id"])
+        assert _card(d["features"]) == _card(full[d["tx_id"]]), d["tx_id"]
+        if _decided_time(d) > merged_at:
+            after += 1
+            for name, v in full[d["tx_id"]].items():
+                got = d["features"][name]
+                assert got == v or got == pytest.approx(v, rel=1e-9), (d["tx_id"], name)
+    assert seen == set(ids) and after > 0
 
 
 def _log_time(line: str) -> float:
