@@ -183,6 +183,8 @@ DECIDED_MARK = "fds:decisions@"
 #: Records read ahead of a moved partition's committed offset to tell whether it is to be decided
 #: far behind the state (Runner._decided_behind).
 PEEK_RECORDS = 16
+#: How long a restore's lag report waits for the partitions' ends (Runner._report_restoring).
+ENDS_TIMEOUT_MS = 300
 #: Checkpoint state key of Runner._left (the partitions whose events the state may still hold).
 LEFT_KEY = "partitions_left"
 # How long a restart waits to read those decisions before it decides their records again.
@@ -786,6 +788,8 @@ class Runner:
         # None: not known (a state kept after a failure). A partition that moves here is
         # rebuilt alone, from the first offset the state lacks, and merged (_moved_alone).
         self._left: dict[int, tuple[float, int]] | None = {}
+        self._alone_refused = False  # said why: the next restore rebuilds every partition
+        self._ends_at = -math.inf  # _report_restoring reads the partitions' ends from then
         self._fresh_state = pickle.dumps(engine.state_dict()) if checkpointer else b""
         self._live = False  # the state has decided input since it was restored
         # The state holds decisions past _positions (not all committed synchronously yet): an
@@ -1975,7 +1979,7 @@ class Runner:
         alone = None if restart else self._moved_alone(behind)
         scratch: Any = None  # the plan the moved partitions are rebuilt into (alone)
         fold = self._fold
-        waiting: list[Any] = []  # alone: partitions it follows with records to decide
+        nexts: dict[Any, float] = {}  # alone: event time of each partition's next record
         at: dict[str, Any] = {}  # partition and offset of the record folded (read_merged)
         tail: dict[Any, int] = {}  # a rebuild: where the records for the whole engine start
 
@@ -2003,10 +2007,10 @@ class Runner:
             # one furthest behind (fds.streams.rebuild). An EOS partition whose last record is
             # followed by a transaction marker counts too: the rest is then folded as it goes.
             hold = [tp for tp in tps if end[tp] > max(committed[tp] or 0, begin[tp])]
-            if alone is not None and self._decided_behind(
-                [tp for tp in alone if tp in hold], committed, end
-            ):
-                alone = None
+            if alone is not None:  # (peeked before the moved partitions' horizon is read)
+                nexts = self._next_times(hold, committed, begin, end)
+                if self._merged_late({tp: t for tp, t in nexts.items() if tp in alone}, None):
+                    alone = None
             if restart:
                 what = "catch-up"
                 ranges = {tp: (max(pos[tp.partition], begin[tp]), c) for tp, c in behind.items()}
@@ -2020,7 +2024,6 @@ class Runner:
             elif alone is not None:
                 what = "rebuild of the partitions moved here"
                 plan = scratch = self.engine.features.fresh()  # type: ignore[union-attr]
-                waiting = [tp for tp in hold if tp not in alone]
                 fold, hold = fold_features, []  # (each folded whole: _merge_moved checks)
                 starts = self._retrying(
                     "locating the feature horizon",
@@ -2090,7 +2093,7 @@ class Runner:
             self._restoring = False
             with contextlib.suppress(Exception):
                 reader.close()
-        if alone is not None and not self._merge_moved(scratch, alone, waiting):
+        if alone is not None and not self._merge_moved(scratch, alone, nexts):
             return self._bring_up_to_date(tps)  # (now a rebuild of every partition)
         pos.update({tp.partition: c for tp, c in committed.items() if c is not None})
         # What the fold left (past the event time of a partition behind) is folded as the loop
@@ -2123,10 +2126,10 @@ class Runner:
         every partition behind moved here and the state follows others; the events it folds
         are then none the state holds, and :meth:`fds.features.FeaturePlan.absorb` is exact."""
         plan, pos, left = self.engine.features, self._positions, self._left
-        if not pos or not hasattr(plan, "absorb"):  # (following none: a rebuild of all)
+        refused, self._alone_refused = self._alone_refused, False
+        if not pos or refused or not hasattr(plan, "absorb"):  # (following none: of all)
             return None
         moved = sorted(tp.partition for tp in behind if tp.partition not in pos)
-        aged = plan.watermark - horizon_seconds(self.engine)  # type: ignore[union-attr]
         if left is None or any(not isinstance(v, tuple) for v in left.values()):
             why = "which partitions' events its windows hold is not known (a state kept after "
             why += "a failure, or a checkpoint of an earlier release)"
@@ -2141,8 +2144,8 @@ class Runner:
             why = f"partitions {back} were committed below where this instance left them "
             why += "(offsets reset)"
         else:
-            return {
-                tp: 0 if (got := left.get(tp.partition)) is None or got[0] <= aged else got[1]
+            return {  # (aged out or not: what is below the left offset was folded here)
+                tp: got[1] if (got := left.get(tp.partition)) is not None else 0
                 for tp in sorted(behind, key=lambda tp: tp.partition)
             }
         log.info(
@@ -2151,48 +2154,61 @@ class Runner:
         )  # fmt: skip
         return None
 
-    def _decided_behind(
-        self, tps: list[Any], committed: Mapping[Any, int | None], end: Mapping[Any, int]
-    ) -> bool:
-        """Is the next record to decide of one of ``tps`` more than the grace period behind
-        the state's event time (the previous owner fell behind on a backlog)? Rebuilt alone and
-        merged, it would be decided late: the state of every partition is rebuilt instead (in
-        event time). Reads the next PEEK_RECORDS records of each, before their horizon."""
-        plan = self.engine.features
-        if not tps:
-            return False
-        ranges = {tp: (c := committed[tp] or 0, min(c + PEEK_RECORDS, end[tp])) for tp in tps}
+    def _next_times(
+        self,
+        tps: list[Any],
+        committed: Mapping[Any, int | None],
+        begin: Mapping[Any, int],
+        end: Mapping[Any, int],
+    ) -> dict[Any, float]:
+        """The event time of the next record to decide of each of ``tps`` (the first valid one
+        of the next PEEK_RECORDS: it may be a dead letter), read with a reader of its own (the
+        rebuild's, reused, read nothing more after it in a chaos run)."""
+        ranges = {
+            tp: (c := max(committed[tp] or 0, begin[tp]), min(c + PEEK_RECORDS, end[tp]))
+            for tp in tps
+        }  # fmt: skip
+        if not ranges:
+            return {}
+        at: dict[str, Any] = {}
+        first: dict[Any, tuple[int, float]] = {}  # partition -> (offset, event time)
         peek = self._consumer_factory(**self.s.reader_config(auto_offset_reset="earliest"))
-        try:  # (a reader of its own: the rebuild's, reused, read nothing after it in a chaos run)
-            nexts = list(read_merged(peek, ranges, self._parsed, timeout_s=self.s.broker_timeout_s))
+        try:
+            for tx in read_merged(
+                peek, ranges, self._parsed, timeout_s=self.s.broker_timeout_s, positions=at
+            ):
+                if at["tp"] not in first or at["offset"] < first[at["tp"]][0]:
+                    first[at["tp"]] = (at["offset"], tx["ts"])
         finally:
             with contextlib.suppress(Exception):
                 peek.close()
-        late = plan.watermark - plan.grace  # type: ignore[union-attr]
-        if not any(tx["ts"] < late for tx in nexts):  # (a few: the next may be a dead letter)
-            return False
-        log.info(
-            "partitions moved here %s are decided to an event time more than the grace period "
-            "behind the state's: the state of every partition is rebuilt (in event time)",
-            sorted(tp.partition for tp in tps),
-        )  # fmt: skip
-        return True
+        return {tp: t for tp, (_, t) in first.items()}
 
-    def _merge_moved(self, scratch: Any, alone: Mapping[Any, int], waiting: list[Any]) -> bool:
-        """Merge the state rebuilt for the partitions moved here into the engine's, unless they
-        were decided to an event time more than the grace period ahead of the state's while
-        partitions it follows (``waiting``) have records still to decide: those would be decided
-        late, so False, and the state of every partition is rebuilt instead, folded in event
-        time (``_bring_up_to_date``). (Behind it: :meth:`_decided_behind`, before the fold.)"""
+    def _merged_late(self, nexts: Mapping[Any, float], scratch: Any) -> bool:
+        """Would a partition whose next record to decide is at ``nexts`` be decided late on the
+        state merged with ``scratch`` (``None``: on the state as it is)? Then the state of every
+        partition is rebuilt instead, folded in event time (the partitions ahead held back)."""
         plan = self.engine.features
-        if waiting and scratch.watermark - scratch.grace > plan.watermark:  # type: ignore[union-attr]
-            log.warning(
-                "partitions moved here were decided to an event time more than the grace "
-                "period ahead of this instance's partitions %s, which have records to decide: "
-                "the state of every partition is rebuilt instead (in event time)",
-                sorted(tp.partition for tp in waiting),
+        wm = plan.watermark if scratch is None else max(plan.watermark, scratch.watermark)  # type: ignore[union-attr]
+        late = sorted(tp.partition for tp, t in nexts.items() if t < wm - plan.grace)  # type: ignore[union-attr]
+        if late:
+            log.info(
+                "partitions %s have records to decide more than the grace period behind the "
+                "event time of the state%s: the state of every partition is rebuilt instead "
+                "(in event time), the partitions ahead held back", late,
+                " merged with the partitions moved here" if scratch is not None else "",
             )  # fmt: skip
-            self._left = None  # (so that _moved_alone says no)
+        return bool(late)
+
+    def _merge_moved(
+        self, scratch: Any, alone: Mapping[Any, int], nexts: Mapping[Any, float]
+    ) -> bool:
+        """Merge the state rebuilt for the partitions moved here into the engine's, unless a
+        partition's next record to decide (moved or not: ``nexts``) would then be decided late
+        (the moved ones were decided far ahead): False, and every partition is rebuilt."""
+        plan = self.engine.features
+        if self._merged_late(nexts, scratch):
+            self._alone_refused = True  # (the recursion: said why already)
             return False
         plan.absorb(scratch)  # type: ignore[union-attr]
         for tp in alone:
@@ -2299,10 +2315,12 @@ class Runner:
         ends are read again each time (the ends at the restore's start, or the high watermark
         of a partition read to its end and paused, stood still while new input came: a QA
         pass); ``end``, those at the start, when the broker does not answer."""
-        try:
-            now = reader.end_offsets(list(committed))
-        except KafkaError:
-            now = end
+        now: Mapping[Any, int] = end
+        if time.monotonic() >= self._ends_at:
+            try:  # (kafka-python waits request_timeout_ms, 30 s, by default: a stop waited)
+                now = reader.end_offsets(list(committed), timeout_ms=ENDS_TIMEOUT_MS)
+            except KafkaError:
+                self._ends_at = time.monotonic() + LAG_EVERY_S * 10  # (not each second)
         for tp, c in committed.items():
             hw = now.get(tp, end.get(tp))
             if hw is not None and c is not None:

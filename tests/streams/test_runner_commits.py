@@ -447,7 +447,7 @@ class Reader:
     def offsets_for_times(self, times):  # every record is within the feature horizon
         return {tp: OffsetAndTimestamp(self.log_start, 0, -1) for tp in times}
 
-    def end_offsets(self, tps):
+    def end_offsets(self, tps, timeout_ms=None):
         return dict.fromkeys(tps, len(self.recs))
 
     def highwater(self, tp):
@@ -531,7 +531,7 @@ def test_the_lag_reported_during_a_restore_follows_new_input():
     from fds.metrics import Metrics
 
     class Growing(Reader):
-        def end_offsets(self, tps):
+        def end_offsets(self, tps, timeout_ms=None):
             self.calls = getattr(self, "calls", 0) + 1
             return dict.fromkeys(tps, len(self.recs) + 100 * self.calls)  # input keeps coming
 
@@ -1742,6 +1742,8 @@ def test_a_partition_moved_here_is_rebuilt_alone_from_what_the_state_lacks(tmp_p
         assert r._moved_alone(behind) is None
         assert "is not known" in caplog.text
     r._left = {0: (r.engine.features.watermark - 91 * 86400, 4)}  # left long ago: aged out
+    assert r._moved_alone(behind) == {TP: 4}  # (still in the logs, if out of every window)
+    r._left = {}  # never here
     assert r._moved_alone(behind) == {TP: 0}
     r._left, r._positions = {}, {}  # (following nothing: a rebuild of all)
     assert r._moved_alone(behind) is None
@@ -1781,7 +1783,7 @@ def test_a_moved_partition_far_behind_the_state_gets_every_partition_rebuilt(
     )  # partition 1 decided a day later
     with caplog.at_level("INFO"):
         r._bring_up_to_date([TP])
-    assert "are decided to an event time more than the grace period" in caplog.text
+    assert "partitions [0] have records to decide more than the grace period" in caplog.text
     assert r.stats.caught_up == 10  # its horizon read once
     assert r._positions == {0: 10} and r._left == {}  # rebuilt: the state of partition 0 only
     assert r.engine.features.state_sizes()["card_id"] == 1
@@ -1811,7 +1813,7 @@ def test_partitions_moved_here_far_ahead_of_the_state_get_every_partition_rebuil
         def __init__(self) -> None:
             super().__init__([])
 
-        def end_offsets(self, tps):
+        def end_offsets(self, tps, timeout_ms=None):
             return {tp: len(logs[tp]) for tp in tps}
 
         def poll(self, timeout_ms=0):
@@ -1827,9 +1829,10 @@ def test_partitions_moved_here_far_ahead_of_the_state_get_every_partition_rebuil
     for m in logs[p1][:10]:
         r.engine.decide(_event_time(m, math.inf)[1])
     r._positions = {1: 10}
-    with caplog.at_level("WARNING"):
+    with caplog.at_level("INFO"):
         covered = r._bring_up_to_date([TP, p1])
-    assert "ahead of this instance's partitions [1]" in caplog.text
+    assert "partitions [1] have records to decide" in caplog.text
+    assert "merged with the partitions moved here" in caplog.text
     assert covered == {TP: 0, p1: 10}  # partition 0 folded as partition 1 is decided
     for m in logs[p1][10:]:
         assert "late" not in r.engine.decide(_event_time(m, math.inf)[1])["flags"]

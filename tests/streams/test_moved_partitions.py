@@ -1,0 +1,143 @@
+"""Partitions moved here whose next records would be decided late on the state merged with their
+rebuild (cases a review reproduced): every partition is rebuilt instead, folded in event time;
+a straggler behind a partition's next record to decide does not count."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from kafka.structs import TopicPartition
+
+from fds.streams.kafka import _event_time
+from tests.streams.test_runner_commits import (
+    TP,
+    Group,
+    Reader,
+    Record,
+    rebuilding_runner,
+    records,
+)
+
+T = 1_700_000_000
+TX = b'{"tx_id": "%s", "ts": %d, "card_id": "%s", "amount": 5.0, "merchant_id": "m1"}'
+
+
+def _rec(p: int, i: int, ts: int, card: str) -> Record:
+    return Record(
+        "transactions",
+        p,
+        i,
+        ts * 1000,
+        card.encode(),
+        TX % (f"{p}-{i}".encode(), ts, card.encode()),
+    )
+
+
+def _runner(tmp_path: Any, logs: dict[Any, list[Record]], own: dict[int, int]) -> Any:
+    """A runner following ``own`` (partition -> committed offset, decided up to it) over the
+    partitions of ``logs``, all committed at 10."""
+
+    class Logs(Reader):
+        def __init__(self) -> None:
+            super().__init__([])
+            self.paused: set[Any] = set()
+
+        def pause(self, *tps: Any) -> None:
+            self.paused.update(tps)
+
+        def resume(self, *tps: Any) -> None:
+            self.paused.difference_update(tps)
+
+        def end_offsets(self, tps: Any, timeout_ms: Any = None) -> dict[Any, int]:
+            return {tp: len(logs[tp]) for tp in tps}
+
+        def poll(self, timeout_ms: int = 0, max_records: Any = None) -> dict[Any, Any]:
+            live = {tp: at for tp, at in self.pos.items() if tp not in self.paused}
+            out = {tp: logs[tp][at : at + 100] for tp, at in live.items() if at < len(logs[tp])}
+            self.pos.update({tp: min(at + 100, len(logs[tp])) for tp, at in live.items()})
+            return out
+
+    class Assigned(Group):
+        def assignment(self) -> set[Any]:
+            return set(logs)
+
+    r = rebuilding_runner(tmp_path, Logs(), Assigned())
+    mine = [
+        m for tp, recs in logs.items() if tp.partition in own for m in recs[: own[tp.partition]]
+    ]
+    for m in sorted(mine, key=lambda m: m.timestamp):
+        r.engine.decide(_event_time(m, math.inf)[1])
+    r._positions = dict(own)
+    return r
+
+
+def _late(r: Any, recs: list[Record]) -> list[bool]:
+    return ["late" in r.engine.decide(_event_time(m, math.inf)[1])["flags"] for m in recs]
+
+
+def test_a_moved_partition_behind_another_moved_one(tmp_path, caplog):
+    """Partitions 0 and 1 move here; 0 was decided 2 h ahead of 1, which has records to
+    decide; the own partition 2 is idle at 1's time."""
+    p = [TopicPartition("transactions", i) for i in range(3)]
+    logs = {
+        p[0]: [_rec(0, i, T - 9 + i, "c0") for i in range(10)],
+        p[1]: [_rec(1, i, T - 7210 + i, "c1") for i in range(10)]
+        + [_rec(1, 10 + i, T - 7200 + 60 * (i + 1), "c1") for i in range(5)],
+        p[2]: [_rec(2, i, T - 7210 + i, "c2") for i in range(10)],
+    }
+    r = _runner(tmp_path, logs, {2: 10})
+    with caplog.at_level("INFO"):
+        r._bring_up_to_date(p)
+    assert "partitions [1] have records to decide" in caplog.text
+    assert not any(_late(r, logs[p[1]][10:]))
+
+
+def test_an_own_partition_within_the_grace_period_behind(tmp_path, caplog):
+    """Own partition 3 has records to decide 4 minutes behind the state (within the 5-minute
+    grace: not late); partition 0 moves here, decided 2.5 minutes ahead of the state."""
+    p = {i: TopicPartition("transactions", i) for i in (0, 2, 3)}
+    logs = {
+        p[0]: [_rec(0, i, T + 150 - 9 + i, "c0") for i in range(10)],
+        p[2]: [_rec(2, i, T - 9 + i, "c2") for i in range(10)],
+        p[3]: [_rec(3, i, T - 250 + i, "c3") for i in range(15)],
+    }
+    r = _runner(tmp_path, logs, {2: 10, 3: 10})
+    with caplog.at_level("INFO"):
+        r._bring_up_to_date(list(p.values()))
+    assert "partitions [3] have records to decide" in caplog.text
+    assert not any(_late(r, logs[p[3]][10:]))
+
+
+def test_a_straggler_after_the_next_record_is_no_reason_to_rebuild_everything(tmp_path, caplog):
+    """One of the records after the next one is a day old (late in any run: an offline
+    terminal's upload): the moved partition is still rebuilt alone."""
+    recs = records(0, 30)  # 10 committed, 20 to decide
+    straggler = b'{"tx_id": "t13", "ts": %d, "card_id": "c1", "amount": 5.0}'
+    recs[13] = recs[13]._replace(value=straggler % (T - 86400))
+    r = rebuilding_runner(tmp_path, Reader(recs), Group())
+    r._positions = {1: 5}
+    r.engine.features.compute({"tx_id": "x", "ts": T + 10.0, "card_id": "c9", "amount": 1.0})
+    with caplog.at_level("INFO"):
+        r._bring_up_to_date([TP])
+    assert "rebuild of the partitions moved here" in caplog.text
+
+
+def test_the_lag_report_during_a_restore_waits_for_the_broker_briefly(tmp_path):
+    """Each second of a restore reads the partitions' ends: kafka-python waited its request
+    timeout (30 s) for a broker gone, every second, and a stop waited with it (a review)."""
+    from kafka.errors import KafkaTimeoutError
+
+    from fds.streams.kafka import ENDS_TIMEOUT_MS
+
+    calls: list[Any] = []
+
+    class Gone(Reader):
+        def end_offsets(self, tps: Any, timeout_ms: Any = None) -> dict[Any, int]:
+            calls.append(timeout_ms)
+            raise KafkaTimeoutError("no answer")
+
+    r = rebuilding_runner(tmp_path, Reader([]), Group())
+    for _ in range(3):
+        r._report_restoring(Gone([]), {TP: 10}, {TP: 15})
+    assert calls == [ENDS_TIMEOUT_MS]  # then the ends read at the start, for a while
