@@ -233,44 +233,18 @@ def test_two_instances_one_killed_survivor_takes_over_nothing_lost(
     # the survivor rebuilt the victim's partitions from the input before deciding them, so
     # every decision -- the victim's, the survivor's, duplicates -- has the reference's card
     # features (without the rebuild the moved partitions' history would be missing).
-    ref = build_run_engine(DEFAULT_RULES, None)
-    try:
-        full = {
-            tx["tx_id"]: ref.decide(tx)["features"]
-            for tx in replay_load(tmp_path / "tx.jsonl").transactions
-        }
-        want = {tx_id: _card(f) for tx_id, f in full.items()}
-    finally:
-        close_engine(ref)
+    full = _replayed(tmp_path / "tx.jsonl")
     # The moved partitions alone were rebuilt after the kill (the survivor's own went on from
     # its state), then merged: from then on every feature -- merchants' and devices' too,
     # which span partitions -- is the uninterrupted run's (sums to rounding: recomputed).
-    moved = [
-        (_log_time(line), line) for line in err.splitlines()
-        if "rebuild of the partitions moved here partitions=" in line and _log_time(line) > t_kill
-    ]  # fmt: skip
-    assert len(moved) == 1, err[-3000:]
-    merged_at, line = moved[0]
+    merged_at, line = _moved_rebuild(err, t_kill)
     rebuilt = set(map(int, re.search(r"partitions=\[([\d, ]+)\]", line)[1].split(", ")))
     held = re.findall(r"partitions assigned: \[([^]]*)\]", err)[-2]  # before the kill's
     assert rebuilt and not rebuilt & set(map(int, re.findall(r"\[(\d)\]'", held))), (line, held)
     assert not [
         ln for ln in err.splitlines() if "rebuild partitions=" in ln and _log_time(ln) > t_kill
     ], err[-3000:]  # (no rebuild of every partition)
-    seen: set[str] = set()
-    dups = after = 0
-    for r in read_all(kafka_bootstrap, topics["decisions"]):
-        d = orjson.loads(r.value)
-        dups += d["tx_id"] in seen
-        seen.add(d["tx_id"])
-        assert _card(d["features"]) == want[d["tx_id"]], d["tx_id"]
-        if _decided_time(d) > merged_at:
-            after += 1
-            for name, v in full[d["tx_id"]].items():
-                got = d["features"][name]
-                assert got == v or got == pytest.approx(v, rel=1e-9), (d["tx_id"], name)
-    assert seen == set(ids)
-    assert after > 0
+    dups = _check_features(kafka_bootstrap, topics, ids, full, merged_at)
     print(
         f"survivor took over {takeover_s:.1f} s and decided everything {decided_s:.1f} s "
         f"after the kill; {dups} duplicates"
@@ -338,12 +312,7 @@ def test_a_partition_taken_back_is_rebuilt_from_where_it_was_left(
     _, err = survivor.communicate(timeout=30)
     assert survivor.returncode == 0, err[-2000:]
 
-    taken = [
-        (_log_time(line), line) for line in err.splitlines()
-        if "rebuild of the partitions moved here partitions=" in line and _log_time(line) > t_kill
-    ]  # fmt: skip
-    assert len(taken) == 1, err[-4000:]
-    merged_at, line = taken[0]
+    merged_at, line = _moved_rebuild(err, t_kill)
     ranges = {int(p): (int(a), int(b)) for p, a, b in re.findall(r"(\d+): \((\d+), (\d+)\)", line)}
     assert set(ranges) == set(given_back), (line, given_back)
     for p, (start_at, _) in ranges.items():
@@ -352,18 +321,40 @@ def test_a_partition_taken_back_is_rebuilt_from_where_it_was_left(
         ln for ln in err.splitlines() if "rebuild partitions=" in ln and _log_time(ln) > t_kill
     ], err[-4000:]
 
+    full = _replayed(tmp_path / "tx.jsonl")
+    _check_features(kafka_bootstrap, topics, ids, full, merged_at)
+
+
+def _replayed(path: Any) -> dict[str, Any]:
+    """tx_id -> the features an uninterrupted replay of ``path`` gives it (the default rules)."""
     ref = build_run_engine(DEFAULT_RULES, None)
     try:
-        full = {
-            tx["tx_id"]: ref.decide(tx)["features"]
-            for tx in replay_load(tmp_path / "tx.jsonl").transactions
-        }
+        return {tx["tx_id"]: ref.decide(tx)["features"] for tx in replay_load(path).transactions}
     finally:
         close_engine(ref)
+
+
+def _moved_rebuild(err: str, since: float) -> tuple[float, str]:
+    """The time and line of the one rebuild of moved partitions an instance logged since then."""
+    found = [
+        (_log_time(line), line) for line in err.splitlines()
+        if "rebuild of the partitions moved here partitions=" in line and _log_time(line) > since
+    ]  # fmt: skip
+    assert len(found) == 1, err[-4000:]
+    return found[0]
+
+
+def _check_features(
+    bootstrap: str, topics: dict[str, str], ids: list[str], full: dict[str, Any], merged_at: float
+) -> int:
+    """Every decision out has the card features of an uninterrupted replay (``full``), and
+    every one decided after ``merged_at`` all of them (sums to rounding: recomputed when
+    merged); every tx_id decided. Returns the duplicates."""
     seen: set[str] = set()
-    after = 0
-    for r in read_all(kafka_bootstrap, topics["decisions"]):
+    dups = after = 0
+    for r in read_all(bootstrap, topics["decisions"]):
         d = orjson.loads(r.value)
+        dups += d["tx_id"] in seen
         seen.add(d["tx_id"])
         assert _card(d["features"]) == _card(full[d["tx_id"]]), d["tx_id"]
         if _decided_time(d) > merged_at:
@@ -372,6 +363,7 @@ def test_a_partition_taken_back_is_rebuilt_from_where_it_was_left(
                 got = d["features"][name]
                 assert got == v or got == pytest.approx(v, rel=1e-9), (d["tx_id"], name)
     assert seen == set(ids) and after > 0
+    return dups
 
 
 def _log_time(line: str) -> float:
