@@ -180,8 +180,8 @@ WALL_CLOCK_FIELDS = ("decided_at", "latency_ms")
 # metadata: this prefix and an offset of the decisions partition of the same number): a
 # restart reads what is there and folds those records instead of deciding them again.
 DECIDED_MARK = "fds:decisions@"
-#: Records read ahead of a moved partition's committed offset to tell whether it is to be decided
-#: far behind the state (Runner._decided_behind).
+#: Records read past a partition's committed offset for the event time of its next one to decide
+#: (Runner._next_times: the first may be a dead letter).
 PEEK_RECORDS = 16
 #: How long a restore's lag report waits for the partitions' ends (Runner._report_restoring).
 ENDS_TIMEOUT_MS = 300
@@ -2121,10 +2121,10 @@ class Runner:
     def _moved_alone(self, behind: Mapping[Any, int]) -> dict[Any, int] | None:
         """The partitions of ``behind`` to rebuild alone and merge into the state, which goes
         on holding the others, each with the first offset the state lacks (0 for a partition
-        it never held, or whose events every window has left since; where it stopped following
-        it otherwise: ``_left``), or ``None``: rebuild the state of every partition. Alone when
-        every partition behind moved here and the state follows others; the events it folds
-        are then none the state holds, and :meth:`fds.features.FeaturePlan.absorb` is exact."""
+        it never held; where it stopped following it otherwise: ``_left``), or ``None`` (the
+        reason logged): rebuild the state of every partition. Alone when every partition behind
+        moved here and the state follows others; the events it folds are then none the state
+        holds, and :meth:`fds.features.FeaturePlan.absorb` is exact."""
         plan, pos, left = self.engine.features, self._positions, self._left
         refused, self._alone_refused = self._alone_refused, False
         if not pos or refused or not hasattr(plan, "absorb"):  # (following none: of all)
