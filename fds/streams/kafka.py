@@ -1978,6 +1978,7 @@ class Runner:
             return committed
         alone = None if restart else self._moved_alone(behind)
         scratch: Any = None  # the plan the moved partitions are rebuilt into (alone)
+        plan: Any = self.engine.features  # what fold_features folds into (alone: scratch)
         fold = self._fold
         nexts: dict[Any, float] = {}  # alone: event time of each partition's next record
         at: dict[str, Any] = {}  # partition and offset of the record folded (read_merged)
@@ -2023,7 +2024,7 @@ class Runner:
                         )  # fmt: skip
             elif alone is not None:
                 what = "rebuild of the partitions moved here"
-                plan = scratch = self.engine.features.fresh()  # type: ignore[union-attr]
+                plan = scratch = plan.fresh()
                 fold, hold = fold_features, []  # (each folded whole: _merge_moved checks)
                 starts = self._retrying(
                     "locating the feature horizon",
@@ -2043,7 +2044,6 @@ class Runner:
                     lambda: start_offsets(reader, tps, horizon, "the state rebuild"),
                 )
                 ranges = {tp: (starts[tp], c) for tp, c in committed.items() if c is not None}
-                plan = self.engine.features
                 if plan is not None and horizon > STAGES_TAIL_S:
                     tail = self._retrying(
                         "locating the rebuild's tail",

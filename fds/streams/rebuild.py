@@ -7,16 +7,17 @@ source topic doubles as its table's changelog) instead of writing every update t
 
 * **restart** (a checkpoint covers every assigned partition): fold ``[checkpoint offset,
   committed offset)`` of each partition on top of the checkpoint;
-* **a partition moved here** while the state follows others (and holds none of its events):
-  fold ``[horizon offset, committed offset)`` of that partition alone into an empty feature
-  plan and merge it into the state (``FeaturePlan.absorb``);
-* **new partition** otherwise (first start without a checkpoint, a partition taken back): start
-  from an empty state and fold ``[horizon offset, committed offset)`` of *every* assigned
-  partition, where the horizon is the feature plan's longest window plus its grace before now
-  (``offsets_for_times`` on the record timestamps). Only the records of the last
+* **a partition moved here** while the state follows others: fold that partition alone, from
+  the horizon offset (or, taken back, from the offset the state covered when it left it) to
+  its committed offset, into an empty feature plan and merge it into the state
+  (``FeaturePlan.absorb``; ``fds run`` decides when that is exact: ``Runner._moved_alone``);
+* **new partition** otherwise (first start without a checkpoint, the cases the merge cannot
+  take): start from an empty state and fold ``[horizon offset, committed offset)`` of *every*
+  assigned partition, where the horizon is the feature plan's longest window plus its grace
+  before now (``offsets_for_times`` on the record timestamps). Only the records of the last
   :data:`STAGES_TAIL_S` go through the whole engine (the alert budget, the rate breaker and the
-  model's decision counts depend on no more); the older ones through the feature plan alone,
-  about five times faster.
+  model's decision counts depend on no more); the older ones through the feature plan alone
+  (3.6x faster over the default rules' 90-day horizon: benchmarks/results/rebuild.md).
 
 Either way the records of all partitions are folded **merged in event-time order** (a k-way
 merge over the partitions' heads), so no record is later than the plan's grace period behind
@@ -152,7 +153,7 @@ def read_merged(
     buffer: int = BUFFER,
     hold: Collection[Any] = (),
     reached: dict[Any, int] | None = None,
-    positions: dict[Any, int] | None = None,
+    positions: dict[str, Any] | None = None,
 ) -> Iterator[Mapping[str, Any]]:
     """Read ``[start, end)`` of each partition with ``consumer`` (assigned here, no group) and
     yield the parsed records (``parse`` returns ``None`` for a bad one: skipped, it was
