@@ -17,6 +17,11 @@ pages the parent changes while the child writes are copied, and the child's own 
 counting touches every object it pickles, so the process may need up to twice its resident
 memory for the duration of a write.
 
+:attr:`Checkpointer.on_disk` says which input topic and offsets the file on disk covers, so that
+its bytes can be published (:mod:`fds.streams.state_topic`) with them, unpickled by nobody.
+:func:`parse_checkpoint` reads a checkpoint from bytes (the file's, or a snapshot fetched from
+the state topic) without writing it anywhere.
+
 >>> import tempfile
 >>> ck = Checkpointer(tempfile.mkdtemp())
 >>> ck.load() is None
@@ -25,6 +30,8 @@ True
 >>> got = ck.load()
 >>> got.offsets, got.topic, got.state
 ({0: 12, 3: 7}, 'tx', {'features': None})
+>>> ck.on_disk
+FileOffsets(topic='tx', offsets={0: 12, 3: 7})
 """
 
 from __future__ import annotations
@@ -41,12 +48,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from fds.errors import ConfigError, describe
 from fds.models.registry import owner_only, write_atomic
 
-__all__ = ["Checkpoint", "Checkpointer", "default_state_dir"]
+__all__ = ["Checkpoint", "Checkpointer", "FileOffsets", "default_state_dir", "parse_checkpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +89,48 @@ class Checkpoint:
     written_at: float
 
 
+class FileOffsets(NamedTuple):
+    """What a checkpoint file covers: input ``topic``, ``offsets`` (partition -> next offset
+    not folded)."""
+
+    topic: str
+    offsets: dict[int, int]
+
+
+def parse_checkpoint(data: bytes, *, where: str) -> Checkpoint:
+    """The checkpoint in ``data`` (a checkpoint file's bytes).
+
+    Raises :class:`fds.errors.ConfigError` naming ``where`` (its file, or where it was
+    fetched from) for unreadable or foreign bytes. It unpickles ``data``: give it only bytes
+    from this instance's state dir or verified ones (:meth:`StateTopic.fetch_foreign
+    <fds.streams.state_topic.StateTopic.fetch_foreign>`).
+
+    >>> parse_checkpoint(b"torn", where="nowhere")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    fds.errors.ConfigError: nowhere: checkpoint is unreadable (UnpicklingError: ...
+    """
+    try:
+        payload = pickle.loads(data)
+    except Exception as exc:
+        raise ConfigError(
+            f"checkpoint is unreadable ({describe(exc)}); delete it to start "
+            "from an empty state (decisions of the next events then lack their history)",
+            where=where,
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ConfigError(
+            "checkpoint has an unknown format; delete it to start from an empty state",
+            where=where,
+        )
+    return Checkpoint(
+        topic=payload["topic"],
+        offsets={int(p): int(o) for p, o in payload["offsets"].items()},
+        state=payload["state"],
+        written_at=float(payload["written_at"]),
+    )
+
+
 def _die_with(parent: int) -> None:
     """In a forked child: be killed when ``parent`` dies (Linux ``PR_SET_PDEATHSIG``), and
     leave at once if it already has (between the fork and this call)."""
@@ -98,6 +147,16 @@ class Checkpointer:
     ----------
     state_dir
         Directory of the instance's state (created when missing).
+
+    Attributes
+    ----------
+    on_disk
+        What the file on disk covers (:class:`FileOffsets`), ``None`` when not known (no
+        file, an unreadable one, nothing saved or loaded yet): set by :meth:`save` and
+        :meth:`load`, and for a background write once its child has ended (reaped by
+        :meth:`busy`, :meth:`wait`, :meth:`cancel` or :meth:`save`) if its file replaced the
+        previous one, whatever its exit code. Read it with the file's bytes while
+        :meth:`busy` is False: a running child may have renamed its file already.
     """
 
     _lock: IO[str] | None = None  # the state dir's lock file, while held
@@ -114,7 +173,10 @@ class Checkpointer:
         self.path = self.dir / FILE_NAME
         self.saves = 0  # completed writes (a background one counts once its child succeeded)
         self.failures = 0  # background writes whose child failed
+        self.on_disk: FileOffsets | None = None
         self._child: int | None = None  # pid of the background writer, while it runs
+        # (what the child writes, the file's inode at the fork), while it runs
+        self._pending: tuple[FileOffsets, int | None] | None = None
 
     def lock(self) -> None:
         """Hold the state dir for this process until :meth:`unlock` (or its exit): two
@@ -156,6 +218,7 @@ class Checkpointer:
         A background write still running is stopped first: it holds an older state."""
         self.cancel()
         self._write(state, topic, offsets)
+        self.on_disk = FileOffsets(topic, dict(offsets))
         self.saves += 1
 
     def save_background(
@@ -166,7 +229,8 @@ class Checkpointer:
         False (nothing started) while the previous background write is still running. Where
         ``os.fork`` does not exist this is :meth:`save`. The child closes the descriptors it
         inherited, runs only this write (no logging, no client code) and leaves with
-        ``os._exit``.
+        ``os._exit``. :attr:`on_disk` changes once the child has ended (:meth:`busy`,
+        :meth:`wait`, :meth:`cancel`, :meth:`save`) and its file replaced the previous one.
         """
         if self.busy():
             return False
@@ -174,6 +238,7 @@ class Checkpointer:
             self.save(state(), topic=topic, offsets=offsets)
             return True
         parent = os.getpid()
+        pending = (FileOffsets(topic, dict(offsets)), self._inode())
         pid = os.fork()
         if pid == 0:  # the child: a copy-on-write image of the parent at this instant
             code = 1
@@ -194,7 +259,7 @@ class Checkpointer:
                 pass
             finally:
                 os._exit(code)
-        self._child = pid
+        self._child, self._pending = pid, pending
         return True
 
     def busy(self) -> bool:
@@ -204,12 +269,12 @@ class Checkpointer:
         try:
             pid, status = os.waitpid(self._child, os.WNOHANG)
         except ChildProcessError:  # reaped elsewhere (SIGCHLD ignored): its outcome is unknown
-            self._child = None
+            self._reap()
             self.failures += 1
             return False
         if pid == 0:
             return True
-        self._child = None
+        self._reap()
         if os.waitstatus_to_exitcode(status) == 0:
             self.saves += 1
         else:
@@ -237,10 +302,28 @@ class Checkpointer:
             os.kill(self._child, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(self._child, 0)
-        self._child = None
+        self._reap()
         for tmp in self.dir.glob(f".{FILE_NAME}.*"):
             with contextlib.suppress(OSError):
                 tmp.unlink()
+
+    def _inode(self) -> int | None:
+        try:
+            return self.path.stat().st_ino
+        except FileNotFoundError:
+            return None
+
+    def _reap(self) -> None:
+        """The background writer has ended: when the file is no longer the one it was at the
+        fork, the writer's rename landed, and :attr:`on_disk` is what it wrote. Not its exit
+        code: a writer killed by :meth:`cancel` just after its rename, or whose directory
+        fsync failed after it, replaced the file all the same. (The writer's file is new, so
+        its inode differs from the previous file's, which existed while it was made.)"""
+        assert self._pending is not None
+        covers, before = self._pending
+        if self._inode() != before:
+            self.on_disk = covers
+        self._child = self._pending = None
 
     def _write(
         self,
@@ -262,30 +345,16 @@ class Checkpointer:
         write_atomic(self.path, data)
 
     def load(self) -> Checkpoint | None:
-        """The checkpoint, or ``None`` when there is none.
+        """The checkpoint, or ``None`` when there is none; notes in :attr:`on_disk` what it
+        covers (``None`` when there is none or it cannot be read).
 
         Raises :class:`fds.errors.ConfigError` for an unreadable or foreign file.
         """
+        self.on_disk = None
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
             return None
-        try:
-            payload = pickle.loads(raw)
-        except Exception as exc:
-            raise ConfigError(
-                f"checkpoint is unreadable ({describe(exc)}); delete it to start "
-                "from an empty state (decisions of the next events then lack their history)",
-                where=str(self.path),
-            ) from None
-        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-            raise ConfigError(
-                "checkpoint has an unknown format; delete it to start from an empty state",
-                where=str(self.path),
-            )
-        return Checkpoint(
-            topic=payload["topic"],
-            offsets={int(p): int(o) for p, o in payload["offsets"].items()},
-            state=payload["state"],
-            written_at=float(payload["written_at"]),
-        )
+        got = parse_checkpoint(raw, where=str(self.path))
+        self.on_disk = FileOffsets(got.topic, dict(got.offsets))
+        return got

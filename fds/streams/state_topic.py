@@ -13,7 +13,14 @@ topic is compacted, so it keeps the newest record per key)::
 
     key "<group>/<instance>#<slot>#<i>"  -> chunk i of the file (CHUNK bytes at most)
     key "<group>/<instance>"             -> manifest {slot, chunks, size, sha256, signature,
-                                            written_at}, sent after its chunks
+                                            written_at[, topic, offsets]}, sent after its chunks
+
+``topic`` and ``offsets`` (partition, as a string, -> next offset not folded) say which input
+offsets the snapshot covers, when the publisher gave them (manifests of earlier releases have
+neither); they are not signed (the snapshot itself carries its offsets, and is). An instance
+that takes over another's partitions finds that instance's newest manifest with
+:meth:`StateTopic.scan` and reads its snapshot with :meth:`StateTopic.fetch_foreign`, which
+changes none of the publisher's slot bookkeeping.
 
 Snapshots rotate over three slots, ``a``, ``b`` and ``c``: a publish writes a slot that no
 manifest the broker may hold names -- the last one it acknowledged, and every one sent since
@@ -39,7 +46,7 @@ import hashlib
 import logging
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +56,7 @@ from kafka.structs import TopicPartition
 from fds.errors import ArtifactError
 from fds.models.registry import env_key, sign, verify, write_atomic
 
-__all__ = ["CHUNK", "StateTopic"]
+__all__ = ["CHUNK", "StateTopic", "manifest_offsets"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +64,70 @@ log = logging.getLogger(__name__)
 SLOTS = ("a", "b", "c")
 #: Bytes per chunk record: below the broker's default 1 MB message limit with room to spare.
 CHUNK = 512 * 1024
+#: Records per poll while reading the topic: 64 chunks of CHUNK bytes, 32 MB at most in hand.
+POLL_RECORDS = 64
+
+
+def manifest_offsets(manifest: Mapping[str, Any]) -> dict[int, int]:
+    """The input offsets a manifest says its snapshot covers (``{}``: it does not say).
+
+    >>> manifest_offsets({"slot": "a", "topic": "tx", "offsets": {"0": 12, "3": 7}})
+    {0: 12, 3: 7}
+    """
+    return {int(p): int(o) for p, o in (manifest.get("offsets") or {}).items()}
+
+
+def _is_chunk(key: bytes) -> bool:
+    """A chunk's key, ``<group>/<instance>#<slot>#<i>``, not a manifest's: an instance id
+    holds no ``#`` (Kafka allows ``[a-zA-Z0-9._-]`` in it), a group may."""
+    return b"#" in key.rpartition(b"/")[2]
+
+
+def _note(latest: dict[bytes, bytes], key: bytes, value: bytes | None) -> None:
+    """Keep ``value`` as the newest of ``key`` (a tombstone, ``None``, deletes it)."""
+    if value is None:
+        latest.pop(key, None)
+    else:
+        latest[key] = value
+
+
+def _read(
+    topic: str,
+    make_reader: Callable[[], Any],
+    keep: Callable[[bytes, bytes | None], None],
+    *,
+    timeout_s: float,
+    pick: Callable[[int], int] | None = None,
+) -> bool:
+    """Read ``topic`` from the start to the end offsets it has now -- only partition
+    ``pick(number of partitions)`` when given, else every one -- handing each keyed record
+    to ``keep(key, value)`` (value ``None``: a tombstone). False when it read nothing for
+    ``timeout_s`` (logged); a missing topic is read at once (logged)."""
+    reader = make_reader()
+    try:
+        parts = reader.partitions_for_topic(topic)
+        if not parts:
+            log.warning('state topic="%s" does not exist: nothing to restore', topic)
+            return True
+        chosen = sorted(parts) if pick is None else [pick(len(parts))]
+        tps = [TopicPartition(topic, p) for p in chosen]
+        reader.assign(tps)
+        reader.seek_to_beginning(*tps)
+        ends = reader.end_offsets(tps)
+        deadline = time.monotonic() + timeout_s
+        while any(reader.position(tp) < ends[tp] for tp in tps):
+            if time.monotonic() > deadline:
+                log.warning('state topic="%s": no progress reading it for %.0f s', topic,
+                            timeout_s)  # fmt: skip
+                return False
+            for records in reader.poll(timeout_ms=500, max_records=POLL_RECORDS).values():
+                deadline = time.monotonic() + timeout_s  # progress (a large partition)
+                for r in records:
+                    if r.key is not None:
+                        keep(r.key, r.value)
+    finally:
+        reader.close()
+    return True
 
 
 class StateTopic:
@@ -88,7 +159,8 @@ class StateTopic:
         self._last: bytes | None = None
         if slot_file is not None and slot_file.exists():
             self._load_slots(slot_file.read_bytes())
-        self._sending: tuple[str | None, bytes, int] | None = None  # (slot, data, next chunk)
+        # (slot, data, next chunk, the manifest's topic and offsets), while one is sent
+        self._sending: tuple[str | None, bytes, int, dict[str, Any]] | None = None
         self._chunks: list[Any] = []  # send futures of the snapshot's chunks
         self._manifest: tuple[str, Any] | None = None  # (slot, send future) until acknowledged
         self.published = 0
@@ -144,17 +216,33 @@ class StateTopic:
         self._manifest = None
         self._chunks = []
 
-    def publish(self, producer: Any, data: bytes) -> None:
+    def publish(
+        self,
+        producer: Any,
+        data: bytes,
+        *,
+        topic: str | None = None,
+        offsets: Mapping[int, int] | None = None,
+    ) -> None:
         """Send ``data`` (a checkpoint file) whole: its chunks, then (once the broker has them
-        all) its manifest."""
-        self.start(data)
+        all) its manifest (``topic``, ``offsets``: as for :meth:`start`)."""
+        self.start(data, topic=topic, offsets=offsets)
         self.step(producer, chunks=1 << 30, flush_s=60.0)
 
-    def start(self, data: bytes) -> None:
+    def start(
+        self, data: bytes, *, topic: str | None = None, offsets: Mapping[int, int] | None = None
+    ) -> None:
         """Begin sending ``data``; :meth:`step` sends it a few chunks at a time (the producer
         holds 32 MB: sending a large state at once would block the caller until the broker has
-        most of it)."""
-        self._sending = (self._slot, data, 0)
+        most of it). ``topic`` and ``offsets``, the input topic and offsets ``data`` covers
+        (:attr:`Checkpointer.on_disk <fds.streams.checkpoint.Checkpointer.on_disk>`), go into
+        its manifest when given."""
+        covers: dict[str, Any] = {}
+        if topic is not None:
+            covers["topic"] = topic
+        if offsets is not None:
+            covers["offsets"] = {str(p): int(o) for p, o in sorted(offsets.items())}
+        self._sending = (self._slot, data, 0, covers)
 
     def step(self, producer: Any, chunks: int = 8, *, flush_s: float | None = None) -> None:
         """Send up to ``chunks`` more chunks of the snapshot being sent; once the broker has
@@ -166,7 +254,7 @@ class StateTopic:
         acknowledged."""
         if self._sending is None:
             return
-        slot, data, done = self._sending
+        slot, data, done, covers = self._sending
         if slot is None:  # every slot may be named: the newest manifest first
             newest = self._last
             if newest is None:  # (a slot file of an earlier release)
@@ -184,7 +272,7 @@ class StateTopic:
                     slot = self._slot  # (acknowledged at once when flushed, at a stop)
                 if slot is None:
                     return
-        self._sending = (slot, data, done)
+        self._sending = (slot, data, done, covers)
         part = self.partition(len(producer.partitions_for(self.topic) or ()))
         n = max(1, -(-len(data) // CHUNK))
         last = min(n, done + chunks)
@@ -195,7 +283,7 @@ class StateTopic:
                     value=data[i * CHUNK : (i + 1) * CHUNK], partition=part,
                 )
             )  # fmt: skip
-        self._sending = (slot, data, last)
+        self._sending = (slot, data, last, covers)
         if last < n:
             return
         if flush_s is not None:
@@ -215,6 +303,7 @@ class StateTopic:
             "sha256": hashlib.sha256(data).hexdigest(),
             "signature": sign(data, self.key) if self.key is not None else None,
             "written_at": time.time(),
+            **covers,
         }
         self._sending = None
         self._maybe = [*(x for x in self._maybe if x != slot), slot]
@@ -235,41 +324,97 @@ class StateTopic:
 
     def fetch(self, make_reader: Callable[[], Any], *, timeout_s: float = 60.0) -> bytes | None:
         """The newest whole, verified snapshot of this instance, or ``None`` (none, or it does not
-        verify: logged). Reads the instance's partition from its start to its end offset."""
-        reader = make_reader()
-        try:
-            parts = reader.partitions_for_topic(self.topic)
-            if not parts:
-                log.warning('state topic="%s" does not exist: nothing to restore', self.topic)
-                return None
-            tp = TopicPartition(self.topic, self.partition(len(parts)))
-            reader.assign([tp])
-            reader.seek_to_beginning(tp)
-            end = reader.end_offsets([tp])[tp]
-            latest: dict[bytes, bytes] = {}
-            mine = self.ident.encode()
-            chunk = mine + b"#"  # (not the chunks of "g/fds-10" for "g/fds-1")
-            deadline = time.monotonic() + timeout_s
-            while reader.position(tp) < end:
-                if time.monotonic() > deadline:
-                    log.warning('state topic="%s": no progress reading it for %.0f s', self.topic,
-                                timeout_s)  # fmt: skip
-                    return None
-                for records in reader.poll(timeout_ms=500, max_records=64).values():
-                    deadline = time.monotonic() + timeout_s  # progress (a large partition)
-                    for r in records:
-                        if r.key is not None and (r.key == mine or r.key.startswith(chunk)):
-                            latest[r.key] = r.value
-        finally:
-            reader.close()
-        return self._assemble(latest)
+        verify: logged). Reads the instance's partition from its start to its end offset. The
+        snapshot read is noted as this instance's newest (slots and ``slot_file``): the next
+        publish never writes over it."""
+        got = self._fetch(make_reader, None, timeout_s)
+        if got is None:
+            return None
+        data, m = got
+        self._acked, self._maybe, self._last = m["slot"], [], orjson.dumps(m)  # never overwrite
+        self._save_slots()  # the snapshot just read, also after a restart from the checkpoint
+        # written from it (without the file, a review found the next publish writing into it)
+        return data
 
-    def _assemble(self, latest: dict[bytes, bytes]) -> bytes | None:
-        raw = latest.get(self.ident.encode())
-        if raw is None:
+    def fetch_foreign(
+        self,
+        make_reader: Callable[[], Any],
+        *,
+        manifest: Mapping[str, Any] | None = None,
+        timeout_s: float = 60.0,
+    ) -> bytes | None:
+        """Another instance's snapshot (this object's ``ident``: create it without a
+        ``slot_file``), verified as by :meth:`fetch`, or ``None`` (logged). The newest one on
+        the topic, or the one ``manifest`` names (from :meth:`scan`: only its slot's chunks
+        are kept while reading, and a newer publish since may have overwritten them: then
+        ``None``). Changes no slot bookkeeping and writes no file."""
+        got = self._fetch(make_reader, manifest, timeout_s)
+        return None if got is None else got[0]
+
+    @staticmethod
+    def scan(
+        topic: str, make_reader: Callable[[], Any], prefix: str, *, timeout_s: float = 60.0
+    ) -> dict[str, dict[str, Any]] | None:
+        """The newest manifest (parsed) of each instance whose ``<group>/<instance>`` starts
+        with ``prefix`` (``"<group>/"``: the group's instances), read from every partition of
+        ``topic``, start to end. Chunks are skipped as they come (the topic may hold GBs); a
+        tombstone drops its instance, a manifest that is not a JSON object is skipped (logged).
+        ``{}`` when the topic does not exist (logged); ``None`` when it read nothing for
+        ``timeout_s`` (logged): a partial answer could name an older snapshot as the newest.
+        """
+        want = prefix.encode()
+        raw: dict[bytes, bytes] = {}
+
+        def keep(key: bytes, value: bytes | None) -> None:
+            if key.startswith(want) and not _is_chunk(key):
+                _note(raw, key, value)
+
+        if not _read(topic, make_reader, keep, timeout_s=timeout_s):
+            return None
+        found: dict[str, dict[str, Any]] = {}
+        for key, value in raw.items():
+            ident = key.decode(errors="replace")
+            try:
+                m = orjson.loads(value)
+            except orjson.JSONDecodeError:
+                m = None
+            if isinstance(m, dict):
+                found[ident] = m
+            else:
+                log.warning('state topic="%s": the manifest of "%s" is not a JSON object: '
+                            "skipped", topic, ident)  # fmt: skip
+        return found
+
+    def _fetch(
+        self, make_reader: Callable[[], Any], manifest: Mapping[str, Any] | None, timeout_s: float
+    ) -> tuple[bytes, Mapping[str, Any]] | None:
+        """Read this instance's partition and verify the snapshot of ``manifest`` (``None``:
+        of the newest manifest read): its bytes and manifest, or ``None``."""
+        mine = self.ident.encode()
+        # (only this instance's: not the chunks of "g/fds-10" for "g/fds-1"; with a manifest,
+        # only its slot's)
+        chunk = mine + (b"#" if manifest is None else f"#{manifest.get('slot')}#".encode())
+        latest: dict[bytes, bytes] = {}
+
+        def keep(key: bytes, value: bytes | None) -> None:
+            if (key == mine and manifest is None) or key.startswith(chunk):
+                _note(latest, key, value)
+
+        if not _read(self.topic, make_reader, keep, timeout_s=timeout_s, pick=self.partition):
+            return None
+        return self._assemble(latest, manifest)
+
+    def _assemble(
+        self, latest: dict[bytes, bytes], manifest: Mapping[str, Any] | None = None
+    ) -> tuple[bytes, Mapping[str, Any]] | None:
+        """The snapshot ``manifest`` (``None``: the manifest in ``latest``) names, joined from
+        the chunks in ``latest`` and verified, with its manifest; ``None`` (logged unless no
+        manifest was published)."""
+        raw = latest.get(self.ident.encode()) if manifest is None else b"(given)"
+        if raw is None:  # never published (or deleted)
             return None
         try:
-            m = orjson.loads(raw)
+            m = manifest if manifest is not None else orjson.loads(raw)
             chunks = [latest[f"{self.ident}#{m['slot']}#{i}".encode()] for i in range(m["chunks"])]
             data = b"".join(chunks)
             if len(data) != m["size"]:
@@ -281,7 +426,4 @@ class StateTopic:
                 "from the input instead", self.ident, self.topic, type(exc).__name__, exc,
             )  # fmt: skip
             return None
-        self._acked, self._maybe, self._last = m["slot"], [], raw  # never overwrite the
-        self._save_slots()  # snapshot just read, also after a restart from the checkpoint
-        # written from it (without the file, a review found the next publish writing into it)
-        return data
+        return data, m

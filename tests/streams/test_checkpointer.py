@@ -152,3 +152,93 @@ def test_one_fds_run_holds_a_state_dir(tmp_path):
     (tmp_path / "lock").mkdir()  # a lock file that cannot be opened: said, no traceback
     with pytest.raises(ConfigError, match="cannot lock the state dir: Is a directory"):
         first.lock()
+
+
+def test_on_disk_says_what_the_file_covers_after_each_save_and_load(tmp_path):
+    from fds.errors import ConfigError
+    from fds.streams.checkpoint import FileOffsets
+
+    ck = Checkpointer(tmp_path)
+    assert ck.on_disk is None and ck.load() is None and ck.on_disk is None
+    offsets = {0: 5, 1: 3}
+    ck.save({"n": 1}, topic="tx", offsets=offsets)
+    offsets[0] = 99  # (the caller's dict goes on changing)
+    assert ck.on_disk == FileOffsets("tx", {0: 5, 1: 3})
+    again = Checkpointer(tmp_path)  # a restarted instance
+    assert again.on_disk is None
+    again.load()
+    assert again.on_disk == FileOffsets("tx", {0: 5, 1: 3})
+    again.path.write_bytes(b"torn")
+    with pytest.raises(ConfigError):
+        again.load()
+    assert again.on_disk is None
+
+
+def test_on_disk_changes_once_a_background_write_has_landed(tmp_path):
+    from fds.streams.checkpoint import FileOffsets
+
+    ck = Checkpointer(tmp_path)
+    ck.save({"n": 1}, topic="tx", offsets={0: 1})
+
+    def slow() -> dict:
+        time.sleep(0.5)  # in the child
+        return {"n": 2}
+
+    assert ck.save_background(slow, topic="tx", offsets={0: 2})
+    assert ck.busy() and ck.on_disk == FileOffsets("tx", {0: 1})  # the file is still the old one
+    assert ck.wait(timeout_s=30)
+    assert ck.on_disk == FileOffsets("tx", {0: 2}) == tuple(_covers(ck))
+
+    def broken() -> dict:
+        raise OSError("disk full")
+
+    assert ck.save_background(broken, topic="tx", offsets={0: 3})
+    assert ck.wait(timeout_s=30) and ck.failures == 1
+    assert ck.on_disk == FileOffsets("tx", {0: 2}) == tuple(_covers(ck))
+    # superseded by a foreground save: the foreground's
+    assert ck.save_background(slow, topic="tx", offsets={0: 4})
+    ck.save({"n": 5}, topic="tx", offsets={0: 5})
+    assert ck.on_disk == FileOffsets("tx", {0: 5}) == tuple(_covers(ck))
+
+
+def test_a_background_write_cancelled_after_its_rename_counts_as_on_disk(tmp_path):
+    """Not the writer's exit code: killed by cancel() just after its rename (or failing in its
+    directory fsync after it), it had replaced the file all the same."""
+    from fds.streams.checkpoint import FileOffsets
+
+    ck = Checkpointer(tmp_path)
+    ck.save({"n": 1}, topic="tx", offsets={0: 1})
+    before = ck.path.stat().st_ino
+    assert ck.save_background(lambda: {"n": 2}, topic="tx", offsets={0: 2})
+    deadline = time.monotonic() + 30
+    while ck.path.stat().st_ino == before:  # the child renamed its file (not reaped yet)
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    ck.cancel()
+    assert ck.on_disk == FileOffsets("tx", {0: 2}) == tuple(_covers(ck))
+
+
+def _covers(ck: Checkpointer) -> tuple[str, dict[int, int]]:
+    """What the checkpoint file on disk covers, read from it."""
+    got = Checkpointer(ck.dir).load()
+    assert got is not None
+    return got.topic, got.offsets
+
+
+def test_parse_checkpoint_reads_bytes_without_writing_them(tmp_path):
+    import pickle
+
+    from fds.errors import ConfigError
+    from fds.streams.checkpoint import parse_checkpoint
+
+    ck = Checkpointer(tmp_path / "theirs")
+    ck.save({"n": 1}, topic="tx", offsets={0: 4, 2: 9})
+    got = parse_checkpoint(ck.path.read_bytes(), where="state topic g/i1")
+    assert (got.topic, got.offsets, got.state) == ("tx", {0: 4, 2: 9}, {"n": 1})
+    assert got == ck.load()
+    with pytest.raises(ConfigError, match=r"^state topic g/i1: checkpoint is unreadable"):
+        parse_checkpoint(ck.path.read_bytes()[:-20], where="state topic g/i1")
+    foreign = pickle.dumps({"format": 0, "state": {}})
+    with pytest.raises(ConfigError, match=r"^there: checkpoint has an unknown format"):
+        parse_checkpoint(foreign, where="there")
+    assert [p.name for p in tmp_path.iterdir()] == ["theirs"]

@@ -39,29 +39,42 @@ class Topic:
         return Topic.Reader(self)
 
     class Reader:
+        """Reads the partitions assigned, each from its position; a poll returns at most
+        ``max_records`` records in all, as kafka-python's."""
+
         def __init__(self, topic: Topic) -> None:
-            self.t, self.tp, self.pos = topic, None, 0
+            self.t = topic
+            self.pos: dict[TopicPartition, int] = {}
 
         def partitions_for_topic(self, topic: str) -> set[int]:
             return set(range(len(self.t.parts)))
 
         def assign(self, tps: list[TopicPartition]) -> None:
-            self.tp = tps[0]
+            self.pos = dict.fromkeys(tps, 0)
 
-        def seek_to_beginning(self, tp: TopicPartition) -> None:
-            self.pos = 0
+        def seek_to_beginning(self, *tps: TopicPartition) -> None:
+            self.pos.update(dict.fromkeys(tps, 0))
 
         def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
             return {tp: len(self.t.parts[tp.partition]) for tp in tps}
 
         def position(self, tp: TopicPartition) -> int:
-            return self.pos
+            return self.pos[tp]
 
         def poll(self, timeout_ms: int, max_records: int) -> dict[Any, list[Record]]:
-            assert self.tp is not None
-            got = self.t.parts[self.tp.partition][self.pos : self.pos + max_records]
-            self.pos += len(got)
-            return {self.tp: got} if got else {}
+            out = {}
+            for tp, at in self.pos.items():
+                got = self.t.parts[tp.partition][at : at + max_records]
+                if got:
+                    out[tp] = [self.record(r) for r in got]
+                    self.pos[tp] = at + len(got)
+                    max_records -= len(got)
+                if not max_records:
+                    break
+            return out
+
+        def record(self, r: Record) -> Any:
+            return r
 
         def close(self) -> None:
             pass
@@ -303,7 +316,7 @@ def test_an_instance_reads_only_its_own_records_not_those_of_a_longer_id():
     other.publish(topic, b"not mine")
     kept: list[bytes] = []
     st = StateTopic("state", "g/fds-1")
-    st._assemble = lambda latest: kept.extend(latest) or b""  # type: ignore[method-assign]
+    st._assemble = lambda latest, manifest: kept.extend(latest)  # type: ignore[method-assign]
     st.fetch(topic.reader)
     assert sorted(kept) == [b"g/fds-1", b"g/fds-1#a#0"]
 
@@ -363,3 +376,149 @@ def test_unsigned_snapshots_are_warned_about_at_start(tmp_path, monkeypatch, cap
     with caplog.at_level(logging.WARNING, logger="fds.streams.kafka"):
         Runner(settings, Engine(), checkpointer=Checkpointer(tmp_path / "b"))
     assert "can run code" not in caplog.text
+
+
+def _manifest(topic: Topic, ident: str) -> dict:
+    """The newest manifest of ``ident`` on ``topic``."""
+    part = topic.parts[StateTopic("state", ident).partition(len(topic.parts))]
+    import orjson
+
+    return orjson.loads([r.value for r in part if r.key == ident.encode()][-1])
+
+
+def test_a_manifest_says_which_input_offsets_its_snapshot_covers():
+    topic = Topic()
+    st = StateTopic("state", "g/i0")
+    st.publish(topic, b"an old publisher's snapshot")  # (as an earlier release sent it)
+    assert not {"topic", "offsets"} & set(_manifest(topic, "g/i0"))
+    assert StateTopic("state", "g/i0").fetch(topic.reader) == b"an old publisher's snapshot"
+    st.publish(topic, b"a snapshot as of 42 and 7", topic="transactions", offsets={1: 7, 0: 42})
+    m = _manifest(topic, "g/i0")
+    assert (m["topic"], m["offsets"]) == ("transactions", {"0": 42, "1": 7})
+    assert st_mod.manifest_offsets(m) == {0: 42, 1: 7}
+    st.start(b"sent a few chunks at a time", topic="transactions", offsets={0: 50})
+    while st.publishing:
+        st.step(topic, chunks=1)
+    assert st_mod.manifest_offsets(_manifest(topic, "g/i0")) == {0: 50}
+    assert StateTopic("state", "g/i0").fetch(topic.reader) == b"sent a few chunks at a time"
+
+
+def test_a_scan_finds_the_newest_manifest_of_each_instance_of_the_group(caplog):
+    topic = Topic()
+    idents = ["g/i0", "g/i1", "g/i2", "g/i3"]
+    assert len({StateTopic("state", i).partition(3) for i in idents}) > 1  # several partitions
+    for n, ident in enumerate(idents):
+        StateTopic("state", ident).publish(topic, b"old " * 9, topic="tx", offsets={n: 1})
+    StateTopic("state", "g/i0").publish(topic, b"newer " * 9, topic="tx", offsets={0: 99})
+    StateTopic("state", "g2/i0").publish(topic, b"another group", topic="tx", offsets={0: 5})
+    StateTopic("state", "g#x/i0").publish(topic, b"a group with a #", topic="tx", offsets={})
+    i3 = StateTopic("state", "g/i3").partition(3)
+    topic.parts[i3].append(Record(b"g/i3", None))  # a tombstone: no snapshot any more
+    topic.parts[i3].append(Record(None, b"a record without a key"))
+    topic.parts[0].append(Record(b"g/i4", b"not a manifest"))
+    with caplog.at_level(logging.WARNING):
+        found = StateTopic.scan("state", topic.reader, "g/")
+    assert found is not None and sorted(found) == ["g/i0", "g/i1", "g/i2"]
+    assert {i: st_mod.manifest_offsets(m) for i, m in found.items()} == {
+        "g/i0": {0: 99}, "g/i1": {1: 1}, "g/i2": {2: 1},
+    }  # fmt: skip
+    assert found["g/i0"]["size"] == len(b"newer " * 9) and found["g/i0"]["topic"] == "tx"
+    assert 'the manifest of "g/i4" is not a JSON object' in caplog.text
+    assert "g/i3" not in caplog.text  # (deleted, not broken)
+    assert StateTopic("state", "g/i3").fetch_foreign(topic.reader) is None
+    assert "g/i3" not in caplog.text
+    assert sorted(StateTopic.scan("state", topic.reader, "g2/") or ()) == ["g2/i0"]
+    assert sorted(StateTopic.scan("state", topic.reader, "g#x/") or ()) == ["g#x/i0"]
+
+
+def test_a_scan_keeps_no_chunk_in_memory():
+    """The state topic may hold GBs of chunks: only manifests are kept while it is read."""
+    import weakref
+
+    class Blob:
+        """A chunk's value as the reader hands it out (weakly referenced by the test)."""
+
+    refs: list[weakref.ref] = []
+    alive: list[int] = []  # chunks still in memory at each poll and at the end
+
+    class Reader(Topic.Reader):
+        def poll(self, timeout_ms: int, max_records: int) -> dict[Any, list[Record]]:
+            alive.append(sum(r() is not None for r in refs))
+            return super().poll(timeout_ms, min(max_records, 4))  # 4 records at a time
+
+        def record(self, r: Record) -> Any:
+            if b"#" not in r.key:
+                return r
+            blob = Blob()
+            refs.append(weakref.ref(blob))
+            return Record(r.key, blob)
+
+        def close(self) -> None:
+            alive.append(sum(r() is not None for r in refs))
+
+    topic = Topic()
+    for ident in ("g/i0", "g/i1", "g/i2"):
+        StateTopic("state", ident).publish(topic, b"chunk " * 20)
+    found = StateTopic.scan("state", lambda: Reader(topic), "g/")
+    assert found is not None and len(found) == 3 and len(refs) == 3 * 12
+    assert max(alive) <= 4  # the last poll's, at most
+
+
+def test_a_scan_of_a_missing_topic_is_empty_and_one_without_progress_none(caplog):
+    with caplog.at_level(logging.WARNING):
+        assert StateTopic.scan("state", Topic(n=0).reader, "g/") == {}
+    assert 'state topic="state" does not exist' in caplog.text
+
+    class Stuck(Topic.Reader):
+        def poll(self, timeout_ms: int, max_records: int) -> dict[Any, list[Record]]:
+            return {}  # (a broker that answers nothing)
+
+    topic = Topic()
+    StateTopic("state", "g/i0").publish(topic, b"never read")
+    with caplog.at_level(logging.WARNING):
+        assert StateTopic.scan("state", lambda: Stuck(topic), "g/", timeout_s=0.05) is None
+    assert "no progress reading it" in caplog.text
+
+
+def test_a_foreign_fetch_changes_no_slot_bookkeeping_and_writes_no_file(tmp_path):
+    topic = Topic()
+    dead = StateTopic("state", "g/i1", slot_file=tmp_path / "i1.slot")
+    dead.publish(topic, b"the dead instance's state", topic="tx", offsets={1: 30})
+    dead_slots = (tmp_path / "i1.slot").read_bytes()
+    # the survivor's object for the dead instance's ident (given a slot file here only to
+    # show that none is written)
+    other = StateTopic("state", "g/i1", slot_file=tmp_path / "survivor.slot")
+    before = (other._acked, other._maybe, other._last)
+    assert other.fetch_foreign(topic.reader) == b"the dead instance's state"
+    assert (other._acked, other._maybe, other._last) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["i1.slot"]
+    assert (tmp_path / "i1.slot").read_bytes() == dead_slots
+
+
+def test_a_foreign_fetch_of_the_manifest_a_scan_found(monkeypatch, caplog):
+    monkeypatch.setenv("FDS_MODEL_KEY", "k")
+    topic = Topic()
+    dead = StateTopic("state", "g/i1")
+    dead.publish(topic, b"S1 ............", topic="tx", offsets={0: 1})
+    dead.publish(topic, b"S2 ..........................", topic="tx", offsets={0: 2})
+    found = StateTopic.scan("state", topic.reader, "g/")
+    assert found is not None
+    m = found["g/i1"]
+    other = StateTopic("state", "g/i1")
+    dead.publish(topic, b"S3, published after the scan", topic="tx", offsets={0: 3})
+    assert other.fetch_foreign(topic.reader, manifest=m) == b"S2 .........................."
+    assert other.fetch_foreign(topic.reader) == b"S3, published after the scan"
+    with caplog.at_level(logging.WARNING):
+        forged = {**m, "sha256": "0" * 64}
+        assert other.fetch_foreign(topic.reader, manifest=forged) is None
+        assert "sha256 mismatch" in caplog.text
+        caplog.clear()
+        monkeypatch.setenv("FDS_MODEL_KEY", "another key")
+        assert StateTopic("state", "g/i1").fetch_foreign(topic.reader, manifest=m) is None
+        assert "signature mismatch" in caplog.text
+        caplog.clear()
+        monkeypatch.setenv("FDS_MODEL_KEY", "k")
+        dead.publish(topic, b"S4", topic="tx", offsets={0: 4})  # slot a
+        dead.publish(topic, b"S5", topic="tx", offsets={0: 5})  # slot b: S2's, overwritten
+        assert StateTopic("state", "g/i1").fetch_foreign(topic.reader, manifest=m) is None
+        assert "rejected" in caplog.text

@@ -1,0 +1,65 @@
+"""A takeover's reads of the state topic (fds.streams.state_topic) against the real broker: two
+instances publish their checkpoints, a scan finds both manifests with the input offsets they
+cover, and a survivor fetches the other's snapshot byte for byte, verified."""
+
+from __future__ import annotations
+
+import os
+import zlib
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+
+from fds.streams.checkpoint import Checkpointer, parse_checkpoint
+from fds.streams.state_topic import StateTopic, manifest_offsets
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_scan_finds_each_instances_manifest_and_a_survivor_fetches_the_others_snapshot(
+    kafka_bootstrap, topics, unique_name, tmp_path
+):
+    state = topics["state_changelog"]
+    group = unique_name("g")
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    parts = len(producer.partitions_for(state) or ())
+    # two instances whose snapshots go to different partitions (the scan reads them all)
+    ids = ["i0", next(f"i{n}" for n in range(1, 99) if _part(group, f"i{n}", parts) !=
+                      _part(group, "i0", parts))]  # fmt: skip
+    published: dict[str, bytes] = {}
+    try:
+        for n, instance in enumerate(ids):
+            ck = Checkpointer(tmp_path / instance)
+            # the second one larger than a chunk (512 KB): sent in three
+            state_dict = {"features": os.urandom(1_200_000 if n else 1000)}
+            ck.save(state_dict, topic="transactions", offsets={n: 10 + n, 5: 3})
+            assert ck.on_disk is not None
+            st = StateTopic(state, f"{group}/{instance}", slot_file=ck.dir / "slot")
+            st.publish(producer, ck.path.read_bytes(), **ck.on_disk._asdict())
+            producer.flush(timeout=30)  # (publish does not wait for the manifest)
+            assert not st.publishing and st.published == 1
+            published[instance] = ck.path.read_bytes()
+        StateTopic(state, unique_name("g") + "/i0").publish(producer, b"another group")
+    finally:
+        producer.close()
+
+    def reader() -> KafkaConsumer:
+        return KafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False)
+
+    found = StateTopic.scan(state, reader, f"{group}/", timeout_s=30)
+    assert found is not None and sorted(found) == [f"{group}/{i}" for i in ids]
+    for n, instance in enumerate(ids):
+        m = found[f"{group}/{instance}"]
+        assert m["topic"] == "transactions" and manifest_offsets(m) == {n: 10 + n, 5: 3}
+
+    dead = f"{group}/{ids[1]}"
+    other = StateTopic(state, dead)  # the survivor's view of the dead instance: no slot file
+    data = other.fetch_foreign(reader, manifest=found[dead], timeout_s=30)
+    assert data == published[ids[1]]
+    got = parse_checkpoint(data, where=f"state topic {dead}")
+    assert got.offsets == manifest_offsets(found[dead])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(ids)  # nothing written
+
+
+def _part(group: str, instance: str, parts: int) -> int:
+    return zlib.crc32(f"{group}/{instance}".encode()) % parts
