@@ -12,7 +12,8 @@ whose every earlier entry left is emptied in O(1)), then answer ``seen`` (earlie
 only), then add the new entry to counters, min/max candidates and running sums, then read the
 window aggregates. :func:`build_fused` inlines every group's body into one
 ``run(tx, t, wm) -> snapshot`` (what the plan calls per event; its source is kept on the plan
-as ``source`` for inspection).
+as ``source`` for inspection). With provenance (``cg.prov``) the event's input partition is
+read once (``_PROV.part``) and logged by every group; without, the code does not mention it.
 """
 
 from __future__ import annotations
@@ -128,8 +129,9 @@ def _reads(cgs: Any) -> list[str]:
 
 def _body(cg: Any, var: dict[str, str]) -> list[str]:
     """The statements folding an in-order event into ``st`` (see the module docstring),
-    indented by 4 as if in a function body; ``ts`` must hold the log (``st[1]``). Feature
-    ``name`` is assigned to the local ``var[name]``."""
+    indented by 4 as if in a function body; ``ts`` must hold the log (``st[1]``), ``part``
+    the event's input partition (read only with provenance). Feature ``name`` is assigned to
+    the local ``var[name]``."""
     lines: list[str] = []
     a = lines.append
     a("    idx = len(ts)")
@@ -172,6 +174,8 @@ def _body(cg: Any, var: dict[str, str]) -> list[str]:
     if cg.fraud:
         a(f"    flags = st[{cg.i_flags}]")
         a("    flags.append(0)")
+    if cg.i_part >= 0:
+        a(f"    st[{cg.i_part}].append(part)")
     for wi, width, per_entry, mono, ctrs, fslot, feats in cg.windows:
         sums = cg.i_sum[wi]
         a(f"    # window {wi}: {'calendar day' if width is None else f'{width:g} s'}")
@@ -318,21 +322,22 @@ def assign_slots(cg: Any) -> None:
     """Lay out one entity's state as one flat list and record each part's index on ``cg``.
 
     ``[key, ts, <per numeric field: values, shift (if summed)>, <per categorical field: values,
-    offset (if kept shorter than the log)>, <known-fraud flags (fraud groups)>, <per window:
-    head>, <per window and summed field: running sum, sum of squares (std), present-value
-    count>, <per min/max slot: candidates>, <per counter slot: dict>, <per
-    fraud slot: count>]``. One list instead of an object holding a dozen small lists: far fewer
-    containers for the cyclic garbage collector to visit (columns of numbers and min/max
-    candidates are arrays, and a dict of strings and ints, like a counter, is not tracked by it
-    either). Indices that a group does not need are -1. Heads and min/max candidates are
-    positions in the log (trimming shifts them down, so for a quiet entity they stay small ints,
-    which CPython shares). A categorical column is kept only as long as the longest window
-    counting it (``cg.cat_keep``): its offset is the log position of its first value (the
-    merchant ids of a card's 24-hour ``distinct`` are not kept for its 30-day windows). Running
-    sums are over deviations from the shift (the entity's first value) of the values inside the
-    window: added when an entry enters, subtracted when it leaves, set to exact zeros when the
-    window empties and recomputed from the log after an out-of-order insert. (Prefix-sum arrays,
-    the previous design, cost two floats per logged entry; these cost a few floats per entity.)
+    offset (if kept shorter than the log)>, <known-fraud flags (fraud groups)>, <input
+    partitions (with provenance: ``cg.prov``)>, <per window: head>, <per window and summed
+    field: running sum, sum of squares (std), present-value count>, <per min/max slot:
+    candidates>, <per counter slot: dict>, <per fraud slot: count>]``. One list instead of an
+    object holding a dozen small lists: far fewer containers for the cyclic garbage collector to
+    visit (columns of numbers and min/max candidates are arrays, and a dict of strings and ints,
+    like a counter, is not tracked by it either). Indices that a group does not need are -1.
+    Heads and min/max candidates are positions in the log (trimming shifts them down, so for a
+    quiet entity they stay small ints, which CPython shares). A categorical column is kept only
+    as long as the longest window counting it (``cg.cat_keep``): its offset is the log position
+    of its first value (the merchant ids of a card's 24-hour ``distinct`` are not kept for its
+    30-day windows). Running sums are over deviations from the shift (the entity's first value)
+    of the values inside the window: added when an entry enters, subtracted when it leaves, set
+    to exact zeros when the window empties and recomputed from the log after an out-of-order
+    insert. (Prefix-sum arrays, the previous design, cost two floats per logged entry; these
+    cost a few floats per entity.)
     """
     g = cg.g
     i = TS + 1
@@ -348,6 +353,10 @@ def assign_slots(cg: Any) -> None:
         i += 1 + (cg.i_coff[ci] >= 0)
     cg.i_flags = i if g.has_fraud else -1
     i += 1 if g.has_fraud else 0
+    cg.i_part = i if cg.prov else -1
+    i += 1 if cg.prov else 0
+    # the columns as long as the log, timestamps first
+    cg.i_log = (TS, *cg.i_num, *(x for x in (cg.i_flags, cg.i_part) if x >= 0))
     cg.i_head = list(range(i, i + len(g.windows)))
     i += len(g.windows)
     cg.i_sum = []
@@ -381,7 +390,8 @@ def build_fused(
     groups is handed to ``_remember(tx_id, t, keys)`` (the ``tx_id`` store): ``keys`` is the
     fraud group's state key, or a tuple of them (``None`` where absent) with several fraud
     groups. ``helpers`` supplies ``_reorder(gi, st, t, tx, out)``, ``_trim(gi, st, horizon)``,
-    ``_remember``, ``_cutoff`` and ``_DAY`` (the day clock's cache); each ``cg.new_state``
+    ``_remember``, ``_cutoff``, ``_DAY`` (the day clock's cache) and, with provenance,
+    ``_PROV`` (an object whose ``part`` is the event's input partition); each ``cg.new_state``
     (:func:`build_new_state`) creates a state.
     """
     var = {name: f"y{i}" for i, name in enumerate(names)}
@@ -396,6 +406,8 @@ def build_fused(
     lines += ["    " + line for line in _reads(cgs)]
     if fraud:  # read before any state changes (a missing tx_id fails here)
         a("    tx_id = tx['tx_id']")
+    if any(cg.prov for cg in cgs):
+        a("    part = _PROV.part")
     for gi, cg in enumerate(cgs):
         ns[f"_S{gi}"] = states[gi]
         ns[f"_new{gi}"] = cg.new_state
@@ -530,6 +542,8 @@ def build_new_state(cg: Any) -> Callable[[Any, Any], list[Any]]:
         parts += ["[]"] + ["0"] * (i_off >= 0)
     if g.has_fraud:
         parts.append("bytearray()")
+    if cg.prov:
+        parts.append("_A('H')")
     parts += ["0"] * len(g.windows)
     for sums in cg.i_sum:
         for _fi, _i1, i2, _n in sums:

@@ -46,9 +46,13 @@ import os
 import pickle
 from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from itertools import compress, repeat
+from operator import itemgetter, not_
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from fds.errors import ConfigError
 from fds.features.calendar import DayClock
@@ -62,7 +66,7 @@ from fds.features.codegen import (
 from fds.features.codegen import cat as _cat
 from fds.features.codegen import num as _num
 from fds.features.spec import Group, Layout, compile_specs
-from fds.features.txstore import TxStore
+from fds.features.txstore import Decide, TxStore
 from fds.timeutil import parse_duration
 
 __all__ = ["FeaturePlan", "read_field"]
@@ -70,8 +74,13 @@ __all__ = ["FeaturePlan", "read_field"]
 log = logging.getLogger(__name__)
 
 NAN = math.nan
-# Checkpoint format version: bump when the pickled state layout changes.
+# Checkpoint format version: bump when the pickled state layout changes. (A plan with
+# provenance has one more column: its identity says so, see _IDENTITY_DEFAULTS.)
 _FORMAT = 4
+# Identity entries that a state saved before they existed lacks, and what it had then.
+_IDENTITY_DEFAULTS = {"provenance": False}
+# Input partitions are logged as unsigned 16-bit numbers (array "H").
+_MAX_PART = 0xFFFF
 # The log may hold this fraction of the longest window beyond what is needed before it is
 # trimmed: trimming then happens once per 1/16 window per entity (amortised O(1) per event)
 # at a memory cost of at most ~6 % extra entries.
@@ -122,14 +131,17 @@ class _CompiledGroup:
     i_cat: list[int]
     i_coff: list[int]
     i_flags: int
+    i_part: int
+    i_log: tuple[int, ...]  # the columns as long as the log, timestamps first
     i_head: list[int]
     i_mono: list[int]
     i_ctr: list[int]
     i_nf: list[int]
     size: int
 
-    def __init__(self, g: Group, grace: float) -> None:
+    def __init__(self, g: Group, grace: float, prov: bool) -> None:
         self.g = g
+        self.prov = prov  # each entry's input partition logged
         self.ent, self.ent_sub = _split(g.entity)
         self.nums = tuple(_split(f) for f in g.num_fields)
         self.cats = tuple(_split(f) for f in g.cat_fields)
@@ -164,6 +176,16 @@ class _CompiledGroup:
         self.new_state = build_new_state(self)
 
 
+class _Cursor:
+    """Where the generated hot path reads the current event's input partition (a slot: the
+    cheapest attribute read)."""
+
+    __slots__ = ("part",)
+
+    def __init__(self) -> None:
+        self.part = 0
+
+
 class FeaturePlan:
     """Compiled windowed features: ``compute(tx) -> snapshot``, ``on_label(label)``.
 
@@ -184,6 +206,11 @@ class FeaturePlan:
     sweep_min_events
         Idle-entity sweeps are considered once per ``max(sweep_min_events, states held)``
         events (a sweep visits every state; this keeps its cost amortised).
+    provenance
+        Log each entry's input partition (:attr:`part` when it was folded in), so that the
+        entries of some partitions can be taken out (:meth:`split`). Costs an attribute read
+        per event and two bytes and an append per entity group; off, the plan generates the
+        same code as one without the option.
     """
 
     def __init__(
@@ -194,16 +221,21 @@ class FeaturePlan:
         grace: str | float = "5m",
         label_ttl: str | float | None = None,
         sweep_min_events: int = _SWEEP_MIN_EVENTS,
+        provenance: bool = False,
     ) -> None:
         self.layout: Layout = compile_specs(specs)
         self._args = (tuple(specs), timezone, grace, sweep_min_events)
+        self.provenance = bool(provenance)
+        self._cursor = _Cursor()
         self.sweep_min_events = max(int(sweep_min_events), 1)
         self.timezone = timezone
         self.clock = DayClock(timezone)
         self.grace = parse_duration(grace)
         if self.grace < 0:
             raise ConfigError(f"grace must be >= 0, got {grace!r}")
-        self._groups = tuple(_CompiledGroup(g, self.grace) for g in self.layout.groups)
+        self._groups = tuple(
+            _CompiledGroup(g, self.grace, self.provenance) for g in self.layout.groups
+        )
         self._names = tuple(self.layout.names)
         self._multi_fraud = sum(1 for g in self.layout.groups if g.has_fraud) > 1
         fraud_windows = [
@@ -221,8 +253,21 @@ class FeaturePlan:
         specs, timezone, grace, sweep = self._args
         return FeaturePlan(  # (the label_ttl held: a restored state keeps its own)
             specs, timezone=timezone, grace=grace, label_ttl=self.label_ttl,
-            sweep_min_events=sweep,
+            sweep_min_events=sweep, provenance=self.provenance,
         )  # fmt: skip
+
+    @property
+    def part(self) -> int:
+        """The input partition of the events :meth:`compute` folds in (0 to 65535), logged
+        with each entry when the plan keeps provenance: set it before each ``compute``."""
+        return self._cursor.part
+
+    @part.setter
+    def part(self, value: int) -> None:
+        # checked here, not as the state changes: the hot path cannot fail halfway through
+        if value.__class__ is not int or not 0 <= value <= _MAX_PART:
+            raise ValueError(f"an input partition is an int from 0 to {_MAX_PART}: {value!r}")
+        self._cursor.part = value
 
     # ------------------------------------------------------------------ state
     def _reset(self) -> None:
@@ -259,6 +304,7 @@ class FeaturePlan:
             "_remember": self._labels.remember,
             "_cutoff": self.clock.cutoff,
             "_DAY": self.clock.cache,
+            **({"_PROV": self._cursor} if self.provenance else {}),
         }
         self._run, self.source = build_fused(groups, self._names, self.states, helpers)
 
@@ -353,6 +399,8 @@ class FeaturePlan:
             cvals.append(v)
         if cg.fraud:
             st[cg.i_flags].insert(p, 0)
+        if cg.prov:
+            st[cg.i_part].insert(p, self._cursor.part)
         last = ts[-1]
         for wi, width, _pe, _mono, ctrs, _fslot, _feats in cg.windows:
             cutoff = last - width if width is not None else self.clock.cutoff(last)
@@ -396,11 +444,8 @@ class FeaturePlan:
         k = bisect_right(ts, horizon)
         if k <= 0:
             return
-        del ts[:k]
-        for i in cg.i_num:
+        for i in cg.i_log:
             del st[i][:k]
-        if cg.fraud:
-            del st[cg.i_flags][:k]
         for i in cg.i_head:
             st[i] -= k
         for i in cg.i_mono:
@@ -508,12 +553,16 @@ class FeaturePlan:
 
     # ------------------------------------------------------------------ checkpoints
     def _identity(self) -> dict[str, Any]:
-        return {
+        """What a state must have been saved with to be loaded or merged here (an entry at its
+        ``_IDENTITY_DEFAULTS`` value is left out: states saved before it existed had it)."""
+        ident = {
             "format": _FORMAT,
             "fingerprint": self.layout.fingerprint,
             "timezone": str(self.timezone),
             "grace": self.grace,
+            "provenance": self.provenance,
         }
+        return {k: v for k, v in ident.items() if _IDENTITY_DEFAULTS.get(k, ...) != v}
 
     def state_dict(self) -> dict[str, Any]:
         """The whole state as a detached dict (``state`` holds it pickled)."""
@@ -540,19 +589,22 @@ class FeaturePlan:
         return pickle.loads(sd["state"])
 
     def _check(self, sd: Mapping[str, Any]) -> None:
-        """Refuse a state of other declarations, timezone or grace (``sd``: its identity)."""
-        mine = self._identity()
+        """Refuse a state of other declarations, timezone, grace or provenance (``sd``: its
+        identity)."""
+        mine = {**_IDENTITY_DEFAULTS, **self._identity()}
         for k, v in mine.items():
-            if sd.get(k) != v:
+            got = sd.get(k, _IDENTITY_DEFAULTS.get(k))
+            if got != v:
                 was = (
-                    _changed(str(sd.get(k) or ""), str(v))
+                    _changed(str(got or ""), str(v))
                     if k == "fingerprint"  # (both in full: 2,267 characters, a QA pass)
-                    else f"{sd.get(k)!r}, now {v!r}"
+                    else f"{got!r}, now {v!r}"
                 )
                 what = "feature declarations" if k == "fingerprint" else k
                 raise ConfigError(
                     f"feature state was saved with other {what} ({was}): restore with the same "
-                    "feature declarations, timezone and grace, or start from an empty state"
+                    "feature declarations, timezone, grace and provenance, or start from an "
+                    "empty state"
                 )
 
     def load_state_dict(self, sd: Mapping[str, Any]) -> None:
@@ -631,16 +683,92 @@ class FeaturePlan:
             both = _whole(st, i, off) + _whole(so, i, off)
             return [both[q] for q in order]
 
-        st[TS] = array("d", merged(TS))
-        for i in cg.i_num:
-            st[i] = array("d", merged(i))
+        for i in cg.i_log:
+            st[i] = _like(st[i], merged(i))
         for i, off in zip(cg.i_cat, cg.i_coff, strict=True):
             st[i] = merged(i, off)
             if off >= 0:
                 st[off] = 0
-        if cg.fraud:
-            st[cg.i_flags] = bytearray(merged(cg.i_flags))
         self._repair(cg, st)
+
+    def split(self, parts: Iterable[int]) -> FeaturePlan:
+        """Move every log entry of the input partitions ``parts`` out of this plan into a new
+        plan (:meth:`fresh`, with this plan's watermark), and return it.
+
+        The inverse of :meth:`absorb`: each side ends as if it had been fed only its own
+        partitions (its events' features then exact, and ``absorb`` of the two gives back
+        this plan's state). An entity whose entries all move is moved whole (one scan of its
+        partition column when they are of one partition); one whose entries all stay is left
+        as it is; one with entries on both sides is cut in two, each with its windows
+        recomputed (:meth:`_repair`; categorical columns become whole logs as in
+        :meth:`_merge`). The new plan's counters (late, evicted, ...) start at zero.
+
+        The ``tx_id`` store keeps no partition, so a transaction ``(keys, t)`` moves, with
+        its known label, when the moved state of its fraud entity holds an entry at ``t``
+        (with several fraud groups: of any of them). An entity moved whole holds only moved
+        transactions' entries; an entity cut in two may hold an entry at ``t`` on both sides
+        (two transactions of different partitions at one instant): such a transaction is
+        kept in both stores. One whose entity no longer holds its entry (trimmed, evicted)
+        stays: its label can no longer change a feature.
+
+        Raises ``ValueError`` for a plan without provenance.
+        """
+        if not self.provenance:
+            raise ValueError(
+                "split needs the input partition of every entry: make the plan with "
+                "FeaturePlan(..., provenance=True)"
+            )
+        moving = frozenset(parts)
+        new = self.fresh()
+        new.watermark = self.watermark
+        fraud = []
+        for cg, mine, theirs in zip(self._groups, self.states, new.states, strict=True):
+            cut = self._split_group(cg, mine, theirs, moving)
+            if cg.fraud:
+                fraud.append((mine, theirs, cut))
+        new._labels = self._labels.split(_tx_sides(fraud, self._multi_fraud))
+        new._bind()  # (to its new tx_id store)
+        new._expire_labels()
+        return new
+
+    def _split_group(
+        self, cg: _CompiledGroup, mine: dict[Any, Any], theirs: dict[Any, Any], moving: frozenset
+    ) -> list[Any]:
+        """Move the entries of partitions ``moving`` from one group's states ``mine`` to
+        ``theirs``; return the keys of the entities cut in two."""
+        whole, cut = [], []
+        for key, st in mine.items():
+            col = st[cg.i_part]
+            if col.count(col[0]) == len(col):  # of one partition: stays or moves whole
+                if col[0] in moving:
+                    whole.append(key)
+                continue
+            m = list(map(moving.__contains__, col))
+            if all(m):
+                whole.append(key)
+            elif any(m):
+                theirs[key] = self._cut(cg, st, m)
+                cut.append(key)
+        for key in whole:
+            theirs[key] = mine.pop(key)
+        return cut
+
+    def _cut(self, cg: _CompiledGroup, st: list[Any], m: list[bool]) -> list[Any]:
+        """Take the entries where ``m`` out of ``st`` into a new state of the same entity
+        (returned); both get their windows recomputed."""
+        keep = list(map(not_, m))
+        so = list(st)  # (every column and window part is replaced below or by _repair)
+        for i in cg.i_log:
+            col = st[i]
+            so[i], st[i] = _like(col, compress(col, m)), _like(col, compress(col, keep))
+        for i, off in zip(cg.i_cat, cg.i_coff, strict=True):
+            col = _whole(st, i, off)
+            so[i], st[i] = list(compress(col, m)), list(compress(col, keep))
+            if off >= 0:
+                so[off] = st[off] = 0
+        self._repair(cg, st)
+        self._repair(cg, so)
+        return so
 
     def checkpoint(self, path: str | os.PathLike[str], position: Any) -> None:
         """Write the state and the source ``position`` it corresponds to, atomically.
@@ -725,6 +853,67 @@ def _resum(cg: _CompiledGroup, st: list[Any], wi: int) -> None:
                 lst.pop()
             lst.append(q)
         st[cg.i_mono[slot]] = array("q", lst)
+
+
+def _tx_sides(fraud: list[tuple[dict[Any, Any], dict[Any, Any], list[Any]]], multi: bool) -> Decide:
+    """The ``decide(keys, ts) -> (moves, stays)`` of :meth:`TxStore.split` for a split plan:
+    ``fraud`` holds per fraud group the states kept, the states moved and the keys of the
+    entities cut in two (see :meth:`FeaturePlan.split` for the rule). No Python work per
+    entry: an entity moved whole holds an entry at ``t`` if its log starts at or before
+    ``t`` (the store holds entries of its events only); entries of entities cut in two are
+    looked up as (entity number, timestamp) pairs, complex numbers in sorted arrays."""
+    tables = []
+    for mine, theirs, cut in fraud:
+        number = {key: i for i, key in enumerate(cut)}
+        first = {key: st[TS][0] for key, st in theirs.items() if key not in number}
+        tables.append((first, number, _pairs(number, theirs), _pairs(number, mine)))
+
+    def decide(keys: list[Any], ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n = len(keys)
+        moves = np.zeros(n, bool)
+        kept = np.zeros(n, bool)  # (by an entity cut in two)
+        for j, (first, number, moved, held) in enumerate(tables):
+            ks = list(map(itemgetter(j), keys)) if multi else keys
+            moves |= ts >= np.fromiter(map(first.get, ks, repeat(math.inf)), np.float64, n)
+            q = np.fromiter(map(number.get, ks, repeat(-1)), np.int64, n)
+            sel = np.flatnonzero(q >= 0)
+            if len(sel):
+                pairs = _complex(q[sel], ts[sel])
+                moves[sel] |= _member(pairs, moved)
+                kept[sel] |= _member(pairs, held)
+        return moves, ~moves | kept
+
+    return decide
+
+
+def _complex(re: np.ndarray, im: np.ndarray) -> np.ndarray:
+    """Pairs of floats as complex numbers (which NumPy sorts by real part, then imaginary)."""
+    c = np.empty(len(re), np.complex128)
+    c.real, c.imag = re, im
+    return c
+
+
+def _pairs(number: dict[Any, int], states: dict[Any, Any]) -> np.ndarray:
+    """The (entity number, timestamp) pairs of the logs of the entities ``number`` numbers in
+    ``states``, sorted (:func:`_complex`)."""
+    if not number:
+        return np.empty(0, np.complex128)
+    logs = [np.frombuffer(states[key][TS], np.float64) for key in number]
+    nums = np.repeat(np.fromiter(number.values(), np.float64), [len(t) for t in logs])
+    return np.sort(_complex(nums, np.concatenate(logs)))
+
+
+def _member(pairs: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Which of ``pairs`` the sorted array ``ref`` holds."""
+    if not len(ref):
+        return np.zeros(len(pairs), bool)
+    return ref[np.minimum(np.searchsorted(ref, pairs), len(ref) - 1)] == pairs
+
+
+def _like(col: Any, values: Iterable[Any]) -> Any:
+    """A column of the kind of ``col`` (an array of its type code, a bytearray, a list)
+    holding ``values``."""
+    return array(col.typecode, values) if isinstance(col, array) else type(col)(values)
 
 
 def _whole(st: list[Any], i: int, off: int) -> list[Any]:

@@ -35,8 +35,8 @@ in a frozen bucket is one binary search in the id's partition.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
-from itertools import islice
+from collections.abc import Callable, Iterator
+from itertools import compress, islice
 from operator import mul
 from typing import Any
 
@@ -235,21 +235,55 @@ class _Bucket:
         return segs
 
 
-def _frozen_together(a: _Bucket, b: _Bucket) -> list[_Part]:
-    """The partitions of one frozen bucket holding the entries of frozen buckets ``a`` and
-    ``b`` (two stores' transactions of one span)."""
-    parts = [*(a.parts or ()), *(b.parts or ())]
-    keys = [k for p in parts for k in p.keys]
+def _columns(parts: list[_Part]) -> tuple[np.ndarray, list[Any], np.ndarray]:
+    """The entries of frozen partitions as three columns: encoded ids, keys, timestamps."""
+    return (
+        np.concatenate([p.ids for p in parts]),
+        [k for p in parts for k in p.keys],
+        np.concatenate([p.ts for p in parts]),
+    )
+
+
+def _frozen(ids: np.ndarray, keys: list[Any], ts: np.ndarray) -> list[_Part]:
+    """The partitions of one frozen bucket holding these entries (of one span)."""
     n_parts = _n_parts(len(keys))
-    got = {
-        p: _Part(ids, ks, ts)
-        for p, ids, ks, ts in _by_part(
-            np.concatenate([p.ids for p in parts]), keys,
-            np.concatenate([p.ts for p in parts]), n_parts,
-        )
-    }  # fmt: skip
+    got = {p: _Part(i, k, t) for p, i, k, t in _by_part(ids, keys, ts, n_parts)}
     empty = _Part(np.array([], dtype="S1"), [], np.array([]))
     return [got.get(p, empty) for p in range(n_parts)]
+
+
+#: ``decide(keys, ts) -> (moves, stays)`` of :meth:`TxStore.split`: two boolean arrays over a
+#: batch of entries (their entity keys and event times).
+Decide = Callable[[list[Any], np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def _split_bucket(bk: _Bucket, decide: Decide) -> tuple[_Bucket, _Bucket] | None:
+    """The entries of ``bk`` that move and those that stay (``decide``), each in a bucket of
+    its kind (open: segment by segment; frozen: partitioned anew) with the labels known of
+    them; ``None`` when none moves."""
+    moved, kept = _Bucket(), _Bucket()
+    if bk.open is None:
+        ids, keys, ts = _columns(bk.parts or [])
+        masks = decide(keys, ts)
+        if not masks[0].any():
+            return None
+        for side, m in zip((moved, kept), masks, strict=True):
+            side.open = None
+            side.parts = _frozen(ids[m], list(compress(keys, m.tolist())), ts[m])
+    else:
+        segs = bk.open
+        cut = [decide(list(kd.values()), np.fromiter(td.values(), np.float64, len(td)))
+               for kd, td in segs]  # fmt: skip
+        if not any(mv.any() for mv, _st in cut):
+            return None
+        for j, side in enumerate((moved, kept)):
+            side.open = []
+            for (kd, td), masks in zip(segs, cut, strict=True):
+                m = masks[j].tolist()
+                side.open.append((dict(compress(kd.items(), m)), dict(compress(td.items(), m))))
+    for side in (moved, kept):
+        side.known = {x: v for x, v in bk.known.items() if side.find(x, k := _encode(x), _hash(k))}
+    return moved, kept
 
 
 class TxStore:
@@ -351,7 +385,8 @@ class TxStore:
             both = _Bucket()
             both.known = {**mine.known, **theirs.known}
             if mine.open is None and theirs.open is None:  # frozen both: frozen together
-                both.open, both.parts = None, _frozen_together(mine, theirs)
+                both.open = None
+                both.parts = _frozen(*_columns([*(mine.parts or ()), *(theirs.parts or ())]))
             else:  # (a bucket still open is recent: small)
                 keys, ts = both.open[0]  # type: ignore[index]
                 for bk in (mine, theirs):
@@ -362,6 +397,28 @@ class TxStore:
         self.buckets = dict(sorted(self.buckets.items()))  # oldest first, as find expects
         self._due = []  # (made again by the next expire: reopened buckets included)
         self._cur, self._keys, self._ts = -1, {}, {}
+
+    def split(self, decide: Decide) -> TxStore:
+        """Move the transactions that ``decide(keys, ts) -> (moves, stays)`` says move into a
+        new store of the same span, returned, with the labels known of them. ``decide`` is
+        given a batch of entries (entity keys, event times) and returns two boolean arrays: an
+        entry marked both ways is held by both stores afterwards. A bucket keeps its kind: a
+        frozen one is partitioned anew on each side (NumPy masks: no Python work per entry
+        but the keys' filter), an open one is filtered segment by segment (a freeze in
+        progress starts again); a bucket left empty is dropped. The new store freezes its open
+        buckets once its :meth:`expire` finds them due."""
+        new = TxStore(self.span)
+        for b, bk in list(self.buckets.items()):
+            sides = _split_bucket(bk, decide)
+            if sides is None:
+                continue
+            for store, side in zip((new, self), sides, strict=True):
+                if len(side):
+                    store.buckets[b] = side
+                else:
+                    store.buckets.pop(b, None)
+        self._cur, self._keys, self._ts = -1, {}, {}  # (its dicts were replaced)
+        return new
 
     def expire(self, *, freeze_before: float, drop_before: float) -> None:
         """Drop buckets that end at or before ``drop_before``; queue the open ones that end at

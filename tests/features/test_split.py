@@ -1,0 +1,314 @@
+"""FeaturePlan.split: a plan keeping provenance gives up the entries of some input partitions,
+each side then goes on as a plan fed only its own partitions would (what taking over the
+partitions of a dead instance's snapshot relies on); absorbing them back undoes it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fds.errors import ConfigError
+from fds.features import FeaturePlan
+from fds.features.codegen import TS
+from tests.features.conftest import ALL_SPECS, GRACE, STARTS, Spec, streams
+from tests.features.reference import reference
+from tests.features.test_absorb import _accepted
+from tests.features.test_plan_dense import dense_stream
+from tests.features.test_plan_properties import assert_same
+
+N_PARTS = 4
+
+
+def _make(tz: str = "UTC", **kw: Any) -> FeaturePlan:
+    return FeaturePlan(
+        ALL_SPECS, timezone=tz, grace=GRACE, sweep_min_events=1, provenance=True, **kw
+    )
+
+
+def _partitions(ops: list[dict[str, Any]], tags: list[int], by_card: bool) -> dict[str, int]:
+    """tx_id -> input partition: by card (as the input topic is keyed) or by ``tags``. The
+    transactions of one timestamp share the first one's partition: the log holds no tx_ids, so
+    a label of one of two entries at one instant of an entity cut in two may be counted on the
+    other's side (a limitation FeaturePlan.split documents)."""
+    at: dict[float, int] = {}
+    part = {}
+    for i, op in enumerate(op for op in ops if op["kind"] == "tx"):
+        tx = op["tx"]
+        p = "abc".index(tx["card_id"]) if by_card else tags[i % len(tags)]
+        part[tx["tx_id"]] = at.setdefault(tx["ts"], p)
+    return part
+
+
+def _feed(plans: Any, ops: list[dict[str, Any]], part: dict[str, int]) -> list[Any]:
+    """Feed ``ops`` to ``plans(p)``, the plan of partition ``p`` (its ``part`` set first): a
+    label to the plan of its transaction's partition; outputs in order."""
+    out = []
+    for op in ops:
+        if op["kind"] == "tx":
+            p = part[op["tx"]["tx_id"]]
+            plan = plans(p)
+            plan.part = p
+            out.append(plan.compute(op["tx"]))
+        else:
+            plans(part.get(op["tx_id"], 0)).on_label(op)
+    return out
+
+
+def _only(ops: list[dict[str, Any]], part: dict[str, int], keep: Any) -> list[dict[str, Any]]:
+    """The ops of the partitions ``keep`` accepts (a label goes with its transaction)."""
+    return [
+        op
+        for op in ops
+        if keep(part.get(op["tx"]["tx_id"] if op["kind"] == "tx" else op["tx_id"], -1))
+    ]
+
+
+def _tx_ids(ops: list[dict[str, Any]]) -> list[str]:
+    return [op["tx"]["tx_id"] for op in ops if op["kind"] == "tx"]
+
+
+def _snapshots(ops: list[dict[str, Any]], out: list[Any]) -> dict[str, Any]:
+    return dict(zip(_tx_ids(ops), out, strict=True))
+
+
+_cases = (
+    streams(n_max=60),
+    st.lists(st.integers(0, N_PARTS - 1), min_size=1, max_size=60),
+    st.floats(0, 1),
+    st.booleans(),
+    st.sets(st.integers(0, N_PARTS - 1)),
+    st.booleans(),
+)
+
+
+def _fed(tz: str, ops: list[dict[str, Any]], part: dict[str, int]) -> FeaturePlan:
+    plan = _make(tz)
+    _feed(lambda p: plan, ops, part)
+    return plan
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(*_cases)
+def test_split_plans_go_on_as_plans_fed_their_partitions_only(
+    case: tuple[str, list[dict[str, Any]]],
+    tags: list[int],
+    where: float,
+    by_card: bool,
+    moving: set[int],
+    restored: bool,
+) -> None:
+    tz, ops = case
+    ops = _accepted(ops, reference(ALL_SPECS, ops, timezone=tz, grace=GRACE))
+    part = _partitions(ops, tags, by_card)
+    cut = int(where * len(ops))
+    plan = _fed(tz, ops[:cut], part)
+    if restored:  # the snapshot of a dead instance: its partition column kept
+        plan = _make(tz)
+        plan.load_state_dict(_fed(tz, ops[:cut], part).state_dict())
+    moved = plan.split(moving)
+    assert moved.watermark == plan.watermark
+    got = _snapshots(ops[cut:], _feed(lambda p: moved if p in moving else plan, ops[cut:], part))
+    for side in (lambda p: p in moving, lambda p: p not in moving):
+        mine = _only(ops, part, side)
+        want = _snapshots(mine, reference(ALL_SPECS, mine, timezone=tz, grace=GRACE))
+        tail = _only(ops[cut:], part, side)
+        ids = _tx_ids(tail)
+        assert_same([got[i] for i in ids], [want[i] for i in ids], tail)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(*_cases)
+def test_absorbing_a_split_back_goes_on_as_never_split(
+    case: tuple[str, list[dict[str, Any]]],
+    tags: list[int],
+    where: float,
+    by_card: bool,
+    moving: set[int],
+    state_dict: bool,
+) -> None:
+    tz, ops = case
+    ops = _accepted(ops, reference(ALL_SPECS, ops, timezone=tz, grace=GRACE))
+    part = _partitions(ops, tags, by_card)
+    cut = int(where * len(ops))
+    plan = _fed(tz, ops[:cut], part)
+    held = plan.label_store_size()
+    moved = plan.split(moving)
+    assert plan.label_store_size() + moved.label_store_size() == held
+    plan.absorb(moved.state_dict() if state_dict else moved)
+    assert plan.label_store_size() == held
+    want = reference(ALL_SPECS, ops, timezone=tz, grace=GRACE)
+    n_head = len(_tx_ids(ops[:cut]))
+    assert_same(_feed(lambda p: plan, ops[cut:], part), want[n_head:], ops[cut:])
+
+
+# ---------------------------------------------------------------------------- unit cases
+
+T0 = STARTS["UTC"][0]
+COUNTS = [
+    Spec("c_n", "card_id", "count", None, "1h"),
+    Spec("c_fraud", "card_id", "fraud_count", None, "1h"),
+    Spec("m_n", "merchant_id", "count", None, "1h"),
+    Spec("m_fraud", "merchant_id", "fraud_count", None, "1h"),
+    Spec("m_cards", "merchant_id", "distinct", "card_id", "10m"),
+]
+
+
+def _tx(i: int, t: float, card: str, merchant: str | None = "m") -> dict[str, Any]:
+    return {"tx_id": f"t{i}", "ts": t, "card_id": card, "merchant_id": merchant}
+
+
+def _run(plan: FeaturePlan, txs: list[tuple[int, dict[str, Any]]]) -> list[dict[str, Any]]:
+    out = []
+    for p, tx in txs:
+        plan.part = p
+        out.append(plan.compute(tx))
+    return out
+
+
+def test_the_partition_column_follows_the_log() -> None:
+    plan = FeaturePlan(COUNTS, grace=GRACE, provenance=True)
+    # out of order within grace: inserted at its place, with its partition
+    _run(plan, [(1, _tx(0, T0, "a")), (2, _tx(1, T0 + 60, "a")), (3, _tx(2, T0 + 30, "a"))])
+    cg = plan._groups[0]
+    st = plan.states[0]["a"]
+    assert list(st[TS]) == [T0, T0 + 30, T0 + 60] and list(st[cg.i_part]) == [1, 3, 2]
+    # trimmed with the log: two days on, the first three entries are gone
+    _run(plan, [(4, _tx(3, T0 + 2 * 86400, "a"))])
+    assert list(st[TS]) == [T0 + 2 * 86400] and list(st[cg.i_part]) == [4]
+    # merged with another plan's log
+    other = FeaturePlan(COUNTS, grace=GRACE, provenance=True)
+    _run(other, [(5, _tx(4, T0 + 2 * 86400 - 10, "a"))])
+    plan.absorb(other)
+    assert list(plan.states[0]["a"][cg.i_part]) == [5, 4]
+    # kept by a checkpoint
+    again = FeaturePlan(COUNTS, grace=GRACE, provenance=True)
+    again.load_state_dict(plan.state_dict())
+    assert list(again.states[0]["a"][cg.i_part]) == [5, 4]
+
+
+def test_without_provenance_the_plan_is_as_it_was() -> None:
+    plan = FeaturePlan(COUNTS)
+    assert "_PROV" not in plan.source and "part" not in plan.source
+    assert plan._groups[0].i_part == -1 and "provenance" not in plan.state_dict()
+    with pytest.raises(ValueError, match="provenance=True"):
+        plan.split([1])
+
+
+def test_part_must_be_an_unsigned_16_bit_int() -> None:
+    plan = FeaturePlan(COUNTS, provenance=True)
+    for bad in (-1, 65536, 1.0, "1", None):
+        with pytest.raises(ValueError, match="from 0 to 65535"):
+            plan.part = bad  # type: ignore[assignment]
+    plan.part = 65535
+    assert plan.part == 65535
+
+
+def test_states_with_and_without_provenance_refuse_each_other() -> None:
+    with_p, without = FeaturePlan(COUNTS, provenance=True), FeaturePlan(COUNTS)
+    for plan, sd in ((with_p, without.state_dict()), (without, with_p.state_dict())):
+        with pytest.raises(ConfigError, match=r"other provenance .*grace and provenance"):
+            plan.load_state_dict(sd)
+        with pytest.raises(ConfigError, match="other provenance"):
+            plan.absorb(sd)
+    with pytest.raises(ConfigError, match=r"other provenance \(False, now True\)"):
+        with_p.absorb(without)
+    # a checkpoint of before the option (no "provenance" in it) loads into a plan without
+    old = without.state_dict()
+    assert "provenance" not in old
+    FeaturePlan(COUNTS).load_state_dict(old)
+    assert with_p.fresh().provenance and with_p.fresh()._identity()["provenance"] is True
+
+
+def test_entities_move_whole_or_cut_in_two() -> None:
+    plan = FeaturePlan(COUNTS, grace=GRACE, provenance=True)
+    _run(plan, [(0, _tx(0, T0, "a")), (1, _tx(1, T0 + 1, "b")), (0, _tx(2, T0 + 2, "a"))])
+    a, m = plan.states[0]["a"], plan.states[1]["m"]
+    moved = plan.split({1})
+    assert plan.states[0]["a"] is a and "b" not in plan.states[0]  # stayed / moved whole
+    assert list(moved.states[0]) == ["b"] and list(moved.states[1]["m"][TS]) == [T0 + 1]
+    assert plan.states[1]["m"] is m and list(m[TS]) == [T0, T0 + 2]
+    # the windows of both sides are their own: counts, distinct cards
+    assert _run(moved, [(1, _tx(3, T0 + 3, "c"))]) == [
+        {"c_n": 1, "c_fraud": 0, "m_n": 2, "m_fraud": 0, "m_cards": 2}
+    ]
+    assert _run(plan, [(0, _tx(4, T0 + 4, "a"))])[0]["m_n"] == 3
+    # nothing of those partitions: an empty plan, the watermark kept
+    empty = plan.split({7})
+    assert empty.state_sizes() == {"card_id": 0, "merchant_id": 0}
+    assert empty.label_store_size() == 0 and empty.watermark == T0 + 4
+
+
+def test_labels_move_with_their_transactions() -> None:
+    plan = FeaturePlan(COUNTS, grace=GRACE, provenance=True)
+    _run(plan, [(0, _tx(0, T0, "a")), (1, _tx(1, T0 + 1, "b")), (1, _tx(2, T0 + 2, "a"))])
+    for i in (0, 1, 2):
+        assert plan.on_label({"tx_id": f"t{i}", "is_fraud": True})
+    moved = plan.split({1})
+    assert [moved.knows(f"t{i}") for i in range(3)] == [False, True, True]
+    assert [plan.knows(f"t{i}") for i in range(3)] == [True, False, False]
+    # the labels known went along: a repeated label changes nothing, a retraction counts
+    assert not moved.on_label({"tx_id": "t1", "is_fraud": True})
+    assert not plan.on_label({"tx_id": "t0", "is_fraud": True})
+    assert moved.on_label({"tx_id": "t2", "is_fraud": False})
+    assert _run(moved, [(1, _tx(3, T0 + 3, "a"))])[0] == {
+        "c_n": 2, "c_fraud": 0, "m_n": 3, "m_fraud": 1, "m_cards": 2,
+    }  # fmt: skip
+    assert _run(plan, [(0, _tx(4, T0 + 4, "a"))])[0]["c_fraud"] == 1
+
+
+def test_a_transaction_at_an_instant_both_sides_hold_stays_in_both() -> None:
+    fraud_by_merchant = [Spec("m_fraud", "merchant_id", "fraud_count", None, "1h")]
+    plan = FeaturePlan(fraud_by_merchant, grace=GRACE, provenance=True)
+    _run(plan, [(0, _tx(0, T0, "a")), (1, _tx(1, T0, "b")), (1, _tx(2, T0 + 5, "b"))])
+    moved = plan.split({1})
+    assert [plan.knows(f"t{i}") for i in range(3)] == [True, True, False]
+    assert [moved.knows(f"t{i}") for i in range(3)] == [True, True, True]
+
+
+def test_trimmed_or_evicted_entries_stay() -> None:
+    plan = FeaturePlan(COUNTS, grace=GRACE, provenance=True, label_ttl="3d", sweep_min_events=1)
+    _run(plan, [(1, _tx(0, T0, "a", "m0")), (1, _tx(1, T0 + 10, "b", "m1"))])
+    # a day on: "a"'s first entry trimmed (merchant m2), merchant m0 and card b evicted
+    day = T0 + 86400
+    _run(plan, [(1, _tx(2, day, "a", "m2")), (1, _tx(3, day + 1000, "a", "m2"))])
+    assert "m0" not in plan.states[1] and "b" not in plan.states[0]
+    moved = plan.split({1})
+    assert [moved.knows(f"t{i}") for i in range(4)] == [False, False, True, True]
+    assert [plan.knows(f"t{i}") for i in range(4)] == [True, True, False, False]
+    assert plan.state_sizes() == {"card_id": 0, "merchant_id": 0}
+
+
+def _known(plan: FeaturePlan) -> set[str]:
+    """The transactions whose fraud label ``plan`` counts."""
+    return {x for bk in plan._labels.buckets.values() for x in bk.known}
+
+
+def test_frozen_label_buckets_stay_frozen() -> None:
+    # dense: the label buckets of the 2-hour fraud windows freeze along the way
+    ops = dense_stream(4, 1200, T0, mean_step=30.0)
+    ops = _accepted(ops, reference(ALL_SPECS, ops, timezone="UTC", grace=GRACE))
+    part = _partitions(ops, [0, 1, 2], by_card=False)
+    plan = FeaturePlan(ALL_SPECS, grace=GRACE, provenance=True)
+    _feed(lambda p: plan, ops[:800], part)
+    plan._labels.flush()
+    frozen = {b for b, bk in plan._labels.buckets.items() if bk.open is None}
+    held = plan.label_store_size()
+    known = _known(plan)
+    moved = plan.split({2})
+    for side in (plan, moved):
+        assert frozen and all(side._labels.buckets[b].open is None for b in frozen)
+        for x in _known(side):
+            assert side.knows(x) and (part[x] == 2 or side is plan)
+    assert plan.label_store_size() + moved.label_store_size() == held
+    assert _known(plan) | _known(moved) == known
+    # each side goes on as a plan fed only its partitions
+    tail = ops[800:]
+    got = _snapshots(tail, _feed(lambda p: moved if p == 2 else plan, tail, part))
+    for keep in (lambda p: p == 2, lambda p: p != 2):
+        mine = _only(ops, part, keep)
+        want = _snapshots(mine, reference(ALL_SPECS, mine, timezone="UTC", grace=GRACE))
+        ids = _tx_ids(_only(tail, part, keep))
+        assert_same([got[i] for i in ids], [want[i] for i in ids], _only(tail, part, keep))
