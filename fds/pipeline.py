@@ -43,6 +43,7 @@ def build_engine(
     guardrails: bool = True,
     grace: str | float = "5m",
     registry: str | Path | None = None,
+    provenance: bool = False,
 ) -> Engine:
     """An engine with features + rules + policy from ``rules`` and a model from ``model``.
 
@@ -53,6 +54,8 @@ def build_engine(
     publishes them (the streaming service); without it an in-process trainer learns from
     :meth:`Engine.learn` labels, deterministically (replay, demo, benchmarks).
     ``guardrails`` adds the rate circuit breaker and the model guard (fds.guardrails).
+    ``provenance``: the feature state records each event's input partition (``fds run`` with
+    a state topic: another instance takes partitions over from its snapshot).
     """
     from fds.engine import Engine
     from fds.features import FeaturePlan
@@ -75,7 +78,9 @@ def build_engine(
             if metrics is not None:
                 metrics.ruleset_info(ruleset.version)
         timezone = ruleset.spec.timezone
-        features = FeaturePlan(list(ruleset.features), timezone=timezone, grace=grace)
+        features = FeaturePlan(
+            list(ruleset.features), timezone=timezone, grace=grace, provenance=provenance
+        )
     model_stage = None
     if model is not None:
         from fds.models import build_model_stage

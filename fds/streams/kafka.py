@@ -113,7 +113,7 @@ from fds.models.registry import KEY_ENV, write_atomic
 from fds.pipeline import DEFAULT_MODEL, DEFAULT_RULES, build_engine
 from fds.schema import dead_letter, dumps, loads_record, parse_transaction
 from fds.streams.align import Aligner, fetched_to
-from fds.streams.checkpoint import Checkpoint, Checkpointer, default_state_dir
+from fds.streams.checkpoint import Checkpoint, Checkpointer, default_state_dir, parse_checkpoint
 from fds.streams.files import (
     ColumnMapping,
     DamagedFile,
@@ -128,7 +128,7 @@ from fds.streams.files import (
 from fds.streams.kafka_kit import Call, ClientErrors, Consumer, UnreadableRecords
 from fds.streams.label_feed import LabelFeed, reads_labels
 from fds.streams.rebuild import STAGES_TAIL_S, horizon_seconds, read_merged, start_offsets
-from fds.streams.state_topic import StateTopic
+from fds.streams.state_topic import StateTopic, manifest_offsets
 from fds.timeutil import FileClock, format_ts, get_zone, naive_text, parse_ts, span
 
 if TYPE_CHECKING:  # (River: imported when an engine is built, not to build the command line)
@@ -1261,7 +1261,11 @@ class Runner:
             self.metrics.events_consumed("kafka", len(batch))  # (it trailed them: a QA pass)
         feed = self.labels
         due = feed.due if feed is not None else math.inf  # labels wait for this event time
+        plan = self.engine.features
+        tag = getattr(plan, "provenance", False)  # each event's input partition, recorded
         for tp, msg, tx in batch:
+            if tag:
+                plan.part = tp.partition  # type: ignore[union-attr]
             if len(out) >= SEND_EVERY:
                 decided += len(out)
                 for value, key, part in out:
@@ -1787,7 +1791,8 @@ class Runner:
             # when idle nothing else asked, so that checkpoint was never published: a QA pass)
             if not st.publishing and not ck.busy() and ck.saves != self._published:
                 self._published = ck.saves
-                st.start(ck.path.read_bytes())
+                covers = ck.on_disk  # (its manifest says so: another instance takes over)
+                st.start(ck.path.read_bytes(), **(covers._asdict() if covers else {}))
             if whole:  # a stop: the chunks, then (once acknowledged) the manifest, now
                 st.step(self._state_producer, chunks=1 << 30, flush_s=self._time_left() / 2)
             else:
@@ -2032,6 +2037,8 @@ class Runner:
                                           "the state rebuild"),
                 )  # fmt: skip
                 ranges = {tp: (max(starts[tp], alone[tp]), behind[tp]) for tp in alone}
+                taken = self._take_over(scratch, alone, ranges)
+                ranges.update((tp, (o, behind[tp])) for tp, o in taken.items())
             else:
                 what = "rebuild"
                 self._left = {}
@@ -2068,11 +2075,14 @@ class Runner:
                 what, sorted(tp.partition for tp in ranges), todo,
             )  # fmt: skip
             said_at = time.monotonic() + PROGRESS_EVERY_S
+            tag = getattr(plan, "provenance", False)
             for i, tx in enumerate(merged):
                 if self._stop:  # SIGTERM mid-way: the state is partial, nothing is kept of it
                     pos.clear()
                     log.info("%s interrupted by a stop; the next start does it again", what)
                     return committed
+                if tag:  # (the scratch plan's, or the engine's: both are set)
+                    plan.part = self.engine.features.part = at["tp"].partition  # type: ignore[union-attr]
                 fold(tx)
                 if not i & 255 and time.monotonic() >= lag_at:
                     lag_at = time.monotonic() + LAG_EVERY_S
@@ -2153,6 +2163,79 @@ class Runner:
             "is rebuilt", moved, why,
         )  # fmt: skip
         return None
+
+    def _take_over(
+        self, scratch: Any, alone: Mapping[Any, int], ranges: Mapping[Any, tuple[int, int]]
+    ) -> dict[Any, int]:
+        """Take the state of partitions moved here, never held here (``alone`` 0), from the
+        newest snapshot another instance of the group published to the state topic holding
+        each (furthest along, within its ``ranges``: past the feature horizon's start, not past
+        its committed offset) into ``scratch``: that snapshot's feature state, cut to the
+        entries of those partitions (:meth:`fds.features.FeaturePlan.split`: the feature state
+        records each event's input partition with a state topic). Returns each partition
+        taken with the offset its state covers: folded from there instead of from the horizon.
+        A snapshot that cannot be fetched, verified or used (other feature declarations) is
+        logged and its partitions rebuilt."""
+        st = self.state_topic
+        todo = {tp for tp, o in alone.items() if o == 0}
+        if st is None or not todo or not getattr(scratch, "provenance", False):
+            return {}
+
+        def make() -> Any:
+            return self._consumer_factory(**self.s.reader_config())
+
+        try:
+            manifests = StateTopic.scan(
+                st.topic, make, f"{self.s.group}/", timeout_s=self.s.broker_timeout_s
+            )
+        except (KafkaError, UnreadableRecords) as exc:
+            manifests = None
+            log.warning("%s: %s", type(exc).__name__, exc)
+        if manifests is None:
+            log.warning('state topic="%s" could not be scanned for snapshots: the partitions '
+                        "moved here are rebuilt from the input", st.topic)  # fmt: skip
+            return {}
+        best: dict[Any, tuple[int, str]] = {}  # partition -> (offset, instance)
+        for ident, m in manifests.items():
+            if ident == st.ident or m.get("topic") != self.s.input_topic:
+                continue
+            for p, o in manifest_offsets(m).items():
+                tp = TopicPartition(self.s.input_topic, p)
+                if tp in todo and ranges[tp][0] < o <= ranges[tp][1] and o > best.get(tp, (0,))[0]:
+                    best[tp] = (o, ident)
+        taken: dict[Any, int] = {}
+        for ident in sorted({i for _, i in best.values()}):
+            tps = sorted(
+                (tp for tp, (_, i) in best.items() if i == ident), key=lambda tp: tp.partition
+            )
+            parts = [tp.partition for tp in tps]
+            t0 = time.monotonic()
+            try:
+                data = StateTopic(st.topic, ident, key=st.key).fetch_foreign(
+                    make, manifest=manifests[ident], timeout_s=self.s.broker_timeout_s
+                )
+                if data is None:
+                    raise ConfigError("it is gone, or it did not verify (logged above)")
+                got = parse_checkpoint(data, where=f"{st.topic}:{ident}")
+                covered = {tp: got.offsets.get(tp.partition, -1) for tp in tps}
+                if any(not ranges[tp][0] < o <= ranges[tp][1] for tp, o in covered.items()):
+                    raise ConfigError(f"its offsets {got.offsets} are not its manifest's")
+                other = scratch.fresh()
+                other.load_state_dict(got.state["features"])
+                scratch.absorb(other.split(parts))
+            except (ConfigError, KafkaError, UnreadableRecords, KeyError, TypeError) as exc:
+                log.warning(
+                    'partitions %s not taken over from the snapshot of instance="%s" (%s: %s): '
+                    "rebuilt from the input", parts, ident, type(exc).__name__, exc,
+                )  # fmt: skip
+                continue
+            taken.update(covered)
+            log.info(
+                'partitions %s taken over from the snapshot of instance="%s" offsets="%s" '
+                "bytes=%d seconds=%.1f", parts, ident,
+                {tp.partition: o for tp, o in covered.items()}, len(data), time.monotonic() - t0,
+            )  # fmt: skip
+        return taken
 
     def _next_times(
         self,
@@ -2606,7 +2689,9 @@ def build_run_engine(
 
     ``models_topic``: also import the versions announced there into that registry
     (:class:`fds.streams.model_feed.ModelFeed`, connecting with ``settings``), for a scorer
-    that does not share the trainer's registry directory. :func:`close_engine` stops it."""
+    that does not share the trainer's registry directory. :func:`close_engine` stops it.
+    With ``settings.state_topic`` the feature state records each event's input partition, so
+    that another instance can take partitions over from its snapshot (Runner._take_over)."""
     engine = build_engine(
         rules,
         model,
@@ -2615,6 +2700,8 @@ def build_run_engine(
         model_watch=True,
         registry=registry,
         poll_seconds=poll_seconds,
+        # with a state topic, its snapshots can hand partitions over (Runner._take_over)
+        provenance=settings is not None and bool(settings.state_topic),
     )
     if models_topic:
         server: Any = engine.model  # a ModelServer in watch mode

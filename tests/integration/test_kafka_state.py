@@ -24,6 +24,7 @@ from fds.pipeline import DEFAULT_MODEL, DEFAULT_RULES
 from fds.replay import load as replay_load
 from fds.streams.checkpoint import Checkpointer
 from fds.streams.kafka import LEFT_KEY, build_run_engine, close_engine, produce_file, with_tx
+from fds.streams.state_topic import StateTopic, manifest_offsets
 from tests.integration.test_kafka_run import (
     _kill_restart_run,
     comparable,
@@ -149,13 +150,16 @@ def test_a_replacement_with_an_empty_disk_restores_from_the_state_topic(
         close_engine(ref)
 
 
+@pytest.mark.parametrize("source", ["input", "snapshot"])
 def test_two_instances_one_killed_survivor_takes_over_nothing_lost(
-    kafka_bootstrap, topics, unique_name, tmp_path
+    kafka_bootstrap, topics, unique_name, tmp_path, source
 ):
     """RELIABILITY.md test 8: two `fds run` in one group (6 partitions), one killed with
     SIGKILL: the survivor takes its partitions within the session timeout, rebuilds the state
-    of those partitions alone from the input and merges it into its own, and every tx_id is
-    decided with the card features of an uninterrupted run; once merged, with all of them."""
+    of those partitions alone and merges it into its own, and every tx_id is decided with the
+    card features of an uninterrupted run; once merged, with all of them. ``input``: rebuilt
+    from the feature horizon of the input; ``snapshot`` (both with a state topic): taken from
+    the victim's newest snapshot there, folded from its offsets only."""
     # 20,000 transactions within 200 s of event time, less than the grace period: however far
     # apart in event time the two instances get, nothing can be late, so every card feature
     # must equal the uninterrupted run's -- unless a moved partition's history is missing.
@@ -178,6 +182,10 @@ def test_two_instances_one_killed_survivor_takes_over_nothing_lost(
         return (
             "--rules", str(DEFAULT_RULES), "--model", "none",
             "--state-dir", str(tmp_path / name), "--max-poll-records", "100",
+            *(() if source == "input" else (
+                "--state-topic", topics["state_changelog"], "--group-instance-id", name,
+                "--checkpoint-every", "0.5",
+            )),
         )  # fmt: skip
 
     # The victim starts alone (it commits on every partition), then the survivor joins and
@@ -196,6 +204,13 @@ def test_two_instances_one_killed_survivor_takes_over_nothing_lost(
         90, "both deciding the first half",
     )  # fmt: skip
     produce_file(tmp_path / "b.jsonl", s)
+    snapshot: dict[int, int] = {}
+    if source == "snapshot":  # the victim's snapshot of its share, past the feature horizon
+        wait_until(
+            lambda: snapshot.update(_published(kafka_bootstrap, topics, f"{group}/a")) or (
+                snapshot and min(snapshot.values()) > 0
+            ), 60, "the victim's snapshot of its share",
+        )  # fmt: skip
     t_kill = time.time()  # wall clock: compared with the survivor's log timestamps
     victim.kill()
     victim.wait(10)
@@ -241,6 +256,18 @@ def test_two_instances_one_killed_survivor_takes_over_nothing_lost(
     rebuilt = set(map(int, re.search(r"partitions=\[([\d, ]+)\]", line)[1].split(", ")))
     held = re.findall(r"partitions assigned: \[([^]]*)\]", err)[-2]  # before the kill's
     assert rebuilt and not rebuilt & set(map(int, re.findall(r"\[(\d)\]'", held))), (line, held)
+    ranges = {int(p): int(a) for p, a, _ in re.findall(r"(\d+): \((\d+), (\d+)\)", line)}
+    if source == "snapshot":  # folded from the snapshot's offsets, not from the horizon
+        (took,) = [  # (the newest snapshot: the victim may have published another)
+            re.search(r'/a\\?" offsets=\\?"\{([^}]*)\}', ln)
+            for ln in err.splitlines()
+            if "taken over from the snapshot" in ln and _log_time(ln) > t_kill
+        ]
+        assert took, err[-4000:]
+        assert ranges == {int(p): int(o) for p, o in re.findall(r"(\d+): (\d+)", took[1])}, took[1]
+        assert all(ranges[p] >= snapshot[p] > 0 for p in rebuilt), (ranges, snapshot)
+    else:
+        assert set(ranges.values()) == {0}, line
     assert not [
         ln for ln in err.splitlines() if "rebuild partitions=" in ln and _log_time(ln) > t_kill
     ], err[-3000:]  # (no rebuild of every partition)
@@ -323,6 +350,13 @@ def test_a_partition_taken_back_is_rebuilt_from_where_it_was_left(
 
     full = _replayed(tmp_path / "tx.jsonl")
     _check_features(kafka_bootstrap, topics, ids, full, merged_at)
+
+
+def _published(bootstrap: str, topics: dict[str, str], ident: str) -> dict[int, int]:
+    """The input offsets the newest snapshot ``ident`` published to the state topic covers."""
+    make = lambda: KafkaConsumer(bootstrap_servers=bootstrap)  # noqa: E731
+    got = StateTopic.scan(topics["state_changelog"], make, ident, timeout_s=30) or {}
+    return manifest_offsets(got.get(ident) or {})
 
 
 def _replayed(path: Any) -> dict[str, Any]:

@@ -34,9 +34,11 @@ def _rec(p: int, i: int, ts: int, card: str) -> Record:
     )
 
 
-def _runner(tmp_path: Any, logs: dict[Any, list[Record]], own: dict[int, int]) -> Any:
+def _runner(
+    tmp_path: Any, logs: dict[Any, list[Record]], own: dict[int, int], **settings: Any
+) -> Any:
     """A runner following ``own`` (partition -> committed offset, decided up to it) over the
-    partitions of ``logs``, all committed at 10."""
+    partitions of ``logs``, all committed at 10 (``settings``: see rebuilding_runner)."""
 
     class Logs(Reader):
         def __init__(self) -> None:
@@ -62,18 +64,27 @@ def _runner(tmp_path: Any, logs: dict[Any, list[Record]], own: dict[int, int]) -
         def assignment(self) -> set[Any]:
             return set(logs)
 
-    r = rebuilding_runner(tmp_path, Logs(), Assigned())
+    r = rebuilding_runner(tmp_path, Logs(), Assigned(), **settings)
     mine = [
         m for tp, recs in logs.items() if tp.partition in own for m in recs[: own[tp.partition]]
     ]
-    for m in sorted(mine, key=lambda m: m.timestamp):
-        r.engine.decide(_event_time(m, math.inf)[1])
+    _decide(r.engine, mine)
     r._positions = dict(own)
     return r
 
 
+def _decide(engine: Any, recs: list[Record]) -> list[dict[str, Any]]:
+    """The decisions of ``recs`` in event-time order, each event's partition recorded (as
+    Runner._process does with provenance)."""
+    out = []
+    for m in sorted(recs, key=lambda m: m.timestamp):
+        engine.features.part = m.partition
+        out.append(engine.decide(_event_time(m, math.inf)[1]))
+    return out
+
+
 def _late(r: Any, recs: list[Record]) -> list[bool]:
-    return ["late" in r.engine.decide(_event_time(m, math.inf)[1])["flags"] for m in recs]
+    return ["late" in d["flags"] for d in _decide(r.engine, recs)]
 
 
 def test_a_moved_partition_behind_another_moved_one(tmp_path, caplog):
@@ -141,3 +152,72 @@ def test_the_lag_report_during_a_restore_waits_for_the_broker_briefly(tmp_path):
     for _ in range(3):
         r._report_restoring(Gone([]), {TP: 10}, {TP: 15})
     assert calls == [ENDS_TIMEOUT_MS]  # then the ends read at the start, for a while
+
+
+def _taking_over(tmp_path: Any, monkeypatch: Any, victim_settings: dict[str, Any]) -> Any:
+    """Partitions 0 and 1, 20 records each, committed at 10; this instance ("g/b", with a state
+    topic) holds 0 and takes 1 over. Instance "g/a" (``victim_settings``) decided both up to
+    5 and published that snapshot; the scan also finds this instance's own manifest and one of
+    another input topic, both further along (to be ignored). Returns the runner, restored, the
+    logs, and the instances whose snapshot it fetched."""
+    from fds.streams import kafka
+
+    p = [TopicPartition("transactions", i) for i in range(2)]
+    logs = {  # the cards of a partition its own, merchant m1 shared by both
+        tp: [_rec(tp.partition, i, T + 2 * i + tp.partition, f"c{tp.partition}{i % 3}")
+             for i in range(20)]
+        for tp in p
+    }  # fmt: skip
+    victim = _runner(tmp_path / "a", logs, {}, **victim_settings)
+    _decide(victim.engine, [m for tp in p for m in logs[tp][:5]])
+    victim.checkpointer.save(victim._state(), topic="transactions", offsets={0: 5, 1: 5})
+    snapshot = victim.checkpointer.path.read_bytes()
+    r = _runner(tmp_path / "b", logs, {0: 10}, **TAKER)
+    manifests = {
+        "g/a": {"topic": "transactions", "offsets": {"0": 5, "1": 5}},
+        "g/b": {"topic": "transactions", "offsets": {"1": 9}},
+        "g/c": {"topic": "payments", "offsets": {"1": 9}},
+    }
+    fetched: list[str] = []
+
+    def fetch_foreign(self: Any, make: Any, *, manifest: Any = None, timeout_s: Any = 0) -> bytes:
+        fetched.append(self.ident)
+        return snapshot
+
+    monkeypatch.setattr(kafka.StateTopic, "scan", staticmethod(lambda *a, **k: manifests))
+    monkeypatch.setattr(kafka.StateTopic, "fetch_foreign", fetch_foreign)
+    r._bring_up_to_date(p)
+    return r, logs, fetched
+
+
+TAKER = {"state_topic": "state", "group": "g", "group_instance_id": "b"}
+
+
+def test_a_moved_partition_is_taken_over_from_another_instances_snapshot(
+    tmp_path, caplog, monkeypatch
+):
+    """Partition 1 is taken from the snapshot of instance a (which held partition 0 too: its
+    entries there are not taken) and folded from its offset 5, not from the horizon; every
+    feature decided next, the shared merchant's included, is that of one engine that decided
+    both partitions."""
+    with caplog.at_level("INFO"):
+        r, logs, fetched = _taking_over(tmp_path, monkeypatch, {**TAKER, "group_instance_id": "a"})
+    assert fetched == ["g/a"]
+    assert 'partitions [1] taken over from the snapshot of instance="g/a" offsets="{1: 5}"' in (
+        caplog.text
+    )
+    assert "ranges={1: (5, 10)}" in caplog.text
+    ref = _runner(tmp_path / "ref", logs, {0: 10, 1: 10})
+    rest = [m for recs in logs.values() for m in recs[10:]]
+    got, want = _decide(r.engine, rest), _decide(ref.engine, rest)
+    assert [d["features"] for d in got] == [d["features"] for d in want]
+
+
+def test_a_snapshot_that_cannot_be_split_is_not_taken_over(tmp_path, caplog, monkeypatch):
+    """A snapshot of an instance without a state topic (its state does not record each event's
+    partition): logged, and partition 1 rebuilt from the horizon."""
+    with caplog.at_level("INFO"):
+        _, _, fetched = _taking_over(tmp_path, monkeypatch, {"group_instance_id": "a"})
+    assert fetched == ["g/a"]
+    assert 'partitions [1] not taken over from the snapshot of instance="g/a"' in caplog.text
+    assert "ranges={1: (0, 10)}" in caplog.text

@@ -668,18 +668,20 @@ def test_a_transaction_stamped_far_after_its_record_was_produced_is_a_dead_lette
     assert runner._parsed(far) is None and runner._parsed(ok) is not None
 
 
-def rebuilding_runner(tmp_path: Any, reader: Reader, group: Any) -> Runner:
+def rebuilding_runner(tmp_path: Any, reader: Reader, consumer: Any, **settings: Any) -> Runner:
     """A runner with the default features, no checkpoint yet, that must rebuild partition 0
-    (the group committed 10) with ``reader``; ``group`` is its group consumer."""
+    (the group committed 10) with ``reader``; ``consumer`` is its group consumer; ``settings``
+    override the defaults."""
     from fds.pipeline import DEFAULT_RULES
     from fds.streams.kafka import build_run_engine
 
+    s = KafkaSettings(checkpoint_in_background=False, **settings)
     r = Runner(
-        KafkaSettings(checkpoint_in_background=False), build_run_engine(DEFAULT_RULES, None),
+        s, build_run_engine(DEFAULT_RULES, None, settings=s),
         consumer_factory=lambda **_: reader, checkpointer=Checkpointer(tmp_path / "state"),
     )  # fmt: skip
-    r.consumer = group
-    r.aligner = Aligner(group, _event_time)
+    r.consumer = consumer
+    r.aligner = Aligner(consumer, _event_time)
     r._live = True  # deciding already: a partition that moved here is rebuilt
     return r
 
