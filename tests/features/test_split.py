@@ -84,6 +84,27 @@ _cases = (
 )
 
 
+def _go_on_apart(
+    plan: FeaturePlan,
+    moved: FeaturePlan,
+    moving: set[int],
+    ops: list[dict[str, Any]],
+    cut: int,
+    part: dict[str, int],
+    specs: list[Any] = ALL_SPECS,
+    tz: str = "UTC",
+) -> None:
+    """Feed ``ops[cut:]`` to ``moved`` (the partitions ``moving``) and ``plan`` (the others):
+    each gives the snapshots of a plan fed only its partitions' ops all along."""
+    got = _snapshots(ops[cut:], _feed(lambda p: moved if p in moving else plan, ops[cut:], part))
+    for side in (lambda p: p in moving, lambda p: p not in moving):
+        mine = _only(ops, part, side)
+        want = _snapshots(mine, reference(specs, mine, timezone=tz, grace=GRACE))
+        tail = _only(ops[cut:], part, side)
+        ids = _tx_ids(tail)
+        assert_same([got[i] for i in ids], [want[i] for i in ids], tail, specs)
+
+
 def _fed(tz: str, ops: list[dict[str, Any]], part: dict[str, int]) -> FeaturePlan:
     plan = _make(tz)
     _feed(lambda p: plan, ops, part)
@@ -110,13 +131,7 @@ def test_split_plans_go_on_as_plans_fed_their_partitions_only(
         plan.load_state_dict(_fed(tz, ops[:cut], part).state_dict())
     moved = plan.split(moving)
     assert moved.watermark == plan.watermark
-    got = _snapshots(ops[cut:], _feed(lambda p: moved if p in moving else plan, ops[cut:], part))
-    for side in (lambda p: p in moving, lambda p: p not in moving):
-        mine = _only(ops, part, side)
-        want = _snapshots(mine, reference(ALL_SPECS, mine, timezone=tz, grace=GRACE))
-        tail = _only(ops[cut:], part, side)
-        ids = _tx_ids(tail)
-        assert_same([got[i] for i in ids], [want[i] for i in ids], tail)
+    _go_on_apart(plan, moved, moving, ops, cut, part, tz=tz)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -304,11 +319,22 @@ def test_frozen_label_buckets_stay_frozen() -> None:
             assert side.knows(x) and (part[x] == 2 or side is plan)
     assert plan.label_store_size() + moved.label_store_size() == held
     assert _known(plan) | _known(moved) == known
-    # each side goes on as a plan fed only its partitions
-    tail = ops[800:]
-    got = _snapshots(tail, _feed(lambda p: moved if p == 2 else plan, tail, part))
-    for keep in (lambda p: p == 2, lambda p: p != 2):
-        mine = _only(ops, part, keep)
-        want = _snapshots(mine, reference(ALL_SPECS, mine, timezone="UTC", grace=GRACE))
-        ids = _tx_ids(_only(tail, part, keep))
-        assert_same([got[i] for i in ids], [want[i] for i in ids], _only(tail, part, keep))
+    _go_on_apart(plan, moved, {2}, ops, 800, part)
+
+
+def test_a_categorical_column_kept_shorter_is_made_whole_on_both_sides() -> None:
+    specs = [
+        Spec("c_distinct_m_10m", "card_id", "distinct", "merchant_id", "10m"),
+        Spec("c_seen_m_10m", "card_id", "seen", "merchant_id", "10m"),
+        Spec("c_n_2h", "card_id", "count", None, "2h"),
+    ]
+    ops = [
+        {"kind": "tx", "tx": _tx(i, T0 + 60 * i, "a", f"m{i % 7}")} for i in range(100)
+    ]  # fmt: skip
+    part = {f"t{i}": i % 2 for i in range(100)}
+    plan = FeaturePlan(specs, grace=GRACE, provenance=True)
+    _feed(lambda p: plan, ops[:80], part)
+    cg = plan._groups[0]
+    assert plan.states[0]["a"][cg.i_coff[0]] > 0  # (cut: its first values are gone)
+    moved = plan.split({1})
+    _go_on_apart(plan, moved, {1}, ops, 80, part, specs)
