@@ -18,7 +18,9 @@ of 1,000,000 cards.
 
 Run: ``python benchmarks/bench_features.py`` (defaults below); ``--quick`` for a smoke run;
 ``--before DIR`` adds a before/after comparison, interleaved in one process, with an older copy
-of ``fds/features`` (how to make it: benchmarks/results/features.md).
+of ``fds/features`` (how to make it: benchmarks/results/features.md); ``--provenance`` adds the
+per-event cost of ``FeaturePlan(..., provenance=True)`` (with against without, interleaved in
+one process) and the time of a ``split``.
 Writes ``benchmarks/results/features.md``.
 """
 
@@ -32,6 +34,7 @@ import shlex
 import sys
 import time
 import timeit
+import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -256,6 +259,80 @@ def speed(days: int, cards: int, seed: int, freeze: bool = True) -> dict[str, An
     }
 
 
+def race(
+    plans: dict[str, Any], evs: list[Any], steady_from: float, parts: list[int] | None = None
+) -> dict[str, list[float]]:
+    """CPU seconds of each plan (name -> plan) over ``evs`` (whole stream, from
+    ``steady_from`` on), interleaved: the plans are fed alternating blocks of 2,000 events
+    (which one goes first alternates too), so load changes on the shared machine hit all alike.
+    A plan keeping provenance has its ``part`` set before each transaction, as the Kafka runner
+    sets it, to ``parts[i]`` (the input partition of event ``i``)."""
+    clock = time.process_time
+    cpu = {k: [0.0, 0.0] for k in plans}
+    for b, i in enumerate(range(0, len(evs), 2000)):
+        blk = evs[i : i + 2000]
+        steady = blk[0][0] >= steady_from
+        for name in list(plans) if b % 2 == 0 else list(plans)[::-1]:
+            plan = plans[name]
+            compute, on_label = plan.compute, plan.on_label
+            c0 = clock()
+            if getattr(plan, "provenance", False):
+                assert parts is not None
+                for (_ts, kind, rec), p in zip(blk, parts[i : i + 2000], strict=True):
+                    if kind:
+                        on_label(rec)
+                    else:
+                        plan.part = p
+                        compute(rec)
+            else:
+                for _ts, kind, rec in blk:
+                    if kind:
+                        on_label(rec)
+                    else:
+                        compute(rec)
+            dt = clock() - c0
+            cpu[name][0] += dt
+            cpu[name][1] += dt if steady else 0.0
+    return cpu
+
+
+def provenance(days: int, cards: int, seed: int, n_parts: int = 12) -> dict[str, Any]:
+    """The per-event cost of ``provenance=True``: a plan with it and one without, interleaved
+    (:func:`race`) on the same stream, the input keyed by card over ``n_parts`` partitions;
+    then the time of ``split`` of half the partitions out of the plan with it."""
+    from fds.streams.simulator import simulate
+
+    sim = simulate(days=days, cards=cards, seed=seed)
+    for tx in sim.transactions:
+        tx["amount"] = float(tx["amount"])
+    events = merged(sim)
+    parts = [
+        0 if kind else zlib.crc32(rec["card_id"].encode()) % n_parts for _t, kind, rec in events
+    ]
+    gc.collect()
+    gc.freeze()  # the stream is the harness's (see speed)
+    plans = {
+        "without": FeaturePlan(DEFAULT_SPECS, timezone="Asia/Seoul"),
+        "with": FeaturePlan(DEFAULT_SPECS, timezone="Asia/Seoul", provenance=True),
+    }
+    steady_from = sim.end - 7 * 86400
+    cpu = race(plans, events, steady_from, parts)
+    gc.unfreeze()
+    c0 = time.process_time()
+    moved = plans["with"].split(range(n_parts // 2))
+    split_s = time.process_time() - c0
+    return {
+        "cpu": cpu,
+        "tx": len(sim.transactions),
+        "steady": sum(1 for tx in sim.transactions if tx["ts"] >= steady_from),
+        "days": days,
+        "cards": cards,
+        "split_s": split_s,
+        "sizes": (plans["with"].state_sizes(), moved.state_sizes()),
+        "labels": (plans["with"].label_store_size(), moved.label_store_size()),
+    }
+
+
 def compare(before: Path, days: int, cards: int, seed: int) -> dict[str, Any]:
     """Before/after in one process: the package ``basefeat`` in directory ``before`` (an
     older ``fds/features``, see ``--before``) against this tree, on the same stream.
@@ -276,36 +353,20 @@ def compare(before: Path, days: int, cards: int, seed: int) -> dict[str, Any]:
     gc.collect()
     gc.freeze()  # the stream is the harness's (see speed)
     steady_from = sim.end - 7 * 86400
-    clock = time.process_time
 
-    def race(specs: list[Spec], evs: list[Any]) -> dict[str, list[float]]:
+    def two(specs: list[Spec], evs: list[Any]) -> dict[str, list[float]]:
         plans = {
             "before": basefeat.FeaturePlan(specs, timezone="Asia/Seoul"),
             "after": FeaturePlan(specs, timezone="Asia/Seoul"),
         }
-        cpu = {k: [0.0, 0.0] for k in plans}  # whole stream, last 7 days
-        for b, i in enumerate(range(0, len(evs), 2000)):
-            blk = evs[i : i + 2000]
-            steady = blk[0][0] >= steady_from
-            for name in ("before", "after") if b % 2 == 0 else ("after", "before"):
-                compute, on_label = plans[name].compute, plans[name].on_label
-                c0 = clock()
-                for _ts, kind, rec in blk:
-                    if kind:
-                        on_label(rec)
-                    else:
-                        compute(rec)
-                dt = clock() - c0
-                cpu[name][0] += dt
-                cpu[name][1] += dt if steady else 0.0
-        return cpu
+        return race(plans, evs, steady_from)
 
     n_tx = len(sim.transactions)
     n_steady = sum(1 for tx in sim.transactions if tx["ts"] >= steady_from)
-    rows = {"all features, labels included": race(DEFAULT_SPECS, events)}
+    rows = {"all features, labels included": two(DEFAULT_SPECS, events)}
     txs = [e for e in events if not e[1]]
     for ent in ("card_id", "merchant_id", "device_id"):
-        rows[f"only the {ent} features"] = race(
+        rows[f"only the {ent} features"] = two(
             [sp for sp in DEFAULT_SPECS if sp.entity == ent], txs
         )
     gc.unfreeze()
@@ -534,6 +595,11 @@ def main() -> int:
         "--no-freeze", action="store_true",
         help="without the engine's GC policy (fds.gcpolicy.Freezer): the collector's passes",
     )  # fmt: skip
+    ap.add_argument(
+        "--provenance", action="store_true",
+        help="also measure the per-event cost of provenance=True (a plan with it and one "
+        "without, interleaved in one process), and split's time",
+    )  # fmt: skip
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument(
         "--before",
@@ -589,6 +655,30 @@ def main() -> int:
             "",
         ]
         log("\n".join(lines[-len(c["rows"]) - 10 :]))
+    if args.provenance:
+        log(f"provenance: simulate(days={args.days}, cards={args.cards}), with and without ...")
+        pv = provenance(args.days, args.cards, args.seed)
+        (w0, w1), (p0, p1) = pv["cpu"]["without"], pv["cpu"]["with"]
+        lines += [
+            "## The cost of provenance, interleaved in one process (CPU time per transaction)",
+            "",
+            f"Stream: built-in simulator, {pv['days']} days, {pv['cards']:,} cards, "
+            f"{pv['tx']:,} transactions, keyed by card over 12 input partitions (`part` set "
+            "before each `compute`, as the Kafka runner does).",
+            "",
+            "| run | without | with | with / without |",
+            "|---|---|---|---|",
+            f"| whole stream | {w0 / pv['tx'] * 1e6:.2f} us | {p0 / pv['tx'] * 1e6:.2f} us | "
+            f"{p0 / w0:.3f} |",
+            f"| last 7 days | {w1 / pv['steady'] * 1e6:.2f} us | "
+            f"{p1 / pv['steady'] * 1e6:.2f} us | {p1 / w1:.3f} |",
+            "",
+            f"`split` of 6 of the 12 partitions at the end: {pv['split_s'] * 1e3:.0f} ms CPU "
+            f"(states kept {pv['sizes'][0]}, moved {pv['sizes'][1]}; label store kept "
+            f"{pv['labels'][0]:,}, moved {pv['labels'][1]:,}).",
+            "",
+        ]
+        log("\n".join(lines[-11:]))
     # memory first: its RSS delta is only meaningful in a process that has not yet grown
     m = s = None
     if not args.skip_memory:
