@@ -15,7 +15,9 @@ How (see the README, "Features" for the full account):
   order; later ones are decided on the state still held, not folded in, counted and flagged;
 * the log keeps ``grace + longest window`` of history (a categorical column only as long as
   the longest window counting it), idle entities are swept out by event time a few hundred per
-  event, a label is attributed through a ``tx_id`` store kept as long as it can still matter.
+  event, a label is attributed through a ``tx_id`` store kept as long as it can still matter;
+* two plans' states merge (``absorb``); a plan made with ``provenance`` also logs each entry's
+  input partition, so the entries of some partitions can be taken out again (``split``).
 
 Every window is exact (no bucketing, long windows included). Sums are running sums of
 deviations from the entity's first value, so they carry floating-point rounding like any

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PART_SIZE", "TxStore"]
+__all__ = ["PART_SIZE", "Decide", "TxStore"]
 
 #: Target transactions per frozen partition, and the most entries one freeze step handles.
 PART_SIZE = 2048

@@ -74,14 +74,16 @@ def _snapshots(ops: list[dict[str, Any]], out: list[Any]) -> dict[str, Any]:
     return dict(zip(_tx_ids(ops), out, strict=True))
 
 
-_cases = (
-    streams(n_max=60),
-    st.lists(st.integers(0, N_PARTS - 1), min_size=1, max_size=60),
-    st.floats(0, 1),
-    st.booleans(),
-    st.sets(st.integers(0, N_PARTS - 1)),
-    st.booleans(),
-)
+@st.composite
+def _split_cases(draw: Any) -> tuple[str, list[dict[str, Any]], dict[str, int], int, set[int]]:
+    """A timezone, a stream without late events, its transactions' input partitions, where to
+    split and the partitions to move."""
+    tz, ops = draw(streams(n_max=60))
+    ops = _accepted(ops, reference(ALL_SPECS, ops, timezone=tz, grace=GRACE))
+    tags = draw(st.lists(st.integers(0, N_PARTS - 1), min_size=1, max_size=60))
+    part = _partitions(ops, tags, by_card=draw(st.booleans()))
+    cut = int(draw(st.floats(0, 1)) * len(ops))
+    return tz, ops, part, cut, draw(st.sets(st.integers(0, N_PARTS - 1)))
 
 
 def _go_on_apart(
@@ -112,42 +114,27 @@ def _fed(tz: str, ops: list[dict[str, Any]], part: dict[str, int]) -> FeaturePla
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(*_cases)
+@given(_split_cases(), st.booleans())
 def test_split_plans_go_on_as_plans_fed_their_partitions_only(
-    case: tuple[str, list[dict[str, Any]]],
-    tags: list[int],
-    where: float,
-    by_card: bool,
-    moving: set[int],
-    restored: bool,
+    case: tuple[str, list[dict[str, Any]], dict[str, int], int, set[int]], restored: bool
 ) -> None:
-    tz, ops = case
-    ops = _accepted(ops, reference(ALL_SPECS, ops, timezone=tz, grace=GRACE))
-    part = _partitions(ops, tags, by_card)
-    cut = int(where * len(ops))
+    tz, ops, part, cut, moving = case
     plan = _fed(tz, ops[:cut], part)
     if restored:  # the snapshot of a dead instance: its partition column kept
+        sd = plan.state_dict()
         plan = _make(tz)
-        plan.load_state_dict(_fed(tz, ops[:cut], part).state_dict())
+        plan.load_state_dict(sd)
     moved = plan.split(moving)
     assert moved.watermark == plan.watermark
     _go_on_apart(plan, moved, moving, ops, cut, part, tz=tz)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(*_cases)
+@given(_split_cases(), st.booleans())
 def test_absorbing_a_split_back_goes_on_as_never_split(
-    case: tuple[str, list[dict[str, Any]]],
-    tags: list[int],
-    where: float,
-    by_card: bool,
-    moving: set[int],
-    state_dict: bool,
+    case: tuple[str, list[dict[str, Any]], dict[str, int], int, set[int]], state_dict: bool
 ) -> None:
-    tz, ops = case
-    ops = _accepted(ops, reference(ALL_SPECS, ops, timezone=tz, grace=GRACE))
-    part = _partitions(ops, tags, by_card)
-    cut = int(where * len(ops))
+    tz, ops, part, cut, moving = case
     plan = _fed(tz, ops[:cut], part)
     held = plan.label_store_size()
     moved = plan.split(moving)
