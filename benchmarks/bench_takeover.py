@@ -40,6 +40,7 @@ import os
 import pickle
 import platform
 import shlex
+import shutil
 import statistics
 import sys
 import tempfile
@@ -350,6 +351,7 @@ def main() -> int:
     mem_on, pickled_on = traced_bytes(victim, history, True)
     cards_held = reference.state_sizes()["card_id"]
     load_after = load()
+    shutil.rmtree(state_dir)
 
     a_cpu = statistics.median(x[0] for x in times["a"])
     a_wall = statistics.median(x[1] for x in times["a"])
