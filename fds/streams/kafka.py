@@ -2167,47 +2167,59 @@ class Runner:
     def _take_over(
         self, scratch: Any, alone: Mapping[Any, int], ranges: Mapping[Any, tuple[int, int]]
     ) -> dict[Any, int]:
-        """Take the state of partitions moved here, never held here (``alone`` 0), from the
-        newest snapshot another instance of the group published to the state topic holding
-        each (furthest along, within its ``ranges``: past the feature horizon's start, not past
-        its committed offset) into ``scratch``: that snapshot's feature state, cut to the
-        entries of those partitions (:meth:`fds.features.FeaturePlan.split`: the feature state
-        records each event's input partition with a state topic). Returns each partition
-        taken with the offset its state covers: folded from there instead of from the horizon.
-        A snapshot that cannot be fetched, verified or used (other feature declarations) is
-        logged and its partitions rebuilt."""
+        """Take the state of the partitions moved here from the snapshots other instances of
+        the group published to the state topic, into the empty ``scratch``: for each, the
+        newest snapshot holding it furthest along within its ``ranges`` (past the feature
+        horizon's start, not past its committed offset), its feature state cut to the entries
+        of the partitions taken from it (:meth:`fds.features.FeaturePlan.split`: with a state
+        topic the feature state records each event's input partition). Returns each partition
+        with the offset its state covers, folded from there instead of from the horizon; or
+        nothing (the reason logged), and every partition in ``alone`` is rebuilt as before.
+
+        All or nothing: the fold that follows reads every moved partition in event time into
+        ``scratch``, whose event time a snapshot sets; records older than it by more than the
+        grace period would not be folded (late), so a partition read from its horizon or from
+        where it was left here (``alone`` above 0), or snapshots whose event times are more
+        than the grace period apart, take none over."""
         st = self.state_topic
-        todo = {tp for tp, o in alone.items() if o == 0}
-        if st is None or not todo or not getattr(scratch, "provenance", False):
+        if st is None or not alone or not getattr(scratch, "provenance", False):
             return {}
 
         def make() -> Any:
             return self._consumer_factory(**self.s.reader_config())
 
+        def nothing(why: str, level: int = logging.INFO) -> dict[Any, int]:
+            log.log(level, "partitions moved here %s are not taken over from snapshots on the "
+                    "state topic: %s; they are rebuilt from the input",
+                    sorted(tp.partition for tp in alone), why)  # fmt: skip
+            return {}
+
+        if held := sorted(tp.partition for tp, o in alone.items() if o):
+            return nothing(f"partitions {held} were held here before")
         try:
             manifests = StateTopic.scan(
                 st.topic, make, f"{self.s.group}/", timeout_s=self.s.broker_timeout_s
             )
         except (KafkaError, UnreadableRecords) as exc:
-            manifests = None
-            log.warning("%s: %s", type(exc).__name__, exc)
+            return nothing(f"the topic cannot be read ({describe(exc)})", logging.WARNING)
         if manifests is None:
-            log.warning('state topic="%s" could not be scanned for snapshots: the partitions '
-                        "moved here are rebuilt from the input", st.topic)  # fmt: skip
-            return {}
+            return nothing("the topic could not be read (logged above)", logging.WARNING)
         best: dict[Any, tuple[int, str]] = {}  # partition -> (offset, instance)
         for ident, m in manifests.items():
             if ident == st.ident or m.get("topic") != self.s.input_topic:
                 continue
             for p, o in manifest_offsets(m).items():
                 tp = TopicPartition(self.s.input_topic, p)
-                if tp in todo and ranges[tp][0] < o <= ranges[tp][1] and o > best.get(tp, (0,))[0]:
+                if tp in alone and ranges[tp][0] < o <= ranges[tp][1] and o > best.get(tp, (0,))[0]:
                     best[tp] = (o, ident)
-        taken: dict[Any, int] = {}
-        for ident in sorted({i for _, i in best.values()}):
-            tps = sorted(
-                (tp for tp, (_, i) in best.items() if i == ident), key=lambda tp: tp.partition
+        if none := sorted(tp.partition for tp in alone if tp not in best):
+            return nothing(
+                f"no snapshot of another instance holds partitions {none} past the start of "
+                "their feature horizon and within their committed offsets"
             )
+        cuts = []  # (instance, partitions, their state, offsets covered, bytes, seconds)
+        for ident in sorted({i for _, i in best.values()}):
+            tps = sorted((tp for tp in best if best[tp][1] == ident), key=lambda tp: tp.partition)
             parts = [tp.partition for tp in tps]
             t0 = time.monotonic()
             try:
@@ -2222,18 +2234,27 @@ class Runner:
                     raise ConfigError(f"its offsets {got.offsets} are not its manifest's")
                 other = scratch.fresh()
                 other.load_state_dict(got.state["features"])
-                scratch.absorb(other.split(parts))
-            except (ConfigError, KafkaError, UnreadableRecords, KeyError, TypeError) as exc:
-                log.warning(
-                    'partitions %s not taken over from the snapshot of instance="%s" (%s: %s): '
-                    "rebuilt from the input", parts, ident, type(exc).__name__, exc,
-                )  # fmt: skip
-                continue
+                cut = other.split(parts)
+            except Exception as exc:  # (verified, yet unusable: other declarations, a bug)
+                return nothing(
+                    f'the snapshot of instance="{ident}" cannot be used ({describe(exc)})',
+                    logging.WARNING,
+                )
+            cuts.append((ident, parts, cut, covered, len(data), time.monotonic() - t0))
+        times = [cut.watermark for _, _, cut, *_ in cuts]
+        if max(times) - min(times) > scratch.grace:
+            return nothing(
+                f"their snapshots are {max(times) - min(times):.0f} s of event time apart, "
+                "more than the grace period"
+            )
+        taken: dict[Any, int] = {}
+        for ident, parts, cut, covered, size, took in cuts:
+            scratch.absorb(cut)
             taken.update(covered)
             log.info(
                 'partitions %s taken over from the snapshot of instance="%s" offsets="%s" '
                 "bytes=%d seconds=%.1f", parts, ident,
-                {tp.partition: o for tp, o in covered.items()}, len(data), time.monotonic() - t0,
+                {tp.partition: o for tp, o in covered.items()}, size, took,
             )  # fmt: skip
         return taken
 

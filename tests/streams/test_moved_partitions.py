@@ -154,7 +154,9 @@ def test_the_lag_report_during_a_restore_waits_for_the_broker_briefly(tmp_path):
     assert calls == [ENDS_TIMEOUT_MS]  # then the ends read at the start, for a while
 
 
-def _taking_over(tmp_path: Any, monkeypatch: Any, victim_settings: dict[str, Any]) -> Any:
+def _taking_over(
+    tmp_path: Any, monkeypatch: Any, victim_settings: dict[str, Any], published: Any = None
+) -> Any:
     """Partitions 0 and 1, 20 records each, committed at 10; this instance ("g/b", with a state
     topic) holds 0 and takes 1 over. Instance "g/a" (``victim_settings``) decided both up to
     5 and published that snapshot; the scan also finds this instance's own manifest and one of
@@ -174,7 +176,7 @@ def _taking_over(tmp_path: Any, monkeypatch: Any, victim_settings: dict[str, Any
     snapshot = victim.checkpointer.path.read_bytes()
     r = _runner(tmp_path / "b", logs, {0: 10}, **TAKER)
     manifests = {
-        "g/a": {"topic": "transactions", "offsets": {"0": 5, "1": 5}},
+        "g/a": {"topic": "transactions", "offsets": published or {"0": 5, "1": 5}},
         "g/b": {"topic": "transactions", "offsets": {"1": 9}},
         "g/c": {"topic": "payments", "offsets": {"1": 9}},
     }
@@ -219,5 +221,20 @@ def test_a_snapshot_that_cannot_be_split_is_not_taken_over(tmp_path, caplog, mon
     with caplog.at_level("INFO"):
         _, _, fetched = _taking_over(tmp_path, monkeypatch, {"group_instance_id": "a"})
     assert fetched == ["g/a"]
-    assert 'partitions [1] not taken over from the snapshot of instance="g/a"' in caplog.text
+    assert 'snapshots on the state topic: the snapshot of instance="g/a" cannot be used (' in (
+        caplog.text
+    )
+    assert "ranges={1: (0, 10)}" in caplog.text
+
+
+def test_a_partition_no_snapshot_holds_is_rebuilt(tmp_path, caplog, monkeypatch):
+    """The newest snapshot of instance a was written before it got partition 1: partition 1
+    is rebuilt from its horizon, and nothing is taken over (all or nothing: the rebuild reads
+    every moved partition in event time, from far behind a snapshot's)."""
+    with caplog.at_level("INFO"):
+        _, _, fetched = _taking_over(
+            tmp_path, monkeypatch, {**TAKER, "group_instance_id": "a"}, {"0": 5}
+        )
+    assert fetched == []
+    assert "no snapshot of another instance holds partitions [1]" in caplog.text
     assert "ranges={1: (0, 10)}" in caplog.text
