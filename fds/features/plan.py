@@ -697,9 +697,11 @@ class FeaturePlan:
         """Move every log entry of the input partitions ``parts`` out of this plan into a new
         plan (:meth:`fresh`, with this plan's watermark), and return it.
 
-        The inverse of :meth:`absorb`: each side ends as if it had been fed only its own
-        partitions (its events' features then exact, and ``absorb`` of the two gives back
-        this plan's state). An entity whose entries all move is moved whole (one scan of its
+        The inverse of :meth:`absorb`: each side holds the entries of its own partitions, its
+        windows as if it had been fed only those (sums to rounding), and ``absorb`` of the two
+        gives back this plan's state; but both keep this plan's watermark, so an event of the
+        moved partitions folded next is late as it would be here, not as it would be in a
+        plan fed them alone. An entity whose entries all move is moved whole (one scan of its
         partition column when they are of one partition); one whose entries all stay is left
         as it is; one with entries on both sides is cut in two, each with its windows
         recomputed (:meth:`_repair`; categorical columns become whole logs as in

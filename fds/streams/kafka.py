@@ -2177,10 +2177,10 @@ class Runner:
         nothing (the reason logged), and every partition in ``alone`` is rebuilt as before.
 
         All or nothing: the fold that follows reads every moved partition in event time into
-        ``scratch``, whose event time a snapshot sets; records older than it by more than the
+        ``scratch``, whose event time the snapshot sets; records older than it by more than the
         grace period would not be folded (late), so a partition read from its horizon or from
-        where it was left here (``alone`` above 0), or snapshots whose event times are more
-        than the grace period apart, take none over."""
+        where it was left here (``alone`` above 0), or snapshots of instances decided to
+        different event times, take none over."""
         st = self.state_topic
         if st is None or not alone or not getattr(scratch, "provenance", False):
             return {}
@@ -2205,8 +2205,13 @@ class Runner:
         if manifests is None:
             return nothing("the topic could not be read (logged above)", logging.WARNING)
         best: dict[Any, tuple[int, str]] = {}  # partition -> (offset, instance)
+        depth = st.ident.count("/")  # (group "g" and instance "x/y" is not group "g/x")
         for ident, m in manifests.items():
-            if ident == st.ident or m.get("topic") != self.s.input_topic:
+            if (
+                ident == st.ident
+                or ident.count("/") != depth
+                or m.get("topic") != (self.s.input_topic)
+            ):
                 continue
             for p, o in manifest_offsets(m).items():
                 tp = TopicPartition(self.s.input_topic, p)
@@ -2232,20 +2237,30 @@ class Runner:
                 covered = {tp: got.offsets.get(tp.partition, -1) for tp in tps}
                 if any(not ranges[tp][0] < o <= ranges[tp][1] for tp, o in covered.items()):
                     raise ConfigError(f"its offsets {got.offsets} are not its manifest's")
+                size = len(data)
+                features = got.state["features"]
+                del data, got  # (the snapshot's bytes, whole and pickled: not held meanwhile)
                 other = scratch.fresh()
-                other.load_state_dict(got.state["features"])
+                other.load_state_dict(features)
+                del features
                 cut = other.split(parts)
+                del other
             except Exception as exc:  # (verified, yet unusable: other declarations, a bug)
                 return nothing(
                     f'the snapshot of instance="{ident}" cannot be used ({describe(exc)})',
                     logging.WARNING,
                 )
-            cuts.append((ident, parts, cut, covered, len(data), time.monotonic() - t0))
-        times = [cut.watermark for _, _, cut, *_ in cuts]
-        if max(times) - min(times) > scratch.grace:
+            cuts.append((ident, parts, cut, covered, size, time.monotonic() - t0))
+        if len({cut.watermark for _, _, cut, *_ in cuts}) > 1:
             return nothing(
-                f"their snapshots are {max(times) - min(times):.0f} s of event time apart, "
-                "more than the grace period"
+                f"they are held by the snapshots of {len(cuts)} instances, decided to different "
+                "event times (the records after one would be folded against the other's, "
+                "those within the grace period of their own late)"
+            )
+        if other_ttl := [i for i, _, cut, *_ in cuts if cut.label_ttl != scratch.label_ttl]:
+            return nothing(  # (absorb refuses it: checked before any is merged)
+                f"the snapshots of {other_ttl} keep labels for another label_ttl than this "
+                f"instance's {scratch.label_ttl:.0f} s"
             )
         taken: dict[Any, int] = {}
         for ident, parts, cut, covered, size, took in cuts:

@@ -69,12 +69,22 @@ POLL_RECORDS = 64
 
 
 def manifest_offsets(manifest: Mapping[str, Any]) -> dict[int, int]:
-    """The input offsets a manifest says its snapshot covers (``{}``: it does not say).
+    """The input offsets a manifest says its snapshot covers (``{}``: it does not say, or not
+    as partition numbers mapped to offsets: manifests are not signed).
 
     >>> manifest_offsets({"slot": "a", "topic": "tx", "offsets": {"0": 12, "3": 7}})
     {0: 12, 3: 7}
+    >>> manifest_offsets({"offsets": {"0": "5.0"}}), manifest_offsets({"offsets": [1]})
+    ({}, {})
     """
-    return {int(p): int(o) for p, o in (manifest.get("offsets") or {}).items()}
+    got = manifest.get("offsets")
+    if not isinstance(got, dict):
+        return {}
+    try:
+        out = {int(p): o for p, o in got.items()}
+    except ValueError:
+        return {}
+    return out if all(o.__class__ is int for o in out.values()) else {}
 
 
 def _is_chunk(key: bytes) -> bool:

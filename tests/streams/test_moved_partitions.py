@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import pytest
 from kafka.structs import TopicPartition
 
 from fds.streams.kafka import _event_time
@@ -155,7 +156,11 @@ def test_the_lag_report_during_a_restore_waits_for_the_broker_briefly(tmp_path):
 
 
 def _taking_over(
-    tmp_path: Any, monkeypatch: Any, victim_settings: dict[str, Any], published: Any = None
+    tmp_path: Any,
+    monkeypatch: Any,
+    victim_settings: dict[str, Any],
+    published: Any = None,
+    left: Any = None,
 ) -> Any:
     """Partitions 0 and 1, 20 records each, committed at 10; this instance ("g/b", with a state
     topic) holds 0 and takes 1 over. Instance "g/a" (``victim_settings``) decided both up to
@@ -188,6 +193,8 @@ def _taking_over(
 
     monkeypatch.setattr(kafka.StateTopic, "scan", staticmethod(lambda *a, **k: manifests))
     monkeypatch.setattr(kafka.StateTopic, "fetch_foreign", fetch_foreign)
+    if left is not None:
+        r._left = left
     r._bring_up_to_date(p)
     return r, logs, fetched
 
@@ -238,3 +245,30 @@ def test_a_partition_no_snapshot_holds_is_rebuilt(tmp_path, caplog, monkeypatch)
     assert fetched == []
     assert "no snapshot of another instance holds partitions [1]" in caplog.text
     assert "ranges={1: (0, 10)}" in caplog.text
+
+
+@pytest.mark.parametrize("offsets", [{"1": "5.0"}, {"1": None}, [5], {"one": 5}])
+def test_a_malformed_manifest_is_no_snapshot(tmp_path, caplog, monkeypatch, offsets):
+    """Manifests are not signed: offsets that are no partition-to-offset map (another release,
+    a bug, a forgery) name no snapshot, and partition 1 is rebuilt (a review found fds run
+    stopped by one, at every restart while it stayed the newest)."""
+    with caplog.at_level("INFO"):
+        _, _, fetched = _taking_over(
+            tmp_path, monkeypatch, {**TAKER, "group_instance_id": "a"}, offsets
+        )
+    assert fetched == []
+    assert "no snapshot of another instance holds partitions [1]" in caplog.text
+
+
+def test_a_partition_held_here_before_is_folded_from_where_it_was_left(
+    tmp_path, caplog, monkeypatch
+):
+    """Partition 1 was held here and given back at offset 3: its events before are in the
+    windows, so it is folded from there and nothing is taken from a snapshot."""
+    with caplog.at_level("INFO"):
+        _, _, fetched = _taking_over(
+            tmp_path, monkeypatch, {**TAKER, "group_instance_id": "a"}, left={1: (T, 3)}
+        )
+    assert fetched == []
+    assert "partitions [1] were held here before" in caplog.text
+    assert "ranges={1: (3, 10)}" in caplog.text
