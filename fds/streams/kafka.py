@@ -2017,6 +2017,18 @@ class Runner:
                 nexts = self._next_times(hold, committed, begin, end)
                 if self._merged_late({tp: t for tp, t in nexts.items() if tp in alone}, None):
                     alone = None
+            if alone is not None:
+                scratch, moving = plan.fresh(), alone
+                starts = self._retrying(
+                    "locating the feature horizon",
+                    lambda: start_offsets(reader, moving, horizon_seconds(self.engine),
+                                          "the state rebuild"),
+                )  # fmt: skip
+                moved = {tp: (max(starts[tp], o), behind[tp]) for tp, o in alone.items()}
+                taken = self._take_over(scratch, alone, moved)
+                moved.update((tp, (o, behind[tp])) for tp, o in taken.items())
+                if not taken and not pos:  # an empty state that no snapshot fills: rebuilt
+                    alone = None  # whole, its last days through the whole engine (below)
             if restart:
                 what = "catch-up"
                 ranges = {tp: (max(pos[tp.partition], begin[tp]), c) for tp, c in behind.items()}
@@ -2029,16 +2041,8 @@ class Runner:
                         )  # fmt: skip
             elif alone is not None:
                 what = "rebuild of the partitions moved here"
-                plan = scratch = plan.fresh()
+                plan, ranges = scratch, moved
                 fold, hold = fold_features, []  # (each folded whole: _merge_moved checks)
-                starts = self._retrying(
-                    "locating the feature horizon",
-                    lambda: start_offsets(reader, alone, horizon_seconds(self.engine),
-                                          "the state rebuild"),
-                )  # fmt: skip
-                ranges = {tp: (max(starts[tp], alone[tp]), behind[tp]) for tp in alone}
-                taken = self._take_over(scratch, alone, ranges)
-                ranges.update((tp, (o, behind[tp])) for tp, o in taken.items())
             else:
                 what = "rebuild"
                 self._left = {}
@@ -2137,7 +2141,13 @@ class Runner:
         holds, and :meth:`fds.features.FeaturePlan.absorb` is exact."""
         plan, pos, left = self.engine.features, self._positions, self._left
         refused, self._alone_refused = self._alone_refused, False
-        if not pos or refused or not hasattr(plan, "absorb"):  # (following none: of all)
+        # An empty state (a new instance, a scale-out) tries snapshots too (_take_over); none:
+        # rebuilt whole, as a state that follows no partition is.
+        empty = (
+            left == {} and not self._refold and self.state_topic is not None
+            and getattr(plan, "watermark", 0) == -math.inf
+        )  # fmt: skip
+        if (not pos and not empty) or refused or not hasattr(plan, "absorb"):
             return None
         moved = sorted(tp.partition for tp in behind if tp.partition not in pos)
         if left is None or any(not isinstance(v, tuple) for v in left.values()):

@@ -159,7 +159,8 @@ def test_two_instances_one_killed_survivor_takes_over_nothing_lost(
     of those partitions alone and merges it into its own, and every tx_id is decided with the
     card features of an uninterrupted run; once merged, with all of them. ``input``: rebuilt
     from the feature horizon of the input; ``snapshot`` (both with a state topic): taken from
-    the victim's newest snapshot there, folded from its offsets only."""
+    the victim's newest snapshot there, folded from its offsets only (and the survivor, a new
+    instance with an empty state, took its first share over from the victim's snapshot too)."""
     # 20,000 transactions within 200 s of event time, less than the grace period: however far
     # apart in event time the two instances get, nothing can be late, so every card feature
     # must equal the uninterrupted run's -- unless a moved partition's history is missing.
@@ -197,6 +198,9 @@ def test_two_instances_one_killed_survivor_takes_over_nothing_lost(
         lambda: count_records(kafka_bootstrap, topics["decisions"]) >= 0.1 * len(ids),
         90, "the victim deciding",
     )  # fmt: skip
+    if source == "snapshot":  # the survivor joins once the victim has published: its share
+        wait_until(lambda: _published(kafka_bootstrap, topics, f"{group}/a"), 60,
+                   "the victim's first snapshot")  # fmt: skip
     survivor = spawn_run(kafka_bootstrap, topics, group, stages=stages("b"), env=env)
     wait_until(
         lambda: (tmp_path / "b" / "engine.ckpt").exists()
@@ -258,6 +262,8 @@ def test_two_instances_one_killed_survivor_takes_over_nothing_lost(
     assert rebuilt and not rebuilt & set(map(int, re.findall(r"\[(\d)\]'", held))), (line, held)
     ranges = {int(p): int(a) for p, a, _ in re.findall(r"(\d+): \((\d+), (\d+)\)", line)}
     if source == "snapshot":  # folded from the snapshot's offsets, not from the horizon
+        joined = [ln for ln in err.splitlines() if "taken over from the snapshot" in ln]
+        assert _log_time(joined[0]) < t_kill, err[-4000:]  # (a new instance: a scale-out)
         (took,) = [  # (the newest snapshot: the victim may have published another)
             re.search(r'/a\\?" offsets=\\?"\{([^}]*)\}', ln)
             for ln in err.splitlines()

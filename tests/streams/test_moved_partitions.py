@@ -161,6 +161,7 @@ def _taking_over(
     victim_settings: dict[str, Any],
     published: Any = None,
     left: Any = None,
+    own: Any = None,
 ) -> Any:
     """Partitions 0 and 1, 20 records each, committed at 10; this instance ("g/b", with a state
     topic) holds 0 and takes 1 over. Instance "g/a" (``victim_settings``) decided both up to
@@ -179,7 +180,7 @@ def _taking_over(
     _decide(victim.engine, [m for tp in p for m in logs[tp][:5]])
     victim.checkpointer.save(victim._state(), topic="transactions", offsets={0: 5, 1: 5})
     snapshot = victim.checkpointer.path.read_bytes()
-    r = _runner(tmp_path / "b", logs, {0: 10}, **TAKER)
+    r = _runner(tmp_path / "b", logs, {0: 10} if own is None else own, **TAKER)
     manifests = {
         "g/a": {"topic": "transactions", "offsets": published or {"0": 5, "1": 5}},
         "g/b": {"topic": "transactions", "offsets": {"1": 9}},
@@ -272,3 +273,29 @@ def test_a_partition_held_here_before_is_folded_from_where_it_was_left(
     assert fetched == []
     assert "partitions [1] were held here before" in caplog.text
     assert "ranges={1: (3, 10)}" in caplog.text
+
+
+def test_an_empty_state_takes_every_partition_over(tmp_path, caplog, monkeypatch):
+    """A new instance (a scale-out, a replacement under a new id) gets partitions 0 and 1 with
+    an empty state: both are taken from instance a's snapshot, not rebuilt from the horizon,
+    and it decides as one engine that decided both partitions all along."""
+    with caplog.at_level("INFO"):
+        r, logs, fetched = _taking_over(
+            tmp_path, monkeypatch, {**TAKER, "group_instance_id": "a"}, own={}
+        )
+    assert fetched == ["g/a"]
+    assert "partitions [0, 1] taken over from the snapshot" in caplog.text
+    assert "ranges={0: (5, 10), 1: (5, 10)}" in caplog.text
+    ref = _runner(tmp_path / "ref", logs, {0: 10, 1: 10})
+    rest = [m for recs in logs.values() for m in recs[10:]]
+    got, want = _decide(r.engine, rest), _decide(ref.engine, rest)
+    assert [d["features"] for d in got] == [d["features"] for d in want]
+
+
+def test_an_empty_state_no_snapshot_fills_is_rebuilt_whole(tmp_path, caplog, monkeypatch):
+    """No snapshot holds partition 1: the empty state is rebuilt whole (every partition, its
+    last days through the whole engine), as without a state topic."""
+    with caplog.at_level("INFO"):
+        _taking_over(tmp_path, monkeypatch, {**TAKER, "group_instance_id": "a"}, {"0": 5}, own={})
+    assert "rebuild of the partitions moved here" not in caplog.text
+    assert "rebuild partitions=[0, 1]" in caplog.text
