@@ -1986,6 +1986,7 @@ class Runner:
         plan: Any = self.engine.features  # what fold_features folds into (alone: scratch)
         fold = self._fold
         nexts: dict[Any, float] = {}  # alone: event time of each partition's next record
+        taken: dict[Any, int] = {}  # alone: the partitions taken over from snapshots
         at: dict[str, Any] = {}  # partition and offset of the record folded (read_merged)
         tail: dict[Any, int] = {}  # a rebuild: where the records for the whole engine start
 
@@ -2024,8 +2025,12 @@ class Runner:
                     lambda: start_offsets(reader, moving, horizon_seconds(self.engine),
                                           "the state rebuild"),
                 )  # fmt: skip
+                # (a snapshot of a partition held here before is taken from its horizon on:
+                # this instance's entries of it are dropped, not folded on from where it left)
+                taken = self._take_over(
+                    scratch, alone, {tp: (starts[tp], behind[tp]) for tp in alone}
+                )
                 moved = {tp: (max(starts[tp], o), behind[tp]) for tp, o in alone.items()}
-                taken = self._take_over(scratch, alone, moved)
                 moved.update((tp, (o, behind[tp])) for tp, o in taken.items())
                 if not taken and not pos:  # an empty state that no snapshot fills: rebuilt
                     alone = None  # whole, its last days through the whole engine (below)
@@ -2107,7 +2112,7 @@ class Runner:
             self._restoring = False
             with contextlib.suppress(Exception):
                 reader.close()
-        if alone is not None and not self._merge_moved(scratch, alone, nexts):
+        if alone is not None and not self._merge_moved(scratch, alone, nexts, taken):
             return self._bring_up_to_date(tps)  # (now a rebuild of every partition)
         pos.update({tp.partition: c for tp, c in committed.items() if c is not None})
         # What the fold left (past the event time of a partition behind) is folded as the loop
@@ -2188,9 +2193,10 @@ class Runner:
 
         All or nothing: the fold that follows reads every moved partition in event time into
         ``scratch``, whose event time the snapshot sets; records older than it by more than the
-        grace period would not be folded (late), so a partition read from its horizon or from
-        where it was left here (``alone`` above 0), or snapshots of instances decided to
-        different event times, take none over."""
+        grace period would not be folded (late), so a partition no snapshot holds (read from
+        its horizon), or snapshots of instances decided to different event times, take none
+        over. A partition held here before (``alone`` above 0) may be taken over: this
+        instance's own entries of it are then dropped before the merge (_merge_moved)."""
         st = self.state_topic
         if st is None or not alone or not getattr(scratch, "provenance", False):
             return {}
@@ -2199,13 +2205,13 @@ class Runner:
             return self._consumer_factory(**self.s.reader_config())
 
         def nothing(why: str, level: int = logging.INFO) -> dict[Any, int]:
-            log.log(level, "partitions moved here %s are not taken over from snapshots on the "
-                    "state topic: %s; they are rebuilt from the input",
-                    sorted(tp.partition for tp in alone), why)  # fmt: skip
+            log.log(
+                level, "partitions moved here %s are not taken over from snapshots on the state "
+                "topic: %s; they are rebuilt from the input (those held here before: from where "
+                "they were left)", sorted(tp.partition for tp in alone), why,
+            )  # fmt: skip
             return {}
 
-        if held := sorted(tp.partition for tp, o in alone.items() if o):
-            return nothing(f"partitions {held} were held here before")
         try:
             manifests = StateTopic.scan(
                 st.topic, make, f"{self.s.group}/", timeout_s=self.s.broker_timeout_s
@@ -2330,16 +2336,24 @@ class Runner:
         return bool(late)
 
     def _merge_moved(
-        self, scratch: Any, alone: Mapping[Any, int], nexts: Mapping[Any, float]
+        self,
+        scratch: Any,
+        alone: Mapping[Any, int],
+        nexts: Mapping[Any, float],
+        taken: Mapping[Any, int],
     ) -> bool:
         """Merge the state rebuilt for the partitions moved here into the engine's, unless a
         partition's next record to decide (moved or not: ``nexts``) would then be decided late
-        (the moved ones were decided far ahead): False, and every partition is rebuilt."""
-        plan = self.engine.features
+        (the moved ones were decided far ahead): False, and every partition is rebuilt. A
+        partition ``taken`` over from a snapshot that was held here before has its entries
+        here dropped first (the snapshot's hold all its events)."""
+        plan: Any = self.engine.features
         if self._merged_late(nexts, scratch):
             self._alone_refused = True  # (the recursion: said why already)
             return False
-        plan.absorb(scratch)  # type: ignore[union-attr]
+        if held := [tp.partition for tp in taken if alone[tp]]:
+            plan.split(held)  # (returned: what this instance held of them, dropped)
+        plan.absorb(scratch)
         for tp in alone:
             self._left.pop(tp.partition, None)  # type: ignore[union-attr]
         return True
