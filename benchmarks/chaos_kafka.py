@@ -1,7 +1,7 @@
 """Chaos runs of `fds run` against a broker of its own (issue 6; RELIABILITY.md's promises).
 
     python benchmarks/chaos_kafka.py [--faults broker-kill,pause] [--down 25] [--repeat 1]
-                                     [--cards 3000] [--days 10] [--out FILE]
+                                     [--cards 3000] [--days 10] [--state-topic] [--out FILE]
 
 Each run: fresh topics and group on a kit broker started here (ports 19592/19593, its own data
 dir, stopped at the end), the simulator's stream produced first (a backlog on 6 partitions),
@@ -16,7 +16,18 @@ dir, stopped at the end), the simulator's stream produced first (a backlog on 6 
   partitions; once it has rebuilt their state, the first is stopped (SIGSTOP) for 7 s, less
   than the session timeout, while the second decides on (the two drift days apart in event
   time on the backlog), then killed with SIGKILL: after the session timeout the second takes
-  its partitions, decided to an event time days behind its own.
+  its partitions, decided to an event time days behind its own;
+* **kill**: two `fds run` decide the stream's first 60% side by side to its end (both idle,
+  their event times minutes apart) and publish a checkpoint covering it; the next
+  ``KILL_TAIL_S`` of event time is produced, and once it is decided the first is killed with
+  SIGKILL (its snapshot older than that); once the second has restored its partitions after the
+  session timeout, the rest of the stream is produced. With ``--state-topic`` this is the case
+  a takeover from the victim's snapshot is for (README, "partitions that move").
+
+``--state-topic``: every instance gets the kit's state topic (``state_changelog`` of
+streams/topics.yaml, created with the others) and ``--group-instance-id`` (i1, i2), and
+``FDS_MODEL_KEY`` so snapshots are signed; the report says how each moved partition's state came
+back (taken over from a snapshot, or rebuilt and why, from the survivor's log).
 
 Both at-least-once and `--exactly-once`. Checked against the input and a replay of the same
 file through the same engine: transactions lost; duplicates, and those that differ from their
@@ -30,6 +41,7 @@ or rebuild from the feature horizon, from its log). Writes benchmarks/results/ch
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import platform
 import shlex
@@ -63,6 +75,7 @@ from fds.streams.kafka import (  # noqa: E402
 )
 from fds.streams.simulator import simulate  # noqa: E402
 from fds.streams.simulator import write as write_simulation  # noqa: E402
+from fds.streams.state_topic import StateTopic, manifest_offsets  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "chaos.md"
 PORT, CONTROLLER_PORT = 19592, 19593
@@ -72,6 +85,21 @@ MODES = {"at-least-once": [], "exactly-once": ["--exactly-once"]}
 # instances deciding side by side each count them over their own partitions.
 SPANNING = ("merchant_", "device_", "ip_")
 BEYOND = "merchant/device/ip features"
+TWO = ("handover", "kill")  # faults with two instances deciding side by side
+KILL_AT = 0.6  # kill: the share of the stream's event time decided before the kill
+# kill: event time decided after the victim's last snapshot, below the 5 min grace period (so
+# the moved partitions' next records are not late against the survivor's state: a takeover)
+KILL_TAIL_S = 240.0
+# kill: the event time produced after the survivor's restore, paced (KILL_REST_WALL_S) so that
+# no partition runs ahead of another by the grace period: a burst of it to an idle consumer is
+# decided partition by partition as fetched (a caught-up partition holds no other back:
+# fds/streams/align.py), hundreds `late` in a first try; the stream's remainder is not produced
+KILL_REST_S, KILL_REST_WALL_S = 3600.0, 60.0
+KILL_CHECKPOINT_S = 20.0  # kill: --checkpoint-every, so no snapshot follows the tail's decisions
+# Survivor log lines that say how the moved partitions came back (path, and why not taken over)
+PATHS = ("taken over from the snapshot", "not taken over", "not rebuilt alone",
+         "more than the grace period behind", "rebuild partitions=",
+         "rebuild of the partitions moved here partitions=")  # fmt: skip
 
 
 def count_output(topic: str) -> int:
@@ -83,13 +111,51 @@ def count_output(topic: str) -> int:
         c.close()
 
 
-def committed_input(topic: str, group: str) -> int:
+def committed_offsets(topic: str, group: str) -> dict[int, int]:
     c = KafkaConsumer(bootstrap_servers=BOOTSTRAP, group_id=group, enable_auto_commit=False)
     try:
         parts = [TopicPartition(topic, p) for p in c.partitions_for_topic(topic) or ()]
-        return sum(c.committed(tp) or 0 for tp in parts)
+        return {tp.partition: c.committed(tp) or 0 for tp in parts}
     finally:
         c.close()
+
+
+def committed_input(topic: str, group: str) -> int:
+    return sum(committed_offsets(topic, group).values())
+
+
+def snapshots_cover(state_topic: str, group: str, committed: dict[int, int]) -> bool:
+    """Do the group's newest snapshots on the state topic cover every committed offset?"""
+    make = lambda: KafkaConsumer(bootstrap_servers=BOOTSTRAP)  # noqa: E731
+    got = StateTopic.scan(state_topic, make, f"{group}/", timeout_s=30) or {}
+    have: dict[int, int] = {}
+    for m in got.values():
+        for p, o in manifest_offsets(m).items():
+            have[p] = max(have.get(p, 0), o)
+    return all(have.get(p, 0) >= o for p, o in committed.items())
+
+
+def assigned(log: Path) -> int:
+    """How many partitions the last assignment an `fds run` logged holds."""
+    got = [line for line in log.read_text().splitlines() if "partitions assigned:" in line]
+    return got[-1].count("transactions[") if got else 0
+
+
+def split_by_time(
+    data: Path, at: float, spans: list[float], work: Path
+) -> list[tuple[Path, list[str]]]:
+    """The stream's file cut at ``at`` of its event-time span and after each of ``spans``
+    seconds from there: a file for each piece and the remainder, each with its tx_ids."""
+    txs = [orjson.loads(line) for line in data.read_bytes().splitlines()]
+    cut = txs[0]["ts"] + at * (txs[-1]["ts"] - txs[0]["ts"])
+    cuts = [cut + s for s in itertools.accumulate([0.0, *spans])]
+    bounds = [0, *(sum(t["ts"] < c for t in txs) for c in cuts), len(txs)]
+    out = []
+    for i, (a, b) in enumerate(itertools.pairwise(bounds)):
+        path = work / f"{data.stem}.{i}.jsonl"
+        path.write_bytes(b"".join(orjson.dumps(t) + b"\n" for t in txs[a:b]))
+        out.append((path, [t["tx_id"] for t in txs[a:b]]))
+    return out
 
 
 def read_decisions(topic: str, committed: bool) -> list[dict[str, Any]]:
@@ -135,12 +201,18 @@ def wait(cond: Any, timeout: float) -> bool:
 
 def one_run(
     fault: str, mode: str, down: float, data: Path, ids: list[str], ref: dict, work: Path,
-    ddir: Path, broker_timeout: float, checkpoint_every: float = 5.0,
+    ddir: Path, broker_timeout: float, checkpoint_every: float = 5.0, state_topic: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     name = f"chaos-{uuid.uuid4().hex[:8]}"
     topics = kafka_kit.create_topics(BOOTSTRAP, prefix=name + ".")
     group = f"{name}-g"
-    produce_file(data, KafkaSettings(bootstrap=BOOTSTRAP, input_topic=topics["transactions"]))
+    sink = KafkaSettings(bootstrap=BOOTSTRAP, input_topic=topics["transactions"])
+    parts = []
+    if fault == "kill":  # (only what is produced is waited for and checked)
+        parts = split_by_time(data, KILL_AT, [KILL_TAIL_S, KILL_REST_S], work)
+        ids = [i for _, got in parts[:3] for i in got]
+        checkpoint_every = KILL_CHECKPOINT_S
+    produce_file(parts[0][0] if parts else data, sink)
     cmd = [
         sys.executable, "-m", "fds", "run", "--bootstrap", BOOTSTRAP,
         "--input-topic", topics["transactions"], "--output-topic", topics["decisions"],
@@ -151,11 +223,17 @@ def one_run(
         "--broker-timeout", f"{broker_timeout:g}", *MODES[mode],
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    if state_topic:  # snapshots signed and verified (without it: sha256 only, and a warning)
+        env.setdefault("FDS_MODEL_KEY", "chaos-" + name)
 
     def start(instance: str) -> subprocess.Popen:
         extra = ["--state-dir", str(work / name / instance)]
+        if mode == "exactly-once" or state_topic:
+            extra += ["--group-instance-id", instance]
         if mode == "exactly-once":
-            extra += ["--group-instance-id", instance, "--transactional-id", f"{name}-{instance}"]
+            extra += ["--transactional-id", f"{name}-{instance}"]
+        if state_topic:
+            extra += ["--state-topic", topics["state_changelog"]]
         with (work / f"{name}-{instance}.log").open("w") as log:
             return subprocess.Popen(
                 [*cmd, *extra], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
@@ -164,6 +242,8 @@ def one_run(
     run = start("i1")
     log_path = work / f"{name}-i1.log"
     n = len(ids)
+    killed = 0.0
+    since = 0  # the survivor's log from where its restore of the moved partitions is read
     try:
         if fault == "handover":  # the first commits, the second joins and rebuilds its share
             wait(lambda: count_output(topics["decisions"]) >= n // 10, 120)
@@ -174,6 +254,25 @@ def one_run(
             run.kill()
             run.wait()
             run, log_path = second, log2
+        elif fault == "kill":  # two side by side, caught up and published; a tail; SIGKILL
+            second, log2 = start("i2"), work / f"{name}-i2.log"
+            (_, head), (tail, mid), (rest, last), _ = parts
+            n_head, n_tail = len(head), len(mid)
+            wait(lambda: committed_input(topics["transactions"], group) >= n_head, 300)
+            # both hold partitions (the second's join can still be pending: a first try killed
+            # the first before the group gave the second any, and it rebuilt every partition)
+            wait(lambda: assigned(log_path) and assigned(log2), 60)
+            if state_topic:
+                at = committed_offsets(topics["transactions"], group)
+                wait(lambda: snapshots_cover(topics["state_changelog"], group, at), 120)
+            produce_file(tail, sink)
+            wait(lambda: committed_input(topics["transactions"], group) >= n_head + n_tail, 60)
+            run.kill()
+            run.wait()
+            killed = time.time()
+            run, log_path, since = second, log2, len(log2.read_text())
+            wait(lambda: "(state only, no output) ranges=" in log2.read_text()[since:], 120)
+            produce_file(rest, sink, rate=len(last) / KILL_REST_WALL_S)
         elif fault == "broker-kill":
             wait(lambda: count_output(topics["decisions"]) >= n // 5, 120)
             pid = kafka_kit.status(ddir).pid
@@ -186,7 +285,7 @@ def one_run(
             run.send_signal(signal.SIGSTOP)
             time.sleep(down)
             run.send_signal(signal.SIGCONT)
-        back = time.time()
+        back = killed if fault == "kill" else time.time()
         done = wait(lambda: committed_input(topics["transactions"], group) >= n, 300)
     finally:
         if run.poll() is None:
@@ -226,6 +325,12 @@ def one_run(
         t for d in got if (t := datetime.fromisoformat(d["decided_at"]).timestamp()) > back
     )
     logged = log_path.read_text()
+    paths = [  # how the moved partitions came back, and why (state topic: taken over or not)
+        line.split("msg=", 1)[-1][:400] for line in logged[since:].splitlines()
+        if any(w in line for w in PATHS)
+    ] if fault in TWO else []  # fmt: skip
+    for line in paths:
+        print("survivor:", line, flush=True)
     which = Counter(  # the features that differ from the replay, and whether decided late
         (k, "late" in (d.get("flags") or []))
         for i, d in first.items() if d["features"] != ref.get(i)
@@ -247,7 +352,8 @@ def one_run(
         "resumed_s": round(after[0] - back, 1) if after else None,
         "refused": logged.count("refused ("), "catch_up": logged.count("msg=\"catch-up"),
         "rebuild": logged.count("msg=\"rebuild"), "log": log_path.name,
-        "stopped": logged.count("fds run was stopped for"),
+        "stopped": logged.count("fds run was stopped for"), "state_topic": state_topic,
+        "taken_over": logged.count("taken over from the snapshot"), "paths": paths,
     }  # fmt: skip
 
 
@@ -268,6 +374,10 @@ def main() -> int:
     )  # fmt: skip
     ap.add_argument("--cards", type=int, default=3000)
     ap.add_argument("--days", type=int, default=10)
+    ap.add_argument(
+        "--state-topic", action="store_true",
+        help="every fds run gets the kit's state topic and a --group-instance-id (i1, i2)",
+    )  # fmt: skip
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     command = shlex.join(["python", "benchmarks/chaos_kafka.py", *sys.argv[1:]])
@@ -288,7 +398,7 @@ def main() -> int:
                     timeout = args.broker_timeout or max(60.0, args.down + 45)
                     row = one_run(
                         fault, mode, args.down, data, ids, ref, work, ddir, timeout,
-                        args.checkpoint_every,
+                        args.checkpoint_every, args.state_topic,
                     )  # fmt: skip
                     print(row, flush=True)
                     rows.append(row)
@@ -302,36 +412,42 @@ def main() -> int:
         f"simulator, {args.cards} cards x {args.days} days, {len(ids):,} transactions, produced "
         "first (a backlog on 6 partitions); the default rules, no model; `fds run` with "
         f"`--max-poll-records 50 --checkpoint-every {args.checkpoint_every:g} --broker-timeout "
-        f"{args.broker_timeout or max(60.0, args.down + 45):g}`, one fault once a fifth of the "
-        "stream is "
-        "decided (see the script's docstring). The runs' logs are in the work dir "
-        f"(`{work}`) of the machine that ran it.", "",
+        f"{args.broker_timeout or max(60.0, args.down + 45):g}"
+        + (" --state-topic <the kit's state_changelog> --group-instance-id i1|i2` (FDS_MODEL_KEY "
+           "set)" if args.state_topic else "`")
+        + ", one fault once a fifth of the stream is decided (see the script's docstring). "
+        f"The runs' logs are in the work dir (`{work}`) of the machine that ran it.", "",
         "| fault | mode | down (s) | finished | exit | lost | duplicates (differ) | features "
         "differ from a replay | decided `late` | resumed after (s) | commits refused | state "
-        "back by | own stop not counted against the broker |",
-        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+        "back by | own stop not counted against the broker | moved partitions taken over "
+        "from a snapshot |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]  # fmt: skip
     for r in rows:
         back = ("catch-up" if r["catch_up"] else "") + (" rebuild" if r["rebuild"] else "")
-        down = "-" if r["fault"] == "handover" else f"{r['down']:g}"
+        down = "-" if r["fault"] in TWO else f"{r['down']:g}"
         dups, feats = f"{r['dups']} ({r['dups_differ']})", f"{r['features_differ']}"
-        if r["fault"] == "handover":  # (see the verdict)
+        if r["fault"] in TWO:  # (see the verdict)
             dups = f"{r['dups']} ({r['dups_differ']}; {r['dups_differ_card']} beyond {BEYOND})"
             feats += f" ({r['features_differ_card']} beyond {BEYOND})"
         lines.append(
             f"| {r['fault']} | {r['mode']} | {down} | {'yes' if r['finished'] else 'NO'} "
             f"| {r['exit']} | {r['lost']} | {dups} | "
             f"{feats} | {r['late']} | {r['resumed_s']} | {r['refused']} | "
-            f"{back.strip() or '-'} | {r['stopped']} |"
+            f"{back.strip() or '-'} | {r['stopped']} | {r['taken_over']} |"
         )
     # Two instances at once (handover) each count an entity that spans partitions (merchant,
     # device, ip) over the partitions it holds (state per instance, README): there, only the
     # features of other entities (the card's) must equal a replay's, and no decision be `late`.
     bad = [r for r in rows if r["lost"] or not r["finished"] or r["late"]
-           or (r["dups_differ"] if r["fault"] != "handover" else r["dups_differ_card"])
-           or (r["features_differ"] if r["fault"] != "handover"
+           or (r["dups_differ"] if r["fault"] not in TWO else r["dups_differ_card"])
+           or (r["features_differ"] if r["fault"] not in TWO
                else r["features_differ_card"])
            or (r["mode"] == "exactly-once" and r["dups"])]  # fmt: skip
+    for r in rows:  # the survivor's own words on how the moved partitions came back
+        if r["paths"]:
+            lines += ["", f"{r['fault']} {r['mode']} ({r['log']}), the survivor's log:", ""]
+            lines += [f"    {line}" for line in r["paths"]]
     lines += [
         "",
         "Verdict: " + ("every run finished with nothing lost, every duplicate identical, "
