@@ -13,7 +13,8 @@ only), then add the new entry to counters, min/max candidates and running sums, 
 window aggregates. :func:`build_fused` inlines every group's body into one
 ``run(tx, t, wm) -> snapshot`` (what the plan calls per event; its source is kept on the plan
 as ``source`` for inspection). With provenance (``cg.prov``) the event's input partition is
-read once (``_PROV.part``) and logged by every group; without, the code does not mention it.
+read once (``_PROV.part``), logged by every group and handed to the ``tx_id`` store with the
+transaction; without, the code does not mention it.
 """
 
 from __future__ import annotations
@@ -387,12 +388,13 @@ def build_fused(
     than the entity's newest (``_reorder``), else run the group's :func:`_body` inline and
     trim the log when its oldest entry is ``trim_lag`` behind the watermark. Features are
     locals, returned as one dict in declaration order (``names``). A transaction with fraud
-    groups is handed to ``_remember(tx_id, t, keys)`` (the ``tx_id`` store): ``keys`` is the
-    fraud group's state key, or a tuple of them (``None`` where absent) with several fraud
-    groups. ``helpers`` supplies ``_reorder(gi, st, t, tx, out)``, ``_trim(gi, st, horizon)``,
-    ``_remember``, ``_cutoff``, ``_DAY`` (the day clock's cache) and, with provenance,
-    ``_PROV`` (an object whose ``part`` is the event's input partition); each ``cg.new_state``
-    (:func:`build_new_state`) creates a state.
+    groups is handed to ``_remember(tx_id, t, keys)`` (the ``tx_id`` store; with provenance
+    ``_remember(tx_id, t, keys, part)``): ``keys`` is the fraud group's state key, or a tuple
+    of them (``None`` where absent) with several fraud groups. ``helpers`` supplies
+    ``_reorder(gi, st, t, tx, out)``, ``_trim(gi, st, horizon)``, ``_remember``, ``_cutoff``,
+    ``_DAY`` (the day clock's cache) and, with provenance, ``_PROV`` (an object whose ``part``
+    is the event's input partition); each ``cg.new_state`` (:func:`build_new_state`) creates a
+    state.
     """
     var = {name: f"y{i}" for i, name in enumerate(names)}
     fraud = [gi for gi, cg in enumerate(cgs) if cg.fraud]
@@ -406,7 +408,8 @@ def build_fused(
     lines += ["    " + line for line in _reads(cgs)]
     if fraud:  # read before any state changes (a missing tx_id fails here)
         a("    tx_id = tx['tx_id']")
-    if any(cg.prov for cg in cgs):
+    part = ", part" if any(cg.prov for cg in cgs) else ""  # (handed to _remember too)
+    if part:
         a("    part = _PROV.part")
     for gi, cg in enumerate(cgs):
         ns[f"_S{gi}"] = states[gi]
@@ -428,11 +431,11 @@ def build_fused(
         a(f"            if ts[0] <= wm - {cg.trim_lag!r}:")
         a(f"                _trim({gi}, st, wm - {cg.keep!r})")
         if cg.fraud and len(fraud) == 1:
-            a("        _remember(tx_id, t, st[0])")
+            a(f"        _remember(tx_id, t, st[0]{part})")
         elif cg.fraud:
             a(f"        kf{gi} = st[0]")
     if len(fraud) > 1:
-        a(f"    _remember(tx_id, t, ({', '.join(f'kf{gi}' for gi in fraud)},))")
+        a(f"    _remember(tx_id, t, ({', '.join(f'kf{gi}' for gi in fraud)},){part})")
     a(f"    return {{{', '.join(f'{name!r}: {v}' for name, v in var.items())}}}")
     source = "\n".join(lines) + "\n"
     namespace = {**_namespace(), **ns, **helpers}

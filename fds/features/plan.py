@@ -68,7 +68,7 @@ from fds.features.codegen import (
 from fds.features.codegen import cat as _cat
 from fds.features.codegen import num as _num
 from fds.features.spec import Group, Layout, compile_specs
-from fds.features.txstore import Decide, TxStore
+from fds.features.txstore import Decide, TxStore, _member
 from fds.timeutil import parse_duration
 
 __all__ = ["FeaturePlan", "read_field"]
@@ -210,9 +210,11 @@ class FeaturePlan:
         events (a sweep visits every state; this keeps its cost amortised).
     provenance
         Log each entry's input partition (:attr:`part` when it was folded in), so that the
-        entries of some partitions can be taken out (:meth:`split`). Costs an attribute read
-        per event and two bytes and an append per entity group; off, the plan generates the
-        same code as one without the option.
+        entries of some partitions can be taken out (:meth:`split`); the ``tx_id`` store
+        records each transaction's too, so that a label marks an entry of its own partition.
+        Costs an attribute read per event, two bytes and an append per entity group, and a
+        dict entry per transaction remembered for labels (two bytes once its bucket is
+        frozen); off, the plan generates the same code as one without the option.
     """
 
     def __init__(
@@ -303,7 +305,7 @@ class FeaturePlan:
         helpers = {
             "_reorder": reorder,
             "_trim": lambda gi, st, horizon: self._trim(groups[gi], st, horizon),
-            "_remember": self._labels.remember,
+            "_remember": self._labels.remember_part if self.provenance else self._labels.remember,
             "_cutoff": self.clock.cutoff,
             "_DAY": self.clock.cache,
             **({"_PROV": self._cursor} if self.provenance else {}),
@@ -519,7 +521,7 @@ class FeaturePlan:
         if found is None:
             self.unmatched_labels += 1
             return False
-        bucket, rec, t = found
+        bucket, rec, t, part = found
         want = 1 if label["is_fraud"] else 0
         if bucket.known.get(tx_id, 0) == want:
             return False  # already counted as it says
@@ -538,13 +540,20 @@ class FeaturePlan:
             if st is None:
                 continue
             # The log holds no tx_ids: entries with this timestamp are in or out of every
-            # window together, so flagging any one of them not yet flagged counts the same.
+            # window together, so flagging any one of them not yet flagged counts the same;
+            # with provenance, one of the transaction's own input partition (a split sends
+            # it to that partition's side), unless the store did not record it.
             ts = st[TS]
             flags = st[cg.i_flags]
             p = bisect_left(ts, t)
             hi = bisect_right(ts, t, p)
-            while p < hi and flags[p] == want:
-                p += 1
+            if part is None:
+                while p < hi and flags[p] == want:
+                    p += 1
+            else:
+                col = st[cg.i_part]
+                while p < hi and (flags[p] == want or col[p] != part):
+                    p += 1
             if p >= hi:
                 continue  # trimmed or evicted: can no longer matter
             flags[p] = want
@@ -707,13 +716,15 @@ class FeaturePlan:
         recomputed (:meth:`_repair`; categorical columns become whole logs as in
         :meth:`_merge`). The new plan's counters (late, evicted, ...) start at zero.
 
-        The ``tx_id`` store keeps no partition, so a transaction ``(keys, t)`` moves, with
-        its known label, when the moved state of its fraud entity holds an entry at ``t``
-        (with several fraud groups: of any of them). An entity moved whole holds only moved
-        transactions' entries; an entity cut in two may hold an entry at ``t`` on both sides
-        (two transactions of different partitions at one instant): such a transaction is
-        kept in both stores. One whose entity no longer holds its entry (trimmed, evicted)
-        stays: its label can no longer change a feature.
+        The ``tx_id`` store records each transaction's input partition: a transaction moves,
+        with its known label, when its partition does (a label marks an entry of its own
+        partition, :meth:`on_label`, so the mark moves with it). Of a store saved before it
+        recorded partitions, a transaction ``(keys, t)`` moves when the moved state of its
+        fraud entity holds an entry at ``t`` (with several fraud groups: of any of them): an
+        entity moved whole holds only moved transactions' entries; an entity cut in two may
+        hold an entry at ``t`` on both sides (two transactions of different partitions at one
+        instant): such a transaction is kept in both stores. One whose entity no longer holds
+        its entry (trimmed, evicted) stays: its label can no longer change a feature.
 
         Raises ``ValueError`` for a plan without provenance.
         """
@@ -730,7 +741,7 @@ class FeaturePlan:
             cut = self._split_group(cg, mine, theirs, moving)
             if cg.fraud:
                 fraud.append((mine, theirs, cut))
-        new._labels = self._labels.split(_tx_sides(fraud, self._multi_fraud))
+        new._labels = self._labels.split(moving, _tx_sides(fraud, self._multi_fraud))
         new._bind()  # (to its new tx_id store)
         new._expire_labels()
         return new
@@ -860,19 +871,22 @@ def _resum(cg: _CompiledGroup, st: list[Any], wi: int) -> None:
 
 
 def _tx_sides(fraud: list[tuple[dict[Any, Any], dict[Any, Any], list[Any]]], multi: bool) -> Decide:
-    """The ``decide(keys, ts) -> (moves, stays)`` of :meth:`TxStore.split` for a split plan:
-    ``fraud`` holds per fraud group the states kept, the states moved and the keys of the
-    entities cut in two (see :meth:`FeaturePlan.split` for the rule). No Python work per
-    entry: an entity moved whole holds an entry at ``t`` if its log starts at or before
-    ``t`` (the store holds entries of its events only); entries of entities cut in two are
-    looked up as (entity number, timestamp) pairs, complex numbers in sorted arrays."""
-    tables = []
-    for mine, theirs, cut in fraud:
-        number = {key: i for i, key in enumerate(cut)}
-        first = {key: st[TS][0] for key, st in theirs.items() if key not in number}
-        tables.append((first, number, _pairs(number, theirs), _pairs(number, mine)))
+    """The ``decide(keys, ts) -> (moves, stays)`` of :meth:`TxStore.split` for a split plan,
+    for the transactions the store holds without their input partition: ``fraud`` holds per
+    fraud group the states kept, the states moved and the keys of the entities cut in two
+    (see :meth:`FeaturePlan.split` for the rule). Its tables are made at its first call (a
+    store recording partitions makes none). No Python work per entry: an entity moved whole
+    holds an entry at ``t`` if its log starts at or before ``t`` (the store holds entries of
+    its events only); entries of entities cut in two are looked up as (entity number,
+    timestamp) pairs, complex numbers in sorted arrays."""
+    tables: list[Any] = []
 
     def decide(keys: list[Any], ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if not tables:
+            for mine, theirs, cut in fraud:
+                number = {key: i for i, key in enumerate(cut)}
+                first = {key: st[TS][0] for key, st in theirs.items() if key not in number}
+                tables.append((first, number, _pairs(number, theirs), _pairs(number, mine)))
         n = len(keys)
         moves = np.zeros(n, bool)
         kept = np.zeros(n, bool)  # (by an entity cut in two)
@@ -905,13 +919,6 @@ def _pairs(number: dict[Any, int], states: dict[Any, Any]) -> np.ndarray:
     logs = [np.frombuffer(states[key][TS], np.float64) for key in number]
     nums = np.repeat(np.fromiter(number.values(), np.float64), [len(t) for t in logs])
     return np.sort(_complex(nums, np.concatenate(logs)))
-
-
-def _member(pairs: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    """Which of ``pairs`` the sorted array ``ref`` holds."""
-    if not len(ref):
-        return np.zeros(len(pairs), bool)
-    return ref[np.minimum(np.searchsorted(ref, pairs), len(ref) - 1)] == pairs
 
 
 def _like(col: Any, values: Iterable[Any]) -> Any:

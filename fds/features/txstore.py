@@ -11,6 +11,13 @@ already hold, the timestamps as float64), ~27 bytes per transaction instead of ~
 float and two dict slots). (Two dicts rather than one of tuples: a dict of strings and floats is
 not tracked by the cyclic garbage collector, a tuple per event would be.)
 
+A plan keeping provenance also records each transaction's input partition
+(:meth:`TxStore.remember_part`): a third dict while open, a uint16 column once frozen (2 bytes
+per transaction), so a label marks an entry of its own transaction's partition and a split
+sends each transaction to its partition's side. A bucket holding any transaction of unknown
+partition (remembered without one: a plan without provenance, or a store saved before
+partitions were recorded) freezes without the column; its transactions answer ``None``.
+
 The freeze is **incremental**: a frozen bucket is split into partitions of about
 ``PART_SIZE`` transactions by a stable hash of the id (fixed weights: the same in every
 process, so a restored checkpoint finds its ids), and the work -- splitting the open entries
@@ -27,7 +34,7 @@ in a frozen bucket is one binary search in the id's partition.
 >>> store.expire(freeze_before=100.0, drop_before=0.0)  # bucket [0, 100) is due to freeze
 >>> store.flush()  # finish the pending freeze steps now (normally spread over remember calls)
 >>> store.find("t1")[1:], store.find("t2")[1:], store.find("t3")
-(('m1', 5.0), ('m2', 150.0), None)
+(('m1', 5.0, None), ('m2', 150.0, None), None)
 >>> len(store)
 2
 """
@@ -35,7 +42,7 @@ in a frozen bucket is one binary search in the id's partition.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from itertools import compress, islice
 from operator import mul
 from typing import Any
@@ -102,45 +109,73 @@ def _n_parts(n: int) -> int:
     return 1 << (max(1, -(-n // PART_SIZE)) - 1).bit_length()
 
 
+#: The input partitions of a batch of entries (``np.uint16``), or ``None`` when any is unknown.
+Parts = np.ndarray | None
+
+
 def _by_part(
-    arr: np.ndarray, keys: list[Any], ts: np.ndarray, n_parts: int
-) -> Iterator[tuple[int, np.ndarray, list[Any], np.ndarray]]:
-    """The entries (encoded ids, keys, timestamps) of each partition holding any, by the
-    partition hash (NumPy: no Python work per entry but the keys' reorder)."""
+    arr: np.ndarray, keys: list[Any], ts: np.ndarray, parts: Parts, n_parts: int
+) -> Iterator[tuple[int, np.ndarray, list[Any], np.ndarray, Parts]]:
+    """The entries (encoded ids, keys, timestamps, input partitions) of each partition of the
+    hash holding any (NumPy: no Python work per entry but the keys' reorder)."""
     part = _hash_all(arr) & (n_parts - 1)
     order = np.argsort(part, kind="stable")
     bounds = np.searchsorted(part[order], np.arange(n_parts + 1)).tolist()
     keys = [keys[i] for i in order.tolist()]
     arr, ts = arr[order], ts[order]
+    parts = parts[order] if parts is not None else None
     for p, (a, b) in enumerate(itertools.pairwise(bounds)):
         if b > a:
-            yield p, arr[a:b], keys[a:b], ts[a:b]
+            yield p, arr[a:b], keys[a:b], ts[a:b], parts[a:b] if parts is not None else None
+
+
+def _no_parts(parts: Parts) -> Parts:
+    """An empty partition column of the kind of ``parts`` (none where ``parts`` is none)."""
+    return None if parts is None else np.empty(0, np.uint16)
+
+
+def _open_parts(keys: dict[str, Any], parts: dict[str, int]) -> Parts:
+    """The input partitions of an open segment's entries, in the order of ``keys``; ``None``
+    unless ``parts`` knows every one (the two dicts hold the same ids then)."""
+    if len(parts) != len(keys):
+        return None
+    return np.fromiter(map(parts.__getitem__, keys), np.uint16, len(keys))
 
 
 class _Part:
-    """One frozen partition: encoded ids sorted, with their keys and event times alike."""
+    """One frozen partition: encoded ids sorted, with their keys, event times and input
+    partitions (``parts``: ``None`` when not recorded) alike."""
 
-    __slots__ = ("ids", "keys", "ts")
+    __slots__ = ("ids", "keys", "parts", "ts")
 
-    def __init__(self, ids: np.ndarray, keys: list[Any], ts: np.ndarray) -> None:
+    def __init__(self, ids: np.ndarray, keys: list[Any], ts: np.ndarray, parts: Parts) -> None:
         order = np.argsort(ids, kind="stable")
         self.ids = ids[order]
         self.ts = ts[order]
         self.keys = [keys[i] for i in order.tolist()]
+        self.parts = parts[order] if parts is not None else None
 
-    def find(self, key: bytes) -> tuple[Any, float] | None:
+    def __setstate__(self, state: tuple[None, dict[str, Any]]) -> None:
+        # (pickled as slots: one saved before ``parts`` existed has none)
+        self.parts = None
+        for name, value in state[1].items():
+            setattr(self, name, value)
+
+    def find(self, key: bytes) -> tuple[Any, float, int | None] | None:
         ids = self.ids
         i = int(ids.searchsorted(key))
         if i < len(ids) and ids[i] == key:
-            return self.keys[i], float(self.ts[i])
+            parts = self.parts
+            return self.keys[i], float(self.ts[i]), int(parts[i]) if parts is not None else None
         return None
 
 
 class _Bucket:
     """The transactions of one event-time span: dicts while open, partitions once frozen.
 
-    While open, ``open`` holds segments of two dicts (``tx_id -> keys``, ``tx_id -> ts``,
-    filled together). ``known`` holds the tx_ids whose fraud label is currently counted
+    While open, ``open`` holds segments of three dicts (``tx_id -> keys``, ``tx_id -> ts``,
+    filled together, and ``tx_id -> input partition`` for those remembered with one).
+    ``known`` holds the tx_ids whose fraud label is currently counted
     (labels are rare). While a freeze is in progress the open dicts stay intact and answer
     lookups; ``_work`` holds the partial result (never pickled: a restored bucket starts its
     freeze again).
@@ -149,7 +184,9 @@ class _Bucket:
     __slots__ = ("_work", "known", "open", "parts")
 
     def __init__(self) -> None:
-        self.open: list[tuple[dict[str, Any], dict[str, float]]] | None = [({}, {})]
+        self.open: list[tuple[dict[str, Any], dict[str, float], dict[str, int]]] | None = [
+            ({}, {}, {})
+        ]
         self.parts: list[_Part] | None = None
         self.known: dict[str, int] = {}
         self._work: Any = None
@@ -159,30 +196,33 @@ class _Bucket:
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
         self.open, self.parts, self.known = state
+        if self.open and len(self.open[0]) == 2:  # saved before partitions were recorded
+            self.open = [(seg[0], seg[1], {}) for seg in self.open]
         self._work = None
 
     def __len__(self) -> int:
         if self.open is not None:
-            return sum(len(keys) for keys, _ts in self.open)
+            return sum(len(keys) for keys, _ts, _parts in self.open)
         return sum(len(p.keys) for p in self.parts or ())
 
-    def entries(self) -> Iterator[tuple[str, Any, float]]:
-        """Every ``(tx_id, keys, ts)`` held, open or frozen."""
+    def entries(self) -> Iterator[tuple[str, Any, float, int | None]]:
+        """Every ``(tx_id, keys, ts, input partition or None)`` held, open or frozen."""
         if self.open is not None:
-            for keys, ts in self.open:
+            for keys, ts, parts in self.open:
                 for tx_id, k in keys.items():
-                    yield tx_id, k, ts[tx_id]
+                    yield tx_id, k, ts[tx_id], parts.get(tx_id)
             return
         for p in self.parts or ():
-            for b, k, t in zip(p.ids.tolist(), p.keys, p.ts.tolist(), strict=True):
-                yield _decode(b), k, t
+            pp = p.parts.tolist() if p.parts is not None else [None] * len(p.keys)
+            for b, k, t, q in zip(p.ids.tolist(), p.keys, p.ts.tolist(), pp, strict=True):
+                yield _decode(b), k, t, q
 
-    def find(self, tx_id: str, key: bytes, h: int) -> tuple[Any, float] | None:
+    def find(self, tx_id: str, key: bytes, h: int) -> tuple[Any, float, int | None] | None:
         if self.open is not None:
-            for keys, ts in self.open:
+            for keys, ts, in_part in self.open:
                 k = keys.get(tx_id)
                 if k is not None:
-                    return k, ts[tx_id]
+                    return k, ts[tx_id], in_part.get(tx_id)
             return None
         parts = self.parts
         assert parts is not None
@@ -195,26 +235,33 @@ class _Bucket:
 
         First steps: split the next PART_SIZE entries by partition (encode, hash and order
         them with NumPy: no Python work per entry but two list reorders); then one step per
-        partition: sort it.
+        partition: sort it. The input partitions are kept when every entry has one.
         """
         segs = self.open
         assert segs is not None
         if self._work is None:  # start: partitions (a power of two), iterators over entries
             pieces: list[Any] = [[] for _ in range(_n_parts(len(self)))]
             chain = itertools.chain.from_iterable
+            known = all(len(parts) == len(keys) for keys, _ts, parts in segs)
             self._work = (
-                chain(keys for keys, _ts in segs),
-                chain(keys.values() for keys, _ts in segs),
-                chain(ts.values() for _keys, ts in segs),
+                chain(keys for keys, _ts, _parts in segs),
+                chain(keys.values() for keys, _ts, _parts in segs),
+                chain(ts.values() for _keys, ts, _parts in segs),
+                chain(map(parts.__getitem__, keys) for keys, _ts, parts in segs) if known else None,
                 pieces,
                 [],
             )
-        it_ids, it_keys, it_ts, pieces, done = self._work
+        it_ids, it_keys, it_ts, it_parts, pieces, done = self._work
         ids = list(islice(it_ids, PART_SIZE))
         if ids:  # split the next entries into their partitions
             keys = list(islice(it_keys, PART_SIZE))
             ts = np.fromiter(islice(it_ts, PART_SIZE), np.float64, len(ids))
-            for p, *piece in _by_part(_encode_all(ids), keys, ts, len(pieces)):
+            parts = (
+                np.fromiter(islice(it_parts, PART_SIZE), np.uint16, len(ids))
+                if it_parts is not None
+                else None
+            )
+            for p, *piece in _by_part(_encode_all(ids), keys, ts, parts, len(pieces)):
                 pieces[p].append(piece)
             return None
         if len(done) < len(pieces):  # sort one partition
@@ -225,6 +272,9 @@ class _Bucket:
                     np.concatenate([g[0] for g in got]) if got else np.array([], dtype="S1"),
                     [k for g in got for k in g[1]],
                     np.concatenate([g[2] for g in got]) if got else np.array([]),
+                    (np.concatenate([g[3] for g in got]) if got else np.empty(0, np.uint16))
+                    if it_parts is not None
+                    else None,
                 )
             )
             if len(done) < len(pieces):
@@ -235,72 +285,111 @@ class _Bucket:
         return segs
 
 
-def _columns(parts: list[_Part]) -> tuple[np.ndarray, list[Any], np.ndarray]:
-    """The entries of frozen partitions as three columns: encoded ids, keys, timestamps."""
+def _columns(parts: list[_Part]) -> tuple[np.ndarray, list[Any], np.ndarray, Parts]:
+    """The entries of frozen partitions as four columns: encoded ids, keys, timestamps and
+    input partitions (``None`` unless every partition has them)."""
+    known = all(p.parts is not None for p in parts)
     return (
         np.concatenate([p.ids for p in parts]),
         [k for p in parts for k in p.keys],
         np.concatenate([p.ts for p in parts]),
+        np.concatenate([p.parts for p in parts]) if known else None,
     )
 
 
-def _frozen(ids: np.ndarray, keys: list[Any], ts: np.ndarray) -> list[_Part]:
+def _frozen(ids: np.ndarray, keys: list[Any], ts: np.ndarray, parts: Parts) -> list[_Part]:
     """The partitions of one frozen bucket holding these entries (of one span)."""
     n_parts = _n_parts(len(keys))
-    got = {p: _Part(i, k, t) for p, i, k, t in _by_part(ids, keys, ts, n_parts)}
-    empty = _Part(np.array([], dtype="S1"), [], np.array([]))
+    got = {p: _Part(i, k, t, q) for p, i, k, t, q in _by_part(ids, keys, ts, parts, n_parts)}
+    empty = _Part(np.array([], dtype="S1"), [], np.array([]), _no_parts(parts))
     return [got.get(p, empty) for p in range(n_parts)]
 
 
-#: ``decide(keys, ts) -> (moves, stays)`` of :meth:`TxStore.split`: two boolean arrays over a
-#: batch of entries (their entity keys and event times).
+#: ``decide(keys, ts) -> (moves, stays)`` of :meth:`TxStore.split` for entries of unknown
+#: input partition: two boolean arrays over a batch of entries (their entity keys and event
+#: times).
 Decide = Callable[[list[Any], np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
-def _split_bucket(bk: _Bucket, decide: Decide) -> tuple[_Bucket, _Bucket] | None:
-    """The entries of ``bk`` that move and those that stay (``decide``), each in a bucket of
-    its kind (open: segment by segment; frozen: partitioned anew) with the labels known of
+def _sides(
+    moving: np.ndarray, decide: Decide, keys: list[Any], ts: np.ndarray, parts: Parts
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(moves, stays)`` of a batch of entries: by input partition (one of ``moving``, a
+    sorted array) when the batch has them, else as ``decide`` says."""
+    if parts is None:
+        return decide(keys, ts)
+    m = _member(parts, moving)
+    return m, ~m
+
+
+def _member(values: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Which of ``values`` the sorted array ``ref`` holds."""
+    if not len(ref):
+        return np.zeros(len(values), bool)
+    return ref[np.minimum(np.searchsorted(ref, values), len(ref) - 1)] == values
+
+
+def _split_bucket(
+    bk: _Bucket, moving: np.ndarray, decide: Decide
+) -> tuple[_Bucket, _Bucket] | None:
+    """The entries of ``bk`` that move and those that stay (:func:`_sides`), each in a bucket
+    of its kind (open: segment by segment; frozen: partitioned anew) with the labels known of
     them; ``None`` when none moves."""
     moved, kept = _Bucket(), _Bucket()
     if bk.open is None:
-        ids, keys, ts = _columns(bk.parts or [])
-        masks = decide(keys, ts)
+        ids, keys, ts, parts = _columns(bk.parts or [])
+        masks = _sides(moving, decide, keys, ts, parts)
         if not masks[0].any():
             return None
         for side, m in zip((moved, kept), masks, strict=True):
             side.open = None
-            side.parts = _frozen(ids[m], list(compress(keys, m.tolist())), ts[m])
+            side_parts = parts[m] if parts is not None else None
+            side.parts = _frozen(ids[m], list(compress(keys, m.tolist())), ts[m], side_parts)
     else:
         segs = bk.open
-        cut = [decide(list(kd.values()), np.fromiter(td.values(), np.float64, len(td)))
-               for kd, td in segs]  # fmt: skip
+        cut = [
+            _sides(moving, decide, list(kd.values()), np.fromiter(td.values(), np.float64, len(td)),
+                   _open_parts(kd, pd))
+            for kd, td, pd in segs
+        ]  # fmt: skip
         if not any(mv.any() for mv, _st in cut):
             return None
         for j, side in enumerate((moved, kept)):
             side.open = []
-            for (kd, td), masks in zip(segs, cut, strict=True):
+            for (kd, td, pd), masks in zip(segs, cut, strict=True):
                 m = masks[j].tolist()
-                side.open.append((dict(compress(kd.items(), m)), dict(compress(td.items(), m))))
+                kd2 = dict(compress(kd.items(), m))
+                pd2 = (
+                    dict(zip(kd2, map(pd.__getitem__, kd2), strict=True))
+                    if len(pd) == len(kd)
+                    else {x: pd[x] for x in kd2 if x in pd}
+                )
+                side.open.append((kd2, dict(compress(td.items(), m)), pd2))
     for side in (moved, kept):
         side.known = {x: v for x, v in bk.known.items() if side.find(x, k := _encode(x), _hash(k))}
     return moved, kept
 
 
 class TxStore:
-    """``tx_id -> (entity keys, event time)`` for ``label_ttl``, in buckets of ``span`` seconds.
+    """``tx_id -> (entity keys, event time, input partition)`` for ``label_ttl``, in buckets
+    of ``span`` seconds.
 
     ``keys`` is whatever the plan attributes a label to (one entity value, or a tuple of them
-    with several fraud groups).
+    with several fraud groups); the input partition is recorded by :meth:`remember_part`
+    (``None`` for a transaction remembered without one).
     """
 
-    __slots__ = ("_countdown", "_cur", "_due", "_garbage", "_keys", "_ts", "buckets", "span")
+    __slots__ = (
+        "_countdown", "_cur", "_due", "_garbage", "_keys", "_parts", "_ts", "buckets", "span",
+    )  # fmt: skip
 
     def __init__(self, span: float) -> None:
         self.span = span
         self.buckets: dict[int, _Bucket] = {}
-        self._cur = -1  # index of the bucket last written, and its two dicts (cached)
+        self._cur = -1  # index of the bucket last written, and its three dicts (cached)
         self._keys: dict[str, Any] = {}
         self._ts: dict[str, float] = {}
+        self._parts: dict[str, int] = {}
         self._due: list[int] = []  # buckets to freeze, oldest first
         self._garbage: list[Any] = []  # open segments of frozen buckets, dropped one per step
         self._countdown = _STEP_EVERY  # remembered transactions until the next freeze step
@@ -313,31 +402,55 @@ class TxStore:
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
         self.span, self.buckets, self._due = state
-        self._cur, self._keys, self._ts = -1, {}, {}
+        self._uncache()
         self._garbage = []
         self._countdown = _STEP_EVERY
 
+    def _uncache(self) -> None:
+        """Forget the bucket last written (its dicts were replaced or frozen)."""
+        self._cur, self._keys, self._ts, self._parts = -1, {}, {}, {}
+
     def remember(self, tx_id: str, t: float, keys: Any) -> None:
         """Record an accepted transaction (``t`` must be at or after the last freeze horizon)."""
-        b = int(t // self.span)
-        if b != self._cur:
-            bk = self.buckets.get(b)
-            if bk is None:
-                bk = self.buckets[b] = _Bucket()
-            assert bk.open is not None  # frozen: out of reach
-            self._cur, (self._keys, self._ts) = b, bk.open[-1]
+        if int(t // self.span) != self._cur:
+            self._enter(t)
         self._keys[tx_id] = keys
         self._ts[tx_id] = t
         self._countdown -= 1
         if not self._countdown:
-            self._countdown = _STEP_EVERY
-            if len(self._keys) >= _SEGMENT:  # start a new segment of the current bucket
-                segs = self.buckets[self._cur].open
-                assert segs is not None
-                segs.append(({}, {}))
-                self._keys, self._ts = segs[-1]
-            if self._due or self._garbage:
-                self._step()
+            self._tick()
+
+    def remember_part(self, tx_id: str, t: float, keys: Any, part: int) -> None:
+        """:meth:`remember`, with the transaction's input partition (0 to 65535)."""
+        if int(t // self.span) != self._cur:
+            self._enter(t)
+        self._keys[tx_id] = keys
+        self._ts[tx_id] = t
+        self._parts[tx_id] = part
+        self._countdown -= 1
+        if not self._countdown:
+            self._tick()
+
+    def _enter(self, t: float) -> None:
+        """Make the last segment of the bucket of ``t`` the one written (created if new)."""
+        b = int(t // self.span)
+        bk = self.buckets.get(b)
+        if bk is None:
+            bk = self.buckets[b] = _Bucket()
+        assert bk.open is not None  # frozen: out of reach
+        self._cur, (self._keys, self._ts, self._parts) = b, bk.open[-1]
+
+    def _tick(self) -> None:
+        """Every _STEP_EVERY transactions: a new segment if the current one is full, and a
+        step of the freezes due."""
+        self._countdown = _STEP_EVERY
+        if len(self._keys) >= _SEGMENT:  # start a new segment of the current bucket
+            segs = self.buckets[self._cur].open
+            assert segs is not None
+            segs.append(({}, {}, {}))
+            self._keys, self._ts, self._parts = segs[-1]
+        if self._due or self._garbage:
+            self._step()
 
     def _step(self) -> None:
         """One bounded step: drop one replaced segment, or a freeze step on the oldest bucket
@@ -361,20 +474,22 @@ class TxStore:
         while self._due or self._garbage:
             self._step()
 
-    def find(self, tx_id: str) -> tuple[_Bucket, Any, float] | None:
-        """``(bucket, keys, ts)`` of ``tx_id``, newest bucket first; ``None`` if unknown."""
+    def find(self, tx_id: str) -> tuple[_Bucket, Any, float, int | None] | None:
+        """``(bucket, keys, ts, input partition)`` of ``tx_id``, newest bucket first (the
+        partition ``None`` when not recorded); ``None`` if unknown."""
         key = _encode(tx_id)
         h = _hash(key)
         for bk in reversed(self.buckets.values()):
             rec = bk.find(tx_id, key, h)
             if rec is not None:
-                return bk, rec[0], rec[1]
+                return bk, *rec
         return None
 
     def absorb(self, other: TxStore) -> None:
         """Add the transactions (and known labels) of ``other``, a store of the same span. A
-        bucket both hold frozen is frozen with the entries of both; one that either holds open
-        is reopened with them (the next :meth:`expire` freezes it again if it is due)."""
+        bucket both hold frozen is frozen with the entries of both (with their input
+        partitions if both have them); one that either holds open is reopened with them (the
+        next :meth:`expire` freezes it again if it is due)."""
         if other.span != self.span:
             raise ValueError(f"spans differ: {other.span} and {self.span}")
         for b, theirs in other.buckets.items():
@@ -388,28 +503,37 @@ class TxStore:
                 both.open = None
                 both.parts = _frozen(*_columns([*(mine.parts or ()), *(theirs.parts or ())]))
             else:  # (a bucket still open is recent: small)
-                keys, ts = both.open[0]  # type: ignore[index]
+                keys, ts, parts = both.open[0]  # type: ignore[index]
                 for bk in (mine, theirs):
-                    for tx_id, k, t in bk.entries():
+                    for tx_id, k, t, q in bk.entries():
                         keys[tx_id] = k
                         ts[tx_id] = t
+                        if q is None:
+                            parts.pop(tx_id, None)
+                        else:
+                            parts[tx_id] = q
             self.buckets[b] = both
         self.buckets = dict(sorted(self.buckets.items()))  # oldest first, as find expects
         self._due = []  # (made again by the next expire: reopened buckets included)
-        self._cur, self._keys, self._ts = -1, {}, {}
+        self._uncache()
 
-    def split(self, decide: Decide) -> TxStore:
-        """Move the transactions that ``decide(keys, ts) -> (moves, stays)`` says move into a
-        new store of the same span, returned, with the labels known of them. ``decide`` is
-        given a batch of entries (entity keys, event times) and returns two boolean arrays: an
-        entry marked both ways is held by both stores afterwards. A bucket keeps its kind: a
-        frozen one is partitioned anew on each side (NumPy masks: no Python work per entry
-        but the keys' filter), an open one is filtered segment by segment (a freeze in
-        progress starts again); a bucket left empty is dropped. The new store freezes its open
-        buckets once its :meth:`expire` finds them due."""
+    def split(self, parts: Collection[int], decide: Decide) -> TxStore:
+        """Move the transactions of the input partitions ``parts`` into a new store of the
+        same span, returned, with the labels known of them.
+
+        A transaction remembered without its partition (:meth:`remember`) moves as
+        ``decide(keys, ts) -> (moves, stays)`` says: given a batch of such entries (entity
+        keys, event times), it returns two boolean arrays; an entry marked both ways is held by
+        both stores afterwards. (A frozen bucket is decided by partition only if every entry
+        of it has one, an open segment likewise.) A bucket keeps its kind: a frozen one is
+        partitioned anew on each side (NumPy masks: no Python work per entry but the keys'
+        filter), an open one is filtered segment by segment (a freeze in progress starts
+        again); a bucket left empty is dropped. The new store freezes its open buckets once
+        its :meth:`expire` finds them due."""
+        moving = np.unique(np.fromiter(parts, np.int64))
         new = TxStore(self.span)
         for b, bk in list(self.buckets.items()):
-            sides = _split_bucket(bk, decide)
+            sides = _split_bucket(bk, moving, decide)
             if sides is None:
                 continue
             for store, side in zip((new, self), sides, strict=True):
@@ -417,7 +541,7 @@ class TxStore:
                     store.buckets[b] = side
                 else:
                     store.buckets.pop(b, None)
-        self._cur, self._keys, self._ts = -1, {}, {}  # (its dicts were replaced)
+        self._uncache()  # (its dicts were replaced)
         return new
 
     def expire(self, *, freeze_before: float, drop_before: float) -> None:
@@ -433,4 +557,4 @@ class TxStore:
                 self._due.append(b)
         self._due.sort()
         if self._cur in self._due:
-            self._cur, self._keys, self._ts = -1, {}, {}
+            self._uncache()

@@ -4,10 +4,11 @@ partitions of a dead instance's snapshot relies on); absorbing them back undoes 
 
 from __future__ import annotations
 
+import pickle
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from fds.errors import ConfigError
@@ -18,6 +19,7 @@ from tests.features.reference import reference
 from tests.features.test_absorb import _accepted
 from tests.features.test_plan_dense import dense_stream
 from tests.features.test_plan_properties import assert_same
+from tests.features.test_txstore import saved_before_partitions
 
 N_PARTS = 4
 
@@ -29,16 +31,13 @@ def _make(tz: str = "UTC", **kw: Any) -> FeaturePlan:
 
 
 def _partitions(ops: list[dict[str, Any]], tags: list[int], by_card: bool) -> dict[str, int]:
-    """tx_id -> input partition: by card (as the input topic is keyed) or by ``tags``. The
-    transactions of one timestamp share the first one's partition: the log holds no tx_ids, so
-    a label of one of two entries at one instant of an entity cut in two may be counted on the
-    other's side (a limitation FeaturePlan.split documents)."""
-    at: dict[float, int] = {}
+    """tx_id -> input partition: by card (as the input topic is keyed) or by ``tags`` (the
+    transactions of one instant may be of different partitions: the ``tx_id`` store records
+    each one's, so its label marks an entry of its own partition)."""
     part = {}
     for i, op in enumerate(op for op in ops if op["kind"] == "tx"):
         tx = op["tx"]
-        p = "abc".index(tx["card_id"]) if by_card else tags[i % len(tags)]
-        part[tx["tx_id"]] = at.setdefault(tx["ts"], p)
+        part[tx["tx_id"]] = "abc".index(tx["card_id"]) if by_card else tags[i % len(tags)]
     return part
 
 
@@ -74,16 +73,44 @@ def _snapshots(ops: list[dict[str, Any]], out: list[Any]) -> dict[str, Any]:
     return dict(zip(_tx_ids(ops), out, strict=True))
 
 
+# Timestamps are floored to this grid in half the cases: transactions of one instant (of
+# different partitions when partitioned by tag) on an entity, labels of them among them. (The
+# code before the tx_id store recorded partitions broke the absorb-back property on 2 to 7 %
+# of the cases drawn with 600 s, 0 to 2 % with 60 s; windows of 60 s to 1 day still see more
+# than one instant. The review's case is an explicit example besides.)
+_CROWD = 600.0
+
+
 @st.composite
 def _split_cases(draw: Any) -> tuple[str, list[dict[str, Any]], dict[str, int], int, set[int]]:
     """A timezone, a stream without late events, its transactions' input partitions, where to
     split and the partitions to move."""
     tz, ops = draw(streams(n_max=60))
+    if draw(st.booleans()):
+        for op in ops:
+            if op["kind"] == "tx":
+                op["tx"]["ts"] -= op["tx"]["ts"] % _CROWD
     ops = _accepted(ops, reference(ALL_SPECS, ops, timezone=tz, grace=GRACE))
     tags = draw(st.lists(st.integers(0, N_PARTS - 1), min_size=1, max_size=60))
     part = _partitions(ops, tags, by_card=draw(st.booleans()))
     cut = int(draw(st.floats(0, 1)) * len(ops))
     return tz, ops, part, cut, draw(st.sets(st.integers(0, N_PARTS - 1)))
+
+
+def _same_instant_case() -> tuple[str, list[dict[str, Any]], dict[str, int], int, set[int]]:
+    """The review's case: a merchant's two transactions of one instant, of partitions 1 and 0,
+    the second labelled fraud before partition 0 moves."""
+    t0 = STARTS["UTC"][0]
+    txs = [(t0, "a", 1), (t0, "b", 0), (t0 + 10, "c", 0), (t0 + 20, "c", 1)]
+    ops = [
+        {"kind": "tx", "tx": {
+            "tx_id": f"t{i}", "ts": t, "card_id": card, "amount": 1.0, "merchant_id": "m1",
+            "country": None, "device_id": None, "extra": {},
+        }}
+        for i, (t, card, _p) in enumerate(txs)
+    ]  # fmt: skip
+    ops.insert(2, {"kind": "label", "tx_id": "t1", "is_fraud": True})
+    return "UTC", ops, {f"t{i}": p for i, (_t, _c, p) in enumerate(txs)}, 3, {0}
 
 
 def _go_on_apart(
@@ -115,6 +142,7 @@ def _fed(tz: str, ops: list[dict[str, Any]], part: dict[str, int]) -> FeaturePla
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_split_cases(), st.booleans())
+@example(_same_instant_case(), False)
 def test_split_plans_go_on_as_plans_fed_their_partitions_only(
     case: tuple[str, list[dict[str, Any]], dict[str, int], int, set[int]], restored: bool
 ) -> None:
@@ -131,6 +159,7 @@ def test_split_plans_go_on_as_plans_fed_their_partitions_only(
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_split_cases(), st.booleans())
+@example(_same_instant_case(), False)
 def test_absorbing_a_split_back_goes_on_as_never_split(
     case: tuple[str, list[dict[str, Any]], dict[str, int], int, set[int]], state_dict: bool
 ) -> None:
@@ -261,25 +290,71 @@ def test_labels_move_with_their_transactions() -> None:
     assert _run(plan, [(0, _tx(4, T0 + 4, "a"))])[0]["c_fraud"] == 1
 
 
-def test_a_transaction_at_an_instant_both_sides_hold_stays_in_both() -> None:
-    fraud_by_merchant = [Spec("m_fraud", "merchant_id", "fraud_count", None, "1h")]
-    plan = FeaturePlan(fraud_by_merchant, grace=GRACE, provenance=True)
+def test_transactions_at_one_instant_go_to_their_own_partitions_side() -> None:
+    plan = FeaturePlan(COUNTS, grace=GRACE, provenance=True)
     _run(plan, [(0, _tx(0, T0, "a")), (1, _tx(1, T0, "b")), (1, _tx(2, T0 + 5, "b"))])
     moved = plan.split({1})
-    assert [plan.knows(f"t{i}") for i in range(3)] == [True, True, False]
-    assert [moved.knows(f"t{i}") for i in range(3)] == [True, True, True]
+    assert [plan.knows(f"t{i}") for i in range(3)] == [True, False, False]
+    assert [moved.knows(f"t{i}") for i in range(3)] == [False, True, True]
 
 
-def test_trimmed_or_evicted_entries_stay() -> None:
+def test_a_label_at_an_instant_of_two_partitions_marks_its_own_partitions_entry() -> None:
+    """From a review: merchant m1 has tx b (partition 1), then tx a (partition 0) at the same
+    instant; a is labelled fraud. The mark sat on b's entry (the first not yet marked), which
+    a split of partition 0 left behind, while the label known went with a: the moved state
+    counted 0 frauds for m1, and the label read again changed nothing (known already)."""
+    specs = [Spec("m_fraud", "merchant_id", "fraud_count", None, "1d")]
+    plan = FeaturePlan(specs, grace=GRACE, provenance=True)
+    _run(plan, [(1, _tx(0, T0, "c1", "m1")), (0, _tx(1, T0, "c0", "m1"))])
+    assert plan.on_label({"tx_id": "t1", "is_fraud": True})
+    moved = plan.split([0])
+    assert not moved.on_label({"tx_id": "t1", "is_fraud": True})  # (read again: known)
+    assert _run(moved, [(0, _tx(2, T0 + 10, "c9", "m1"))]) == [{"m_fraud": 1}]
+    assert _run(plan, [(1, _tx(3, T0 + 10, "c9", "m1"))]) == [{"m_fraud": 0}]
+    assert plan.on_label({"tx_id": "t0", "is_fraud": True})  # b's own label: its own entry
+    assert _run(plan, [(1, _tx(4, T0 + 20, "c9", "m1"))]) == [{"m_fraud": 1}]
+
+
+def _saved_before_partitions(plan: FeaturePlan) -> dict[str, Any]:
+    """``plan.state_dict()`` as it was before the ``tx_id`` store recorded partitions."""
+    sd = plan.state_dict()
+    body = pickle.loads(sd["state"])
+    body["labels"] = pickle.loads(saved_before_partitions(body["labels"]))
+    return {**sd, "state": pickle.dumps(body, protocol=5)}
+
+
+def test_a_state_saved_before_partitions_loads_and_splits_by_the_logs() -> None:
+    """Its transactions move when the moved state of their fraud entity holds an entry at
+    their instant: one at an instant both sides hold stays in both; its label marks any entry
+    at that instant. Transactions folded in after the restore go by their partition."""
+    fraud_by_merchant = [Spec("m_fraud", "merchant_id", "fraud_count", None, "1h")]
+    old = FeaturePlan(fraud_by_merchant, grace=GRACE, provenance=True)
+    _run(old, [(1, _tx(0, T0, "a")), (0, _tx(1, T0, "b")), (1, _tx(2, T0 + 5, "b"))])
+    plan = FeaturePlan(fraud_by_merchant, grace=GRACE, provenance=True)
+    plan.load_state_dict(_saved_before_partitions(old))
+    assert plan.on_label({"tx_id": "t1", "is_fraud": True})  # t1 of partition 0, ...
+    cg = plan._groups[0]
+    assert list(plan.states[0]["m"][cg.i_flags]) == [1, 0, 0]  # ... marks t0's entry
+    _run(plan, [(0, _tx(3, T0 + 100, "c")), (1, _tx(4, T0 + 100, "c"))])  # (a new bucket)
+    moved = plan.split({1})
+    assert [plan.knows(f"t{i}") for i in range(5)] == [True, True, False, True, False]
+    assert [moved.knows(f"t{i}") for i in range(5)] == [True, True, True, False, True]
+
+
+@pytest.mark.parametrize("saved_before", [False, True])
+def test_trimmed_or_evicted_entries_move_by_partition(saved_before: bool) -> None:
+    """Of a store saved before it recorded partitions, they stay: the logs no longer say."""
     plan = FeaturePlan(COUNTS, grace=GRACE, provenance=True, label_ttl="3d", sweep_min_events=1)
     _run(plan, [(1, _tx(0, T0, "a", "m0")), (1, _tx(1, T0 + 10, "b", "m1"))])
     # a day on: "a"'s first entry trimmed (merchant m2), merchant m0 and card b evicted
     day = T0 + 86400
     _run(plan, [(1, _tx(2, day, "a", "m2")), (1, _tx(3, day + 1000, "a", "m2"))])
     assert "m0" not in plan.states[1] and "b" not in plan.states[0]
+    if saved_before:
+        plan.load_state_dict(_saved_before_partitions(plan))
     moved = plan.split({1})
-    assert [moved.knows(f"t{i}") for i in range(4)] == [False, False, True, True]
-    assert [plan.knows(f"t{i}") for i in range(4)] == [True, True, False, False]
+    assert [moved.knows(f"t{i}") for i in range(4)] == [not saved_before] * 2 + [True, True]
+    assert [plan.knows(f"t{i}") for i in range(4)] == [saved_before] * 2 + [False, False]
     assert plan.state_sizes() == {"card_id": 0, "merchant_id": 0}
 
 

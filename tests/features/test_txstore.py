@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pickle
 import random
+from typing import Any
+
+import numpy as np
 
 from fds.features import FeaturePlan
 from fds.features.txstore import _SEGMENT, PART_SIZE, TxStore
@@ -16,15 +19,15 @@ def test_frozen_buckets_find_exactly_what_open_ones_did() -> None:
     ids = [f"t{i}" for i in range(50)] + ["ü-1", "", "x" * 90, "a", "a\x00", "a\x00\x00", "\x00"]
     for i, tx_id in enumerate(ids):
         store.remember(tx_id, float(i) / 2, ("k", i % 3))
-    before = {tx_id: store.find(tx_id)[1:] for tx_id in ids}  # type: ignore[index]
+    before = {tx_id: store.find(tx_id)[1:3] for tx_id in ids}  # type: ignore[index]
     store.expire(freeze_before=1e9, drop_before=-1e9)
     store.flush()
     assert all(bk.open is None for bk in store.buckets.values())
-    assert {tx_id: store.find(tx_id)[1:] for tx_id in ids} == before  # type: ignore[index]
+    assert {tx_id: store.find(tx_id)[1:3] for tx_id in ids} == before  # type: ignore[index]
     assert store.find("t50") is None and store.find("é") is None and store.find("t4 ") is None
     assert store.find("x" * 89) is None and store.find("a\x00\x00\x00") is None
     again = pickle.loads(pickle.dumps(store))
-    assert {tx_id: again.find(tx_id)[1:] for tx_id in ids} == before  # type: ignore[index]
+    assert {tx_id: again.find(tx_id)[1:3] for tx_id in ids} == before  # type: ignore[index]
     assert len(again) == len(ids)
 
 
@@ -34,9 +37,9 @@ def test_expire_drops_whole_buckets_and_keeps_writing() -> None:
     store.remember("b", 15.0, "m")
     store.expire(freeze_before=20.0, drop_before=10.0)  # [0, 10) dropped, [10, 20) frozen
     store.flush()
-    assert store.find("a") is None and store.find("b")[1:] == ("m", 15.0)  # type: ignore[index]
+    assert store.find("a") is None and store.find("b")[1:3] == ("m", 15.0)  # type: ignore[index]
     store.remember("c", 25.0, "n")  # a new open bucket after the cached one was frozen
-    assert store.find("c")[1:] == ("n", 25.0) and len(store) == 2  # type: ignore[index]
+    assert store.find("c")[1:3] == ("n", 25.0) and len(store) == 2  # type: ignore[index]
 
 
 def test_label_for_a_frozen_transaction_counts_once_and_can_be_withdrawn() -> None:
@@ -80,13 +83,142 @@ def test_freeze_is_spread_over_later_transactions_and_answers_throughout() -> No
             store.remember(f"new{t}", t, "n")
         steps += 1
         probe = rng.sample(ids, 20)
-        assert all(store.find(x)[1:] == want[x] for x in probe)  # type: ignore[index]
+        assert all(store.find(x)[1:3] == want[x] for x in probe)  # type: ignore[index]
         if steps == 3:  # a checkpoint taken mid-freeze restores and freezes again
             again = pickle.loads(pickle.dumps(store))
             again.flush()
-            assert all(again.find(x)[1:] == want[x] for x in ids)  # type: ignore[index]
+            assert all(again.find(x)[1:3] == want[x] for x in ids)  # type: ignore[index]
     chunks = -(-n // PART_SIZE)  # 12 steps split PART_SIZE entries each by partition ...
     assert old.parts is not None and len(old.parts) == 16  # ... into 12 rounded up to 2^k
     assert steps == chunks + 16  # then each step sorts one partition
-    assert all(store.find(x)[1:] == want[x] for x in ids)  # type: ignore[index]
+    assert all(store.find(x)[1:3] == want[x] for x in ids)  # type: ignore[index]
     assert len(store) == n + steps * (PART_SIZE // 4)
+
+
+# ------------------------------------------------------------------ input partitions
+
+
+def saved_before_partitions(store: TxStore) -> bytes:
+    """``store`` pickled as a store was before it recorded input partitions: open segments of
+    two dicts, frozen partitions without a ``parts`` slot (byte for byte what that code wrote
+    of the same store: checked when partitions were added)."""
+    copy = pickle.loads(pickle.dumps(store))
+    for bk in copy.buckets.values():
+        if bk.open is not None:
+            bk.open = [(keys, ts) for keys, ts, _parts in bk.open]  # type: ignore[misc]
+        for p in bk.parts or ():
+            del p.parts
+    return pickle.dumps(copy, protocol=5)
+
+
+def _parted(store: TxStore, n: int, t0: float = 0.0, step: float = 0.5) -> dict[str, Any]:
+    """Remember ``n`` transactions with input partitions 0..3; ``tx_id -> (keys, ts, part)``."""
+    want = {}
+    for i in range(n):
+        tx_id, t, keys, part = f"p{i}", t0 + i * step, ("k", i % 5), (i * 7) % 4
+        store.remember_part(tx_id, t, keys, part)
+        want[tx_id] = (keys, t, part)
+    return want
+
+
+def _everything(store: TxStore) -> dict[str, Any]:
+    """``tx_id -> (keys, ts, part)`` of every transaction held (open or frozen)."""
+    return {x: (k, t, p) for bk in store.buckets.values() for x, k, t, p in bk.entries()}
+
+
+def _never(keys: list[Any], ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    raise AssertionError("a store recording partitions is split by them")
+
+
+def test_input_partitions_are_kept_open_frozen_and_pickled() -> None:
+    store = TxStore(span=10.0)
+    want = _parted(store, 60)  # buckets [0, 10), [10, 20), [20, 30)
+    store.remember("q", 25.0, ("k", 9))  # [20, 30) holds one of unknown partition
+    assert all(store.find(x)[1:] == w for x, w in want.items())  # type: ignore[index]
+    store.expire(freeze_before=30.0, drop_before=-1.0)
+    store.flush()
+    assert all(bk.open is None for bk in store.buckets.values())
+    for x, w in want.items():  # kept by the freeze, but where an entry had none
+        assert store.find(x)[1:] == (w if w[1] < 20 else (*w[:2], None))  # type: ignore[index]
+    assert store.buckets[0].parts[0].parts.dtype == np.uint16  # type: ignore[index, union-attr]
+    assert store.buckets[2].parts[0].parts is None  # type: ignore[index]
+    again = pickle.loads(pickle.dumps(store))
+    assert _everything(again) == _everything(store)
+
+
+def test_a_store_with_partitions_splits_by_them_and_absorbs_back() -> None:
+    store = TxStore(span=10.0)
+    want = _parted(store, 50)
+    store.expire(freeze_before=20.0, drop_before=-1.0)  # [0, 20) frozen, [20, 25) open
+    store.flush()
+    store.buckets[0].known["p1"] = store.buckets[2].known["p41"] = 1  # parts 3 and 3
+    store.buckets[1].known["p22"] = 1  # part 2
+    moved = store.split({3, 1}, _never)
+    assert _everything(moved) == {x: w for x, w in want.items() if w[2] in (1, 3)}
+    assert _everything(store) == {x: w for x, w in want.items() if w[2] not in (1, 3)}
+    assert [set(bk.known) for bk in moved.buckets.values()] == [{"p1"}, set(), {"p41"}]
+    assert [set(bk.known) for bk in store.buckets.values()] == [set(), {"p22"}, set()]
+    assert [bk.open is None for bk in moved.buckets.values()] == [True, True, False]
+    store.absorb(moved)
+    assert _everything(store) == want
+    assert all(p.parts is not None for b in (0, 1) for p in store.buckets[b].parts or [None])
+
+
+def test_stores_with_and_without_partitions_absorb_and_split() -> None:
+    mine, theirs = TxStore(span=10.0), TxStore(span=10.0)
+    want = _parted(mine, 50)  # [0, 10) .. [20, 25)
+    for i in range(30):  # [0, 10) .. [20, 30), no partitions: moved when the key says so
+        theirs.remember(f"u{i}", i, "moves" if i % 2 else "stays")
+    mine.remember_part("only", 35.0, "k", 3)
+    for store in (mine, theirs):
+        store.expire(freeze_before=10.0, drop_before=-1.0)  # [0, 10) frozen
+        store.flush()
+    mine.absorb(theirs)
+    got = _everything(mine)
+    for x, (keys, t, part) in want.items():  # a bucket frozen in both holds no partition
+        assert got.pop(x) == (keys, t, None if t < 10 else part)
+    assert got.pop("only") == ("k", 35.0, 3)
+    assert got == {f"u{i}": ("moves" if i % 2 else "stays", i, None) for i in range(30)}
+
+    def by_key(keys: list[Any], ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        m = np.array([k == "moves" for k in keys], bool)
+        return m, ~m
+
+    # decided by partition where every entry of a frozen bucket or open segment has one
+    # ([30, 40)), else by key (the p entries' keys never say "moves")
+    moved = mine.split({3}, by_key)
+    assert set(_everything(moved)) == {"only"} | {f"u{i}" for i in range(1, 30, 2)}
+    assert len(mine) == 50 + 15
+
+
+def test_a_store_saved_before_partitions_loads_and_goes_on() -> None:
+    old = TxStore(span=10.0)
+    for i in range(30):  # [0, 10) .. [20, 30)
+        old.remember(f"o{i}", i, "moves" if i % 2 else "stays")
+    old.expire(freeze_before=20.0, drop_before=-1.0)  # [0, 20) frozen, [20, 30) open
+    old.flush()
+    old.buckets[0].known["o3"] = 1
+    store = pickle.loads(saved_before_partitions(old))
+    assert _everything(store) == {
+        f"o{i}": ("moves" if i % 2 else "stays", i, None) for i in range(30)
+    }
+    assert store.find("o3")[0].known == {"o3": 1}  # type: ignore[index]
+    # it goes on recording partitions: in the open bucket it had and in new ones
+    store.remember_part("n1", 29.5, "stays", 1)
+    store.remember_part("n2", 35.0, "stays", 1)
+    store.remember_part("n3", 36.0, "moves", 2)
+    assert store.find("n1")[1:] == ("stays", 29.5, 1)  # type: ignore[index]
+    store.expire(freeze_before=40.0, drop_before=-1.0)
+    store.flush()
+    store = pickle.loads(pickle.dumps(store))
+    assert store.find("n1")[1:] == ("stays", 29.5, None)  # frozen with the old ones
+    assert store.find("n2")[1:] == ("stays", 35.0, 1)  # type: ignore[index]
+
+    def by_key(keys: list[Any], ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        m = np.array([k == "moves" for k in keys], bool)
+        return m, ~m
+
+    moved = store.split({1}, by_key)
+    assert set(_everything(moved)) == {"n2"} | {f"o{i}" for i in range(1, 30, 2)}
+    assert set(_everything(store)) == {"n1", "n3"} | {f"o{i}" for i in range(0, 30, 2)}
+    assert moved.find("o3")[0].known == {"o3": 1}  # type: ignore[index]
