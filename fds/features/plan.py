@@ -76,9 +76,12 @@ __all__ = ["FeaturePlan", "read_field"]
 log = logging.getLogger(__name__)
 
 NAN = math.nan
-# Checkpoint format version: bump when the pickled state layout changes. (A plan with
-# provenance has one more column: its identity says so, see _IDENTITY_DEFAULTS.)
+# Checkpoint format version: bump when the pickled state layout changes. A plan with
+# provenance has one more column and its own format: a release before it (which knew no
+# "provenance" in a state's identity, see _IDENTITY_DEFAULTS) refuses such a state by its
+# format rather than misread it.
 _FORMAT = 4
+_FORMAT_PROVENANCE = 5
 # Identity entries that a state saved before they existed lacks, and what it had then.
 _IDENTITY_DEFAULTS = {"provenance": False}
 # Input partitions are logged as unsigned 16-bit numbers (array "H").
@@ -567,7 +570,7 @@ class FeaturePlan:
         """What a state must have been saved with to be loaded or merged here (an entry at its
         ``_IDENTITY_DEFAULTS`` value is left out: states saved before it existed had it)."""
         ident = {
-            "format": _FORMAT,
+            "format": _FORMAT_PROVENANCE if self.provenance else _FORMAT,
             "fingerprint": self.layout.fingerprint,
             "timezone": str(self.timezone),
             "grace": self.grace,

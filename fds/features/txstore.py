@@ -155,6 +155,14 @@ class _Part:
         self.keys = [keys[i] for i in order.tolist()]
         self.parts = parts[order] if parts is not None else None
 
+    def __getstate__(self) -> tuple[None, dict[str, Any]]:
+        # As pickled before ``parts`` existed when none are recorded: a release before this
+        # one reads a state of a plan without provenance (a downgrade), not just the reverse.
+        state = {"ids": self.ids, "keys": self.keys, "ts": self.ts}
+        if self.parts is not None:
+            state["parts"] = self.parts
+        return None, state
+
     def __setstate__(self, state: tuple[None, dict[str, Any]]) -> None:
         # (pickled as slots: one saved before ``parts`` existed has none)
         self.parts = None
@@ -192,7 +200,10 @@ class _Bucket:
         self._work: Any = None
 
     def __getstate__(self) -> tuple[Any, ...]:
-        return (self.open, self.parts, self.known)
+        segs: Any = self.open  # (segments without partitions as saved before: see _Part)
+        if segs is not None and not any(parts for _keys, _ts, parts in segs):
+            segs = [(keys, ts) for keys, ts, _parts in segs]
+        return (segs, self.parts, self.known)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
         self.open, self.parts, self.known = state
