@@ -205,6 +205,15 @@ def _taking_over(
 TAKER = {"state_topic": "state", "group": "g", "group_instance_id": "b"}
 
 
+def _decides_as_one_engine(tmp_path: Any, r: Any, logs: dict[Any, list[Record]]) -> None:
+    """``r`` decides the records past 10 with every feature of one engine that decided both
+    partitions all along."""
+    ref = _runner(tmp_path / "ref", logs, {0: 10, 1: 10})
+    rest = [m for recs in logs.values() for m in recs[10:]]
+    got, want = _decide(r.engine, rest), _decide(ref.engine, rest)
+    assert [d["features"] for d in got] == [d["features"] for d in want]
+
+
 def test_a_moved_partition_is_taken_over_from_another_instances_snapshot(
     tmp_path, caplog, monkeypatch
 ):
@@ -219,10 +228,7 @@ def test_a_moved_partition_is_taken_over_from_another_instances_snapshot(
         caplog.text
     )
     assert "ranges={1: (5, 10)}" in caplog.text
-    ref = _runner(tmp_path / "ref", logs, {0: 10, 1: 10})
-    rest = [m for recs in logs.values() for m in recs[10:]]
-    got, want = _decide(r.engine, rest), _decide(ref.engine, rest)
-    assert [d["features"] for d in got] == [d["features"] for d in want]
+    _decides_as_one_engine(tmp_path, r, logs)
 
 
 def test_a_snapshot_that_cannot_be_split_is_not_taken_over(tmp_path, caplog, monkeypatch):
@@ -278,10 +284,7 @@ def test_a_partition_held_here_before_is_taken_over_its_entries_here_dropped(
     assert fetched == ["g/a"]
     assert "partitions [1] taken over from the snapshot" in caplog.text
     assert "ranges={1: (5, 10)}" in caplog.text
-    ref = _runner(tmp_path / "ref", logs, {0: 10, 1: 10})
-    rest = [m for recs in logs.values() for m in recs[10:]]
-    got, want = _decide(r.engine, rest), _decide(ref.engine, rest)
-    assert [d["features"] for d in got] == [d["features"] for d in want]
+    _decides_as_one_engine(tmp_path, r, logs)
 
 
 def test_an_empty_state_takes_every_partition_over(tmp_path, caplog, monkeypatch):
@@ -295,10 +298,7 @@ def test_an_empty_state_takes_every_partition_over(tmp_path, caplog, monkeypatch
     assert fetched == ["g/a"]
     assert "partitions [0, 1] taken over from the snapshot" in caplog.text
     assert "ranges={0: (5, 10), 1: (5, 10)}" in caplog.text
-    ref = _runner(tmp_path / "ref", logs, {0: 10, 1: 10})
-    rest = [m for recs in logs.values() for m in recs[10:]]
-    got, want = _decide(r.engine, rest), _decide(ref.engine, rest)
-    assert [d["features"] for d in got] == [d["features"] for d in want]
+    _decides_as_one_engine(tmp_path, r, logs)
 
 
 def test_an_empty_state_no_snapshot_fills_is_rebuilt_whole(tmp_path, caplog, monkeypatch):
