@@ -2223,11 +2223,8 @@ class Runner:
         best: dict[Any, tuple[int, str]] = {}  # partition -> (offset, instance)
         depth = st.ident.count("/")  # (group "g" and instance "x/y" is not group "g/x")
         for ident, m in manifests.items():
-            if (
-                ident == st.ident
-                or ident.count("/") != depth
-                or m.get("topic") != (self.s.input_topic)
-            ):
+            own_or_other_group = ident == st.ident or ident.count("/") != depth
+            if own_or_other_group or m.get("topic") != self.s.input_topic:
                 continue
             for p, o in manifest_offsets(m).items():
                 tp = TopicPartition(self.s.input_topic, p)
