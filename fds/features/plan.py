@@ -81,7 +81,7 @@ NAN = math.nan
 # "provenance" in a state's identity, see _IDENTITY_DEFAULTS) refuses such a state by its
 # format rather than misread it.
 _FORMAT = 4
-_FORMAT_PROVENANCE = 5
+_FORMAT_PROVENANCE = 5  # (a bump of either skips past both: they share one range)
 # Identity entries that a state saved before they existed lacks, and what it had then.
 _IDENTITY_DEFAULTS = {"provenance": False}
 # Input partitions are logged as unsigned 16-bit numbers (array "H").

@@ -2032,7 +2032,9 @@ class Runner:
                 )
                 moved = {tp: (max(starts[tp], o), behind[tp]) for tp, o in alone.items()}
                 moved.update((tp, (o, behind[tp])) for tp, o in taken.items())
-                if not taken and not pos:  # an empty state that no snapshot fills: rebuilt
+                if taken and self._merged_late(nexts, scratch):  # (the fold can only move
+                    alone = None  # its event time on: every partition rebuilt, without it)
+                elif not taken and not pos:  # an empty state that no snapshot fills: rebuilt
                     alone = None  # whole, its last days through the whole engine (below)
             if restart:
                 what = "catch-up"
@@ -2207,8 +2209,8 @@ class Runner:
         def nothing(why: str, level: int = logging.INFO) -> dict[Any, int]:
             log.log(
                 level, "partitions moved here %s are not taken over from snapshots on the state "
-                "topic: %s; they are rebuilt from the input (those held here before: from where "
-                "they were left)", sorted(tp.partition for tp in alone), why,
+                "topic: %s; they are rebuilt from the input", sorted(tp.partition for tp in alone),
+                why,
             )  # fmt: skip
             return {}
 
@@ -2228,9 +2230,16 @@ class Runner:
                 continue
             for p, o in manifest_offsets(m).items():
                 tp = TopicPartition(self.s.input_topic, p)
-                if tp in alone and ranges[tp][0] < o <= ranges[tp][1] and o > best.get(tp, (0,))[0]:
+                if (
+                    tp in alone
+                    and ranges[tp][0] < o <= ranges[tp][1]
+                    and o > best.get(tp, (-1,))[0]
+                ):
                     best[tp] = (o, ident)
-        if none := sorted(tp.partition for tp in alone if tp not in best):
+        # (a partition with no record in its horizon up to its committed offset needs none)
+        if none := sorted(
+            tp.partition for tp, (a, c) in ranges.items() if a < c and tp not in best
+        ):
             return nothing(
                 f"no snapshot of another instance holds partitions {none} past the start of "
                 "their feature horizon and within their committed offsets"

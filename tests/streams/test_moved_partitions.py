@@ -308,3 +308,37 @@ def test_an_empty_state_no_snapshot_fills_is_rebuilt_whole(tmp_path, caplog, mon
         _taking_over(tmp_path, monkeypatch, {**TAKER, "group_instance_id": "a"}, {"0": 5}, own={})
     assert "rebuild of the partitions moved here" not in caplog.text
     assert "rebuild partitions=[0, 1]" in caplog.text
+
+
+def test_a_partition_with_nothing_in_its_horizon_needs_no_snapshot(tmp_path, monkeypatch, caplog):
+    """Partition 2 is idle (no record within the feature horizon: its range is empty); an empty
+    instance taking 0, 1 and 2 still takes 0 and 1 over (a review found the idle one counted
+    as holding no snapshot: all or nothing, every partition rebuilt)."""
+    from kafka.structs import OffsetAndTimestamp
+
+    from fds.streams import kafka
+
+    p = [TopicPartition("transactions", i) for i in range(3)]
+    logs = {
+        tp: [_rec(tp.partition, i, T + 2 * i + tp.partition, f"c{tp.partition}{i % 3}")
+             for i in range(20)]
+        for tp in p[:2]
+    }  # fmt: skip
+    logs[p[2]] = [_rec(2, i, T - 200 * 86400 + i, "c2") for i in range(10)]
+    victim = _runner(tmp_path / "a", logs, {}, **{**TAKER, "group_instance_id": "a"})
+    _decide(victim.engine, [m for tp in p[:2] for m in logs[tp][:5]])
+    victim.checkpointer.save(victim._state(), topic="transactions", offsets={0: 5, 1: 5})
+    snapshot = victim.checkpointer.path.read_bytes()
+    r = _runner(tmp_path / "b", logs, {}, **TAKER)
+    r._consumer_factory().offsets_for_times = lambda times: {
+        tp: None if tp.partition == 2 else OffsetAndTimestamp(0, 0, -1) for tp in times
+    }
+    manifests = {"g/a": {"topic": "transactions", "offsets": {"0": 5, "1": 5}}}
+    monkeypatch.setattr(kafka.StateTopic, "scan", staticmethod(lambda *a, **k: manifests))
+    monkeypatch.setattr(
+        kafka.StateTopic, "fetch_foreign", lambda self, *a, **k: snapshot
+    )  # fmt: skip
+    with caplog.at_level("INFO"):
+        r._bring_up_to_date(p)
+    assert "partitions [0, 1] taken over from the snapshot" in caplog.text
+    assert "ranges={0: (5, 10), 1: (5, 10), 2: (10, 10)}" in caplog.text
