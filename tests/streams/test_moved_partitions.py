@@ -342,3 +342,34 @@ def test_a_partition_with_nothing_in_its_horizon_needs_no_snapshot(tmp_path, mon
         r._bring_up_to_date(p)
     assert "partitions [0, 1] taken over from the snapshot" in caplog.text
     assert "ranges={0: (5, 10), 1: (5, 10), 2: (10, 10)}" in caplog.text
+
+
+def test_a_takeover_that_would_make_an_own_partition_late_rebuilds_at_once(
+    tmp_path, monkeypatch, caplog
+):
+    """Instance a's snapshot of partition 1 is 2 h ahead of this instance's partition 0, which
+    has records to decide: merged, they would be late, so every partition is rebuilt in event
+    time, judged before the moved partition is folded (the fold cannot move the event time
+    back: it was wasted)."""
+    from fds.streams import kafka
+
+    p = [TopicPartition("transactions", i) for i in range(2)]
+    logs = {
+        p[0]: [_rec(0, i, T - 7200 + i, "c0") for i in range(20)],
+        p[1]: [_rec(1, i, T + i, "c1") for i in range(20)],
+    }
+    victim = _runner(tmp_path / "a", logs, {}, **{**TAKER, "group_instance_id": "a"})
+    _decide(victim.engine, logs[p[1]][:5])
+    victim.checkpointer.save(victim._state(), topic="transactions", offsets={1: 5})
+    snapshot = victim.checkpointer.path.read_bytes()
+    r = _runner(tmp_path / "b", logs, {0: 10}, **TAKER)
+    manifests = {"g/a": {"topic": "transactions", "offsets": {"1": 5}}}
+    monkeypatch.setattr(kafka.StateTopic, "scan", staticmethod(lambda *a, **k: manifests))
+    monkeypatch.setattr(kafka.StateTopic, "fetch_foreign", lambda self, *a, **k: snapshot)
+    with caplog.at_level("INFO"):
+        r._bring_up_to_date(p)
+    assert "partitions [1] taken over from the snapshot" in caplog.text
+    assert "partitions [0] have records to decide" in caplog.text
+    assert "rebuild of the partitions moved here started" not in caplog.text
+    assert "rebuild partitions=[0, 1]" in caplog.text
+    assert not any(_late(r, logs[p[0]][10:]))
