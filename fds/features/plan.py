@@ -49,12 +49,10 @@ import pickle
 from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping, Sequence
-from itertools import compress, repeat
-from operator import itemgetter, not_
+from itertools import compress
+from operator import not_
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from fds.errors import ConfigError
 from fds.features.calendar import DayClock
@@ -68,7 +66,7 @@ from fds.features.codegen import (
 from fds.features.codegen import cat as _cat
 from fds.features.codegen import num as _num
 from fds.features.spec import Group, Layout, compile_specs
-from fds.features.txstore import Decide, TxStore, _member
+from fds.features.txstore import TxStore
 from fds.timeutil import parse_duration
 
 __all__ = ["FeaturePlan", "read_field"]
@@ -721,13 +719,7 @@ class FeaturePlan:
 
         The ``tx_id`` store records each transaction's input partition: a transaction moves,
         with its known label, when its partition does (a label marks an entry of its own
-        partition, :meth:`on_label`, so the mark moves with it). Of a store saved before it
-        recorded partitions, a transaction ``(keys, t)`` moves when the moved state of its
-        fraud entity holds an entry at ``t`` (with several fraud groups: of any of them): an
-        entity moved whole holds only moved transactions' entries; an entity cut in two may
-        hold an entry at ``t`` on both sides (two transactions of different partitions at one
-        instant): such a transaction is kept in both stores. One whose entity no longer holds
-        its entry (trimmed, evicted) stays: its label can no longer change a feature.
+        partition, :meth:`on_label`, so the mark moves with it).
 
         Raises ``ValueError`` for a plan without provenance.
         """
@@ -739,22 +731,19 @@ class FeaturePlan:
         moving = frozenset(parts)
         new = self.fresh()
         new.watermark = self.watermark
-        fraud = []
         for cg, mine, theirs in zip(self._groups, self.states, new.states, strict=True):
-            cut = self._split_group(cg, mine, theirs, moving)
-            if cg.fraud:
-                fraud.append((mine, theirs, cut))
-        new._labels = self._labels.split(moving, _tx_sides(fraud, self._multi_fraud))
+            self._split_group(cg, mine, theirs, moving)
+        new._labels = self._labels.split(moving)
         new._bind()  # (to its new tx_id store)
         new._expire_labels()
         return new
 
     def _split_group(
         self, cg: _CompiledGroup, mine: dict[Any, Any], theirs: dict[Any, Any], moving: frozenset
-    ) -> list[Any]:
+    ) -> None:
         """Move the entries of partitions ``moving`` from one group's states ``mine`` to
-        ``theirs``; return the keys of the entities cut in two."""
-        whole, cut = [], []
+        ``theirs``."""
+        whole = []
         for key, st in mine.items():
             col = st[cg.i_part]
             if col.count(col[0]) == len(col):  # of one partition: stays or moves whole
@@ -766,10 +755,8 @@ class FeaturePlan:
                 whole.append(key)
             elif any(m):
                 theirs[key] = self._cut(cg, st, m)
-                cut.append(key)
         for key in whole:
             theirs[key] = mine.pop(key)
-        return cut
 
     def _cut(self, cg: _CompiledGroup, st: list[Any], m: list[bool]) -> list[Any]:
         """Take the entries where ``m`` out of ``st`` into a new state of the same entity
@@ -871,57 +858,6 @@ def _resum(cg: _CompiledGroup, st: list[Any], wi: int) -> None:
                 lst.pop()
             lst.append(q)
         st[cg.i_mono[slot]] = array("q", lst)
-
-
-def _tx_sides(fraud: list[tuple[dict[Any, Any], dict[Any, Any], list[Any]]], multi: bool) -> Decide:
-    """The ``decide(keys, ts) -> (moves, stays)`` of :meth:`TxStore.split` for a split plan,
-    for the transactions the store holds without their input partition: ``fraud`` holds per
-    fraud group the states kept, the states moved and the keys of the entities cut in two
-    (see :meth:`FeaturePlan.split` for the rule). Its tables are made at its first call (a
-    store recording partitions makes none). No Python work per entry: an entity moved whole
-    holds an entry at ``t`` if its log starts at or before ``t`` (the store holds entries of
-    its events only); entries of entities cut in two are looked up as (entity number,
-    timestamp) pairs, complex numbers in sorted arrays."""
-    tables: list[Any] = []
-
-    def decide(keys: list[Any], ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if not tables:
-            for mine, theirs, cut in fraud:
-                number = {key: i for i, key in enumerate(cut)}
-                first = {key: st[TS][0] for key, st in theirs.items() if key not in number}
-                tables.append((first, number, _pairs(number, theirs), _pairs(number, mine)))
-        n = len(keys)
-        moves = np.zeros(n, bool)
-        kept = np.zeros(n, bool)  # (by an entity cut in two)
-        for j, (first, number, moved, held) in enumerate(tables):
-            ks = list(map(itemgetter(j), keys)) if multi else keys
-            moves |= ts >= np.fromiter(map(first.get, ks, repeat(math.inf)), np.float64, n)
-            q = np.fromiter(map(number.get, ks, repeat(-1)), np.int64, n)
-            sel = np.flatnonzero(q >= 0)
-            if len(sel):
-                pairs = _complex(q[sel], ts[sel])
-                moves[sel] |= _member(pairs, moved)
-                kept[sel] |= _member(pairs, held)
-        return moves, ~moves | kept
-
-    return decide
-
-
-def _complex(re: np.ndarray, im: np.ndarray) -> np.ndarray:
-    """Pairs of floats as complex numbers (which NumPy sorts by real part, then imaginary)."""
-    c = np.empty(len(re), np.complex128)
-    c.real, c.imag = re, im
-    return c
-
-
-def _pairs(number: dict[Any, int], states: dict[Any, Any]) -> np.ndarray:
-    """The (entity number, timestamp) pairs of the logs of the entities ``number`` numbers in
-    ``states``, sorted (:func:`_complex`)."""
-    if not number:
-        return np.empty(0, np.complex128)
-    logs = [np.frombuffer(states[key][TS], np.float64) for key in number]
-    nums = np.repeat(np.fromiter(number.values(), np.float64), [len(t) for t in logs])
-    return np.sort(_complex(nums, np.concatenate(logs)))
 
 
 def _like(col: Any, values: Iterable[Any]) -> Any:

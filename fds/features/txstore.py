@@ -42,14 +42,14 @@ in a frozen bucket is one binary search in the id's partition.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Collection, Iterator
 from itertools import compress, islice
 from operator import mul
 from typing import Any
 
 import numpy as np
 
-__all__ = ["PART_SIZE", "Decide", "TxStore"]
+__all__ = ["PART_SIZE", "TxStore"]
 
 #: Target transactions per frozen partition, and the most entries one freeze step handles.
 PART_SIZE = 2048
@@ -316,19 +316,12 @@ def _frozen(ids: np.ndarray, keys: list[Any], ts: np.ndarray, parts: Parts) -> l
     return [got.get(p, empty) for p in range(n_parts)]
 
 
-#: ``decide(keys, ts) -> (moves, stays)`` of :meth:`TxStore.split` for entries of unknown
-#: input partition: two boolean arrays over a batch of entries (their entity keys and event
-#: times).
-Decide = Callable[[list[Any], np.ndarray], tuple[np.ndarray, np.ndarray]]
-
-
-def _sides(
-    moving: np.ndarray, decide: Decide, keys: list[Any], ts: np.ndarray, parts: Parts
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(moves, stays)`` of a batch of entries: by input partition (one of ``moving``, a
-    sorted array) when the batch has them, else as ``decide`` says."""
+def _sides(moving: np.ndarray, parts: Parts, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(moves, stays)`` of a batch of ``n`` entries by input partition (one of ``moving``, a
+    sorted array); entries without one (a store of a plan without provenance, which never
+    splits) stay."""
     if parts is None:
-        return decide(keys, ts)
+        return np.zeros(n, bool), np.ones(n, bool)
     m = _member(parts, moving)
     return m, ~m
 
@@ -340,16 +333,14 @@ def _member(values: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return ref[np.minimum(np.searchsorted(ref, values), len(ref) - 1)] == values
 
 
-def _split_bucket(
-    bk: _Bucket, moving: np.ndarray, decide: Decide
-) -> tuple[_Bucket, _Bucket] | None:
+def _split_bucket(bk: _Bucket, moving: np.ndarray) -> tuple[_Bucket, _Bucket] | None:
     """The entries of ``bk`` that move and those that stay (:func:`_sides`), each in a bucket
     of its kind (open: segment by segment; frozen: partitioned anew) with the labels known of
     them; ``None`` when none moves."""
     moved, kept = _Bucket(), _Bucket()
     if bk.open is None:
         ids, keys, ts, parts = _columns(bk.parts or [])
-        masks = _sides(moving, decide, keys, ts, parts)
+        masks = _sides(moving, parts, len(keys))
         if not masks[0].any():
             return None
         for side, m in zip((moved, kept), masks, strict=True):
@@ -358,11 +349,7 @@ def _split_bucket(
             side.parts = _frozen(ids[m], list(compress(keys, m.tolist())), ts[m], side_parts)
     else:
         segs = bk.open
-        cut = [
-            _sides(moving, decide, list(kd.values()), np.fromiter(td.values(), np.float64, len(td)),
-                   _open_parts(kd, pd))
-            for kd, td, pd in segs
-        ]  # fmt: skip
+        cut = [_sides(moving, _open_parts(kd, pd), len(kd)) for kd, _td, pd in segs]
         if not any(mv.any() for mv, _st in cut):
             return None
         for j, side in enumerate((moved, kept)):
@@ -528,15 +515,10 @@ class TxStore:
         self._due = []  # (made again by the next expire: reopened buckets included)
         self._uncache()
 
-    def split(self, parts: Collection[int], decide: Decide) -> TxStore:
+    def split(self, parts: Collection[int]) -> TxStore:
         """Move the transactions of the input partitions ``parts`` into a new store of the
-        same span, returned, with the labels known of them.
-
-        A transaction remembered without its partition (:meth:`remember`) moves as
-        ``decide(keys, ts) -> (moves, stays)`` says: given a batch of such entries (entity
-        keys, event times), it returns two boolean arrays; an entry marked both ways is held by
-        both stores afterwards. (A frozen bucket is decided by partition only if every entry
-        of it has one, an open segment likewise.) A bucket keeps its kind: a frozen one is
+        same span, returned, with the labels known of them; one remembered without its
+        partition (:meth:`remember`) stays. A bucket keeps its kind: a frozen one is
         partitioned anew on each side (NumPy masks: no Python work per entry but the keys'
         filter), an open one is filtered segment by segment (a freeze in progress starts
         again); a bucket left empty is dropped. The new store freezes its open buckets once
@@ -544,7 +526,7 @@ class TxStore:
         moving = np.unique(np.fromiter(parts, np.int64))
         new = TxStore(self.span)
         for b, bk in list(self.buckets.items()):
-            sides = _split_bucket(bk, moving, decide)
+            sides = _split_bucket(bk, moving)
             if sides is None:
                 continue
             for store, side in zip((new, self), sides, strict=True):

@@ -4,7 +4,6 @@ partitions of a dead instance's snapshot relies on); absorbing them back undoes 
 
 from __future__ import annotations
 
-import pickle
 from typing import Any
 
 import pytest
@@ -19,7 +18,6 @@ from tests.features.reference import reference
 from tests.features.test_absorb import _accepted
 from tests.features.test_plan_dense import dense_stream
 from tests.features.test_plan_properties import assert_same
-from tests.features.test_txstore import saved_before_partitions
 
 N_PARTS = 4
 
@@ -317,46 +315,16 @@ def test_a_label_at_an_instant_of_two_partitions_marks_its_own_partitions_entry(
     assert _run(plan, [(1, _tx(4, T0 + 20, "c9", "m1"))]) == [{"m_fraud": 1}]
 
 
-def _saved_before_partitions(plan: FeaturePlan) -> dict[str, Any]:
-    """``plan.state_dict()`` as it was before the ``tx_id`` store recorded partitions."""
-    sd = plan.state_dict()
-    body = pickle.loads(sd["state"])
-    body["labels"] = pickle.loads(saved_before_partitions(body["labels"]))
-    return {**sd, "state": pickle.dumps(body, protocol=5)}
-
-
-def test_a_state_saved_before_partitions_loads_and_splits_by_the_logs() -> None:
-    """Its transactions move when the moved state of their fraud entity holds an entry at
-    their instant: one at an instant both sides hold stays in both; its label marks any entry
-    at that instant. Transactions folded in after the restore go by their partition."""
-    fraud_by_merchant = [Spec("m_fraud", "merchant_id", "fraud_count", None, "1h")]
-    old = FeaturePlan(fraud_by_merchant, grace=GRACE, provenance=True)
-    _run(old, [(1, _tx(0, T0, "a")), (0, _tx(1, T0, "b")), (1, _tx(2, T0 + 5, "b"))])
-    plan = FeaturePlan(fraud_by_merchant, grace=GRACE, provenance=True)
-    plan.load_state_dict(_saved_before_partitions(old))
-    assert plan.on_label({"tx_id": "t1", "is_fraud": True})  # t1 of partition 0, ...
-    cg = plan._groups[0]
-    assert list(plan.states[0]["m"][cg.i_flags]) == [1, 0, 0]  # ... marks t0's entry
-    _run(plan, [(0, _tx(3, T0 + 100, "c")), (1, _tx(4, T0 + 100, "c"))])  # (a new bucket)
-    moved = plan.split({1})
-    assert [plan.knows(f"t{i}") for i in range(5)] == [True, True, False, True, False]
-    assert [moved.knows(f"t{i}") for i in range(5)] == [True, True, True, False, True]
-
-
-@pytest.mark.parametrize("saved_before", [False, True])
-def test_trimmed_or_evicted_entries_move_by_partition(saved_before: bool) -> None:
-    """Of a store saved before it recorded partitions, they stay: the logs no longer say."""
+def test_trimmed_or_evicted_entries_move_by_partition() -> None:
     plan = FeaturePlan(COUNTS, grace=GRACE, provenance=True, label_ttl="3d", sweep_min_events=1)
     _run(plan, [(1, _tx(0, T0, "a", "m0")), (1, _tx(1, T0 + 10, "b", "m1"))])
     # a day on: "a"'s first entry trimmed (merchant m2), merchant m0 and card b evicted
     day = T0 + 86400
     _run(plan, [(1, _tx(2, day, "a", "m2")), (1, _tx(3, day + 1000, "a", "m2"))])
     assert "m0" not in plan.states[1] and "b" not in plan.states[0]
-    if saved_before:
-        plan.load_state_dict(_saved_before_partitions(plan))
     moved = plan.split({1})
-    assert [moved.knows(f"t{i}") for i in range(4)] == [not saved_before] * 2 + [True, True]
-    assert [plan.knows(f"t{i}") for i in range(4)] == [saved_before] * 2 + [False, False]
+    assert [moved.knows(f"t{i}") for i in range(4)] == [True] * 4
+    assert [plan.knows(f"t{i}") for i in range(4)] == [False] * 4
     assert plan.state_sizes() == {"card_id": 0, "merchant_id": 0}
 
 

@@ -142,10 +142,6 @@ def _everything(store: TxStore) -> dict[str, Any]:
     return {x: (k, t, p) for bk in store.buckets.values() for x, k, t, p in bk.entries()}
 
 
-def _never(keys: list[Any], ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    raise AssertionError("a store recording partitions is split by them")
-
-
 def test_input_partitions_are_kept_open_frozen_and_pickled() -> None:
     store = TxStore(span=10.0)
     want = _parted(store, 60)  # buckets [0, 10), [10, 20), [20, 30)
@@ -169,7 +165,7 @@ def test_a_store_with_partitions_splits_by_them_and_absorbs_back() -> None:
     store.flush()
     store.buckets[0].known["p1"] = store.buckets[2].known["p41"] = 1  # parts 3 and 3
     store.buckets[1].known["p22"] = 1  # part 2
-    moved = store.split({3, 1}, _never)
+    moved = store.split({3, 1})
     assert _everything(moved) == {x: w for x, w in want.items() if w[2] in (1, 3)}
     assert _everything(store) == {x: w for x, w in want.items() if w[2] not in (1, 3)}
     assert [set(bk.known) for bk in moved.buckets.values()] == [{"p1"}, set(), {"p41"}]
@@ -196,15 +192,11 @@ def test_stores_with_and_without_partitions_absorb_and_split() -> None:
     assert got.pop("only") == ("k", 35.0, 3)
     assert got == {f"u{i}": ("moves" if i % 2 else "stays", i, None) for i in range(30)}
 
-    def by_key(keys: list[Any], ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        m = np.array([k == "moves" for k in keys], bool)
-        return m, ~m
-
-    # decided by partition where every entry of a frozen bucket or open segment has one
-    # ([30, 40)), else by key (the p entries' keys never say "moves")
-    moved = mine.split({3}, by_key)
-    assert set(_everything(moved)) == {"only"} | {f"u{i}" for i in range(1, 30, 2)}
-    assert len(mine) == 50 + 15
+    # by partition where every entry of a frozen bucket or open segment has one ([30, 40)):
+    # those without one stay
+    moved = mine.split({3})
+    assert set(_everything(moved)) == {"only"}
+    assert len(mine) == 50 + 30
 
 
 def test_a_store_saved_before_partitions_loads_and_goes_on() -> None:
@@ -230,11 +222,6 @@ def test_a_store_saved_before_partitions_loads_and_goes_on() -> None:
     assert store.find("n1")[1:] == ("stays", 29.5, None)  # frozen with the old ones
     assert store.find("n2")[1:] == ("stays", 35.0, 1)  # type: ignore[index]
 
-    def by_key(keys: list[Any], ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        m = np.array([k == "moves" for k in keys], bool)
-        return m, ~m
-
-    moved = store.split({1}, by_key)
-    assert set(_everything(moved)) == {"n2"} | {f"o{i}" for i in range(1, 30, 2)}
-    assert set(_everything(store)) == {"n1", "n3"} | {f"o{i}" for i in range(0, 30, 2)}
-    assert moved.find("o3")[0].known == {"o3": 1}  # type: ignore[index]
+    moved = store.split({1})  # (the old entries, of no partition known, stay)
+    assert set(_everything(moved)) == {"n2"}
+    assert set(_everything(store)) == {"n1", "n3"} | {f"o{i}" for i in range(30)}
