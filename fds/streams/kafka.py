@@ -1987,6 +1987,7 @@ class Runner:
         fold = self._fold
         nexts: dict[Any, float] = {}  # alone: event time of each partition's next record
         taken: dict[Any, int] = {}  # alone: the partitions taken over from snapshots
+        cuts: list[tuple[Any, dict[Any, int]]] = []  # alone: their state, per instance
         at: dict[str, Any] = {}  # partition and offset of the record folded (read_merged)
         tail: dict[Any, int] = {}  # a rebuild: where the records for the whole engine start
 
@@ -2027,13 +2028,15 @@ class Runner:
                 )  # fmt: skip
                 # (a snapshot of a partition held here before is taken from its horizon on:
                 # this instance's entries of it are dropped, not folded on from where it left)
-                taken = self._take_over(
+                cuts = self._take_over(
                     scratch, alone, {tp: (starts[tp], behind[tp]) for tp in alone}
                 )
+                taken = {tp: o for _, covered in cuts for tp, o in covered.items()}
                 moved = {tp: (max(starts[tp], o), behind[tp]) for tp, o in alone.items()}
                 moved.update((tp, (o, behind[tp])) for tp, o in taken.items())
-                if taken and self._merged_late(nexts, scratch):  # (the fold can only move
-                    alone = None  # its event time on: every partition rebuilt, without it)
+                ahead = max((cut for cut, _ in cuts), key=lambda c: c.watermark, default=None)
+                if ahead is not None and self._merged_late(nexts, ahead):  # (a fold can only
+                    alone = None  # move event time on: every partition rebuilt, without them)
                 elif not taken and not pos:  # an empty state that no snapshot fills: rebuilt
                     alone = None  # whole, its last days through the whole engine (below)
             if restart:
@@ -2048,8 +2051,14 @@ class Runner:
                         )  # fmt: skip
             elif alone is not None:
                 what = "rebuild of the partitions moved here"
-                plan, ranges = scratch, moved
+                ranges = moved
                 fold, hold = fold_features, []  # (each folded whole: _merge_moved checks)
+                # Each instance's cut is folded on its own, in its own event time, then merged
+                # (below); the partitions no cut holds (all, or those with nothing to read)
+                # go with the first.
+                jobs = [(cut, {tp: moved[tp] for tp in covered}) for cut, covered in cuts]
+                jobs = jobs or [(scratch, {})]
+                jobs[0][1].update((tp, r) for tp, r in moved.items() if tp not in taken)
             else:
                 what = "rebuild"
                 self._left = {}
@@ -2068,15 +2077,13 @@ class Runner:
                         lambda: start_offsets(reader, tps, STAGES_TAIL_S),
                     )  # fmt: skip
                     fold = fold_rebuild
+            if alone is None:
+                jobs = [(plan, ranges)]
             reached: dict[Any, int] = {}
             folded = self.stats.caught_up
             rebalances = self._rebalances
             answer_at = time.monotonic() + KEEPALIVE_S
             self._restoring = True
-            merged = read_merged(
-                reader, ranges, self._parsed, timeout_s=self.s.broker_timeout_s, hold=hold,
-                reached=reached, positions=at,
-            )  # fmt: skip
             lag_at = 0.0
             # (a rebuild of 200,000 records said nothing until its end, and its metrics did not
             # move: an operator could not see it go, a QA pass)
@@ -2086,36 +2093,45 @@ class Runner:
                 what, sorted(tp.partition for tp in ranges), todo,
             )  # fmt: skip
             said_at = time.monotonic() + PROGRESS_EVERY_S
-            tag = getattr(plan, "provenance", False)
-            for i, tx in enumerate(merged):
-                if self._stop:  # SIGTERM mid-way: the state is partial, nothing is kept of it
-                    pos.clear()
-                    log.info("%s interrupted by a stop; the next start does it again", what)
-                    return committed
-                if tag:  # (the scratch plan's, or the engine's: both are set)
-                    plan.part = self.engine.features.part = at["tp"].partition  # type: ignore[union-attr]
-                fold(tx)
-                if not i & 255 and time.monotonic() >= lag_at:
-                    lag_at = time.monotonic() + LAG_EVERY_S
-                    self._report_restoring(reader, committed, end)
-                    if lag_at >= said_at:
-                        said_at = lag_at + PROGRESS_EVERY_S
-                        log.info(
-                            '%s progress records="%d" of="%d" done="%.0f%%"',
-                            what, i + 1, todo, 100.0 * (i + 1) / max(todo, 1),
-                        )  # fmt: skip
-                if self._rebuild and not i & 255 and time.monotonic() >= answer_at:
-                    self._keep_alive()
-                    answer_at = time.monotonic() + KEEPALIVE_S
-                    if self._rebalances != rebalances:
-                        self._restart_restore(f"{what} interrupted by a rebalance")
+            i = -1
+            for plan, job in jobs:  # (``plan``: what fold_features folds into)
+                tag = getattr(plan, "provenance", False)
+                for tx in read_merged(
+                    reader, job, self._parsed, timeout_s=self.s.broker_timeout_s, hold=hold,
+                    reached=reached, positions=at,
+                ):  # fmt: skip
+                    i += 1
+                    if self._stop:  # SIGTERM mid-way: the state is partial, none of it kept
+                        pos.clear()
+                        log.info("%s interrupted by a stop; the next start does it again", what)
                         return committed
+                    if tag:  # (the scratch plan's, or the engine's: both are set)
+                        plan.part = self.engine.features.part = at["tp"].partition  # type: ignore[union-attr]
+                    fold(tx)
+                    if not i & 255 and time.monotonic() >= lag_at:
+                        lag_at = time.monotonic() + LAG_EVERY_S
+                        self._report_restoring(reader, committed, end)
+                        if lag_at >= said_at:
+                            said_at = lag_at + PROGRESS_EVERY_S
+                            log.info(
+                                '%s progress records="%d" of="%d" done="%.0f%%"',
+                                what, i + 1, todo, 100.0 * (i + 1) / max(todo, 1),
+                            )  # fmt: skip
+                    if self._rebuild and not i & 255 and time.monotonic() >= answer_at:
+                        self._keep_alive()
+                        answer_at = time.monotonic() + KEEPALIVE_S
+                        if self._rebalances != rebalances:
+                            self._restart_restore(f"{what} interrupted by a rebalance")
+                            return committed
         finally:
             self._restoring = False
             with contextlib.suppress(Exception):
                 reader.close()
-        if alone is not None and not self._merge_moved(scratch, alone, nexts, taken):
-            return self._bring_up_to_date(tps)  # (now a rebuild of every partition)
+        if alone is not None:
+            for cut, _ in cuts:  # (each folded on its own, to its partitions' committed offsets)
+                scratch.absorb(cut)
+            if not self._merge_moved(scratch, alone, nexts, taken):
+                return self._bring_up_to_date(tps)  # (now a rebuild of every partition)
         pos.update({tp.partition: c for tp, c in committed.items() if c is not None})
         # What the fold left (past the event time of a partition behind) is folded as the loop
         # decides, merged with it in event time (_process); the state covers up to where it
@@ -2183,36 +2199,38 @@ class Runner:
 
     def _take_over(
         self, scratch: Any, alone: Mapping[Any, int], ranges: Mapping[Any, tuple[int, int]]
-    ) -> dict[Any, int]:
+    ) -> list[tuple[Any, dict[Any, int]]]:
         """Take the state of the partitions moved here from the snapshots other instances of
-        the group published to the state topic, into the empty ``scratch``: for each, the
-        newest snapshot holding it furthest along within its ``ranges`` (past the feature
-        horizon's start, not past its committed offset), its feature state cut to the entries
-        of the partitions taken from it (:meth:`fds.features.FeaturePlan.split`: with a state
-        topic the feature state records each event's input partition). Returns each partition
-        with the offset its state covers, folded from there instead of from the horizon; or
-        nothing (the reason logged), and every partition in ``alone`` is rebuilt as before.
+        the group published to the state topic: for each, the newest snapshot holding it
+        furthest along within its ``ranges`` (past the feature horizon's start, not past its
+        committed offset), its feature state cut to the entries of the partitions taken from
+        it (:meth:`fds.features.FeaturePlan.split`: with a state topic the feature state
+        records each event's input partition). Returns, per instance taken from, that cut (a
+        plan like the empty ``scratch``) and the offset it covers of each of its partitions,
+        folded from there instead of from the horizon; or nothing (the reason logged), and
+        every partition in ``alone`` is rebuilt as before.
 
-        All or nothing: the fold that follows reads every moved partition in event time into
-        ``scratch``, whose event time the snapshot sets; records older than it by more than the
+        All or nothing: the fold that follows reads the moved partitions in event time into
+        each cut, whose event time its snapshot sets; records older than it by more than the
         grace period would not be folded (late), so a partition no snapshot holds (read from
-        its horizon), or snapshots of instances decided to different event times, take none
-        over. A partition held here before (``alone`` above 0) may be taken over: this
+        its horizon) takes none over. Cuts of several instances (decided to different event
+        times: two died at once, a third instance joins two) are each folded on their own,
+        then merged. A partition held here before (``alone`` above 0) may be taken over: this
         instance's own entries of it are then dropped before the merge (_merge_moved)."""
         st = self.state_topic
         if st is None or not alone or not getattr(scratch, "provenance", False):
-            return {}
+            return []
 
         def make() -> Any:
             return self._consumer_factory(**self.s.reader_config())
 
-        def nothing(why: str, level: int = logging.INFO) -> dict[Any, int]:
+        def nothing(why: str, level: int = logging.INFO) -> list[tuple[Any, dict[Any, int]]]:
             log.log(
                 level, "partitions moved here %s are not taken over from snapshots on the state "
                 "topic: %s; they are rebuilt from the input", sorted(tp.partition for tp in alone),
                 why,
             )  # fmt: skip
-            return {}
+            return []
 
         try:
             manifests = StateTopic.scan(
@@ -2273,27 +2291,18 @@ class Runner:
                     logging.WARNING,
                 )
             cuts.append((ident, parts, cut, covered, size, time.monotonic() - t0))
-        if len({cut.watermark for _, _, cut, *_ in cuts}) > 1:
-            return nothing(
-                f"they are held by the snapshots of {len(cuts)} instances, decided to different "
-                "event times (the records after one would be folded against the other's, "
-                "those within the grace period of their own late)"
-            )
         if other_ttl := [i for i, _, cut, *_ in cuts if cut.label_ttl != scratch.label_ttl]:
             return nothing(  # (absorb refuses it: checked before any is merged)
                 f"the snapshots of {other_ttl} keep labels for another label_ttl than this "
                 f"instance's {scratch.label_ttl:.0f} s"
             )
-        taken: dict[Any, int] = {}
-        for ident, parts, cut, covered, size, took in cuts:
-            scratch.absorb(cut)
-            taken.update(covered)
+        for ident, parts, _, covered, size, took in cuts:
             log.info(
                 'partitions %s taken over from the snapshot of instance="%s" offsets="%s" '
                 "bytes=%d seconds=%.1f", parts, ident,
                 {tp.partition: o for tp, o in covered.items()}, size, took,
             )  # fmt: skip
-        return taken
+        return [(cut, covered) for _, _, cut, covered, *_ in cuts]
 
     def _next_times(
         self,

@@ -373,3 +373,49 @@ def test_a_takeover_that_would_make_an_own_partition_late_rebuilds_at_once(
     assert "rebuild of the partitions moved here started" not in caplog.text
     assert "rebuild partitions=[0, 1]" in caplog.text
     assert not any(_late(r, logs[p[0]][10:]))
+
+
+def test_partitions_of_two_instances_decided_to_different_times_are_each_taken_over(
+    tmp_path, monkeypatch, caplog
+):
+    """A new instance gets partitions 1 and 2 (a scale-out beyond two, or two instances died):
+    instance a's snapshot holds 1 (and 0, not taken) decided to offset 9, instance b's holds 2
+    decided to offset 1, 8 minutes of event time behind a's (more than the grace period). Each
+    snapshot's cut is folded on its own from its offsets, then merged: every feature decided
+    next is that of one engine that decided partitions 1 and 2 all along. (Folded together,
+    b's records were late against a's event time; before, both were rebuilt from the horizon.)
+    """
+    from fds.streams import kafka
+
+    p = [TopicPartition("transactions", i) for i in range(3)]
+    logs = {  # a record a minute; the cards of a partition its own, merchant m1 shared
+        tp: [_rec(tp.partition, i, T + 60 * i + tp.partition, f"c{tp.partition}{i % 3}")
+             for i in range(20)]
+        for tp in p
+    }  # fmt: skip
+    snapshots = {}
+    for ident, decided in (("a", {0: 9, 1: 9}), ("b", {2: 1})):
+        victim = _runner(tmp_path / ident, logs, {}, **{**TAKER, "group_instance_id": ident})
+        _decide(victim.engine, [m for tp in p if tp.partition in decided
+                                for m in logs[tp][: decided[tp.partition]]])  # fmt: skip
+        victim.checkpointer.save(victim._state(), topic="transactions", offsets=decided)
+        snapshots[f"g/{ident}"] = victim.checkpointer.path.read_bytes()
+    manifests = {
+        "g/a": {"topic": "transactions", "offsets": {"0": 9, "1": 9}},
+        "g/b": {"topic": "transactions", "offsets": {"2": 1}},
+    }
+    monkeypatch.setattr(kafka.StateTopic, "scan", staticmethod(lambda *a, **k: manifests))
+    monkeypatch.setattr(
+        kafka.StateTopic, "fetch_foreign", lambda self, *a, **k: snapshots[self.ident]
+    )  # fmt: skip
+    r = _runner(tmp_path / "c", logs, {}, **{**TAKER, "group_instance_id": "c"})
+    with caplog.at_level("INFO"):
+        r._bring_up_to_date(p[1:])
+    assert 'partitions [1] taken over from the snapshot of instance="g/a"' in caplog.text
+    assert 'partitions [2] taken over from the snapshot of instance="g/b"' in caplog.text
+    assert "ranges={1: (9, 10), 2: (1, 10)}" in caplog.text
+    ref = _runner(tmp_path / "ref", {tp: logs[tp] for tp in p[1:]}, {1: 10, 2: 10})
+    rest = [m for tp in p[1:] for m in logs[tp][10:]]
+    got, want = _decide(r.engine, rest), _decide(ref.engine, rest)
+    assert [d["features"] for d in got] == [d["features"] for d in want]
+    assert not any("late" in d["flags"] for d in got)
