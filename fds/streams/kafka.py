@@ -2053,12 +2053,11 @@ class Runner:
                 what = "rebuild of the partitions moved here"
                 ranges = moved
                 fold, hold = fold_features, []  # (each folded whole: _merge_moved checks)
-                # Each instance's cut is folded on its own, in its own event time, then merged
-                # (below); the partitions no cut holds (all, or those with nothing to read)
-                # go with the first.
-                jobs = [(cut, {tp: moved[tp] for tp in covered}) for cut, covered in cuts]
-                jobs = jobs or [(scratch, {})]
-                jobs[0][1].update((tp, r) for tp, r in moved.items() if tp not in taken)
+                # The partitions no snapshot gave are folded into ``scratch`` from their
+                # horizon (or from where they were left), each instance's cut on its own, in
+                # its own event time; the cuts are merged into ``scratch`` after (below).
+                jobs = [(scratch, {tp: r for tp, r in moved.items() if tp not in taken})]
+                jobs += [(cut, {tp: moved[tp] for tp in covered}) for cut, covered in cuts]
             else:
                 what = "rebuild"
                 self._left = {}
@@ -2207,16 +2206,16 @@ class Runner:
         it (:meth:`fds.features.FeaturePlan.split`: with a state topic the feature state
         records each event's input partition). Returns, per instance taken from, that cut (a
         plan like the empty ``scratch``) and the offset it covers of each of its partitions,
-        folded from there instead of from the horizon; or nothing (the reason logged), and
-        every partition in ``alone`` is rebuilt as before.
+        folded from there instead of from the horizon; a partition none is returned for is
+        rebuilt as before (the reason logged).
 
-        All or nothing: the fold that follows reads the moved partitions in event time into
-        each cut, whose event time its snapshot sets; records older than it by more than the
-        grace period would not be folded (late), so a partition no snapshot holds (read from
-        its horizon) takes none over. Cuts of several instances (decided to different event
-        times: two died at once, a third instance joins two) are each folded on their own,
-        then merged. A partition held here before (``alone`` above 0) may be taken over: this
-        instance's own entries of it are then dropped before the merge (_merge_moved)."""
+        Partition by partition: a partition no snapshot holds (its owner published none since
+        it got it) or whose snapshot cannot be fetched, verified or used is left out, and
+        rebuilt from the input as before. Each cut is folded on its own, in its own event
+        time (the snapshots of several instances were taken at different ones: two died at
+        once, a third instance joins two), then merged. A partition held here before
+        (``alone`` above 0) may be taken over: this instance's own entries of it are then
+        dropped before the merge (_merge_moved)."""
         st = self.state_topic
         if st is None or not alone or not getattr(scratch, "provenance", False):
             return []
@@ -2224,11 +2223,13 @@ class Runner:
         def make() -> Any:
             return self._consumer_factory(**self.s.reader_config())
 
-        def nothing(why: str, level: int = logging.INFO) -> list[tuple[Any, dict[Any, int]]]:
+        def nothing(
+            why: str, parts: list[int] | None = None, level: int = logging.INFO
+        ) -> list[tuple[Any, dict[Any, int]]]:
             log.log(
                 level, "partitions moved here %s are not taken over from snapshots on the state "
-                "topic: %s; they are rebuilt from the input", sorted(tp.partition for tp in alone),
-                why,
+                "topic: %s; they are rebuilt from the input",
+                sorted(tp.partition for tp in alone) if parts is None else parts, why,
             )  # fmt: skip
             return []
 
@@ -2237,9 +2238,9 @@ class Runner:
                 st.topic, make, f"{self.s.group}/", timeout_s=self.s.broker_timeout_s
             )
         except (KafkaError, UnreadableRecords) as exc:
-            return nothing(f"the topic cannot be read ({describe(exc)})", logging.WARNING)
+            return nothing(f"the topic cannot be read ({describe(exc)})", level=logging.WARNING)
         if manifests is None:
-            return nothing("the topic could not be read (logged above)", logging.WARNING)
+            return nothing("the topic could not be read (logged above)", level=logging.WARNING)
         best: dict[Any, tuple[int, str]] = {}  # partition -> (offset, instance)
         depth = st.ident.count("/")  # (group "g" and instance "x/y" is not group "g/x")
         for ident, m in manifests.items():
@@ -2258,11 +2259,11 @@ class Runner:
         if none := sorted(
             tp.partition for tp, (a, c) in ranges.items() if a < c and tp not in best
         ):
-            return nothing(
-                f"no snapshot of another instance holds partitions {none} past the start of "
-                "their feature horizon and within their committed offsets"
-            )
-        cuts = []  # (instance, partitions, their state, offsets covered, bytes, seconds)
+            nothing(
+                "no snapshot of another instance holds them past the start of their feature "
+                "horizon and within their committed offsets", none,
+            )  # fmt: skip
+        cuts = []  # (instance's partitions, their state, offsets covered)
         for ident in sorted({i for _, i in best.values()}):
             tps = sorted((tp for tp in best if best[tp][1] == ident), key=lambda tp: tp.partition)
             parts = [tp.partition for tp in tps]
@@ -2285,24 +2286,24 @@ class Runner:
                 del features
                 cut = other.split(parts)
                 del other
+                if cut.label_ttl != scratch.label_ttl:  # (absorb would refuse it)
+                    raise ConfigError(
+                        f"it keeps labels for a label_ttl of {cut.label_ttl:.0f} s, this "
+                        f"instance for {scratch.label_ttl:.0f} s"
+                    )
             except Exception as exc:  # (verified, yet unusable: other declarations, a bug)
-                return nothing(
-                    f'the snapshot of instance="{ident}" cannot be used ({describe(exc)})',
+                nothing(
+                    f'the snapshot of instance="{ident}" cannot be used ({describe(exc)})', parts,
                     logging.WARNING,
-                )
-            cuts.append((ident, parts, cut, covered, size, time.monotonic() - t0))
-        if other_ttl := [i for i, _, cut, *_ in cuts if cut.label_ttl != scratch.label_ttl]:
-            return nothing(  # (absorb refuses it: checked before any is merged)
-                f"the snapshots of {other_ttl} keep labels for another label_ttl than this "
-                f"instance's {scratch.label_ttl:.0f} s"
-            )
-        for ident, parts, _, covered, size, took in cuts:
+                )  # fmt: skip
+                continue
             log.info(
                 'partitions %s taken over from the snapshot of instance="%s" offsets="%s" '
                 "bytes=%d seconds=%.1f", parts, ident,
-                {tp.partition: o for tp, o in covered.items()}, size, took,
+                {tp.partition: o for tp, o in covered.items()}, size, time.monotonic() - t0,
             )  # fmt: skip
-        return [(cut, covered) for _, _, cut, covered, *_ in cuts]
+            cuts.append((cut, covered))
+        return cuts
 
     def _next_times(
         self,

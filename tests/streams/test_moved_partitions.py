@@ -245,14 +245,14 @@ def test_a_snapshot_that_cannot_be_split_is_not_taken_over(tmp_path, caplog, mon
 
 def test_a_partition_no_snapshot_holds_is_rebuilt(tmp_path, caplog, monkeypatch):
     """The newest snapshot of instance a was written before it got partition 1: partition 1
-    is rebuilt from its horizon, and nothing is taken over (all or nothing: the rebuild reads
-    every moved partition in event time, from far behind a snapshot's)."""
+    is rebuilt from its horizon."""
     with caplog.at_level("INFO"):
         _, _, fetched = _taking_over(
             tmp_path, monkeypatch, {**TAKER, "group_instance_id": "a"}, {"0": 5}
         )
     assert fetched == []
-    assert "no snapshot of another instance holds partitions [1]" in caplog.text
+    assert "partitions moved here [1] are not taken over" in caplog.text
+    assert "no snapshot of another instance holds them" in caplog.text
     assert "ranges={1: (0, 10)}" in caplog.text
 
 
@@ -266,7 +266,8 @@ def test_a_malformed_manifest_is_no_snapshot(tmp_path, caplog, monkeypatch, offs
             tmp_path, monkeypatch, {**TAKER, "group_instance_id": "a"}, offsets
         )
     assert fetched == []
-    assert "no snapshot of another instance holds partitions [1]" in caplog.text
+    assert "partitions moved here [1] are not taken over" in caplog.text
+    assert "no snapshot of another instance holds them" in caplog.text
 
 
 def test_a_partition_held_here_before_is_taken_over_its_entries_here_dropped(
@@ -301,11 +302,28 @@ def test_an_empty_state_takes_every_partition_over(tmp_path, caplog, monkeypatch
     _decides_as_one_engine(tmp_path, r, logs)
 
 
-def test_an_empty_state_no_snapshot_fills_is_rebuilt_whole(tmp_path, caplog, monkeypatch):
-    """No snapshot holds partition 1: the empty state is rebuilt whole (every partition, its
-    last days through the whole engine), as without a state topic."""
+def test_an_empty_state_partly_filled_from_snapshots_rebuilds_the_rest(
+    tmp_path, caplog, monkeypatch
+):
+    """No snapshot holds partition 1: partition 0 is still taken over from instance a's, and
+    partition 1 rebuilt from its horizon on its own, then merged (before, one partition no
+    snapshot held sent every moved one back to its horizon: a review); the instance decides
+    as one engine that decided both partitions all along."""
     with caplog.at_level("INFO"):
-        _taking_over(tmp_path, monkeypatch, {**TAKER, "group_instance_id": "a"}, {"0": 5}, own={})
+        r, logs, _ = _taking_over(
+            tmp_path, monkeypatch, {**TAKER, "group_instance_id": "a"}, {"0": 5}, own={}
+        )
+    assert "partitions [0] taken over from the snapshot" in caplog.text
+    assert "partitions moved here [1] are not taken over" in caplog.text
+    assert "ranges={0: (5, 10), 1: (0, 10)}" in caplog.text
+    _decides_as_one_engine(tmp_path, r, logs)
+
+
+def test_an_empty_state_no_snapshot_fills_is_rebuilt_whole(tmp_path, caplog, monkeypatch):
+    """No snapshot holds partition 0 or 1: the empty state is rebuilt whole (every partition,
+    its last days through the whole engine), as without a state topic."""
+    with caplog.at_level("INFO"):
+        _taking_over(tmp_path, monkeypatch, {**TAKER, "group_instance_id": "a"}, {"7": 5}, own={})
     assert "rebuild of the partitions moved here" not in caplog.text
     assert "rebuild partitions=[0, 1]" in caplog.text
 
@@ -313,7 +331,7 @@ def test_an_empty_state_no_snapshot_fills_is_rebuilt_whole(tmp_path, caplog, mon
 def test_a_partition_with_nothing_in_its_horizon_needs_no_snapshot(tmp_path, monkeypatch, caplog):
     """Partition 2 is idle (no record within the feature horizon: its range is empty); an empty
     instance taking 0, 1 and 2 still takes 0 and 1 over (a review found the idle one counted
-    as holding no snapshot: all or nothing, every partition rebuilt)."""
+    as holding no snapshot: then, every partition rebuilt)."""
     from kafka.structs import OffsetAndTimestamp
 
     from fds.streams import kafka
