@@ -59,6 +59,7 @@ class _Formatter(argparse.HelpFormatter):
 
 class _Parser(argparse.ArgumentParser):
     _hint: str | None = None
+    argv: list[str] | None = None  # what main parses (None: sys.argv[1:])
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", _Formatter)
@@ -107,12 +108,15 @@ class _Parser(argparse.ArgumentParser):
         return None
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.print_usage(sys.stderr)
         hint = self._hint or f"run '{self.prog} --help' for help"
         if message.startswith("unrecognized arguments:"):
             misplaced = [a for a in message.split(":", 1)[1].split() if a in _GLOBAL]
             if misplaced:  # `fds replay f.csv -q`: the global options go first
                 hint = f"{misplaced[0]} goes before the command: fds {misplaced[0]} COMMAND ..."
+        if _wants_json(sys.argv[1:] if _Parser.argv is None else _Parser.argv):
+            say(f"{self.prog}: error: {message} ({hint})")  # one JSON record (a QA pass)
+            self.exit(2)
+        self.print_usage(sys.stderr)
         self.exit(2, f"{self.prog}: error: {message}\n  ({hint})\n")
 
 
@@ -166,13 +170,27 @@ def _terminate(signum: int, _frame: object) -> None:
 
 def _command(argv: list[str]) -> str | None:
     """The command word of ``argv`` (after the global options)."""
+    return _globals(argv)[0]
+
+
+def _wants_json(argv: list[str]) -> bool:
+    """Does ``argv`` ask for JSON logs (``--log-format json`` before the command)? Read before
+    argparse, whose own errors come first."""
+    return _globals(argv)[1] == "json"
+
+
+def _globals(argv: list[str]) -> tuple[str | None, str | None]:
+    """The command word of ``argv`` and the ``--log-format`` given before it."""
+    fmt = None
     it = iter(argv)
     for tok in it:
         if tok == "--log-format":
-            next(it, None)
+            fmt = next(it, None)
+        elif tok.startswith("--log-format="):
+            fmt = tok.partition("=")[2]
         elif not tok.startswith("-"):
-            return tok
-    return None
+            return tok, fmt
+    return None, fmt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:  # the console script (a service installs its own handler once running)
         service = _command(sys.argv[1:]) in _SERVICES
         signal.signal(signal.SIGTERM, _stopped_while_starting if service else _terminate)
+    _Parser.argv = argv
+    if _wants_json(sys.argv[1:] if argv is None else argv):  # (argparse's errors too)
+        configure_logging("INFO", fmt="json")
     try:
         args = build_parser().parse_args(argv)  # (imports every command's module: a while)
     except _Terminated:

@@ -70,7 +70,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--speed",
-        type=float,
+        type=_speed,
         default=None,
         help="pace by event time, e.g. 60 = one hour of data per minute "
         "(default: as fast as possible)",
@@ -160,6 +160,16 @@ def _unwritable(path: Path) -> str | None:
     return None if os.access(path.parent, os.W_OK) else "its directory is not writable"
 
 
+def _speed(text: str) -> float:
+    """argparse type of ``--speed``: a number (its range is checked by the command)."""
+    try:
+        return float(text)
+    except ValueError:  # (argparse's own "invalid float value" gave no advice: a QA pass)
+        raise argparse.ArgumentTypeError(
+            f"invalid speed {text!r}: give a number > 0, e.g. --speed 60 (an hour of data a minute)"
+        ) from None
+
+
 def _replay(args: argparse.Namespace) -> int:
     from fds import replay as replay_mod  # (the engine: not to build the command line)
 
@@ -221,7 +231,8 @@ def _replay(args: argparse.Namespace) -> int:
         for old in (args.out, dlq_path):
             if old is not None and old.is_file():
                 old.unlink()
-        sink = stack.enter_context(JsonlSink(args.out))
+        # (eager: a rerun that decides nothing leaves an empty file, not none: a QA pass)
+        sink = stack.enter_context(JsonlSink(args.out, eager=True))
         dlq = stack.enter_context(JsonlSink(dlq_path))
         rules = getattr(engine.rules, "applied", engine.rules)
         unseen = replay_mod.watch_fields(stream, getattr(rules, "features", ()))

@@ -383,13 +383,14 @@ def test_building_the_command_line_imports_no_engine():
 
 def test_a_rerun_that_decides_nothing_leaves_no_old_decisions(history, tmp_path):
     """Found by a review: --out was opened on the first decision, so a rerun that decided
-    nothing (an empty file, every row a dead letter) left the previous run's decisions."""
+    nothing (an empty file, every row a dead letter) left the previous run's decisions. It
+    leaves an empty file, which the summary names (a QA pass found none left, yet named)."""
     out = tmp_path / "d.jsonl"
     assert bare_replay(str(history), "--out", str(out)) == 0 and out.read_bytes()
     empty = tmp_path / "empty.jsonl"
     empty.write_bytes(b"")
     assert bare_replay(str(empty), "--out", str(out)) == 1  # (it was a table of zeros, exit 0)
-    assert not out.exists()
+    assert out.read_bytes() == b""
     empty_csv = tmp_path / "empty.csv"
     empty_csv.write_bytes(b"")
     assert bare_replay(str(empty_csv), "--out", str(out)) == 1
@@ -987,3 +988,35 @@ def test_bad_values_and_refused_paths_are_said_not_tracebacks(argv, code, says, 
         assert got == code
     err = capsys.readouterr().err
     assert says in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize(
+    ("argv", "said_"),
+    [
+        (["--port", "70000"], "argument --port: a port is 1-65535; got 70000"),
+        (["--controller-port", "x"], "argument --controller-port: invalid port 'x'"),
+        (
+            ["--port", "29798", "--controller-port", "29798"],
+            "--port and --controller-port are both 29798: each listener needs a port of its own",
+        ),
+    ],
+)
+def test_kafka_up_refuses_a_port_it_cannot_listen_on_before_starting(capsys, tmp_path, argv, said_):
+    """A QA pass: a port over 65535 ended `fds kafka up` in a traceback, and one port for two
+    listeners in the broker's Java stack trace (its data dir left half made)."""
+    data = tmp_path / "broker"
+    try:
+        code = main(["kafka", "up", "--data-dir", str(data), *argv])
+    except SystemExit as e:
+        code = e.code
+    assert code == 2
+    assert said_ in capsys.readouterr().err
+    assert not data.exists()
+
+
+def test_a_speed_that_is_no_number_says_what_to_give(capsys):
+    """A QA pass: `--speed abc` said argparse's "invalid float value" and no more."""
+    with pytest.raises(SystemExit) as e:
+        main(["replay", "f.csv", "--speed", "abc"])
+    assert e.value.code == 2
+    assert "invalid speed 'abc': give a number > 0, e.g. --speed 60" in capsys.readouterr().err

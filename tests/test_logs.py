@@ -135,6 +135,32 @@ def test_a_command_s_last_word_is_a_log_record_where_logs_are_json(capsys):
     capsys.readouterr()
 
 
+def test_an_argparse_error_is_one_json_record_with_json_logs(capsys):
+    """`fds --log-format json replay f.csv --sped 2`: the errors argparse itself finds (an
+    unknown option, a bad value) were plain text after a usage block (a QA pass)."""
+    import orjson
+
+    from fds.cli import main
+
+    try:
+        for argv, msg in (
+            (["replay", "f.csv", "--sped", "2"],
+             "fds replay: error: unrecognized arguments: --sped 2 (--sped: did you mean --speed?)"),
+            (["simulate", "--days", "0", "--out", "s.jsonl"],
+             "fds simulate: error: argument --days: must be at least 1, got 0 "
+             "(run 'fds simulate --help' for help)"),
+        ):  # fmt: skip
+            for fmt in (["--log-format", "json"], ["--log-format=json"]):
+                with pytest.raises(SystemExit) as e:
+                    main([*fmt, *argv])
+                assert e.value.code == 2
+                (line,) = capsys.readouterr().err.splitlines()
+                record = orjson.loads(line)
+                assert record["level"] == "error" and record["msg"] == msg
+    finally:
+        configure_logging("INFO", fmt="kv", logger_name="fds")  # (as the other tests expect)
+
+
 def test_a_command_s_summary_is_kept_under_q_and_a_pair_never_replaces_a_line_field():
     """Found by a review: with `-q --log-format json` the summary (INFO) was dropped, and a
     drift line's `ts="..."` pair took the place of the line's own time in kv."""

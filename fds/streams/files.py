@@ -927,18 +927,24 @@ def _microseconds(batch: Any) -> Any:
 
 
 class JsonlSink:
-    """Append records as JSON lines to a file (gzip when ``*.gz``), opened on first write."""
+    """Append records as JSON lines to a file (gzip when ``*.gz``), opened on first write, or at
+    once with ``eager`` (an empty file when nothing is written)."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, eager: bool = False) -> None:
         self.path = Path(path)
         self.count = 0
         self._f: IO[bytes] | None = None
+        if eager:
+            self._open()
 
-    def write(self, record: Any) -> None:
+    def _open(self) -> IO[bytes]:
         if self._f is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._f = open_text(self.path, "wb")
-        self._f.write(dumps_line(record))
+        return self._f
+
+    def write(self, record: Any) -> None:
+        self._open().write(dumps_line(record))
         self.count += 1
 
     def flush(self) -> None:

@@ -1845,6 +1845,14 @@ class Runner:
             # (a partition being folded) or past it (an asynchronous commit at a revocation
             # that did not land): records decided twice, or neither decided nor folded.
             self._resume_from(covered)
+        elif self.s.auto_offset_reset == "earliest":  # (else said in _bring_up_to_date; a
+            ms = self.s.timeout_ms  # QA pass found no word without a state dir)
+            committed = self._retrying(
+                "reading the committed offsets",
+                lambda: {tp: self.consumer.committed(tp, timeout_ms=ms) for tp in tps},
+            )
+            if new := [tp for tp, c in committed.items() if c is None]:
+                self._say_decided_from_start(new)
         if not self.s.exactly_once and self._copartitioned:
             self._find_decided(tps)
 

@@ -29,13 +29,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         if found_by_dir:  # down, status: the data dir names the broker; ports are checked
             # against it (they were ignored: `down --port 19592` stopped the default broker)
             checked = "; the broker is the --data-dir's, and these must be its own"
-            p.add_argument("--port", type=int, default=None, help="client port" + checked)
-            p.add_argument("--controller-port", type=int, default=None,
+            p.add_argument("--port", type=_port, default=None, help="client port" + checked)
+            p.add_argument("--controller-port", type=_port, default=None,
                            help="KRaft controller port" + checked)  # fmt: skip
         else:
-            p.add_argument("--port", type=int, default=kafka_kit.DEFAULT_PORT, help="client port")
+            p.add_argument("--port", type=_port, default=kafka_kit.DEFAULT_PORT, help="client port")
             p.add_argument(
-                "--controller-port", type=int, default=kafka_kit.DEFAULT_CONTROLLER_PORT,
+                "--controller-port", type=_port, default=kafka_kit.DEFAULT_CONTROLLER_PORT,
                 help="KRaft controller port",
             )  # fmt: skip
         p.add_argument(
@@ -50,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="seconds to wait for the broker to accept connections",
     )  # fmt: skip
     p.add_argument(
-        "--secure-port", type=int, default=None,
+        "--secure-port", type=_port, default=None,
         help="also listen for SASL_SSL clients (SCRAM-SHA-512 over TLS, a CA of the data dir's "
         "own) on this port; fixed when the data dir is first formatted",
     )  # fmt: skip
@@ -78,7 +78,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.register_train(subparsers)
 
 
+def _port(text: str) -> int:
+    """argparse type: a TCP port, 1-65535 (a port over it ended ``fds kafka up`` in a
+    traceback: a QA pass)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}: give a whole number") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 1-65535; got {port}")
+    return port
+
+
 def _up(args: argparse.Namespace) -> int:
+    ports = [("--port", args.port), ("--controller-port", args.controller_port)]
+    ports += [("--secure-port", args.secure_port)] if args.secure_port is not None else []
+    for i, (flag, port) in enumerate(ports):
+        for other, same in ports[:i]:
+            if port == same:  # (the broker's own check failed as a Java stack trace: a QA pass)
+                raise ConfigError(
+                    f"{other} and {flag} are both {port}: each listener needs a port of its own"
+                )
     bootstrap = kafka_kit.up(
         args.port, args.controller_port, args.data_dir, timeout=args.timeout,
         secure_port=args.secure_port,

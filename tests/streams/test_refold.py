@@ -240,6 +240,28 @@ def test_a_new_group_and_an_ignored_checkpoint_are_warned_about(tmp_path, caplog
     assert (tmp_path / "engine.ckpt.bad").read_bytes() == b"torn"
 
 
+def test_a_new_group_without_a_state_dir_is_warned_about_too(caplog):
+    """A QA pass: `fds run --state-dir none` with a new group decided a 55,285-record backlog
+    from the earliest offset without the warning a run with a state dir gives."""
+    broker = Broker(logs(n0=5, n1=7), committed={})
+    broker.script = [(1, lambda g: g.rebalance({P0, P1}))]
+    group = Group(broker)
+    r = Runner(
+        KafkaSettings(checkpoint_in_background=False, align_wait_s=0), engine(),
+        consumer_factory=lambda **cfg: group if cfg.get("group_id") else Reader(broker),
+        producer_factory=lambda **cfg: Producer(broker, **cfg), checkpointer=None,
+    )  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="fds.streams.kafka"):
+        r.run(max_idle_s=0.3)
+    assert len(broker.out) == 12
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(
+        "no committed offset for partitions [0, 1] of group fds (a new group, or renamed): "
+        "their 12 records are decided from the earliest offset" in w
+        for w in warned
+    ), warned
+
+
 def test_a_rebuild_says_how_much_it_reads_and_how_far_it_got(tmp_path, caplog, monkeypatch):
     """A QA pass: a rebuild of 200,000 records said nothing until its end, and its metrics
     did not move: an operator could not see it go."""
