@@ -60,6 +60,19 @@ class _Strict(yaml.SafeLoader):
                 seen.add(key)
         super().flatten_mapping(node)
 
+    def construct_yaml_timestamp(self, node: yaml.ScalarNode) -> Any:
+        try:
+            return super().construct_yaml_timestamp(node)
+        except ValueError as e:  # (2018-13-45: said with no line, a QA pass)
+            raise yaml.constructor.ConstructorError(
+                None, None,
+                f"{node.value} reads as a date that does not exist ({e}): fix it, or quote it",
+                node.start_mark,
+            ) from None  # fmt: skip
+
+
+_Strict.add_constructor("tag:yaml.org,2002:timestamp", _Strict.construct_yaml_timestamp)
+
 
 def read_text(path: Path, what: str) -> str:
     """The text of the project's file ``path`` (a rules file, mapping, model spec, settings);

@@ -343,11 +343,6 @@ def read_yaml(p: Path) -> Any:
         mark = getattr(e, "problem_mark", None)
         where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark else str(p)
         raise ConfigError(f"not valid YAML: {getattr(e, 'problem', e)}", where=where) from None
-    except ValueError as e:  # (YAML read 2018-13-45 as a date that does not exist: a
-        raise ConfigError(  # traceback, a QA pass)
-            f"a value YAML reads as a date does not exist ({e}): fix it, or quote it",
-            where=str(p),
-        ) from None
 
 
 def invalid(p: Path, e: pydantic.ValidationError, model: Any, what: str) -> ConfigError:

@@ -461,7 +461,10 @@ def test_a_mapping_names_the_texts_that_mean_missing(tmp_path):
     with pytest.raises(ConfigError, match=r"as a null \(NULL, ~\), not a text"):
         load_mapping(tmp_path / "bad.yaml")
     (tmp_path / "bad.yaml").write_text(MAPPING + "ts_origin: 2018-13-45\n")
-    with pytest.raises(ConfigError, match="a value YAML reads as a date does not exist"):
+    line = MAPPING.count("\n") + 1  # (at its line: it named the file alone, a QA pass)
+    with pytest.raises(
+        ConfigError, match=rf"bad.yaml:{line}:12: .*2018-13-45 reads as a date that does not exist"
+    ):
         load_mapping(tmp_path / "bad.yaml")
     for odd in ("NULL", "~", "1.50", "no", "-999"):
         (tmp_path / "bad.yaml").write_text(MAPPING + f"missing: [NaN, {odd}]\n")
