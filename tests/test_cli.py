@@ -1020,3 +1020,14 @@ def test_a_speed_that_is_no_number_says_what_to_give(capsys):
         main(["replay", "f.csv", "--speed", "abc"])
     assert e.value.code == 2
     assert "invalid speed 'abc': give a number > 0, e.g. --speed 60" in capsys.readouterr().err
+
+
+def test_the_demo_logs_its_progress_when_stderr_is_no_terminal(capsys, tmp_path, monkeypatch):
+    """A QA pass: `fds demo` ran 71 s into a file or a pipe without a line (its INFO logs are
+    off unless -v, the progress lines with them), where `fds replay` says how far it got."""
+    monkeypatch.setattr("fds.progress.LOG_EVERY_S", 0.0)
+    out = tmp_path / "demo"
+    assert main(["demo", "--days", "8", "--cards", "300", "--out-dir", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert 'logger="fds.progress" msg="progress" task="bench precision"' in err
+    assert "model version" not in err  # (the other INFO lines stay off without -v)
