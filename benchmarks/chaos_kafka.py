@@ -1,7 +1,8 @@
 """Chaos runs of `fds run` against a broker of its own (issue 6; RELIABILITY.md's promises).
 
-    python benchmarks/chaos_kafka.py [--faults broker-kill,pause] [--down 25] [--repeat 1]
-                                     [--cards 3000] [--days 10] [--state-topic] [--out FILE]
+    python benchmarks/chaos_kafka.py [--faults broker-kill,pause,kill,dc-loss] [--down 25]
+                                     [--repeat 1] [--cards 3000] [--days 10] [--state-topic]
+                                     [--out FILE]
 
 Each run: fresh topics and group on a kit broker started here (ports 19592/19593, its own data
 dir, stopped at the end), the simulator's stream produced first (a backlog on 6 partitions),
@@ -22,12 +23,17 @@ dir, stopped at the end), the simulator's stream produced first (a backlog on 6 
   ``KILL_TAIL_S`` of event time is produced, and once it is decided the first is killed with
   SIGKILL (its snapshot older than that); once the second has restored its partitions after the
   session timeout, the rest of the stream is produced. With ``--state-topic`` this is the case
-  a takeover from the victim's snapshot is for (README, "partitions that move").
+  a takeover from the victim's snapshot is for (README, "partitions that move");
+* **dc-loss**: as `kill`, with three `fds run` side by side, two of them (i1, i2) killed with
+  SIGKILL at the same moment (a data-centre loss): once its session timeout has evicted both,
+  the survivor (i3) holds every partition, those of each victim taken over from that victim's
+  own snapshot (each cut folded on its own, then merged: README, "partitions that move").
 
 ``--state-topic``: every instance gets the kit's state topic (``state_changelog`` of
-streams/topics.yaml, created with the others) and ``--group-instance-id`` (i1, i2), and
+streams/topics.yaml, created with the others) and ``--group-instance-id`` (i1, i2, i3), and
 ``FDS_MODEL_KEY`` so snapshots are signed; the report says how each moved partition's state came
-back (taken over from a snapshot, or rebuilt and why, from the survivor's log).
+back (taken over from a snapshot, or rebuilt and why, from the survivor's log), and, for each
+moved partition, the instance whose snapshot it came from (or that it was rebuilt).
 
 Both at-least-once and `--exactly-once`. Checked against the input and a replay of the same
 file through the same engine: transactions lost; duplicates, and those that differ from their
@@ -44,6 +50,7 @@ import argparse
 import itertools
 import os
 import platform
+import re
 import shlex
 import signal
 import subprocess
@@ -85,7 +92,10 @@ MODES = {"at-least-once": [], "exactly-once": ["--exactly-once"]}
 # instances deciding side by side each count them over their own partitions.
 SPANNING = ("merchant_", "device_", "ip_")
 BEYOND = "merchant/device/ip features"
-TWO = ("handover", "kill")  # faults with two instances deciding side by side
+# kill-like faults: how many instances decide side by side, and how many of them (the first
+# ones started) are killed at once; the last one started survives
+FLEETS = {"kill": (2, 1), "dc-loss": (3, 2)}
+SIDE = ("handover", *FLEETS)  # faults with several instances deciding side by side
 KILL_AT = 0.6  # kill: the share of the stream's event time decided before the kill
 # kill: event time decided after the victim's last snapshot, below the 5 min grace period (so
 # the moved partitions' next records are not late against the survivor's state: a takeover)
@@ -139,6 +149,45 @@ def assigned(log: Path) -> int:
     """How many partitions the last assignment an `fds run` logged holds."""
     got = [line for line in log.read_text().splitlines() if "partitions assigned:" in line]
     return got[-1].count("transactions[") if got else 0
+
+
+def restored(log: Path, since: int, partitions: int | None) -> bool:
+    """Has the `fds run` logging to ``log`` been assigned ``partitions`` partitions (any number:
+    ``None``) after ``since`` characters of its log, and restored their state since?
+    (Victims evicted at different session expiries rebalance twice: the first restore is not
+    the one that matters.)"""
+    text = log.read_text()[since:]
+    at = text.rfind("partitions assigned:")
+    line = text[at:].split("\n", 1)[0]
+    got = line.count("transactions[")
+    return (
+        at >= 0 and partitions in (got, None) and ("(state only, no output) ranges=" in text[at:])
+    )
+
+
+TAKEN = re.compile(
+    r'partitions \[([\d, ]*)\] taken over from the snapshot of instance=\\?"[^"\\]*/([^"\\/]+)'
+    r'\\?" offsets=\\?"(\{[^}]*\})'
+)
+MOVED = re.compile(r"rebuild of the partitions moved here partitions=\[([\d, ]*)\] records=(\d+)")
+WHOLE = re.compile(r"rebuild partitions=\[([\d, ]*)\] records=(\d+)")
+
+
+def moved_back(paths: list[str]) -> str:
+    """How each moved partition's state came back, from the survivor's log lines ``paths``:
+    taken over from which instance's snapshot (and the records folded on top), or rebuilt
+    (and why: the line saying it is in the report)."""
+    out = []
+    for line in paths:
+        if m := TAKEN.search(line):
+            out.append(f"[{m[1]}] from {m[2]}'s snapshot (offsets {m[3]})")
+        elif m := MOVED.search(line):
+            out.append(f"[{m[1]}] folded on top: {m[2]} records")
+        elif m := WHOLE.search(line):
+            out.append(f"**rebuilt** [{m[1]}]: {m[2]} records")
+        elif "not taken over" in line or "not rebuilt alone" in line or "grace period" in line:
+            out.append("**fallback** (see below)")
+    return "; ".join(out) or "-"
 
 
 def split_by_time(
@@ -199,6 +248,18 @@ def wait(cond: Any, timeout: float) -> bool:
     return True
 
 
+def stop(run: subprocess.Popen) -> int:
+    """Stop an `fds run` still running (SIGTERM, SIGKILL after 60 s); its exit code."""
+    if run.poll() is None:
+        run.send_signal(signal.SIGCONT)
+        run.send_signal(signal.SIGTERM)
+    try:
+        return run.wait(60)
+    except subprocess.TimeoutExpired:
+        run.kill()
+        return run.wait()
+
+
 def one_run(
     fault: str, mode: str, down: float, data: Path, ids: list[str], ref: dict, work: Path,
     ddir: Path, broker_timeout: float, checkpoint_every: float = 5.0, state_topic: bool = False,
@@ -208,7 +269,7 @@ def one_run(
     group = f"{name}-g"
     sink = KafkaSettings(bootstrap=BOOTSTRAP, input_topic=topics["transactions"])
     parts = []
-    if fault == "kill":  # (only what is produced is waited for and checked)
+    if fault in FLEETS:  # (only what is produced is waited for and checked)
         parts = split_by_time(data, KILL_AT, [KILL_TAIL_S, KILL_REST_S], work)
         ids = [i for _, got in parts[:3] for i in got]
         checkpoint_every = KILL_CHECKPOINT_S
@@ -241,6 +302,7 @@ def one_run(
 
     run = start("i1")
     log_path = work / f"{name}-i1.log"
+    runs = [run]  # every instance started (each stopped at the end, if still running)
     n = len(ids)
     killed = 0.0
     since = 0  # the survivor's log from where its restore of the moved partitions is read
@@ -248,30 +310,38 @@ def one_run(
         if fault == "handover":  # the first commits, the second joins and rebuilds its share
             wait(lambda: count_output(topics["decisions"]) >= n // 10, 120)
             second, log2 = start("i2"), work / f"{name}-i2.log"
+            runs.append(second)
             wait(lambda: 'msg="rebuild' in log2.read_text(), 120)
             run.send_signal(signal.SIGSTOP)
             time.sleep(7.0)  # the second decides on, the first stays in the group
             run.kill()
             run.wait()
             run, log_path = second, log2
-        elif fault == "kill":  # two side by side, caught up and published; a tail; SIGKILL
-            second, log2 = start("i2"), work / f"{name}-i2.log"
+        elif fault in FLEETS:  # several side by side, caught up and published; a tail; the
+            size, victims = FLEETS[fault]  # first ``victims`` of them killed (SIGKILL) at once
+            runs += [start(f"i{k}") for k in range(2, size + 1)]
+            logs = [work / f"{name}-i{k}.log" for k in range(1, size + 1)]
             (_, head), (tail, mid), (rest, last), _ = parts
             n_head, n_tail = len(head), len(mid)
             wait(lambda: committed_input(topics["transactions"], group) >= n_head, 300)
-            # both hold partitions (the second's join can still be pending: a first try killed
-            # the first before the group gave the second any, and it rebuilt every partition)
-            wait(lambda: assigned(log_path) and assigned(log2), 60)
+            # all hold partitions (a join can still be pending: a first try killed the first
+            # before the group gave the second any, and it rebuilt every partition)
+            wait(lambda: all(assigned(lg) for lg in logs), 60)
             if state_topic:
                 at = committed_offsets(topics["transactions"], group)
                 wait(lambda: snapshots_cover(topics["state_changelog"], group, at), 120)
             produce_file(tail, sink)
             wait(lambda: committed_input(topics["transactions"], group) >= n_head + n_tail, 60)
-            run.kill()
-            run.wait()
+            for victim in runs[:victims]:  # (signals sent back to back: the same moment)
+                victim.kill()
+            for victim in runs[:victims]:
+                victim.wait()
             killed = time.time()
-            run, log_path, since = second, log2, len(log2.read_text())
-            wait(lambda: "(state only, no output) ranges=" in log2.read_text()[since:], 120)
+            run, log_path = runs[victims], logs[victims]  # (the first survivor is watched)
+            since = len(log_path.read_text())
+            # (a survivor alone holds every partition; several share them)
+            every = len(committed_offsets(topics["transactions"], group))
+            wait(lambda: restored(log_path, since, every if size - victims == 1 else None), 120)
             produce_file(rest, sink, rate=len(last) / KILL_REST_WALL_S)
         elif fault == "broker-kill":
             wait(lambda: count_output(topics["decisions"]) >= n // 5, 120)
@@ -285,22 +355,19 @@ def one_run(
             run.send_signal(signal.SIGSTOP)
             time.sleep(down)
             run.send_signal(signal.SIGCONT)
-        back = killed if fault == "kill" else time.time()
+        back = killed if fault in FLEETS else time.time()
         done = wait(lambda: committed_input(topics["transactions"], group) >= n, 300)
     finally:
-        if run.poll() is None:
-            run.send_signal(signal.SIGCONT)
-            run.send_signal(signal.SIGTERM)
-        try:
-            code = run.wait(60)
-        except subprocess.TimeoutExpired:
-            run.kill()
-            code = run.wait()
+        for other in runs:  # (the one watched last: its exit code is reported)
+            if other is not run:
+                stop(other)
+        code = stop(run)
     got = read_decisions(topics["decisions"], committed=mode == "exactly-once")
     kafka_kit.delete_topics(BOOTSTRAP, list(topics.values()))
     first: dict[str, dict[str, Any]] = {}
     dups = differ = differ_card = 0
     how = Counter()  # what differs in the duplicates that differ (features by name)
+    since_kill: set[str] = set()  # kill-like: first decided after the kill (the survivor alone)
     for d in got:
         same = {k: v for k, v in d.items() if k not in WALL_CLOCK_FIELDS}
         if d["tx_id"] in first:
@@ -319,6 +386,8 @@ def one_run(
             differ_card += any(not k.startswith(SPANNING) for k in keys)
         else:
             first[d["tx_id"]] = same
+            if killed and datetime.fromisoformat(d["decided_at"]).timestamp() > killed:
+                since_kill.add(d["tx_id"])
     if how:
         print("duplicates differ in:", how.most_common(8), flush=True)
     after = sorted(
@@ -328,7 +397,7 @@ def one_run(
     paths = [  # how the moved partitions came back, and why (state topic: taken over or not)
         line.split("msg=", 1)[-1][:400] for line in logged[since:].splitlines()
         if any(w in line for w in PATHS)
-    ] if fault in TWO else []  # fmt: skip
+    ] if fault in SIDE else []  # fmt: skip
     for line in paths:
         print("survivor:", line, flush=True)
     which = Counter(  # the features that differ from the replay, and whether decided late
@@ -348,12 +417,20 @@ def one_run(
                 for k, v in d["features"].items())
             for i, d in first.items()
         ),
+        # the survivor alone decides on the state merged from every partition's: the
+        # features of entities that span partitions too must be a replay's
+        "after_kill": len(since_kill),
+        "after_kill_differ": sum(first[i]["features"] != ref.get(i) for i in since_kill),
         "late": sum("late" in (d.get("flags") or []) for d in first.values()),
         "resumed_s": round(after[0] - back, 1) if after else None,
         "refused": logged.count("refused ("), "catch_up": logged.count("msg=\"catch-up"),
         "rebuild": logged.count("msg=\"rebuild"), "log": log_path.name,
         "stopped": logged.count("fds run was stopped for"), "state_topic": state_topic,
         "taken_over": logged.count("taken over from the snapshot"), "paths": paths,
+        "moved_back": moved_back(paths),
+        "taken_over_moved": sum("taken over from the snapshot" in line for line in paths),
+        # a takeover from each victim's own snapshot is what the state topic is for here
+        "takeover_expected": FLEETS[fault][1] if state_topic and fault in FLEETS else 0,
     }  # fmt: skip
 
 
@@ -376,7 +453,7 @@ def main() -> int:
     ap.add_argument("--days", type=int, default=10)
     ap.add_argument(
         "--state-topic", action="store_true",
-        help="every fds run gets the kit's state topic and a --group-instance-id (i1, i2)",
+        help="every fds run gets the kit's state topic and a --group-instance-id (i1, i2, ...)",
     )  # fmt: skip
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
@@ -413,37 +490,44 @@ def main() -> int:
         "first (a backlog on 6 partitions); the default rules, no model; `fds run` with "
         f"`--max-poll-records 50 --checkpoint-every {args.checkpoint_every:g} --broker-timeout "
         f"{args.broker_timeout or max(60.0, args.down + 45):g}"
-        + (" --state-topic <the kit's state_changelog> --group-instance-id i1|i2` (FDS_MODEL_KEY "
-           "set)" if args.state_topic else "`")
+        + (" --state-topic <the kit's state_changelog> --group-instance-id i1|i2|i3` "
+           "(FDS_MODEL_KEY set)" if args.state_topic else "`")
         + ", one fault once a fifth of the stream is decided (see the script's docstring). "
         f"The runs' logs are in the work dir (`{work}`) of the machine that ran it.", "",
         "| fault | mode | down (s) | finished | exit | lost | duplicates (differ) | features "
         "differ from a replay | decided `late` | resumed after (s) | commits refused | state "
         "back by | own stop not counted against the broker | moved partitions taken over "
-        "from a snapshot |",
-        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+        "from a snapshot | how the moved partitions' state came back (survivor's log) |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|",
     ]  # fmt: skip
     for r in rows:
         back = ("catch-up" if r["catch_up"] else "") + (" rebuild" if r["rebuild"] else "")
-        down = "-" if r["fault"] in TWO else f"{r['down']:g}"
+        down = "-" if r["fault"] in SIDE else f"{r['down']:g}"
         dups, feats = f"{r['dups']} ({r['dups_differ']})", f"{r['features_differ']}"
-        if r["fault"] in TWO:  # (see the verdict)
+        if r["fault"] in SIDE:  # (see the verdict)
             dups = f"{r['dups']} ({r['dups_differ']}; {r['dups_differ_card']} beyond {BEYOND})"
             feats += f" ({r['features_differ_card']} beyond {BEYOND})"
+        if r["fault"] in FLEETS:  # (the survivor alone, on the merged state: any feature)
+            feats += f"; {r['after_kill_differ']} of the {r['after_kill']} decided after the kill"
         lines.append(
             f"| {r['fault']} | {r['mode']} | {down} | {'yes' if r['finished'] else 'NO'} "
             f"| {r['exit']} | {r['lost']} | {dups} | "
             f"{feats} | {r['late']} | {r['resumed_s']} | {r['refused']} | "
-            f"{back.strip() or '-'} | {r['stopped']} | {r['taken_over']} |"
+            f"{back.strip() or '-'} | {r['stopped']} | {r['taken_over']} | {r['moved_back']} |"
         )
-    # Two instances at once (handover) each count an entity that spans partitions (merchant,
-    # device, ip) over the partitions it holds (state per instance, README): there, only the
-    # features of other entities (the card's) must equal a replay's, and no decision be `late`.
+    # Several instances at once (handover, kill, dc-loss) each count an entity that spans
+    # partitions (merchant, device, ip) over the partitions it holds (state per instance,
+    # README): there, only the features of other entities (the card's) must equal a replay's,
+    # and no decision be `late`. With the state topic, the survivor of a kill-like fault takes
+    # each victim's partitions over from that victim's snapshot (one line per victim), and
+    # decides every feature as a replay does from then on (alone, on the merged state).
+    fell_back = [r for r in rows if r["taken_over_moved"] < r["takeover_expected"]]
     bad = [r for r in rows if r["lost"] or not r["finished"] or r["late"]
-           or (r["dups_differ"] if r["fault"] not in TWO else r["dups_differ_card"])
-           or (r["features_differ"] if r["fault"] not in TWO
+           or (r["dups_differ"] if r["fault"] not in SIDE else r["dups_differ_card"])
+           or (r["features_differ"] if r["fault"] not in SIDE
                else r["features_differ_card"])
-           or (r["mode"] == "exactly-once" and r["dups"])]  # fmt: skip
+           or (r["mode"] == "exactly-once" and r["dups"]) or r in fell_back
+           or (r["takeover_expected"] and r["after_kill_differ"])]  # fmt: skip
     for r in rows:  # the survivor's own words on how the moved partitions came back
         if r["paths"]:
             lines += ["", f"{r['fault']} {r['mode']} ({r['log']}), the survivor's log:", ""]
@@ -452,11 +536,17 @@ def main() -> int:
         "",
         "Verdict: " + ("every run finished with nothing lost, every duplicate identical, "
                        "exactly-once without duplicates, none decided `late`, and the features "
-                       "of a replay; for a handover, but for the features of entities that "
-                       "span partitions (merchant, device, ip), which each of two instances "
-                       "deciding side by side counts over its own partitions (the state is per "
-                       "instance)."
-                       if not bad else f"**{len(bad)} run(s) broke a promise** (rows above)."),
+                       "of a replay; with several instances (handover, kill, dc-loss), but for "
+                       "the features of entities that span partitions (merchant, device, ip), "
+                       "which each instance deciding side by side counts over its own "
+                       "partitions (the state is per instance)"
+                       + ("; with the state topic, every victim's partitions taken over from "
+                          "its own snapshot, and every feature decided after the kill as a "
+                          "replay's." if any(r["takeover_expected"] for r in rows) else ".")
+                       if not bad else f"**{len(bad)} run(s) broke a promise** (rows above)"
+                       + (f"; {len(fell_back)} of them took the moved partitions' state "
+                          "back otherwise than from each victim's snapshot." if fell_back
+                          else ".")),
         "",
     ]  # fmt: skip
     args.out.write_text("\n".join(lines))
