@@ -355,6 +355,11 @@ def invalid(p: Path, e: pydantic.ValidationError, model: Any, what: str) -> Conf
     line = _line_at(p, keys)
     loc = ".".join(str(x) for x in err["loc"] if x != "[key]")  # (a dict key's error)
     msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] in ("dict_type", "model_type", "model_attributes_type"):  # (pydantic's words
+        got = type(err.get("input")).__name__  # were all a QA pass got for `fields: [a, b]`)
+        got = {"list": "a list", "str": "a text", "NoneType": "nothing", "bool": "true/false",
+               "int": "a number", "float": "a number"}.get(got, f"a {got}")  # fmt: skip
+        msg = f"a section of `key: value` lines under it is expected, not {got}"
     if err["type"] == "extra_forbidden":
         known = yamlio.fields_at(model, err["loc"][:-1])
         close = difflib.get_close_matches(str(err["loc"][-1]), known, n=1)

@@ -115,6 +115,15 @@ def test_a_required_field_neither_mapped_nor_a_column_is_a_config_error(tmp_path
             "fields: {tx_id: A}\nlabel: FRAUD\n",
             r"m.yaml:2: label: give the fraud column as a section: `label: \{column: FRAUD, ",
         ),
+        # a list where a section goes: pydantic's "Input should be a valid dictionary" (QA)
+        (
+            "fields: [tx_id, ts]\n",
+            r"m.yaml:1: fields: a section of `key: value` lines under it is expected, not a list",
+        ),
+        (
+            "fields: {tx_id: A}\nlabel: yes\n",
+            r"m.yaml:2: label: a section of `key: value` lines .* not true/false",
+        ),
     ],
 )
 def test_bad_mapping_names_file_line_and_problem(tmp_path, text, message):
