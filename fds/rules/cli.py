@@ -105,7 +105,7 @@ def _check(args: argparse.Namespace, out: TextIO | None = None) -> int:
             failed += 1
             continue
         try:
-            rs = load_ruleset(f)
+            rs = load_ruleset(f, log_notes=False)  # (printed below)
         except ConfigError as e:
             print(f"FAIL {f}\n  {str(e).replace(chr(10), chr(10) + '  ')}", file=out)
             failed += 1

@@ -847,7 +847,9 @@ def _check_semantics(spec: RulesFile, filename: str, marks: Mapping) -> None:
         ids.add(r.id)
 
 
-def load_ruleset_text(text: str, filename: str = "<rules>", *, run_tests: bool = False) -> Ruleset:
+def load_ruleset_text(
+    text: str, filename: str = "<rules>", *, run_tests: bool = False, log_notes: bool = True
+) -> Ruleset:
     """Validate and compile a rules file given as text (see :func:`load_ruleset`)."""
     data, marks = load_yaml_with_marks(text, filename)
     if not isinstance(data, dict):
@@ -869,7 +871,8 @@ def load_ruleset_text(text: str, filename: str = "<rules>", *, run_tests: bool =
                 f"{filename}:{line}:{col}: window {window} has no unit: read as {window} "
                 "seconds (write 7d, 12h, 90s)"
             )
-            log.warning("%s", notes[-1])
+            if log_notes:  # (`fds rules check` prints them: said twice, a QA pass)
+                log.warning("%s", notes[-1])
     known = known_names(spec)
     compiled = []
     errors: list[str] = []  # every rule's error at once: an analyst fixes them in one pass
@@ -919,10 +922,12 @@ def check_tests(rs: Ruleset) -> None:
         )
 
 
-def load_ruleset(path: str | Path, *, run_tests: bool = False) -> Ruleset:
-    """Load, validate and compile a rules file; with ``run_tests`` its inline tests must pass.
+def load_ruleset(path: str | Path, *, run_tests: bool = False, log_notes: bool = True) -> Ruleset:
+    """Load, validate and compile a rules file; with ``run_tests`` its inline tests must pass;
+    what it notes (``Ruleset.notes``) is logged as warnings unless ``log_notes`` is false.
 
     Raises :class:`fds.errors.ConfigError` naming ``file:line:column`` and the fix.
     """
     p = Path(path)
-    return load_ruleset_text(yamlio.read_text(p, "rules file"), str(p), run_tests=run_tests)
+    text = yamlio.read_text(p, "rules file")
+    return load_ruleset_text(text, str(p), run_tests=run_tests, log_notes=log_notes)

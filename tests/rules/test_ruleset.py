@@ -411,6 +411,21 @@ def test_a_window_without_a_unit_is_warned_about(caplog) -> None:
     assert "  note: f.yaml:3:52: window 7 has no unit" in out.getvalue()
 
 
+def test_rules_check_says_a_note_once(tmp_path, capsys) -> None:
+    """A QA pass: `fds rules check` printed a window without a unit as a note and again as a
+    warning log line."""
+    from fds.cli import main
+
+    f = tmp_path / "f.yaml"
+    f.write_text(
+        'version: "1"\nfeatures:\n  - {name: a, entity: card_id, agg: count, window: 7}\n'
+        "rules: []\n"
+    )
+    assert main(["rules", "check", str(f)]) == 0
+    said = capsys.readouterr()
+    assert (said.out + said.err).count("window 7 has no unit") == 1
+
+
 def test_comments_in_a_block_condition_are_comments_where_its_lines_are_kept() -> None:
     """A review: a `|` block keeps its lines, so a `#` there ends only its own line (it was
     refused with the others); in a folded style the next lines join the comment's."""
