@@ -695,11 +695,14 @@ def _run(
         reason, n = tally.reasons.most_common(1)[0]
         shown = tally.examples[reason]  # its values, once
         records = f"{n:,} record" + ("s" if n != 1 else "")
-        s.top_reason = (
-            f"{reason} ({records}; the first: {shown})"
-            if shown not in reason
-            else f"{reason} ({records})"
-        )
+        if n == 1 < len(tally.reasons):  # (no reason twice: the first one, said once; it was
+            s.top_reason = f"{shown} (each reason differs; the first)"  # twice over 7
+        else:  # lines, a QA pass)
+            s.top_reason = (
+                f"{reason} ({records}; the first: {shown})"
+                if shown not in reason
+                else f"{reason} ({records})"
+            )
     unreadable = tally.unreadable
     s.transactions = seen + unreadable
     s.reordered = stream.reordered

@@ -70,6 +70,20 @@ def test_dead_letters_are_written_and_counted_not_kept(tmp_path):
     )
 
 
+def test_dead_letters_each_of_its_own_reason_show_the_first_once(tmp_path):
+    """A QA pass: with no reason twice, "most often" showed one record's reason, then its
+    text again with its values, over 7 lines of the table."""
+    p = tmp_path / "x.jsonl"
+    p.write_text(
+        orjson.dumps(tx(0, T0, amount=-1)).decode() + "\n{broken\n"
+        + orjson.dumps(tx(2, T0 + 1)).decode() + "\n"
+    )  # fmt: skip
+    s = replay.run(Engine(), replay.load(p), ListSink(), ListSink(), source=str(p))
+    assert s.dead_letters == 2
+    assert s.top_reason is not None and s.top_reason.endswith("(each reason differs; the first)")
+    assert s.top_reason.count("greater than 0") == 1
+
+
 def test_dead_letters_of_a_failing_stage_are_written_as_they_come():
     """Found by a review: when every record failed at a stage (a rule raising on all of them),
     the replay skipped its periodic block: the dead letters stayed in memory and the metrics
