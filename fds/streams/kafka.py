@@ -128,6 +128,7 @@ from fds.streams.files import (
 from fds.streams.kafka_kit import Call, ClientErrors, Consumer, UnreadableRecords
 from fds.streams.label_feed import LabelFeed, reads_labels
 from fds.streams.rebuild import STAGES_TAIL_S, horizon_seconds, read_merged, start_offsets
+from fds.streams.state_topic import FETCH_BYTES as STATE_FETCH_BYTES
 from fds.streams.state_topic import StateTopic, manifest_offsets
 from fds.timeutil import FileClock, format_ts, get_zone, naive_text, parse_ts, span
 
@@ -1752,10 +1753,7 @@ class Runner:
         assert st is not None
         t0 = time.monotonic()
         try:
-            data = st.fetch(
-                lambda: self._consumer_factory(**self.s.reader_config()),
-                timeout_s=self.s.broker_timeout_s,
-            )  # fmt: skip
+            data = st.fetch(self._state_reader, timeout_s=self.s.broker_timeout_s)
         except UnreadableRecords as exc:  # the snapshot is a shortcut: rebuilt without it
             log.warning(
                 'state topic="%s": a batch of it cannot be read (%s): the state is rebuilt '
@@ -2204,6 +2202,12 @@ class Runner:
         )  # fmt: skip
         return None
 
+    def _state_reader(self) -> Any:
+        """A reader of the state topic (large fetches: its records are snapshot chunks)."""
+        return self._consumer_factory(
+            **self.s.reader_config(max_partition_fetch_bytes=STATE_FETCH_BYTES)
+        )
+
     def _take_over(
         self, scratch: Any, alone: Mapping[Any, int], ranges: Mapping[Any, tuple[int, int]]
     ) -> list[tuple[Any, dict[Any, int]]]:
@@ -2228,8 +2232,7 @@ class Runner:
         if st is None or not alone or not getattr(scratch, "provenance", False):
             return []
 
-        def make() -> Any:
-            return self._consumer_factory(**self.s.reader_config())
+        make = self._state_reader
 
         def nothing(
             why: str, parts: list[int] | None = None, level: int = logging.INFO

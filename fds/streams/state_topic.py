@@ -56,7 +56,7 @@ from kafka.structs import TopicPartition
 from fds.errors import ArtifactError
 from fds.models.registry import env_key, sign, verify, write_atomic
 
-__all__ = ["CHUNK", "StateTopic", "manifest_offsets"]
+__all__ = ["CHUNK", "FETCH_BYTES", "StateTopic", "manifest_offsets"]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,10 @@ SLOTS = ("a", "b", "c")
 CHUNK = 512 * 1024
 #: Records per poll while reading the topic: 64 chunks of CHUNK bytes, 32 MB at most in hand.
 POLL_RECORDS = 64
+#: ``max_partition_fetch_bytes`` of a reader of the topic: kafka-python's 1 MB default fetches
+#: one or two chunks per round trip; 2-8 MB read snapshots 1.6-1.9x faster, 16 MB less so
+#: (benchmarks/exp_state_fetch.py, results/state_fetch.md).
+FETCH_BYTES = 4 << 20
 
 
 def manifest_offsets(manifest: Mapping[str, Any]) -> dict[int, int]:

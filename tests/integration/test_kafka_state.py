@@ -298,16 +298,33 @@ def test_a_third_instance_takes_partitions_of_two_instances_over_from_their_snap
     group = unique_name("g")
     s = settings_for(kafka_bootstrap, topics, group)
 
-    def start(name: str) -> Any:
-        return spawn_run(
+    logs: dict[str, list[str]] = {}
+    readers = []
+
+    def start(name: str) -> Any:  # (its log read as it comes)
+        p = spawn_run(
             kafka_bootstrap, topics, group, "--group-instance-id", name, stages=(
                 "--rules", str(DEFAULT_RULES), "--model", "none", "--state-dir",
                 str(tmp_path / name), "--max-poll-records", "100", "--checkpoint-every", "0.5",
                 "--state-topic", topics["state_changelog"],
             ),
         )  # fmt: skip
+        logs[name] = lines = []
+        readers.append(threading.Thread(target=lambda: lines.extend(iter(p.stderr.readline, ""))))
+        readers[-1].start()
+        return p
 
+    def assigned(name: str, parts: list[str]) -> bool:  # its newest assignment
+        got = [ln for ln in logs[name] if "partitions assigned: [" in ln]
+        return bool(got) and re.findall(r"\[(\d+)\]'", got[-1]) == parts
+
+    # Both hold their share before any input: a's snapshots never hold partition 3 (had a
+    # decided the first half alone, both instances' snapshots held it at one offset).
     a, c = start("a"), start("c")
+    wait_until(
+        lambda: assigned("a", ["0", "1", "2"]) and assigned("c", ["3", "4", "5"]), 60,
+        "a and c sharing the partitions",
+    )  # fmt: skip
     produce_file(tmp_path / "0.jsonl", s)
 
     def covered(ident: str, parts: tuple[int, ...]) -> bool:  # its snapshot holds them
@@ -321,10 +338,7 @@ def test_a_third_instance_takes_partitions_of_two_instances_over_from_their_snap
     )  # fmt: skip
     t_join = time.time()
     b = start("b")
-    b_log: list[str] = []
-    reader = threading.Thread(target=lambda: b_log.extend(iter(b.stderr.readline, "")))
-    reader.start()
-    wait_until(lambda: any("partitions assigned: ['" in ln for ln in b_log), 60, "b assigned")
+    wait_until(lambda: assigned("b", ["2", "3"]), 60, "b assigned")
     produce_file(tmp_path / "1.jsonl", s)
 
     def decided() -> set[str]:
@@ -337,14 +351,14 @@ def test_a_third_instance_takes_partitions_of_two_instances_over_from_their_snap
     wait_until(lambda: decided() >= set(ids), 120, "every tx_id decided")
     for p in (a, b, c):
         p.send_signal(signal.SIGTERM)
-    for p in (a, c):
-        _, err = p.communicate(timeout=30)
-        assert p.returncode == 0, err[-3000:]
-    b.wait(30)
-    reader.join(10)
-    err = "".join(b_log)
-    assert b.returncode == 0, err[-3000:]
-    (first, *_) = [ln for ln in b_log if "partitions assigned: ['" in ln]
+    for p in (a, b, c):
+        p.wait(30)
+    for r in readers:
+        r.join(10)
+    for name, p in (("a", a), ("b", b), ("c", c)):
+        assert p.returncode == 0, "".join(logs[name])[-3000:]
+    err = "".join(logs["b"])
+    (first, *_) = [ln for ln in logs["b"] if "partitions assigned: ['" in ln]
     assert re.findall(r"\[(\d+)\]'", first) == ["2", "3"], first
     for part, ident in ((2, "a"), (3, "c")):
         assert re.search(
