@@ -116,9 +116,8 @@ def _demo(args: argparse.Namespace) -> int:
 
     if not args.verbose:  # the progress bar and the table tell the story; -v shows every swap
         logging.getLogger("fds").setLevel(logging.WARNING)
-        # (but for the bar's progress lines when stderr is no terminal: a QA pass saw 71 s of
-        # silence)
-        logging.getLogger("fds.progress").setLevel(logging.INFO)
+        if not args.quiet:  # (but for the bar's progress lines when stderr is no terminal:
+            logging.getLogger("fds.progress").setLevel(logging.INFO)  # 71 s of silence, a QA)
 
     if args.drift_day is None:  # (a fixed 21 refused `--days 20` the user never gave it)
         args.drift_day = 21 if args.days > 21 else args.days // 2
