@@ -218,39 +218,18 @@ def test_a_rebuild_with_a_partition_never_committed_goes_ahead(tmp_path, committ
     assert [d["features"]["n"] for d in broker.out] == list(range(21, 41))  # rebuilt: 20 held
 
 
-def test_a_new_group_and_an_ignored_checkpoint_are_warned_about(tmp_path, caplog):
+@pytest.mark.parametrize("state_dir", [True, False])
+def test_a_new_group_and_an_ignored_checkpoint_are_warned_about(tmp_path, caplog, state_dir):
     """A QA pass: a renamed group decided the whole topic again (and sent every decision
     again) with only an INFO line about the checkpoint, and a checkpoint that could not be
-    used (an upgrade, other features) was followed by an INFO line that read as routine."""
+    used (an upgrade, other features) was followed by an INFO line that read as routine.
+    Without a state dir (`--state-dir none`) the new group went without a word (a QA pass)."""
     broker = Broker(logs(n0=5, n1=7), committed={})
     broker.script = [(1, lambda g: g.rebalance({P0, P1}))]
     (tmp_path / "engine.ckpt").write_bytes(b"torn")
-    with caplog.at_level(logging.INFO, logger="fds.streams.kafka"):
-        runner(broker, tmp_path).run(max_idle_s=0.3)
-    assert len(broker.out) == 12
-    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert any(
-        "no committed offset for partitions [0, 1] of group fds (a new group, or renamed): "
-        "their 12 records are decided from the earliest offset" in w
-        for w in warned
-    ), warned
-    assert any(
-        "no usable checkpoint" in w and "feature horizon read again, 24.1 h)" in w for w in warned
-    ), warned
-    assert (tmp_path / "engine.ckpt.bad").read_bytes() == b"torn"
-
-
-def test_a_new_group_without_a_state_dir_is_warned_about_too(caplog):
-    """A QA pass: `fds run --state-dir none` with a new group decided a 55,285-record backlog
-    from the earliest offset without the warning a run with a state dir gives."""
-    broker = Broker(logs(n0=5, n1=7), committed={})
-    broker.script = [(1, lambda g: g.rebalance({P0, P1}))]
-    group = Group(broker)
-    r = Runner(
-        KafkaSettings(checkpoint_in_background=False, align_wait_s=0), engine(),
-        consumer_factory=lambda **cfg: group if cfg.get("group_id") else Reader(broker),
-        producer_factory=lambda **cfg: Producer(broker, **cfg), checkpointer=None,
-    )  # fmt: skip
+    r = runner(broker, tmp_path)
+    if not state_dir:
+        r.checkpointer = None
     with caplog.at_level(logging.INFO, logger="fds.streams.kafka"):
         r.run(max_idle_s=0.3)
     assert len(broker.out) == 12
@@ -260,6 +239,12 @@ def test_a_new_group_without_a_state_dir_is_warned_about_too(caplog):
         "their 12 records are decided from the earliest offset" in w
         for w in warned
     ), warned
+    if state_dir:
+        assert any(
+            "no usable checkpoint" in w and "feature horizon read again, 24.1 h)" in w
+            for w in warned
+        ), warned
+        assert (tmp_path / "engine.ckpt.bad").read_bytes() == b"torn"
 
 
 def test_a_rebuild_says_how_much_it_reads_and_how_far_it_got(tmp_path, caplog, monkeypatch):
