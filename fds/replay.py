@@ -696,8 +696,9 @@ def _run(
         shown = tally.examples[reason]  # its values, once
         records = f"{n:,} record" + ("s" if n != 1 else "")
         if n == 1 < len(tally.reasons):  # (no reason twice: the first one, said once; it was
-            s.top_reason = f"{shown} (each reason differs; the first)"  # twice over 7
-        else:  # lines, a QA pass)
+            stage = reason.split(":", 1)[0]  # twice over 7 lines, a QA pass)
+            s.top_reason = f"{stage}: {shown} (each reason differs; the first)"
+        else:
             s.top_reason = (
                 f"{reason} ({records}; the first: {shown})"
                 if shown not in reason

@@ -1845,12 +1845,9 @@ class Runner:
             self._resume_from(covered)
         elif self.s.auto_offset_reset == "earliest":  # (else said in _bring_up_to_date; a
             ms = self.s.timeout_ms  # QA pass found no word without a state dir)
-            committed = self._retrying(
-                "reading the committed offsets",
-                lambda: {tp: self.consumer.committed(tp, timeout_ms=ms) for tp in tps},
-            )
-            if new := [tp for tp, c in committed.items() if c is None]:
-                self._say_decided_from_start(new)
+            with contextlib.suppress(KafkaError):  # (a warning: no reason to wait or stop)
+                if new := [tp for tp in tps if self.consumer.committed(tp, timeout_ms=ms) is None]:
+                    self._say_decided_from_start(new)
         if not self.s.exactly_once and self._copartitioned:
             self._find_decided(tps)
 
