@@ -2271,7 +2271,7 @@ class Runner:
                 "no snapshot of another instance holds them past the start of their feature "
                 "horizon and within their committed offsets", none,
             )  # fmt: skip
-        cuts = []  # (instance's partitions, their state, offsets covered)
+        cuts = []  # (a cut: the state of its partitions, the offsets it covers of each)
         for ident in sorted({i for _, i in best.values()}):
             tps = sorted((tp for tp in best if best[tp][1] == ident), key=lambda tp: tp.partition)
             parts = [tp.partition for tp in tps]
