@@ -129,7 +129,7 @@ from fds.streams.kafka_kit import Call, ClientErrors, Consumer, UnreadableRecord
 from fds.streams.label_feed import LabelFeed, reads_labels
 from fds.streams.rebuild import STAGES_TAIL_S, horizon_seconds, read_merged, start_offsets
 from fds.streams.state_topic import FETCH_BYTES as STATE_FETCH_BYTES
-from fds.streams.state_topic import StateTopic, manifest_offsets
+from fds.streams.state_topic import StateTopic, index_of, manifest_offsets
 from fds.timeutil import FileClock, format_ts, get_zone, naive_text, parse_ts, span
 
 if TYPE_CHECKING:  # (River: imported when an engine is built, not to build the command line)
@@ -190,6 +190,12 @@ ENDS_TIMEOUT_MS = 300
 LEFT_KEY = "partitions_left"
 # How long a restart waits to read those decisions before it decides their records again.
 FIND_TIMEOUT_S = 10.0
+
+
+def _written_at(manifest: Mapping[str, Any]) -> float:
+    """When a state-topic manifest says its snapshot was written (0: it does not say)."""
+    at = manifest.get("written_at")
+    return float(at) if at.__class__ in (int, float) else 0.0
 
 
 def _decided_id(msg: Any) -> dict[str, Any] | None:
@@ -906,6 +912,7 @@ class Runner:
             raise unreachable(s, exc, errors) from exc
         if s.exactly_once:
             self.producer.init_transactions()
+        self._find_state_index()  # (before the restore: a snapshot is looked up there first)
         self._restore()
         self.aligner = Aligner(
             self.consumer, self._event_time, max_wait_s=s.align_wait_s,
@@ -939,6 +946,23 @@ class Runner:
             s.labels_topic if self.labels is not None else "off",
         )  # fmt: skip
         self._broker_state(True)
+
+    def _find_state_index(self) -> None:
+        """Send manifests to the state topic's index too when it exists, and look snapshots up
+        there first (see _take_over, StateTopic.fetch)."""
+        st = self.state_topic
+        if st is None:
+            return
+        index = index_of(st.topic)
+        if self.consumer.partitions_for_topic(index):
+            st.index = index
+        else:
+            log.warning(
+                'state topic index="%s" does not exist: a takeover of partitions moved here '
+                "reads the whole state topic to find the snapshots (every chunk of every "
+                "instance's); create it (`fds kafka topics` creates the kit's; compacted, one "
+                "partition)", index,
+            )  # fmt: skip
 
     def _check_copartitioned(self) -> None:
         """Co-partitioned output: decisions of input partition p go to output partition p, the
@@ -2241,32 +2265,61 @@ class Runner:
             )  # fmt: skip
             return []
 
-        try:
-            manifests = StateTopic.scan(
-                st.topic, make, f"{self.s.group}/", timeout_s=self.s.broker_timeout_s
-            )
-        except (KafkaError, UnreadableRecords) as exc:
-            return nothing(f"the topic cannot be read ({describe(exc)})", level=logging.WARNING)
-        if manifests is None:
-            return nothing("the topic could not be read (logged above)", level=logging.WARNING)
-        best: dict[Any, tuple[int, str]] = {}  # partition -> (offset, instance)
         depth = st.ident.count("/")  # (group "g" and instance "x/y" is not group "g/x")
-        for ident, m in manifests.items():
-            own_or_other_group = ident == st.ident or ident.count("/") != depth
-            if own_or_other_group or m.get("topic") != self.s.input_topic:
+
+        def pick(manifests: Mapping[str, Mapping[str, Any]]) -> dict[Any, tuple[int, str]]:
+            """Partition -> (offset, instance): the snapshot holding it furthest along."""
+            best: dict[Any, tuple[int, str]] = {}
+            for ident, m in manifests.items():
+                own_or_other_group = ident == st.ident or ident.count("/") != depth
+                if own_or_other_group or m.get("topic") != self.s.input_topic:
+                    continue
+                for p, o in manifest_offsets(m).items():
+                    tp = TopicPartition(self.s.input_topic, p)
+                    if (
+                        tp in alone
+                        and ranges[tp][0] < o <= ranges[tp][1]
+                        and o > best.get(tp, (-1,))[0]
+                    ):
+                        best[tp] = (o, ident)
+            return best
+
+        def lacking(best: Mapping[Any, Any]) -> list[int]:
+            # (a partition with no record in its horizon up to its committed offset needs none)
+            return sorted(
+                tp.partition for tp, (a, c) in ranges.items() if a < c and tp not in best
+            )  # fmt: skip
+
+        # The index first (the manifests alone), then the whole state topic when the index is
+        # not there or holds no snapshot of some partition (an instance of an earlier release
+        # sends none to it; a copy was lost): each instance's newest manifest of the two.
+        manifests: dict[str, dict[str, Any]] = {}
+        source: dict[str, str] = {}  # instance -> the topic its manifest was read from
+        best: dict[Any, tuple[int, str]] = {}
+        for index in [st.index, None] if st.index else [None]:
+            try:
+                found = StateTopic.scan(
+                    st.topic, make, f"{self.s.group}/", timeout_s=self.s.broker_timeout_s,
+                    index=index,
+                )  # fmt: skip
+            except (KafkaError, UnreadableRecords) as exc:
+                if index is None and not manifests:
+                    why = f"the topic cannot be read ({describe(exc)})"
+                    return nothing(why, level=logging.WARNING)
+                log.warning('state topic%s="%s" cannot be read: %s', " index" if index else "",
+                            index or st.topic, describe(exc))  # fmt: skip
                 continue
-            for p, o in manifest_offsets(m).items():
-                tp = TopicPartition(self.s.input_topic, p)
-                if (
-                    tp in alone
-                    and ranges[tp][0] < o <= ranges[tp][1]
-                    and o > best.get(tp, (-1,))[0]
-                ):
-                    best[tp] = (o, ident)
-        # (a partition with no record in its horizon up to its committed offset needs none)
-        if none := sorted(
-            tp.partition for tp, (a, c) in ranges.items() if a < c and tp not in best
-        ):
+            if found is None and index is None and not manifests:
+                why = "the topic could not be read (logged above)"
+                return nothing(why, level=logging.WARNING)
+            for ident, m in (found or {}).items():
+                if _written_at(m) >= _written_at(manifests.get(ident, {})):
+                    manifests[ident] = m
+                    source[ident] = index or st.topic
+            best = pick(manifests)
+            if not lacking(best):
+                break
+        if none := lacking(best):
             nothing(
                 "no snapshot of another instance holds them past the start of their feature "
                 "horizon and within their committed offsets", none,
@@ -2307,8 +2360,9 @@ class Runner:
                 continue
             log.info(
                 'partitions %s taken over from the snapshot of instance="%s" offsets="%s" '
-                "bytes=%d seconds=%.1f", parts, ident,
+                'bytes=%d seconds=%.1f manifest_from="%s"', parts, ident,
                 {tp.partition: o for tp, o in covered.items()}, size, time.monotonic() - t0,
+                source[ident],
             )  # fmt: skip
             cuts.append((cut, covered))
         return cuts

@@ -17,10 +17,14 @@ topic is compacted, so it keeps the newest record per key)::
 
 ``topic`` and ``offsets`` (partition, as a string, -> next offset not folded) say which input
 offsets the snapshot covers, when the publisher gave them (manifests of earlier releases have
-neither); they are not signed (the snapshot itself carries its offsets, and is). An instance
-that takes over another's partitions finds that instance's newest manifest with
-:meth:`StateTopic.scan` and reads its snapshot with :meth:`StateTopic.fetch_foreign`, which
-changes none of the publisher's slot bookkeeping.
+neither); ``span`` the offsets of the snapshot's first and last chunk in its partition. None
+of these is signed (the snapshot itself carries its offsets, and is; a wrong span makes a
+snapshot that does not verify). Each manifest is also sent to the topic's index
+(:func:`index_of`: ``<topic>.index``, compacted, keyed ``<group>/<instance>``) when it exists.
+An instance that takes over another's partitions finds that instance's newest manifest with
+:meth:`StateTopic.scan` -- in the index, so that it reads no chunk; in the whole topic without
+one -- and reads its snapshot with :meth:`StateTopic.fetch_foreign` (only the span's offsets),
+which changes none of the publisher's slot bookkeeping.
 
 Snapshots rotate over three slots, ``a``, ``b`` and ``c``: a publish writes a slot that no
 manifest the broker may hold names -- the last one it acknowledged, and every one sent since
@@ -51,12 +55,13 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from kafka.errors import KafkaError
 from kafka.structs import TopicPartition
 
 from fds.errors import ArtifactError
 from fds.models.registry import env_key, sign, verify, write_atomic
 
-__all__ = ["CHUNK", "FETCH_BYTES", "StateTopic", "manifest_offsets"]
+__all__ = ["CHUNK", "FETCH_BYTES", "StateTopic", "index_of", "manifest_offsets"]
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +96,39 @@ def manifest_offsets(manifest: Mapping[str, Any]) -> dict[int, int]:
     return out if all(o.__class__ is int for o in out.values()) else {}
 
 
+def index_of(topic: str) -> str:
+    """The name of ``topic``'s index: a small compacted topic of each instance's newest
+    manifest, so that a takeover finds snapshots without reading every chunk.
+
+    >>> index_of("state-changelog")
+    'state-changelog.index'
+    """
+    return f"{topic}.index"
+
+
+def manifest_span(manifest: Mapping[str, Any]) -> tuple[int, int] | None:
+    """The offsets of the first and the last chunk of a manifest's snapshot in its partition
+    (``None``: it does not say, as manifests of earlier releases, or not as two offsets in
+    order: manifests are not signed).
+
+    >>> manifest_span({"span": [120, 131]}), manifest_span({}), manifest_span({"span": [5, 1]})
+    ((120, 131), None, None)
+    """
+    got = manifest.get("span")
+    if (
+        isinstance(got, list) and len(got) == 2
+        and all(o.__class__ is int and o >= 0 for o in got) and got[0] <= got[1]
+    ):  # fmt: skip
+        return got[0], got[1]
+    return None
+
+
+def _offset(future: Any) -> int | None:
+    """The offset a send's future says its record was written at (``None``: unknown)."""
+    offset = getattr(getattr(future, "value", None), "offset", None)
+    return offset if offset.__class__ is int else None
+
+
 def _is_chunk(key: bytes) -> bool:
     """A chunk's key, ``<group>/<instance>#<slot>#<i>``, not a manifest's: an instance id
     holds no ``#`` (Kafka allows ``[a-zA-Z0-9._-]`` in it), a group may."""
@@ -112,22 +150,30 @@ def _read(
     *,
     timeout_s: float,
     pick: Callable[[int], int] | None = None,
-) -> bool:
+    span: tuple[int, int | None] | None = None,
+) -> bool | None:
     """Read ``topic`` from the start to the end offsets it has now -- only partition
-    ``pick(number of partitions)`` when given, else every one -- handing each keyed record
-    to ``keep(key, value)`` (value ``None``: a tombstone). False when it read nothing for
-    ``timeout_s`` (logged); a missing topic is read at once (logged)."""
+    ``pick(number of partitions)`` when given, else every one; with ``span`` (and ``pick``)
+    only the offsets ``span[0]`` to ``span[1]`` of it (``None``: its end) -- handing each
+    keyed record to
+    ``keep(key, value)`` (value ``None``: a tombstone). False when it read nothing for
+    ``timeout_s`` (logged); ``None`` when the topic does not exist (read at once)."""
     reader = make_reader()
     try:
         parts = reader.partitions_for_topic(topic)
         if not parts:
-            log.warning('state topic="%s" does not exist: nothing to restore', topic)
-            return True
+            return None
         chosen = sorted(parts) if pick is None else [pick(len(parts))]
         tps = [TopicPartition(topic, p) for p in chosen]
         reader.assign(tps)
-        reader.seek_to_beginning(*tps)
         ends = reader.end_offsets(tps)
+        last = None if span is None else span[1]
+        if span is None:
+            reader.seek_to_beginning(*tps)
+        else:  # (a compacted record of it: the next one is read, and the join fails)
+            reader.seek(tps[0], span[0])
+            if last is not None:
+                ends[tps[0]] = min(ends[tps[0]], last + 1)
         deadline = time.monotonic() + timeout_s
         while any(reader.position(tp) < ends[tp] for tp in tps):
             if time.monotonic() > deadline:
@@ -137,7 +183,7 @@ def _read(
             for records in reader.poll(timeout_ms=500, max_records=POLL_RECORDS).values():
                 deadline = time.monotonic() + timeout_s  # progress (a large partition)
                 for r in records:
-                    if r.key is not None:
+                    if r.key is not None and (last is None or r.offset <= last):
                         keep(r.key, r.value)
     finally:
         reader.close()
@@ -157,13 +203,23 @@ class StateTopic:
         HMAC key; ``None`` reads ``FDS_MODEL_KEY`` (unset: sha256 only).
     slot_file
         Where the slot last published is kept across restarts (``None``: not kept).
+    index
+        The topic's index (:func:`index_of`), where each manifest is also sent (``None``: it
+        is not; a takeover then reads the whole state topic to find the manifests).
     """
 
     def __init__(
-        self, topic: str, ident: str, *, key: bytes | None = None, slot_file: Path | None = None
+        self,
+        topic: str,
+        ident: str,
+        *,
+        key: bytes | None = None,
+        slot_file: Path | None = None,
+        index: str | None = None,
     ) -> None:
         self.topic = topic
         self.ident = ident
+        self.index = index
         self.key = key if key is not None else env_key()  # (an empty key: an error, as there)
         self.slot_file = slot_file
         # the slots the broker's manifest may name: the last acknowledged (``_acked``) and those
@@ -309,6 +365,7 @@ class StateTopic:
                         "checkpoint is sent instead", self.topic)  # fmt: skip
             self.abort()  # (the slot stays: the broker's manifest still names the other one)
             return
+        offsets = [o for f in self._chunks if (o := _offset(f)) is not None]
         self._chunks = []
         manifest = {
             "slot": slot,
@@ -319,6 +376,8 @@ class StateTopic:
             "written_at": time.time(),
             **covers,
         }
+        if len(offsets) == n:  # where a taker reads it (manifest_span)
+            manifest["span"] = [min(offsets), max(offsets)]
         self._sending = None
         self._maybe = [*(x for x in self._maybe if x != slot), slot]
         self._last = orjson.dumps(manifest)
@@ -328,20 +387,40 @@ class StateTopic:
     def _send_manifest(
         self, producer: Any, slot: str, manifest: bytes, flush_s: float | None
     ) -> None:
-        """Send the manifest naming ``slot`` (at a stop, ``flush_s``: wait for it that long)."""
+        """Send the manifest naming ``slot`` (at a stop, ``flush_s``: wait for it that long),
+        and a copy to the index (not awaited: a copy that is lost or out of date costs a
+        takeover a read of the whole state topic, or a snapshot older than it could use)."""
         part = self.partition(len(producer.partitions_for(self.topic) or ()))
         future = producer.send(self.topic, key=self.ident.encode(), value=manifest, partition=part)
         self._manifest = (slot, future)
+        if self.index is not None:
+            try:
+                producer.send(self.index, key=self.ident.encode(), value=manifest)
+            except KafkaError as exc:
+                log.warning('state topic index="%s": the manifest was not sent to it (%s)',
+                            self.index, exc)  # fmt: skip
         if flush_s is not None:
             producer.flush(timeout=flush_s)
         self._confirm()
 
     def fetch(self, make_reader: Callable[[], Any], *, timeout_s: float = 60.0) -> bytes | None:
         """The newest whole, verified snapshot of this instance, or ``None`` (none, or it does not
-        verify: logged). Reads the instance's partition from its start to its end offset. The
-        snapshot read is noted as this instance's newest (slots and ``slot_file``): the next
-        publish never writes over it."""
-        got = self._fetch(make_reader, None, timeout_s)
+        verify: logged). Reads the instance's partition from its start to its end offset; with
+        an index that names a snapshot of it, from that snapshot's first chunk (every newer
+        manifest and chunk comes after it; the whole partition when that finds none: the
+        index's copy can be newer than any manifest that landed). The snapshot read is noted
+        as this instance's newest (slots and ``slot_file``): the next publish never writes over
+        it."""
+        got = None
+        if self.index is not None:
+            found = StateTopic.scan(
+                self.topic, make_reader, self.ident, timeout_s=timeout_s, index=self.index
+            )
+            span = manifest_span((found or {}).get(self.ident, {}))
+            if span is not None:
+                got = self._fetch(make_reader, None, timeout_s, since=span[0])
+        if got is None:
+            got = self._fetch(make_reader, None, timeout_s)
         if got is None:
             return None
         data, m = got
@@ -367,14 +446,21 @@ class StateTopic:
 
     @staticmethod
     def scan(
-        topic: str, make_reader: Callable[[], Any], prefix: str, *, timeout_s: float = 60.0
+        topic: str,
+        make_reader: Callable[[], Any],
+        prefix: str,
+        *,
+        timeout_s: float = 60.0,
+        index: str | None = None,
     ) -> dict[str, dict[str, Any]] | None:
         """The newest manifest (parsed) of each instance whose ``<group>/<instance>`` starts
         with ``prefix`` (``"<group>/"``: the group's instances), read from every partition of
-        ``topic``, start to end. Chunks are skipped as they come (the topic may hold GBs); a
-        tombstone drops its instance, a manifest that is not a JSON object is skipped (logged).
-        ``{}`` when the topic does not exist (logged); ``None`` when it read nothing for
-        ``timeout_s`` (logged): a partial answer could name an older snapshot as the newest.
+        ``topic``, start to end; with ``index`` (:func:`index_of` ``topic``), from the index
+        alone: the manifests, not every chunk of every snapshot. Chunks are skipped as they
+        come (the topic may hold GBs); a tombstone drops its instance, a manifest that is not
+        a JSON object is skipped (logged). ``{}`` when the topic does not exist (logged);
+        ``None`` when it read nothing for ``timeout_s``, or the index does not exist (logged):
+        a partial answer could name an older snapshot as the newest.
         """
         want = prefix.encode()
         raw: dict[bytes, bytes] = {}
@@ -383,7 +469,12 @@ class StateTopic:
             if key.startswith(want) and not _is_chunk(key):
                 _note(raw, key, value)
 
-        if not _read(topic, make_reader, keep, timeout_s=timeout_s):
+        read = _read(index or topic, make_reader, keep, timeout_s=timeout_s)
+        if read is None:
+            log.warning('state topic%s="%s" does not exist: nothing to restore from it',
+                        " index" if index else "", index or topic)  # fmt: skip
+            return None if index else {}
+        if not read:
             return None
         found: dict[str, dict[str, Any]] = {}
         for key, value in raw.items():
@@ -396,14 +487,21 @@ class StateTopic:
                 found[ident] = m
             else:
                 log.warning('state topic="%s": the manifest of "%s" is not a JSON object: '
-                            "skipped", topic, ident)  # fmt: skip
+                            "skipped", index or topic, ident)  # fmt: skip
         return found
 
     def _fetch(
-        self, make_reader: Callable[[], Any], manifest: Mapping[str, Any] | None, timeout_s: float
+        self,
+        make_reader: Callable[[], Any],
+        manifest: Mapping[str, Any] | None,
+        timeout_s: float,
+        *,
+        since: int | None = None,
     ) -> tuple[bytes, Mapping[str, Any]] | None:
         """Read this instance's partition and verify the snapshot of ``manifest`` (``None``:
-        of the newest manifest read): its bytes and manifest, or ``None``."""
+        of the newest manifest read, from offset ``since`` on when given): its bytes and
+        manifest, or ``None``. A manifest that says where its chunks are (``span``) has only
+        those offsets read."""
         mine = self.ident.encode()
         # (only this instance's: not the chunks of "g/fds-10" for "g/fds-1"; with a manifest,
         # only its slot's)
@@ -414,7 +512,13 @@ class StateTopic:
             if (key == mine and manifest is None) or key.startswith(chunk):
                 _note(latest, key, value)
 
-        if not _read(self.topic, make_reader, keep, timeout_s=timeout_s, pick=self.partition):
+        span = manifest_span(manifest) if manifest else None if since is None else (since, None)
+        read = _read(
+            self.topic, make_reader, keep, timeout_s=timeout_s, pick=self.partition, span=span
+        )
+        if read is None:
+            log.warning('state topic="%s" does not exist: nothing to restore', self.topic)
+        if not read:
             return None
         return self._assemble(latest, manifest)
 

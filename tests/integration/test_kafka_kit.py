@@ -10,6 +10,7 @@ from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType
 
 from fds.streams import kafka_kit
+from fds.streams.state_topic import index_of
 
 pytestmark = pytest.mark.integration
 
@@ -105,8 +106,10 @@ def test_topics_created_as_specified_and_idempotent(kafka_bootstrap: str, unique
     assert names == kafka_kit.create_topics(kafka_bootstrap, prefix=prefix)  # second: no error
     specs = kafka_kit.load_topic_specs()
     assert set(names) == {
-        "transactions", "labels", "decisions", "dead_letters", "models", "state_changelog"
+        "transactions", "labels", "decisions", "dead_letters", "models", "state_changelog",
+        "state_index",
     }  # fmt: skip
+    assert names["state_index"] == index_of(names["state_changelog"])  # (fds run finds it so)
     admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     try:
         described = {t["name"]: t for t in admin.describe_topics(list(names.values()))}
@@ -118,7 +121,7 @@ def test_topics_created_as_specified_and_idempotent(kafka_bootstrap: str, unique
         res = admin.describe_configs(
             [
                 ConfigResource(ConfigResourceType.TOPIC, names[n], ["cleanup.policy"])
-                for n in ("models", "state_changelog", "transactions")
+                for n in ("models", "state_changelog", "state_index", "transactions")
             ]
         )["topic"]
         # A topic left at the broker default (delete) may not list the key at all.
@@ -128,7 +131,8 @@ def test_topics_created_as_specified_and_idempotent(kafka_bootstrap: str, unique
             if names[n] in res
         }
         assert policy == {
-            "models": "compact", "state_changelog": "compact", "transactions": "delete"
+            "models": "compact", "state_changelog": "compact", "state_index": "compact",
+            "transactions": "delete",
         }  # fmt: skip
         kafka_kit.delete_topics(kafka_bootstrap, names.values())
         deadline = time.monotonic() + 30

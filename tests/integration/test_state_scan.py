@@ -11,7 +11,7 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
 from fds.streams.checkpoint import Checkpointer, parse_checkpoint
-from fds.streams.state_topic import StateTopic, manifest_offsets
+from fds.streams.state_topic import StateTopic, index_of, manifest_offsets, manifest_span
 
 pytestmark = pytest.mark.integration
 
@@ -63,3 +63,43 @@ def test_a_scan_finds_each_instances_manifest_and_a_survivor_fetches_the_others_
 
 def _part(group: str, instance: str, parts: int) -> int:
     return zlib.crc32(f"{group}/{instance}".encode()) % parts
+
+
+def test_the_index_holds_each_instances_newest_manifest_and_its_span_the_chunks(
+    kafka_bootstrap, topics, unique_name
+):
+    """Manifests are copied to the state topic's index: a scan of the index finds what a scan
+    of the whole topic finds while reading the manifests alone, and a manifest's ``span``
+    names the offsets of its chunks, so that a taker reads those and not the partition."""
+    state, index = topics["state_changelog"], topics["state_index"]
+    assert index == index_of(state)
+    group = unique_name("g")
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    snaps = {
+        f"{group}/i{n}": [os.urandom(1_100_000 + n) for _ in range(2)] for n in range(2)
+    }  # three chunks each, two snapshots each: the second is the newest
+    try:
+        for ident, datas in snaps.items():
+            st = StateTopic(state, ident, index=index)
+            for k, data in enumerate(datas):
+                st.publish(producer, data, topic="transactions", offsets={0: k + 1})
+                producer.flush(timeout=30)
+    finally:
+        producer.close()
+    readers: list[KafkaConsumer] = []
+
+    def reader() -> KafkaConsumer:
+        readers.append(KafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False))
+        return readers[-1]
+
+    found = StateTopic.scan(state, reader, f"{group}/", timeout_s=30, index=index)
+    assert found == StateTopic.scan(state, reader, f"{group}/", timeout_s=30)
+    assert found is not None and sorted(found) == sorted(snaps)
+    for ident, m in found.items():
+        assert manifest_offsets(m) == {0: 2}
+        span = manifest_span(m)
+        assert span is not None and span[1] - span[0] == m["chunks"] - 1 == 2  # (one partition)
+        got = StateTopic(state, ident).fetch_foreign(reader, manifest=m, timeout_s=30)
+        assert got == snaps[ident][1]
+    # (a missing index is no answer: the caller reads the state topic instead)
+    assert StateTopic.scan(state, reader, f"{group}/", timeout_s=30, index=state + ".none") is None

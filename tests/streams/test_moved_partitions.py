@@ -162,12 +162,15 @@ def _taking_over(
     published: Any = None,
     left: Any = None,
     own: Any = None,
+    index: Any = None,
+    scans: list[Any] | None = None,
 ) -> Any:
     """Partitions 0 and 1, 20 records each, committed at 10; this instance ("g/b", with a state
     topic) holds 0 and takes 1 over. Instance "g/a" (``victim_settings``) decided both up to
     5 and published that snapshot; the scan also finds this instance's own manifest and one of
-    another input topic, both further along (to be ignored). Returns the runner, restored, the
-    logs, and the instances whose snapshot it fetched."""
+    another input topic, both further along (to be ignored). With ``index`` (manifests), the
+    state topic has an index holding those; each scan's index is noted in ``scans``. Returns
+    the runner, restored, the logs, and the instances whose snapshot it fetched."""
     from fds.streams import kafka
 
     p = [TopicPartition("transactions", i) for i in range(2)]
@@ -182,7 +185,11 @@ def _taking_over(
     snapshot = victim.checkpointer.path.read_bytes()
     r = _runner(tmp_path / "b", logs, {0: 10} if own is None else own, **TAKER)
     manifests = {
-        "g/a": {"topic": "transactions", "offsets": published or {"0": 5, "1": 5}},
+        "g/a": {
+            "topic": "transactions",
+            "offsets": published or {"0": 5, "1": 5},
+            "written_at": 2.0,
+        },
         "g/b": {"topic": "transactions", "offsets": {"1": 9}},
         "g/c": {"topic": "payments", "offsets": {"1": 9}},
     }
@@ -192,7 +199,14 @@ def _taking_over(
         fetched.append(self.ident)
         return snapshot
 
-    monkeypatch.setattr(kafka.StateTopic, "scan", staticmethod(lambda *a, **k: manifests))
+    def scan(*_: Any, index: str | None = None, **__: Any) -> Any:
+        (scans if scans is not None else []).append(index)
+        return manifests if index is None else index_manifests
+
+    index_manifests = index
+    if index is not None:
+        r.state_topic.index = "state.index"
+    monkeypatch.setattr(kafka.StateTopic, "scan", staticmethod(scan))
     monkeypatch.setattr(kafka.StateTopic, "fetch_foreign", fetch_foreign)
     if left is not None:  # given back at those offsets
         r._left = left
@@ -229,6 +243,36 @@ def test_a_moved_partition_is_taken_over_from_another_instances_snapshot(
     )
     assert "ranges={1: (5, 10)}" in caplog.text
     _decides_as_one_engine(tmp_path, r, logs)
+
+
+def test_the_index_is_read_first_and_the_state_topic_only_for_what_it_lacks(
+    tmp_path, caplog, monkeypatch
+):
+    """The index names instance a's snapshot: the state topic is not read. An index that
+    lacks partition 1 (a's copy of its newest manifest lost, or a of an earlier release) has
+    the whole state topic read too, and partition 1 is taken over from what it finds."""
+    victim = {**TAKER, "group_instance_id": "a"}
+    newest = {"g/a": {"topic": "transactions", "offsets": {"0": 5, "1": 5}, "written_at": 2.0}}
+    scans: list[Any] = []
+    with caplog.at_level("INFO"):
+        r, logs, fetched = _taking_over(
+            tmp_path / "whole", monkeypatch, victim, index=newest, scans=scans
+        )
+    assert scans == ["state.index"] and fetched == ["g/a"]
+    assert "ranges={1: (5, 10)}" in caplog.text
+    _decides_as_one_engine(tmp_path / "whole", r, logs)
+    caplog.clear()
+    older = {"g/a": {"topic": "transactions", "offsets": {"0": 3}, "written_at": 1.0}}
+    scans.clear()
+    with caplog.at_level("INFO"):
+        r, logs, fetched = _taking_over(
+            tmp_path / "lacking", monkeypatch, victim, index=older, scans=scans
+        )
+    assert scans == ["state.index", None] and fetched == ["g/a"]
+    assert 'partitions [1] taken over from the snapshot of instance="g/a" offsets="{1: 5}"' in (
+        caplog.text
+    )
+    _decides_as_one_engine(tmp_path / "lacking", r, logs)
 
 
 def test_a_snapshot_that_cannot_be_split_is_not_taken_over(tmp_path, caplog, monkeypatch):
@@ -437,3 +481,16 @@ def test_partitions_of_two_instances_decided_to_different_times_are_each_taken_o
     got, want = _decide(r.engine, rest), _decide(ref.engine, rest)
     assert [d["features"] for d in got] == [d["features"] for d in want]
     assert not any("late" in d["flags"] for d in got)
+
+
+@pytest.mark.parametrize("exists", [True, False])
+def test_manifests_go_to_the_index_when_it_exists(tmp_path, caplog, exists):
+    """The state topic's index is found at the start (its manifests copied there); without it
+    fds run says what a takeover then costs and how to create it."""
+    r = _runner(tmp_path, {TopicPartition("transactions", 0): []}, {}, **TAKER)
+    r.consumer.partitions_for_topic = lambda topic: {0} if exists else set()
+    with caplog.at_level("WARNING"):
+        r._find_state_index()
+    assert r.state_topic.index == ("state.index" if exists else None)
+    said = 'state topic index="state.index" does not exist: a takeover of partitions moved here'
+    assert (said in caplog.text) != exists

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import namedtuple
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -15,21 +16,43 @@ from kafka.structs import TopicPartition
 import fds.streams.state_topic as st_mod
 from fds.streams.state_topic import StateTopic
 
-Record = namedtuple("Record", "key value")
+Record = namedtuple("Record", "key value offset", defaults=(-1,))
+
+
+class Sent:
+    """A send's future, done: the record's offset in ``value``, as kafka-python's."""
+
+    is_done = True
+
+    def __init__(self, offset: int) -> None:
+        self.value = SimpleNamespace(offset=offset)
+
+    def failed(self) -> bool:
+        return False
 
 
 class Topic:
-    """Partitions as record lists (an uncompacted log: compaction only drops older values)."""
+    """Partitions as record lists (an uncompacted log: compaction only drops older values);
+    the state topic's index (a topic named ``*.index``) is one more list, ``index``, when
+    ``indexed``."""
 
-    def __init__(self, n: int = 3) -> None:
+    def __init__(self, n: int = 3, indexed: bool = True) -> None:
         self.parts: list[list[Record]] = [[] for _ in range(n)]
+        self.index: list[Record] | None = [] if indexed else None
+
+    def log(self, topic: str) -> list[list[Record]]:
+        if topic.endswith(".index"):
+            return [] if self.index is None else [self.index]
+        return self.parts
 
     # producer
     def partitions_for(self, topic: str) -> set[int]:
-        return set(range(len(self.parts)))
+        return set(range(len(self.log(topic))))
 
-    def send(self, topic: str, *, key: bytes, value: bytes, partition: int) -> None:
-        self.parts[partition].append(Record(key, value))
+    def send(self, topic: str, *, key: bytes, value: bytes, partition: int = 0) -> Sent:
+        log = self.log(topic)[partition]
+        log.append(Record(key, value))
+        return Sent(len(log) - 1)
 
     def flush(self, timeout: float | None = None) -> None:
         pass
@@ -45,9 +68,11 @@ class Topic:
         def __init__(self, topic: Topic) -> None:
             self.t = topic
             self.pos: dict[TopicPartition, int] = {}
+            self.read = 0  # records handed out
+            self.starts: list[int] = []  # the offset each poll read from
 
         def partitions_for_topic(self, topic: str) -> set[int]:
-            return set(range(len(self.t.parts)))
+            return set(range(len(self.t.log(topic))))
 
         def assign(self, tps: list[TopicPartition]) -> None:
             self.pos = dict.fromkeys(tps, 0)
@@ -55,8 +80,11 @@ class Topic:
         def seek_to_beginning(self, *tps: TopicPartition) -> None:
             self.pos.update(dict.fromkeys(tps, 0))
 
+        def seek(self, tp: TopicPartition, offset: int) -> None:
+            self.pos[tp] = offset
+
         def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-            return {tp: len(self.t.parts[tp.partition]) for tp in tps}
+            return {tp: len(self.t.log(tp.topic)[tp.partition]) for tp in tps}
 
         def position(self, tp: TopicPartition) -> int:
             return self.pos[tp]
@@ -64,9 +92,11 @@ class Topic:
         def poll(self, timeout_ms: int, max_records: int) -> dict[Any, list[Record]]:
             out = {}
             for tp, at in self.pos.items():
-                got = self.t.parts[tp.partition][at : at + max_records]
+                got = self.t.log(tp.topic)[tp.partition][at : at + max_records]
+                self.read += len(got)
+                self.starts.append(at)
                 if got:
-                    out[tp] = [self.record(r) for r in got]
+                    out[tp] = [self.record(r._replace(offset=at + i)) for i, r in enumerate(got)]
                     self.pos[tp] = at + len(got)
                     max_records -= len(got)
                 if not max_records:
@@ -115,7 +145,7 @@ def test_a_tampered_snapshot_is_not_restored(caplog):
     topic = Topic()
     StateTopic("state", "fds/i0").publish(topic, b"the state as it was written")
     part = StateTopic("state", "fds/i0").partition(3)
-    k, v = topic.parts[part][0]
+    k, v, _ = topic.parts[part][0]
     topic.parts[part].append(
         Record(k, b"X" + v[1:])
     )  # a later value of chunk 0: compaction keeps it
@@ -520,5 +550,113 @@ def test_a_foreign_fetch_of_the_manifest_a_scan_found(monkeypatch, caplog):
         monkeypatch.setenv("FDS_MODEL_KEY", "k")
         dead.publish(topic, b"S4", topic="tx", offsets={0: 4})  # slot a
         dead.publish(topic, b"S5", topic="tx", offsets={0: 5})  # slot b: S2's, overwritten
+        # S2's chunks are read where the manifest says (``span``): until compaction drops
+        # them there, S2 comes back whole
+        assert StateTopic("state", "g/i1").fetch_foreign(topic.reader, manifest=m) == (
+            b"S2 .........................."
+        )
+        assert "rejected" not in caplog.text
+        first, last = st_mod.manifest_span(m) or (0, 0)
+        part = topic.parts[dead.partition(3)]
+        part[first : last + 1] = [Record(None, None)] * (last + 1 - first)  # compacted
         assert StateTopic("state", "g/i1").fetch_foreign(topic.reader, manifest=m) is None
         assert "rejected" in caplog.text
+        no_span = {k: v for k, v in m.items() if k != "span"}  # (a manifest of a release before)
+        assert StateTopic("state", "g/i1").fetch_foreign(topic.reader, manifest=no_span) is None
+
+
+def test_a_manifest_says_where_its_chunks_are_and_a_taker_reads_from_there():
+    topic = Topic(n=1)  # (every instance on the one partition)
+    dead, other = StateTopic("state", "g/i1"), StateTopic("state", "g/i2")
+    dead.publish(topic, b"S1 " * 20, topic="tx", offsets={0: 1})
+    other.publish(topic, b"the other instance's " * 5, topic="tx", offsets={1: 1})
+    dead.publish(topic, b"S2 " * 20, topic="tx", offsets={0: 2})
+    other.publish(topic, b"more of the other's " * 5, topic="tx", offsets={1: 2})
+    m = _manifest(topic, "g/i1")
+    span = st_mod.manifest_span(m)
+    assert span is not None
+    first, last = span
+    assert [r.key for r in topic.parts[0][first : last + 1]] == [
+        f"g/i1#{m['slot']}#{i}".encode() for i in range(m["chunks"])
+    ]
+    reader = topic.reader()
+    assert StateTopic("state", "g/i1").fetch_foreign(lambda: reader, manifest=m) == b"S2 " * 20
+    assert reader.starts[0] == first  # not from the start of the partition
+    # a manifest of an earlier release says nothing of where: the whole partition is read
+    old = {k: v for k, v in m.items() if k != "span"}
+    reader = topic.reader()
+    assert StateTopic("state", "g/i1").fetch_foreign(lambda: reader, manifest=old) == b"S2 " * 20
+    assert reader.starts[0] == 0
+    # a span that is wrong (manifests are not signed) makes a snapshot that does not verify
+    wrong = {**m, "span": [0, last - first]}
+    assert StateTopic("state", "g/i1").fetch_foreign(topic.reader, manifest=wrong) is None
+
+
+def test_a_scan_of_the_index_reads_the_manifests_and_no_chunk():
+    topic = Topic()
+    for ident in ("g/i0", "g/i1", "g/i2"):
+        StateTopic("state", ident, index="state.index").publish(
+            topic, b"chunk " * 20, topic="tx", offsets={0: 1}
+        )
+    StateTopic("state", "g/i0", index="state.index").publish(
+        topic, b"newer " * 20, topic="tx", offsets={0: 5}
+    )
+    readers: list[Topic.Reader] = []
+
+    def make() -> Topic.Reader:
+        readers.append(topic.reader())
+        return readers[-1]
+
+    found = StateTopic.scan("state", make, "g/", index="state.index")
+    assert readers[0].read == 4  # the four manifests sent, not one chunk
+    assert found is not None and found == StateTopic.scan("state", topic.reader, "g/")
+    assert st_mod.manifest_offsets(found["g/i0"]) == {0: 5}
+
+
+def test_a_missing_index_is_said_and_its_scan_is_none(caplog):
+    topic = Topic(indexed=False)
+    StateTopic("state", "g/i0").publish(topic, b"a snapshot", topic="tx", offsets={0: 1})
+    with caplog.at_level(logging.WARNING):
+        assert StateTopic.scan("state", topic.reader, "g/", index="state.index") is None
+    assert 'state topic index="state.index" does not exist' in caplog.text
+
+
+def test_a_manifest_the_index_refuses_is_still_on_the_state_topic(caplog):
+    class NoIndex(Topic):
+        def send(self, topic: str, *, key: bytes, value: bytes, partition: int = 0) -> Sent:
+            if topic.endswith(".index"):
+                raise st_mod.KafkaError("the index is gone")
+            return super().send(topic, key=key, value=value, partition=partition)
+
+    topic = NoIndex()
+    st = StateTopic("state", "g/i0", index="state.index")
+    with caplog.at_level(logging.WARNING):
+        st.publish(topic, b"a snapshot", topic="tx", offsets={0: 1})
+    assert 'index="state.index": the manifest was not sent to it' in caplog.text
+    assert st.published == 1 and StateTopic("state", "g/i0").fetch(topic.reader) == b"a snapshot"
+
+
+def test_a_replacement_reads_its_partition_from_the_snapshot_its_index_names():
+    topic = Topic(n=1)
+    st = StateTopic("state", "g/i0", index="state.index")
+    for n in range(3):  # (three slots' worth before the newest)
+        st.publish(topic, b"snapshot %d " % n * 9, topic="tx", offsets={0: n})
+    st.publish(topic, b"the newest " * 9, topic="tx", offsets={0: 9})
+    readers: list[Topic.Reader] = []
+
+    def make() -> Topic.Reader:
+        readers.append(topic.reader())
+        return readers[-1]
+
+    again = StateTopic("state", "g/i0", index="state.index")
+    assert again.fetch(make) == b"the newest " * 9
+    span = st_mod.manifest_span(_manifest(topic, "g/i0"))
+    assert span is not None and [r.starts[0] for r in readers] == [0, span[0]]  # index, then
+    # the index's copy of a manifest that never landed on the state topic: that snapshot has
+    # no manifest there, so the newest whole one is found by reading the partition whole
+    st.publish(topic, b"not named " * 9, topic="tx", offsets={0: 10})
+    assert topic.parts[0][-1].key == b"g/i0"
+    topic.parts[0][-1] = Record(None, None)  # (its manifest lost)
+    readers.clear()
+    assert StateTopic("state", "g/i0", index="state.index").fetch(make) == b"the newest " * 9
+    assert [r.starts[0] for r in readers][-1] == 0
