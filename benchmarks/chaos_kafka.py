@@ -263,6 +263,7 @@ def stop(run: subprocess.Popen) -> int:
 def one_run(
     fault: str, mode: str, down: float, data: Path, ids: list[str], ref: dict, work: Path,
     ddir: Path, broker_timeout: float, checkpoint_every: float = 5.0, state_topic: bool = False,
+    session_timeout: int | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     name = f"chaos-{uuid.uuid4().hex[:8]}"
     topics = kafka_kit.create_topics(BOOTSTRAP, prefix=name + ".")
@@ -282,6 +283,7 @@ def one_run(
         "--metrics-port", "-1", "--max-poll-records", "50",
         "--checkpoint-every", f"{checkpoint_every:g}",
         "--broker-timeout", f"{broker_timeout:g}", *MODES[mode],
+        *(["--session-timeout", str(session_timeout)] if session_timeout else []),
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     if state_topic:  # snapshots signed and verified (without it: sha256 only, and a warning)
@@ -449,6 +451,11 @@ def main() -> int:
         help="fds run's state checkpoint period (s); longer than --down: a pause is noticed "
         "between two synchronous commits (partitions lost with decisions past the last commit)",
     )  # fmt: skip
+    ap.add_argument(
+        "--session-timeout", type=int, default=None,
+        help="fds run's --session-timeout (ms; default: fds run's, 10000); the kit's broker "
+        "allows down to 1000",
+    )  # fmt: skip
     ap.add_argument("--cards", type=int, default=3000)
     ap.add_argument("--days", type=int, default=10)
     ap.add_argument(
@@ -475,7 +482,7 @@ def main() -> int:
                     timeout = args.broker_timeout or max(60.0, args.down + 45)
                     row = one_run(
                         fault, mode, args.down, data, ids, ref, work, ddir, timeout,
-                        args.checkpoint_every, args.state_topic,
+                        args.checkpoint_every, args.state_topic, args.session_timeout,
                     )  # fmt: skip
                     print(row, flush=True)
                     rows.append(row)
@@ -490,6 +497,7 @@ def main() -> int:
         "first (a backlog on 6 partitions); the default rules, no model; `fds run` with "
         f"`--max-poll-records 50 --checkpoint-every {args.checkpoint_every:g} --broker-timeout "
         f"{args.broker_timeout or max(60.0, args.down + 45):g}"
+        + (f" --session-timeout {args.session_timeout}" if args.session_timeout else "")
         + (" --state-topic <the kit's state_changelog> --group-instance-id i1|i2|i3` "
            "(FDS_MODEL_KEY set)" if args.state_topic else "`")
         + ", one fault once a fifth of the stream is decided (see the script's docstring). "

@@ -129,7 +129,7 @@ from fds.streams.kafka_kit import Call, ClientErrors, Consumer, UnreadableRecord
 from fds.streams.label_feed import LabelFeed, reads_labels
 from fds.streams.rebuild import STAGES_TAIL_S, horizon_seconds, read_merged, start_offsets
 from fds.streams.state_topic import FETCH_BYTES as STATE_FETCH_BYTES
-from fds.streams.state_topic import StateTopic, index_of, manifest_offsets
+from fds.streams.state_topic import StateTopic, index_of, manifest_newer, manifest_offsets
 from fds.timeutil import FileClock, format_ts, get_zone, naive_text, parse_ts, span
 
 if TYPE_CHECKING:  # (River: imported when an engine is built, not to build the command line)
@@ -190,12 +190,6 @@ ENDS_TIMEOUT_MS = 300
 LEFT_KEY = "partitions_left"
 # How long a restart waits to read those decisions before it decides their records again.
 FIND_TIMEOUT_S = 10.0
-
-
-def _written_at(manifest: Mapping[str, Any]) -> float:
-    """When a state-topic manifest says its snapshot was written (0: it does not say)."""
-    at = manifest.get("written_at")
-    return float(at) if at.__class__ in (int, float) else 0.0
 
 
 def _decided_id(msg: Any) -> dict[str, Any] | None:
@@ -2295,44 +2289,67 @@ class Runner:
         # sends none to it; a copy was lost): each instance's newest manifest of the two.
         manifests: dict[str, dict[str, Any]] = {}
         source: dict[str, str] = {}  # instance -> the topic its manifest was read from
-        best: dict[Any, tuple[int, str]] = {}
-        for index in [st.index, None] if st.index else [None]:
+        whole: dict[str, dict[str, Any]] | None = None  # the state topic's, once scanned
+
+        def scan(index: str | None) -> dict[str, dict[str, Any]] | None:
+            """Note the manifests of the index (``None``: of the state topic) in
+            ``manifests``, each instance's newest; what was read (``None``: nothing)."""
             try:
                 found = StateTopic.scan(
                     st.topic, make, f"{self.s.group}/", timeout_s=self.s.broker_timeout_s,
                     index=index,
                 )  # fmt: skip
             except (KafkaError, UnreadableRecords) as exc:
-                if index is None and not manifests:
-                    why = f"the topic cannot be read ({describe(exc)})"
-                    return nothing(why, level=logging.WARNING)
                 log.warning('state topic%s="%s" cannot be read: %s', " index" if index else "",
                             index or st.topic, describe(exc))  # fmt: skip
-                continue
-            if found is None and index is None and not manifests:
-                why = "the topic could not be read (logged above)"
-                return nothing(why, level=logging.WARNING)
+                return None
             for ident, m in (found or {}).items():
-                if _written_at(m) >= _written_at(manifests.get(ident, {})):
+                if ident not in manifests or manifest_newer(m, manifests[ident]):
                     manifests[ident] = m
                     source[ident] = index or st.topic
+            return found
+
+        best: dict[Any, tuple[int, str]] = {}
+        if st.index:
+            scan(st.index)
             best = pick(manifests)
-            if not lacking(best):
-                break
+        if not st.index or lacking(best):
+            whole = scan(None)
+            if whole is None and not manifests:
+                why = "the topic could not be read (logged above)"
+                return nothing(why, level=logging.WARNING)
+            best = pick(manifests)
         if none := lacking(best):
             nothing(
                 "no snapshot of another instance holds them past the start of their feature "
                 "horizon and within their committed offsets", none,
             )  # fmt: skip
+        scanned = not st.index or whole is not None  # (the state topic read: no retry)
+
+        def fetch(ident: str) -> bytes | None:
+            return StateTopic(st.topic, ident, key=st.key).fetch_foreign(
+                make, manifest=manifests[ident], timeout_s=self.s.broker_timeout_s
+            )
+
         cuts = []  # (a cut: the state of its partitions, the offsets it covers of each)
         for ident in sorted({i for _, i in best.values()}):
             tps = sorted((tp for tp in best if best[tp][1] == ident), key=lambda tp: tp.partition)
             parts = [tp.partition for tp in tps]
             t0 = time.monotonic()
             try:
-                data = StateTopic(st.topic, ident, key=st.key).fetch_foreign(
-                    make, manifest=manifests[ident], timeout_s=self.s.broker_timeout_s
-                )
+                data = fetch(ident)
+                if data is None and source[ident] != st.topic and not scanned:
+                    # the index's copy names a snapshot gone since (copies of newer manifests
+                    # lost): the state topic's newest manifest of that instance, if it still
+                    # holds these partitions within their ranges
+                    old = manifests[ident]
+                    scan(None)
+                    scanned = True
+                    offsets = manifest_offsets(manifests[ident])
+                    if manifests[ident] is not old and all(
+                        ranges[tp][0] < offsets.get(tp.partition, -1) <= ranges[tp][1] for tp in tps
+                    ):
+                        data = fetch(ident)
                 if data is None:
                     raise ConfigError("it is gone, or it did not verify (logged above)")
                 got = parse_checkpoint(data, where=f"{st.topic}:{ident}")

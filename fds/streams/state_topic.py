@@ -60,8 +60,12 @@ from kafka.structs import TopicPartition
 
 from fds.errors import ArtifactError
 from fds.models.registry import env_key, sign, verify, write_atomic
+from fds.streams.kafka_kit import UnreadableRecords
 
-__all__ = ["CHUNK", "FETCH_BYTES", "StateTopic", "index_of", "manifest_offsets"]
+__all__ = [
+    "CHUNK", "FETCH_BYTES", "StateTopic", "index_of", "manifest_newer", "manifest_offsets",
+    "manifest_span",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -123,10 +127,44 @@ def manifest_span(manifest: Mapping[str, Any]) -> tuple[int, int] | None:
     return None
 
 
+def manifest_newer(a: Mapping[str, Any], b: Mapping[str, Any] | None) -> bool:
+    """Is manifest ``a`` of a snapshot newer than ``b`` (``None``: none) of the same instance?
+    By where their chunks are when both say (offsets only grow in a partition), else by the
+    time they say they were written (another machine's clock may be behind).
+
+    >>> manifest_newer({"span": [9, 10], "written_at": 1.0}, {"span": [5, 6], "written_at": 2.0})
+    True
+    >>> manifest_newer({"written_at": 1.0}, {"written_at": 2.0}), manifest_newer({}, None)
+    (False, True)
+    """
+    if b is None:
+        return True
+    sa, sb = manifest_span(a), manifest_span(b)
+    if sa is not None and sb is not None:
+        return sa[0] > sb[0]
+    return _written_at(a) > _written_at(b)
+
+
+def _written_at(manifest: Mapping[str, Any]) -> float:
+    at = manifest.get("written_at")
+    return float(at) if at.__class__ in (int, float) else 0.0
+
+
 def _offset(future: Any) -> int | None:
     """The offset a send's future says its record was written at (``None``: unknown)."""
     offset = getattr(getattr(future, "value", None), "offset", None)
     return offset if offset.__class__ is int else None
+
+
+def _newer_raw(a: bytes, b: bytes) -> bool:
+    """:func:`manifest_newer` of two manifests as sent (one that is no JSON object: older)."""
+    try:
+        ma, mb = orjson.loads(a), orjson.loads(b)
+    except orjson.JSONDecodeError:
+        return False
+    if not isinstance(ma, dict):
+        return False
+    return not isinstance(mb, dict) or manifest_newer(ma, mb)
 
 
 def _is_chunk(key: bytes) -> bool:
@@ -388,20 +426,27 @@ class StateTopic:
         self, producer: Any, slot: str, manifest: bytes, flush_s: float | None
     ) -> None:
         """Send the manifest naming ``slot`` (at a stop, ``flush_s``: wait for it that long),
-        and a copy to the index (not awaited: a copy that is lost or out of date costs a
-        takeover a read of the whole state topic, or a snapshot older than it could use)."""
+        and a copy to the index (not awaited; a lost copy is logged: the index then names an
+        older snapshot, and a takeover that finds it gone reads the state topic's manifest)."""
         part = self.partition(len(producer.partitions_for(self.topic) or ()))
         future = producer.send(self.topic, key=self.ident.encode(), value=manifest, partition=part)
         self._manifest = (slot, future)
         if self.index is not None:
             try:
-                producer.send(self.index, key=self.ident.encode(), value=manifest)
+                sent = producer.send(self.index, key=self.ident.encode(), value=manifest)
             except KafkaError as exc:
-                log.warning('state topic index="%s": the manifest was not sent to it (%s)',
-                            self.index, exc)  # fmt: skip
+                self._index_failed(exc)
+            else:
+                if hasattr(sent, "add_errback"):
+                    sent.add_errback(self._index_failed)
         if flush_s is not None:
             producer.flush(timeout=flush_s)
         self._confirm()
+
+    def _index_failed(self, exc: Exception) -> None:
+        log.warning('state topic index="%s": a manifest was not sent to it (%s: %s); a takeover '
+                    "reads an older one there, or the state topic's when that snapshot is gone",
+                    self.index, type(exc).__name__, exc)  # fmt: skip
 
     def fetch(self, make_reader: Callable[[], Any], *, timeout_s: float = 60.0) -> bytes | None:
         """The newest whole, verified snapshot of this instance, or ``None`` (none, or it does not
@@ -413,12 +458,18 @@ class StateTopic:
         it."""
         got = None
         if self.index is not None:
-            found = StateTopic.scan(
-                self.topic, make_reader, self.ident, timeout_s=timeout_s, index=self.index
-            )
+            try:
+                found = StateTopic.scan(
+                    self.topic, make_reader, self.ident, timeout_s=timeout_s, index=self.index
+                )
+            except (KafkaError, UnreadableRecords) as exc:  # (a shortcut: read it whole)
+                log.warning('state topic index="%s" cannot be read (%s: %s): the state '
+                            "topic's partition is read whole", self.index,
+                            type(exc).__name__, exc)  # fmt: skip
+                found = None
             span = manifest_span((found or {}).get(self.ident, {}))
-            if span is not None:
-                got = self._fetch(make_reader, None, timeout_s, since=span[0])
+            if span is not None:  # (quiet: what it rejects is rejected again below, logged)
+                got = self._fetch(make_reader, None, timeout_s, since=span[0], quiet=True)
         if got is None:
             got = self._fetch(make_reader, None, timeout_s)
         if got is None:
@@ -467,6 +518,8 @@ class StateTopic:
 
         def keep(key: bytes, value: bytes | None) -> None:
             if key.startswith(want) and not _is_chunk(key):
+                if index and value is not None and key in raw and not _newer_raw(value, raw[key]):
+                    return  # (an index of several partitions: an older copy read after)
                 _note(raw, key, value)
 
         read = _read(index or topic, make_reader, keep, timeout_s=timeout_s)
@@ -497,6 +550,7 @@ class StateTopic:
         timeout_s: float,
         *,
         since: int | None = None,
+        quiet: bool = False,
     ) -> tuple[bytes, Mapping[str, Any]] | None:
         """Read this instance's partition and verify the snapshot of ``manifest`` (``None``:
         of the newest manifest read, from offset ``since`` on when given): its bytes and
@@ -520,10 +574,14 @@ class StateTopic:
             log.warning('state topic="%s" does not exist: nothing to restore', self.topic)
         if not read:
             return None
-        return self._assemble(latest, manifest)
+        return self._assemble(latest, manifest, quiet=quiet)
 
     def _assemble(
-        self, latest: dict[bytes, bytes], manifest: Mapping[str, Any] | None = None
+        self,
+        latest: dict[bytes, bytes],
+        manifest: Mapping[str, Any] | None = None,
+        *,
+        quiet: bool = False,
     ) -> tuple[bytes, Mapping[str, Any]] | None:
         """The snapshot ``manifest`` (``None``: the manifest in ``latest``) names, joined from
         the chunks in ``latest`` and verified, with its manifest; ``None`` (logged unless no
@@ -539,6 +597,8 @@ class StateTopic:
                 raise ArtifactError(f"{len(data)} bytes, the manifest says {m['size']}")
             verify(data, sha256=m["sha256"], signature=m.get("signature"), key=self.key)
         except (orjson.JSONDecodeError, KeyError, TypeError, ArtifactError) as exc:
+            if quiet:
+                return None
             log.warning(
                 'state snapshot of "%s" on topic="%s" rejected (%s: %s): the state is rebuilt '
                 "from the input instead", self.ident, self.topic, type(exc).__name__, exc,

@@ -164,13 +164,15 @@ def _taking_over(
     own: Any = None,
     index: Any = None,
     scans: list[Any] | None = None,
+    gone: Any = None,
 ) -> Any:
     """Partitions 0 and 1, 20 records each, committed at 10; this instance ("g/b", with a state
     topic) holds 0 and takes 1 over. Instance "g/a" (``victim_settings``) decided both up to
     5 and published that snapshot; the scan also finds this instance's own manifest and one of
     another input topic, both further along (to be ignored). With ``index`` (manifests), the
-    state topic has an index holding those; each scan's index is noted in ``scans``. Returns
-    the runner, restored, the logs, and the instances whose snapshot it fetched."""
+    state topic has an index holding those; each scan's index is noted in ``scans``; a
+    manifest ``gone(manifest)`` names a snapshot that cannot be fetched any more. Returns the
+    runner, restored, the logs, and the instances whose snapshot it fetched."""
     from fds.streams import kafka
 
     p = [TopicPartition("transactions", i) for i in range(2)]
@@ -195,7 +197,11 @@ def _taking_over(
     }
     fetched: list[str] = []
 
-    def fetch_foreign(self: Any, make: Any, *, manifest: Any = None, timeout_s: Any = 0) -> bytes:
+    def fetch_foreign(
+        self: Any, make: Any, *, manifest: Any = None, timeout_s: Any = 0
+    ) -> bytes | None:
+        if gone is not None and gone(manifest):
+            return None
         fetched.append(self.ident)
         return snapshot
 
@@ -273,6 +279,25 @@ def test_the_index_is_read_first_and_the_state_topic_only_for_what_it_lacks(
         caplog.text
     )
     _decides_as_one_engine(tmp_path / "lacking", r, logs)
+
+
+def test_a_snapshot_the_index_names_that_is_gone_is_fetched_as_the_state_topic_names_it(
+    tmp_path, caplog, monkeypatch
+):
+    """The index's copy of instance a's manifest is older than the state topic's (the copies
+    of newer ones lost) and names a snapshot overwritten since: the state topic's newest
+    manifest of a is read and its snapshot taken instead of rebuilding partition 1 (a
+    review). An older manifest that does not hold the partition is not tried."""
+    older = {"g/a": {"topic": "transactions", "offsets": {"0": 4, "1": 4}, "written_at": 1.0}}
+    scans: list[Any] = []
+    with caplog.at_level("INFO"):
+        r, logs, fetched = _taking_over(
+            tmp_path, monkeypatch, {**TAKER, "group_instance_id": "a"}, index=older,
+            scans=scans, gone=lambda m: m["written_at"] == 1.0,
+        )  # fmt: skip
+    assert scans == ["state.index", None] and fetched == ["g/a"]
+    assert 'offsets="{1: 5}" bytes=' in caplog.text and 'manifest_from="state"' in caplog.text
+    _decides_as_one_engine(tmp_path, r, logs)
 
 
 def test_a_snapshot_that_cannot_be_split_is_not_taken_over(tmp_path, caplog, monkeypatch):

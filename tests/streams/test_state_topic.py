@@ -10,7 +10,9 @@ from collections import namedtuple
 from types import SimpleNamespace
 from typing import Any
 
+import orjson
 import pytest
+from kafka.errors import TopicAuthorizationFailedError
 from kafka.structs import TopicPartition
 
 import fds.streams.state_topic as st_mod
@@ -346,7 +348,7 @@ def test_an_instance_reads_only_its_own_records_not_those_of_a_longer_id():
     other.publish(topic, b"not mine")
     kept: list[bytes] = []
     st = StateTopic("state", "g/fds-1")
-    st._assemble = lambda latest, manifest: kept.extend(latest)  # type: ignore[method-assign]
+    st._assemble = lambda latest, manifest, **_: kept.extend(latest)  # type: ignore[method-assign]
     st.fetch(topic.reader)
     assert sorted(kept) == [b"g/fds-1", b"g/fds-1#a#0"]
 
@@ -632,7 +634,7 @@ def test_a_manifest_the_index_refuses_is_still_on_the_state_topic(caplog):
     st = StateTopic("state", "g/i0", index="state.index")
     with caplog.at_level(logging.WARNING):
         st.publish(topic, b"a snapshot", topic="tx", offsets={0: 1})
-    assert 'index="state.index": the manifest was not sent to it' in caplog.text
+    assert 'index="state.index": a manifest was not sent to it' in caplog.text
     assert st.published == 1 and StateTopic("state", "g/i0").fetch(topic.reader) == b"a snapshot"
 
 
@@ -660,3 +662,70 @@ def test_a_replacement_reads_its_partition_from_the_snapshot_its_index_names():
     readers.clear()
     assert StateTopic("state", "g/i0", index="state.index").fetch(make) == b"the newest " * 9
     assert [r.starts[0] for r in readers][-1] == 0
+
+
+def test_an_unreadable_index_does_not_stop_a_replacement_restoring_its_snapshot(caplog):
+    """The index is a shortcut: a failure reading it (an ACL granting Describe, not Read, on
+    the new topic; its leader gone) has the partition read whole (a review: fds run exited)."""
+
+    class IndexUnreadable(Topic):
+        def reader(self) -> Topic.Reader:
+            r = super().reader()
+            poll = r.poll
+
+            def failing(timeout_ms: int, max_records: int) -> Any:
+                if any(tp.topic.endswith(".index") for tp in r.pos):
+                    raise TopicAuthorizationFailedError({"state.index"})
+                return poll(timeout_ms, max_records)
+
+            r.poll = failing  # type: ignore[method-assign]
+            return r
+
+    topic = IndexUnreadable()
+    st = StateTopic("state", "g/i0", index="state.index")
+    st.publish(topic, b"the state snapshot", topic="tx", offsets={0: 1})
+    assert topic.index  # (its copy is there to read)
+    with caplog.at_level(logging.WARNING):
+        got = StateTopic("state", "g/i0", index="state.index").fetch(topic.reader)
+    assert got == b"the state snapshot"
+    assert "cannot be read (TopicAuthorizationFailedError" in caplog.text
+
+
+def test_an_index_of_several_partitions_keeps_each_instances_newest_copy():
+    """Copies of one instance's manifest in two partitions of the index (its partitions were
+    increased): the newer one counts, whichever is read last (a review)."""
+
+    class TwoPartIndex(Topic):
+        def __init__(self) -> None:
+            super().__init__()
+            self.index2: list[list[Record]] = [[], []]
+
+        def log(self, topic: str) -> list[list[Record]]:
+            return self.index2 if topic.endswith(".index") else self.parts
+
+    topic = TwoPartIndex()
+    old = orjson.dumps({"slot": "a", "offsets": {"0": 1}, "span": [3, 4], "written_at": 2.0})
+    new = orjson.dumps({"slot": "b", "offsets": {"0": 9}, "span": [7, 8], "written_at": 1.0})
+    topic.index2[0].append(Record(b"g/i0", new))  # where the key hashes now
+    topic.index2[1].append(Record(b"g/i0", old))  # where it hashed before (a clock ahead)
+    found = StateTopic.scan("state", topic.reader, "g/", index="state.index")
+    assert found is not None and found["g/i0"]["slot"] == "b"  # (by span: offsets only grow)
+
+
+def test_a_copy_the_index_loses_later_is_logged(caplog):
+    errbacks: list[Any] = []
+
+    class Later(Sent):
+        def add_errback(self, fn: Any) -> None:
+            errbacks.append(fn)
+
+    class Index(Topic):
+        def send(self, topic: str, *, key: bytes, value: bytes, partition: int = 0) -> Sent:
+            sent = super().send(topic, key=key, value=value, partition=partition)
+            return Later(sent.value.offset) if topic.endswith(".index") else sent
+
+    StateTopic("state", "g/i0", index="state.index").publish(Index(), b"a snapshot")
+    (errback,) = errbacks
+    with caplog.at_level(logging.WARNING):
+        errback(st_mod.KafkaError("NotLeaderForPartitionError"))
+    assert 'state topic index="state.index": a manifest was not sent to it' in caplog.text
