@@ -757,6 +757,7 @@ class Runner:
                     KEY_ENV, settings.state_topic,
                 )  # fmt: skip
         self._state_producer: Any = None
+        self._index_producer: Any = None  # (the state topic index's copies: StateTopic)
         self._published = 0  # checkpointer.saves already published to the state topic
         # Input partition -> offset of the first record NOT folded into the engine state.
         # Advanced only after a commit, so it never runs ahead of the committed offsets.
@@ -955,7 +956,7 @@ class Runner:
                 'state topic index="%s" does not exist: a takeover of partitions moved here '
                 "reads the whole state topic to find the snapshots (every chunk of every "
                 "instance's); create it (`fds kafka topics` creates the kit's; compacted, one "
-                "partition)", index,
+                "partition) and restart fds run", index,
             )  # fmt: skip
 
     def _check_copartitioned(self) -> None:
@@ -1077,6 +1078,9 @@ class Runner:
         if self._state_producer is not None:
             with contextlib.suppress(Exception):
                 self._state_producer.close(timeout=left())
+        if self._index_producer is not None:  # (its copies are not waited for long)
+            with contextlib.suppress(Exception):
+                self._index_producer.close(timeout=min(left(), 1.0))
 
     def run(self, *, max_idle_s: float | None = None) -> RunStats:
         """Run until :meth:`stop` (or ``max_idle_s`` without input, for tests and benchmarks)."""
@@ -1802,6 +1806,11 @@ class Runner:
                 self._state_producer = self._producer_factory(
                     **self.s.client_config(), acks="all", linger_ms=5, batch_size=1 << 20,
                     max_block_ms=1000, bootstrap_timeout_ms=self.s.timeout_ms,
+                )  # fmt: skip
+            if st.index is not None and self._index_producer is None:
+                self._index_producer = st.index_producer = self._producer_factory(
+                    **self.s.client_config(), acks="all", linger_ms=5, max_block_ms=1000,
+                    bootstrap_timeout_ms=self.s.timeout_ms,
                 )  # fmt: skip
             # (busy() first: it reaps a finished background write, which counts it in saves;
             # when idle nothing else asked, so that checkpoint was never published: a QA pass)

@@ -801,6 +801,10 @@ def load_topic_specs(path: Path | str = TOPICS_FILE) -> dict[str, dict[str, Any]
             "key": spec.get("key"),
             "configs": {str(k): str(v) for k, v in (spec.get("configs") or {}).items()},
         }
+    if "state_index" in specs and "state_changelog" in specs:  # (where fds run looks for it)
+        from fds.streams.state_topic import index_of
+
+        specs["state_index"]["name"] = index_of(specs["state_changelog"]["name"])
     return specs
 
 

@@ -243,7 +243,8 @@ class StateTopic:
         Where the slot last published is kept across restarts (``None``: not kept).
     index
         The topic's index (:func:`index_of`), where each manifest is also sent (``None``: it
-        is not; a takeover then reads the whole state topic to find the manifests).
+        is not; a takeover then reads the whole state topic to find the manifests). A copy
+        that fails turns it off (``None``) until a restart.
     """
 
     def __init__(
@@ -258,6 +259,9 @@ class StateTopic:
         self.topic = topic
         self.ident = ident
         self.index = index
+        # what sends the copies to the index (None: the producer given): one of its own, so
+        # that a copy stuck in it (the index gone) never holds the flush of a snapshot
+        self.index_producer: Any = None
         self.key = key if key is not None else env_key()  # (an empty key: an error, as there)
         self.slot_file = slot_file
         # the slots the broker's manifest may name: the last acknowledged (``_acked``) and those
@@ -433,7 +437,9 @@ class StateTopic:
         self._manifest = (slot, future)
         if self.index is not None:
             try:
-                sent = producer.send(self.index, key=self.ident.encode(), value=manifest)
+                sent = (self.index_producer or producer).send(
+                    self.index, key=self.ident.encode(), value=manifest
+                )
             except KafkaError as exc:
                 self._index_failed(exc)
             else:
@@ -444,9 +450,18 @@ class StateTopic:
         self._confirm()
 
     def _index_failed(self, exc: Exception) -> None:
-        log.warning('state topic index="%s": a manifest was not sent to it (%s: %s); a takeover '
-                    "reads an older one there, or the state topic's when that snapshot is gone",
-                    self.index, type(exc).__name__, exc)  # fmt: skip
+        """A copy failed (the index deleted, its leader gone for longer than the producer's
+        retries): no more copies are sent (each would hold the caller up to the producer's
+        ``max_block_ms`` waiting for the index's metadata), said once."""
+        index, self.index = self.index, None
+        if index is None:
+            return
+        log.warning(
+            'state topic index="%s": a manifest was not sent to it (%s: %s); no more are sent '
+            "until fds run restarts (a takeover reads an older copy there, or the state "
+            "topic's manifest when that snapshot is gone); check that the index exists "
+            "(`fds kafka topics` creates it) and restart", index, type(exc).__name__, exc,
+        )  # fmt: skip
 
     def fetch(self, make_reader: Callable[[], Any], *, timeout_s: float = 60.0) -> bytes | None:
         """The newest whole, verified snapshot of this instance, or ``None`` (none, or it does not
@@ -524,8 +539,11 @@ class StateTopic:
 
         read = _read(index or topic, make_reader, keep, timeout_s=timeout_s)
         if read is None:
-            log.warning('state topic%s="%s" does not exist: nothing to restore from it',
-                        " index" if index else "", index or topic)  # fmt: skip
+            if index:
+                log.warning('state topic index="%s" does not exist: the state topic is read '
+                            "instead", index)  # fmt: skip
+            else:
+                log.warning('state topic="%s" does not exist: nothing to restore from it', topic)
             return None if index else {}
         if not read:
             return None

@@ -5,13 +5,25 @@ cover, and a survivor fetches the other's snapshot byte for byte, verified."""
 from __future__ import annotations
 
 import os
+import signal
+import time
 import zlib
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
+from fds.pipeline import DEFAULT_RULES
+from fds.streams import kafka_kit
 from fds.streams.checkpoint import Checkpointer, parse_checkpoint
+from fds.streams.kafka import produce_file
 from fds.streams.state_topic import StateTopic, index_of, manifest_offsets, manifest_span
+from tests.integration.test_kafka_run import (
+    count_records,
+    settings_for,
+    spawn_run,
+    wait_until,
+    write_stream,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -103,3 +115,45 @@ def test_the_index_holds_each_instances_newest_manifest_and_its_span_the_chunks(
         assert got == snaps[ident][1]
     # (a missing index is no answer: the caller reads the state topic instead)
     assert StateTopic.scan(state, reader, f"{group}/", timeout_s=30, index=state + ".none") is None
+
+
+def test_an_index_deleted_under_a_running_instance_holds_up_no_snapshot(
+    kafka_bootstrap, make_topics, unique_name, tmp_path
+):
+    """A QA pass deleted the index while `fds run` ran: each checkpoint's copy then waited 1 s
+    for the index's metadata on the decision loop, and the copy stuck in the producer made the
+    last snapshot's flush fail at the stop (its manifest never sent). Copies go through a
+    producer of their own and stop after the first failure: the stop is prompt and the last
+    snapshot's manifest lands on the state topic."""
+    topics = make_topics(partitions=1)
+    write_stream(tmp_path / "tx.jsonl", 2000, cards=100, step=7.0)
+    lines = (tmp_path / "tx.jsonl").read_bytes().splitlines(keepends=True)
+    (tmp_path / "a.jsonl").write_bytes(b"".join(lines[:1000]))
+    (tmp_path / "b.jsonl").write_bytes(b"".join(lines[1000:]))
+    group = unique_name("g")
+    s = settings_for(kafka_bootstrap, topics, group)
+    produce_file(tmp_path / "a.jsonl", s)
+    stages = (
+        "--rules", str(DEFAULT_RULES), "--model", "none", "--state-dir", str(tmp_path / "st"),
+        "--state-topic", topics["state_changelog"], "--group-instance-id", "i0",
+        "--checkpoint-every", "0.5",
+    )  # fmt: skip
+    p = spawn_run(kafka_bootstrap, topics, group, stages=stages)
+    wait_until(lambda: count_records(kafka_bootstrap, topics["decisions"]) >= 1000, 90, "half")
+    wait_until(lambda: count_records(kafka_bootstrap, topics["state_index"]) > 0, 30, "a copy")
+    kafka_kit.delete_topics(kafka_bootstrap, [topics["state_index"]])
+    produce_file(tmp_path / "b.jsonl", s)
+    wait_until(lambda: count_records(kafka_bootstrap, topics["decisions"]) >= 2000, 90, "all")
+    time.sleep(2.0)  # (checkpoints, each with a copy to send)
+    t0 = time.monotonic()
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 0 and time.monotonic() - t0 < 10, err[-3000:]
+    assert "publish failed" not in err, err[-3000:]
+    assert err.count("a manifest was not sent to it") <= 1, err[-3000:]  # (then no more)
+
+    def reader() -> KafkaConsumer:
+        return KafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False)
+
+    found = StateTopic.scan(topics["state_changelog"], reader, f"{group}/", timeout_s=30)
+    assert found and manifest_offsets(found[f"{group}/i0"]) == {0: 2000}  # the last snapshot

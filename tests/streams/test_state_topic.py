@@ -634,8 +634,23 @@ def test_a_manifest_the_index_refuses_is_still_on_the_state_topic(caplog):
     st = StateTopic("state", "g/i0", index="state.index")
     with caplog.at_level(logging.WARNING):
         st.publish(topic, b"a snapshot", topic="tx", offsets={0: 1})
-    assert 'index="state.index": a manifest was not sent to it' in caplog.text
-    assert st.published == 1 and StateTopic("state", "g/i0").fetch(topic.reader) == b"a snapshot"
+        st.publish(topic, b"the next one", topic="tx", offsets={0: 2})
+    # said once, and no more copies: each would wait for the index's metadata (a QA pass saw
+    # the decision loop held 1 s per checkpoint, and a snapshot's flush fail at a stop)
+    assert caplog.text.count('index="state.index": a manifest was not sent to it') == 1
+    assert "no more are sent until fds run restarts" in caplog.text and st.index is None
+    assert st.published == 2 and StateTopic("state", "g/i0").fetch(topic.reader) == b"the next one"
+
+
+def test_copies_to_the_index_go_through_a_producer_of_their_own():
+    state, copies = Topic(), Topic()
+    st = StateTopic("state", "g/i0", index="state.index")
+    st.index_producer = copies
+    st.publish(state, b"a snapshot", topic="tx", offsets={0: 1})
+    assert state.index == [] and [r.key for r in copies.index or []] == [b"g/i0"]
+    assert StateTopic.scan("state", copies.reader, "g/", index="state.index") == (
+        StateTopic.scan("state", state.reader, "g/")
+    )
 
 
 def test_a_replacement_reads_its_partition_from_the_snapshot_its_index_names():
@@ -724,8 +739,23 @@ def test_a_copy_the_index_loses_later_is_logged(caplog):
             sent = super().send(topic, key=key, value=value, partition=partition)
             return Later(sent.value.offset) if topic.endswith(".index") else sent
 
-    StateTopic("state", "g/i0", index="state.index").publish(Index(), b"a snapshot")
+    st = StateTopic("state", "g/i0", index="state.index")
+    st.publish(Index(), b"a snapshot")
     (errback,) = errbacks
     with caplog.at_level(logging.WARNING):
         errback(st_mod.KafkaError("NotLeaderForPartitionError"))
     assert 'state topic index="state.index": a manifest was not sent to it' in caplog.text
+    assert st.index is None  # (no more copies)
+
+
+def test_the_kits_index_is_named_after_its_state_topic(tmp_path):
+    """A topics file that renames the state topic names its index after it: `fds kafka
+    topics` creates the index where fds run looks for it (a QA pass: it created
+    ``state-changelog.index`` beside ``fds-state``)."""
+    from fds.streams import kafka_kit
+
+    text = kafka_kit.TOPICS_FILE.read_text().replace("name: state-changelog\n", "name: fds-state\n")
+    (tmp_path / "topics.yaml").write_text(text)
+    specs = kafka_kit.load_topic_specs(tmp_path / "topics.yaml")
+    assert specs["state_changelog"]["name"] == "fds-state"
+    assert specs["state_index"]["name"] == st_mod.index_of("fds-state") == "fds-state.index"
