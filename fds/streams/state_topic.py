@@ -193,9 +193,9 @@ def _read(
     """Read ``topic`` from the start to the end offsets it has now -- only partition
     ``pick(number of partitions)`` when given, else every one; with ``span`` (and ``pick``)
     only the offsets ``span[0]`` to ``span[1]`` of it (``None``: its end) -- handing each
-    keyed record to
-    ``keep(key, value)`` (value ``None``: a tombstone). False when it read nothing for
-    ``timeout_s`` (logged); ``None`` when the topic does not exist (read at once)."""
+    keyed record to ``keep(key, value)`` (value ``None``: a tombstone). False when it read
+    nothing for ``timeout_s`` (logged); ``None`` when the topic does not exist (read at
+    once)."""
     reader = make_reader()
     try:
         parts = reader.partitions_for_topic(topic)

@@ -6,7 +6,7 @@ import re
 import time
 
 import pytest
-from kafka import KafkaAdminClient
+from kafka import KafkaAdminClient, KafkaConsumer
 from kafka.admin import ConfigResource, ConfigResourceType
 
 from fds.streams import kafka_kit
@@ -191,3 +191,23 @@ def test_a_second_broker_in_a_relative_data_dir(tmp_path, monkeypatch) -> None:
     finally:
         assert kafka_kit.down("rel-broker", wipe=True)
     assert not (tmp_path / "rel-broker").exists()
+
+
+def test_the_kit_broker_lets_a_group_member_notice_a_death_in_3_s(
+    kafka_bootstrap, topics, unique_name
+):
+    """`fds run --session-timeout 3000` (README, "Under 5 seconds") joins a group on the kit's
+    broker: Kafka's default floor (group.min.session.timeout.ms, 6 s) would refuse it."""
+    if kafka_bootstrap != f"127.0.0.1:{kafka_kit.DEFAULT_PORT}":
+        pytest.skip("an external broker is in use (FDS_TEST_BOOTSTRAP)")
+    consumer = KafkaConsumer(
+        topics["transactions"], bootstrap_servers=kafka_bootstrap, group_id=unique_name("g"),
+        session_timeout_ms=3000, heartbeat_interval_ms=1000,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not consumer.assignment():  # (refused: InvalidSessionTimeoutError from poll)
+            assert time.monotonic() < deadline, "no assignment"
+            consumer.poll(timeout_ms=200)
+    finally:
+        consumer.close()
