@@ -37,12 +37,17 @@ that holds the future); once garbage, a frozen cycle stays. Two things keep that
 from __future__ import annotations
 
 import gc
+import io
 import logging
 import math
+import pickle
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import TracebackType
+from typing import Any
 
-__all__ = ["COMPACT_EVERY_S", "FREEZE_EVERY", "QUIET_S", "Freezer"]
+__all__ = ["COMPACT_EVERY_S", "FREEZE_EVERY", "QUIET_S", "Freezer", "dumps", "loads"]
 
 log = logging.getLogger("fds.gc")
 
@@ -165,3 +170,74 @@ def _collect_and_freeze() -> int:
     collected += gc.collect(1)
     gc.freeze()
     return collected
+
+
+# -- pickling a large state ------------------------------------------------------------------
+# ``pickle.loads``/``dumps`` of the feature state are one C call each: they hold the interpreter
+# for all of it (4-5 s for 170 MB here), so no other thread runs meanwhile, kafka-python's
+# heartbeat thread included: a takeover that unpickled a snapshot for longer than the session
+# timeout had its instance evicted from the group (and, assigned the same partitions again,
+# unpickle it again). Through a file object whose ``read``/``write`` are Python methods, the
+# pickler calls back once per 64 KB frame, and the interpreter can switch threads there; the
+# collector is paused meanwhile (unpickling makes millions of containers: its passes took
+# most of the time, 1.7 s against 4.2 s, and were the longest holds left). Measured:
+# ``python benchmarks/exp_gil_pickle.py`` (results/gil_pickle.md).
+
+
+class _Frames:
+    """Bytes read, or written, by Python calls (see above)."""
+
+    def __init__(self, data: bytes = b"") -> None:
+        self._buf = io.BytesIO(data)
+
+    def read(self, n: int | None = -1) -> bytes:
+        return self._buf.read(n)
+
+    def readinto(self, b: Any) -> int:
+        return self._buf.readinto(b)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        return self._buf.readline(size)
+
+    def write(self, b: Any) -> int:
+        return self._buf.write(b)
+
+    def getvalue(self) -> bytes:
+        return self._buf.getvalue()
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def loads(data: bytes) -> Any:
+    """``pickle.loads(data)`` letting other threads run while it works, without a collector
+    pass over what it makes: that is frozen (see above and :class:`Freezer`; a cycle among
+    the objects alive then is collected by the next compaction).
+
+    >>> loads(dumps({"a": [1.5, "x"]}))
+    {'a': [1.5, 'x']}
+    """
+    with _collector_paused():
+        got = pickle.load(_Frames(data))
+        # frozen, as the engine's state is (Freezer): the collector's next full pass would
+        # otherwise visit all of it at once, wherever it comes (0.8 s at 80 MB here)
+        gc.freeze()
+        return got
+
+
+def dumps(obj: Any) -> bytes:
+    """``pickle.dumps(obj, protocol=5)`` letting other threads run while it works, without a
+    collector pass meanwhile (objects' reductions allocate: a full pass over a large heap held
+    the interpreter 0.7 s of a 1.3 s pickle)."""
+    out = _Frames()
+    with _collector_paused():
+        pickle.dump(obj, out, protocol=5)
+    return out.getvalue()

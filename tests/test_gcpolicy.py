@@ -1,8 +1,10 @@
 import gc
+import pickle
 import weakref
 
 import pytest
 
+from fds import gcpolicy
 from fds.gcpolicy import Freezer
 
 
@@ -91,3 +93,36 @@ def test_no_compaction_whose_pause_is_estimated_over_the_limit():
         assert not fz.idle(quiet_s=60.0, max_pause_s=0.0)
         assert fz.compactions == 0
         assert fz.idle(quiet_s=60.0, max_pause_s=60.0)
+
+
+class _Seen:
+    """Notes, as it is unpickled, whether the collector is on."""
+
+    states: list[bool] = []  # noqa: RUF012
+
+    def __init__(self) -> None:
+        self.x = 1  # (a state to set: __setstate__ is called)
+
+    def __setstate__(self, state: object) -> None:
+        _Seen.states.append(gc.isenabled())
+
+
+def test_a_state_is_unpickled_frame_by_frame_with_the_collector_paused(monkeypatch):
+    """pickle.loads is one C call: no other thread runs during it (kafka-python's heartbeat: a
+    takeover unpickling a large snapshot got its instance evicted). gcpolicy.loads reads
+    through a Python method per frame (where threads switch), collector paused."""
+    state = [[float(i), str(i), list(range(20))] for i in range(20_000)] + [_Seen()]
+    data = gcpolicy.dumps(state)
+    assert data == pickle.dumps(state, protocol=5)
+    reads = []
+    read = gcpolicy._Frames.read
+    monkeypatch.setattr(
+        gcpolicy._Frames, "read", lambda self, n=-1: reads.append(n) or read(self, n)
+    )
+    _Seen.states.clear()
+    assert gc.isenabled()
+    got = gcpolicy.loads(data)
+    assert got[:-1] == state[:-1] and len(reads) > len(data) // (128 << 10)  # (64 KB frames)
+    assert _Seen.states == [False] and gc.isenabled()  # paused while unpickling, then back
+    assert not _tracked(got), "frozen: the next full pass does not visit it"
+    gc.unfreeze()

@@ -54,6 +54,7 @@ from operator import not_
 from pathlib import Path
 from typing import Any
 
+from fds import gcpolicy
 from fds.errors import ConfigError
 from fds.features.calendar import DayClock
 from fds.features.codegen import (
@@ -593,12 +594,12 @@ class FeaturePlan:
             "next_label_expiry": self._next_label_expiry,
             "label_ttl": self.label_ttl,
         }
-        return {**self._identity(), "state": pickle.dumps(body, protocol=5)}
+        return {**self._identity(), "state": gcpolicy.dumps(body)}
 
     def _body_of(self, sd: Mapping[str, Any]) -> dict[str, Any]:
         """The unpickled state of ``sd``, checked to be of this plan's declarations."""
         self._check(sd)
-        return pickle.loads(sd["state"])
+        return gcpolicy.loads(sd["state"])
 
     def _check(self, sd: Mapping[str, Any]) -> None:
         """Refuse a state of other declarations, timezone, grace or provenance (``sd``: its

@@ -41,7 +41,6 @@ import ctypes
 import fcntl
 import logging
 import os
-import pickle
 import signal
 import socket
 import time
@@ -50,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
+from fds import gcpolicy
 from fds.errors import ConfigError, describe
 from fds.models.registry import owner_only, write_atomic
 
@@ -111,7 +111,7 @@ def parse_checkpoint(data: bytes, *, where: str) -> Checkpoint:
     fds.errors.ConfigError: nowhere: checkpoint is unreadable (UnpicklingError: ...
     """
     try:
-        payload = pickle.loads(data)
+        payload = gcpolicy.loads(data)
     except Exception as exc:
         raise ConfigError(
             f"checkpoint is unreadable ({describe(exc)}); delete it to start "
@@ -339,7 +339,7 @@ class Checkpointer:
             "state": state,
             "written_at": time.time(),
         }
-        data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+        data = gcpolicy.dumps(payload)
         if not alive():  # (a background writer whose instance died while it pickled)
             raise ProcessLookupError("the instance is gone")
         write_atomic(self.path, data)
