@@ -9,7 +9,7 @@ checkpoint written on the loop (``--foreground-checkpoints``) pickles the state.
 ``loads``/``dumps`` are one C call that holds the interpreter throughout: no heartbeat goes out
 meanwhile, and a member silent for its session timeout is evicted. ``fds.gcpolicy``'s
 ``loads``/``dumps`` go through Python-level reads and writes (one per 64 KB frame, where the
-interpreter can switch threads) with the collector paused, and what is unpickled frozen.
+interpreter can switch threads) with the collector paused.
 
 Here a feature plan with the benchmarks' default set (benchmarks/bench_features.py) is fed
 ``--cards`` cards for ``--days`` days; its state is then pickled and unpickled both ways, in
@@ -119,8 +119,8 @@ def main() -> int:
         *(f"| `{w}` | {t:.2f} s | {h:.3f} s |" for w, (t, h) in med.items()),
         "",
         "With `pickle` the other thread waits for the whole call; with `fds.gcpolicy` (Python "
-        "reads and writes per 64 KB frame, the collector paused meanwhile, what is unpickled "
-        "frozen) it runs between frames. A group member is evicted when it sends no heartbeat "
+        "reads and writes per 64 KB frame, the collector paused meanwhile) it runs between "
+        "frames. A group member is evicted when it sends no heartbeat "
         'for its session timeout (10 s by default, 3 s in README\'s "Under 5 seconds").',
     ]
     args.out.write_text("\n".join(lines) + "\n")

@@ -174,14 +174,14 @@ def _collect_and_freeze() -> int:
 
 # -- pickling a large state ------------------------------------------------------------------
 # ``pickle.loads``/``dumps`` of the feature state are one C call each: they hold the interpreter
-# for all of it (4-5 s for 170 MB here), so no other thread runs meanwhile, kafka-python's
-# heartbeat thread included: a takeover that unpickled a snapshot for longer than the session
-# timeout had its instance evicted from the group (and, assigned the same partitions again,
-# unpickle it again). Through a file object whose ``read``/``write`` are Python methods, the
-# pickler calls back once per 64 KB frame, and the interpreter can switch threads there; the
-# collector is paused meanwhile (unpickling makes millions of containers: its passes took
-# most of the time, 1.7 s against 4.2 s, and were the longest holds left). Measured:
-# ``python benchmarks/exp_gil_pickle.py`` (results/gil_pickle.md).
+# for all of it (6.0 / 3.3 s for 78 MB in results/gil_pickle.md), so no other thread runs
+# meanwhile, kafka-python's heartbeat thread included: a takeover unpickling a snapshot for
+# longer than the session timeout would have its instance evicted from the group (and,
+# assigned the same partitions again, unpickle it again). Through a file object whose
+# ``read``/``write`` are Python methods, the pickler calls back once per 64 KB frame, and the
+# interpreter can switch threads there; the collector is paused meanwhile (unpickling makes
+# millions of containers: collections over them took most of the time, and were the longest
+# holds left). Measured: ``python benchmarks/exp_gil_pickle.py`` (results/gil_pickle.md).
 
 
 class _Frames:
@@ -219,18 +219,14 @@ def _collector_paused() -> Iterator[None]:
 
 def loads(data: bytes) -> Any:
     """``pickle.loads(data)`` letting other threads run while it works, without a collector
-    pass over what it makes: that is frozen (see above and :class:`Freezer`; a cycle among
-    the objects alive then is collected by the next compaction).
+    pass over what it makes meanwhile (not frozen: a takeover's throwaway plans are cycles that
+    a freeze kept for good, a review; the loop's Freezer freezes the live state).
 
     >>> loads(dumps({"a": [1.5, "x"]}))
     {'a': [1.5, 'x']}
     """
     with _collector_paused():
-        got = pickle.load(_Frames(data))
-        # frozen, as the engine's state is (Freezer): the collector's next full pass would
-        # otherwise visit all of it at once, wherever it comes (0.8 s at 80 MB here)
-        gc.freeze()
-        return got
+        return pickle.load(_Frames(data))
 
 
 def dumps(obj: Any) -> bytes:
