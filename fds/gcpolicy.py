@@ -231,8 +231,8 @@ def loads(data: bytes) -> Any:
 
 def dumps(obj: Any) -> bytes:
     """``pickle.dumps(obj, protocol=5)`` letting other threads run while it works, without a
-    collector pass meanwhile (objects' reductions allocate: a full pass over a large heap held
-    the interpreter 0.7 s of a 1.3 s pickle)."""
+    collector pass meanwhile (objects' reductions allocate, and a full pass over a large heap
+    is one long hold: results/gil_pickle.md)."""
     out = _Frames()
     with _collector_paused():
         pickle.dump(obj, out, protocol=5)
