@@ -423,9 +423,12 @@ class Engine:
             "model_gate": gate() if gate is not None else None,
         }
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore what :meth:`state_dict` saved (same feature declarations required)."""
-        load = getattr(self.features, "load_state_dict", None)
+    def load_state_dict(self, state: Mapping[str, Any], *, features: bool = True) -> None:
+        """Restore what :meth:`state_dict` saved (same feature declarations required).
+        ``features=False``: everything but the feature state, which stays as it is (an
+        instance taking its partitions' feature state from another's snapshot adopts that
+        instance's alert budget, breaker and model gate with it)."""
+        load = getattr(self.features, "load_state_dict", None) if features else None
         if state.get("features") is not None and load is not None:
             load(state["features"])
         elif load is not None and getattr(getattr(self.features, "layout", None), "names", None):

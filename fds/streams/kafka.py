@@ -2018,6 +2018,7 @@ class Runner:
         nexts: dict[Any, float] = {}  # alone: event time of each partition's next record
         taken: dict[Any, int] = {}  # alone: the partitions taken over from snapshots
         cuts: list[tuple[Any, dict[Any, int]]] = []  # alone: their state, per instance
+        donor: tuple[str, dict[str, Any]] | None = None  # alone: whose engine state to adopt
         at: dict[str, Any] = {}  # partition and offset of the record folded (read_merged)
         tail: dict[Any, int] = {}  # a rebuild: where the records for the whole engine start
 
@@ -2058,7 +2059,7 @@ class Runner:
                 )  # fmt: skip
                 # (a snapshot of a partition held here before is taken from its horizon on:
                 # this instance's entries of it are dropped, not folded on from where it left)
-                cuts = self._take_over(
+                cuts, donor = self._take_over(
                     scratch, alone, {tp: (starts[tp], behind[tp]) for tp in alone}
                 )
                 taken = {tp: o for _, covered in cuts for tp, o in covered.items()}
@@ -2161,6 +2162,8 @@ class Runner:
                 scratch.absorb(cut)
             if not self._merge_moved(scratch, alone, nexts, taken):
                 return self._bring_up_to_date(tps)  # (now a rebuild of every partition)
+            if donor is not None and not pos:  # an empty state (a scale-out, a new id)
+                self._adopt(*donor)
         pos.update({tp.partition: c for tp, c in committed.items() if c is not None})
         # What the fold left (past the event time of a partition behind) is folded as the loop
         # decides, merged with it in event time (_process); the state covers up to where it
@@ -2234,7 +2237,7 @@ class Runner:
 
     def _take_over(
         self, scratch: Any, alone: Mapping[Any, int], ranges: Mapping[Any, tuple[int, int]]
-    ) -> list[tuple[Any, dict[Any, int]]]:
+    ) -> tuple[list[tuple[Any, dict[Any, int]]], tuple[str, dict[str, Any]] | None]:
         """Take the state of the partitions moved here from the snapshots other instances of
         the group published to the state topic: for each, the newest snapshot holding it
         furthest along within its ``ranges`` (past the feature horizon's start, not past its
@@ -2243,7 +2246,9 @@ class Runner:
         records each event's input partition). Returns, per instance taken from, that cut (a
         plan like the empty ``scratch``) and the offset it covers of each of its partitions,
         folded from there instead of from the horizon; a partition none is returned for is
-        rebuilt as before (the reason logged).
+        rebuilt as before (the reason logged). Also returns the instance that gave the most
+        partitions (the first by name on a tie) with the rest of its snapshot's engine state
+        (alert budget, breaker, model gate and contests: :meth:`_adopt`), or ``None``.
 
         Partition by partition: a partition no snapshot holds (its owner published none since
         it got it) or whose snapshot cannot be fetched, verified or used is left out, and
@@ -2254,19 +2259,17 @@ class Runner:
         dropped before the merge (_merge_moved)."""
         st = self.state_topic
         if st is None or not alone or not getattr(scratch, "provenance", False):
-            return []
+            return [], None
 
         make = self._state_reader
 
-        def nothing(
-            why: str, parts: list[int] | None = None, level: int = logging.INFO
-        ) -> list[tuple[Any, dict[Any, int]]]:
+        def nothing(why: str, parts: list[int] | None = None, level: int = logging.INFO) -> Any:
             log.log(
                 level, "partitions moved here %s are not taken over from snapshots on the state "
                 "topic: %s; they are rebuilt from the input",
                 sorted(tp.partition for tp in alone) if parts is None else parts, why,
             )  # fmt: skip
-            return []
+            return [], None
 
         depth = st.ident.count("/")  # (group "g" and instance "x/y" is not group "g/x")
 
@@ -2341,6 +2344,8 @@ class Runner:
             )
 
         cuts = []  # (a cut: the state of its partitions, the offsets it covers of each)
+        donor: tuple[str, dict[str, Any]] | None = None  # (gave the most partitions)
+        best_parts: list[int] = []
         for ident in sorted({i for _, i in best.values()}):
             tps = sorted((tp for tp in best if best[tp][1] == ident), key=lambda tp: tp.partition)
             parts = [tp.partition for tp in tps]
@@ -2367,6 +2372,7 @@ class Runner:
                     raise ConfigError(f"its offsets {got.offsets} are not its manifest's")
                 size = len(data)
                 features = got.state["features"]
+                rest = {k: v for k, v in got.state.items() if k not in ("features", LEFT_KEY)}
                 del data, got  # (the snapshot's bytes, whole and pickled: not held meanwhile)
                 other = scratch.fresh()
                 other.load_state_dict(features)
@@ -2391,7 +2397,9 @@ class Runner:
                 source[ident],
             )  # fmt: skip
             cuts.append((cut, covered))
-        return cuts
+            if donor is None or len(parts) > len(best_parts):
+                donor, best_parts = (ident, rest), parts
+        return cuts, donor
 
     def _next_times(
         self,
@@ -2461,6 +2469,20 @@ class Runner:
         for tp in alone:
             self._left.pop(tp.partition, None)  # type: ignore[union-attr]
         return True
+
+    def _adopt(self, ident: str, state: Mapping[str, Any]) -> None:
+        """An empty state filled from snapshots: take the rest of the engine's state from the
+        instance that gave the most partitions, as a restart from its own checkpoint would:
+        the alert budget's recent scores (else it starts cold: the review floor for an hour),
+        the rate breaker and its demotions (else a rule demoted there fires here again) and
+        the model's maturity gate and contests (else the model is in shadow here until
+        ``gate.window`` fraud labels are judged anew: days)."""
+        self.engine.load_state_dict(state, features=False)
+        self._model_without_labels()  # (the donor's gate may have been judged with labels)
+        log.info(
+            'the alert budget, the rate breaker and the model gate are taken from the snapshot '
+            'of instance="%s" (this instance started with an empty state)', ident,
+        )  # fmt: skip
 
     def _keep_alive(self) -> None:
         """Poll the group consumer once in the middle of a long restore. A rebalance the group

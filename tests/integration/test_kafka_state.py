@@ -373,6 +373,8 @@ def test_a_third_instance_takes_partitions_of_two_instances_over_from_their_snap
     _, line = _moved_rebuild(err, t_join)
     assert "partitions=[2, 3]" in line, line
     assert "rebuild partitions=" not in err, err[-4000:]  # (no rebuild of every partition)
+    # b's state was empty: its alert budget and breaker are a's (one partition each: the first)
+    assert re.search(rf'gate are taken from the snapshot of instance=\\?"{group}/a\\?"', err), err
     # Card features are the whole replay's in every decision (a card lives in one partition).
     # Merchants and devices span partitions: what b decides live depends on the order its two
     # partitions' records arrive in (the aligner does not hold a caught-up partition back for

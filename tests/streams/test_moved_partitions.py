@@ -165,14 +165,17 @@ def _taking_over(
     index: Any = None,
     scans: list[Any] | None = None,
     gone: Any = None,
+    prepare: Any = None,
 ) -> Any:
     """Partitions 0 and 1, 20 records each, committed at 10; this instance ("g/b", with a state
     topic) holds 0 and takes 1 over. Instance "g/a" (``victim_settings``) decided both up to
     5 and published that snapshot; the scan also finds this instance's own manifest and one of
     another input topic, both further along (to be ignored). With ``index`` (manifests), the
     state topic has an index holding those; each scan's index is noted in ``scans``; a
-    manifest ``gone(manifest)`` names a snapshot that cannot be fetched any more. Returns the
-    runner, restored, the logs, and the instances whose snapshot it fetched."""
+    manifest ``gone(manifest)`` names a snapshot that cannot be fetched any more;
+    ``prepare(runner)`` is called on the victim before its snapshot is taken and on this
+    instance before it restores. Returns the runner, restored, the logs, and the instances
+    whose snapshot it fetched."""
     from fds.streams import kafka
 
     p = [TopicPartition("transactions", i) for i in range(2)]
@@ -183,9 +186,13 @@ def _taking_over(
     }  # fmt: skip
     victim = _runner(tmp_path / "a", logs, {}, **victim_settings)
     _decide(victim.engine, [m for tp in p for m in logs[tp][:5]])
+    if prepare is not None:
+        prepare(victim)
     victim.checkpointer.save(victim._state(), topic="transactions", offsets={0: 5, 1: 5})
     snapshot = victim.checkpointer.path.read_bytes()
     r = _runner(tmp_path / "b", logs, {0: 10} if own is None else own, **TAKER)
+    if prepare is not None:
+        prepare(r)
     manifests = {
         "g/a": {
             "topic": "transactions",
@@ -371,6 +378,56 @@ def test_an_empty_state_takes_every_partition_over(tmp_path, caplog, monkeypatch
     _decides_as_one_engine(tmp_path, r, logs)
 
 
+class _Gate:
+    """The model stage's gate interface (``gate_state``/``load_gate_state``) alone."""
+
+    def __init__(self, state: Any = None) -> None:
+        self.state, self.loaded = state, []
+
+    def gate_state(self) -> Any:
+        return self.state
+
+    def load_gate_state(self, state: Any) -> None:
+        self.loaded.append(state)
+
+
+@pytest.mark.parametrize("empty", [True, False])
+def test_an_empty_state_adopts_the_alert_budget_breaker_and_gate_of_its_donor(
+    tmp_path, caplog, monkeypatch, empty
+):
+    """A new instance whose state is filled from instance a's snapshot takes a's alert budget
+    (the scores it counted), its demotions and its model gate with it, as a restart of a from
+    its own checkpoint would: before, they started cold (the model in shadow until the gate
+    judged a window of fraud labels anew: days). An instance that held partitions before
+    keeps its own."""
+    gate = {"acting": True, "window": [[1.0, 0.0]], "frauds": 150}
+
+    def prepare(r: Any) -> None:
+        if r.s.group_instance_id == "a":
+            rule = r.engine.rules.applied.rules[0].id
+            r.engine.demoted.add(rule)
+            r.engine._demoted_as[rule] = r.engine._rule_spec(rule)
+        r.engine.model = _Gate(gate if r.s.group_instance_id == "a" else None)
+
+    victim = {**TAKER, "group_instance_id": "a"}
+    with caplog.at_level("INFO"):
+        r, logs, _ = _taking_over(
+            tmp_path, monkeypatch, victim, own={} if empty else None, prepare=prepare
+        )
+    adopted = 'the model gate are taken from the snapshot of instance="g/a"' in caplog.text
+    budget = r.engine.policy.budget._total.sum()
+    if empty:
+        assert adopted
+        assert r.engine.demoted == {r.engine.rules.applied.rules[0].id}
+        assert budget == 10  # the scores a counted (it decided 5 records of each partition)
+        assert r.engine.model.loaded == [gate]
+    else:
+        assert not adopted and not r.engine.demoted and r.engine.model.loaded == []
+        assert budget == 10  # its own: the 10 records of partition 0 it decided
+    r.engine.model = None
+    _decides_as_one_engine(tmp_path, r, logs)
+
+
 def test_an_empty_state_partly_filled_from_snapshots_rebuilds_the_rest(
     tmp_path, caplog, monkeypatch
 ):
@@ -501,6 +558,8 @@ def test_partitions_of_two_instances_decided_to_different_times_are_each_taken_o
     assert 'partitions [1] taken over from the snapshot of instance="g/a"' in caplog.text
     assert 'partitions [2] taken over from the snapshot of instance="g/b"' in caplog.text
     assert "ranges={1: (9, 10), 2: (1, 10)}" in caplog.text
+    # the rest of the engine's state: of the one that gave the most (the first name on a tie)
+    assert 'the model gate are taken from the snapshot of instance="g/a"' in caplog.text
     ref = _runner(tmp_path / "ref", {tp: logs[tp] for tp in p[1:]}, {1: 10, 2: 10})
     rest = [m for tp in p[1:] for m in logs[tp][10:]]
     got, want = _decide(r.engine, rest), _decide(ref.engine, rest)
