@@ -77,6 +77,7 @@ import re
 import signal
 import socket
 import sys
+import threading
 import time
 import weakref
 from collections import deque
@@ -190,6 +191,10 @@ ENDS_TIMEOUT_MS = 300
 LEFT_KEY = "partitions_left"
 # How long a restart waits to read those decisions before it decides their records again.
 FIND_TIMEOUT_S = 10.0
+# The state topic's index, when not used (missing at the start, or a copy to it failed), is
+# looked for this long after, and twice as long after each time it is used again (up to an hour)
+INDEX_LOOK_S = 60.0
+INDEX_LOOK_MAX_S = 3600.0
 
 
 def _decided_id(msg: Any) -> dict[str, Any] | None:
@@ -758,6 +763,9 @@ class Runner:
                 )  # fmt: skip
         self._state_producer: Any = None
         self._index_producer: Any = None  # (the state topic index's copies: StateTopic)
+        self._index_look = (0.0, INDEX_LOOK_S)  # (when it is looked for next, the wait after)
+        self._index_probe: threading.Thread | None = None  # looking for it
+        self._index_found = False  # (set by the probe)
         self._published = 0  # checkpointer.saves already published to the state topic
         # Input partition -> offset of the first record NOT folded into the engine state.
         # Advanced only after a commit, so it never runs ahead of the committed offsets.
@@ -952,12 +960,45 @@ class Runner:
         if self.consumer.partitions_for_topic(index):
             st.index = index
         else:
+            self._index_look = (time.monotonic() + INDEX_LOOK_S, INDEX_LOOK_S)
             log.warning(
                 'state topic index="%s" does not exist: a takeover of partitions moved here '
                 "reads the whole state topic to find the snapshots (every chunk of every "
                 "instance's); create it (`fds kafka topics` creates the kit's; compacted, one "
-                "partition) and restart fds run", index,
+                "partition): fds run looks for it every minute", index,
             )  # fmt: skip
+
+    def _look_for_index(self) -> bool:
+        """The state topic's index is not used (missing at the start, or a copy to it failed):
+        look for it now and then (``_index_look``) in a thread of its own (a metadata request
+        may wait for the broker), and use it again once found. True when it was just found."""
+        st = self.state_topic
+        assert st is not None
+        if self._index_found:
+            self._index_found = False
+            st.index = index_of(st.topic)
+            log.info('state topic index="%s" found: manifests are copied to it again', st.index)
+            return True
+        at, wait = self._index_look
+        probe = self._index_probe
+        if (probe is not None and probe.is_alive()) or time.monotonic() < at:
+            return False
+        # (the wait doubles: an index that exists yet refuses the copies, an ACL without
+        # Write, is not tried every minute for good)
+        self._index_look = (time.monotonic() + wait, min(2 * wait, INDEX_LOOK_MAX_S))
+        index = index_of(st.topic)
+
+        def look() -> None:
+            with contextlib.suppress(Exception):  # (not there, or the broker away: later)
+                reader = self._consumer_factory(**self.s.reader_config())
+                try:
+                    self._index_found = bool(reader.partitions_for_topic(index))
+                finally:
+                    reader.close()
+
+        self._index_probe = threading.Thread(target=look, name="fds-state-index", daemon=True)
+        self._index_probe.start()
+        return False
 
     def _check_copartitioned(self) -> None:
         """Co-partitioned output: decisions of input partition p go to output partition p, the
@@ -1800,6 +1841,7 @@ class Runner:
         st, ck = self.state_topic, self.checkpointer
         if st is None or ck is None:
             return
+        found = st.index is None and not whole and self._look_for_index()
         try:
             if self._state_producer is None:  # its own: the decisions' may be transactional
                 # max_block_ms: a full buffer or a missing topic must not hold decisions.
@@ -1812,6 +1854,8 @@ class Runner:
                     **self.s.client_config(), acks="all", linger_ms=5, max_block_ms=1000,
                     bootstrap_timeout_ms=self.s.timeout_ms,
                 )  # fmt: skip
+            if found:  # (it holds an older copy, or none: the newest manifest now)
+                st.copy_to_index(self._state_producer)
             # (busy() first: it reaps a finished background write, which counts it in saves;
             # when idle nothing else asked, so that checkpoint was never published: a QA pass)
             if not st.publishing and not ck.busy() and ck.saves != self._published:

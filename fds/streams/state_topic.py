@@ -244,7 +244,7 @@ class StateTopic:
     index
         The topic's index (:func:`index_of`), where each manifest is also sent (``None``: it
         is not; a takeover then reads the whole state topic to find the manifests). A copy
-        that fails turns it off (``None``) until a restart.
+        that fails turns it off (``None``) until it is set again (the Runner looks for it).
     """
 
     def __init__(
@@ -435,19 +435,27 @@ class StateTopic:
         part = self.partition(len(producer.partitions_for(self.topic) or ()))
         future = producer.send(self.topic, key=self.ident.encode(), value=manifest, partition=part)
         self._manifest = (slot, future)
-        if self.index is not None:
-            try:
-                sent = (self.index_producer or producer).send(
-                    self.index, key=self.ident.encode(), value=manifest
-                )
-            except KafkaError as exc:
-                self._index_failed(exc)
-            else:
-                if hasattr(sent, "add_errback"):
-                    sent.add_errback(self._index_failed)
+        self.copy_to_index(producer, manifest)
         if flush_s is not None:
             producer.flush(timeout=flush_s)
         self._confirm()
+
+    def copy_to_index(self, producer: Any, manifest: bytes | None = None) -> None:
+        """Send a copy of ``manifest`` (``None``: the newest sent, if any) to the index, through
+        :attr:`index_producer` (``None``: ``producer``); not awaited. A copy that fails turns
+        the index off (the Runner looks for it again now and then)."""
+        manifest = manifest if manifest is not None else self._last
+        if self.index is None or manifest is None:
+            return
+        try:
+            sent = (self.index_producer or producer).send(
+                self.index, key=self.ident.encode(), value=manifest
+            )
+        except KafkaError as exc:
+            self._index_failed(exc)
+        else:
+            if hasattr(sent, "add_errback"):
+                sent.add_errback(self._index_failed)
 
     def _index_failed(self, exc: Exception) -> None:
         """A copy failed (the index deleted, its leader gone for longer than the producer's
@@ -458,9 +466,10 @@ class StateTopic:
             return
         log.warning(
             'state topic index="%s": a manifest was not sent to it (%s: %s); no more are sent '
-            "until fds run restarts (a takeover reads an older copy there, or the state "
-            "topic's manifest when that snapshot is gone); check that the index exists "
-            "(`fds kafka topics` creates it) and restart", index, type(exc).__name__, exc,
+            "until it is found again (looked for every minute; meanwhile a takeover reads an "
+            "older copy there, or the state topic's manifest when that snapshot is gone); "
+            "check that it exists (`fds kafka topics` creates it)", index,
+            type(exc).__name__, exc,
         )  # fmt: skip
 
     def fetch(self, make_reader: Callable[[], Any], *, timeout_s: float = 60.0) -> bytes | None:

@@ -578,3 +578,43 @@ def test_manifests_go_to_the_index_when_it_exists(tmp_path, caplog, exists):
     assert r.state_topic.index == ("state.index" if exists else None)
     said = 'state topic index="state.index" does not exist: a takeover of partitions moved here'
     assert (said in caplog.text) != exists
+
+
+def test_an_index_missing_at_the_start_is_looked_for_and_used_once_found(tmp_path, caplog):
+    """No index at the start (created later, or a copy to it failed since): fds run looks for
+    it now and then, off the decision loop, and once found copies its newest manifest there
+    and every one after (before: only after a restart; a takeover meanwhile read the whole
+    state topic)."""
+    from tests.streams.test_state_topic import Topic
+
+    r = _runner(tmp_path, {TopicPartition("transactions", 0): []}, {}, **TAKER)
+    r.consumer.partitions_for_topic = lambda topic: set()
+    r._find_state_index()
+    assert r.state_topic.index is None
+    topic = Topic(indexed=False)
+
+    class Metadata:
+        def partitions_for_topic(self, name: str) -> set[int]:
+            return set(topic.partitions_for(name))
+
+        def close(self) -> None:
+            pass
+
+    r._consumer_factory = lambda **_: Metadata()
+    r._producer_factory = lambda **_: topic
+    r.state_topic._last = b'{"slot": "a"}'  # (the newest manifest sent)
+
+    def look() -> None:  # when it is due: looked for, then (next batch) used if found
+        r._index_look = (0.0, r._index_look[1])
+        r._publish_state()
+        r._index_probe.join(5)
+        r._publish_state()
+
+    look()
+    assert r.state_topic.index is None and r._index_look[1] == 120.0  # (waits twice as long)
+    topic.index = []  # created
+    with caplog.at_level("INFO"):
+        look()
+    assert r.state_topic.index == "state.index"
+    assert [rec.value for rec in topic.index] == [b'{"slot": "a"}']
+    assert 'index="state.index" found: manifests are copied to it again' in caplog.text

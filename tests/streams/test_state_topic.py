@@ -638,7 +638,7 @@ def test_a_manifest_the_index_refuses_is_still_on_the_state_topic(caplog):
     # said once, and no more copies: each would wait for the index's metadata (a QA pass saw
     # the decision loop held 1 s per checkpoint, and a snapshot's flush fail at a stop)
     assert caplog.text.count('index="state.index": a manifest was not sent to it') == 1
-    assert "no more are sent until fds run restarts" in caplog.text and st.index is None
+    assert "no more are sent until it is found again" in caplog.text and st.index is None
     assert st.published == 2 and StateTopic("state", "g/i0").fetch(topic.reader) == b"the next one"
 
 
