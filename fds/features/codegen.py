@@ -440,7 +440,7 @@ def build_fused(
     source = "\n".join(lines) + "\n"
     namespace = {**_namespace(), **ns, **helpers}
     exec(compile(source, "<fds.features run>", "exec"), namespace)
-    return namespace["run"], source
+    return namespace.pop("run"), source  # (popped: a function in its own globals is a cycle)
 
 
 def _cut_column(ts: Any, col: list[Any], st: list[Any], i_off: int, horizon: float) -> None:
@@ -559,4 +559,4 @@ def build_new_state(cg: Any) -> Callable[[Any, Any], list[Any]]:
     source = "\n".join(lines) + "\n"
     namespace: dict[str, Any] = {"_A": array, "_num": num, "_EMPTY": {}}
     exec(compile(source, f"<fds.features new {g.entity}>", "exec"), namespace)
-    return namespace["new"]
+    return namespace.pop("new")  # (popped: as run above)

@@ -46,6 +46,7 @@ import logging
 import math
 import os
 import pickle
+import weakref
 from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping, Sequence
@@ -294,19 +295,32 @@ class FeaturePlan:
         self._bind()
 
     def _bind(self) -> None:
-        """The generated hot path, bound to the current state dicts and ``tx_id`` store."""
+        """The generated hot path, bound to the current state dicts and ``tx_id`` store.
+
+        Its helpers reach the plan through a weak reference: the plan holds no reference
+        cycle, so a plan dropped (a takeover's snapshot once cut, a replaced state) is freed
+        by reference counting alone, also once frozen out of the collector's sight
+        (:func:`fds.gcpolicy.loads`)."""
         groups = self._groups
+        me = weakref.ref(self)
 
         def reorder(gi: int, st: list[Any], t: float, tx: Mapping[str, Any], out: dict) -> None:
-            if tx is not self._reordered_tx:  # once per event, not per entity group
-                self._reordered_tx = tx
-                self.reordered_events += 1
-            self._brute(groups[gi], st, t, tx, out)
-            self._insert(groups[gi], st, t, tx)
+            plan = me()
+            assert plan is not None  # (called by its own hot path)
+            if tx is not plan._reordered_tx:  # once per event, not per entity group
+                plan._reordered_tx = tx
+                plan.reordered_events += 1
+            plan._brute(groups[gi], st, t, tx, out)
+            plan._insert(groups[gi], st, t, tx)
+
+        def trim(gi: int, st: list[Any], horizon: float) -> None:
+            plan = me()
+            assert plan is not None
+            plan._trim(groups[gi], st, horizon)
 
         helpers = {
             "_reorder": reorder,
-            "_trim": lambda gi, st, horizon: self._trim(groups[gi], st, horizon),
+            "_trim": trim,
             "_remember": self._labels.remember_part if self.provenance else self._labels.remember,
             "_cutoff": self.clock.cutoff,
             "_DAY": self.clock.cache,
@@ -599,7 +613,7 @@ class FeaturePlan:
     def _body_of(self, sd: Mapping[str, Any]) -> dict[str, Any]:
         """The unpickled state of ``sd``, checked to be of this plan's declarations."""
         self._check(sd)
-        return gcpolicy.loads(sd["state"])
+        return gcpolicy.loads(sd["state"], freeze=True)  # (no cycles in it: see _bind)
 
     def _check(self, sd: Mapping[str, Any]) -> None:
         """Refuse a state of other declarations, timezone, grace or provenance (``sd``: its

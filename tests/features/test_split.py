@@ -370,3 +370,34 @@ def test_a_categorical_column_kept_shorter_is_made_whole_on_both_sides() -> None
     assert plan.states[0]["a"][cg.i_coff[0]] > 0  # (cut: its first values are gone)
     moved = plan.split({1})
     _go_on_apart(plan, moved, {1}, ops, 80, part, specs)
+
+
+def test_a_plan_dropped_is_freed_by_reference_counting_alone():
+    """A plan holds no reference cycle (its generated code reaches it weakly, and is not in
+    its own globals), so its state is freed the moment it is dropped: a takeover's snapshot,
+    loaded frozen out of the collector's sight (fds.gcpolicy.loads) and dropped once cut, is
+    not kept for good. Before: ~5,000 containers of a small plan were cyclic garbage."""
+    import gc
+
+    ops = dense_stream(3, 300, 1_717_272_000.0, mean_step=120.0)
+    part = _partitions(ops, [0], by_card=True)
+
+    def life() -> None:  # what a takeover does with plans
+        plan = _make()
+        _feed(lambda p: plan, ops, part)
+        other = plan.fresh()
+        other.load_state_dict(plan.state_dict())  # (frozen)
+        cut = other.split([1])
+        plan.split([1])
+        plan.absorb(cut)
+
+    life()  # (once first: one-time caches of the libraries it calls)
+    gc.unfreeze()
+    gc.collect()
+    gc.disable()
+    try:
+        life()
+        gc.unfreeze()  # (in the collector's sight again, to be counted)
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
