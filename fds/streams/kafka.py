@@ -2136,8 +2136,9 @@ class Runner:
             else:
                 what = "rebuild"
                 self._left = {}
-                self.engine.load_state_dict(pickle.loads(self._fresh_state))
-                self._model_without_labels()  # the fresh state's gate predates it
+                # (the model's gate and contests are not built from the input: they stay as
+                # they are, as in _restart_restore; with the start's, an open gate closed)
+                self.engine.load_state_dict(_without_model(pickle.loads(self._fresh_state)))
                 pos.clear()
                 horizon = horizon_seconds(self.engine)
                 starts = self._retrying(

@@ -5,6 +5,7 @@ a straggler behind a partition's next record to decide does not count."""
 from __future__ import annotations
 
 import math
+import pickle
 from typing import Any
 
 import pytest
@@ -103,6 +104,53 @@ def test_a_moved_partition_behind_another_moved_one(tmp_path, caplog):
         r._bring_up_to_date(p)
     assert "partitions [1] have records to decide" in caplog.text
     assert not any(_late(r, logs[p[1]][10:]))
+
+
+class _GatedModel:
+    """A model stage with a maturity gate (closed when made), scoring every transaction 0.1."""
+
+    version, reads_rules = "v1", False
+
+    def __init__(self) -> None:
+        self.acting = False
+
+    def gate_state(self) -> dict[str, Any]:
+        return {"acting": self.acting}
+
+    def load_gate_state(self, state: dict[str, Any]) -> None:
+        self.acting = state["acting"]
+
+    def score(self, tx: Any, feats: Any) -> tuple[float, str]:
+        return 0.1, self.version
+
+    def on_decision(self, tx: Any, decision: Any) -> None:
+        pass
+
+    def on_label(self, label: Any) -> None:
+        pass
+
+
+def test_a_rebuild_of_every_partition_keeps_the_model_gate(tmp_path, caplog):
+    """The state of every partition is rebuilt (as in the test above) on an instance whose
+    model's maturity gate opened since it started: the gate stays open. Before, the rebuild
+    loaded the engine state of the start whole, its gate with it: the model went back to
+    shadow until a window of fraud labels was judged anew (days), as after a restore that
+    starts again it does not (the gate is not built from the input)."""
+    p = [TopicPartition("transactions", i) for i in range(3)]
+    logs = {
+        p[0]: [_rec(0, i, T - 9 + i, "c0") for i in range(10)],
+        p[1]: [_rec(1, i, T - 7210 + i, "c1") for i in range(10)]
+        + [_rec(1, 10 + i, T - 7200 + 60 * (i + 1), "c1") for i in range(5)],
+        p[2]: [_rec(2, i, T - 7210 + i, "c2") for i in range(10)],
+    }
+    r = _runner(tmp_path, logs, {2: 10})
+    r.engine.model = model = _GatedModel()
+    r._fresh_state = pickle.dumps(r.engine.state_dict())  # (as made at the start: closed)
+    model.acting = True  # opened since, on the labels it judged
+    with caplog.at_level("INFO"):
+        r._bring_up_to_date(p)
+    assert "rebuild partitions=[0, 1, 2]" in caplog.text
+    assert model.acting
 
 
 def test_an_own_partition_within_the_grace_period_behind(tmp_path, caplog):
