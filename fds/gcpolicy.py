@@ -66,6 +66,10 @@ COMPACT_EVERY_S = 900.0
 #: 50,000 cards x 14 days, 26 ms then 0.20-0.24 s; 200,000 x 21 days, 0.19-0.21 s then
 #: 1.5-2.0 s), with room to spare.
 PROBE_RATIO = 12.0
+#: ``loads(..., freeze=True)`` freezes only from this size on: a small state costs the
+#: collector little, and a freeze takes the whole heap with it (see :func:`loads`).
+LOAD_FREEZE_MIN_BYTES = 1 << 20
+_load_freezes = [0]  # freezes made by loads: a Freezer compacts the garbage they hide too
 
 
 class Freezer:
@@ -87,7 +91,8 @@ class Freezer:
         self.freezes = 0
         self.compactions = 0
         self._left = every
-        self._compacted_at = 0  # freezes then: a compaction with none since finds nothing new
+        # freezes then (its own, and loads'): a compaction with none since finds nothing new
+        self._compacted_at = (0, _load_freezes[0])
         self._next_compaction = -math.inf  # (monotonic time)
 
     def freeze(self) -> None:
@@ -102,7 +107,7 @@ class Freezer:
         gc.unfreeze()
         collected = _collect_and_freeze()
         self.compactions += 1
-        self._compacted_at = self.freezes
+        self._compacted_at = (self.freezes, _load_freezes[0])
         self._left = self.every
         return collected
 
@@ -113,7 +118,7 @@ class Freezer:
         ``max_pause_s`` (a Kafka consumer whose thread waits longer than its session timeout
         is dropped from its group). Returns whether it compacted."""
         now = time.monotonic()
-        if quiet_s < self.quiet_s or self.freezes == self._compacted_at:
+        if quiet_s < self.quiet_s or (self.freezes, _load_freezes[0]) == self._compacted_at:
             return False
         if now < self._next_compaction:
             return False
@@ -221,22 +226,29 @@ def loads(data: bytes, *, freeze: bool = False) -> Any:
     """``pickle.loads(data)`` letting other threads run while it works, without a collector
     pass over what it makes meanwhile.
 
-    ``freeze``: what it made is frozen before the collector resumes. Otherwise every container
-    made is young, and the collections that follow visit them all, each one call holding the
-    interpreter (0.42 s after the state of 100,000 cards x 10 days, 0.03 s frozen:
-    results/load_collect.md; it grows with the state, towards a session timeout at
-    1,000,000 cards, and the loop's Freezer starts with a full pass too). Only for what holds
-    no reference cycle (a frozen cycle is never freed, until a :meth:`Freezer.compact`): the
-    feature state, as a plan loads it (the plan holds none, so a takeover's snapshot, dropped
-    once cut, is freed at once).
+    ``freeze`` (``data`` of :data:`LOAD_FREEZE_MIN_BYTES` or more): the heap is frozen before
+    the collector resumes, what this made included. Otherwise every container made is young,
+    and the collections that follow visit them all, each one call holding the interpreter
+    (0.42 s after the state of 100,000 cards x 10 days, 0.03 s frozen: results/load_collect.md;
+    it grows with the state, towards a session timeout at 1,000,000 cards, and the loop's
+    Freezer starts with a full pass too). For what holds no reference cycle: the feature
+    state, as a plan loads it (the plan holds none, so a takeover's snapshot, dropped once
+    cut, is freed at once). A freeze takes the whole heap: the garbage is collected first,
+    but cycles made by other threads meanwhile, or that form later among what was alive,
+    stay until a :meth:`Freezer.compact` (counted: a Freezer compacts after such a freeze
+    too), as with the Freezer's own freezes.
 
     >>> loads(dumps({"a": [1.5, "x"]}))
     {'a': [1.5, 'x']}
     """
+    freeze = freeze and len(data) >= LOAD_FREEZE_MIN_BYTES
+    if freeze:
+        gc.collect()  # (what is garbage now is not frozen; the loop keeps little unfrozen)
     with _collector_paused():
         got = pickle.load(_Frames(data))
         if freeze:
             gc.freeze()
+            _load_freezes[0] += 1
         return got
 
 

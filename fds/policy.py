@@ -249,6 +249,27 @@ class AlertBudget:
         self._slot_end = self._far_behind = -math.inf
         self._leaping = self._behind = False
 
+    def scale(self, share: float) -> None:
+        """Scale the score history by ``share`` (0 < share <= 1): the history of another
+        instance, taken by one that took over ``share`` of its traffic, as its own. Each bin's
+        count is rounded at random, up with the probability of its fraction (a seeded draw:
+        the expected counts are kept where most bins hold 0 or 1). The threshold follows.
+
+        >>> b = AlertBudget(budget=10)
+        >>> for i in range(1024):  # the docstring's day of scores above
+        ...     b.observe((i * 389 % 1024) / 1024, 84.375 * i)
+        >>> b.scale(0.5)
+        >>> b.recompute(86400.0)
+        >>> int(b._total.sum()), b.threshold()  # ~half the scores: the 10 reviews reach lower
+        (499, 0.984)
+        """
+        scaled = self._slots * share
+        scaled += np.random.default_rng(0).random(scaled.shape)
+        self._slots[:] = np.floor(scaled).astype(np.int64)
+        self._total[:] = self._slots.sum(axis=0)
+        if self._first_ts is not None:
+            self.recompute(self._now_slot * self.slot_seconds)
+
     def set_budget(self, budget: int) -> None:
         """Change the daily budget; the score history is kept, the threshold follows at once."""
         if budget <= 0:

@@ -127,15 +127,33 @@ def test_a_state_is_unpickled_frame_by_frame_with_the_collector_paused(monkeypat
     assert _tracked(got), "not frozen: a throwaway plan is a cycle a freeze would keep (a review)"
 
 
-def test_a_state_unpickled_to_be_kept_can_be_frozen_at_once():
+def test_a_state_unpickled_to_be_kept_can_be_frozen_at_once(monkeypatch):
     """``freeze=True``: what was unpickled is frozen before the collector resumes, so no
     collection after visits it (benchmarks/results/load_collect.md: a collection of 0.42 s after
     loading the state of 100,000 cards, 0.03 s with it frozen)."""
     state = [[float(i), str(i), [i]] for i in range(1000)]
+    data = gcpolicy.dumps(state)
     gc.unfreeze()
     try:
-        got = gcpolicy.loads(gcpolicy.dumps(state), freeze=True)
+        small = gcpolicy.loads(data, freeze=True)  # (under LOAD_FREEZE_MIN_BYTES: not worth it)
+        assert small == state and _tracked(small)
+        monkeypatch.setattr(gcpolicy, "LOAD_FREEZE_MIN_BYTES", len(data))
+        dead = Node()  # garbage at the load: collected first, not frozen with the rest
+        ref = weakref.ref(dead)
+        del dead
+        got = gcpolicy.loads(data, freeze=True)
         assert got == state and not _tracked(got) and not _tracked(got[0])
-        assert gc.isenabled()
+        assert gc.isenabled() and ref() is None
     finally:
         gc.unfreeze()
+
+
+def test_a_freeze_by_loads_lets_a_quiet_loop_compact_again():
+    """Cycles that die frozen by a load are collected by the next compaction, like those of
+    the loop's own freezes (a compaction skips when nothing was frozen since the last)."""
+    with Freezer(every=10**9, quiet_s=0.0, compact_every_s=0.0) as fz:
+        fz.freeze()
+        assert fz.idle(1.0)
+        assert not fz.idle(1.0)  # nothing frozen since
+        gcpolicy._load_freezes[0] += 1  # (a load froze the heap)
+        assert fz.idle(1.0)

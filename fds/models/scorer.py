@@ -51,6 +51,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from fds.errors import ArtifactError, describe
 from fds.models.champion import BudgetRank, Contest
 from fds.models.fused import serving
@@ -726,12 +728,21 @@ class ModelServer:
             "predecessor": self.predecessor_version,
             "contest": dataclasses.asdict(self.contest) if self.contest else None,
             "canary": self._canary_inputs(),
+            "spec": orjson.loads(orjson.dumps(self.spec.to_dict())),  # (as a manifest holds it)
         }  # fmt: skip
 
     def load_gate_state(self, state: Mapping[str, Any]) -> None:
         """Restore what :meth:`gate_state` returned. A probation resumes when the champion
         served is still the one on trial and its predecessor loads from the registry (verified);
-        a challenger's contest resumes when the watcher offers that challenger again."""
+        a challenger's contest resumes when the watcher offers that challenger again. A state
+        of a model made otherwise (another spec name, pipeline or inputs: a restart with
+        another ``--model``, a snapshot of an instance serving another) is not taken: what it
+        judged was another model."""
+        other = self.spec.made_otherwise(state.get("spec"), serving=True)
+        if other is not None:
+            log.info("the maturity gate and contests of the state are not taken: they judged "
+                     "%s", other)  # fmt: skip
+            return
         self._gate.clear()
         self._gate.extend(tuple(c) for c in state["window"])
         self._gate_frauds = max(self._gate_frauds, int(state["frauds"]))

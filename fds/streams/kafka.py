@@ -192,7 +192,8 @@ LEFT_KEY = "partitions_left"
 # How long a restart waits to read those decisions before it decides their records again.
 FIND_TIMEOUT_S = 10.0
 # The state topic's index, when not used (missing at the start, or a copy to it failed), is
-# looked for this long after, and twice as long after each time it is used again (up to an hour)
+# looked for every INDEX_LOOK_S; once found, should copies fail again, not before a wait that
+# doubles each time (from INDEX_LOOK_S up to INDEX_LOOK_MAX_S)
 INDEX_LOOK_S = 60.0
 INDEX_LOOK_MAX_S = 3600.0
 
@@ -763,7 +764,8 @@ class Runner:
                 )  # fmt: skip
         self._state_producer: Any = None
         self._index_producer: Any = None  # (the state topic index's copies: StateTopic)
-        self._index_look = (0.0, INDEX_LOOK_S)  # (when it is looked for next, the wait after)
+        self._index_at = 0.0  # (monotonic) when the index may be looked for next
+        self._index_wait = INDEX_LOOK_S  # ... after it is found and copies fail again
         self._index_probe: threading.Thread | None = None  # looking for it
         self._index_found = False  # (set by the probe)
         self._published = 0  # checkpointer.saves already published to the state topic
@@ -958,9 +960,9 @@ class Runner:
             return
         index = index_of(st.topic)
         if self.consumer.partitions_for_topic(index):
-            st.index = index
+            st.use_index(index)
         else:
-            self._index_look = (time.monotonic() + INDEX_LOOK_S, INDEX_LOOK_S)
+            self._index_at = time.monotonic() + INDEX_LOOK_S
             log.warning(
                 'state topic index="%s" does not exist: a takeover of partitions moved here '
                 "reads the whole state topic to find the snapshots (every chunk of every "
@@ -970,22 +972,24 @@ class Runner:
 
     def _look_for_index(self) -> bool:
         """The state topic's index is not used (missing at the start, or a copy to it failed):
-        look for it now and then (``_index_look``) in a thread of its own (a metadata request
-        may wait for the broker), and use it again once found. True when it was just found."""
+        look for it every minute in a thread of its own (a metadata request may wait for the
+        broker), and use it again once found. True when it was just found."""
         st = self.state_topic
         assert st is not None
         if self._index_found:
             self._index_found = False
-            st.index = index_of(st.topic)
+            st.use_index(index_of(st.topic))
+            # should copies fail again, it is looked for after a wait that doubles each time:
+            # an index that exists yet refuses them (an ACL without Write) is not tried every
+            # minute for good
+            self._index_at = time.monotonic() + self._index_wait
+            self._index_wait = min(2 * self._index_wait, INDEX_LOOK_MAX_S)
             log.info('state topic index="%s" found: manifests are copied to it again', st.index)
             return True
-        at, wait = self._index_look
         probe = self._index_probe
-        if (probe is not None and probe.is_alive()) or time.monotonic() < at:
+        if (probe is not None and probe.is_alive()) or time.monotonic() < self._index_at:
             return False
-        # (the wait doubles: an index that exists yet refuses the copies, an ACL without
-        # Write, is not tried every minute for good)
-        self._index_look = (time.monotonic() + wait, min(2 * wait, INDEX_LOOK_MAX_S))
+        self._index_at = time.monotonic() + INDEX_LOOK_S
         index = index_of(st.topic)
 
         def look() -> None:
@@ -2062,7 +2066,7 @@ class Runner:
         nexts: dict[Any, float] = {}  # alone: event time of each partition's next record
         taken: dict[Any, int] = {}  # alone: the partitions taken over from snapshots
         cuts: list[tuple[Any, dict[Any, int]]] = []  # alone: their state, per instance
-        donor: tuple[str, dict[str, Any]] | None = None  # alone: whose engine state to adopt
+        donor: tuple[str, dict[str, Any], float] | None = None  # alone: whose state to adopt
         at: dict[str, Any] = {}  # partition and offset of the record folded (read_merged)
         tail: dict[Any, int] = {}  # a rebuild: where the records for the whole engine start
 
@@ -2282,7 +2286,7 @@ class Runner:
 
     def _take_over(
         self, scratch: Any, alone: Mapping[Any, int], ranges: Mapping[Any, tuple[int, int]]
-    ) -> tuple[list[tuple[Any, dict[Any, int]]], tuple[str, dict[str, Any]] | None]:
+    ) -> tuple[list[tuple[Any, dict[Any, int]]], tuple[str, dict[str, Any], float] | None]:
         """Take the state of the partitions moved here from the snapshots other instances of
         the group published to the state topic: for each, the newest snapshot holding it
         furthest along within its ``ranges`` (past the feature horizon's start, not past its
@@ -2293,7 +2297,8 @@ class Runner:
         folded from there instead of from the horizon; a partition none is returned for is
         rebuilt as before (the reason logged). Also returns the instance that gave the most
         partitions (the first by name on a tie) with the rest of its snapshot's engine state
-        (alert budget, breaker, model gate and contests: :meth:`_adopt`), or ``None``.
+        (alert budget, breaker, model gate and contests: :meth:`_adopt`) and the share of its
+        partitions taken, or ``None``.
 
         Partition by partition: a partition no snapshot holds (its owner published none since
         it got it) or whose snapshot cannot be fetched, verified or used is left out, and
@@ -2389,7 +2394,7 @@ class Runner:
             )
 
         cuts = []  # (a cut: the state of its partitions, the offsets it covers of each)
-        donor: tuple[str, dict[str, Any]] | None = None  # (gave the most partitions)
+        donor: tuple[str, dict[str, Any], float] | None = None  # (gave the most partitions)
         best_parts: list[int] = []
         for ident in sorted({i for _, i in best.values()}):
             tps = sorted((tp for tp in best if best[tp][1] == ident), key=lambda tp: tp.partition)
@@ -2418,6 +2423,7 @@ class Runner:
                 size = len(data)
                 features = got.state["features"]
                 rest = {k: v for k, v in got.state.items() if k not in ("features", LEFT_KEY)}
+                share = len(parts) / max(len(got.offsets), len(parts))
                 del data, got  # (the snapshot's bytes, whole and pickled: not held meanwhile)
                 other = scratch.fresh()
                 other.load_state_dict(features)
@@ -2443,7 +2449,7 @@ class Runner:
             )  # fmt: skip
             cuts.append((cut, covered))
             if donor is None or len(parts) > len(best_parts):
-                donor, best_parts = (ident, rest), parts
+                donor, best_parts = (ident, rest, share), parts
         return cuts, donor
 
     def _next_times(
@@ -2515,18 +2521,23 @@ class Runner:
             self._left.pop(tp.partition, None)  # type: ignore[union-attr]
         return True
 
-    def _adopt(self, ident: str, state: Mapping[str, Any]) -> None:
+    def _adopt(self, ident: str, state: Mapping[str, Any], share: float) -> None:
         """An empty state filled from snapshots: take the rest of the engine's state from the
-        instance that gave the most partitions, as a restart from its own checkpoint would:
-        the alert budget's recent scores (else it starts cold: the review floor for an hour),
-        the rate breaker and its demotions (else a rule demoted there fires here again) and
-        the model's maturity gate and contests (else the model is in shadow here until
-        ``gate.window`` fraud labels are judged anew: days)."""
+        instance that gave the most partitions (``share`` of its own): the alert budget's
+        recent scores, scaled to that share (else it starts cold: the review floor for an
+        hour; unscaled, a threshold set for all of that instance's traffic), the rate breaker
+        and its demotions (else a rule demoted there fires here again) and the model's maturity
+        gate and contests (else the model is in shadow here until ``gate.window`` fraud labels
+        are judged anew: days)."""
         self.engine.load_state_dict(state, features=False)
+        budget = getattr(self.engine.policy, "budget", None)
+        if budget is not None and share < 1:
+            budget.scale(share)
         self._model_without_labels()  # (the donor's gate may have been judged with labels)
         log.info(
             'the alert budget, the rate breaker and the model gate are taken from the snapshot '
-            'of instance="%s" (this instance started with an empty state)', ident,
+            'of instance="%s" (this instance started with an empty state; the budget\'s scores '
+            "scaled to the %.0f%% of its partitions taken)", ident, 100 * share,
         )  # fmt: skip
 
     def _keep_alive(self) -> None:

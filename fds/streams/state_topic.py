@@ -259,6 +259,7 @@ class StateTopic:
         self.topic = topic
         self.ident = ident
         self.index = index
+        self._index_gen = 0  # use_index calls: a failure of a copy sent before one is old news
         # what sends the copies to the index (None: the producer given): one of its own, so
         # that a copy stuck in it (the index gone) never holds the flush of a snapshot
         self.index_producer: Any = None
@@ -440,6 +441,11 @@ class StateTopic:
             producer.flush(timeout=flush_s)
         self._confirm()
 
+    def use_index(self, index: str) -> None:
+        """Send copies to ``index`` (again: a copy that failed turned it off)."""
+        self._index_gen += 1
+        self.index = index
+
     def copy_to_index(self, producer: Any, manifest: bytes | None = None) -> None:
         """Send a copy of ``manifest`` (``None``: the newest sent, if any) to the index, through
         :attr:`index_producer` (``None``: ``producer``); not awaited. A copy that fails turns
@@ -447,29 +453,33 @@ class StateTopic:
         manifest = manifest if manifest is not None else self._last
         if self.index is None or manifest is None:
             return
+        gen = self._index_gen
         try:
             sent = (self.index_producer or producer).send(
                 self.index, key=self.ident.encode(), value=manifest
             )
         except KafkaError as exc:
-            self._index_failed(exc)
+            self._index_failed(exc, gen)
         else:
-            if hasattr(sent, "add_errback"):
-                sent.add_errback(self._index_failed)
+            if hasattr(sent, "add_errback"):  # (called from the producer's network thread)
+                sent.add_errback(lambda exc: self._index_failed(exc, gen))
 
-    def _index_failed(self, exc: Exception) -> None:
+    def _index_failed(self, exc: Exception, gen: int) -> None:
         """A copy failed (the index deleted, its leader gone for longer than the producer's
         retries): no more copies are sent (each would hold the caller up to the producer's
-        ``max_block_ms`` waiting for the index's metadata), said once."""
+        ``max_block_ms`` waiting for the index's metadata), said once. A copy sent before the
+        index was used again (``gen``) says nothing of it now."""
+        if gen != self._index_gen:
+            return
         index, self.index = self.index, None
         if index is None:
             return
         log.warning(
             'state topic index="%s": a manifest was not sent to it (%s: %s); no more are sent '
-            "until it is found again (looked for every minute; meanwhile a takeover reads an "
-            "older copy there, or the state topic's manifest when that snapshot is gone); "
-            "check that it exists (`fds kafka topics` creates it)", index,
-            type(exc).__name__, exc,
+            "until it is found again (looked for after a minute, longer after each new failure; "
+            "meanwhile a takeover reads an older copy there, or the state topic's manifest "
+            "when that snapshot is gone); check that it exists (`fds kafka topics` creates "
+            "it)", index, type(exc).__name__, exc,
         )  # fmt: skip
 
     def fetch(self, make_reader: Callable[[], Any], *, timeout_s: float = 60.0) -> bytes | None:

@@ -160,6 +160,22 @@ def test_gate_state_survives_a_restart_through_the_engine_checkpoint() -> None:
     assert again.acting and again.gate_state() == srv.gate_state()
 
 
+def test_a_gate_state_of_another_model_is_not_taken() -> None:
+    """A state saved (or adopted from another instance's snapshot) while another model spec
+    was served: its open gate judged that model, not this one (before: taken as it was)."""
+    srv, s = _server(FeatureModel("f_a"), frauds=500)
+    s.run(150, {"f_a": 1.0, "f_r": False})
+    assert srv.acting
+    state = pickle.loads(pickle.dumps(s.engine.state_dict()))
+    other = parse_spec(SPEC.text.replace("LogisticRegression: {}", "Perceptron: {}"))
+    again = ModelServer(other, learn=False)
+    Engine(model=again).load_state_dict(state)
+    assert not again.acting and not again.gate_state()["window"]
+    same = ModelServer(parse_spec(SPEC.text), learn=False)  # (the same spec, parsed again)
+    Engine(model=same).load_state_dict(state)
+    assert same.acting
+
+
 def test_gate_waits_for_min_frauds_learned() -> None:
     srv, s = _server(FeatureModel("f_a"), frauds=10)  # better than rules, but too young
     s.run(300, {"f_a": 1.0})

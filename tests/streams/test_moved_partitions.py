@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import time
 from typing import Any
 
 import pytest
@@ -89,9 +90,9 @@ def _late(r: Any, recs: list[Record]) -> list[bool]:
     return ["late" in d["flags"] for d in _decide(r.engine, recs)]
 
 
-def test_a_moved_partition_behind_another_moved_one(tmp_path, caplog):
-    """Partitions 0 and 1 move here; 0 was decided 2 h ahead of 1, which has records to
-    decide; the own partition 2 is idle at 1's time."""
+def _one_behind() -> tuple[list[Any], dict[Any, list[Record]]]:
+    """Partitions 0 and 1 (to move here) and 2 (held here, decided to 10); 0 decided 2 h
+    ahead of 1, which has 5 records to decide; 2 is idle at 1's time."""
     p = [TopicPartition("transactions", i) for i in range(3)]
     logs = {
         p[0]: [_rec(0, i, T - 9 + i, "c0") for i in range(10)],
@@ -99,6 +100,13 @@ def test_a_moved_partition_behind_another_moved_one(tmp_path, caplog):
         + [_rec(1, 10 + i, T - 7200 + 60 * (i + 1), "c1") for i in range(5)],
         p[2]: [_rec(2, i, T - 7210 + i, "c2") for i in range(10)],
     }
+    return p, logs
+
+
+def test_a_moved_partition_behind_another_moved_one(tmp_path, caplog):
+    """Partitions 0 and 1 move here; 0 was decided 2 h ahead of 1, which has records to
+    decide; the own partition 2 is idle at 1's time."""
+    p, logs = _one_behind()
     r = _runner(tmp_path, logs, {2: 10})
     with caplog.at_level("INFO"):
         r._bring_up_to_date(p)
@@ -136,13 +144,7 @@ def test_a_rebuild_of_every_partition_keeps_the_model_gate(tmp_path, caplog):
     loaded the engine state of the start whole, its gate with it: the model went back to
     shadow until a window of fraud labels was judged anew (days), as after a restore that
     starts again it does not (the gate is not built from the input)."""
-    p = [TopicPartition("transactions", i) for i in range(3)]
-    logs = {
-        p[0]: [_rec(0, i, T - 9 + i, "c0") for i in range(10)],
-        p[1]: [_rec(1, i, T - 7210 + i, "c1") for i in range(10)]
-        + [_rec(1, 10 + i, T - 7200 + 60 * (i + 1), "c1") for i in range(5)],
-        p[2]: [_rec(2, i, T - 7210 + i, "c2") for i in range(10)],
-    }
+    p, logs = _one_behind()
     r = _runner(tmp_path, logs, {2: 10})
     r.engine.model = model = _GatedModel()
     r._fresh_state = pickle.dumps(r.engine.state_dict())  # (as made at the start: closed)
@@ -214,6 +216,7 @@ def _taking_over(
     scans: list[Any] | None = None,
     gone: Any = None,
     prepare: Any = None,
+    take: Any = None,
 ) -> Any:
     """Partitions 0 and 1, 20 records each, committed at 10; this instance ("g/b", with a state
     topic) holds 0 and takes 1 over. Instance "g/a" (``victim_settings``) decided both up to
@@ -222,8 +225,8 @@ def _taking_over(
     state topic has an index holding those; each scan's index is noted in ``scans``; a
     manifest ``gone(manifest)`` names a snapshot that cannot be fetched any more;
     ``prepare(runner)`` is called on the victim before its snapshot is taken and on this
-    instance before it restores. Returns the runner, restored, the logs, and the instances
-    whose snapshot it fetched."""
+    instance before it restores; ``take``: the partitions assigned here (both). Returns the
+    runner, restored, the logs, and the instances whose snapshot it fetched."""
     from fds.streams import kafka
 
     p = [TopicPartition("transactions", i) for i in range(2)]
@@ -273,7 +276,7 @@ def _taking_over(
         r._left = left
         for p_left in left:
             r._positions.pop(p_left, None)
-    r._bring_up_to_date(p)
+    r._bring_up_to_date(p if take is None else [p[i] for i in take])
     return r, logs, fetched
 
 
@@ -476,6 +479,19 @@ def test_an_empty_state_adopts_the_alert_budget_breaker_and_gate_of_its_donor(
     _decides_as_one_engine(tmp_path, r, logs)
 
 
+def test_an_empty_state_taking_part_of_an_instances_partitions_scales_its_budget(
+    tmp_path, caplog, monkeypatch
+):
+    """The new instance gets partition 1 only of instance a's two: a's budget held the scores
+    of both, and is taken scaled to half (unscaled, its threshold was set for twice the
+    traffic: too few reviews here for up to a day, a review)."""
+    victim = {**TAKER, "group_instance_id": "a"}
+    with caplog.at_level("INFO"):
+        r, _, _ = _taking_over(tmp_path, monkeypatch, victim, own={}, take=[1])
+    assert "scaled to the 50% of its partitions taken" in caplog.text
+    assert 2 <= r.engine.policy.budget._total.sum() <= 8  # ~5 of a's 10 (rounded at random)
+
+
 def test_an_empty_state_partly_filled_from_snapshots_rebuilds_the_rest(
     tmp_path, caplog, monkeypatch
 ):
@@ -567,6 +583,51 @@ def test_a_takeover_that_would_make_an_own_partition_late_rebuilds_at_once(
     assert not any(_late(r, logs[p[0]][10:]))
 
 
+def _published(
+    tmp_path: Any, monkeypatch: Any, decided: dict[str, dict[int, int]]
+) -> tuple[list[Any], dict[Any, list[Record]]]:
+    """Partitions 0..2, a record a minute each (the cards of a partition its own, merchant m1
+    shared); instance ``g/<ident>`` decided ``decided[ident]`` (partition -> offset) and
+    published that snapshot, found by the state topic's scan. Returns the partitions, logs."""
+    from fds.streams import kafka
+
+    p = [TopicPartition("transactions", i) for i in range(3)]
+    logs = {
+        tp: [_rec(tp.partition, i, T + 60 * i + tp.partition, f"c{tp.partition}{i % 3}")
+             for i in range(20)]
+        for tp in p
+    }  # fmt: skip
+    snapshots, manifests = {}, {}
+    for ident, upto in decided.items():
+        victim = _runner(tmp_path / ident, logs, {}, **{**TAKER, "group_instance_id": ident})
+        _decide(victim.engine, [m for tp in p if tp.partition in upto
+                                for m in logs[tp][: upto[tp.partition]]])  # fmt: skip
+        victim.checkpointer.save(victim._state(), topic="transactions", offsets=upto)
+        snapshots[f"g/{ident}"] = victim.checkpointer.path.read_bytes()
+        offsets = {str(k): v for k, v in upto.items()}
+        manifests[f"g/{ident}"] = {"topic": "transactions", "offsets": offsets}
+    monkeypatch.setattr(kafka.StateTopic, "scan", staticmethod(lambda *a, **k: manifests))
+    monkeypatch.setattr(
+        kafka.StateTopic, "fetch_foreign", lambda self, *a, **k: snapshots[self.ident]
+    )  # fmt: skip
+    return p, logs
+
+
+def test_the_engine_state_is_taken_from_the_instance_that_gave_the_most_partitions(
+    tmp_path, monkeypatch, caplog
+):
+    """A new instance takes partition 0 from a and partitions 1 and 2 from b: the alert budget,
+    breaker and gate are b's (most partitions), not a's (first by name), its budget whole
+    (b held just those two)."""
+    p, logs = _published(tmp_path, monkeypatch, {"a": {0: 9}, "b": {1: 9, 2: 9}})
+    r = _runner(tmp_path / "c", logs, {}, **{**TAKER, "group_instance_id": "c"})
+    with caplog.at_level("INFO"):
+        r._bring_up_to_date(p)
+    assert 'the model gate are taken from the snapshot of instance="g/b"' in caplog.text
+    assert "scaled to the 100% of its partitions taken" in caplog.text
+    assert r.engine.policy.budget._total.sum() == 18  # b's: 9 records of each partition
+
+
 def test_partitions_of_two_instances_decided_to_different_times_are_each_taken_over(
     tmp_path, monkeypatch, caplog
 ):
@@ -577,29 +638,7 @@ def test_partitions_of_two_instances_decided_to_different_times_are_each_taken_o
     next is that of one engine that decided partitions 1 and 2 all along. (Folded together,
     b's records were late against a's event time; before, both were rebuilt from the horizon.)
     """
-    from fds.streams import kafka
-
-    p = [TopicPartition("transactions", i) for i in range(3)]
-    logs = {  # a record a minute; the cards of a partition its own, merchant m1 shared
-        tp: [_rec(tp.partition, i, T + 60 * i + tp.partition, f"c{tp.partition}{i % 3}")
-             for i in range(20)]
-        for tp in p
-    }  # fmt: skip
-    snapshots = {}
-    for ident, decided in (("a", {0: 9, 1: 9}), ("b", {2: 1})):
-        victim = _runner(tmp_path / ident, logs, {}, **{**TAKER, "group_instance_id": ident})
-        _decide(victim.engine, [m for tp in p if tp.partition in decided
-                                for m in logs[tp][: decided[tp.partition]]])  # fmt: skip
-        victim.checkpointer.save(victim._state(), topic="transactions", offsets=decided)
-        snapshots[f"g/{ident}"] = victim.checkpointer.path.read_bytes()
-    manifests = {
-        "g/a": {"topic": "transactions", "offsets": {"0": 9, "1": 9}},
-        "g/b": {"topic": "transactions", "offsets": {"2": 1}},
-    }
-    monkeypatch.setattr(kafka.StateTopic, "scan", staticmethod(lambda *a, **k: manifests))
-    monkeypatch.setattr(
-        kafka.StateTopic, "fetch_foreign", lambda self, *a, **k: snapshots[self.ident]
-    )  # fmt: skip
+    p, logs = _published(tmp_path, monkeypatch, {"a": {0: 9, 1: 9}, "b": {2: 1}})
     r = _runner(tmp_path / "c", logs, {}, **{**TAKER, "group_instance_id": "c"})
     with caplog.at_level("INFO"):
         r._bring_up_to_date(p[1:])
@@ -652,17 +691,20 @@ def test_an_index_missing_at_the_start_is_looked_for_and_used_once_found(tmp_pat
     r._producer_factory = lambda **_: topic
     r.state_topic._last = b'{"slot": "a"}'  # (the newest manifest sent)
 
-    def look() -> None:  # when it is due: looked for, then (next batch) used if found
-        r._index_look = (0.0, r._index_look[1])
+    def look() -> float:  # when it is due: looked for, then (next batch) used if found
+        r._index_at = 0.0
+        t = time.monotonic()
         r._publish_state()
         r._index_probe.join(5)
         r._publish_state()
+        return r._index_at - t  # (when it is looked for next)
 
-    look()
-    assert r.state_topic.index is None and r._index_look[1] == 120.0  # (waits twice as long)
+    assert 59 < look() <= 61 and r.state_topic.index is None  # missing: every minute
     topic.index = []  # created
     with caplog.at_level("INFO"):
         look()
     assert r.state_topic.index == "state.index"
     assert [rec.value for rec in topic.index] == [b'{"slot": "a"}']
     assert 'index="state.index" found: manifests are copied to it again' in caplog.text
+    # found, should copies fail again: looked for after 1, then 2, 4 ... minutes
+    assert r._index_wait == 120.0

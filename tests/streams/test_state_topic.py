@@ -759,3 +759,27 @@ def test_the_kits_index_is_named_after_its_state_topic(tmp_path):
     specs = kafka_kit.load_topic_specs(tmp_path / "topics.yaml")
     assert specs["state_changelog"]["name"] == "fds-state"
     assert specs["state_index"]["name"] == st_mod.index_of("fds-state") == "fds-state.index"
+
+
+def test_a_copy_that_failed_before_the_index_was_used_again_leaves_it_on(caplog):
+    """A copy's failure arrives from the producer's thread, late: one sent before the Runner
+    found the index again and used it (StateTopic.use_index) says nothing of it now, and
+    does not turn it off again (a review)."""
+    later: list[Any] = []
+
+    class Late(Topic):
+        def send(self, topic: str, **kw: Any) -> Any:
+            sent = super().send(topic, **kw)
+            if topic.endswith(".index"):
+                sent.add_errback = later.append  # (its errback, called below)
+            return sent
+
+    st = StateTopic("state", "g/i0", index="state.index")
+    st.publish(Late(), b"a snapshot")
+    st.use_index("state.index")  # (it had been found again meanwhile)
+    with caplog.at_level("WARNING"):
+        later[0](st_mod.KafkaError("the old copy's"))
+    assert st.index == "state.index" and "was not sent" not in caplog.text
+    st.publish(Late(), b"another")
+    later[1](st_mod.KafkaError("a copy of now"))
+    assert st.index is None and "was not sent" in caplog.text
