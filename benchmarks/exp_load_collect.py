@@ -121,8 +121,9 @@ def main() -> int:
         ),
         "",
         "Collected: every container the load made is young, and the collections that follow "
-        "visit them all, one call each. Frozen: `gc.freeze()` right after the load, the "
-        "collector still paused; the collections that follow visit what was made since.",
+        "visit them all, one call each. Frozen: the garbage collected first, then `gc.freeze()` "
+        "right after the load, the collector still paused; the collections that follow visit "
+        "what was made since (the collection first is inside the load's time).",
     ]
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -229,7 +229,7 @@ def loads(data: bytes, *, freeze: bool = False) -> Any:
     ``freeze`` (``data`` of :data:`LOAD_FREEZE_MIN_BYTES` or more): the heap is frozen before
     the collector resumes, what this made included. Otherwise every container made is young,
     and the collections that follow visit them all, each one call holding the interpreter
-    (0.42 s after the state of 100,000 cards x 10 days, 0.03 s frozen: results/load_collect.md;
+    (0.44 s after the state of 100,000 cards x 10 days, 0.05 s frozen: results/load_collect.md;
     it grows with the state, towards a session timeout at 1,000,000 cards, and the loop's
     Freezer starts with a full pass too). For what holds no reference cycle: the feature
     state, as a plan loads it (the plan holds none, so a takeover's snapshot, dropped once

@@ -129,8 +129,8 @@ def test_a_state_is_unpickled_frame_by_frame_with_the_collector_paused(monkeypat
 
 def test_a_state_unpickled_to_be_kept_can_be_frozen_at_once(monkeypatch):
     """``freeze=True``: what was unpickled is frozen before the collector resumes, so no
-    collection after visits it (benchmarks/results/load_collect.md: a collection of 0.42 s after
-    loading the state of 100,000 cards, 0.03 s with it frozen)."""
+    collection after visits it (benchmarks/results/load_collect.md: a collection of 0.44 s after
+    loading the state of 100,000 cards, 0.05 s with it frozen)."""
     state = [[float(i), str(i), [i]] for i in range(1000)]
     data = gcpolicy.dumps(state)
     gc.unfreeze()
