@@ -158,6 +158,9 @@ class AlertBudget:
         self._behind = False  # one event came more than a window behind (see observe)
         self._far_behind = -math.inf  # events before this are more than a window behind
         self._warm_threshold = 0.0  # the threshold while warming up (after a gap: the last)
+        # the share of its consumer group's partitions whose scores the history counts
+        # (None: not known, a budget of scope instance; see Policy.share)
+        self.fraction: float | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k not in ("_cur", "_tot")}
@@ -167,6 +170,7 @@ class AlertBudget:
         # pickled before them kept `_cur` as an array, a detached copy of its slot: replaced).
         self._leaping = self._behind = False  # (a budget pickled before it had these)
         self._warm_threshold = 0.0
+        self.fraction = None
         self.__dict__.update(state)
         if "_far_behind" not in state:
             self._far_behind = self._behind_from(self._now_slot)
@@ -250,10 +254,11 @@ class AlertBudget:
         self._leaping = self._behind = False
 
     def scale(self, share: float) -> None:
-        """Scale the score history by ``share`` (0 < share <= 1): the history of another
-        instance, taken by one that took over ``share`` of its traffic, as its own. Each bin's
-        count is rounded at random, up with the probability of its fraction (a seeded draw:
-        the expected counts are kept where most bins hold 0 or 1). The threshold follows.
+        """Scale the score history by ``share`` (> 0): the history of another instance, taken
+        by one that took over ``share`` of its traffic, as its own (or of this one, whose
+        share of the group's changed: :meth:`Policy.share`). Each bin's count is rounded at
+        random, up with the probability of its fraction (a seeded draw: the expected counts
+        are kept where most bins hold 0 or 1). The threshold follows.
 
         >>> b = AlertBudget(budget=10)
         >>> for i in range(1024):  # the docstring's day of scores above
@@ -326,11 +331,15 @@ class Policy:
         decline_at: float = 0.9,
         review_at: float = 0.5,
         alert_budget_per_day: int | None = None,
+        alert_budget_scope: str = "instance",
     ) -> None:
         if not 0 <= review_at <= decline_at <= 1:
             raise ValueError("need 0 <= review_at <= decline_at <= 1")
         self.decline_at = decline_at
         self.review_at = review_at
+        self.budget_per_day = alert_budget_per_day
+        self.budget_scope = alert_budget_scope
+        self.fraction = 1.0  # of the group's input partitions this engine decides (share)
         self.budget = AlertBudget(alert_budget_per_day) if alert_budget_per_day else None
 
     @classmethod
@@ -340,7 +349,16 @@ class Policy:
             decline_at=spec.decline_at,
             review_at=spec.review_at,
             alert_budget_per_day=spec.alert_budget_per_day,
+            alert_budget_scope=getattr(spec, "alert_budget_scope", "instance"),
         )
+
+    def _daily(self) -> int | None:
+        """The budget this engine holds: the configured one, or with scope ``group`` its
+        share (at least 1)."""
+        per_day = self.budget_per_day
+        if not per_day or self.budget_scope != "group":
+            return per_day
+        return max(1, round(per_day * self.fraction))
 
     def configure(self, spec: Any) -> None:
         """Apply new thresholds (a hot-reloaded rules file) keeping the budget's history.
@@ -350,13 +368,38 @@ class Policy:
         if not 0 <= spec.review_at <= spec.decline_at <= 1:
             raise ValueError("need 0 <= review_at <= decline_at <= 1")
         self.decline_at, self.review_at = spec.decline_at, spec.review_at
-        budget = spec.alert_budget_per_day
+        self.budget_per_day = spec.alert_budget_per_day
+        self.budget_scope = getattr(spec, "alert_budget_scope", "instance")
+        budget = self._daily()
         if not budget:
             self.budget = None
         elif self.budget is None:
             self.budget = AlertBudget(budget)
         elif budget != self.budget.budget:
             self.budget.set_budget(budget)
+
+    def share(self, fraction: float) -> None:
+        """This engine now decides ``fraction`` of its consumer group's input partitions
+        (``fds run``, at each assignment). With scope ``group`` its budget becomes that share
+        of the configured one, and the score history, kept for another share, is scaled to
+        this one (the traffic of the partitions gained or lost is taken to look like the
+        rest), so the threshold is right at once. With scope ``instance``: noted only.
+
+        >>> p = Policy(alert_budget_per_day=100, alert_budget_scope="group")
+        >>> p.share(0.25)
+        >>> p.budget.budget
+        25
+        """
+        self.fraction = fraction
+        b = self.budget
+        if b is None or self.budget_scope != "group" or fraction <= 0:
+            return
+        if b.fraction and b.fraction != fraction:
+            b.scale(fraction / b.fraction)
+        b.fraction = fraction
+        daily = self._daily()
+        if daily is not None and daily != b.budget:
+            b.set_budget(daily)
 
     @property
     def review_threshold(self) -> float:

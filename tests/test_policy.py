@@ -281,3 +281,42 @@ def test_round_to_is_round_bit_for_bit():
     # raised IndexError (a review found them)
     for x, n in ((5e-10, -1), (1234.5, -2), (0.5, 16), (0.123456789, 20)):
         assert bits(round_to(x, n)) == bits(round(x, n)), (x, n)
+
+
+def test_a_group_budget_keeps_the_groups_reviews_when_an_instance_is_lost() -> None:
+    """``alert_budget_scope: group``: two instances decide half the partitions each, each with
+    half the group's budget; one is lost at the start of day 2 and the survivor gets all the
+    partitions (share 1): the group's reviews stay near the budget every day, the day of the
+    loss included (the survivor's history, of half the traffic, is scaled to the whole)."""
+    budget = 120
+    a, b = (
+        Policy(decline_at=1.0, review_at=0.0, alert_budget_per_day=budget,
+               alert_budget_scope="group")
+        for _ in range(2)
+    )  # fmt: skip
+    a.share(0.5)
+    b.share(0.5)
+    assert (a.budget.budget, b.budget.budget) == (60, 60)  # type: ignore[union-attr]
+    per_day: Counter[int] = Counter()
+    for i, (ts, score) in enumerate(_stream(days=5, per_day=20_000, seed=3)):
+        day = int((ts - START) // 86400)
+        if day >= 2 and a.fraction < 1:
+            a.share(1.0)  # b is lost: its partitions move to a
+        p = b if day < 2 and i % 2 else a
+        if p.decide([], score, ts)[0] == "review":
+            per_day[day] += 1
+    assert a.budget.budget == budget  # type: ignore[union-attr]
+    for day in (1, 2, 3, 4):
+        assert 0.7 * budget <= per_day[day] <= 1.3 * budget, per_day
+
+
+def test_an_instance_budget_is_not_shared() -> None:
+    p = Policy(alert_budget_per_day=100)
+    p.share(0.25)
+    assert p.budget.budget == 100  # type: ignore[union-attr]
+    g = Policy(alert_budget_per_day=100, alert_budget_scope="group")
+    g.share(0.25)
+    from fds.rules.ruleset import PolicySpec
+
+    g.configure(PolicySpec(alert_budget_per_day=200, alert_budget_scope="group"))
+    assert g.budget.budget == 50  # type: ignore[union-attr]  # (a reload keeps the share)

@@ -188,6 +188,12 @@ class PolicySpec(_Strict):
     decline_at: float = Field(default=0.9, gt=0, le=1, strict=True, allow_inf_nan=False)
     review_at: float = Field(default=0.5, ge=0, le=1, strict=True, allow_inf_nan=False)
     alert_budget_per_day: int | None = Field(default=None, gt=0, strict=True)
+    alert_budget_scope: Literal["instance", "group"] = Field(
+        default="instance",
+        description="instance: each engine (each `fds run` of a group) reviews up to the "
+        "budget; group: the budget is the whole consumer group's, each instance holding the "
+        "share of the input's partitions it is assigned",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> PolicySpec:

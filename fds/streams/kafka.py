@@ -1907,6 +1907,28 @@ class Runner:
         if not parts:
             return
         tps = [TopicPartition(self.s.input_topic, p) for p in sorted(parts)]
+        self._restore_partitions(tps)
+        self._share_budget(len(parts))
+
+    def _share_budget(self, assigned: int) -> None:
+        """Tell the policy the share of the input's partitions this instance decides now (with
+        ``alert_budget_scope: group`` its alert budget is that share of the group's: a lost
+        instance's share moves with its partitions, and the group reviews what its analysts
+        can handle whatever the number of instances)."""
+        policy: Any = self.engine.policy
+        if getattr(policy, "budget", None) is None or policy.budget_scope != "group":
+            return
+        total = len(self.consumer.partitions_for_topic(self.s.input_topic) or ())
+        if not total:
+            return
+        policy.share(assigned / total)
+        log.info(
+            'alert budget of the group: this instance holds %d of %d partitions, its share '
+            'budget_per_day="%d"', assigned, total, policy.budget.budget,
+        )  # fmt: skip
+
+    def _restore_partitions(self, tps: list[Any]) -> None:
+        """:meth:`_restore_assigned` for the partitions ``tps``."""
         if self.checkpointer is not None:
             covered = self._bring_up_to_date(tps)
             if self._unresolved or self._stop:
@@ -2533,6 +2555,8 @@ class Runner:
         budget = getattr(self.engine.policy, "budget", None)
         if budget is not None and share < 1:
             budget.scale(share)
+            if budget.fraction:  # (of the group's partitions: scope group, see _share_budget)
+                budget.fraction *= share
         self._model_without_labels()  # (the donor's gate may have been judged with labels)
         log.info(
             'the alert budget, the rate breaker and the model gate are taken from the snapshot '

@@ -560,6 +560,7 @@ def test_yaml_merge_keys_work_as_in_any_yaml_reader() -> None:
         ("{review_at: 0.5}", '"0.5"', "valid number"),
         ("{review_at: 0.5, alert_budget_per_day: true}", "0.5", "valid integer"),  # as 1
         ("{review_at: 0.5}", ".nan", "finite number"),  # said "less than or equal to 1"
+        ("{alert_budget_per_day: 5, alert_budget_scope: fleet}", "0.5", "'instance' or 'group'"),
     ],
 )
 def test_thresholds_and_scores_that_are_typos_are_errors(policy, rule_score, fragment) -> None:
@@ -653,3 +654,9 @@ def test_a_version_written_as_a_date_is_told_to_be_quoted() -> None:
     """It said only "Input should be a valid string" (the 1.10 and 0105 cases said to quote)."""
     with pytest.raises(ConfigError, match=r'r.yaml:1:10: .* quote it \(version: "2026-11-22"\)'):
         load_ruleset_text("version: 2026-11-22\nrules: []\n", "r.yaml")
+
+
+def test_the_alert_budget_may_be_the_groups() -> None:
+    text = 'version: "1"\npolicy: {alert_budget_per_day: 100, alert_budget_scope: group}\n'
+    policy = load_ruleset_text(text, "r.yaml").policy
+    assert policy.alert_budget_scope == "group"

@@ -708,3 +708,21 @@ def test_an_index_missing_at_the_start_is_looked_for_and_used_once_found(tmp_pat
     assert 'index="state.index" found: manifests are copied to it again' in caplog.text
     # found, should copies fail again: looked for after 1, then 2, 4 ... minutes
     assert r._index_wait == 120.0
+
+
+def test_a_group_budget_is_the_share_of_the_partitions_assigned(tmp_path, caplog):
+    """``alert_budget_scope: group`` (the default rules' budget, 200 a day): an instance given 1
+    of the input's 4 partitions holds a budget of 50; given 3 after a rebalance, 150."""
+    logs = {
+        TopicPartition("transactions", p): [_rec(p, i, T + i, f"c{p}") for i in range(10)]
+        for p in range(4)
+    }
+    r = _runner(tmp_path, logs, {})
+    r.engine.policy.budget_scope = "group"
+    r.consumer.partitions_for_topic = lambda topic: set(range(4))
+    for parts, want in (({0}, 50), ({0, 1, 3}, 150)):
+        r._unresolved = set(parts)
+        with caplog.at_level("INFO"):
+            r._restore_assigned()
+        assert r.engine.policy.budget.budget == want
+    assert 'holds 3 of 4 partitions, its share budget_per_day="150"' in caplog.text
