@@ -979,12 +979,21 @@ class Runner:
         if self._index_found:
             self._index_found = False
             st.use_index(index_of(st.topic))
+            # a producer of its own again (made at the next publish): one whose sends to the
+            # index timed out while it was gone never delivered to it once made again (a QA
+            # pass, kafka-python 3.0); the old one is closed off the loop
+            old, self._index_producer = self._index_producer, None
+            st.index_producer = None
+            if old is not None:
+                threading.Thread(
+                    target=lambda: old.close(timeout=1.0), name="fds-index-close", daemon=True
+                ).start()
             # should copies fail again, it is looked for after a wait that doubles each time:
             # an index that exists yet refuses them (an ACL without Write) is not tried every
             # minute for good
             self._index_at = time.monotonic() + self._index_wait
             self._index_wait = min(2 * self._index_wait, INDEX_LOOK_MAX_S)
-            log.info('state topic index="%s" found: manifests are copied to it again', st.index)
+            log.info('state topic index="%s" found: manifests are copied to it', st.index)
             return True
         probe = self._index_probe
         if (probe is not None and probe.is_alive()) or time.monotonic() < self._index_at:
@@ -1810,8 +1819,10 @@ class Runner:
         log.log(
             logging.WARNING if ignored else logging.INFO,
             'no usable checkpoint path="%s": the state of the partitions already consumed is '
-            "rebuilt from the input (each one's feature horizon read again%s)",
+            "rebuilt from the input (each one's feature horizon read again%s)%s",
             ck.path, f", {_horizon_text(self.engine)}" if ignored else "",
+            ", unless other instances' snapshots on the state topic hold them (a takeover)"
+            if self.state_topic is not None else "",
         )  # fmt: skip
 
     def _fetch_state(self, ck: Checkpointer) -> Checkpoint | None:
@@ -2151,7 +2162,10 @@ class Runner:
                             tp.partition,
                         )  # fmt: skip
             elif alone is not None:
-                what = "rebuild of the partitions moved here"
+                # (every one taken over: only the records since their snapshots are folded)
+                what = "rebuild of the partitions moved here" if len(taken) < len(moved) else (
+                    "catch-up of the partitions taken over"
+                )  # fmt: skip
                 ranges = moved
                 fold, hold = fold_features, []  # (each folded whole: _merge_moved checks)
                 # The partitions no snapshot gave are folded into ``scratch`` from their

@@ -58,7 +58,7 @@ import orjson
 from kafka.errors import KafkaError
 from kafka.structs import TopicPartition
 
-from fds.errors import ArtifactError
+from fds.errors import ArtifactError, describe
 from fds.models.registry import env_key, sign, verify, write_atomic
 from fds.streams.kafka_kit import UnreadableRecords
 
@@ -475,11 +475,11 @@ class StateTopic:
         if index is None:
             return
         log.warning(
-            'state topic index="%s": a manifest was not sent to it (%s: %s); no more are sent '
+            'state topic index="%s": a manifest was not sent to it (%s); no more are sent '
             "until it is found again (looked for after a minute, longer after each new failure; "
             "meanwhile a takeover reads an older copy there, or the state topic's manifest "
             "when that snapshot is gone); check that it exists (`fds kafka topics` creates "
-            "it)", index, type(exc).__name__, exc,
+            "it)", index, describe(exc),
         )  # fmt: skip
 
     def fetch(self, make_reader: Callable[[], Any], *, timeout_s: float = 60.0) -> bytes | None:

@@ -301,6 +301,11 @@ def test_a_third_instance_takes_partitions_of_two_instances_over_from_their_snap
     half = len(ids) // 2
     group = unique_name("g")
     s = settings_for(kafka_bootstrap, topics, group)
+    rules = tmp_path / "rules.yaml"  # the default rules, their budget the group's
+    budget = "  alert_budget_per_day: 200"
+    rules.write_text(
+        DEFAULT_RULES.read_text().replace(budget, budget + "\n  alert_budget_scope: group")
+    )
 
     logs: dict[str, list[str]] = {}
     readers = []
@@ -308,7 +313,7 @@ def test_a_third_instance_takes_partitions_of_two_instances_over_from_their_snap
     def start(name: str) -> Any:  # (its log read as it comes)
         p = spawn_run(
             kafka_bootstrap, topics, group, "--group-instance-id", name, stages=(
-                "--rules", str(DEFAULT_RULES), "--model", "none", "--state-dir",
+                "--rules", str(rules), "--model", "none", "--state-dir",
                 str(tmp_path / name), "--max-poll-records", "100", "--checkpoint-every", "0.5",
                 "--state-topic", topics["state_changelog"],
             ),
@@ -375,6 +380,8 @@ def test_a_third_instance_takes_partitions_of_two_instances_over_from_their_snap
     assert "rebuild partitions=" not in err, err[-4000:]  # (no rebuild of every partition)
     # b's state was empty: its alert budget and breaker are a's (one partition each: the first)
     assert re.search(rf'gate are taken from the snapshot of instance=\\?"{group}/a\\?"', err), err
+    # ... a's budget, scaled to b's share of the group's: 2 of 6 partitions, 200 / 3
+    assert re.search(r'holds 2 of 6 partitions.*budget_per_day=\\?"67\\?"', err), err
     # Card features are the whole replay's in every decision (a card lives in one partition).
     # Merchants and devices span partitions: what b decides live depends on the order its two
     # partitions' records arrive in (the aligner does not hold a caught-up partition back for
@@ -522,10 +529,13 @@ def _replayed(path: Any) -> dict[str, Any]:
 
 
 def _moved_rebuild(err: str, since: float) -> tuple[float, str]:
-    """The time and line of the one rebuild of moved partitions an instance logged since then."""
+    """The time and line of the one rebuild of moved partitions an instance logged since then
+    (a catch-up when every one was taken over from snapshots)."""
+    said = ("rebuild of the partitions moved here partitions=",
+            "catch-up of the partitions taken over partitions=")  # fmt: skip
     found = [
         (_log_time(line), line) for line in err.splitlines()
-        if "rebuild of the partitions moved here partitions=" in line and _log_time(line) > since
+        if any(s in line for s in said) and _log_time(line) > since
     ]  # fmt: skip
     assert len(found) == 1, err[-4000:]
     return found[0]

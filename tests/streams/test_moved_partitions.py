@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import threading
 import time
 from typing import Any
 
@@ -687,8 +688,23 @@ def test_an_index_missing_at_the_start_is_looked_for_and_used_once_found(tmp_pat
         def close(self) -> None:
             pass
 
+    class Producer:  # the index's (a new one each time it is found, the old one closed)
+        closed = 0
+
+        def send(self, *args: Any, **kwargs: Any) -> Any:
+            return topic.send(*args, **kwargs)
+
+        def close(self, timeout: float | None = None) -> None:
+            Producer.closed += 1
+
+    made: list[Any] = []
+
+    def make(**_: Any) -> Any:  # the state topic's producer first, then the index's
+        made.append(topic if not made else Producer())
+        return made[-1]
+
     r._consumer_factory = lambda **_: Metadata()
-    r._producer_factory = lambda **_: topic
+    r._producer_factory = make
     r.state_topic._last = b'{"slot": "a"}'  # (the newest manifest sent)
 
     def look() -> float:  # when it is due: looked for, then (next batch) used if found
@@ -705,9 +721,19 @@ def test_an_index_missing_at_the_start_is_looked_for_and_used_once_found(tmp_pat
         look()
     assert r.state_topic.index == "state.index"
     assert [rec.value for rec in topic.index] == [b'{"slot": "a"}']
-    assert 'index="state.index" found: manifests are copied to it again' in caplog.text
+    assert 'index="state.index" found: manifests are copied to it' in caplog.text
     # found, should copies fail again: looked for after 1, then 2, 4 ... minutes
     assert r._index_wait == 120.0
+    first = r._index_producer
+    r.state_topic._index_failed(RuntimeError("deleted"), r.state_topic._index_gen)
+    assert r.state_topic.index is None
+    look()  # found again (created again): its copies go through a new producer
+    assert r.state_topic.index == "state.index" and r._index_producer is not first
+    r._index_probe.join(5)
+    for t in threading.enumerate():  # (the old one closed off the loop)
+        if t.name == "fds-index-close":
+            t.join(5)
+    assert Producer.closed == 1 and r._index_wait == 240.0
 
 
 def test_a_group_budget_is_the_share_of_the_partitions_assigned(tmp_path, caplog):
