@@ -1167,7 +1167,12 @@ class ModelServer:
             if v not in versions or self._file_of(v) != mark:  # gone, or its file replaced
                 del self._bad_file[v]
                 if self._retry_at.get(v) == math.inf:
-                    del self._retry_at[v]
+                    # its file replaced: tried again now (a champion refused as the scorer
+                    # started was never served once restored: its pointer was seen, a QA pass);
+                    # pruned below unless it can still be chosen
+                    self._retry_at[v] = 0.0
+                    if v not in versions:
+                        del self._retry_at[v]
         for v, at in list(self._retry_at.items()):
             entry = versions.get(v)
             if entry is None or (math.isfinite(at) and v != champ and entry["seq"] <= seq):

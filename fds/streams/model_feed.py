@@ -91,6 +91,7 @@ class FeedStats:
     other_model: int = 0
     rejected: int = 0
     unreachable: int = 0
+    tombstone: int = 0  # a null value: the topic's key deleted (compaction), nothing to import
 
 
 class ModelFeed:
@@ -158,6 +159,9 @@ class ModelFeed:
         self, value: bytes | None, where: Mapping[str, str]
     ) -> str | tuple[dict[str, Any], bytes]:
         """``(announcement, verified artifact)`` to import, or the outcome that ends it."""
+        if value is None:  # (was "rejected: JSONDecodeError", a QA pass)
+            log.debug("skipped a tombstone on the models topic", extra=where)
+            return "tombstone"
         try:
             ann = orjson.loads(value or b"")
             if not isinstance(ann, dict):

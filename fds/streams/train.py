@@ -12,10 +12,10 @@ Labels wait for their decisions: a label whose event time is ahead of the newest
 consumed (its decision may still be on its way) holds its partition's labels in memory (at most
 ``2 x max_poll_records``; the consumer is sought back to the rest), and they go on when
 decisions catch up, or when no decision arrived for ``label_wait_s`` (nothing more to wait for:
-the label is then learned or counted unjoined), or after ``label_max_wait_s`` of waiting (a
-label stamped in the future; logged). Not ``pause``: kafka-python 3.0 can leave a resumed
-partition unfetched for good (it parks the records it had fetched at the pause), and a labels
-backlog then stopped being read without a word.
+the label is then learned or counted unjoined; not while the decisions topic is empty), or after
+``label_max_wait_s`` of waiting (a label stamped in the future; logged). Not ``pause``:
+kafka-python 3.0 can leave a resumed partition unfetched for good (it parks the records it had
+fetched at the pause), and a labels backlog then stopped being read without a word.
 
 Commit order per batch (the trainer's own checkpoint carries the input offsets, so offsets
 committed to Kafka are for lag monitoring and a fresh state dir):
@@ -443,7 +443,12 @@ class TrainService:
         if time.monotonic() - self._last_decision <= self.label_wait_s:
             return False
         mine = [tp for tp in self.consumer.assignment() if tp.topic == self.topics[0]]
-        return bool(mine) and all(self._read_to_end(tp) for tp in mine)
+        if not mine or not all(self._read_to_end(tp) for tp in mine):
+            return False
+        # an empty decisions topic: no scorer decided anything yet (fds train started first):
+        # the labels wait for their decisions, up to label_max_wait_s each (a QA pass: they were
+        # learned unjoined, lost for good, and moved the event time days ahead)
+        return any(self.consumer.highwater(tp) for tp in mine)
 
     def _hold(self, tp: Any, records: list[Any]) -> None:
         """Queue a poll's labels of ``tp`` behind those still held; beyond the bound the

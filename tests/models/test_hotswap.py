@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from fds.engine import Engine
 from fds.metrics import Metrics
 from fds.models.registry import Registry
@@ -460,21 +462,28 @@ def test_a_version_made_by_another_spec_is_not_served(tmp_path: Path, caplog) ->
         assert abs(srv.score(tx, {})[0] - want) < 1e-12
 
 
+@pytest.mark.parametrize("at_start", [False, True])
 def test_a_champion_whose_file_failed_its_check_is_served_once_the_file_is_restored(
-    tmp_path: Path,
+    tmp_path: Path, at_start: bool
 ) -> None:
     """A QA leftover: a champion whose artifact failed its sha256 check was never tried again
-    (only a missing file was), so restoring the file from a backup needed a restart."""
+    (only a missing file was), so restoring the file from a backup needed a restart. Also
+    when it failed as the scorer started (a QA pass: its earlier champion stood in for good)."""
     reg = Registry(tmp_path)
     srv = ModelServer(load_spec("default"), registry=reg, learn=False, auto_promote=False)
     eng = Engine(model=srv)
     reg.publish(FeatureModel("amount"), spec={"name": "default"})
-    assert srv.poll() == "v000001"
-    srv.install_pending()
+    if at_start:
+        reg.promote("v000001")
+    else:
+        assert srv.poll() == "v000001"
+        srv.install_pending()
     reg.publish(FeatureModel("amount"), spec={"name": "default"})
     good = reg.artifact("v000002").read_bytes()
     reg.artifact("v000002").write_bytes(good[:-1] + bytes([good[-1] ^ 1]))  # damaged
     reg.promote("v000002")
+    if at_start:  # (the scorer starts now: its earlier champion stands in)
+        assert srv.load_champion() == "v000001" and srv.stats["swaps_rejected"] == 1
     srv.start_watch(every=0.01)
     tx = {"tx_id": "t", "ts": 0.0, "card_id": "c", "amount": 5.0}
 

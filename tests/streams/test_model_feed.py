@@ -198,7 +198,7 @@ def _forged(a: dict[str, Any]) -> dict[str, Any]:
     [
         lambda a: b"{not json",
         lambda a: b"[1, 2]",
-        lambda a: None,
+        lambda a: b"",
         lambda a: _value(_tampered(a)),
         lambda a: _value(_forged(a)),
         lambda a: _value({**a, "hmac": None}),
@@ -223,6 +223,17 @@ def test_bad_announcements_are_rejected_counted_and_not_unpickled(
     assert m.registry.get_sample_value("fds_model_swaps_total", {"result": "bad_announcement"}) == 1
     # The feed goes on: the genuine announcement still imports.
     assert feed.handle(_value(a)) == "imported"
+
+
+def test_a_tombstone_is_no_bad_announcement(tmp_path: Path) -> None:
+    """A null value (the model's key deleted from the compacted topic) is skipped, not counted
+    as a rejected announcement with a JSONDecodeError (a QA pass)."""
+    m = Metrics()
+    feed = _feed(tmp_path, metrics=m)
+    assert feed.handle(None) == "tombstone" and feed.stats.rejected == 0
+    assert m.registry.get_sample_value("fds_model_swaps_total", {"result": "bad_announcement"}) in (
+        None, 0.0,
+    )  # fmt: skip
 
 
 def test_a_different_artifact_under_a_known_version_is_rejected(tmp_path: Path) -> None:

@@ -413,7 +413,11 @@ def test_labels_do_not_go_ahead_of_decisions_still_unread(tmp_path, monkeypatch)
     clock[0] += 10 * svc.label_wait_s
     feed(svc, {})
     assert len(svc._held[lab]) == 1  # waits: no decisions partition yet
-    c.hw[d0] = 3  # assigned, three decisions unread
+    c.hw[d0] = 0  # assigned, and empty: no scorer decided anything yet (fds train started
+    clock[0] += 10 * svc.label_wait_s  # first, a QA pass: its labels were all lost)
+    feed(svc, {})
+    assert len(svc._held[lab]) == 1 and svc.trainer.stats["labels_unjoined"] == 0
+    c.hw[d0] = 3  # three decisions now, unread
     feed(svc, {})
     assert len(svc._held[lab]) == 1 and svc.trainer.stats["labels_unjoined"] == 0
     feed(svc, {d0: [decision(0, i, t, 100.0 + i) for i, t in enumerate("xya")]})
