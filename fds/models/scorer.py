@@ -61,6 +61,7 @@ from fds.models.spec import ModelSpec
 from fds.models.trainer import Publication, Trainer, event_time
 from fds.models.vector import RULE_SCORE, to_vector
 from fds.policy import combine
+from fds.timeutil import format_ts
 
 __all__ = ["ModelServer", "build_model_stage", "canary"]
 
@@ -314,7 +315,7 @@ class ModelServer:
         self._foreign_seen: set[str] = set()  # versions of another spec, said once
         if self.trainer is not None:
             self.trainer.on_example = self._evaluate
-            self.trainer.on_drift = lambda now: self._emit("drift", {"ts": now})
+            self.trainer.on_drift = lambda now: self._emit("drift", {"event_time": format_ts(now)})
 
     # -- hot path --------------------------------------------------------------------------
     def score(

@@ -206,7 +206,7 @@ class TrainService:
         """Counted and said, as a scorer learning inline says it (the trainer only counted
         it: a QA pass)."""
         self.metrics.drift()
-        log.info('model drift ts="%s"', now)  # (as the scorer's line)
+        log.info('model drift event_time="%s"', format_ts(now))  # (as the scorer's line)
 
     def _make_trainer(self) -> Trainer:
         from fds.models import Trainer

@@ -394,7 +394,7 @@ def test_a_drift_the_trainer_detects_is_counted_and_logged(tmp_path, caplog):
     svc = service(tmp_path, metrics=Metrics())
     with caplog.at_level("INFO", logger="fds.streams.train"):
         svc.trainer.on_drift(1767225600.0)
-    assert 'model drift ts="1767225600.0"' in caplog.text
+    assert 'model drift event_time="2026-01-01T00:00:00' in caplog.text  # (not a raw `ts_`)
     assert svc.metrics.registry.get_sample_value("fds_drift_detected_total") == 1
 
 
