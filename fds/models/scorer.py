@@ -1314,7 +1314,8 @@ def build_model_stage(
     srv = ModelServer(mspec, registry=reg, learn=False, on_event=on_event, metrics=metrics)
     if srv.load_champion() is None and not reg.versions():
         log.warning("no model version in registry %s yet: decisions use the rules alone until "
-                    "one is published there (fds train --registry %s); check --registry if "
+                    "one is there (published by fds train --registry %s sharing it, or "
+                    "imported from the models topic with --models-topic); check --registry if "
                     "one was", reg.path, reg.path)  # fmt: skip
     srv.start_watch(every=poll_seconds)
     return srv
