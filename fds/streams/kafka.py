@@ -1929,7 +1929,11 @@ class Runner:
         policy: Any = self.engine.policy
         if getattr(policy, "budget", None) is None or policy.budget_scope != "group":
             return
-        total = len(self.consumer.partitions_for_topic(self.s.input_topic) or ())
+        try:  # (the subscribed topic's metadata is at hand: no request, normally)
+            total = len(self.consumer.partitions_for_topic(self.s.input_topic) or ())
+        except KafkaError as exc:  # the share stays as it was until the next assignment
+            log.warning("alert budget share not updated: %s", describe(exc))
+            return
         if not total:
             return
         policy.share(assigned / total)

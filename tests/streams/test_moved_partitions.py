@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import pytest
+from kafka.errors import KafkaTimeoutError
 from kafka.structs import TopicPartition
 
 from fds.streams.kafka import _event_time
@@ -752,3 +753,11 @@ def test_a_group_budget_is_the_share_of_the_partitions_assigned(tmp_path, caplog
             r._restore_assigned()
         assert r.engine.policy.budget.budget == want
     assert 'holds 3 of 4 partitions, its share budget_per_day="150"' in caplog.text
+
+    def no_metadata(topic: str) -> set[int]:
+        raise KafkaTimeoutError("no metadata")
+
+    r.consumer.partitions_for_topic = no_metadata  # (a broker away: kept, said, no crash)
+    r._unresolved = {0}
+    r._restore_assigned()
+    assert r.engine.policy.budget.budget == 150 and "share not updated" in caplog.text
