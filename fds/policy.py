@@ -258,7 +258,8 @@ class AlertBudget:
         by one that took over ``share`` of its traffic, as its own (or of this one, whose
         share of the group's changed: :meth:`Policy.share`). Each bin's count is rounded at
         random, up with the probability of its fraction (a seeded draw: the expected counts
-        are kept where most bins hold 0 or 1). The threshold follows.
+        are kept where most bins hold 0 or 1), and :attr:`fraction` with it when known. The
+        threshold follows.
 
         >>> b = AlertBudget(budget=10)
         >>> for i in range(1024):  # the docstring's day of scores above
@@ -272,6 +273,8 @@ class AlertBudget:
         scaled += np.random.default_rng(0).random(scaled.shape)
         self._slots[:] = np.floor(scaled).astype(np.int64)
         self._total[:] = self._slots.sum(axis=0)
+        if self.fraction:
+            self.fraction *= share
         if self._first_ts is not None:
             self.recompute(self._now_slot * self.slot_seconds)
 
@@ -396,7 +399,7 @@ class Policy:
             return
         if b.fraction and b.fraction != fraction:
             b.scale(fraction / b.fraction)
-        b.fraction = fraction
+        b.fraction = fraction  # (unknown before: the history taken as of this share)
         daily = self._daily()
         if daily is not None and daily != b.budget:
             b.set_budget(daily)

@@ -2573,8 +2573,6 @@ class Runner:
         budget = getattr(self.engine.policy, "budget", None)
         if budget is not None and share < 1:
             budget.scale(share)
-            if budget.fraction:  # (of the group's partitions: scope group, see _share_budget)
-                budget.fraction *= share
         self._model_without_labels()  # (the donor's gate may have been judged with labels)
         log.info(
             'the alert budget, the rate breaker and the model gate are taken from the snapshot '
