@@ -314,8 +314,11 @@ def test_a_third_instance_takes_partitions_of_two_instances_over_from_their_snap
         p = spawn_run(
             kafka_bootstrap, topics, group, "--group-instance-id", name, stages=(
                 "--rules", str(rules), "--model", "none", "--state-dir",
-                str(tmp_path / name), "--max-poll-records", "100", "--checkpoint-every", "0.5",
-                "--state-topic", topics["state_changelog"],
+                str(tmp_path / name), "--max-poll-records", "100",
+                # (not 0.5 s: a's or c's next checkpoint after the rebalance lists partition 2
+                # or 3 no more, and when it was published before b read the manifests, b
+                # rebuilt them: a race of the design, README "Limits", seen twice in ~15 runs)
+                "--checkpoint-every", "3", "--state-topic", topics["state_changelog"],
             ),
         )  # fmt: skip
         logs[name] = lines = []
