@@ -31,7 +31,7 @@ True
 >>> got.offsets, got.topic, got.state
 ({0: 12, 3: 7}, 'tx', {'features': None})
 >>> ck.on_disk
-FileOffsets(topic='tx', offsets={0: 12, 3: 7})
+FileOffsets(topic='tx', offsets={0: 12, 3: 7}, left=None)
 """
 
 from __future__ import annotations
@@ -91,10 +91,12 @@ class Checkpoint:
 
 class FileOffsets(NamedTuple):
     """What a checkpoint file covers: input ``topic``, ``offsets`` (partition -> next offset
-    not folded)."""
+    not folded), and ``left`` (partition -> offset: partitions the state followed no more at
+    that offset, whose events up to it it may still hold), when the saver said so."""
 
     topic: str
     offsets: dict[int, int]
+    left: dict[int, int] | None = None
 
 
 def parse_checkpoint(data: bytes, *, where: str) -> Checkpoint:
@@ -212,19 +214,33 @@ class Checkpointer:
             self._lock.close()  # (the lock goes with the file's last descriptor)
             self._lock = None
 
-    def save(self, state: dict[str, Any], *, topic: str, offsets: dict[int, int]) -> None:
-        """Write ``state`` as of ``offsets`` atomically (temp + fsync + rename + dir fsync).
+    def save(
+        self,
+        state: dict[str, Any],
+        *,
+        topic: str,
+        offsets: dict[int, int],
+        left: dict[int, int] | None = None,
+    ) -> None:
+        """Write ``state`` as of ``offsets`` atomically (temp + fsync + rename + dir fsync);
+        ``left``: noted in :attr:`on_disk` (see :class:`FileOffsets`), not written.
 
         A background write still running is stopped first: it holds an older state."""
         self.cancel()
         self._write(state, topic, offsets)
-        self.on_disk = FileOffsets(topic, dict(offsets))
+        self.on_disk = FileOffsets(topic, dict(offsets), left)
         self.saves += 1
 
     def save_background(
-        self, state: Callable[[], dict[str, Any]], *, topic: str, offsets: dict[int, int]
+        self,
+        state: Callable[[], dict[str, Any]],
+        *,
+        topic: str,
+        offsets: dict[int, int],
+        left: dict[int, int] | None = None,
     ) -> bool:
-        """Write ``state()`` as of ``offsets`` from a forked child; return at once.
+        """Write ``state()`` as of ``offsets`` from a forked child; return at once (``left``:
+        as for :meth:`save`).
 
         False (nothing started) while the previous background write is still running. Where
         ``os.fork`` does not exist this is :meth:`save`. The child closes the descriptors it
@@ -235,10 +251,10 @@ class Checkpointer:
         if self.busy():
             return False
         if not hasattr(os, "fork"):
-            self.save(state(), topic=topic, offsets=offsets)
+            self.save(state(), topic=topic, offsets=offsets, left=left)
             return True
         parent = os.getpid()
-        pending = (FileOffsets(topic, dict(offsets)), self._inode())
+        pending = (FileOffsets(topic, dict(offsets), left), self._inode())
         pid = os.fork()
         if pid == 0:  # the child: a copy-on-write image of the parent at this instant
             code = 1

@@ -198,6 +198,18 @@ INDEX_LOOK_S = 60.0
 INDEX_LOOK_MAX_S = 3600.0
 
 
+def _left_offsets(left: Any) -> dict[int, int] | None:
+    """The offsets of ``Runner._left`` (partition -> (event time, offset) where the state
+    stopped following it; ``None``: not known).
+
+    >>> _left_offsets({3: (1.7e9, 120)}), _left_offsets(None), _left_offsets({3: 120})
+    ({3: 120}, None, None)
+    """
+    if not isinstance(left, dict) or not all(isinstance(v, tuple) for v in left.values()):
+        return None
+    return {p: v[1] for p, v in left.items()}
+
+
 def _decided_id(msg: Any) -> dict[str, Any] | None:
     """A decision record's ``tx_id``, partition and offset (as :func:`read_merged` takes a
     record: a constant time keeps each partition's order)."""
@@ -1759,11 +1771,13 @@ class Runner:
             return False
         self._ckpt_at = time.monotonic()
         topic, offsets = self.s.input_topic, dict(self._positions)
+        # (the partitions left, in its manifest: a taker may take them from this snapshot)
+        left = _left_offsets(self._left)
         try:
             if force or not self.s.checkpoint_in_background:
-                ck.save(self._state(), topic=topic, offsets=offsets)
+                ck.save(self._state(), topic=topic, offsets=offsets, left=left)
             else:
-                ck.save_background(self._state, topic=topic, offsets=offsets)
+                ck.save_background(self._state, topic=topic, offsets=offsets, left=left)
         except OSError as exc:  # a full disk must not stop decisions; a restart re-folds more
             log.warning('checkpoint failed path="%s" error="%s"', ck.path, exc)
             ck.failures += 1  # (fds_checkpoints_total{result="failed"})
@@ -2370,7 +2384,9 @@ class Runner:
                 own_or_other_group = ident == st.ident or ident.count("/") != depth
                 if own_or_other_group or m.get("topic") != self.s.input_topic:
                     continue
-                for p, o in manifest_offsets(m).items():
+                # (a partition it left: its events up to there; one it follows: up to there)
+                held = {**manifest_offsets(m, "left"), **manifest_offsets(m)}
+                for p, o in held.items():
                     tp = TopicPartition(self.s.input_topic, p)
                     if (
                         tp in alone
@@ -2457,13 +2473,15 @@ class Runner:
                 if data is None:
                     raise ConfigError("it is gone, or it did not verify (logged above)")
                 got = parse_checkpoint(data, where=f"{st.topic}:{ident}")
-                covered = {tp: got.offsets.get(tp.partition, -1) for tp in tps}
+                held = {**(_left_offsets(got.state.get(LEFT_KEY)) or {}), **got.offsets}
+                covered = {tp: held.get(tp.partition, -1) for tp in tps}
+                was_left = [p for p in parts if p not in got.offsets]  # (it had moved them)
                 if any(not ranges[tp][0] < o <= ranges[tp][1] for tp, o in covered.items()):
                     raise ConfigError(f"its offsets {got.offsets} are not its manifest's")
                 size = len(data)
                 features = got.state["features"]
                 rest = {k: v for k, v in got.state.items() if k not in ("features", LEFT_KEY)}
-                share = len(parts) / max(len(got.offsets), len(parts))
+                share = len(parts) / len({*got.offsets, *parts})
                 del data, got  # (the snapshot's bytes, whole and pickled: not held meanwhile)
                 other = scratch.fresh()
                 other.load_state_dict(features)
@@ -2483,9 +2501,9 @@ class Runner:
                 continue
             log.info(
                 'partitions %s taken over from the snapshot of instance="%s" offsets="%s" '
-                'bytes=%d seconds=%.1f manifest_from="%s"', parts, ident,
+                'bytes=%d seconds=%.1f manifest_from="%s"%s', parts, ident,
                 {tp.partition: o for tp, o in covered.items()}, size, time.monotonic() - t0,
-                source[ident],
+                source[ident], f" left_there={was_left}" if was_left else "",
             )  # fmt: skip
             cuts.append((cut, covered))
             if donor is None or len(parts) > len(best_parts):

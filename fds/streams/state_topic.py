@@ -13,14 +13,17 @@ topic is compacted, so it keeps the newest record per key)::
 
     key "<group>/<instance>#<slot>#<i>"  -> chunk i of the file (CHUNK bytes at most)
     key "<group>/<instance>"             -> manifest {slot, chunks, size, sha256, signature,
-                                            written_at[, topic, offsets]}, sent after its chunks
+                                            written_at[, topic, offsets, left]}, after its chunks
 
 ``topic`` and ``offsets`` (partition, as a string, -> next offset not folded) say which input
 offsets the snapshot covers, when the publisher gave them (manifests of earlier releases have
-neither); ``span`` the offsets of the snapshot's first and last chunk in its partition. None
-of these is signed (the snapshot itself carries its offsets, and is; a wrong span makes a
-snapshot that does not verify). Each manifest is also sent to the topic's index
-(:func:`index_of`: ``<topic>.index``, compacted, keyed ``<group>/<instance>``) when it exists.
+neither); ``left`` (the same form) the partitions the publisher followed no more, whose events
+up to that offset its snapshot still holds (a rebalance moved them away: another instance may
+take them over from this snapshot even when it is newer than the move); ``span`` the offsets
+of the snapshot's first and last chunk in its partition. None of these is signed (the snapshot
+itself carries its offsets, and is; a wrong span makes a snapshot that does not verify). Each
+manifest is also sent to the topic's index (:func:`index_of`: ``<topic>.index``, compacted,
+keyed ``<group>/<instance>``) when it exists.
 An instance that takes over another's partitions finds that instance's newest manifest with
 :meth:`StateTopic.scan` -- in the index, so that it reads no chunk; in the whole topic without
 one -- and reads its snapshot with :meth:`StateTopic.fetch_foreign` (only the span's offsets),
@@ -81,16 +84,19 @@ POLL_RECORDS = 64
 FETCH_BYTES = 4 << 20
 
 
-def manifest_offsets(manifest: Mapping[str, Any]) -> dict[int, int]:
-    """The input offsets a manifest says its snapshot covers (``{}``: it does not say, or not
-    as partition numbers mapped to offsets: manifests are not signed).
+def manifest_offsets(manifest: Mapping[str, Any], key: str = "offsets") -> dict[int, int]:
+    """The input offsets a manifest says its snapshot covers (``key="left"``: of the
+    partitions it was left holding; ``{}``: it does not say, or not as partition numbers
+    mapped to offsets: manifests are not signed).
 
     >>> manifest_offsets({"slot": "a", "topic": "tx", "offsets": {"0": 12, "3": 7}})
     {0: 12, 3: 7}
     >>> manifest_offsets({"offsets": {"0": "5.0"}}), manifest_offsets({"offsets": [1]})
     ({}, {})
+    >>> manifest_offsets({"offsets": {"0": 12}, "left": {"2": 40}}, "left")
+    {2: 40}
     """
-    got = manifest.get("offsets")
+    got = manifest.get(key)
     if not isinstance(got, dict):
         return {}
     try:
@@ -336,25 +342,32 @@ class StateTopic:
         *,
         topic: str | None = None,
         offsets: Mapping[int, int] | None = None,
+        left: Mapping[int, int] | None = None,
     ) -> None:
         """Send ``data`` (a checkpoint file) whole: its chunks, then (once the broker has them
-        all) its manifest (``topic``, ``offsets``: as for :meth:`start`)."""
-        self.start(data, topic=topic, offsets=offsets)
+        all) its manifest (``topic``, ``offsets``, ``left``: as for :meth:`start`)."""
+        self.start(data, topic=topic, offsets=offsets, left=left)
         self.step(producer, chunks=1 << 30, flush_s=60.0)
 
     def start(
-        self, data: bytes, *, topic: str | None = None, offsets: Mapping[int, int] | None = None
+        self,
+        data: bytes,
+        *,
+        topic: str | None = None,
+        offsets: Mapping[int, int] | None = None,
+        left: Mapping[int, int] | None = None,
     ) -> None:
         """Begin sending ``data``; :meth:`step` sends it a few chunks at a time (the producer
         holds 32 MB: sending a large state at once would block the caller until the broker has
-        most of it). ``topic`` and ``offsets``, the input topic and offsets ``data`` covers
-        (:attr:`Checkpointer.on_disk <fds.streams.checkpoint.Checkpointer.on_disk>`), go into
-        its manifest when given."""
+        most of it). ``topic``, ``offsets`` and ``left``, the input topic and offsets ``data``
+        covers (:attr:`Checkpointer.on_disk <fds.streams.checkpoint.Checkpointer.on_disk>`),
+        go into its manifest when given (``left`` when not empty)."""
         covers: dict[str, Any] = {}
         if topic is not None:
             covers["topic"] = topic
-        if offsets is not None:
-            covers["offsets"] = {str(p): int(o) for p, o in sorted(offsets.items())}
+        for key, got in (("offsets", offsets), ("left", left)):
+            if got is not None and (got or key == "offsets"):
+                covers[key] = {str(p): int(o) for p, o in sorted(got.items())}
         self._sending = (self._slot, data, 0, covers)
 
     def step(self, producer: Any, chunks: int = 8, *, flush_s: float | None = None) -> None:

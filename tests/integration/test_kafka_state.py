@@ -315,10 +315,10 @@ def test_a_third_instance_takes_partitions_of_two_instances_over_from_their_snap
             kafka_bootstrap, topics, group, "--group-instance-id", name, stages=(
                 "--rules", str(rules), "--model", "none", "--state-dir",
                 str(tmp_path / name), "--max-poll-records", "100",
-                # (not 0.5 s: a's or c's next checkpoint after the rebalance lists partition 2
-                # or 3 no more, and when it was published before b read the manifests, b
-                # rebuilt them: a race of the design, README "Limits", seen twice in ~15 runs)
-                "--checkpoint-every", "3", "--state-topic", topics["state_changelog"],
+                # (often: a's or c's checkpoint after the rebalance, which follows partition 2
+                # or 3 no more, is then often published before b reads the manifests; b takes
+                # them over from it all the same, as left there: its manifest says so)
+                "--checkpoint-every", "0.5", "--state-topic", topics["state_changelog"],
             ),
         )  # fmt: skip
         logs[name] = lines = []
@@ -378,6 +378,8 @@ def test_a_third_instance_takes_partitions_of_two_instances_over_from_their_snap
             rf'.*manifest_from=\\?"{re.escape(topics["state_index"])}',  # (not every chunk read)
             err,
         ), err[-4000:]
+    # (how often a snapshot written after the rebalance was taken: "left_there")
+    print(*(ln for ln in logs["b"] if "taken over from the snapshot" in ln), sep="")
     _, line = _moved_rebuild(err, t_join)
     assert "partitions=[2, 3]" in line, line
     assert "rebuild partitions=" not in err, err[-4000:]  # (no rebuild of every partition)

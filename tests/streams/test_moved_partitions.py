@@ -207,6 +207,18 @@ def test_the_lag_report_during_a_restore_waits_for_the_broker_briefly(tmp_path):
     assert calls == [ENDS_TIMEOUT_MS]  # then the ends read at the start, for a while
 
 
+def _logs(n: int, every: int) -> tuple[list[Any], dict[Any, list[Record]]]:
+    """Partitions 0..n-1 of 20 records, one each ``every`` seconds (the cards of a partition
+    its own, merchant m1 shared by all)."""
+    p = [TopicPartition("transactions", i) for i in range(n)]
+    logs = {
+        tp: [_rec(tp.partition, i, T + every * i + tp.partition, f"c{tp.partition}{i % 3}")
+             for i in range(20)]
+        for tp in p
+    }  # fmt: skip
+    return p, logs
+
+
 def _taking_over(
     tmp_path: Any,
     monkeypatch: Any,
@@ -231,12 +243,7 @@ def _taking_over(
     runner, restored, the logs, and the instances whose snapshot it fetched."""
     from fds.streams import kafka
 
-    p = [TopicPartition("transactions", i) for i in range(2)]
-    logs = {  # the cards of a partition its own, merchant m1 shared by both
-        tp: [_rec(tp.partition, i, T + 2 * i + tp.partition, f"c{tp.partition}{i % 3}")
-             for i in range(20)]
-        for tp in p
-    }  # fmt: skip
+    p, logs = _logs(2, 2)
     victim = _runner(tmp_path / "a", logs, {}, **victim_settings)
     _decide(victim.engine, [m for tp in p for m in logs[tp][:5]])
     if prepare is not None:
@@ -593,12 +600,7 @@ def _published(
     published that snapshot, found by the state topic's scan. Returns the partitions, logs."""
     from fds.streams import kafka
 
-    p = [TopicPartition("transactions", i) for i in range(3)]
-    logs = {
-        tp: [_rec(tp.partition, i, T + 60 * i + tp.partition, f"c{tp.partition}{i % 3}")
-             for i in range(20)]
-        for tp in p
-    }  # fmt: skip
+    p, logs = _logs(3, 60)
     snapshots, manifests = {}, {}
     for ident, upto in decided.items():
         victim = _runner(tmp_path / ident, logs, {}, **{**TAKER, "group_instance_id": ident})
@@ -654,6 +656,51 @@ def test_partitions_of_two_instances_decided_to_different_times_are_each_taken_o
     got, want = _decide(r.engine, rest), _decide(ref.engine, rest)
     assert [d["features"] for d in got] == [d["features"] for d in want]
     assert not any("late" in d["flags"] for d in got)
+
+
+def test_a_partition_taken_from_a_snapshot_written_after_its_owner_left_it(
+    tmp_path, monkeypatch, caplog
+):
+    """Instance a decided partitions 0 and 1 to offset 5, then a rebalance moved 1 to a new
+    instance; a decided 0 on to 10 and wrote (and published) a checkpoint, which follows 0
+    alone, before the new instance read the manifests. Its manifest names partition 1 as left
+    at offset 5, so the new instance takes 1 from it, folds it from 5 and decides as one engine
+    that decided 1 all along. (Before, the manifest named partition 0 alone: partition 1 was
+    rebuilt from the input's horizon, a race a broker test hit.)"""
+    from fds.streams import kafka
+    from tests.streams.test_state_topic import Topic
+    from tests.streams.test_state_topic import _manifest as manifest_of
+
+    p, logs = _logs(2, 2)
+    a = _runner(tmp_path / "a", logs, {}, **{**TAKER, "group_instance_id": "a"})
+    _decide(a.engine, [m for tp in p for m in logs[tp][:5]])
+    a._positions = {0: 5, 1: 5}
+    a._follow_only({0})  # (the rebalance)
+    _decide(a.engine, logs[p[0]][5:10])
+    a._positions = {0: 10}
+    assert a.checkpoint(force=True)
+    topic = Topic()
+    kafka.StateTopic("state", "g/a").publish(
+        topic, a.checkpointer.path.read_bytes(), **a.checkpointer.on_disk._asdict()
+    )  # fmt: skip
+    manifest = manifest_of(topic, "g/a")
+    assert (manifest["offsets"], manifest["left"]) == ({"0": 10}, {"1": 5})
+    monkeypatch.setattr(kafka.StateTopic, "scan", staticmethod(lambda *_, **__: {"g/a": manifest}))
+    monkeypatch.setattr(
+        kafka.StateTopic, "fetch_foreign", lambda *_, **__: a.checkpointer.path.read_bytes()
+    )  # fmt: skip
+    r = _runner(tmp_path / "c", logs, {}, **{**TAKER, "group_instance_id": "c"})
+    with caplog.at_level("INFO"):
+        r._bring_up_to_date([p[1]])
+    assert 'partitions [1] taken over from the snapshot of instance="g/a" offsets="{1: 5}"' in (
+        caplog.text
+    )
+    assert "left_there=[1]" in caplog.text
+    assert "scaled to the 50% of its partitions taken" in caplog.text  # (a held 0 and 1)
+    ref = _runner(tmp_path / "ref", {p[1]: logs[p[1]]}, {1: 10})
+    rest = logs[p[1]][10:]
+    got, want = _decide(r.engine, rest), _decide(ref.engine, rest)
+    assert [d["features"] for d in got] == [d["features"] for d in want]
 
 
 @pytest.mark.parametrize("exists", [True, False])

@@ -432,7 +432,12 @@ def test_a_manifest_says_which_input_offsets_its_snapshot_covers():
     while st.publishing:
         st.step(topic, chunks=1)
     assert st_mod.manifest_offsets(_manifest(topic, "g/i0")) == {0: 50}
+    assert "left" not in _manifest(topic, "g/i0")
     assert StateTopic("state", "g/i0").fetch(topic.reader) == b"sent a few chunks at a time"
+    # partitions it followed no more, whose events up to there its snapshot holds
+    st.publish(topic, b"left 2 at 30", topic="transactions", offsets={0: 60}, left={2: 30})
+    m = _manifest(topic, "g/i0")
+    assert (st_mod.manifest_offsets(m), st_mod.manifest_offsets(m, "left")) == ({0: 60}, {2: 30})
 
 
 def test_a_scan_finds_the_newest_manifest_of_each_instance_of_the_group(caplog):
