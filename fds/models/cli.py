@@ -30,7 +30,10 @@ def register(subparsers: Any) -> None:
         help="one version's manifest entry (default: the champion, else the newest)",
     )  # fmt: skip
     s.add_argument("version", nargs="?", type=_version)
-    s.add_argument("--verify", action="store_true", help="also verify sha256/HMAC and load it")
+    s.add_argument(
+        "--verify", action="store_true",
+        help="also verify sha256/HMAC, load it and run the scorers' canary check on it",
+    )  # fmt: skip
     s.set_defaults(func=_show)
     pr = sub.add_parser(
         "promote", parents=[after], help="make a version the champion (verified first)"
@@ -91,14 +94,19 @@ def _show(args: argparse.Namespace) -> int:
                 return _fail(args, f"no versions in {args.registry}", 1)
             say(f"{args.prog}: no champion yet: the newest version, {version}")
         entry = reg.entry(version)
+        unserved = None
         if args.verify:
-            reg.load(version)
-            entry = {**entry, "verified": True}
+            unserved = _canary_failure(reg.load(version), entry)
+            entry = {**entry, "verified": True, "canary": unserved or "passed"}
     except ConfigError as e:
         return _fail(args, e, 2)
     except ArtifactError as e:
         return _fail(args, e, 1)
     print(json.dumps(entry, indent=2, sort_keys=True))
+    if unserved is not None:  # (it verified, yet no scorer serves it)
+        return _fail(
+            args, f"{version} fails the scorers' canary check ({unserved}): they do not serve it", 1
+        )
     return 0
 
 

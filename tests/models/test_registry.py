@@ -349,6 +349,24 @@ def test_promoting_a_version_that_fails_its_canary_says_it_will_not_be_served(tm
     assert "running scorers pick it up on their next poll" in capsys.readouterr().out
 
 
+def test_show_verify_runs_the_canary_check_scorers_run(tmp_path, capsys):
+    """`show --verify` checked the sha256 and loaded the artifact, and said nothing of a
+    version every scorer refuses for its canary (a QA pass): now it runs that check too."""
+    from fds.cli import main
+    from tests.models.fakes import FeatureModel, NaNModel
+
+    reg = Registry(tmp_path)
+    reg.publish(FeatureModel("amount"), spec={"name": "t"})
+    reg.publish(NaNModel("amount"), spec={"name": "t"})
+    base = ["models", "--registry", str(tmp_path), "show", "--verify"]
+    assert main([*base, "v000001"]) == 0
+    assert '"canary": "passed"' in capsys.readouterr().out
+    assert main([*base, "v000002"]) == 1
+    out = capsys.readouterr()
+    assert '"canary": "score nan is not a probability in [0, 1]"' in out.out
+    assert "v000002 fails the scorers' canary check (score nan" in out.err
+
+
 def test_models_commands_read_a_bare_number_and_say_what_they_show(tmp_path, capsys):
     """A README walk: `promote 3` was no version; `show` without a champion showed the newest
     without a word; "nothing to roll back to" said `error:` (a usage error's) with exit 1."""
