@@ -1815,6 +1815,8 @@ class Runner:
                     )
                 self.engine.load_state_dict(got.state if model else _without_model(got.state))
                 self._left = got.state.get(LEFT_KEY)
+                if ck.on_disk is not None:  # (its manifest, should it be published, says so)
+                    ck.on_disk = ck.on_disk._replace(left=_left_offsets(self._left))
             except ConfigError as exc:
                 log.warning("%s ignored: %s", what, exc)
                 if ck.path.exists():  # kept for a post-mortem (the topic's: it was left as
@@ -2159,7 +2161,7 @@ class Runner:
                 # (a snapshot of a partition held here before is taken from its horizon on:
                 # this instance's entries of it are dropped, not folded on from where it left)
                 cuts, donor = self._take_over(
-                    scratch, alone, {tp: (starts[tp], behind[tp]) for tp in alone}
+                    scratch, alone, {tp: (starts[tp], behind[tp]) for tp in alone}, nexts
                 )
                 taken = {tp: o for _, covered in cuts for tp, o in covered.items()}
                 moved = {tp: (max(starts[tp], o), behind[tp]) for tp, o in alone.items()}
@@ -2339,7 +2341,11 @@ class Runner:
         )
 
     def _take_over(
-        self, scratch: Any, alone: Mapping[Any, int], ranges: Mapping[Any, tuple[int, int]]
+        self,
+        scratch: Any,
+        alone: Mapping[Any, int],
+        ranges: Mapping[Any, tuple[int, int]],
+        nexts: Mapping[Any, float],
     ) -> tuple[list[tuple[Any, dict[Any, int]]], tuple[str, dict[str, Any], float] | None]:
         """Take the state of the partitions moved here from the snapshots other instances of
         the group published to the state topic: for each, the newest snapshot holding it
@@ -2360,7 +2366,11 @@ class Runner:
         time (the snapshots of several instances were taken at different ones: two died at
         once, a third instance joins two), then merged. A partition held here before
         (``alone`` above 0) may be taken over: this instance's own entries of it are then
-        dropped before the merge (_merge_moved)."""
+        dropped before the merge (_merge_moved). A snapshot written after its instance left a
+        partition (a rebalance moved it away) holds that partition's events up to where it
+        left it (its manifest's ``left``): taken at that offset only when it is the committed
+        one and the snapshot's event time is not more than the grace period past the next
+        records to decide here (``nexts``: partition -> event time)."""
         st = self.state_topic
         if st is None or not alone or not getattr(scratch, "provenance", False):
             return [], None
@@ -2377,6 +2387,20 @@ class Runner:
 
         depth = st.ident.count("/")  # (group "g" and instance "x/y" is not group "g/x")
 
+        def usable(offsets: Mapping[int, int], left: Mapping[int, int]) -> dict[Any, int]:
+            """The partitions of ``alone`` a snapshot holds within their ranges, with the
+            offset it holds each to: those it follows (``offsets``) and those it left
+            (``left``), the latter only at their committed offset (folded on from where it left
+            one, the records another instance decided since would be late against its event
+            time, which went on: not folded, a review)."""
+            out = {}
+            for p, o in {**left, **offsets}.items():
+                tp = TopicPartition(self.s.input_topic, p)
+                a, c = ranges.get(tp, (0, -1))
+                if a < o <= c and (p in offsets or o == c):
+                    out[tp] = o
+            return out
+
         def pick(manifests: Mapping[str, Mapping[str, Any]]) -> dict[Any, tuple[int, str]]:
             """Partition -> (offset, instance): the snapshot holding it furthest along."""
             best: dict[Any, tuple[int, str]] = {}
@@ -2384,15 +2408,9 @@ class Runner:
                 own_or_other_group = ident == st.ident or ident.count("/") != depth
                 if own_or_other_group or m.get("topic") != self.s.input_topic:
                     continue
-                # (a partition it left: its events up to there; one it follows: up to there)
-                held = {**manifest_offsets(m, "left"), **manifest_offsets(m)}
-                for p, o in held.items():
-                    tp = TopicPartition(self.s.input_topic, p)
-                    if (
-                        tp in alone
-                        and ranges[tp][0] < o <= ranges[tp][1]
-                        and o > best.get(tp, (-1,))[0]
-                    ):
+                held = usable(manifest_offsets(m), manifest_offsets(m, "left"))
+                for tp, o in held.items():
+                    if o > best.get(tp, (-1,))[0]:
                         best[tp] = (o, ident)
             return best
 
@@ -2440,7 +2458,8 @@ class Runner:
         if none := lacking(best):
             nothing(
                 "no snapshot of another instance holds them past the start of their feature "
-                "horizon and within their committed offsets", none,
+                "horizon and within their committed offsets (one its instance had left: at "
+                "them)", none,
             )  # fmt: skip
         scanned = not st.index or whole is not None  # (the state topic read: no retry)
 
@@ -2465,27 +2484,41 @@ class Runner:
                     old = manifests[ident]
                     scan(None)
                     scanned = True
-                    offsets = manifest_offsets(manifests[ident])
-                    if manifests[ident] is not old and all(
-                        ranges[tp][0] < offsets.get(tp.partition, -1) <= ranges[tp][1] for tp in tps
-                    ):
+                    m = manifests[ident]
+                    held = usable(manifest_offsets(m), manifest_offsets(m, "left"))
+                    if m is not old and all(tp in held for tp in tps):
                         data = fetch(ident)
                 if data is None:
                     raise ConfigError("it is gone, or it did not verify (logged above)")
                 got = parse_checkpoint(data, where=f"{st.topic}:{ident}")
-                held = {**(_left_offsets(got.state.get(LEFT_KEY)) or {}), **got.offsets}
-                covered = {tp: held.get(tp.partition, -1) for tp in tps}
-                was_left = [p for p in parts if p not in got.offsets]  # (it had moved them)
-                if any(not ranges[tp][0] < o <= ranges[tp][1] for tp, o in covered.items()):
+                held = usable(got.offsets, _left_offsets(got.state.get(LEFT_KEY)) or {})
+                if any(tp not in held for tp in tps):
                     raise ConfigError(f"its offsets {got.offsets} are not its manifest's")
+                was_left = [p for p in parts if p not in got.offsets]  # (it had moved them)
                 size = len(data)
                 features = got.state["features"]
                 rest = {k: v for k, v in got.state.items() if k not in ("features", LEFT_KEY)}
-                share = len(parts) / len({*got.offsets, *parts})
+                followed = set(got.offsets)
                 del data, got  # (the snapshot's bytes, whole and pickled: not held meanwhile)
                 other = scratch.fresh()
                 other.load_state_dict(features)
                 del features
+                # A partition it left is not taken when its event time went on past the
+                # records to decide here (they would be late on it: every partition rebuilt)
+                first = min(nexts.values(), default=math.inf)
+                if was_left and first < other.watermark - other.grace:
+                    nothing(
+                        f'the snapshot of instance="{ident}", which had left them, went on '
+                        "to an event time more than the grace period past the records to "
+                        "decide here", was_left,
+                    )  # fmt: skip
+                    tps = [tp for tp in tps if tp.partition not in was_left]
+                    parts, was_left = [tp.partition for tp in tps], []
+                    if not parts:
+                        del other
+                        continue
+                covered = {tp: held[tp] for tp in tps}
+                share = len(parts) / len(followed | set(parts))
                 cut = other.split(parts)
                 del other
                 if cut.label_ttl != scratch.label_ttl:  # (absorb would refuse it)

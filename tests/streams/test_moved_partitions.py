@@ -658,49 +658,108 @@ def test_partitions_of_two_instances_decided_to_different_times_are_each_taken_o
     assert not any("late" in d["flags"] for d in got)
 
 
-def test_a_partition_taken_from_a_snapshot_written_after_its_owner_left_it(
-    tmp_path, monkeypatch, caplog
-):
-    """Instance a decided partitions 0 and 1 to offset 5, then a rebalance moved 1 to a new
-    instance; a decided 0 on to 10 and wrote (and published) a checkpoint, which follows 0
-    alone, before the new instance read the manifests. Its manifest names partition 1 as left
-    at offset 5, so the new instance takes 1 from it, folds it from 5 and decides as one engine
-    that decided 1 all along. (Before, the manifest named partition 0 alone: partition 1 was
-    rebuilt from the input's horizon, a race a broker test hit.)"""
+def _left_by_a(
+    tmp_path: Any, monkeypatch: Any, logs: dict[Any, list[Record]], upto: int, then: int
+) -> Any:
+    """Instance a decided partitions 0 and 1 to ``upto``, a rebalance moved 1 away, a decided 0
+    on to ``then`` and wrote (and published) a checkpoint, which follows 0 alone, before
+    another instance read the manifests (the scan finds it). Returns a's manifest."""
     from fds.streams import kafka
     from tests.streams.test_state_topic import Topic
     from tests.streams.test_state_topic import _manifest as manifest_of
 
-    p, logs = _logs(2, 2)
+    p0, p1 = sorted(logs, key=lambda tp: tp.partition)[:2]
     a = _runner(tmp_path / "a", logs, {}, **{**TAKER, "group_instance_id": "a"})
-    _decide(a.engine, [m for tp in p for m in logs[tp][:5]])
-    a._positions = {0: 5, 1: 5}
+    _decide(a.engine, logs[p0][:upto] + logs[p1][:upto])
+    a._positions = {0: upto, 1: upto}
     a._follow_only({0})  # (the rebalance)
-    _decide(a.engine, logs[p[0]][5:10])
-    a._positions = {0: 10}
+    _decide(a.engine, logs[p0][upto:then])
+    a._positions = {0: then}
     assert a.checkpoint(force=True)
     topic = Topic()
     kafka.StateTopic("state", "g/a").publish(
         topic, a.checkpointer.path.read_bytes(), **a.checkpointer.on_disk._asdict()
     )  # fmt: skip
     manifest = manifest_of(topic, "g/a")
-    assert (manifest["offsets"], manifest["left"]) == ({"0": 10}, {"1": 5})
     monkeypatch.setattr(kafka.StateTopic, "scan", staticmethod(lambda *_, **__: {"g/a": manifest}))
     monkeypatch.setattr(
         kafka.StateTopic, "fetch_foreign", lambda *_, **__: a.checkpointer.path.read_bytes()
     )  # fmt: skip
+    return manifest
+
+
+def _decides_as_one_engine_of(
+    tmp_path: Any, r: Any, logs: dict[Any, list[Record]], parts: list[Any]
+) -> None:
+    """``r`` decides the records of ``parts`` past 10 as one engine that decided them all along."""
+    ref = _runner(tmp_path / "ref", {tp: logs[tp] for tp in parts}, dict.fromkeys(
+        (tp.partition for tp in parts), 10))  # fmt: skip
+    rest = [m for tp in parts for m in logs[tp][10:]]
+    got, want = _decide(r.engine, rest), _decide(ref.engine, rest)
+    assert [d["features"] for d in got] == [d["features"] for d in want]
+
+
+def test_a_partition_taken_from_a_snapshot_written_after_its_owner_left_it(
+    tmp_path, monkeypatch, caplog
+):
+    """Instance a left partition 1 at its committed offset 10 and wrote a checkpoint after
+    that, which follows 0 alone, before the new instance read the manifests. Its manifest names
+    partition 1 as left at 10, so the new instance takes 1 from it and decides as one engine
+    that decided 1 all along. (Before, the manifest named partition 0 alone: partition 1 was
+    rebuilt from the input's horizon, a race a broker test hit.)"""
+    p, logs = _logs(2, 2)
+    manifest = _left_by_a(tmp_path, monkeypatch, logs, 10, 15)
+    assert (manifest["offsets"], manifest["left"]) == ({"0": 15}, {"1": 10})
     r = _runner(tmp_path / "c", logs, {}, **{**TAKER, "group_instance_id": "c"})
     with caplog.at_level("INFO"):
         r._bring_up_to_date([p[1]])
-    assert 'partitions [1] taken over from the snapshot of instance="g/a" offsets="{1: 5}"' in (
+    assert 'partitions [1] taken over from the snapshot of instance="g/a" offsets="{1: 10}"' in (
         caplog.text
     )
     assert "left_there=[1]" in caplog.text
     assert "scaled to the 50% of its partitions taken" in caplog.text  # (a held 0 and 1)
-    ref = _runner(tmp_path / "ref", {p[1]: logs[p[1]]}, {1: 10})
-    rest = logs[p[1]][10:]
-    got, want = _decide(r.engine, rest), _decide(ref.engine, rest)
-    assert [d["features"] for d in got] == [d["features"] for d in want]
+    _decides_as_one_engine_of(tmp_path, r, logs, [p[1]])
+
+
+def test_a_partition_left_below_its_committed_offset_is_not_taken_from_that_snapshot(
+    tmp_path, monkeypatch, caplog
+):
+    """a left partition 1 at 5; another instance decided it on to the committed 10 and went
+    away without publishing; a's event time ran past the grace period beyond 1's records 5..7.
+    Folded from 5 on a's cut (a's event time), they were late there and never folded: wrong
+    features (a review). Partition 1 is rebuilt from the input instead."""
+    p = [TopicPartition("transactions", i) for i in range(2)]
+    logs = {
+        p[0]: [_rec(0, i, T + 60 * i, f"c0{i % 3}") for i in range(20)],  # to T + 1140
+        p[1]: [_rec(1, i, T + 100 * i + 1, f"c1{i % 3}") for i in range(20)],
+    }
+    assert _left_by_a(tmp_path, monkeypatch, logs, 5, 20)["left"] == {"1": 5}
+    r = _runner(tmp_path / "c", logs, {}, **{**TAKER, "group_instance_id": "c"})
+    with caplog.at_level("INFO"):
+        r._bring_up_to_date([p[1]])
+    assert "partitions moved here [1] are not taken over from snapshots" in caplog.text
+    assert "ranges={1: (0, 10)}" in caplog.text
+    _decides_as_one_engine_of(tmp_path, r, logs, [p[1]])
+
+
+def test_a_left_partition_is_not_taken_from_a_snapshot_whose_event_time_ran_on(
+    tmp_path, monkeypatch, caplog
+):
+    """a left partition 1 at its committed 10, then decided 15 minutes of event time more on
+    partition 0 before its checkpoint; taken from that snapshot, 1's next records (and those
+    of partition 2, held here) were late against its event time, and every partition was
+    rebuilt (a review). Partition 1 is rebuilt alone instead, 2 kept."""
+    p = [TopicPartition("transactions", i) for i in range(3)]
+    logs = {tp: [_rec(tp.partition, i, T + 100 * i + tp.partition, f"c{tp.partition}{i % 3}")
+                 for i in range(20)] for tp in p}  # fmt: skip
+    assert _left_by_a(tmp_path, monkeypatch, logs, 10, 20)["left"] == {"1": 10}
+    c = _runner(tmp_path / "c", logs, {2: 10}, **{**TAKER, "group_instance_id": "c"})
+    with caplog.at_level("INFO"):
+        c._bring_up_to_date([p[1], p[2]])
+    assert "which had left them, went on to an event time" in caplog.text
+    assert "rebuild of the partitions moved here" in caplog.text
+    assert "rebuild partitions=" not in caplog.text  # (not every partition)
+    _decides_as_one_engine_of(tmp_path, c, logs, p[1:])
 
 
 @pytest.mark.parametrize("exists", [True, False])
@@ -808,3 +867,13 @@ def test_a_group_budget_is_the_share_of_the_partitions_assigned(tmp_path, caplog
     r._unresolved = {0}
     r._restore_assigned()
     assert r.engine.policy.budget.budget == 150 and "share not updated" in caplog.text
+
+
+def test_a_restored_checkpoint_still_says_the_partitions_its_state_left(tmp_path, monkeypatch):
+    """A checkpoint loaded at a (re)start, should it be published next, names the partitions
+    its state left, as when it was written (its manifest lacked them: a review)."""
+    _, logs = _logs(2, 2)
+    _left_by_a(tmp_path, monkeypatch, logs, 10, 15)
+    again = _runner(tmp_path / "a", logs, {}, **{**TAKER, "group_instance_id": "a"})
+    again._restore()
+    assert again.checkpointer.on_disk.left == {1: 10}
