@@ -694,10 +694,12 @@ def test_every_command_s_error_names_the_command(argv, prog, tmp_path, capsys):
     assert err and err[-1].startswith(f"{prog}: error: "), err
 
 
-def test_a_damaged_gzip_is_an_error_a_truncated_one_is_not(tmp_path, capsys):
+def test_a_damaged_or_truncated_gzip_is_an_error(tmp_path, capsys):
     """A QA pass flipped one byte of a .jsonl.gz: 988 records of garbage decided, exit 0. A
     CRC that does not match (or a bad deflate block) says the file is damaged, exit 1; a file
-    cut short ends in its dead letter, what came before it is sound."""
+    cut short ends in its dead letter, what came before it is sound and decided, and the
+    replay ends in an error, exit 1 (a warning and exit 0 before: a script took a truncated
+    download for replayed whole, a QA pass), as for a labels file cut short."""
     import gzip
 
     rows = [{"tx_id": f"t{i}", "ts": T0 + i, "card_id": "c", "amount": 5} for i in range(50)]
@@ -709,11 +711,19 @@ def test_a_damaged_gzip_is_an_error_a_truncated_one_is_not(tmp_path, capsys):
     assert f"fds replay: error: {damaged} is damaged: " in err and "CRC check failed" in err
     cut = tmp_path / "c.jsonl.gz"
     cut.write_bytes(data[:-8])
-    assert bare_replay(str(cut), "--out", str(tmp_path / "o.jsonl")) == 0
+    assert bare_replay(str(cut), "--out", str(tmp_path / "o.jsonl")) == 1
     err = capsys.readouterr().err
     assert "is damaged" not in err
-    assert f"fds replay: warning: {cut} could not be read to its end: cannot read the file on " \
+    assert f"fds replay: error: {cut} could not be read to its end: cannot read the file on " \
         "from line" in err  # fmt: skip
+    assert (tmp_path / "o.jsonl").read_text().count("\n") >= 40  # (what came before: decided)
+    whole = tmp_path / "w.jsonl"
+    whole.write_bytes(gzip.decompress(data))
+    labels = tmp_path / "l.jsonl.gz"
+    labels.write_bytes(gzip.compress(b'{"tx_id": "t1", "ts": %d, "is_fraud": true}\n' % T0)[:-8])
+    args = (str(whole), "--labels", str(labels), "--out", str(tmp_path / "o2.jsonl"))
+    assert bare_replay(*args) == 1
+    assert "fds replay: error: the labels file" in capsys.readouterr().err
 
 
 def test_a_csv_in_another_encoding_is_read_with_the_mapping_s_encoding(tmp_path, capsys):
@@ -794,7 +804,8 @@ def test_odd_encodings_and_a_label_column_without_fraud(tmp_path, capsys):
     data = tmp_path / "x.csv"
     data.write_bytes(rows.encode("utf-16") + b"\x00")  # an odd byte at the end
     m.write_text("encoding: utf-16\n")
-    assert bare_replay(str(data), "--mapping", str(m), "--out", str(tmp_path / "o.jsonl")) == 0
+    # (the file cut short there: an error, exit 1, its rows decided)
+    assert bare_replay(str(data), "--mapping", str(m), "--out", str(tmp_path / "o.jsonl")) == 1
     assert len((tmp_path / "o.jsonl").read_bytes().splitlines()) == 3
     data.write_bytes(rows.encode("utf-8-sig"))
     m.write_text("encoding: utf-8\n")
@@ -1031,3 +1042,22 @@ def test_the_demo_logs_its_progress_when_stderr_is_no_terminal(capsys, tmp_path,
     err = capsys.readouterr().err
     assert 'logger="fds.progress" msg="progress" task="bench precision"' in err
     assert "model version" not in err  # (the other INFO lines stay off without -v)
+
+
+def test_twelve_digit_local_dates_are_read_as_dates(tmp_path, capsys):
+    """A QA pass: `202603010804` (YYYYMMDDHHMM) was read as epoch milliseconds, 1976: four hours
+    of payments in half a second, every window wrong, and the only warning pointed to
+    ts_origin. Twelve digits of a year 1900-2099 are that local date; others stay milliseconds.
+    """
+    data = tmp_path / "d12.csv"
+    data.write_text(
+        "tx_id,ts,card_id,amount\nt1,202603010804,c1,10\nt2,202603011230,c1,10\n"
+        "t3,946684800000,c1,10\n"
+    )
+    assert bare_replay(str(data), "--out", str(tmp_path / "o.jsonl")) == 0
+    got = {d["tx_id"]: d["ts"] for d in map(orjson.loads, (tmp_path / "o.jsonl").open())}
+    assert got == {
+        "t1": "2026-03-01T08:04:00.000+00:00",
+        "t2": "2026-03-01T12:30:00.000+00:00",
+        "t3": "2000-01-01T00:00:00.000+00:00",
+    }
