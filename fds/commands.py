@@ -342,12 +342,22 @@ def _replay(args: argparse.Namespace) -> int:
         summary.labels_read or summary.labels_after_end or summary.interrupted
     ):  # (a header alone was read without a word)
         print(f"fds replay: warning: {args.labels} holds no labels", file=sys.stderr)
-    if stream.cut is not None and not summary.interrupted:  # (a third of a .gz lost, one dead
-        print(  # letter and exit 0, easy to miss: a QA pass)
-            f"fds replay: warning: {args.file} could not be read to its end: {stream.cut}; "
-            "the records after that are not in the replay",
-            file=sys.stderr,
+    # A file cut short (a truncated download): an error, exit 1 (a third of a .gz lost was one
+    # dead letter and exit 0, then a warning and exit 0: a script took it as replayed whole,
+    # QA passes); what came before the cut is decided.
+    cut = not summary.interrupted and stream.damaged is None
+    if cut and stream.cut is not None:
+        say(
+            f"fds replay: error: {args.file} could not be read to its end: {stream.cut}; the "
+            "records after that are not in the replay (their decisions are not in "
+            f"{args.out}): replay a good copy of the file"
         )
+    if cut and stream.labels_cut is not None:
+        say(
+            f"fds replay: error: the labels file {stream.labels_cut} (could not be read to "
+            "its end); the labels after that were not learned: replay with a good copy of it"
+        )
+    cut = cut and (stream.cut or stream.labels_cut) is not None
     if stream.damaged is not None and not summary.interrupted:  # (exit 0 and garbage decided
         say(  # without a word: a QA pass flipped one byte of a .gz)
             f"fds replay: error: {args.file} is damaged: {stream.damaged}; the records read "
@@ -394,7 +404,7 @@ def _replay(args: argparse.Namespace) -> int:
             f"(most often {top}); {hint}; the dead letters are in {dlq_path}"
         )
         return 1
-    return 0
+    return 1 if cut else 0
 
 
 def _never_evaluated(

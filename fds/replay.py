@@ -77,6 +77,7 @@ class ReplayInput:
     count: Callable[[], int | None] | None = None  # or a count of the file's rows (a pass)
     damaged: str | None = None  # the fault of a file whose compressed data is corrupt
     cut: str | None = None  # the fault that ended a file before its end (cut short, ...)
+    labels_cut: str | None = None  # the same for the labels file
     truth: set[str] = field(default_factory=set)
     # of ``truth``, the tx_ids of records the reader dead-lettered (their fraud labels were
     # "of no transaction", sending the user after the ids: a QA pass), and how many records
@@ -335,6 +336,7 @@ def open_stream(
     zone = tz or get_zone(mapping.timezone if mapping else "UTC")
     labels: list[dict[str, Any]] = []
     dlq: list[dict[str, Any]] = []
+    fault: dict[str, Any] | None = None  # (what ended the labels file, if it was cut short)
     if labels_path is not None:
         # (read with the mapping's zone, missing texts and ts_origin: a labels file in the
         # contract's columns was read from 1970 while its transactions had an origin, a review)
@@ -353,6 +355,8 @@ def open_stream(
                 labels_path, fault["reason"],
             )  # fmt: skip
     stream = ReplayInput(iter(()), labels, dlq, count=lambda: count_rows(path, mapping))
+    if fault is not None:
+        stream.labels_cut = f"{labels_path}: {fault['reason']}"
     stream.transactions = _ordered(
         _validated(path, mapping, zone, parse_transaction, dlq, stream),
         REORDER_BUFFER if reorder_buffer is None else reorder_buffer,

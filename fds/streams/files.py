@@ -826,7 +826,15 @@ def _csv_records(p: Path, lines: _Lines, mapping: ColumnMapping | None) -> Itera
                 yield (n, mapping.apply(rec), rec) if mapping is not None else (n, rec, None)
             else:
                 return
-        except csv.Error:  # a field over _FIELD_LIMIT: a quote left open, or else a fault
+        except csv.Error as e:  # a field over _FIELD_LIMIT: a quote left open, or else a fault
+            if len(record) == 1 and not record[0].count('"') % 2:
+                # a row of one line over the limit (its quotes closed there): its dead letter,
+                # and the rows after it are read on (they were not read at all: a QA pass)
+                yield lines.first, ValueError(f"a field of this row is too long: {e}"), (
+                    _text_or_bytes(record[0])
+                )  # fmt: skip
+                record.clear()
+                continue
             if not _runaway(record, None, width, named):
                 raise
         n, m = lines.first, lines.line

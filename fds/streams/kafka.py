@@ -3271,14 +3271,17 @@ def produce_file(
             f"{path} is damaged: {cut}; {n} records before it were sent{refused} and may be "
             "garbage too: delete them from the topic (or use a new one) and produce a good copy"
         )
-    if cut is not None:
-        log.warning("%s could not be read to its end: %s; the %d records before it were sent",
-                    path, cut, n)  # fmt: skip
+    # (a file cut short, a truncated download, was a warning and exit 0: a script took the
+    # records after the cut for sent, a QA pass)
+    unread = f"; {path} could not be read to its end ({cut}): produce the rest from a good copy"
     if failed:
         raise FdsError(
             f"{len(failed)} of {n} records were not produced to {topic!r} (first error: "
             f"{type(failed[0]).__name__}: {failed[0]}); the others were"
+            + (unread if cut is not None else "")
         )
+    if cut is not None:
+        raise FdsError(f"the {n} records before the cut were sent{unread}")
     return n
 
 

@@ -907,10 +907,9 @@ def test_produce_sends_a_file_as_replay_reads_it_or_says_why_not(
     data = gzip.compress(b"".join(orjson.dumps(r) + b"\n" for r in rows * 500))
     (tmp_path / "cut.jsonl.gz").write_bytes(data[: len(data) // 2])
     before = len(read_all(kafka_bootstrap, topics["transactions"]))
-    caplog.clear()
-    with caplog.at_level("WARNING", logger="fds.streams.kafka"):
-        n = produce_file(tmp_path / "cut.jsonl.gz", s)
-    assert "could not be read to its end" in caplog.text
+    with pytest.raises(FdsError, match="could not be read to its end") as cut:
+        produce_file(tmp_path / "cut.jsonl.gz", s)  # (an error, exit 1: it was a warning)
+    n = int(re.search(r"the (\d+) records before the cut were sent", str(cut.value))[1])
     sent_all = read_all(kafka_bootstrap, topics["transactions"])
     assert len(sent_all) == before + n and all(m.value for m in sent_all)  # no empty record
     (tmp_path / "bad.jsonl.gz").write_bytes(data[:-8] + bytes([data[-8] ^ 0xFF]) + data[-7:])

@@ -309,6 +309,22 @@ def test_a_stray_quote_that_runs_over_the_field_limit_is_one_dead_letter(tmp_pat
     assert all(isinstance(rec, dict) for _n, rec, _raw in recs[1:])
 
 
+@pytest.mark.parametrize("cell", ["y" * 2000, '"' + 'y,""' * 500 + '"'])
+def test_a_row_with_a_field_over_the_limit_is_a_dead_letter_and_the_rest_is_read(
+    tmp_path, field_limit, cell
+):
+    """A QA pass: a CSV row with a 17 MiB field ended the replay there (exit 0), the rows
+    after it not read. Its quotes closed on its line, it is a dead letter of its own."""
+    p = tmp_path / "x.csv"
+    p.write_text(CSV_TEXT.replace("t9,9,c1,1", f"t9,9,c1,{cell}"))
+    recs = list(read_records(p))
+    assert len(recs) == 2999
+    (bad,) = [(n, rec, raw) for n, rec, raw in recs if isinstance(rec, Exception)]
+    assert bad[0] == 10 and "a field of this row is too long: field larger than" in str(bad[1])
+    assert bad[2].startswith("t9,9,c1,")
+    assert [rec["tx_id"] for _n, rec, _raw in recs if isinstance(rec, dict)][8:10] == ["t10", "t11"]
+
+
 def test_a_field_over_128_kib_is_read(tmp_path):
     """Before: `_csv.Error: field larger than field limit (131072)` and a traceback."""
     p = tmp_path / "x.csv"
@@ -337,8 +353,8 @@ def _as_is(p, text):
         ("x.csv.gz", CSV_TEXT, _truncated_gzip, None, "Compressed file ended before the end-of"),
         ("x.jsonl.gz", JSONL_TEXT, _truncated_gzip, None, "Compressed file ended before the end"),
         ("x.csv.gz", CSV_TEXT, _as_is, 1, "Not a gzipped file (b'tx')"),
-        ("x.csv", CSV_TEXT.replace("t9,", "t9," + "y" * 2000), _as_is, 10,
-         "field larger than field limit (1000)"),
+        ("x.csv", CSV_TEXT.replace("t9,", 't9,"' + "y" * 2000), _as_is, 10,
+         "field larger than field limit (1000)"),  # (a quote left open that ends it)
     ],
 )  # fmt: skip
 def test_a_file_that_cannot_be_read_on_ends_in_one_dead_letter(
