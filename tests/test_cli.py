@@ -1061,3 +1061,30 @@ def test_twelve_digit_local_dates_are_read_as_dates(tmp_path, capsys):
         "t2": "2026-03-01T12:30:00.000+00:00",
         "t3": "2000-01-01T00:00:00.000+00:00",
     }
+
+
+def test_a_column_whose_name_is_no_word_is_read_by_rules_and_features(tmp_path, capsys):
+    """A QA pass: a CSV column `risk-score` (or `class`) could not be read by a rule or a
+    feature: `extra.risk-score` read as extra.risk - score ("unknown name 'score'"), a feature's
+    `extra.risk-score` was "not a transaction field", `extra.class` a bare syntax error. A rule
+    reads it as extra['risk-score'], a feature as extra.risk-score; the errors say so."""
+    rows = [f"t{i},{T0 + i},c{i % 2},5,{i},{'gold' if i % 3 else 'x'}" for i in range(6)]
+    data = tmp_path / "x.csv"
+    data.write_text("\n".join(["tx_id,ts,card_id,amount,risk-score,class", *rows, ""]))
+    body = (
+        "features:\n  - {name: by_risk, entity: extra.risk-score, agg: count, window: 1h}\n"
+        "rules:\n  - {id: risky, when: \"extra['risk-score'] >= 4 and by_risk >= 1 and "
+        "extra['class'] == 'gold'\", action: review, score: 0.6, reason: r}\n"
+    )
+    _replay_with_rules(data, body, tmp_path, capsys)
+    hits = [d["tx_id"] for d in map(orjson.loads, (tmp_path / "o.jsonl").open()) if d["rule_hits"]]
+    assert hits == ["t4", "t5"]
+    rules = tmp_path / "bad.yaml"
+    for when, says in (
+        ("extra.risk-score > 1", "(the column 'risk-score'? write extra['risk-score'])"),
+        ("extra.class == 'gold'", "write extra['class']"),
+    ):
+        rules.write_text(f'version: r\ntimezone: UTC\nrules:\n  - {{id: a, when: "{when}", '
+                         "action: review, score: 0.5, reason: r}\n")  # fmt: skip
+        assert main(["rules", "check", str(rules)]) == 1
+        assert says in capsys.readouterr().out

@@ -39,6 +39,7 @@ import ast
 import difflib
 import io
 import itertools
+import keyword
 import math
 import operator
 import re
@@ -291,7 +292,8 @@ _ORDER = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.
 _BIN = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Mod: "%"}
 _FORBIDDEN_HINT = {
     ast.Attribute: "attribute access is not allowed (only extra.NAME)",
-    ast.Subscript: "indexing ([...]) is not allowed",
+    ast.Subscript: "indexing ([...]) is not allowed (only extra['NAME'], for a column whose "
+    "name is not a word)",
     ast.Lambda: "lambda is not allowed",
     ast.ListComp: "comprehensions are not allowed",
     ast.SetComp: "comprehensions are not allowed",
@@ -311,8 +313,16 @@ _const_ids = itertools.count()
 
 
 def local_name(name: str) -> str:
-    """The Python identifier generated code uses for a rule name (``extra.x`` -> ``x_x``)."""
-    return "x_" + name[6:] if name.startswith("extra.") else "n_" + name
+    """The Python identifier generated code uses for a rule name (``extra.x`` -> ``x_x``; an
+    extra name that is no identifier, ``extra['risk-score']``, by its hex: ``h_7269...``).
+
+    >>> local_name("amount"), local_name("extra.vip"), local_name("extra.a-b")
+    ('n_amount', 'x_vip', 'h_612d62')
+    """
+    if not name.startswith("extra."):
+        return "n_" + name
+    key = name[6:]
+    return "x_" + key if key.isidentifier() else "h_" + key.encode().hex()
 
 
 @dataclass(frozen=True)
@@ -374,6 +384,18 @@ class _Checker:
             return self.constant(node)
         if isinstance(node, ast.Name):
             return self.name(node, node.id)
+        if (  # extra['risk-score']: a column whose name is no word (a QA pass: no way to read it)
+            isinstance(node, ast.Subscript)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "extra"
+            and isinstance(node.slice, ast.Constant)
+            and isinstance(node.slice.value, str)
+            and node.slice.value
+        ):
+            if not self.allow_extra:
+                raise self.fail(node, "extra['NAME'] is not available here")
+            src, t = self.name(node, "extra." + node.slice.value)
+            return (f"_truth({src})", BOOL) if cond else (src, t)
         if isinstance(node, ast.Attribute):
             if isinstance(node.value, ast.Name) and node.value.id == "extra":
                 if not self.allow_extra:
@@ -466,6 +488,9 @@ class _Checker:
                 raise self.fail(node, f"{name} is a function: call it, e.g. {name}(x)")
             close = difflib.get_close_matches(name, list(self.known), n=3, cutoff=0.6)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            dash = re.search(rf"extra\.([\w-]*\w-{re.escape(name)})\b", "\n".join(self.lines))
+            if dash:  # (`extra.risk-score` reads as extra.risk - score: a QA pass)
+                hint = f" (the column {dash[1]!r}? write extra[{dash[1]!r}])"
             quote = "" if close else f"; a text value is quoted: '{name}'"
             raise self.fail(
                 node,
@@ -664,13 +689,19 @@ def _syntax_error(e: SyntaxError, source: str) -> ExprError:
         col = len(lines[-1].rstrip()) + 1 + (line == 1)
     # (text values and comments aside)
     bare = re.sub(r"'[^'\n]*'|\"[^\"\n]*\"|#[^\n]*", "''", source)
-    hint = next((h for pattern, h in _HABITS if re.search(pattern, bare)), "")
+    hint = next(
+        (h.format(*m.groups()) for pattern, h in _HABITS if (m := re.search(pattern, bare))), ""
+    )
     msg = e.msg.split(". Maybe you meant")[0] if hint else e.msg  # (its ':=' is no option here)
     return ExprError(f"syntax error{where}: {msg}{hint}", line, max(1, col - (line == 1)))
 
 
 # Other languages' habits that are syntax errors here, and what to write instead
 _HABITS = (
+    (
+        rf"\bextra\.({'|'.join(keyword.kwlist)})\b",
+        " (a column named as a word of the language: write extra['{0}'])",
+    ),
     (r"=<|=>", " (write <= or >=)"),
     (r"&&|\|\|", " (write 'and' / 'or' for && / ||)"),
     (r"(?<![=<>!])=(?![=<>])", " (compare with ==; a single = assigns nothing here)"),

@@ -803,7 +803,8 @@ def known_names(spec: RulesFile) -> dict[str, str]:
     return known
 
 
-_FEATURE_FIELD = re.compile(r"^extra\.[A-Za-z_][A-Za-z0-9_]*$")
+# (any name: `extra.risk-score`, `extra.payé` were refused, though rules read them: a QA pass)
+_FEATURE_FIELD = re.compile(r"^extra\..+$", re.S)
 
 
 def _check_semantics(spec: RulesFile, filename: str, marks: Mapping) -> None:

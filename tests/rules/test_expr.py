@@ -291,7 +291,11 @@ SANDBOX_ESCAPES = [
     "amount.real > 0",
     "extra.__class__",
     "extra.segment.__class__",
-    "extra['segment']",
+    "extra[0]",  # (extra['NAME'] reads a column, a constant text key only)
+    "extra['']",
+    "extra[amount]",
+    "extra['a']['b']",
+    "extra['__class__'].mro()",
     "__builtins__",
     "_num",
     "_Missing",
