@@ -2301,6 +2301,20 @@ class Runner:
         holds, and :meth:`fds.features.FeaturePlan.absorb` is exact."""
         plan, pos, left = self.engine.features, self._positions, self._left
         refused, self._alone_refused = self._alone_refused, False
+        if not pos and left != {} and not self._refold and self.state_topic is not None and (
+            getattr(plan, "provenance", False)
+        ):  # fmt: skip
+            # A state that follows no partition (a restart under the same id, its checkpoint
+            # of partitions others hold now): emptied, it takes the assigned ones over from
+            # their snapshots as a new instance does (it was rebuilt whole, from the horizon,
+            # without a word: a QA pass)
+            log.info(
+                "the state follows none of the partitions assigned (its events are of those "
+                "other instances decide now): emptied, to take them over from snapshots"
+            )
+            empty_plan: Any = plan
+            empty_plan.load_state_dict(empty_plan.fresh().state_dict())
+            self._left = left = {}
         # An empty state (a new instance, a scale-out) tries snapshots too (_take_over); none:
         # rebuilt whole, as a state that follows no partition is.
         empty = (

@@ -877,3 +877,51 @@ def test_a_restored_checkpoint_still_says_the_partitions_its_state_left(tmp_path
     again = _runner(tmp_path / "a", logs, {}, **{**TAKER, "group_instance_id": "a"})
     again._restore()
     assert again.checkpointer.on_disk.left == {1: 10}
+
+
+def test_a_state_that_follows_no_partition_takes_the_assigned_ones_over(
+    tmp_path, monkeypatch, caplog
+):
+    """A QA pass: an instance restarted under its own id, its checkpoint following partition 0
+    (another instance's now), was assigned partition 1 and rebuilt it from the input's horizon
+    (hours at 90 days), without a word, while instance a's snapshot held it. Its state is
+    emptied, and 1 taken over from that snapshot."""
+    p, logs = _published(tmp_path, monkeypatch, {"a": {1: 10}})
+    c = _runner(tmp_path / "c", logs, {0: 10}, **{**TAKER, "group_instance_id": "c"})
+    c._follow_only({1})  # (assigned 1 alone: 0 is left)
+    with caplog.at_level("INFO"):
+        c._bring_up_to_date([p[1]])
+    assert "the state follows none of the partitions assigned" in caplog.text
+    assert 'partitions [1] taken over from the snapshot of instance="g/a"' in caplog.text
+    assert "rebuild partitions=" not in caplog.text
+    _decides_as_one_engine_of(tmp_path, c, logs, [p[1]])
+
+
+def test_a_gone_index_copy_is_replaced_by_a_newer_manifest_naming_the_partition_left(
+    tmp_path, monkeypatch, caplog
+):
+    """The index's copy of a's manifest names a snapshot gone since; the state topic's newest
+    manifest of a names partition 1 as left at its committed offset: taken from it (the retry
+    read only the partitions a follows, and 1 was rebuilt: a review)."""
+    from fds.streams import kafka
+
+    p, logs = _logs(2, 2)
+    manifest = _left_by_a(tmp_path, monkeypatch, logs, 10, 15)
+    gone = {"topic": "transactions", "offsets": {"0": 10, "1": 10}, "written_at": 1.0}
+    monkeypatch.setattr(
+        kafka.StateTopic, "scan",
+        staticmethod(lambda *_, index=None, **__: {"g/a": gone if index else manifest}),
+    )  # fmt: skip
+    fetch = kafka.StateTopic.fetch_foreign
+    monkeypatch.setattr(
+        kafka.StateTopic, "fetch_foreign",
+        lambda self, make, *, manifest=None, **k: None if manifest is gone else fetch(self, make),
+    )  # fmt: skip
+    r = _runner(tmp_path / "c", logs, {}, **{**TAKER, "group_instance_id": "c"})
+    r.state_topic.index = "state.index"
+    with caplog.at_level("INFO"):
+        r._bring_up_to_date([p[1]])
+    assert 'partitions [1] taken over from the snapshot of instance="g/a" offsets="{1: 10}"' in (
+        caplog.text
+    )
+    _decides_as_one_engine_of(tmp_path, r, logs, [p[1]])
