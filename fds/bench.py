@@ -266,8 +266,10 @@ def run_precision(
     progress: bool = True,
     echo: bool = True,
     ceiling_ref: bool = True,
+    longer_warmup: str = "lengthen --warmup-days",
 ) -> PrecisionResult:
     """Run the precision benchmark; print the table; write plots and a report to ``out_dir``.
+    ``longer_warmup``: how the caller's user lengthens the warm-up (in its notes).
 
     For a user's file pass ``input_path`` (and ``mapping_path`` whose ``label`` section gives
     the fraud column and its delay, or ``labels_path``, a labels file); ``drift_day`` then
@@ -299,7 +301,7 @@ def run_precision(
         drift_day=drift_day,
         warmup_days=warmup_days,
     )
-    rs = load_ruleset(rules or DEFAULT_RULES)
+    rs = load_ruleset(rules or DEFAULT_RULES, run_tests=True)  # (as replay and run: a QA pass)
     if k is None:
         if input_path is None:
             k = max(1, round(SIM_K_PER_20K_CARDS * cards / 20_000))
@@ -415,16 +417,15 @@ def run_precision(
         s_static = clf.predict_proba(X)[:, 1]
     else:
         why = (
-            "no fraud label was known by the end of the warm-up (day {d}): lengthen "
-            "--warmup-days past the label delay"
+            "no fraud label was known by the end of the warm-up (day {d}; a label comes "
+            "after its delay): {w}"
             if not fraud_known.any()
             else "no transaction was old enough by the end of the warm-up (day {d}) to be "
-            "taken as legitimate (the spec's learn.assume_legit_after, {a}): lengthen "
-            "--warmup-days"
+            "taken as legitimate (the spec's learn.assume_legit_after, {a}): {w}"
         )
-        notes.append(
+        notes.append(  # (the demo's said --warmup-days, which it has not: a QA pass)
             "static_sklearn was not trained, its scores are all 0: "
-            + why.format(d=warmup_days, a=span(mspec.learn.assume_legit_after))
+            + why.format(d=warmup_days, a=span(mspec.learn.assume_legit_after), w=longer_warmup)
         )
     if frozen is not None and not known_at_warm:
         notes.append(

@@ -135,6 +135,7 @@ def _demo(args: argparse.Namespace) -> int:
         name="demo",
         command=f"fds demo --days {args.days} --cards {args.cards} "
         f"--drift-day {args.drift_day} --seed {args.seed} --rules {shown_path(args.rules)}",
+        longer_warmup="give a later --drift-day (the warm-up is the days before it, up to 14)",
     )
     print(f"report and plots: {args.out_dir}/", file=sys.stderr)
     return 0 if res is not None else 1

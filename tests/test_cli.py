@@ -195,6 +195,24 @@ def test_a_seed_or_folder_argument_that_cannot_work_is_a_usage_error(argv, needl
     assert (tmp_path / "f").read_text() == "x"
 
 
+def test_a_short_demo_says_how_to_lengthen_its_warm_up_and_refuses_failing_rule_tests(
+    tmp_path, capsys
+):
+    """A QA pass: a short demo's note said "lengthen --warmup-days", a flag the demo has not;
+    `fds demo --rules` ran a file whose inline tests fail, which replay and run refuse."""
+    assert main(["demo", "--days", "7", "--cards", "300", "--out-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr()
+    assert "give a later --drift-day (the warm-up is the days before it" in out.out + out.err
+    assert "--warmup-days" not in out.out + out.err
+    rules = tmp_path / "r.yaml"
+    rules.write_text(
+        "version: t\ntimezone: UTC\nrules:\n  - {id: big, when: 'amount > 100', action: review,"
+        " score: 0.6, reason: big, tests: [{given: {amount: 5}, expect: hit}]}\n"
+    )
+    assert main(["demo", "--rules", str(rules), "--days", "7", "--out-dir", str(tmp_path)]) == 2
+    assert "rule big: inline test 1 failed" in capsys.readouterr().err
+
+
 def test_demo_rejects_bad_drift_day(capsys):
     assert main(["demo", "--days", "10", "--drift-day", "12"]) == 2
     assert "--drift-day" in capsys.readouterr().err
