@@ -291,7 +291,8 @@ def main() -> int:
         "",
         "Per event the engine calls `sample_stages()` and `decision()` (plus `rule_hit()` per "
         "hit), times each stage on 1 event in 16 (`stage_time()` per stage), and the replay loop "
-        "counts consumed events once per 2048 (`events_consumed`). The last two rows, "
+        "counts each event consumed as it is read (`events_consumed`: never behind the "
+        "decisions). The last two rows, "
         "prometheus_client's own objects measured the same way, are why the hot metrics are "
         "plain Python state exposed by a custom collector at scrape time.",
         "",
