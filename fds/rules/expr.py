@@ -321,8 +321,8 @@ def local_name(name: str) -> str:
     """
     if not name.startswith("extra."):
         return "n_" + name
-    key = name[6:]
-    return "x_" + key if key.isidentifier() else "h_" + key.encode().hex()
+    key = name[6:]  # (ASCII: Python folds `ﬁ` into `fi`, two keys one local: a review)
+    return "x_" + key if key.isidentifier() and key.isascii() else "h_" + key.encode().hex()
 
 
 @dataclass(frozen=True)
@@ -394,6 +394,8 @@ class _Checker:
         ):
             if not self.allow_extra:
                 raise self.fail(node, "extra['NAME'] is not available here")
+            if not node.slice.value.isprintable():  # (a lone surrogate was a traceback)
+                raise self.fail(node, "an extra name is printable text")
             src, t = self.name(node, "extra." + node.slice.value)
             return (f"_truth({src})", BOOL) if cond else (src, t)
         if isinstance(node, ast.Attribute):

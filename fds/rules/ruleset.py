@@ -804,7 +804,7 @@ def known_names(spec: RulesFile) -> dict[str, str]:
 
 
 # (any name: `extra.risk-score`, `extra.payé` were refused, though rules read them: a QA pass)
-_FEATURE_FIELD = re.compile(r"^extra\..+$", re.S)
+_FEATURE_FIELD = re.compile(r"^extra\.[^\x00-\x1f\x7f]+$")  # (no NUL: run could not compile it)
 
 
 def _check_semantics(spec: RulesFile, filename: str, marks: Mapping) -> None:

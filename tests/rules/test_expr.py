@@ -566,3 +566,10 @@ def test_a_chain_needing_no_conversion_computes_its_middle_once() -> None:
     """A review: every chain became `(a < b) and (b < c)`, computing `b` twice."""
     assert " and " not in compile_expr("0 < log(amount) < 5", KNOWN).code
     assert " and " in compile_expr("0 < extra.s < 5", KNOWN).code
+
+
+def test_extra_names_that_python_folds_together_stay_apart() -> None:
+    """A review: `extra['ﬁ']` and `extra['fi']` were one local (Python folds the ligature),
+    and the rule read one value for both."""
+    e = compile_expr("extra['ﬁ'] == 1 and extra['fi'] == 2", KNOWN)
+    assert e.evaluate({"extra": {"ﬁ": 1, "fi": 2}}) is True

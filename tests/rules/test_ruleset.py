@@ -174,6 +174,11 @@ def test_nan_in_extra_is_missing() -> None:
             "r.yaml:4:25",
             "not a transaction field",
         ),
+        (  # (rules check said OK, run could not compile it: a review)
+            ("entity: card_id, agg: count", 'entity: "extra.a\\0b", agg: count'),
+            "r.yaml:4:25",
+            "not a transaction field",
+        ),
         (("timezone: Asia/Seoul", "timezone: Mars/Base"), "r.yaml:2:11", "unknown timezone"),
         (("id: night", "id: spike"), "r.yaml:17:9", "duplicate rule id"),
         (("{name: c1h,", "{name: amount,"), "r.yaml:4:12", "taken by a built-in"),

@@ -325,6 +325,19 @@ def test_a_row_with_a_field_over_the_limit_is_a_dead_letter_and_the_rest_is_read
     assert [rec["tx_id"] for _n, rec, _raw in recs if isinstance(rec, dict)][8:10] == ["t10", "t11"]
 
 
+def test_a_quote_left_open_after_a_literal_quote_is_no_row_of_its_own(tmp_path, field_limit):
+    """A review: two quotes on the line (a literal one in an unquoted cell, then one that opens
+    a field running over the limit) were taken for closed, and the field's next line was read
+    as a row (t77). The file is cut there, as before."""
+    p = tmp_path / "x.csv"
+    p.write_text(
+        CSV_TEXT.split("t9,")[0] + 't9,9,c1,5" screen,"' + "y" * 2000 + "\nt77,77,c7,999,pasted\n"
+    )
+    recs = list(read_records(p))
+    assert "t77" not in [rec.get("tx_id") for _n, rec, _raw in recs if isinstance(rec, dict)]
+    assert str(recs[-1][1]).startswith("cannot read the file on from line 10")
+
+
 def test_a_field_over_128_kib_is_read(tmp_path):
     """Before: `_csv.Error: field larger than field limit (131072)` and a traceback."""
     p = tmp_path / "x.csv"
