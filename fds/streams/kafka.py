@@ -813,6 +813,7 @@ class Runner:
         # rebuilt alone, from the first offset the state lacks, and merged (_moved_alone).
         self._left: dict[int, tuple[float, int]] | None = {}
         self._alone_refused = False  # said why: the next restore rebuilds every partition
+        self._emptied = False  # the state was emptied to take partitions over (_moved_alone)
         self._ends_at = -math.inf  # _report_restoring reads the partitions' ends from then
         self._fresh_state = pickle.dumps(engine.state_dict()) if checkpointer else b""
         self._live = False  # the state has decided input since it was restored
@@ -2146,7 +2147,12 @@ class Runner:
             # Partitions with records still to decide: the fold stops at the event time of the
             # one furthest behind (fds.streams.rebuild). An EOS partition whose last record is
             # followed by a transaction marker counts too: the rest is then folded as it goes.
-            hold = [tp for tp in tps if end[tp] > max(committed[tp] or 0, begin[tp])]
+            # (a partition without a committed offset under auto_offset_reset: latest has
+            # none: its records are not decided, and their times made it look far behind, a
+            # review)
+            earliest = self.s.auto_offset_reset == "earliest"
+            hold = [tp for tp in tps if end[tp] > max(committed[tp] or 0, begin[tp])
+                    and (earliest or committed[tp] is not None)]  # fmt: skip
             if alone is not None:  # (peeked before the moved partitions' horizon is read)
                 nexts = self._next_times(hold, committed, begin, end)
                 if self._merged_late({tp: t for tp, t in nexts.items() if tp in alone}, None):
@@ -2268,7 +2274,7 @@ class Runner:
             if not self._merge_moved(scratch, alone, nexts, taken):
                 return self._bring_up_to_date(tps)  # (now a rebuild of every partition)
             if donor is not None and not pos:  # an empty state (a scale-out, a new id)
-                self._adopt(*donor)
+                self._adopt(*donor, own_gate=self._emptied)
         pos.update({tp.partition: c for tp, c in committed.items() if c is not None})
         # What the fold left (past the event time of a partition behind) is folded as the loop
         # decides, merged with it in event time (_process); the state covers up to where it
@@ -2301,6 +2307,7 @@ class Runner:
         holds, and :meth:`fds.features.FeaturePlan.absorb` is exact."""
         plan, pos, left = self.engine.features, self._positions, self._left
         refused, self._alone_refused = self._alone_refused, False
+        self._emptied = False
         if not pos and left != {} and not self._refold and self.state_topic is not None and (
             getattr(plan, "provenance", False)
         ):  # fmt: skip
@@ -2315,6 +2322,7 @@ class Runner:
             empty_plan: Any = plan
             empty_plan.load_state_dict(empty_plan.fresh().state_dict())
             self._left = left = {}
+            self._emptied = True  # (its own model gate stays: _adopt)
         # An empty state (a new instance, a scale-out) tries snapshots too (_take_over); none:
         # rebuilt whole, as a state that follows no partition is.
         empty = (
@@ -2626,23 +2634,31 @@ class Runner:
             self._left.pop(tp.partition, None)  # type: ignore[union-attr]
         return True
 
-    def _adopt(self, ident: str, state: Mapping[str, Any], share: float) -> None:
+    def _adopt(
+        self, ident: str, state: Mapping[str, Any], share: float, *, own_gate: bool = False
+    ) -> None:
         """An empty state filled from snapshots: take the rest of the engine's state from the
         instance that gave the most partitions (``share`` of its own): the alert budget's
         recent scores, scaled to that share (else it starts cold: the review floor for an
         hour; unscaled, a threshold set for all of that instance's traffic), the rate breaker
         and its demotions (else a rule demoted there fires here again) and the model's maturity
         gate and contests (else the model is in shadow here until ``gate.window`` fraud labels
-        are judged anew: days)."""
-        self.engine.load_state_dict(state, features=False)
+        are judged anew: days). ``own_gate``: a state emptied because it followed none of the
+        partitions assigned keeps its own gate and contests (they judged this instance's
+        model on its decisions; taken, a review saw the model go back to shadow)."""
+        self.engine.load_state_dict(_without_model(dict(state)) if own_gate else state,
+                                    features=False)  # fmt: skip
         budget = getattr(self.engine.policy, "budget", None)
         if budget is not None and share < 1:
             budget.scale(share)
-        self._model_without_labels()  # (the donor's gate may have been judged with labels)
+        if not own_gate:
+            self._model_without_labels()  # (the donor's gate may have been judged with labels)
         log.info(
-            'the alert budget, the rate breaker and the model gate are taken from the snapshot '
-            'of instance="%s" (this instance started with an empty state; the budget\'s scores '
-            "scaled to the %.0f%% of its partitions taken)", ident, 100 * share,
+            'the alert budget, the rate breaker%s are taken from the snapshot of instance="%s" '
+            "(%s; the budget's scores scaled to the %.0f%% of its partitions taken)",
+            "" if own_gate else " and the model gate", ident,
+            "this instance's state followed none of its partitions: its own model gate kept"
+            if own_gate else "this instance started with an empty state", 100 * share,
         )  # fmt: skip
 
     def _keep_alive(self) -> None:

@@ -925,3 +925,48 @@ def test_a_gone_index_copy_is_replaced_by_a_newer_manifest_naming_the_partition_
         caplog.text
     )
     _decides_as_one_engine_of(tmp_path, r, logs, [p[1]])
+
+
+def test_a_state_emptied_to_take_partitions_over_keeps_its_own_model_gate(
+    tmp_path, caplog, monkeypatch
+):
+    """A review: an instance whose state followed none of the partitions now assigned (its
+    own was given away: it held 0, it gets 1) took the donor's model gate with its budget, and
+    its model went back to shadow. It keeps its own gate; the budget and breaker are taken."""
+
+    def prepare(r: Any) -> None:
+        mine = r.s.group_instance_id == "b"
+        r.engine.model = _Gate({"acting": mine, "who": r.s.group_instance_id})
+
+    victim = {**TAKER, "group_instance_id": "a"}
+    with caplog.at_level("INFO"):
+        r, _, _ = _taking_over(
+            tmp_path, monkeypatch, victim, own={0: 10}, left={0: (T, 10)}, take=[1],
+            prepare=prepare,
+        )  # fmt: skip
+    assert "the state follows none of the partitions assigned" in caplog.text
+    assert "its own model gate kept" in caplog.text
+    assert r.engine.model.loaded == []
+    assert r.engine.policy.budget._total.sum() > 0  # (a's, scaled)
+
+
+def test_a_partition_without_offset_under_latest_is_not_a_record_to_decide(
+    tmp_path, monkeypatch, caplog
+):
+    """A review: with auto_offset_reset latest, partition 2 (no committed offset: its log is
+    not decided) was peeked from its start, an hour behind, so the partition a snapshot's
+    instance left was refused and every partition rebuilt. It is no record to decide."""
+    p, logs = _logs(2, 2)
+    p2 = TopicPartition("transactions", 2)
+    logs[p2] = [_rec(2, i, T - 3600 + i, f"c2{i % 3}") for i in range(20)]
+    _left_by_a(tmp_path, monkeypatch, logs, 10, 15)
+    r = _runner(tmp_path / "c", logs, {}, **{**TAKER, "group_instance_id": "c"},
+                auto_offset_reset="latest")  # fmt: skip
+    committed = r.consumer.committed
+    monkeypatch.setattr(
+        r.consumer, "committed", lambda tp, **k: None if tp == p2 else committed(tp, **k)
+    )  # fmt: skip
+    with caplog.at_level("INFO"):
+        r._bring_up_to_date([p[1], p2])
+    assert 'partitions [1] taken over from the snapshot of instance="g/a"' in caplog.text
+    assert "rebuild partitions=" not in caplog.text
