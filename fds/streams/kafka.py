@@ -126,7 +126,13 @@ from fds.streams.files import (
     read_records,
     read_yaml,
 )
-from fds.streams.kafka_kit import Call, ClientErrors, Consumer, UnreadableRecords
+from fds.streams.kafka_kit import (
+    Call,
+    ClientErrors,
+    Consumer,
+    UnreadableRecords,
+    close_producer,
+)
 from fds.streams.label_feed import LabelFeed, reads_labels
 from fds.streams.rebuild import STAGES_TAIL_S, horizon_seconds, read_merged, start_offsets
 from fds.streams.state_topic import FETCH_BYTES as STATE_FETCH_BYTES
@@ -439,7 +445,9 @@ class KafkaSettings(BaseSettings):
     # but turns a shorter pause into an exit: 10 s (Kafka Streams' value) ended fds run after a
     # 25 s SIGSTOP in a chaos run, where 60 s (kafka-python's default) rides it out.
     transaction_timeout_ms: int = Field(default=60_000, ge=1000)
-    auto_offset_reset: str = "earliest"
+    # Where a partition without a committed offset starts. (Kafka's ``none``, an error for
+    # such a partition, is refused: fds run retried it for ever as a broker out of reach.)
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     # At-least-once: batches whose decisions may still await the broker's acknowledgement (and
     # their offsets a commit) while the next batch is decided. 0: flush and commit each batch
     # before the next poll (adds the round trips to every record's latency).
@@ -530,6 +538,18 @@ class KafkaSettings(BaseSettings):
         """``none`` (any case) is no compression, as ``--help`` names the default (it was
         refused, so a flag could not turn off a file's setting: a QA pass)."""
         return None if isinstance(v, str) and v.strip().lower() == "none" else v
+
+    @field_validator("auto_offset_reset", mode="before")
+    @classmethod
+    def _reset(cls, v: Any) -> Any:
+        """Any case; ``none`` said why it is refused."""
+        v = v.strip().lower() if isinstance(v, str) else v
+        if v == "none":
+            raise ValueError(
+                "'none' is not supported: a partition without a committed offset needs a start; "
+                "use earliest (the log start) or latest (new records only)"
+            )
+        return v
 
     @field_validator("input_topic", "output_topic", "dlq_topic", "labels_topic", "state_topic")
     @classmethod
@@ -999,7 +1019,7 @@ class Runner:
             st.index_producer = None
             if old is not None:
                 threading.Thread(
-                    target=lambda: old.close(timeout=1.0), name="fds-index-close", daemon=True
+                    target=lambda: close_producer(old, 1.0), name="fds-index-close", daemon=True
                 ).start()
             # should copies fail again, it is looked for after a wait that doubles each time:
             # an index that exists yet refuses them (an ACL without Write) is not tried every
@@ -1140,14 +1160,11 @@ class Runner:
             with contextlib.suppress(Exception):
                 self.consumer.close(autocommit=False, timeout_ms=int(left() * 500))
         if self.producer is not None:
-            with contextlib.suppress(Exception):
-                self.producer.close(timeout=left() * 0.7)
+            close_producer(self.producer, left() * 0.7)
         if self._state_producer is not None:
-            with contextlib.suppress(Exception):
-                self._state_producer.close(timeout=left())
+            close_producer(self._state_producer, left())
         if self._index_producer is not None:  # (its copies are not waited for long)
-            with contextlib.suppress(Exception):
-                self._index_producer.close(timeout=min(left(), 1.0))
+            close_producer(self._index_producer, min(left(), 1.0))
 
     def run(self, *, max_idle_s: float | None = None) -> RunStats:
         """Run until :meth:`stop` (or ``max_idle_s`` without input, for tests and benchmarks)."""
@@ -3179,6 +3196,7 @@ def produce_file(
     acked = [0]  # sends it acknowledged (counted on the producer's thread)
     line = 0
     unreadable_labels = 0
+    close_s = 5.0  # how long closing waits for what is not acknowledged yet
     try:
         try:
             # A topic's metadata comes in well under a second; a missing one was waited for
@@ -3247,9 +3265,22 @@ def produce_file(
                         time.sleep(ahead)  # pacing to the requested rate
                 if limit is not None and n >= limit:
                     break
+            try:  # (a SIGTERM while waiting here says what was sent too: a QA pass)
+                producer.flush(timeout=settings.broker_timeout_s)
+            except KafkaTimeoutError:
+                close_s = 0.0
+                raise BrokerUnavailable(
+                    f"Kafka at {settings.bootstrap} did not acknowledge the records for "
+                    f"{settings.broker_timeout_s:.0f} s (--broker-timeout): {acked[0]} of {n} "
+                    f"records were written, {len(failed)} refused, the rest unknown; produce "
+                    "the file again once it is up (fds run decides a record twice as "
+                    "at-least-once)"
+                ) from None
         except (KafkaError, KeyboardInterrupt) as exc:  # how far it got: a rerun sends again
-            with contextlib.suppress(Exception):
+            try:
                 producer.flush(timeout=5)
+            except Exception:
+                close_s = 0.0  # (the broker is not answering: waiting again is no use)
             sent_so_far = (
                 f"{n} records of {path} were sent (to line {line}), {acked[0]} acknowledged "
                 "by Kafka; producing the file again sends them again (fds run decides a "
@@ -3262,17 +3293,8 @@ def produce_file(
                 f"producing stopped{f' at line {line}' if line else ''} ({describe(exc)}): "
                 f"{sent_so_far}"
             ) from exc
-        try:
-            producer.flush(timeout=settings.broker_timeout_s)
-        except KafkaTimeoutError:
-            raise BrokerUnavailable(
-                f"Kafka at {settings.bootstrap} did not acknowledge the records for "
-                f"{settings.broker_timeout_s:.0f} s (--broker-timeout): {acked[0]} of {n} "
-                f"records were written, {len(failed)} refused, the rest unknown; produce the "
-                "file again once it is up (fds run decides a record twice as at-least-once)"
-            ) from None
     finally:
-        producer.close(timeout=5)
+        close_producer(producer, close_s)
     if unreadable_labels:  # (skipped without a word before; fds replay dead-letters them)
         log.warning(
             "%d values of the label column %r said neither fraud nor legitimate: those labels "

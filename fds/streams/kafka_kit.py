@@ -161,6 +161,23 @@ class Consumer(KafkaConsumer):
         return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(self.assignment()))
 
 
+def close_producer(producer: Any, timeout: float) -> None:
+    """Close a ``KafkaProducer`` within ``timeout`` seconds, dropping the records no broker
+    acknowledged by then (their futures fail). kafka-python's ``close`` raises
+    ``KafkaTimeoutError`` instead and stays open: it masked the error that ended the work (the
+    records sent, a SIGTERM's exit code) and its ``__del__`` printed the traceback again (a
+    QA pass). kafka-python has no public abort: its sender's ``force_close`` does it."""
+    try:
+        producer.close(timeout=timeout)
+    except Exception:  # (KafkaTimeoutError: records left; anything else, closed as well)
+        sender = getattr(producer, "_sender", None)
+        if sender is not None:
+            sender.force_close()
+            sender.join(1.0)  # (fails the undelivered batches, closes the network client)
+        with contextlib.suppress(Exception):
+            producer.close(timeout=0)
+
+
 class ClientRefused(ConnectionError):
     """The broker refused the client in a way no retry changes (:meth:`ClientErrors.connect`).
     An ``OSError``, like the other ways a connection fails."""

@@ -75,7 +75,7 @@ from fds.streams.kafka import (
     topic_arg,
     unreachable,
 )
-from fds.streams.kafka_kit import ClientErrors, Consumer
+from fds.streams.kafka_kit import ClientErrors, Consumer, close_producer
 from fds.timeutil import format_ts, parse_ts
 
 if TYPE_CHECKING:  # (River: imported when a trainer starts, not to build the command line)
@@ -350,8 +350,7 @@ class TrainService:
                             'topic="%s": scorers reading that topic get it with the next version',
                             self._unannounced.version, self.models_topic,
                         )  # fmt: skip
-                with contextlib.suppress(Exception):
-                    self.producer.close(timeout=5)
+                close_producer(self.producer, 5)
         return self.stats
 
     # -- the loop ----------------------------------------------------------------------------

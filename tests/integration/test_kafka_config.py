@@ -60,6 +60,22 @@ def test_bad_values_name_the_setting_and_file(tmp_path):
         load_settings(tmp_path / "missing.yaml")
 
 
+def test_an_offset_reset_fds_cannot_run_with_is_refused_at_the_start(tmp_path, monkeypatch):
+    """Found by a QA pass: ``none`` or a typo was passed to the client, and fds run retried
+    the poll's error for ever as a broker out of reach."""
+    f = tmp_path / "kafka.yaml"
+    f.write_text("group: g\nauto_offset_reset: none\n")
+    with pytest.raises(ConfigError, match=r"kafka\.yaml:2: auto_offset_reset: .*'none' is not "
+                       r"supported: .*use earliest \(the log start\) or latest"):  # fmt: skip
+        load_settings(f)
+    monkeypatch.setenv("FDS_AUTO_OFFSET_RESET", "latests")
+    with pytest.raises(ConfigError, match=r"auto_offset_reset: Input should be 'earliest' or "
+                       r"'latest' \(from FDS_AUTO_OFFSET_RESET\)"):  # fmt: skip
+        load_settings()
+    monkeypatch.setenv("FDS_AUTO_OFFSET_RESET", " Latest")
+    assert load_settings(f).auto_offset_reset == "latest"  # (any case; the env beats the file)
+
+
 def test_a_bad_value_from_the_environment_is_not_blamed_on_the_file(tmp_path, monkeypatch):
     """Found by a QA pass: FDS_SASL_MECHANISM=PLAINX over a valid file value was reported at
     the file's line."""

@@ -725,6 +725,53 @@ def test_broker_outage_mid_run_exits_after_the_timeout(tmp_path, unique_name):
     )
 
 
+def test_fds_produce_through_an_outage_says_what_was_sent_and_a_sigterm_exits_143(
+    tmp_path, unique_name
+):
+    """Found by a QA pass: closing the producer raised KafkaTimeoutError over the error that
+    says how many records were written (and kafka-python's ``__del__`` printed it again); a
+    SIGTERM during an outage exited 1 after 11 s instead of 143."""
+    ddir = tmp_path / "kafka"
+    bootstrap = kafka_kit.up(port=29392, controller_port=29393, data_dir=ddir)
+    try:
+        topics = kafka_kit.create_topics(bootstrap, prefix=unique_name("t") + ".")
+        write_stream(tmp_path / "tx.jsonl", 16_000)
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+        def produce(timeout_s: int) -> subprocess.Popen[str]:
+            cmd = [
+                sys.executable, "-m", "fds", "produce", str(tmp_path / "tx.jsonl"),
+                "--bootstrap", bootstrap, "--topic", topics["transactions"], "--rate", "2000",
+                "--broker-timeout", str(timeout_s),
+            ]  # fmt: skip
+            return subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+
+        gives_up, stopped = produce(3), produce(60)
+        seen = KafkaConsumer(bootstrap_servers=bootstrap)
+        try:
+            parts = seen.partitions_for_topic(topics["transactions"]) or ()
+            tps = [TopicPartition(topics["transactions"], p) for p in parts]
+            wait_until(lambda: sum(seen.end_offsets(tps).values()) >= 2000, 60, "records sent")
+        finally:
+            seen.close()
+        kafka_kit.down(ddir)
+        stopped.send_signal(signal.SIGTERM)
+        t_term = time.monotonic()
+        _, stopped_err = stopped.communicate(timeout=60)
+        t_exit = time.monotonic()
+        _, gives_up_err = gives_up.communicate(timeout=60)
+    finally:
+        kafka_kit.down(ddir, wipe=True)
+    assert stopped.returncode == 143, stopped_err[-2000:]
+    assert t_exit - t_term < 10, t_exit - t_term  # the SIGTERM promise
+    assert "interrupted: " in stopped_err and "acknowledged by Kafka" in stopped_err
+    assert gives_up.returncode == 1, gives_up_err[-2000:]
+    assert re.search(r"did not acknowledge the records for 3 s \(--broker-timeout\): \d+ of "
+                     r"16000 records were written", gives_up_err), gives_up_err[-2000:]  # fmt: skip
+    for err in (stopped_err, gives_up_err):
+        assert "Traceback" not in err and "KafkaTimeoutError" not in err, err[-2000:]
+
+
 def test_a_rebalance_commits_what_was_decided_before_the_partitions_move(
     kafka_bootstrap, topics, unique_name, tmp_path, caplog
 ):
