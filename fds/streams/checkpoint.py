@@ -71,12 +71,25 @@ def default_state_dir(group: str, instance: str | None = None) -> Path:
     """``~/.cache/fds/state/<group>[/<instance>]`` (``$FDS_STATE_ROOT`` replaces the root;
     ``$FDS_STATE_DIR``, like ``--state-dir``, is one instance's whole state dir).
 
+    Each name is one directory, whatever its characters (Kafka takes any group id): ``/``,
+    ``%`` and NUL are percent-encoded, ``.`` and ``..`` too (group ``../../etc`` left the root,
+    ``a/b`` shared ``a``'s instance ``b``: a QA pass).
+
     >>> default_state_dir("fds", "i0").parts[-2:]
     ('fds', 'i0')
+    >>> default_state_dir("../x", "a/b").parts[-2:]
+    ('..%2Fx', 'a%2Fb')
     """
     root = Path(os.environ.get("FDS_STATE_ROOT") or Path.home() / ".cache" / "fds" / "state")
-    path = root / group
-    return path / instance if instance else path
+    path = root / _dir_name(group)
+    return path / _dir_name(instance) if instance else path
+
+
+def _dir_name(name: str) -> str:
+    """``name`` as one directory name, one to one."""
+    if name in (".", ".."):
+        return name.replace(".", "%2E")
+    return name.replace("%", "%25").replace("/", "%2F").replace("\0", "%00")
 
 
 @dataclass(frozen=True, slots=True)

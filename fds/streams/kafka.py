@@ -94,6 +94,7 @@ from kafka.errors import (
     GroupAuthorizationFailedError,
     InvalidGroupIdError,
     InvalidSessionTimeoutError,
+    InvalidTransactionTimeoutError,
     KafkaError,
     KafkaTimeoutError,
     ProducerFencedError,
@@ -949,7 +950,14 @@ class Runner:
         except (KafkaError, OSError) as exc:
             raise unreachable(s, exc, errors) from exc
         if s.exactly_once:
-            self.producer.init_transactions()
+            try:
+                self.producer.init_transactions()
+            except KafkaError as exc:  # (kafka-python 3.0 wraps the broker's error in a
+                # KafkaError naming it: was exit 1 with that text, a QA pass)
+                if InvalidTransactionTimeoutError.__name__ not in str(exc):
+                    raise
+                refused = InvalidTransactionTimeoutError()
+                raise self._refused(refused, "the transactional producer") from exc
         self._find_state_index()  # (before the restore: a snapshot is looked up there first)
         self._restore()
         self.aligner = Aligner(
@@ -1625,6 +1633,9 @@ class Runner:
             "ACL): fix --group or the broker's ACLs for this principal",
             TopicAuthorizationFailedError: f"this client may not use {topics} (an ACL): fix "
             "the topic or the broker's ACLs for this principal",
+            InvalidTransactionTimeoutError: f"transaction_timeout_ms {s.transaction_timeout_ms}"
+            " is above the broker's transaction.max.timeout.ms (900000 by default): lower "
+            "transaction_timeout_ms (FDS_TRANSACTION_TIMEOUT_MS or the --config file)",
         }[type(exc)]
         return ConfigError(f"Kafka refused {what}: {type(exc).__name__}: {why}")
 

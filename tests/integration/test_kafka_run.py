@@ -688,6 +688,21 @@ def test_a_group_setting_the_broker_refuses_is_a_usage_error(kafka_bootstrap, to
     assert "fix --session-timeout" in err
 
 
+def test_a_transaction_timeout_the_broker_refuses_is_a_usage_error(
+    kafka_bootstrap, topics, unique_name, tmp_path
+):
+    """Found by a QA pass: one above the broker's transaction.max.timeout.ms was a raw
+    InvalidTransactionTimeoutError, exit 1."""
+    p = spawn_run(kafka_bootstrap, topics, unique_name("g"), "--exactly-once", "--max-idle", "2",
+                  "--state-dir", str(tmp_path / "s"),
+                  env={"FDS_TRANSACTION_TIMEOUT_MS": "1000000"})  # fmt: skip
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 2, err[-2000:]
+    assert "Kafka refused the transactional producer: InvalidTransactionTimeoutError: " in err
+    assert "transaction_timeout_ms 1000000 is above the broker's transaction.max" in err
+    assert "Traceback" not in err
+
+
 def test_broker_outage_mid_run_exits_after_the_timeout(tmp_path, unique_name):
     # A broker of our own (the shared one must stay up for the other tests).
     ddir = tmp_path / "kafka"

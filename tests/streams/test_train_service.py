@@ -325,6 +325,27 @@ def test_the_state_root_and_one_state_dir_are_two_variables(monkeypatch, tmp_pat
     assert default_state_dir("g", "a") == tmp_path / "g" / "a" != default_state_dir("g", "b")
 
 
+@pytest.mark.parametrize(
+    ("group", "instance"),
+    [("../../etc", None), ("..", "x"), ("g", ".."), ("a/b", None), ("a", "b"), ("a%2Fb", None),
+     ("a\0b", None), (".", None)],
+)  # fmt: skip
+def test_a_default_state_dir_is_one_directory_per_name_under_the_root(
+    monkeypatch, tmp_path, group, instance
+):
+    """Found by a QA pass: group ids were joined raw, so ``../../etc`` left the root and
+    ``a/b`` was group ``a``'s instance ``b``."""
+    from fds.streams.checkpoint import default_state_dir
+
+    monkeypatch.setenv("FDS_STATE_ROOT", str(tmp_path))
+    path = default_state_dir(group, instance)
+    assert path.parent == (tmp_path if instance is None else tmp_path / path.parent.name)
+    assert path.resolve().is_relative_to(tmp_path) and path.name not in ("", ".", "..")
+    others = [default_state_dir(*o) for o in [("a", "b"), ("a/b", None), ("a%2Fb", None)]]
+    assert sum(path == o for o in others) <= 1  # one to one
+    path.mkdir(parents=True)  # a name the file system takes (no NUL)
+
+
 def test_a_trainer_without_a_checkpoint_refuses_to_go_on_from_another_pipeline(tmp_path):
     """It loaded the registry's newest version whatever made it, and published on from a
     HoeffdingTree with a manifest saying LogisticRegression (found by a review)."""
