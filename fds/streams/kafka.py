@@ -101,7 +101,14 @@ from kafka.errors import (
     TopicAuthorizationFailedError,
 )
 from kafka.structs import OffsetAndMetadata, TopicPartition
-from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -341,6 +348,48 @@ class IdleTimer:
         return now - self.since > self.limit
 
 
+def probe(consumer: Any, topic: str, timeout_s: float) -> bool:
+    """Whether the broker answers ``consumer`` within ``timeout_s``: the end offsets of its
+    partitions, with nothing assigned ``topic``'s partition 0 (``KafkaConsumer.topics()``
+    would wait without a time limit in kafka-python 3.0)."""
+    try:
+        parts = consumer.assignment() or {TopicPartition(topic, 0)}
+        consumer.end_offsets(list(parts), timeout_ms=int(timeout_s * 1000))
+        return True
+    except Exception as exc:
+        log.warning("broker probe failed: %s: %s", type(exc).__name__, exc)
+        return False
+
+
+class BrokerWatch:
+    """Idle or cut off? An empty poll looks the same: the broker is asked (``probe(timeout_s)``
+    answers whether it did) once it has said nothing for ``every`` seconds, and when an idle
+    limit is reached, for no longer than the broker timeout has left; a failure is judged by
+    the clock after the probe (3 s probes judged by the clock before them: exits after twice
+    the timeout). ``contact`` is set by the caller when records come."""
+
+    def __init__(self, probe: Callable[[float], bool], timeout_s: float,
+                 gone: Callable[[], str]) -> None:  # fmt: skip
+        self.probe, self.timeout_s, self.gone = probe, timeout_s, gone
+        self.every = min(5.0, timeout_s / 4)
+        self.contact = self.probed = time.monotonic()
+
+    def idle_ended(self, now: float, idle_over: bool) -> bool:
+        """Whether an idle run may end (``idle_over``: its limit is reached, and the broker
+        answers: an outage was idle time, exit 0 with a backlog the broker could not serve, a
+        QA pass). Raises :class:`BrokerUnavailable` after ``timeout_s`` without contact."""
+        if now - self.contact <= self.every and not (idle_over and now - self.probed > PROBE_MIN_S):
+            return False
+        self.probed = now
+        left = self.timeout_s - (now - self.contact)
+        if self.probe(min(PROBE_TIMEOUT_S, max(left, PROBE_MIN_S))):
+            self.contact = now
+            return idle_over
+        if time.monotonic() - self.contact > self.timeout_s:
+            raise BrokerUnavailable(self.gone())
+        return False
+
+
 def add_max_idle_argument(p: argparse.ArgumentParser) -> None:
     """``--max-idle`` (:class:`IdleTimer`) of ``fds run`` and ``fds train``."""
     p.add_argument(
@@ -516,6 +565,19 @@ class KafkaSettings(BaseSettings):
     ssl_password: SecretStr | None = None
     ssl_check_hostname: bool = True
 
+    # where each setting came from (load_settings): a flag, FDS_<NAME>, the file, the default
+    _origins: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    def fix(self, setting: str) -> str:
+        """How to change ``setting`` where it was given (``fix --output-topic``, ``fix
+        FDS_OUTPUT_TOPIC``, ``fix output_topic in kafka.yaml``); set by its flag when it was
+        not given (a missing topic named in a settings file was told to fix a flag: a QA)."""
+        origin = self._origins.get(setting, "the default")
+        flag = next((f for f, dest in _SETTING_FLAGS.items() if dest == setting), None)
+        if origin == "the default":
+            return f"set {flag}" if flag else f"set FDS_{setting.upper()}"
+        return f"fix {origin}" if origin.startswith(("-", "FDS_")) else f"fix {setting} in {origin}"
+
     @field_validator("bootstrap")
     @classmethod
     def _host_port(cls, v: str) -> str:
@@ -689,8 +751,18 @@ def load_settings(file: Path | str | None = None, **flags: Any) -> KafkaSettings
         values = {k: v for k, v in doc.items() if f"FDS_{k.upper()}" not in env}
     given = {k: v for k, v in flags.items() if v is not None}
     values.update(given)
+
+    def source(setting: str) -> str:
+        flag = next((f for f, dest in _SETTING_FLAGS.items() if dest == setting), None)
+        if setting in given:
+            return flag or f"--{setting.replace('_', '-')}"
+        env = f"FDS_{setting.upper()}"
+        if any(k.upper() == env for k in os.environ):
+            return env
+        return f"{path}" if path is not None and setting in doc else "the default"
+
     try:
-        return KafkaSettings(**values)
+        settings = KafkaSettings(**values)
     except PydanticValidationError as exc:
         err = exc.errors()[0]
         name = ".".join(str(p) for p in err["loc"])
@@ -699,22 +771,14 @@ def load_settings(file: Path | str | None = None, **flags: Any) -> KafkaSettings
         # overrode it was blamed on the file, a QA pass)
         if path is not None and name in values and name not in given:
             raise invalid(path, exc, KafkaSettings, "the settings file") from None
-
-        def source(setting: str) -> str:
-            flag = next((f for f, dest in _SETTING_FLAGS.items() if dest == setting), None)
-            if setting in given:
-                return flag or f"--{setting.replace('_', '-')}"
-            env = f"FDS_{setting.upper()}"
-            if any(k.upper() == env for k in os.environ):
-                return env
-            return f"{path}" if path is not None and setting in doc else "the default"
-
         if not name:  # several settings together: say whence those it names (else the
             # security ones: whence the protocol)
             named = [k for k in KafkaSettings.model_fields if k in msg] or ["security_protocol"]
             whence = ", ".join(f"{k} from {source(k)}" for k in named)
             raise ConfigError(f"{msg} ({whence})") from None
         raise ConfigError(f"setting {name}: {msg} (from {source(name)})") from None
+    settings._origins = {k: source(k) for k in KafkaSettings.model_fields}
+    return settings
 
 
 @dataclass(slots=True)
@@ -972,12 +1036,12 @@ class Runner:
             self._connect_labels(s.labels_topic, timeout_ms)
         self._model_without_labels()
         topics = [
-            ("input", s.input_topic, "fix --input-topic"),
-            ("output", s.output_topic, "fix --output-topic"),
-            ("dead-letter", s.dlq_topic, "fix --dlq-topic"),
+            ("input", s.input_topic, s.fix("input_topic")),
+            ("output", s.output_topic, s.fix("output_topic")),
+            ("dead-letter", s.dlq_topic, s.fix("dlq_topic")),
         ]
         if self.state_topic is not None:
-            topics.append(("state", self.state_topic.topic, "drop --state-topic"))
+            topics.append(("state", self.state_topic.topic, s.fix("state_topic")))
         for what, topic, fix in topics:
             if not self.consumer.partitions_for_topic(topic):
                 raise ConfigError(
@@ -1227,10 +1291,13 @@ class Runner:
         consumer = self.consumer
         aligner = self.aligner
         assert aligner is not None
-        last_contact = time.monotonic()
+        broker = BrokerWatch(self._probe, s.broker_timeout_s, lambda: (
+            f"Kafka at {s.bootstrap} unreachable for {s.broker_timeout_s:.0f} s; exiting so a "
+            f"supervisor can restart fds (offsets are committed up to {self._committed_up_to})"
+        ))  # fmt: skip
         no_input = IdleTimer(max_idle_s)
-        probe_every = min(5.0, s.broker_timeout_s / 4)
         while not self._stop:
+            idle_over = False
             try:
                 batch = consumer.poll(timeout_ms=s.poll_timeout_ms, max_records=s.max_poll_records)
             except FencedInstanceIdError as exc:  # polling again would fence the other one
@@ -1251,7 +1318,7 @@ class Runner:
                 batch = {}
             now = time.monotonic()
             if batch:
-                last_contact = no_input.since = now
+                broker.contact = no_input.since = now
                 aligner.add(batch)
                 self._broker_state(True)  # (records came: it answers; the gauge stayed 0
                 # after an outage, a review)
@@ -1299,24 +1366,12 @@ class Runner:
                 # a lull: the cycles kafka-python had alive at the freezes are collected
                 # (fds.gcpolicy), in at most half the session timeout (heartbeats stay in time)
                 self._freezer.idle(now - no_input.since, self.s.session_timeout_ms / 2000)
-                if no_input.over(consumer, now):
-                    return
+                idle_over = no_input.over(consumer, now)
             # Idle, or records held for a partition that is behind while nothing is fetched:
             # the broker may be gone (held records had skipped this: the aligner now holds them
             # through an outage, and fds run exited after twice the broker timeout)
-            if now - last_contact > probe_every:
-                # Idle or cut off? An empty poll looks the same; ask the broker, for no longer
-                # than the timeout has left, and judge a failure by the clock after the probe
-                # (3 s probes judged by the clock before them: exits after twice the timeout)
-                left = s.broker_timeout_s - (now - last_contact)
-                if self._probe(min(PROBE_TIMEOUT_S, max(left, PROBE_MIN_S))):
-                    last_contact = now
-                elif time.monotonic() - last_contact > s.broker_timeout_s:
-                    raise BrokerUnavailable(
-                        f"Kafka at {s.bootstrap} unreachable for {s.broker_timeout_s:.0f} s; "
-                        "exiting so a supervisor can restart fds (offsets are committed up to "
-                        f"{self._committed_up_to})"
-                    )
+            if broker.idle_ended(now, idle_over):
+                return
 
     def _awaiting_rejoin(self, now: float) -> bool:
         """After a refused commit, until the group is rejoined (a rebalance was seen) or a
@@ -1329,17 +1384,9 @@ class Runner:
         return False
 
     def _probe(self, timeout_s: float) -> bool:
-        try:
-            # with nothing assigned, the input's partition 0 (KafkaConsumer.topics() would
-            # wait without a time limit in kafka-python 3.0)
-            parts = self.consumer.assignment() or {TopicPartition(self.s.input_topic, 0)}
-            self.consumer.end_offsets(list(parts), timeout_ms=int(timeout_s * 1000))
-            self._broker_state(True)
-            return True
-        except Exception as exc:
-            log.warning("broker probe failed: %s: %s", type(exc).__name__, exc)
-            self._broker_state(False)
-            return False
+        up = probe(self.consumer, self.s.input_topic, timeout_s)
+        self._broker_state(up)
+        return up
 
     def _process(self, batch: list[tuple[Any, Any, Any]]) -> None:
         """Decide ``batch`` (``(partition, record, parsed)`` in event-time order), send the
@@ -3200,6 +3247,7 @@ def produce_file(
             ), settings.n_servers)  # fmt: skip
     except (KafkaError, OSError) as exc:
         raise unreachable(settings, exc, errors) from exc
+    fix_topic = "fix --topic" if topic else settings.fix("input_topic")  # (its input topic)
     topic = topic or settings.input_topic
     t0 = time.monotonic()
     n = 0
@@ -3213,14 +3261,14 @@ def produce_file(
             # A topic's metadata comes in well under a second; a missing one was waited for
             # the whole max_block_ms (the broker timeout: a minute without a word, a review).
             block, producer.config["max_block_ms"] = producer.config["max_block_ms"], 10_000
-            for name, flag in ((topic, "--topic"), (labels_topic, "--labels-topic")):
+            for name, fix in ((topic, fix_topic), (labels_topic, "fix --labels-topic")):
                 try:
                     if name:
                         producer.partitions_for(name)
                 except KafkaTimeoutError:
                     raise ConfigError(
                         f"topic {name!r} does not exist on {settings.bootstrap}: create it "
-                        f"(`fds kafka topics` creates the kit's topics) or fix {flag}"
+                        f"(`fds kafka topics` creates the kit's topics) or {fix}"
                     ) from None
             producer.config["max_block_ms"] = block
             clock = FileClock(zone) if zone is not None else None

@@ -43,6 +43,7 @@ import argparse
 import base64
 import collections
 import contextlib
+import functools
 import logging
 import math
 import pickle
@@ -66,12 +67,14 @@ from fds.schema import loads_record, parse_label
 from fds.streams.checkpoint import Checkpointer, default_state_dir
 from fds.streams.kafka import (
     CONNECTION_SETTINGS,
+    BrokerWatch,
     IdleTimer,
     KafkaSettings,
     _add_settings_flags,
     add_max_idle_argument,
     check_not_ahead,
     load_settings,
+    probe,
     topic_arg,
     unreachable,
 )
@@ -321,17 +324,24 @@ class TrainService:
         if self.trainer.parent is not None:  # what it learns on from, before its next version
             self.metrics.model_info(self.trainer.parent, self.spec.name)
         no_input = IdleTimer(max_idle_s)
+        s = self.s
+        # (an outage was idle time for --max-idle, exit 0, and a silent wait for good without)
+        asked = functools.partial(probe, self.consumer, self.topics[0])
+        broker = BrokerWatch(asked, s.broker_timeout_s, lambda: (
+            f"Kafka at {s.bootstrap} unreachable for {s.broker_timeout_s:.0f} s; exiting so a "
+            "supervisor can restart fds train (it goes on from its last checkpoint)"
+        ))  # fmt: skip
         try:
             while not self._stop:
-                batch = self.consumer.poll(timeout_ms=100, max_records=self.s.max_poll_records)
+                batch = self.consumer.poll(timeout_ms=100, max_records=s.max_poll_records)
                 if self._shared is not None:
                     raise FdsError(self._shared)
                 now = time.monotonic()
                 if batch:
-                    no_input.since = now
+                    no_input.since = broker.contact = now
                 if batch or any(self._held.values()):  # (held labels may go on by now)
                     self._process(batch)
-                elif no_input.over(self.consumer, now):
+                elif broker.idle_ended(now, no_input.over(self.consumer, now)):
                     break
         except BaseException:
             self.store.rollback()  # a half-done batch: the restart redoes it from the offsets

@@ -76,6 +76,20 @@ def test_an_offset_reset_fds_cannot_run_with_is_refused_at_the_start(tmp_path, m
     assert load_settings(f).auto_offset_reset == "latest"  # (any case; the env beats the file)
 
 
+def test_a_setting_is_told_to_be_fixed_where_it_was_given(tmp_path, monkeypatch):
+    """Found by a QA pass: a missing topic named in a settings file or FDS_* was told to
+    "fix --output-topic", a flag never given."""
+    f = tmp_path / "kafka.yaml"
+    f.write_text("output_topic: out\ndlq_topic: dead\n")
+    monkeypatch.setenv("FDS_DLQ_TOPIC", "dl")
+    s = load_settings(f, input_topic="in")
+    assert s.fix("input_topic") == "fix --input-topic"
+    assert s.fix("output_topic") == f"fix output_topic in {f}"
+    assert s.fix("dlq_topic") == "fix FDS_DLQ_TOPIC"
+    assert s.fix("state_topic") == "set --state-topic"  # (not given: its flag)
+    assert KafkaSettings().fix("output_topic") == "set --output-topic"
+
+
 def test_a_bad_value_from_the_environment_is_not_blamed_on_the_file(tmp_path, monkeypatch):
     """Found by a QA pass: FDS_SASL_MECHANISM=PLAINX over a valid file value was reported at
     the file's line."""

@@ -674,6 +674,8 @@ def test_a_missing_topic_is_a_usage_error_naming_it(kafka_bootstrap, topics, uni
     _, err = p.communicate(timeout=60)
     assert p.returncode == 2, err[-2000:]
     assert f"topic {missing[which]!r} does not exist" in err and "fds kafka topics" in err
+    flag = {"transactions": "input", "decisions": "output", "dead_letters": "dlq"}[which]
+    assert f"or fix --{flag}-topic" in err  # (spawn_run gives them as flags)
 
 
 def test_a_group_setting_the_broker_refuses_is_a_usage_error(kafka_bootstrap, topics,

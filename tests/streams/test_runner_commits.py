@@ -93,6 +93,9 @@ class Consumer:
     def committed(self, tp: Any, timeout_ms: Any = None, metadata: bool = False) -> Any:
         return 0  # (the group committed at the start: nothing to warn about)
 
+    def end_offsets(self, tps: list[Any], timeout_ms: int | None = None) -> dict[Any, int]:
+        return dict.fromkeys(tps, 0)  # (the broker answers: an idle loop may end)
+
 
 def make_runner(**settings: Any) -> Runner:
     runner = Runner(KafkaSettings(**settings), Engine())
@@ -404,6 +407,23 @@ def test_a_broker_gone_while_idle_exits_after_the_timeout_not_a_probe_later(kind
     with pytest.raises(BrokerUnavailable, match="unreachable for 1 s"):
         cut_off_runner(consumer, timeout_s=1.0).run()
     assert 1.0 <= time.monotonic() - t0 < 2.5, consumer.probes  # (6.3 s before)
+
+
+def test_max_idle_ends_an_idle_run_not_one_cut_off_from_the_broker():
+    """Found by a QA pass: an outage counted as idle time, so --max-idle exited 0 before the
+    broker timeout said the broker was gone (a backlog it could not serve left unsaid)."""
+    from fds.streams.kafka import BrokerUnavailable
+
+    consumer = CutOff([records(0)], refused_s=0.05)
+    t0 = time.monotonic()
+    with pytest.raises(BrokerUnavailable, match="unreachable for 2 s"):
+        cut_off_runner(consumer, timeout_s=2.0).run(max_idle_s=0.3)
+    assert time.monotonic() - t0 >= 2.0
+    assert not any(ok for _, ok in consumer.probes)  # (none answered)
+    answering = CutOff([records(0)], back_at=0.0)  # idle, the broker there: ends at the limit
+    t0 = time.monotonic()
+    assert cut_off_runner(answering, timeout_s=30).run(max_idle_s=0.3).decided == 3
+    assert time.monotonic() - t0 < 5 and answering.probes
 
 
 def test_a_broker_back_just_before_the_timeout_is_ridden_out():

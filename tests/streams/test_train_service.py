@@ -4,6 +4,7 @@ tests/integration/test_kafka_train.py."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -285,20 +286,51 @@ def test_a_restarted_trainer_exports_the_version_it_learns_on_from_the_start(tmp
     first._save_state()
     svc = service(tmp_path, metrics=Metrics())
 
-    class Idle:
-        def poll(self, timeout_ms=0, max_records=None):
-            return {}
-
-        def assignment(self):
-            return {TopicPartition("labels", 0)}
-
-        def close(self, autocommit=False):
-            pass
-
     svc._connect = lambda: setattr(svc, "consumer", Idle())  # type: ignore[method-assign]
     svc.run(max_idle_s=0)
     info = {"version": "v000013", "spec": svc.spec.name}
     assert svc.metrics.registry.get_sample_value("fds_model_info", info) == 1
+
+
+class Idle:
+    """A consumer with nothing to read from a broker that answers (``gone``: that does not)."""
+
+    gone = False
+
+    def poll(self, timeout_ms=0, max_records=None):
+        return {}
+
+    def assignment(self):
+        return {TopicPartition("labels", 0)}
+
+    def end_offsets(self, tps, timeout_ms=None):
+        if self.gone:
+            time.sleep(0.05)
+            raise KafkaTimeoutError(f"Failed to get offsets by timestamps in {timeout_ms} ms")
+        return dict.fromkeys(tps, 0)
+
+    def close(self, autocommit=False):
+        pass
+
+
+def test_fds_train_ends_idle_with_the_broker_there_and_says_when_it_is_gone(tmp_path):
+    """Found by a QA pass: an outage was idle time (--max-idle: exit 0), and without
+    --max-idle fds train waited for a broker gone for good without a word."""
+    from fds.streams.kafka import BrokerUnavailable
+
+    cut_off = Idle()
+    cut_off.gone = True
+    for max_idle_s in (0.2, None):
+        svc = TrainService(
+            KafkaSettings(group="fds-train", broker_timeout_s=1), spec=DEFAULT_MODEL,
+            registry=tmp_path / "registry", state_dir=tmp_path / "state", models_topic=None,
+        )  # fmt: skip
+        svc._connect = lambda s=svc: setattr(s, "consumer", cut_off)  # type: ignore[method-assign]
+        t0 = time.monotonic()
+        with pytest.raises(BrokerUnavailable, match=r"unreachable for 1 s; .*fds train"):
+            svc.run(max_idle_s=max_idle_s)
+        assert 1 <= time.monotonic() - t0 < 10
+        svc.store.close()
 
 
 def test_fds_train_takes_its_settings_flags_and_only_those():
