@@ -403,7 +403,9 @@ class _Checker:
                 if not self.allow_extra:
                     raise self.fail(node, "extra.NAME is not available here")
                 if node.attr.startswith("_"):
-                    raise self.fail(node, "extra names may not start with '_'")
+                    raise self.fail(  # (a column named so, Mongo's _id, had no way in: a review)
+                        node, f"extra.NAME may not start with '_': write extra[{node.attr!r}]"
+                    )
                 src, t = self.name(node, "extra." + node.attr)
                 return (f"_truth({src})", BOOL) if cond else (src, t)
             err = self.fail(

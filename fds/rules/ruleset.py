@@ -690,8 +690,9 @@ class Ruleset:
         values = read_fields(given)
         extra = dict(values.get("extra") or {})
         for k in list(values):
-            if k.startswith("extra."):
-                extra[k[6:]] = values.pop(k)
+            name = extra_key(k)
+            if name is not None:
+                extra[name] = values.pop(k)
         values["extra"] = extra
         ts = values.get("ts")
         if isinstance(ts, date) and not isinstance(ts, datetime):  # (bare 2026-01-02: a QA pass)
@@ -708,6 +709,18 @@ class Ruleset:
 
 
 _EMPTY: Mapping[str, Any] = {}
+_EXTRA_KEY = re.compile(r"""extra\.(.+)|extra\[(?:'([^']+)'|"([^"]+)")\]""", re.DOTALL)
+
+
+def extra_key(key: str) -> str | None:
+    """The extra name a test's ``given`` key names, as the rule reads it (``extra.vip``,
+    ``extra['risk-score']``: that form was refused, a review), else None.
+
+    >>> extra_key("extra['risk-score']"), extra_key("extra.vip"), extra_key("amount")
+    ('risk-score', 'vip', None)
+    """
+    m = _EXTRA_KEY.fullmatch(key)
+    return None if m is None else next(g for g in m.groups() if g is not None)
 
 
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", " ": " ", "_": "\xa0", "N": "\x85",
@@ -898,7 +911,7 @@ def load_ruleset_text(
             tl, tc, _ = _mark_for(marks, ("rules", i, "tests", j))
             test_where[(r.id, j)] = f"{filename}:{tl}:{tc}"
             for k in t.given:
-                if k not in known and not k.startswith("extra.") and k != "extra":
+                if k not in known and extra_key(k) is None and k != "extra":
                     gl, gc, _ = _mark_for(marks, ("rules", i, "tests", j, "given", k, KEY))
                     errors.append(
                         f"{filename}:{gl}:{gc}: rule {r.id}: test gives unknown name {k!r}: "

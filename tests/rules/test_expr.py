@@ -573,3 +573,11 @@ def test_extra_names_that_python_folds_together_stay_apart() -> None:
     and the rule read one value for both."""
     e = compile_expr("extra['ﬁ'] == 1 and extra['fi'] == 2", KNOWN)
     assert e.evaluate({"extra": {"ﬁ": 1, "fi": 2}}) is True
+
+
+def test_an_extra_name_starting_with_an_underscore_is_read_by_its_key() -> None:
+    """A review: `extra._id` was refused without a way to read a column named so (Mongo's
+    `_id`), while `extra['_id']` is read."""
+    with pytest.raises(ExprError, match=r"may not start with '_': write extra\['_id'\]"):
+        compile_expr("extra._id == 'a'", KNOWN)
+    assert compile_expr("extra['_id'] == 'a'", KNOWN).evaluate({"extra": {"_id": "a"}}) is True

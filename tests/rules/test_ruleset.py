@@ -665,3 +665,26 @@ def test_the_alert_budget_may_be_the_groups() -> None:
     text = 'version: "1"\npolicy: {alert_budget_per_day: 100, alert_budget_scope: group}\n'
     policy = load_ruleset_text(text, "r.yaml").policy
     assert policy.alert_budget_scope == "group"
+
+
+def test_a_test_gives_an_extra_name_in_the_form_the_rule_reads_it() -> None:
+    """A review: a rule reading `extra['risk-score']` could not be tested with that key (an
+    unknown name), only with `extra.risk-score` or an `extra:` mapping."""
+    rs = load(
+        """
+        version: t
+        rules:
+          - id: risky
+            when: extra['risk-score'] > 5
+            action: review
+            score: 0.5
+            reason: r
+            tests:
+              - {given: {"extra['risk-score']": 9}, expect: hit}
+              - {given: {'extra["risk-score"]': 1}, expect: miss}
+              - {given: {extra.risk-score: 9}, expect: hit}
+        policy: {decline_at: 0.9, review_at: 0.5}
+        """,
+        run_tests=True,
+    )
+    assert [t.passed for t in rs.run_tests()] == [True, True, True]
