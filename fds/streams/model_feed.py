@@ -135,6 +135,7 @@ class ModelFeed:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._backoff = RETRY_MIN_S
+        self._rejected: set[tuple[str | None, str | None]] = set()  # (partition, offset) said
 
     # -- one announcement --------------------------------------------------------------------
 
@@ -150,9 +151,14 @@ class ModelFeed:
         return outcome
 
     def _reject(self, exc: Exception, where: Mapping[str, str]) -> str:
-        self.metrics.model_swap("bad_announcement")
-        error = str(exc) if isinstance(exc, ArtifactError) else f"{describe(exc)}"
-        log.warning('rejected model announcement error="%s"', error, extra=where)
+        """Said (and counted in the metric) once per record: the catch-up after a reconnect
+        reads the topic again and said every old bad one again (a QA pass)."""
+        at = (where.get("partition"), where.get("offset"))
+        if at == (None, None) or at not in self._rejected:
+            self._rejected.add(at)
+            self.metrics.model_swap("bad_announcement")
+            error = str(exc) if isinstance(exc, ArtifactError) else f"{describe(exc)}"
+            log.warning('rejected model announcement error="%s"', error, extra=where)
         return "rejected"
 
     def _check(

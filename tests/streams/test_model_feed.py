@@ -395,3 +395,14 @@ def test_a_rejected_announcement_is_logged_with_its_partition_and_offset(tmp_pat
     line = orjson.loads(out.getvalue().splitlines()[-1])
     assert line["msg"] == "rejected model announcement"
     assert (line["partition"], line["offset"]) == ("models[0]", "12") and line["error"]
+
+
+def test_a_rejected_announcement_read_again_is_said_once(tmp_path: Path, caplog):
+    """A QA pass: every reconnect's catch-up reads the topic again, and each old bad
+    announcement was logged (and counted in fds_model_swaps_total) again."""
+    feed = _feed(tmp_path)
+    for _ in range(3):
+        assert feed.handle(b"not json", {"partition": "models[0]", "offset": "12"}) == "rejected"
+    feed.handle(b"not json", {"partition": "models[0]", "offset": "13"})
+    said = [r for r in caplog.records if r.getMessage().startswith("rejected model")]
+    assert len(said) == 2 and feed.stats.rejected == 4
