@@ -122,7 +122,12 @@ from fds.models.registry import KEY_ENV, write_atomic
 from fds.pipeline import DEFAULT_MODEL, DEFAULT_RULES, build_engine
 from fds.schema import dead_letter, dumps, loads_record, parse_transaction
 from fds.streams.align import Aligner, fetched_to
-from fds.streams.checkpoint import Checkpoint, Checkpointer, default_state_dir, parse_checkpoint
+from fds.streams.checkpoint import (
+    Checkpoint,
+    Checkpointer,
+    default_state_dir,
+    parse_checkpoint,
+)
 from fds.streams.files import (
     ColumnMapping,
     DamagedFile,
@@ -480,7 +485,7 @@ class KafkaSettings(BaseSettings):
     input_topic: str = "transactions"
     output_topic: str = "decisions"
     dlq_topic: str = "dead-letters"
-    group: str = "fds"
+    group: str = Field(default="fds", min_length=1)  # ("": the state root itself, a review)
     # Static membership: a restarted instance with the same id takes its partitions back at
     # once instead of waiting a session timeout for the dead member to expire.
     group_instance_id: str | None = None
@@ -572,6 +577,9 @@ class KafkaSettings(BaseSettings):
         """How to change ``setting`` where it was given (``fix --output-topic``, ``fix
         FDS_OUTPUT_TOPIC``, ``fix output_topic in kafka.yaml``); set by its flag when it was
         not given (a missing topic named in a settings file was told to fix a flag: a QA)."""
+        env = f"FDS_{setting.upper()}"
+        if setting not in self._origins and any(k.upper() == env for k in os.environ):
+            return f"fix {env}"  # (settings made without load_settings read it too)
         origin = self._origins.get(setting, "the default")
         flag = next((f for f, dest in _SETTING_FLAGS.items() if dest == setting), None)
         if origin == "the default":
@@ -602,11 +610,19 @@ class KafkaSettings(BaseSettings):
         refused, so a flag could not turn off a file's setting: a QA pass)."""
         return None if isinstance(v, str) and v.strip().lower() == "none" else v
 
+    @field_validator("group_instance_id", mode="before")
+    @classmethod
+    def _no_instance(cls, v: Any) -> Any:
+        """An empty id is none (an unset variable in a template), as it was read before."""
+        return None if v == "" else v
+
     @field_validator("auto_offset_reset", mode="before")
     @classmethod
     def _reset(cls, v: Any) -> Any:
-        """Any case; ``none`` said why it is refused."""
+        """Any case, and the old names ``smallest``/``largest``; ``none`` said why it is
+        refused."""
         v = v.strip().lower() if isinstance(v, str) else v
+        v = {"smallest": "earliest", "largest": "latest"}.get(v, v)  # (the old names)
         if v == "none":
             raise ValueError(
                 "'none' is not supported: a partition without a committed offset needs a start; "
@@ -1018,7 +1034,8 @@ class Runner:
                 self.producer.init_transactions()
             except KafkaError as exc:  # (kafka-python 3.0 wraps the broker's error in a
                 # KafkaError naming it: was exit 1 with that text, a QA pass)
-                if InvalidTransactionTimeoutError.__name__ not in str(exc):
+                named = InvalidTransactionTimeoutError.__name__ in str(exc)
+                if not isinstance(exc, InvalidTransactionTimeoutError) and not named:
                     raise
                 refused = InvalidTransactionTimeoutError()
                 raise self._refused(refused, "the transactional producer") from exc
@@ -1139,7 +1156,10 @@ class Runner:
             return
         reader = self._consumer_factory(**self.s.reader_config(bootstrap_timeout_ms=timeout_ms))
         # The model stage judges its maturity gate and champion/challenger contests on them.
-        self.labels = LabelFeed(reader, topic, plan, getattr(self.engine.model, "on_label", None))
+        self.labels = LabelFeed(
+            reader, topic, plan, getattr(self.engine.model, "on_label", None),
+            fix=f"{self.s.fix('labels_topic')} (or drop it)",
+        )  # fmt: skip
 
     def _model_without_labels(self) -> None:
         """No label feed: tell the model stage (see ModelServer.without_labels)."""
@@ -1682,7 +1702,7 @@ class Runner:
             "the topic or the broker's ACLs for this principal",
             InvalidTransactionTimeoutError: f"transaction_timeout_ms {s.transaction_timeout_ms}"
             " is above the broker's transaction.max.timeout.ms (900000 by default): lower "
-            "transaction_timeout_ms (FDS_TRANSACTION_TIMEOUT_MS or the --config file)",
+            f"it: {s.fix('transaction_timeout_ms')}",
         }[type(exc)]
         return ConfigError(f"Kafka refused {what}: {type(exc).__name__}: {why}")
 

@@ -173,7 +173,8 @@ def close_producer(producer: Any, timeout: float) -> None:
         sender = getattr(producer, "_sender", None)
         if sender is not None:
             sender.force_close()
-            sender.join(1.0)  # (fails the undelivered batches, closes the network client)
+            sender.join(1.0)  # (fails the undelivered batches, closes the network client:
+            # milliseconds; 1 s at most over ``timeout``)
         with contextlib.suppress(Exception):
             producer.close(timeout=0)
 

@@ -80,10 +80,12 @@ class LabelFeed:
     """
 
     def __init__(
-        self, consumer: Any, topic: str, plan: Any, also: Callable[[Any], None] | None = None
-    ) -> None:
+        self, consumer: Any, topic: str, plan: Any, also: Callable[[Any], None] | None = None,
+        fix: str = "drop --labels-topic",
+    ) -> None:  # fmt: skip
         self.consumer = consumer
         self.topic = topic
+        self.fix = fix  # what a missing topic is told to do (where the topic was named)
         self.plan = plan
         self.also = also  # also given each label applied (the model stage: gate and contests)
         self.bad: list[tuple[Any, BaseException]] = []
@@ -117,7 +119,7 @@ class LabelFeed:
             if not parts:
                 raise ConfigError(
                     f"labels topic {self.topic!r} does not exist: create it (`fds kafka topics`) "
-                    "or drop --labels-topic"
+                    f"or {self.fix}"
                 )
             self._tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
             c.assign(self._tps)

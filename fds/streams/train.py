@@ -200,6 +200,7 @@ class TrainService:
         self._revoked: list[Any] = []  # by the rebalance listener (the client's I/O thread)
         self._shared: str | None = None  # ... when another trainer shares the group
         self._stop = False
+        self._stop_by: float | None = None  # the stop's deadline (monotonic), once stopping
         self.consumer: Any = None
         self.producer: Any = None
 
@@ -283,8 +284,18 @@ class TrainService:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def stop(self, *_: Any) -> None:
-        """Finish the current batch, commit and return (signal-safe)."""
+        """Finish the current batch, commit and return (signal-safe), within
+        ``shutdown_timeout_s`` of now."""
         self._stop = True
+        if self._stop_by is None:
+            self._stop_by = time.monotonic() + self.s.shutdown_timeout_s
+
+    def _time_left(self) -> float:
+        """Seconds left before the stop's deadline (from now when the loop ended otherwise):
+        a SIGTERM during an outage waited 28 s for the clients' own timeouts (a review)."""
+        if self._stop_by is None:
+            self._stop_by = time.monotonic() + self.s.shutdown_timeout_s
+        return max(0.1, self._stop_by - time.monotonic())
 
     def _connect(self) -> None:
         s = self.s
@@ -339,28 +350,34 @@ class TrainService:
                 now = time.monotonic()
                 if batch:
                     no_input.since = broker.contact = now
-                if batch or any(self._held.values()):  # (held labels may go on by now)
+                held = any(self._held.values())
+                if batch or held:  # (held labels may go on by now)
                     self._process(batch)
-                elif broker.idle_ended(now, no_input.over(self.consumer, now)):
+                # the broker asked while labels wait for their decisions too (they may wait
+                # minutes: an outage then went unsaid, a review)
+                if not batch and broker.idle_ended(
+                    now, not held and no_input.over(self.consumer, now)
+                ):
                     break
         except BaseException:
             self.store.rollback()  # a half-done batch: the restart redoes it from the offsets
             raise
         finally:
+            left = self._time_left
             with contextlib.suppress(Exception):
-                self.consumer.close(autocommit=False)
+                self.consumer.close(autocommit=False, timeout_ms=int(left() * 300))
             if self.producer is not None:
                 if self._unannounced is not None:  # a last try: it would be lost with us
                     self._announce_at = 0.0
                     with contextlib.suppress(Exception):
-                        self._send_announcement()
+                        self._send_announcement(timeout_s=left() * 0.6)
                     if self._unannounced is not None:
                         log.error(
                             'version="%s" was published in the registry but not announced on '
                             'topic="%s": scorers reading that topic get it with the next version',
                             self._unannounced.version, self.models_topic,
                         )  # fmt: skip
-                close_producer(self.producer, 5)
+                close_producer(self.producer, max(left() - 1.0, 0.0))  # (its join: 1 s)
         return self.stats
 
     # -- the loop ----------------------------------------------------------------------------
@@ -539,11 +556,12 @@ class TrainService:
         self._unannounced = pub
         self._send_announcement()
 
-    def _send_announcement(self) -> None:
+    def _send_announcement(self, timeout_s: float | None = None) -> None:
         """Announce the newest published version not announced yet (a failed announcement is
         retried after ``ANNOUNCE_RETRY_S``, at the end of a batch; a newer version supersedes
         it). One too large for the topic (``max.message.bytes``) goes again without the
-        artifact inline: scorers then read it from the registry path."""
+        artifact inline: scorers then read it from the registry path. Each send is waited for
+        ``timeout_s`` at most (``None``: ``broker_timeout_s``)."""
         pub = self._unannounced
         if pub is None or self.producer is None or not self.models_topic:
             return
@@ -553,7 +571,7 @@ class TrainService:
         key = self.spec.name.encode()
         try:
             try:
-                self._send_and_wait(key, value)
+                self._send_and_wait(key, value, timeout_s)
             except MessageSizeTooLargeError:
                 if value["artifact_b64"] is None:
                     raise
@@ -561,7 +579,7 @@ class TrainService:
                     'version="%s" too large to announce inline; announced as a pointer to '
                     'path="%s"', pub.version, value["path"],
                 )  # fmt: skip
-                self._send_and_wait(key, {**value, "artifact_b64": None})
+                self._send_and_wait(key, {**value, "artifact_b64": None}, timeout_s)
         except KafkaError as exc:
             log.error(
                 'announcing version="%s" on topic="%s" failed (%s: %s); retried in %.0f s '
@@ -572,10 +590,10 @@ class TrainService:
             return
         self._unannounced = None
 
-    def _send_and_wait(self, key: bytes, value: dict[str, Any]) -> None:
+    def _send_and_wait(self, key: bytes, value: dict[str, Any], timeout_s: float | None) -> None:
         assert self.producer is not None and self.models_topic
         fut = self.producer.send(self.models_topic, key=key, value=orjson.dumps(value))
-        self.producer.flush(timeout=self.s.broker_timeout_s)
+        self.producer.flush(timeout=self.s.broker_timeout_s if timeout_s is None else timeout_s)
         fut.get(timeout=0)  # raises the send's error (or a timeout if it is still pending)
 
     def _commit(self) -> None:

@@ -74,6 +74,8 @@ def test_an_offset_reset_fds_cannot_run_with_is_refused_at_the_start(tmp_path, m
         load_settings()
     monkeypatch.setenv("FDS_AUTO_OFFSET_RESET", " Latest")
     assert load_settings(f).auto_offset_reset == "latest"  # (any case; the env beats the file)
+    monkeypatch.setenv("FDS_AUTO_OFFSET_RESET", "smallest")  # (kafka-python's old names)
+    assert load_settings(f).auto_offset_reset == "earliest"
 
 
 def test_a_setting_is_told_to_be_fixed_where_it_was_given(tmp_path, monkeypatch):
@@ -88,6 +90,15 @@ def test_a_setting_is_told_to_be_fixed_where_it_was_given(tmp_path, monkeypatch)
     assert s.fix("dlq_topic") == "fix FDS_DLQ_TOPIC"
     assert s.fix("state_topic") == "set --state-topic"  # (not given: its flag)
     assert KafkaSettings().fix("output_topic") == "set --output-topic"
+    assert KafkaSettings().fix("dlq_topic") == "fix FDS_DLQ_TOPIC"  # (made directly: read too)
+
+
+def test_an_empty_group_is_refused_and_an_empty_instance_id_is_none():
+    """A review: group "" made the state root itself the state dir (group "" instance "x" was
+    group "x"'s)."""
+    with pytest.raises(ConfigError, match=r"setting group: .*at least 1 char.* \(from --group"):
+        load_settings(group="")
+    assert load_settings(group_instance_id="").group_instance_id is None  # (an unset variable)
 
 
 def test_a_bad_value_from_the_environment_is_not_blamed_on_the_file(tmp_path, monkeypatch):

@@ -129,6 +129,16 @@ def test_a_missing_labels_topic_is_a_clear_error():
     feed = LabelFeed(NoTopic([]), "labelz", plan())
     with pytest.raises(ConfigError, match=r"'labelz' does not exist.*fds kafka topics"):
         feed.rewind(input_ms=0)
+    # fds run tells where the topic was named (a review: always "drop --labels-topic")
+    from fds.engine import Engine
+    from fds.streams.kafka import Runner, load_settings
+
+    settings = load_settings(labels_topic="labelz")
+    runner = Runner(settings, Engine(features=plan()), consumer_factory=lambda **_: NoTopic([]))
+    runner._connect_labels("labelz", 1000)
+    assert runner.labels is not None
+    with pytest.raises(ConfigError, match=r"or fix --labels-topic \(or drop it\)"):
+        runner.labels.rewind(input_ms=0)
 
 
 def test_a_rewind_applies_labels_as_it_reads_them(monkeypatch):

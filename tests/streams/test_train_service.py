@@ -4,6 +4,7 @@ tests/integration/test_kafka_train.py."""
 
 from __future__ import annotations
 
+import collections
 import time
 from pathlib import Path
 from typing import Any
@@ -309,8 +310,9 @@ class Idle:
             raise KafkaTimeoutError(f"Failed to get offsets by timestamps in {timeout_ms} ms")
         return dict.fromkeys(tps, 0)
 
-    def close(self, autocommit=False):
-        pass
+    def close(self, autocommit=False, timeout_ms=None):
+        if self.gone:  # (kafka-python waits for a broker that does not answer: 30 s)
+            time.sleep(min(30.0, (timeout_ms or 30_000) / 1000))
 
 
 def test_fds_train_ends_idle_with_the_broker_there_and_says_when_it_is_gone(tmp_path):
@@ -331,6 +333,38 @@ def test_fds_train_ends_idle_with_the_broker_there_and_says_when_it_is_gone(tmp_
             svc.run(max_idle_s=max_idle_s)
         assert 1 <= time.monotonic() - t0 < 10
         svc.store.close()
+
+
+def test_fds_train_holding_labels_still_says_a_broker_gone_and_stops_in_time(tmp_path):
+    """A review: while labels waited for their decisions (minutes) the broker was never
+    asked, so an outage went unsaid; a SIGTERM waited 28 s for the consumer's close."""
+    from fds.streams.kafka import BrokerUnavailable
+
+    def trainer() -> TrainService:
+        svc = TrainService(
+            KafkaSettings(group="fds-train", broker_timeout_s=1, shutdown_timeout_s=2),
+            spec=DEFAULT_MODEL, registry=tmp_path / "registry", state_dir=tmp_path / "state",
+            models_topic=None,
+        )  # fmt: skip
+        cut_off = Idle()
+        cut_off.gone = True
+        svc._connect = lambda: setattr(svc, "consumer", cut_off)  # type: ignore[method-assign]
+        svc._held = {TopicPartition("labels", 0): collections.deque(["a label"])}
+        svc._process = lambda batch: None  # type: ignore[method-assign]  # (they wait on)
+        return svc
+
+    svc = trainer()
+    t0 = time.monotonic()
+    with pytest.raises(BrokerUnavailable, match=r"unreachable for 1 s"):
+        svc.run()
+    assert time.monotonic() - t0 < 10  # (the close: 30 % of the 2 s left)
+    svc.store.close()
+    svc = trainer()
+    svc.stop()  # a SIGTERM
+    t0 = time.monotonic()
+    svc.run()
+    assert time.monotonic() - t0 < 3  # within shutdown_timeout_s (2 s), not 30
+    svc.store.close()
 
 
 def test_fds_train_takes_its_settings_flags_and_only_those():
