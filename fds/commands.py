@@ -186,7 +186,6 @@ def _replay(args: argparse.Namespace) -> int:
         if path is not None and not Path(path).is_file():
             say(f"fds replay: error: {flag} not found: {path}")
             return 2
-    dlq_path = args.dlq or dlq_path_for(args.out)
     # (the default dead-letter file is only made when there is a dead letter)
     for flag, path in (("--out", args.out), ("--dlq", args.dlq)):
         problem = _unwritable(path) if path is not None else None
@@ -196,6 +195,7 @@ def _replay(args: argparse.Namespace) -> int:
                 "a writable directory"
             )
             return 2
+    dlq_path = args.dlq or dlq_path_for(args.out)  # (after: --out . had no name, a traceback)
     # Files this run reads: an output over one truncated it (the input while the reader was
     # still in it; the rules or the mapping for the next run).
     reads = [

@@ -221,6 +221,9 @@ class ReplaySummary(Alerts):
     # of those, transactions read but dead-lettered (not decided), by the reader (a value it
     # could not parse) or by a stage of the engine
     dead_frauds: int = 0
+    # fraud labels whose tx_id was read (decided or dead-lettered): counted by id, a tx_id read
+    # twice once (a repeated id hid a label of no transaction: a QA pass)
+    matched_labels: int = 0
     unparsed: int = 0  # records that could not be parsed at all (not JSON: their ids unknown)
     # transactions dead-lettered by a rule that raised (per rule id: the rules before it ran
     # on them), and by a stage after the rules (every rule ran on them)
@@ -244,7 +247,7 @@ class ReplaySummary(Alerts):
         ids, or labels of another file); those of dead-lettered transactions are apart."""
         if self.frauds is None:
             return 0
-        return max(0, self.fraud_labels - self.frauds - self.dead_frauds)
+        return self.fraud_labels - self.matched_labels
 
     def _unmatched(self) -> str:
         """:attr:`unmatched_frauds`, and the records whose ids could not be read: some of
@@ -576,6 +579,7 @@ def _run(
     lines = stream.lines
     truth = stream.truth
     alerted_frauds = total_frauds = learned = dead_frauds = dead_after_rules = 0
+    matched: set[str] = set()  # the labelled fraud tx_ids read
     model_learned = _model_learned(engine)
     trainer = getattr(engine.model, "trainer", None)
     learn_errors = trainer.stats["learn_errors"] if trainer is not None else 0
@@ -645,7 +649,9 @@ def _run(
                         )
                     )
                     d = None
-                    dead_frauds += tx["tx_id"] in truth
+                    if tx["tx_id"] in truth:
+                        dead_frauds += 1
+                        matched.add(tx["tx_id"])
                     if isinstance(e.cause, RuleError):
                         s.dead_by_rule[e.cause.rule] += 1
                     else:
@@ -668,6 +674,7 @@ def _run(
                     if tx["tx_id"] in truth:
                         total_frauds += 1
                         alerted_frauds += action != "approve"
+                        matched.add(tx["tx_id"])
                 # (also after a stage failure: every record failing one held its dead letters
                 # in memory and the metrics still until the end, a review)
                 # paced, a second at most between reports too (a scrape of a slow replay saw
@@ -721,6 +728,7 @@ def _run(
     if truth:
         s.frauds, s.alerted_frauds = total_frauds, alerted_frauds
         s.fraud_labels, s.dead_frauds = len(truth), dead_frauds + len(stream.dead_truth)
+        s.matched_labels = len(matched | stream.dead_truth)
     s.unparsed = stream.unparsed
     return s
 

@@ -440,6 +440,8 @@ def test_outputs_over_each_other_or_over_a_file_the_run_reads_are_refused(
         (["--dlq", str(rules)], "--dlq", "is the --rules file"),
         (["--out", str(tmp_path)], "--out", "it is a directory"),
         (["--dlq", str(tmp_path)], "--dlq", "it is a directory"),
+        (["--out", ""], "--out .", "it is a directory"),  # (a traceback: a QA pass)
+        (["--out", "/"], "--out /", "it is a directory"),
         # every transaction read twice, once a label's dead letter (a review: 39,280
         # transactions in the summary for 19,640)
         (["--labels", str(history)], "--labels", "is the input file"),

@@ -259,6 +259,18 @@ def test_fraud_labels_of_records_the_reader_dead_lettered_are_said_as_such(tmp_p
     assert rows["  fraud labels of no transaction"] == "1 (or of the 1 unparsed record(s))"
 
 
+def test_a_repeated_tx_id_does_not_hide_a_label_of_no_transaction(tmp_path):
+    """A QA pass: the unmatched count was labels minus frauds decided, so d1 decided twice
+    cancelled the label of no transaction."""
+    p = write_jsonl(tmp_path / "x.jsonl", [tx(1, T0), tx(1, T0 + 1), tx(2, T0 + 2)])
+    lp = write_jsonl(tmp_path / "l.jsonl", [
+        {"tx_id": t, "ts": T0 + 5, "is_fraud": True} for t in ("t1", "ghost")
+    ])  # fmt: skip
+    s = replay.run(Engine(), replay.open_stream(p, labels_path=lp), ListSink(), ListSink())
+    assert (s.frauds, s.fraud_labels, s.unmatched_frauds) == (2, 2, 1)
+    assert dict(s.rows())["  fraud labels of no transaction"] == "1"
+
+
 def test_a_label_column_and_a_labels_file_together_are_refused(tmp_path):
     """Both were learned: each fraud twice, at the earlier of its two times (a review)."""
     from fds.errors import ConfigError

@@ -31,6 +31,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -106,6 +107,23 @@ _MAPPABLE = sorted(f for f in TX_FIELDS if f != "extra")
 EngineField = Annotated[str, AfterValidator(_engine_field)]
 
 
+def _column_name(value: Any) -> Any:
+    """A column's name is a text: YAML made ``0`` a number and an empty value a null, and
+    the error said only "a valid string" (a QA pass)."""
+    if value is None or value == "":
+        raise ValueError("name the file's column, e.g. tx_id: TransactionID")
+    if not isinstance(value, str):
+        raise ValueError(
+            f"YAML reads it as {_yaml_kind(value)}, not a column name: write it in quotes as "
+            f"the header has it, e.g. '{value}'"
+        )
+    return value
+
+
+#: A column name under ``fields:`` or ``labels_file:``.
+ColumnName = Annotated[str, BeforeValidator(_column_name)]
+
+
 #: A labels file's fields (the Label contract) and those it needs.
 LabelField = Literal["tx_id", "ts", "is_fraud", "source"]
 LABEL_REQUIRED: frozenset[str] = frozenset({"tx_id", "ts", "is_fraud"})
@@ -116,7 +134,7 @@ class ColumnMapping(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     format: Format | None = None
-    fields: dict[EngineField, str] = Field(default_factory=dict)
+    fields: dict[EngineField, ColumnName] = Field(default_factory=dict)
     timezone: str = "UTC"
     label: LabelColumn | None = None
     #: Texts read as a missing value, as an empty cell is (``[NaN, NA, "null"]``): a device
@@ -127,7 +145,7 @@ class ColumnMapping(BaseModel):
     ts_origin: float | None = None
     #: A separate ``--labels`` file's own column names (``is_fraud: isFraud``): a chargeback
     #: file with its own names was dead-lettered whole (a QA pass).
-    labels_file: dict[LabelField, str] = Field(default_factory=dict)
+    labels_file: dict[LabelField, ColumnName] = Field(default_factory=dict)
     #: A CSV file's text encoding (``cp1252``, as Excel on Windows writes it); UTF-8 (a byte
     #: order mark skipped) when omitted. JSON Lines is UTF-8 by definition.
     encoding: str | None = None

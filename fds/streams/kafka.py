@@ -3150,6 +3150,14 @@ def build_run_engine(
     that does not share the trainer's registry directory. :func:`close_engine` stops it.
     With ``settings.state_topic`` the feature state records each event's input partition, so
     that another instance can take partitions over from its snapshot (Runner._take_over)."""
+    if models_topic and settings is not None:
+        roles = ("input_topic", "output_topic", "dlq_topic", "labels_topic", "state_topic")
+        role = next((r for r in roles if getattr(settings, r) == models_topic), None)
+        if role is not None:  # (announcements read as input, or written over: a QA pass)
+            raise ConfigError(
+                f"--models-topic and {role} are both {models_topic!r}: give each its own "
+                f"topic ({settings.fix(role)} or --models-topic)"
+            )
     engine = build_engine(
         rules,
         model,

@@ -138,6 +138,7 @@ class TrainStats:
     decisions: int = 0
     labels: int = 0
     bad_records: int = 0
+    dead_letters: int = 0  # fds run's, in the decisions topic (--dlq-topic its output topic)
     published: int = 0
     commits: int = 0
 
@@ -412,6 +413,9 @@ class TrainService:
             self._commit()
 
     def _on_decision(self, msg: Any) -> None:
+        if any(k == "stage" for k, _ in msg.headers or ()):  # fds run's dead letter: a
+            self.stats.dead_letters += 1  # decisions topic may hold them (each was a warning
+            return  # of a bad record: a QA pass)
         try:
             d = orjson.loads(msg.value)
             tx = d.get("tx") or {}
@@ -696,11 +700,13 @@ def trainer_metrics(enabled: bool) -> Metrics:
 def _cmd_train(args: argparse.Namespace) -> int:
     try:
         settings = train_settings(args)
-        if args.decisions_topic == args.labels_topic:  # (it learned nothing, without a word:
-            raise ConfigError(  # a QA pass)
-                f"--decisions-topic and --labels-topic are both {args.labels_topic!r}: give "
-                "each its own topic"
-            )
+        named = [("--decisions-topic", args.decisions_topic), ("--labels-topic", args.labels_topic),
+                 ("--models-topic", args.models_topic)]  # fmt: skip
+        for i, (a, topic) in enumerate(named):  # (one topic for two: it learned nothing, or
+            # read its own announcements back as bad records, without a word: QA passes)
+            b = next((b for b, other in named[i + 1 :] if other == topic), None)
+            if b is not None:
+                raise ConfigError(f"{a} and {b} are both {topic!r}: give each its own topic")
         metrics = trainer_metrics(args.metrics_port >= 0)
         svc = TrainService(
             settings,
@@ -735,7 +741,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             server.stop()
     say(
         f"decisions={stats.decisions} labels={stats.labels} published={stats.published} "
-        f"bad_records={stats.bad_records}",
+        f"bad_records={stats.bad_records} dead_letters={stats.dead_letters}",
         logging.INFO,
     )
     return 0

@@ -404,3 +404,21 @@ def test_train_refuses_one_topic_for_decisions_and_labels(capsys):
                    "-1"])  # fmt: skip
     assert args.func(args) == 2
     assert "--decisions-topic and --labels-topic are both 'd'" in capsys.readouterr().err
+    # (announcements written to the decisions topic were read back as bad records: a QA pass)
+    for flags, says in [
+        (["--decisions-topic", "d", "--models-topic", "d"], "--decisions-topic and --models-topic"),
+        (["--labels-topic", "l", "--models-topic", "l"], "--labels-topic and --models-topic"),
+    ]:
+        args = _parse(["train", *flags, "--metrics-port", "-1"])
+        assert args.func(args) == 2
+        assert f"{says} are both" in capsys.readouterr().err
+
+
+def test_run_refuses_the_models_topic_in_another_role():
+    """A QA pass: `fds run --models-topic transactions` read the announcements as input."""
+    from fds.streams.kafka import build_run_engine
+
+    for role, topic in [("input_topic", "transactions"), ("labels_topic", "labels")]:
+        s = load_settings(labels_topic="labels")
+        with pytest.raises(ConfigError, match=rf"--models-topic and {role} are both '{topic}'"):
+            build_run_engine(None, None, models_topic=topic, settings=s)

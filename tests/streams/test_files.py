@@ -90,6 +90,18 @@ def test_a_required_field_neither_mapped_nor_a_column_is_a_config_error(tmp_path
     ("text", "message"),
     [
         ("fields:\n  tx_id: A\n  shoe: B\n", r"m.yaml:3: fields.shoe: unknown engine field .shoe."),
+        # a header of numbers, an empty value: "Input should be a valid string" (a QA pass)
+        (
+            "fields:\n  tx_id: 0\n",
+            r"m.yaml:2: fields.tx_id: YAML reads it as the number 0, not a "
+            r"column name: write it in quotes as the header has it, e.g. '0'",
+        ),
+        ("fields:\n  tx_id: A\n  ts:\n", r"m.yaml:3: fields.ts: name the file's column"),
+        (
+            "labels_file: {is_fraud: yes}\n",
+            r"m.yaml:1: labels_file.is_fraud: YAML reads it as a "
+            r"boolean \(True\)",
+        ),
         ("fields: {tx_id: A}\ntimezone: Mars/Base\n", r"m.yaml:2: timezone: unknown timezone"),
         (
             "fields: {tx_id: A}\nlabel:\n  column: F\n  delay: soon\n",

@@ -562,3 +562,22 @@ def test_the_trainer_exports_none_of_the_scorer_s_series():
         assert name in text, name
     scorer = generate_latest(make_metrics(True).registry).decode()
     assert "fds_decisions_total" in scorer and "fds_rebalances_total" in scorer
+
+
+def test_fds_runs_dead_letters_in_the_decisions_topic_are_skipped_not_bad_records(tmp_path):
+    """A QA pass: with --dlq-topic the output topic (allowed), fds train warned of each dead
+    letter as a bad record."""
+    from types import SimpleNamespace
+
+    svc = service(tmp_path)
+    letter = SimpleNamespace(
+        value=orjson.dumps({"stage": "parse", "reason": "not JSON", "raw": "x"}),
+        headers=[("source", b"transactions"), ("stage", b"parse"), ("error", b"ValueError")],
+        topic="decisions", partition=0, offset=7,
+    )  # fmt: skip
+    svc._on_decision(letter)
+    assert (svc.stats.dead_letters, svc.stats.bad_records) == (1, 0)
+    svc._on_decision(SimpleNamespace(value=b"{}", headers=[], topic="decisions", partition=0,
+                                     offset=8))  # fmt: skip
+    assert (svc.stats.dead_letters, svc.stats.bad_records) == (1, 1)  # (no tx_id: bad)
+    svc.store.close()
