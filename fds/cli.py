@@ -14,6 +14,7 @@ import gc
 import importlib
 import math
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -98,22 +99,39 @@ class _Parser(argparse.ArgumentParser):
 
     @staticmethod
     def _did_you_mean(options: list[str], extras: list[str]) -> str | None:
-        """``--bootstarp``: the closest option of the command (or of fds itself)."""
+        """``--bootstarp``: the closest option of the command, or of fds itself (``--quite``
+        had no word: a QA pass), said to go before the command."""
         for arg in extras:
             name = arg.split("=", 1)[0]
             if name.startswith("-") and name not in _GLOBAL:
-                close = difflib.get_close_matches(name, options, n=1, cutoff=0.7)
+                close = difflib.get_close_matches(name, [*options, *_GLOBAL], n=1, cutoff=0.7)
+                if close and close[0] in _GLOBAL and close[0] not in options:
+                    return f"{name}: did you mean {close[0]}? It goes before the command"
                 if close:
                     return f"{name}: did you mean {close[0]}?"
         return None
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        argv = sys.argv[1:] if _Parser.argv is None else _Parser.argv
+        if self._hint is None and "invalid choice" in message:
+            # `fds models --registy R list`: the mistyped option left R for the subcommand,
+            # and only R was said (a QA pass)
+            known = list(self._option_string_actions)
+            self._hint = self._did_you_mean(
+                known, [a for a in argv if a.startswith("-") and a.split("=")[0] not in known]
+            )
+            m = re.search(r"invalid choice: '(.*)' \(choose from (.*)\)$", message)
+            close = (
+                difflib.get_close_matches(m[1], re.findall(r"'([^']*)'", m[2]), n=1) if m else []
+            )
+            if self._hint is None and close:  # (`fds modls`)
+                self._hint = f"did you mean {close[0]}?"
         hint = self._hint or f"run '{self.prog} --help' for help"
         if message.startswith("unrecognized arguments:"):
             misplaced = [a for a in message.split(":", 1)[1].split() if a in _GLOBAL]
             if misplaced:  # `fds replay f.csv -q`: the global options go first
                 hint = f"{misplaced[0]} goes before the command: fds {misplaced[0]} COMMAND ..."
-        if _wants_json(sys.argv[1:] if _Parser.argv is None else _Parser.argv):
+        if _wants_json(argv):
             say(f"{self.prog}: error: {message} ({hint})")  # one JSON record (a QA pass)
             self.exit(2)
         self.print_usage(sys.stderr)

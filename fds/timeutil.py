@@ -238,7 +238,9 @@ _MAX_TS = datetime(9998, 1, 1, tzinfo=UTC).timestamp()
 
 def _in_range(ts: float, value: object) -> float:
     if not _MIN_TS <= ts < _MAX_TS:
-        raise ValueError(f"timestamp {value!r} is out of range: fds takes years 1900 to 9997")
+        # (a datetime as written, not its repr: a Parquet column's, a QA pass)
+        shown = value.isoformat() if isinstance(value, datetime) else repr(value)
+        raise ValueError(f"timestamp {shown} is out of range: fds takes years 1900 to 9997")
     return ts
 
 

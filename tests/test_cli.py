@@ -545,7 +545,9 @@ def test_a_global_option_after_the_command_says_where_it_goes(capsys):
         (["replay", "f.csv", "--xyz"], "(run 'fds replay --help' for its options)"),
         (["kafka", "up", "--prot", "1"], "(--prot: did you mean --port?)"),
         (["kafka", "up", "--xyz"], "(run 'fds kafka up --help' for its options)"),
-        (["kafka", "up", "--quite"], "(run 'fds kafka up --help' for its options)"),
+        # fds's own, mistyped (a QA pass: no word)
+        (["kafka", "up", "--quite"], "(--quite: did you mean --quiet? It goes before the comm"),
+        (["--quite", "replay", "f.csv"], "(--quite: did you mean --quiet? It goes before the c"),
     ],
 )
 def test_a_mistyped_option_is_told_the_closest_one(capsys, argv, hint):
@@ -559,6 +561,24 @@ def test_a_mistyped_option_is_told_the_closest_one(capsys, argv, hint):
     assert (
         f"fds {command}: error: unrecognized arguments: " in err and "usage: fds " + command in err
     )
+
+
+@pytest.mark.parametrize(
+    ("argv", "hint"),
+    [
+        # a mistyped option left its value for the subcommand: only the value was said
+        (["models", "--registy", "r", "list"], "(--registy: did you mean --registry?)"),
+        (["modls", "list"], "(did you mean models?)"),
+        (["rules", "chek", "r.yaml"], "(did you mean check?)"),
+    ],
+)
+def test_an_invalid_command_is_told_the_closest_one_or_the_mistyped_option(capsys, argv, hint):
+    """A QA pass."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice" in err and hint in err, err
 
 
 def test_the_console_script_freezes_what_it_held_before_the_process_exits(tmp_path, monkeypatch):

@@ -45,3 +45,9 @@ def test_timestamps_beyond_calendar_arithmetic_are_rejected(value):
 
     with pytest.raises(ValidationError, match="out of range"):
         parse_transaction({"tx_id": "a", "ts": value, "card_id": "c", "amount": 5})
+
+
+def test_a_datetime_out_of_range_is_said_as_written_not_as_its_repr():
+    """A QA pass: a Parquet timestamp of 1850 was said as datetime.datetime(1850, 1, 1, 0, 0)."""
+    with pytest.raises(ValueError, match=r"^timestamp 1850-01-01T00:00:00 is out of range"):
+        parse_ts(datetime(1850, 1, 1))
