@@ -113,19 +113,22 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         argv = sys.argv[1:] if _Parser.argv is None else _Parser.argv
-        if self._hint is None and "invalid choice" in message:
-            # `fds models --registy R list`: the mistyped option left R for the subcommand,
-            # and only R was said (a QA pass)
+        m = re.search(r"invalid choice: (\S+)", message)
+        if self._hint is None and m:
+            # the closest command (`fds modls`), else an option mistyped before it that left
+            # its value for the command (`fds models --registy R list`): only R was said (a QA
+            # pass). The choices from the parser: Python 3.12.9+ prints them unquoted.
+            subs = [a for a in self._actions if isinstance(a, argparse._SubParsersAction)]
+            choices = [c for a in subs for c in a.choices]
+            close = difflib.get_close_matches(m[1].strip("'\""), choices, n=1)
             known = list(self._option_string_actions)
-            self._hint = self._did_you_mean(
-                known, [a for a in argv if a.startswith("-") and a.split("=")[0] not in known]
+            self._hint = (
+                f"did you mean {close[0]}?"
+                if close
+                else self._did_you_mean(
+                    known, [a for a in argv if a.startswith("-") and a.split("=")[0] not in known]
+                )
             )
-            m = re.search(r"invalid choice: '(.*)' \(choose from (.*)\)$", message)
-            close = (
-                difflib.get_close_matches(m[1], re.findall(r"'([^']*)'", m[2]), n=1) if m else []
-            )
-            if self._hint is None and close:  # (`fds modls`)
-                self._hint = f"did you mean {close[0]}?"
         hint = self._hint or f"run '{self.prog} --help' for help"
         if message.startswith("unrecognized arguments:"):
             misplaced = [a for a in message.split(":", 1)[1].split() if a in _GLOBAL]

@@ -110,12 +110,12 @@ EngineField = Annotated[str, AfterValidator(_engine_field)]
 def _column_name(value: Any) -> Any:
     """A column's name is a text: YAML made ``0`` a number and an empty value a null, and
     the error said only "a valid string" (a QA pass)."""
-    if value is None or value == "":
+    if value is None or (isinstance(value, str) and not value.strip()):
         raise ValueError("name the file's column, e.g. tx_id: TransactionID")
-    if not isinstance(value, str):
+    if not isinstance(value, str):  # (its example is no value YAML made: 010 is 8)
         raise ValueError(
-            f"YAML reads it as {_yaml_kind(value)}, not a column name: write it in quotes as "
-            f"the header has it, e.g. '{value}'"
+            f"YAML reads it as {_yaml_kind(value)}, not a column name: write it in quotes "
+            "exactly as the header has it, e.g. tx_id: '0'"
         )
     return value
 

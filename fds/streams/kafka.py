@@ -578,7 +578,8 @@ class KafkaSettings(BaseSettings):
         FDS_OUTPUT_TOPIC``, ``fix output_topic in kafka.yaml``); set by its flag when it was
         not given (a missing topic named in a settings file was told to fix a flag: a QA)."""
         env = f"FDS_{setting.upper()}"
-        if setting not in self._origins and any(k.upper() == env for k in os.environ):
+        given = next((v for k, v in os.environ.items() if k.upper() == env), None)
+        if setting not in self._origins and given == str(getattr(self, setting)):
             return f"fix {env}"  # (settings made without load_settings read it too)
         origin = self._origins.get(setting, "the default")
         flag = next((f for f, dest in _SETTING_FLAGS.items() if dest == setting), None)

@@ -135,7 +135,8 @@ class ModelFeed:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._backoff = RETRY_MIN_S
-        self._rejected: set[tuple[str | None, str | None]] = set()  # (partition, offset) said
+        # (partition, offset, error) said: a record read again, rejected for the same reason
+        self._rejected: set[tuple[str | None, str | None, str]] = set()
 
     # -- one announcement --------------------------------------------------------------------
 
@@ -153,11 +154,11 @@ class ModelFeed:
     def _reject(self, exc: Exception, where: Mapping[str, str]) -> str:
         """Said (and counted in the metric) once per record: the catch-up after a reconnect
         reads the topic again and said every old bad one again (a QA pass)."""
-        at = (where.get("partition"), where.get("offset"))
-        if at == (None, None) or at not in self._rejected:
+        error = str(exc) if isinstance(exc, ArtifactError) else f"{describe(exc)}"
+        at = (where.get("partition"), where.get("offset"), error)
+        if at[:2] == (None, None) or at not in self._rejected:
             self._rejected.add(at)
             self.metrics.model_swap("bad_announcement")
-            error = str(exc) if isinstance(exc, ArtifactError) else f"{describe(exc)}"
             log.warning('rejected model announcement error="%s"', error, extra=where)
         return "rejected"
 

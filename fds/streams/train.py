@@ -291,6 +291,12 @@ class TrainService:
         if self._stop_by is None:
             self._stop_by = time.monotonic() + self.s.shutdown_timeout_s
 
+    def _bounded(self, seconds: float) -> float:
+        """``seconds`` to wait for the broker, or less once stopping: a share of the stop's
+        deadline (a commit or an announcement in the loop waited 30-60 s through an outage
+        after a SIGTERM: a review)."""
+        return min(seconds, self._time_left() * 0.3) if self._stop else seconds
+
     def _time_left(self) -> float:
         """Seconds left before the stop's deadline (from now when the loop ended otherwise):
         a SIGTERM during an outage waited 28 s for the clients' own timeouts (a review)."""
@@ -371,6 +377,8 @@ class TrainService:
                 if self._unannounced is not None:  # a last try: it would be lost with us
                     self._announce_at = 0.0
                     with contextlib.suppress(Exception):
+                        # (its send waits for the topic's metadata up to max_block_ms: 10 s)
+                        self.producer.config["max_block_ms"] = int(left() * 300)
                         self._send_announcement(timeout_s=left() * 0.6)
                     if self._unannounced is not None:
                         log.error(
@@ -413,9 +421,9 @@ class TrainService:
             self._commit()
 
     def _on_decision(self, msg: Any) -> None:
-        if any(k == "stage" for k, _ in msg.headers or ()):  # fds run's dead letter: a
-            self.stats.dead_letters += 1  # decisions topic may hold them (each was a warning
-            return  # of a bad record: a QA pass)
+        if any(k == "stage" for k, _ in getattr(msg, "headers", None) or ()):  # fds run's
+            self.stats.dead_letters += 1  # dead letter: a decisions topic may hold them (each
+            return  # was a warning of a bad record: a QA pass)
         try:
             d = orjson.loads(msg.value)
             tx = d.get("tx") or {}
@@ -597,7 +605,9 @@ class TrainService:
     def _send_and_wait(self, key: bytes, value: dict[str, Any], timeout_s: float | None) -> None:
         assert self.producer is not None and self.models_topic
         fut = self.producer.send(self.models_topic, key=key, value=orjson.dumps(value))
-        self.producer.flush(timeout=self.s.broker_timeout_s if timeout_s is None else timeout_s)
+        self.producer.flush(
+            timeout=self._bounded(self.s.broker_timeout_s) if timeout_s is None else timeout_s
+        )
         fut.get(timeout=0)  # raises the send's error (or a timeout if it is still pending)
 
     def _commit(self) -> None:
@@ -608,7 +618,9 @@ class TrainService:
             for (topic, part), off in self._offsets.items()
         }
         try:
-            self.consumer.commit(offsets)
+            self.consumer.commit(
+                offsets, timeout_ms=int(self._bounded(self.s.timeout_ms / 1000) * 1000)
+            )
         except KafkaError as exc:  # the checkpoint holds the truth; Kafka's copy can lag
             log.warning("offset commit failed (the checkpoint has them): %s", exc)
         self.stats.commits += 1
@@ -700,8 +712,9 @@ def trainer_metrics(enabled: bool) -> Metrics:
 def _cmd_train(args: argparse.Namespace) -> int:
     try:
         settings = train_settings(args)
+        models = None if args.models_topic.lower() == "none" else args.models_topic
         named = [("--decisions-topic", args.decisions_topic), ("--labels-topic", args.labels_topic),
-                 ("--models-topic", args.models_topic)]  # fmt: skip
+                 ("--models-topic", models)]  # fmt: skip
         for i, (a, topic) in enumerate(named):  # (one topic for two: it learned nothing, or
             # read its own announcements back as bad records, without a word: QA passes)
             b = next((b for b, other in named[i + 1 :] if other == topic), None)
@@ -715,7 +728,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             state_dir=settings.state_dir or default_state_dir(settings.group),
             decisions_topic=args.decisions_topic,
             labels_topic=args.labels_topic,
-            models_topic=None if args.models_topic.lower() == "none" else args.models_topic,
+            models_topic=models,
             metrics=metrics,
         )
         server = (

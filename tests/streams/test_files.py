@@ -94,7 +94,7 @@ def test_a_required_field_neither_mapped_nor_a_column_is_a_config_error(tmp_path
         (
             "fields:\n  tx_id: 0\n",
             r"m.yaml:2: fields.tx_id: YAML reads it as the number 0, not a "
-            r"column name: write it in quotes as the header has it, e.g. '0'",
+            r"column name: write it in quotes exactly as the header has it",
         ),
         ("fields:\n  tx_id: A\n  ts:\n", r"m.yaml:3: fields.ts: name the file's column"),
         (

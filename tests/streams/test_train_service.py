@@ -115,7 +115,7 @@ class Consumer:
     def resume(self, *tps: TopicPartition) -> None:
         self.paused -= set(tps)
 
-    def commit(self, offsets: dict) -> None:
+    def commit(self, offsets: dict, timeout_ms: int | None = None) -> None:
         pass
 
 
@@ -580,4 +580,38 @@ def test_fds_runs_dead_letters_in_the_decisions_topic_are_skipped_not_bad_record
     svc._on_decision(SimpleNamespace(value=b"{}", headers=[], topic="decisions", partition=0,
                                      offset=8))  # fmt: skip
     assert (svc.stats.dead_letters, svc.stats.bad_records) == (1, 1)  # (no tx_id: bad)
+    svc.store.close()
+
+
+def test_a_stopping_trainer_waits_for_a_broker_gone_a_share_of_its_deadline(tmp_path):
+    """A review: after a SIGTERM, the last batch's commit waited kafka-python's 30 s and an
+    announcement's flush broker_timeout_s (60 s) for a broker that does not answer."""
+    from types import SimpleNamespace
+
+    class Frozen:
+        """Waits as long as it is let (30 s without a limit), then fails."""
+
+        def commit(self, offsets, timeout_ms=None):
+            time.sleep(min(30.0, (timeout_ms or 30_000) / 1000))
+            raise KafkaTimeoutError("commit")
+
+        def flush(self, timeout=None):
+            time.sleep(min(30.0, timeout or 30.0))
+            raise KafkaTimeoutError("flush")
+
+        def send(self, *a, **kw):
+            return SimpleNamespace(get=lambda timeout=0: None)
+
+    svc = TrainService(
+        KafkaSettings(group="fds-train", shutdown_timeout_s=2), spec=DEFAULT_MODEL,
+        registry=tmp_path / "registry", state_dir=tmp_path / "state", models_topic="models",
+    )  # fmt: skip
+    svc.consumer = svc.producer = Frozen()  # type: ignore[assignment]
+    svc._offsets = {("labels", 0): 5}
+    svc.stop()  # a SIGTERM
+    t0 = time.monotonic()
+    svc._commit()  # (logged: the checkpoint has the offsets)
+    with pytest.raises(KafkaTimeoutError):
+        svc._send_and_wait(b"k", {}, None)
+    assert time.monotonic() - t0 < 2.5  # 30 % of the 2 s left, twice; not 30 + 60 s
     svc.store.close()
