@@ -81,7 +81,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC
 from pathlib import Path
@@ -143,6 +143,7 @@ from fds.streams.kafka_kit import (
     Call,
     ClientErrors,
     Consumer,
+    Stopped,
     UnreadableRecords,
     close_producer,
 )
@@ -364,6 +365,17 @@ def probe(consumer: Any, topic: str, timeout_s: float) -> bool:
     except Exception as exc:
         log.warning("broker probe failed: %s: %s", type(exc).__name__, exc)
         return False
+
+
+def _until_stopped(records: Iterator[Any], mark: bool = False) -> Iterator[Any]:
+    """``records`` until a stop cuts them short (:class:`Stopped`), then, with ``mark``, one
+    ``None``: a caller that checks the stop flag for each record sees it there (and does not
+    take what it read for the whole)."""
+    try:
+        yield from records
+    except Stopped:
+        if mark:
+            yield None
 
 
 class BrokerWatch:
@@ -993,7 +1005,11 @@ class Runner:
             fetch_max_wait_ms=s.fetch_max_wait_ms,
             session_timeout_ms=s.session_timeout_ms,
             max_poll_interval_ms=s.max_poll_interval_ms,
-            heartbeat_interval_ms=max(1000, s.session_timeout_ms // 3),
+            # (below the session timeout: 1000 against 1000 was refused by the client, told
+            # as a broker out of reach, a QA pass)
+            heartbeat_interval_ms=min(
+                max(1000, s.session_timeout_ms // 3), s.session_timeout_ms - 1
+            ),
         )
         producer_cfg: dict[str, Any] = {
             **common,
@@ -1021,15 +1037,22 @@ class Runner:
                     'such instance uses transactional id "%s" and fences the others; give each '
                     "instance its own --group-instance-id", producer_cfg["transactional_id"],
                 )  # fmt: skip
+        # not reached yet: an outage at the start showed no sample at all (a QA pass)
+        self._broker_state(False)
         try:
             # kafka-python bootstraps in the constructors: an unreachable broker fails here.
             with ClientErrors() as errors:
-                n = len(common["bootstrap_servers"])
-                self.consumer = errors.connect(lambda: self._consumer_factory(**consumer_cfg), n)
-                self.producer = errors.connect(lambda: self._producer_factory(**producer_cfg), n)
-                errors.connect(lambda: self.consumer.bootstrap(timeout_ms=timeout_ms), n)
+                n, stop = len(common["bootstrap_servers"]), lambda: self._stop
+                self.consumer = errors.connect(
+                    lambda: self._consumer_factory(**consumer_cfg), n, stop
+                )
+                self.producer = errors.connect(
+                    lambda: self._producer_factory(**producer_cfg), n, stop
+                )
+                errors.connect(lambda: self.consumer.bootstrap(timeout_ms=timeout_ms), n, stop)
         except (KafkaError, OSError) as exc:
             raise unreachable(s, exc, errors) from exc
+        self._broker_state(True)
         if s.exactly_once:
             try:
                 self.producer.init_transactions()
@@ -1264,7 +1287,11 @@ class Runner:
         try:
             if self.checkpointer is not None:
                 self.checkpointer.lock()
-            self._connect()
+            try:
+                self._connect()
+            except Stopped as exc:  # (a SIGTERM waited out the broker timeout: a QA pass)
+                log.info("%s", exc)
+                return self.stats
             self._loop(max_idle_s)
             # One deadline for everything a stop does (shutdown_timeout_s < the 10 s promise),
             # from the signal, or from now when the loop ended for another reason.
@@ -1694,11 +1721,11 @@ class Runner:
         )  # fmt: skip
         why = {
             InvalidSessionTimeoutError: f"session_timeout_ms {s.session_timeout_ms} is outside "
-            "the broker's group.min/max.session.timeout.ms (6000-1800000 by default): fix "
-            "--session-timeout",
-            InvalidGroupIdError: f"group {s.group!r} is not a valid group id: fix --group",
+            "the broker's group.min/max.session.timeout.ms (6000-1800000 by default): "
+            f"{s.fix('session_timeout_ms')}",
+            InvalidGroupIdError: f"group {s.group!r} is not a valid group id: {s.fix('group')}",
             GroupAuthorizationFailedError: f"this client may not use group {s.group!r} (an "
-            "ACL): fix --group or the broker's ACLs for this principal",
+            f"ACL): {s.fix('group')} or the broker's ACLs for this principal",
             TopicAuthorizationFailedError: f"this client may not use {topics} (an ACL): fix "
             "the topic or the broker's ACLs for this principal",
             InvalidTransactionTimeoutError: f"transaction_timeout_ms {s.transaction_timeout_ms}"
@@ -2106,7 +2133,9 @@ class Runner:
             self._out_next.update({o.partition: ends[o] for o in outs})
             ranges = {o: (a, ends[o]) for o, a in starts.items() if a < ends[o]}
             wait = min(self.s.broker_timeout_s, FIND_TIMEOUT_S)
-            for d in read_merged(reader, ranges, _decided_id, timeout_s=wait):
+            merged = read_merged(reader, ranges, _decided_id, timeout_s=wait,
+                                 stop=lambda: self._stop)  # fmt: skip
+            for d in _until_stopped(merged):
                 by_part.setdefault(d["p"], deque()).append((d["tx_id"], d["o"]))
         except (KafkaError, FdsError) as exc:  # (a Write-only ACL, a broker that stalls, ...)
             log.warning(
@@ -2333,10 +2362,11 @@ class Runner:
             i = -1
             for plan, job in jobs:  # (``plan``: what fold_features folds into)
                 tag = getattr(plan, "provenance", False)
-                for tx in read_merged(
+                merged = read_merged(
                     reader, job, self._parsed, timeout_s=self.s.broker_timeout_s, hold=hold,
-                    reached=reached, positions=at,
-                ):  # fmt: skip
+                    reached=reached, positions=at, stop=lambda: self._stop,
+                )  # fmt: skip
+                for tx in _until_stopped(merged, mark=True):
                     i += 1
                     if self._stop:  # SIGTERM mid-way: the state is partial, none of it kept
                         pos.clear()
@@ -2681,9 +2711,9 @@ class Runner:
         first: dict[Any, tuple[int, float]] = {}  # partition -> (offset, event time)
         peek = self._consumer_factory(**self.s.reader_config(auto_offset_reset="earliest"))
         try:
-            for tx in read_merged(
-                peek, ranges, self._parsed, timeout_s=self.s.broker_timeout_s, positions=at
-            ):
+            merged = read_merged(peek, ranges, self._parsed, timeout_s=self.s.broker_timeout_s,
+                                 positions=at, stop=lambda: self._stop)  # fmt: skip
+            for tx in _until_stopped(merged):
                 if at["tp"] not in first or at["offset"] < first[at["tp"]][0]:
                     first[at["tp"]] = (at["offset"], tx["ts"])
         finally:
@@ -3285,6 +3315,16 @@ def produce_file(
     line = 0
     unreadable_labels = 0
     close_s = 5.0  # how long closing waits for what is not acknowledged yet
+    heard = (0, t0)  # the records acknowledged, and when that count last grew
+
+    def gone() -> BrokerUnavailable:
+        return BrokerUnavailable(
+            f"Kafka at {settings.bootstrap} did not acknowledge the records for "
+            f"{settings.broker_timeout_s:.0f} s (--broker-timeout): {acked[0]} of {n} records "
+            f"were written, {len(failed)} refused, the rest unknown; produce the file again "
+            "once it is up (fds run decides a record twice as at-least-once)"
+        )
+
     try:
         try:
             # A topic's metadata comes in well under a second; a missing one was waited for
@@ -3341,12 +3381,19 @@ def produce_file(
                 fut.add_errback(failed.append)
                 fut.add_callback(lambda _meta: acked.__setitem__(0, acked[0] + 1))
                 n += 1
-                if (rate or not n & 1023) and time.monotonic() >= said_at:  # (silent for
-                    said_at = time.monotonic() + PROGRESS_EVERY_S  # minutes at a --rate)
-                    log.info(
-                        'producing records="%d" acknowledged="%d" line="%d" rate="%.0f/s"',
-                        n, acked[0], line, n / max(time.monotonic() - t0, 1e-9),
-                    )  # fmt: skip
+                if rate or not n & 1023:
+                    now = time.monotonic()
+                    if acked[0] != heard[0]:
+                        heard = (acked[0], now)
+                    elif n > acked[0] and now - heard[1] > settings.broker_timeout_s:
+                        close_s = 0.0  # (at a --rate it sent on for good: a QA pass)
+                        raise gone()
+                    if now >= said_at:  # (silent for minutes at a --rate)
+                        said_at = now + PROGRESS_EVERY_S
+                        log.info(
+                            'producing records="%d" acknowledged="%d" line="%d" rate="%.0f/s"',
+                            n, acked[0], line, n / max(now - t0, 1e-9),
+                        )  # fmt: skip
                 if rate:
                     ahead = n / rate - (time.monotonic() - t0)
                     if ahead > 0:
@@ -3357,13 +3404,7 @@ def produce_file(
                 producer.flush(timeout=settings.broker_timeout_s)
             except KafkaTimeoutError:
                 close_s = 0.0
-                raise BrokerUnavailable(
-                    f"Kafka at {settings.bootstrap} did not acknowledge the records for "
-                    f"{settings.broker_timeout_s:.0f} s (--broker-timeout): {acked[0]} of {n} "
-                    f"records were written, {len(failed)} refused, the rest unknown; produce "
-                    "the file again once it is up (fds run decides a record twice as "
-                    "at-least-once)"
-                ) from None
+                raise gone() from None
         except (KafkaError, KeyboardInterrupt) as exc:  # how far it got: a rerun sends again
             try:
                 producer.flush(timeout=5)

@@ -179,6 +179,10 @@ def close_producer(producer: Any, timeout: float) -> None:
             producer.close(timeout=0)
 
 
+class Stopped(Exception):
+    """A stop (SIGTERM) came while a client connected (:meth:`ClientErrors.connect`)."""
+
+
 class ClientRefused(ConnectionError):
     """The broker refused the client in a way no retry changes (:meth:`ClientErrors.connect`).
     An ``OSError``, like the other ways a connection fails."""
@@ -237,16 +241,21 @@ class ClientErrors(logging.Handler):
     def __exit__(self, *_: Any) -> None:
         logging.getLogger("kafka").removeHandler(self)
 
-    def connect(self, make: Callable[[], T], servers: int = 1) -> T:
+    def connect(
+        self, make: Callable[[], T], servers: int = 1, stop: Callable[[], bool] | None = None
+    ) -> T:
         """``make()``, a kafka-python client's constructor (it bootstraps, retrying until its
         ``bootstrap_timeout_ms``), on a :class:`Call`; given up at once with
         :class:`ClientRefused` once each of the ``servers`` bootstrap addresses refused it in
         a way no retry changes (``_FINAL``; kafka-python tries the next address after one
         that refuses): a wrong CA used to wait the whole broker timeout (60 s by default)
-        before it was named. The abandoned constructor ends at its own timeout."""
+        before it was named. The abandoned constructor ends at its own timeout. ``stop()``
+        true (a SIGTERM) raises :class:`Stopped` (it was heard after the broker timeout)."""
         self.refused = {}
         call = Call(make)
         while not call.done.wait(0.05):
+            if stop is not None and stop():
+                raise Stopped("stopped while connecting to Kafka (nothing was consumed)")
             if len(self.refused) >= servers:
                 raise ClientRefused(
                     f"Kafka refused the client: {next(iter(self.refused.values()))}"

@@ -49,6 +49,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import Any
 
 from fds.errors import FdsError
+from fds.streams.kafka_kit import Stopped
 from fds.timeutil import span
 
 __all__ = ["STAGES_TAIL_S", "horizon_seconds", "merge_sorted", "read_merged", "start_offsets"]
@@ -154,6 +155,7 @@ def read_merged(
     hold: Collection[Any] = (),
     reached: dict[Any, int] | None = None,
     positions: dict[str, Any] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> Iterator[Mapping[str, Any]]:
     """Read ``[start, end)`` of each partition with ``consumer`` (assigned here, no group) and
     yield the parsed records (``parse`` returns ``None`` for a bad one: skipped, it was
@@ -163,7 +165,9 @@ def read_merged(
     of them is read to its end (at once when one has nothing in range), so that no record is
     folded past its event time. ``reached`` is filled with the offset after the last record
     yielded of each partition (its ``end`` once read to it). ``positions``, when given, holds
-    the partition and offset of the record just yielded (keys ``"tp"``, ``"offset"``)."""
+    the partition and offset of the record just yielded (keys ``"tp"``, ``"offset"``).
+    ``stop()`` true (a SIGTERM) raises :class:`~fds.streams.kafka_kit.Stopped` between two
+    polls (heard only once a record came: after the timeout when none did, a QA pass)."""
     if reached is None:
         reached = {}
     reached.update({tp: r[0] for tp, r in ranges.items()})
@@ -182,6 +186,8 @@ def read_merged(
         """One poll: top up the buffers (a full one is sought back to its first record not
         kept, as in :mod:`fds.streams.align`), note the partitions read to their end."""
         nonlocal deadline
+        if stop is not None and stop():
+            raise Stopped("stopped while reading the input's history")
         now = time.monotonic()
         if now > deadline:
             raise FdsError(

@@ -78,7 +78,7 @@ from fds.streams.kafka import (
     topic_arg,
     unreachable,
 )
-from fds.streams.kafka_kit import ClientErrors, Consumer, close_producer
+from fds.streams.kafka_kit import ClientErrors, Consumer, Stopped, close_producer
 from fds.timeutil import format_ts, parse_ts
 
 if TYPE_CHECKING:  # (River: imported when a trainer starts, not to build the command line)
@@ -309,14 +309,15 @@ class TrainService:
         timeout_ms = s.timeout_ms
         try:
             with ClientErrors() as errors:
+                stop = lambda: self._stop  # noqa: E731  (a SIGTERM: heard while connecting)
                 self.consumer = errors.connect(lambda: Consumer(**s.reader_config(
                     s.group, auto_offset_reset="earliest", max_poll_records=s.max_poll_records,
-                )), s.n_servers)  # fmt: skip
+                )), s.n_servers, stop)  # fmt: skip
                 if self.models_topic:
                     self.producer = errors.connect(lambda: KafkaProducer(
                         **s.client_config(), acks="all", bootstrap_timeout_ms=timeout_ms,
                         max_request_size=16 << 20, max_block_ms=min(timeout_ms, 10_000),
-                    ), s.n_servers)  # fmt: skip
+                    ), s.n_servers, stop)  # fmt: skip
         except (KafkaError, OSError) as exc:
             raise unreachable(s, exc, errors) from exc
         self.consumer.subscribe(list(self.topics), listener=_Seek(self))
@@ -338,7 +339,13 @@ class TrainService:
 
     def run(self, *, max_idle_s: float | None = None) -> TrainStats:
         """Run until :meth:`stop` (or ``max_idle_s`` without input)."""
-        self._connect()
+        try:
+            self._connect()
+        except Stopped as exc:  # (a SIGTERM waited out the broker timeout: a QA pass)
+            log.info("%s", exc)
+            if self.producer is not None:
+                close_producer(self.producer, 0)
+            return self.stats
         if self.trainer.parent is not None:  # what it learns on from, before its next version
             self.metrics.model_info(self.trainer.parent, self.spec.name)
         no_input = IdleTimer(max_idle_s)

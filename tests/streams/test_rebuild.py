@@ -133,6 +133,23 @@ def test_read_merged_gives_up_with_a_clear_error_when_the_input_ends_early():
         list(read_merged(FakeConsumer(data), {tp: (0, 50)}, _parse, timeout_s=0.2))
 
 
+def test_read_merged_hears_a_stop_while_no_input_comes():
+    """A QA pass: a SIGTERM during a rebuild from a broker that answers nothing was heard only
+    at the timeout (55-118 s after it)."""
+    import time
+
+    from fds.streams.kafka_kit import Stopped
+
+    data = _stream(partitions=1, n=10, seed=2)
+    (tp,) = data
+    stop_at = time.monotonic() + 0.3
+    t0 = time.monotonic()
+    with pytest.raises(Stopped):
+        list(read_merged(FakeConsumer(data), {tp: (0, 50)}, _parse, timeout_s=60,
+                         stop=lambda: time.monotonic() >= stop_at))  # fmt: skip
+    assert time.monotonic() - t0 < 5
+
+
 def test_start_offsets_follow_the_horizon_on_record_time():
     import time
 
@@ -218,3 +235,17 @@ def test_read_merged_stops_at_the_event_time_of_a_partition_with_more_to_decide(
         read_merged(FakeConsumer(data), ranges, _parse, timeout_s=30, hold=[tp1], reached=reached)
     )
     assert got == [] and reached == {tp0: 0, tp1: 10}
+
+
+def test_a_client_connecting_hears_a_stop():
+    """A QA pass: a SIGTERM while fds run or fds train connected to a broker down or frozen
+    was heard after the broker timeout (exit 1 after 57 s)."""
+    import time
+
+    from fds.streams.kafka_kit import ClientErrors, Stopped
+
+    stop_at = time.monotonic() + 0.2
+    t0 = time.monotonic()
+    with ClientErrors() as errors, pytest.raises(Stopped):
+        errors.connect(lambda: time.sleep(5), 1, stop=lambda: time.monotonic() >= stop_at)
+    assert time.monotonic() - t0 < 2

@@ -1893,3 +1893,27 @@ def test_a_rebuild_folds_older_records_through_the_features_alone(tmp_path, monk
         {"tx_id": "t10", "ts": 1_700_000_010.0, "card_id": "c1", "amount": 5.0}
     )
     assert snapshot["card_count_1h"] == 11  # every record folded into the windows
+
+
+def test_a_connect_asks_a_heartbeat_below_the_session_timeout_and_says_the_broker_unreached():
+    """A QA pass: --session-timeout 1000 (accepted) asked a heartbeat of 1000 ms, refused by
+    the client and told as a broker out of reach; fds_broker_reachable had no sample while
+    the broker was not reached at the start."""
+    from kafka.errors import KafkaTimeoutError
+
+    from fds.metrics import Metrics
+    from fds.streams.kafka import BrokerUnavailable
+
+    asked: dict[str, Any] = {}
+
+    def unreachable(**cfg: Any) -> Any:
+        asked.update(cfg)
+        raise KafkaTimeoutError("no broker")
+
+    r = Runner(KafkaSettings(session_timeout_ms=1000, broker_timeout_s=1), Engine(),
+               consumer_factory=unreachable)  # fmt: skip
+    r.metrics = Metrics()
+    with pytest.raises(BrokerUnavailable):
+        r._connect()
+    assert asked["heartbeat_interval_ms"] < asked["session_timeout_ms"] == 1000
+    assert r.metrics.registry.get_sample_value("fds_broker_reachable") == 0
