@@ -594,7 +594,7 @@ class KafkaSettings(BaseSettings):
         if setting not in self._origins and given == str(getattr(self, setting)):
             return f"fix {env}"  # (settings made without load_settings read it too)
         origin = self._origins.get(setting, "the default")
-        flag = next((f for f, dest in _SETTING_FLAGS.items() if dest == setting), None)
+        flag = _flag_of(setting)
         if origin == "the default":
             return f"set {flag}" if flag else f"set FDS_{setting.upper()}"
         return f"fix {origin}" if origin.startswith(("-", "FDS_")) else f"fix {setting} in {origin}"
@@ -749,6 +749,11 @@ class KafkaSettings(BaseSettings):
         return cfg
 
 
+def _flag_of(setting: str) -> str | None:
+    """The flag that sets ``setting``, if any."""
+    return next((f for f, dest in _SETTING_FLAGS.items() if dest == setting), None)
+
+
 def load_settings(file: Path | str | None = None, **flags: Any) -> KafkaSettings:
     """Build settings from a YAML file, the environment and flags (highest wins: flags).
 
@@ -782,7 +787,7 @@ def load_settings(file: Path | str | None = None, **flags: Any) -> KafkaSettings
     values.update(given)
 
     def source(setting: str) -> str:
-        flag = next((f for f, dest in _SETTING_FLAGS.items() if dest == setting), None)
+        flag = _flag_of(setting)
         if setting in given:
             return flag or f"--{setting.replace('_', '-')}"
         env = f"FDS_{setting.upper()}"
