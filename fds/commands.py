@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import math
 import os
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -137,7 +137,7 @@ def _demo(args: argparse.Namespace) -> int:
         f"--drift-day {args.drift_day} --seed {args.seed} --rules {shown_path(args.rules)}",
         longer_warmup="give a later --drift-day (the warm-up is the days before it, up to 14)",
     )
-    print(f"report and plots: {args.out_dir}/", file=sys.stderr)
+    say(f"report and plots: {args.out_dir}/", logging.INFO)
     return 0 if res is not None else 1
 
 
@@ -227,7 +227,7 @@ def _replay(args: argparse.Namespace) -> int:
         stream = replay_mod.open_stream(args.file, mapping=mapping, labels_path=args.labels)
         if args.metrics_port >= 0:
             server = stack.enter_context(serve(metrics, args.metrics_host, args.metrics_port))
-            print(f"serving metrics on {server.url}", file=sys.stderr)
+            say(f"serving metrics on {server.url}", logging.INFO)
         # Only now, every usage error said (a port in use removed the last run's decisions: a
         # QA pass): a previous run's output would pass for this one's (when nothing is decided
         # or dead-lettered)
@@ -250,7 +250,7 @@ def _replay(args: argparse.Namespace) -> int:
         )
     replay_mod.print_summary(summary, metrics.summary(), title=f"replay of {args.file}")
     if stream.reordered:
-        print(
+        say(
             f"fds replay: input not in time order: {stream.reordered:,} "
             + ("record was" if stream.reordered == 1 else "records were")
             + " out of order (each read after one with a later ts) and were replayed sorted by ts"
@@ -262,28 +262,28 @@ def _replay(args: argparse.Namespace) -> int:
                 if stream.late
                 else ""
             ),
-            file=sys.stderr,
+            logging.WARNING,
         )
     if stream.second_pass:
-        print(
+        say(
             f"fds replay: {stream.second_pass:,} local times of an hour a DST change repeats "
             "were read as its second pass (they came after later times in the file)",
-            file=sys.stderr,
+            logging.WARNING,
         )
-    print(
+    say(
         f"decisions: {args.out}" + (f"  dead letters: {dlq_path}" if summary.dead_letters else ""),
-        file=sys.stderr,
+        logging.INFO,
     )
     if (
         summary.fraud_labels
         and not (summary.frauds or summary.dead_frauds)
         and not summary.interrupted
     ):
-        print(
+        say(
             f"fds replay: warning: none of the {summary.fraud_labels:,} transactions labelled "
             "fraud was decided: check that the labels' tx_id are those of the transactions "
             "(case, prefixes, another file)",
-            file=sys.stderr,
+            logging.WARNING,
         )
     if summary.last_ts is not None and summary.last_ts < EPOCH_2000:
         # (seconds from the dataset's own reference date, IEEE-CIS's TransactionDT, were
@@ -293,39 +293,39 @@ def _replay(args: argparse.Namespace) -> int:
             if mapping is not None and mapping.ts_origin is not None
             else "give it as ts_origin in the --mapping (e.g. ts_origin: 2017-12-01)"
         )
-        print(
+        say(
             f"fds replay: warning: every transaction is dated before 2000 (the last at "
             f"{format_ts(summary.last_ts)}): if the file's times count seconds from another "
             f"origin than 1970, {fix}",
-            file=sys.stderr,
+            logging.WARNING,
         )
     if summary.learn_errors:  # (a traceback halfway through the replay: a QA pass)
-        print(
+        say(
             f"fds replay: warning: the model raised on {summary.learn_errors:,} example(s) "
             f"while learning ({summary.learn_error}): they were not learned; its estimator "
             "cannot learn this stream as it is: try another in the --model spec",
-            file=sys.stderr,
+            logging.WARNING,
         )
     absent = unseen()
     if absent and not summary.interrupted:
-        print(f"fds replay: warning: {absent}", file=sys.stderr)
+        say(f"fds replay: warning: {absent}", logging.WARNING)
     never = _never_evaluated(engine, metrics, summary)
     if never:  # (10 of 14 default rules never fired on a file without channel, mcc or device,
         shown = ", ".join(f"{rid} ({why})" for rid, why in never[:5])  # a QA pass; each with
         more = f" and {len(never) - 5} more" if len(never) > 5 else ""  # what was missing)
-        print(
+        say(
             f"fds replay: warning: {len(never)} rule(s) were skipped on every transaction, a "
             f"name they read missing from each: {shown}{more}; map the columns they read "
             "(--mapping) or they never fire",
-            file=sys.stderr,
+            logging.WARNING,
         )
     label = mapping.label if mapping is not None else None
     if label is not None and summary.label_dead_letters and not summary.interrupted:
-        print(  # (2,000 label dead letters, exit 0, without a word: a QA pass)
+        say(  # (2,000 label dead letters, exit 0, without a word: a QA pass)
             f"fds replay: warning: {summary.label_dead_letters:,} value(s) of the label column "
             f"{label.column!r} were neither fraud nor legitimate: their transactions were "
             f"decided, the labels are in {dlq_path} (stage label)",
-            file=sys.stderr,
+            logging.WARNING,
         )
     # (every label: none read, none after the end; one bad line of 95 said "every", a QA pass)
     if (
@@ -333,16 +333,16 @@ def _replay(args: argparse.Namespace) -> int:
         and summary.label_dead_letters
         and not (summary.labels_read or summary.labels_after_end)
     ):
-        print(
+        say(
             f"fds replay: warning: every label of {args.labels} was a dead letter (their "
             f"reasons are in {dlq_path}): a labels file has the columns tx_id, ts, is_fraud "
             "(or name its own under labels_file: in the --mapping)",
-            file=sys.stderr,
+            logging.WARNING,
         )
     elif args.labels is not None and not (
         summary.labels_read or summary.labels_after_end or summary.interrupted
     ):  # (a header alone was read without a word)
-        print(f"fds replay: warning: {args.labels} holds no labels", file=sys.stderr)
+        say(f"fds replay: warning: {args.labels} holds no labels", logging.WARNING)
     # A file cut short (a truncated download): an error, exit 1 (a third of a .gz lost was one
     # dead letter and exit 0, then a warning and exit 0: a script took it as replayed whole,
     # QA passes); what came before the cut is decided.
@@ -367,10 +367,10 @@ def _replay(args: argparse.Namespace) -> int:
         )
         return 1
     if summary.interrupted:
-        print(
+        say(
             f"fds replay: interrupted after {summary.decided:,} decisions; the files hold "
             "them (run again to replay the whole file)",
-            file=sys.stderr,
+            logging.WARNING,
         )
         return 130
     if not summary.transactions:  # (an empty file printed a table of zeros, exit 0)

@@ -245,13 +245,21 @@ def _quote(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
+def json_logs() -> bool:
+    """Are the ``fds`` logs JSON lines (``--log-format json``)? Then a command's results are
+    JSON too, so a log shipper or a script reads every line."""
+    return any(
+        getattr(h, "_fds_handler", False) and isinstance(h.formatter, JsonFormatter)
+        for h in logging.getLogger("fds").handlers
+    )
+
+
 def say(text: str, level: int = logging.ERROR) -> None:
     """A command's own last word (its error, its summary line): a plain stderr line, or, where
     logs are JSON, a log record like every other line (a JSON log shipper dropped the one line
     an operator needs most: a QA pass)."""
     log = logging.getLogger("fds")
-    if any(getattr(h, "_fds_handler", False) and isinstance(h.formatter, JsonFormatter)
-           for h in log.handlers):  # fmt: skip
+    if json_logs():
         record = log.makeRecord(log.name, level, "(fds)", 0, text, (), None)
         setattr(record, _PLAIN, True)  # (a sentence: no pairs taken out of it)
         log.handle(record)  # (whatever the logger's level: -q hid the summary, a review)

@@ -18,15 +18,18 @@ import re
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import tzinfo
 from pathlib import Path
 from typing import Any, Protocol
+
+import orjson
 
 from fds.engine import Engine
 from fds.errors import ConfigError, RuleError, StageError, ValidationError
 from fds.features.plan import read_field
 from fds.gcpolicy import Freezer
+from fds.logs import json_logs
 from fds.progress import progress_bar
 from fds.schema import dead_letter, parse_label, parse_transaction
 from fds.streams.files import (
@@ -248,6 +251,17 @@ class ReplaySummary(Alerts):
         if self.frauds is None:
             return 0
         return self.fraud_labels - self.matched_labels
+
+    def as_dict(self) -> dict[str, Any]:
+        """The summary as plain values (the JSON form of :meth:`rows`): every field, and the
+        derived ``throughput``, ``precision``, ``recall`` and ``unmatched_frauds``."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["actions"] = {a: self.actions[a] for a in ("approve", "review", "decline")}
+        out["dead_by_rule"] = dict(self.dead_by_rule)
+        out["alerts"] = self.alerts
+        for k in ("throughput", "precision", "recall", "unmatched_frauds"):
+            out[k] = getattr(self, k)
+        return out
 
     def _unmatched(self) -> str:
         """:attr:`unmatched_frauds`, and the records whose ids could not be read: some of
@@ -883,16 +897,21 @@ class _DeadTally:
 def print_summary(
     summary: ReplaySummary, metrics: dict[str, Any] | None = None, title: str = "replay summary"
 ) -> None:
-    """Print the end-of-replay table (with latency percentiles from ``Metrics.summary()``)."""
+    """Print the end-of-replay table (with latency percentiles from ``Metrics.summary()``) on
+    stdout; with JSON logs (``--log-format json``), one JSON object instead (:meth:`as_dict`)."""
     from rich.console import Console
     from rich.table import Table
 
+    lat = (metrics or {}).get("latency_ms") or {}
+    if json_logs():
+        out = {"title": title, **summary.as_dict(), "latency_ms": lat or None}
+        print(orjson.dumps(out, option=orjson.OPT_NON_STR_KEYS).decode(), flush=True)
+        return
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
     for k, v in summary.rows():
         table.add_row(k, v)
-    lat = (metrics or {}).get("latency_ms") or {}
     for q in ("p50", "p95", "p99"):
         if lat.get(q) is not None:
             table.add_row(f"decision latency {q}", f"{lat[q]:.3f} ms")

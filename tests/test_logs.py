@@ -195,3 +195,45 @@ def test_a_value_cannot_forge_fields_of_its_own():
     assert first["msg"] == "model unreachable" and first["path"] == forged
     assert "partition" not in first and "tx_id" not in first and first["error"] == "gone"
     assert second["msg"] == "100% done now"
+
+
+def test_replay_with_json_logs_prints_its_summary_as_json_and_every_notice_as_a_record(
+    tmp_path, capsys
+):
+    """`fds --log-format json replay` printed its summary as a table and its notices (where the
+    decisions are, warnings) as plain lines: a script or log shipper could read neither."""
+    import orjson
+
+    from fds.cli import main
+
+    tx = tmp_path / "tx.jsonl"
+    tx.write_text(
+        "".join(
+            orjson.dumps(
+                {"tx_id": f"t{i}", "ts": 1767225600.0 + i, "card_id": "c1", "amount": 10.0 + i}
+            ).decode()
+            + "\n"
+            for i in (2, 1, 3)  # one out of order: a warning
+        )
+    )
+    out = tmp_path / "d.jsonl"
+    try:
+        argv = ["replay", str(tx), "--out", str(out), "--no-progress", "--model", "none"]
+        assert main(["--log-format", "json", *argv]) == 0
+        got = capsys.readouterr()
+        (line,) = got.out.splitlines()
+        summary = orjson.loads(line)
+        assert summary["title"] == f"replay of {tx}"
+        assert summary["transactions"] == summary["decided"] == 3 and summary["reordered"] == 1
+        assert sum(summary["actions"].values()) == 3 and summary["precision"] is None
+        assert set(summary["latency_ms"]) >= {"p50", "p95", "p99"}
+        records = [orjson.loads(x) for x in got.err.splitlines()]
+        levels = {r["msg"].split(":")[0]: r["level"] for r in records}
+        assert levels == {"fds replay": "warning", "decisions": "info"}
+        # kv logs: the table and plain lines, as before
+        assert main(argv) == 0
+        got = capsys.readouterr()
+        assert "replay of" in got.out and "decided" in got.out and not got.out.startswith("{")
+        assert got.err.startswith("fds replay: input not in time order: 1 record was")
+    finally:
+        configure_logging("INFO", fmt="kv", logger_name="fds")  # (as the other tests expect)

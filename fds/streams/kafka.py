@@ -351,7 +351,19 @@ class IdleTimer:
             self.joined = bool(consumer.assignment())
             if not self.joined and now - self.start < self.JOIN_GRACE_S:
                 self.since = now
+        if not positioned(consumer):  # waiting to know where to read: no idle time (a run
+            self.since = now  # taking over from a killed exactly-once instance ended idle,
+            return False  # having decided nothing, when its offsets came free)
         return now - self.since > self.limit
+
+
+def positioned(consumer: Any) -> bool:
+    """Does every partition assigned to ``consumer`` have a position to fetch from? Not while
+    its committed offset is being read, which a transaction another instance left open holds
+    until the broker aborts it (``transaction_timeout_ms``). True for a consumer that does
+    not say (the in-memory fakes)."""
+    has_all = getattr(getattr(consumer, "_subscription", None), "has_all_fetch_positions", None)
+    return bool(has_all()) if callable(has_all) else True
 
 
 def probe(consumer: Any, topic: str, timeout_s: float) -> bool:
@@ -589,15 +601,25 @@ class KafkaSettings(BaseSettings):
         """How to change ``setting`` where it was given (``fix --output-topic``, ``fix
         FDS_OUTPUT_TOPIC``, ``fix output_topic in kafka.yaml``); set by its flag when it was
         not given (a missing topic named in a settings file was told to fix a flag: a QA)."""
+        where = self.given_as(setting)
+        return f"fix {where}" if where else f"set {_flag_of(setting) or 'FDS_' + setting.upper()}"
+
+    def given_as(self, setting: str) -> str | None:
+        """Where ``setting`` was given (``--state-topic``, ``FDS_STATE_TOPIC``, ``state_topic in
+        kafka.yaml``); None for its default."""
         env = f"FDS_{setting.upper()}"
         given = next((v for k, v in os.environ.items() if k.upper() == env), None)
         if setting not in self._origins and given == str(getattr(self, setting)):
-            return f"fix {env}"  # (settings made without load_settings read it too)
+            return env  # (settings made without load_settings read it too)
         origin = self._origins.get(setting, "the default")
-        flag = _flag_of(setting)
         if origin == "the default":
-            return f"set {flag}" if flag else f"set FDS_{setting.upper()}"
-        return f"fix {origin}" if origin.startswith(("-", "FDS_")) else f"fix {setting} in {origin}"
+            return None
+        return origin if origin.startswith(("-", "FDS_")) else f"{setting} in {origin}"
+
+    def named(self, setting: str) -> str:
+        """``setting`` by the name it was given under (its flag for a default), for a message
+        that names two settings that conflict."""
+        return self.given_as(setting) or _flag_of(setting) or f"FDS_{setting.upper()}"
 
     @field_validator("bootstrap")
     @classmethod
@@ -878,7 +900,8 @@ class Runner:
         if settings.state_topic and checkpointer is not None:
             if not settings.group_instance_id:
                 raise ConfigError(
-                    "--state-topic needs --group-instance-id: the instance's snapshot is found "
+                    f"a state topic ({settings.named('state_topic')}) needs an instance id "
+                    f"({settings.named('group_instance_id')}): the instance's snapshot is found "
                     "by its group and instance id (keep the id when the instance moves)"
                 )
             self.state_topic = StateTopic(
@@ -946,6 +969,7 @@ class Runner:
         # until it has rejoined every batch would be refused again (six in a row in a chaos
         # run). Nothing is decided until a rebalance or a session timeout since then.
         self._evicted: tuple[float, int] | None = None  # (when, rebalances then)
+        self._unpositioned: tuple[float, bool] | None = None  # (since when, said)
         # partitions lost while the state held decisions past the last commit (_Revoke): back
         # to the checkpoint at the loop's next pass
         self._lost_ahead = False
@@ -1400,6 +1424,7 @@ class Runner:
                 self._refolds_done()
             if batch:
                 continue
+            self._say_unpositioned(now)
             if not len(aligner):  # (else held back until a partition that is behind is fetched)
                 idle_commit = self._unacked or self._committable  # idle: commit the decided
                 if idle_commit and self._settle_or_rejoin(wait=True):
@@ -1425,6 +1450,21 @@ class Runner:
             # through an outage, and fds run exited after twice the broker timeout)
             if broker.idle_ended(now, idle_over):
                 return
+
+    def _say_unpositioned(self, now: float) -> None:
+        """Once per wait: assigned partitions without a position for WAIT_LOG_S (nothing was
+        said while a taker waited a minute for a killed exactly-once instance's offsets)."""
+        if positioned(self.consumer):
+            self._unpositioned = None
+        elif self._unpositioned is None:
+            self._unpositioned = (now, False)
+        elif not self._unpositioned[1] and now - self._unpositioned[0] > WAIT_LOG_S:
+            self._unpositioned = (self._unpositioned[0], True)
+            log.warning(
+                "waiting for the committed offsets of the assigned partitions (a transaction a "
+                "stopped instance left open holds them until the broker aborts it: "
+                "transaction_timeout_ms; else the group coordinator is slow to answer)"
+            )
 
     def _awaiting_rejoin(self, now: float) -> bool:
         """After a refused commit, until the group is rejoined (a rebalance was seen) or a
@@ -2101,9 +2141,11 @@ class Runner:
             # that did not land): records decided twice, or neither decided nor folded.
             self._resume_from(covered)
         elif self.s.auto_offset_reset == "earliest":  # (else said in _bring_up_to_date; a
-            ms = self.s.timeout_ms  # QA pass found no word without a state dir)
-            with contextlib.suppress(KafkaError):  # (a warning: no reason to wait or stop)
-                if new := [tp for tp in tps if self.consumer.committed(tp, timeout_ms=ms) is None]:
+            # QA pass found no word without a state dir; the wait for a killed exactly-once
+            # instance's transaction, in a silent call here, ended a --max-idle run as idle)
+            with contextlib.suppress(KafkaError, FdsError):  # (the loop then polls: kafka-python
+                committed = self._committed_offsets(tps)  # waits for them there too)
+                if new := [tp for tp, o in committed.items() if o is None]:
                     self._say_decided_from_start(new)
         if not self.s.exactly_once and self._copartitioned:
             self._find_decided(tps)
@@ -2160,6 +2202,26 @@ class Runner:
                 sum(len(q) for _, q in self._found.values()), sorted(by_part),
             )  # fmt: skip
 
+    def _committed_offsets(self, tps: list[Any]) -> dict[Any, int | None]:
+        """The group's committed offsets of ``tps``, waited for and logged while they do not
+        come. Exactly-once: a transaction a killed instance left open holds its offsets back
+        until the broker aborts it (transaction_timeout_ms): waited for, not given up on."""
+        wait_s = self.s.broker_timeout_s
+        if self.s.exactly_once:
+            wait_s = max(wait_s, self.s.transaction_timeout_ms / 1000 + WAIT_LOG_S)
+        timeout_ms = int(wait_s * 1000)  # kafka-python: no limit by default
+        return self._retrying(
+            "reading the committed offsets"
+            + (
+                " (a transaction a stopped instance left open holds them until the broker aborts "
+                "it: transaction_timeout_ms)"
+                if self.s.exactly_once
+                else ""
+            ),
+            lambda: {tp: self.consumer.committed(tp, timeout_ms=timeout_ms) for tp in tps},
+            wait_s,
+        )
+
     def _bring_up_to_date(self, tps: list[Any]) -> dict[Any, int | None]:
         """Fold what the group decided below its committed offsets into the state (state only,
         no output), so that deciding resumes exactly where the group left off. Returns the
@@ -2174,23 +2236,7 @@ class Runner:
           instance, or taken back after a while): start from an empty state and fold every
           assigned partition from the feature horizon ("rebuild"), merged in event time.
         """
-        # Exactly-once: a transaction a killed instance left open holds its offsets back until
-        # the broker aborts it (transaction_timeout_ms): waited for, not given up on.
-        wait_s = self.s.broker_timeout_s
-        if self.s.exactly_once:
-            wait_s = max(wait_s, self.s.transaction_timeout_ms / 1000 + WAIT_LOG_S)
-        timeout_ms = int(wait_s * 1000)  # kafka-python: no limit by default
-        committed = self._retrying(
-            "reading the committed offsets"
-            + (
-                " (a transaction a stopped instance left open holds them until the broker aborts "
-                "it: transaction_timeout_ms)"
-                if self.s.exactly_once
-                else ""
-            ),
-            lambda: {tp: self.consumer.committed(tp, timeout_ms=timeout_ms) for tp in tps},
-            wait_s,
-        )
+        committed = self._committed_offsets(tps)
         pos = self._positions
         # A partition the state follows but the group has no offset for (the group deleted,
         # its offsets expired after offsets.retention.minutes): resumed from where the state
@@ -3659,8 +3705,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
             checkpointer = Checkpointer(state_dir)
         elif settings.state_topic:  # (it switched the state topic off without a word: a QA)
             raise ConfigError(
-                "--state-topic publishes the state dir's checkpoints, and --state-dir none "
-                "writes none: drop one of them"
+                f"a state topic ({settings.named('state_topic')}) publishes the state dir's "
+                f"checkpoints, and state dir none ({settings.named('state_dir')}) writes none: "
+                "drop one of them"
             )
         # The same builder as `fds replay` for features, rules and policy: one code path.
         engine = build_run_engine(

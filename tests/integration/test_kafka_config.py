@@ -272,7 +272,34 @@ def test_a_state_topic_without_a_state_dir_is_a_usage_error(capsys):
         "--group-instance-id", "i0", "--rules", "none", "--model", "none",
     ])  # fmt: skip
     assert args.func(args) == 2
-    assert "--state-topic publishes the state dir's checkpoints" in capsys.readouterr().err
+    assert (
+        "a state topic (--state-topic) publishes the state dir's checkpoints, and state dir "
+        "none (--state-dir) writes none" in capsys.readouterr().err
+    )
+
+
+def test_conflicting_settings_are_named_where_they_were_given(tmp_path, monkeypatch, capsys):
+    """A state topic and `state_dir: none` from a settings file or FDS_* were told as the flags
+    --state-topic and --state-dir, never given."""
+    f = tmp_path / "kafka.yaml"
+    f.write_text("state_topic: state\n")
+    monkeypatch.setenv("FDS_STATE_DIR", "none")
+    args = _parse(["run", "--bootstrap", "127.0.0.1:1", "--config", str(f),
+                   "--group-instance-id", "i0", "--rules", "none", "--model", "none"])  # fmt: skip
+    assert args.func(args) == 2
+    assert (
+        f"a state topic (state_topic in {f}) publishes the state dir's checkpoints, and "
+        "state dir none (FDS_STATE_DIR) writes none" in capsys.readouterr().err
+    )
+    monkeypatch.delenv("FDS_STATE_DIR")
+    monkeypatch.setenv("FDS_STATE_ROOT", str(tmp_path / "state"))
+    args = _parse(["run", "--bootstrap", "127.0.0.1:1", "--config", str(f), "--rules", "none",
+                   "--model", "none"])  # fmt: skip
+    assert args.func(args) == 2
+    assert (
+        f"a state topic (state_topic in {f}) needs an instance id (--group-instance-id)"
+        in capsys.readouterr().err
+    )
 
 
 @pytest.mark.parametrize(

@@ -625,6 +625,36 @@ def test_kill9_and_restart_exactly_once(kafka_bootstrap, topics, unique_name, tm
     assert sorted(committed) == ids  # each exactly once among committed decisions
 
 
+def test_a_taker_waits_out_a_killed_exactly_once_instance_s_open_transaction(
+    kafka_bootstrap, topics, unique_name, tmp_path
+):
+    """Another instance (another transactional id) taking over from one killed with its
+    transaction open waits until the broker aborts it to read the committed offsets: that wait
+    ended a `--max-idle` run as idle, exit 0 with nothing decided (exp_eos_takeover.py), and
+    nothing was logged while it lasted."""
+    ids = write_stream(tmp_path / "tx.jsonl", 3000)
+    produce_file(tmp_path / "tx.jsonl", settings_for(kafka_bootstrap, topics, unique_name("g")))
+    group = unique_name("g")
+    eos = ["--exactly-once", "--max-poll-records", "200"]
+    env = {"FDS_TRANSACTION_TIMEOUT_MS": "15000"}  # (the broker checks every 10 s)
+    a = spawn_run(kafka_bootstrap, topics, group, *eos, "--group-instance-id", "a",
+                  "--transactional-id", group + "-a",
+                  env={**env, "FDS_FAULT_KILL_AFTER_FLUSH": "3"})  # fmt: skip
+    _, err = a.communicate(timeout=60)
+    assert a.returncode == -signal.SIGKILL, err[-2000:]
+    b = spawn_run(kafka_bootstrap, topics, group, *eos, "--group-instance-id", "b",
+                  "--transactional-id", group + "-b", "--max-idle", "3", env=env)  # fmt: skip
+    _, err = b.communicate(timeout=90)
+    assert b.returncode == 0, err[-2000:]
+    # (said where it waited: reading the committed offsets, or polling for them)
+    assert "left open holds them until the broker aborts it" in err, err[-2000:]
+    committed = [
+        orjson.loads(r.value)["tx_id"]
+        for r in read_all(kafka_bootstrap, topics["decisions"], committed_only=True)
+    ]
+    assert sorted(committed) == ids  # each exactly once among committed decisions
+
+
 def test_sigterm_drains_commits_and_exits_fast(kafka_bootstrap, topics, unique_name, tmp_path):
     ids = write_stream(tmp_path / "tx.jsonl", 60_000)
     s = settings_for(kafka_bootstrap, topics, unique_name("g"))

@@ -1546,6 +1546,32 @@ def test_max_idle_counts_from_the_first_partitions_not_the_group_join():
     assert never.over(c, t0 + IdleTimer.JOIN_GRACE_S + 1.5)
 
 
+def test_max_idle_does_not_count_a_wait_for_the_committed_offsets():
+    """A partition without a position (its committed offset held by a transaction a killed
+    exactly-once instance left open) is no idle time: such a wait ended a --max-idle run
+    with nothing decided (benchmarks/exp_eos_takeover.py)."""
+    from types import SimpleNamespace
+
+    from fds.streams.kafka import IdleTimer, positioned
+
+    class Waiting(Consumer):
+        known = False
+
+        def __init__(self) -> None:
+            super().__init__()
+            self._subscription = SimpleNamespace(has_all_fetch_positions=lambda: self.known)
+
+        def assignment(self) -> set[Any]:
+            return {TP}
+
+    timer, c, t0 = IdleTimer(1.0), Waiting(), time.monotonic()
+    assert not positioned(c) and positioned(Consumer())  # (a fake that does not say: True)
+    assert not timer.over(c, t0 + 30)  # 30 s waiting for offsets: not idle
+    c.known = True
+    assert not timer.over(c, t0 + 30.9)
+    assert timer.over(c, t0 + 31.1)  # idle from the positions on
+
+
 def test_partitions_added_to_the_input_end_the_co_partitioned_output():
     """Found by a QA pass: with 2 input and 2 output partitions decisions went to the input's
     partition; after the input grew to 3, a record of partition 2 was sent to an output
