@@ -182,6 +182,10 @@ def _replay(args: argparse.Namespace) -> int:
             "as fast as possible)"
         )
         return 2
+    if args.metrics_port < 0 and args.metrics_host != "127.0.0.1":  # (ignored: a QA pass)
+        say("fds replay: error: --metrics-host needs --metrics-port N: a replay serves no metrics "
+            "without it (0: any free port)")  # fmt: skip
+        return 2
     for flag, path in (("input file", args.file), ("--labels file", args.labels)):
         if path is not None and not Path(path).is_file():
             say(f"fds replay: error: {flag} not found: {path}")

@@ -319,7 +319,13 @@ class Engine:
         for kind, reason in guard.transitions():
             if self.metrics is not None:
                 self.metrics.degraded(kind == "degraded")
-            log.warning('model %s reason="%s" error="%s"', kind, reason, guard.last_error)
+            if reason == "error":
+                log.warning('model %s reason="%s" error="%s"', kind, reason, guard.last_error)
+            elif reason == "slow":  # (it said error="None": a QA pass)
+                log.warning('model %s reason="%s" latency_budget_ms="%g"', kind, reason,
+                            guard.latency_budget_s * 1000)  # fmt: skip
+            else:
+                log.warning("model %s", kind)
         if degraded:
             flags.append("degraded")
         return result
@@ -383,16 +389,20 @@ class Engine:
         if ruleset is self._lifted_for:
             return
         self._lifted_for = ruleset
+        ids = {r.id for r in getattr(ruleset, "rules", ())}
         for source in [s for s in self.demoted if s != MODEL]:
             if self._rule_spec(source) != self._demoted_as.get(source):
-                self.restore(source, why="its definition changed")
+                gone = source not in ids  # (said "back in force" of it: a QA pass)
+                why = "taken out of the rules" if gone else "its definition changed"
+                self.restore(source, why=why, gone=gone)
 
-    def restore(self, source: str, why: str = "restored") -> None:
+    def restore(self, source: str, why: str = "restored", *, gone: bool = False) -> None:
         """Put a demoted rule (or ``"@model"``) back in force after a fix. The engine does it
         itself when the rule's definition is edited (a reload) or another model version
-        serves."""
+        serves; ``gone``: the rule was taken out, its demotion is only forgotten."""
         if source in self.demoted:
-            log.warning('back in force after a demotion target="%s" why="%s"', source, why)
+            said = "demotion forgotten" if gone else "back in force after a demotion"
+            log.warning('%s target="%s" why="%s"', said, source, why)
         self.demoted.discard(source)
         self._demoted_as.pop(source, None)
         if self.breaker is not None:

@@ -362,6 +362,8 @@ class Metrics(Collector):
         for result in ("ok", "rejected"):
             self._swaps.labels(result=result)
             self._reloads.labels(result=result)
+        for reason in ("error", "degraded"):  # (Engine._fallback's reasons)
+            self._fallbacks.labels(reason=reason)
         self._degraded.set(0)
         self._rebalances.inc(0)
         self._drift.inc(0)

@@ -586,6 +586,8 @@ def _run(
 ) -> ReplaySummary:
     s = ReplaySummary()
     metrics = engine.metrics
+    if metrics is not None:
+        metrics.events_consumed("file", 0)  # (the series at 0 from the start, as fds run's)
     schedule = LabelSchedule(stream.labels)
     labelled = schedule.labelled
     pending = stream.pending_labels

@@ -129,7 +129,7 @@ def test_no_model_version_yet_is_not_degraded():
     assert d["model_score"] is None and d["model_version"] is None and d["flags"] == []
 
 
-def test_degraded_mode_when_model_exceeds_latency_budget():
+def test_degraded_mode_when_model_exceeds_latency_budget(caplog):
     clock = [0.0]
 
     class Slow(Model):
@@ -151,6 +151,9 @@ def test_degraded_mode_when_model_exceeds_latency_budget():
     clock[0] += 5.0  # cool-down over: one trial call, still slow -> degraded again
     assert engine.decide(tx(6))["model_score"] == 0.2
     assert engine.guard.degraded
+    # the budget, not `error="None"` (a QA pass)
+    assert 'model degraded reason="slow" latency_budget_ms="50"' in caplog.text
+    assert "None" not in caplog.text
 
 
 def test_stage_error_names_the_stage():
@@ -302,7 +305,7 @@ def test_a_fold_counts_no_rule_skip(tmp_path, reloading):
     if reloading:
         path = tmp_path / "r.yaml"
         path.write_text(text)
-        rules: Any = ReloadingRuleset(path, poll_seconds=0)
+        rules: Any = ReloadingRuleset(path, start=False)  # (a poll thread outlived the test)
     else:
         rules = load_ruleset_text(text)
     engine = Engine(rules=rules)

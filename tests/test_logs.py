@@ -237,3 +237,12 @@ def test_replay_with_json_logs_prints_its_summary_as_json_and_every_notice_as_a_
         assert got.err.startswith("fds replay: input not in time order: 1 record was")
     finally:
         configure_logging("INFO", fmt="kv", logger_name="fds")  # (as the other tests expect)
+
+
+def test_replay_refuses_a_metrics_host_without_a_metrics_port(tmp_path, capsys):
+    """A QA pass: `fds replay f.jsonl --metrics-host 0.0.0.0` served nothing without a word
+    (metrics are off in a replay unless --metrics-port is given)."""
+    from fds.cli import main
+
+    assert main(["replay", str(tmp_path / "f.jsonl"), "--metrics-host", "0.0.0.0"]) == 2
+    assert "--metrics-host needs --metrics-port N" in capsys.readouterr().err

@@ -367,6 +367,14 @@ def test_dashboard_and_alerts_only_use_metrics_that_exist() -> None:
     used = {name for e in exprs for name in re.findall(r"\bfds_[a-z_]+", e)}
     assert used, "no fds_ metric found in the monitoring kit"
     assert not used - exposed, f"unknown metrics in streams/monitoring: {sorted(used - exposed)}"
+    # the job/instance choices list the trainer too (they read fds_decisions_total, which only
+    # a scorer has: the trainer could not be picked, a QA pass)
+    from fds.streams.train import trainer_metrics
+
+    trained = {s.name for fam in scrape(trainer_metrics(True)).values() for s in fam.samples}
+    for var in dash["templating"]["list"]:
+        for name in re.findall(r"\bfds_[a-z_]+", var.get("query", "")):
+            assert name in trained and name in exposed, (var["name"], name)
     # the issue's panels and alerts are all there
     titles = " | ".join(p["title"] for p in dash["panels"]).lower()
     for panel in (
@@ -503,3 +511,24 @@ def test_a_scrape_never_sees_a_rule_count_between_the_ruleset_and_the_counters()
     m.drain_rule_counts(drain)
     scrapes[0].join(5)
     assert seen == [5.0]
+
+
+def test_the_consumed_and_fallback_series_exist_at_0_before_the_first_event(tmp_path) -> None:
+    """A QA pass: `fds_events_consumed_total{source}` and `fds_model_fallbacks_total{reason}`
+    appeared with their first batch or fallback, so increase() (the dashboard's throughput, the
+    dead-letter alert's denominator) missed the first 5,000 records of a run."""
+    from fds.engine import Engine
+    from fds.replay import ReplayInput, run
+    from fds.streams.files import JsonlSink
+    from fds.streams.kafka import KafkaSettings, Runner
+
+    m = Metrics()
+    assert value(m, "fds_model_fallbacks_total", reason="error") == 0.0
+    assert value(m, "fds_model_fallbacks_total", reason="degraded") == 0.0
+    assert value(m, "fds_events_consumed_total", source="kafka") is None
+    Runner(KafkaSettings(), Engine(metrics=m))
+    assert value(m, "fds_events_consumed_total", source="kafka") == 0.0
+    m = Metrics()
+    with JsonlSink(tmp_path / "d.jsonl") as sink, JsonlSink(tmp_path / "x.jsonl") as dlq:
+        run(Engine(metrics=m), ReplayInput(iter(())), sink, dlq, source="f", progress=False)
+    assert value(m, "fds_events_consumed_total", source="file") == 0.0

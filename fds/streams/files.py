@@ -341,12 +341,23 @@ def load_mapping(path: str | os.PathLike[str]) -> ColumnMapping:
         raise invalid(p, e, ColumnMapping, "a mapping") from None
     except ConfigError as e:
         raise ConfigError(str(e), where=str(p)) from None
-    delay = (data.get("label") or {}).get("delay")
+    label = data.get("label") or {}
+    delay = label.get("delay") if isinstance(label, dict) else None
     if type(delay) in (int, float) and delay:  # a unit forgotten? (7 meant as 7 days)
         line = _line_at(p, ["label", "delay"])
         log.warning(
             "%s: label.delay %s has no unit: read as %s seconds (write 7d, 12h, 90s)",
             f"{p}:{line}" if line else p, delay, delay,
+        )  # fmt: skip
+    elif mapping.label is not None and "delay" not in mapping.label.model_fields_set:
+        # (each label learned right after its transaction: the model looked far better
+        # offline than it can in production, without a word: a QA pass)
+        line = _line_at(p, ["label"])
+        log.warning(
+            "%s: label has no delay: each label is learned right after its transaction, "
+            "sooner than a chargeback comes in production; give the delay your labels have "
+            "(label: {column: %s, delay: 30d}), or delay: 0s to mean it",
+            f"{p}:{line}" if line else p, mapping.label.column,
         )  # fmt: skip
     return mapping
 

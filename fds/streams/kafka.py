@@ -986,6 +986,8 @@ class Runner:
         self.producer: Any = None
         # Metrics go to the engine's Metrics (fds.metrics) when it has one, else nowhere.
         self.metrics: Any = engine.metrics if engine.metrics is not None else NullMetrics()
+        self.metrics.events_consumed("kafka", 0)  # the series at 0 from the start: increase()
+        # saw the first poll's batch as a new series, not as consumed (a QA pass)
         self._lag_at = 0.0
         self._decided: dict[Any, int] = {}  # partition -> offset after the last record decided
         self._copartitioned = False
@@ -3721,8 +3723,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         say(f"fds run: error: {exc}")
         return 2
-    if server is not None:
-        log.info("serving metrics on %s", server.url)
+    if server is not None:  # (whatever -q: --metrics-port 0 left it unknown, a QA pass)
+        say(f"serving metrics on {server.url}", logging.INFO)
     signal.signal(signal.SIGTERM, runner.stop)
     signal.signal(signal.SIGINT, runner.stop)
     try:

@@ -728,24 +728,31 @@ def _cmd_train(args: argparse.Namespace) -> int:
             if b is not None:
                 raise ConfigError(f"{a} and {b} are both {topic!r}: give each its own topic")
         metrics = trainer_metrics(args.metrics_port >= 0)
-        svc = TrainService(
-            settings,
-            spec=args.spec,
-            registry=args.registry,
-            state_dir=settings.state_dir or default_state_dir(settings.group),
-            decisions_topic=args.decisions_topic,
-            labels_topic=args.labels_topic,
-            models_topic=models,
-            metrics=metrics,
-        )
+        # before the trainer loads or makes anything (a port in use was refused after its state
+        # dir and registry had been made: a QA pass)
         server = (
             serve(metrics, args.metrics_host, args.metrics_port) if args.metrics_port >= 0 else None
         )
+        try:
+            svc = TrainService(
+                settings,
+                spec=args.spec,
+                registry=args.registry,
+                state_dir=settings.state_dir or default_state_dir(settings.group),
+                decisions_topic=args.decisions_topic,
+                labels_topic=args.labels_topic,
+                models_topic=models,
+                metrics=metrics,
+            )
+        except BaseException:
+            if server is not None:
+                server.stop()
+            raise
     except ConfigError as exc:
         say(f"fds train: error: {exc}")
         return 2
-    if server is not None:  # (as fds run says it: --metrics-port 0 left it unknown, a QA pass)
-        log.info("serving metrics on %s", server.url)
+    if server is not None:  # (as fds run says it, whatever -q: --metrics-port 0 left it
+        say(f"serving metrics on {server.url}", logging.INFO)  # unknown, QA passes)
     signal.signal(signal.SIGTERM, svc.stop)
     signal.signal(signal.SIGINT, svc.stop)
     try:

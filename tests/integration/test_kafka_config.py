@@ -441,6 +441,35 @@ def test_train_refuses_one_topic_for_decisions_and_labels(capsys):
         assert f"{says} are both" in capsys.readouterr().err
 
 
+def test_train_says_its_metrics_address_whatever_q_and_refuses_a_port_before_making_state(
+    tmp_path, capsys
+):
+    """QA passes: `fds -q train --metrics-port 0` never said which port it took (the line was
+    INFO), and a port in use was refused after the state dir and registry had been made."""
+    import logging
+    import socket
+
+    from fds.cli import main
+
+    try:
+        reg, st = str(tmp_path / "reg"), str(tmp_path / "st")
+        argv = ["-q", "train", "--bootstrap", "127.0.0.1:1", "--broker-timeout", "1",
+                "--registry", reg, "--state-dir", st]  # fmt: skip
+        assert main([*argv, "--metrics-port", "0"]) == 1  # (no broker)
+        assert re.search(r"^serving metrics on http://127\.0\.0\.1:\d+/metrics$",
+                         capsys.readouterr().err, re.M)  # fmt: skip
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            reg, st = tmp_path / "reg2", tmp_path / "st2"
+            argv[6:10] = ["--registry", str(reg), "--state-dir", str(st)]
+            assert main([*argv, "--metrics-port", str(taken.getsockname()[1])]) == 2
+        assert "cannot serve metrics on 127.0.0.1" in capsys.readouterr().err
+        assert not reg.exists() and not st.exists()
+    finally:
+        logging.getLogger("fds").setLevel(logging.INFO)  # (as the other tests expect)
+
+
 def test_run_refuses_the_models_topic_in_another_role():
     """A QA pass: `fds run --models-topic transactions` read the announcements as input."""
     from fds.streams.kafka import build_run_engine

@@ -391,28 +391,35 @@ def test_features_in_another_order_are_the_same_features(tmp_path: Path) -> None
     assert str(rs.last_error).startswith(f"{p}:11:5: ")  # a, second in the new file
 
 
+# rule big declines every transaction: the rate breaker demotes it within 300 decisions
+BIG = ('version: "1"\nrules:\n  - {id: big, when: "amount > 1", action: decline, '
+       "score: 0.95, reason: Big}\n  - {id: other, when: \"amount > 5000\", action: review, "
+       "score: 0.6, reason: Other}\npolicy: {decline_at: 0.9, review_at: 0.5}\n")  # fmt: skip
+
+
+def breaking(rules: ReloadingRuleset) -> Engine:
+    """An engine whose rate breaker demotes BIG's rule big."""
+    from fds.guardrails import RuleBreaker
+
+    return Engine(rules=rules, policy=rules.policy, breaker=RuleBreaker(
+        window_events=500, multiple=3.0, min_events=50,
+        initial_baseline={"decline": 0.01, "review": 0.05}))  # fmt: skip
+
+
+def big_tx(i: int, amount: float = 50.0) -> dict:
+    return {"tx_id": f"t{i}", "ts": float(i), "card_id": f"c{i % 500}", "amount": amount}
+
+
 def test_a_demoted_rule_is_back_in_force_once_its_definition_is_edited(tmp_path: Path) -> None:
     """Nothing lifted a rate-breaker demotion: an analyst's fix (a reload), a restart with the
     fixed file, a new model version all left the rule or the model in shadow for good."""
     import pickle
 
-    from fds.guardrails import RuleBreaker
-
     p = tmp_path / "r.yaml"
-    bad = ('version: "1"\nrules:\n  - {id: big, when: "amount > 1", action: decline, '
-           "score: 0.95, reason: Big}\n  - {id: other, when: \"amount > 5000\", action: review, "
-           "score: 0.6, reason: Other}\npolicy: {decline_at: 0.9, review_at: 0.5}\n")  # fmt: skip
+    bad = BIG
     p.write_text(bad)
     rs = ReloadingRuleset(p, start=False, settle_seconds=0)
-
-    def engine(rules: ReloadingRuleset) -> Engine:
-        return Engine(rules=rules, policy=rules.policy, breaker=RuleBreaker(
-            window_events=500, multiple=3.0, min_events=50,
-            initial_baseline={"decline": 0.01, "review": 0.05}))  # fmt: skip
-
-    def tx(i: int, amount: float = 50.0) -> dict:
-        return {"tx_id": f"t{i}", "ts": float(i), "card_id": f"c{i % 500}", "amount": amount}
-
+    engine, tx = breaking, big_tx
     e = engine(rs)
     for i in range(300):
         e.decide(tx(i))
@@ -435,6 +442,25 @@ def test_a_demoted_rule_is_back_in_force_once_its_definition_is_edited(tmp_path:
     same = engine(ReloadingRuleset(p, start=False, settle_seconds=0))
     same.load_state_dict(pickle.loads(state))
     assert same.decide(tx(303))["action"] == "approve" and same.demoted == {"big"}
+
+
+def test_a_demoted_rule_taken_out_of_the_rules_is_not_said_back_in_force(tmp_path, caplog):
+    """A QA pass: a rule the rate breaker had demoted, then removed from the file, was logged
+    "back in force after a demotion ... its definition changed"."""
+    p = tmp_path / "r.yaml"
+    p.write_text(BIG)
+    rs = ReloadingRuleset(p, start=False, settle_seconds=0)
+    e = breaking(rs)
+    for i in range(300):
+        e.decide(big_tx(i))
+    assert e.demoted == {"big"}
+    write(p, 'version: "2"\nrules:\n' + BIG.split("\n", 3)[3])  # big taken out
+    assert rs.check_now() == "ok"
+    caplog.clear()
+    e.decide(big_tx(300))
+    assert e.demoted == set()
+    assert 'demotion forgotten target="big" why="taken out of the rules"' in caplog.text
+    assert "back in force" not in caplog.text
 
 
 def test_a_file_saved_in_place_is_read_once_it_stops_changing(tmp_path: Path) -> None:

@@ -479,6 +479,20 @@ def test_a_label_delay_without_a_unit_is_warned_about(tmp_path, caplog):
     assert load_mapping(m).label.delay == 7 * 86400.0 and not caplog.text
 
 
+def test_a_label_column_without_a_delay_is_warned_about(tmp_path, caplog):
+    """A QA pass: without `delay:` each label was learned right after its transaction (0 s),
+    the model judged far better than in production, without a word."""
+    m = tmp_path / "m.yaml"
+    m.write_text("fields: {tx_id: A}\nlabel:\n  column: F\n")
+    assert load_mapping(m).label.delay == 0.0
+    assert f"{m}:2: label has no delay: each label is learned right after its transaction" in (
+        caplog.text
+    )
+    caplog.clear()
+    m.write_text("fields: {tx_id: A}\nlabel: {column: F, delay: 0s}\n")  # meant: no warning
+    assert load_mapping(m).label.delay == 0.0 and not caplog.text
+
+
 def test_a_mapping_names_the_texts_that_mean_missing(tmp_path):
     """A QA pass: a `DeviceInfo` of `NaN` was one device shared by every transaction without
     one (617 cards in `device_cards_7d`), and a mapping could not say that `NaN` is no value."""
