@@ -453,3 +453,35 @@ def test_a_withdrawn_fraud_label_is_no_fraud_as_in_a_replay(tmp_path, capsys) ->
     in the backtest (129 frauds, replay 128), so their precision and recall disagreed."""
     labels = "t1,1767312000,1\nt2,1767312000,1\nt1,1767398400,0\n"
     assert _precision(tmp_path, capsys, labels) == ["25.0%", "25.0%"]  # t2 alone of 4 alerts
+
+
+def test_the_rules_never_evaluated_are_read_from_one_collection_of_the_metrics() -> None:
+    """A QA pass: with 2,000 rules, fds replay took minutes after its last decision to name
+    the rules skipped on every transaction (the whole registry collected once per rule)."""
+    from types import SimpleNamespace
+
+    from fds.commands import _never_evaluated
+    from fds.metrics import Metrics
+    from fds.replay import ReplaySummary
+    from fds.rules.ruleset import load_ruleset_text
+
+    class CountedMetrics(Metrics):
+        collections = 0
+
+        def collect(self):  # type: ignore[no-untyped-def]
+            self.collections += 1
+            yield from super().collect()
+
+    rules = "".join(
+        f"  - {{id: r{i}, when: {'channel' if i % 2 else 'country'} == 'x', action: review, "
+        "score: 0.5, reason: x}\n"
+        for i in range(40)
+    )
+    rs = load_ruleset_text("version: v\nrules:\n" + rules)
+    rs.evaluate({"ts": 0.0, "amount": 1.0, "country": "KR", "extra": {}})  # no channel
+    metrics = CountedMetrics()
+    metrics.watch_ruleset(lambda: rs)
+    before = metrics.collections
+    never = _never_evaluated(SimpleNamespace(rules=rs), metrics, ReplaySummary(decided=1))
+    assert never == [(f"r{i}", "channel missing on 1") for i in range(1, 40, 2)]
+    assert metrics.collections - before == 1
