@@ -13,7 +13,7 @@ from fds.errors import ConfigError
 from fds.rules.ruleset import Ruleset, load_ruleset
 from fds.shipped import DEFAULT_RULES
 
-__all__ = ["register"]
+__all__ = ["register", "rules_file"]
 
 
 def register(subparsers: Any) -> None:
@@ -30,7 +30,7 @@ def register(subparsers: Any) -> None:
     check.add_argument(
         "files",
         nargs="*",
-        type=Path,
+        type=rules_file,
         metavar="FILE",
         help=f"rules files (default: {DEFAULT_RULES.name} of the package)",
     )
@@ -48,12 +48,12 @@ def register(subparsers: Any) -> None:
     bt.add_argument(
         "--candidate",
         required=True,
-        type=Path,
+        type=rules_file,
         metavar="R2",
         help="the rules file you want to ship",
     )
     bt.add_argument(
-        "--baseline", required=True, type=Path, metavar="R1", help="the rules file in force"
+        "--baseline", required=True, type=rules_file, metavar="R1", help="the rules file in force"
     )
     bt.add_argument("--mapping", type=Path, metavar="M", help="column mapping for foreign files")
     bt.add_argument(
@@ -78,6 +78,19 @@ def register(subparsers: Any) -> None:
     )
     bt.add_argument("--progress", action="store_true", help="show a progress bar")
     bt.set_defaults(func=_backtest)
+
+
+def rules_file(text: str) -> Path:
+    """argparse type: the path of a rules file, not an empty one (an unset shell variable:
+    ``''`` is the current folder, checked as one, a QA pass).
+
+    >>> rules_file("")
+    Traceback (most recent call last):
+    argparse.ArgumentTypeError: empty path: give a rules file
+    """
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty path: give a rules file")
+    return Path(text)
 
 
 def _rules_files(folder: Path) -> Iterator[Path]:

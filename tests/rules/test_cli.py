@@ -485,3 +485,20 @@ def test_the_rules_never_evaluated_are_read_from_one_collection_of_the_metrics()
     never = _never_evaluated(SimpleNamespace(rules=rs), metrics, ReplaySummary(decided=1))
     assert never == [(f"r{i}", "channel missing on 1") for i in range(1, 40, 2)]
     assert metrics.collections - before == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["check", ""], "FILE"),
+        (["backtest", "h.jsonl", "--candidate", "", "--baseline", "r.yaml"], "--candidate"),
+        (["backtest", "h.jsonl", "--candidate", "r.yaml", "--baseline", ""], "--baseline"),
+    ],
+)
+def test_an_empty_rules_path_is_a_usage_error(argv: list[str], flag: str, capsys) -> None:
+    """A QA pass: `fds rules check ''` (an unset shell variable) checked the current folder
+    and could pass; `--candidate ''` was "--candidate .: a folder"."""
+    with pytest.raises(SystemExit) as e:
+        main(["rules", *argv])
+    assert e.value.code == 2
+    assert f"argument {flag}: empty path: give a rules file" in capsys.readouterr().err
