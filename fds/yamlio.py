@@ -27,7 +27,7 @@ import yaml
 
 from fds.errors import ConfigError
 
-__all__ = ["decode", "fields_at", "load", "read_text"]
+__all__ = ["decode", "fields_at", "load", "read_bytes", "read_text"]
 
 _MERGE = "tag:yaml.org,2002:merge"
 
@@ -75,14 +75,28 @@ _Strict.add_constructor("tag:yaml.org,2002:timestamp", _Strict.construct_yaml_ti
 
 
 def read_text(path: Path, what: str) -> str:
-    """The text of the project's file ``path`` (a rules file, mapping, model spec, settings);
-    what cannot be read (a folder, no permission) and bytes that are not UTF-8 are a
-    :class:`ConfigError` at their place (a folder or a Latin-1 spec was a traceback)."""
+    """The text of the project's file ``path`` (a mapping, model spec, settings); what cannot
+    be read (a folder, no permission) and bytes that are not UTF-8 are a :class:`ConfigError`
+    at their place (a folder or a Latin-1 spec was a traceback)."""
+    return decode(read_bytes(path, what), str(path))
+
+
+def read_bytes(path: str | Path, what: str, *, limit: int | None = None, hint: str = "") -> bytes:
+    """The bytes of the file ``path``, read once (a pipe such as ``<(...)`` too), and with a
+    ``limit`` no more than ``limit + 1`` of them: the caller refuses a file larger than its
+    limit (``/dev/zero`` as a rules file was read until memory ran out, a QA pass). What
+    cannot be read is a :class:`ConfigError` naming ``what``, then ``hint``.
+
+    >>> read_bytes("/no/r.yaml", "the rules file")
+    Traceback (most recent call last):
+    fds.errors.ConfigError: /no/r.yaml: cannot read the rules file: No such file or directory
+    """
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as f:
+            return f.read(-1 if limit is None else limit + 1)
     except OSError as e:
-        raise ConfigError(f"cannot read {what}: {e.strerror or e}", where=str(path)) from None
-    return decode(data, str(path))
+        why = e.strerror or e
+        raise ConfigError(f"cannot read {what}: {why}{hint}", where=str(path)) from None
 
 
 def decode(data: bytes, filename: str) -> str:

@@ -265,7 +265,7 @@ def _first_paragraphs(node: Any) -> None:
 
 Mark = tuple[int, int, str | None]  # 1-based line, 1-based column, scalar style
 # A 100-rule file is ~40 KB and ~3,000 nodes; these bound hostile or broken files.
-MAX_FILE_CHARS = 5_000_000
+MAX_FILE_SIZE = 5_000_000  # bytes of a rules file (characters of a text given as such)
 MAX_NODES = 100_000
 MAX_NESTING = 50  # YAML levels; a rules file has about five
 #: Path suffix under which the position of a mapping KEY is recorded (the value's is the path).
@@ -289,10 +289,7 @@ def load_yaml_with_marks(text: str, filename: str) -> tuple[Any, dict[tuple[Any,
     >>> data, marks[("a", 0, "b")], marks[("a", 0, "b", KEY)]
     ({'a': [{'b': 1}]}, (2, 9, None), (2, 6, None))
     """
-    if len(text) > MAX_FILE_CHARS:
-        raise ConfigError(
-            f"file larger than {MAX_FILE_CHARS // 1_000_000} MB: split it", where=filename
-        )
+    _check_size(len(text), filename)
     loader = _yaml_loader()(text)
     marks: dict[tuple[Any, ...], Mark] = {}
     budget = [MAX_NODES]
@@ -388,6 +385,24 @@ def load_yaml_with_marks(text: str, filename: str) -> tuple[Any, dict[tuple[Any,
         return walk(node, ()), marks
     finally:
         loader.dispose()
+
+
+def read_rules_file(path: str | Path, flag: str = "") -> bytes:
+    """The bytes of the rules file ``path``, as every command reads one: once (a pipe,
+    ``<(sed ...)``, too: `fds rules check` refused it, a QA pass) and never more than
+    :data:`MAX_FILE_SIZE` + 1 bytes (``/dev/zero`` was read until memory ran out). ``flag``
+    (``--rules``) is the option that gave the path, said when it cannot be read."""
+    hint = f"; check the path{f' ({flag})' if flag else ''}"
+    data = yamlio.read_bytes(path, "the rules file", limit=MAX_FILE_SIZE, hint=hint)
+    _check_size(len(data), str(path))
+    return data
+
+
+def _check_size(size: int, filename: str) -> None:
+    if size > MAX_FILE_SIZE:
+        raise ConfigError(
+            f"file larger than {MAX_FILE_SIZE // 1_000_000} MB: split it", where=filename
+        )
 
 
 def _check_nesting(text: str, filename: str) -> None:
@@ -949,5 +964,5 @@ def load_ruleset(path: str | Path, *, run_tests: bool = False, log_notes: bool =
     Raises :class:`fds.errors.ConfigError` naming ``file:line:column`` and the fix.
     """
     p = Path(path)
-    text = yamlio.read_text(p, "rules file")
+    text = yamlio.decode(read_rules_file(p), str(p))
     return load_ruleset_text(text, str(p), run_tests=run_tests, log_notes=log_notes)

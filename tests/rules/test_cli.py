@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import threading
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from fds.cli import main
+from fds.errors import ConfigError
+from fds.rules import ReloadingRuleset, load_ruleset
+from fds.rules.ruleset import MAX_FILE_SIZE
 from fds.streams.simulator import simulate, write
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -502,3 +510,48 @@ def test_an_empty_rules_path_is_a_usage_error(argv: list[str], flag: str, capsys
         main(["rules", *argv])
     assert e.value.code == 2
     assert f"argument {flag}: empty path: give a rules file" in capsys.readouterr().err
+
+
+@contextlib.contextmanager
+def piped(data: bytes, times: int = 1) -> Iterator[tuple[str, list[int]]]:
+    """A pipe's path (``/dev/fd/N``, as ``<(cat FILE)`` gives a command) and the count of the
+    bytes written into it: ``data`` ``times`` over, or until its reader is gone."""
+    r, w = os.pipe()
+    written = [0]
+
+    def feed() -> None:
+        with contextlib.suppress(BrokenPipeError), os.fdopen(w, "wb", buffering=0) as f:
+            for _ in range(times):
+                written[0] += f.write(data)
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    try:
+        yield f"/dev/fd/{r}", written
+    finally:
+        os.close(r)  # the writer's next write breaks the pipe
+        writer.join(5)
+
+
+@pytest.mark.parametrize("loader", [load_ruleset, partial(ReloadingRuleset, start=False)])
+def test_a_rules_file_is_never_read_past_its_size_limit(loader: Any) -> None:
+    """A QA pass: `fds replay --rules /dev/zero` read until memory ran out (a MemoryError)."""
+    with piped(b"#" * 65536, times=4 * MAX_FILE_SIZE // 65536) as (path, written):
+        with pytest.raises(ConfigError, match="file larger than 5 MB"):
+            loader(path)
+        assert written[0] <= MAX_FILE_SIZE + 2 * 65536  # (one chunk and one pipe buffer on)
+
+
+def test_every_command_reads_a_rules_file_from_a_pipe(tmp_path: Path, capsys) -> None:
+    """A QA pass: `fds rules check <(cat rules/default.yaml)` was "not a regular file" and a
+    backtest's `--candidate <(sed ...)` "no such file", while fds replay took it."""
+    with piped(BASELINE.encode()) as (path, _):
+        assert main(["rules", "check", path]) == 0
+    assert f"OK   {path}  version base" in capsys.readouterr().out
+    data, _labels = write(simulate(days=1, cards=50, merchants=100, seed=1), tmp_path / "h.jsonl")
+    base = tmp_path / "base.yaml"
+    base.write_text(BASELINE)
+    with piped(CANDIDATE.encode()) as (path, _):
+        argv = ["rules", "backtest", "--candidate", path, "--baseline", str(base), str(data)]
+        assert main(argv) == 0, capsys.readouterr()
+    assert "version                               base            cand" in capsys.readouterr().out
