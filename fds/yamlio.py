@@ -20,6 +20,7 @@ duplicate key 'a': remove one of them
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ import yaml
 
 from fds.errors import ConfigError
 
-__all__ = ["decode", "fields_at", "load", "read_bytes", "read_text"]
+__all__ = ["check_printable", "decode", "fields_at", "load", "read_bytes", "read_text"]
 
 _MERGE = "tag:yaml.org,2002:merge"
 
@@ -100,14 +101,15 @@ def read_bytes(path: str | Path, what: str, *, limit: int | None = None, hint: s
 
 
 def decode(data: bytes, filename: str) -> str:
-    """A file's bytes as text; bytes that are not UTF-8 are an error at their line.
+    """A file's bytes as text; bytes that are not UTF-8, and characters YAML does not allow
+    (:func:`check_printable`), are an error at their line.
 
     >>> decode(b"version: '1'\\nrules: [caf\\xe9]\\n", "r.yaml")
     Traceback (most recent call last):
     fds.errors.ConfigError: r.yaml:2:12: byte 0xe9 is not UTF-8: save the file as UTF-8
     """
     try:
-        return data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
@@ -116,6 +118,28 @@ def decode(data: bytes, filename: str) -> str:
             f"byte 0x{bad:02x} is not UTF-8: save the file as UTF-8",
             where=f"{filename}:{line}:{col}",
         ) from None
+    check_printable(text, filename)
+    return text
+
+
+def check_printable(text: str, filename: str) -> None:
+    """Refuse the first character YAML does not allow (a control character: NUL, BEL, ...)
+    at its line and column (PyYAML said ``unacceptable character #x0007`` at a position
+    counted in characters, with its internals over two lines: a QA pass).
+
+    >>> check_printable('version: "1"\\nreason: "a\\x00b"\\n', "r.yaml")
+    Traceback (most recent call last):
+    fds.errors.ConfigError: r.yaml:2:11: control character U+0000: remove it
+    """
+    bad = yaml.reader.Reader.NON_PRINTABLE.search(text)  # (the characters PyYAML refuses)
+    if bad is not None:
+        i = bad.start()
+        c = bad.group()
+        what = "control character" if unicodedata.category(c) == "Cc" else "character"
+        raise ConfigError(
+            f"{what} U+{ord(c):04X}: remove it",
+            where=f"{filename}:{text.count(chr(10), 0, i) + 1}:{i - text.rfind(chr(10), 0, i)}",
+        )
 
 
 def load(text: str) -> Any:

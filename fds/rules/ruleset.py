@@ -378,6 +378,9 @@ def load_yaml_with_marks(text: str, filename: str) -> tuple[Any, dict[tuple[Any,
             mark = e.problem_mark or e.context_mark
             where = f"{filename}:{mark.line + 1}:{mark.column + 1}" if mark else filename
             raise ConfigError(f"YAML syntax error: {e.problem or e}", where=where) from None
+        except yaml.reader.ReaderError:  # (a text not read from a file: decode checks those)
+            yamlio.check_printable(text, filename)
+            raise
         except yaml.YAMLError as e:
             raise ConfigError(f"YAML error: {e}", where=filename) from None
         if node is None:

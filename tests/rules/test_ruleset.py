@@ -688,3 +688,14 @@ def test_a_test_gives_an_extra_name_in_the_form_the_rule_reads_it() -> None:
         run_tests=True,
     )
     assert [t.passed for t in rs.run_tests()] == [True, True, True]
+
+
+@pytest.mark.parametrize("read", ["file", "text"])
+def test_a_control_character_in_a_rules_file_is_refused_at_its_place(tmp_path, read) -> None:
+    """A QA pass: `YAML error: unacceptable character #x0007: ... position 49`, no line."""
+    text = 'version: "n"\nrules:\n  - {id: a, when: "amount > 1\x07", action: review}\n'
+    p = tmp_path / "ctrl.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_ruleset(p) if read == "file" else load_ruleset_text(text, str(p))
+    assert str(e.value) == f"{p}:3:30: control character U+0007: remove it"
