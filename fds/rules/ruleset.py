@@ -403,8 +403,10 @@ def read_rules_file(path: str | Path, flag: str = "") -> bytes:
 
 def _check_size(size: int, filename: str) -> None:
     if size > MAX_FILE_SIZE:
-        raise ConfigError(
-            f"file larger than {MAX_FILE_SIZE // 1_000_000} MB: split it", where=filename
+        raise ConfigError(  # (it said `split it`: --rules takes one file, a QA pass)
+            f"file larger than {MAX_FILE_SIZE // 1_000_000} MB, the limit of a rules file: "
+            "remove retired rules (paused ones too) and long comments",
+            where=filename,
         )
 
 

@@ -699,3 +699,15 @@ def test_a_control_character_in_a_rules_file_is_refused_at_its_place(tmp_path, r
     with pytest.raises(ConfigError) as e:
         load_ruleset(p) if read == "file" else load_ruleset_text(text, str(p))
     assert str(e.value) == f"{p}:3:30: control character U+0007: remove it"
+
+
+def test_a_rules_file_over_the_size_limit_says_what_to_do(tmp_path) -> None:
+    """A QA pass: it said `split it`, which --rules (one file) cannot take."""
+    p = tmp_path / "big.yaml"
+    p.write_text("version: v\n" + "# " + "x" * 5_000_000 + "\n")
+    with pytest.raises(ConfigError) as e:
+        load_ruleset(p)
+    assert str(e.value) == (
+        f"{p}: file larger than 5 MB, the limit of a rules file: remove retired rules (paused "
+        "ones too) and long comments"
+    )
