@@ -714,6 +714,8 @@ class Ruleset:
             if name is not None:
                 extra[name] = values.pop(k)
         values["extra"] = extra
+        for f in self.features:  # (a feature's given value was not checked: `n: "5"` raised
+            _check_feature_value(f, values.get(f.name))  # in the rule, `seen: "false"` held)
         ts = values.get("ts")
         if isinstance(ts, date) and not isinstance(ts, datetime):  # (bare 2026-01-02: a QA pass)
             raise ValueError(
@@ -729,6 +731,33 @@ class Ruleset:
 
 
 _EMPTY: Mapping[str, Any] = {}
+#: What a rule test's value is, in its error (``n: '5' is text``).
+_KINDS = {NUM: "a number", BOOL: "true/false", STR: "text"}
+
+
+def _check_feature_value(f: FeatureSpec, value: Any) -> None:
+    """Refuse a rule test's value for the feature ``f`` that it never takes: a number for a
+    count, sum, mean, ..., true/false for seen (a null is missing, as a name left out).
+
+    >>> _check_feature_value(FeatureSpec(name="n", entity="card_id", agg="count", window="1h"),
+    ...                      "5")
+    Traceback (most recent call last):
+    fds.errors.ValidationError: n: '5' is text, the feature n is a number
+    """
+    if value is None:
+        return
+    want = feature_type(f)
+    got = (
+        BOOL if isinstance(value, bool)
+        else NUM if isinstance(value, int | float)
+        else STR if isinstance(value, str)
+        else f"a {type(value).__name__}"
+    )  # fmt: skip
+    if got != want:
+        what = f"the feature {f.name} is {_KINDS[want]}"
+        raise ValidationError(f"{f.name}: {value!r} is {_KINDS.get(got, got)}, {what}")
+
+
 _EXTRA_KEY = re.compile(r"""extra\.(.+)|extra\[(?:'([^']+)'|"([^"]+)")\]""", re.DOTALL)
 
 
@@ -827,12 +856,17 @@ def _expr_where(filename: str, text: str, mark: Mark, source: str, e: ExprError)
     return f"{filename}:{text.count(chr(10), 0, i) + 1}:{i - text.rfind(chr(10), 0, i)}"
 
 
+def feature_type(f: FeatureSpec) -> str:
+    """The type of the feature ``f`` to rules: true/false for seen, a number for the others."""
+    return BOOL if f.agg == "seen" else NUM
+
+
 def known_names(spec: RulesFile) -> dict[str, str]:
     """Names a rule of ``spec`` may read, with their types."""
     known = dict(TX_TYPES)
     known.update(BUILTINS)
     for f in spec.features:
-        known[f.name] = BOOL if f.agg == "seen" else NUM
+        known[f.name] = feature_type(f)
     return known
 
 

@@ -276,6 +276,45 @@ def test_inline_tests_read_given_values_as_the_engine_reads_a_transaction() -> N
     assert results[3].error.startswith("given no transaction holds it: amount:"), results[3].error
 
 
+def test_an_inline_test_s_feature_value_is_checked_as_the_feature_s_type() -> None:
+    """A QA pass: `n: "5"` for a count raised `'>=' not supported between instances of 'str'
+    and 'int'`, and `seen: "false"` held, as any non-empty text does."""
+    text = textwrap.dedent("""\
+        version: "1"
+        features:
+          - {name: n, entity: card_id, agg: count, window: 10m}
+          - {name: seen, entity: card_id, agg: seen, field: country, window: 10m}
+        rules:
+          - id: many
+            when: n >= 3
+            action: review
+            score: 0.5
+            reason: r
+            tests:
+              - {given: {n: "5"}, expect: hit}
+              - {given: {n: true}, expect: hit}
+              - {given: {n: 5}, expect: hit}
+          - id: new_country
+            when: not seen
+            action: review
+            score: 0.5
+            reason: r
+            tests:
+              - {given: {seen: "false"}, expect: hit}
+              - {given: {seen: 0}, expect: hit}
+              - {given: {seen: false}, expect: hit}
+              - {given: {seen: null}, expect: miss}
+        """)
+    results = load_ruleset_text(text, "r.yaml").run_tests()
+    assert [(t.where, t.error) for t in results if not t.passed] == [
+        ("r.yaml:12:9", "given n: '5' is text, the feature n is a number"),
+        ("r.yaml:13:9", "given n: True is true/false, the feature n is a number"),
+        ("r.yaml:21:9", "given seen: 'false' is text, the feature seen is true/false"),
+        ("r.yaml:22:9", "given seen: 0 is a number, the feature seen is true/false"),
+    ]
+    assert sum(t.passed for t in results) == 3
+
+
 def test_an_inline_test_with_a_bare_date_says_to_quote_a_time() -> None:
     text = (
         'version: "1"\nrules:\n  - {id: n, when: hour > 3, action: review, score: 0.5, '
