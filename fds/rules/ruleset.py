@@ -207,6 +207,12 @@ class PolicySpec(_Strict):
         return self
 
 
+#: Characters no version holds: control characters (line breaks, tabs) and Unicode's line and
+#: paragraph separators (written escaped, "1\n2", or as a block, `version: |`).
+_UNPRINTED = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_BREAKS = "\n\r\x85\u2028\u2029"
+
+
 class RulesFile(_Strict):
     """The whole rules file."""
 
@@ -229,6 +235,13 @@ class RulesFile(_Strict):
                              f'(version: "{v}")')  # fmt: skip
         if isinstance(v, str) and not v.strip():
             raise ValueError('the version is empty: give one, e.g. version: "2026-11-30.1"')
+        bad = _UNPRINTED.search(v) if isinstance(v, str) else None
+        if bad is not None:  # (it goes into every decision and a metric label: a QA pass)
+            what = "a line break" if bad.group() in _BREAKS else "a control character"
+            raise ValueError(
+                f"the version holds {what} (U+{ord(bad.group()):04X}): write it on one line "
+                'of printable characters, e.g. version: "2026-11-30.1"'
+            )
         return v
 
 

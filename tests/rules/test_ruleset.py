@@ -750,3 +750,25 @@ def test_a_rules_file_over_the_size_limit_says_what_to_do(tmp_path) -> None:
         f"{p}: file larger than 5 MB, the limit of a rules file: remove retired rules (paused "
         "ones too) and long comments"
     )
+
+
+@pytest.mark.parametrize(
+    ("written", "what"),
+    [
+        (r'"2026-11-30\n2"', "a line break (U+000A)"),
+        ("|\n  2026-11-30", "a line break (U+000A)"),  # (a block keeps its last line break)
+        (r'"2026-11-30\x07"', "a control character (U+0007)"),
+        (r'"2026\t11"', "a control character (U+0009)"),
+        (r'"2026-11-30\u2028"', "a line break (U+2028)"),
+    ],
+)
+def test_a_version_on_more_than_one_line_or_with_a_control_character_is_refused(
+    written: str, what: str
+) -> None:
+    """A QA pass: such a version went into every decision and a metric label."""
+    with pytest.raises(ConfigError) as e:
+        load_ruleset_text(f"version: {written}\nrules: []\n", "r.yaml")
+    assert str(e.value) == (
+        f"r.yaml:1:10: version: the version holds {what}: write it on one line of printable "
+        'characters, e.g. version: "2026-11-30.1"'
+    )
