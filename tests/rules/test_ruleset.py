@@ -772,3 +772,24 @@ def test_a_version_on_more_than_one_line_or_with_a_control_character_is_refused(
         f"r.yaml:1:10: version: the version holds {what}: write it on one line of printable "
         'characters, e.g. version: "2026-11-30.1"'
     )
+
+
+def test_top_level_keys_starting_with_x_hold_anchors_for_merge_keys() -> None:
+    """A QA pass: every unknown top-level key was refused, so the anchor of `<<: *defaults`
+    could only sit on a real rule."""
+    rs = load_ruleset_text(
+        textwrap.dedent("""\
+            version: "1"
+            x-defaults: &review {action: review, score: 0.5, reason: r}
+            rules:
+              - {<<: *review, id: big, when: amount > 100}
+              - {<<: *review, id: huge, when: amount > 1000, score: 0.9}
+            """),
+        "r.yaml",
+    )
+    assert [(r.id, r.spec.action, r.spec.score) for r in rs.rules] == [
+        ("big", "review", 0.5),
+        ("huge", "review", 0.9),
+    ]
+    with pytest.raises(ConfigError, match=r"r\.yaml:2:1: defaults: unknown key"):
+        load_ruleset_text('version: "1"\ndefaults: {a: 1}\n', "r.yaml")
