@@ -20,6 +20,7 @@ duplicate key 'a': remove one of them
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ import yaml
 
 from fds.errors import ConfigError
 
-__all__ = ["decode", "fields_at", "load", "read_text"]
+__all__ = ["check_printable", "decode", "fields_at", "load", "read_bytes", "read_text"]
 
 _MERGE = "tag:yaml.org,2002:merge"
 
@@ -75,25 +76,40 @@ _Strict.add_constructor("tag:yaml.org,2002:timestamp", _Strict.construct_yaml_ti
 
 
 def read_text(path: Path, what: str) -> str:
-    """The text of the project's file ``path`` (a rules file, mapping, model spec, settings);
-    what cannot be read (a folder, no permission) and bytes that are not UTF-8 are a
-    :class:`ConfigError` at their place (a folder or a Latin-1 spec was a traceback)."""
+    """The text of the project's file ``path`` (a mapping, model spec, settings); what cannot
+    be read (a folder, no permission) and bytes that are not UTF-8 are a :class:`ConfigError`
+    at their place (a folder or a Latin-1 spec was a traceback)."""
+    return decode(read_bytes(path, what), str(path))
+
+
+def read_bytes(path: str | Path, what: str, *, limit: int | None = None, hint: str = "") -> bytes:
+    """The bytes of the file ``path``, read once (a pipe such as ``<(...)`` too), and with a
+    ``limit`` no more than ``limit + 1`` of them: the caller refuses a file larger than its
+    limit (``/dev/zero`` as a rules file was read until memory ran out, a QA pass). What
+    cannot be read is a :class:`ConfigError` naming ``what``, then ``hint``.
+
+    >>> read_bytes("/no/r.yaml", "the rules file")
+    Traceback (most recent call last):
+    fds.errors.ConfigError: /no/r.yaml: cannot read the rules file: No such file or directory
+    """
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as f:
+            return f.read(-1 if limit is None else limit + 1)
     except OSError as e:
-        raise ConfigError(f"cannot read {what}: {e.strerror or e}", where=str(path)) from None
-    return decode(data, str(path))
+        why = e.strerror or e
+        raise ConfigError(f"cannot read {what}: {why}{hint}", where=str(path)) from None
 
 
 def decode(data: bytes, filename: str) -> str:
-    """A file's bytes as text; bytes that are not UTF-8 are an error at their line.
+    """A file's bytes as text; bytes that are not UTF-8, and characters YAML does not allow
+    (:func:`check_printable`), are an error at their line.
 
     >>> decode(b"version: '1'\\nrules: [caf\\xe9]\\n", "r.yaml")
     Traceback (most recent call last):
     fds.errors.ConfigError: r.yaml:2:12: byte 0xe9 is not UTF-8: save the file as UTF-8
     """
     try:
-        return data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
@@ -102,6 +118,28 @@ def decode(data: bytes, filename: str) -> str:
             f"byte 0x{bad:02x} is not UTF-8: save the file as UTF-8",
             where=f"{filename}:{line}:{col}",
         ) from None
+    check_printable(text, filename)
+    return text
+
+
+def check_printable(text: str, filename: str) -> None:
+    """Refuse the first character YAML does not allow (a control character: NUL, BEL, ...)
+    at its line and column (PyYAML said ``unacceptable character #x0007`` at a position
+    counted in characters, with its internals over two lines: a QA pass).
+
+    >>> check_printable('version: "1"\\nreason: "a\\x00b"\\n', "r.yaml")
+    Traceback (most recent call last):
+    fds.errors.ConfigError: r.yaml:2:11: control character U+0000: remove it
+    """
+    bad = yaml.reader.Reader.NON_PRINTABLE.search(text)  # (the characters PyYAML refuses)
+    if bad is not None:
+        i = bad.start()
+        c = bad.group()
+        what = "control character" if unicodedata.category(c) == "Cc" else "character"
+        raise ConfigError(
+            f"{what} U+{ord(c):04X}: remove it",
+            where=f"{filename}:{text.count(chr(10), 0, i) + 1}:{i - text.rfind(chr(10), 0, i)}",
+        )
 
 
 def load(text: str) -> Any:

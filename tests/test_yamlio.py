@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from fds.yamlio import load
+from fds.errors import ConfigError
+from fds.yamlio import load, read_text
 
 
 def test_a_key_written_twice_is_refused_with_its_line() -> None:
@@ -20,3 +21,16 @@ def test_merge_keys_may_be_overridden_also_when_merged_again() -> None:
     text = "base: &base {a: 1}\ndefaults: {inner: &mid {<<: *base, a: 2}}\ntop: {<<: *mid}\n"
     assert load(text) == {"base": {"a": 1}, "defaults": {"inner": {"a": 2}}, "top": {"a": 2}}
     assert load("b: &b {a: 1, c: 3}\nx: {<<: *b, a: 2}\n")["x"] == {"a": 2, "c": 3}
+
+
+@pytest.mark.parametrize(("char", "col"), [("\x07", 30), ("\x00", 30), ("\x7f", 30)])
+def test_a_control_character_is_refused_at_its_line_and_column(tmp_path, char, col) -> None:
+    """A QA pass: a BEL in a rules file was `YAML error: unacceptable character #x0007:
+    control characters are not allowed` and PyYAML's position in characters, over two lines.
+    Every YAML file of the project is read through read_text or decode."""
+    p = tmp_path / "ctrl.yaml"
+    p.write_bytes(f'version: "n"\nrules:\n  - {{id: a, when: "amount > 1{char}"}}\n'.encode())
+    code = f"U+{ord(char):04X}"
+    with pytest.raises(ConfigError) as e:
+        read_text(p, "the file")
+    assert str(e.value) == f"{p}:3:{col}: control character {code}: remove it"

@@ -13,7 +13,7 @@ from fds.errors import ConfigError
 from fds.rules.ruleset import Ruleset, load_ruleset
 from fds.shipped import DEFAULT_RULES
 
-__all__ = ["register"]
+__all__ = ["register", "rules_file"]
 
 
 def register(subparsers: Any) -> None:
@@ -30,7 +30,7 @@ def register(subparsers: Any) -> None:
     check.add_argument(
         "files",
         nargs="*",
-        type=Path,
+        type=rules_file,
         metavar="FILE",
         help=f"rules files (default: {DEFAULT_RULES.name} of the package)",
     )
@@ -48,12 +48,12 @@ def register(subparsers: Any) -> None:
     bt.add_argument(
         "--candidate",
         required=True,
-        type=Path,
+        type=rules_file,
         metavar="R2",
         help="the rules file you want to ship",
     )
     bt.add_argument(
-        "--baseline", required=True, type=Path, metavar="R1", help="the rules file in force"
+        "--baseline", required=True, type=rules_file, metavar="R1", help="the rules file in force"
     )
     bt.add_argument("--mapping", type=Path, metavar="M", help="column mapping for foreign files")
     bt.add_argument(
@@ -80,6 +80,19 @@ def register(subparsers: Any) -> None:
     bt.set_defaults(func=_backtest)
 
 
+def rules_file(text: str) -> Path:
+    """argparse type: the path of a rules file, not an empty one (an unset shell variable:
+    ``''`` is the current folder, checked as one, a QA pass).
+
+    >>> rules_file("")
+    Traceback (most recent call last):
+    argparse.ArgumentTypeError: empty path: give a rules file
+    """
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty path: give a rules file")
+    return Path(text)
+
+
 def _rules_files(folder: Path) -> Iterator[Path]:
     """The rules files of ``folder``: ``.yaml`` and ``.yml`` in any case, not hidden ones (an
     editor's lock file ``.#a.yaml`` failed the check, and ``A.YML`` was left out: a QA pass)."""
@@ -99,9 +112,8 @@ def _check(args: argparse.Namespace, out: TextIO | None = None) -> int:
         files += found or [f]
     failed = 0
     for f in files:
-        if not f.is_file():
-            why = "a folder with no .yaml file" if f.is_dir() else "not a regular file"
-            print(f"{f}: {why}: give the path of a rules YAML file", file=out)
+        if f.is_dir():  # (another file, a pipe `<(sed ...)`: read as every command reads it)
+            print(f"{f}: a folder with no .yaml file: give the path of a rules YAML file", file=out)
             failed += 1
             continue
         try:
@@ -154,6 +166,10 @@ def _report(rs: Ruleset, out: TextIO, *, quiet: bool) -> int:
     return 1 if bad else 0
 
 
+#: The options of ``fds rules backtest`` that name a rules file.
+_RULE_OPTIONS = ("candidate", "baseline")
+
+
 def _fmt(v: float | None, pct: bool = True) -> str:
     if v is None:
         return "-"
@@ -170,13 +186,16 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
     inputs = ("file", "candidate", "baseline", "mapping", "labels")
     for name in inputs:
         p = getattr(args, name)
-        if p is not None and not p.is_file():
-            what = "a folder" if p.is_dir() else "no such file"  # (a folder: "no such file")
-            raise ConfigError(
-                f"--{name} {p}: {what}: give a file"
-                if name != "file"
-                else f"{p}: {what}: give a historical transactions file"
-            )
+        # A rules file is read once, so it may be a pipe (`<(sed ...)` was "no such file": a
+        # QA pass); the history and the others are read more than once: files only.
+        if p is None or p.is_file() or (name in _RULE_OPTIONS and p.exists() and not p.is_dir()):
+            continue
+        what = "a folder" if p.is_dir() else "no such file"  # (a folder: "no such file")
+        raise ConfigError(
+            f"--{name} {p}: {what}: give a file"
+            if name != "file"
+            else f"{p}: {what}: give a historical transactions file"
+        )
     cand = load_ruleset(args.candidate, run_tests=True)
     base = load_ruleset(args.baseline, run_tests=True)
     mapping = load_mapping(args.mapping) if args.mapping else None

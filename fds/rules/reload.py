@@ -37,7 +37,7 @@ import orjson
 from fds import yamlio
 from fds.errors import ConfigError, describe
 from fds.policy import Policy
-from fds.rules.ruleset import Ruleset, check_tests, load_ruleset_text
+from fds.rules.ruleset import Ruleset, check_tests, load_ruleset_text, read_rules_file
 
 __all__ = ["ReloadingRuleset"]
 
@@ -175,14 +175,12 @@ class ReloadingRuleset:
 
     # -- the watcher ----------------------------------------------------------------------
     def _read(self) -> tuple[str, _Key, bytes]:
-        try:
+        try:  # (before the read: a write after it is a change seen at the next poll)
             st = os.stat(self.path)
-            data = self.path.read_bytes()
-        except OSError as e:
-            raise ConfigError(
-                f"cannot read the rules file: {e.strerror}; check the path (--rules)",
-                where=str(self.path),
-            ) from None
+        except OSError:
+            read_rules_file(self.path, "--rules")  # says why, as for every rules file
+            raise  # (readable after all: gone a moment ago)
+        data = read_rules_file(self.path, "--rules")
         return yamlio.decode(data, str(self.path)), _key(st), hashlib.sha256(data).digest()
 
     def check_now(self) -> str:

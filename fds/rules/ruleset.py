@@ -207,6 +207,12 @@ class PolicySpec(_Strict):
         return self
 
 
+#: Characters no version holds: control characters (line breaks, tabs) and Unicode's line and
+#: paragraph separators (written escaped, "1\n2", or as a block, `version: |`).
+_UNPRINTED = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_BREAKS = "\n\r\x85\u2028\u2029"
+
+
 class RulesFile(_Strict):
     """The whole rules file."""
 
@@ -229,6 +235,13 @@ class RulesFile(_Strict):
                              f'(version: "{v}")')  # fmt: skip
         if isinstance(v, str) and not v.strip():
             raise ValueError('the version is empty: give one, e.g. version: "2026-11-30.1"')
+        bad = _UNPRINTED.search(v) if isinstance(v, str) else None
+        if bad is not None:  # (it goes into every decision and a metric label: a QA pass)
+            what = "a line break" if bad.group() in _BREAKS else "a control character"
+            raise ValueError(
+                f"the version holds {what} (U+{ord(bad.group()):04X}): write it on one line "
+                'of printable characters, e.g. version: "2026-11-30.1"'
+            )
         return v
 
 
@@ -265,7 +278,7 @@ def _first_paragraphs(node: Any) -> None:
 
 Mark = tuple[int, int, str | None]  # 1-based line, 1-based column, scalar style
 # A 100-rule file is ~40 KB and ~3,000 nodes; these bound hostile or broken files.
-MAX_FILE_CHARS = 5_000_000
+MAX_FILE_SIZE = 5_000_000  # bytes of a rules file (characters of a text given as such)
 MAX_NODES = 100_000
 MAX_NESTING = 50  # YAML levels; a rules file has about five
 #: Path suffix under which the position of a mapping KEY is recorded (the value's is the path).
@@ -289,10 +302,7 @@ def load_yaml_with_marks(text: str, filename: str) -> tuple[Any, dict[tuple[Any,
     >>> data, marks[("a", 0, "b")], marks[("a", 0, "b", KEY)]
     ({'a': [{'b': 1}]}, (2, 9, None), (2, 6, None))
     """
-    if len(text) > MAX_FILE_CHARS:
-        raise ConfigError(
-            f"file larger than {MAX_FILE_CHARS // 1_000_000} MB: split it", where=filename
-        )
+    _check_size(len(text), filename)
     loader = _yaml_loader()(text)
     marks: dict[tuple[Any, ...], Mark] = {}
     budget = [MAX_NODES]
@@ -381,6 +391,9 @@ def load_yaml_with_marks(text: str, filename: str) -> tuple[Any, dict[tuple[Any,
             mark = e.problem_mark or e.context_mark
             where = f"{filename}:{mark.line + 1}:{mark.column + 1}" if mark else filename
             raise ConfigError(f"YAML syntax error: {e.problem or e}", where=where) from None
+        except yaml.reader.ReaderError:  # (a text not read from a file: decode checks those)
+            yamlio.check_printable(text, filename)
+            raise
         except yaml.YAMLError as e:
             raise ConfigError(f"YAML error: {e}", where=filename) from None
         if node is None:
@@ -388,6 +401,26 @@ def load_yaml_with_marks(text: str, filename: str) -> tuple[Any, dict[tuple[Any,
         return walk(node, ()), marks
     finally:
         loader.dispose()
+
+
+def read_rules_file(path: str | Path, flag: str = "") -> bytes:
+    """The bytes of the rules file ``path``, as every command reads one: once (a pipe,
+    ``<(sed ...)``, too: `fds rules check` refused it, a QA pass) and never more than
+    :data:`MAX_FILE_SIZE` + 1 bytes (``/dev/zero`` was read until memory ran out). ``flag``
+    (``--rules``) is the option that gave the path, said when it cannot be read."""
+    hint = f"; check the path{f' ({flag})' if flag else ''}"
+    data = yamlio.read_bytes(path, "the rules file", limit=MAX_FILE_SIZE, hint=hint)
+    _check_size(len(data), str(path))
+    return data
+
+
+def _check_size(size: int, filename: str) -> None:
+    if size > MAX_FILE_SIZE:
+        raise ConfigError(  # (it said `split it`: --rules takes one file, a QA pass)
+            f"file larger than {MAX_FILE_SIZE // 1_000_000} MB, the limit of a rules file: "
+            "remove retired rules (paused ones too) and long comments",
+            where=filename,
+        )
 
 
 def _check_nesting(text: str, filename: str) -> None:
@@ -694,6 +727,8 @@ class Ruleset:
             if name is not None:
                 extra[name] = values.pop(k)
         values["extra"] = extra
+        for f in self.features:  # (a feature's given value was not checked: `n: "5"` raised
+            _check_feature_value(f, values.get(f.name))  # in the rule, `seen: "false"` held)
         ts = values.get("ts")
         if isinstance(ts, date) and not isinstance(ts, datetime):  # (bare 2026-01-02: a QA pass)
             raise ValueError(
@@ -709,6 +744,33 @@ class Ruleset:
 
 
 _EMPTY: Mapping[str, Any] = {}
+#: What a rule test's value is, in its error (``n: '5' is text``).
+_KINDS = {NUM: "a number", BOOL: "true/false", STR: "text"}
+
+
+def _check_feature_value(f: FeatureSpec, value: Any) -> None:
+    """Refuse a rule test's value for the feature ``f`` that it never takes: a number for a
+    count, sum, mean, ..., true/false for seen (a null is missing, as a name left out).
+
+    >>> _check_feature_value(FeatureSpec(name="n", entity="card_id", agg="count", window="1h"),
+    ...                      "5")
+    Traceback (most recent call last):
+    fds.errors.ValidationError: n: '5' is text, the feature n is a number
+    """
+    if value is None:
+        return
+    want = feature_type(f)
+    got = (
+        BOOL if isinstance(value, bool)
+        else NUM if isinstance(value, int | float)
+        else STR if isinstance(value, str)
+        else f"a {type(value).__name__}"
+    )  # fmt: skip
+    if got != want:
+        what = f"the feature {f.name} is {_KINDS[want]}"
+        raise ValidationError(f"{f.name}: {value!r} is {_KINDS.get(got, got)}, {what}")
+
+
 _EXTRA_KEY = re.compile(r"""extra\.(.+)|extra\[(?:'([^']+)'|"([^"]+)")\]""", re.DOTALL)
 
 
@@ -807,12 +869,17 @@ def _expr_where(filename: str, text: str, mark: Mark, source: str, e: ExprError)
     return f"{filename}:{text.count(chr(10), 0, i) + 1}:{i - text.rfind(chr(10), 0, i)}"
 
 
+def feature_type(f: FeatureSpec) -> str:
+    """The type of the feature ``f`` to rules: true/false for seen, a number for the others."""
+    return BOOL if f.agg == "seen" else NUM
+
+
 def known_names(spec: RulesFile) -> dict[str, str]:
     """Names a rule of ``spec`` may read, with their types."""
     known = dict(TX_TYPES)
     known.update(BUILTINS)
     for f in spec.features:
-        known[f.name] = BOOL if f.agg == "seen" else NUM
+        known[f.name] = feature_type(f)
     return known
 
 
@@ -877,6 +944,10 @@ def load_ruleset_text(
             "a rules file is a mapping with version, features, rules, policy",
             where=f"{filename}:1:1",
         )
+    # Top-level keys `x-...` are the file's own, ignored (as docker-compose does): a place for
+    # the anchors of merge keys, `x-defaults: &d {...}` then `<<: *d` (an anchor could only
+    # sit on a real rule, every other key being refused: a QA pass).
+    data = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("x-"))}
     try:
         spec = RulesFile.model_validate(data)
     except pydantic.ValidationError as e:
@@ -949,5 +1020,5 @@ def load_ruleset(path: str | Path, *, run_tests: bool = False, log_notes: bool =
     Raises :class:`fds.errors.ConfigError` naming ``file:line:column`` and the fix.
     """
     p = Path(path)
-    text = yamlio.read_text(p, "rules file")
+    text = yamlio.decode(read_rules_file(p), str(p))
     return load_ruleset_text(text, str(p), run_tests=run_tests, log_notes=log_notes)

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import threading
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from fds.cli import main
+from fds.errors import ConfigError
+from fds.rules import ReloadingRuleset, load_ruleset
+from fds.rules.ruleset import MAX_FILE_SIZE
 from fds.streams.simulator import simulate, write
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -453,3 +461,97 @@ def test_a_withdrawn_fraud_label_is_no_fraud_as_in_a_replay(tmp_path, capsys) ->
     in the backtest (129 frauds, replay 128), so their precision and recall disagreed."""
     labels = "t1,1767312000,1\nt2,1767312000,1\nt1,1767398400,0\n"
     assert _precision(tmp_path, capsys, labels) == ["25.0%", "25.0%"]  # t2 alone of 4 alerts
+
+
+def test_the_rules_never_evaluated_are_read_from_one_collection_of_the_metrics() -> None:
+    """A QA pass: with 2,000 rules, fds replay took minutes after its last decision to name
+    the rules skipped on every transaction (the whole registry collected once per rule)."""
+    from types import SimpleNamespace
+
+    from fds.commands import _never_evaluated
+    from fds.metrics import Metrics
+    from fds.replay import ReplaySummary
+    from fds.rules.ruleset import load_ruleset_text
+
+    class CountedMetrics(Metrics):
+        collections = 0
+
+        def collect(self):  # type: ignore[no-untyped-def]
+            self.collections += 1
+            yield from super().collect()
+
+    rules = "".join(
+        f"  - {{id: r{i}, when: {'channel' if i % 2 else 'country'} == 'x', action: review, "
+        "score: 0.5, reason: x}\n"
+        for i in range(40)
+    )
+    rs = load_ruleset_text("version: v\nrules:\n" + rules)
+    rs.evaluate({"ts": 0.0, "amount": 1.0, "country": "KR", "extra": {}})  # no channel
+    metrics = CountedMetrics()
+    metrics.watch_ruleset(lambda: rs)
+    before = metrics.collections
+    never = _never_evaluated(SimpleNamespace(rules=rs), metrics, ReplaySummary(decided=1))
+    assert never == [(f"r{i}", "channel missing on 1") for i in range(1, 40, 2)]
+    assert metrics.collections - before == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["check", ""], "FILE"),
+        (["backtest", "h.jsonl", "--candidate", "", "--baseline", "r.yaml"], "--candidate"),
+        (["backtest", "h.jsonl", "--candidate", "r.yaml", "--baseline", ""], "--baseline"),
+    ],
+)
+def test_an_empty_rules_path_is_a_usage_error(argv: list[str], flag: str, capsys) -> None:
+    """A QA pass: `fds rules check ''` (an unset shell variable) checked the current folder
+    and could pass; `--candidate ''` was "--candidate .: a folder"."""
+    with pytest.raises(SystemExit) as e:
+        main(["rules", *argv])
+    assert e.value.code == 2
+    assert f"argument {flag}: empty path: give a rules file" in capsys.readouterr().err
+
+
+@contextlib.contextmanager
+def piped(data: bytes, times: int = 1) -> Iterator[tuple[str, list[int]]]:
+    """A pipe's path (``/dev/fd/N``, as ``<(cat FILE)`` gives a command) and the count of the
+    bytes written into it: ``data`` ``times`` over, or until its reader is gone."""
+    r, w = os.pipe()
+    written = [0]
+
+    def feed() -> None:
+        with contextlib.suppress(BrokenPipeError), os.fdopen(w, "wb", buffering=0) as f:
+            for _ in range(times):
+                written[0] += f.write(data)
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    try:
+        yield f"/dev/fd/{r}", written
+    finally:
+        os.close(r)  # the writer's next write breaks the pipe
+        writer.join(5)
+
+
+@pytest.mark.parametrize("loader", [load_ruleset, partial(ReloadingRuleset, start=False)])
+def test_a_rules_file_is_never_read_past_its_size_limit(loader: Any) -> None:
+    """A QA pass: `fds replay --rules /dev/zero` read until memory ran out (a MemoryError)."""
+    with piped(b"#" * 65536, times=4 * MAX_FILE_SIZE // 65536) as (path, written):
+        with pytest.raises(ConfigError, match="file larger than 5 MB"):
+            loader(path)
+        assert written[0] <= MAX_FILE_SIZE + 2 * 65536  # (one chunk and one pipe buffer on)
+
+
+def test_every_command_reads_a_rules_file_from_a_pipe(tmp_path: Path, capsys) -> None:
+    """A QA pass: `fds rules check <(cat rules/default.yaml)` was "not a regular file" and a
+    backtest's `--candidate <(sed ...)` "no such file", while fds replay took it."""
+    with piped(BASELINE.encode()) as (path, _):
+        assert main(["rules", "check", path]) == 0
+    assert f"OK   {path}  version base" in capsys.readouterr().out
+    data, _labels = write(simulate(days=1, cards=50, merchants=100, seed=1), tmp_path / "h.jsonl")
+    base = tmp_path / "base.yaml"
+    base.write_text(BASELINE)
+    with piped(CANDIDATE.encode()) as (path, _):
+        argv = ["rules", "backtest", "--candidate", path, "--baseline", str(base), str(data)]
+        assert main(argv) == 0, capsys.readouterr()
+    assert "version                               base            cand" in capsys.readouterr().out

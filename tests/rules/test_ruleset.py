@@ -276,6 +276,45 @@ def test_inline_tests_read_given_values_as_the_engine_reads_a_transaction() -> N
     assert results[3].error.startswith("given no transaction holds it: amount:"), results[3].error
 
 
+def test_an_inline_test_s_feature_value_is_checked_as_the_feature_s_type() -> None:
+    """A QA pass: `n: "5"` for a count raised `'>=' not supported between instances of 'str'
+    and 'int'`, and `seen: "false"` held, as any non-empty text does."""
+    text = textwrap.dedent("""\
+        version: "1"
+        features:
+          - {name: n, entity: card_id, agg: count, window: 10m}
+          - {name: seen, entity: card_id, agg: seen, field: country, window: 10m}
+        rules:
+          - id: many
+            when: n >= 3
+            action: review
+            score: 0.5
+            reason: r
+            tests:
+              - {given: {n: "5"}, expect: hit}
+              - {given: {n: true}, expect: hit}
+              - {given: {n: 5}, expect: hit}
+          - id: new_country
+            when: not seen
+            action: review
+            score: 0.5
+            reason: r
+            tests:
+              - {given: {seen: "false"}, expect: hit}
+              - {given: {seen: 0}, expect: hit}
+              - {given: {seen: false}, expect: hit}
+              - {given: {seen: null}, expect: miss}
+        """)
+    results = load_ruleset_text(text, "r.yaml").run_tests()
+    assert [(t.where, t.error) for t in results if not t.passed] == [
+        ("r.yaml:12:9", "given n: '5' is text, the feature n is a number"),
+        ("r.yaml:13:9", "given n: True is true/false, the feature n is a number"),
+        ("r.yaml:21:9", "given seen: 'false' is text, the feature seen is true/false"),
+        ("r.yaml:22:9", "given seen: 0 is a number, the feature seen is true/false"),
+    ]
+    assert sum(t.passed for t in results) == 3
+
+
 def test_an_inline_test_with_a_bare_date_says_to_quote_a_time() -> None:
     text = (
         'version: "1"\nrules:\n  - {id: n, when: hour > 3, action: review, score: 0.5, '
@@ -688,3 +727,69 @@ def test_a_test_gives_an_extra_name_in_the_form_the_rule_reads_it() -> None:
         run_tests=True,
     )
     assert [t.passed for t in rs.run_tests()] == [True, True, True]
+
+
+@pytest.mark.parametrize("read", ["file", "text"])
+def test_a_control_character_in_a_rules_file_is_refused_at_its_place(tmp_path, read) -> None:
+    """A QA pass: `YAML error: unacceptable character #x0007: ... position 49`, no line."""
+    text = 'version: "n"\nrules:\n  - {id: a, when: "amount > 1\x07", action: review}\n'
+    p = tmp_path / "ctrl.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_ruleset(p) if read == "file" else load_ruleset_text(text, str(p))
+    assert str(e.value) == f"{p}:3:30: control character U+0007: remove it"
+
+
+def test_a_rules_file_over_the_size_limit_says_what_to_do(tmp_path) -> None:
+    """A QA pass: it said `split it`, which --rules (one file) cannot take."""
+    p = tmp_path / "big.yaml"
+    p.write_text("version: v\n" + "# " + "x" * 5_000_000 + "\n")
+    with pytest.raises(ConfigError) as e:
+        load_ruleset(p)
+    assert str(e.value) == (
+        f"{p}: file larger than 5 MB, the limit of a rules file: remove retired rules (paused "
+        "ones too) and long comments"
+    )
+
+
+@pytest.mark.parametrize(
+    ("written", "what"),
+    [
+        (r'"2026-11-30\n2"', "a line break (U+000A)"),
+        ("|\n  2026-11-30", "a line break (U+000A)"),  # (a block keeps its last line break)
+        (r'"2026-11-30\x07"', "a control character (U+0007)"),
+        (r'"2026\t11"', "a control character (U+0009)"),
+        (r'"2026-11-30\u2028"', "a line break (U+2028)"),
+    ],
+)
+def test_a_version_on_more_than_one_line_or_with_a_control_character_is_refused(
+    written: str, what: str
+) -> None:
+    """A QA pass: such a version went into every decision and a metric label."""
+    with pytest.raises(ConfigError) as e:
+        load_ruleset_text(f"version: {written}\nrules: []\n", "r.yaml")
+    assert str(e.value) == (
+        f"r.yaml:1:10: version: the version holds {what}: write it on one line of printable "
+        'characters, e.g. version: "2026-11-30.1"'
+    )
+
+
+def test_top_level_keys_starting_with_x_hold_anchors_for_merge_keys() -> None:
+    """A QA pass: every unknown top-level key was refused, so the anchor of `<<: *defaults`
+    could only sit on a real rule."""
+    rs = load_ruleset_text(
+        textwrap.dedent("""\
+            version: "1"
+            x-defaults: &review {action: review, score: 0.5, reason: r}
+            rules:
+              - {<<: *review, id: big, when: amount > 100}
+              - {<<: *review, id: huge, when: amount > 1000, score: 0.9}
+            """),
+        "r.yaml",
+    )
+    assert [(r.id, r.spec.action, r.spec.score) for r in rs.rules] == [
+        ("big", "review", 0.5),
+        ("huge", "review", 0.9),
+    ]
+    with pytest.raises(ConfigError, match=r"r\.yaml:2:1: defaults: unknown key"):
+        load_ruleset_text('version: "1"\ndefaults: {a: 1}\n', "r.yaml")
