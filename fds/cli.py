@@ -347,6 +347,25 @@ def folder(text: str) -> Path:
     return path
 
 
+def file_or_none(what: str) -> Callable[[str], Path | None]:
+    """argparse type: the path of a file (``what``: "rules file"), or ``none`` for none; an
+    empty path is refused (an unset shell variable read the current folder: a QA pass).
+
+    >>> file_or_none("rules file")("")
+    Traceback (most recent call last):
+    argparse.ArgumentTypeError: empty path: give a rules file, or none
+    """
+
+    def parse(text: str) -> Path | None:
+        if text.lower() == "none":
+            return None
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"empty path: give a {what}, or none")
+        return Path(text)
+
+    return parse
+
+
 def positive_float(text: str) -> float:
     """argparse type: a number > 0."""
     try:

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fds.cli import folder, labels_not_input, positive_int, same_file, seed
+from fds.cli import file_or_none, folder, labels_not_input, positive_int, same_file, seed
 from fds.logs import say
 from fds.metrics import Metrics, add_metrics_arguments, serve
 from fds.pipeline import DEFAULT_MODEL, DEFAULT_RULES, build_engine
@@ -25,10 +25,6 @@ __all__ = ["register"]
 
 #: 2000-01-01T00:00:00Z: a replay whose every transaction is older was warned about.
 EPOCH_2000 = 946684800.0
-
-
-def _none_or_path(text: str) -> Path | None:
-    return None if text.lower() == "none" else Path(text)
 
 
 def register(sub: Any) -> None:
@@ -47,13 +43,13 @@ def register(sub: Any) -> None:
     p.add_argument("--labels", type=Path, help="labels file (JSONL/CSV: tx_id, ts, is_fraud)")
     p.add_argument(
         "--rules",
-        type=_none_or_path,
+        type=file_or_none("rules file"),
         default=DEFAULT_RULES,
         help="rules YAML, or 'none' (default: rules/default.yaml)",
     )
     p.add_argument(
         "--model",
-        type=_none_or_path,
+        type=file_or_none("model spec"),
         default=DEFAULT_MODEL,
         help="model spec YAML, or 'none' (default: models/default.yaml)",
     )

@@ -1128,3 +1128,20 @@ def test_a_column_whose_name_is_no_word_is_read_by_rules_and_features(tmp_path, 
                          "action: review, score: 0.5, reason: r}\n")  # fmt: skip
         assert main(["rules", "check", str(rules)]) == 1
         assert says in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["replay", "f.jsonl", "--rules", ""], "--rules: empty path: give a rules file, or none"),
+        (["replay", "f.jsonl", "--model", " "], "--model: empty path: give a model spec, or none"),
+        (["run", "--rules", ""], "--rules: empty path: give a rules file, or none"),
+    ],
+)
+def test_an_empty_rules_or_model_path_is_a_usage_error(argv, says, capsys):
+    """A QA pass: `--rules ''` (an unset shell variable) was read as the current folder."""
+    from fds.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and says in capsys.readouterr().err

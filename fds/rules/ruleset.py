@@ -254,6 +254,8 @@ def export_schema(path: str | Path | None = None) -> str:
     schema = {"$schema": "https://json-schema.org/draft/2020-12/schema"}
     schema.update(RulesFile.model_json_schema())
     schema["title"] = "fds rules file"
+    # top-level x-... keys are the file's own (anchors for merge keys), ignored by fds
+    schema["patternProperties"] = {"^x-": {}}
     _first_paragraphs(schema)
     text = json.dumps(schema, indent=2, sort_keys=True) + "\n"
     if path is not None:

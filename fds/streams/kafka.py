@@ -113,7 +113,7 @@ from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from fds.cli import positive_float, positive_int
+from fds.cli import file_or_none, positive_float, positive_int
 from fds.errors import ConfigError, FdsError, StageError, ValidationError, describe
 from fds.gcpolicy import Freezer
 from fds.logs import say
@@ -3638,11 +3638,11 @@ def register_run(subparsers: argparse._SubParsersAction) -> None:
         "FDS_CHECKPOINT_IN_BACKGROUND=false)",
     )  # fmt: skip
     p.add_argument(
-        "--rules", type=_none_or_path, default=DEFAULT_RULES,
+        "--rules", type=file_or_none("rules file"), default=DEFAULT_RULES,
         help="rules YAML, or 'none' (default: rules/default.yaml); reloaded when it changes",
     )  # fmt: skip
     p.add_argument(
-        "--model", type=_none_or_path, default=DEFAULT_MODEL,
+        "--model", type=file_or_none("model spec"), default=DEFAULT_MODEL,
         help="model spec YAML, or 'none' (default: models/default.yaml)",
     )  # fmt: skip
     p.add_argument(
@@ -3686,10 +3686,6 @@ def register_produce(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     _add_settings_flags(p, (*CONNECTION_SETTINGS, "input_topic", "compression_type"))
     p.set_defaults(func=_cmd_produce)
-
-
-def _none_or_path(text: str) -> Path | None:
-    return None if text.lower() == "none" else Path(text)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
