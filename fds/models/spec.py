@@ -26,7 +26,9 @@ import dataclasses
 import difflib
 import importlib
 import inspect
+import itertools
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,6 +87,11 @@ _TOP_KEYS = {
     "seed",
     "description",
 }
+
+
+#: The spec's ``seed`` when it sets none: a fixed one, so that a spec without ``seed:`` is as
+#: deterministic as one with it (a replay repeats exactly). 42 is the shipped specs' own.
+DEFAULT_SEED = 42
 
 
 @dataclass(frozen=True)
@@ -166,6 +173,7 @@ class ModelSpec:
     promote: PromotePolicy = field(default_factory=PromotePolicy)
     gate: GatePolicy = field(default_factory=GatePolicy)
     inputs: InputsPolicy = field(default_factory=InputsPolicy)
+    seed: int = DEFAULT_SEED
     source: str = "<spec>"
     text: str = ""
 
@@ -179,6 +187,7 @@ class ModelSpec:
             "promote": vars(self.promote),
             "gate": vars(self.gate),
             "inputs": vars(self.inputs),
+            "seed": self.seed,
         }
 
     def made_otherwise(self, made: Any, *, serving: bool = False) -> str | None:
@@ -351,17 +360,26 @@ def _check_step(dotted: str, params: Any, source: str, node: yaml.Node | None) -
             _check_step(inner, inner_params, source, item)
 
 
-def _instantiate(dotted: str, params: dict[str, Any] | None) -> Any:
+def _instantiate(dotted: str, params: dict[str, Any] | None, seeds: Iterator[int]) -> Any:
+    """Build ``dotted`` with ``params``, its nested estimators first; an estimator that takes a
+    ``seed`` and was given none gets the next of ``seeds`` (River's default, None, draws one
+    from the OS: two replays of a spec without seeds decided differently, a QA pass)."""
     cls = _estimator_class(dotted, "<spec>")
     kwargs = {}
     for k, v in (params or {}).items():
         if _is_estimator_ref(v):
-            ((inner, inner_params),) = v.items()
-            v = _instantiate(inner, inner_params)
+            v = _instantiate_ref(v, seeds)
         elif isinstance(v, list):
-            v = [_instantiate(*next(iter(x.items()))) if _is_estimator_ref(x) else x for x in v]
+            v = [_instantiate_ref(x, seeds) if _is_estimator_ref(x) else x for x in v]
         kwargs[k] = v
+    if "seed" not in kwargs and "seed" in inspect.signature(cls).parameters:
+        kwargs["seed"] = next(seeds)
     return cls(**kwargs)
+
+
+def _instantiate_ref(ref: dict[str, Any], seeds: Iterator[int]) -> Any:
+    ((dotted, params),) = ref.items()
+    return _instantiate(dotted, params, seeds)
 
 
 def _policy(cls: type, raw: Any, source: str, node: yaml.Node | None, section: str) -> Any:
@@ -444,6 +462,14 @@ def _exponent(v: Any) -> str:
     return ""
 
 
+def _seed(value: Any, where: str) -> int:
+    if type(value) is not int or value < 0:
+        raise ConfigError(
+            f"seed: must be a whole number of 0 or more, e.g. 42, got {value!r}", where=where
+        )
+    return value
+
+
 def parse_spec(text: str, *, source: str = "<spec>") -> ModelSpec:
     """Parse and validate spec YAML (estimators and parameters are checked, not built)."""
     try:
@@ -499,6 +525,7 @@ def parse_spec(text: str, *, source: str = "<spec>") -> ModelSpec:
         ),
         gate=_policy(GatePolicy, data.get("gate"), source, _child(root, "gate"), "gate"),
         inputs=_policy(InputsPolicy, data.get("inputs"), source, _child(root, "inputs"), "inputs"),
+        seed=_seed(data.get("seed", DEFAULT_SEED), _where(source, _key_node(root, "seed"))),
         source=source,
         text=text,
     )
@@ -544,9 +571,12 @@ def build_pipeline(spec: ModelSpec) -> Any:
     from fds.models.inputs import WithoutRuleInputs
 
     models: list[Any] = [] if spec.inputs.reads_rules else [WithoutRuleInputs()]
+    # Each estimator seeded here gets its own seed (spec.seed, then +1, ... in the order they
+    # are built): with one seed for all, the models of a VotingClassifier would be the same.
+    seeds = itertools.count(spec.seed)
     for dotted, params, line in spec.steps:
         try:
-            models.append(_instantiate(dotted, params))
+            models.append(_instantiate(dotted, params, seeds))
         except Exception as e:  # what River raises for bad parameters varies (an
             # AttributeError for `model: null`, an IndexError for an empty Pipeline: a QA pass)
             raise ConfigError(
