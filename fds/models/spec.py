@@ -314,22 +314,36 @@ def _is_estimator_ref(value: Any) -> bool:
     if not (isinstance(value, dict) and len(value) == 1):
         return False
     ((key, params),) = value.items()
-    if not isinstance(key, str) or not isinstance(params, dict | None):
+    if not isinstance(params, dict | None):
         return False
     # (a typo such as `optim.adaGrad` or a bare `AdaGrad` is one too, told at its line: it
     # reached River as a dict, "'dict' object has no attribute 'look_ahead'", a QA pass)
-    return "." in key or re.fullmatch(r"[A-Z][A-Za-z0-9]*", key) is not None
+    return _estimator_like(key)
 
 
-def _nested(value: Any) -> list[tuple[str, Any, int | None]]:
-    """The nested estimators in a parameter's ``value``: itself, or the items of a list
-    (``ensemble.VotingClassifier: {models: [...]}``), each as (name, params, index)."""
-    if _is_estimator_ref(value):
-        ((name, params),) = value.items()
-        return [(name, params, None)]
-    if isinstance(value, list):
-        return [(*next(iter(v.items())), i) for i, v in enumerate(value) if _is_estimator_ref(v)]
-    return []
+def _estimator_like(key: Any) -> bool:
+    """Is ``key`` written like an estimator's name: ``module.Class`` or a bare ``Class``?"""
+    return isinstance(key, str) and (
+        "." in key or re.fullmatch(r"[A-Z][A-Za-z0-9]*", key) is not None
+    )
+
+
+def _misshapen(key: str, value: Any) -> str | None:
+    """What is wrong with the shape of ``value`` (a parameter's, or an item of its list) that
+    River would take for something else: it raised from inside, "'dict' object has no
+    attribute 'look_ahead'" and the like (a QA pass); ``None`` when nothing is."""
+    if isinstance(value, dict) and len(value) > 1 and any(map(_estimator_like, value)):
+        return (
+            f"{key}: a nested estimator is a one-key mapping like {{optim.SGD: {{lr: 0.1}}}}, "
+            f"this one has {len(value)} keys ({', '.join(map(str, value))}): keep one"
+        )
+    if (
+        isinstance(value, str)
+        and re.fullmatch(r"\w+(\.\w+)+", value)
+        and value.split(".")[0] in ALLOWED_MODULES
+    ):
+        return f"{key}: {value!r} is text: write it as {{{value}: {{}}}}"
+    return None
 
 
 def _check_step(dotted: str, params: Any, source: str, node: yaml.Node | None) -> None:
@@ -353,11 +367,18 @@ def _check_step(dotted: str, params: Any, source: str, node: yaml.Node | None) -
                 where=_where(source, _key_node(pnode, key) or node),
             )
         vnode = _child(pnode, key) or node
-        for inner, inner_params, i in _nested(value):
-            item = (
+        # (a list's items too: ensemble.VotingClassifier: {models: [...]}, each at its line)
+        items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+        for i, item in items:
+            inode = (
                 vnode.value[i] if i is not None and isinstance(vnode, yaml.SequenceNode) else vnode
             )
-            _check_step(inner, inner_params, source, item)
+            wrong = _misshapen(key, item)
+            if wrong:
+                raise ConfigError(f"{dotted}: {wrong}", where=_where(source, inode))
+            if _is_estimator_ref(item):
+                ((inner, inner_params),) = item.items()
+                _check_step(inner, inner_params, source, inode)
 
 
 def _instantiate(dotted: str, params: dict[str, Any] | None, seeds: Iterator[int]) -> Any:
@@ -540,7 +561,14 @@ _SAMPLE = (({"amount": 120.0, "f": 0.0}, False), ({"amount": 9000.0, "f": 1.0}, 
 
 def _try_pipeline(spec: ModelSpec) -> None:
     """Build ``spec``'s pipeline and learn and score two sample rows."""
-    *_, (last, _params, last_line) = spec.steps
+    *first, (last, _params, last_line) = spec.steps
+    for dotted, _, line in first:
+        if not hasattr(_estimator_class(dotted, spec.source), "transform_one"):
+            raise ConfigError(
+                f"{dotted} does not transform (no transform_one): every step but the last must "
+                "be a transformer (e.g. preprocessing.StandardScaler), the classifier comes last",
+                where=f"{spec.source}:{line}",
+            )
     if not hasattr(_estimator_class(last, spec.source), "predict_proba_one"):
         raise ConfigError(
             f"{last} does not classify (no predict_proba_one): the last step of the pipeline "

@@ -128,6 +128,32 @@ def test_shipped_specs_build(name: str) -> None:
             ":4",
             "unknown estimator 'AdaGrad': did you mean optim.AdaGrad?",
         ),
+        # shapes River took for something else, a Python internal at the step (a QA pass)
+        (
+            "name: x\npipeline:\n  - linear_model.LogisticRegression:\n      l2: 0.0\n"
+            "      optimizer: {optim.SGD: {lr: 0.1}, optim.Adam: {}}\n",
+            ":5",
+            "optimizer: a nested estimator is a one-key mapping like {optim.SGD: {lr: 0.1}}",
+        ),
+        (
+            "name: x\npipeline:\n  - linear_model.LogisticRegression:\n"
+            "      optimizer: optim.SGD\n",
+            ":4",
+            "optimizer: 'optim.SGD' is text: write it as {optim.SGD: {}}",
+        ),
+        (
+            "name: x\npipeline:\n  - ensemble.StackingClassifier:\n"
+            "      meta_classifier: {linear_model.LogisticRegression: {}}\n      models:\n"
+            "        - naive_bayes.GaussianNB: {}\n        - linear_model.LogisticRegression\n",
+            ":7",
+            "models: 'linear_model.LogisticRegression' is text",
+        ),
+        (
+            "name: x\npipeline:\n  - linear_model.LogisticRegression: {}\n"
+            "  - preprocessing.StandardScaler: {}\n",
+            ":3",
+            "every step but the last must be a transformer",
+        ),
     ],
 )
 def test_spec_errors_name_file_and_line(text: str, where: str, needle: str) -> None:
