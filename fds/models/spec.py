@@ -346,6 +346,34 @@ def _misshapen(key: str, value: Any) -> str | None:
     return None
 
 
+#: Parameters of River's estimators that count something (trees of a forest, levels of a tree,
+#: examples between split attempts, neighbours, a window): below 1 the model learns nothing and
+#: scores every row the same, without a word (`n_models: 0` scored 0.0 on every decision and
+#: `max_depth: -3` 0.5, a QA pass). Only these: a check that the built model tells rows apart
+#: after learning a few examples also refused sound specs (`leaf_prediction: mc`, an
+#: SGTClassifier: one score until their first split).
+_COUNTS = frozenset(
+    {"n_models", "max_depth", "grace_period", "n_neighbors", "window_size", "n_estimators"}
+)
+_KINDS = {bool: "true or false", int: "a whole number", float: "a number"}
+
+
+def _badly_valued(key: str, value: Any, default: Any) -> str | None:
+    """What is wrong with ``value`` for a parameter ``key`` whose default is ``default``: of
+    another type than a bool, int or float default (River took `with_std: "no"` as true), or
+    a count below 1; ``None`` when nothing is (a nested estimator is not checked here: a
+    learning rate may be a schedule)."""
+    if _is_estimator_ref(value) or (value is None and default is None):
+        return None
+    if key in _COUNTS and (type(value) is not int or value < 1):
+        return f"{key}: must be a whole number of at least 1, got {value!r}"
+    want = type(default)
+    if want in _KINDS and not (type(value) is want or (want is float and type(value) is int)):
+        shown = str(default).lower() if want is bool else repr(default)
+        return f"{key}: must be {_KINDS[want]} (default {shown}), got {value!r}{_exponent(value)}"
+    return None
+
+
 def _check_step(dotted: str, params: Any, source: str, node: yaml.Node | None) -> None:
     where = _where(source, node)
     cls = _estimator_class(dotted, where)
@@ -367,6 +395,10 @@ def _check_step(dotted: str, params: Any, source: str, node: yaml.Node | None) -
                 where=_where(source, _key_node(pnode, key) or node),
             )
         vnode = _child(pnode, key) or node
+        default = sig.parameters[key].default if key in sig.parameters else None
+        wrong = _badly_valued(key, value, default)
+        if wrong:
+            raise ConfigError(f"{dotted}: {wrong}", where=_where(source, vnode))
         # (a list's items too: ensemble.VotingClassifier: {models: [...]}, each at its line)
         items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
         for i, item in items:

@@ -68,6 +68,12 @@ def test_shipped_specs_build(name: str) -> None:
             "name: x\npipeline:\n  - preprocessing.StandardScaler: {}\n"
             "  - linear_model.LogisticRegression: {l2: abc}\n",
             ":4",
+            "linear_model.LogisticRegression: l2: must be a number (default 0.0), got 'abc'",
+        ),
+        (  # a value of the right type the parameter check lets by: the sample row catches it
+            "name: x\npipeline:\n  - preprocessing.StandardScaler: {}\n"
+            "  - linear_model.LogisticRegression: {intercept_lr: .nan}\n",
+            ":4",
             "the pipeline fails on a sample row",
         ),
         (
@@ -127,6 +133,31 @@ def test_shipped_specs_build(name: str) -> None:
             "      optimizer: {AdaGrad: {lr: 0.2}}\n",
             ":4",
             "unknown estimator 'AdaGrad': did you mean optim.AdaGrad?",
+        ),
+        # values that served a useless model without a word (a QA pass): text taken as true,
+        # a forest of no trees (0.0 for every row), a tree of no depth (0.5)
+        (
+            "name: x\npipeline:\n  - preprocessing.StandardScaler:\n      with_std: 'no'\n"
+            "  - linear_model.LogisticRegression: {}\n",
+            ":4",
+            "StandardScaler: with_std: must be true or false (default true), got 'no'",
+        ),
+        (
+            "name: x\npipeline:\n  - forest.ARFClassifier: {n_models: 0}\n",
+            ":3",
+            "forest.ARFClassifier: n_models: must be a whole number of at least 1, got 0",
+        ),
+        (
+            "name: x\npipeline:\n  - tree.HoeffdingTreeClassifier:\n      grace_period: 10\n"
+            "      max_depth: -3\n",
+            ":5",
+            "max_depth: must be a whole number of at least 1, got -3",
+        ),
+        (
+            "name: x\npipeline:\n  - linear_model.LogisticRegression:\n"
+            "      optimizer: {optim.SGD: {lr: fast}}\n",
+            ":4",
+            "optim.SGD: lr: must be a number (default 0.01), got 'fast'",
         ),
         # shapes River took for something else, a Python internal at the step (a QA pass)
         (
