@@ -25,6 +25,7 @@ import itertools
 import math
 import pickle
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -947,15 +948,47 @@ def register(subparsers: Any) -> None:
     )
     pp.add_argument(
         "--name", default=None, type=_report_name,
-        help="report file name (without .md); default precision, or precision_<file> with "
-        "--input (the committed simulator report is not overwritten)",
+        help="report file name (without .md); default precision (the committed report) for a "
+        "run with every option that changes the figures at its default, precision_<file> with "
+        "--input, else precision_custom",
     )  # fmt: skip
     pp.add_argument(
         "--no-reference", dest="reference", action="store_false",
         help="skip the offline hindsight reference (two gradient-boosting fits over the whole "
         "file: most of the run's time on a small file)",
     )  # fmt: skip
-    pp.set_defaults(func=_cmd_precision)
+    pp.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    pp.set_defaults(
+        func=_cmd_precision, figure_defaults={d: pp.get_default(d) for d in _FIGURE_OPTIONS}
+    )
+
+
+#: ``fds bench precision``'s options that change the figures: only a run with each at its
+#: default writes the committed report, precision.md (`--spec tree` overwrote it, a QA pass).
+_FIGURE_OPTIONS = (
+    *("input", "mapping", "labels", "days", "cards", "merchants", "seed", "drift_day"),
+    *("warmup_days", "k", "spec", "rules", "reference"),
+)
+
+
+def _default_report_name(args: argparse.Namespace) -> str:
+    """The report's name without ``--name``: ``precision_<file>`` for ``--input``, else
+    ``precision`` (the committed report) for the run that made it, else ``precision_custom``."""
+    if args.input:
+        return f"precision_{Path(args.input).name.split('.')[0]}"
+    changed = any(getattr(args, d) != v for d, v in args.figure_defaults.items())
+    return "precision_custom" if changed else "precision"
+
+
+def _writable(out: Path) -> str | None:
+    """Why ``out`` (made when missing) cannot take the report, or ``None`` when it can: told
+    before the run, not after it (a FileNotFoundError at the end of the run, a QA pass)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            return None
+    except OSError as e:
+        return e.strerror or str(e)
 
 
 def warmup_before(drift_day: int | None) -> int:
@@ -1009,6 +1042,11 @@ def _cmd_precision(args: argparse.Namespace) -> int:
         warmup = warmup_before(drift)
         if not args.input:  # (14 days of it refused --days 12, naming --warmup-days: a QA pass)
             warmup = min(warmup, max(1, (args.days or 60) // 2))
+    why = _writable(args.out)
+    if why:
+        say(f"{args.prog}: error: --out {str(args.out)!r}: cannot write there ({why}): name a "
+            "folder you can write to")  # fmt: skip
+        return 2
     try:
         if args.input:
             from fds.streams.files import check_transaction_columns, load_mapping
@@ -1030,9 +1068,9 @@ def _cmd_precision(args: argparse.Namespace) -> int:
             mapping_path=args.mapping,
             labels_path=args.labels,
             out_dir=args.out,
-            name=args.name
-            or (f"precision_{Path(args.input).name.split('.')[0]}" if args.input else "precision"),
+            name=args.name or _default_report_name(args),
             command="fds " + " ".join(sys.argv[1:]),
+            progress=args.progress,
             ceiling_ref=args.reference,
         )
     except ConfigError as e:

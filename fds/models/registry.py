@@ -69,6 +69,9 @@ SIGNED_FIELDS = (
     "version", "seq", "spec", "parent", "created_at", "event_time", "labels_learned",
     "evaluation", "sha256", "size",
 )  # fmt: skip
+#: The statuses fds gives a version (the manifest check refuses others: a hand-edited "weird"
+#: was listed and promoted, a QA pass).
+STATUSES = ("published", "shadow", "champion", "retired", "rejected")
 #: What every manifest entry holds, and of which type (``fds models`` formats them).
 _ENTRY_TYPES: dict[str, Any] = {
     "version": str, "seq": int, "status": str, "spec": dict, "created_at": str,
@@ -312,6 +315,12 @@ class Registry:
                     f"{', '.join(bad) or 'version'}: it was not written by fds (or edited)",
                     where=str(self._manifest_path),
                 )
+            if entry["status"] not in STATUSES:
+                raise ConfigError(
+                    f"registry manifest entry {version!r} has status {entry['status']!r}, not "
+                    f"one of {', '.join(STATUSES)}: it was not written by fds (or edited)",
+                    where=str(self._manifest_path),
+                )
         history = m.get("history", [])
         if not isinstance(history, list) or not all(
             isinstance(h, dict) and _is(h.get("to"), str) and _is(h.get("from", 0), (str, None))
@@ -322,9 +331,16 @@ class Registry:
                 "fds (or edited)",
                 where=str(self._manifest_path),
             )
-        if not _is(m.get("champion"), (str, None)):
+        champion = m.get("champion")
+        if not _is(champion, (str, None)) or (
+            champion is not None and champion not in m["versions"]
+        ):
+            # (one naming no version was told as if typed by the user, "unknown model version",
+            # listed as no champion, and promote went on: a QA pass; fds never prunes it)
             raise ConfigError(
-                "registry manifest champion is not a version", where=str(self._manifest_path)
+                f"registry manifest champion {champion!r} is not one of its versions: it was "
+                "not written by fds (or edited)",
+                where=str(self._manifest_path),
             )
         return m
 

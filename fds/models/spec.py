@@ -26,7 +26,9 @@ import dataclasses
 import difflib
 import importlib
 import inspect
+import itertools
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,6 +87,11 @@ _TOP_KEYS = {
     "seed",
     "description",
 }
+
+
+#: The spec's ``seed`` when it sets none: a fixed one, so that a spec without ``seed:`` is as
+#: deterministic as one with it (a replay repeats exactly). 42 is the shipped specs' own.
+DEFAULT_SEED = 42
 
 
 @dataclass(frozen=True)
@@ -166,6 +173,7 @@ class ModelSpec:
     promote: PromotePolicy = field(default_factory=PromotePolicy)
     gate: GatePolicy = field(default_factory=GatePolicy)
     inputs: InputsPolicy = field(default_factory=InputsPolicy)
+    seed: int = DEFAULT_SEED
     source: str = "<spec>"
     text: str = ""
 
@@ -179,6 +187,7 @@ class ModelSpec:
             "promote": vars(self.promote),
             "gate": vars(self.gate),
             "inputs": vars(self.inputs),
+            "seed": self.seed,
         }
 
     def made_otherwise(self, made: Any, *, serving: bool = False) -> str | None:
@@ -305,22 +314,64 @@ def _is_estimator_ref(value: Any) -> bool:
     if not (isinstance(value, dict) and len(value) == 1):
         return False
     ((key, params),) = value.items()
-    if not isinstance(key, str) or not isinstance(params, dict | None):
+    if not isinstance(params, dict | None):
         return False
     # (a typo such as `optim.adaGrad` or a bare `AdaGrad` is one too, told at its line: it
     # reached River as a dict, "'dict' object has no attribute 'look_ahead'", a QA pass)
-    return "." in key or re.fullmatch(r"[A-Z][A-Za-z0-9]*", key) is not None
+    return _estimator_like(key)
 
 
-def _nested(value: Any) -> list[tuple[str, Any, int | None]]:
-    """The nested estimators in a parameter's ``value``: itself, or the items of a list
-    (``ensemble.VotingClassifier: {models: [...]}``), each as (name, params, index)."""
-    if _is_estimator_ref(value):
-        ((name, params),) = value.items()
-        return [(name, params, None)]
-    if isinstance(value, list):
-        return [(*next(iter(v.items())), i) for i, v in enumerate(value) if _is_estimator_ref(v)]
-    return []
+def _estimator_like(key: Any) -> bool:
+    """Is ``key`` written like an estimator's name: ``module.Class`` or a bare ``Class``?"""
+    return isinstance(key, str) and (
+        "." in key or re.fullmatch(r"[A-Z][A-Za-z0-9]*", key) is not None
+    )
+
+
+def _misshapen(key: str, value: Any) -> str | None:
+    """What is wrong with the shape of ``value`` (a parameter's, or an item of its list) that
+    River would take for something else: it raised from inside, "'dict' object has no
+    attribute 'look_ahead'" and the like (a QA pass); ``None`` when nothing is."""
+    if isinstance(value, dict) and len(value) > 1 and any(map(_estimator_like, value)):
+        return (
+            f"{key}: a nested estimator is a one-key mapping like {{optim.SGD: {{lr: 0.1}}}}, "
+            f"this one has {len(value)} keys ({', '.join(map(str, value))}): keep one"
+        )
+    if (
+        isinstance(value, str)
+        and re.fullmatch(r"\w+(\.\w+)+", value)
+        and value.split(".")[0] in ALLOWED_MODULES
+    ):
+        return f"{key}: {value!r} is text: write it as {{{value}: {{}}}}"
+    return None
+
+
+#: Parameters of River's estimators that count something (trees of a forest, levels of a tree,
+#: examples between split attempts, neighbours, a window): below 1 the model learns nothing and
+#: scores every row the same, without a word (`n_models: 0` scored 0.0 on every decision and
+#: `max_depth: -3` 0.5, a QA pass). Only these: a check that the built model tells rows apart
+#: after learning a few examples also refused sound specs (`leaf_prediction: mc`, an
+#: SGTClassifier: one score until their first split).
+_COUNTS = frozenset(
+    {"n_models", "max_depth", "grace_period", "n_neighbors", "window_size", "n_estimators"}
+)
+_KINDS = {bool: "true or false", int: "a whole number", float: "a number"}
+
+
+def _badly_valued(key: str, value: Any, default: Any) -> str | None:
+    """What is wrong with ``value`` for a parameter ``key`` whose default is ``default``: of
+    another type than a bool, int or float default (River took `with_std: "no"` as true), or
+    a count below 1; ``None`` when nothing is (a nested estimator is not checked here: a
+    learning rate may be a schedule)."""
+    if _is_estimator_ref(value) or (value is None and default is None):
+        return None
+    if key in _COUNTS and (type(value) is not int or value < 1):
+        return f"{key}: must be a whole number of at least 1, got {value!r}"
+    want = type(default)
+    if want in _KINDS and not (type(value) is want or (want is float and type(value) is int)):
+        shown = str(default).lower() if want is bool else repr(default)
+        return f"{key}: must be {_KINDS[want]} (default {shown}), got {value!r}{_exponent(value)}"
+    return None
 
 
 def _check_step(dotted: str, params: Any, source: str, node: yaml.Node | None) -> None:
@@ -344,24 +395,44 @@ def _check_step(dotted: str, params: Any, source: str, node: yaml.Node | None) -
                 where=_where(source, _key_node(pnode, key) or node),
             )
         vnode = _child(pnode, key) or node
-        for inner, inner_params, i in _nested(value):
-            item = (
+        default = sig.parameters[key].default if key in sig.parameters else None
+        wrong = _badly_valued(key, value, default)
+        if wrong:
+            raise ConfigError(f"{dotted}: {wrong}", where=_where(source, vnode))
+        # (a list's items too: ensemble.VotingClassifier: {models: [...]}, each at its line)
+        items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+        for i, item in items:
+            inode = (
                 vnode.value[i] if i is not None and isinstance(vnode, yaml.SequenceNode) else vnode
             )
-            _check_step(inner, inner_params, source, item)
+            wrong = _misshapen(key, item)
+            if wrong:
+                raise ConfigError(f"{dotted}: {wrong}", where=_where(source, inode))
+            if _is_estimator_ref(item):
+                ((inner, inner_params),) = item.items()
+                _check_step(inner, inner_params, source, inode)
 
 
-def _instantiate(dotted: str, params: dict[str, Any] | None) -> Any:
+def _instantiate(dotted: str, params: dict[str, Any] | None, seeds: Iterator[int]) -> Any:
+    """Build ``dotted`` with ``params``, its nested estimators first; an estimator that takes a
+    ``seed`` and was given none gets the next of ``seeds`` (River's default, None, draws one
+    from the OS: two replays of a spec without seeds decided differently, a QA pass)."""
     cls = _estimator_class(dotted, "<spec>")
     kwargs = {}
     for k, v in (params or {}).items():
         if _is_estimator_ref(v):
-            ((inner, inner_params),) = v.items()
-            v = _instantiate(inner, inner_params)
+            v = _instantiate_ref(v, seeds)
         elif isinstance(v, list):
-            v = [_instantiate(*next(iter(x.items()))) if _is_estimator_ref(x) else x for x in v]
+            v = [_instantiate_ref(x, seeds) if _is_estimator_ref(x) else x for x in v]
         kwargs[k] = v
+    if "seed" not in kwargs and "seed" in inspect.signature(cls).parameters:
+        kwargs["seed"] = next(seeds)
     return cls(**kwargs)
+
+
+def _instantiate_ref(ref: dict[str, Any], seeds: Iterator[int]) -> Any:
+    ((dotted, params),) = ref.items()
+    return _instantiate(dotted, params, seeds)
 
 
 def _policy(cls: type, raw: Any, source: str, node: yaml.Node | None, section: str) -> Any:
@@ -444,6 +515,14 @@ def _exponent(v: Any) -> str:
     return ""
 
 
+def _seed(value: Any, where: str) -> int:
+    if type(value) is not int or value < 0:
+        raise ConfigError(
+            f"seed: must be a whole number of 0 or more, e.g. 42, got {value!r}", where=where
+        )
+    return value
+
+
 def parse_spec(text: str, *, source: str = "<spec>") -> ModelSpec:
     """Parse and validate spec YAML (estimators and parameters are checked, not built)."""
     try:
@@ -499,6 +578,7 @@ def parse_spec(text: str, *, source: str = "<spec>") -> ModelSpec:
         ),
         gate=_policy(GatePolicy, data.get("gate"), source, _child(root, "gate"), "gate"),
         inputs=_policy(InputsPolicy, data.get("inputs"), source, _child(root, "inputs"), "inputs"),
+        seed=_seed(data.get("seed", DEFAULT_SEED), _where(source, _key_node(root, "seed"))),
         source=source,
         text=text,
     )
@@ -513,7 +593,14 @@ _SAMPLE = (({"amount": 120.0, "f": 0.0}, False), ({"amount": 9000.0, "f": 1.0}, 
 
 def _try_pipeline(spec: ModelSpec) -> None:
     """Build ``spec``'s pipeline and learn and score two sample rows."""
-    *_, (last, _params, last_line) = spec.steps
+    *first, (last, _params, last_line) = spec.steps
+    for dotted, _, line in first:
+        if not hasattr(_estimator_class(dotted, spec.source), "transform_one"):
+            raise ConfigError(
+                f"{dotted} does not transform (no transform_one): every step but the last must "
+                "be a transformer (e.g. preprocessing.StandardScaler), the classifier comes last",
+                where=f"{spec.source}:{line}",
+            )
     if not hasattr(_estimator_class(last, spec.source), "predict_proba_one"):
         raise ConfigError(
             f"{last} does not classify (no predict_proba_one): the last step of the pipeline "
@@ -544,9 +631,12 @@ def build_pipeline(spec: ModelSpec) -> Any:
     from fds.models.inputs import WithoutRuleInputs
 
     models: list[Any] = [] if spec.inputs.reads_rules else [WithoutRuleInputs()]
+    # Each estimator seeded here gets its own seed (spec.seed, then +1, ... in the order they
+    # are built): with one seed for all, the models of a VotingClassifier would be the same.
+    seeds = itertools.count(spec.seed)
     for dotted, params, line in spec.steps:
         try:
-            models.append(_instantiate(dotted, params))
+            models.append(_instantiate(dotted, params, seeds))
         except Exception as e:  # what River raises for bad parameters varies (an
             # AttributeError for `model: null`, an IndexError for an empty Pipeline: a QA pass)
             raise ConfigError(

@@ -104,6 +104,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="transactions file (.jsonl or .jsonl.gz); labels go beside it",
     )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress and no summary")
+    # (as fds replay and fds bench precision: the README names it for all three, a QA pass)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (the summary stays)")
     p.set_defaults(func=_simulate)
 
 
@@ -150,7 +152,9 @@ def _simulate(args: argparse.Namespace) -> int:
     t_gen = time.perf_counter() - t0
     total = len(sim.transactions) + len(sim.labels)
     try:
-        with progress_bar(total, unit="rec", desc="writing", enabled=not quiet) as bar:
+        with progress_bar(
+            total, unit="rec", desc="writing", enabled=not (quiet or args.no_progress)
+        ) as bar:
             tx_path, lab_path = write(sim, args.out, on_rows=bar.update)
     except OSError as e:
         raise ConfigError(

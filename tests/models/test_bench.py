@@ -518,3 +518,38 @@ def test_a_report_names_a_rules_file_under_the_working_directory_relatively(
     (tmp_path / "rules").mkdir()
     assert shown_path(tmp_path / "rules" / "x.yaml") == "rules/x.yaml"
     assert shown_path("/elsewhere/x.yaml") == "/elsewhere/x.yaml"
+
+
+@pytest.mark.parametrize(
+    ("argv", "name"),
+    [
+        ([], "precision"),  # the run that made the committed report
+        (["--seed", "7", "--out", "elsewhere", "--no-progress"], "precision"),  # same figures
+        (["--spec", "tree"], "precision_custom"),  # the README's own example overwrote it
+        (["--no-reference"], "precision_custom"),
+        (["--input", "my.history.csv"], "precision_my"),
+    ],
+)
+def test_only_the_default_run_writes_the_committed_report(argv: list[str], name: str) -> None:
+    from fds.bench import _default_report_name
+
+    args = build_parser().parse_args(["bench", "precision", *argv])
+    assert _default_report_name(args) == name
+
+
+def test_an_unwritable_out_is_told_before_the_run(capsys: pytest.CaptureFixture[str]) -> None:
+    """A QA pass: `--out /proc/x` failed with a FileNotFoundError after the whole run."""
+    args = build_parser().parse_args(["bench", "precision", "--out", "/proc/x", "--days", "2"])
+    assert args.func(args) == 2
+    err = capsys.readouterr().err
+    assert "--out '/proc/x': cannot write there" in err and "Traceback" not in err
+
+
+def test_no_progress_is_taken_where_the_readme_names_it(tmp_path: Path) -> None:
+    """A QA pass: `fds simulate` and `fds bench precision` refused `--no-progress`."""
+    ap = build_parser()
+    assert ap.parse_args(["bench", "precision", "--no-progress"]).progress is False
+    out = tmp_path / "s.jsonl"
+    args = ap.parse_args(["simulate", "--days", "2", "--cards", "100", "--merchants", "100",
+                          "--out", str(out), "--no-progress"])  # fmt: skip
+    assert args.func(args) == 0 and out.exists()

@@ -294,14 +294,34 @@ def test_the_models_commands_create_no_registry_and_refuse_a_foreign_manifest(tm
             lambda m: m["versions"]["v000001"].update(evaluation={"frauds_learned": "9"}),
             "evaluation.frauds_learned",
         ),
+        # (another QA pass: `show` took it for the user's typo, `list` showed no champion and
+        # `promote` went on; a status fds never writes was listed and promoted)
+        (
+            lambda m: m.update(champion="v000042"),
+            "registry manifest champion 'v000042' is not one of its versions",
+        ),
+        (
+            lambda m: m["versions"]["v000001"].update(status="weird"),
+            "entry 'v000001' has status 'weird', not one of published, shadow, champion",
+        ),
     ]
     for edit, says in edits:
         m = json.loads(json.dumps(good))
         edit(m)
         (tmp_path / "e" / "manifest.json").write_text(json.dumps(m))
-        for command in (["list"], ["promote", "v000001"], ["rollback"]):
+        for command in (["list"], ["show"], ["promote", "v000001"], ["rollback"]):
             assert main(["models", "--registry", str(tmp_path / "e"), *command]) == 2, command
             assert says in capsys.readouterr().err
+
+
+def test_models_without_a_command_names_the_commands(tmp_path, capsys):
+    """A QA pass: it said "the following arguments are required: models_cmd"."""
+    from fds.cli import main
+
+    assert main(["models", "--registry", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "fds models: error: give a command: list, show, promote, rollback" in err
+    assert "models_cmd" not in err
 
 
 def test_the_champion_is_never_marked_rejected(tmp_path):
