@@ -129,6 +129,10 @@ class _Parser(argparse.ArgumentParser):
                     known, [a for a in argv if a.startswith("-") and a.split("=")[0] not in known]
                 )
             )
+        subs = [a for a in self._actions if isinstance(a, argparse._SubParsersAction)]
+        if subs and message.startswith("the following arguments are required:"):
+            # (`fds bench` alone said "required: bench_cmd", a name of the code: a QA pass)
+            message = f"give a command: {', '.join(c for a in subs for c in a.choices)}"
         hint = self._hint or f"run '{self.prog} --help' for help"
         if message.startswith("unrecognized arguments:"):
             misplaced = [a for a in message.split(":", 1)[1].split() if a in _GLOBAL]

@@ -5,6 +5,8 @@ loader of their own with the same check (:mod:`fds.rules.ruleset`).
 
 >>> load("a: 1\\nb: {c: 2}\\n")
 {'a': 1, 'b': {'c': 2}}
+>>> load("l2: 1e-4\\nlr: 5E-2\\nid: '1e3'\\n")
+{'l2': 0.0001, 'lr': 0.05, 'id': '1e3'}
 >>> load("a: 1\\nb: 2\\na: 3\\n")
 Traceback (most recent call last):
 ...
@@ -20,6 +22,7 @@ duplicate key 'a': remove one of them
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from pathlib import Path
 from typing import Any
@@ -28,7 +31,15 @@ import yaml
 
 from fds.errors import ConfigError
 
-__all__ = ["check_printable", "decode", "fields_at", "load", "read_bytes", "read_text"]
+__all__ = [
+    "check_printable",
+    "decode",
+    "fields_at",
+    "load",
+    "read_bytes",
+    "read_exponents",
+    "read_text",
+]
 
 _MERGE = "tag:yaml.org,2002:merge"
 
@@ -73,6 +84,22 @@ class _Strict(yaml.SafeLoader):
 
 
 _Strict.add_constructor("tag:yaml.org,2002:timestamp", _Strict.construct_yaml_timestamp)
+
+
+def read_exponents(loader: Any) -> Any:
+    """``loader`` reading a number with an exponent (`1e-4`, `5e-2`, `1E5`) as a number, as
+    YAML 1.2 does: PyYAML (YAML 1.1) reads one without a decimal point and a signed exponent as
+    text, and `l2: 1e-4` in a model spec failed inside River (a QA pass). Only ``loader``'s
+    own copy of the resolvers changes."""
+    loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+        list("-+0123456789."),
+    )
+    return loader
+
+
+read_exponents(_Strict)
 
 
 def read_text(path: Path, what: str) -> str:

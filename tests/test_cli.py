@@ -1145,3 +1145,20 @@ def test_an_empty_rules_or_model_path_is_a_usage_error(argv, says, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2 and says in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["bench"], "fds bench: error: give a command: precision"),
+        (["rules"], "fds rules: error: give a command: check, backtest"),
+        (["kafka"], "fds kafka: error: give a command: up, down, status, topics"),
+    ],
+)
+def test_a_command_without_its_subcommand_names_them(argv, says, capsys):
+    """A QA pass: `fds bench` said "the following arguments are required: bench_cmd"."""
+    from fds.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and says in capsys.readouterr().err

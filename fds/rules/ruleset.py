@@ -251,7 +251,7 @@ def export_schema(path: str | Path | None = None) -> str:
     >>> '"rules"' in export_schema()
     True
     """
-    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema"}
+    schema: dict[str, Any] = {"$schema": "https://json-schema.org/draft/2020-12/schema"}
     schema.update(RulesFile.model_json_schema())
     schema["title"] = "fds rules file"
     # top-level x-... keys are the file's own (anchors for merge keys), ignored by fds
@@ -287,8 +287,15 @@ MAX_NESTING = 50  # YAML levels; a rules file has about five
 KEY = "\0key"
 
 
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """The C loader where there is one, reading `5e-2` as a number (yamlio.read_exponents)."""
+
+
+yamlio.read_exponents(_Loader)
+
+
 def _yaml_loader() -> type:
-    return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return _Loader
 
 
 _COLLECTION_TAGS: dict[type[yaml.Node], str] = {

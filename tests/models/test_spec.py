@@ -201,8 +201,7 @@ def test_spec_errors_name_file_and_line(text: str, where: str, needle: str) -> N
         ("gate", "window: true", "gate.window: must be a whole number of at least 0, got True"),
         ("gate", "min_frauds: 99.9", "gate.min_frauds: must be a whole number of at least 0"),
         ("gate", "margin: 5", "gate.margin: must be a number in [0, 1), e.g. 0.05, got 5"),
-        ("learn", "legit_sample_rate: 1e-3", "(YAML reads 1e-3 as text: write it 0.001 or"),
-        ("gate", "margin: 5e-2", "(YAML reads 5e-2 as text: write it 0.05 or"),
+        ("learn", "legit_sample_rate: '1e-3'", "(YAML reads 1e-3 as text: write it 0.001 or"),
         ("learn", "legit_sample_rate: one", "got 'one'"),
         ("gate", "margin: true", "gate.margin: must be a number in [0, 1)"),
         ("publish", "every_labels: 2.7", "publish.every_labels: must be a whole number of at"),
@@ -370,3 +369,16 @@ def test_a_spec_without_seeds_repeats_exactly_and_its_seed_reaches_every_estimat
     with pytest.raises(ConfigError, match=r"seed: must be a whole number") as e:
         parse_spec(arf + "seed: lucky\n", source="m")
     assert e.value.where == "m:4"
+
+
+def test_a_number_with_an_exponent_is_a_number() -> None:
+    """A QA pass: `l2: 1e-4` (PyYAML reads YAML 1.1: text) failed inside River, `TypeError:
+    VectorDict values must be real numbers`, at the estimator's line; YAML 1.2 reads a number."""
+    spec = parse_spec(
+        "name: x\npipeline:\n  - linear_model.LogisticRegression: {l2: 1e-4}\n"
+        "learn: {legit_sample_rate: 5e-2}\ngate: {margin: 1E-2}\n",
+        source="m.yaml",
+    )
+    pipe = build_pipeline(spec)
+    step = pipe[list(pipe.steps)[-1]]
+    assert step.l2 == 0.0001 and spec.learn.legit_sample_rate == 0.05 and spec.gate.margin == 0.01

@@ -795,3 +795,13 @@ def test_top_level_keys_starting_with_x_hold_anchors_for_merge_keys() -> None:
     ]
     with pytest.raises(ConfigError, match=r"r\.yaml:2:1: defaults: unknown key"):
         load_ruleset_text('version: "1"\ndefaults: {a: 1}\n', "r.yaml")
+
+
+def test_a_number_with_an_exponent_is_a_number_in_a_rules_file() -> None:
+    """A QA pass: `decline_at: 5e-2` (PyYAML reads YAML 1.1: text) was "Input should be a
+    valid number"; YAML 1.2, and the editors checking the schema, read a number."""
+    rs = load_ruleset_text(
+        'version: "e"\nrules:\n  - {id: a, when: "amount > 2e3", action: review, score: 5e-1, '
+        "reason: r}\npolicy: {review_at: 4e-1, decline_at: 9E-1}\n"
+    )
+    assert rs.rules[0].spec.score == 0.5 and rs.policy.review_at == 0.4
