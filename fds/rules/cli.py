@@ -156,14 +156,22 @@ def _report(rs: Ruleset, out: TextIO, *, quiet: bool) -> int:
         print(f"  note: {note}", file=out)
     untested = [r.id for r in rs.rules if not r.spec.tests]
     if untested and not quiet:
-        print(f"  note: rules without inline tests: {', '.join(untested)}", file=out)
+        print(f"  note: rules without inline tests: {_some(untested)}", file=out)
     unused = rs.unused_features()
     if unused and not quiet:
-        print(
-            f"  note: features no rule reads (the model may still use them): {', '.join(unused)}",
-            file=out,
-        )
+        print(f"  note: features no rule reads (the model may still use them): {_some(unused)}",
+              file=out)  # fmt: skip
     return 1 if bad else 0
+
+
+def _some(names: list[str], most: int = 20) -> str:
+    """``names`` for a note, the first ``most`` of them (5,000 features were one line).
+
+    >>> _some(["a", "b", "c"], 2)
+    'a, b (and 1 more)'
+    """
+    more = f" (and {len(names) - most:,} more)" if len(names) > most else ""
+    return ", ".join(names[:most]) + more
 
 
 #: The options of ``fds rules backtest`` that name a rules file.

@@ -58,6 +58,18 @@ def test_check_default_file_passes(capsys: pytest.CaptureFixture[str]) -> None:
     assert "OK" in out and "default.yaml" in out and "card_testing_burst" in out
 
 
+def test_check_notes_a_long_list_in_short(tmp_path: Path, capsys) -> None:
+    """A QA pass: 5,000 features no rule reads were one line of 5,000 names."""
+    p = tmp_path / "many.yaml"
+    p.write_text('version: "m"\nfeatures:\n' + "".join(
+        f"  - {{name: f{i}, entity: card_id, agg: count, window: 1h}}\n" for i in range(30)
+    ) + "rules: []\n")  # fmt: skip
+    assert main(["rules", "check", str(p)]) == 0
+    out = capsys.readouterr().out
+    assert "no rule reads (the model may still use them): f0, f1," in out
+    assert "f19 (and 10 more)" in out and "f20" not in out
+
+
 def test_check_reports_failures_with_file_line(tmp_path: Path, capsys) -> None:
     good = tmp_path / "good.yaml"
     good.write_text(BASELINE)
