@@ -102,6 +102,19 @@ def read_exponents(loader: Any) -> Any:
 read_exponents(_Strict)
 
 
+def kind_of(value: Any) -> str:
+    """What YAML made of an unquoted scalar, for an error message that says to quote it.
+
+    >>> kind_of(False), kind_of(42)
+    ('a boolean (False)', 'the number 42')
+    """
+    if value is None:
+        return "a null (NULL, ~)"
+    if isinstance(value, bool):
+        return f"a boolean ({value})"
+    return f"the number {value}" if isinstance(value, int | float) else f"a {type(value).__name__}"
+
+
 def read_text(path: Path, what: str) -> str:
     """The text of the project's file ``path`` (a mapping, model spec, settings); what cannot
     be read (a folder, no permission) and bytes that are not UTF-8 are a :class:`ConfigError`

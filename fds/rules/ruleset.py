@@ -493,6 +493,11 @@ def _pydantic_error(e: pydantic.ValidationError, filename: str, marks: Mapping) 
             msg = f"unknown key: {hint}(see rules/schema.json)"
         elif err["type"] == "missing":
             msg = "missing: add it"
+        elif err["type"] in ("string_type", "literal_error") and (
+            err.get("input") is None or isinstance(err.get("input"), bool | int | float)
+        ):  # (`state: off`, `reason: 42`: "Input should be a valid string", a QA pass)
+            kind = yamlio.kind_of(err.get("input"))
+            msg += f" (YAML reads it as {kind}{': quote it' if 'string' in err['type'] else ''})"
         lines.append(f"{where}: {field}: {msg}")
     return ConfigError(
         "\n".join(lines) if len(lines) > 1 else lines[0].split(": ", 1)[1],

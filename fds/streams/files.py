@@ -114,7 +114,7 @@ def _column_name(value: Any) -> Any:
         raise ValueError("name the file's column, e.g. tx_id: TransactionID")
     if not isinstance(value, str):  # (its example is no value YAML made: 010 is 8)
         raise ValueError(
-            f"YAML reads it as {_yaml_kind(value)}, not a column name: write it in quotes "
+            f"YAML reads it as {yamlio.kind_of(value)}, not a column name: write it in quotes "
             "exactly as the header has it, e.g. tx_id: '0'"
         )
     return value
@@ -189,7 +189,7 @@ class ColumnMapping(BaseModel):
         odd = next((x for x in v if not isinstance(x, str)), "")
         if odd != "":  # (NULL, ~, 1.50, 0x10 and no were read as other texts or refused
             raise ValueError(  # obscurely: a review)
-                f"YAML reads one of them as {_yaml_kind(odd)}, not a text: write each one in "
+                f"YAML reads one of them as {yamlio.kind_of(odd)}, not a text: write each one in "
                 "quotes as it appears in a cell, e.g. ['NULL', '-999', 'no']"
             )
         return v
@@ -303,15 +303,6 @@ class ColumnMapping(BaseModel):
         itself mapped (a column named like one of them would be overwritten)."""
         sources = frozenset(self.fields.values())
         return sources, tuple(f for f, c in self.fields.items() if f != c and f not in sources)
-
-
-def _yaml_kind(value: Any) -> str:
-    """What YAML made of an unquoted scalar, for an error message."""
-    if value is None:
-        return "a null (NULL, ~)"
-    if isinstance(value, bool):
-        return f"a boolean ({value})"
-    return f"the number {value}" if isinstance(value, int | float) else f"a {type(value).__name__}"
 
 
 def _from_origin(value: Any, origin: float) -> Any:

@@ -805,3 +805,29 @@ def test_a_number_with_an_exponent_is_a_number_in_a_rules_file() -> None:
         "reason: r}\npolicy: {review_at: 4e-1, decline_at: 9E-1}\n"
     )
     assert rs.rules[0].spec.score == 0.5 and rs.policy.review_at == 0.4
+
+
+def test_a_value_yaml_reads_as_a_number_or_boolean_is_said_so() -> None:
+    """A QA pass: `reason: 42`, `when: yes` and `state: off` were "Input should be a valid
+    string" or the list of states, without a word of what YAML had made of them."""
+    with pytest.raises(ConfigError) as e:
+        load_ruleset_text(
+            'version: "q"\nrules:\n'
+            '  - {id: a, when: "amount > 1", action: review, score: 0.5, reason: 42}\n'
+            '  - {id: b, when: "amount > 1", action: review, score: 0.5, reason: r, state: off}\n'
+            "  - {id: c, when: yes, action: review, score: 0.5, reason: r}\n",
+            "q.yaml",
+        )
+    said = str(e.value)
+    assert (
+        "q.yaml:3:69: rules.0.reason: Input should be a valid string (YAML reads it as the "
+        "number 42: quote it)" in said
+    )
+    assert (
+        "rules.1.state: Input should be 'active', 'shadow' or 'paused' (YAML reads it as a "
+        "boolean (False))" in said
+    )
+    assert (
+        "q.yaml:5:19: rules.2.when: Input should be a valid string (YAML reads it as a "
+        "boolean (True): quote it)" in said
+    )
