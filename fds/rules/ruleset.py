@@ -493,8 +493,14 @@ def _pydantic_error(e: pydantic.ValidationError, filename: str, marks: Mapping) 
             msg = f"unknown key: {hint}(see rules/schema.json)"
         elif err["type"] == "missing":
             msg = "missing: add it"
-        elif err["type"] in ("string_type", "literal_error") and (
-            err.get("input") is None or isinstance(err.get("input"), bool | int | float)
+        elif err["type"] in ("model_type", "list_type", "dict_type") and err.get("input") is None:
+            # (an empty `policy:` was "a valid dictionary or instance of PolicySpec", a QA pass)
+            what = "a list (e.g. [])" if err["type"] == "list_type" else "its keys"
+            msg = f"empty: give {what}, or leave the key out"
+        elif err["type"] == "string_type" and err.get("input") is None:
+            msg = "empty: give a text"
+        elif err["type"] in ("string_type", "literal_error") and isinstance(
+            err.get("input"), bool | int | float | None
         ):  # (`state: off`, `reason: 42`: "Input should be a valid string", a QA pass)
             kind = yamlio.kind_of(err.get("input"))
             msg += f" (YAML reads it as {kind}{': quote it' if 'string' in err['type'] else ''})"

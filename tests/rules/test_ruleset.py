@@ -831,3 +831,17 @@ def test_a_value_yaml_reads_as_a_number_or_boolean_is_said_so() -> None:
         "q.yaml:5:19: rules.2.when: Input should be a valid string (YAML reads it as a "
         "boolean (True): quote it)" in said
     )
+
+
+def test_an_empty_section_or_value_is_said_empty() -> None:
+    """A QA pass: an empty `policy:` said "Input should be a valid dictionary or instance of
+    PolicySpec"."""
+    for text, says in (
+        ('version: "q"\npolicy:\n', "q.yaml:2:8: policy: empty: give its keys, or leave the key"),
+        ('version: "q"\nrules:\n', "q.yaml:2:7: rules: empty: give a list (e.g. []), or leave"),
+        ('version: "q"\nrules:\n  - {id: a, when: "amount > 1", action: review, score: 0.5, '
+         "reason: }\n", "rules.0.reason: empty: give a text"),
+    ):  # fmt: skip
+        with pytest.raises(ConfigError) as e:
+            load_ruleset_text(text, "q.yaml")
+        assert says in str(e.value)
