@@ -90,40 +90,49 @@ def one_round(timeout_ms: int, stream: Path, work: Path) -> dict[str, Any]:
         topics["decisions"], bootstrap_servers=BOOTSTRAP, isolation_level="read_committed",
         auto_offset_reset="earliest", enable_auto_commit=False, group_id=None,
     )  # fmt: skip
-    seen = 0
-    with (work / f"{name}-a.log").open("w") as log:
-        a = subprocess.Popen(
-            [*base, "--group-instance-id", "a", "--transactional-id", f"{group}-a"], cwd=REPO,
-            env={**env, "FDS_FAULT_KILL_AFTER_FLUSH": "3"}, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        a.wait(timeout=120)
-    killed = time.monotonic()
-    assert a.returncode == -signal.SIGKILL, f"a exited {a.returncode}: see {log.name}"
-    quiet = time.monotonic()
-    while time.monotonic() - quiet < 2.0:  # read what a committed before b starts
-        got = committed_count(reader)
-        seen += got
-        quiet = time.monotonic() if got else quiet
-    before = seen
-    with (work / f"{name}-b.log").open("w") as log:
-        b = subprocess.Popen(
-            [*base, "--group-instance-id", "b", "--transactional-id", f"{group}-b",
-             "--max-idle", "3"],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        first = done = None
-        while time.monotonic() - killed < timeout_ms / 1000 + 120:
-            seen += committed_count(reader)
-            now = time.monotonic() - killed
-            if first is None and seen > before:
-                first = now
-            if seen >= N:
-                done = now
-                break
-        b.send_signal(signal.SIGTERM)
-        b.wait(timeout=30)
-    reader.close()
-    kafka_kit.delete_topics(BOOTSTRAP, topics.values())
+    procs: list[subprocess.Popen] = []
+    try:
+        seen = 0
+        with (work / f"{name}-a.log").open("w") as log:
+            a = subprocess.Popen(
+                [*base, "--group-instance-id", "a", "--transactional-id", f"{group}-a"],
+                cwd=REPO, env={**env, "FDS_FAULT_KILL_AFTER_FLUSH": "3"}, stdout=log,
+                stderr=subprocess.STDOUT,
+            )  # fmt: skip
+            procs.append(a)
+            a.wait(timeout=120)
+        killed = time.monotonic()
+        assert a.returncode == -signal.SIGKILL, f"a exited {a.returncode}: see {log.name}"
+        quiet = time.monotonic()
+        while time.monotonic() - quiet < 2.0:  # read what a committed before b starts
+            got = committed_count(reader)
+            seen += got
+            quiet = time.monotonic() if got else quiet
+        before = seen
+        with (work / f"{name}-b.log").open("w") as log:
+            b = subprocess.Popen(
+                [*base, "--group-instance-id", "b", "--transactional-id", f"{group}-b",
+                 "--max-idle", "3"],
+                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+            procs.append(b)
+            first = done = None
+            while time.monotonic() - killed < timeout_ms / 1000 + 120:
+                seen += committed_count(reader)
+                now = time.monotonic() - killed
+                if first is None and seen > before:
+                    first = now
+                if seen >= N:
+                    done = now
+                    break
+            b.send_signal(signal.SIGTERM)
+            b.wait(timeout=30)
+    finally:  # (a failed round left its processes, reader and topics behind: a review)
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        reader.close()
+        kafka_kit.delete_topics(BOOTSTRAP, topics.values())
     return {"timeout_ms": timeout_ms, "before": before, "first": first, "done": done,
             "committed": seen}  # fmt: skip
 

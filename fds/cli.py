@@ -114,11 +114,11 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         argv = sys.argv[1:] if _Parser.argv is None else _Parser.argv
         m = re.search(r"invalid choice: (\S+)", message)
+        subs = [a for a in self._actions if isinstance(a, argparse._SubParsersAction)]
         if self._hint is None and m:
             # the closest command (`fds modls`), else an option mistyped before it that left
             # its value for the command (`fds models --registy R list`): only R was said (a QA
             # pass). The choices from the parser: Python 3.12.9+ prints them unquoted.
-            subs = [a for a in self._actions if isinstance(a, argparse._SubParsersAction)]
             choices = [c for a in subs for c in a.choices]
             close = difflib.get_close_matches(m[1].strip("'\""), choices, n=1)
             known = list(self._option_string_actions)
@@ -129,8 +129,9 @@ class _Parser(argparse.ArgumentParser):
                     known, [a for a in argv if a.startswith("-") and a.split("=")[0] not in known]
                 )
             )
-        subs = [a for a in self._actions if isinstance(a, argparse._SubParsersAction)]
-        if subs and message.startswith("the following arguments are required:"):
+        missing = message.removeprefix("the following arguments are required:")
+        names = {n for a in subs for n in (a.dest, a.metavar, "{" + ",".join(a.choices) + "}")}
+        if missing != message and {m.strip() for m in missing.split(", ")} <= names:
             # (`fds bench` alone said "required: bench_cmd", a name of the code: a QA pass)
             message = f"give a command: {', '.join(c for a in subs for c in a.choices)}"
         hint = self._hint or f"run '{self.prog} --help' for help"
@@ -351,23 +352,31 @@ def folder(text: str) -> Path:
     return path
 
 
-def file_or_none(what: str) -> Callable[[str], Path | None]:
-    """argparse type: the path of a file (``what``: "rules file"), or ``none`` for none; an
-    empty path is refused (an unset shell variable read the current folder: a QA pass).
+def file_path(what: str) -> Callable[[str], Path]:
+    """argparse type: the path of a file (``what``: "rules file"); an empty path is refused
+    (an unset shell variable read the current folder: a QA pass).
 
-    >>> file_or_none("rules file")("")
+    >>> file_path("rules file")("")
     Traceback (most recent call last):
-    argparse.ArgumentTypeError: empty path: give a rules file, or none
+    argparse.ArgumentTypeError: empty path: give a rules file
     """
 
-    def parse(text: str) -> Path | None:
-        if text.lower() == "none":
-            return None
+    def parse(text: str) -> Path:
         if not text.strip():
-            raise argparse.ArgumentTypeError(f"empty path: give a {what}, or none")
+            raise argparse.ArgumentTypeError(f"empty path: give a {what}")
         return Path(text)
 
     return parse
+
+
+def file_or_none(what: str) -> Callable[[str], Path | None]:
+    """argparse type: :func:`file_path`, or ``none`` for none.
+
+    >>> file_or_none("rules file")("none") is None
+    True
+    """
+    path = file_path(f"{what}, or none")
+    return lambda text: None if text.lower() == "none" else path(text)
 
 
 def positive_float(text: str) -> float:

@@ -389,10 +389,10 @@ class Engine:
         if ruleset is self._lifted_for:
             return
         self._lifted_for = ruleset
-        ids = {r.id for r in getattr(ruleset, "rules", ())}
         for source in [s for s in self.demoted if s != MODEL]:
-            if self._rule_spec(source) != self._demoted_as.get(source):
-                gone = source not in ids  # (said "back in force" of it: a QA pass)
+            spec = self._rule_spec(source)
+            if spec != self._demoted_as.get(source):
+                gone = spec is None  # (said "back in force" of it: a QA pass)
                 why = "taken out of the rules" if gone else "its definition changed"
                 self.restore(source, why=why, gone=gone)
 

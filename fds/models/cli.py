@@ -18,10 +18,8 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--registry", default="models/registry", help="registry folder (default models/registry)"
     )
-    # (not required=True: argparse then said "the following arguments are required:
-    # models_cmd", a QA pass; a run without a command is told which there are)
-    sub = p.add_subparsers(dest="models_cmd", metavar="COMMAND")
-    p.set_defaults(func=lambda args: _no_command(args, list(sub.choices)))
+    # (without a command: "give a command: list, ...", as every command says it, fds.cli)
+    sub = p.add_subparsers(dest="models_cmd", metavar="COMMAND", required=True)
     # --registry is also accepted after the command (`fds models list --registry DIR`)
     after = argparse.ArgumentParser(add_help=False)
     after.add_argument("--registry", default=argparse.SUPPRESS, help="registry folder")
@@ -47,14 +45,6 @@ def register(subparsers: Any) -> None:
     sub.add_parser(
         "rollback", parents=[after], help="return to the previous champion"
     ).set_defaults(func=_rollback)
-
-
-def _no_command(args: argparse.Namespace, commands: list[str]) -> int:
-    say(
-        f"{args.prog}: error: give a command: {', '.join(commands)} "
-        f"(run '{args.prog} --help' for what each does)"
-    )
-    return 2
 
 
 def _registry(args: argparse.Namespace) -> Any:

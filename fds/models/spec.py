@@ -355,23 +355,33 @@ def _misshapen(key: str, value: Any) -> str | None:
 _COUNTS = frozenset(
     {"n_models", "max_depth", "grace_period", "n_neighbors", "window_size", "n_estimators"}
 )
-_KINDS = {bool: "true or false", int: "a whole number", float: "a number"}
+_TYPE_WORDS = {bool: "true or false", int: "a number", float: "a number"}
 
 
-def _badly_valued(key: str, value: Any, default: Any) -> str | None:
-    """What is wrong with ``value`` for a parameter ``key`` whose default is ``default``: of
-    another type than a bool, int or float default (River took `with_std: "no"` as true), or
-    a count below 1; ``None`` when nothing is (a nested estimator is not checked here: a
-    learning rate may be a schedule)."""
+def _badly_valued(key: str, value: Any, default: Any, hint: str = "") -> str | None:
+    """What is wrong with ``value`` for a parameter ``key`` whose default is ``default`` and
+    type hint ``hint`` (its text): not true/false for a bool one, not a number for a number
+    one (River took `with_std: "no"` as true), or a count below 1; ``None`` when nothing is.
+    A hint that allows more than the default's type is taken at its word (`int | float | str`:
+    SRP's `subspace_size: sqrt`, `int | None` given null: refused before, a review), as a
+    nested estimator is not checked (a learning rate may be a schedule)."""
     if _is_estimator_ref(value) or (value is None and default is None):
         return None
-    if key in _COUNTS and (type(value) is not int or value < 1):
+    number = type(value) in (int, float)
+    if key in _COUNTS and number and not (value >= 1 and value == int(value)):
         return f"{key}: must be a whole number of at least 1, got {value!r}"
     want = type(default)
-    if want in _KINDS and not (type(value) is want or (want is float and type(value) is int)):
-        shown = str(default).lower() if want is bool else repr(default)
-        return f"{key}: must be {_KINDS[want]} (default {shown}), got {value!r}{_exponent(value)}"
-    return None
+    if want not in _TYPE_WORDS or (type(value) is bool if want is bool else number):
+        return None
+    if isinstance(value, str) and "str" in hint:  # (text allowed: SRP's `subspace_size: sqrt`)
+        return None
+    if not isinstance(value, str) and any(w in hint for w in ("|", "Optional", "Union")):
+        return None  # (`int | None` given null, a Scheduler object: as River takes them)
+    shown = str(default).lower() if want is bool else repr(default)
+    return f"{key}: must be {_TYPE_WORDS[want]} (default {shown}), got {value!r}{_exponent(value)}"
+
+
+_exponent = yamlio.exponent_hint
 
 
 def _check_step(dotted: str, params: Any, source: str, node: yaml.Node | None) -> None:
@@ -395,8 +405,10 @@ def _check_step(dotted: str, params: Any, source: str, node: yaml.Node | None) -
                 where=_where(source, _key_node(pnode, key) or node),
             )
         vnode = _child(pnode, key) or node
-        default = sig.parameters[key].default if key in sig.parameters else None
-        wrong = _badly_valued(key, value, default)
+        param = sig.parameters.get(key)
+        default = param.default if param is not None else None
+        hint = str(param.annotation) if param is not None else ""
+        wrong = _badly_valued(key, value, default, hint)
         if wrong:
             raise ConfigError(f"{dotted}: {wrong}", where=_where(source, vnode))
         # (a list's items too: ensemble.VotingClassifier: {models: [...]}, each at its line)
@@ -508,13 +520,6 @@ def _learn_policy(raw: Any, source: str, node: yaml.Node | None) -> LearnPolicy:
     return learn
 
 
-def _exponent(v: Any) -> str:
-    """A hint for a number YAML read as text: ``1e-3`` (it wants ``1.0e-3``; a QA pass)."""
-    if isinstance(v, str) and re.fullmatch(r"[+-]?[0-9]+(\.[0-9]*)?[eE][+-]?[0-9]+", v.strip()):
-        return f" (YAML reads {v} as text: write it {float(v):g} or with a decimal point)"
-    return ""
-
-
 def _seed(value: Any, where: str) -> int:
     if type(value) is not int or value < 0:
         raise ConfigError(
@@ -527,7 +532,7 @@ def parse_spec(text: str, *, source: str = "<spec>") -> ModelSpec:
     """Parse and validate spec YAML (estimators and parameters are checked, not built)."""
     try:
         root = yaml.compose(text)
-        data = yamlio.load(text)
+        data = yamlio.load(text, exponents=True)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source

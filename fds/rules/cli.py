@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from fds.cli import count_or_all, labels_not_input, same_file
+from fds.cli import count_or_all, file_path, labels_not_input, same_file
 from fds.errors import ConfigError
 from fds.rules.ruleset import Ruleset, load_ruleset
 from fds.shipped import DEFAULT_RULES
@@ -80,17 +80,9 @@ def register(subparsers: Any) -> None:
     bt.set_defaults(func=_backtest)
 
 
-def rules_file(text: str) -> Path:
-    """argparse type: the path of a rules file, not an empty one (an unset shell variable:
-    ``''`` is the current folder, checked as one, a QA pass).
-
-    >>> rules_file("")
-    Traceback (most recent call last):
-    argparse.ArgumentTypeError: empty path: give a rules file
-    """
-    if not text.strip():
-        raise argparse.ArgumentTypeError("empty path: give a rules file")
-    return Path(text)
+#: argparse type of a rules file's path (not an empty one: ``''``, an unset shell variable, is
+#: the current folder, checked as one, a QA pass).
+rules_file = file_path("rules file")
 
 
 def _rules_files(folder: Path) -> Iterator[Path]:

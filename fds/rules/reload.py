@@ -177,9 +177,12 @@ class ReloadingRuleset:
     def _read(self) -> tuple[str, _Key, bytes]:
         try:  # (before the read: a write after it is a change seen at the next poll)
             st = os.stat(self.path)
-        except OSError:
+        except OSError as e:
             read_rules_file(self.path, "--rules")  # says why, as for every rules file
-            raise  # (readable after all: gone a moment ago)
+            raise ConfigError(  # (readable after all, gone a moment ago: no raw OSError)
+                f"cannot read the rules file: {e.strerror}; check the path (--rules)",
+                where=str(self.path),
+            ) from None
         data = read_rules_file(self.path, "--rules")
         return yamlio.decode(data, str(self.path)), _key(st), hashlib.sha256(data).digest()
 

@@ -126,6 +126,14 @@ class FeatureSpec(_Strict):
         json_schema_extra={"pattern": f"^(calendar_day|{DURATION_PATTERN})$"},
     )
 
+    @field_validator("entity", "field", mode="before")
+    @classmethod
+    def _extra_as_rules_write_it(cls, v: Any) -> Any:
+        """``extra['fee amt']`` (as a rule reads it) is ``extra.fee amt`` (it was refused, a
+        QA pass)."""
+        name = extra_key(v) if isinstance(v, str) else None
+        return v if name is None else f"extra.{name}"
+
     @field_validator("window", mode="before")
     @classmethod
     def _window(cls, v: Any) -> Any:
@@ -287,15 +295,8 @@ MAX_NESTING = 50  # YAML levels; a rules file has about five
 KEY = "\0key"
 
 
-class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
-    """The C loader where there is one, reading `5e-2` as a number (yamlio.read_exponents)."""
-
-
-yamlio.read_exponents(_Loader)
-
-
 def _yaml_loader() -> type:
-    return _Loader
+    return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 _COLLECTION_TAGS: dict[type[yaml.Node], str] = {
@@ -497,6 +498,8 @@ def _pydantic_error(e: pydantic.ValidationError, filename: str, marks: Mapping) 
             # (an empty `policy:` was "a valid dictionary or instance of PolicySpec", a QA pass)
             what = "a list (e.g. [])" if err["type"] == "list_type" else "its keys"
             msg = f"empty: give {what}, or leave the key out"
+        elif err["type"] in ("float_parsing", "float_type") and isinstance(err.get("input"), str):
+            msg += yamlio.exponent_hint(err["input"])  # (`decline_at: 5e-2`: text to YAML 1.1)
         elif err["type"] == "string_type" and err.get("input") is None:
             msg = "empty: give a text"
         elif err["type"] in ("string_type", "literal_error") and isinstance(

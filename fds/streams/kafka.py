@@ -339,10 +339,12 @@ class IdleTimer:
 
     JOIN_GRACE_S = 60.0
 
-    def __init__(self, limit: float | None) -> None:
+    def __init__(self, limit: float | None, wait_s: float = math.inf) -> None:
         self.limit = limit
         self.since = self.start = time.monotonic()
         self.joined = False
+        self.wait_s = wait_s  # how long a wait for positions is no idle time, at most
+        self.waiting: float | None = None  # since when partitions have had no position
 
     def over(self, consumer: Any, now: float) -> bool:
         if self.limit is None:
@@ -351,9 +353,16 @@ class IdleTimer:
             self.joined = bool(consumer.assignment())
             if not self.joined and now - self.start < self.JOIN_GRACE_S:
                 self.since = now
-        if not positioned(consumer):  # waiting to know where to read: no idle time (a run
-            self.since = now  # taking over from a killed exactly-once instance ended idle,
-            return False  # having decided nothing, when its offsets came free)
+        # Waiting to know where to read is no idle time (a run taking over from a killed
+        # exactly-once instance ended idle, having decided nothing, when its offsets came
+        # free), for ``wait_s`` at most (a partition that never gets a position: a review).
+        if positioned(consumer):
+            self.waiting = None
+        else:
+            self.waiting = now if self.waiting is None else self.waiting
+            if now - self.waiting <= self.wait_s:
+                self.since = now
+                return False
         return now - self.since > self.limit
 
 
@@ -1374,7 +1383,7 @@ class Runner:
             f"Kafka at {s.bootstrap} unreachable for {s.broker_timeout_s:.0f} s; exiting so a "
             f"supervisor can restart fds (offsets are committed up to {self._committed_up_to})"
         ))  # fmt: skip
-        no_input = IdleTimer(max_idle_s)
+        no_input = IdleTimer(max_idle_s, self._offsets_wait_s())
         while not self._stop:
             idle_over = False
             try:
@@ -2204,13 +2213,18 @@ class Runner:
                 sum(len(q) for _, q in self._found.values()), sorted(by_part),
             )  # fmt: skip
 
+    def _offsets_wait_s(self) -> float:
+        """How long committed offsets are waited for (exactly-once: a killed instance's open
+        transaction holds them until the broker aborts it)."""
+        if self.s.exactly_once:
+            return max(self.s.broker_timeout_s, self.s.transaction_timeout_ms / 1000 + WAIT_LOG_S)
+        return self.s.broker_timeout_s
+
     def _committed_offsets(self, tps: list[Any]) -> dict[Any, int | None]:
         """The group's committed offsets of ``tps``, waited for and logged while they do not
         come. Exactly-once: a transaction a killed instance left open holds its offsets back
         until the broker aborts it (transaction_timeout_ms): waited for, not given up on."""
-        wait_s = self.s.broker_timeout_s
-        if self.s.exactly_once:
-            wait_s = max(wait_s, self.s.transaction_timeout_ms / 1000 + WAIT_LOG_S)
+        wait_s = self._offsets_wait_s()
         timeout_ms = int(wait_s * 1000)  # kafka-python: no limit by default
         return self._retrying(
             "reading the committed offsets"

@@ -348,7 +348,7 @@ class TrainService:
             return self.stats
         if self.trainer.parent is not None:  # what it learns on from, before its next version
             self.metrics.model_info(self.trainer.parent, self.spec.name)
-        no_input = IdleTimer(max_idle_s)
+        no_input = IdleTimer(max_idle_s, self.s.broker_timeout_s)
         s = self.s
         # (an outage was idle time for --max-idle, exit 0, and a silent wait for good without)
         asked = functools.partial(probe, self.consumer, self.topics[0])

@@ -318,7 +318,9 @@ def test_models_without_a_command_names_the_commands(tmp_path, capsys):
     """A QA pass: it said "the following arguments are required: models_cmd"."""
     from fds.cli import main
 
-    assert main(["models", "--registry", str(tmp_path)]) == 2
+    with pytest.raises(SystemExit) as e:
+        main(["models", "--registry", str(tmp_path)])
+    assert e.value.code == 2
     err = capsys.readouterr().err
     assert "fds models: error: give a command: list, show, promote, rollback" in err
     assert "models_cmd" not in err

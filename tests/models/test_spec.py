@@ -382,3 +382,18 @@ def test_a_number_with_an_exponent_is_a_number() -> None:
     pipe = build_pipeline(spec)
     step = pipe[list(pipe.steps)[-1]]
     assert step.l2 == 0.0001 and spec.learn.legit_sample_rate == 0.05 and spec.gate.margin == 0.01
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        "ensemble.SRPClassifier: {subspace_size: sqrt}",  # (hint int | float | str)
+        "linear_model.SoftmaxRegression: {l2: 0.01}",  # (default 0, an int)
+        "linear_model.ALMAClassifier: {p: 2.5}",
+        "tree.HoeffdingTreeClassifier: {grace_period: 200.0, max_depth: 20}",
+    ],
+)
+def test_a_parameter_river_takes_is_not_refused_by_its_default_s_type(step: str) -> None:
+    """A review: the type check took the default's type for the only one (an int default
+    refused 0.01, SRP's documented `subspace_size: sqrt` was refused, 200.0 was no count)."""
+    parse_spec(f"name: x\npipeline:\n  - {step}\n", source="m.yaml")

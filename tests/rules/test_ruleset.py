@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import textwrap
 from datetime import datetime
 from pathlib import Path
@@ -797,14 +798,17 @@ def test_top_level_keys_starting_with_x_hold_anchors_for_merge_keys() -> None:
         load_ruleset_text('version: "1"\ndefaults: {a: 1}\n', "r.yaml")
 
 
-def test_a_number_with_an_exponent_is_a_number_in_a_rules_file() -> None:
-    """A QA pass: `decline_at: 5e-2` (PyYAML reads YAML 1.1: text) was "Input should be a
-    valid number"; YAML 1.2, and the editors checking the schema, read a number."""
-    rs = load_ruleset_text(
-        'version: "e"\nrules:\n  - {id: a, when: "amount > 2e3", action: review, score: 5e-1, '
-        "reason: r}\npolicy: {review_at: 4e-1, decline_at: 9E-1}\n"
-    )
-    assert rs.rules[0].spec.score == 0.5 and rs.policy.review_at == 0.4
+def test_a_number_with_an_exponent_stays_text_in_a_rules_file_and_is_said_so() -> None:
+    """A QA pass: `decline_at: 5e-2` (text to YAML 1.1) was "Input should be a valid number";
+    reading it as a number (YAML 1.2) would turn `version: 3e45071`, a git hash, into inf (a
+    review): the text stays, and the error says how to write the number."""
+    rs = load_ruleset_text("version: 3e45071\nrules: []\n")
+    assert rs.version == "3e45071"
+    with pytest.raises(ConfigError, match=re.escape(
+        "policy.decline_at: Input should be a valid number (YAML reads 5e-2 as text: write it "
+        "0.05 or with a decimal point)"
+    )):  # fmt: skip
+        load_ruleset_text('version: "e"\nrules: []\npolicy: {decline_at: 5e-2}\n')
 
 
 def test_a_value_yaml_reads_as_a_number_or_boolean_is_said_so() -> None:
@@ -845,3 +849,21 @@ def test_an_empty_section_or_value_is_said_empty() -> None:
         with pytest.raises(ConfigError) as e:
             load_ruleset_text(text, "q.yaml")
         assert says in str(e.value)
+
+
+def test_a_feature_may_name_an_extra_field_as_a_rule_reads_it() -> None:
+    """A QA pass: `field: "extra['fee amt']"` was refused, though rules write it so."""
+    from fds.features import FeaturePlan
+
+    rs = load_ruleset_text(
+        'version: "q"\nfeatures:\n'
+        "  - {name: fees, entity: card_id, agg: sum, field: \"extra['fee amt']\", window: 1h}\n"
+        "  - {name: shop_n, entity: \"extra['shop']\", agg: count, window: 1h}\n"
+    )
+    assert [(f.entity, f.field) for f in rs.features] == [
+        ("card_id", "extra.fee amt"), ("extra.shop", None)
+    ]  # fmt: skip
+    plan = FeaturePlan(rs.features)
+    tx = {"tx_id": "t", "ts": 1.0, "card_id": "c", "amount": 1.0,
+          "extra": {"fee amt": 2.5, "shop": "s1"}}  # fmt: skip
+    assert plan.compute(tx) == {"fees": 2.5, "shop_n": 1}

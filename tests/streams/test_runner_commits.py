@@ -1570,6 +1570,10 @@ def test_max_idle_does_not_count_a_wait_for_the_committed_offsets():
     c.known = True
     assert not timer.over(c, t0 + 30.9)
     assert timer.over(c, t0 + 31.1)  # idle from the positions on
+    # for wait_s at most: a partition that never gets a position ends an idle run after all
+    bounded, c.known = IdleTimer(1.0, wait_s=60.0), False
+    assert not bounded.over(c, t0 + 1) and not bounded.over(c, t0 + 60)
+    assert bounded.over(c, t0 + 61.5)
 
 
 def test_partitions_added_to_the_input_end_the_co_partitioned_output():
