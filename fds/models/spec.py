@@ -368,7 +368,7 @@ def _badly_valued(key: str, value: Any, default: Any, hint: str = "") -> str | N
     if _is_estimator_ref(value) or (value is None and default is None):
         return None
     number = type(value) in (int, float)
-    if key in _COUNTS and number and not (value >= 1 and value == int(value)):
+    if key in _COUNTS and number and not (value >= 1 and float(value).is_integer()):
         return f"{key}: must be a whole number of at least 1, got {value!r}"
     want = type(default)
     if want not in _TYPE_WORDS or (type(value) is bool if want is bool else number):

@@ -147,6 +147,11 @@ def test_shipped_specs_build(name: str) -> None:
             ":3",
             "forest.ARFClassifier: n_models: must be a whole number of at least 1, got 0",
         ),
+        (  # (int(inf) raised OverflowError: a traceback)
+            "name: x\npipeline:\n  - tree.HoeffdingTreeClassifier: {max_depth: .inf}\n",
+            ":3",
+            "HoeffdingTreeClassifier: max_depth: must be a whole number of at least 1, got inf",
+        ),
         (
             "name: x\npipeline:\n  - tree.HoeffdingTreeClassifier:\n      grace_period: 10\n"
             "      max_depth: -3\n",
