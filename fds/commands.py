@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from fds.cli import file_or_none, folder, labels_not_input, positive_int, same_file, seed
 from fds.logs import say
-from fds.metrics import Metrics, add_metrics_arguments, serve
+from fds.metrics import METRICS_HOST, Metrics, add_metrics_arguments, serve
 from fds.pipeline import DEFAULT_MODEL, DEFAULT_RULES, build_engine
 from fds.streams.files import JsonlSink, check_transaction_columns, load_mapping
 from fds.timeutil import format_ts
@@ -178,7 +178,7 @@ def _replay(args: argparse.Namespace) -> int:
             "as fast as possible)"
         )
         return 2
-    if args.metrics_port < 0 and args.metrics_host != "127.0.0.1":  # (ignored: a QA pass)
+    if args.metrics_port < 0 and args.metrics_host != METRICS_HOST:  # (ignored: a QA pass)
         say("fds replay: error: --metrics-host needs --metrics-port N: a replay serves no metrics "
             "without it (0: any free port)")  # fmt: skip
         return 2

@@ -1062,6 +1062,10 @@ def _metrics_host(text: str) -> str:
     return text
 
 
+#: ``--metrics-host``'s default: this machine only.
+METRICS_HOST = "127.0.0.1"
+
+
 def add_metrics_arguments(parser: Any, default_port: int) -> None:
     """``--metrics-port`` and ``--metrics-host``, the same for every long-running command."""
     parser.add_argument(
@@ -1074,6 +1078,6 @@ def add_metrics_arguments(parser: Any, default_port: int) -> None:
     parser.add_argument(
         "--metrics-host",
         type=_metrics_host,
-        default="127.0.0.1",
+        default=METRICS_HOST,
         help="address to serve /metrics on (0.0.0.0 to be scraped from other machines)",
     )

@@ -901,14 +901,14 @@ def print_summary(
 ) -> None:
     """Print the end-of-replay table (with latency percentiles from ``Metrics.summary()``) on
     stdout; with JSON logs (``--log-format json``), one JSON object instead (:meth:`as_dict`)."""
-    from rich.console import Console
-    from rich.table import Table
-
     lat = (metrics or {}).get("latency_ms") or {}
     if json_logs():
         out = {"title": title, **summary.as_dict(), "latency_ms": lat or None}
         print(orjson.dumps(out, option=orjson.OPT_NON_STR_KEYS).decode(), flush=True)
         return
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")

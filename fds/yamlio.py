@@ -36,10 +36,11 @@ from fds.errors import ConfigError
 __all__ = [
     "check_printable",
     "decode",
+    "exponent_hint",
     "fields_at",
+    "kind_of",
     "load",
     "read_bytes",
-    "read_exponents",
     "read_text",
 ]
 
@@ -88,26 +89,21 @@ class _Strict(yaml.SafeLoader):
 _Strict.add_constructor("tag:yaml.org,2002:timestamp", _Strict.construct_yaml_timestamp)
 
 
-def read_exponents(loader: Any) -> Any:
-    """``loader`` reading a number with an exponent (`1e-4`, `5e-2`, `1E5`) as a number, as
-    YAML 1.2 does: PyYAML (YAML 1.1) reads one without a decimal point and a signed exponent as
-    text, and `l2: 1e-4` in a model spec failed inside River (a QA pass). Only ``loader``'s
-    own copy of the resolvers changes."""
-    loader.add_implicit_resolver(
-        "tag:yaml.org,2002:float",
-        re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-        list("-+0123456789."),
-    )
-    return loader
+#: A number with an exponent (`1e-4`, `5e-2`, `1E5`), as YAML 1.2 reads it: PyYAML (YAML
+#: 1.1) reads one without a decimal point and a signed exponent as text.
+_EXPONENT = re.compile(r"[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+")
 
 
 class _Numbers(_Strict):
-    """:class:`_Strict` reading exponents as numbers (:func:`read_exponents`): for model specs,
-    whose values are numbers far more often than texts shaped like one. Not for the others: a
-    rules `version: 3e45071` (a git hash) or a settings `group: 1e3` would become numbers."""
+    """:class:`_Strict` reading :data:`_EXPONENT` as a number, for model specs (`l2: 1e-4`
+    failed inside River, a QA pass), whose values are numbers far more often than texts shaped
+    like one. Not for the others: a rules `version: 3e45071` (a git hash) or a settings
+    `group: 1e3` would become numbers (a review)."""
 
 
-read_exponents(_Numbers)
+_Numbers.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(f"^{_EXPONENT.pattern}$"), list("-+0123456789.")
+)
 
 
 def kind_of(value: Any) -> str:
@@ -129,7 +125,7 @@ def exponent_hint(v: Any) -> str:
     >>> exponent_hint("5e-2")
     ' (YAML reads 5e-2 as text: write it 0.05 or with a decimal point)'
     """
-    if isinstance(v, str) and re.fullmatch(r"[+-]?[0-9]+(\.[0-9]*)?[eE][+-]?[0-9]+", v.strip()):
+    if isinstance(v, str) and _EXPONENT.fullmatch(v.strip()):
         return f" (YAML reads {v} as text: write it {float(v):g} or with a decimal point)"
     return ""
 
