@@ -12,7 +12,15 @@ from typing import TYPE_CHECKING, Any
 
 from fds.cli import file_or_none, folder, labels_not_input, positive_int, same_file, seed
 from fds.logs import say
-from fds.metrics import METRICS_HOST, Metrics, add_metrics_arguments, serve
+from fds.metrics import (
+    METRICS_HOST,
+    PUSH_EVERY_S,
+    Metrics,
+    Pusher,
+    add_metrics_arguments,
+    pushgateway_url,
+    serve,
+)
 from fds.pipeline import DEFAULT_MODEL, DEFAULT_RULES, build_engine
 from fds.streams.files import JsonlSink, check_transaction_columns, load_mapping
 from fds.timeutil import format_ts
@@ -72,6 +80,21 @@ def register(sub: Any) -> None:
         "(default: as fast as possible)",
     )
     add_metrics_arguments(p, -1)
+    p.add_argument(
+        "--pushgateway",
+        type=pushgateway_url,
+        metavar="URL",
+        help="push the metrics to this Prometheus Pushgateway (host:port) every "
+        f"{PUSH_EVERY_S:.0f} s and at the end, so Prometheus keeps the final counts",
+    )
+    p.add_argument(
+        "--push-job",
+        type=_push_job,
+        default="fds_replay",
+        metavar="NAME",
+        help="the Pushgateway job the metrics are pushed as (default fds_replay; a run "
+        "replaces the last run's metrics of its job)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_replay)
 
@@ -169,6 +192,13 @@ def _speed(text: str) -> float:
         ) from None
 
 
+def _push_job(text: str) -> str:
+    """argparse type of ``--push-job``: a name, not empty."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("give the job a name, e.g. --push-job nightly_replay")
+    return text
+
+
 def _replay(args: argparse.Namespace) -> int:
     from fds import replay as replay_mod  # (the engine: not to build the command line)
 
@@ -181,6 +211,10 @@ def _replay(args: argparse.Namespace) -> int:
     if args.metrics_port < 0 and args.metrics_host != METRICS_HOST:  # (ignored: a QA pass)
         say("fds replay: error: --metrics-host needs --metrics-port N: a replay serves no metrics "
             "without it (0: any free port)")  # fmt: skip
+        return 2
+    if args.pushgateway is None and args.push_job != "fds_replay":
+        say("fds replay: error: --push-job needs --pushgateway URL: a replay pushes no metrics "
+            "without it")  # fmt: skip
         return 2
     for flag, path in (("input file", args.file), ("--labels file", args.labels)):
         if path is not None and not Path(path).is_file():
@@ -228,6 +262,9 @@ def _replay(args: argparse.Namespace) -> int:
         if args.metrics_port >= 0:
             server = stack.enter_context(serve(metrics, args.metrics_host, args.metrics_port))
             say(f"serving metrics on {server.url}", logging.INFO)
+        if args.pushgateway is not None:
+            stack.enter_context(Pusher(metrics, args.pushgateway, args.push_job))
+            say(f"pushing metrics to {args.pushgateway} as job {args.push_job}", logging.INFO)
         # Only now, every usage error said (a port in use removed the last run's decisions: a
         # QA pass): a previous run's output would pass for this one's (when nothing is decided
         # or dead-lettered)

@@ -43,8 +43,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import logging
 import socket
 import threading
+import urllib.parse
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -52,7 +54,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-from prometheus_client.exposition import start_http_server
+from prometheus_client.exposition import push_to_gateway, start_http_server
 from prometheus_client.registry import Collector
 
 from fds.errors import ConfigError
@@ -65,6 +67,7 @@ __all__ = [
     "Metrics",
     "MetricsServer",
     "NullMetrics",
+    "Pusher",
     "add_metrics_arguments",
     "make_metrics",
     "serve",
@@ -117,6 +120,8 @@ ACTIONS: tuple[str, ...] = ("approve", "review", "decline")
 STAGE_SAMPLE_EVERY = 16
 
 _NB = len(LATENCY_BUCKETS) + 1  # bucket counts per histogram, +Inf included
+
+log = logging.getLogger(__name__)
 
 
 class _Hist:
@@ -1081,3 +1086,129 @@ def add_metrics_arguments(parser: Any, default_port: int) -> None:
         default=METRICS_HOST,
         help="address to serve /metrics on (0.0.0.0 to be scraped from other machines)",
     )
+
+
+#: How often a :class:`Pusher` pushes while its job runs (Prometheus' default scrape interval
+#: is 15 s: a Pushgateway scraped that often shows a replay's progress, not only its end).
+PUSH_EVERY_S = 10.0
+
+
+class Pusher:
+    """Pushes ``metrics`` to a Prometheus Pushgateway, for a job that ends before a scrape
+    would find it (``fds replay``): once at :meth:`start` (an unreachable gateway is a
+    :class:`ConfigError` before any work), every ``every_s`` seconds from a daemon thread,
+    and a last time at :meth:`stop`, so that Prometheus keeps the final counts after the
+    process is gone.
+
+    Each push replaces the metrics of the group ``job`` (a Pushgateway ``PUT``): the next run
+    of the same job replaces this one's, and the gateway's own ``push_time_seconds{job}``
+    says when it last reported.
+
+    >>> Pusher(Metrics(), "127.0.0.1:1", "fds_replay").url
+    'http://127.0.0.1:1'
+    """
+
+    def __init__(
+        self, metrics: Metrics, url: str, job: str, *, every_s: float = PUSH_EVERY_S,
+        timeout_s: float = 5.0,
+    ) -> None:  # fmt: skip
+        self.metrics = metrics
+        self.url = pushgateway_url(url)
+        self.job = job
+        self.every_s = every_s
+        self.timeout_s = timeout_s
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def push(self) -> None:
+        """One push now; raises ``OSError`` (``urllib.error.URLError``) when it fails."""
+        push_to_gateway(
+            self.url, job=self.job, registry=self.metrics.registry, timeout=self.timeout_s
+        )
+
+    def _problem(self, e: OSError) -> str:
+        reason = getattr(e, "reason", None) or e
+        hint = (  # (something answered over HTTP, and not as a Pushgateway's push API does)
+            "; is it a Pushgateway (its push API answers on /metrics/job/...)?"
+            if getattr(e, "code", 400) != 400  # (400: the gateway refused what was pushed)
+            else ""
+        )
+        return f"cannot push metrics to the Pushgateway at {self.url}: {reason}{hint}"
+
+    def start(self) -> Pusher:
+        try:
+            self.push()
+        except OSError as e:
+            raise ConfigError(
+                f"{self._problem(e)}; start it, or give its address with --pushgateway "
+                "host:port (or run without --pushgateway)"
+            ) from None
+        self._thread = threading.Thread(target=self._loop, name="fds-pusher", daemon=True)
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        failing = False
+        while not self._stopping.wait(self.every_s):
+            try:
+                self.push()
+            except OSError as e:
+                if not failing:  # (once per outage, not every 10 s)
+                    log.warning("%s; retrying every %.0f s", self._problem(e), self.every_s)
+                failing = True
+            else:
+                if failing:
+                    log.info("pushing metrics to %s again", self.url)
+                failing = False
+
+    def stop(self, attempts: int = 3) -> bool:
+        """Stop the periodic pushes and push the final counts (``attempts`` tries, a second
+        apart); ``False``, and a warning, when none got through."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        for attempt in range(attempts):
+            try:
+                self.push()
+                return True
+            except OSError as e:
+                if attempt == attempts - 1:
+                    log.warning(
+                        "%s: Prometheus keeps the counts of the last push that got through",
+                        self._problem(e),
+                    )
+                else:
+                    self._stopping.wait(1.0)
+        return False
+
+    def __enter__(self) -> Pusher:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def pushgateway_url(text: str) -> str:
+    """argparse type of ``--pushgateway``: ``host:port`` or ``http(s)://host:port[/path]``.
+
+    >>> pushgateway_url("pgw.example:9091")
+    'http://pgw.example:9091'
+    >>> pushgateway_url("ftp://x")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: invalid Pushgateway address 'ftp://x': give host:port or ...
+    """
+    url = text if "://" in text else f"http://{text}"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        _ = parts.port  # (a port that is no number raises)
+    except ValueError:
+        ok = False
+    if not ok or parts.query or parts.fragment:
+        raise argparse.ArgumentTypeError(
+            f"invalid Pushgateway address {text!r}: give host:port or http(s)://host:port, "
+            "e.g. 127.0.0.1:9091"
+        )
+    return url.rstrip("/")

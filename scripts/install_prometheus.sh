@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Install Prometheus and promtool (Debian package `prometheus`) for the integration tests and
-# for `promtool check rules streams/monitoring/alerts.yml`.
+# for `promtool check rules streams/monitoring/alerts.yml`, and the Pushgateway (Debian package
+# `prometheus-pushgateway`) that `fds replay --pushgateway` pushes to.
 #
-# Idempotent: returns at once when both binaries are already on PATH. Needs root (CI runs as
+# Idempotent: returns at once when the three binaries are already on PATH. Needs root (CI runs as
 # root) or sudo. The packaged systemd service is not started: the tests run their own
 # Prometheus on a random loopback port with a temporary data directory.
 set -euo pipefail
 
-if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; then
+if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 \
+    && command -v prometheus-pushgateway >/dev/null 2>&1; then
     echo "prometheus already installed: $(prometheus --version 2>&1 | head -n1)"
     exit 0
 fi
@@ -36,10 +38,12 @@ cleanup() { if [ "$CREATED_POLICY" = 1 ]; then $SUDO rm -f "$POLICY"; fi; }
 trap cleanup EXIT
 
 $SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+$SUDO apt-get install -y -qq --no-install-recommends prometheus prometheus-pushgateway >/dev/null
 
-if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
-    echo "error: apt-get installed 'prometheus' but prometheus/promtool are not on PATH" >&2
-    exit 1
-fi
+for bin in prometheus promtool prometheus-pushgateway; do
+    if ! command -v "$bin" >/dev/null 2>&1; then
+        echo "error: apt-get installed 'prometheus' and 'prometheus-pushgateway' but $bin is not on PATH" >&2
+        exit 1
+    fi
+done
 echo "installed: $(prometheus --version 2>&1 | head -n1)"

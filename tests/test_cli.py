@@ -1162,3 +1162,28 @@ def test_a_command_without_its_subcommand_names_them(argv, says, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_replay_pushgateway_arguments_that_cannot_work_say_so(history, tmp_path, capsys):
+    """`--pushgateway` is checked before anything is decided: an address that is none, a job
+    without a gateway, a gateway that does not answer (the last run's decisions are kept)."""
+    import socket
+
+    out = tmp_path / "o.jsonl"
+    out.write_text("the last run's\n")
+    with pytest.raises(SystemExit):
+        bare_replay(str(history), "--pushgateway", "ftp://pgw:9091")
+    assert "give host:port or http(s)://host:port" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bare_replay(str(history), "--pushgateway", "pgw:9091", "--push-job", " ")
+    assert "give the job a name" in capsys.readouterr().err
+    assert bare_replay(str(history), "--push-job", "nightly") == 2
+    assert "--push-job needs --pushgateway URL" in capsys.readouterr().err
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert bare_replay(str(history), "--pushgateway", f"127.0.0.1:{port}", "--out", str(out)) == 2
+    err = capsys.readouterr().err
+    assert f"cannot push metrics to the Pushgateway at http://127.0.0.1:{port}" in err
+    assert "start it, or give its address with --pushgateway" in err
+    assert out.read_text() == "the last run's\n"

@@ -10,6 +10,9 @@ Usage (not a doctest: it needs the binary and a running target)::
     with PrometheusServer(["127.0.0.1:9108"]) as prom:
         prom.wait_for_target_up()
         prom.values("fds_decisions_total", "action")   # {"approve": 880.0, ...}
+
+:class:`Pushgateway` starts a real Pushgateway (Debian package ``prometheus-pushgateway``,
+installed by the same script) the same way, for ``fds replay --pushgateway``.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PrometheusError", "PrometheusServer", "ensure_installed", "free_port"]
+__all__ = ["PrometheusError", "PrometheusServer", "Pushgateway", "ensure_installed", "free_port"]
 
 ROOT = Path(__file__).resolve().parents[2]
 INSTALL_SCRIPT = ROOT / "scripts" / "install_prometheus.sh"
@@ -44,24 +47,25 @@ class PrometheusError(RuntimeError):
     """Prometheus could not be installed, started or queried."""
 
 
-def ensure_installed() -> str:
-    """Path of the ``prometheus`` binary, installing the Debian package if needed.
+def ensure_installed(name: str = "prometheus") -> str:
+    """Path of the ``prometheus`` binary (or ``prometheus-pushgateway``), installing the
+    Debian packages if needed.
 
     Raises
     ------
     PrometheusError
         When it is missing and the install script fails (no root, no apt mirror, ...).
     """
-    found = shutil.which("prometheus")
+    found = shutil.which(name)
     if found:
         return found
     proc = subprocess.run(
         ["bash", str(INSTALL_SCRIPT)], capture_output=True, text=True, timeout=600, check=False
     )
-    found = shutil.which("prometheus")
+    found = shutil.which(name)
     if proc.returncode != 0 or not found:
         raise PrometheusError(
-            f"cannot install prometheus with {INSTALL_SCRIPT} (exit {proc.returncode}): "
+            f"cannot install {name} with {INSTALL_SCRIPT} (exit {proc.returncode}): "
             f"{(proc.stderr or proc.stdout).strip()[-500:]}"
         )
     return found
@@ -72,6 +76,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _terminate(proc: subprocess.Popen[bytes] | None) -> None:
+    """Terminate ``proc`` if it runs (kill after 10 s)."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
 
 
 class PrometheusServer:
@@ -85,6 +100,9 @@ class PrometheusServer:
         Alert/recording rule files to load (e.g. ``streams/monitoring/alerts.yml``).
     binary
         The ``prometheus`` executable; found (or installed) when omitted.
+    honor_labels
+        Keep the ``job``/``instance`` labels the target's samples carry (a Pushgateway's
+        targets: the pushing job's), as a Pushgateway's scrape config should.
     """
 
     def __init__(
@@ -93,7 +111,9 @@ class PrometheusServer:
         *,
         rule_files: Sequence[str | Path] = (),
         binary: str | None = None,
+        honor_labels: bool = False,
     ) -> None:
+        self.honor_labels = honor_labels
         self.targets = list(targets)
         self.rule_files = [str(p) for p in rule_files]
         self.binary = binary or ensure_installed()
@@ -119,6 +139,7 @@ class PrometheusServer:
                     "scrape_interval": SCRAPE_INTERVAL,
                     "scrape_timeout": SCRAPE_INTERVAL,
                     "metrics_path": "/metrics",
+                    "honor_labels": self.honor_labels,
                     "static_configs": [{"targets": self.targets}],
                 }
             ],
@@ -168,13 +189,7 @@ class PrometheusServer:
 
     def stop(self) -> None:
         """Terminate Prometheus (kill after 10 s) and remove its data directory."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        _terminate(self.proc)
         self.proc = None
         if self._log is not None:
             self._log.close()
@@ -251,3 +266,61 @@ class PrometheusServer:
     def alerts(self) -> list[dict[str, Any]]:
         """Active alerts (pending or firing)."""
         return list(self.api("alerts")["alerts"])
+
+
+class Pushgateway:
+    """One Pushgateway process on a free loopback port (no persistence file): ``url`` to push
+    to, :meth:`metrics` to read back what it holds, :meth:`stop` to take it away."""
+
+    def __init__(self, binary: str | None = None) -> None:
+        self.binary = binary or ensure_installed("prometheus-pushgateway")
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, port: int = 0) -> Pushgateway:
+        """Start on ``port`` (0: a free one); again on the same port after :meth:`stop`."""
+        for _ in range(3):  # (a port taken between free_port() and the bind: another)
+            self.port = port or free_port()
+            self.proc = subprocess.Popen(
+                [self.binary, f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            deadline = time.monotonic() + READY_TIMEOUT_S
+            while self.proc.poll() is None and time.monotonic() < deadline:
+                try:
+                    with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as r:
+                        if r.status == 200:
+                            return self
+                except (urllib.error.URLError, ConnectionError, TimeoutError):
+                    time.sleep(0.1)
+            self.stop()
+        raise PrometheusError(f"the Pushgateway did not start ({self.binary})")
+
+    def metrics(self) -> str:
+        """What the gateway serves on ``/metrics`` (the pushed groups and its own)."""
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=10) as r:
+            return str(r.read().decode())
+
+    def value(self, name: str, **labels: str) -> float | None:
+        """The value of the sample ``name{labels...}`` it holds (labels it has beyond those
+        given are ignored; the first match), or ``None``."""
+        for line in self.metrics().splitlines():
+            head, _, value = line.rpartition(" ")
+            if head.split("{")[0] == name and all(f'{k}="{v}"' in head for k, v in labels.items()):
+                return float(value)
+        return None
+
+    def stop(self) -> None:
+        _terminate(self.proc)
+        self.proc = None
+
+    def __enter__(self) -> Pushgateway:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,145 @@
+"""`fds replay --pushgateway`: a real Pushgateway, scraped by a real Prometheus, keeps a
+replay's final counts after the replay is gone; pushes while it runs survive a gateway outage.
+
+Both are Debian packages (``scripts/install_prometheus.sh``); the tests skip, saying why, only
+when they cannot be installed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from fds.metrics import Metrics, Pusher
+from tests.integration.prometheus import (
+    PrometheusError,
+    PrometheusServer,
+    Pushgateway,
+    ensure_installed,
+)
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def binaries() -> tuple[str, str]:
+    try:
+        return ensure_installed(), ensure_installed("prometheus-pushgateway")
+    except PrometheusError as e:
+        pytest.skip(f"prometheus or the pushgateway cannot be installed: {e}")
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting until {what}")
+        time.sleep(0.05)
+
+
+def test_a_replay_s_final_counts_reach_prometheus_after_it_ended(
+    binaries: tuple[str, str], tmp_path: Path
+) -> None:
+    prom_bin, pgw_bin = binaries
+    n_good = 300
+    lines = [
+        orjson.dumps(
+            {"tx_id": f"t{i}", "ts": 1_767_225_600 + i, "card_id": f"c{i % 7}", "amount": 5 + i}
+        ).decode()
+        for i in range(n_good)
+    ]
+    lines.insert(100, "{not json")
+    stream = tmp_path / "history.jsonl"
+    stream.write_text("\n".join(lines) + "\n")
+    with Pushgateway(pgw_bin) as pgw:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "fds.cli",
+                "replay",
+                str(stream),
+                "--out",
+                str(tmp_path / "d.jsonl"),
+                "--no-progress",
+                "--pushgateway",
+                f"127.0.0.1:{pgw.port}",
+                "--push-job",
+                "nightly",
+            ],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert f"pushing metrics to http://127.0.0.1:{pgw.port} as job nightly" in proc.stderr
+        # the replay is gone; Prometheus scrapes its last counts from the gateway
+        with PrometheusServer(
+            [f"127.0.0.1:{pgw.port}"], binary=prom_bin, honor_labels=True
+        ) as prom:
+            prom.wait_for_target_up()
+
+            def one(expr: str, value: float) -> Any:
+                return prom.wait_for(
+                    expr, lambda r: len(r) == 1 and float(r[0]["value"][1]) == value
+                )
+
+            one('sum(fds_decisions_total{job="nightly"})', n_good)
+            one('fds_events_consumed_total{job="nightly", source="file"}', n_good + 1)
+            one('fds_dlq_messages_total{job="nightly", reason="bad_json"}', 1)
+            pushed = prom.query('push_time_seconds{job="nightly"}')
+            assert len(pushed) == 1 and float(pushed[0]["value"][1]) > time.time() - 600
+
+
+def test_pushes_while_running_and_again_after_a_gateway_outage(
+    binaries: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    _, pgw_bin = binaries
+    metrics = Metrics()
+    gw = Pushgateway(pgw_bin).start()
+    try:
+        pusher = Pusher(metrics, gw.url, "live", every_s=0.1).start()
+        for _ in range(5):
+            metrics.decision("approve", 0.001)
+
+        def pushed() -> float | None:
+            return gw.value("fds_decisions_total", job="live", action="approve")
+
+        wait_until(lambda: pushed() == 5, "the running job's counts were pushed")
+        gw.stop()
+        with caplog.at_level(logging.INFO, logger="fds"):
+            time.sleep(0.5)  # (several failed pushes: one warning)
+            metrics.decision("approve", 0.001)
+            gw.start(gw.port)
+            wait_until(lambda: pushed() == 6, "the pushes resumed after the outage")
+        said = [r.getMessage() for r in caplog.records]
+        down = [
+            m for m in said if m.startswith(f"cannot push metrics to the Pushgateway at {gw.url}")
+        ]
+        assert len(down) == 1, said
+        assert f"pushing metrics to {gw.url} again" in said
+        metrics.decision("review", 0.001)
+        gw.stop()  # gone for the end: the last push fails, said so
+        with caplog.at_level(logging.WARNING, logger="fds"):
+            caplog.clear()
+            assert pusher.stop(attempts=2) is False
+        assert "Prometheus keeps the counts of the last push" in caplog.text
+        gw.start(gw.port)  # (a gateway without persistence forgets: pushes again)
+        assert Pusher(metrics, gw.url, "live").stop() is True  # (the final push alone)
+        assert gw.value("fds_decisions_total", job="live", action="review") == 1
+    finally:
+        gw.stop()
