@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
-from fds.errors import ConfigError, RuleError, StageError
+from fds.errors import FeatureStateMismatch, RuleError, StageError
 from fds.guardrails import MODEL, RAISE, Trip, decision_sources, source_kind
 from fds.models.vector import rule_inputs
 from fds.policy import round_to
@@ -418,6 +418,17 @@ class Engine:
         """
         save = getattr(self.features, "state_dict", None)
         gate = getattr(self.model, "gate_state", None)
+        return {
+            **self.history(),
+            "features": save() if save is not None else None,
+            "budget": getattr(self.policy, "budget", None),
+            "breaker": self.breaker,
+            "model_gate": gate() if gate is not None else None,
+        }
+
+    def history(self) -> dict[str, Any]:
+        """The part of :meth:`state_dict` that no rebuild from the input gives back: the
+        ruleset versions served (a version never names other rules) and the demotions."""
         served = getattr(self.rules, "served", None)
         return {
             # (under a key of its own for each kind of digest: an earlier release read them
@@ -425,12 +436,8 @@ class Engine:
             # downgrade; "rulesets": of the condition's text, "served_rulesets": of windows as
             # written, before `2h` and `120m` were one)
             "served_rulesets_2": served() if served is not None else None,
-            "features": save() if save is not None else None,
-            "budget": getattr(self.policy, "budget", None),
-            "breaker": self.breaker,
             "demoted": set(self.demoted),
             "demoted_as": dict(self._demoted_as),
-            "model_gate": gate() if gate is not None else None,
         }
 
     def load_state_dict(self, state: Mapping[str, Any], *, features: bool = True) -> None:
@@ -444,7 +451,7 @@ class Engine:
         elif load is not None and getattr(getattr(self.features, "layout", None), "names", None):
             # (a checkpoint of `--rules none` was restored as complete under rules with
             # features: their windows started empty at the restart, a QA pass)
-            raise ConfigError(
+            raise FeatureStateMismatch(
                 "the state was saved without feature state (an engine without features, "
                 "e.g. --rules none): the features cannot be restored from it"
             )

@@ -16,6 +16,7 @@ __all__ = [
     "ArtifactError",
     "ConfigError",
     "FdsError",
+    "FeatureStateMismatch",
     "RuleError",
     "StageError",
     "ValidationError",
@@ -36,6 +37,11 @@ class ConfigError(FdsError):
     def __init__(self, message: str, *, where: str | None = None) -> None:
         self.where = where
         super().__init__(f"{where}: {message}" if where else message)
+
+
+class FeatureStateMismatch(ConfigError):
+    """A saved feature state that does not fit the features declared now (other declarations,
+    timezone, grace; or none saved): the rest of a saved engine state may still be used."""
 
 
 class ValidationError(FdsError):

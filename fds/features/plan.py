@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from fds import gcpolicy
-from fds.errors import ConfigError
+from fds.errors import ConfigError, FeatureStateMismatch
 from fds.features.calendar import DayClock
 from fds.features.codegen import (
     TS,
@@ -628,7 +628,7 @@ class FeaturePlan:
                     else f"{got!r}, now {v!r}"
                 )
                 what = "feature declarations" if k == "fingerprint" else k
-                raise ConfigError(
+                raise FeatureStateMismatch(
                     f"feature state was saved with other {what} ({was}): restore with the same "
                     "feature declarations, timezone, grace and provenance, or start from an "
                     "empty state"

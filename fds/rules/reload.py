@@ -196,7 +196,13 @@ class ReloadingRuleset:
                     self.counts["unchanged"] += 1  # (it was rejected again every second)
                     return "unchanged"
                 self._stat = _GONE
-                return self._failed(ConfigError(f"cannot read: {e.strerror}", where=str(self.path)))
+                return self._failed(
+                    ConfigError(
+                        f"cannot read: {e.strerror}; restore the file (or save it again): the "
+                        "rules in force stay until then",
+                        where=str(self.path),
+                    )
+                )
             key = _key(st)
             if key == self._stat or not self._settled(key):
                 self.counts["unchanged"] += 1
@@ -212,6 +218,12 @@ class ReloadingRuleset:
                 return "unchanged"
             self._stat = stat
             if digest == self._digest:
+                if self.last_error is not None:  # (deleted or unreadable, then back as it was:
+                    self.last_error = None  # nothing said it, the error stood: a QA pass)
+                    log.info(
+                        'rules file readable again, unchanged path="%s" version="%s"',
+                        self.path, self.current.version,
+                    )  # fmt: skip
                 self.counts["unchanged"] += 1
                 return "unchanged"
             self._digest = digest
@@ -261,7 +273,7 @@ class ReloadingRuleset:
             again = new.version != self.current.version
             raise ConfigError(
                 f"the rules changed but the version did not ({new.version!r}"
-                + (", which named other rules earlier in this run" if again else "")
+                + (", which named other rules earlier" if again else "")
                 + "): give the file a new version, which decisions record as ruleset_version",
                 where=new.where("version"),
             )

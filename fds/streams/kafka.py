@@ -114,7 +114,14 @@ from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fds.cli import file_or_none, positive_float, positive_int
-from fds.errors import ConfigError, FdsError, StageError, ValidationError, describe
+from fds.errors import (
+    ConfigError,
+    FdsError,
+    FeatureStateMismatch,
+    StageError,
+    ValidationError,
+    describe,
+)
 from fds.gcpolicy import Freezer
 from fds.logs import say
 from fds.metrics import NullMetrics, add_metrics_arguments, make_metrics, serve
@@ -1983,6 +1990,7 @@ class Runner:
             sources.append(("state topic snapshot", lambda: self._fetch_state(ck)))
         ignored = False
         for what, load in sources:
+            got = None
             try:
                 got = load()
                 if got is None:
@@ -1999,6 +2007,8 @@ class Runner:
                     ck.on_disk = ck.on_disk._replace(left=_left_offsets(self._left))
             except ConfigError as exc:
                 log.warning("%s ignored: %s", what, exc)
+                if isinstance(exc, FeatureStateMismatch) and got is not None:
+                    self._keep_engine_state(what, got.state, model=model)
                 if ck.path.exists():  # kept for a post-mortem (the topic's: it was left as
                     bad = ".bad" if what == "checkpoint" else ".snapshot.bad"  # the checkpoint)
                     ck.path.replace(ck.path.with_name(ck.path.name + bad))
@@ -2019,6 +2029,21 @@ class Runner:
             ck.path, f", {_horizon_text(self.engine)}" if ignored else "",
             ", unless other instances' snapshots on the state topic hold them (a takeover)"
             if self.state_topic is not None else "",
+        )  # fmt: skip
+
+    def _keep_engine_state(self, what: str, state: dict[str, Any], *, model: bool) -> None:
+        """Of a saved state whose features do not fit (declarations changed while the engine
+        was down), keep what the rebuild from the input cannot give back: the ruleset versions
+        served (a version name is never reused for other rules), the demotions and the model's
+        gate and contests. The features, the alert budget and the breaker are rebuilt from the
+        input, through the whole engine (the saved budget and breaker would count its records
+        twice). They were all dropped with the features (a QA pass)."""
+        kept = {**state, "features": None, "budget": None, "breaker": None}
+        self.engine.load_state_dict(kept if model else _without_model(kept), features=False)
+        log.warning(
+            "%s: kept the ruleset versions served, the demotions%s; the features, the alert "
+            "budget and the rate breaker are rebuilt from the input",
+            what, " and the model gate" if model else "",
         )  # fmt: skip
 
     def _fetch_state(self, ck: Checkpointer) -> Checkpoint | None:
@@ -2395,8 +2420,10 @@ class Runner:
                 what = "rebuild"
                 self._left = {}
                 # (the model's gate and contests are not built from the input: they stay as
-                # they are, as in _restart_restore; with the start's, an open gate closed)
-                self.engine.load_state_dict(_without_model(pickle.loads(self._fresh_state)))
+                # they are, as in _restart_restore; with the start's, an open gate closed; nor
+                # are the versions served and the demotions: kept, a QA pass)
+                fresh = {**pickle.loads(self._fresh_state), **self.engine.history()}
+                self.engine.load_state_dict(_without_model(fresh))
                 pos.clear()
                 horizon = horizon_seconds(self.engine)
                 starts = self._retrying(

@@ -43,10 +43,14 @@ def engine(metrics: Any = None) -> Engine:
     return Engine(features=FeaturePlan([spec]), metrics=metrics)
 
 
-def runner(broker: Broker, tmp_path: Any, producer: type = Producer, **settings: Any) -> Runner:
+def runner(
+    broker: Broker, tmp_path: Any, producer: type = Producer, eng: Engine | None = None,
+    **settings: Any,
+) -> Runner:  # fmt: skip
     group = Group(broker)
     return Runner(
-        KafkaSettings(checkpoint_in_background=False, align_wait_s=0, **settings), engine(),
+        KafkaSettings(checkpoint_in_background=False, align_wait_s=0, **settings),
+        eng or engine(),
         consumer_factory=lambda **cfg: group if cfg.get("group_id") else Reader(broker),
         producer_factory=lambda **cfg: producer(broker, **cfg),
         checkpointer=Checkpointer(tmp_path),
@@ -376,3 +380,29 @@ def test_a_transaction_sent_twice_past_the_commit_is_decided_twice(tmp_path):
     r.run(max_idle_s=0.3)
     assert r.stats.found_decided == 10
     assert Counter(d["tx_id"] for d in broker.out)["p0-12"] == 2
+
+
+def test_a_checkpoint_of_other_features_keeps_the_rest_of_the_engine_state(tmp_path, caplog):
+    """A QA pass: a restart after the features were edited dropped the whole checkpoint, the
+    served ruleset versions (a version name could then name other rules), the demotions and
+    the model gate with the feature state; they are kept, the features rebuilt."""
+    first = Broker(logs(n0=5, n1=5), committed={})
+    first.script = [(1, lambda g: g.rebalance({P0, P1}))]
+    r = runner(first, tmp_path)
+    r.engine.demoted = {"too_eager"}
+    r.run(max_idle_s=0.3)
+    broker = Broker(logs(n0=8, n1=8), committed={0: 5, 1: 5})
+    broker.script = [(1, lambda g: g.rebalance({P0, P1}))]
+    spec = FeatureSpec(name="n", entity="card_id", agg="count", window="2d")  # was 1d
+    r = runner(broker, tmp_path, eng=Engine(features=FeaturePlan([spec])))
+    with caplog.at_level(logging.INFO, logger="fds.streams.kafka"):
+        r.run(max_idle_s=0.3)
+    assert "checkpoint ignored: feature state was saved with other feature declarations" in (
+        caplog.text
+    )
+    assert "checkpoint: kept the ruleset versions served, the demotions and the model gate" in (
+        caplog.text
+    )
+    assert r.engine.demoted == {"too_eager"}
+    # the features rebuilt from the input: each new record counts every one before it
+    assert sorted(d["features"]["n"] for d in broker.out) == list(range(11, 17))
