@@ -38,7 +38,7 @@ from pydantic import (
 from typing_extensions import TypedDict
 
 from fds.errors import ValidationError
-from fds.timeutil import parse_ts
+from fds.timeutil import format_ts, parse_ts
 
 __all__ = [
     "TX_FIELDS",
@@ -407,3 +407,15 @@ def dead_letter(
         "source": source,
         "position": position,
     }
+
+
+def check_not_ahead(ts: float, msg: Any, ahead_s: float) -> None:
+    """Raise :class:`ValidationError` when event time ``ts`` is more than ``ahead_s`` (> 0)
+    after record ``msg`` was produced (its timestamp): a clock or data error."""
+    sent = getattr(msg, "timestamp", None)
+    if ahead_s and sent is not None and sent >= 0 and ts > sent / 1000.0 + ahead_s:
+        raise ValidationError(
+            f"event time {format_ts(ts)} is {ts - sent / 1000.0:,.0f} s after the record was "
+            f"produced ({format_ts(sent / 1000.0)}), more than max_event_ahead_s "
+            f"({ahead_s:,.0f} s): a clock or data error"
+        )

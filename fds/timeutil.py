@@ -72,6 +72,13 @@ def parse_ts(value: object, default_tz: tzinfo = UTC) -> float:
 
     >>> parse_ts("20231114221320"), parse_ts("202311142213"), parse_ts(1700000000)
     (1700000000.0, 1699999980.0, 1700000000.0)
+
+    A number of microseconds or nanoseconds is refused, and told as such:
+
+    >>> parse_ts(1700000000000000)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: timestamp 1700000000000000 is out of range ...; as microseconds it is 2023-11-14...
     """
     if type(value) is float and 0.0 <= value < _MS_THRESHOLD:
         return value  # the common case on the hot path
@@ -107,7 +114,16 @@ def parse_ts(value: object, default_tz: tzinfo = UTC) -> float:
         raise ValueError(f"timestamp must be a string or a number, got {type(value).__name__}")
     if v != v or v in (float("inf"), float("-inf")):
         raise ValueError("timestamp is not finite")
-    return _in_range(v / 1000.0 if abs(v) >= _MS_THRESHOLD else v, value)
+    ts = v / 1000.0 if abs(v) >= _MS_THRESHOLD else v
+    if not _MIN_TS <= ts < _MAX_TS:  # (only "out of range" before: a QA pass)
+        for unit, per_s in (("microseconds", 1e6), ("nanoseconds", 1e9)):
+            if _EPOCH_UNITS[0] <= v / per_s < _EPOCH_UNITS[1]:
+                raise ValueError(
+                    f"timestamp {value!r} is out of range as epoch seconds or milliseconds; as "
+                    f"{unit} it is {format_ts(v / per_s)}: give epoch seconds or milliseconds "
+                    f"(divide by {per_s / 1000:,.0f} for milliseconds)"
+                )
+    return _in_range(ts, value)
 
 
 def second_pass(value: object, default_tz: tzinfo) -> float | None:
@@ -236,6 +252,10 @@ _MIN_TS = datetime(1900, 1, 1, tzinfo=UTC).timestamp()
 _MAX_TS = datetime(9998, 1, 1, tzinfo=UTC).timestamp()
 
 
+# Epoch times a number of another unit is taken for, to say so: 1970 to 2200.
+_EPOCH_UNITS = (0.0, datetime(2200, 1, 1, tzinfo=UTC).timestamp())
+
+
 def _in_range(ts: float, value: object) -> float:
     if not _MIN_TS <= ts < _MAX_TS:
         # (a datetime as written, not its repr: a Parquet column's, a QA pass)
@@ -255,14 +275,21 @@ def format_ts(ts: float) -> str:
 
     Hot path (two calls per decision): the text up to the second is cached per epoch second
     and its date per epoch day (both bounded), and the text after it is taken from a table,
-    so most calls are one rounding, one divmod and one concatenation.
+    so most calls are one floor, one divmod and one concatenation.
+
+    Truncated to the millisecond, never rounded up: a time 0.4 ms before midnight stays on its
+    day, as its calendar-day windows count it (rounded, it read as the next day's 00:00:00.000:
+    a QA pass). A binary float a hair below a whole millisecond (``.001`` read as
+    ``.000999999...``) still reads as that millisecond: a microsecond of slack.
 
     >>> format_ts(1700000000.25), format_ts(-0.5)
     ('2023-11-14T22:13:20.250+00:00', '1969-12-31T23:59:59.500+00:00')
-    >>> format_ts(1700000000.9996)  # rounds into the next second
-    '2023-11-14T22:13:21.000+00:00'
+    >>> format_ts(1700000000.001)
+    '2023-11-14T22:13:20.001+00:00'
+    >>> format_ts(1700006399.9996)  # stays in its second (and its day)
+    '2023-11-14T23:59:59.999+00:00'
     """
-    sec, ms = divmod(round(ts * 1000.0), 1000)
+    sec, ms = divmod(math.floor(ts * 1000.0 + 1e-3), 1000)
     prefix = _second_prefix.get(sec)
     if prefix is None:
         if len(_second_prefix) > 8192:  # bounded; a replay moves forward through time

@@ -119,7 +119,6 @@ from fds.errors import (
     FdsError,
     FeatureStateMismatch,
     StageError,
-    ValidationError,
     describe,
 )
 from fds.gcpolicy import Freezer
@@ -127,7 +126,7 @@ from fds.logs import say
 from fds.metrics import NullMetrics, add_metrics_arguments, make_metrics, serve
 from fds.models.registry import KEY_ENV, write_atomic
 from fds.pipeline import DEFAULT_MODEL, DEFAULT_RULES, build_engine
-from fds.schema import dead_letter, dumps, loads_record, parse_transaction
+from fds.schema import check_not_ahead, dead_letter, dumps, loads_record, parse_transaction
 from fds.streams.align import Aligner, fetched_to
 from fds.streams.checkpoint import (
     Checkpoint,
@@ -158,7 +157,7 @@ from fds.streams.label_feed import LabelFeed, reads_labels
 from fds.streams.rebuild import STAGES_TAIL_S, horizon_seconds, read_merged, start_offsets
 from fds.streams.state_topic import FETCH_BYTES as STATE_FETCH_BYTES
 from fds.streams.state_topic import StateTopic, index_of, manifest_newer, manifest_offsets
-from fds.timeutil import FileClock, format_ts, get_zone, naive_text, parse_ts, span
+from fds.timeutil import FileClock, get_zone, naive_text, parse_ts, span
 
 if TYPE_CHECKING:  # (River: imported when an engine is built, not to build the command line)
     from fds.engine import Engine
@@ -315,18 +314,6 @@ def _watch_naive(obj: Any, msg: Any) -> None:
 #: The header `fds produce` gives a file's row it could not read (sent as its own text, so
 #: that fds run dead-letters it): the reader's reason, which fds run's dead letter keeps.
 UNREADABLE = "unreadable"
-
-
-def check_not_ahead(ts: float, msg: Any, ahead_s: float) -> None:
-    """Raise :class:`ValidationError` when event time ``ts`` is more than ``ahead_s`` (> 0)
-    after record ``msg`` was produced (its timestamp): a clock or data error."""
-    sent = getattr(msg, "timestamp", None)
-    if ahead_s and sent is not None and sent >= 0 and ts > sent / 1000.0 + ahead_s:
-        raise ValidationError(
-            f"event time {format_ts(ts)} is {ts - sent / 1000.0:,.0f} s after the record was "
-            f"produced ({format_ts(sent / 1000.0)}), more than max_event_ahead_s "
-            f"({ahead_s:,.0f} s): a clock or data error"
-        )
 
 
 #: Errors of a poll that no retry changes (each said with its setting, exit 2).
@@ -1229,7 +1216,7 @@ class Runner:
         # The model stage judges its maturity gate and champion/challenger contests on them.
         self.labels = LabelFeed(
             reader, topic, plan, getattr(self.engine.model, "on_label", None),
-            fix=f"{self.s.fix('labels_topic')} (or drop it)",
+            fix=f"{self.s.fix('labels_topic')} (or drop it)", ahead_s=self.s.max_event_ahead_s,
         )  # fmt: skip
 
     def _model_without_labels(self) -> None:

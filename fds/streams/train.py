@@ -63,7 +63,7 @@ from fds.logs import say
 from fds.metrics import Metrics, NullMetrics, add_metrics_arguments, make_metrics, serve
 from fds.models.registry import DEFAULT_REGISTRY, ENTRY_FIELDS
 from fds.pipeline import DEFAULT_MODEL
-from fds.schema import loads_record, parse_label
+from fds.schema import check_not_ahead, loads_record, parse_label
 from fds.streams.checkpoint import Checkpointer, default_state_dir
 from fds.streams.kafka import (
     CONNECTION_SETTINGS,
@@ -72,7 +72,6 @@ from fds.streams.kafka import (
     KafkaSettings,
     _add_settings_flags,
     add_max_idle_argument,
-    check_not_ahead,
     load_settings,
     probe,
     topic_arg,

@@ -212,3 +212,17 @@ def test_a_label_counts_only_for_transactions_after_its_own_time():
     assert feed.release(1_767_225_601.0 + 86400) == math.inf  # (what fds run calls first)
     assert p.compute(tx("d", 1_767_225_601.0 + 86400))["m_frauds"] == 1
     assert feed.changed == 1
+
+
+def test_a_label_stamped_far_after_it_was_produced_is_a_bad_label():
+    """A QA pass: a label dated 2099 waited, unapplied and unsaid, for ever in fds run (fds
+    train refused it as a clock or data error, max_event_ahead_s)."""
+    p = plan()
+    p.compute(tx("a", 1_767_225_600.0))
+    future = orjson.dumps({"tx_id": "a", "ts": 4_070_908_800.0, "is_fraud": True})  # 2099
+    c = FakeConsumer([label(0, "a", 5_000, future), label(1, "a", 6_000)])
+    feed = LabelFeed(c, "labels", p, ahead_s=3600.0)
+    assert feed.rewind(input_ms=math.inf) == 1  # the good one
+    ((msg, exc),) = feed.take_bad()
+    assert msg.offset == 0 and "more than max_event_ahead_s (3,600 s)" in str(exc)
+    assert p.compute(tx("b", 1_767_225_660.0))["m_frauds"] == 1
