@@ -269,10 +269,16 @@ class Engine:
     def _flush_late(self, *, now: bool = False) -> None:
         t = time.monotonic()
         if self._late_unsaid and (now or t >= self._late_say_at):
+            # the event that set the watermark they are late against: a clock or data error
+            # there (a record stamped 2099) made every later one late without a name (QA pass)
+            wm = getattr(self.features, "watermark", None)
+            by = getattr(self.features, "watermark_tx", None)
             log.warning(
                 "events later than the grace period decided on the state held and flagged late "
-                'count="%d" last_tx_id="%s" last_ts="%s"',
+                'count="%d" last_tx_id="%s" last_ts="%s"%s',
                 self._late_unsaid, self._late_last[0], format_ts(self._late_last[1]),
+                f' watermark="{format_ts(wm)}" set_by_tx_id="{by.get("tx_id")}"'
+                if by is not None and wm is not None else "",
             )  # fmt: skip
             self._late_unsaid, self._late_say_at = 0, t + LATE_SAID_EVERY_S
 

@@ -281,6 +281,7 @@ class FeaturePlan:
         # per group: entity value -> flat state list (layout: codegen.assign_slots)
         self.states: list[dict[Any, list[Any]]] = [{} for _ in self._groups]
         self.watermark = -math.inf
+        self.watermark_tx: Mapping[str, Any] | None = None  # the event that set it (not saved)
         self.late_events = 0  # beyond grace: decided on current state, flagged
         self.reordered_events = 0  # within grace: inserted in order
         self._reordered_tx: Any = None  # the last of them (counted once for all its groups)
@@ -360,6 +361,7 @@ class FeaturePlan:
         out = self._run(tx, t, t if t > wm else wm)
         if t > wm:
             self.watermark = t
+            self.watermark_tx = tx  # (named when later events come late: a QA pass)
             if t >= self._next_label_expiry:
                 self._expire_labels()
         self._accepted += 1
@@ -693,7 +695,8 @@ class FeaturePlan:
                 else:
                     self._merge(cg, st, so)
         self._labels.absorb(body["labels"])
-        self.watermark = max(self.watermark, body["watermark"])
+        if body["watermark"] > self.watermark:
+            self.watermark, self.watermark_tx = body["watermark"], None  # (set elsewhere)
         self._sweep_todo = []  # (their keys are visited by the next sweep)
         self._sweep_after = self._accepted
         self._expire_labels()
@@ -745,7 +748,7 @@ class FeaturePlan:
             )
         moving = frozenset(parts)
         new = self.fresh()
-        new.watermark = self.watermark
+        new.watermark, new.watermark_tx = self.watermark, self.watermark_tx
         for cg, mine, theirs in zip(self._groups, self.states, new.states, strict=True):
             self._split_group(cg, mine, theirs, moving)
         new._labels = self._labels.split(moving)
