@@ -7,10 +7,14 @@ import contextlib
 import logging
 import math
 import os
+import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from fds.cli import file_or_none, folder, labels_not_input, positive_int, same_file, seed
+from fds.errors import ConfigError
 from fds.logs import say
 from fds.metrics import (
     METRICS_HOST,
@@ -22,7 +26,14 @@ from fds.metrics import (
     serve,
 )
 from fds.pipeline import DEFAULT_MODEL, DEFAULT_RULES, build_engine
-from fds.streams.files import JsonlSink, check_transaction_columns, load_mapping
+from fds.streams.files import (
+    ColumnMapping,
+    JsonlSink,
+    check_transaction_columns,
+    csv_header,
+    infer_format,
+    load_mapping,
+)
 from fds.timeutil import format_ts
 
 if TYPE_CHECKING:
@@ -287,24 +298,45 @@ def _replay(args: argparse.Namespace) -> int:
         )
     replay_mod.print_summary(summary, metrics.summary(), title=f"replay of {args.file}")
     if stream.reordered:
+        n, beyond = stream.reordered, stream.late
         say(
-            f"fds replay: input not in time order: {stream.reordered:,} "
-            + ("record was" if stream.reordered == 1 else "records were")
-            + " out of order (each read after one with a later ts) and were replayed sorted by ts"
+            f"fds replay: input not in time order: {n:,} "
             + (
-                f"; {stream.late:,} were beyond the reorder buffer "
-                f"({replay_mod.REORDER_BUFFER:,} records) and decided after later records (those "
-                f"within the grace period folded in exactly; {summary.late:,} beyond it: "
-                f"`late events` above)"
-                if stream.late
+                "record was out of order (read after one with a later ts) and was"
+                if n == 1
+                else "records were out of order (each read after one with a later ts) and were"
+            )
+            + " replayed sorted by ts"
+            + (
+                f"; {beyond:,} {'was' if beyond == 1 else 'were'} beyond the reorder buffer "
+                f"({replay_mod.REORDER_BUFFER:,} records) and decided after later records, on "
+                f"the window state those left (those within the grace period folded in "
+                f"exactly; {summary.late:,} beyond it: `late events` above): to decide each in "
+                f"its time, replay the file sorted by time first: "
+                + _sort_by_time(args.file, mapping)
+                if beyond
                 else ""
             ),
             logging.WARNING,
         )
     if stream.second_pass:
+        # (a file sorted by card, then time: a card's first-pass time that came after another
+        # card's later one was read as the second pass, an hour late, 19 decisions of a QA
+        # file; which pass it is cannot be told from the time itself)
+        unsorted = (
+            f"; the file is out of time order too ({stream.reordered:,} records above), so some "
+            "of these may be first-pass times read an hour late: give the times their UTC "
+            "offset (2026-10-25 02:30:00+02:00) or write them in UTC, or write the file sorted "
+            "by time where it is made (a sort of these local times mixes the two passes)"
+            if stream.reordered
+            else ""
+        )
         say(
-            f"fds replay: {stream.second_pass:,} local times of an hour a DST change repeats "
-            "were read as its second pass (they came after later times in the file)",
+            f"fds replay: {stream.second_pass:,} local "
+            + ("time" if stream.second_pass == 1 else "times")
+            + " of an hour a DST change repeats "
+            + ("was" if stream.second_pass == 1 else "were")
+            + f" read as its second pass (they came after later times in the file){unsorted}",
             logging.WARNING,
         )
     say(
@@ -443,6 +475,50 @@ def _replay(args: argparse.Namespace) -> int:
         )
         return 1
     return 1 if cut else 0
+
+
+def _sort_by_time(path: Path, mapping: ColumnMapping | None) -> str:
+    """How to sort the file ``path`` by its time column (the ``mapping``'s ``ts:`` one): a
+    command for a CSV with a header (``sort`` by the column's place) or JSON Lines (``jq``).
+
+    >>> print(_sort_by_time(Path("a b.jsonl"), None))
+    by its field 'ts', e.g. jq -c -s 'sort_by(.["ts"]) | .[]' 'a b.jsonl' > 'a b.sorted.jsonl'
+    """
+    column = mapping.fields.get("ts", "ts") if mapping is not None else "ts"
+    mapped = " (the mapping's ts)" if mapping is not None and "ts" in mapping.fields else ""
+    try:
+        fmt = infer_format(path, mapping.format if mapping is not None else None)
+    except ConfigError:
+        fmt = None
+    gz = path.name.endswith(".gz")
+    stem, dot, ext = path.name.removesuffix(".gz").rpartition(".")
+    out = shlex.quote(str(path.with_name(f"{stem}.sorted.{ext}" if dot else f"{ext}.sorted")))
+    src = shlex.quote(str(path))
+    read = f"zcat {src} | " if gz else ""  # (a .gz is sorted into a plain file)
+    if fmt == "csv":
+        with contextlib.suppress(ConfigError, OSError):
+            header = csv_header(path, mapping) or []
+            if column in header:
+                k = header.index(column) + 1
+                head, tail = (
+                    (f"{read}head -n 1", f"{read}tail -n +2")
+                    if gz
+                    else (f"head -n 1 {src}", f"tail -n +2 {src}")
+                )
+                return (
+                    f"by its column {column!r}{mapped}, field {k} of a row, e.g. ({head} && "
+                    f"{tail} | sort -s -t, -k{k},{k}) > {out} (-k{k},{k}n for epoch numbers; "
+                    "ISO times written alike sort as text; a quoted field with a comma or a line "
+                    "break in it needs a CSV tool)"
+                )
+        return f"by its column {column!r}{mapped}, its header line kept first"
+    if fmt == "jsonl":
+        jq = "jq -c -s " + shlex.quote(f"sort_by(.[{orjson.dumps(column).decode()}]) | .[]")
+        cmd = f"{read}{jq} > {out}" if gz else f"{jq} {src} > {out}"
+        return f"by its field {column!r}{mapped}, e.g. {cmd}"
+    return (
+        f"by its column {column!r}{mapped} (e.g. pandas: df.sort_values({column!r}, kind='stable'))"
+    )
 
 
 def _never_evaluated(

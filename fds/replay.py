@@ -219,6 +219,10 @@ class ReplaySummary(Alerts):
     actions: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
     reordered: int = 0
+    # of them, out of order by more than the reorder buffer holds: decided after later records
+    # (the text warning said it, the JSON summary did not: a QA pass)
+    beyond_reorder_buffer: int = 0
+    second_pass: int = 0  # local times read as the second pass of a repeated DST hour
     frauds: int | None = None  # known frauds among decided transactions (when labels exist)
     fraud_labels: int = 0  # distinct transactions labelled fraud (decided or not)
     # of those, transactions read but dead-lettered (not decided), by the reader (a value it
@@ -307,6 +311,11 @@ class ReplaySummary(Alerts):
             ),
             ("late events", f"{self.late:,}"),
             ("reordered records", f"{self.reordered:,}"),
+            *(
+                [("  beyond the reorder buffer", f"{self.beyond_reorder_buffer:,}")]
+                if self.beyond_reorder_buffer
+                else []
+            ),
             ("throughput", f"{self.throughput:,.0f} tx/s"),
             ("wall time", f"{self.seconds:.2f} s"),
         ]
@@ -455,8 +464,13 @@ def _validated(
             row = _as_read(raw, rec, label, truth)
             dlq.append(dead_letter(stage="validate", error=e, raw=row, source=source, position=pos))
             tx_id = rec.get("tx_id") if isinstance(rec, dict) else None
-            if stream is not None and type(tx_id) in (str, int) and str(tx_id) in stream.truth:
-                stream.dead_truth.add(str(tx_id))
+            if stream is not None and type(tx_id) in (str, int):
+                # a fraud by a labels file, or by its own label column (the frauds of rows
+                # dead-lettered left the summary without a word there: a QA pass)
+                if truth is not None and label is not None and _fraud(label, truth):
+                    stream.truth.add(str(tx_id))
+                if str(tx_id) in stream.truth:
+                    stream.dead_truth.add(str(tx_id))
             continue
         if isinstance(rec, dict):
             # a local time of the hour a DST change repeats: its second pass where the file
@@ -490,6 +504,15 @@ def _validated(
                 }
             )
         yield out
+
+
+def _fraud(label: Any, value: Any) -> bool:
+    """Does a label column's ``value`` say fraud? (No when it is no label: a dead-lettered
+    row's own reason is said, not that of its label too.)"""
+    try:
+        return bool(label.is_fraud(value))
+    except ValueError:
+        return False
 
 
 def _as_read(raw: Any, rec: dict[str, Any], label: Any, truth: Any) -> dict[str, Any]:
@@ -730,7 +753,8 @@ def _run(
             )
     unreadable = tally.unreadable
     s.transactions = seen + unreadable
-    s.reordered = stream.reordered
+    s.reordered, s.beyond_reorder_buffer = stream.reordered, stream.late
+    s.second_pass = stream.second_pass
     s.labels_read = learned
     s.labels_after_end = schedule.left + len(pending)
     s.early_labels = schedule.early

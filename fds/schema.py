@@ -257,7 +257,15 @@ _COMMA_NUMBER = re.compile(r"\d,\d")  # a decimal comma or a thousands separator
 
 def _reason(err: pydantic.ValidationError) -> str:
     parts = []
+    null = set()  # the fields given as null whose type is a union (``ts``)
     for e in err.errors():
+        if len(e["loc"]) > 1 and e.get("input", 0) is None and e["type"] != "missing":
+            # each branch of the union said why null was not it (`ts.float: Input should be a
+            # valid number ...; ts.int: ...; ts.str: ...`: a QA pass); said once, as missing
+            if e["loc"][0] not in null:
+                null.add(e["loc"][0])
+                parts.append(f"{e['loc'][0]}: missing (null)")
+            continue
         loc = ".".join(str(p) for p in e["loc"]) or "record"
         got = "" if e["type"] == "missing" else f" (got {_short(e.get('input'))})"
         value = e.get("input")

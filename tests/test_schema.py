@@ -110,6 +110,20 @@ def test_booleans_are_neither_amounts_nor_timestamps():
     assert parse_transaction({**BASE, "ts": EPOCH, "amount": 1})["amount"] == 1.0
 
 
+def test_a_null_timestamp_is_said_missing_not_once_per_branch_of_its_type():
+    """A QA pass: `"ts": null` gave `ts.float: Input should be a valid number (got None);
+    ts.int: ...; ts.str: ...; ts.datetime: ...`; the other reasons stay as they were."""
+    with pytest.raises(ValidationError, match=r"^ts: missing \(null\)$"):
+        parse_transaction({**BASE, "ts": None})
+    with pytest.raises(ValidationError, match=r"^ts: missing \(null\)$"):
+        parse_label({"tx_id": "a", "ts": None, "is_fraud": True})
+    with pytest.raises(ValidationError) as e:
+        parse_transaction({**BASE, "ts": None, "card_id": None})
+    assert str(e.value) == "ts: missing (null); card_id: Input should be a valid string (got None)"
+    with pytest.raises(ValidationError, match=r"^ts: Field required$"):  # (as an empty cell)
+        parse_transaction({k: v for k, v in BASE.items() if k != "ts"})
+
+
 def test_a_value_given_in_extra_wins_over_an_unknown_top_level_field():
     tx = parse_transaction({**BASE, "ts": EPOCH, "shoe": 1, "extra": {"shoe": 2}})
     assert tx["extra"] == {"shoe": 2}

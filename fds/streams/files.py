@@ -19,6 +19,7 @@ import itertools
 import logging
 import os
 import re
+import shlex
 import zlib
 from collections import Counter
 from collections.abc import Generator, Iterator, Sequence
@@ -518,19 +519,29 @@ def check_transaction_columns(
     elif fmt == "parquet":
         _parquet_open(p, m)[0].close()
     elif fmt == "csv":
-        try:  # (opened as the reader opens it)
-            with open_text(p, encoding=m.csv_encoding, errors="surrogateescape", newline="") as f:
-                lines = _Lines(f)
-                row = _first_row(p, csv.reader(lines, skipinitialspace=True), lines)
-        except UnicodeError as e:  # (utf-16 without a byte order mark: a traceback, a QA pass)
-            raise ConfigError(
-                f"cannot read the file as {m.csv_encoding}: {e}; check `encoding:` in the "
-                "--mapping",
-                where=str(p),
-            ) from None
-        except _FAULTS:  # (not gzip, say: reading it ends in one dead letter naming the line)
-            return
-        _csv_header(p, row, m)
+        csv_header(p, m)
+
+
+def csv_header(
+    path: str | os.PathLike[str], mapping: ColumnMapping | None = None
+) -> list[str] | None:
+    """A CSV file's column names as the reader reads them (a column without a name as
+    ``column_N``), checked as :func:`check_transaction_columns` says; ``None`` for an empty
+    file or one that cannot be read (not gzip, say: reading it ends in one dead letter)."""
+    p = Path(path)
+    m = mapping if mapping is not None else ColumnMapping()
+    try:  # (opened as the reader opens it)
+        with open_text(p, encoding=m.csv_encoding, errors="surrogateescape", newline="") as f:
+            lines = _Lines(f)
+            row = _first_row(p, csv.reader(lines, skipinitialspace=True), lines)
+    except UnicodeError as e:  # (utf-16 without a byte order mark: a traceback, a QA pass)
+        raise ConfigError(
+            f"cannot read the file as {m.csv_encoding}: {e}; check `encoding:` in the --mapping",
+            where=str(p),
+        ) from None
+    except _FAULTS:
+        return None
+    return _csv_header(p, row, m)
 
 
 def count_rows(path: str | os.PathLike[str], mapping: ColumnMapping | None = None) -> int | None:
@@ -591,6 +602,16 @@ JSONL_PROBE = 1000
 
 
 def _read_jsonl(p: Path, mapping: ColumnMapping | None) -> Iterator[Record]:
+    if mapping is not None and mapping.encoding and not _utf8(mapping.encoding):
+        # Not applied: JSON Lines is UTF-8 by definition (RFC 8259), and what fds produce
+        # sends from it to Kafka is read as UTF-8 there (a Latin-1 file replayed as such
+        # would be refused by fds run); so said, once a file (it was silently unused: a QA)
+        log.warning(
+            "%s: the mapping's `encoding: %s` is not used for JSON Lines, which is read as "
+            "UTF-8 (it is a CSV's, a --labels CSV's too): convert the file if it is not UTF-8, "
+            "e.g. %s",
+            p, mapping.encoding, _to_utf8(p, mapping.encoding),
+        )  # fmt: skip
     records = _jsonl_records(p)
     if mapping is None:
         yield from records
@@ -623,7 +644,32 @@ def _probe(records: Iterator[Record], mapping: ColumnMapping, p: Path) -> list[R
     return held
 
 
+def _utf8(encoding: str) -> bool:
+    """Is ``encoding`` a name of UTF-8 (``utf8``, ``UTF-8``, ``utf-8-sig``)?"""
+    return codecs.lookup(encoding).name in ("utf-8", "utf-8-sig")
+
+
+def _to_utf8(p: Path, encoding: str = "latin1") -> str:
+    """A command that writes JSON Lines file ``p`` (in ``encoding``) as UTF-8 beside it."""
+    name = p.name.removesuffix(".gz")
+    stem, dot, ext = name.rpartition(".")
+    out = shlex.quote(str(p.with_name(f"{stem}.utf8{dot}{ext}" if dot else f"{name}.utf8")))
+    src = shlex.quote(str(p))
+    iconv = f"iconv -f {shlex.quote(encoding)} -t utf-8"
+    return f"zcat {src} | {iconv} > {out}" if p.name.endswith(".gz") else f"{iconv} {src} > {out}"
+
+
+def _not_utf8(p: Path) -> str:
+    """The reason of a JSON Lines line that is not UTF-8 (the same for each: counted alike)."""
+    return (
+        "not UTF-8 (raw shows the bytes that are not as \\xNN): a JSON Lines file is read as "
+        f"UTF-8; convert it, e.g. {_to_utf8(p)} (latin1, or the file's own encoding: cp1252 "
+        "from Windows)"
+    )
+
+
 def _jsonl_records(p: Path) -> Generator[Record, None, None]:
+    not_utf8 = ""  # the reason of a line that is not UTF-8, made once
     with open_text(p, "rb") as f:
         n = 0
         try:
@@ -638,7 +684,10 @@ def _jsonl_records(p: Path) -> Generator[Record, None, None]:
                     try:
                         raw: str | bytes = line.decode()
                     except UnicodeDecodeError:  # (dead_letter escapes what is not UTF-8)
-                        raw = line
+                        # (orjson's "str is not valid UTF-8: surrogates not allowed" said
+                        # neither that nor what to do: a QA pass)
+                        yield n, ValueError(not_utf8 or (not_utf8 := _not_utf8(p))), line
+                        continue
                     yield n, ValueError(f"not valid JSON: {e}"), raw
         except _FAULTS as e:
             yield _fault(n + 1, e)

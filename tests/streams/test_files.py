@@ -534,3 +534,26 @@ def test_a_mapping_names_the_texts_that_mean_missing(tmp_path):
         (tmp_path / "bad.yaml").write_text(MAPPING + f"missing: [NaN, {odd}]\n")
         with pytest.raises(ConfigError, match="not a text: write each one in quotes"):
             load_mapping(tmp_path / "bad.yaml")
+
+
+def test_a_jsonl_file_that_is_not_utf8_is_said_so_with_the_fix(tmp_path, caplog):
+    """A QA pass: each line of a Latin-1 JSON Lines file was a dead letter `not valid JSON:
+    str is not valid UTF-8: surrogates not allowed`, and a mapping's `encoding: latin-1` was
+    silently unused there (it is a CSV's: JSON Lines is UTF-8)."""
+    p = tmp_path / "x.jsonl"
+    p.write_bytes(b'{"tx_id": "t1", "note": "Caf\xe9"}\n{"tx_id": 2\n')
+    (_, bad, raw), (_, broken, _) = read_records(p)
+    assert str(bad).startswith("not UTF-8 (raw shows the bytes that are not as \\xNN)")
+    assert f"convert it, e.g. iconv -f latin1 -t utf-8 {p} > {tmp_path}/x.utf8.jsonl" in str(bad)
+    assert raw == b'{"tx_id": "t1", "note": "Caf\xe9"}\n'
+    assert str(broken).startswith("not valid JSON:")  # (UTF-8, no JSON: as before)
+    mapping = ColumnMapping.model_validate({"encoding": "latin-1"})
+    with caplog.at_level("WARNING", logger="fds.streams.files"):
+        list(read_records(p, mapping=mapping))
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "the mapping's `encoding: latin-1` is not used for JSON" in said[0]
+    assert f"iconv -f latin-1 -t utf-8 {p} >" in said[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fds.streams.files"):  # (UTF-8 by another name)
+        list(read_records(p, mapping=ColumnMapping.model_validate({"encoding": "utf8"})))
+    assert not caplog.records
