@@ -184,6 +184,24 @@ def _coerce(x: Any) -> Any:
     return x
 
 
+def _flag(x: Any) -> Any:
+    """An ``extra.*`` value compared for equality with true/false: text as a CSV file writes a
+    flag is that flag (``"yes" == true`` holds, as a condition reads it: :func:`_truth`; the
+    text of a CSV cell never equalled ``True``, so a rule ``extra.vip == True`` fired on the
+    JSON Lines file and never on the same data as CSV: a QA pass); otherwise as
+    :func:`_coerce` (``"1"`` is 1, which Python takes as equal to ``True``; other text stays
+    text, equal to neither).
+
+    >>> _flag("TRUE"), _flag(" no "), _flag("1"), _flag("gold"), _flag(True)
+    (True, False, 1.0, 'gold', True)
+    """
+    if type(x) is str:
+        low = x.strip().lower()
+        if low in TRUE_WORDS or low in FALSE_WORDS:
+            return low in TRUE_WORDS
+    return _coerce(x)
+
+
 def _order(x: Any, y: Any, op: Callable[[Any, Any], bool]) -> bool:
     """``op(x, y)`` for an ordering (``<`` ...) of an ``extra.*`` value against another one or
     text: as numbers where both read as one, as text where both are text; missing when one is
@@ -548,10 +566,10 @@ class _Checker:
                 )
             ls, rs = left_src, src
             if sym in ("==", "!="):  # an extra value against a number: its text read as one
-                if left_t == ANY and rt == NUM:
-                    ls = f"_coerce({ls})"
-                if rt == ANY and left_t == NUM:
-                    rs = f"_coerce({rs})"
+                if left_t == ANY and rt in (NUM, BOOL):  # (or as a flag: see _flag)
+                    ls = f"{'_coerce' if rt == NUM else '_flag'}({ls})"
+                if rt == ANY and left_t in (NUM, BOOL):
+                    rs = f"{'_coerce' if left_t == NUM else '_flag'}({rs})"
                 part = f"({ls} {sym} {rs})"
             elif {left_t, rt} == {ANY, NUM}:
                 # ordered against a number: text that is no number is missing, not an error
@@ -757,7 +775,7 @@ def parse_expr(
         consts["_num"] = _num
     if "_coerce(" in code:
         consts["_coerce"] = _coerce
-    for helper in (_isin, _isin_text, _order, _truth):
+    for helper in (_flag, _isin, _isin_text, _order, _truth):
         if f"{helper.__name__}(" in code:
             consts[helper.__name__] = helper
     return code, typ, tuple(checker.names), consts

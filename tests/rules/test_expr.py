@@ -331,6 +331,7 @@ ALLOWED_PREFIX = ("n_", "x_", "_k", "_e")
 ALLOWED_EXACT = {
     "_num",
     "_coerce",
+    "_flag",
     "_isin",
     "_isin_text",
     "_order",
@@ -555,6 +556,15 @@ def _outcome(src: str, extra: dict) -> str:
         ("extra.vip and amount > 1", {"vip": "false"}, "miss"),
         ("amount > 1 if extra.vip else True", {"vip": "0"}, "hit"),
         ("(extra.a or 0) > 5", {"a": "7"}, "hit"),  # a value, not a truth: as it was
+        # compared with true/false: a CSV flag's text as that flag (`== True` never held on
+        # a CSV cell, and held on the same JSON Lines value: a QA pass)
+        ("extra.vip == True", {"vip": "true"}, "hit"),
+        ("extra.vip == True", {"vip": True}, "hit"),
+        ("True == extra.vip", {"vip": "Yes"}, "hit"),
+        ("extra.vip == False", {"vip": "0"}, "hit"),
+        ("extra.vip != True", {"vip": "no"}, "hit"),
+        ("extra.vip == True", {"vip": "gold"}, "miss"),
+        ("extra.vip == True", {"vip": "NA"}, "missing"),
     ],
 )
 def test_extra_values_in_chains_lists_orderings_and_conditions(src, extra, expected) -> None:
