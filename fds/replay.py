@@ -658,16 +658,18 @@ def _run(
                 if speed:
                     if first_ts is None:  # the clock starts with the first event: after the
                         first_ts, paced_from = ts, clock()  # reorder buffer filled
+                        first_id = tx["tx_id"]
                     ahead = (ts - first_ts) / speed - (clock() - paced_from)
                     if ahead > 0:
                         if ahead > LONG_WAIT_S and not said_wait:  # (a date mistyped years
                             said_wait = True  # ahead waited without a word: a QA pass; once
                             log.warning(  # a run: sparse data at --speed 1, every event)
-                                "paced replay: transaction %s at %s is %s of event time ahead; "
-                                "waiting %s at --speed %g (Ctrl-C stops; later waits are not "
-                                "logged)",
-                                tx["tx_id"], format_ts(ts), span(ahead * speed),
-                                span(ahead), speed,
+                                "paced replay: transaction %s at %s is %s of event time ahead "
+                                "of where the pace stands (it started at the first transaction "
+                                "decided, %s at %s: a mistyped date there shows here); waiting "
+                                "%s at --speed %g (Ctrl-C stops; later waits are not logged)",
+                                tx["tx_id"], format_ts(ts), span(ahead * speed), first_id,
+                                format_ts(first_ts), span(ahead), speed,
                             )  # fmt: skip
                         if ahead > 1.0:  # (what was decided shows during a long wait: the bar
                             up_to_date(i)  # stood still for minutes, a QA pass)

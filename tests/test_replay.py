@@ -763,3 +763,19 @@ def test_a_paced_replay_stopped_mid_decision_keeps_its_consumed_count(tmp_path):
     assert s.interrupted
     got = metrics.registry.get_sample_value("fds_events_consumed_total", {"source": "file"})
     assert got == 4  # t0..t3 read, t3 not decided
+
+
+def test_a_long_paced_wait_names_the_transaction_the_pace_started_at(tmp_path, caplog):
+    """A QA pass: one stray record dated 1999 made `--speed 3600` wait 2.8 days, and the
+    warning named the next, valid record, not the one that set the pace."""
+    p = write_jsonl(tmp_path / "x.jsonl", [tx(0, 946684800.0), tx(1, T0), tx(2, T0 + 1)])
+
+    def sleep(seconds: float) -> None:
+        raise KeyboardInterrupt  # (stopped at the long wait)
+
+    with caplog.at_level("WARNING", logger="fds"):
+        s = replay.run(Engine(), replay.load(p), ListSink(), ListSink(), speed=3600, sleep=sleep)
+    assert s.interrupted
+    said = [r.getMessage() for r in caplog.records if "paced replay" in r.getMessage()]
+    assert len(said) == 1 and "transaction t1 at" in said[0]
+    assert "first transaction decided, t0 at 2000-01-01T00:00:00.000+00:00" in said[0]
