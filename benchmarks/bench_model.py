@@ -54,7 +54,7 @@ def snapshots(days: int, cards: int) -> tuple[list[dict[str, Any]], list[dict[st
     """Transactions with their decision-time feature snapshots, and the labels."""
     sim = simulate(days=days, cards=cards, merchants=max(200, cards // 10), seed=3, drift_day=None)
     rs = load_ruleset(DEFAULT_RULES)
-    plan = FeaturePlan(rs.features, timezone=rs.spec.timezone)
+    plan = FeaturePlan(rs.features, timezone=rs.spec.timezone, grace=rs.spec.grace)
     feats = []
     ids = [r.id for r in rs.evaluated]
     for tx in sim.transactions:

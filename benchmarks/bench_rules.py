@@ -166,7 +166,7 @@ def bench_default() -> tuple[float, int]:
 
     rs = load_ruleset(ROOT / "rules" / "default.yaml")
     sim = simulate(days=3, cards=3000, merchants=300, seed=1, drift_day=1)
-    plan = FeaturePlan(list(rs.features), timezone=rs.spec.timezone)
+    plan = FeaturePlan(list(rs.features), timezone=rs.spec.timezone, grace=rs.spec.grace)
     data = [(tx, plan.compute({**tx, "extra": {}})) for tx in sim.transactions]
     return min(bench_evaluate(rs, data)), len(rs.evaluated)
 

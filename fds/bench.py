@@ -311,7 +311,7 @@ def run_precision(
     mspec = load_spec(spec)
     server = ModelServer(mspec)
     engine = Engine(
-        features=FeaturePlan(list(rs.features), timezone=rs.spec.timezone),
+        features=FeaturePlan(list(rs.features), timezone=rs.spec.timezone, grace=rs.spec.grace),
         rules=rs,  # type: ignore[arg-type]  # Ruleset.version is str (RuleStage allows None)
         model=server,
         policy=Policy.from_spec(rs.policy),

@@ -41,7 +41,7 @@ def build_engine(
     model_watch: bool = False,
     poll_seconds: float = 1.0,
     guardrails: bool = True,
-    grace: str | float = "5m",
+    grace: str | float | None = None,
     registry: str | Path | None = None,
     provenance: bool = False,
 ) -> Engine:
@@ -54,6 +54,8 @@ def build_engine(
     publishes them (the streaming service); without it an in-process trainer learns from
     :meth:`Engine.learn` labels, deterministically (replay, demo, benchmarks).
     ``guardrails`` adds the rate circuit breaker and the model guard (fds.guardrails).
+    ``grace``: how late an event may be and still be folded in exactly (``None``: the rules
+    file's ``grace``, 5m when it gives none).
     ``provenance``: the feature state records each event's input partition (``fds run`` with
     a state topic: another instance takes partitions over from its snapshot).
     """
@@ -66,7 +68,6 @@ def build_engine(
     features: Any = None
     rule_stage: Any = None
     policy: Any = None
-    timezone = "UTC"
     if rules is not None:
         if watch:
             rule_stage = ReloadingRuleset(rules, metrics=metrics)
@@ -77,9 +78,11 @@ def build_engine(
             policy = Policy.from_spec(ruleset.policy)
             if metrics is not None:
                 metrics.ruleset_info(ruleset.version)
-        timezone = ruleset.spec.timezone
         features = FeaturePlan(
-            list(ruleset.features), timezone=timezone, grace=grace, provenance=provenance
+            list(ruleset.features),
+            timezone=ruleset.spec.timezone,
+            grace=ruleset.spec.grace if grace is None else grace,
+            provenance=provenance,
         )
     model_stage = None
     if model is not None:

@@ -339,3 +339,58 @@ def test_late_decisions_are_said_in_a_log_line_at_most_once_a_minute(caplog):
     assert len(said) == 2 and 'count="2"' in said[1] and 'last_tx_id="t2"' in said[1]
     # the event they are late against is named (a record stamped ahead: a QA pass)
     assert f'set_by_tx_id="{tx(10_000)["tx_id"]}"' in said[0]
+
+
+GRACE_RULES = """\
+version: "1"
+{grace}features:
+  - {{name: n_1h, entity: card_id, agg: count, window: 1h}}
+rules:
+  - {{id: fourth, when: n_1h >= 4, action: review, score: 0.7, reason: Fourth in an hour}}
+"""
+
+
+def _grace_engine(tmp_path, line: str, **kw):
+    from fds.pipeline import build_engine
+
+    path = tmp_path / f"r{len(list(tmp_path.iterdir()))}.yaml"
+    path.write_text(GRACE_RULES.format(grace=line))
+    return build_engine(path, None, guardrails=False, **kw)
+
+
+def _late_by_7_minutes(engine):
+    """One card at 0, 10 min, then 3 min (7 minutes behind the latest), then 11:40."""
+    out = []
+    for i, dt in enumerate([0, 600, 180, 700]):
+        out.append(engine.decide({"tx_id": f"t{i}", "ts": T0 + dt, "card_id": "c", "amount": 1.0}))
+    return out
+
+
+@pytest.mark.parametrize("grace", ["grace: 10m\n", "grace: 600s\n", "grace: 1h\n"])
+def test_the_rules_file_grace_folds_in_an_event_later_than_the_default(tmp_path, grace):
+    """The README's grace period was configurable only from Python (FeaturePlan(grace=...)):
+    `grace:` in a rules file was an unknown key (a QA pass)."""
+    late, after = _late_by_7_minutes(_grace_engine(tmp_path, grace))[2:]
+    assert late["flags"] == [] and late["features"] == {"n_1h": 2}  # folded in exactly
+    assert after["features"] == {"n_1h": 4} and after["action"] == "review"  # it counts
+
+
+def test_without_grace_in_the_rules_file_an_event_7_minutes_late_is_flagged(tmp_path):
+    """The default (5m) unchanged; and the Python API's grace still overrides the file's."""
+    late, after = _late_by_7_minutes(_grace_engine(tmp_path, ""))[2:]
+    assert late["flags"] == ["late"] and after["features"] == {"n_1h": 3}
+    late, _ = _late_by_7_minutes(_grace_engine(tmp_path, "grace: 10m\n", grace="5m"))[2:]
+    assert late["flags"] == ["late"]
+
+
+def test_a_state_of_another_grace_is_refused_and_a_rebuild_keeps_the_file_s(tmp_path):
+    """fds run restores a checkpoint into the engine built from the rules file, and rebuilds
+    feature state with plan.fresh(): both must have the file's grace."""
+    from fds.errors import FeatureStateMismatch
+
+    ten = _grace_engine(tmp_path, "grace: 10m\n")
+    _late_by_7_minutes(ten)
+    with pytest.raises(FeatureStateMismatch, match=r"other grace \(600.0, now 300.0\)"):
+        _grace_engine(tmp_path, "").load_state_dict(ten.state_dict())
+    _grace_engine(tmp_path, "grace: 600s\n").load_state_dict(ten.state_dict())  # one grace
+    assert ten.features.grace == ten.features.fresh().grace == 600.0

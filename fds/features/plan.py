@@ -67,7 +67,7 @@ from fds.features.codegen import (
 )
 from fds.features.codegen import cat as _cat
 from fds.features.codegen import num as _num
-from fds.features.spec import Group, Layout, compile_specs
+from fds.features.spec import DEFAULT_GRACE, Group, Layout, compile_specs, grace_seconds
 from fds.features.txstore import TxStore
 from fds.timeutil import parse_duration
 
@@ -203,7 +203,7 @@ class FeaturePlan:
     grace
         How late (behind the largest event time seen) an event may be and still be folded in
         exactly; later events are decided on the current state, counted in ``late_events`` and
-        flagged ``"late"``.
+        flagged ``"late"`` (the ruleset's ``grace``; a duration of 0 or more, default 5m).
     label_ttl
         How long (event time) a transaction stays attributable to a late label. Default: the
         longest fraud window plus ``grace`` -- a label for an older transaction can no longer
@@ -225,7 +225,7 @@ class FeaturePlan:
         specs: Sequence[Any],
         *,
         timezone: str = "UTC",
-        grace: str | float = "5m",
+        grace: str | float = DEFAULT_GRACE,
         label_ttl: str | float | None = None,
         sweep_min_events: int = _SWEEP_MIN_EVENTS,
         provenance: bool = False,
@@ -237,9 +237,7 @@ class FeaturePlan:
         self.sweep_min_events = max(int(sweep_min_events), 1)
         self.timezone = timezone
         self.clock = DayClock(timezone)
-        self.grace = parse_duration(grace)
-        if self.grace < 0:
-            raise ConfigError(f"grace must be >= 0, got {grace!r}")
+        self.grace = grace_seconds(grace)  # (one check with the rules file's `grace`)
         self._groups = tuple(
             _CompiledGroup(g, self.grace, self.provenance) for g in self.layout.groups
         )

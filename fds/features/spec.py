@@ -20,6 +20,7 @@ share one structure, and two windows of one entity share one log.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from fds.timeutil import parse_duration
 __all__ = [
     "AGGS",
     "CALENDAR_DAY",
+    "DEFAULT_GRACE",
     "FIELD_AGGS",
     "RESERVED",
     "CompiledFeature",
@@ -38,6 +40,7 @@ __all__ = [
     "Layout",
     "WindowDef",
     "compile_specs",
+    "grace_seconds",
     "reserved",
     "window_seconds",
 ]
@@ -160,6 +163,36 @@ def window_seconds(window: Any, where: str) -> float | None:
         raise ConfigError(
             f"{where}: bad window {written!r}: write a duration longer than 0, a number and a "
             "unit (90s, 10m, 1.5h, 7d), or calendar_day"
+        )
+    return seconds
+
+
+#: How late (behind the largest event time seen) an event may be and still be folded in
+#: exactly, when the rules file gives no ``grace``: five minutes covers the clock skew of
+#: producers and the interleaving of a topic's partitions, at the cost of keeping five more
+#: minutes of log per entity.
+DEFAULT_GRACE = "5m"
+
+
+def grace_seconds(grace: Any) -> float:
+    """A grace period in seconds: a duration of 0 or more (``5m``, ``90s``, ``1h``; a number is
+    seconds). What is no duration, negative or infinite is a ConfigError that says what to write.
+
+    >>> grace_seconds("5m"), grace_seconds("90s"), grace_seconds(0)
+    (300.0, 90.0, 0.0)
+    """
+    seconds = math.nan
+    if isinstance(grace, str | int | float) and not isinstance(grace, bool):
+        with contextlib.suppress(ConfigError):  # (said below, with the grace's own words)
+            seconds = parse_duration(grace)
+    if not 0 <= seconds < math.inf:
+        if grace is None or isinstance(grace, bool):  # (as YAML wrote it: empty, true)
+            shown = "empty" if grace is None else str(grace).lower()
+        else:
+            shown = repr(grace)
+        raise ConfigError(
+            f"bad grace {shown}: write a duration of 0 or more, a number and a unit (90s, 5m, "
+            "1h), e.g. grace: 10m"
         )
     return seconds
 

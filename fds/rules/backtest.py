@@ -33,6 +33,7 @@ from typing import Any
 from fds.engine import Engine, FeatureStage
 from fds.errors import ConfigError, RuleError
 from fds.features.plan import read_field
+from fds.features.spec import DEFAULT_GRACE
 from fds.policy import Policy
 from fds.replay import Alerts, ReplayInput, known_frauds, run, watch_fields
 from fds.rules.ruleset import BUILTINS, FeatureSpec, Ruleset
@@ -112,13 +113,15 @@ def _union_features(cand: Ruleset, base: Ruleset) -> tuple[list[FeatureSpec], di
     return list(out.values()), renamed
 
 
-def feature_stage_for(specs: list[FeatureSpec], timezone: str) -> FeatureStage:
+def feature_stage_for(
+    specs: list[FeatureSpec], timezone: str, grace: str | float = DEFAULT_GRACE
+) -> FeatureStage:
     """The engine's feature stage for these declarations (from :mod:`fds.features`)."""
     if not specs:
         return _NoFeatures()
     from fds.features import FeaturePlan
 
-    return FeaturePlan(specs, timezone=timezone)
+    return FeaturePlan(specs, timezone=timezone, grace=grace)
 
 
 class _Both:
@@ -251,9 +254,9 @@ def backtest(
     """Run both rulesets over ``stream`` with the same features; compare the outcomes.
 
     ``features`` overrides the feature stage (default: :func:`feature_stage_for` the union of
-    both rulesets' declarations, in the candidate's timezone; a feature the candidate declares
-    otherwise is computed for each side). ``examples``: changed transactions kept with the
-    values their rules read (``None``: all of them).
+    both rulesets' declarations, in their timezone and with their grace, each of which must be
+    one; a feature the candidate declares otherwise is computed for each side). ``examples``:
+    changed transactions kept with the values their rules read (``None``: all of them).
     """
     specs, renamed = _union_features(candidate, baseline)
     if features is None:
@@ -264,7 +267,15 @@ def backtest(
                 "windows and hour/is_night are computed once for both, in one zone; compare a "
                 "timezone change with two replays instead (fds replay FILE --rules A, then B)"
             )
-        features = feature_stage_for(specs, tz)
+        grace, base_grace = candidate.spec.grace, baseline.spec.grace
+        # nor two ways of telling late events (5m and 300s are one); without features, no matter
+        if specs and candidate.spec.grace_seconds != baseline.spec.grace_seconds:
+            raise ConfigError(
+                f"the candidate's grace {grace} differs from the baseline's {base_grace}: late "
+                "events are told from the others once for both, with one grace; compare a grace "
+                "change with two replays instead (fds replay FILE --rules A, then B)"
+            )
+        features = feature_stage_for(specs, tz, grace)
     else:
         renamed = {}  # (the stage given computes no candidate's own versions)
     both = _Both(candidate, baseline, renamed)

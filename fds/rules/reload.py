@@ -36,6 +36,7 @@ import orjson
 
 from fds import yamlio
 from fds.errors import ConfigError, describe
+from fds.features.spec import DEFAULT_GRACE, grace_seconds
 from fds.policy import Policy
 from fds.rules.ruleset import Ruleset, check_tests, load_ruleset_text, read_rules_file
 
@@ -282,13 +283,22 @@ class ReloadingRuleset:
         # Feature state is built from the declarations at start; a reload swaps rules and policy
         # only. A changed declaration would leave rules reading values nobody computes; another
         # timezone would move `hour` and `is_night` while calendar-day windows keep resetting at
-        # the old midnight.
+        # the old midnight; another grace would not be the one the plan and its checkpoints
+        # keep (its log is trimmed to the old grace: a larger one could not be honoured).
         old_tz, new_tz = self.current.spec.timezone, new.spec.timezone
         if new_tz != old_tz:
             raise ConfigError(
                 f"timezone changed ({old_tz} -> {new_tz}): calendar-day windows were built in "
                 "the old one; restart the engine to apply it",
                 where=new.where("timezone"),
+            )
+        old_spec, new_spec = self.current.spec, new.spec
+        if new_spec.grace_seconds != old_spec.grace_seconds:  # (`5m` and `300s` are one grace)
+            raise ConfigError(
+                f"grace changed ({old_spec.grace} -> {new_spec.grace}): the feature state folds "
+                "late events in with the old one, and its checkpoints are bound to it; restart "
+                "the engine to apply it",
+                where=new.where("grace"),
             )
         old = {f.name: f for f in self.current.features}
         now = {f.name: f for f in new.features}
@@ -370,6 +380,12 @@ def _deciding(rs: Ruleset) -> str:
     for rule in spec["rules"]:
         # (unparsed: ast.dump's text changed with Python 3.13, a digest must not)
         rule["when"] = ast.unparse(ast.parse("(" + rule["when"] + "\n)", mode="eval"))
+    # a grace is its length, and the default's is left out: the digests of files without
+    # `grace`, kept in checkpoints, are those of the releases before it
+    grace = rs.spec.grace_seconds
+    del spec["grace"]
+    if grace != grace_seconds(DEFAULT_GRACE):
+        spec["grace"] = grace
     spec["features"] = sorted(spec["features"], key=lambda f: f["name"])
     declared_by_name = sorted(rs.features, key=lambda f: f.name)
     for f, declared in zip(spec["features"], declared_by_name, strict=True):

@@ -48,8 +48,10 @@ from fds import yamlio
 from fds.errors import ConfigError, ValidationError
 from fds.features.spec import (  # one definition of each
     AGGS,
+    DEFAULT_GRACE,
     FIELD_AGGS,
     RESERVED,
+    grace_seconds,
     reserved,
     window_seconds,
 )
@@ -226,6 +228,13 @@ class RulesFile(_Strict):
 
     version: str = Field(description="recorded in every decision, e.g. 2026-11-22.1")
     timezone: str = Field(default="UTC", description="IANA zone for hour/weekday/calendar_day")
+    grace: str = Field(
+        default=DEFAULT_GRACE,
+        description="how late (behind the latest event time seen) an event may be and still be "
+        "folded into its windows exactly; a later one is decided on the state held and flagged "
+        "late (a duration: 90s, 5m, 1h; 0: any event behind the latest is late)",
+        json_schema_extra={"pattern": f"^{DURATION_PATTERN}$"},
+    )
     features: list[FeatureSpec] = Field(default_factory=list)
     rules: list[Rule] = Field(default_factory=list)
     policy: PolicySpec = Field(default_factory=PolicySpec)
@@ -251,6 +260,20 @@ class RulesFile(_Strict):
                 'of printable characters, e.g. version: "2026-11-30.1"'
             )
         return v
+
+    @field_validator("grace", mode="before")
+    @classmethod
+    def _grace(cls, v: Any) -> Any:
+        try:  # (one check with the feature plan's)
+            grace_seconds(v)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
+        return f"{v}s" if isinstance(v, int | float) else v  # (a bool was refused above)
+
+    @property
+    def grace_seconds(self) -> float:
+        """The grace period in seconds (``5m``: 300.0)."""
+        return grace_seconds(self.grace)
 
 
 def export_schema(path: str | Path | None = None) -> str:
@@ -977,6 +1000,13 @@ def load_ruleset_text(
         raise _pydantic_error(e, filename, marks) from None
     _check_semantics(spec, filename, marks)
     notes = []  # said at load, and by `fds rules check` in its report
+    grace = data.get("grace")
+    if type(grace) in (int, float) and grace:  # (as a window's: 300 is read as seconds)
+        line, col, _ = _mark_for(marks, ("grace",))
+        notes.append(
+            f"{filename}:{line}:{col}: grace {grace} has no unit: read as {grace} seconds "
+            "(write 5m, 90s, 1h)"
+        )
     for i, f in enumerate(data.get("features") or []):  # (7 meant as days: 7 s, a QA pass)
         window = f.get("window")
         if type(window) in (int, float):
@@ -985,8 +1015,9 @@ def load_ruleset_text(
                 f"{filename}:{line}:{col}: window {window} has no unit: read as {window} "
                 "seconds (write 7d, 12h, 90s)"
             )
-            if log_notes:  # (`fds rules check` prints them: said twice, a QA pass)
-                log.warning("%s", notes[-1])
+    if log_notes:  # (`fds rules check` prints them: said twice, a QA pass)
+        for note in notes:
+            log.warning("%s", note)
     known = known_names(spec)
     compiled = []
     errors: list[str] = []  # every rule's error at once: an analyst fixes them in one pass

@@ -214,6 +214,49 @@ def test_backtest_refuses_rulesets_in_two_timezones(tmp_path: Path, capsys) -> N
     assert code == 2 and "differs from the baseline's Asia/Seoul" in capsys.readouterr().err
 
 
+def test_backtest_refuses_rulesets_with_two_grace_periods(tmp_path: Path, capsys) -> None:
+    """One feature stage serves both sides, so late events are told apart once: with another
+    grace the candidate's side would not be what it decides in production."""
+    data = tmp_path / "h.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps({"tx_id": f"t{i}", "ts": 1767225600 + 60 * i, "card_id": "c", "amount": 9})
+            + "\n"
+            for i in range(3)
+        )
+    )
+    feature = "features: [{name: n, entity: card_id, agg: count, window: 1h}]\n"
+    base, cand = tmp_path / "base.yaml", tmp_path / "cand.yaml"
+    base.write_text(BASELINE + feature)
+    cand.write_text(CANDIDATE + feature + "grace: 10m\n")
+    argv = ["rules", "backtest", "--candidate", str(cand), "--baseline", str(base), str(data)]
+    assert main(argv) == 2
+    assert "the candidate's grace 10m differs from the baseline's 5m" in capsys.readouterr().err
+    cand.write_text(CANDIDATE + feature + "grace: 300s\n")  # the default, written otherwise
+    assert main(argv) == 0
+
+
+def test_backtest_computes_the_features_with_the_files_grace() -> None:
+    from fds.replay import ReplayInput
+    from fds.rules.backtest import backtest
+    from fds.rules.ruleset import load_ruleset_text
+
+    text = (
+        'version: "{v}"\ngrace: 10m\n'
+        "features: [{{name: n, entity: card_id, agg: count, window: 1h}}]\n"
+        "rules: [{{id: fourth, when: n >= {k}, action: review, score: 0.7, reason: r}}]\n"
+    )
+    cand = load_ruleset_text(text.format(v="c", k=4), "c.yaml")
+    base = load_ruleset_text(text.format(v="b", k=5), "b.yaml")
+    t0 = 1767225600
+    txs = [  # the third 7 minutes behind the second: folded in with 10m, late with 5m
+        {"tx_id": f"t{i}", "ts": float(t0 + dt), "card_id": "c", "amount": 1.0, "extra": {}}
+        for i, dt in enumerate([0, 600, 180, 700])
+    ]
+    result = backtest(cand, base, ReplayInput(transactions=txs))
+    assert (result.candidate.alerts, result.baseline.alerts) == (1, 0)  # t3 counts 4
+
+
 def _backtest_a_rule(tmp_path: Path, extras: list[dict[str, Any]], rule: str) -> list[str]:
     """The argv of a backtest of BASELINE plus ``rule`` against BASELINE, over one card's
     transactions t0, t1, ... (amount 100) with these ``extra`` values."""

@@ -239,6 +239,40 @@ def test_policy_follows_the_reloaded_file_and_features_cannot_change(tmp_path: P
     assert "timezone changed (UTC -> Asia/Seoul)" in str(rs.last_error)
 
 
+def test_a_reload_that_changes_the_grace_period_is_refused_as_a_timezone_change(tmp_path: Path):
+    """The feature state folds late events in with the grace it was built with (and its log is
+    trimmed to it): another one is applied by a restart, told at the line of `grace`."""
+    p = tmp_path / "r.yaml"
+    p.write_text(rules("v1", 100))
+    rs = ReloadingRuleset(p, start=False, settle_seconds=0)
+    write(p, rules("v1", 100) + "grace: 300s\n")  # the default, written otherwise: no change
+    assert rs.check_now() == "ok"
+    write(p, rules("v2", 100) + "grace: 10m\n")
+    assert rs.check_now() == "rejected"
+    assert str(rs.last_error) == (
+        f"{p}:9:8: grace changed (300s -> 10m): the feature state folds late events in with "
+        "the old one, and its checkpoints are bound to it; restart the engine to apply it"
+    )
+    assert rs.current.version == "v1"
+
+
+def test_the_digest_of_what_decides_is_unchanged_for_a_file_without_grace() -> None:
+    """Checkpoints keep a digest per version served; a restart compares the file's with it.
+    The digest of a file without `grace` (and with the default, however written) is the one
+    of the release before the key existed, so an upgrade is not told "other rules"."""
+    from fds.rules.reload import _deciding
+    from fds.rules.ruleset import load_ruleset_text
+
+    text = (
+        'version: "v1"\nfeatures: [{name: n, entity: card_id, agg: count, window: 1h}]\n'
+        "rules:\n  - {id: big, when: amount > 100, action: review, score: 0.7, reason: Big}\n"
+    )
+    before = "95eab6582db0e07d4313307e5edd515cd85e9ac8f70b3bd1e2402852ece3de91"
+    for grace in ("", "grace: 5m\n", "grace: 300s\n"):
+        assert _deciding(load_ruleset_text(text + grace, "r.yaml")) == before
+    assert _deciding(load_ruleset_text(text + "grace: 10m\n", "r.yaml")) != before
+
+
 def test_the_model_reads_the_rule_results_of_the_ruleset_that_produced_them(tmp_path: Path):
     """A reload landing between the rules and the model of one event: the model's per-rule
     inputs are those of the ruleset that produced the hits, not of the new one."""

@@ -388,7 +388,14 @@ def test_committed_schema_is_current() -> None:
         "export_schema; export_schema('rules/schema.json')\""
     )
     schema = json.loads(committed)
-    assert set(schema["properties"]) == {"version", "timezone", "features", "rules", "policy"}
+    assert set(schema["properties"]) == {
+        "version", "timezone", "grace", "features", "rules", "policy",
+    }  # fmt: skip
+    grace = schema["properties"]["grace"]  # (an editor flags `-5m` and `5min`, as fds does)
+    assert grace["default"] == "5m" and grace["type"] == "string"
+    assert [bool(re.match(grace["pattern"], g)) for g in ("5m", "90s", "1h", "-5m", "5min")] == [
+        True, True, True, False, False,
+    ]  # fmt: skip
     # x-... keys (anchors), which fds ignores: an editor flagged them as unknown
     assert schema["patternProperties"] == {"^x-": {}} and not schema["additionalProperties"]
 
@@ -456,6 +463,56 @@ def test_a_window_without_a_unit_is_warned_about(caplog) -> None:
     out = io.StringIO()
     assert _report(rs, out, quiet=False) == 0
     assert "  note: f.yaml:3:52: window 7 has no unit" in out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("written", "seconds"),
+    [("5m", 300.0), ("90s", 90.0), ("1h", 3600.0), ("0", 0.0), ("1.5h", 5400.0)],
+)
+def test_the_grace_period_is_read_from_the_rules_file(written, seconds) -> None:
+    """The README's grace period, "configurable", could be set from Python only: `grace:` was
+    an unknown key (a QA pass)."""
+    rs = load_ruleset_text(f'version: "1"\ntimezone: Asia/Seoul\ngrace: {written}\n', "f.yaml")
+    assert rs.spec.grace_seconds == seconds and rs.notes == []
+
+
+def test_without_grace_the_rules_file_keeps_the_default_of_5_minutes() -> None:
+    rs = load_ruleset_text('version: "1"\n', "f.yaml")
+    assert (rs.spec.grace, rs.spec.grace_seconds) == ("5m", 300.0)
+
+
+@pytest.mark.parametrize(
+    ("written", "shown"),
+    [
+        ("-5m", "'-5m'"),
+        ("-1", "-1"),
+        ("5min", "'5min'"),
+        ("soon", "'soon'"),
+        (".inf", "inf"),
+        ("true", "true"),
+        ("", "empty"),
+        ("[5m]", "['5m']"),
+    ],
+)
+def test_a_bad_grace_is_refused_at_its_place_with_what_to_write(written, shown) -> None:
+    text = f'version: "1"\ntimezone: UTC\ngrace: {written}\nrules: []\n'
+    with pytest.raises(ConfigError) as e:
+        load_ruleset_text(text, "f.yaml")
+    assert str(e.value) == (
+        f"f.yaml:3:{8 if written else 7}: grace: bad grace {shown}: write a duration of 0 or "
+        "more, a number and a unit (90s, 5m, 1h), e.g. grace: 10m"
+    )
+
+
+def test_a_grace_without_a_unit_is_read_as_seconds_and_said(caplog) -> None:
+    with caplog.at_level("WARNING", logger="fds.rules"):
+        rs = load_ruleset_text('version: "1"\ngrace: 600\n', "f.yaml")
+    assert rs.spec.grace_seconds == 600.0
+    assert rs.notes == [
+        "f.yaml:2:8: grace 600 has no unit: read as 600 seconds (write 5m, 90s, 1h)"
+    ]
+    assert "grace 600 has no unit" in caplog.text
+    assert load_ruleset_text('version: "1"\ngrace: 0\n', "f.yaml").notes == []  # 0 is 0
 
 
 def test_rules_check_says_a_note_once(tmp_path, capsys) -> None:
