@@ -29,6 +29,7 @@ from fds.pipeline import DEFAULT_MODEL, DEFAULT_RULES, build_engine
 from fds.streams.files import (
     ColumnMapping,
     JsonlSink,
+    beside,
     check_transaction_columns,
     csv_header,
     infer_format,
@@ -101,7 +102,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--push-job",
         type=_push_job,
-        default="fds_replay",
+        default=None,
         metavar="NAME",
         help="the Pushgateway job the metrics are pushed as (default fds_replay; a run "
         "replaces the last run's metrics of its job)",
@@ -223,7 +224,7 @@ def _replay(args: argparse.Namespace) -> int:
         say("fds replay: error: --metrics-host needs --metrics-port N: a replay serves no metrics "
             "without it (0: any free port)")  # fmt: skip
         return 2
-    if args.pushgateway is None and args.push_job != "fds_replay":
+    if args.pushgateway is None and args.push_job is not None:
         say("fds replay: error: --push-job needs --pushgateway URL: a replay pushes no metrics "
             "without it")  # fmt: skip
         return 2
@@ -274,8 +275,9 @@ def _replay(args: argparse.Namespace) -> int:
             server = stack.enter_context(serve(metrics, args.metrics_host, args.metrics_port))
             say(f"serving metrics on {server.url}", logging.INFO)
         if args.pushgateway is not None:
-            stack.enter_context(Pusher(metrics, args.pushgateway, args.push_job))
-            say(f"pushing metrics to {args.pushgateway} as job {args.push_job}", logging.INFO)
+            job = args.push_job or "fds_replay"
+            stack.enter_context(Pusher(metrics, args.pushgateway, job))
+            say(f"pushing metrics to {args.pushgateway} as job {job}", logging.INFO)
         # Only now, every usage error said (a port in use removed the last run's decisions: a
         # QA pass): a previous run's output would pass for this one's (when nothing is decided
         # or dead-lettered)
@@ -491,8 +493,7 @@ def _sort_by_time(path: Path, mapping: ColumnMapping | None) -> str:
     except ConfigError:
         fmt = None
     gz = path.name.endswith(".gz")
-    stem, dot, ext = path.name.removesuffix(".gz").rpartition(".")
-    out = shlex.quote(str(path.with_name(f"{stem}.sorted.{ext}" if dot else f"{ext}.sorted")))
+    out = shlex.quote(str(beside(path, "sorted")))
     src = shlex.quote(str(path))
     read = f"zcat {src} | " if gz else ""  # (a .gz is sorted into a plain file)
     if fmt == "csv":

@@ -43,9 +43,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import http.client
 import logging
 import socket
 import threading
+import time
 import urllib.parse
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
@@ -1088,6 +1090,10 @@ def add_metrics_arguments(parser: Any, default_port: int) -> None:
     )
 
 
+#: What a failed push raises: no answer (``urllib.error.URLError``, an ``OSError``), or one
+#: that is no HTTP (a proxy's, another service on that port: ``BadStatusLine``, a review).
+PUSH_ERRORS = (OSError, http.client.HTTPException)
+
 #: How often a :class:`Pusher` pushes while its job runs (Prometheus' default scrape interval
 #: is 15 s: a Pushgateway scraped that often shows a replay's progress, not only its end).
 PUSH_EVERY_S = 10.0
@@ -1121,12 +1127,12 @@ class Pusher:
         self._thread: threading.Thread | None = None
 
     def push(self) -> None:
-        """One push now; raises ``OSError`` (``urllib.error.URLError``) when it fails."""
+        """One push now; raises one of :data:`PUSH_ERRORS` when it fails."""
         push_to_gateway(
             self.url, job=self.job, registry=self.metrics.registry, timeout=self.timeout_s
         )
 
-    def _problem(self, e: OSError) -> str:
+    def _problem(self, e: Exception) -> str:
         reason = getattr(e, "reason", None) or e
         hint = (  # (something answered over HTTP, and not as a Pushgateway's push API does)
             "; is it a Pushgateway (its push API answers on /metrics/job/...)?"
@@ -1138,7 +1144,7 @@ class Pusher:
     def start(self) -> Pusher:
         try:
             self.push()
-        except OSError as e:
+        except PUSH_ERRORS as e:
             raise ConfigError(
                 f"{self._problem(e)}; start it, or give its address with --pushgateway "
                 "host:port (or run without --pushgateway)"
@@ -1152,7 +1158,7 @@ class Pusher:
         while not self._stopping.wait(self.every_s):
             try:
                 self.push()
-            except OSError as e:
+            except Exception as e:  # (any: the thread must not die, pushes stopping unsaid)
                 if not failing:  # (once per outage, not every 10 s)
                     log.warning("%s; retrying every %.0f s", self._problem(e), self.every_s)
                 failing = True
@@ -1172,14 +1178,14 @@ class Pusher:
             try:
                 self.push()
                 return True
-            except OSError as e:
+            except PUSH_ERRORS as e:
                 if attempt == attempts - 1:
                     log.warning(
                         "%s: Prometheus keeps the counts of the last push that got through",
                         self._problem(e),
                     )
                 else:
-                    self._stopping.wait(1.0)
+                    time.sleep(1.0)  # (not the stop event: it is set, a review)
         return False
 
     def __enter__(self) -> Pusher:

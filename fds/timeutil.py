@@ -279,8 +279,9 @@ def format_ts(ts: float) -> str:
 
     Truncated to the millisecond, never rounded up: a time 0.4 ms before midnight stays on its
     day, as its calendar-day windows count it (rounded, it read as the next day's 00:00:00.000:
-    a QA pass). A binary float a hair below a whole millisecond (``.001`` read as
-    ``.000999999...``) still reads as that millisecond: a microsecond of slack.
+    a QA pass). It is read to the nearest microsecond first, so a binary float a hair below a
+    whole millisecond (``.001`` held as ``.000999999...``) reads as that millisecond, and
+    ``23:59:59.999999`` as ``.999``.
 
     >>> format_ts(1700000000.25), format_ts(-0.5)
     ('2023-11-14T22:13:20.250+00:00', '1969-12-31T23:59:59.500+00:00')
@@ -289,7 +290,7 @@ def format_ts(ts: float) -> str:
     >>> format_ts(1700006399.9996)  # stays in its second (and its day)
     '2023-11-14T23:59:59.999+00:00'
     """
-    sec, ms = divmod(math.floor(ts * 1000.0 + 1e-3), 1000)
+    sec, ms = divmod(round(ts * 1e6) // 1000, 1000)
     prefix = _second_prefix.get(sec)
     if prefix is None:
         if len(_second_prefix) > 8192:  # bounded; a replay moves forward through time

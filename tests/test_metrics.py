@@ -532,3 +532,51 @@ def test_the_consumed_and_fallback_series_exist_at_0_before_the_first_event(tmp_
     with JsonlSink(tmp_path / "d.jsonl") as sink, JsonlSink(tmp_path / "x.jsonl") as dlq:
         run(Engine(metrics=m), ReplayInput(iter(())), sink, dlq, source="f", progress=False)
     assert value(m, "fds_events_consumed_total", source="file") == 0.0
+
+
+def _not_http_server() -> tuple[socket.socket, int]:
+    """A loopback port that answers every connection with an SSH greeting (no HTTP)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+
+    def serve_forever() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            with conn:
+                conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+
+    threading.Thread(target=serve_forever, daemon=True).start()
+    return srv, int(srv.getsockname()[1])
+
+
+def test_a_pushgateway_address_that_answers_no_http_is_told_not_raised(caplog) -> None:
+    """A review: BadStatusLine is no OSError: a traceback at the start, the push thread dead
+    without a word, and the replay's summary lost at the end."""
+    import time
+
+    from fds.metrics import Pusher
+
+    srv, port = _not_http_server()
+    try:
+        with pytest.raises(
+            ConfigError, match=f"cannot push metrics to the Pushgateway at http://127.0.0.1:{port}"
+        ):
+            Pusher(Metrics(), f"127.0.0.1:{port}", "j").start()
+        pusher = Pusher(Metrics(), f"127.0.0.1:{port}", "j", every_s=0.05)
+        pusher._thread = threading.Thread(target=pusher._loop, daemon=True)
+        pusher._thread.start()
+        with caplog.at_level("WARNING", logger="fds"):
+            deadline = time.monotonic() + 10
+            while "cannot push" not in caplog.text and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert pusher._thread.is_alive()  # it goes on trying
+            t0 = time.monotonic()
+            assert pusher.stop(attempts=2) is False  # the last push: two tries a second apart
+            assert time.monotonic() - t0 >= 1.0
+        assert caplog.text.count("cannot push metrics") == 2  # once while running, once at the end
+    finally:
+        srv.close()

@@ -20,11 +20,12 @@ def test_format_truncates_to_the_millisecond_never_into_the_next(ts):
     """Never rounded up: a time just before midnight stays on its day, as its calendar-day
     windows count it (rounded, 23:59:59.9996 read as the next day: a QA pass)."""
     back = parse_ts(format_ts(ts))
-    assert ts - 0.001 < back <= ts + 1e-6  # (a microsecond of slack: see format_ts)
+    assert ts - 0.001 < back <= ts + 1e-6  # (read to the microsecond: see format_ts)
 
 
 def test_a_time_just_before_midnight_stays_on_its_day():
     assert format_ts(1792454399.9996) == "2026-10-19T23:59:59.999+00:00"  # (not 20T00:00)
+    assert format_ts(1700006399.999999) == "2023-11-14T23:59:59.999+00:00"  # (a review)
 
 
 def test_the_format_caches_stay_bounded_over_years_of_event_time():

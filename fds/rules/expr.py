@@ -195,11 +195,15 @@ def _flag(x: Any) -> Any:
     >>> _flag("TRUE"), _flag(" no "), _flag("1"), _flag("gold"), _flag(True)
     (True, False, 1.0, 'gold', True)
     """
-    if type(x) is str:
-        low = x.strip().lower()
-        if low in TRUE_WORDS or low in FALSE_WORDS:
-            return low in TRUE_WORDS
+    if type(x) is str and (flag := _word(x)) is not None:
+        return flag
     return _coerce(x)
+
+
+def _word(x: str) -> bool | None:
+    """The flag text ``x`` writes (``"Yes"``: True, ``" off "``: False), or ``None``."""
+    low = x.strip().lower()
+    return (low in TRUE_WORDS) if low in TRUE_WORDS or low in FALSE_WORDS else None
 
 
 def _order(x: Any, y: Any, op: Callable[[Any, Any], bool]) -> bool:
@@ -245,10 +249,9 @@ def _truth(x: Any) -> bool:
         v = num(x)
         if v == v:
             return v != 0
-        low = x.strip().lower()
-        if low in TRUE_WORDS or low in FALSE_WORDS:
-            return low in TRUE_WORDS
-        if low in NA_TEXT:
+        if (flag := _word(x)) is not None:
+            return flag
+        if x.strip().lower() in NA_TEXT:
             raise MissingName(x)
     return bool(x)
 
@@ -261,6 +264,14 @@ def _isin(x: Any, items: frozenset[Any]) -> bool:
     if type(x) is list or type(x) is dict:  # in no list of literals (and not hashable)
         return False
     return x in items or _coerce(x) in items
+
+
+def _isin_flag(x: Any, items: frozenset[Any]) -> bool:
+    """``x in items`` for an ``extra.*`` value and a list with true/false: its text read as a
+    flag as ``==`` reads it (:func:`_flag`: ``"yes" in [True]`` holds)."""
+    if type(x) is list or type(x) is dict:
+        return False
+    return x in items or _flag(x) in items
 
 
 def _isin_text(x: Any, items: frozenset[Any]) -> bool:
@@ -554,7 +565,7 @@ class _Checker:
                 src, rt = self.literal_list(right, left_t)
                 if left_t == ANY:  # extra.code in [1, 2] reads "1"; a list value is in none
                     neg = "not " if sym == "not in" else ""
-                    isin = "_isin" if rt == "numbers" else "_isin_text"
+                    isin = {"numbers": "_isin", "flags": "_isin_flag"}.get(rt, "_isin_text")
                     return f"({neg}{isin}({left_src}, {src}))", BOOL
                 return f"({left_src} {sym} {src})", BOOL
             src, rt = self.visit(right, d)
@@ -614,8 +625,9 @@ class _Checker:
             if {left_t, t} in ({STR, NUM}, {STR, BOOL}):
                 raise self.fail(elt, f"list item type {t} never equals the {left_t} on the left")
             items.append(elt.value)
+        flags = any(type(v) is bool for v in items)
         numbers = any(type(v) in (int, float) for v in items)
-        return self.const(frozenset(items)), "numbers" if numbers else "list"
+        return self.const(frozenset(items)), "flags" if flags else "numbers" if numbers else "list"
 
     def call(self, node: ast.Call, d: int) -> tuple[str, str]:
         if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
@@ -775,7 +787,7 @@ def parse_expr(
         consts["_num"] = _num
     if "_coerce(" in code:
         consts["_coerce"] = _coerce
-    for helper in (_flag, _isin, _isin_text, _order, _truth):
+    for helper in (_flag, _isin, _isin_flag, _isin_text, _order, _truth):
         if f"{helper.__name__}(" in code:
             consts[helper.__name__] = helper
     return code, typ, tuple(checker.names), consts

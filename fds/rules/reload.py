@@ -100,6 +100,7 @@ class ReloadingRuleset:
         self._stat: _Key | None = None
         self._digest: bytes | None = None
         text, self._stat, self._digest = self._read()
+        self._in_force = self._digest  # the digest of the file the rules in force came from
         self.current: Ruleset = load_ruleset_text(text, str(self.path), run_tests=True)
         self.version: str | None = self.current.version
         #: The policy stage of the ruleset in force (its thresholds follow reloads).
@@ -219,8 +220,10 @@ class ReloadingRuleset:
                 return "unchanged"
             self._stat = stat
             if digest == self._digest:
-                if self.last_error is not None:  # (deleted or unreadable, then back as it was:
-                    self.last_error = None  # nothing said it, the error stood: a QA pass)
+                # deleted or unreadable, then back as the rules in force were: nothing said
+                # it, the error stood (a QA pass); a rejected file back as it was stays so
+                if self.last_error is not None and digest == self._in_force:
+                    self.last_error = None
                     log.info(
                         'rules file readable again, unchanged path="%s" version="%s"',
                         self.path, self.current.version,
@@ -241,6 +244,7 @@ class ReloadingRuleset:
                 why = f"could not be loaded ({describe(e)})"
                 return self._failed(ConfigError(why, where=str(self.path)))
             self.current = new  # the atomic swap: one reference assignment
+            self._in_force = digest
             self._served[new.version] = _deciding(new)
             self.last_error = None
             self.counts["ok"] += 1

@@ -649,11 +649,21 @@ def _utf8(encoding: str) -> bool:
     return codecs.lookup(encoding).name in ("utf-8", "utf-8-sig")
 
 
-def _to_utf8(p: Path, encoding: str = "latin1") -> str:
-    """A command that writes JSON Lines file ``p`` (in ``encoding``) as UTF-8 beside it."""
+def beside(p: Path, tag: str) -> Path:
+    """Where a command that rewrites file ``p`` writes it: ``tag`` before its extension, a
+    ``.gz`` dropped (the rewrite is plain).
+
+    >>> str(beside(Path("d/a.csv.gz"), "sorted")), str(beside(Path("a"), "utf8"))
+    ('d/a.sorted.csv', 'a.utf8')
+    """
     name = p.name.removesuffix(".gz")
     stem, dot, ext = name.rpartition(".")
-    out = shlex.quote(str(p.with_name(f"{stem}.utf8{dot}{ext}" if dot else f"{name}.utf8")))
+    return p.with_name(f"{stem}.{tag}.{ext}" if dot else f"{name}.{tag}")
+
+
+def _to_utf8(p: Path, encoding: str = "latin1") -> str:
+    """A command that writes JSON Lines file ``p`` (in ``encoding``) as UTF-8 beside it."""
+    out = shlex.quote(str(beside(p, "utf8")))
     src = shlex.quote(str(p))
     iconv = f"iconv -f {shlex.quote(encoding)} -t utf-8"
     return f"zcat {src} | {iconv} > {out}" if p.name.endswith(".gz") else f"{iconv} {src} > {out}"

@@ -1975,7 +1975,7 @@ class Runner:
         sources: list[tuple[str, Callable[[], Checkpoint | None]]] = [("checkpoint", ck.load)]
         if self.state_topic is not None:
             sources.append(("state topic snapshot", lambda: self._fetch_state(ck)))
-        ignored = False
+        ignored = kept = False
         for what, load in sources:
             got = None
             try:
@@ -1994,8 +1994,9 @@ class Runner:
                     ck.on_disk = ck.on_disk._replace(left=_left_offsets(self._left))
             except ConfigError as exc:
                 log.warning("%s ignored: %s", what, exc)
-                if isinstance(exc, FeatureStateMismatch) and got is not None:
-                    self._keep_engine_state(what, got.state, model=model)
+                if isinstance(exc, FeatureStateMismatch) and got is not None and not kept:
+                    self._keep_history(what, got.state)  # (the newest: the checkpoint first)
+                    kept = True
                 if ck.path.exists():  # kept for a post-mortem (the topic's: it was left as
                     bad = ".bad" if what == "checkpoint" else ".snapshot.bad"  # the checkpoint)
                     ck.path.replace(ck.path.with_name(ck.path.name + bad))
@@ -2018,19 +2019,19 @@ class Runner:
             if self.state_topic is not None else "",
         )  # fmt: skip
 
-    def _keep_engine_state(self, what: str, state: dict[str, Any], *, model: bool) -> None:
+    def _keep_history(self, what: str, state: dict[str, Any]) -> None:
         """Of a saved state whose features do not fit (declarations changed while the engine
-        was down), keep what the rebuild from the input cannot give back: the ruleset versions
-        served (a version name is never reused for other rules), the demotions and the model's
-        gate and contests. The features, the alert budget and the breaker are rebuilt from the
-        input, through the whole engine (the saved budget and breaker would count its records
-        twice). They were all dropped with the features (a QA pass)."""
-        kept = {**state, "features": None, "budget": None, "breaker": None}
-        self.engine.load_state_dict(kept if model else _without_model(kept), features=False)
+        was down), keep what the rebuild from the input cannot give back (``Engine.history``):
+        the ruleset versions served (a version name is never reused for other rules) and the
+        demotions; they went with the features (a QA pass). The features, the alert budget and
+        the breaker are rebuilt from the input through the whole engine (the saved budget and
+        breaker would count its records twice); the model's gate and contests start anew: they
+        judged the model on the features as they were (a review)."""
+        kept = {k: state[k] for k in self.engine.history() if k in state}
+        self.engine.load_state_dict(_without_model(kept), features=False)
         log.warning(
-            "%s: kept the ruleset versions served, the demotions%s; the features, the alert "
-            "budget and the rate breaker are rebuilt from the input",
-            what, " and the model gate" if model else "",
+            "%s: kept the ruleset versions served and the demotions; the features, the alert "
+            "budget, the rate breaker and the model gate start from the input", what,
         )  # fmt: skip
 
     def _fetch_state(self, ck: Checkpointer) -> Checkpoint | None:

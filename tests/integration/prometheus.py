@@ -286,7 +286,12 @@ class Pushgateway:
         for _ in range(3):  # (a port taken between free_port() and the bind: another)
             self.port = port or free_port()
             self.proc = subprocess.Popen(
-                [self.binary, f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
+                [
+                    self.binary,
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                    "--persistence.file=",  # (Debian's default file is shared by every run)
+                    "--log.level=warn",
+                ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )

@@ -333,6 +333,7 @@ ALLOWED_EXACT = {
     "_coerce",
     "_flag",
     "_isin",
+    "_isin_flag",
     "_isin_text",
     "_order",
     "_truth",
@@ -565,6 +566,12 @@ def _outcome(src: str, extra: dict) -> str:
         ("extra.vip != True", {"vip": "no"}, "hit"),
         ("extra.vip == True", {"vip": "gold"}, "miss"),
         ("extra.vip == True", {"vip": "NA"}, "missing"),
+        # ... and `in` a list with true/false reads it as `==` does (a review)
+        ("extra.vip in [True]", {"vip": "yes"}, "hit"),
+        ("extra.vip in [True]", {"vip": "1"}, "hit"),
+        ("extra.vip not in [False]", {"vip": "no"}, "miss"),
+        ("extra.vip in [1, 2]", {"vip": "yes"}, "miss"),  # numbers: no flag reading
+        ("extra.vip in [True]", {"vip": ["x"]}, "miss"),
     ],
 )
 def test_extra_values_in_chains_lists_orderings_and_conditions(src, extra, expected) -> None:

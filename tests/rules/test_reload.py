@@ -200,6 +200,15 @@ def test_a_file_deleted_then_restored_as_it_was_is_said_back(tmp_path: Path, cap
     assert rs.last_error is None and rs.current.version == "v1"
     assert 'rules file readable again, unchanged path="' in caplog.text
     assert rs.counts["rejected"] == 1
+    # a rejected file deleted and put back as it was is still rejected (a review)
+    write(p, rules("v2", 100, broken=True))
+    assert rs.check_now() == "rejected"
+    p.unlink()
+    assert rs.check_now() == "rejected"
+    write(p, rules("v2", 100, broken=True))
+    caplog.clear()
+    assert rs.check_now() == "unchanged"
+    assert rs.last_error is not None and "readable again" not in caplog.text
 
 
 def test_policy_follows_the_reloaded_file_and_features_cannot_change(tmp_path: Path) -> None:

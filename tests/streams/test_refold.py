@@ -400,9 +400,32 @@ def test_a_checkpoint_of_other_features_keeps_the_rest_of_the_engine_state(tmp_p
     assert "checkpoint ignored: feature state was saved with other feature declarations" in (
         caplog.text
     )
-    assert "checkpoint: kept the ruleset versions served, the demotions and the model gate" in (
+    assert "checkpoint: kept the ruleset versions served and the demotions; the features" in (
         caplog.text
     )
     assert r.engine.demoted == {"too_eager"}
     # the features rebuilt from the input: each new record counts every one before it
     assert sorted(d["features"]["n"] for d in broker.out) == list(range(11, 17))
+
+
+def test_of_two_sources_whose_features_do_not_fit_the_newer_checkpoint_s_history_is_kept(
+    tmp_path, caplog
+):
+    """A review: with a state topic, a feature edit makes the local checkpoint and the
+    topic's (older) snapshot both unfit; the snapshot's demotions replaced the checkpoint's."""
+    first = Broker(logs(n0=5, n1=5), committed={})
+    first.script = [(1, lambda g: g.rebalance({P0, P1}))]
+    r = runner(first, tmp_path)
+    r.engine.demoted = {"too_eager"}
+    r.run(max_idle_s=0.3)
+    snapshot = Checkpointer(tmp_path).load()
+    assert snapshot is not None
+    snapshot.state["demoted"] = set()  # an older snapshot: before the demotion
+    spec = FeatureSpec(name="n", entity="card_id", agg="count", window="2d")
+    r = runner(Broker(logs(), committed={}), tmp_path, eng=Engine(features=FeaturePlan([spec])))
+    r.state_topic = object()  # (only to list the topic's snapshot as a source)
+    r._fetch_state = lambda ck: snapshot  # type: ignore[method-assign]
+    with caplog.at_level(logging.WARNING, logger="fds.streams.kafka"):
+        r._restore()
+    assert r.engine.demoted == {"too_eager"}
+    assert caplog.text.count("kept the ruleset versions served") == 1
