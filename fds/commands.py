@@ -35,7 +35,7 @@ from fds.streams.files import (
     infer_format,
     load_mapping,
 )
-from fds.timeutil import format_ts
+from fds.timeutil import format_ts, span
 
 if TYPE_CHECKING:
     from fds.replay import ReplaySummary
@@ -212,6 +212,17 @@ def _push_job(text: str) -> str:
 
 
 def _replay(args: argparse.Namespace) -> int:
+    pushers: list[Pusher] = []
+    code = 1
+    try:
+        code = _replay_file(args, pushers)
+        return code
+    finally:  # (the final push, once the exit code is known: a failed run is no success)
+        for pusher in pushers:
+            pusher.stop(succeeded=code == 0)
+
+
+def _replay_file(args: argparse.Namespace, pushers: list[Pusher]) -> int:
     from fds import replay as replay_mod  # (the engine: not to build the command line)
 
     if args.speed is not None and not 0 < args.speed < math.inf:  # (nan too; inf, a QA pass)
@@ -276,7 +287,7 @@ def _replay(args: argparse.Namespace) -> int:
             say(f"serving metrics on {server.url}", logging.INFO)
         if args.pushgateway is not None:
             job = args.push_job or "fds_replay"
-            stack.enter_context(Pusher(metrics, args.pushgateway, job))
+            pushers.append(Pusher(metrics, args.pushgateway, job).start())
             say(f"pushing metrics to {args.pushgateway} as job {job}", logging.INFO)
         # Only now, every usage error said (a port in use removed the last run's decisions: a
         # QA pass): a previous run's output would pass for this one's (when nothing is decided
@@ -312,8 +323,9 @@ def _replay(args: argparse.Namespace) -> int:
             + (
                 f"; {beyond:,} {'was' if beyond == 1 else 'were'} beyond the reorder buffer "
                 f"({replay_mod.REORDER_BUFFER:,} records) and decided after later records, on "
-                f"the window state those left (those within the grace period folded in "
-                f"exactly; {summary.late:,} beyond it: `late events` above): to decide each in "
+                f"the window state those left (those within the grace period{_grace(engine)} "
+                f"folded in exactly; {summary.late:,} beyond it: `late events` above): to "
+                "decide each in "
                 f"its time, replay the file sorted by time first: "
                 + _sort_by_time(args.file, mapping)
                 if beyond
@@ -477,6 +489,12 @@ def _replay(args: argparse.Namespace) -> int:
         )
         return 1
     return 1 if cut else 0
+
+
+def _grace(engine: Any) -> str:
+    """`` (5.0 min, the rules file's grace:)``: the grace period of ``engine``'s features."""
+    grace = getattr(engine.features, "grace", None)
+    return "" if grace is None else f" ({span(grace)}, the rules file's `grace:`)"
 
 
 def _sort_by_time(path: Path, mapping: ColumnMapping | None) -> str:

@@ -274,9 +274,11 @@ class Engine:
             wm = getattr(self.features, "watermark", None)
             by = getattr(self.features, "watermark_tx", None)
             log.warning(
-                "events later than the grace period decided on the state held and flagged late "
-                'count="%d" last_tx_id="%s" last_ts="%s"%s',
+                "events later than the grace period (the rules file's `grace:`) decided on the "
+                'state held and flagged late count="%d" last_tx_id="%s" last_ts="%s" '
+                'grace_s="%s"%s',
                 self._late_unsaid, self._late_last[0], format_ts(self._late_last[1]),
+                f"{getattr(self.features, 'grace', 0):g}",
                 f' watermark="{format_ts(wm)}" set_by_tx_id="{by.get("tx_id")}"'
                 if by is not None and wm is not None else "",
             )  # fmt: skip

@@ -44,11 +44,13 @@ import argparse
 import contextlib
 import errno
 import http.client
+import json
 import logging
 import socket
 import threading
 import time
 import urllib.parse
+import urllib.request
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -1094,6 +1096,9 @@ def add_metrics_arguments(parser: Any, default_port: int) -> None:
 #: that is no HTTP (a proxy's, another service on that port: ``BadStatusLine``, a review).
 PUSH_ERRORS = (OSError, http.client.HTTPException)
 
+#: The gauge a :class:`Pusher` keeps for its job: when a run of it last ended well.
+LAST_SUCCESS = "fds_last_success_timestamp_seconds"
+
 #: How often a :class:`Pusher` pushes while its job runs (Prometheus' default scrape interval
 #: is 15 s: a Pushgateway scraped that often shows a replay's progress, not only its end).
 PUSH_EVERY_S = 10.0
@@ -1108,7 +1113,10 @@ class Pusher:
 
     Each push replaces the metrics of the group ``job`` (a Pushgateway ``PUT``): the next run
     of the same job replaces this one's, and the gateway's own ``push_time_seconds{job}``
-    says when it last reported.
+    says when it last reported. A run that failed or was stopped reports too, so
+    :data:`LAST_SUCCESS` says when a run last ended well (:meth:`stop` with ``succeeded``):
+    read from the gateway at :meth:`start` and pushed again with every push until then (a
+    failed nightly run looked like a fresh good one: a QA pass).
 
     >>> Pusher(Metrics(), "127.0.0.1:1", "fds_replay").url
     'http://127.0.0.1:1'
@@ -1125,6 +1133,20 @@ class Pusher:
         self.timeout_s = timeout_s
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self.last_success: float | None = None  # (Unix time)
+        metrics.registry.register(_LastSuccess(self))
+
+    def _pushed_success(self) -> float | None:
+        """The job's :data:`LAST_SUCCESS` as the gateway holds it (its JSON API), or ``None``."""
+        try:
+            with urllib.request.urlopen(f"{self.url}/api/v1/metrics", timeout=self.timeout_s) as r:
+                groups = json.load(r)["data"]
+            for g in groups:
+                if g["labels"].get("job") == self.job and not g["labels"].get("instance"):
+                    return float(g[LAST_SUCCESS]["metrics"][0]["value"])
+        except (*PUSH_ERRORS, ValueError, KeyError, IndexError, TypeError):
+            pass  # (none yet, or no answer: the push after it says so)
+        return None
 
     def push(self) -> None:
         """One push now; raises one of :data:`PUSH_ERRORS` when it fails."""
@@ -1142,6 +1164,7 @@ class Pusher:
         return f"cannot push metrics to the Pushgateway at {self.url}: {reason}{hint}"
 
     def start(self) -> Pusher:
+        self.last_success = self._pushed_success()
         try:
             self.push()
         except PUSH_ERRORS as e:
@@ -1167,13 +1190,16 @@ class Pusher:
                     log.info("pushing metrics to %s again", self.url)
                 failing = False
 
-    def stop(self, attempts: int = 3) -> bool:
+    def stop(self, attempts: int = 3, *, succeeded: bool = False) -> bool:
         """Stop the periodic pushes and push the final counts (``attempts`` tries, a second
-        apart); ``False``, and a warning, when none got through."""
+        apart), with :data:`LAST_SUCCESS` now when the job ``succeeded``; ``False``, and a
+        warning, when none got through."""
         self._stopping.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        if succeeded:
+            self.last_success = time.time()
         for attempt in range(attempts):
             try:
                 self.push()
@@ -1181,7 +1207,7 @@ class Pusher:
             except PUSH_ERRORS as e:
                 if attempt == attempts - 1:
                     log.warning(
-                        "%s: Prometheus keeps the counts of the last push that got through",
+                        "%s: the gateway holds the last push that got through, if it kept it",
                         self._problem(e),
                     )
                 else:
@@ -1192,7 +1218,21 @@ class Pusher:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self.stop(succeeded=exc[0] is None)
+
+
+class _LastSuccess(Collector):
+    """:data:`LAST_SUCCESS` of a :class:`Pusher`'s job, once known."""
+
+    def __init__(self, pusher: Pusher) -> None:
+        self.pusher = pusher
+
+    def collect(self) -> Iterator[Any]:
+        if self.pusher.last_success is not None:
+            yield GaugeMetricFamily(
+                LAST_SUCCESS, "When a run of this pushed job last ended well (exit 0), Unix time.",
+                value=self.pusher.last_success,
+            )  # fmt: skip
 
 
 def pushgateway_url(text: str) -> str:

@@ -339,6 +339,7 @@ def test_late_decisions_are_said_in_a_log_line_at_most_once_a_minute(caplog):
     assert len(said) == 2 and 'count="2"' in said[1] and 'last_tx_id="t2"' in said[1]
     # the event they are late against is named (a record stamped ahead: a QA pass)
     assert f'set_by_tx_id="{tx(10_000)["tx_id"]}"' in said[0]
+    assert 'grace_s="300"' in said[0] and "the rules file's `grace:`" in said[0]  # (a QA pass)
 
 
 GRACE_RULES = """\

@@ -63,30 +63,44 @@ def test_a_replay_s_final_counts_reach_prometheus_after_it_ended(
     stream = tmp_path / "history.jsonl"
     stream.write_text("\n".join(lines) + "\n")
     with Pushgateway(pgw_bin) as pgw:
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "fds.cli",
-                "replay",
-                str(stream),
-                "--out",
-                str(tmp_path / "d.jsonl"),
-                "--no-progress",
-                "--pushgateway",
-                f"127.0.0.1:{pgw.port}",
-                "--push-job",
-                "nightly",
-            ],
-            cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+
+        def replay(path: Path) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "fds.cli",
+                    "replay",
+                    str(path),
+                    "--out",
+                    str(tmp_path / "d.jsonl"),
+                    "--no-progress",
+                    "--pushgateway",
+                    f"127.0.0.1:{pgw.port}",
+                    "--push-job",
+                    "nightly",
+                ],
+                cwd=REPO,
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=False,
+            )
+
+        proc = replay(stream)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert f"pushing metrics to http://127.0.0.1:{pgw.port} as job nightly" in proc.stderr
+        succeeded = pgw.value("fds_last_success_timestamp_seconds", job="nightly")
+        assert succeeded is not None and time.time() - 300 < succeeded <= time.time()
+        # a failed run of the job (nothing decided: exit 1) reports its counts, but is no
+        # success: the last success stays the first run's (a QA pass)
+        broken = tmp_path / "broken.jsonl"
+        broken.write_text("{not json\n[1, 2\n")
+        assert replay(broken).returncode == 1
+        assert pgw.value("fds_decisions_total", job="nightly", action="approve") == 0
+        assert pgw.value("fds_last_success_timestamp_seconds", job="nightly") == succeeded
+        assert replay(stream).returncode == 0  # (the counts of a good run, for what follows)
         # the replay is gone; Prometheus scrapes its last counts from the gateway
         with PrometheusServer(
             [f"127.0.0.1:{pgw.port}"], binary=prom_bin, honor_labels=True
@@ -145,7 +159,7 @@ def test_pushes_while_running_and_again_after_a_gateway_outage(
         with caplog.at_level(logging.WARNING, logger="fds"):
             caplog.clear()
             assert pusher.stop(attempts=2) is False
-        assert "Prometheus keeps the counts of the last push" in caplog.text
+        assert "the gateway holds the last push that got through" in caplog.text
         gw.start(gw.port)  # (a gateway without persistence forgets: pushes again)
         assert Pusher(metrics, gw.url, "live").stop() is True  # (the final push alone)
         assert gw.value("fds_decisions_total", job="live", action="review") == 1
