@@ -161,7 +161,8 @@ class Engine:
         self._quiet_ok = bool(getattr(rules, "takes_quiet", False))
         self._late_unsaid = 0  # decisions flagged late since the last line that said so
         self._late_say_at = 0.0  # (monotonic) the next such line, at the earliest
-        self._late_last: tuple[Any, float] = (None, 0.0)  # the last one's tx_id and ts
+        # the last one: its tx_id and ts, the watermark it was judged against and who set it
+        self._late_last: tuple[Any, float, float | None, Any] = (None, 0.0, None, None)
 
     def decide(self, tx: Mapping[str, Any]) -> dict[str, Any]:
         """Decide one validated transaction. Raises :class:`StageError` naming the stage."""
@@ -263,7 +264,11 @@ class Engine:
         count since the last one (a burst of them showed in fds_late_events_total alone: a
         soak run); :meth:`report` and :meth:`close` say what is left."""
         self._late_unsaid += 1
-        self._late_last = (tx.get("tx_id"), tx["ts"])
+        # the watermark it was judged against, as it stands now (said up to a minute later,
+        # the watermark then was another: a QA pass)
+        by = getattr(self.features, "watermark_tx", None)
+        wm = getattr(self.features, "watermark", None)
+        self._late_last = (tx.get("tx_id"), tx["ts"], wm, None if by is None else by.get("tx_id"))
         self._flush_late()
 
     def _flush_late(self, *, now: bool = False) -> None:
@@ -271,15 +276,14 @@ class Engine:
         if self._late_unsaid and (now or t >= self._late_say_at):
             # the event that set the watermark they are late against: a clock or data error
             # there (a record stamped 2099) made every later one late without a name (QA pass)
-            wm = getattr(self.features, "watermark", None)
-            by = getattr(self.features, "watermark_tx", None)
+            _, _, wm, by = self._late_last
             log.warning(
                 "events later than the grace period (the rules file's `grace:`) decided on the "
                 'state held and flagged late count="%d" last_tx_id="%s" last_ts="%s" '
                 'grace_s="%s"%s',
                 self._late_unsaid, self._late_last[0], format_ts(self._late_last[1]),
                 f"{getattr(self.features, 'grace', 0):g}",
-                f' watermark="{format_ts(wm)}" set_by_tx_id="{by.get("tx_id")}"'
+                f' watermark="{format_ts(wm)}" set_by_tx_id="{by}"'
                 if by is not None and wm is not None else "",
             )  # fmt: skip
             self._late_unsaid, self._late_say_at = 0, t + LATE_SAID_EVERY_S

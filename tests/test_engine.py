@@ -334,12 +334,14 @@ def test_late_decisions_are_said_in_a_log_line_at_most_once_a_minute(caplog):
     said = [r.getMessage() for r in caplog.records if "flagged late" in r.getMessage()]
     assert len(said) == 1 and 'count="1"' in said[0] and 'last_tx_id="t0"' in said[0]
     assert engine._late_unsaid == 2  # said a minute later at the earliest, or at close
+    assert engine.decide(tx(30_000))["flags"] == []  # the watermark moves on before it is said
     engine.close()
     said = [r.getMessage() for r in caplog.records if "flagged late" in r.getMessage()]
     assert len(said) == 2 and 'count="2"' in said[1] and 'last_tx_id="t2"' in said[1]
     # the event they are late against is named (a record stamped ahead: a QA pass)
     assert f'set_by_tx_id="{tx(10_000)["tx_id"]}"' in said[0]
     assert 'grace_s="300"' in said[0] and "the rules file's `grace:`" in said[0]  # (a QA pass)
+    assert 'set_by_tx_id="t10000"' in said[1]  # the one they were judged against (a QA pass)
 
 
 GRACE_RULES = """\
@@ -391,7 +393,7 @@ def test_a_state_of_another_grace_is_refused_and_a_rebuild_keeps_the_file_s(tmp_
 
     ten = _grace_engine(tmp_path, "grace: 10m\n")
     _late_by_7_minutes(ten)
-    with pytest.raises(FeatureStateMismatch, match=r"other grace \(600.0, now 300.0\)"):
+    with pytest.raises(FeatureStateMismatch, match=r"other grace \(10.0 min, now 5.0 min\)"):
         _grace_engine(tmp_path, "").load_state_dict(ten.state_dict())
     _grace_engine(tmp_path, "grace: 600s\n").load_state_dict(ten.state_dict())  # one grace
     assert ten.features.grace == ten.features.fresh().grace == 600.0

@@ -69,7 +69,7 @@ from fds.features.codegen import cat as _cat
 from fds.features.codegen import num as _num
 from fds.features.spec import DEFAULT_GRACE, Group, Layout, compile_specs, grace_seconds
 from fds.features.txstore import TxStore
-from fds.timeutil import parse_duration
+from fds.timeutil import parse_duration, span
 
 __all__ = ["FeaturePlan", "read_field"]
 
@@ -625,6 +625,8 @@ class FeaturePlan:
                 was = (
                     _changed(str(got or ""), str(v))
                     if k == "fingerprint"  # (both in full: 2,267 characters, a QA pass)
+                    else f"{span(got)}, now {span(v)}"  # (as a reload says it: a QA pass)
+                    if k == "grace" and isinstance(got, int | float)
                     else f"{got!r}, now {v!r}"
                 )
                 what = "feature declarations" if k == "fingerprint" else k

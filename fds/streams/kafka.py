@@ -2001,6 +2001,8 @@ class Runner:
                     bad = ".bad" if what == "checkpoint" else ".snapshot.bad"  # the checkpoint)
                     ck.path.replace(ck.path.with_name(ck.path.name + bad))
                 ignored = True
+                if kept:  # the topic's snapshot is of the same declarations: not fetched for
+                    break  # nothing ("restored", then "ignored": a QA pass)
                 continue
             self._positions = dict(got.offsets)
             log.info(

@@ -412,7 +412,9 @@ def test_of_two_sources_whose_features_do_not_fit_the_newer_checkpoint_s_history
     tmp_path, caplog
 ):
     """A review: with a state topic, a feature edit makes the local checkpoint and the
-    topic's (older) snapshot both unfit; the snapshot's demotions replaced the checkpoint's."""
+    topic's (older) snapshot both unfit; the snapshot's demotions replaced the checkpoint's.
+    A QA pass: that snapshot (of the same declarations) was fetched, "restored", then
+    "ignored": it is not fetched at all."""
     first = Broker(logs(n0=5, n1=5), committed={})
     first.script = [(1, lambda g: g.rebalance({P0, P1}))]
     r = runner(first, tmp_path)
@@ -424,8 +426,9 @@ def test_of_two_sources_whose_features_do_not_fit_the_newer_checkpoint_s_history
     spec = FeatureSpec(name="n", entity="card_id", agg="count", window="2d")
     r = runner(Broker(logs(), committed={}), tmp_path, eng=Engine(features=FeaturePlan([spec])))
     r.state_topic = object()  # (only to list the topic's snapshot as a source)
-    r._fetch_state = lambda ck: snapshot  # type: ignore[method-assign]
+    fetched: list[Any] = []
+    r._fetch_state = lambda ck: fetched.append(ck) or snapshot  # type: ignore[method-assign]
     with caplog.at_level(logging.WARNING, logger="fds.streams.kafka"):
         r._restore()
-    assert r.engine.demoted == {"too_eager"}
+    assert r.engine.demoted == {"too_eager"} and fetched == []
     assert caplog.text.count("kept the ruleset versions served") == 1
