@@ -1214,12 +1214,6 @@ class Pusher:
                     time.sleep(1.0)  # (not the stop event: it is set, a review)
         return False
 
-    def __enter__(self) -> Pusher:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop(succeeded=exc[0] is None)
-
 
 class _LastSuccess(Collector):
     """:data:`LAST_SUCCESS` of a :class:`Pusher`'s job, once known."""
