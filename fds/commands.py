@@ -462,16 +462,21 @@ def _replay_file(args: argparse.Namespace, pushers: list[Pusher]) -> int:
     if not summary.decided and summary.dead_letters > summary.label_dead_letters:
         top = summary.top_reason or ""
         stage = top.split(":", 1)[0]
-        dated = "timestamp" in top  # (the columns are right: "map its columns" misled, a QA)
-        dates = (
-            "give timestamps as ISO 8601 or epoch seconds: convert other formats "
-            "(day-first 01/03/2026 08:04) first"
+        layout = "ts_format" in top  # (the mapping's layout fits none of the times)
+        dated = layout or "timestamp" in top  # (the columns are right: "map its columns"
+        dates = (  # misled, a QA pass)
+            "check the mapping's ts_format against the file's times"
+            if layout
+            else "give timestamps as ISO 8601 or epoch seconds, or give the layout of others "
+            "(day-first 01/03/2026 08:04) in the --mapping: ts_format: '%d/%m/%Y %H:%M'"
             if dated
             else ""
         )
         guard = ", e.g. guard a rule that raises: `avg > 0 and amount / avg > 3`"
         check = (
-            "fds reads JSON Lines (one object per line) and CSV in UTF-8: convert the file"
+            ""
+            if layout
+            else "fds reads JSON Lines (one object per line) and CSV in UTF-8: convert the file"
             if stage == "parse"
             else f"the {stage} stage fails on every transaction: fix it"
             + (guard if stage == "rules" else "")
@@ -495,6 +500,11 @@ def _grace(engine: Any) -> str:
     """`` (5.0 min, the rules file's grace:)``: the grace period of ``engine``'s features."""
     grace = getattr(engine.features, "grace", None)
     return "" if grace is None else f" ({span(grace)}, the rules file's `grace:`)"
+
+
+def _sep_name(sep: str) -> str:
+    """A CSV separator's name: ``comma``, ``semicolon``, ``tab``, ``'|'``."""
+    return {",": "comma", ";": "semicolon", "\t": "tab"}.get(sep, repr(sep))
 
 
 def _sort_by_time(path: Path, mapping: ColumnMapping | None) -> str:
@@ -524,11 +534,18 @@ def _sort_by_time(path: Path, mapping: ColumnMapping | None) -> str:
                     if gz
                     else (f"head -n 1 {src}", f"tail -n +2 {src}")
                 )
+                sep = mapping.delimiter if mapping is not None else ","
+                t = "$'\\t'" if sep == "\t" else shlex.quote(sep)
+                times = (
+                    "times in the mapping's ts_format do not sort as text: use a CSV tool"
+                    if mapping is not None and mapping.ts_format
+                    else "ISO times written alike sort as text"
+                )
                 return (
                     f"by its column {column!r}{mapped}, field {k} of a row, e.g. ({head} && "
-                    f"{tail} | sort -s -t, -k{k},{k}) > {out} (-k{k},{k}n for epoch numbers; "
-                    "ISO times written alike sort as text; a quoted field with a comma or a line "
-                    "break in it needs a CSV tool)"
+                    f"{tail} | sort -s -t{t} -k{k},{k}) > {out} (-k{k},{k}n for epoch numbers; "
+                    f"{times}; a quoted field with a {_sep_name(sep)} or a line break in it "
+                    "needs a CSV tool)"
                 )
         return f"by its column {column!r}{mapped}, its header line kept first"
     if fmt == "jsonl":

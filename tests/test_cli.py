@@ -269,8 +269,9 @@ def test_a_replay_that_decides_nothing_fails_and_says_why(tmp_path, capsys):
     assert "no transaction could be decided" in err
     assert "validate: ts: timestamp '...' is neither ISO 8601" in err
     assert "(2 records; the first: " in err
-    assert "timestamp '01/03/2026 08:00:00'" in err and "convert other formats" in err
-    assert "--mapping" not in err  # the columns are right (a QA pass: "map its columns")
+    assert "timestamp '01/03/2026 08:00:00'" in err
+    assert "(day-first 01/03/2026 08:04) in the --mapping: ts_format:" in err
+    assert "map its columns" not in err  # the columns are right (a QA pass)
     foreign = tmp_path / "f.jsonl"  # the columns are wrong: a mapping is the fix
     foreign.write_text('{"tx_id": "a", "ts": 1, "card_id": "c", "amount": -1}\n')
     assert bare_replay(str(foreign), "--out", str(tmp_path / "o.jsonl")) == 1
@@ -296,7 +297,9 @@ def test_a_replay_that_decides_nothing_fails_and_says_why(tmp_path, capsys):
     semicolons = tmp_path / "s.csv"  # one column: say what the separator seems to be
     semicolons.write_text("tx_id;ts;card_id;amount\na;2026-01-01;c;5\n")
     assert bare_replay(str(semicolons), "--out", str(tmp_path / "o.jsonl")) == 2
-    assert "seems to separate them with ';'" in capsys.readouterr().err
+    assert "seems to separate them with ';': give `delimiter: ';'` in the --mapping" in (
+        capsys.readouterr().err
+    )
     # the same in JSON Lines was read to its end, every record a dead letter, exit 1
     foreign_jsonl = tmp_path / "f.jsonl"
     foreign_jsonl.write_text('{"ID": "a", "When": "2026-01-01", "EUR": 1}\n' * 3)

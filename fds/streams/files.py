@@ -22,7 +22,7 @@ import re
 import shlex
 import zlib
 from collections import Counter
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Annotated, Any, Literal, cast
 
@@ -150,6 +150,17 @@ class ColumnMapping(BaseModel):
     #: A CSV file's text encoding (``cp1252``, as Excel on Windows writes it); UTF-8 (a byte
     #: order mark skipped) when omitted. JSON Lines is UTF-8 by definition.
     encoding: str | None = None
+    #: A CSV file's field separator: ``;`` (European exports), a tab (``"\t"`` or ``tab``), ``|``;
+    #: a comma when omitted.
+    delimiter: str = ","
+    #: How the file writes numbers (``1.234,56``: ``decimal: ","``, ``thousands: "."``): a text
+    #: value written so is read with a dot and no grouping, the fields that are names (ids,
+    #: codes) aside. ``thousands: " "`` takes no-break spaces too (French exports).
+    decimal: Literal[".", ","] = "."
+    thousands: Literal[".", ",", " ", "'"] | None = None
+    #: The layout of a ``ts`` text that none of the forms read without it fits, as ``strptime``
+    #: writes it (``%d/%m/%Y %H:%M:%S``); read in ``timezone`` unless it has ``%z``.
+    ts_format: str | None = None
     # what check_columns requires, and where the mapping names it (a labels file's: for_labels)
     _required: frozenset[str] = PrivateAttr(default=TX_REQUIRED)
     _section: str = PrivateAttr(default="fields")
@@ -173,6 +184,45 @@ class ColumnMapping(BaseModel):
                 raise ValueError(f"unknown encoding {v!r}: e.g. cp1252, latin-1, utf-16") from None
             if not info._is_text_encoding:  # (rot13, base64: a traceback, a QA pass)
                 raise ValueError(f"{v!r} is no text encoding: e.g. cp1252, latin-1, utf-16")
+        return v
+
+    @field_validator("delimiter", mode="before")
+    @classmethod
+    def _delimiter(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.lower() in ("tab", "\\t"):
+            return "\t"  # (YAML's '\t' in single quotes is a backslash and a t)
+        if not isinstance(v, str) or len(v) != 1 or v in '"\r\n ' or v.isalnum():
+            raise ValueError(
+                "one character that separates the fields, e.g. ';', '|' or tab (a quote, a "
+                "space, a letter or a digit cannot be one)"
+            )
+        return v
+
+    @field_validator("thousands")
+    @classmethod
+    def _grouping(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None and v == info.data.get("decimal", "."):
+            raise ValueError(
+                f"{v!r} is also the decimal mark: one of them is the other sign "
+                "(1.234,56 is `decimal: ','` with `thousands: '.'`)"
+            )
+        return v
+
+    @field_validator("ts_format")
+    @classmethod
+    def _ts_format(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        sample = dt.datetime(2026, 3, 1, 8, 4, 13, 250000, tzinfo=dt.UTC)
+        try:
+            back = dt.datetime.strptime(sample.strftime(v), v)
+        except ValueError as e:
+            raise ValueError(f"not a strptime layout ({e}): e.g. '%d/%m/%Y %H:%M:%S'") from None
+        if back.date() != sample.date():  # (a layout without the year, month or day)
+            raise ValueError(
+                "the layout must give the date (a day, a month and a year: %d, %m or %b, %Y or "
+                "%y), e.g. '%d/%m/%Y %H:%M'"
+            )
         return v
 
     @property
@@ -241,11 +291,12 @@ class ColumnMapping(BaseModel):
         wanted = [c for f, c in self.fields.items() if not first_record or f in self._required]
         if self.label and not first_record:
             wanted.append(self.label.column)
-        # one column whose name holds the others: another separator than the comma
-        sep = next((c for c in (";", "\t", "|") if len(columns) == 1 and c in columns[0]), None)
+        # one column whose name holds the others: another separator than the mapping's
+        seps = [c for c in (",", ";", "\t", "|") if c != self.delimiter]
+        sep = next((c for c in seps if len(columns) == 1 and c in columns[0]), None)
         hint = (
-            f" (one column: the file seems to separate them with {sep!r}; fds reads "
-            "comma-separated CSV: convert it)"
+            f" (one column: the file seems to separate them with {sep!r}: give "
+            f"`delimiter: {_yaml_char(sep)}` in the --mapping)"
             if sep
             else ""
         )
@@ -270,7 +321,8 @@ class ColumnMapping(BaseModel):
         mapping's timezone, with its ``missing`` texts and ``ts_origin``."""
         m = ColumnMapping.model_construct(
             fields=dict(self.labels_file), timezone=self.timezone, missing=self.missing,
-            ts_origin=self.ts_origin, encoding=self.encoding,
+            ts_origin=self.ts_origin, encoding=self.encoding, delimiter=self.delimiter,
+            decimal=self.decimal, thousands=self.thousands, ts_format=self.ts_format,
         )  # fmt: skip
         m._required, m._section = LABEL_REQUIRED, "labels_file"
         return m
@@ -294,9 +346,62 @@ class ColumnMapping(BaseModel):
                     out[field] = row[col]
         else:
             out = row
+        if self._number is not None:
+            read = self._number
+            out = {
+                k: read(v) if v.__class__ is str and k not in _NAMES else v for k, v in out.items()
+            }
+        if self.ts_format is not None and (ts := out.get("ts")).__class__ is str:
+            out = {**out, "ts": self._layout(ts)}
         if self.ts_origin is not None and "ts" in out:
             out = {**out, "ts": _from_origin(out["ts"], self.ts_origin)}
         return out
+
+    def record(self, n: int, row: dict[str, Any], raw: dict[str, Any] | None = None) -> Record:
+        """Row ``n`` of the file as the readers yield it: mapped, or the error that makes it a
+        dead letter (a ``ts`` that does not fit ``ts_format``), with the row as read (``raw``,
+        ``row`` when not given)."""
+        try:
+            return n, self.apply(row), row if raw is None else raw
+        except ValueError as e:
+            return n, e, row if raw is None else raw
+
+    @functools.cached_property
+    def _number(self) -> Callable[[str], str] | None:
+        """What reads a text value as the file writes numbers: with a dot and no grouping when
+        it is a number written so (``"1.234,56"`` -> ``"1234.56"``), else as it is."""
+        if self.decimal == "." and self.thousands is None:
+            return None
+        group = "[ \u00a0\u202f]" if self.thousands == " " else re.escape(self.thousands or "")
+        whole = rf"\d{{1,3}}(?:{group}\d{{3}})+|\d+" if group else r"\d+"
+        fits = re.compile(rf"[+-]?(?:{whole})(?:{re.escape(self.decimal)}\d+)?").fullmatch
+        ungroup = re.compile(group).sub if group else None
+        comma = self.decimal == ","
+
+        def read(v: str) -> str:
+            if not fits(v):
+                return v
+            if ungroup is not None:
+                v = ungroup("", v)
+            return v.replace(",", ".") if comma else v
+
+        return read
+
+    def _layout(self, ts: str) -> str:
+        """A ``ts`` text in the ``ts_format`` layout as ISO 8601 (naive unless it has ``%z``:
+        read in the timezone, as any such time); one that does not fit is a ``ValueError``
+        unless it is a time read without the layout (a labels file's ISO times)."""
+        layout = cast(str, self.ts_format)
+        try:
+            return dt.datetime.strptime(ts.strip(), layout).isoformat()
+        except ValueError as e:
+            try:
+                parse_ts(ts)
+            except ValueError:
+                raise ValueError(
+                    f"ts: {ts[:100]!r} does not fit the mapping's ts_format {layout!r} ({e})"
+                ) from None
+            return ts
 
     @functools.cached_property
     def _plan(self) -> tuple[frozenset[str], tuple[str, ...]]:
@@ -304,6 +409,15 @@ class ColumnMapping(BaseModel):
         itself mapped (a column named like one of them would be overwritten)."""
         sources = frozenset(self.fields.values())
         return sources, tuple(f for f, c in self.fields.items() if f != c and f not in sources)
+
+
+#: The fields whose values are names (ids, codes), never read as numbers (``decimal:``).
+_NAMES = (TX_FIELDS | {"source"}) - {"ts", "amount", "lat", "lon", "extra"}
+
+
+def _yaml_char(c: str) -> str:
+    """How character ``c`` is written as a YAML value: ``';'``, ``tab``."""
+    return "tab" if c == "\t" else repr(c)
 
 
 def _from_origin(value: Any, origin: float) -> Any:
@@ -533,7 +647,8 @@ def csv_header(
     try:  # (opened as the reader opens it)
         with open_text(p, encoding=m.csv_encoding, errors="surrogateescape", newline="") as f:
             lines = _Lines(f)
-            row = _first_row(p, csv.reader(lines, skipinitialspace=True), lines)
+            reader = csv.reader(lines, skipinitialspace=True, delimiter=m.delimiter)
+            row = _first_row(p, reader, lines, m.delimiter)
     except UnicodeError as e:  # (utf-16 without a byte order mark: a traceback, a QA pass)
         raise ConfigError(
             f"cannot read the file as {m.csv_encoding}: {e}; check `encoding:` in the --mapping",
@@ -617,7 +732,7 @@ def _read_jsonl(p: Path, mapping: ColumnMapping | None) -> Iterator[Record]:
         yield from records
         return
     for n, r, raw in itertools.chain(_probe(records, mapping, p), records):
-        yield (n, mapping.apply(r), r) if isinstance(r, dict) else (n, r, raw)
+        yield mapping.record(n, r) if isinstance(r, dict) else (n, r, raw)
 
 
 def _probe(records: Iterator[Record], mapping: ColumnMapping, p: Path) -> list[Record]:
@@ -744,33 +859,38 @@ def _fits(row: list[str], width: int, named: int) -> bool:
     return n == width or (n > width and not "".join(row[width:]).strip(" ")) or named <= n < width
 
 
-# Spaces between a closing quote and the next comma (or the line's end): a hand-written CSV's
-# `"Main St" , 5`, which the strict re-read below would take for a quote left open.
-_SPACES_AFTER_QUOTE = re.compile(r'" +(?=,|\r?\n|\r|$)')
+@functools.cache
+def _spaces_after_quote(sep: str) -> re.Pattern[str]:
+    """Spaces between a closing quote and the next separator (or the line's end): a
+    hand-written CSV's `"Main St" , 5`, which the strict re-read below would take for a quote
+    left open."""
+    return re.compile(rf'" +(?={re.escape(sep)}|\r?\n|\r|$)')
 
 
-def _runaway(record: list[str], row: list[str] | None, width: int, named: int) -> bool:
+def _runaway(
+    record: list[str], row: list[str] | None, width: int, named: int, sep: str = ","
+) -> bool:
     """Whether a record over several lines is a quote left open that ran over whole rows.
 
     It is when it is not a well-formed row (:func:`_fits`; ``row`` is None when it ran over
     the field limit) and a line after its first is a row of its own: ``width`` fields and no
     quote (inside the open quote, a quote would have closed it).
     """
-    if row is not None and _fits(row, width, named) and _one_record(record):
+    if row is not None and _fits(row, width, named) and _one_record(record, sep):
         return False  # a quoted field over several lines (a valid trailing cell or a space
         # after its quote read as a quote left open, a phantom row decided: a QA pass)
     # (a row of its own as the reader mends it: Excel's trailing empty cell made every later
     # row look like none, and the quote swallowed the rest of the file, a review)
     return any(
-        '"' not in s and _fits(s.rstrip("\r\n").split(","), width, named) for s in record[1:]
+        '"' not in s and _fits(s.rstrip("\r\n").split(sep), width, named) for s in record[1:]
     )
 
 
-def _quotes_closed(line: str) -> bool:
+def _quotes_closed(line: str, sep: str = ",") -> bool:
     """Whether every quoted field of ``line`` closes on it, as the reader reads quotes: one
     opens a field only at its start (after spaces), ``""`` inside is a quote, and what follows
-    the closing quote up to the next comma belongs to the field. (A count of quotes took a
-    literal quote in an unquoted cell and an open one for closed: a review.)
+    the closing quote up to the next separator ``sep`` belongs to the field. (A count of
+    quotes took a literal quote in an unquoted cell and an open one for closed: a review.)
 
     >>> _quotes_closed('t1,5" screen,"a ""b"" c",x'), _quotes_closed('t1,5" screen,"open')
     (True, False)
@@ -786,19 +906,19 @@ def _quotes_closed(line: str) -> bool:
             if k < 0:
                 return False
             i = k + 1
-        c = s.find(",", i)
+        c = s.find(sep, i)
         if c < 0:
             return True
         i = c + 1
 
 
-def _one_record(record: list[str]) -> bool:
+def _one_record(record: list[str], sep: str = ",") -> bool:
     """Whether ``record``'s lines read strictly as one CSV record: every quote closed before a
-    comma or the end of a line (spaces between them aside), not by the end of the file or by a
-    quote that opens a later field."""
-    tidy = [_SPACES_AFTER_QUOTE.sub('"', s) for s in record]
+    separator or the end of a line (spaces between them aside), not by the end of the file or
+    by a quote that opens a later field."""
+    tidy = [_spaces_after_quote(sep).sub('"', s) for s in record]
     try:
-        next(csv.reader(tidy, strict=True, skipinitialspace=True))
+        next(csv.reader(tidy, strict=True, skipinitialspace=True, delimiter=sep))
     except csv.Error:
         return False
     return True
@@ -817,12 +937,12 @@ def _read_csv(p: Path, mapping: ColumnMapping | None) -> Iterator[Record]:
             yield _fault(lines.first, e)
 
 
-def _first_row(p: Path, reader: Any, lines: _Lines) -> list[str] | None:
+def _first_row(p: Path, reader: Any, lines: _Lines, sep: str = ",") -> list[str] | None:
     """A CSV file's first row, its header; refused when a quote left open in it ran on over
     the rows (they were swallowed into one column name, without a dead letter: a QA pass; a
     balanced name over two lines, Excel's `"Notes\n(internal)"`, is a name)."""
     row = next(reader, None)
-    if len(lines.record) > 1 and not _one_record(lines.record):
+    if len(lines.record) > 1 and not _one_record(lines.record, sep):
         raise ConfigError(
             f"the header leaves a quote open (it runs on to line {lines.line}): close it",
             where=f"{p}:1",
@@ -871,8 +991,9 @@ def _csv_header(p: Path, row: list[str] | None, mapping: ColumnMapping | None) -
 def _csv_records(p: Path, lines: _Lines, mapping: ColumnMapping | None) -> Iterator[Record]:
     # skipinitialspace: `t1, "Main St, 5", c1` as written by hand is three fields; the spaces
     # around a column name are not part of it (ids lose theirs in the schema)
-    reader = csv.reader(lines, skipinitialspace=True)
-    first = _first_row(p, reader, lines)
+    sep = mapping.delimiter if mapping is not None else ","
+    reader = csv.reader(lines, skipinitialspace=True, delimiter=sep)
+    first = _first_row(p, reader, lines, sep)
     header = _csv_header(p, first, mapping)
     if first is None or header is None:
         return
@@ -895,7 +1016,7 @@ def _csv_records(p: Path, lines: _Lines, mapping: ColumnMapping | None) -> Itera
         try:
             for row in reader:
                 n = lines.line - len(record) + 1  # lines.first, inlined: this is the hot path
-                if len(record) > 1 and _runaway(record, row, width, named):
+                if len(record) > 1 and _runaway(record, row, width, named, sep):
                     break
                 record.clear()
                 if not row:
@@ -912,7 +1033,7 @@ def _csv_records(p: Path, lines: _Lines, mapping: ColumnMapping | None) -> Itera
                         row += [""] * (width - len(row))
                 if error is not None:
                     raw = io.StringIO()
-                    csv.writer(raw).writerow(row)
+                    csv.writer(raw, delimiter=sep).writerow(row)
                     yield n, error, _text_or_bytes(raw.getvalue())
                     continue
                 # (the spaces around a cell are no part of it: " c1" was a card of its own, a
@@ -926,13 +1047,13 @@ def _csv_records(p: Path, lines: _Lines, mapping: ColumnMapping | None) -> Itera
                     ):  # (not when a mapping reads it or it is missing) in `extra` before the
                         own = {**rec, "extra": {"extra": rec["extra"]}}  # mapping moves a
                         # column there too
-                    yield n, mapping.apply(own) if mapping is not None else own, rec
+                    yield mapping.record(n, own, rec) if mapping is not None else (n, own, rec)
                     continue
-                yield (n, mapping.apply(rec), rec) if mapping is not None else (n, rec, None)
+                yield mapping.record(n, rec) if mapping is not None else (n, rec, None)
             else:
                 return
         except csv.Error as e:  # a field over _FIELD_LIMIT: a quote left open, or else a fault
-            if len(record) == 1 and "field limit" in str(e) and _quotes_closed(record[0]):
+            if len(record) == 1 and "field limit" in str(e) and _quotes_closed(record[0], sep):
                 # a row of one line over the limit (its quotes closed there): its dead letter,
                 # and the rows after it are read on (they were not read at all: a QA pass)
                 yield lines.first, ValueError(f"a field of this row is too long: {e}"), (
@@ -940,7 +1061,7 @@ def _csv_records(p: Path, lines: _Lines, mapping: ColumnMapping | None) -> Itera
                 )  # fmt: skip
                 record.clear()
                 continue
-            if not _runaway(record, None, width, named):
+            if not _runaway(record, None, width, named, sep):
                 raise
         n, m = lines.first, lines.line
         reason = (
@@ -1020,7 +1141,7 @@ def _read_parquet(p: Path, mapping: ColumnMapping | None) -> Iterator[Record]:
                 rec = {k: v for k, v in rec.items() if v is not None and v == v}
                 for k in convert & rec.keys() if convert else ():
                     rec[k] = _as_sent(rec[k])
-                yield (n, mapping.apply(rec), rec) if mapping is not None else (n, rec, None)
+                yield mapping.record(n, rec) if mapping is not None else (n, rec, None)
 
 
 def _microseconds(batch: Any) -> Any:

@@ -1,0 +1,216 @@
+"""A mapping reads files as banks export them: another field separator, a decimal comma with
+grouped thousands, day-first times (``delimiter:``, ``decimal:``, ``thousands:``, ``ts_format:``).
+Without them such a file was refused ("convert it") or every row was a dead letter."""
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from fds.errors import ConfigError
+from fds.streams.files import ColumnMapping, check_transaction_columns, load_mapping, read_records
+
+GERMAN = """\
+delimiter: ";"
+decimal: ","
+thousands: "."
+ts_format: "%d.%m.%Y %H:%M:%S"
+timezone: Europe/Berlin
+fields:
+  tx_id: Referenz
+  ts: Buchungsdatum
+  card_id: Karte
+  merchant_id: Haendler
+  amount: Betrag
+label: {column: Betrug, delay: 1d}
+"""
+ROWS = """\
+Buchungsdatum;Karte;Haendler;Betrag;Gebuehr;Referenz;Betrug;Notiz
+01.03.2026 08:04:13;1.234;M1;1.234,56;2,50;R1;0;"Miete; März"
+01.03.2026 09:14:00;1.234;M2;-12,00;0,5;R2;1;1.5
+"""
+
+
+def mapping(tmp_path, text=GERMAN):
+    (tmp_path / "m.yaml").write_text(text)
+    return load_mapping(tmp_path / "m.yaml")
+
+
+def test_a_german_export_is_read_as_its_mapping_says(tmp_path):
+    (tmp_path / "b.csv").write_text(ROWS)
+    recs = list(read_records(tmp_path / "b.csv", mapping=mapping(tmp_path)))
+    assert [r[0] for r in recs] == [2, 3]
+    first, second = recs[0][1], recs[1][1]
+    assert first == {
+        "tx_id": "R1",
+        "ts": "2026-03-01T08:04:13",  # naive: read in the mapping's timezone as any such time
+        "card_id": "1.234",  # a name, never a number
+        "merchant_id": "M1",
+        "amount": "1234.56",
+        "Gebuehr": "2.50",  # an unmapped column written as a number: read as one
+        "Betrug": "0",
+        "Notiz": "Miete; März",  # a quoted separator is text
+    }
+    assert recs[0][2]["Betrag"] == "1.234,56"  # the row as read, for the dead letters
+    assert second["amount"] == "-12.00" and second["Gebuehr"] == "0.5"
+    assert second["Notiz"] == "1.5"  # not a number as this file writes them: as it is
+
+
+def test_a_german_export_replays_with_its_amounts_times_and_labels(tmp_path, capsys):
+    from fds.cli import main
+
+    (tmp_path / "b.csv").write_text(ROWS.replace("-12,00", "12,00"))
+    mapping(tmp_path)
+    (tmp_path / "r.yaml").write_text(  # the default rules and one on an unmapped column
+        (Path(__file__).parents[2] / "rules" / "default.yaml")
+        .read_text()
+        .replace(
+            "rules:\n",
+            "rules:\n  - {id: fee, when: 'extra.Gebuehr > 2', action: review, score: 0.6, "
+            "reason: fee}\n",
+            1,
+        )
+    )
+    out = tmp_path / "d.jsonl"
+    argv = ["replay", str(tmp_path / "b.csv"), "--mapping", str(tmp_path / "m.yaml")]
+    argv += ["--rules", str(tmp_path / "r.yaml")]
+    assert main([*argv, "--model", "none", "--no-progress", "--out", str(out)]) == 0
+    decisions = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    assert [d["tx_id"] for d in decisions] == ["R1", "R2"]
+    assert [[h["id"] for h in d["rule_hits"]] for d in decisions] == [["fee"], []]  # 2,50 > 2
+    assert decisions[0]["ts"] == "2026-03-01T07:04:13.000+00:00"  # 08:04:13 in Berlin (CET)
+    assert decisions[0]["features"]["card_spend_today"] == 1234.56
+    assert decisions[1]["features"]["card_spend_today"] == 1246.56
+    assert not (tmp_path / "d.dlq.jsonl").exists()  # no dead letter
+    assert "known frauds" in capsys.readouterr().out
+
+
+def test_a_time_that_does_not_fit_ts_format_is_a_dead_letter_that_names_it(tmp_path, capsys):
+    from fds.cli import main
+
+    bad = "31.02.2026 09:14:00;C;M;1,00;0;R3;0;x\n01.03.2026 10:00;C;M;1,00;0;R4;0;x\n"
+    (tmp_path / "b.csv").write_text(ROWS + bad)
+    recs = list(read_records(tmp_path / "b.csv", mapping=mapping(tmp_path)))
+    assert [type(r[1]).__name__ for r in recs] == ["dict", "dict", "ValueError", "ValueError"]
+    assert str(recs[2][1]) == (
+        "ts: '31.02.2026 09:14:00' does not fit the mapping's ts_format '%d.%m.%Y %H:%M:%S' "
+        "(day is out of range for month)"
+    )
+    assert "does not match format" in str(recs[3][1]) and recs[3][2]["Referenz"] == "R4"
+    # every row so: the replay says to check the layout, not to convert the file
+    (tmp_path / "c.csv").write_text(ROWS.splitlines()[0] + "\n" + bad)
+    argv = ["replay", str(tmp_path / "c.csv"), "--mapping", str(tmp_path / "m.yaml")]
+    assert main([*argv, "--model", "none", "--no-progress", "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "check the mapping's ts_format against the file's times" in err
+    assert "convert the file" not in err
+
+
+def test_ts_format_keeps_times_it_need_not_read_and_reads_offsets(tmp_path):
+    m = ColumnMapping(ts_format="%d/%m/%Y %H:%M%z")
+    assert m.apply({"ts": "01/03/2026 08:04+0100"})["ts"] == "2026-03-01T08:04:00+01:00"
+    # a labels file's ISO times, epoch numbers: read as without the layout
+    assert m.apply({"ts": "2026-03-01T08:04:00Z"})["ts"] == "2026-03-01T08:04:00Z"
+    assert m.apply({"ts": 1772352240})["ts"] == 1772352240
+    assert m.for_labels().ts_format == m.ts_format
+
+
+@pytest.mark.parametrize(
+    ("decimal", "thousands", "text", "read"),
+    [
+        (",", None, "29,78", "29.78"),
+        (",", None, "1.234,56", "1.234,56"),  # grouping not declared: left (a dead letter)
+        (".", ",", "1,234,567.5", "1234567.5"),
+        (".", "'", "1'234.50", "1234.50"),  # Swiss
+        (",", " ", "1\u202f234,5", "1234.5"),  # French: a narrow no-break space
+        (",", " ", "1 234 567", "1234567"),
+        (",", ".", "12.34", "12.34"),  # no group of three: not a number written so
+        (",", ".", "+7", "+7"),
+        (",", ".", "2026-03-01", "2026-03-01"),
+    ],
+)
+def test_numbers_are_read_as_the_file_writes_them(decimal, thousands, text, read):
+    m = ColumnMapping(decimal=decimal, thousands=thousands)
+    assert m.apply({"fee": text, "card_id": "1.234,5"}) == {"fee": read, "card_id": "1.234,5"}
+
+
+@pytest.mark.parametrize(
+    ("line", "error"),
+    [
+        ('delimiter: ";;"', "one character that separates the fields"),
+        ('delimiter: " "', "one character that separates the fields"),
+        ('decimal: ";"', "decimal"),
+        ('thousands: "."', "'.' is also the decimal mark"),
+        ('ts_format: "%Q"', "not a strptime layout"),
+        ('ts_format: "%H:%M"', "the layout must give the date"),
+    ],
+)
+def test_a_wrong_option_names_the_mapping_line(tmp_path, line, error):
+    (tmp_path / "m.yaml").write_text(f"timezone: UTC\n{line}\n")
+    with pytest.raises(ConfigError, match=error) as e:
+        load_mapping(tmp_path / "m.yaml")
+    assert f"{tmp_path / 'm.yaml'}:2" in str(e.value)
+
+
+@pytest.mark.parametrize("written", ["tab", "'\\t'", '"\\t"'])
+def test_a_tab_separated_file(tmp_path, written):
+    m = mapping(tmp_path, f"delimiter: {written}\n")
+    (tmp_path / "t.csv").write_text("tx_id\tts\tcard_id\tamount\na\t2026-01-01\tc\t5\n")
+    [(_n, rec, _raw)] = read_records(tmp_path / "t.csv", mapping=m)
+    assert rec == {"tx_id": "a", "ts": "2026-01-01", "card_id": "c", "amount": "5"}
+
+
+def test_a_quote_left_open_in_a_semicolon_file_is_one_dead_letter(tmp_path):
+    """The reader's mending of a runaway quote looks for the file's own separator."""
+    text = 'tx_id;ts;card_id;amount\na;2026-01-01;"c;5\nb;2026-01-01;c;6\nd;2026-01-01;c;7\n'
+    (tmp_path / "q.csv").write_text(text)
+    recs = list(read_records(tmp_path / "q.csv", mapping=mapping(tmp_path, 'delimiter: ";"\n')))
+    assert "unbalanced quote from line 2 to 4" in str(recs[0][1])
+    assert [r[1]["tx_id"] for r in recs[1:]] == ["b", "d"]
+
+
+def test_a_file_with_another_separator_than_the_mappings_is_told_which(tmp_path):
+    (tmp_path / "c.csv").write_text("tx_id,ts,card_id,amount\na,2026-01-01,c,5\n")
+    m = mapping(tmp_path, 'delimiter: ";"\n')
+    with pytest.raises(ConfigError, match="separate them with ',': give `delimiter: ','`"):
+        check_transaction_columns(tmp_path / "c.csv", m)
+
+
+def test_the_sort_command_uses_the_files_separator(tmp_path):
+    from fds.commands import _sort_by_time
+
+    (tmp_path / "b.csv").write_text(ROWS)
+    hint = _sort_by_time(tmp_path / "b.csv", mapping(tmp_path))
+    assert "sort -s -t';' -k1,1" in hint and "a quoted field with a semicolon" in hint
+    assert "times in the mapping's ts_format do not sort as text" in hint
+
+
+def test_a_quoted_line_break_then_spaces_before_the_separator_is_one_row(tmp_path):
+    """A cell over three lines whose middle one reads as a row: one row, not a runaway quote."""
+    note = '"Main\nSt;2;3;4;5\nEnd" '
+    text = f"tx_id;ts;card_id;amount;note\na;2026-01-01;c;5;{note};\nb;2026-01-01;c;6;x\n"
+    (tmp_path / "s.csv").write_text(text)
+    recs = list(read_records(tmp_path / "s.csv", mapping=mapping(tmp_path, 'delimiter: ";"\n')))
+    assert [(r[0], r[1]["tx_id"], r[1].get("note")) for r in recs] == [
+        (2, "a", "Main\nSt;2;3;4;5\nEnd"),
+        (5, "b", "x"),
+    ]
+
+
+def test_a_labels_file_is_read_with_the_same_options(tmp_path, capsys):
+    from fds.cli import main
+    from fds.logs import configure_logging
+
+    text = GERMAN.replace("label: {column: Betrug, delay: 1d}\n", "")
+    mapping(tmp_path, text + "labels_file: {tx_id: Ref, ts: Datum, is_fraud: Betrug}\n")
+    (tmp_path / "b.csv").write_text(ROWS.replace("-12,00", "12,00"))
+    (tmp_path / "l.csv").write_text("Ref;Datum;Betrug\nR1;01.03.2026 09:00:00;1,0\n")
+    argv = ["replay", str(tmp_path / "b.csv"), "--labels", str(tmp_path / "l.csv")]
+    argv += ["--mapping", str(tmp_path / "m.yaml"), "--model", "none", "--no-progress"]
+    try:
+        assert main(["--log-format", "json", *argv, "--out", str(tmp_path / "d.jsonl")]) == 0
+        summary = orjson.loads(capsys.readouterr().out)
+    finally:
+        configure_logging("INFO", fmt="kv", logger_name="fds")  # (as the other tests expect)
+    # read between the two transactions (09:00 in Berlin), the fraud flag's 1,0 as 1.0
+    assert (summary["labels_read"], summary["fraud_labels"], summary["dead_letters"]) == (1, 1, 0)
