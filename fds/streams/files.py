@@ -281,15 +281,19 @@ class ColumnMapping(BaseModel):
             )
         return v
 
-    def check_columns(self, columns: list[str], where: str, *, first_record: bool = False) -> None:
+    def check_columns(
+        self, columns: list[str], where: str, *, first_record: dict[str, Any] | None = None
+    ) -> None:
         """Raise :class:`ConfigError` when a mapped column is not in the file, or a required
-        field is neither mapped nor a column.
+        field is neither mapped nor a column. A dotted name (``card.id``) that is no column
+        needs its first part to be one (a nested object: a Parquet struct, a JSON object).
 
-        ``first_record``: ``columns`` are the keys of one JSON Lines record, which may lack an
-        optional field or the label: only required fields are checked.
+        ``first_record``: ``columns`` are the keys of this JSON Lines record, which may lack an
+        optional field or the label: only required fields are checked, a dotted name in the
+        record's nested objects.
         """
-        wanted = [c for f, c in self.fields.items() if not first_record or f in self._required]
-        if self.label and not first_record:
+        wanted = [c for f, c in self.fields.items() if first_record is None or f in self._required]
+        if self.label and first_record is None:
             wanted.append(self.label.column)
         # one column whose name holds the others: another separator than the mapping's
         seps = [c for c in (",", ";", "\t", "|") if c != self.delimiter]
@@ -300,8 +304,15 @@ class ColumnMapping(BaseModel):
             if sep
             else ""
         )
-        missing = [c for c in wanted if c not in columns]
+        missing = [c for c in wanted if c not in columns and not _nested(c, columns, first_record)]
         if missing:
+            dots = next((c for c in missing if "." in c), None)
+            if dots is not None:  # (a nested path: said how it is read)
+                first, _, rest = dots.partition(".")
+                hint += (
+                    f" (a dotted name reads a nested field: {dots!r} is {rest!r} in the object "
+                    f"{first!r})"
+                )
             raise ConfigError(
                 f"column(s) {missing} named in the mapping are not in the file; "
                 f"its columns are {columns}{hint}",
@@ -335,7 +346,7 @@ class ColumnMapping(BaseModel):
             gone = self.missing
             row = {k: v for k, v in row.items() if v.__class__ is not str or v not in gone}
         if self.fields:
-            sources, shadowed = self._plan
+            sources, shadowed, paths = self._plan
             out = {k: v for k, v in row.items() if k not in sources}
             for field in shadowed:
                 extra = out.get("extra", {})
@@ -344,8 +355,14 @@ class ColumnMapping(BaseModel):
             for field, col in self.fields.items():
                 if col in row:
                     out[field] = row[col]
+                elif field in paths and (v := self._dig(row, paths[field])) is not None:
+                    out[field] = v
         else:
             out = row
+        nested = self._label_path  # (a dotted label column that is no column: a nested field)
+        if nested is not None and nested[0] not in row:
+            v = self._dig(row, nested[1])
+            out = out if v is None else {**out, nested[0]: v}  # (the reader takes it out)
         if self._number is not None:
             read = self._number
             out = {
@@ -403,12 +420,55 @@ class ColumnMapping(BaseModel):
                 ) from None
             return ts
 
+    def _dig(self, row: dict[str, Any], path: tuple[str, ...]) -> Any:
+        """The value at ``path`` in ``row``'s nested objects; None when there is none or it is
+        one of the ``missing`` texts."""
+        v = _at(row, path)
+        return None if v is _ABSENT or (v.__class__ is str and v in self.missing) else v
+
     @functools.cached_property
-    def _plan(self) -> tuple[frozenset[str], tuple[str, ...]]:
-        """The mapped columns, and the fields filled from a column of another name that is not
-        itself mapped (a column named like one of them would be overwritten)."""
+    def _label_path(self) -> tuple[str, tuple[str, ...]] | None:
+        """A dotted label column (``fraud.flag``) and its path, None for any other."""
+        label = self.label
+        if label is None or "." not in label.column:
+            return None
+        return label.column, tuple(label.column.split("."))
+
+    @functools.cached_property
+    def _plan(self) -> tuple[frozenset[str], tuple[str, ...], dict[str, tuple[str, ...]]]:
+        """The mapped columns; the fields filled from a column of another name that is not
+        itself mapped (a column named like one of them would be overwritten); the dotted
+        names' paths, read when a record has no column of that name (``card.id``)."""
         sources = frozenset(self.fields.values())
-        return sources, tuple(f for f, c in self.fields.items() if f != c and f not in sources)
+        shadowed = tuple(f for f, c in self.fields.items() if f != c and f not in sources)
+        paths = {f: tuple(c.split(".")) for f, c in self.fields.items() if "." in c}
+        return sources, shadowed, paths
+
+
+def _nested(name: str, columns: list[str], record: dict[str, Any] | None) -> bool:
+    """Is dotted ``name`` a field nested in a column: in ``record``'s objects when given, else
+    its first part one of the ``columns``?
+
+    >>> _nested("card.id", ["card"], None), _nested("card.id", ["card"], {"card": {"no": 1}})
+    (True, False)
+    """
+    if "." not in name:
+        return False
+    if record is None:
+        return name.partition(".")[0] in columns
+    return _at(record, tuple(name.split("."))) is not _ABSENT
+
+
+_ABSENT = object()
+
+
+def _at(obj: Any, path: tuple[str, ...]) -> Any:
+    """The value at ``path`` in ``obj``'s nested objects (dicts); ``_ABSENT`` when none."""
+    for key in path:
+        if obj.__class__ is not dict or key not in obj:
+            return _ABSENT
+        obj = obj[key]
+    return obj
 
 
 #: The fields whose values are names (ids, codes), never read as numbers (``decimal:``).
@@ -747,7 +807,7 @@ def _probe(records: Iterator[Record], mapping: ColumnMapping, p: Path) -> list[R
         n, r, _raw = rec
         if isinstance(r, dict):
             try:
-                mapping.check_columns(list(r), where=f"{p}:{n}", first_record=True)
+                mapping.check_columns(list(r), where=f"{p}:{n}", first_record=r)
                 return held
             except ConfigError as e:
                 wrong = wrong or e
