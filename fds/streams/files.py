@@ -108,6 +108,18 @@ _MAPPABLE = sorted(f for f in TX_FIELDS if f != "extra")
 EngineField = Annotated[str, AfterValidator(_engine_field)]
 
 
+def _default_field(name: str) -> str:
+    if name in TX_REQUIRED:
+        raise ValueError(
+            f"{name!r} is a field every transaction gives of its own: map it under `fields:`"
+        )
+    return _engine_field(name)
+
+
+#: A key under ``defaults:``: an optional field.
+DefaultField = Annotated[str, AfterValidator(_default_field)]
+
+
 def _column_name(value: Any) -> Any:
     """A column's name is a text: YAML made ``0`` a number and an empty value a null, and
     the error said only "a valid string" (a QA pass)."""
@@ -158,6 +170,9 @@ class ColumnMapping(BaseModel):
     #: codes) aside. ``thousands: " "`` takes no-break spaces too (French exports).
     decimal: Literal[".", ","] = "."
     thousands: Literal[".", ",", " ", "'"] | None = None
+    #: Values of optional fields for the rows that give none (``channel: pos`` for a
+    #: card-present export that has no such column): a row's own value wins.
+    defaults: dict[DefaultField, str | float] = Field(default_factory=dict)
     #: The layout of a ``ts`` text that none of the forms read without it fits, as ``strptime``
     #: writes it (``%d/%m/%Y %H:%M:%S``); read in ``timezone`` unless it has ``%z``.
     ts_format: str | None = None
@@ -205,6 +220,37 @@ class ColumnMapping(BaseModel):
             raise ValueError(
                 f"{v!r} is also the decimal mark: one of them is the other sign "
                 "(1.234,56 is `decimal: ','` with `thousands: '.'`)"
+            )
+        return v
+
+    @field_validator("defaults", mode="before")
+    @classmethod
+    def _defaults(cls, v: Any) -> Any:
+        if not isinstance(v, dict):
+            return v  # (pydantic says it is no mapping)
+        out = {}
+        for field, value in v.items():
+            if isinstance(value, bool) or value is None or isinstance(value, list | dict):
+                raise ValueError(
+                    f"{field}: YAML reads it as {yamlio.kind_of(value)}: give a text or a number "
+                    f"(in quotes when YAML would read it otherwise, e.g. {field}: 'yes')"
+                )
+            bound = {"lat": 90, "lon": 180}.get(field)
+            number = isinstance(value, int | float)
+            if bound is not None and not (number and -bound <= value <= bound):
+                raise ValueError(f"{field}: a number from -{bound} to {bound}, got {value!r}")
+            out[field] = value if bound is not None else str(value)  # (mcc: 5411 is a text)
+        return out
+
+    @field_validator("defaults")
+    @classmethod
+    def _defaults_not_mapped(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        fields = info.data.get("fields", {})
+        both = sorted(f for f in v if f in fields)
+        if both:
+            raise ValueError(
+                f"{both[0]} is also mapped onto the column {fields[both[0]]!r} under `fields:`: "
+                "keep one (a default fills only the rows that give no value)"
             )
         return v
 
@@ -359,6 +405,8 @@ class ColumnMapping(BaseModel):
                     out[field] = v
         else:
             out = row
+        if self.defaults:
+            out = {**out, **{k: v for k, v in self.defaults.items() if out.get(k) is None}}
         nested = self._label_path  # (a dotted label column that is no column: a nested field)
         if nested is not None and nested[0] not in row:
             v = self._dig(row, nested[1])

@@ -214,3 +214,47 @@ def test_a_labels_file_is_read_with_the_same_options(tmp_path, capsys):
         configure_logging("INFO", fmt="kv", logger_name="fds")  # (as the other tests expect)
     # read between the two transactions (09:00 in Berlin), the fraud flag's 1,0 as 1.0
     assert (summary["labels_read"], summary["fraud_labels"], summary["dead_letters"]) == (1, 1, 0)
+
+
+def test_defaults_fill_the_fields_a_row_does_not_give(tmp_path):
+    m = mapping(tmp_path, "missing: [NA]\ndefaults: {channel: pos, mcc: 5411, lat: 52.5}\n")
+    (tmp_path / "d.csv").write_text(
+        "tx_id,ts,card_id,amount,channel\na,2026-01-01,c,5,\nb,2026-01-01,c,5,online\n"
+        "d,2026-01-01,c,5,NA\n"
+    )
+    recs = [r[1] for r in read_records(tmp_path / "d.csv", mapping=m)]
+    assert [(r["channel"], r["mcc"], r["lat"]) for r in recs] == [
+        ("pos", "5411", 52.5),  # an empty cell: the default
+        ("online", "5411", 52.5),  # the row's own value wins
+        ("pos", "5411", 52.5),  # a `missing:` text is no value
+    ]
+    assert m.apply({"channel": None})["channel"] == "pos"  # a JSON null too
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("defaults: {amount: 5}", "'amount' is a field every transaction gives of its own"),
+        ("defaults: {chanel: pos}", "did you mean 'channel'"),
+        ("fields: {channel: CH}\ndefaults: {channel: pos}", "channel is also mapped onto"),
+        ("defaults: {channel: yes}", "YAML reads it as a boolean"),
+        ("defaults: {lat: 95}", "lat: a number from -90 to 90, got 95"),
+    ],
+)
+def test_a_wrong_default_names_the_mapping_line(tmp_path, text, error):
+    (tmp_path / "m.yaml").write_text(f"timezone: UTC\n{text}\n")
+    with pytest.raises(ConfigError, match=error) as e:
+        load_mapping(tmp_path / "m.yaml")
+    assert f"{tmp_path / 'm.yaml'}:" in str(e.value)
+
+
+def test_a_default_channel_lets_the_rules_that_read_it_run(tmp_path, capsys):
+    from fds.cli import main
+
+    (tmp_path / "b.csv").write_text(ROWS.replace("-12,00", "12,00"))
+    mapping(tmp_path, GERMAN + "defaults: {channel: pos, country: DE}\n")
+    argv = ["replay", str(tmp_path / "b.csv"), "--mapping", str(tmp_path / "m.yaml")]
+    assert main([*argv, "--model", "none", "--no-progress", "--out", str(tmp_path / "o")]) == 0
+    err = capsys.readouterr().err
+    assert "rule(s) were skipped on every transaction" in err  # (device_id: still none)
+    assert "channel missing" not in err and "country missing" not in err
