@@ -121,7 +121,7 @@ def test_a_mapping_s_format_contradicted_by_the_file_name_is_said(history, tmp_p
     m.write_text("format: csv\n")
     assert bare_replay(str(history), "--mapping", str(m)) == 2
     err = capsys.readouterr().err
-    assert f"the mapping says `format: csv` but {history} is named like a jsonl file" in err
+    assert f"the mapping says `format: csv` ({m}:1) but {history} is named like a jsonl" in err
 
 
 def test_parquet_with_foreign_columns_is_refused_up_front(tmp_path, capsys):

@@ -179,6 +179,7 @@ class ColumnMapping(BaseModel):
     # what check_columns requires, and where the mapping names it (a labels file's: for_labels)
     _required: frozenset[str] = PrivateAttr(default=TX_REQUIRED)
     _section: str = PrivateAttr(default="fields")
+    _format_at: str | None = PrivateAttr(default=None)  # where the file says `format:`
 
     @field_validator("timezone")
     @classmethod
@@ -573,6 +574,8 @@ def load_mapping(path: str | os.PathLike[str]) -> ColumnMapping:
             "(label: {column: %s, delay: 30d}), or delay: 0s to mean it",
             f"{p}:{line}" if line else p, mapping.label.column,
         )  # fmt: skip
+    if mapping.format is not None:  # (a conflict with the file's name is found later)
+        mapping._format_at = f"{p}:{_line_at(p, ['format']) or '?'}"
     return mapping
 
 
@@ -727,9 +730,10 @@ def check_transaction_columns(
     except ConfigError:
         named = None
     if m.format is not None and named is not None and named != m.format:
+        at = f" ({m._format_at})" if m._format_at else ""
         raise ConfigError(
-            f"the mapping says `format: {m.format}` but {p} is named like a {named} file: drop "
-            "`format:` from the mapping (the file name tells the format) or rename the file"
+            f"the mapping says `format: {m.format}`{at} but {p} is named like a {named} file: "
+            "drop `format:` from the mapping (the file name tells the format) or rename the file"
         )
     fmt = m.format or named
     if fmt == "jsonl":  # as a mapping's columns are looked for (it read every record before)
