@@ -35,8 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         else:
             p.add_argument("--port", type=_port, default=kafka_kit.DEFAULT_PORT, help="client port")
             p.add_argument(
-                "--controller-port", type=_port, default=kafka_kit.DEFAULT_CONTROLLER_PORT,
-                help="KRaft controller port",
+                "--controller-port", type=_port, default=None,
+                help="KRaft controller port (default: the data dir's, else --port + 1)",
             )  # fmt: skip
         p.add_argument(
             "--data-dir", type=Path, default=None,
@@ -92,7 +92,8 @@ def _port(text: str) -> int:
 
 def _up(args: argparse.Namespace) -> int:
     ports = [("--port", args.port), ("--controller-port", args.controller_port)]
-    ports += [("--secure-port", args.secure_port)] if args.secure_port is not None else []
+    ports += [("--secure-port", args.secure_port)]
+    ports = [(flag, port) for flag, port in ports if port is not None]
     for i, (flag, port) in enumerate(ports):
         for other, same in ports[:i]:
             if port == same:  # (the broker's own check failed as a Java stack trace: a QA pass)

@@ -597,7 +597,7 @@ def _format(
 
 def up(
     port: int = DEFAULT_PORT,
-    controller_port: int = DEFAULT_CONTROLLER_PORT,
+    controller_port: int | None = None,
     data_dir: Path | str | None = None,
     *,
     timeout: float = START_TIMEOUT_S,
@@ -608,7 +608,10 @@ def up(
     Parameters
     ----------
     port, controller_port
-        The client (PLAINTEXT) and controller listener ports on 127.0.0.1.
+        The client (PLAINTEXT) and controller listener ports on 127.0.0.1; the controller's
+        by default the one the data dir was formatted with, else ``port + 1`` (19093 for the
+        default 19092: a second broker on ``--port 29492`` took 19093 as well, and the one of
+        the two started last died binding it).
     data_dir
         Where the KRaft log dir, broker log and pid file live; formatted on first use.
     timeout
@@ -635,6 +638,11 @@ def up(
     # one `up` at a time per data dir: two at once would both start a broker
     with open(ddir / ".up.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        if controller_port is None:
+            controller_port = (read_kit(ddir) or {}).get("controller_port") or next(
+                (p for p in (port + 1, port + 2, port - 1) if p <= 65535 and p != secure_port),
+                port - 2,
+            )
         return _up(ddir, port, controller_port, timeout, secure_port)
 
 
@@ -692,6 +700,12 @@ def _up(
             f"port {port} is already in use by a process that is not this kit's broker "
             f"(data dir {ddir}); stop it, or pass --port / point --bootstrap at it",
             where=f"127.0.0.1:{port}",
+        )
+    if _port_open(controller_port):  # (the broker died binding it, its log's tail for a reason)
+        raise ConfigError(
+            f"the controller port {controller_port} is already in use (another broker's?); "
+            "pass another --controller-port, or stop what is using it",
+            where=f"127.0.0.1:{controller_port}",
         )
 
     java = _java()

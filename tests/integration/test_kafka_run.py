@@ -934,6 +934,39 @@ def test_produce_with_a_mapping_reads_the_file_as_replay_does(kafka_bootstrap, t
     assert [t["tx_id"] for t in replayed] == ["D0", "D1", "D2", "D3", "D4"]  # in event time
 
 
+def test_produce_reads_a_bank_export_as_replay_does(kafka_bootstrap, topics, tmp_path):
+    """A semicolon CSV with decimal commas, day-first times and a default channel goes to
+    Kafka as fds replay reads it (the mapping options of tests/streams/test_bank_exports.py)."""
+    from fds.streams.files import load_mapping
+
+    (tmp_path / "b.csv").write_text(
+        "Datum;Karte;Betrag;Ref;Betrug\n"
+        "01.03.2026 08:04:13;4711;1.234,56;R1;0\n"
+        "02.03.2026 09:00:00;4712;-0,00;R2;1\n"  # a dead letter in a replay, sent as such
+        "03.03.2026 10:00:00;4711;12,5;R3;1\n"
+    )
+    (tmp_path / "b.yaml").write_text(
+        'delimiter: ";"\ndecimal: ","\nthousands: "."\nts_format: "%d.%m.%Y %H:%M:%S"\n'
+        "timezone: Europe/Berlin\ndefaults: {channel: pos}\n"
+        "fields: {tx_id: Ref, ts: Datum, card_id: Karte, amount: Betrag}\n"
+        "label: {column: Betrug, delay: 1d}\n"
+    )
+    mapping = load_mapping(tmp_path / "b.yaml")
+    s = settings_for(kafka_bootstrap, topics, "unused")
+    assert produce_file(tmp_path / "b.csv", s, mapping=mapping, labels_topic=topics["labels"]) == 3
+    sent = {orjson.loads(m.value)["tx_id"]: (m.key, orjson.loads(m.value))
+            for m in read_all(kafka_bootstrap, topics["transactions"])}  # fmt: skip
+    replayed = replay_load(tmp_path / "b.csv", mapping=mapping).transactions
+    assert [t["tx_id"] for t in replayed] == ["R1", "R3"]
+    for t in replayed:
+        key, rec = sent[t["tx_id"]]
+        assert key == t["card_id"].encode() and rec["ts"] == t["ts"]
+        assert float(rec["amount"]) == t["amount"] and rec["channel"] == "pos"
+    assert float(sent["R1"][1]["amount"]) == 1234.56 and sent["R1"][1]["ts"] == 1772348653.0
+    labels = [orjson.loads(m.value) for m in read_all(kafka_bootstrap, topics["labels"])]
+    assert sorted(lab["tx_id"] for lab in labels) == ["R2", "R3"]
+
+
 def test_produce_says_how_far_it_got_and_refuses_what_fds_run_cannot_read(
     kafka_bootstrap, topics, tmp_path, caplog
 ):

@@ -1,0 +1,52 @@
+"""Which controller port ``fds kafka up`` gives a broker when none is asked for. A second
+broker on ``--port 29492`` took the default 19093 too, and whichever of the two started last
+died binding it (a Java stack trace in its log: found when a QA broker ran beside the suite's)."""
+
+import json
+import socket
+
+import pytest
+
+from fds.errors import ConfigError
+from fds.streams import kafka_kit
+
+
+@pytest.fixture
+def started(monkeypatch):
+    """The ports ``up`` would start a broker with (nothing is started)."""
+    seen: list[tuple[int, int, int | None]] = []
+
+    def up(ddir, port, cport, timeout, sport):
+        seen.append((port, cport, sport))
+
+    monkeypatch.setattr(kafka_kit, "_up", up)
+    return seen
+
+
+def test_the_controller_port_follows_the_client_port(tmp_path, started):
+    kafka_kit.up(port=29492, data_dir=tmp_path / "a")
+    kafka_kit.up(port=29492, data_dir=tmp_path / "b", secure_port=29493)
+    kafka_kit.up(port=65535, data_dir=tmp_path / "c")
+    kafka_kit.up(data_dir=tmp_path / "d")  # the default pair stays 19092/19093
+    assert started == [
+        (29492, 29493, None), (29492, 29494, 29493), (65535, 65534, None), (19092, 19093, None)
+    ]  # fmt: skip
+
+
+def test_a_data_dir_keeps_the_controller_port_it_was_formatted_with(tmp_path, started):
+    """(a data dir formatted by an older kit for 29492/19093 starts as it was formatted)"""
+    (tmp_path / "kit.json").write_text(json.dumps({"port": 29492, "controller_port": 19093}))
+    kafka_kit.up(port=29492, data_dir=tmp_path)
+    assert started == [(29492, 19093, None)]
+
+
+def test_a_controller_port_in_use_is_refused_before_the_broker_starts(tmp_path):
+    with socket.socket() as taken, socket.socket() as free:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        free.bind(("127.0.0.1", 0))  # (bound, not listening: no one answers there)
+        port = free.getsockname()[1]
+        free.close()
+        with pytest.raises(ConfigError, match=r"the controller port \d+ is already in use"):
+            kafka_kit.up(port=port, controller_port=taken.getsockname()[1], data_dir=tmp_path)
+    assert not (tmp_path / "kraft").exists()  # nothing formatted
