@@ -3,6 +3,7 @@ it all would (what a partition taken over from another instance's snapshot relie
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import pytest
@@ -63,13 +64,19 @@ def test_merged_partitions_continue_as_one_plan(
     assert_same(run_plan(b, tail), want[n_head:], tail)
 
 
-@pytest.mark.parametrize("cut", [700, 1500, 2300])
-def test_merge_with_frozen_label_buckets(cut: int) -> None:
-    # dense: label buckets of the 2-hour fraud windows are frozen along the way, so both
-    # stores hold frozen and open buckets for the same spans
+@functools.cache
+def _dense() -> tuple[list[dict[str, Any]], list[Any]]:
+    """A dense stream (label buckets of the 2-hour fraud windows are frozen along the way, so
+    both stores hold frozen and open buckets for the same spans) and one plan's features of it;
+    made once: its brute force takes ~30 s."""
     ops = dense_stream(4, 3000, STARTS["UTC"][0], mean_step=30.0)
     ops = _accepted(ops, reference(ALL_SPECS, ops, timezone="UTC", grace=GRACE))
-    whole = run_plan(FeaturePlan(ALL_SPECS, grace=GRACE), ops)
+    return ops, run_plan(FeaturePlan(ALL_SPECS, grace=GRACE), ops)
+
+
+@pytest.mark.parametrize("cut", [700, 1500, 2300])
+def test_merge_with_frozen_label_buckets(cut: int) -> None:
+    ops, whole = _dense()
     a, b = _split_run(
         ops, cut, lambda tx: tx["card_id"] == "a", lambda: FeaturePlan(ALL_SPECS, grace=GRACE)
     )
