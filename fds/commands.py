@@ -462,20 +462,18 @@ def _replay_file(args: argparse.Namespace, pushers: list[Pusher]) -> int:
     if not summary.decided and summary.dead_letters > summary.label_dead_letters:
         top = summary.top_reason or ""
         stage = top.split(":", 1)[0]
-        layout = "ts_format" in top  # (the mapping's layout fits none of the times)
-        dated = layout or "timestamp" in top  # (the columns are right: "map its columns"
-        dates = (  # misled, a QA pass)
-            "check the mapping's ts_format against the file's times"
-            if layout
-            else "give timestamps as ISO 8601 or epoch seconds, or give the layout of others "
+        said = next((fix for mark, fix in _FIXES if mark in top), None)
+        dated = "timestamp" in top  # (the columns are right: "map its columns" misled, a QA)
+        dates = (
+            "give timestamps as ISO 8601 or epoch seconds, or give the layout of others "
             "(day-first 01/03/2026 08:04) in the --mapping: ts_format: '%d/%m/%Y %H:%M'"
-            if dated
+            if dated and said is None
             else ""
         )
         guard = ", e.g. guard a rule that raises: `avg > 0 and amount / avg > 3`"
         check = (
-            ""
-            if layout
+            said
+            if said is not None
             else "fds reads JSON Lines (one object per line) and CSV in UTF-8: convert the file"
             if stage == "parse"
             else f"the {stage} stage fails on every transaction: fix it"
@@ -494,6 +492,16 @@ def _replay_file(args: argparse.Namespace, pushers: list[Pusher]) -> int:
         )
         return 1
     return 1 if cut else 0
+
+
+#: A reason that names a mapping option, and what to do when every record is dead-lettered
+#: for it (the advice was "convert the file" for an encoding the reason named, and named
+#: neither decimal: nor thousands: for a decimal comma: a QA pass).
+_FIXES = (
+    ("ts_format", "check the mapping's ts_format against the file's times"),
+    ("encoding:", "give the file's encoding in the --mapping (encoding: cp1252, latin-1, ...)"),
+    ("decimal:", "say how the file writes numbers in the --mapping (decimal:, thousands:)"),
+)
 
 
 def _grace(engine: Any) -> str:
@@ -524,6 +532,12 @@ def _sort_by_time(path: Path, mapping: ColumnMapping | None) -> str:
     out = shlex.quote(str(beside(path, "sorted")))
     src = shlex.quote(str(path))
     read = f"zcat {src} | " if gz else ""  # (a .gz is sorted into a plain file)
+    if mapping is not None and mapping.ts_format:  # (sorted as text, 01.03.2026 came before
+        return (  # 02.01.2026: the command given left the file out of order, a QA pass)
+            f"by its column {column!r}{mapped}, its header line kept first, with a tool that "
+            f"reads its times as the mapping's ts_format {mapping.ts_format!r} does (as text "
+            "they do not sort in time order)"
+        )
     if fmt == "csv":
         with contextlib.suppress(ConfigError, OSError):
             header = csv_header(path, mapping) or []
@@ -536,16 +550,11 @@ def _sort_by_time(path: Path, mapping: ColumnMapping | None) -> str:
                 )
                 sep = mapping.delimiter if mapping is not None else ","
                 t = "$'\\t'" if sep == "\t" else shlex.quote(sep)
-                times = (
-                    "times in the mapping's ts_format do not sort as text: use a CSV tool"
-                    if mapping is not None and mapping.ts_format
-                    else "ISO times written alike sort as text"
-                )
                 return (
                     f"by its column {column!r}{mapped}, field {k} of a row, e.g. ({head} && "
                     f"{tail} | sort -s -t{t} -k{k},{k}) > {out} (-k{k},{k}n for epoch numbers; "
-                    f"{times}; a quoted field with a {_sep_name(sep)} or a line break in it "
-                    "needs a CSV tool)"
+                    "ISO times written alike sort as text; a quoted field with a "
+                    f"{_sep_name(sep)} or a line break in it needs a CSV tool)"
                 )
         return f"by its column {column!r}{mapped}, its header line kept first"
     if fmt == "jsonl":

@@ -918,7 +918,10 @@ class _DeadTally:
             self.reasons[reason] += 1
             if reason not in self.examples:
                 text = str(d.get("reason") or d.get("error", ""))
-                self.examples[reason] = text.split("\n")[0][:160]
+                first = text.split("\n")[0]  # (its advice kept: at 160 characters the
+                self.examples[reason] = (  # fix a decimal comma needs was cut, a QA pass)
+                    first if len(first) <= 320 else first[:319] + "…"
+                )
         dead.clear()
 
 

@@ -142,23 +142,11 @@ LabelField = Literal["tx_id", "ts", "is_fraud", "source"]
 LABEL_REQUIRED: frozenset[str] = frozenset({"tx_id", "ts", "is_fraud"})
 
 
-class ColumnMapping(BaseModel):
-    """How a foreign file's columns map onto the transaction contract."""
+class ReadOptions(BaseModel):
+    """How a file writes its values: its encoding, field separator, numbers and times (a
+    mapping's, and its ``--labels`` file's where they differ: :class:`LabelsOptions`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    format: Format | None = None
-    fields: dict[EngineField, ColumnName] = Field(default_factory=dict)
-    timezone: str = "UTC"
-    label: LabelColumn | None = None
-    #: Texts read as a missing value, as an empty cell is (``[NaN, NA, "null"]``): a device
-    #: ``NaN`` was one device of every transaction without one (617 cards, a QA pass).
-    missing: frozenset[str] = frozenset()
-    #: Numeric timestamps count seconds from this instant, not from 1970 (IEEE-CIS's
-    #: ``TransactionDT``: seconds from a reference date); epoch seconds once mapped.
-    ts_origin: float | None = None
-    #: A separate ``--labels`` file's own column names (``is_fraud: isFraud``): a chargeback
-    #: file with its own names was dead-lettered whole (a QA pass).
-    labels_file: dict[LabelField, ColumnName] = Field(default_factory=dict)
     #: A CSV file's text encoding (``cp1252``, as Excel on Windows writes it); UTF-8 (a byte
     #: order mark skipped) when omitted. JSON Lines is UTF-8 by definition.
     encoding: str | None = None
@@ -169,26 +157,10 @@ class ColumnMapping(BaseModel):
     #: value written so is read with a dot and no grouping, the fields that are names (ids,
     #: codes) aside. ``thousands: " "`` takes no-break spaces too (French exports).
     decimal: Literal[".", ","] = "."
-    thousands: Literal[".", ",", " ", "'"] | None = None
-    #: Values of optional fields for the rows that give none (``channel: pos`` for a
-    #: card-present export that has no such column): a row's own value wins.
-    defaults: dict[DefaultField, str | float] = Field(default_factory=dict)
+    thousands: Literal[".", ",", " ", "'", "’"] | None = None
     #: The layout of a ``ts`` text that none of the forms read without it fits, as ``strptime``
     #: writes it (``%d/%m/%Y %H:%M:%S``); read in ``timezone`` unless it has ``%z``.
     ts_format: str | None = None
-    # what check_columns requires, and where the mapping names it (a labels file's: for_labels)
-    _required: frozenset[str] = PrivateAttr(default=TX_REQUIRED)
-    _section: str = PrivateAttr(default="fields")
-    _format_at: str | None = PrivateAttr(default=None)  # where the file says `format:`
-
-    @field_validator("timezone")
-    @classmethod
-    def _zone(cls, v: str) -> str:
-        try:
-            get_zone(v)
-        except ConfigError as e:
-            raise ValueError(str(e)) from None
-        return v
 
     @field_validator("encoding")
     @classmethod
@@ -205,6 +177,8 @@ class ColumnMapping(BaseModel):
     @field_validator("delimiter", mode="before")
     @classmethod
     def _delimiter(cls, v: Any) -> Any:
+        if v is None and cls is LabelsOptions:
+            return v  # (the transactions file's)
         if isinstance(v, str) and v.lower() in ("tab", "\\t"):
             return "\t"  # (YAML's '\t' in single quotes is a backslash and a t)
         if not isinstance(v, str) or len(v) != 1 or v in '"\r\n ' or v.isalnum():
@@ -217,11 +191,90 @@ class ColumnMapping(BaseModel):
     @field_validator("thousands")
     @classmethod
     def _grouping(cls, v: str | None, info: ValidationInfo) -> str | None:
-        if v is not None and v == info.data.get("decimal", "."):
+        decimal = info.data.get("decimal", ".")  # (None: a labels file's, as the other's)
+        if v is not None and v == decimal:
             raise ValueError(
                 f"{v!r} is also the decimal mark: one of them is the other sign "
                 "(1.234,56 is `decimal: ','` with `thousands: '.'`)"
             )
+        return v
+
+    @field_validator("ts_format")
+    @classmethod
+    def _ts_format(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if "%" not in v:  # (Java's dd.MM.yyyy was told "must give the date": a QA pass)
+            raise ValueError(
+                "write the layout in strptime's % codes: e.g. '%d.%m.%Y %H:%M:%S' for "
+                "dd.MM.yyyy HH:mm:ss"
+            )
+        if "%Z" in v:  # (it reads UTC, GMT and this machine's zone names only, and drops them:
+            raise ValueError(  # "08:04 UTC" was read in the timezone, an hour off: a QA pass)
+                "%Z reads only a few zone names and does not apply them: give offsets with %z "
+                "(+0100, +01:00), or leave the name out of the layout and set `timezone:`"
+            )
+        sample = dt.datetime(2026, 3, 17, 15, 4, 13, 250000, tzinfo=dt.UTC)
+        try:
+            back = dt.datetime.strptime(sample.strftime(v), v)
+        except ValueError as e:
+            raise ValueError(f"not a strptime layout ({e}): e.g. '%d/%m/%Y %H:%M:%S'") from None
+        if back.date() != sample.date():  # (a layout without the year, month or day)
+            raise ValueError(
+                "the layout must give the date (a day, a month and a year: %d, %m or %b, %Y or "
+                "%y), e.g. '%d/%m/%Y %H:%M'"
+            )
+        if "%I" in v and back.hour != sample.hour:  # (3 PM read as 03:00)
+            raise ValueError("an hour of %I needs %p (AM/PM) in the layout, or write %H (0-23)")
+        return v
+
+
+class LabelsOptions(ReadOptions):
+    """A ``--labels`` file's :class:`ReadOptions` where they differ from the transactions
+    file's (``labels_options:``; a key left out is the transactions file's)."""
+
+    encoding: str | None = None
+    delimiter: str | None = None  # type: ignore[assignment]
+    decimal: Literal[".", ","] | None = None  # type: ignore[assignment]
+    thousands: Literal[".", ",", " ", "'", "’"] | None = None
+    ts_format: str | None = None
+
+
+class ColumnMapping(ReadOptions):
+    """How a foreign file's columns map onto the transaction contract."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    format: Format | None = None
+    fields: dict[EngineField, ColumnName] = Field(default_factory=dict)
+    timezone: str = "UTC"
+    label: LabelColumn | None = None
+    #: Texts read as a missing value, as an empty cell is (``[NaN, NA, "null"]``): a device
+    #: ``NaN`` was one device of every transaction without one (617 cards, a QA pass).
+    missing: frozenset[str] = frozenset()
+    #: Numeric timestamps count seconds from this instant, not from 1970 (IEEE-CIS's
+    #: ``TransactionDT``: seconds from a reference date); epoch seconds once mapped.
+    ts_origin: float | None = None
+    #: A separate ``--labels`` file's own column names (``is_fraud: isFraud``): a chargeback
+    #: file with its own names was dead-lettered whole (a QA pass).
+    labels_file: dict[LabelField, ColumnName] = Field(default_factory=dict)
+    #: How that file writes its values where it differs from this one (a comma-separated
+    #: chargeback export beside a semicolon one, its dates without a time: a QA pass).
+    labels_options: LabelsOptions | None = None
+    #: Values of optional fields for the rows that give none (``channel: pos`` for a
+    #: card-present export that has no such column): a row's own value wins.
+    defaults: dict[DefaultField, str | float] = Field(default_factory=dict)
+    # what check_columns requires, and where the mapping names it (a labels file's: for_labels)
+    _required: frozenset[str] = PrivateAttr(default=TX_REQUIRED)
+    _section: str = PrivateAttr(default="fields")
+    _format_at: str | None = PrivateAttr(default=None)  # where the file says `format:`
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        try:
+            get_zone(v)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
         return v
 
     @field_validator("defaults", mode="before")
@@ -252,23 +305,6 @@ class ColumnMapping(BaseModel):
             raise ValueError(
                 f"{both[0]} is also mapped onto the column {fields[both[0]]!r} under `fields:`: "
                 "keep one (a default fills only the rows that give no value)"
-            )
-        return v
-
-    @field_validator("ts_format")
-    @classmethod
-    def _ts_format(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        sample = dt.datetime(2026, 3, 1, 8, 4, 13, 250000, tzinfo=dt.UTC)
-        try:
-            back = dt.datetime.strptime(sample.strftime(v), v)
-        except ValueError as e:
-            raise ValueError(f"not a strptime layout ({e}): e.g. '%d/%m/%Y %H:%M:%S'") from None
-        if back.date() != sample.date():  # (a layout without the year, month or day)
-            raise ValueError(
-                "the layout must give the date (a day, a month and a year: %d, %m or %b, %Y or "
-                "%y), e.g. '%d/%m/%Y %H:%M'"
             )
         return v
 
@@ -347,7 +383,9 @@ class ColumnMapping(BaseModel):
         sep = next((c for c in seps if len(columns) == 1 and c in columns[0]), None)
         hint = (
             f" (one column: the file seems to separate them with {sep!r}: give "
-            f"`delimiter: {_yaml_char(sep)}` in the --mapping)"
+            f"`delimiter: {_yaml_char(sep)}` "
+            + ("under `labels_options:` " if self._section == "labels_file" else "")
+            + "in the --mapping)"
             if sep
             else ""
         )
@@ -377,10 +415,12 @@ class ColumnMapping(BaseModel):
     def for_labels(self) -> ColumnMapping:
         """The mapping of a separate labels file: its ``labels_file`` columns, read in this
         mapping's timezone, with its ``missing`` texts and ``ts_origin``."""
+        own = self.labels_options
+        read = {k: getattr(self, k) for k in ReadOptions.model_fields}
+        read |= {k: getattr(own, k) for k in own.model_fields_set} if own is not None else {}
         m = ColumnMapping.model_construct(
             fields=dict(self.labels_file), timezone=self.timezone, missing=self.missing,
-            ts_origin=self.ts_origin, encoding=self.encoding, delimiter=self.delimiter,
-            decimal=self.decimal, thousands=self.thousands, ts_format=self.ts_format,
+            ts_origin=self.ts_origin, **read,
         )  # fmt: skip
         m._required, m._section = LABEL_REQUIRED, "labels_file"
         return m
@@ -413,10 +453,7 @@ class ColumnMapping(BaseModel):
             v = self._dig(row, nested[1])
             out = out if v is None else {**out, nested[0]: v}  # (the reader takes it out)
         if self._number is not None:
-            read = self._number
-            out = {
-                k: read(v) if v.__class__ is str and k not in _NAMES else v for k, v in out.items()
-            }
+            out = self._numbers(out)
         if self.ts_format is not None and (ts := out.get("ts")).__class__ is str:
             out = {**out, "ts": self._layout(ts)}
         if self.ts_origin is not None and "ts" in out:
@@ -432,26 +469,57 @@ class ColumnMapping(BaseModel):
         except ValueError as e:
             return n, e, row if raw is None else raw
 
+    def _numbers(self, out: dict[str, Any]) -> dict[str, Any]:
+        """``out`` with its numbers read as the file writes them: the amount, ``lat`` and
+        ``lon`` (a text that does not fit the notation is a ``ValueError``: a dot-decimal
+        ``12.34`` under ``decimal: ","`` was read as 12.34, ``0.125`` as 125, a QA pass); any
+        other value but the names only when it has a decimal part (``2,50``: a version
+        ``2.100``, a phone number ``030 123 456`` or an order number ``1.234.567`` stay as
+        written)."""
+        fits, plain, mark = cast(_Notation, self._number)
+        read = dict(out)
+        for k, v in out.items():  # (the cheapest test first: most values have no mark)
+            if v.__class__ is str and mark in v and k not in _NAMES and fits(v):
+                read[k] = plain(v)
+        for k in _MEASURES:
+            v = out.get(k)
+            if v.__class__ is str:
+                if not fits(v):
+                    raise ValueError(f"{k}: {v[:100]!r} {self._notation}")
+                read[k] = plain(v)
+        return read
+
     @functools.cached_property
-    def _number(self) -> Callable[[str], str] | None:
-        """What reads a text value as the file writes numbers: with a dot and no grouping when
-        it is a number written so (``"1.234,56"`` -> ``"1234.56"``), else as it is."""
+    def _number(self) -> _Notation | None:
+        """How the file writes numbers: whether a text is one written so, that text with a dot
+        and no grouping (``"1.234,56"`` -> ``"1234.56"``), and the decimal mark; None when the
+        file writes them as the engine reads them."""
         if self.decimal == "." and self.thousands is None:
             return None
         group = "[ \u00a0\u202f]" if self.thousands == " " else re.escape(self.thousands or "")
-        whole = rf"\d{{1,3}}(?:{group}\d{{3}})+|\d+" if group else r"\d+"
+        # (a leading zero starts no group: 0.125 is no thousand, 01.067 no number, a QA pass)
+        whole = rf"[1-9]\d{{0,2}}(?:{group}\d{{3}})+|\d+" if group else r"\d+"
         fits = re.compile(rf"[+-]?(?:{whole})(?:{re.escape(self.decimal)}\d+)?").fullmatch
         ungroup = re.compile(group).sub if group else None
         comma = self.decimal == ","
 
-        def read(v: str) -> str:
-            if not fits(v):
-                return v
+        def plain(v: str) -> str:
             if ungroup is not None:
                 v = ungroup("", v)
             return v.replace(",", ".") if comma else v
 
-        return read
+        return fits, plain, self.decimal
+
+    @functools.cached_property
+    def _notation(self) -> str:
+        """What a measure's text that is no number as the file writes them is told."""
+        t, d = self.thousands, self.decimal
+        example = f"-1{t}234{d}56" if t else f"-1234{d}56"
+        grouping = f", thousands: {t!r}" if t else " and no thousands:"
+        return (
+            f"is no number as the mapping's decimal: {d!r}{grouping} write them (e.g. "
+            f"{example}: a sign before the digits, no currency, no other separator)"
+        )
 
     def _layout(self, ts: str) -> str:
         """A ``ts`` text in the ``ts_format`` layout as ISO 8601 (naive unless it has ``%z``:
@@ -461,6 +529,14 @@ class ColumnMapping(BaseModel):
         try:
             return dt.datetime.strptime(ts.strip(), layout).isoformat()
         except ValueError as e:
+            try:
+                float(ts)  # (a number is no time of another form here: an Excel date serial
+            except ValueError:  # 46082,35 was decided in 1970, a QA pass)
+                pass
+            else:
+                raise ValueError(
+                    f"ts: {ts[:100]!r} does not fit the mapping's ts_format {layout!r} ({e})"
+                ) from None
             try:
                 parse_ts(ts)
             except ValueError:
@@ -520,8 +596,12 @@ def _at(obj: Any, path: tuple[str, ...]) -> Any:
     return obj
 
 
-#: The fields whose values are names (ids, codes), never read as numbers (``decimal:``).
-_NAMES = (TX_FIELDS | {"source"}) - {"ts", "amount", "lat", "lon", "extra"}
+#: The fields whose values are measures, read as the mapping's numbers (``decimal:``), and
+#: those whose values are names (ids, codes), never read as numbers.
+_MEASURES = frozenset({"amount", "lat", "lon"})
+_NAMES = (TX_FIELDS | {"source"}) - _MEASURES - {"ts", "extra"}
+#: How a file writes numbers (ColumnMapping._number).
+_Notation = tuple[Callable[[str], Any], Callable[[str], str], str]
 
 
 def _yaml_char(c: str) -> str:

@@ -275,6 +275,12 @@ def _event_time(msg: Any, ahead_s: float = 0.0) -> tuple[float, Any]:
     it would move every window's watermark ahead, so that the following events all came late.
     The record's timestamp, not this machine's clock: a rebuild judges a record as it was
     judged when first decided."""
+    headers = getattr(msg, "headers", None)
+    said = dict(headers).get(UNREADABLE) if headers else None
+    if said is not None:  # a row `fds produce` could not read: the reader's reason (it was
+        why = said[:1000].decode("utf-8", "replace")  # "not valid JSON"; a row reading as
+        return -math.inf, _Bad("parse", ValueError(why))  # JSON, `5`, failed validation; a
+        # row whose ts did not fit the mapping's ts_format, sent as JSON, could read as one)
     stage = "parse"
     try:
         obj = loads_record(msg.value)
@@ -284,10 +290,6 @@ def _event_time(msg: Any, ahead_s: float = 0.0) -> tuple[float, Any]:
         if _NAIVE_WATCH[0]:
             _watch_naive(obj, msg)
     except Exception as exc:
-        said = dict(getattr(msg, "headers", None) or ()).get(UNREADABLE)
-        if said is not None:  # a row `fds produce` could not read: the reader's reason (it was
-            why = said[:1000].decode("utf-8", "replace")  # "not valid JSON"; a row reading as
-            return -math.inf, _Bad("parse", ValueError(why))  # JSON, `5`, failed validation)
         return -math.inf, _Bad(stage, exc)
     return tx["ts"], tx
 
@@ -3456,8 +3458,15 @@ def produce_file(
                     card = rec.get("card_id", rec.get("tx_id"))
                     key = None if card is None else str(card).encode()
                     fut = producer.send(topic, value=dumps(rec), key=key)
-                elif isinstance(rec, Exception):  # unreadable: the file's own bytes, and
-                    value = raw if isinstance(raw, bytes) else str(raw or "").encode()
+                elif isinstance(rec, Exception):  # unreadable: the file's own bytes (a row
+                    # read but refused by the mapping as JSON: it was Python's repr), and
+                    value = (
+                        raw
+                        if isinstance(raw, bytes)
+                        else dumps(raw)
+                        if isinstance(raw, dict)
+                        else str(raw or "").encode()
+                    )
                     reason = str(rec)[:1000].encode("utf-8", "backslashreplace")  # why
                     fut = producer.send(topic, value=value, headers=[(UNREADABLE, reason)])
                 else:  # JSON that is no object ([1, 2], 42, null): fds run says so, as replay

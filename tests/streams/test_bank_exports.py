@@ -106,6 +106,14 @@ def test_a_time_that_does_not_fit_ts_format_is_a_dead_letter_that_names_it(tmp_p
     assert "convert the file" not in err
 
 
+def test_a_number_where_a_ts_format_time_is_due_is_a_dead_letter():
+    """A QA pass: an Excel date serial 46082,35 fitted no layout, read as epoch seconds and was
+    decided in January 1970 without a word."""
+    m = ColumnMapping(ts_format="%d.%m.%Y %H:%M", decimal=",")
+    with pytest.raises(ValueError, match=r"ts: '46082\.35' does not fit the mapping's ts_format"):
+        m.apply({"ts": "46082,35"})
+
+
 def test_ts_format_keeps_times_it_need_not_read_and_reads_offsets(tmp_path):
     m = ColumnMapping(ts_format="%d/%m/%Y %H:%M%z")
     assert m.apply({"ts": "01/03/2026 08:04+0100"})["ts"] == "2026-03-01T08:04:00+01:00"
@@ -115,23 +123,48 @@ def test_ts_format_keeps_times_it_need_not_read_and_reads_offsets(tmp_path):
     assert m.for_labels().ts_format == m.ts_format
 
 
+NOT = None  # the amount is a dead letter naming the notation
+
+
 @pytest.mark.parametrize(
-    ("decimal", "thousands", "text", "read"),
+    ("decimal", "thousands", "text", "as_extra", "as_amount"),
     [
-        (",", None, "29,78", "29.78"),
-        (",", None, "1.234,56", "1.234,56"),  # grouping not declared: left (a dead letter)
-        (".", ",", "1,234,567.5", "1234567.5"),
-        (".", "'", "1'234.50", "1234.50"),  # Swiss
-        (",", " ", "1\u202f234,5", "1234.5"),  # French: a narrow no-break space
-        (",", " ", "1 234 567", "1234567"),
-        (",", ".", "12.34", "12.34"),  # no group of three: not a number written so
-        (",", ".", "+7", "+7"),
-        (",", ".", "2026-03-01", "2026-03-01"),
+        (",", None, "29,78", "29.78", "29.78"),
+        (",", None, "1.234,56", "1.234,56", NOT),  # grouping not declared
+        (".", ",", "1,234,567.5", "1234567.5", "1234567.5"),
+        (".", "'", "1'234.50", "1234.50", "1234.50"),  # Swiss
+        (",", " ", "1\u202f234,5", "1234.5", "1234.5"),  # French: a narrow no-break space
+        # elsewhere than a measure, only a number with a decimal part: a phone number, a
+        # version, an order number stay as written
+        (",", " ", "030 123 456", "030 123 456", NOT),
+        (",", " ", "1 234 567", "1 234 567", "1234567"),
+        (",", ".", "2.100", "2.100", "2100"),
+        (",", ".", "0.125", "0.125", NOT),  # a leading zero starts no group
+        (",", ".", "12.34", "12.34", NOT),  # a dot-decimal number, not this file's
+        (",", ".", "+7", "+7", "+7"),
+        (",", ".", "12,00-", "12,00-", NOT),
+        (",", ".", "EUR 12,00", "EUR 12,00", NOT),
+        (",", ".", "2026-03-01", "2026-03-01", NOT),
     ],
 )
-def test_numbers_are_read_as_the_file_writes_them(decimal, thousands, text, read):
+def test_numbers_are_read_as_the_file_writes_them(decimal, thousands, text, as_extra, as_amount):
     m = ColumnMapping(decimal=decimal, thousands=thousands)
-    assert m.apply({"fee": text, "card_id": "1.234,5"}) == {"fee": read, "card_id": "1.234,5"}
+    assert m.apply({"fee": text, "card_id": "1.234,5"}) == {"fee": as_extra, "card_id": "1.234,5"}
+    if as_amount is NOT:
+        with pytest.raises(ValueError, match=r"amount: .* is no number as the mapping's decimal"):
+            m.apply({"amount": text})
+    else:
+        assert m.apply({"amount": text}) == {"amount": as_amount}
+
+
+def test_an_amount_in_another_notation_is_a_dead_letter_that_says_which(tmp_path):
+    (tmp_path / "w.csv").write_text(ROWS.replace("1.234,56", "12.34"))
+    recs = list(read_records(tmp_path / "w.csv", mapping=mapping(tmp_path)))
+    assert str(recs[0][1]) == (
+        "amount: '12.34' is no number as the mapping's decimal: ',', thousands: '.' write them "
+        "(e.g. -1.234,56: a sign before the digits, no currency, no other separator)"
+    )
+    assert recs[0][2]["Betrag"] == "12.34" and isinstance(recs[1][1], dict)
 
 
 @pytest.mark.parametrize(
@@ -143,6 +176,10 @@ def test_numbers_are_read_as_the_file_writes_them(decimal, thousands, text, read
         ('thousands: "."', "'.' is also the decimal mark"),
         ('ts_format: "%Q"', "not a strptime layout"),
         ('ts_format: "%H:%M"', "the layout must give the date"),
+        ('ts_format: "%m/%Y"', "the layout must give the date"),  # (no day: every row the 1st)
+        ('ts_format: "%d.%m.%Y %I:%M"', "an hour of %I needs %p"),
+        ('ts_format: "dd.MM.yyyy HH:mm"', "in strptime's % codes"),
+        ('ts_format: "%d.%m.%Y %H:%M %Z"', "give offsets with %z"),
     ],
 )
 def test_a_wrong_option_names_the_mapping_line(tmp_path, line, error):
@@ -180,9 +217,12 @@ def test_the_sort_command_uses_the_files_separator(tmp_path):
     from fds.commands import _sort_by_time
 
     (tmp_path / "b.csv").write_text(ROWS)
-    hint = _sort_by_time(tmp_path / "b.csv", mapping(tmp_path))
+    no_layout = GERMAN.replace('ts_format: "%d.%m.%Y %H:%M:%S"\n', "")
+    hint = _sort_by_time(tmp_path / "b.csv", mapping(tmp_path, no_layout))
     assert "sort -s -t';' -k1,1" in hint and "a quoted field with a semicolon" in hint
-    assert "times in the mapping's ts_format do not sort as text" in hint
+    # day-first times do not sort as text: no command that leaves the file out of order
+    hint = _sort_by_time(tmp_path / "b.csv", mapping(tmp_path))
+    assert "sort -s" not in hint and "as the mapping's ts_format '%d.%m.%Y %H:%M:%S'" in hint
 
 
 def test_a_quoted_line_break_then_spaces_before_the_separator_is_one_row(tmp_path):
@@ -258,3 +298,63 @@ def test_a_default_channel_lets_the_rules_that_read_it_run(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "rule(s) were skipped on every transaction" in err  # (device_id: still none)
     assert "channel missing" not in err and "country missing" not in err
+
+
+def test_a_replay_that_dead_letters_every_row_names_the_option_to_fix(tmp_path, capsys):
+    """A QA pass: the advice was "convert the file" when the reason named `encoding:`, and
+    named neither `decimal:` nor `thousands:` for a file of decimal commas."""
+    from fds.cli import main
+
+    argv = ["--model", "none", "--no-progress", "--out", str(tmp_path / "o.jsonl")]
+    (tmp_path / "c.csv").write_text("tx_id;ts;card_id;amount\na;2026-03-01;c;1,5\n")
+    (tmp_path / "m.yaml").write_text('delimiter: ";"\n')
+    assert (
+        main(["replay", str(tmp_path / "c.csv"), "--mapping", str(tmp_path / "m.yaml"), *argv]) == 1
+    )
+    err = capsys.readouterr().err
+    assert "say how the file writes numbers in the --mapping (decimal:, thousands:)" in err
+    (tmp_path / "w.csv").write_bytes(
+        "tx_id;ts;card_id;amount\na;2026-03-01;café;1\n".encode("cp1252")
+    )
+    assert (
+        main(["replay", str(tmp_path / "w.csv"), "--mapping", str(tmp_path / "m.yaml"), *argv]) == 1
+    )
+    err = capsys.readouterr().err
+    assert "give the file's encoding in the --mapping" in err and "convert the file" not in err
+
+
+def test_a_labels_file_written_otherwise_says_so_under_labels_options(tmp_path, capsys):
+    """A QA pass: a comma-separated chargeback export with dates only, beside a semicolon file
+    with times, was read with the transactions file's separator and layout (every label a dead
+    letter), and told to give `delimiter: ','`, which would break the transactions file."""
+    from fds.cli import main
+    from fds.logs import configure_logging
+
+    text = GERMAN.replace("label: {column: Betrug, delay: 1d}\n", "")
+    text += "labels_file: {tx_id: Ref, ts: Datum, is_fraud: Betrug}\n"
+    (tmp_path / "b.csv").write_text(ROWS.replace("-12,00", "12,00"))
+    (tmp_path / "l.csv").write_text("Ref,Datum,Betrug\nR1,01.03.2026,1\n")
+    argv = ["replay", str(tmp_path / "b.csv"), "--labels", str(tmp_path / "l.csv")]
+    argv += ["--mapping", str(tmp_path / "m.yaml"), "--model", "none", "--no-progress"]
+    mapping(tmp_path, text)
+    assert main([*argv, "--out", str(tmp_path / "d.jsonl")]) == 2
+    assert "give `delimiter: ','` under `labels_options:` in the --mapping" in (
+        capsys.readouterr().err
+    )
+    mapping(tmp_path, text + "labels_options: {delimiter: ',', ts_format: '%d.%m.%Y'}\n")
+    try:
+        assert main(["--log-format", "json", *argv, "--out", str(tmp_path / "d.jsonl")]) == 0
+        summary = orjson.loads(capsys.readouterr().out)
+    finally:
+        configure_logging("INFO", fmt="kv", logger_name="fds")  # (as the other tests expect)
+    # known at midnight (Berlin), before both transactions: dated before its transaction
+    assert (summary["fraud_labels"], summary["label_dead_letters"]) == (1, 0)
+    m = load_mapping(tmp_path / "m.yaml").for_labels()
+    assert (m.delimiter, m.ts_format, m.decimal, m.thousands) == (",", "%d.%m.%Y", ",", ".")
+
+
+def test_labels_options_are_checked_as_a_mappings_own(tmp_path):
+    (tmp_path / "m.yaml").write_text("timezone: UTC\nlabels_options:\n  ts_format: '%Q'\n")
+    with pytest.raises(ConfigError, match="not a strptime layout") as e:
+        load_mapping(tmp_path / "m.yaml")
+    assert f"{tmp_path / 'm.yaml'}:3" in str(e.value)

@@ -275,6 +275,11 @@ def test_a_row_produce_could_not_read_is_dead_lettered_with_the_reader_s_reason(
     assert (bad.stage, str(bad.error)) == ("parse", "expected 4 columns, found 2")
     footer = said._replace(value=b"5")  # text that reads as JSON fails validation: the same
     assert str(_event_time(footer)[1].error) == "expected 4 columns, found 2"
+    # a mapped row refused by the mapping (its ts not in the ts_format) goes as JSON of the
+    # row as read, which may read as a transaction: refused all the same, for its reason
+    row = b'{"tx_id": "r2", "ts": 1767225600, "card_id": "c", "amount": 5}'
+    layout = said._replace(value=row, headers=[("unreadable", b"ts: '46082,35' does not fit")])
+    assert str(_event_time(layout)[1].error) == "ts: '46082,35' does not fit"
 
 
 @pytest.mark.parametrize("reset_by_a_tool", [False, True])
