@@ -55,13 +55,15 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-from prometheus_client.exposition import push_to_gateway, start_http_server
+from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app, push_to_gateway
 from prometheus_client.registry import Collector
 
 from fds.errors import ConfigError
+from fds.health import Health, health_app
 
 __all__ = [
     "ACTIONS",
@@ -994,8 +996,11 @@ class MetricsServer:
         self.stop()
 
 
-def serve(metrics: Metrics, host: str = "127.0.0.1", port: int = 9108) -> MetricsServer:
-    """Serve ``metrics`` on ``http://host:port/metrics`` from a daemon thread.
+def serve(
+    metrics: Metrics, host: str = "127.0.0.1", port: int = 9108, *, health: Health | None = None
+) -> MetricsServer:
+    """Serve ``metrics`` on ``http://host:port/metrics`` from a daemon thread, and
+    ``/healthz`` and ``/readyz`` from ``health`` (:mod:`fds.health`) when given.
 
     Parameters
     ----------
@@ -1006,6 +1011,8 @@ def serve(metrics: Metrics, host: str = "127.0.0.1", port: int = 9108) -> Metric
     port
         TCP port; ``0`` picks a free one (read it back from ``.port``). 9108 is the default
         because it is unassigned in Prometheus' port allocation list.
+    health
+        The service's health checks; ``None``: those paths answer 404.
 
     Examples
     --------
@@ -1017,8 +1024,17 @@ def serve(metrics: Metrics, host: str = "127.0.0.1", port: int = 9108) -> Metric
     >>> b'fds_decisions_total{action="approve"} 1.0' in body
     True
     """
+    app = health_app(make_wsgi_app(metrics.registry), health)
     try:
-        server, thread = start_http_server(port, addr=host, registry=metrics.registry)
+        # As prometheus_client's start_http_server does it, with our app: its address family
+        # (IPv6 too), a thread per request, no request log.
+        family, _, _, _, addr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        server_class = type("_Server", (ThreadingWSGIServer,), {"address_family": family})
+        server: Any = make_server(
+            str(addr[0]), port, app, server_class, handler_class=_QuietHandler
+        )
     except (socket.gaierror, OSError) as e:  # (told as a port problem: a review, a QA pass)
         if not isinstance(e, socket.gaierror) and e.errno != errno.EADDRNOTAVAIL:
             raise _port_problem(host, port, e) from e
@@ -1028,7 +1044,16 @@ def serve(metrics: Metrics, host: str = "127.0.0.1", port: int = 9108) -> Metric
         ) from e
     except OverflowError as e:  # not a port number
         raise _port_problem(host, port, e) from e
+    thread = threading.Thread(target=server.serve_forever, name="fds-metrics", daemon=True)
+    thread.start()
     return MetricsServer(host=host, port=server.server_port, _server=server, _thread=thread)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No line on stderr per request (a probe every few seconds)."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
 
 
 def _port_problem(host: str, port: int, e: BaseException) -> ConfigError:
