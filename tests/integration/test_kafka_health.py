@@ -5,8 +5,11 @@ throughout. Waits on conditions (answers, records, a process exit), never a fixe
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
+import subprocess
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -14,9 +17,12 @@ from typing import Any
 
 import pytest
 
-from fds.pipeline import DEFAULT_RULES
+from fds.pipeline import DEFAULT_MODEL, DEFAULT_RULES
 from fds.streams.kafka import produce_file
+from fds.streams.train import TrainService
+from tests.integration.conftest import SPAWNED
 from tests.integration.test_kafka_run import (
+    REPO,
     count_records,
     settings_for,
     spawn_run,
@@ -32,8 +38,8 @@ def ask(url: str) -> tuple[int, dict[str, Any]] | None:
     try:
         with urllib.request.urlopen(url, timeout=5) as r:
             return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+    except urllib.error.HTTPError as e:  # (a 404 is no JSON)
+        return e.code, json.loads(e.read()) if e.code != 404 else None
     except (urllib.error.URLError, ConnectionError):
         return None
 
@@ -101,3 +107,36 @@ def test_readyz_follows_join_rebuild_decide_and_drain_healthz_stays_200(
     print(f"/readyz answers while draining: {len(after) - first}")
     lives = [got for what, got in answers if what == "live" and got is not None]
     assert lives and all(got == (200, {"status": "ok"}) for got in lives), lives
+
+
+def test_fds_train_serves_healthz_its_loop_beating_and_no_readyz(
+    kafka_bootstrap, topics, unique_name, tmp_path
+):
+    svc = TrainService(
+        settings_for(kafka_bootstrap, topics, unique_name("train")), spec=DEFAULT_MODEL,
+        registry=tmp_path / "registry", state_dir=tmp_path / "state",
+        decisions_topic=topics["decisions"], labels_topic=topics["labels"], models_topic=None,
+    )  # fmt: skip
+    started = svc.health.beat
+    svc.run(max_idle_s=0.5)
+    assert svc.health.beat > started  # (the loop's: no other code beats)
+
+    p = subprocess.Popen(
+        [sys.executable, "-m", "fds", "train", "--bootstrap", kafka_bootstrap,
+         "--group", unique_name("train"), "--state-dir", str(tmp_path / "s2"),
+         "--registry", str(tmp_path / "r2"), "--decisions-topic", topics["decisions"],
+         "--labels-topic", topics["labels"], "--models-topic", "none", "--metrics-port", "0"],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    SPAWNED.append(p)
+    log: list[str] = []
+    reader = threading.Thread(target=lambda: log.extend(iter(p.stderr.readline, "")))
+    reader.start()
+    wait_until(lambda: any("serving metrics on" in line for line in log), 60, "the port")
+    url = re.search(r"serving metrics on (http://\S+)/metrics", "".join(log))[1]  # type: ignore[index]
+    assert ask(url + "/healthz") == (200, {"status": "ok"})
+    assert ask(url + "/readyz") == (404, None)
+    p.send_signal(signal.SIGTERM)
+    p.wait(30)
+    reader.join(10)
+    assert p.returncode == 0, "".join(log)[-4000:]
