@@ -260,6 +260,7 @@ class Metrics(Collector):
         self._ruleset_source: Callable[[], Any] | None = None
         self._entities: dict[str, int] = {}
         self._features_source: Callable[[], Any] | None = None
+        self._health: Health | None = None
         self.registry.register(self)
 
         # cold, thread-safe prometheus_client objects; those only a scorer sets are exported
@@ -596,6 +597,18 @@ class Metrics(Collector):
         """
         self._features_source = current
 
+    def watch_health(self, health: Health) -> None:
+        """Export ``fds_ready`` at each scrape: 1 when ``/readyz`` would answer 200, else 0
+        (:meth:`fds.health.Health.readiness`); absent for a service without a readiness check.
+
+        >>> from fds.health import Health
+        >>> m = Metrics()
+        >>> m.watch_health(Health(stale_after_s=60, ready=lambda: (False, "joining the group")))
+        >>> m.registry.get_sample_value("fds_ready")
+        0.0
+        """
+        self._health = health
+
     def demoted(self, kind: str, target: str) -> None:
         """Count one breaker demotion; ``kind`` is ``rule`` or ``model``, ``target`` its id."""
         self._demotions.labels(kind=kind, target=target).inc()
@@ -727,6 +740,12 @@ class Metrics(Collector):
             g.add_metric([], self._broker)
         yield g
 
+        g = GaugeMetricFamily("fds_ready", "1 while /readyz answers 200 (the instance decides).")
+        health = self._health
+        if health is not None and health.ready is not None:
+            g.add_metric([], 1.0 if health.readiness()[0] == 200 else 0.0)
+        yield g
+
         lag = self._event_lag
         # A gauge, not a histogram: live lag is seconds to minutes while a replay of history
         # shows days, beyond any useful bucket set; the alert watches its growth (deriv()).
@@ -832,11 +851,15 @@ class NullMetrics(Metrics):
         self._ruleset_source = None
         self._entities = {}
         self._features_source = None
+        self._health = None
 
     def watch_ruleset(self, current: Callable[[], Any]) -> None:
         pass
 
     def watch_features(self, current: Callable[[], Any]) -> None:
+        pass
+
+    def watch_health(self, health: Health) -> None:
         pass
 
     def event_consumed(self, source: str) -> None:

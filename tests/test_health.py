@@ -121,3 +121,16 @@ def test_without_a_readiness_check_readyz_is_not_served(with_health: bool) -> No
         assert get(base + "/readyz")[0] == 404
         assert get(base + "/healthz")[0] == (200 if with_health else 404)
         assert get(base + "/metrics")[0] == 200
+
+
+def test_fds_ready_follows_readyz_and_is_absent_without_a_readiness_check() -> None:
+    state = {"ready": (False, "joining the group 'fds'")}
+    m = Metrics()
+    m.watch_health(health(ready=lambda: state["ready"])[0])
+    assert m.registry.get_sample_value("fds_ready") == 0.0
+    state["ready"] = (True, "deciding 1 partition")
+    assert m.registry.get_sample_value("fds_ready") == 1.0
+    liveness_only = Metrics()  # fds train
+    liveness_only.watch_health(health()[0])
+    for without in (liveness_only, Metrics()):
+        assert without.registry.get_sample_value("fds_ready") is None

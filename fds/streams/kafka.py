@@ -1022,9 +1022,12 @@ class Runner:
         # once a second, a wait for the broker at each step; readiness() is read at a request.
         self.health = Health(stale_after_s=stale_after(settings.broker_timeout_s),
                              ready=self.readiness)  # fmt: skip
+        self.metrics.watch_health(self.health)  # fds_ready
         # Why the instance does not decide, while it is busy with something the flags above do
         # not say (starting, restoring the state of the partitions assigned); None: they say.
-        self._busy: str | None = f"starting: connecting to Kafka at {settings.bootstrap}"
+        self._busy: str | None = (
+            f"starting: connecting to Kafka at {settings.bootstrap}, loading the state"
+        )
         self._n_assigned = 0  # input partitions of the last assignment
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -2478,7 +2481,9 @@ class Runner:
             # (a rebuild of 200,000 records said nothing until its end, and its metrics did not
             # move: an operator could not see it go, a QA pass)
             todo = sum(max(0, c - a) for a, c in ranges.values())
-            self._busy = f"{what} of the state: partitions {sorted(tp.partition for tp in ranges)}"
+            self._busy = (
+                f"restoring the state ({what}): partitions {sorted(tp.partition for tp in ranges)}"
+            )
             log.info(
                 '%s started partitions="%s" records="%d" (state only, no output)',
                 what, sorted(tp.partition for tp in ranges), todo,

@@ -83,7 +83,7 @@ def test_readyz_follows_join_rebuild_decide_and_drain_healthz_stays_200(
     before = [got for what, got in answers[:-1] if what == "ready"]
     assert before and all(got is not None and got[0] == 503 for got in before), before
     reasons = [got[1]["reason"] for got in before if got is not None]
-    assert any(r.startswith("rebuild of the state: partitions") for r in reasons), reasons
+    assert any(r.startswith("restoring the state (rebuild): partitions") for r in reasons), reasons
     assert any("rebuild partitions=" in line for line in log), "".join(log)[-4000:]
     assert answers[-1][1] == (200, {"status": "ready", "reason": "deciding 6 partitions"})
 

@@ -9,9 +9,10 @@ from typing import Any
 from kafka.errors import KafkaConnectionError
 
 from fds.health import Health
+from fds.metrics import Metrics
 from fds.streams.kafka import Runner
 from tests.streams.fakebroker import Broker, Group, Reader
-from tests.streams.test_refold import P0, P1, logs, runner
+from tests.streams.test_refold import P0, P1, engine, logs, runner
 
 
 class SeenReader(Reader):
@@ -30,7 +31,7 @@ class SeenReader(Reader):
 
 def seen_runner(broker: Broker, tmp_path: Any, seen: list[Any]) -> Runner:
     group, reader = Group(broker), SeenReader(broker, seen)
-    r = runner(broker, tmp_path)
+    r = runner(broker, tmp_path, eng=engine(Metrics()))
     r._consumer_factory = lambda **cfg: group if cfg.get("group_id") else reader
     reader.r = r
     return r
@@ -40,29 +41,40 @@ def note(r: Runner, seen: list[Any], what: str) -> Any:
     return lambda g: seen.append((what, r.readiness()))
 
 
+def ready_gauge(r: Runner) -> float | None:
+    return r.metrics.registry.get_sample_value("fds_ready")
+
+
 def test_ready_once_it_decides_not_while_starting_joining_rebuilding_or_draining(tmp_path):
     broker = Broker(logs(n0=40, n1=40), committed={0: 20, 1: 20})  # no checkpoint: a rebuild
     seen: list[Any] = []
     r = seen_runner(broker, tmp_path, seen)
-    assert r.readiness() == (False, "starting: connecting to Kafka at 127.0.0.1:19092")
+    assert r.readiness() == (
+        False,
+        "starting: connecting to Kafka at 127.0.0.1:19092, loading the state",
+    )
 
     def stop(g: Group) -> None:
         r.stop()
         seen.append(("stopped", r.readiness()))
 
+    gauge: list[float | None] = []
     broker.script = [
         (1, note(r, seen, "before the assignment")),
+        (1, lambda g: gauge.append(ready_gauge(r))),
         (1, lambda g: g.rebalance({P0, P1})),
         (3, note(r, seen, "deciding")),
+        (3, lambda g: gauge.append(ready_gauge(r))),
         (6, stop),
     ]
     r.run(max_idle_s=5)
     got = dict((what, ready) for what, ready, *_ in seen)
     assert got["before the assignment"] == (False, "joining the group 'fds'")
-    assert got["restore"] == (False, "rebuild of the state: partitions [0, 1]")
+    assert got["restore"] == (False, "restoring the state (rebuild): partitions [0, 1]")
     assert got["deciding"] == (True, "deciding 2 partitions")
     assert got["stopped"][0] is False and got["stopped"][1].startswith("draining after a stop")
     assert r.stats.caught_up == 40 and r.stats.decided > 0
+    assert gauge == [0.0, 1.0]  # fds_ready, as /readyz says it
 
 
 def test_a_restore_that_advances_beats_a_stalled_loop_would_not(tmp_path):
