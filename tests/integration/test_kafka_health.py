@@ -44,6 +44,17 @@ def ask(url: str) -> tuple[int, dict[str, Any]] | None:
         return None
 
 
+def serving(p: subprocess.Popen) -> tuple[str, list[str], threading.Thread]:
+    """The base URL a process spawned with ``--metrics-port 0`` says it serves on, and its
+    stderr lines, read on by the thread returned (join it after the exit)."""
+    log: list[str] = []
+    reader = threading.Thread(target=lambda: log.extend(iter(p.stderr.readline, "")))
+    reader.start()
+    wait_until(lambda: any("serving metrics on" in line for line in log), 60, "the port")
+    url = re.search(r"serving metrics on (http://\S+)/metrics", "".join(log))[1]  # type: ignore[index]
+    return url, log, reader
+
+
 def test_readyz_follows_join_rebuild_decide_and_drain_healthz_stays_200(
     kafka_bootstrap, topics, unique_name, tmp_path
 ):
@@ -66,11 +77,7 @@ def test_readyz_follows_join_rebuild_decide_and_drain_healthz_stays_200(
         kafka_bootstrap, topics, group, "--metrics-port", "0", stages=stages("b"),
         env={"FDS_FAULT_FOLD_DELAY_S": "0.002"},
     )  # fmt: skip
-    log: list[str] = []
-    reader = threading.Thread(target=lambda: log.extend(iter(b.stderr.readline, "")))
-    reader.start()
-    wait_until(lambda: any("serving metrics on" in line for line in log), 60, "the port")
-    url = re.search(r"serving metrics on (http://\S+)/metrics", "".join(log))[1]  # type: ignore[index]
+    url, log, reader = serving(b)
 
     answers: list[tuple[str, tuple[int, dict[str, Any]] | None]] = []
 
@@ -129,11 +136,7 @@ def test_fds_train_serves_healthz_its_loop_beating_and_no_readyz(
         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     SPAWNED.append(p)
-    log: list[str] = []
-    reader = threading.Thread(target=lambda: log.extend(iter(p.stderr.readline, "")))
-    reader.start()
-    wait_until(lambda: any("serving metrics on" in line for line in log), 60, "the port")
-    url = re.search(r"serving metrics on (http://\S+)/metrics", "".join(log))[1]  # type: ignore[index]
+    url, log, reader = serving(p)
     assert ask(url + "/healthz") == (200, {"status": "ok"})
     assert ask(url + "/readyz") == (404, None)
     p.send_signal(signal.SIGTERM)
