@@ -55,13 +55,15 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-from prometheus_client.exposition import push_to_gateway, start_http_server
+from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app, push_to_gateway
 from prometheus_client.registry import Collector
 
 from fds.errors import ConfigError
+from fds.health import Health, health_app
 
 __all__ = [
     "ACTIONS",
@@ -258,6 +260,7 @@ class Metrics(Collector):
         self._ruleset_source: Callable[[], Any] | None = None
         self._entities: dict[str, int] = {}
         self._features_source: Callable[[], Any] | None = None
+        self._health: Health | None = None
         self.registry.register(self)
 
         # cold, thread-safe prometheus_client objects; those only a scorer sets are exported
@@ -594,6 +597,18 @@ class Metrics(Collector):
         """
         self._features_source = current
 
+    def watch_health(self, health: Health) -> None:
+        """Export ``fds_ready`` at each scrape: 1 when ``/readyz`` would answer 200, else 0
+        (:meth:`fds.health.Health.readiness`); absent for a service without a readiness check.
+
+        >>> from fds.health import Health
+        >>> m = Metrics()
+        >>> m.watch_health(Health(stale_after_s=60, ready=lambda: (False, "joining the group")))
+        >>> m.registry.get_sample_value("fds_ready")
+        0.0
+        """
+        self._health = health
+
     def demoted(self, kind: str, target: str) -> None:
         """Count one breaker demotion; ``kind`` is ``rule`` or ``model``, ``target`` its id."""
         self._demotions.labels(kind=kind, target=target).inc()
@@ -725,6 +740,12 @@ class Metrics(Collector):
             g.add_metric([], self._broker)
         yield g
 
+        g = GaugeMetricFamily("fds_ready", "1 while /readyz answers 200 (the instance decides).")
+        health = self._health
+        if health is not None and health.ready is not None:
+            g.add_metric([], 1.0 if health.readiness()[0] == 200 else 0.0)
+        yield g
+
         lag = self._event_lag
         # A gauge, not a histogram: live lag is seconds to minutes while a replay of history
         # shows days, beyond any useful bucket set; the alert watches its growth (deriv()).
@@ -830,11 +851,15 @@ class NullMetrics(Metrics):
         self._ruleset_source = None
         self._entities = {}
         self._features_source = None
+        self._health = None
 
     def watch_ruleset(self, current: Callable[[], Any]) -> None:
         pass
 
     def watch_features(self, current: Callable[[], Any]) -> None:
+        pass
+
+    def watch_health(self, health: Health) -> None:
         pass
 
     def event_consumed(self, source: str) -> None:
@@ -994,8 +1019,11 @@ class MetricsServer:
         self.stop()
 
 
-def serve(metrics: Metrics, host: str = "127.0.0.1", port: int = 9108) -> MetricsServer:
-    """Serve ``metrics`` on ``http://host:port/metrics`` from a daemon thread.
+def serve(
+    metrics: Metrics, host: str = "127.0.0.1", port: int = 9108, *, health: Health | None = None
+) -> MetricsServer:
+    """Serve ``metrics`` on ``http://host:port/metrics`` from a daemon thread, and
+    ``/healthz`` and ``/readyz`` from ``health`` (:mod:`fds.health`) when given.
 
     Parameters
     ----------
@@ -1006,6 +1034,8 @@ def serve(metrics: Metrics, host: str = "127.0.0.1", port: int = 9108) -> Metric
     port
         TCP port; ``0`` picks a free one (read it back from ``.port``). 9108 is the default
         because it is unassigned in Prometheus' port allocation list.
+    health
+        The service's health checks; ``None``: those paths answer 404.
 
     Examples
     --------
@@ -1017,8 +1047,17 @@ def serve(metrics: Metrics, host: str = "127.0.0.1", port: int = 9108) -> Metric
     >>> b'fds_decisions_total{action="approve"} 1.0' in body
     True
     """
+    app = health_app(make_wsgi_app(metrics.registry), health)
     try:
-        server, thread = start_http_server(port, addr=host, registry=metrics.registry)
+        # As prometheus_client's start_http_server does it, with our app: its address family
+        # (IPv6 too), a thread per request, no request log.
+        family, _, _, _, addr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        server_class = type("_Server", (ThreadingWSGIServer,), {"address_family": family})
+        server: Any = make_server(
+            str(addr[0]), port, app, server_class, handler_class=_QuietHandler
+        )
     except (socket.gaierror, OSError) as e:  # (told as a port problem: a review, a QA pass)
         if not isinstance(e, socket.gaierror) and e.errno != errno.EADDRNOTAVAIL:
             raise _port_problem(host, port, e) from e
@@ -1028,7 +1067,16 @@ def serve(metrics: Metrics, host: str = "127.0.0.1", port: int = 9108) -> Metric
         ) from e
     except OverflowError as e:  # not a port number
         raise _port_problem(host, port, e) from e
+    thread = threading.Thread(target=server.serve_forever, name="fds-metrics", daemon=True)
+    thread.start()
     return MetricsServer(host=host, port=server.server_port, _server=server, _thread=thread)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No line on stderr per request (a probe every few seconds)."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
 
 
 def _port_problem(host: str, port: int, e: BaseException) -> ConfigError:

@@ -122,6 +122,7 @@ from fds.errors import (
     describe,
 )
 from fds.gcpolicy import Freezer
+from fds.health import Health, stale_after
 from fds.logs import say
 from fds.metrics import NullMetrics, add_metrics_arguments, make_metrics, serve
 from fds.models.registry import KEY_ENV, write_atomic
@@ -1019,6 +1020,17 @@ class Runner:
         # ... and slow every record a restore folds down by this many seconds (a long rebuild
         # in a short test). Unset in production.
         self._fold_delay = float(os.environ.get("FDS_FAULT_FOLD_DELAY_S", "0"))
+        # /healthz and /readyz (fds.health): the loop beats once per poll, a restore about
+        # once a second, a wait for the broker at each step; readiness() is read at a request.
+        self.health = Health(stale_after_s=stale_after(settings.broker_timeout_s),
+                             ready=self.readiness)  # fmt: skip
+        self.metrics.watch_health(self.health)  # fds_ready
+        # Why the instance does not decide, while it is busy with something the flags above do
+        # not say (starting, restoring the state of the partitions assigned); None: they say.
+        self._busy: str | None = (
+            f"starting: connecting to Kafka at {settings.bootstrap}, loading the state"
+        )
+        self._n_assigned = 0  # input partitions of the last assignment
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -1027,6 +1039,29 @@ class Runner:
         stop's deadline (``shutdown_timeout_s``) runs from now."""
         self._stop = True
         self._time_left()
+
+    def readiness(self) -> tuple[bool, str]:
+        """What ``/readyz`` answers: ``(True, ...)`` while the instance decides its partitions
+        (none, when the group has more members than partitions: a standby, ready as a Kafka
+        Streams instance without tasks is RUNNING), else ``(False, why)``. Called from the HTTP
+        server's thread: it reads the loop's flags, each once, and changes nothing."""
+        if self._stop:
+            return False, "draining after a stop: finishing the batch, committing, leaving"
+        busy = self._busy
+        if busy is not None:
+            return False, busy
+        if not self._broker_up:
+            return False, f"waiting for the broker: Kafka at {self.s.bootstrap} does not answer"
+        if self._joining or not self._rebalances:
+            return False, f"joining the group {self.s.group!r}"
+        if self._evicted is not None:
+            return False, "rejoining the group after an eviction"
+        if self._unresolved:
+            return False, "restoring the state of the partitions assigned"
+        n = self._n_assigned
+        if not n:
+            return True, "no partition assigned (more instances than partitions): standing by"
+        return True, f"deciding {n} partition{'s' if n > 1 else ''}"
 
     def _connect(self) -> None:
         s = self.s
@@ -1329,6 +1364,7 @@ class Runner:
                 log.info("%s", exc)
                 return self.stats
             self._loop(max_idle_s)
+            self._busy = "stopping: committing and leaving the group"  # (--max-idle, a stop)
             # One deadline for everything a stop does (shutdown_timeout_s < the 10 s promise),
             # from the signal, or from now when the loop ended for another reason.
             self._time_left()
@@ -1380,6 +1416,8 @@ class Runner:
             f"supervisor can restart fds (offsets are committed up to {self._committed_up_to})"
         ))  # fmt: skip
         no_input = IdleTimer(max_idle_s, self._offsets_wait_s())
+        health = self.health
+        self._busy = None  # connected, the checkpoint loaded: the flags say the rest
         while not self._stop:
             idle_over = False
             try:
@@ -1400,7 +1438,7 @@ class Runner:
                 self._broker_state(False)
                 time.sleep(0.5)  # back off instead of spinning while the broker is away
                 batch = {}
-            now = time.monotonic()
+            now = health.beat = time.monotonic()  # (the one store per pass: /healthz)
             if batch:
                 broker.contact = no_input.since = now
                 aligner.add(batch)
@@ -2106,6 +2144,7 @@ class Runner:
         self._joining = False
         mine = {tp.partition for tp in assigned if tp.topic == self.s.input_topic}
         self._unresolved = set(mine)
+        self._n_assigned = len(mine)
         # (a partition kept is caught up from where its fold stands, not rebuilt: see
         # _bring_up_to_date; the restore before the next batch says what is left to fold)
         self._refold = {tp: c for tp, c in self._refold.items() if tp.partition in mine}
@@ -2131,7 +2170,11 @@ class Runner:
         if not parts:
             return
         tps = [TopicPartition(self.s.input_topic, p) for p in sorted(parts)]
-        self._restore_partitions(tps)
+        self._busy = f"restoring the state of partitions {sorted(parts)}"
+        try:
+            self._restore_partitions(tps)
+        finally:
+            self._busy = None
         self._share_budget(len(parts))
 
     def _share_budget(self, assigned: int) -> None:
@@ -2440,6 +2483,9 @@ class Runner:
             # (a rebuild of 200,000 records said nothing until its end, and its metrics did not
             # move: an operator could not see it go, a QA pass)
             todo = sum(max(0, c - a) for a, c in ranges.values())
+            self._busy = (
+                f"restoring the state ({what}): partitions {sorted(tp.partition for tp in ranges)}"
+            )
             log.info(
                 '%s started partitions="%s" records="%d" (state only, no output)',
                 what, sorted(tp.partition for tp in ranges), todo,
@@ -2462,7 +2508,8 @@ class Runner:
                         plan.part = self.engine.features.part = at["tp"].partition  # type: ignore[union-attr]
                     fold(tx)
                     if not i & 255 and time.monotonic() >= lag_at:
-                        lag_at = time.monotonic() + LAG_EVERY_S
+                        self.health.beat = time.monotonic()  # a restore that advances is live
+                        lag_at = self.health.beat + LAG_EVERY_S
                         self._report_restoring(reader, committed, end)
                         if lag_at >= said_at:
                             said_at = lag_at + PROGRESS_EVERY_S
@@ -3134,7 +3181,7 @@ class Runner:
         while True:
             if call.done.wait(WAIT_STEP_S):
                 return call.result()
-            now = time.monotonic()
+            now = self.health.beat = time.monotonic()  # (live: it ends by the deadline)
             frozen = now - stepped - WAIT_STEP_S
             stepped = now
             if frozen > FROZEN_S:  # this process was stopped (SIGSTOP, a frozen VM), not the
@@ -3754,7 +3801,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )  # fmt: skip
         runner = Runner(settings, engine, checkpointer=checkpointer)
         server = (
-            serve(metrics, args.metrics_host, args.metrics_port) if args.metrics_port >= 0 else None
+            serve(metrics, args.metrics_host, args.metrics_port, health=runner.health)
+            if args.metrics_port >= 0
+            else None
         )
     except ConfigError as exc:
         say(f"fds run: error: {exc}")

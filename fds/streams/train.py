@@ -59,6 +59,7 @@ from kafka.errors import KafkaError, MessageSizeTooLargeError
 from kafka.structs import OffsetAndMetadata
 
 from fds.errors import ConfigError, FdsError, describe
+from fds.health import Health, stale_after
 from fds.logs import say
 from fds.metrics import Metrics, NullMetrics, add_metrics_arguments, make_metrics, serve
 from fds.models.registry import DEFAULT_REGISTRY, ENTRY_FIELDS
@@ -172,6 +173,7 @@ class TrainService:
         metrics: Any = None,
         label_wait_s: float = LABEL_WAIT_S,
         label_max_wait_s: float = LABEL_MAX_WAIT_S,
+        health: Health | None = None,
     ) -> None:
         from fds.models import Registry, SqliteStore, load_spec
 
@@ -183,6 +185,8 @@ class TrainService:
         self.topics = (decisions_topic, labels_topic)
         self.models_topic = models_topic
         self.metrics: Any = metrics if metrics is not None else NullMetrics()
+        # /healthz (fds.health): the loop beats once per poll
+        self.health = health or Health(stale_after_s=stale_after(settings.broker_timeout_s))
         self.label_wait_s = label_wait_s
         self.label_max_wait_s = label_max_wait_s
         self._offsets: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset
@@ -355,12 +359,13 @@ class TrainService:
             f"Kafka at {s.bootstrap} unreachable for {s.broker_timeout_s:.0f} s; exiting so a "
             "supervisor can restart fds train (it goes on from its last checkpoint)"
         ))  # fmt: skip
+        health = self.health
         try:
             while not self._stop:
                 batch = self.consumer.poll(timeout_ms=100, max_records=s.max_poll_records)
                 if self._shared is not None:
                     raise FdsError(self._shared)
-                now = time.monotonic()
+                now = health.beat = time.monotonic()
                 if batch:
                     no_input.since = broker.contact = now
                 held = any(self._held.values())
@@ -728,9 +733,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 raise ConfigError(f"{a} and {b} are both {topic!r}: give each its own topic")
         metrics = trainer_metrics(args.metrics_port >= 0)
         # before the trainer loads or makes anything (a port in use was refused after its state
-        # dir and registry had been made: a QA pass)
+        # dir and registry had been made: a QA pass); loading counts as progress for /healthz
+        # for stale_after() from here, as for fds run
+        health = Health(stale_after_s=stale_after(settings.broker_timeout_s))
         server = (
-            serve(metrics, args.metrics_host, args.metrics_port) if args.metrics_port >= 0 else None
+            serve(metrics, args.metrics_host, args.metrics_port, health=health)
+            if args.metrics_port >= 0
+            else None
         )
         try:
             svc = TrainService(
@@ -742,6 +751,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 labels_topic=args.labels_topic,
                 models_topic=models,
                 metrics=metrics,
+                health=health,
             )
         except BaseException:
             if server is not None:

@@ -1,0 +1,164 @@
+"""Health checks for a supervisor: ``/healthz`` (liveness) and ``/readyz`` (readiness).
+
+Served on the metrics port, beside ``/metrics`` (:func:`fds.metrics.serve`). Pure logic with
+an injectable clock, so what each endpoint answers is tested without sleeping.
+
+* **liveness**: the service's main loop stores the monotonic clock in :attr:`Health.beat` as it
+  goes (once per poll, not per record: one attribute store). ``/healthz`` answers 200 while
+  the newest beat is at most ``stale_after_s`` old, else 503 with what is stale and since
+  when: the process is stuck, and restarting it is the cure.
+* **readiness**: ``ready()``, a callback of the service, says whether it decides now and, when
+  not, why (starting, restoring, waiting for the broker, draining). ``/readyz`` answers 200
+  only when the process is also live.
+
+Examples
+--------
+>>> now = [100.0]
+>>> h = Health(stale_after_s=120, ready=lambda: (False, "joining the group"),
+...            clock=lambda: now[0], wall=lambda: 1_767_225_600.0 + now[0])
+>>> h.liveness()[0], h.readiness()
+(200, (503, {'status': 'not ready', 'reason': 'joining the group'}))
+>>> now[0] += 121                      # no beat for 121 s
+>>> code, body = h.liveness()
+>>> code, body["status"], body["stale_for_s"], body["last_progress"]
+(503, 'stuck', 121.0, '2026-01-01T00:01:40Z')
+>>> h.beat = now[0]                    # what the loop does
+>>> h.liveness()[0]
+200
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import orjson
+
+__all__ = ["LIVENESS_MARGIN_S", "Health", "health_app", "stale_after"]
+
+#: Beyond ``broker_timeout_s`` (the longest a call to the broker is waited for without a beat:
+#: fds exits by itself after it), the time CPU-bound work may hold the loop without a beat: a
+#: checkpoint written on the loop (5 s at 200,000 cards, benchmarks/results/checkpoint.md), a
+#: snapshot unpickled at a takeover (2 s at 100,000 cards x 10 days), a batch of 5,000 records.
+#: A minute leaves room for ten times those.
+LIVENESS_MARGIN_S = 60.0
+
+
+def stale_after(broker_timeout_s: float) -> float:
+    """How long a service may go without a beat before ``/healthz`` calls it stuck.
+
+    >>> stale_after(60.0)
+    120.0
+    """
+    return broker_timeout_s + LIVENESS_MARGIN_S
+
+
+class Health:
+    """What ``/healthz`` and ``/readyz`` answer.
+
+    Parameters
+    ----------
+    stale_after_s
+        Longest time without a beat that is still progress (:func:`stale_after`).
+    ready
+        Called at each ``/readyz`` request (from the HTTP server's thread): ``(True, what it
+        does)`` when the service decides, ``(False, why not)`` otherwise. ``None``: the
+        service has no readiness check, and ``/readyz`` is not served.
+    clock, wall
+        Monotonic clock of the beats, and the wall clock their time is told in.
+    """
+
+    def __init__(
+        self,
+        *,
+        stale_after_s: float,
+        ready: Callable[[], tuple[bool, str]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.stale_after_s = stale_after_s
+        self.ready = ready
+        self._clock = clock
+        self._wall = wall
+        #: ``clock()`` at the main loop's newest sign of progress (a start counts as one).
+        self.beat = clock()
+
+    def liveness(self) -> tuple[int, dict[str, Any]]:
+        """``(200, ...)`` while the newest beat is recent, else ``(503, ...)`` saying since
+        when the loop has made no progress."""
+        age = self._clock() - self.beat
+        if age <= self.stale_after_s:
+            return 200, {"status": "ok"}
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._wall() - age))
+        return 503, {
+            "status": "stuck",
+            "reason": f"the main loop has made no progress for {age:.0f} s "
+            f"(more than {self.stale_after_s:.0f} s)",
+            "last_progress": since,
+            "stale_for_s": round(age, 1),
+        }
+
+    def readiness(self) -> tuple[int, dict[str, Any]]:
+        """``(200, ...)`` when the service decides and is live, else ``(503, reason)``."""
+        code, body = self.liveness()
+        if code != 200:
+            return code, {**body, "status": "not ready"}
+        assert self.ready is not None
+        ready, reason = self.ready()
+        return (200, {"status": "ready", "reason": reason}) if ready else (
+            503, {"status": "not ready", "reason": reason}
+        )  # fmt: skip
+
+
+#: A WSGI application: ``app(environ, start_response) -> body chunks``.
+App = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def health_app(metrics: App, health: Health | None) -> App:
+    """``metrics`` (prometheus_client's WSGI app) on ``/metrics`` and ``/`` (as before, for
+    scrape configs that name no path), ``/healthz`` and ``/readyz`` from ``health`` (when the
+    service has them), 404 anywhere else.
+
+    >>> h = Health(stale_after_s=1, clock=lambda: 0.0)
+    >>> app = health_app(lambda env, start: [b"metrics"], h)
+    >>> got = []
+    >>> app({"PATH_INFO": "/healthz", "REQUEST_METHOD": "GET"}, lambda s, hs: got.append(s))
+    [b'{"status":"ok"}\\n']
+    >>> app({"PATH_INFO": "/readyz", "REQUEST_METHOD": "GET"}, lambda s, hs: got.append(s))
+    [b'not found: /metrics, /healthz\\n']
+    >>> got
+    ['200 OK', '404 Not Found']
+    """
+    checks: dict[str, Callable[[], tuple[int, dict[str, Any]]]] = {}
+    if health is not None:
+        checks["/healthz"] = health.liveness
+        if health.ready is not None:
+            checks["/readyz"] = health.readiness
+    served = ", ".join(["/metrics", *checks])
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO") or "/"
+        if path in ("/", "/metrics"):
+            return metrics(environ, start_response)
+        check = checks.get(path)
+        if check is None:
+            return _answer(start_response, "404 Not Found", f"not found: {served}\n".encode())
+        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            return _answer(start_response, "405 Method Not Allowed", b"use GET\n")
+        code, body = check()
+        status = "200 OK" if code == 200 else "503 Service Unavailable"
+        return _answer(start_response, status, orjson.dumps(body) + b"\n", "application/json")
+
+    return app
+
+
+def _answer(
+    start_response: Callable[..., Any], status: str, body: bytes, kind: str = "text/plain"
+) -> list[bytes]:
+    start_response(
+        status,
+        [("Content-Type", f"{kind}; charset=utf-8"), ("Cache-Control", "no-store"),
+         ("Content-Length", str(len(body)))],
+    )  # fmt: skip
+    return [body]

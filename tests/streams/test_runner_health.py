@@ -1,0 +1,151 @@
+"""What ``fds run`` answers on /readyz as it starts, joins, rebuilds, decides and drains, and
+how its loop beats for /healthz (fds.health). In-memory broker (tests/streams/fakebroker.py);
+against the real one: tests/integration/test_kafka_health.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kafka.errors import KafkaConnectionError
+
+from fds.health import Health
+from fds.metrics import Metrics
+from fds.streams.kafka import Runner
+from tests.streams.fakebroker import Broker, Group, Reader
+from tests.streams.test_refold import P0, P1, engine, logs, runner
+
+
+class SeenReader(Reader):
+    """The restore's reader: notes what /readyz and the heartbeat say at each of its polls."""
+
+    def __init__(self, broker: Broker, seen: list[Any]) -> None:
+        super().__init__(broker)
+        self.seen = seen
+        self.r: Runner | None = None
+
+    def poll(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[Any, list[Any]]:
+        assert self.r is not None
+        self.seen.append(("restore", self.r.readiness(), self.r.health.beat))
+        return super().poll(timeout_ms, max_records)
+
+
+def seen_runner(broker: Broker, tmp_path: Any, seen: list[Any]) -> Runner:
+    group, reader = Group(broker), SeenReader(broker, seen)
+    r = runner(broker, tmp_path, eng=engine(Metrics()))
+    r._consumer_factory = lambda **cfg: group if cfg.get("group_id") else reader
+    reader.r = r
+    return r
+
+
+def note(r: Runner, seen: list[Any], what: str) -> Any:
+    return lambda g: seen.append((what, r.readiness()))
+
+
+def ready_gauge(r: Runner) -> float | None:
+    return r.metrics.registry.get_sample_value("fds_ready")
+
+
+def test_ready_once_it_decides_not_while_starting_joining_rebuilding_or_draining(tmp_path):
+    broker = Broker(logs(n0=40, n1=40), committed={0: 20, 1: 20})  # no checkpoint: a rebuild
+    seen: list[Any] = []
+    r = seen_runner(broker, tmp_path, seen)
+    assert r.readiness() == (
+        False,
+        "starting: connecting to Kafka at 127.0.0.1:19092, loading the state",
+    )
+
+    def stop(g: Group) -> None:
+        r.stop()
+        seen.append(("stopped", r.readiness()))
+
+    gauge: list[float | None] = []
+    broker.script = [
+        (1, note(r, seen, "before the assignment")),
+        (1, lambda g: gauge.append(ready_gauge(r))),
+        (1, lambda g: g.rebalance({P0, P1})),
+        (3, note(r, seen, "deciding")),
+        (3, lambda g: gauge.append(ready_gauge(r))),
+        (6, stop),
+    ]
+    r.run(max_idle_s=5)
+    got = dict((what, ready) for what, ready, *_ in seen)
+    assert got["before the assignment"] == (False, "joining the group 'fds'")
+    assert got["restore"] == (False, "restoring the state (rebuild): partitions [0, 1]")
+    assert got["deciding"] == (True, "deciding 2 partitions")
+    assert got["stopped"][0] is False and got["stopped"][1].startswith("draining after a stop")
+    assert r.stats.caught_up == 40 and r.stats.decided > 0
+    assert gauge == [0.0, 1.0]  # fds_ready, as /readyz says it
+
+
+def test_a_restore_that_advances_beats_a_stalled_loop_would_not(tmp_path):
+    """A long rebuild is progress for /healthz: the fold beats about once a second."""
+    broker = Broker(logs(n0=40, n1=40), committed={0: 40, 1: 40})
+    seen: list[Any] = []
+    r = seen_runner(broker, tmp_path, seen)
+    broker.script = [(1, lambda g: g.rebalance({P0, P1}))]
+    r.run(max_idle_s=0.3)
+    beats = [beat for what, _, beat in seen if what == "restore"]
+    assert len(beats) > 2 and beats[-1] > beats[0]  # (the loop's own beat came before them)
+
+
+def test_no_partition_assigned_is_ready_as_a_standby(tmp_path):
+    broker = Broker(logs(n0=5, n1=5), committed={})
+    seen: list[Any] = []
+    r = seen_runner(broker, tmp_path, seen)
+    broker.script = [
+        (1, lambda g: g.rebalance(set())),
+        (3, note(r, seen, "standby")),
+        (4, lambda g: r.stop()),  # (--max-idle counts a minute for a member without partitions)
+    ]
+    r.run()
+    assert dict(seen)["standby"] == (
+        True, "no partition assigned (more instances than partitions): standing by"
+    )  # fmt: skip
+
+
+def test_not_ready_while_the_broker_does_not_answer_then_ready_again(tmp_path):
+    broker = Broker(logs(n0=30, n1=30), committed={0: 0, 1: 0})
+    seen: list[Any] = []
+    r = seen_runner(broker, tmp_path, seen)
+
+    def outage(g: Group) -> None:
+        raise KafkaConnectionError("broker gone")
+
+    broker.script = [
+        (1, lambda g: g.rebalance({P0, P1})),
+        (3, outage),
+        (4, note(r, seen, "outage")),
+        (6, note(r, seen, "back")),
+    ]
+    r.run(max_idle_s=0.3)
+    got = dict(seen)
+    assert got["outage"] == (
+        False, "waiting for the broker: Kafka at 127.0.0.1:19092 does not answer"
+    )  # fmt: skip
+    assert got["back"] == (True, "deciding 2 partitions")
+
+
+class CountingHealth(Health):
+    """Counts the stores into ``beat`` (a plain attribute in production)."""
+
+    stores = 0
+
+    @property  # type: ignore[override]
+    def beat(self) -> float:
+        return self._beat
+
+    @beat.setter
+    def beat(self, value: float) -> None:
+        self._beat = value
+        self.stores += 1
+
+
+def test_the_loop_beats_once_per_poll_not_per_record(tmp_path):
+    broker = Broker(logs(n0=200, n1=200), committed={0: 0, 1: 0})
+    r = runner(broker, tmp_path)
+    broker.script = [(1, lambda g: g.rebalance({P0, P1}))]
+    r.health = h = CountingHealth(stale_after_s=120, ready=r.readiness)
+    h.stores = 0
+    r.run(max_idle_s=0.3)
+    assert r.stats.decided == 400
+    assert 0 < h.stores <= broker.polls + 1  # (+1: a restore's fold beats at its start)

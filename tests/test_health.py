@@ -1,0 +1,136 @@
+"""/healthz and /readyz (fds.health) beside /metrics: what each answers, with a fake clock;
+then over HTTP from fds.metrics.serve. The Runner's readiness: tests/streams/test_runner_health.py;
+against the real broker: tests/integration/test_kafka_health.py."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+import pytest
+
+from fds.health import Health, health_app, stale_after
+from fds.metrics import Metrics, serve
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def health(ready: Any = None, stale_after_s: float = 120.0) -> tuple[Health, Clock]:
+    clock = Clock()
+    wall = lambda: 1_767_225_600.0 + clock.now  # noqa: E731 (2026-01-01T00:00:00Z at 0)
+    return Health(stale_after_s=stale_after_s, ready=ready, clock=clock, wall=wall), clock
+
+
+def test_live_until_no_beat_for_longer_than_the_bound_then_says_since_when() -> None:
+    h, clock = health()
+    clock.now += 120.0  # the bound itself is still progress (a start counts as a beat)
+    assert h.liveness() == (200, {"status": "ok"})
+    clock.now += 30.5
+    code, body = h.liveness()
+    assert code == 503
+    assert body["status"] == "stuck"
+    assert body["stale_for_s"] == 150.5
+    assert body["last_progress"] == "2026-01-01T00:16:40Z"  # the start, 1000 s after 0
+    assert "no progress for 150 s (more than 120 s)" in body["reason"]
+    h.beat = clock.now  # the loop moves again
+    assert h.liveness()[0] == 200
+
+
+def test_ready_only_when_the_service_says_so_and_is_live() -> None:
+    state = {"ready": (False, "joining the group 'fds'")}
+    h, clock = health(ready=lambda: state["ready"])
+    assert h.readiness() == (503, {"status": "not ready", "reason": "joining the group 'fds'"})
+    state["ready"] = (True, "deciding 3 partitions")
+    assert h.readiness() == (200, {"status": "ready", "reason": "deciding 3 partitions"})
+    clock.now += 121.0  # stuck: not ready either, whatever its flags say
+    code, body = h.readiness()
+    assert code == 503 and body["status"] == "not ready" and "no progress" in body["reason"]
+
+
+def test_the_bound_is_the_broker_timeout_plus_a_minute() -> None:
+    assert stale_after(60.0) == 120.0
+    assert stale_after(5.0) == 65.0
+
+
+def call(app: Any, path: str, method: str = "GET") -> tuple[str, dict[str, str], bytes]:
+    got: list[Any] = []
+    body = b"".join(app({"PATH_INFO": path, "REQUEST_METHOD": method},
+                        lambda status, headers: got.append((status, dict(headers)))))  # fmt: skip
+    return got[0][0], got[0][1], body
+
+
+def test_the_app_dispatches_metrics_health_and_404() -> None:
+    h, clock = health(ready=lambda: (False, "restoring the state of partitions [0]"))
+    app = health_app(lambda env, start: (start("200 OK", []), [b"metrics"])[1], h)
+    assert call(app, "/metrics")[::2] == ("200 OK", b"metrics")
+    assert call(app, "/")[::2] == ("200 OK", b"metrics")  # as before: scrape configs without a path
+    status, headers, body = call(app, "/healthz")
+    assert (status, json.loads(body)) == ("200 OK", {"status": "ok"})
+    assert headers["Content-Type"].startswith("application/json")
+    assert headers["Cache-Control"] == "no-store"
+    status, _, body = call(app, "/readyz")
+    assert status == "503 Service Unavailable"
+    assert json.loads(body)["reason"] == "restoring the state of partitions [0]"
+    status, _, body = call(app, "/favicon.ico")
+    assert status == "404 Not Found" and b"/metrics, /healthz, /readyz" in body
+    assert call(app, "/healthz", "POST")[0] == "405 Method Not Allowed"
+    clock.now += 500
+    assert call(app, "/healthz")[0] == "503 Service Unavailable"
+
+
+def get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_serve_answers_health_beside_metrics_over_http() -> None:
+    m = Metrics()
+    m.decision("approve", 0.001)
+    h, clock = health(ready=lambda: (True, "deciding 1 partition"))
+    with serve(m, "127.0.0.1", 0, health=h) as srv:
+        base = srv.url.removesuffix("/metrics")
+        for path in ("/metrics", "/", "/metrics?name[]=fds_decisions_total"):
+            code, body = get(base + path)
+            assert code == 200 and b'fds_decisions_total{action="approve"} 1.0' in body, path
+        assert get(base + "/healthz") == (200, b'{"status":"ok"}\n')
+        code, body = get(base + "/readyz")
+        assert code == 200 and json.loads(body)["reason"] == "deciding 1 partition"
+        assert get(base + "/other")[0] == 404
+        clock.now += 121
+        assert get(base + "/healthz")[0] == 503
+        assert get(base + "/readyz")[0] == 503
+
+
+@pytest.mark.parametrize("with_health", [False, True])
+def test_without_a_readiness_check_readyz_is_not_served(with_health: bool) -> None:
+    """fds replay serves no health checks, fds train liveness only."""
+    h = health()[0] if with_health else None
+    with serve(Metrics(), "127.0.0.1", 0, health=h) as srv:
+        base = srv.url.removesuffix("/metrics")
+        assert get(base + "/readyz")[0] == 404
+        assert get(base + "/healthz")[0] == (200 if with_health else 404)
+        assert get(base + "/metrics")[0] == 200
+
+
+def test_fds_ready_follows_readyz_and_is_absent_without_a_readiness_check() -> None:
+    state = {"ready": (False, "joining the group 'fds'")}
+    m = Metrics()
+    m.watch_health(health(ready=lambda: state["ready"])[0])
+    assert m.registry.get_sample_value("fds_ready") == 0.0
+    state["ready"] = (True, "deciding 1 partition")
+    assert m.registry.get_sample_value("fds_ready") == 1.0
+    liveness_only = Metrics()  # fds train
+    liveness_only.watch_health(health()[0])
+    for without in (liveness_only, Metrics()):
+        assert without.registry.get_sample_value("fds_ready") is None
