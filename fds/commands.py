@@ -499,7 +499,12 @@ def _replay_file(args: argparse.Namespace, pushers: list[Pusher]) -> int:
 #: neither decimal: nor thousands: for a decimal comma: a QA pass).
 _FIXES = (
     ("ts_format", "check the mapping's ts_format against the file's times"),
-    ("encoding:", "give the file's encoding in the --mapping (encoding: cp1252, latin-1, ...)"),
+    # (the CSV reason's words: a JSON Lines reason names encodings too, and a --mapping's
+    # encoding: is not used for JSON Lines, which is UTF-8: a review)
+    (
+        "give it in the --mapping: encoding:",
+        "give the file's encoding in the --mapping (encoding: cp1252, latin-1, ...)",
+    ),
     ("decimal:", "say how the file writes numbers in the --mapping (decimal:, thousands:)"),
 )
 
@@ -533,10 +538,11 @@ def _sort_by_time(path: Path, mapping: ColumnMapping | None) -> str:
     src = shlex.quote(str(path))
     read = f"zcat {src} | " if gz else ""  # (a .gz is sorted into a plain file)
     if mapping is not None and mapping.ts_format:  # (sorted as text, 01.03.2026 came before
-        return (  # 02.01.2026: the command given left the file out of order, a QA pass)
-            f"by its column {column!r}{mapped}, its header line kept first, with a tool that "
-            f"reads its times as the mapping's ts_format {mapping.ts_format!r} does (as text "
-            "they do not sort in time order)"
+        head = ", its header line kept first," if fmt == "csv" else ""  # (02.01.2026: the
+        return (  # command given left the file out of order, a QA pass)
+            f"by its column {column!r}{mapped}{head} with a tool that reads its times as the "
+            f"mapping's ts_format {mapping.ts_format!r} does (as text they do not sort in time "
+            "order)"
         )
     if fmt == "csv":
         with contextlib.suppress(ConfigError, OSError):

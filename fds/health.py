@@ -35,7 +35,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["LIVENESS_MARGIN_S", "Health", "health_app", "stale_after"]
+__all__ = ["LIVENESS_MARGIN_S", "Beating", "Health", "health_app", "stale_after"]
 
 #: Beyond ``broker_timeout_s`` (the longest a call to the broker is waited for without a beat:
 #: fds exits by itself after it), the time CPU-bound work may hold the loop without a beat: a
@@ -84,6 +84,10 @@ class Health:
         #: ``clock()`` at the main loop's newest sign of progress (a start counts as one).
         self.beat = clock()
 
+    def tick(self) -> None:
+        """A sign of progress now."""
+        self.beat = self._clock()
+
     def liveness(self) -> tuple[int, dict[str, Any]]:
         """``(200, ...)`` while the newest beat is recent, else ``(503, ...)`` saying since
         when the loop has made no progress."""
@@ -109,6 +113,32 @@ class Health:
         return (200, {"status": "ready", "reason": reason}) if ready else (
             503, {"status": "not ready", "reason": reason}
         )  # fmt: skip
+
+
+class Beating:
+    """A Kafka consumer whose every ``poll`` is a beat of ``health`` (a read that takes long
+    but advances is progress); everything else is the consumer's.
+
+    >>> h = Health(stale_after_s=1, clock=lambda: 7.0)
+    >>> class Reader:
+    ...     def poll(self, timeout_ms): return {}
+    ...     def close(self): return "closed"
+    >>> r = Beating(Reader(), h)
+    >>> h.beat = -5.0
+    >>> r.poll(timeout_ms=500), h.beat, r.close()
+    ({}, 7.0, 'closed')
+    """
+
+    def __init__(self, consumer: Any, health: Health) -> None:
+        self._consumer = consumer
+        self._health = health
+
+    def poll(self, *args: Any, **kwargs: Any) -> Any:
+        self._health.tick()
+        return self._consumer.poll(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._consumer, name)
 
 
 #: A WSGI application: ``app(environ, start_response) -> body chunks``.

@@ -272,8 +272,8 @@ def _reason(err: pydantic.ValidationError) -> str:
         if e["type"] == "float_parsing" and isinstance(value, str) and _COMMA_NUMBER.search(value):
             got += (  # (a European CSV: every row a dead letter, the hint silent, a README walk)
                 "; numbers are read with a dot for decimals and no grouping (29.78, 1234.5): "
-                "say how the file writes them in the --mapping (1.234,56: decimal: ',' and "
-                "thousands: '.'), or convert them first"
+                "say how the file writes them in the --mapping of fds replay or fds produce "
+                "(1.234,56: decimal: ',' and thousands: '.'), or convert them first"
             )
         parts.append(f"{loc}: {e['msg']}{got}")
     return "; ".join(parts)

@@ -22,7 +22,7 @@ import re
 import shlex
 import zlib
 from collections import Counter
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Collection, Generator, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Annotated, Any, Literal, cast
 
@@ -177,8 +177,6 @@ class ReadOptions(BaseModel):
     @field_validator("delimiter", mode="before")
     @classmethod
     def _delimiter(cls, v: Any) -> Any:
-        if v is None and cls is LabelsOptions:
-            return v  # (the transactions file's)
         if isinstance(v, str) and v.lower() in ("tab", "\\t"):
             return "\t"  # (YAML's '\t' in single quotes is a backslash and a t)
         if not isinstance(v, str) or len(v) != 1 or v in '"\r\n ' or v.isalnum():
@@ -233,11 +231,15 @@ class LabelsOptions(ReadOptions):
     """A ``--labels`` file's :class:`ReadOptions` where they differ from the transactions
     file's (``labels_options:``; a key left out is the transactions file's)."""
 
-    encoding: str | None = None
     delimiter: str | None = None  # type: ignore[assignment]
     decimal: Literal[".", ","] | None = None  # type: ignore[assignment]
-    thousands: Literal[".", ",", " ", "'", "’"] | None = None
-    ts_format: str | None = None
+
+    @field_validator("decimal", mode="before")
+    @classmethod
+    def _decimal_given(cls, v: Any) -> Any:
+        if v is None:  # (re.escape(None) raised: a review; left out, it is the other file's)
+            raise ValueError("'.' or ','; leave the key out to read it as the transactions file")
+        return v
 
 
 class ColumnMapping(ReadOptions):
@@ -260,6 +262,22 @@ class ColumnMapping(ReadOptions):
     #: How that file writes its values where it differs from this one (a comma-separated
     #: chargeback export beside a semicolon one, its dates without a time: a QA pass).
     labels_options: LabelsOptions | None = None
+
+    @field_validator("labels_options")
+    @classmethod
+    def _labels_notation(cls, v: LabelsOptions | None, info: ValidationInfo) -> Any:
+        if v is not None:  # (one sign for both, as the two files' options meet: a review)
+            decimal = v.decimal if "decimal" in v.model_fields_set else info.data.get("decimal")
+            thousands = (
+                v.thousands if "thousands" in v.model_fields_set else info.data.get("thousands")
+            )
+            if thousands is not None and thousands == decimal:
+                raise ValueError(
+                    f"the labels file would read {thousands!r} as both its decimal mark and its "
+                    "thousands: give both under labels_options (e.g. decimal: '.', thousands: ',')"
+                )
+        return v
+
     #: Values of optional fields for the rows that give none (``channel: pos`` for a
     #: card-present export that has no such column): a row's own value wins.
     defaults: dict[DefaultField, str | float] = Field(default_factory=dict)
@@ -365,11 +383,17 @@ class ColumnMapping(ReadOptions):
         return v
 
     def check_columns(
-        self, columns: list[str], where: str, *, first_record: dict[str, Any] | None = None
+        self,
+        columns: list[str],
+        where: str,
+        *,
+        first_record: dict[str, Any] | None = None,
+        objects: Collection[str] = (),
     ) -> None:
         """Raise :class:`ConfigError` when a mapped column is not in the file, or a required
         field is neither mapped nor a column. A dotted name (``card.id``) that is no column
-        needs its first part to be one (a nested object: a Parquet struct, a JSON object).
+        needs its first part to be one of the ``objects`` (a Parquet file's struct columns; a
+        CSV has none: a cell holds no object).
 
         ``first_record``: ``columns`` are the keys of this JSON Lines record, which may lack an
         optional field or the label: only required fields are checked, a dotted name in the
@@ -389,7 +413,7 @@ class ColumnMapping(ReadOptions):
             if sep
             else ""
         )
-        missing = [c for c in wanted if c not in columns and not _nested(c, columns, first_record)]
+        missing = [c for c in wanted if c not in columns and not _nested(c, objects, first_record)]
         if missing:
             dots = next((c for c in missing if "." in c), None)
             if dots is not None:  # (a nested path: said how it is read)
@@ -446,6 +470,8 @@ class ColumnMapping(ReadOptions):
                     out[field] = v
         else:
             out = row
+        if not self._more:
+            return out
         if self.defaults:
             out = {**out, **{k: v for k, v in self.defaults.items() if out.get(k) is None}}
         nested = self._label_path  # (a dotted label column that is no column: a nested field)
@@ -529,27 +555,32 @@ class ColumnMapping(ReadOptions):
         try:
             return dt.datetime.strptime(ts.strip(), layout).isoformat()
         except ValueError as e:
-            try:
-                float(ts)  # (a number is no time of another form here: an Excel date serial
-            except ValueError:  # 46082,35 was decided in 1970, a QA pass)
-                pass
-            else:
-                raise ValueError(
-                    f"ts: {ts[:100]!r} does not fit the mapping's ts_format {layout!r} ({e})"
-                ) from None
+            misfit = ValueError(
+                f"ts: {ts[:100]!r} does not fit the mapping's ts_format {layout!r} ({e})"
+            )
+        try:
+            float(ts)  # (a number is no time of another form here: an Excel date serial
+        except ValueError:  # 46082,35 was decided in 1970, a QA pass)
             try:
                 parse_ts(ts)
+                return ts
             except ValueError:
-                raise ValueError(
-                    f"ts: {ts[:100]!r} does not fit the mapping's ts_format {layout!r} ({e})"
-                ) from None
-            return ts
+                pass
+        raise misfit
 
     def _dig(self, row: dict[str, Any], path: tuple[str, ...]) -> Any:
         """The value at ``path`` in ``row``'s nested objects; None when there is none or it is
         one of the ``missing`` texts."""
         v = _at(row, path)
         return None if v is _ABSENT or (v.__class__ is str and v in self.missing) else v
+
+    @functools.cached_property
+    def _more(self) -> bool:
+        """Has a row more to do once renamed (defaults, a nested label, numbers, times)?"""
+        return bool(
+            self.defaults or self._label_path or self._number or self.ts_format
+            or self.ts_origin is not None
+        )  # fmt: skip
 
     @functools.cached_property
     def _label_path(self) -> tuple[str, tuple[str, ...]] | None:
@@ -570,9 +601,9 @@ class ColumnMapping(ReadOptions):
         return sources, shadowed, paths
 
 
-def _nested(name: str, columns: list[str], record: dict[str, Any] | None) -> bool:
-    """Is dotted ``name`` a field nested in a column: in ``record``'s objects when given, else
-    its first part one of the ``columns``?
+def _nested(name: str, objects: Collection[str], record: dict[str, Any] | None) -> bool:
+    """Is dotted ``name`` a field nested in an object: in ``record``'s objects when given, else
+    its first part one of the ``objects`` (a Parquet file's struct columns)?
 
     >>> _nested("card.id", ["card"], None), _nested("card.id", ["card"], {"card": {"no": 1}})
     (True, False)
@@ -580,7 +611,7 @@ def _nested(name: str, columns: list[str], record: dict[str, Any] | None) -> boo
     if "." not in name:
         return False
     if record is None:
-        return name.partition(".")[0] in columns
+        return name.partition(".")[0] in objects
     return _at(record, tuple(name.split("."))) is not _ABSENT
 
 
@@ -1281,7 +1312,8 @@ def _parquet_open(p: Path, mapping: ColumnMapping | None) -> tuple[Any, Any]:
         raise ConfigError(f"{p} is not a readable parquet file: {e}") from None
     if mapping is not None:
         try:
-            mapping.check_columns(f.schema_arrow.names, where=str(p))
+            structs = [x.name for x in f.schema_arrow if pa.types.is_struct(x.type)]
+            mapping.check_columns(f.schema_arrow.names, where=str(p), objects=structs)
         except ConfigError:
             f.close()
             raise

@@ -122,7 +122,7 @@ from fds.errors import (
     describe,
 )
 from fds.gcpolicy import Freezer
-from fds.health import Health, stale_after
+from fds.health import Beating, Health, stale_after
 from fds.logs import say
 from fds.metrics import NullMetrics, add_metrics_arguments, make_metrics, serve
 from fds.models.registry import KEY_ENV, write_atomic
@@ -277,11 +277,9 @@ def _event_time(msg: Any, ahead_s: float = 0.0) -> tuple[float, Any]:
     The record's timestamp, not this machine's clock: a rebuild judges a record as it was
     judged when first decided."""
     headers = getattr(msg, "headers", None)
-    said = dict(headers).get(UNREADABLE) if headers else None
-    if said is not None:  # a row `fds produce` could not read: the reader's reason (it was
-        why = said[:1000].decode("utf-8", "replace")  # "not valid JSON"; a row reading as
-        return -math.inf, _Bad("parse", ValueError(why))  # JSON, `5`, failed validation; a
-        # row whose ts did not fit the mapping's ts_format, sent as JSON, could read as one)
+    if headers and (refused := dict(headers).get(REFUSED)):  # a row `fds produce` read and its
+        # mapping refused (a ts not in its ts_format), sent as JSON that may read as a record
+        return -math.inf, _Bad("parse", ValueError(refused[:1000].decode("utf-8", "replace")))
     stage = "parse"
     try:
         obj = loads_record(msg.value)
@@ -291,6 +289,10 @@ def _event_time(msg: Any, ahead_s: float = 0.0) -> tuple[float, Any]:
         if _NAIVE_WATCH[0]:
             _watch_naive(obj, msg)
     except Exception as exc:
+        said = dict(headers or ()).get(UNREADABLE)
+        if said is not None:  # a row `fds produce` could not read: the reader's reason (it was
+            why = said[:1000].decode("utf-8", "replace")  # "not valid JSON"; a row reading as
+            return -math.inf, _Bad("parse", ValueError(why))  # JSON, `5`, failed validation)
         return -math.inf, _Bad(stage, exc)
     return tx["ts"], tx
 
@@ -317,6 +319,8 @@ def _watch_naive(obj: Any, msg: Any) -> None:
 #: The header `fds produce` gives a file's row it could not read (sent as its own text, so
 #: that fds run dead-letters it): the reader's reason, which fds run's dead letter keeps.
 UNREADABLE = "unreadable"
+#: ... and of a row it read that the mapping refused (sent as JSON of the row as read).
+REFUSED = "fds-refused"
 
 
 #: Errors of a poll that no retry changes (each said with its setting, exit 2).
@@ -1220,7 +1224,7 @@ class Runner:
 
         def look() -> None:
             with contextlib.suppress(Exception):  # (not there, or the broker away: later)
-                reader = self._consumer_factory(**self.s.reader_config())
+                reader = self._reader(**self.s.reader_config())
                 try:
                     self._index_found = bool(reader.partitions_for_topic(index))
                 finally:
@@ -1249,7 +1253,7 @@ class Runner:
                 "fraud_rate)", topic,
             )  # fmt: skip
             return
-        reader = self._consumer_factory(**self.s.reader_config(bootstrap_timeout_ms=timeout_ms))
+        reader = self._reader(**self.s.reader_config(bootstrap_timeout_ms=timeout_ms))
         # The model stage judges its maturity gate and champion/challenger contests on them.
         self.labels = LabelFeed(
             reader, topic, plan, getattr(self.engine.model, "on_label", None),
@@ -2140,11 +2144,11 @@ class Runner:
     def _on_assigned(self, assigned: Any) -> None:
         """Note the new assignment; the state is brought up to date before its first batch
         (the group consumer itself starts at the committed offsets)."""
+        mine = {tp.partition for tp in assigned if tp.topic == self.s.input_topic}
+        self._unresolved = set(mine)  # (before the flags /readyz reads as "joined")
+        self._n_assigned = len(mine)
         self._rebalances += 1
         self._joining = False
-        mine = {tp.partition for tp in assigned if tp.topic == self.s.input_topic}
-        self._unresolved = set(mine)
-        self._n_assigned = len(mine)
         # (a partition kept is caught up from where its fold stands, not rebuilt: see
         # _bring_up_to_date; the restore before the next batch says what is left to fold)
         self._refold = {tp: c for tp, c in self._refold.items() if tp.partition in mine}
@@ -2164,15 +2168,16 @@ class Runner:
     def _restore_assigned(self) -> None:
         """Bring the state up to the committed offsets of the assigned partitions, before the
         first batch after an assignment is decided."""
-        parts, self._unresolved = self._unresolved, set()
-        if parts and self._copartitioned:
-            self._check_copartitioned()
+        parts = self._unresolved
         if not parts:
             return
-        tps = [TopicPartition(self.s.input_topic, p) for p in sorted(parts)]
+        # (busy before the partitions leave _unresolved: /readyz never says ready between)
         self._busy = f"restoring the state of partitions {sorted(parts)}"
+        self._unresolved = set()
         try:
-            self._restore_partitions(tps)
+            if self._copartitioned:
+                self._check_copartitioned()
+            self._restore_partitions([TopicPartition(self.s.input_topic, p) for p in sorted(parts)])
         finally:
             self._busy = None
         self._share_budget(len(parts))
@@ -2244,7 +2249,7 @@ class Runner:
             return
         outs = [TopicPartition(self.s.output_topic, tp.partition) for tp in tps]
         # (a mark below the log start after retention: read from the start, not the end)
-        reader = self._consumer_factory(**self.s.reader_config(auto_offset_reset="earliest"))
+        reader = self._reader(**self.s.reader_config(auto_offset_reset="earliest"))
         by_part: dict[int, deque[tuple[str, int]]] = {}
         try:
             ends = reader.end_offsets(outs + tps)
@@ -2390,7 +2395,7 @@ class Runner:
                 self._fold(tx)
 
         t0 = time.monotonic()
-        reader = self._consumer_factory(  # (read_committed, as the input is read)
+        reader = self._reader(  # (read_committed, as the input is read)
             **self.s.reader_config(auto_offset_reset="earliest")  # never skip to the end
         )  # (kafka-python's default: "latest")
         try:
@@ -2615,11 +2620,15 @@ class Runner:
         )  # fmt: skip
         return None
 
+    def _reader(self, **config: Any) -> Any:
+        """A consumer for a read beside the group's (the state topic, the decisions, the input
+        for a rebuild): each of its polls is a beat of /healthz (a long fetch of a large
+        snapshot or a scan of the state topic is progress, not a stuck loop: a review)."""
+        return Beating(self._consumer_factory(**config), self.health)
+
     def _state_reader(self) -> Any:
         """A reader of the state topic (large fetches: its records are snapshot chunks)."""
-        return self._consumer_factory(
-            **self.s.reader_config(max_partition_fetch_bytes=STATE_FETCH_BYTES)
-        )
+        return self._reader(**self.s.reader_config(max_partition_fetch_bytes=STATE_FETCH_BYTES))
 
     def _take_over(
         self,
@@ -2842,7 +2851,7 @@ class Runner:
             return {}
         at: dict[str, Any] = {}
         first: dict[Any, tuple[int, float]] = {}  # partition -> (offset, event time)
-        peek = self._consumer_factory(**self.s.reader_config(auto_offset_reset="earliest"))
+        peek = self._reader(**self.s.reader_config(auto_offset_reset="earliest"))
         try:
             merged = read_merged(peek, ranges, self._parsed, timeout_s=self.s.broker_timeout_s,
                                  positions=at, stop=lambda: self._stop)  # fmt: skip
@@ -2939,11 +2948,15 @@ class Runner:
         the partitions assigned now, before any is decided."""
         # the model's gate and contests are not built from the input: they stay as they are
         # (an older checkpoint could reopen a probation confirmed since)
-        self.engine.load_state_dict(_without_model(pickle.loads(self._fresh_state)))
-        self._positions.clear()
-        self._left = {}
-        self._refold = {}
-        self._restore(model=False)
+        self._busy = f"restoring the state again: {why}"  # (/readyz said ready meanwhile)
+        try:
+            self.engine.load_state_dict(_without_model(pickle.loads(self._fresh_state)))
+            self._positions.clear()
+            self._left = {}
+            self._refold = {}
+            self._restore(model=False)
+        finally:
+            self._busy = None
         if self._joining:
             # The group's answer has not come: restoring the old partitions meanwhile kept
             # this member from polling, so it never finished joining (a leader asked the
@@ -3507,15 +3520,15 @@ def produce_file(
                     fut = producer.send(topic, value=dumps(rec), key=key)
                 elif isinstance(rec, Exception):  # unreadable: the file's own bytes (a row
                     # read but refused by the mapping as JSON: it was Python's repr), and
+                    mapped = isinstance(raw, dict)  # (read, and refused by the mapping)
                     value = (
-                        raw
-                        if isinstance(raw, bytes)
-                        else dumps(raw)
-                        if isinstance(raw, dict)
+                        dumps(raw) if mapped
+                        else raw if isinstance(raw, bytes)
                         else str(raw or "").encode()
-                    )
+                    )  # fmt: skip
                     reason = str(rec)[:1000].encode("utf-8", "backslashreplace")  # why
-                    fut = producer.send(topic, value=value, headers=[(UNREADABLE, reason)])
+                    header = REFUSED if mapped else UNREADABLE
+                    fut = producer.send(topic, value=value, headers=[(header, reason)])
                 else:  # JSON that is no object ([1, 2], 42, null): fds run says so, as replay
                     fut = producer.send(topic, value=dumps(rec))  # (it was sent empty: lost)
                 fut.add_errback(failed.append)

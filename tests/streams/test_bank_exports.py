@@ -352,3 +352,35 @@ def test_labels_options_are_checked_as_a_mappings_own(tmp_path):
     with pytest.raises(ConfigError, match="not a strptime layout") as e:
         load_mapping(tmp_path / "m.yaml")
     assert f"{tmp_path / 'm.yaml'}:3" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("labels_options: {decimal: null}", "leave the key out to read it as the transactions"),
+        ("labels_options: {delimiter: null}", "one character that separates the fields"),
+        (
+            "decimal: ','\nlabels_options: {thousands: ','}",
+            "the labels file would read ',' as both its decimal mark and its thousands",
+        ),
+    ],
+)
+def test_labels_options_refuse_a_null_and_one_sign_for_both(tmp_path, text, error):
+    """A review: a null made a traceback (re.escape(None)), and a labels file's thousands equal
+    to the transactions file's decimal mark read 1,5 as 15."""
+    (tmp_path / "m.yaml").write_text(f"timezone: UTC\n{text}\n")
+    with pytest.raises(ConfigError, match=error) as e:
+        load_mapping(tmp_path / "m.yaml")
+    assert f"{tmp_path / 'm.yaml'}:" in str(e.value)
+
+
+def test_a_jsonl_file_that_is_not_utf8_is_told_to_be_converted(tmp_path, capsys):
+    """A review: its reason names encodings, and the closing advice became "give the file's
+    encoding in the --mapping", which JSON Lines does not use."""
+    from fds.cli import main
+
+    (tmp_path / "l.jsonl").write_bytes('{"tx_id": "café"}\n'.encode("latin-1"))
+    argv = ["replay", str(tmp_path / "l.jsonl"), "--model", "none", "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path / "o.jsonl")]) == 1
+    err = capsys.readouterr().err
+    assert "convert the file" in err and "give the file's encoding" not in err

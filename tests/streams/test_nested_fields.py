@@ -105,3 +105,14 @@ def test_a_parquet_struct_column(tmp_path):
     check_transaction_columns(tmp_path / "e.parquet", m)
     [(_n, rec, _raw)] = read_records(tmp_path / "e.parquet", mapping=m)
     assert rec["card_id"] == "c1" and rec["amount"] == 12.5
+
+
+def test_a_dotted_name_in_a_csv_must_be_a_column_of_that_name(tmp_path):
+    """A review: a CSV with a column `card` passed `card_id: card.id` (a cell holds no object),
+    and every row was a dead letter where the mapping used to be refused before the replay."""
+    (tmp_path / "c.csv").write_text("id,created,card,amount\nt1,2026-03-01T08:00:00Z,c1,5\n")
+    m = ColumnMapping(fields={"tx_id": "id", "ts": "created", "card_id": "card.id"})
+    with pytest.raises(ConfigError, match=r"column\(s\) \['card.id'\] named in the mapping"):
+        check_transaction_columns(tmp_path / "c.csv", m)
+    (tmp_path / "d.csv").write_text("id,created,card.id,amount\nt1,2026-03-01T08:00:00Z,c1,5\n")
+    check_transaction_columns(tmp_path / "d.csv", m)  # a column of that name: fine

@@ -278,8 +278,10 @@ def test_a_row_produce_could_not_read_is_dead_lettered_with_the_reader_s_reason(
     # a mapped row refused by the mapping (its ts not in the ts_format) goes as JSON of the
     # row as read, which may read as a transaction: refused all the same, for its reason
     row = b'{"tx_id": "r2", "ts": 1767225600, "card_id": "c", "amount": 5}'
-    layout = said._replace(value=row, headers=[("unreadable", b"ts: '46082,35' does not fit")])
+    layout = said._replace(value=row, headers=[("fds-refused", b"ts: '46082,35' does not fit")])
     assert str(_event_time(layout)[1].error) == "ts: '46082,35' does not fit"
+    # ... while a header of that other name on a good record is another producer's (a review)
+    assert _event_time(plain._replace(value=row, headers=[("unreadable", b"")]))[0] == 1767225600
 
 
 @pytest.mark.parametrize("reset_by_a_tool", [False, True])

@@ -149,3 +149,19 @@ def test_the_loop_beats_once_per_poll_not_per_record(tmp_path):
     r.run(max_idle_s=0.3)
     assert r.stats.decided == 400
     assert 0 < h.stores <= broker.polls + 1  # (+1: a restore's fold beats at its start)
+
+
+def test_every_read_beside_the_group_beats(tmp_path):
+    """A review: a fetch of a large snapshot from the state topic (or a scan of it, the
+    decisions read back after a crash) polled its own reader for longer than the liveness bound
+    without a beat, and /healthz would have called a normal takeover stuck."""
+    broker = Broker(logs(n0=4, n1=4), committed={})
+    clock = [100.0]
+    r = runner(broker, tmp_path, eng=engine(Metrics()))
+    r.health = Health(stale_after_s=1, clock=lambda: clock[0])
+    r._consumer_factory = lambda **cfg: Reader(broker)
+    for reader in (r._state_reader(), r._reader(auto_offset_reset="earliest")):
+        clock[0] += 5.0
+        assert r.health.liveness()[0] == 503  # no beat for 5 s
+        reader.poll(timeout_ms=0)
+        assert r.health.liveness()[0] == 200 and r.health.beat == clock[0]
