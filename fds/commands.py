@@ -34,6 +34,7 @@ from fds.streams.files import (
     csv_header,
     infer_format,
     load_mapping,
+    separator,
 )
 from fds.timeutil import format_ts, span
 
@@ -554,7 +555,7 @@ def _sort_by_time(path: Path, mapping: ColumnMapping | None) -> str:
                     if gz
                     else (f"head -n 1 {src}", f"tail -n +2 {src}")
                 )
-                sep = mapping.delimiter if mapping is not None else ","
+                sep = separator(path, mapping)
                 t = "$'\\t'" if sep == "\t" else shlex.quote(sep)
                 return (
                     f"by its column {column!r}{mapped}, field {k} of a row, e.g. ({head} && "

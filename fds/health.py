@@ -178,7 +178,9 @@ def health_app(metrics: App, health: Health | None) -> App:
             return _answer(start_response, "405 Method Not Allowed", b"use GET\n")
         code, body = check()
         status = "200 OK" if code == 200 else "503 Service Unavailable"
-        return _answer(start_response, status, orjson.dumps(body) + b"\n", "application/json")
+        text = orjson.dumps(body) + b"\n"
+        answer = _answer(start_response, status, text, "application/json")
+        return [] if environ["REQUEST_METHOD"] == "HEAD" else answer  # (HEAD: no body)
 
     return app
 

@@ -5,6 +5,7 @@ against the real broker: tests/integration/test_kafka_health.py."""
 from __future__ import annotations
 
 import json
+import socket
 import urllib.error
 import urllib.request
 from typing import Any
@@ -107,6 +108,10 @@ def test_serve_answers_health_beside_metrics_over_http() -> None:
         code, body = get(base + "/readyz")
         assert code == 200 and json.loads(body)["reason"] == "deciding 1 partition"
         assert get(base + "/other")[0] == 404
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as c:  # (HEAD had
+            c.sendall(b"HEAD /healthz HTTP/1.0\r\n\r\n")  # a body, which HTTP forbids)
+            answer = b"".join(iter(lambda: c.recv(4096), b""))
+        assert answer.startswith(b"HTTP/1.0 200") and answer.endswith(b"\r\n\r\n")
         clock.now += 121
         assert get(base + "/healthz")[0] == 503
         assert get(base + "/readyz")[0] == 503

@@ -753,6 +753,7 @@ def infer_format(path: str | os.PathLike[str], declared: str | None = None) -> s
     name = str(path).lower().removesuffix(".gz")
     for ext, fmt in (
         (".csv", "csv"),
+        (".tsv", "csv"),
         (".jsonl", "jsonl"),
         (".json", "jsonl"),
         (".ndjson", "jsonl"),
@@ -761,9 +762,21 @@ def infer_format(path: str | os.PathLike[str], declared: str | None = None) -> s
         if name.endswith(ext):
             return fmt
     raise ConfigError(
-        f"cannot tell the format of {path}: name it .csv, .jsonl or .parquet (optionally .gz) "
-        "or set 'format:' in a --mapping file"
+        f"cannot tell the format of {path}: name it .csv, .tsv, .jsonl or .parquet (optionally "
+        ".gz) or set 'format:' in a --mapping file"
     )
+
+
+def separator(path: str | os.PathLike[str], mapping: ColumnMapping | None) -> str:
+    """The field separator of CSV file ``path``: the ``mapping``'s ``delimiter:``, else a tab
+    for a ``.tsv`` file (it was refused as of no known format), else a comma.
+
+    >>> separator("a.tsv.gz", None), separator("a.csv", ColumnMapping(delimiter=";"))
+    ('\\t', ';')
+    """
+    if mapping is not None and mapping.delimiter != ",":
+        return mapping.delimiter
+    return "\t" if str(path).lower().removesuffix(".gz").endswith(".tsv") else ","
 
 
 # Characters that stand for bytes that were not UTF-8 (errors="surrogateescape").
@@ -870,8 +883,9 @@ def csv_header(
     try:  # (opened as the reader opens it)
         with open_text(p, encoding=m.csv_encoding, errors="surrogateescape", newline="") as f:
             lines = _Lines(f)
-            reader = csv.reader(lines, skipinitialspace=True, delimiter=m.delimiter)
-            row = _first_row(p, reader, lines, m.delimiter)
+            sep = separator(p, m)
+            reader = csv.reader(lines, skipinitialspace=True, delimiter=sep)
+            row = _first_row(p, reader, lines, sep)
     except UnicodeError as e:  # (utf-16 without a byte order mark: a traceback, a QA pass)
         raise ConfigError(
             f"cannot read the file as {m.csv_encoding}: {e}; check `encoding:` in the --mapping",
@@ -1214,7 +1228,7 @@ def _csv_header(p: Path, row: list[str] | None, mapping: ColumnMapping | None) -
 def _csv_records(p: Path, lines: _Lines, mapping: ColumnMapping | None) -> Iterator[Record]:
     # skipinitialspace: `t1, "Main St, 5", c1` as written by hand is three fields; the spaces
     # around a column name are not part of it (ids lose theirs in the schema)
-    sep = mapping.delimiter if mapping is not None else ","
+    sep = separator(p, mapping)
     reader = csv.reader(lines, skipinitialspace=True, delimiter=sep)
     first = _first_row(p, reader, lines, sep)
     header = _csv_header(p, first, mapping)

@@ -384,3 +384,17 @@ def test_a_jsonl_file_that_is_not_utf8_is_told_to_be_converted(tmp_path, capsys)
     assert main([*argv, "--out", str(tmp_path / "o.jsonl")]) == 1
     err = capsys.readouterr().err
     assert "convert the file" in err and "give the file's encoding" not in err
+
+
+def test_a_tsv_file_is_read_with_tabs(tmp_path, capsys):
+    """A QA pass: `.tsv` was refused as of no known format, even with `delimiter: tab`."""
+    from fds.cli import main
+
+    (tmp_path / "t.tsv").write_text("tx_id\tts\tcard_id\tamount\na\t2026-01-01T00:00:00Z\tc\t5\n")
+    [(_n, rec, _raw)] = read_records(tmp_path / "t.tsv")
+    assert rec == {"tx_id": "a", "ts": "2026-01-01T00:00:00Z", "card_id": "c", "amount": "5"}
+    argv = ["replay", str(tmp_path / "t.tsv"), "--model", "none", "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path / "o.jsonl")]) == 0
+    m = mapping(tmp_path, "delimiter: '|'\n")  # a mapping's own separator wins
+    (tmp_path / "p.tsv").write_text("tx_id|ts|card_id|amount\na|2026-01-01|c|5\n")
+    assert next(read_records(tmp_path / "p.tsv", mapping=m))[1]["card_id"] == "c"
