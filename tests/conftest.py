@@ -1,0 +1,34 @@
+"""Hooks of the whole suite.
+
+They live here, not in tests/integration/conftest.py, because with pytest-xdist (`make test`
+runs workers) only the controller decides the exit status, and it loads this file but not the
+conftest of a directory it never collects.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# `make test` (and so CI) sets FDS_REQUIRE_INTEGRATION=1: there an integration test that skips
+# (Prometheus could not be installed, say) fails the run, instead of a green run that tested
+# nothing against the real broker or Prometheus.
+_SKIPPED: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if (
+        report.skipped
+        and os.environ.get("FDS_REQUIRE_INTEGRATION") == "1"
+        and "tests/integration/" in report.nodeid.replace(os.sep, "/")
+    ):
+        _SKIPPED.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _SKIPPED:
+        print(f"\nFDS_REQUIRE_INTEGRATION=1 and {len(_SKIPPED)} integration test(s) skipped:")
+        for nodeid in _SKIPPED:
+            print(f"  {nodeid}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
