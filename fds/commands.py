@@ -35,6 +35,7 @@ from fds.streams.files import (
     infer_format,
     load_mapping,
     separator,
+    separator_name,
 )
 from fds.timeutil import format_ts, span
 
@@ -516,11 +517,6 @@ def _grace(engine: Any) -> str:
     return "" if grace is None else f" ({span(grace)}, the rules file's `grace:`)"
 
 
-def _sep_name(sep: str) -> str:
-    """A CSV separator's name: ``comma``, ``semicolon``, ``tab``, ``'|'``."""
-    return {",": "comma", ";": "semicolon", "\t": "tab"}.get(sep, repr(sep))
-
-
 def _sort_by_time(path: Path, mapping: ColumnMapping | None) -> str:
     """How to sort the file ``path`` by its time column (the ``mapping``'s ``ts:`` one): a
     command for a CSV with a header (``sort`` by the column's place) or JSON Lines (``jq``).
@@ -561,7 +557,7 @@ def _sort_by_time(path: Path, mapping: ColumnMapping | None) -> str:
                     f"by its column {column!r}{mapped}, field {k} of a row, e.g. ({head} && "
                     f"{tail} | sort -s -t{t} -k{k},{k}) > {out} (-k{k},{k}n for epoch numbers; "
                     "ISO times written alike sort as text; a quoted field with a "
-                    f"{_sep_name(sep)} or a line break in it needs a CSV tool)"
+                    f"{separator_name(sep)} or a line break in it needs a CSV tool)"
                 )
         return f"by its column {column!r}{mapped}, its header line kept first"
     if fmt == "jsonl":

@@ -42,7 +42,7 @@ from pydantic import (
 
 from fds import yamlio
 from fds.errors import ConfigError
-from fds.schema import TX_FIELDS, TX_REQUIRED, dumps, dumps_line, fraud_flag
+from fds.schema import DEGREES, TX_FIELDS, TX_REQUIRED, dumps, dumps_line, fraud_flag
 from fds.timeutil import MS_THRESHOLD, get_zone, parse_duration, parse_ts
 
 log = logging.getLogger(__name__)
@@ -307,7 +307,7 @@ class ColumnMapping(ReadOptions):
                     f"{field}: YAML reads it as {yamlio.kind_of(value)}: give a text or a number "
                     f"(in quotes when YAML would read it otherwise, e.g. {field}: 'yes')"
                 )
-            bound = {"lat": 90, "lon": 180}.get(field)
+            bound = DEGREES.get(field)
             number = isinstance(value, int | float)
             if bound is not None and not (number and -bound <= value <= bound):
                 raise ValueError(f"{field}: a number from -{bound} to {bound}, got {value!r}")
@@ -407,7 +407,7 @@ class ColumnMapping(ReadOptions):
         sep = next((c for c in seps if len(columns) == 1 and c in columns[0]), None)
         hint = (
             f" (one column: the file seems to separate them with {sep!r}: give "
-            f"`delimiter: {_yaml_char(sep)}` "
+            f"`delimiter: {separator_name(sep, as_yaml=True)}` "
             + ("under `labels_options:` " if self._section == "labels_file" else "")
             + "in the --mapping)"
             if sep
@@ -635,9 +635,22 @@ _NAMES = (TX_FIELDS | {"source"}) - _MEASURES - {"ts", "extra"}
 _Notation = tuple[Callable[[str], Any], Callable[[str], str], str]
 
 
-def _yaml_char(c: str) -> str:
-    """How character ``c`` is written as a YAML value: ``';'``, ``tab``."""
-    return "tab" if c == "\t" else repr(c)
+#: The separators with a name of their own in prose; of them, ``tab`` is one in a mapping too
+#: (:class:`ReadOptions` reads it).
+_SEPARATOR_NAMES = {",": "comma", ";": "semicolon", "\t": "tab"}
+
+
+def separator_name(sep: str, *, as_yaml: bool = False) -> str:
+    """How field separator ``sep`` is named in a message: in prose (``comma``, ``semicolon``,
+    ``tab``, ``'|'``), or with ``as_yaml`` as a mapping's value (``';'``, ``tab``).
+
+    >>> separator_name(";"), separator_name(";", as_yaml=True), separator_name("|")
+    ('semicolon', "';'", "'|'")
+    >>> separator_name("\\t"), separator_name("\\t", as_yaml=True)
+    ('tab', 'tab')
+    """
+    name = _SEPARATOR_NAMES.get(sep)
+    return repr(sep) if name is None or (as_yaml and name != "tab") else name
 
 
 def _from_origin(value: Any, origin: float) -> Any:

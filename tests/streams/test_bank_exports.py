@@ -398,3 +398,27 @@ def test_a_tsv_file_is_read_with_tabs(tmp_path, capsys):
     m = mapping(tmp_path, "delimiter: '|'\n")  # a mapping's own separator wins
     (tmp_path / "p.tsv").write_text("tx_id|ts|card_id|amount\na|2026-01-01|c|5\n")
     assert next(read_records(tmp_path / "p.tsv", mapping=m))[1]["card_id"] == "c"
+
+
+def test_a_defaults_coordinate_range_is_the_schemas(tmp_path, monkeypatch):
+    """One range for a transaction's lat/lon and a mapping's default of them (it was written
+    in both places)."""
+    from fds import schema
+
+    monkeypatch.setitem(schema.DEGREES, "lat", 45)
+    with pytest.raises(ConfigError, match="lat: a number from -45 to 45, got 50"):
+        mapping(tmp_path, "defaults: {lat: 50}\n")
+
+
+def test_one_table_names_the_separators(tmp_path, monkeypatch):
+    """The sort advice's prose and a mapping hint's YAML value name a separator from one
+    table (each had its own)."""
+    from fds.commands import _sort_by_time
+    from fds.streams import files
+
+    monkeypatch.setitem(files._SEPARATOR_NAMES, "|", "pipe")
+    (tmp_path / "p.csv").write_text("tx_id|ts|card_id|amount\na|2026-01-01|c|5\n")
+    hint = _sort_by_time(tmp_path / "p.csv", mapping(tmp_path, "delimiter: '|'\n"))
+    assert "a quoted field with a pipe or a line break" in hint
+    assert files.separator_name("|", as_yaml=True) == "'|'"  # a mapping reads no such name
+    assert files.separator_name("\t", as_yaml=True) == "tab"
