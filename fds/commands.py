@@ -34,7 +34,6 @@ from fds.streams.files import (
     csv_header,
     infer_format,
     load_mapping,
-    separator,
     separator_name,
 )
 from fds.timeutil import format_ts, span
@@ -543,15 +542,15 @@ def _sort_by_time(path: Path, mapping: ColumnMapping | None) -> str:
         )
     if fmt == "csv":
         with contextlib.suppress(ConfigError, OSError):
-            header = csv_header(path, mapping) or []
-            if column in header:
-                k = header.index(column) + 1
+            header = csv_header(path, mapping)
+            if header is not None and column in header.columns:
+                k = header.columns.index(column) + 1
+                n, sep = header.line, header.separator  # (n: 2 after Excel's sep= line, kept first)
                 head, tail = (
-                    (f"{read}head -n 1", f"{read}tail -n +2")
+                    (f"{read}head -n {n}", f"{read}tail -n +{n + 1}")
                     if gz
-                    else (f"head -n 1 {src}", f"tail -n +2 {src}")
+                    else (f"head -n {n} {src}", f"tail -n +{n + 1} {src}")
                 )
-                sep = separator(path, mapping)
                 t = "$'\\t'" if sep == "\t" else shlex.quote(sep)
                 return (
                     f"by its column {column!r}{mapped}, field {k} of a row, e.g. ({head} && "
