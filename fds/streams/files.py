@@ -507,17 +507,27 @@ class ColumnMapping(ReadOptions):
         ``12.34`` under ``decimal: ","`` was read as 12.34, ``0.125`` as 125, a QA pass); any
         other value but the names only when it has a decimal part (``2,50``: a version
         ``2.100``, a phone number ``030 123 456`` or an order number ``1.234.567`` stay as
-        written)."""
-        fits, plain, mark = cast(_Notation, self._number)
-        read = dict(out)
-        for k, v in out.items():  # (the cheapest test first: most values have no mark)
-            if v.__class__ is str and mark in v and k not in _NAMES and fits(v):
-                read[k] = plain(v)
+        written), the values of its ``extra`` object too (the rules read them as the others,
+        ``extra.NAME``; not those of objects deeper, which no rule nor feature reads)."""
+        fits, plain, _mark = cast(_Notation, self._number)
+        read = self._decimals(out)
+        if (extra := out.get("extra")).__class__ is dict:  # (a JSON record's own, or a column
+            read["extra"] = self._decimals(extra)  # named like a field another one fills)
         for k in _MEASURES:
             v = out.get(k)
             if v.__class__ is str:
                 if not fits(v):
                     raise ValueError(f"{k}: {v[:100]!r} {self._notation}")
+                read[k] = plain(v)
+        return read
+
+    def _decimals(self, values: dict[str, Any]) -> dict[str, Any]:
+        """A copy of ``values`` with each text written as a number with a decimal part (in the
+        file's notation) read so, the names' aside."""
+        fits, plain, mark = cast(_Notation, self._number)
+        read = dict(values)
+        for k, v in values.items():  # (the cheapest test first: most values have no mark)
+            if v.__class__ is str and mark in v and k not in _NAMES and fits(v):
                 read[k] = plain(v)
         return read
 

@@ -474,6 +474,25 @@ def test_a_sep_line_file_is_replayed_backtested_and_its_labels_read(tmp_path, ca
     assert sort in hint
 
 
+def test_decimal_commas_in_a_records_own_extra_object_are_read_as_numbers(tmp_path):
+    """The rules read them as extra.NAME, as an unmapped column's (`extra.fee > 2` was false
+    for a JSON `"extra": {"fee": "2,50"}`, true for a column `fee`): the same rule for both;
+    the names aside, and objects deeper, which no rule or feature reads, as written."""
+    m = mapping(tmp_path, "decimal: ','\nthousands: '.'\nfields: {amount: Betrag}\n")
+    extra = {"fee": "2,50", "card_id": "1,5", "n": "1.000", "deep": {"x": "1,5"}}
+    record = {"tx_id": "t", "ts": "2026-03-01", "card_id": "c", "Betrag": "12,5", "extra": extra}
+    (tmp_path / "x.jsonl").write_bytes(orjson.dumps({**record, "obj": {"y": "3,5"}}))
+    [(_n, rec, _raw)] = read_records(tmp_path / "x.jsonl", mapping=m)
+    assert rec["amount"] == "12.5" and rec["obj"] == {"y": "3,5"}
+    assert rec["extra"] == {"fee": "2.50", "card_id": "1,5", "n": "1.000", "deep": {"x": "1,5"}}
+    assert extra["fee"] == "2,50"  # the record as read (a dead letter's raw) is untouched
+    # a column named like a field another one fills goes to extra: read as the other columns
+    (tmp_path / "x.csv").write_text("tx_id;ts;card_id;Betrag;amount\nt;2026-03-01;c;5;2,50\n")
+    m = mapping(tmp_path, "delimiter: ';'\ndecimal: ','\nfields: {amount: Betrag}\n")
+    [(_n, rec, _raw)] = read_records(tmp_path / "x.csv", mapping=m)
+    assert rec["extra"] == {"amount": "2.50"}
+
+
 def test_a_defaults_coordinate_range_is_the_schemas(tmp_path, monkeypatch):
     """One range for a transaction's lat/lon and a mapping's default of them (it was written
     in both places)."""
