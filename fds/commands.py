@@ -34,7 +34,7 @@ from fds.streams.files import (
     csv_header,
     infer_format,
     load_mapping,
-    separator,
+    separator_name,
 )
 from fds.timeutil import format_ts, span
 
@@ -516,11 +516,6 @@ def _grace(engine: Any) -> str:
     return "" if grace is None else f" ({span(grace)}, the rules file's `grace:`)"
 
 
-def _sep_name(sep: str) -> str:
-    """A CSV separator's name: ``comma``, ``semicolon``, ``tab``, ``'|'``."""
-    return {",": "comma", ";": "semicolon", "\t": "tab"}.get(sep, repr(sep))
-
-
 def _sort_by_time(path: Path, mapping: ColumnMapping | None) -> str:
     """How to sort the file ``path`` by its time column (the ``mapping``'s ``ts:`` one): a
     command for a CSV with a header (``sort`` by the column's place) or JSON Lines (``jq``).
@@ -547,21 +542,21 @@ def _sort_by_time(path: Path, mapping: ColumnMapping | None) -> str:
         )
     if fmt == "csv":
         with contextlib.suppress(ConfigError, OSError):
-            header = csv_header(path, mapping) or []
-            if column in header:
-                k = header.index(column) + 1
+            header = csv_header(path, mapping)
+            if header is not None and column in header.columns:
+                k = header.columns.index(column) + 1
+                n, sep = header.line, header.separator  # (n: 2 after Excel's sep= line, kept first)
                 head, tail = (
-                    (f"{read}head -n 1", f"{read}tail -n +2")
+                    (f"{read}head -n {n}", f"{read}tail -n +{n + 1}")
                     if gz
-                    else (f"head -n 1 {src}", f"tail -n +2 {src}")
+                    else (f"head -n {n} {src}", f"tail -n +{n + 1} {src}")
                 )
-                sep = separator(path, mapping)
                 t = "$'\\t'" if sep == "\t" else shlex.quote(sep)
                 return (
                     f"by its column {column!r}{mapped}, field {k} of a row, e.g. ({head} && "
                     f"{tail} | sort -s -t{t} -k{k},{k}) > {out} (-k{k},{k}n for epoch numbers; "
                     "ISO times written alike sort as text; a quoted field with a "
-                    f"{_sep_name(sep)} or a line break in it needs a CSV tool)"
+                    f"{separator_name(sep)} or a line break in it needs a CSV tool)"
                 )
         return f"by its column {column!r}{mapped}, its header line kept first"
     if fmt == "jsonl":

@@ -41,6 +41,7 @@ from fds.errors import ValidationError
 from fds.timeutil import format_ts, parse_ts
 
 __all__ = [
+    "DEGREES",
     "TX_FIELDS",
     "TX_REQUIRED",
     "Decision",
@@ -65,6 +66,9 @@ Action = Literal["approve", "review", "decline"]
 #: 1 MB took a replay to 1.5 GB: a QA pass).
 ID_MAX = 1024
 _Text = Annotated[str, Field(max_length=ID_MAX)]
+#: The largest latitude and longitude in degrees, either sign: a transaction's ``lat`` and
+#: ``lon``, and a mapping's ``defaults:`` for them (one place: they were written in both).
+DEGREES = {"lat": 90, "lon": 180}
 
 
 class Transaction(TypedDict):
@@ -93,8 +97,8 @@ class Transaction(TypedDict):
     device_id: NotRequired[_Text | None]
     ip: NotRequired[_Text | None]
     customer_id: NotRequired[_Text | None]
-    lat: NotRequired[Annotated[float | None, Field(ge=-90, le=90)]]
-    lon: NotRequired[Annotated[float | None, Field(ge=-180, le=180)]]
+    lat: NotRequired[Annotated[float | None, Field(ge=-DEGREES["lat"], le=DEGREES["lat"])]]
+    lon: NotRequired[Annotated[float | None, Field(ge=-DEGREES["lon"], le=DEGREES["lon"])]]
     extra: NotRequired[dict[str, Any]]
 
 

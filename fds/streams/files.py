@@ -24,7 +24,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Collection, Generator, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Annotated, Any, Literal, cast
+from typing import IO, Annotated, Any, Literal, NamedTuple, cast
 
 import orjson
 import pydantic
@@ -42,7 +42,7 @@ from pydantic import (
 
 from fds import yamlio
 from fds.errors import ConfigError
-from fds.schema import TX_FIELDS, TX_REQUIRED, dumps, dumps_line, fraud_flag
+from fds.schema import DEGREES, TX_FIELDS, TX_REQUIRED, dumps, dumps_line, fraud_flag
 from fds.timeutil import MS_THRESHOLD, get_zone, parse_duration, parse_ts
 
 log = logging.getLogger(__name__)
@@ -161,6 +161,7 @@ class ReadOptions(BaseModel):
     #: The layout of a ``ts`` text that none of the forms read without it fits, as ``strptime``
     #: writes it (``%d/%m/%Y %H:%M:%S``); read in ``timezone`` unless it has ``%z``.
     ts_format: str | None = None
+    _delimiter_at: str | None = PrivateAttr(default=None)  # where the file says `delimiter:`
 
     @field_validator("encoding")
     @classmethod
@@ -179,7 +180,7 @@ class ReadOptions(BaseModel):
     def _delimiter(cls, v: Any) -> Any:
         if isinstance(v, str) and v.lower() in ("tab", "\\t"):
             return "\t"  # (YAML's '\t' in single quotes is a backslash and a t)
-        if not isinstance(v, str) or len(v) != 1 or v in '"\r\n ' or v.isalnum():
+        if not isinstance(v, str) or not _separates(v):
             raise ValueError(
                 "one character that separates the fields, e.g. ';', '|' or tab (a quote, a "
                 "space, a letter or a digit cannot be one)"
@@ -307,7 +308,7 @@ class ColumnMapping(ReadOptions):
                     f"{field}: YAML reads it as {yamlio.kind_of(value)}: give a text or a number "
                     f"(in quotes when YAML would read it otherwise, e.g. {field}: 'yes')"
                 )
-            bound = {"lat": 90, "lon": 180}.get(field)
+            bound = DEGREES.get(field)
             number = isinstance(value, int | float)
             if bound is not None and not (number and -bound <= value <= bound):
                 raise ValueError(f"{field}: a number from -{bound} to {bound}, got {value!r}")
@@ -407,7 +408,7 @@ class ColumnMapping(ReadOptions):
         sep = next((c for c in seps if len(columns) == 1 and c in columns[0]), None)
         hint = (
             f" (one column: the file seems to separate them with {sep!r}: give "
-            f"`delimiter: {_yaml_char(sep)}` "
+            f"`delimiter: {separator_name(sep, as_yaml=True)}` "
             + ("under `labels_options:` " if self._section == "labels_file" else "")
             + "in the --mapping)"
             if sep
@@ -440,13 +441,18 @@ class ColumnMapping(ReadOptions):
         """The mapping of a separate labels file: its ``labels_file`` columns, read in this
         mapping's timezone, with its ``missing`` texts and ``ts_origin``."""
         own = self.labels_options
-        read = {k: getattr(self, k) for k in ReadOptions.model_fields}
+        # (the options given only: fields_set tells a delimiter given from the default one)
+        read = {
+            k: getattr(self, k) for k in ReadOptions.model_fields.keys() & self.model_fields_set
+        }
         read |= {k: getattr(own, k) for k in own.model_fields_set} if own is not None else {}
         m = ColumnMapping.model_construct(
             fields=dict(self.labels_file), timezone=self.timezone, missing=self.missing,
             ts_origin=self.ts_origin, **read,
         )  # fmt: skip
         m._required, m._section = LABEL_REQUIRED, "labels_file"
+        given = own if own is not None and "delimiter" in own.model_fields_set else self
+        m._delimiter_at = given._delimiter_at
         return m
 
     def apply(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -501,17 +507,27 @@ class ColumnMapping(ReadOptions):
         ``12.34`` under ``decimal: ","`` was read as 12.34, ``0.125`` as 125, a QA pass); any
         other value but the names only when it has a decimal part (``2,50``: a version
         ``2.100``, a phone number ``030 123 456`` or an order number ``1.234.567`` stay as
-        written)."""
-        fits, plain, mark = cast(_Notation, self._number)
-        read = dict(out)
-        for k, v in out.items():  # (the cheapest test first: most values have no mark)
-            if v.__class__ is str and mark in v and k not in _NAMES and fits(v):
-                read[k] = plain(v)
+        written), the values of its ``extra`` object too (the rules read them as the others,
+        ``extra.NAME``; not those of objects deeper, which no rule nor feature reads)."""
+        fits, plain, _mark = cast(_Notation, self._number)
+        read = self._decimals(out)
+        if (extra := out.get("extra")).__class__ is dict:  # (a JSON record's own, or a column
+            read["extra"] = self._decimals(extra)  # named like a field another one fills)
         for k in _MEASURES:
             v = out.get(k)
             if v.__class__ is str:
                 if not fits(v):
                     raise ValueError(f"{k}: {v[:100]!r} {self._notation}")
+                read[k] = plain(v)
+        return read
+
+    def _decimals(self, values: dict[str, Any]) -> dict[str, Any]:
+        """A copy of ``values`` with each text written as a number with a decimal part (in the
+        file's notation) read so, the names' aside."""
+        fits, plain, mark = cast(_Notation, self._number)
+        read = dict(values)
+        for k, v in values.items():  # (the cheapest test first: most values have no mark)
+            if v.__class__ is str and mark in v and k not in _NAMES and fits(v):
                 read[k] = plain(v)
         return read
 
@@ -635,9 +651,22 @@ _NAMES = (TX_FIELDS | {"source"}) - _MEASURES - {"ts", "extra"}
 _Notation = tuple[Callable[[str], Any], Callable[[str], str], str]
 
 
-def _yaml_char(c: str) -> str:
-    """How character ``c`` is written as a YAML value: ``';'``, ``tab``."""
-    return "tab" if c == "\t" else repr(c)
+#: The separators with a name of their own in prose; of them, ``tab`` is one in a mapping too
+#: (:class:`ReadOptions` reads it).
+_SEPARATOR_NAMES = {",": "comma", ";": "semicolon", "\t": "tab"}
+
+
+def separator_name(sep: str, *, as_yaml: bool = False) -> str:
+    """How field separator ``sep`` is named in a message: in prose (``comma``, ``semicolon``,
+    ``tab``, ``'|'``), or with ``as_yaml`` as a mapping's value (``';'``, ``tab``).
+
+    >>> separator_name(";"), separator_name(";", as_yaml=True), separator_name("|")
+    ('semicolon', "';'", "'|'")
+    >>> separator_name("\\t"), separator_name("\\t", as_yaml=True)
+    ('tab', 'tab')
+    """
+    name = _SEPARATOR_NAMES.get(sep)
+    return repr(sep) if name is None or (as_yaml and name != "tab") else name
 
 
 def _from_origin(value: Any, origin: float) -> Any:
@@ -685,8 +714,11 @@ def load_mapping(path: str | os.PathLike[str]) -> ColumnMapping:
             "(label: {column: %s, delay: 30d}), or delay: 0s to mean it",
             f"{p}:{line}" if line else p, mapping.label.column,
         )  # fmt: skip
+    for options, keys in ((mapping, ()), (mapping.labels_options, ("labels_options",))):
+        if options is not None and "delimiter" in options.model_fields_set:  # (a file's sep=
+            options._delimiter_at = _key_at(p, [*keys, "delimiter"])  # line may contradict it)
     if mapping.format is not None:  # (a conflict with the file's name is found later)
-        mapping._format_at = f"{p}:{_line_at(p, ['format']) or '?'}"
+        mapping._format_at = _key_at(p, ["format"])
     return mapping
 
 
@@ -725,6 +757,11 @@ def invalid(p: Path, e: pydantic.ValidationError, model: Any, what: str) -> Conf
             f"{has} {', '.join(known)}"
         )
     return ConfigError(f"{loc}: {msg}", where=f"{p}:{line}" if line else str(p))
+
+
+def _key_at(p: Path, keys: Sequence[str]) -> str:
+    """``file:line`` of the deepest of ``keys`` in the YAML file ``p`` (``file:?`` unknown)."""
+    return f"{p}:{_line_at(p, keys) or '?'}"
 
 
 def _line_at(p: Path, keys: Sequence[str]) -> int | None:
@@ -777,6 +814,70 @@ def separator(path: str | os.PathLike[str], mapping: ColumnMapping | None) -> st
     if mapping is not None and mapping.delimiter != ",":
         return mapping.delimiter
     return "\t" if str(path).lower().removesuffix(".gz").endswith(".tsv") else ","
+
+
+def _separates(c: str) -> bool:
+    """Can character ``c`` separate a CSV file's fields (a quote, a line break, a space, a
+    letter or a digit cannot)?"""
+    return len(c) == 1 and c not in '"\r\n ' and not c.isalnum()
+
+
+#: The first line of an Excel CSV export, before the header: the file's separator (``sep=;``;
+#: Excel reads the file with it whatever the system's list separator). A byte order mark
+#: before it stays in the text when the mapping's ``encoding: utf-8`` reads it.
+_SEP_LINE = re.compile("\ufeff?sep=(.)(?:\r\n|\r|\n)?")
+
+
+def _declared(line: str) -> str | None:
+    """The separator that ``line`` declares when it is Excel's ``sep=`` line, else None.
+
+    >>> _declared("sep=;\\r\\n"), _declared("sep=\\t\\n"), _declared("sep=a"), _declared("sep;ts")
+    (';', '\\t', None, None)
+    """
+    own = _SEP_LINE.fullmatch(line)
+    return own[1] if own is not None and _separates(own[1]) else None
+
+
+class CsvHead(NamedTuple):
+    """A CSV file's header as the reader reads it: its column names, the field separator, and
+    the header's line (2 after Excel's ``sep=`` line)."""
+
+    columns: list[str]
+    separator: str
+    line: int
+
+
+def _csv_start(
+    p: Path, lines: _Lines, mapping: ColumnMapping | None
+) -> tuple[str, Iterator[list[str]], list[str] | None]:
+    """How CSV file ``p`` is read from its ``lines``: its field separator, a reader of its
+    rows, and its first row (the header; ``lines.first`` is its line). Excel's ``sep=`` first
+    line gives the separator and is no row; refused when the mapping's ``delimiter:`` says
+    another (read with it, the file was one column, or every row a dead letter)."""
+    first = next(lines, "")
+    own = _declared(first)
+    if own is None:
+        lines.read_again([first] if first else [])
+        sep = separator(p, mapping)
+    else:
+        lines.record.clear()
+        sep = own
+        if (
+            mapping is not None
+            and "delimiter" in mapping.model_fields_set
+            and own != (given := mapping.delimiter)
+        ):
+            at = f" ({mapping._delimiter_at})" if mapping._delimiter_at else ""
+            line = first.rstrip("\r\n").lstrip("\ufeff")
+            raise ConfigError(
+                f"its first line {line!r} says the fields are separated by a "
+                f"{separator_name(own)}, but the mapping says `delimiter: "
+                f"{separator_name(given, as_yaml=True)}`{at}: drop `delimiter:` from the "
+                "mapping (the line tells the separator), or the line from the file",
+                where=f"{p}:1",
+            )
+    reader = csv.reader(lines, skipinitialspace=True, delimiter=sep)
+    return sep, reader, _first_row(p, reader, lines, sep)
 
 
 # Characters that stand for bytes that were not UTF-8 (errors="surrogateescape").
@@ -874,18 +975,16 @@ def check_transaction_columns(
 
 def csv_header(
     path: str | os.PathLike[str], mapping: ColumnMapping | None = None
-) -> list[str] | None:
-    """A CSV file's column names as the reader reads them (a column without a name as
-    ``column_N``), checked as :func:`check_transaction_columns` says; ``None`` for an empty
-    file or one that cannot be read (not gzip, say: reading it ends in one dead letter)."""
+) -> CsvHead | None:
+    """A CSV file's header as the reader reads it (a column without a name as ``column_N``),
+    checked as :func:`check_transaction_columns` says; ``None`` for an empty file or one that
+    cannot be read (not gzip, say: reading it ends in one dead letter)."""
     p = Path(path)
     m = mapping if mapping is not None else ColumnMapping()
     try:  # (opened as the reader opens it)
         with open_text(p, encoding=m.csv_encoding, errors="surrogateescape", newline="") as f:
             lines = _Lines(f)
-            sep = separator(p, m)
-            reader = csv.reader(lines, skipinitialspace=True, delimiter=sep)
-            row = _first_row(p, reader, lines, sep)
+            sep, _reader, row = _csv_start(p, lines, m)
     except UnicodeError as e:  # (utf-16 without a byte order mark: a traceback, a QA pass)
         raise ConfigError(
             f"cannot read the file as {m.csv_encoding}: {e}; check `encoding:` in the --mapping",
@@ -893,13 +992,15 @@ def csv_header(
         ) from None
     except _FAULTS:
         return None
-    return _csv_header(p, row, m)
+    columns = _csv_header(p, row, m, lines.first)
+    return None if columns is None else CsvHead(columns, sep, lines.first)
 
 
 def count_rows(path: str | os.PathLike[str], mapping: ColumnMapping | None = None) -> int | None:
     """The records of a file for a progress bar, by a fast pass over it: a Parquet file's row
-    count, a CSV or JSON Lines file's lines (a CSV's header not counted; a quoted line break
-    counts one more); ``None`` for a gzip file (a pass would decompress it all) or an error.
+    count, a CSV or JSON Lines file's lines (a CSV's header and ``sep=`` line not counted; a
+    quoted line break counts one more); ``None`` for a gzip file (a pass would decompress it
+    all) or an error.
 
     >>> import tempfile, os
     >>> with tempfile.TemporaryDirectory() as d:
@@ -917,13 +1018,17 @@ def count_rows(path: str | os.PathLike[str], mapping: ColumnMapping | None = Non
             return None
         lines = last = 0
         with open(p, "rb") as f:
+            head = 0  # the header line, and Excel's sep= line before it
+            if fmt == "csv":
+                head = 1 + (_declared(f.readline(16).decode(errors="replace")) is not None)
+                f.seek(0)
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 lines += chunk.count(b"\n")
                 last = chunk[-1]
         lines += last not in (0, 10)  # (a last line without its line break)
     except (OSError, ConfigError):
         return None
-    return max(0, lines - (fmt == "csv"))
+    return max(0, lines - head)
 
 
 def read_records(
@@ -1182,26 +1287,30 @@ def _first_row(p: Path, reader: Any, lines: _Lines, sep: str = ",") -> list[str]
     if len(lines.record) > 1 and not _one_record(lines.record, sep):
         raise ConfigError(
             f"the header leaves a quote open (it runs on to line {lines.line}): close it",
-            where=f"{p}:1",
+            where=f"{p}:{lines.first}",
         )
     return row
 
 
-def _csv_header(p: Path, row: list[str] | None, mapping: ColumnMapping | None) -> list[str] | None:
-    """A CSV file's column names from its first ``row`` (``None``: an empty file), checked:
-    UTF-8, no name twice, the ``mapping``'s columns there."""
+def _csv_header(
+    p: Path, row: list[str] | None, mapping: ColumnMapping | None, line: int
+) -> list[str] | None:
+    """A CSV file's column names from its first ``row``, on ``line`` (``None``: an empty
+    file), checked: UTF-8, no name twice, the ``mapping``'s columns there."""
     if row is None:
         return None
+    where = f"{p}:{line}"
     header = [c.strip(" ") for c in row]  # (as a cell's: spaces only)
     if header:  # (an explicit `encoding: utf-8` keeps a byte order mark: utf-8-sig does not)
         header[0] = header[0].lstrip("\ufeff")
     if _UNDECODABLE.search("".join(header)):
         bom16 = header[0][:2] in ("\udcff\udcfe", "\udcfe\udcff")  # UTF-16's byte order mark
         raise ConfigError(
-            f"{p}:1: the header is not valid UTF-8: save the file as UTF-8, or give its encoding "
-            "in the --mapping ("
+            "the header is not valid UTF-8: save the file as UTF-8, or give its encoding in the "
+            "--mapping ("
             + ("it starts as UTF-16 does: encoding: utf-16" if bom16 else "e.g. encoding: cp1252")
-            + ")"
+            + ")",
+            where=where,
         )
     # a column without a name is named by its position (Excel's trailing commas were refused as
     # "'' appears more than once; rename them", a QA pass; pandas writes its index unnamed), a
@@ -1217,21 +1326,17 @@ def _csv_header(p: Path, row: list[str] | None, mapping: ColumnMapping | None) -
     twice = sorted(c for c, n in Counter(header).items() if n > 1)  # (header.count per
     # column: 100,000 columns took 194 s before the first row, a QA pass)
     if twice:
-        raise ConfigError(
-            f"column name(s) {twice} appear more than once; rename them", where=f"{p}:1"
-        )
+        raise ConfigError(f"column name(s) {twice} appear more than once; rename them", where=where)
     if mapping is not None:
-        mapping.check_columns(header, where=f"{p}:1")
+        mapping.check_columns(header, where=where)
     return header
 
 
 def _csv_records(p: Path, lines: _Lines, mapping: ColumnMapping | None) -> Iterator[Record]:
     # skipinitialspace: `t1, "Main St, 5", c1` as written by hand is three fields; the spaces
     # around a column name are not part of it (ids lose theirs in the schema)
-    sep = separator(p, mapping)
-    reader = csv.reader(lines, skipinitialspace=True, delimiter=sep)
-    first = _first_row(p, reader, lines, sep)
-    header = _csv_header(p, first, mapping)
+    sep, reader, first = _csv_start(p, lines, mapping)
+    header = _csv_header(p, first, mapping, lines.first)
     if first is None or header is None:
         return
     width = len(header)

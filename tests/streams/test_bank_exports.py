@@ -398,3 +398,120 @@ def test_a_tsv_file_is_read_with_tabs(tmp_path, capsys):
     m = mapping(tmp_path, "delimiter: '|'\n")  # a mapping's own separator wins
     (tmp_path / "p.tsv").write_text("tx_id|ts|card_id|amount\na|2026-01-01|c|5\n")
     assert next(read_records(tmp_path / "p.tsv", mapping=m))[1]["card_id"] == "c"
+
+
+def excel(sep, rows=("a,2026-03-01T08:00:00Z,c,5", "b,2026-03-01T09:00:00Z,c,6")):
+    """A CSV file as Excel exports it: its separator named on a first line (``sep=;``)."""
+    header = ["tx_id,ts,card_id,amount", *rows]
+    return f"sep={sep}\r\n" + "".join(r.replace(",", sep) + "\r\n" for r in header)
+
+
+@pytest.mark.parametrize("sep", [";", ",", "\t", "|"])
+def test_excels_sep_line_gives_the_separator_and_is_no_row(tmp_path, sep):
+    """It was read as the header: one column `sep=;`, the file refused (or, with the
+    delimiter its hint gave, every row a dead letter)."""
+    from fds.streams.files import count_rows, csv_header
+
+    (tmp_path / "x.csv").write_text(excel(sep), newline="")
+    recs = list(read_records(tmp_path / "x.csv"))
+    assert [(n, r["tx_id"], r["amount"]) for n, r, _raw in recs] == [(3, "a", "5"), (4, "b", "6")]
+    assert csv_header(tmp_path / "x.csv") == (["tx_id", "ts", "card_id", "amount"], sep, 2)
+    assert count_rows(tmp_path / "x.csv") == 2
+    # after a byte order mark too, kept by an explicit `encoding: utf-8`; the mapping's own
+    # delimiter: when it is the line's
+    (tmp_path / "b.csv").write_bytes(b"\xef\xbb\xbf" + excel(sep).encode())
+    m = mapping(tmp_path, f"encoding: utf-8\ndelimiter: {sep!r}\n".replace("'\\t'", "tab"))
+    assert [r[1]["card_id"] for r in read_records(tmp_path / "b.csv", mapping=m)] == ["c", "c"]
+
+
+def test_a_sep_line_the_mapping_contradicts_is_refused_naming_both(tmp_path, capsys):
+    from fds.cli import main
+
+    (tmp_path / "x.csv").write_text(excel(";"))
+    m = mapping(tmp_path, "timezone: UTC\ndelimiter: ','\n")
+    with pytest.raises(ConfigError) as e:
+        check_transaction_columns(tmp_path / "x.csv", m)
+    assert str(e.value) == (
+        f"{tmp_path / 'x.csv'}:1: its first line 'sep=;' says the fields are separated by a "
+        f"semicolon, but the mapping says `delimiter: ','` ({tmp_path / 'm.yaml'}:2): drop "
+        "`delimiter:` from the mapping (the line tells the separator), or the line from the file"
+    )
+    argv = ["--mapping", str(tmp_path / "m.yaml")]
+    produce = ["produce", str(tmp_path / "x.csv"), *argv, "--bootstrap", "127.0.0.1:1"]
+    assert main(produce) == 2  # before connecting
+    assert "says `delimiter: ','`" in capsys.readouterr().err
+    # a --labels file's: the line of labels_options' delimiter
+    (tmp_path / "t.csv").write_text(ROWS)
+    labels = "labels_file: {tx_id: Ref}\nlabels_options: {delimiter: tab}\n"
+    mapping(tmp_path, GERMAN.replace("label: {column: Betrug, delay: 1d}\n", labels))
+    (tmp_path / "l.csv").write_text("sep=;\nRef;ts;is_fraud\nR1;01.03.2026 09:00:00;1\n")
+    replay = ["replay", str(tmp_path / "t.csv"), "--labels", str(tmp_path / "l.csv"), *argv]
+    assert main([*replay, "--model", "none", "--out", str(tmp_path / "d.jsonl")]) == 2
+    assert f"`delimiter: tab` ({tmp_path / 'm.yaml'}:13)" in capsys.readouterr().err
+
+
+def test_a_sep_line_file_is_replayed_backtested_and_its_labels_read(tmp_path, capsys):
+    """Everywhere a file is read: the transactions and a --labels file, as the labels found
+    by `fds produce` (its first record), and the sort command for a file out of order."""
+    from fds.cli import main
+    from fds.commands import _sort_by_time
+    from fds.streams.kafka import _labels_file
+
+    (tmp_path / "x.csv").write_text(excel(";"))
+    (tmp_path / "l.csv").write_text("sep=|\ntx_id|ts|is_fraud\nb|2026-03-01T10:00:00Z|1\n")
+    assert _labels_file(tmp_path / "l.csv", None)
+    argv = [str(tmp_path / "x.csv"), "--labels", str(tmp_path / "l.csv")]
+    replay = ["replay", *argv, "--model", "none", "--no-progress", "--out", str(tmp_path / "d")]
+    assert main(["--log-format", "json", *replay]) == 0
+    summary = orjson.loads(capsys.readouterr().out.splitlines()[-1])
+    assert (summary["decided"], summary["fraud_labels"], summary["dead_letters"]) == (2, 1, 0)
+    rules = str(Path(__file__).parents[2] / "rules" / "default.yaml")
+    backtest = ["rules", "backtest", "--candidate", rules, "--baseline", rules, *argv]
+    assert main(backtest) == 0
+    assert "backtest over 2 transactions" in capsys.readouterr().out
+    hint = _sort_by_time(tmp_path / "x.csv", None)  # the sep= line kept first with the header
+    sort = f"(head -n 2 {tmp_path / 'x.csv'} && tail -n +3 {tmp_path / 'x.csv'} | sort -s -t';'"
+    assert sort in hint
+
+
+def test_decimal_commas_in_a_records_own_extra_object_are_read_as_numbers(tmp_path):
+    """The rules read them as extra.NAME, as an unmapped column's (`extra.fee > 2` was false
+    for a JSON `"extra": {"fee": "2,50"}`, true for a column `fee`): the same rule for both;
+    the names aside, and objects deeper, which no rule or feature reads, as written."""
+    m = mapping(tmp_path, "decimal: ','\nthousands: '.'\nfields: {amount: Betrag}\n")
+    extra = {"fee": "2,50", "card_id": "1,5", "n": "1.000", "deep": {"x": "1,5"}}
+    record = {"tx_id": "t", "ts": "2026-03-01", "card_id": "c", "Betrag": "12,5", "extra": extra}
+    (tmp_path / "x.jsonl").write_bytes(orjson.dumps({**record, "obj": {"y": "3,5"}}))
+    [(_n, rec, _raw)] = read_records(tmp_path / "x.jsonl", mapping=m)
+    assert rec["amount"] == "12.5" and rec["obj"] == {"y": "3,5"}
+    assert rec["extra"] == {"fee": "2.50", "card_id": "1,5", "n": "1.000", "deep": {"x": "1,5"}}
+    assert extra["fee"] == "2,50"  # the record as read (a dead letter's raw) is untouched
+    # a column named like a field another one fills goes to extra: read as the other columns
+    (tmp_path / "x.csv").write_text("tx_id;ts;card_id;Betrag;amount\nt;2026-03-01;c;5;2,50\n")
+    m = mapping(tmp_path, "delimiter: ';'\ndecimal: ','\nfields: {amount: Betrag}\n")
+    [(_n, rec, _raw)] = read_records(tmp_path / "x.csv", mapping=m)
+    assert rec["extra"] == {"amount": "2.50"}
+
+
+def test_a_defaults_coordinate_range_is_the_schemas(tmp_path, monkeypatch):
+    """One range for a transaction's lat/lon and a mapping's default of them (it was written
+    in both places)."""
+    from fds import schema
+
+    monkeypatch.setitem(schema.DEGREES, "lat", 45)
+    with pytest.raises(ConfigError, match="lat: a number from -45 to 45, got 50"):
+        mapping(tmp_path, "defaults: {lat: 50}\n")
+
+
+def test_one_table_names_the_separators(tmp_path, monkeypatch):
+    """The sort advice's prose and a mapping hint's YAML value name a separator from one
+    table (each had its own)."""
+    from fds.commands import _sort_by_time
+    from fds.streams import files
+
+    monkeypatch.setitem(files._SEPARATOR_NAMES, "|", "pipe")
+    (tmp_path / "p.csv").write_text("tx_id|ts|card_id|amount\na|2026-01-01|c|5\n")
+    hint = _sort_by_time(tmp_path / "p.csv", mapping(tmp_path, "delimiter: '|'\n"))
+    assert "a quoted field with a pipe or a line break" in hint
+    assert files.separator_name("|", as_yaml=True) == "'|'"  # a mapping reads no such name
+    assert files.separator_name("\t", as_yaml=True) == "tab"
