@@ -291,9 +291,9 @@ def test_a_second_trainer_in_the_group_is_refused_and_a_missing_topic_named(
     assert not errors
     second = threading.Thread(target=run, args=(trainer("b"), "b"))
     second.start()
-    first.join(60)
-    second.join(60)
-    assert set(errors) == {"a", "b"}
+    first.join(120)  # (each leaves at the rebalance: seconds, more on a loaded machine)
+    second.join(120)
+    assert set(errors) == {"a", "b"}, f"{errors}; the first still runs: {first.is_alive()}"
     assert all(isinstance(e, FdsError) and "another fds train" in str(e) for e in errors.values())
 
 

@@ -424,7 +424,9 @@ def test_registry_problems_are_logged_once_each(tmp_path: Path, caplog) -> None:
     with caplog.at_level("WARNING", logger="fds.models"):
         srv.start_watch(every=0.005)
         try:
-            manifest.write_text("{not json")
+            bad = tmp_path / "bad.json"  # (replaced at once: a write_text seen half done,
+            bad.write_text("{not json")  # empty, was a second problem of its own)
+            bad.replace(manifest)
             polls(5)
             manifest.unlink()
             polls(5)
