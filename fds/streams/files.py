@@ -38,11 +38,21 @@ from pydantic import (
     PrivateAttr,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from fds import yamlio
 from fds.errors import ConfigError
-from fds.schema import DEGREES, TX_FIELDS, TX_REQUIRED, dumps, dumps_line, fraud_flag
+from fds.schema import (
+    DEGREES,
+    FRAUD_WORDS,
+    LEGIT_WORDS,
+    TX_FIELDS,
+    TX_REQUIRED,
+    dumps,
+    dumps_line,
+    fraud_flag,
+)
 from fds.timeutil import MS_THRESHOLD, get_zone, parse_duration, parse_ts
 
 log = logging.getLogger(__name__)
@@ -77,7 +87,10 @@ class LabelColumn(BaseModel):
         try:
             return fraud_flag(v, empty_is_legit=True)
         except ValueError as e:
-            raise ValueError(f"{e}; the transaction is decided, its label is not learned") from None
+            raise ValueError(
+                f"{e}; the transaction is decided, its label is not learned (a file's own "
+                "words: `label_values: {fraud: [...], legit: [...]}` in the --mapping)"
+            ) from None
 
     @field_validator("delay", mode="before")
     @classmethod
@@ -86,6 +99,49 @@ class LabelColumn(BaseModel):
             return parse_duration(v)
         except ConfigError as e:  # reported by pydantic with its place in the file
             raise ValueError(str(e)) from None
+
+
+class LabelValues(BaseModel):
+    """The texts a file's fraud flag writes beyond the standard words (``ja``/``nein``,
+    ``Betrug``, ``chargeback``): compared trimmed and in lower case."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    fraud: frozenset[str] = frozenset()
+    legit: frozenset[str] = frozenset()
+
+    @field_validator("fraud", "legit", mode="before")
+    @classmethod
+    def _words(cls, v: Any, info: ValidationInfo) -> Any:
+        if isinstance(v, str | int | float) and not isinstance(v, bool):
+            v = [v]  # (one word)
+        if not isinstance(v, list | tuple | set | frozenset) or not v:
+            raise ValueError("a list of texts, e.g. [ja, betrug]")
+        words = set()
+        for w in v:
+            if isinstance(w, bool) or w is None:  # (YAML reads ja/nein as text, yes/no not)
+                raise ValueError(
+                    f"YAML reads it as {yamlio.kind_of(w)}: leave it out (true/false, yes/no, "
+                    "on/off and 1/0 are read already)"
+                )
+            word = str(w).strip().lower()
+            other = LEGIT_WORDS if info.field_name == "fraud" else FRAUD_WORDS
+            if not word or word in other:
+                said = "empty" if not word else "already read the other way"
+                raise ValueError(f"{w!r} cannot be a {info.field_name} value: {said}")
+            words.add(word)
+        return frozenset(words)
+
+    @model_validator(mode="after")
+    def _apart(self) -> LabelValues:
+        both = self.fraud & self.legit
+        if both:
+            raise ValueError(f"{sorted(both)} given both as fraud and as legit")
+        return self
+
+    @functools.cached_property
+    def flags(self) -> dict[str, bool]:
+        """Each word and the flag it stands for."""
+        return {w: True for w in self.fraud} | {w: False for w in self.legit}
 
 
 def _engine_field(name: str) -> str:
@@ -263,6 +319,9 @@ class ColumnMapping(ReadOptions):
     #: How that file writes its values where it differs from this one (a comma-separated
     #: chargeback export beside a semicolon one, its dates without a time: a QA pass).
     labels_options: LabelsOptions | None = None
+    #: Words a label column (and a ``--labels`` file's ``is_fraud``) writes for fraud and for
+    #: legitimate beyond the standard ones (``ja``/``nein``: every label a dead letter).
+    label_values: LabelValues | None = None
 
     @field_validator("labels_options")
     @classmethod
@@ -448,7 +507,7 @@ class ColumnMapping(ReadOptions):
         read |= {k: getattr(own, k) for k in own.model_fields_set} if own is not None else {}
         m = ColumnMapping.model_construct(
             fields=dict(self.labels_file), timezone=self.timezone, missing=self.missing,
-            ts_origin=self.ts_origin, **read,
+            ts_origin=self.ts_origin, label_values=self.label_values, **read,
         )  # fmt: skip
         m._required, m._section = LABEL_REQUIRED, "labels_file"
         given = own if own is not None and "delimiter" in own.model_fields_set else self
@@ -484,6 +543,8 @@ class ColumnMapping(ReadOptions):
         if nested is not None and nested[0] not in row:
             v = self._dig(row, nested[1])
             out = out if v is None else {**out, nested[0]: v}  # (the reader takes it out)
+        if self.label_values is not None:
+            out = self._label_words(out)
         if self._number is not None:
             out = self._numbers(out)
         if self.ts_format is not None and (ts := out.get("ts")).__class__ is str:
@@ -595,8 +656,20 @@ class ColumnMapping(ReadOptions):
         """Has a row more to do once renamed (defaults, a nested label, numbers, times)?"""
         return bool(
             self.defaults or self._label_path or self._number or self.ts_format
-            or self.ts_origin is not None
+            or self.ts_origin is not None or self.label_values
         )  # fmt: skip
+
+    def _label_words(self, out: dict[str, Any]) -> dict[str, Any]:
+        """``out`` with its fraud flag (the label column, a labels file's ``is_fraud``) read
+        as True/False when it is one of ``label_values:``'s words."""
+        label = self.label
+        col = "is_fraud" if self._section == "labels_file" else label and label.column
+        v = out.get(col) if col else None
+        if v.__class__ is str:
+            flag = cast(LabelValues, self.label_values).flags.get(v.strip().lower())
+            if flag is not None:
+                return {**out, cast(str, col): flag}
+        return out
 
     @functools.cached_property
     def _label_path(self) -> tuple[str, tuple[str, ...]] | None:

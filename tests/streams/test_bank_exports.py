@@ -515,3 +515,66 @@ def test_one_table_names_the_separators(tmp_path, monkeypatch):
     assert "a quoted field with a pipe or a line break" in hint
     assert files.separator_name("|", as_yaml=True) == "'|'"  # a mapping reads no such name
     assert files.separator_name("\t", as_yaml=True) == "tab"
+
+
+def replay_summary(argv, capsys):
+    """``fds --log-format json replay ARGV``'s summary, and its exit code."""
+    from fds.cli import main
+    from fds.logs import configure_logging
+
+    try:
+        code = main(["--log-format", "json", "replay", *argv, "--model", "none", "--no-progress"])
+        return code, orjson.loads(capsys.readouterr().out)
+    finally:
+        configure_logging("INFO", fmt="kv", logger_name="fds")  # (as the other tests expect)
+
+
+def test_label_values_read_a_files_own_fraud_words(tmp_path, capsys):
+    """A German export's fraud column says ja/nein: without `label_values:` every label was a
+    dead letter (the transactions decided, nothing known to be fraud)."""
+    rows = ROWS.replace(";0;", ";nein;").replace(";1;", ";Ja ;").replace("-12,00", "12,00")
+    (tmp_path / "b.csv").write_text(rows)
+    argv = [str(tmp_path / "b.csv"), "--mapping", str(tmp_path / "m.yaml")]
+    mapping(tmp_path)
+    code, before = replay_summary([*argv, "--out", str(tmp_path / "a.jsonl")], capsys)
+    assert (code, before["label_dead_letters"], before["frauds"]) == (0, 2, None)  # none known
+    dead = (tmp_path / "a.dlq.jsonl").read_text()
+    assert "label value 'nein' is neither fraud" in dead and "`label_values:" in dead
+    mapping(tmp_path, GERMAN + "label_values: {fraud: [ja], legit: [NEIN]}\n")
+    code, after = replay_summary([*argv, "--out", str(tmp_path / "b.jsonl")], capsys)
+    assert (code, after["label_dead_letters"], after["frauds"], after["decided"]) == (0, 0, 1, 2)
+    assert not (tmp_path / "b.dlq.jsonl").exists()
+
+
+def test_label_values_read_a_labels_files_is_fraud_too(tmp_path, capsys):
+    text = GERMAN.replace("label: {column: Betrug, delay: 1d}\n", "")
+    text += "labels_file: {tx_id: Ref, ts: Datum, is_fraud: Betrug}\n"
+    mapping(tmp_path, text + "label_values: {fraud: [Betrug], legit: [kein Betrug]}\n")
+    (tmp_path / "b.csv").write_text(ROWS.replace("-12,00", "12,00"))
+    (tmp_path / "l.csv").write_text(
+        "Ref;Datum;Betrug\nR1;01.03.2026 09:00:00;kein Betrug\nR2;01.03.2026 09:00:00;betrug\n"
+    )
+    argv = [str(tmp_path / "b.csv"), "--labels", str(tmp_path / "l.csv")]
+    argv += ["--mapping", str(tmp_path / "m.yaml"), "--out", str(tmp_path / "d.jsonl")]
+    code, summary = replay_summary(argv, capsys)
+    assert (code, summary["labels_read"], summary["fraud_labels"]) == (0, 2, 1)
+    assert summary["dead_letters"] == 0
+
+
+@pytest.mark.parametrize(
+    ("line", "error"),
+    [
+        ("label_values: {fraud: [Legit]}", "'Legit' cannot be a fraud value: already read the"),
+        ("label_values: {legit: ['1']}", "'1' cannot be a legit value: already read the other"),
+        ("label_values: {fraud: [ja], legit: [JA]}", r"\['ja'\] given both as fraud and as legit"),
+        ("label_values: {fraud: [yes]}", "YAML reads it as a boolean"),
+        ("label_values: {fraud: []}", "a list of texts"),
+        ("label_values: {fraud: ['  ']}", "cannot be a fraud value: empty"),
+        ("label_values: {fruad: [ja]}", "fruad"),
+    ],
+)
+def test_label_values_refused_at_their_line(tmp_path, line, error):
+    (tmp_path / "m.yaml").write_text(f"timezone: UTC\n{line}\n")
+    with pytest.raises(ConfigError, match=error) as e:
+        load_mapping(tmp_path / "m.yaml")
+    assert f"{tmp_path / 'm.yaml'}:2" in str(e.value)
