@@ -652,14 +652,6 @@ class Metrics(Collector):
             c.add_metric([action], float(n))
         yield c
 
-        c = CounterMetricFamily(
-            "fds_rule_hits", "Rule hits, by rule and state.", labels=["rule", "state"]
-        )
-        for rule, by_state in dict(self._rule_hits).items():
-            for state, n in dict(by_state).items():
-                c.add_metric([rule, state], float(n))
-        yield c
-
         with self._rules_lock:  # (see drain_rule_counts)
             missing = dict(self._missing)
             errors = dict(self._errors)
@@ -669,6 +661,22 @@ class Metrics(Collector):
                     missing[rule] = missing.get(rule, 0) + n
                 for rule, n in getattr(rs, "error_counts", {}).items():
                     errors[rule] = errors.get(rule, 0) + n
+        hits = {rule: dict(by_state) for rule, by_state in dict(self._rule_hits).items()}
+        # every rule deciding now at 0 until it counts (a rare rule's series appeared at its
+        # first hit, which increase() and rate() then missed; a Pushgateway push had no series
+        # for a rule the run never hit: "no data" rather than 0)
+        for r in getattr(rs, "rules", ()):
+            hits.setdefault(r.id, {}).setdefault(r.spec.state, 0)
+            missing.setdefault(r.id, 0)
+            errors.setdefault(r.id, 0)
+        c = CounterMetricFamily(
+            "fds_rule_hits", "Rule hits, by rule and state.", labels=["rule", "state"]
+        )
+        for rule, by_state in hits.items():
+            for state, n in by_state.items():
+                c.add_metric([rule, state], float(n))
+        yield c
+
         c = CounterMetricFamily(
             "fds_rule_missing_inputs",
             "Rule evaluations skipped because a name the rule uses was missing.",

@@ -586,3 +586,35 @@ def test_a_pushgateway_address_that_answers_no_http_is_told_not_raised(caplog) -
         assert caplog.text.count("cannot push metrics") == 2  # once while running, once at the end
     finally:
         srv.close()
+
+
+def test_every_rule_deciding_has_its_series_at_0_before_it_counts() -> None:
+    """A rare rule's series appeared at its first hit, so increase() and rate() missed that
+    hit, and a replay pushed to a Pushgateway had no series for a rule it never hit ("no data"
+    on the dashboard rather than 0)."""
+    from fds.rules.ruleset import load_ruleset_text
+
+    def ruleset(ids: str) -> object:
+        rules = "".join(
+            f"  - {{id: {i}, when: amount > 1, action: review, score: 0.5, reason: r"
+            + (", state: shadow}\n" if i.startswith("watch") else "}\n")
+            for i in ids.split()
+        )
+        return load_ruleset_text(f'version: "t"\nrules:\n{rules}', "r.yaml")
+
+    live = [ruleset("big watch")]
+    m = Metrics()
+    m.watch_ruleset(lambda: live[0])
+    assert value(m, "fds_rule_hits_total", rule="big", state="active") == 0
+    assert value(m, "fds_rule_hits_total", rule="watch", state="shadow") == 0
+    assert value(m, "fds_rule_hits_total", rule="watch", state="active") is None
+    for family in ("fds_rule_missing_inputs_total", "fds_rule_errors_total"):
+        assert value(m, family, rule="big") == value(m, family, rule="watch") == 0
+    m.rule_hit("big", "active")
+    m.rule_missing_input("watch", 2)
+    assert value(m, "fds_rule_hits_total", rule="big", state="active") == 1
+    assert value(m, "fds_rule_missing_inputs_total", rule="watch") == 2
+    live[0] = ruleset("big new")  # reloaded: the new rule at 0, what was counted stays
+    assert value(m, "fds_rule_hits_total", rule="new", state="active") == 0
+    assert value(m, "fds_rule_hits_total", rule="big", state="active") == 1
+    assert value(m, "fds_rule_missing_inputs_total", rule="watch") == 2
