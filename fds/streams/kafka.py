@@ -3681,8 +3681,13 @@ CONNECTION_SETTINGS = (
 )  # fmt: skip
 
 
-def _add_settings_flags(p: argparse.ArgumentParser, only: Sequence[str] | None = None) -> None:
-    """The settings flags (``only``: those of these settings; ``fds run`` takes them all)."""
+def _add_settings_flags(
+    p: argparse.ArgumentParser,
+    only: Sequence[str] | None = None,
+    helps: Mapping[str, str] | None = None,
+) -> None:
+    """The settings flags (``only``: those of these settings; ``fds run`` takes them all;
+    ``helps``: a command's own help of some)."""
     p.add_argument("--config", type=Path, default=None, help="YAML file of settings (lowest rank)")
     for flag, dest in _SETTING_FLAGS.items():
         if only is not None and dest not in only:
@@ -3701,7 +3706,8 @@ def _add_settings_flags(p: argparse.ArgumentParser, only: Sequence[str] | None =
             dest=dest,
             type=kind,
             default=None,
-            help=f"setting {dest} (env FDS_{dest.upper()}; default {_default_of(dest)})",
+            help=(helps or {}).get(dest)
+            or f"setting {dest} (env FDS_{dest.upper()}; default {_default_of(dest)})",
         )
 
 

@@ -149,7 +149,7 @@ class TrainService:
     Parameters
     ----------
     settings
-        Connection, group (``--group``, default ``fds-train``) and timeouts.
+        Connection, group (``--group``, default ``<group>-train``) and timeouts.
     spec
         Model spec path or name.
     registry
@@ -681,12 +681,18 @@ TRAIN_SETTINGS = (
 )  # fmt: skip
 
 
+_GROUP_HELP = (
+    "the trainer's consumer group (default: the group FDS_GROUP or --config gives, with -train: "
+    "fds-train; apart from fds run's)"
+)
+
+
 def register_train(subparsers: argparse._SubParsersAction) -> None:
     """Add ``fds train``."""
     p = subparsers.add_parser(
         "train", help="the trainer service: decisions + labels from Kafka -> model versions"
     )
-    _add_settings_flags(p, TRAIN_SETTINGS)
+    _add_settings_flags(p, TRAIN_SETTINGS, {"group": _GROUP_HELP})
     p.add_argument("--spec", type=Path, default=DEFAULT_MODEL, help="model spec YAML")
     p.add_argument(
         "--registry", type=Path, default=DEFAULT_REGISTRY,
@@ -709,9 +715,13 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
 
 
 def train_settings(args: argparse.Namespace) -> KafkaSettings:
-    """``fds train``'s settings: its flags over env over ``--config`` (group ``fds-train``)."""
+    """``fds train``'s settings: its flags over env over ``--config``; its group ``--group``,
+    else the group the settings give with ``-train`` (``fds-train``): apart from fds run's,
+    and one per deployment (``FDS_GROUP``/``group:`` were ignored, so a second deployment's
+    trainer on the cluster was refused as another one in ``fds-train``: a QA pass)."""
     flags = {dest: getattr(args, dest, None) for dest in TRAIN_SETTINGS}
-    flags["group"] = flags["group"] or "fds-train"
+    if flags["group"] is None:
+        flags["group"] = f"{load_settings(args.config, **flags).group}-train"
     return load_settings(args.config, **flags)
 
 

@@ -382,6 +382,28 @@ def test_fds_train_takes_its_settings_flags_and_only_those():
             parser.parse_args(["train", run_only, "x"])
 
 
+def test_the_trainers_group_follows_the_deployments(monkeypatch, tmp_path):
+    """A QA pass: FDS_GROUP and a --config's group: were ignored by fds train (always
+    fds-train), so the trainer of a second deployment on the cluster was refused as another
+    trainer in fds-train. The trainer's group is theirs with -train (apart from fds run's)."""
+    from fds.cli import build_parser
+    from fds.errors import ConfigError
+    from fds.streams.train import train_settings
+
+    monkeypatch.delenv("FDS_GROUP", raising=False)
+    parse = build_parser().parse_args
+    (tmp_path / "c.yaml").write_text("group: fds-staging\n")
+    config = ["train", "--config", str(tmp_path / "c.yaml")]
+    assert train_settings(parse(config)).group == "fds-staging-train"
+    assert train_settings(parse([*config, "--group", "t"])).group == "t"  # the flag as it is
+    monkeypatch.setenv("FDS_GROUP", "fds-prod")  # (over the file, as for every setting)
+    s = train_settings(parse(config))
+    assert s.group == "fds-prod-train"  # (its state dir, ~/.cache/fds/state/<group>, too)
+    monkeypatch.setenv("FDS_GROUP", "")
+    with pytest.raises(ConfigError, match="FDS_GROUP"):
+        train_settings(parse(["train"]))
+
+
 def test_the_state_root_and_one_state_dir_are_two_variables(monkeypatch, tmp_path):
     """FDS_STATE_DIR was documented as the root of every instance's dir but read as one
     instance's whole dir: instances on a host shared (and overwrote) one checkpoint."""
