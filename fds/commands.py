@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import shlex
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -192,7 +193,13 @@ def _unwritable(path: Path) -> str | None:
         return "it is a directory: name a file in it"
     if path.exists():  # (/dev/null, say, in a directory no user may write)
         return None if os.access(path, os.W_OK) else "it is not writable"
-    return None if os.access(path.parent, os.W_OK) else "its directory is not writable"
+    try:  # (a file made and removed: access() said yes to root for /proc, where none can be)
+        fd, trial = tempfile.mkstemp(dir=path.parent, prefix=".fds-write-check-")
+    except OSError as e:
+        return f"no file can be made in its directory ({e.strerror or e})"
+    os.close(fd)
+    os.unlink(trial)
+    return None
 
 
 def _speed(text: str) -> float:

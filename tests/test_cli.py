@@ -1,6 +1,7 @@
 import contextlib
 import io
 import json
+import os
 import re
 import sys
 
@@ -56,6 +57,15 @@ def test_an_unwritable_out_is_exit_2_before_any_work(history, tmp_path, capsys):
     out = blocker / "sub" / "d.jsonl"  # a directory under a file cannot exist
     assert main(["replay", str(history), "--rules", "none", "--out", str(out)]) == 2
     assert f"cannot write --out {out}" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_an_out_in_a_directory_that_takes_no_file_is_exit_2_before_any_work(history, capsys):
+    """A QA pass: /proc passed the access check (as root) and the replay failed at its end with
+    `failed: FileNotFoundError` (exit 1)."""
+    assert main(["replay", str(history), "--rules", "none", "--out", "/proc/d.jsonl"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write --out /proc/d.jsonl: no file can be made in its directory" in err
 
 
 def test_bad_mapping_exit_2_names_file_and_line(history, tmp_path, capsys):

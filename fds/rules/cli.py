@@ -285,7 +285,7 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
     for side, name, rs in ((b, "baseline", base), (c, "candidate", cand)):
         for rid, n in sorted(side.rule_missing.items()):
             print(
-                f"{name} rule {rid} was skipped on {n} of {r.transactions} transaction(s): a "
+                f"{name} rule {rid} was skipped on {n:,} of {r.transactions:,} transaction(s): a "
                 f"name it reads was missing ({rs.why_skipped(rid, side.names_missing)}; an "
                 "empty cell is missing)",
                 file=out,
@@ -293,13 +293,13 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
     for side, name in ((b, "baseline"), (c, "candidate")):
         for rid, n in sorted(side.rule_errors.items()):
             print(
-                f"{name} rule {rid} raised on {n} transaction(s): in production each is a "
+                f"{name} rule {rid} raised on {n:,} transaction(s): in production each is a "
                 "dead letter, not a decision (guard it: `avg > 0 and amount / avg > 3`)",
                 file=out,
             )
         for rid, n in sorted(side.shadow_errors.items()):
             print(
-                f"{name} shadow rule {rid} raised on {n} transaction(s): counted only while in "
+                f"{name} shadow rule {rid} raised on {n:,} transaction(s): counted only while in "
                 "shadow; made active, each would be a dead letter, unless they are so many "
                 "that the guardrails demote it (guard it: "
                 "`avg > 0 and amount / avg > 3`)",
