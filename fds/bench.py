@@ -1049,11 +1049,16 @@ def _cmd_precision(args: argparse.Namespace) -> int:
         return 2
     try:
         if args.input:
-            from fds.streams.files import check_transaction_columns, load_mapping
-
-            check_transaction_columns(
-                args.input, load_mapping(args.mapping) if args.mapping else None
+            from fds.streams.files import (
+                check_label_columns,
+                check_transaction_columns,
+                load_mapping,
             )
+
+            mapping = load_mapping(args.mapping) if args.mapping else None
+            check_transaction_columns(args.input, mapping)
+            if args.labels is not None:
+                check_label_columns(args.labels, mapping)
         run_precision(
             days=args.days or 60,
             cards=args.cards or 10_000,

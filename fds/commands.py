@@ -31,6 +31,7 @@ from fds.streams.files import (
     ColumnMapping,
     JsonlSink,
     beside,
+    check_label_columns,
     check_transaction_columns,
     csv_header,
     infer_format,
@@ -194,12 +195,10 @@ def _unwritable(path: Path) -> str | None:
     if path.exists():  # (/dev/null, say, in a directory no user may write)
         return None if os.access(path, os.W_OK) else "it is not writable"
     try:  # (a file made and removed: access() said yes to root for /proc, where none can be)
-        fd, trial = tempfile.mkstemp(dir=path.parent, prefix=".fds-write-check-")
+        with tempfile.TemporaryFile(dir=path.parent):
+            return None
     except OSError as e:
         return f"no file can be made in its directory ({e.strerror or e})"
-    os.close(fd)
-    os.unlink(trial)
-    return None
 
 
 def _speed(text: str) -> float:
@@ -285,6 +284,8 @@ def _replay_file(args: argparse.Namespace, pushers: list[Pusher]) -> int:
     labels_not_input(args.labels, args.file)
     mapping = load_mapping(args.mapping) if args.mapping else None
     check_transaction_columns(args.file, mapping)
+    if args.labels is not None:
+        check_label_columns(args.labels, mapping)
     metrics = Metrics()
     engine = build_engine(args.rules, args.model, metrics=metrics, watch=True)
     with contextlib.ExitStack() as stack:

@@ -534,7 +534,13 @@ def test_labels_that_match_nothing_or_cannot_be_read_are_said_so(history, tmp_pa
     assert bare_replay(str(history), "--labels", str(labels), "--out", str(tmp_path / "o")) == 0
     err = said(capsys)
     assert "none of" not in err and "known frauds" in err and "holds no labels" not in err
-    labels.write_text("TRANSACTION_ID,reported_at,fraud\nt1,2026-01-01,1\n")
+    labels.write_text("TRANSACTION_ID,reported_at,fraud\nt1,2026-01-01,1\n")  # refused at
+    # once (a QA pass: every label a dead letter, and exit 0 for a nightly script)
+    assert bare_replay(str(history), "--labels", str(labels), "--out", str(tmp_path / "o")) == 2
+    err = said(capsys)
+    assert f"{labels}:1: required engine field(s) ['is_fraud', 'ts', 'tx_id']" in err
+    assert "map them under `labels_file:` of a --mapping" in err
+    labels.write_text("tx_id,ts,is_fraud\nt1,2026-01-01,maybe\n")  # read, no value a label
     assert bare_replay(str(history), "--labels", str(labels), "--out", str(tmp_path / "o")) == 0
     assert f"every label of {labels} was a dead letter" in said(capsys)
     labels.write_text("tx_id,ts,is_fraud\n")  # a header alone: an export that went wrong
@@ -1040,7 +1046,7 @@ def test_features_reading_a_field_no_transaction_has_are_named(tmp_path, capsys)
             "is the input file",
         ),
         # a path the system refuses: said, not a traceback
-        (["replay", "{tmp}/s.jsonl", "--out", "/proc/x", "--model", "none"], 1, "failed:"),
+        (["replay", "{tmp}/s.jsonl", "--out", "/proc/x", "--model", "none"], 2, "no file can be"),
     ],
 )
 def test_bad_values_and_refused_paths_are_said_not_tracebacks(argv, code, says, tmp_path, capsys):

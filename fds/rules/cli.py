@@ -181,7 +181,7 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from fds.replay import left_out, load, said
     from fds.rules.backtest import DEAD_LETTER as DEAD
     from fds.rules.backtest import backtest
-    from fds.streams.files import check_transaction_columns, load_mapping
+    from fds.streams.files import check_label_columns, check_transaction_columns, load_mapping
 
     inputs = ("file", "candidate", "baseline", "mapping", "labels")
     for name in inputs:
@@ -218,6 +218,8 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
     labels_given = "--labels" if args.labels is not None else "the labels file"
     # (missing columns, another encoding: said as fds replay says it)
     check_transaction_columns(args.file, mapping)
+    if labels is not None:
+        check_label_columns(labels, mapping)
     stream = load(args.file, mapping=mapping, labels_path=labels)
     # (a label's dead letter: its transaction is in the backtest, not its label; a labels
     # file's were counted as transactions left out, a QA pass)

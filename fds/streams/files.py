@@ -1046,6 +1046,13 @@ def check_transaction_columns(
         csv_header(p, m)
 
 
+def check_label_columns(path: str | os.PathLike[str], mapping: ColumnMapping | None = None) -> None:
+    """:func:`check_transaction_columns` for a ``--labels`` file, read with the ``mapping``'s
+    ``labels_file:`` names and ``labels_options:`` (a file of other columns made every label a
+    dead letter, and the replay still exited 0: a QA pass)."""
+    check_transaction_columns(path, (mapping or ColumnMapping()).for_labels())
+
+
 def csv_header(
     path: str | os.PathLike[str], mapping: ColumnMapping | None = None
 ) -> CsvHead | None:

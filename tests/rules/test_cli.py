@@ -447,7 +447,13 @@ def test_backtest_refuses_a_labels_file_without_one_label(tmp_path, capsys) -> N
     argv = ["rules", "backtest", "--candidate", str(base), "--baseline", str(base), str(data)]
     assert main([*argv, "--labels", str(foreign)]) == 2
     err = capsys.readouterr().err
-    assert f"--labels {foreign}: none of its 2 record(s) is a label" in err
+    assert f"{foreign}:1: required engine field(s) ['is_fraud', 'ts', 'tx_id'] are neither" in err
+    assert "map them under `labels_file:` of a --mapping" in err  # (before anything is read)
+    bad = tmp_path / "bad.csv"  # the columns, and no value a label
+    bad.write_text("tx_id,ts,is_fraud\nt1,1767312000,maybe\n")
+    assert main([*argv, "--labels", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"--labels {bad}: none of its 1 record(s) is a label" in err
     assert "tx_id, ts (when the label became known) and is_fraud" in err
     # ... or mapped: the mapping names the labels file's own columns
     mapping = tmp_path / "m.yaml"
