@@ -7,14 +7,16 @@ names from validated declarations are interpolated, never rule text.
 
 Each entity's state is one flat list (:func:`assign_slots`). A group's body (:func:`_body`)
 folds an in-order event (``t`` >= every timestamp in the entity's log) into the state ``st``
-and assigns the group's features to locals. Its order matters: expire per window (a window
-whose every earlier entry left is emptied in O(1)), then answer ``seen`` (earlier transactions
-only), then add the new entry to counters, min/max candidates and running sums, then read the
-window aggregates. :func:`build_fused` inlines every group's body into one
-``run(tx, t, wm) -> snapshot`` (what the plan calls per event; its source is kept on the plan
-as ``source`` for inspection). With provenance (``cg.prov``) the event's input partition is
-read once (``_PROV.part``), logged by every group and handed to the ``tx_id`` store with the
-transaction; without, the code does not mention it.
+and assigns the group's features to locals. Its order matters, per window: expire (a window
+whose every earlier entry left is emptied in O(1)) and add the new value to the running sums,
+answer ``seen`` (earlier transactions only) from a counter before adding the new entry to it,
+add it to the min/max candidates, then read the window aggregates. Every path assigns every
+feature (``None`` where it has none), and each state part a window uses is read from ``st``
+once (counters, candidates; sums held in locals while entries leave). :func:`build_fused`
+inlines every group's body into one ``run(tx, t, wm) -> snapshot`` (what the plan calls per
+event; its source is kept on the plan as ``source`` for inspection). With provenance
+(``cg.prov``) the event's input partition is read once (``_PROV.part``), logged by every group
+and handed to the ``tx_id`` store with the transaction; without, the code does not mention it.
 """
 
 from __future__ import annotations
@@ -130,13 +132,12 @@ def _reads(cgs: Any) -> list[str]:
 
 def _body(cg: Any, var: dict[str, str]) -> list[str]:
     """The statements folding an in-order event into ``st`` (see the module docstring),
-    indented by 4 as if in a function body; ``ts`` must hold the log (``st[1]``), ``part``
+    indented by 4 as if in a function body; ``ts``, ``idx`` and ``prev`` must hold the log
+    (``st[1]``), its length and its newest time (``-inf`` if empty), ``part``
     the event's input partition (read only with provenance). Feature ``name`` is assigned to
     the local ``var[name]``."""
     lines: list[str] = []
     a = lines.append
-    a("    idx = len(ts)")
-    a("    prev = ts[-1] if idx else _NEG_INF")
     a("    ts.append(t)")
     squared = {fi for sums in cg.i_sum for fi, _s1, s2, _n in sums if s2 >= 0}
     moments = [  # (window, field, agg, name) of every sum/mean/std: computed again if rebased
@@ -146,32 +147,33 @@ def _body(cg: Any, var: dict[str, str]) -> list[str]:
     summed = sorted({fi for _wi, fi, _agg, _name in moments})
     for fi in summed:
         a(f"    rb{fi} = 0")
-    for fi, (k, sub) in enumerate(cg.nums):
-        a(f"    x{fi} = n{_var(k, sub)}")
+    # the event's values: the locals _reads bound (numbers as n<var>), never assigned here
+    xv = [f"n{_var(k, sub)}" for k, sub in cg.nums]
+    cv = [_var(k, sub) for k, sub in cg.cats]
+    for fi in range(len(cg.nums)):
         a(f"    num{fi} = st[{cg.i_num[fi]}]")
-        a(f"    num{fi}.append(x{fi})")
+        a(f"    num{fi}.append({xv[fi]})")
         if cg.sums[fi]:  # the new value's deviation from the entity's shift (0 when missing)
             a(f"    k{fi} = st[{cg.i_shift[fi]}]")
             a(f"    kk{fi} = k{fi} * k{fi}")
-            a(f"    if x{fi} == x{fi}:")
-            a(f"        d{fi} = x{fi} - k{fi}")
+            a(f"    if {xv[fi]} == {xv[fi]}:")
+            a(f"        d{fi} = {xv[fi]} - k{fi}")
             if fi in squared:
                 a(f"        dd{fi} = d{fi} * d{fi}")
             a(f"        o{fi} = 1")
             if fi in summed:  # a value far below the shift: deviations round it away
-                a(f"        if kk{fi} > {_DRIFT2!r} * x{fi} * x{fi}:")
+                a(f"        if kk{fi} > {_DRIFT2!r} * {xv[fi]} * {xv[fi]}:")
                 a(f"            rb{fi} = -1")
             a("    else:")
             a(f"        d{fi} = 0.0")
             if fi in squared:
                 a(f"        dd{fi} = 0.0")
             a(f"        o{fi} = 0")
-    for ci, (k, sub) in enumerate(cg.cats):
-        a(f"    v{ci} = {_var(k, sub)}")
+    for ci in range(len(cg.cats)):
         a(f"    cat{ci} = st[{cg.i_cat[ci]}]")
         if cg.i_coff[ci] >= 0:
             a(f"    co{ci} = st[{cg.i_coff[ci]}]")
-        a(f"    cat{ci}.append(v{ci})")
+        a(f"    cat{ci}.append({cv[ci]})")
     if cg.fraud:
         a(f"    flags = st[{cg.i_flags}]")
         a("    flags.append(0)")
@@ -183,55 +185,76 @@ def _body(cg: Any, var: dict[str, str]) -> list[str]:
         if width is not None:
             a(f"    cut = t - {width!r}")
         else:  # the clock's cached day (start, end, cutoff); a call only on a new day
-            a("    cut = _DAY[2] if _DAY[0] <= t < _DAY[1] else _cutoff(t)")
+            a("    lo, hi, cut = _DAY")
+            a("    if not lo <= t < hi:")
+            a("        cut = _cutoff(t)")
         a(f"    h = st[{cg.i_head[wi]}]")
-        # every earlier entry left the window: empty it in O(1) (sums back to exact zeros)
+        # the window's counters (c<slot>) and min/max candidates (mn<slot>), read once
+        for slot, _ci in ctrs:
+            a(f"    c{slot} = st[{cg.i_ctr[slot]}]")
+        for slot, _fi, _mx in mono:
+            a(f"    mn{slot} = st[{cg.i_mono[slot]}]")
+        add = _adds(sums)  # (each path of the head's test ends adding the new value)
+        # every earlier entry left the window: empty it in O(1) (sums back to exact zeros,
+        # the new value added to them: 0.0 + d, as if stored and read back)
         a("    if prev <= cut:")
         a("        if h < idx:")
         a(f"            h = st[{cg.i_head[wi]}] = idx")
         for slot, _ci in ctrs:
-            a(f"            st[{cg.i_ctr[slot]}].clear()")
+            a(f"            c{slot}.clear()")
         if fslot >= 0:
             a(f"            st[{cg.i_nf[fslot]}] = 0")
-        for _fi, i1, i2, i_n in sums:
-            a(f"            st[{i1}] = 0.0")
+        for fi, i1, i2, i_n in sums:
+            a(f"            s{fi} = st[{i1}] = 0.0 + d{fi}")
             if i2 >= 0:
-                a(f"            st[{i2}] = 0.0")
-            a(f"            st[{i_n}] = 0")
+                a(f"            q{fi} = st[{i2}] = 0.0 + dd{fi}")
+            a(f"            m{fi} = st[{i_n}] = o{fi}")
         for slot, _fi, _mx in mono:
-            a(f"            del st[{cg.i_mono[slot]}][:]")
+            a(f"            del mn{slot}[:]")
+        if sums:
+            a("        else:")
+            lines += ["        " + line for line in add]
         a("    elif ts[h] <= cut:")
         if per_entry:
-            if sums:
+            if sums:  # (the sums and count as locals while entries leave: S, Q, N)
                 a("        lost = 0")
+            for fi, i1, i2, i_n in sums:
+                a(f"        S{fi} = st[{i1}]")
+                if i2 >= 0:
+                    a(f"        Q{fi} = st[{i2}]")
+                a(f"        N{fi} = st[{i_n}]")
             a("        while ts[h] <= cut:")
             for slot, ci in ctrs:
                 off = f" - co{ci}" if cg.i_coff[ci] >= 0 else ""
                 a(f"            v = cat{ci}[h{off}]")
                 a("            if v is not None:")
-                a(f"                c = st[{cg.i_ctr[slot]}]")
-                a("                r = c[v] - 1")
+                a(f"                r = c{slot}[v] - 1")
                 a("                if r:")
-                a("                    c[v] = r")
+                a(f"                    c{slot}[v] = r")
                 a("                else:")
-                a("                    del c[v]")
+                a(f"                    del c{slot}[v]")
             if fslot >= 0:
                 a("            if flags[h]:")
                 a(f"                st[{cg.i_nf[fslot]}] -= 1")
-            for fi, i1, i2, i_n in sums:
+            for fi, _i1, i2, _n in sums:
                 a(f"            x = num{fi}[h]")
                 a("            if x == x:")
                 a(f"                d = x - k{fi}")
-                a(f"                s = st[{i1}] = st[{i1}] - d")
+                a(f"                S{fi} = S{fi} - d")
                 a("                dd = d * d")
                 if i2 >= 0:
-                    a(f"                q = st[{i2}] = st[{i2}] - dd")
-                    a(f"                if not dd <= {_DRIFT!r} * q + kk{fi}:")
+                    a(f"                Q{fi} = Q{fi} - dd")
+                    a(f"                if not dd <= {_DRIFT!r} * Q{fi} + kk{fi}:")
                 else:
-                    a(f"                if not dd <= {_DRIFT2!r} * s * s + kk{fi}:")
+                    a(f"                if not dd <= {_DRIFT2!r} * S{fi} * S{fi} + kk{fi}:")
                 a("                    lost = 1")
-                a(f"                st[{i_n}] -= 1")
+                a(f"                N{fi} -= 1")
             a("            h += 1")
+            for fi, i1, i2, i_n in sums:
+                a(f"        st[{i1}] = S{fi}")
+                if i2 >= 0:
+                    a(f"        st[{i2}] = Q{fi}")
+                a(f"        st[{i_n}] = N{fi}")
         else:
             a("        h = _bisect_right(ts, cut, h)")
         a(f"        st[{cg.i_head[wi]}] = h")
@@ -240,28 +263,35 @@ def _body(cg: Any, var: dict[str, str]) -> list[str]:
             for fi, i1, i2, i_n in sums:
                 a(f"            _exact(num{fi}, k{fi}, h, idx, st, {i1}, {i2}, {i_n})")
         for slot, _fi, _mx in mono:
-            a(f"        m = st[{cg.i_mono[slot]}]")
-            a("        while m and m[0] < h:")
-            a("            del m[0]")
-        for agg, name, fi, slot in feats:
-            if agg == "seen":
-                a(f"    {var[name]} = None if v{fi} is None else v{fi} in st[{cg.i_ctr[slot]}]")
+            a(f"        while mn{slot} and mn{slot}[0] < h:")
+            a(f"            del mn{slot}[0]")
+        lines += ["    " + line for line in add]
+        if sums:
+            a("    else:")
+            lines += ["    " + line for line in add]
+        # ``seen`` answers from the counter before the new entry is added to it
         for slot, ci in ctrs:
-            a(f"    if v{ci} is not None:")
-            a(f"        c = st[{cg.i_ctr[slot]}]")
-            a(f"        c[v{ci}] = c.get(v{ci}, 0) + 1")
+            seen = [var[n] for agg, n, _fi, s in feats if agg == "seen" and s == slot]
+            a(f"    if {cv[ci]} is not None:")
+            if seen:  # (its count read once: whether it is there, and what to add 1 to)
+                a(f"        n = c{slot}.get({cv[ci]})")
+                a("        if n is None:")
+                a(f"            {' = '.join(seen)} = False")
+                a(f"            c{slot}[{cv[ci]}] = 1")
+                a("        else:")
+                a(f"            {' = '.join(seen)} = True")
+                a(f"            c{slot}[{cv[ci]}] = n + 1")
+                a("    else:")
+                a(f"        {' = '.join(seen)} = None")
+            else:
+                a(f"        c{slot}[{cv[ci]}] = c{slot}.get({cv[ci]}, 0) + 1")
         for slot, fi, is_max in mono:
             op = "<=" if is_max else ">="
-            a(f"    if x{fi} == x{fi}:")
-            a(f"        m = st[{cg.i_mono[slot]}]")
-            a(f"        while m and num{fi}[m[-1]] {op} x{fi}:")
-            a("            m.pop()")
-            a("        m.append(idx)")
-        for fi, i1, i2, i_n in sums:  # add the new value; s/q/m: the window's sums and count
-            a(f"    s{fi} = st[{i1}] = st[{i1}] + d{fi}")
-            if i2 >= 0:
-                a(f"    q{fi} = st[{i2}] = st[{i2}] + dd{fi}")
-            a(f"    m{fi} = st[{i_n}] = st[{i_n}] + o{fi}")
+            a(f"    if {xv[fi]} == {xv[fi]}:")
+            a(f"        while mn{slot} and num{fi}[mn{slot}[-1]] {op} {xv[fi]}:")
+            a(f"            mn{slot}.pop()")
+            a(f"        mn{slot}.append(idx)")
+        # every feature is assigned on this path (None where it has no value)
         for agg, name, fi, slot in feats:
             o = var[name]
             if agg == "count":
@@ -271,24 +301,25 @@ def _body(cg: Any, var: dict[str, str]) -> list[str]:
             elif agg == "sum":
                 a(f"    {o} = s{fi} + k{fi} * m{fi} if m{fi} else 0.0")  # none: exactly 0
             elif agg == "mean":
-                a(f"    if m{fi}:")
-                a(f"        {o} = k{fi} + s{fi} / m{fi}")
-            elif agg == "std":
-                a(f"    if m{fi}:")
+                a(f"    {o} = k{fi} + s{fi} / m{fi} if m{fi} else None")
+            elif agg == "std":  # one value: exactly 0
+                a(f"    if m{fi} > 1:")
                 a(f"        var = (q{fi} - s{fi} * s{fi} / m{fi}) / m{fi}")
-                a(f"        {o} = _std(var) if m{fi} > 1 else 0.0")  # one value: exactly 0
-                a(f"        if var * {_DRIFT!r} < q{fi} / m{fi} and m{fi} > 1:")
+                a(f"        {o} = _sqrt(var) if var > 0.0 else _std(var)")
+                a(f"        if var * {_DRIFT!r} < q{fi} / m{fi}:")
                 a(f"            rb{fi} = {cg.i_head[wi]}")
+                a("    else:")
+                a(f"        {o} = 0.0 if m{fi} else None")
             elif agg in ("min", "max"):
-                a(f"    m = st[{cg.i_mono[slot]}]")
-                a("    if m:")
-                a(f"        {o} = num{fi}[m[0]]")
+                a(f"    {o} = num{fi}[mn{slot}[0]] if mn{slot} else None")
             elif agg == "distinct":
-                a(f"    {o} = len(st[{cg.i_ctr[slot]}])")
+                a(f"    {o} = len(c{slot})")
             elif agg == "fraud_count":
                 a(f"    {o} = st[{cg.i_nf[slot]}]")
             elif agg == "fraud_rate":
                 a(f"    {o} = st[{cg.i_nf[slot]}] / (idx + 1 - h)")
+            else:
+                assert agg == "seen", agg  # (answered above, with its counter)
     for fi in summed:  # rebased: the field's sums and what is read from them, again
         sums = tuple(
             (cg.i_head[wi], *ss[1:]) for wi, per in enumerate(cg.i_sum) for ss in per
@@ -317,6 +348,18 @@ def _body(cg: Any, var: dict[str, str]) -> list[str]:
             a(f"    if st[{cg.i_head[cg.cat_owner[ci]]}] - co{ci} > {_CUT_SLACK}:")
             a(f"        _cut_column(ts, cat{ci}, st, {i_off}, wm - {lag!r})")
     return [line[4:] for line in lines]
+
+
+def _adds(sums: Any) -> list[str]:
+    """The statements adding the new value to a window's sums (``sums``: (field, sum, squares,
+    count) slots), indented by 4; ``s``/``q``/``m`` + field: the window's sums and count."""
+    lines = []
+    for fi, i1, i2, i_n in sums:
+        lines.append(f"    s{fi} = st[{i1}] = st[{i1}] + d{fi}")
+        if i2 >= 0:
+            lines.append(f"    q{fi} = st[{i2}] = st[{i2}] + dd{fi}")
+        lines.append(f"    m{fi} = st[{i_n}] = st[{i_n}] + o{fi}")
+    return lines
 
 
 def assign_slots(cg: Any) -> None:
@@ -400,8 +443,6 @@ def build_fused(
     fraud = [gi for gi, cg in enumerate(cgs) if cg.fraud]
     lines = ["def run(tx, t, wm):"]
     a = lines.append
-    if var:
-        a(f"    {' = '.join(var.values())} = None")
     if len(fraud) > 1:
         a(f"    {' = '.join(f'kf{gi}' for gi in fraud)} = None")
     ns: dict[str, Any] = {}
@@ -415,13 +456,15 @@ def build_fused(
         ns[f"_S{gi}"] = states[gi]
         ns[f"_new{gi}"] = cg.new_state
         a(f"    # ---- group {gi}: {cg.g.entity}")
-        a(f"    v = {_var(cg.ent, cg.ent_sub)}")
-        a("    if v is not None:")
-        a(f"        st = _S{gi}.get(v)")
+        ev = _var(cg.ent, cg.ent_sub)
+        a(f"    if {ev} is not None:")
+        a(f"        st = _S{gi}.get({ev})")
         a("        if st is None:")
-        a(f"            st = _S{gi}[v] = _new{gi}(v, tx)")
+        a(f"            st = _S{gi}[{ev}] = _new{gi}({ev}, tx)")
         a("        ts = st[1]")
-        a("        if ts and t < ts[-1]:")
+        a("        idx = len(ts)")
+        a("        prev = ts[-1] if idx else _NEG_INF")
+        a("        if t < prev:")
         a("            r = {}")
         a(f"            _reorder({gi}, st, t, tx, r)")
         for name in cg.names:
@@ -434,6 +477,8 @@ def build_fused(
             a(f"        _remember(tx_id, t, st[0]{part})")
         elif cg.fraud:
             a(f"        kf{gi} = st[0]")
+        a("    else:")  # no entity value: the group's features are None
+        a(f"        {' = '.join(var[name] for name in cg.names)} = None")
     if len(fraud) > 1:
         a(f"    _remember(tx_id, t, ({', '.join(f'kf{gi}' for gi in fraud)},){part})")
     a(f"    return {{{', '.join(f'{name!r}: {v}' for name, v in var.items())}}}")
@@ -509,6 +554,7 @@ def _namespace() -> dict[str, Any]:
         "_exact": _exact,
         "_rebase": _rebase,
         "_std": _std,
+        "_sqrt": math.sqrt,
         "_EMPTY": {},
         "_num": num,
         "_intern": sys.intern,

@@ -410,7 +410,8 @@ class TxStore:
 
     def remember(self, tx_id: str, t: float, keys: Any) -> None:
         """Record an accepted transaction (``t`` must be at or after the last freeze horizon)."""
-        if int(t // self.span) != self._cur:
+        # (a whole float against the int: the same test as int(t // span) != _cur, no call)
+        if t // self.span != self._cur:
             self._enter(t)
         self._keys[tx_id] = keys
         self._ts[tx_id] = t
@@ -420,7 +421,7 @@ class TxStore:
 
     def remember_part(self, tx_id: str, t: float, keys: Any, part: int) -> None:
         """:meth:`remember`, with the transaction's input partition (0 to 65535)."""
-        if int(t // self.span) != self._cur:
+        if t // self.span != self._cur:
             self._enter(t)
         self._keys[tx_id] = keys
         self._ts[tx_id] = t
