@@ -206,12 +206,14 @@ def _load_stream(
         meta: dict[str, Any] = {"source": "simulator", "days": days, "cards": cards, "seed": seed}
         return sim.transactions, sim.labels, truth, sim.start, meta
     from fds import replay
-    from fds.streams.files import load_mapping
+    from fds.streams.files import check_label_columns, load_mapping
     from fds.streams.simulator import labels_beside
 
     mapping = load_mapping(mapping_path) if mapping_path else None
     if labels_path is None and not (mapping is not None and mapping.label):
         labels_path = labels_beside(input_path)
+    if labels_path is not None and not (mapping is not None and mapping.label):
+        check_label_columns(labels_path, mapping)  # (given, or beside: before it is all read)
     stream = replay.load(input_path, mapping=mapping, labels_path=labels_path)
     if not stream.labels:
         raise ConfigError(
@@ -1049,16 +1051,11 @@ def _cmd_precision(args: argparse.Namespace) -> int:
         return 2
     try:
         if args.input:
-            from fds.streams.files import (
-                check_label_columns,
-                check_transaction_columns,
-                load_mapping,
-            )
+            from fds.streams.files import check_transaction_columns, load_mapping
 
-            mapping = load_mapping(args.mapping) if args.mapping else None
-            check_transaction_columns(args.input, mapping)
-            if args.labels is not None:
-                check_label_columns(args.labels, mapping)
+            check_transaction_columns(
+                args.input, load_mapping(args.mapping) if args.mapping else None
+            )
         run_precision(
             days=args.days or 60,
             cards=args.cards or 10_000,

@@ -598,6 +598,8 @@ def test_every_rule_deciding_has_its_series_at_0_before_it_counts() -> None:
         rules = "".join(
             f"  - {{id: {i}, when: amount > 1, action: review, score: 0.5, reason: r"
             + (", state: shadow}\n" if i.startswith("watch") else "}\n")
+            + "  - {id: old, when: amount > 1, action: review, score: 0.5, reason: r, "
+            "state: paused}\n" * (i == "big")
             for i in ids.split()
         )
         return load_ruleset_text(f'version: "t"\nrules:\n{rules}', "r.yaml")
@@ -608,6 +610,7 @@ def test_every_rule_deciding_has_its_series_at_0_before_it_counts() -> None:
     assert value(m, "fds_rule_hits_total", rule="big", state="active") == 0
     assert value(m, "fds_rule_hits_total", rule="watch", state="shadow") == 0
     assert value(m, "fds_rule_hits_total", rule="watch", state="active") is None
+    assert value(m, "fds_rule_hits_total", rule="old", state="paused") is None  # (not run)
     for family in ("fds_rule_missing_inputs_total", "fds_rule_errors_total"):
         assert value(m, family, rule="big") == value(m, family, rule="watch") == 0
     m.rule_hit("big", "active")

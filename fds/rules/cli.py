@@ -218,8 +218,8 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
     labels_given = "--labels" if args.labels is not None else "the labels file"
     # (missing columns, another encoding: said as fds replay says it)
     check_transaction_columns(args.file, mapping)
-    if labels is not None:
-        check_label_columns(labels, mapping)
+    if labels is not None and not (mapping is not None and mapping.label):
+        check_label_columns(labels, mapping)  # (both: refused as such, by load)
     stream = load(args.file, mapping=mapping, labels_path=labels)
     # (a label's dead letter: its transaction is in the backtest, not its label; a labels
     # file's were counted as transactions left out, a QA pass)

@@ -45,8 +45,6 @@ from fds import yamlio
 from fds.errors import ConfigError
 from fds.schema import (
     DEGREES,
-    FRAUD_WORDS,
-    LEGIT_WORDS,
     TX_FIELDS,
     TX_REQUIRED,
     dumps,
@@ -88,8 +86,8 @@ class LabelColumn(BaseModel):
             return fraud_flag(v, empty_is_legit=True)
         except ValueError as e:
             raise ValueError(
-                f"{e}; the transaction is decided, its label is not learned (a file's own "
-                "words: `label_values: {fraud: [...], legit: [...]}` in the --mapping)"
+                f"{e}; the transaction is decided, its label is not learned (the file's own "
+                "words go under `label_values: {fraud: [...], legit: [...]}` in the --mapping)"
             ) from None
 
     @field_validator("delay", mode="before")
@@ -99,6 +97,20 @@ class LabelColumn(BaseModel):
             return parse_duration(v)
         except ConfigError as e:  # reported by pydantic with its place in the file
             raise ValueError(str(e)) from None
+
+
+def _label_word(v: Any) -> str | None:
+    """A fraud flag's value as ``label_values:`` compares it: a text trimmed in lower case, a
+    number as its text (``2.0`` as ``2``: a JSON or Parquet column's), else None.
+
+    >>> _label_word(" Ja "), _label_word(2.0), _label_word(3), _label_word(True)
+    ('ja', '2', '3', None)
+    """
+    if v.__class__ is str:
+        return cast(str, v).strip().lower()
+    if isinstance(v, float):
+        return str(int(v)) if v.is_integer() else repr(v)
+    return str(v) if isinstance(v, int) and not isinstance(v, bool) else None
 
 
 class LabelValues(BaseModel):
@@ -123,12 +135,15 @@ class LabelValues(BaseModel):
                     f"YAML reads it as {yamlio.kind_of(w)}: leave it out (true/false, yes/no, "
                     "on/off and 1/0 are read already)"
                 )
-            word = str(w).strip().lower()
-            other = LEGIT_WORDS if info.field_name == "fraud" else FRAUD_WORDS
-            if not word or word in other:
+            word = _label_word(w)
+            try:  # (the standard reading: words, and 0/1 written as numbers: 1.0, "00")
+                read = fraud_flag(word) if word else None
+            except ValueError:
+                read = None
+            if not word or read is (info.field_name != "fraud"):
                 said = "empty" if not word else "already read the other way"
                 raise ValueError(f"{w!r} cannot be a {info.field_name} value: {said}")
-            words.add(word)
+            words.add(cast(str, word))
         return frozenset(words)
 
     @model_validator(mode="after")
@@ -664,12 +679,9 @@ class ColumnMapping(ReadOptions):
         as True/False when it is one of ``label_values:``'s words."""
         label = self.label
         col = "is_fraud" if self._section == "labels_file" else label and label.column
-        v = out.get(col) if col else None
-        if v.__class__ is str:
-            flag = cast(LabelValues, self.label_values).flags.get(v.strip().lower())
-            if flag is not None:
-                return {**out, cast(str, col): flag}
-        return out
+        word = _label_word(out.get(col)) if col else None
+        flag = None if word is None else cast(LabelValues, self.label_values).flags.get(word)
+        return out if flag is None else {**out, cast(str, col): flag}
 
     @functools.cached_property
     def _label_path(self) -> tuple[str, tuple[str, ...]] | None:

@@ -720,9 +720,12 @@ def train_settings(args: argparse.Namespace) -> KafkaSettings:
     and one per deployment (``FDS_GROUP``/``group:`` were ignored, so a second deployment's
     trainer on the cluster was refused as another one in ``fds-train``: a QA pass)."""
     flags = {dest: getattr(args, dest, None) for dest in TRAIN_SETTINGS}
-    if flags["group"] is None:
-        flags["group"] = f"{load_settings(args.config, **flags).group}-train"
-    return load_settings(args.config, **flags)
+    if flags["group"] is not None:
+        return load_settings(args.config, **flags)
+    base = load_settings(args.config, **flags)
+    s = load_settings(args.config, **{**flags, "group": f"{base.group}-train"})
+    s._origins = {**s._origins, "group": f"{base._origins['group']}, with -train"}  # (no flag)
+    return s
 
 
 def trainer_metrics(enabled: bool) -> Metrics:

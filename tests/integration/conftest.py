@@ -37,7 +37,11 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with _broker_users(tmp_path_factory, +1) as users:
         if users["n"] == 1 and not kafka_kit.status().reachable:
             users["started"] = True
-        bootstrap = kafka_kit.up()
+        try:
+            bootstrap = kafka_kit.up()
+        except BaseException:  # (no session to end: not counted)
+            users["n"] -= 1
+            raise
     yield bootstrap
     with _broker_users(tmp_path_factory, -1) as users:
         ours = users["n"] == 0 and users.pop("started", False)
@@ -63,8 +67,10 @@ def _broker_users(factory: pytest.TempPathFactory, step: int) -> Iterator[dict[s
         fcntl.flock(lock, fcntl.LOCK_EX)
         users = json.loads(state.read_text()) if state.exists() else {"n": 0}
         users["n"] += step
-        yield users
-        state.write_text(json.dumps(users))
+        try:
+            yield users
+        finally:
+            state.write_text(json.dumps(users))
 
 
 _USERS: dict[str, Any] = {"n": 0}

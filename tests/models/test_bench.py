@@ -342,6 +342,12 @@ def test_a_users_file_with_its_labels_in_a_file_of_their_own(tmp_path: Path, cap
     assert res.meta["frauds"] == sum(lab["is_fraud"] for lab in sim.labels) > 0
     args = _cli(["--labels", str(labels)])
     assert args.func(args) == 2 and "--labels needs --input FILE" in capsys.readouterr().err
+    # a labels file of other columns, given or beside the input, is refused before the run
+    # (a review: the one beside was read whole, every label a dead letter, "no labels")
+    (tmp_path / "tx.labels.jsonl").write_text('{"TransactionID": "t1", "isFraud": 1}\n')
+    for given in (None, str(tmp_path / "tx.labels.jsonl")):
+        with pytest.raises(ConfigError, match=r"\['is_fraud', 'ts', 'tx_id'\] are neither"):
+            run_precision(input_path=str(tmp_path / "tx.jsonl"), labels_path=given, **kw)
 
 
 def test_labels_dated_before_their_transactions_are_learned_after_them(tmp_path: Path) -> None:

@@ -565,6 +565,8 @@ def test_label_values_read_a_labels_files_is_fraud_too(tmp_path, capsys):
     ("line", "error"),
     [
         ("label_values: {fraud: [Legit]}", "'Legit' cannot be a fraud value: already read the"),
+        ("label_values: {legit: [1.0]}", "1.0 cannot be a legit value: already read the other"),
+        ("label_values: {fraud: ['00']}", "'00' cannot be a fraud value: already read the other"),
         ("label_values: {legit: ['1']}", "'1' cannot be a legit value: already read the other"),
         ("label_values: {fraud: [ja], legit: [JA]}", r"\['ja'\] given both as fraud and as legit"),
         ("label_values: {fraud: [yes]}", "YAML reads it as a boolean"),
@@ -578,3 +580,27 @@ def test_label_values_refused_at_their_line(tmp_path, line, error):
     with pytest.raises(ConfigError, match=error) as e:
         load_mapping(tmp_path / "m.yaml")
     assert f"{tmp_path / 'm.yaml'}:2" in str(e.value)
+
+
+def test_label_values_read_numbers_as_their_text(tmp_path):
+    """A review: `fraud: [2]` was taken, but a JSON Lines label column's number 2 was never
+    looked up (only texts were): every label a dead letter, told to give label_values:."""
+    m = mapping(tmp_path, "label: {column: s}\nlabel_values: {fraud: [2], legit: ['3']}\n")
+    rows = [{"s": 2}, {"s": 3.0}, {"s": "2"}, {"s": 1}, {"s": True}, {"s": 4}]
+    assert [m.apply(r)["s"] for r in rows] == [True, False, True, 1, True, 4]
+
+
+def test_a_label_column_and_a_labels_file_of_other_columns_say_the_conflict(tmp_path, capsys):
+    """A review: the labels file's missing columns were said, not that both give labels."""
+    from fds.cli import main
+
+    mapping(tmp_path)
+    (tmp_path / "b.csv").write_text(ROWS)
+    (tmp_path / "l.csv").write_text("Ref,Datum\nR1,01.03.2026\n")
+    argv = [str(tmp_path / "b.csv"), "--mapping", str(tmp_path / "m.yaml")]
+    argv += ["--labels", str(tmp_path / "l.csv")]
+    assert main(["replay", *argv, "--model", "none", "--out", str(tmp_path / "d.jsonl")]) == 2
+    assert "both give labels: use one of them" in capsys.readouterr().err
+    rules = str(Path(__file__).parents[2] / "rules" / "default.yaml")
+    assert main(["rules", "backtest", "--candidate", rules, "--baseline", rules, *argv]) == 2
+    assert "both give labels: use one of them" in capsys.readouterr().err
