@@ -193,10 +193,16 @@ class Checkpointer:
         # (what the child writes, the file's inode at the fork), while it runs
         self._pending: tuple[FileOffsets, int | None] | None = None
 
-    def lock(self) -> None:
+    def lock(
+        self,
+        who: str = "fds run",
+        advice: str = "give each instance its own --group-instance-id (the default state dir "
+        "follows it) or --state-dir",
+    ) -> None:
         """Hold the state dir for this process until :meth:`unlock` (or its exit): two
         instances of a group given one dir (no ``--group-instance-id``, the default dir) wrote
-        over each other's checkpoint and restored each other's state (a QA pass)."""
+        over each other's checkpoint and restored each other's state (a QA pass); ``who``
+        holds it, ``advice`` says what to do when another one does."""
         try:
             # (owner-only, as every state file: it was 0644, a QA pass; held open: the lock)
             f = os.fdopen(owner_only(self.dir / LOCK_NAME), "a+")
@@ -212,8 +218,7 @@ class Checkpointer:
             holder = f.read().strip() or "another process"
             f.close()
             raise ConfigError(
-                f"the state dir is in use by another fds run ({holder}); give each instance "
-                "its own --group-instance-id (the default state dir follows it) or --state-dir",
+                f"the state dir is in use by another {who} ({holder}); {advice}",
                 where=str(self.dir),
             ) from None
         f.seek(0)

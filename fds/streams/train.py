@@ -341,7 +341,23 @@ class TrainService:
                 )
 
     def run(self, *, max_idle_s: float | None = None) -> TrainStats:
-        """Run until :meth:`stop` (or ``max_idle_s`` without input)."""
+        """Run until :meth:`stop` (or ``max_idle_s`` without input), holding the state dir (two
+        trainers of two deployments given one ran side by side, and one restored the other's
+        model: a QA pass)."""
+        self.ckpt.lock(
+            "fds train", "give each trainer its own --state-dir (the default follows its group)"
+        )
+        try:
+            return self._run(max_idle_s)
+        finally:
+            self.ckpt.unlock()
+
+    def _run(self, max_idle_s: float | None) -> TrainStats:
+        log.info(
+            'training group="%s" decisions_topic="%s" labels_topic="%s" models_topic="%s" '
+            'registry="%s" state_dir="%s"', self.s.group, *self.topics,
+            self.models_topic or "none", self.registry.path, self.ckpt.dir,
+        )  # fmt: skip
         try:
             self._connect()
         except Stopped as exc:  # (a SIGTERM waited out the broker timeout: a QA pass)
@@ -687,24 +703,33 @@ _GROUP_HELP = (
 )
 
 
+_STATE_HELP = (
+    "the decisions its labels wait for and its checkpoint (env FDS_STATE_DIR; default "
+    "~/.cache/fds/state/<its group>)"
+)
+
+
 def register_train(subparsers: argparse._SubParsersAction) -> None:
     """Add ``fds train``."""
     p = subparsers.add_parser(
         "train", help="the trainer service: decisions + labels from Kafka -> model versions"
     )
-    _add_settings_flags(p, TRAIN_SETTINGS, {"group": _GROUP_HELP})
+    _add_settings_flags(p, TRAIN_SETTINGS, {"group": _GROUP_HELP, "state_dir": _STATE_HELP})
     p.add_argument("--spec", type=Path, default=DEFAULT_MODEL, help="model spec YAML")
     p.add_argument(
         "--registry", type=Path, default=DEFAULT_REGISTRY,
         help="publish versions here (the registry `fds run` serves from)",
     )  # fmt: skip
     p.add_argument(
-        "--decisions-topic", type=topic_arg, default="decisions",
-        help="where fds run writes its decisions",
+        "--decisions-topic", type=topic_arg, default=None,
+        help="where fds run writes its decisions (default: the settings' output_topic, "
+        "FDS_OUTPUT_TOPIC or --config's: decisions)",
     )  # fmt: skip
     p.add_argument(
-        "--labels-topic", type=topic_arg, default="labels", help="the fraud labels to learn from"
-    )
+        "--labels-topic", type=topic_arg, default=None,
+        help="the fraud labels to learn from (default: the settings' labels_topic, "
+        "FDS_LABELS_TOPIC or --config's, else labels)",
+    )  # fmt: skip
     p.add_argument(
         "--models-topic", type=lambda t: t if t == "none" else topic_arg(t), default="models",
         help="announce versions here ('none': do not)",
@@ -728,6 +753,38 @@ def train_settings(args: argparse.Namespace) -> KafkaSettings:
     return s
 
 
+def trainer_topics(
+    args: argparse.Namespace, settings: KafkaSettings
+) -> tuple[str, str, str | None]:
+    """The decisions, labels and models topics of ``fds train``: its flags, else the
+    deployment's own as its fds run reads and writes them (``output_topic``, ``labels_topic``:
+    the trainer of a --config with prefixed topics learned from the unprefixed ones, a QA
+    pass); ``None`` for ``--models-topic none``."""
+    models = None if args.models_topic.lower() == "none" else args.models_topic
+    decisions = args.decisions_topic or settings.output_topic
+    labels = args.labels_topic or settings.labels_topic or "labels"
+    named = [("--decisions-topic", decisions), ("--labels-topic", labels),
+             ("--models-topic", models)]  # fmt: skip
+    for i, (a, topic) in enumerate(named):  # (one topic for two: it learned nothing, or read
+        # its own announcements back as bad records, without a word: QA passes)
+        b = next((b for b, other in named[i + 1 :] if other == topic), None)
+        if b is not None:
+            raise ConfigError(f"{a} and {b} are both {topic!r}: give each its own topic")
+    return decisions, labels, models
+
+
+def _state_dir(settings: KafkaSettings) -> str | Path:
+    """The trainer's state dir: the settings', else the default of its group; ``none`` is
+    refused (it was made as a folder named none: the trainer keeps its decisions there)."""
+    if (settings.state_dir or "").lower() == "none":
+        raise ConfigError(
+            f"fds train needs a state dir, for the decisions its labels wait for and its "
+            f"checkpoint: state dir none ({settings.named('state_dir')}) is fds run's only; "
+            "give a path, or none for the default (~/.cache/fds/state/<its group>)"
+        )
+    return settings.state_dir or default_state_dir(settings.group)
+
+
 def trainer_metrics(enabled: bool) -> Metrics:
     """The trainer's metrics: its own series, none of a scorer's (they stayed at 0 there)."""
     return make_metrics(enabled, decides=False)
@@ -736,14 +793,7 @@ def trainer_metrics(enabled: bool) -> Metrics:
 def _cmd_train(args: argparse.Namespace) -> int:
     try:
         settings = train_settings(args)
-        models = None if args.models_topic.lower() == "none" else args.models_topic
-        named = [("--decisions-topic", args.decisions_topic), ("--labels-topic", args.labels_topic),
-                 ("--models-topic", models)]  # fmt: skip
-        for i, (a, topic) in enumerate(named):  # (one topic for two: it learned nothing, or
-            # read its own announcements back as bad records, without a word: QA passes)
-            b = next((b for b, other in named[i + 1 :] if other == topic), None)
-            if b is not None:
-                raise ConfigError(f"{a} and {b} are both {topic!r}: give each its own topic")
+        decisions, labels, models = trainer_topics(args, settings)
         metrics = trainer_metrics(args.metrics_port >= 0)
         # before the trainer loads or makes anything (a port in use was refused after its state
         # dir and registry had been made: a QA pass); loading counts as progress for /healthz
@@ -759,9 +809,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 settings,
                 spec=args.spec,
                 registry=args.registry,
-                state_dir=settings.state_dir or default_state_dir(settings.group),
-                decisions_topic=args.decisions_topic,
-                labels_topic=args.labels_topic,
+                state_dir=_state_dir(settings),
+                decisions_topic=decisions,
+                labels_topic=labels,
                 models_topic=models,
                 metrics=metrics,
                 health=health,

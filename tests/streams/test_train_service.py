@@ -404,6 +404,40 @@ def test_the_trainers_group_follows_the_deployments(monkeypatch, tmp_path):
         train_settings(parse(["train"]))
 
 
+def test_a_deployments_trainer_reads_its_own_topics_and_state_dir(monkeypatch, tmp_path):
+    """A QA pass (two deployments on one cluster): the trainer of a --config with prefixed
+    topics learned from the unprefixed decisions and labels; two trainers given one state dir
+    ran side by side (one restored the other's model); --state-dir none made a folder none."""
+    from fds.cli import build_parser
+    from fds.errors import ConfigError
+    from fds.streams.train import _state_dir, train_settings, trainer_topics
+
+    for k in ("FDS_OUTPUT_TOPIC", "FDS_LABELS_TOPIC", "FDS_STATE_DIR", "FDS_GROUP"):
+        monkeypatch.delenv(k, raising=False)
+    parse = build_parser().parse_args
+    (tmp_path / "prod.yaml").write_text(
+        "group: fds-prod\noutput_topic: prod.decisions\nlabels_topic: prod.labels\n"
+    )
+    args = parse(["train", "--config", str(tmp_path / "prod.yaml")])
+    assert trainer_topics(args, train_settings(args)) == ("prod.decisions", "prod.labels", "models")
+    args = parse(["train", "--labels-topic", "l", "--models-topic", "none"])
+    assert trainer_topics(args, train_settings(args)) == ("decisions", "l", None)  # (defaults)
+    monkeypatch.setenv("FDS_OUTPUT_TOPIC", "l")
+    with pytest.raises(ConfigError, match="--decisions-topic and --labels-topic are both 'l'"):
+        trainer_topics(args, train_settings(args))
+    with pytest.raises(ConfigError, match=r"fds train needs a state dir.*\(--state-dir\)"):
+        _state_dir(train_settings(parse(["train", "--state-dir", "none"])))
+    svc, other = service(tmp_path), service(tmp_path)  # one state dir
+    svc.ckpt.lock()
+    try:
+        with pytest.raises(ConfigError, match=r"in use by another fds train .*own --state-dir"):
+            other.run(max_idle_s=0.1)
+    finally:
+        svc.ckpt.unlock()
+        svc.store.close()
+        other.store.close()
+
+
 def test_the_state_root_and_one_state_dir_are_two_variables(monkeypatch, tmp_path):
     """FDS_STATE_DIR was documented as the root of every instance's dir but read as one
     instance's whole dir: instances on a host shared (and overwrote) one checkpoint."""
