@@ -102,6 +102,34 @@ class Checkpoint:
     written_at: float
 
 
+def hold(path: Path, what: str, who: str, advice: str, flag: str) -> IO[str]:
+    """Lock file ``path`` of ``what`` (``the state dir``) for this process, held while the
+    returned file is open (and at most until its exit); a :class:`ConfigError` says another
+    ``who`` holds it (its pid and host) and ``advice``, or that it cannot be made (``flag``)."""
+    where = str(path.parent)
+    try:
+        # (owner-only, as every state file: it was 0644, a QA pass; held open: the lock)
+        f = os.fdopen(owner_only(path), "a+")
+    except OSError as exc:  # (a traceback: a review)
+        raise ConfigError(
+            f"cannot lock {what}: {exc.strerror or exc}; give a writable {flag}", where=where
+        ) from exc
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise ConfigError(
+            f"{what} is in use by another {who} ({holder}); {advice}", where=where
+        ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    f.flush()
+    return f
+
+
 class FileOffsets(NamedTuple):
     """What a checkpoint file covers: input ``topic``, ``offsets`` (partition -> next offset
     not folded), and ``left`` (partition -> offset: partitions the state followed no more at
@@ -203,29 +231,7 @@ class Checkpointer:
         instances of a group given one dir (no ``--group-instance-id``, the default dir) wrote
         over each other's checkpoint and restored each other's state (a QA pass); ``who``
         holds it, ``advice`` says what to do when another one does."""
-        try:
-            # (owner-only, as every state file: it was 0644, a QA pass; held open: the lock)
-            f = os.fdopen(owner_only(self.dir / LOCK_NAME), "a+")
-        except OSError as exc:  # (a traceback: a review)
-            raise ConfigError(
-                f"cannot lock the state dir: {exc.strerror or exc}; give a writable --state-dir",
-                where=str(self.dir),
-            ) from exc
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            f.close()
-            raise ConfigError(
-                f"the state dir is in use by another {who} ({holder}); {advice}",
-                where=str(self.dir),
-            ) from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-        f.flush()
-        self._lock = f
+        self._lock = hold(self.dir / LOCK_NAME, "the state dir", who, advice, "--state-dir")
 
     def unlock(self) -> None:
         if self._lock is not None:

@@ -65,7 +65,7 @@ from fds.metrics import Metrics, NullMetrics, add_metrics_arguments, make_metric
 from fds.models.registry import DEFAULT_REGISTRY, ENTRY_FIELDS
 from fds.pipeline import DEFAULT_MODEL
 from fds.schema import check_not_ahead, loads_record, parse_label
-from fds.streams.checkpoint import Checkpointer, default_state_dir
+from fds.streams.checkpoint import Checkpointer, default_state_dir, hold
 from fds.streams.kafka import (
     CONNECTION_SETTINGS,
     BrokerWatch,
@@ -347,8 +347,13 @@ class TrainService:
         self.ckpt.lock(
             "fds train", "give each trainer its own --state-dir (the default follows its group)"
         )
-        try:
-            return self._run(max_idle_s)
+        try:  # and its registry: two trainers publishing into one interleaved their versions,
+            # and the scorers served the newest, the other deployment's (a QA pass)
+            with hold(
+                self.registry.path / ".trainer.lock", "the registry", "fds train",
+                "give each trainer (each deployment, each model) its own --registry", "--registry",
+            ):  # fmt: skip
+                return self._run(max_idle_s)
         finally:
             self.ckpt.unlock()
 

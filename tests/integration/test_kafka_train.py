@@ -261,7 +261,7 @@ def test_a_second_trainer_in_the_group_is_refused_and_a_missing_topic_named(
     def trainer(name: str, labels: str = topics["labels"]) -> TrainService:
         return TrainService(
             settings_for(kafka_bootstrap, topics, group), spec=_spec(tmp_path),
-            registry=tmp_path / "registry", state_dir=tmp_path / name,
+            registry=tmp_path / f"registry-{name}", state_dir=tmp_path / name,
             decisions_topic=topics["decisions"], labels_topic=labels, models_topic=None,
         )  # fmt: skip
 

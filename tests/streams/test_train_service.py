@@ -17,6 +17,7 @@ from kafka.structs import TopicPartition
 from fds.errors import ConfigError
 from fds.metrics import make_metrics
 from fds.pipeline import DEFAULT_MODEL
+from fds.streams.checkpoint import hold
 from fds.streams.kafka import KafkaSettings
 from fds.streams.train import TrainService, _Seek, announcement
 
@@ -435,6 +436,16 @@ def test_a_deployments_trainer_reads_its_own_topics_and_state_dir(monkeypatch, t
     finally:
         svc.ckpt.unlock()
         svc.store.close()
+        other.store.close()
+    # ... and one registry (each its own state dir): two trainers' versions interleaved there
+    other = service(tmp_path, state_dir=tmp_path / "other")
+    held = hold(tmp_path / "registry" / ".trainer.lock", "the registry", "x", "y", "z")
+    try:
+        with pytest.raises(ConfigError, match=r"the registry is in use by another fds train"):
+            other.run(max_idle_s=0.1)
+        assert other.ckpt._lock is None  # (its state dir let go)
+    finally:
+        held.close()
         other.store.close()
 
 
