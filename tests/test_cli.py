@@ -644,7 +644,7 @@ def test_help_states_the_defaults(capsys):
         ),
         (["bench", "precision"], ["(default 14, or the days before the drift day", "(default: 7)"]),
         (["kafka", "up"], ["(default: 19092)"]),
-        (["train"], ["(default: models/default.yaml)", "(default: decisions)"]),
+        (["train"], ["(default: models/default.yaml)", "--config's: decisions)"]),
     ]:
         with pytest.raises(SystemExit):
             main([*argv, "--help"])
