@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import Any
 
 from fds.errors import ConfigError
 from fds.streams import kafka_kit
@@ -179,4 +180,34 @@ def _topics(args: argparse.Namespace) -> int:
     )  # fmt: skip
     for logical, name in names.items():
         print(f"{logical}\t{name}")
+    for warning in _other_topics(s, args.prefix, set(names.values())):
+        log.warning("%s", warning)
     return 0
+
+
+def _other_topics(s: Any, prefix: str, made: set[str]) -> list[str]:
+    """What to say when a topic the settings name (given, not a default) is not among those
+    made (a deployment's --config with prefixed topics: `fds kafka topics --config` made the
+    kit's), or a prefix runs into the names (``prodtransactions``).
+
+    >>> from fds.streams.kafka import load_settings
+    >>> s = load_settings(input_topic="p.tx")
+    >>> for said in _other_topics(s, "p", {"ptransactions", "pdecisions"}):
+    ...     print(said)
+    --prefix 'p' runs into the names (pdecisions): end it with '.', e.g. --prefix p.
+    the settings' input_topic 'p.tx' (--input-topic) is none of the topics made: fds run would wait for it
+    """  # noqa: E501
+    said = []
+    if prefix and prefix[-1] not in ".-_":
+        said.append(
+            f"--prefix {prefix!r} runs into the names ({min(made)}): end it with '.', e.g. "
+            f"--prefix {prefix}."
+        )
+    for setting in ("input_topic", "output_topic", "dlq_topic", "labels_topic", "state_topic"):
+        topic, given = getattr(s, setting), s.given_as(setting)
+        if topic is not None and given and topic not in made:
+            said.append(
+                f"the settings' {setting} {topic!r} ({given}) is none of the topics made: "
+                "fds run would wait for it"
+            )
+    return said

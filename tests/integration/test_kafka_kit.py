@@ -211,3 +211,27 @@ def test_the_kit_broker_lets_a_group_member_notice_a_death_in_3_s(
             consumer.poll(timeout_ms=200)
     finally:
         consumer.close()
+
+
+def test_topics_for_a_config_say_the_topics_it_names_and_were_not_made(
+    kafka_bootstrap: str, unique_name, tmp_path, capsys
+) -> None:
+    """A QA pass (two deployments on one cluster): `fds kafka topics --config prod.yaml` made
+    the kit's topics, not the prefixed ones the file names, without a word; `--prefix prod`
+    made `prodtransactions`."""
+    from fds.cli import main
+
+    prefix = unique_name("p")  # (no separator: runs into the names)
+    (tmp_path / "prod.yaml").write_text(f"input_topic: {prefix}.transactions\n")
+    argv = ["kafka", "topics", "--config", str(tmp_path / "prod.yaml"), "--prefix", prefix]
+    try:
+        assert main([*argv, "--bootstrap", kafka_bootstrap]) == 0
+    finally:
+        made = kafka_kit.create_topics(kafka_bootstrap, prefix=prefix)  # (exist: their names)
+        kafka_kit.delete_topics(kafka_bootstrap, list(made.values()))
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"--prefix {prefix!r} runs into the names" in err and f"--prefix {prefix}." in err
+    assert (
+        f"the settings' input_topic '{prefix}.transactions' (input_topic in "
+        f"{tmp_path / 'prod.yaml'}) is none of the topics made" in err
+    ), err
