@@ -847,6 +847,12 @@ def load_settings(file: Path | str | None = None, **flags: Any) -> KafkaSettings
     return settings
 
 
+def _producer_fenced(exc: BaseException) -> bool:
+    """Is ``exc`` a fenced transactional producer (kafka-python says it with the error, or in
+    the text of the next call's plain KafkaError)?"""
+    return isinstance(exc, ProducerFencedError) or "ProducerFencedError" in str(exc)
+
+
 @dataclass(slots=True)
 class RunStats:
     """Counters of one run (also logged at exit)."""
@@ -1533,6 +1539,14 @@ class Runner:
     def _process(self, batch: list[tuple[Any, Any, Any]]) -> None:
         """Decide ``batch`` (``(partition, record, parsed)`` in event-time order), send the
         decisions and dead letters, commit."""
+        try:
+            self._decide_batch(batch)
+        except KafkaError as exc:  # (a send after a fence: kafka-python's "Cannot perform
+            if self.s.exactly_once and _producer_fenced(exc):  # send ..." was all it said,
+                raise self._taken("send") from exc  # a QA pass)
+            raise
+
+    def _decide_batch(self, batch: list[tuple[Any, Any, Any]]) -> None:
         s = self.s
         send = self.producer.send
         decide = self.engine.decide
@@ -1804,6 +1818,23 @@ class Runner:
         first."""
         s = self.s
         return s.transactional_id or f"fds-{s.group}-{s.group_instance_id or '0'}"
+
+    def _taken(self, what: str) -> FdsError:
+        """The transactional producer fenced in ``what``: another producer took its id."""
+        s = self.s
+        default = "" if s.transactional_id else (
+            " (the default id, fds-<group>-<group-instance-id>, reads alike for other pairs: "
+            "fds-eu with 1 and fds with eu-1 are both fds-fds-eu-1; --transactional-id names "
+            "one of its own)"
+        )  # fmt: skip
+        return FdsError(
+            f"{what}: the broker fenced this instance's transactional producer "
+            f"({self._transactional_id}): another producer took the id, or a transaction "
+            "stayed open past transaction_timeout_ms. If another instance runs with this "
+            "--group-instance-id (or --transactional-id), give each instance its own "
+            f"(restarting this one fences that one in turn){default}; else restart: it resumes "
+            "from the last commit"
+        )
 
     def _refused(self, exc: KafkaError, what: str = "poll") -> ConfigError:
         """What the broker refused for good in ``what``, and the setting to fix."""
@@ -3135,17 +3166,9 @@ class Runner:
                     raise self._refused(exc, what) from exc
                 # (fenced in a send, kafka-python's next transactional call raises a plain
                 # KafkaError naming it: a review)
-                if isinstance(exc, ProducerFencedError) or "ProducerFencedError" in str(exc):
-                    # another instance took the id: a
-                    # restart, as said before, fenced that one in turn (a QA pass)
-                    raise FdsError(
-                        f"{what}: the broker fenced this instance's transactional producer "
-                        f"({self._transactional_id}): another producer took the id, or a "
-                        "transaction stayed open past transaction_timeout_ms. If another "
-                        "instance runs with this --group-instance-id (or --transactional-id), "
-                        "give each instance its own (restarting this one fences that one in "
-                        "turn); else restart: it resumes from the last commit"
-                    ) from exc
+                if _producer_fenced(exc):  # another instance took the id: a restart, as
+                    # said before, fenced that one in turn (a QA pass)
+                    raise self._taken(what) from exc
                 if self.s.exactly_once:
                     raise FdsError(
                         f"{what} failed under exactly-once ({describe(exc)}); the "

@@ -342,6 +342,26 @@ def test_a_fenced_instance_stops_at_once_saying_why():
         with pytest.raises(FdsError, match=r"fenced this instance's transactional producer "
                            r"\(t\): another producer took the id.*give each"):  # fmt: skip
             eos._retrying("commit_transaction", lambda e=fenced: (_ for _ in ()).throw(e))
+    # ... and in a send, kafka-python's own words were all it said (a QA pass: two
+    # deployments' instances whose default ids read alike, fds-eu/1 and fds/eu-1)
+
+    class Taken(Producer):
+        def begin_transaction(self) -> None:
+            pass
+
+        def send(self, topic: str, **_: Any) -> Future:
+            raise KafkaError("Cannot perform send because at least one previous transactional "
+                             "or idempotent request has failed with errors.",
+                             ProducerFencedError())  # fmt: skip
+
+    eos = make_runner(group="fds-eu", group_instance_id="1", exactly_once=True)
+    eos.producer = Taken()
+    with pytest.raises(
+        FdsError,
+        match=r"send: the broker fenced this instance's transactional "
+        r"producer \(fds-fds-eu-1\).*fds-eu with 1 and fds with eu-1 are both",
+    ):
+        eos._process(batch(0))
     r.consumer = Fenced()
     r.aligner = Aligner(r.consumer, r._event_time, max_wait_s=0)
     for call in (lambda: r._poll_loop(max_idle_s=5), lambda: r._commit_async({})):
