@@ -785,7 +785,7 @@ def _state_dir(settings: KafkaSettings) -> str | Path:
         raise ConfigError(
             f"fds train needs a state dir, for the decisions its labels wait for and its "
             f"checkpoint: state dir none ({settings.named('state_dir')}) is fds run's only; "
-            "give a path, or none for the default (~/.cache/fds/state/<its group>)"
+            "give a path, or leave it out for the default (~/.cache/fds/state/<its group>)"
         )
     return settings.state_dir or default_state_dir(settings.group)
 
