@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import logging
 import math
 import os
@@ -786,13 +787,50 @@ def _flag_of(setting: str) -> str | None:
     return next((f for f, dest in _SETTING_FLAGS.items() if dest == setting), None)
 
 
+#: The ``FDS_*`` variables fds reads besides its settings' (``FDS_<SETTING>``).
+OTHER_ENV = frozenset({
+    "FDS_MODEL_KEY", "FDS_STATE_ROOT", "FDS_KAFKA_DIR", "FDS_KAFKA_KIT", "FDS_KAFKA_VERSION",
+    "FDS_KIT_STOREPASS", "FDS_REQUIRE_INTEGRATION", "FDS_TEST_BOOTSTRAP", "FDS_TEST_KEEP_BROKER",
+    "FDS_TRACE_OUT", "FDS_FAULT_KILL_AFTER_FLUSH", "FDS_FAULT_FOLD_DELAY_S",
+})  # fmt: skip
+_WARNED_ENV: set[str] = set()
+
+
+def unknown_env(environ: Mapping[str, str]) -> list[str]:
+    """What to say of each ``FDS_*`` variable in ``environ`` that fds does not read (a typo,
+    or a flag-only option such as ``--registry``: it was ignored without a word, a QA pass).
+
+    >>> for said in unknown_env({"FDS_GROUP": "g", "FDS_BOOTSTRAPP": "h", "FDS_REGISTRY": "r"}):
+    ...     print(said)
+    FDS_BOOTSTRAPP is no variable fds reads: ignored (did you mean FDS_BOOTSTRAP?)
+    FDS_REGISTRY is no variable fds reads: ignored (give --registry where the command has it)
+    """
+    known = {f"FDS_{k.upper()}" for k in KafkaSettings.model_fields} | OTHER_ENV
+    said = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith("FDS_") or upper in known:
+            continue
+        close = difflib.get_close_matches(upper, known, n=1, cutoff=0.8)
+        hint = (
+            f"did you mean {close[0]}?" if close
+            else f"give --{upper[4:].lower().replace('_', '-')} where the command has it"
+        )  # fmt: skip
+        said.append(f"{name} is no variable fds reads: ignored ({hint})")
+    return said
+
+
 def load_settings(file: Path | str | None = None, **flags: Any) -> KafkaSettings:
     """Build settings from a YAML file, the environment and flags (highest wins: flags).
 
     ``None`` flags are ignored (argparse defaults). Errors name the setting and where it came
     from: the file's line (an unknown key with the closest known one), else the flag or the
-    environment variable.
+    environment variable. An ``FDS_*`` variable fds does not read is warned about, once.
     """
+    for said in unknown_env(os.environ):
+        if said not in _WARNED_ENV:
+            _WARNED_ENV.add(said)
+            log.warning("%s", said)
     values: dict[str, Any] = {}
     doc: dict[str, Any] = {}
     path = Path(file) if file is not None else None

@@ -29,6 +29,25 @@ def test_flags_beat_environment_beat_file(tmp_path, monkeypatch):
     assert load_settings(f).group == "lower-env"
 
 
+def test_an_fds_variable_fds_does_not_read_is_warned_about_once(monkeypatch, caplog):
+    """A QA pass: FDS_REGISTRY and FDS_METRICS_PORT (flags only) and a typo were ignored
+    without a word; a deployment then served from another's registry and port."""
+    from fds.streams import kafka
+
+    monkeypatch.setattr(kafka, "_WARNED_ENV", set())
+    monkeypatch.setenv("FDS_GROPU", "g")
+    monkeypatch.setenv("FDS_METRICS_PORT", "29700")
+    with caplog.at_level("WARNING", logger="fds.streams.kafka"):
+        load_settings()
+        load_settings()
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [
+        "FDS_GROPU is no variable fds reads: ignored (did you mean FDS_GROUP?)",
+        "FDS_METRICS_PORT is no variable fds reads: ignored (give --metrics-port where the "
+        "command has it)",
+    ]
+
+
 def test_paths_in_a_settings_file_are_relative_to_it(tmp_path, monkeypatch):
     """The state dir was relative to the working directory (a QA pass); the README says every
     file name of a settings file is relative to that file."""
