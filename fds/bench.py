@@ -210,10 +210,10 @@ def _load_stream(
     from fds.streams.simulator import labels_beside
 
     mapping = load_mapping(mapping_path) if mapping_path else None
-    if labels_path is None and not (mapping is not None and mapping.label):
-        labels_path = labels_beside(input_path)
-    if labels_path is not None and not (mapping is not None and mapping.label):
-        check_label_columns(labels_path, mapping)  # (given, or beside: before it is all read)
+    if not (mapping is not None and mapping.label):  # (else the label column gives them)
+        labels_path = labels_path or labels_beside(input_path)
+        if labels_path is not None:  # (given, or beside: checked before it is all read)
+            check_label_columns(labels_path, mapping)
     stream = replay.load(input_path, mapping=mapping, labels_path=labels_path)
     if not stream.labels:
         raise ConfigError(

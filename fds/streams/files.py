@@ -43,14 +43,7 @@ from pydantic import (
 
 from fds import yamlio
 from fds.errors import ConfigError
-from fds.schema import (
-    DEGREES,
-    TX_FIELDS,
-    TX_REQUIRED,
-    dumps,
-    dumps_line,
-    fraud_flag,
-)
+from fds.schema import DEGREES, TX_FIELDS, TX_REQUIRED, dumps, dumps_line, fraud_flag
 from fds.timeutil import MS_THRESHOLD, get_zone, parse_duration, parse_ts
 
 log = logging.getLogger(__name__)
