@@ -76,7 +76,11 @@ def register(subparsers: Any) -> None:
         help="write every transaction whose action changed to FILE (JSON Lines: tx_id, ts, "
         "fraud, each side's action, score, hits and shadow hits, the values the rules read)",
     )
-    bt.add_argument("--progress", action="store_true", help="show a progress bar")
+    # (on by default, as in every long command: --progress stays accepted, a QA pass)
+    bt.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=True,
+        help="a progress bar on stderr when it is a terminal (default; --no-progress: none)",
+    )  # fmt: skip
     bt.set_defaults(func=_backtest)
 
 

@@ -616,3 +616,20 @@ def test_every_command_reads_a_rules_file_from_a_pipe(tmp_path: Path, capsys) ->
         argv = ["rules", "backtest", "--candidate", path, "--baseline", str(base), str(data)]
         assert main(argv) == 0, capsys.readouterr()
     assert "version                               base            cand" in capsys.readouterr().out
+
+
+def test_backtest_shows_its_progress_unless_told_not_to(tmp_path: Path, monkeypatch, capsys):
+    """A long backtest said nothing until its end unless given --progress, where every other
+    long command shows it by default (--no-progress: a QA pass). Without a terminal the bar is
+    a line every LOG_EVERY_S; --progress is still accepted."""
+    import fds.progress
+
+    sim = simulate(days=1, cards=200, merchants=100, seed=3, drift_day=None)
+    data, _labels = write(sim, tmp_path / "hist.jsonl")
+    (base := tmp_path / "base.yaml").write_text(BASELINE)
+    monkeypatch.setattr(fds.progress, "LOG_EVERY_S", 0.0)
+    argv = ["rules", "backtest", "--candidate", str(base), "--baseline", str(base), str(data)]
+    for extra, shown in (([], True), (["--progress"], True), (["--no-progress"], False)):
+        assert main([*argv, *extra]) == 0
+        err = capsys.readouterr().err
+        assert ('msg="progress" task="replay"' in err) is shown, (extra, err)
