@@ -4,7 +4,8 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 # pytest-xdist workers: the integration tier mostly waits on the broker (sessions, kills,
-# transactions), so three share two cores well; a test file stays on one worker (its fixed ports).
+# transactions), so three share two cores well; a test file stays on one worker (its
+# module's own broker starts once).
 TEST_WORKERS ?= 3
 
 .PHONY: install demo test lint bench

@@ -40,7 +40,7 @@ from fds.streams.kafka import (
 )
 from fds.streams.simulator import simulate
 from fds.streams.simulator import write as write_simulation
-from tests.integration.conftest import SPAWNED
+from tests.integration.conftest import SPAWNED, free_ports
 
 pytestmark = pytest.mark.integration
 
@@ -745,7 +745,7 @@ def test_a_transaction_timeout_the_broker_refuses_is_a_usage_error(
 def test_broker_outage_mid_run_exits_after_the_timeout(tmp_path, unique_name):
     # A broker of our own (the shared one must stay up for the other tests).
     ddir = tmp_path / "kafka"
-    bootstrap = kafka_kit.up(port=29192, controller_port=29193, data_dir=ddir)
+    bootstrap = kafka_kit.up(*free_ports(2), data_dir=ddir)
     try:
         topics = kafka_kit.create_topics(bootstrap, prefix=unique_name("t") + ".")
         write_stream(tmp_path / "tx.jsonl", 100)
@@ -787,7 +787,7 @@ def test_fds_produce_through_an_outage_says_what_was_sent_and_a_sigterm_exits_14
     SIGTERM during an outage exited 1 after 11 s instead of 143; --broker-timeout bounded only
     the last flush."""
     ddir = tmp_path / "kafka"
-    bootstrap = kafka_kit.up(port=29392, controller_port=29393, data_dir=ddir)
+    bootstrap = kafka_kit.up(*free_ports(2), data_dir=ddir)
     try:
         topics = kafka_kit.create_topics(bootstrap, prefix=unique_name("t") + ".")
         write_stream(tmp_path / "tx.jsonl", 24_000)  # (12 s at the rate: the broker is down

@@ -22,18 +22,17 @@ from kafka import KafkaConsumer, TopicPartition
 
 from fds.streams import kafka_kit
 from fds.streams.kafka import KafkaSettings
+from tests.integration.conftest import free_ports
 from tests.integration.test_kafka_run import REPO, write_stream
 
 pytestmark = pytest.mark.integration
-
-# Off the shared broker's ports and the outage test's own broker (29192).
-PORT, CONTROLLER_PORT, SECURE_PORT = 29292, 29293, 29294
 
 
 @pytest.fixture(scope="module")
 def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[kafka_kit.Secure]:
     ddir = tmp_path_factory.mktemp("kafka-secure")
-    kafka_kit.up(PORT, CONTROLLER_PORT, ddir, secure_port=SECURE_PORT)
+    port, controller_port, secure_port = free_ports(3)
+    kafka_kit.up(port, controller_port, ddir, secure_port=secure_port)
     try:
         sec = kafka_kit.secure_listener(ddir)
         assert sec is not None
