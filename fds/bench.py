@@ -206,14 +206,11 @@ def _load_stream(
         meta: dict[str, Any] = {"source": "simulator", "days": days, "cards": cards, "seed": seed}
         return sim.transactions, sim.labels, truth, sim.start, meta
     from fds import replay
-    from fds.streams.files import check_label_columns, load_mapping
-    from fds.streams.simulator import labels_beside
+    from fds.streams.files import check_label_columns, labels_for, load_mapping
 
     mapping = load_mapping(mapping_path) if mapping_path else None
-    if not (mapping is not None and mapping.label):  # (else the label column gives them)
-        labels_path = labels_path or labels_beside(input_path)
-        if labels_path is not None:  # (given, or beside: checked before it is all read)
-            check_label_columns(labels_path, mapping)
+    labels_path = labels_for(input_path, mapping, labels_path)
+    check_label_columns(labels_path, mapping)  # (given, or beside: before it is all read)
     stream = replay.load(input_path, mapping=mapping, labels_path=labels_path)
     if not stream.labels:
         raise ConfigError(

@@ -284,8 +284,7 @@ def _replay_file(args: argparse.Namespace, pushers: list[Pusher]) -> int:
     labels_not_input(args.labels, args.file)
     mapping = load_mapping(args.mapping) if args.mapping else None
     check_transaction_columns(args.file, mapping)
-    if args.labels is not None and not (mapping is not None and mapping.label):
-        check_label_columns(args.labels, mapping)  # (both: refused as such, by open_stream)
+    check_label_columns(args.labels, mapping)
     metrics = Metrics()
     engine = build_engine(args.rules, args.model, metrics=metrics, watch=True)
     with contextlib.ExitStack() as stack:

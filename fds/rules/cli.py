@@ -185,7 +185,12 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from fds.replay import left_out, load, said
     from fds.rules.backtest import DEAD_LETTER as DEAD
     from fds.rules.backtest import backtest
-    from fds.streams.files import check_label_columns, check_transaction_columns, load_mapping
+    from fds.streams.files import (
+        check_label_columns,
+        check_transaction_columns,
+        labels_for,
+        load_mapping,
+    )
 
     inputs = ("file", "candidate", "baseline", "mapping", "labels")
     for name in inputs:
@@ -203,11 +208,7 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
     cand = load_ruleset(args.candidate, run_tests=True)
     base = load_ruleset(args.baseline, run_tests=True)
     mapping = load_mapping(args.mapping) if args.mapping else None
-    labels = args.labels
-    if labels is None and not (mapping is not None and mapping.label):
-        from fds.streams.simulator import labels_beside
-
-        labels = labels_beside(args.file)
+    labels = labels_for(args.file, mapping, args.labels)
     if args.changed_out is not None:  # (after the labels beside the file: a review found
         to = args.changed_out  # them written over; a hard link to the input, a QA pass)
         read = [Path(p) for n in inputs if (p := getattr(args, n)) is not None]
@@ -222,8 +223,7 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
     labels_given = "--labels" if args.labels is not None else "the labels file"
     # (missing columns, another encoding: said as fds replay says it)
     check_transaction_columns(args.file, mapping)
-    if labels is not None and not (mapping is not None and mapping.label):
-        check_label_columns(labels, mapping)  # (both: refused as such, by load)
+    check_label_columns(labels, mapping)
     stream = load(args.file, mapping=mapping, labels_path=labels)
     # (a label's dead letter: its transaction is in the backtest, not its label; a labels
     # file's were counted as transactions left out, a QA pass)

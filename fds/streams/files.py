@@ -1051,11 +1051,27 @@ def check_transaction_columns(
         csv_header(p, m)
 
 
-def check_label_columns(path: str | os.PathLike[str], mapping: ColumnMapping | None = None) -> None:
+def check_label_columns(
+    path: str | os.PathLike[str] | None, mapping: ColumnMapping | None = None
+) -> None:
     """:func:`check_transaction_columns` for a ``--labels`` file, read with the ``mapping``'s
     ``labels_file:`` names and ``labels_options:`` (a file of other columns made every label a
-    dead letter, and the replay still exited 0: a QA pass)."""
-    check_transaction_columns(path, (mapping or ColumnMapping()).for_labels())
+    dead letter, and the replay still exited 0: a QA pass). Nothing to check without a file,
+    or when the mapping's label column gives the labels (both given: the reader refuses it)."""
+    if path is not None and not (mapping is not None and mapping.label):
+        check_transaction_columns(path, (mapping or ColumnMapping()).for_labels())
+
+
+def labels_for(
+    file: str | Path, mapping: ColumnMapping | None, given: str | Path | None
+) -> Path | None:
+    """The labels file read with transactions ``file``: ``given``, else the one the simulator
+    wrote beside it (``fds simulate``), unless the mapping's label column gives the labels."""
+    if given is not None or (mapping is not None and mapping.label):
+        return None if given is None else Path(given)
+    from fds.streams.simulator import labels_beside
+
+    return labels_beside(file)
 
 
 def csv_header(
