@@ -1029,7 +1029,12 @@ class MetricsServer:
 
 
 def serve(
-    metrics: Metrics, host: str = "127.0.0.1", port: int = 9108, *, health: Health | None = None
+    metrics: Metrics,
+    host: str = "127.0.0.1",
+    port: int = 9108,
+    *,
+    health: Health | None = None,
+    named: tuple[str, str] = ("--metrics-host", "--metrics-port"),
 ) -> MetricsServer:
     """Serve ``metrics`` on ``http://host:port/metrics`` from a daemon thread, and
     ``/healthz`` and ``/readyz`` from ``health`` (:mod:`fds.health`) when given.
@@ -1045,6 +1050,9 @@ def serve(
         because it is unassigned in Prometheus' port allocation list.
     health
         The service's health checks; ``None``: those paths answer 404.
+    named
+        Where the host and port were given, as a refusal tells to fix them (a flag, an
+        ``FDS_*`` variable, a key of a settings file).
 
     Examples
     --------
@@ -1069,13 +1077,13 @@ def serve(
         )
     except (socket.gaierror, OSError) as e:  # (told as a port problem: a review, a QA pass)
         if not isinstance(e, socket.gaierror) and e.errno != errno.EADDRNOTAVAIL:
-            raise _port_problem(host, port, e) from e
+            raise _port_problem(host, port, e, named[1]) from e
         raise ConfigError(
             f"cannot serve metrics on {host}:{port}: {e.strerror or e}; give an address of this "
-            "machine (--metrics-host, e.g. 127.0.0.1 or 0.0.0.0)"
+            f"machine ({named[0]}, e.g. 127.0.0.1 or 0.0.0.0)"
         ) from e
     except OverflowError as e:  # not a port number
-        raise _port_problem(host, port, e) from e
+        raise _port_problem(host, port, e, named[1]) from e
     thread = threading.Thread(target=server.serve_forever, name="fds-metrics", daemon=True)
     thread.start()
     return MetricsServer(host=host, port=server.server_port, _server=server, _thread=thread)
@@ -1088,12 +1096,12 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
-def _port_problem(host: str, port: int, e: BaseException) -> ConfigError:
-    """A port in use, not ours to bind, or not a port number."""
+def _port_problem(host: str, port: int, e: BaseException, named: str) -> ConfigError:
+    """A port in use, not ours to bind, or not a port number (``named``: where it was given)."""
     reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
     return ConfigError(
         f"cannot serve metrics on {host}:{port}: {reason}; choose another port "
-        "(--metrics-port, 0-65535) or stop what is using it"
+        f"({named}, 0-65535) or stop what is using it"
     )
 
 
