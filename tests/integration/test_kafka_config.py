@@ -686,3 +686,39 @@ def test_produce_and_topics_take_a_deployment_file_with_every_setting(tmp_path, 
     for argv in (["produce", "tx.jsonl"], ["kafka", "topics"]):
         s = _settings_from(_parse([*argv, "--config", str(f)]))
         assert (s.bootstrap, s.input_topic, s.metrics_port) == ("b:1", "prod.tx", 9200)
+
+
+def test_the_readmes_deployment_file_serves_run_and_train(tmp_path, monkeypatch):
+    """README "Configuration": its one file per deployment, read by fds run and fds train,
+    and the error it quotes for a bad metrics port."""
+    from pathlib import Path
+
+    from fds.cli import build_parser
+    from fds.streams.kafka import RUN_METRICS_PORT
+    from fds.streams.train import TRAIN_METRICS_PORT, train_settings, trainer_topics
+
+    _no_deployment_env(monkeypatch)
+    for name in ("FDS_GROUP", "FDS_INPUT_TOPIC", "FDS_OUTPUT_TOPIC", "FDS_LABELS_TOPIC"):
+        monkeypatch.delenv(name, raising=False)
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    example = re.search(r"```yaml\n(# etc/prod\.yaml.*?)```", readme, re.S)
+    assert example is not None
+    (tmp_path / "etc").mkdir()
+    f = tmp_path / "etc" / "prod.yaml"
+    f.write_text(example.group(1))
+    monkeypatch.chdir(tmp_path)
+    parse = build_parser().parse_args
+    run = _settings_from(parse(["run", "--config", "etc/prod.yaml"]))
+    assert run.registry == Path("etc/registry")  # (relative to the file)
+    assert run.models_topic_for(None) == "prod.models"
+    assert run.metrics_address(RUN_METRICS_PORT) == ("127.0.0.1", 9208)
+    args = parse(["train", "--config", "etc/prod.yaml", "--metrics-port", "9209"])
+    train = train_settings(args)
+    assert (train.group, train.registry) == ("fds-prod-train", run.registry)
+    assert trainer_topics(args, train) == ("prod.decisions", "prod.labels", "prod.models")
+    assert train.metrics_address(TRAIN_METRICS_PORT) == ("127.0.0.1", 9209)
+    f.write_text(example.group(1).replace("metrics_port: 9208", "metrics_port: 99999"))
+    said = "etc/prod.yaml:11: metrics_port: a port is 0-65535 (0: any free port), or -1: off"
+    assert said in readme.replace("\n", " ")
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        load_settings("etc/prod.yaml")
