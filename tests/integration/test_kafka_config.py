@@ -722,3 +722,19 @@ def test_the_readmes_deployment_file_serves_run_and_train(tmp_path, monkeypatch)
     assert said in readme.replace("\n", " ")
     with pytest.raises(ConfigError, match=re.escape(said)):
         load_settings("etc/prod.yaml")
+
+
+def test_kafka_topics_says_when_a_deployments_models_topic_is_not_made(tmp_path, monkeypatch):
+    """The models topic a file names is one of the deployment's topics: `fds kafka topics
+    --config` says when it did not make it (none: there is none to make)."""
+    _no_deployment_env(monkeypatch)
+    f = tmp_path / "prod.yaml"
+    made = {"prod.transactions", "prod.models"}
+    f.write_text("models_topic: models\n")
+    assert kafka_cli._other_topics(load_settings(f), "prod.", made) == [
+        f"the settings' models_topic 'models' (models_topic in {f}) is none of the topics made: "
+        "fds run would wait for it"
+    ]
+    for fine in ("prod.models", "none"):
+        f.write_text(f"models_topic: {fine}\n")
+        assert kafka_cli._other_topics(load_settings(f), "prod.", made) == []
