@@ -379,6 +379,20 @@ def file_or_none(what: str) -> Callable[[str], Path | None]:
     return lambda text: None if text.lower() == "none" else path(text)
 
 
+def arg_type(check: Callable[[str], Any]) -> Callable[[str], Any]:
+    """argparse type of ``check``, a function that a setting validates with too: its
+    ``ValueError`` becomes argparse's usage error, so a flag and a settings file say one
+    thing."""
+
+    def parse(text: str) -> Any:
+        try:
+            return check(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return parse
+
+
 def positive_float(text: str) -> float:
     """argparse type: a number > 0."""
     try:

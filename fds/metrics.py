@@ -62,6 +62,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app, push_to_gateway
 from prometheus_client.registry import Collector
 
+from fds.cli import arg_type
 from fds.errors import ConfigError
 from fds.health import Health, health_app
 
@@ -1028,7 +1029,12 @@ class MetricsServer:
 
 
 def serve(
-    metrics: Metrics, host: str = "127.0.0.1", port: int = 9108, *, health: Health | None = None
+    metrics: Metrics,
+    host: str = "127.0.0.1",
+    port: int = 9108,
+    *,
+    health: Health | None = None,
+    named: tuple[str, str] = ("--metrics-host", "--metrics-port"),
 ) -> MetricsServer:
     """Serve ``metrics`` on ``http://host:port/metrics`` from a daemon thread, and
     ``/healthz`` and ``/readyz`` from ``health`` (:mod:`fds.health`) when given.
@@ -1044,6 +1050,9 @@ def serve(
         because it is unassigned in Prometheus' port allocation list.
     health
         The service's health checks; ``None``: those paths answer 404.
+    named
+        Where the host and port were given, as a refusal tells to fix them (a flag, an
+        ``FDS_*`` variable, a key of a settings file).
 
     Examples
     --------
@@ -1068,13 +1077,13 @@ def serve(
         )
     except (socket.gaierror, OSError) as e:  # (told as a port problem: a review, a QA pass)
         if not isinstance(e, socket.gaierror) and e.errno != errno.EADDRNOTAVAIL:
-            raise _port_problem(host, port, e) from e
+            raise _port_problem(host, port, e, named[1]) from e
         raise ConfigError(
             f"cannot serve metrics on {host}:{port}: {e.strerror or e}; give an address of this "
-            "machine (--metrics-host, e.g. 127.0.0.1 or 0.0.0.0)"
+            f"machine ({named[0]}, e.g. 127.0.0.1 or 0.0.0.0)"
         ) from e
     except OverflowError as e:  # not a port number
-        raise _port_problem(host, port, e) from e
+        raise _port_problem(host, port, e, named[1]) from e
     thread = threading.Thread(target=server.serve_forever, name="fds-metrics", daemon=True)
     thread.start()
     return MetricsServer(host=host, port=server.server_port, _server=server, _thread=thread)
@@ -1087,32 +1096,38 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
-def _port_problem(host: str, port: int, e: BaseException) -> ConfigError:
-    """A port in use, not ours to bind, or not a port number."""
+def _port_problem(host: str, port: int, e: BaseException, named: str) -> ConfigError:
+    """A port in use, not ours to bind, or not a port number (``named``: where it was given)."""
     reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
     return ConfigError(
         f"cannot serve metrics on {host}:{port}: {reason}; choose another port "
-        "(--metrics-port, 0-65535) or stop what is using it"
+        f"({named}, 0-65535) or stop what is using it"
     )
 
 
-def _metrics_port(text: str) -> int:
-    """argparse type: a port 0-65535, or -1 (off); another negative number turned metrics off
-    without a word (a review)."""
+def check_metrics_port(value: int | str) -> int:
+    """``value`` as a metrics port 0-65535, or -1 (off), else a ``ValueError`` saying so; for
+    a flag and a setting alike (another negative number turned metrics off without a word: a
+    review).
+
+    >>> check_metrics_port("9108"), check_metrics_port(-1)
+    (9108, -1)
+    """
     try:
-        port = int(text)
+        port = int(value) if isinstance(value, str) else value
     except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid port {text!r}: give a whole number") from None
+        port = None
+    if type(port) is not int:  # (not 9108.5 read as 9108, nor true as 1)
+        raise ValueError(f"invalid port {value!r}: give a whole number")
     if not -1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(
-            f"a port is 0-65535 (0: any free port), or -1: off; got {port}"
-        )
+        raise ValueError(f"a port is 0-65535 (0: any free port), or -1: off; got {port}")
     return port
 
 
-def _metrics_host(text: str) -> str:
-    """argparse type: an address of this machine, checked by binding it (a name of no
-    interface was refused only after a model or checkpoint had loaded: a QA pass)."""
+def check_metrics_host(text: str) -> str:
+    """``text`` if it is an address of this machine, checked by binding it, else a
+    ``ValueError`` saying so (a name of no interface was refused only after a model or
+    checkpoint had loaded: a QA pass)."""
     try:
         infos = socket.getaddrinfo(text, 0, type=socket.SOCK_STREAM)
         family, kind, proto, _, addr = infos[0]
@@ -1120,31 +1135,44 @@ def _metrics_host(text: str) -> str:
             sock.bind(addr)
     except (OSError, UnicodeError) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        raise argparse.ArgumentTypeError(
+        raise ValueError(
             f"{text!r} is no address of this machine ({reason}); give one, e.g. 127.0.0.1 "
             "(this machine only) or 0.0.0.0 (every interface)"
         ) from None
     return text
 
 
+_metrics_port = arg_type(check_metrics_port)
+_metrics_host = arg_type(check_metrics_host)
+
 #: ``--metrics-host``'s default: this machine only.
 METRICS_HOST = "127.0.0.1"
 
 
-def add_metrics_arguments(parser: Any, default_port: int) -> None:
-    """``--metrics-port`` and ``--metrics-host``, the same for every long-running command."""
+def add_metrics_arguments(parser: Any, default_port: int, *, settings: bool = False) -> None:
+    """``--metrics-port`` and ``--metrics-host``, the same for every long-running command.
+
+    ``settings``: the command also reads them from its settings (``FDS_METRICS_PORT``, a
+    ``--config`` file's ``metrics_port``; ``fds run``, ``fds train``): the flags default to
+    ``None`` (not given), and the command applies ``default_port`` and :data:`METRICS_HOST`
+    when the settings give none either."""
+
+    def also(name: str) -> str:
+        return f"; env FDS_{name.upper()} or --config's {name}" if settings else ""
+
     parser.add_argument(
         "--metrics-port",
         type=_metrics_port,
-        default=default_port,
+        default=None if settings else default_port,
         help=f"serve Prometheus /metrics on this port (default {default_port}; 0: any free "
-        "port; -1: off)",
+        f"port; -1: off{also('metrics_port')})",
     )
     parser.add_argument(
         "--metrics-host",
         type=_metrics_host,
-        default=METRICS_HOST,
-        help="address to serve /metrics on (0.0.0.0 to be scraped from other machines)",
+        default=None if settings else METRICS_HOST,
+        help="address to serve /metrics on (default 127.0.0.1: this machine only; 0.0.0.0 to "
+        f"be scraped from other machines{also('metrics_host')})",
     )
 
 

@@ -114,7 +114,7 @@ from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from fds.cli import file_or_none, positive_float, positive_int
+from fds.cli import arg_type, file_or_none, positive_float, positive_int
 from fds.errors import (
     ConfigError,
     FdsError,
@@ -125,7 +125,16 @@ from fds.errors import (
 from fds.gcpolicy import Freezer
 from fds.health import Beating, Health, stale_after
 from fds.logs import say
-from fds.metrics import NullMetrics, add_metrics_arguments, make_metrics, serve
+from fds.metrics import (
+    METRICS_HOST,
+    MetricsServer,
+    NullMetrics,
+    add_metrics_arguments,
+    check_metrics_host,
+    check_metrics_port,
+    make_metrics,
+    serve,
+)
 from fds.models.registry import KEY_ENV, write_atomic
 from fds.pipeline import DEFAULT_MODEL, DEFAULT_RULES, build_engine
 from fds.schema import check_not_ahead, dead_letter, dumps, loads_record, parse_transaction
@@ -496,12 +505,8 @@ def check_topic(name: str) -> str:
     return name
 
 
-def topic_arg(text: str) -> str:
-    """argparse type: a Kafka topic name."""
-    try:
-        return check_topic(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+#: argparse type: a Kafka topic name.
+topic_arg = arg_type(check_topic)
 
 
 class KafkaSettings(BaseSettings):
@@ -604,6 +609,13 @@ class KafkaSettings(BaseSettings):
     ssl_keyfile: str | None = None
     ssl_password: SecretStr | None = None
     ssl_check_hostname: bool = True
+    # A deployment's own, read by fds run and fds train alike (they were flags only, so each
+    # process of two deployments on one cluster had to be given them: a QA pass). None: the
+    # command's default (models_topic_for, metrics_address); flags: --registry, ...
+    registry: Path | None = None  # the model registry dir (default models/registry)
+    models_topic: str | None = None  # "none": none (fds train announces on "models" by default)
+    metrics_port: int | None = None  # -1: off, 0: any free port (default 9108 / 9109)
+    metrics_host: str | None = None  # (default 127.0.0.1: this machine only)
 
     # where each setting came from (load_settings): a flag, FDS_<NAME>, the file, the default
     _origins: dict[str, str] = PrivateAttr(default_factory=dict)
@@ -676,10 +688,30 @@ class KafkaSettings(BaseSettings):
             )
         return v
 
-    @field_validator("input_topic", "output_topic", "dlq_topic", "labels_topic", "state_topic")
+    @field_validator(
+        "input_topic", "output_topic", "dlq_topic", "labels_topic", "state_topic", "models_topic"
+    )
     @classmethod
     def _topic(cls, v: str | None) -> str | None:
         return v if v is None else check_topic(v)
+
+    @field_validator("models_topic", mode="before")
+    @classmethod
+    def _no_models_topic(cls, v: Any) -> Any:
+        """``none`` (any case) is none, as ``fds train --models-topic`` takes it (and ``fds
+        run``'s now: a flag can turn a file's models topic off); kept apart from ``None``,
+        the command's default (``models_topic_for``)."""
+        return "none" if isinstance(v, str) and v.strip().lower() == "none" else v
+
+    @field_validator("metrics_port", mode="before")
+    @classmethod
+    def _metrics_port(cls, v: Any) -> Any:
+        return v if v is None else check_metrics_port(v)
+
+    @field_validator("metrics_host")
+    @classmethod
+    def _metrics_host(cls, v: str | None) -> str | None:
+        return v if v is None else check_metrics_host(v)
 
     @field_validator("sasl_mechanism")
     @classmethod
@@ -731,6 +763,29 @@ class KafkaSettings(BaseSettings):
                     + (" (it is empty)" if self.sasl_plain_password is not None else "")
                 )
         return self
+
+    def models_topic_for(self, default: str | None) -> str | None:
+        """The models topic of a command whose own default is ``default``: the one given,
+        else ``default``; ``None`` for none."""
+        topic = self.models_topic or default
+        return None if topic == "none" else topic
+
+    def metrics_address(self, default_port: int) -> tuple[str, int]:
+        """``(host, port)`` a command whose own default port is ``default_port`` serves
+        /metrics on (port -1: it serves none)."""
+        port = default_port if self.metrics_port is None else self.metrics_port
+        return self.metrics_host or METRICS_HOST, port
+
+    def serve_metrics(
+        self, metrics: Any, default_port: int, health: Health
+    ) -> MetricsServer | None:
+        """Serve ``metrics`` and ``health`` at :meth:`metrics_address` (``None``: port -1,
+        off); a refusal names the setting where it was given (``metrics_port in kafka.yaml``)."""
+        host, port = self.metrics_address(default_port)
+        if port < 0:
+            return None
+        named = (self.named("metrics_host"), self.named("metrics_port"))
+        return serve(metrics, host, port, health=health, named=named)
 
     @property
     def timeout_ms(self) -> int:
@@ -784,7 +839,8 @@ class KafkaSettings(BaseSettings):
 
 def _flag_of(setting: str) -> str | None:
     """The flag that sets ``setting``, if any."""
-    return next((f for f, dest in _SETTING_FLAGS.items() if dest == setting), None)
+    flags = {**_SETTING_FLAGS, **DEPLOYMENT_FLAGS}
+    return next((f for f, dest in flags.items() if dest == setting), None)
 
 
 #: The ``FDS_*`` variables fds reads besides its settings' (``FDS_<SETTING>``).
@@ -798,12 +854,13 @@ _WARNED_ENV: set[str] = set()
 
 def unknown_env(environ: Mapping[str, str]) -> list[str]:
     """What to say of each ``FDS_*`` variable in ``environ`` that fds does not read (a typo,
-    or a flag-only option such as ``--registry``: it was ignored without a word, a QA pass).
+    or a flag-only option such as ``--rules``: it was ignored without a word, a QA pass).
 
-    >>> for said in unknown_env({"FDS_GROUP": "g", "FDS_BOOTSTRAPP": "h", "FDS_REGISTRY": "r"}):
+    >>> env = {"FDS_GROUP": "g", "FDS_BOOTSTRAPP": "h", "FDS_REGISTRY": "r", "FDS_RULES": "r"}
+    >>> for said in unknown_env(env):
     ...     print(said)
     FDS_BOOTSTRAPP is no variable fds reads: ignored (did you mean FDS_BOOTSTRAP?)
-    FDS_REGISTRY is no variable fds reads: ignored (give --registry where the command has it)
+    FDS_RULES is no variable fds reads: ignored (give --rules where the command has it)
     """
     known = {f"FDS_{k.upper()}" for k in KafkaSettings.model_fields} | OTHER_ENV
     said = []
@@ -845,7 +902,7 @@ def load_settings(file: Path | str | None = None, **flags: Any) -> KafkaSettings
                 raise ConfigError(f"{k!r}: a setting's name is text (e.g. group: fds)",
                                   where=str(path))  # fmt: skip
         # relative to the file (the state dir was relative to the working directory: a QA)
-        for k in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "state_dir"):
+        for k in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "state_dir", "registry"):
             v = doc.get(k)
             if isinstance(v, str) and v.lower() != "none":
                 doc[k] = str(path.parent / Path(v).expanduser())  # (an absolute path: as it is)
@@ -3388,13 +3445,15 @@ def build_run_engine(
     that does not share the trainer's registry directory. :func:`close_engine` stops it.
     With ``settings.state_topic`` the feature state records each event's input partition, so
     that another instance can take partitions over from its snapshot (Runner._take_over)."""
+    # (named where it was given: --models-topic, FDS_MODELS_TOPIC, models_topic in the file)
+    named = (settings or KafkaSettings()).named("models_topic")
     if models_topic and settings is not None:
         roles = ("input_topic", "output_topic", "dlq_topic", "labels_topic", "state_topic")
         role = next((r for r in roles if getattr(settings, r) == models_topic), None)
         if role is not None:  # (announcements read as input, or written over: a QA pass)
             raise ConfigError(
-                f"--models-topic and {role} are both {models_topic!r}: give each its own "
-                f"topic ({settings.fix(role)} or --models-topic)"
+                f"{named} and {role} are both {models_topic!r}: give each its own topic "
+                f"({settings.fix(role)} or {settings.fix('models_topic')})"
             )
     engine = build_engine(
         rules,
@@ -3412,7 +3471,8 @@ def build_run_engine(
         if server is None:
             close_engine(engine)
             raise ConfigError(
-                f"--models-topic {models_topic} needs a model: pass --model SPEC or drop the flag"
+                f"a models topic ({named}: {models_topic}) needs a model: pass --model SPEC, "
+                f"or drop {named} (--models-topic none turns a setting off)"
             )
         from fds.streams.model_feed import ModelFeed  # imports this module
 
@@ -3734,6 +3794,15 @@ _SETTING_FLAGS = {
     "--ssl-keyfile": "ssl_keyfile",
 }
 
+#: The settings flags of ``fds run`` and ``fds train`` that each defines itself, for its own
+#: default and help (``models_topic_for``, ``metrics_address``).
+DEPLOYMENT_FLAGS = {
+    "--registry": "registry",
+    "--models-topic": "models_topic",
+    "--metrics-port": "metrics_port",
+    "--metrics-host": "metrics_host",
+}
+
 
 #: The settings every client takes: where the broker is and how to reach it.
 CONNECTION_SETTINGS = (
@@ -3783,8 +3852,15 @@ def _default_of(setting: str) -> Any:
 
 
 def _settings_from(args: argparse.Namespace, **extra: Any) -> KafkaSettings:
-    flags = {dest: getattr(args, dest, None) for dest in _SETTING_FLAGS.values()}
-    return load_settings(args.config, **flags, **extra)
+    """The settings of a command's ``args``: its settings flags (those it has) over the
+    environment over ``--config``."""
+    dests = (*_SETTING_FLAGS.values(), *DEPLOYMENT_FLAGS.values())
+    return load_settings(args.config, **{d: getattr(args, d, None) for d in dests}, **extra)
+
+
+#: fds run's /metrics port when none is given: unassigned in Prometheus' port allocation list
+#: (fds train's is the next one).
+RUN_METRICS_PORT = 9108
 
 
 def register_run(subparsers: argparse._SubParsersAction) -> None:
@@ -3814,14 +3890,15 @@ def register_run(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument(
         "--registry", type=Path, default=None,
-        help="model registry dir to serve from (default: models/registry); `fds train` "
-        "publishes there",
+        help="model registry dir to serve from (env FDS_REGISTRY or --config's registry; "
+        "default: models/registry); `fds train` publishes there",
     )  # fmt: skip
     p.add_argument(
         "--models-topic", type=topic_arg, default=None, metavar="TOPIC",
         help="also import the versions `fds train` announces on TOPIC (e.g. models) into "
         "--registry: for a scorer that does not share the trainer's registry directory "
-        "(default: off; set FDS_MODEL_KEY as on the trainer)",
+        "(env FDS_MODELS_TOPIC or --config's models_topic; default and 'none': off; set "
+        "FDS_MODEL_KEY as on the trainer)",
     )  # fmt: skip
     p.add_argument(
         "--labels-topic", default=None, metavar="TOPIC",
@@ -3829,7 +3906,7 @@ def register_run(subparsers: argparse._SubParsersAction) -> None:
         "(fraud_count, fraud_rate); every instance reads every partition (default: off, "
         "env FDS_LABELS_TOPIC)",
     )  # fmt: skip
-    add_metrics_arguments(p, 9108)
+    add_metrics_arguments(p, RUN_METRICS_PORT, settings=True)
     add_max_idle_argument(p)
     p.set_defaults(func=_cmd_run)
 
@@ -3861,7 +3938,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             args, exactly_once=args.exactly_once, labels_topic=args.labels_topic,
             checkpoint_in_background=args.checkpoint_in_background,
         )  # fmt: skip
-        metrics = make_metrics(args.metrics_port >= 0)
+        metrics = make_metrics(settings.metrics_address(RUN_METRICS_PORT)[1] >= 0)
         checkpointer = None
         if (settings.state_dir or "").lower() != "none":
             state_dir = settings.state_dir or default_state_dir(
@@ -3875,16 +3952,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 "drop one of them"
             )
         # The same builder as `fds replay` for features, rules and policy: one code path.
+        models_topic = settings.models_topic_for(None)
         engine = build_run_engine(
-            args.rules, args.model, metrics=metrics, registry=args.registry,
-            models_topic=args.models_topic, settings=settings,
+            args.rules, args.model, metrics=metrics, registry=settings.registry,
+            models_topic=models_topic, settings=settings,
         )  # fmt: skip
+        model: Any = engine.model
+        if model is not None:  # (as fds train names its own: given by a flag, FDS_* or a file)
+            log.info('serving model registry="%s" models_topic="%s"', model.registry.path,
+                     models_topic or "none")  # fmt: skip
         runner = Runner(settings, engine, checkpointer=checkpointer)
-        server = (
-            serve(metrics, args.metrics_host, args.metrics_port, health=runner.health)
-            if args.metrics_port >= 0
-            else None
-        )
+        server = settings.serve_metrics(metrics, RUN_METRICS_PORT, runner.health)
     except ConfigError as exc:
         say(f"fds run: error: {exc}")
         return 2

@@ -203,8 +203,11 @@ def _other_topics(s: Any, prefix: str, made: set[str]) -> list[str]:
             f"--prefix {prefix!r} runs into the names ({min(made)}): end it with '.', e.g. "
             f"--prefix {prefix}."
         )
-    for setting in ("input_topic", "output_topic", "dlq_topic", "labels_topic", "state_topic"):
+    for setting in ("input_topic", "output_topic", "dlq_topic", "labels_topic", "state_topic",
+                    "models_topic"):  # fmt: skip
         topic, given = getattr(s, setting), s.given_as(setting)
+        if topic == "none" and setting == "models_topic":  # (none: no models topic)
+            continue
         if topic is not None and given and topic not in made:
             said.append(
                 f"the settings' {setting} {topic!r} ({given}) is none of the topics made: "

@@ -61,13 +61,14 @@ from kafka.structs import OffsetAndMetadata
 from fds.errors import ConfigError, FdsError, describe
 from fds.health import Health, stale_after
 from fds.logs import say
-from fds.metrics import Metrics, NullMetrics, add_metrics_arguments, make_metrics, serve
+from fds.metrics import Metrics, NullMetrics, add_metrics_arguments, make_metrics
 from fds.models.registry import DEFAULT_REGISTRY, ENTRY_FIELDS
 from fds.pipeline import DEFAULT_MODEL
 from fds.schema import check_not_ahead, loads_record, parse_label
 from fds.streams.checkpoint import Checkpointer, default_state_dir, hold
 from fds.streams.kafka import (
     CONNECTION_SETTINGS,
+    DEPLOYMENT_FLAGS,
     BrokerWatch,
     IdleTimer,
     KafkaSettings,
@@ -332,7 +333,7 @@ class TrainService:
         # was never announced: a review)
         named = [*zip(self.topics, ("--decisions-topic", "--labels-topic"), strict=True)]
         if self.producer is not None and self.models_topic:
-            named.append((self.models_topic, "--models-topic"))
+            named.append((self.models_topic, self.s.named("models_topic")))
         for topic, flag in named:
             if not self.consumer.partitions_for_topic(topic):
                 raise ConfigError(
@@ -349,9 +350,10 @@ class TrainService:
         )
         try:  # and its registry: two trainers publishing into one interleaved their versions,
             # and the scorers served the newest, the other deployment's (a QA pass)
+            reg = self.s.named("registry")  # (--registry, FDS_REGISTRY, registry in the file)
             with hold(
                 self.registry.path / ".trainer.lock", "the registry", "fds train",
-                "give each trainer (each deployment, each model) its own --registry", "--registry",
+                f"give each trainer (each deployment, each model) its own {reg}", reg,
             ):  # fmt: skip
                 return self._run(max_idle_s)
         finally:
@@ -695,11 +697,18 @@ class _Seek(ConsumerRebalanceListener):
 # -- CLI ---------------------------------------------------------------------------------------
 
 
-#: The settings flags ``fds train`` takes (the others are ``fds run``'s).
+#: The settings flags ``fds train`` takes (the others are ``fds run``'s), besides those it
+#: defines itself (DEPLOYMENT_FLAGS: registry, models topic, metrics port and host).
 TRAIN_SETTINGS = (
     *CONNECTION_SETTINGS, "group", "group_instance_id", "max_poll_records", "max_event_ahead_s",
     "state_dir",
 )  # fmt: skip
+
+#: fds train's /metrics port when none is given: the one after fds run's, so that a trainer
+#: and a scorer on one host both serve by default.
+TRAIN_METRICS_PORT = 9109
+#: fds train's models topic when none is given (the kit's, streams/topics.yaml).
+TRAIN_MODELS_TOPIC = "models"
 
 
 _GROUP_HELP = (
@@ -722,8 +731,9 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
     _add_settings_flags(p, TRAIN_SETTINGS, {"group": _GROUP_HELP, "state_dir": _STATE_HELP})
     p.add_argument("--spec", type=Path, default=DEFAULT_MODEL, help="model spec YAML")
     p.add_argument(
-        "--registry", type=Path, default=DEFAULT_REGISTRY,
-        help="publish versions here (the registry `fds run` serves from)",
+        "--registry", type=Path, default=None,
+        help="publish versions here (the registry `fds run` serves from; env FDS_REGISTRY or "
+        f"--config's registry; default: {DEFAULT_REGISTRY})",
     )  # fmt: skip
     p.add_argument(
         "--decisions-topic", type=topic_arg, default=None,
@@ -736,10 +746,11 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
         "FDS_LABELS_TOPIC or --config's, else labels)",
     )  # fmt: skip
     p.add_argument(
-        "--models-topic", type=lambda t: t if t == "none" else topic_arg(t), default="models",
-        help="announce versions here ('none': do not)",
+        "--models-topic", type=topic_arg, default=None,
+        help=f"announce versions here ('none': do not; env FDS_MODELS_TOPIC or --config's "
+        f"models_topic; default: {TRAIN_MODELS_TOPIC})",
     )  # fmt: skip
-    add_metrics_arguments(p, 9109)
+    add_metrics_arguments(p, TRAIN_METRICS_PORT, settings=True)
     add_max_idle_argument(p)
     p.set_defaults(func=_cmd_train)
 
@@ -749,7 +760,8 @@ def train_settings(args: argparse.Namespace) -> KafkaSettings:
     else the group the settings give with ``-train`` (``fds-train``): apart from fds run's,
     and one per deployment (``FDS_GROUP``/``group:`` were ignored, so a second deployment's
     trainer on the cluster was refused as another one in ``fds-train``: a QA pass)."""
-    flags = {dest: getattr(args, dest, None) for dest in TRAIN_SETTINGS}
+    dests = (*TRAIN_SETTINGS, *DEPLOYMENT_FLAGS.values())
+    flags = {dest: getattr(args, dest, None) for dest in dests}
     if flags["group"] is not None:
         return load_settings(args.config, **flags)
     base = load_settings(args.config, **flags)
@@ -764,12 +776,12 @@ def trainer_topics(
     """The decisions, labels and models topics of ``fds train``: its flags, else the
     deployment's own as its fds run reads and writes them (``output_topic``, ``labels_topic``:
     the trainer of a --config with prefixed topics learned from the unprefixed ones, a QA
-    pass); ``None`` for ``--models-topic none``."""
-    models = None if args.models_topic.lower() == "none" else args.models_topic
+    pass; the settings' ``models_topic``); ``None`` for a models topic ``none``."""
+    models = settings.models_topic_for(TRAIN_MODELS_TOPIC)
     decisions = args.decisions_topic or settings.output_topic
     labels = args.labels_topic or settings.labels_topic or "labels"
     named = [("--decisions-topic", decisions), ("--labels-topic", labels),
-             ("--models-topic", models)]  # fmt: skip
+             (settings.named("models_topic"), models)]  # fmt: skip
     for i, (a, topic) in enumerate(named):  # (one topic for two: it learned nothing, or read
         # its own announcements back as bad records, without a word: QA passes)
         b = next((b for b, other in named[i + 1 :] if other == topic), None)
@@ -799,21 +811,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     try:
         settings = train_settings(args)
         decisions, labels, models = trainer_topics(args, settings)
-        metrics = trainer_metrics(args.metrics_port >= 0)
+        metrics = trainer_metrics(settings.metrics_address(TRAIN_METRICS_PORT)[1] >= 0)
         # before the trainer loads or makes anything (a port in use was refused after its state
         # dir and registry had been made: a QA pass); loading counts as progress for /healthz
         # for stale_after() from here, as for fds run
         health = Health(stale_after_s=stale_after(settings.broker_timeout_s))
-        server = (
-            serve(metrics, args.metrics_host, args.metrics_port, health=health)
-            if args.metrics_port >= 0
-            else None
-        )
+        server = settings.serve_metrics(metrics, TRAIN_METRICS_PORT, health)
         try:
             svc = TrainService(
                 settings,
                 spec=args.spec,
-                registry=args.registry,
+                registry=settings.registry or DEFAULT_REGISTRY,
                 state_dir=_state_dir(settings),
                 decisions_topic=decisions,
                 labels_topic=labels,

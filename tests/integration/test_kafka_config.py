@@ -13,7 +13,7 @@ import pytest
 
 from fds.errors import ConfigError
 from fds.streams import kafka_cli
-from fds.streams.kafka import KafkaSettings, load_settings
+from fds.streams.kafka import KafkaSettings, _settings_from, load_settings
 
 
 def test_flags_beat_environment_beat_file(tmp_path, monkeypatch):
@@ -30,22 +30,115 @@ def test_flags_beat_environment_beat_file(tmp_path, monkeypatch):
 
 
 def test_an_fds_variable_fds_does_not_read_is_warned_about_once(monkeypatch, caplog):
-    """A QA pass: FDS_REGISTRY and FDS_METRICS_PORT (flags only) and a typo were ignored
-    without a word; a deployment then served from another's registry and port."""
+    """A QA pass: FDS_REGISTRY and FDS_METRICS_PORT (then flags only) and a typo were ignored
+    without a word; a deployment then served from another's registry and port. They are
+    settings now: a flag-only option (--rules) and a typo are warned about."""
     from fds.streams import kafka
 
     monkeypatch.setattr(kafka, "_WARNED_ENV", set())
     monkeypatch.setenv("FDS_GROPU", "g")
-    monkeypatch.setenv("FDS_METRICS_PORT", "29700")
+    monkeypatch.setenv("FDS_RULES", "rules/other.yaml")
+    for name in ("FDS_REGISTRY", "FDS_MODELS_TOPIC", "FDS_METRICS_PORT", "FDS_METRICS_HOST"):
+        monkeypatch.setenv(name, {"FDS_METRICS_PORT": "29700"}.get(name, "127.0.0.1"))
     with caplog.at_level("WARNING", logger="fds.streams.kafka"):
         load_settings()
         load_settings()
     said = [r.getMessage() for r in caplog.records]
     assert said == [
         "FDS_GROPU is no variable fds reads: ignored (did you mean FDS_GROUP?)",
-        "FDS_METRICS_PORT is no variable fds reads: ignored (give --metrics-port where the "
-        "command has it)",
+        "FDS_RULES is no variable fds reads: ignored (give --rules where the command has it)",
     ]
+
+
+def _no_deployment_env(monkeypatch) -> None:
+    for name in ("FDS_REGISTRY", "FDS_MODELS_TOPIC", "FDS_METRICS_PORT", "FDS_METRICS_HOST"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_a_deployments_registry_models_topic_and_metrics_are_settings(tmp_path, monkeypatch):
+    """A QA pass (two deployments on one cluster): the registry, the models topic and the
+    metrics port were flags only, to be given to every process of a deployment. They are
+    settings now, as every other: flag > FDS_* > the file > the command's default."""
+    _no_deployment_env(monkeypatch)
+    (tmp_path / "etc").mkdir()
+    f = tmp_path / "etc" / "kafka.yaml"
+    f.write_text(
+        "registry: reg\nmodels_topic: prod.models\nmetrics_port: 9200\nmetrics_host: 0.0.0.0\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    s = load_settings(f)  # the file; its registry relative to it, as its state dir
+    assert (s.registry, s.models_topic, s.metrics_port) == (tmp_path / "etc" / "reg",
+                                                           "prod.models", 9200)  # fmt: skip
+    assert s.metrics_address(9108) == ("0.0.0.0", 9200)
+    assert s.given_as("registry") == f"registry in {f}"
+    monkeypatch.setenv("FDS_REGISTRY", "env-reg")  # the environment over the file
+    monkeypatch.setenv("FDS_MODELS_TOPIC", "env.models")
+    monkeypatch.setenv("FDS_METRICS_PORT", "-1")
+    monkeypatch.setenv("FDS_METRICS_HOST", "127.0.0.1")
+    s = load_settings(f)
+    assert (str(s.registry), s.models_topic, s.metrics_port) == ("env-reg", "env.models", -1)
+    assert s.metrics_address(9108) == ("127.0.0.1", -1) and s.fix("metrics_port") == (
+        "fix FDS_METRICS_PORT"
+    )
+    s = load_settings(f, registry="flag-reg", models_topic="m", metrics_port=0)  # flags over all
+    assert (str(s.registry), s.models_topic, s.metrics_port) == ("flag-reg", "m", 0)
+    assert s.given_as("metrics_port") == "--metrics-port"
+    _no_deployment_env(monkeypatch)
+    s = load_settings()  # none given: each command's own default
+    assert (s.registry, s.models_topic, s.metrics_port, s.metrics_host) == (None,) * 4
+    assert s.metrics_address(9109) == ("127.0.0.1", 9109)
+    assert (s.models_topic_for("models"), s.models_topic_for(None)) == ("models", None)
+    for none in ("none", "None"):  # none turns it off, as fds train --models-topic none
+        f.write_text(f"models_topic: {none}\n")
+        assert load_settings(f).models_topic_for("models") is None
+    assert load_settings(f, models_topic="m").models_topic_for("models") == "m"  # (the flag)
+
+
+@pytest.mark.parametrize(
+    ("env", "file", "says"),
+    [
+        (
+            {"FDS_METRICS_PORT": "abc"},
+            "",
+            "setting metrics_port: invalid port 'abc': give a whole number (from FDS_METRICS_PORT)",
+        ),
+        (
+            {},
+            "metrics_port: 99999\n",
+            "kafka.yaml:2: metrics_port: a port is 0-65535 (0: any free port), or -1: off; got "
+            "99999",
+        ),
+        ({}, "metrics_port: 9108.5\n", "kafka.yaml:2: metrics_port: invalid port 9108.5"),
+        (  # (the file's value overridden: not blamed on the file)
+            {"FDS_METRICS_PORT": "-2"},
+            "metrics_port: 9200\n",
+            "setting metrics_port: a port is 0-65535 (0: any free port), or -1: off; got -2 "
+            "(from FDS_METRICS_PORT)",
+        ),
+        (
+            {},
+            "metrics_host: 192.0.2.77\n",
+            "kafka.yaml:2: metrics_host: '192.0.2.77' is no address of this machine",
+        ),
+        (
+            {"FDS_MODELS_TOPIC": "a b"},
+            "",
+            "setting models_topic: 'a b' is no Kafka topic name",
+        ),
+    ],
+    ids=["env-port", "file-port", "file-port-float", "env-over-file", "file-host", "env-topic"],
+)
+def test_a_bad_registry_models_topic_or_metrics_setting_names_where(
+    env, file, says, tmp_path, monkeypatch
+):
+    _no_deployment_env(monkeypatch)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    f = tmp_path / "kafka.yaml"
+    f.write_text("group: g\n" + file)
+    with pytest.raises(ConfigError) as err:
+        load_settings(f)
+    assert says in str(err.value)
 
 
 def test_paths_in_a_settings_file_are_relative_to_it(tmp_path, monkeypatch):
@@ -497,3 +590,151 @@ def test_run_refuses_the_models_topic_in_another_role():
         s = load_settings(labels_topic="labels")
         with pytest.raises(ConfigError, match=rf"--models-topic and {role} are both '{topic}'"):
             build_run_engine(None, None, models_topic=topic, settings=s)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_run_and_train_serve_from_a_deployment_files_registry_and_port(
+    tmp_path, monkeypatch, capsys
+):
+    """One file per deployment, read by fds run and fds train alike: the registry each
+    serves from or publishes to and the port of its /metrics (they were flags only: a QA
+    pass, two deployments on one cluster). The flags still win."""
+    import logging
+    import socket
+
+    from fds.cli import main
+
+    _no_deployment_env(monkeypatch)
+    monkeypatch.setenv("FDS_STATE_ROOT", str(tmp_path / "state"))
+    (tmp_path / "etc").mkdir()
+    f = tmp_path / "etc" / "prod.yaml"
+    reg = tmp_path / "etc" / "reg"  # (relative to the file)
+    run_port, train_port = _free_port(), _free_port()
+    deployment = "bootstrap: 127.0.0.1:1\nbroker_timeout_s: 1\nregistry: reg\n"
+    try:
+        f.write_text(f"{deployment}metrics_port: {run_port}\n")
+        assert main(["run", "--config", str(f), "--rules", "none"]) == 1  # (no broker)
+        err = capsys.readouterr().err
+        assert f"serving metrics on http://127.0.0.1:{run_port}/metrics" in err
+        assert f'msg="serving model" registry="{reg}" models_topic="none"' in err
+        f.write_text(f"{deployment}metrics_port: {train_port}\n")
+        assert main(["train", "--config", str(f)]) == 1
+        err = capsys.readouterr().err
+        assert f"serving metrics on http://127.0.0.1:{train_port}/metrics" in err
+        assert f'models_topic="models" registry="{reg}"' in err  # (its start line)
+        other = tmp_path / "other"  # the flags as they are, over the file's
+        assert main(["train", "--config", str(f), "--registry", str(other),
+                     "--models-topic", "none", "--metrics-port", "-1"]) == 1  # fmt: skip
+        err = capsys.readouterr().err
+        assert "serving metrics" not in err and f'models_topic="none" registry="{other}"' in err
+        with socket.socket() as taken:  # a refused port is told to be fixed where it was given
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            f.write_text(f"{deployment}metrics_port: {taken.getsockname()[1]}\n")
+            assert main(["train", "--config", str(f)]) == 2
+        assert f"choose another port (metrics_port in {f}, 0-65535)" in capsys.readouterr().err
+    finally:
+        logging.getLogger("fds").setLevel(logging.INFO)  # (as the other tests expect)
+
+
+def test_a_models_topic_of_a_file_is_named_there_in_fds_run_and_fds_train(
+    tmp_path, monkeypatch, capsys
+):
+    """Its checks name it where it was given (they said --models-topic, never given)."""
+    _no_deployment_env(monkeypatch)
+    f = tmp_path / "kafka.yaml"
+    f.write_text("bootstrap: 127.0.0.1:1\nmodels_topic: transactions\n")
+    args = _parse(["run", "--config", str(f), "--rules", "none", "--model", "none",
+                   "--state-dir", "none"])  # fmt: skip
+    assert args.func(args) == 2
+    assert (
+        f"models_topic in {f} and input_topic are both 'transactions': give each its own topic "
+        f"(set --input-topic or fix models_topic in {f})" in capsys.readouterr().err
+    )
+    f.write_text("bootstrap: 127.0.0.1:1\nmodels_topic: models\n")
+    assert args.func(args) == 2  # (--model none)
+    assert f"a models topic (models_topic in {f}: models) needs a model" in (
+        capsys.readouterr().err
+    )
+    args = _parse(["run", "--config", str(f), "--rules", "none", "--model", "none",
+                   "--state-dir", "none", "--models-topic", "NONE"])  # fmt: skip
+    assert _settings_from(args).models_topic_for(None) is None  # (a flag turns the file's off)
+    f.write_text("models_topic: decisions\n")
+    args = _parse(["train", "--config", str(f), "--metrics-port", "-1"])
+    assert args.func(args) == 2
+    assert f"--decisions-topic and models_topic in {f} are both 'decisions'" in (
+        capsys.readouterr().err
+    )
+
+
+def test_produce_and_topics_take_a_deployment_file_with_every_setting(tmp_path, monkeypatch):
+    """A deployment's one file serves every command, its registry, models topic and metrics
+    included (fds produce and fds kafka topics read only what they use)."""
+    _no_deployment_env(monkeypatch)
+    f = tmp_path / "prod.yaml"
+    f.write_text(
+        "bootstrap: b:1\ninput_topic: prod.tx\nregistry: reg\nmodels_topic: prod.models\n"
+        "metrics_port: 9200\nmetrics_host: 127.0.0.1\n"
+    )
+    for argv in (["produce", "tx.jsonl"], ["kafka", "topics"]):
+        s = _settings_from(_parse([*argv, "--config", str(f)]))
+        assert (s.bootstrap, s.input_topic, s.metrics_port) == ("b:1", "prod.tx", 9200)
+
+
+def test_the_readmes_deployment_file_serves_run_and_train(tmp_path, monkeypatch):
+    """README "Configuration": its one file per deployment, read by fds run and fds train,
+    and the error it quotes for a bad metrics port."""
+    from pathlib import Path
+
+    from fds.cli import build_parser
+    from fds.streams.kafka import RUN_METRICS_PORT
+    from fds.streams.train import TRAIN_METRICS_PORT, train_settings, trainer_topics
+
+    _no_deployment_env(monkeypatch)
+    for name in ("FDS_GROUP", "FDS_INPUT_TOPIC", "FDS_OUTPUT_TOPIC", "FDS_LABELS_TOPIC"):
+        monkeypatch.delenv(name, raising=False)
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    example = re.search(r"```yaml\n(# etc/prod\.yaml.*?)```", readme, re.S)
+    assert example is not None
+    (tmp_path / "etc").mkdir()
+    f = tmp_path / "etc" / "prod.yaml"
+    f.write_text(example.group(1))
+    monkeypatch.chdir(tmp_path)
+    parse = build_parser().parse_args
+    run = _settings_from(parse(["run", "--config", "etc/prod.yaml"]))
+    assert run.registry == Path("etc/registry")  # (relative to the file)
+    assert run.models_topic_for(None) == "prod.models"
+    assert run.metrics_address(RUN_METRICS_PORT) == ("127.0.0.1", 9208)
+    args = parse(["train", "--config", "etc/prod.yaml", "--metrics-port", "9209"])
+    train = train_settings(args)
+    assert (train.group, train.registry) == ("fds-prod-train", run.registry)
+    assert trainer_topics(args, train) == ("prod.decisions", "prod.labels", "prod.models")
+    assert train.metrics_address(TRAIN_METRICS_PORT) == ("127.0.0.1", 9209)
+    f.write_text(example.group(1).replace("metrics_port: 9208", "metrics_port: 99999"))
+    said = "etc/prod.yaml:11: metrics_port: a port is 0-65535 (0: any free port), or -1: off"
+    assert said in readme.replace("\n", " ")
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        load_settings("etc/prod.yaml")
+
+
+def test_kafka_topics_says_when_a_deployments_models_topic_is_not_made(tmp_path, monkeypatch):
+    """The models topic a file names is one of the deployment's topics: `fds kafka topics
+    --config` says when it did not make it (none: there is none to make)."""
+    _no_deployment_env(monkeypatch)
+    f = tmp_path / "prod.yaml"
+    made = {"prod.transactions", "prod.models"}
+    f.write_text("models_topic: models\n")
+    assert kafka_cli._other_topics(load_settings(f), "prod.", made) == [
+        f"the settings' models_topic 'models' (models_topic in {f}) is none of the topics made: "
+        "fds run would wait for it"
+    ]
+    for fine in ("prod.models", "none"):
+        f.write_text(f"models_topic: {fine}\n")
+        assert kafka_cli._other_topics(load_settings(f), "prod.", made) == []

@@ -449,6 +449,36 @@ def test_a_deployments_trainer_reads_its_own_topics_and_state_dir(monkeypatch, t
         other.store.close()
 
 
+def test_a_deployments_trainer_takes_its_models_topic_and_metrics_from_its_settings(
+    monkeypatch, tmp_path
+):
+    """A QA pass (two deployments on one cluster): the models topic, registry and metrics
+    port were fds train's flags only. Its defaults stay (models, models/registry, 9109), and
+    its flags win over FDS_* and the file."""
+    from fds.cli import build_parser
+    from fds.streams.train import TRAIN_METRICS_PORT, train_settings, trainer_topics
+
+    for k in ("FDS_MODELS_TOPIC", "FDS_METRICS_PORT", "FDS_METRICS_HOST", "FDS_REGISTRY"):
+        monkeypatch.delenv(k, raising=False)
+    parse = build_parser().parse_args
+    args = parse(["train"])
+    s = train_settings(args)
+    assert trainer_topics(args, s)[2] == "models" and s.registry is None  # (models/registry)
+    assert s.metrics_address(TRAIN_METRICS_PORT) == ("127.0.0.1", 9109)
+    (tmp_path / "prod.yaml").write_text("models_topic: prod.models\nmetrics_port: 9300\n")
+    args = parse(["train", "--config", str(tmp_path / "prod.yaml")])
+    s = train_settings(args)
+    assert trainer_topics(args, s)[2] == "prod.models" and s.metrics_address(9109)[1] == 9300
+    monkeypatch.setenv("FDS_MODELS_TOPIC", "none")
+    monkeypatch.setenv("FDS_METRICS_PORT", "0")
+    s = train_settings(args)
+    assert trainer_topics(args, s)[2] is None and s.metrics_address(9109)[1] == 0
+    args = parse(["train", "--config", str(tmp_path / "prod.yaml"), "--models-topic", "m",
+                  "--metrics-port", "-1"])  # fmt: skip
+    s = train_settings(args)
+    assert trainer_topics(args, s)[2] == "m" and s.metrics_address(9109)[1] == -1
+
+
 def test_the_state_root_and_one_state_dir_are_two_variables(monkeypatch, tmp_path):
     """FDS_STATE_DIR was documented as the root of every instance's dir but read as one
     instance's whole dir: instances on a host shared (and overwrote) one checkpoint."""
