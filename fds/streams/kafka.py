@@ -75,6 +75,7 @@ import math
 import os
 import pickle
 import re
+import shlex
 import signal
 import socket
 import sys
@@ -158,7 +159,13 @@ from fds.streams.kafka_kit import (
 from fds.streams.label_feed import LabelFeed, reads_labels
 from fds.streams.rebuild import STAGES_TAIL_S, horizon_seconds, read_merged, start_offsets
 from fds.streams.state_topic import FETCH_BYTES as STATE_FETCH_BYTES
-from fds.streams.state_topic import StateTopic, index_of, manifest_newer, manifest_offsets
+from fds.streams.state_topic import (
+    StateTopic,
+    ident_of,
+    index_of,
+    manifest_newer,
+    manifest_offsets,
+)
 from fds.timeutil import FileClock, get_zone, naive_text, parse_ts, span
 
 if TYPE_CHECKING:  # (River: imported when an engine is built, not to build the command line)
@@ -579,6 +586,9 @@ class KafkaSettings(BaseSettings):
     session_timeout_ms: int = Field(default=10_000, ge=1000, le=2**31 - 1)
     # Engine state checkpoints (None: ~/.cache/fds/state/<group>[/<group_instance_id>]).
     state_dir: str | None = None
+    # A rename: restore the state (and resume from the committed offsets) of this other group,
+    # stopped for good. Without it a checkpoint written by another group is refused.
+    adopt_state_of: str | None = None
     # How often the state is checkpointed (after a commit); a restart re-folds at most this
     # much input in catch-up mode (~10,000 records/s). 0: after every commit.
     checkpoint_every_s: float = Field(default=30.0, ge=0, allow_inf_nan=False)
@@ -891,6 +901,11 @@ def _producer_fenced(exc: BaseException) -> bool:
     return isinstance(exc, ProducerFencedError) or "ProducerFencedError" in str(exc)
 
 
+class _OtherGroupsState(ConfigError):
+    """The state to restore is another consumer group's (Runner._check_owner): refused at
+    the start, never ignored."""
+
+
 @dataclass(slots=True)
 class RunStats:
     """Counters of one run (also logged at exit)."""
@@ -959,7 +974,7 @@ class Runner:
                     "by its group and instance id (keep the id when the instance moves)"
                 )
             self.state_topic = StateTopic(
-                settings.state_topic, f"{settings.group}/{settings.group_instance_id}",
+                settings.state_topic, ident_of(settings.group, settings.group_instance_id),
                 slot_file=checkpointer.dir / "state-topic.slot",
             )  # fmt: skip
             if self.state_topic.key is None:  # (as the models feed says it: a security review
@@ -2057,14 +2072,16 @@ class Runner:
         if not force and not self._checkpoint_due():
             return False
         self._ckpt_at = time.monotonic()
-        topic, offsets = self.s.input_topic, dict(self._positions)
+        topic, offsets, group = self.s.input_topic, dict(self._positions), self.s.group
         # (the partitions left, in its manifest: a taker may take them from this snapshot)
         left = _left_offsets(self._left)
         try:
             if force or not self.s.checkpoint_in_background:
-                ck.save(self._state(), topic=topic, offsets=offsets, left=left)
+                ck.save(self._state(), topic=topic, offsets=offsets, left=left, group=group)
             else:
-                ck.save_background(self._state, topic=topic, offsets=offsets, left=left)
+                ck.save_background(
+                    self._state, topic=topic, offsets=offsets, left=left, group=group
+                )
         except OSError as exc:  # a full disk must not stop decisions; a restart re-folds more
             log.warning('checkpoint failed path="%s" error="%s"', ck.path, exc)
             ck.failures += 1  # (fds_checkpoints_total{result="failed"})
@@ -2095,6 +2112,7 @@ class Runner:
                 got = load()
                 if got is None:
                     continue
+                self._check_owner(what, got, ck)
                 if got.topic != self.s.input_topic:
                     raise ConfigError(
                         f"{what} is of topic {got.topic!r}, not {self.s.input_topic!r}; use "
@@ -2105,6 +2123,8 @@ class Runner:
                 self._left = got.state.get(LEFT_KEY)
                 if ck.on_disk is not None:  # (its manifest, should it be published, says so)
                     ck.on_disk = ck.on_disk._replace(left=_left_offsets(self._left))
+            except _OtherGroupsState:
+                raise  # (ignored, its group's offsets would still be taken: see _check_owner)
             except ConfigError as exc:
                 log.warning("%s ignored: %s", what, exc)
                 if isinstance(exc, FeatureStateMismatch) and got is not None and not kept:
@@ -2133,6 +2153,44 @@ class Runner:
             ", unless other instances' snapshots on the state topic hold them (a takeover)"
             if self.state_topic is not None else "",
         )  # fmt: skip
+
+    def _check_owner(self, what: str, got: Checkpoint, ck: Checkpointer) -> None:
+        """Refuse a checkpoint another consumer group wrote, unless this group adopts it
+        (``adopt_state_of``: a rename). Its offsets are that group's: a new group given its
+        state dir (no committed offsets of its own) resumed from them, and took every record
+        before them as decided, though it had decided none (a QA pass, two deployments on one
+        cluster). A checkpoint of an earlier release records no group: restored as before."""
+        s = self.s
+        if got.group is None or got.group in (s.group, s.adopt_state_of):
+            if got.group is not None and got.group != s.group:
+                log.warning(
+                    'adopting the state of group="%s" as group="%s" (%s): it goes on from that '
+                    "group's committed offsets; stop every instance of the old group for good",
+                    got.group, s.group, s.named("adopt_state_of"),
+                )  # fmt: skip
+            return
+        source = (
+            f"state topic {self.state_topic.topic!r} (key {self.state_topic.ident!r}), "
+            f"written to {ck.path}"
+            if what != "checkpoint" and self.state_topic is not None
+            else str(ck.path)
+        )
+        adopting = (
+            f"; {s.named('adopt_state_of')} names group {s.adopt_state_of!r}, not it"
+            if s.adopt_state_of
+            else ""
+        )
+        raise _OtherGroupsState(
+            f"the {what} from {source} is the state of consumer group {got.group!r}, and "
+            f"this is group {s.group!r}{adopting}: restored, this group would start at the "
+            "offsets that state covers, as if it had decided every record before them. Give "
+            f"group {s.group!r} its own state dir ({s.named('state_dir')}; the default one "
+            "follows the group)"
+            + (" and instance id on the state topic" if self.state_topic is not None else "")
+            + f"; or, to continue group {got.group!r} under the new name {s.group!r} (a "
+            f"rename: stop {got.group!r} first), start with "
+            f"{_flag_of('adopt_state_of')} {shlex.quote(got.group)}"
+        )
 
     def _keep_history(self, what: str, state: dict[str, Any]) -> None:
         """Of a saved state whose features do not fit (declarations changed while the engine
@@ -2164,6 +2222,11 @@ class Runner:
                 st.topic, exc,
             )  # fmt: skip
             return None
+        old, instance = self.s.adopt_state_of, self.s.group_instance_id
+        if data is None and old and instance:  # a rename: the old group's snapshot
+            data = StateTopic(st.topic, ident_of(old, instance), key=st.key).fetch_foreign(
+                self._state_reader, timeout_s=self.s.broker_timeout_s
+            )
         if data is None:
             return None
         write_atomic(ck.path, data)
@@ -2372,6 +2435,26 @@ class Runner:
             wait_s,
         )
 
+    def _adopted_offsets(self, tps: list[Any]) -> dict[Any, Any]:
+        """The offsets (with their metadata) the group named by ``adopt_state_of`` committed
+        for ``tps`` (``{}``: none adopted, or it has none). The renamed group has none of its
+        own: from the offsets its state covers alone, it decided again what the old group
+        decided after its last checkpoint."""
+        old = self.s.adopt_state_of
+        if not old:
+            return {}
+        reader = self._reader(**self.s.reader_config(old))  # (its offsets read, never joined)
+        ms = self.s.timeout_ms
+        try:
+            got = self._retrying(
+                f"reading the committed offsets of group {old!r}",
+                lambda: {tp: reader.committed(tp, metadata=True, timeout_ms=ms) for tp in tps},
+            )
+        finally:
+            with contextlib.suppress(Exception):
+                reader.close()
+        return {tp: om for tp, om in got.items() if om is not None}
+
     def _bring_up_to_date(self, tps: list[Any]) -> dict[Any, int | None]:
         """Fold what the group decided below its committed offsets into the state (state only,
         no output), so that deciding resumes exactly where the group left off. Returns the
@@ -2401,19 +2484,32 @@ class Runner:
                 "reading the log starts", lambda: self.consumer.beginning_offsets(list(gone))
             )
             gone = {tp: max(o, starts[tp]) for tp, o in gone.items()}  # (retention passed it)
-            log.warning(
-                "no committed offset for partitions %s (the group was deleted or its offsets "
-                "expired): resumed from the offsets the state covers %s, committed for the "
-                "group; to decide the topic again from its start, start with an empty "
-                "--state-dir and no --state-topic (its snapshot would be restored)",
-                sorted(tp.partition for tp in gone), {tp.partition: o for tp, o in gone.items()},
-            )  # fmt: skip
+            # A rename: the adopted group's commits, which the state may lag (folded on top,
+            # as at a restart), with their marks (its decisions past them are found).
+            marks = {tp: om for tp, om in self._adopted_offsets(list(gone)).items()
+                     if om.offset >= gone[tp]}  # fmt: skip
+            gone.update((tp, om.offset) for tp, om in marks.items())
+            if marks:
+                log.info(
+                    'group="%s" takes over the committed offsets of group="%s" %s (a rename)',
+                    self.s.group, self.s.adopt_state_of,
+                    {tp.partition: o for tp, o in sorted(gone.items())},
+                )  # fmt: skip
+            if len(marks) < len(gone):
+                log.warning(
+                    "no committed offset for partitions %s (the group was deleted or its "
+                    "offsets expired): resumed from the offsets the state covers %s, committed "
+                    "for the group; to decide the topic again from its start, start with an "
+                    "empty --state-dir and no --state-topic (its snapshot would be restored)",
+                    sorted(tp.partition for tp in gone if tp not in marks),
+                    {tp.partition: o for tp, o in gone.items() if tp not in marks},
+                )  # fmt: skip
             # Committed at once: a partition that stays idle and moves to another instance
             # would start there at auto_offset_reset, the whole log decided again (a review).
             self._retrying(
                 "commit",
                 lambda: self.consumer.commit(
-                    {tp: OffsetAndMetadata(o, "", -1) for tp, o in gone.items()},
+                    {tp: marks.get(tp) or OffsetAndMetadata(o, "", -1) for tp, o in gone.items()},
                     timeout_ms=self.s.timeout_ms,
                 ),
             )
@@ -3718,6 +3814,7 @@ _SETTING_FLAGS = {
     "--broker-timeout": "broker_timeout_s",
     "--max-event-ahead": "max_event_ahead_s",
     "--state-dir": "state_dir",
+    "--adopt-state-of": "adopt_state_of",
     "--checkpoint-every": "checkpoint_every_s",
     "--align-wait": "align_wait_s",
     "--state-topic": "state_topic",

@@ -66,8 +66,8 @@ from fds.models.registry import env_key, sign, verify, write_atomic
 from fds.streams.kafka_kit import UnreadableRecords
 
 __all__ = [
-    "CHUNK", "FETCH_BYTES", "StateTopic", "index_of", "manifest_newer", "manifest_offsets",
-    "manifest_span",
+    "CHUNK", "FETCH_BYTES", "StateTopic", "ident_of", "index_of", "manifest_newer",
+    "manifest_offsets", "manifest_span",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,15 @@ def manifest_offsets(manifest: Mapping[str, Any], key: str = "offsets") -> dict[
     except ValueError:
         return {}
     return out if all(o.__class__ is int for o in out.values()) else {}
+
+
+def ident_of(group: str, instance: str) -> str:
+    """The key of an instance's snapshots: ``<group>/<instance>``.
+
+    >>> ident_of("fds", "i0")
+    'fds/i0'
+    """
+    return f"{group}/{instance}"
 
 
 def index_of(topic: str) -> str:
