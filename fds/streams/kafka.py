@@ -82,7 +82,7 @@ import sys
 import threading
 import time
 import weakref
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC
@@ -217,6 +217,10 @@ WALL_CLOCK_FIELDS = ("decided_at", "latency_ms")
 # metadata: this prefix and an offset of the decisions partition of the same number): a
 # restart reads what is there and folds those records instead of deciding them again.
 DECIDED_MARK = "fds:decisions@"
+#: The header of each decision naming the consumer group that made it: a restart takes only
+#: its own group's decisions past the mark as made (another group writing the same decisions
+#: topic had its decisions taken for this group's, and those records never decided: a QA pass).
+GROUP_HEADER = "fds-group"
 #: Records read past a partition's committed offset for the event time of its next one to decide
 #: (Runner._next_times: the first may be a dead letter).
 PEEK_RECORDS = 16
@@ -245,9 +249,27 @@ def _left_offsets(left: Any) -> dict[int, int] | None:
     return {p: v[1] for p, v in left.items()}
 
 
-def _decided_id(msg: Any) -> dict[str, Any] | None:
+def _decided_id(msg: Any, groups: Sequence[bytes], others: Counter[bytes]) -> dict[str, Any] | None:
     """A decision record's ``tx_id``, partition and offset (as :func:`read_merged` takes a
-    record: a constant time keeps each partition's order)."""
+    record: a constant time keeps each partition's order), when one of ``groups`` made it (its
+    :data:`GROUP_HEADER`; none: a release before the header, taken as before); another
+    group's is counted in ``others``.
+
+    >>> from types import SimpleNamespace as Msg
+    >>> mine, others, d = [b"eu"], Counter(), b'{"tx_id": "t1"}'
+    >>> _decided_id(Msg(value=d, partition=0, offset=7, headers=[("fds-group", b"eu")]), mine,
+    ...             others)
+    {'ts': 0.0, 'tx_id': 't1', 'p': 0, 'o': 7}
+    >>> _decided_id(Msg(value=d, partition=0, offset=8, headers=[("fds-group", b"us")]), mine,
+    ...             others), others
+    (None, Counter({b'us': 1}))
+    >>> _decided_id(Msg(value=d, partition=0, offset=9, headers=[]), mine, others)["tx_id"]
+    't1'
+    """
+    for name, value in msg.headers or ():
+        if name == GROUP_HEADER and value not in groups:
+            others[value] += 1
+            return None
     try:
         tx_id = loads_record(msg.value)["tx_id"]
     except Exception:  # not a decision (written by another tool): nothing to find in it
@@ -1010,6 +1032,7 @@ class Runner:
         self._found: dict[Any, tuple[int, deque[tuple[str, int]]]] = {}
         # Decisions partition -> the offset after its last acknowledged decision (DECIDED_MARK)
         self._out_next: dict[int, int] = {}
+        self._out_headers = [(GROUP_HEADER, settings.group.encode())]  # (each decision's)
         self._restoring = False  # folding a restore: the state is ahead of _positions
         # Partitions were revoked or lost and no assignment has come since: a join is under
         # way, and consumer.assignment() still names the old partitions (eager protocol).
@@ -1604,6 +1627,7 @@ class Runner:
         send = self.producer.send
         decide = self.engine.decide
         out_topic = s.output_topic
+        headers = self._out_headers
         eos = s.exactly_once
         if eos:
             self.producer.begin_transaction()
@@ -1640,7 +1664,9 @@ class Runner:
             if len(out) >= SEND_EVERY:
                 decided += len(out)
                 for value, key, part in out:
-                    last[part] = f = send(out_topic, value=value, key=key, partition=part)
+                    last[part] = f = send(
+                        out_topic, value=value, key=key, partition=part, headers=headers
+                    )
                     pending.append(f)
                 out.clear()
             if feed is not None and tx.__class__ is not _Bad and tx["ts"] > due:
@@ -1704,7 +1730,7 @@ class Runner:
         n = len(batch)
         offsets = {tp: OffsetAndMetadata(o, "", -1) for tp, o in nxt.items()}
         for value, key, part in out:
-            last[part] = f = send(out_topic, value=value, key=key, partition=part)
+            last[part] = f = send(out_topic, value=value, key=key, partition=part, headers=headers)
             pending.append(f)
         if refolded:
             n -= folds
@@ -2383,13 +2409,16 @@ class Runner:
         # (a mark below the log start after retention: read from the start, not the end)
         reader = self._reader(**self.s.reader_config(auto_offset_reset="earliest"))
         by_part: dict[int, deque[tuple[str, int]]] = {}
+        # (a renamed group's: the old group's decisions past the marks it took over are its own)
+        mine = [g.encode() for g in (self.s.group, self.s.adopt_state_of) if g]
+        others: Counter[bytes] = Counter()
         try:
             ends = reader.end_offsets(outs + tps)
             self._out_next.update({o.partition: ends[o] for o in outs})
             ranges = {o: (a, ends[o]) for o, a in starts.items() if a < ends[o]}
             wait = min(self.s.broker_timeout_s, FIND_TIMEOUT_S)
-            merged = read_merged(reader, ranges, _decided_id, timeout_s=wait,
-                                 stop=lambda: self._stop)  # fmt: skip
+            merged = read_merged(reader, ranges, lambda m: _decided_id(m, mine, others),
+                                 timeout_s=wait, stop=lambda: self._stop)  # fmt: skip
             for d in _until_stopped(merged):
                 by_part.setdefault(d["p"], deque()).append((d["tx_id"], d["o"]))
         except (KafkaError, FdsError) as exc:  # (a Write-only ACL, a broker that stalls, ...)
@@ -2403,6 +2432,15 @@ class Runner:
             with contextlib.suppress(Exception):
                 reader.close()
         self._found = {tp: (ends[tp], by_part[p]) for tp in tps if (p := tp.partition) in by_part}
+        if others:
+            log.warning(
+                'the decisions topic "%s" holds decisions of other groups past this group\'s '
+                "committed offsets (%s): not taken as this group's; a decisions topic belongs "
+                "to one group: give each group its own %s",
+                self.s.output_topic, ", ".join(f"{n} of group {g.decode(errors='replace')!r}"
+                                               for g, n in others.items()),
+                self.s.named("output_topic"),
+            )  # fmt: skip
         if self._found:
             log.info(
                 "decisions made before a stop, past the committed offsets, found (their "

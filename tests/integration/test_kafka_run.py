@@ -609,6 +609,46 @@ def test_kill9_and_restart_at_least_once_loses_nothing(
     assert dups == 0, f"{dups} decisions made twice"
 
 
+def test_another_group_s_decisions_on_the_topic_are_not_taken_as_made(
+    kafka_bootstrap, make_topics, unique_name, tmp_path
+):
+    """Two groups writing one decisions topic (a QA pass): group B decided the records past
+    group A's committed offset; A's restart read them past its mark and took them as its
+    own, deciding none of them. Each decision names its group (header ``fds-group``): A
+    decides them, and says the topic holds another group's decisions."""
+    from kafka.structs import OffsetAndMetadata
+
+    topics = make_topics(partitions=1)
+    ids = write_stream(tmp_path / "tx.jsonl", 1000)
+    lines = (tmp_path / "tx.jsonl").read_bytes().splitlines(keepends=True)
+    (tmp_path / "a.jsonl").write_bytes(b"".join(lines[:500]))
+    (tmp_path / "b.jsonl").write_bytes(b"".join(lines[500:]))
+    a, b = unique_name("a"), unique_name("b")
+    s = settings_for(kafka_bootstrap, topics, a)
+
+    def run(group: str) -> str:
+        p = spawn_run(kafka_bootstrap, topics, group, "--max-idle", "3")
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err[-2000:]
+        return err
+
+    produce_file(tmp_path / "a.jsonl", s)
+    run(a)  # A decides the first half and stops: its mark is the decisions topic's end
+    c = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=b, enable_auto_commit=False)
+    c.commit({TopicPartition(topics["transactions"], 0): OffsetAndMetadata(500, "", -1)})
+    c.close()
+    produce_file(tmp_path / "b.jsonl", s)
+    run(b)  # B decides the second half, past A's mark
+    log = run(a)
+    assert "holds decisions of other groups past this group's committed offsets (500 of " \
+        f"group {b!r})" in log, log[-3000:]  # fmt: skip
+    by_group: dict[bytes, list[str]] = {}
+    for r in read_all(kafka_bootstrap, topics["decisions"]):
+        by_group.setdefault(dict(r.headers)["fds-group"], []).append(orjson.loads(r.value)["tx_id"])
+    assert sorted(by_group[a.encode()]) == ids  # every one by A, once
+    assert sorted(by_group[b.encode()]) == ids[500:]
+
+
 def test_kill9_and_restart_exactly_once(kafka_bootstrap, topics, unique_name, tmp_path):
     ids = write_stream(tmp_path / "tx.jsonl", 20_000)
     s = settings_for(kafka_bootstrap, topics, unique_name("g"))

@@ -61,14 +61,14 @@ class Producer:
 
     def send(
         self, topic: str, value: bytes = b"", key: bytes | None = None,
-        partition: int | None = None, **_: Any,
+        partition: int | None = None, headers: list[Any] | None = None, **_: Any,
     ) -> Future:  # fmt: skip
         fut = Future()
         if topic == "decisions":
             (self.txn if self.txn is not None else self.b.out).append(orjson.loads(value))
             if self.txn is None and partition is not None:  # readable back, at an offset
                 log = self.b.logs.setdefault(TopicPartition(topic, partition), [])
-                log.append(Record(topic, partition, len(log), 0, key, value, []))
+                log.append(Record(topic, partition, len(log), 0, key, value, list(headers or ())))
                 fut.value = log[-1]
         return fut
 

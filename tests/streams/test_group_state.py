@@ -72,3 +72,33 @@ def test_a_checkpoint_of_an_earlier_release_without_a_group_still_restores(tmp_p
     with caplog.at_level(logging.INFO, logger="fds.streams.kafka"):
         r = _run(broker, tmp_path, group="us")
     assert "restored checkpoint" in caplog.text and r._positions == {0: 5, 1: 5}
+
+
+@pytest.mark.parametrize("made_by", ["this group", "another group", "an earlier release"])
+def test_only_this_group_s_decisions_past_the_commit_count_as_made(tmp_path, caplog, made_by):
+    """Two groups writing one decisions topic: at a restart, the decisions past the committed
+    offsets that another group made were taken as this group's, and their records folded,
+    never decided by it (a QA pass). Each decision names its group (header ``fds-group``); a
+    decision without one (an earlier release's) counts as before."""
+    from collections import Counter
+
+    from tests.streams.test_refold import _crashed_after_deciding_the_later_ones
+
+    expected, broker, _ = _crashed_after_deciding_the_later_ones(tmp_path)
+    out = [tp for tp in broker.logs if tp.topic == "decisions"]
+    assert all(r.headers == [("fds-group", b"fds")] for tp in out for r in broker.logs[tp])
+    header = {"another group": [("fds-group", b"us")], "an earlier release": []}.get(made_by)
+    if header is not None:  # what is past the marks (fds:decisions@10): the later decisions
+        for tp in out:
+            broker.logs[tp] = [r._replace(headers=header) if r.offset >= 10 else r
+                               for r in broker.logs[tp]]  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="fds.streams.kafka"):
+        r = _run(broker, tmp_path / "at-crash")
+    ids = Counter(d["tx_id"] for d in broker.out)
+    assert set(ids) == set(expected)
+    if made_by == "another group":
+        assert r.stats.found_decided == 0 and sum(ids.values()) == 40  # decided by this one
+        assert "holds decisions of other groups past this group's committed offsets (10 of " \
+            "group 'us')" in caplog.text  # fmt: skip
+    else:
+        assert r.stats.found_decided == 10 and sum(ids.values()) == 30
