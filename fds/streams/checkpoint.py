@@ -55,7 +55,10 @@ from fds import gcpolicy
 from fds.errors import ConfigError, describe
 from fds.models.registry import owner_only, write_atomic
 
-__all__ = ["Checkpoint", "Checkpointer", "FileOffsets", "default_state_dir", "parse_checkpoint"]
+__all__ = [
+    "Checkpoint", "Checkpointer", "FileOffsets", "default_state_dir", "escape_id",
+    "parse_checkpoint",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +94,16 @@ def _dir_name(name: str) -> str:
     """``name`` as one directory name, one to one."""
     if name in (".", ".."):
         return name.replace(".", "%2E")
+    return escape_id(name)
+
+
+def escape_id(name: str) -> str:
+    """A group or instance id with ``%``, ``/`` and NUL percent-encoded: one to one, and with
+    no ``/`` (one directory of a state dir; one part of a state topic key).
+
+    >>> escape_id("eu/1%")
+    'eu%2F1%25'
+    """
     return name.replace("%", "%25").replace("/", "%2F").replace("\0", "%00")
 
 

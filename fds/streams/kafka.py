@@ -2878,8 +2878,6 @@ class Runner:
             )  # fmt: skip
             return [], None
 
-        depth = st.ident.count("/")  # (group "g" and instance "x/y" is not group "g/x")
-
         def usable(offsets: Mapping[int, int], left: Mapping[int, int]) -> dict[Any, int]:
             """The partitions of ``alone`` a snapshot holds within their ranges, with the
             offset it holds each to: those it follows (``offsets``) and those it left
@@ -2898,8 +2896,13 @@ class Runner:
             """Partition -> (offset, instance): the snapshot holding it furthest along."""
             best: dict[Any, tuple[int, str]] = {}
             for ident, m in manifests.items():
-                own_or_other_group = ident == st.ident or ident.count("/") != depth
-                if own_or_other_group or m.get("topic") != self.s.input_topic:
+                # (a key with another "/": of an earlier release, whose ids held one, and
+                # whose group cannot be told; ident_of keys have one)
+                if (
+                    ident == st.ident
+                    or ident.count("/") != 1
+                    or m.get("topic") != self.s.input_topic
+                ):
                     continue
                 held = usable(manifest_offsets(m), manifest_offsets(m, "left"))
                 for tp, o in held.items():
@@ -2925,7 +2928,7 @@ class Runner:
             ``manifests``, each instance's newest; what was read (``None``: nothing)."""
             try:
                 found = StateTopic.scan(
-                    st.topic, make, f"{self.s.group}/", timeout_s=self.s.broker_timeout_s,
+                    st.topic, make, ident_of(self.s.group, ""), timeout_s=self.s.broker_timeout_s,
                     index=index,
                 )  # fmt: skip
             except (KafkaError, UnreadableRecords) as exc:

@@ -102,3 +102,25 @@ def test_only_this_group_s_decisions_past_the_commit_count_as_made(tmp_path, cap
             "group 'us')" in caplog.text  # fmt: skip
     else:
         assert r.stats.found_decided == 10 and sum(ids.values()) == 30
+
+
+def test_state_topic_keys_of_ids_with_a_slash_name_one_group_and_instance(tmp_path):
+    """Group ``a/b``'s instance ``c`` and group ``a``'s instance ``b/c`` published under one
+    key, ``a/b/c``: each restored the other's snapshot (a QA pass). Each id is percent-encoded
+    in the key, as in the state dir; ids without ``/`` or ``%`` keep their key."""
+    from fds.streams.state_topic import StateTopic
+    from tests.streams.test_state_topic import Topic
+
+    topic = Topic(n=3)
+    mine: dict[str, Any] = {}
+    for n, (group, instance) in enumerate((("a/b", "c"), ("a", "b/c"), ("fds", "i0"))):
+        r = runner(Broker(logs(), {}), tmp_path / str(n), group=group,
+                   group_instance_id=instance, state_topic="state")  # fmt: skip
+        data = f"the state of {group}'s {instance}".encode()
+        r.state_topic.publish(topic, data, topic="transactions", offsets={0: 1})
+        mine[r.state_topic.ident] = data
+    assert sorted(mine) == ["a%2Fb/c", "a/b%2Fc", "fds/i0"]
+    for ident, data in mine.items():
+        assert StateTopic("state", ident).fetch_foreign(topic.reader) == data
+    # a takeover in group "a" finds its own instances only
+    assert list(StateTopic.scan("state", topic.reader, "a/") or {}) == ["a/b%2Fc"]
