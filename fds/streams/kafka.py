@@ -2149,8 +2149,10 @@ class Runner:
                 self._left = got.state.get(LEFT_KEY)
                 if ck.on_disk is not None:  # (its manifest, should it be published, says so)
                     ck.on_disk = ck.on_disk._replace(left=_left_offsets(self._left))
-            except _OtherGroupsState:
-                raise  # (ignored, its group's offsets would still be taken: see _check_owner)
+            except _OtherGroupsState:  # (ignored, its offsets would still be taken)
+                if what != "checkpoint":  # (the snapshot was written as the checkpoint: gone
+                    ck.path.unlink(missing_ok=True)  # again, the state dir as it was)
+                raise
             except ConfigError as exc:
                 log.warning("%s ignored: %s", what, exc)
                 if isinstance(exc, FeatureStateMismatch) and got is not None and not kept:
@@ -2196,8 +2198,7 @@ class Runner:
                 )  # fmt: skip
             return
         source = (
-            f"state topic {self.state_topic.topic!r} (key {self.state_topic.ident!r}), "
-            f"written to {ck.path}"
+            f"state topic {self.state_topic.topic!r} (key {self.state_topic.ident!r})"
             if what != "checkpoint" and self.state_topic is not None
             else str(ck.path)
         )

@@ -784,3 +784,32 @@ def test_a_renamed_group_goes_on_from_the_old_group_s_state_and_offsets(
             assert first[tx["tx_id"]]["features"] == want["features"], tx["tx_id"]
     finally:
         close_engine(ref)
+
+
+def test_groups_whose_ids_spell_one_key_keep_their_snapshots_apart(
+    kafka_bootstrap, make_topics, unique_name, tmp_path
+):
+    """Two deployments on one state topic (a QA pass): group ``G/a``'s instance ``b`` and group
+    ``G``'s instance ``a/b`` (the broker takes both ids) published under one key, ``G/a/b``,
+    and the second, started on an empty disk, fetched the first's snapshot. Each id is
+    percent-encoded in the key: the second finds none of its own and decides its input."""
+    t1, t2 = make_topics(partitions=1), make_topics(partitions=1)
+    ids = write_stream(tmp_path / "tx.jsonl", 500)
+    g = unique_name("g")
+    produce_file(tmp_path / "tx.jsonl", settings_for(kafka_bootstrap, t1, g))
+    logs = []
+    for group, instance, topics in ((f"{g}/a", "b", t1), (g, "a/b", {**t1, "decisions": t2[
+            "decisions"], "dead_letters": t2["dead_letters"]})):  # fmt: skip
+        stages = (
+            "--rules", str(DEFAULT_RULES), "--model", "none", "--max-idle", "3",
+            "--state-dir", str(tmp_path / instance.replace("/", "_")),
+            "--state-topic", t1["state_changelog"], "--group-instance-id", instance,
+        )  # fmt: skip
+        p = spawn_run(kafka_bootstrap, topics, group, stages=stages)
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err[-3000:]
+        logs.append(err)
+    assert "restored checkpoint from state topic" not in logs[1], logs[1][-3000:]
+    decisions_by_tx(kafka_bootstrap, t2["decisions"], ids)  # every one decided by the second
+    keys = {r.key for r in read_all(kafka_bootstrap, t1["state_changelog"])}
+    assert {f"{g}%2Fa/b".encode(), f"{g}/a%2Fb".encode()} <= keys
