@@ -124,3 +124,22 @@ def test_state_topic_keys_of_ids_with_a_slash_name_one_group_and_instance(tmp_pa
         assert StateTopic("state", ident).fetch_foreign(topic.reader) == data
     # a takeover in group "a" finds its own instances only
     assert list(StateTopic.scan("state", topic.reader, "a/") or {}) == ["a/b%2Fc"]
+
+
+def test_a_snapshot_of_another_group_on_the_state_topic_is_refused_and_not_kept(tmp_path):
+    """A snapshot under this instance's key written by another group (ids that spelt one key
+    before they were encoded): refused, naming the topic and key, and not left in the state
+    dir as the checkpoint (each later start refused it again there)."""
+    from tests.streams.test_state_topic import Topic
+
+    _run(Broker(logs(n0=5, n1=5), committed={}), tmp_path / "eu", group="eu")
+    topic = Topic(n=3)
+    r = runner(Broker(logs(), {}), tmp_path / "us", group="us", group_instance_id="i0",
+               state_topic="state")  # fmt: skip
+    r.state_topic.publish(topic, (tmp_path / "eu" / "engine.ckpt").read_bytes())
+    r._state_reader = topic.reader  # type: ignore[method-assign]  # (the topic, in memory)
+    with pytest.raises(ConfigError) as refused:
+        r._restore()
+    said = "snapshot from state topic 'state' (key 'us/i0') is the state of consumer group 'eu'"
+    assert said in str(refused.value), refused.value
+    assert not (tmp_path / "us" / "engine.ckpt").exists()
