@@ -89,7 +89,7 @@ from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from kafka import ConsumerRebalanceListener, KafkaProducer
+from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaProducer
 from kafka.errors import (
     CommitFailedError,
     FencedInstanceIdError,
@@ -971,6 +971,10 @@ class Runner:
         The same :class:`fds.engine.Engine` that file replay uses.
     consumer_factory, producer_factory
         Build the kafka-python clients from a config dict (injectable for tests).
+    admin_factory
+        Builds the admin client that reads the group's committed topics at the start (see
+        ``_check_one_input``); ``None``: kafka-python's, unless ``consumer_factory`` is given
+        (in-memory clients without an admin: not checked).
     checkpointer
         Where the engine state is checkpointed and restored from (``None``: no state kept
         across restarts).
@@ -984,6 +988,7 @@ class Runner:
         consumer_factory: Callable[..., Any] | None = None,
         producer_factory: Callable[..., Any] | None = None,
         checkpointer: Checkpointer | None = None,
+        admin_factory: Callable[..., Any] | None = None,
     ) -> None:
         self.s = settings
         self.checkpointer = checkpointer
@@ -1074,6 +1079,7 @@ class Runner:
         self._stop = False
         self._consumer_factory = consumer_factory or Consumer
         self._producer_factory = producer_factory or KafkaProducer
+        self._admin_factory = admin_factory or (KafkaAdminClient if not consumer_factory else None)
         self.consumer: Any = None
         self.producer: Any = None
         # Metrics go to the engine's Metrics (fds.metrics) when it has one, else nowhere.
@@ -1247,6 +1253,7 @@ class Runner:
                     f"(`fds kafka topics` creates the kit's topics) or {fix}"
                 )
         self._check_copartitioned()
+        self._check_one_input()
         log.info(
             'consuming topic="%s" group="%s" exactly_once="%s" co_partitioned="%s" '
             'labels_topic="%s"',
@@ -1254,6 +1261,39 @@ class Runner:
             s.labels_topic if self.labels is not None else "off",
         )  # fmt: skip
         self._broker_state(True)
+
+    def _check_one_input(self) -> None:
+        """Warn when the group has committed offsets of topics besides its input topic: one
+        group given two input topics (restarted with another one, or another process of it
+        reading another) went on without a word (a QA pass), though its decisions partitions
+        then have two writers, whose marks and found decisions mix, and its state follows one
+        topic. A warning, not a refusal: a group moved to a new input topic keeps the old
+        topic's offsets until they expire. Not checked when the group's offsets cannot be
+        listed (an ACL without Describe on the group: said at INFO)."""
+        s = self.s
+        if self._admin_factory is None:
+            return
+        try:
+            admin = self._admin_factory(**s.client_config(), bootstrap_timeout_ms=s.timeout_ms)
+            try:
+                committed = admin.list_group_offsets({s.group: None}).get(s.group) or {}
+            finally:
+                admin.close()
+        except (KafkaError, OSError) as exc:
+            log.info("the topics group %r committed offsets of were not checked: %s", s.group,
+                     describe(exc))  # fmt: skip
+            return
+        if others := sorted({tp.topic for tp in committed} - {s.input_topic}):
+            log.warning(
+                'group="%s" reads input topic "%s", and has committed offsets of %s too: a '
+                "group reads one input topic (two share its decisions partitions, and a restart "
+                "mixes their decisions). Another deployment reading %s: give each its own "
+                "%s (and state dir). This group moved to \"%s\" for good: delete its offsets "
+                "of the old topic (kafka-consumer-groups.sh --delete-offsets --group %s "
+                "--topic %s), or let them expire",
+                s.group, s.input_topic, ", ".join(map(repr, others)), " or ".join(others),
+                s.named("group"), s.input_topic, s.group, others[0],
+            )  # fmt: skip
 
     def _find_state_index(self) -> None:
         """Send manifests to the state topic's index too when it exists, and look snapshots up
@@ -2141,8 +2181,11 @@ class Runner:
                 self._check_owner(what, got, ck)
                 if got.topic != self.s.input_topic:
                     raise ConfigError(
-                        f"{what} is of topic {got.topic!r}, not {self.s.input_topic!r}; use "
-                        "one --state-dir per input topic and group",
+                        f"{what} is the state of input topic {got.topic!r}, and group "
+                        f"{self.s.group!r} reads {self.s.input_topic!r}: a group reads one input "
+                        "topic. Moved to the new topic for good: nothing to do, the state is "
+                        "made from it. Another deployment still reads the old topic: give this "
+                        f"one its own {self.s.named('group')} and state dir",
                         where=str(ck.path),
                     )
                 self.engine.load_state_dict(got.state if model else _without_model(got.state))
@@ -3228,8 +3271,9 @@ class Runner:
                 "no committed offset for partitions %s of group %s (a new group, or renamed): "
                 "their %d records are decided from the earliest offset and their decisions "
                 "sent (again, if another group decided them); to start at their end instead, "
-                "set auto_offset_reset: latest",
-                sorted(tp.partition for tp in tps), self.s.group, n,
+                "set auto_offset_reset: latest; a renamed group goes on from the old group's "
+                "state and offsets with %s OLD_GROUP and the old state dir",
+                sorted(tp.partition for tp in tps), self.s.group, n, _flag_of("adopt_state_of"),
             )  # fmt: skip
 
     def _report_restoring(

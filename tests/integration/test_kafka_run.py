@@ -649,6 +649,32 @@ def test_another_group_s_decisions_on_the_topic_are_not_taken_as_made(
     assert sorted(by_group[b.encode()]) == ids[500:]
 
 
+def test_a_group_given_another_input_topic_is_warned_about(
+    kafka_bootstrap, make_topics, unique_name, tmp_path
+):
+    """One group given two input topics (here restarted with another one; two processes of
+    it on two topics likewise) went on without a word (a QA pass)."""
+    t1, t2 = make_topics(partitions=1), make_topics(partitions=1)
+    ids = write_stream(tmp_path / "tx.jsonl", 100)
+    group = unique_name("g")
+    for topics in (t1, t2):
+        produce_file(tmp_path / "tx.jsonl", settings_for(kafka_bootstrap, topics, group))
+    logs = []
+    for topics in (t1, {**t1, "transactions": t2["transactions"]}):
+        p = spawn_run(kafka_bootstrap, topics, group, "--max-idle", "3")
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err[-2000:]
+        logs.append(err)
+    assert "committed offsets of" not in logs[0], logs[0][-2000:]  # (a new group: none)
+    said = (
+        f'group=\\"{group}\\" reads input topic \\"{t2["transactions"]}\\", and has committed '
+        f"offsets of {t1['transactions']!r} too: a group reads one input topic"
+    )
+    assert said in logs[1], logs[1][-2000:]
+    _, dups = decisions_by_tx(kafka_bootstrap, t1["decisions"], ids)
+    assert dups == len(ids)  # each topic's transactions decided: a warning, not a refusal
+
+
 def test_kill9_and_restart_exactly_once(kafka_bootstrap, topics, unique_name, tmp_path):
     ids = write_stream(tmp_path / "tx.jsonl", 20_000)
     s = settings_for(kafka_bootstrap, topics, unique_name("g"))

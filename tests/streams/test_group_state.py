@@ -143,3 +143,52 @@ def test_a_snapshot_of_another_group_on_the_state_topic_is_refused_and_not_kept(
     said = "snapshot from state topic 'state' (key 'us/i0') is the state of consumer group 'eu'"
     assert said in str(refused.value), refused.value
     assert not (tmp_path / "us" / "engine.ckpt").exists()
+
+
+def test_a_group_with_offsets_of_another_input_topic_is_warned_about(tmp_path, caplog):
+    """One group given two input topics (restarted with another, or another process of it
+    reading another) went on without a word (a QA pass): its decisions partitions get two
+    writers. The group's committed topics are listed at the start."""
+    from kafka.structs import TopicPartition
+
+    from fds.streams.kafka import KafkaSettings, Runner
+    from tests.streams.fakebroker import Admin, Group, Producer, Reader
+    from tests.streams.test_refold import engine
+
+    broker = Broker(logs(n0=5, n1=5), committed={})
+    broker.elsewhere = {TopicPartition("payments", 0): 7}
+    broker.script = [(1, lambda g: g.rebalance({P0, P1}))]
+    group = Group(broker)
+    r = Runner(
+        KafkaSettings(checkpoint_in_background=False, align_wait_s=0, group="eu"), engine(),
+        consumer_factory=lambda **cfg: group if cfg.get("group_id") else Reader(broker),
+        producer_factory=lambda **cfg: Producer(broker, **cfg),
+        admin_factory=lambda **cfg: Admin(broker, **cfg), checkpointer=Checkpointer(tmp_path),
+    )  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="fds.streams.kafka"):
+        r.run(max_idle_s=0.3)
+    said = (
+        'group="eu" reads input topic "transactions", and has committed offsets of \'payments\' '
+        "too: a group reads one input topic"
+    )
+    assert said in caplog.text, caplog.text
+    assert "give each its own --group" in caplog.text and "--topic payments" in caplog.text
+    assert len(broker.out) == 10  # a warning: it decides
+
+
+def test_a_checkpoint_of_another_input_topic_is_said_to_be_one_and_the_state_rebuilt(
+    tmp_path, caplog
+):
+    broker = Broker(logs(n0=5, n1=5), committed={})
+    _run(broker, tmp_path, group="eu")
+    ck = Checkpointer(tmp_path)
+    got = ck.load()
+    assert got is not None
+    ck.save(got.state, topic="payments", offsets=got.offsets, group="eu")
+    with caplog.at_level(logging.WARNING, logger="fds.streams.kafka"):
+        _run(broker, tmp_path, group="eu")
+    assert (
+        "checkpoint is the state of input topic 'payments', and group 'eu' reads "
+        "'transactions': a group reads one input topic"
+    ) in caplog.text, caplog.text
+    assert (tmp_path / "engine.ckpt.bad").exists()
