@@ -148,9 +148,15 @@ def test_a_replacement_with_an_empty_disk_restores_from_the_state_topic(
     assert "rebuild" not in log and "catch-up" not in log, log[-3000:]  # (all 3,000 in it)
 
     first, _ = decisions_by_tx(kafka_bootstrap, topics["decisions"], ids)
+    _assert_replay_features(first, tmp_path / "tx.jsonl")
+
+
+def _assert_replay_features(first: dict[str, dict[str, Any]], path: Any) -> None:
+    """Each decision in ``first`` (tx_id -> its first decision) has the features of an
+    uninterrupted replay of the file ``path`` with the default rules."""
     ref = build_run_engine(DEFAULT_RULES, None)
     try:
-        for tx in replay_load(tmp_path / "tx.jsonl").transactions:
+        for tx in replay_load(path).transactions:
             want = with_tx(ref.decide(tx), tx)
             assert first[tx["tx_id"]]["features"] == want["features"], tx["tx_id"]
     finally:
@@ -777,13 +783,7 @@ def test_a_renamed_group_goes_on_from_the_old_group_s_state_and_offsets(
     assert _committed(kafka_bootstrap, new, topics["transactions"]) == 3000
     first, dups = decisions_by_tx(kafka_bootstrap, topics["decisions"], ids)
     assert dups == 0, f"{dups} decisions made again after the rename"
-    ref = build_run_engine(DEFAULT_RULES, None)
-    try:
-        for tx in replay_load(tmp_path / "tx.jsonl").transactions:
-            want = with_tx(ref.decide(tx), tx)
-            assert first[tx["tx_id"]]["features"] == want["features"], tx["tx_id"]
-    finally:
-        close_engine(ref)
+    _assert_replay_features(first, tmp_path / "tx.jsonl")
 
 
 def test_groups_whose_ids_spell_one_key_keep_their_snapshots_apart(
