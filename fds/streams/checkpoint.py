@@ -1,10 +1,12 @@
 """Checkpoints of engine state with the input offsets they correspond to.
 
 A checkpoint is one file, ``<state dir>/engine.ckpt``: a pickle of ``{"format", "topic",
-"offsets", "state", "written_at"}`` where ``state`` is :meth:`fds.engine.Engine.state_dict` and
-``offsets`` maps each input partition to the offset of the next record *not* folded into
-``state``. It is written atomically (temporary file in the same directory, fsync, rename, fsync
-of the directory): a crash leaves the previous checkpoint or the new one, never a torn file.
+"offsets", "state", "written_at", "group"}`` where ``state`` is
+:meth:`fds.engine.Engine.state_dict`, ``offsets`` maps each input partition to the offset of the
+next record *not* folded into ``state``, and ``group`` is the consumer group whose committed
+offsets those are (files of earlier releases have none: :attr:`Checkpoint.group` ``None``).
+It is written atomically (temporary file in the same directory, fsync, rename, fsync of the
+directory): a crash leaves the previous checkpoint or the new one, never a torn file.
 
 The caller writes it only after the offsets it carries are committed (see
 :mod:`fds.streams.kafka`), so a checkpoint never runs ahead of the committed input.
@@ -26,10 +28,10 @@ the state topic) without writing it anywhere.
 >>> ck = Checkpointer(tempfile.mkdtemp())
 >>> ck.load() is None
 True
->>> ck.save({"features": None}, topic="tx", offsets={0: 12, 3: 7})
+>>> ck.save({"features": None}, topic="tx", offsets={0: 12, 3: 7}, group="fds")
 >>> got = ck.load()
->>> got.offsets, got.topic, got.state
-({0: 12, 3: 7}, 'tx', {'features': None})
+>>> got.offsets, got.topic, got.state, got.group
+({0: 12, 3: 7}, 'tx', {'features': None}, 'fds')
 >>> ck.on_disk
 FileOffsets(topic='tx', offsets={0: 12, 3: 7}, left=None)
 """
@@ -53,7 +55,10 @@ from fds import gcpolicy
 from fds.errors import ConfigError, describe
 from fds.models.registry import owner_only, write_atomic
 
-__all__ = ["Checkpoint", "Checkpointer", "FileOffsets", "default_state_dir", "parse_checkpoint"]
+__all__ = [
+    "Checkpoint", "Checkpointer", "FileOffsets", "default_state_dir", "escape_id",
+    "parse_checkpoint",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -89,17 +94,29 @@ def _dir_name(name: str) -> str:
     """``name`` as one directory name, one to one."""
     if name in (".", ".."):
         return name.replace(".", "%2E")
+    return escape_id(name)
+
+
+def escape_id(name: str) -> str:
+    """A group or instance id with ``%``, ``/`` and NUL percent-encoded: one to one, and with
+    no ``/`` (one directory of a state dir; one part of a state topic key).
+
+    >>> escape_id("eu/1%")
+    'eu%2F1%25'
+    """
     return name.replace("%", "%25").replace("/", "%2F").replace("\0", "%00")
 
 
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
-    """A loaded checkpoint: engine ``state`` as of input ``offsets`` (partition -> next)."""
+    """A loaded checkpoint: engine ``state`` as of input ``offsets`` (partition -> next) of
+    consumer ``group`` (``None``: written by a release that did not record it)."""
 
     topic: str
     offsets: dict[int, int]
     state: dict[str, Any]
     written_at: float
+    group: str | None = None
 
 
 def hold(path: Path, what: str, who: str, advice: str, flag: str) -> IO[str]:
@@ -171,6 +188,7 @@ def parse_checkpoint(data: bytes, *, where: str) -> Checkpoint:
         offsets={int(p): int(o) for p, o in payload["offsets"].items()},
         state=payload["state"],
         written_at=float(payload["written_at"]),
+        group=payload.get("group"),
     )
 
 
@@ -245,13 +263,15 @@ class Checkpointer:
         topic: str,
         offsets: dict[int, int],
         left: dict[int, int] | None = None,
+        group: str | None = None,
     ) -> None:
-        """Write ``state`` as of ``offsets`` atomically (temp + fsync + rename + dir fsync);
-        ``left``: noted in :attr:`on_disk` (see :class:`FileOffsets`), not written.
+        """Write ``state`` as of ``offsets`` of consumer ``group`` atomically (temp + fsync +
+        rename + dir fsync); ``left``: noted in :attr:`on_disk` (see :class:`FileOffsets`), not
+        written.
 
         A background write still running is stopped first: it holds an older state."""
         self.cancel()
-        self._write(state, topic, offsets)
+        self._write(state, topic, offsets, group)
         self.on_disk = FileOffsets(topic, dict(offsets), left)
         self.saves += 1
 
@@ -262,9 +282,10 @@ class Checkpointer:
         topic: str,
         offsets: dict[int, int],
         left: dict[int, int] | None = None,
+        group: str | None = None,
     ) -> bool:
-        """Write ``state()`` as of ``offsets`` from a forked child; return at once (``left``:
-        as for :meth:`save`).
+        """Write ``state()`` as of ``offsets`` from a forked child; return at once (``left``,
+        ``group``: as for :meth:`save`).
 
         False (nothing started) while the previous background write is still running. Where
         ``os.fork`` does not exist this is :meth:`save`. The child closes the descriptors it
@@ -275,7 +296,7 @@ class Checkpointer:
         if self.busy():
             return False
         if not hasattr(os, "fork"):
-            self.save(state(), topic=topic, offsets=offsets, left=left)
+            self.save(state(), topic=topic, offsets=offsets, left=left, group=group)
             return True
         parent = os.getpid()
         pending = (FileOffsets(topic, dict(offsets), left), self._inode())
@@ -293,7 +314,7 @@ class Checkpointer:
                 # The lowest CPU priority: on a busy machine the write yields the cores to the
                 # decision loop (and the broker) instead of competing with them.
                 os.nice(19)
-                self._write(state(), topic, offsets, alive=lambda: os.getppid() == parent)
+                self._write(state(), topic, offsets, group, alive=lambda: os.getppid() == parent)
                 code = 0
             except BaseException:  # reported to the parent by the exit code
                 pass
@@ -370,6 +391,7 @@ class Checkpointer:
         state: dict[str, Any],
         topic: str,
         offsets: dict[int, int],
+        group: str | None,
         alive: Callable[[], bool] = lambda: True,
     ) -> None:
         payload = {
@@ -378,6 +400,8 @@ class Checkpointer:
             "offsets": dict(offsets),
             "state": state,
             "written_at": time.time(),
+            # (a key more: a file of this release still reads in an earlier one, FORMAT kept)
+            "group": group,
         }
         data = gcpolicy.dumps(payload)
         if not alive():  # (a background writer whose instance died while it pickled)

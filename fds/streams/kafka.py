@@ -75,20 +75,21 @@ import math
 import os
 import pickle
 import re
+import shlex
 import signal
 import socket
 import sys
 import threading
 import time
 import weakref
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from kafka import ConsumerRebalanceListener, KafkaProducer
+from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaProducer
 from kafka.errors import (
     CommitFailedError,
     FencedInstanceIdError,
@@ -167,7 +168,13 @@ from fds.streams.kafka_kit import (
 from fds.streams.label_feed import LabelFeed, reads_labels
 from fds.streams.rebuild import STAGES_TAIL_S, horizon_seconds, read_merged, start_offsets
 from fds.streams.state_topic import FETCH_BYTES as STATE_FETCH_BYTES
-from fds.streams.state_topic import StateTopic, index_of, manifest_newer, manifest_offsets
+from fds.streams.state_topic import (
+    StateTopic,
+    ident_of,
+    index_of,
+    manifest_newer,
+    manifest_offsets,
+)
 from fds.timeutil import FileClock, get_zone, naive_text, parse_ts, span
 
 if TYPE_CHECKING:  # (River: imported when an engine is built, not to build the command line)
@@ -219,6 +226,10 @@ WALL_CLOCK_FIELDS = ("decided_at", "latency_ms")
 # metadata: this prefix and an offset of the decisions partition of the same number): a
 # restart reads what is there and folds those records instead of deciding them again.
 DECIDED_MARK = "fds:decisions@"
+#: The header of each decision naming the consumer group that made it: a restart takes only
+#: its own group's decisions past the mark as made (another group writing the same decisions
+#: topic had its decisions taken for this group's, and those records never decided: a QA pass).
+GROUP_HEADER = "fds-group"
 #: Records read past a partition's committed offset for the event time of its next one to decide
 #: (Runner._next_times: the first may be a dead letter).
 PEEK_RECORDS = 16
@@ -247,9 +258,27 @@ def _left_offsets(left: Any) -> dict[int, int] | None:
     return {p: v[1] for p, v in left.items()}
 
 
-def _decided_id(msg: Any) -> dict[str, Any] | None:
+def _decided_id(msg: Any, groups: Sequence[bytes], others: Counter[bytes]) -> dict[str, Any] | None:
     """A decision record's ``tx_id``, partition and offset (as :func:`read_merged` takes a
-    record: a constant time keeps each partition's order)."""
+    record: a constant time keeps each partition's order), when one of ``groups`` made it (its
+    :data:`GROUP_HEADER`; none: a release before the header, taken as before); another
+    group's is counted in ``others``.
+
+    >>> from types import SimpleNamespace as Msg
+    >>> mine, others, d = [b"eu"], Counter(), b'{"tx_id": "t1"}'
+    >>> _decided_id(Msg(value=d, partition=0, offset=7, headers=[("fds-group", b"eu")]), mine,
+    ...             others)
+    {'ts': 0.0, 'tx_id': 't1', 'p': 0, 'o': 7}
+    >>> _decided_id(Msg(value=d, partition=0, offset=8, headers=[("fds-group", b"us")]), mine,
+    ...             others), others
+    (None, Counter({b'us': 1}))
+    >>> _decided_id(Msg(value=d, partition=0, offset=9, headers=[]), mine, others)["tx_id"]
+    't1'
+    """
+    for name, value in msg.headers or ():
+        if name == GROUP_HEADER and value not in groups:
+            others[value] += 1
+            return None
     try:
         tx_id = loads_record(msg.value)["tx_id"]
     except Exception:  # not a decision (written by another tool): nothing to find in it
@@ -584,6 +613,9 @@ class KafkaSettings(BaseSettings):
     session_timeout_ms: int = Field(default=10_000, ge=1000, le=2**31 - 1)
     # Engine state checkpoints (None: ~/.cache/fds/state/<group>[/<group_instance_id>]).
     state_dir: str | None = None
+    # A rename: restore the state (and resume from the committed offsets) of this other group,
+    # stopped for good. Without it a checkpoint written by another group is refused.
+    adopt_state_of: str | None = None
     # How often the state is checkpointed (after a commit); a restart re-folds at most this
     # much input in catch-up mode (~10,000 records/s). 0: after every commit.
     checkpoint_every_s: float = Field(default=30.0, ge=0, allow_inf_nan=False)
@@ -948,6 +980,11 @@ def _producer_fenced(exc: BaseException) -> bool:
     return isinstance(exc, ProducerFencedError) or "ProducerFencedError" in str(exc)
 
 
+class _OtherGroupsState(ConfigError):
+    """The state to restore is another consumer group's (Runner._check_owner): refused at
+    the start, never ignored."""
+
+
 @dataclass(slots=True)
 class RunStats:
     """Counters of one run (also logged at exit)."""
@@ -991,6 +1028,10 @@ class Runner:
         The same :class:`fds.engine.Engine` that file replay uses.
     consumer_factory, producer_factory
         Build the kafka-python clients from a config dict (injectable for tests).
+    admin_factory
+        Builds the admin client that reads the group's committed topics at the start (see
+        ``_check_one_input``); ``None``: kafka-python's, unless ``consumer_factory`` is given
+        (in-memory clients without an admin: not checked).
     checkpointer
         Where the engine state is checkpointed and restored from (``None``: no state kept
         across restarts).
@@ -1004,6 +1045,7 @@ class Runner:
         consumer_factory: Callable[..., Any] | None = None,
         producer_factory: Callable[..., Any] | None = None,
         checkpointer: Checkpointer | None = None,
+        admin_factory: Callable[..., Any] | None = None,
     ) -> None:
         self.s = settings
         self.checkpointer = checkpointer
@@ -1016,7 +1058,7 @@ class Runner:
                     "by its group and instance id (keep the id when the instance moves)"
                 )
             self.state_topic = StateTopic(
-                settings.state_topic, f"{settings.group}/{settings.group_instance_id}",
+                settings.state_topic, ident_of(settings.group, settings.group_instance_id),
                 slot_file=checkpointer.dir / "state-topic.slot",
             )  # fmt: skip
             if self.state_topic.key is None:  # (as the models feed says it: a security review
@@ -1052,6 +1094,7 @@ class Runner:
         self._found: dict[Any, tuple[int, deque[tuple[str, int]]]] = {}
         # Decisions partition -> the offset after its last acknowledged decision (DECIDED_MARK)
         self._out_next: dict[int, int] = {}
+        self._out_headers = [(GROUP_HEADER, settings.group.encode())]  # (each decision's)
         self._restoring = False  # folding a restore: the state is ahead of _positions
         # Partitions were revoked or lost and no assignment has come since: a join is under
         # way, and consumer.assignment() still names the old partitions (eager protocol).
@@ -1093,6 +1136,7 @@ class Runner:
         self._stop = False
         self._consumer_factory = consumer_factory or Consumer
         self._producer_factory = producer_factory or KafkaProducer
+        self._admin_factory = admin_factory or (KafkaAdminClient if not consumer_factory else None)
         self.consumer: Any = None
         self.producer: Any = None
         # Metrics go to the engine's Metrics (fds.metrics) when it has one, else nowhere.
@@ -1266,6 +1310,7 @@ class Runner:
                     f"(`fds kafka topics` creates the kit's topics) or {fix}"
                 )
         self._check_copartitioned()
+        self._check_one_input()
         log.info(
             'consuming topic="%s" group="%s" exactly_once="%s" co_partitioned="%s" '
             'labels_topic="%s"',
@@ -1273,6 +1318,39 @@ class Runner:
             s.labels_topic if self.labels is not None else "off",
         )  # fmt: skip
         self._broker_state(True)
+
+    def _check_one_input(self) -> None:
+        """Warn when the group has committed offsets of topics besides its input topic: one
+        group given two input topics (restarted with another one, or another process of it
+        reading another) went on without a word (a QA pass), though its decisions partitions
+        then have two writers, whose marks and found decisions mix, and its state follows one
+        topic. A warning, not a refusal: a group moved to a new input topic keeps the old
+        topic's offsets until they expire. Not checked when the group's offsets cannot be
+        listed (an ACL without Describe on the group: said at INFO)."""
+        s = self.s
+        if self._admin_factory is None:
+            return
+        try:
+            admin = self._admin_factory(**s.client_config(), bootstrap_timeout_ms=s.timeout_ms)
+            try:
+                committed = admin.list_group_offsets({s.group: None}).get(s.group) or {}
+            finally:
+                admin.close()
+        except (KafkaError, OSError) as exc:
+            log.info("the topics group %r committed offsets of were not checked: %s", s.group,
+                     describe(exc))  # fmt: skip
+            return
+        if others := sorted({tp.topic for tp in committed} - {s.input_topic}):
+            log.warning(
+                'group="%s" reads input topic "%s", and has committed offsets of %s too: a '
+                "group reads one input topic (two share its decisions partitions, and a restart "
+                "mixes their decisions). Another deployment reading %s: give each its own "
+                "%s (and state dir). This group moved to \"%s\" for good: delete its offsets "
+                "of the old topic (kafka-consumer-groups.sh --delete-offsets --group %s "
+                "--topic %s), or let them expire",
+                s.group, s.input_topic, ", ".join(map(repr, others)), " or ".join(others),
+                s.named("group"), s.input_topic, s.group, others[0],
+            )  # fmt: skip
 
     def _find_state_index(self) -> None:
         """Send manifests to the state topic's index too when it exists, and look snapshots up
@@ -1646,6 +1724,7 @@ class Runner:
         send = self.producer.send
         decide = self.engine.decide
         out_topic = s.output_topic
+        headers = self._out_headers
         eos = s.exactly_once
         if eos:
             self.producer.begin_transaction()
@@ -1682,7 +1761,9 @@ class Runner:
             if len(out) >= SEND_EVERY:
                 decided += len(out)
                 for value, key, part in out:
-                    last[part] = f = send(out_topic, value=value, key=key, partition=part)
+                    last[part] = f = send(
+                        out_topic, value=value, key=key, partition=part, headers=headers
+                    )
                     pending.append(f)
                 out.clear()
             if feed is not None and tx.__class__ is not _Bad and tx["ts"] > due:
@@ -1746,7 +1827,7 @@ class Runner:
         n = len(batch)
         offsets = {tp: OffsetAndMetadata(o, "", -1) for tp, o in nxt.items()}
         for value, key, part in out:
-            last[part] = f = send(out_topic, value=value, key=key, partition=part)
+            last[part] = f = send(out_topic, value=value, key=key, partition=part, headers=headers)
             pending.append(f)
         if refolded:
             n -= folds
@@ -2114,14 +2195,16 @@ class Runner:
         if not force and not self._checkpoint_due():
             return False
         self._ckpt_at = time.monotonic()
-        topic, offsets = self.s.input_topic, dict(self._positions)
+        topic, offsets, group = self.s.input_topic, dict(self._positions), self.s.group
         # (the partitions left, in its manifest: a taker may take them from this snapshot)
         left = _left_offsets(self._left)
         try:
             if force or not self.s.checkpoint_in_background:
-                ck.save(self._state(), topic=topic, offsets=offsets, left=left)
+                ck.save(self._state(), topic=topic, offsets=offsets, left=left, group=group)
             else:
-                ck.save_background(self._state, topic=topic, offsets=offsets, left=left)
+                ck.save_background(
+                    self._state, topic=topic, offsets=offsets, left=left, group=group
+                )
         except OSError as exc:  # a full disk must not stop decisions; a restart re-folds more
             log.warning('checkpoint failed path="%s" error="%s"', ck.path, exc)
             ck.failures += 1  # (fds_checkpoints_total{result="failed"})
@@ -2152,16 +2235,24 @@ class Runner:
                 got = load()
                 if got is None:
                     continue
+                self._check_owner(what, got, ck)
                 if got.topic != self.s.input_topic:
                     raise ConfigError(
-                        f"{what} is of topic {got.topic!r}, not {self.s.input_topic!r}; use "
-                        "one --state-dir per input topic and group",
+                        f"{what} is the state of input topic {got.topic!r}, and group "
+                        f"{self.s.group!r} reads {self.s.input_topic!r}: a group reads one input "
+                        "topic. Moved to the new topic for good: nothing to do, the state is "
+                        "made from it. Another deployment still reads the old topic: give this "
+                        f"one its own {self.s.named('group')} and state dir",
                         where=str(ck.path),
                     )
                 self.engine.load_state_dict(got.state if model else _without_model(got.state))
                 self._left = got.state.get(LEFT_KEY)
                 if ck.on_disk is not None:  # (its manifest, should it be published, says so)
                     ck.on_disk = ck.on_disk._replace(left=_left_offsets(self._left))
+            except _OtherGroupsState:  # (ignored, its offsets would still be taken)
+                if what != "checkpoint":  # (the snapshot was written as the checkpoint: gone
+                    ck.path.unlink(missing_ok=True)  # again, the state dir as it was)
+                raise
             except ConfigError as exc:
                 log.warning("%s ignored: %s", what, exc)
                 if isinstance(exc, FeatureStateMismatch) and got is not None and not kept:
@@ -2190,6 +2281,43 @@ class Runner:
             ", unless other instances' snapshots on the state topic hold them (a takeover)"
             if self.state_topic is not None else "",
         )  # fmt: skip
+
+    def _check_owner(self, what: str, got: Checkpoint, ck: Checkpointer) -> None:
+        """Refuse a checkpoint another consumer group wrote, unless this group adopts it
+        (``adopt_state_of``: a rename). Its offsets are that group's: a new group given its
+        state dir (no committed offsets of its own) resumed from them, and took every record
+        before them as decided, though it had decided none (a QA pass, two deployments on one
+        cluster). A checkpoint of an earlier release records no group: restored as before."""
+        s = self.s
+        if got.group is None or got.group in (s.group, s.adopt_state_of):
+            if got.group is not None and got.group != s.group:
+                log.warning(
+                    'adopting the state of group="%s" as group="%s" (%s): it goes on from that '
+                    "group's committed offsets; stop every instance of the old group for good",
+                    got.group, s.group, s.named("adopt_state_of"),
+                )  # fmt: skip
+            return
+        source = (
+            f"state topic {self.state_topic.topic!r} (key {self.state_topic.ident!r})"
+            if what != "checkpoint" and self.state_topic is not None
+            else str(ck.path)
+        )
+        adopting = (
+            f"; {s.named('adopt_state_of')} names group {s.adopt_state_of!r}, not it"
+            if s.adopt_state_of
+            else ""
+        )
+        raise _OtherGroupsState(
+            f"the {what} from {source} is the state of consumer group {got.group!r}, and "
+            f"this is group {s.group!r}{adopting}: restored, this group would start at the "
+            "offsets that state covers, as if it had decided every record before them. Give "
+            f"group {s.group!r} its own state dir ({s.named('state_dir')}; the default one "
+            "follows the group)"
+            + (" and instance id on the state topic" if self.state_topic is not None else "")
+            + f"; or, to continue group {got.group!r} under the new name {s.group!r} (a "
+            f"rename: stop {got.group!r} first), start with "
+            f"{_flag_of('adopt_state_of')} {shlex.quote(got.group)}"
+        )
 
     def _keep_history(self, what: str, state: dict[str, Any]) -> None:
         """Of a saved state whose features do not fit (declarations changed while the engine
@@ -2221,6 +2349,11 @@ class Runner:
                 st.topic, exc,
             )  # fmt: skip
             return None
+        old, instance = self.s.adopt_state_of, self.s.group_instance_id
+        if data is None and old and instance:  # a rename: the old group's snapshot
+            data = StateTopic(st.topic, ident_of(old, instance), key=st.key).fetch_foreign(
+                self._state_reader, timeout_s=self.s.broker_timeout_s
+            )
         if data is None:
             return None
         write_atomic(ck.path, data)
@@ -2377,13 +2510,16 @@ class Runner:
         # (a mark below the log start after retention: read from the start, not the end)
         reader = self._reader(**self.s.reader_config(auto_offset_reset="earliest"))
         by_part: dict[int, deque[tuple[str, int]]] = {}
+        # (a renamed group's: the old group's decisions past the marks it took over are its own)
+        mine = [g.encode() for g in (self.s.group, self.s.adopt_state_of) if g]
+        others: Counter[bytes] = Counter()
         try:
             ends = reader.end_offsets(outs + tps)
             self._out_next.update({o.partition: ends[o] for o in outs})
             ranges = {o: (a, ends[o]) for o, a in starts.items() if a < ends[o]}
             wait = min(self.s.broker_timeout_s, FIND_TIMEOUT_S)
-            merged = read_merged(reader, ranges, _decided_id, timeout_s=wait,
-                                 stop=lambda: self._stop)  # fmt: skip
+            merged = read_merged(reader, ranges, lambda m: _decided_id(m, mine, others),
+                                 timeout_s=wait, stop=lambda: self._stop)  # fmt: skip
             for d in _until_stopped(merged):
                 by_part.setdefault(d["p"], deque()).append((d["tx_id"], d["o"]))
         except (KafkaError, FdsError) as exc:  # (a Write-only ACL, a broker that stalls, ...)
@@ -2397,6 +2533,15 @@ class Runner:
             with contextlib.suppress(Exception):
                 reader.close()
         self._found = {tp: (ends[tp], by_part[p]) for tp in tps if (p := tp.partition) in by_part}
+        if others:
+            log.warning(
+                'the decisions topic "%s" holds decisions of other groups past this group\'s '
+                "committed offsets (%s): not taken as this group's; a decisions topic belongs "
+                "to one group: give each group its own %s",
+                self.s.output_topic, ", ".join(f"{n} of group {g.decode(errors='replace')!r}"
+                                               for g, n in others.items()),
+                self.s.named("output_topic"),
+            )  # fmt: skip
         if self._found:
             log.info(
                 "decisions made before a stop, past the committed offsets, found (their "
@@ -2429,6 +2574,26 @@ class Runner:
             wait_s,
         )
 
+    def _adopted_offsets(self, tps: list[Any]) -> dict[Any, Any]:
+        """The offsets (with their metadata) the group named by ``adopt_state_of`` committed
+        for ``tps`` (``{}``: none adopted, or it has none). The renamed group has none of its
+        own: from the offsets its state covers alone, it decided again what the old group
+        decided after its last checkpoint."""
+        old = self.s.adopt_state_of
+        if not old:
+            return {}
+        reader = self._reader(**self.s.reader_config(old))  # (its offsets read, never joined)
+        ms = self.s.timeout_ms
+        try:
+            got = self._retrying(
+                f"reading the committed offsets of group {old!r}",
+                lambda: {tp: reader.committed(tp, metadata=True, timeout_ms=ms) for tp in tps},
+            )
+        finally:
+            with contextlib.suppress(Exception):
+                reader.close()
+        return {tp: om for tp, om in got.items() if om is not None}
+
     def _bring_up_to_date(self, tps: list[Any]) -> dict[Any, int | None]:
         """Fold what the group decided below its committed offsets into the state (state only,
         no output), so that deciding resumes exactly where the group left off. Returns the
@@ -2458,19 +2623,32 @@ class Runner:
                 "reading the log starts", lambda: self.consumer.beginning_offsets(list(gone))
             )
             gone = {tp: max(o, starts[tp]) for tp, o in gone.items()}  # (retention passed it)
-            log.warning(
-                "no committed offset for partitions %s (the group was deleted or its offsets "
-                "expired): resumed from the offsets the state covers %s, committed for the "
-                "group; to decide the topic again from its start, start with an empty "
-                "--state-dir and no --state-topic (its snapshot would be restored)",
-                sorted(tp.partition for tp in gone), {tp.partition: o for tp, o in gone.items()},
-            )  # fmt: skip
+            # A rename: the adopted group's commits, which the state may lag (folded on top,
+            # as at a restart), with their marks (its decisions past them are found).
+            marks = {tp: om for tp, om in self._adopted_offsets(list(gone)).items()
+                     if om.offset >= gone[tp]}  # fmt: skip
+            gone.update((tp, om.offset) for tp, om in marks.items())
+            if marks:
+                log.info(
+                    'group="%s" takes over the committed offsets of group="%s" %s (a rename)',
+                    self.s.group, self.s.adopt_state_of,
+                    {tp.partition: o for tp, o in sorted(gone.items())},
+                )  # fmt: skip
+            if len(marks) < len(gone):
+                log.warning(
+                    "no committed offset for partitions %s (the group was deleted or its "
+                    "offsets expired): resumed from the offsets the state covers %s, committed "
+                    "for the group; to decide the topic again from its start, start with an "
+                    "empty --state-dir and no --state-topic (its snapshot would be restored)",
+                    sorted(tp.partition for tp in gone if tp not in marks),
+                    {tp.partition: o for tp, o in gone.items() if tp not in marks},
+                )  # fmt: skip
             # Committed at once: a partition that stays idle and moves to another instance
             # would start there at auto_offset_reset, the whole log decided again (a review).
             self._retrying(
                 "commit",
                 lambda: self.consumer.commit(
-                    {tp: OffsetAndMetadata(o, "", -1) for tp, o in gone.items()},
+                    {tp: marks.get(tp) or OffsetAndMetadata(o, "", -1) for tp, o in gone.items()},
                     timeout_ms=self.s.timeout_ms,
                 ),
             )
@@ -2801,8 +2979,6 @@ class Runner:
             )  # fmt: skip
             return [], None
 
-        depth = st.ident.count("/")  # (group "g" and instance "x/y" is not group "g/x")
-
         def usable(offsets: Mapping[int, int], left: Mapping[int, int]) -> dict[Any, int]:
             """The partitions of ``alone`` a snapshot holds within their ranges, with the
             offset it holds each to: those it follows (``offsets``) and those it left
@@ -2821,8 +2997,13 @@ class Runner:
             """Partition -> (offset, instance): the snapshot holding it furthest along."""
             best: dict[Any, tuple[int, str]] = {}
             for ident, m in manifests.items():
-                own_or_other_group = ident == st.ident or ident.count("/") != depth
-                if own_or_other_group or m.get("topic") != self.s.input_topic:
+                # (a key with another "/": of an earlier release, whose ids held one, and
+                # whose group cannot be told; ident_of keys have one)
+                if (
+                    ident == st.ident
+                    or ident.count("/") != 1
+                    or m.get("topic") != self.s.input_topic
+                ):
                     continue
                 held = usable(manifest_offsets(m), manifest_offsets(m, "left"))
                 for tp, o in held.items():
@@ -2848,7 +3029,7 @@ class Runner:
             ``manifests``, each instance's newest; what was read (``None``: nothing)."""
             try:
                 found = StateTopic.scan(
-                    st.topic, make, f"{self.s.group}/", timeout_s=self.s.broker_timeout_s,
+                    st.topic, make, ident_of(self.s.group, ""), timeout_s=self.s.broker_timeout_s,
                     index=index,
                 )  # fmt: skip
             except (KafkaError, UnreadableRecords) as exc:
@@ -3147,8 +3328,9 @@ class Runner:
                 "no committed offset for partitions %s of group %s (a new group, or renamed): "
                 "their %d records are decided from the earliest offset and their decisions "
                 "sent (again, if another group decided them); to start at their end instead, "
-                "set auto_offset_reset: latest",
-                sorted(tp.partition for tp in tps), self.s.group, n,
+                "set auto_offset_reset: latest; a renamed group goes on from the old group's "
+                "state and offsets with %s OLD_GROUP and the old state dir",
+                sorted(tp.partition for tp in tps), self.s.group, n, _flag_of("adopt_state_of"),
             )  # fmt: skip
 
     def _report_restoring(
@@ -3778,6 +3960,7 @@ _SETTING_FLAGS = {
     "--broker-timeout": "broker_timeout_s",
     "--max-event-ahead": "max_event_ahead_s",
     "--state-dir": "state_dir",
+    "--adopt-state-of": "adopt_state_of",
     "--checkpoint-every": "checkpoint_every_s",
     "--align-wait": "align_wait_s",
     "--state-topic": "state_topic",

@@ -8,8 +8,9 @@ instance id reads the newest snapshot back instead of rebuilding the state from 
 topic's whole feature horizon (30 days for the default rules), then catches up from its offsets
 as after any restart.
 
-Layout (one partition per instance, chosen by a stable hash of ``<group>/<instance>``; the
-topic is compacted, so it keeps the newest record per key)::
+Layout (one partition per instance, chosen by a stable hash of ``<group>/<instance>``, each id
+percent-encoded (:func:`ident_of`); the topic is compacted, so it keeps the newest record per
+key)::
 
     key "<group>/<instance>#<slot>#<i>"  -> chunk i of the file (CHUNK bytes at most)
     key "<group>/<instance>"             -> manifest {slot, chunks, size, sha256, signature,
@@ -63,11 +64,12 @@ from kafka.structs import TopicPartition
 
 from fds.errors import ArtifactError, describe
 from fds.models.registry import env_key, sign, verify, write_atomic
+from fds.streams.checkpoint import escape_id
 from fds.streams.kafka_kit import UnreadableRecords
 
 __all__ = [
-    "CHUNK", "FETCH_BYTES", "StateTopic", "index_of", "manifest_newer", "manifest_offsets",
-    "manifest_span",
+    "CHUNK", "FETCH_BYTES", "StateTopic", "ident_of", "index_of", "manifest_newer",
+    "manifest_offsets", "manifest_span",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -104,6 +106,19 @@ def manifest_offsets(manifest: Mapping[str, Any], key: str = "offsets") -> dict[
     except ValueError:
         return {}
     return out if all(o.__class__ is int for o in out.values()) else {}
+
+
+def ident_of(group: str, instance: str) -> str:
+    """The key of an instance's snapshots: ``<group>/<instance>``, each id percent-encoded as
+    its state dir is (:func:`~fds.streams.checkpoint.escape_id`), so that the key has one
+    ``/`` and names one group and instance: group ``a/b``'s instance ``c`` and group ``a``'s
+    instance ``b/c`` were both ``a/b/c`` (a QA pass). Ids without ``/`` and ``%`` keep the key
+    of earlier releases. ``instance=""``: the prefix of the group's keys (:meth:`StateTopic.scan`).
+
+    >>> ident_of("fds", "i0"), ident_of("a/b", "c"), ident_of("a", "b/c"), ident_of("a/b", "")
+    ('fds/i0', 'a%2Fb/c', 'a/b%2Fc', 'a%2Fb/')
+    """
+    return f"{escape_id(group)}/{escape_id(instance)}"
 
 
 def index_of(topic: str) -> str:
@@ -551,12 +566,12 @@ class StateTopic:
         timeout_s: float = 60.0,
         index: str | None = None,
     ) -> dict[str, dict[str, Any]] | None:
-        """The newest manifest (parsed) of each instance whose ``<group>/<instance>`` starts
-        with ``prefix`` (``"<group>/"``: the group's instances), read from every partition of
-        ``topic``, start to end; with ``index`` (:func:`index_of` ``topic``), from the index
-        alone: the manifests, not every chunk of every snapshot. Chunks are skipped as they
-        come (the topic may hold GBs); a tombstone drops its instance, a manifest that is not
-        a JSON object is skipped (logged). ``{}`` when the topic does not exist (logged);
+        """The newest manifest (parsed) of each instance whose key (:func:`ident_of`) starts
+        with ``prefix`` (``ident_of(group, "")``: the group's instances), read from every
+        partition of ``topic``, start to end; with ``index`` (:func:`index_of` ``topic``), from
+        the index alone: the manifests, not every chunk of every snapshot. Chunks are skipped
+        as they come (the topic may hold GBs); a tombstone drops its instance, a manifest that
+        is not a JSON object is skipped (logged). ``{}`` when the topic does not exist (logged);
         ``None`` when it read nothing for ``timeout_s``, or the index does not exist (logged):
         a partial answer could name an older snapshot as the newest.
         """

@@ -609,6 +609,72 @@ def test_kill9_and_restart_at_least_once_loses_nothing(
     assert dups == 0, f"{dups} decisions made twice"
 
 
+def test_another_group_s_decisions_on_the_topic_are_not_taken_as_made(
+    kafka_bootstrap, make_topics, unique_name, tmp_path
+):
+    """Two groups writing one decisions topic (a QA pass): group B decided the records past
+    group A's committed offset; A's restart read them past its mark and took them as its
+    own, deciding none of them. Each decision names its group (header ``fds-group``): A
+    decides them, and says the topic holds another group's decisions."""
+    from kafka.structs import OffsetAndMetadata
+
+    topics = make_topics(partitions=1)
+    ids = write_stream(tmp_path / "tx.jsonl", 1000)
+    lines = (tmp_path / "tx.jsonl").read_bytes().splitlines(keepends=True)
+    (tmp_path / "a.jsonl").write_bytes(b"".join(lines[:500]))
+    (tmp_path / "b.jsonl").write_bytes(b"".join(lines[500:]))
+    a, b = unique_name("a"), unique_name("b")
+    s = settings_for(kafka_bootstrap, topics, a)
+
+    def run(group: str) -> str:
+        p = spawn_run(kafka_bootstrap, topics, group, "--max-idle", "3")
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err[-2000:]
+        return err
+
+    produce_file(tmp_path / "a.jsonl", s)
+    run(a)  # A decides the first half and stops: its mark is the decisions topic's end
+    c = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=b, enable_auto_commit=False)
+    c.commit({TopicPartition(topics["transactions"], 0): OffsetAndMetadata(500, "", -1)})
+    c.close()
+    produce_file(tmp_path / "b.jsonl", s)
+    run(b)  # B decides the second half, past A's mark
+    log = run(a)
+    assert "holds decisions of other groups past this group's committed offsets (500 of " \
+        f"group {b!r})" in log, log[-3000:]  # fmt: skip
+    by_group: dict[bytes, list[str]] = {}
+    for r in read_all(kafka_bootstrap, topics["decisions"]):
+        by_group.setdefault(dict(r.headers)["fds-group"], []).append(orjson.loads(r.value)["tx_id"])
+    assert sorted(by_group[a.encode()]) == ids  # every one by A, once
+    assert sorted(by_group[b.encode()]) == ids[500:]
+
+
+def test_a_group_given_another_input_topic_is_warned_about(
+    kafka_bootstrap, make_topics, unique_name, tmp_path
+):
+    """One group given two input topics (here restarted with another one; two processes of
+    it on two topics likewise) went on without a word (a QA pass)."""
+    t1, t2 = make_topics(partitions=1), make_topics(partitions=1)
+    ids = write_stream(tmp_path / "tx.jsonl", 100)
+    group = unique_name("g")
+    for topics in (t1, t2):
+        produce_file(tmp_path / "tx.jsonl", settings_for(kafka_bootstrap, topics, group))
+    logs = []
+    for topics in (t1, {**t1, "transactions": t2["transactions"]}):
+        p = spawn_run(kafka_bootstrap, topics, group, "--max-idle", "3")
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err[-2000:]
+        logs.append(err)
+    assert "committed offsets of" not in logs[0], logs[0][-2000:]  # (a new group: none)
+    said = (
+        f'group=\\"{group}\\" reads input topic \\"{t2["transactions"]}\\", and has committed '
+        f"offsets of {t1['transactions']!r} too: a group reads one input topic"
+    )
+    assert said in logs[1], logs[1][-2000:]
+    _, dups = decisions_by_tx(kafka_bootstrap, t1["decisions"], ids)
+    assert dups == len(ids)  # each topic's transactions decided: a warning, not a refusal
+
+
 def test_kill9_and_restart_exactly_once(kafka_bootstrap, topics, unique_name, tmp_path):
     ids = write_stream(tmp_path / "tx.jsonl", 20_000)
     s = settings_for(kafka_bootstrap, topics, unique_name("g"))

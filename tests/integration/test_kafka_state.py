@@ -148,9 +148,15 @@ def test_a_replacement_with_an_empty_disk_restores_from_the_state_topic(
     assert "rebuild" not in log and "catch-up" not in log, log[-3000:]  # (all 3,000 in it)
 
     first, _ = decisions_by_tx(kafka_bootstrap, topics["decisions"], ids)
+    _assert_replay_features(first, tmp_path / "tx.jsonl")
+
+
+def _assert_replay_features(first: dict[str, dict[str, Any]], path: Any) -> None:
+    """Each decision in ``first`` (tx_id -> its first decision) has the features of an
+    uninterrupted replay of the file ``path`` with the default rules."""
     ref = build_run_engine(DEFAULT_RULES, None)
     try:
-        for tx in replay_load(tmp_path / "tx.jsonl").transactions:
+        for tx in replay_load(path).transactions:
             want = with_tx(ref.decide(tx), tx)
             assert first[tx["tx_id"]]["features"] == want["features"], tx["tx_id"]
     finally:
@@ -714,3 +720,96 @@ def test_partitions_decided_to_different_event_times_resume_with_no_late_decisio
     for tx_id, d in first.items():
         assert d["features"] == want[tx_id]["features"], tx_id
     print(f"{mode}: {len(first)} decided after a handover 1.3 days apart, none late")
+
+
+def _committed(bootstrap: str, group: str, topic: str) -> int | None:
+    c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        return c.committed(TopicPartition(topic, 0))
+    finally:
+        c.close()
+
+
+def test_a_renamed_group_goes_on_from_the_old_group_s_state_and_offsets(
+    kafka_bootstrap, make_topics, unique_name, tmp_path
+):
+    """Two deployments on one cluster (a QA pass): a new group given another group's state
+    dir resumed from the offsets that state covers. It is refused, naming both groups and the
+    fix; ``--adopt-state-of OLD`` (a rename) goes on from the old group's committed offsets --
+    not the checkpoint's, which lag them: from those, what the old group decided after its
+    last checkpoint was decided again -- each transaction decided once, with the features of
+    an uninterrupted run."""
+    topics = make_topics(partitions=1)
+    ids = write_stream(tmp_path / "tx.jsonl", 3000, cards=50, step=7.0)
+    lines = (tmp_path / "tx.jsonl").read_bytes().splitlines(keepends=True)
+    for i in range(3):
+        (tmp_path / f"{i}.jsonl").write_bytes(b"".join(lines[1000 * i : 1000 * (i + 1)]))
+    old, new = unique_name("old"), unique_name("new")
+    s = settings_for(kafka_bootstrap, topics, old)
+    state = tmp_path / "state"
+    stages = (
+        "--rules", str(DEFAULT_RULES), "--model", "none", "--state-dir", str(state),
+        "--checkpoint-every", "3600", "--max-poll-records", "200",
+    )  # fmt: skip
+    produce_file(tmp_path / "0.jsonl", s)
+    p = spawn_run(kafka_bootstrap, topics, old, stages=stages)
+    wait_until(lambda: (state / "engine.ckpt").exists(), 60, "the first checkpoint")
+    wait_until(lambda: count_records(kafka_bootstrap, topics["decisions"]) >= 1000, 60, "1,000")
+    produce_file(tmp_path / "1.jsonl", s)
+    wait_until(
+        lambda: _committed(kafka_bootstrap, old, topics["transactions"]) == 2000, 60,
+        "the old group's commit of 2,000",
+    )  # fmt: skip
+    p.send_signal(signal.SIGKILL)
+    p.communicate(timeout=30)
+    ck = Checkpointer(state).load()
+    assert ck is not None and ck.group == old and ck.offsets[0] < 2000, ck and ck.offsets
+
+    # another group, the same state dir: refused at the start, nothing decided
+    p = spawn_run(kafka_bootstrap, topics, new, stages=(*stages, "--max-idle", "3"))
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 2, err[-2000:]
+    assert f"state of consumer group {old!r}, and this is group {new!r}" in err, err[-2000:]
+    assert f"--adopt-state-of {old}" in err, err[-2000:]
+    assert _committed(kafka_bootstrap, new, topics["transactions"]) is None
+
+    produce_file(tmp_path / "2.jsonl", s)
+    p = spawn_run(
+        kafka_bootstrap, topics, new, "--adopt-state-of", old, stages=(*stages, "--max-idle", "3")
+    )
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err[-2000:]
+    assert "takes over the committed offsets of group" in err, err[-3000:]
+    assert _committed(kafka_bootstrap, new, topics["transactions"]) == 3000
+    first, dups = decisions_by_tx(kafka_bootstrap, topics["decisions"], ids)
+    assert dups == 0, f"{dups} decisions made again after the rename"
+    _assert_replay_features(first, tmp_path / "tx.jsonl")
+
+
+def test_groups_whose_ids_spell_one_key_keep_their_snapshots_apart(
+    kafka_bootstrap, make_topics, unique_name, tmp_path
+):
+    """Two deployments on one state topic (a QA pass): group ``G/a``'s instance ``b`` and group
+    ``G``'s instance ``a/b`` (the broker takes both ids) published under one key, ``G/a/b``,
+    and the second, started on an empty disk, fetched the first's snapshot. Each id is
+    percent-encoded in the key: the second finds none of its own and decides its input."""
+    t1, t2 = make_topics(partitions=1), make_topics(partitions=1)
+    ids = write_stream(tmp_path / "tx.jsonl", 500)
+    g = unique_name("g")
+    produce_file(tmp_path / "tx.jsonl", settings_for(kafka_bootstrap, t1, g))
+    logs = []
+    for group, instance, topics in ((f"{g}/a", "b", t1), (g, "a/b", {**t1, "decisions": t2[
+            "decisions"], "dead_letters": t2["dead_letters"]})):  # fmt: skip
+        stages = (
+            "--rules", str(DEFAULT_RULES), "--model", "none", "--max-idle", "3",
+            "--state-dir", str(tmp_path / instance.replace("/", "_")),
+            "--state-topic", t1["state_changelog"], "--group-instance-id", instance,
+        )  # fmt: skip
+        p = spawn_run(kafka_bootstrap, topics, group, stages=stages)
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err[-3000:]
+        logs.append(err)
+    assert "restored checkpoint from state topic" not in logs[1], logs[1][-3000:]
+    decisions_by_tx(kafka_bootstrap, t2["decisions"], ids)  # every one decided by the second
+    keys = {r.key for r in read_all(kafka_bootstrap, t1["state_changelog"])}
+    assert {f"{g}%2Fa/b".encode(), f"{g}/a%2Fb".encode()} <= keys

@@ -36,6 +36,7 @@ class Broker:
         self.out: list[dict[str, Any]] = []  # decisions
         self.script: list[tuple[int, Callable[[Group], None]]] = []
         self.polls = 0
+        self.elsewhere: dict[Any, int] = {}  # the group's committed offsets of other topics
 
     def commit(self, offsets: dict[Any, Any]) -> None:
         for tp, om in offsets.items():
@@ -61,14 +62,14 @@ class Producer:
 
     def send(
         self, topic: str, value: bytes = b"", key: bytes | None = None,
-        partition: int | None = None, **_: Any,
+        partition: int | None = None, headers: list[Any] | None = None, **_: Any,
     ) -> Future:  # fmt: skip
         fut = Future()
         if topic == "decisions":
             (self.txn if self.txn is not None else self.b.out).append(orjson.loads(value))
             if self.txn is None and partition is not None:  # readable back, at an offset
                 log = self.b.logs.setdefault(TopicPartition(topic, partition), [])
-                log.append(Record(topic, partition, len(log), 0, key, value, []))
+                log.append(Record(topic, partition, len(log), 0, key, value, list(headers or ())))
                 fut.value = log[-1]
         return fut
 
@@ -221,3 +222,18 @@ class Group(Reader):
     def close(self, autocommit: bool = False, timeout_ms: int | None = None) -> None:
         if self.assigned:
             self.listener.on_partitions_revoked(set(self.assigned))
+
+
+class Admin:
+    """The admin client's listing of the group's committed offsets (``committed`` and
+    ``elsewhere``: every topic's)."""
+
+    def __init__(self, broker: Broker, **_: Any) -> None:
+        self.b = broker
+
+    def list_group_offsets(self, specs: dict[str, Any]) -> dict[str, dict[Any, Any]]:
+        offsets = {**self.b.committed, **self.b.elsewhere}
+        return {g: {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()} for g in specs}
+
+    def close(self) -> None:
+        pass
