@@ -32,6 +32,7 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sys
@@ -264,7 +265,10 @@ def say(text: str, level: int = logging.ERROR) -> None:
         setattr(record, _PLAIN, True)  # (a sentence: no pairs taken out of it)
         log.handle(record)  # (whatever the logger's level: -q hid the summary, a review)
     else:
-        print(text, file=sys.stderr)
+        # (a full log disk, 2>/dev/full: the line is lost, as a log handler drops its record,
+        # not the service: fds run exited 1 at its start without a word, a QA pass)
+        with contextlib.suppress(OSError):
+            print(text, file=sys.stderr)
 
 
 def configure_logging(

@@ -246,3 +246,23 @@ def test_replay_refuses_a_metrics_host_without_a_metrics_port(tmp_path, capsys):
 
     assert main(["replay", str(tmp_path / "f.jsonl"), "--metrics-host", "0.0.0.0"]) == 2
     assert "--metrics-host needs --metrics-port N" in capsys.readouterr().err
+
+
+def test_a_full_log_disk_does_not_stop_a_command(tmp_path):
+    """A QA pass: `fds run 2>/dev/full` (a full log disk) exited 1 at its start without a
+    word, its first plain stderr line raising ENOSPC; a log record is dropped, so is a line."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from fds.streams.simulator import simulate, write
+
+    data, _ = write(simulate(days=1, cards=100, seed=5, drift_day=None), tmp_path / "tx.jsonl")
+    out = tmp_path / "o.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = [sys.executable, "-m", "fds", "replay", str(data), "--model", "none", "--out", str(out)]
+    with open("/dev/full", "w") as full:
+        p = subprocess.run(cmd, stderr=full, stdout=subprocess.DEVNULL, env=env, timeout=120)
+    assert p.returncode == 0
+    assert out.read_bytes().count(b"\n") == len(data.read_bytes().splitlines())
