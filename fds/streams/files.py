@@ -42,7 +42,7 @@ from pydantic import (
 )
 
 from fds import yamlio
-from fds.errors import ConfigError
+from fds.errors import ConfigError, FdsError, describe
 from fds.schema import DEGREES, TX_FIELDS, TX_REQUIRED, dumps, dumps_line, fraud_flag
 from fds.timeutil import MS_THRESHOLD, get_zone, parse_duration, parse_ts
 
@@ -1622,17 +1622,55 @@ class JsonlSink:
         return self._f
 
     def write(self, record: Any) -> None:
-        self._open().write(dumps_line(record))
+        try:
+            self._open().write(dumps_line(record))
+        except OSError as e:
+            raise self._cut(e) from None
         self.count += 1
 
     def flush(self) -> None:
         if self._f is not None:
-            self._f.flush()
+            try:
+                self._f.flush()
+            except OSError as e:
+                raise self._cut(e) from None
 
     def close(self) -> None:
         if self._f is not None:
-            self._f.close()
+            try:
+                self._f.close()
+            except OSError as e:
+                raise self._cut(e) from None
             self._f = None
+
+    def _cut(self, e: OSError) -> FdsError:
+        """The error of a write the system refused (a full disk), the file cut back to its
+        last whole line (a torn last line failed every JSON reader of it: a QA pass)."""
+        f, self._f = self._f, None
+        if f is not None:
+            with contextlib.suppress(OSError):  # (what it still buffers cannot be written)
+                f.close()
+        kept = "its end may be cut" if self.path.is_file() else "not all were written"
+        if self.path.is_file() and not self.path.name.lower().endswith(".gz"):
+            with contextlib.suppress(OSError), open(self.path, "r+b") as g:
+                size = g.seek(0, os.SEEK_END)
+                end = size
+                while end > 0:  # (the last newline, read back in chunks)
+                    start = max(0, end - (1 << 16))
+                    g.seek(start)
+                    i = g.read(end - start).rfind(b"\n")
+                    if i >= 0:
+                        end = start + i + 1
+                        break
+                    end = start
+                g.truncate(end)
+                g.seek(0)
+                lines = sum(chunk.count(b"\n") for chunk in iter(lambda: g.read(1 << 20), b""))
+                kept = f"it holds {lines:,} whole line(s) (a line cut short removed)"
+        return FdsError(
+            f"cannot write {self.path}: {describe(e)}; {self.count:,} record(s) were given to it "
+            f"and {kept}: free space (or give another path) and run it again"
+        )
 
     def __enter__(self) -> JsonlSink:
         return self

@@ -1,12 +1,15 @@
 import csv
+import errno
 import gzip
+import io
 import json
 from typing import Any
 
+import orjson
 import pytest
 
 import fds.streams.files as files
-from fds.errors import ConfigError
+from fds.errors import ConfigError, FdsError
 from fds.schema import dead_letter, dumps_line
 from fds.streams.files import (
     JSONL_PROBE,
@@ -557,3 +560,45 @@ def test_a_jsonl_file_that_is_not_utf8_is_said_so_with_the_fix(tmp_path, caplog)
     with caplog.at_level("WARNING", logger="fds.streams.files"):  # (UTF-8 by another name)
         list(read_records(p, mapping=ColumnMapping.model_validate({"encoding": "utf8"})))
     assert not caplog.records
+
+
+class _FillingDisk(io.RawIOBase):
+    """A file on a disk with ``room`` bytes left: a write past it is refused (ENOSPC)."""
+
+    def __init__(self, path, room: int) -> None:
+        self._f, self._room = open(path, "wb"), room  # noqa: SIM115
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        n = min(len(b), self._room)
+        self._f.write(bytes(b[:n]))
+        self._f.flush()
+        self._room -= n
+        if n < len(b):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return n
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
+
+
+@pytest.mark.parametrize("room", [0, 5_000, 50_000])
+def test_a_full_disk_cuts_the_output_back_to_whole_lines_and_says_so(tmp_path, monkeypatch, room):
+    """A QA pass (`fds replay --out` on a full tmpfs): `failed: OSError: [Errno 28] No space
+    left on device`, no path, no count, and the decisions file ended in a torn line that every
+    JSON reader refused."""
+    out = tmp_path / "d.jsonl"
+    monkeypatch.setattr(
+        files, "open_text", lambda p, mode: io.BufferedWriter(_FillingDisk(p, room))
+    )
+    with pytest.raises(FdsError) as e, JsonlSink(out) as sink:
+        for i in range(2_000):
+            sink.write({"tx_id": f"t{i}", "action": "approve", "pad": "x" * 20})
+    lines = out.read_bytes().splitlines()
+    assert all(orjson.loads(line)["tx_id"] for line in lines)  # every line whole
+    assert f"cannot write {out}: OSError: [Errno 28] No space left on device" in str(e.value)
+    assert f"it holds {len(lines):,} whole line(s)" in str(e.value)
+    assert len(lines) < 2_000 and out.stat().st_size <= room
