@@ -164,6 +164,9 @@ def _status(args: argparse.Namespace) -> int:
         return 1
     pid = f" pid={st.pid}" if st.running else ""
     print(f"{state}{pid} bootstrap={st.bootstrap} data_dir={st.data_dir} log={st.log_file}")
+    why = kafka_kit.exit_reason(args.data_dir)
+    if why is not None:
+        print(f"the broker exited without `fds kafka down`: {why}")
     _print_secure(args.data_dir)
     return 0 if st.reachable else 1
 

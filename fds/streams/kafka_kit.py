@@ -814,6 +814,23 @@ def status(data_dir: Path | str | None = None) -> KitStatus:
     return KitStatus(pid is not None, reachable, pid, bootstrap, ddir, ddir / "broker.log")
 
 
+def exit_reason(data_dir: Path | str | None = None) -> str | None:
+    """Why the kit's broker is down when it stopped without :func:`down` (its pid file left:
+    it crashed, e.g. on a full disk): the last error line of its log; ``None`` when it was
+    stopped or runs. (`fds kafka status` said just "stopped": a QA pass.)"""
+    ddir = Path(data_dir).expanduser() if data_dir else data_dir_default()
+    if not (ddir / "broker.pid").exists() or _read_pid(ddir) is not None:
+        return None
+    try:
+        with open(ddir / "broker.log", "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - (1 << 16)))
+            tail = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        tail = []
+    said = [ln.strip() for ln in tail if "ERROR" in ln or "Exception" in ln or "Error:" in ln]
+    return (said[-1][:300] if said else "nothing in its log") + f" ({ddir / 'broker.log'})"
+
+
 def load_topic_specs(path: Path | str = TOPICS_FILE) -> dict[str, dict[str, Any]]:
     """Read ``streams/topics.yaml``: logical name -> ``{name, partitions, ..., configs}``.
 

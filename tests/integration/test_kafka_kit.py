@@ -235,3 +235,30 @@ def test_topics_for_a_config_say_the_topics_it_names_and_were_not_made(
         f"the settings' input_topic '{prefix}.transactions' (input_topic in "
         f"{tmp_path / 'prod.yaml'}) is none of the topics made" in err
     ), err
+
+
+def test_status_says_why_a_broker_exited_without_down(tmp_path, capsys) -> None:
+    """A QA pass: a broker that died on a full disk was only "stopped" in `fds kafka status`;
+    its pid file left behind says it exited without `fds kafka down`, its log says why."""
+    import json
+    import subprocess
+    import sys
+
+    from fds.cli import main
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / "kit.json").write_text(json.dumps({"port": 29593, "controller_port": 29594}))
+    (tmp_path / "broker.pid").write_text(f"{dead.pid}\n")
+    (tmp_path / "broker.log").write_text(
+        "[2026-12-03 21:00:00,000] INFO started (kafka.server.KafkaRaftServer)\n"
+        "[2026-12-03 21:05:00,000] ERROR Error while appending records (kafka.log.LogManager)\n"
+        "java.io.IOException: No space left on device\n"
+        "\tat java.base/sun.nio.ch.FileDispatcherImpl.write0(Native Method)\n"
+    )
+    assert main(["kafka", "status", "--data-dir", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "the broker exited without `fds kafka down`: java.io.IOException: No space left" in out
+    (tmp_path / "broker.pid").unlink()  # stopped by `down`: nothing to say
+    assert main(["kafka", "status", "--data-dir", str(tmp_path)]) == 1
+    assert "exited without" not in capsys.readouterr().out
