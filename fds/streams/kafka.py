@@ -2253,6 +2253,12 @@ class Runner:
                 if what != "checkpoint":  # (the snapshot was written as the checkpoint: gone
                     ck.path.unlink(missing_ok=True)  # again, the state dir as it was)
                 raise
+            except OSError as exc:  # (only a ConfigError was caught: a full disk stopped fds
+                log.warning(  # run at its start, a QA pass)
+                    'state dir="%s": %s not restored (%s)', ck.dir, what, describe(exc)
+                )
+                ignored = True
+                continue
             except ConfigError as exc:
                 log.warning("%s ignored: %s", what, exc)
                 if isinstance(exc, FeatureStateMismatch) and got is not None and not kept:
@@ -2356,12 +2362,21 @@ class Runner:
             )
         if data is None:
             return None
-        write_atomic(ck.path, data)
         self._published = ck.saves  # what was just read is on the topic already
         log.info(
             'restored checkpoint from state topic="%s" instance="%s" bytes=%d seconds=%.1f',
             st.topic, st.ident, len(data), time.monotonic() - t0,
         )  # fmt: skip
+        try:
+            write_atomic(ck.path, data)
+        except OSError as exc:  # a full state disk stopped fds run at its start (a QA pass)
+            log.warning(
+                'state dir="%s": the snapshot is not written as the checkpoint (%s); it is '
+                "restored from memory, and the next checkpoint writes it",
+                ck.dir, describe(exc),
+            )  # fmt: skip
+            ck.on_disk = None  # (nothing on disk that a publish could send)
+            return parse_checkpoint(data, where=f"state topic {st.topic!r} (key {st.ident!r})")
         return ck.load()
 
     def _publish_state(self, *, whole: bool = False) -> None:

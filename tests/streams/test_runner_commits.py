@@ -1786,6 +1786,61 @@ def test_a_state_snapshot_that_cannot_be_read_leaves_the_state_to_a_rebuild(tmp_
     assert "the state is rebuilt from the input" in caplog.text
 
 
+def test_a_state_snapshot_is_restored_from_memory_when_the_state_disk_is_full(
+    tmp_path, caplog, monkeypatch
+):
+    """A QA pass: with --state-topic, a full state disk at a restart made fds run exit 1 (the
+    snapshot fetched was written as the checkpoint, and its slot file, before it was loaded).
+    It is restored from memory, with a warning naming the state dir and the error; the next
+    checkpoint fails as a full disk fails at runtime, and decisions go on."""
+    import errno
+    import os
+
+    from tests.streams.fakebroker import Broker
+    from tests.streams.test_group_state import _run
+    from tests.streams.test_refold import P0, P1, logs, runner
+    from tests.streams.test_state_topic import Topic
+
+    _run(Broker(logs(n0=5, n1=5), committed={}), tmp_path / "before")
+    topic = Topic(n=3)
+    broker = Broker(logs(n0=8, n1=8), committed={0: 5, 1: 5})
+    broker.script = [(1, lambda g: g.rebalance({P0, P1}))]
+    r = runner(broker, tmp_path / "state", group_instance_id="i0", state_topic="state")
+    r.state_topic.publish(topic, (tmp_path / "before" / "engine.ckpt").read_bytes())
+    r._state_reader = topic.reader  # type: ignore[method-assign]  # (the topic, in memory)
+
+    def full(*_: Any, **__: Any) -> None:  # the rename of write_atomic: the disk is full
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "replace", full)
+    r.run(max_idle_s=0.3)
+    later = [f"p{p}-{i}" for p in (0, 1) for i in (5, 6, 7)]
+    assert sorted(d["tx_id"] for d in broker.out) == later
+    assert r.stats.caught_up == 0  # (restored: nothing rebuilt from the input)
+    said = caplog.text
+    assert (
+        f'state dir="{tmp_path / "state"}": the snapshot is not written as the checkpoint '
+        "(OSError: [Errno 28] No space left on device); it is restored from memory" in said
+    )
+    assert 'slot file="' in said and "not written" in said
+    assert not (tmp_path / "state" / "engine.ckpt").exists()
+
+
+def test_a_checkpoint_that_cannot_be_read_leaves_the_state_to_a_rebuild(tmp_path, caplog):
+    """Only an unusable checkpoint (a ConfigError) was caught at the start: one the OS cannot
+    read (here a directory where the file goes) stopped fds run. Warned, naming the state dir
+    and the error, and the state is rebuilt from the input."""
+    from tests.streams.fakebroker import Broker
+    from tests.streams.test_group_state import _run
+    from tests.streams.test_refold import logs
+
+    (tmp_path / "engine.ckpt").mkdir(parents=True)
+    broker = Broker(logs(n0=5, n1=5), committed={0: 3, 1: 3})
+    r = _run(broker, tmp_path)
+    assert f'state dir="{tmp_path}": checkpoint not restored (IsADirectoryError: ' in caplog.text
+    assert r.stats.caught_up == 6 and len(broker.out) == 4  # rebuilt, then decided
+
+
 def test_a_partition_moved_here_is_rebuilt_alone_from_what_the_state_lacks(tmp_path, caplog):
     """The state follows partition 1; partition 0 moves here: it alone is rebuilt from the
     input and merged in (the state of partition 1 stays), from where this instance stopped
