@@ -69,6 +69,9 @@ FILE_NAME = "engine.ckpt"
 #: Held by the ``fds run`` that owns the state dir (:meth:`Checkpointer.lock`).
 LOCK_NAME = "lock"
 MAX_FD = 1 << 16  # descriptors a background writer closes (os.closerange: close_range(2))
+# Bytes of a background writer's failure reported to its parent: one log line's worth, and
+# below PIPE_BUF (4096), so that the child's one write to the pipe never blocks.
+REASON_MAX = 512
 _PR_SET_PDEATHSIG = 1  # prctl(2): the signal a child gets when its parent dies
 
 
@@ -233,9 +236,11 @@ class Checkpointer:
             ) from exc
         self.path = self.dir / FILE_NAME
         self.saves = 0  # completed writes (a background one counts once its child succeeded)
-        self.failures = 0  # background writes whose child failed
+        self.failures = 0  # writes that failed (see :meth:`failed`)
+        self.failing = 0  # of those, since the last completed write
         self.on_disk: FileOffsets | None = None
         self._child: int | None = None  # pid of the background writer, while it runs
+        self._reason: int | None = None  # read end of the pipe of its failure, while it runs
         # (what the child writes, the file's inode at the fork), while it runs
         self._pending: tuple[FileOffsets, int | None] | None = None
 
@@ -273,7 +278,7 @@ class Checkpointer:
         self.cancel()
         self._write(state, topic, offsets, group)
         self.on_disk = FileOffsets(topic, dict(offsets), left)
-        self.saves += 1
+        self._written()
 
     def save_background(
         self,
@@ -290,8 +295,10 @@ class Checkpointer:
         False (nothing started) while the previous background write is still running. Where
         ``os.fork`` does not exist this is :meth:`save`. The child closes the descriptors it
         inherited, runs only this write (no logging, no client code) and leaves with
-        ``os._exit``. :attr:`on_disk` changes once the child has ended (:meth:`busy`,
-        :meth:`wait`, :meth:`cancel`, :meth:`save`) and its file replaced the previous one.
+        ``os._exit``; why it failed, if it did, reaches the parent through a pipe (its
+        exit code alone said nothing: a QA pass). :attr:`on_disk` changes once the child has
+        ended (:meth:`busy`, :meth:`wait`, :meth:`cancel`, :meth:`save`) and its file replaced
+        the previous one.
         """
         if self.busy():
             return False
@@ -300,7 +307,13 @@ class Checkpointer:
             return True
         parent = os.getpid()
         pending = (FileOffsets(topic, dict(offsets), left), self._inode())
-        pid = os.fork()
+        reason, report = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(reason)
+            os.close(report)
+            raise
         if pid == 0:  # the child: a copy-on-write image of the parent at this instant
             code = 1
             try:
@@ -310,17 +323,21 @@ class Checkpointer:
                 _die_with(parent)
                 # Not the parent's sockets (Kafka connections, the metrics port): a restarted
                 # parent must be able to bind its port while this child still writes.
-                os.closerange(3, MAX_FD)
+                os.closerange(3, report)
+                os.closerange(report + 1, MAX_FD)
                 # The lowest CPU priority: on a busy machine the write yields the cores to the
                 # decision loop (and the broker) instead of competing with them.
                 os.nice(19)
                 self._write(state(), topic, offsets, group, alive=lambda: os.getppid() == parent)
                 code = 0
-            except BaseException:  # reported to the parent by the exit code
-                pass
+            except BaseException as exc:  # reported to the parent: the exit code, and why
+                with contextlib.suppress(BaseException):
+                    os.write(report, describe(exc).encode(errors="replace")[:REASON_MAX])
             finally:
                 os._exit(code)
-        self._child, self._pending = pid, pending
+        os.close(report)
+        os.set_blocking(reason, False)
+        self._child, self._pending, self._reason = pid, pending, reason
         return True
 
     def busy(self) -> bool:
@@ -331,20 +348,37 @@ class Checkpointer:
             pid, status = os.waitpid(self._child, os.WNOHANG)
         except ChildProcessError:  # reaped elsewhere (SIGCHLD ignored): its outcome is unknown
             self._reap()
-            self.failures += 1
+            self.failed()
             return False
         if pid == 0:
             return True
-        self._reap()
-        if os.waitstatus_to_exitcode(status) == 0:
-            self.saves += 1
+        why = self._reap()
+        code = os.waitstatus_to_exitcode(status)
+        if code == 0:
+            self._written()
         else:
-            self.failures += 1
+            self.failed()
             log.warning(
-                'background checkpoint failed path="%s" exit=%d; the previous checkpoint stays',
-                self.path, os.waitstatus_to_exitcode(status),
+                'background checkpoint failed path="%s" exit=%d error="%s"; the previous '
+                "checkpoint stays",
+                self.path, code, why or (f"killed by signal {-code}" if code < 0 else "unknown"),
             )  # fmt: skip
         return False
+
+    def failed(self) -> None:
+        """Count a write that failed (:attr:`failures`; the caller logs why)."""
+        self.failures += 1
+        self.failing += 1
+
+    def _written(self) -> None:
+        """Count a completed write; the first after failures says so (the alert on failed
+        checkpoints points at these lines)."""
+        self.saves += 1
+        if self.failing:
+            log.info(
+                'checkpoints are written again path="%s" after %d failed', self.path, self.failing
+            )
+            self.failing = 0
 
     def wait(self, timeout_s: float | None = None) -> bool:
         """Wait for a background write to finish (True when none is running any more)."""
@@ -374,17 +408,24 @@ class Checkpointer:
         except FileNotFoundError:
             return None
 
-    def _reap(self) -> None:
+    def _reap(self) -> str:
         """The background writer has ended: when the file is no longer the one it was at the
         fork, the writer's rename landed, and :attr:`on_disk` is what it wrote. Not its exit
         code: a writer killed by :meth:`cancel` just after its rename, or whose directory
         fsync failed after it, replaced the file all the same. (The writer's file is new, so
-        its inode differs from the previous file's, which existed while it was made.)"""
-        assert self._pending is not None
+        its inode differs from the previous file's, which existed while it was made.)
+
+        Returns why it failed, as it said (empty: it did not say)."""
+        assert self._pending is not None and self._reason is not None
         covers, before = self._pending
         if self._inode() != before:
             self.on_disk = covers
-        self._child = self._pending = None
+        why = b""
+        with contextlib.suppress(OSError):  # (nothing written: BlockingIOError)
+            why = os.read(self._reason, REASON_MAX)
+        os.close(self._reason)
+        self._child = self._pending = self._reason = None
+        return why.decode(errors="replace")
 
     def _write(
         self,

@@ -2207,7 +2207,7 @@ class Runner:
                 )
         except OSError as exc:  # a full disk must not stop decisions; a restart re-folds more
             log.warning('checkpoint failed path="%s" error="%s"', ck.path, exc)
-            ck.failures += 1  # (fds_checkpoints_total{result="failed"})
+            ck.failed()  # (fds_checkpoints_total{result="failed"})
             return False
         self.stats.checkpoints += 1
         self._saved = offsets

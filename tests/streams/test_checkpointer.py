@@ -55,6 +55,37 @@ def test_a_failed_background_write_keeps_the_previous_checkpoint(tmp_path):
     assert got is not None and got.state == {"n": 1} and got.offsets == {0: 1}
 
 
+def test_a_failed_background_write_says_why_and_the_next_that_lands_says_so(
+    tmp_path, caplog, monkeypatch
+):
+    """A QA pass: a background write that failed on a full disk logged only its exit code,
+    and the alert on failed checkpoints points at the log. Its error reaches the parent's log
+    line; the first write that lands after failures says so too."""
+    import errno
+    import logging
+
+    ck = Checkpointer(tmp_path)
+
+    def full(_: int) -> None:  # the child's fsync (a fork: the child has the same os module)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as m, caplog.at_level(logging.INFO, "fds.streams.checkpoint"):
+        m.setattr(os, "fsync", full)
+        for n in (1, 2):
+            assert ck.save_background(dict, topic="tx", offsets={0: n})
+            assert ck.wait(timeout_s=30)
+        assert (ck.saves, ck.failures, ck.failing) == (0, 2, 2)
+        said = f'background checkpoint failed path="{ck.path}" exit=1 error="OSError: ' \
+            '[Errno 28] No space left on device"; the previous checkpoint stays'  # fmt: skip
+        assert caplog.text.count(said) == 2, caplog.text
+        assert "written again" not in caplog.text
+        m.undo()
+        assert ck.save_background(lambda: {"n": 3}, topic="tx", offsets={0: 3})
+        assert ck.wait(timeout_s=30)
+    assert (ck.saves, ck.failures, ck.failing) == (1, 2, 0)
+    assert f'checkpoints are written again path="{ck.path}" after 2 failed' in caplog.text
+
+
 def test_a_foreground_save_supersedes_a_running_background_write(tmp_path):
     ck = Checkpointer(tmp_path)
 
