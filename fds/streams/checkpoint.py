@@ -56,8 +56,8 @@ from fds.errors import ConfigError, describe
 from fds.models.registry import owner_only, write_atomic
 
 __all__ = [
-    "Checkpoint", "Checkpointer", "FileOffsets", "default_state_dir", "escape_id",
-    "parse_checkpoint",
+    "Checkpoint", "Checkpointer", "FileOffsets", "StateDirTaken", "default_state_dir",
+    "escape_id", "parse_checkpoint",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -108,6 +108,11 @@ def escape_id(name: str) -> str:
     'eu%2F1%25'
     """
     return name.replace("%", "%25").replace("/", "%2F").replace("\0", "%00")
+
+
+class StateDirTaken(ConfigError):
+    """The state dir was deleted while this process held it, and another one holds it now:
+    this one writes no checkpoint there while it does."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +229,7 @@ class Checkpointer:
     """
 
     _lock: IO[str] | None = None  # the state dir's lock file, while held
+    _holder = ("fds run", "")  # :meth:`lock`'s ``who`` and ``advice``, to take it again
 
     def __init__(self, state_dir: str | Path) -> None:
         self.dir = Path(state_dir)
@@ -255,6 +261,45 @@ class Checkpointer:
         over each other's checkpoint and restored each other's state (a QA pass); ``who``
         holds it, ``advice`` says what to do when another one does."""
         self._lock = hold(self.dir / LOCK_NAME, "the state dir", who, advice, "--state-dir")
+        self._holder = (who, advice)
+
+    def _keep_dir(self) -> None:
+        """Before a write: make the state dir again if it was deleted, and take its lock again
+        if the lock file went (with it or alone). ``rm -rf`` of the dir while ``fds run``
+        decided failed every later checkpoint until a restart, and a second instance given the
+        dir meanwhile was let in, both writing one checkpoint (a QA pass). Raises
+        :class:`StateDirTaken` when another process holds the lock now; an ``OSError`` when
+        the dir cannot be made."""
+        if self._lock is not None:
+            held = os.fstat(self._lock.fileno())
+            try:
+                now = os.stat(self.dir / LOCK_NAME)
+            except FileNotFoundError:
+                pass
+            else:
+                if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+                    return  # (one stat a checkpoint: the dir and its lock are as they were)
+        elif self.dir.is_dir():
+            return
+        gone = not self.dir.is_dir()
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if gone:
+            log.warning('state dir="%s" was deleted; recreated', self.dir)
+        if self._lock is None:
+            return
+        try:
+            lock = hold(self.dir / LOCK_NAME, "the state dir", *self._holder, "--state-dir")
+        except ConfigError as exc:
+            why = str(exc).removeprefix(f"{exc.where}: ")
+            raise StateDirTaken(
+                "the state dir was deleted, or its lock file, while this process held it, and "
+                f"it cannot be taken again ({why}); no checkpoint is written here meanwhile",
+                where=str(self.dir),
+            ) from None
+        self._lock.close()  # (the deleted file's: nobody else can take that one)
+        self._lock = lock
+        if not gone:
+            log.warning('state dir="%s": its lock file was deleted; taken again', self.dir)
 
     def unlock(self) -> None:
         if self._lock is not None:
@@ -274,8 +319,10 @@ class Checkpointer:
         rename + dir fsync); ``left``: noted in :attr:`on_disk` (see :class:`FileOffsets`), not
         written.
 
-        A background write still running is stopped first: it holds an older state."""
+        A background write still running is stopped first: it holds an older state. A state dir
+        deleted meanwhile is made again first (see :meth:`_keep_dir`)."""
         self.cancel()
+        self._keep_dir()
         self._write(state, topic, offsets, group)
         self.on_disk = FileOffsets(topic, dict(offsets), left)
         self._written()
@@ -302,6 +349,7 @@ class Checkpointer:
         """
         if self.busy():
             return False
+        self._keep_dir()
         if not hasattr(os, "fork"):
             self.save(state(), topic=topic, offsets=offsets, left=left, group=group)
             return True

@@ -143,6 +143,7 @@ from fds.streams.align import Aligner, fetched_to
 from fds.streams.checkpoint import (
     Checkpoint,
     Checkpointer,
+    StateDirTaken,
     default_state_dir,
     parse_checkpoint,
 )
@@ -2208,6 +2209,10 @@ class Runner:
         except OSError as exc:  # a full disk must not stop decisions; a restart re-folds more
             log.warning('checkpoint failed path="%s" error="%s"', ck.path, exc)
             ck.failed()  # (fds_checkpoints_total{result="failed"})
+            return False
+        except StateDirTaken as exc:  # (decisions go on; the other instance keeps its file)
+            log.error("checkpoint refused: %s", exc)
+            ck.failed()
             return False
         self.stats.checkpoints += 1
         self._saved = offsets

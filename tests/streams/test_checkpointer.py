@@ -276,3 +276,57 @@ def test_parse_checkpoint_reads_bytes_without_writing_them(tmp_path):
     with pytest.raises(ConfigError, match=r"^there: checkpoint has an unknown format"):
         parse_checkpoint(foreign, where="there")
     assert [p.name for p in tmp_path.iterdir()] == ["theirs"]
+
+
+def test_a_state_dir_deleted_while_held_is_made_again_with_its_lock(tmp_path, caplog):
+    """A QA pass: ``rm -rf`` of the state dir while fds run decided failed every later
+    checkpoint until a restart, and took the lock file with it: a second instance given the
+    dir was let in. The next write makes the dir again and takes the lock again."""
+    import logging
+    import shutil
+
+    from fds.errors import ConfigError
+
+    ck = Checkpointer(tmp_path / "state")
+    ck.lock()
+    ck.save({"n": 1}, topic="tx", offsets={0: 1})
+    shutil.rmtree(ck.dir)
+    with caplog.at_level(logging.WARNING, "fds.streams.checkpoint"):
+        ck.save({"n": 2}, topic="tx", offsets={0: 2})
+        assert f'state dir="{ck.dir}" was deleted; recreated' in caplog.text
+        shutil.rmtree(ck.dir)
+        assert ck.save_background(lambda: {"n": 3}, topic="tx", offsets={0: 3})
+        assert ck.wait(timeout_s=30) and ck.failures == 0
+    assert Checkpointer(ck.dir).load().state == {"n": 3}  # type: ignore[union-attr]
+    with pytest.raises(ConfigError, match="in use by another fds run"):
+        Checkpointer(ck.dir).lock()  # held again
+    (ck.dir / "lock").unlink()  # the lock file alone
+    ck.save({"n": 4}, topic="tx", offsets={0: 4})
+    assert f'state dir="{ck.dir}": its lock file was deleted; taken again' in caplog.text
+    with pytest.raises(ConfigError, match="in use by another fds run"):
+        Checkpointer(ck.dir).lock()
+    ck.unlock()
+
+
+def test_a_state_dir_taken_by_another_instance_after_it_was_deleted_is_not_written(tmp_path):
+    """Deleted, then given to a second instance (which made it again and holds it): this one
+    refuses to write its checkpoint there, saying so, and leaves the other's file alone."""
+    import shutil
+
+    from fds.streams.checkpoint import StateDirTaken
+
+    ck = Checkpointer(tmp_path / "state")
+    ck.lock()
+    shutil.rmtree(ck.dir)
+    other = Checkpointer(ck.dir)
+    other.lock()
+    other.save({"theirs": True}, topic="tx", offsets={0: 9})
+    for write in (ck.save, ck.save_background):
+        with pytest.raises(StateDirTaken) as refused:
+            write({"mine": True}, topic="tx", offsets={0: 1})  # type: ignore[operator]
+        said = str(refused.value)
+        assert said.startswith(f"{ck.dir}: the state dir was deleted, or its lock file"), said
+        assert "in use by another fds run (pid" in said and "no checkpoint is written" in said
+    assert Checkpointer(ck.dir).load().state == {"theirs": True}  # type: ignore[union-attr]
+    other.unlock()
+    ck.unlock()

@@ -1841,6 +1841,32 @@ def test_a_checkpoint_that_cannot_be_read_leaves_the_state_to_a_rebuild(tmp_path
     assert r.stats.caught_up == 6 and len(broker.out) == 4  # rebuilt, then decided
 
 
+def test_a_checkpoint_into_a_state_dir_another_instance_took_is_refused_loudly(tmp_path, caplog):
+    """The state dir deleted, then taken by a second instance: the checkpoint is refused with
+    an error line and counted as failed; decisions go on (no exception out of the loop)."""
+    import logging
+    import shutil
+
+    from tests.streams.fakebroker import Broker
+    from tests.streams.test_refold import logs, runner
+
+    r = runner(Broker(logs(), {}), tmp_path / "state")
+    ck = r.checkpointer
+    assert ck is not None
+    ck.lock()
+    shutil.rmtree(ck.dir)
+    other = Checkpointer(ck.dir)
+    other.lock()
+    r._positions = {0: 1}
+    assert r.checkpoint(force=True) is False
+    assert ck.failures == 1 and r.stats.checkpoints == 0
+    refused = [x for x in caplog.records if x.levelno == logging.ERROR]
+    assert refused and "checkpoint refused: " in refused[0].getMessage()
+    assert not (ck.dir / "engine.ckpt").exists()
+    other.unlock()
+    ck.unlock()
+
+
 def test_a_partition_moved_here_is_rebuilt_alone_from_what_the_state_lacks(tmp_path, caplog):
     """The state follows partition 1; partition 0 moves here: it alone is rebuilt from the
     input and merged in (the state of partition 1 stays), from where this instance stopped
