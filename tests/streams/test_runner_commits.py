@@ -1867,6 +1867,34 @@ def test_a_checkpoint_into_a_state_dir_another_instance_took_is_refused_loudly(t
     ck.unlock()
 
 
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="background writes")
+def test_the_checkpoints_counted_at_the_stop_are_those_written(tmp_path, monkeypatch):
+    """A QA pass: the stop summary said checkpoints=8 where 7 of them had failed (a background
+    write was counted when started). Counted once written: with every write failing, none."""
+    import errno
+    import os
+
+    from tests.streams.fakebroker import Broker, Group, Producer, Reader
+    from tests.streams.test_refold import P0, P1, engine, logs
+
+    def full(_: int) -> None:  # every write's fsync, the forked writers' too
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    broker = Broker(logs(n0=20, n1=20), committed={})
+    broker.script = [(1, lambda g: g.rebalance({P0, P1}))]
+    group = Group(broker)
+    ck = Checkpointer(tmp_path)
+    r = Runner(
+        KafkaSettings(checkpoint_every_s=0, align_wait_s=0), engine(),
+        consumer_factory=lambda **cfg: group if cfg.get("group_id") else Reader(broker),
+        producer_factory=lambda **cfg: Producer(broker, **cfg), checkpointer=ck,
+    )  # fmt: skip
+    stats = r.run(max_idle_s=0.3)
+    assert len(broker.out) == 40 and ck.failures >= 2, ck.failures  # some in the background
+    assert stats.checkpoints == ck.saves == 0
+
+
 def test_a_partition_moved_here_is_rebuilt_alone_from_what_the_state_lacks(tmp_path, caplog):
     """The state follows partition 1; partition 0 moves here: it alone is rebuilt from the
     input and merged in (the state of partition 1 stays), from where this instance stopped
