@@ -56,8 +56,8 @@ from fds.errors import ConfigError, describe
 from fds.models.registry import owner_only, write_atomic
 
 __all__ = [
-    "Checkpoint", "Checkpointer", "FileOffsets", "default_state_dir", "escape_id",
-    "parse_checkpoint",
+    "Checkpoint", "Checkpointer", "FileOffsets", "StateDirTaken", "default_state_dir",
+    "escape_id", "parse_checkpoint",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,9 @@ FILE_NAME = "engine.ckpt"
 #: Held by the ``fds run`` that owns the state dir (:meth:`Checkpointer.lock`).
 LOCK_NAME = "lock"
 MAX_FD = 1 << 16  # descriptors a background writer closes (os.closerange: close_range(2))
+# Bytes of a background writer's failure reported to its parent: one log line's worth, and
+# below PIPE_BUF (4096), so that the child's one write to the pipe never blocks.
+REASON_MAX = 512
 _PR_SET_PDEATHSIG = 1  # prctl(2): the signal a child gets when its parent dies
 
 
@@ -105,6 +108,11 @@ def escape_id(name: str) -> str:
     'eu%2F1%25'
     """
     return name.replace("%", "%25").replace("/", "%2F").replace("\0", "%00")
+
+
+class StateDirTaken(ConfigError):
+    """The state dir was deleted while this process held it, and another one holds it now:
+    this one writes no checkpoint there while it does."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +229,7 @@ class Checkpointer:
     """
 
     _lock: IO[str] | None = None  # the state dir's lock file, while held
+    _holder = ("fds run", "")  # :meth:`lock`'s ``who`` and ``advice``, to take it again
 
     def __init__(self, state_dir: str | Path) -> None:
         self.dir = Path(state_dir)
@@ -233,9 +242,11 @@ class Checkpointer:
             ) from exc
         self.path = self.dir / FILE_NAME
         self.saves = 0  # completed writes (a background one counts once its child succeeded)
-        self.failures = 0  # background writes whose child failed
+        self.failures = 0  # writes that failed (see :meth:`failed`)
+        self.failing = 0  # of those, since the last completed write
         self.on_disk: FileOffsets | None = None
         self._child: int | None = None  # pid of the background writer, while it runs
+        self._reason: int | None = None  # read end of the pipe of its failure, while it runs
         # (what the child writes, the file's inode at the fork), while it runs
         self._pending: tuple[FileOffsets, int | None] | None = None
 
@@ -250,6 +261,45 @@ class Checkpointer:
         over each other's checkpoint and restored each other's state (a QA pass); ``who``
         holds it, ``advice`` says what to do when another one does."""
         self._lock = hold(self.dir / LOCK_NAME, "the state dir", who, advice, "--state-dir")
+        self._holder = (who, advice)
+
+    def _keep_dir(self) -> None:
+        """Before a write: make the state dir again if it was deleted, and take its lock again
+        if the lock file went (with it or alone). ``rm -rf`` of the dir while ``fds run``
+        decided failed every later checkpoint until a restart, and a second instance given the
+        dir meanwhile was let in, both writing one checkpoint (a QA pass). Raises
+        :class:`StateDirTaken` when another process holds the lock now; an ``OSError`` when
+        the dir cannot be made."""
+        if self._lock is not None:
+            held = os.fstat(self._lock.fileno())
+            try:
+                now = os.stat(self.dir / LOCK_NAME)
+            except FileNotFoundError:
+                pass
+            else:
+                if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+                    return  # (one stat a checkpoint: the dir and its lock are as they were)
+        elif self.dir.is_dir():
+            return
+        gone = not self.dir.is_dir()
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if gone:
+            log.warning('state dir="%s" was deleted; recreated', self.dir)
+        if self._lock is None:
+            return
+        try:
+            lock = hold(self.dir / LOCK_NAME, "the state dir", *self._holder, "--state-dir")
+        except ConfigError as exc:
+            why = str(exc).removeprefix(f"{exc.where}: ")
+            raise StateDirTaken(
+                "the state dir was deleted, or its lock file, while this process held it, and "
+                f"it cannot be taken again ({why}); no checkpoint is written here meanwhile",
+                where=str(self.dir),
+            ) from None
+        self._lock.close()  # (the deleted file's: nobody else can take that one)
+        self._lock = lock
+        if not gone:
+            log.warning('state dir="%s": its lock file was deleted; taken again', self.dir)
 
     def unlock(self) -> None:
         if self._lock is not None:
@@ -269,11 +319,13 @@ class Checkpointer:
         rename + dir fsync); ``left``: noted in :attr:`on_disk` (see :class:`FileOffsets`), not
         written.
 
-        A background write still running is stopped first: it holds an older state."""
+        A background write still running is stopped first: it holds an older state. A state dir
+        deleted meanwhile is made again first (see :meth:`_keep_dir`)."""
         self.cancel()
+        self._keep_dir()
         self._write(state, topic, offsets, group)
         self.on_disk = FileOffsets(topic, dict(offsets), left)
-        self.saves += 1
+        self._written()
 
     def save_background(
         self,
@@ -290,17 +342,26 @@ class Checkpointer:
         False (nothing started) while the previous background write is still running. Where
         ``os.fork`` does not exist this is :meth:`save`. The child closes the descriptors it
         inherited, runs only this write (no logging, no client code) and leaves with
-        ``os._exit``. :attr:`on_disk` changes once the child has ended (:meth:`busy`,
-        :meth:`wait`, :meth:`cancel`, :meth:`save`) and its file replaced the previous one.
+        ``os._exit``; why it failed, if it did, reaches the parent through a pipe (its
+        exit code alone said nothing: a QA pass). :attr:`on_disk` changes once the child has
+        ended (:meth:`busy`, :meth:`wait`, :meth:`cancel`, :meth:`save`) and its file replaced
+        the previous one.
         """
         if self.busy():
             return False
+        self._keep_dir()
         if not hasattr(os, "fork"):
             self.save(state(), topic=topic, offsets=offsets, left=left, group=group)
             return True
         parent = os.getpid()
         pending = (FileOffsets(topic, dict(offsets), left), self._inode())
-        pid = os.fork()
+        reason, report = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(reason)
+            os.close(report)
+            raise
         if pid == 0:  # the child: a copy-on-write image of the parent at this instant
             code = 1
             try:
@@ -310,17 +371,21 @@ class Checkpointer:
                 _die_with(parent)
                 # Not the parent's sockets (Kafka connections, the metrics port): a restarted
                 # parent must be able to bind its port while this child still writes.
-                os.closerange(3, MAX_FD)
+                os.closerange(3, report)
+                os.closerange(report + 1, MAX_FD)
                 # The lowest CPU priority: on a busy machine the write yields the cores to the
                 # decision loop (and the broker) instead of competing with them.
                 os.nice(19)
                 self._write(state(), topic, offsets, group, alive=lambda: os.getppid() == parent)
                 code = 0
-            except BaseException:  # reported to the parent by the exit code
-                pass
+            except BaseException as exc:  # reported to the parent: the exit code, and why
+                with contextlib.suppress(BaseException):
+                    os.write(report, describe(exc).encode(errors="replace")[:REASON_MAX])
             finally:
                 os._exit(code)
-        self._child, self._pending = pid, pending
+        os.close(report)
+        os.set_blocking(reason, False)
+        self._child, self._pending, self._reason = pid, pending, reason
         return True
 
     def busy(self) -> bool:
@@ -331,20 +396,37 @@ class Checkpointer:
             pid, status = os.waitpid(self._child, os.WNOHANG)
         except ChildProcessError:  # reaped elsewhere (SIGCHLD ignored): its outcome is unknown
             self._reap()
-            self.failures += 1
+            self.failed()
             return False
         if pid == 0:
             return True
-        self._reap()
-        if os.waitstatus_to_exitcode(status) == 0:
-            self.saves += 1
+        why = self._reap()
+        code = os.waitstatus_to_exitcode(status)
+        if code == 0:
+            self._written()
         else:
-            self.failures += 1
+            self.failed()
             log.warning(
-                'background checkpoint failed path="%s" exit=%d; the previous checkpoint stays',
-                self.path, os.waitstatus_to_exitcode(status),
+                'background checkpoint failed path="%s" exit=%d error="%s"; the previous '
+                "checkpoint stays",
+                self.path, code, why or (f"killed by signal {-code}" if code < 0 else "unknown"),
             )  # fmt: skip
         return False
+
+    def failed(self) -> None:
+        """Count a write that failed (:attr:`failures`; the caller logs why)."""
+        self.failures += 1
+        self.failing += 1
+
+    def _written(self) -> None:
+        """Count a completed write; the first after failures says so (the alert on failed
+        checkpoints points at these lines)."""
+        self.saves += 1
+        if self.failing:
+            log.info(
+                'checkpoints are written again path="%s" after %d failed', self.path, self.failing
+            )
+            self.failing = 0
 
     def wait(self, timeout_s: float | None = None) -> bool:
         """Wait for a background write to finish (True when none is running any more)."""
@@ -374,17 +456,24 @@ class Checkpointer:
         except FileNotFoundError:
             return None
 
-    def _reap(self) -> None:
+    def _reap(self) -> str:
         """The background writer has ended: when the file is no longer the one it was at the
         fork, the writer's rename landed, and :attr:`on_disk` is what it wrote. Not its exit
         code: a writer killed by :meth:`cancel` just after its rename, or whose directory
         fsync failed after it, replaced the file all the same. (The writer's file is new, so
-        its inode differs from the previous file's, which existed while it was made.)"""
-        assert self._pending is not None
+        its inode differs from the previous file's, which existed while it was made.)
+
+        Returns why it failed, as it said (empty: it did not say)."""
+        assert self._pending is not None and self._reason is not None
         covers, before = self._pending
         if self._inode() != before:
             self.on_disk = covers
-        self._child = self._pending = None
+        why = b""
+        with contextlib.suppress(OSError):  # (nothing written: BlockingIOError)
+            why = os.read(self._reason, REASON_MAX)
+        os.close(self._reason)
+        self._child = self._pending = self._reason = None
+        return why.decode(errors="replace")
 
     def _write(
         self,

@@ -143,6 +143,7 @@ from fds.streams.align import Aligner, fetched_to
 from fds.streams.checkpoint import (
     Checkpoint,
     Checkpointer,
+    StateDirTaken,
     default_state_dir,
     parse_checkpoint,
 )
@@ -1573,6 +1574,7 @@ class Runner:
             self.close()
             if self.checkpointer is not None:
                 self.checkpointer.unlock()
+                self._count_checkpoints()
             log.info(
                 "stopped consumed=%d decided=%d dead_letters=%d commits=%d",
                 self.stats.consumed, self.stats.decided, self.stats.dead_letters,
@@ -2207,11 +2209,26 @@ class Runner:
                 )
         except OSError as exc:  # a full disk must not stop decisions; a restart re-folds more
             log.warning('checkpoint failed path="%s" error="%s"', ck.path, exc)
-            ck.failures += 1  # (fds_checkpoints_total{result="failed"})
+            ck.failed()  # (fds_checkpoints_total{result="failed"})
             return False
-        self.stats.checkpoints += 1
-        self._saved = offsets
+        except StateDirTaken as exc:  # (decisions go on; the other instance keeps its file)
+            log.error("checkpoint refused: %s", exc)
+            ck.failed()
+            return False
+        self._saved = offsets  # (stats.checkpoints: counted once written, _count_checkpoints)
         return True
+
+    def _count_checkpoints(self) -> tuple[int, int]:
+        """The checkpointer's (saves, failures), a background write that ended reaped first;
+        ``stats.checkpoints`` is the saves: it counted each write started, failed or not (a
+        QA pass: ``checkpoints=8`` at the stop, 7 of them failed)."""
+        ck = self.checkpointer
+        if ck is None:
+            return (0, 0)
+        ck.busy()  # (reaps a background write that ended: counted in saves or failures)
+        now = (ck.saves, ck.failures)  # (read once: the listener's thread may add one)
+        self.stats.checkpoints = now[0]
+        return now
 
     def _state(self) -> dict[str, Any]:
         """What a checkpoint holds besides the offsets: the engine's state and ``_left``."""
@@ -2253,6 +2270,12 @@ class Runner:
                 if what != "checkpoint":  # (the snapshot was written as the checkpoint: gone
                     ck.path.unlink(missing_ok=True)  # again, the state dir as it was)
                 raise
+            except OSError as exc:  # (only a ConfigError was caught: a full disk stopped fds
+                log.warning(  # run at its start, a QA pass)
+                    'state dir="%s": %s not restored (%s)', ck.dir, what, describe(exc)
+                )
+                ignored = True
+                continue
             except ConfigError as exc:
                 log.warning("%s ignored: %s", what, exc)
                 if isinstance(exc, FeatureStateMismatch) and got is not None and not kept:
@@ -2356,12 +2379,21 @@ class Runner:
             )
         if data is None:
             return None
-        write_atomic(ck.path, data)
         self._published = ck.saves  # what was just read is on the topic already
         log.info(
             'restored checkpoint from state topic="%s" instance="%s" bytes=%d seconds=%.1f',
             st.topic, st.ident, len(data), time.monotonic() - t0,
         )  # fmt: skip
+        try:
+            write_atomic(ck.path, data)
+        except OSError as exc:  # a full state disk stopped fds run at its start (a QA pass)
+            log.warning(
+                'state dir="%s": the snapshot is not written as the checkpoint (%s); it is '
+                "restored from memory, and the next checkpoint writes it",
+                ck.dir, describe(exc),
+            )  # fmt: skip
+            ck.on_disk = None  # (nothing on disk that a publish could send)
+            return parse_checkpoint(data, where=f"state topic {st.topic!r} (key {st.ident!r})")
         return ck.load()
 
     def _publish_state(self, *, whole: bool = False) -> None:
@@ -3290,10 +3322,8 @@ class Runner:
         idle ones included, the checkpoints written or failed since, and the engine's
         slow-moving figures (entities held, rules skipped for a missing input or an error:
         :meth:`fds.engine.Engine.report`)."""
-        ck = self.checkpointer
-        if ck is not None:
-            ck.busy()  # (reaps a background write that ended: counted in saves or failures)
-            now = (ck.saves, ck.failures)  # (read once: the listener's thread may add one)
+        if self.checkpointer is not None:
+            now = self._count_checkpoints()
             seen, self._ck_seen = self._ck_seen, now
             self.metrics.checkpoints(now[0] - seen[0], now[1] - seen[1])
             if now[1] > seen[1]:  # a write failed: what it held is not saved (an idle instance

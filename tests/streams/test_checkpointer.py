@@ -55,6 +55,37 @@ def test_a_failed_background_write_keeps_the_previous_checkpoint(tmp_path):
     assert got is not None and got.state == {"n": 1} and got.offsets == {0: 1}
 
 
+def test_a_failed_background_write_says_why_and_the_next_that_lands_says_so(
+    tmp_path, caplog, monkeypatch
+):
+    """A QA pass: a background write that failed on a full disk logged only its exit code,
+    and the alert on failed checkpoints points at the log. Its error reaches the parent's log
+    line; the first write that lands after failures says so too."""
+    import errno
+    import logging
+
+    ck = Checkpointer(tmp_path)
+
+    def full(_: int) -> None:  # the child's fsync (a fork: the child has the same os module)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as m, caplog.at_level(logging.INFO, "fds.streams.checkpoint"):
+        m.setattr(os, "fsync", full)
+        for n in (1, 2):
+            assert ck.save_background(dict, topic="tx", offsets={0: n})
+            assert ck.wait(timeout_s=30)
+        assert (ck.saves, ck.failures, ck.failing) == (0, 2, 2)
+        said = f'background checkpoint failed path="{ck.path}" exit=1 error="OSError: ' \
+            '[Errno 28] No space left on device"; the previous checkpoint stays'  # fmt: skip
+        assert caplog.text.count(said) == 2, caplog.text
+        assert "written again" not in caplog.text
+        m.undo()
+        assert ck.save_background(lambda: {"n": 3}, topic="tx", offsets={0: 3})
+        assert ck.wait(timeout_s=30)
+    assert (ck.saves, ck.failures, ck.failing) == (1, 2, 0)
+    assert f'checkpoints are written again path="{ck.path}" after 2 failed' in caplog.text
+
+
 def test_a_foreground_save_supersedes_a_running_background_write(tmp_path):
     ck = Checkpointer(tmp_path)
 
@@ -245,3 +276,57 @@ def test_parse_checkpoint_reads_bytes_without_writing_them(tmp_path):
     with pytest.raises(ConfigError, match=r"^there: checkpoint has an unknown format"):
         parse_checkpoint(foreign, where="there")
     assert [p.name for p in tmp_path.iterdir()] == ["theirs"]
+
+
+def test_a_state_dir_deleted_while_held_is_made_again_with_its_lock(tmp_path, caplog):
+    """A QA pass: ``rm -rf`` of the state dir while fds run decided failed every later
+    checkpoint until a restart, and took the lock file with it: a second instance given the
+    dir was let in. The next write makes the dir again and takes the lock again."""
+    import logging
+    import shutil
+
+    from fds.errors import ConfigError
+
+    ck = Checkpointer(tmp_path / "state")
+    ck.lock()
+    ck.save({"n": 1}, topic="tx", offsets={0: 1})
+    shutil.rmtree(ck.dir)
+    with caplog.at_level(logging.WARNING, "fds.streams.checkpoint"):
+        ck.save({"n": 2}, topic="tx", offsets={0: 2})
+        assert f'state dir="{ck.dir}" was deleted; recreated' in caplog.text
+        shutil.rmtree(ck.dir)
+        assert ck.save_background(lambda: {"n": 3}, topic="tx", offsets={0: 3})
+        assert ck.wait(timeout_s=30) and ck.failures == 0
+    assert Checkpointer(ck.dir).load().state == {"n": 3}  # type: ignore[union-attr]
+    with pytest.raises(ConfigError, match="in use by another fds run"):
+        Checkpointer(ck.dir).lock()  # held again
+    (ck.dir / "lock").unlink()  # the lock file alone
+    ck.save({"n": 4}, topic="tx", offsets={0: 4})
+    assert f'state dir="{ck.dir}": its lock file was deleted; taken again' in caplog.text
+    with pytest.raises(ConfigError, match="in use by another fds run"):
+        Checkpointer(ck.dir).lock()
+    ck.unlock()
+
+
+def test_a_state_dir_taken_by_another_instance_after_it_was_deleted_is_not_written(tmp_path):
+    """Deleted, then given to a second instance (which made it again and holds it): this one
+    refuses to write its checkpoint there, saying so, and leaves the other's file alone."""
+    import shutil
+
+    from fds.streams.checkpoint import StateDirTaken
+
+    ck = Checkpointer(tmp_path / "state")
+    ck.lock()
+    shutil.rmtree(ck.dir)
+    other = Checkpointer(ck.dir)
+    other.lock()
+    other.save({"theirs": True}, topic="tx", offsets={0: 9})
+    for write in (ck.save, ck.save_background):
+        with pytest.raises(StateDirTaken) as refused:
+            write({"mine": True}, topic="tx", offsets={0: 1})  # type: ignore[operator]
+        said = str(refused.value)
+        assert said.startswith(f"{ck.dir}: the state dir was deleted, or its lock file"), said
+        assert "in use by another fds run (pid" in said and "no checkpoint is written" in said
+    assert Checkpointer(ck.dir).load().state == {"theirs": True}  # type: ignore[union-attr]
+    other.unlock()
+    ck.unlock()
