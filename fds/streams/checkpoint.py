@@ -148,10 +148,13 @@ def hold(path: Path, what: str, who: str, advice: str, flag: str) -> IO[str]:
         raise ConfigError(
             f"{what} is in use by another {who} ({holder}); {advice}", where=where
         ) from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-    f.flush()
+    # Who holds it, for another's refusal; the lock holds without it (a full disk refused the
+    # note, and fds run its start, with a pathless OSError: a QA pass).
+    with contextlib.suppress(OSError):
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
     return f
 
 

@@ -330,3 +330,13 @@ def test_a_state_dir_taken_by_another_instance_after_it_was_deleted_is_not_writt
     assert Checkpointer(ck.dir).load().state == {"theirs": True}  # type: ignore[union-attr]
     other.unlock()
     ck.unlock()
+
+
+def test_a_lock_whose_holder_note_the_disk_refuses_still_holds(tmp_path, monkeypatch):
+    """A QA pass: on a full disk, writing who holds the state dir's lock raised a pathless
+    OSError and fds run did not start; the lock holds without its note (/dev/full: ENOSPC)."""
+    import fds.streams.checkpoint as checkpoint
+
+    monkeypatch.setattr(checkpoint, "owner_only", lambda path: os.open("/dev/full", os.O_RDWR))
+    f = checkpoint.hold(tmp_path / ".lock", "the state dir", "fds run", "stop it", "--state-dir")
+    f.close()
