@@ -245,6 +245,7 @@ class TrainService:
             # learn_errors, a KeyError at the first estimator failure)
             learned["stats"] = {**trainer.stats, **learned.get("stats", {})}
             trainer.__dict__.update(learned)
+            self._check_parent(trainer.parent)
             self._restored = dict(state["offsets"])
             self._offsets = dict(self._restored)
             log.info(
@@ -272,6 +273,26 @@ class TrainService:
         if latest:
             trainer.count_from(self.registry.entry(latest))
         return trainer
+
+    def _check_parent(self, parent: str | None) -> None:
+        """Refuse a checkpoint that goes on from a version the registry does not hold (the
+        registry deleted by a cleanup job, or another --registry): the trainer recreated an
+        empty one and published its learning as v000001 again, which a running scorer ignored
+        (older than what it served) and a restarted one served, the same ids now naming other
+        models (a QA pass). Numbering on after the parent would not help: the champion, the
+        history and the verdicts are gone with the manifest, and a --registry typo would be
+        served as a new registry; whoever deleted it must choose."""
+        if parent is None or parent in self.registry.manifest()["versions"]:
+            return
+        newest = self.registry.latest()
+        holds = f"its newest version is {newest}" if newest else "it is empty"
+        raise ConfigError(
+            f"the trainer checkpoint goes on from model version {parent}, which the registry "
+            f"{self.registry.path} does not hold ({holds}: deleted, or another --registry?); "
+            f"restore the registry (its manifest.json and {parent}.pkl), or start the trainer "
+            "with a new --state-dir to begin again",
+            where=str(self.ckpt.dir),
+        )
 
     def _save_state(self) -> None:
         """Commit the snapshot store's changes and the checkpoint (model, counters, offsets)

@@ -5,6 +5,7 @@ tests/integration/test_kafka_train.py."""
 from __future__ import annotations
 
 import collections
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,25 @@ def test_a_restart_takes_the_learning_policy_from_the_current_spec(tmp_path):
     spec.write_text(text.replace("rules: score", "rules: false"))
     with pytest.raises(ConfigError, match="other inputs"):
         service(tmp_path, spec)
+
+
+def test_a_checkpoint_going_on_from_a_version_the_registry_lost_is_refused(tmp_path):
+    """A QA pass: the registry deleted under a trainer (a cleanup job), the trainer restarted
+    with its state dir recreated an empty registry and published v000001 again; a running
+    scorer ignored it (older than what it served), a restarted one served it."""
+    first = service(tmp_path)
+    first.trainer.publish()
+    first.trainer.publish()  # v000002: the parent
+    first._save_state()
+    shutil.rmtree(tmp_path / "registry")
+    with pytest.raises(ConfigError) as err:
+        service(tmp_path)
+    text = str(err.value)
+    for said in ("v000002", str(tmp_path / "registry"), "it is empty", "restore", "--state-dir"):
+        assert said in text, said
+    assert not list((tmp_path / "registry").glob("v*.pkl"))  # nothing published
+    # a new state dir begins again (from the registry's newest version: none here)
+    assert service(tmp_path, state_dir=tmp_path / "new").trainer.parent is None
 
 
 def test_the_snapshots_and_the_checkpoint_commit_together(tmp_path):
@@ -284,13 +304,13 @@ def test_a_restarted_trainer_exports_the_version_it_learns_on_from_the_start(tmp
     from fds.metrics import Metrics
 
     first = service(tmp_path)
-    first.trainer.parent = "v000013"
+    version = first.trainer.publish().version
     first._save_state()
     svc = service(tmp_path, metrics=Metrics())
 
     svc._connect = lambda: setattr(svc, "consumer", Idle())  # type: ignore[method-assign]
     svc.run(max_idle_s=0)
-    info = {"version": "v000013", "spec": svc.spec.name}
+    info = {"version": version, "spec": svc.spec.name}
     assert svc.metrics.registry.get_sample_value("fds_model_info", info) == 1
 
 
