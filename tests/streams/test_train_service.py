@@ -658,6 +658,50 @@ def test_the_trainer_exports_labels_waiting_and_unjoined_and_its_checkpoints(tmp
     assert n == 2 and get("fds_checkpoints_total", {"result": "ok"}) == 3  # one a batch
 
 
+@pytest.mark.parametrize("fault", ["lock_is_a_folder", "disk_full"])
+def test_a_publish_the_registry_refuses_is_counted_and_tried_again_learning_goes_on(
+    tmp_path, caplog, monkeypatch, fault
+):
+    """A QA pass: a full (ENOSPC) or unwritable registry raised out of the loop at publish,
+    and fds train died (exit 1, its message without the path)."""
+    import errno
+    import os
+
+    from fds.models import registry as registry_module
+    from fds.streams.train import trainer_metrics
+
+    svc = service(tmp_path, metrics=trainer_metrics(True))
+    get = svc.metrics.registry.get_sample_value
+    reg = tmp_path / "registry"
+    if fault == "lock_is_a_folder":  # a real fault: open() of the lock fails (EISDIR)
+        (reg / ".lock").mkdir()
+    else:
+
+        def full(*_: Any) -> None:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr(registry_module.os, "replace", full)
+    d = TopicPartition("decisions", 0)
+    svc.consumer = Consumer({d: 10})
+    svc.trainer._since_publish = 10**6  # the publish policy is due
+    feed(svc, {d: [decision(0, 0, "t0", 100.0)]})
+    assert get("fds_model_publishes_total", {"result": "failed"}) == 1
+    assert get("fds_checkpoints_total", {"result": "ok"}) == 1  # the batch is checkpointed
+    said = [r.getMessage() for r in caplog.records if "publishing" in r.getMessage()]
+    assert len(said) == 1 and str(reg) in said[0]
+    assert ("Is a directory" if fault == "lock_is_a_folder" else "No space left") in said[0]
+    feed(svc, {d: [decision(0, 1, "t1", 200.0)]})  # not tried again at once
+    assert get("fds_model_publishes_total", {"result": "failed"}) == 1
+    assert svc._offsets[("decisions", 0)] == 2  # learning and checkpoints go on
+    if fault == "lock_is_a_folder":
+        (reg / ".lock").rmdir()
+    monkeypatch.undo()
+    svc._publish_at = 0.0  # PUBLISH_RETRY_S later
+    feed(svc, {d: [decision(0, 2, "t2", 300.0)]})
+    assert get("fds_model_publishes_total", {"result": "ok"}) == 1
+    assert svc.stats.published == 1 and (reg / "v000001.pkl").exists()
+
+
 def test_the_trainer_exports_none_of_the_scorer_s_series():
     """Its /metrics held fds_decisions_total, fds_rebalances_total, ... at 0 beside its own: an
     alert on no decisions fired on the trainer unless it selected by the scrape's role."""
@@ -675,9 +719,11 @@ def test_the_trainer_exports_none_of_the_scorer_s_series():
         "fds_rule_hits_total",
     ):
         assert name not in text, name
-    for name in ("fds_labels_learned_total", "fds_checkpoints_total", "fds_drift_detected_total"):
+    for name in ("fds_labels_learned_total", "fds_checkpoints_total", "fds_drift_detected_total",
+                 "fds_model_publishes_total"):  # fmt: skip
         assert name in text, name
     scorer = generate_latest(make_metrics(True).registry).decode()
+    assert "fds_model_publishes_total" not in scorer
     assert "fds_decisions_total" in scorer and "fds_rebalances_total" in scorer
 
 
