@@ -51,6 +51,7 @@ import logging
 import math
 import pickle
 import signal
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -311,8 +312,16 @@ class TrainService:
             "spec": self.spec.name, "pipeline": spec["pipeline"], "inputs": spec["inputs"],
             "trainer": learned, "offsets": dict(self._offsets),
         }  # fmt: skip
-        self.store.put_checkpoint(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
-        self.store.flush()
+        try:
+            self.store.put_checkpoint(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+            self.store.flush()
+        except sqlite3.Error as exc:  # (two chained tracebacks, no path: a QA pass)
+            self.metrics.checkpoints(0, 1)
+            raise FdsError(
+                f"cannot write the trainer checkpoint in {self.ckpt.dir} ({exc}): free space "
+                "on its disk (a full disk) or check it, then restart fds train: it goes on "
+                "from its last checkpoint"
+            ) from exc
 
     # -- lifecycle ---------------------------------------------------------------------------
 

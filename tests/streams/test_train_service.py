@@ -336,6 +336,41 @@ class Idle:
             time.sleep(min(30.0, (timeout_ms or 30_000) / 1000))
 
 
+def test_a_full_state_disk_is_one_error_naming_the_state_dir(tmp_path):
+    """A QA pass: SQLite's "database or disk is full" at the checkpoint, then "cannot rollback
+    - no transaction is active" from the loop's rollback (SQLite had ended the transaction):
+    two chained tracebacks, exit 1, no path or advice."""
+    from fds.errors import FdsError
+    from fds.streams.train import trainer_metrics
+
+    svc = service(tmp_path, metrics=trainer_metrics(True))
+    d = TopicPartition("decisions", 0)
+    svc.trainer.model = [0.0] * 50_000  # the checkpoint needs pages the database cannot have
+
+    batches = [{d: [decision(0, 0, "t0", 100.0)]}]
+
+    class OneBatch(Idle):
+        def poll(self, timeout_ms=0, max_records=None):
+            return batches.pop() if batches else {}
+
+    consumer = OneBatch()
+    svc._connect = lambda: setattr(svc, "consumer", consumer)  # type: ignore[method-assign]
+    svc._read_to_end = lambda tp: True  # type: ignore[method-assign]
+    db = svc.store._db
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    db.execute(f"PRAGMA max_page_count={pages}")  # a real SQLITE_FULL: the disk is full
+    with pytest.raises(FdsError) as err:
+        svc.run(max_idle_s=0)
+    assert type(err.value) is FdsError  # not sqlite3's "cannot rollback" over it
+    text = str(err.value)
+    assert str(tmp_path / "state") in text and "full" in text and "free space" in text
+    get = svc.metrics.registry.get_sample_value
+    assert get("fds_checkpoints_total", {"result": "failed"}) == 1
+    db.execute("PRAGMA max_page_count=1073741823")  # space freed: the store works on
+    svc.store.put("t1", 2.0, {})
+    svc.store.flush()
+
+
 def test_fds_train_ends_idle_with_the_broker_there_and_says_when_it_is_gone(tmp_path):
     """Found by a QA pass: an outage was idle time (--max-idle: exit 0), and without
     --max-idle fds train waited for a broker gone for good without a word."""
