@@ -319,6 +319,14 @@ class Metrics(Collector):
             ["result"],
             registry=rs,
         )
+        self._publishes = Counter(
+            "fds_model_publishes_total",
+            "Model versions fds train published into its registry, by result (ok, failed).",
+            ["result"],
+            registry=r if not decides else None,
+        )
+        for result in ("ok", "failed"):  # at 0 from the start: increase() sees the first one
+            self._publishes.labels(result=result)
         self._learned = Counter(
             "fds_labels_learned_total", "Delayed labels the model learned from.", registry=r
         )
@@ -542,6 +550,11 @@ class Metrics(Collector):
         """Count one hot-swap attempt: ``ok`` or ``rejected`` (corrupt, unverified, failed
         canary: the log line says which)."""
         self._swaps.labels(result=result).inc()
+
+    def model_publish(self, result: str) -> None:
+        """Count one publish of the trainer: ``ok`` or ``failed`` (a full or read-only
+        registry: the trainer died of it, a QA pass; it now learns on and tries again)."""
+        self._publishes.labels(result=result).inc()
 
     def labels_learned(self, n: int = 1) -> None:
         """Count ``n`` delayed labels learned."""
@@ -932,6 +945,9 @@ class NullMetrics(Metrics):
         pass
 
     def model_swap(self, result: str) -> None:
+        pass
+
+    def model_publish(self, result: str) -> None:
         pass
 
     def labels_learned(self, n: int = 1) -> None:

@@ -112,6 +112,16 @@ _VERSION_ID = re.compile(r"v[0-9]{6,}")
 _ARTIFACT = re.compile(_VERSION_ID.pattern + r"\.pkl")
 
 
+def seq_of(version: str | None) -> int:
+    """The sequence number in a version id (``-1`` for none, or no id the registry makes): a
+    version gone from the manifest (the registry deleted) still has its place in the order.
+
+    >>> seq_of("v000011"), seq_of(None), seq_of("inline")
+    (11, -1, -1)
+    """
+    return int(version[1:]) if version and _VERSION_ID.fullmatch(version) else -1
+
+
 def owner_only(path: Path) -> int:
     """A descriptor of ``path`` (read-write, created if missing) readable by its owner only,
     an earlier release's 0644 file included."""

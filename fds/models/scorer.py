@@ -56,7 +56,7 @@ import orjson
 from fds.errors import ArtifactError, describe
 from fds.models.champion import BudgetRank, Contest
 from fds.models.fused import serving
-from fds.models.registry import Registry, learned, load_verified
+from fds.models.registry import Registry, learned, load_verified, seq_of
 from fds.models.spec import ModelSpec
 from fds.models.trainer import Publication, Trainer, event_time
 from fds.models.vector import RULE_SCORE, to_vector
@@ -293,6 +293,7 @@ class ModelServer:
         self._stop = threading.Event()
         self._pointer: str | None = None  # the registry champion pointer last seen or written
         self._offered = -1  # seq of the newest version taken from the registry (watch mode)
+        self._rewound = False  # the registry's newest version is older than one seen here
         # serving in the stead of a registry champion that failed to load here (watch mode):
         # nothing is contested or written to the registry meanwhile
         self._standing_in = False
@@ -1043,10 +1044,13 @@ class ModelServer:
             latest = max(versions.values(), key=lambda e: e["seq"], default=None)
             # by seq ("v1000000" sorts before "v999999" as a string); a version offered before
             # (a challenger rejected in shadow) is not offered again
+            # (the ids of a registry deleted since still count: its new numbering repeats them)
             known = [
-                versions.get(v, {}).get("seq", -1) for v in (self.version, self.challenger_version)
+                versions.get(v, {}).get("seq", seq_of(v))
+                for v in (self.version, self.challenger_version)
             ]
             newest_known = max([self._offered, *known])
+            self._check_rewound(latest, newest_known)
             fresh = ("published", "shadow")  # (shadow: a challenger of another scorer)
             if latest and latest["seq"] > newest_known and latest["status"] in fresh:
                 role = "challenger" if self.auto_promote else "newest"
@@ -1081,6 +1085,27 @@ class ModelServer:
         self._offered = max(self._offered, entry.get("seq", -1))
         self._pending = (role or "challenger", target, model, entry, swaps, pre)
         return target
+
+    def _check_rewound(self, latest: Mapping[str, Any] | None, newest_known: int) -> None:
+        """Say once, and count (``fds_model_swaps_total{result="registry_rewound"}``), a
+        registry whose newest version is older than one served or offered here: deleted and
+        begun again, its versions were ignored without a word (a QA pass), and a restarted
+        scorer served other models under the ids this one served."""
+        if latest is None or latest["seq"] >= newest_known:
+            self._rewound = False
+            return
+        if self._rewound:  # said once, until the registry numbers past what was seen here
+            return
+        self._rewound = True
+        assert self.registry is not None
+        log.warning(
+            "model registry %s went backwards: its newest version is %s, older than %s seen "
+            "here (deleted or replaced, its numbering begun again); its versions are not "
+            "served: restore the registry, or restart fds run to serve the new one",
+            self.registry.path, latest["version"], self.version,
+        )  # fmt: skip
+        if self.metrics is not None:
+            self.metrics.model_swap("registry_rewound")
 
     def _canary_inputs(self) -> list[dict[str, float]]:
         """The inputs a version must score cleanly: the last CANARY_SIZE decided, topped up

@@ -266,8 +266,11 @@ class SqliteStore:
         self._db.execute("BEGIN")
 
     def rollback(self) -> None:
-        """Undo everything since the last :meth:`flush`."""
-        self._db.execute("ROLLBACK")
+        """Undo everything since the last :meth:`flush`. A failed write may have ended the
+        transaction already (SQLite rolls it back on a full disk): ROLLBACK then raised
+        "no transaction is active" over the real error (a QA pass)."""
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
         self._db.execute("BEGIN")
 
     def put_checkpoint(self, data: bytes) -> None:

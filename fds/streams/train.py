@@ -21,7 +21,10 @@ Commit order per batch (the trainer's own checkpoint carries the input offsets, 
 committed to Kafka are for lag monitoring and a fresh state dir):
   1. ``publish`` when due: artifact + manifest into the registry (atomic, fsync), then the
      announcement on the compacted models topic (key = spec name; value = a manifest pointer
-     ``{name, version, sha256, hmac, size, path, artifact_b64}``), flushed;
+     ``{name, version, sha256, hmac, size, path, artifact_b64}``), flushed; a publish the
+     registry refuses (full, read-only, deleted) is logged and counted
+     (``fds_model_publishes_total{result="failed"}``), and the batch goes on to 2 and 3: the
+     next try, ``PUBLISH_RETRY_S`` later, carries everything learned meanwhile;
   2. one SQLite transaction: the snapshot store's changes and the trainer checkpoint (model,
      counters, input offsets) commit together;
   3. ``consumer.commit(offsets)``.
@@ -48,6 +51,7 @@ import logging
 import math
 import pickle
 import signal
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +104,9 @@ LABEL_WAIT_S = 2.0
 LABEL_MAX_WAIT_S = 300.0
 # A failed model announcement is tried again after this long (each try may block on the broker).
 ANNOUNCE_RETRY_S = 30.0
+# A publish the registry refused (full, read-only) is tried again after this long: each try
+# writes a whole artifact, and a full disk would log an error at every batch.
+PUBLISH_RETRY_S = 30.0
 # Trainer fields that are wiring or come from the spec file, not learned state (not
 # checkpointed: a restart takes them from the current spec, e.g. a new legit_sample_rate).
 _WIRING = (
@@ -198,6 +205,7 @@ class TrainService:
         self._newest: dict[int, float] = {}  # decisions partition -> newest event time read
         self._unannounced: Publication | None = None  # published, its announcement failed
         self._announce_at = 0.0  # monotonic time of the next announcement attempt
+        self._publish_at = 0.0  # ... of the next publish, after one failed
         self._last_decision = time.monotonic()
         # label partition -> its polled labels not learned yet, the first one waiting
         self._held: dict[Any, collections.deque[Any]] = {}
@@ -245,6 +253,7 @@ class TrainService:
             # learn_errors, a KeyError at the first estimator failure)
             learned["stats"] = {**trainer.stats, **learned.get("stats", {})}
             trainer.__dict__.update(learned)
+            self._check_parent(trainer.parent)
             self._restored = dict(state["offsets"])
             self._offsets = dict(self._restored)
             log.info(
@@ -273,6 +282,26 @@ class TrainService:
             trainer.count_from(self.registry.entry(latest))
         return trainer
 
+    def _check_parent(self, parent: str | None) -> None:
+        """Refuse a checkpoint that goes on from a version the registry does not hold (the
+        registry deleted by a cleanup job, or another --registry): the trainer recreated an
+        empty one and published its learning as v000001 again, which a running scorer ignored
+        (older than what it served) and a restarted one served, the same ids now naming other
+        models (a QA pass). Numbering on after the parent would not help: the champion, the
+        history and the verdicts are gone with the manifest, and a --registry typo would be
+        served as a new registry; whoever deleted it must choose."""
+        if parent is None or parent in self.registry.manifest()["versions"]:
+            return
+        newest = self.registry.latest()
+        holds = f"its newest version is {newest}" if newest else "it is empty"
+        raise ConfigError(
+            f"the trainer checkpoint goes on from model version {parent}, which the registry "
+            f"{self.registry.path} does not hold ({holds}: deleted, or another --registry?); "
+            f"restore the registry (its manifest.json and {parent}.pkl), or start the trainer "
+            "with a new --state-dir to begin again",
+            where=str(self.ckpt.dir),
+        )
+
     def _save_state(self) -> None:
         """Commit the snapshot store's changes and the checkpoint (model, counters, offsets)
         in one SQLite transaction."""
@@ -283,8 +312,16 @@ class TrainService:
             "spec": self.spec.name, "pipeline": spec["pipeline"], "inputs": spec["inputs"],
             "trainer": learned, "offsets": dict(self._offsets),
         }  # fmt: skip
-        self.store.put_checkpoint(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
-        self.store.flush()
+        try:
+            self.store.put_checkpoint(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+            self.store.flush()
+        except sqlite3.Error as exc:  # (two chained tracebacks, no path: a QA pass)
+            self.metrics.checkpoints(0, 1)
+            raise FdsError(
+                f"cannot write the trainer checkpoint in {self.ckpt.dir} ({exc}): free space "
+                "on its disk (a full disk) or check it, then restart fds train: it goes on "
+                "from its last checkpoint"
+            ) from exc
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -427,7 +464,6 @@ class TrainService:
 
     def _process(self, batch: Any) -> None:
         decisions_topic = self.topics[0]
-        t = self.trainer
         while self._revoked:  # their new owner reads them from the committed offsets
             tp = self._revoked.pop()
             self._held.pop(tp, None)
@@ -444,15 +480,38 @@ class TrainService:
             if tp.topic != decisions_topic and records:
                 self._hold(tp, records)
         moved = self._learn_held() > 0 or moved  # (or every held label still waits)
-        if t.due(t.now):  # a rollback since the last version: go on from the champion
-            t.follow_rollback()
-        pub = t.maybe_publish()
+        pub = self._publish()
         if pub is not None:
             self._announce(pub)
         else:
             self._send_announcement()  # one that failed before, if any
         if moved or pub is not None:
             self._commit()
+
+    def _publish(self) -> Publication | None:
+        """A new version when the policy says so. One the registry cannot take (full,
+        read-only, deleted: the trainer died of it, a QA pass) is logged and counted; learning
+        and checkpoints go on, and it is tried again after ``PUBLISH_RETRY_S``, carrying all
+        learned meanwhile."""
+        t = self.trainer
+        if time.monotonic() < self._publish_at:
+            return None
+        try:
+            if t.due(t.now):  # a rollback since the last version: go on from the champion
+                t.follow_rollback()
+            pub = t.maybe_publish()
+        except OSError as exc:
+            self.metrics.model_publish("failed")
+            self._publish_at = time.monotonic() + PUBLISH_RETRY_S
+            log.error(
+                'publishing into registry="%s" failed (%s); learning goes on, tried again in '
+                "%.0f s: free space in it or make it writable", self.registry.path,
+                describe(exc), PUBLISH_RETRY_S,
+            )  # fmt: skip
+            return None
+        if pub is not None:
+            self.metrics.model_publish("ok")
+        return pub
 
     def _on_decision(self, msg: Any) -> None:
         if any(k == "stage" for k, _ in getattr(msg, "headers", None) or ()):  # fds run's

@@ -508,3 +508,34 @@ def test_a_champion_whose_file_failed_its_check_is_served_once_the_file_is_resto
         assert srv.version == "v000002" and srv.stats["swaps_rejected"] == 1
     finally:
         srv.stop_watch()
+
+
+def test_a_registry_begun_again_is_said_once_and_counted_not_ignored(
+    tmp_path: Path, caplog
+) -> None:
+    """A QA pass: the registry deleted and its numbering begun again (v000001 after v000003),
+    a running scorer ignored the new versions without a word; one that had loaded its champion
+    at start would have served the renumbered v000001 as newer."""
+    import shutil
+
+    reg = Registry(tmp_path / "reg")
+    for _ in range(3):
+        reg.publish(FeatureModel("amount"), spec={"name": "default"})
+    reg.promote("v000003")
+    metrics = Metrics()
+    srv = ModelServer(load_spec("default"), registry=reg, learn=False, metrics=metrics)
+    assert srv.load_champion() == "v000003"
+    shutil.rmtree(tmp_path / "reg")
+    reg = Registry(tmp_path / "reg")
+    for _ in range(2):
+        reg.publish(FeatureModel("amount"), spec={"name": "default"})
+        assert srv.poll() is None  # not served: v000001 is no newer than v000003
+    assert srv.version == "v000003"
+    said = [r.getMessage() for r in caplog.records if "went backwards" in r.getMessage()]
+    assert len(said) == 1  # once, not at each version or poll
+    assert str(tmp_path / "reg") in said[0] and "v000003" in said[0] and "restore" in said[0]
+    get = metrics.registry.get_sample_value
+    assert get("fds_model_swaps_total", {"result": "registry_rewound"}) == 1
+    for _ in range(2):  # the registry numbers past what was served: served again
+        reg.publish(FeatureModel("amount"), spec={"name": "default"})
+    assert srv.poll() == "v000004"

@@ -5,6 +5,7 @@ tests/integration/test_kafka_train.py."""
 from __future__ import annotations
 
 import collections
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,25 @@ def test_a_restart_takes_the_learning_policy_from_the_current_spec(tmp_path):
     spec.write_text(text.replace("rules: score", "rules: false"))
     with pytest.raises(ConfigError, match="other inputs"):
         service(tmp_path, spec)
+
+
+def test_a_checkpoint_going_on_from_a_version_the_registry_lost_is_refused(tmp_path):
+    """A QA pass: the registry deleted under a trainer (a cleanup job), the trainer restarted
+    with its state dir recreated an empty registry and published v000001 again; a running
+    scorer ignored it (older than what it served), a restarted one served it."""
+    first = service(tmp_path)
+    first.trainer.publish()
+    first.trainer.publish()  # v000002: the parent
+    first._save_state()
+    shutil.rmtree(tmp_path / "registry")
+    with pytest.raises(ConfigError) as err:
+        service(tmp_path)
+    text = str(err.value)
+    for said in ("v000002", str(tmp_path / "registry"), "it is empty", "restore", "--state-dir"):
+        assert said in text, said
+    assert not list((tmp_path / "registry").glob("v*.pkl"))  # nothing published
+    # a new state dir begins again (from the registry's newest version: none here)
+    assert service(tmp_path, state_dir=tmp_path / "new").trainer.parent is None
 
 
 def test_the_snapshots_and_the_checkpoint_commit_together(tmp_path):
@@ -284,13 +304,13 @@ def test_a_restarted_trainer_exports_the_version_it_learns_on_from_the_start(tmp
     from fds.metrics import Metrics
 
     first = service(tmp_path)
-    first.trainer.parent = "v000013"
+    version = first.trainer.publish().version
     first._save_state()
     svc = service(tmp_path, metrics=Metrics())
 
     svc._connect = lambda: setattr(svc, "consumer", Idle())  # type: ignore[method-assign]
     svc.run(max_idle_s=0)
-    info = {"version": "v000013", "spec": svc.spec.name}
+    info = {"version": version, "spec": svc.spec.name}
     assert svc.metrics.registry.get_sample_value("fds_model_info", info) == 1
 
 
@@ -314,6 +334,41 @@ class Idle:
     def close(self, autocommit=False, timeout_ms=None):
         if self.gone:  # (kafka-python waits for a broker that does not answer: 30 s)
             time.sleep(min(30.0, (timeout_ms or 30_000) / 1000))
+
+
+def test_a_full_state_disk_is_one_error_naming_the_state_dir(tmp_path):
+    """A QA pass: SQLite's "database or disk is full" at the checkpoint, then "cannot rollback
+    - no transaction is active" from the loop's rollback (SQLite had ended the transaction):
+    two chained tracebacks, exit 1, no path or advice."""
+    from fds.errors import FdsError
+    from fds.streams.train import trainer_metrics
+
+    svc = service(tmp_path, metrics=trainer_metrics(True))
+    d = TopicPartition("decisions", 0)
+    svc.trainer.model = [0.0] * 50_000  # the checkpoint needs pages the database cannot have
+
+    batches = [{d: [decision(0, 0, "t0", 100.0)]}]
+
+    class OneBatch(Idle):
+        def poll(self, timeout_ms=0, max_records=None):
+            return batches.pop() if batches else {}
+
+    consumer = OneBatch()
+    svc._connect = lambda: setattr(svc, "consumer", consumer)  # type: ignore[method-assign]
+    svc._read_to_end = lambda tp: True  # type: ignore[method-assign]
+    db = svc.store._db
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    db.execute(f"PRAGMA max_page_count={pages}")  # a real SQLITE_FULL: the disk is full
+    with pytest.raises(FdsError) as err:
+        svc.run(max_idle_s=0)
+    assert type(err.value) is FdsError  # not sqlite3's "cannot rollback" over it
+    text = str(err.value)
+    assert str(tmp_path / "state") in text and "full" in text and "free space" in text
+    get = svc.metrics.registry.get_sample_value
+    assert get("fds_checkpoints_total", {"result": "failed"}) == 1
+    db.execute("PRAGMA max_page_count=1073741823")  # space freed: the store works on
+    svc.store.put("t1", 2.0, {})
+    svc.store.flush()
 
 
 def test_fds_train_ends_idle_with_the_broker_there_and_says_when_it_is_gone(tmp_path):
@@ -638,6 +693,50 @@ def test_the_trainer_exports_labels_waiting_and_unjoined_and_its_checkpoints(tmp
     assert n == 2 and get("fds_checkpoints_total", {"result": "ok"}) == 3  # one a batch
 
 
+@pytest.mark.parametrize("fault", ["lock_is_a_folder", "disk_full"])
+def test_a_publish_the_registry_refuses_is_counted_and_tried_again_learning_goes_on(
+    tmp_path, caplog, monkeypatch, fault
+):
+    """A QA pass: a full (ENOSPC) or unwritable registry raised out of the loop at publish,
+    and fds train died (exit 1, its message without the path)."""
+    import errno
+    import os
+
+    from fds.models import registry as registry_module
+    from fds.streams.train import trainer_metrics
+
+    svc = service(tmp_path, metrics=trainer_metrics(True))
+    get = svc.metrics.registry.get_sample_value
+    reg = tmp_path / "registry"
+    if fault == "lock_is_a_folder":  # a real fault: open() of the lock fails (EISDIR)
+        (reg / ".lock").mkdir()
+    else:
+
+        def full(*_: Any) -> None:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr(registry_module.os, "replace", full)
+    d = TopicPartition("decisions", 0)
+    svc.consumer = Consumer({d: 10})
+    svc.trainer._since_publish = 10**6  # the publish policy is due
+    feed(svc, {d: [decision(0, 0, "t0", 100.0)]})
+    assert get("fds_model_publishes_total", {"result": "failed"}) == 1
+    assert get("fds_checkpoints_total", {"result": "ok"}) == 1  # the batch is checkpointed
+    said = [r.getMessage() for r in caplog.records if "publishing" in r.getMessage()]
+    assert len(said) == 1 and str(reg) in said[0]
+    assert ("Is a directory" if fault == "lock_is_a_folder" else "No space left") in said[0]
+    feed(svc, {d: [decision(0, 1, "t1", 200.0)]})  # not tried again at once
+    assert get("fds_model_publishes_total", {"result": "failed"}) == 1
+    assert svc._offsets[("decisions", 0)] == 2  # learning and checkpoints go on
+    if fault == "lock_is_a_folder":
+        (reg / ".lock").rmdir()
+    monkeypatch.undo()
+    svc._publish_at = 0.0  # PUBLISH_RETRY_S later
+    feed(svc, {d: [decision(0, 2, "t2", 300.0)]})
+    assert get("fds_model_publishes_total", {"result": "ok"}) == 1
+    assert svc.stats.published == 1 and (reg / "v000001.pkl").exists()
+
+
 def test_the_trainer_exports_none_of_the_scorer_s_series():
     """Its /metrics held fds_decisions_total, fds_rebalances_total, ... at 0 beside its own: an
     alert on no decisions fired on the trainer unless it selected by the scrape's role."""
@@ -655,9 +754,11 @@ def test_the_trainer_exports_none_of_the_scorer_s_series():
         "fds_rule_hits_total",
     ):
         assert name not in text, name
-    for name in ("fds_labels_learned_total", "fds_checkpoints_total", "fds_drift_detected_total"):
+    for name in ("fds_labels_learned_total", "fds_checkpoints_total", "fds_drift_detected_total",
+                 "fds_model_publishes_total"):  # fmt: skip
         assert name in text, name
     scorer = generate_latest(make_metrics(True).registry).decode()
+    assert "fds_model_publishes_total" not in scorer
     assert "fds_decisions_total" in scorer and "fds_rebalances_total" in scorer
 
 
