@@ -499,7 +499,16 @@ class TrainService:
         try:
             if t.due(t.now):  # a rollback since the last version: go on from the champion
                 t.follow_rollback()
+                # (a registry deleted and made again meanwhile: its next version would take
+                # an id that named another model, as at a restart; a review)
+                self._check_parent(t.parent)
             pub = t.maybe_publish()
+        except ConfigError as exc:
+            self.metrics.model_publish("failed")
+            self._publish_at = time.monotonic() + PUBLISH_RETRY_S
+            log.error("not published: %s (learning goes on, checked again in %.0f s)", exc,
+                      PUBLISH_RETRY_S)  # fmt: skip
+            return None
         except OSError as exc:
             self.metrics.model_publish("failed")
             self._publish_at = time.monotonic() + PUBLISH_RETRY_S

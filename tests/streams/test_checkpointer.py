@@ -334,9 +334,24 @@ def test_a_state_dir_taken_by_another_instance_after_it_was_deleted_is_not_writt
 
 def test_a_lock_whose_holder_note_the_disk_refuses_still_holds(tmp_path, monkeypatch):
     """A QA pass: on a full disk, writing who holds the state dir's lock raised a pathless
-    OSError and fds run did not start; the lock holds without its note (/dev/full: ENOSPC)."""
-    import fds.streams.checkpoint as checkpoint
+    OSError and fds run did not start; the lock holds without its note."""
+    import errno
+    import io
 
-    monkeypatch.setattr(checkpoint, "owner_only", lambda path: os.open("/dev/full", os.O_RDWR))
-    f = checkpoint.hold(tmp_path / ".lock", "the state dir", "fds run", "stop it", "--state-dir")
+    import fds.streams.checkpoint as checkpoint
+    from fds.errors import ConfigError
+
+    class Full(io.TextIOWrapper):
+        def write(self, text: str) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    real = os.fdopen
+    monkeypatch.setattr(
+        checkpoint.os, "fdopen", lambda fd, mode: Full(real(fd, mode.replace("+", "+b")))
+    )
+    args = ("the state dir", "fds run", "stop it", "--state-dir")
+    f = checkpoint.hold(tmp_path / ".lock", *args)
+    monkeypatch.undo()
+    with pytest.raises(ConfigError, match="the state dir is in use by another fds run"):
+        checkpoint.hold(tmp_path / ".lock", *args)  # (held: flock, whatever the note)
     f.close()

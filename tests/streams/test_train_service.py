@@ -89,6 +89,26 @@ def test_a_checkpoint_going_on_from_a_version_the_registry_lost_is_refused(tmp_p
     assert service(tmp_path, state_dir=tmp_path / "new").trainer.parent is None
 
 
+def test_a_registry_made_again_under_a_running_trainer_is_not_published_into(tmp_path, caplog):
+    """A review: the registry deleted and made again empty (a deploy script) while fds train
+    runs: its next version took the id v000001 again, with a parent the registry lost, as the
+    restart refused above."""
+    from fds.streams.train import trainer_metrics
+
+    svc = service(tmp_path, metrics=trainer_metrics(True))
+    svc.trainer.publish()
+    svc.trainer.publish()  # v000002: the parent
+    shutil.rmtree(tmp_path / "registry")
+    (tmp_path / "registry").mkdir()
+    svc.trainer._since_publish = 10**6  # the publish policy is due
+    assert svc._publish() is None
+    assert not list((tmp_path / "registry").glob("v*.pkl"))  # nothing published
+    get = svc.metrics.registry.get_sample_value
+    assert get("fds_model_publishes_total", {"result": "failed"}) == 1
+    said = [r.getMessage() for r in caplog.records if "not published" in r.getMessage()]
+    assert len(said) == 1 and "v000002" in said[0] and "--state-dir" in said[0]
+
+
 def test_the_snapshots_and_the_checkpoint_commit_together(tmp_path):
     """A label consumed in a batch that never commits is neither learned nor lost: its
     snapshot comes back with the offsets before it."""
