@@ -2689,6 +2689,23 @@ class Runner:
             )
             committed = {**committed, **gone}
         new = [tp for tp, c in committed.items() if c is None and tp.partition not in pos]
+        if new and self.s.adopt_state_of:  # a rename: partitions another instance of the old
+            # group held (its state is not here: rebuilt, as a partition moved here is) go on
+            # from the old group's commits, with their marks (from auto_offset_reset, the whole
+            # log was decided again, or skipped: a review)
+            adopted = self._adopted_offsets(new)
+            if adopted:
+                log.info(
+                    'group="%s" takes over the committed offsets of group="%s" %s of '
+                    "partitions its state does not follow (a rename; rebuilt as moved here)",
+                    self.s.group, self.s.adopt_state_of,
+                    {tp.partition: om.offset for tp, om in sorted(adopted.items())},
+                )  # fmt: skip
+                self._retrying(
+                    "commit", lambda: self.consumer.commit(adopted, timeout_ms=self.s.timeout_ms)
+                )
+                committed = {**committed, **{tp: om.offset for tp, om in adopted.items()}}
+                new = [tp for tp in new if tp not in adopted]
         if new and self.s.auto_offset_reset == "earliest":
             self._say_decided_from_start(new)
         behind = {

@@ -813,3 +813,35 @@ def test_groups_whose_ids_spell_one_key_keep_their_snapshots_apart(
     decisions_by_tx(kafka_bootstrap, t2["decisions"], ids)  # every one decided by the second
     keys = {r.key for r in read_all(kafka_bootstrap, t1["state_changelog"])}
     assert {f"{g}%2Fa/b".encode(), f"{g}/a%2Fb".encode()} <= keys
+
+
+def test_a_renamed_group_on_a_new_disk_goes_on_from_the_old_group_s_offsets(
+    kafka_bootstrap, make_topics, unique_name, tmp_path
+):
+    """A review: ``--adopt-state-of`` took over the old group's offsets only for the
+    partitions this instance's checkpoint covered; another partition (one another instance
+    of the old group held, or every one on a new disk) started at auto_offset_reset, its
+    whole log decided again. Now each goes on from the old group's commit, its state rebuilt
+    as a partition moved here is: nothing decided twice, the features of a replay."""
+    topics = make_topics(partitions=2)
+    ids = write_stream(tmp_path / "tx.jsonl", 1200, cards=40, step=7.0)
+    lines = (tmp_path / "tx.jsonl").read_bytes().splitlines(keepends=True)
+    (tmp_path / "0.jsonl").write_bytes(b"".join(lines[:600]))
+    (tmp_path / "1.jsonl").write_bytes(b"".join(lines[600:]))
+    old, new = unique_name("old"), unique_name("new")
+    s = settings_for(kafka_bootstrap, topics, old)
+    stages = ("--rules", str(DEFAULT_RULES), "--model", "none", "--max-idle", "3")
+    produce_file(tmp_path / "0.jsonl", s)
+    p = spawn_run(kafka_bootstrap, topics, old,
+                  stages=(*stages, "--state-dir", str(tmp_path / "a")))  # fmt: skip
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err[-2000:]
+    produce_file(tmp_path / "1.jsonl", s)
+    p = spawn_run(kafka_bootstrap, topics, new, "--adopt-state-of", old,
+                  stages=(*stages, "--state-dir", str(tmp_path / "b")))  # fmt: skip
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err[-2000:]
+    first, dups = decisions_by_tx(kafka_bootstrap, topics["decisions"], ids)
+    assert dups == 0, f"{dups} decisions made again after the rename"
+    assert "of partitions its state does not follow (a rename" in err, err[-3000:]
+    _assert_replay_features(first, tmp_path / "tx.jsonl")
