@@ -3698,8 +3698,13 @@ def build_run_engine(
         # with a state topic, its snapshots can hand partitions over (Runner._take_over)
         provenance=settings is not None and bool(settings.state_topic),
     )
+    server: Any = engine.model  # a ModelServer in watch mode
+    if models_topic and server is None and named != "--models-topic":
+        # (a deployment's shared file, read by every scorer: one with --model none refused
+        # to start for a models topic it has no use of, a review; the flag is still refused)
+        log.info("%s %s not read: no model (--model none)", named, models_topic)
+        models_topic = None
     if models_topic:
-        server: Any = engine.model  # a ModelServer in watch mode
         if server is None:
             close_engine(engine)
             raise ConfigError(
