@@ -744,11 +744,6 @@ class KafkaSettings(BaseSettings):
     def _metrics_port(cls, v: Any) -> Any:
         return v if v is None else check_metrics_port(v)
 
-    @field_validator("metrics_host")
-    @classmethod
-    def _metrics_host(cls, v: str | None) -> str | None:
-        return v if v is None else check_metrics_host(v)
-
     @field_validator("sasl_mechanism")
     @classmethod
     def _known_mechanism(cls, v: str | None) -> str | None:
@@ -810,7 +805,16 @@ class KafkaSettings(BaseSettings):
         """``(host, port)`` a command whose own default port is ``default_port`` serves
         /metrics on (port -1: it serves none)."""
         port = default_port if self.metrics_port is None else self.metrics_port
-        return self.metrics_host or METRICS_HOST, port
+        host = self.metrics_host or METRICS_HOST
+        # Checked here, by the commands that serve, before their engine loads: a deployment's
+        # file names the scorer's address, which `fds produce` or `fds kafka topics` on
+        # another machine refused to load (a review).
+        if port >= 0 and self.metrics_host is not None:
+            try:
+                check_metrics_host(host)
+            except ValueError as e:
+                raise ConfigError(f"{self.named('metrics_host')}: {e}") from None
+        return host, port
 
     def serve_metrics(
         self, metrics: Any, default_port: int, health: Health

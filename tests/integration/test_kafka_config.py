@@ -116,17 +116,12 @@ def test_a_deployments_registry_models_topic_and_metrics_are_settings(tmp_path, 
             "(from FDS_METRICS_PORT)",
         ),
         (
-            {},
-            "metrics_host: 192.0.2.77\n",
-            "kafka.yaml:2: metrics_host: '192.0.2.77' is no address of this machine",
-        ),
-        (
             {"FDS_MODELS_TOPIC": "a b"},
             "",
             "setting models_topic: 'a b' is no Kafka topic name",
         ),
     ],
-    ids=["env-port", "file-port", "file-port-float", "env-over-file", "file-host", "env-topic"],
+    ids=["env-port", "file-port", "file-port-float", "env-over-file", "env-topic"],
 )
 def test_a_bad_registry_models_topic_or_metrics_setting_names_where(
     env, file, says, tmp_path, monkeypatch
@@ -139,6 +134,21 @@ def test_a_bad_registry_models_topic_or_metrics_setting_names_where(
     with pytest.raises(ConfigError) as err:
         load_settings(f)
     assert says in str(err.value)
+
+
+def test_a_metrics_host_of_another_machine_is_refused_by_the_commands_that_serve_only(
+    tmp_path, monkeypatch
+):
+    """A review: a deployment's file naming the scorer's address was refused by every
+    command loading it (`fds produce`, `fds kafka topics` on an admin box)."""
+    _no_deployment_env(monkeypatch)
+    f = tmp_path / "kafka.yaml"
+    f.write_text("group: g\nmetrics_host: 192.0.2.77\n")
+    s = load_settings(f)  # (fds produce, fds kafka topics: loaded, nothing served)
+    with pytest.raises(ConfigError) as err:
+        s.metrics_address(9108)  # fds run, fds train: before their engine loads
+    assert f"metrics_host in {f}: '192.0.2.77' is no address of this machine" in str(err.value)
+    assert load_settings(f, metrics_port=-1).metrics_address(9108)[1] == -1  # serves none
 
 
 def test_paths_in_a_settings_file_are_relative_to_it(tmp_path, monkeypatch):
