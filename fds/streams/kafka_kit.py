@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -634,16 +635,24 @@ def up(
     """
     # absolute: the broker runs with the data dir as its working directory
     ddir = Path(data_dir).expanduser().resolve() if data_dir else data_dir_default()
-    ddir.mkdir(parents=True, exist_ok=True)
-    # one `up` at a time per data dir: two at once would both start a broker
-    with open(ddir / ".up.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if controller_port is None:
-            controller_port = (read_kit(ddir) or {}).get("controller_port") or next(
-                (p for p in (port + 1, port + 2, port - 1) if p <= 65535 and p != secure_port),
-                port - 2,
-            )
-        return _up(ddir, port, controller_port, timeout, secure_port)
+    try:
+        ddir.mkdir(parents=True, exist_ok=True)
+        # one `up` at a time per data dir: two at once would both start a broker
+        with open(ddir / ".up.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if controller_port is None:
+                controller_port = (read_kit(ddir) or {}).get("controller_port") or next(
+                    (p for p in (port + 1, port + 2, port - 1) if p <= 65535 and p != secure_port),
+                    port - 2,
+                )
+            return _up(ddir, port, controller_port, timeout, secure_port)
+    except OSError as e:  # (a full disk: `failed: OSError: [Errno 28] ...`, no path, a QA pass)
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise
+        raise FdsError(
+            f"cannot write the broker's data dir {ddir}: {describe(e)}; free space on its disk "
+            "or give another --data-dir"
+        ) from None
 
 
 def _warn_if_stale(ddir: Path, port: int, controller_port: int) -> None:

@@ -262,3 +262,19 @@ def test_status_says_why_a_broker_exited_without_down(tmp_path, capsys) -> None:
     (tmp_path / "broker.pid").unlink()  # stopped by `down`: nothing to say
     assert main(["kafka", "status", "--data-dir", str(tmp_path)]) == 1
     assert "exited without" not in capsys.readouterr().out
+
+
+def test_up_on_a_full_disk_names_the_data_dir(tmp_path, monkeypatch) -> None:
+    """A QA pass: `fds kafka up` with its data dir on a full disk said `failed: OSError:
+    [Errno 28] No space left on device`, no path."""
+    import errno
+
+    def full(*_: object) -> str:  # (the writes of server.properties, kit.json: ENOSPC)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(kafka_kit, "_up", full)
+    with pytest.raises(kafka_kit.FdsError) as e:
+        kafka_kit.up(port=29595, data_dir=tmp_path / "d")
+    assert f"cannot write the broker's data dir {tmp_path / 'd'}: OSError: [Errno 28]" in str(
+        e.value
+    )
