@@ -744,6 +744,16 @@ class KafkaSettings(BaseSettings):
     def _metrics_port(cls, v: Any) -> Any:
         return v if v is None else check_metrics_port(v)
 
+    @field_validator("registry", mode="before")
+    @classmethod
+    def _registry(cls, v: Any) -> Any:
+        if isinstance(v, str | Path) and str(v).lower() == "none":  # (a folder `none`: a review)
+            raise ValueError(
+                "a model registry is a folder, never none: leave it out for the default, "
+                "models/registry"
+            )
+        return v
+
     @field_validator("sasl_mechanism")
     @classmethod
     def _known_mechanism(cls, v: str | None) -> str | None:

@@ -120,8 +120,13 @@ def test_a_deployments_registry_models_topic_and_metrics_are_settings(tmp_path, 
             "",
             "setting models_topic: 'a b' is no Kafka topic name",
         ),
+        (  # (a folder `none` made beside the file: a review)
+            {},
+            "registry: none\n",
+            "kafka.yaml:2: registry: a model registry is a folder, never none",
+        ),
     ],
-    ids=["env-port", "file-port", "file-port-float", "env-over-file", "env-topic"],
+    ids=["env-port", "file-port", "file-port-float", "env-over-file", "env-topic", "none"],
 )
 def test_a_bad_registry_models_topic_or_metrics_setting_names_where(
     env, file, says, tmp_path, monkeypatch
