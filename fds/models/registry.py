@@ -30,6 +30,7 @@ import fcntl
 import hashlib
 import hmac
 import json
+import logging
 import os
 import pickle
 import re
@@ -41,6 +42,8 @@ from typing import Any
 
 from fds.errors import ArtifactError, ConfigError, describe
 from fds.timeutil import format_ts
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_REGISTRY",
@@ -429,8 +432,14 @@ class Registry:
                 # artifacts retention dropped go once the manifest no longer lists them (a
                 # crash in between leaves a file, never an entry without one)
                 for path in self._dropped:
-                    with contextlib.suppress(FileNotFoundError):
+                    try:
                         path.unlink()
+                    except FileNotFoundError:
+                        pass
+                    except OSError as e:  # (the change is made: a failed publish was retried
+                        # as a new version, this one never announced, a review)
+                        log.warning("%s is no longer in the registry but could not be removed "
+                                    "(%s): remove it by hand", path, describe(e))  # fmt: skip
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 

@@ -535,3 +535,18 @@ def test_the_lock_files_are_readable_by_their_owner_only(tmp_path):
         os.umask(old)
     for f in (tmp_path / "reg" / ".lock", tmp_path / "state" / LOCK_NAME):
         assert f.stat().st_mode & 0o077 == 0, (f, oct(f.stat().st_mode))
+
+
+def test_an_artifact_retention_cannot_remove_does_not_fail_the_publish(tmp_path, caplog):
+    """A review: removing an artifact retention dropped ran after the manifest was written;
+    its error failed the publish though the version was in: the trainer published it again
+    as the next one, this one never announced."""
+    reg = Registry(tmp_path / "r", retain=1)
+    reg.publish({"m": 1}, spec={"name": "s"})
+    stuck = reg.artifact("v000001")
+    stuck.unlink()
+    stuck.mkdir()  # a real refusal of the unlink (EISDIR)
+    (stuck / "x").write_text("x")
+    entry = reg.publish({"m": 2}, spec={"name": "s"})
+    assert entry["version"] == "v000002" and set(reg.manifest()["versions"]) == {"v000002"}
+    assert f"{stuck} is no longer in the registry but could not be removed" in caplog.text
