@@ -826,6 +826,11 @@ class KafkaSettings(BaseSettings):
                 raise ConfigError(f"{self.named('metrics_host')}: {e}") from None
         return host, port
 
+    def serves_metrics(self, default_port: int) -> bool:
+        """Does a command whose own default port is ``default_port`` serve /metrics? (Its
+        metrics are made enabled or not by this, before :meth:`serve_metrics`.)"""
+        return self.metrics_address(default_port)[1] >= 0
+
     def serve_metrics(
         self, metrics: Any, default_port: int, health: Health
     ) -> MetricsServer | None:
@@ -4190,7 +4195,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             args, exactly_once=args.exactly_once, labels_topic=args.labels_topic,
             checkpoint_in_background=args.checkpoint_in_background,
         )  # fmt: skip
-        metrics = make_metrics(settings.metrics_address(RUN_METRICS_PORT)[1] >= 0)
+        metrics = make_metrics(settings.serves_metrics(RUN_METRICS_PORT))
         checkpointer = None
         if (settings.state_dir or "").lower() != "none":
             state_dir = settings.state_dir or default_state_dir(

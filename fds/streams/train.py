@@ -879,7 +879,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     try:
         settings = train_settings(args)
         decisions, labels, models = trainer_topics(args, settings)
-        metrics = trainer_metrics(settings.metrics_address(TRAIN_METRICS_PORT)[1] >= 0)
+        metrics = trainer_metrics(settings.serves_metrics(TRAIN_METRICS_PORT))
         # before the trainer loads or makes anything (a port in use was refused after its state
         # dir and registry had been made: a QA pass); loading counts as progress for /healthz
         # for stale_after() from here, as for fds run
