@@ -3735,6 +3735,7 @@ def build_run_engine(
         feed = ModelFeed(
             settings or KafkaSettings(), server.registry, name=server.spec.name,
             topic=models_topic, metrics=metrics,
+            decisions_topic=settings.output_topic if settings is not None else None,
         )  # fmt: skip
         feed.start()
         _FEEDS[engine] = feed

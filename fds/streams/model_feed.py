@@ -1,8 +1,9 @@
 """The models-topic feed of a scorer: versions announced by ``fds train`` into a local registry.
 
 ``fds train`` publishes each version into its own registry and announces it on the compacted
-models topic (:func:`fds.streams.train.announcement`: key = model name, value = the manifest
-entry, the artifact inline up to 8 MB, and its path in the trainer's registry). A scorer on
+models topic (:func:`fds.streams.train.announcement`: key = model name and decisions topic,
+value = the manifest entry, the decisions topic it learned from, the artifact inline up to 8 MB,
+and its path in the trainer's registry). A scorer on
 another machine (``fds run --models-topic models``) runs a :class:`ModelFeed`: a background
 consumer that takes each announcement of the model it serves, verifies the artifact and imports
 it into the scorer's *local* registry (:meth:`fds.models.Registry.import_version`: same version
@@ -22,9 +23,11 @@ Per announcement: unparseable, wrong sha256 or size, wrong or missing HMAC (when
 registry already holds: rejected (a warning, ``fds_model_swaps_total{result="bad_announcement"}``),
 the current model stays. Pointer-only announcements (artifact above the inline limit) are read
 from their ``path`` when this machine can reach it (a shared mount), else a warning and
-``fds_model_swaps_total{result="unreachable"}``. Announcements of other models are skipped; a
-version already in the registry is skipped (idempotent). Nothing is unpickled here. Broker
-errors are retried with backoff; the feed never stops the scorer.
+``fds_model_swaps_total{result="unreachable"}``. Announcements of other models, and of versions
+learned from another decisions topic than the scorer writes (another deployment's trainer on a
+shared models topic), are skipped; a version already in the registry is skipped (idempotent).
+Nothing is unpickled here. Broker errors are retried with backoff; the feed never stops the
+scorer.
 
 Version ids are the trainer's: keep one trainer registry per model name. A second trainer (or
 a reset registry) reuses ids, and its versions are rejected as different artifacts.
@@ -89,6 +92,7 @@ class FeedStats:
     present: int = 0  # the version was already in the registry
     superseded: int = 0  # a newer one of the same model followed it in the catch-up
     other_model: int = 0
+    other_deployment: int = 0  # learned from another decisions topic than the scorer writes
     rejected: int = 0
     unreachable: int = 0
     tombstone: int = 0  # a null value: the topic's key deleted (compaction), nothing to import
@@ -106,6 +110,10 @@ class ModelFeed:
     name
         The model name the scorer serves (the spec name); other models' announcements are
         skipped.
+    decisions_topic
+        The decisions topic the scorer writes: announcements of versions learned from another
+        one (another deployment's trainer on a shared models topic) are skipped, said once per
+        topic; ``None``, and announcements that do not say theirs (older trainers): taken.
     topic
         The models topic.
     consumer_factory
@@ -121,6 +129,7 @@ class ModelFeed:
         *,
         name: str,
         topic: str = "models",
+        decisions_topic: str | None = None,
         consumer_factory: Callable[..., Any] | None = None,
         metrics: Any = None,
     ) -> None:
@@ -128,6 +137,8 @@ class ModelFeed:
         self.registry = registry
         self.name = name
         self.topic = topic
+        self.decisions_topic = decisions_topic
+        self._others: set[str] = set()  # other deployments' decisions topics, said once each
         self.stats = FeedStats()
         self.metrics: Any = metrics if metrics is not None else NullMetrics()
         self.caught_up = threading.Event()  # set once the topic's history has been read
@@ -176,6 +187,17 @@ class ModelFeed:
             if ann.get("name") != self.name:
                 log.debug('skipped announcement of model="%s"', ann.get("name"), extra=where)
                 return "other_model"
+            learned_from = ann.get("decisions_topic")
+            if self.decisions_topic and learned_from not in (None, self.decisions_topic):
+                if learned_from not in self._others:
+                    self._others.add(learned_from)
+                    log.warning(
+                        'models topic="%s" also carries model="%s" learned from decisions '
+                        'topic="%s", not this scorer\'s "%s": another deployment\'s, skipped '
+                        "(give each deployment its own models topic)",
+                        self.topic, self.name, learned_from, self.decisions_topic, extra=where,
+                    )  # fmt: skip
+                return "other_deployment"
             have = self.registry.manifest()["versions"].get(ann.get("version"))
             if have is not None and have["sha256"] == ann.get("sha256"):
                 return "present"  # cheap (no artifact read); import_version checks again

@@ -114,11 +114,14 @@ _WIRING = (
 )  # fmt: skip
 
 
-def announcement(pub: Publication, name: str, registry: Registry | None) -> dict[str, Any]:
+def announcement(
+    pub: Publication, name: str, registry: Registry | None, decisions_topic: str | None = None
+) -> dict[str, Any]:
     """The models-topic value announcing ``pub``: its manifest entry (the registry's
     ``ENTRY_FIELDS``: version, seq, spec, parent, created_at, event_time, labels_learned,
-    evaluation, sha256, hmac, size), the model ``name``, the artifact's ``path`` in the trainer's
-    registry, and the artifact inline (``artifact_b64``) when small enough.
+    evaluation, sha256, hmac, size), the model ``name``, the ``decisions_topic`` it learned from
+    (scorers writing another one skip it: another deployment's), the artifact's ``path`` in the
+    trainer's registry, and the artifact inline (``artifact_b64``) when small enough.
     :class:`fds.streams.model_feed.ModelFeed` imports it into a scorer's registry.
 
     >>> from fds.models.trainer import Publication
@@ -130,6 +133,7 @@ def announcement(pub: Publication, name: str, registry: Registry | None) -> dict
     return {
         **{k: entry.get(k) for k in ENTRY_FIELDS},
         "name": name,
+        "decisions_topic": decisions_topic,
         "version": pub.version,
         "size": entry.get("size", len(pub.data)),
         "path": str(registry.artifact(pub.version).resolve()) if registry else None,
@@ -137,6 +141,17 @@ def announcement(pub: Publication, name: str, registry: Registry | None) -> dict
             base64.b64encode(pub.data).decode() if len(pub.data) <= INLINE_MAX_BYTES else None
         ),
     }
+
+
+def announcement_key(name: str, decisions_topic: str) -> bytes:
+    """The models-topic key of ``name``'s announcements learned from ``decisions_topic``: one per
+    deployment, so compaction keeps each one's newest (keyed by ``name`` alone, a second
+    deployment's announcement removed the first's; a topic name holds no ``/``).
+
+    >>> announcement_key("default", "decisions")
+    b'default/decisions'
+    """
+    return f"{name}/{decisions_topic}".encode()
 
 
 @dataclass(slots=True)
@@ -681,8 +696,8 @@ class TrainService:
             return
         if time.monotonic() < self._announce_at:  # after a failure: not at every batch
             return
-        value = announcement(pub, self.spec.name, self.registry)
-        key = self.spec.name.encode()
+        value = announcement(pub, self.spec.name, self.registry, self.topics[0])
+        key = announcement_key(self.spec.name, self.topics[0])
         try:
             try:
                 self._send_and_wait(key, value, timeout_s)

@@ -200,10 +200,13 @@ def test_version_published_by_trainer_reaches_a_running_scorer(
 
     # The version was announced on the compacted models topic: a verifiable pointer carrying
     # the manifest entry.
-    anns = [orjson.loads(r.value) for r in read_all(kafka_bootstrap, topics["models"])]
-    (a,) = [a for a in anns if a["version"] == version]
+    records = read_all(kafka_bootstrap, topics["models"])
+    ((key, a),) = [
+        (r.key, a) for r in records if (a := orjson.loads(r.value))["version"] == version
+    ]
     entry = got.registry.entry(version)
-    assert a["name"] == "default"
+    assert a["name"] == "default" and a["decisions_topic"] == topics["decisions"]
+    assert key == f"default/{topics['decisions']}".encode()  # one key per deployment
     assert {k: a[k] for k in ENTRY_FIELDS} == {k: entry[k] for k in ENTRY_FIELDS}
     assert hashlib.sha256(base64.b64decode(a["artifact_b64"])).hexdigest() == entry["sha256"]
     assert Path(a["path"]).read_bytes() == base64.b64decode(a["artifact_b64"])

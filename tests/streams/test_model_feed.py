@@ -276,6 +276,31 @@ def test_other_models_are_skipped(tmp_path: Path) -> None:
     assert feed.registry.versions() == []
 
 
+def test_versions_learned_from_another_decisions_topic_are_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two deployments on one models topic (a QA pass, left until now): the staging trainer's
+    versions of the same model were imported and served by production's scorers (or refused as
+    different artifacts under a known id). Skipped, said once per topic; an announcement that
+    names no decisions topic (an older trainer) is taken as before."""
+    staging = Registry(tmp_path / "staging")
+    prod = Registry(tmp_path / "prod")
+    feed = _feed(tmp_path, decisions_topic="decisions")
+    ours = {**_publish(prod, {"w": 1}), "decisions_topic": "decisions"}
+    theirs = [{**_publish(staging, {"w": n}), "decisions_topic": "staging.decisions"}
+              for n in (2, 3)]  # fmt: skip
+    with caplog.at_level("WARNING"):
+        assert [feed.handle(_value(a)) for a in theirs] == ["other_deployment"] * 2
+    assert caplog.text.count('learned from decisions topic="staging.decisions"') == 1
+    assert feed.registry.versions() == []
+    assert feed.handle(_value(ours)) == "imported"
+    assert feed.registry.load(ours["version"]) == {"w": 1}
+    older = {k: v for k, v in _publish(prod, {"w": 4}).items() if k != "decisions_topic"}
+    assert feed.handle(_value(older)) == "imported"
+    assert _feed(tmp_path / "any").handle(_value(theirs[0])) == "imported"  # (none given)
+    assert feed.stats.other_deployment == 2
+
+
 def test_an_imported_version_is_served_by_the_watching_scorer(tmp_path: Path) -> None:
     a = _publish(Registry(tmp_path / "trainer"), FeatureModel("amount"), name="default")
     scorer = build_model_stage("default", registry=tmp_path / "scorer", watch=True)

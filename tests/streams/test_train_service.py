@@ -241,7 +241,10 @@ def test_an_announcement_too_large_goes_as_a_pointer_and_a_failed_one_is_retried
         state_dir=tmp_path / "state",
     )  # fmt: skip
     first = svc.trainer.publish(0.0)
-    pointer = {**announcement(first, svc.spec.name, svc.registry), "artifact_b64": None}
+    pointer = {
+        **announcement(first, svc.spec.name, svc.registry, svc.topics[0]),
+        "artifact_b64": None,
+    }
     svc.producer = p = Producer(limit=len(orjson.dumps(pointer)))  # inline does not fit
     svc._announce(first)
     assert [v["artifact_b64"] for v in p.values] == [None]  # inline was refused
