@@ -1,3 +1,5 @@
+import shutil
+import subprocess
 import time
 from typing import Any
 
@@ -538,6 +540,32 @@ def test_records_beyond_the_reorder_buffer_are_told_how_to_sort_the_file(
     assert main(["replay", str(j), "--model", "none", "--no-progress", "--out", str(out)]) == 0
     jq = f"jq -c -s 'sort_by(.[\"ts\"]) | .[]' {j} > {tmp_path}/y.sorted.jsonl"
     assert f"first: by its field 'ts', e.g. {jq}" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="runs the advised shell command")
+def test_the_sort_advice_keeps_a_header_with_a_quoted_line_break_whole(
+    tmp_path, capsys, monkeypatch
+):
+    """A review: the advice's ``head -n 1`` kept the first line of a header whose quoted cell
+    holds a line break (its other line was sorted into the rows). Run as given, it sorts."""
+    from fds.cli import main
+
+    monkeypatch.setattr(replay, "REORDER_BUFFER", 2)
+    p, m = tmp_path / "x.csv", tmp_path / "m.yaml"
+    head = 'tx_id,card_id,ts,"amount\n(EUR)"\n'
+    rows = [(f"t{i}", T0 + 3600 + i) for i in range(5)] + [("t9", T0)]
+    p.write_text(head + "".join(f"{t},c1,{ts:.0f},10\n" for t, ts in rows))
+    m.write_text('fields: {amount: "amount\\n(EUR)"}\n')
+    argv = ["replay", "--mapping", str(m), "--model", "none", "--no-progress"]
+    assert main([*argv, str(p), "--out", str(tmp_path / "o.jsonl")]) == 0
+    advice = capsys.readouterr().err.split(", e.g. ", 1)[1].split(" (-k3,3n", 1)[0]
+    assert advice.startswith(f"(head -n 2 {p} && tail -n +3 {p} | sort"), advice
+    subprocess.run(["bash", "-c", advice], check=True)
+    assert (tmp_path / "x.sorted.csv").read_text() == head + "".join(
+        f"{t},c1,{ts:.0f},10\n" for t, ts in sorted(rows, key=lambda r: r[1])
+    )
+    assert main([*argv, str(tmp_path / "x.sorted.csv"), "--out", str(tmp_path / "o.jsonl")]) == 0
+    assert "time order" not in capsys.readouterr().err
 
 
 def test_a_repeated_dst_hour_in_a_file_out_of_time_order_is_warned_as_a_guess(tmp_path, capsys):

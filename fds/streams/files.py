@@ -918,7 +918,8 @@ def _declared(line: str) -> str | None:
 
 class CsvHead(NamedTuple):
     """A CSV file's header as the reader reads it: its column names, the field separator, and
-    the header's line (2 after Excel's ``sep=`` line)."""
+    the header's last line (2 after Excel's ``sep=`` line; 2 for a header with a quoted line
+    break: ``head -n 1`` kept half of it, a review)."""
 
     columns: list[str]
     separator: str
@@ -1094,7 +1095,7 @@ def csv_header(
     except _FAULTS:
         return None
     columns = _csv_header(p, row, m, lines.first)
-    return None if columns is None else CsvHead(columns, sep, lines.first)
+    return None if columns is None else CsvHead(columns, sep, lines.line)
 
 
 def count_rows(path: str | os.PathLike[str], mapping: ColumnMapping | None = None) -> int | None:
