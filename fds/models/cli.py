@@ -128,7 +128,12 @@ def _promote(args: argparse.Namespace) -> int:
     except ArtifactError as e:
         return _fail(args, ArtifactError(f"{args.version} not promoted: {e}"), 1)
     if unserved is None:
-        print(f"champion is now {entry['version']}; running scorers pick it up on their next poll")
+        # (scorers fed by a models topic: through this registry's trainer, said as such: it
+        # claimed they all picked it up, which none of them did then, a QA pass)
+        print(
+            f"champion is now {entry['version']}; running scorers pick it up on their next poll "
+            "(those fed by a models topic once this registry's fds train announces it)"
+        )
         return 0
     # (promoted with --force, such a version was refused by every scorer while this said they
     # picked it up: a QA pass)

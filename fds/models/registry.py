@@ -36,7 +36,7 @@ import pickle
 import re
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -169,7 +169,11 @@ def sign_fields(entry: Mapping[str, Any], key: bytes) -> str:
     >>> sign_fields(e, b"k") == sign_fields({**e, "labels_learned": 6}, b"k")
     False
     """
-    body = {k: entry.get(k) for k in SIGNED_FIELDS}
+    return sign_record({k: entry.get(k) for k in SIGNED_FIELDS}, key)
+
+
+def sign_record(body: Mapping[str, Any], key: bytes) -> str:
+    """HMAC-SHA256 of ``body`` as canonical JSON (sorted keys, no spaces)."""
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
     return sign(text.encode(), key)
 
@@ -593,32 +597,51 @@ class Registry:
             if callable(version):
                 version = version(m)
                 self.verify_file(version, m["versions"].get(version) or {})
-            if version not in m["versions"]:
-                raise ConfigError(
-                    f"unknown model version {version!r}: `fds models list` shows the versions"
-                )
-            old = m.get("champion")
-            if old == version:  # already the champion: nothing changes, nothing recorded
-                return dict(m["versions"][version])
-            if old and old in m["versions"]:
-                m["versions"][old]["status"] = "retired" if status == "champion" else "rejected"
-                if status != "champion":
-                    m["versions"][old]["rejected_because"] = reason
-            m["versions"][version]["status"] = "champion"
-            m["versions"][version].pop("rejected_because", None)  # (promoted with --force: it
-            m["champion"] = version  # kept the reason it was rejected, a QA pass)
-            m.setdefault("history", []).append(
-                {"at": format_ts(time.time()), "from": old, "to": version, "why": reason}
-            )
-            del m["history"][:-100]  # the last 100 changes are plenty for an audit
-            return dict(m["versions"][version])
+            return _champion_in(m, version, status, reason)
 
     def promote(
-        self, version: str, reason: str = "manual", *, reject_current: bool = False
+        self,
+        version: str,
+        reason: str = "manual",
+        *,
+        reject_current: bool = False,
+        unless_rejected: bool = False,
     ) -> dict[str, Any]:
         """Make ``version`` the champion (scorers pick it up on their next poll); the current
-        one is retired, or rejected with ``reject_current`` (a scorer's automatic rollback)."""
-        return self._set_champion(version, "rolled-back" if reject_current else "champion", reason)
+        one is retired, or rejected with ``reject_current`` (a scorer's automatic rollback).
+        ``unless_rejected``: refused (:class:`ConfigError`) when ``version`` is rejected here
+        (a scorer's verdict on a version rejected meanwhile, by :meth:`follow`)."""
+        status = "rolled-back" if reject_current else "champion"
+        if not unless_rejected:
+            return self._set_champion(version, status, reason)
+        with self._locked() as m:
+            if (m["versions"].get(version) or {}).get("status") == "rejected":
+                raise ConfigError(f"{version} was rejected in the registry meanwhile: not promoted")
+            return _champion_in(m, version, status, reason)
+
+    def follow(
+        self, champion: str | None, rejected: Iterable[str], mark: str, reason: str
+    ) -> list[str]:
+        """Take another registry's lifecycle (a trainer's, through the models topic): make
+        ``champion`` the champion (when held here; the current one rejected if it is in
+        ``rejected``) and mark ``rejected`` rejected. Done once per ``mark`` (kept in the
+        manifest): the same lifecycle announced again (a restarted trainer) changes nothing,
+        so this registry's own verdicts since stand. Returns the changes made."""
+        with self._locked() as m:
+            if m.get("followed") == mark:
+                return []
+            m["followed"] = mark
+            out, versions, old = [], m["versions"], m.get("champion")
+            refused = set(rejected)
+            if champion and champion in versions and champion != old:
+                _champion_in(m, champion, "rolled-back" if old in refused else "champion", reason)
+                out.append(f"champion {old or 'none'} -> {champion}")
+            for v in sorted(refused):
+                e = versions.get(v)
+                if e is not None and e["status"] != "rejected" and v != m.get("champion"):
+                    e["status"], e["rejected_because"] = "rejected", reason
+                    out.append(f"rejected {v}")
+            return out
 
     def rollback(self, reason: str = "manual") -> dict[str, Any]:
         """Return to the previous champion (from the history); its successor is rejected.
@@ -653,6 +676,30 @@ class Registry:
             if version in m["versions"] and version != m.get("champion"):
                 m["versions"][version]["status"] = "rejected"
                 m["versions"][version]["rejected_because"] = reason
+
+
+def _champion_in(m: dict[str, Any], version: str, status: str, reason: str) -> dict[str, Any]:
+    """Make ``version`` the champion of manifest ``m`` (under its lock); the current one is
+    retired (``status`` champion) or rejected; recorded in the history."""
+    if version not in m["versions"]:
+        raise ConfigError(
+            f"unknown model version {version!r}: `fds models list` shows the versions"
+        )
+    old = m.get("champion")
+    if old == version:  # already the champion: nothing changes, nothing recorded
+        return dict(m["versions"][version])
+    if old and old in m["versions"]:
+        m["versions"][old]["status"] = "retired" if status == "champion" else "rejected"
+        if status != "champion":
+            m["versions"][old]["rejected_because"] = reason
+    m["versions"][version]["status"] = "champion"
+    m["versions"][version].pop("rejected_because", None)  # (promoted with --force: it
+    m["champion"] = version  # kept the reason it was rejected, a QA pass)
+    m.setdefault("history", []).append(
+        {"at": format_ts(time.time()), "from": old, "to": version, "why": reason}
+    )
+    del m["history"][:-100]  # the last 100 changes are plenty for an audit
+    return dict(m["versions"][version])
 
 
 def make_entry(

@@ -53,7 +53,7 @@ from typing import Any
 
 import orjson
 
-from fds.errors import ArtifactError, describe
+from fds.errors import ArtifactError, ConfigError, describe
 from fds.models.champion import BudgetRank, Contest
 from fds.models.fused import serving
 from fds.models.registry import Registry, learned, load_verified, seq_of
@@ -502,8 +502,10 @@ class ModelServer:
         if self.registry is not None and record:
             self._pointer = version  # our own change: the watcher must not "discover" it
             # a rollback rejects the version that lost its probation (never returned to)
+            # (not a version rejected meanwhile: by the trainer's registry, through the models
+            # topic; the watcher then serves the registry's champion again)
             self._record(f"promote {version}", lambda reg: reg.promote(
-                version, reason=why, reject_current=reject_old))  # fmt: skip
+                version, reason=why, reject_current=reject_old, unless_rejected=True))  # fmt: skip
 
     def _record(self, what: str, change: Callable[[Registry], Any]) -> None:
         """Write a verdict to the registry. Inline it is synchronous, so a replay is
@@ -540,6 +542,9 @@ class ModelServer:
         for wait in (*retries, None):
             try:
                 change(reg)
+                return
+            except ConfigError as e:  # refused (a version rejected meanwhile): not retried
+                log.warning('registry update refused change="%s": %s', what, e)
                 return
             except Exception as e:
                 log.warning('registry update failed change="%s" error=%s%s', what, e,

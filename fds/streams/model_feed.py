@@ -29,6 +29,11 @@ shared models topic), are skipped; a version already in the registry is skipped 
 Nothing is unpickled here. Broker errors are retried with backoff; the feed never stops the
 scorer.
 
+A lifecycle announcement (:func:`fds.streams.train.lifecycle`: the trainer registry's champion
+and rejected versions, after `fds models promote|rollback` there) is followed once per change
+(:meth:`fds.models.Registry.follow`): its champion made the champion here (imported from it
+when not held), its rejections marked; the registry watch then swaps.
+
 Version ids are the trainer's: keep one trainer registry per model name. A second trainer (or
 a reset registry) reuses ids, and its versions are rejected as different artifacts.
 
@@ -43,6 +48,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import hmac
 import logging
 import os
 import stat
@@ -58,9 +64,10 @@ from kafka.structs import TopicPartition
 
 from fds.errors import ArtifactError, describe
 from fds.metrics import NullMetrics
-from fds.models.registry import KEY_ENV, Registry
+from fds.models.registry import KEY_ENV, Registry, sign_record
 from fds.streams.kafka import KafkaSettings
 from fds.streams.kafka_kit import Consumer, UnreadableRecords
+from fds.streams.train import LIFECYCLE, LIFECYCLE_FIELDS
 
 __all__ = ["FeedStats", "ModelFeed"]
 
@@ -93,6 +100,7 @@ class FeedStats:
     superseded: int = 0  # a newer one of the same model followed it in the catch-up
     other_model: int = 0
     other_deployment: int = 0  # learned from another decisions topic than the scorer writes
+    lifecycle: int = 0  # a trainer registry's champion and rejections, followed (or already)
     rejected: int = 0
     unreachable: int = 0
     tombstone: int = 0  # a null value: the topic's key deleted (compaction), nothing to import
@@ -198,19 +206,52 @@ class ModelFeed:
                         self.topic, self.name, learned_from, self.decisions_topic, extra=where,
                     )  # fmt: skip
                 return "other_deployment"
-            have = self.registry.manifest()["versions"].get(ann.get("version"))
-            if have is not None and have["sha256"] == ann.get("sha256"):
-                return "present"  # cheap (no artifact read); import_version checks again
-            data = self._artifact(ann, where)
-            if data is None:
-                return "unreachable"
-            self.registry.check_import(data, ann)
+            if ann.get("kind") == LIFECYCLE:
+                return self._check_lifecycle(ann, where)
+            return self._check_version(ann, where)
         except Exception as exc:  # a bad record never stops the feed
             return self._reject(exc, where)
+
+    def _check_version(
+        self, ann: dict[str, Any], where: Mapping[str, str]
+    ) -> str | tuple[dict[str, Any], bytes]:
+        have = self.registry.manifest()["versions"].get(ann.get("version"))
+        if have is not None and have["sha256"] == ann.get("sha256"):
+            return "present"  # cheap (no artifact read); import_version checks again
+        data = self._artifact(ann, where)
+        if data is None:
+            return "unreachable"
+        self.registry.check_import(data, ann)
         return ann, data
+
+    def _check_lifecycle(
+        self, life: dict[str, Any], where: Mapping[str, str]
+    ) -> str | tuple[dict[str, Any], bytes]:
+        """A trainer registry's lifecycle (:func:`fds.streams.train.lifecycle`): signed with
+        the key when one is set, its champion's announcement checked as any version's. Returns
+        it with the champion's bytes to import (empty: held here already, or none)."""
+        body = {k: life.get(k) for k in LIFECYCLE_FIELDS}
+        key, signed = self.registry.key, life.get("lifecycle_hmac")
+        if key and not hmac.compare_digest(sign_record(body, key), str(signed)):
+            how = "whose signature does not match" if signed else "not signed"
+            raise ArtifactError(f"a lifecycle announcement {how} while {KEY_ENV} is set: refused")
+        champ, rejected = life.get("champion"), life.get("rejected")
+        if not (isinstance(rejected, list) and all(isinstance(v, str) for v in rejected)):
+            raise ArtifactError(f"a lifecycle's rejected versions are no list of ids: {rejected!r}")
+        if champ is None:
+            return life, b""
+        ann = life.get("champion_announcement")
+        if not isinstance(ann, dict) or ann.get("version") != champ:
+            raise ArtifactError(f"a lifecycle naming champion {champ!r} does not announce it")
+        checked = self._check_version(ann, where)
+        if isinstance(checked, str):
+            return checked if checked != "present" else (life, b"")
+        return life, checked[1]
 
     def _install(self, checked: tuple[dict[str, Any], bytes], where: Mapping[str, str]) -> str:
         ann, data = checked
+        if ann.get("kind") == LIFECYCLE:
+            return self._follow(ann, data, where)
         try:
             if self.registry.import_version(data, ann) is None:
                 return "present"
@@ -221,6 +262,30 @@ class ModelFeed:
             ann["version"], self.name, len(data), extra=where,
         )  # fmt: skip
         return "imported"
+
+    def _follow(self, life: dict[str, Any], data: bytes, where: Mapping[str, str]) -> str:
+        """Take a trainer registry's lifecycle: its champion imported when not held here, then
+        made the champion, its rejected versions rejected (:meth:`Registry.follow`; the
+        registry watch then swaps, as for a promotion by hand)."""
+        if data and self._install((life["champion_announcement"], data), where) == "rejected":
+            return "rejected"
+        champ, rejected = life.get("champion"), life["rejected"]
+        try:
+            changes = self.registry.follow(
+                champ, rejected, str(life.get("mark")), "the trainer's registry (models topic)"
+            )
+        except Exception as exc:  # a full disk, a manifest edited by hand
+            return self._reject(exc, where)
+        if changes:
+            log.info("followed the trainer's registry: %s", "; ".join(changes), extra=where)
+        mine = self.registry.manifest().get("champion")
+        if mine in rejected and mine != champ:  # (no champion there to return to)
+            log.warning(
+                'the trainer\'s registry rejected version="%s", served here, and names no '
+                "champion to serve instead: it stays (`fds models rollback` on this registry)",
+                mine, extra=where,
+            )  # fmt: skip
+        return "lifecycle"
 
     def _artifact(self, ann: dict[str, Any], where: Mapping[str, str]) -> bytes | None:
         """The announced bytes (unverified): inline, else read from the pointer path."""
@@ -332,7 +397,10 @@ class ModelFeed:
         while not self._stop.is_set():
             if catching_up and all(consumer.position(tp) >= end[tp] for tp in tps):
                 catching_up = False
-                for good, where in newest.values():
+                # (lifecycles last: a champion they name may be one of the versions)
+                for good, where in sorted(
+                    newest.values(), key=lambda g: g[0][0].get("kind") == LIFECYCLE
+                ):
                     self._count(self._install(good, where))
                 newest.clear()
                 self.caught_up.set()

@@ -47,6 +47,7 @@ import base64
 import collections
 import contextlib
 import functools
+import hashlib
 import logging
 import math
 import pickle
@@ -62,11 +63,11 @@ from kafka import ConsumerRebalanceListener, KafkaProducer
 from kafka.errors import KafkaError, MessageSizeTooLargeError
 from kafka.structs import OffsetAndMetadata
 
-from fds.errors import ConfigError, FdsError, describe
+from fds.errors import ArtifactError, ConfigError, FdsError, describe
 from fds.health import Health, stale_after
 from fds.logs import say
 from fds.metrics import Metrics, NullMetrics, add_metrics_arguments, make_metrics
-from fds.models.registry import DEFAULT_REGISTRY, ENTRY_FIELDS
+from fds.models.registry import DEFAULT_REGISTRY, ENTRY_FIELDS, Registry, sign_record
 from fds.pipeline import DEFAULT_MODEL
 from fds.schema import check_not_ahead, loads_record, parse_label
 from fds.streams.checkpoint import Checkpointer, default_state_dir, hold
@@ -87,9 +88,14 @@ from fds.streams.kafka_kit import ClientErrors, Consumer, Stopped, close_produce
 from fds.timeutil import format_ts, parse_ts
 
 if TYPE_CHECKING:  # (River: imported when a trainer starts, not to build the command line)
-    from fds.models import Publication, Registry, Trainer
+    from fds.models import Publication, Trainer
 
-__all__ = ["TrainService", "TrainStats", "announcement", "register_train"]
+__all__ = ["TrainService", "TrainStats", "announcement", "lifecycle", "register_train"]
+
+#: The ``kind`` of a models-topic record announcing a registry's lifecycle (:func:`lifecycle`),
+#: and its fields the ``lifecycle_hmac`` signs.
+LIFECYCLE = "lifecycle"
+LIFECYCLE_FIELDS = ("kind", "name", "decisions_topic", "champion", "rejected", "mark")
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +147,42 @@ def announcement(
             base64.b64encode(pub.data).decode() if len(pub.data) <= INLINE_MAX_BYTES else None
         ),
     }
+
+
+def lifecycle(registry: Registry, name: str, decisions_topic: str) -> dict[str, Any] | None:
+    """The models-topic value announcing ``registry``'s lifecycle: its ``champion`` and the
+    versions it ``rejected`` (a ``fds models promote|rollback`` there), a ``mark`` (a digest of
+    them: a scorer follows each lifecycle once), signed with the registry's key
+    (``lifecycle_hmac``), and the champion's own announcement (a scorer that does not hold it
+    imports it from there: compaction may have removed it). ``None`` while the registry has
+    neither. Scorers fed by the topic follow it (:meth:`fds.models.Registry.follow`).
+
+    >>> import tempfile
+    >>> reg = Registry(tempfile.mkdtemp())
+    >>> lifecycle(reg, "m", "decisions") is None
+    True
+    >>> _ = reg.publish({"w": 1}, spec={"name": "m"}); _ = reg.promote("v000001")
+    >>> life = lifecycle(reg, "m", "decisions")
+    >>> life["champion"], life["rejected"], life["champion_announcement"]["version"]
+    ('v000001', [], 'v000001')
+    """
+    m = registry.manifest()
+    champ = m.get("champion")
+    rejected = sorted(v for v, e in m["versions"].items() if e["status"] == "rejected")
+    if champ is None and not rejected:
+        return None
+    body = {"kind": LIFECYCLE, "name": name, "decisions_topic": decisions_topic,
+            "champion": champ, "rejected": rejected}  # fmt: skip
+    body["mark"] = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    key = registry.key
+    ann = None
+    if champ is not None:
+        from fds.models.trainer import Publication
+
+        data, entry = registry.load_bytes(champ)
+        ann = announcement(Publication(champ, data, entry), name, registry, decisions_topic)
+    return {**body, "lifecycle_hmac": sign_record(body, key) if key else None,
+            "champion_announcement": ann}  # fmt: skip
 
 
 def announcement_key(name: str, decisions_topic: str) -> bytes:
@@ -220,6 +262,10 @@ class TrainService:
         self._newest: dict[int, float] = {}  # decisions partition -> newest event time read
         self._unannounced: Publication | None = None  # published, its announcement failed
         self._announce_at = 0.0  # monotonic time of the next announcement attempt
+        # the registry's lifecycle announced (_send_lifecycle): its stamp, mark, next attempt
+        self._life_stamp: tuple[int, int] | None = None
+        self._life_mark: str | None = None
+        self._life_at = 0.0
         self._publish_at = 0.0  # ... of the next publish, after one failed
         self._last_decision = time.monotonic()
         # label partition -> its polled labels not learned yet, the first one waiting
@@ -446,6 +492,7 @@ class TrainService:
                 held = any(self._held.values())
                 if batch or held:  # (held labels may go on by now)
                     self._process(batch)
+                self._send_lifecycle()  # (a promote or rollback there: one stat when none)
                 # the broker asked while labels wait for their decisions too (they may wait
                 # minutes: an outage then went unsaid, a review)
                 if not batch and broker.idle_ended(
@@ -699,16 +746,7 @@ class TrainService:
         value = announcement(pub, self.spec.name, self.registry, self.topics[0])
         key = announcement_key(self.spec.name, self.topics[0])
         try:
-            try:
-                self._send_and_wait(key, value, timeout_s)
-            except MessageSizeTooLargeError:
-                if value["artifact_b64"] is None:
-                    raise
-                log.warning(
-                    'version="%s" too large to announce inline; announced as a pointer to '
-                    'path="%s"', pub.version, value["path"],
-                )  # fmt: skip
-                self._send_and_wait(key, {**value, "artifact_b64": None}, timeout_s)
+            self._send_or_point(key, value, value, timeout_s)
         except KafkaError as exc:
             log.error(
                 'announcing version="%s" on topic="%s" failed (%s: %s); retried in %.0f s '
@@ -718,6 +756,54 @@ class TrainService:
             self._announce_at = time.monotonic() + ANNOUNCE_RETRY_S
             return
         self._unannounced = None
+
+    def _send_or_point(
+        self, key: bytes, value: dict[str, Any], ann: dict[str, Any], timeout_s: float | None
+    ) -> None:
+        """Send ``value`` holding announcement ``ann`` (itself, or a lifecycle's champion's);
+        too large for the topic, again with ``ann`` as a pointer only."""
+        try:
+            self._send_and_wait(key, value, timeout_s)
+        except MessageSizeTooLargeError:
+            if ann["artifact_b64"] is None:
+                raise
+            log.warning(
+                'version="%s" too large to announce inline; announced as a pointer to '
+                'path="%s"', ann["version"], ann["path"],
+            )  # fmt: skip
+            ann["artifact_b64"] = None
+            self._send_and_wait(key, value, timeout_s)
+
+    def _send_lifecycle(self) -> None:
+        """Announce the registry's lifecycle when it changed (``fds models promote|rollback``
+        on the trainer's registry), so that scorers fed by the models topic follow it (they
+        kept serving a version rolled back here: a QA pass). Checked by the registry's stamp
+        (one stat); a failed send is tried again after ``ANNOUNCE_RETRY_S``."""
+        if self.producer is None or not self.models_topic or time.monotonic() < self._life_at:
+            return
+        stamp = self.registry.stamp()
+        if stamp == self._life_stamp:
+            return
+        name, decisions = self.spec.name, self.topics[0]
+        try:
+            value = lifecycle(self.registry, name, decisions)
+            if value is not None and value["mark"] != self._life_mark:
+                ann = value["champion_announcement"]
+                key = announcement_key(name, decisions) + b"/" + LIFECYCLE.encode()
+                self._send_or_point(key, value, ann or {"artifact_b64": None}, None)
+                log.info(
+                    'announced the registry\'s lifecycle champion="%s" rejected="%s" topic="%s"',
+                    value["champion"], ",".join(value["rejected"]), self.models_topic,
+                )  # fmt: skip
+                self._life_mark = value["mark"]
+        except (KafkaError, ConfigError, ArtifactError, OSError) as exc:
+            log.error(
+                'announcing the registry\'s lifecycle on topic="%s" failed (%s); retried in '
+                "%.0f s", self.models_topic, describe(exc), ANNOUNCE_RETRY_S,
+            )  # fmt: skip
+            self._life_at = time.monotonic() + ANNOUNCE_RETRY_S
+            return
+        self._life_stamp = stamp
 
     def _send_and_wait(self, key: bytes, value: dict[str, Any], timeout_s: float | None) -> None:
         assert self.producer is not None and self.models_topic

@@ -48,6 +48,20 @@ def _bad_announcements(genuine: dict) -> list[dict]:
     ]  # fmt: skip
 
 
+def _first_decision_of_a_new_scorer(bootstrap: str, topics: dict, tmp_path: Path) -> str | None:
+    """The model version of the first decision of `fds run`'s engine started now with an
+    empty registry (``tmp_path/new-scorer``) fed by the models topic."""
+    engine = build_run_engine(
+        None, DEFAULT_MODEL, registry=tmp_path / "new-scorer",
+        models_topic=topics["models"], settings=settings_for(bootstrap, topics, "g2"),
+    )  # fmt: skip
+    try:
+        tx = {"tx_id": "first", "ts": 1_767_225_600.0, "card_id": "c1", "amount": 10.0}
+        return engine.decide(parse_transaction(tx))["model_version"]
+    finally:
+        close_engine(engine)
+
+
 def test_announced_version_reaches_a_scorer_with_its_own_registry(
     kafka_bootstrap, topics, unique_name, tmp_path, monkeypatch
 ):
@@ -114,12 +128,46 @@ def test_announced_version_reaches_a_scorer_with_its_own_registry(
 
     # `fds run`'s engine for a new scorer waits for that catch-up: its very first decision is
     # scored by the version (it decided its first batches with rules alone before).
-    engine = build_run_engine(
-        None, DEFAULT_MODEL, registry=tmp_path / "new-scorer",
-        models_topic=topics["models"], settings=settings_for(kafka_bootstrap, topics, "g2"),
+    assert _first_decision_of_a_new_scorer(kafka_bootstrap, topics, tmp_path) == version
+
+
+def test_a_promote_and_a_rollback_on_the_trainers_registry_reach_the_scorers(
+    kafka_bootstrap, topics, unique_name, tmp_path, monkeypatch
+):
+    """A QA pass (a fleet fed by the models topic): `fds models promote|rollback` on the
+    trainer's registry never reached the scorers, which served a rolled-back version on; a
+    scorer started with an empty registry served it too. Now the running scorer follows both
+    (a champion it did not hold imported), and a new one serves the champion from its first
+    decision."""
+    monkeypatch.setenv(KEY_ENV, KEY)
+    scorer = Registry(scorer_dir := tmp_path / "scorer-registry")
+    rolled_back: list[str] = []
+
+    def operator(version: str) -> None:  # while the trainer and the scorer run
+        trainer = Registry(tmp_path / "registry")
+        trainer.promote(version)
+        e = trainer.entry(version)  # a newer version, never announced (as if by the trainer)
+        newer = trainer.publish(
+            trainer.load(version), spec=e["spec"], parent=version,
+            labels_learned=e["labels_learned"], evaluation=e["evaluation"],
+        )["version"]  # fmt: skip
+        trainer.promote(newer)
+        wait_until(lambda: scorer.champion() == newer, 30, "the promotion to reach the scorer")
+        trainer.rollback()  # champion: version again; newer rejected
+        wait_until(
+            lambda: scorer.champion() == version and scorer.entry(newer)["status"] == "rejected",
+            30, "the rollback to reach the scorer",
+        )  # fmt: skip
+        rolled_back.append(newer)
+
+    got = train_and_serve(
+        kafka_bootstrap, topics, unique_name, tmp_path, scorer_registry=scorer_dir,
+        models_topic=topics["models"], before_second_half=operator,
     )  # fmt: skip
-    try:
-        tx = {"tx_id": "first", "ts": 1_767_225_600.0, "card_id": "c1", "amount": 10.0}
-        assert engine.decide(parse_transaction(tx))["model_version"] == version
-    finally:
-        close_engine(engine)
+    ((newer,), version) = rolled_back, got.version
+    assert newer not in {d["model_version"] for d in got.late}
+    assert {d["model_version"] for d in got.tail} <= {version, None}
+    assert any(d["model_version"] == version for d in got.tail)
+    # A scorer started now, with an empty registry: the champion from its first decision.
+    assert _first_decision_of_a_new_scorer(kafka_bootstrap, topics, tmp_path) == version
+    assert Registry(tmp_path / "new-scorer").champion() == version

@@ -550,3 +550,42 @@ def test_an_artifact_retention_cannot_remove_does_not_fail_the_publish(tmp_path,
     entry = reg.publish({"m": 2}, spec={"name": "s"})
     assert entry["version"] == "v000002" and set(reg.manifest()["versions"]) == {"v000002"}
     assert f"{stuck} is no longer in the registry but could not be removed" in caplog.text
+
+
+def test_following_another_registrys_lifecycle_happens_once_per_mark(tmp_path):
+    """A scorer fed by the models topic follows the trainer's registry (a QA pass: a rollback
+    there never reached it): the named champion served, the current one rejected when the
+    trainer rejected it, the others marked; the same mark again changes nothing, so the
+    scorer's own verdicts since stand."""
+    reg = Registry(tmp_path / "r")
+    for w in range(4):
+        reg.publish({"w": w}, spec={"name": "m"})
+    reg.promote("v000004")
+    why = "the trainer's registry (models topic)"
+    changes = reg.follow("v000002", ["v000003", "v000004"], "mark-1", why)
+    assert changes == ["champion v000004 -> v000002", "rejected v000003"]
+    m = reg.manifest()
+    assert m["champion"] == "v000002" and m["followed"] == "mark-1"
+    assert {v: e["status"] for v, e in m["versions"].items()} == {
+        "v000001": "published", "v000002": "champion",
+        "v000003": "rejected", "v000004": "rejected",
+    }  # fmt: skip
+    assert m["versions"]["v000004"]["rejected_because"] == why
+    reg.promote("v000001")  # a verdict of this registry's own since
+    assert reg.follow("v000002", ["v000003", "v000004"], "mark-1", why) == []
+    assert reg.champion() == "v000001"
+    # a champion not held here is left as it is; the rejections still land
+    assert reg.follow("v000009", ["v000002"], "mark-2", why) == ["rejected v000002"]
+    assert reg.champion() == "v000001"
+
+
+def test_a_scorers_promotion_of_a_version_rejected_meanwhile_is_refused(tmp_path):
+    reg = Registry(tmp_path / "r")
+    for w in range(2):
+        reg.publish({"w": w}, spec={"name": "m"})
+    reg.reject("v000002", "rejected in the trainer's registry")
+    with pytest.raises(ConfigError, match="v000002 was rejected in the registry meanwhile"):
+        reg.promote("v000002", reason="promoted: precision >= champion", unless_rejected=True)
+    assert reg.champion() is None
+    assert reg.promote("v000001", unless_rejected=True)["status"] == "champion"
+    assert reg.promote("v000002")["status"] == "champion"  # (by hand: fds models checks it)

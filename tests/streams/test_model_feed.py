@@ -31,7 +31,7 @@ from fds.models.trainer import Publication
 from fds.streams import model_feed
 from fds.streams.kafka import KafkaSettings, build_run_engine, register_run
 from fds.streams.model_feed import ModelFeed
-from fds.streams.train import announcement
+from fds.streams.train import announcement, lifecycle
 from tests.models.fakes import FeatureModel
 
 TOPIC = "models"
@@ -301,6 +301,46 @@ def test_versions_learned_from_another_decisions_topic_are_skipped(
     assert feed.stats.other_deployment == 2
 
 
+def test_a_scorer_follows_the_lifecycle_of_the_trainers_registry(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A QA pass (a fleet fed by the models topic): `fds models rollback` on the trainer's
+    registry never reached the scorers, and a scorer started with an empty registry served the
+    rolled-back version. The trainer announces its registry's lifecycle (signed); a scorer
+    takes its champion (imported from it when not held) and its rejections, once."""
+    trainer = Registry(tmp_path / "trainer", key=b"k")
+    anns = [_publish(trainer, {"w": n}) for n in (1, 2, 3)]
+    trainer.promote("v000002")
+    trainer.promote("v000003")
+    trainer.rollback()  # v000003 rejected, v000002 the champion again
+    life = lifecycle(trainer, "m", "decisions")
+    assert life is not None and (life["champion"], life["rejected"]) == ("v000002", ["v000003"])
+    feed = _feed(tmp_path, key=b"k", decisions_topic="decisions")
+    for a in (anns[0], anns[2]):
+        assert feed.handle(_value({**a, "decisions_topic": "decisions"})) == "imported"
+    feed.registry.promote("v000003")  # served here (its own verdict)
+    with caplog.at_level("INFO"):
+        assert feed.handle(_value(life)) == "lifecycle"
+    assert "followed the trainer's registry: champion v000003 -> v000002" in caplog.text
+    m = feed.registry.manifest()
+    assert m["champion"] == "v000002" and m["versions"]["v000003"]["status"] == "rejected"
+    assert feed.registry.load("v000002") == {"w": 2}  # imported from the lifecycle
+    feed.registry.promote("v000001")  # a verdict of its own since: the same lifecycle again
+    assert feed.handle(_value(life)) == "lifecycle"  # (a restarted trainer) leaves it
+    assert feed.registry.champion() == "v000001"
+    # refused: unsigned, or its champion or rejections altered (signed fields)
+    for bad in ({**life, "lifecycle_hmac": None}, {**life, "rejected": ["v000001"]},
+                {**life, "champion": "v000001"}):  # fmt: skip
+        assert feed.handle(_value(bad)) == "rejected"
+    assert feed.registry.champion() == "v000001"
+    # a scorer started with an empty registry serves the champion, never the rejected one
+    fresh = _feed(tmp_path / "fresh", key=b"k", decisions_topic="decisions")
+    assert fresh.handle(_value({**anns[2], "decisions_topic": "decisions"})) == "imported"
+    assert fresh.handle(_value(life)) == "lifecycle"
+    m = fresh.registry.manifest()
+    assert m["champion"] == "v000002" and m["versions"]["v000003"]["status"] == "rejected"
+
+
 def test_an_imported_version_is_served_by_the_watching_scorer(tmp_path: Path) -> None:
     a = _publish(Registry(tmp_path / "trainer"), FeatureModel("amount"), name="default")
     scorer = build_model_stage("default", registry=tmp_path / "scorer", watch=True)
@@ -311,6 +351,33 @@ def test_an_imported_version_is_served_by_the_watching_scorer(tmp_path: Path) ->
     assert scorer.poll() == a["version"]
     _, version = scorer.score({"tx_id": "t1", "ts": 0.0, "amount": 5.0}, {})
     assert version == a["version"]
+
+
+def test_a_scorers_verdict_on_a_version_the_trainer_rejected_meanwhile_is_undone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The QA pass saw a scorer's contest promote the version just rolled back on the
+    trainer's registry (followed here: rejected). The promotion is refused in the registry
+    and the scorer serves the registry's champion again at its next poll."""
+    trainer = Registry(tmp_path / "trainer")
+    anns = [_publish(trainer, FeatureModel("amount"), name="default") for _ in range(2)]
+    scorer = build_model_stage("default", registry=tmp_path / "scorer", watch=True)
+    scorer.stop_watch()  # polled by hand below
+    feed = ModelFeed(KafkaSettings(), scorer.registry, name="default")
+    for a in anns:
+        feed.handle(_value(a))
+    scorer.registry.promote("v000001")
+    assert scorer.poll() == "v000001"
+    scorer.score({"tx_id": "t1", "ts": 0.0, "amount": 5.0}, {})  # installed
+    scorer.registry.reject("v000002", "the trainer's registry (models topic)")
+    with caplog.at_level("WARNING"):  # the contest's verdict, reached after the rejection
+        scorer._set_champion("v000002", scorer.registry.load("v000002"), "promoted: test")
+        scorer._writes.join()
+    assert 'registry update refused change="promote v000002": v000002 was rejected' in caplog.text
+    assert scorer.registry.champion() == "v000001"
+    assert scorer.poll() == "v000001"  # served again
+    _, version = scorer.score({"tx_id": "t2", "ts": 1.0, "amount": 5.0}, {})
+    assert version == "v000001"
 
 
 # -- the consumer loop -------------------------------------------------------------------------

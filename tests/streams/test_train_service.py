@@ -218,7 +218,7 @@ class Producer:
     """The models topic: refuses values over ``limit`` bytes; ``down``: every send times out."""
 
     def __init__(self, limit: int) -> None:
-        self.limit, self.down, self.values = limit, False, []
+        self.limit, self.down, self.values, self.keys = limit, False, [], []
 
     def send(self, topic: str, *, key: bytes, value: bytes) -> Sent:
         if self.down:
@@ -226,6 +226,7 @@ class Producer:
         if len(value) > self.limit:
             return Sent(MessageSizeTooLargeError("over max.message.bytes"))
         self.values.append(orjson.loads(value))
+        self.keys.append(key)
         return Sent(None)
 
     def flush(self, timeout: float | None = None) -> None:
@@ -258,6 +259,45 @@ def test_an_announcement_too_large_goes_as_a_pointer_and_a_failed_one_is_retried
     svc._process({})  # after the next batch
     assert [v["version"] for v in p.values] == [p.values[0]["version"], second.version]
     assert p.values[1]["artifact_b64"] is not None
+
+
+def test_a_promote_or_rollback_on_the_trainers_registry_is_announced_once(
+    tmp_path, monkeypatch, caplog
+):
+    """A QA pass: scorers fed by the models topic never heard of `fds models rollback` on the
+    trainer's registry. Its lifecycle is announced when it changes (not for a new version,
+    not again), and a failed announcement is tried again."""
+    monkeypatch.setattr("fds.streams.train.ANNOUNCE_RETRY_S", 0.0)  # its length is not tested
+    svc = TrainService(
+        KafkaSettings(group="fds-train"), registry=tmp_path / "registry",
+        state_dir=tmp_path / "state", decisions_topic="prod.decisions",
+    )  # fmt: skip
+    svc.producer = p = Producer(limit=1 << 20)
+    svc._send_lifecycle()
+    assert p.values == []  # no champion, nothing rejected: nothing to follow
+    first, second = svc.trainer.publish(0.0), svc.trainer.publish(1.0)
+    svc.registry.promote(first.version)
+    svc._send_lifecycle()
+    svc._send_lifecycle()
+    assert [(v["kind"], v["champion"], v["rejected"]) for v in p.values] == [
+        ("lifecycle", first.version, [])
+    ]
+    assert p.keys == [b"default/prod.decisions/lifecycle"]
+    assert p.values[0]["champion_announcement"]["version"] == first.version
+    svc.trainer.publish(2.0)  # the registry changed, its lifecycle did not
+    svc._send_lifecycle()
+    assert len(p.values) == 1
+    svc.registry.promote(second.version)
+    svc.registry.rollback()
+    p.down = True
+    with caplog.at_level("ERROR"):
+        svc._send_lifecycle()
+    assert 'announcing the registry\'s lifecycle on topic="models" failed' in caplog.text
+    p.down = False
+    svc._send_lifecycle()
+    assert [(v["champion"], v["rejected"]) for v in p.values[1:]] == [
+        (first.version, [second.version])
+    ]
 
 
 def test_a_label_stamped_in_the_future_does_not_hold_its_partition(tmp_path, monkeypatch):
