@@ -662,6 +662,29 @@ class Registry:
         previous(self.manifest())
         return self._set_champion(previous, "rolled-back", reason)
 
+    def judge(self, verdict: str, version: str, other: str | None, reason: str) -> str | None:
+        """Take a scorer's contest verdict on ``version`` (a trainer's registry, through the
+        models topic): ``promote`` it over champion ``other`` (or over none), ``reject`` it, or
+        ``rollback`` from it, the champion, to ``other``. The first verdict stands: one that
+        no longer fits (another scorer's came first: the champion moved on, the version was
+        rejected or promoted) changes nothing. Returns the change made, if any."""
+        with self._locked() as m:
+            versions, champ = m["versions"], m.get("champion")
+            e = versions.get(version)
+            if e is None or e["status"] == "rejected":
+                return None
+            if verdict == "promote" and champ != version and champ in (None, other):
+                _champion_in(m, version, "champion", reason)
+                return f"champion {champ or 'none'} -> {version}"
+            if verdict == "reject" and champ != version:
+                e["status"], e["rejected_because"] = "rejected", reason
+                return f"rejected {version}"
+            back = versions.get(other or "")
+            if verdict == "rollback" and champ == version and back and back["status"] != "rejected":
+                _champion_in(m, str(other), "rolled-back", reason)
+                return f"champion {version} -> {other} (rolled back)"
+            return None
+
     def mark_shadow(self, version: str) -> None:
         """A scorer runs ``version`` as a challenger: retention keeps it until its verdict
         (``promote`` or ``reject``), however many versions are published meanwhile."""

@@ -260,6 +260,7 @@ class ModelServer:
         # prepared by the watcher thread: (role, version, model, its manifest entry, the swaps
         # counted when it was prepared, its scores of the recent inputs then)
         self._pending: tuple[str, str, Any, dict[str, Any], int, Any] | None = None
+        self._pending_stamp = (0, 0)  # the registry's stamp it was prepared from
         # version -> (the recent inputs it scored before it served, their scores by input id):
         # a new champion's or challenger's first ranking of recent traffic reuses them instead
         # of scoring 2,048 inputs on the label path (a review measured 160-320 ms with forest)
@@ -1026,6 +1027,7 @@ class ModelServer:
         swaps = self._swaps  # a promotion of ours after this: the manifest read is stale
         if self._writing():  # the manifest may not show our own verdict yet
             return None
+        stamp = self.registry.stamp()  # (before the read: a change during it shows)
         m = self.registry.manifest()
         champ = m.get("champion")
         role, target = None, None
@@ -1089,6 +1091,7 @@ class ModelServer:
         entry = versions.get(target) or {}
         self._offered = max(self._offered, entry.get("seq", -1))
         self._pending = (role or "challenger", target, model, entry, swaps, pre)
+        self._pending_stamp = stamp
         return target
 
     def _check_rewound(self, latest: Mapping[str, Any] | None, newest_known: int) -> None:
@@ -1221,6 +1224,11 @@ class ModelServer:
         """Serve the version the watcher prepared, if any (between two events)."""
         pending, self._pending = self._pending, None
         if pending is None:
+            return
+        if self.registry is not None and self.registry.stamp() != self._pending_stamp:
+            # prepared from a manifest changed since (promoted, then rolled back while no
+            # event came: the next events served the version rejected, a fleet's test); one
+            # stat per swap; the watcher prepares again from the manifest as it is now
             return
         role, version, model, entry, swaps, pre = pending
         if version == self.version:  # served already (loaded at start while it was prepared)

@@ -3732,11 +3732,22 @@ def build_run_engine(
             )
         from fds.streams.model_feed import ModelFeed  # imports this module
 
+        s = settings or KafkaSettings()
         feed = ModelFeed(
-            settings or KafkaSettings(), server.registry, name=server.spec.name,
-            topic=models_topic, metrics=metrics,
+            s, server.registry, name=server.spec.name, topic=models_topic, metrics=metrics,
             decisions_topic=settings.output_topic if settings is not None else None,
+            by=f"{s.group}/{s.group_instance_id or socket.gethostname()}",
         )  # fmt: skip
+        # its contests' verdicts go to the trainer, whose registry's lifecycle every scorer
+        # follows: one champion for the fleet (each judged alone: a QA pass)
+        own = server.on_event
+
+        def on_event(kind: str, info: dict[str, Any]) -> None:
+            if own is not None:
+                own(kind, info)
+            feed.on_event(kind, info)
+
+        server.on_event = on_event
         feed.start()
         _FEEDS[engine] = feed
         # Serve the newest version announced so far from the first decision: without the

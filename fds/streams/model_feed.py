@@ -51,14 +51,17 @@ import contextlib
 import hmac
 import logging
 import os
+import queue
 import stat
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
 import orjson
+from kafka import KafkaProducer
 from kafka.errors import KafkaError
 from kafka.structs import TopicPartition
 
@@ -67,9 +70,24 @@ from fds.metrics import NullMetrics
 from fds.models.registry import KEY_ENV, Registry, sign_record
 from fds.streams.kafka import KafkaSettings
 from fds.streams.kafka_kit import Consumer, UnreadableRecords
-from fds.streams.train import LIFECYCLE, LIFECYCLE_FIELDS
+from fds.timeutil import format_ts
 
 __all__ = ["FeedStats", "ModelFeed"]
+
+#: The ``kind`` of a models-topic record announcing a trainer registry's lifecycle
+#: (:func:`fds.streams.train.lifecycle`), and its fields the ``lifecycle_hmac`` signs.
+LIFECYCLE = "lifecycle"
+LIFECYCLE_FIELDS = ("kind", "name", "decisions_topic", "champion", "rejected", "mark")
+#: The ``kind`` of a scorer's contest verdict sent to its trainer (:meth:`ModelFeed.on_event`),
+#: and its fields the ``verdict_hmac`` signs.
+VERDICT = "verdict"
+VERDICT_FIELDS = ("kind", "name", "decisions_topic", "verdict", "version", "other", "by", "at")
+#: The scorer events sent as verdicts: (the version judged, the other one) of their figures.
+_VERDICTS = {
+    "promote": ("candidate", "incumbent"),
+    "reject": ("candidate", "incumbent"),
+    "rollback": ("on_probation", "predecessor"),
+}
 
 log = logging.getLogger(__name__)
 #: No record's context (an announcement handled outside the consumer loop).
@@ -101,6 +119,8 @@ class FeedStats:
     other_model: int = 0
     other_deployment: int = 0  # learned from another decisions topic than the scorer writes
     lifecycle: int = 0  # a trainer registry's champion and rejections, followed (or already)
+    verdict: int = 0  # a scorer's contest verdict, judged by the trainer (see ModelFeed.judge)
+    skipped: int = 0  # not for this reader: verdicts on a scorer, announcements on the trainer
     rejected: int = 0
     unreachable: int = 0
     tombstone: int = 0  # a null value: the topic's key deleted (compaction), nothing to import
@@ -128,6 +148,14 @@ class ModelFeed:
         Builds the consumer from keyword options (a fake in unit tests).
     metrics
         A :class:`fds.metrics.Metrics` for ``fds_model_swaps_total`` (``None``: none).
+    judge
+        The trainer's reader (``fds train``): its registry takes the scorers' contest verdicts
+        (:meth:`fds.models.Registry.judge`, the first one stands), so its lifecycle, announced,
+        puts the whole fleet on one champion; it skips version and lifecycle announcements.
+    by
+        A scorer's name in the verdicts it sends (:meth:`on_event`; ``<group>/<instance>``).
+    producer_factory
+        Builds the producer of those verdicts from keyword options (a fake in unit tests).
     """
 
     def __init__(
@@ -140,8 +168,16 @@ class ModelFeed:
         decisions_topic: str | None = None,
         consumer_factory: Callable[..., Any] | None = None,
         metrics: Any = None,
+        judge: bool = False,
+        by: str | None = None,
+        producer_factory: Callable[..., Any] | None = None,
     ) -> None:
         self.s = settings
+        self.judge, self.by = judge, by
+        self._producer_factory = producer_factory or KafkaProducer
+        self._producer: Any = None
+        self._verdicts: queue.SimpleQueue[tuple[bytes, bytes]] = queue.SimpleQueue()
+        self._unsent: list[tuple[bytes, bytes]] = []
         self.registry = registry
         self.name = name
         self.topic = topic
@@ -206,7 +242,12 @@ class ModelFeed:
                         self.topic, self.name, learned_from, self.decisions_topic, extra=where,
                     )  # fmt: skip
                 return "other_deployment"
-            if ann.get("kind") == LIFECYCLE:
+            kind = ann.get("kind")
+            if (kind == VERDICT) != self.judge:  # (a scorer's verdict: for the trainer only)
+                return "skipped"
+            if kind == VERDICT:
+                return self._check_signed(ann, VERDICT_FIELDS, "verdict"), b""
+            if kind == LIFECYCLE:
                 return self._check_lifecycle(ann, where)
             return self._check_version(ann, where)
         except Exception as exc:  # a bad record never stops the feed
@@ -230,11 +271,7 @@ class ModelFeed:
         """A trainer registry's lifecycle (:func:`fds.streams.train.lifecycle`): signed with
         the key when one is set, its champion's announcement checked as any version's. Returns
         it with the champion's bytes to import (empty: held here already, or none)."""
-        body = {k: life.get(k) for k in LIFECYCLE_FIELDS}
-        key, signed = self.registry.key, life.get("lifecycle_hmac")
-        if key and not hmac.compare_digest(sign_record(body, key), str(signed)):
-            how = "whose signature does not match" if signed else "not signed"
-            raise ArtifactError(f"a lifecycle announcement {how} while {KEY_ENV} is set: refused")
+        self._check_signed(life, LIFECYCLE_FIELDS, "lifecycle")
         champ, rejected = life.get("champion"), life.get("rejected")
         if not (isinstance(rejected, list) and all(isinstance(v, str) for v in rejected)):
             raise ArtifactError(f"a lifecycle's rejected versions are no list of ids: {rejected!r}")
@@ -248,8 +285,21 @@ class ModelFeed:
             return checked if checked != "present" else (life, b"")
         return life, checked[1]
 
+    def _check_signed(
+        self, record: dict[str, Any], fields: tuple[str, ...], what: str
+    ) -> dict[str, Any]:
+        """``record``, unless a key is set and its ``<what>_hmac`` does not sign ``fields``."""
+        key, signed = self.registry.key, record.get(f"{what}_hmac")
+        body = {k: record.get(k) for k in fields}
+        if key and not hmac.compare_digest(sign_record(body, key), str(signed)):
+            how = "whose signature does not match" if signed else "not signed"
+            raise ArtifactError(f"a {what} announcement {how} while {KEY_ENV} is set: refused")
+        return record
+
     def _install(self, checked: tuple[dict[str, Any], bytes], where: Mapping[str, str]) -> str:
         ann, data = checked
+        if ann.get("kind") == VERDICT:
+            return self._judge(ann, where)
         if ann.get("kind") == LIFECYCLE:
             return self._follow(ann, data, where)
         try:
@@ -262,6 +312,66 @@ class ModelFeed:
             ann["version"], self.name, len(data), extra=where,
         )  # fmt: skip
         return "imported"
+
+    def _judge(self, v: dict[str, Any], where: Mapping[str, str]) -> str:
+        """A scorer's verdict into the trainer's registry (its lifecycle is then announced)."""
+        why = f"{v.get('verdict')} by scorer {v.get('by')} ({(v.get('figures') or {}).get('why')})"
+        try:
+            change = self.registry.judge(
+                str(v.get("verdict")), str(v.get("version")), v.get("other"), why
+            )
+        except Exception as exc:  # a full disk, a manifest edited by hand
+            return self._reject(exc, where)
+        if change:
+            log.info("judged by a scorer's verdict: %s (%s)", change, why, extra=where)
+        return "verdict"
+
+    # -- a scorer's verdicts, to the trainer ---------------------------------------------------
+
+    def on_event(self, kind: str, info: Mapping[str, Any]) -> None:
+        """A scorer's model event (:class:`fds.models.ModelServer`'s ``on_event``, on the
+        decision thread: only queued here): a contest's verdict is sent to the trainer on the
+        models topic, signed, by the feed thread. Scorers fed by a topic each judged in their
+        own registry and served different versions (a QA pass of a fleet)."""
+        judged = _VERDICTS.get(kind)
+        version = info.get(judged[0]) if judged else None
+        if judged is None or version is None or f"recall_at_budget_{judged[0]}" not in info:
+            return  # (a challenger dropped because it raised here: this machine's, not sent)
+        body = {
+            "kind": VERDICT, "name": self.name, "decisions_topic": self.decisions_topic,
+            "verdict": kind, "version": version, "other": info.get(judged[1]), "by": self.by,
+            "at": format_ts(time.time()),
+        }  # fmt: skip
+        key = self.registry.key
+        record = {**body, "figures": dict(info),
+                  "verdict_hmac": sign_record(body, key) if key else None}  # fmt: skip
+        at = f"{self.name}/{self.decisions_topic}/{VERDICT}/{version}/{kind}"
+        self._verdicts.put((at.encode(), orjson.dumps(record, default=str)))
+
+    def _send_verdicts(self) -> None:
+        """Send the verdicts queued (feed thread); kept for the next round on a broker error."""
+        while not self._verdicts.empty():
+            self._unsent.append(self._verdicts.get())
+        if not self._unsent:
+            return
+        try:
+            if self._producer is None:
+                ms = int(min(self.s.broker_timeout_s, BOOTSTRAP_TIMEOUT_S) * 1000)
+                self._producer = self._producer_factory(
+                    **self.s.client_config(), acks="all", bootstrap_timeout_ms=ms,
+                    max_block_ms=ms,
+                )  # fmt: skip
+            futures = [self._producer.send(self.topic, key=k, value=v) for k, v in self._unsent]
+            self._producer.flush(timeout=self.s.broker_timeout_s)
+            for f in futures:
+                f.get(timeout=0)
+        except (KafkaError, OSError) as exc:
+            log.warning("models feed: %d verdict(s) not sent (%s); tried again",
+                        len(self._unsent), describe(exc))  # fmt: skip
+            return
+        log.info('sent %d contest verdict(s) to the trainer topic="%s"', len(self._unsent),
+                 self.topic)  # fmt: skip
+        self._unsent.clear()
 
     def _follow(self, life: dict[str, Any], data: bytes, where: Mapping[str, str]) -> str:
         """Take a trainer registry's lifecycle: its champion imported when not held here, then
@@ -326,7 +436,7 @@ class ModelFeed:
 
     def start(self) -> None:
         """Start the feed thread."""
-        if self.registry.key is None:
+        if self.registry.key is None and not self.judge:
             log.warning(
                 "models feed without %s: unsigned announcements are checked by sha256 only "
                 "(corruption, not forgery), signed ones refused; set the trainer's key on this "
@@ -341,6 +451,9 @@ class ModelFeed:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=CLOSE_WAIT_S)
+        if self._producer is not None:
+            with contextlib.suppress(Exception):
+                self._producer.close(timeout=CLOSE_WAIT_S)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -405,6 +518,7 @@ class ModelFeed:
                 newest.clear()
                 self.caught_up.set()
                 log.info('models feed caught up topic="%s"', self.topic)
+            self._send_verdicts()
             batch = consumer.poll(timeout_ms=POLL_MS)
             for tp, records in batch.items():
                 for r in records:

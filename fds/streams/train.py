@@ -85,6 +85,7 @@ from fds.streams.kafka import (
     unreachable,
 )
 from fds.streams.kafka_kit import ClientErrors, Consumer, Stopped, close_producer
+from fds.streams.model_feed import LIFECYCLE, ModelFeed
 from fds.timeutil import format_ts, parse_ts
 
 if TYPE_CHECKING:  # (River: imported when a trainer starts, not to build the command line)
@@ -92,10 +93,6 @@ if TYPE_CHECKING:  # (River: imported when a trainer starts, not to build the co
 
 __all__ = ["TrainService", "TrainStats", "announcement", "lifecycle", "register_train"]
 
-#: The ``kind`` of a models-topic record announcing a registry's lifecycle (:func:`lifecycle`),
-#: and its fields the ``lifecycle_hmac`` signs.
-LIFECYCLE = "lifecycle"
-LIFECYCLE_FIELDS = ("kind", "name", "decisions_topic", "champion", "rejected", "mark")
 
 log = logging.getLogger(__name__)
 
@@ -472,6 +469,13 @@ class TrainService:
             return self.stats
         if self.trainer.parent is not None:  # what it learns on from, before its next version
             self.metrics.model_info(self.trainer.parent, self.spec.name)
+        judge = None
+        if self.producer is not None and self.models_topic:  # the scorers' verdicts
+            judge = ModelFeed(
+                self.s, self.registry, name=self.spec.name, topic=self.models_topic,
+                decisions_topic=self.topics[0], judge=True,
+            )  # fmt: skip
+            judge.start()
         no_input = IdleTimer(max_idle_s, self.s.broker_timeout_s)
         s = self.s
         # (an outage was idle time for --max-idle, exit 0, and a silent wait for good without)
@@ -504,6 +508,8 @@ class TrainService:
             raise
         finally:
             left = self._time_left
+            if judge is not None:
+                judge.close()
             with contextlib.suppress(Exception):
                 self.consumer.close(autocommit=False, timeout_ms=int(left() * 300))
             if self.producer is not None:

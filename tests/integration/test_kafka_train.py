@@ -73,6 +73,7 @@ def train_and_serve(
     models_topic: str | None = None,
     metrics: Any = None,
     before_second_half: Callable[[str], None] = lambda version: None,
+    serves: Callable[[str], str] = lambda version: version,
 ) -> Served:
     """A running scorer (``fds run``'s engine and runner) decides the first half of a stream;
     ``fds train`` (TrainService) learns from its decisions and 400 labels and publishes a
@@ -81,7 +82,7 @@ def train_and_serve(
     The scorer serves from ``scorer_registry`` (the trainer's directory, or another one fed by
     ``models_topic``; ``metrics``: the scorer's). ``before_second_half(version)`` runs once the
     scorer's registry holds the trainer's version. The last TAIL transactions are produced
-    once the scorer has taken the version."""
+    once the scorer has taken ``serves(version)`` (the version, unless the hook chose another)."""
     write_simulated(tmp_path / "tx.jsonl", days=2, cards=1500)
     lines = (tmp_path / "tx.jsonl").read_bytes().splitlines()
     half = len(lines) // 2
@@ -151,13 +152,14 @@ def train_and_serve(
         assert runner.stats.decided == half  # nothing decided with it yet
         before_second_half(version)
         server: Any = engine.model
+        target = serves(version)
 
         def taken() -> bool:
             # Verified and canaried by the registry watcher, which holds one version at a time
             # until the hot path installs it at its next decision (so an older one may need
             # decisions first).
             pending = server._pending
-            return server.version == version or (pending is not None and pending[1] == version)
+            return server.version == target or (pending is not None and pending[1] == target)
 
         produce_file(tmp_path / "b.jsonl", s)
         wait_until(lambda: runner.stats.decided >= len(lines) - TAIL, 60, "the second half")

@@ -171,3 +171,50 @@ def test_a_promote_and_a_rollback_on_the_trainers_registry_reach_the_scorers(
     # A scorer started now, with an empty registry: the champion from its first decision.
     assert _first_decision_of_a_new_scorer(kafka_bootstrap, topics, tmp_path) == version
     assert Registry(tmp_path / "new-scorer").champion() == version
+
+
+def test_a_scorers_verdict_reaches_the_trainer_and_the_fleet_follows(
+    kafka_bootstrap, topics, unique_name, tmp_path, monkeypatch
+):
+    """A QA pass (a fleet fed by the models topic): each scorer judged its contests alone, in
+    its own registry, and two scorers served different versions. A scorer's verdict now goes
+    to the trainer (its real feed and producer), whose registry takes it and whose lifecycle
+    the other scorers follow: here a running `fds run` engine serves the version another
+    scorer promoted, imported from the lifecycle (it never held it)."""
+    monkeypatch.setenv(KEY_ENV, KEY)
+    scorer = Registry(scorer_dir := tmp_path / "scorer-registry")
+    promoted: list[str] = []
+
+    def scorer_b_promotes(version: str) -> None:  # while the trainer and the scorer run
+        trainer = Registry(tmp_path / "registry")
+        trainer.promote(version)  # the fleet's champion
+        e = trainer.entry(version)  # a newer version, never announced (as if by the trainer)
+        newer = trainer.publish(
+            trainer.load(version), spec=e["spec"], parent=version,
+            labels_learned=e["labels_learned"], evaluation=e["evaluation"],
+        )["version"]  # fmt: skip
+        b = ModelFeed(
+            settings_for(kafka_bootstrap, topics, unique_name("b")), Registry(tmp_path / "b"),
+            name="default", topic=topics["models"], decisions_topic=topics["decisions"],
+            by="fds/b",
+        )  # fmt: skip
+        b.start()
+        try:
+            figures = {"labels": 20, "recall_at_budget_incumbent": 0.5, "incumbent": version,
+                       "recall_at_budget_candidate": 0.7, "candidate": newer}  # fmt: skip
+            b.on_event("promote", {**figures, "why": "promoted: precision >= champion"})
+            wait_until(lambda: trainer.champion() == newer, 30, "the trainer to take b's verdict")
+            wait_until(lambda: scorer.champion() == newer, 30, "the running scorer to follow")
+        finally:
+            b.close()
+        promoted.append(newer)
+
+    got = train_and_serve(
+        kafka_bootstrap, topics, unique_name, tmp_path, scorer_registry=scorer_dir,
+        models_topic=topics["models"], before_second_half=scorer_b_promotes,
+        serves=lambda version: promoted[0],
+    )  # fmt: skip
+    (newer,) = promoted
+    assert {d["model_version"] for d in got.tail} <= {newer, None}
+    assert any(d["model_version"] == newer for d in got.tail)
+    assert got.registry.entry(newer)["status"] == "champion"

@@ -589,3 +589,30 @@ def test_a_scorers_promotion_of_a_version_rejected_meanwhile_is_refused(tmp_path
     assert reg.champion() is None
     assert reg.promote("v000001", unless_rejected=True)["status"] == "champion"
     assert reg.promote("v000002")["status"] == "champion"  # (by hand: fds models checks it)
+
+
+def test_a_trainers_registry_takes_the_first_of_the_scorers_verdicts(tmp_path):
+    """A QA pass: scorers fed by the models topic judged each in its own registry and served
+    different versions (one promoted v34, another rejected it). Their verdicts go to the
+    trainer's registry, whose lifecycle they all follow: the first verdict stands."""
+    reg = Registry(tmp_path / "r")
+    for w in range(4):
+        reg.publish({"w": w}, spec={"name": "m"})
+    assert reg.judge("promote", "v000001", None, "a") == "champion none -> v000001"
+    assert reg.judge("promote", "v000002", "v000001", "b") == "champion v000001 -> v000002"
+    assert reg.judge("reject", "v000002", "v000001", "c") is None  # promoted first: stands
+    assert reg.judge("promote", "v000003", "v000001", "d") is None  # over a former champion
+    assert reg.judge("reject", "v000003", "v000002", "e") == "rejected v000003"
+    assert reg.judge("promote", "v000003", "v000002", "f") is None  # rejected first: stands
+    assert reg.judge("rollback", "v000004", "v000002", "g") is None  # not the champion
+    assert reg.judge("promote", "v000009", "v000002", "h") is None  # not held here
+    assert reg.judge("rollback", "v000002", "v000001", "i") == (
+        "champion v000002 -> v000001 (rolled back)"
+    )
+    m = reg.manifest()
+    assert m["champion"] == "v000001"
+    assert {v: e["status"] for v, e in m["versions"].items()} == {
+        "v000001": "champion", "v000002": "rejected", "v000003": "rejected",
+        "v000004": "published",
+    }  # fmt: skip
+    assert [h["why"] for h in m["history"]] == ["a", "b", "i"]

@@ -380,6 +380,85 @@ def test_a_scorers_verdict_on_a_version_the_trainer_rejected_meanwhile_is_undone
     assert version == "v000001"
 
 
+def test_a_version_prepared_and_rolled_back_before_any_event_is_not_served(
+    tmp_path: Path,
+) -> None:
+    """A version promoted, prepared by the watcher, then rolled back while no event came was
+    still installed by the next events (until the next poll): here, after a rollback on the
+    trainer's registry followed through the models topic (a fleet's integration test)."""
+    reg = Registry(tmp_path / "scorer")
+    for _ in range(2):
+        reg.publish(FeatureModel("amount"), spec={"name": "default"})
+    reg.promote("v000001")
+    scorer = build_model_stage("default", registry=reg, watch=True, poll_seconds=0.02)
+    try:
+        assert scorer.version == "v000001"
+        reg.promote("v000002")
+        wait_until(lambda: (scorer._pending or (0, ""))[1] == "v000002", "v000002 prepared")
+        scorer.stop_watch()  # (no poll between the rollback and the next event)
+        reg.rollback()  # no event meanwhile
+        _, version = scorer.score({"tx_id": "t1", "ts": 0.0, "amount": 5.0}, {})
+        assert version == "v000001"
+    finally:
+        scorer.stop_watch()
+
+
+CONTEST = {  # a shadow contest's figures, as the scorer's "promote"/"reject" events carry them
+    "labels": 20, "recall_at_budget_incumbent": 0.5, "recall_at_budget_candidate": 0.6,
+    "incumbent": "v000001", "candidate": "v000002",
+}  # fmt: skip
+
+
+def test_a_scorers_contest_verdicts_are_sent_signed_and_judged_by_the_trainer(
+    tmp_path: Path,
+) -> None:
+    """A QA pass: each scorer fed by the models topic judged alone, in its own registry, and
+    two served different versions. A contest's verdict is sent to the trainer (signed; a
+    failed send kept for the next round); the trainer's registry takes the first one."""
+    from tests.streams.test_train_service import Producer
+
+    producer = Producer(limit=1 << 20)
+    scorer = _feed(tmp_path / "a", key=b"k", decisions_topic="decisions", by="fds/a",
+                   producer_factory=lambda **cfg: producer)  # fmt: skip
+    scorer.on_event("swap", {"from": None, "to": "v000001", "why": "first version"})
+    scorer.on_event("reject", {"version": "v000002", "why": "shadow scoring raised"})  # local
+    producer.down = True
+    scorer.on_event("promote", {**CONTEST, "why": "promoted: precision >= champion"})
+    scorer._send_verdicts()
+    assert producer.values == [] and len(scorer._unsent) == 1  # kept
+    producer.down = False
+    scorer._send_verdicts()
+    (sent,) = producer.values
+    assert producer.keys == [b"m/decisions/verdict/v000002/promote"]
+    assert (sent["kind"], sent["verdict"], sent["version"], sent["other"], sent["by"]) == (
+        "verdict",
+        "promote",
+        "v000002",
+        "v000001",
+        "fds/a",
+    )
+    trainer = Registry(tmp_path / "trainer", key=b"k")
+    for n in (1, 2):
+        _publish(trainer, {"w": n})
+    trainer.promote("v000001")
+    judge = ModelFeed(KafkaSettings(), trainer, name="m", decisions_topic="decisions", judge=True)
+    assert judge.handle(_value({**sent, "verdict_hmac": None})) == "rejected"  # unsigned
+    assert judge.handle(_value({**sent, "other": None})) == "rejected"  # altered
+    assert judge.handle(_value(sent)) == "verdict"
+    assert trainer.champion() == "v000002"
+    late = {**sent, "verdict": "reject"}  # another scorer's, after: the first one stands
+    assert judge.handle(_value(late)) == "rejected"  # (its signature was the promote's)
+    scorer.on_event("reject", {**CONTEST, "why": "precision below champion"})
+    scorer._send_verdicts()
+    assert judge.handle(_value(producer.values[-1])) == "verdict"
+    assert trainer.champion() == "v000002"
+    # not for the other reader: versions on the trainer, verdicts on a scorer
+    assert judge.handle(_value(_publish(Registry(tmp_path / "t2", key=b"k"), {"w": 3}))) == (
+        "skipped"
+    )
+    assert scorer.handle(_value(sent)) == "skipped"
+
+
 # -- the consumer loop -------------------------------------------------------------------------
 
 
