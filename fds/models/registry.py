@@ -662,16 +662,21 @@ class Registry:
         previous(self.manifest())
         return self._set_champion(previous, "rolled-back", reason)
 
-    def judge(self, verdict: str, version: str, other: str | None, reason: str) -> str | None:
+    def judge(
+        self, verdict: str, version: str, other: str | None, reason: str, at: str | None = None
+    ) -> str | None:
         """Take a scorer's contest verdict on ``version`` (a trainer's registry, through the
         models topic): ``promote`` it over champion ``other`` (or over none), ``reject`` it, or
         ``rollback`` from it, the champion, to ``other``. The first verdict stands: one that
         no longer fits (another scorer's came first: the champion moved on, the version was
-        rejected or promoted) changes nothing. Returns the change made, if any."""
+        rejected or promoted), or one made (``at``, :func:`format_ts`) before the registry's
+        last change of champion (read again by a restarted trainer, it undid a promotion by
+        hand since), changes nothing. Returns the change made, if any."""
         with self._locked() as m:
             versions, champ = m["versions"], m.get("champion")
             e = versions.get(version)
-            if e is None or e["status"] == "rejected":
+            last = (m.get("history") or [{}])[-1].get("at")
+            if e is None or e["status"] == "rejected" or (at and last and str(last) > at):
                 return None
             if verdict == "promote" and champ != version and champ in (None, other):
                 _champion_in(m, version, "champion", reason)

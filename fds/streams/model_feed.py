@@ -318,8 +318,9 @@ class ModelFeed:
         why = f"{v.get('verdict')} by scorer {v.get('by')} ({(v.get('figures') or {}).get('why')})"
         try:
             change = self.registry.judge(
-                str(v.get("verdict")), str(v.get("version")), v.get("other"), why
-            )
+                str(v.get("verdict")), str(v.get("version")), v.get("other"), why,
+                at=str(v.get("at") or "") or None,
+            )  # fmt: skip
         except Exception as exc:  # a full disk, a manifest edited by hand
             return self._reject(exc, where)
         if change:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import time
 from pathlib import Path
 
 import pytest
@@ -616,3 +617,22 @@ def test_a_trainers_registry_takes_the_first_of_the_scorers_verdicts(tmp_path):
         "v000004": "published",
     }  # fmt: skip
     assert [h["why"] for h in m["history"]] == ["a", "b", "i"]
+
+
+def test_a_verdict_read_again_does_not_undo_a_promotion_by_hand_since(tmp_path):
+    """A restarted trainer reads the models topic from its start, the scorers' verdicts again:
+    one made before the registry's last change of champion is stale (it undid an operator's
+    promotion made since)."""
+    from fds.timeutil import format_ts
+
+    reg = Registry(tmp_path / "r")
+    for w in range(2):
+        reg.publish({"w": w}, spec={"name": "m"})
+    reg.promote("v000001")
+    made = format_ts(time.time() + 1)  # (a scorer's clock a second ahead: taken all the same)
+    assert reg.judge("promote", "v000002", "v000001", "a", at=made) is not None
+    time.sleep(1.1)
+    reg.promote("v000001", reason="manual (fds models promote)")
+    assert reg.judge("promote", "v000002", "v000001", "a", at=made) is None  # read again
+    assert reg.champion() == "v000001"
+    assert reg.judge("promote", "v000002", "v000001", "b", at=format_ts(time.time())) is not None

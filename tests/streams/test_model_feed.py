@@ -417,6 +417,10 @@ def test_a_scorers_contest_verdicts_are_sent_signed_and_judged_by_the_trainer(
     failed send kept for the next round); the trainer's registry takes the first one."""
     from tests.streams.test_train_service import Producer
 
+    trainer = Registry(tmp_path / "trainer", key=b"k")
+    for n in (1, 2):
+        _publish(trainer, {"w": n})
+    trainer.promote("v000001")  # (before the verdicts: a later change makes them stale)
     producer = Producer(limit=1 << 20)
     scorer = _feed(tmp_path / "a", key=b"k", decisions_topic="decisions", by="fds/a",
                    producer_factory=lambda **cfg: producer)  # fmt: skip
@@ -437,10 +441,6 @@ def test_a_scorers_contest_verdicts_are_sent_signed_and_judged_by_the_trainer(
         "v000001",
         "fds/a",
     )
-    trainer = Registry(tmp_path / "trainer", key=b"k")
-    for n in (1, 2):
-        _publish(trainer, {"w": n})
-    trainer.promote("v000001")
     judge = ModelFeed(KafkaSettings(), trainer, name="m", decisions_topic="decisions", judge=True)
     assert judge.handle(_value({**sent, "verdict_hmac": None})) == "rejected"  # unsigned
     assert judge.handle(_value({**sent, "other": None})) == "rejected"  # altered
