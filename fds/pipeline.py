@@ -39,6 +39,7 @@ def build_engine(
     metrics: Any = None,
     watch: bool = False,
     model_watch: bool = False,
+    model_fed: bool = False,
     poll_seconds: float = 1.0,
     guardrails: bool = True,
     grace: str | float | None = None,
@@ -53,6 +54,7 @@ def build_engine(
     ``model_watch`` serves the registry's champion and hot-swaps new versions as ``fds train``
     publishes them (the streaming service); without it an in-process trainer learns from
     :meth:`Engine.learn` labels, deterministically (replay, demo, benchmarks).
+    ``model_fed``: a models topic fills the registry (its emptiness is said once it is read).
     ``guardrails`` adds the rate circuit breaker and the model guard (fds.guardrails).
     ``grace``: how late an event may be and still be folded in exactly (``None``: the rules
     file's ``grace``, 5m when it gives none).
@@ -89,8 +91,9 @@ def build_engine(
         from fds.models import build_model_stage
 
         model_stage = build_model_stage(
-            model, registry=registry, watch=model_watch, poll_seconds=poll_seconds, metrics=metrics
-        )
+            model, registry=registry, watch=model_watch, poll_seconds=poll_seconds,
+            metrics=metrics, fed=model_fed,
+        )  # fmt: skip
         if policy is None:
             policy = Policy()
     breaker = guard = None

@@ -970,6 +970,15 @@ class ModelServer:
             self.on_event(kind, info)
 
     # -- watch mode (the streaming service) ------------------------------------------------
+    def say_if_empty(self) -> None:
+        """Warn when the registry holds no version to serve (watch mode)."""
+        reg = self.registry
+        if reg is not None and self.champion is None and not reg.versions():
+            log.warning("no model version in registry %s yet: decisions use the rules alone "
+                        "until one is there (published by fds train --registry %s sharing it, "
+                        "or imported from the models topic with --models-topic); check "
+                        "--registry if one was", reg.path, reg.path)  # fmt: skip
+
     def load_champion(self) -> str | None:
         """Serve the registry's champion now (startup); ``None`` when none can be served yet.
 
@@ -1328,12 +1337,15 @@ def build_model_stage(
     poll_seconds: float = 1.0,
     on_event: Callable[[str, dict[str, Any]], None] | None = None,
     metrics: Any = None,
+    fed: bool = False,
 ) -> ModelServer:
     """The model stage for :class:`fds.engine.Engine`, the one way the doors build it.
 
     ``watch=False`` (replay, demo, bench): an in-process trainer learns from ``engine.learn``
     labels, deterministic. ``watch=True`` (``fds run``): serve the registry's champion and
-    poll the registry every ``poll_seconds`` for new versions (``fds train`` publishes them).
+    poll the registry every ``poll_seconds`` for new versions (``fds train`` publishes them);
+    ``fed``: a models topic fills the registry, an empty one is said after it caught up
+    (:meth:`ModelServer.say_if_empty`), not before.
 
     >>> stage = build_model_stage("default")
     >>> stage.trainer is not None
@@ -1350,10 +1362,8 @@ def build_model_stage(
 
         reg = Registry(DEFAULT_REGISTRY)
     srv = ModelServer(mspec, registry=reg, learn=False, on_event=on_event, metrics=metrics)
-    if srv.load_champion() is None and not reg.versions():
-        log.warning("no model version in registry %s yet: decisions use the rules alone until "
-                    "one is there (published by fds train --registry %s sharing it, or "
-                    "imported from the models topic with --models-topic); check --registry if "
-                    "one was", reg.path, reg.path)  # fmt: skip
+    srv.load_champion()
+    if not fed:
+        srv.say_if_empty()
     srv.start_watch(every=poll_seconds)
     return srv

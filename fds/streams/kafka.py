@@ -3712,6 +3712,7 @@ def build_run_engine(
         metrics=metrics,
         watch=True,
         model_watch=True,
+        model_fed=bool(models_topic),  # (said empty before the feed read the topic: a QA)
         registry=registry,
         poll_seconds=poll_seconds,
         # with a state topic, its snapshots can hand partitions over (Runner._take_over)
@@ -3762,6 +3763,7 @@ def build_run_engine(
             except Exception as exc:  # the registry watch retries it, as for any version
                 log.warning("serving the imported version failed: %s: %s",
                             type(exc).__name__, exc)  # fmt: skip
+        server.say_if_empty()  # (only now: the feed may have filled the registry)
     return engine
 
 

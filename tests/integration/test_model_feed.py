@@ -63,7 +63,7 @@ def _first_decision_of_a_new_scorer(bootstrap: str, topics: dict, tmp_path: Path
 
 
 def test_announced_version_reaches_a_scorer_with_its_own_registry(
-    kafka_bootstrap, topics, unique_name, tmp_path, monkeypatch
+    kafka_bootstrap, topics, unique_name, tmp_path, monkeypatch, caplog
 ):
     monkeypatch.setenv(KEY_ENV, KEY)
     scorer_dir = tmp_path / "scorer-registry"
@@ -127,8 +127,11 @@ def test_announced_version_reaches_a_scorer_with_its_own_registry(
     assert Path(fresh.path / f"{version}.pkl").read_bytes() == scorer.load_bytes(version)[0]
 
     # `fds run`'s engine for a new scorer waits for that catch-up: its very first decision is
-    # scored by the version (it decided its first batches with rules alone before).
+    # scored by the version (it decided its first batches with rules alone before), and its
+    # empty registry is not said to be (a QA pass: "decisions use the rules alone").
+    caplog.clear()
     assert _first_decision_of_a_new_scorer(kafka_bootstrap, topics, tmp_path) == version
+    assert "no model version in registry" not in caplog.text
 
 
 def test_a_promote_and_a_rollback_on_the_trainers_registry_reach_the_scorers(
