@@ -606,17 +606,26 @@ class Registry:
         *,
         reject_current: bool = False,
         unless_rejected: bool = False,
+        over: str | None = None,
     ) -> dict[str, Any]:
         """Make ``version`` the champion (scorers pick it up on their next poll); the current
         one is retired, or rejected with ``reject_current`` (a scorer's automatic rollback).
         ``unless_rejected``: refused (:class:`ConfigError`) when ``version`` is rejected here
-        (a scorer's verdict on a version rejected meanwhile, by :meth:`follow`)."""
+        (a scorer's verdict on a version rejected meanwhile, by :meth:`follow`); ``over``:
+        refused when the champion is no longer ``over`` (the champion the scorer judged
+        against: another was followed or promoted by hand meanwhile, and a contest against
+        the old one overrode it, a QA pass)."""
         status = "rolled-back" if reject_current else "champion"
         if not unless_rejected:
             return self._set_champion(version, status, reason)
         with self._locked() as m:
             if (m["versions"].get(version) or {}).get("status") == "rejected":
                 raise ConfigError(f"{version} was rejected in the registry meanwhile: not promoted")
+            champ = m.get("champion")
+            if over is not None and champ not in (None, over, version):
+                raise ConfigError(
+                    f"the champion is {champ} now, not {over} as judged against: not promoted"
+                )
             return _champion_in(m, version, status, reason)
 
     def follow(
@@ -663,32 +672,74 @@ class Registry:
         return self._set_champion(previous, "rolled-back", reason)
 
     def judge(
-        self, verdict: str, version: str, other: str | None, reason: str, at: str | None = None
-    ) -> str | None:
+        self,
+        verdict: str,
+        version: str,
+        other: str | None,
+        reason: str,
+        at: str | None = None,
+        record: tuple[str, int] | None = None,
+    ) -> tuple[bool, str]:
         """Take a scorer's contest verdict on ``version`` (a trainer's registry, through the
-        models topic): ``promote`` it over champion ``other`` (or over none), ``reject`` it, or
+        models topic): ``shadow`` (a contest of it began: kept by retention until its
+        verdict), ``promote`` it over champion ``other`` (or over none), ``reject`` it, or
         ``rollback`` from it, the champion, to ``other``. The first verdict stands: one that
         no longer fits (another scorer's came first: the champion moved on, the version was
         rejected or promoted), or one made (``at``, :func:`format_ts`) before the registry's
-        last change of champion (read again by a restarted trainer, it undid a promotion by
-        hand since), changes nothing. Returns the change made, if any."""
+        last change of champion (a promotion by hand since), changes nothing. ``record`` (the
+        models topic's partition and offset of the verdict) is judged once: a restarted trainer
+        reads the topic again, and an old verdict undid a promotion by hand (a QA pass).
+
+        Returns ``(changed, what)``: the change made, or why none was (said by the trainer,
+        whose lifecycle, announced again, puts the scorer that sent it back on its champion).
+        """
         with self._locked() as m:
+            if record is not None:
+                judged = m.setdefault("judged", {})
+                if record[1] < judged.get(record[0], 0):
+                    return False, f"judged before (offset {record[1]} of {record[0]})"
+                judged[record[0]] = record[1] + 1
             versions, champ = m["versions"], m.get("champion")
             e = versions.get(version)
             last = (m.get("history") or [{}])[-1].get("at")
-            if e is None or e["status"] == "rejected" or (at and last and str(last) > at):
-                return None
+            if e is None:
+                return False, f"{version} is not in the registry (removed by its retention)"
+            if e["status"] == "rejected":
+                return False, f"{version} was rejected first"
+            if verdict == "shadow":
+                if e["status"] != "published":
+                    return False, f"{version} is {e['status']} already"
+                e["status"] = "shadow"
+                return True, f"{version} in a shadow contest (kept until its verdict)"
+            if at and last and str(last) > at:
+                return False, f"made at {at}, before the registry's last change of champion"
             if verdict == "promote" and champ != version and champ in (None, other):
                 _champion_in(m, version, "champion", reason)
-                return f"champion {champ or 'none'} -> {version}"
+                return True, f"champion {champ or 'none'} -> {version}"
             if verdict == "reject" and champ != version:
                 e["status"], e["rejected_because"] = "rejected", reason
-                return f"rejected {version}"
+                return True, f"rejected {version}"
             back = versions.get(other or "")
             if verdict == "rollback" and champ == version and back and back["status"] != "rejected":
                 _champion_in(m, str(other), "rolled-back", reason)
-                return f"champion {version} -> {other} (rolled back)"
-            return None
+                return True, f"champion {version} -> {other} (rolled back)"
+            return False, f"it no longer fits: the champion is {champ or 'none'}"
+
+    def judged_before(self, ends: Mapping[str, int]) -> None:
+        """Forget the verdicts judged at offsets a models-topic partition no longer reaches
+        (``ends``: its end offsets; the topic deleted and made again): its new verdicts
+        were taken for ones judged before."""
+        judged = self.manifest().get("judged") or {}
+        if all(judged.get(p, 0) <= end for p, end in ends.items()):
+            return
+        with self._locked() as m:
+            judged = m.setdefault("judged", {})
+            for p, end in ends.items():
+                if judged.get(p, 0) > end:
+                    log.warning("models topic partition %s ends at offset %d, below the %d "
+                                "judged: made again, its verdicts are judged from its start",
+                                p, end, judged[p])  # fmt: skip
+                    judged[p] = 0
 
     def mark_shadow(self, version: str) -> None:
         """A scorer runs ``version`` as a challenger: retention keeps it until its verdict

@@ -201,6 +201,12 @@ def _champions(m: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def _view(m: Mapping[str, Any], version: str) -> tuple[Any, Any]:
+    """What a version prepared to serve depends on in manifest ``m``: the champion and the
+    version's status."""
+    return m.get("champion"), (m["versions"].get(version) or {}).get("status")
+
+
 class ModelServer:
     """Serving model stage (see the module docstring).
 
@@ -261,6 +267,7 @@ class ModelServer:
         # counted when it was prepared, its scores of the recent inputs then)
         self._pending: tuple[str, str, Any, dict[str, Any], int, Any] | None = None
         self._pending_stamp = (0, 0)  # the registry's stamp it was prepared from
+        self._pending_view: tuple[Any, Any] = (None, None)  # its champion, the version's status
         # version -> (the recent inputs it scored before it served, their scores by input id):
         # a new champion's or challenger's first ranking of recent traffic reuses them instead
         # of scoring 2,048 inputs on the label path (a review measured 160-320 ms with forest)
@@ -476,6 +483,8 @@ class ModelServer:
         if saved and (saved["incumbent"], saved["candidate"]) == (self.version, version):
             self.contest = Contest(**saved)  # the same contest, before a restart
         self._ranks = None
+        # (a fleet's trainer keeps the version until the verdict: see ModelFeed.on_event)
+        self._emit("shadow", {"candidate": version, "incumbent": self.version})
 
     def _set_champion(
         self,
@@ -503,10 +512,12 @@ class ModelServer:
         if self.registry is not None and record:
             self._pointer = version  # our own change: the watcher must not "discover" it
             # a rollback rejects the version that lost its probation (never returned to)
-            # (not a version rejected meanwhile: by the trainer's registry, through the models
-            # topic; the watcher then serves the registry's champion again)
+            # (not a version rejected meanwhile, nor over a champion other than the one judged
+            # against: the trainer's registry's, followed through the models topic; the watcher
+            # then serves the registry's champion again)
             self._record(f"promote {version}", lambda reg: reg.promote(
-                version, reason=why, reject_current=reject_old, unless_rejected=True))  # fmt: skip
+                version, reason=why, reject_current=reject_old, unless_rejected=True,
+                over=old))  # fmt: skip
 
     def _record(self, what: str, change: Callable[[Registry], Any]) -> None:
         """Write a verdict to the registry. Inline it is synchronous, so a replay is
@@ -891,6 +902,7 @@ class ModelServer:
         if verdict == "reject":
             self._drop_challenger("reject", "precision below champion", info)
             return
+        info["why"] = why  # (the event's, not the history's: its entries have no why)
         self.stats["promote"] += 1
         self.predecessor, self.predecessor_version = self.champion, self.version
         self._predecessor_rate = self._rate  # (a rollback undid the spec's rate: a review)
@@ -1101,7 +1113,21 @@ class ModelServer:
         self._offered = max(self._offered, entry.get("seq", -1))
         self._pending = (role or "challenger", target, model, entry, swaps, pre)
         self._pending_stamp = stamp
+        self._pending_view = _view(m, target)
         return target
+
+    def _still_pending(self) -> None:
+        """A version prepared and not served yet (no event came since) stays good when the
+        manifest changed but not its champion nor the version's status: the hot path's check
+        of the stamp then passes (a fleet's imports changed the manifest every 1-3 s, each
+        change dropped the version prepared, and a swap waited 11 s: a QA pass)."""
+        reg, pending = self.registry, self._pending
+        assert reg is not None
+        stamp = reg.stamp()
+        if pending is None or stamp == self._pending_stamp:
+            return
+        if _view(reg.manifest(), pending[1]) == self._pending_view and reg.stamp() == stamp:
+            self._pending_stamp = stamp
 
     def _check_rewound(self, latest: Mapping[str, Any] | None, newest_known: int) -> None:
         """Say once, and count (``fds_model_swaps_total{result="registry_rewound"}``), a
@@ -1281,6 +1307,8 @@ class ModelServer:
             had = reg.stamp() != (0, 0)  # a manifest when last looked at
             while not self._stop.wait(every):
                 if self._pending is not None or self._writing():
+                    with contextlib.suppress(Exception):
+                        self._still_pending()
                     continue  # the hot path has not taken the last one yet, or see _record
                 try:
                     # one stat() (and one per artifact that failed for good); the manifest is

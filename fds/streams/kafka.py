@@ -4230,7 +4230,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )  # fmt: skip
         model: Any = engine.model
         if model is not None:  # (as fds train names its own: given by a flag, FDS_* or a file)
-            log.info('serving model registry="%s" models_topic="%s"', model.registry.path,
+            log.info('serving model version="%s" registry="%s" models_topic="%s"',
+                     model.version or "none yet", model.registry.path,
                      models_topic or "none")  # fmt: skip
         runner = Runner(settings, engine, checkpointer=checkpointer)
         server = settings.serve_metrics(metrics, RUN_METRICS_PORT, runner.health)

@@ -77,13 +77,17 @@ __all__ = ["FeedStats", "ModelFeed"]
 #: The ``kind`` of a models-topic record announcing a trainer registry's lifecycle
 #: (:func:`fds.streams.train.lifecycle`), and its fields the ``lifecycle_hmac`` signs.
 LIFECYCLE = "lifecycle"
-LIFECYCLE_FIELDS = ("kind", "name", "decisions_topic", "champion", "rejected", "mark")
+LIFECYCLE_FIELDS = ("kind", "name", "decisions_topic", "champion", "rejected", "mark", "judged")
+#: Fields added to a signed record since its first release (absent from older trainers').
+_ADDED = frozenset({"judged"})
 #: The ``kind`` of a scorer's contest verdict sent to its trainer (:meth:`ModelFeed.on_event`),
 #: and its fields the ``verdict_hmac`` signs.
 VERDICT = "verdict"
 VERDICT_FIELDS = ("kind", "name", "decisions_topic", "verdict", "version", "other", "by", "at")
-#: The scorer events sent as verdicts: (the version judged, the other one) of their figures.
+#: The scorer events sent as verdicts: (the version judged, the other one) of their figures
+#: (``shadow``: a contest began; the trainer's registry keeps its challenger until the verdict).
 _VERDICTS = {
+    "shadow": ("candidate", "incumbent"),
     "promote": ("candidate", "incumbent"),
     "reject": ("candidate", "incumbent"),
     "rollback": ("on_probation", "predecessor"),
@@ -124,6 +128,12 @@ class FeedStats:
     rejected: int = 0
     unreachable: int = 0
     tombstone: int = 0  # a null value: the topic's key deleted (compaction), nothing to import
+
+
+def _in_order(item: tuple[tuple[dict[str, Any], bytes], Mapping[str, str]]) -> tuple[Any, ...]:
+    """The catch-up's order of the newest record per key: lifecycles last, the rest by offset."""
+    (ann, _), where = item
+    return ann.get("kind") == LIFECYCLE, where.get("partition", ""), int(where.get("offset", 0))
 
 
 class ModelFeed:
@@ -178,6 +188,8 @@ class ModelFeed:
         self._producer: Any = None
         self._verdicts: queue.SimpleQueue[tuple[bytes, bytes]] = queue.SimpleQueue()
         self._unsent: list[tuple[bytes, bytes]] = []
+        # the newest offset per partition of the verdicts sent and not yet judged by the trainer
+        self._awaiting: dict[str, int] = {}
         self.registry = registry
         self.name = name
         self.topic = topic
@@ -290,7 +302,8 @@ class ModelFeed:
     ) -> dict[str, Any]:
         """``record``, unless a key is set and its ``<what>_hmac`` does not sign ``fields``."""
         key, signed = self.registry.key, record.get(f"{what}_hmac")
-        body = {k: record.get(k) for k in fields}
+        # (a field added since is signed when the record has it: an older trainer's not)
+        body = {k: record.get(k) for k in fields if k in record or k not in _ADDED}
         if key and not hmac.compare_digest(sign_record(body, key), str(signed)):
             how = "whose signature does not match" if signed else "not signed"
             raise ArtifactError(f"a {what} announcement {how} while {KEY_ENV} is set: refused")
@@ -314,17 +327,26 @@ class ModelFeed:
         return "imported"
 
     def _judge(self, v: dict[str, Any], where: Mapping[str, str]) -> str:
-        """A scorer's verdict into the trainer's registry (its lifecycle is then announced)."""
-        why = f"{v.get('verdict')} by scorer {v.get('by')} ({(v.get('figures') or {}).get('why')})"
+        """A scorer's verdict into the trainer's registry, once per record; its lifecycle is
+        then announced again (:func:`fds.streams.train.lifecycle` names the records judged),
+        also when nothing changed: the scorer that sent it goes back to the champion there."""
+        said = (v.get("figures") or {}).get("why")
+        why = f"{v.get('verdict')} of {v.get('version')} by scorer {v.get('by')}" + (
+            f" ({said})" if said else ""
+        )
+        offset = where.get("offset")
         try:
-            change = self.registry.judge(
+            changed, what = self.registry.judge(
                 str(v.get("verdict")), str(v.get("version")), v.get("other"), why,
                 at=str(v.get("at") or "") or None,
+                record=(where["partition"], int(offset)) if offset is not None else None,
             )  # fmt: skip
         except Exception as exc:  # a full disk, a manifest edited by hand
             return self._reject(exc, where)
-        if change:
-            log.info("judged by a scorer's verdict: %s (%s)", change, why, extra=where)
+        if changed:
+            log.info("judged by a scorer's verdict: %s (%s)", what, why, extra=where)
+        else:
+            log.info("a scorer's verdict changed nothing: %s (%s)", what, why, extra=where)
         return "verdict"
 
     # -- a scorer's verdicts, to the trainer ---------------------------------------------------
@@ -336,7 +358,9 @@ class ModelFeed:
         own registry and served different versions (a QA pass of a fleet)."""
         judged = _VERDICTS.get(kind)
         version = info.get(judged[0]) if judged else None
-        if judged is None or version is None or f"recall_at_budget_{judged[0]}" not in info:
+        if judged is None or version is None:
+            return
+        if kind != "shadow" and f"recall_at_budget_{judged[0]}" not in info:
             return  # (a challenger dropped because it raised here: this machine's, not sent)
         body = {
             "kind": VERDICT, "name": self.name, "decisions_topic": self.decisions_topic,
@@ -346,7 +370,7 @@ class ModelFeed:
         key = self.registry.key
         record = {**body, "figures": dict(info),
                   "verdict_hmac": sign_record(body, key) if key else None}  # fmt: skip
-        at = f"{self.name}/{self.decisions_topic}/{VERDICT}/{version}/{kind}"
+        at = f"{self.name}/{self.decisions_topic}/{VERDICT}/{version}/{kind}/{self.by}"
         self._verdicts.put((at.encode(), orjson.dumps(record, default=str)))
 
     def _send_verdicts(self) -> None:
@@ -365,7 +389,9 @@ class ModelFeed:
             futures = [self._producer.send(self.topic, key=k, value=v) for k, v in self._unsent]
             self._producer.flush(timeout=self.s.broker_timeout_s)
             for f in futures:
-                f.get(timeout=0)
+                sent = f.get(timeout=0)
+                at = f"{sent.topic}[{sent.partition}]"
+                self._awaiting[at] = max(self._awaiting.get(at, -1), sent.offset)
         except (KafkaError, OSError) as exc:
             log.warning("models feed: %d verdict(s) not sent (%s); tried again",
                         len(self._unsent), describe(exc))  # fmt: skip
@@ -380,6 +406,12 @@ class ModelFeed:
         registry watch then swaps, as for a promotion by hand)."""
         if data and self._install((life["champion_announcement"], data), where) == "rejected":
             return "rejected"
+        judged = life.get("judged")
+        if isinstance(judged, dict):  # (an older trainer's names none)
+            self._awaiting = {p: o for p, o in self._awaiting.items() if o >= judged.get(p, 0)}
+            if self._awaiting:  # a verdict of ours is on its way: the next lifecycle says it
+                log.debug("lifecycle before our verdicts were judged: waiting", extra=where)
+                return "lifecycle"
         champ, rejected = life.get("champion"), life["rejected"]
         try:
             changes = self.registry.follow(
@@ -503,6 +535,8 @@ class ModelFeed:
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
         end = consumer.end_offsets(tps)
+        if self.judge:
+            self.registry.judged_before({f"{tp.topic}[{tp.partition}]": end[tp] for tp in tps})
         self._backoff = RETRY_MIN_S  # connected: the next outage starts its backoff afresh
         # Catching up (also after a reconnect): each record is checked, and only the newest
         # one per key that passes is imported; a bad newest record does not hide a good one.
@@ -511,10 +545,9 @@ class ModelFeed:
         while not self._stop.is_set():
             if catching_up and all(consumer.position(tp) >= end[tp] for tp in tps):
                 catching_up = False
-                # (lifecycles last: a champion they name may be one of the versions)
-                for good, where in sorted(
-                    newest.values(), key=lambda g: g[0][0].get("kind") == LIFECYCLE
-                ):
+                # (lifecycles last: a champion they name may be one of the versions; the rest
+                # in the topic's order: a verdict is judged once, by offset, see Registry.judge)
+                for good, where in sorted(newest.values(), key=_in_order):
                     self._count(self._install(good, where))
                 newest.clear()
                 self.caught_up.set()

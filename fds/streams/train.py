@@ -148,8 +148,10 @@ def announcement(
 
 def lifecycle(registry: Registry, name: str, decisions_topic: str) -> dict[str, Any] | None:
     """The models-topic value announcing ``registry``'s lifecycle: its ``champion`` and the
-    versions it ``rejected`` (a ``fds models promote|rollback`` there), a ``mark`` (a digest of
-    them: a scorer follows each lifecycle once), signed with the registry's key
+    versions it ``rejected`` (a ``fds models promote|rollback`` there, or the scorers' verdicts),
+    the models-topic offsets up to which it ``judged`` those verdicts (a scorer whose own is not
+    judged yet waits for the next), a ``mark`` (a digest of them: a scorer follows each
+    lifecycle once), signed with the registry's key
     (``lifecycle_hmac``), and the champion's own announcement (a scorer that does not hold it
     imports it from there: compaction may have removed it). ``None`` while the registry has
     neither. Scorers fed by the topic follow it (:meth:`fds.models.Registry.follow`).
@@ -169,7 +171,7 @@ def lifecycle(registry: Registry, name: str, decisions_topic: str) -> dict[str, 
     if champ is None and not rejected:
         return None
     body = {"kind": LIFECYCLE, "name": name, "decisions_topic": decisions_topic,
-            "champion": champ, "rejected": rejected}  # fmt: skip
+            "champion": champ, "rejected": rejected, "judged": m.get("judged") or {}}  # fmt: skip
     body["mark"] = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
     key = registry.key
     ann = None
@@ -263,6 +265,7 @@ class TrainService:
         self._life_stamp: tuple[int, int] | None = None
         self._life_mark: str | None = None
         self._life_at = 0.0
+        self._judge: ModelFeed | None = None  # reads the scorers' verdicts (run)
         self._publish_at = 0.0  # ... of the next publish, after one failed
         self._last_decision = time.monotonic()
         # label partition -> its polled labels not learned yet, the first one waiting
@@ -471,7 +474,7 @@ class TrainService:
             self.metrics.model_info(self.trainer.parent, self.spec.name)
         judge = None
         if self.producer is not None and self.models_topic:  # the scorers' verdicts
-            judge = ModelFeed(
+            judge = self._judge = ModelFeed(
                 self.s, self.registry, name=self.spec.name, topic=self.models_topic,
                 decisions_topic=self.topics[0], judge=True,
             )  # fmt: skip
@@ -787,6 +790,9 @@ class TrainService:
         (one stat); a failed send is tried again after ``ANNOUNCE_RETRY_S``."""
         if self.producer is None or not self.models_topic or time.monotonic() < self._life_at:
             return
+        if self._judge is not None and not self._judge.caught_up.is_set():
+            return  # (the verdicts sent while it was down first: a lifecycle without them
+            # put their scorers back on the old champion until the next)
         stamp = self.registry.stamp()
         if stamp == self._life_stamp:
             return

@@ -595,21 +595,27 @@ def test_a_scorers_promotion_of_a_version_rejected_meanwhile_is_refused(tmp_path
 def test_a_trainers_registry_takes_the_first_of_the_scorers_verdicts(tmp_path):
     """A QA pass: scorers fed by the models topic judged each in its own registry and served
     different versions (one promoted v34, another rejected it). Their verdicts go to the
-    trainer's registry, whose lifecycle they all follow: the first verdict stands."""
+    trainer's registry, whose lifecycle they all follow: the first verdict stands, and a
+    verdict that changes nothing says why (the trainer logs it)."""
     reg = Registry(tmp_path / "r")
     for w in range(4):
         reg.publish({"w": w}, spec={"name": "m"})
-    assert reg.judge("promote", "v000001", None, "a") == "champion none -> v000001"
-    assert reg.judge("promote", "v000002", "v000001", "b") == "champion v000001 -> v000002"
-    assert reg.judge("reject", "v000002", "v000001", "c") is None  # promoted first: stands
-    assert reg.judge("promote", "v000003", "v000001", "d") is None  # over a former champion
-    assert reg.judge("reject", "v000003", "v000002", "e") == "rejected v000003"
-    assert reg.judge("promote", "v000003", "v000002", "f") is None  # rejected first: stands
-    assert reg.judge("rollback", "v000004", "v000002", "g") is None  # not the champion
-    assert reg.judge("promote", "v000009", "v000002", "h") is None  # not held here
-    assert reg.judge("rollback", "v000002", "v000001", "i") == (
-        "champion v000002 -> v000001 (rolled back)"
-    )
+    moved = "it no longer fits: the champion is v000002"
+    said = [  # (verdict, version, over, by) -> (changed, what)
+        (("promote", "v000001", None, "a"), (True, "champion none -> v000001")),
+        (("promote", "v000002", "v000001", "b"), (True, "champion v000001 -> v000002")),
+        # promoted first: stands
+        (("reject", "v000002", "v000001", "c"), (False, moved)),
+        (("promote", "v000003", "v000001", "d"), (False, moved)),
+        (("reject", "v000003", "v000002", "e"), (True, "rejected v000003")),
+        (("promote", "v000003", "v000002", "f"), (False, "v000003 was rejected first")),
+        (("rollback", "v000004", "v000002", "g"), (False, moved)),
+        (("promote", "v000009", "v000002", "h"),
+         (False, "v000009 is not in the registry (removed by its retention)")),
+        (("rollback", "v000002", "v000001", "i"),
+         (True, "champion v000002 -> v000001 (rolled back)")),
+    ]  # fmt: skip
+    assert [reg.judge(*verdict) for verdict, _ in said] == [want for _, want in said]
     m = reg.manifest()
     assert m["champion"] == "v000001"
     assert {v: e["status"] for v, e in m["versions"].items()} == {
@@ -630,9 +636,63 @@ def test_a_verdict_read_again_does_not_undo_a_promotion_by_hand_since(tmp_path):
         reg.publish({"w": w}, spec={"name": "m"})
     reg.promote("v000001")
     made = format_ts(time.time() + 1)  # (a scorer's clock a second ahead: taken all the same)
-    assert reg.judge("promote", "v000002", "v000001", "a", at=made) is not None
+    assert reg.judge("promote", "v000002", "v000001", "a", at=made)[0]
     time.sleep(1.1)
     reg.promote("v000001", reason="manual (fds models promote)")
-    assert reg.judge("promote", "v000002", "v000001", "a", at=made) is None  # read again
+    assert not reg.judge("promote", "v000002", "v000001", "a", at=made)[0]  # read again
     assert reg.champion() == "v000001"
-    assert reg.judge("promote", "v000002", "v000001", "b", at=format_ts(time.time())) is not None
+    assert reg.judge("promote", "v000002", "v000001", "b", at=format_ts(time.time()))[0]
+
+
+def test_a_verdict_is_judged_once_per_record_even_by_a_restarted_trainer(tmp_path):
+    """QA: a restarted trainer read the verdicts again and re-applied a 4-minute-old promote
+    over a promotion by hand. The registry keeps the models-topic offsets it judged, whatever
+    the clocks say; a topic made again (its end below them) is judged from its start."""
+    reg = Registry(tmp_path / "r")
+    for w in range(3):
+        reg.publish({"w": w}, spec={"name": "m"})
+    reg.promote("v000001")
+    assert reg.judge("promote", "v000002", "v000001", "a", record=("models[0]", 7))[0]
+    reg.promote("v000001", reason="manual")  # within the same second as the verdict
+    again = Registry(tmp_path / "r")  # the restarted trainer
+    assert again.judge("promote", "v000002", "v000001", "a", record=("models[0]", 7)) == (
+        False, "judged before (offset 7 of models[0])"
+    )  # fmt: skip
+    assert not again.judge("promote", "v000002", "v000001", "a", record=("models[0]", 3))[0]
+    assert again.champion() == "v000001" and again.manifest()["judged"] == {"models[0]": 8}
+    again.judged_before({"models[0]": 9, "models[1]": 0})  # nothing beyond the ends
+    assert again.manifest()["judged"] == {"models[0]": 8}
+    again.judged_before({"models[0]": 2})  # the topic made again
+    assert again.manifest()["judged"] == {"models[0]": 0}
+    assert again.judge("reject", "v000003", "v000001", "b", record=("models[0]", 1))[0]
+
+
+def test_a_shadow_notice_keeps_its_challenger_through_retention(tmp_path):
+    """QA: the trainer's retention (10 versions) removed the version scorers were still
+    judging, and their verdict on it was dropped without a word. A scorer says when a contest
+    begins: the trainer's registry keeps that version until its verdict."""
+    reg = Registry(tmp_path / "r", retain=2)
+    reg.publish({"w": 0}, spec={"name": "m"})
+    reg.promote("v000001")
+    reg.publish({"w": 1}, spec={"name": "m"})
+    assert reg.judge("shadow", "v000002", "v000001", "a") == (
+        True, "v000002 in a shadow contest (kept until its verdict)"
+    )  # fmt: skip
+    assert reg.judge("shadow", "v000002", "v000001", "b") == (False, "v000002 is shadow already")
+    for w in range(2, 6):
+        reg.publish({"w": w}, spec={"name": "m"})
+    assert "v000002" in reg.manifest()["versions"]
+    assert reg.judge("promote", "v000002", "v000001", "a")[0]
+
+
+def test_a_scorers_promotion_over_a_champion_changed_since_is_refused(tmp_path):
+    """QA: a scorer's contest against v5 ended after the fleet had followed v38 from the
+    trainer, and promoted its challenger over v38."""
+    reg = Registry(tmp_path / "r")
+    for w in range(3):
+        reg.publish({"w": w}, spec={"name": "m"})
+    reg.promote("v000003")  # followed meanwhile
+    with pytest.raises(ConfigError, match="the champion is v000003 now, not v000001 as judged"):
+        reg.promote("v000002", unless_rejected=True, over="v000001")
+    assert reg.champion() == "v000003"
+    assert reg.promote("v000002", unless_rejected=True, over="v000003")["status"] == "champion"

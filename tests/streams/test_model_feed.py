@@ -380,12 +380,39 @@ def test_a_scorers_verdict_on_a_version_the_trainer_rejected_meanwhile_is_undone
     assert version == "v000001"
 
 
-def test_a_version_prepared_and_rolled_back_before_any_event_is_not_served(
-    tmp_path: Path,
+def test_a_contest_against_a_champion_replaced_since_does_not_override_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """QA of a fleet: a scorer's contest against v5 ended after its registry had followed v38
+    from the trainer (not served yet), and its promotion overrode v38 there."""
+    reg = Registry(tmp_path / "scorer")
+    for _ in range(3):
+        reg.publish(FeatureModel("amount"), spec={"name": "default"})
+    reg.promote("v000001")
+    scorer = build_model_stage("default", registry=reg, watch=True)
+    scorer.stop_watch()  # polled by hand below
+    assert scorer.version == "v000001"
+    reg.promote("v000003", reason="the trainer's registry (models topic)")  # followed
+    with caplog.at_level("WARNING"):  # the contest's verdict, against v000001
+        scorer._set_champion("v000002", reg.load("v000002"), "promoted: test")
+        scorer._writes.join()
+    assert "the champion is v000003 now, not v000001 as judged against" in caplog.text
+    assert reg.champion() == "v000003"
+    assert scorer.poll() == "v000003"
+    _, version = scorer.score({"tx_id": "t1", "ts": 0.0, "amount": 5.0}, {})
+    assert version == "v000003"
+
+
+@pytest.mark.parametrize(("change", "served"), [("rollback", "v000001"), ("import", "v000002")])
+def test_a_version_prepared_before_any_event_is_served_as_the_registry_says_now(
+    tmp_path: Path, change: str, served: str
 ) -> None:
     """A version promoted, prepared by the watcher, then rolled back while no event came was
     still installed by the next events (until the next poll): here, after a rollback on the
-    trainer's registry followed through the models topic (a fleet's integration test)."""
+    trainer's registry followed through the models topic (a fleet's integration test). But a
+    change that leaves the manifest's champion and the version's status alone keeps it: a
+    fleet's imports changed the manifest every 1-3 s, each change dropped the version
+    prepared, and a swap waited 11 s (a QA pass); the watcher checks it again."""
     reg = Registry(tmp_path / "scorer")
     for _ in range(2):
         reg.publish(FeatureModel("amount"), spec={"name": "default"})
@@ -395,10 +422,14 @@ def test_a_version_prepared_and_rolled_back_before_any_event_is_not_served(
         assert scorer.version == "v000001"
         reg.promote("v000002")
         wait_until(lambda: (scorer._pending or (0, ""))[1] == "v000002", "v000002 prepared")
-        scorer.stop_watch()  # (no poll between the rollback and the next event)
-        reg.rollback()  # no event meanwhile
+        scorer.stop_watch()  # (polled by hand below, and no event meanwhile)
+        if change == "rollback":
+            reg.rollback()
+        else:
+            reg.publish(FeatureModel("amount"), spec={"name": "default"})  # an import
+        scorer._still_pending()  # (the watcher's next round)
         _, version = scorer.score({"tx_id": "t1", "ts": 0.0, "amount": 5.0}, {})
-        assert version == "v000001"
+        assert version == served
     finally:
         scorer.stop_watch()
 
@@ -433,7 +464,7 @@ def test_a_scorers_contest_verdicts_are_sent_signed_and_judged_by_the_trainer(
     producer.down = False
     scorer._send_verdicts()
     (sent,) = producer.values
-    assert producer.keys == [b"m/decisions/verdict/v000002/promote"]
+    assert producer.keys == [b"m/decisions/verdict/v000002/promote/fds/a"]  # (one per scorer)
     assert (sent["kind"], sent["verdict"], sent["version"], sent["other"], sent["by"]) == (
         "verdict",
         "promote",
@@ -457,6 +488,53 @@ def test_a_scorers_contest_verdicts_are_sent_signed_and_judged_by_the_trainer(
         "skipped"
     )
     assert scorer.handle(_value(sent)) == "skipped"
+
+
+def test_the_trainers_judgement_is_final_and_a_scorer_waits_for_it(tmp_path: Path) -> None:
+    """QA of a fleet: a verdict the trainer's registry did not take (its incumbent no longer
+    the champion there) left the scorer that sent it on its own champion for good (a v97, b
+    v74, the trainer v38). The trainer announces its lifecycle after each verdict, naming the
+    records judged: the scorer follows it, back to the champion there, but not while a
+    verdict of its own is still on its way (it would flap back and forth)."""
+    from tests.streams.test_train_service import Producer
+
+    trainer = Registry(tmp_path / "trainer", key=b"k")
+    anns = [{**_publish(trainer, {"w": n}), "decisions_topic": "decisions"} for n in (1, 2, 3)]
+    trainer.promote("v000001")
+    producer = Producer(limit=1 << 20)
+    scorer = _feed(tmp_path / "a", key=b"k", decisions_topic="decisions", by="fds/a",
+                   producer_factory=lambda **cfg: producer)  # fmt: skip
+    for a in anns:
+        assert scorer.handle(_value(a)) == "imported"
+    judge = ModelFeed(KafkaSettings(), trainer, name="m", decisions_topic="decisions", judge=True)
+
+    def judged(n: int) -> None:  # the trainer reads the scorer's n-th record
+        where = {"partition": "models[0]", "offset": str(n)}
+        assert judge.handle(_value(producer.values[n]), where) == "verdict"
+
+    def announced() -> str:
+        assert scorer.handle(_value(lifecycle(trainer, "m", "decisions") or {})) == "lifecycle"
+        return str(scorer.registry.champion())
+
+    scorer.on_event("shadow", {"candidate": "v000002", "incumbent": "v000001"})
+    scorer.registry.promote("v000002")  # its contest ends: promoted here at once, and sent
+    scorer.on_event("promote", {**CONTEST, "why": "promoted: precision >= champion"})
+    scorer._send_verdicts()
+    assert [v["verdict"] for v in producer.values] == ["shadow", "promote"]
+    assert announced() == "v000002"  # the trainer's v000001: ours not judged yet, waits
+    judged(0)
+    assert trainer.manifest()["versions"]["v000002"]["status"] == "shadow"
+    assert announced() == "v000002"  # still waiting for the promote
+    judged(1)
+    assert trainer.champion() == "v000002" and announced() == "v000002"
+    # a verdict against a champion the trainer no longer has: refused there, undone here
+    scorer.registry.promote("v000003")
+    scorer.on_event("promote", {**CONTEST, "candidate": "v000003", "incumbent": "v000001"})
+    scorer._send_verdicts()
+    judged(2)
+    judged(2)  # (read again by a restarted trainer: judged once)
+    assert trainer.champion() == "v000002" and trainer.manifest()["judged"] == {"models[0]": 3}
+    assert announced() == "v000002"
 
 
 # -- the consumer loop -------------------------------------------------------------------------
@@ -493,6 +571,40 @@ def test_catch_up_imports_the_newest_per_model_then_follows_live(tmp_path: Path)
     assert consumer.closed and not feed._thread.is_alive()
     assert configs[0]["group_id"] is None and configs[0]["allow_auto_create_topics"] is False
     assert feed.registry.load("v000004") == {"w": 4}
+
+
+def test_a_restarted_trainer_judges_the_verdicts_it_catches_up_on_in_the_topics_order(
+    tmp_path: Path,
+) -> None:
+    """Each verdict is judged once, by its offset: the catch-up (the newest record per key)
+    judges them in the topic's order, or a key sent again later (a retried send) hid the
+    verdicts between its two records."""
+    from tests.streams.test_train_service import Producer
+
+    trainer = Registry(tmp_path / "trainer")
+    for n in (1, 2):
+        _publish(trainer, {"w": n})
+    trainer.promote("v000001")
+    producer = Producer(limit=1 << 20)
+    scorer = _feed(tmp_path / "a", decisions_topic="decisions", by="fds/a",
+                   producer_factory=lambda **cfg: producer)  # fmt: skip
+    scorer.on_event("shadow", {"candidate": "v000002", "incumbent": "v000001"})
+    scorer.on_event("promote", CONTEST)
+    scorer.on_event("shadow", {"candidate": "v000002", "incumbent": "v000001"})  # again
+    scorer._send_verdicts()
+    sent = zip(producer.keys, producer.values, strict=True)
+    log = [Record(i, k, _value(v)) for i, (k, v) in enumerate(sent)]
+    judge = ModelFeed(
+        KafkaSettings(), trainer, name="m", decisions_topic="decisions", judge=True,
+        topic=TOPIC, consumer_factory=lambda **cfg: FakeConsumer(log),
+    )  # fmt: skip
+    judge.start()
+    try:
+        assert judge.caught_up.wait(10)
+    finally:
+        judge.close()
+    assert trainer.champion() == "v000002"
+    assert trainer.manifest()["judged"] == {f"{TOPIC}[0]": 3}
 
 
 def test_a_bad_newest_record_does_not_hide_the_good_one_before_it(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 import pytest
 from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
+from kafka.producer.future import RecordMetadata
 from kafka.structs import TopicPartition
 
 from fds.errors import ConfigError
@@ -206,12 +207,13 @@ def test_held_labels_are_bounded_and_a_revoked_partition_forgets_them(tmp_path):
 
 
 class Sent:
-    def __init__(self, error: Exception | None) -> None:
-        self.error = error
+    def __init__(self, error: Exception | None, meta: RecordMetadata | None = None) -> None:
+        self.error, self.meta = error, meta
 
-    def get(self, timeout: float | None = None) -> None:
+    def get(self, timeout: float | None = None) -> RecordMetadata | None:
         if self.error is not None:
             raise self.error
+        return self.meta
 
 
 class Producer:
@@ -225,9 +227,12 @@ class Producer:
             return Sent(KafkaTimeoutError("no broker"))
         if len(value) > self.limit:
             return Sent(MessageSizeTooLargeError("over max.message.bytes"))
-        self.values.append(orjson.loads(value))
+        self.values.append(orjson.loads(value) if value is not None else None)
         self.keys.append(key)
-        return Sent(None)
+        # (kafka-python's future gives the record's place: one partition here)
+        return Sent(
+            None, RecordMetadata(topic, 0, None, len(self.values) - 1, -1, None, -1, -1, -1)
+        )
 
     def flush(self, timeout: float | None = None) -> None:
         pass
