@@ -102,6 +102,9 @@ _NOWHERE: Mapping[str, str] = MappingProxyType({})
 MAX_FETCH_BYTES = 16 << 20
 # Short enough that stop() is noticed promptly; announcements are rare, so idle polls are cheap.
 POLL_MS = 200
+# How long a scorer's verdict may wait for the trainer's judgement before the trainer's
+# lifecycle is followed without it (it comes within a second or two of the trainer's next poll).
+JUDGE_WAIT_S = 60.0
 # Backoff between retries after a broker error or while the topic does not exist yet.
 RETRY_MIN_S, RETRY_MAX_S = 0.5, 30.0
 # kafka-python bootstraps in the consumer constructor; bounded so a retry loop stays lively.
@@ -188,8 +191,10 @@ class ModelFeed:
         self._producer: Any = None
         self._verdicts: queue.SimpleQueue[tuple[bytes, bytes]] = queue.SimpleQueue()
         self._unsent: list[tuple[bytes, bytes]] = []
-        # the newest offset per partition of the verdicts sent and not yet judged by the trainer
-        self._awaiting: dict[str, int] = {}
+        # per partition, the newest offset of the verdicts sent and not judged by the trainer
+        # yet, and when it was sent; the trainer's lifecycle that came meanwhile (_follow)
+        self._awaiting: dict[str, tuple[int, float]] = {}
+        self._deferred: tuple[dict[str, Any], Mapping[str, str]] | None = None
         self.registry = registry
         self.name = name
         self.topic = topic
@@ -391,7 +396,7 @@ class ModelFeed:
             for f in futures:
                 sent = f.get(timeout=0)
                 at = f"{sent.topic}[{sent.partition}]"
-                self._awaiting[at] = max(self._awaiting.get(at, -1), sent.offset)
+                self._awaiting[at] = (sent.offset, time.monotonic())
         except (KafkaError, OSError) as exc:
             log.warning("models feed: %d verdict(s) not sent (%s); tried again",
                         len(self._unsent), describe(exc))  # fmt: skip
@@ -399,6 +404,23 @@ class ModelFeed:
         log.info('sent %d contest verdict(s) to the trainer topic="%s"', len(self._unsent),
                  self.topic)  # fmt: skip
         self._unsent.clear()
+
+    def _follow_deferred(self) -> None:
+        """Follow the lifecycle put off for our verdicts once they waited ``JUDGE_WAIT_S``
+        unjudged (the trainer refused them unread: another key, another model name), or this
+        scorer would follow no promotion by hand for good."""
+        now = time.monotonic()
+        if self._deferred is None or any(
+            now - t < JUDGE_WAIT_S for _, t in self._awaiting.values()
+        ):
+            return
+        log.warning(
+            "the trainer judged none of this scorer's verdicts at offsets %s within %.0f s (see "
+            "its log): following its lifecycle", {p: a[0] for p, a in self._awaiting.items()},
+            JUDGE_WAIT_S,
+        )  # fmt: skip
+        (life, where), self._awaiting = self._deferred, {}
+        self._follow(life, b"", where)
 
     def _follow(self, life: dict[str, Any], data: bytes, where: Mapping[str, str]) -> str:
         """Take a trainer registry's lifecycle: its champion imported when not held here, then
@@ -408,10 +430,11 @@ class ModelFeed:
             return "rejected"
         judged = life.get("judged")
         if isinstance(judged, dict):  # (an older trainer's names none)
-            self._awaiting = {p: o for p, o in self._awaiting.items() if o >= judged.get(p, 0)}
+            self._awaiting = {p: a for p, a in self._awaiting.items() if a[0] >= judged.get(p, 0)}
             if self._awaiting:  # a verdict of ours is on its way: the next lifecycle says it
-                log.debug("lifecycle before our verdicts were judged: waiting", extra=where)
+                self._deferred = (life, where)
                 return "lifecycle"
+        self._deferred = None
         champ, rejected = life.get("champion"), life["rejected"]
         try:
             changes = self.registry.follow(
@@ -553,6 +576,7 @@ class ModelFeed:
                 self.caught_up.set()
                 log.info('models feed caught up topic="%s"', self.topic)
             self._send_verdicts()
+            self._follow_deferred()
             batch = consumer.poll(timeout_ms=POLL_MS)
             for tp, records in batch.items():
                 for r in records:

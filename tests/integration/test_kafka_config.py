@@ -638,7 +638,7 @@ def test_run_and_train_serve_from_a_deployment_files_registry_and_port(
         assert main(["run", "--config", str(f), "--rules", "none"]) == 1  # (no broker)
         err = capsys.readouterr().err
         assert f"serving metrics on http://127.0.0.1:{run_port}/metrics" in err
-        assert f'msg="serving model" registry="{reg}" models_topic="none"' in err
+        assert f'msg="serving model" version="none yet" registry="{reg}" models_topic="none"' in err
         f.write_text(f"{deployment}metrics_port: {train_port}\n")
         assert main(["train", "--config", str(f)]) == 1
         err = capsys.readouterr().err

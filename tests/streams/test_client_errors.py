@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import logging
 
-from fds.streams.kafka_kit import ClientErrors
+from kafka import KafkaProducer
+from kafka.errors import KafkaTimeoutError
+
+from fds.streams.kafka_kit import ClientErrors, close_producer
 
 DROP = "KafkaConnectionError: socket disconnected"
 
@@ -56,3 +59,31 @@ def test_a_certificate_for_another_host_points_at_the_host_name():
     assert errors.refused  # final: given up at once
     said = errors.hint("is the broker up?", "SASL_SSL")
     assert "not for the host in --bootstrap" in said and "ssl_check_hostname: false" in said
+
+
+class _Sender:
+    def force_close(self) -> None:
+        pass
+
+    def join(self, timeout: float | None = None) -> None:
+        pass  # (still running: a loaded machine)
+
+
+class _Unacknowledged(KafkaProducer):
+    """kafka-python's producer over records no broker acknowledges, whose sender outlives its
+    join: ``flush`` times out for good."""
+
+    def __init__(self) -> None:  # (no client: only what close and __del__ touch)
+        self._closed, self._sender, self._metrics, self.config = False, _Sender(), None, {}
+
+    def flush(self, timeout: float | None = None) -> None:
+        raise KafkaTimeoutError("Timeout waiting for future")
+
+
+def test_a_producer_given_up_on_is_closed_for_good():
+    """A CI-like run under load: `fds produce` stopped by a SIGTERM in a broker outage printed
+    kafka-python's KafkaTimeoutError traceback after its summary, from the producer's __del__
+    at exit (its close had failed, so it flushed again)."""
+    producer = _Unacknowledged()
+    close_producer(producer, 0.0)
+    producer.close(timeout=1)  # (what its __del__ does at exit): nothing left to flush

@@ -30,7 +30,7 @@ from fds.models.registry import ENTRY_FIELDS, Registry
 from fds.models.trainer import Publication
 from fds.streams import model_feed
 from fds.streams.kafka import KafkaSettings, build_run_engine, register_run
-from fds.streams.model_feed import ModelFeed
+from fds.streams.model_feed import JUDGE_WAIT_S, ModelFeed
 from fds.streams.train import announcement, lifecycle
 from tests.models.fakes import FeatureModel
 
@@ -490,7 +490,9 @@ def test_a_scorers_contest_verdicts_are_sent_signed_and_judged_by_the_trainer(
     assert scorer.handle(_value(sent)) == "skipped"
 
 
-def test_the_trainers_judgement_is_final_and_a_scorer_waits_for_it(tmp_path: Path) -> None:
+def test_the_trainers_judgement_is_final_and_a_scorer_waits_for_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """QA of a fleet: a verdict the trainer's registry did not take (its incumbent no longer
     the champion there) left the scorer that sent it on its own champion for good (a v97, b
     v74, the trainer v38). The trainer announces its lifecycle after each verdict, naming the
@@ -535,6 +537,22 @@ def test_the_trainers_judgement_is_final_and_a_scorer_waits_for_it(tmp_path: Pat
     judged(2)  # (read again by a restarted trainer: judged once)
     assert trainer.champion() == "v000002" and trainer.manifest()["judged"] == {"models[0]": 3}
     assert announced() == "v000002"
+    # a verdict the trainer never judges (refused unread) holds a promotion by hand back a
+    # minute at most
+    scorer.registry.promote("v000003")
+    scorer.on_event("promote", {**CONTEST, "candidate": "v000003", "incumbent": "v000002"})
+    scorer._send_verdicts()
+    trainer.promote("v000001", reason="manual")
+    assert announced() == "v000003"
+    scorer._follow_deferred()
+    assert scorer.registry.champion() == "v000003"  # not a minute yet
+    scorer._awaiting = {p: (o, t - JUDGE_WAIT_S) for p, (o, t) in scorer._awaiting.items()}
+    with caplog.at_level("WARNING"):
+        scorer._follow_deferred()
+    assert "the trainer judged none of this scorer's verdicts at offsets {'models[0]': 3}" in (
+        caplog.text
+    )
+    assert scorer.registry.champion() == "v000001"
 
 
 # -- the consumer loop -------------------------------------------------------------------------
