@@ -189,8 +189,9 @@ class ModelFeed:
         self.judge, self.by = judge, by
         self._producer_factory = producer_factory or KafkaProducer
         self._producer: Any = None
-        self._verdicts: queue.SimpleQueue[tuple[bytes, bytes]] = queue.SimpleQueue()
-        self._unsent: list[tuple[bytes, bytes]] = []
+        # (key, value) to send: a scorer's verdicts; the trainer's tombstones of those judged
+        self._verdicts: queue.SimpleQueue[tuple[bytes, bytes | None]] = queue.SimpleQueue()
+        self._unsent: list[tuple[bytes, bytes | None]] = []
         # per partition, the newest offset of the verdicts sent and not judged by the trainer
         # yet, and when it was sent; the trainer's lifecycle that came meanwhile (_follow)
         self._awaiting: dict[str, tuple[int, float]] = {}
@@ -212,11 +213,15 @@ class ModelFeed:
 
     # -- one announcement --------------------------------------------------------------------
 
-    def handle(self, value: bytes | None, where: Mapping[str, str] = _NOWHERE) -> str:
-        """Verify and import one announcement; returns the outcome (a :class:`FeedStats`
-        field name)."""
+    def handle(
+        self, value: bytes | None, where: Mapping[str, str] = _NOWHERE, key: bytes | None = None
+    ) -> str:
+        """Verify and import one announcement (the record's ``value`` and ``key``); returns the
+        outcome (a :class:`FeedStats` field name)."""
         checked = self._check(value, where)
-        return self._count(checked if isinstance(checked, str) else self._install(checked, where))
+        if isinstance(checked, str):
+            return self._count(checked)
+        return self._count(self._install(checked, where, key))
 
     def _count(self, outcome: str) -> str:
         self.stats.announcements += 1
@@ -314,10 +319,13 @@ class ModelFeed:
             raise ArtifactError(f"a {what} announcement {how} while {KEY_ENV} is set: refused")
         return record
 
-    def _install(self, checked: tuple[dict[str, Any], bytes], where: Mapping[str, str]) -> str:
+    def _install(
+        self, checked: tuple[dict[str, Any], bytes], where: Mapping[str, str],
+        key: bytes | None = None,
+    ) -> str:  # fmt: skip
         ann, data = checked
         if ann.get("kind") == VERDICT:
-            return self._judge(ann, where)
+            return self._judge(ann, where, key)
         if ann.get("kind") == LIFECYCLE:
             return self._follow(ann, data, where)
         try:
@@ -331,10 +339,12 @@ class ModelFeed:
         )  # fmt: skip
         return "imported"
 
-    def _judge(self, v: dict[str, Any], where: Mapping[str, str]) -> str:
+    def _judge(self, v: dict[str, Any], where: Mapping[str, str], key: bytes | None) -> str:
         """A scorer's verdict into the trainer's registry, once per record; its lifecycle is
         then announced again (:func:`fds.streams.train.lifecycle` names the records judged),
-        also when nothing changed: the scorer that sent it goes back to the champion there."""
+        also when nothing changed: the scorer that sent it goes back to the champion there.
+        Its ``key`` is then deleted from the topic (a tombstone: keys are one per version,
+        kind and scorer, so compaction alone kept every verdict, read at every start)."""
         said = (v.get("figures") or {}).get("why")
         why = f"{v.get('verdict')} of {v.get('version')} by scorer {v.get('by')}" + (
             f" ({said})" if said else ""
@@ -352,6 +362,8 @@ class ModelFeed:
             log.info("judged by a scorer's verdict: %s (%s)", what, why, extra=where)
         else:
             log.info("a scorer's verdict changed nothing: %s (%s)", what, why, extra=where)
+        if key is not None:
+            self._verdicts.put((key, None))
         return "verdict"
 
     # -- a scorer's verdicts, to the trainer ---------------------------------------------------
@@ -379,7 +391,8 @@ class ModelFeed:
         self._verdicts.put((at.encode(), orjson.dumps(record, default=str)))
 
     def _send_verdicts(self) -> None:
-        """Send the verdicts queued (feed thread); kept for the next round on a broker error."""
+        """Send the verdicts (or tombstones) queued (feed thread); kept for the next round on a
+        broker error."""
         while not self._verdicts.empty():
             self._unsent.append(self._verdicts.get())
         if not self._unsent:
@@ -401,8 +414,11 @@ class ModelFeed:
             log.warning("models feed: %d verdict(s) not sent (%s); tried again",
                         len(self._unsent), describe(exc))  # fmt: skip
             return
-        log.info('sent %d contest verdict(s) to the trainer topic="%s"', len(self._unsent),
-                 self.topic)  # fmt: skip
+        if self.judge:
+            log.debug("deleted %d judged verdict(s) from the topic", len(self._unsent))
+        else:
+            log.info('sent %d contest verdict(s) to the trainer topic="%s"', len(self._unsent),
+                     self.topic)  # fmt: skip
         self._unsent.clear()
 
     def _follow_deferred(self) -> None:
@@ -570,8 +586,8 @@ class ModelFeed:
                 catching_up = False
                 # (lifecycles last: a champion they name may be one of the versions; the rest
                 # in the topic's order: a verdict is judged once, by offset, see Registry.judge)
-                for good, where in sorted(newest.values(), key=_in_order):
-                    self._count(self._install(good, where))
+                for key, (good, where) in sorted(newest.items(), key=lambda kv: _in_order(kv[1])):
+                    self._count(self._install(good, where, key))
                 newest.clear()
                 self.caught_up.set()
                 log.info('models feed caught up topic="%s"', self.topic)
@@ -582,7 +598,7 @@ class ModelFeed:
                 for r in records:
                     where = {"partition": f"{tp.topic}[{tp.partition}]", "offset": str(r.offset)}
                     if not catching_up:
-                        self.handle(r.value, where)
+                        self.handle(r.value, where, r.key)
                         continue
                     checked = self._check(r.value, where)
                     if isinstance(checked, str):

@@ -591,7 +591,7 @@ def test_catch_up_imports_the_newest_per_model_then_follows_live(tmp_path: Path)
     assert feed.registry.load("v000004") == {"w": 4}
 
 
-def test_a_restarted_trainer_judges_the_verdicts_it_catches_up_on_in_the_topics_order(
+def test_a_restarted_trainer_judges_the_verdicts_it_catches_up_on_in_order_and_deletes_them(
     tmp_path: Path,
 ) -> None:
     """Each verdict is judged once, by its offset: the catch-up (the newest record per key)
@@ -612,17 +612,23 @@ def test_a_restarted_trainer_judges_the_verdicts_it_catches_up_on_in_the_topics_
     scorer._send_verdicts()
     sent = zip(producer.keys, producer.values, strict=True)
     log = [Record(i, k, _value(v)) for i, (k, v) in enumerate(sent)]
+    deleted = Producer(limit=1 << 20)
     judge = ModelFeed(
         KafkaSettings(), trainer, name="m", decisions_topic="decisions", judge=True,
         topic=TOPIC, consumer_factory=lambda **cfg: FakeConsumer(log),
+        producer_factory=lambda **cfg: deleted,
     )  # fmt: skip
     judge.start()
     try:
         assert judge.caught_up.wait(10)
+        # each key judged is deleted from the topic (one per version, kind and scorer:
+        # compaction alone kept them all, read again at every start)
+        wait_until(lambda: len(deleted.keys) == 2, "the tombstones")
     finally:
         judge.close()
     assert trainer.champion() == "v000002"
     assert trainer.manifest()["judged"] == {f"{TOPIC}[0]": 3}
+    assert deleted.keys == [producer.keys[1], producer.keys[2]] and deleted.values == [None] * 2
 
 
 def test_a_bad_newest_record_does_not_hide_the_good_one_before_it(tmp_path: Path) -> None:

@@ -222,10 +222,10 @@ class Producer:
     def __init__(self, limit: int) -> None:
         self.limit, self.down, self.values, self.keys = limit, False, [], []
 
-    def send(self, topic: str, *, key: bytes, value: bytes) -> Sent:
+    def send(self, topic: str, *, key: bytes, value: bytes | None) -> Sent:
         if self.down:
             return Sent(KafkaTimeoutError("no broker"))
-        if len(value) > self.limit:
+        if value is not None and len(value) > self.limit:
             return Sent(MessageSizeTooLargeError("over max.message.bytes"))
         self.values.append(orjson.loads(value) if value is not None else None)
         self.keys.append(key)
