@@ -107,6 +107,8 @@ LABEL_WAIT_S = 2.0
 LABEL_MAX_WAIT_S = 300.0
 # A failed model announcement is tried again after this long (each try may block on the broker).
 ANNOUNCE_RETRY_S = 30.0
+# A started trainer announces its lifecycle once it has read the scorers' verdicts, or after this.
+JUDGE_CATCH_UP_S = 30.0
 # A publish the registry refused (full, read-only) is tried again after this long: each try
 # writes a whole artifact, and a full disk would log an error at every batch.
 PUBLISH_RETRY_S = 30.0
@@ -266,6 +268,7 @@ class TrainService:
         self._life_mark: str | None = None
         self._life_at = 0.0
         self._judge: ModelFeed | None = None  # reads the scorers' verdicts (run)
+        self._judge_until = 0.0  # ... its catch-up awaited until then (monotonic)
         self._publish_at = 0.0  # ... of the next publish, after one failed
         self._last_decision = time.monotonic()
         # label partition -> its polled labels not learned yet, the first one waiting
@@ -474,6 +477,7 @@ class TrainService:
             self.metrics.model_info(self.trainer.parent, self.spec.name)
         judge = None
         if self.producer is not None and self.models_topic:  # the scorers' verdicts
+            self._judge_until = time.monotonic() + JUDGE_CATCH_UP_S
             judge = self._judge = ModelFeed(
                 self.s, self.registry, name=self.spec.name, topic=self.models_topic,
                 decisions_topic=self.topics[0], judge=True,
@@ -790,9 +794,10 @@ class TrainService:
         (one stat); a failed send is tried again after ``ANNOUNCE_RETRY_S``."""
         if self.producer is None or not self.models_topic or time.monotonic() < self._life_at:
             return
-        if self._judge is not None and not self._judge.caught_up.is_set():
-            return  # (the verdicts sent while it was down first: a lifecycle without them
-            # put their scorers back on the old champion until the next)
+        judge = self._judge
+        if judge and not judge.caught_up.is_set() and time.monotonic() < self._judge_until:
+            return  # (the verdicts sent while it was down first, for JUDGE_CATCH_UP_S at most:
+            # a lifecycle without them put their scorers back on the old champion until the next)
         stamp = self.registry.stamp()
         if stamp == self._life_stamp:
             return

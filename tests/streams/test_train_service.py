@@ -21,6 +21,7 @@ from fds.metrics import make_metrics
 from fds.pipeline import DEFAULT_MODEL
 from fds.streams.checkpoint import hold
 from fds.streams.kafka import KafkaSettings
+from fds.streams.model_feed import ModelFeed
 from fds.streams.train import TrainService, _Seek, announcement
 
 
@@ -303,6 +304,30 @@ def test_a_promote_or_rollback_on_the_trainers_registry_is_announced_once(
     assert [(v["champion"], v["rejected"]) for v in p.values[1:]] == [
         (first.version, [second.version])
     ]
+
+
+def test_a_started_trainer_announces_its_lifecycle_once_it_read_the_verdicts(tmp_path):
+    """Announced before the verdicts the scorers sent while it was down were judged, it put
+    them back on the old champion until the next; but a judge that never catches up (its
+    topic unreadable) holds the announcement back for JUDGE_CATCH_UP_S at most."""
+    svc = TrainService(
+        KafkaSettings(group="fds-train"), registry=tmp_path / "registry",
+        state_dir=tmp_path / "state",
+    )  # fmt: skip
+    svc.producer = p = Producer(limit=1 << 20)
+    svc.registry.promote(svc.trainer.publish(0.0).version)
+    svc._judge = ModelFeed(svc.s, svc.registry, name="default", judge=True)
+    svc._judge_until = time.monotonic() + 60
+    svc._send_lifecycle()
+    assert p.values == []  # still reading the verdicts
+    svc._judge.caught_up.set()
+    svc._send_lifecycle()
+    assert [v["kind"] for v in p.values] == ["lifecycle"]
+    svc.registry.promote(svc.trainer.publish(1.0).version)
+    svc._judge.caught_up.clear()  # (as if never caught up)
+    svc._judge_until = time.monotonic() - 1  # JUDGE_CATCH_UP_S over
+    svc._send_lifecycle()
+    assert [v["kind"] for v in p.values] == ["lifecycle"] * 2
 
 
 def test_a_label_stamped_in_the_future_does_not_hold_its_partition(tmp_path, monkeypatch):
