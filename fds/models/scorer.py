@@ -1107,13 +1107,10 @@ class ModelServer:
         self._retry_at.pop(target, None)
         if swaps != self._swaps:  # (the decision thread promoted meanwhile: a review found
             return None  # its champion's old pointer taken for a change by hand, undone)
-        if target == champ:  # (not the newest version served without labels: the registry
-            self._pointer = target  # still names its champion, which is no change by hand)
         entry = versions.get(target) or {}
-        self._offered = max(self._offered, entry.get("seq", -1))
+        # (before _pending: the hot path reads it first, then these)
+        self._pending_stamp, self._pending_view = stamp, _view(m, target)
         self._pending = (role or "challenger", target, model, entry, swaps, pre)
-        self._pending_stamp = stamp
-        self._pending_view = _view(m, target)
         return target
 
     def _still_pending(self) -> None:
@@ -1126,7 +1123,9 @@ class ModelServer:
         stamp = reg.stamp()
         if pending is None or stamp == self._pending_stamp:
             return
-        if _view(reg.manifest(), pending[1]) == self._pending_view and reg.stamp() == stamp:
+        if _view(reg.manifest(), pending[1]) != self._pending_view:
+            self._pending = None  # gone bad (rolled back, say): the next poll prepares anew
+        elif reg.stamp() == stamp:
             self._pending_stamp = stamp
 
     def _check_rewound(self, latest: Mapping[str, Any] | None, newest_known: int) -> None:
@@ -1262,10 +1261,18 @@ class ModelServer:
             return
         if self.registry is not None and self.registry.stamp() != self._pending_stamp:
             # prepared from a manifest changed since (promoted, then rolled back while no
-            # event came: the next events served the version rejected, a fleet's test); one
-            # stat per swap; the watcher prepares again from the manifest as it is now
+            # event came: the next events served the version rejected, a fleet's test): kept
+            # until the watcher checks it against the manifest as it is now (_still_pending:
+            # served at the next event, or dropped and prepared anew); one stat per event
+            self._pending = pending
             return
         role, version, model, entry, swaps, pre = pending
+        # taken: the watcher offers nothing older again (set here, not when prepared: a
+        # version dropped above was never prepared again, a review), and a champion the
+        # registry names is no change by hand (not the newest version served without labels)
+        self._offered = max(self._offered, entry.get("seq", -1))
+        if version == self._pending_view[0]:
+            self._pointer = version
         if version == self.version:  # served already (loaded at start while it was prepared)
             return
         if role == "champion" and swaps != self._swaps:  # a change by hand read from a

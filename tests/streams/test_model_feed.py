@@ -434,6 +434,30 @@ def test_a_version_prepared_before_any_event_is_served_as_the_registry_says_now(
         scorer.stop_watch()
 
 
+def test_a_followed_champion_whose_swap_waited_out_a_manifest_change_is_still_served(
+    tmp_path: Path,
+) -> None:
+    """A review: the watcher prepared the champion a lifecycle named, another lifecycle (a
+    second scorer's verdict judged) rewrote the manifest before the next event, and the
+    version was dropped and never prepared again: the registry named v000002, v000001 served
+    for good. A fleet rewrites the manifest about every verdict."""
+    reg = Registry(tmp_path / "scorer")
+    for _ in range(2):
+        reg.publish(FeatureModel("amount"), spec={"name": "default"}, labels_learned=50_000)
+    reg.promote("v000001")
+    scorer = build_model_stage("default", registry=reg, watch=True)
+    scorer.stop_watch()  # polled by hand below
+    reg.follow("v000002", [], "mark-1", "trainer")
+    assert scorer.poll() == "v000002"
+    time.sleep(0.01)  # (a stamp of its own)
+    reg.follow("v000002", [], "mark-2", "trainer")
+    _, version = scorer.score({"tx_id": "t1", "ts": 0.0, "amount": 5.0}, {})
+    assert version == "v000001"  # not before it is checked again
+    scorer._still_pending()  # (the watcher's next round): still the champion there
+    _, version = scorer.score({"tx_id": "t2", "ts": 1.0, "amount": 5.0}, {})
+    assert version == "v000002"
+
+
 CONTEST = {  # a shadow contest's figures, as the scorer's "promote"/"reject" events carry them
     "labels": 20, "recall_at_budget_incumbent": 0.5, "recall_at_budget_candidate": 0.6,
     "incumbent": "v000001", "candidate": "v000002",
