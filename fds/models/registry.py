@@ -629,15 +629,18 @@ class Registry:
             return _champion_in(m, version, status, reason)
 
     def follow(
-        self, champion: str | None, rejected: Iterable[str], mark: str, reason: str
-    ) -> list[str]:
+        self, champion: str | None, rejected: Iterable[str], mark: str, reason: str,
+        *, again: bool = False,
+    ) -> list[str]:  # fmt: skip
         """Take another registry's lifecycle (a trainer's, through the models topic): make
         ``champion`` the champion (when held here; the current one rejected if it is in
         ``rejected``) and mark ``rejected`` rejected. Done once per ``mark`` (kept in the
         manifest): the same lifecycle announced again (a restarted trainer) changes nothing,
-        so this registry's own verdicts since stand. Returns the changes made."""
+        so this registry's own verdicts since stand; ``again``: followed all the same (a
+        restarted scorer, whose verdicts the trainer judged or never got: a verdict lost at
+        its stop left it on its own champion for good, a review). Returns the changes made."""
         with self._locked() as m:
-            if m.get("followed") == mark:
+            if m.get("followed") == mark and not again:
                 return []
             m["followed"] = mark
             out, versions, old = [], m["versions"], m.get("champion")
@@ -677,18 +680,17 @@ class Registry:
         version: str,
         other: str | None,
         reason: str,
-        at: str | None = None,
         record: tuple[str, int] | None = None,
     ) -> tuple[bool, str]:
         """Take a scorer's contest verdict on ``version`` (a trainer's registry, through the
         models topic): ``shadow`` (a contest of it began: kept by retention until its
         verdict), ``promote`` it over champion ``other`` (or over none), ``reject`` it, or
         ``rollback`` from it, the champion, to ``other``. The first verdict stands: one that
-        no longer fits (another scorer's came first: the champion moved on, the version was
-        rejected or promoted), or one made (``at``, :func:`format_ts`) before the registry's
-        last change of champion (a promotion by hand since), changes nothing. ``record`` (the
-        models topic's partition and offset of the verdict) is judged once: a restarted trainer
-        reads the topic again, and an old verdict undid a promotion by hand (a QA pass).
+        no longer fits (another scorer's came first, or a promotion by hand: the champion moved
+        on, the version was rejected or promoted) changes nothing. ``record`` (the models
+        topic's partition and offset of the verdict) is judged once: a restarted trainer reads
+        the topic again, and an old verdict undid a promotion by hand (a QA pass). The time a
+        verdict was made is not compared: it is another machine's clock (a review).
 
         Returns ``(changed, what)``: the change made, or why none was (said by the trainer,
         whose lifecycle, announced again, puts the scorer that sent it back on its champion).
@@ -701,7 +703,6 @@ class Registry:
                 judged[record[0]] = record[1] + 1
             versions, champ = m["versions"], m.get("champion")
             e = versions.get(version)
-            last = (m.get("history") or [{}])[-1].get("at")
             if e is None:
                 return False, f"{version} is not in the registry (removed by its retention)"
             if e["status"] == "rejected":
@@ -711,8 +712,6 @@ class Registry:
                     return False, f"{version} is {e['status']} already"
                 e["status"] = "shadow"
                 return True, f"{version} in a shadow contest (kept until its verdict)"
-            if at and last and str(last) > at:
-                return False, f"made at {at}, before the registry's last change of champion"
             if verdict == "promote" and champ != version and champ in (None, other):
                 _champion_in(m, version, "champion", reason)
                 return True, f"champion {champ or 'none'} -> {version}"

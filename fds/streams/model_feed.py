@@ -50,6 +50,7 @@ import binascii
 import contextlib
 import hmac
 import logging
+import math
 import os
 import queue
 import stat
@@ -195,7 +196,9 @@ class ModelFeed:
         # per partition, the newest offset of the verdicts sent and not judged by the trainer
         # yet, and when it was sent; the trainer's lifecycle that came meanwhile (_follow)
         self._awaiting: dict[str, tuple[int, float]] = {}
+        self._unsent_since = 0.0  # ... and since when the verdicts not sent yet were not
         self._deferred: tuple[dict[str, Any], Mapping[str, str]] | None = None
+        self._followed = False  # a lifecycle followed since the start (see _follow)
         self.registry = registry
         self.name = name
         self.topic = topic
@@ -266,6 +269,11 @@ class ModelFeed:
                 return "other_deployment"
             kind = ann.get("kind")
             if (kind == VERDICT) != self.judge:  # (a scorer's verdict: for the trainer only)
+                if kind == VERDICT and self.by and ann.get("by") == self.by and where:
+                    # ours (sent before a restart, say): held back by the lifecycle till judged
+                    at, offset = where["partition"], int(where["offset"])
+                    if offset > self._awaiting.get(at, (-1, 0.0))[0]:
+                        self._awaiting[at] = (offset, time.monotonic())
                 return "skipped"
             if kind == VERDICT:
                 return self._check_signed(ann, VERDICT_FIELDS, "verdict"), b""
@@ -353,7 +361,6 @@ class ModelFeed:
         try:
             changed, what = self.registry.judge(
                 str(v.get("verdict")), str(v.get("version")), v.get("other"), why,
-                at=str(v.get("at") or "") or None,
                 record=(where["partition"], int(offset)) if offset is not None else None,
             )  # fmt: skip
         except Exception as exc:  # a full disk, a manifest edited by hand
@@ -390,22 +397,25 @@ class ModelFeed:
         at = f"{self.name}/{self.decisions_topic}/{VERDICT}/{version}/{kind}/{self.by}"
         self._verdicts.put((at.encode(), orjson.dumps(record, default=str)))
 
-    def _send_verdicts(self) -> None:
+    def _send_verdicts(self, timeout_s: float | None = None) -> None:
         """Send the verdicts (or tombstones) queued (feed thread); kept for the next round on a
         broker error."""
         while not self._verdicts.empty():
+            if not self._unsent:
+                self._unsent_since = time.monotonic()
             self._unsent.append(self._verdicts.get())
         if not self._unsent:
             return
+        timeout_s = self.s.broker_timeout_s if timeout_s is None else timeout_s
         try:
             if self._producer is None:
-                ms = int(min(self.s.broker_timeout_s, BOOTSTRAP_TIMEOUT_S) * 1000)
+                ms = int(min(timeout_s, BOOTSTRAP_TIMEOUT_S) * 1000)
                 self._producer = self._producer_factory(
                     **self.s.client_config(), acks="all", bootstrap_timeout_ms=ms,
                     max_block_ms=ms,
                 )  # fmt: skip
             futures = [self._producer.send(self.topic, key=k, value=v) for k, v in self._unsent]
-            self._producer.flush(timeout=self.s.broker_timeout_s)
+            self._producer.flush(timeout=timeout_s)
             for f in futures:
                 sent = f.get(timeout=0)
                 at = f"{sent.topic}[{sent.partition}]"
@@ -426,9 +436,8 @@ class ModelFeed:
         unjudged (the trainer refused them unread: another key, another model name), or this
         scorer would follow no promotion by hand for good."""
         now = time.monotonic()
-        if self._deferred is None or any(
-            now - t < JUDGE_WAIT_S for _, t in self._awaiting.values()
-        ):
+        since = [t for _, t in self._awaiting.values()] + [self._unsent_since] * bool(self._unsent)
+        if self._deferred is None or any(now - t < JUDGE_WAIT_S for t in since):
             return
         log.warning(
             "the trainer judged none of this scorer's verdicts at offsets %s within %.0f s (see "
@@ -436,6 +445,7 @@ class ModelFeed:
             JUDGE_WAIT_S,
         )  # fmt: skip
         (life, where), self._awaiting = self._deferred, {}
+        self._unsent_since = -math.inf  # (those not sent hold it back no longer)
         self._follow(life, b"", where)
 
     def _follow(self, life: dict[str, Any], data: bytes, where: Mapping[str, str]) -> str:
@@ -445,19 +455,23 @@ class ModelFeed:
         if data and self._install((life["champion_announcement"], data), where) == "rejected":
             return "rejected"
         judged = life.get("judged")
-        if isinstance(judged, dict):  # (an older trainer's names none)
+        judging = isinstance(judged, dict)  # (an older trainer judges no verdict)
+        if isinstance(judged, dict):
+            self._send_verdicts()  # (one queued this moment holds the lifecycle back too)
             self._awaiting = {p: a for p, a in self._awaiting.items() if a[0] >= judged.get(p, 0)}
-            if self._awaiting:  # a verdict of ours is on its way: the next lifecycle says it
+            if self._awaiting or self._unsent:  # ours on its way: the next lifecycle says it
                 self._deferred = (life, where)
                 return "lifecycle"
         self._deferred = None
         champ, rejected = life.get("champion"), life["rejected"]
         try:
             changes = self.registry.follow(
-                champ, rejected, str(life.get("mark")), "the trainer's registry (models topic)"
-            )
+                champ, rejected, str(life.get("mark")), "the trainer's registry (models topic)",
+                again=judging and not self._followed,
+            )  # fmt: skip
         except Exception as exc:  # a full disk, a manifest edited by hand
             return self._reject(exc, where)
+        self._followed = True
         if changes:
             log.info("followed the trainer's registry: %s", "; ".join(changes), extra=where)
         mine = self.registry.manifest().get("champion")
@@ -523,6 +537,13 @@ class ModelFeed:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=CLOSE_WAIT_S)
+        if self._thread is None or not self._thread.is_alive():  # (else it may be sending)
+            self._send_verdicts(CLOSE_WAIT_S)  # a verdict of the last moments: not lost
+            if self._unsent and not self.judge:
+                log.warning(
+                    "%d contest verdict(s) not sent to the trainer at stop: at its next start "
+                    "this scorer serves the trainer's champion", len(self._unsent),
+                )  # fmt: skip
         if self._producer is not None:
             with contextlib.suppress(Exception):
                 self._producer.close(timeout=CLOSE_WAIT_S)
@@ -602,6 +623,8 @@ class ModelFeed:
                         continue
                     checked = self._check(r.value, where)
                     if isinstance(checked, str):
+                        if checked == "tombstone":  # (a verdict judged: not judged again)
+                            newest.pop(r.key, None)
                         self._count(checked)
                         continue
                     if r.key in newest:
