@@ -521,8 +521,12 @@ class Registry:
                 "counts or evaluation were altered): refused"
             )
 
-    def import_version(self, data: bytes, fields: Mapping[str, Any]) -> dict[str, Any] | None:
-        """Add a version published by another registry, under its own id and manifest fields.
+    def import_version(
+        self, data: bytes, fields: Mapping[str, Any], *, keep: bool = False
+    ) -> dict[str, Any] | None:
+        """Add a version published by another registry, under its own id and manifest fields
+        (``keep``: kept by this import's retention however old: a champion about to be
+        followed, which it removed at once, a QA pass).
 
         ``fields`` holds the :data:`ENTRY_FIELDS` of the original entry (other keys are
         ignored). ``data`` is checked first (:meth:`check_import`) and never unpickled. Returns
@@ -564,13 +568,13 @@ class Registry:
             write_atomic(self.artifact(version), data)
             m["versions"][version] = entry
             m["next"] = max(int(m.get("next", 1)), seq + 1)
-            self._retain(m)
+            self._retain(m, version if keep else None)
         return entry
 
-    def _retain(self, m: dict[str, Any]) -> None:
+    def _retain(self, m: dict[str, Any], also: str | None = None) -> None:
         entries = sorted(m["versions"].values(), key=lambda e: e["seq"])
         champ = m.get("champion")
-        keep = {e["version"] for e in entries[-self.retain :]}
+        keep = {e["version"] for e in entries[-self.retain :]} | {also}
         if champ:
             keep.add(champ)
             parent = m["versions"].get(champ, {}).get("parent")
@@ -638,12 +642,15 @@ class Registry:
         manifest): the same lifecycle announced again (a restarted trainer) changes nothing,
         so this registry's own verdicts since stand; ``again``: followed all the same (a
         restarted scorer, whose verdicts the trainer judged or never got: a verdict lost at
-        its stop left it on its own champion for good, a review). Returns the changes made."""
+        its stop left it on its own champion for good, a review). A ``champion`` not held here
+        leaves the mark unkept: the same lifecycle is followed when read again (a restart).
+        Returns the changes made."""
         with self._locked() as m:
             if m.get("followed") == mark and not again:
                 return []
-            m["followed"] = mark
             out, versions, old = [], m["versions"], m.get("champion")
+            if not champion or champion in versions:
+                m["followed"] = mark
             refused = set(rejected)
             if champion and champion in versions and champion != old:
                 _champion_in(m, champion, "rolled-back" if old in refused else "champion", reason)

@@ -1286,9 +1286,20 @@ class ModelServer:
                 self._offered = entry.get("seq", -1)  # versions served meanwhile are contested
             self._standing_in = stand_in
             dropped = version == self.challenger_version  # promoted by hand in its contest
+            older = self.challenger_version is not None and (
+                seq_of(self.challenger_version) < seq_of(version)
+            )  # (a QA pass: a fleet moved on to a newer champion, and the old contest, gone
+            # on against it, expired with no label judged and promoted the older version)
+            if older:
+                log.info("model contest of %s ended: the registry's champion %s is newer",
+                         self.challenger_version, version)  # fmt: skip
+            dropped = dropped or older
             if dropped or stand_in:  # (a contest against a stand-in would be written for all)
                 self.challenger = self.challenger_version = self.contest = None
-                self._queued = None
+                if self._queued is not None and seq_of(self._queued[0]) < seq_of(version):
+                    self._queued = None  # (the newest waiting: contested next, if newer)
+                if stand_in:
+                    self._queued = None
             # set by hand (or the first): no probation of the champion it replaces applies,
             # and a running contest goes on against this one
             self.probation = self.predecessor = self.predecessor_version = None

@@ -50,7 +50,6 @@ import binascii
 import contextlib
 import hmac
 import logging
-import math
 import os
 import queue
 import stat
@@ -329,7 +328,7 @@ class ModelFeed:
 
     def _install(
         self, checked: tuple[dict[str, Any], bytes], where: Mapping[str, str],
-        key: bytes | None = None,
+        key: bytes | None = None, *, keep: bool = False,
     ) -> str:  # fmt: skip
         ann, data = checked
         if ann.get("kind") == VERDICT:
@@ -337,7 +336,7 @@ class ModelFeed:
         if ann.get("kind") == LIFECYCLE:
             return self._follow(ann, data, where)
         try:
-            if self.registry.import_version(data, ann) is None:
+            if self.registry.import_version(data, ann, keep=keep) is None:
                 return "present"
         except Exception as exc:  # a different artifact under a known id, a full disk, ...
             return self._reject(exc, where)
@@ -445,24 +444,36 @@ class ModelFeed:
             JUDGE_WAIT_S,
         )  # fmt: skip
         (life, where), self._awaiting = self._deferred, {}
-        self._unsent_since = -math.inf  # (those not sent hold it back no longer)
-        self._follow(life, b"", where)
+        try:  # (its champion's bytes again: retention may have removed what was imported)
+            checked = self._check_lifecycle(life, where)
+        except Exception as exc:
+            self._deferred = None
+            self._reject(exc, where)
+            return
+        if not isinstance(checked, str):
+            self._follow(life, checked[1], where, wait=False)
 
-    def _follow(self, life: dict[str, Any], data: bytes, where: Mapping[str, str]) -> str:
+    def _follow(
+        self, life: dict[str, Any], data: bytes, where: Mapping[str, str], *, wait: bool = True
+    ) -> str:
         """Take a trainer registry's lifecycle: its champion imported when not held here, then
         made the champion, its rejected versions rejected (:meth:`Registry.follow`; the
-        registry watch then swaps, as for a promotion by hand)."""
-        if data and self._install((life["champion_announcement"], data), where) == "rejected":
-            return "rejected"
+        registry watch then swaps, as for a promotion by hand). ``wait``: put off while a
+        verdict of ours is not judged yet (see :meth:`_follow_deferred`)."""
         judged = life.get("judged")
         judging = isinstance(judged, dict)  # (an older trainer judges no verdict)
-        if isinstance(judged, dict):
+        if isinstance(judged, dict) and wait:
             self._send_verdicts()  # (one queued this moment holds the lifecycle back too)
             self._awaiting = {p: a for p, a in self._awaiting.items() if a[0] >= judged.get(p, 0)}
             if self._awaiting or self._unsent:  # ours on its way: the next lifecycle says it
                 self._deferred = (life, where)
                 return "lifecycle"
         self._deferred = None
+        # (kept by the import's retention: it removed an old champion at once, a QA pass)
+        if data and self._install((life["champion_announcement"], data), where, keep=True) == (
+            "rejected"
+        ):
+            return "rejected"
         champ, rejected = life.get("champion"), life["rejected"]
         try:
             changes = self.registry.follow(
@@ -474,7 +485,14 @@ class ModelFeed:
         self._followed = True
         if changes:
             log.info("followed the trainer's registry: %s", "; ".join(changes), extra=where)
-        mine = self.registry.manifest().get("champion")
+        m = self.registry.manifest()
+        mine = m.get("champion")
+        if champ and champ not in m["versions"]:  # (its import failed: said above)
+            log.warning(
+                'the trainer\'s champion version="%s" is not in this registry: serving "%s" '
+                "until it is (the lifecycle is followed again when read again)",
+                champ, mine, extra=where,
+            )  # fmt: skip
         if mine in rejected and mine != champ:  # (no champion there to return to)
             log.warning(
                 'the trainer\'s registry rejected version="%s", served here, and names no '

@@ -282,6 +282,26 @@ def test_a_champion_promoted_by_hand_is_not_judged_by_the_probation_it_ended(tmp
     assert reg.entry("v000003")["status"] == "champion"
 
 
+def test_a_contest_of_a_version_older_than_a_champion_set_by_hand_ends(tmp_path) -> None:
+    """QA of a fleet: a scorer's contest of v69 went on against each champion the fleet
+    followed (v97, then v102), then expired with no label judged and promoted v69 over them
+    all. A challenger older than the champion the registry sets ends with its contest (a
+    newer one goes on against it)."""
+    srv, s, reg = _registry_server(tmp_path, FeatureModel("f_a"))
+    srv.offer(_registered(reg, FeatureModel("f_b")))
+    assert srv.contest is not None and srv.challenger_version == "v000002"
+    reg.publish(FeatureModel("f_none"), spec={"name": "t"})
+    reg.promote("v000003", reason="the trainer's registry (models topic)")
+    assert srv.poll() == "v000003"
+    srv.install_pending()
+    assert srv.version == "v000003" and srv.contest is None and srv.challenger is None
+    s.run(60, {"f_a": 1.0, "f_b": 1.0, "f_none": 0.0})
+    assert reg.champion() == "v000003" and srv.stats["promote"] == 0
+    newer = _registered(reg, FeatureModel("f_b"))  # v000004: contested against v000003
+    srv.offer(newer)
+    assert srv.contest is not None and srv.contest.incumbent == "v000003"
+
+
 def test_the_watcher_does_not_undo_a_promotion_whose_write_is_still_pending(tmp_path) -> None:
     """Watch mode writes verdicts off the hot path. The watcher read the manifest before the
     promotion landed, took the old champion pointer for a change made by hand and swapped the

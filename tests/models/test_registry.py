@@ -574,9 +574,10 @@ def test_following_another_registrys_lifecycle_happens_once_per_mark(tmp_path):
     reg.promote("v000001")  # a verdict of this registry's own since
     assert reg.follow("v000002", ["v000003", "v000004"], "mark-1", why) == []
     assert reg.champion() == "v000001"
-    # a champion not held here is left as it is; the rejections still land
+    # a champion not held here is left as it is; the rejections still land, and the mark is
+    # not kept: read again (a restart), the lifecycle is followed again (a QA pass)
     assert reg.follow("v000009", ["v000002"], "mark-2", why) == ["rejected v000002"]
-    assert reg.champion() == "v000001"
+    assert reg.champion() == "v000001" and reg.manifest()["followed"] == "mark-1"
 
 
 def test_a_scorers_promotion_of_a_version_rejected_meanwhile_is_refused(tmp_path):

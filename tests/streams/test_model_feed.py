@@ -341,6 +341,24 @@ def test_a_scorer_follows_the_lifecycle_of_the_trainers_registry(
     assert m["champion"] == "v000002" and m["versions"]["v000003"]["status"] == "rejected"
 
 
+def test_a_champion_older_than_the_versions_kept_is_followed(tmp_path: Path) -> None:
+    """QA of a fleet: the trainer's champion, older than the 10 newest versions a scorer kept,
+    was imported from the lifecycle and removed by the same import's retention; the scorer
+    then skipped the change without a word and kept the lifecycle's mark, so it never
+    followed, not even after a restart."""
+    trainer = Registry(tmp_path / "trainer", key=b"k", retain=20)
+    anns = [{**_publish(trainer, {"w": n}), "decisions_topic": "decisions"} for n in range(12)]
+    scorer = _feed(tmp_path, key=b"k", decisions_topic="decisions")
+    for a in anns:
+        scorer.handle(_value(a))
+    assert "v000001" not in scorer.registry.manifest()["versions"]  # (10 kept)
+    trainer.promote("v000001", reason="manual")
+    life = lifecycle(trainer, "m", "decisions") or {}
+    assert scorer.handle(_value(life)) == "lifecycle"
+    assert scorer.registry.champion() == "v000001"
+    assert scorer.registry.load("v000001") == {"w": 0}
+
+
 def test_an_imported_version_is_served_by_the_watching_scorer(tmp_path: Path) -> None:
     a = _publish(Registry(tmp_path / "trainer"), FeatureModel("amount"), name="default")
     scorer = build_model_stage("default", registry=tmp_path / "scorer", watch=True)
@@ -714,36 +732,32 @@ def test_a_restarted_trainer_judges_the_verdicts_it_catches_up_on_in_order_and_d
     sent = zip(producer.keys, producer.values, strict=True)
     log = [Record(i, k, _value(v)) for i, (k, v) in enumerate(sent)]
     deleted = Producer(limit=1 << 20)
-    judge = ModelFeed(
-        KafkaSettings(), trainer, name="m", decisions_topic="decisions", judge=True,
-        topic=TOPIC, consumer_factory=lambda **cfg: FakeConsumer(log),
-        producer_factory=lambda **cfg: deleted,
-    )  # fmt: skip
-    judge.start()
-    try:
-        assert judge.caught_up.wait(10)
-        # each key judged is deleted from the topic (one per version, kind and scorer:
-        # compaction alone kept them all, read again at every start)
-        wait_until(lambda: len(deleted.keys) == 2, "the tombstones")
-    finally:
-        judge.close()
+    _judge_reading(trainer, log, deleted)
     assert trainer.champion() == "v000002"
     assert trainer.manifest()["judged"] == {f"{TOPIC}[0]": 3}
     assert deleted.keys == [producer.keys[1], producer.keys[2]] and deleted.values == [None] * 2
     # the next start reads the tombstones after them: nothing is judged (nor deleted) again
     log += [Record(len(log) + i, k, None) for i, k in enumerate(deleted.keys)]
     again = Producer(limit=1 << 20)
+    judge = _judge_reading(trainer, log, again)
+    assert (judge.stats.verdict, judge.stats.tombstone, again.keys) == (0, 2, [])
+
+
+def _judge_reading(trainer: Registry, log: list[Record], producer: Any) -> ModelFeed:
+    """A trainer's judge fed by ``log``, caught up and closed (what it sends: ``producer``;
+    each key it judged is deleted from the topic: one per version, kind and scorer,
+    compaction alone kept them all, read again at every start)."""
     judge = ModelFeed(
         KafkaSettings(), trainer, name="m", decisions_topic="decisions", judge=True,
         topic=TOPIC, consumer_factory=lambda **cfg: FakeConsumer(log),
-        producer_factory=lambda **cfg: again,
+        producer_factory=lambda **cfg: producer,
     )  # fmt: skip
     judge.start()
     try:
         assert judge.caught_up.wait(10)
     finally:
-        judge.close()
-    assert (judge.stats.verdict, judge.stats.tombstone, again.keys) == (0, 2, [])
+        judge.close()  # (sends what is left)
+    return judge
 
 
 def test_a_bad_newest_record_does_not_hide_the_good_one_before_it(tmp_path: Path) -> None:
