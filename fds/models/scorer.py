@@ -201,6 +201,10 @@ def _champions(m: Mapping[str, Any]) -> list[str]:
     return out
 
 
+#: A version the watcher prepared (see ``ModelServer._pending``).
+Pending = tuple[str, str, Any, dict[str, Any], int, Any, tuple[int, int], tuple[Any, Any]]
+
+
 def _view(m: Mapping[str, Any], version: str) -> tuple[Any, Any]:
     """What a version prepared to serve depends on in manifest ``m``: the champion and the
     version's status."""
@@ -264,10 +268,10 @@ class ModelServer:
         self._challenger_entry: dict[str, Any] = {}
         self._queued: tuple[str, Any, dict[str, Any]] | None = None  # newest verified version
         # prepared by the watcher thread: (role, version, model, its manifest entry, the swaps
-        # counted when it was prepared, its scores of the recent inputs then)
-        self._pending: tuple[str, str, Any, dict[str, Any], int, Any] | None = None
-        self._pending_stamp = (0, 0)  # the registry's stamp it was prepared from
-        self._pending_view: tuple[Any, Any] = (None, None)  # its champion, the version's status
+        # counted when it was prepared, its scores of the recent inputs then, the registry's
+        # stamp it was prepared from, and the champion and the version's status there: one
+        # tuple, so that the hot path never reads one version with another's stamp)
+        self._pending: Pending | None = None
         # version -> (the recent inputs it scored before it served, their scores by input id):
         # a new champion's or challenger's first ranking of recent traffic reuses them instead
         # of scoring 2,048 inputs on the label path (a review measured 160-320 ms with forest)
@@ -1108,9 +1112,8 @@ class ModelServer:
         if swaps != self._swaps:  # (the decision thread promoted meanwhile: a review found
             return None  # its champion's old pointer taken for a change by hand, undone)
         entry = versions.get(target) or {}
-        # (before _pending: the hot path reads it first, then these)
-        self._pending_stamp, self._pending_view = stamp, _view(m, target)
-        self._pending = (role or "challenger", target, model, entry, swaps, pre)
+        self._pending = (role or "challenger", target, model, entry, swaps, pre, stamp,
+                         _view(m, target))  # fmt: skip
         return target
 
     def _still_pending(self) -> None:
@@ -1121,12 +1124,13 @@ class ModelServer:
         reg, pending = self.registry, self._pending
         assert reg is not None
         stamp = reg.stamp()
-        if pending is None or stamp == self._pending_stamp:
+        if pending is None or stamp == pending[6]:
             return
-        if _view(reg.manifest(), pending[1]) != self._pending_view:
-            self._pending = None  # gone bad (rolled back, say): the next poll prepares anew
-        elif reg.stamp() == stamp:
-            self._pending_stamp = stamp
+        good = _view(reg.manifest(), pending[1]) == pending[7]
+        if self._pending is pending:  # (else taken meanwhile by the hot path)
+            # still good: served at the next event; else gone (rolled back, say): the next poll
+            # prepares anew
+            self._pending = (*pending[:6], stamp, pending[7]) if good else None
 
     def _check_rewound(self, latest: Mapping[str, Any] | None, newest_known: int) -> None:
         """Say once, and count (``fds_model_swaps_total{result="registry_rewound"}``), a
@@ -1259,19 +1263,19 @@ class ModelServer:
         pending, self._pending = self._pending, None
         if pending is None:
             return
-        if self.registry is not None and self.registry.stamp() != self._pending_stamp:
+        role, version, model, entry, swaps, pre, stamp, view = pending
+        if self.registry is not None and self.registry.stamp() != stamp:
             # prepared from a manifest changed since (promoted, then rolled back while no
             # event came: the next events served the version rejected, a fleet's test): kept
             # until the watcher checks it against the manifest as it is now (_still_pending:
             # served at the next event, or dropped and prepared anew); one stat per event
             self._pending = pending
             return
-        role, version, model, entry, swaps, pre = pending
         # taken: the watcher offers nothing older again (set here, not when prepared: a
         # version dropped above was never prepared again, a review), and a champion the
         # registry names is no change by hand (not the newest version served without labels)
         self._offered = max(self._offered, entry.get("seq", -1))
-        if version == self._pending_view[0]:
+        if version == view[0]:
             self._pointer = version
         if version == self.version:  # served already (loaded at start while it was prepared)
             return
