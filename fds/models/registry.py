@@ -708,6 +708,8 @@ class Registry:
                 if record[1] < judged.get(record[0], 0):
                     return False, f"judged before (offset {record[1]} of {record[0]})"
                 judged[record[0]] = record[1] + 1
+                if verdict != "shadow":  # (a verdict answered: the lifecycle is announced)
+                    m["answered"] = int(m.get("answered", 0)) + 1
             versions, champ = m["versions"], m.get("champion")
             e = versions.get(version)
             if e is None:

@@ -174,7 +174,10 @@ def lifecycle(registry: Registry, name: str, decisions_topic: str) -> dict[str, 
         return None
     body = {"kind": LIFECYCLE, "name": name, "decisions_topic": decisions_topic,
             "champion": champ, "rejected": rejected, "judged": m.get("judged") or {}}  # fmt: skip
-    body["mark"] = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    # (the verdicts answered, not every record judged: a shadow notice needs no lifecycle,
+    # any later one names it judged; announcing one after each doubled them, a review)
+    marked = {**body, "judged": m.get("answered", 0)}
+    body["mark"] = hashlib.sha256(orjson.dumps(marked, option=orjson.OPT_SORT_KEYS)).hexdigest()
     key = registry.key
     ann = None
     if champ is not None:

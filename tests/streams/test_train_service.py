@@ -330,6 +330,29 @@ def test_a_started_trainer_announces_its_lifecycle_once_it_read_the_verdicts(tmp
     assert [v["kind"] for v in p.values] == ["lifecycle"] * 2
 
 
+def test_a_lifecycle_is_announced_again_for_each_verdict_answered_not_for_shadow_notices(
+    tmp_path,
+):
+    """A review: a lifecycle (its champion's artifact inline) went out after every record
+    judged, shadow notices too, doubling them. A notice needs none (any later lifecycle names
+    it judged); a verdict refused does (it puts its scorer back on the champion)."""
+    svc = TrainService(
+        KafkaSettings(group="fds-train"), registry=tmp_path / "registry",
+        state_dir=tmp_path / "state",
+    )  # fmt: skip
+    svc.producer = p = Producer(limit=1 << 20)
+    first, second = svc.trainer.publish(0.0), svc.trainer.publish(1.0)
+    svc.registry.promote(first.version)
+    svc._send_lifecycle()
+    svc.registry.judge("shadow", second.version, first.version, "a", record=("models[0]", 0))
+    svc._send_lifecycle()
+    assert len(p.values) == 1
+    svc.registry.judge("promote", second.version, "v000009", "b", record=("models[0]", 1))
+    svc._send_lifecycle()  # refused (not over the champion): announced, naming it judged
+    assert len(p.values) == 2 and p.values[-1]["judged"] == {"models[0]": 2}
+    assert p.values[-1]["champion"] == first.version
+
+
 def test_a_label_stamped_in_the_future_does_not_hold_its_partition(tmp_path, monkeypatch):
     clock = [1000.0]
     monkeypatch.setattr("fds.streams.train.time.monotonic", lambda: clock[0])
