@@ -439,15 +439,14 @@ class ModelFeed:
         if self._deferred is None or any(now - t < JUDGE_WAIT_S for t in since):
             return
         log.warning(
-            "the trainer judged none of this scorer's verdicts at offsets %s within %.0f s (see "
-            "its log): following its lifecycle", {p: a[0] for p, a in self._awaiting.items()},
-            JUDGE_WAIT_S,
+            "the trainer judged none of this scorer's verdicts at offsets %s (%d not sent) "
+            "within %.0f s (see its log): following its lifecycle",
+            {p: a[0] for p, a in self._awaiting.items()}, len(self._unsent), JUDGE_WAIT_S,
         )  # fmt: skip
-        (life, where), self._awaiting = self._deferred, {}
+        (life, where), self._awaiting, self._deferred = self._deferred, {}, None
         try:  # (its champion's bytes again: retention may have removed what was imported)
             checked = self._check_lifecycle(life, where)
         except Exception as exc:
-            self._deferred = None
             self._reject(exc, where)
             return
         if not isinstance(checked, str):
