@@ -139,6 +139,11 @@ def _in_order(item: tuple[tuple[dict[str, Any], bytes], Mapping[str, str]]) -> t
     return ann.get("kind") == LIFECYCLE, where.get("partition", ""), int(where.get("offset", 0))
 
 
+#: A record to send: key, value (``None``: a tombstone), and whether the trainer's judgement of
+#: it is awaited before its lifecycle is followed (see ``ModelFeed._follow``).
+Outgoing = tuple[bytes, bytes | None, bool]
+
+
 class ModelFeed:
     """Import the versions announced on the models topic into ``registry`` (a daemon thread).
 
@@ -190,8 +195,9 @@ class ModelFeed:
         self._producer_factory = producer_factory or KafkaProducer
         self._producer: Any = None
         # (key, value) to send: a scorer's verdicts; the trainer's tombstones of those judged
-        self._verdicts: queue.SimpleQueue[tuple[bytes, bytes | None]] = queue.SimpleQueue()
-        self._unsent: list[tuple[bytes, bytes | None]] = []
+        # (and whether the trainer's judgement is awaited: a verdict, not a shadow notice)
+        self._verdicts: queue.SimpleQueue[Outgoing] = queue.SimpleQueue()
+        self._unsent: list[Outgoing] = []
         # per partition, the newest offset of the verdicts sent and not judged by the trainer
         # yet, and when it was sent; the trainer's lifecycle that came meanwhile (_follow)
         self._awaiting: dict[str, tuple[int, float]] = {}
@@ -268,7 +274,8 @@ class ModelFeed:
                 return "other_deployment"
             kind = ann.get("kind")
             if (kind == VERDICT) != self.judge:  # (a scorer's verdict: for the trainer only)
-                if kind == VERDICT and self.by and ann.get("by") == self.by and where:
+                if (kind == VERDICT and self.by and ann.get("by") == self.by and where
+                        and ann.get("verdict") != "shadow"):  # fmt: skip
                     # ours (sent before a restart, say): held back by the lifecycle till judged
                     at, offset = where["partition"], int(where["offset"])
                     if offset > self._awaiting.get(at, (-1, 0.0))[0]:
@@ -369,7 +376,7 @@ class ModelFeed:
         else:
             log.info("a scorer's verdict changed nothing: %s (%s)", what, why, extra=where)
         if key is not None:
-            self._verdicts.put((key, None))
+            self._verdicts.put((key, None, False))
         return "verdict"
 
     # -- a scorer's verdicts, to the trainer ---------------------------------------------------
@@ -394,7 +401,9 @@ class ModelFeed:
         record = {**body, "figures": dict(info),
                   "verdict_hmac": sign_record(body, key) if key else None}  # fmt: skip
         at = f"{self.name}/{self.decisions_topic}/{VERDICT}/{version}/{kind}/{self.by}"
-        self._verdicts.put((at.encode(), orjson.dumps(record, default=str)))
+        # (a shadow notice changes no champion: no lifecycle need wait for it, and none comes
+        # for it alone; one sent after a promote held the lifecycle 60 s: a QA pass)
+        self._verdicts.put((at.encode(), orjson.dumps(record, default=str), kind != "shadow"))
 
     def _send_verdicts(self, timeout_s: float | None = None) -> None:
         """Send the verdicts (or tombstones) queued (feed thread); kept for the next round on a
@@ -413,12 +422,14 @@ class ModelFeed:
                     **self.s.client_config(), acks="all", bootstrap_timeout_ms=ms,
                     max_block_ms=ms,
                 )  # fmt: skip
-            futures = [self._producer.send(self.topic, key=k, value=v) for k, v in self._unsent]
+            sends = [(self._producer.send(self.topic, key=k, value=v), awaited)
+                     for k, v, awaited in self._unsent]  # fmt: skip
             self._producer.flush(timeout=timeout_s)
-            for f in futures:
+            for f, awaited in sends:
                 sent = f.get(timeout=0)
                 at = f"{sent.topic}[{sent.partition}]"
-                self._awaiting[at] = (sent.offset, time.monotonic())
+                if awaited:
+                    self._awaiting[at] = (sent.offset, time.monotonic())
         except (KafkaError, OSError) as exc:
             log.warning("models feed: %d verdict(s) not sent (%s); tried again",
                         len(self._unsent), describe(exc))  # fmt: skip
@@ -430,12 +441,16 @@ class ModelFeed:
                      self.topic)  # fmt: skip
         self._unsent.clear()
 
+    def _held(self) -> bool:
+        """Is a verdict of ours not sent yet (one the trainer's judgement is awaited for)?"""
+        return any(awaited for _, _, awaited in self._unsent)
+
     def _follow_deferred(self) -> None:
         """Follow the lifecycle put off for our verdicts once they waited ``JUDGE_WAIT_S``
         unjudged (the trainer refused them unread: another key, another model name), or this
         scorer would follow no promotion by hand for good."""
         now = time.monotonic()
-        since = [t for _, t in self._awaiting.values()] + [self._unsent_since] * bool(self._unsent)
+        since = [t for _, t in self._awaiting.values()] + [self._unsent_since] * self._held()
         if self._deferred is None or any(now - t < JUDGE_WAIT_S for t in since):
             return
         log.warning(
@@ -464,7 +479,7 @@ class ModelFeed:
         if isinstance(judged, dict) and wait:
             self._send_verdicts()  # (one queued this moment holds the lifecycle back too)
             self._awaiting = {p: a for p, a in self._awaiting.items() if a[0] >= judged.get(p, 0)}
-            if self._awaiting or self._unsent:  # ours on its way: the next lifecycle says it
+            if self._awaiting or self._held():  # ours on its way: the next lifecycle says it
                 self._deferred = (life, where)
                 return "lifecycle"
         self._deferred = None

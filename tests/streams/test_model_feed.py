@@ -447,6 +447,28 @@ def test_a_verdict_queued_or_sent_before_a_restart_holds_the_lifecycle_back_too(
     assert restarted.registry.champion() == "v000002"
 
 
+def test_a_shadow_notice_sent_after_a_verdict_does_not_hold_the_lifecycle_back(
+    tmp_path: Path,
+) -> None:
+    """QA of a fleet: a promote and the next contest's shadow notice went together; the
+    trainer announced its lifecycle between judging the two, and none for the notice alone
+    (it changes no champion), so the scorer waited 60 s, then said the trainer judged none of
+    its verdicts. A notice is not waited for."""
+    from tests.streams.test_train_service import Producer
+
+    producer = Producer(limit=1 << 20)
+    trainer, scorer = _fleet_of_one(tmp_path, producer)
+    judge = ModelFeed(KafkaSettings(), trainer, name="m", decisions_topic="decisions", judge=True)
+    scorer.registry.promote("v000002")
+    scorer.on_event("promote", {**CONTEST, "why": "promoted: precision >= champion"})
+    scorer.on_event("shadow", {"candidate": "v000003", "incumbent": "v000002"})
+    scorer._send_verdicts()
+    assert judge.handle(_value(producer.values[0]), {"partition": "models[0]", "offset": "0"})
+    trainer.promote("v000001", reason="manual")  # (so that following it shows)
+    assert scorer.handle(_value(lifecycle(trainer, "m", "decisions") or {})) == "lifecycle"
+    assert scorer.registry.champion() == "v000001" and scorer._deferred is None
+
+
 def test_a_verdict_not_sent_at_stop_is_said_and_the_restart_follows_the_trainer(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
