@@ -782,6 +782,10 @@ def _champion_in(m: dict[str, Any], version: str, status: str, reason: str) -> d
     m["versions"][version]["status"] = "champion"
     m["versions"][version].pop("rejected_because", None)  # (promoted with --force: it
     m["champion"] = version  # kept the reason it was rejected, a QA pass)
+    seq = m["versions"][version].get("seq", 0)
+    for e in m["versions"].values():  # contests of older versions end with it (the scorers'
+        if e["status"] == "shadow" and e.get("seq", 0) < seq:  # rule): not in one any more
+            e["status"] = "published"  # (`fds models list` showed them so for good, a QA pass)
     m.setdefault("history", []).append(
         {"at": format_ts(time.time()), "from": old, "to": version, "why": reason}
     )

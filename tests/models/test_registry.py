@@ -681,6 +681,12 @@ def test_a_shadow_notice_keeps_its_challenger_through_retention(tmp_path):
         reg.publish({"w": w}, spec={"name": "m"})
     assert "v000002" in reg.manifest()["versions"]
     assert reg.judge("promote", "v000002", "v000001", "a")[0]
+    # a contest of a version older than the champion set ends (the scorers drop it): its
+    # version is no longer shown in one (QA: `fds models list` showed stale shadows for good)
+    assert reg.judge("shadow", "v000005", "v000002", "a")[0]
+    assert reg.judge("shadow", "v000006", "v000002", "b")[0]
+    reg.promote("v000006", reason="manual")
+    assert reg.entry("v000005")["status"] == "published"
 
 
 def test_a_scorers_promotion_over_a_champion_changed_since_is_refused(tmp_path):
