@@ -194,8 +194,8 @@ class ModelFeed:
         self.judge, self.by = judge, by
         self._producer_factory = producer_factory or KafkaProducer
         self._producer: Any = None
-        # (key, value) to send: a scorer's verdicts; the trainer's tombstones of those judged
-        # (and whether the trainer's judgement is awaited: a verdict, not a shadow notice)
+        # (key, value, awaited) to send: a scorer's verdicts; the trainer's tombstones of those
+        # judged (awaited: the trainer's judgement is, for a verdict, not for a shadow notice)
         self._verdicts: queue.SimpleQueue[Outgoing] = queue.SimpleQueue()
         self._unsent: list[Outgoing] = []
         # per partition, the newest offset of the verdicts sent and not judged by the trainer
