@@ -34,6 +34,7 @@ import logging
 import os
 import pickle
 import re
+import secrets
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -634,7 +635,7 @@ class Registry:
 
     def follow(
         self, champion: str | None, rejected: Iterable[str], mark: str, reason: str,
-        *, again: bool = False,
+        *, again: bool = False, issued: list[Any] | None = None,
     ) -> list[str]:  # fmt: skip
         """Take another registry's lifecycle (a trainer's, through the models topic): make
         ``champion`` the champion (when held here; the current one rejected if it is in
@@ -644,6 +645,7 @@ class Registry:
         restarted scorer, whose verdicts the trainer judged or never got: a verdict lost at
         its stop left it on its own champion for good, a review). A ``champion`` not held here
         leaves the mark unkept: the same lifecycle is followed when read again (a restart).
+        ``issued``: the lifecycle's number (:meth:`issue`), kept as ``followed_issued``.
         Returns the changes made."""
         with self._locked() as m:
             if m.get("followed") == mark and not again:
@@ -651,6 +653,8 @@ class Registry:
             out, versions, old = [], m["versions"], m.get("champion")
             if not champion or champion in versions:
                 m["followed"] = mark
+                if issued is not None:
+                    m["followed_issued"] = issued
             refused = set(rejected)
             if champion and champion in versions and champion != old:
                 _champion_in(m, champion, "rolled-back" if old in refused else "champion", reason)
@@ -732,6 +736,15 @@ class Registry:
                 _champion_in(m, str(other), "rolled-back", reason)
                 return True, f"champion {version} -> {other} (rolled back)"
             return False, f"it no longer fits: the champion is {champ or 'none'}"
+
+    def issue(self) -> list[Any]:
+        """The number of the next lifecycle this registry announces, with its id (made once):
+        ``[id, n]``, ``n`` increasing. A scorer refuses a lifecycle older than one it followed
+        from the same registry: whoever could write to the models topic could replay an old
+        signed one (a review); a registry made anew has another id."""
+        with self._locked() as m:
+            m["lifecycles"] = n = int(m.get("lifecycles", 0)) + 1
+            return [m.setdefault("id", secrets.token_hex(8)), n]
 
     def judged_before(self, ends: Mapping[str, int]) -> None:
         """Forget the verdicts judged at offsets a models-topic partition no longer reaches

@@ -77,9 +77,11 @@ __all__ = ["FeedStats", "ModelFeed"]
 #: The ``kind`` of a models-topic record announcing a trainer registry's lifecycle
 #: (:func:`fds.streams.train.lifecycle`), and its fields the ``lifecycle_hmac`` signs.
 LIFECYCLE = "lifecycle"
-LIFECYCLE_FIELDS = ("kind", "name", "decisions_topic", "champion", "rejected", "mark", "judged")
+LIFECYCLE_FIELDS = (
+    "kind", "name", "decisions_topic", "champion", "rejected", "mark", "judged", "issued",
+)  # fmt: skip
 #: Fields added to a signed record since its first release (absent from older trainers').
-_ADDED = frozenset({"judged"})
+_ADDED = frozenset({"judged", "issued"})
 #: The ``kind`` of a scorer's contest verdict sent to its trainer (:meth:`ModelFeed.on_event`),
 #: and its fields the ``verdict_hmac`` signs.
 VERDICT = "verdict"
@@ -131,6 +133,14 @@ class FeedStats:
     rejected: int = 0
     unreachable: int = 0
     tombstone: int = 0  # a null value: the topic's key deleted (compaction), nothing to import
+
+
+def _older(issued: Any, seen: Any) -> bool:
+    """Is lifecycle number ``issued`` older than ``seen`` (both ``[registry id, n]``, see
+    :meth:`fds.models.Registry.issue`), from the same registry?"""
+    pair = (list, tuple)
+    return (isinstance(issued, pair) and isinstance(seen, pair) and len(issued) == len(seen) == 2
+            and issued[0] == seen[0] and int(issued[1]) < int(seen[1]))  # fmt: skip
 
 
 def _in_order(item: tuple[tuple[dict[str, Any], bytes], Mapping[str, str]]) -> tuple[Any, ...]:
@@ -483,6 +493,12 @@ class ModelFeed:
                 self._deferred = (life, where)
                 return "lifecycle"
         self._deferred = None
+        issued = life.get("issued")
+        seen = self.registry.manifest().get("followed_issued")
+        if _older(issued, seen):
+            return self._reject(ArtifactError(
+                f"a lifecycle older than one followed ({issued}, {seen} followed) replayed on "
+                "the models topic: refused"), where)  # fmt: skip
         # (kept by the import's retention: it removed an old champion at once, a QA pass)
         if data and self._install((life["champion_announcement"], data), where, keep=True) == (
             "rejected"
@@ -492,7 +508,7 @@ class ModelFeed:
         try:
             changes = self.registry.follow(
                 champ, rejected, str(life.get("mark")), "the trainer's registry (models topic)",
-                again=judging and not self._followed,
+                again=judging and not self._followed, issued=issued,
             )  # fmt: skip
         except Exception as exc:  # a full disk, a manifest edited by hand
             return self._reject(exc, where)

@@ -148,12 +148,15 @@ def announcement(
     }
 
 
-def lifecycle(registry: Registry, name: str, decisions_topic: str) -> dict[str, Any] | None:
+def lifecycle(
+    registry: Registry, name: str, decisions_topic: str, issued: list[Any] | None = None
+) -> dict[str, Any] | None:
     """The models-topic value announcing ``registry``'s lifecycle: its ``champion`` and the
     versions it ``rejected`` (a ``fds models promote|rollback`` there, or the scorers' verdicts),
     the models-topic offsets up to which it ``judged`` those verdicts (a scorer whose own is not
     judged yet waits for the next), a ``mark`` (a digest of them: a scorer follows each
-    lifecycle once), signed with the registry's key
+    lifecycle once), its number when ``issued`` (:meth:`Registry.issue`: a scorer refuses one
+    older than it followed, a replay), signed with the registry's key
     (``lifecycle_hmac``), and the champion's own announcement (a scorer that does not hold it
     imports it from there: compaction may have removed it). ``None`` while the registry has
     neither. Scorers fed by the topic follow it (:meth:`fds.models.Registry.follow`).
@@ -178,6 +181,8 @@ def lifecycle(registry: Registry, name: str, decisions_topic: str) -> dict[str, 
     # any later one names it judged; announcing one after each doubled them, a review)
     marked = {**body, "judged": m.get("answered", 0)}
     body["mark"] = hashlib.sha256(orjson.dumps(marked, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    if issued is not None:
+        body["issued"] = issued
     key = registry.key
     ann = None
     if champ is not None:
@@ -808,6 +813,7 @@ class TrainService:
         try:
             value = lifecycle(self.registry, name, decisions)
             if value is not None and value["mark"] != self._life_mark:
+                value = lifecycle(self.registry, name, decisions, self.registry.issue()) or value
                 ann = value["champion_announcement"]
                 key = announcement_key(name, decisions) + b"/" + LIFECYCLE.encode()
                 self._send_or_point(key, value, ann or {"artifact_b64": None}, None)

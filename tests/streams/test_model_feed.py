@@ -30,7 +30,7 @@ from fds.models.registry import ENTRY_FIELDS, Registry
 from fds.models.trainer import Publication
 from fds.streams import model_feed
 from fds.streams.kafka import KafkaSettings, build_run_engine, register_run
-from fds.streams.model_feed import JUDGE_WAIT_S, ModelFeed
+from fds.streams.model_feed import JUDGE_WAIT_S, ModelFeed, _older
 from fds.streams.train import announcement, lifecycle
 from tests.models.fakes import FeatureModel
 
@@ -357,6 +357,31 @@ def test_a_champion_older_than_the_versions_kept_is_followed(tmp_path: Path) -> 
     assert scorer.handle(_value(life)) == "lifecycle"
     assert scorer.registry.champion() == "v000001"
     assert scorer.registry.load("v000001") == {"w": 0}
+
+
+def test_an_old_signed_lifecycle_replayed_is_refused(tmp_path: Path) -> None:
+    """A review: a lifecycle was followed whenever its mark differed from the last one
+    followed, so whoever could write to the models topic could replay an old signed one and
+    put the fleet back on an old champion. Each carries its registry's id and number (signed):
+    an older one of the same registry is refused; a registry made anew has another id."""
+    trainer = Registry(tmp_path / "trainer", key=b"k")
+    anns = [{**_publish(trainer, {"w": n}), "decisions_topic": "decisions"} for n in (1, 2)]
+    scorer = _feed(tmp_path, key=b"k", decisions_topic="decisions")
+    for a in anns:
+        scorer.handle(_value(a))
+    trainer.promote("v000001")
+    old = lifecycle(trainer, "m", "decisions", trainer.issue()) or {}
+    assert scorer.handle(_value(old)) == "lifecycle"
+    trainer.promote("v000002")
+    new = lifecycle(trainer, "m", "decisions", trainer.issue()) or {}
+    assert new["issued"] == [old["issued"][0], 2]
+    assert scorer.handle(_value(new)) == "lifecycle" and scorer.registry.champion() == "v000002"
+    assert scorer.handle(_value(old)) == "rejected"  # replayed
+    assert scorer.handle(_value({**new, "issued": [new["issued"][0], 9]})) == "rejected"  # (signed)
+    assert scorer.registry.champion() == "v000002"
+    assert scorer.handle(_value(new)) == "lifecycle"  # the same one again: no replay
+    # a trainer registry made anew (another id) numbers from 1 again: not older
+    assert not _older(["another id", 1], new["issued"]) and _older(old["issued"], new["issued"])
 
 
 def test_an_imported_version_is_served_by_the_watching_scorer(tmp_path: Path) -> None:

@@ -304,6 +304,10 @@ def test_a_promote_or_rollback_on_the_trainers_registry_is_announced_once(
     assert [(v["champion"], v["rejected"]) for v in p.values[1:]] == [
         (first.version, [second.version])
     ]
+    # numbered (signed): a scorer refuses one older than it followed (a replay); the failed
+    # send used a number
+    assert [v["issued"][1] for v in p.values] == [1, 3]
+    assert p.values[0]["issued"][0] == p.values[1]["issued"][0] == svc.registry.manifest()["id"]
 
 
 def test_a_started_trainer_announces_its_lifecycle_once_it_read_the_verdicts(tmp_path):
