@@ -14,7 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from fds.cli import file_or_none, folder, labels_not_input, positive_int, same_file, seed
+from fds.cli import (
+    file_or_none,
+    file_path,
+    folder,
+    labels_not_input,
+    positive_int,
+    same_file,
+    seed,
+)
 from fds.errors import ConfigError
 from fds.logs import say
 from fds.metrics import (
@@ -78,13 +86,13 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--out",
-        type=Path,
+        type=file_path("decisions file"),  # ('' was "cannot write --out .": a QA pass)
         default=Path("decisions.jsonl"),
         help="decisions JSONL (default: decisions.jsonl; .gz to compress)",
     )
     p.add_argument(
         "--dlq",
-        type=Path,
+        type=file_path("dead-letter file"),
         help="dead letters JSONL (default: beside --out, decisions.jsonl -> decisions.dlq.jsonl)",
     )
     p.add_argument(

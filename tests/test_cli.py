@@ -50,6 +50,14 @@ def test_missing_file_exit_2_with_message(tmp_path, capsys):
     assert "input file not found" in capsys.readouterr().err
 
 
+def test_a_folder_given_as_the_mapping_is_said_to_be_one(tmp_path, capsys):
+    """A QA pass: it said "mapping file not found"."""
+    p = tmp_path / "x.jsonl"
+    p.write_text('{"tx_id": "t1", "ts": 1767225600, "card_id": "c", "amount": 5}\n')
+    assert main(["replay", str(p), "--mapping", str(tmp_path), "--rules", "none"]) == 2
+    assert f"the mapping {tmp_path} is a folder: give its YAML file" in capsys.readouterr().err
+
+
 def test_an_unwritable_out_is_exit_2_before_any_work(history, tmp_path, capsys):
     """It was a traceback (exit 1) at the first decision."""
     blocker = tmp_path / "file"
@@ -453,7 +461,6 @@ def test_outputs_over_each_other_or_over_a_file_the_run_reads_are_refused(
         (["--dlq", str(rules)], "--dlq", "is the --rules file"),
         (["--out", str(tmp_path)], "--out", "it is a directory"),
         (["--dlq", str(tmp_path)], "--dlq", "it is a directory"),
-        (["--out", ""], "--out .", "it is a directory"),  # (a traceback: a QA pass)
         (["--out", "/"], "--out /", "it is a directory"),
         # every transaction read twice, once a label's dead letter (a review: 39,280
         # transactions in the summary for 19,640)
@@ -465,6 +472,12 @@ def test_outputs_over_each_other_or_over_a_file_the_run_reads_are_refused(
         err = capsys.readouterr().err
         assert flag in err and fragment in err, err
     assert rules.read_bytes() == DEFAULT_RULES.read_bytes()
+    # an empty path (a traceback, then "cannot write --out .: it is a directory": QA passes)
+    for flag, what in (("--out", "decisions file"), ("--dlq", "dead-letter file")):
+        with pytest.raises(SystemExit) as e:
+            main(["replay", str(history), "--model", "none", flag, " "])
+        assert e.value.code == 2
+        assert f"argument {flag}: empty path: give a {what}" in capsys.readouterr().err
 
 
 def test_a_csv_gz_that_is_not_gzip_is_a_dead_letter_not_a_crash(tmp_path, capsys):

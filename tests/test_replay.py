@@ -86,6 +86,23 @@ def test_dead_letters_each_of_its_own_reason_show_the_first_once(tmp_path):
     assert s.top_reason.count("greater than 0") == 1
 
 
+def test_a_wrong_ts_format_is_one_reason_for_every_row(tmp_path):
+    """A QA pass: the apostrophe of "the mapping's ts_format" was read as a quote, which left
+    each row's date in its reason: 1,200 alike rows were 1,200 reasons ("other reasons (201
+    records)" past the cap of 1,000)."""
+    p = tmp_path / "x.csv"
+    rows = [f"t{i},31.12.2025 16:{i // 60 % 60:02d}:{i % 60:02d},c1,m1,9.5" for i in range(1_200)]
+    p.write_text("tx_id,ts,card_id,merchant_id,amount\n" + "\n".join(rows) + "\n")
+    mapping = ColumnMapping.model_validate({"ts_format": "%Y-%m-%d %H:%M:%S"})
+    s = replay.run(Engine(), replay.open_stream(p, mapping=mapping), ListSink(), ListSink(),
+                   source=str(p))  # fmt: skip
+    assert s.dead_letters == 1_200 and s.decided == 0
+    assert s.top_reason is not None and s.top_reason.startswith(
+        "parse: ts: '...' does not fit the mapping's ts_format '...' (time data '...' does not "
+        "match format '...') (1,200 records; the first: ts: '31.12.2025 16:00:00' does not fit"
+    )
+
+
 def test_dead_letters_of_a_failing_stage_are_written_as_they_come():
     """Found by a review: when every record failed at a stage (a rule raising on all of them),
     the replay skipped its periodic block: the dead letters stayed in memory and the metrics

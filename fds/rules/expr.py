@@ -623,7 +623,10 @@ class _Checker:
                 raise self.fail(elt, "list items after `in` must be literals (numbers, text)")
             _, t = self.constant(elt)
             if {left_t, t} in ({STR, NUM}, {STR, BOOL}):
-                raise self.fail(elt, f"list item type {t} never equals the {left_t} on the left")
+                fix = f": write it as text, {str(elt.value)!r}" if left_t == STR and t == NUM else ""
+                raise self.fail(
+                    elt, f"list item type {t} never equals the {left_t} on the left{fix}"
+                )
             items.append(elt.value)
         flags = any(type(v) is bool for v in items)
         numbers = any(type(v) in (int, float) for v in items)
@@ -740,6 +743,8 @@ _HABITS = (
     (r"&&|\|\|", " (write 'and' / 'or' for && / ||)"),
     (r"(?<![=<>!])=(?![=<>])", " (compare with ==; a single = assigns nothing here)"),
     (r"!(?!=)", " (write 'not' for !)"),
+    (r"\b(and|or)\s+(and|or)\b", " ('{0} {1}': one word too many, or a condition left out)"),
+    (r"\b(and|or)\s*$", " (a condition is missing after the last '{0}')"),
 )
 
 

@@ -763,6 +763,8 @@ def _from_origin(value: Any, origin: float) -> Any:
 def load_mapping(path: str | os.PathLike[str]) -> ColumnMapping:
     """Load a mapping YAML; errors name the file, line and what to fix."""
     p = Path(path)
+    if p.is_dir():  # (it said "not found": a QA pass)
+        raise ConfigError(f"the mapping {p} is a folder: give its YAML file")
     if not p.is_file():
         raise ConfigError(f"mapping file not found: {p}")
     data = read_yaml(p)
@@ -1268,7 +1270,7 @@ class _Lines:
 
     __slots__ = ("_again", "_file", "line", "record")
 
-    def __init__(self, f: IO[str]) -> None:
+    def __init__(self, f: Iterator[str]) -> None:
         self._file = f
         self._again: list[str] = []  # lines to hand out again, the next one last
         self.line = 0  # the number of the last line handed out
@@ -1293,6 +1295,14 @@ class _Lines:
         self._again.extend(reversed(lines))
         self.line -= len(lines)
         self.record.clear()
+
+    def fail_after_again(self, e: Exception) -> None:
+        """Raise ``e`` (the file cannot be read on) once the lines read again are handed out."""
+
+        def fail() -> str:
+            raise e
+
+        self._file = iter(fail, None)
 
 
 def _fits(row: list[str], width: int, named: int) -> bool:
@@ -1507,6 +1517,13 @@ def _csv_records(p: Path, lines: _Lines, mapping: ColumnMapping | None) -> Itera
                 continue
             if not _runaway(record, None, width, named, sep):
                 raise
+        except _FAULTS as e:  # the file ends in a fault inside a quote left open: the rows it
+            # ran over are read again before the fault is said (the fault was said at the
+            # quote's line, ~17,900 sound rows of a cut .gz after it neither decided nor dead
+            # letters, a QA pass)
+            if len(record) < 2 or not _runaway(record, None, width, named, sep):
+                raise
+            lines.fail_after_again(e)
         n, m = lines.first, lines.line
         reason = (
             f"unbalanced quote from line {n} to {m}; "

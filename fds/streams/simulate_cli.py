@@ -174,7 +174,12 @@ def _print_summary(sim: Simulation, s: dict[str, Any], t_gen: float, t_all: floa
         ("frauds", f"{s['frauds']:,} ({100 * s['fraud_rate']:.2f}% of transactions)"),
         *((f"  {k}", f"{v:,}") for k, v in s["scenarios"].items()),
         ("labels", f"{s['labels']:,} (frauds only; unlabelled means legitimate)"),
-        ("label delay", f"p10 {q['p10']} d, median {q['p50']} d, p90 {q['p90']} d"),
+        (
+            "label delay",
+            f"p10 {q['p10']} d, median {q['p50']} d, p90 {q['p90']} d"
+            if s["labels"]
+            else "none (no label)",  # (it said "p10 None d": a QA pass)
+        ),
         (
             "  short / long",
             f"{100 * s['short_label_share']:.0f}% within 3.5 d (customer), "

@@ -100,7 +100,7 @@ def test_semantics_and_precedence(src: str, expected: bool) -> None:
         ("country > 5", "compares text with a number"),
         ("country == 1", "compares text with a number"),
         ("amount == 'x'", "compares text with a number"),
-        ("country in [1, 2]", "never equals"),
+        ("country in [1, 2]", "never equals the str on the left: write it as text, '1'"),
         ("amount in ['a']", "never equals"),
         ("country * 2 > 1", "needs a number"),
         ("-country == 1", "needs a number"),
@@ -125,6 +125,9 @@ def test_semantics_and_precedence(src: str, expected: bool) -> None:
         ("!seen", "write 'not' for !"),
         ("amount =< 5", "(write <= or >=)"),
         ("amount => 5", "(write <= or >=)"),
+        ("seen and and amount > 1", "('and and': one word too many, or a condition left out)"),
+        ("seen or\n  and amount > 1", "('or and': one word too many"),
+        ("seen and", "at the end of the condition: invalid syntax (a condition is missing"),
         ("amont > 1", "did you mean amount"),
         ("avg31 > 1", "did you mean avg"),  # the closest name, not the first alphabetically
         ("abs > 1", "is a function"),

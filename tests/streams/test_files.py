@@ -400,6 +400,18 @@ def test_a_file_that_cannot_be_read_on_ends_in_one_dead_letter(
     assert all(isinstance(rec, dict) for _m, rec, _raw in rows) and (rows or line == 1)
 
 
+def test_a_cut_gzip_with_a_quote_left_open_reads_the_rows_the_quote_ran_over(tmp_path):
+    """A QA pass: the cut ended the open quote's record, the fault was said at the quote's
+    line, and the ~17,900 sound rows it had run over were neither decided nor dead letters."""
+    p = tmp_path / "x.csv.gz"
+    _truncated_gzip(p, CSV_TEXT.replace("t9,9,", 't9,"9,'))
+    *rows, (n, error, _raw) = read_records(p)
+    assert str(rows[8][1]).startswith("unbalanced quote from line 10 to ")
+    assert "cannot read the file on from line" in str(error) and n > 2900
+    assert [m for m, _rec, _raw in rows] == list(range(2, n))  # every line before the cut
+    assert all(isinstance(rec, dict) for _m, rec, _raw in rows[9:])
+
+
 def test_a_jsonl_mapping_checks_required_fields_only_on_the_first_record(tmp_path):
     """Before, a mapped optional column missing from line 1 refused the whole replay (the
     simulator's POS rows have no device_id); and a blank line 1 skipped the check."""

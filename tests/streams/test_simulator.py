@@ -327,6 +327,16 @@ def test_cli_writes_both_files_and_a_summary(tmp_path: Path, capsys: pytest.Capt
     assert n == len(sim.transactions)
 
 
+def test_cli_summary_of_a_stream_without_labels_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A QA pass: one card for a day has no fraud, and the summary said "p10 None d"."""
+    argv = ["simulate", "--days", "1", "--cards", "1", "--merchants", "100"]
+    assert _cli([*argv, "--out", str(tmp_path / "s.jsonl")]) == 0
+    out = capsys.readouterr().out
+    assert "none (no label)" in out and "None" not in out
+
+
 def test_cli_rejects_a_drift_day_outside_the_stream(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
