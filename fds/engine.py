@@ -143,6 +143,9 @@ class Engine:
         self.model = model
         self.policy = policy
         self.metrics = metrics
+        if metrics is not None and rules is not None:  # every rule deciding, at 0 until it
+            metrics.watch_ruleset(lambda: self.rules)  # counts (it was never watched: no
+            # series for a rule never hit, the dashboard's "no data", a QA pass)
         self.breaker = breaker
         self.guard = guard
         self.demoted: set[str] = set()  # rule ids (and MODEL) demoted to shadow by the breaker

@@ -622,3 +622,25 @@ def test_every_rule_deciding_has_its_series_at_0_before_it_counts() -> None:
     assert value(m, "fds_rule_hits_total", rule="new", state="active") == 0
     assert value(m, "fds_rule_hits_total", rule="big", state="active") == 1
     assert value(m, "fds_rule_missing_inputs_total", rule="watch") == 2
+
+
+@pytest.mark.parametrize("reloading", [False, True])
+def test_an_engine_exports_every_rule_of_its_ruleset_at_0(tmp_path, reloading) -> None:
+    """A QA pass: the engine never watched its ruleset (only the test above did), so `fds run`
+    had no fds_rule_errors_total series at all, and a replay pushed to a Pushgateway none for
+    a rule it never hit, as before the change above."""
+    from fds.engine import Engine
+    from fds.rules.reload import ReloadingRuleset
+    from fds.rules.ruleset import load_ruleset
+
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        'version: "t"\nrules:\n'
+        "  - {id: big, when: amount > 1, action: review, score: 0.5, reason: r}\n"
+    )
+    rules = ReloadingRuleset(path, start=False) if reloading else load_ruleset(path)
+    m = Metrics()
+    Engine(rules=rules, metrics=m)
+    assert value(m, "fds_rule_hits_total", rule="big", state="active") == 0
+    assert value(m, "fds_rule_missing_inputs_total", rule="big") == 0
+    assert value(m, "fds_rule_errors_total", rule="big") == 0

@@ -799,11 +799,39 @@ def _champion_in(m: dict[str, Any], version: str, status: str, reason: str) -> d
     for e in m["versions"].values():  # contests of older versions end with it (the scorers'
         if e["status"] == "shadow" and e.get("seq", 0) < seq:  # rule): not in one any more
             e["status"] = "published"  # (`fds models list` showed them so for good, a QA pass)
+    if status != "champion" and old in m["versions"]:  # rolled back: the versions learned
+        # from it go with it (one learned on from it won its contest 12 s after a rollback by
+        # hand, and served what had been rolled back: a QA pass)
+        for v, e in m["versions"].items():
+            if e["status"] in ("published", "shadow") and old in line_of(m, v)[1:]:
+                e["status"], e["rejected_because"] = "rejected", f"learned from {old}, rolled back"
     m.setdefault("history", []).append(
         {"at": format_ts(time.time()), "from": old, "to": version, "why": reason}
     )
     del m["history"][:-100]  # the last 100 changes are plenty for an audit
     return dict(m["versions"][version])
+
+
+def line_of(m: Mapping[str, Any], version: str) -> list[str]:
+    """``version`` and the versions it learned on from (its parent, theirs ...) held in
+    manifest ``m``, newest first."""
+    line, versions = [], m["versions"]
+    v: Any = version
+    while isinstance(v, str) and v in versions and v not in line:
+        line.append(v)
+        v = versions[v].get("parent")
+    return line
+
+
+def rolled_back_in(m: Mapping[str, Any], version: str) -> str | None:
+    """The newest version of ``version``'s line (:func:`line_of`, itself included) that was
+    rolled back: rejected after it had been champion; or None."""
+    champions = {h.get("to") for h in m.get("history", [])}
+    versions = m["versions"]
+    return next(
+        (v for v in line_of(m, version) if versions[v]["status"] == "rejected" and v in champions),
+        None,
+    )
 
 
 def make_entry(

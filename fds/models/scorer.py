@@ -305,6 +305,9 @@ class ModelServer:
         self._stop = threading.Event()
         self._pointer: str | None = None  # the registry champion pointer last seen or written
         self._offered = -1  # seq of the newest version taken from the registry (watch mode)
+        # the versions the registry rejects, as the watcher last read them: one rejected by
+        # hand, or learned from a version rolled back, is not promoted (a contest of it ends)
+        self._rejected: frozenset[str] = frozenset()
         self._rewound = False  # the registry's newest version is older than one seen here
         # serving in the stead of a registry champion that failed to load here (watch mode):
         # nothing is contested or written to the registry meanwhile
@@ -594,6 +597,9 @@ class ModelServer:
         if self._queued is not None and self.contest is None:
             version, model, entry = self._queued
             self._queued = None
+            if version in self._rejected:
+                log.info("model %s not contested: rejected in the registry", version)
+                return
             self._start_shadow(version, model, entry)
 
     def _alert_share(self) -> float:
@@ -679,12 +685,22 @@ class ModelServer:
             (ranks[1].credit(final(x, _p(champ, x))), ranks[2].credit(x.get(RULE_SCORE, 0.0)))
         )
         self._gate_at = self._now
-        self._set_acting(
-            self._gate_verdict(),
-            labels=len(win),
-            recall_at_budget_with_model=round(sum(m for m, _ in win) / max(len(win), 1), 4),
-            recall_at_budget_rules=round(sum(r for _, r in win) / max(len(win), 1), 4),
-        )
+        self._set_acting(self._gate_verdict(), labels=len(win), **self._gate_recall())
+
+    def _gate_recall(self) -> dict[str, float]:
+        """The gate window's recall at the budget: with the model, and of the rules alone."""
+        win, n = self._gate, max(len(self._gate), 1)
+        return {
+            "recall_at_budget_with_model": round(sum(m for m, _ in win) / n, 4),
+            "recall_at_budget_rules": round(sum(r for _, r in win) / n, 4),
+        }
+
+    def _export_gate(self, info: Mapping[str, Any]) -> None:
+        """``fds_model_precision{window="gate"}`` from a gate's figures (a gate opened on the
+        trainer's count, without labels, has none)."""
+        if self.metrics is not None and "recall_at_budget_rules" in info:
+            self.metrics.model_precision("champion", "gate", info["recall_at_budget_with_model"])
+            self.metrics.model_precision("rules", "gate", info["recall_at_budget_rules"])
 
     def _gate_verdict(self) -> bool:
         """Whether the maturity gate is open by what it holds: no gate, or enough frauds
@@ -768,6 +784,8 @@ class ModelServer:
             return
         self._gate.clear()
         self._gate.extend(tuple(c) for c in state["window"])
+        if self._gate:  # (a restart had no series until the next label: a QA pass)
+            self._export_gate(self._gate_recall())
         self._gate_frauds = max(self._gate_frauds, int(state["frauds"]))
         self._gate_starved = bool(state.get("starved", False))
         gate = self.spec.gate
@@ -901,6 +919,10 @@ class ModelServer:
     def _judge_shadow(self, verdict: str, why: str = "promoted: precision >= champion") -> None:
         c = self.contest
         assert c is not None
+        if c.candidate in self._rejected:  # meanwhile (a rollback by hand of the version it
+            # learned from: promoted 12 s later, a QA pass)
+            self._drop_challenger("reject", "rejected in the registry meanwhile", local=True)
+            return
         info = c.figures()
         self._keep_verdict(verdict, info)
         if verdict == "reject":
@@ -978,10 +1000,8 @@ class ModelServer:
             elif kind in ("rollback", "confirm"):  # the version on trial was the champion
                 m.model_precision("champion", "contest", info["recall_at_budget_on_probation"])
                 m.model_precision("challenger", "contest", info["recall_at_budget_predecessor"])
-            elif kind == "gate" and "recall_at_budget_rules" in info:
-                # (a gate opened on the trainer's count, without labels, has no figures)
-                m.model_precision("champion", "gate", info["recall_at_budget_with_model"])
-                m.model_precision("rules", "gate", info["recall_at_budget_rules"])
+            elif kind == "gate":
+                self._export_gate(info)
         if self.on_event is not None:
             self.on_event(kind, info)
 
@@ -1054,6 +1074,7 @@ class ModelServer:
             return None
         stamp = self.registry.stamp()  # (before the read: a change during it shows)
         m = self.registry.manifest()
+        self._rejected = frozenset(v for v, e in m["versions"].items() if e["status"] == "rejected")
         champ = m.get("champion")
         role, target = None, None
         versions = m["versions"]
@@ -1300,8 +1321,9 @@ class ModelServer:
             dropped = dropped or older
             if dropped or stand_in:  # (a contest against a stand-in would be written for all)
                 self.challenger = self.challenger_version = self.contest = None
-                if self._queued is not None and seq_of(self._queued[0]) < seq_of(version):
-                    self._queued = None  # (the newest waiting: contested next, if newer)
+                if self._queued is not None and seq_of(self._queued[0]) <= seq_of(version):
+                    self._queued = None  # (the newest waiting: contested next, if newer; the
+                    # one promoted by hand was contested against itself, a QA pass)
                 if stand_in:
                     self._queued = None
             # set by hand (or the first): no probation of the champion it replaces applies,

@@ -37,7 +37,7 @@ from typing import Any, Protocol
 import orjson
 
 from fds.errors import describe
-from fds.models.registry import Registry, learned, make_entry, owner_only
+from fds.models.registry import Registry, learned, make_entry, owner_only, rolled_back_in
 from fds.models.spec import ModelSpec, build_pipeline
 from fds.models.vector import strip_rule_ids, to_vector
 from fds.timeutil import parse_ts
@@ -490,14 +490,14 @@ class Trainer:
         if reg is None or parent is None:
             return None
         m = reg.manifest()
-        entry, champ = m["versions"].get(parent), m.get("champion")
-        # rolled back: rejected after it had been champion (a challenger that lost its shadow
-        # contest was never champion: the line goes on, its next version faces a new contest)
-        was_champion = any(h.get("to") == parent for h in m.get("history", []))
-        if entry is None or entry.get("status") != "rejected" or not was_champion:
+        champ = m.get("champion")
+        # rolled back: rejected after it had been champion, this version or one it learned on
+        # from (a challenger that lost its shadow contest was never champion: the line goes
+        # on, its next version faces a new contest)
+        back = rolled_back_in(m, parent)
+        if back is None or champ in (None, parent):
             return None
-        if champ in (None, parent):
-            return None
+        entry = m["versions"][back]
         try:
             model = reg.load(champ)
         except Exception as e:  # this machine's key or files: go on as before, say so
@@ -512,7 +512,7 @@ class Trainer:
         self._last_publish = self.now if math.isfinite(self.now) else None
         log.warning(
             'version "%s" was rejected (%s): learning goes on from the champion "%s"',
-            parent, entry.get("rejected_because") or "", champ,
+            back, entry.get("rejected_because") or "", champ,
         )  # fmt: skip
         return champ
 

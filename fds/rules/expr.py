@@ -623,7 +623,8 @@ class _Checker:
                 raise self.fail(elt, "list items after `in` must be literals (numbers, text)")
             _, t = self.constant(elt)
             if {left_t, t} in ({STR, NUM}, {STR, BOOL}):
-                fix = f": write it as text, {str(elt.value)!r}" if left_t == STR and t == NUM else ""
+                quoted = repr(str(elt.value))
+                fix = f": write it as text, {quoted}" if left_t == STR and t == NUM else ""
                 raise self.fail(
                     elt, f"list item type {t} never equals the {left_t} on the left{fix}"
                 )

@@ -149,6 +149,11 @@ class ReloadingRuleset:
     def error_counts(self) -> dict[str, int]:
         return self.applied.error_counts
 
+    @property
+    def evaluated(self) -> tuple[Any, ...]:
+        """The rules of the ruleset in force that are evaluated (not paused)."""
+        return self.applied.evaluated
+
     def hold_counts(self) -> Callable[[], None]:
         """:meth:`Ruleset.hold_counts` of the ruleset in force; a ruleset that the held record
         swaps in (a reload landed just before it) forgets what that one record counted."""

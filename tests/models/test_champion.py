@@ -302,6 +302,42 @@ def test_a_contest_of_a_version_older_than_a_champion_set_by_hand_ends(tmp_path)
     assert srv.contest is not None and srv.contest.incumbent == "v000003"
 
 
+def test_a_queued_version_promoted_by_hand_is_not_contested_against_itself(tmp_path) -> None:
+    """A QA pass: `fds models promote v43` while v30 was in its contest and v43 waited: the
+    scorer then ran v43 in shadow against v43, swapped it for itself and put it on probation
+    against itself, while the next version waited."""
+    srv, _s, reg = _registry_server(tmp_path, FeatureModel("f_a"))
+    srv.offer(_registered(reg, FeatureModel("f_none")))  # v2 in its contest
+    srv.offer(_registered(reg, FeatureModel("f_b")))  # v3 waits
+    assert srv.challenger_version == "v000002" and srv._queued is not None
+    reg.promote("v000003")
+    assert srv.poll() == "v000003"
+    srv.install_pending()
+    assert srv.version == "v000003" and srv.contest is None and srv._queued is None
+    assert srv.challenger is None and srv.stats["swaps"] == 2
+
+
+def test_a_version_learned_from_one_rolled_back_by_hand_is_not_promoted(tmp_path) -> None:
+    """A QA pass: v43 promoted by hand, v44 learned on from it in its contest, v43 rolled back
+    by hand: the contest went on against v23, and 12 s later v44 (a tie) was promoted."""
+    srv, s, reg = _registry_server(tmp_path, FeatureModel("f_a"))
+    reg.publish(FeatureModel("f_a"), spec={"name": "t"})
+    reg.promote("v000002")  # by hand
+    assert srv.poll() == "v000002"
+    srv.install_pending()
+    data, entry = reg.load_bytes(
+        reg.publish(FeatureModel("f_b"), spec={"name": "t"}, parent="v000002")["version"]
+    )
+    srv.offer(Publication("v000003", data, entry))
+    assert srv.challenger_version == "v000003"
+    reg.rollback()  # v2 rejected, and v3 learned from it
+    assert srv.poll() == "v000001"
+    srv.install_pending()
+    s.run(60, {"f_a": 1.0, "f_b": 1.0})  # a tie: promoted before
+    assert srv.version == "v000001" and srv.stats["promote"] == 0 and srv.contest is None
+    assert reg.champion() == "v000001" and reg.entry("v000003")["status"] == "rejected"
+
+
 def test_the_watcher_does_not_undo_a_promotion_whose_write_is_still_pending(tmp_path) -> None:
     """Watch mode writes verdicts off the hot path. The watcher read the manifest before the
     promotion landed, took the old champion pointer for a change made by hand and swapped the

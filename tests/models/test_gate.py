@@ -154,10 +154,18 @@ def test_gate_state_survives_a_restart_through_the_engine_checkpoint() -> None:
     s.run(150, {"f_a": 1.0, "f_r": False})
     assert srv.acting
     state = pickle.loads(pickle.dumps(s.engine.state_dict()))
-    again = ModelServer(SPEC, learn=False)
+    from fds.metrics import Metrics
+
+    m = Metrics()
+    again = ModelServer(SPEC, learn=False, metrics=m)
     assert not again.acting
     Engine(model=again).load_state_dict(state)
     assert again.acting and again.gate_state() == srv.gate_state()
+    # its figures exported at once (a QA pass: no series until the next fraud label)
+    win = srv.gate_state()["window"]
+    for model, i in (("champion", 0), ("rules", 1)):
+        got = m.registry.get_sample_value("fds_model_precision", {"model": model, "window": "gate"})
+        assert got == round(sum(c[i] for c in win) / len(win), 4)
 
 
 def test_a_gate_state_of_another_model_is_not_taken() -> None:

@@ -204,6 +204,27 @@ def test_a_rollback_goes_further_back_and_its_target_survives_retention(tmp_path
     assert reg.entry("v000002")["status"] == "rejected"
 
 
+def test_a_rollback_rejects_the_versions_learned_from_the_version_rolled_back(tmp_path):
+    """A QA pass: v44, learned on from v43, won its contest 12 s after v43 was rolled back by
+    hand, and served what had been rolled back."""
+    reg = Registry(tmp_path)
+    parents = {"v000001": None, "v000002": "v000001", "v000003": "v000002",
+               "v000004": "v000003", "v000005": "v000001"}  # fmt: skip
+    for parent in parents.values():
+        reg.publish({"x": 1}, spec={"name": "t"}, parent=parent)
+    reg.promote("v000001")
+    reg.promote("v000002")
+    reg.mark_shadow("v000003")
+    reg.rollback()  # v2 -> v1: v3 (learned from v2) and v4 (from v3) go with it
+    status = {e["version"]: e["status"] for e in reg.versions()}
+    assert status == {"v000001": "champion", "v000002": "rejected", "v000003": "rejected",
+                      "v000004": "rejected", "v000005": "published"}  # fmt: skip
+    assert reg.entry("v000004")["rejected_because"] == "learned from v000002, rolled back"
+    reg.promote("v000005")  # a promotion retires: its line stays
+    reg.publish({"x": 1}, spec={"name": "t"}, parent="v000001")
+    assert reg.entry("v000006")["status"] == "published"
+
+
 def _two_champions(path: Path) -> Registry:
     """v000001 then v000002 promoted."""
     reg = Registry(path)

@@ -285,6 +285,25 @@ def test_after_a_rollback_the_trainer_goes_on_from_the_champion(tmp_path: Path) 
     assert t.publish(22.0).entry["parent"] == "v000001"
 
 
+def test_a_trainer_follows_a_rollback_of_a_version_its_line_learned_from(tmp_path: Path):
+    """A QA pass: v43 promoted by hand, the trainer published v44 from it, then v43 was rolled
+    back: the trainer looked at v44 alone (never champion) and learned on from v43's line."""
+    from fds.models.registry import Registry
+
+    reg = Registry(tmp_path / "reg")
+    t = Trainer(_spec(legit_sample_rate=1.0), registry=reg)
+    for i in range(6):
+        t.on_decision(_tx(i, float(i)), {"features": {}})
+        t.on_label({"tx_id": f"t{i}", "ts": 10.0 + i, "is_fraud": i % 2 == 0})
+        if i in (2, 4):
+            reg.promote(t.publish(10.0 + i).version)  # v1, then v2 (parent v1)
+    assert t.publish(16.0).entry["parent"] == "v000002"  # v3
+    assert t.follow_rollback() is None
+    reg.rollback()  # by hand: v2 rejected, and v3 with it
+    assert reg.entry("v000003")["status"] == "rejected"
+    assert t.follow_rollback() == "v000001" and t.parent == "v000001"
+
+
 def test_the_sqlite_stores_write_ahead_log_does_not_stay_large(tmp_path, monkeypatch) -> None:
     """A soak run: one large batch left 243 MB of write-ahead log beside the database for
     good (SQLite reuses a WAL but does not shrink it unless told)."""

@@ -290,7 +290,7 @@ def test_a_promote_or_rollback_on_the_trainers_registry_is_announced_once(
     ]
     assert p.keys == [b"default/prod.decisions/lifecycle"]
     assert p.values[0]["champion_announcement"]["version"] == first.version
-    svc.trainer.publish(2.0)  # the registry changed, its lifecycle did not
+    third = svc.trainer.publish(2.0)  # the registry changed, its lifecycle did not
     svc._send_lifecycle()
     assert len(p.values) == 1
     svc.registry.promote(second.version)
@@ -302,7 +302,7 @@ def test_a_promote_or_rollback_on_the_trainers_registry_is_announced_once(
     p.down = False
     svc._send_lifecycle()
     assert [(v["champion"], v["rejected"]) for v in p.values[1:]] == [
-        (first.version, [second.version])
+        (first.version, [second.version, third.version])  # (learned from it: rejected too)
     ]
     # numbered (signed): a scorer refuses one older than it followed (a replay); the failed
     # send used a number
