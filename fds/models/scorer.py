@@ -201,6 +201,19 @@ def _champions(m: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def _passed_over(m: Mapping[str, Any]) -> int:
+    """The seq of the newest version published before the champion of manifest ``m`` was set
+    by hand (`fds models promote|rollback`), or -1: the person chose it over them, and the
+    running scorers had served or contested them already. A scorer started later served the
+    newest of them as a new version (a warm-up wrote it back as champion: a QA pass)."""
+    history = m.get("history") or []
+    if not history or not str(history[-1].get("why", "")).startswith("manual"):
+        return -1
+    at = str(history[-1].get("at", ""))  # (format_ts: one width, UTC, compared as text)
+    versions = m["versions"].values()
+    return max((e["seq"] for e in versions if str(e.get("created_at", "")) <= at), default=-1)
+
+
 #: A version the watcher prepared (see ``ModelServer._pending``).
 Pending = tuple[str, str, Any, dict[str, Any], int, Any, tuple[int, int], tuple[Any, Any]]
 
@@ -1028,6 +1041,7 @@ class ModelServer:
         assert reg is not None
         m = reg.manifest()
         self._pointer = m.get("champion")
+        self._offered = max(self._offered, _passed_over(m))
         for v in _champions(m):
             if self._foreign(v, m["versions"][v]):
                 continue

@@ -127,6 +127,13 @@ class Checkpoint:
     group: str | None = None
 
 
+#: Said when a state dir is taken: a file every process of a deployment reads names one dir.
+SHARED_FILE = (
+    " (a state_dir: in a --config file that several processes read is one dir for them all: "
+    "leave it out, the default follows the group and instance)"
+)
+
+
 def hold(path: Path, what: str, who: str, advice: str, flag: str) -> IO[str]:
     """Lock file ``path`` of ``what`` (``the state dir``) for this process, held while the
     returned file is open (and at most until its exit); a :class:`ConfigError` says another
@@ -143,17 +150,19 @@ def hold(path: Path, what: str, who: str, advice: str, flag: str) -> IO[str]:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         f.seek(0)
-        holder = f.read().strip() or "another process"
+        # the holder's own note, "fds run, pid 7 on vm" (it named the refused process's kind:
+        # "another fds train" for an fds run, a QA pass); a release before wrote "pid 7 on vm"
+        holder = f.read().strip()
         f.close()
-        raise ConfigError(
-            f"{what} is in use by another {who} ({holder}); {advice}", where=where
-        ) from None
+        if not holder.startswith("fds "):
+            holder = f"another process ({holder})" if holder else "another process"
+        raise ConfigError(f"{what} is in use by {holder}; {advice}", where=where) from None
     # Who holds it, for another's refusal; the lock holds without it (a full disk refused the
     # note, and fds run its start, with a pathless OSError: a QA pass).
     with contextlib.suppress(OSError):
         f.seek(0)
         f.truncate()
-        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.write(f"{who}, pid {os.getpid()} on {socket.gethostname()}\n")
         f.flush()
     return f
 
@@ -257,7 +266,7 @@ class Checkpointer:
         self,
         who: str = "fds run",
         advice: str = "give each instance its own --group-instance-id (the default state dir "
-        "follows it) or --state-dir",
+        "follows it) or --state-dir" + SHARED_FILE,
     ) -> None:
         """Hold the state dir for this process until :meth:`unlock` (or its exit): two
         instances of a group given one dir (no ``--group-instance-id``, the default dir) wrote

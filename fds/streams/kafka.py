@@ -3850,6 +3850,7 @@ def produce_file(
     failed: list[BaseException] = []  # sends the broker refused or that timed out
     acked = [0]  # sends it acknowledged (counted on the producer's thread)
     line = 0
+    sent_to = 0  # the line of the last record handed to the producer
     unreadable_labels = 0
     close_s = 5.0  # how long closing waits for what is not acknowledged yet
     heard = (0, t0)  # the records acknowledged, and when that count last grew
@@ -3925,6 +3926,7 @@ def produce_file(
                 fut.add_errback(failed.append)
                 fut.add_callback(lambda _meta: acked.__setitem__(0, acked[0] + 1))
                 n += 1
+                sent_to = line
                 if rate or not n & 1023:
                     now = time.monotonic()
                     if acked[0] != heard[0]:
@@ -3954,10 +3956,10 @@ def produce_file(
                 producer.flush(timeout=5)
             except Exception:
                 close_s = 0.0  # (the broker is not answering: waiting again is no use)
-            sent_so_far = (
-                f"{n} records of {path} were sent (to line {line}), {acked[0]} acknowledged "
-                "by Kafka; producing the file again sends them again (fds run decides a "
-                "record twice)"
+            sent_so_far = (  # (it said "sent (to line 2)" of a line 2 too large to send)
+                f"{n:,} record{'s' if n != 1 else ''} of {path} {'were' if n != 1 else 'was'} "
+                f"sent (to line {sent_to}), {acked[0]:,} acknowledged by Kafka; producing the "
+                "file again sends them again (fds run decides a record twice)"
             )
             if isinstance(exc, KeyboardInterrupt):  # (SIGTERM too)
                 log.warning("interrupted: %s", sent_so_far)

@@ -639,6 +639,7 @@ def up(
     """
     # absolute: the broker runs with the data dir as its working directory
     ddir = Path(data_dir).expanduser().resolve() if data_dir else data_dir_default()
+    made = not ddir.exists()
     try:
         ddir.mkdir(parents=True, exist_ok=True)
         # one `up` at a time per data dir: two at once would both start a broker
@@ -650,6 +651,10 @@ def up(
                     port - 2,
                 )
             return _up(ddir, port, controller_port, timeout, secure_port)
+    except ConfigError:  # refused before anything was written (a port in use): a data dir
+        if made and [p.name for p in ddir.iterdir()] == [".up.lock"]:  # made for it goes
+            shutil.rmtree(ddir, ignore_errors=True)  # (it was left empty: a QA pass)
+        raise
     except OSError as e:  # (a full disk: `failed: OSError: [Errno 28] ...`, no path, a QA pass)
         if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
             raise

@@ -70,7 +70,7 @@ from fds.metrics import Metrics, NullMetrics, add_metrics_arguments, make_metric
 from fds.models.registry import DEFAULT_REGISTRY, ENTRY_FIELDS, Registry, sign_record
 from fds.pipeline import DEFAULT_MODEL
 from fds.schema import check_not_ahead, loads_record, parse_label
-from fds.streams.checkpoint import Checkpointer, default_state_dir, hold
+from fds.streams.checkpoint import SHARED_FILE, Checkpointer, default_state_dir, hold
 from fds.streams.kafka import (
     CONNECTION_SETTINGS,
     DEPLOYMENT_FLAGS,
@@ -455,7 +455,8 @@ class TrainService:
         trainers of two deployments given one ran side by side, and one restored the other's
         model: a QA pass)."""
         self.ckpt.lock(
-            "fds train", "give each trainer its own --state-dir (the default follows its group)"
+            "fds train",
+            "give each trainer its own --state-dir (the default follows its group)" + SHARED_FILE,
         )
         try:  # and its registry: two trainers publishing into one interleaved their versions,
             # and the scorers served the newest, the other deployment's (a QA pass)

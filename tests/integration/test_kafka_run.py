@@ -1057,7 +1057,7 @@ def test_produce_says_how_far_it_got_and_refuses_what_fds_run_cannot_read(
     big = tmp_path / "big.jsonl"
     big.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
     with pytest.raises(FdsError, match=r"producing stopped at line 4 .*MessageSizeTooLarge.*: 3 "
-                       r"records of .* were sent \(to line 4\), 3 acknowledged"):  # fmt: skip
+                       r"records of .* were sent \(to line 3\), 3 acknowledged"):  # fmt: skip
         produce_file(big, s)
     foreign = tmp_path / "foreign.csv"
     foreign.write_text("TID,WHEN,CARD,AMT\nt1,1767225600,c1,10\n")

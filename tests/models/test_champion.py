@@ -6,6 +6,8 @@ import pickle
 import threading
 from typing import Any
 
+import pytest
+
 from fds.engine import Engine
 from fds.metrics import Metrics
 from fds.models.champion import BudgetRank, Contest
@@ -421,6 +423,25 @@ def test_a_canary_that_raises_here_does_not_reject_the_version_for_every_scorer(
     reg.publish(RaisesOn("f_a"), spec={"name": "t"})
     assert srv.poll() is None and srv.stats["swaps_rejected"] == 1
     assert reg.entry("v000002")["status"] == "published" and srv._retry_pending()
+
+
+@pytest.mark.parametrize("labels", [False, True])
+def test_a_scorer_started_after_a_champion_set_by_hand_keeps_it(tmp_path, labels) -> None:
+    """A QA pass: v1 and v2 published, v2 served as the newest, `fds models promote v1`: the
+    running scorers served v1, but one started later served v2 as a new version (with labels
+    its warm-up wrote v2 back as champion, for every scorer). A version published after it is
+    new."""
+    reg = Registry(tmp_path)
+    for _ in range(2):
+        reg.publish(FeatureModel("f_a"), spec={"name": "t"})
+    reg.promote("v000001", reason="manual (fds models promote)")
+    srv = ModelServer(SPEC, learn=False, registry=reg)
+    assert srv.load_champion() == "v000001"
+    if not labels:
+        srv.without_labels()
+    assert srv.poll() is None and srv.version == reg.champion() == "v000001"
+    reg.publish(FeatureModel("f_a"), spec={"name": "t"})
+    assert srv.poll() == "v000003"
 
 
 def test_a_scorer_without_labels_never_goes_back_to_the_registry_champion(tmp_path) -> None:

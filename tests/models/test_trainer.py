@@ -256,9 +256,8 @@ def test_a_legit_label_on_an_assumed_entry_keeps_it_for_a_later_chargeback(kind,
     assert t.stats["late_frauds"] == 1 and t.stats["labels_unjoined"] == 0
 
 
-def test_after_a_rollback_the_trainer_goes_on_from_the_champion(tmp_path: Path) -> None:
-    """`fds models rollback` rejected v2; `fds train` published v3 from v2's line, which the
-    scorer took directly (warm-up): the rollback was undone within seconds."""
+def _two_champions(tmp_path: Path) -> tuple[Any, Trainer]:
+    """A registry and its trainer, which published v1, then v2 (parent v1), both promoted."""
     from fds.models.registry import Registry
 
     reg = Registry(tmp_path / "reg")
@@ -267,7 +266,14 @@ def test_after_a_rollback_the_trainer_goes_on_from_the_champion(tmp_path: Path) 
         t.on_decision(_tx(i, float(i)), {"features": {}})
         t.on_label({"tx_id": f"t{i}", "ts": 10.0 + i, "is_fraud": i % 2 == 0})
         if i in (2, 5):
-            reg.promote(t.publish(10.0 + i).version)  # v1, then v2 (parent v1)
+            reg.promote(t.publish(10.0 + i).version)
+    return reg, t
+
+
+def test_after_a_rollback_the_trainer_goes_on_from_the_champion(tmp_path: Path) -> None:
+    """`fds models rollback` rejected v2; `fds train` published v3 from v2's line, which the
+    scorer took directly (warm-up): the rollback was undone within seconds."""
+    reg, t = _two_champions(tmp_path)
     assert t.follow_rollback() is None  # nothing rejected: the line goes on
     lost = t.publish(17.0).version  # v3, a challenger that loses its shadow contest
     reg.reject(lost, "precision below champion")
@@ -288,16 +294,8 @@ def test_after_a_rollback_the_trainer_goes_on_from_the_champion(tmp_path: Path) 
 def test_a_trainer_follows_a_rollback_of_a_version_its_line_learned_from(tmp_path: Path):
     """A QA pass: v43 promoted by hand, the trainer published v44 from it, then v43 was rolled
     back: the trainer looked at v44 alone (never champion) and learned on from v43's line."""
-    from fds.models.registry import Registry
-
-    reg = Registry(tmp_path / "reg")
-    t = Trainer(_spec(legit_sample_rate=1.0), registry=reg)
-    for i in range(6):
-        t.on_decision(_tx(i, float(i)), {"features": {}})
-        t.on_label({"tx_id": f"t{i}", "ts": 10.0 + i, "is_fraud": i % 2 == 0})
-        if i in (2, 4):
-            reg.promote(t.publish(10.0 + i).version)  # v1, then v2 (parent v1)
-    assert t.publish(16.0).entry["parent"] == "v000002"  # v3
+    reg, t = _two_champions(tmp_path)
+    assert t.publish(17.0).entry["parent"] == "v000002"  # v3
     assert t.follow_rollback() is None
     reg.rollback()  # by hand: v2 rejected, and v3 with it
     assert reg.entry("v000003")["status"] == "rejected"

@@ -175,7 +175,7 @@ def test_one_fds_run_holds_a_state_dir(tmp_path):
 
     first, second = Checkpointer(tmp_path), Checkpointer(tmp_path)
     first.lock()
-    with pytest.raises(ConfigError, match=rf"in use by another fds run \(pid {os.getpid()} on "):
+    with pytest.raises(ConfigError, match=rf"in use by fds run, pid {os.getpid()} on "):
         second.lock()
     first.unlock()
     second.lock()  # free again once the first stopped
@@ -298,12 +298,12 @@ def test_a_state_dir_deleted_while_held_is_made_again_with_its_lock(tmp_path, ca
         assert ck.save_background(lambda: {"n": 3}, topic="tx", offsets={0: 3})
         assert ck.wait(timeout_s=30) and ck.failures == 0
     assert Checkpointer(ck.dir).load().state == {"n": 3}  # type: ignore[union-attr]
-    with pytest.raises(ConfigError, match="in use by another fds run"):
+    with pytest.raises(ConfigError, match="in use by fds run, pid "):
         Checkpointer(ck.dir).lock()  # held again
     (ck.dir / "lock").unlink()  # the lock file alone
     ck.save({"n": 4}, topic="tx", offsets={0: 4})
     assert f'state dir="{ck.dir}": its lock file was deleted; taken again' in caplog.text
-    with pytest.raises(ConfigError, match="in use by another fds run"):
+    with pytest.raises(ConfigError, match="in use by fds run, pid "):
         Checkpointer(ck.dir).lock()
     ck.unlock()
 
@@ -326,7 +326,7 @@ def test_a_state_dir_taken_by_another_instance_after_it_was_deleted_is_not_writt
             write({"mine": True}, topic="tx", offsets={0: 1})  # type: ignore[operator]
         said = str(refused.value)
         assert said.startswith(f"{ck.dir}: the state dir was deleted, or its lock file"), said
-        assert "in use by another fds run (pid" in said and "no checkpoint is written" in said
+        assert "in use by fds run, pid" in said and "no checkpoint is written" in said
     assert Checkpointer(ck.dir).load().state == {"theirs": True}  # type: ignore[union-attr]
     other.unlock()
     ck.unlock()
@@ -352,6 +352,6 @@ def test_a_lock_whose_holder_note_the_disk_refuses_still_holds(tmp_path, monkeyp
     args = ("the state dir", "fds run", "stop it", "--state-dir")
     f = checkpoint.hold(tmp_path / ".lock", *args)
     monkeypatch.undo()
-    with pytest.raises(ConfigError, match="the state dir is in use by another fds run"):
+    with pytest.raises(ConfigError, match="the state dir is in use by another process;"):
         checkpoint.hold(tmp_path / ".lock", *args)  # (held: flock, whatever the note)
     f.close()

@@ -50,3 +50,16 @@ def test_a_controller_port_in_use_is_refused_before_the_broker_starts(tmp_path):
         with pytest.raises(ConfigError, match=r"the controller port \d+ is already in use"):
             kafka_kit.up(port=port, controller_port=taken.getsockname()[1], data_dir=tmp_path)
     assert not (tmp_path / "kraft").exists()  # nothing formatted
+
+
+def test_a_port_in_use_leaves_no_data_dir_made_for_it(tmp_path):
+    """A QA pass: the refusal left the --data-dir it had made, empty; one that was there
+    stays."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for ddir in (tmp_path / "new", tmp_path):
+            with pytest.raises(ConfigError, match=rf"port {port} is already in use by a process"):
+                kafka_kit.up(port=port, controller_port=port + 1, data_dir=ddir)
+    assert not (tmp_path / "new").exists() and tmp_path.is_dir()

@@ -604,9 +604,12 @@ def test_a_deployments_trainer_reads_its_own_topics_and_state_dir(monkeypatch, t
     with pytest.raises(ConfigError, match=r"fds train needs a state dir.*\(--state-dir\)"):
         _state_dir(train_settings(parse(["train", "--state-dir", "none"])))
     svc, other = service(tmp_path), service(tmp_path)  # one state dir
-    svc.ckpt.lock()
+    svc.ckpt.lock()  # (as fds run: a trainer refused named itself, "another fds train", a QA pass)
     try:
-        with pytest.raises(ConfigError, match=r"in use by another fds train .*own --state-dir"):
+        with pytest.raises(
+            ConfigError,
+            match=r"in use by fds run, pid .*own --state-dir.*state_dir: in a --config file",
+        ):
             other.run(max_idle_s=0.1)
     finally:
         svc.ckpt.unlock()
@@ -614,9 +617,9 @@ def test_a_deployments_trainer_reads_its_own_topics_and_state_dir(monkeypatch, t
         other.store.close()
     # ... and one registry (each its own state dir): two trainers' versions interleaved there
     other = service(tmp_path, state_dir=tmp_path / "other")
-    held = hold(tmp_path / "registry" / ".trainer.lock", "the registry", "x", "y", "z")
+    held = hold(tmp_path / "registry" / ".trainer.lock", "the registry", "fds train", "y", "z")
     try:
-        with pytest.raises(ConfigError, match=r"the registry is in use by another fds train"):
+        with pytest.raises(ConfigError, match=r"the registry is in use by fds train, pid "):
             other.run(max_idle_s=0.1)
         assert other.ckpt._lock is None  # (its state dir let go)
     finally:
