@@ -475,6 +475,9 @@ class Registry:
             write_atomic(self.artifact(version), data)
             entry = make_entry(data, version=version, seq=seq, key=self.key, **meta)
             m["versions"][version] = entry
+            back = rolled_back_in(m, version)
+            if back is not None:  # (a rollback between the trainer's check and this publish)
+                entry["status"], entry["rejected_because"] = "rejected", _learned_from(back)
             m["next"] = seq + 1
             self._retain(m)
         return entry
@@ -589,10 +592,14 @@ class Registry:
             for v in (h["from"], h["to"]):
                 if v and m["versions"].get(v, {}).get("status") != "rejected":
                     keep.add(v)
+        parents = m.setdefault("parents", {})  # of versions removed: lines stay whole
         for e in entries:
             if e["version"] not in keep:
                 del m["versions"][e["version"]]
                 self._dropped.append(self.artifact(e["version"]))  # (see _locked)
+                parents[e["version"]] = e.get("parent")
+        for v in list(parents)[:-MAX_PARENTS]:  # the oldest go
+            del parents[v]
 
     def _set_champion(
         self, version: str | Callable[[dict[str, Any]], str], status: str, reason: str
@@ -657,7 +664,11 @@ class Registry:
                     m["followed_issued"] = issued
             refused = set(rejected)
             if champion and champion in versions and champion != old:
-                _champion_in(m, champion, "rolled-back" if old in refused else "champion", reason)
+                # (the lifecycle lists what the trainer's registry rejected with it: a line
+                # rejected here as well diverged, e.g. the line of a promotion of ours that
+                # the trainer did not take, a review)
+                status = "rolled-back" if old in refused else "champion"
+                _champion_in(m, champion, status, reason, line=False)
                 out.append(f"champion {old or 'none'} -> {champion}")
             for v in sorted(refused):
                 e = versions.get(v)
@@ -778,9 +789,13 @@ class Registry:
                 m["versions"][version]["rejected_because"] = reason
 
 
-def _champion_in(m: dict[str, Any], version: str, status: str, reason: str) -> dict[str, Any]:
+def _champion_in(
+    m: dict[str, Any], version: str, status: str, reason: str, *, line: bool = True
+) -> dict[str, Any]:
     """Make ``version`` the champion of manifest ``m`` (under its lock); the current one is
-    retired (``status`` champion) or rejected; recorded in the history."""
+    retired (``status`` champion) or rejected, and with ``line`` the versions learned on from
+    it (not through ``version``); recorded in the history, with the newest version's seq then
+    (what a choice by hand passed over)."""
     if version not in m["versions"]:
         raise ConfigError(
             f"unknown model version {version!r}: `fds models list` shows the versions"
@@ -799,39 +814,62 @@ def _champion_in(m: dict[str, Any], version: str, status: str, reason: str) -> d
     for e in m["versions"].values():  # contests of older versions end with it (the scorers'
         if e["status"] == "shadow" and e.get("seq", 0) < seq:  # rule): not in one any more
             e["status"] = "published"  # (`fds models list` showed them so for good, a QA pass)
-    if status != "champion" and old in m["versions"]:  # rolled back: the versions learned
-        # from it go with it (one learned on from it won its contest 12 s after a rollback by
-        # hand, and served what had been rolled back: a QA pass)
+    if line and status != "champion" and old in m["versions"]:  # rolled back: the versions
+        # learned from it go with it (one learned on from it won its contest 12 s after a
+        # rollback by hand, and served what had been rolled back: a QA pass)
         for v, e in m["versions"].items():
-            if e["status"] in ("published", "shadow") and old in line_of(m, v)[1:]:
-                e["status"], e["rejected_because"] = "rejected", f"learned from {old}, rolled back"
+            if e["status"] in ("published", "shadow") and old in line_of(m, v, version)[1:]:
+                e["status"], e["rejected_because"] = "rejected", _learned_from(old)
+    newest = max((e.get("seq", 0) for e in m["versions"].values()), default=0)
     m.setdefault("history", []).append(
-        {"at": format_ts(time.time()), "from": old, "to": version, "why": reason}
+        {"at": format_ts(time.time()), "from": old, "to": version, "why": reason, "newest": newest}
     )
     del m["history"][:-100]  # the last 100 changes are plenty for an audit
     return dict(m["versions"][version])
 
 
-def line_of(m: Mapping[str, Any], version: str) -> list[str]:
-    """``version`` and the versions it learned on from (its parent, theirs ...) held in
-    manifest ``m``, newest first."""
-    line, versions = [], m["versions"]
+#: Parents of versions removed by retention kept in the manifest (``parents``), the oldest
+#: forgotten first: a line of versions stays whole over that many removed (a rollback of a
+#: champion that served while 10 more were published rejected none of them: a review).
+MAX_PARENTS = 1_000
+
+
+def line_of(m: Mapping[str, Any], version: str, stop: str | None = None) -> list[str]:
+    """``version`` and the versions it learned on from (its parent, theirs ...) in manifest
+    ``m`` (removed ones by their ``parents``), newest first, up to ``stop`` (left out)."""
+    line, versions, parents = [], m["versions"], m.get("parents") or {}
     v: Any = version
-    while isinstance(v, str) and v in versions and v not in line:
+    while isinstance(v, str) and v != stop and v not in line:
+        if v in versions:
+            parent = versions[v].get("parent")
+        elif v in parents:
+            parent = parents[v]
+        else:
+            break
         line.append(v)
-        v = versions[v].get("parent")
+        v = parent
     return line
 
 
 def rolled_back_in(m: Mapping[str, Any], version: str) -> str | None:
-    """The newest version of ``version``'s line (:func:`line_of`, itself included) that was
-    rolled back: rejected after it had been champion; or None."""
+    """The newest version of ``version``'s line since the champion (:func:`line_of`, itself
+    included, the champion and what it learned from left out: a champion promoted out of a
+    rolled-back line set the trainer back to it at every publish, a review) that was rolled
+    back: rejected after it had been champion; or None."""
     champions = {h.get("to") for h in m.get("history", [])}
     versions = m["versions"]
     return next(
-        (v for v in line_of(m, version) if versions[v]["status"] == "rejected" and v in champions),
+        (
+            v
+            for v in line_of(m, version, m.get("champion"))
+            if v in versions and versions[v]["status"] == "rejected" and v in champions
+        ),
         None,
     )
+
+
+def _learned_from(version: str) -> str:
+    return f"learned from {version}, rolled back"
 
 
 def make_entry(

@@ -205,13 +205,13 @@ def _passed_over(m: Mapping[str, Any]) -> int:
     """The seq of the newest version published before the champion of manifest ``m`` was set
     by hand (`fds models promote|rollback`), or -1: the person chose it over them, and the
     running scorers had served or contested them already. A scorer started later served the
-    newest of them as a new version (a warm-up wrote it back as champion: a QA pass)."""
+    newest of them as a new version (a warm-up wrote it back as champion: a QA pass). (By the
+    seq the change recorded, not by time: two machines' clocks, a review.)"""
     history = m.get("history") or []
     if not history or not str(history[-1].get("why", "")).startswith("manual"):
         return -1
-    at = str(history[-1].get("at", ""))  # (format_ts: one width, UTC, compared as text)
-    versions = m["versions"].values()
-    return max((e["seq"] for e in versions if str(e.get("created_at", "")) <= at), default=-1)
+    newest = history[-1].get("newest")
+    return newest if isinstance(newest, int) else -1
 
 
 #: A version the watcher prepared (see ``ModelServer._pending``).
@@ -797,11 +797,11 @@ class ModelServer:
             return
         self._gate.clear()
         self._gate.extend(tuple(c) for c in state["window"])
-        if self._gate:  # (a restart had no series until the next label: a QA pass)
-            self._export_gate(self._gate_recall())
+        gate = self.spec.gate
+        if self._gate and (gate.min_frauds or gate.window):  # (a restart had no series until
+            self._export_gate(self._gate_recall())  # the next label: a QA pass)
         self._gate_frauds = max(self._gate_frauds, int(state["frauds"]))
         self._gate_starved = bool(state.get("starved", False))
-        gate = self.spec.gate
         saved = state.get("gate")  # (None: a release before it was kept)
         changed = saved is not None and list(saved) != [gate.min_frauds, gate.window]
         if changed or not (gate.min_frauds or gate.window):

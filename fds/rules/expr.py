@@ -608,27 +608,27 @@ class _Checker:
             raise self.fail(node, f"list longer than {MAX_IN_ITEMS} items")
         items: list[Any] = []
         for elt in node.elts:
-            if not isinstance(elt, ast.Constant):
-                # Allow negative numbers such as [-1, 2].
-                if (
-                    isinstance(elt, ast.UnaryOp)
-                    and isinstance(elt.op, ast.USub)
-                    and isinstance(elt.operand, ast.Constant)
-                    and isinstance(elt.operand.value, int | float)
-                    and not isinstance(elt.operand.value, bool)
-                ):
-                    self.constant(elt.operand)
-                    items.append(-elt.operand.value)
-                    continue
+            if isinstance(elt, ast.Constant):
+                _, t = self.constant(elt)
+                value = elt.value
+            elif (  # a negative number such as [-1, 2]
+                isinstance(elt, ast.UnaryOp)
+                and isinstance(elt.op, ast.USub)
+                and isinstance(elt.operand, ast.Constant)
+                and isinstance(elt.operand.value, int | float)
+                and not isinstance(elt.operand.value, bool)
+            ):
+                _, t = self.constant(elt.operand)
+                value = -elt.operand.value  # (its type was not checked: `country in [-1]`)
+            else:
                 raise self.fail(elt, "list items after `in` must be literals (numbers, text)")
-            _, t = self.constant(elt)
             if {left_t, t} in ({STR, NUM}, {STR, BOOL}):
-                quoted = repr(str(elt.value))
+                quoted = repr(f"{value:g}" if isinstance(value, float) else str(value))
                 fix = f": write it as text, {quoted}" if left_t == STR and t == NUM else ""
                 raise self.fail(
                     elt, f"list item type {t} never equals the {left_t} on the left{fix}"
                 )
-            items.append(elt.value)
+            items.append(value)
         flags = any(type(v) is bool for v in items)
         numbers = any(type(v) in (int, float) for v in items)
         return self.const(frozenset(items)), "flags" if flags else "numbers" if numbers else "list"

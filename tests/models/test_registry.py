@@ -225,6 +225,41 @@ def test_a_rollback_rejects_the_versions_learned_from_the_version_rolled_back(tm
     assert reg.entry("v000006")["status"] == "published"
 
 
+def test_a_rollback_follows_a_line_through_versions_retention_removed(tmp_path):
+    """A review: with 10 versions kept, a champion that served while more were published had
+    no line to its newest versions (their parents removed): its rollback rejected none of
+    them, and a version published after the rollback from that line was not rejected either;
+    a champion promoted out of a rolled-back line starts a line of its own."""
+    reg = Registry(tmp_path, retain=3)
+    reg.publish({"x": 1}, spec={"name": "t"})
+    reg.promote("v000001")
+    for i in range(2, 10):  # v2 promoted, then v3..v9 learned on from it, one by one
+        reg.publish({"x": 1}, spec={"name": "t"}, parent=f"v{i - 1:06d}")
+        if i == 2:
+            reg.promote("v000002")
+    assert "v000003" not in reg.manifest()["versions"]  # (removed by retention)
+    reg.rollback()
+    assert [e["version"] for e in reg.versions() if e["status"] != "rejected"] == ["v000001"]
+    late = reg.publish({"x": 1}, spec={"name": "t"}, parent="v000009")  # (its trainer's
+    assert late["status"] == "rejected"  # check came before the rollback)
+    assert late["rejected_because"] == "learned from v000002, rolled back"
+    reg.promote("v000010")  # by hand, out of the rolled-back line: a line of its own
+    assert reg.publish({"x": 1}, spec={"name": "t"}, parent="v000010")["status"] == "published"
+
+
+def test_a_lifecycle_followed_rejects_what_it_lists_not_a_line_of_its_own(tmp_path):
+    """A review: the champion replaced was in the lifecycle's rejected list, and the versions
+    learned from the new champion (itself learned from it) were rejected here alone."""
+    reg = Registry(tmp_path)
+    for parent in (None, "v000001", "v000002", "v000001"):
+        reg.publish({"x": 1}, spec={"name": "t"}, parent=parent)
+    reg.promote("v000001")
+    reg.follow("v000002", ["v000001"], mark="m1", reason="the trainer's registry")
+    status = {e["version"]: e["status"] for e in reg.versions()}
+    assert status == {"v000001": "rejected", "v000002": "champion", "v000003": "published",
+                      "v000004": "published"}  # fmt: skip
+
+
 def _two_champions(path: Path) -> Registry:
     """v000001 then v000002 promoted."""
     reg = Registry(path)
