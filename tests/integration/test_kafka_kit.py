@@ -203,6 +203,9 @@ def test_the_kit_broker_lets_a_group_member_notice_a_death_in_3_s(
     consumer = KafkaConsumer(
         topics["transactions"], bootstrap_servers=kafka_bootstrap, group_id=unique_name("g"),
         session_timeout_ms=3000, heartbeat_interval_ms=1000,
+        # (a first metadata without the topic just made left the group's assignment empty
+        # until the next refresh, 5 min by default: "no assignment" in a loaded suite)
+        metadata_max_age_ms=1000,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 30
