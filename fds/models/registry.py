@@ -642,7 +642,7 @@ class Registry:
 
     def follow(
         self, champion: str | None, rejected: Iterable[str], mark: str, reason: str,
-        *, again: bool = False, issued: list[Any] | None = None,
+        *, again: bool = False, issued: list[Any] | None = None, passed_over: Any = None,
     ) -> list[str]:  # fmt: skip
         """Take another registry's lifecycle (a trainer's, through the models topic): make
         ``champion`` the champion (when held here; the current one rejected if it is in
@@ -652,8 +652,9 @@ class Registry:
         restarted scorer, whose verdicts the trainer judged or never got: a verdict lost at
         its stop left it on its own champion for good, a review). A ``champion`` not held here
         leaves the mark unkept: the same lifecycle is followed when read again (a restart).
-        ``issued``: the lifecycle's number (:meth:`issue`), kept as ``followed_issued``.
-        Returns the changes made."""
+        ``issued``: the lifecycle's number (:meth:`issue`), kept as ``followed_issued``;
+        ``passed_over``: the newest seq a champion set by hand there passed over
+        (:func:`passed_over`), kept with the change. Returns the changes made."""
         with self._locked() as m:
             if m.get("followed") == mark and not again:
                 return []
@@ -669,6 +670,8 @@ class Registry:
                 # the trainer did not take, a review)
                 status = "rolled-back" if old in refused else "champion"
                 _champion_in(m, champion, status, reason, line=False)
+                if isinstance(passed_over, int):
+                    m["history"][-1]["passed_over"] = passed_over
                 out.append(f"champion {old or 'none'} -> {champion}")
             for v in sorted(refused):
                 e = versions.get(v)
@@ -866,6 +869,20 @@ def rolled_back_in(m: Mapping[str, Any], version: str) -> str | None:
         ),
         None,
     )
+
+
+def passed_over(m: Mapping[str, Any]) -> int:
+    """The seq of the newest version published before the champion of manifest ``m`` was set
+    by hand (`fds models promote|rollback`, here or in the trainer's registry a lifecycle
+    came from), or -1: the person chose it over them, and the running scorers had served or
+    contested them already. A scorer started later served the newest of them as a new
+    version (a warm-up wrote it back as champion: a QA pass). (By the seq the change
+    recorded, not by time: two machines' clocks, a review.)"""
+    last = (m.get("history") or [{}])[-1]
+    seq = last.get("passed_over")
+    if seq is None and str(last.get("why", "")).startswith("manual"):
+        seq = last.get("newest")
+    return seq if isinstance(seq, int) else -1
 
 
 def _learned_from(version: str) -> str:

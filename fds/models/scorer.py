@@ -56,7 +56,7 @@ import orjson
 from fds.errors import ArtifactError, ConfigError, describe
 from fds.models.champion import BudgetRank, Contest
 from fds.models.fused import serving
-from fds.models.registry import Registry, learned, load_verified, seq_of
+from fds.models.registry import Registry, learned, load_verified, passed_over, seq_of
 from fds.models.spec import ModelSpec
 from fds.models.trainer import Publication, Trainer, event_time
 from fds.models.vector import RULE_SCORE, to_vector
@@ -199,19 +199,6 @@ def _champions(m: Mapping[str, Any]) -> list[str]:
         if v == first or versions[v]["status"] != "rejected":
             out.append(v)
     return out
-
-
-def _passed_over(m: Mapping[str, Any]) -> int:
-    """The seq of the newest version published before the champion of manifest ``m`` was set
-    by hand (`fds models promote|rollback`), or -1: the person chose it over them, and the
-    running scorers had served or contested them already. A scorer started later served the
-    newest of them as a new version (a warm-up wrote it back as champion: a QA pass). (By the
-    seq the change recorded, not by time: two machines' clocks, a review.)"""
-    history = m.get("history") or []
-    if not history or not str(history[-1].get("why", "")).startswith("manual"):
-        return -1
-    newest = history[-1].get("newest")
-    return newest if isinstance(newest, int) else -1
 
 
 #: A version the watcher prepared (see ``ModelServer._pending``).
@@ -1041,7 +1028,7 @@ class ModelServer:
         assert reg is not None
         m = reg.manifest()
         self._pointer = m.get("champion")
-        self._offered = max(self._offered, _passed_over(m))
+        self._offered = max(self._offered, passed_over(m))
         for v in _champions(m):
             if self._foreign(v, m["versions"][v]):
                 continue

@@ -79,9 +79,10 @@ __all__ = ["FeedStats", "ModelFeed"]
 LIFECYCLE = "lifecycle"
 LIFECYCLE_FIELDS = (
     "kind", "name", "decisions_topic", "champion", "rejected", "mark", "judged", "issued",
+    "passed_over",
 )  # fmt: skip
 #: Fields added to a signed record since its first release (absent from older trainers').
-_ADDED = frozenset({"judged", "issued"})
+_ADDED = frozenset({"judged", "issued", "passed_over"})
 #: The ``kind`` of a scorer's contest verdict sent to its trainer (:meth:`ModelFeed.on_event`),
 #: and its fields the ``verdict_hmac`` signs.
 VERDICT = "verdict"
@@ -509,6 +510,7 @@ class ModelFeed:
             changes = self.registry.follow(
                 champ, rejected, str(life.get("mark")), "the trainer's registry (models topic)",
                 again=judging and not self._followed, issued=issued,
+                passed_over=life.get("passed_over"),
             )  # fmt: skip
         except Exception as exc:  # a full disk, a manifest edited by hand
             return self._reject(exc, where)

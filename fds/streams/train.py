@@ -67,7 +67,13 @@ from fds.errors import ArtifactError, ConfigError, FdsError, describe
 from fds.health import Health, stale_after
 from fds.logs import say
 from fds.metrics import Metrics, NullMetrics, add_metrics_arguments, make_metrics
-from fds.models.registry import DEFAULT_REGISTRY, ENTRY_FIELDS, Registry, sign_record
+from fds.models.registry import (
+    DEFAULT_REGISTRY,
+    ENTRY_FIELDS,
+    Registry,
+    passed_over,
+    sign_record,
+)
 from fds.pipeline import DEFAULT_MODEL
 from fds.schema import check_not_ahead, loads_record, parse_label
 from fds.streams.checkpoint import SHARED_FILE, Checkpointer, default_state_dir, hold
@@ -177,6 +183,9 @@ def lifecycle(
         return None
     body = {"kind": LIFECYCLE, "name": name, "decisions_topic": decisions_topic,
             "champion": champ, "rejected": rejected, "judged": m.get("judged") or {}}  # fmt: skip
+    passed = passed_over(m)
+    if passed >= 0:  # a champion set by hand there: what it passed over, for scorers started
+        body["passed_over"] = passed  # later (they contested it, and could undo the choice)
     # (the verdicts answered, not every record judged: a shadow notice needs no lifecycle,
     # any later one names it judged; announcing one after each doubled them, a review)
     marked = {**body, "judged": m.get("answered", 0)}

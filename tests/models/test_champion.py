@@ -426,15 +426,19 @@ def test_a_canary_that_raises_here_does_not_reject_the_version_for_every_scorer(
 
 
 @pytest.mark.parametrize("labels", [False, True])
-def test_a_scorer_started_after_a_champion_set_by_hand_keeps_it(tmp_path, labels) -> None:
+@pytest.mark.parametrize("where", ["here", "the trainer's registry"])
+def test_a_scorer_started_after_a_champion_set_by_hand_keeps_it(tmp_path, labels, where):
     """A QA pass: v1 and v2 published, v2 served as the newest, `fds models promote v1`: the
     running scorers served v1, but one started later served v2 as a new version (with labels
     its warm-up wrote v2 back as champion, for every scorer). A version published after it is
-    new."""
+    new. So for a choice made in a trainer's registry, followed from its lifecycle."""
     reg = Registry(tmp_path)
     for _ in range(2):
         reg.publish(FeatureModel("f_a"), spec={"name": "t"})
-    reg.promote("v000001", reason="manual (fds models promote)")
+    if where == "here":
+        reg.promote("v000001", reason="manual (fds models promote)")
+    else:
+        reg.follow("v000001", [], "mark", "the trainer's registry (models topic)", passed_over=2)
     srv = ModelServer(SPEC, learn=False, registry=reg)
     assert srv.load_champion() == "v000001"
     if not labels:

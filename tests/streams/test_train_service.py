@@ -290,6 +290,7 @@ def test_a_promote_or_rollback_on_the_trainers_registry_is_announced_once(
     ]
     assert p.keys == [b"default/prod.decisions/lifecycle"]
     assert p.values[0]["champion_announcement"]["version"] == first.version
+    assert p.values[0]["passed_over"] == 2  # (by hand: v2 passed over, signed)
     third = svc.trainer.publish(2.0)  # the registry changed, its lifecycle did not
     svc._send_lifecycle()
     assert len(p.values) == 1
@@ -301,8 +302,8 @@ def test_a_promote_or_rollback_on_the_trainers_registry_is_announced_once(
     assert 'announcing the registry\'s lifecycle on topic="models" failed' in caplog.text
     p.down = False
     svc._send_lifecycle()
-    assert [(v["champion"], v["rejected"]) for v in p.values[1:]] == [
-        (first.version, [second.version, third.version])  # (learned from it: rejected too)
+    assert [(v["champion"], v["rejected"], v["passed_over"]) for v in p.values[1:]] == [
+        (first.version, [second.version, third.version], 3)  # (learned from it: rejected too)
     ]
     # numbered (signed): a scorer refuses one older than it followed (a replay); the failed
     # send used a number
