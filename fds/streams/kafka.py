@@ -1657,6 +1657,10 @@ class Runner:
                 continue  # polls drive the rejoin; what they fetch waits in the aligner
             if self._unresolved:  # assigned in that poll: bring the state up to date first
                 self._restore_assigned()
+                # (the restore's wait is no idle time, and the clock read before it is stale:
+                # a 15-s wait for a killed exactly-once instance's offsets ended a --max-idle
+                # run as it returned, having decided nothing: a CI run)
+                now = no_input.since = time.monotonic()
                 if self._stop:  # a stop may have cut the restore short: decide nothing more
                     return
                 if self._unresolved:  # a rebalance cut it short: again, before any decision

@@ -701,8 +701,11 @@ def test_a_taker_waits_out_a_killed_exactly_once_instance_s_open_transaction(
     ids = write_stream(tmp_path / "tx.jsonl", 3000)
     produce_file(tmp_path / "tx.jsonl", settings_for(kafka_bootstrap, topics, unique_name("g")))
     group = unique_name("g")
-    eos = ["--exactly-once", "--max-poll-records", "200"]
-    env = {"FDS_TRANSACTION_TIMEOUT_MS": "15000"}  # (the broker checks every 10 s)
+    # a's session ends 3 s after the kill, and b's assignment with it; a's transaction is
+    # aborted 15-25 s after (the broker checks every 10 s): b waits 12 s or more (with a
+    # 10-s session, b's wait could end before the 5 s after which it is said: a CI run)
+    eos = ["--exactly-once", "--max-poll-records", "200", "--session-timeout", "3000"]
+    env = {"FDS_TRANSACTION_TIMEOUT_MS": "15000"}
     a = spawn_run(kafka_bootstrap, topics, group, *eos, "--group-instance-id", "a",
                   "--transactional-id", group + "-a",
                   env={**env, "FDS_FAULT_KILL_AFTER_FLUSH": "3"})  # fmt: skip

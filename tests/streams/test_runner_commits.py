@@ -1596,6 +1596,38 @@ def test_max_idle_does_not_count_a_wait_for_the_committed_offsets():
     assert bounded.over(c, t0 + 61.5)
 
 
+def test_max_idle_does_not_count_the_restore_of_an_assignment():
+    """Found by CI: a taker waited 15 s in its restore for a killed exactly-once instance's
+    offsets, and its idle clock went on from the time read before that wait: once the
+    positions came, the run ended as idle (`--max-idle 3`), having decided nothing."""
+
+    class Assigning(Consumer):
+        polls = 0
+
+        def __init__(self) -> None:
+            super().__init__()  # positions once polled after the restore (as kafka-python)
+            self._subscription = SimpleNamespace(has_all_fetch_positions=lambda: self.polls > 1)
+
+        def poll(self, timeout_ms: int, max_records: int) -> dict:
+            self.polls += 1
+            if self.polls == 1:
+                r._unresolved = {0}  # (as the assignment callback does)
+            if self.polls == 4:
+                return {TP: [rec for _tp, rec, _tx in batch(0)]}
+            return {}
+
+    def slow_restore() -> None:
+        time.sleep(0.5)  # (the wait for the committed offsets)
+        r._unresolved = set()
+
+    r = make_runner(state_dir="none", align_wait_s=0)
+    r.consumer = Assigning()
+    r.aligner = Aligner(r.consumer, _event_time, max_wait_s=0)
+    r._restore_assigned = slow_restore  # type: ignore[method-assign]
+    r._poll_loop(max_idle_s=0.3)
+    assert r.stats.consumed == 3  # read (dead letters: the fake's records are "{}")
+
+
 def test_partitions_added_to_the_input_end_the_co_partitioned_output():
     """Found by a QA pass: with 2 input and 2 output partitions decisions went to the input's
     partition; after the input grew to 3, a record of partition 2 was sent to an output
