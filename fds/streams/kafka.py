@@ -1700,7 +1700,9 @@ class Runner:
                 # a lull: the cycles kafka-python had alive at the freezes are collected
                 # (fds.gcpolicy), in at most half the session timeout (heartbeats stay in time)
                 self._freezer.idle(now - no_input.since, self.s.session_timeout_ms / 2000)
-                idle_over = no_input.over(consumer, now)
+                # (the clock again: a commit, checkpoint, publish or collection above may take
+                # seconds, which a wait for positions then counted as idle time)
+                idle_over = no_input.over(consumer, time.monotonic())
             # Idle, or records held for a partition that is behind while nothing is fetched:
             # the broker may be gone (held records had skipped this: the aligner now holds them
             # through an outage, and fds run exited after twice the broker timeout)

@@ -1596,10 +1596,12 @@ def test_max_idle_does_not_count_a_wait_for_the_committed_offsets():
     assert bounded.over(c, t0 + 61.5)
 
 
-def test_max_idle_does_not_count_the_restore_of_an_assignment():
+@pytest.mark.parametrize("slow", ["restore", "publish"])
+def test_max_idle_does_not_count_a_restore_or_a_slow_idle_pass(slow):
     """Found by CI: a taker waited 15 s in its restore for a killed exactly-once instance's
     offsets, and its idle clock went on from the time read before that wait: once the
-    positions came, the run ended as idle (`--max-idle 3`), having decided nothing."""
+    positions came, the run ended as idle (`--max-idle 3`), having decided nothing. Alike for
+    any slow step of an idle pass (a checkpoint, a publish of the state) while it waits."""
 
     class Assigning(Consumer):
         polls = 0
@@ -1610,20 +1612,21 @@ def test_max_idle_does_not_count_the_restore_of_an_assignment():
 
         def poll(self, timeout_ms: int, max_records: int) -> dict:
             self.polls += 1
-            if self.polls == 1:
+            if self.polls == 1 and slow == "restore":
                 r._unresolved = {0}  # (as the assignment callback does)
             if self.polls == 4:
                 return {TP: [rec for _tp, rec, _tx in batch(0)]}
             return {}
 
-    def slow_restore() -> None:
-        time.sleep(0.5)  # (the wait for the committed offsets)
+    def slow_step() -> None:
+        if r.consumer.polls == 1:
+            time.sleep(0.5)  # (the wait for the committed offsets, a slow write)
         r._unresolved = set()
 
     r = make_runner(state_dir="none", align_wait_s=0)
     r.consumer = Assigning()
     r.aligner = Aligner(r.consumer, _event_time, max_wait_s=0)
-    r._restore_assigned = slow_restore  # type: ignore[method-assign]
+    setattr(r, "_restore_assigned" if slow == "restore" else "_publish_state", slow_step)
     r._poll_loop(max_idle_s=0.3)
     assert r.stats.consumed == 3  # read (dead letters: the fake's records are "{}")
 

@@ -492,6 +492,43 @@ def test_a_full_state_disk_is_one_error_naming_the_state_dir(tmp_path):
     svc.store.flush()
 
 
+def test_fds_train_s_max_idle_does_not_count_a_slow_pass(tmp_path):
+    """The idle clock is read after the pass's work: a slow pass (a lifecycle sent) while the
+    partitions waited for their positions was counted as idle time once they had them, and
+    the run ended before the records that came next (as fds run did after a restore: a CI
+    run)."""
+    from types import SimpleNamespace
+
+    d = TopicPartition("decisions", 0)
+
+    class Waiting(Idle):
+        polls = 0
+
+        def __init__(self) -> None:
+            self._subscription = SimpleNamespace(has_all_fetch_positions=lambda: self.polls > 1)
+
+        def poll(self, timeout_ms=0, max_records=None):
+            self.polls += 1
+            return {d: [decision(0, 0, "t0", 100.0)]} if self.polls == 4 else {}
+
+        def commit(self, offsets=None, timeout_ms=None):
+            pass
+
+    consumer = Waiting()
+    svc = service(tmp_path)
+    svc._connect = lambda: setattr(svc, "consumer", consumer)  # type: ignore[method-assign]
+    svc._read_to_end = lambda tp: True  # type: ignore[method-assign]
+    sent = svc._send_lifecycle
+
+    def slow_lifecycle() -> None:
+        if consumer.polls == 1:
+            time.sleep(0.5)
+        sent()
+
+    svc._send_lifecycle = slow_lifecycle  # type: ignore[method-assign]
+    assert svc.run(max_idle_s=0.3).decisions == 1
+
+
 def test_fds_train_ends_idle_with_the_broker_there_and_says_when_it_is_gone(tmp_path):
     """Found by a QA pass: an outage was idle time (--max-idle: exit 0), and without
     --max-idle fds train waited for a broker gone for good without a word."""
