@@ -561,6 +561,10 @@ class ModelServer:
         for wait in (*retries, None):
             try:
                 change(reg)
+                # what it rejected is known now, not at the watcher's next poll (a rollback
+                # rejects the line learned from the version: a contest ending in between
+                # promoted one, which the registry refused; a replay never polls)
+                self._see_rejected(reg.manifest())
                 return
             except ConfigError as e:  # refused (a version rejected meanwhile): not retried
                 log.warning('registry update refused change="%s": %s', what, e)
@@ -570,6 +574,10 @@ class ModelServer:
                             "" if wait is None else f"; retrying in {wait:g} s")  # fmt: skip
                 if wait is None or self._give_up.wait(wait):
                     raise
+
+    def _see_rejected(self, m: Mapping[str, Any]) -> None:
+        """The versions manifest ``m`` rejects: no contest of theirs ends in a promotion."""
+        self._rejected = frozenset(v for v, e in m["versions"].items() if e["status"] == "rejected")
 
     def _writing(self) -> bool:
         """Is a verdict of ours still on its way to the registry (watch mode)?"""
@@ -1075,7 +1083,7 @@ class ModelServer:
             return None
         stamp = self.registry.stamp()  # (before the read: a change during it shows)
         m = self.registry.manifest()
-        self._rejected = frozenset(v for v, e in m["versions"].items() if e["status"] == "rejected")
+        self._see_rejected(m)
         champ = m.get("champion")
         role, target = None, None
         versions = m["versions"]

@@ -221,6 +221,35 @@ def test_an_automatic_rollback_rejects_the_version_that_lost_its_probation(tmp_p
     assert reg.entry("v000002")["status"] == "rejected"
 
 
+@pytest.mark.parametrize("watch", [False, True])
+def test_a_rollback_ends_the_contest_of_a_version_learned_from_the_rolled_back_one(
+    tmp_path, watch
+) -> None:
+    """The registry rejects the line learned from a rolled-back version; the scorer saw that
+    at its watcher's next poll (a replay, at none): a contest ending in between promoted such
+    a version here, which the registry refused (a review)."""
+    srv, s, reg = _registry_server(tmp_path, FeatureModel("f_a"))
+    if watch:
+        srv.start_watch(every=3600)  # (no poll in this test)
+    srv.offer(_registered(reg, FeatureModel("f_b")))
+    s.run(60, {"f_a": 1.0, "f_b": 1.0})  # tie: v2 promoted, on probation
+    assert srv.version == "v000002" and srv.probation is not None
+    e = reg.publish(FeatureModel("f_a"), spec={"name": "t"}, parent="v000002")
+    srv.offer(Publication(e["version"], *reg.load_bytes(e["version"])))
+    assert srv.challenger_version == "v000003"
+    s.run(40, {"f_a": 1.0, "f_b": 0.0})  # v2 worse than v1: rolled back
+    assert srv.stats["rollback"] == 1 and srv.version == "v000001"
+    assert srv.challenger_version == "v000003"  # (its contest starts over against v1)
+    if watch:
+        srv._writes.join()
+    assert reg.entry("v000003")["status"] == "rejected"
+    s.run(60, {"f_a": 1.0, "f_b": 1.0})  # v3 ties with v1: it would be promoted
+    assert srv.version == "v000001" and srv.challenger is None
+    assert reg.champion() == "v000001"
+    if watch:
+        srv.close()
+
+
 def test_a_rolled_back_champion_is_served_with_the_sampling_rate_it_learned_at(tmp_path):
     """A review: the rollback undid the spec's legit sampling rate, not the version's own."""
     reg = Registry(tmp_path)
