@@ -308,6 +308,9 @@ class ModelServer:
         # the versions the registry rejects, as the watcher last read them: one rejected by
         # hand, or learned from a version rolled back, is not promoted (a contest of it ends)
         self._rejected: frozenset[str] = frozenset()
+        # in memory (a replay): the artifacts of the versions a rollback may return to, for the
+        # trainer to learn on from (see _trainer_follows)
+        self._kept: dict[str, Publication] = {}
         self._rewound = False  # the registry's newest version is older than one seen here
         # serving in the stead of a registry champion that failed to load here (watch mode):
         # nothing is contested or written to the registry meanwhile
@@ -460,6 +463,11 @@ class ModelServer:
             self._emit("swap_rejected", {"version": pub.version, "error": str(e)})
             return False
         self._take(pub.version, model, pub.entry)
+        if self.trainer is not None and self.trainer.registry is None:
+            self._kept[pub.version] = pub
+            live = {self.version, self.predecessor_version, self.challenger_version}
+            live.add(self._queued[0] if self._queued is not None else None)
+            self._kept = {v: p for v, p in self._kept.items() if v in live}
         return True
 
     def _take(self, version: str, model: Any, entry: dict[str, Any]) -> None:
@@ -982,10 +990,31 @@ class ModelServer:
             self._rate = self._predecessor_rate  # the rate it learned at, as when it served
             self._champion_labels = self.spec.promote.warmup_labels  # a proven model
             self._contest_against(self.version or "")  # the restored champion
+            if self.trainer is not None:
+                self._trainer_follows(p.incumbent)
             self._emit("rollback", info)
         else:
             self._emit("confirm", info)
         self.predecessor = self.predecessor_version = None
+
+    def _trainer_follows(self, back: str) -> None:
+        """The in-process trainer goes on from the champion a rollback of ``back`` restored,
+        as ``fds train`` does (:meth:`Trainer.follow_rollback`): in a replay its next version
+        carried back what was rolled back, and one in its shadow contest could win it."""
+        t = self.trainer
+        assert t is not None
+        if t.registry is not None:  # (the rollback is written there: inline, synchronous)
+            t.follow_rollback()
+            return
+        line, pub = t.line_from(back), self._kept.get(self.version or "")
+        if not line or pub is None:
+            return
+        t.go_on_from(pub.version, load_verified(pub.data, sha256=pub.entry["sha256"]), pub.entry)
+        self._rejected |= frozenset(line)  # (its contest ends, a queued one is dropped)
+        log.warning(
+            'version "%s" was rolled back: learning goes on from "%s" (%d versions dropped)',
+            back, pub.version, len(line),
+        )  # fmt: skip
 
     def _emit(self, kind: str, info: dict[str, Any]) -> None:
         # a version refused or rolled back is a warning: `fds -q` shows it (a rejected rules

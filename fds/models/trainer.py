@@ -48,6 +48,7 @@ log = logging.getLogger("fds.models")
 
 # Expiry scans run at most this often (event time): TTL precision of an hour is plenty.
 _EXPIRE_EVERY = 3600.0
+MAX_LINE = 1000  # versions of its own line an in-memory trainer recalls (a rollback's reach)
 _HASH_SPACE = float(2**32)  # crc32 range: tx_id hashes map uniformly to [0, 1)
 
 
@@ -339,6 +340,9 @@ class Trainer:
         self._last_expire = -math.inf
         self._adwin = drift.ADWIN()
         self._seq = 0
+        # in memory (a replay): the versions published since it last went on from another
+        # model, oldest first (what a rollback of one of them drops: line_from)
+        self._line: collections.deque[str] = collections.deque(maxlen=MAX_LINE)
         self._since_publish = 0
         self._last_publish: float | None = None
         self.now = -math.inf
@@ -506,15 +510,27 @@ class Trainer:
                 "(%s): learning goes on from the rolled-back line", parent, champ, e,
             )  # fmt: skip
             return None
-        self.model, self.parent = model, champ
-        self.count_from(m["versions"][champ])
-        self._since_publish = 0
-        self._last_publish = self.now if math.isfinite(self.now) else None
+        self.go_on_from(champ, model, m["versions"][champ])
         log.warning(
             'version "%s" was rejected (%s): learning goes on from the champion "%s"',
             back, entry.get("rejected_because") or "", champ,
         )  # fmt: skip
         return champ
+
+    def line_from(self, version: str) -> list[str]:
+        """In memory (a replay): ``version`` and the versions published on from it, when the
+        model learning now learned on from it (else none): what its rollback drops."""
+        line = self._line
+        return list(line)[line.index(version) :] if version in line else []
+
+    def go_on_from(self, version: str, model: Any, entry: Mapping[str, Any]) -> None:
+        """Learn on from ``version`` (its ``model`` and ``entry``) instead: the learning since
+        it is dropped, and nothing is published until the policy is due again."""
+        self.model, self.parent = model, version
+        self.count_from(entry)
+        self._line.clear()
+        self._since_publish = 0
+        self._last_publish = self.now if math.isfinite(self.now) else None
 
     def publish(self, now: float | None = None, evaluation: dict[str, Any] | None = None):
         """Snapshot the model now as a new version (registry or in memory)."""
@@ -536,6 +552,7 @@ class Trainer:
         else:
             self._seq += 1
             entry = make_entry(data, version=f"v{self._seq:06d}", seq=self._seq, key=None, **meta)
+            self._line.append(entry["version"])
         self.parent = entry["version"]
         self._since_publish = 0
         self._last_publish = now

@@ -250,6 +250,39 @@ def test_a_rollback_ends_the_contest_of_a_version_learned_from_the_rolled_back_o
         srv.close()
 
 
+def test_in_a_replay_the_trainer_goes_on_from_the_champion_a_rollback_restored() -> None:
+    """In memory (a replay) the trainer learned on from the rolled-back version: its next
+    versions carried back what was rolled back, and one in its shadow contest could win it;
+    `fds train` goes on from the restored champion (follow_rollback), and a replay now too."""
+    from fds.models.trainer import Trainer
+
+    class Manual(Trainer):  # publishes when the test says
+        def maybe_publish(self, now: float | None = None) -> None:
+            return None
+
+    t = Manual(SPEC)
+    srv = ModelServer(SPEC, trainer=t)
+    s = Stream(srv)
+    s.run(50, {"f_a": 1.0, "f_b": 1.0})
+    t.model = FeatureModel("f_a")
+    assert srv.offer(t.publish()) and srv.version == "v000001"
+    t.model = FeatureModel("f_b")
+    srv.offer(t.publish())
+    s.run(60, {"f_a": 1.0, "f_b": 1.0})  # tie: v2 promoted, on probation
+    assert srv.version == "v000002" and srv.probation is not None
+    t.model = FeatureModel("f_a")  # (learned on from v2)
+    srv.offer(t.publish())
+    assert srv.challenger_version == "v000003"
+    s.run(40, {"f_a": 1.0, "f_b": 0.0})  # v2 worse than v1: rolled back
+    assert srv.stats["rollback"] == 1 and srv.version == "v000001"
+    assert t.parent == "v000001" and t.model.feature == "f_a"  # v1's model, its own copy
+    assert t.line_from("v000002") == []
+    s.run(60, {"f_a": 1.0, "f_b": 1.0})  # v3 ties with v1: it would be promoted
+    assert srv.version == "v000001" and srv.challenger is None
+    assert t.publish().entry["parent"] == "v000001"
+    assert srv.offer(t.publish()) and srv.challenger_version == "v000005"  # a new contest
+
+
 def test_a_rolled_back_champion_is_served_with_the_sampling_rate_it_learned_at(tmp_path):
     """A review: the rollback undid the spec's legit sampling rate, not the version's own."""
     reg = Registry(tmp_path)
