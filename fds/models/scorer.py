@@ -205,6 +205,20 @@ def _champions(m: Mapping[str, Any]) -> list[str]:
 Pending = tuple[str, str, Any, dict[str, Any], int, Any, tuple[int, int], tuple[Any, Any]]
 
 
+_FRESH = ("published", "shadow")  # a version to offer (shadow: another scorer's challenger)
+
+
+def _superseded(m: Mapping[str, Any], role: str, version: str) -> bool:
+    """Was a version newer than ``version``, prepared as the newest (``role``), published in
+    manifest ``m`` since? The newest is prepared instead: without an event to serve it, a
+    version prepared held every newer one back (a CI run: v1 prepared as the traffic paused,
+    v2 published meanwhile, and a scorer took v2 only after the next event had served v1)."""
+    if role not in ("challenger", "newest"):  # (a choice by hand, a stand-in: served first)
+        return False
+    seq = (m["versions"].get(version) or {}).get("seq", math.inf)
+    return any(e["seq"] > seq and e["status"] in _FRESH for e in m["versions"].values())
+
+
 def _view(m: Mapping[str, Any], version: str) -> tuple[Any, Any]:
     """What a version prepared to serve depends on in manifest ``m``: the champion and the
     version's status."""
@@ -1142,8 +1156,7 @@ class ModelServer:
             ]
             newest_known = max([self._offered, *known])
             self._check_rewound(latest, newest_known)
-            fresh = ("published", "shadow")  # (shadow: a challenger of another scorer)
-            if latest and latest["seq"] > newest_known and latest["status"] in fresh:
+            if latest and latest["seq"] > newest_known and latest["status"] in _FRESH:
                 role = "challenger" if self.auto_promote else "newest"
                 if champ and champ != self.version and self._retrying(champ):
                     # The registry's champion failed to load here (retried): what is served
@@ -1185,10 +1198,11 @@ class ModelServer:
         stamp = reg.stamp()
         if pending is None or stamp == pending[6]:
             return
-        good = _view(reg.manifest(), pending[1]) == pending[7]
+        m = reg.manifest()
+        good = _view(m, pending[1]) == pending[7] and not _superseded(m, pending[0], pending[1])
         if self._pending is pending:  # (else taken meanwhile by the hot path)
-            # still good: served at the next event; else gone (rolled back, say): the next poll
-            # prepares anew
+            # still good: served at the next event; else gone (rolled back, say, or a newer
+            # version published): the next poll prepares anew
             self._pending = (*pending[:6], stamp, pending[7]) if good else None
 
     def _check_rewound(self, latest: Mapping[str, Any] | None, newest_known: int) -> None:

@@ -202,6 +202,28 @@ def test_a_version_this_scorer_cannot_load_is_not_rejected_for_everyone(tmp_path
     assert good.poll() is None
 
 
+def test_a_version_prepared_gives_way_to_a_newer_one_published_before_an_event_serves_it(
+    tmp_path: Path,
+) -> None:
+    """Found by a CI run: v1 prepared as the traffic paused held v2, published meanwhile, back
+    until an event had served v1 (the watcher prepares one version at a time). A choice by
+    hand prepared is served first all the same."""
+    reg = Registry(tmp_path)
+    srv = ModelServer(load_spec("default"), registry=reg, learn=False, auto_promote=False)
+    reg.publish(FeatureModel("amount"), spec={"name": "default"})
+    assert srv.poll() == "v000001"
+    reg.publish(FeatureModel("amount"), spec={"name": "default"})
+    srv._still_pending()  # (the watcher's look while a version waits for an event)
+    assert srv._pending is None and srv.poll() == "v000002"
+    srv.install_pending()
+    assert srv.version == "v000002"
+    reg.promote("v000001")  # by hand: prepared, then not given way to
+    assert srv.poll() == "v000001"
+    reg.publish(FeatureModel("amount"), spec={"name": "default"})
+    srv._still_pending()
+    assert srv._pending is not None and srv._pending[1] == "v000001"
+
+
 def test_without_labels_versions_are_served_as_published_and_the_gate_counts_frauds(
     tmp_path: Path,
 ) -> None:
