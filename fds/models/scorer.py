@@ -210,9 +210,9 @@ _FRESH = ("published", "shadow")  # a version to offer (shadow: another scorer's
 
 def _superseded(m: Mapping[str, Any], role: str, version: str) -> bool:
     """Was a version newer than ``version``, prepared as the newest (``role``), published in
-    manifest ``m`` since? The newest is prepared instead: without an event to serve it, a
-    version prepared held every newer one back (a CI run: v1 prepared as the traffic paused,
-    v2 published meanwhile, and a scorer took v2 only after the next event had served v1)."""
+    manifest ``m`` since? The newest is then prepared: without an event to serve it, a version
+    prepared held every newer one back (a CI run: v1 prepared as the traffic paused, v2
+    published meanwhile, and a scorer took v2 only after the next event had served v1)."""
     if role not in ("challenger", "newest"):  # (a choice by hand, a stand-in: served first)
         return False
     seq = (m["versions"].get(version) or {}).get("seq", math.inf)
@@ -583,11 +583,6 @@ class ModelServer:
         for wait in (*retries, None):
             try:
                 change(reg)
-                # what it rejected is known now, not at the watcher's next poll (a rollback
-                # rejects the line learned from the version: a contest ending in between
-                # promoted one, which the registry refused; a replay never polls)
-                self._see_rejected(reg.manifest())
-                return
             except ConfigError as e:  # refused (a version rejected meanwhile): not retried
                 log.warning('registry update refused change="%s": %s', what, e)
                 return
@@ -596,6 +591,13 @@ class ModelServer:
                             "" if wait is None else f"; retrying in {wait:g} s")  # fmt: skip
                 if wait is None or self._give_up.wait(wait):
                     raise
+                continue
+            # what it rejected is known now, not at the watcher's next poll (a rollback rejects
+            # the line learned from the version: a contest ending in between promoted one,
+            # which the registry refused; a replay never polls); a failed read: at that poll
+            with contextlib.suppress(Exception):
+                self._see_rejected(reg.manifest())
+            return
 
     def _see_rejected(self, m: Mapping[str, Any]) -> None:
         """The versions manifest ``m`` rejects: no contest of theirs ends in a promotion."""
@@ -1188,22 +1190,31 @@ class ModelServer:
                          _view(m, target))  # fmt: skip
         return target
 
-    def _still_pending(self) -> None:
+    def _recheck_pending(self) -> None:
+        """The watcher's look while a version prepared waits for an event: a newer version
+        published since is prepared in its stead (see :func:`_superseded`); one that cannot be
+        (another spec's, a failing artifact) leaves the prepared one in place."""
+        if self._still_pending() and not self._writing():
+            self.poll()  # (it replaces the prepared version only once the newer one is ready)
+
+    def _still_pending(self) -> bool:
         """A version prepared and not served yet (no event came since) stays good when the
         manifest changed but not its champion nor the version's status: the hot path's check
         of the stamp then passes (a fleet's imports changed the manifest every 1-3 s, each
-        change dropped the version prepared, and a swap waited 11 s: a QA pass)."""
+        change dropped the version prepared, and a swap waited 11 s: a QA pass). Returns
+        whether it stays good while a newer version was published since."""
         reg, pending = self.registry, self._pending
         assert reg is not None
         stamp = reg.stamp()
         if pending is None or stamp == pending[6]:
-            return
+            return False
         m = reg.manifest()
-        good = _view(m, pending[1]) == pending[7] and not _superseded(m, pending[0], pending[1])
+        good = _view(m, pending[1]) == pending[7]
         if self._pending is pending:  # (else taken meanwhile by the hot path)
-            # still good: served at the next event; else gone (rolled back, say, or a newer
-            # version published): the next poll prepares anew
+            # still good: served at the next event; else gone (rolled back, say): the next poll
+            # prepares anew
             self._pending = (*pending[:6], stamp, pending[7]) if good else None
+        return good and _superseded(m, pending[0], pending[1])
 
     def _check_rewound(self, latest: Mapping[str, Any] | None, newest_known: int) -> None:
         """Say once, and count (``fds_model_swaps_total{result="registry_rewound"}``), a
@@ -1404,7 +1415,7 @@ class ModelServer:
             while not self._stop.wait(every):
                 if self._pending is not None or self._writing():
                     with contextlib.suppress(Exception):
-                        self._still_pending()
+                        self._recheck_pending()
                     continue  # the hot path has not taken the last one yet, or see _record
                 try:
                     # one stat() (and one per artifact that failed for good); the manifest is

@@ -213,14 +213,18 @@ def test_a_version_prepared_gives_way_to_a_newer_one_published_before_an_event_s
     reg.publish(FeatureModel("amount"), spec={"name": "default"})
     assert srv.poll() == "v000001"
     reg.publish(FeatureModel("amount"), spec={"name": "default"})
-    srv._still_pending()  # (the watcher's look while a version waits for an event)
-    assert srv._pending is None and srv.poll() == "v000002"
+    srv._recheck_pending()  # (the watcher's look while a version waits for an event)
+    assert srv._pending is not None and srv._pending[1] == "v000002"
+    # one it cannot serve (another spec's) leaves the prepared one in place
+    reg.publish(FeatureModel("amount"), spec={"name": "other"})
+    srv._recheck_pending()
+    assert srv._pending is not None and srv._pending[1] == "v000002"
     srv.install_pending()
     assert srv.version == "v000002"
     reg.promote("v000001")  # by hand: prepared, then not given way to
     assert srv.poll() == "v000001"
     reg.publish(FeatureModel("amount"), spec={"name": "default"})
-    srv._still_pending()
+    srv._recheck_pending()
     assert srv._pending is not None and srv._pending[1] == "v000001"
 
 
