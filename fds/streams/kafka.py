@@ -390,6 +390,13 @@ class IdleTimer:
         self.wait_s = wait_s  # how long a wait for positions is no idle time, at most
         self.waiting: float | None = None  # since when partitions have had no position
 
+    def worked(self, start: float, end: float) -> None:
+        """The loop worked from ``start`` to ``end`` (a restore, a checkpoint, a collection):
+        no idle time, whether or not partitions had positions (a wait for them in a restore
+        ended a run as idle; a slow idle pass, counted, ended one before the records that
+        came meanwhile were polled: a CI run and a review)."""
+        self.since += end - start
+
     def over(self, consumer: Any, now: float) -> bool:
         if self.limit is None:
             return False
@@ -1660,7 +1667,8 @@ class Runner:
                 # (the restore's wait is no idle time, and the clock read before it is stale:
                 # a 15-s wait for a killed exactly-once instance's offsets ended a --max-idle
                 # run as it returned, having decided nothing: a CI run)
-                now = no_input.since = time.monotonic()
+                no_input.worked(now, after := time.monotonic())
+                now = after
                 if self._stop:  # a stop may have cut the restore short: decide nothing more
                     return
                 if self._unresolved:  # a rebalance cut it short: again, before any decision
@@ -1700,9 +1708,9 @@ class Runner:
                 # a lull: the cycles kafka-python had alive at the freezes are collected
                 # (fds.gcpolicy), in at most half the session timeout (heartbeats stay in time)
                 self._freezer.idle(now - no_input.since, self.s.session_timeout_ms / 2000)
-                # (the clock again: a commit, checkpoint, publish or collection above may take
-                # seconds, which a wait for positions then counted as idle time)
-                idle_over = no_input.over(consumer, time.monotonic())
+                # (a commit, checkpoint, publish or collection above may take seconds)
+                no_input.worked(now, after := time.monotonic())
+                idle_over = no_input.over(consumer, after)
             # Idle, or records held for a partition that is behind while nothing is fetched:
             # the broker may be gone (held records had skipped this: the aligner now holds them
             # through an outage, and fds run exited after twice the broker timeout)

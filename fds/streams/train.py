@@ -523,10 +523,11 @@ class TrainService:
                     self._process(batch)
                 self._send_lifecycle()  # (a promote or rollback there: one stat when none)
                 # the broker asked while labels wait for their decisions too (they may wait
-                # minutes: an outage then went unsaid, a review); the idle clock read after
-                # the pass (a slow one was idle time while positions were waited for)
+                # minutes: an outage then went unsaid, a review); the pass's work is no idle
+                # time (a slow one was, while positions were waited for)
+                no_input.worked(now, after := time.monotonic())
                 if not batch and broker.idle_ended(
-                    now, not held and no_input.over(self.consumer, time.monotonic())
+                    now, not held and no_input.over(self.consumer, after)
                 ):
                     break
         except BaseException:

@@ -1631,6 +1631,47 @@ def test_max_idle_does_not_count_a_restore_or_a_slow_idle_pass(slow):
     assert r.stats.consumed == 3  # read (dead letters: the fake's records are "{}")
 
 
+def test_max_idle_reads_the_records_that_came_during_a_slow_idle_pass():
+    """A review: with positions, a slow idle pass (a checkpoint, a publish of the state, a
+    collection) was counted as idle time, and the run ended before the records that came
+    meanwhile were polled."""
+
+    class Feeding(Consumer):
+        polls = 0
+
+        def poll(self, timeout_ms: int, max_records: int) -> dict:
+            self.polls += 1
+            if self.polls <= 3:  # traffic for 0.75 s
+                time.sleep(0.25)
+                return {TP: [rec for _tp, rec, _tx in batch(3 * (self.polls - 1))]}
+            if self.polls == 5:  # came while pass 4 was slow
+                return {TP: [rec for _tp, rec, _tx in batch(9)]}
+            return {}
+
+    def slow_publish() -> None:
+        if r.consumer.polls == 4:
+            time.sleep(0.8)  # a slow checkpoint, publish of the state or collection in a lull
+
+    r = make_runner(state_dir="none", align_wait_s=0)
+    r.consumer = Feeding()
+    r.aligner = Aligner(r.consumer, _event_time, max_wait_s=0)
+    r._publish_state = slow_publish  # type: ignore[method-assign]
+    r._poll_loop(max_idle_s=0.5)
+    assert r.stats.consumed == 12
+
+
+def test_work_is_no_idle_time_and_keeps_the_idle_time_before_it():
+    """A review: a restore reset the idle window (every rebalance restarted --max-idle for
+    the members that stayed); the work alone is taken out of it."""
+    from fds.streams.kafka import IdleTimer
+
+    timer, c, t0 = IdleTimer(1.0), Consumer(), time.monotonic()
+    assert not timer.over(c, t0 + 0.6)  # idle 0.6 s
+    timer.worked(t0 + 0.6, t0 + 10.6)  # 10 s of work
+    assert not timer.over(c, t0 + 10.9)  # idle 0.9 s
+    assert timer.over(c, t0 + 11.1)  # idle 1.1 s: the 0.6 s before the work count
+
+
 def test_partitions_added_to_the_input_end_the_co_partitioned_output():
     """Found by a QA pass: with 2 input and 2 output partitions decisions went to the input's
     partition; after the input grew to 3, a record of partition 2 was sent to an output
