@@ -1283,7 +1283,7 @@ class Pusher:
                 self.push()
             except Exception as e:  # (any: the thread must not die, pushes stopping unsaid)
                 if not failing:  # (once per outage, not every 10 s)
-                    log.warning("%s; retrying every %.0f s", self._problem(e), self.every_s)
+                    log.warning("%s; retrying every %g s", self._problem(e), self.every_s)
                 failing = True
             else:
                 if failing:

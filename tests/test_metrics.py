@@ -585,6 +585,7 @@ def test_a_pushgateway_address_that_answers_no_http_is_told_not_raised(caplog) -
             assert pusher.stop(attempts=2) is False  # the last push: two tries a second apart
             assert time.monotonic() - t0 >= 1.0
         assert caplog.text.count("cannot push metrics") == 2  # once while running, once at the end
+        assert "retrying every 0.05 s" in caplog.text  # (it said "every 0 s")
     finally:
         srv.close()
 

@@ -148,6 +148,9 @@ def test_pushes_while_running_and_again_after_a_gateway_outage(
             metrics.decision("approve", 0.001)
             gw.start(gw.port)
             wait_until(lambda: pushed() == 6, "the pushes resumed after the outage")
+            # (said once the push has returned: after the gateway holds its counts)
+            back = f"pushing metrics to {gw.url} again"
+            wait_until(lambda: back in [r.getMessage() for r in caplog.records], "it said so")
         said = [r.getMessage() for r in caplog.records]
         down = [
             m for m in said if m.startswith(f"cannot push metrics to the Pushgateway at {gw.url}")
