@@ -297,9 +297,16 @@ def test_a_second_trainer_in_the_group_is_refused_and_a_missing_topic_named(
     assert not errors
     second = threading.Thread(target=run, args=(trainer("b"), "b"))
     second.start()
-    first.join(200)  # (each leaves at the rebalance: seconds, more on a loaded machine)
-    second.join(200)
-    assert set(errors) == {"a", "b"}, f"{errors}; the first still runs: {first.is_alive()}"
+    second.join(200)  # (it leaves at the rebalance: seconds, more on a loaded machine)
+    assert "b" in errors, errors
+    first.join(30)
+    if first.is_alive():  # never given a part: the second left before the first's sync of
+        # that generation (a loaded CI run), and the first holds every partition again
+        wait_until(lambda: len(a.consumer.assignment()) == 12, 60,
+                   "the first trainer holds every partition again")  # fmt: skip
+        a.stop()
+        first.join(30)
+        assert "a" not in errors, errors
     assert all(isinstance(e, FdsError) and "another fds train" in str(e) for e in errors.values())
 
 
