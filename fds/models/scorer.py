@@ -479,8 +479,7 @@ class ModelServer:
         self._take(pub.version, model, pub.entry)
         if self.trainer is not None and self.trainer.registry is None:
             self._kept[pub.version] = pub
-            live = {self.version, self.predecessor_version, self.challenger_version}
-            live.add(self._queued[0] if self._queued is not None else None)
+            live = self._live() | {self._queued[0] if self._queued is not None else None}
             self._kept = {v: p for v, p in self._kept.items() if v in live}
         return True
 
@@ -1261,10 +1260,15 @@ class ModelServer:
             return None
         return xs, scores
 
+    def _live(self) -> set[str | None]:
+        """The versions that may still be ranked or returned to: served, in shadow, and the
+        predecessor of one on probation."""
+        return {self.version, self.challenger_version, self.predecessor_version}
+
     def _pre(self, version: str | None) -> dict[int, float] | None:
         """The scores ``version`` gave before it served (see :meth:`_prescore`); the cache
         keeps only the versions that may still be ranked."""
-        live = {self.version, self.challenger_version, self.predecessor_version}
+        live = self._live()
         for v in [v for v in self._prescored if v not in live]:
             del self._prescored[v]
         got = self._prescored.get(version or "")
