@@ -850,6 +850,7 @@ class ModelServer:
         Two can run at once: the probation of the last promoted champion (against its
         predecessor) and the shadow contest of the next challenger (against the champion).
         """
+        self._end_rejected()
         if not y:
             return
         try:  # a model that raises is the model guard's business on the decision path
@@ -947,13 +948,22 @@ class ModelServer:
             verdict = c.verdict(early=True) or "promote"
             self._judge_shadow(verdict, why=f"expired: {_waited(wait, c)}")
 
+    def _end_rejected(self) -> bool:
+        """End the contest of a challenger rejected meanwhile (its line rolled back, by hand or
+        by a lost probation), so that the next version, learned from the restored champion,
+        starts its own at once rather than after the doomed one's verdict. On the decision
+        thread: at a rollback here, and at the next label after the registry said so."""
+        c = self.contest
+        if c is None or c.candidate not in self._rejected:
+            return False
+        self._drop_challenger("reject", "rejected in the registry meanwhile", local=True)
+        return True
+
     def _judge_shadow(self, verdict: str, why: str = "promoted: precision >= champion") -> None:
         c = self.contest
         assert c is not None
-        if c.candidate in self._rejected:  # meanwhile (a rollback by hand of the version it
-            # learned from: promoted 12 s later, a QA pass)
-            self._drop_challenger("reject", "rejected in the registry meanwhile", local=True)
-            return
+        if self._end_rejected():  # meanwhile (a rollback by hand of the version it learned
+            return  # from: promoted 12 s later, a QA pass)
         info = c.figures()
         self._keep_verdict(verdict, info)
         if verdict == "reject":
@@ -1008,6 +1018,7 @@ class ModelServer:
             if self.trainer is not None:
                 self._trainer_follows(p.incumbent)
             self._emit("rollback", info)
+            self._end_rejected()
         else:
             self._emit("confirm", info)
         self.predecessor = self.predecessor_version = None

@@ -239,13 +239,20 @@ def test_a_rollback_ends_the_contest_of_a_version_learned_from_the_rolled_back_o
     assert srv.challenger_version == "v000003"
     s.run(40, {"f_a": 1.0, "f_b": 0.0})  # v2 worse than v1: rolled back
     assert srv.stats["rollback"] == 1 and srv.version == "v000001"
-    assert srv.challenger_version == "v000003"  # (its contest starts over against v1)
+    if watch:  # (the rollback's write, and so the line's rejection, is on its way)
+        srv._writes.join()
+        s.run(10, {"f_a": 1.0, "f_b": 1.0})  # the next label ends v3's contest
+    assert reg.entry("v000003")["status"] == "rejected"
+    # its contest ended with the rollback: the next version does not wait for its verdict
+    assert srv.challenger is None and srv.contest is None
+    e = reg.publish(FeatureModel("f_a"), spec={"name": "t"}, parent="v000001")
+    assert srv.offer(Publication(e["version"], *reg.load_bytes(e["version"])))
+    assert srv.challenger_version == "v000004"
+    s.run(60, {"f_a": 1.0, "f_b": 1.0})  # v4 ties with v1: promoted
+    assert srv.version == "v000004"
     if watch:
         srv._writes.join()
-    assert reg.entry("v000003")["status"] == "rejected"
-    s.run(60, {"f_a": 1.0, "f_b": 1.0})  # v3 ties with v1: it would be promoted
-    assert srv.version == "v000001" and srv.challenger is None
-    assert reg.champion() == "v000001"
+    assert reg.champion() == "v000004"
     if watch:
         srv.close()
 
@@ -277,7 +284,8 @@ def test_in_a_replay_the_trainer_goes_on_from_the_champion_a_rollback_restored()
     assert srv.stats["rollback"] == 1 and srv.version == "v000001"
     assert t.parent == "v000001" and t.model.feature == "f_a"  # v1's model, its own copy
     assert t.line_from("v000002") == []
-    s.run(60, {"f_a": 1.0, "f_b": 1.0})  # v3 ties with v1: it would be promoted
+    assert srv.challenger is None  # v3's contest ended with the rollback
+    s.run(60, {"f_a": 1.0, "f_b": 1.0})  # v3 ties with v1: it would have been promoted
     assert srv.version == "v000001" and srv.challenger is None
     assert t.publish().entry["parent"] == "v000001"
     assert srv.offer(t.publish()) and srv.challenger_version == "v000005"  # a new contest
