@@ -250,11 +250,14 @@ def passthrough(bootstrap: str, src: str, dst: str, group: str, idle_s: float) -
     c = group_consumer(bootstrap, src, group)
     p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0, batch_size=1 << 20)
     unacked: deque[tuple[Any, dict[Any, Any]]] = deque()  # (last send, offsets) per batch
-    last = time.monotonic()
-    while time.monotonic() - last < idle_s:
+    # idle from the first record on (a slow group join counted as idle once ended a run with
+    # nothing passed through); before it, a minute at most
+    last, idle = time.monotonic(), max(idle_s, 60.0)
+    while time.monotonic() - last < idle:
         batch = c.poll(timeout_ms=100, max_records=MAX_POLL)
         if not batch:
             continue
+        idle = idle_s
         last = time.monotonic()
         offsets, fut = {}, None
         for tp, recs in batch.items():
