@@ -1359,17 +1359,21 @@ class ModelServer:
 
     def install_pending(self) -> None:
         """Serve the version the watcher prepared, if any (between two events)."""
-        pending, self._pending = self._pending, None
+        pending = self._pending
         if pending is None:
             return
         role, version, model, entry, swaps, pre, stamp, view = pending
         if self.registry is not None and self.registry.stamp() != stamp:
             # prepared from a manifest changed since (promoted, then rolled back while no
-            # event came: the next events served the version rejected, a fleet's test): kept
+            # event came: the next events served the version rejected, a fleet's test): left
             # until the watcher checks it against the manifest as it is now (_still_pending:
-            # served at the next event, or dropped and prepared anew); one stat per event
-            self._pending = pending
+            # served at the next event, or dropped and prepared anew); one stat per event.
+            # (Taken out and put back, it overwrote a newer version the watcher prepared
+            # during the stat: a review.)
             return
+        if self._pending is not pending:  # replaced by the watcher during the stat
+            return
+        self._pending = None
         # taken: the watcher offers nothing older again (set here, not when prepared: a
         # version dropped above was never prepared again, a review), and a champion the
         # registry names is no change by hand (not the newest version served without labels)

@@ -228,6 +228,31 @@ def test_a_version_prepared_gives_way_to_a_newer_one_published_before_an_event_s
     assert srv._pending is not None and srv._pending[1] == "v000001"
 
 
+def test_a_stale_prepared_version_does_not_overwrite_one_the_watcher_prepared_meanwhile(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A review: the hot path took the prepared version out, read the registry's stamp (a
+    stat, during which the watcher runs) and, the manifest having changed, put it back over
+    the newer version the watcher had prepared in the meantime."""
+    reg = Registry(tmp_path)
+    srv = ModelServer(load_spec("default"), registry=reg, learn=False, auto_promote=False)
+    reg.publish(FeatureModel("amount"), spec={"name": "default"})
+    assert srv.poll() == "v000001"
+    reg.publish(FeatureModel("amount"), spec={"name": "default"})
+    stamp = reg.stamp
+
+    def watcher_runs_during_the_stat() -> Any:
+        monkeypatch.setattr(reg, "stamp", stamp)
+        srv._recheck_pending()  # prepares v2 in the stead of v1
+        return stamp()
+
+    monkeypatch.setattr(reg, "stamp", watcher_runs_during_the_stat)
+    srv.install_pending()  # v1's stamp is stale: not served
+    assert srv._pending is not None and srv._pending[1] == "v000002"
+    srv.install_pending()
+    assert srv.version == "v000002" and srv._pending is None
+
+
 def test_without_labels_versions_are_served_as_published_and_the_gate_counts_frauds(
     tmp_path: Path,
 ) -> None:
