@@ -165,6 +165,7 @@ from fds.streams.kafka_kit import (
     Stopped,
     UnreadableRecords,
     close_producer,
+    flush_within,
 )
 from fds.streams.label_feed import LabelFeed, reads_labels
 from fds.streams.rebuild import STAGES_TAIL_S, horizon_seconds, read_merged, start_offsets
@@ -3961,13 +3962,13 @@ def produce_file(
                 if limit is not None and n >= limit:
                     break
             try:  # (a SIGTERM while waiting here says what was sent too: a QA pass)
-                producer.flush(timeout=settings.broker_timeout_s)
+                flush_within(producer, settings.broker_timeout_s)
             except KafkaTimeoutError:
                 close_s = 0.0
                 raise gone() from None
         except (KafkaError, KeyboardInterrupt) as exc:  # how far it got: a rerun sends again
             try:
-                producer.flush(timeout=5)
+                flush_within(producer, 5.0)
             except Exception:
                 close_s = 0.0  # (the broker is not answering: waiting again is no use)
             sent_so_far = (  # (it said "sent (to line 2)" of a line 2 too large to send)

@@ -46,7 +46,7 @@ from typing import Any, TypeVar
 
 import yaml
 from kafka import KafkaConsumer
-from kafka.errors import CorruptRecordError, UnsupportedCodecError
+from kafka.errors import CorruptRecordError, KafkaTimeoutError, UnsupportedCodecError
 
 from fds import shipped
 from fds.errors import ConfigError, FdsError, describe
@@ -160,6 +160,26 @@ class Consumer(KafkaConsumer):
         if tp is not None and offset is not None:
             return f"{tp.topic}[{tp.partition}] at offset {offset}"
         return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(self.assignment()))
+
+
+#: The longest single wait of :func:`flush_within` (see there).
+WAKE_S = 0.2
+
+
+def flush_within(producer: Any, timeout: float) -> None:
+    """``producer.flush(timeout)`` as waits of at most :data:`WAKE_S`: a signal the kernel
+    hands to another thread (kafka-python's network thread) runs its Python handler only once
+    the main thread wakes, so one long flush held a SIGTERM or a Ctrl-C for the whole broker
+    timeout (`fds produce` in an outage, a loaded test run: over 60 s). Raises
+    ``KafkaTimeoutError`` once ``timeout`` has passed with records still unacknowledged."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            producer.flush(timeout=max(min(WAKE_S, deadline - time.monotonic()), 0.0))
+            return
+        except KafkaTimeoutError:
+            if time.monotonic() >= deadline:
+                raise
 
 
 def close_producer(producer: Any, timeout: float) -> None:

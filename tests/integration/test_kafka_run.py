@@ -6,6 +6,8 @@ a topic, a process exit), and never sleeps for a fixed time.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import gc
 import os
 import re
@@ -848,6 +850,24 @@ def test_broker_outage_mid_run_exits_after_the_timeout(tmp_path, unique_name):
     )
 
 
+def open_files(pid: int) -> set[str]:
+    """The paths process ``pid`` has open."""
+    fds = Path(f"/proc/{pid}/fd")
+    out = set()
+    for fd in fds.iterdir():
+        with contextlib.suppress(OSError):  # (closed meanwhile)
+            out.add(os.readlink(fd))
+    return out
+
+
+def signal_a_thread_but_main(pid: int, sig: int) -> None:
+    """Send ``sig`` to one thread of process ``pid`` other than its main thread (``tgkill``)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    tid = min(int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid)
+    if libc.tgkill(pid, tid, sig) != 0:
+        raise OSError(ctypes.get_errno(), f"tgkill {pid} {tid}")
+
+
 def test_fds_produce_through_an_outage_says_what_was_sent_and_a_sigterm_exits_143(
     tmp_path, unique_name
 ):
@@ -887,7 +907,13 @@ def test_fds_produce_through_an_outage_says_what_was_sent_and_a_sigterm_exits_14
         finally:
             seen.close()
         kafka_kit.down(ddir)
-        stopped.send_signal(signal.SIGTERM)
+        # once the whole file is handed to the producer (its reader closed it), so the main
+        # thread waits for the unacknowledged records, to a thread other than the main one, as
+        # the kernel may choose (kafka-python's network thread): its handler waited for the
+        # main thread's whole 60-s flush (a loaded test run)
+        wait_until(lambda: str(tmp_path / "tx.jsonl") not in open_files(stopped.pid), 60,
+                   "the file read to its end")  # fmt: skip
+        signal_a_thread_but_main(stopped.pid, signal.SIGTERM)
         t_term = time.monotonic()
         _, stopped_err = stopped.communicate(timeout=60)
         t_exit = time.monotonic()

@@ -4,11 +4,14 @@ from the warnings kafka-python logs while it bootstraps."""
 from __future__ import annotations
 
 import logging
+import math
+import time
 
+import pytest
 from kafka import KafkaProducer
 from kafka.errors import KafkaTimeoutError
 
-from fds.streams.kafka_kit import ClientErrors, close_producer
+from fds.streams.kafka_kit import WAKE_S, ClientErrors, close_producer, flush_within
 
 DROP = "KafkaConnectionError: socket disconnected"
 
@@ -87,3 +90,31 @@ def test_a_producer_given_up_on_is_closed_for_good():
     producer = _Unacknowledged()
     close_producer(producer, 0.0)
     producer.close(timeout=1)  # (what its __del__ does at exit): nothing left to flush
+
+
+class _AckedAfter:
+    """A producer whose records are acknowledged ``after`` seconds from now."""
+
+    def __init__(self, after: float) -> None:
+        self.at, self.waits = time.monotonic() + after, []
+
+    def flush(self, timeout: float | None = None) -> None:
+        assert timeout is not None
+        self.waits.append(timeout)
+        left = self.at - time.monotonic()
+        time.sleep(max(min(left, timeout), 0.0))
+        if left > timeout:
+            raise KafkaTimeoutError("Timeout waiting for future")
+
+
+def test_a_flush_waits_in_short_steps_so_a_signal_is_handled_within_one():
+    """A SIGTERM the kernel gave kafka-python's network thread waited out `fds produce`'s whole
+    60-s flush in an outage (the main thread runs a handler only when it wakes)."""
+    acked = _AckedAfter(0.5)
+    flush_within(acked, 60.0)
+    assert max(acked.waits) <= WAKE_S and len(acked.waits) >= 2
+    never = _AckedAfter(math.inf)
+    t0 = time.monotonic()
+    with pytest.raises(KafkaTimeoutError):
+        flush_within(never, 0.5)
+    assert time.monotonic() - t0 >= 0.5 and max(never.waits) <= WAKE_S  # (to its deadline)
