@@ -40,6 +40,7 @@ from fds.streams.files import (
     read_records,
 )
 from fds.timeutil import FileClock, format_ts, get_zone, span
+from fds.timeutil import sleep as wakeful_sleep
 
 __all__ = ["ReplayInput", "ReplaySummary", "load", "run", "watch_fields"]
 
@@ -576,7 +577,7 @@ def run(
     speed: float | None = None,
     progress: bool = False,
     on_event: Callable[[int], None] | None = None,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] = wakeful_sleep,
     clock: Callable[[], float] = time.perf_counter,
 ) -> ReplaySummary:
     """Decide every transaction of ``stream`` in event-time order, learning labels on time.

@@ -1,16 +1,20 @@
-"""Durations and event timestamps: the one place that parses them."""
+"""Durations and event timestamps: the one place that parses them; and waiting on the clock
+so that a signal is handled at once (:func:`sleep`)."""
 
 from __future__ import annotations
 
 import contextlib
 import math
 import re
+import time
 from datetime import UTC, datetime, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fds.errors import ConfigError
 
-__all__ = ["format_ts", "get_zone", "parse_duration", "parse_ts", "second_pass", "span"]
+__all__ = [
+    "WAKE_S", "format_ts", "get_zone", "parse_duration", "parse_ts", "second_pass", "sleep", "span",
+]  # fmt: skip
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 DURATION_PATTERN = r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*"  # (also rules/schema.json's)
@@ -317,3 +321,18 @@ def span(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:.1f} h" if seconds < 172800 else f"{seconds / 86400:.1f} days"
+
+
+#: The longest single wait of the main thread where a signal must be handled at once: a signal
+#: the kernel hands to another thread (kafka-python's network thread, the metrics server's) runs
+#: its Python handler only when the main thread wakes, so one long wait held a SIGTERM or a
+#: Ctrl-C for all of it (`fds produce`'s last flush in an outage: over 60 s in a test run).
+WAKE_S = 0.2
+
+
+def sleep(seconds: float) -> None:
+    """``time.sleep(seconds)`` as waits of at most :data:`WAKE_S` (a paced replay's wait for
+    its next event can last minutes)."""
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        time.sleep(min(left, WAKE_S))

@@ -394,6 +394,38 @@ def test_a_sigterm_to_fds_simulate_removes_its_temporary_files(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_sigterm_to_another_thread_ends_a_paced_replay_s_long_wait(tmp_path):
+    """The kernel may hand a SIGTERM (or Ctrl-C) to any thread, here the metrics server's, and
+    the main thread runs its handler only when it wakes: a paced replay slept out its whole
+    wait for the next event first (and `fds produce` its last flush, over 60 s)."""
+    import signal
+    import subprocess
+    import time
+
+    from tests.signals import signal_a_thread_but_main
+
+    path = tmp_path / "two.jsonl"
+    path.write_text("".join(
+        json.dumps({"tx_id": f"t{i}", "ts": T0 + 120 * i, "card_id": "c1", "amount": 5.0}) + "\n"
+        for i in range(2)
+    ))  # fmt: skip
+    err = tmp_path / "err.txt"
+    cmd = [sys.executable, "-m", "fds", "replay", str(path), "--speed", "1", "--metrics-port",
+           "0", "--no-progress", "--out", str(tmp_path / "o.jsonl")]  # fmt: skip
+    with err.open("w") as stderr:
+        p = subprocess.Popen(cmd, stderr=stderr, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while "paced replay: transaction t1" not in err.read_text():  # (its 2-min wait)
+                assert p.poll() is None and time.monotonic() < deadline, err.read_text()
+                time.sleep(0.05)
+            signal_a_thread_but_main(p.pid, signal.SIGTERM)
+            assert p.wait(timeout=30) == 143, err.read_text()[-2000:]
+        finally:
+            p.kill()
+    assert "interrupted" in err.read_text()
+
+
 def test_the_command_handles_sigterm_before_any_heavy_import():
     """The handler above is installed by cli.main; importing fds.cli imported the engine (River,
     NumPy, scikit-learn: 5 s on a loaded machine), so a SIGTERM in that time still ended

@@ -51,6 +51,7 @@ from kafka.errors import CorruptRecordError, KafkaTimeoutError, UnsupportedCodec
 from fds import shipped
 from fds.errors import ConfigError, FdsError, describe
 from fds.models.registry import write_atomic
+from fds.timeutil import WAKE_S
 
 __all__ = [
     "DEFAULT_CONTROLLER_PORT",
@@ -162,16 +163,11 @@ class Consumer(KafkaConsumer):
         return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(self.assignment()))
 
 
-#: The longest single wait of :func:`flush_within` (see there).
-WAKE_S = 0.2
-
-
 def flush_within(producer: Any, timeout: float) -> None:
-    """``producer.flush(timeout)`` as waits of at most :data:`WAKE_S`: a signal the kernel
-    hands to another thread (kafka-python's network thread) runs its Python handler only once
-    the main thread wakes, so one long flush held a SIGTERM or a Ctrl-C for the whole broker
-    timeout (`fds produce` in an outage, a loaded test run: over 60 s). Raises
-    ``KafkaTimeoutError`` once ``timeout`` has passed with records still unacknowledged."""
+    """``producer.flush(timeout)`` as waits of at most :data:`fds.timeutil.WAKE_S`, so that a
+    SIGTERM or a Ctrl-C is handled at once (one flush of the whole broker timeout held it for
+    that long: `fds produce` in an outage, a loaded test run). Raises ``KafkaTimeoutError``
+    once ``timeout`` has passed with records still unacknowledged."""
     deadline = time.monotonic() + timeout
     while True:
         try:

@@ -7,7 +7,6 @@ a topic, a process exit), and never sleeps for a fixed time.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gc
 import os
 import re
@@ -43,6 +42,7 @@ from fds.streams.kafka import (
 from fds.streams.simulator import simulate
 from fds.streams.simulator import write as write_simulation
 from tests.integration.conftest import SPAWNED, free_ports
+from tests.signals import signal_a_thread_but_main
 
 pytestmark = pytest.mark.integration
 
@@ -858,14 +858,6 @@ def open_files(pid: int) -> set[str]:
         with contextlib.suppress(OSError):  # (closed meanwhile)
             out.add(os.readlink(fd))
     return out
-
-
-def signal_a_thread_but_main(pid: int, sig: int) -> None:
-    """Send ``sig`` to one thread of process ``pid`` other than its main thread (``tgkill``)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    tid = min(int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid)
-    if libc.tgkill(pid, tid, sig) != 0:
-        raise OSError(ctypes.get_errno(), f"tgkill {pid} {tid}")
 
 
 def test_fds_produce_through_an_outage_says_what_was_sent_and_a_sigterm_exits_143(

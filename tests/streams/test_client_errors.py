@@ -11,7 +11,8 @@ import pytest
 from kafka import KafkaProducer
 from kafka.errors import KafkaTimeoutError
 
-from fds.streams.kafka_kit import WAKE_S, ClientErrors, close_producer, flush_within
+from fds.streams.kafka_kit import ClientErrors, close_producer, flush_within
+from fds.timeutil import WAKE_S
 
 DROP = "KafkaConnectionError: socket disconnected"
 
