@@ -178,6 +178,7 @@ from fds.streams.state_topic import (
     manifest_offsets,
 )
 from fds.timeutil import FileClock, get_zone, naive_text, parse_ts, span
+from fds.timeutil import sleep as wakeful_sleep
 
 if TYPE_CHECKING:  # (River: imported when an engine is built, not to build the command line)
     from fds.engine import Engine
@@ -3958,7 +3959,7 @@ def produce_file(
                 if rate:
                     ahead = n / rate - (time.monotonic() - t0)
                     if ahead > 0:
-                        time.sleep(ahead)  # pacing to the requested rate
+                        wakeful_sleep(ahead)  # pacing to the requested rate (a low one: long)
                 if limit is not None and n >= limit:
                     break
             try:  # (a SIGTERM while waiting here says what was sent too: a QA pass)

@@ -287,6 +287,7 @@ class TrainService:
         self._judge: ModelFeed | None = None  # reads the scorers' verdicts (run)
         self._judge_until = 0.0  # ... its catch-up awaited until then (monotonic)
         self._publish_at = 0.0  # ... of the next publish, after one failed
+        self._follow_stamp: tuple[int, int] | None = None  # the registry checked for rollbacks
         self._last_decision = time.monotonic()
         # label partition -> its polled labels not learned yet, the first one waiting
         self._held: dict[Any, collections.deque[Any]] = {}
@@ -592,7 +593,14 @@ class TrainService:
         if time.monotonic() < self._publish_at:
             return None
         try:
-            if t.due(t.now):  # a rollback since the last version: go on from the champion
+            stamp = self.registry.stamp()
+            if stamp != self._follow_stamp:  # a rollback since (a scorer's lost probation
+                # judged, or by hand): learning goes on from the champion at once, not when the
+                # next version is due (what it learned meanwhile on the rolled-back line was
+                # dropped then, and the good version came a publish interval late: a QA pass)
+                self._follow_stamp = stamp
+                t.follow_rollback()
+            if t.due(t.now):  # (and before each version, whatever the stamp says)
                 t.follow_rollback()
                 # (a registry deleted and made again meanwhile: its next version would take
                 # an id that named another model, as at a restart; a review)

@@ -311,6 +311,22 @@ def test_a_promote_or_rollback_on_the_trainers_registry_is_announced_once(
     assert p.values[0]["issued"][0] == p.values[1]["issued"][0] == svc.registry.manifest()["id"]
 
 
+def test_the_trainer_follows_a_rollback_at_once_not_when_its_next_version_is_due(tmp_path):
+    """A QA pass of a fleet: `fds train` followed a rollback (a scorer's lost probation judged,
+    or by hand) only when its next version was due, learning on the rolled-back line until
+    then and dropping all of it, so the first good version came a publish interval late."""
+    svc = service(tmp_path)
+    t = svc.trainer
+    first = t.publish(0.0)
+    svc.registry.promote(first.version)
+    second = t.publish(1.0)
+    svc.registry.promote(second.version)
+    assert svc._publish() is None and t.parent == second.version  # (not due: no label)
+    svc.registry.rollback()  # second lost its probation
+    assert svc._publish() is None and not t.due(t.now)
+    assert t.parent == first.version  # learning goes on from the champion now
+
+
 def test_a_started_trainer_announces_its_lifecycle_once_it_read_the_verdicts(tmp_path):
     """Announced before the verdicts the scorers sent while it was down were judged, it put
     them back on the old champion until the next; but a judge that never catches up (its
