@@ -1126,6 +1126,18 @@ class ModelServer:
             self._pointer = None
         return None
 
+    def load_champion_if_changed(self) -> str | None:
+        """Serve the registry's champion unless it is the one served (startup, once a models
+        feed has caught up): a scorer restarted after the trainer's lifecycle replaced its
+        champion (a rollback while it was down) served the rolled-back version until the
+        watcher's first look, 2-5 s into its first batches (a QA pass of a fleet)."""
+        reg = self.registry
+        assert reg is not None
+        champ = reg.manifest().get("champion")
+        if self.champion is not None and champ in (None, self.version):
+            return self.version
+        return self.load_champion()
+
     def poll(self) -> str | None:
         """One registry check (the watcher thread calls this): prepare a newer version.
 

@@ -3773,9 +3773,9 @@ def build_run_engine(
         if not feed.caught_up.wait(wait):
             log.warning("models topic %s not read to its end within %.0f s: decisions start "
                         "without its versions", models_topic, wait)  # fmt: skip
-        elif server.champion is None:
+        else:  # (none yet, or the lifecycle followed in the catch-up replaced it)
             try:
-                server.load_champion()
+                server.load_champion_if_changed()
             except Exception as exc:  # the registry watch retries it, as for any version
                 log.warning("serving the imported version failed: %s: %s",
                             type(exc).__name__, exc)  # fmt: skip

@@ -48,11 +48,11 @@ def _bad_announcements(genuine: dict) -> list[dict]:
     ]  # fmt: skip
 
 
-def _first_decision_of_a_new_scorer(bootstrap: str, topics: dict, tmp_path: Path) -> str | None:
-    """The model version of the first decision of `fds run`'s engine started now with an
-    empty registry (``tmp_path/new-scorer``) fed by the models topic."""
+def _first_decision_of_a_new_scorer(bootstrap: str, topics: dict, registry: Path) -> str | None:
+    """The model version of the first decision of `fds run`'s engine started now with
+    ``registry`` (empty, or another scorer's) fed by the models topic."""
     engine = build_run_engine(
-        None, DEFAULT_MODEL, registry=tmp_path / "new-scorer",
+        None, DEFAULT_MODEL, registry=registry,
         models_topic=topics["models"], settings=settings_for(bootstrap, topics, "g2"),
     )  # fmt: skip
     try:
@@ -130,7 +130,7 @@ def test_announced_version_reaches_a_scorer_with_its_own_registry(
     # scored by the version (it decided its first batches with rules alone before), and its
     # empty registry is not said to be (a QA pass: "decisions use the rules alone").
     caplog.clear()
-    assert _first_decision_of_a_new_scorer(kafka_bootstrap, topics, tmp_path) == version
+    assert _first_decision_of_a_new_scorer(kafka_bootstrap, topics, tmp_path / "new") == version
     assert "no model version in registry" not in caplog.text
 
 
@@ -172,8 +172,17 @@ def test_a_promote_and_a_rollback_on_the_trainers_registry_reach_the_scorers(
     assert {d["model_version"] for d in got.tail} <= {version, None}
     assert any(d["model_version"] == version for d in got.tail)
     # A scorer started now, with an empty registry: the champion from its first decision.
-    assert _first_decision_of_a_new_scorer(kafka_bootstrap, topics, tmp_path) == version
-    assert Registry(tmp_path / "new-scorer").champion() == version
+    assert _first_decision_of_a_new_scorer(kafka_bootstrap, topics, tmp_path / "new") == version
+    assert Registry(tmp_path / "new").champion() == version
+    # A scorer stopped while `newer` served, restarted after the rollback: the champion from
+    # its first decision too (it served `newer` until its watcher's first look: a QA pass)
+    trainer, stopped = Registry(tmp_path / "registry"), Registry(tmp_path / "stopped")
+    for v in (version, newer):
+        stopped.import_version(trainer.load_bytes(v)[0], trainer.entry(v))
+        stopped.promote(v)
+    assert _first_decision_of_a_new_scorer(kafka_bootstrap, topics, tmp_path / "stopped") == (
+        version
+    )
 
 
 def test_a_scorers_verdict_reaches_the_trainer_and_the_fleet_follows(

@@ -518,6 +518,22 @@ def test_a_scorer_started_after_a_champion_set_by_hand_keeps_it(tmp_path, labels
     assert srv.poll() == "v000003"
 
 
+def test_a_scorer_restarted_after_a_rollback_it_followed_serves_the_restored_champion(tmp_path):
+    """A QA pass of a fleet: stopped while v2 served, the trainer's registry rolled v2 back; the
+    restarted scorer followed that in its models feed's catch-up and still served v2 for its
+    first events, until the watcher's first look 2-5 s later."""
+    reg = Registry(tmp_path)
+    for _ in range(2):
+        reg.publish(FeatureModel("f_a"), spec={"name": "t"})
+    reg.promote("v000001")
+    reg.promote("v000002")
+    srv = ModelServer(SPEC, learn=False, registry=reg)
+    assert srv.load_champion() == "v000002"
+    assert srv.load_champion_if_changed() == "v000002"  # (unchanged: not loaded again)
+    reg.follow("v000001", ["v000002"], "mark", "the trainer's registry (models topic)")
+    assert srv.load_champion_if_changed() == "v000001" and srv.version == "v000001"
+
+
 def test_a_scorer_without_labels_never_goes_back_to_the_registry_champion(tmp_path) -> None:
     """Found by a review: serving the newest version (no labels here) set the scorer's idea of
     the champion pointer to it, so at the next publication the registry's unchanged pointer
