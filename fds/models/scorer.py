@@ -286,6 +286,7 @@ class ModelServer:
         # stamp it was prepared from, and the champion and the version's status there: one
         # tuple, so that the hot path never reads one version with another's stamp)
         self._pending: Pending | None = None
+        self._pending_lock = threading.Lock()  # its changes by the watcher and the hot path
         # version -> (the recent inputs it scored before it served, their scores by input id):
         # a new champion's or challenger's first ranking of recent traffic reuses them instead
         # of scoring 2,048 inputs on the label path (a review measured 160-320 ms with forest)
@@ -1208,8 +1209,9 @@ class ModelServer:
         if swaps != self._swaps:  # (the decision thread promoted meanwhile: a review found
             return None  # its champion's old pointer taken for a change by hand, undone)
         entry = versions.get(target) or {}
-        self._pending = (role or "challenger", target, model, entry, swaps, pre, stamp,
-                         _view(m, target))  # fmt: skip
+        with self._pending_lock:
+            self._pending = (role or "challenger", target, model, entry, swaps, pre, stamp,
+                             _view(m, target))  # fmt: skip
         return target
 
     def _recheck_pending(self) -> None:
@@ -1232,10 +1234,11 @@ class ModelServer:
             return False
         m = reg.manifest()
         good = _view(m, pending[1]) == pending[7]
-        if self._pending is pending:  # (else taken meanwhile by the hot path)
-            # still good: served at the next event; else gone (rolled back, say): the next poll
-            # prepares anew
-            self._pending = (*pending[:6], stamp, pending[7]) if good else None
+        with self._pending_lock:
+            if self._pending is pending:  # (else taken meanwhile by the hot path)
+                # still good: served at the next event; else gone (rolled back, say): the next
+                # poll prepares anew
+                self._pending = (*pending[:6], stamp, pending[7]) if good else None
         return good and _superseded(m, pending[0], pending[1])
 
     def _check_rewound(self, latest: Mapping[str, Any] | None, newest_known: int) -> None:
@@ -1383,9 +1386,10 @@ class ModelServer:
             # (Taken out and put back, it overwrote a newer version the watcher prepared
             # during the stat: a review.)
             return
-        if self._pending is not pending:  # replaced by the watcher during the stat
-            return
-        self._pending = None
+        with self._pending_lock:
+            if self._pending is not pending:  # replaced by the watcher during the stat
+                return
+            self._pending = None
         # taken: the watcher offers nothing older again (set here, not when prepared: a
         # version dropped above was never prepared again, a review), and a champion the
         # registry names is no change by hand (not the newest version served without labels)
