@@ -163,18 +163,22 @@ class Consumer(KafkaConsumer):
         return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(self.assignment()))
 
 
-def flush_within(producer: Any, timeout: float) -> None:
+def flush_within(
+    producer: Any, timeout: float, cap: Callable[[float], float] | None = None
+) -> None:
     """``producer.flush(timeout)`` as waits of at most :data:`fds.timeutil.WAKE_S`, so that a
     SIGTERM or a Ctrl-C is handled at once (one flush of the whole broker timeout held it for
-    that long: `fds produce` in an outage, a loaded test run). Raises ``KafkaTimeoutError``
-    once ``timeout`` has passed with records still unacknowledged."""
-    deadline = time.monotonic() + timeout
+    that long: `fds produce` in an outage, a loaded test run). ``cap(timeout)``: the wait
+    allowed as of now, read again at each step (a stop that comes meanwhile shortens it).
+    Raises ``KafkaTimeoutError`` once that has passed with records still unacknowledged."""
+    start = time.monotonic()
     while True:
+        left = start + (timeout if cap is None else cap(timeout)) - time.monotonic()
         try:
-            producer.flush(timeout=max(min(WAKE_S, deadline - time.monotonic()), 0.0))
+            producer.flush(timeout=max(min(WAKE_S, left), 0.0))
             return
         except KafkaTimeoutError:
-            if time.monotonic() >= deadline:
+            if left <= WAKE_S:
                 raise
 
 

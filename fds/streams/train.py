@@ -90,7 +90,7 @@ from fds.streams.kafka import (
     topic_arg,
     unreachable,
 )
-from fds.streams.kafka_kit import ClientErrors, Consumer, Stopped, close_producer
+from fds.streams.kafka_kit import ClientErrors, Consumer, Stopped, close_producer, flush_within
 from fds.streams.model_feed import LIFECYCLE, ModelFeed
 from fds.timeutil import format_ts, parse_ts
 
@@ -854,9 +854,10 @@ class TrainService:
     def _send_and_wait(self, key: bytes, value: dict[str, Any], timeout_s: float | None) -> None:
         assert self.producer is not None and self.models_topic
         fut = self.producer.send(self.models_topic, key=key, value=orjson.dumps(value))
-        self.producer.flush(
-            timeout=self._bounded(self.s.broker_timeout_s) if timeout_s is None else timeout_s
-        )
+        if timeout_s is None:  # (a stop meanwhile shortens the wait: handled as it comes)
+            flush_within(self.producer, self.s.broker_timeout_s, cap=self._bounded)
+        else:
+            flush_within(self.producer, timeout_s)
         fut.get(timeout=0)  # raises the send's error (or a timeout if it is still pending)
 
     def _commit(self) -> None:

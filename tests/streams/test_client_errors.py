@@ -119,3 +119,13 @@ def test_a_flush_waits_in_short_steps_so_a_signal_is_handled_within_one():
     with pytest.raises(KafkaTimeoutError):
         flush_within(never, 0.5)
     assert time.monotonic() - t0 >= 0.5 and max(never.waits) <= WAKE_S  # (to its deadline)
+
+
+def test_a_flush_s_cap_is_read_again_at_each_step():
+    """`fds train` waits for the broker its whole timeout, or a share of a stop's deadline once
+    stopping: a SIGTERM handled during the flush shortens it as it comes."""
+    never, stopping = _AckedAfter(math.inf), time.monotonic() + 0.5
+    t0 = time.monotonic()
+    with pytest.raises(KafkaTimeoutError):
+        flush_within(never, 60.0, cap=lambda s: s if time.monotonic() < stopping else 0.0)
+    assert 0.5 <= time.monotonic() - t0 < 30
