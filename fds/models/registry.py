@@ -475,7 +475,9 @@ class Registry:
             write_atomic(self.artifact(version), data)
             entry = make_entry(data, version=version, seq=seq, key=self.key, **meta)
             m["versions"][version] = entry
-            _unless_rolled_back(m, entry)  # (a rollback between the trainer's check and this)
+            back = rolled_back_in(m, version)
+            if back is not None:  # (a rollback between the trainer's check and this publish)
+                entry["status"], entry["rejected_because"] = "rejected", _learned_from(back)
             m["next"] = seq + 1
             self._retain(m)
         return entry
@@ -569,9 +571,6 @@ class Registry:
                 )
             write_atomic(self.artifact(version), data)
             m["versions"][version] = entry
-            # (this scorer's own rollback, before the trainer's lifecycle said so: a version
-            # of that line imported meanwhile was contested, and could win it here, a QA pass)
-            _unless_rolled_back(m, entry)
             m["next"] = max(int(m.get("next", 1)), seq + 1)
             self._retain(m, version if keep else None)
         return entry
@@ -853,14 +852,6 @@ def line_of(m: Mapping[str, Any], version: str, stop: str | None = None) -> list
         line.append(v)
         v = parent
     return line
-
-
-def _unless_rolled_back(m: Mapping[str, Any], entry: dict[str, Any]) -> None:
-    """A version new in manifest ``m`` (``entry``) learned on from one rolled back there is
-    rejected as it comes (:func:`rolled_back_in`)."""
-    back = rolled_back_in(m, entry["version"])
-    if back is not None:
-        entry["status"], entry["rejected_because"] = "rejected", _learned_from(back)
 
 
 def rolled_back_in(m: Mapping[str, Any], version: str) -> str | None:

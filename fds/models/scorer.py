@@ -1092,6 +1092,7 @@ class ModelServer:
         assert reg is not None
         m = reg.manifest()
         self._pointer = m.get("champion")
+        self._standing_in = False  # (unless it stands in below: a second load, see above)
         self._offered = max(self._offered, passed_over(m))
         for v in _champions(m):
             if self._foreign(v, m["versions"][v]):
@@ -1135,8 +1136,8 @@ class ModelServer:
         reg = self.registry
         assert reg is not None
         champ = reg.manifest().get("champion")
-        if self.champion is not None and champ in (None, self.version):
-            return self.version
+        if self.champion is not None and champ == self._pointer:  # (a stand-in serving: the
+            return self.version  # champion it stands in for was refused once, not again)
         return self.load_champion()
 
     def poll(self) -> str | None:

@@ -168,12 +168,16 @@ def flush_within(
 ) -> None:
     """``producer.flush(timeout)`` as waits of at most :data:`fds.timeutil.WAKE_S`, so that a
     SIGTERM or a Ctrl-C is handled at once (one flush of the whole broker timeout held it for
-    that long: `fds produce` in an outage, a loaded test run). ``cap(timeout)``: the wait
-    allowed as of now, read again at each step (a stop that comes meanwhile shortens it).
-    Raises ``KafkaTimeoutError`` once that has passed with records still unacknowledged."""
-    start = time.monotonic()
+    that long: `fds produce` in an outage, a loaded test run). ``cap(timeout)``: how much
+    longer it may wait from now, read again at each step, so a stop that comes meanwhile
+    shortens the wait from then on (the earliest end found stands). Raises
+    ``KafkaTimeoutError`` once the wait has ended with records still unacknowledged."""
+    deadline = time.monotonic() + timeout
     while True:
-        left = start + (timeout if cap is None else cap(timeout)) - time.monotonic()
+        now = time.monotonic()
+        if cap is not None:
+            deadline = min(deadline, now + cap(timeout))
+        left = deadline - now
         try:
             producer.flush(timeout=max(min(WAKE_S, left), 0.0))
             return

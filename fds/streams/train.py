@@ -520,6 +520,7 @@ class TrainService:
                 if batch:
                     no_input.since = broker.contact = now
                 held = any(self._held.values())
+                self._follow_rollback()
                 if batch or held:  # (held labels may go on by now)
                     self._process(batch)
                 self._send_lifecycle()  # (a promote or rollback there: one stat when none)
@@ -584,6 +585,22 @@ class TrainService:
         if moved or pub is not None:
             self._commit()
 
+    def _follow_rollback(self) -> None:
+        """Go on learning from the champion as soon as the registry says this trainer's line
+        was rolled back (a scorer's lost probation judged, or by hand), before anything more
+        is learned on it: checked only when the next version was due, it learned on the
+        rolled-back line until then and dropped it all, and the good version came a publish
+        interval late (a QA pass; a review: after the batch it had just learned). One stat
+        per pass; a registry that cannot be read is said by the next publish."""
+        try:
+            stamp = self.registry.stamp()
+            if stamp == self._follow_stamp:
+                return
+            self.trainer.follow_rollback()
+        except (ConfigError, OSError):
+            return  # (looked at again at the next pass)
+        self._follow_stamp = stamp
+
     def _publish(self) -> Publication | None:
         """A new version when the policy says so. One the registry cannot take (full,
         read-only, deleted: the trainer died of it, a QA pass) is logged and counted; learning
@@ -593,14 +610,7 @@ class TrainService:
         if time.monotonic() < self._publish_at:
             return None
         try:
-            stamp = self.registry.stamp()
-            if stamp != self._follow_stamp:  # a rollback since (a scorer's lost probation
-                # judged, or by hand): learning goes on from the champion at once, not when the
-                # next version is due (what it learned meanwhile on the rolled-back line was
-                # dropped then, and the good version came a publish interval late: a QA pass)
-                self._follow_stamp = stamp
-                t.follow_rollback()
-            if t.due(t.now):  # (and before each version, whatever the stamp says)
+            if t.due(t.now):  # a rollback since the last version: go on from the champion
                 t.follow_rollback()
                 # (a registry deleted and made again meanwhile: its next version would take
                 # an id that named another model, as at a restart; a review)

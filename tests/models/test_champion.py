@@ -532,6 +532,14 @@ def test_a_scorer_restarted_after_a_rollback_it_followed_serves_the_restored_cha
     assert srv.load_champion_if_changed() == "v000002"  # (unchanged: not loaded again)
     reg.follow("v000001", ["v000002"], "mark", "the trainer's registry (models topic)")
     assert srv.load_champion_if_changed() == "v000001" and srv.version == "v000001"
+    # a stand-in for a champion that cannot be loaded is not refused a second time (a review)
+    reg.publish(FeatureModel("f_a"), spec={"name": "t"})
+    reg.promote("v000003")
+    (tmp_path / "v000003.pkl").write_bytes(b"not the artifact")
+    stand_in = ModelServer(SPEC, learn=False, registry=reg)
+    assert stand_in.load_champion() == "v000001" and stand_in.stats["swaps_rejected"] == 1
+    assert stand_in.load_champion_if_changed() == "v000001"
+    assert stand_in.stats["swaps_rejected"] == 1
 
 
 def test_a_scorer_without_labels_never_goes_back_to_the_registry_champion(tmp_path) -> None:

@@ -497,23 +497,6 @@ def test_import_keeps_the_version_id_and_manifest_fields(tmp_path: Path) -> None
     assert dst.publish({"w": 4}, spec={"name": "t"})["version"] == "v000002"
 
 
-def test_a_version_imported_from_a_line_rolled_back_here_is_rejected(tmp_path: Path) -> None:
-    """A QA pass of a fleet: a scorer's own rollback rejected the line it held, but a version
-    of that line imported before the trainer's lifecycle came was published here, contested,
-    and could win (a publish of the same child was rejected)."""
-    src, dst = Registry(tmp_path / "src"), Registry(tmp_path / "dst")
-    v1 = src.publish({"w": 1}, spec={"name": "t"})
-    v2 = src.publish({"w": 2}, spec={"name": "t"}, parent=v1["version"])
-    v3 = src.publish({"w": 3}, spec={"name": "t"}, parent=v2["version"])
-    for e in (v1, v2):
-        dst.import_version(src.load_bytes(e["version"])[0], e)
-        dst.promote(e["version"])
-    dst.rollback()  # v2 lost its probation here
-    got = dst.import_version(src.load_bytes(v3["version"])[0], v3)
-    assert got is not None and got["status"] == "rejected"
-    assert dst.entry(v3["version"])["rejected_because"] == "learned from v000002, rolled back"
-
-
 def test_import_is_idempotent(tmp_path: Path) -> None:
     data, e = _published(tmp_path, {"w": 3})
     dst = Registry(tmp_path / "dst")

@@ -321,9 +321,10 @@ def test_the_trainer_follows_a_rollback_at_once_not_when_its_next_version_is_due
     svc.registry.promote(first.version)
     second = t.publish(1.0)
     svc.registry.promote(second.version)
-    assert svc._publish() is None and t.parent == second.version  # (not due: no label)
+    svc._follow_rollback()
+    assert t.parent == second.version and not t.due(t.now)  # (not due: no label)
     svc.registry.rollback()  # second lost its probation
-    assert svc._publish() is None and not t.due(t.now)
+    svc._follow_rollback()  # (each pass of the loop, before its batch is learned)
     assert t.parent == first.version  # learning goes on from the champion now
 
 
