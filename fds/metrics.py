@@ -1195,6 +1195,8 @@ def add_metrics_arguments(parser: Any, default_port: int, *, settings: bool = Fa
 #: What a failed push raises: no answer (``urllib.error.URLError``, an ``OSError``), or one
 #: that is no HTTP (a proxy's, another service on that port: ``BadStatusLine``, a review).
 PUSH_ERRORS = (OSError, http.client.HTTPException)
+#: The most a :class:`Pusher`'s stop waits for the gateway (its last pushes included).
+STOP_WITHIN_S = 6.0
 
 #: The gauge a :class:`Pusher` keeps for its job: when a run of it last ended well.
 LAST_SUCCESS = "fds_last_success_timestamp_seconds"
@@ -1248,11 +1250,13 @@ class Pusher:
             pass  # (none yet, or no answer: the push after it says so)
         return None
 
-    def push(self) -> None:
-        """One push now; raises one of :data:`PUSH_ERRORS` when it fails."""
+    def push(self, timeout_s: float | None = None) -> None:
+        """One push now (waiting ``timeout_s``, else :attr:`timeout_s`, for the gateway); raises
+        one of :data:`PUSH_ERRORS` when it fails."""
         push_to_gateway(
-            self.url, job=self.job, registry=self.metrics.registry, timeout=self.timeout_s
-        )
+            self.url, job=self.job, registry=self.metrics.registry,
+            timeout=self.timeout_s if timeout_s is None else timeout_s,
+        )  # fmt: skip
 
     def _problem(self, e: Exception) -> str:
         reason = getattr(e, "reason", None) or e
@@ -1290,28 +1294,33 @@ class Pusher:
                     log.info("pushing metrics to %s again", self.url)
                 failing = False
 
-    def stop(self, attempts: int = 3, *, succeeded: bool = False) -> bool:
+    def stop(
+        self, attempts: int = 3, *, succeeded: bool = False, within_s: float = STOP_WITHIN_S
+    ) -> bool:
         """Stop the periodic pushes and push the final counts (``attempts`` tries, a second
-        apart), with :data:`LAST_SUCCESS` now when the job ``succeeded``; ``False``, and a
-        warning, when none got through."""
+        apart), with :data:`LAST_SUCCESS` now when the job ``succeeded``, all within
+        ``within_s`` (a gateway that accepts and never answers held a stopped replay's exit
+        17 s, against SIGTERM's 10: a QA pass); ``False``, and a warning, when none got
+        through."""
+        end = time.monotonic() + within_s
         self._stopping.set()
-        if self._thread is not None:
-            self._thread.join()
+        if self._thread is not None:  # (a push under way: ended by its own timeout)
+            self._thread.join(timeout=min(self.timeout_s, within_s / 2))
             self._thread = None
         if succeeded:
             self.last_success = time.time()
         for attempt in range(attempts):
             try:
-                self.push()
+                self.push(max(min(self.timeout_s, end - time.monotonic()), 0.1))
                 return True
             except PUSH_ERRORS as e:
-                if attempt == attempts - 1:
+                if attempt == attempts - 1 or time.monotonic() + 1.0 >= end:
                     log.warning(
                         "%s: the gateway holds the last push that got through, if it kept it",
                         self._problem(e),
                     )
-                else:
-                    time.sleep(1.0)  # (not the stop event: it is set, a review)
+                    break
+                time.sleep(1.0)  # (not the stop event: it is set, a review)
         return False
 
 

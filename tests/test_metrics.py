@@ -590,6 +590,32 @@ def test_a_pushgateway_address_that_answers_no_http_is_told_not_raised(caplog) -
         srv.close()
 
 
+def test_a_gateway_that_never_answers_holds_the_stop_for_at_most_its_budget(caplog) -> None:
+    """A QA pass: a Pushgateway that accepts and never answers held a stopped replay's exit
+    17 s after its summary (the push under way joined without a limit, then three pushes of
+    5 s each), against SIGTERM's 10 s."""
+    import socket
+    import time
+
+    from fds.metrics import STOP_WITHIN_S, Pusher
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)  # accepted by the kernel, never read nor answered
+    try:
+        pusher = Pusher(Metrics(), f"127.0.0.1:{srv.getsockname()[1]}", "j", every_s=0.05)
+        pusher._thread = threading.Thread(target=pusher._loop, daemon=True)
+        pusher._thread.start()
+        time.sleep(0.2)  # (a push under way)
+        t0 = time.monotonic()
+        with caplog.at_level("WARNING", logger="fds"):
+            assert pusher.stop() is False
+        assert time.monotonic() - t0 < STOP_WITHIN_S + 2.0
+        assert "cannot push metrics" in caplog.text
+    finally:
+        srv.close()
+
+
 def test_every_rule_deciding_has_its_series_at_0_before_it_counts() -> None:
     """A rare rule's series appeared at its first hit, so increase() and rate() missed that
     hit, and a replay pushed to a Pushgateway had no series for a rule it never hit ("no data"

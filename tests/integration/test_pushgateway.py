@@ -138,9 +138,9 @@ def test_pushes_while_running_and_again_after_a_gateway_outage(
         tries = [0]
         real_push = pusher.push
 
-        def push() -> None:  # (the real push, counted)
+        def push(timeout_s: float | None = None) -> None:  # (the real push, counted)
             tries[0] += 1
-            real_push()
+            real_push(timeout_s)
 
         pusher.push = push  # type: ignore[method-assign]
         with caplog.at_level(logging.INFO, logger="fds"):
