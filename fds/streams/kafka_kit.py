@@ -786,7 +786,20 @@ def _up(
     (ddir / "broker.pid").write_text(f"{proc.pid}\n")
     log.info("started Kafka broker pid=%d bootstrap=%s log=%s", proc.pid, bootstrap, log_file)
     # Poll the child itself: right after fork its /proc cmdline is still Python's.
-    if not _wait_ready(bootstrap, lambda: proc.poll() is None, log_file, timeout):
+    try:
+        ready = _wait_ready(bootstrap, lambda: proc.poll() is None, log_file, timeout)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM while it boots: the broker is not left
+        # running, unready and unsaid (a QA pass of signals)
+        log.warning("stopped while the broker started: stopping it (pid %d)", proc.pid)
+        proc.terminate()  # (the child itself: its /proc cmdline may still be Python's)
+        try:
+            proc.wait(5.0)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        (ddir / "broker.pid").unlink(missing_ok=True)
+        raise
+    if not ready:
         down(ddir)
         raise FdsError(
             f"the Kafka broker did not become ready within {timeout:.0f} s; see {log_file}:\n"

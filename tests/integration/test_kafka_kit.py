@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import signal
 import time
+from pathlib import Path
 
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer
@@ -191,6 +195,36 @@ def test_a_second_broker_in_a_relative_data_dir(tmp_path, monkeypatch) -> None:
     finally:
         assert kafka_kit.down("rel-broker", wipe=True)
     assert not (tmp_path / "rel-broker").exists()
+
+
+def test_a_ctrl_c_while_the_broker_starts_stops_it(tmp_path, monkeypatch, caplog) -> None:
+    """A QA pass of signals: Ctrl-C or SIGTERM during `fds kafka up`'s wait for the new broker
+    exited at once and said nothing, and left the broker running (its own session), unready
+    for the topics never made."""
+    import socket
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+
+    started: list[int] = []
+
+    def interrupted(*_: object) -> bool:
+        started.append(int((tmp_path / "k" / "broker.pid").read_text()))
+        raise KeyboardInterrupt  # (as the handler raises it in the wait)
+
+    monkeypatch.setattr(kafka_kit, "_wait_ready", interrupted)
+    try:
+        with caplog.at_level("WARNING"), pytest.raises(KeyboardInterrupt):
+            kafka_kit.up(free_port(), free_port(), tmp_path / "k")
+        assert "stopped while the broker started: stopping it" in caplog.text
+        assert not kafka_kit.status(tmp_path / "k").running
+        stat = Path(f"/proc/{started[0]}/stat")  # gone, or a zombie of this process
+        assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    finally:  # (a failure leaves no broker behind)
+        with contextlib.suppress(OSError, IndexError):
+            os.kill(started[0], signal.SIGKILL)
 
 
 def test_the_kit_broker_lets_a_group_member_notice_a_death_in_3_s(
