@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
+import threading
 import time
 from datetime import UTC, datetime, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -14,6 +15,7 @@ from fds.errors import ConfigError
 
 __all__ = [
     "WAKE_S", "format_ts", "get_zone", "parse_duration", "parse_ts", "second_pass", "sleep", "span",
+    "wait",
 ]  # fmt: skip
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
@@ -333,6 +335,14 @@ WAKE_S = 0.2
 def sleep(seconds: float) -> None:
     """``time.sleep(seconds)`` as waits of at most :data:`WAKE_S` (a paced replay's wait for
     its next event can last minutes)."""
-    end = time.monotonic() + seconds
-    while (left := end - time.monotonic()) > 0:
-        time.sleep(min(left, WAKE_S))
+    wait(threading.Event(), seconds)
+
+
+def wait(event: threading.Event, timeout: float) -> bool:
+    """``event.wait(timeout)`` as waits of at most :data:`WAKE_S` (`fds run` waiting up to 30 s
+    for its models topic to be read at its start)."""
+    end = time.monotonic() + timeout
+    while not event.wait(min(WAKE_S, max(end - time.monotonic(), 0.0))):
+        if time.monotonic() >= end:
+            return False
+    return True

@@ -1,3 +1,4 @@
+import math
 from datetime import UTC, datetime
 
 import pytest
@@ -69,3 +70,30 @@ def test_epoch_microseconds_and_nanoseconds_are_told_as_such(value, unit):
     """A QA pass: both were only "out of range: fds takes years 1900 to 9997"."""
     with pytest.raises(ValueError, match=f"as {unit} it is 2023-11-14T22:13:20.000"):
         parse_ts(value)
+
+
+def test_the_wakeful_waits_wait_their_time_in_short_steps(monkeypatch):
+    """A SIGTERM the kernel hands another thread is heard only when the main thread wakes: a
+    paced replay and `fds run`'s start waited minutes, and seconds, in one piece."""
+    import threading
+    import time
+
+    from fds import timeutil
+
+    steps: list[float] = []
+    real = threading.Event.wait
+
+    def step(self: threading.Event, timeout: float | None = None) -> bool:
+        if threading.current_thread() is threading.main_thread():  # (a Timer's own waits)
+            steps.append(math.inf if timeout is None else timeout)
+        return real(self, timeout)
+
+    monkeypatch.setattr(threading.Event, "wait", step)
+    t0 = time.monotonic()
+    timeutil.sleep(0.5)
+    assert time.monotonic() - t0 >= 0.5 and max(steps) <= timeutil.WAKE_S and len(steps) >= 3
+    done = threading.Event()
+    threading.Timer(0.3, done.set).start()
+    steps.clear()  # (the timer's start waited for its thread)
+    assert timeutil.wait(done, 60.0) and max(steps) <= timeutil.WAKE_S
+    assert not timeutil.wait(threading.Event(), 0.3)

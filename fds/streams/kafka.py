@@ -179,6 +179,7 @@ from fds.streams.state_topic import (
 )
 from fds.timeutil import FileClock, get_zone, naive_text, parse_ts, span
 from fds.timeutil import sleep as wakeful_sleep
+from fds.timeutil import wait as wakeful_wait
 
 if TYPE_CHECKING:  # (River: imported when an engine is built, not to build the command line)
     from fds.engine import Engine
@@ -3770,7 +3771,7 @@ def build_run_engine(
         # Serve the newest version announced so far from the first decision: without the
         # wait, a new scorer decided its first batches with rules alone while it imported it.
         wait = min(FEED_WAIT_S, (settings or KafkaSettings()).broker_timeout_s)
-        if not feed.caught_up.wait(wait):
+        if not wakeful_wait(feed.caught_up, wait):
             log.warning("models topic %s not read to its end within %.0f s: decisions start "
                         "without its versions", models_topic, wait)  # fmt: skip
         else:  # (none yet, or the lifecycle followed in the catch-up replaced it)
