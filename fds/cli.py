@@ -12,6 +12,7 @@ import contextlib
 import difflib
 import gc
 import importlib
+import logging
 import math
 import os
 import re
@@ -238,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         code = int(args.func(args) or 0)
         # (a summary printed after a SIGTERM: the status still says the signal stopped it)
         return 143 if code == 130 and _TERMINATED else code
-    except _Terminated:
+    except _Terminated:  # (simulate, demo, bench ended without a word: a QA pass of signals)
+        say(f"{args.prog}: stopped by SIGTERM", logging.WARNING)
         return 143
     except ConfigError as e:
         say(f"{args.prog}: error: {e}")
@@ -247,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"{args.prog}: failed: {e}")
         return 1
     except KeyboardInterrupt:
+        say(f"{args.prog}: stopped (Ctrl-C)", logging.WARNING)
         return 130
     except BrokenPipeError:  # (`fds rules check | head`: a traceback, a QA pass)
         with contextlib.suppress(OSError):  # nothing more can be written to it

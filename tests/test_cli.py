@@ -392,6 +392,7 @@ def test_a_sigterm_to_fds_simulate_removes_its_temporary_files(tmp_path):
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 143, p.stderr[-2000:]
     assert list(tmp_path.iterdir()) == []
+    assert "fds simulate: stopped by SIGTERM" in p.stderr  # (not a silent exit: a QA pass)
 
 
 def test_a_sigterm_to_another_thread_ends_a_paced_replay_s_long_wait(tmp_path):
