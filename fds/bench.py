@@ -21,6 +21,7 @@ Markdown report. ``fds demo`` calls it small; ``benchmarks/bench_precision.py`` 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import math
 import pickle
@@ -981,13 +982,20 @@ def _default_report_name(args: argparse.Namespace) -> str:
 
 def _writable(out: Path) -> str | None:
     """Why ``out`` (made when missing) cannot take the report, or ``None`` when it can: told
-    before the run, not after it (a FileNotFoundError at the end of the run, a QA pass)."""
+    before the run, not after it (a FileNotFoundError at the end of the run, a QA pass). One
+    made for the check is removed again: the report makes it (an interrupted run left it
+    empty, a QA pass)."""
+    made = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out):
             return None
     except OSError as e:
         return e.strerror or str(e)
+    finally:
+        if made:
+            with contextlib.suppress(OSError):
+                out.rmdir()
 
 
 def warmup_before(drift_day: int | None) -> int:

@@ -555,6 +555,16 @@ def test_an_unwritable_out_is_told_before_the_run(capsys: pytest.CaptureFixture[
     assert "--out '/proc/x': cannot write there" in err and "Traceback" not in err
 
 
+def test_the_out_folder_checked_before_the_run_is_not_left_empty(tmp_path: Path) -> None:
+    """A QA pass of signals: a run stopped (or failed) after the check left its --out folder
+    made and empty; the report makes it."""
+    from fds.bench import _writable
+
+    assert _writable(tmp_path / "new") is None and not (tmp_path / "new").exists()
+    (tmp_path / "old").mkdir()
+    assert _writable(tmp_path / "old") is None and (tmp_path / "old").is_dir()
+
+
 def test_no_progress_is_taken_where_the_readme_names_it(tmp_path: Path) -> None:
     """A QA pass: `fds simulate` and `fds bench precision` refused `--no-progress`."""
     ap = build_parser()
