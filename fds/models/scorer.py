@@ -318,6 +318,7 @@ class ModelServer:
         self.stats: collections.Counter[str] = collections.Counter()
         self._watch: threading.Thread | None = None
         self._stop = threading.Event()
+        self._wake = threading.Event()  # the watcher looks now (a verdict the registry refused)
         self._pointer: str | None = None  # the registry champion pointer last seen or written
         self._offered = -1  # seq of the newest version taken from the registry (watch mode)
         # the versions the registry rejects, as the watcher last read them: one rejected by
@@ -574,18 +575,22 @@ class ModelServer:
             if item is None:  # closing: everything queued before is written
                 self._writes.task_done()
                 return
+            refused = False
             with contextlib.suppress(Exception):
-                self._write(reg, item[0], item[1], retries=RECORD_RETRIES)
+                refused = self._write(reg, item[0], item[1], retries=RECORD_RETRIES)
             self._writes.task_done()
+            if refused:  # what it serves may be no longer the registry's: the watcher looks
+                self._wake.set()  # now, not at its next poll (a QA pass: served for 1.4 s)
 
     def _write(self, reg: Registry, what: str, change: Callable[[Registry], Any],
-               retries: tuple[float, ...]) -> None:  # fmt: skip
+               retries: tuple[float, ...]) -> bool:  # fmt: skip
+        """Make ``change``; whether the registry refused it."""
         for wait in (*retries, None):
             try:
                 change(reg)
             except ConfigError as e:  # refused (a version rejected meanwhile): not retried
                 log.warning('registry update refused change="%s": %s', what, e)
-                return
+                return True
             except Exception as e:
                 log.warning('registry update failed change="%s" error=%s%s', what, e,
                             "" if wait is None else f"; retrying in {wait:g} s")  # fmt: skip
@@ -597,7 +602,8 @@ class ModelServer:
             # which the registry refused; a replay never polls); a failed read: at that poll
             with contextlib.suppress(Exception):
                 self._see_rejected(reg.manifest())
-            return
+            return False
+        return False  # (not reached: the last failure raised)
 
     def _see_rejected(self, m: Mapping[str, Any]) -> None:
         """The versions manifest ``m`` rejects: no contest of theirs ends in a promotion."""
@@ -1448,7 +1454,11 @@ class ModelServer:
             seen = None
             said = None  # the failure logged last: each is logged once, not at every poll
             had = reg.stamp() != (0, 0)  # a manifest when last looked at
-            while not self._stop.wait(every):
+            while not self._stop.is_set():
+                self._wake.wait(every)
+                self._wake.clear()
+                if self._stop.is_set():
+                    return
                 if self._pending is not None or self._writing():
                     with contextlib.suppress(Exception):
                         self._recheck_pending()
@@ -1484,6 +1494,7 @@ class ModelServer:
         """Stop the watcher, then let the verdicts queued so far reach the registry (for at
         most WRITES_CLOSE_S: a verdict lost here would undo a promotion after a restart)."""
         self._stop.set()
+        self._wake.set()
         if self._watch is not None:
             self._watch.join(timeout=5)
         if self._ranker is not None:

@@ -423,6 +423,36 @@ def test_a_scorers_verdict_on_a_version_the_trainer_rejected_meanwhile_is_undone
     assert version == "v000001"
 
 
+def test_a_scorers_promotion_refused_over_a_champion_changed_since_is_undone_at_once(
+    tmp_path: Path,
+) -> None:
+    """A QA pass of a fleet: a scorer's contest promoted its challenger after the fleet's
+    champion had changed (refused in the registry), and the scorer served its own pick until
+    the watcher's next poll (1.4 s). The refusal wakes the watcher: with a poll a minute away,
+    the registry's champion is served well before it."""
+    trainer = Registry(tmp_path / "trainer")
+    anns = [_publish(trainer, FeatureModel("amount"), name="default") for _ in range(3)]
+    feed = ModelFeed(KafkaSettings(), Registry(tmp_path / "scorer"), name="default")
+    for a in anns:
+        feed.handle(_value(a))
+    feed.registry.promote("v000001")
+    scorer = build_model_stage("default", registry=tmp_path / "scorer", watch=True,
+                               poll_seconds=60.0)  # fmt: skip
+    try:
+        assert scorer.score({"tx_id": "t1", "ts": 0.0, "amount": 5.0}, {})[1] == "v000001"
+        scorer.registry.promote("v000003")  # the fleet's champion, followed meanwhile
+        # the contest's verdict (v000002 over v000001), reached after that
+        scorer._set_champion("v000002", scorer.registry.load("v000002"), "promoted: test")
+        assert scorer.registry.champion() == "v000003" or scorer._writing()
+        wait_until(
+            lambda: scorer.score({"tx_id": "t2", "ts": 1.0, "amount": 5.0}, {})[1] == "v000003",
+            "the registry's champion served",
+        )
+        assert scorer.registry.champion() == "v000003"
+    finally:
+        scorer.stop_watch()
+
+
 def _fleet_of_one(tmp_path: Path, producer: Any) -> tuple[Registry, ModelFeed]:
     """A trainer's registry (v000001 its champion, v000002 and v000003) and scorer "fds/a"
     fed by it, following its lifecycle."""
