@@ -45,12 +45,43 @@ __all__ = [
 ]
 
 _MERGE = "tag:yaml.org,2002:merge"
+#: Entries a mapping may hold once its merge keys are flattened (PyYAML copies every merged
+#: entry: `<<: [*a1, *a1, ...]` over mappings merged in turn multiplied a 15-KB file into
+#: 10^9 entries, a QA pass); the project's files hold a few hundred.
+MAX_MERGED = 100_000
+
+
+def merged_entries(node: yaml.MappingNode, limit: int, memo: dict[int, int]) -> int:
+    """How many entries mapping ``node`` holds once PyYAML flattened its merge keys (``<<:``),
+    counted without copying any; past ``limit`` it stops and says ``limit + 1``. ``memo``
+    (node id -> count) is shared by the calls on one document: each node is counted once."""
+    got = memo.get(id(node))
+    if got is not None:
+        return got
+    memo[id(node)] = limit + 1  # (a mapping merged into itself: past any limit)
+    total = 0
+    for knode, vnode in node.value:
+        if knode.tag != _MERGE:
+            total += 1
+        else:  # a mapping, or a list of them; anything else PyYAML refuses itself
+            subs = vnode.value if isinstance(vnode, yaml.SequenceNode) else [vnode]
+            for sub in subs:
+                if isinstance(sub, yaml.MappingNode):
+                    total += merged_entries(sub, limit, memo)
+                if total > limit:
+                    break
+        if total > limit:
+            total = limit + 1
+            break
+    memo[id(node)] = total
+    return total
 
 
 class _Strict(yaml.SafeLoader):
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self._checked: set[int] = set()
+        self._merged: dict[int, int] = {}
 
     def flatten_mapping(self, node: yaml.MappingNode) -> None:
         # Each mapping's own keys, checked before merge keys bring others in: PyYAML flattens
@@ -73,6 +104,12 @@ class _Strict(yaml.SafeLoader):
                         f"duplicate key {key!r}: remove one of them", knode.start_mark,
                     )  # fmt: skip
                 seen.add(key)
+        if merged_entries(node, MAX_MERGED, self._merged) > MAX_MERGED:
+            raise yaml.constructor.ConstructorError(
+                None, None,
+                f"merge keys (<<:) make more than {MAX_MERGED} entries of this mapping: "
+                "simplify the file", node.start_mark,
+            )  # fmt: skip
         super().flatten_mapping(node)
 
     def construct_yaml_timestamp(self, node: yaml.ScalarNode) -> Any:

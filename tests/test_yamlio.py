@@ -23,6 +23,17 @@ def test_merge_keys_may_be_overridden_also_when_merged_again() -> None:
     assert load("b: &b {a: 1, c: 3}\nx: {<<: *b, a: 2}\n")["x"] == {"a": 2, "c": 3}
 
 
+def test_merge_keys_that_would_make_a_huge_mapping_are_refused_unexpanded() -> None:
+    """A QA pass (in a rules file): `<<: [*a1, *a1, ...]` over mappings merged in turn made a
+    15-KB file 10^8 entries; the model specs, mappings and settings read through here."""
+    text = "a0: &a0 {" + ", ".join(f"k{i}: 1" for i in range(50)) + "}\n"
+    text += "a1: &a1 {<<: [" + ", ".join(["*a0"] * 1000) + "]}\n"
+    text += "a2: {<<: [" + ", ".join(["*a1"] * 200) + "]}\n"
+    with pytest.raises(yaml.YAMLError, match=r"more than 100000 entries[\s\S]*line 3, column 5"):
+        load(text)
+    assert load("a: &a {x: 1}\nb: {<<: [*a, *a], y: 2}\n")["b"] == {"x": 1, "y": 2}
+
+
 @pytest.mark.parametrize(("char", "col"), [("\x07", 30), ("\x00", 30), ("\x7f", 30)])
 def test_a_control_character_is_refused_at_its_line_and_column(tmp_path, char, col) -> None:
     """A QA pass: a BEL in a rules file was `YAML error: unacceptable character #x0007:

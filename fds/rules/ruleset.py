@@ -340,6 +340,7 @@ def load_yaml_with_marks(text: str, filename: str) -> tuple[Any, dict[tuple[Any,
     marks: dict[tuple[Any, ...], Mark] = {}
     budget = [MAX_NODES]
     merged_of: dict[int, int] = {}  # mapping node -> how many of its entries were merged in
+    counted: dict[int, int] = {}  # mapping node -> its entries once merged (merged_entries)
 
     def walk(node: yaml.Node, path: tuple[Any, ...]) -> Any:
         budget[0] -= 1
@@ -366,6 +367,11 @@ def load_yaml_with_marks(text: str, filename: str) -> tuple[Any, dict[tuple[Any,
             merged = merged_of.get(id(node))
             if merged is None:  # (an alias walks a node again: flattened once)
                 own = sum(1 for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge")
+                if yamlio.merged_entries(node, budget[0], counted) > budget[0]:  # (not copied yet)
+                    raise ConfigError(
+                        f"more than {MAX_NODES} YAML nodes (merge keys expanded): simplify the "
+                        "file", where=_where(filename, node),
+                    )  # fmt: skip
                 try:  # YAML merge keys (<<: *defaults) as PyYAML reads them: merged first
                     loader.flatten_mapping(node)
                 except yaml.MarkedYAMLError as e:

@@ -407,6 +407,33 @@ def test_default_rules_file_loads_and_passes_its_tests() -> None:
     assert {r.spec.state for r in rs.rules} >= {"active", "shadow"}
 
 
+def _merge_bomb(n: int) -> str:
+    """Merge keys over mappings merged in turn: 50 x 1,000 x ``n`` entries once flattened."""
+    return "\n".join([
+        'version: "bomb"',
+        "x-a0: &a0 {" + ", ".join(f"k{i}: 1" for i in range(50)) + "}",
+        "x-a1: &a1 {<<: [" + ", ".join(["*a0"] * 1000) + "]}",
+        "x-a2: {<<: [" + ", ".join(["*a1"] * n) + "]}",
+        "rules: []",
+    ]) + "\n"  # fmt: skip
+
+
+def test_a_yaml_merge_key_bomb_is_refused_before_it_is_expanded() -> None:
+    """A QA pass: PyYAML copies every merged entry before the node count saw one; a 15-KB file
+    took 19 s and 1.6 GB to refuse, one of 500 KB never ended (in a reload too)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(ConfigError, match=r"YAML nodes \(merge keys expanded\)") as e:
+            load_ruleset_text(_merge_bomb(200), "bomb.yaml")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(e.value).startswith("bomb.yaml:4:7:")
+    assert peak < 20 << 20  # (10 million entries were copied: ~160 MB)
+
+
 def test_yaml_alias_bomb_is_rejected_quickly() -> None:
     import time
 
