@@ -28,7 +28,10 @@ generated Python function. Every error names ``file:line:column`` and says what 
 
 from __future__ import annotations
 
+import bisect
 import difflib
+import functools
+import itertools
 import json
 import keyword
 import logging
@@ -58,6 +61,7 @@ from fds.features.spec import (  # one definition of each
 from fds.rules.expr import (
     BOOL,
     BUILTINS,
+    CHUNK_RULES,
     NUM,
     RUNTIME_ERRORS,
     STR,
@@ -313,13 +317,30 @@ Mark = tuple[int, int, str | None]  # 1-based line, 1-based column, scalar style
 # A 100-rule file is ~40 KB and ~3,000 nodes; these bound hostile or broken files.
 MAX_FILE_SIZE = 5_000_000  # bytes of a rules file (characters of a text given as such)
 MAX_NODES = 100_000
+#: Different names the evaluated rules of one file may read: each is read for every
+#: transaction, and one missing sets its bit in a mask as wide as the names (14,000 names
+#: failed to compile, 9,000 took 3.3 ms per transaction: a QA pass); a large ruleset reads a
+#: few hundred.
+MAX_NAMES = 1000
 MAX_NESTING = 50  # YAML levels; a rules file has about five
 #: Path suffix under which the position of a mapping KEY is recorded (the value's is the path).
 KEY = "\0key"
 
 
+if hasattr(yaml, "CSafeLoader"):
+
+    class _SteppedLoader(yaml.composer.Composer, yaml.CSafeLoader):
+        """libyaml's events, PyYAML's composer: composing the nodes in one call to libyaml held
+        the interpreter lock, so a reload of a 1-MB rules file held the deciding thread for
+        0.45 s (a QA pass); event by event it lets go of it (and takes 40 % longer)."""
+
+        def __init__(self, stream: str) -> None:
+            yaml.CSafeLoader.__init__(self, stream)
+            yaml.composer.Composer.__init__(self)
+
+
 def _yaml_loader() -> type:
-    return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return _SteppedLoader if hasattr(yaml, "CSafeLoader") else yaml.SafeLoader
 
 
 _COLLECTION_TAGS: dict[type[yaml.Node], str] = {
@@ -498,12 +519,36 @@ def _mark_for(marks: Mapping[tuple[Any, ...], Mark], loc: tuple[Any, ...]) -> Ma
     return (1, 1, None)
 
 
-def _pydantic_error(e: pydantic.ValidationError, filename: str, marks: Mapping) -> ConfigError:
+_RULE_LIST = pydantic.TypeAdapter(list[Rule])
+
+
+def _validate(data: Mapping[str, Any]) -> tuple[RulesFile, list[Any]]:
+    """The :class:`RulesFile` of ``data``, or pydantic's errors. The rules are validated
+    CHUNK_RULES at a time: one call into pydantic holds the interpreter lock, and a reload of
+    8,000 rules held the deciding thread for 0.3 s in it (a QA pass)."""
+    rules = data.get("rules")
+    errors: list[Any] = []
+    if isinstance(rules, list) and len(rules) > CHUNK_RULES:
+        done: list[Rule] = []
+        for c in range(0, len(rules), CHUNK_RULES):
+            try:
+                done += _RULE_LIST.validate_python(rules[c : c + CHUNK_RULES])
+            except pydantic.ValidationError as e:
+                errors += [{**err, "loc": ("rules", c + int(err["loc"][0]), *err["loc"][1:])}
+                           for err in e.errors()]  # fmt: skip
+        data = {**data, "rules": done}
+    try:
+        return RulesFile.model_validate(data), errors
+    except pydantic.ValidationError as e:
+        return RulesFile(version="-"), [*e.errors(), *errors]
+
+
+def _pydantic_error(errors: list[Any], filename: str, marks: Mapping) -> ConfigError:
     """Every error of validating a rules file, each at its line and column (an unknown key with
     the closest known one, as a mapping's: ``acton`` was only "check its spelling")."""
     lines = []
     first_where = None
-    for err in e.errors():
+    for err in errors:
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function")))
         # Literal/union branches add their own loc parts; keep those that exist in the file.
         if err["type"] == "extra_forbidden" and (*loc, KEY) in marks:
@@ -532,8 +577,8 @@ def _pydantic_error(e: pydantic.ValidationError, filename: str, marks: Mapping) 
         elif err["type"] == "string_type" and err.get("input") is None:
             msg = "empty: give a text"
         elif err["type"] in ("string_type", "literal_error") and isinstance(
-            err.get("input"), bool | int | float | None
-        ):  # (`state: off`, `reason: 42`: "Input should be a valid string", a QA pass)
+            err.get("input"), bool | int | float | list | dict | None
+        ):  # (`state: off`, `reason: 42`, `when: [a > 1]`: "Input should be a valid string")
             kind = yamlio.kind_of(err.get("input"))
             msg += f" (YAML reads it as {kind}{': quote it' if 'string' in err['type'] else ''})"
         lines.append(f"{where}: {field}: {msg}")
@@ -718,12 +763,18 @@ class Ruleset:
     def hold_counts(self) -> Callable[[], None]:
         """Note the skip counts; the function returned puts them back (a fold decides again a
         record counted when it was first decided)."""
-        missing, errors, masks = self._missing[:], self._errors[:], dict(self._tally.masks)
+        missing, errors = self._missing[:], self._errors[:]
+        # the evaluator's tally of missing names counts into a scratch dict meanwhile (a copy
+        # of the tally for each record folded slowed a catch-up the longer a run had gone on)
+        names = self._fn.__globals__
+        masks = names.get("_MASKS")
+        if masks is not None:
+            names["_MASKS"] = {}
 
         def restore() -> None:
             self._missing[:], self._errors[:] = missing, errors
-            self._tally.masks.clear()
-            self._tally.masks.update(masks)
+            if masks is not None:
+                names["_MASKS"] = masks
 
         return restore
 
@@ -884,6 +935,14 @@ def _comments(text: str, mark: Mark, source: str) -> bool | Callable[[str, int, 
 _PROPERTIES = re.compile(r"(?:[&!]\S*\s+(?:#[^\n]*\n\s*)*)+")  # (a comment after them too)
 
 
+@functools.lru_cache(maxsize=2)
+def _line_starts(text: str) -> list[int]:
+    """Where each line of ``text`` starts: found once per file (a split of the whole file for
+    each comment and each error made a load quadratic: 8,000 commented rules took 42 s to
+    load, a QA pass)."""
+    return list(itertools.accumulate((len(s) + 1 for s in text.split("\n")), initial=0))
+
+
 def _expr_where(filename: str, text: str, mark: Mark, source: str, e: ExprError) -> str:
     """``file:line:col`` in the rules file of the error ``e`` at ``e.line:e.col`` of the
     expression ``source``, whatever the YAML style it was written in (plain or quoted, over
@@ -895,7 +954,7 @@ def _expr_where(filename: str, text: str, mark: Mark, source: str, e: ExprError)
     n = sum(1 for ch in source[:at] if not ch.isspace())
     past_end = n > 0 and not source[at:].strip()  # (it pointed at the file's next key)
     n -= past_end  # then: the expression's last character, and one past it
-    i = sum(len(s) + 1 for s in text.split("\n")[: line - 1]) + col - 1
+    i = _line_starts(text)[line - 1] + col - 1
     props = _PROPERTIES.match(text, i)  # (the node starts at its anchor or tag: positions
     i = props.end() if props else i  # were that much too early, a QA pass)
     if style in ("|", ">"):  # the block's header line (indicators, a comment)
@@ -918,7 +977,8 @@ def _expr_where(filename: str, text: str, mark: Mark, source: str, e: ExprError)
         i += step
         n -= chars
     i = min(i, len(text))
-    return f"{filename}:{text.count(chr(10), 0, i) + 1}:{i - text.rfind(chr(10), 0, i)}"
+    at_line = bisect.bisect_right(_line_starts(text), i)  # (1-based)
+    return f"{filename}:{at_line}:{i - text.rfind(chr(10), 0, i)}"
 
 
 def feature_type(f: FeatureSpec) -> str:
@@ -1000,10 +1060,9 @@ def load_ruleset_text(
     # the anchors of merge keys, `x-defaults: &d {...}` then `<<: *d` (an anchor could only
     # sit on a real rule, every other key being refused: a QA pass).
     data = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("x-"))}
-    try:
-        spec = RulesFile.model_validate(data)
-    except pydantic.ValidationError as e:
-        raise _pydantic_error(e, filename, marks) from None
+    spec, invalid = _validate(data)
+    if invalid:
+        raise _pydantic_error(invalid, filename, marks)
     _check_semantics(spec, filename, marks)
     notes = []  # said at load, and by `fds rules check` in its report
     grace = data.get("grace")
@@ -1028,6 +1087,7 @@ def load_ruleset_text(
     compiled = []
     errors: list[str] = []  # every rule's error at once: an analyst fixes them in one pass
     test_where: dict[tuple[str, int], str] = {}
+    read: dict[str, None] = {}  # the names the evaluated rules read (see MAX_NAMES)
     for i, r in enumerate(spec.rules):
         mark = _mark_for(marks, ("rules", i, "when"))
         try:
@@ -1037,6 +1097,15 @@ def load_ruleset_text(
             errors.append(f"{where}: rule {r.id}: {e.detail}")
             continue
         line, col, _ = _mark_for(marks, ("rules", i))
+        if r.state != "paused" and len(read) <= MAX_NAMES:
+            read.update(dict.fromkeys(expr.names))
+            if len(read) > MAX_NAMES:
+                errors.append(
+                    f"{filename}:{mark[0]}:{mark[1]}: rule {r.id}: the rules read more than "
+                    f"{MAX_NAMES} different names (fields, features, extra values) with this "
+                    "one: each is read for every transaction; pause or remove rules, or read "
+                    "fewer extra values"
+                )
         compiled.append(CompiledRule(r, expr, f"{filename}:{line}:{col}"))
         for j, t in enumerate(r.tests):
             tl, tc, _ = _mark_for(marks, ("rules", i, "tests", j))

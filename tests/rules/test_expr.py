@@ -614,6 +614,27 @@ def test_extra_names_that_python_folds_together_stay_apart() -> None:
     assert e.evaluate({"extra": {"ﬁ": 1, "fi": 2}}) is True
 
 
+def test_a_long_flat_sum_is_told_how_to_stay_within_the_depth() -> None:
+    """A QA pass: a flat sum of 45 terms was "nested deeper than 40", which it is not to
+    its writer; grouped in parentheses it loads."""
+    with pytest.raises(ExprError, match=r"a \+ b \+ c counts as one.*group terms in paren"):
+        compile_expr(" + ".join(["amount"] * 45) + " > 1", KNOWN)
+    group = "(" + " + ".join(["amount"] * 9) + ")"
+    assert compile_expr(" + ".join([group] * 5) + " > 1", KNOWN).evaluate({"amount": 1.0})
+
+
+@pytest.mark.parametrize(
+    ("src", "col", "read"), [("ａmount > 5", 1, "amount"), ("extra.ﬁeld > 5", 7, "field")]
+)
+def test_a_name_python_would_fold_into_another_is_refused(src, col, read) -> None:
+    """A QA pass: `ａmount` (full width) read `amount` and `extra.ﬁeld` (a ligature) the key
+    `field`, without a word. A name that stays itself is read as written."""
+    with pytest.raises(ExprError, match=f"is read by Python as '{read}'") as e:
+        compile_expr(src, KNOWN)
+    assert (e.value.line, e.value.col) == (1, col)
+    assert compile_expr("extra.é == 1", KNOWN).evaluate({"extra": {"é": 1}}) is True
+
+
 def test_an_extra_name_starting_with_an_underscore_is_read_by_its_key() -> None:
     """A review: `extra._id` was refused without a way to read a column named so (Mongo's
     `_id`), while `extra['_id']` is read."""
