@@ -55,6 +55,7 @@ from typing import Any, TypeVar
 
 __all__ = [
     "MODEL",
+    "MODEL_BUDGET_S",
     "RAISE",
     "ModelGuard",
     "RuleBreaker",
@@ -355,6 +356,12 @@ def decision_sources(
 
 
 _T = TypeVar("_T")
+
+
+#: The model's latency budget per decision: a decision must stay well inside a payment's
+#: ~100 ms authorisation window; River pipelines score in tens of microseconds, so 20 ms means
+#: something is wrong (a model spec slower than this on a sample row is refused at load).
+MODEL_BUDGET_S = 0.020
 
 
 class ModelGuard:

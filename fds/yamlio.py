@@ -24,6 +24,7 @@ duplicate key 'a': remove one of them
 
 from __future__ import annotations
 
+import os
 import re
 import unicodedata
 from pathlib import Path
@@ -45,43 +46,15 @@ __all__ = [
 ]
 
 _MERGE = "tag:yaml.org,2002:merge"
-#: Entries a mapping may hold once its merge keys are flattened (PyYAML copies every merged
-#: entry: `<<: [*a1, *a1, ...]` over mappings merged in turn multiplied a 15-KB file into
-#: 10^9 entries, a QA pass); the project's files hold a few hundred.
-MAX_MERGED = 100_000
-
-
-def merged_entries(node: yaml.MappingNode, limit: int, memo: dict[int, int]) -> int:
-    """How many entries mapping ``node`` holds once PyYAML flattened its merge keys (``<<:``),
-    counted without copying any; past ``limit`` it stops and says ``limit + 1``. ``memo``
-    (node id -> count) is shared by the calls on one document: each node is counted once."""
-    got = memo.get(id(node))
-    if got is not None:
-        return got
-    memo[id(node)] = limit + 1  # (a mapping merged into itself: past any limit)
-    total = 0
-    for knode, vnode in node.value:
-        if knode.tag != _MERGE:
-            total += 1
-        else:  # a mapping, or a list of them; anything else PyYAML refuses itself
-            subs = vnode.value if isinstance(vnode, yaml.SequenceNode) else [vnode]
-            for sub in subs:
-                if isinstance(sub, yaml.MappingNode):
-                    total += merged_entries(sub, limit, memo)
-                if total > limit:
-                    break
-        if total > limit:
-            total = limit + 1
-            break
-    memo[id(node)] = total
-    return total
+#: Nodes a document may hold once its aliases are expanded (a 600-byte model spec of anchors
+#: nested ten deep passed, and publishing it expanded 10^10 values: a QA pass).
+MAX_NODES = 100_000
 
 
 class _Strict(yaml.SafeLoader):
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self._checked: set[int] = set()
-        self._merged: dict[int, int] = {}
 
     def flatten_mapping(self, node: yaml.MappingNode) -> None:
         # Each mapping's own keys, checked before merge keys bring others in: PyYAML flattens
@@ -104,12 +77,6 @@ class _Strict(yaml.SafeLoader):
                         f"duplicate key {key!r}: remove one of them", knode.start_mark,
                     )  # fmt: skip
                 seen.add(key)
-        if merged_entries(node, MAX_MERGED, self._merged) > MAX_MERGED:
-            raise yaml.constructor.ConstructorError(
-                None, None,
-                f"merge keys (<<:) make more than {MAX_MERGED} entries of this mapping: "
-                "simplify the file", node.start_mark,
-            )  # fmt: skip
         super().flatten_mapping(node)
 
     def construct_yaml_timestamp(self, node: yaml.ScalarNode) -> Any:
@@ -167,11 +134,23 @@ def exponent_hint(v: Any) -> str:
     return ""
 
 
+#: The largest mapping, model spec or settings file read (each is a few KB): `--model
+#: /dev/zero` was read until memory ran out (a QA pass).
+MAX_TEXT_BYTES = 5_000_000
+
+
 def read_text(path: Path, what: str) -> str:
     """The text of the project's file ``path`` (a mapping, model spec, settings); what cannot
-    be read (a folder, no permission) and bytes that are not UTF-8 are a :class:`ConfigError`
-    at their place (a folder or a Latin-1 spec was a traceback)."""
-    return decode(read_bytes(path, what), str(path))
+    be read (a folder, no permission), more than :data:`MAX_TEXT_BYTES` and bytes that are
+    not UTF-8 are a :class:`ConfigError` at their place (a folder or a Latin-1 spec was a
+    traceback)."""
+    data = read_bytes(path, what, limit=MAX_TEXT_BYTES)
+    if len(data) > MAX_TEXT_BYTES:
+        raise ConfigError(
+            f"larger than {MAX_TEXT_BYTES // 1_000_000} MB: no {what} is; check the path",
+            where=str(path),
+        )
+    return decode(data, str(path))
 
 
 def read_bytes(path: str | Path, what: str, *, limit: int | None = None, hint: str = "") -> bytes:
@@ -185,7 +164,11 @@ def read_bytes(path: str | Path, what: str, *, limit: int | None = None, hint: s
     fds.errors.ConfigError: /no/r.yaml: cannot read the rules file: No such file or directory
     """
     try:
-        with open(path, "rb") as f:
+        # (non-blocking: a FIFO no one writes to was waited for without end, a QA pass; it
+        # reads as empty now, while the writer of a pipe such as <(...) is waited for)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as f:
+            os.set_blocking(fd, True)
             return f.read(-1 if limit is None else limit + 1)
     except OSError as e:
         why = e.strerror or e
@@ -234,10 +217,61 @@ def check_printable(text: str, filename: str) -> None:
         )
 
 
+def _expanded(node: yaml.Node, limit: int, memo: dict[int, int]) -> int:
+    got = memo.get(id(node))
+    if got is not None:
+        return got
+    memo[id(node)] = limit + 1  # (a node inside itself: past any limit)
+    total = 1
+    for child in _children(node):
+        total += _expanded(child, limit, memo)
+        if total > limit:
+            total = limit + 1
+            break
+    memo[id(node)] = total
+    return total
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return node.value if isinstance(node, yaml.SequenceNode) else []
+
+
+def past_limit(node: yaml.Node, limit: int = MAX_NODES) -> yaml.Node | None:
+    """The innermost node of the document ``node`` that holds more than ``limit`` nodes with
+    every alias counted where it is used (merge keys included), or None. PyYAML shares an
+    alias's value, but what walks the data later (a JSON dump, a validation, merge keys'
+    flattening) visits it at each use: 600 bytes of anchors nested ten deep are 10^9 values."""
+    memo: dict[int, int] = {}
+    if _expanded(node, limit, memo) <= limit:
+        return None
+    while True:  # down to where the aliases pile up
+        past = [n for n in _children(node) if memo.get(id(n), 0) > limit]
+        if not past:
+            return node
+        node = past[0]
+
+
 def load(text: str, *, exponents: bool = False) -> Any:
     """The YAML document in ``text``; raises :class:`yaml.YAMLError` (marked with the line of
-    the problem) on a syntax error or a duplicate key. ``exponents``: `1e-4` is a number."""
-    return yaml.load(text, Loader=_Numbers if exponents else _Strict)  # (SafeLoaders)
+    the problem) on a syntax error, a duplicate key, or aliases that expand it past
+    :data:`MAX_NODES`. ``exponents``: `1e-4` is a number."""
+    loader = (_Numbers if exponents else _Strict)(text)  # (SafeLoaders)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        bomb = past_limit(node)
+        if bomb is not None:
+            raise yaml.constructor.ConstructorError(
+                None, None,
+                f"more than {MAX_NODES} YAML nodes once its aliases (*name) are expanded: "
+                "simplify the file", bomb.start_mark,
+            )  # fmt: skip
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def fields_at(model: Any, loc: tuple[Any, ...]) -> list[str]:

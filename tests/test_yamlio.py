@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -23,13 +25,23 @@ def test_merge_keys_may_be_overridden_also_when_merged_again() -> None:
     assert load("b: &b {a: 1, c: 3}\nx: {<<: *b, a: 2}\n")["x"] == {"a": 2, "c": 3}
 
 
+def test_an_alias_bomb_is_refused_at_the_innermost_node_past_the_limit() -> None:
+    """A QA pass: a 600-byte model spec of anchors nested ten deep (9^10 values) passed its
+    check, and publishing it (a JSON dump of the spec) expanded it until memory ran out."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]
+    with pytest.raises(yaml.YAMLError, match=r"more than 100000 YAML nodes[\s\S]*line 6, col"):
+        load("\n".join(lines) + "\n")  # (a5: 9^6 x's)
+    assert load("\n".join(lines[:5]) + "\n")["a4"][0][0][0][0][0] == "x"  # (9^5: loads)
+
+
 def test_merge_keys_that_would_make_a_huge_mapping_are_refused_unexpanded() -> None:
     """A QA pass (in a rules file): `<<: [*a1, *a1, ...]` over mappings merged in turn made a
     15-KB file 10^8 entries; the model specs, mappings and settings read through here."""
     text = "a0: &a0 {" + ", ".join(f"k{i}: 1" for i in range(50)) + "}\n"
     text += "a1: &a1 {<<: [" + ", ".join(["*a0"] * 1000) + "]}\n"
     text += "a2: {<<: [" + ", ".join(["*a1"] * 200) + "]}\n"
-    with pytest.raises(yaml.YAMLError, match=r"more than 100000 entries[\s\S]*line 3, column 5"):
+    with pytest.raises(yaml.YAMLError, match=r"more than 100000 YAML nodes[\s\S]*line 2, col"):
         load(text)
     assert load("a: &a {x: 1}\nb: {<<: [*a, *a], y: 2}\n")["b"] == {"x": 1, "y": 2}
 
@@ -45,3 +57,27 @@ def test_a_control_character_is_refused_at_its_line_and_column(tmp_path, char, c
     with pytest.raises(ConfigError) as e:
         read_text(p, "the file")
     assert str(e.value) == f"{p}:3:{col}: control character {code}: remove it"
+
+
+def test_a_file_that_never_ends_or_never_comes_is_refused_not_waited_for(tmp_path) -> None:
+    """A QA pass: `--model /dev/zero` was read until memory ran out, `--model FIFO` with no
+    writer waited without end; a pipe with a writer (`<(...)`) is still read."""
+    import os
+    import subprocess
+    import threading
+
+    with pytest.raises(ConfigError, match="larger than 5 MB: no model spec is"):
+        read_text(Path("/dev/zero"), "model spec")
+    fifo = tmp_path / "spec.yaml"
+    os.mkfifo(fifo)
+    got: list[str] = []
+    t = threading.Thread(target=lambda: got.append(read_text(fifo, "model spec")), daemon=True)
+    t.start()
+    t.join(30)
+    assert not t.is_alive() and got == [""]
+    out = subprocess.run(
+        ["bash", "-c", "python -c 'import sys; from pathlib import Path; from fds.yamlio import "
+         "read_text; print(read_text(Path(sys.argv[1]), \"x\"))' <(sleep 0.2; echo a: 1)"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert out.stdout == "a: 1\n\n"

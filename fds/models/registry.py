@@ -26,6 +26,7 @@ feed of a scorer on another machine) under its own id, verified the same way, ne
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import hmac
@@ -35,6 +36,7 @@ import os
 import pickle
 import re
 import secrets
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -114,6 +116,22 @@ def learned(entry: Mapping[str, Any]) -> tuple[int, int]:
 # A version id is also a file name: only ids the registry itself makes are accepted from outside.
 _VERSION_ID = re.compile(r"v[0-9]{6,}")
 _ARTIFACT = re.compile(_VERSION_ID.pattern + r"\.pkl")
+
+
+#: The largest manifest read (a few KB per version kept) and artifact read when its entry
+#: gives no size (the models topic carries up to 8 MB inline; a forest may be larger).
+MAX_MANIFEST_BYTES = 64 << 20
+MAX_ARTIFACT_BYTES = 2 << 30
+
+
+def read_regular(path: Path, limit: int) -> bytes:
+    """At most ``limit`` + 1 bytes of the regular file ``path``; anything else (a FIFO, a
+    device, a folder) is an :class:`OSError` without waiting for it (opened non-blocking)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        return f.read(limit + 1)
 
 
 def seq_of(version: str | None) -> int:
@@ -304,9 +322,14 @@ class Registry:
 
     def manifest(self) -> dict[str, Any]:
         try:
-            raw = self._manifest_path.read_bytes()
+            raw = read_regular(self._manifest_path, MAX_MANIFEST_BYTES)
         except FileNotFoundError:
             return {"versions": {}, "champion": None, "next": 1, "history": []}
+        except OSError as e:  # (a FIFO hung every command, /dev/zero ate the memory: a QA pass)
+            raise ConfigError(
+                f"registry manifest cannot be read: {e.strerror or e}",
+                where=str(self._manifest_path),
+            ) from None
         try:
             m = json.loads(raw)
         except ValueError as e:
@@ -327,6 +350,8 @@ class Registry:
                 bad = ["spec.name"]
             if not bad and not _is((entry["evaluation"] or {}).get("frauds_learned"), (int, None)):
                 bad = ["evaluation.frauds_learned"]  # (the scorers compare it to a count)
+            if not bad and not _VERSION_ID.fullmatch(version):  # (a file name: `../x`, a QA
+                bad = ["version id"]  # pass)
             if bad or entry["version"] != version:
                 raise ConfigError(
                     f"registry manifest entry {version!r} lacks a valid "
@@ -339,6 +364,16 @@ class Registry:
                     f"one of {', '.join(STATUSES)}: it was not written by fds (or edited)",
                     where=str(self._manifest_path),
                 )
+        nxt = m.get("next")
+        if nxt is not None and (
+            type(nxt) is not int or any(e["seq"] >= nxt for e in m["versions"].values())
+        ):
+            # (`next: 2` edited in: the next publish overwrote v000002, the champion's file)
+            raise ConfigError(
+                f"registry manifest 'next' is {nxt!r}, not a whole number past every version's "
+                "seq: it was not written by fds (or edited)",
+                where=str(self._manifest_path),
+            )
         history = m.get("history", [])
         if not isinstance(history, list) or not all(
             isinstance(h, dict) and _is(h.get("to"), str) and _is(h.get("from", 0), (str, None))
@@ -385,9 +420,14 @@ class Registry:
         vs = self.versions()
         return vs[-1]["version"] if vs else None
 
-    def _artifact(self, version: str) -> bytes:
+    def _artifact(self, version: str, size: int | None = None) -> bytes:
+        """The artifact's bytes: of a regular file only (a FIFO in its place held the watcher
+        for good, a link to /dev/zero read 2.4 GB: a QA pass), read up to its entry's ``size``
+        or 64 MB, whichever is more (a file of another size fails its check, which says why: a
+        key, a forgery), else MAX_ARTIFACT_BYTES."""
         try:
-            return self.artifact(version).read_bytes()
+            limit = MAX_ARTIFACT_BYTES if size is None else max(size, 64 << 20)
+            return read_regular(self.artifact(version), limit)
         except FileNotFoundError:
             raise ArtifactError(
                 f"artifact of {version} is missing from {self.path}", local=True
@@ -400,11 +440,11 @@ class Registry:
 
     def load_bytes(self, version: str) -> tuple[bytes, dict[str, Any]]:
         e = self.entry(version)
-        return self._artifact(version), e
+        return self._artifact(version, e.get("size")), e
 
     def verify_file(self, version: str, entry: Mapping[str, Any]) -> None:
         """Check ``version``'s artifact against its entry (sha256, HMAC): nothing unpickled."""
-        data = self._artifact(version)
+        data = self._artifact(version, entry.get("size"))
         try:
             verify(data, sha256=entry.get("sha256", ""), signature=entry.get("hmac"), key=self.key)
         except ArtifactError as e:

@@ -22,12 +22,17 @@ fds.errors.ConfigError: <spec>:3: unknown estimator 'linear_model.LogisticRegres
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import importlib
 import inspect
+import io
 import itertools
+import math
+import random
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +43,7 @@ import yaml
 
 from fds import shipped, yamlio
 from fds.errors import ConfigError, describe
+from fds.guardrails import MODEL_BUDGET_S
 from fds.timeutil import parse_duration, span
 
 __all__ = [
@@ -355,6 +361,14 @@ def _misshapen(key: str, value: Any) -> str | None:
 _COUNTS = frozenset(
     {"n_models", "max_depth", "grace_period", "n_neighbors", "window_size", "n_estimators"}
 )
+#: Values River takes and that make no model at all (a QA pass: `optim.SGD: {lr: -0.5}`
+#: learned backwards and declined 173 customers, none of them a fraud; `l2: -1` alike): a
+#: learning rate is positive, a penalty not negative; and an ensemble is at most MAX_MODELS
+#: models (100,000 took 36 s and 1.3 GB to build and stalled every decision).
+_RATES = frozenset({"lr", "learning_rate"})
+_PENALTIES = frozenset({"l1", "l2"})
+_ENSEMBLES = frozenset({"n_models", "n_estimators"})
+MAX_MODELS = 1000
 _TYPE_WORDS = {bool: "true or false", int: "a number", float: "a number"}
 
 
@@ -370,6 +384,12 @@ def _badly_valued(key: str, value: Any, default: Any, hint: str = "") -> str | N
     number = type(value) in (int, float)
     if key in _COUNTS and number and not (value >= 1 and float(value).is_integer()):
         return f"{key}: must be a whole number of at least 1, got {value!r}"
+    if key in _ENSEMBLES and number and value > MAX_MODELS:
+        return f"{key}: at most {MAX_MODELS} models (each scores every transaction), got {value!r}"
+    if key in _RATES and number and not 0 < value < math.inf:
+        return f"{key}: a learning rate must be more than 0, got {value!r}{_exponent(value)}"
+    if key in _PENALTIES and number and not 0 <= value < math.inf:
+        return f"{key}: a penalty must be 0 or more, got {value!r}{_exponent(value)}"
     want = type(default)
     if want not in _TYPE_WORDS or (type(value) is bool if want is bool else number):
         return None
@@ -470,6 +490,10 @@ def _policy(cls: type, raw: Any, source: str, node: yaml.Node | None, section: s
                 v = parse_duration(v)
                 if not v >= 0:
                     raise ValueError("must be a duration of 0 or more, e.g. 4d")
+                if k in ("assume_legit_after", "ttl") and v == math.inf:
+                    # (.inf: nothing was ever assumed legitimate, the model learned frauds only
+                    # and scored everyone 1.0, a QA pass; inputs kept for ever)
+                    raise ValueError("must be a finite duration, e.g. 4d")
                 if k == "shadow_max_wait" and v <= 0:
                     raise ValueError("must be a positive duration, e.g. 14d")
             elif k in (
@@ -612,20 +636,67 @@ def _try_pipeline(spec: ModelSpec) -> None:
             "must be a classifier, e.g. linear_model.LogisticRegression",
             where=f"{spec.source}:{last_line}",
         )
-    model = build_pipeline(spec)
+    given = [(d, line) for d, params, line in spec.steps if params] or spec.steps[:1]
+    steps = ", ".join(f"{d[0]} (line {d[-1]})" for d in given)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):  # (River prints a value it replaces: see below)
+        model = build_pipeline(spec)
+    said = printed.getvalue().strip()
+    if said:  # `split_criterion: ginii`: "Invalid split_criterion option ginii', will use
+        # default 'info_gain'" on stdout, twice, and the default used (a QA pass)
+        raise ConfigError(
+            f"River does not take a value of the parameters of {steps}: {said.splitlines()[0]}",
+            where=f"{spec.source}:{given[0][-1]}",
+        )
     try:
         for x, y in _SAMPLE:
             model.learn_one(x, y)
             p = model.predict_proba_one(x).get(True, 0.0)
         if not 0.0 <= float(p) <= 1.0:
             raise ValueError(f"a probability of {p!r}")
+        slow = _too_slow(model)
     except Exception as e:  # what River raises for a bad parameter value varies
-        given = [(d, line) for d, params, line in spec.steps if params] or spec.steps[:1]
         raise ConfigError(
             f"the pipeline fails on a sample row ({describe(e)}): check the types "
-            "and values of the parameters of " + ", ".join(f"{d[0]} (line {d[-1]})" for d in given),
+            f"and values of the parameters of {steps}",
             where=f"{spec.source}:{given[0][-1]}",
         ) from None
+    if slow is not None:
+        width, took = slow
+        raise ConfigError(
+            f"the pipeline takes {took * 1000:.0f} ms to learn and score a row of {width} "
+            f"inputs, more than the {MODEL_BUDGET_S * 1000:.0f} ms a decision gives the "
+            f"model (serving would bypass it as too slow): make the parameters of {steps} "
+            "lighter",
+            where=f"{spec.source}:{given[0][-1]}",
+        )
+
+
+#: Rows of these widths are learned and scored, the time of each taken: what a model costs
+#: may grow with its inputs (a degree-6 PolynomialExtender passed on two inputs and took 1.4 s
+#: per score on the 24 of production, a QA pass). The widths double up to past production's
+#: (the default rules give ~30 inputs), so a model that explodes is stopped at a width it
+#: still takes a few budgets at.
+_WIDTHS = (4, 8, 16, 32, 48)
+_ROWS_PER_WIDTH = 5
+
+
+def _too_slow(model: Any) -> tuple[int, float] | None:
+    """The first width (and the median seconds of a learn and a score) at which ``model``
+    is slower than :data:`MODEL_BUDGET_S`, or None."""
+    rng = random.Random(0)
+    for width in _WIDTHS:
+        took = []
+        for i in range(_ROWS_PER_WIDTH):
+            x = {f"x{j}": rng.gauss(0.0, 1.0) for j in range(width)}
+            t = time.perf_counter()
+            model.learn_one(x, i % 2 == 0)
+            model.predict_proba_one(x)
+            took.append(time.perf_counter() - t)
+        median = sorted(took)[len(took) // 2]
+        if median > MODEL_BUDGET_S:
+            return width, median
+    return None
 
 
 def build_pipeline(spec: ModelSpec) -> Any:

@@ -361,7 +361,6 @@ def load_yaml_with_marks(text: str, filename: str) -> tuple[Any, dict[tuple[Any,
     marks: dict[tuple[Any, ...], Mark] = {}
     budget = [MAX_NODES]
     merged_of: dict[int, int] = {}  # mapping node -> how many of its entries were merged in
-    counted: dict[int, int] = {}  # mapping node -> its entries once merged (merged_entries)
 
     def walk(node: yaml.Node, path: tuple[Any, ...]) -> Any:
         budget[0] -= 1
@@ -388,11 +387,6 @@ def load_yaml_with_marks(text: str, filename: str) -> tuple[Any, dict[tuple[Any,
             merged = merged_of.get(id(node))
             if merged is None:  # (an alias walks a node again: flattened once)
                 own = sum(1 for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge")
-                if yamlio.merged_entries(node, budget[0], counted) > budget[0]:  # (not copied yet)
-                    raise ConfigError(
-                        f"more than {MAX_NODES} YAML nodes (merge keys expanded): simplify the "
-                        "file", where=_where(filename, node),
-                    )  # fmt: skip
                 try:  # YAML merge keys (<<: *defaults) as PyYAML reads them: merged first
                     loader.flatten_mapping(node)
                 except yaml.MarkedYAMLError as e:
@@ -458,6 +452,12 @@ def load_yaml_with_marks(text: str, filename: str) -> tuple[Any, dict[tuple[Any,
             raise ConfigError(f"YAML error: {e}", where=filename) from None
         if node is None:
             return None, {(): (1, 1, None)}
+        bomb = yamlio.past_limit(node, MAX_NODES)  # (before merge keys copy anything)
+        if bomb is not None:
+            raise ConfigError(
+                f"more than {MAX_NODES} YAML nodes (aliases expanded): simplify the file",
+                where=_where(filename, bomb),
+            )
         return walk(node, ()), marks
     finally:
         loader.dispose()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pickle
 from pathlib import Path
 
@@ -360,6 +361,16 @@ def test_the_models_commands_create_no_registry_and_refuse_a_foreign_manifest(tm
             lambda m: m["versions"]["v000001"].update(status="weird"),
             "entry 'v000001' has status 'weird', not one of published, shadow, champion",
         ),
+        # (another QA pass: `next: 2` made the next publish overwrite the champion's file;
+        # an id is a file name: `../../etc/passwd` was listed and its path built)
+        (lambda m: m.update(next=2), "'next' is 2, not a whole number past every version's"),
+        (lambda m: m.update(next=True), "'next' is True"),
+        (
+            lambda m: m["versions"].update(
+                {"../x": {**m["versions"]["v000001"], "version": "../x"}}
+            ),
+            "entry '../x' lacks a valid version id",
+        ),
     ]
     for edit, says in edits:
         m = json.loads(json.dumps(good))
@@ -368,6 +379,39 @@ def test_the_models_commands_create_no_registry_and_refuse_a_foreign_manifest(tm
         for command in (["list"], ["show"], ["promote", "v000001"], ["rollback"]):
             assert main(["models", "--registry", str(tmp_path / "e"), *command]) == 2, command
             assert says in capsys.readouterr().err
+
+
+def test_a_registry_file_that_is_no_regular_file_is_refused_without_waiting(tmp_path):
+    """A QA pass: an artifact replaced by a FIFO held the watcher in open() for good (newer
+    versions were never served), a manifest that was one hung every `fds models` command, and
+    a link to /dev/zero was read until memory ran out."""
+    import threading
+
+    reg = Registry(tmp_path / "r")
+    reg.publish({"x": 1}, spec={"name": "t"})
+    art = reg.artifact("v000001")
+    art.unlink()
+    os.mkfifo(art)
+    said: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            reg.load("v000001")
+        except ArtifactError as e:
+            said.append(e)
+
+    t = threading.Thread(target=load, daemon=True)
+    t.start()
+    t.join(30)
+    assert not t.is_alive() and "not a regular file" in str(said[0])
+    art.unlink()
+    art.symlink_to("/dev/zero")
+    with pytest.raises(ArtifactError, match="not a regular file"):
+        reg.load("v000001")
+    (tmp_path / "r" / "manifest.json").unlink()
+    (tmp_path / "r" / "manifest.json").symlink_to("/dev/zero")
+    with pytest.raises(ConfigError, match="manifest cannot be read: not a regular file"):
+        reg.manifest()
 
 
 def test_models_without_a_command_names_the_commands(tmp_path, capsys):

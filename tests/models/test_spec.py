@@ -334,8 +334,63 @@ def test_an_endless_duration_is_one_and_a_huge_number_no_traceback() -> None:
     base = "name: x\npipeline:\n  - linear_model.LogisticRegression: {}\n"
     spec = parse_spec(base + "promote:\n  shadow_max_wait: .inf\n")
     assert spec.promote.shadow_max_wait == float("inf")
-    spec = parse_spec(base + "learn:\n  ttl: " + "9" * 400 + "\n")
-    assert spec.learn.ttl == float("inf")
+    with pytest.raises(ConfigError, match=r"learn\.ttl: must be a finite duration"):
+        parse_spec(base + "learn:\n  ttl: " + "9" * 400 + "\n")  # (endless: refused below)
+
+
+@pytest.mark.parametrize(
+    ("section", "text", "says"),
+    [
+        ("learn", "assume_legit_after: .inf\n  ttl: .inf", "assume_legit_after: must be a finite"),
+        ("learn", "ttl: .inf", "learn.ttl: must be a finite duration"),
+    ],
+)
+def test_a_spec_that_would_learn_frauds_only_or_keep_inputs_for_ever_is_refused(
+    section, text, says
+) -> None:
+    """A QA pass: `assume_legit_after: .inf` assumed nothing legitimate, so the model learned
+    the frauds alone and scored everyone 1.0 (299 declines, 14 frauds among them)."""
+    base = "name: x\npipeline:\n  - linear_model.LogisticRegression: {}\n"
+    with pytest.raises(ConfigError, match=says):
+        parse_spec(base + f"{section}:\n  {text}\n")
+
+
+@pytest.mark.parametrize(
+    ("step", "says"),
+    [
+        ("linear_model.LogisticRegression: {optimizer: {optim.SGD: {lr: -0.5}}}",
+         "optim.SGD: lr: a learning rate must be more than 0, got -0.5"),
+        ("linear_model.LogisticRegression: {optimizer: {optim.SGD: {lr: 0}}}",
+         "a learning rate must be more than 0, got 0"),
+        ("linear_model.LogisticRegression: {l2: -1}", "l2: a penalty must be 0 or more, got -1"),
+        ("forest.ARFClassifier: {n_models: 100000}", "n_models: at most 1000 models"),
+        ("tree.HoeffdingTreeClassifier: {split_criterion: ginii}",
+         "River does not take a value of the parameters of tree.HoeffdingTreeClassifier "
+         "(line 3): Invalid split_criterion option ginii"),
+    ],
+)  # fmt: skip
+def test_values_river_takes_that_make_no_model_are_refused(step, says) -> None:
+    """A QA pass: a negative learning rate learned backwards (173 declines, none a fraud), a
+    negative penalty alike, 100,000 trees took 36 s to build and stalled every decision, and a
+    misspelt option was replaced by River's default with a line on stdout."""
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        parse_spec(f"name: x\npipeline:\n  - {step}\n", source="m.yaml")
+    assert parse_spec("name: x\npipeline:\n  - linear_model.LogisticRegression: {l2: 0}\n")
+
+
+def test_a_model_that_grows_slow_with_its_inputs_is_refused_at_the_width_it_passes_the_budget() -> (
+    None
+):
+    """A QA pass: a degree-6 PolynomialExtender passed the check on two inputs and took 1.4 s
+    per score on production's 24 (the first five decisions stalled 13 s); rows of doubling
+    width are learned and scored, and the first too slow for the budget names its width."""
+    text = (
+        "name: x\npipeline:\n  - feature_extraction.PolynomialExtender: {degree: 6}\n"
+        "  - linear_model.LogisticRegression: {}\n"
+    )
+    with pytest.raises(ConfigError, match=r"m.yaml:3: the pipeline takes \d+ ms to learn and "
+                       r"score a row of (8|16|32) inputs, more than the 20 ms"):  # fmt: skip
+        parse_spec(text, source="m.yaml")
 
 
 def test_a_name_that_is_no_text_is_told_at_its_line() -> None:
