@@ -332,10 +332,11 @@ class Registry:
             ) from None
         try:
             m = json.loads(raw)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:  # (`[` x 100,000: a traceback, a QA pass)
+            why = "nested too deeply" if isinstance(e, RecursionError) else e
             raise ConfigError(
-                f"registry manifest is not valid JSON: {e}", where=str(self._manifest_path)
-            ) from e
+                f"registry manifest is not valid JSON: {why}", where=str(self._manifest_path)
+            ) from None
         if not isinstance(m, dict) or not isinstance(m.get("versions"), dict):
             raise ConfigError(
                 "registry manifest has no 'versions' mapping: it was not written by fds",

@@ -412,6 +412,10 @@ def test_a_registry_file_that_is_no_regular_file_is_refused_without_waiting(tmp_
     (tmp_path / "r" / "manifest.json").symlink_to("/dev/zero")
     with pytest.raises(ConfigError, match="manifest cannot be read: not a regular file"):
         reg.manifest()
+    (tmp_path / "r" / "manifest.json").unlink()
+    (tmp_path / "r" / "manifest.json").write_text("[" * 100_000)  # (a RecursionError traceback)
+    with pytest.raises(ConfigError, match="manifest is not valid JSON: nested too deeply"):
+        reg.manifest()
 
 
 def test_models_without_a_command_names_the_commands(tmp_path, capsys):
