@@ -201,18 +201,20 @@ def reload_pause(n: int, collector: bool) -> tuple[float, float]:
             longest[0] = max(longest[0], now - last)
             last = now
 
-    th = threading.Thread(target=decide)
+    th = threading.Thread(target=decide, daemon=True)  # (a load that raises ends it too)
     th.start()
     time.sleep(0.2)
     if not collector:
         gc.disable()
-    t = time.perf_counter()
-    load_ruleset_text(text, run_tests=False)
-    took = time.perf_counter() - t
-    gc.enable()
-    stop.set()
-    th.join()
-    gc.unfreeze()
+    try:
+        t = time.perf_counter()
+        load_ruleset_text(text, run_tests=False)
+        took = time.perf_counter() - t
+    finally:
+        gc.enable()
+        stop.set()
+        th.join()
+        gc.unfreeze()
     return took, longest[0]
 
 

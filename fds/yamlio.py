@@ -46,8 +46,8 @@ __all__ = [
 ]
 
 _MERGE = "tag:yaml.org,2002:merge"
-#: Nodes a document may hold once its aliases are expanded (a 600-byte model spec of anchors
-#: nested ten deep passed, and publishing it expanded 10^10 values: a QA pass).
+#: Nodes a document's aliases may add once expanded (a 600-byte model spec of anchors nested
+#: ten deep passed, and publishing it expanded 10^10 values: a QA pass).
 MAX_NODES = 100_000
 
 
@@ -238,11 +238,20 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
     return node.value if isinstance(node, yaml.SequenceNode) else []
 
 
-def past_limit(node: yaml.Node, limit: int = MAX_NODES) -> yaml.Node | None:
-    """The innermost node of the document ``node`` that holds more than ``limit`` nodes with
-    every alias counted where it is used (merge keys included), or None. PyYAML shares an
-    alias's value, but what walks the data later (a JSON dump, a validation, merge keys'
-    flattening) visits it at each use: 600 bytes of anchors nested ten deep are 10^9 values."""
+def past_limit(node: yaml.Node, extra: int = MAX_NODES) -> yaml.Node | None:
+    """The innermost node of the document ``node`` that holds more than ``extra`` nodes beyond
+    those written, with every alias counted where it is used (merge keys included), or None.
+    PyYAML shares an alias's value, but what walks the data later (a JSON dump, a validation,
+    merge keys' flattening) visits it at each use: 600 bytes of anchors nested ten deep are
+    10^9 values. (Beyond those written: a long file without aliases is as long as it is.)"""
+    seen: set[int] = set()
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if id(n) not in seen:
+            seen.add(id(n))
+            stack.extend(_children(n))
+    limit = len(seen) + extra
     memo: dict[int, int] = {}
     if _expanded(node, limit, memo) <= limit:
         return None
@@ -266,8 +275,8 @@ def load(text: str, *, exponents: bool = False) -> Any:
         if bomb is not None:
             raise yaml.constructor.ConstructorError(
                 None, None,
-                f"more than {MAX_NODES} YAML nodes once its aliases (*name) are expanded: "
-                "simplify the file", bomb.start_mark,
+                f"its aliases (*name) expand to more than {MAX_NODES} YAML nodes: simplify "
+                "the file", bomb.start_mark,
             )  # fmt: skip
         return loader.construct_document(node)
     finally:

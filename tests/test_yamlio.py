@@ -33,6 +33,7 @@ def test_an_alias_bomb_is_refused_at_the_innermost_node_past_the_limit() -> None
     with pytest.raises(yaml.YAMLError, match=r"more than 100000 YAML nodes[\s\S]*line 6, col"):
         load("\n".join(lines) + "\n")  # (a5: 9^6 x's)
     assert load("\n".join(lines[:5]) + "\n")["a4"][0][0][0][0][0] == "x"  # (9^5: loads)
+    assert len(load("[" + "1, " * 110_000 + "]")) == 110_000  # (long, no aliases: as written)
 
 
 def test_merge_keys_that_would_make_a_huge_mapping_are_refused_unexpanded() -> None:

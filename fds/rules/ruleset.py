@@ -316,7 +316,6 @@ def _first_paragraphs(node: Any) -> None:
 Mark = tuple[int, int, str | None]  # 1-based line, 1-based column, scalar style
 # A 100-rule file is ~40 KB and ~3,000 nodes; these bound hostile or broken files.
 MAX_FILE_SIZE = 5_000_000  # bytes of a rules file (characters of a text given as such)
-MAX_NODES = 100_000
 #: Different names the evaluated rules of one file may read: each is read for every
 #: transaction, and one missing sets its bit in a mask as wide as the names (14,000 names
 #: failed to compile, 9,000 took 3.3 ms per transaction: a QA pass); a large ruleset reads a
@@ -359,16 +358,10 @@ def load_yaml_with_marks(text: str, filename: str) -> tuple[Any, dict[tuple[Any,
     _check_size(len(text), filename)
     loader = _yaml_loader()(text)
     marks: dict[tuple[Any, ...], Mark] = {}
-    budget = [MAX_NODES]
     merged_of: dict[int, int] = {}  # mapping node -> how many of its entries were merged in
 
     def walk(node: yaml.Node, path: tuple[Any, ...]) -> Any:
-        budget[0] -= 1
-        if budget[0] < 0:  # aliases can expand a small file exponentially ("billion laughs")
-            raise ConfigError(
-                f"more than {MAX_NODES} YAML nodes (aliases expanded): simplify the file",
-                where=_where(filename, node),
-            )
+        # (aliases that would expand the file, "billion laughs", were refused before the walk)
         if len(path) > 4 * MAX_NESTING:  # aliases nest what _check_nesting saw; walk recurses
             raise ConfigError(
                 f"nested deeper than {4 * MAX_NESTING} levels (aliases expanded): simplify",
@@ -452,10 +445,11 @@ def load_yaml_with_marks(text: str, filename: str) -> tuple[Any, dict[tuple[Any,
             raise ConfigError(f"YAML error: {e}", where=filename) from None
         if node is None:
             return None, {(): (1, 1, None)}
-        bomb = yamlio.past_limit(node, MAX_NODES)  # (before merge keys copy anything)
+        bomb = yamlio.past_limit(node)  # (before merge keys copy anything)
         if bomb is not None:
             raise ConfigError(
-                f"more than {MAX_NODES} YAML nodes (aliases expanded): simplify the file",
+                f"aliases (*name) expand to more than {yamlio.MAX_NODES} YAML nodes: simplify "
+                "the file",
                 where=_where(filename, bomb),
             )
         return walk(node, ()), marks
