@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import os
 import re
+import select
+import stat
 import unicodedata
 from pathlib import Path
 from typing import Any
@@ -153,6 +155,10 @@ def read_text(path: Path, what: str) -> str:
     return decode(data, str(path))
 
 
+#: How long a pipe given as a file (`<(...)`, a FIFO) may take to start being written.
+PIPE_WAIT_S = 30.0
+
+
 def read_bytes(path: str | Path, what: str, *, limit: int | None = None, hint: str = "") -> bytes:
     """The bytes of the file ``path``, read once (a pipe such as ``<(...)`` too), and with a
     ``limit`` no more than ``limit + 1`` of them: the caller refuses a file larger than its
@@ -164,10 +170,17 @@ def read_bytes(path: str | Path, what: str, *, limit: int | None = None, hint: s
     fds.errors.ConfigError: /no/r.yaml: cannot read the rules file: No such file or directory
     """
     try:
-        # (non-blocking: a FIFO no one writes to was waited for without end, a QA pass; it
-        # reads as empty now, while the writer of a pipe such as <(...) is waited for)
+        # (non-blocking: a FIFO no one writes to was waited for without end, a QA pass)
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         with os.fdopen(fd, "rb") as f:
+            if stat.S_ISFIFO(os.fstat(fd).st_mode):  # a pipe, <(...) too: its writer is given
+                waiting = select.poll()  # PIPE_WAIT_S to start (read as empty, a review)
+                waiting.register(fd, select.POLLIN)
+                if not waiting.poll(PIPE_WAIT_S * 1000):
+                    raise ConfigError(
+                        f"nothing was written to this pipe in {PIPE_WAIT_S:g} s: not {what}{hint}",
+                        where=str(path),
+                    )
             os.set_blocking(fd, True)
             return f.read(-1 if limit is None else limit + 1)
     except OSError as e:
@@ -239,8 +252,9 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
 
 
 def past_limit(node: yaml.Node, extra: int = MAX_NODES) -> yaml.Node | None:
-    """The innermost node of the document ``node`` that holds more than ``extra`` nodes beyond
-    those written, with every alias counted where it is used (merge keys included), or None.
+    """The innermost node of the document ``node`` that holds more than ``extra`` nodes (or ten
+    times those written, if more) beyond those written, with every alias counted where it is
+    used (merge keys included), or None.
     PyYAML shares an alias's value, but what walks the data later (a JSON dump, a validation,
     merge keys' flattening) visits it at each use: 600 bytes of anchors nested ten deep are
     10^9 values. (Beyond those written: a long file without aliases is as long as it is.)"""
@@ -251,7 +265,9 @@ def past_limit(node: yaml.Node, extra: int = MAX_NODES) -> yaml.Node | None:
         if id(n) not in seen:
             seen.add(id(n))
             stack.extend(_children(n))
-    limit = len(seen) + extra
+    # (ten times what is written too: a default merged into each of 12,000 rules, `<<: *d`,
+    # added more than 100,000, a review; a bomb multiplies what it adds at each level)
+    limit = len(seen) + max(extra, 10 * len(seen))
     memo: dict[int, int] = {}
     if _expanded(node, limit, memo) <= limit:
         return None

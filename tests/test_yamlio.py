@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fds import yamlio
 from fds.errors import ConfigError
 from fds.yamlio import load, read_text
 
@@ -60,7 +61,9 @@ def test_a_control_character_is_refused_at_its_line_and_column(tmp_path, char, c
     assert str(e.value) == f"{p}:3:{col}: control character {code}: remove it"
 
 
-def test_a_file_that_never_ends_or_never_comes_is_refused_not_waited_for(tmp_path) -> None:
+def test_a_file_that_never_ends_or_never_comes_is_refused_not_waited_for(
+    tmp_path, monkeypatch
+) -> None:
     """A QA pass: `--model /dev/zero` was read until memory ran out, `--model FIFO` with no
     writer waited without end; a pipe with a writer (`<(...)`) is still read."""
     import os
@@ -71,11 +74,19 @@ def test_a_file_that_never_ends_or_never_comes_is_refused_not_waited_for(tmp_pat
         read_text(Path("/dev/zero"), "model spec")
     fifo = tmp_path / "spec.yaml"
     os.mkfifo(fifo)
-    got: list[str] = []
-    t = threading.Thread(target=lambda: got.append(read_text(fifo, "model spec")), daemon=True)
+    monkeypatch.setattr(yamlio, "PIPE_WAIT_S", 0.2)
+    said: list[Exception] = []
+
+    def read() -> None:
+        try:
+            read_text(fifo, "a model spec")
+        except ConfigError as e:
+            said.append(e)
+
+    t = threading.Thread(target=read, daemon=True)
     t.start()
     t.join(30)
-    assert not t.is_alive() and got == [""]
+    assert not t.is_alive() and "nothing was written to this pipe in 0.2 s" in str(said[0])
     out = subprocess.run(
         ["bash", "-c", "python -c 'import sys; from pathlib import Path; from fds.yamlio import "
          "read_text; print(read_text(Path(sys.argv[1]), \"x\"))' <(sleep 0.2; echo a: 1)"],

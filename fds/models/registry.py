@@ -124,6 +124,11 @@ MAX_MANIFEST_BYTES = 64 << 20
 MAX_ARTIFACT_BYTES = 2 << 30
 
 
+#: What :func:`read_regular` says of a path that is no file to read (a FIFO, a device, a folder,
+#: a link loop), as against a passing fault.
+_NOT_A_FILE = frozenset({errno.EINVAL, errno.EISDIR, errno.ELOOP})
+
+
 def read_regular(path: Path, limit: int) -> bytes:
     """At most ``limit`` + 1 bytes of the regular file ``path``; anything else (a FIFO, a
     device, a folder) is an :class:`OSError` without waiting for it (opened non-blocking)."""
@@ -326,6 +331,8 @@ class Registry:
         except FileNotFoundError:
             return {"versions": {}, "champion": None, "next": 1, "history": []}
         except OSError as e:  # (a FIFO hung every command, /dev/zero ate the memory: a QA pass)
+            if e.errno not in _NOT_A_FILE:  # (a passing fault, too many open files: retried
+                raise  # by a scorer's verdict writer, not taken for a refusal, a review)
             raise ConfigError(
                 f"registry manifest cannot be read: {e.strerror or e}",
                 where=str(self._manifest_path),

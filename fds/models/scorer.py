@@ -570,17 +570,18 @@ class ModelServer:
     def _write_loop(self) -> None:
         reg = self.registry
         assert reg is not None
+        refused = False
         while True:
             item = self._writes.get()
             if item is None:  # closing: everything queued before is written
                 self._writes.task_done()
                 return
-            refused = False
             with contextlib.suppress(Exception):
-                refused = self._write(reg, item[0], item[1], retries=RECORD_RETRIES)
+                refused = self._write(reg, item[0], item[1], retries=RECORD_RETRIES) or refused
             self._writes.task_done()
-            if refused:  # what it serves may be no longer the registry's: the watcher looks
-                self._wake.set()  # now, not at its next poll (a QA pass: served for 1.4 s)
+            if refused and not self._writing():  # what it serves may be no longer the
+                refused = False  # registry's: the watcher looks now, not at its next poll (a
+                self._wake.set()  # QA pass: served 1.4 s), once the verdicts queued are written
 
     def _write(self, reg: Registry, what: str, change: Callable[[Registry], Any],
                retries: tuple[float, ...]) -> bool:  # fmt: skip

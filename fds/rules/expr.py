@@ -692,6 +692,7 @@ def _check_tokens(source: str, comments: bool | Callable[[str, int, int], bool])
     as parsed, in parentheses: its indentation is then no token."""
     opened: list[tuple[str, int, int]] = []
     last = source.count("\n") + 2  # the line of the added ")"
+    name, at, end = "", (1, 1), (0, 0)  # the name read so far, where it starts, the last end
     try:
         for tok in tokenize.generate_tokens(io.StringIO("(" + source + "\n)").readline):
             line, col = tok.start
@@ -706,16 +707,23 @@ def _check_tokens(source: str, comments: bool | Callable[[str, int, int], bool])
                     line,
                     col + 1,
                 )
-            if tok.type == tokenize.NAME and not tok.string.isascii():
-                read = unicodedata.normalize("NFKC", tok.string)
-                if read != tok.string:  # (`ａmount` read amount, `extra.ﬁeld` the key field)
-                    raise ExprError(
-                        f"{tok.string!r} is read by Python as {read!r} (its characters are "
-                        f"folded): write {read!r} if that is meant, or extra[{tok.string!r}] "
-                        "for a column of that name",
-                        line,
-                        col + 1,
-                    )
+            # A name, with the characters the tokenizer splits off it (`cafe` + a combining
+            # accent is NAME, ERRORTOKEN to it, one name `café` to the parser: a review)
+            if tok.type in (tokenize.NAME, tokenize.ERRORTOKEN) and name and tok.start == end:
+                name += tok.string
+            elif tok.type == tokenize.NAME:
+                name, at = tok.string, (line, col + 1)
+            else:
+                name = ""
+            end = tok.end
+            read = unicodedata.normalize("NFKC", name)
+            if read != name:  # (`ａmount` read amount, `extra.ﬁeld` the key field)
+                raise ExprError(
+                    f"{name!r} is read by Python as {read!r} (its characters are folded): "
+                    f"write {read!r} if that is meant, or extra[{name!r}] for a column of that "
+                    "name",
+                    *at,
+                )
             if tok.type == tokenize.OP and tok.string in "([{":
                 opened.append((tok.string, line, col + 1))
             elif tok.type == tokenize.OP and tok.string in ")]}":
@@ -935,7 +943,8 @@ class MissingTally:
         self.masks.clear()
 
     def per_name(self) -> dict[str, int]:
-        """Name -> transactions it was missing on (names never missing left out)."""
+        """Name -> transactions it was missing on (names never missing left out). On the
+        deciding thread (or with it stopped): a fold meanwhile changes the sets."""
         out = {}
         for name, bit in self.bits.items():
             n = self.folded.get(name, 0)

@@ -413,9 +413,32 @@ def test_a_registry_file_that_is_no_regular_file_is_refused_without_waiting(tmp_
     with pytest.raises(ConfigError, match="manifest cannot be read: not a regular file"):
         reg.manifest()
     (tmp_path / "r" / "manifest.json").unlink()
+    (tmp_path / "r" / "manifest.json").mkdir()
+    with pytest.raises(ConfigError, match="manifest cannot be read: Is a directory"):
+        reg.manifest()
+    (tmp_path / "r" / "manifest.json").rmdir()
     (tmp_path / "r" / "manifest.json").write_text("[" * 100_000)  # (a RecursionError traceback)
     with pytest.raises(ConfigError, match="manifest is not valid JSON: nested too deeply"):
         reg.manifest()
+
+
+def test_a_passing_fault_reading_the_manifest_is_no_refusal(tmp_path, monkeypatch):
+    """A review: every OSError of the manifest became a ConfigError, which a scorer's verdict
+    writer takes for a refusal: a verdict lost to one EMFILE instead of retried."""
+    import errno
+
+    from fds.models import registry as registry_module
+
+    reg = Registry(tmp_path / "r")
+    reg.publish({"x": 1}, spec={"name": "t"})
+
+    def emfile(path, limit):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(registry_module, "read_regular", emfile)
+    with pytest.raises(OSError, match="Too many open files") as e:
+        reg.promote("v000001")
+    assert not isinstance(e.value, ConfigError)
 
 
 def test_models_without_a_command_names_the_commands(tmp_path, capsys):

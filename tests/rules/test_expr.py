@@ -624,7 +624,12 @@ def test_a_long_flat_sum_is_told_how_to_stay_within_the_depth() -> None:
 
 
 @pytest.mark.parametrize(
-    ("src", "col", "read"), [("ａmount > 5", 1, "amount"), ("extra.ﬁeld > 5", 7, "field")]
+    ("src", "col", "read"),
+    [
+        ("ａmount > 5", 1, "amount"),
+        ("extra.ﬁeld > 5", 7, "field"),
+        ("extra.cafe\u0301 == 1", 7, "caf\u00e9"),  # (e + a combining accent: two tokens)
+    ],
 )
 def test_a_name_python_would_fold_into_another_is_refused(src, col, read) -> None:
     """A QA pass: `ａmount` (full width) read `amount` and `extra.ﬁeld` (a ligature) the key

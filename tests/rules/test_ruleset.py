@@ -151,6 +151,9 @@ def test_a_large_ruleset_is_validated_and_compiled_in_parts_with_the_same_result
     with pytest.raises(ConfigError, match=r"rules\.150\.action: Input should be") as e:
         load_ruleset_text(_many_rules(n, bad=150), "many.yaml")
     assert e.value.where == f"many.yaml:{3 + 6 * 150 + 2}:13"
+    with pytest.raises(ConfigError) as e:  # (errors in the file's order, as in one call)
+        load_ruleset_text(_many_rules(n, bad=150) + "policy: {unknownkey: 1}\n", "many.yaml")
+    assert str(e.value).index("rules.150.action") < str(e.value).index("policy.unknownkey")
 
 
 def test_more_names_than_a_ruleset_may_read_are_refused_at_the_rule_past_the_limit() -> None:
@@ -549,6 +552,12 @@ def test_a_long_file_without_aliases_is_limited_by_its_size_alone() -> None:
     the 5-MB limit) as "aliases expanded"; only what aliases add is counted now."""
     text = 'version: "long"\nx-pad: [' + "1, " * 110_000 + "]\nrules: []\n"
     assert load_ruleset_text(text, "long.yaml").rules == ()
+    # a default merged into each rule (a review: 12,000 such rules were refused)
+    text = 'version: "m"\nx-d: &d {action: review, score: 0.5, reason: r, state: shadow}\n'
+    text += "rules:\n" + "".join(
+        f"  - {{<<: *d, id: r{i}, when: 'amount > {i}'}}\n" for i in range(12_000)
+    )
+    assert len(load_ruleset_text(text, "merged.yaml").rules) == 12_000
 
 
 def test_yaml_alias_bomb_is_rejected_quickly() -> None:
