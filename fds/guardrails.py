@@ -360,7 +360,7 @@ _T = TypeVar("_T")
 
 #: The model's latency budget per decision: a decision must stay well inside a payment's
 #: ~100 ms authorisation window; River pipelines score in tens of microseconds, so 20 ms means
-#: something is wrong (a model spec slower than this on a sample row is refused at load).
+#: something is wrong (a model spec scoring a sample row five times slower is refused at load).
 MODEL_BUDGET_S = 0.020
 
 

@@ -68,25 +68,18 @@ def test_a_file_that_never_ends_or_never_comes_is_refused_not_waited_for(
     writer waited without end; a pipe with a writer (`<(...)`) is still read."""
     import os
     import subprocess
-    import threading
+
+    from tests.blocking import raised_within
 
     with pytest.raises(ConfigError, match="larger than 5 MB: no model spec is"):
         read_text(Path("/dev/zero"), "model spec")
     fifo = tmp_path / "spec.yaml"
     os.mkfifo(fifo)
     monkeypatch.setattr(yamlio, "PIPE_WAIT_S", 0.2)
-    said: list[Exception] = []
-
-    def read() -> None:
-        try:
-            read_text(fifo, "a model spec")
-        except ConfigError as e:
-            said.append(e)
-
-    t = threading.Thread(target=read, daemon=True)
-    t.start()
-    t.join(30)
-    assert not t.is_alive() and "nothing was written to this pipe in 0.2 s" in str(said[0])
+    said = raised_within(lambda: read_text(fifo, "a model spec"))
+    assert isinstance(said, ConfigError) and "nothing was written to this pipe in 0.2 s" in str(
+        said
+    )
     out = subprocess.run(
         ["bash", "-c", "python -c 'import sys; from pathlib import Path; from fds.yamlio import "
          "read_text; print(read_text(Path(sys.argv[1]), \"x\"))' <(sleep 0.2; echo a: 1)"],

@@ -122,6 +122,9 @@ _ARTIFACT = re.compile(_VERSION_ID.pattern + r"\.pkl")
 #: gives no size (the models topic carries up to 8 MB inline; a forest may be larger).
 MAX_MANIFEST_BYTES = 64 << 20
 MAX_ARTIFACT_BYTES = 2 << 30
+#: An artifact is read up to its entry's size or this, whichever is more: a file of another
+#: size then fails its check, which says why (a key, a forgery).
+ARTIFACT_READ_BYTES = 64 << 20
 
 
 #: What :func:`read_regular` says of a path that is no file to read (a FIFO, a device, a folder,
@@ -431,10 +434,9 @@ class Registry:
     def _artifact(self, version: str, size: int | None = None) -> bytes:
         """The artifact's bytes: of a regular file only (a FIFO in its place held the watcher
         for good, a link to /dev/zero read 2.4 GB: a QA pass), read up to its entry's ``size``
-        or 64 MB, whichever is more (a file of another size fails its check, which says why: a
-        key, a forgery), else MAX_ARTIFACT_BYTES."""
+        or ARTIFACT_READ_BYTES, whichever is more, else MAX_ARTIFACT_BYTES."""
         try:
-            limit = MAX_ARTIFACT_BYTES if size is None else max(size, 64 << 20)
+            limit = MAX_ARTIFACT_BYTES if size is None else max(size, ARTIFACT_READ_BYTES)
             return read_regular(self.artifact(version), limit)
         except FileNotFoundError:
             raise ArtifactError(

@@ -517,8 +517,8 @@ def _mark_for(marks: Mapping[tuple[Any, ...], Mark], loc: tuple[Any, ...]) -> Ma
 _RULE_LIST = pydantic.TypeAdapter(list[Rule])
 
 
-def _validate(data: Mapping[str, Any]) -> tuple[RulesFile, list[Any]]:
-    """The :class:`RulesFile` of ``data``, or pydantic's errors. The rules are validated
+def _validate(data: Mapping[str, Any]) -> tuple[RulesFile | None, list[Any]]:
+    """The :class:`RulesFile` of ``data``, or None and pydantic's errors. The rules are validated
     CHUNK_RULES at a time: one call into pydantic holds the interpreter lock, and a reload of
     8,000 rules held the deciding thread for 0.3 s in it (a QA pass)."""
     rules = data.get("rules")
@@ -533,12 +533,13 @@ def _validate(data: Mapping[str, Any]) -> tuple[RulesFile, list[Any]]:
                            for err in e.errors()]  # fmt: skip
         data = {**data, "rules": done}
     try:
-        return RulesFile.model_validate(data), errors
+        spec = RulesFile.model_validate(data)
+        return (None if errors else spec), errors
     except pydantic.ValidationError as e:  # in the file's order of fields, as in one call
         order = list(RulesFile.model_fields)
         at = {k: i for i, k in enumerate(order)}
         both = [*e.errors(), *errors]
-        return RulesFile(version="-"), sorted(
+        return None, sorted(
             both, key=lambda err: at.get(err["loc"][0] if err["loc"] else "", len(order))
         )
 
@@ -1061,7 +1062,7 @@ def load_ruleset_text(
     # sit on a real rule, every other key being refused: a QA pass).
     data = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("x-"))}
     spec, invalid = _validate(data)
-    if invalid:
+    if spec is None:
         raise _pydantic_error(invalid, filename, marks)
     _check_semantics(spec, filename, marks)
     notes = []  # said at load, and by `fds rules check` in its report
