@@ -22,6 +22,7 @@ fds.errors.ConfigError: <spec>:3: unknown estimator 'linear_model.LogisticRegres
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import dataclasses
 import difflib
@@ -344,13 +345,30 @@ def _misshapen(key: str, value: Any) -> str | None:
             f"{key}: a nested estimator is a one-key mapping like {{optim.SGD: {{lr: 0.1}}}}, "
             f"this one has {len(value)} keys ({', '.join(map(str, value))}): keep one"
         )
-    if (
-        isinstance(value, str)
-        and re.fullmatch(r"\w+(\.\w+)+", value)
-        and value.split(".")[0] in ALLOWED_MODULES
-    ):
-        return f"{key}: {value!r} is text: write it as {{{value}: {{}}}}"
+    ref = isinstance(value, str) and re.fullmatch(r"\s*(\w+(?:\.\w+)+)\s*(\(.*\))?\s*", value)
+    if ref and ref[1].split(".")[0] in ALLOWED_MODULES:
+        # (`optim.SGD(0.1)`, Python's way: River was given the text, "'str' object has no
+        # attribute 'look_ahead'", a QA pass)
+        return f"{key}: {value!r} is text: write it as {{{ref[1]}: {_call_params(ref)}}}"
     return None
+
+
+def _call_params(ref: re.Match[str]) -> str:
+    """``{lr: 0.1}`` for the text ``optim.SGD(0.1)`` (the call's literal arguments by their
+    names), ``{}`` when it has none or they cannot be read so."""
+    if not ref[2]:
+        return "{}"
+    try:
+        call = ast.parse(ref[0].strip(), mode="eval").body
+        if not isinstance(call, ast.Call):
+            return "{...}"
+        bound = inspect.signature(_estimator_class(ref[1], "")).bind(
+            *map(ast.literal_eval, call.args),
+            **{k.arg: ast.literal_eval(k.value) for k in call.keywords if k.arg},
+        )
+    except (SyntaxError, ValueError, TypeError, ConfigError):  # (not literal, not its parameters)
+        return "{...}"
+    return "{" + ", ".join(f"{k}: {v!r}" for k, v in bound.arguments.items()) + "}"
 
 
 #: Parameters of River's estimators that count something (trees of a forest, levels of a tree,

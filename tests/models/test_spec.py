@@ -177,6 +177,18 @@ def test_shipped_specs_build(name: str) -> None:
             ":4",
             "optimizer: 'optim.SGD' is text: write it as {optim.SGD: {}}",
         ),
+        (  # Python's way: River was given the text, "'str' object has no attribute ..."
+            "name: x\npipeline:\n  - linear_model.LogisticRegression:\n"
+            "      optimizer: optim.SGD(0.1)\n",
+            ":4",
+            "optimizer: 'optim.SGD(0.1)' is text: write it as {optim.SGD: {lr: 0.1}}",
+        ),
+        (
+            "name: x\npipeline:\n  - linear_model.LogisticRegression:\n"
+            "      optimizer: optim.Adam(lr=x)\n",
+            ":4",
+            "optimizer: 'optim.Adam(lr=x)' is text: write it as {optim.Adam: {...}}",
+        ),
         (
             "name: x\npipeline:\n  - ensemble.StackingClassifier:\n"
             "      meta_classifier: {linear_model.LogisticRegression: {}}\n      models:\n"
