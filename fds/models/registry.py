@@ -477,7 +477,18 @@ class Registry:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[dict[str, Any]]:
         # (owner-only, as the registry's files: it was 0644, a QA pass)
-        with os.fdopen(owner_only(self.path / ".lock"), "a+b") as lock:
+        path = self.path / ".lock"
+        try:
+            fd = owner_only(path)
+        except OSError as e:  # (a folder or a link there: said raw, "[Errno 40] Too many
+            if e.errno not in (errno.EISDIR, errno.ELOOP):  # levels of symbolic links")
+                raise
+            what = "a folder" if e.errno == errno.EISDIR else "a link"
+            raise ConfigError(
+                f"the registry's lock is {what}, not a file: remove it (fds makes it again)",
+                where=str(path),
+            ) from None
+        with os.fdopen(fd, "a+b") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 m = self.manifest()

@@ -654,6 +654,23 @@ def test_the_lock_files_are_readable_by_their_owner_only(tmp_path):
         assert f.stat().st_mode & 0o077 == 0, (f, oct(f.stat().st_mode))
 
 
+@pytest.mark.parametrize("what", ["folder", "link"])
+def test_a_lock_that_is_no_file_is_named_with_what_to_do(tmp_path, what):
+    """A QA pass: a `.lock` that is a folder or a dangling link was said raw ("[Errno 40] Too
+    many levels of symbolic links"), and fds train advised to free space."""
+    reg = Registry(tmp_path / "reg")
+    lock = tmp_path / "reg" / ".lock"
+    if what == "folder":
+        lock.mkdir()
+    else:
+        lock.symlink_to(tmp_path / "nowhere")
+    with pytest.raises(ConfigError) as e:
+        reg.publish({"w": 1}, spec={"name": "t"})
+    assert e.value.where == str(lock)
+    assert f"the registry's lock is a {what}, not a file: remove it" in str(e.value)
+    assert not (tmp_path / "nowhere").exists()  # (a planted link is not followed)
+
+
 def test_an_artifact_retention_cannot_remove_does_not_fail_the_publish(tmp_path, caplog):
     """A review: removing an artifact retention dropped ran after the manifest was written;
     its error failed the publish though the version was in: the trainer published it again
