@@ -82,6 +82,16 @@ def _list(args: argparse.Namespace) -> int:
             f"{ent['version']:10} {ent['status']:10} {ent['spec'].get('name', '?'):10} "
             f"{ent['labels_learned']:>8} {ent['parent'] or '-':10} {ent['created_at']}{star}"
         )
+    try:  # (scorers serve an earlier version then, and the table said nothing: a QA pass)
+        if champ is not None:
+            reg.verify_file(champ, reg.entry(champ))
+    except ArtifactError as e:
+        # (a key not set here is this machine's, as for the scorers; a file missing is not)
+        if not e.local or not reg.artifact(champ).is_file():
+            return _fail(
+                args, f"the champion fails its check: {e}; scorers serve an earlier version "
+                "or the rules alone: `fds models promote` a good one or `fds models rollback`", 1
+            )  # fmt: skip
     return 0
 
 

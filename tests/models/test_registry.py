@@ -506,6 +506,32 @@ def test_show_verify_runs_the_canary_check_scorers_run(tmp_path, capsys):
     assert "v000002 fails the scorers' canary check (score nan" in out.err
 
 
+@pytest.mark.parametrize("fault", ["corrupt", "missing", None])
+def test_list_says_when_the_champion_fails_its_check(tmp_path, capsys, fault):
+    """A QA pass: a champion whose file is corrupt (a restored backup) is refused by every
+    scorer, which serve an earlier version, while `list` showed it as champion, no hint."""
+    from fds.cli import main
+
+    reg = Registry(tmp_path)
+    for _ in range(2):
+        reg.publish({"x": 1}, spec={"name": "t"})
+    reg.promote("v000002")
+    if fault == "corrupt":
+        reg.artifact("v000002").write_bytes(b"XX")
+    elif fault == "missing":
+        reg.artifact("v000002").unlink()
+    reg.artifact("v000001").write_bytes(b"XX")  # (only the champion's file is read)
+    assert main(["models", "--registry", str(tmp_path), "list"]) == (1 if fault else 0)
+    out = capsys.readouterr()
+    assert "v000002    champion" in out.out
+    why = {"corrupt": "sha256 mismatch", "missing": "missing from", None: ""}[fault]
+    if fault:
+        assert "fds models list: failed: the champion fails its check: " in out.err
+        assert why in out.err and "`fds models promote` a good one or" in out.err
+    else:
+        assert not out.err
+
+
 def test_models_commands_read_a_bare_number_and_say_what_they_show(tmp_path, capsys):
     """A README walk: `promote 3` was no version; `show` without a champion showed the newest
     without a word; "nothing to roll back to" said `error:` (a usage error's) with exit 1."""
