@@ -542,12 +542,17 @@ class TxStore:
         """Drop buckets that end at or before ``drop_before``; queue the open ones that end at
         or before ``freeze_before`` (no accepted event can land in them any more) for freezing.
         """
-        span = self.span
-        for b in [b for b in self.buckets if (b + 1) * span <= drop_before]:
+        # Bucket indices, as remember() finds them (``t // span``), not the bucket's end:
+        # ``(b + 1) * span`` rounded below a time whose bucket is ``b`` when ``span`` is not a
+        # binary fraction (a ttl of 1.1d), so an event accepted at ``freeze_before`` was sent
+        # into a bucket queued (its entries lost at the freeze) or frozen (an assertion): a
+        # QA pass.
+        drop, freeze = drop_before // self.span, freeze_before // self.span
+        for b in [b for b in self.buckets if b < drop]:
             del self.buckets[b]
         due = set(self._due)
         for b, bk in self.buckets.items():
-            if bk.open is not None and (b + 1) * span <= freeze_before and b not in due:
+            if bk.open is not None and b < freeze and b not in due:
                 self._due.append(b)
         self._due.sort()
         if self._cur in self._due:

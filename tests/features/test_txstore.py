@@ -42,6 +42,33 @@ def test_expire_drops_whole_buckets_and_keeps_writing() -> None:
     assert store.find("c")[1:3] == ("n", 25.0) and len(store) == 2  # type: ignore[index]
 
 
+def test_a_bucket_is_frozen_only_once_no_accepted_time_maps_to_it() -> None:
+    """A QA pass: with a span that is no binary fraction (a label ttl of 1.1d), the end of a
+    bucket, ``(b + 1) * span``, rounds below a time whose bucket is still ``b``; an event
+    accepted at that time (the freeze horizon) went into a bucket queued for freezing (its
+    entries lost at the freeze: labels unmatched) or frozen (an AssertionError)."""
+    from fractions import Fraction
+
+    span = 95040.00000000001 / 128  # (FeaturePlan's label span of a 1.1d window)
+    b = next(
+        b
+        for b in range(int(1.767e9 // span), int(1.767e9 // span) + 100_000)
+        if Fraction((b + 1) * span) < Fraction(span) * (b + 1) and (b + 1) * span // span == b
+    )
+    edge = (b + 1) * span  # still in bucket b
+    store = TxStore(span=span)
+    store.remember("first", edge - span / 2, "m")  # (bucket b exists when it expires)
+    store.expire(freeze_before=edge, drop_before=0.0)  # an event at `edge` is still accepted
+    ids = [f"x{i}" for i in range(3 * PART_SIZE)]
+    for tx_id in ids:  # (the freeze steps come every PART_SIZE // 4 of them)
+        store.remember(tx_id, edge, "m")
+    store.expire(freeze_before=edge + span, drop_before=0.0)
+    store.flush()
+    assert all(store.find(tx_id) is not None for tx_id in [*ids, "first"])
+    store.remember("next", edge + span, "m")  # (bucket b frozen now; the next one open)
+    assert store.find("next") is not None
+
+
 def test_label_for_a_frozen_transaction_counts_once_and_can_be_withdrawn() -> None:
     specs = [Spec("m_fraud_n_2h", "merchant_id", "fraud_count", None, "2h")]
     plan = FeaturePlan(specs, grace=60.0)  # label_ttl = 2h + 60 s; buckets of ~7.5 min
