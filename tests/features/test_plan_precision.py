@@ -139,6 +139,22 @@ def test_a_first_value_far_above_the_rest_does_not_cost_sum_and_mean_their_value
     assert out[2]["std"] == pytest.approx(1.17, rel=1e-9)
 
 
+@pytest.mark.parametrize(("big", "small"), [(1e18, 12.34), (1e20, 362.48), (1e20, 0.1)])
+def test_a_longer_window_s_std_does_not_undo_the_move_to_a_value_far_below_the_shift(big, small):
+    """A QA pass: a std of a longer window asked for the shift to move to its own mean in the
+    same event as a value far below the shift asked to move to it; the std's request won, the
+    shift stayed far above the value, and the shorter window's sum read 12.3125 for 12.34
+    (360.0 for 362.48, 0.0 for 0.1)."""
+    plan = FeaturePlan(
+        [S(name=f"{a}_{w}", entity="card_id", agg=a, field="amount", window=w)
+         for w in ("10m", "1h") for a in ("sum", "mean", "std")],
+        grace=0,
+    )  # fmt: skip
+    out = run(plan, [(0, big), (3000, big / 1000), (6000, small)])
+    assert out[-1]["sum_10m"] == small and out[-1]["mean_10m"] == small
+    assert out[-1]["std_10m"] == 0.0
+
+
 def test_a_reordered_event_next_to_a_value_too_large_to_square_raises_nothing():
     plan = FeaturePlan(
         [S(name="sd", entity="card_id", agg="std", field="amount", window="1h")], grace="5m"
