@@ -142,7 +142,7 @@ class Layout:
 
 def window_seconds(window: Any, where: str) -> float | None:
     """A declared window in seconds (``None``: ``calendar_day``); a number is seconds. What is
-    no window, or not a finite one longer than 0, is a ConfigError starting with ``where``
+    no window, or not a finite one of at least 1 ms, is a ConfigError starting with ``where``
     (a window of 400 nines of days passed a check, then every transaction was a dead letter).
 
     >>> window_seconds("10m", "f"), window_seconds(90, "f"), window_seconds("calendar_day", "f")
@@ -159,12 +159,17 @@ def window_seconds(window: Any, where: str) -> float | None:
         seconds = parse_duration(window)
     except ConfigError:
         seconds = math.nan
-    if not 0 < seconds < math.inf:
+    if not MIN_WINDOW_S <= seconds < math.inf:
         raise ConfigError(
-            f"{where}: bad window {written!r}: write a duration longer than 0, a number and a "
-            "unit (90s, 10m, 1.5h, 7d), or calendar_day"
+            f"{where}: bad window {written!r}: write a duration of at least 1ms, a number and "
+            "a unit (90s, 10m, 1.5h, 7d), or calendar_day"
         )
     return seconds
+
+
+#: The shortest window: below it the window's start is its end in a float timestamp of today
+#: (`t - 1e-7 == t`), and a transaction of the same time was out of it (a QA pass).
+MIN_WINDOW_S = 0.001
 
 
 #: How late (behind the largest event time seen) an event may be and still be folded in
@@ -206,6 +211,19 @@ def reserved(name: str) -> bool:
     return name.startswith("_")
 
 
+def entity_problem(entity: str) -> str | None:
+    """Why ``entity`` cannot key a feature (one that differs for every transaction: each
+    transaction its own entity, kept for the whole window, 378 B each, its count always 1: a
+    QA pass), or ``None``."""
+    if entity not in ("tx_id", "ts"):
+        return None
+    return (
+        f"entity {entity} differs for every transaction: each would be an entity of its own, "
+        "kept for the whole window, its count always 1; key it by what repeats (card_id, "
+        "merchant_id, device_id, ip, customer_id, extra.NAME)"
+    )
+
+
 def _validate(spec: Any, i: int, seen: set[str]) -> None:
     for attr in ("name", "entity", "agg", "field", "window"):
         if not hasattr(spec, attr):
@@ -220,6 +238,8 @@ def _validate(spec: Any, i: int, seen: set[str]) -> None:
     seen.add(spec.name)
     if not isinstance(spec.entity, str) or not spec.entity:
         raise ConfigError(f"{where}: entity must be a transaction field such as card_id")
+    if why := entity_problem(spec.entity):
+        raise ConfigError(f"{where}: {why}")
     if spec.agg not in AGGS:
         raise ConfigError(f"{where}: unknown agg {spec.agg!r}; use one of {', '.join(AGGS)}")
     if spec.agg in FIELD_AGGS and not spec.field:

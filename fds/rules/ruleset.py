@@ -54,6 +54,7 @@ from fds.features.spec import (  # one definition of each
     DEFAULT_GRACE,
     FIELD_AGGS,
     RESERVED,
+    entity_problem,
     grace_seconds,
     reserved,
     window_seconds,
@@ -1036,6 +1037,8 @@ def _check_semantics(spec: RulesFile, filename: str, marks: Mapping) -> None:
                     f"{', '.join(sorted(TX_TYPES))} or extra.NAME",
                     ("features", i, key),
                 )
+        if why := entity_problem(f.entity):
+            raise fail(why, ("features", i, "entity"))
         if f.agg in ("sum", "mean", "min", "max", "std") and TX_TYPES.get(f.field or "") == STR:
             raise fail(
                 f"agg {f.agg} needs a numeric field, {f.field} is text", ("features", i, "field")

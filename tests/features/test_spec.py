@@ -26,8 +26,13 @@ def test_public_api_is_explicit() -> None:
         (Spec("a", "card_id", "sum", None, "1h"), "needs a field"),
         (Spec("a", "card_id", "seen", None, "1h"), "needs a field"),
         (Spec("a", "card_id", "count", None, "fortnight"), "bad window 'fortnight'"),
-        (Spec("a", "card_id", "count", None, "0s"), "longer than 0"),
+        (Spec("a", "card_id", "count", None, "0s"), "of at least 1ms"),
+        # (`t - 1e-7 == t` at today's times: the same second's transaction was out, a QA pass)
+        (Spec("a", "card_id", "count", None, "0.0000001s"), "of at least 1ms"),
+        (Spec("a", "card_id", "count", None, "0.9ms"), "of at least 1ms"),
         (Spec("a", "", "count", None, "1h"), "entity must be"),
+        (Spec("a", "tx_id", "count", None, "1h"), "entity tx_id differs for every transaction"),
+        (Spec("a", "ts", "count", None, "1h"), "entity ts differs for every transaction"),
         (Spec("_flags", "card_id", "count", None, "1h"), "kept for the engine"),
     ],
 )

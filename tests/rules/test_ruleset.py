@@ -293,6 +293,12 @@ def test_nan_in_extra_is_missing() -> None:
             "r.yaml:4:25",
             "not a transaction field",
         ),
+        (  # (every transaction an entity of its own, kept for the window: a QA pass)
+            ("entity: card_id, agg: count", "entity: tx_id, agg: count"),
+            "r.yaml:4:25",
+            "entity tx_id differs for every transaction",
+        ),
+        (("window: 1h", "window: 0.0000001s"), "r.yaml:4:54", "a duration of at least 1ms"),
         (("timezone: Asia/Seoul", "timezone: Mars/Base"), "r.yaml:2:11", "unknown timezone"),
         (("id: night", "id: spike"), "r.yaml:17:9", "duplicate rule id"),
         (("{name: c1h,", "{name: amount,"), "r.yaml:4:12", "taken by a built-in"),
