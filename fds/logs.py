@@ -242,8 +242,24 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out).decode()
 
 
+#: What a quoted value may not hold as it is: a control character (a carriage return, an ANSI
+#: escape: a transaction id made a terminal rewrite the line before it, a QA pass) or a line
+#: separator a log collector splits at (U+0085, U+2028, U+2029).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escape(m: re.Match[str]) -> str:
+    c = m[0]
+    return "\\n" if c == "\n" else f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
+
+
 def _quote(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    """``"s"`` with ``\\`` and ``"`` escaped, and every control character (``\\n``, ``\\x1b``).
+
+    >>> print(_quote('a"b\\n\\r\\x1b[31m\\u2028'))
+    "a\\"b\\n\\x0d\\x1b[31m\\u2028"
+    """
+    return '"' + _CONTROL.sub(_escape, s.replace("\\", "\\\\").replace('"', '\\"')) + '"'
 
 
 def json_logs() -> bool:

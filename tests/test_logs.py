@@ -27,6 +27,18 @@ def test_kv_line_carries_context_in_order_and_escapes_quotes() -> None:
     )
 
 
+def test_kv_line_escapes_every_control_character_of_a_value() -> None:
+    """A security review: a transaction id with a carriage return and ANSI escapes, logged as
+    it came, made a terminal rewrite the line (a forged "all good" record), and U+2028/U+0085
+    split the line in a collector."""
+    log, out = setup("kv")
+    hostile = 'late0\r\x1b[31mFAKE ALERT\x1b[0m\u2028\x85\x00\t'
+    log.warning('events later than the grace last_tx_id="%s"', hostile)
+    line = out.getvalue().rstrip("\n")
+    assert not any(ord(c) < 32 or 0x7F <= ord(c) <= 0x9F or c in "\u2028\u2029" for c in line)
+    assert 'last_tx_id="late0\\x0d\\x1b[31mFAKE ALERT\\x1b[0m\\u2028\\x85\\x00\\x09"' in line
+
+
 def test_json_line_keeps_numbers_and_redacts() -> None:
     log, out = setup("json")
     log_event(
