@@ -47,7 +47,15 @@ from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
 
-__all__ = ["COMPACT_EVERY_S", "FREEZE_EVERY", "QUIET_S", "Freezer", "dumps", "loads"]
+__all__ = [
+    "COMPACT_EVERY_S",
+    "FREEZE_EVERY",
+    "QUIET_S",
+    "Freezer",
+    "collector_paused",
+    "dumps",
+    "loads",
+]
 
 log = logging.getLogger("fds.gc")
 
@@ -212,7 +220,11 @@ class _Frames:
 
 
 @contextmanager
-def _collector_paused() -> Iterator[None]:
+def collector_paused() -> Iterator[None]:
+    """The cyclic collector off for the block (as it was before, after it): a pass over a
+    large structure being built holds every thread for its length. What the block leaves
+    alive is young after it: one young collection visits it (what holds no cycle is freed by
+    reference counting meanwhile)."""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -244,7 +256,7 @@ def loads(data: bytes, *, freeze: bool = False) -> Any:
     freeze = freeze and len(data) >= LOAD_FREEZE_MIN_BYTES
     if freeze:
         gc.collect()  # (what is garbage now is not frozen; the loop keeps little unfrozen)
-    with _collector_paused():
+    with collector_paused():
         got = pickle.load(_Frames(data))
         if freeze:
             gc.freeze()
@@ -257,6 +269,6 @@ def dumps(obj: Any) -> bytes:
     collector pass meanwhile (objects' reductions allocate, and a full pass over a large heap
     is one long hold: results/gil_pickle.md)."""
     out = _Frames()
-    with _collector_paused():
+    with collector_paused():
         pickle.dump(obj, out, protocol=5)
     return out.getvalue()

@@ -32,7 +32,7 @@ def test_kv_line_escapes_every_control_character_of_a_value() -> None:
     it came, made a terminal rewrite the line (a forged "all good" record), and U+2028/U+0085
     split the line in a collector."""
     log, out = setup("kv")
-    hostile = 'late0\r\x1b[31mFAKE ALERT\x1b[0m\u2028\x85\x00\t'
+    hostile = "late0\r\x1b[31mFAKE ALERT\x1b[0m\u2028\x85\x00\t"
     log.warning('events later than the grace last_tx_id="%s"', hostile)
     line = out.getvalue().rstrip("\n")
     assert not any(ord(c) < 32 or 0x7F <= ord(c) <= 0x9F or c in "\u2028\u2029" for c in line)

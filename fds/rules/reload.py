@@ -34,13 +34,13 @@ from typing import Any
 
 import orjson
 
-from fds import yamlio
+from fds import gcpolicy, yamlio
 from fds.errors import ConfigError, describe
 from fds.features.spec import DEFAULT_GRACE, grace_seconds
 from fds.policy import Policy
 from fds.rules.ruleset import Ruleset, check_tests, load_ruleset_text, read_rules_file
 
-__all__ = ["ReloadingRuleset"]
+__all__ = ["ReloadingRuleset", "load_quietly"]
 
 log = logging.getLogger("fds.rules")
 # The watched file's stat while it cannot be read (deleted, moved away).
@@ -237,7 +237,7 @@ class ReloadingRuleset:
                 return "unchanged"
             self._digest = digest
             try:
-                new = load_ruleset_text(text, str(self.path))
+                new = load_quietly(text, str(self.path))
                 # the zone and features first: a test may fail because the zone moved `hour`
                 # (a change of zone was told as a failed inline test, a QA pass)
                 self._check_features(new)
@@ -375,6 +375,15 @@ class ReloadingRuleset:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def load_quietly(text: str, path: str) -> Ruleset:
+    """:func:`load_ruleset_text` as a hot reload runs it, beside the deciding thread: the
+    collector paused while the file's YAML tree is alive (its full passes over that tree, a
+    million objects for 8,000 rules, held every thread up to 0.5 s: benchmarks/results/
+    rules.md); what the load keeps is visited once, after it."""
+    with gcpolicy.collector_paused():
+        return load_ruleset_text(text, path)
 
 
 def _deciding(rs: Ruleset) -> str:

@@ -631,3 +631,43 @@ def test_versions_served_before_a_restart_keep_their_rules(tmp_path: Path, caplo
     assert "which named other rules earlier" in str(again.last_error)
     write(p, rules("v1", 100))  # v1 as it was: a rollback
     assert again.check_now() == "ok"
+
+
+def test_a_reload_frees_the_file_s_yaml_tree_at_once_and_loads_with_the_collector_paused(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The collector's passes over a large file's YAML tree (alive during the load; kept after
+    it by a reference cycle until a pass) held the deciding thread 0.5-0.7 s at a reload of
+    8,000 rules (benchmarks/results/rules.md): the tree is freed by reference counting as the
+    load ends, and the reload loads with the collector paused."""
+    import gc
+
+    import yaml
+
+    from fds.rules import reload as reload_module
+    from fds.rules.ruleset import load_yaml_with_marks
+
+    text = "rules:\n" + "".join(f"  - {{id: r{i}, when: amount > {i}}}\n" for i in range(50))
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        load_yaml_with_marks(text, "r.yaml")
+        left = [o for o in gc.get_objects() if isinstance(o, yaml.Node | yaml.Mark)]
+    finally:
+        if enabled:
+            gc.enable()
+    assert left == []
+    seen = []
+    real = reload_module.load_ruleset_text
+    monkeypatch.setattr(
+        reload_module,
+        "load_ruleset_text",
+        lambda *a, **k: (seen.append(gc.isenabled()), real(*a, **k))[1],
+    )
+    p = tmp_path / "r.yaml"
+    p.write_text(rules("1", 100))
+    rs = ReloadingRuleset(p, start=False, settle_seconds=0)
+    write(p, rules("2", 100))
+    assert rs.check_now() == "ok" and rs.current.version == "2"
+    assert seen[-1] is False and gc.isenabled() is enabled  # (the reload; not the start)
