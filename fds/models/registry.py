@@ -142,6 +142,30 @@ def read_regular(path: Path, limit: int) -> bytes:
         return f.read(limit + 1)
 
 
+def read_own(path: Path) -> bytes:
+    """The bytes of ``path``, a regular file of this process's user that no one else may write
+    (opened without following a link): a file that anyone else could have written, unpickled,
+    would run their code here (a security review planted a checkpoint in a shared state dir).
+    Raises :class:`ConfigError` naming the file otherwise, ``OSError`` when it cannot be read.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        if st.st_uid != os.geteuid():
+            why = f"owned by user {st.st_uid}, not by this process's ({os.geteuid()})"
+        elif st.st_mode & 0o022:
+            why = f"writable by others (mode {stat.S_IMODE(st.st_mode):04o})"
+        else:
+            return f.read()
+    raise ConfigError(
+        f"not loaded: the file is {why}, so it may not be what fds wrote (loading it would run "
+        "whatever code it holds): make it this user's and writable by it alone, or remove it",
+        where=str(path),
+    )
+
+
 def seq_of(version: str | None) -> int:
     """The sequence number in a version id (``-1`` for none, or no id the registry makes): a
     version gone from the manifest (the registry deleted) still has its place in the order.

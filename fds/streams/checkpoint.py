@@ -53,7 +53,7 @@ from typing import IO, Any, NamedTuple
 
 from fds import gcpolicy
 from fds.errors import ConfigError, describe
-from fds.models.registry import owner_only, write_atomic
+from fds.models.registry import owner_only, read_own, write_atomic
 
 __all__ = [
     "Checkpoint", "Checkpointer", "FileOffsets", "StateDirTaken", "default_state_dir",
@@ -221,6 +221,23 @@ def _die_with(parent: int) -> None:
         os._exit(1)
 
 
+def _say_if_shared(path: Path) -> None:
+    """Warn when another user owns the state dir or may write to it (a shared /tmp folder):
+    a checkpoint they plant there is refused (:func:`read_own`), but they can delete or
+    replace this instance's state (a security review)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return
+    if st.st_uid != os.geteuid() or st.st_mode & 0o002:
+        log.warning(
+            'state dir="%s" is %s: others can remove or replace its state; give fds a dir of '
+            "its own (chmod 700)", path,
+            f"owned by user {st.st_uid}" if st.st_uid != os.geteuid()
+            else f"writable by every user (mode {st.st_mode & 0o7777:04o})",
+        )  # fmt: skip
+
+
 class Checkpointer:
     """Reads and writes the checkpoint file of one ``fds run`` instance.
 
@@ -252,6 +269,7 @@ class Checkpointer:
                 f"cannot create the state dir: {exc}; give a writable --state-dir",
                 where=str(self.dir),
             ) from exc
+        _say_if_shared(self.dir)
         self.path = self.dir / FILE_NAME
         self.saves = 0  # completed writes (a background one counts once its child succeeded)
         self.failures = 0  # writes that failed (see :meth:`failed`)
@@ -517,7 +535,7 @@ class Checkpointer:
         """
         self.on_disk = None
         try:
-            raw = self.path.read_bytes()
+            raw = read_own(self.path)  # (a file someone else wrote: their code, unpickled)
         except FileNotFoundError:
             return None
         got = parse_checkpoint(raw, where=str(self.path))

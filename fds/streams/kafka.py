@@ -136,7 +136,7 @@ from fds.metrics import (
     make_metrics,
     serve,
 )
-from fds.models.registry import KEY_ENV, write_atomic
+from fds.models.registry import KEY_ENV, read_own, write_atomic
 from fds.pipeline import DEFAULT_MODEL, DEFAULT_RULES, build_engine
 from fds.schema import check_not_ahead, dead_letter, dumps, loads_record, parse_transaction
 from fds.streams.align import Aligner, fetched_to
@@ -2461,13 +2461,14 @@ class Runner:
             if not st.publishing and not ck.busy() and ck.saves != self._published:
                 self._published = ck.saves
                 covers = ck.on_disk  # (its manifest says so: another instance takes over)
-                st.start(ck.path.read_bytes(), **(covers._asdict() if covers else {}))
+                # (only what this user wrote: peers unpickle it, signed, as their own state)
+                st.start(read_own(ck.path), **(covers._asdict() if covers else {}))
             if whole:  # a stop: the chunks, then (once acknowledged) the manifest, now
                 st.step(self._state_producer, chunks=1 << 30, flush_s=self._time_left() / 2)
             else:
                 st.step(self._state_producer, chunks=STATE_CHUNKS_PER_BATCH)
-        except (KafkaError, OSError) as exc:  # decisions go on; the next checkpoint is sent
-            st.abort()
+        except (KafkaError, OSError, ConfigError) as exc:  # decisions go on; the next one is
+            st.abort()  # sent
             log.warning('state topic="%s" publish failed: %s: %s', st.topic,
                         type(exc).__name__, exc)  # fmt: skip
 

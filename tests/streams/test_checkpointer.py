@@ -355,3 +355,42 @@ def test_a_lock_whose_holder_note_the_disk_refuses_still_holds(tmp_path, monkeyp
     with pytest.raises(ConfigError, match="the state dir is in use by another process;"):
         checkpoint.hold(tmp_path / ".lock", *args)  # (held: flock, whatever the note)
     f.close()
+
+
+def test_a_checkpoint_others_could_have_written_is_not_unpickled(tmp_path, caplog):
+    """A security review: a state dir in a shared folder (mode 0777) was used without a word,
+    and a checkpoint planted there ran its code when `fds run` loaded it."""
+    import pickle
+
+    from fds.errors import ConfigError
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    ck = Checkpointer(shared)
+    assert "is writable by every user (mode 0777)" in caplog.text
+    ran = tmp_path / "ran"
+
+    class Planted:
+        def __reduce__(self) -> Any:
+            return (open, (str(ran), "w"))
+
+    ck.path.write_bytes(pickle.dumps(Planted()))
+    ck.path.chmod(0o666)
+    with pytest.raises(ConfigError) as e:
+        ck.load()
+    assert e.value.where == str(ck.path) and "writable by others (mode 0666)" in str(e.value)
+    if os.geteuid() == 0:  # (only root can give a file to another user)
+        ck.path.chmod(0o600)
+        os.chown(ck.path, 4242, -1)
+        with pytest.raises(ConfigError, match="owned by user 4242, not by this process's"):
+            ck.load()
+    ck.path.unlink()
+    ck.path.symlink_to(tmp_path / "elsewhere")  # (a link is not followed)
+    (tmp_path / "elsewhere").write_bytes(pickle.dumps(Planted()))
+    with pytest.raises(OSError):
+        ck.load()
+    assert not ran.exists()
+    ck.path.unlink()
+    ck.save({"n": 1}, topic="tx", offsets={0: 1})  # what fds writes loads as before
+    assert ck.load() is not None
