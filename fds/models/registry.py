@@ -223,6 +223,24 @@ def sign_fields(entry: Mapping[str, Any], key: bytes) -> str:
     return sign_record({k: entry.get(k) for k in SIGNED_FIELDS}, key)
 
 
+#: What ``deployment_hmac`` signs in a models-topic announcement: the version, its artifact, and
+#: whose it is (the model's name and the decisions topic it learned from), which the entry's
+#: own signature does not (the trainer knows its deployment only when it announces): a writer
+#: of a topic two deployments share relabelled one's signed version as the other's, served
+#: there under a shared key (a security review).
+DEPLOYMENT_FIELDS = ("name", "decisions_topic", "version", "sha256")
+
+
+def sign_deployment(ann: Mapping[str, Any], key: bytes) -> str:
+    """HMAC-SHA256 of an announcement's :data:`DEPLOYMENT_FIELDS`.
+
+    >>> a = {"name": "m", "decisions_topic": "decisions", "version": "v000001", "sha256": "ab"}
+    >>> sign_deployment(a, b"k") == sign_deployment({**a, "decisions_topic": "staging"}, b"k")
+    False
+    """
+    return sign_record({k: ann.get(k) for k in DEPLOYMENT_FIELDS}, key)
+
+
 def sign_record(body: Mapping[str, Any], key: bytes) -> str:
     """HMAC-SHA256 of ``body`` as canonical JSON (sorted keys, no spaces)."""
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)

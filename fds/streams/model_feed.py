@@ -67,7 +67,7 @@ from kafka.structs import TopicPartition
 
 from fds.errors import ArtifactError, describe
 from fds.metrics import NullMetrics
-from fds.models.registry import KEY_ENV, Registry, sign_record
+from fds.models.registry import KEY_ENV, Registry, sign_deployment, sign_record
 from fds.streams.kafka import KafkaSettings
 from fds.streams.kafka_kit import Consumer, UnreadableRecords
 from fds.timeutil import format_ts
@@ -303,6 +303,16 @@ class ModelFeed:
     def _check_version(
         self, ann: dict[str, Any], where: Mapping[str, str]
     ) -> str | tuple[dict[str, Any], bytes]:
+        key, signed = self.registry.key, ann.get("deployment_hmac")
+        if key and not hmac.compare_digest(sign_deployment(ann, key), str(signed)):
+            raise ArtifactError(  # (another deployment's signed version, relabelled as ours)
+                f"version {ann.get('version')!r} is announced for model {ann.get('name')!r} "
+                f"and decisions topic {ann.get('decisions_topic')!r} "
+                + ("without their signature while " + KEY_ENV + " is set (a trainer before "
+                   "2026-12-04: upgrade it)" if not signed else "under another signature: "
+                   "relabelled from another deployment, or another key")
+                + ": refused"
+            )  # fmt: skip
         have = self.registry.manifest()["versions"].get(ann.get("version"))
         if have is not None and have["sha256"] == ann.get("sha256"):
             return "present"  # cheap (no artifact read); import_version checks again

@@ -72,6 +72,7 @@ from fds.models.registry import (
     ENTRY_FIELDS,
     Registry,
     passed_over,
+    sign_deployment,
     sign_record,
 )
 from fds.pipeline import DEFAULT_MODEL
@@ -141,7 +142,7 @@ def announcement(
     ('v000002', 'eHk=', None)
     """
     entry = pub.entry
-    return {
+    ann = {
         **{k: entry.get(k) for k in ENTRY_FIELDS},
         "name": name,
         "decisions_topic": decisions_topic,
@@ -152,6 +153,9 @@ def announcement(
             base64.b64encode(pub.data).decode() if len(pub.data) <= INLINE_MAX_BYTES else None
         ),
     }
+    key = registry.key if registry else None  # (whose version it is: see sign_deployment)
+    ann["deployment_hmac"] = sign_deployment(ann, key) if key else None
+    return ann
 
 
 def lifecycle(

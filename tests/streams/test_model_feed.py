@@ -83,11 +83,13 @@ class FakeConsumer:
         self.closed = True
 
 
-def _publish(reg: Registry, model: Any, name: str = "m") -> dict[str, Any]:
+def _publish(
+    reg: Registry, model: Any, name: str = "m", decisions_topic: str | None = None
+) -> dict[str, Any]:
     """Publish ``model`` in the trainer's registry; return its announcement (as fds train)."""
     e = reg.publish(model, spec={"name": name}, labels_learned=5)
     data, _ = reg.load_bytes(e["version"])
-    return announcement(Publication(e["version"], data, e), name, reg)
+    return announcement(Publication(e["version"], data, e), name, reg, decisions_topic)
 
 
 def _feed(tmp_path: Path, *, key: bytes | None = None, **kw: Any) -> ModelFeed:
@@ -286,8 +288,8 @@ def test_versions_learned_from_another_decisions_topic_are_skipped(
     staging = Registry(tmp_path / "staging")
     prod = Registry(tmp_path / "prod")
     feed = _feed(tmp_path, decisions_topic="decisions")
-    ours = {**_publish(prod, {"w": 1}), "decisions_topic": "decisions"}
-    theirs = [{**_publish(staging, {"w": n}), "decisions_topic": "staging.decisions"}
+    ours = _publish(prod, {"w": 1}, decisions_topic="decisions")
+    theirs = [_publish(staging, {"w": n}, decisions_topic="staging.decisions")
               for n in (2, 3)]  # fmt: skip
     with caplog.at_level("WARNING"):
         assert [feed.handle(_value(a)) for a in theirs] == ["other_deployment"] * 2
@@ -301,6 +303,27 @@ def test_versions_learned_from_another_decisions_topic_are_skipped(
     assert feed.stats.other_deployment == 2
 
 
+def test_a_version_relabelled_for_another_deployment_is_refused_under_a_shared_key(
+    tmp_path: Path,
+) -> None:
+    """A security review: the decisions topic of an announcement was not signed, so a writer of
+    a models topic two deployments share took staging's signed version, named production's
+    decisions topic in it, and production's scorers (one key for both) imported and served it."""
+    staging = Registry(tmp_path / "staging", key=b"k")
+    theirs = _publish(staging, {"w": 2}, decisions_topic="staging.decisions")
+    feed = _feed(tmp_path, key=b"k", decisions_topic="decisions")
+    relabelled = {**theirs, "decisions_topic": "decisions"}
+    stripped = {**relabelled, "deployment_hmac": None}  # (as an older trainer's: unsigned)
+    assert feed.handle(_value(relabelled)) == "rejected"
+    assert feed.handle(_value(stripped)) == "rejected"
+    assert feed.handle(_value({**theirs, "decisions_topic": None})) == "rejected"
+    assert feed.registry.versions() == []
+    prod = Registry(tmp_path / "prod", key=b"k")
+    assert feed.handle(_value(_publish(prod, {"w": 1}, decisions_topic="decisions"))) == (
+        "imported"
+    )
+
+
 def test_a_scorer_follows_the_lifecycle_of_the_trainers_registry(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -309,7 +332,7 @@ def test_a_scorer_follows_the_lifecycle_of_the_trainers_registry(
     rolled-back version. The trainer announces its registry's lifecycle (signed); a scorer
     takes its champion (imported from it when not held) and its rejections, once."""
     trainer = Registry(tmp_path / "trainer", key=b"k")
-    anns = [_publish(trainer, {"w": n}) for n in (1, 2, 3)]
+    anns = [_publish(trainer, {"w": n}, decisions_topic="decisions") for n in (1, 2, 3)]
     trainer.promote("v000002")
     trainer.promote("v000003")
     trainer.rollback()  # v000003 rejected, v000002 the champion again
@@ -317,7 +340,7 @@ def test_a_scorer_follows_the_lifecycle_of_the_trainers_registry(
     assert life is not None and (life["champion"], life["rejected"]) == ("v000002", ["v000003"])
     feed = _feed(tmp_path, key=b"k", decisions_topic="decisions")
     for a in (anns[0], anns[2]):
-        assert feed.handle(_value({**a, "decisions_topic": "decisions"})) == "imported"
+        assert feed.handle(_value(a)) == "imported"
     feed.registry.promote("v000003")  # served here (its own verdict)
     with caplog.at_level("INFO"):
         assert feed.handle(_value(life)) == "lifecycle"
@@ -335,7 +358,7 @@ def test_a_scorer_follows_the_lifecycle_of_the_trainers_registry(
     assert feed.registry.champion() == "v000001"
     # a scorer started with an empty registry serves the champion, never the rejected one
     fresh = _feed(tmp_path / "fresh", key=b"k", decisions_topic="decisions")
-    assert fresh.handle(_value({**anns[2], "decisions_topic": "decisions"})) == "imported"
+    assert fresh.handle(_value(anns[2])) == "imported"
     assert fresh.handle(_value(life)) == "lifecycle"
     m = fresh.registry.manifest()
     assert m["champion"] == "v000002" and m["versions"]["v000003"]["status"] == "rejected"
@@ -347,7 +370,7 @@ def test_a_champion_older_than_the_versions_kept_is_followed(tmp_path: Path) -> 
     then skipped the change without a word and kept the lifecycle's mark, so it never
     followed, not even after a restart."""
     trainer = Registry(tmp_path / "trainer", key=b"k", retain=20)
-    anns = [{**_publish(trainer, {"w": n}), "decisions_topic": "decisions"} for n in range(12)]
+    anns = [_publish(trainer, {"w": n}, decisions_topic="decisions") for n in range(12)]
     scorer = _feed(tmp_path, key=b"k", decisions_topic="decisions")
     for a in anns:
         scorer.handle(_value(a))
@@ -365,7 +388,7 @@ def test_an_old_signed_lifecycle_replayed_is_refused(tmp_path: Path) -> None:
     put the fleet back on an old champion. Each carries its registry's id and number (signed):
     an older one of the same registry is refused; a registry made anew has another id."""
     trainer = Registry(tmp_path / "trainer", key=b"k")
-    anns = [{**_publish(trainer, {"w": n}), "decisions_topic": "decisions"} for n in (1, 2)]
+    anns = [_publish(trainer, {"w": n}, decisions_topic="decisions") for n in (1, 2)]
     scorer = _feed(tmp_path, key=b"k", decisions_topic="decisions")
     for a in anns:
         scorer.handle(_value(a))
@@ -457,7 +480,7 @@ def _fleet_of_one(tmp_path: Path, producer: Any) -> tuple[Registry, ModelFeed]:
     """A trainer's registry (v000001 its champion, v000002 and v000003) and scorer "fds/a"
     fed by it, following its lifecycle."""
     trainer = Registry(tmp_path / "trainer", key=b"k")
-    anns = [{**_publish(trainer, {"w": n}), "decisions_topic": "decisions"} for n in (1, 2, 3)]
+    anns = [_publish(trainer, {"w": n}, decisions_topic="decisions") for n in (1, 2, 3)]
     trainer.promote("v000001")
     scorer = _feed(tmp_path / "a", key=b"k", decisions_topic="decisions", by="fds/a",
                    producer_factory=lambda **cfg: producer)  # fmt: skip
@@ -697,7 +720,7 @@ def test_the_trainers_judgement_is_final_and_a_scorer_waits_for_it(
     from tests.streams.test_train_service import Producer
 
     trainer = Registry(tmp_path / "trainer", key=b"k")
-    anns = [{**_publish(trainer, {"w": n}), "decisions_topic": "decisions"} for n in (1, 2, 3)]
+    anns = [_publish(trainer, {"w": n}, decisions_topic="decisions") for n in (1, 2, 3)]
     trainer.promote("v000001")
     producer = Producer(limit=1 << 20)
     scorer = _feed(tmp_path / "a", key=b"k", decisions_topic="decisions", by="fds/a",
