@@ -292,6 +292,8 @@ class Checkpointer:
         holds it, ``advice`` says what to do when another one does."""
         self._lock = hold(self.dir / LOCK_NAME, "the state dir", who, advice, "--state-dir")
         self._holder = (who, advice)
+        if self._child is None:  # (held: what writers left is of instances gone)
+            self._sweep()
 
     def _keep_dir(self) -> None:
         """Before a write: make the state dir again if it was deleted, and take its lock again
@@ -476,9 +478,6 @@ class Checkpointer:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(self._child, 0)
         self._reap()
-        for tmp in self.dir.glob(f".{FILE_NAME}.*"):
-            with contextlib.suppress(OSError):
-                tmp.unlink()
 
     def _inode(self) -> int | None:
         try:
@@ -503,7 +502,16 @@ class Checkpointer:
             why = os.read(self._reason, REASON_MAX)
         os.close(self._reason)
         self._child = self._pending = self._reason = None
+        self._sweep()
         return why.decode(errors="replace")
+
+    def _sweep(self) -> None:
+        """Remove the temporary files of writers that are no more: one killed mid-write (an
+        instance's kill -9 or OOM takes its writer with it) left a partial checkpoint for good,
+        one per crash, up to a snapshot's size each (a QA pass)."""
+        for tmp in self.dir.glob(f".{FILE_NAME}.*"):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
 
     def _write(
         self,

@@ -394,3 +394,29 @@ def test_a_checkpoint_others_could_have_written_is_not_unpickled(tmp_path, caplo
     ck.path.unlink()
     ck.save({"n": 1}, topic="tx", offsets={0: 1})  # what fds writes loads as before
     assert ck.load() is not None
+
+
+def test_partial_files_of_writers_that_died_are_removed(tmp_path):
+    """A QA pass: a writer killed mid-write (the instance's kill -9 or OOM takes it along) left
+    its partial `.engine.ckpt.XXXX` in the state dir for good, one per crash, up to a
+    snapshot's size each. The lock's new holder removes them, and so does each reaped writer."""
+    from fds.streams.checkpoint import FILE_NAME
+
+    left = tmp_path / f".{FILE_NAME}.k1ll3d"  # (what a killed writer leaves)
+    left.write_bytes(b"x" * 1000)
+    ck = Checkpointer(tmp_path)
+    assert left.exists()  # (not before the dir is held: its writer may be alive)
+    ck.lock()
+    try:
+        assert not left.exists()
+        ck.save({"n": 1}, topic="tx", offsets={0: 1})
+        left.write_bytes(b"x")
+
+        def broken() -> dict:
+            raise OSError("killed")
+
+        assert ck.save_background(broken, topic="tx", offsets={0: 2})
+        assert ck.wait(timeout_s=30) and ck.failures == 1
+        assert not left.exists() and ck.load() is not None
+    finally:
+        ck.unlock()
