@@ -229,6 +229,10 @@ class ModelFeed:
         self._backoff = RETRY_MIN_S
         # (partition, offset, error) said: a record read again, rejected for the same reason
         self._rejected: set[tuple[str | None, str | None, str]] = set()
+        # (judge) the newest lifecycle number of this registry read from the topic, and whether
+        # an older one came after it (see _note_replay)
+        self._newest_issued = 0
+        self.replayed = threading.Event()
 
     # -- one announcement --------------------------------------------------------------------
 
@@ -284,6 +288,8 @@ class ModelFeed:
                     )  # fmt: skip
                 return "other_deployment"
             kind = ann.get("kind")
+            if self.judge and kind == LIFECYCLE:
+                self._note_replay(ann, where)
             if (kind == VERDICT) != self.judge:  # (a scorer's verdict: for the trainer only)
                 if (kind == VERDICT and self.by and ann.get("by") == self.by and where
                         and ann.get("verdict") != "shadow"):  # fmt: skip
@@ -299,6 +305,30 @@ class ModelFeed:
             return self._check_version(ann, where)
         except Exception as exc:  # a bad record never stops the feed
             return self._reject(exc, where)
+
+    def _note_replay(self, life: dict[str, Any], where: Mapping[str, str]) -> None:
+        """(The trainer) a lifecycle of its own registry written after a newer one: a writer of
+        the topic sent an old signed one again, and once compaction removed the newer one, every
+        scorer started since followed it (the rolled-back champion, its rejections undone: a
+        security review). Sets :attr:`replayed`: the trainer announces its lifecycle anew. Only
+        numbers this registry issued count (a forged larger one would flag each that follows)."""
+        issued, m = life.get("issued"), self.registry.manifest()
+        if not (isinstance(issued, list) and len(issued) == 2 and issued[0] == m.get("id")):
+            return
+        with contextlib.suppress(ArtifactError):  # (not ours: signed with another key)
+            self._check_signed(life, LIFECYCLE_FIELDS, "lifecycle")
+            n = int(issued[1])
+            if n > int(m.get("lifecycles", 0)):
+                return
+            if n < self._newest_issued:
+                log.warning(
+                    "an older lifecycle of this registry (number %d, after %d) was written to "
+                    'models topic="%s" again: a replay by whoever can write to it; announcing '
+                    "the registry's lifecycle anew", n, self._newest_issued, self.topic,
+                    extra=where,
+                )  # fmt: skip
+                self.replayed.set()
+            self._newest_issued = max(self._newest_issued, n)
 
     def _check_version(
         self, ann: dict[str, Any], where: Mapping[str, str]

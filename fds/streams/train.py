@@ -841,6 +841,9 @@ class TrainService:
             return  # (the verdicts sent while it was down first, for JUDGE_CATCH_UP_S at most:
             # a lifecycle without them put their scorers back on the old champion until the next)
         stamp = self.registry.stamp()
+        if judge and judge.replayed.is_set():  # (an old one sent again: ours anew, see
+            judge.replayed.clear()  # ModelFeed._note_replay)
+            self._life_stamp = self._life_mark = None
         if stamp == self._life_stamp:
             return
         name, decisions = self.spec.name, self.topics[0]

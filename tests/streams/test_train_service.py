@@ -352,6 +352,46 @@ def test_a_started_trainer_announces_its_lifecycle_once_it_read_the_verdicts(tmp
     assert [v["kind"] for v in p.values] == ["lifecycle"] * 2
 
 
+def test_an_old_lifecycle_written_again_to_the_topic_is_announced_over(tmp_path, caplog):
+    """A security review: whoever can write to the models topic sent an old signed lifecycle
+    again (no key needed: the record as it was); compaction then kept it alone under the key,
+    and every scorer started since followed it, serving a rolled-back champion. The trainer,
+    reading the topic, sees an older one of its registry after a newer one and announces its
+    lifecycle anew; numbers it never issued (forged) and other registries' are ignored."""
+    import orjson
+
+    svc = TrainService(
+        KafkaSettings(group="fds-train"), registry=tmp_path / "registry",
+        state_dir=tmp_path / "state",
+    )  # fmt: skip
+    svc.producer = p = Producer(limit=1 << 20)
+    svc._judge = judge = ModelFeed(svc.s, svc.registry, name="default", judge=True)
+    judge.caught_up.set()
+    first = svc.trainer.publish(0.0).version
+    svc.registry.promote(first)
+    svc._send_lifecycle()
+    svc.registry.promote(svc.trainer.publish(1.0).version)
+    svc._send_lifecycle()
+    old, new = p.values
+    for life in (old, new):  # read back from the topic, in order
+        judge.handle(orjson.dumps(life))
+    svc._send_lifecycle()
+    assert len(p.values) == 2 and not judge.replayed.is_set()  # nothing changed
+    forged = {**new, "issued": [new["issued"][0], 99]}  # (never issued here)
+    judge.handle(orjson.dumps(forged))
+    judge.handle(orjson.dumps({**old, "issued": ["another registry", 1]}))
+    assert not judge.replayed.is_set()
+    with caplog.at_level("WARNING"):
+        judge.handle(orjson.dumps(old))  # the replay
+    assert judge.replayed.is_set() and "written to models topic=" in caplog.text
+    svc._send_lifecycle()
+    again = p.values[-1]
+    assert len(p.values) == 3 and again["champion"] == new["champion"]
+    assert again["issued"][1] > new["issued"][1]  # (newer than any a scorer followed)
+    judge.handle(orjson.dumps(again))
+    assert not judge.replayed.is_set()
+
+
 def test_a_lifecycle_is_announced_again_for_each_verdict_answered_not_for_shadow_notices(
     tmp_path,
 ):
