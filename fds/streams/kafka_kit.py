@@ -36,6 +36,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -606,6 +607,15 @@ def _java() -> str:
     return java
 
 
+def _quoted(arg: str) -> str:
+    """``arg`` as one argument of a java launcher's @argfile.
+
+    >>> print(_quoted('a b\\c"d'))
+    "a b\\\\c\\"d"
+    """
+    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def _format(
     java: str, lib: Path, props: Path, log_file: Path, secure: Secure | None = None
 ) -> None:
@@ -614,10 +624,22 @@ def _format(
         "-cp", f"{lib}/*", "kafka.tools.StorageTool", "format", "--standalone",
         "-t", _random_cluster_id(), "-c", str(props),
     ]  # fmt: skip
+    argfile = None
     if secure is not None:  # the SCRAM user, in the cluster metadata from the start
         cmd += ["--add-scram", f"{SECURE_MECHANISM}=[name={SECURE_USER},"
                 f"password={secure.password}]"]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        # ... given in an argument file (0600) the java launcher reads: on its command line,
+        # any local user read the password in ps (a security review), as the key store's is
+        # kept out of it
+        fd, argfile = tempfile.mkstemp(prefix=".format-args.", dir=log_file.parent)
+        with os.fdopen(fd, "w") as f:
+            f.write("\n".join(_quoted(a) for a in cmd[1:]) + "\n")
+        cmd = [java, f"@{argfile}"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    finally:
+        if argfile is not None:
+            os.unlink(argfile)
     with log_file.open("a") as f:
         f.write(proc.stdout + proc.stderr)
     if proc.returncode != 0:

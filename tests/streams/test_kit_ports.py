@@ -63,3 +63,28 @@ def test_a_port_in_use_leaves_no_data_dir_made_for_it(tmp_path):
             with pytest.raises(ConfigError, match=rf"port {port} is already in use by a process"):
                 kafka_kit.up(port=port, controller_port=port + 1, data_dir=ddir)
     assert not (tmp_path / "new").exists() and tmp_path.is_dir()
+
+
+def test_the_scram_password_is_not_on_the_formatting_command_line(tmp_path, monkeypatch):
+    """A security review: `fds kafka up --secure-port` gave the SCRAM user's password to the
+    storage tool on its command line, which any local user could read in `ps`. It goes in an
+    owner-only argument file the java launcher reads, removed after."""
+    import subprocess
+    from pathlib import Path
+
+    seen = []
+
+    def run(cmd, **_):
+        argfile = Path(cmd[1][1:])
+        seen.append((cmd, argfile.read_text(), oct(argfile.stat().st_mode & 0o777)))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(kafka_kit.subprocess, "run", run)
+    secure = kafka_kit.Secure(29094, "s3cret-pw", "store", tmp_path / "k.p12", tmp_path / "ca")
+    kafka_kit._format("java", tmp_path, tmp_path / "p", tmp_path / "broker.log", secure)
+    ((cmd, text, mode),) = seen
+    assert cmd[0] == "java" and len(cmd) == 2 and cmd[1].startswith("@")
+    assert "s3cret-pw" not in " ".join(cmd) and mode == "0o600"
+    assert '"SCRAM-SHA-512=[name=fds,password=s3cret-pw]"' in text.splitlines()
+    assert '"kafka.tools.StorageTool"' in text.splitlines()
+    assert not Path(cmd[1][1:]).exists()
