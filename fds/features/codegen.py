@@ -309,7 +309,7 @@ def _body(cg: Any, var: dict[str, str]) -> list[str]:
                 # (not over a new value far below the shift: moved to this window's mean,
                 # the shift stayed far above that value, and a shorter window's sum rounded
                 # 12.34 to 12.3125 after a 1e18: a QA pass)
-                a(f"        if rb{fi} >= 0 and var * {_DRIFT!r} < q{fi} / m{fi}:")
+                a(f"        if var * {_DRIFT!r} < q{fi} / m{fi} and rb{fi} >= 0:")
                 a(f"            rb{fi} = {cg.i_head[wi]}")
                 a("    else:")
                 a(f"        {o} = 0.0 if m{fi} else None")
