@@ -684,6 +684,8 @@ class ModelFeed:
         tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
+        self._newest_issued = 0  # (the topic read again from its start: in its order again,
+        # its history was taken for a replay after each reconnect, a review)
         end = consumer.end_offsets(tps)
         if self.judge:
             self.registry.judged_before({f"{tp.topic}[{tp.partition}]": end[tp] for tp in tps})

@@ -942,3 +942,41 @@ def test_a_rejected_announcement_read_again_is_said_once(tmp_path: Path, caplog)
     feed.handle(b"not json", {"partition": "models[0]", "offset": "13"})
     said = [r for r in caplog.records if r.getMessage().startswith("rejected model")]
     assert len(said) == 2 and feed.stats.rejected == 4
+
+
+def test_the_topic_read_again_after_a_reconnect_is_no_replay(tmp_path: Path) -> None:
+    """A review: the trainer's feed kept the newest lifecycle number it had read across a
+    reconnect, which reads the topic again from its start: every older lifecycle still in the
+    log was taken for a replay (a warning, and the lifecycle announced anew, its champion
+    inline, after each reconnect)."""
+    from kafka.errors import KafkaConnectionError
+
+    trainer = Registry(tmp_path / "trainer")
+    trainer.promote(_publish(trainer, {"w": 1}, decisions_topic="decisions")["version"])
+    lives = [lifecycle(trainer, "m", "decisions", trainer.issue()) for _ in range(2)]
+    log = [Record(i, b"m/decisions/lifecycle", _value(life)) for i, life in enumerate(lives)]
+    made: list[FakeConsumer] = []
+
+    class Dropping(FakeConsumer):
+        def poll(self, timeout_ms: int = 0) -> dict[TopicPartition, list[Record]]:
+            if len(made) == 1 and self.pos >= len(self.log):
+                raise KafkaConnectionError("broker gone")  # (once: the next one reads on)
+            return super().poll(timeout_ms)
+
+    def factory(**cfg: Any) -> FakeConsumer:
+        made.append(Dropping(log))
+        return made[-1]
+
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(model_feed, "RETRY_MIN_S", 0.01)
+    judge = ModelFeed(KafkaSettings(), trainer, name="m", topic=TOPIC,
+                      decisions_topic="decisions", judge=True, consumer_factory=factory)  # fmt: skip
+    judge.start()
+    try:
+        wait_until(lambda: len(made) == 2 and made[1].pos >= len(log), "the topic read again")
+        assert not judge.replayed.is_set()
+        log.append(Record(2, b"m/decisions/lifecycle", _value(lives[0])))  # a true replay
+        wait_until(judge.replayed.is_set, "the replay seen")
+    finally:
+        judge.close()
+        monkey.undo()
