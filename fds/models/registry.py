@@ -142,28 +142,43 @@ def read_regular(path: Path, limit: int) -> bytes:
         return f.read(limit + 1)
 
 
+def untrusted(st: os.stat_result) -> str | None:
+    """Why a file with this stat may hold what someone else wrote (owned by another user, or
+    writable by every user), or ``None``. Group write is allowed: Kubernetes gives a volume's
+    files to the pod's ``fsGroup`` (0660) at each mount, and a checkpoint refused so was
+    thrown away at every restart (a review)."""
+    if st.st_uid != os.geteuid():
+        return f"owned by user {st.st_uid}, not by this process's ({os.geteuid()})"
+    if st.st_mode & 0o002:
+        return f"writable by every user (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
+
+
+def refused_as_untrusted(path: Path | str, why: str) -> ConfigError:
+    """The error for a file :func:`untrusted` says why not to load."""
+    return ConfigError(
+        f"not loaded: the file is {why}, so it may not be what fds wrote (loading it would run "
+        "whatever code it holds): make it this user's and not writable by every user, or "
+        "remove it",
+        where=str(path),
+    )
+
+
 def read_own(path: Path) -> bytes:
-    """The bytes of ``path``, a regular file of this process's user that no one else may write
-    (opened without following a link): a file that anyone else could have written, unpickled,
-    would run their code here (a security review planted a checkpoint in a shared state dir).
-    Raises :class:`ConfigError` naming the file otherwise, ``OSError`` when it cannot be read.
-    """
+    """The bytes of ``path``, a regular file that no one but this process's user (and its
+    group) may have written (:func:`untrusted`), opened without following a link: one that
+    anyone else could have written, unpickled, would run their code here (a security review
+    planted a checkpoint in a shared state dir). Raises :class:`ConfigError` naming the file
+    otherwise, ``OSError`` when it cannot be read."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     with os.fdopen(fd, "rb") as f:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise OSError(errno.EINVAL, "not a regular file", str(path))
-        if st.st_uid != os.geteuid():
-            why = f"owned by user {st.st_uid}, not by this process's ({os.geteuid()})"
-        elif st.st_mode & 0o022:
-            why = f"writable by others (mode {stat.S_IMODE(st.st_mode):04o})"
-        else:
+        why = untrusted(st)
+        if why is None:
             return f.read()
-    raise ConfigError(
-        f"not loaded: the file is {why}, so it may not be what fds wrote (loading it would run "
-        "whatever code it holds): make it this user's and writable by it alone, or remove it",
-        where=str(path),
-    )
+    raise refused_as_untrusted(path, why)
 
 
 def seq_of(version: str | None) -> int:

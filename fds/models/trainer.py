@@ -28,6 +28,7 @@ import math
 import os
 import pickle
 import sqlite3
+import stat
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -37,7 +38,15 @@ from typing import Any, Protocol
 import orjson
 
 from fds.errors import describe
-from fds.models.registry import Registry, learned, make_entry, owner_only, rolled_back_in
+from fds.models.registry import (
+    Registry,
+    learned,
+    make_entry,
+    owner_only,
+    refused_as_untrusted,
+    rolled_back_in,
+    untrusted,
+)
 from fds.models.spec import ModelSpec, build_pipeline
 from fds.models.vector import strip_rule_ids, to_vector
 from fds.timeutil import parse_ts
@@ -201,6 +210,15 @@ class SqliteStore:
         # owner-only, as the checkpoints and the registry are (0644 showed every kept input and
         # the trainer's checkpoint to the machine's users: a security review); SQLite gives its
         # -wal and -shm files the database's mode
+        # (its checkpoint row is unpickled at start: planted, it ran its code, a review)
+        for side in (Path(path), Path(f"{path}-wal"), Path(f"{path}-shm")):
+            try:
+                st = os.lstat(side)
+            except FileNotFoundError:
+                continue
+            why = "a link" if stat.S_ISLNK(st.st_mode) else untrusted(st)
+            if why is not None:
+                raise refused_as_untrusted(side, why)
         os.close(owner_only(Path(path)))
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._wal = Path(f"{path}-wal")

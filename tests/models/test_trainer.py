@@ -401,3 +401,31 @@ def test_a_decision_redelivered_after_its_ttl_is_not_learned_again() -> None:
     t.on_decision(_tx(1, 0.0), {"features": {}})  # t1 again (a redelivery)
     t.advance(200 * 86400.0)
     assert [y for _, y in rec.learned].count(False) == 1  # t2 only, not t1 again
+
+
+def test_a_store_others_could_have_written_is_not_opened(tmp_path: Path) -> None:
+    """A review: `fds train` unpickles its snapshots.sqlite's checkpoint row at start, and a
+    database (or its -wal, which SQLite replays on open) planted in a shared state dir ran its
+    code: only its own user's files, not writable by every user, not links, are opened."""
+    import os
+
+    from fds.errors import ConfigError
+
+    db = tmp_path / "snapshots.sqlite"
+    SqliteStore(db).close()
+    os.chmod(db, 0o666)
+    with pytest.raises(ConfigError, match="writable by every user \\(mode 0666\\)"):
+        SqliteStore(db)
+    os.chmod(db, 0o660)  # (a Kubernetes fsGroup's mode: its own)
+    SqliteStore(db).close()
+    wal = tmp_path / "snapshots.sqlite-wal"
+    wal.unlink(missing_ok=True)
+    wal.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(ConfigError) as e:
+        SqliteStore(db)
+    assert e.value.where == str(wal) and "the file is a link" in str(e.value)
+    if os.geteuid() == 0:  # (only root can give a file to another user)
+        wal.unlink()
+        os.chown(db, 4242, -1)
+        with pytest.raises(ConfigError, match="owned by user 4242"):
+            SqliteStore(db)
