@@ -3387,7 +3387,10 @@ class Runner:
         """About once a second: the lag of every assigned partition (records not decided yet),
         idle ones included, the checkpoints written or failed since, and the engine's
         slow-moving figures (entities held, rules skipped for a missing input or an error:
-        :meth:`fds.engine.Engine.report`)."""
+        :meth:`fds.engine.Engine.report`), and the dead letters not said one by one in a minute
+        past (a burst, then none: they waited for the next or the stop, a review)."""
+        if self._dlq_unsaid and time.monotonic() >= self._dlq_window_end:
+            self._say_dead_letters()
         if self.checkpointer is not None:
             now = self._count_checkpoints()
             seen, self._ck_seen = self._ck_seen, now

@@ -2176,8 +2176,13 @@ def test_dead_letters_past_ten_a_minute_are_said_in_one_line(caplog, monkeypatch
             runner._dead_letter(rec, "parse" if i % 2 else "validate", ValueError("bad"))
         assert caplog.text.count("dead letter stage=") == 10
         assert "more dead letters" not in caplog.text
-        clock[0] += kafka_module.DLQ_SAID_WINDOW_S  # the next window: the rest said first
-        runner._dead_letter(bad[0], "parse", ValueError("bad"))
+        clock[0] += kafka_module.DLQ_SAID_WINDOW_S - 1
+        runner._report()  # (about once a second: within the minute, nothing yet)
+        assert "more dead letters" not in caplog.text
+        clock[0] += 1  # the minute past: the rest said, with no dead letter after them
+        runner._report()
+        assert "more dead letters" in caplog.text
+        runner._dead_letter(bad[0], "parse", ValueError("bad"))  # (a new window: said)
     said = [r.getMessage() for r in caplog.records if "more dead letters" in r.getMessage()]
     assert len(said) == 1 and 'count="15" by_stage="parse:7,validate:8"' in said[0]
     assert caplog.text.count("dead letter stage=") == 11
