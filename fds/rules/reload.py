@@ -341,7 +341,9 @@ class ReloadingRuleset:
             self._served.setdefault(version, digest)
 
     def _failed(self, e: Exception) -> str:
-        self.last_error = e
+        # (kept until the next good file, without the frames it was raised through: they held
+        # the rejected file's whole YAML tree alive, a review)
+        self.last_error = e = e.with_traceback(None)
         self.counts["rejected"] += 1
         log.error('rules reload rejected, keeping version="%s": %s', self.current.version, e)
         if self.metrics is not None:

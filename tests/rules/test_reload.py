@@ -671,3 +671,21 @@ def test_a_reload_frees_the_file_s_yaml_tree_at_once_and_loads_with_the_collecto
     write(p, rules("2", 100))
     assert rs.check_now() == "ok" and rs.current.version == "2"
     assert seen[-1] is False and gc.isenabled() is enabled  # (the reload; not the start)
+
+
+def test_a_rejected_file_s_yaml_tree_is_not_kept_with_its_error(tmp_path: Path) -> None:
+    """A review: the error kept until the next good file (``last_error``) held the frames it
+    was raised through, and with them the rejected file's whole YAML tree."""
+    import gc
+
+    import yaml
+
+    p = tmp_path / "r.yaml"
+    p.write_text(rules("1", 100))
+    rs = ReloadingRuleset(p, start=False, settle_seconds=0)
+    write(
+        p, rules("2", 100) + "".join(f"x-note{i}: [a, b, c]\n" for i in range(200)) + "version: 3\n"
+    )
+    assert rs.check_now() == "rejected" and "duplicate key 'version'" in str(rs.last_error)
+    gc.collect()
+    assert not [o for o in gc.get_objects() if isinstance(o, yaml.Node)]

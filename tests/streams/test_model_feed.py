@@ -969,8 +969,10 @@ def test_the_topic_read_again_after_a_reconnect_is_no_replay(tmp_path: Path) -> 
 
     monkey = pytest.MonkeyPatch()
     monkey.setattr(model_feed, "RETRY_MIN_S", 0.01)
-    judge = ModelFeed(KafkaSettings(), trainer, name="m", topic=TOPIC,
-                      decisions_topic="decisions", judge=True, consumer_factory=factory)  # fmt: skip
+    judge = ModelFeed(
+        KafkaSettings(), trainer, name="m", topic=TOPIC, decisions_topic="decisions",
+        judge=True, consumer_factory=factory,
+    )  # fmt: skip
     judge.start()
     try:
         wait_until(lambda: len(made) == 2 and made[1].pos >= len(log), "the topic read again")
