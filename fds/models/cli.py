@@ -86,8 +86,9 @@ def _list(args: argparse.Namespace) -> int:
         if champ is not None:
             reg.verify_file(champ, reg.entry(champ))
     except ArtifactError as e:
-        # (a key not set here is this machine's, as for the scorers; a file missing is not)
-        if not e.local or not reg.artifact(champ).is_file():
+        # (a key not set here is this machine's, as for the scorers; a file missing is not,
+        # nor a signature that fails the key set here, as the scorers' would: a review)
+        if not e.local or reg.key is not None or not reg.artifact(champ).is_file():
             return _fail(
                 args, f"the champion fails its check: {e}; scorers serve an earlier version "
                 "or the rules alone: `fds models promote` a good one or `fds models rollback`", 1

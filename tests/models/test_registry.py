@@ -506,8 +506,8 @@ def test_show_verify_runs_the_canary_check_scorers_run(tmp_path, capsys):
     assert "v000002 fails the scorers' canary check (score nan" in out.err
 
 
-@pytest.mark.parametrize("fault", ["corrupt", "missing", None])
-def test_list_says_when_the_champion_fails_its_check(tmp_path, capsys, fault):
+@pytest.mark.parametrize("fault", ["corrupt", "missing", "unsigned", None])
+def test_list_says_when_the_champion_fails_its_check(tmp_path, capsys, monkeypatch, fault):
     """A QA pass: a champion whose file is corrupt (a restored backup) is refused by every
     scorer, which serve an earlier version, while `list` showed it as champion, no hint."""
     from fds.cli import main
@@ -521,10 +521,17 @@ def test_list_says_when_the_champion_fails_its_check(tmp_path, capsys, fault):
     elif fault == "missing":
         reg.artifact("v000002").unlink()
     reg.artifact("v000001").write_bytes(b"XX")  # (only the champion's file is read)
+    if fault == "unsigned":  # (the key set here, as on the scorers: a review)
+        monkeypatch.setenv("FDS_MODEL_KEY", "k")
     assert main(["models", "--registry", str(tmp_path), "list"]) == (1 if fault else 0)
     out = capsys.readouterr()
     assert "v000002    champion" in out.out
-    why = {"corrupt": "sha256 mismatch", "missing": "missing from", None: ""}[fault]
+    why = {
+        "corrupt": "sha256 mismatch",
+        "missing": "missing from",
+        "unsigned": "is not signed but FDS_MODEL_KEY is set",
+        None: "",
+    }[fault]
     if fault:
         assert "fds models list: failed: the champion fails its check: " in out.err
         assert why in out.err and "`fds models promote` a good one or" in out.err
