@@ -138,8 +138,12 @@ class FeedStats:
 
 def _older(issued: Any, seen: Any) -> bool:
     """Is lifecycle number ``issued`` older than ``seen`` (both ``[registry id, n]``, see
-    :meth:`fds.models.Registry.issue`), from the same registry?"""
+    :meth:`fds.models.Registry.issue`), from the same registry? A lifecycle with no number
+    (of a release before them) is older than any numbered one followed (a review: replayed,
+    it got past the check)."""
     pair = (list, tuple)
+    if issued is None and isinstance(seen, pair):
+        return True
     return (isinstance(issued, pair) and isinstance(seen, pair) and len(issued) == len(seen) == 2
             and issued[0] == seen[0] and int(issued[1]) < int(seen[1]))  # fmt: skip
 
@@ -333,6 +337,10 @@ class ModelFeed:
     def _check_version(
         self, ann: dict[str, Any], where: Mapping[str, str]
     ) -> str | tuple[dict[str, Any], bytes]:
+        have = self.registry.manifest()["versions"].get(ann.get("version"))
+        if have is not None and have["sha256"] == ann.get("sha256"):
+            return "present"  # cheap (no artifact read), nothing imported (an
+            # announcement of an older trainer, held already, is no warning after its upgrade)
         key, signed = self.registry.key, ann.get("deployment_hmac")
         if key and not hmac.compare_digest(sign_deployment(ann, key), str(signed)):
             raise ArtifactError(  # (another deployment's signed version, relabelled as ours)
@@ -343,9 +351,6 @@ class ModelFeed:
                    "relabelled from another deployment, or another key")
                 + ": refused"
             )  # fmt: skip
-        have = self.registry.manifest()["versions"].get(ann.get("version"))
-        if have is not None and have["sha256"] == ann.get("sha256"):
-            return "present"  # cheap (no artifact read); import_version checks again
         data = self._artifact(ann, where)
         if data is None:
             return "unreachable"

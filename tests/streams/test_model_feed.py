@@ -319,9 +319,11 @@ def test_a_version_relabelled_for_another_deployment_is_refused_under_a_shared_k
     assert feed.handle(_value({**theirs, "decisions_topic": None})) == "rejected"
     assert feed.registry.versions() == []
     prod = Registry(tmp_path / "prod", key=b"k")
-    assert feed.handle(_value(_publish(prod, {"w": 1}, decisions_topic="decisions"))) == (
-        "imported"
-    )
+    ours = _publish(prod, {"w": 1}, decisions_topic="decisions")
+    assert feed.handle(_value(ours)) == "imported"
+    # held already: an older trainer's announcement of it (no such signature) imports nothing
+    # and is no warning after the upgrade (a review)
+    assert feed.handle(_value({**ours, "deployment_hmac": None})) == "present"
 
 
 def test_a_scorer_follows_the_lifecycle_of_the_trainers_registry(
@@ -405,6 +407,10 @@ def test_an_old_signed_lifecycle_replayed_is_refused(tmp_path: Path) -> None:
     assert scorer.handle(_value(new)) == "lifecycle"  # the same one again: no replay
     # a trainer registry made anew (another id) numbers from 1 again: not older
     assert not _older(["another id", 1], new["issued"]) and _older(old["issued"], new["issued"])
+    # one of a release before the numbers, replayed (its signature signs no number): refused
+    unnumbered = {k: v for k, v in old.items() if k != "issued"}
+    assert _older(None, new["issued"]) and not _older(None, None)
+    assert scorer.handle(_value(unnumbered)) == "rejected"
 
 
 def test_an_imported_version_is_served_by_the_watching_scorer(tmp_path: Path) -> None:
