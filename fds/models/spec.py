@@ -368,7 +368,16 @@ def _call_params(ref: re.Match[str]) -> str:
         )
     except (SyntaxError, ValueError, TypeError, ConfigError):  # (not literal, not its parameters)
         return "{...}"
-    return "{" + ", ".join(f"{k}: {v!r}" for k, v in bound.arguments.items()) + "}"
+    return "{" + ", ".join(f"{k}: {_as_yaml(v)}" for k, v in bound.arguments.items()) + "}"
+
+
+def _as_yaml(value: Any) -> str:
+    """``value`` as a YAML flow value: JSON's ``null``, ``true``, ``[1, 2]``, not Python's
+    ``None``, ``True``, ``(1, 2)``, which YAML reads as text (a review); else its repr."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return repr(value)
 
 
 #: Parameters of River's estimators that count something (trees of a forest, levels of a tree,

@@ -189,6 +189,12 @@ def test_shipped_specs_build(name: str) -> None:
             ":4",
             "optimizer: 'optim.Adam(lr=x)' is text: write it as {optim.Adam: {...}}",
         ),
+        (  # (as YAML reads them: null, not None, which it reads as text; a review)
+            "name: x\npipeline:\n  - linear_model.LogisticRegression:\n"
+            "      optimizer: optim.SGD(lr=None)\n",
+            ":4",
+            "write it as {optim.SGD: {lr: null}}",
+        ),
         (
             "name: x\npipeline:\n  - ensemble.StackingClassifier:\n"
             "      meta_classifier: {linear_model.LogisticRegression: {}}\n      models:\n"
