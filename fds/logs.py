@@ -239,13 +239,15 @@ class JsonFormatter(logging.Formatter):
                 out[k] = _safe(k, v)
         if record.exc_info:
             out["exc"] = redact(self.formatException(record.exc_info))
-        return orjson.dumps(out).decode()
+        # (JSON escapes the C0 controls; the C1 ones and U+2028/9 went out raw: a review)
+        return _C1.sub(lambda m: f"\\u{ord(m[0]):04x}", orjson.dumps(out).decode())
 
 
 #: What a quoted value may not hold as it is: a control character (a carriage return, an ANSI
 #: escape: a transaction id made a terminal rewrite the line before it, a QA pass) or a line
 #: separator a log collector splits at (U+0085, U+2028, U+2029).
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_C1 = re.compile(r"[\x7f-\x9f\u2028\u2029]")
 
 
 def _escape(m: re.Match[str]) -> str:

@@ -39,6 +39,17 @@ def test_kv_line_escapes_every_control_character_of_a_value() -> None:
     assert 'last_tx_id="late0\\x0d\\x1b[31mFAKE ALERT\\x1b[0m\\u2028\\x85\\x00\\x09"' in line
 
 
+def test_json_line_escapes_the_controls_json_leaves_raw() -> None:
+    """A review: orjson escapes the C0 controls but wrote C1 ones (an 8-bit CSI) and U+2028
+    raw; the value reads back the same."""
+    log, out = setup("json")
+    hostile = "a\x85b\u2028c\x9bd\x1be"
+    log.warning('late tx_id="%s"', hostile)
+    line = out.getvalue().rstrip("\n")
+    assert not any(0x7F <= ord(c) <= 0x9F or c in "\u2028\u2029" or ord(c) < 32 for c in line)
+    assert json.loads(line)["tx_id"] == hostile
+
+
 def test_json_line_keeps_numbers_and_redacts() -> None:
     log, out = setup("json")
     log_event(
