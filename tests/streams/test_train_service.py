@@ -352,7 +352,10 @@ def test_a_started_trainer_announces_its_lifecycle_once_it_read_the_verdicts(tmp
     assert [v["kind"] for v in p.values] == ["lifecycle"] * 2
 
 
-def test_an_old_lifecycle_written_again_to_the_topic_is_announced_over(tmp_path, caplog):
+@pytest.mark.parametrize("key", [None, "k"])
+def test_an_old_lifecycle_written_again_to_the_topic_is_announced_over(
+    tmp_path, caplog, monkeypatch, key
+):
     """A security review: whoever can write to the models topic sent an old signed lifecycle
     again (no key needed: the record as it was); compaction then kept it alone under the key,
     and every scorer started since followed it, serving a rolled-back champion. The trainer,
@@ -360,6 +363,8 @@ def test_an_old_lifecycle_written_again_to_the_topic_is_announced_over(tmp_path,
     lifecycle anew; numbers it never issued (forged) and other registries' are ignored."""
     import orjson
 
+    if key:  # (signed: one signed with another key counts for nothing, a review)
+        monkeypatch.setenv("FDS_MODEL_KEY", key)
     svc = TrainService(
         KafkaSettings(group="fds-train"), registry=tmp_path / "registry",
         state_dir=tmp_path / "state",
@@ -379,6 +384,8 @@ def test_an_old_lifecycle_written_again_to_the_topic_is_announced_over(tmp_path,
     assert len(p.values) == 2 and not judge.replayed.is_set()  # nothing changed
     forged = {**new, "issued": [new["issued"][0], 99]}  # (never issued here)
     judge.handle(orjson.dumps(forged))
+    if key:  # an older number, signed with another key: not this registry's
+        judge.handle(orjson.dumps({**old, "lifecycle_hmac": "0" * 64}))
     judge.handle(orjson.dumps({**old, "issued": ["another registry", 1]}))
     assert not judge.replayed.is_set()
     with caplog.at_level("WARNING"):
