@@ -8,7 +8,7 @@ import tracemalloc
 import types
 
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from fds.rules.expr import (
@@ -332,7 +332,9 @@ def test_sandbox_escape_attempts_are_rejected_at_load_time(src: str) -> None:
         compile_expr(src, {**KNOWN, "__builtins__": ANY})
 
 
-ALLOWED_PREFIX = ("n_", "x_", "_k", "_e")
+# (_c: a comparison chain's middle operand, computed once into a generated local: the fuzz
+# below found one, `_c7`, a flaky failure since that change)
+ALLOWED_PREFIX = ("n_", "x_", "_k", "_e", "_c")
 ALLOWED_EXACT = {
     "_num",
     "_coerce",
@@ -507,6 +509,10 @@ def _never_escapes(src: str) -> None:
 
 @settings(max_examples=400, deadline=1000, suppress_health_check=[HealthCheck.too_slow])
 @given(_edited_conditions())
+@example(  # (a chain's middle operand in a generated local, `_c7`: found by this fuzz)
+    "not ( ( amount < min ( abs ( ( amount + amount ) ) , min ( ( amount + amount ) , "
+    "( amount + - 3 ) ) ) + amount < extra . score ) and seen )"
+)
 def test_fuzz_token_soup_never_escapes_or_hangs(src: str) -> None:
     _never_escapes(src)
 
