@@ -1087,7 +1087,7 @@ def serve(
         family, _, _, _, addr = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
-        server_class = type("_Server", (ThreadingWSGIServer,), {"address_family": family})
+        server_class = type("_Server", (_BoundedServer,), {"address_family": family})
         server: Any = make_server(
             str(addr[0]), port, app, server_class, handler_class=_QuietHandler
         )
@@ -1109,6 +1109,35 @@ def serve(
 #: connection holds a thread and a descriptor, and one left idle or half-sent (a peer gone
 #: without a word) held them for good (100 such: 100 threads, a QA pass).
 CLIENT_TIMEOUT_S = 10.0
+
+
+#: Connections served at once; more are closed at once (a client that trickles its request a
+#: byte at a time keeps its thread past CLIENT_TIMEOUT_S, which bounds each read: a review).
+MAX_CLIENTS = 32
+
+
+class _BoundedServer(ThreadingWSGIServer):
+    """A thread per connection, at most :data:`MAX_CLIENTS` of them."""
+
+    def server_activate(self) -> None:
+        super().server_activate()
+        self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class _QuietHandler(WSGIRequestHandler):

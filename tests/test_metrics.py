@@ -307,6 +307,37 @@ def test_a_client_that_sends_nothing_is_dropped(monkeypatch, capfd) -> None:
     assert "Traceback" not in capfd.readouterr().err
 
 
+def test_connections_past_the_bound_are_closed_at_once(monkeypatch) -> None:
+    """A review: a client trickling its request a byte at a time kept its thread past the
+    read timeout (each read got a byte): at most MAX_CLIENTS connections are served at once."""
+    from fds import metrics as metrics_module
+
+    monkeypatch.setattr(metrics_module, "MAX_CLIENTS", 3)
+    srv = serve(Metrics(), "127.0.0.1", 0)
+    try:
+        held = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(3)]
+        for c in held:
+            c.sendall(b"G")  # (a request begun, never ended)
+        time.sleep(0.2)
+        extra = socket.create_connection(("127.0.0.1", srv.port))
+        extra.settimeout(5)
+        assert extra.recv(100) == b""  # closed at once, not served
+        extra.close()
+        for c in held:
+            c.close()
+        deadline = time.monotonic() + 5
+        while True:  # (the held ones' threads end with their connections)
+            try:
+                body = urllib.request.urlopen(srv.url, timeout=5).read()
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        assert b"fds_" in body
+    finally:
+        srv.stop()
+
+
 def test_serve_on_a_busy_port_says_what_to_do() -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
