@@ -980,7 +980,7 @@ def _default_report_name(args: argparse.Namespace) -> str:
     return "precision_custom" if changed else "precision"
 
 
-def _writable(out: Path) -> str | None:
+def unwritable_dir(out: Path) -> str | None:
     """Why ``out`` (made when missing) cannot take the report, or ``None`` when it can: told
     before the run, not after it (a FileNotFoundError at the end of the run, a QA pass). One
     made for the check is removed again: the report makes it (an interrupted run left it
@@ -1049,7 +1049,7 @@ def _cmd_precision(args: argparse.Namespace) -> int:
         warmup = warmup_before(drift)
         if not args.input:  # (14 days of it refused --days 12, naming --warmup-days: a QA pass)
             warmup = min(warmup, max(1, (args.days or 60) // 2))
-    why = _writable(args.out)
+    why = unwritable_dir(args.out)
     if why:
         say(f"{args.prog}: error: --out {str(args.out)!r}: cannot write there ({why}): name a "
             "folder you can write to")  # fmt: skip

@@ -8,7 +8,6 @@ import logging
 import math
 import os
 import shlex
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -154,7 +153,7 @@ def register(sub: Any) -> None:
 def _demo(args: argparse.Namespace) -> int:
     import logging
 
-    from fds.bench import run_precision, shown_path, warmup_before
+    from fds.bench import run_precision, shown_path, unwritable_dir, warmup_before
 
     if not args.verbose:  # the progress bar and the table tell the story; -v shows every swap
         logging.getLogger("fds").setLevel(logging.WARNING)
@@ -165,6 +164,11 @@ def _demo(args: argparse.Namespace) -> int:
         args.drift_day = 21 if args.days > 21 else args.days // 2
     if args.days < 7 or not 2 <= args.drift_day < args.days:
         say("fds demo: error: need --days >= 7 and 2 <= --drift-day < --days")
+        return 2
+    why = unwritable_dir(args.out_dir)  # (before the run, not after it: a QA pass)
+    if why:
+        say(f"fds demo: error: --out-dir {str(args.out_dir)!r}: cannot write there ({why}): "
+            "name a folder you can write to")  # fmt: skip
         return 2
     res = run_precision(
         days=args.days,
@@ -198,15 +202,23 @@ def _unwritable(path: Path) -> str | None:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         return e.strerror or str(e)
-    if path.is_dir():
-        return "it is a directory: name a file in it"
-    if path.exists():  # (/dev/null, say, in a directory no user may write)
-        return None if os.access(path, os.W_OK) else "it is not writable"
-    try:  # (a file made and removed: access() said yes to root for /proc, where none can be)
-        with tempfile.TemporaryFile(dir=path.parent):
-            return None
+    try:
+        if path.is_dir():
+            return "it is a directory: name a file in it"
+        if path.exists():  # (/dev/null, say, in a directory no user may write)
+            return None if os.access(path, os.W_OK) else "it is not writable"
+    except OSError as e:  # (a name too long: a traceback's "failed:", exit 1, a QA pass)
+        return e.strerror or str(e)
+    try:  # (the file itself made and removed: access() said yes to root for /proc, where none
+        # can be, and a name too long failed after the run, exit 1: a QA pass)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:  # (made meanwhile)
+        return None
     except OSError as e:
         return f"no file can be made in its directory ({e.strerror or e})"
+    with contextlib.suppress(OSError):
+        path.unlink()
+    return None
 
 
 def _speed(text: str) -> float:
@@ -246,7 +258,7 @@ def _replay_file(args: argparse.Namespace, pushers: list[Pusher]) -> int:
             "as fast as possible)"
         )
         return 2
-    if args.metrics_port < 0 and args.metrics_host != METRICS_HOST:  # (ignored: a QA pass)
+    if args.metrics_port < 0 and args.metrics_host is not None:  # (ignored: a QA pass)
         say("fds replay: error: --metrics-host needs --metrics-port N: a replay serves no metrics "
             "without it (0: any free port)")  # fmt: skip
         return 2
@@ -299,7 +311,8 @@ def _replay_file(args: argparse.Namespace, pushers: list[Pusher]) -> int:
         stack.callback(engine.close)
         stream = replay_mod.open_stream(args.file, mapping=mapping, labels_path=args.labels)
         if args.metrics_port >= 0:
-            server = stack.enter_context(serve(metrics, args.metrics_host, args.metrics_port))
+            host = args.metrics_host or METRICS_HOST
+            server = stack.enter_context(serve(metrics, host, args.metrics_port))
             say(f"serving metrics on {server.url}", logging.INFO)
         if args.pushgateway is not None:
             job = args.push_job or "fds_replay"

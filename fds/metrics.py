@@ -1215,7 +1215,9 @@ def add_metrics_arguments(parser: Any, default_port: int, *, settings: bool = Fa
     ``settings``: the command also reads them from its settings (``FDS_METRICS_PORT``, a
     ``--config`` file's ``metrics_port``; ``fds run``, ``fds train``): the flags default to
     ``None`` (not given), and the command applies ``default_port`` and :data:`METRICS_HOST`
-    when the settings give none either."""
+    when the settings give none either. ``--metrics-host`` defaults to ``None`` always: the
+    command applies :data:`METRICS_HOST` (a replay's `--metrics-host 127.0.0.1` without a port
+    was not refused as any other address was, a QA pass)."""
 
     def also(name: str) -> str:
         return f"; env FDS_{name.upper()} or --config's {name}" if settings else ""
@@ -1230,7 +1232,7 @@ def add_metrics_arguments(parser: Any, default_port: int, *, settings: bool = Fa
     parser.add_argument(
         "--metrics-host",
         type=_metrics_host,
-        default=None if settings else METRICS_HOST,
+        default=None,  # (not given, METRICS_HOST then: one given as 127.0.0.1 is told apart)
         help="address to serve /metrics on (default 127.0.0.1: this machine only; 0.0.0.0 to "
         f"be scraped from other machines{also('metrics_host')})",
     )

@@ -4,6 +4,7 @@ import json
 import os
 import re
 import sys
+import time
 
 import orjson
 import pytest
@@ -182,6 +183,25 @@ def test_demo_end_to_end_small(tmp_path, capsys):
     assert (tmp_path / "demo.png").stat().st_size > 1000
     out = capsys.readouterr()
     assert "| rules |" in out.out + out.err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["demo", "--days", "8", "--cards", "300", "--out-dir", "/proc/x"],
+        ["replay", "{tmp}/s.jsonl", "--model", "none", "--out", "{tmp}/" + "a" * 300 + ".jsonl"],
+    ],
+)
+def test_an_output_the_system_refuses_is_told_before_the_run(argv, tmp_path, capsys):
+    """A README walk-through: `fds demo --out-dir /proc/x` ran the whole demo, then failed
+    with a raw FileNotFoundError (exit 1); a --out name too long was "failed: OSError" after
+    the replay (exit 1). Both are usage errors now, said before anything runs."""
+    (tmp_path / "s.jsonl").write_text(
+        '{"tx_id": "t1", "ts": 1767225600, "card_id": "c", "amount": 5}\n'
+    )
+    t = time.monotonic()
+    assert main([a.format(tmp=tmp_path) for a in argv]) == 2
+    assert "cannot write" in capsys.readouterr().err and time.monotonic() - t < 5
 
 
 @pytest.mark.parametrize(

@@ -262,12 +262,13 @@ def test_replay_with_json_logs_prints_its_summary_as_json_and_every_notice_as_a_
         configure_logging("INFO", fmt="kv", logger_name="fds")  # (as the other tests expect)
 
 
-def test_replay_refuses_a_metrics_host_without_a_metrics_port(tmp_path, capsys):
+@pytest.mark.parametrize("host", ["0.0.0.0", "127.0.0.1"])  # (the default's too: a QA pass)
+def test_replay_refuses_a_metrics_host_without_a_metrics_port(tmp_path, capsys, host):
     """A QA pass: `fds replay f.jsonl --metrics-host 0.0.0.0` served nothing without a word
     (metrics are off in a replay unless --metrics-port is given)."""
     from fds.cli import main
 
-    assert main(["replay", str(tmp_path / "f.jsonl"), "--metrics-host", "0.0.0.0"]) == 2
+    assert main(["replay", str(tmp_path / "f.jsonl"), "--metrics-host", host]) == 2
     assert "--metrics-host needs --metrics-port N" in capsys.readouterr().err
 
 

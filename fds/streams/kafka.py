@@ -3513,12 +3513,12 @@ class Runner:
         """One line for the dead letters not logged one by one since the last (see
         DLQ_SAID_PER_WINDOW)."""
         if self._dlq_unsaid:
-            log.warning(
-                'more dead letters count="%d" by_stage="%s" topic="%s" (at most %d a minute are '
-                "logged one by one; each is in the dead-letter topic, with its reason)",
-                sum(self._dlq_unsaid.values()),
+            log.warning(  # (the pairs last: fields of their own, a QA pass)
+                "more dead letters, not logged one by one (at most %d a minute are; each is in "
+                'the dead-letter topic, with its reason) count="%d" by_stage="%s" topic="%s"',
+                DLQ_SAID_PER_WINDOW, sum(self._dlq_unsaid.values()),
                 ",".join(f"{k}:{v}" for k, v in sorted(self._dlq_unsaid.items())),
-                self.s.dlq_topic, DLQ_SAID_PER_WINDOW,
+                self.s.dlq_topic,
             )  # fmt: skip
             self._dlq_unsaid = {}
 

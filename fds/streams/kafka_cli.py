@@ -198,7 +198,7 @@ def _other_topics(s: Any, prefix: str, made: set[str]) -> list[str]:
     >>> for said in _other_topics(s, "p", {"ptransactions", "pdecisions"}):
     ...     print(said)
     --prefix 'p' runs into the names (pdecisions): end it with '.', e.g. --prefix p.
-    the settings' input_topic 'p.tx' (--input-topic) is none of the topics made: fds run would wait for it
+    the settings' input_topic 'p.tx' (--input-topic) is none of the topics made: fds run needs it (make it, or fix the setting)
     """  # noqa: E501
     said = []
     if prefix and prefix[-1] not in ".-_":
@@ -214,6 +214,6 @@ def _other_topics(s: Any, prefix: str, made: set[str]) -> list[str]:
         if topic is not None and given and topic not in made:
             said.append(
                 f"the settings' {setting} {topic!r} ({given}) is none of the topics made: "
-                "fds run would wait for it"
+                "fds run needs it (make it, or fix the setting)"
             )
     return said

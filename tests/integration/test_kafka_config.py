@@ -757,7 +757,7 @@ def test_kafka_topics_says_when_a_deployments_models_topic_is_not_made(tmp_path,
     f.write_text("models_topic: models\n")
     assert kafka_cli._other_topics(load_settings(f), "prod.", made) == [
         f"the settings' models_topic 'models' (models_topic in {f}) is none of the topics made: "
-        "fds run would wait for it"
+        "fds run needs it (make it, or fix the setting)"
     ]
     for fine in ("prod.models", "none"):
         f.write_text(f"models_topic: {fine}\n")

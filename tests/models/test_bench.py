@@ -558,7 +558,7 @@ def test_an_unwritable_out_is_told_before_the_run(capsys: pytest.CaptureFixture[
 def test_the_out_folder_checked_before_the_run_is_not_left_empty(tmp_path: Path) -> None:
     """A QA pass of signals: a run stopped (or failed) after the check left its --out folder
     made and empty; the report makes it."""
-    from fds.bench import _writable
+    from fds.bench import unwritable_dir as _writable
 
     assert _writable(tmp_path / "new") is None and not (tmp_path / "new").exists()
     (tmp_path / "old").mkdir()
