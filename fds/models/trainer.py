@@ -211,7 +211,9 @@ class SqliteStore:
         # the trainer's checkpoint to the machine's users: a security review); SQLite gives its
         # -wal and -shm files the database's mode
         # (its checkpoint row is unpickled at start: planted, it ran its code, a review)
-        for side in (Path(path), Path(f"{path}-wal"), Path(f"{path}-shm")):
+        # (-journal: SQLite plays a hot rollback journal back into the database, whoever owns
+        # it: a planted one ran its code, a second security pass)
+        for side in (Path(path), *(Path(f"{path}-{x}") for x in ("wal", "shm", "journal"))):
             try:
                 st = os.lstat(side)
             except FileNotFoundError:

@@ -424,8 +424,15 @@ def test_a_store_others_could_have_written_is_not_opened(tmp_path: Path) -> None
     with pytest.raises(ConfigError) as e:
         SqliteStore(db)
     assert e.value.where == str(wal) and "the file is a link" in str(e.value)
+    wal.unlink()
+    journal = tmp_path / "snapshots.sqlite-journal"  # (played back into the db on open)
+    journal.write_bytes(b"x")
+    journal.chmod(0o666)
+    with pytest.raises(ConfigError) as e:
+        SqliteStore(db)
+    assert e.value.where == str(journal)
+    journal.unlink()
     if os.geteuid() == 0:  # (only root can give a file to another user)
-        wal.unlink()
         os.chown(db, 4242, -1)
         with pytest.raises(ConfigError, match="owned by user 4242"):
             SqliteStore(db)
