@@ -247,8 +247,27 @@ class ModelFeed:
         outcome (a :class:`FeedStats` field name)."""
         checked = self._check(value, where)
         if isinstance(checked, str):
+            if checked == "tombstone":
+                self._lifecycle_deleted(key, where)
             return self._count(checked)
         return self._count(self._install(checked, where, key))
+
+    def _lifecycle_deleted(self, key: bytes | None, where: Mapping[str, str]) -> bool:
+        """Is ``key``, just deleted (a tombstone), a trainer's lifecycle key? No trainer deletes
+        one: whoever can write to the topic did, and scorers started since served the newest
+        version instead of the trainer's champion (a second security pass). The trainer
+        announces its lifecycle anew (:attr:`replayed`); a scorer's catch-up keeps the one
+        before it."""
+        if key is None or not key.endswith(b"/" + LIFECYCLE.encode()):
+            return False
+        mine = f"{self.name}/{self.decisions_topic}/{LIFECYCLE}".encode()
+        if self.judge and key == mine:
+            log.warning(
+                'this registry\'s lifecycle was deleted from models topic="%s" (a tombstone: '
+                "no trainer sends one); announcing it anew", self.topic, extra=where,
+            )  # fmt: skip
+            self.replayed.set()
+        return True
 
     def _count(self, outcome: str) -> str:
         self.stats.announcements += 1
@@ -720,7 +739,9 @@ class ModelFeed:
                         continue
                     checked = self._check(r.value, where)
                     if isinstance(checked, str):
-                        if checked == "tombstone":  # (a verdict judged: not judged again)
+                        # (a verdict judged: not judged again; a lifecycle's: see
+                        # _lifecycle_deleted, the one before it kept)
+                        if checked == "tombstone" and not self._lifecycle_deleted(r.key, where):
                             newest.pop(r.key, None)
                         self._count(checked)
                         continue

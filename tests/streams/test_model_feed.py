@@ -988,3 +988,27 @@ def test_the_topic_read_again_after_a_reconnect_is_no_replay(tmp_path: Path) -> 
     finally:
         judge.close()
         monkey.undo()
+
+
+def test_a_scorer_s_catch_up_keeps_a_lifecycle_whose_key_was_deleted(tmp_path: Path) -> None:
+    """A second security pass: a tombstone written on a lifecycle key (no trainer sends one)
+    made a new scorer's catch-up drop the lifecycle and serve the newest version, a rolled-back
+    one, instead of the trainer's champion."""
+    trainer = Registry(tmp_path / "trainer")
+    anns = [_publish(trainer, {"w": n}, decisions_topic="decisions") for n in (1, 2)]
+    trainer.promote("v000001")
+    trainer.promote("v000002")
+    trainer.rollback()  # v000002 rejected, v000001 the champion
+    life = lifecycle(trainer, "m", "decisions", trainer.issue())
+    key = b"m/decisions/lifecycle"
+    log = [Record(0, b"m/decisions", _value(anns[0])), Record(1, b"m/decisions", _value(anns[1])),
+           Record(2, key, _value(life)), Record(3, key, None)]  # fmt: skip
+    feed = _feed(
+        tmp_path, decisions_topic="decisions", consumer_factory=lambda **_: FakeConsumer(log)
+    )
+    feed.start()
+    try:
+        assert feed.caught_up.wait(10)
+        assert feed.registry.champion() == "v000001"
+    finally:
+        feed.close()

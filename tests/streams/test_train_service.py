@@ -397,6 +397,14 @@ def test_an_old_lifecycle_written_again_to_the_topic_is_announced_over(
     assert again["issued"][1] > new["issued"][1]  # (newer than any a scorer followed)
     judge.handle(orjson.dumps(again))
     assert not judge.replayed.is_set()
+    # its lifecycle key deleted (a tombstone: no trainer sends one; a second security pass)
+    life_key = f"default/{svc.topics[0]}/lifecycle".encode()
+    judge.decisions_topic = svc.topics[0]
+    assert judge.handle(None, key=b"default/other.decisions/lifecycle") == "tombstone"
+    assert not judge.replayed.is_set()  # (another deployment's)
+    assert judge.handle(None, key=life_key) == "tombstone" and judge.replayed.is_set()
+    svc._send_lifecycle()
+    assert len(p.values) == 4 and p.values[-1]["champion"] == new["champion"]
 
 
 def test_a_lifecycle_is_announced_again_for_each_verdict_answered_not_for_shadow_notices(
