@@ -321,6 +321,9 @@ def env_key() -> bytes | None:
     return v.encode() if v else None
 
 
+#: Digests of judged verdicts a trainer's registry keeps (``verdicts``): a verdict is made once
+#: per contest, so these cover months of a fleet's contests (64 bytes each in the manifest).
+MAX_VERDICTS_KEPT = 1000
 #: Challengers in a shadow contest that retention keeps (the newest ones marked).
 MAX_SHADOWS = 3
 
@@ -824,6 +827,7 @@ class Registry:
         other: str | None,
         reason: str,
         record: tuple[str, int] | None = None,
+        digest: str | None = None,
     ) -> tuple[bool, str]:
         """Take a scorer's contest verdict on ``version`` (a trainer's registry, through the
         models topic): ``shadow`` (a contest of it began: kept by retention until its
@@ -833,7 +837,10 @@ class Registry:
         on, the version was rejected or promoted) changes nothing. ``record`` (the models
         topic's partition and offset of the verdict) is judged once: a restarted trainer reads
         the topic again, and an old verdict undid a promotion by hand (a QA pass). The time a
-        verdict was made is not compared: it is another machine's clock (a review).
+        verdict was made is not compared: it is another machine's clock (a review). ``digest``
+        (of what the verdict signs) is judged once too, at any offset: the same signed verdict
+        sent again undid a champion chosen by hand since (a second security pass); the last
+        :data:`MAX_VERDICTS_KEPT` are kept.
 
         Returns ``(changed, what)``: the change made, or why none was (said by the trainer,
         whose lifecycle, announced again, puts the scorer that sent it back on its champion).
@@ -846,6 +853,12 @@ class Registry:
                 judged[record[0]] = record[1] + 1
                 if verdict != "shadow":  # (a verdict answered: the lifecycle is announced)
                     m["answered"] = int(m.get("answered", 0)) + 1
+            if digest is not None:
+                seen = m.setdefault("verdicts", [])
+                if digest in seen:
+                    return False, "the same verdict was judged before (sent again)"
+                seen.append(digest)
+                del seen[:-MAX_VERDICTS_KEPT]
             versions, champ = m["versions"], m.get("champion")
             e = versions.get(version)
             if e is None:

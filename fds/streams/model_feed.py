@@ -48,6 +48,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import hashlib
 import hmac
 import logging
 import os
@@ -439,10 +440,16 @@ class ModelFeed:
             f" ({said})" if said else ""
         )
         offset = where.get("offset")
+        # (what it signs, its time and scorer included: the same verdict sent again at another
+        # offset, no key needed, undid a champion chosen by hand, a second security pass)
+        digest = hashlib.sha256(
+            orjson.dumps({k: v.get(k) for k in VERDICT_FIELDS}, option=orjson.OPT_SORT_KEYS)
+        ).hexdigest()
         try:
             changed, what = self.registry.judge(
                 str(v.get("verdict")), str(v.get("version")), v.get("other"), why,
                 record=(where["partition"], int(offset)) if offset is not None else None,
+                digest=digest,
             )  # fmt: skip
         except Exception as exc:  # a full disk, a manifest edited by hand
             return self._reject(exc, where)

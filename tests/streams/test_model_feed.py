@@ -1012,3 +1012,27 @@ def test_a_scorer_s_catch_up_keeps_a_lifecycle_whose_key_was_deleted(tmp_path: P
         assert feed.registry.champion() == "v000001"
     finally:
         feed.close()
+
+
+def test_the_same_verdict_sent_again_is_not_judged_again(tmp_path: Path) -> None:
+    """A second security pass: a scorer's signed verdict, captured and sent again at another
+    offset (no key needed), was judged anew and undid a champion an operator chose by hand
+    since; the trainer's registry keeps the digests of the verdicts it judged."""
+    from fds.streams.model_feed import VERDICT
+
+    trainer = Registry(tmp_path / "trainer")
+    for n in (1, 2, 3):
+        _publish(trainer, {"w": n}, decisions_topic="decisions")
+    trainer.promote("v000001")
+    judge = ModelFeed(KafkaSettings(), trainer, name="m", decisions_topic="decisions", judge=True)
+    verdict = {"kind": VERDICT, "name": "m", "decisions_topic": "decisions", "verdict": "promote",
+               "version": "v000003", "other": "v000001", "by": "fds/a", "at": 1.0e9}  # fmt: skip
+    at = {"partition": "models[0]", "offset": "5"}
+    assert judge.handle(_value(verdict), at) == "verdict" and trainer.champion() == "v000003"
+    trainer.promote("v000001")  # an operator's choice
+    again = {"partition": "models[0]", "offset": "9"}
+    assert judge.handle(_value(verdict), again) == "verdict"
+    assert trainer.champion() == "v000001"  # (not undone)
+    later = {**verdict, "at": 1.0e9 + 60}  # a new verdict of the same kind is judged as ever
+    assert judge.handle(_value(later), {"partition": "models[0]", "offset": "10"}) == "verdict"
+    assert trainer.champion() == "v000003"
