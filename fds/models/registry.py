@@ -783,6 +783,12 @@ class Registry:
             if not champion or champion in versions:
                 m["followed"] = mark
                 if issued is not None:
+                    before = m.get("followed_issued")
+                    if isinstance(before, list) and before and before[0] != issued[0]:
+                        # a trainer registry replaced (moved, made anew): its lifecycles,
+                        # replayed, are refused (see retired_trainer), the last 20 kept
+                        left = [i for i in m.get("retired_ids", []) if i != issued[0]]
+                        m["retired_ids"] = [*left, before[0]][-20:]
                     m["followed_issued"] = issued
             refused = set(rejected)
             if champion and champion in versions and champion != old:

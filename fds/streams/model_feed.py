@@ -566,11 +566,19 @@ class ModelFeed:
                 return "lifecycle"
         self._deferred = None
         issued = life.get("issued")
-        seen = self.registry.manifest().get("followed_issued")
+        m = self.registry.manifest()
+        seen = m.get("followed_issued")
         if _older(issued, seen):
             return self._reject(ArtifactError(
                 f"a lifecycle older than one followed ({issued}, {seen} followed) replayed on "
                 "the models topic: refused"), where)  # fmt: skip
+        if isinstance(issued, list) and issued and issued[0] in m.get("retired_ids", ()):
+            # (a trainer registry this scorer followed before the one it follows now, after a
+            # move of the trainer: its old lifecycles, replayed, switched the fleet back, a
+            # second security pass)
+            return self._reject(ArtifactError(
+                f"a lifecycle of trainer registry {issued[0]}, which this scorer followed before "
+                f"{(seen or ['?'])[0]}, replayed on the models topic: refused"), where)  # fmt: skip
         # (kept by the import's retention: it removed an old champion at once, a QA pass)
         if data and self._install((life["champion_announcement"], data), where, keep=True) == (
             "rejected"

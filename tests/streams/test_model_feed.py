@@ -1036,3 +1036,35 @@ def test_the_same_verdict_sent_again_is_not_judged_again(tmp_path: Path) -> None
     later = {**verdict, "at": 1.0e9 + 60}  # a new verdict of the same kind is judged as ever
     assert judge.handle(_value(later), {"partition": "models[0]", "offset": "10"}) == "verdict"
     assert trainer.champion() == "v000003"
+
+
+def test_a_retired_trainer_registry_s_lifecycle_replayed_is_refused(tmp_path: Path) -> None:
+    """A second security pass: after the trainer moved to a new registry (the README's
+    recovery: a copy of a scorer's registry, another id), an old lifecycle of the first one,
+    sent again by whoever can write to the topic, switched running scorers back (to a version
+    rejected there). A registry followed before the current one is refused."""
+    import json
+    import shutil
+
+    a = Registry(tmp_path / "a")
+    anns = [_publish(a, {"w": n}, decisions_topic="decisions") for n in (1, 2)]
+    a.promote("v000001")
+    a.promote("v000002")
+    old = lifecycle(a, "m", "decisions", a.issue())
+    a.rollback()  # v000002 rejected
+    newer = lifecycle(a, "m", "decisions", a.issue())
+    scorer = _feed(tmp_path, decisions_topic="decisions")
+    for ann in anns:
+        scorer.handle(_value(ann))
+    assert scorer.handle(_value(newer)) == "lifecycle" and scorer.registry.champion() == "v000001"
+    shutil.copytree(tmp_path / "a", tmp_path / "b")  # the trainer moved: a registry of its own
+    m = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    del m["id"]
+    (tmp_path / "b" / "manifest.json").write_text(json.dumps(m))
+    b = Registry(tmp_path / "b")
+    b.promote(_publish(b, {"w": 3}, decisions_topic="decisions")["version"])
+    moved = lifecycle(b, "m", "decisions", b.issue())
+    assert moved["issued"][0] != newer["issued"][0]
+    assert scorer.handle(_value(moved)) == "lifecycle" and scorer.registry.champion() == "v000003"
+    assert scorer.handle(_value(old)) == "rejected"  # the first registry's, replayed
+    assert scorer.registry.champion() == "v000003"
