@@ -761,8 +761,9 @@ def _up(
         )
     if _port_open(port):
         raise ConfigError(
-            f"port {port} is already in use by a process that is not this kit's broker "
-            f"(data dir {ddir}); stop it, or pass --port / point --bootstrap at it",
+            f"port {port} is already in use, not by the kit's broker of data dir {ddir} (by "
+            "another program, or the kit's broker of another data dir: `fds kafka status "
+            "--data-dir DIR` names it); stop it, or pass --port / point --bootstrap at it",
             where=f"127.0.0.1:{port}",
         )
     if _port_open(controller_port):  # (the broker died binding it, its log's tail for a reason)
