@@ -207,12 +207,9 @@ class SqliteStore:
     """Persistent store for the trainer service (survives restarts). Commits on ``flush``."""
 
     def __init__(self, path: str | Path) -> None:
-        # owner-only, as the checkpoints and the registry are (0644 showed every kept input and
-        # the trainer's checkpoint to the machine's users: a security review); SQLite gives its
-        # -wal and -shm files the database's mode
-        # (its checkpoint row is unpickled at start: planted, it ran its code, a review)
-        # (-journal: SQLite plays a hot rollback journal back into the database, whoever owns
-        # it: a planted one ran its code, a second security pass)
+        # Its checkpoint row is unpickled at start: the database and what SQLite reads beside
+        # it (-wal, -shm, and a hot -journal, played back into the database whoever owns it)
+        # are this user's files only, no links (planted ones ran their code: security passes)
         for side in (Path(path), *(Path(f"{path}-{x}") for x in ("wal", "shm", "journal"))):
             try:
                 st = os.lstat(side)
@@ -221,6 +218,9 @@ class SqliteStore:
             why = "a link" if stat.S_ISLNK(st.st_mode) else untrusted(st)
             if why is not None:
                 raise refused_as_untrusted(side, why)
+        # owner-only, as the checkpoints and the registry are (0644 showed every kept input and
+        # the trainer's checkpoint to the machine's users: a security review); SQLite gives its
+        # -wal and -shm files the database's mode
         os.close(owner_only(Path(path)))
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._wal = Path(f"{path}-wal")

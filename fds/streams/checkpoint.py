@@ -53,7 +53,7 @@ from typing import IO, Any, NamedTuple
 
 from fds import gcpolicy
 from fds.errors import ConfigError, describe
-from fds.models.registry import owner_only, read_own, write_atomic
+from fds.models.registry import owner_only, read_own, untrusted, write_atomic
 
 __all__ = [
     "Checkpoint", "Checkpointer", "FileOffsets", "StateDirTaken", "default_state_dir",
@@ -226,16 +226,12 @@ def _say_if_shared(path: Path) -> None:
     a checkpoint they plant there is refused (:func:`read_own`), but they can delete or
     replace this instance's state (a security review)."""
     try:
-        st = path.stat()
+        why = untrusted(path.stat())
     except OSError:
         return
-    if st.st_uid != os.geteuid() or st.st_mode & 0o002:
-        log.warning(
-            'state dir="%s" is %s: others can remove or replace its state; give fds a dir of '
-            "its own (chmod 700)", path,
-            f"owned by user {st.st_uid}" if st.st_uid != os.geteuid()
-            else f"writable by every user (mode {st.st_mode & 0o7777:04o})",
-        )  # fmt: skip
+    if why is not None:
+        log.warning('state dir="%s" is %s: others can remove or replace its state; give fds a '
+                    "dir of its own (chmod 700)", path, why)  # fmt: skip
 
 
 class Checkpointer:

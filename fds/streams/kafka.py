@@ -3389,8 +3389,8 @@ class Runner:
         slow-moving figures (entities held, rules skipped for a missing input or an error:
         :meth:`fds.engine.Engine.report`), and the dead letters not said one by one in a minute
         past (a burst, then none: they waited for the next or the stop, a review)."""
-        if self._dlq_unsaid and time.monotonic() >= self._dlq_window_end:
-            self._say_dead_letters()
+        if self._dlq_unsaid:
+            self._dead_letters_minute(time.monotonic())
         if self.checkpointer is not None:
             now = self._count_checkpoints()
             seen, self._ck_seen = self._ck_seen, now
@@ -3496,10 +3496,7 @@ class Runner:
         self.stats.dead_letters += 1
         self.metrics.dead_letter(stage)
         self.stats.dlq_by_stage[stage] = self.stats.dlq_by_stage.get(stage, 0) + 1
-        now = time.monotonic()
-        if now >= self._dlq_window_end:
-            self._say_dead_letters()
-            self._dlq_window_end, self._dlq_said = now + DLQ_SAID_WINDOW_S, 0
+        self._dead_letters_minute(time.monotonic())
         if self._dlq_said < DLQ_SAID_PER_WINDOW:
             self._dlq_said += 1
             log.warning(
@@ -3508,6 +3505,12 @@ class Runner:
             )  # fmt: skip
         else:
             self._dlq_unsaid[stage] = self._dlq_unsaid.get(stage, 0) + 1
+
+    def _dead_letters_minute(self, now: float) -> None:
+        """Past the window's end: say the dead letters counted only, and begin a new one."""
+        if now >= self._dlq_window_end:
+            self._say_dead_letters()
+            self._dlq_window_end, self._dlq_said = now + DLQ_SAID_WINDOW_S, 0
 
     def _say_dead_letters(self) -> None:
         """One line for the dead letters not logged one by one since the last (see

@@ -137,6 +137,27 @@ class FeedStats:
     tombstone: int = 0  # a null value: the topic's key deleted (compaction), nothing to import
 
 
+def announcement_key(name: str, decisions_topic: str | None) -> bytes:
+    """The models-topic key of ``name``'s announcements learned from ``decisions_topic``: one per
+    deployment, so compaction keeps each one's newest (keyed by ``name`` alone, a second
+    deployment's announcement removed the first's; a topic name holds no ``/``).
+
+    >>> announcement_key("default", "decisions")
+    b'default/decisions'
+    """
+    return f"{name}/{decisions_topic}".encode()
+
+
+def lifecycle_key(name: str, decisions_topic: str | None) -> bytes:
+    """The models-topic key of the lifecycles of ``name``'s trainer registry for that
+    deployment (:func:`fds.streams.train.lifecycle`).
+
+    >>> lifecycle_key("default", "decisions")
+    b'default/decisions/lifecycle'
+    """
+    return announcement_key(name, decisions_topic) + b"/" + LIFECYCLE.encode()
+
+
 def _older(issued: Any, seen: Any) -> bool:
     """Is lifecycle number ``issued`` older than ``seen`` (both ``[registry id, n]``, see
     :meth:`fds.models.Registry.issue`), from the same registry? A lifecycle with no number
@@ -261,8 +282,7 @@ class ModelFeed:
         before it."""
         if key is None or not key.endswith(b"/" + LIFECYCLE.encode()):
             return False
-        mine = f"{self.name}/{self.decisions_topic}/{LIFECYCLE}".encode()
-        if self.judge and key == mine:
+        if self.judge and key == lifecycle_key(self.name, self.decisions_topic):
             log.warning(
                 'this registry\'s lifecycle was deleted from models topic="%s" (a tombstone: '
                 "no trainer sends one); announcing it anew", self.topic, extra=where,

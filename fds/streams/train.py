@@ -92,7 +92,7 @@ from fds.streams.kafka import (
     unreachable,
 )
 from fds.streams.kafka_kit import ClientErrors, Consumer, Stopped, close_producer, flush_within
-from fds.streams.model_feed import LIFECYCLE, ModelFeed
+from fds.streams.model_feed import LIFECYCLE, ModelFeed, announcement_key, lifecycle_key
 from fds.timeutil import format_ts, parse_ts
 
 if TYPE_CHECKING:  # (River: imported when a trainer starts, not to build the command line)
@@ -205,17 +205,6 @@ def lifecycle(
         ann = announcement(Publication(champ, data, entry), name, registry, decisions_topic)
     return {**body, "lifecycle_hmac": sign_record(body, key) if key else None,
             "champion_announcement": ann}  # fmt: skip
-
-
-def announcement_key(name: str, decisions_topic: str) -> bytes:
-    """The models-topic key of ``name``'s announcements learned from ``decisions_topic``: one per
-    deployment, so compaction keeps each one's newest (keyed by ``name`` alone, a second
-    deployment's announcement removed the first's; a topic name holds no ``/``).
-
-    >>> announcement_key("default", "decisions")
-    b'default/decisions'
-    """
-    return f"{name}/{decisions_topic}".encode()
 
 
 @dataclass(slots=True)
@@ -852,7 +841,7 @@ class TrainService:
             if value is not None and value["mark"] != self._life_mark:
                 value = lifecycle(self.registry, name, decisions, self.registry.issue()) or value
                 ann = value["champion_announcement"]
-                key = announcement_key(name, decisions) + b"/" + LIFECYCLE.encode()
+                key = lifecycle_key(name, decisions)
                 self._send_or_point(key, value, ann or {"artifact_b64": None}, None)
                 log.info(
                     'announced the registry\'s lifecycle champion="%s" rejected="%s" topic="%s"',
