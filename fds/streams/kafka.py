@@ -2142,15 +2142,19 @@ class Runner:
         (what the aligner holds from there on stays)."""
         moved: dict[Any, int | None] = {}
         for tp, offset in offsets.items():
-            at = self.aligner.first(tp) if self.aligner is not None else None
-            if at is None:
-                try:
-                    at = self.consumer.position(tp, timeout_ms=0)
-                except Exception:  # not known yet: sought
-                    at = None
+            try:
+                at = self._next_offset(tp, timeout_ms=0)
+            except Exception:  # not known yet: sought
+                at = None
             if offset is not None and at != offset:
                 moved[tp] = offset
         self._seek_back(moved)
+
+    def _next_offset(self, tp: Any, timeout_ms: int) -> int:
+        """The offset of ``tp``'s next record to decide: the first the aligner holds, else the
+        consumer's position (kafka-python's error if not known within ``timeout_ms``)."""
+        at = self.aligner.first(tp) if self.aligner is not None else None
+        return self.consumer.position(tp, timeout_ms=timeout_ms) if at is None else at
 
     def _abort_and_rewind(self, batch: list[tuple[Any, Any, Any]], exc: BaseException) -> None:
         """Exactly-once: the group refused the batch's offsets because this instance was
@@ -2563,7 +2567,7 @@ class Runner:
                 committed = self._committed_offsets(tps)  # waits for them there too)
                 if new := [tp for tp, o in committed.items() if o is None]:
                     self._say_decided_from_start(new)
-        if not self.s.exactly_once and self._copartitioned:
+        if not self.s.exactly_once:
             self._find_decided(tps)
 
     def _find_decided(self, tps: list[Any]) -> None:
@@ -2579,6 +2583,9 @@ class Runner:
             "reading the committed offsets",
             lambda: {tp: self.consumer.committed(tp, metadata=True, timeout_ms=ms) for tp in tps},
         )
+        self._commit_start([tp for tp, om in committed.items() if om is None])
+        if not self._copartitioned:  # (decisions placed by key: nothing to look up)
+            return
         starts: dict[Any, int] = {}  # decisions partition -> where the records past start
         for tp, om in committed.items():
             meta = getattr(om, "metadata", None) or ""
@@ -2629,6 +2636,40 @@ class Runner:
                 'records are folded, not decided again) records="%d" partitions="%s"',
                 sum(len(q) for _, q in self._found.values()), sorted(by_part),
             )  # fmt: skip
+
+    def _commit_start(self, tps: list[Any]) -> None:
+        """At-least-once: commit where partitions ``tps`` with no committed offset (a new
+        group's) start, with the decisions topic's end as their mark (DECIDED_MARK). A stop
+        before the first batch's commit landed found no mark: its decisions were made again
+        (duplicates differing in decided_at, a CI run), and with ``auto_offset_reset: latest``
+        the records that came meanwhile were never decided."""
+        if not tps:
+            return
+        ms = self.s.timeout_ms
+        try:
+            starts = {tp: self._next_offset(tp, ms) for tp in tps}
+            marks: dict[int, int] = {}
+            if self._copartitioned:
+                outs = [TopicPartition(self.s.output_topic, tp.partition) for tp in tps]
+                ends = self._retrying(
+                    "reading the log ends", lambda: self.consumer.end_offsets(outs, timeout_ms=ms)
+                )
+                marks = {o.partition: end for o, end in ends.items()}
+            offsets = {
+                tp: OffsetAndMetadata(
+                    at, f"{DECIDED_MARK}{marks[tp.partition]}" if tp.partition in marks else "", -1
+                )
+                for tp, at in starts.items()
+            }
+            self._retrying("commit", lambda: self.consumer.commit(offsets, timeout_ms=ms))
+        except (KafkaError, FdsError) as exc:
+            log.warning(
+                "where partitions %s start was not committed: %s; a stop before their first "
+                "commit decides their first records again",
+                sorted(tp.partition for tp in tps), describe(exc),
+            )  # fmt: skip
+            return
+        self._positions.update({tp.partition: at for tp, at in starts.items()})
 
     def _offsets_wait_s(self) -> float:
         """How long committed offsets are waited for (exactly-once: a killed instance's open

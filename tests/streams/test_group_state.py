@@ -192,3 +192,20 @@ def test_a_checkpoint_of_another_input_topic_is_said_to_be_one_and_the_state_reb
         "'transactions': a group reads one input topic"
     ) in caplog.text, caplog.text
     assert (tmp_path / "engine.ckpt.bad").exists()
+
+
+def test_a_new_group_stopped_before_its_first_commit_landed_decides_nothing_twice(tmp_path):
+    """A new group killed before its first batch's commit (asynchronous) landed: the restart
+    found no mark to look for its decisions from, and decided its records again (duplicates
+    differing in decided_at: a CI run of the kill -9 test). A new group commits where its
+    partitions start, with the decisions topic's end as their mark."""
+    broker = Broker(logs(n0=5, n1=5), committed={})
+    commit = broker.commit
+    broker.commit = lambda offsets: None if broker.commit_log else commit(offsets)  # the first
+    _run(broker, tmp_path / "first")  # ... then killed: no later commit landed, no checkpoint
+    assert broker.committed == {P0: 0, P1: 0} and len(broker.out) == 10
+    assert all(m == "fds:decisions@0" for m in broker.metadata.values())
+    broker.commit = commit
+    r = _run(broker, tmp_path / "restart")
+    assert r.stats.found_decided == 10 and len(broker.out) == 10  # found, not decided again
+    assert broker.committed == {P0: 5, P1: 5}

@@ -9,13 +9,14 @@ from __future__ import annotations
 import math
 import time
 from collections import namedtuple
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
 import orjson
 import pytest
 from kafka.errors import KafkaError, KafkaTimeoutError
-from kafka.structs import OffsetAndTimestamp, TopicPartition
+from kafka.structs import OffsetAndMetadata, OffsetAndTimestamp, TopicPartition
 
 from fds.engine import Engine
 from fds.errors import ConfigError, FdsError
@@ -507,9 +508,15 @@ class Reader:
         pass
 
 
+def holds(offset: int) -> Callable[..., Any]:
+    """A consumer's ``committed``: the group holds ``offset`` (no mark) for every partition."""
+    return lambda tp, metadata=False, timeout_ms=None: (
+        OffsetAndMetadata(offset, "", -1) if metadata else offset
+    )
+
+
 class Group(Consumer):
-    def committed(self, tp, timeout_ms=None):
-        return 10
+    committed = staticmethod(holds(10))
 
 
 def catching_up_runner(reader: Reader, checkpoints: list[bool]) -> Runner:
@@ -1400,7 +1407,7 @@ def test_a_label_of_an_aborted_transaction_waits_for_it_to_be_decided_again(tmp_
     r._process(merchant_batch(0))
     r.producer.refuse = True
     r._process(merchant_batch(3))  # refused: aborted, the state back to the checkpoint
-    r.consumer.committed = lambda tp, timeout_ms=None: 3  # what the group holds
+    r.consumer.committed = holds(3)  # what the group holds
     r._restore_assigned()  # the loop: the state caught up to it, then the labels re-read
     r._apply_labels(idle=False)  # ... before t3..t5 are decided again
     r.producer.refuse = False
@@ -1424,7 +1431,7 @@ def test_at_least_once_the_consumer_goes_back_to_the_commit_after_a_refused_one(
         raise CommitFailedError("RebalanceInProgressError")
 
     r.consumer.commit = refused
-    r.consumer.committed = lambda tp, timeout_ms=None: 3  # what the group holds
+    r.consumer.committed = holds(3)  # what the group holds
     r._process(batch(3))
     r.aligner.add({TP: records(6)})  # fetched meanwhile
     r._restore_assigned()  # the loop, before the next batch
