@@ -71,6 +71,7 @@ from fds.models.registry import (
     DEFAULT_REGISTRY,
     ENTRY_FIELDS,
     Registry,
+    line_of,
     passed_over,
     sign_deployment,
     sign_record,
@@ -336,7 +337,7 @@ class TrainService:
                 trainer.stats["labels_learned"], trainer.parent,
             )  # fmt: skip
             return trainer
-        latest = self.registry.latest()
+        latest = self._start_version()
         if latest is not None:  # it goes on learning from the newest version: the same model?
             # (its inputs too: a trainer of `inputs.rules: false` went on from versions that
             # read the rules' score, and published them as reading none: a QA pass)
@@ -356,6 +357,28 @@ class TrainService:
         if latest:
             trainer.count_from(self.registry.entry(latest))
         return trainer
+
+    def _start_version(self) -> str | None:
+        """The version a trainer without a checkpoint goes on learning from: the registry's
+        newest. In a copy of a scorer's registry (README: losing the trainer's machine), a
+        version the trainer's registry rejected came through a lifecycle, which does not say
+        whether it lost a contest (its line goes on) or was rolled back (never gone on from):
+        when the newest one's line since the champion holds such a version, the champion."""
+        m = self.registry.manifest()
+        latest, champ = self.registry.latest(), m.get("champion")
+        if latest is None or champ is None or "followed" not in m:
+            return latest
+        versions = m["versions"]
+        line = [v for v in line_of(m, latest, champ) if v in versions]  # (not removed ones)
+        rejected = [v for v in line if versions[v]["status"] == "rejected"]
+        if not rejected:
+            return latest
+        log.warning(
+            'the newest version "%s" of this registry (followed from a trainer\'s) learned on '
+            'from "%s", rejected there (%s): the trainer goes on from the champion "%s"',
+            latest, rejected[-1], versions[rejected[-1]].get("rejected_because") or "", champ,
+        )  # fmt: skip
+        return str(champ)
 
     def _check_parent(self, parent: str | None) -> None:
         """Refuse a checkpoint that goes on from a version the registry does not hold (the

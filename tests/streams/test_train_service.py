@@ -828,6 +828,32 @@ def test_a_trainer_resumed_from_the_registry_counts_on_from_its_version(tmp_path
     )  # fmt: skip
 
 
+def test_a_trainer_started_on_a_scorer_s_registry_does_not_go_on_from_a_rejected_line(
+    tmp_path, caplog
+):
+    """The README's recovery (a copy of a scorer's registry for a trainer on a new machine):
+    the newest version there, rejected by the lost trainer's registry through a followed
+    lifecycle, was gone on from (a security pass): a rollback there rejects a version the
+    scorer may never have had as champion, so the copy cannot tell it from a lost contest."""
+    first = service(tmp_path)
+    first.trainer.publish(0.0)
+    first.registry.promote("v000001")
+    first.trainer.publish(1.0)  # v000002, learned on from v000001, then rolled back there:
+    first.registry.follow("v000001", ["v000002"], "m", "the trainer's registry (models topic)")
+    with caplog.at_level("WARNING", logger="fds.streams.train"):
+        again = service(tmp_path, state_dir=tmp_path / "fresh")
+    assert again.trainer.parent == "v000001"
+    assert 'newest version "v000002" of this registry (followed from a trainer\'s) learned ' \
+        'on from "v000002", rejected there' in caplog.text  # fmt: skip
+    # a trainer's own registry: a version rejected there after a lost contest is gone on from
+    own = service(tmp_path / "own")
+    own.trainer.publish(0.0)
+    own.registry.promote("v000001")
+    own.trainer.publish(1.0)
+    own.registry.judge("reject", "v000002", "v000001", "lost its shadow contest")
+    assert service(tmp_path / "own", state_dir=tmp_path / "own2").trainer.parent == "v000002"
+
+
 def test_a_trainer_refuses_to_go_on_from_a_version_with_other_inputs(tmp_path):
     """A QA pass: a trainer of `inputs.rules: false` went on from versions that read the rules'
     score and published them as reading none (the scorers then added the rules twice)."""
