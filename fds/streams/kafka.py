@@ -2150,9 +2150,10 @@ class Runner:
                 moved[tp] = offset
         self._seek_back(moved)
 
-    def _next_offset(self, tp: Any, timeout_ms: int) -> int:
+    def _next_offset(self, tp: Any, timeout_ms: int) -> int | None:
         """The offset of ``tp``'s next record to decide: the first the aligner holds, else the
-        consumer's position (kafka-python's error if not known within ``timeout_ms``)."""
+        consumer's position (None if not known within ``timeout_ms``; kafka-python's error if
+        ``tp`` is not assigned)."""
         at = self.aligner.first(tp) if self.aligner is not None else None
         return self.consumer.position(tp, timeout_ms=timeout_ms) if at is None else at
 
@@ -2648,6 +2649,8 @@ class Runner:
         ms = self.s.timeout_ms
         try:
             starts = {tp: self._next_offset(tp, ms) for tp in tps}
+            if unknown := sorted(tp.partition for tp, at in starts.items() if at is None):
+                raise FdsError(f"no position of partitions {unknown} within {ms} ms")
             marks: dict[int, int] = {}
             if self._copartitioned:
                 outs = [TopicPartition(self.s.output_topic, tp.partition) for tp in tps]

@@ -209,3 +209,19 @@ def test_a_new_group_stopped_before_its_first_commit_landed_decides_nothing_twic
     r = _run(broker, tmp_path / "restart")
     assert r.stats.found_decided == 10 and len(broker.out) == 10  # found, not decided again
     assert broker.committed == {P0: 5, P1: 5}
+
+
+def test_a_new_group_s_start_not_known_in_time_is_said_and_not_committed(
+    tmp_path, caplog, monkeypatch
+):
+    """kafka-python's ``position`` answers None when the reset does not finish in time: that
+    start is not committed (an offset None), the run goes on as before the start commits."""
+    from fds.streams.kafka import Runner
+
+    monkeypatch.setattr(Runner, "_next_offset", lambda self, tp, timeout_ms: None)
+    broker = Broker(logs(n0=5, n1=5), committed={})
+    with caplog.at_level(logging.WARNING, logger="fds.streams.kafka"):
+        _run(broker, tmp_path)
+    assert "where partitions [0, 1] start was not committed: no position of partitions [0, 1]" \
+        in caplog.text  # fmt: skip
+    assert broker.commit_log[0][1] > 0 and len(broker.out) == 10  # the batches' commits only
