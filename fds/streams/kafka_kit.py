@@ -10,7 +10,9 @@ Layout of the data dir::
     kit.json            ports and version the dir was formatted for
     secure.json, tls/   with ``secure_port``: the SCRAM password and the TLS key store (0600)
     server.properties   rendered from streams/kafka/server.properties.template
-    broker.log          the broker's stdout/stderr (log4j2, INFO)
+    broker.log          the broker's log (log4j2, INFO; rolled over at $FDS_KAFKA_LOG_MB, 20
+                        MB, into broker.log.1 and .2)
+    broker.out          the JVM's own stdout/stderr (what is not logged: a crash's last words)
     broker.pid          pid of the running broker JVM
     kraft/              the KRaft log dir (metadata and topic data)
 
@@ -89,6 +91,10 @@ SECURE_USER = "fds"
 SECURE_MECHANISM = "SCRAM-SHA-512"
 # An explicit heap: the JVM default is a quarter of RAM, far more than a test broker needs.
 JVM_HEAP = ("-Xms512m", "-Xmx1g")
+#: broker.log rolls over at this many MB (FDS_KAFKA_LOG_MB), two older files kept.
+LOG_MB = 20
+#: The JVM's own stdout/stderr, beside broker.log.
+OUT_FILE = "broker.out"
 # A cold JVM start plus KRaft bootstrap takes ~5-10 s on 2 cores; allow for a loaded CI machine.
 START_TIMEOUT_S = 90.0
 # The broker's controlled shutdown normally takes 1-3 s; past this it is killed.
@@ -584,11 +590,43 @@ def _metadata_ok(bootstrap: str, timeout_s: float = 5.0) -> bool:
         admin.close()
 
 
+def _log_lines(log_file: Path) -> list[str]:
+    """The last lines (64 KB) of the broker's log, then of the JVM's own output (broker.out)
+    when it wrote any."""
+    lines = []
+    for path in (log_file, log_file.with_name(OUT_FILE)):
+        try:
+            with open(path, "rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - (1 << 16)))
+                lines += f.read().decode(errors="replace").splitlines()
+        except OSError:
+            continue
+    return lines
+
+
 def _log_tail(log_file: Path, n: int = 25) -> str:
+    return "\n".join(_log_lines(log_file)[-n:]) or "(no log yet)"
+
+
+def _log_properties(log_file: Path) -> list[str]:
+    """The JVM flags of the kit's log4j2 configuration: the file it logs to (absolute: the
+    broker runs in its data dir) and the size it rolls over at (FDS_KAFKA_LOG_MB, in MB;
+    before, one broker.log grew for as long as the data dir was used)."""
+    raw = os.environ.get("FDS_KAFKA_LOG_MB", "").strip() or str(LOG_MB)
     try:
-        return "\n".join(log_file.read_text(errors="replace").splitlines()[-n:])
-    except FileNotFoundError:
-        return "(no log yet)"
+        size = int(float(raw) * (1 << 20))
+    except ValueError:
+        size = 0
+    if not 1024 <= size < (1 << 40):
+        raise ConfigError(
+            f"FDS_KAFKA_LOG_MB={raw!r} is not a size in MB from 0.001 on; give one such as "
+            f"{LOG_MB} (the size broker.log rolls over at), or unset it"
+        )
+    return [
+        f"-Dlog4j2.configurationFile={KIT_DIR / 'log4j2.properties'}",
+        f"-Dfds.kit.log={log_file.resolve()}",
+        f"-Dfds.kit.log.size={size}",
+    ]
 
 
 def _random_cluster_id() -> str:
@@ -620,7 +658,7 @@ def _format(
     java: str, lib: Path, props: Path, log_file: Path, secure: Secure | None = None
 ) -> None:
     cmd = [
-        java, "-Xmx256m", f"-Dlog4j2.configurationFile={KIT_DIR / 'log4j2.properties'}",
+        java, "-Xmx256m", *_log_properties(log_file),
         "-cp", f"{lib}/*", "kafka.tools.StorageTool", "format", "--standalone",
         "-t", _random_cluster_id(), "-c", str(props),
     ]  # fmt: skip
@@ -797,11 +835,10 @@ def _up(
             )
         )
     cmd = [
-        java, *JVM_HEAP, "-XX:+UseG1GC", "-Djava.awt.headless=true",
-        f"-Dlog4j2.configurationFile={KIT_DIR / 'log4j2.properties'}",
+        java, *JVM_HEAP, "-XX:+UseG1GC", "-Djava.awt.headless=true", *_log_properties(log_file),
         "-cp", f"{lib}/*", "kafka.Kafka", str(props),
     ]  # fmt: skip
-    with log_file.open("ab") as out:
+    with log_file.with_name(OUT_FILE).open("wb") as out:
         proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True, close_fds=True, cwd=ddir,
@@ -899,12 +936,7 @@ def exit_reason(data_dir: Path | str | None = None) -> str | None:
     ddir = Path(data_dir).expanduser() if data_dir else data_dir_default()
     if not (ddir / "broker.pid").exists() or _read_pid(ddir) is not None:
         return None
-    try:
-        with open(ddir / "broker.log", "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - (1 << 16)))
-            tail = f.read().decode(errors="replace").splitlines()
-    except OSError:
-        tail = []
+    tail = _log_lines(ddir / "broker.log")
     said = [ln.strip() for ln in tail if "ERROR" in ln or "Exception" in ln or "Error:" in ln]
     return (said[-1][:300] if said else "nothing in its log") + f" ({ddir / 'broker.log'})"
 

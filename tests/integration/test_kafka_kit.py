@@ -178,7 +178,9 @@ def test_topics_that_exist_with_other_settings_are_said(
 
 def test_a_second_broker_in_a_relative_data_dir(tmp_path, monkeypatch) -> None:
     """`fds kafka up --data-dir rel`: the broker runs in its data dir, so the kit must hand it
-    absolute paths; `down --wipe` stops it and removes the dir."""
+    absolute paths; `down --wipe` stops it and removes the dir. Its log rolls over at
+    FDS_KAFKA_LOG_MB (one broker.log grew for as long as the data dir was used), two older
+    files kept."""
     import socket
 
     def free_port() -> int:
@@ -187,10 +189,14 @@ def test_a_second_broker_in_a_relative_data_dir(tmp_path, monkeypatch) -> None:
             return int(s.getsockname()[1])
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FDS_KAFKA_LOG_MB", "0.01")  # (its start logs ~60 KB)
     port, controller = free_port(), free_port()
     bootstrap = kafka_kit.up(port, controller, "rel-broker")
     try:
         assert bootstrap == f"127.0.0.1:{port}" and kafka_kit.status("rel-broker").reachable
+        logs = sorted(p.name for p in (tmp_path / "rel-broker").glob("broker.log*"))
+        assert logs == ["broker.log", "broker.log.1", "broker.log.2"], logs
+        assert (tmp_path / "rel-broker" / "broker.log").stat().st_size > 0
         assert kafka_kit.up(port, controller, "rel-broker") == bootstrap  # found, not restarted
     finally:
         assert kafka_kit.down("rel-broker", wipe=True)

@@ -4,6 +4,7 @@ died binding it (a Java stack trace in its log: found when a QA broker ran besid
 
 import json
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -88,3 +89,18 @@ def test_the_scram_password_is_not_on_the_formatting_command_line(tmp_path, monk
     assert '"SCRAM-SHA-512=[name=fds,password=s3cret-pw]"' in text.splitlines()
     assert '"kafka.tools.StorageTool"' in text.splitlines()
     assert not Path(cmd[1][1:]).exists()
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "x", "1e9", "0.0001"])
+def test_a_log_size_that_is_none_is_a_clear_error(monkeypatch, tmp_path, raw):
+    monkeypatch.setenv("FDS_KAFKA_LOG_MB", raw)
+    with pytest.raises(ConfigError, match=f"FDS_KAFKA_LOG_MB='{raw}' is not a size in MB"):
+        kafka_kit._log_properties(tmp_path / "broker.log")
+
+
+def test_the_log_properties_name_the_absolute_log_file_and_its_size(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FDS_KAFKA_LOG_MB", "0.5")
+    flags = kafka_kit._log_properties(Path("rel") / "broker.log")
+    assert f"-Dfds.kit.log={tmp_path}/rel/broker.log" in flags
+    assert "-Dfds.kit.log.size=524288" in flags
