@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import pickle
 import re
-import time
 
 import orjson
 import pytest
@@ -91,7 +90,7 @@ def test_produce_says_how_far_it_got_as_it_goes(
 def test_model_versions_swapped_under_load_one_corrupt(
     kafka_bootstrap, make_topics, unique_name, tmp_path
 ):
-    """RELIABILITY.md test 5 against the real broker: while transactions stream in at 4,000 a
+    """RELIABILITY.md test 5 against the real broker: while transactions stream in at 2,000 a
     second, new model versions are published one after another, each served for about half a
     second, one of them with an artifact that does not match its manifest. Nothing fails (no
     dead letter, every transaction decided once), every good version serves, the corrupt one
@@ -118,7 +117,7 @@ def test_model_versions_swapped_under_load_one_corrupt(
     runner = Runner(s, engine)
     t, errors = run_in_thread(runner)
     feed = threading.Thread(target=produce_file, args=(tmp_path / "tx.jsonl", s),
-                            kwargs={"rate": 4000.0}, daemon=True)  # fmt: skip
+                            kwargs={"rate": 2000.0}, daemon=True)  # fmt: skip
     feed.start()
     published, corrupt = [], None
 
@@ -144,7 +143,11 @@ def test_model_versions_swapped_under_load_one_corrupt(
                 v = reg.publish(model, spec={"name": "default"})["version"]
                 published.append(v)
                 wait_until(lambda v=v: engine.model.version == v, 30, f"{v} served")
-            time.sleep(0.5)  # served while transactions stream in
+            # served while transactions stream in (not a 0.5-s sleep: on a loaded machine the
+            # rounds could outlast the feed, the last versions deciding nothing; a review)
+            n = runner.stats.decided
+            wait_until(lambda n=n: runner.stats.decided > n + 50 or not t.is_alive(), 30,
+                       f"decisions after round {i} (the feed ran out?)")  # fmt: skip
             assert t.is_alive(), errors
         feed.join(60)
         wait_until(lambda: runner.stats.decided >= len(ids), 120, "every decision")

@@ -840,11 +840,11 @@ def test_broker_outage_mid_run_exits_after_the_timeout(tmp_path, unique_name):
     assert ("unreachable for 5 s" in msg or "failed for 5 s" in msg) and bootstrap in msg, msg
     # The timeout runs from the first call the broker failed: not before the shutdown began
     # (t0), and not after it ended (t_down) plus a poll, whatever the shutdown took (a loaded
-    # machine's took 2.4 s, and the exit came 2.6 s after it returned). 3 s to spare above the
-    # timeout: an idle loop exited after twice the timeout, 10.5 s, until its probe was bounded
-    # by it.
+    # machine's took 2.4 s, and the exit came 2.6 s after it returned). 4.5 s to spare above
+    # the timeout (4.4-5.1 s measured under load, a review of flaky tests): an idle loop exited
+    # after twice the timeout, 10.5 s, until its probe was bounded by it.
     assert t_exit - t0 >= 4.5, t_exit - t0
-    assert t_exit - t_down < 8, t_exit - t_down
+    assert t_exit - t_down < 9.5, t_exit - t_down
     print(
         f"broker shutdown {t_down - t0:.1f} s, exit {t_exit - t_down:.1f} s after it (timeout 5 s)"
     )

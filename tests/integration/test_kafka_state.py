@@ -126,15 +126,10 @@ def test_a_replacement_with_an_empty_disk_restores_from_the_state_topic(
         if kill_when_idle:  # every decision out, then quiet: no stop sends a snapshot
             wait_until(lambda: count_records(kafka_bootstrap, topics["decisions"]) >= 3000, 90,
                        "the first half's decisions")  # fmt: skip
-            seen = [count_records(kafka_bootstrap, topics["state_changelog"]), time.monotonic()]
-
-            def settled() -> bool:  # the state topic unchanged for 3 s
-                now = count_records(kafka_bootstrap, topics["state_changelog"])
-                if now != seen[0]:
-                    seen[:] = [now, time.monotonic()]
-                return time.monotonic() - seen[1] > 3.0
-
-            wait_until(settled, 30, "the state topic to settle")
+            # (not "the state topic unchanged for 3 s": the checkpoint is written at nice 19,
+            # which a loaded machine starves for longer; the kill came before the snapshot)
+            wait_until(lambda: _published(kafka_bootstrap, topics, f"{group}/i0") == {0: 3000},
+                       90, "the idle checkpoint's snapshot on the state topic")  # fmt: skip
             p.send_signal(signal.SIGKILL)
         _, err = p.communicate(timeout=120)
         assert kill_when_idle or p.returncode == 0, err[-2000:]
