@@ -974,6 +974,11 @@ def _champion_in(
 MAX_PARENTS = 1_000
 
 
+#: The reason of a rejection taken from a trainer's registry through the models topic
+#: (:meth:`Registry.follow`): rolled back there, or a lost contest; a scorer cannot tell which.
+FOLLOWED_REASON = "the trainer's registry (models topic)"
+
+
 def line_of(m: Mapping[str, Any], version: str, stop: str | None = None) -> list[str]:
     """``version`` and the versions it learned on from (its parent, theirs ...) in manifest
     ``m`` (removed ones by their ``parents``), newest first, up to ``stop`` (left out)."""

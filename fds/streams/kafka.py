@@ -2561,12 +2561,16 @@ class Runner:
             # (a partition being folded) or past it (an asynchronous commit at a revocation
             # that did not land): records decided twice, or neither decided nor folded.
             self._resume_from(covered)
-        elif self.s.auto_offset_reset == "earliest":  # (else said in _bring_up_to_date; a
-            # QA pass found no word without a state dir; the wait for a killed exactly-once
-            # instance's transaction, in a silent call here, ended a --max-idle run as idle)
+        else:  # (as _bring_up_to_date does: a QA pass found no word without a state dir; the
+            # wait for a killed exactly-once instance's transaction, in a silent call here,
+            # ended a --max-idle run as idle)
             with contextlib.suppress(KafkaError, FdsError):  # (the loop then polls: kafka-python
                 committed = self._committed_offsets(tps)  # waits for them there too)
-                if new := [tp for tp, o in committed.items() if o is None]:
+                new = [tp for tp, o in committed.items() if o is None]
+                adopted = self._adopt_commits(new, "the partitions assigned (a rename, no state)")
+                self._resume_from(adopted)
+                new = [tp for tp in new if tp not in adopted]
+                if new and self.s.auto_offset_reset == "earliest":
                     self._say_decided_from_start(new)
         if not self.s.exactly_once:
             self._find_decided(tps)
@@ -2673,6 +2677,9 @@ class Runner:
             )  # fmt: skip
             return
         self._positions.update({tp.partition: at for tp, at in starts.items()})
+        # the state covers them: checkpointed at once (a restart before the first checkpoint
+        # found them committed and not covered, and rebuilt the whole feature horizon: a QA)
+        self.checkpoint(force=True)
 
     def _offsets_wait_s(self) -> float:
         """How long committed offsets are waited for (exactly-once: a killed instance's open
@@ -2698,6 +2705,24 @@ class Runner:
             lambda: {tp: self.consumer.committed(tp, timeout_ms=timeout_ms) for tp in tps},
             wait_s,
         )
+
+    def _adopt_commits(self, tps: list[Any], what: str) -> dict[Any, int]:
+        """A rename (``adopt_state_of``): partitions ``tps``, with no committed offset of this
+        group, go on from the old group's commits, committed as this group's with their marks
+        (from auto_offset_reset, the whole log was decided again, or skipped: a review; and
+        without a state dir the flag was not read at all: a QA pass). Returns the offsets
+        taken over."""
+        adopted = self._adopted_offsets(tps) if tps and self.s.adopt_state_of else {}
+        if not adopted:
+            return {}
+        log.info(
+            'group="%s" takes over the committed offsets of group="%s" %s of %s',
+            self.s.group, self.s.adopt_state_of,
+            {tp.partition: om.offset for tp, om in sorted(adopted.items())}, what,
+        )  # fmt: skip
+        ms = self.s.timeout_ms
+        self._retrying("commit", lambda: self.consumer.commit(adopted, timeout_ms=ms))
+        return {tp: om.offset for tp, om in adopted.items()}
 
     def _adopted_offsets(self, tps: list[Any]) -> dict[Any, Any]:
         """The offsets (with their metadata) the group named by ``adopt_state_of`` committed
@@ -2779,23 +2804,12 @@ class Runner:
             )
             committed = {**committed, **gone}
         new = [tp for tp, c in committed.items() if c is None and tp.partition not in pos]
-        if new and self.s.adopt_state_of:  # a rename: partitions another instance of the old
-            # group held (its state is not here: rebuilt, as a partition moved here is) go on
-            # from the old group's commits, with their marks (from auto_offset_reset, the whole
-            # log was decided again, or skipped: a review)
-            adopted = self._adopted_offsets(new)
-            if adopted:
-                log.info(
-                    'group="%s" takes over the committed offsets of group="%s" %s of '
-                    "partitions its state does not follow (a rename; rebuilt as moved here)",
-                    self.s.group, self.s.adopt_state_of,
-                    {tp.partition: om.offset for tp, om in sorted(adopted.items())},
-                )  # fmt: skip
-                self._retrying(
-                    "commit", lambda: self.consumer.commit(adopted, timeout_ms=self.s.timeout_ms)
-                )
-                committed = {**committed, **{tp: om.offset for tp, om in adopted.items()}}
-                new = [tp for tp in new if tp not in adopted]
+        # a rename: partitions another instance of the old group held (its state is not here:
+        # rebuilt, as a partition moved here is)
+        adopted = self._adopt_commits(new, "partitions its state does not follow (a rename; "
+                                  "rebuilt as moved here)")  # fmt: skip
+        committed = {**committed, **adopted}
+        new = [tp for tp in new if tp not in adopted]
         if new and self.s.auto_offset_reset == "earliest":
             self._say_decided_from_start(new)
         behind = {

@@ -93,8 +93,10 @@ SECURE_MECHANISM = "SCRAM-SHA-512"
 JVM_HEAP = ("-Xms512m", "-Xmx1g")
 #: broker.log rolls over at this many MB (FDS_KAFKA_LOG_MB), two older files kept.
 LOG_MB = 20
-#: The JVM's own stdout/stderr, beside broker.log.
+#: The JVM's own stdout/stderr, beside broker.log; put aside as broker.out.1 past OUT_MAX_BYTES
+#: at a start.
 OUT_FILE = "broker.out"
+OUT_MAX_BYTES = 1 << 20
 # A cold JVM start plus KRaft bootstrap takes ~5-10 s on 2 cores; allow for a loaded CI machine.
 START_TIMEOUT_S = 90.0
 # The broker's controlled shutdown normally takes 1-3 s; past this it is killed.
@@ -590,22 +592,25 @@ def _metadata_ok(bootstrap: str, timeout_s: float = 5.0) -> bool:
         admin.close()
 
 
-def _log_lines(log_file: Path) -> list[str]:
-    """The last lines (64 KB) of the broker's log, then of the JVM's own output (broker.out)
-    when it wrote any."""
-    lines = []
-    for path in (log_file, log_file.with_name(OUT_FILE)):
-        try:
-            with open(path, "rb") as f:
-                f.seek(max(0, f.seek(0, os.SEEK_END) - (1 << 16)))
-                lines += f.read().decode(errors="replace").splitlines()
-        except OSError:
-            continue
-    return lines
+def _last_lines(path: Path) -> list[str]:
+    """The lines of the last 64 KB of ``path`` (none if unreadable)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - (1 << 16)))
+            return f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return []
+
+
+def _log_lines(log_file: Path, n: int | None = None) -> list[str]:
+    """The last lines (``n`` of each) of the broker's log, then of the JVM's own output
+    (broker.out) when it wrote any."""
+    files = (log_file, log_file.with_name(OUT_FILE))
+    return [ln for p in files for ln in _last_lines(p)[-n if n else 0 :]]
 
 
 def _log_tail(log_file: Path, n: int = 25) -> str:
-    return "\n".join(_log_lines(log_file)[-n:]) or "(no log yet)"
+    return "\n".join(_log_lines(log_file, n)) or "(no log yet)"
 
 
 def _log_properties(log_file: Path) -> list[str]:
@@ -615,16 +620,18 @@ def _log_properties(log_file: Path) -> list[str]:
     raw = os.environ.get("FDS_KAFKA_LOG_MB", "").strip() or str(LOG_MB)
     try:
         size = int(float(raw) * (1 << 20))
-    except ValueError:
+    except (ValueError, OverflowError):  # (inf: a traceback, a QA pass)
         size = 0
     if not 1024 <= size < (1 << 40):
         raise ConfigError(
             f"FDS_KAFKA_LOG_MB={raw!r} is not a size in MB from 0.001 on; give one such as "
             f"{LOG_MB} (the size broker.log rolls over at), or unset it"
         )
+    path = str(log_file.resolve())
     return [
         f"-Dlog4j2.configurationFile={KIT_DIR / 'log4j2.properties'}",
-        f"-Dfds.kit.log={log_file.resolve()}",
+        f"-Dfds.kit.log={path}",
+        f"-Dfds.kit.log.rolled={path.replace('%', '%%')}",  # (a pattern: % is its escape)
         f"-Dfds.kit.log.size={size}",
     ]
 
@@ -768,6 +775,7 @@ def _up(
 ) -> str:
     bootstrap = f"127.0.0.1:{port}"
     log_file = ddir / "broker.log"
+    _log_properties(log_file)  # (FDS_KAFKA_LOG_MB refused before anything is written)
     kit = read_kit(ddir)
     want = (port, controller_port, secure_port)
     if kit and (kit.get("port"), kit.get("controller_port"), kit.get("secure_port")) != want:
@@ -838,7 +846,11 @@ def _up(
         java, *JVM_HEAP, "-XX:+UseG1GC", "-Djava.awt.headless=true", *_log_properties(log_file),
         "-cp", f"{lib}/*", "kafka.Kafka", str(props),
     ]  # fmt: skip
-    with log_file.with_name(OUT_FILE).open("wb") as out:
+    out_file = log_file.with_name(OUT_FILE)  # (kept across starts, the last one's aside)
+    with contextlib.suppress(OSError):
+        if out_file.stat().st_size > OUT_MAX_BYTES:
+            out_file.replace(out_file.with_name(OUT_FILE + ".1"))
+    with out_file.open("ab") as out:
         proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True, close_fds=True, cwd=ddir,

@@ -68,7 +68,13 @@ from kafka.structs import TopicPartition
 
 from fds.errors import ArtifactError, describe
 from fds.metrics import NullMetrics
-from fds.models.registry import KEY_ENV, Registry, sign_deployment, sign_record
+from fds.models.registry import (
+    FOLLOWED_REASON,
+    KEY_ENV,
+    Registry,
+    sign_deployment,
+    sign_record,
+)
 from fds.streams.kafka import KafkaSettings
 from fds.streams.kafka_kit import Consumer, UnreadableRecords
 from fds.timeutil import format_ts
@@ -607,7 +613,7 @@ class ModelFeed:
         champ, rejected = life.get("champion"), life["rejected"]
         try:
             changes = self.registry.follow(
-                champ, rejected, str(life.get("mark")), "the trainer's registry (models topic)",
+                champ, rejected, str(life.get("mark")), FOLLOWED_REASON,
                 again=judging and not self._followed, issued=issued,
                 passed_over=life.get("passed_over"),
             )  # fmt: skip

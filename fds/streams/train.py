@@ -70,6 +70,7 @@ from fds.metrics import Metrics, NullMetrics, add_metrics_arguments, make_metric
 from fds.models.registry import (
     DEFAULT_REGISTRY,
     ENTRY_FIELDS,
+    FOLLOWED_REASON,
     Registry,
     line_of,
     passed_over,
@@ -344,9 +345,8 @@ class TrainService:
             other = self.spec.made_otherwise(self.registry.entry(latest).get("spec"), serving=True)
             if other is not None:
                 raise ConfigError(
-                    f"the registry's newest version {latest} was made by spec {other}: a "
-                    "trainer goes on from it, so a new pipeline needs its own --registry (and "
-                    "state dir)",
+                    f"the registry's version {latest}, which a trainer goes on from, was made "
+                    f"by spec {other}: a new pipeline needs its own --registry (and state dir)",
                     where=str(self.registry.path),
                 )
         model = self.registry.load(latest) if latest else None
@@ -363,20 +363,26 @@ class TrainService:
         newest. In a copy of a scorer's registry (README: losing the trainer's machine), a
         version the trainer's registry rejected came through a lifecycle, which does not say
         whether it lost a contest (its line goes on) or was rolled back (never gone on from):
-        when the newest one's line since the champion holds such a version, the champion."""
+        when the newest one's line since the champion holds such a version, or one rolled back
+        here, the champion. (A contest lost here is a contest lost: its line goes on. Versions
+        removed by retention are not known.)"""
         m = self.registry.manifest()
         latest, champ = self.registry.latest(), m.get("champion")
         if latest is None or champ is None or "followed" not in m:
             return latest
-        versions = m["versions"]
-        line = [v for v in line_of(m, latest, champ) if v in versions]  # (not removed ones)
-        rejected = [v for v in line if versions[v]["status"] == "rejected"]
-        if not rejected:
+        versions, champions = m["versions"], {h.get("to") for h in m.get("history", [])}
+        ancestry = set(line_of(m, champ))  # (a champion not in the newest one's line)
+        doubtful = [
+            v for v in line_of(m, latest, champ)
+            if v in versions and v not in ancestry and versions[v]["status"] == "rejected"
+            and (v in champions or versions[v].get("rejected_because") == FOLLOWED_REASON)
+        ]  # fmt: skip
+        if not doubtful:
             return latest
         log.warning(
-            'the newest version "%s" of this registry (followed from a trainer\'s) learned on '
-            'from "%s", rejected there (%s): the trainer goes on from the champion "%s"',
-            latest, rejected[-1], versions[rejected[-1]].get("rejected_because") or "", champ,
+            'the newest version "%s" learned on from "%s", which the trainer\'s registry '
+            "rejected (rolled back, or lost a contest there: a scorer's registry cannot tell "
+            'which): the trainer goes on from the champion "%s"', latest, doubtful[-1], champ,
         )  # fmt: skip
         return str(champ)
 

@@ -190,6 +190,8 @@ def test_a_second_broker_in_a_relative_data_dir(tmp_path, monkeypatch) -> None:
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("FDS_KAFKA_LOG_MB", "0.01")  # (its start logs ~60 KB)
+    (tmp_path / "rel-broker").mkdir()  # what the JVM said before, past 1 MB: put aside
+    (tmp_path / "rel-broker" / "broker.out").write_bytes(b"x" * (kafka_kit.OUT_MAX_BYTES + 1))
     port, controller = free_port(), free_port()
     bootstrap = kafka_kit.up(port, controller, "rel-broker")
     try:
@@ -197,6 +199,8 @@ def test_a_second_broker_in_a_relative_data_dir(tmp_path, monkeypatch) -> None:
         logs = sorted(p.name for p in (tmp_path / "rel-broker").glob("broker.log*"))
         assert logs == ["broker.log", "broker.log.1", "broker.log.2"], logs
         assert (tmp_path / "rel-broker" / "broker.log").stat().st_size > 0
+        assert (tmp_path / "rel-broker" / "broker.out.1").stat().st_size > kafka_kit.OUT_MAX_BYTES
+        assert (tmp_path / "rel-broker" / "broker.out").stat().st_size < 4096
         assert kafka_kit.up(port, controller, "rel-broker") == bootstrap  # found, not restarted
     finally:
         assert kafka_kit.down("rel-broker", wipe=True)

@@ -651,6 +651,30 @@ def test_another_group_s_decisions_on_the_topic_are_not_taken_as_made(
     assert sorted(by_group[b.encode()]) == ids[500:]
 
 
+def test_a_rename_without_a_state_dir_goes_on_from_the_old_group_s_offsets(
+    kafka_bootstrap, make_topics, unique_name, tmp_path
+):
+    """`--adopt-state-of OLD` with `--state-dir none` was not read at all: the renamed group
+    decided the whole topic again from the earliest offset, saying to use the flag given (a
+    QA pass); its start commit then made that for good. It takes over the old group's
+    offsets, with their marks."""
+    topics = make_topics(partitions=2)
+    ids = write_stream(tmp_path / "tx.jsonl", 1000)
+    old, new = unique_name("old"), unique_name("new")
+    produce_file(tmp_path / "tx.jsonl", settings_for(kafka_bootstrap, topics, old))
+    logs = []
+    for group, extra in ((old, ()), (new, ("--adopt-state-of", old))):
+        p = spawn_run(kafka_bootstrap, topics, group, *extra, "--max-idle", "3")
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err[-2000:]
+        logs.append(err)
+    said = f'group=\\"{new}\\" takes over the committed offsets of group=\\"{old}\\"'
+    assert said in logs[1], logs[1][-2000:]
+    assert "no committed offset" not in logs[1], logs[1][-2000:]
+    by_tx, dups = decisions_by_tx(kafka_bootstrap, topics["decisions"], ids)
+    assert len(by_tx) == len(ids) and dups == 0  # each once, by the old group
+
+
 def test_a_group_given_another_input_topic_is_warned_about(
     kafka_bootstrap, make_topics, unique_name, tmp_path
 ):

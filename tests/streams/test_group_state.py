@@ -225,3 +225,33 @@ def test_a_new_group_s_start_not_known_in_time_is_said_and_not_committed(
     assert "where partitions [0, 1] start was not committed: no position of partitions [0, 1]" \
         in caplog.text  # fmt: skip
     assert broker.commit_log[0][1] > 0 and len(broker.out) == 10  # the batches' commits only
+
+
+def test_a_new_group_killed_before_its_first_checkpoint_does_not_rebuild_at_the_restart(
+    tmp_path, caplog
+):
+    """A QA pass: the start commit left the group's offsets committed and the state dir
+    without a checkpoint covering them until the first one was due; a restart then saw
+    partitions the state did not follow and rebuilt the whole feature horizon (20,000 records
+    for `latest`). The start is checkpointed with its commit."""
+    from tests.streams.test_refold import _Crash
+
+    broker = Broker(logs(n0=5, n1=5), committed={})
+    commit = broker.commit
+
+    def killed_at_the_second(offsets: dict[Any, Any]) -> None:  # (the first is the start's)
+        if broker.commit_log:
+            raise _Crash
+        commit(offsets)
+
+    broker.commit = killed_at_the_second  # type: ignore[method-assign]
+    with pytest.raises(_Crash):
+        _run(broker, tmp_path)
+    made = len(broker.out)
+    assert broker.committed == {P0: 0, P1: 0} and made > 0
+    broker.commit = commit  # type: ignore[method-assign]
+    caplog.clear()  # (the first run's lines, when an earlier test left the logger at INFO)
+    with caplog.at_level(logging.INFO, logger="fds.streams.kafka"):
+        r = _run(broker, tmp_path)
+    assert "restored checkpoint" in caplog.text and "rebuild" not in caplog.text
+    assert r.stats.found_decided == made and len(broker.out) == 10

@@ -91,7 +91,7 @@ def test_the_scram_password_is_not_on_the_formatting_command_line(tmp_path, monk
     assert not Path(cmd[1][1:]).exists()
 
 
-@pytest.mark.parametrize("raw", ["0", "-1", "x", "1e9", "0.0001"])
+@pytest.mark.parametrize("raw", ["0", "-1", "x", "1e9", "0.0001", "inf", "nan"])
 def test_a_log_size_that_is_none_is_a_clear_error(monkeypatch, tmp_path, raw):
     monkeypatch.setenv("FDS_KAFKA_LOG_MB", raw)
     with pytest.raises(ConfigError, match=f"FDS_KAFKA_LOG_MB='{raw}' is not a size in MB"):
@@ -104,3 +104,14 @@ def test_the_log_properties_name_the_absolute_log_file_and_its_size(monkeypatch,
     flags = kafka_kit._log_properties(Path("rel") / "broker.log")
     assert f"-Dfds.kit.log={tmp_path}/rel/broker.log" in flags
     assert "-Dfds.kit.log.size=524288" in flags
+
+
+def test_a_start_error_shows_the_tail_of_the_log_and_of_the_jvm_s_own_output(tmp_path):
+    """The JVM's own output (broker.out) has its own tail: 25 lines of it hid broker.log's
+    error (a review)."""
+    (tmp_path / "broker.log").write_text("".join(f"info {i}\n" for i in range(40)) + "ERROR x\n")
+    (tmp_path / "broker.out").write_text("".join(f"jvm {i}\n" for i in range(40)))
+    tail = kafka_kit._log_tail(tmp_path / "broker.log", n=5).splitlines()
+    assert tail == ["info 36", "info 37", "info 38", "info 39", "ERROR x",
+                    "jvm 35", "jvm 36", "jvm 37", "jvm 38", "jvm 39"]  # fmt: skip
+    assert kafka_kit._log_tail(tmp_path / "none" / "broker.log") == "(no log yet)"

@@ -843,8 +843,13 @@ def test_a_trainer_started_on_a_scorer_s_registry_does_not_go_on_from_a_rejected
     with caplog.at_level("WARNING", logger="fds.streams.train"):
         again = service(tmp_path, state_dir=tmp_path / "fresh")
     assert again.trainer.parent == "v000001"
-    assert 'newest version "v000002" of this registry (followed from a trainer\'s) learned ' \
-        'on from "v000002", rejected there' in caplog.text  # fmt: skip
+    assert 'the newest version "v000002" learned on from "v000002", which the trainer\'s ' \
+        "registry rejected (rolled back, or lost a contest there" in caplog.text  # fmt: skip
+    # a contest lost here (this scorer's verdict, not a followed rejection): the line goes on
+    again.trainer.publish(2.0)  # v000003, learned on from v000001
+    again.registry.judge("reject", "v000003", "v000001", "lost its shadow contest")
+    again.trainer.publish(3.0)  # v000004, on from v000003
+    assert service(tmp_path, state_dir=tmp_path / "fresh2").trainer.parent == "v000004"
     # a trainer's own registry: a version rejected there after a lost contest is gone on from
     own = service(tmp_path / "own")
     own.trainer.publish(0.0)
