@@ -996,18 +996,28 @@ def line_of(m: Mapping[str, Any], version: str, stop: str | None = None) -> list
     return line
 
 
-def rolled_back_in(m: Mapping[str, Any], version: str) -> str | None:
+def rolled_back_in(m: Mapping[str, Any], version: str, *, followed: bool = False) -> str | None:
     """The newest version of ``version``'s line since the champion (:func:`line_of`, itself
     included, the champion and what it learned from left out: a champion promoted out of a
     rolled-back line set the trainer back to it at every publish, a review) that was rolled
-    back: rejected after it had been champion; or None."""
+    back: rejected after it had been champion; or None. ``followed``: or rejected through a
+    followed lifecycle (:data:`FOLLOWED_REASON`), which may have been a rollback there: a
+    scorer's registry cannot tell it from a lost contest."""
+    champ = m.get("champion")
     champions = {h.get("to") for h in m.get("history", [])}
-    versions = m["versions"]
+    versions, ancestry = m["versions"], set(line_of(m, champ)) if champ else set()
+
+    def back(e: Mapping[str, Any], v: str) -> bool:
+        return v in champions or (followed and e.get("rejected_because") == FOLLOWED_REASON)
+
     return next(
         (
             v
-            for v in line_of(m, version, m.get("champion"))
-            if v in versions and versions[v]["status"] == "rejected" and v in champions
+            for v in line_of(m, version, champ)
+            if v in versions
+            and v not in ancestry
+            and versions[v]["status"] == "rejected"
+            and back(versions[v], v)
         ),
         None,
     )

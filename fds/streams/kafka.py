@@ -917,7 +917,7 @@ def _flag_of(setting: str) -> str | None:
 OTHER_ENV = frozenset({
     "FDS_MODEL_KEY", "FDS_STATE_ROOT", "FDS_KAFKA_DIR", "FDS_KAFKA_KIT", "FDS_KAFKA_VERSION",
     "FDS_KIT_STOREPASS", "FDS_REQUIRE_INTEGRATION", "FDS_TEST_BOOTSTRAP", "FDS_TEST_KEEP_BROKER",
-    "FDS_TRACE_OUT", "FDS_FAULT_KILL_AFTER_FLUSH", "FDS_FAULT_FOLD_DELAY_S",
+    "FDS_TRACE_OUT", "FDS_FAULT_KILL_AFTER_FLUSH", "FDS_FAULT_FOLD_DELAY_S", "FDS_KAFKA_LOG_MB",
 })  # fmt: skip
 _WARNED_ENV: set[str] = set()
 
@@ -2563,17 +2563,18 @@ class Runner:
             self._resume_from(covered)
         else:  # (as _bring_up_to_date does: a QA pass found no word without a state dir; the
             # wait for a killed exactly-once instance's transaction, in a silent call here,
-            # ended a --max-idle run as idle)
-            with contextlib.suppress(KafkaError, FdsError):  # (the loop then polls: kafka-python
-                committed = self._committed_offsets(tps)  # waits for them there too)
-                new = [tp for tp, o in committed.items() if o is None]
-                adopted = self._adopt_commits(new, "the partitions assigned (a rename, no state)")
-                self._resume_from(adopted)
-                new = [tp for tp in new if tp not in adopted]
-                if new and self.s.auto_offset_reset == "earliest":
-                    self._say_decided_from_start(new)
-        if not self.s.exactly_once:
-            self._find_decided(tps)
+            # ended a --max-idle run as idle. Errors go on, as they do there: swallowed, a
+            # rename's failed takeover was followed by the start commit, for good: a review)
+            committed = self._committed_offsets(tps)
+            new = [tp for tp, o in committed.items() if o is None]
+            what = "the partitions assigned (a rename, no state dir)"
+            adopted = self._adopt_commits(new, what)
+            self._resume_from(adopted)
+            new = [tp for tp in new if tp not in adopted]
+            if new and self.s.auto_offset_reset == "earliest":
+                self._say_decided_from_start(new)
+        if not self.s.exactly_once and not self._joining:  # (a restore a revocation cut short:
+            self._find_decided(tps)  # the partitions are restored again once assigned)
 
     def _find_decided(self, tps: list[Any]) -> None:
         """At-least-once: find the decisions already out for records past the committed
@@ -2671,11 +2672,15 @@ class Runner:
             self._retrying("commit", lambda: self.consumer.commit(offsets, timeout_ms=ms))
         except (KafkaError, FdsError) as exc:
             log.warning(
-                "where partitions %s start was not committed: %s; a stop before their first "
-                "commit decides their first records again",
+                "where partitions %s start was not committed: %s; unless a rebalance moved "
+                "them (their next owner commits it), a stop before their first commit decides "
+                "their first records again",
                 sorted(tp.partition for tp in tps), describe(exc),
             )  # fmt: skip
             return
+        # (the marks where the next commits start from: a first batch with no decision for a
+        # partition, all dead letters, committed it without one: a review)
+        self._out_next.update(marks)
         self._positions.update({tp.partition: at for tp, at in starts.items()})
         # the state covers them: checkpointed at once (a restart before the first checkpoint
         # found them committed and not covered, and rebuilt the whole feature horizon: a QA)
@@ -2715,13 +2720,13 @@ class Runner:
         adopted = self._adopted_offsets(tps) if tps and self.s.adopt_state_of else {}
         if not adopted:
             return {}
+        ms = self.s.timeout_ms
+        self._retrying("commit", lambda: self.consumer.commit(adopted, timeout_ms=ms))
         log.info(
             'group="%s" takes over the committed offsets of group="%s" %s of %s',
             self.s.group, self.s.adopt_state_of,
             {tp.partition: om.offset for tp, om in sorted(adopted.items())}, what,
         )  # fmt: skip
-        ms = self.s.timeout_ms
-        self._retrying("commit", lambda: self.consumer.commit(adopted, timeout_ms=ms))
         return {tp: om.offset for tp, om in adopted.items()}
 
     def _adopted_offsets(self, tps: list[Any]) -> dict[Any, Any]:
@@ -2806,8 +2811,8 @@ class Runner:
         new = [tp for tp, c in committed.items() if c is None and tp.partition not in pos]
         # a rename: partitions another instance of the old group held (its state is not here:
         # rebuilt, as a partition moved here is)
-        adopted = self._adopt_commits(new, "partitions its state does not follow (a rename; "
-                                  "rebuilt as moved here)")  # fmt: skip
+        what = "partitions its state does not follow (a rename; rebuilt as moved here)"
+        adopted = self._adopt_commits(new, what)
         committed = {**committed, **adopted}
         new = [tp for tp in new if tp not in adopted]
         if new and self.s.auto_offset_reset == "earliest":
@@ -3486,7 +3491,7 @@ class Runner:
                 "their %d records are decided from the earliest offset and their decisions "
                 "sent (again, if another group decided them); to start at their end instead, "
                 "set auto_offset_reset: latest; a renamed group goes on from the old group's "
-                "state and offsets with %s OLD_GROUP and the old state dir",
+                "offsets with %s OLD_GROUP (and from its state with the old state dir)",
                 sorted(tp.partition for tp in tps), self.s.group, n, _flag_of("adopt_state_of"),
             )  # fmt: skip
 

@@ -91,12 +91,15 @@ SECURE_USER = "fds"
 SECURE_MECHANISM = "SCRAM-SHA-512"
 # An explicit heap: the JVM default is a quarter of RAM, far more than a test broker needs.
 JVM_HEAP = ("-Xms512m", "-Xmx1g")
-#: broker.log rolls over at this many MB (FDS_KAFKA_LOG_MB), two older files kept.
+#: broker.log rolls over at this many MB (FDS_KAFKA_LOG_MB), two older files kept: 60 MB at
+#: most, days of a busy test suite's log at INFO (the start alone logs ~60 KB).
 LOG_MB = 20
 #: The JVM's own stdout/stderr, beside broker.log; put aside as broker.out.1 past OUT_MAX_BYTES
-#: at a start.
+#: at a start (the JVM prints little there: a crash's last words; each start writes
+#: OUT_START first, and only what follows the last one is read back).
 OUT_FILE = "broker.out"
 OUT_MAX_BYTES = 1 << 20
+OUT_START = "--- fds kafka up: the broker starts"
 # A cold JVM start plus KRaft bootstrap takes ~5-10 s on 2 cores; allow for a loaded CI machine.
 START_TIMEOUT_S = 90.0
 # The broker's controlled shutdown normally takes 1-3 s; past this it is killed.
@@ -604,9 +607,12 @@ def _last_lines(path: Path) -> list[str]:
 
 def _log_lines(log_file: Path, n: int | None = None) -> list[str]:
     """The last lines (``n`` of each) of the broker's log, then of the JVM's own output
-    (broker.out) when it wrote any."""
-    files = (log_file, log_file.with_name(OUT_FILE))
-    return [ln for p in files for ln in _last_lines(p)[-n if n else 0 :]]
+    (broker.out) since its last start, when it wrote any (an older start's stood for a new
+    crash's cause: a review)."""
+    out = _last_lines(log_file.with_name(OUT_FILE))
+    starts = [i for i, ln in enumerate(out) if ln.startswith(OUT_START)]
+    out = out[starts[-1] + 1 :] if starts else out
+    return [ln for lines in (_last_lines(log_file), out) for ln in lines[-n if n else 0 :]]
 
 
 def _log_tail(log_file: Path, n: int = 25) -> str:
@@ -624,8 +630,8 @@ def _log_properties(log_file: Path) -> list[str]:
         size = 0
     if not 1024 <= size < (1 << 40):
         raise ConfigError(
-            f"FDS_KAFKA_LOG_MB={raw!r} is not a size in MB from 0.001 on; give one such as "
-            f"{LOG_MB} (the size broker.log rolls over at), or unset it"
+            f"FDS_KAFKA_LOG_MB={raw!r} is not a size in MB from 0.001 to 1000000; give one "
+            f"such as {LOG_MB} (the size broker.log rolls over at), or unset it"
         )
     path = str(log_file.resolve())
     return [
@@ -775,7 +781,6 @@ def _up(
 ) -> str:
     bootstrap = f"127.0.0.1:{port}"
     log_file = ddir / "broker.log"
-    _log_properties(log_file)  # (FDS_KAFKA_LOG_MB refused before anything is written)
     kit = read_kit(ddir)
     want = (port, controller_port, secure_port)
     if kit and (kit.get("port"), kit.get("controller_port"), kit.get("secure_port")) != want:
@@ -805,6 +810,7 @@ def _up(
             f"within {timeout:.0f} s; wait and retry, or `fds kafka down` it; see {log_file}:\n"
             + _log_tail(log_file)
         )
+    _log_properties(log_file)  # (FDS_KAFKA_LOG_MB refused before anything is written)
     if _port_open(port):
         raise ConfigError(
             f"port {port} is already in use, not by the kit's broker of data dir {ddir} (by "
@@ -851,6 +857,8 @@ def _up(
         if out_file.stat().st_size > OUT_MAX_BYTES:
             out_file.replace(out_file.with_name(OUT_FILE + ".1"))
     with out_file.open("ab") as out:
+        out.write(f"{OUT_START} at {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n".encode())
+        out.flush()
         proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True, close_fds=True, cwd=ddir,

@@ -70,10 +70,9 @@ from fds.metrics import Metrics, NullMetrics, add_metrics_arguments, make_metric
 from fds.models.registry import (
     DEFAULT_REGISTRY,
     ENTRY_FIELDS,
-    FOLLOWED_REASON,
     Registry,
-    line_of,
     passed_over,
+    rolled_back_in,
     sign_deployment,
     sign_record,
 )
@@ -364,25 +363,19 @@ class TrainService:
         version the trainer's registry rejected came through a lifecycle, which does not say
         whether it lost a contest (its line goes on) or was rolled back (never gone on from):
         when the newest one's line since the champion holds such a version, or one rolled back
-        here, the champion. (A contest lost here is a contest lost: its line goes on. Versions
-        removed by retention are not known.)"""
+        here (in a trainer's own registry too: its first publish went back to the champion),
+        the champion (:func:`rolled_back_in`). A contest lost here is a contest lost: its line
+        goes on. Versions removed by retention are not known."""
         m = self.registry.manifest()
         latest, champ = self.registry.latest(), m.get("champion")
-        if latest is None or champ is None or "followed" not in m:
-            return latest
-        versions, champions = m["versions"], {h.get("to") for h in m.get("history", [])}
-        ancestry = set(line_of(m, champ))  # (a champion not in the newest one's line)
-        doubtful = [
-            v for v in line_of(m, latest, champ)
-            if v in versions and v not in ancestry and versions[v]["status"] == "rejected"
-            and (v in champions or versions[v].get("rejected_because") == FOLLOWED_REASON)
-        ]  # fmt: skip
-        if not doubtful:
+        back = rolled_back_in(m, latest, followed=True) if latest and champ else None
+        if back is None:
             return latest
         log.warning(
-            'the newest version "%s" learned on from "%s", which the trainer\'s registry '
-            "rejected (rolled back, or lost a contest there: a scorer's registry cannot tell "
-            'which): the trainer goes on from the champion "%s"', latest, doubtful[-1], champ,
+            'the line of the newest version "%s" holds "%s", rejected (%s; a scorer\'s '
+            "registry cannot tell a rollback in the trainer's from a lost contest): the "
+            'trainer goes on from the champion "%s"',
+            latest, back, m["versions"][back].get("rejected_because") or "rolled back", champ,
         )  # fmt: skip
         return str(champ)
 

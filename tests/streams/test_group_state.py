@@ -255,3 +255,24 @@ def test_a_new_group_killed_before_its_first_checkpoint_does_not_rebuild_at_the_
         r = _run(broker, tmp_path)
     assert "restored checkpoint" in caplog.text and "rebuild" not in caplog.text
     assert r.stats.found_decided == made and len(broker.out) == 10
+
+
+def test_a_rename_without_a_state_dir_that_cannot_read_the_old_offsets_commits_nothing(
+    tmp_path, monkeypatch
+):
+    """A review: the takeover's failure (the old group's offsets unreadable) was swallowed,
+    and the start commit then made the new group start from auto_offset_reset for good. It
+    ends the run (exit 1; a restart tries again), nothing committed."""
+    from fds.streams.kafka import BrokerUnavailable, Runner
+
+    def unreadable(self: Any, tps: Any) -> Any:
+        raise BrokerUnavailable("reading the committed offsets of group 'eu' failed for 1 s")
+
+    monkeypatch.setattr(Runner, "_adopted_offsets", unreadable)
+    broker = Broker(logs(n0=5, n1=5), committed={})
+    broker.script = [(1, lambda g: g.rebalance({P0, P1}))]
+    r = runner(broker, tmp_path, group="us", adopt_state_of="eu")
+    r.checkpointer = None  # (no state dir)
+    with pytest.raises(BrokerUnavailable):
+        r.run(max_idle_s=0.3)
+    assert broker.committed == {} and broker.out == []

@@ -108,10 +108,31 @@ def test_the_log_properties_name_the_absolute_log_file_and_its_size(monkeypatch,
 
 def test_a_start_error_shows_the_tail_of_the_log_and_of_the_jvm_s_own_output(tmp_path):
     """The JVM's own output (broker.out) has its own tail: 25 lines of it hid broker.log's
-    error (a review)."""
+    error; it is kept across starts, and an older start's stood for a new crash's cause (a
+    review): what follows the last start is read."""
     (tmp_path / "broker.log").write_text("".join(f"info {i}\n" for i in range(40)) + "ERROR x\n")
-    (tmp_path / "broker.out").write_text("".join(f"jvm {i}\n" for i in range(40)))
+    (tmp_path / "broker.out").write_text(
+        f"Exception: an older start's\n{kafka_kit.OUT_START} at 2026-12-04 ---\n"
+        + "".join(f"jvm {i}\n" for i in range(40))
+    )
     tail = kafka_kit._log_tail(tmp_path / "broker.log", n=5).splitlines()
     assert tail == ["info 36", "info 37", "info 38", "info 39", "ERROR x",
                     "jvm 35", "jvm 36", "jvm 37", "jvm 38", "jvm 39"]  # fmt: skip
+    assert not any("older" in ln for ln in kafka_kit._log_lines(tmp_path / "broker.log"))
     assert kafka_kit._log_tail(tmp_path / "none" / "broker.log") == "(no log yet)"
+
+
+def test_every_fds_variable_the_code_reads_is_one_fds_knows():
+    """FDS_KAFKA_LOG_MB, read by the kit, was said to be "no variable fds reads" by every
+    `fds run` (a review): each ``FDS_*`` name the package reads is known."""
+    import re
+
+    from fds.streams.kafka import unknown_env
+
+    root = Path(kafka_kit.__file__).parents[1]
+    read = {
+        name
+        for path in root.rglob("*.py")
+        for name in re.findall(r'environ(?:\.get\(|\[)\s*"(FDS_[A-Z0-9_]+)"', path.read_text())
+    }
+    assert "FDS_KAFKA_LOG_MB" in read and unknown_env(dict.fromkeys(read, "x")) == []

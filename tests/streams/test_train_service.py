@@ -18,6 +18,7 @@ from kafka.structs import TopicPartition
 
 from fds.errors import ConfigError
 from fds.metrics import make_metrics
+from fds.models.registry import FOLLOWED_REASON
 from fds.pipeline import DEFAULT_MODEL
 from fds.streams.checkpoint import hold
 from fds.streams.kafka import KafkaSettings
@@ -839,12 +840,12 @@ def test_a_trainer_started_on_a_scorer_s_registry_does_not_go_on_from_a_rejected
     first.trainer.publish(0.0)
     first.registry.promote("v000001")
     first.trainer.publish(1.0)  # v000002, learned on from v000001, then rolled back there:
-    first.registry.follow("v000001", ["v000002"], "m", "the trainer's registry (models topic)")
+    first.registry.follow("v000001", ["v000002"], "m", FOLLOWED_REASON)
     with caplog.at_level("WARNING", logger="fds.streams.train"):
         again = service(tmp_path, state_dir=tmp_path / "fresh")
     assert again.trainer.parent == "v000001"
-    assert 'the newest version "v000002" learned on from "v000002", which the trainer\'s ' \
-        "registry rejected (rolled back, or lost a contest there" in caplog.text  # fmt: skip
+    assert f'the line of the newest version "v000002" holds "v000002", rejected ' \
+        f"({FOLLOWED_REASON}; a scorer's registry cannot tell" in caplog.text  # fmt: skip
     # a contest lost here (this scorer's verdict, not a followed rejection): the line goes on
     again.trainer.publish(2.0)  # v000003, learned on from v000001
     again.registry.judge("reject", "v000003", "v000001", "lost its shadow contest")
