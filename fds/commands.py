@@ -41,6 +41,7 @@ from fds.streams.files import (
     check_label_columns,
     check_transaction_columns,
     csv_header,
+    file_error,
     infer_format,
     load_mapping,
     separator_name,
@@ -267,8 +268,8 @@ def _replay_file(args: argparse.Namespace, pushers: list[Pusher]) -> int:
             "without it")  # fmt: skip
         return 2
     for flag, path in (("input file", args.file), ("--labels file", args.labels)):
-        if path is not None and not Path(path).is_file():
-            say(f"fds replay: error: {flag} not found: {path}")
+        if path is not None and (problem := file_error(path, flag)) is not None:
+            say(f"fds replay: error: {problem}")
             return 2
     # (the default dead-letter file is only made when there is a dead letter)
     for flag, path in (("--out", args.out), ("--dlq", args.dlq)):
@@ -480,7 +481,8 @@ def _replay_file(args: argparse.Namespace, pushers: list[Pusher]) -> int:
         return 1
     if summary.interrupted:
         say(
-            f"fds replay: interrupted after {summary.decided:,} decisions; the files hold "
+            f"fds replay: interrupted after {summary.decided:,} "
+            f"decision{'' if summary.decided == 1 else 's'}; the files hold "
             "them (run again to replay the whole file)",
             logging.WARNING,
         )
@@ -535,6 +537,12 @@ _FIXES = (
         "give the file's encoding in the --mapping (encoding: cp1252, latin-1, ...)",
     ),
     ("decimal:", "say how the file writes numbers in the --mapping (decimal:, thousands:)"),
+    # (a one-line JSON array was told to map its columns, which no mapping can: a QA pass)
+    (
+        "must be a JSON object, got list",
+        "the file holds JSON arrays: fds reads JSON Lines, one object per line: convert it, "
+        "e.g. jq -c '.[]' FILE > FILE.jsonl",
+    ),
 )
 
 

@@ -253,6 +253,7 @@ class Metrics(Collector):
         # ~40% cheaper than a counter plus a histogram). The latency sum is shared.
         self._by_action: dict[str, list[int]] = {a: [0] * _NB for a in ACTIONS}
         self._lat_sum = 0.0
+        self._lat_max = 0.0
         self._rule_hits: dict[str, dict[str, int]] = {}
         self._missing: dict[str, int] = {}
         self._errors: dict[str, int] = {}
@@ -414,6 +415,8 @@ class Metrics(Collector):
             self._by_action[action] = counts = [0] * _NB
             counts[bisect_left(LATENCY_BUCKETS, latency_s)] += 1
         self._lat_sum += latency_s
+        if latency_s > self._lat_max:
+            self._lat_max = latency_s
         if event_lag_s is not None:
             self._event_lag = event_lag_s
 
@@ -803,7 +806,7 @@ class Metrics(Collector):
             ``events`` (total consumed), ``consumed`` by source, ``decisions`` by action,
             ``rule_hits`` by rule then state, ``failed`` by stage, ``dlq`` by reason,
             ``latency_ms`` (p50/p95/p99 estimated from the histogram buckets as Prometheus
-            does, and the exact mean) and ``stage_ms`` (p50/p99/mean by stage). Quantiles
+            does, the exact mean and max) and ``stage_ms`` (p50/p99/mean by stage). Quantiles
             below the first bucket (0.1 ms) read as 0.05 ms; the means are exact.
         """
         rule_hits = {rule: dict(by_state) for rule, by_state in dict(self._rule_hits).items()}
@@ -821,10 +824,11 @@ class Metrics(Collector):
             "failed": _by_label(self.registry, "fds_events_failed_total", "stage"),
             "dlq": _by_label(self.registry, "fds_dlq_messages_total", "reason"),
             "latency_ms": {
-                "p50": ms(lat.quantile(0.5)),
-                "p95": ms(lat.quantile(0.95)),
-                "p99": ms(lat.quantile(0.99)),
+                "p50": ms(_at_most(lat.quantile(0.5), self._lat_max)),
+                "p95": ms(_at_most(lat.quantile(0.95), self._lat_max)),
+                "p99": ms(_at_most(lat.quantile(0.99), self._lat_max)),
                 "mean": ms(lat.sum / n_dec) if n_dec else None,
+                "max": ms(self._lat_max) if n_dec else None,
             },
             "stage_ms": {
                 stage: {
@@ -865,6 +869,7 @@ class NullMetrics(Metrics):
         self._consumed = {}
         self._by_action = {}
         self._lat_sum = 0.0
+        self._lat_max = 0.0
         self._rule_hits = {}
         self._missing = {}
         self._errors = {}
@@ -1003,6 +1008,12 @@ class NullMetrics(Metrics):
             "latency_ms": {},
             "stage_ms": {},
         }
+
+
+def _at_most(v: float | None, top: float) -> float | None:
+    """A quantile estimated within its bucket, capped at the exact max (interpolated past it,
+    a p99 above the max read as a contradiction)."""
+    return None if v is None else min(v, top)
 
 
 def make_metrics(enabled: bool = True, *, decides: bool = True) -> Metrics:

@@ -19,7 +19,7 @@ import contextlib
 import re
 import reprlib
 from collections.abc import Mapping
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
 from typing import Annotated, Any, Literal, NotRequired
 
@@ -217,11 +217,18 @@ def _as_json(o: Any) -> Any:
     """What JSON cannot hold natively, as a file's own values come (a Parquet decimal or binary
     column in a dead letter's ``raw`` crashed the replay): a decimal as its text, bytes as
     UTF-8 text with every byte that is not UTF-8 escaped as ``\\xNN`` (as :func:`dead_letter`
-    keeps a raw record's bytes: nothing is lost)."""
+    keeps a raw record's bytes: nothing is lost), a duration as its seconds, an Arrow
+    interval as its fields (a Parquet duration column crashed the replay: a QA pass)."""
     if isinstance(o, Decimal):
         return str(o)
     if isinstance(o, bytes | bytearray | memoryview):
         return bytes(o).decode("utf-8", "backslashreplace")
+    if isinstance(o, timedelta):
+        return o.total_seconds()
+    if isinstance(o, tuple):  # a tuple's subclass: pyarrow's MonthDayNano, a namedtuple
+        if hasattr(o, "nanoseconds"):
+            return {k: getattr(o, k) for k in ("months", "days", "nanoseconds")}
+        return o._asdict() if hasattr(o, "_asdict") else list(o)
     raise TypeError(f"Type is not JSON serializable: {type(o).__name__}")
 
 
@@ -301,6 +308,8 @@ def parse_transaction(raw: Any, tz: tzinfo = UTC) -> dict[str, Any]:
         raise ValidationError(_reason(e)) from None
     if tx["amount"] == 1.0 and raw.get("amount").__class__ is bool:  # lax mode took True as 1
         raise ValidationError("amount: a boolean is not an amount (got True)")
+    if raw.get("amount").__class__ is str:  # (a text: lax mode read `10_000` as 10000: a QA)
+        _plain_digits(raw)
     if raw.get("tx_id").__class__ is float or raw.get("card_id").__class__ is float:
         _exact_ids(raw, ("tx_id", "card_id"))
     if not tx.keys() <= TX_FIELDS:  # a subset test allocates nothing: the common case
@@ -315,6 +324,18 @@ def parse_transaction(raw: Any, tz: tzinfo = UTC) -> dict[str, Any]:
         for k in [k for k, v in tx.items() if v == ""]:  # `"device_id": ""` was one device of
             tx[k] = None  # every transaction without one: a QA leftover)
     return tx
+
+
+def _plain_digits(raw: Mapping[str, Any]) -> None:
+    """Refuse a measure written as a text whose digits are grouped with ``_`` (Python's
+    float() reads ``10_000``; a file's ``1,234.50`` is refused alike, unless the mapping's
+    ``thousands:`` says so)."""
+    for k in ("amount", "lat", "lon"):
+        if (v := raw.get(k)).__class__ is str and "_" in v:
+            raise ValidationError(
+                f"{k}: {v[:100]!r} groups its digits with '_': write plain digits (1234.5), or "
+                "say how the file writes numbers in the --mapping (decimal:, thousands:)"
+            )
 
 
 #: What a transaction must hold besides the fields :func:`read_fields` is asked about.

@@ -51,6 +51,70 @@ def test_missing_file_exit_2_with_message(tmp_path, capsys):
     assert "input file not found" in capsys.readouterr().err
 
 
+def test_a_pipe_or_a_folder_as_the_input_is_said_to_be_one(tmp_path, capsys):
+    """A QA pass: `fds replay <(cat f.jsonl)`, /dev/stdin and a folder were "not found"; the
+    input is read more than once, so a pipe is refused with what to do. A mapping is read
+    once: a pipe will do there, as for a rules file."""
+    fifo = tmp_path / "fifo.jsonl"
+    os.mkfifo(fifo)
+    for given, problem in ((fifo, "is a pipe or a device, not a file"),
+                           (tmp_path, "is a folder: give a file in it")):  # fmt: skip
+        assert bare_replay(str(given)) == 2
+        assert f"input file {given} {problem}" in capsys.readouterr().err
+    p = tmp_path / "x.jsonl"
+    p.write_text('{"tx_id": "t1", "ts": 1767225600, "card_id": "c", "amount": 5}\n')
+    assert bare_replay(str(p), "--labels", str(fifo)) == 2
+    assert f"--labels file {fifo} is a pipe or a device" in capsys.readouterr().err
+    r, w = os.pipe()
+    os.write(w, b"fields: {tx_id: tx_id}\n")
+    os.close(w)
+    try:
+        assert bare_replay(str(p), "--mapping", f"/dev/fd/{r}", "--out", str(tmp_path / "o")) == 0
+    finally:
+        os.close(r)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "problem"),
+    [
+        ("x.jsonl", "gzip", "is gzip-compressed (its first bytes are gzip's) but its name does "
+         "not end in .gz: rename it to x.jsonl.gz"),
+        ("x.csv", "parquet", "is a Parquet file (its first bytes are Parquet's) but is read as "
+         "csv: rename it to x.parquet"),
+    ],
+)  # fmt: skip
+def test_a_file_whose_bytes_say_another_format_than_its_name_is_refused(
+    tmp_path, capsys, name, content, problem
+):
+    """A QA pass: a gzip JSON Lines file named .jsonl was read as 2 records with the advice
+    to convert it with iconv, a Parquet or gzip file named .csv was told to give its
+    encoding: the bytes say what the file is."""
+    import gzip
+
+    rows = b'{"tx_id": "t1", "ts": 1767225600, "card_id": "c", "amount": 5}\n'
+    p = tmp_path / name
+    if content == "gzip":
+        p.write_bytes(gzip.compress(rows))
+    else:
+        pa = pytest.importorskip("pyarrow")
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({"tx_id": ["t1"], "ts": [1767225600.0], "card_id": ["c"],
+                                 "amount": [5.0]}), p)  # fmt: skip
+    assert bare_replay(str(p), "--out", str(tmp_path / "o.jsonl")) == 2
+    assert f"{p} {problem}" in capsys.readouterr().err
+
+
+def test_a_json_array_is_told_how_to_become_json_lines(tmp_path, capsys):
+    """A QA pass: a file of one JSON array was told to map its columns (no mapping can)."""
+    p = tmp_path / "a.json"
+    p.write_text('[{"tx_id": "t1", "ts": 1767225600, "card_id": "c", "amount": 5}]\n')
+    assert bare_replay(str(p), "--out", str(tmp_path / "o.jsonl")) == 1
+    err = said(capsys)
+    assert "the file holds JSON arrays: fds reads JSON Lines" in err and "jq -c" in err
+    assert "map its columns" not in err
+
+
 def test_a_folder_given_as_the_mapping_is_said_to_be_one(tmp_path, capsys):
     """A QA pass: it said "mapping file not found"."""
     p = tmp_path / "x.jsonl"

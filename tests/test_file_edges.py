@@ -158,3 +158,57 @@ def test_parquet_values_reach_extra_as_fds_produce_sends_them(tmp_path):
     m = ColumnMapping(fields={"ts": "day"}, timezone="Asia/Seoul")
     [(_, rec, _)] = list(read_records(p, mapping=m))
     assert (rec["extra"], rec["fees"], rec["ts"]) == ({"fee": "2.50"}, ["1.50"], "2026-01-01")
+
+
+def test_parquet_durations_and_intervals_are_read_as_json_holds_them(tmp_path):
+    """A QA pass: a duration column (a pandas Timedelta), even one no mapping names, ended the
+    replay with a traceback ("Type is not JSON serializable: datetime.timedelta"): read as its
+    seconds; an interval as its fields."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    p = tmp_path / "d.parquet"
+    pq.write_table(pa.table({
+        "tx_id": ["t0"], "ts": [1767225600.0], "card_id": ["c0"], "amount": [5.0],
+        "wait": pa.array([90_500], pa.duration("ms")),
+    }), p)  # fmt: skip
+    [(_, rec, _)] = list(read_records(p))
+    assert rec["wait"] == 90.5
+    from fds.schema import dumps  # (an Arrow interval: no Parquet type, an Arrow column's)
+
+    term = pa.array([pa.MonthDayNano([1, 2, 3])], pa.month_day_nano_interval()).to_pylist()
+    assert dumps(term) == b'[{"months":1,"days":2,"nanoseconds":3}]'
+
+
+def test_a_parquet_date_past_the_year_9999_is_one_dead_letter(tmp_path):
+    """A QA pass: one timestamp past the year 9999, in any column, made the whole batch's
+    conversion raise: the replay ended there, the rest of the file neither decided nor
+    dead-lettered. Its row is a dead letter naming the column and value; the others are read."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    import fds.streams.files as files
+
+    n = 7
+    other = [0] * n
+    other[4] = 300_000_000_000  # seconds: the year ~11,500
+    p = tmp_path / "far.parquet"
+    pq.write_table(pa.table({
+        "tx_id": [f"t{i}" for i in range(n)],
+        "ts": pa.array([1767225600 + i for i in range(n)], pa.timestamp("s", tz="UTC")),
+        "card_id": ["c0"] * n, "amount": [5.0] * n,
+        "other": pa.array(other, pa.timestamp("s")),
+        "day": pa.array([0] * (n - 1) + [2**31 - 1], pa.date32()),
+    }), p)  # fmt: skip
+    files.PARQUET_BATCH, batch = 3, files.PARQUET_BATCH  # several batches
+    try:
+        got = list(read_records(p))
+    finally:
+        files.PARQUET_BATCH = batch
+    assert [n for n, _, _ in got] == list(range(1, n + 1))
+    bad = {n: (rec, raw) for n, rec, raw in got if isinstance(rec, Exception)}
+    assert sorted(bad) == [5, 7]
+    rec, raw = bad[5]
+    assert "other: the timestamp" in str(rec) and "years 1-9999" in str(rec)
+    assert raw["tx_id"] == "t4" and raw["other"].startswith("300000000000")
+    assert "day: the date32[day] value 2147483647" in str(bad[7][0])

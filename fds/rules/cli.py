@@ -186,6 +186,7 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from fds.rules.backtest import DEAD_LETTER as DEAD
     from fds.rules.backtest import backtest
     from fds.streams.files import (
+        PIPE,
         check_label_columns,
         check_transaction_columns,
         labels_for,
@@ -199,6 +200,8 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
         # QA pass); the history and the others are read more than once: files only.
         if p is None or p.is_file() or (name in _RULE_OPTIONS and p.exists() and not p.is_dir()):
             continue
+        if p.exists() and not p.is_dir():  # (a pipe: "no such file", a QA pass)
+            raise ConfigError(f"{p} {PIPE}" if name == "file" else f"--{name} {p} {PIPE}")
         what = "a folder" if p.is_dir() else "no such file"  # (a folder: "no such file")
         raise ConfigError(
             f"--{name} {p}: {what}: give a file"

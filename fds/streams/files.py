@@ -765,7 +765,7 @@ def load_mapping(path: str | os.PathLike[str]) -> ColumnMapping:
     p = Path(path)
     if p.is_dir():  # (it said "not found": a QA pass)
         raise ConfigError(f"the mapping {p} is a folder: give its YAML file")
-    if not p.is_file():
+    if not p.exists():  # (read once, as a rules file: a pipe, `<(...)`, will do: a QA pass)
         raise ConfigError(f"mapping file not found: {p}")
     data = read_yaml(p)
     if not isinstance(data, dict):
@@ -1042,6 +1042,7 @@ def check_transaction_columns(
             "drop `format:` from the mapping (the file name tells the format) or rename the file"
         )
     fmt = m.format or named
+    _check_content(p, fmt, declared=m.format is not None)
     if fmt == "jsonl":  # as a mapping's columns are looked for (it read every record before)
         records = _jsonl_records(p)
         try:
@@ -1052,6 +1053,28 @@ def check_transaction_columns(
         _parquet_open(p, m)[0].close()
     elif fmt == "csv":
         csv_header(p, m)
+
+
+def _check_content(p: Path, fmt: str | None, declared: bool) -> None:
+    """Refuse a file whose first bytes say it is other than its name says: gzip not named
+    ``.gz``, Parquet not read as Parquet (both were told "not valid UTF-8, give its encoding",
+    advice that led nowhere; a gzip JSON Lines file was read as 2 records: a QA pass)."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return  # (said where it is read)
+    if head[:2] == b"\x1f\x8b" and not p.name.lower().endswith(".gz"):
+        raise ConfigError(
+            f"{p} is gzip-compressed (its first bytes are gzip's) but its name does not end in "
+            f".gz: rename it to {p.name}.gz (fds unpacks a .gz file as it reads it)"
+        )
+    if head == b"PAR1" and fmt != "parquet":
+        raise ConfigError(
+            f"{p} is a Parquet file (its first bytes are Parquet's) but is read as "
+            f"{fmt or 'no known format'}: rename it to {p.stem}.parquet"
+            + (" and drop `format:` from the mapping" if declared else "")
+        )
 
 
 def check_label_columns(
@@ -1135,6 +1158,31 @@ def count_rows(path: str | os.PathLike[str], mapping: ColumnMapping | None = Non
     return max(0, lines - head)
 
 
+#: Why a path that exists is not read as a file, and what to do (the pipe of ``<(...)`` or
+#: /dev/stdin was said "not found": a QA pass). The readers read a file more than once (its
+#: columns checked, its lines counted for the progress bar, then read).
+PIPE = (
+    "is a pipe or a device, not a file: fds reads it more than once (its columns checked, "
+    "then read): write it to a file first, e.g. `cat ... > records.jsonl`"
+)
+
+
+def file_error(path: str | os.PathLike[str], what: str) -> str | None:
+    """Why ``path`` cannot be read as the regular file ``what`` names (``None``: it can).
+
+    >>> file_error("/nonexistent.csv", "input file")
+    'input file not found: /nonexistent.csv'
+    >>> file_error("/", "input file")
+    'input file / is a folder: give a file in it'
+    """
+    p = Path(path)
+    if p.is_file():
+        return None
+    if not p.exists():
+        return f"{what} not found: {p}"
+    return f"{what} {p} " + ("is a folder: give a file in it" if p.is_dir() else PIPE)
+
+
 def read_records(
     path: str | os.PathLike[str], fmt: str | None = None, mapping: ColumnMapping | None = None
 ) -> Iterator[Record]:
@@ -1144,8 +1192,8 @@ def read_records(
     letter); empty CSV cells are treated as missing.
     """
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"input file not found: {p}")
+    if (problem := file_error(p, "input file")) is not None:
+        raise ConfigError(problem)
     fmt = infer_format(p, fmt or (mapping.format if mapping else None))
     if fmt == "parquet":
         yield from _read_parquet(p, mapping)
@@ -1561,8 +1609,12 @@ def _parquet_open(p: Path, mapping: ColumnMapping | None) -> tuple[Any, Any]:
 def _as_sent(v: Any) -> Any:
     """A Parquet value as it reaches the rules from a file and from Kafka alike: as `fds
     produce` sends it, JSON (a decimal fee in `extra` made a rule raise in a replay, "not a
-    number: Decimal", and was "2.50" over Kafka; nested in a struct or a list too)."""
-    return orjson.loads(dumps(v))
+    number: Decimal", and was "2.50" over Kafka; nested in a struct or a list too); a type
+    JSON has no form for, as its text (a duration column crashed the replay: a QA pass)."""
+    try:
+        return orjson.loads(dumps(v))
+    except TypeError:
+        return str(v)
 
 
 def _as_sent_columns(schema: Any, ts_col: str) -> frozenset[str]:
@@ -1596,14 +1648,62 @@ def _read_parquet(p: Path, mapping: ColumnMapping | None) -> Iterator[Record]:
                 raise ConfigError(f"{p}: cannot read the rows after row {n}: {e}") from None
             if batch is None:
                 return
-            for rec in _microseconds(batch).to_pylist():
+            rows, bad = _pylist(_microseconds(batch))
+            for i, rec in enumerate(rows):
                 n += 1
                 # a float column's NaN is its missing value, as a null (a device_id of NaN
                 # was the text "nan": one device shared by every row without one, a QA pass)
                 rec = {k: v for k, v in rec.items() if v is not None and v == v}
                 for k in convert & rec.keys() if convert else ():
                     rec[k] = _as_sent(rec[k])
-                yield mapping.record(n, rec) if mapping is not None else (n, rec, None)
+                if bad and i in bad:
+                    column, text, why = bad[i]
+                    yield n, ValueError(why), {**rec, column: text}
+                else:
+                    yield mapping.record(n, rec) if mapping is not None else (n, rec, None)
+
+
+def _pylist(batch: Any) -> tuple[list[dict[str, Any]], dict[int, tuple[str, str, str]]]:
+    """The rows of an Arrow ``batch`` as dicts, and the rows holding a value Python cannot
+    hold (a timestamp or date past the year 9999: ``{row: (column, the value as its stored
+    number, why)}``, that value ``None`` in its row). Such a value made ``to_pylist`` raise
+    for the whole batch: the replay ended there, the rest of the file neither decided nor
+    dead-lettered (a QA pass); now its row is a dead letter and its neighbours are decided."""
+    try:
+        return batch.to_pylist(), {}
+    except (OverflowError, ValueError):
+        pass
+    names, cols = batch.schema.names, []
+    bad: dict[int, tuple[str, str, str]] = {}
+    for name, col in zip(names, batch.columns, strict=True):
+        try:
+            cols.append(col.to_pylist())
+            continue
+        except (OverflowError, ValueError):
+            pass
+        values = []
+        for i in range(len(col)):
+            try:
+                values.append(col[i].as_py())
+            except (OverflowError, ValueError) as e:
+                values.append(None)
+                stored = _stored_number(col.slice(i, 1))
+                bad.setdefault(i, (name, f"{stored} ({col.type})", (
+                    f"{name}: the {col.type} value {stored} is past the years 1-9999 a date "
+                    f"holds ({e})"
+                )))  # fmt: skip
+        cols.append(values)
+    return [dict(zip(names, row, strict=True)) for row in zip(*cols, strict=True)], bad
+
+
+def _stored_number(cell: Any) -> Any:
+    """The number an Arrow temporal ``cell`` (an array of one) stores (its ticks or days)."""
+    import pyarrow as pa
+
+    try:
+        return cell.view(pa.int64() if cell.type.bit_width == 64 else pa.int32())[0].as_py()
+    except (pa.ArrowException, ValueError):  # (not a fixed-width type)
+        return "?"
 
 
 def _microseconds(batch: Any) -> Any:

@@ -153,6 +153,7 @@ from fds.streams.files import (
     FileCut,
     LabelColumn,
     check_transaction_columns,
+    file_error,
     invalid,
     load_mapping,
     read_records,
@@ -3928,8 +3929,8 @@ def produce_file(
     record that cannot be read (bad JSON, a short CSV row) is sent as its raw text, so ``fds
     run`` dead-letters it: nothing is silently dropped.
     """
-    if not Path(path).is_file():
-        raise ConfigError(f"input file not found: {path}; give a JSONL or CSV file")
+    if (problem := file_error(path, "input file")) is not None:
+        raise ConfigError(problem)
     if labels_topic and labels_topic == (topic or settings.input_topic):
         raise ConfigError(  # (fds run dead-lettered the labels as transactions: a QA pass)
             f"--labels-topic {labels_topic!r} is the topic the records go to: give each its own"
