@@ -278,6 +278,35 @@ def past_limit(node: yaml.Node, extra: int = MAX_NODES) -> yaml.Node | None:
         node = past[0]
 
 
+def explain(e: yaml.YAMLError, text: str) -> tuple[str, Any]:
+    """A YAML syntax error's problem, said with what YAML was reading and where that began,
+    and the mark to report: where that began when the problem is the end of the text (an
+    unclosed quote or bracket named a line past the file and dropped where it began: a QA
+    pass); a tab named as one.
+
+    >>> try:
+    ...     load('a: 1\\nb: "open\\nc: 2\\n')
+    ... except yaml.YAMLError as e:
+    ...     problem, mark = explain(e, "")
+    >>> problem, mark.line + 1
+    ('found unexpected end of stream (while scanning a quoted scalar from line 2, column 4)', 2)
+    """
+    problem = str(getattr(e, "problem", None) or e)
+    mark = getattr(e, "problem_mark", None)
+    context, start = getattr(e, "context", None), getattr(e, "context_mark", None)
+    lines = text.splitlines()
+    if mark is not None and mark.line < len(lines) and lines[mark.line][mark.column :][:1] == "\t":
+        problem = f"{problem}: a tab: YAML indents with spaces only"
+    same = mark is not None and start is not None and (start.line, start.column) == (
+        mark.line, mark.column
+    )  # fmt: skip
+    if context and start is not None and not same:
+        problem = f"{problem} ({context} from line {start.line + 1}, column {start.column + 1})"
+        if mark is None or mark.line >= len(lines):  # (the end of the text: where it began)
+            mark = start
+    return problem, mark
+
+
 def load(text: str, *, exponents: bool = False) -> Any:
     """The YAML document in ``text``; raises :class:`yaml.YAMLError` (marked with the line of
     the problem) on a syntax error, a duplicate key, or aliases that expand it past

@@ -586,9 +586,9 @@ def parse_spec(text: str, *, source: str = "<spec>") -> ModelSpec:
         root = yaml.compose(text)
         data = yamlio.load(text, exponents=True)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
+        problem, mark = yamlio.explain(e, text)
         where = f"{source}:{mark.line + 1}" if mark else source
-        raise ConfigError(f"not valid YAML: {getattr(e, 'problem', e)}", where=where) from None
+        raise ConfigError(f"not valid YAML: {problem}", where=where) from None
     if not isinstance(data, dict):
         raise ConfigError("a model spec is a mapping with name and pipeline", where=source)
     for k in data:

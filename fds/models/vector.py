@@ -36,11 +36,22 @@ from typing import Any
 
 from fds.policy import rule_score
 
-__all__ = ["RULE_PREFIX", "RULE_SCORE", "rule_inputs", "strip_rule_ids", "to_vector"]
+__all__ = [
+    "MODEL_INPUTS",
+    "RULE_PREFIX",
+    "RULE_SCORE",
+    "rule_inputs",
+    "strip_rule_ids",
+    "to_vector",
+]
 
 #: Key prefix of one rule's result in the model input; the policy's rule score is ``RULE_SCORE``.
 RULE_PREFIX = "rule:"
 RULE_SCORE = "rule_score"
+#: The names the model's input takes besides the snapshot's (a feature of one of them was
+#: overwritten in the model's input and in the decision's snapshot: refused by the rules
+#: file's checks).
+MODEL_INPUTS = frozenset({RULE_SCORE, "amount", "log_amount", "hour_sin", "hour_cos"})
 
 _DAY = 86400.0
 _TAU_PER_HOUR = 2.0 * math.pi / 24.0

@@ -59,6 +59,7 @@ from fds.features.spec import (  # one definition of each
     reserved,
     window_seconds,
 )
+from fds.models.vector import MODEL_INPUTS
 from fds.rules.expr import (
     BOOL,
     BUILTINS,
@@ -437,9 +438,9 @@ def load_yaml_with_marks(text: str, filename: str) -> tuple[Any, dict[tuple[Any,
             _check_nesting(text, filename)
             node = loader.get_single_node()
         except yaml.MarkedYAMLError as e:
-            mark = e.problem_mark or e.context_mark
+            problem, mark = yamlio.explain(e, text)
             where = f"{filename}:{mark.line + 1}:{mark.column + 1}" if mark else filename
-            raise ConfigError(f"YAML syntax error: {e.problem or e}", where=where) from None
+            raise ConfigError(f"YAML syntax error: {problem}", where=where) from None
         except yaml.reader.ReaderError:  # (a text not read from a file: decode checks those)
             yamlio.check_printable(text, filename)
             raise
@@ -1023,6 +1024,12 @@ def _check_semantics(spec: RulesFile, filename: str, marks: Mapping) -> None:
         if f.name in taken:
             raise fail(
                 f"feature name {f.name!r} is taken by a built-in name: rename it",
+                ("features", i, "name"),
+            )
+        if f.name in MODEL_INPUTS:  # (overwritten in the decision's snapshot: a QA pass)
+            raise fail(
+                f"feature name {f.name!r} is taken by an input the engine gives the model "
+                f"({', '.join(sorted(MODEL_INPUTS - {'amount'}))}): rename it",
                 ("features", i, "name"),
             )
         if reserved(f.name):  # (`_f` passed the check, then stopped the replay: a QA pass)

@@ -133,6 +133,11 @@ class Aligner:
         buf = self._bufs.get(tp)
         return buf[0][1].offset if buf else None
 
+    def put_back(self, tp: Any, t: float, msg: Any, item: Any) -> None:
+        """Put a record :meth:`take` gave back at the head of its partition (it cannot be
+        handled yet: a label waiting for its decision)."""
+        self._bufs.setdefault(tp, deque()).appendleft((t, msg, item))
+
     def forget(self, tps: Iterable[Any]) -> None:
         """Drop the buffers of revoked partitions. Their new owner reads them from the committed
         offset; the consumer is sought back to the first dropped record in case the partition

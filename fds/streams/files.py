@@ -809,9 +809,9 @@ def read_yaml(p: Path) -> Any:
     try:
         return yamlio.load(text)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
+        problem, mark = yamlio.explain(e, text)
         where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark else str(p)
-        raise ConfigError(f"not valid YAML: {getattr(e, 'problem', e)}", where=where) from None
+        raise ConfigError(f"not valid YAML: {problem}", where=where) from None
 
 
 def invalid(p: Path, e: pydantic.ValidationError, model: Any, what: str) -> ConfigError:

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import collections
 import contextlib
 import functools
 import hashlib
@@ -78,6 +77,7 @@ from fds.models.registry import (
 )
 from fds.pipeline import DEFAULT_MODEL
 from fds.schema import check_not_ahead, loads_record, parse_label
+from fds.streams.align import Aligner
 from fds.streams.checkpoint import SHARED_FILE, Checkpointer, default_state_dir, hold
 from fds.streams.kafka import (
     CONNECTION_SETTINGS,
@@ -283,9 +283,13 @@ class TrainService:
         self._publish_at = 0.0  # ... of the next publish, after one failed
         self._follow_stamp: tuple[int, int] | None = None  # the registry checked for rollbacks
         self._last_decision = time.monotonic()
-        # label partition -> its polled labels not learned yet, the first one waiting
-        self._held: dict[Any, collections.deque[Any]] = {}
-        self._waiting: dict[Any, tuple[int, float]] = {}  # ... (offset, since when) of that one
+        # The polled labels not learned yet, learned in event-time order across the labels
+        # partitions (fds.streams.align): a backlog read partition by partition moved the event
+        # time to the newest label of one, and the decisions the others' labels joined expired
+        # first (15-30 % of the fraud labels unjoined, a QA pass). One waits for its decision
+        # at the head; the buffers are bounded (2 polls a partition, the rest fetched again).
+        self._labels = Aligner(None, self._label_key, max_wait_s=label_wait_s)
+        self._waiting: dict[Any, tuple[int, float]] = {}  # partition -> (offset, since when)
         self._revoked: list[Any] = []  # by the rebalance listener (the client's I/O thread)
         self._shared: str | None = None  # ... when another trainer shares the group
         self._stop = False
@@ -534,7 +538,7 @@ class TrainService:
                 now = health.beat = time.monotonic()
                 if batch:
                     no_input.since = broker.contact = now
-                held = any(self._held.values())
+                held = len(self._labels) > 0
                 self._follow_rollback()
                 if batch or held:  # (held labels may go on by now)
                     self._process(batch)
@@ -576,10 +580,13 @@ class TrainService:
 
     def _process(self, batch: Any) -> None:
         decisions_topic = self.topics[0]
+        labels = self._aligned()
         while self._revoked:  # their new owner reads them from the committed offsets
             tp = self._revoked.pop()
-            self._held.pop(tp, None)
             self._waiting.pop(tp, None)
+            if tp in self.consumer.assignment():  # taken back at once (an eager rebalance):
+                labels.forget([tp])  # read again from the first label not learned
+            # (one gone is dropped by the next take: no seek on a partition not assigned)
         # Decisions first: a label in the same batch then finds its snapshot.
         moved = False
         for tp, records in batch.items():
@@ -588,9 +595,7 @@ class TrainService:
                     self._on_decision(msg)
                 self._offsets[(tp.topic, tp.partition)] = records[-1].offset + 1
                 moved = True
-        for tp, records in batch.items():
-            if tp.topic != decisions_topic and records:
-                self._hold(tp, records)
+        labels.add({tp: records for tp, records in batch.items() if tp.topic != decisions_topic})
         moved = self._learn_held() > 0 or moved  # (or every held label still waits)
         pub = self._publish()
         if pub is not None:
@@ -718,51 +723,51 @@ class TrainService:
         # learned unjoined, lost for good, and moved the event time days ahead)
         return any(self.consumer.highwater(tp) for tp in mine)
 
-    def _hold(self, tp: Any, records: list[Any]) -> None:
-        """Queue a poll's labels of ``tp`` behind those still held; beyond the bound the
-        consumer is sought back to the first one left out (fetched again later)."""
-        held = self._held.setdefault(tp, collections.deque())
-        room = max(2 * self.s.max_poll_records - len(held), 0)
-        if room < len(records):
-            self.consumer.seek(tp, records[room].offset)
-            records = records[:room]
-        held.extend(records)
+    def _aligned(self) -> Aligner:
+        """The labels' aligner, bound to the consumer, 2 polls of labels a partition."""
+        labels = self._labels
+        labels.consumer, labels.max_buffer = self.consumer, 2 * self.s.max_poll_records
+        return labels
+
+    def _label_key(self, msg: Any) -> tuple[float, Any]:
+        """A label's event time and the label (for the aligner), or the error that makes it a
+        bad record (released at once). A label stamped far ahead would move the trainer's
+        event time there: every snapshot assumed legitimate at once, then expired."""
+        try:
+            label = parse_label(loads_record(msg.value))
+            check_not_ahead(label["ts"], msg, self.s.max_event_ahead_s)
+        except Exception as exc:
+            return -math.inf, exc
+        return label["ts"], label
 
     def _learn_held(self) -> int:
-        """Learn the held labels, in order per partition, up to the first that must wait for
-        its decision; returns how many records were consumed (learned or bad)."""
+        """Learn the held labels in event-time order, up to the first that must wait for its
+        decision; returns how many records were consumed (learned or bad)."""
         t = self.trainer
+        labels = self._aligned()
+        mine = [tp for tp in self.consumer.assignment() if tp.topic == self.topics[1]]
         n = 0
-        for tp, held in self._held.items():
-            done = None
-            while held:
-                msg = held[0]
-                try:
-                    label = parse_label(loads_record(msg.value))
-                    # a label stamped far ahead would move the trainer's event time there:
-                    # every snapshot assumed legitimate at once, then expired
-                    check_not_ahead(label["ts"], msg, self.s.max_event_ahead_s)
-                except Exception as exc:
-                    self._bad(msg, exc)
-                else:
-                    if not self._may_learn(tp, msg.offset, label["ts"]):
-                        break
-                    learned = t.stats["labels_learned"] - t.stats["assumed_legit"]
-                    unjoined = t.stats["labels_unjoined"]
-                    t.on_label(label)
-                    self.metrics.labels_unjoined(t.stats["labels_unjoined"] - unjoined)
-                    self.stats.labels += 1
-                    # delayed labels only: the examples assumed legitimate that the label's
-                    # event time let through are in the registry's labels_learned, not here
-                    self.metrics.labels_learned(
-                        t.stats["labels_learned"] - t.stats["assumed_legit"] - learned
-                    )
-                held.popleft()
-                done = msg.offset + 1
-                n += 1
-            if done is not None:
-                self._offsets[(tp.topic, tp.partition)] = done
-        self.metrics.labels_waiting(sum(len(held) for held in self._held.values()))
+        while got := labels.take(1, mine):
+            tp, msg, label = got[0]
+            if isinstance(label, Exception):
+                self._bad(msg, label)
+            elif not self._may_learn(tp, msg.offset, label["ts"]):
+                labels.put_back(tp, label["ts"], msg, label)
+                break
+            else:
+                learned = t.stats["labels_learned"] - t.stats["assumed_legit"]
+                unjoined = t.stats["labels_unjoined"]
+                t.on_label(label)
+                self.metrics.labels_unjoined(t.stats["labels_unjoined"] - unjoined)
+                self.stats.labels += 1
+                # delayed labels only: the examples assumed legitimate that the label's
+                # event time let through are in the registry's labels_learned, not here
+                self.metrics.labels_learned(
+                    t.stats["labels_learned"] - t.stats["assumed_legit"] - learned
+                )
+            self._offsets[(tp.topic, tp.partition)] = msg.offset + 1
+            n += 1
+        self.metrics.labels_waiting(len(labels))
         return n
 
     def _may_learn(self, tp: Any, offset: int, ts: float) -> bool:

@@ -302,6 +302,13 @@ def test_nan_in_extra_is_missing() -> None:
         (("timezone: Asia/Seoul", "timezone: Mars/Base"), "r.yaml:2:11", "unknown timezone"),
         (("id: night", "id: spike"), "r.yaml:17:9", "duplicate rule id"),
         (("{name: c1h,", "{name: amount,"), "r.yaml:4:12", "taken by a built-in"),
+        # (overwritten by the engine's rule score in the decision's snapshot, by the model's
+        # own inputs in the model's: a QA pass)
+        (("{name: c1h,", "{name: rule_score,"), "r.yaml:4:12", "an input the engine gives"),
+        (("{name: c1h,", "{name: hour_sin,"), "r.yaml:4:12", "an input the engine gives"),
+        # a quote left open: where it opened, not a line past the end (a QA pass); a tab named
+        (("review_at: 0.5}", 'review_at: "0.5}'), "r.yaml:35:38", "quoted scalar from line 35"),
+        (("  - id: night", "\t- id: night"), "r.yaml:17:1", "a tab: YAML indents with spaces"),
         (("{name: c1h,", "{name: lambda,"), "r.yaml:4:12", "a word of the expression language"),
         (("{name: c1h,", '{name: "True",'), "r.yaml:4:12", "a word of the expression language"),
         (("given: {amount: 900,", "given: {amont: 900,"), "r.yaml:15:18", "unknown name 'amont'"),

@@ -110,7 +110,8 @@ def test_a_required_field_neither_mapped_nor_a_column_is_a_config_error(tmp_path
             "fields: {tx_id: A}\nlabel:\n  column: F\n  delay: soon\n",
             r"m.yaml:4: label.delay: bad duration 'soon'",
         ),
-        ("fields: [tx_id\n", r"m.yaml:2:1: not valid YAML"),
+        # (where the bracket left open began, not the line past the end: a QA pass)
+        ("fields: [tx_id\n", r"m.yaml:1:9: not valid YAML: .* flow sequence from line 1"),
         ("fields: {}\nformat: xml\n", r"m.yaml:2: format: Input should be 'csv'"),
         # the error for an unknown field listed `extra`, and a column mapped onto it failed
         # every row (a review)

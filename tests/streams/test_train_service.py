@@ -4,7 +4,6 @@ tests/integration/test_kafka_train.py."""
 
 from __future__ import annotations
 
-import collections
 import shutil
 import time
 from pathlib import Path
@@ -170,6 +169,11 @@ def feed(svc: TrainService, batch: dict[TopicPartition, list[Msg]]) -> None:
     svc._process(batch)
 
 
+def held(svc: TrainService, tp: TopicPartition) -> list[Msg]:
+    """The labels of ``tp`` held, not learned yet (the first one waiting)."""
+    return [msg for _, msg, _ in svc._labels._bufs.get(tp, ())]
+
+
 def decision(partition: int, offset: int, tx_id: str, ts: float) -> Msg:
     body = {"tx_id": tx_id, "ts": "x", "features": {}, "tx": {"ts": ts, "amount": 5.0}}
     return Msg("decisions", partition, offset, body)
@@ -185,12 +189,37 @@ def test_a_label_waits_for_its_decision_in_a_lagging_partition(tmp_path):
     svc.consumer = c = Consumer({d0: 3, d1: 1, lab: 1})
     label = Msg("labels", 0, 0, {"tx_id": "a2", "ts": 350.0, "is_fraud": True})
     feed(svc, {d1: [decision(1, 0, "b", 500.0)], d0: [decision(0, 0, "a0", 100.0)], lab: [label]})
-    assert list(svc._held[lab]) == [label]  # waits (held, not paused): a2 is not read yet
+    assert held(svc, lab) == [label]  # waits (held, not paused): a2 is not read yet
     assert svc.trainer.stats["labels_unjoined"] == 0 and ("labels", 0) not in svc._offsets
     feed(svc, {d0: [decision(0, 1, "a1", 200.0), decision(0, 2, "a2", 300.0)]})
-    assert not svc._held[lab] and not c.paused and not c.sought  # partition 0 caught up
+    assert not held(svc, lab) and not c.paused and not c.sought  # partition 0 caught up
     assert svc.trainer.stats["labels_learned"] == 1 and svc.trainer.stats["labels_unjoined"] == 0
     assert svc._offsets[("labels", 0)] == 1
+
+
+def test_labels_are_learned_in_event_time_order_across_their_partitions(tmp_path, monkeypatch):
+    """A QA pass: a trainer reading a backlog learned the labels of each partition as they
+    were fetched: a chargeback 62 days late in one moved the event time past the TTL of the
+    decisions that the other partitions' labels, still unread, were for: 15-30 % of the fraud
+    labels unjoined, never learned. A labels partition with unread labels holds the others."""
+    clock = [1000.0]
+    monkeypatch.setattr("fds.streams.train.time.monotonic", lambda: clock[0])
+    d0, l0, l1 = (TopicPartition(t, p) for t, p in (("decisions", 0), ("labels", 0),
+                                                    ("labels", 1)))  # fmt: skip
+    svc = service(tmp_path)
+    svc.consumer = Consumer({d0: 2, l0: 1, l1: 1})
+    day = 86400.0
+    feed(svc, {d0: [decision(0, 0, "a", 100.0), decision(0, 1, "b", 200.0)]})
+    late = Msg("labels", 1, 0, {"tx_id": "b", "ts": 200.0 + 62 * day - 1, "is_fraud": True})
+    feed(svc, {l1: [late]})
+    clock[0] += 10 * svc.label_wait_s  # the decisions read to their end, quiet
+    feed(svc, {})
+    assert held(svc, l1) == [late]  # labels partition 0 is not read yet: it may hold earlier
+    week = Msg("labels", 0, 0, {"tx_id": "a", "ts": 100.0 + 7 * day, "is_fraud": True})
+    feed(svc, {l0: [week]})
+    stats = svc.trainer.stats
+    assert stats["labels_unjoined"] == 0 and stats["frauds_learned"] == 2
+    assert svc._offsets[("labels", 0)] == 1 and svc._offsets[("labels", 1)] == 1
 
 
 def test_held_labels_are_bounded_and_a_revoked_partition_forgets_them(tmp_path):
@@ -202,10 +231,10 @@ def test_held_labels_are_bounded_and_a_revoked_partition_forgets_them(tmp_path):
               for i in range(6)]  # fmt: skip
     feed(svc, {d0: [decision(0, 0, "a", 100.0)], lab: labels[:3]})
     feed(svc, {lab: labels[3:]})
-    assert [m.offset for m in svc._held[lab]] == [0, 1, 2, 3] and c.sought[lab] == 4
+    assert [m.offset for m in held(svc, lab)] == [0, 1, 2, 3] and c.sought[lab] == 4
     _Seek(svc).on_partitions_revoked([lab])
     svc._process({})
-    assert lab not in svc._held and ("labels", 0) not in svc._offsets
+    assert not held(svc, lab) and ("labels", 0) not in svc._offsets
 
 
 class Sent:
@@ -440,14 +469,14 @@ def test_a_label_stamped_in_the_future_does_not_hold_its_partition(tmp_path, mon
     future = Msg("labels", 0, 0, {"tx_id": "a", "ts": 100.0 + 30 * 86400, "is_fraud": True})
     after = Msg("labels", 0, 1, {"tx_id": "a", "ts": 101.0, "is_fraud": True})
     feed(svc, {d0: [decision(0, 0, "a", 100.0)], lab: [future, after]})
-    assert len(svc._held[lab]) == 2  # decisions keep coming: it waits for one 30 days on
+    assert len(held(svc, lab)) == 2  # decisions keep coming: it waits for one 30 days on
     offset = 1
     for step in (60.0, svc.label_max_wait_s):
         clock[0] += step
         c.hw[d0] = offset + 1
         feed(svc, {d0: [decision(0, offset, f"b{offset}", 100.0 + offset)]})  # not idle
         offset += 1
-        assert len(svc._held[lab]) == (2 if step == 60.0 else 0)
+        assert len(held(svc, lab)) == (2 if step == 60.0 else 0)
     assert svc.trainer.stats["labels_learned"] == 1  # the same tx: learned once
     assert svc._offsets[("labels", 0)] == 2
 
@@ -518,6 +547,12 @@ class Idle:
 
     def assignment(self):
         return {TopicPartition("labels", 0)}
+
+    def highwater(self, tp):  # (the labels partition read to its end: nothing in it)
+        return 0
+
+    def position(self, tp, timeout_ms=None):
+        return 0
 
     def end_offsets(self, tps, timeout_ms=None):
         if self.gone:
@@ -636,7 +671,7 @@ def test_fds_train_holding_labels_still_says_a_broker_gone_and_stops_in_time(tmp
         cut_off = Idle()
         cut_off.gone = True
         svc._connect = lambda: setattr(svc, "consumer", cut_off)  # type: ignore[method-assign]
-        svc._held = {TopicPartition("labels", 0): collections.deque(["a label"])}
+        svc._labels.put_back(TopicPartition("labels", 0), 0.0, "a label", None)
         svc._process = lambda batch: None  # type: ignore[method-assign]  # (they wait on)
         return svc
 
@@ -916,25 +951,25 @@ def test_labels_do_not_go_ahead_of_decisions_still_unread(tmp_path, monkeypatch)
     feed(svc, {lab: [label]})
     clock[0] += 10 * svc.label_wait_s
     feed(svc, {})
-    assert len(svc._held[lab]) == 1  # waits: no decisions partition yet
+    assert len(held(svc, lab)) == 1  # waits: no decisions partition yet
     c.hw[d0] = 0  # assigned, and empty: no scorer decided anything yet (fds train started
     clock[0] += 10 * svc.label_wait_s  # first, a QA pass: its labels were all lost)
     feed(svc, {})
-    assert len(svc._held[lab]) == 1 and svc.trainer.stats["labels_unjoined"] == 0
+    assert len(held(svc, lab)) == 1 and svc.trainer.stats["labels_unjoined"] == 0
     c.hw[d0] = 3  # three decisions now, unread
     feed(svc, {})
-    assert len(svc._held[lab]) == 1 and svc.trainer.stats["labels_unjoined"] == 0
+    assert len(held(svc, lab)) == 1 and svc.trainer.stats["labels_unjoined"] == 0
     feed(svc, {d0: [decision(0, i, t, 100.0 + i) for i, t in enumerate("xya")]})
-    assert not svc._held[lab]  # read up to its time: its decision joined
+    assert not held(svc, lab)  # read up to its time: its decision joined
     assert svc.trainer.stats["labels_learned"] >= 1 and svc.trainer.stats["labels_unjoined"] == 0
     # read to the end and quiet: nothing more to wait for, a label is learned (unjoined)
     late = Msg("labels", 0, 1, {"tx_id": "zz", "ts": 100.0 + 9 * 86400, "is_fraud": True})
     c.hw[lab] = 2
     feed(svc, {lab: [late]})
-    assert len(svc._held[lab]) == 1
+    assert len(held(svc, lab)) == 1
     clock[0] += 10 * svc.label_wait_s
     feed(svc, {})
-    assert not svc._held[lab] and svc.trainer.stats["labels_unjoined"] == 1
+    assert not held(svc, lab) and svc.trainer.stats["labels_unjoined"] == 1
 
 
 def test_the_trainer_exports_labels_waiting_and_unjoined_and_its_checkpoints(tmp_path):
