@@ -392,9 +392,13 @@ _COUNTS = frozenset(
 #: Values River takes and that make no model at all (a QA pass: `optim.SGD: {lr: -0.5}`
 #: learned backwards and declined 173 customers, none of them a fraud; `l2: -1` alike): a
 #: learning rate is positive, a penalty not negative; and an ensemble is at most MAX_MODELS
-#: models (100,000 took 36 s and 1.3 GB to build and stalled every decision).
+#: models (100,000 took 36 s and 1.3 GB to build and stalled every decision). The intercept's
+#: rate is 0 or more (0: a fixed intercept), a gradient's clip positive (`intercept_lr: -1`
+#: passed, and declined 16 legitimate payments for each fraud: a QA pass).
 _RATES = frozenset({"lr", "learning_rate"})
 _PENALTIES = frozenset({"l1", "l2"})
+_AT_LEAST_0 = {"intercept_lr": "the intercept's learning rate (0: a fixed intercept)"}
+_ABOVE_0 = {"clip_gradient": "the gradient's clip"}
 _ENSEMBLES = frozenset({"n_models", "n_estimators"})
 MAX_MODELS = 1000
 _TYPE_WORDS = {bool: "true or false", int: "a number", float: "a number"}
@@ -418,6 +422,10 @@ def _badly_valued(key: str, value: Any, default: Any, hint: str = "") -> str | N
         return f"{key}: a learning rate must be more than 0, got {value!r}{_exponent(value)}"
     if key in _PENALTIES and number and not 0 <= value < math.inf:
         return f"{key}: a penalty must be 0 or more, got {value!r}{_exponent(value)}"
+    if key in _AT_LEAST_0 and number and not 0 <= value < math.inf:
+        return f"{key}: {_AT_LEAST_0[key]} must be 0 or more, got {value!r}{_exponent(value)}"
+    if key in _ABOVE_0 and number and not 0 < value <= math.inf:
+        return f"{key}: {_ABOVE_0[key]} must be more than 0, got {value!r}{_exponent(value)}"
     want = type(default)
     if want not in _TYPE_WORDS or (type(value) is bool if want is bool else number):
         return None

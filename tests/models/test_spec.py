@@ -381,6 +381,11 @@ def test_a_spec_that_would_learn_frauds_only_or_keep_inputs_for_ever_is_refused(
         ("linear_model.LogisticRegression: {optimizer: {optim.SGD: {lr: 0}}}",
          "a learning rate must be more than 0, got 0"),
         ("linear_model.LogisticRegression: {l2: -1}", "l2: a penalty must be 0 or more, got -1"),
+        # (passed, and the model declined 16 legitimate payments for each fraud: a QA pass)
+        ("linear_model.LogisticRegression: {intercept_lr: -1}",
+         "intercept_lr: the intercept's learning rate (0: a fixed intercept) must be 0 or more"),
+        ("linear_model.LogisticRegression: {clip_gradient: -1}",
+         "clip_gradient: the gradient's clip must be more than 0, got -1"),
         ("forest.ARFClassifier: {n_models: 100000}", "n_models: at most 1000 models"),
         ("tree.HoeffdingTreeClassifier: {split_criterion: ginii}",
          "River does not take a value of the parameters of tree.HoeffdingTreeClassifier "
