@@ -72,7 +72,7 @@ def test_shipped_specs_build(name: str) -> None:
         ),
         (  # a value of the right type the parameter check lets by: the sample row catches it
             "name: x\npipeline:\n  - preprocessing.StandardScaler: {}\n"
-            "  - linear_model.LogisticRegression: {intercept_lr: .nan}\n",
+            "  - linear_model.PAClassifier: {C: .nan}\n",
             ":4",
             "the pipeline fails on a sample row",
         ),
