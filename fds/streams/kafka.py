@@ -244,6 +244,10 @@ ENDS_TIMEOUT_MS = 300
 LEFT_KEY = "partitions_left"
 # How long a restart waits to read those decisions before it decides their records again.
 FIND_TIMEOUT_S = 10.0
+# A restore's read that got nothing for this long asks the broker (Runner._stalled), within
+# STALL_PROBE_S, and again after as long.
+STALL_S = 3.0
+STALL_PROBE_S = 1.0
 # The state topic's index, when not used (missing at the start, or a copy to it failed), is
 # looked for every INDEX_LOOK_S; once found, should copies fail again, not before a wait that
 # doubles each time (from INDEX_LOOK_S up to INDEX_LOOK_MAX_S)
@@ -1158,6 +1162,7 @@ class Runner:
         self._saved: dict[int, int] = {}  # the positions of the last checkpoint written
         self._ck_seen = (0, 0)  # the checkpointer's (saves, failures) already counted
         self._broker_up: bool | None = None  # as fds_broker_reachable says it
+        self._stall_probe_at = 0.0  # a stalled restore asks the broker again then (monotonic)
         # A commit refused after an eviction: kafka-python notices at its next heartbeat, and
         # until it has rejoined every batch would be refused again (six in a row in a chaos
         # run). Nothing is decided until a rebalance or a session timeout since then.
@@ -1239,10 +1244,11 @@ class Runner:
         if self._stop:
             return False, "draining after a stop: finishing the batch, committing, leaving"
         busy = self._busy
-        if busy is not None:
-            return False, busy
+        gone = f"waiting for the broker: Kafka at {self.s.bootstrap} does not answer"
+        if busy is not None:  # (an outage during a restore is said too: a QA pass)
+            return False, f"{gone} ({busy})" if self._broker_up is False else busy
         if not self._broker_up:
-            return False, f"waiting for the broker: Kafka at {self.s.bootstrap} does not answer"
+            return False, gone
         if self._joining or not self._rebalances:
             return False, f"joining the group {self.s.group!r}"
         if self._evicted is not None:
@@ -2032,6 +2038,20 @@ class Runner:
         except FencedInstanceIdError as exc:  # (an earlier async commit was fenced)
             raise self._fenced("commit") from exc
         self.stats.commits += 1
+
+    def _stalled(self, idle_s: float) -> None:
+        """A restore's read (``read_merged``) that got nothing for ``STALL_S`` asks the broker,
+        so that ``fds_broker_reachable`` and /readyz say an outage during a restore (they said
+        1 and "restoring the state" until the broker timeout ended the run: a QA pass); a read
+        that moves again says it is back."""
+        if not idle_s:
+            if self._broker_up is False:
+                self._broker_state(True)
+            return
+        now = time.monotonic()
+        if idle_s >= STALL_S and now >= self._stall_probe_at:
+            self._stall_probe_at = now + STALL_S
+            self._probe(STALL_PROBE_S)
 
     def _broker_state(self, up: bool) -> None:
         """``fds_broker_reachable``, set when it changes."""
@@ -2968,6 +2988,7 @@ class Runner:
                 merged = read_merged(
                     reader, job, self._parsed, timeout_s=self.s.broker_timeout_s, hold=hold,
                     reached=reached, positions=at, stop=lambda: self._stop,
+                    stalled=self._stalled,
                 )  # fmt: skip
                 for tx in _until_stopped(merged, mark=True):
                     i += 1
@@ -3323,7 +3344,8 @@ class Runner:
         peek = self._reader(**self.s.reader_config(auto_offset_reset="earliest"))
         try:
             merged = read_merged(peek, ranges, self._parsed, timeout_s=self.s.broker_timeout_s,
-                                 positions=at, stop=lambda: self._stop)  # fmt: skip
+                                 positions=at, stop=lambda: self._stop,
+                                 stalled=self._stalled)  # fmt: skip
             for tx in _until_stopped(merged):
                 if at["tp"] not in first or at["offset"] < first[at["tp"]][0]:
                     first[at["tp"]] = (at["offset"], tx["ts"])

@@ -156,6 +156,7 @@ def read_merged(
     reached: dict[Any, int] | None = None,
     positions: dict[str, Any] | None = None,
     stop: Callable[[], bool] | None = None,
+    stalled: Callable[[float], None] | None = None,
 ) -> Iterator[Mapping[str, Any]]:
     """Read ``[start, end)`` of each partition with ``consumer`` (assigned here, no group) and
     yield the parsed records (``parse`` returns ``None`` for a bad one: skipped, it was
@@ -167,7 +168,9 @@ def read_merged(
     yielded of each partition (its ``end`` once read to it). ``positions``, when given, holds
     the partition and offset of the record just yielded (keys ``"tp"``, ``"offset"``).
     ``stop()`` true (a SIGTERM) raises :class:`~fds.streams.kafka_kit.Stopped` between two
-    polls (heard only once a record came: after the timeout when none did, a QA pass)."""
+    polls (heard only once a record came: after the timeout when none did, a QA pass).
+    ``stalled(seconds)`` is told after each poll how long the read has made no progress (0
+    when it just did)."""
     if reached is None:
         reached = {}
     reached.update({tp: r[0] for tp, r in ranges.items()})
@@ -212,6 +215,8 @@ def read_merged(
                 done.add(tp)
                 deadline = now + timeout_s
                 consumer.pause(tp)  # read to its end: never resumed
+        if stalled is not None:
+            stalled(max(0.0, now - (deadline - timeout_s)))
 
     def stream(tp: Any) -> Iterator[tuple[float, Any]]:
         buf = bufs[tp]

@@ -29,9 +29,9 @@ class SeenReader(Reader):
         return super().poll(timeout_ms, max_records)
 
 
-def seen_runner(broker: Broker, tmp_path: Any, seen: list[Any]) -> Runner:
+def seen_runner(broker: Broker, tmp_path: Any, seen: list[Any], **settings: Any) -> Runner:
     group, reader = Group(broker), SeenReader(broker, seen)
-    r = runner(broker, tmp_path, eng=engine(Metrics()))
+    r = runner(broker, tmp_path, eng=engine(Metrics()), **settings)
     r._consumer_factory = lambda **cfg: group if cfg.get("group_id") else reader
     reader.r = r
     return r
@@ -165,3 +165,43 @@ def test_every_read_beside_the_group_beats(tmp_path):
         assert r.health.liveness()[0] == 503  # no beat for 5 s
         reader.poll(timeout_ms=0)
         assert r.health.liveness()[0] == 200 and r.health.beat == clock[0]
+
+
+def test_an_outage_during_a_restore_is_said_on_readyz_and_by_the_gauge(tmp_path, monkeypatch):
+    """A QA pass: a broker gone while a restore read the input's history left
+    fds_broker_reachable at 1 and /readyz at "restoring the state" until the broker timeout
+    ended the run: a restore's read that gets nothing for STALL_S asks the broker."""
+    import pytest
+
+    from fds.errors import FdsError
+    from fds.streams import kafka
+
+    monkeypatch.setattr(kafka, "STALL_S", 0.05)
+    broker = Broker(logs(n0=40, n1=40), committed={0: 20, 1: 20})  # no checkpoint: a rebuild
+    seen: list[Any] = []
+    r = seen_runner(broker, tmp_path, seen, broker_timeout_s=1)
+    reader, group = r._consumer_factory(), r._consumer_factory(group_id="g")
+    polls = [0]
+    gone = super(SeenReader, reader).poll
+
+    def poll(timeout_ms: int = 0, max_records: int | None = None) -> dict[Any, list[Any]]:
+        seen.append(("restore", r.readiness(), reader_gauge()))
+        polls[0] += 1
+        return gone(timeout_ms, max_records) if polls[0] < 3 else {}  # then the broker is gone
+
+    def unreachable(tps: Any, timeout_ms: int | None = None) -> Any:
+        if polls[0] >= 3:
+            raise KafkaConnectionError("broker gone")
+        return Group.end_offsets(group, tps, timeout_ms)
+
+    def reader_gauge() -> float | None:
+        return r.metrics.registry.get_sample_value("fds_broker_reachable")
+
+    reader.poll, group.end_offsets = poll, unreachable  # type: ignore[method-assign]
+    broker.script = [(1, lambda g: g.rebalance({P0, P1}))]
+    with pytest.raises(FdsError, match="no input could be read"):
+        r.run(max_idle_s=5)
+    last = seen[-1]
+    assert last[1] == (False, "waiting for the broker: Kafka at 127.0.0.1:19092 does not answer "
+                       "(restoring the state (rebuild): partitions [0, 1])")  # fmt: skip
+    assert last[2] == 0.0
