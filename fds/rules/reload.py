@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
+from stat import S_ISFIFO
 from typing import Any
 
 import orjson
@@ -214,6 +215,15 @@ class ReloadingRuleset:
             if key == self._stat or not self._settled(key):
                 self.counts["unchanged"] += 1
                 return "unchanged"
+            if S_ISFIFO(st.st_mode):  # (its read waited 30 s for a writer, and the watcher with
+                self._stat = key  # it: a good file put back was seen 49 s late, a QA pass)
+                return self._failed(
+                    ConfigError(
+                        "the rules file is now a pipe: a watched rules file is a regular file; "
+                        "put the file back: the rules in force stay until then",
+                        where=str(self.path),
+                    )
+                )
             try:
                 text, stat, digest = self._read()
                 after = os.stat(self.path)

@@ -689,3 +689,22 @@ def test_a_rejected_file_s_yaml_tree_is_not_kept_with_its_error(tmp_path: Path) 
     assert rs.check_now() == "rejected" and "duplicate key 'version'" in str(rs.last_error)
     gc.collect()
     assert not [o for o in gc.get_objects() if isinstance(o, yaml.Node)]
+
+
+def test_a_rules_file_replaced_by_a_pipe_is_refused_at_once(tmp_path: Path) -> None:
+    """A QA pass: a FIFO put in place of the watched file was read as a pipe given at the start
+    is: its writer waited for 30 s, the watcher with it, and the good file put back after it
+    was seen 49 s late."""
+    import time
+
+    p = tmp_path / "r.yaml"
+    p.write_text(rules("v1", 100))
+    rs = ReloadingRuleset(p, start=False, settle_seconds=0)
+    p.unlink()
+    os.mkfifo(p)
+    t0 = time.monotonic()
+    assert rs.check_now() == "rejected" and time.monotonic() - t0 < 5
+    assert "the rules file is now a pipe" in str(rs.last_error)
+    p.unlink()
+    write(p, rules("v2", 100))
+    assert rs.check_now() == "ok" and rs.current.version == "v2"
