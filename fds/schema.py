@@ -308,8 +308,9 @@ def parse_transaction(raw: Any, tz: tzinfo = UTC) -> dict[str, Any]:
         raise ValidationError(_reason(e)) from None
     if tx["amount"] == 1.0 and raw.get("amount").__class__ is bool:  # lax mode took True as 1
         raise ValidationError("amount: a boolean is not an amount (got True)")
-    if raw.get("amount").__class__ is str:  # (a text: lax mode read `10_000` as 10000: a QA)
-        _plain_digits(raw)
+    for k in _DIGITS:  # (a text: lax mode read `10_000` as 10000: a QA pass)
+        if (v := raw.get(k)).__class__ is str and "_" in v:
+            raise _grouped(k, v)
     if raw.get("tx_id").__class__ is float or raw.get("card_id").__class__ is float:
         _exact_ids(raw, ("tx_id", "card_id"))
     if not tx.keys() <= TX_FIELDS:  # a subset test allocates nothing: the common case
@@ -326,16 +327,18 @@ def parse_transaction(raw: Any, tz: tzinfo = UTC) -> dict[str, Any]:
     return tx
 
 
-def _plain_digits(raw: Mapping[str, Any]) -> None:
-    """Refuse a measure written as a text whose digits are grouped with ``_`` (Python's
-    float() reads ``10_000``; a file's ``1,234.50`` is refused alike, unless the mapping's
-    ``thousands:`` says so)."""
-    for k in ("amount", "lat", "lon"):
-        if (v := raw.get(k)).__class__ is str and "_" in v:
-            raise ValidationError(
-                f"{k}: {v[:100]!r} groups its digits with '_': write plain digits (1234.5), or "
-                "say how the file writes numbers in the --mapping (decimal:, thousands:)"
-            )
+#: The fields read as numbers from a text, whose digits may not be grouped with ``_``.
+_DIGITS = ("amount", "ts", "lat", "lon")
+
+
+def _grouped(k: str, v: str) -> ValidationError:
+    """A measure or an epoch time written as a text whose digits are grouped with ``_``
+    (Python's float() reads ``10_000``; a file's ``1,234.50`` is refused alike, unless the
+    mapping's ``thousands:`` says so)."""
+    return ValidationError(
+        f"{k}: {v[:100]!r} groups its digits with '_': write plain digits (1234.5), or say how "
+        "the file writes numbers in the --mapping (decimal:, thousands:)"
+    )
 
 
 #: What a transaction must hold besides the fields :func:`read_fields` is asked about.

@@ -189,11 +189,12 @@ def test_a_kafka_value_that_is_no_json_says_exactly_why():
             loads_record(raw)
 
 
-@pytest.mark.parametrize("field", ["amount", "lat", "lon"])
+@pytest.mark.parametrize("field", ["amount", "lat", "lon", "ts"])
 def test_digits_grouped_with_underscores_are_refused(field):
     """A QA pass: float() reads `10_000` (Python's grouping) as 10000, while a file's
-    `1,234.50` is refused unless the mapping says `thousands:`."""
-    raw = {"tx_id": "t", "ts": 1767225600, "card_id": "c", "amount": "12", field: "1_0"}
+    `1,234.50` is refused unless the mapping says `thousands:` (with a number amount too: a
+    review)."""
+    raw = {"tx_id": "t", "ts": 1767225600, "card_id": "c", "amount": 12, field: "1_0"}
     with pytest.raises(ValidationError, match=rf"^{field}: '1_0' groups its digits with '_'"):
         parse_transaction(raw)
     assert parse_transaction({**raw, field: "10"})[field] == 10.0

@@ -101,6 +101,12 @@ class ReloadingRuleset:
         self._stat: _Key | None = None
         self._digest: bytes | None = None
         text, self._stat, self._digest = self._read()
+        try:  # a pipe given as the rules file (`<(...)`) is read once, not watched (a review:
+            self._pipe = S_ISFIFO(os.stat(self.path).st_mode)  # its write moved its mtime, and
+        except OSError:  # it was then refused as "now a pipe")
+            self._pipe = False
+        if self._pipe:
+            log.info('rules file is a pipe: read once, not watched path="%s"', self.path)
         self._in_force = self._digest  # the digest of the file the rules in force came from
         self.current: Ruleset = load_ruleset_text(text, str(self.path), run_tests=True)
         self.version: str | None = self.current.version
@@ -196,6 +202,9 @@ class ReloadingRuleset:
 
     def check_now(self) -> str:
         """Look at the file once; reload if it changed. Returns ok | rejected | unchanged."""
+        if self._pipe:
+            self.counts["unchanged"] += 1
+            return "unchanged"
         with self._lock:
             try:
                 st = os.stat(self.path)

@@ -138,14 +138,14 @@ class Aligner:
         handled yet: a label waiting for its decision)."""
         self._bufs.setdefault(tp, deque()).appendleft((t, msg, item))
 
-    def forget(self, tps: Iterable[Any]) -> None:
+    def forget(self, tps: Iterable[Any], *, seek: bool = True) -> None:
         """Drop the buffers of revoked partitions. Their new owner reads them from the committed
         offset; the consumer is sought back to the first dropped record in case the partition
         stays here (kafka-python keeps the position of a partition that is in both the old and
-        the new assignment)."""
+        the new assignment), unless ``seek`` is false (the caller's assignment listener did)."""
         for tp in tps:
             buf = self._bufs.pop(tp, None)
-            if buf:
+            if buf and seek:
                 self.consumer.seek(tp, buf[0][1].offset)
             self._waiting_since.pop(tp, None)
             self._next.pop(tp, None)

@@ -1669,6 +1669,8 @@ def _pylist(batch: Any) -> tuple[list[dict[str, Any]], dict[int, tuple[str, str,
     number, why)}``, that value ``None`` in its row). Such a value made ``to_pylist`` raise
     for the whole batch: the replay ended there, the rest of the file neither decided nor
     dead-lettered (a QA pass); now its row is a dead letter and its neighbours are decided."""
+    import pyarrow as pa
+
     try:
         return batch.to_pylist(), {}
     except (OverflowError, ValueError):
@@ -1689,8 +1691,9 @@ def _pylist(batch: Any) -> tuple[list[dict[str, Any]], dict[int, tuple[str, str,
                 values.append(None)
                 stored = _stored_number(col.slice(i, 1))
                 bad.setdefault(i, (name, f"{stored} ({col.type})", (
-                    f"{name}: the {col.type} value {stored} is past the years 1-9999 a date "
-                    f"holds ({e})"
+                    f"{name}: the {col.type} value {stored} has no Python value ({e}"
+                    + ("" if pa.types.is_duration(col.type) else ": past the years 1-9999")
+                    + ")"
                 )))  # fmt: skip
         cols.append(values)
     return [dict(zip(names, row, strict=True)) for row in zip(*cols, strict=True)], bad
@@ -1707,18 +1710,21 @@ def _stored_number(cell: Any) -> Any:
 
 
 def _microseconds(batch: Any) -> Any:
-    """``batch`` with nanosecond timestamps cut to microseconds (what a ``datetime`` holds:
-    a sub-microsecond value made ``to_pylist`` raise without pandas)."""
+    """``batch`` with nanosecond timestamps and durations cut to microseconds (what a
+    ``datetime`` and a ``timedelta`` hold: a sub-microsecond value made ``to_pylist`` raise
+    without pandas; a pandas Timedelta column is ``duration[ns]``, a review)."""
     import pyarrow as pa
 
-    if not any(pa.types.is_timestamp(t) and t.unit == "ns" for t in batch.schema.types):
+    def micro(t: Any) -> Any:
+        if getattr(t, "unit", None) != "ns":
+            return None
+        if pa.types.is_timestamp(t):
+            return pa.timestamp("us", t.tz)
+        return pa.duration("us") if pa.types.is_duration(t) else None
+
+    if not any(micro(t) for t in batch.schema.types):
         return batch
-    cols = [
-        c.cast(pa.timestamp("us", c.type.tz), safe=False)
-        if pa.types.is_timestamp(c.type) and c.type.unit == "ns"
-        else c
-        for c in batch.columns
-    ]
+    cols = [c if (to := micro(c.type)) is None else c.cast(to, safe=False) for c in batch.columns]
     return pa.RecordBatch.from_arrays(cols, names=batch.schema.names)
 
 

@@ -8,9 +8,12 @@ The loop (one thread, batched)::
                             -> publish a version when the spec's ``publish`` policy says so
                             -> commit (order below)
 
-Labels wait for their decisions: a label whose event time is ahead of the newest decision
-consumed (its decision may still be on its way) holds its partition's labels in memory (at most
-``2 x max_poll_records``; the consumer is sought back to the rest), and they go on when
+Labels are learned in event-time order across the labels partitions (fds.streams.align): a
+partition with labels still unread holds the others back (until it is read, or the others were
+fetched for ``label_wait_s`` without it, ``max_hold_s`` at most). Labels wait for their
+decisions: a label whose event time is ahead of the newest decision consumed (its decision may
+still be on its way) holds the labels after it in memory (at most ``2 x max_poll_records`` a
+partition; the consumer is sought back to the rest), and they go on when
 decisions catch up, or when no decision arrived for ``label_wait_s`` (nothing more to wait for:
 the label is then learned or counted unjoined; not while the decisions topic is empty), or after
 ``label_max_wait_s`` of waiting (a label stamped in the future; logged). Not ``pause``:
@@ -581,12 +584,10 @@ class TrainService:
     def _process(self, batch: Any) -> None:
         decisions_topic = self.topics[0]
         labels = self._aligned()
-        while self._revoked:  # their new owner reads them from the committed offsets
-            tp = self._revoked.pop()
-            self._waiting.pop(tp, None)
-            if tp in self.consumer.assignment():  # taken back at once (an eager rebalance):
-                labels.forget([tp])  # read again from the first label not learned
-            # (one gone is dropped by the next take: no seek on a partition not assigned)
+        while self._revoked:  # their new owner reads them from the committed offsets; one
+            tp = self._revoked.pop()  # taken back at once was sought to its first label not
+            self._waiting.pop(tp, None)  # learned (_Seek), and this poll may hold it from there:
+            labels.forget([tp], seek=False)  # (a seek here read them twice: a review)
         # Decisions first: a label in the same batch then finds its snapshot.
         moved = False
         for tp, records in batch.items():
@@ -742,33 +743,40 @@ class TrainService:
 
     def _learn_held(self) -> int:
         """Learn the held labels in event-time order, up to the first that must wait for its
-        decision; returns how many records were consumed (learned or bad)."""
-        t = self.trainer
+        decision (it and those after it are put back); returns how many records were consumed
+        (learned or bad)."""
         labels = self._aligned()
         mine = [tp for tp in self.consumer.assignment() if tp.topic == self.topics[1]]
         n = 0
-        while got := labels.take(1, mine):
-            tp, msg, label = got[0]
-            if isinstance(label, Exception):
-                self._bad(msg, label)
-            elif not self._may_learn(tp, msg.offset, label["ts"]):
-                labels.put_back(tp, label["ts"], msg, label)
-                break
-            else:
-                learned = t.stats["labels_learned"] - t.stats["assumed_legit"]
-                unjoined = t.stats["labels_unjoined"]
-                t.on_label(label)
-                self.metrics.labels_unjoined(t.stats["labels_unjoined"] - unjoined)
-                self.stats.labels += 1
-                # delayed labels only: the examples assumed legitimate that the label's
-                # event time let through are in the registry's labels_learned, not here
-                self.metrics.labels_learned(
-                    t.stats["labels_learned"] - t.stats["assumed_legit"] - learned
-                )
-            self._offsets[(tp.topic, tp.partition)] = msg.offset + 1
-            n += 1
-        self.metrics.labels_waiting(len(labels))
-        return n
+        try:
+            while got := labels.take(self.s.max_poll_records, mine):
+                for i, (tp, msg, label) in enumerate(got):
+                    if isinstance(label, Exception):
+                        self._bad(msg, label)
+                    elif not self._may_learn(tp, msg.offset, label["ts"]):
+                        for tp, msg, label in reversed(got[i:]):  # (each partition's order)
+                            t = -math.inf if isinstance(label, Exception) else label["ts"]
+                            labels.put_back(tp, t, msg, label)
+                        return n
+                    else:
+                        self._learn(label)
+                    self._offsets[(tp.topic, tp.partition)] = msg.offset + 1
+                    n += 1
+            return n
+        finally:
+            self.metrics.labels_waiting(len(labels))
+
+    def _learn(self, label: dict[str, Any]) -> None:
+        """Learn one label, counted in the metrics."""
+        t = self.trainer
+        learned = t.stats["labels_learned"] - t.stats["assumed_legit"]
+        unjoined = t.stats["labels_unjoined"]
+        t.on_label(label)
+        self.metrics.labels_unjoined(t.stats["labels_unjoined"] - unjoined)
+        self.stats.labels += 1
+        # delayed labels only: the examples assumed legitimate that the label's event time
+        # let through are in the registry's labels_learned, not here
+        self.metrics.labels_learned(t.stats["labels_learned"] - t.stats["assumed_legit"] - learned)
 
     def _may_learn(self, tp: Any, offset: int, ts: float) -> bool:
         """May the label at ``offset`` of ``tp`` (event time ``ts``) be learned now: its
@@ -937,10 +945,12 @@ class _Seek(ConsumerRebalanceListener):
                     "train per model (stop the other, or give it its own --group, registry "
                     "and state dir)"
                 )
-        for tp in assigned:
-            off = self.svc._offsets.get((tp.topic, tp.partition))
+        for tp in assigned:  # (one kept across the rebalance, with labels held: from the first
+            off = svc._labels.first(tp)  # of them; kafka-python kept its position past them)
+            if off is None:
+                off = svc._offsets.get((tp.topic, tp.partition))
             if off is not None:
-                self.svc.consumer.seek(tp, off)
+                svc.consumer.seek(tp, off)
 
 
 # -- CLI ---------------------------------------------------------------------------------------

@@ -708,3 +708,18 @@ def test_a_rules_file_replaced_by_a_pipe_is_refused_at_once(tmp_path: Path) -> N
     p.unlink()
     write(p, rules("v2", 100))
     assert rs.check_now() == "ok" and rs.current.version == "v2"
+
+
+def test_a_rules_file_given_as_a_pipe_is_read_once_not_watched(tmp_path: Path) -> None:
+    """A review: `--rules <(...)` loaded, then its write had moved the pipe's mtime and the
+    watcher refused it as "now a pipe"."""
+    import threading
+
+    p = tmp_path / "r.fifo"
+    os.mkfifo(p)
+    writer = threading.Thread(target=lambda: p.write_text(rules("v1", 100)))
+    writer.start()
+    rs = ReloadingRuleset(p, start=False, settle_seconds=0)
+    writer.join()
+    assert rs.current.version == "v1"
+    assert rs.check_now() == "unchanged" and rs.last_error is None

@@ -152,6 +152,9 @@ class Consumer:
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self.sought[tp] = offset
 
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return {tp.partition for tp in self.hw if tp.topic == topic}
+
     def pause(self, tp: TopicPartition) -> None:
         self.paused.add(tp)
 
@@ -235,6 +238,28 @@ def test_held_labels_are_bounded_and_a_revoked_partition_forgets_them(tmp_path):
     _Seek(svc).on_partitions_revoked([lab])
     svc._process({})
     assert not held(svc, lab) and ("labels", 0) not in svc._offsets
+
+
+def test_a_labels_partition_taken_back_at_once_is_read_from_its_first_label_not_learned(
+    tmp_path,
+):
+    """A review: revoked and assigned again in one poll (kafka-python keeps its position), the
+    partition was sought back after that poll had fetched it again: its labels held twice,
+    learned twice, and out of order with a fresh state (offsets moved back)."""
+    d0, lab = TopicPartition("decisions", 0), TopicPartition("labels", 0)
+    svc = service(tmp_path)
+    svc.consumer = c = Consumer({d0: 2, lab: 3})
+    labels = [Msg("labels", 0, i, {"tx_id": f"x{i}", "ts": 150.0, "is_fraud": True})
+              for i in range(3)]  # fmt: skip
+    feed(svc, {d0: [decision(0, 0, "a", 100.0)], lab: labels})
+    assert [m.offset for m in held(svc, lab)] == [0, 1, 2]  # waiting for decisions past 150
+    _Seek(svc).on_partitions_revoked([lab])  # one poll: revoked, assigned again, fetched
+    _Seek(svc).on_partitions_assigned([d0, lab])
+    assert c.sought[lab] == 0  # the first label held, not learned
+    feed(svc, {lab: labels})  # fetched again from there in the same poll
+    assert [m.offset for m in held(svc, lab)] == [0, 1, 2]  # once each
+    feed(svc, {d0: [decision(0, 1, "b", 200.0)]})
+    assert not held(svc, lab) and svc.stats.labels == 3 and svc._offsets[("labels", 0)] == 3
 
 
 class Sent:
