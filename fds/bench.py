@@ -198,12 +198,23 @@ def _load_stream(
                 f"after day {warmup_days} or a shorter --warmup-days"
             )
 
+    def check_frauds(txs: list[dict[str, Any]], truth: set[str], start: float, fix: str) -> None:
+        """Some known fraud must be left after the warm-up (a table of NaN, exit 0, before)."""
+        evaluated_from = start + warmup_days * _DAY
+        if not any(t["tx_id"] in truth for t in txs if t["ts"] >= evaluated_from):
+            raise ConfigError(
+                f"no known fraud after the {warmup_days}-day warm-up, so precision cannot be "
+                f"measured: {fix}"
+            )
+
     if input_path is None:
         check_days(days, "the simulated days")
         from fds.streams.simulator import simulate
 
         sim = simulate(days=days, cards=cards, merchants=merchants, seed=seed, drift_day=drift_day)
         truth = set(sim.scenarios)
+        # (100 cards for 10 days made no fraud after the warm-up: a table of NaN, a QA pass)
+        check_frauds(sim.transactions, truth, sim.start, "simulate more --cards or --days")
         meta: dict[str, Any] = {"source": "simulator", "days": days, "cards": cards, "seed": seed}
         return sim.transactions, sim.labels, truth, sim.start, meta
     from fds import replay
@@ -225,12 +236,10 @@ def _load_stream(
     truth = replay.known_frauds(stream.labels)  # (the last word on each, as a replay reads them)
     start = math.floor(txs[0]["ts"] / _DAY) * _DAY
     check_days(math.floor((txs[-1]["ts"] - start) / _DAY) + 1, str(input_path))
-    evaluated_from = start + warmup_days * _DAY
-    if not any(t["tx_id"] in truth for t in txs if t["ts"] >= evaluated_from):
-        raise ConfigError(
-            f"{input_path}: no known fraud after the {warmup_days}-day warm-up, so precision "
-            "cannot be measured: give a shorter --warmup-days (or a longer file)"
-        )
+    try:
+        check_frauds(txs, truth, start, "give a shorter --warmup-days (or a longer file)")
+    except ConfigError as e:
+        raise ConfigError(f"{input_path}: {e}") from None
     # (rows and labels that could not be read were left out without a word: the report said
     # 30,142 transactions and 115 frauds of a file of 30,758 and 119, a QA pass)
     bad_txs, bad_labels = replay.left_out(stream.dead_letters, input_path)
@@ -607,13 +616,15 @@ FROZEN_READINGS = (
 
 
 def _frozen_gaps(r: dict[str, Any]) -> list[tuple[str, str, float, float, float]]:
-    """``(variant, reading, lower, frozen, adaptive)`` for each frozen model and reading."""
+    """``(variant, reading, lower, frozen, adaptive)`` for each frozen model and reading;
+    ``lower`` NaN (not measurable) when the adaptive precision is below :data:`_MEASURABLE`
+    (a frozen model "280% higher" at 0.004 against 0.001 was judged missed: a QA pass)."""
     out = []
     for key, reading in FROZEN_READINGS:
         ad = r["adaptive"][key]
         for v in ("static_sklearn", "river_frozen"):
             f = r[v][key]
-            out.append((v, reading, 1 - f / ad if ad else float("nan"), f, ad))
+            out.append((v, reading, 1 - f / ad if ad >= _MEASURABLE else float("nan"), f, ad))
     return out
 
 
@@ -765,13 +776,15 @@ def targets(res: PrecisionResult) -> list[tuple[str, str, bool | None]]:
             "another reading)",
         }
         for v, reading, lower, f, ad in _frozen_gaps(r):
-            out.append(
-                (
-                    f"{v} >= 30% lower than adaptive {when[reading]}",
-                    f"{_lower(lower)} ({f:.3f} vs {ad:.3f})",
-                    _at_least(lower, 0.3),
-                )
+            shown = (  # (it said "n/a (nan vs nan)", and judged 0.004 against 0.001: a QA pass)
+                "n/a (no day left to measure)"
+                if math.isnan(ad)
+                else f"{_lower(lower)} ({f:.3f} vs {ad:.3f})"
+                if ad >= _MEASURABLE
+                else f"n/a (adaptive p@k {ad:.3f}, below {_MEASURABLE}; frozen {f:.3f})"
             )
+            out.append((f"{v} >= 30% lower than adaptive {when[reading]}", shown,
+                        _at_least(lower, 0.3)))  # fmt: skip
     return out
 
 

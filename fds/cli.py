@@ -266,6 +266,31 @@ def main(argv: list[str] | None = None) -> int:
             gc.freeze()
 
 
+def unwritable(path: Path) -> str | None:
+    """Why a file cannot be written at ``path`` (its directory is made if missing), or None."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return e.strerror or str(e)
+    try:
+        if path.is_dir():
+            return "it is a directory: name a file in it"
+        if path.exists():  # (/dev/null, say, in a directory no user may write)
+            return None if os.access(path, os.W_OK) else "it is not writable"
+    except OSError as e:  # (a name too long: a traceback's "failed:", exit 1, a QA pass)
+        return e.strerror or str(e)
+    try:  # (the file itself made and removed: access() said yes to root for /proc, where none
+        # can be, and a name too long failed after the run, exit 1: a QA pass)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:  # (made meanwhile)
+        return None
+    except OSError as e:
+        return f"no file can be made in its directory ({e.strerror or e})"
+    with contextlib.suppress(OSError):
+        path.unlink()
+    return None
+
+
 def same_file(a: Path, b: Path) -> bool:
     """Do ``a`` and ``b`` name one file (links and relative paths included; one that does not
     exist yet by its resolved path)? For the outputs a command must not write over its inputs.

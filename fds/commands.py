@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import logging
 import math
-import os
 import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +20,7 @@ from fds.cli import (
     positive_int,
     same_file,
     seed,
+    unwritable,
 )
 from fds.errors import ConfigError
 from fds.logs import say
@@ -197,31 +197,6 @@ def dlq_path_for(out: Path) -> Path:
     return out.with_name(name + ".dlq.jsonl")
 
 
-def _unwritable(path: Path) -> str | None:
-    """Why a file cannot be written at ``path`` (its directory is made if missing), or None."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        return e.strerror or str(e)
-    try:
-        if path.is_dir():
-            return "it is a directory: name a file in it"
-        if path.exists():  # (/dev/null, say, in a directory no user may write)
-            return None if os.access(path, os.W_OK) else "it is not writable"
-    except OSError as e:  # (a name too long: a traceback's "failed:", exit 1, a QA pass)
-        return e.strerror or str(e)
-    try:  # (the file itself made and removed: access() said yes to root for /proc, where none
-        # can be, and a name too long failed after the run, exit 1: a QA pass)
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    except FileExistsError:  # (made meanwhile)
-        return None
-    except OSError as e:
-        return f"no file can be made in its directory ({e.strerror or e})"
-    with contextlib.suppress(OSError):
-        path.unlink()
-    return None
-
-
 def _speed(text: str) -> float:
     """argparse type of ``--speed``: a number (its range is checked by the command)."""
     try:
@@ -273,7 +248,7 @@ def _replay_file(args: argparse.Namespace, pushers: list[Pusher]) -> int:
             return 2
     # (the default dead-letter file is only made when there is a dead letter)
     for flag, path in (("--out", args.out), ("--dlq", args.dlq)):
-        problem = _unwritable(path) if path is not None else None
+        problem = unwritable(path) if path is not None else None
         if problem:
             say(
                 f"fds replay: error: cannot write {flag} {path}: {problem}; give a path in "

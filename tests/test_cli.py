@@ -139,6 +139,13 @@ def test_an_out_in_a_directory_that_takes_no_file_is_exit_2_before_any_work(hist
     assert main(["replay", str(history), "--rules", "none", "--out", "/proc/d.jsonl"]) == 2
     err = capsys.readouterr().err
     assert "cannot write --out /proc/d.jsonl: no file can be made in its directory" in err
+    # fds simulate alike: it generated the whole stream first (~10 s; a QA pass)
+    t0 = time.monotonic()
+    assert main(["simulate", "--out", "/proc/x.jsonl", "--days", "30", "--no-progress"]) == 2
+    assert time.monotonic() - t0 < 5
+    assert "cannot write /proc/x.jsonl: no file can be made in its directory" in (
+        capsys.readouterr().err
+    )
 
 
 def test_bad_mapping_exit_2_names_file_and_line(history, tmp_path, capsys):

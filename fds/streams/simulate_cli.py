@@ -12,9 +12,10 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from fds.cli import at_least, drift_day, positive_int, seed
+from fds.cli import at_least, drift_day, positive_int, seed, unwritable
 from fds.errors import ConfigError
 from fds.progress import progress_bar
 from fds.streams.simulator import (
@@ -133,6 +134,9 @@ def _simulate(args: argparse.Namespace) -> int:
             "(up to 70 days later) must fall between 1900-01-02 and 9997-12-31; give a --start "
             "inside them"
         )
+    for out in (Path(args.out), labels_path(args.out)):  # (before the run, not after its
+        if (problem := unwritable(out)) is not None:  # 10 s: a QA pass)
+            raise ConfigError(f"cannot write {out}: {problem}; give a path in a writable directory")
     t0 = time.perf_counter()
 
     def say(msg: str) -> None:

@@ -156,6 +156,10 @@ def test_a_stream_with_nothing_left_to_evaluate_is_a_usage_error(tmp_path: Path)
         run_precision(days=10, warmup_days=14, out_dir=tmp_path, echo=False, progress=False)
     with pytest.raises(ConfigError, match="--drift-day 2 must fall after the warm-up"):
         run_precision(days=10, warmup_days=3, drift_day=2, out_dir=tmp_path, echo=False)
+    # a simulated stream with no fraud after the warm-up (a QA pass: a table of NaN, exit 0)
+    with pytest.raises(ConfigError, match="no known fraud after the 3-day warm-up.*--cards"):
+        run_precision(days=6, cards=1, warmup_days=3, drift_day=None, out_dir=tmp_path,
+                      echo=False, progress=False, ceiling_ref=False)  # fmt: skip
     sim = simulate(days=4, cards=300, merchants=100, seed=3, drift_day=None)
     tx_path, lab_path = write(sim, tmp_path / "sim.jsonl")
     lab_path.write_text("")  # labels beside the file are found; none after the warm-up
@@ -235,6 +239,12 @@ def test_a_baseline_near_zero_measures_nothing() -> None:
     assert rows[0][1].startswith("n/a (") and rows[0][2] is None
     recovery = next((m, ok) for t, m, ok in rows if t.startswith("adaptive back to"))
     assert recovery == ("n/a (pre-drift p@k 0.031, below 0.05)", None)  # (as the console)
+    # a frozen model "280% higher" than an adaptive p@k of 0.001 was judged missed (a QA pass)
+    frozen = [(m, ok) for t, m, ok in rows if "lower than adaptive" in t]
+    assert frozen and all(m.startswith("n/a (adaptive p@k 0.0") and "below 0.05" in m
+                          and ok is None for m, ok in frozen)  # fmt: skip
+    short = targets(_result({"adaptive": weak[:12]}, label_delay=2.0))  # no day after it
+    assert ("n/a (no day left to measure)", None) in [(m, ok) for _, m, ok in short]
     # nor the table's ratios (17.75x against 0.006 beside an n/a target: a QA pass)
     for v in res.summary:
         res.summary[v] |= {"card_precision_at_k": 0.0, "recall_at_k": 0.0, "average_precision": 0.0}
@@ -322,7 +332,7 @@ def test_a_rule_that_raises_is_a_usage_error_naming_it(tmp_path: Path) -> None:
         "reason: r}\n"
     )
     with pytest.raises(ConfigError, match=r"rule night_ratio raised ZeroDivisionError.*guard"):
-        run_precision(days=3, cards=300, merchants=100, drift_day=None, warmup_days=1, seed=1,
+        run_precision(days=3, cards=600, merchants=100, drift_day=None, warmup_days=1, seed=1,
                       rules=str(rules), out_dir=tmp_path, progress=False, echo=False)  # fmt: skip
 
 
