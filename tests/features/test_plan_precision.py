@@ -55,6 +55,32 @@ def test_a_first_value_far_from_the_rest_does_not_cost_the_std_its_precision():
     assert out[100]["std"] == pytest.approx(statistics.pstdev(amounts[:101]), rel=1e-9)
 
 
+def test_a_std_that_moves_the_shift_keeps_the_sums_of_whole_amounts_exact():
+    """A QA pass: a std's move of the shift to its window's mean (651,820.2) made a 1-hour sum
+    of whole amounts 3259099.9999999995, and a rule `>= 3259100` did not fire: the shift moves
+    to the window's value closest to its mean."""
+    plan = FeaturePlan(
+        [S(name="std_10m", entity="card_id", agg="std", field="amount", window="10m"),
+         S(name="sum_1h", entity="card_id", agg="sum", field="amount", window="1h")],
+        grace=0,
+    )  # fmt: skip
+    m = 60.0
+    events = [(0, 3_000_000.0), (41 * m, 7100.0), (46 * m, 1000.0), (48 * m, 1000.0),
+              (49.5 * m, 250_000.0)]  # fmt: skip
+    out = run(plan, events)
+    assert out[-1]["sum_1h"] == 3_259_100.0
+    assert out[-1]["std_10m"] == pytest.approx(statistics.pstdev([7100.0, 1e3, 1e3, 250_000.0]))
+
+
+def test_the_std_of_repeated_amounts_is_0_after_a_far_larger_one_left():
+    """A QA pass: 1.5 and 1.5 left in a 10-minute window after 999.99 and 0.01 had a std of
+    4.18e-6, and a rule `std == 0` (the same amount repeated) did not fire."""
+    m = 60.0
+    events = [(30, 1.5), (90, 999.99), (91, 0.01), (6 * m + 31, 1.5), (11 * m + 31, 1.5)]
+    out = run(moments("10m"), events)
+    assert out[-1]["std"] == 0.0 and out[-1]["sum"] == 3.0 and out[-1]["mean"] == 1.5
+
+
 def test_a_missing_amount_is_skipped_like_any_missing_value():
     out = run(moments(), [(0, 10.0), (1, None), (2, 20.0)])
     assert out[1] == {"sum": 10.0, "mean": 10.0, "std": 0.0}
