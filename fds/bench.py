@@ -25,6 +25,7 @@ import contextlib
 import itertools
 import math
 import pickle
+import shlex
 import sys
 import tempfile
 import time
@@ -1089,7 +1090,7 @@ def _cmd_precision(args: argparse.Namespace) -> int:
             labels_path=args.labels,
             out_dir=args.out,
             name=args.name or _default_report_name(args),
-            command="fds " + " ".join(sys.argv[1:]),
+            command=shlex.join(["fds", *sys.argv[1:]]),  # (a path with a space: a QA pass)
             progress=args.progress,
             ceiling_ref=args.reference,
         )

@@ -208,9 +208,15 @@ def _speed(text: str) -> float:
 
 
 def _push_job(text: str) -> str:
-    """argparse type of ``--push-job``: a name, not empty."""
+    """argparse type of ``--push-job``: a name, not empty, nor ``.`` or ``..`` (a path step
+    the URL resolves: the Pushgateway was blamed for its redirect, a QA pass)."""
     if not text.strip():
         raise argparse.ArgumentTypeError("give the job a name, e.g. --push-job nightly_replay")
+    if text.strip() in (".", ".."):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is a step of a URL path, not a job name: give a name, e.g. "
+            "--push-job nightly_replay"
+        )
     return text
 
 

@@ -1333,6 +1333,9 @@ def test_replay_pushgateway_arguments_that_cannot_work_say_so(history, tmp_path,
     with pytest.raises(SystemExit):
         bare_replay(str(history), "--pushgateway", "pgw:9091", "--push-job", " ")
     assert "give the job a name" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # (its redirect was blamed on the Pushgateway: a QA pass)
+        bare_replay(str(history), "--pushgateway", "pgw:9091", "--push-job", "..")
+    assert "'..' is a step of a URL path, not a job name" in capsys.readouterr().err
     for job in ("nightly", "fds_replay"):  # (the default's name too: a review)
         assert bare_replay(str(history), "--push-job", job) == 2
         assert "--push-job needs --pushgateway URL" in capsys.readouterr().err

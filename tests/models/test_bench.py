@@ -583,3 +583,21 @@ def test_no_progress_is_taken_where_the_readme_names_it(tmp_path: Path) -> None:
     args = ap.parse_args(["simulate", "--days", "2", "--cards", "100", "--merchants", "100",
                           "--out", str(out), "--no-progress"])  # fmt: skip
     assert args.func(args) == 0 and out.exists()
+
+
+def test_the_report_gives_its_command_as_a_shell_reads_it(tmp_path, monkeypatch) -> None:
+    """A QA pass: `--out "/tmp/with space"` was written unquoted into the report's Command
+    line, which then could not be pasted back into a shell."""
+    import shlex
+    import sys
+
+    from fds import bench
+    from fds.cli import build_parser
+
+    got: dict[str, Any] = {}
+    monkeypatch.setattr(bench, "run_precision", lambda **kw: got.update(kw))
+    argv = ["bench", "precision", "--out", str(tmp_path / "with space"), "--days", "20"]
+    monkeypatch.setattr(sys, "argv", ["fds", *argv])
+    args = build_parser().parse_args(argv)
+    assert args.func(args) == 0
+    assert shlex.split(got["command"]) == ["fds", *argv]
