@@ -178,7 +178,7 @@ def _print_summary(sim: Simulation, s: dict[str, Any], t_gen: float, t_all: floa
             "transactions",
             f"{s['transactions']:,} over {s['days']:g} days, {s['cards']:,} "
             f"card{'' if s['cards'] == 1 else 's'}",
-        ),  # fmt: skip
+        ),
         ("frauds", f"{s['frauds']:,} ({100 * s['fraud_rate']:.2f}% of transactions)"),
         *((f"  {k}", f"{v:,}") for k, v in s["scenarios"].items()),
         ("labels", f"{s['labels']:,} (frauds only; unlabelled means legitimate)"),
