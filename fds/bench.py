@@ -215,7 +215,9 @@ def _load_stream(
         sim = simulate(days=days, cards=cards, merchants=merchants, seed=seed, drift_day=drift_day)
         truth = set(sim.scenarios)
         # (100 cards for 10 days made no fraud after the warm-up: a table of NaN, a QA pass)
-        check_frauds(sim.transactions, truth, sim.start, "simulate more --cards or --days")
+        check_frauds(
+            sim.transactions, truth, sim.start, "simulate more --cards (or another --seed)"
+        )
         meta: dict[str, Any] = {"source": "simulator", "days": days, "cards": cards, "seed": seed}
         return sim.transactions, sim.labels, truth, sim.start, meta
     from fds import replay

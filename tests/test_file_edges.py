@@ -172,9 +172,10 @@ def test_parquet_durations_and_intervals_are_read_as_json_holds_them(tmp_path):
         "tx_id": ["t0"], "ts": [1767225600.0], "card_id": ["c0"], "amount": [5.0],
         "wait": pa.array([90_500], pa.duration("ms")),
         "pandas": pa.array([1_500_000_005], pa.duration("ns")),  # (a review: a dead letter)
+        "at": pa.array([3_000_000_005], pa.time64("ns")),  # (a review: a dead letter too)
     }), p)  # fmt: skip
     [(_, rec, _)] = list(read_records(p))
-    assert rec["wait"] == 90.5 and rec["pandas"] == 1.5
+    assert rec["wait"] == 90.5 and rec["pandas"] == 1.5 and rec["at"] == "00:00:03"
     from fds.schema import dumps  # (an Arrow interval: no Parquet type, an Arrow column's)
 
     term = pa.array([pa.MonthDayNano([1, 2, 3])], pa.month_day_nano_interval()).to_pylist()

@@ -502,23 +502,23 @@ def _cut_column(ts: Any, col: list[Any], st: list[Any], i_off: int, horizon: flo
 
 
 # Running sums subtract what leaves a window, so a value far larger than the rest leaves its
-# rounding behind (a 1e17 amount passing through a card of single-digit amounts left its sum
-# off by 7, and 1e160 overflowed its squares into NaN: a review found it). A leave that takes
-# a sum of squares down by more than this factor (its square root for a plain sum), and is
-# larger than the shift itself, has the window's sums recomputed exactly (_exact): at most 20
+# rounding behind (a 1e17 amount passing through a card of single-digit amounts left its sum off by
+# 7, and 1e160 overflowed its squares into NaN: a review found it). A leave that takes a sum of
+# squares down by more than this factor (its square root for a plain sum, and then only a leave
+# larger than the shift itself: below) has the window's sums recomputed exactly (_exact): at most 20
 # of the 52 bits are lost before that. The shift moves (_rebase, every window of the field
 # recomputed) when a std's variance is this much below the second moment about the shift (a
-# merchant's first amount 2e9, then amounts around 10,000, gave 25.7 for 29.6): to that
-# window's mean; or when a new value is this much below the shift (a first value of 1e17
-# rounded a later 12.34 to 16): to that value. All are rare: amounts of one magnitude never
-# trigger them. A plain sum's test spares leaves no larger than the shift (a sum of deviations
-# is near 0 whenever values straddle the shift: each leave would recompute it); a sum of
-# squares is near 0 only when the values left are all near the shift, so any leave that takes
-# it down by the factor recomputes it (1.5 and 1.5 left after a 999.99 had a std of 4e-6, not
-# 0: a QA pass). The new shift is the window's value closest to its mean, not the mean: whole
-# amounts keep whole deviations, so sums of whole amounts stay exact (a std's move of the
-# shift to a mean of 651,820.2 made a 1-hour sum of whole amounts 3259099.9999999995: a QA
-# pass), and a value within one standard deviation of the mean always exists.
+# merchant's first amount 2e9, then amounts around 10,000, gave 25.7 for 29.6): to that window's
+# value closest to its mean; or when a new value is this much below the shift (a first value of 1e17
+# rounded a later 12.34 to 16): to that value. All are rare: amounts of one magnitude never trigger
+# them. A plain sum's test spares leaves no larger than the shift (a sum of deviations is near 0
+# whenever values straddle the shift: each leave would recompute it); a sum of squares is near 0
+# only when the values left are all near the shift, so any leave that takes it down by the factor
+# recomputes it (1.5 and 1.5 left after a 999.99 had a std of 4e-6, not 0: a QA pass). The new shift
+# is the window's value closest to its mean, not the mean: whole amounts keep whole deviations, so
+# sums of whole amounts stay exact (a std's move of the shift to a mean of 651,820.2 made a 1-hour
+# sum of whole amounts 3259099.9999999995: a QA pass), and a value within one standard deviation of
+# the mean always exists.
 _DRIFT = float(2**20)
 _DRIFT2 = _DRIFT * _DRIFT
 

@@ -1684,17 +1684,17 @@ def _pylist(batch: Any) -> tuple[list[dict[str, Any]], dict[int, tuple[str, str,
         except (OverflowError, ValueError):
             pass
         values = []
+        t = col.type
+        dated = pa.types.is_timestamp(t) or pa.types.is_date(t)
         for i in range(len(col)):
             try:
                 values.append(col[i].as_py())
             except (OverflowError, ValueError) as e:
                 values.append(None)
                 stored = _stored_number(col.slice(i, 1))
-                bad.setdefault(i, (name, f"{stored} ({col.type})", (
-                    f"{name}: the {col.type} value {stored} has no Python value ({e}"
-                    + ("" if pa.types.is_duration(col.type) else ": past the years 1-9999")
-                    + ")"
-                )))  # fmt: skip
+                why = f"{e}: past the years 1-9999" if dated else str(e)
+                text = f"{name}: the {t} value {stored} has no Python value ({why})"
+                bad.setdefault(i, (name, f"{stored} ({t})", text))
         cols.append(values)
     return [dict(zip(names, row, strict=True)) for row in zip(*cols, strict=True)], bad
 
@@ -1710,9 +1710,10 @@ def _stored_number(cell: Any) -> Any:
 
 
 def _microseconds(batch: Any) -> Any:
-    """``batch`` with nanosecond timestamps and durations cut to microseconds (what a
-    ``datetime`` and a ``timedelta`` hold: a sub-microsecond value made ``to_pylist`` raise
-    without pandas; a pandas Timedelta column is ``duration[ns]``, a review)."""
+    """``batch`` with nanosecond timestamps, times and durations cut to microseconds (what
+    a ``datetime``, a ``time`` and a ``timedelta`` hold: a sub-microsecond value made
+    ``to_pylist`` raise without pandas; a pandas Timedelta column is ``duration[ns]``, a
+    review)."""
     import pyarrow as pa
 
     def micro(t: Any) -> Any:
@@ -1720,6 +1721,8 @@ def _microseconds(batch: Any) -> Any:
             return None
         if pa.types.is_timestamp(t):
             return pa.timestamp("us", t.tz)
+        if pa.types.is_time64(t):  # (a time of day: a review)
+            return pa.time64("us")
         return pa.duration("us") if pa.types.is_duration(t) else None
 
     if not any(micro(t) for t in batch.schema.types):

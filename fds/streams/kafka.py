@@ -2730,6 +2730,7 @@ class Runner:
             ),
             lambda: {tp: self.consumer.committed(tp, timeout_ms=timeout_ms) for tp in tps},
             wait_s,
+            held=self.s.exactly_once,
         )
 
     def _adopt_commits(self, tps: list[Any], what: str) -> dict[Any, int]:
@@ -3624,9 +3625,14 @@ class Runner:
     def _flush(self) -> None:
         self._retrying("flush", lambda: self.producer.flush(timeout=self.s.broker_timeout_s))
 
-    def _retrying(self, what: str, fn: Callable[[], Any], timeout_s: float | None = None) -> Any:
+    def _retrying(
+        self, what: str, fn: Callable[[], Any], timeout_s: float | None = None, *,
+        held: bool = False,
+    ) -> Any:  # fmt: skip
         """Call ``fn`` with exponential backoff until ``timeout_s`` (``broker_timeout_s``);
-        then give up loudly.
+        then give up loudly. ``held``: a slow answer is the broker holding it back on purpose
+        (committed offsets an open transaction holds), not its silence: not said as a broker
+        gone (fds_broker_reachable 0 and /readyz "does not answer" while it answered: a QA).
 
         Under exactly-once a failed transactional call is not retried: the transaction is
         aborted and the error propagates (a restart resumes from the last commit).
@@ -3636,7 +3642,7 @@ class Runner:
         delay = 0.1  # first backoff; doubles up to 5 s
         while True:
             try:
-                got = self._waited(what, fn, deadline, since=first)
+                got = self._waited(what, fn, deadline, since=first, held=held)
                 self._broker_state(True)
                 return got
             except CommitFailedError:
@@ -3688,8 +3694,9 @@ class Runner:
         )
 
     def _waited(
-        self, what: str, fn: Callable[[], Any], deadline: float, *, since: float | None = None
-    ) -> Any:
+        self, what: str, fn: Callable[[], Any], deadline: float, *, since: float | None = None,
+        held: bool = False,
+    ) -> Any:  # fmt: skip
         """``fn()`` run on the broker-call thread and waited for in steps: logged every
         WAIT_LOG_S while the broker does not answer, given up at ``deadline`` and, after a stop,
         at the stop's deadline (BrokerUnavailable). kafka-python's transactional calls wait
@@ -3726,7 +3733,8 @@ class Runner:
                 )
             if now - logged >= WAIT_LOG_S:
                 logged = now
-                self._broker_state(False)
+                if not held:
+                    self._broker_state(False)
                 log.warning("%s waiting for Kafka at %s (%.0f s of %.0f s)", what,
                             self.s.bootstrap, now - started, deadline - started)  # fmt: skip
 

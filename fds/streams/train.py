@@ -747,9 +747,10 @@ class TrainService:
         (learned or bad)."""
         labels = self._aligned()
         mine = [tp for tp in self.consumer.assignment() if tp.topic == self.topics[1]]
-        n = 0
-        try:
-            while got := labels.take(self.s.max_poll_records, mine):
+        n = size = 0
+        try:  # (one first: while it waits, a poll's worth was taken and put back each pass)
+            while got := labels.take(size or 1, mine):
+                size = self.s.max_poll_records
                 for i, (tp, msg, label) in enumerate(got):
                     if isinstance(label, Exception):
                         self._bad(msg, label)

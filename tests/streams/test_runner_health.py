@@ -205,3 +205,20 @@ def test_an_outage_during_a_restore_is_said_on_readyz_and_by_the_gauge(tmp_path,
     assert last[1] == (False, "waiting for the broker: Kafka at 127.0.0.1:19092 does not answer "
                        "(restoring the state (rebuild): partitions [0, 1])")  # fmt: skip
     assert last[2] == 0.0
+
+
+def test_offsets_an_open_transaction_holds_back_are_no_broker_outage(tmp_path, monkeypatch):
+    """A QA pass: an exactly-once instance taking over waited for the offsets a killed one's
+    open transaction held, and /readyz said the broker "does not answer" (and the gauge 0)
+    while it answered: such a wait is not said as the broker's silence."""
+    import time
+
+    from fds.streams import kafka
+
+    monkeypatch.setattr(kafka, "WAIT_LOG_S", 0.01)
+    monkeypatch.setattr(kafka, "WAIT_STEP_S", 0.01)
+    r = runner(Broker(logs(n0=1, n1=1), committed={}), tmp_path, eng=engine(Metrics()))
+    slow = lambda: time.sleep(0.1) or 1  # noqa: E731
+    assert r._waited("reading the committed offsets", slow, time.monotonic() + 5, held=True)
+    assert r._broker_up is None
+    assert r._waited("commit", slow, time.monotonic() + 5) and r._broker_up is False
