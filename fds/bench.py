@@ -989,11 +989,49 @@ _FIGURE_OPTIONS = (
 
 def _default_report_name(args: argparse.Namespace) -> str:
     """The report's name without ``--name``: ``precision_<file>`` for ``--input``, else
-    ``precision`` (the committed report) for the run that made it, else ``precision_custom``."""
+    ``precision`` (the committed report) for the run that made it, else ``precision_custom``
+    (by the figures' effective options: a default given explicitly, `--days 60`, named the
+    report custom, a QA pass)."""
     if args.input:
         return f"precision_{Path(args.input).name.split('.')[0]}"
-    changed = any(getattr(args, d) != v for d, v in args.figure_defaults.items())
-    return "precision_custom" if changed else "precision"
+    default = argparse.Namespace(**{**vars(args), **args.figure_defaults})
+    return (
+        "precision" if _effective(args, True) == _effective(default, True) else "precision_custom"
+    )
+
+
+def _effective(args: argparse.Namespace, compared: bool = False) -> dict[str, Any]:
+    """``run_precision``'s figure options as a run of ``args`` takes them (the defaults filled
+    in); ``compared``: as they compare (the alert budget, the rules and the spec resolved, the
+    reference run included)."""
+    drift = args.drift_day
+    if drift is None and not args.input:  # a user's file has no drift unless told; the
+        drift = min(SIM_DRIFT_DAY, (args.days or 60) // 2)  # middle of a shorter stream (day
+        # 30 of 20 was refused, naming a flag not given: a QA pass), as demo and simulate
+    if drift is not None and drift < 0:
+        drift = None
+    warmup = args.warmup_days  # (the middle of --days 20 fell inside a 14-day warm-up: a QA)
+    if warmup is None:
+        warmup = warmup_before(drift)
+        if not args.input:  # (14 days of it refused --days 12, naming --warmup-days: a QA pass)
+            warmup = min(warmup, max(1, (args.days or 60) // 2))
+    cards = args.cards or 10_000
+    run = {"days": args.days or 60, "cards": cards, "merchants": args.merchants or 1_000,
+           "seed": args.seed, "drift_day": drift, "warmup_days": warmup, "k": args.k,
+           "spec": args.spec, "rules": args.rules}  # fmt: skip
+    if compared:
+        from fds.pipeline import DEFAULT_MODEL, DEFAULT_RULES
+
+        def spec_file(spec: str) -> Path:
+            return DEFAULT_MODEL.resolve() if spec == "default" else Path(spec).resolve()
+
+        run |= {
+            "k": args.k or max(1, round(SIM_K_PER_20K_CARDS * cards / 20_000)),
+            "spec": spec_file(args.spec),
+            "rules": Path(args.rules or DEFAULT_RULES).resolve(),
+            "reference": args.reference,
+        }
+    return run
 
 
 def unwritable_dir(out: Path) -> str | None:
@@ -1054,17 +1092,7 @@ def _cmd_precision(args: argparse.Namespace) -> int:
         if getattr(args, flag) is not None and args.input:
             say(f"{args.prog}: error: --{flag} is for the simulator; --input FILE is read whole")
             return 2
-    drift = args.drift_day
-    if drift is None and not args.input:  # a user's file has no drift unless told; the
-        drift = min(SIM_DRIFT_DAY, (args.days or 60) // 2)  # middle of a shorter stream (day
-        # 30 of 20 was refused, naming a flag not given: a QA pass), as demo and simulate
-    if drift is not None and drift < 0:
-        drift = None
-    warmup = args.warmup_days  # (the middle of --days 20 fell inside a 14-day warm-up: a QA)
-    if warmup is None:
-        warmup = warmup_before(drift)
-        if not args.input:  # (14 days of it refused --days 12, naming --warmup-days: a QA pass)
-            warmup = min(warmup, max(1, (args.days or 60) // 2))
+    run = _effective(args)
     why = unwritable_dir(args.out)
     if why:
         say(f"{args.prog}: error: --out {str(args.out)!r}: cannot write there ({why}): name a "
@@ -1078,15 +1106,7 @@ def _cmd_precision(args: argparse.Namespace) -> int:
                 args.input, load_mapping(args.mapping) if args.mapping else None
             )
         run_precision(
-            days=args.days or 60,
-            cards=args.cards or 10_000,
-            merchants=args.merchants or 1_000,
-            seed=args.seed,
-            drift_day=drift,
-            warmup_days=warmup,
-            k=args.k,
-            spec=args.spec,
-            rules=args.rules,
+            **run,
             input_path=args.input,
             mapping_path=args.mapping,
             labels_path=args.labels,

@@ -603,3 +603,19 @@ def test_the_report_gives_its_command_as_a_shell_reads_it(tmp_path, monkeypatch)
     args = build_parser().parse_args(argv)
     assert args.func(args) == 0
     assert shlex.split(got["command"]) == ["fds", *argv]
+
+
+def test_a_default_given_explicitly_still_writes_the_committed_report() -> None:
+    """A QA pass: `--days 60`, `--k 25`, `--rules rules/default.yaml` ... (the defaults, the
+    same figures) named the report precision_custom: the effective options are compared."""
+    from fds.bench import _default_report_name
+    from fds.pipeline import DEFAULT_MODEL, DEFAULT_RULES
+
+    explicit = ["--days", "60", "--cards", "10000", "--merchants", "1000", "--drift-day", "30",
+                "--k", "25", "--warmup-days", "14", "--rules", str(DEFAULT_RULES),
+                "--spec", str(DEFAULT_MODEL)]  # fmt: skip
+    args = build_parser().parse_args(["bench", "precision", *explicit])
+    assert _default_report_name(args) == "precision"
+    for other in (["--days", "30"], ["--k", "26"], ["--warmup-days", "13"]):
+        args = build_parser().parse_args(["bench", "precision", *other])
+        assert _default_report_name(args) == "precision_custom", other
