@@ -23,3 +23,11 @@ def test_numeric_values_of_every_kind_become_finite_floats():
     }  # fmt: skip
     assert "s" not in x
     assert all(type(v) is float for v in x.values())
+
+
+def test_the_names_a_feature_may_not_take_are_the_ones_to_vector_writes() -> None:
+    """MODEL_INPUTS (refused as feature names by the rules file's checks) names every input
+    to_vector adds to the snapshot, and the rules' score: a name added there is refused too."""
+    from fds.models.vector import MODEL_INPUTS, RULE_SCORE, to_vector
+
+    assert set(to_vector({"amount": 5.0, "ts": 0.0}, {})) | {RULE_SCORE} == MODEL_INPUTS
