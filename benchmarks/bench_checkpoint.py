@@ -21,7 +21,6 @@ import platform
 import random
 import shlex
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -31,8 +30,8 @@ import orjson
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
-
 import bench_kafka  # noqa: E402
+from scratch import scratch_dir  # noqa: E402
 
 from fds.gcpolicy import Freezer  # noqa: E402
 from fds.pipeline import build_engine  # noqa: E402
@@ -66,7 +65,7 @@ def measure(cards: int, per_card: int) -> dict[str, Any]:
             parse_transaction(orjson.loads(bench_kafka.make_tx(i, rng)))
             for i in range(n, n + 3 * AFTER)
         ]
-        ck = Checkpointer(tempfile.mkdtemp(prefix="fds-bench-ckpt-"))
+        ck = Checkpointer(scratch_dir("fds-bench-ckpt-"))
         out: dict[str, Any] = {"cards": cards, "transactions": n, "rss_mb": rss_mb()}
         triggers = {
             "none": lambda: None,

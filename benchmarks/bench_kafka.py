@@ -39,7 +39,6 @@ import random
 import shlex
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections import deque
@@ -55,6 +54,7 @@ from kafka.structs import OffsetAndMetadata
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
+from scratch import scratch_dir  # noqa: E402
 
 from fds.streams import kafka_kit  # noqa: E402
 from fds.streams.kafka import KafkaSettings  # noqa: E402
@@ -183,7 +183,7 @@ def run_cmd(cmd: list[str], root: Path = REPO) -> float:
     return time.monotonic() - t
 
 
-STATE_ROOT = Path(tempfile.mkdtemp(prefix="fds-bench-state-"))
+STATE_ROOT = scratch_dir("fds-bench-state-")
 
 
 def fds_cmd(bootstrap: str, topics: dict[str, str], *extra: str) -> list[str]:
@@ -219,7 +219,7 @@ def make_registry(spec: str, rules: str | None = None) -> Path:
         # ~1% "fraud" (the largest amounts): scores stay low, as on real traffic, so the
         # rate breaker does not demote the model during the run.
         model.learn_one(to_vector(tx, feats), tx["amount"] > 300)
-    reg = Registry(Path(tempfile.mkdtemp(prefix="fds-bench-registry-")))
+    reg = Registry(scratch_dir("fds-bench-registry-"))
     version = reg.publish(model, spec={"name": "default"}, labels_learned=2000)["version"]
     reg.promote(version)
     return reg.path

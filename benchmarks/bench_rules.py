@@ -18,7 +18,6 @@ import shlex
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # (the tree measured: this one, or the --before checkout in its child process)
 sys.path.insert(0, os.environ.get("FDS_BENCH_TREE", str(ROOT)))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-
 import plots  # noqa: E402
+from scratch import scratch_dir  # noqa: E402
 
 from fds.policy import Policy  # noqa: E402
 from fds.rules.ruleset import load_ruleset, load_ruleset_text  # noqa: E402
@@ -255,7 +254,7 @@ def main() -> None:
         return
     load_avg = os.getloadavg()[0]
     text = rules_yaml()
-    path = Path(tempfile.mkdtemp()) / "bench_rules_100.yaml"
+    path = scratch_dir("fds-bench-rules-") / "bench_rules_100.yaml"
     path.write_text(text)
     loads = []
     for _ in range(PASSES):

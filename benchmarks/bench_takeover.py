@@ -43,7 +43,6 @@ import shlex
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 import tracemalloc
 from collections.abc import Callable, Iterable
@@ -53,9 +52,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
-
 import plots  # noqa: E402
 from kafka.partitioner.default import murmur2  # noqa: E402
+from scratch import scratch_dir  # noqa: E402
 
 from fds.features import FeaturePlan  # noqa: E402
 from fds.pipeline import DEFAULT_RULES, build_engine  # noqa: E402
@@ -289,7 +288,7 @@ def main() -> int:
     moved = [e for e in history if e[0] == "tx" and e[1] in MOVED and e[2]["ts"] > cut - horizon]
     n_tx = sum(1 for e in history if e[0] == "tx")
     offsets = {p: sum(1 for e in history if e[1] == p) for p in MOVED}  # next offset of each
-    state_dir = Path(tempfile.mkdtemp(prefix="fds-bench-takeover-"))
+    state_dir = scratch_dir("fds-bench-takeover-")
     ck = Checkpointer(state_dir)
     ck.save(engine.state_dict(), topic=TOPIC, offsets=offsets)
     snapshot_bytes = ck.path.stat().st_size

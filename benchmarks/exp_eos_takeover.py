@@ -32,7 +32,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -43,6 +42,7 @@ from kafka import KafkaConsumer
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from scratch import scratch_dir  # noqa: E402
 
 from fds.streams import kafka_kit  # noqa: E402
 from fds.streams.kafka import KafkaSettings, produce_file  # noqa: E402
@@ -144,7 +144,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     timeouts = [int(x) for x in args.timeouts.split(",")]
-    work = Path(tempfile.mkdtemp(prefix="fds-eos-"))
+    work = scratch_dir("fds-eos-")
     ddir = work / "kafka"
     kafka_kit.up(PORT, CONTROLLER_PORT, ddir)
     stream = work / "tx.jsonl"

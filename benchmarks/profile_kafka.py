@@ -17,12 +17,11 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 import bench_kafka as bk
+from scratch import scratch_dir
 
 from fds.streams import kafka_kit
 
@@ -39,7 +38,7 @@ def main() -> int:
     command = shlex.join(["python", "benchmarks/profile_kafka.py", *sys.argv[1:]])
     bootstrap = kafka_kit.up()
     pipeline = bk.default_pipeline()
-    raw = Path(tempfile.mkdtemp(prefix="fds-profile-")) / "spy.txt"
+    raw = scratch_dir("fds-profile-") / "spy.txt"
     spies: list[subprocess.Popen] = []
     popen = subprocess.Popen
 

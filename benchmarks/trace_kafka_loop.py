@@ -19,12 +19,12 @@ import json
 import os
 import shlex
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from scratch import scratch_dir
 
 PARTS = {
     "KafkaConsumer": ("poll", "commit", "commit_async"),
@@ -125,7 +125,7 @@ def main() -> int:
     command = shlex.join(["python", "benchmarks/trace_kafka_loop.py", *sys.argv[1:]])
     bootstrap = kafka_kit.up()
     pipeline = bk.default_pipeline()
-    trace_file = Path(tempfile.mkdtemp(prefix="fds-trace-")) / "trace.json"
+    trace_file = scratch_dir("fds-trace-") / "trace.json"
     os.environ["FDS_TRACE_OUT"] = str(trace_file)
 
     def cmd(topics: dict[str, str]) -> list[str]:
