@@ -255,6 +255,13 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(OSError):  # nothing more can be written to it
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115
         return 141  # as a shell reports SIGPIPE
+    except MemoryError:  # (a simulation of 200M cards under a memory limit: numpy's
+        # traceback, a QA pass; what was asked is too large for this process)
+        say(
+            f"{args.prog}: failed: out of memory: give it less at once (fewer --cards or "
+            "--days, a smaller file) or run it where more memory is allowed"
+        )
+        return 1
     except (OSError, UnicodeError) as e:  # a path the system refuses (/proc/x, a full disk,
         say(f"{args.prog}: failed: {describe(e)}")  # a name too long): said, not a traceback
         return 1  # (a QA pass)

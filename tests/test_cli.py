@@ -1347,3 +1347,18 @@ def test_replay_pushgateway_arguments_that_cannot_work_say_so(history, tmp_path,
     assert f"cannot push metrics to the Pushgateway at http://127.0.0.1:{port}" in err
     assert "start it, or give its address with --pushgateway" in err
     assert out.read_text() == "the last run's\n"
+
+
+def test_out_of_memory_is_said_not_a_traceback(tmp_path, capsys, monkeypatch):
+    """A QA pass: `fds simulate --cards 200000000` under a memory limit ended in numpy's
+    MemoryError traceback."""
+    from fds.streams import simulate_cli
+
+    def too_big(**_kw):
+        raise MemoryError("Unable to allocate 14.9 GiB for an array")
+
+    monkeypatch.setattr(simulate_cli, "simulate", too_big)
+    assert main(["simulate", "--days", "1", "--out", str(tmp_path / "s.jsonl")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("fds simulate: failed: out of memory: give it less at once")
+    assert "Traceback" not in err

@@ -290,3 +290,28 @@ def test_a_full_log_disk_does_not_stop_a_command(tmp_path):
         p = subprocess.run(cmd, stderr=full, stdout=subprocess.DEVNULL, env=env, timeout=120)
     assert p.returncode == 0
     assert out.read_bytes().count(b"\n") == len(data.read_bytes().splitlines())
+
+
+def test_simulate_with_json_logs_prints_its_summary_as_json_and_its_stages_as_records(
+    tmp_path, capsys
+):
+    """A QA pass: `fds --log-format json simulate` printed its stage lines as plain text among
+    the JSON logs, and its summary as a table."""
+    import orjson
+
+    from fds.cli import main
+
+    argv = ["simulate", "--days", "2", "--cards", "200", "--merchants", "100"]
+    try:
+        assert main(["--log-format", "json", *argv, "--out", str(tmp_path / "s.jsonl")]) == 0
+        got = capsys.readouterr()
+        (line,) = got.out.splitlines()
+        summary = orjson.loads(line)
+        assert summary["title"] == "simulation" and summary["days"] == 2
+        assert summary["transactions"] == len((tmp_path / "s.jsonl").read_bytes().splitlines())
+        assert summary["labels_file"] == str(tmp_path / "s.labels.jsonl")
+        records = [orjson.loads(x) for x in got.err.splitlines()]
+        assert records and all(r["level"] == "info" for r in records)
+        assert any("materialising" in r["msg"] for r in records)
+    finally:
+        configure_logging("INFO", fmt="kv", logger_name="fds")  # (as the other tests expect)

@@ -7,16 +7,19 @@ A thin layer over :mod:`fds.streams.simulator`; the lead wires :func:`register` 
 from __future__ import annotations
 
 import argparse
+import logging
 import math
-import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from fds.cli import at_least, drift_day, positive_int, seed, unwritable
 from fds.errors import ConfigError
+from fds.logs import json_logs, say
 from fds.progress import progress_bar
 from fds.streams.simulator import (
     MIN_MERCHANTS,
@@ -138,10 +141,11 @@ def _simulate(args: argparse.Namespace) -> int:
         if (problem := unwritable(out)) is not None:  # 10 s: a QA pass)
             raise ConfigError(f"cannot write {out}: {problem}; give a path in a writable directory")
     t0 = time.perf_counter()
+    progress = not (quiet or args.no_progress)
 
-    def say(msg: str) -> None:
-        if not quiet:
-            print(f"[{time.perf_counter() - t0:6.1f}s] {msg}", file=sys.stderr)
+    def stage(msg: str) -> None:  # (progress too: they printed under --no-progress, and as
+        if progress:  # plain text among JSON logs, a QA pass)
+            say(f"[{time.perf_counter() - t0:6.1f}s] {msg}", logging.INFO)
 
     sim = simulate(
         days=args.days,
@@ -151,14 +155,12 @@ def _simulate(args: argparse.Namespace) -> int:
         drift_day=args.drift_day,
         start=args.start,
         timezone=args.timezone,
-        progress=say,
+        progress=stage,
     )
     t_gen = time.perf_counter() - t0
     total = len(sim.transactions) + len(sim.labels)
     try:
-        with progress_bar(
-            total, unit="rec", desc="writing", enabled=not (quiet or args.no_progress)
-        ) as bar:
+        with progress_bar(total, unit="rec", desc="writing", enabled=progress) as bar:
             tx_path, lab_path = write(sim, args.out, on_rows=bar.update)
     except OSError as e:
         raise ConfigError(
@@ -166,8 +168,25 @@ def _simulate(args: argparse.Namespace) -> int:
             "check that the directory is writable"
         ) from e
     if not quiet:
-        _print_summary(sim, summarize(sim), t_gen, time.perf_counter() - t0)
-        print(f"transactions: {tx_path}\nlabels:       {lab_path}")
+        s = {**summarize(sim), "days": args.days}  # (local days: 13.96 across a DST change)
+        t_all = time.perf_counter() - t0
+        if json_logs():  # one JSON object, as fds replay's summary
+            speed = {
+                "generated_tx_s": s["transactions"] / t_gen,
+                "written_tx_s": s["transactions"] / t_all,
+            }
+            record = {
+                "title": "simulation",
+                **s,
+                **speed,
+                "transactions_file": str(tx_path),
+                "labels_file": str(lab_path),
+                "drift_from": None if sim.drift_ts is None else format_ts(sim.drift_ts),
+            }
+            print(orjson.dumps(record).decode(), flush=True)
+        else:
+            _print_summary(sim, s, t_gen, t_all)
+            print(f"transactions: {tx_path}\nlabels:       {lab_path}")
     return 0
 
 

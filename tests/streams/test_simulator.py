@@ -337,6 +337,19 @@ def test_cli_summary_of_a_stream_without_labels_says_so(
     assert "none (no label)" in out and "None" not in out
 
 
+def test_cli_no_progress_hides_the_stages_and_counts_local_days_across_dst(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A QA pass: `--no-progress` still printed the stage lines, and 14 days across the spring
+    change of Europe/Berlin (one day of 23 hours) were "over 13.96 days"."""
+    argv = ["simulate", "--days", "14", "--cards", "200", "--merchants", "100"]
+    argv += ["--start", "2026-03-20T00:00:00", "--timezone", "Europe/Berlin", "--no-progress"]
+    assert _cli([*argv, "--out", str(tmp_path / "s.jsonl")]) == 0
+    printed = capsys.readouterr()
+    assert printed.err == ""
+    assert " over 14 days, " in printed.out and "label delay" in printed.out
+
+
 def test_cli_rejects_a_drift_day_outside_the_stream(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
