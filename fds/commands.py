@@ -189,11 +189,17 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def dlq_path_for(out: Path) -> Path:
-    """``decisions.jsonl`` -> ``decisions.dlq.jsonl`` (beside ``--out``)."""
+    """``decisions.jsonl`` -> ``decisions.dlq.jsonl`` (beside ``--out``), the suffix in any
+    case (``D.JSONL`` was ``D.JSONL.dlq.jsonl``: a QA pass).
+
+    >>> [dlq_path_for(Path(n)).name for n in ("d.jsonl", "D.JSONL", "d.json", "d.jsonl.gz", "d")]
+    ['d.dlq.jsonl', 'D.dlq.JSONL', 'd.dlq.json', 'd.dlq.jsonl.gz', 'd.dlq.jsonl']
+    """
     name = out.name
     for suffix in (".jsonl.gz", ".jsonl", ".json"):
-        if name.endswith(suffix):
-            return out.with_name(name[: -len(suffix)] + ".dlq" + suffix)
+        if name.lower().endswith(suffix):
+            cut = len(name) - len(suffix)
+            return out.with_name(name[:cut] + ".dlq" + name[cut:])
     return out.with_name(name + ".dlq.jsonl")
 
 

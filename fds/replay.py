@@ -461,11 +461,15 @@ def _validated(
     source = str(path)
     label = mapping.label if mapping is not None else None
     clock = FileClock(zone)  # (a DST change's repeated hour)
+    # a labels file's bad record: `stage: label`, as fds run's over Kafka (it was `validate`
+    # here and `label` there, for one record: a QA pass)
+    parsing, validating = ("label", "label") if parse is parse_label else ("parse", "validate")
     for pos, rec, raw in read_records(path, mapping=mapping):
         if len(dlq) >= DEAD_BATCH and stream is not None and stream.on_dead is not None:
             stream.on_dead()
         if isinstance(rec, Exception):
-            dlq.append(dead_letter(stage="parse", error=rec, raw=raw, source=source, position=pos))
+            stage = "parse" if isinstance(rec, FileCut) else parsing
+            dlq.append(dead_letter(stage=stage, error=rec, raw=raw, source=source, position=pos))
             if isinstance(rec, FileCut) and stream is not None:
                 if isinstance(rec, DamagedFile):
                     stream.damaged = str(rec)
@@ -479,7 +483,7 @@ def _validated(
             out = parse(rec, zone)
         except ValidationError as e:  # (its label put back: a review found it lost)
             row = _as_read(raw, rec, label, truth)
-            dlq.append(dead_letter(stage="validate", error=e, raw=row, source=source, position=pos))
+            dlq.append(dead_letter(stage=validating, error=e, raw=row, source=source, position=pos))
             tx_id = rec.get("tx_id") if isinstance(rec, dict) else None
             if stream is not None and type(tx_id) in (str, int):
                 # a fraud by a labels file, or by its own label column (the frauds of rows

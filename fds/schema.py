@@ -97,8 +97,13 @@ class Transaction(TypedDict):
     device_id: NotRequired[_Text | None]
     ip: NotRequired[_Text | None]
     customer_id: NotRequired[_Text | None]
-    lat: NotRequired[Annotated[float | None, Field(ge=-DEGREES["lat"], le=DEGREES["lat"])]]
-    lon: NotRequired[Annotated[float | None, Field(ge=-DEGREES["lon"], le=DEGREES["lon"])]]
+    # (finite: "NaN" was "less than or equal to 90", a QA pass)
+    lat: NotRequired[
+        Annotated[float | None, Field(ge=-DEGREES["lat"], le=DEGREES["lat"], allow_inf_nan=False)]
+    ]
+    lon: NotRequired[
+        Annotated[float | None, Field(ge=-DEGREES["lon"], le=DEGREES["lon"], allow_inf_nan=False)]
+    ]
     extra: NotRequired[dict[str, Any]]
 
 
@@ -303,6 +308,11 @@ def parse_transaction(raw: Any, tz: tzinfo = UTC) -> dict[str, Any]:
         if "extra" in raw and raw["extra"] is None:  # `"extra": null` is no extra (it was a
             return parse_transaction({k: v for k, v in raw.items() if k != "extra"}, tz)  # dead
             # letter, where a null optional field is missing: a QA pass; read on this path only)
+        if any(_blank(raw.get(k)) for k in DEGREES):  # `"lat": ""` is missing, as an empty
+            # text field is (the whole transaction was a dead letter: a QA pass)
+            return parse_transaction(
+                {k: v for k, v in raw.items() if not (k in DEGREES and _blank(v))}, tz
+            )
         if raw.get("ts").__class__ is bool:  # (each branch of the ts union said why not)
             raise ValidationError(f"ts: a boolean is not a timestamp (got {raw['ts']!r})") from None
         raise ValidationError(_reason(e)) from None
@@ -311,8 +321,17 @@ def parse_transaction(raw: Any, tz: tzinfo = UTC) -> dict[str, Any]:
     for k in _DIGITS:  # (a text: lax mode read `10_000` as 10000: a QA pass)
         if (v := raw.get(k)).__class__ is str and "_" in v:
             raise _grouped(k, v)
-    if raw.get("tx_id").__class__ is float or raw.get("card_id").__class__ is float:
-        _exact_ids(raw, ("tx_id", "card_id"))
+    g = raw.get
+    if float in (g("tx_id").__class__, g("card_id").__class__, g("merchant_id").__class__,
+                 g("mcc").__class__, g("device_id").__class__, g("customer_id").__class__,
+                 g("ip").__class__, g("country").__class__, g("currency").__class__,
+                 g("channel").__class__):  # fmt: skip
+        _float_ids(raw, tx, _ID_FIELDS)
+    if (tx.get("lat") in _BOOLISH or tx.get("lon") in _BOOLISH) and bool in (
+        g("lat").__class__,
+        g("lon").__class__,
+    ):  # (lax mode took true as 1.0: a QA pass)
+        raise ValidationError("lat, lon: a boolean is not a coordinate")
     if not tx.keys() <= TX_FIELDS:  # a subset test allocates nothing: the common case
         unknown = tx.keys() - TX_FIELDS
         # an unknown top-level field joins ``extra``; a value given in ``extra`` itself wins
@@ -365,8 +384,34 @@ def read_fields(values: Mapping[str, Any]) -> dict[str, Any]:
     return {**values, **{k: tx[k] for k in given}}
 
 
+#: The text fields of a transaction an id or code may be given for as a number.
+_ID_FIELDS = ("tx_id", "card_id", "merchant_id", "mcc", "device_id", "customer_id", "ip",
+              "country", "currency", "channel")  # fmt: skip
+_BOOLISH = frozenset((0.0, 1.0))  # (what lax mode makes of false and true)
+
+
+def _blank(v: Any) -> bool:
+    return v.__class__ is str and not v.strip()
+
+
 #: Past this a float no longer holds every integer: an id read as one may have lost digits.
 _EXACT = 2.0**53
+
+
+def _float_ids(raw: dict[str, Any], out: dict[str, Any], keys: tuple[str, ...]) -> None:
+    """Ids and codes given as floats, in ``out`` as the text of their integer when whole:
+    pandas writes an integer column with gaps as floats (JSON, Parquet), and ``5411.0`` was
+    the text "5411.0", which no rule on ``mcc in ['5411']`` and no label for "7" matched (a
+    QA pass). Too large to be exact, or not a number: refused (:func:`_exact_ids`).
+
+    >>> out = {"mcc": "5411.0", "tx_id": "7.5"}
+    >>> _float_ids({"mcc": 5411.0, "tx_id": 7.5}, out, ("mcc", "tx_id")); out
+    {'mcc': '5411', 'tx_id': '7.5'}
+    """
+    _exact_ids(raw, keys)
+    for k in keys:
+        if (v := raw.get(k)).__class__ is float and v.is_integer():
+            out[k] = str(int(v))
 
 
 def _exact_ids(raw: dict[str, Any], keys: tuple[str, ...]) -> None:
@@ -396,9 +441,9 @@ def parse_label(raw: Any, tz: tzinfo = UTC) -> dict[str, Any]:
         raise ValidationError(_reason(e)) from None
     if raw.get("ts").__class__ is bool:  # lax mode took it as 0 or 1: 1970
         raise ValidationError(f"ts: a boolean is not a timestamp (got {raw['ts']!r})")
-    if raw.get("tx_id").__class__ is float:
-        _exact_ids(raw, ("tx_id",))
     lab = m.__dict__.copy()
+    if raw.get("tx_id").__class__ is float:
+        _float_ids(raw, lab, ("tx_id",))
     try:
         lab["ts"] = parse_ts(lab["ts"], tz)
     except ValueError as e:

@@ -328,6 +328,20 @@ def load(text: str, *, exponents: bool = False) -> Any:
         loader.dispose()
 
 
+def without_own_keys(data: Any) -> Any:
+    """A document's top-level keys ``x-...`` left out: the file's own, ignored (as
+    docker-compose does), a place for the anchors of merge keys (``x-defaults: &d {...}`` then
+    ``<<: *d``), in rules files, model specs, mappings and settings files alike (a spec or a
+    mapping refused them as unknown keys: a QA pass).
+
+    >>> without_own_keys({"x-base": {"a": 1}, "name": "m", 3: "x"})
+    {'name': 'm', 3: 'x'}
+    """
+    if not isinstance(data, dict):
+        return data
+    return {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("x-"))}
+
+
 def fields_at(model: Any, loc: tuple[Any, ...]) -> list[str]:
     """The field names of the (nested) pydantic model at ``loc`` (list indices skipped): what
     an unknown key of a file could have meant."""

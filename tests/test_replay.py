@@ -30,6 +30,18 @@ def tx(i, ts, **kw):
     return {"tx_id": f"t{i}", "ts": ts, "card_id": "c1", "amount": 10.0 + i, **kw}
 
 
+def test_a_bad_label_of_a_labels_file_is_a_dead_letter_of_stage_label(tmp_path):
+    """A QA pass: a labels file's bad record was `stage: validate` in a replay and `stage:
+    label` over Kafka (fds run --labels-topic), one record, two stages for tools to group."""
+    p = write_jsonl(tmp_path / "x.jsonl", [tx(0, T0), tx(1, T0 + 1)])
+    labels = tmp_path / "l.jsonl"
+    labels.write_text('{"tx_id": "t0", "ts": 1767225700, "is_fraud": "maybe"}\n{broken\n')
+    out, dlq = ListSink(), ListSink()
+    replay.run(Engine(), replay.load(p, labels_path=labels), out, dlq)
+    assert [(d["stage"], d["position"]) for d in dlq.items] == [("label", 1), ("label", 2)]
+    assert len(out.items) == 2
+
+
 def test_out_of_order_input_is_sorted_and_reported(tmp_path):
     p = write_jsonl(tmp_path / "x.jsonl", [tx(0, T0 + 5), tx(1, T0 + 1), tx(2, T0 + 3)])
     stream = replay.load(p)

@@ -237,3 +237,31 @@ def test_a_bad_value_nested_deep_is_quoted_without_a_traceback():
         parse_transaction(
             {"tx_id": "t", "ts": 0, "card_id": "c", "amount": 1, "country": "K" * 2000}
         )
+
+
+def test_an_empty_coordinate_is_missing_as_an_empty_text_is():
+    """A QA pass: `"lat": ""` made the whole transaction a dead letter (the contract: an
+    optional field that is null or empty text is missing)."""
+    raw = {**BASE, "ts": EPOCH, "lat": "", "lon": " ", "note": ""}
+    tx = parse_transaction(raw)
+    assert "lat" not in tx and "lon" not in tx and tx["extra"] == {"note": ""}
+    assert parse_transaction({**raw, "lon": "127.5"})["lon"] == 127.5
+    with pytest.raises(ValidationError, match="lat: Input should be a finite number"):
+        parse_transaction({**raw, "lat": "NaN"})  # (it said "less than or equal to 90")
+    for flag in (True, False):  # (taken as 1.0 and 0.0, where amount and ts refuse them)
+        with pytest.raises(ValidationError, match="a boolean is not a coordinate"):
+            parse_transaction({**raw, "lon": flag})
+    assert parse_transaction({**raw, "lat": 1, "lon": 0.0})["lat"] == 1.0
+
+
+def test_a_whole_number_id_written_as_a_float_is_its_integer_text():
+    """A QA pass: pandas writes an integer column with gaps as floats; `"mcc": 5411.0` was the
+    text "5411.0" (a rule on mcc in ['5411'] missed it, silently) and `"tx_id": 7.0` was a
+    transaction no label for "7" joined."""
+    tx = parse_transaction(
+        {**BASE, "ts": EPOCH, "tx_id": 7.0, "card_id": 42.0, "mcc": 5411.0, "merchant_id": 1.5}
+    )
+    assert (tx["tx_id"], tx["card_id"], tx["mcc"], tx["merchant_id"]) == ("7", "42", "5411", "1.5")
+    assert parse_label({"tx_id": 7.0, "ts": EPOCH, "is_fraud": True})["tx_id"] == "7"
+    with pytest.raises(ValidationError, match="device_id: inf is no id"):
+        parse_transaction({**BASE, "ts": EPOCH, "device_id": float("inf")})

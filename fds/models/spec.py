@@ -592,7 +592,7 @@ def parse_spec(text: str, *, source: str = "<spec>") -> ModelSpec:
     """Parse and validate spec YAML (estimators and parameters are checked, not built)."""
     try:
         root = yaml.compose(text)
-        data = yamlio.load(text, exponents=True)
+        data = yamlio.without_own_keys(yamlio.load(text, exponents=True))
     except yaml.YAMLError as e:
         problem, mark = yamlio.explain(e, text)
         where = f"{source}:{mark.line + 1}" if mark else source

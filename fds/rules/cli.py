@@ -296,7 +296,7 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
             print(
                 f"{name} rule {rid} was skipped on {n:,} of {r.transactions:,} transaction(s): a "
                 f"name it reads was missing ({rs.why_skipped(rid, side.names_missing)}; an "
-                "empty cell is missing)",
+                "empty cell or text, or null, is missing)",
                 file=out,
             )
     for side, name in ((b, "baseline"), (c, "candidate")):

@@ -1074,10 +1074,8 @@ def load_ruleset_text(
             "a rules file is a mapping with version, features, rules, policy",
             where=f"{filename}:1:1",
         )
-    # Top-level keys `x-...` are the file's own, ignored (as docker-compose does): a place for
-    # the anchors of merge keys, `x-defaults: &d {...}` then `<<: *d` (an anchor could only
-    # sit on a real rule, every other key being refused: a QA pass).
-    data = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("x-"))}
+    # (an anchor could only sit on a real rule, every other key being refused: a QA pass)
+    data = yamlio.without_own_keys(data)
     spec, invalid = _validate(data)
     if spec is None:
         raise _pydantic_error(invalid, filename, marks)

@@ -804,10 +804,10 @@ def load_mapping(path: str | os.PathLike[str]) -> ColumnMapping:
 
 def read_yaml(p: Path) -> Any:
     """The YAML document of file ``p``; a syntax error or a key written twice names its line
-    and column."""
+    and column. Its top-level keys ``x-...`` are left out (:func:`fds.yamlio.without_own_keys`)."""
     text = yamlio.read_text(p, "the file")
     try:
-        return yamlio.load(text)
+        return yamlio.without_own_keys(yamlio.load(text))
     except yaml.YAMLError as e:
         problem, mark = yamlio.explain(e, text)
         where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark else str(p)

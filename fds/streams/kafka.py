@@ -541,6 +541,41 @@ def _cut(value: Any, n: int) -> Any:
     return value[:n] if isinstance(value, str) else value
 
 
+def dead_letter_message(
+    msg: Any, stage: str, exc: BaseException
+) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
+    """The key, value and headers of the dead letter of Kafka record ``msg``, which failed at
+    ``stage`` with ``exc``: the value is the dead-letter record (DESIGN.md), the headers its
+    fields (``raw`` aside) and ``source_topic``/``source_partition``/``source_offset``; cut to
+    DLQ_MAX_BYTES and DLQ_KEY_KEPT, and said so (``raw_truncated``, ``key_truncated``)."""
+    record = dead_letter(
+        stage=stage, error=exc, raw=msg.value, source=msg.topic,
+        position={"partition": msg.partition, "offset": msg.offset},
+    )  # fmt: skip
+    headers = [  # the record's fields (DESIGN.md), raw aside; the source_* as before
+        ("source", msg.topic.encode()),
+        ("position", dumps(record["position"])),
+        ("source_topic", msg.topic.encode()),
+        ("source_partition", str(msg.partition).encode()),
+        ("source_offset", str(msg.offset).encode()),
+        ("stage", stage.encode()),
+        ("error", type(exc).__name__.encode()),
+        ("reason", str(exc)[:1000].encode("utf-8", "backslashreplace")),
+    ]
+    value = dumps(record)
+    if len(value) > DLQ_MAX_BYTES:  # escaped, a record the broker took may not fit again
+        record["raw"] = _cut(record["raw"], DLQ_RAW_KEPT)  # (whole in the input topic)
+        record["reason"] = _cut(record["reason"], DLQ_REASON_KEPT)
+        record |= {"raw_truncated": True, "raw_bytes": len(msg.value or b"")}
+        headers.append(("raw_truncated", b"true"))
+        value = dumps(record)
+    key = msg.key
+    if key is not None and len(key) > DLQ_KEY_KEPT:
+        key = key[:DLQ_KEY_KEPT]
+        headers.append(("key_truncated", b"true"))
+    return key, value, headers
+
+
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
 
@@ -3552,31 +3587,7 @@ class Runner:
             )  # fmt: skip
 
     def _dead_letter(self, msg: Any, stage: str, exc: BaseException) -> None:
-        record = dead_letter(
-            stage=stage, error=exc, raw=msg.value, source=msg.topic,
-            position={"partition": msg.partition, "offset": msg.offset},
-        )  # fmt: skip
-        headers = [  # the record's fields (DESIGN.md), raw aside; the source_* as before
-            ("source", msg.topic.encode()),
-            ("position", dumps(record["position"])),
-            ("source_topic", msg.topic.encode()),
-            ("source_partition", str(msg.partition).encode()),
-            ("source_offset", str(msg.offset).encode()),
-            ("stage", stage.encode()),
-            ("error", type(exc).__name__.encode()),
-            ("reason", str(exc)[:1000].encode("utf-8", "backslashreplace")),
-        ]
-        value = dumps(record)
-        if len(value) > DLQ_MAX_BYTES:  # escaped, a record the broker took may not fit again
-            record["raw"] = _cut(record["raw"], DLQ_RAW_KEPT)  # (whole in the input topic)
-            record["reason"] = _cut(record["reason"], DLQ_REASON_KEPT)
-            record |= {"raw_truncated": True, "raw_bytes": len(msg.value or b"")}
-            headers.append(("raw_truncated", b"true"))
-            value = dumps(record)
-        key = msg.key
-        if key is not None and len(key) > DLQ_KEY_KEPT:
-            key = key[:DLQ_KEY_KEPT]
-            headers.append(("key_truncated", b"true"))
+        key, value, headers = dead_letter_message(msg, stage, exc)
         self._pending.append(
             self.producer.send(self.s.dlq_topic, value=value, key=key, headers=headers)
         )

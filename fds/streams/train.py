@@ -90,6 +90,7 @@ from fds.streams.kafka import (
     KafkaSettings,
     _add_settings_flags,
     add_max_idle_argument,
+    dead_letter_message,
     load_settings,
     probe,
     topic_arg,
@@ -219,6 +220,7 @@ class TrainStats:
     labels: int = 0
     bad_records: int = 0
     dead_letters: int = 0  # fds run's, in the decisions topic (--dlq-topic its output topic)
+    labels_dead_lettered: int = 0  # bad labels, sent to the dead-letter topic
     published: int = 0
     commits: int = 0
 
@@ -297,6 +299,7 @@ class TrainService:
         self._shared: str | None = None  # ... when another trainer shares the group
         self._stop = False
         self._stop_by: float | None = None  # the stop's deadline (monotonic), once stopping
+        self._dead: list[Any] = []  # the sends of the dead letters of this batch's labels
         self.consumer: Any = None
         self.producer: Any = None
 
@@ -458,11 +461,11 @@ class TrainService:
                 self.consumer = errors.connect(lambda: Consumer(**s.reader_config(
                     s.group, auto_offset_reset="earliest", max_poll_records=s.max_poll_records,
                 )), s.n_servers, stop)  # fmt: skip
-                if self.models_topic:
-                    self.producer = errors.connect(lambda: KafkaProducer(
-                        **s.client_config(), acks="all", bootstrap_timeout_ms=timeout_ms,
-                        max_request_size=16 << 20, max_block_ms=min(timeout_ms, 10_000),
-                    ), s.n_servers, stop)  # fmt: skip
+                # (the dead letters of bad labels, and the announcements of versions)
+                self.producer = errors.connect(lambda: KafkaProducer(
+                    **s.client_config(), acks="all", bootstrap_timeout_ms=timeout_ms,
+                    max_request_size=16 << 20, max_block_ms=min(timeout_ms, 10_000),
+                ), s.n_servers, stop)  # fmt: skip
         except (KafkaError, OSError) as exc:
             raise unreachable(s, exc, errors) from exc
         self.consumer.subscribe(list(self.topics), listener=_Seek(self))
@@ -473,6 +476,7 @@ class TrainService:
         # (a missing models topic too: each version's announcement failed, and the last one
         # was never announced: a review)
         named = [*zip(self.topics, ("--decisions-topic", "--labels-topic"), strict=True)]
+        named.append((self.s.dlq_topic, self.s.named("dlq_topic")))
         if self.producer is not None and self.models_topic:
             named.append((self.models_topic, self.s.named("models_topic")))
         for topic, flag in named:
@@ -676,13 +680,43 @@ class TrainService:
             self._newest[msg.partition] = ts
 
     def _bad(self, msg: Any, exc: Exception) -> None:
-        # Decisions come from fds run and labels from the labelling systems: a bad one is
-        # logged and counted, not dead-lettered (the trainer never decides anything).
+        # Logged and counted; a bad label is dead-lettered too (_dead_letter): decisions are
+        # fds run's own output, whose dead letters it wrote itself.
         self.stats.bad_records += 1
         log.warning(
             'skipped bad record partition="%s[%d]" offset="%d" error="%s: %s"',
             msg.topic, msg.partition, msg.offset, type(exc).__name__, exc,
         )  # fmt: skip
+
+    def _dead_letter(self, msg: Any, exc: Exception) -> None:
+        """A bad label to the dead-letter topic (`stage: label`, as fds run --labels-topic
+        writes it: it was logged only, and lost to whoever reads the dead letters when no fds
+        run reads the labels, a QA pass); acknowledged before the batch is committed."""
+        key, value, headers = dead_letter_message(msg, "label", exc)
+        assert self.producer is not None
+        self._dead.append(
+            self.producer.send(self.s.dlq_topic, value=value, key=key, headers=headers)
+        )
+        self.stats.labels_dead_lettered += 1
+
+    def _dead_letters_acknowledged(self) -> None:
+        """Wait for this batch's dead letters (up to the broker timeout); one the broker did
+        not take stops the trainer before its checkpoint moves past the bad label (a restart
+        goes on from the last checkpoint and sends it again)."""
+        if not self._dead:
+            return
+        assert self.producer is not None
+        try:
+            flush_within(self.producer, self.s.broker_timeout_s, cap=self._bounded)
+            for fut in self._dead:
+                fut.get(timeout=0)
+        except KafkaError as exc:
+            raise FdsError(
+                f"cannot write the dead letter of a bad label to topic {self.s.dlq_topic!r} on "
+                f"{self.s.bootstrap} ({describe(exc)}); fds train goes on from its last "
+                "checkpoint when restarted"
+            ) from exc
+        self._dead.clear()
 
     def _decisions_cover(self, ts: float) -> bool:
         """Have the decisions up to event time ``ts`` been read? Not while ``ts`` is past the
@@ -754,6 +788,7 @@ class TrainService:
                 for i, (tp, msg, label) in enumerate(got):
                     if isinstance(label, Exception):
                         self._bad(msg, label)
+                        self._dead_letter(msg, label)
                     elif not self._may_learn(tp, msg.offset, label["ts"]):
                         for tp, msg, label in reversed(got[i:]):  # (each partition's order)
                             t = -math.inf if isinstance(label, Exception) else label["ts"]
@@ -903,6 +938,7 @@ class TrainService:
         fut.get(timeout=0)  # raises the send's error (or a timeout if it is still pending)
 
     def _commit(self) -> None:
+        self._dead_letters_acknowledged()
         self._save_state()
         self.metrics.checkpoints(1, 0)  # (it stayed at 0 on the trainer: a soak run)
         offsets = {
@@ -961,7 +997,7 @@ class _Seek(ConsumerRebalanceListener):
 #: defines itself (DEPLOYMENT_FLAGS: registry, models topic, metrics port and host).
 TRAIN_SETTINGS = (
     *CONNECTION_SETTINGS, "group", "group_instance_id", "max_poll_records", "max_event_ahead_s",
-    "state_dir",
+    "state_dir", "dlq_topic",
 )  # fmt: skip
 
 #: fds train's /metrics port when none is given: the one after fds run's, so that a trainer
@@ -1115,6 +1151,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         # in the metrics, and a run that lost 15 % of its labels said nothing: a QA pass)
         f"decisions={stats.decisions} labels={stats.labels} published={stats.published} "
         f"bad_records={stats.bad_records} dead_letters={stats.dead_letters} "
+        f"labels_dead_lettered={stats.labels_dead_lettered} "
         f"labels_unjoined_total={svc.trainer.stats['labels_unjoined']}",
         logging.INFO,
     )

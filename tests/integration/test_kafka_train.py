@@ -253,6 +253,48 @@ def test_a_labels_backlog_is_read_to_its_end(kafka_bootstrap, topics, unique_nam
     assert svc.trainer.stats["labels_unjoined"] == 0
 
 
+def test_a_bad_label_goes_to_the_dead_letter_topic(kafka_bootstrap, topics, unique_name, tmp_path):
+    """A QA pass: `fds train` logged a bad label and went on; with no `fds run --labels-topic`
+    reading the labels, no dead letter said it. Now it writes one, as fds run would."""
+    import time
+
+    t0 = time.time() - 86400
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    for i in range(20):
+        d = {
+            "tx_id": f"t{i}",
+            "ts": t0 + i,
+            "action": "approve",
+            "score": 0.1,
+            "features": {"f": i / 20, "rule_score": 0.0},
+            "tx": {"ts": t0 + i, "amount": 9.0},
+        }
+        producer.send(topics["decisions"], key=b"c", value=orjson.dumps(d))
+    labels = [orjson.dumps({"tx_id": f"t{i}", "ts": t0 + 3600 + i, "is_fraud": i % 2 == 0})
+              for i in range(4)]  # fmt: skip
+    labels[1:1] = [b"{not json", orjson.dumps({"tx_id": "t1", "ts": t0 + 3601, "is_fraud": "?"})]
+    for value in labels:
+        producer.send(topics["labels"], key=b"k", value=value)
+    producer.flush()
+    producer.close()
+    svc = TrainService(
+        settings_for(kafka_bootstrap, topics, unique_name("train")),
+        spec=_spec(tmp_path), registry=tmp_path / "registry", state_dir=tmp_path / "state",
+        decisions_topic=topics["decisions"], labels_topic=topics["labels"], models_topic=None,
+        label_wait_s=0.5,
+    )  # fmt: skip
+    stats = svc.run(max_idle_s=5.0)
+    assert (stats.labels, stats.bad_records, stats.labels_dead_lettered) == (4, 2, 2)
+    dead = read_all(kafka_bootstrap, topics["dead_letters"])
+    assert [orjson.loads(r.value)["position"]["offset"] for r in dead] == [1, 2]
+    for r in dead:
+        record, headers = orjson.loads(r.value), dict(r.headers)
+        assert record["stage"] == "label" and record["source"] == topics["labels"]
+        assert headers["stage"] == b"label" and headers["source_topic"] == topics["labels"].encode()
+    assert orjson.loads(dead[0].value)["raw"] == "{not json"
+    assert "is_fraud" in orjson.loads(dead[1].value)["reason"]
+
+
 def test_a_second_trainer_in_the_group_is_refused_and_a_missing_topic_named(
     kafka_bootstrap, topics, unique_name, tmp_path
 ):

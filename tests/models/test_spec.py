@@ -480,3 +480,17 @@ def test_a_parameter_river_takes_is_not_refused_by_its_default_s_type(step: str)
     """A review: the type check took the default's type for the only one (an int default
     refused 0.01, SRP's documented `subspace_size: sqrt` was refused, 200.0 was no count)."""
     parse_spec(f"name: x\npipeline:\n  - {step}\n", source="m.yaml")
+
+
+def test_top_level_x_keys_are_the_files_own_as_in_a_rules_file():
+    """A QA pass: a rules file's `x-` keys (anchors for merge keys) were refused as unknown in
+    a model spec and a mapping."""
+    spec = parse_spec(
+        "x-fast: &fast {lr: 0.5}\n"
+        "name: m\n"
+        "pipeline:\n"
+        "  - linear_model.LogisticRegression: {optimizer: {optim.SGD: *fast}}\n"
+    )
+    assert spec.name == "m"
+    with pytest.raises(ConfigError, match="unknown key 'y-notes'"):
+        parse_spec("y-notes: 1\nname: m\npipeline:\n  - linear_model.LogisticRegression: {}\n")

@@ -390,7 +390,7 @@ def test_backtest_marks_shadow_rules_and_rules_skipped_for_missing_inputs(tmp_pa
     assert "(shadow: evaluated and counted, never acts on the decision)" in out
     assert (
         "candidate rule no_addr was skipped on 2 of 8 transaction(s): a name it reads was "
-        "missing (extra.addr missing on 2; an empty cell is missing)"
+        "missing (extra.addr missing on 2; an empty cell or text, or null, is missing)"
     ) in out
     assert "approve [] -> decline ['big'] shadow ['watch']" in out
 

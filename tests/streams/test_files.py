@@ -60,6 +60,21 @@ def test_mapping_renames_and_keeps_unmapped_columns(tmp_path):
     assert "SECTOR" not in recs[1][1]  # empty cell = missing
 
 
+def test_a_mapping_leaves_out_its_top_level_x_keys_and_takes_a_same_named_column(tmp_path):
+    """A QA pass: `x-` keys (merge-key anchors, as a rules file takes them) were refused in a
+    mapping; and a column named like a field the mapping does not name (`currency`) is that
+    field, as the README says (a mapping names the columns whose names differ)."""
+    (tmp_path / "m.yaml").write_text("x-ids: &ids {tx_id: ID, card_id: C}\n"
+                                     "fields: {<<: *ids, ts: T, amount: A}\n")  # fmt: skip
+    (tmp_path / "f.csv").write_text(
+        "ID,T,C,A,currency,SECTOR\ni1,2026-01-01T00:00:00Z,k,10,EUR,x\n"
+    )
+    m = load_mapping(tmp_path / "m.yaml")
+    (rec,) = [r[1] for r in read_records(tmp_path / "f.csv", mapping=m)]
+    assert rec == {"tx_id": "i1", "ts": "2026-01-01T00:00:00Z", "card_id": "k", "amount": "10",
+                   "currency": "EUR", "SECTOR": "x"}  # fmt: skip
+
+
 def test_mapping_unknown_column_names_file_and_columns(tmp_path):
     (tmp_path / "m.yaml").write_text(MAPPING.replace("TX_AMOUNT", "AMOUNT_EUR"))
     (tmp_path / "h.csv").write_text(CSV)

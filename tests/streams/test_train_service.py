@@ -130,7 +130,7 @@ def test_the_snapshots_and_the_checkpoint_commit_together(tmp_path):
 class Msg:
     def __init__(self, topic: str, partition: int, offset: int, value: dict) -> None:
         self.topic, self.partition, self.offset = topic, partition, offset
-        self.value = orjson.dumps(value)
+        self.value, self.key = orjson.dumps(value), None
 
 
 class Consumer:
@@ -278,7 +278,7 @@ class Producer:
     def __init__(self, limit: int) -> None:
         self.limit, self.down, self.values, self.keys = limit, False, [], []
 
-    def send(self, topic: str, *, key: bytes, value: bytes | None) -> Sent:
+    def send(self, topic: str, *, key: bytes, value: bytes | None, headers: Any = None) -> Sent:
         if self.down:
             return Sent(KafkaTimeoutError("no broker"))
         if value is not None and len(value) > self.limit:
@@ -541,10 +541,14 @@ def test_a_label_stamped_far_after_its_record_was_produced_is_set_aside(tmp_path
     far = Msg("labels", 0, 0, {"tx_id": "nope", "ts": 4_070_908_800.0, "is_fraud": True})
     far.timestamp = 200_000  # produced at 200 s (ms)
     svc.label_max_wait_s = -1.0  # it has waited label_max_wait_s for the decisions
+    svc.producer = p = Producer(limit=1 << 20)
     feed(svc, {lab: [far]})  # (held at the first look)
     svc._process({})
     assert svc.trainer.now < 1000 and len(svc.trainer.store) == 3
     assert svc.trainer.stats["assumed_legit"] == 0
+    (dead,) = p.values  # a dead letter, as fds run --labels-topic writes one (a QA pass)
+    assert dead["stage"] == "label" and "max_event_ahead_s" in dead["reason"]
+    assert svc.stats.labels_dead_lettered == 1
 
 
 def test_a_restarted_trainer_exports_the_version_it_learns_on_from_the_start(tmp_path):
