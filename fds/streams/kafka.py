@@ -2941,7 +2941,8 @@ class Runner:
                 starts = self._retrying(
                     "locating the feature horizon",
                     lambda: start_offsets(reader, moving, horizon_seconds(self.engine),
-                                          "the state rebuild"),
+                                          "the state rebuild", until=behind,
+                                          timeout_s=self.s.broker_timeout_s),
                 )  # fmt: skip
                 # (a snapshot of a partition held here before is taken from its horizon on:
                 # this instance's entries of it are dropped, not folded on from where it left)
@@ -2990,13 +2991,15 @@ class Runner:
                 horizon = horizon_seconds(self.engine)
                 starts = self._retrying(
                     "locating the feature horizon",
-                    lambda: start_offsets(reader, tps, horizon, "the state rebuild"),
-                )
+                    lambda: start_offsets(reader, tps, horizon, "the state rebuild",
+                                          until=committed, timeout_s=self.s.broker_timeout_s),
+                )  # fmt: skip
                 ranges = {tp: (starts[tp], c) for tp, c in committed.items() if c is not None}
                 if plan is not None and horizon > STAGES_TAIL_S:
                     tail = self._retrying(
                         "locating the rebuild's tail",
-                        lambda: start_offsets(reader, tps, STAGES_TAIL_S),
+                        lambda: start_offsets(reader, tps, STAGES_TAIL_S, until=committed,
+                                              timeout_s=self.s.broker_timeout_s),
                     )  # fmt: skip
                     fold = fold_rebuild
             if alone is None:

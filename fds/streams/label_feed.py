@@ -132,7 +132,11 @@ class LabelFeed:
         self._later.clear()  # (read again below)
         self.due = math.inf
         ttl = float(self.plan.label_ttl)
-        for tp, offset in start_offsets(c, self._tps, ttl, "the label re-read").items():
+        # (counted back from the state's event time: from now, a state rebuilt after an
+        # outage longer than the ttl found none of its labels, as a rebuild read no input, a
+        # QA pass)
+        since = start_offsets(c, self._tps, ttl, "the label re-read", at_s=self.plan.watermark)
+        for tp, offset in since.items():
             c.seek(tp, offset)
         end = c.end_offsets(self._tps)
         deadline = time.monotonic() + timeout_s

@@ -48,6 +48,8 @@ from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import Any
 
+from kafka.errors import KafkaTimeoutError
+
 from fds.errors import FdsError
 from fds.streams.kafka_kit import Stopped
 from fds.timeutil import span
@@ -115,10 +117,24 @@ def merge_sorted(
 
 
 def start_offsets(
-    consumer: Any, tps: Iterable[Any], horizon_s: float, needs: str | None = None
+    consumer: Any,
+    tps: Iterable[Any],
+    horizon_s: float,
+    needs: str | None = None,
+    *,
+    until: Mapping[Any, int | None] | None = None,
+    at_s: float = math.inf,
+    timeout_s: float = 30.0,
 ) -> dict[Any, int]:
-    """First offset of each partition whose record timestamp is within ``horizon_s`` of now
-    (the partition's beginning when the horizon is unbounded or reaches past it).
+    """First offset of each partition whose record timestamp is within ``horizon_s`` before
+    the last record read up to ``until`` (the offsets a rebuild reads to: each partition's
+    last decided record, found with ``consumer``, which this assigns), else before now (the
+    partition's beginning when the horizon is unbounded or reaches past it), or before
+    ``at_s`` (epoch seconds) when that is earlier.
+
+    Measured from now, a rebuild after an outage longer than the horizon, or of a topic whose
+    records carry their event time (a backfill, MirrorMaker), started past the committed
+    offset and folded nothing: the next decisions counted on empty windows (a QA pass).
 
     ``needs`` (what reads them, for the log): say so when a partition's log starts inside the
     horizon after records were deleted from it (retention shorter than the horizon): what is
@@ -128,8 +144,12 @@ def start_offsets(
     begin = consumer.beginning_offsets(tps)
     if not math.isfinite(horizon_s):
         return dict(begin)
-    since_ms = max(0, int((time.time() - horizon_s) * 1000))
-    found = consumer.offsets_for_times(dict.fromkeys(tps, since_ms))
+    now_ms = int(min(time.time(), at_s) * 1000) if at_s > 0 else int(time.time() * 1000)
+    last = last_times(consumer, begin, until, timeout_s) if until else {}
+    horizon_ms = int(horizon_s * 1000)
+    found = consumer.offsets_for_times(
+        {tp: max(0, min(now_ms, last.get(tp, now_ms)) - horizon_ms) for tp in tps}
+    )
     end = consumer.end_offsets(tps)
     starts = {
         tp: max(begin[tp], found[tp].offset) if found.get(tp) is not None else end[tp] for tp in tps
@@ -143,6 +163,58 @@ def start_offsets(
             needs, span(horizon_s), tps[0].topic, short,
         )  # fmt: skip
     return starts
+
+
+#: How far before a partition's end offset :func:`last_times` looks for its last record (an
+#: exactly-once commit's marker, or a few aborted records, may sit just before it).
+LAST_LOOK = 16
+
+
+def last_times(
+    consumer: Any,
+    begin: Mapping[Any, int],
+    until: Mapping[Any, int | None],
+    timeout_s: float,
+) -> dict[Any, int]:
+    """The record timestamp (ms) of the last record before ``until[tp]`` of each partition
+    (among the LAST_LOOK offsets before it; none when it holds no record there), read with
+    ``consumer`` (assigned here, no group)."""
+    ends = consumer.end_offsets([tp for tp in begin if until.get(tp) is not None])
+    ranges = {
+        tp: (max(b, u - LAST_LOOK), u)
+        for tp, b in begin.items()
+        if (u := min(until.get(tp) or 0, ends.get(tp, 0))) > b
+    }
+    if not ranges:
+        return {}
+    consumer.assign(list(ranges))
+    consumer.resume(*ranges)  # (assign() keeps a pause of an earlier read)
+    for tp, (a, _) in ranges.items():
+        consumer.seek(tp, a)
+    times: dict[Any, int] = {}
+    todo = set(ranges)
+    deadline = time.monotonic() + timeout_s
+    while todo:
+        if time.monotonic() > deadline:
+            raise KafkaTimeoutError(
+                f"the last decided records of partitions {sorted(tp.partition for tp in todo)} "
+                f"could not be read within {timeout_s:.0f} s"
+            )
+        for tp, records in consumer.poll(timeout_ms=200).items():
+            if tp not in todo:
+                continue
+            u = ranges[tp][1]
+            for r in records:
+                if r.offset < u:
+                    times[tp] = max(times.get(tp, r.timestamp), r.timestamp)
+            if records[-1].offset >= u - 1:
+                todo.discard(tp)
+                consumer.pause(tp)
+        for tp in list(todo):  # (nothing more to read before ``u``: markers, aborted ones)
+            if consumer.position(tp) >= ranges[tp][1]:
+                todo.discard(tp)
+    consumer.resume(*ranges)
+    return times
 
 
 def read_merged(

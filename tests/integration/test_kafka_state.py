@@ -840,3 +840,56 @@ def test_a_renamed_group_on_a_new_disk_goes_on_from_the_old_group_s_offsets(
     assert dups == 0, f"{dups} decisions made again after the rename"
     assert "of partitions its state does not follow (a rename" in err, err[-3000:]
     _assert_replay_features(first, tmp_path / "tx.jsonl")
+
+
+def test_a_rebuild_counts_its_horizon_back_from_the_last_record_decided(
+    kafka_bootstrap, make_topics, unique_name, tmp_path
+):
+    """A QA pass: the rebuild's horizon was counted back from now, so a topic whose records
+    carry their event time (a backfill, a mirror) of a day ago, or an outage longer than the
+    horizon, rebuilt nothing: the next decisions counted on empty windows (n_2m 1, not 12)."""
+    from kafka import KafkaProducer
+
+    topics = make_topics(partitions=1)
+    rules = tmp_path / "short.yaml"
+    rules.write_text(
+        "version: 1\ngrace: 10s\n"
+        "features:\n  - {name: n_2m, entity: card_id, agg: count, window: 2m}\n"
+        "rules:\n  - {id: busy, when: n_2m > 100, action: review, score: 0.5, reason: busy}\n"
+    )
+    t0 = time.time() - 86_400  # a day ago, records stamped with it
+    txs = [{"tx_id": f"k{i}", "ts": t0 + 10 * i, "card_id": "c1", "amount": 5.0 + i}
+           for i in range(40)]  # fmt: skip
+    (tmp_path / "tx.jsonl").write_bytes(b"".join(orjson.dumps(t) + b"\n" for t in txs))
+    group = unique_name("g")
+
+    def produce(part: list[dict[str, Any]]) -> None:
+        p = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+        for t in part:
+            p.send(topics["transactions"], key=b"c1", value=orjson.dumps(t),
+                   timestamp_ms=int(t["ts"] * 1000))  # fmt: skip
+        p.flush()
+        p.close()
+
+    def run(state_dir: str) -> str:
+        stages = ("--rules", str(rules), "--model", "none", "--state-dir",
+                  str(tmp_path / state_dir), "--max-idle", "3")  # fmt: skip
+        p = spawn_run(kafka_bootstrap, topics, group, stages=stages)
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err[-2000:]
+        return err
+
+    produce(txs[:20])
+    run("lost-disk")
+    produce(txs[20:])
+    log = run("new-disk")  # no checkpoint: the state is rebuilt from the input
+    assert "rebuild" in log, log[-3000:]
+    first, dups = decisions_by_tx(kafka_bootstrap, topics["decisions"], [t["tx_id"] for t in txs])
+    assert dups == 0
+    assert first["k20"]["features"]["n_2m"] == 12  # k9 .. k20 (2 minutes back, inclusive)
+    ref = build_run_engine(rules, None)
+    try:
+        for tx in replay_load(tmp_path / "tx.jsonl").transactions:
+            assert first[tx["tx_id"]]["features"] == ref.decide(tx)["features"], tx["tx_id"]
+    finally:
+        close_engine(ref)

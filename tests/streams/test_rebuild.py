@@ -163,6 +163,31 @@ def test_start_offsets_follow_the_horizon_on_record_time():
     assert start_offsets(consumer, [tp], 60.0) == {tp: 10}  # nothing that recent: the end
 
 
+def test_start_offsets_count_the_horizon_back_from_the_last_record_decided():
+    """A QA pass: measured from now, a rebuild after an outage longer than the horizon (or of
+    a topic whose records carry their event time, days old) started past the committed offset
+    and folded nothing; the next decisions counted on empty windows."""
+    import time
+
+    now_ms = int(time.time() * 1000)
+    tp, tp1 = TopicPartition("tx", 0), TopicPartition("tx", 1)
+    day = 86_400_000
+    # 20 records an hour apart, written 30 days ago; 10 of them decided (committed 10)
+    recs = [Record("tx", 0, i, now_ms - 30 * day + i * 3_600_000, {"ts": i}) for i in range(20)]
+    consumer = FakeConsumer({tp: recs, tp1: []})
+    assert start_offsets(consumer, [tp], 4.5 * 3600) == {tp: 20}  # (from now: nothing)
+    # 4.5 h before the last decided record (offset 9, written at hour 9): from hour 4.5 on
+    got = start_offsets(consumer, [tp, tp1], 4.5 * 3600, until={tp: 10, tp1: None})
+    assert got == {tp: 5, tp1: 0}
+    # the record before the committed offset may be a commit's marker (no record): the last
+    # record among the few before it counts
+    marked = FakeConsumer({tp: [r for r in recs if r.offset != 9]})
+    assert start_offsets(marked, [tp], 4.5 * 3600, until={tp: 10}) == {tp: 4}
+    # or from an event time given (the label re-read: the state's watermark), if earlier
+    assert start_offsets(consumer, [tp], 4.5 * 3600, at_s=recs[9].timestamp / 1000) == {tp: 5}
+    assert start_offsets(consumer, [tp], 4.5 * 3600, at_s=-float("inf")) == {tp: 20}
+
+
 def test_a_log_cut_inside_the_horizon_is_said(caplog):
     """Found by a QA pass: the input kept 7 days and the features 30 to 90; a rebuild read what
     was left without a word, and 536 of the next 600 decisions had other features."""
