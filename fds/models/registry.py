@@ -921,12 +921,16 @@ class Registry:
             if e is not None and e["status"] == "published":
                 e["status"] = "shadow"
 
-    def reject(self, version: str, reason: str) -> None:
-        """Mark ``version`` rejected (never the champion: promoted meanwhile, it stays)."""
+    def reject(self, version: str, reason: str, *, broken: bool = False) -> None:
+        """Mark ``version`` rejected (never the champion: promoted meanwhile, it stays).
+        ``broken``: its artifact failed to load or its canary (a NaN score), for every scorer:
+        no trainer goes on learning from it (:func:`rolled_back_in`)."""
         with self._locked() as m:
             if version in m["versions"] and version != m.get("champion"):
                 m["versions"][version]["status"] = "rejected"
                 m["versions"][version]["rejected_because"] = reason
+                if broken:
+                    m["versions"][version]["broken"] = True
 
 
 def _champion_in(
@@ -1000,7 +1004,9 @@ def rolled_back_in(m: Mapping[str, Any], version: str, *, followed: bool = False
     """The newest version of ``version``'s line since the champion (:func:`line_of`, itself
     included, the champion and what it learned from left out: a champion promoted out of a
     rolled-back line set the trainer back to it at every publish, a review) that was rolled
-    back: rejected after it had been champion; or None. ``followed``: or rejected through a
+    back: rejected after it had been champion, or as broken (its artifact or canary failed:
+    a trainer without a checkpoint went on from a version with a NaN weight, and every version
+    after it was rejected too, a QA pass); or None. ``followed``: or rejected through a
     followed lifecycle (:data:`FOLLOWED_REASON`), which may have been a rollback there: a
     scorer's registry cannot tell it from a lost contest."""
     champ = m.get("champion")
@@ -1008,7 +1014,9 @@ def rolled_back_in(m: Mapping[str, Any], version: str, *, followed: bool = False
     versions, ancestry = m["versions"], set(line_of(m, champ)) if champ else set()
 
     def back(e: Mapping[str, Any], v: str) -> bool:
-        return v in champions or (followed and e.get("rejected_because") == FOLLOWED_REASON)
+        if v in champions or e.get("broken"):
+            return True
+        return followed and e.get("rejected_because") == FOLLOWED_REASON
 
     return next(
         (

@@ -1334,7 +1334,7 @@ class ModelServer:
         else:  # verifiably bad for every scorer (a champion stays the pointer: see reject)
             self._retry_at[version] = math.inf
             self._bad_file[version] = self._file_of(version)
-            self.registry.reject(version, str(e))
+            self.registry.reject(version, str(e), broken=True)
 
     def _file_of(self, version: str) -> tuple[int, int, int] | None:
         """What marks a version's artifact file (change time, size, inode: a copy that keeps

@@ -366,6 +366,7 @@ class Trainer:
         self._since_publish = 0
         self._last_publish: float | None = None
         self.now = -math.inf
+        self.labels_to = math.inf  # every label before it read (:meth:`labels_read_to`)
         self.stats: dict[str, int] = {
             "labels_seen": 0,
             "labels_learned": 0,
@@ -441,13 +442,27 @@ class Trainer:
         if now <= self.now:
             return
         self.now = now
-        for tx_id, _, x in self.store.assume_older(now - self._legit_after):
-            if keep_legit(tx_id, self._rate):
-                self.stats["assumed_legit"] += 1
-                self._learn(x, False)
+        self._assume()
         if now - self._last_expire >= _EXPIRE_EVERY:
             self._last_expire = now
             self.store.expire(now - self._ttl)
+
+    def labels_read_to(self, t: float) -> None:
+        """Every label before event time ``t`` has been read (``inf``: every label there is;
+        fds train sets it from the labels topic): an input is assumed legitimate only once
+        ``assume_legit_after`` has passed both in event time and in the labels read. A
+        trainer catching up read its decisions days ahead of its labels and took 114 frauds
+        labelled within 4 days for legitimate first (a QA pass)."""
+        if t != self.labels_to:
+            self.labels_to = t
+            self._assume()
+
+    def _assume(self) -> None:
+        cutoff = min(self.now, self.labels_to) - self._legit_after
+        for tx_id, _, x in self.store.assume_older(cutoff):
+            if keep_legit(tx_id, self._rate):
+                self.stats["assumed_legit"] += 1
+                self._learn(x, False)
 
     def _learn(self, x: dict[str, float], y: bool) -> None:
         try:

@@ -91,6 +91,7 @@ class Aligner:
         self._fetched_at = -math.inf  # when a poll last fetched records
         self._took_at = math.inf  # when the loop last asked for records
         self._next: dict[Any, int] = {}  # partition -> offset of the next record to fetch
+        self._taken_to: dict[Any, float] = {}  # partition -> newest event time taken
 
     def __len__(self) -> int:
         return sum(len(b) for b in self._bufs.values())
@@ -128,6 +129,25 @@ class Aligner:
                 buf.append((t, msg, item))
             self._waiting_since.pop(tp, None)
 
+    def read_to(self, assigned: Iterable[Any]) -> float:
+        """The event time before which every record of ``assigned`` has been taken (each
+        partition read in event-time order): a partition's first record buffered, or, where
+        it has records still to fetch, the newest it gave; ``inf`` where it is read to its
+        end with nothing buffered."""
+        out = math.inf
+        for tp in assigned:
+            buf = self._bufs.get(tp)
+            if buf:
+                t = buf[0][0]
+            else:
+                hw = self.consumer.highwater(tp)
+                done = hw is not None and (
+                    self._next.get(tp, 0) >= hw or fetched_to(self.consumer, tp, 0) >= hw
+                )
+                t = math.inf if done else self._taken_to.get(tp, -math.inf)
+            out = min(out, t)
+        return out
+
     def first(self, tp: Any) -> int | None:
         """Offset of the first record of ``tp`` buffered (``None``: none)."""
         buf = self._bufs.get(tp)
@@ -149,6 +169,7 @@ class Aligner:
                 self.consumer.seek(tp, buf[0][1].offset)
             self._waiting_since.pop(tp, None)
             self._next.pop(tp, None)
+            self._taken_to.pop(tp, None)
 
     def _holds_back(self, tp: Any, now: float) -> bool:
         """Does empty partition ``tp`` still have input to read (and has not waited too long)?"""
@@ -197,8 +218,10 @@ class Aligner:
         while heads and len(out) < n:
             _, i, tp = heads[0]
             buf = bufs[tp]
-            _, msg, item = buf.popleft()
+            t, msg, item = buf.popleft()
             out.append((tp, msg, item))
+            if t > self._taken_to.get(tp, -math.inf):
+                self._taken_to[tp] = t
             if buf:
                 heapq.heapreplace(heads, (buf[0][0], i, tp))
                 continue

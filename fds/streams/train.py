@@ -274,6 +274,7 @@ class TrainService:
         self._offsets: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset
         self._restored: dict[tuple[str, int], int] = {}
         self.trainer = self._make_trainer()  # restores the two above from a checkpoint
+        self.trainer.labels_to = -math.inf  # no label read yet (set after each pass)
         self.trainer.on_drift = self._drifted  # detected while learning
         self.stats = TrainStats()
         self._newest: dict[int, float] = {}  # decisions partition -> newest event time read
@@ -358,7 +359,12 @@ class TrainService:
                     f"by spec {other}: a new pipeline needs its own --registry (and state dir)",
                     where=str(self.registry.path),
                 )
-        model = self.registry.load(latest) if latest else None
+        model = None
+        if latest:
+            try:
+                model = self.registry.load(latest)
+            except ArtifactError as exc:  # (exit 1 with no advice, the champion fine: a QA pass)
+                latest, model = self._champion_instead(latest, exc)
         log.info('starting trainer from version="%s"', latest or "a fresh pipeline")
         trainer = Trainer(
             self.spec, store=self.store, registry=self.registry, model=model, parent=latest
@@ -366,6 +372,28 @@ class TrainService:
         if latest:
             trainer.count_from(self.registry.entry(latest))
         return trainer
+
+    def _champion_instead(self, latest: str, exc: ArtifactError) -> tuple[str, Any]:
+        """The champion and its model, for a newest version that cannot be loaded; a
+        ConfigError saying what to do when there is none or it cannot be loaded either."""
+        champ = self.registry.manifest().get("champion")
+        try:
+            if not champ or champ == latest:
+                raise exc
+            model = self.registry.load(champ)
+        except ArtifactError as again:
+            raise ConfigError(
+                f"the registry's version {latest}, which a trainer without a checkpoint goes "
+                f"on from, cannot be loaded ({exc})"
+                + (f", nor its champion {champ} ({again})" if again is not exc else "")
+                + ": restore its file, or give the trainer a new --registry",
+                where=str(self.registry.path),
+            ) from exc
+        log.warning(
+            'the newest version "%s" cannot be loaded (%s): the trainer goes on from the '
+            'champion "%s"', latest, exc, champ,
+        )  # fmt: skip
+        return champ, model
 
     def _start_version(self) -> str | None:
         """The version a trainer without a checkpoint goes on learning from: the registry's
@@ -381,11 +409,15 @@ class TrainService:
         back = rolled_back_in(m, latest, followed=True) if latest and champ else None
         if back is None:
             return latest
+        entry = m["versions"][back]
+        why = entry.get("rejected_because") or "rolled back"
+        why = f"as broken: {why}" if entry.get("broken") else (
+            f"{why}; a scorer's registry cannot tell a rollback in the trainer's from a lost "
+            "contest"
+        )  # fmt: skip
         log.warning(
-            'the line of the newest version "%s" holds "%s", rejected (%s; a scorer\'s '
-            "registry cannot tell a rollback in the trainer's from a lost contest): the "
-            'trainer goes on from the champion "%s"',
-            latest, back, m["versions"][back].get("rejected_because") or "rolled back", champ,
+            'the line of the newest version "%s" holds "%s", rejected (%s): the trainer goes '
+            'on from the champion "%s"', latest, back, why, champ,
         )  # fmt: skip
         return str(champ)
 
@@ -602,6 +634,11 @@ class TrainService:
                 moved = True
         labels.add({tp: records for tp, records in batch.items() if tp.topic != decisions_topic})
         moved = self._learn_held() > 0 or moved  # (or every held label still waits)
+        # (decisions read days ahead of the labels in a catch-up: none is assumed legitimate
+        # before the labels of its time are read, a QA pass)
+        mine = [tp for tp in self.consumer.assignment() if tp.topic == self.topics[1]]
+        if mine:
+            self.trainer.labels_read_to(labels.read_to(mine))
         pub = self._publish()
         if pub is not None:
             self._announce(pub)

@@ -182,6 +182,26 @@ def decision(partition: int, offset: int, tx_id: str, ts: float) -> Msg:
     return Msg("decisions", partition, offset, body)
 
 
+def test_a_catch_up_assumes_nothing_legitimate_before_the_labels_of_its_time_are_read(tmp_path):
+    """A QA pass: a trainer catching up read its decisions days ahead of its labels; event time
+    moved on with the decisions and took 114 frauds labelled within assume_legit_after (4 d)
+    for legitimate first (late_frauds 174 where a replay counts 60)."""
+    day = 86400.0
+    d, lab = TopicPartition("decisions", 0), TopicPartition("labels", 0)
+    svc = service(tmp_path)
+    svc.consumer = Consumer({d: 2, lab: 2})  # two labels not fetched yet
+    feed(svc, {d: [decision(0, 0, "a", 0.0), decision(0, 1, "b", 10 * day)]})
+    t = svc.trainer
+    assert t.now == 10 * day and t.stats["assumed_legit"] == 0  # ("a" is 10 days old)
+    fraud = Msg("labels", 0, 0, {"tx_id": "a", "ts": 2 * day, "is_fraud": True})
+    feed(svc, {lab: [fraud]})  # labels read to day 2 (one more to fetch): "a" still waits
+    assert t.stats["frauds_learned"] == 1 and t.stats["late_frauds"] == 0
+    assert t.stats["legit_learned"] == 0
+    legit = Msg("labels", 0, 1, {"tx_id": "zz", "ts": 9 * day, "is_fraud": False})
+    feed(svc, {lab: [legit]})  # every label read: "b" is 0 days old, nothing to assume
+    assert t.labels_to == float("inf") and t.stats["assumed_legit"] == 0
+
+
 def test_a_label_waits_for_its_decision_in_a_lagging_partition(tmp_path):
     """Decisions partition 1 is read up to event time 500 while partition 0, with unread
     records, is at 100: a label at 350 waits until partition 0 has caught up, then joins."""
@@ -922,6 +942,31 @@ def test_a_trainer_started_on_a_scorer_s_registry_does_not_go_on_from_a_rejected
     own.trainer.publish(1.0)
     own.registry.judge("reject", "v000002", "v000001", "lost its shadow contest")
     assert service(tmp_path / "own", state_dir=tmp_path / "own2").trainer.parent == "v000002"
+
+
+def test_a_trainer_without_a_checkpoint_goes_on_from_the_champion_past_a_broken_version(
+    tmp_path, caplog
+):
+    """A QA pass: a version a scorer rejected as broken (its canary scored NaN) was the one a
+    fresh trainer went on from, and every later version inherited the NaN; a newest version
+    whose file was corrupt stopped the trainer (exit 1) with no advice."""
+    first = service(tmp_path)
+    first.trainer.publish(0.0)
+    first.registry.promote("v000001")
+    first.trainer.publish(1.0)  # v000002: its canary failed on a scorer
+    first.registry.reject("v000002", "canary: score nan", broken=True)
+    with caplog.at_level("WARNING", logger="fds.streams.train"):
+        fresh = service(tmp_path, state_dir=tmp_path / "a")
+    assert fresh.trainer.parent == "v000001"
+    assert 'holds "v000002", rejected (as broken: canary: score nan)' in caplog.text
+    fresh.trainer.publish(2.0)  # v000003, on from the champion: its file damaged
+    first.registry.artifact("v000003").write_bytes(b"not a model")
+    with caplog.at_level("WARNING", logger="fds.streams.train"):
+        assert service(tmp_path, state_dir=tmp_path / "b").trainer.parent == "v000001"
+    assert 'the newest version "v000003" cannot be loaded' in caplog.text
+    first.registry.artifact("v000001").write_bytes(b"not a model")  # the champion too
+    with pytest.raises(ConfigError, match=r"cannot be loaded .* restore its file, or give"):
+        service(tmp_path, state_dir=tmp_path / "c")
 
 
 def test_a_trainer_refuses_to_go_on_from_a_version_with_other_inputs(tmp_path):
