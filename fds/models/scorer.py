@@ -774,17 +774,18 @@ class ModelServer:
                 },
             )  # fmt: skip
 
-    def without_labels(self) -> None:
-        """No fraud label reaches this scorer (``fds run`` without ``--labels-topic``): a
-        contest or the gate's window could never be judged, so versions are served as the
-        registry publishes them (the canary still checks each) and the maturity gate opens on
-        the trainer's count of fraud labels learned (``gate.min_frauds``) alone."""
+    def without_labels(self, why: str = "no --labels-topic") -> None:
+        """No fraud label reaches this scorer (``fds run`` without ``--labels-topic``, or
+        ``why`` else): a contest or the gate's window could never be judged, so versions are
+        served as the registry publishes them (the canary still checks each) and the maturity
+        gate opens on the trainer's count of fraud labels learned (``gate.min_frauds``)
+        alone."""
         if self.auto_promote or self.spec.gate.window:
             log.warning(
-                "no labels reach the scorer (no --labels-topic): new versions are served "
-                "without a champion/challenger contest and the maturity gate counts only the "
-                "fraud labels the trainer learned"
-            )
+                "no labels reach the scorer (%s): new versions are served without a "
+                "champion/challenger contest and the maturity gate counts only the fraud "
+                "labels the trainer learned", why,
+            )  # fmt: skip
         self.auto_promote = False
         self._labels_here = False
         self._inputs.clear()

@@ -1509,10 +1509,13 @@ class Runner:
 
     def _connect_labels(self, topic: str, timeout_ms: int) -> None:
         plan = self.engine.features
-        if not reads_labels(plan):
+        # (read for a model stage too: without a label-aware feature, the flag given, contests
+        # and the gate were switched off, said as "no --labels-topic": a QA pass)
+        if plan is None or not (reads_labels(plan) or hasattr(self.engine.model, "on_label")):
             log.warning(
-                'labels topic="%s" not read: no feature is label-aware (fraud_count, '
-                "fraud_rate)", topic,
+                'labels topic="%s" not read: %s', topic,
+                "no feature plan reads them (--rules none)" if plan is None
+                else "no feature is label-aware (fraud_count, fraud_rate) and no model stage",
             )  # fmt: skip
             return
         reader = self._reader(**self.s.reader_config(bootstrap_timeout_ms=timeout_ms))
@@ -1526,7 +1529,7 @@ class Runner:
         """No label feed: tell the model stage (see ModelServer.without_labels)."""
         without_labels = getattr(self.engine.model, "without_labels", None)
         if self.labels is None and without_labels is not None:
-            without_labels()
+            without_labels("with --rules none" if self.s.labels_topic else "no --labels-topic")
 
     def _read_to_end(self) -> bool:
         """Has every assigned input partition been read to its end (its high watermark, known

@@ -141,6 +141,33 @@ def test_a_missing_labels_topic_is_a_clear_error():
         runner.labels.rewind(input_ms=0)
 
 
+def test_labels_are_read_for_a_model_stage_without_a_label_aware_feature(caplog):
+    """A QA pass: `fds run --labels-topic` with rules that count no fraud dropped the labels
+    for the model too (contests and the gate off), said as "no --labels-topic"."""
+    from fds.engine import Engine
+    from fds.streams.kafka import Runner, load_settings
+
+    counts = FeaturePlan(
+        [FeatureSpec(name="n", entity="card_id", agg="count", window="1h")], timezone="UTC"
+    )
+
+    class Model:
+        def on_label(self, label):
+            pass
+
+    def runner(model: object) -> Runner:
+        r = Runner(load_settings(labels_topic="labels"), Engine(features=counts, model=model),
+                   consumer_factory=lambda **_: FakeConsumer([]))  # fmt: skip
+        r._connect_labels("labels", 1000)
+        return r
+
+    r = runner(Model())
+    assert r.labels is not None and r.labels.also is not None
+    with caplog.at_level("WARNING", logger="fds.streams.kafka"):
+        assert runner(None).labels is None  # no model stage: nothing reads them
+    assert "no feature is label-aware (fraud_count, fraud_rate) and no model stage" in caplog.text
+
+
 def test_a_rewind_applies_labels_as_it_reads_them(monkeypatch):
     """A long label history is not held whole in memory: past 2 * MAX_HELD it is applied."""
     monkeypatch.setattr("fds.streams.label_feed.MAX_PER_POLL", 3)
