@@ -682,7 +682,8 @@ class Metrics(Collector):
         # every rule deciding now at 0 until it counts (a rare rule's series appeared at its
         # first hit, which increase() and rate() then missed; a Pushgateway push had no series
         # for a rule the run never hit: "no data" rather than 0)
-        for r in getattr(rs, "evaluated", ()):  # (a paused rule is not: no series)
+        # (and the rules of a reload the next event applies: see RulesWatcher.coming)
+        for r in (*getattr(rs, "evaluated", ()), *getattr(rs, "coming", ())):  # (not paused)
             hits.setdefault(r.id, {}).setdefault(r.spec.state, 0)
             missing.setdefault(r.id, 0)
             errors.setdefault(r.id, 0)

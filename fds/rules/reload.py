@@ -161,6 +161,14 @@ class ReloadingRuleset:
         """The rules of the ruleset in force that are evaluated (not paused)."""
         return self.applied.evaluated
 
+    @property
+    def coming(self) -> tuple[Any, ...]:
+        """The evaluated rules of a ruleset loaded and not yet applied (the next event applies
+        it): exported at 0 at once, so increase() sees their first hits (their series appeared
+        only with the next event, at its count: a QA pass)."""
+        current = self.current
+        return () if current is self.applied else current.evaluated
+
     def hold_counts(self) -> Callable[[], None]:
         """:meth:`Ruleset.hold_counts` of the ruleset in force; a ruleset that the held record
         swaps in (a reload landed just before it) forgets what that one record counted."""

@@ -723,3 +723,17 @@ def test_a_rules_file_given_as_a_pipe_is_read_once_not_watched(tmp_path: Path) -
     writer.join()
     assert rs.current.version == "v1"
     assert rs.check_now() == "unchanged" and rs.last_error is None
+
+
+def test_a_reloaded_file_s_new_rules_are_exported_before_the_next_event(tmp_path: Path) -> None:
+    """A QA pass: the new rules of a reload had no series until the next event applied it,
+    and then appeared at their count: increase() over them was 0 after 3 hits."""
+    p = tmp_path / "r.yaml"
+    p.write_text(rules("v1", 100))
+    rs = ReloadingRuleset(p, start=False, settle_seconds=0)
+    m = Metrics()
+    m.watch_ruleset(lambda: rs)
+    write(p, rules("v2", 200).replace("id: big", "id: bigger"))
+    assert rs.check_now() == "ok"
+    got = m.registry.get_sample_value("fds_rule_hits_total", {"rule": "bigger", "state": "active"})
+    assert got == 0.0
