@@ -242,6 +242,7 @@ class Metrics(Collector):
         # The info gauges, set by one assignment and turned into samples at scrape time (a
         # Gauge's clear() then set() let a scrape in between see no series at all: a review).
         self._info_model: tuple[str, str] | None = None
+        self._model_acting = False
         self._info_ruleset: str | None = None
         self._info_demoted: tuple[tuple[str, str], ...] = ()
         self._rules_lock = threading.Lock()  # a drain of rule counts vs a scrape
@@ -349,7 +350,8 @@ class Metrics(Collector):
         )
         self._precision = Gauge(
             "fds_model_precision",
-            "Live precision of a model's alerts, measured from delayed labels.",
+            "From delayed labels: the share of labelled frauds a model (or the rules) would have "
+            "caught within the daily alert budget (recall at the budget).",
             ["model", "window"],
             registry=r,
         )
@@ -549,6 +551,11 @@ class Metrics(Collector):
         """Record the champion now scoring; the previous info series is removed."""
         self._info_model = (version, spec)
 
+    def model_acting(self, on: bool) -> None:
+        """Whether the model's score acts on the decisions (its maturity gate open), or it
+        scores in shadow: `fds_model_acting` (1 only while a version is served too)."""
+        self._model_acting = on
+
     def model_swap(self, result: str) -> None:
         """Count one hot-swap attempt: ``ok`` or ``rejected`` (corrupt, unverified, failed
         canary: the log line says which)."""
@@ -744,8 +751,16 @@ class Metrics(Collector):
             g.add_metric([entity], float(n))
         yield g
 
+        if self.decides:  # (a model in shadow looked healthy: info 1, degraded 0, a QA pass)
+            yield GaugeMetricFamily(
+                "fds_model_acting",
+                "1 while a model version is served and its score acts on the decisions (its "
+                "maturity gate open); 0 while it scores in shadow or none is served.",
+                value=float(self._model_acting and self._info_model is not None),
+            )
         for name, doc, labels, values in (
-            ("fds_model_info", "The champion model scoring now (value 1).",
+            ("fds_model_info", "The model version scoring now (value 1; acting or in shadow: "
+             "fds_model_acting).",
              ["version", "spec"], [self._info_model] if self._info_model else []),
             ("fds_ruleset_info", "The ruleset deciding now (value 1).",
              ["version"], [(self._info_ruleset,)] if self._info_ruleset else []),
@@ -951,6 +966,9 @@ class NullMetrics(Metrics):
         pass
 
     def model_swap(self, result: str) -> None:
+        pass
+
+    def model_acting(self, on: bool) -> None:
         pass
 
     def model_publish(self, result: str) -> None:

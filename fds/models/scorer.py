@@ -295,6 +295,7 @@ class ModelServer:
         self._ranks: tuple[BudgetRank, BudgetRank] | None = None
         # maturity gate: (model credit, rules credit) on the last `gate.window` fraud labels
         gate = spec.gate
+        self._acting = False
         self.acting = not (gate.min_frauds or gate.window)
         self._gate_frauds = 0  # most fraud labels learned by any champion so far
         self._gate: collections.deque[tuple[float, float]] = collections.deque(
@@ -760,6 +761,17 @@ class ModelServer:
         else:
             judged = self._gate_starved
         return self._gate_frauds >= gate.min_frauds and judged
+
+    @property
+    def acting(self) -> bool:
+        """Does the model's score act on the decisions (the maturity gate open)?"""
+        return self._acting
+
+    @acting.setter
+    def acting(self, on: bool) -> None:
+        self._acting = on
+        if self.metrics is not None:  # (fds_model_acting)
+            self.metrics.model_acting(on)
 
     def _set_acting(self, acting: bool, **info: Any) -> None:
         """Open or close the maturity gate (an event and a counter when it changes)."""
@@ -1488,6 +1500,8 @@ class ModelServer:
                     if str(e) != said:  # (an invalid manifest was logged every second)
                         log.warning("model registry poll failed error=%s", e)
                         said = str(e)
+                        if self.metrics is not None:  # (counted nowhere, no alert: a QA
+                            self.metrics.model_swap("poll_failed")  # pass; once per error)
 
         self._watch = threading.Thread(target=loop, name="fds-model-watch", daemon=True)
         self._watch.start()

@@ -268,11 +268,14 @@ def test_without_labels_versions_are_served_as_published_and_the_gate_counts_fra
     srv.load_champion()
     srv.without_labels()
     assert not srv.acting  # 60 < 100 frauds learned
+    # (in shadow, info 1 and degraded 0 looked healthy: fds_model_acting says it, a QA pass)
+    assert metrics.registry.get_sample_value("fds_model_acting") == 0
     reg.publish(FeatureModel("amount"), spec={"name": "default"}, labels_learned=6000,
                 evaluation={"frauds_learned": 130})  # fmt: skip
     assert srv.poll() == "v000002"
     srv.install_pending()
     assert srv.version == "v000002" and srv.challenger is None and srv.acting
+    assert metrics.registry.get_sample_value("fds_model_acting") == 1
     assert (
         metrics.registry.get_sample_value(
             "fds_model_info", {"version": "v000002", "spec": "default"}
@@ -590,3 +593,29 @@ def test_a_registry_begun_again_is_said_once_and_counted_not_ignored(
     for _ in range(2):  # the registry numbers past what was served: served again
         reg.publish(FeatureModel("amount"), spec={"name": "default"})
     assert srv.poll() == "v000004"
+
+
+def test_a_registry_that_cannot_be_read_is_counted(tmp_path: Path) -> None:
+    """A QA pass: a manifest.json made invalid under a running scorer was a warning only;
+    fds_model_swaps_total did not move, so no alert could fire."""
+    import time
+
+    reg = Registry(tmp_path)
+    reg.promote(reg.publish(FeatureModel("amount"), spec={"name": "default"})["version"])
+    metrics = Metrics()
+    srv = ModelServer(load_spec("default"), registry=reg, learn=False, metrics=metrics)
+    srv.load_champion()
+    (tmp_path / "manifest.json").write_text('{"versions": {"v000002": {}}}')  # no "version"
+    srv.start_watch(every=0.05)
+    try:
+        deadline = time.monotonic() + 10
+        while (
+            metrics.registry.get_sample_value("fds_model_swaps_total", {"result": "poll_failed"})
+            != 1
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.05)
+    finally:
+        srv.stop_watch()
+    got = metrics.registry.get_sample_value("fds_model_swaps_total", {"result": "poll_failed"})
+    assert got == 1
