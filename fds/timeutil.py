@@ -106,7 +106,10 @@ def parse_ts(value: object, default_tz: tzinfo = UTC) -> float:
             try:
                 # (RFC 3339 allows a lowercase t and z, Python 3.11 does not: a QA pass)
                 dt = datetime.fromisoformat(s.upper())
-            except ValueError:
+            except ValueError as e:
+                if not str(e).startswith("Invalid isoformat"):  # a date that does not exist
+                    # (2026-02-29, a leap second, 24:00: "not ISO 8601" misled, a QA pass)
+                    raise ValueError(f"timestamp {value!r} is no time there is: {e}") from None
                 raise ValueError(
                     f"timestamp {value!r} is neither ISO 8601 nor epoch seconds/milliseconds"
                 ) from None

@@ -97,3 +97,17 @@ def test_the_wakeful_waits_wait_their_time_in_short_steps(monkeypatch):
     steps.clear()  # (the timer's start waited for its thread)
     assert timeutil.wait(done, 60.0) and max(steps) <= timeutil.WAKE_S
     assert not timeutil.wait(threading.Event(), 0.3)
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("2026-02-29T12:00:00Z", "day is out of range for month"),
+        ("2016-12-31T23:59:60Z", "second must be in 0..59"),  # (a leap second)
+        ("2026-10-25T24:00:00Z", "hour must be in 0..23"),
+    ],
+)
+def test_an_iso_time_that_does_not_exist_says_why(text: str, why: str) -> None:
+    """A QA pass: a well-formed date that does not exist was "neither ISO 8601 nor epoch"."""
+    with pytest.raises(ValueError, match=f"is no time there is: {why}"):
+        parse_ts(text)

@@ -164,12 +164,21 @@ def window_seconds(window: Any, where: str) -> float | None:
             f"{where}: bad window {written!r}: write a duration of at least 1ms, a number and "
             "a unit (90s, 10m, 1.5h, 7d), or calendar_day"
         )
+    if seconds > MAX_WINDOW_S:
+        raise ConfigError(
+            f"{where}: window {written!r} is longer than 3 years (1096d): each entity keeps "
+            "every event of its longest window; a typo? write at most 1096d"
+        )
     return seconds
 
 
 #: The shortest window: below it the window's start is its end in a float timestamp of today
 #: (`t - 1e-7 == t`), and a transaction of the same time was out of it (a QA pass).
 MIN_WINDOW_S = 0.001
+#: The longest window, and grace period: each entity keeps its events that long, and nothing
+#: idle is ever evicted under a window of 1.9 billion years (passed unsaid: a QA pass).
+MAX_WINDOW_S = 1096 * 86400.0
+MAX_GRACE_S = 7 * 86400.0
 
 
 #: How late (behind the largest event time seen) an event may be and still be folded in
@@ -190,6 +199,12 @@ def grace_seconds(grace: Any) -> float:
     if isinstance(grace, str | int | float) and not isinstance(grace, bool):
         with contextlib.suppress(ConfigError):  # (said below, with the grace's own words)
             seconds = parse_duration(grace)
+    if MAX_GRACE_S < seconds < math.inf:
+        raise ConfigError(
+            f"bad grace {grace!r}: longer than 7 days (every entity keeps its events for the "
+            "grace and its longest window; events later than a week are a replay's, not a "
+            "late feed's): write at most 7d, e.g. grace: 10m"
+        )
     if not 0 <= seconds < math.inf:
         if grace is None or isinstance(grace, bool):  # (as YAML wrote it: empty, true)
             shown = "empty" if grace is None else str(grace).lower()

@@ -281,6 +281,11 @@ def test_nan_in_extra_is_missing() -> None:
         (("window: 1h", "window: 1 hour"), "r.yaml:4:54", "bad window"),
         (("window: 1h", "window: .inf"), "r.yaml:4:54", "bad window inf:"),  # (not 'infs')
         (("window: 1h", "window: " + "9" * 400 + "d"), "r.yaml:4:54", "bad window"),  # inf
+        (  # (1.9 billion years passed, nothing ever evicted: a QA pass)
+            ("window: 1h", "window: 99999999999w"),
+            "r.yaml:4:54",
+            "longer than 3 years (1096d)",
+        ),
         (("{name: c1h,", "{name: _c1h,"), "r.yaml:4:12", "starting with '_' are kept for"),
         (("agg: seen, field: country", "agg: seen"), "r.yaml:6:5", "needs `field`"),
         (
@@ -668,6 +673,14 @@ def test_a_bad_grace_is_refused_at_its_place_with_what_to_write(written, shown) 
         f"f.yaml:3:{8 if written else 7}: grace: bad grace {shown}: write a duration of 0 or "
         "more, a number and a unit (90s, 5m, 1h), e.g. grace: 10m"
     )
+
+
+def test_a_grace_longer_than_a_week_is_refused() -> None:
+    """A QA pass: `grace: 99999999999w` passed; every entity then kept its events for good."""
+    for written in ("99999999999w", "8d"):
+        with pytest.raises(ConfigError, match=r"f.yaml:3:8: grace: bad grace .* longer than 7 d"):
+            load_ruleset_text(f'version: "1"\ntimezone: UTC\ngrace: {written}\n', "f.yaml")
+    assert load_ruleset_text('version: "1"\ngrace: 7d\n', "f.yaml").spec.grace_seconds == 604800
 
 
 def test_a_grace_without_a_unit_is_read_as_seconds_and_said(caplog) -> None:
