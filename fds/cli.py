@@ -310,11 +310,11 @@ def same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _whole(text: str, least: int, what: str, too_small: str) -> int:
+def _whole(text: str, least: int, what: str, too_small: str, give: str = "a whole number") -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid {what} {text!r}: give a whole number") from None
+        raise argparse.ArgumentTypeError(f"invalid {what} {text!r}: give {give}") from None
     if value < least:
         raise argparse.ArgumentTypeError(f"{too_small}, got {value}")
     if value > _MOST:  # (10**30 cards was a NumPy OverflowError traceback: a QA pass)
@@ -351,7 +351,8 @@ def count_or_all(text: str) -> int | None:
     """argparse type: a whole number >= 0, or ``all`` (``None``)."""
     if text.strip().lower() == "all":
         return None
-    return _whole(text, 0, "number", "give a whole number >= 0 or 'all'")
+    # (`abc` was told "give a whole number", without 'all': a README walk)
+    return _whole(text, 0, "number", "give a whole number >= 0 or 'all'", "a number or 'all'")
 
 
 def seed(text: str) -> int:

@@ -213,6 +213,21 @@ def _speed(text: str) -> float:
         ) from None
 
 
+def _say_labels_beside(file: Path) -> None:
+    """A replay without labels of a file whose labels lie beside it (as `fds simulate` writes
+    them): said, with the flag to give (it learned nothing and measured no precision without a
+    word: a README walk)."""
+    from fds.streams.simulator import labels_path
+
+    beside = labels_path(file)
+    if beside != file and beside.is_file():
+        say(
+            f"fds replay: note: {beside} is beside the input; give --labels {beside} to learn "
+            "from its labels and measure precision",
+            logging.INFO,
+        )
+
+
 def _push_job(text: str) -> str:
     """argparse type of ``--push-job``: a name, not empty, nor ``.`` or ``..`` (a path step
     the URL resolves: the Pushgateway was blamed for its redirect, a QA pass)."""
@@ -293,6 +308,8 @@ def _replay_file(args: argparse.Namespace, pushers: list[Pusher]) -> int:
     mapping = load_mapping(args.mapping) if args.mapping else None
     check_transaction_columns(args.file, mapping)
     check_label_columns(args.labels, mapping)
+    if args.labels is None and (mapping is None or mapping.label is None):
+        _say_labels_beside(Path(args.file))
     metrics = Metrics()
     engine = build_engine(args.rules, args.model, metrics=metrics, watch=True)
     with contextlib.ExitStack() as stack:
@@ -339,11 +356,15 @@ def _replay_file(args: argparse.Namespace, pushers: list[Pusher]) -> int:
             + " replayed sorted by ts"
             + (
                 f"; {beyond:,} {'was' if beyond == 1 else 'were'} beyond the reorder buffer "
-                f"({replay_mod.REORDER_BUFFER:,} records) and decided after later records, on "
-                f"the window state those left (those within the grace period{_grace(engine)} "
-                f"folded in exactly; {summary.late:,} beyond it: `late events` above): to "
-                "decide each in "
-                f"its time, replay the file sorted by time first: "
+                f"({replay_mod.REORDER_BUFFER:,} records) and decided after later records"
+                + (  # (with no feature, no window: "0 beyond it" misled, a README walk)
+                    f", on the window state those left (those within the grace period"
+                    f"{_grace(engine)} folded in exactly; {summary.late:,} beyond it: `late "
+                    "events` above)"
+                    if engine.features is not None
+                    else ""
+                )
+                + ": to decide each in its time, replay the file sorted by time first: "
                 + _sort_by_time(args.file, mapping)
                 if beyond
                 else ""

@@ -1362,3 +1362,17 @@ def test_out_of_memory_is_said_not_a_traceback(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert err.startswith("fds simulate: failed: out of memory: give it less at once")
     assert "Traceback" not in err
+
+
+def test_a_replay_without_labels_says_the_labels_file_beside_its_input(tmp_path, capsys):
+    """A README walk: `fds replay s.jsonl` beside `s.labels.jsonl` (as fds simulate writes
+    them) learned nothing and measured no precision, without a word."""
+    tx = tmp_path / "s.jsonl"
+    tx.write_text('{"tx_id": "t1", "ts": 1767225600, "card_id": "c", "amount": 5}\n')
+    argv = ["replay", str(tx), "--out", str(tmp_path / "d.jsonl"), "--no-progress"]
+    assert main([*argv, "--model", "none"]) == 0
+    assert "labels.jsonl is beside" not in capsys.readouterr().err
+    (tmp_path / "s.labels.jsonl").write_text("")
+    assert main([*argv, "--model", "none"]) == 0
+    err = capsys.readouterr().err
+    assert f"give --labels {tmp_path / 's.labels.jsonl'} to learn from its labels" in err

@@ -522,6 +522,12 @@ def test_cli_tells_records_beyond_the_reorder_buffer_from_late_ones(tmp_path, ca
     assert "1 beyond it" in err
     flags = {d["tx_id"]: d["flags"] for d in map(orjson.loads, out.read_bytes().splitlines())}
     assert flags["t9"] == ["late"] and flags["t8"] == []
+    # without a feature there is no window to be late for: no grace, no "0 beyond it" (a
+    # README walk)
+    assert main([*args, "--rules", "none", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "decided after later records: to decide each in its time, replay" in err
+    assert "grace" not in err
 
 
 def test_records_beyond_the_reorder_buffer_are_told_how_to_sort_the_file(

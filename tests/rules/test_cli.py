@@ -352,6 +352,11 @@ def test_backtest_examples_says_how_many_it_shows_and_writes_them_all(tmp_path, 
     with pytest.raises(SystemExit) as ei:
         main([*argv, "--examples", "-1"])
     assert ei.value.code == 2 and "whole number >= 0 or 'all'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as ei:  # (it said "give a whole number": a README walk)
+        main([*argv, "--examples", "abc"])
+    assert ei.value.code == 2 and "invalid number 'abc': give a number or 'all'" in (
+        capsys.readouterr().err
+    )
     listed = tmp_path / "changed.jsonl"
     assert main([*argv, "--examples", "0", "--changed-out", str(listed)]) == 0
     assert "wrote 60 changed transaction(s)" in capsys.readouterr().out
