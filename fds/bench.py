@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import itertools
+import logging
 import math
 import pickle
 import shlex
@@ -35,9 +37,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
+from fds import logs
 from fds.cli import at_least, drift_day, folder, positive_int, seed
-from fds.logs import say
+from fds.logs import json_logs, say
 from fds.progress import progress_bar
 from fds.streams.simulator import MIN_MERCHANTS
 
@@ -518,9 +522,16 @@ def run_precision(
         model_stats=ms,
         meta=meta,
     )
-    say(res.table())
-    for note in notes:
-        say(f"note: {note}")
+    if echo and json_logs():  # one JSON object, every notice a log record, as fds replay's
+        # (fds demo printed its table and notices as plain text among JSON logs: a QA pass)
+        record = {"title": name, "k": k, "summary": res.summary, "recovery": res.recovery,
+                  "model_stats": ms, "notes": notes}  # fmt: skip
+        print(orjson.dumps(record, option=orjson.OPT_NON_STR_KEYS, default=str).decode())
+        say = functools.partial(logs.say, level=logging.INFO)
+    else:
+        say(res.table())
+        for note in notes:
+            say(f"note: {note}")
     say(_recovery_text(res))
     say(
         f"adaptive model: {ms.get('trainer_published', 0)} versions published, "

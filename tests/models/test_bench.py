@@ -70,19 +70,34 @@ def test_recovery_reads_the_frozen_gap_over_the_window_and_after_the_deadline() 
     assert np.isclose(r["adaptive"]["after_deadline_precision"], np.mean(adaptive[16:]))
 
 
-def test_simulator_run_reports_every_variant(tmp_path: Path) -> None:
-    res = run_precision(
-        days=8,
-        cards=600,
-        merchants=150,
-        drift_day=5,
-        warmup_days=3,
-        seed=1,
-        out_dir=tmp_path,
-        name="t",
-        progress=False,
-        echo=False,
-    )
+def test_simulator_run_reports_every_variant(tmp_path: Path, capsys) -> None:
+    import orjson
+
+    from fds.logs import configure_logging
+
+    configure_logging("INFO", fmt="json", logger_name="fds")  # (as fds --log-format json demo)
+    try:
+        res = run_precision(
+            days=8,
+            cards=600,
+            merchants=150,
+            drift_day=5,
+            warmup_days=3,
+            seed=1,
+            out_dir=tmp_path,
+            name="t",
+            progress=False,
+        )
+    finally:
+        configure_logging("INFO", fmt="kv", logger_name="fds")  # (as the other tests expect)
+    # JSON logs: the result one JSON object on stdout, every notice a record (they were plain
+    # text: a QA pass)
+    got = capsys.readouterr()
+    (line,) = got.out.splitlines()
+    assert orjson.loads(line)["summary"]["rules"] == res.summary["rules"]
+    notices = [orjson.loads(x)["msg"] for x in got.err.splitlines()]
+    assert any(m.startswith("adaptive model:") for m in notices)
+    assert any(m.startswith("wrote ") for m in notices)
     assert set(res.summary) == set(VARIANTS)
     assert len(res.days) == 5 and res.k == 2
     for v in VARIANTS:
