@@ -980,16 +980,21 @@ class ModelServer:
         self._drop_challenger("reject", "rejected in the registry meanwhile", local=True)
         return True
 
-    def _judge_shadow(self, verdict: str, why: str = "promoted: precision >= champion") -> None:
+    def _judge_shadow(self, verdict: str, why: str | None = None) -> None:
+        """``why``: an expiry's (a contest judged on its labels so far); a verdict on the
+        labels wanted says its own."""
         c = self.contest
         assert c is not None
         if self._end_rejected():  # meanwhile (a rollback by hand of the version it learned
             return  # from: promoted 12 s later, a QA pass)
         info = c.figures()
         self._keep_verdict(verdict, info)
-        if verdict == "reject":
-            self._drop_challenger("reject", "precision below champion", info)
+        if verdict == "reject":  # (an expiry's said why too: it was "precision below
+            # champion" alone, with 16 of 500 labels, a QA pass)
+            lost = "precision below champion"
+            self._drop_challenger("reject", f"{why}; {lost}" if why else lost, info)
             return
+        why = why or "promoted: precision >= champion"
         info["why"] = why  # (the event's, not the history's: its entries have no why)
         self.stats["promote"] += 1
         self.predecessor, self.predecessor_version = self.champion, self.version

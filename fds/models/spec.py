@@ -530,8 +530,11 @@ def _policy(cls: type, raw: Any, source: str, node: yaml.Node | None, section: s
                     # (.inf: nothing was ever assumed legitimate, the model learned frauds only
                     # and scored everyone 1.0, a QA pass; inputs kept for ever)
                     raise ValueError("must be a finite duration, e.g. 4d")
-                if k == "shadow_max_wait" and v <= 0:
-                    raise ValueError("must be a positive duration, e.g. 14d")
+                if k in ("shadow_max_wait", "every_seconds") and v <= 0:  # (every_seconds: 0s
+                    # published a version per label, where every_labels: 0 was refused: a QA)
+                    raise ValueError(
+                        f"must be a positive duration, e.g. {'14d' if k[0] == 's' else '6h'}"
+                    )
             elif k in (
                 "every_labels",
                 "shadow_min_labels",
@@ -542,15 +545,15 @@ def _policy(cls: type, raw: Any, source: str, node: yaml.Node | None, section: s
             ):
                 least = 0 if k in ("warmup_labels", "min_frauds", "window") else 1
                 if type(v) is not int or v < least:
-                    raise ValueError(f"must be a whole number of at least {least}, got {v!r}")
+                    raise ValueError(f"must be a whole number of at least {least}, got {_shown(v)}")
             elif k == "legit_sample_rate":
                 if type(v) not in (int, float) or not 0.0 < v <= 1.0:
-                    raise ValueError(f"must be a number in (0, 1], got {v!r}{_exponent(v)}")
+                    raise ValueError(f"must be a number in (0, 1], got {_shown(v)}{_exponent(v)}")
                 v = float(v)
             elif k == "margin":
                 if type(v) not in (int, float) or not 0.0 <= v < 1.0:
                     raise ValueError(
-                        f"must be a number in [0, 1), e.g. 0.05, got {v!r}{_exponent(v)}"
+                        f"must be a number in [0, 1), e.g. 0.05, got {_shown(v)}{_exponent(v)}"
                     )
                 v = float(v)
             elif k == "auto":
@@ -562,6 +565,11 @@ def _policy(cls: type, raw: Any, source: str, node: yaml.Node | None, section: s
             raise ConfigError(f"{section}.{k}: {e}", where=where) from None
         kwargs[k] = v
     return cls(**kwargs)
+
+
+def _shown(v: Any) -> str:
+    """A value as YAML wrote it: ``true``, not Python's ``True`` (a QA pass)."""
+    return str(v).lower() if isinstance(v, bool) else repr(v)
 
 
 def _learn_policy(raw: Any, source: str, node: yaml.Node | None) -> LearnPolicy:

@@ -763,6 +763,8 @@ def test_an_expired_contest_is_decided_on_the_labels_it_judged(tmp_path) -> None
         s.engine.decide({"tx_id": f"h{h}", "ts": h * 3600.0, "card_id": "c", "amount": 1.0})
     assert srv.stats["expired"] == 1 and srv.stats["reject"] == 1
     assert srv.version == "v000001" and reg.entry("v000002")["status"] == "rejected"
+    # (its reason said "precision below champion" alone, as if on every label: a QA pass)
+    assert reg.entry("v000002")["rejected_because"].startswith("expired: no verdict within")
 
 
 def test_the_gate_waits_for_labels_only_once_there_is_a_champion() -> None:

@@ -221,7 +221,10 @@ def test_spec_errors_name_file_and_line(text: str, where: str, needle: str) -> N
     ("section", "text", "says"),
     [
         ("promote", 'auto: "false"', "promote.auto: must be true or false, got 'false'"),
-        ("gate", "window: true", "gate.window: must be a whole number of at least 0, got True"),
+        # (YAML's spelling: it said "got True", a QA pass)
+        ("gate", "window: true", "gate.window: must be a whole number of at least 0, got true"),
+        # (a version per label, where every_labels: 0 was refused: a QA pass)
+        ("publish", "every_seconds: 0s", "publish.every_seconds: must be a positive duration"),
         ("gate", "min_frauds: 99.9", "gate.min_frauds: must be a whole number of at least 0"),
         ("gate", "margin: 5", "gate.margin: must be a number in [0, 1), e.g. 0.05, got 5"),
         ("learn", "legit_sample_rate: '1e-3'", "(YAML reads 1e-3 as text: write it 0.001 or"),
