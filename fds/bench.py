@@ -959,8 +959,9 @@ def register(subparsers: Any) -> None:
         "--warmup-days",
         type=int,
         default=None,
-        help="days the models learn before they are judged (default 14, or the days before "
-        "the drift day when it comes earlier; on the simulator at most half of --days)",
+        help="days the models learn before they are judged (default: 14, or the days before "
+        "the drift day when it comes earlier, and on the simulator at most half of --days; a "
+        "value given is used as given)",
     )
     pp.add_argument(
         "--k",

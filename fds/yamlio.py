@@ -304,7 +304,28 @@ def explain(e: yaml.YAMLError, text: str) -> tuple[str, Any]:
         problem = f"{problem} ({context} from line {start.line + 1}, column {start.column + 1})"
         if mark is None or mark.line >= len(lines):  # (the end of the text: where it began)
             mark = start
+    elif mark is not None and mark.line >= len(lines) and (opened := _open_bracket(text)):
+        # (`rules: [` at the end: "line 3: did not find expected node content", one past the
+        # file, nothing of the bracket: a README walk)
+        char, mark = opened
+        where = f"line {mark.line + 1}, column {mark.column + 1}"
+        problem = f"{problem}: the {char!r} at {where} is never closed"
     return problem, mark
+
+
+def _open_bracket(text: str) -> tuple[str, Any] | None:
+    """The innermost ``[`` or ``{`` left open when ``text`` ends, and its mark, or None."""
+    opened: list[tuple[str, Any]] = []
+    try:
+        for token in yaml.scan(text, Loader=yaml.SafeLoader):
+            if isinstance(token, yaml.FlowSequenceStartToken | yaml.FlowMappingStartToken):
+                opened.append(("[" if isinstance(token, yaml.FlowSequenceStartToken) else "{",
+                               token.start_mark))  # fmt: skip
+            elif opened and isinstance(token, yaml.FlowSequenceEndToken | yaml.FlowMappingEndToken):
+                opened.pop()
+    except yaml.YAMLError:
+        pass
+    return opened[-1] if opened else None
 
 
 def load(text: str, *, exponents: bool = False) -> Any:

@@ -86,3 +86,20 @@ def test_a_file_that_never_ends_or_never_comes_is_refused_not_waited_for(
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert out.stdout == "a: 1\n\n"
+
+
+def test_a_bracket_left_open_at_the_end_is_said_where_it_opened() -> None:
+    """A README walk: `rules: [` ending a file was "line 3: did not find expected node
+    content", a line past the file, nothing of the bracket."""
+    text = "version: 1\nrules: [\n"
+    with pytest.raises(yaml.YAMLError) as e:
+        load(text)
+    problem, mark = yamlio.explain(e.value, text)
+    assert (mark.line + 1, mark.column + 1) == (2, 8)
+    assert problem.endswith("the '[' at line 2, column 8 is never closed")
+    closed = "a: [1, {b: 2}]\nc: {d: [\n"
+    with pytest.raises(yaml.YAMLError) as e:
+        load(closed)
+    assert yamlio.explain(e.value, closed)[0].endswith(
+        "the '[' at line 2, column 8 is never closed"
+    )

@@ -473,11 +473,10 @@ class Registry:
         return sorted(self.manifest()["versions"].values(), key=lambda e: e["seq"])
 
     def entry(self, version: str) -> dict[str, Any]:
-        e = self.manifest()["versions"].get(version)
+        m = self.manifest()
+        e = m["versions"].get(version)
         if e is None:
-            raise ConfigError(
-                f"unknown model version {version!r}: `fds models list` shows the versions"
-            )
+            raise _unknown(m, version)
         return e
 
     def artifact(self, version: str) -> Path:
@@ -933,6 +932,21 @@ class Registry:
                     m["versions"][version]["broken"] = True
 
 
+def _unknown(m: Mapping[str, Any], version: str) -> ConfigError:
+    """No ``version`` in manifest ``m``: one numbered before its newest was removed by its
+    retention (a trainer publishing fast removed one listed a second before: "unknown", a QA
+    pass)."""
+    seq = int(version[1:]) if version[:1] == "v" and version[1:].isdigit() else None
+    newest = max((e["seq"] for e in m["versions"].values()), default=0)
+    if seq is not None and 0 < seq < max(newest, m.get("next") or 0):
+        return ConfigError(
+            f"model version {version!r} is no longer in the registry: removed by its retention "
+            "(the newest versions, the champion and those in a contest are kept); `fds models "
+            "list` shows the versions"
+        )
+    return ConfigError(f"unknown model version {version!r}: `fds models list` shows the versions")
+
+
 def _champion_in(
     m: dict[str, Any], version: str, status: str, reason: str, *, line: bool = True
 ) -> dict[str, Any]:
@@ -941,9 +955,7 @@ def _champion_in(
     it (not through ``version``); recorded in the history, with the newest version's seq then
     (what a choice by hand passed over)."""
     if version not in m["versions"]:
-        raise ConfigError(
-            f"unknown model version {version!r}: `fds models list` shows the versions"
-        )
+        raise _unknown(m, version)
     old = m.get("champion")
     if old == version:  # already the champion: nothing changes, nothing recorded
         return dict(m["versions"][version])

@@ -867,3 +867,17 @@ def test_a_scorers_promotion_over_a_champion_changed_since_is_refused(tmp_path):
         reg.promote("v000002", unless_rejected=True, over="v000001")
     assert reg.champion() == "v000003"
     assert reg.promote("v000002", unless_rejected=True, over="v000003")["status"] == "champion"
+
+
+def test_a_version_retention_removed_is_said_removed_not_unknown(tmp_path: Path) -> None:
+    """A QA pass: `fds models promote` of a version listed a second before said "unknown
+    model version": the trainer's retention had removed it meanwhile."""
+    from tests.models.fakes import FeatureModel
+
+    reg = Registry(tmp_path, retain=2)
+    for _ in range(4):
+        reg.publish(FeatureModel("amount"), spec={"name": "t"})
+    with pytest.raises(ConfigError, match="'v000001' is no longer in the registry: removed by"):
+        reg.promote("v000001")
+    with pytest.raises(ConfigError, match="unknown model version 'v000009'"):
+        reg.entry("v000009")
