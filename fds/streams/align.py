@@ -132,19 +132,19 @@ class Aligner:
     def read_to(self, assigned: Iterable[Any]) -> float:
         """The event time before which every record of ``assigned`` has been taken (each
         partition read in event-time order): a partition's first record buffered, or, where
-        it has records still to fetch, the newest it gave; ``inf`` where it is read to its
-        end with nothing buffered."""
+        it has records still to fetch (and holds the others back, :meth:`take`'s rule: not
+        past ``max_hold_s``, so a partition whose leader is away does not hold it for good),
+        the newest it gave; ``inf`` where it is read to its end with nothing buffered."""
         out = math.inf
+        now = time.monotonic()
         for tp in assigned:
             buf = self._bufs.get(tp)
             if buf:
                 t = buf[0][0]
+            elif self._holds_back(tp, now):
+                t = self._taken_to.get(tp, -math.inf)
             else:
-                hw = self.consumer.highwater(tp)
-                done = hw is not None and (
-                    self._next.get(tp, 0) >= hw or fetched_to(self.consumer, tp, 0) >= hw
-                )
-                t = math.inf if done else self._taken_to.get(tp, -math.inf)
+                t = math.inf
             out = min(out, t)
         return out
 
