@@ -779,7 +779,10 @@ def test_help_states_the_defaults(capsys):
                 "default fds-<group>-<group-instance-id or 0>",
             ],
         ),
-        (["bench", "precision"], ["(default: 14, or the days before the drift day", "(default: 7)"]),
+        (
+            ["bench", "precision"],
+            ["(default: 14, or the days before the drift day", "(default: 7)"],
+        ),
         (["kafka", "up"], ["(default: 19092)"]),
         (["train"], ["(default: models/default.yaml)", "--config's: decisions)"]),
     ]:

@@ -169,7 +169,13 @@ from fds.streams.kafka_kit import (
     flush_within,
 )
 from fds.streams.label_feed import LabelFeed, reads_labels
-from fds.streams.rebuild import STAGES_TAIL_S, horizon_seconds, read_merged, start_offsets
+from fds.streams.rebuild import (
+    STAGES_TAIL_S,
+    horizon_seconds,
+    last_times,
+    read_merged,
+    start_offsets,
+)
 from fds.streams.state_topic import FETCH_BYTES as STATE_FETCH_BYTES
 from fds.streams.state_topic import (
     StateTopic,
@@ -2941,11 +2947,14 @@ class Runner:
                     alone = None
             if alone is not None:
                 scratch, moving = plan.fresh(), alone
+                # (counted back from the earliest of the moved partitions' last decisions and
+                # the state's event time, not from now: see start_offsets)
+                wm = plan.watermark if math.isfinite(plan.watermark) else math.inf
+                last_s = min(self._decided_at({tp: behind[tp] for tp in moving}), wm)
                 starts = self._retrying(
                     "locating the feature horizon",
                     lambda: start_offsets(reader, moving, horizon_seconds(self.engine),
-                                          "the state rebuild", until=behind,
-                                          timeout_s=self.s.broker_timeout_s),
+                                          "the state rebuild", at_s=last_s),
                 )  # fmt: skip
                 # (a snapshot of a partition held here before is taken from its horizon on:
                 # this instance's entries of it are dropped, not folded on from where it left)
@@ -2992,18 +3001,17 @@ class Runner:
                 self.engine.load_state_dict(_without_model(fresh))
                 pos.clear()
                 horizon = horizon_seconds(self.engine)
+                last_s = self._decided_at(committed)  # (see start_offsets: not from now)
                 starts = self._retrying(
                     "locating the feature horizon",
-                    lambda: start_offsets(reader, tps, horizon, "the state rebuild",
-                                          until=committed, timeout_s=self.s.broker_timeout_s),
-                )  # fmt: skip
+                    lambda: start_offsets(reader, tps, horizon, "the state rebuild", at_s=last_s),
+                )
                 ranges = {tp: (starts[tp], c) for tp, c in committed.items() if c is not None}
                 if plan is not None and horizon > STAGES_TAIL_S:
                     tail = self._retrying(
                         "locating the rebuild's tail",
-                        lambda: start_offsets(reader, tps, STAGES_TAIL_S, until=committed,
-                                              timeout_s=self.s.broker_timeout_s),
-                    )  # fmt: skip
+                        lambda: start_offsets(reader, tps, STAGES_TAIL_S, at_s=last_s),
+                    )
                     fold = fold_rebuild
             if alone is None:
                 jobs = [(plan, ranges)]
@@ -3364,6 +3372,23 @@ class Runner:
             if donor is None or len(parts) > len(best_parts):
                 donor, best_parts = (ident, rest, share), parts
         return cuts, donor
+
+    def _decided_at(self, until: Mapping[Any, int | None]) -> float:
+        """The record time (epoch seconds) of the earliest of the last records decided before
+        ``until`` of each partition (``inf``: none), read with a reader of its own, closed
+        after (the rebuild's reader, paused with records in flight, may be parked by
+        kafka-python: see _next_times)."""
+
+        def find() -> dict[Any, int]:
+            peek = self._reader(**self.s.reader_config(auto_offset_reset="earliest"))
+            try:
+                return last_times(peek, until, self.s.broker_timeout_s)
+            finally:
+                with contextlib.suppress(Exception):
+                    peek.close()
+
+        times = self._retrying("finding the last records decided", find)
+        return min(times.values(), default=math.inf) / 1000.0
 
     def _next_times(
         self,

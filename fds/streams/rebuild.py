@@ -122,19 +122,18 @@ def start_offsets(
     horizon_s: float,
     needs: str | None = None,
     *,
-    until: Mapping[Any, int | None] | None = None,
     at_s: float = math.inf,
-    timeout_s: float = 30.0,
 ) -> dict[Any, int]:
     """First offset of each partition whose record timestamp is within ``horizon_s`` before
-    the last record read up to ``until`` (the offsets a rebuild reads to: each partition's
-    last decided record, found with ``consumer``, which this assigns), else before now (the
-    partition's beginning when the horizon is unbounded or reaches past it), or before
-    ``at_s`` (epoch seconds) when that is earlier.
+    ``at_s`` (epoch seconds), or before now when that is earlier (the partition's beginning
+    when the horizon is unbounded or reaches past it).
 
-    Measured from now, a rebuild after an outage longer than the horizon, or of a topic whose
-    records carry their event time (a backfill, MirrorMaker), started past the committed
-    offset and folded nothing: the next decisions counted on empty windows (a QA pass).
+    A rebuild gives as ``at_s`` the time of the earliest of its partitions' last decided
+    records (:func:`last_times`): measured from now, a rebuild after an outage longer than
+    the horizon, or of a topic whose records carry their event time (a backfill, MirrorMaker),
+    started past the committed offset and folded nothing, and the next decisions counted on
+    empty windows (a QA pass); one time for every partition, so that an entity spanning them
+    gets the history of each from the time the one furthest behind decides on (a review).
 
     ``needs`` (what reads them, for the log): say so when a partition's log starts inside the
     horizon after records were deleted from it (retention shorter than the horizon): what is
@@ -144,12 +143,9 @@ def start_offsets(
     begin = consumer.beginning_offsets(tps)
     if not math.isfinite(horizon_s):
         return dict(begin)
-    now_ms = int(min(time.time(), at_s) * 1000) if at_s > 0 else int(time.time() * 1000)
-    last = last_times(consumer, begin, until, timeout_s) if until else {}
-    horizon_ms = int(horizon_s * 1000)
-    found = consumer.offsets_for_times(
-        {tp: max(0, min(now_ms, last.get(tp, now_ms)) - horizon_ms) for tp in tps}
-    )
+    now = time.time()
+    since_ms = max(0, int((min(now, at_s) if at_s > 0 else now) * 1000 - horizon_s * 1000))
+    found = consumer.offsets_for_times(dict.fromkeys(tps, since_ms))
     end = consumer.end_offsets(tps)
     starts = {
         tp: max(begin[tp], found[tp].offset) if found.get(tp) is not None else end[tp] for tp in tps
@@ -165,28 +161,40 @@ def start_offsets(
     return starts
 
 
-#: How far before a partition's end offset :func:`last_times` looks for its last record (an
-#: exactly-once commit's marker, or a few aborted records, may sit just before it).
+#: How far before a partition's committed offset :func:`last_times` looks first for its last
+#: record (an exactly-once commit's marker, or a few aborted records, may sit just before it);
+#: where none is there, 8 times further back, up to LAST_LOOK_MAX (an aborted batch of 20 hid
+#: it: a review).
 LAST_LOOK = 16
+LAST_LOOK_MAX = 16 * 8**3
 
 
 def last_times(
     consumer: Any,
-    begin: Mapping[Any, int],
     until: Mapping[Any, int | None],
     timeout_s: float,
 ) -> dict[Any, int]:
     """The record timestamp (ms) of the last record before ``until[tp]`` of each partition
-    (among the LAST_LOOK offsets before it; none when it holds no record there), read with
-    ``consumer`` (assigned here, no group)."""
-    ends = consumer.end_offsets([tp for tp in begin if until.get(tp) is not None])
-    ranges = {
-        tp: (max(b, u - LAST_LOOK), u)
-        for tp, b in begin.items()
-        if (u := min(until.get(tp) or 0, ends.get(tp, 0))) > b
-    }
-    if not ranges:
-        return {}
+    (none for a partition with no record before it, within LAST_LOOK_MAX offsets), read with
+    ``consumer`` (assigned here, no group: give it one of its own, it is left paused)."""
+    wanted = [tp for tp, u in until.items() if u is not None]
+    begin = consumer.beginning_offsets(wanted)
+    ends = consumer.end_offsets(wanted)
+    upto = {tp: u for tp in wanted if (u := min(until[tp] or 0, ends[tp])) > begin[tp]}
+    times: dict[Any, int] = {}
+    look = LAST_LOOK
+    while upto and look <= LAST_LOOK_MAX:
+        ranges = {tp: (max(begin[tp], u - look), u) for tp, u in upto.items()}
+        times.update(_last_in(consumer, ranges, timeout_s))
+        upto = {tp: u for tp, u in upto.items() if tp not in times and ranges[tp][0] > begin[tp]}
+        look *= 8
+    return times
+
+
+def _last_in(
+    consumer: Any, ranges: Mapping[Any, tuple[int, int]], timeout_s: float
+) -> dict[Any, int]:
+    """The newest record timestamp in ``[a, u)`` of each partition that has a record there."""
     consumer.assign(list(ranges))
     consumer.resume(*ranges)  # (assign() keeps a pause of an earlier read)
     for tp, (a, _) in ranges.items():
@@ -213,7 +221,7 @@ def last_times(
         for tp in list(todo):  # (nothing more to read before ``u``: markers, aborted ones)
             if consumer.position(tp) >= ranges[tp][1]:
                 todo.discard(tp)
-    consumer.resume(*ranges)
+                consumer.pause(tp)
     return times
 
 

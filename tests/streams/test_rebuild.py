@@ -15,6 +15,7 @@ from fds.pipeline import DEFAULT_RULES, build_engine
 from fds.streams.rebuild import (
     STAGES_TAIL_S,
     horizon_seconds,
+    last_times,
     merge_sorted,
     read_merged,
     start_offsets,
@@ -170,22 +171,41 @@ def test_start_offsets_count_the_horizon_back_from_the_last_record_decided():
     import time
 
     now_ms = int(time.time() * 1000)
-    tp, tp1 = TopicPartition("tx", 0), TopicPartition("tx", 1)
-    day = 86_400_000
+    tp, tp1, tp2 = (TopicPartition("tx", p) for p in range(3))
+    day, hour = 86_400_000, 3_600_000
     # 20 records an hour apart, written 30 days ago; 10 of them decided (committed 10)
-    recs = [Record("tx", 0, i, now_ms - 30 * day + i * 3_600_000, {"ts": i}) for i in range(20)]
-    consumer = FakeConsumer({tp: recs, tp1: []})
+    recs = [Record("tx", 0, i, now_ms - 30 * day + i * hour, {"ts": i}) for i in range(20)]
+    consumer = FakeConsumer({tp: recs, tp1: [], tp2: recs[:12]})
     assert start_offsets(consumer, [tp], 4.5 * 3600) == {tp: 20}  # (from now: nothing)
-    # 4.5 h before the last decided record (offset 9, written at hour 9): from hour 4.5 on
-    got = start_offsets(consumer, [tp, tp1], 4.5 * 3600, until={tp: 10, tp1: None})
-    assert got == {tp: 5, tp1: 0}
-    # the record before the committed offset may be a commit's marker (no record): the last
-    # record among the few before it counts
-    marked = FakeConsumer({tp: [r for r in recs if r.offset != 9]})
-    assert start_offsets(marked, [tp], 4.5 * 3600, until={tp: 10}) == {tp: 4}
-    # or from an event time given (the label re-read: the state's watermark), if earlier
-    assert start_offsets(consumer, [tp], 4.5 * 3600, at_s=recs[9].timestamp / 1000) == {tp: 5}
-    assert start_offsets(consumer, [tp], 4.5 * 3600, at_s=-float("inf")) == {tp: 20}
+    last = last_times(consumer, {tp: 10, tp1: None, tp2: 12}, timeout_s=5)
+    assert last == {tp: recs[9].timestamp, tp2: recs[11].timestamp}
+    # 4.5 h before the earliest last decided record (offset 9, written at hour 9): hour 4.5 on,
+    # for every partition (an entity spanning them needs each one's history from there)
+    at = min(last.values()) / 1000
+    assert start_offsets(consumer, [tp, tp1, tp2], 4.5 * 3600, at_s=at) == {tp: 5, tp1: 0, tp2: 5}
+    assert start_offsets(consumer, [tp], 4.5 * 3600, at_s=-float("inf")) == {tp: 20}  # (now)
+
+
+def test_the_last_record_decided_is_found_behind_markers_and_aborted_records():
+    """A review: an exactly-once commit's marker, or an aborted batch of 20 (more than the
+    first look of 16 offsets), sits before the committed offset: the look goes further back."""
+    import time
+
+    now_ms = int(time.time() * 1000)
+    tp = TopicPartition("tx", 0)
+    kept = [Record("tx", 0, i, now_ms + i, {"ts": i}) for i in range(100)]  # then 20 aborted
+
+    class Aborted(FakeConsumer):  # offsets 100-119 hold no record a read_committed read gets
+        def seek(self, tp, offset):
+            self.pos[tp] = min(offset, 100)
+
+        def position(self, tp, timeout_ms=None):
+            return 120 if self.pos[tp] >= 100 else self.pos[tp]
+
+        def end_offsets(self, tps):
+            return dict.fromkeys(tps, 120)
+
+    assert last_times(Aborted({tp: kept}), {tp: 120}, timeout_s=5) == {tp: kept[99].timestamp}
 
 
 def test_a_log_cut_inside_the_horizon_is_said(caplog):

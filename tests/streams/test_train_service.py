@@ -569,6 +569,16 @@ def test_a_label_stamped_far_after_its_record_was_produced_is_set_aside(tmp_path
     (dead,) = p.values  # a dead letter, as fds run --labels-topic writes one (a QA pass)
     assert dead["stage"] == "label" and "max_event_ahead_s" in dead["reason"]
     assert svc.stats.labels_dead_lettered == 1
+    # a dead letter the broker does not take is said, and training goes on (it stopped the
+    # trainer, and a restart met the same label again: a review)
+    p.down = True
+    later = Msg("labels", 0, 1, {"tx_id": "nope", "ts": 4_070_908_800.0, "is_fraud": True})
+    later.timestamp = 200_000
+    svc.consumer.hw[lab] = 2
+    feed(svc, {lab: [later]})
+    svc._process({})
+    assert svc.stats.labels_dead_lettered == 1 and svc.stats.bad_records == 2
+    assert svc._offsets[("labels", 0)] == 2  # (committed past it)
 
 
 def test_a_restarted_trainer_exports_the_version_it_learns_on_from_the_start(tmp_path):
