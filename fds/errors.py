@@ -75,12 +75,15 @@ class ArtifactError(FdsError):
     """A model artifact is corrupt, tampered with, or fails its canary check.
 
     ``local``: the failure may come from this machine rather than the artifact (its key, its
-    file system, its libraries): another machine may load the same version.
+    file system, its libraries): another machine may load the same version. ``bad_model``: the
+    model itself fails (its canary scores no probability: a NaN weight), not its file: what it
+    learned is no base to learn on from.
     """
 
-    def __init__(self, message: str, *, local: bool = False) -> None:
+    def __init__(self, message: str, *, local: bool = False, bad_model: bool = False) -> None:
         super().__init__(message)
         self.local = local
+        self.bad_model = bad_model
 
 
 def describe(exc: BaseException) -> str:

@@ -530,7 +530,9 @@ class Registry:
     def _naming(self, version: str, e: ArtifactError) -> ArtifactError:
         """``e`` naming the version and its file (`fds train` said only "artifact sha256
         mismatch")."""
-        return ArtifactError(f"{version} ({self.artifact(version)}): {e}", local=e.local)
+        return ArtifactError(
+            f"{version} ({self.artifact(version)}): {e}", local=e.local, bad_model=e.bad_model
+        )
 
     # -- writing ---------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -922,8 +924,8 @@ class Registry:
 
     def reject(self, version: str, reason: str, *, broken: bool = False) -> None:
         """Mark ``version`` rejected (never the champion: promoted meanwhile, it stays).
-        ``broken``: its artifact failed to load or its canary (a NaN score), for every scorer:
-        no trainer goes on learning from it (:func:`rolled_back_in`)."""
+        ``broken``: the model itself fails its canary (a NaN score), for every scorer: no
+        trainer goes on learning from it (:func:`rolled_back_in`)."""
         with self._locked() as m:
             if version in m["versions"] and version != m.get("champion"):
                 m["versions"][version]["status"] = "rejected"
@@ -1016,7 +1018,7 @@ def rolled_back_in(m: Mapping[str, Any], version: str, *, followed: bool = False
     """The newest version of ``version``'s line since the champion (:func:`line_of`, itself
     included, the champion and what it learned from left out: a champion promoted out of a
     rolled-back line set the trainer back to it at every publish, a review) that was rolled
-    back: rejected after it had been champion, or as broken (its artifact or canary failed:
+    back: rejected after it had been champion, or as broken (its model failed its canary:
     a trainer without a checkpoint went on from a version with a NaN weight, and every version
     after it was rejected too, a QA pass); or None. ``followed``: or rejected through a
     followed lifecycle (:data:`FOLLOWED_REASON`), which may have been a rollback there: a

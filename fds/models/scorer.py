@@ -181,7 +181,9 @@ def canary(
         except Exception as e:  # maybe this machine's libraries (a River version): retried
             raise ArtifactError(f"canary: scoring raised {describe(e)}", local=True) from e
         if not (math.isfinite(p) and 0.0 <= p <= 1.0):
-            raise ArtifactError(f"canary: score {p!r} is not a probability in [0, 1]")
+            raise ArtifactError(
+                f"canary: score {p!r} is not a probability in [0, 1]", bad_model=True
+            )
 
 
 def _champions(m: Mapping[str, Any]) -> list[str]:
@@ -1352,7 +1354,8 @@ class ModelServer:
         else:  # verifiably bad for every scorer (a champion stays the pointer: see reject)
             self._retry_at[version] = math.inf
             self._bad_file[version] = self._file_of(version)
-            self.registry.reject(version, str(e), broken=True)
+            # (broken: no trainer learns on from it; a corrupt file's model may be sound)
+            self.registry.reject(version, str(e), broken=e.bad_model)
 
     def _file_of(self, version: str) -> tuple[int, int, int] | None:
         """What marks a version's artifact file (change time, size, inode: a copy that keeps

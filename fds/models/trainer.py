@@ -445,7 +445,9 @@ class Trainer:
         self._assume()
         if now - self._last_expire >= _EXPIRE_EVERY:
             self._last_expire = now
-            self.store.expire(now - self._ttl)
+            # (not past what the labels read let be assumed: inputs waiting for their labels
+            # in a catch-up were deleted unlearned, a review)
+            self.store.expire(min(now, self.labels_to) - self._ttl)
 
     def labels_read_to(self, t: float) -> None:
         """Every label before event time ``t`` has been read (``inf``: every label there is;

@@ -380,6 +380,13 @@ class TrainService:
         try:
             if not champ or champ == latest:
                 raise exc
+            other = self.spec.made_otherwise(self.registry.entry(champ).get("spec"), serving=True)
+            if other is not None:  # (as the newest version's is checked)
+                raise ConfigError(
+                    f"the registry's champion {champ}, which a trainer goes on from, was made "
+                    f"by spec {other}: a new pipeline needs its own --registry (and state dir)",
+                    where=str(self.registry.path),
+                )
             model = self.registry.load(champ)
         except ArtifactError as again:
             raise ConfigError(

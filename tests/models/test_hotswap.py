@@ -102,6 +102,8 @@ def test_corrupt_and_failing_artifacts_are_rejected_current_stays(tmp_path: Path
     assert srv.poll() is None
     assert srv.stats["swaps_rejected"] == 2
     assert {reg.entry(v)["status"] for v in ("v000002", "v000003")} == {"rejected"}
+    # the NaN model is broken (no trainer learns on from it: a QA pass), the corrupt file not
+    assert "broken" not in reg.entry("v000002") and reg.entry("v000003")["broken"] is True
     d = eng.decide({"tx_id": "b", "ts": 201.0, "card_id": "c", "amount": 0.5})
     # raw 0.5, corrected for the 5% legit sampling of the default spec
     assert d["model_version"] == "v000001"

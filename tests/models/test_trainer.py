@@ -436,3 +436,25 @@ def test_a_store_others_could_have_written_is_not_opened(tmp_path: Path) -> None
         os.chown(db, 4242, -1)
         with pytest.raises(ConfigError, match="owned by user 4242"):
             SqliteStore(db)
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_labels_not_read_yet_hold_the_assumption_and_the_expiry_back(kind, tmp_path) -> None:
+    """A QA pass and a review: in a catch-up event time ran ahead of the labels read, and the
+    inputs were assumed legitimate (and, past the ttl, deleted unlearned) before their labels
+    were read."""
+    rec = Recorder()
+    store = MemoryStore() if kind == "memory" else SqliteStore(tmp_path / "s.db")
+    t = Trainer(_spec(legit_sample_rate=1.0, assume_legit_after="1d", ttl="2d"), model=rec,
+                store=store)  # fmt: skip
+    rec.trainer = t
+    t.labels_read_to(-float("inf"))  # no label read yet
+    t.on_decision(_tx(0, 0.0), {"features": {"uid": 0}})
+    t.on_decision(_tx(1, 10 * 86400.0), {"features": {"uid": 1}})  # 10 days on
+    assert rec.learned == [] and t.store.get("t0") is not None  # neither assumed nor expired
+    t.labels_read_to(0.5 * 86400)  # labels read to 12 h: still within assume_legit_after
+    assert rec.learned == []
+    assert t.on_label({"tx_id": "t0", "ts": 0.4 * 86400, "is_fraud": True})
+    assert [y for _, y in rec.learned] == [True]  # learned as fraud, never as legitimate
+    t.labels_read_to(float("inf"))  # every label read: t1 waits its own day
+    assert t.stats["late_frauds"] == 0 and len(rec.learned) == 1
