@@ -947,7 +947,9 @@ def register(subparsers: Any) -> None:
         "--merchants", type=at_least(MIN_MERCHANTS),
         help=f"simulated merchants (default 1,000; at least {MIN_MERCHANTS})",
     )  # fmt: skip
-    pp.add_argument("--seed", type=seed, default=7, help="random seed of the simulator")
+    pp.add_argument(
+        "--seed", type=seed, default=None, help="random seed of the simulator (default: 7)"
+    )
     pp.add_argument(
         "--drift-day",
         type=lambda text: -1 if (d := drift_day(text)) is None else d,  # (-1: no drift)
@@ -959,9 +961,9 @@ def register(subparsers: Any) -> None:
         "--warmup-days",
         type=int,
         default=None,
-        help="days the models learn before they are judged (default: 14, or the days before "
-        "the drift day when it comes earlier, and on the simulator at most half of --days; a "
-        "value given is used as given)",
+        help="days the models learn before they are judged (default: 14, or the drift day "
+        "less one when it comes earlier, a day before the drift evaluated, and on the "
+        "simulator at most half of --days; a value given is used as given)",
     )
     pp.add_argument(
         "--k",
@@ -1028,8 +1030,9 @@ def _effective(args: argparse.Namespace, compared: bool = False) -> dict[str, An
         if not args.input:  # (14 days of it refused --days 12, naming --warmup-days: a QA pass)
             warmup = min(warmup, max(1, (args.days or 60) // 2))
     cards = args.cards or 10_000
+    seed_ = 7 if args.seed is None else args.seed
     run = {"days": args.days or 60, "cards": cards, "merchants": args.merchants or 1_000,
-           "seed": args.seed, "drift_day": drift, "warmup_days": warmup, "k": args.k,
+           "seed": seed_, "drift_day": drift, "warmup_days": warmup, "k": args.k,
            "spec": args.spec, "rules": args.rules}  # fmt: skip
     if compared:
         from fds.pipeline import DEFAULT_MODEL, DEFAULT_RULES
@@ -1100,7 +1103,7 @@ def _cmd_precision(args: argparse.Namespace) -> int:
         if getattr(args, flag) and not args.input:
             say(f"{args.prog}: error: --{flag} needs --input FILE")
             return 2
-    for flag in ("days", "cards", "merchants"):  # (ignored without a word: a review)
+    for flag in ("days", "cards", "merchants", "seed"):  # (ignored without a word: reviews)
         if getattr(args, flag) is not None and args.input:
             say(f"{args.prog}: error: --{flag} is for the simulator; --input FILE is read whole")
             return 2

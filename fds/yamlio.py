@@ -149,7 +149,8 @@ def read_text(path: Path, what: str) -> str:
     data = read_bytes(path, what, limit=MAX_TEXT_BYTES)
     if len(data) > MAX_TEXT_BYTES:
         raise ConfigError(
-            f"larger than {MAX_TEXT_BYTES // 1_000_000} MB: no {what} is; check the path",
+            f"larger than {MAX_TEXT_BYTES // 1_000_000} MB, more than {what} can be; check the "
+            "path",
             where=str(path),
         )
     return decode(data, str(path))
@@ -178,7 +179,8 @@ def read_bytes(path: str | Path, what: str, *, limit: int | None = None, hint: s
                 waiting.register(fd, select.POLLIN)
                 if not waiting.poll(PIPE_WAIT_S * 1000):
                     raise ConfigError(
-                        f"nothing was written to this pipe in {PIPE_WAIT_S:g} s: not {what}{hint}",
+                        f"nothing was written to this pipe in {PIPE_WAIT_S:g} s, where {what} "
+                        f"was to come{hint}",
                         where=str(path),
                     )
             os.set_blocking(fd, True)

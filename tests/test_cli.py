@@ -781,7 +781,7 @@ def test_help_states_the_defaults(capsys):
         ),
         (
             ["bench", "precision"],
-            ["(default: 14, or the days before the drift day", "(default: 7)"],
+            ["(default: 14, or the drift day less one", "(default: 7)"],
         ),
         (["kafka", "up"], ["(default: 19092)"]),
         (["train"], ["(default: models/default.yaml)", "--config's: decisions)"]),

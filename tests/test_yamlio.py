@@ -71,14 +71,14 @@ def test_a_file_that_never_ends_or_never_comes_is_refused_not_waited_for(
 
     from tests.blocking import raised_within
 
-    with pytest.raises(ConfigError, match="larger than 5 MB: no model spec is"):
-        read_text(Path("/dev/zero"), "model spec")
+    with pytest.raises(ConfigError, match="larger than 5 MB, more than a model spec can be"):
+        read_text(Path("/dev/zero"), "a model spec")
     fifo = tmp_path / "spec.yaml"
     os.mkfifo(fifo)
     monkeypatch.setattr(yamlio, "PIPE_WAIT_S", 0.2)
     said = raised_within(lambda: read_text(fifo, "a model spec"))
-    assert isinstance(said, ConfigError) and "nothing was written to this pipe in 0.2 s" in str(
-        said
+    assert isinstance(said, ConfigError) and (
+        "nothing was written to this pipe in 0.2 s, where a model spec was to come" in str(said)
     )
     out = subprocess.run(
         ["bash", "-c", "python -c 'import sys; from pathlib import Path; from fds.yamlio import "
@@ -103,3 +103,26 @@ def test_a_bracket_left_open_at_the_end_is_said_where_it_opened() -> None:
     assert yamlio.explain(e.value, closed)[0].endswith(
         "the '[' at line 2, column 8 is never closed"
     )
+
+
+def test_a_settings_file_is_read_as_every_yaml_file_is(tmp_path: Path) -> None:
+    """A README walk: `--config <(...)`, `/dev/zero` and a folder were each "settings file not
+    found", where a rules file, a spec or a mapping given so is read, or refused for what it
+    is."""
+    import os
+
+    from fds.streams.kafka import load_settings
+
+    r, w = os.pipe()
+    os.write(w, b"group: piped\n")
+    os.close(w)
+    try:
+        assert load_settings(f"/dev/fd/{r}").group == "piped"
+    finally:
+        os.close(r)
+    with pytest.raises(ConfigError, match="larger than 5 MB, more than a settings file can be"):
+        load_settings("/dev/zero")
+    with pytest.raises(ConfigError, match="cannot read a settings file: Is a directory"):
+        load_settings(tmp_path)
+    with pytest.raises(ConfigError, match="settings file not found"):
+        load_settings(tmp_path / "nope.yaml")

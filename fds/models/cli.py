@@ -54,9 +54,11 @@ def _registry(args: argparse.Namespace) -> Any:
 
 
 def _version(text: str) -> str:
-    """argparse type: a version id; a bare number is the version of that sequence number
-    (``3`` -> ``v000003``, as `fds models list` shows them)."""
-    return f"v{int(text):06d}" if text.isdigit() else text
+    """argparse type: a version id; a bare number, or one after a ``v`` (``v3``: it was
+    "unknown", a README walk), is the version of that sequence number (``3`` -> ``v000003``,
+    as `fds models list` shows them)."""
+    digits = text[1:] if text[:1] in ("v", "V") else text
+    return f"v{int(digits):06d}" if digits.isdigit() else text
 
 
 def _fail(args: argparse.Namespace, e: Exception | str, code: int) -> int:
@@ -126,6 +128,9 @@ def _promote(args: argparse.Namespace) -> int:
     try:
         reg = _registry(args)
         before = reg.entry(args.version)
+        if reg.champion() == args.version:  # (it said "champion is now ...": a README walk)
+            print(f"{args.version} is already the champion: nothing changed")
+            return 0
         if before["status"] == "rejected" and not args.force:
             why = before.get("rejected_because", "")
             raise ConfigError(

@@ -270,7 +270,7 @@ def resolve_spec_path(name_or_path: str | Path) -> Path:
 def load_spec(name_or_path: str | Path) -> ModelSpec:
     """Load and validate a spec by shipped name (``default``, ``tree``, ``forest``) or path."""
     path = resolve_spec_path(name_or_path)
-    return parse_spec(yamlio.read_text(path, "model spec"), source=str(path))
+    return parse_spec(yamlio.read_text(path, "a model spec"), source=str(path))
 
 
 def _estimator_class(dotted: str, where: str) -> type:
@@ -492,6 +492,8 @@ def _instantiate(dotted: str, params: dict[str, Any] | None, seeds: Iterator[int
             v = _instantiate_ref(v, seeds)
         elif isinstance(v, list):
             v = [_instantiate_ref(x, seeds) if _is_estimator_ref(x) else x for x in v]
+        elif k in _COUNTS and type(v) is float:  # `n_models: 3.0` is 3 (checked whole), as
+            v = int(v)  # the README says (River's range() refused the float: a README walk)
         kwargs[k] = v
     if "seed" not in kwargs and "seed" in inspect.signature(cls).parameters:
         kwargs["seed"] = next(seeds)
@@ -569,7 +571,7 @@ def _policy(cls: type, raw: Any, source: str, node: yaml.Node | None, section: s
 
 def _shown(v: Any) -> str:
     """A value as YAML wrote it: ``true``, not Python's ``True`` (a QA pass)."""
-    return str(v).lower() if isinstance(v, bool) else repr(v)
+    return "null" if v is None else str(v).lower() if isinstance(v, bool) else repr(v)
 
 
 def _learn_policy(raw: Any, source: str, node: yaml.Node | None) -> LearnPolicy:
@@ -591,7 +593,7 @@ def _learn_policy(raw: Any, source: str, node: yaml.Node | None) -> LearnPolicy:
 def _seed(value: Any, where: str) -> int:
     if type(value) is not int or value < 0:
         raise ConfigError(
-            f"seed: must be a whole number of 0 or more, e.g. 42, got {value!r}", where=where
+            f"seed: must be a whole number of 0 or more, e.g. 42, got {_shown(value)}", where=where
         )
     return value
 

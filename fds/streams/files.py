@@ -802,10 +802,10 @@ def load_mapping(path: str | os.PathLike[str]) -> ColumnMapping:
     return mapping
 
 
-def read_yaml(p: Path) -> Any:
+def read_yaml(p: Path, what: str = "a mapping") -> Any:
     """The YAML document of file ``p``; a syntax error or a key written twice names its line
     and column. Its top-level keys ``x-...`` are left out (:func:`fds.yamlio.without_own_keys`)."""
-    text = yamlio.read_text(p, "the file")
+    text = yamlio.read_text(p, what)
     try:
         return yamlio.without_own_keys(yamlio.load(text))
     except yaml.YAMLError as e:

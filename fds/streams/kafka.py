@@ -1008,9 +1008,9 @@ def load_settings(file: Path | str | None = None, **flags: Any) -> KafkaSettings
     doc: dict[str, Any] = {}
     path = Path(file) if file is not None else None
     if path is not None:
-        if not path.is_file():
-            raise ConfigError(f"settings file not found: {path}")
-        doc = read_yaml(path) or {}
+        if not path.exists():  # (a pipe, <(...), is read; a folder, /dev/zero said as they
+            raise ConfigError(f"settings file not found: {path}")  # are: a README walk)
+        doc = read_yaml(path, "a settings file") or {}
         if not isinstance(doc, dict):
             raise ConfigError("expected a mapping of setting: value", where=str(path))
         for k in doc:

@@ -161,6 +161,9 @@ def test_cli_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     args = ap.parse_args(argv)
     assert args.func(args) == 2
     assert "--days is for the simulator" in capsys.readouterr().err
+    args = ap.parse_args([*argv[:4], "--seed", "3"])  # (ignored too: a README walk)
+    assert args.func(args) == 2
+    assert "--seed is for the simulator" in capsys.readouterr().err
 
 
 def test_a_stream_with_nothing_left_to_evaluate_is_a_usage_error(tmp_path: Path) -> None:

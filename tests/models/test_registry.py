@@ -881,3 +881,20 @@ def test_a_version_retention_removed_is_said_removed_not_unknown(tmp_path: Path)
         reg.promote("v000001")
     with pytest.raises(ConfigError, match="unknown model version 'v000009'"):
         reg.entry("v000009")
+
+
+def test_the_models_commands_take_v3_and_say_a_champion_promoted_again_is_already_one(
+    tmp_path, capsys
+):
+    """A README walk: `promote v1` was "unknown model version 'v1'" (`1` and `v000001` were
+    taken), and promoting the champion again said "champion is now v000001" as if it changed."""
+    from fds.cli import main
+    from tests.models.fakes import FeatureModel
+
+    reg = Registry(tmp_path)
+    reg.publish(FeatureModel("amount"), spec={"name": "t"})
+    base = ["models", "--registry", str(tmp_path), "promote"]
+    assert main([*base, "v1"]) == 0 and reg.champion() == "v000001"
+    assert "champion is now v000001" in capsys.readouterr().out
+    assert main([*base, "1"]) == 0
+    assert capsys.readouterr().out == "v000001 is already the champion: nothing changed\n"

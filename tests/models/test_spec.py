@@ -497,3 +497,15 @@ def test_top_level_x_keys_are_the_files_own_as_in_a_rules_file():
     assert spec.name == "m"
     with pytest.raises(ConfigError, match="unknown key 'y-notes'"):
         parse_spec("y-notes: 1\nname: m\npipeline:\n  - linear_model.LogisticRegression: {}\n")
+
+
+@pytest.mark.parametrize(
+    "step", ["forest.ARFClassifier: {n_models: 3.0}", "neighbors.KNNClassifier: {n_neighbors: 3.0}"]
+)
+def test_a_count_written_as_a_whole_float_is_built_as_its_integer(step: str) -> None:
+    """A README walk: `200.0 is one` (the README), yet River's ensembles and KNN refused the
+    float itself (`'float' object cannot be interpreted as an integer`)."""
+    model = build_pipeline(parse_spec(f"name: x\npipeline:\n  - {step}\n"))
+    model.learn_one({"a": 1.0}, True)
+    model.learn_one({"a": 0.0}, False)
+    assert 0.0 <= model.predict_proba_one({"a": 1.0}).get(True, 0.0) <= 1.0
