@@ -1307,6 +1307,11 @@ def _jsonl_records(p: Path) -> Generator[Record, None, None]:
                         # neither that nor what to do: a QA pass)
                         yield n, ValueError(not_utf8 or (not_utf8 := _not_utf8(p))), line
                         continue
+                    if not line.endswith(b"\n"):  # the last line, cut inside its record: the
+                        # file was cut short (a truncated download sent it on, exit 0: a README
+                        # walk; a .gz cut so was an error already)
+                        yield n, FileCut(f"the file ends inside the record of line {n}: {e}"), raw
+                        continue
                     yield n, ValueError(f"not valid JSON: {e}"), raw
         except _FAULTS as e:
             yield _fault(n + 1, e)

@@ -383,6 +383,24 @@ JSONL_TEXT = "".join(
 )
 
 
+def test_a_json_lines_file_cut_inside_its_last_record_is_cut_short(tmp_path):
+    """A README walk: `head -c 20000 x.jsonl > cut.jsonl` was produced whole, exit 0, its cut
+    last line sent as a record (a .gz cut so was an error); a last line without a newline that
+    is whole JSON is a record (many writers end so)."""
+    p = tmp_path / "cut.jsonl"
+    p.write_text(JSONL_TEXT[:1000])
+    *rows, (n, error, raw) = read_records(p)
+    assert isinstance(error, files.FileCut) and n == len(rows) + 1
+    assert str(error).startswith(f"the file ends inside the record of line {n}: ")
+    assert raw is not None and not raw.endswith("\n")
+    whole = JSONL_TEXT.splitlines(keepends=True)
+    p.write_text("".join(whole[:5]) + whole[5].rstrip("\n") + "\n" + '{"broken": \n')
+    *_, (_n, error, _raw) = read_records(p)  # (a bad line with its newline: a dead letter)
+    assert type(error) is ValueError
+    p.write_text("".join(whole[:5]).rstrip("\n"))  # (a last record without its newline)
+    assert all(isinstance(rec, dict) for _n, rec, _raw in read_records(p))
+
+
 def _truncated_gzip(p, text):
     p.write_bytes(gzip.compress(text.encode())[:-40])
 
