@@ -278,7 +278,7 @@ def test_unknown_spec_name_lists_shipped() -> None:
 
 def test_a_folder_or_a_file_not_utf8_is_an_error_not_a_traceback(tmp_path) -> None:
     """A QA pass: IsADirectoryError and UnicodeDecodeError tracebacks."""
-    with pytest.raises(ConfigError, match="cannot read model spec: Is a directory"):
+    with pytest.raises(ConfigError, match="cannot read a model spec: Is a directory"):
         load_spec(tmp_path)
     latin1 = tmp_path / "s.yaml"
     latin1.write_bytes(b"name: caf\xe9\npipeline:\n  - linear_model.LogisticRegression: {}\n")
