@@ -547,6 +547,27 @@ def _cut(value: Any, n: int) -> Any:
     return value[:n] if isinstance(value, str) else value
 
 
+class _FencedWatch(logging.Handler):
+    """Sees kafka-python's heartbeat thread learn that the broker fenced this static member
+    (another one joined with its ``--group-instance-id``): the thread logs it and stops
+    beating, without a word to the poll loop, which decided on until its next commit (14
+    duplicate decisions in a README walk; 25 s while idle)."""
+
+    def __init__(self, instance_id: str | None) -> None:
+        super().__init__(logging.ERROR)
+        self.instance_id = instance_id
+        self.seen = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if (
+            self.instance_id is not None
+            and record.name.startswith("kafka.coordinator")
+            and "fenced" in str(record.msg)
+            and self.instance_id in map(str, record.args or ())  # (this instance's, not a
+        ):  # trainer's in the same process)
+            self.seen = True
+
+
 def dead_letter_message(
     msg: Any, stage: str, exc: BaseException
 ) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
@@ -1183,6 +1204,7 @@ class Runner:
         # Partitions were revoked or lost and no assignment has come since: a join is under
         # way, and consumer.assignment() still names the old partitions (eager protocol).
         self._joining = False
+        self._heartbeat_fenced = _FencedWatch(None)  # (set by _loop)
         # A partition the state has not followed (no checkpoint yet, or it moved here from
         # another instance) gets the state rebuilt from the input, all partitions merged in
         # event time, from the feature horizon up to the group's committed offsets.
@@ -1680,8 +1702,15 @@ class Runner:
         # What is alive now (libraries, model, restored state) and the state that grows later
         # are frozen out of the collector's full passes (60-400 ms pauses on the decision path
         # at 5,000 cards, seconds at a million): at the start and every FREEZE_EVERY events.
-        with self._freezer:
-            self._poll_loop(max_idle_s)
+        fenced = _FencedWatch(self.s.group_instance_id)
+        kafka_log = logging.getLogger("kafka")
+        kafka_log.addHandler(fenced)
+        self._heartbeat_fenced = fenced
+        try:
+            with self._freezer:
+                self._poll_loop(max_idle_s)
+        finally:
+            kafka_log.removeHandler(fenced)
 
     def _poll_loop(self, max_idle_s: float | None) -> None:
         s = self.s
@@ -1716,6 +1745,8 @@ class Runner:
                 time.sleep(0.5)  # back off instead of spinning while the broker is away
                 batch = {}
             now = health.beat = time.monotonic()  # (the one store per pass: /healthz)
+            if self._heartbeat_fenced.seen:  # before deciding what that poll fetched
+                raise self._fenced("heartbeat")
             if batch:
                 broker.contact = no_input.since = now
                 aligner.add(batch)

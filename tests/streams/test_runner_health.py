@@ -222,3 +222,31 @@ def test_offsets_an_open_transaction_holds_back_are_no_broker_outage(tmp_path, m
     assert r._waited("reading the committed offsets", slow, time.monotonic() + 5, held=True)
     assert r._broker_up is None
     assert r._waited("commit", slow, time.monotonic() + 5) and r._broker_up is False
+
+
+def test_a_member_the_heartbeat_found_fenced_stops_before_deciding_more(tmp_path):
+    """A README walk: a second instance started with this one's --group-instance-id fenced it;
+    kafka-python's heartbeat thread logged it and stopped beating, and the loop decided on (14
+    duplicate decisions) until its next commit."""
+    import logging
+
+    import pytest
+
+    from fds.errors import FdsError
+
+    broker = Broker(logs(n0=40, n1=40), committed={0: 0, 1: 0})
+    r = runner(broker, tmp_path, group="g", group_instance_id="i1")
+    heartbeat = logging.getLogger("kafka.coordinator.heartbeat")
+
+    def fenced(g: Group) -> None:
+        heartbeat.error("Heartbeat thread caught fenced group_instance_id %s error", "i1")
+
+    def other(g: Group) -> None:  # (another instance's, in the same process: not this one)
+        heartbeat.error("Heartbeat thread caught fenced group_instance_id %s error", "i9")
+
+    broker.script = [(1, lambda g: g.rebalance({P0, P1})), (3, other), (5, fenced)]
+    with pytest.raises(FdsError, match=r"heartbeat: another member joined group 'g'"):
+        r.run(max_idle_s=5)
+    decided = len(broker.out)
+    assert 0 < decided < 80  # stopped with records left: it did not decide on
+    assert broker.polls <= 6
