@@ -1448,7 +1448,7 @@ class Runner:
             finally:
                 admin.close()
         except (KafkaError, OSError) as exc:
-            log.info("the topics group %r committed offsets of were not checked: %s", s.group,
+            log.info("which topics group %r has committed offsets of was not checked: %s", s.group,
                      describe(exc))  # fmt: skip
             return
         if others := sorted({tp.topic for tp in committed} - {s.input_topic}):
