@@ -1074,7 +1074,9 @@ class ModelServer:
         # a version refused or rolled back is a warning: `fds -q` shows it (a rejected rules
         # file is an error line; a rejected model was an INFO line only: a QA report)
         level = logging.WARNING if kind in _WARN else logging.INFO
-        log.log(level, "model %s %s", kind, " ".join(f'{k}="{v}"' for k, v in info.items()))
+        # (a value that is none is left out: the first swap was `from="None"`, a QA pass)
+        pairs = " ".join(f'{k}="{v}"' for k, v in info.items() if v is not None)
+        log.log(level, "model %s %s", kind, pairs)
         m = self.metrics
         if m is not None:
             if kind == "swap":

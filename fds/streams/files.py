@@ -1540,7 +1540,7 @@ def _csv_records(p: Path, lines: _Lines, mapping: ColumnMapping | None) -> Itera
                         row += [""] * (width - len(row))
                 if error is not None:
                     raw = io.StringIO()
-                    csv.writer(raw, delimiter=sep).writerow(row)
+                    csv.writer(raw, delimiter=sep, lineterminator="").writerow(row)  # (no \r\n)
                     yield n, error, _text_or_bytes(raw.getvalue())
                     continue
                 # (the spaces around a cell are no part of it: " c1" was a card of its own, a

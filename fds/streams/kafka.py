@@ -782,9 +782,16 @@ class KafkaSettings(BaseSettings):
     @field_validator("compression_type", mode="before")
     @classmethod
     def _no_compression(cls, v: Any) -> Any:
-        """``none`` (any case) is no compression, as ``--help`` names the default (it was
-        refused, so a flag could not turn off a file's setting: a QA pass)."""
-        return None if isinstance(v, str) and v.strip().lower() == "none" else v
+        """``none`` is no compression, as ``--help`` names the default (it was refused, so a
+        flag could not turn off a file's setting: a QA pass); any case, as every codec; the
+        refusal of another value names it too."""
+        if isinstance(v, str):
+            v = v.strip().lower()
+            if v == "none":
+                return None
+        if v is not None and v not in ("gzip", "snappy", "lz4", "zstd"):
+            raise ValueError(f"{v!r} is not one of 'none', 'gzip', 'snappy', 'lz4' or 'zstd'")
+        return v
 
     @field_validator("group_instance_id", mode="before")
     @classmethod
@@ -948,6 +955,12 @@ class KafkaSettings(BaseSettings):
             "bootstrap_timeout_ms": self.timeout_ms,
             **over,
         }
+
+    def liveness(self) -> dict[str, int]:
+        """A group member's session timeout and its heartbeat, a third of it (below it: 1000
+        against 1000 was refused by the client, told as a broker out of reach, a QA pass)."""
+        ms = self.session_timeout_ms
+        return {"session_timeout_ms": ms, "heartbeat_interval_ms": min(max(1000, ms // 3), ms - 1)}
 
     def client_config(self) -> dict[str, Any]:
         """Connection and security options common to consumer, producer and admin."""
@@ -1334,13 +1347,8 @@ class Runner:
             max_poll_records=s.max_poll_records,
             fetch_min_bytes=s.fetch_min_bytes,
             fetch_max_wait_ms=s.fetch_max_wait_ms,
-            session_timeout_ms=s.session_timeout_ms,
             max_poll_interval_ms=s.max_poll_interval_ms,
-            # (below the session timeout: 1000 against 1000 was refused by the client, told
-            # as a broker out of reach, a QA pass)
-            heartbeat_interval_ms=min(
-                max(1000, s.session_timeout_ms // 3), s.session_timeout_ms - 1
-            ),
+            **s.liveness(),
         )
         producer_cfg: dict[str, Any] = {
             **common,
@@ -3406,17 +3414,13 @@ class Runner:
 
     def _decided_at(self, until: Mapping[Any, int | None]) -> float:
         """The record time (epoch seconds) of the earliest of the last records decided before
-        ``until`` of each partition (``inf``: none), read with a reader of its own, closed
+        ``until`` of each partition (``inf``: none), read with readers of their own, closed
         after (the rebuild's reader, paused with records in flight, may be parked by
         kafka-python: see _next_times)."""
 
         def find() -> dict[Any, int]:
-            peek = self._reader(**self.s.reader_config(auto_offset_reset="earliest"))
-            try:
-                return last_times(peek, until, self.s.broker_timeout_s)
-            finally:
-                with contextlib.suppress(Exception):
-                    peek.close()
+            config = self.s.reader_config(auto_offset_reset="earliest")
+            return last_times(lambda: self._reader(**config), until, self.s.broker_timeout_s)
 
         times = self._retrying("finding the last records decided", find)
         return min(times.values(), default=math.inf) / 1000.0
@@ -4012,6 +4016,15 @@ def _labels_file(path: Path | str, mapping: ColumnMapping | None) -> bool:
     return isinstance(first, dict) and "is_fraud" in first and "amount" not in first
 
 
+def _labels_topic_name(name: str, settings: KafkaSettings) -> bool:
+    """Is ``name`` the labels topic: the settings', or the kit's (``labels``, after a
+    ``--prefix`` that ends in ``.``, ``-`` or ``_``)?"""
+    return name == settings.labels_topic or (
+        name != settings.input_topic
+        and (name == "labels" or name.endswith((".labels", "-labels", "_labels")))
+    )
+
+
 def produce_file(
     path: Path | str,
     settings: KafkaSettings,
@@ -4038,7 +4051,16 @@ def produce_file(
         raise ConfigError(  # (fds run dead-lettered the labels as transactions: a QA pass)
             f"--labels-topic {labels_topic!r} is the topic the records go to: give each its own"
         )
-    if (topic or settings.input_topic) == settings.input_topic or not _labels_file(path, mapping):
+    target = topic or settings.input_topic
+    holds_labels = target != settings.input_topic and _labels_file(path, mapping)
+    if not holds_labels and _labels_topic_name(target, settings):
+        raise ConfigError(  # (fds run and fds train dead-lettered each one: a QA pass)
+            f"--topic {target!r} is a labels topic, but {path} holds transactions (its first "
+            "record is no label: tx_id, ts, is_fraud and no amount): send it to the "
+            "transactions topic (--topic transactions, or no --topic); a --mapping's fraud "
+            f"column goes there as labels with --labels-topic {target}"
+        )
+    if not holds_labels:
         # transactions with other column names: every one was sent, for fds run to dead-letter
         # (without a key: a review), as fds replay refuses; with a mapping, checked before
         # connecting (a QA pass); to a topic of another name too (a prefixed one), unless the

@@ -40,6 +40,7 @@ event time; ``reached`` tells where each partition's fold stopped.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import logging
 import math
@@ -170,22 +171,32 @@ LAST_LOOK_MAX = 16 * 8**3
 
 
 def last_times(
-    consumer: Any,
+    open_reader: Callable[[], Any],
     until: Mapping[Any, int | None],
     timeout_s: float,
 ) -> dict[Any, int]:
     """The record timestamp (ms) of the last record before ``until[tp]`` of each partition
-    (none for a partition with no record before it, within LAST_LOOK_MAX offsets), read with
-    ``consumer`` (assigned here, no group: give it one of its own, it is left paused)."""
+    (none for a partition with no record before it, within LAST_LOOK_MAX offsets), each look
+    with a reader of its own from ``open_reader()`` (no group), closed after it: a reader
+    paused and re-assigned with records in flight may be parked by kafka-python 3.0.12."""
     wanted = [tp for tp, u in until.items() if u is not None]
-    begin = consumer.beginning_offsets(wanted)
-    ends = consumer.end_offsets(wanted)
-    upto = {tp: u for tp in wanted if (u := min(until[tp] or 0, ends[tp])) > begin[tp]}
     times: dict[Any, int] = {}
+    upto: dict[Any, int] | None = None  # (read with the first reader)
     look = LAST_LOOK
-    while upto and look <= LAST_LOOK_MAX:
-        ranges = {tp: (max(begin[tp], u - look), u) for tp, u in upto.items()}
-        times.update(_last_in(consumer, ranges, timeout_s))
+    while upto != {} and look <= LAST_LOOK_MAX:
+        consumer = open_reader()
+        try:
+            if upto is None:
+                begin = consumer.beginning_offsets(wanted)
+                ends = consumer.end_offsets(wanted)
+                upto = {tp: u for tp in wanted if (u := min(until[tp] or 0, ends[tp])) > begin[tp]}
+                if not upto:
+                    break
+            ranges = {tp: (max(begin[tp], u - look), u) for tp, u in upto.items()}
+            times.update(_last_in(consumer, ranges, timeout_s))
+        finally:
+            with contextlib.suppress(Exception):
+                consumer.close()
         upto = {tp: u for tp, u in upto.items() if tp not in times and ranges[tp][0] > begin[tp]}
         look *= 8
     return times

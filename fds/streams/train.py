@@ -491,15 +491,25 @@ class TrainService:
             self._stop_by = time.monotonic() + self.s.shutdown_timeout_s
         return max(0.1, self._stop_by - time.monotonic())
 
+    def _reader_config(self) -> dict[str, Any]:
+        """The group member's config: static membership with ``--group-instance-id`` (it was
+        accepted and not used), and fds run's session timeout (kafka-python's 45 s: a
+        restart after kill -9 waited for it without a word, a QA pass)."""
+        s = self.s
+        return s.reader_config(
+            s.group, group_instance_id=s.group_instance_id, auto_offset_reset="earliest",
+            max_poll_records=s.max_poll_records, **s.liveness(),
+        )  # fmt: skip
+
     def _connect(self) -> None:
         s = self.s
         timeout_ms = s.timeout_ms
         try:
             with ClientErrors() as errors:
                 stop = lambda: self._stop  # noqa: E731  (a SIGTERM: heard while connecting)
-                self.consumer = errors.connect(lambda: Consumer(**s.reader_config(
-                    s.group, auto_offset_reset="earliest", max_poll_records=s.max_poll_records,
-                )), s.n_servers, stop)  # fmt: skip
+                self.consumer = errors.connect(
+                    lambda: Consumer(**self._reader_config()), s.n_servers, stop
+                )
                 # (the dead letters of bad labels, and the announcements of versions)
                 self.producer = errors.connect(lambda: KafkaProducer(
                     **s.client_config(), acks="all", bootstrap_timeout_ms=timeout_ms,
@@ -1049,7 +1059,7 @@ class _Seek(ConsumerRebalanceListener):
 #: defines itself (DEPLOYMENT_FLAGS: registry, models topic, metrics port and host).
 TRAIN_SETTINGS = (
     *CONNECTION_SETTINGS, "group", "group_instance_id", "max_poll_records", "max_event_ahead_s",
-    "state_dir", "dlq_topic",
+    "state_dir", "dlq_topic", "session_timeout_ms",
 )  # fmt: skip
 
 #: fds train's /metrics port when none is given: the one after fds run's, so that a trainer

@@ -549,8 +549,19 @@ def test_produce_checks_a_foreign_file_for_any_topic_but_a_labels_file(tmp_path,
     assert _labels_file(labels, None) and not _labels_file(mine, None)
     with pytest.raises(ConfigError, match="--labels-topic 'p-t' is the topic the records go to"):
         produce_file(mine, s, topic="p-t", labels_topic="p-t")
+    # a transactions file to the labels topic (fds run and fds train dead-lettered each one)
+    tx = tmp_path / "tx.jsonl"
+    tx.write_text('{"tx_id": "t1", "ts": 1767225600, "card_id": "c1", "amount": 5}\n')
+    for name in ("labels", "p.labels", "p-labels"):
+        with pytest.raises(ConfigError, match=f"--topic '{name}' is a labels topic, but"):
+            produce_file(tx, s, topic=name)
+    with pytest.raises(ConfigError, match="--topic 'mine' is a labels topic"):
+        produce_file(tx, KafkaSettings(labels_topic="mine", bootstrap="127.0.0.1:1"), topic="mine")
     for none in ("none", "NONE"):
         assert KafkaSettings(compression_type=none).compression_type is None
+    assert KafkaSettings(compression_type="LZ4").compression_type == "lz4"
+    with pytest.raises(ValueError, match="'zip' is not one of 'none', 'gzip'"):
+        KafkaSettings(compression_type="zip")  # (the refusal omitted 'none': a QA pass)
 
 
 def test_train_refuses_one_topic_for_decisions_and_labels(capsys):

@@ -460,6 +460,19 @@ def test_an_empty_registry_is_said_at_start(tmp_path: Path, caplog) -> None:
     assert "no model version in registry" in caplog.text and "typo" in caplog.text
 
 
+def test_the_first_swap_names_no_version_it_came_from(tmp_path: Path, caplog) -> None:
+    """A QA pass: a scorer's first swap was logged `model swap from="None" to="v000001"`."""
+    reg = Registry(tmp_path)
+    srv = ModelServer(load_spec("default"), registry=reg, learn=False)
+    assert srv.load_champion() is None  # (an empty registry: the rules alone)
+    reg.promote(reg.publish(FeatureModel("amount"), spec={"name": "default"})["version"])
+    with caplog.at_level("INFO", logger="fds.models"):
+        srv.poll()
+        Engine(model=srv).report()
+    assert srv.version == "v000001"
+    assert 'model swap to="v000001"' in caplog.text and "None" not in caplog.text
+
+
 def test_registry_problems_are_logged_once_each(tmp_path: Path, caplog) -> None:
     """Found by a QA pass: an invalid manifest was logged at every poll (each second), a
     deleted one not at all."""

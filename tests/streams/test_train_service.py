@@ -34,6 +34,20 @@ def service(
     )  # fmt: skip
 
 
+def test_the_trainer_takes_its_instance_id_and_session_timeout(tmp_path):
+    """A QA pass: `--group-instance-id` was accepted and not used, and the session timeout
+    was kafka-python's 45 s (a restart after kill -9 waited for it without a word)."""
+    settings = KafkaSettings(group="g", group_instance_id="t-a", session_timeout_ms=3000)
+    svc = TrainService(
+        settings, spec=DEFAULT_MODEL, registry=tmp_path / "registry",
+        state_dir=tmp_path / "state", models_topic=None,
+    )  # fmt: skip
+    cfg = svc._reader_config()
+    assert (cfg["group_id"], cfg["group_instance_id"]) == ("g", "t-a")
+    assert (cfg["session_timeout_ms"], cfg["heartbeat_interval_ms"]) == (3000, 1000)
+    assert service(tmp_path)._reader_config()["session_timeout_ms"] == 10_000
+
+
 def test_a_restart_resumes_from_the_checkpointed_offsets(tmp_path):
     first = service(tmp_path)
     first._offsets = {("labels", 0): 5, ("decisions", 2): 40}
