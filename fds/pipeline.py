@@ -12,6 +12,7 @@ so every door runs the same code path.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -93,6 +94,15 @@ def build_engine(
         )  # fmt: skip
         if policy is None:
             policy = Policy()
+        inputs = model_stage.spec.inputs
+        if rules is None and inputs.reads_rules:  # (served without a word: a QA pass)
+            logging.getLogger("fds.pipeline").warning(
+                "no rules, and model spec %r reads the rules' results (inputs: rules: %s): "
+                "its rule_score is 0 for every transaction, as if no rule ever fired, unlike "
+                "what it learned from; give it its rules (--rules FILE), or use a spec with "
+                "inputs: {rules: false}",
+                model_stage.spec.name, "true" if inputs.rules is True else inputs.rules,
+            )  # fmt: skip
     breaker = guard = None
     if guardrails:
         breaker = RuleBreaker(

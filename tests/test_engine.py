@@ -1,5 +1,6 @@
 """The engine's wiring: stage failures, guardrails (rate breaker, degraded mode), metrics."""
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -214,6 +215,23 @@ def test_a_state_without_features_is_refused_by_an_engine_with_features():
     build_engine(None, None).load_state_dict(bare.state_dict())  # the same engine: fine
     full = build_engine(DEFAULT_RULES, None)
     bare.load_state_dict(full.state_dict())  # features no longer needed: fine
+
+
+def test_a_model_that_reads_the_rules_without_rules_is_warned_about(tmp_path, caplog):
+    """A QA pass: `--rules none` with the default model (inputs: rules: score) served it a
+    rule_score of 0 for every transaction, unlike what it learned from, without a word."""
+    from fds.pipeline import DEFAULT_MODEL, DEFAULT_RULES, build_engine
+
+    with caplog.at_level("WARNING", logger="fds.pipeline"):
+        build_engine(None, DEFAULT_MODEL, registry=tmp_path / "r")
+    assert "no rules, and model spec 'default' reads the rules' results" in caplog.text
+    caplog.clear()
+    spec = tmp_path / "plain.yaml"
+    spec.write_text(Path(DEFAULT_MODEL).read_text().replace("rules: score", "rules: false"))
+    with caplog.at_level("WARNING", logger="fds.pipeline"):
+        build_engine(None, spec, registry=tmp_path / "r2")
+        build_engine(DEFAULT_RULES, DEFAULT_MODEL, registry=tmp_path / "r3")
+    assert "reads the rules" not in caplog.text
 
 
 def test_who_is_demoted_now_is_exported_after_a_restore_too():
