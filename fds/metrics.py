@@ -323,12 +323,13 @@ class Metrics(Collector):
         )
         self._publishes = Counter(
             "fds_model_publishes_total",
-            "Model versions fds train published into its registry, by result (ok, failed).",
+            "Model versions fds train published into its registry, by result (ok, failed; "
+            "broken: not published, its model scored no probability).",
             ["result"],
             registry=r if not decides else None,
         )
-        for result in ("ok", "failed"):  # at 0 from the start: increase() sees the first one
-            self._publishes.labels(result=result)
+        for result in ("ok", "failed", "broken"):  # at 0 from the start: increase() sees the
+            self._publishes.labels(result=result)  # first one
         self._learned = Counter(
             "fds_labels_learned_total", "Delayed labels the model learned from.", registry=r
         )
@@ -562,8 +563,9 @@ class Metrics(Collector):
         self._swaps.labels(result=result).inc()
 
     def model_publish(self, result: str) -> None:
-        """Count one publish of the trainer: ``ok`` or ``failed`` (a full or read-only
-        registry: the trainer died of it, a QA pass; it now learns on and tries again)."""
+        """Count one publish of the trainer: ``ok``, ``failed`` (a full or read-only
+        registry: the trainer died of it, a QA pass; it now learns on and tries again) or
+        ``broken`` (its model scored no probability: not published)."""
         self._publishes.labels(result=result).inc()
 
     def labels_learned(self, n: int = 1) -> None:

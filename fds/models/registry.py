@@ -32,6 +32,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import os
 import pickle
 import re
@@ -289,6 +290,36 @@ def verify(
         if not hmac.compare_digest(sign(data, key), str(signature)):
             raise ArtifactError(
                 "artifact HMAC signature mismatch: wrong key or tampered artifact", local=True
+            )
+
+
+#: Inputs a version must score cleanly before it may serve (and before fds train publishes it).
+CANARY_SIZE = 64
+
+
+def fraud_probability(model: Any, x: dict[str, float]) -> float:
+    """``model``'s probability of fraud for input ``x``."""
+    return float(model.predict_proba_one(x).get(True, 0.0))
+
+
+def canary(
+    model: Any, inputs: list[dict[str, float]], pause: Callable[[], None] | None = None
+) -> None:
+    """Raise :class:`ArtifactError` unless ``model`` scores every input finitely in [0, 1].
+
+    ``pause`` runs between inputs: the scorer's watcher thread passes a pacer to hand the GIL
+    back to the decision loop instead of holding it for the whole canary.
+    """
+    for x in inputs:
+        if pause is not None:
+            pause()
+        try:
+            p = fraud_probability(model, x)
+        except Exception as e:  # maybe this machine's libraries (a River version): retried
+            raise ArtifactError(f"canary: scoring raised {describe(e)}", local=True) from e
+        if not (math.isfinite(p) and 0.0 <= p <= 1.0):
+            raise ArtifactError(
+                f"canary: score {p!r} is not a probability in [0, 1]", bad_model=True
             )
 
 

@@ -56,7 +56,16 @@ import orjson
 from fds.errors import ArtifactError, ConfigError, describe
 from fds.models.champion import BudgetRank, Contest
 from fds.models.fused import serving
-from fds.models.registry import Registry, learned, load_verified, passed_over, seq_of
+from fds.models.registry import (
+    CANARY_SIZE,
+    Registry,
+    canary,
+    learned,
+    load_verified,
+    passed_over,
+    seq_of,
+)
+from fds.models.registry import fraud_probability as _p
 from fds.models.spec import ModelSpec
 from fds.models.trainer import Publication, Trainer, event_time
 from fds.models.vector import RULE_SCORE, to_vector
@@ -70,8 +79,6 @@ log = logging.getLogger("fds.models")
 #: Recent inputs kept for canary scoring and budget thresholds: enough for a stable top-0.5%
 #: quantile (~20 points above it), small enough to score in a few ms with a linear model.
 RECENT_SIZE = 4096
-#: Inputs a candidate must score cleanly before it may serve.
-CANARY_SIZE = 64
 # A version that failed to load for a reason of this machine (key, files, libraries) is tried
 # again after this long (watch mode).
 LOCAL_RETRY_S = 60.0
@@ -134,10 +141,6 @@ def _waited(wait: float, c: Contest) -> str:
 _UNSCORED: tuple[str | None, float, str | None, float] = (None, math.nan, None, math.nan)
 
 
-def _p(model: Any, x: dict[str, float]) -> float:
-    return float(model.predict_proba_one(x).get(True, 0.0))
-
-
 def _scores(
     model: Any,
     version: str | None,
@@ -163,27 +166,6 @@ def _scores(
                 pause()
             out.append(_p(model, x))
     return out
-
-
-def canary(
-    model: Any, inputs: list[dict[str, float]], pause: Callable[[], None] | None = None
-) -> None:
-    """Raise :class:`ArtifactError` unless ``model`` scores every input finitely in [0, 1].
-
-    ``pause`` runs between inputs: the watcher thread passes a :func:`_pacer` to hand the GIL
-    back to the decision loop instead of holding it for the whole canary.
-    """
-    for x in inputs:
-        if pause is not None:
-            pause()
-        try:
-            p = _p(model, x)
-        except Exception as e:  # maybe this machine's libraries (a River version): retried
-            raise ArtifactError(f"canary: scoring raised {describe(e)}", local=True) from e
-        if not (math.isfinite(p) and 0.0 <= p <= 1.0):
-            raise ArtifactError(
-                f"canary: score {p!r} is not a probability in [0, 1]", bad_model=True
-            )
 
 
 def _champions(m: Mapping[str, Any]) -> list[str]:

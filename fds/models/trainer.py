@@ -37,9 +37,11 @@ from typing import Any, Protocol
 
 import orjson
 
-from fds.errors import describe
+from fds.errors import ArtifactError, describe
 from fds.models.registry import (
+    CANARY_SIZE,
     Registry,
+    canary,
     learned,
     make_entry,
     owner_only,
@@ -380,7 +382,12 @@ class Trainer:
             "published": 0,
             "learn_errors": 0,
         }
+        self.stats["broken"] = 0  # versions not published: the model scored no probability
         self.last_learn_error: str | None = None
+        # the inputs learned last, which a version must score as the scorers' canary does,
+        # and the last good model (pickled; None: the spec's fresh pipeline) to go back to
+        self._recent: collections.deque[dict[str, float]] = collections.deque(maxlen=CANARY_SIZE)
+        self._good: bytes | None = pickle.dumps(model) if model is not None else None
         self.on_drift: Any = None  # optional callback(now) for metrics/logs
         # optional callback(x, y) seeing each joined label before it is learned (contests)
         self.on_example: Any = None
@@ -481,6 +488,7 @@ class Trainer:
         self.stats["labels_learned"] += 1
         self.stats["frauds_learned" if y else "legit_learned"] += 1
         self._since_publish += 1
+        self._recent.append(x)
 
     def _learn_failed(self, e: Exception) -> None:
         """An example the model raised on is not learned: counted, logged the first time and
@@ -564,6 +572,7 @@ class Trainer:
         """Learn on from ``version`` (its ``model`` and ``entry``) instead: the learning since
         it is dropped, and nothing is published until the policy is due again."""
         self.model, self.parent = model, version
+        self._good = pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
         self.count_from(entry)
         self._line.clear()
         self._since_publish = 0
@@ -572,6 +581,8 @@ class Trainer:
     def publish(self, now: float | None = None, evaluation: dict[str, Any] | None = None):
         """Snapshot the model now as a new version (registry or in memory)."""
         now = self.now if now is None else now
+        if self._broken(now):
+            return None
         data = pickle.dumps(self.model, protocol=pickle.HIGHEST_PROTOCOL)
         meta: dict[str, Any] = {
             "spec": self.spec.to_dict(),
@@ -591,7 +602,46 @@ class Trainer:
             entry = make_entry(data, version=f"v{self._seq:06d}", seq=self._seq, key=None, **meta)
             self._line.append(entry["version"])
         self.parent = entry["version"]
+        self._good = data
         self._since_publish = 0
         self._last_publish = now
         self.stats["published"] += 1
         return Publication(entry["version"], data, entry)
+
+    def _broken(self, now: float) -> bool:
+        """Does the model fail the scorers' canary on the inputs learned last (a NaN or
+        infinite weight: every scorer refused each version, and each next one inherited it,
+        a QA pass)? Then it is not published: learning goes back to the last good model (the
+        version it went on from, else a fresh one), the examples since are dropped."""
+        try:
+            canary(self.model, list(self._recent) or [{}])
+        except ArtifactError as exc:
+            if not exc.bad_model:  # (raised while scoring: the scorers judge that one)
+                return False
+            dropped, back = self._since_publish, self._last_good()
+            self.stats["broken"] += 1
+            self._recent.clear()
+            self._since_publish = 0
+            self._last_publish = now
+            log.error(
+                'model spec="%s": what it learned since version "%s" (%d example(s)) scores no '
+                "probability (%s): not published; learning goes on from %s",
+                self.spec.name, self.parent or "none", dropped, exc, back,
+            )  # fmt: skip
+            return True
+        return False
+
+    def _last_good(self) -> str:
+        """Learn on from the last good model: the one published or gone on from last (in
+        memory), else the parent version from the registry (after a restart: not in the
+        checkpoint), else a fresh one; says which."""
+        if self._good is not None:
+            self.model = pickle.loads(self._good)
+            return f'version "{self.parent}"' if self.parent else "the model it started from"
+        if self.registry is not None and self.parent is not None:
+            with contextlib.suppress(Exception):  # (then a fresh one)
+                self.model = self.registry.load(self.parent)
+                self._good = pickle.dumps(self.model, protocol=pickle.HIGHEST_PROTOCOL)
+                return f'version "{self.parent}"'
+        self.model = build_pipeline(self.spec)
+        return "a fresh model"

@@ -126,8 +126,11 @@ JUDGE_CATCH_UP_S = 30.0
 PUBLISH_RETRY_S = 30.0
 # Trainer fields that are wiring or come from the spec file, not learned state (not
 # checkpointed: a restart takes them from the current spec, e.g. a new legit_sample_rate).
+# (``_good``, a copy of the last good model, neither: after a restart it is the parent's, from
+# the registry, and was not to double each checkpoint's size)
 _WIRING = (
     "store", "registry", "on_drift", "on_example", "spec", "_rate", "_legit_after", "_ttl",
+    "_good",
 )  # fmt: skip
 
 
@@ -699,7 +702,10 @@ class TrainService:
                 # (a registry deleted and made again meanwhile: its next version would take
                 # an id that named another model, as at a restart; a review)
                 self._check_parent(t.parent)
+            broken = t.stats["broken"]
             pub = t.maybe_publish()
+            if t.stats["broken"] > broken:
+                self.metrics.model_publish("broken")
         except ConfigError as exc:
             self.metrics.model_publish("failed")
             self._publish_at = time.monotonic() + PUBLISH_RETRY_S

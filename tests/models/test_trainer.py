@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from fds.engine import Engine
+from fds.models.registry import Registry
 from fds.models.scorer import ModelServer
 from fds.models.spec import load_spec, parse_spec
 from fds.models.trainer import MemoryStore, SqliteStore, Trainer, keep_legit
@@ -147,6 +148,44 @@ def test_publish_policy_by_labels_and_event_time() -> None:
     assert t.maybe_publish(12.0) is None  # 1 label, not a day yet
     pub2 = t.maybe_publish(10.0 + DAY)  # a day of event time later
     assert pub2 is not None and pub2.entry["parent"] == "v000001"
+
+
+@pytest.mark.parametrize("restarted", [False, True])
+def test_a_model_that_scores_no_probability_is_not_published_learning_goes_back(
+    tmp_path: Path, restarted: bool, caplog
+) -> None:
+    """A QA pass: a NaN weight was published, every scorer refused the version, and each next
+    one inherited it. The trainer checks as the scorers' canary does, on the inputs it learned
+    last: such a model is not published and learning goes back to the last good one (after a
+    restart, the parent version from the registry: no copy of it is checkpointed)."""
+    from tests.models.fakes import NaNModel
+
+    reg = Registry(tmp_path)
+    t = Trainer(_spec(legit_sample_rate=1.0), registry=reg)
+    i = 0
+
+    def learn(n: int) -> None:
+        nonlocal i
+        for _ in range(n):
+            t.on_decision(_tx(i, float(i)), {"features": {"f": float(i % 5)}})
+            t.on_label({"tx_id": f"t{i}", "ts": float(i), "is_fraud": i % 2 == 0})
+            i += 1
+
+    learn(3)
+    assert t.maybe_publish(10.0).version == "v000001"
+    if restarted:
+        t._good = None  # (as a restored checkpoint: not kept)
+    t.model = NaNModel("f")  # what learning on made of it
+    learn(3)
+    with caplog.at_level("ERROR", logger="fds.models"):
+        assert t.maybe_publish(20.0) is None
+    assert t.stats["broken"] == 1 and reg.latest() == "v000001"
+    assert "scores no probability" in caplog.text
+    assert 'learning goes on from version "v000001"' in caplog.text
+    assert 0.0 <= t.model.predict_proba_one({"f": 1.0})[True] <= 1.0  # v000001's model
+    learn(3)
+    pub = t.maybe_publish(20.0 + DAY)
+    assert pub is not None and (pub.version, pub.entry["parent"]) == ("v000002", "v000001")
 
 
 def test_replay_never_learns_a_label_before_its_time() -> None:

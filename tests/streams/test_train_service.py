@@ -1091,6 +1091,24 @@ def test_the_trainer_exports_labels_waiting_and_unjoined_and_its_checkpoints(tmp
     assert n == 2 and get("fds_checkpoints_total", {"result": "ok"}) == 3  # one a batch
 
 
+def test_a_broken_model_is_counted_not_published(tmp_path, caplog):
+    """What the trainer learned scores no probability (a NaN weight): counted as
+    `fds_model_publishes_total{result="broken"}`, nothing published (a QA pass)."""
+    from fds.streams.train import trainer_metrics
+    from tests.models.fakes import NaNModel
+
+    svc = service(tmp_path, metrics=trainer_metrics(True))
+    get = svc.metrics.registry.get_sample_value
+    d = TopicPartition("decisions", 0)
+    svc.consumer = Consumer({d: 10})
+    svc.trainer.model = NaNModel("amount")
+    svc.trainer._since_publish = 10**6  # the publish policy is due
+    feed(svc, {d: [decision(0, 0, "t0", 100.0)]})
+    assert get("fds_model_publishes_total", {"result": "broken"}) == 1
+    assert get("fds_model_publishes_total", {"result": "ok"}) == 0
+    assert svc.stats.published == 0 and not (tmp_path / "registry" / "v000001.pkl").exists()
+
+
 @pytest.mark.parametrize("fault", ["lock_is_a_folder", "disk_full"])
 def test_a_publish_the_registry_refuses_is_counted_and_tried_again_learning_goes_on(
     tmp_path, caplog, monkeypatch, fault
