@@ -34,7 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             p.add_argument("--controller-port", type=_port, default=None,
                            help="KRaft controller port" + checked)  # fmt: skip
         else:
-            p.add_argument("--port", type=_port, default=kafka_kit.DEFAULT_PORT, help="client port")
+            p.add_argument(
+                "--port", type=_port, default=None,
+                help=f"client port (default: the data dir's, else {kafka_kit.DEFAULT_PORT})",
+            )  # fmt: skip
             p.add_argument(
                 "--controller-port", type=_port, default=None,
                 help="KRaft controller port (default: the data dir's, else --port + 1)",

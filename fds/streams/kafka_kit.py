@@ -698,7 +698,7 @@ def _format(
 
 
 def up(
-    port: int = DEFAULT_PORT,
+    port: int | None = None,
     controller_port: int | None = None,
     data_dir: Path | str | None = None,
     *,
@@ -710,10 +710,11 @@ def up(
     Parameters
     ----------
     port, controller_port
-        The client (PLAINTEXT) and controller listener ports on 127.0.0.1; the controller's
-        by default the one the data dir was formatted with, else ``port + 1`` (19093 for the
-        default 19092: a second broker on ``--port 29492`` took 19093 as well, and the one of
-        the two started last died binding it).
+        The client (PLAINTEXT) and controller listener ports on 127.0.0.1; by default the
+        ones the data dir was formatted with (the client port was DEFAULT_PORT: `up --data-dir
+        D` of a broker on another port was refused, a QA pass), else DEFAULT_PORT and ``port
+        + 1`` (19093 for 19092: a second broker on ``--port 29492`` took 19093 as well, and
+        the one of the two started last died binding it).
     data_dir
         Where the KRaft log dir, broker log and pid file live; formatted on first use.
     timeout
@@ -742,8 +743,11 @@ def up(
         # one `up` at a time per data dir: two at once would both start a broker
         with open(ddir / ".up.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
+            kit = read_kit(ddir) or {}
+            if port is None:
+                port = kit.get("port") or DEFAULT_PORT
             if controller_port is None:
-                controller_port = (read_kit(ddir) or {}).get("controller_port") or next(
+                controller_port = kit.get("controller_port") or next(
                     (p for p in (port + 1, port + 2, port - 1) if p <= 65535 and p != secure_port),
                     port - 2,
                 )

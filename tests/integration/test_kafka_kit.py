@@ -202,6 +202,9 @@ def test_a_second_broker_in_a_relative_data_dir(tmp_path, monkeypatch) -> None:
         assert (tmp_path / "rel-broker" / "broker.out.1").stat().st_size > kafka_kit.OUT_MAX_BYTES
         assert (tmp_path / "rel-broker" / "broker.out").stat().st_size < 4096
         assert kafka_kit.up(port, controller, "rel-broker") == bootstrap  # found, not restarted
+        # its ports are the data dir's by default (the client port was 19092: refused, naming
+        # both, a QA pass)
+        assert kafka_kit.up(data_dir="rel-broker") == bootstrap
     finally:
         assert kafka_kit.down("rel-broker", wipe=True)
     assert not (tmp_path / "rel-broker").exists()
