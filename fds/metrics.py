@@ -365,6 +365,13 @@ class Metrics(Collector):
             ["result"],
             registry=rs,
         )
+        self._reload_ok = Gauge(
+            "fds_ruleset_last_reload_successful",
+            "0 while the rules file on disk is rejected (the last good rules decide; a "
+            "restart decides with the copy of them kept in the state dir), else 1.",
+            registry=rs,
+        )
+        self._reload_ok.set(1)
         self._demotions = Counter(
             "fds_guardrail_demotions_total",
             "Rules or models demoted to shadow by a rate circuit breaker.",
@@ -602,6 +609,11 @@ class Metrics(Collector):
     def ruleset_reload(self, result: str) -> None:
         """Count one ruleset reload attempt (``ok`` or ``rejected``)."""
         self._reloads.labels(result=result).inc()
+
+    def ruleset_file_ok(self, ok: bool) -> None:
+        """Whether the rules file on disk is the one deciding (a rejected one stood without
+        a lasting signal once its reload alert resolved: a QA pass)."""
+        self._reload_ok.set(1 if ok else 0)
 
     def state_entities(self, entity: str, n: int) -> None:
         """Set how many entities of kind ``entity`` (``card_id``, ...) window state holds."""
@@ -998,6 +1010,9 @@ class NullMetrics(Metrics):
         pass
 
     def ruleset_reload(self, result: str) -> None:
+        pass
+
+    def ruleset_file_ok(self, ok: bool) -> None:
         pass
 
     def state_entities(self, entity: str, n: int) -> None:

@@ -43,6 +43,7 @@ def build_engine(
     grace: str | float | None = None,
     registry: str | Path | None = None,
     provenance: bool = False,
+    keep_rules: str | Path | None = None,
 ) -> Engine:
     """An engine with features + rules + policy from ``rules`` and a model from ``model``.
 
@@ -58,6 +59,8 @@ def build_engine(
     file's ``grace``, 5m when it gives none).
     ``provenance``: the feature state records each event's input partition (``fds run`` with
     a state topic: another instance takes partitions over from its snapshot).
+    ``keep_rules``: with ``watch``, a file that keeps a copy of the last good rules, which
+    decide when the rules file does not load at the next start (``fds run``: its state dir).
     """
     from fds.engine import Engine
     from fds.features import FeaturePlan
@@ -70,7 +73,7 @@ def build_engine(
     policy: Any = None
     if rules is not None:
         if watch:
-            rule_stage = ReloadingRuleset(rules, metrics=metrics)
+            rule_stage = ReloadingRuleset(rules, metrics=metrics, keep=keep_rules)
             ruleset = rule_stage.current
             policy = rule_stage.policy
         else:

@@ -23,6 +23,7 @@ per event, so an event is evaluated entirely by one ruleset. A broken file is lo
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
 import logging
 import os
@@ -47,6 +48,9 @@ log = logging.getLogger("fds.rules")
 # The watched file's stat while it cannot be read (deleted, moved away).
 _GONE = (-1, -1, -1, -1, -1)
 _Key = tuple[int, int, int, int, int]
+#: How long after it was loaded the rules in force may turn out to be a part of their file,
+#: caught while it was written in place (see ReloadingRuleset._caught_mid_write).
+MID_WRITE_S = 60.0
 
 
 def _key(st: os.stat_result) -> _Key:
@@ -66,7 +70,8 @@ class ReloadingRuleset:
     Parameters
     ----------
     path
-        The rules file. It must load (and its inline tests pass) at construction time.
+        The rules file. It must load (and its inline tests pass) at construction time, unless
+        a copy was kept (``keep``).
     poll_seconds
         How often the watcher thread looks at the file's size and mtime.
     settle_seconds
@@ -79,6 +84,11 @@ class ReloadingRuleset:
     metrics
         An :class:`fds.metrics.Metrics` (or None): ``ruleset_reload(result)`` after each attempt
         and ``ruleset_info(version)`` for the ruleset in force.
+    keep
+        A file to keep a copy of the last good rules in (``fds run``: in its state dir). A
+        file that does not load at start is then an error line, and the copy decides until
+        the file is fixed (a file rejected by a hot reload, still on disk, refused the next
+        restart: an instance rescheduled decided nothing, a QA pass).
     """
 
     def __init__(
@@ -90,8 +100,10 @@ class ReloadingRuleset:
         start: bool = True,
         on_result: Callable[[str, Ruleset | None, Exception | None], None] | None = None,
         metrics: Any = None,
+        keep: str | Path | None = None,
     ) -> None:
         self.path = Path(path)
+        self.keep = Path(keep) if keep is not None else None
         self.poll_seconds = poll_seconds
         self.settle_seconds = poll_seconds if settle_seconds is None else settle_seconds
         self._seen: tuple[_Key, float] | None = None  # a change, since when
@@ -100,15 +112,25 @@ class ReloadingRuleset:
         self.last_error: Exception | None = None
         self._stat: _Key | None = None
         self._digest: bytes | None = None
-        text, self._stat, self._digest = self._read()
+        try:
+            text, self._stat, self._digest = self._read()
+            self.current: Ruleset = load_ruleset_text(text, str(self.path), run_tests=True)
+        except ConfigError as e:
+            self._from_kept(e)
+        else:
+            self._keep(text)
         try:  # a pipe given as the rules file (`<(...)`) is read once, not watched (a review:
             self._pipe = S_ISFIFO(os.stat(self.path).st_mode)  # its write moved its mtime, and
         except OSError:  # it was then refused as "now a pipe")
             self._pipe = False
         if self._pipe:
             log.info('rules file is a pipe: read once, not watched path="%s"', self.path)
-        self._in_force = self._digest  # the digest of the file the rules in force came from
-        self.current: Ruleset = load_ruleset_text(text, str(self.path), run_tests=True)
+        # the digest of the file the rules in force came from, and its text (a file caught
+        # mid-write: see _check_version) and when it was loaded
+        self._in_force = self._digest if self.last_error is None else None
+        self._text = text if self.last_error is None else ""
+        self._in_force_key = self._stat if self.last_error is None else None
+        self._loaded_at = time.monotonic()
         self.version: str | None = self.current.version
         #: The policy stage of the ruleset in force (its thresholds follow reloads).
         self.policy = Policy.from_spec(self.current.policy)
@@ -123,6 +145,7 @@ class ReloadingRuleset:
         self.metrics = metrics
         if metrics is not None:
             metrics.ruleset_info(self.current.version)
+            metrics.ruleset_file_ok(self.last_error is None)
         self._stop = threading.Event()
         self._lock = threading.Lock()  # one reload at a time (thread vs check_now)
         self._thread: threading.Thread | None = None
@@ -260,6 +283,8 @@ class ReloadingRuleset:
                         'rules file readable again, unchanged path="%s" version="%s"',
                         self.path, self.current.version,
                     )  # fmt: skip
+                    if self.metrics is not None:
+                        self.metrics.ruleset_file_ok(True)
                 self.counts["unchanged"] += 1
                 return "unchanged"
             self._digest = digest
@@ -269,21 +294,24 @@ class ReloadingRuleset:
                 # (a change of zone was told as a failed inline test, a QA pass)
                 self._check_features(new)
                 check_tests(new)
-                self._check_version(new)
+                self._check_version(new, text, stat)
             except ConfigError as e:
                 return self._failed(e)
             except Exception as e:  # a loader bug must not end the watcher: reject and say so
                 why = f"could not be loaded ({describe(e)})"
                 return self._failed(ConfigError(why, where=str(self.path)))
             self.current = new  # the atomic swap: one reference assignment
-            self._in_force = digest
+            self._in_force, self._text, self._loaded_at = digest, text, time.monotonic()
+            self._in_force_key = stat
             self._served[new.version] = _deciding(new)
             self.last_error = None
             self.counts["ok"] += 1
             log.info('rules reloaded path="%s" version="%s"', self.path, new.version)
+            self._keep(text)
             if self.metrics is not None:
                 self.metrics.ruleset_reload("ok")
                 self.metrics.ruleset_info(new.version)
+                self.metrics.ruleset_file_ok(True)
             if self.on_result is not None:
                 self.on_result("ok", new, None)
             return "ok"
@@ -299,7 +327,7 @@ class ReloadingRuleset:
             return False
         return now - self._seen[1] >= self.settle_seconds
 
-    def _check_version(self, new: Ruleset) -> None:
+    def _check_version(self, new: Ruleset, text: str, key: _Key) -> None:
         # Decisions record the ruleset that made them (ruleset_version): two different rulesets
         # under one version made that record ambiguous (a review). An edit of comments, layout
         # or inline tests only leaves the rules as they were and needs no new version. A
@@ -308,12 +336,73 @@ class ReloadingRuleset:
         served = self._served.get(new.version)
         if served is not None and _deciding(new) != served:
             again = new.version != self.current.version
+            if not again and self._caught_mid_write(text, key):
+                log.warning(
+                    'rules file %s version="%s" was read while being written (%d of %d '
+                    "characters, %.0f s ago): its whole text now decides under the same "
+                    "version; write rules files by a rename, so that no part of one is read",
+                    self.path, new.version, len(self._text), len(text),
+                    time.monotonic() - self._loaded_at,
+                )  # fmt: skip
+                return
             raise ConfigError(
                 f"the rules changed but the version did not ({new.version!r}"
                 + (", which named other rules earlier" if again else "")
                 + "): give the file a new version, which decisions record as ruleset_version",
                 where=new.where("version"),
             )
+
+    def _caught_mid_write(self, text: str, key: _Key) -> bool:
+        """Were the rules in force read from a part of this file, while it was written in
+        place: the same file (inode), its text then a beginning of this one, read at most
+        MID_WRITE_S ago? (The first 6 of 14 rules, without the policy, decided under the new
+        version, and the whole file was then refused for that version for good: a QA pass.)
+        An edit that adds rules at the end later than that needs a new version, as any."""
+        was = self._in_force_key
+        return (
+            was is not None and was[2:4] == key[2:4] and len(text) > len(self._text)
+            and text.startswith(self._text) and time.monotonic() - self._loaded_at <= MID_WRITE_S
+        )  # fmt: skip
+
+    def _keep(self, text: str) -> None:
+        """Keep ``text``, the rules now in force, in :attr:`keep` (written atomically; a
+        failure is said, deciding goes on)."""
+        if self.keep is None:
+            return
+        from fds.models.registry import write_atomic
+
+        try:
+            self.keep.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.keep, text.encode())
+        except OSError as e:
+            log.warning(
+                "cannot keep a copy of the rules in force in %s (%s): a restart with a "
+                "rules file that does not load will not start",
+                self.keep, describe(e),
+            )  # fmt: skip
+
+    def _from_kept(self, error: ConfigError) -> None:
+        """The rules file does not load at start: decide with the copy kept of the last good
+        rules, if any (else ``error`` is raised); said as an error line."""
+        kept = self.keep
+        try:
+            if kept is None:
+                raise error
+            text = read_rules_file(kept, "--rules")
+            self.current = load_ruleset_text(yamlio.decode(text, str(kept)), str(kept))
+        except (OSError, ConfigError):
+            raise error from None
+        self.last_error = error.with_traceback(None)
+        with contextlib.suppress(OSError):  # (said once: reloaded when the file changes)
+            self._stat = _key(os.stat(self.path))
+            self._digest = hashlib.sha256(self.path.read_bytes()).digest()
+        if self._stat is None:
+            self._stat = _GONE
+        log.error(
+            'rules file %s cannot be used (%s): deciding with the last good rules, version="%s", '
+            "kept in %s; fix the file: it is loaded once it is good",
+            self.path, error, self.current.version, kept,
+        )  # fmt: skip
 
     def _check_features(self, new: Ruleset) -> None:
         # Feature state is built from the declarations at start; a reload swaps rules and policy
@@ -375,6 +464,7 @@ class ReloadingRuleset:
         log.error('rules reload rejected, keeping version="%s": %s', self.current.version, e)
         if self.metrics is not None:
             self.metrics.ruleset_reload("rejected")
+            self.metrics.ruleset_file_ok(False)
         if self.on_result is not None:
             self.on_result("rejected", None, e)
         return "rejected"

@@ -3912,9 +3912,12 @@ def build_run_engine(
     poll_seconds: float = MODEL_POLL_S,
     models_topic: str | None = None,
     settings: KafkaSettings | None = None,
+    keep_rules: Path | None = None,
 ) -> Engine:
     """The engine of ``fds run``: rules reloaded on change, and a model that serves the
     registry's champion and polls the registry for versions published by ``fds train``.
+    ``keep_rules``: a copy of the last good rules is kept there (the state dir's
+    :data:`KEPT_RULES`), which decides when the rules file does not load at a restart.
 
     ``models_topic``: also import the versions announced there into that registry
     (:class:`fds.streams.model_feed.ModelFeed`, connecting with ``settings``), for a scorer
@@ -3942,6 +3945,7 @@ def build_run_engine(
         poll_seconds=poll_seconds,
         # with a state topic, its snapshots can hand partitions over (Runner._take_over)
         provenance=settings is not None and bool(settings.state_topic),
+        keep_rules=keep_rules,
     )
     server: Any = engine.model  # a ModelServer in watch mode
     if models_topic and server is None and named != "--models-topic":
@@ -4278,6 +4282,11 @@ def _label_of(
     return 1
 
 
+#: The copy of the last good rules in fds run's state dir: a rules file rejected by a hot
+#: reload, still on disk at the next restart, refused it (a QA pass); this copy decides then.
+KEPT_RULES = "rules.last-good.yaml"
+
+
 # -- CLI ---------------------------------------------------------------------------------------
 
 _SETTING_FLAGS = {
@@ -4472,6 +4481,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         engine = build_run_engine(
             args.rules, args.model, metrics=metrics, registry=settings.registry,
             models_topic=models_topic, settings=settings,
+            keep_rules=checkpointer.dir / KEPT_RULES if checkpointer is not None else None,
         )  # fmt: skip
         model: Any = engine.model
         if model is not None:  # (as fds train names its own: given by a flag, FDS_* or a file)

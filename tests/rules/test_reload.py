@@ -398,6 +398,75 @@ def test_changed_rules_under_the_same_version_are_rejected(tmp_path: Path) -> No
     assert rs.check_now() == "ok" and rs.current.version == "v1"
 
 
+def test_a_file_read_while_written_in_place_is_taken_whole_under_its_version(
+    tmp_path: Path, monkeypatch, caplog
+) -> None:
+    """A QA pass: a file written in place in two parts, a pause between, was served from its
+    first part (a valid rules file: fewer rules, no policy) under the new version, and the
+    whole file was then refused for good (the rules changed, the version did not). The whole
+    file of the same inode, read within MID_WRITE_S, now decides; later, or another file
+    (a rename), the version must change as before."""
+    import fds.rules.reload as reload_mod
+
+    p = tmp_path / "r.yaml"
+    p.write_text(rules("v1", 100))
+    rs = ReloadingRuleset(p, start=False, settle_seconds=0)
+    whole = rules("v2", 100) + (
+        "  - id: huge\n    when: amount > 900\n    action: decline\n    score: 0.9\n"
+        "    reason: Huge\n"
+    )  # fmt: skip
+    part = rules("v2", 100)
+    with open(p, "w") as f:  # in place: the same inode, a pause after the first part
+        f.write(part)
+    assert rs.check_now() == "ok" and len(rs.current.rules) == 1
+    with open(p, "a") as f:
+        f.write(whole[len(part) :])
+    os.utime(p, ns=(time.time_ns() + 10**6,) * 2)
+    with caplog.at_level("WARNING", logger="fds.rules"):
+        assert rs.check_now() == "ok" and len(rs.current.rules) == 2
+    assert "was read while being written" in caplog.text and rs.current.version == "v2"
+    # an addition at the end later than MID_WRITE_S: a new version needed, as for any change
+    with open(p, "a") as f:
+        f.write("  - id: odd\n    when: amount == 7\n    action: review\n    score: 0.5\n"
+                "    reason: Odd\n")  # fmt: skip
+    monkeypatch.setattr(reload_mod, "MID_WRITE_S", 0.0)
+    os.utime(p, ns=(time.time_ns() + 2 * 10**6,) * 2)
+    assert rs.check_now() == "rejected" and len(rs.current.rules) == 2
+    assert "the rules changed but the version did not ('v2')" in str(rs.last_error)
+
+
+def test_a_rules_file_that_does_not_load_at_start_decides_with_the_copy_kept(
+    tmp_path: Path, caplog
+) -> None:
+    """A QA pass: a rules file rejected by a hot reload, still on disk, refused the next
+    start (an instance rescheduled decided nothing). With a copy kept (fds run: in its
+    state dir) the last good rules decide, an error line and fds_ruleset_last_reload_successful
+    0 say so, and the file is loaded once it is fixed. Without a copy: refused, as before."""
+    p, keep = tmp_path / "r.yaml", tmp_path / "state" / "rules.last-good.yaml"
+    p.write_text(rules("v1", 100))
+    m = Metrics()
+    ok = lambda: m.registry.get_sample_value("fds_ruleset_last_reload_successful")  # noqa: E731
+    rs = ReloadingRuleset(p, start=False, settle_seconds=0, keep=keep, metrics=m)
+    assert keep.read_text() == rules("v1", 100) and ok() == 1
+    write(p, rules("v2", 200))
+    assert rs.check_now() == "ok" and keep.read_text() == rules("v2", 200)
+    write(p, "version: v3\nrules: [oops]\n")
+    assert rs.check_now() == "rejected" and ok() == 0
+    rs.close()
+    # the restart
+    with pytest.raises(ConfigError, match="rules"):
+        ReloadingRuleset(p, start=False, settle_seconds=0)
+    m = Metrics()
+    with caplog.at_level("ERROR", logger="fds.rules"):
+        again = ReloadingRuleset(p, start=False, settle_seconds=0, keep=keep, metrics=m)
+    assert again.current.version == "v2" and again.last_error is not None and ok() == 0
+    assert f"rules file {p} cannot be used" in caplog.text and str(keep) in caplog.text
+    assert again.check_now() == "unchanged"  # said once
+    write(p, rules("v3", 300))
+    assert again.check_now() == "ok" and again.current.version == "v3" and ok() == 1
+    assert keep.read_text() == rules("v3", 300)
+
+
 def test_an_edit_of_layout_alone_needs_no_new_version(tmp_path: Path) -> None:
     """A QA pass: spaces or parentheses in a condition, or the features in another order,
     under the same version were refused as "the rules changed but the version did not"."""
