@@ -4059,10 +4059,10 @@ def produce_file(
     holds_labels = target != settings.input_topic and _labels_file(path, mapping)
     if not holds_labels and _labels_topic_name(target, settings):
         raise ConfigError(  # (fds run and fds train dead-lettered each one: a QA pass)
-            f"--topic {target!r} is a labels topic, but {path} holds transactions (its first "
-            "record is no label: tx_id, ts, is_fraud and no amount): send it to the "
-            "transactions topic (--topic transactions, or no --topic); a --mapping's fraud "
-            f"column goes there as labels with --labels-topic {target}"
+            f"--topic {target!r} is a labels topic, but {path} holds no labels (its first "
+            "record is none: tx_id, ts, is_fraud and no amount); transactions go to the "
+            "transactions topic (--topic transactions, or no --topic), and a --mapping's "
+            f"fraud column goes there as labels with --labels-topic {target}"
         )
     if not holds_labels:
         # transactions with other column names: every one was sent, for fds run to dead-letter

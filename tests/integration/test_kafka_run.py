@@ -1115,7 +1115,9 @@ def test_produce_says_how_far_it_got_and_refuses_what_fds_run_cannot_read(
     with pytest.raises(ConfigError, match=r"required engine field\(s\) \['amount', 'card_id'"):
         produce_file(foreign, s, topic=s.input_topic)
     with pytest.raises(ConfigError, match=r"required engine field\(s\)"):  # (to a topic of
-        produce_file(foreign, s, topic=topics["labels"])  # another name too: a QA pass)
+        produce_file(foreign, s, topic=topics["decisions"])  # another name too: a QA pass)
+    with pytest.raises(ConfigError, match=r"is a labels topic, but .* holds no labels"):
+        produce_file(foreign, s, topic=topics["labels"])
     labels = tmp_path / "labels.jsonl"  # (a labels file goes to any topic as it is)
     labels.write_text('{"tx_id": "t1", "ts": 1767225600, "is_fraud": true}\n')
     assert produce_file(labels, s, topic=topics["labels"]) == 1
