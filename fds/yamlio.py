@@ -371,7 +371,10 @@ def fields_at(model: Any, loc: tuple[Any, ...]) -> list[str]:
     for k in loc:
         if not isinstance(k, str) or model is None:
             continue
-        ann = model.model_fields[k].annotation if k in getattr(model, "model_fields", {}) else None
+        fields = getattr(model, "model_fields", {})
+        if k not in fields:  # a key of a mapping of models (``topics: {t: ...}``): its model
+            continue
+        ann = fields[k].annotation
         model = next(
             (a for a in (ann, *getattr(ann, "__args__", ())) if hasattr(a, "model_fields")), None
         )

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
+import pydantic
 from kafka import KafkaConsumer
 from kafka.errors import CorruptRecordError, KafkaTimeoutError, UnsupportedCodecError
 
@@ -965,6 +965,28 @@ def exit_reason(data_dir: Path | str | None = None) -> str | None:
     return (said[-1][:300] if said else "nothing in its log") + f" ({ddir / 'broker.log'})"
 
 
+class _TopicSpec(pydantic.BaseModel):
+    """One topic of a topic specs file (``streams/topics.yaml``)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", strict=True)
+    name: str | None = None
+    partitions: int = pydantic.Field(ge=1, le=1_000_000)
+    replication_factor: int | None = pydantic.Field(default=None, ge=1, le=32_767)
+    key: str | None = None  # (documentation: what the records are keyed by)
+    configs: dict[str, str | int | float | bool] = {}
+
+
+class _TopicsFile(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", strict=True)
+    replication_factor: int = pydantic.Field(default=1, ge=1, le=32_767)
+    topics: dict[str, _TopicSpec]
+
+
+def _config_text(v: str | int | float | bool) -> str:
+    """A topic config's value as Kafka reads it (YAML's ``true`` is ``true``, not ``True``)."""
+    return ("true" if v else "false") if isinstance(v, bool) else str(v)
+
+
 def load_topic_specs(path: Path | str = TOPICS_FILE) -> dict[str, dict[str, Any]]:
     """Read ``streams/topics.yaml``: logical name -> ``{name, partitions, ..., configs}``.
 
@@ -974,24 +996,24 @@ def load_topic_specs(path: Path | str = TOPICS_FILE) -> dict[str, dict[str, Any]
     >>> specs["transactions"]["key"], specs["models"]["configs"]["cleanup.policy"]
     ('card_id', 'compact')
     """
+    from fds.streams.files import invalid, read_yaml
+
     path = Path(path)
+    # (fds's YAML reader, as for every file it reads: `partitions: abc` was a traceback,
+    # `2.5` 2 partitions, an alias bomb ran out of memory, and nothing named a line: a QA pass)
+    doc = read_yaml(path, "a topic specs file")
     try:
-        doc = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read topic specs: {exc}", where=str(path)) from exc
-    if not isinstance(doc, dict) or not isinstance(doc.get("topics"), dict):
-        raise ConfigError("expected a mapping with a `topics:` mapping", where=str(path))
-    rf = int(doc.get("replication_factor", 1))
+        spec = _TopicsFile.model_validate(doc)
+    except pydantic.ValidationError as e:
+        raise invalid(path, e, _TopicsFile, "a topic specs file") from None
     specs: dict[str, dict[str, Any]] = {}
-    for logical, spec in doc["topics"].items():
-        if not isinstance(spec, dict) or "partitions" not in spec:
-            raise ConfigError(f"topic {logical!r} needs at least `partitions:`", where=str(path))
+    for logical, t in spec.topics.items():
         specs[logical] = {
-            "name": str(spec.get("name", logical)),
-            "partitions": int(spec["partitions"]),
-            "replication_factor": int(spec.get("replication_factor", rf)),
-            "key": spec.get("key"),
-            "configs": {str(k): str(v) for k, v in (spec.get("configs") or {}).items()},
+            "name": t.name or logical,
+            "partitions": t.partitions,
+            "replication_factor": t.replication_factor or spec.replication_factor,
+            "key": t.key,
+            "configs": {k: _config_text(v) for k, v in t.configs.items()},
         }
     if "state_index" in specs and "state_changelog" in specs:  # (where fds run looks for it)
         from fds.streams.state_topic import index_of

@@ -553,7 +553,8 @@ def test_produce_checks_a_foreign_file_for_any_topic_but_a_labels_file(tmp_path,
     tx = tmp_path / "tx.jsonl"
     tx.write_text('{"tx_id": "t1", "ts": 1767225600, "card_id": "c1", "amount": 5}\n')
     for name in ("labels", "p.labels", "p-labels"):
-        with pytest.raises(ConfigError, match=f"--topic '{name}' is a labels topic, but .* holds no labels"):
+        said = f"--topic '{name}' is a labels topic, but .* holds no labels"
+        with pytest.raises(ConfigError, match=said):
             produce_file(tx, s, topic=name)
     with pytest.raises(ConfigError, match="--topic 'mine' is a labels topic"):
         produce_file(tx, KafkaSettings(labels_topic="mine", bootstrap="127.0.0.1:1"), topic="mine")

@@ -3,6 +3,7 @@ broker on ``--port 29492`` took the default 19093 too, and whichever of the two 
 died binding it (a Java stack trace in its log: found when a QA broker ran beside the suite's)."""
 
 import json
+import re
 import socket
 from pathlib import Path
 
@@ -39,6 +40,43 @@ def test_a_data_dir_keeps_the_controller_port_it_was_formatted_with(tmp_path, st
     (tmp_path / "kit.json").write_text(json.dumps({"port": 29492, "controller_port": 19093}))
     kafka_kit.up(port=29492, data_dir=tmp_path)
     assert started == [(29492, 19093, None)]
+    # and its client port, when none is given (19092 was taken and refused, naming both:
+    # `fds kafka up --data-dir D` after a crash, a QA pass)
+    kafka_kit.up(data_dir=tmp_path)
+    assert started[-1] == (29492, 19093, None)
+    kafka_kit.up(data_dir=tmp_path / "new")
+    assert started[-1] == (kafka_kit.DEFAULT_PORT, kafka_kit.DEFAULT_PORT + 1, None)
+
+
+@pytest.mark.parametrize(
+    "body, said",
+    [
+        ("topics: {t: {name: x, partitions: abc}}", ":1: topics.t.partitions: Input should be"),
+        ("topics: {t: {name: x, partitions: 2.5}}", ":1: topics.t.partitions: Input should be"),
+        ("topics: {t: {name: x, partitions: true}}", ":1: topics.t.partitions: Input should be"),
+        ("topics: {t: {partitions: 0}}", "greater than or equal to 1"),
+        ("replication_factor: abc\ntopics: {t: {partitions: 1}}", ":1: replication_factor:"),
+        (
+            "topics:\n  t:\n    partitions: 1\n    partitons: 3\n",
+            ":4: topics.t.partitons: unknown key: did you mean 'partitions'?",
+        ),
+        (
+            "a: &a [x, x]\nb: &b [*a, *a]\n"
+            + "".join(
+                f"{c}: &{c} [{', '.join([f'*{b}'] * 10)}]\n"
+                for b, c in zip("bcdef", "cdefg", strict=True)
+            ),
+            "its aliases (*name) expand to more than",
+        ),
+    ],
+)
+def test_a_bad_topic_specs_file_is_said_at_its_line(tmp_path, body, said):
+    """A QA pass: `partitions: abc` was a traceback, `2.5` made 2 partitions, `true` one, an
+    alias bomb ran out of memory, and nothing named a line: it is read as every YAML file."""
+    p = tmp_path / "tp.yaml"
+    p.write_text(body)
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        kafka_kit.load_topic_specs(p)
 
 
 def test_a_controller_port_in_use_is_refused_before_the_broker_starts(tmp_path):
