@@ -88,6 +88,8 @@ LOCAL_RETRY_S = 60.0
 KEEP_SIZE = 200_000
 #: Registry writes of the scorer's own verdicts (watch mode) that fail are retried this often.
 RECORD_RETRIES = (1.0, 5.0, 30.0)
+#: A verdict not written after RECORD_RETRIES is tried every 30 s for good; said every Nth try.
+RECORD_SAY_EVERY = 20
 #: How long closing the scorer waits for its queued verdicts to be written.
 WRITES_CLOSE_S = 3.0
 #: Every RANK_STRIDE-th recent input ranks contest scores: 2,048 points keep ~10 above a top-0.5%
@@ -570,16 +572,31 @@ class ModelServer:
 
     def _write(self, reg: Registry, what: str, change: Callable[[Registry], Any],
                retries: tuple[float, ...]) -> bool:  # fmt: skip
-        """Make ``change``; whether the registry refused it."""
-        for wait in (*retries, None):
+        """Make ``change``; whether the registry refused it. With ``retries`` (watch mode) a
+        failure is tried again after each wait, then every last wait until it is written or
+        the scorer closes: a verdict given up after 36 s was undone by the watcher, which took
+        the registry's old champion for a change made by hand, and nothing counted it (a QA
+        pass: a promotion lost to a registry briefly read-only). Counted once per verdict
+        (``fds_model_swaps_total{result="unrecorded"}``), logged at each try of the first
+        ones, then every RECORD_SAY_EVERY."""
+        tries = 0
+        while True:
             try:
                 change(reg)
             except ConfigError as e:  # refused (a version rejected meanwhile): not retried
                 log.warning('registry update refused change="%s": %s', what, e)
                 return True
             except Exception as e:
-                log.warning('registry update failed change="%s" error=%s%s', what, e,
-                            "" if wait is None else f"; retrying in {wait:g} s")  # fmt: skip
+                wait = retries[min(tries, len(retries) - 1)] if retries else None
+                tries += 1
+                if wait is None or tries <= len(retries) or tries % RECORD_SAY_EVERY == 0:
+                    log.warning(
+                        'registry update failed change="%s" error=%s%s', what, e,
+                        "" if wait is None else f"; retrying in {wait:g} s (try {tries}; it "
+                        "stands meanwhile, and the registry's champion is not followed)",
+                    )  # fmt: skip
+                if tries == len(retries) and self.metrics is not None:
+                    self.metrics.model_swap("unrecorded")
                 if wait is None or self._give_up.wait(wait):
                     raise
                 continue
@@ -589,7 +606,6 @@ class ModelServer:
             with contextlib.suppress(Exception):
                 self._see_rejected(reg.manifest())
             return False
-        return False  # (not reached: the last failure raised)
 
     def _see_rejected(self, m: Mapping[str, Any]) -> None:
         """The versions manifest ``m`` rejects: no contest of theirs ends in a promotion."""

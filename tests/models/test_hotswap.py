@@ -473,6 +473,32 @@ def test_the_first_swap_names_no_version_it_came_from(tmp_path: Path, caplog) ->
     assert 'model swap to="v000001"' in caplog.text and "None" not in caplog.text
 
 
+def test_a_verdict_the_registry_cannot_take_is_tried_until_it_is_written(tmp_path: Path) -> None:
+    """A QA pass: a promotion the registry could not take for 36 s (read-only for a moment)
+    was given up, and the watcher then took the registry's old champion for a change made by
+    hand and served it again, with nothing counted. It is tried every last wait until it is
+    written (the watcher waits meanwhile), counted once as unrecorded."""
+    reg = Registry(tmp_path)
+    metrics = Metrics()
+    srv = ModelServer(load_spec("default"), registry=reg, learn=False, metrics=metrics)
+    fails = [OSError(30, "Read-only file system")] * 5
+    done: list[str] = []
+
+    def change(r: Registry) -> None:
+        if fails:
+            raise fails.pop()
+        done.append("written")
+
+    assert srv._write(reg, "promote v000002", change, retries=(0.001, 0.002)) is False
+    assert done == ["written"] and not fails
+    get = metrics.registry.get_sample_value
+    assert get("fds_model_swaps_total", {"result": "unrecorded"}) == 1
+    srv._give_up.set()  # closing: no more tries
+    fails[:] = [OSError(30, "Read-only file system")] * 3
+    with pytest.raises(OSError):
+        srv._write(reg, "promote v000003", change, retries=(0.001, 0.002))
+
+
 def test_registry_problems_are_logged_once_each(tmp_path: Path, caplog) -> None:
     """Found by a QA pass: an invalid manifest was logged at every poll (each second), a
     deleted one not at all."""
