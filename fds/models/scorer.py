@@ -518,12 +518,17 @@ class ModelServer:
         old = self.version
         self.champion, self.version = model, version  # the swap: one reference, between events
         self._swaps += 1
+        counted = entry is not None  # (a rollback's predecessor comes without its entry)
         entry = entry or {}
         self._rate = self._rate_of(entry)
         self._champion_labels, frauds = learned(entry)
-        self._gate_frauds = max(self._gate_frauds, frauds)
+        # the champion's own count (the most of any champion so far kept a version promoted
+        # by hand with 5 frauds learned acting, where 1,400 had been served: a QA pass)
+        self._gate_frauds = frauds if counted else self._gate_frauds
         if not self._labels_here:
             self._gate_by_count()
+        elif self._gate_frauds < self.spec.gate.min_frauds:
+            self._set_acting(False)
         self.stats["swaps"] += 1
         self._emit("swap", {"from": old, "to": version, "why": why})
         if self.registry is not None and record:
@@ -814,6 +819,7 @@ class ModelServer:
         gate = self.spec.gate
         return {
             "acting": self.acting, "window": list(self._gate), "frauds": self._gate_frauds,
+            "version": self.version,  # (whose count and verdict they are)
             "starved": self._gate_starved, "gate": [gate.min_frauds, gate.window],
             "probation": dataclasses.asdict(self.probation) if self.probation else None,
             "predecessor": self.predecessor_version,
@@ -839,11 +845,16 @@ class ModelServer:
         gate = self.spec.gate
         if self._gate and (gate.min_frauds or gate.window):  # (a restart had no series until
             self._export_gate(self._gate_recall())  # the next label: a QA pass)
-        self._gate_frauds = max(self._gate_frauds, int(state["frauds"]))
+        # another champion served now (set by hand while it was down): its own count, and a
+        # verdict judged anew (the state's was carried over to it, a QA pass); none served
+        # yet, or a release before the version was kept: as then
+        same = self.version is None or state.get("version", self.version) == self.version
+        if same:
+            self._gate_frauds = max(self._gate_frauds, int(state["frauds"]))
         self._gate_starved = bool(state.get("starved", False))
         saved = state.get("gate")  # (None: a release before it was kept)
         changed = saved is not None and list(saved) != [gate.min_frauds, gate.window]
-        if changed or not (gate.min_frauds or gate.window):
+        if changed or not same or not (gate.min_frauds or gate.window):
             # the spec's gate changed while it was down: judged anew on what it holds (a gate
             # removed kept the model in shadow until the next label, a QA pass)
             self.acting = self._gate_verdict()

@@ -160,7 +160,7 @@ def test_gate_state_survives_a_restart_through_the_engine_checkpoint() -> None:
     again = ModelServer(SPEC, learn=False, metrics=m)
     assert not again.acting
     Engine(model=again).load_state_dict(state)
-    assert again.acting and again.gate_state() == srv.gate_state()
+    assert again.acting and again.gate_state() == {**srv.gate_state(), "version": None}
     # its figures exported at once (a QA pass: no series until the next fraud label)
     win = srv.gate_state()["window"]
     for model, i in (("champion", 0), ("rules", 1)):
@@ -182,6 +182,25 @@ def test_a_gate_state_of_another_model_is_not_taken() -> None:
     same = ModelServer(parse_spec(SPEC.text), learn=False)  # (the same spec, parsed again)
     Engine(model=same).load_state_dict(state)
     assert same.acting
+
+
+def test_a_champion_set_with_fewer_frauds_learned_closes_the_gate() -> None:
+    """A QA pass: the gate counted the most frauds learned by any champion so far, so a
+    version promoted by hand with 5 frauds learned acted where 1,400 had been served (and a
+    restart carried the open gate over to another champion). It is the champion's own."""
+    srv, s = _server(FeatureModel("f_a"), frauds=500)
+    s.run(150, {"f_a": 1.0, "f_r": False})
+    assert srv.acting
+    state = s.engine.state_dict()
+    young = _pub(FeatureModel("f_a"), 2, frauds=5)
+    srv._set_champion(young.version, FeatureModel("f_a"), "registry", young.entry, record=False)
+    assert not srv.acting and srv.gate_state()["frauds"] == 5
+    # a restart serving that one: the state of the mature one is not carried over to it
+    again = ModelServer(SPEC, learn=False)
+    again._set_champion(young.version, FeatureModel("f_a"), "registry", young.entry,
+                        record=False)  # fmt: skip
+    Engine(model=again).load_state_dict(state)
+    assert not again.acting and again.gate_state()["frauds"] == 5
 
 
 def test_gate_waits_for_min_frauds_learned() -> None:
