@@ -1496,6 +1496,7 @@ class ModelServer:
                     with contextlib.suppress(Exception):
                         self._recheck_pending()
                     continue  # the hot path has not taken the last one yet, or see _record
+                stamp = None
                 try:
                     # one stat() (and one per artifact that failed for good); the manifest is
                     # read only when it changed
@@ -1514,8 +1515,14 @@ class ModelServer:
                     # verdict may never change the manifest), looks again without a change
                     again = self._retry_pending() or swaps != self._swaps
                     seen = stamp if not again else None
+                    if said is not None:
+                        log.info("model registry %s readable again", reg.path)
                     said = None
                 except Exception as e:
+                    # (the failing file's stamp: a restore with the old one's mtime, `cp -p`,
+                    # is a change; it was taken for the file read before the failure, said
+                    # nothing, and the same failure again was not said either: a QA pass)
+                    seen = stamp
                     if str(e) != said:  # (an invalid manifest was logged every second)
                         log.warning("model registry poll failed error=%s", e)
                         said = str(e)

@@ -533,6 +533,53 @@ def test_registry_problems_are_logged_once_each(tmp_path: Path, caplog) -> None:
     assert srv.version == "v000001"
 
 
+def test_a_registry_restored_with_its_old_mtime_is_said_back_and_a_new_failure_said(
+    tmp_path: Path, caplog
+) -> None:
+    """A QA pass: a manifest truncated (said, counted), then restored with `cp -p` (the old
+    mtime and size: taken for the file read before the failure), said nothing; truncated
+    again, the same error was not said or counted either."""
+    import os
+    import shutil
+    import time
+
+    reg = Registry(tmp_path)
+    reg.promote(reg.publish(FeatureModel("amount"), spec={"name": "default"})["version"])
+    metrics = Metrics()
+    srv = ModelServer(load_spec("default"), registry=reg, learn=False, metrics=metrics)
+    srv.load_champion()
+    manifest, good = tmp_path / "manifest.json", tmp_path.parent / "manifest.bak"
+    shutil.copy2(manifest, good)
+    get = metrics.registry.get_sample_value
+
+    def failed(n: int) -> None:
+        deadline = time.monotonic() + 10
+        while get("fds_model_swaps_total", {"result": "poll_failed"}) != n:
+            assert time.monotonic() < deadline, f"not {n} poll failures"
+            time.sleep(0.01)
+
+    def cut() -> None:
+        with open(manifest, "r+") as f:
+            f.truncate(20)
+
+    with caplog.at_level("INFO", logger="fds.models"):
+        srv.start_watch(every=0.005)
+        try:
+            cut()
+            failed(1)
+            shutil.copy2(good, manifest)  # (cp -p: the old mtime)
+            os.utime(manifest, ns=(good.stat().st_atime_ns, good.stat().st_mtime_ns))
+            deadline = time.monotonic() + 10
+            while "readable again" not in caplog.text:
+                assert time.monotonic() < deadline, "the restore was not seen"
+                time.sleep(0.01)
+            cut()
+            failed(2)
+        finally:
+            srv.stop_watch()
+    assert srv.version == "v000001"
+
+
 def test_a_version_made_by_another_spec_is_not_served(tmp_path: Path, caplog) -> None:
     """A QA pass: a scorer of spec `tree` served the versions a trainer of spec `nogate`
     published to the registry it shared, without a word, feeding them its own spec's inputs;
