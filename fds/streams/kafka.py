@@ -667,7 +667,8 @@ class KafkaSettings(BaseSettings):
     # after a crash is short. Under a light load a poll returns what has arrived, far fewer.
     max_poll_records: int = Field(default=5000, ge=1, le=2**31 - 1)
     # Short so SIGTERM is noticed promptly even when idle.
-    poll_timeout_ms: int = Field(default=100, ge=1)
+    # (bounded: a stop is heard between two polls; 99999999999 never stopped, a QA pass)
+    poll_timeout_ms: int = Field(default=100, ge=1, le=1000)
     # How long the broker may hold a fetch until ``fetch_min_bytes`` have arrived (the
     # consumer's own settings; kafka-python's defaults). Under a light load every fetch
     # answers with the few records that came, so the client's per-poll work dominates: a
@@ -690,7 +691,8 @@ class KafkaSettings(BaseSettings):
     # Labels for the label-aware features (fraud_count, fraud_rate): every partition of this
     # topic is read by every instance (fds.streams.label_feed). None: the features see no labels.
     labels_topic: str | None = None
-    shutdown_timeout_s: float = Field(default=8.0, gt=0)  # < the 10 s promise
+    # the deadline of a stop: with a poll's wait, under the 10 s promise (inf was taken)
+    shutdown_timeout_s: float = Field(default=8.0, gt=0, le=9.0, allow_inf_nan=False)
     # A transaction stamped more than this after its record was produced is dead-lettered
     # (stage validate): a clock or data error that would push every window's watermark ahead.
     # 0: no check.

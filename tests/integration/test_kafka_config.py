@@ -516,6 +516,18 @@ def test_a_fetch_wait_the_client_cannot_take_is_refused():
     assert load_settings(fetch_max_wait_ms=20, fetch_min_bytes=16384).fetch_min_bytes == 16384
 
 
+def test_a_poll_wait_or_a_stop_deadline_past_the_stop_promise_is_refused(monkeypatch):
+    """A QA pass: FDS_POLL_TIMEOUT_MS=30000 took 18.5 s to stop, 99999999999 never stopped;
+    shutdown_timeout_s took inf."""
+    for name, bad in (("poll_timeout_ms", 1001), ("shutdown_timeout_s", 9.5),
+                      ("shutdown_timeout_s", float("inf"))):  # fmt: skip
+        with pytest.raises(ConfigError, match=name):
+            load_settings(**{name: bad})
+    monkeypatch.setenv("FDS_POLL_TIMEOUT_MS", "99999999999")
+    with pytest.raises(ConfigError, match=r"poll_timeout_ms: .* 1000 \(from FDS_POLL_TIMEOUT_MS"):
+        load_settings()
+
+
 @pytest.mark.parametrize(
     "argv",
     [
