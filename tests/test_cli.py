@@ -694,6 +694,24 @@ def test_a_global_option_after_the_command_says_where_it_goes(capsys):
 
 
 @pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["kafka", "up", "--timeout", "-1"], "--timeout: must be a finite number greater than 0"),
+        (["kafka", "up", "--timeout", "nan"], "--timeout: must be a finite number greater than 0"),
+        (["kafka", "up", "--data-dir", ""], "--data-dir: empty: give a folder"),
+        (["kafka", "status", "--data-dir", "FILE"], "is a file, not a folder: give a folder"),
+    ],
+)
+def test_a_broker_timeout_or_data_dir_that_cannot_be_is_refused(capsys, tmp_path, argv, said):
+    """A QA pass: `--timeout -1` failed after starting a broker (left running, unseen by the
+    kit), `--data-dir ''` started one in the working directory, a file was a traceback."""
+    (tmp_path / "f").write_text("")
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path / "f") if a == "FILE" else a for a in argv])
+    assert e.value.code == 2 and said in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
     ("argv", "hint"),
     [
         (["run", "--bootstarp", "x"], "(--bootstarp: did you mean --bootstrap?)"),
@@ -783,7 +801,7 @@ def test_help_states_the_defaults(capsys):
             ["bench", "precision"],
             ["(default: 14, or the drift day less one", "(default: 7)"],
         ),
-        (["kafka", "up"], ["(default: 19092)"]),
+        (["kafka", "up"], ["(default: the data dir's, else 19092)"]),
         (["train"], ["(default: models/default.yaml)", "--config's: decisions)"]),
     ]:
         with pytest.raises(SystemExit):

@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from fds.cli import positive_float
 from fds.errors import ConfigError
 from fds.streams import kafka_kit
 
@@ -43,14 +44,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                 help="KRaft controller port (default: the data dir's, else --port + 1)",
             )  # fmt: skip
         p.add_argument(
-            "--data-dir", type=Path, default=None,
+            "--data-dir", type=_data_dir, default=None,
             help="broker data dir (default $FDS_KAFKA_DIR or ~/.cache/fds/kafka/run)",
         )  # fmt: skip
 
     p = ksub.add_parser("up", help="start the broker (resolving jars on first use); idempotent")
     common(p)
     p.add_argument(
-        "--timeout", type=float, default=kafka_kit.START_TIMEOUT_S,
+        "--timeout", type=positive_float, default=kafka_kit.START_TIMEOUT_S,
         help="seconds to wait for the broker to accept connections",
     )  # fmt: skip
     p.add_argument(
@@ -92,6 +93,17 @@ def _port(text: str) -> int:
     if not 1 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"a port is 1-65535; got {port}")
     return port
+
+
+def _data_dir(text: str) -> Path:
+    """argparse type: a broker data dir, not empty (`''` started a broker in the working
+    directory) and no file (a FileExistsError: a QA pass)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty: give a folder (default $FDS_KAFKA_DIR)")
+    path = Path(text).expanduser()
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder: give a folder")
+    return path
 
 
 def _up(args: argparse.Namespace) -> int:

@@ -875,21 +875,26 @@ def _up(
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM while it boots: the broker is not left
         # running, unready and unsaid (a QA pass of signals)
         log.warning("stopped while the broker started: stopping it (pid %d)", proc.pid)
-        proc.terminate()  # (the child itself: its /proc cmdline may still be Python's)
-        try:
-            proc.wait(5.0)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        (ddir / "broker.pid").unlink(missing_ok=True)
+        _stop_child(proc, ddir)
         raise
-    if not ready:
-        down(ddir)
+    if not ready:  # (down() did not know the child by its /proc cmdline, still Python's, and
+        _stop_child(proc, ddir)  # left it running, unseen by the kit: a QA pass)
         raise FdsError(
             f"the Kafka broker did not become ready within {timeout:.0f} s; see {log_file}:\n"
             + _log_tail(log_file)
         )
     return bootstrap
+
+
+def _stop_child(proc: subprocess.Popen[bytes], ddir: Path) -> None:
+    """Stop the broker this ``up`` started and forget its pid."""
+    proc.terminate()  # (the child itself: its /proc cmdline may still be Python's)
+    try:
+        proc.wait(5.0)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    (ddir / "broker.pid").unlink(missing_ok=True)
 
 
 def _wait_ready(bootstrap: str, alive: Callable[[], bool], log_file: Path, timeout: float) -> bool:
