@@ -40,7 +40,7 @@ import numpy as np
 import orjson
 
 from fds import logs
-from fds.cli import at_least, drift_day, folder, positive_int, seed
+from fds.cli import at_least, drift_day, folder, positive_int, seed, write_output
 from fds.logs import json_logs, say
 from fds.progress import progress_bar
 from fds.streams.simulator import MIN_MERCHANTS
@@ -550,7 +550,7 @@ def run_precision(
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         plot = _plot(res, out / f"{name}.png")
-        (out / f"{name}.md").write_text(_report(res, plot), encoding="utf-8")
+        write_output(out / f"{name}.md", _report(res, plot).encode())
         say(f"wrote {out / f'{name}.md'} and {plot}")
     return res
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import difflib
+import errno
 import gc
 import importlib
 import logging
@@ -263,14 +264,43 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     except (OSError, UnicodeError) as e:  # a path the system refuses (/proc/x, a full disk,
-        say(f"{args.prog}: failed: {describe(e)}")  # a name too long): said, not a traceback
-        return 1  # (a QA pass)
+        say(f"{args.prog}: failed: {describe(e)}{_full_hint(e)}")  # a name too long): said,
+        return 1  # not a traceback (a QA pass)
     finally:
         if argv is None:  # the console script: the process exits next
             # Out of the collector's sight, what the command held is not visited by the
             # interpreter's last full collection (3.8 s at 200,000 cards, growing with the
             # state; after a SIGTERM's drain, against the 10 s promise: bench_exit.py).
             gc.freeze()
+
+
+def _full_hint(e: BaseException) -> str:
+    """What to do about a full or read-only disk whose error names no file (a write's: `fds
+    demo` and `fds bench` said `[Errno 28] No space left on device` alone, a QA pass)."""
+    if isinstance(e, OSError) and e.errno in _FULL and not e.filename:
+        return ": free space on the output's disk (or give another output path), then run it again"
+    return ""
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+def write_output(path: Path, data: bytes) -> None:
+    """Write a command's output file whole or not at all (a temporary file beside it, then a
+    rename): a full disk left `--changed-out` cut mid-record, looking complete (a QA pass).
+    A failure is an :class:`FdsError` naming the file and what to do."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise FdsError(
+            f"cannot write {path}: {describe(e)}; nothing was written to it: free space (or "
+            "give another path) and run it again"
+        ) from None
 
 
 def unwritable(path: Path) -> str | None:

@@ -1397,3 +1397,28 @@ def test_a_replay_without_labels_says_the_labels_file_beside_its_input(tmp_path,
     assert main([*argv, "--model", "none"]) == 0
     err = capsys.readouterr().err
     assert f"give --labels {tmp_path / 's.labels.jsonl'} to learn from its labels" in err
+
+
+def test_an_output_is_written_whole_or_not_at_all_and_a_full_disk_is_said(tmp_path, monkeypatch):
+    """A QA pass: a full disk left `fds rules backtest --changed-out` cut mid-record (27 lines,
+    looking complete), and `fds demo` / `fds bench` said `[Errno 28] No space left on device`
+    alone, naming no file and nothing to do."""
+    import errno
+    import os
+
+    from fds.cli import _full_hint, write_output
+    from fds.errors import FdsError
+
+    out = tmp_path / "changed.jsonl"
+    write_output(out, b"a\n")
+    assert out.read_bytes() == b"a\n"
+
+    def full(*_a: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(FdsError, match=rf"cannot write {out}: .*No space left.*nothing was"):
+        write_output(out, b"b\n" * 1000)
+    assert out.read_bytes() == b"a\n" and sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+    assert "free space on the output's disk" in _full_hint(OSError(errno.ENOSPC, "full"))
+    assert _full_hint(OSError(errno.ENOSPC, "full", "/named/file")) == ""

@@ -4,25 +4,38 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
+from fds.cli import file_path
 from fds.errors import ArtifactError, ConfigError
 from fds.logs import say
 
 __all__ = ["register"]
+
+_FOLDER = file_path("model registry folder")  # (an empty one was the working directory)
 
 
 def register(subparsers: Any) -> None:
     """Add ``fds models ...`` to the CLI."""
     p = subparsers.add_parser("models", help="model registry: list, show, promote, rollback")
     p.add_argument(
-        "--registry", default="models/registry", help="registry folder (default models/registry)"
-    )
+        "--registry", type=_FOLDER, default=None,
+        help="registry folder (default: --config's registry, else $FDS_REGISTRY, else "
+        "models/registry)",
+    )  # fmt: skip
+    p.add_argument(
+        "--config", type=Path, default=None,
+        help="the deployment's settings file, for its registry (as fds run and fds train)",
+    )  # fmt: skip
     # (without a command: "give a command: list, ...", as every command says it, fds.cli)
     sub = p.add_subparsers(dest="models_cmd", metavar="COMMAND", required=True)
     # --registry is also accepted after the command (`fds models list --registry DIR`)
     after = argparse.ArgumentParser(add_help=False)
-    after.add_argument("--registry", default=argparse.SUPPRESS, help="registry folder")
+    after.add_argument(
+        "--registry", type=_FOLDER, default=argparse.SUPPRESS, help="registry folder"
+    )
+    after.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="settings file")
     sub.add_parser("list", parents=[after], help="versions, newest last, with status").set_defaults(
         func=_list
     )
@@ -48,8 +61,16 @@ def register(subparsers: Any) -> None:
 
 
 def _registry(args: argparse.Namespace) -> Any:
-    from fds.models.registry import Registry
+    """The registry of ``--registry``, else of the settings (``--config``'s ``registry``,
+    ``FDS_REGISTRY``) as fds run and fds train read them, else ``models/registry`` (the
+    settings were not read: an operator's rollback in a pod acted on ./models/registry, a QA
+    pass)."""
+    from fds.models.registry import DEFAULT_REGISTRY, Registry
 
+    if args.registry is None:
+        from fds.streams.kafka import load_settings
+
+        args.registry = load_settings(args.config).registry or DEFAULT_REGISTRY
     return Registry(args.registry, create=False)
 
 

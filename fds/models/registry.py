@@ -359,6 +359,14 @@ MAX_VERDICTS_KEPT = 1000
 MAX_SHADOWS = 3
 
 
+def _entries(folder: Path) -> list[Path]:
+    """What ``folder`` holds; one that cannot be listed is a :class:`ConfigError`."""
+    try:
+        return list(folder.iterdir())
+    except OSError as e:
+        raise ConfigError(f"cannot read the model registry {folder}: {e.strerror or e}") from None
+
+
 class Registry:
     """A directory of versioned model artifacts with one manifest.
 
@@ -387,6 +395,24 @@ class Registry:
         self._dropped: list[Path] = []  # artifacts to delete once the manifest is written
         if self.path.exists() and not self.path.is_dir():
             raise ConfigError(f"model registry {self.path} is a file, not a folder")
+        if not self.path.is_dir() and not create:
+            raise ConfigError(
+                f"no model registry at {self.path}: check --registry (`fds train` creates it)"
+            )
+        if (
+            self.path.is_dir()
+            and not (self.path / "manifest.json").exists()
+            and any(
+                not (f.name.startswith(".") or _ARTIFACT.fullmatch(f.name))
+                for f in _entries(self.path)
+            )
+        ):  # (`--registry /tmp` listed "no versions", and a rollback left its lock there; a
+            # first publish writes its artifact before the manifest, its temp files hidden;
+            # `fds train --registry /tmp` would have published into it: a QA pass)
+            raise ConfigError(
+                f"{self.path} is no model registry (it holds other files and no manifest.json): "
+                "check --registry; an empty folder is an empty registry"
+            )
         if create:
             try:
                 self.path.mkdir(mode=0o700, parents=True, exist_ok=True)  # (owner-only)
@@ -394,18 +420,6 @@ class Registry:
                 raise ConfigError(
                     f"cannot create the model registry {self.path}: {e.strerror or e}"
                 ) from None
-        elif not self.path.is_dir():
-            raise ConfigError(
-                f"no model registry at {self.path}: check --registry (`fds train` creates it)"
-            )
-        elif not (self.path / "manifest.json").exists() and any(
-            not (f.name.startswith(".") or _ARTIFACT.fullmatch(f.name)) for f in self.path.iterdir()
-        ):  # (`--registry /tmp` listed "no versions", and a rollback left its lock there; a
-            # first publish writes its artifact before the manifest, its temp files hidden)
-            raise ConfigError(
-                f"{self.path} is no model registry (it holds other files and no manifest.json): "
-                "check --registry; an empty folder is an empty registry"
-            )
         self.key = key if key is not None else env_key()
         self.retain = retain or DEFAULT_RETAIN
         self._manifest_path = self.path / "manifest.json"

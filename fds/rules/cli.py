@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from fds.cli import count_or_all, file_path, labels_not_input, same_file
+from fds.cli import count_or_all, file_path, labels_not_input, same_file, write_output
 from fds.errors import ConfigError
 from fds.rules.ruleset import Ruleset, load_ruleset
 from fds.shipped import DEFAULT_RULES
@@ -334,7 +334,7 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
     if args.changed_out is not None:
         from fds.schema import dumps_line
 
-        args.changed_out.write_bytes(b"".join(dumps_line(ex) for ex in r.changed))
+        write_output(args.changed_out, b"".join(dumps_line(ex) for ex in r.changed))
         print(f"wrote {len(r.changed)} changed transaction(s) to {args.changed_out}", file=out)
     return 0
 

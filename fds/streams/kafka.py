@@ -115,7 +115,7 @@ from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from fds.cli import arg_type, file_or_none, positive_float, positive_int
+from fds.cli import arg_type, file_or_none, file_path, positive_float, positive_int
 from fds.errors import (
     ConfigError,
     FdsError,
@@ -835,9 +835,20 @@ class KafkaSettings(BaseSettings):
     def _metrics_port(cls, v: Any) -> Any:
         return v if v is None else check_metrics_port(v)
 
+    @field_validator("state_dir", "ssl_cafile", "ssl_certfile", "ssl_keyfile", "registry",
+                     mode="before")  # fmt: skip
+    @classmethod
+    def _home(cls, v: Any) -> Any:
+        """``~`` is the home folder, from the environment as from a flag or the file
+        (systemd and Kubernetes do not expand it: FDS_STATE_DIR='~/sd' made a folder `~` in
+        the working directory, a QA pass)."""
+        return os.path.expanduser(v) if isinstance(v, str) and v.startswith("~") else v
+
     @field_validator("registry", mode="before")
     @classmethod
     def _registry(cls, v: Any) -> Any:
+        if isinstance(v, str) and not v.strip():  # (FDS_REGISTRY= was the working directory)
+            raise ValueError("empty: give a folder, or leave it out for models/registry")
         if isinstance(v, str | Path) and str(v).lower() == "none":  # (a folder `none`: a review)
             raise ValueError(
                 "a model registry is a folder, never none: leave it out for the default, "
@@ -4416,7 +4427,7 @@ def register_run(subparsers: argparse._SubParsersAction) -> None:
         help="model spec YAML, or 'none' (default: models/default.yaml)",
     )  # fmt: skip
     p.add_argument(
-        "--registry", type=Path, default=None,
+        "--registry", type=file_path("model registry folder"), default=None,
         help="model registry dir to serve from (env FDS_REGISTRY or --config's registry; "
         "default: models/registry); `fds train` publishes there",
     )  # fmt: skip

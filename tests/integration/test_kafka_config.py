@@ -516,6 +516,17 @@ def test_a_fetch_wait_the_client_cannot_take_is_refused():
     assert load_settings(fetch_max_wait_ms=20, fetch_min_bytes=16384).fetch_min_bytes == 16384
 
 
+def test_a_home_folder_from_the_environment_is_expanded(monkeypatch):
+    """A QA pass: FDS_STATE_DIR='~/sd' (systemd and Kubernetes do not expand ~) made a
+    folder named `~` in the working directory; the file's `state_dir: ~/sd` was expanded."""
+    import os
+
+    monkeypatch.setenv("FDS_STATE_DIR", "~/sd")
+    monkeypatch.setenv("FDS_REGISTRY", "~/reg")
+    s = load_settings()
+    assert s.state_dir == os.path.expanduser("~/sd") and str(s.registry).startswith("/")
+
+
 def test_a_poll_wait_or_a_stop_deadline_past_the_stop_promise_is_refused(monkeypatch):
     """A QA pass: FDS_POLL_TIMEOUT_MS=30000 took 18.5 s to stop, 99999999999 never stopped;
     shutdown_timeout_s took inf."""

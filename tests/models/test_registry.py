@@ -12,6 +12,7 @@ import pytest
 
 from fds.errors import ArtifactError, ConfigError
 from fds.models.registry import ENTRY_FIELDS, Registry
+from tests.models.fakes import FeatureModel
 
 UNPICKLED: list[str] = []
 
@@ -301,6 +302,41 @@ def test_the_models_commands_refuse_a_folder_that_is_no_registry(tmp_path, capsy
     for name in ("v000001.pkl", ".lock", ".manifest.json.x1"):
         (tmp_path / "empty" / name).write_bytes(b"")
     assert main(["models", "--registry", str(tmp_path / "empty"), "list"]) == 0
+
+
+def test_a_publisher_refuses_a_folder_that_is_no_registry_and_an_empty_path(tmp_path, capsys):
+    """A QA pass: `fds train --registry /tmp` would have published into /tmp, and
+    `--registry ''` (or `FDS_REGISTRY=`) into the working directory."""
+    from fds.cli import main
+    from fds.streams.kafka import load_settings
+
+    (tmp_path / "notes.txt").write_text("not a model")
+    with pytest.raises(ConfigError, match="is no model registry"):
+        Registry(tmp_path)
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["notes.txt"]
+    with pytest.raises(SystemExit):
+        main(["train", "--registry", "", "--metrics-port", "-1"])
+    assert "--registry: empty path: give a model registry folder" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="setting registry: empty"):
+        load_settings(registry="")
+
+
+def test_the_models_commands_read_the_deployments_registry(tmp_path, capsys, monkeypatch):
+    """A QA pass: `FDS_REGISTRY=/data/reg fds models list` (a deployment's pod) listed
+    ./models/registry; it takes FDS_REGISTRY and --config's registry, as fds run and train."""
+    from fds.cli import main
+
+    reg = Registry(tmp_path / "deployed")
+    reg.promote(reg.publish(FeatureModel("amount"), spec={"name": "default"})["version"])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FDS_REGISTRY", str(tmp_path / "deployed"))
+    assert main(["models", "list"]) == 0
+    assert "v000001" in capsys.readouterr().out
+    monkeypatch.delenv("FDS_REGISTRY")
+    (tmp_path / "fds.yaml").write_text("registry: deployed\n")
+    assert main(["models", "--config", str(tmp_path / "fds.yaml"), "show"]) == 0
+    assert "v000001" in capsys.readouterr().out
+    assert main(["models", "list"]) == 2  # (no ./models/registry here)
 
 
 def test_a_rollback_of_an_empty_registry_leaves_its_folder_as_it_was(tmp_path, capsys):
