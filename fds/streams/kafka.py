@@ -781,6 +781,12 @@ class KafkaSettings(BaseSettings):
                 )
         return v
 
+    @field_validator("security_protocol", mode="before")
+    @classmethod
+    def _protocol_case(cls, v: Any) -> Any:
+        """Any case, as Kafka's own clients read it (`sasl_ssl` was refused)."""
+        return v.strip().upper() if isinstance(v, str) else v
+
     @field_validator("compression_type", mode="before")
     @classmethod
     def _no_compression(cls, v: Any) -> Any:
@@ -906,6 +912,24 @@ class KafkaSettings(BaseSettings):
                     + (" (it is empty)" if self.sasl_plain_password is not None else "")
                 )
         return self
+
+    def unused(self) -> list[str]:
+        """Settings given that have no effect with the others (each was silently ignored:
+        a QA pass, `--sasl-mechanism PLAIN` over PLAINTEXT connected without a word)."""
+        said = []
+        proto = self.security_protocol
+        given = [n for n in ("sasl_mechanism", "sasl_plain_username") if getattr(self, n)]
+        if given and not proto.startswith("SASL"):
+            said.append(f"{', '.join(given)} given, but security_protocol is {proto}: not "
+                        "used (only SASL_PLAINTEXT and SASL_SSL use them)")  # fmt: skip
+        files = [n for n in ("ssl_cafile", "ssl_certfile", "ssl_keyfile") if getattr(self, n)]
+        if files and proto not in ("SSL", "SASL_SSL"):
+            said.append(f"{', '.join(files)} given, but security_protocol is {proto}: not "
+                        "used (only SSL and SASL_SSL use them)")  # fmt: skip
+        if self.transactional_id and not self.exactly_once:
+            said.append("transactional_id given without exactly_once (--exactly-once): not "
+                        "used")  # fmt: skip
+        return said
 
     def models_topic_for(self, default: str | None) -> str | None:
         """The models topic of a command whose own default is ``default``: the one given,
@@ -1102,6 +1126,8 @@ def load_settings(file: Path | str | None = None, **flags: Any) -> KafkaSettings
             raise ConfigError(f"{msg} ({whence})") from None
         raise ConfigError(f"setting {name}: {msg} (from {source(name)})") from None
     settings._origins = {k: source(k) for k in KafkaSettings.model_fields}
+    for said in settings.unused():
+        log.warning("%s", said)
     return settings
 
 

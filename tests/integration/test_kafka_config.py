@@ -527,6 +527,22 @@ def test_a_home_folder_from_the_environment_is_expanded(monkeypatch):
     assert s.state_dir == os.path.expanduser("~/sd") and str(s.registry).startswith("/")
 
 
+def test_settings_that_have_no_effect_are_said(caplog):
+    """A QA pass: `--sasl-mechanism PLAIN` (or `--ssl-cafile`) without a SASL (SSL) protocol
+    connected in plaintext without a word, `--transactional-id` without `--exactly-once` too;
+    `security_protocol: sasl_ssl` was refused for its case."""
+    with caplog.at_level("WARNING", logger="fds.streams.kafka"):
+        load_settings(sasl_mechanism="PLAIN", ssl_cafile="ca.pem", transactional_id="t")
+    said = caplog.text
+    assert "sasl_mechanism given, but security_protocol is PLAINTEXT: not used" in said
+    assert "ssl_cafile given, but security_protocol is PLAINTEXT: not used" in said
+    assert "transactional_id given without exactly_once" in said
+    caplog.clear()
+    s = load_settings(security_protocol="sasl_plaintext", sasl_mechanism="PLAIN",
+                      sasl_plain_username="u", sasl_plain_password="p")  # fmt: skip
+    assert s.security_protocol == "SASL_PLAINTEXT" and "not used" not in caplog.text
+
+
 def test_a_poll_wait_or_a_stop_deadline_past_the_stop_promise_is_refused(monkeypatch):
     """A QA pass: FDS_POLL_TIMEOUT_MS=30000 took 18.5 s to stop, 99999999999 never stopped;
     shutdown_timeout_s took inf."""
