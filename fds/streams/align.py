@@ -10,7 +10,9 @@ the smallest event time goes first, and only while every partition that still ha
 has a buffered head to compare with. A partition that is caught up (nothing more to read) does
 not hold the others back; one that is behind holds them back until the others have been
 fetched for ``max_wait_s`` without it (uneven fetching; then its records may be late: Kafka
-Streams' ``max.task.idle.ms``), or for at most ``max_hold_s``. The wait runs on the fetch
+Streams' ``max.task.idle.ms``), or for at most ``max_hold_s``; one of which no fetch was read
+since it was assigned (no high watermark: how far behind it is is unknown, Kafka Streams'
+KIP-695) holds them for its first records, up to ``max_hold_s``. The wait runs on the fetch
 clock, from the first poll that fetched records after the partition ran dry: time with nothing
 fetched (the broker down) or with the loop not polling (blocked in a flush, a commit or a
 restore) is not uneven fetching. Counted on the wall clock, it let the partitions fetched
@@ -182,6 +184,11 @@ class Aligner:
         dry, since = self._waiting_since.setdefault(tp, [now, None])
         if now - dry >= self.max_hold_s:
             return False
+        if hw is None and tp not in self._next:  # no fetch of it read since it was assigned
+            return True  # (kafka-python sets the high watermark as it reads one): how far
+        # behind it is is unknown (Kafka Streams, KIP-695), so the others wait for its first
+        # records, up to max_hold_s (after a restart one partition came seconds after the
+        # others, which took hours of event time meanwhile: 2,594 late decisions, a chaos run)
         return since is None or self._fetched_at - since < self.max_wait_s
 
     def take(self, n: int, assigned: Iterable[Any] | None = None) -> list[tuple[Any, Any, Any]]:
