@@ -440,17 +440,16 @@ def positioned(consumer: Any) -> bool:
     return bool(has_all()) if callable(has_all) else True
 
 
-def probe(consumer: Any, topic: str, timeout_s: float) -> bool:
-    """Whether the broker answers ``consumer`` within ``timeout_s``: the end offsets of its
-    partitions, with nothing assigned ``topic``'s partition 0 (``KafkaConsumer.topics()``
-    would wait without a time limit in kafka-python 3.0)."""
+def probe(consumer: Any, topic: str, timeout_s: float) -> str | None:
+    """``None`` when the broker answers ``consumer`` within ``timeout_s`` (the end offsets of
+    its partitions, with nothing assigned ``topic``'s partition 0: ``KafkaConsumer.topics()``
+    would wait without a time limit in kafka-python 3.0), else why not."""
     try:
         parts = consumer.assignment() or {TopicPartition(topic, 0)}
         consumer.end_offsets(list(parts), timeout_ms=int(timeout_s * 1000))
-        return True
+        return None
     except Exception as exc:
-        log.warning("broker probe failed: %s: %s", type(exc).__name__, exc)
-        return False
+        return describe(exc)
 
 
 def _until_stopped(records: Iterator[Any], mark: bool = False) -> Iterator[Any]:
@@ -471,7 +470,7 @@ class BrokerWatch:
     the clock after the probe (3 s probes judged by the clock before them: exits after twice
     the timeout). ``contact`` is set by the caller when records come."""
 
-    def __init__(self, probe: Callable[[float], bool], timeout_s: float,
+    def __init__(self, probe: Callable[[float], str | None], timeout_s: float,
                  gone: Callable[[], str]) -> None:  # fmt: skip
         self.probe, self.timeout_s, self.gone = probe, timeout_s, gone
         self.every = min(5.0, timeout_s / 4)
@@ -485,11 +484,19 @@ class BrokerWatch:
             return False
         self.probed = now
         left = self.timeout_s - (now - self.contact)
-        if self.probe(min(PROBE_TIMEOUT_S, max(left, PROBE_MIN_S))):
+        why = self.probe(min(PROBE_TIMEOUT_S, max(left, PROBE_MIN_S)))
+        if why is None:
             self.contact = now
             return idle_over
-        if time.monotonic() - self.contact > self.timeout_s:
+        waited = time.monotonic() - self.contact
+        if waited > self.timeout_s:
             raise BrokerUnavailable(self.gone())
+        # (how long, and for how long more: `broker probe failed: KafkaTimeoutError:
+        # KafkaTimeoutError: ...` every 3 s, then an exit, a QA pass)
+        log.warning(
+            "no answer from Kafka for %.0f s of %.0f s (--broker-timeout), then exit: %s",
+            waited, self.timeout_s, why,
+        )  # fmt: skip
         return False
 
 
@@ -1883,10 +1890,10 @@ class Runner:
         self._evicted = None
         return False
 
-    def _probe(self, timeout_s: float) -> bool:
-        up = probe(self.consumer, self.s.input_topic, timeout_s)
-        self._broker_state(up)
-        return up
+    def _probe(self, timeout_s: float) -> str | None:
+        why = probe(self.consumer, self.s.input_topic, timeout_s)
+        self._broker_state(why is None)
+        return why
 
     def _process(self, batch: list[tuple[Any, Any, Any]]) -> None:
         """Decide ``batch`` (``(partition, record, parsed)`` in event-time order), send the

@@ -250,3 +250,24 @@ def test_a_member_the_heartbeat_found_fenced_stops_before_deciding_more(tmp_path
     decided = len(broker.out)
     assert 0 < decided < 80  # stopped with records left: it did not decide on
     assert broker.polls <= 6
+
+
+def test_an_unanswered_probe_says_how_long_and_for_how_long_more(caplog, monkeypatch):
+    """A chaos run: `broker probe failed: KafkaTimeoutError: KafkaTimeoutError: ...` every
+    3 s, without how long it had waited or how long was left, then an exit."""
+    import pytest
+
+    import fds.streams.kafka as kafka_mod
+    from fds.streams.kafka import BrokerUnavailable, BrokerWatch
+
+    clock = [100.0]
+    monkeypatch.setattr(kafka_mod.time, "monotonic", lambda: clock[0])
+    watch = BrokerWatch(lambda _t: "KafkaTimeoutError: no answer", 60.0, lambda: "gone")
+    clock[0] += 12.0
+    with caplog.at_level("WARNING", logger="fds.streams.kafka"):
+        assert watch.idle_ended(clock[0], False) is False
+    assert "no answer from Kafka for 12 s of 60 s (--broker-timeout), then exit: " in caplog.text
+    assert caplog.text.count("KafkaTimeoutError") == 1
+    clock[0] += 50.0
+    with pytest.raises(BrokerUnavailable, match="gone"):
+        watch.idle_ended(clock[0], False)
