@@ -499,6 +499,13 @@ class ModelServer:
         saved, self._saved_contest = self._saved_contest, None
         if saved and (saved["incumbent"], saved["candidate"]) == (self.version, version):
             self.contest = Contest(**saved)  # the same contest, before a restart
+        elif saved:  # (dropped without a word: a soak)
+            log.info(
+                'the contest of "%s" against "%s" (%s of %s fraud labels judged before the '
+                'restart) is not resumed: "%s", newer, is contested against "%s" instead',
+                saved["candidate"], saved["incumbent"], saved.get("n", 0),
+                saved.get("min_labels"), version, self.version,
+            )  # fmt: skip
         self._ranks = None
         # (a fleet's trainer keeps the version until the verdict: see ModelFeed.on_event)
         self._emit("shadow", {"candidate": version, "incumbent": self.version})

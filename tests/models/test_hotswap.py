@@ -179,6 +179,20 @@ def test_a_restarted_scorer_keeps_the_contest_and_orders_versions_by_seq(tmp_pat
     assert reg.champion() == v1["version"]
 
 
+def test_a_contest_a_restart_does_not_resume_is_said(tmp_path: Path, caplog) -> None:
+    """A soak: the contest of v000177 (saved in the checkpoint) was dropped without a word
+    after a restart, a newer version offered first."""
+    srv = ModelServer(load_spec("default"), learn=False)
+    srv.version = "v000174"
+    srv._saved_contest = {"kind": "shadow", "incumbent": "v000174", "candidate": "v000177",
+                          "min_labels": 50, "n": 12}  # fmt: skip
+    with caplog.at_level("INFO", logger="fds.models"):
+        srv._start_shadow("v000180", FeatureModel("amount"), {})
+    assert ('the contest of "v000177" against "v000174" (12 of 50 fraud labels judged before '
+            'the restart) is not resumed: "v000180", newer') in caplog.text  # fmt: skip
+    assert srv.contest is not None and srv.contest.n == 0
+
+
 def test_a_version_this_scorer_cannot_load_is_not_rejected_for_everyone(tmp_path: Path) -> None:
     """A wrong local key (or a missing file) is this machine's problem: the version stays
     published for other scorers and is tried again later; a rejected challenger is not
