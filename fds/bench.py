@@ -959,7 +959,7 @@ def register(subparsers: Any) -> None:
     )
     pp.add_argument(
         "--warmup-days",
-        type=int,
+        type=positive_int,
         default=None,
         help="days the models learn before they are judged (default: 14, or the drift day "
         "less one when it comes earlier, a day before the drift evaluated, and on the "
@@ -1082,7 +1082,7 @@ def _report_name(text: str) -> str:
         raise argparse.ArgumentTypeError(
             f"{text!r} is no file name: give a name without a folder (the report goes to --out)"
         )
-    return text
+    return text[:-3] if text.lower().endswith(".md") else text  # (x.md wrote x.md.md)
 
 
 def _alert_budget(text: str) -> int:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from fds.cli import (
+    drift_day,
     file_or_none,
     file_path,
     folder,
@@ -66,7 +67,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "file",
-        type=Path,
+        type=file_path("transactions file"),
         help="transactions file: .csv, .jsonl (.json, .ndjson), optionally .gz; .parquet (with "
         "pyarrow)",
     )
@@ -131,13 +132,13 @@ def register(sub: Any) -> None:
     d.add_argument("--days", type=positive_int, default=45, help="days to simulate (default 45)")
     d.add_argument("--cards", type=positive_int, default=5_000, help="cards (default 5,000)")
     d.add_argument(
-        "--drift-day", type=int, default=None,
+        "--drift-day", type=_demo_drift_day, default=None,
         help="day the fraud pattern changes (default 21; the middle of a stream of <= 21 days)",
     )  # fmt: skip
     d.add_argument("--seed", type=seed, default=7, help="random seed of the simulator")
     d.add_argument(
         "--rules",
-        type=Path,
+        type=file_path("rules file"),
         default=DEFAULT_RULES.with_name("pre-drift.yaml"),
         help="the rules-alone baseline (default rules/pre-drift.yaml: the rules a team had "
         "before the drift; rules/default.yaml was tuned knowing the drift pattern)",
@@ -149,6 +150,18 @@ def register(sub: Any) -> None:
         help="where the report and plots go (default demo-out/)",
     )
     d.set_defaults(func=_demo)
+
+
+def _demo_drift_day(text: str) -> int:
+    """argparse type of the demo's ``--drift-day``: a whole day (the demo shows a drift, so
+    ``none`` is said as such: it was `invalid int value`, a QA pass)."""
+    day = drift_day(text, "leave it out for day 21")
+    if day is None:
+        raise argparse.ArgumentTypeError(
+            "the demo shows a drift: give its day (>= 2), or leave it out for day 21; "
+            "`fds bench precision --drift-day none` runs a stream without one"
+        )
+    return day
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -163,8 +176,12 @@ def _demo(args: argparse.Namespace) -> int:
 
     if args.drift_day is None:  # (a fixed 21 refused `--days 20` the user never gave it)
         args.drift_day = 21 if args.days > 21 else args.days // 2
-    if args.days < 7 or not 2 <= args.drift_day < args.days:
-        say("fds demo: error: need --days >= 7 and 2 <= --drift-day < --days")
+    if args.days < 7 or not 2 <= args.drift_day < args.days:  # (the values: a QA pass)
+        say(f"fds demo: error: need --days >= 7 and 2 <= --drift-day < --days (got --days "
+            f"{args.days}, --drift-day {args.drift_day})")  # fmt: skip
+        return 2
+    if not Path(args.rules).is_file():  # (said without the flag's name: a QA pass)
+        say(f"fds demo: error: --rules {args.rules}: no such file (the rules-alone baseline)")
         return 2
     why = unwritable_dir(args.out_dir)  # (before the run, not after it: a QA pass)
     if why:

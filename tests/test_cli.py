@@ -1422,3 +1422,45 @@ def test_an_output_is_written_whole_or_not_at_all_and_a_full_disk_is_said(tmp_pa
     assert out.read_bytes() == b"a\n" and sorted(p.name for p in tmp_path.iterdir()) == [out.name]
     assert "free space on the output's disk" in _full_hint(OSError(errno.ENOSPC, "full"))
     assert _full_hint(OSError(errno.ENOSPC, "full", "/named/file")) == ""
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["--drift-day", "none"], "--drift-day: the demo shows a drift: give its day"),
+        (["--days", "1"], "(got --days 1, --drift-day 0)"),
+        (["--drift-day", "100"], "(got --days 45, --drift-day 100)"),
+        (["--rules", "/no/such.yaml"], "--rules /no/such.yaml: no such file"),
+    ],
+)
+def test_a_demo_that_cannot_run_says_which_value(capsys, tmp_path, argv, said):
+    """A QA pass: `--drift-day none` was `invalid int value`, the range error did not echo
+    the values given, and a missing --rules file was said without the flag's name."""
+    try:
+        code = main(["demo", "--out-dir", str(tmp_path / "o"), *argv])
+    except SystemExit as e:
+        code = e.code
+    assert code == 2 and said in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["replay", ""], "argument file: empty path: give a transactions file"),
+        (["produce", ""], "argument file: empty path: give a file to send"),
+        (["kafka", "topics", "--prefix", "a b"], "'a b' is no topic name prefix"),
+        (["bench", "precision", "--warmup-days", "-1"], "--warmup-days: must be at least 1"),
+    ],
+)
+def test_small_mistakes_are_said_by_the_flag(capsys, argv, said):
+    """A QA pass: an empty path was "input file . is a folder", a prefix with a space was
+    refused by the broker (exit 1), `--warmup-days -1` said as "the warm-up takes -1"."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and said in capsys.readouterr().err
+
+
+def test_a_report_name_ending_in_md_is_not_doubled():
+    from fds.bench import _report_name
+
+    assert _report_name("x.md") == "x" and _report_name("y") == "y"  # (x.md wrote x.md.md)

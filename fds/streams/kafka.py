@@ -4484,8 +4484,16 @@ def register_run(subparsers: argparse._SubParsersAction) -> None:
 
 def register_produce(subparsers: argparse._SubParsersAction) -> None:
     """Add ``fds produce``."""
-    p = subparsers.add_parser("produce", help="load a JSONL/CSV file into a Kafka topic")
-    p.add_argument("file", type=Path)
+    p = subparsers.add_parser(
+        "produce", help="load a JSONL/CSV file into a Kafka topic",
+        description="Send the records of a JSONL, CSV or Parquet file (gzip too) to a Kafka "
+        "topic, keyed by card_id (a label's by tx_id), in file order, at --rate if given: a "
+        "historical file or fds simulate's output, for fds run to decide.",
+    )  # fmt: skip
+    p.add_argument(
+        "file", type=file_path("file to send"),
+        help="transactions (or labels): .jsonl (.json, .ndjson), .csv, .parquet, optionally .gz",
+    )  # fmt: skip
     p.add_argument(
         "--topic", type=topic_arg, default=None, help="default: the input topic (transactions)"
     )

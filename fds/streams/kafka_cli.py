@@ -72,7 +72,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = ksub.add_parser("topics", help="create the topics of streams/topics.yaml (idempotent)")
     p.add_argument("--file", type=Path, default=kafka_kit.TOPICS_FILE, help="topic specs YAML")
-    p.add_argument("--prefix", default="", help="prepended to every topic name")
+    p.add_argument(
+        "--prefix", type=_prefix, default="",
+        help="prepended to every topic name, e.g. prod. (default: none)",
+    )  # fmt: skip
     kstream._add_settings_flags(p, kstream.CONNECTION_SETTINGS)  # --bootstrap, security
     p.set_defaults(func=_topics)
 
@@ -93,6 +96,19 @@ def _port(text: str) -> int:
     if not 1 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"a port is 1-65535; got {port}")
     return port
+
+
+def _prefix(text: str) -> str:
+    """argparse type: a topic name prefix, of the characters Kafka takes (`a b` was refused
+    by the broker, exit 1, a QA pass), short enough for every name it goes before."""
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9._-]{0,200}", text):
+        raise argparse.ArgumentTypeError(
+            f"{text[:40]!r} is no topic name prefix: up to 200 ASCII letters, digits, '.', '_' "
+            "and '-' (e.g. prod.)"
+        )
+    return text
 
 
 def _data_dir(text: str) -> Path:
