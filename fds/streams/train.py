@@ -283,6 +283,7 @@ class TrainService:
         # checkpoints (and offset commits) at most this often, and at a publish and a stop
         self.checkpoint_every_s = checkpoint_every_s
         self._dirty = False  # learned since the last checkpoint
+        self._due = False  # a checkpoint is due at once (partitions revoked)
         self._committed_at = -math.inf
         self._offsets: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset
         self._restored: dict[tuple[str, int], int] = {}
@@ -691,7 +692,7 @@ class TrainService:
         holds (a soak: 11.6 KB a decision); a restart redoes what came after the last one,
         the model and its offsets being checkpointed together."""
         if self._dirty and (
-            force or time.monotonic() - self._committed_at >= self.checkpoint_every_s
+            force or self._due or time.monotonic() - self._committed_at >= self.checkpoint_every_s
         ):
             self._commit()
 
@@ -1031,7 +1032,7 @@ class TrainService:
     def _commit(self) -> None:
         self._dead_letters_acknowledged()
         self._save_state()
-        self._dirty, self._committed_at = False, time.monotonic()
+        self._dirty, self._due, self._committed_at = False, False, time.monotonic()
         self.metrics.checkpoints(1, 0)  # (it stayed at 0 on the trainer: a soak run)
         offsets = {
             _tp(topic, part): OffsetAndMetadata(off, "", -1)
@@ -1060,6 +1061,7 @@ class _Seek(ConsumerRebalanceListener):
 
     def on_partitions_revoked(self, revoked: Any) -> None:
         self.svc._revoked.extend(revoked)  # dropped by the loop, which owns the held labels
+        self.svc._due = True  # (their offsets checkpointed at the next pass, not a second on)
 
     def on_partitions_assigned(self, assigned: Any) -> None:
         svc = self.svc

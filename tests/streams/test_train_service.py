@@ -75,6 +75,11 @@ def test_checkpoints_are_taken_at_most_every_interval_and_at_a_publish(tmp_path,
     svc.trainer._since_publish = 10**6  # a publish: checkpointed with it at once
     feed(svc, {d: [decision(0, 11, "t11", 300.0)]})
     assert svc.stats.published == 1 and svc.stats.commits == 3
+    feed(svc, {d: [decision(0, 12, "t12", 301.0)]})
+    assert svc.stats.commits == 3
+    _Seek(svc).on_partitions_revoked([d])  # a rebalance: its offsets checkpointed at once
+    svc._commit_if_due()
+    assert svc.stats.commits == 4
 
 
 def test_a_restart_resumes_from_the_checkpointed_offsets(tmp_path):
