@@ -2180,7 +2180,10 @@ class Runner:
         now = time.monotonic()
         if idle_s >= STALL_S and now >= self._stall_probe_at:
             self._stall_probe_at = now + STALL_S
-            self._probe(STALL_PROBE_S)
+            why = self._probe(STALL_PROBE_S)
+            if why is not None:  # (the probe said it itself before)
+                log.warning("no answer from Kafka while restoring the state (nothing read "
+                            "for %.0f s): %s", idle_s, why)  # fmt: skip
 
     def _broker_state(self, up: bool) -> None:
         """``fds_broker_reachable``, set when it changes."""
