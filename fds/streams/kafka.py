@@ -575,6 +575,15 @@ class _FencedWatch(logging.Handler):
             self.seen = True
 
 
+def fenced_error(what: str, s: KafkaSettings) -> FdsError:
+    """The error of a static member the broker fenced (fds run, fds train)."""
+    return FdsError(
+        f"{what}: another member joined group {s.group!r} with this --group-instance-id "
+        f"({s.group_instance_id}), so the broker fenced this one, which stops; give each "
+        "instance its own id"
+    )
+
+
 def dead_letter_message(
     msg: Any, stage: str, exc: BaseException
 ) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
@@ -2239,11 +2248,7 @@ class Runner:
         return ConfigError(f"Kafka refused {what}: {type(exc).__name__}: {why}")
 
     def _fenced(self, what: str) -> FdsError:
-        return FdsError(
-            f"{what}: another member joined group {self.s.group!r} with this "
-            f"--group-instance-id ({self.s.group_instance_id}), so the broker fenced this one, "
-            "which stops; give each instance its own id"
-        )
+        return fenced_error(what, self.s)
 
     def _settle_or_rejoin(self, *, wait: bool) -> bool:
         """:meth:`_settle`, at-least-once; False when the group refused the commit because this

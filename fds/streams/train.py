@@ -62,7 +62,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from kafka import ConsumerRebalanceListener, KafkaProducer
-from kafka.errors import KafkaError, MessageSizeTooLargeError
+from kafka.errors import FencedInstanceIdError, KafkaError, MessageSizeTooLargeError
 from kafka.structs import OffsetAndMetadata
 
 from fds.cli import file_path
@@ -90,8 +90,10 @@ from fds.streams.kafka import (
     IdleTimer,
     KafkaSettings,
     _add_settings_flags,
+    _FencedWatch,
     add_max_idle_argument,
     dead_letter_message,
+    fenced_error,
     load_settings,
     probe,
     topic_arg,
@@ -605,9 +607,19 @@ class TrainService:
             "supervisor can restart fds train (it goes on from its last checkpoint)"
         ))  # fmt: skip
         health = self.health
+        # a static member (--group-instance-id) another trainer took the id of: kafka-python's
+        # heartbeat thread only logs it (see fds run's)
+        fenced = _FencedWatch(s.group_instance_id)
+        kafka_log = logging.getLogger("kafka")
+        kafka_log.addHandler(fenced)
         try:
             while not self._stop:
-                batch = self.consumer.poll(timeout_ms=100, max_records=s.max_poll_records)
+                try:
+                    batch = self.consumer.poll(timeout_ms=100, max_records=s.max_poll_records)
+                except FencedInstanceIdError as exc:
+                    raise fenced_error("poll", s) from exc
+                if fenced.seen:
+                    raise fenced_error("heartbeat", s)
                 if self._shared is not None:
                     raise FdsError(self._shared)
                 now = health.beat = time.monotonic()
@@ -632,6 +644,7 @@ class TrainService:
             self.store.rollback()  # a half-done batch: the restart redoes it from the offsets
             raise
         finally:
+            kafka_log.removeHandler(fenced)
             left = self._time_left
             if judge is not None:
                 judge.close()

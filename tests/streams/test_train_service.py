@@ -796,6 +796,36 @@ def test_fds_train_holding_labels_still_says_a_broker_gone_and_stops_in_time(tmp
     svc.store.close()
 
 
+@pytest.mark.parametrize("how", ["poll", "heartbeat"])
+def test_a_trainer_fenced_by_another_with_its_instance_id_stops(tmp_path, how):
+    """Static membership (--group-instance-id, used since 2026-12-05): another trainer that
+    joins with the same id fences this one, which stops with a clear error rather than learn
+    on, unheard (kafka-python's heartbeat thread only logs it; fds run's own watch)."""
+    import logging
+
+    from kafka.errors import FencedInstanceIdError
+
+    from fds.errors import FdsError
+
+    class Fenced(Idle):
+        def poll(self, timeout_ms=0, max_records=None):
+            if how == "poll":
+                raise FencedInstanceIdError()
+            logging.getLogger("kafka.coordinator.heartbeat").error(  # (kafka-python's words)
+                "Heartbeat thread caught fenced group_instance_id %s error", "t-a"
+            )
+            return {}
+
+    svc = TrainService(
+        KafkaSettings(group="g", group_instance_id="t-a"), spec=DEFAULT_MODEL,
+        registry=tmp_path / "registry", state_dir=tmp_path / "state", models_topic=None,
+    )  # fmt: skip
+    svc._connect = lambda: setattr(svc, "consumer", Fenced())  # type: ignore[method-assign]
+    with pytest.raises(FdsError, match=rf"{how}: another member joined group 'g' with this "):
+        svc.run(max_idle_s=5)
+    svc.store.close()
+
+
 def test_fds_train_takes_its_settings_flags_and_only_those():
     """--max-event-ahead was listed by `fds train --help` but not passed on (labels were
     refused at the default hour), and so were fds run's own flags."""
