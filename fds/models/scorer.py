@@ -1526,10 +1526,13 @@ class ModelServer:
                         log.info("model registry %s readable again", reg.path)
                     said = None
                 except Exception as e:
-                    # (the failing file's stamp: a restore with the old one's mtime, `cp -p`,
-                    # is a change; it was taken for the file read before the failure, said
-                    # nothing, and the same failure again was not said either: a QA pass)
-                    seen = stamp
+                    # (a file that cannot be used: its stamp, so that a restore with the old
+                    # one's mtime, `cp -p`, is a change; it was taken for the file read before
+                    # the failure, said nothing, and the same failure again was not said
+                    # either: a QA pass. A passing failure to read, EMFILE, an NFS hiccup:
+                    # read again at the next poll, or that change was missed: a review)
+                    if isinstance(e, ConfigError):
+                        seen = stamp
                     if str(e) != said:  # (an invalid manifest was logged every second)
                         log.warning("model registry poll failed error=%s", e)
                         said = str(e)

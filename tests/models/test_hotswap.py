@@ -594,6 +594,38 @@ def test_a_registry_restored_with_its_old_mtime_is_said_back_and_a_new_failure_s
     assert srv.version == "v000001"
 
 
+def test_a_passing_failure_to_read_the_registry_is_read_again(tmp_path: Path) -> None:
+    """A review: a read that failed for a passing cause (EMFILE, an NFS hiccup) at the
+    manifest's change was not tried again until the next change: the promotion it carried
+    was missed."""
+    import errno
+    import time
+
+    reg = Registry(tmp_path)
+    reg.promote(reg.publish(FeatureModel("amount"), spec={"name": "default"})["version"])
+    srv = ModelServer(load_spec("default"), registry=reg, learn=False)
+    srv.load_champion()
+    real, failed = reg.manifest, []
+
+    def once() -> dict[str, Any]:  # (the watcher's first read after the change fails)
+        if not failed and threading.current_thread().name == "fds-model-watch":
+            failed.append(1)
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real()
+
+    srv.start_watch(every=0.005)
+    try:
+        reg.manifest = once  # type: ignore[method-assign]
+        reg.promote(reg.publish(FeatureModel("amount"), spec={"name": "default"})["version"])
+        deadline = time.monotonic() + 10
+        while srv._pending is None and srv.version != "v000002":
+            assert time.monotonic() < deadline, "the promotion was missed"
+            time.sleep(0.01)
+    finally:
+        srv.stop_watch()
+    assert failed
+
+
 def test_a_version_made_by_another_spec_is_not_served(tmp_path: Path, caplog) -> None:
     """A QA pass: a scorer of spec `tree` served the versions a trainer of spec `nogate`
     published to the registry it shared, without a word, feeding them its own spec's inputs;
