@@ -12,12 +12,12 @@ not hold the others back; one that is behind holds them back until the others ha
 fetched for ``max_wait_s`` without it (uneven fetching; then its records may be late: Kafka
 Streams' ``max.task.idle.ms``), or for at most ``max_hold_s``; one of which no fetch was read
 since it was assigned (no high watermark: how far behind it is is unknown, Kafka Streams'
-KIP-695) holds them for its first records, up to ``max_hold_s``. The wait runs on the fetch
-clock, from the first poll that fetched records after the partition ran dry: time with nothing
-fetched (the broker down) or with the loop not polling (blocked in a flush, a commit or a
-restore) is not uneven fetching. Counted on the wall clock, it let the partitions fetched
-first after a broker outage overtake the others by hours (a chaos run: hundreds of late
-events, features that differed from a replay). Each partition keeps its own order. A
+KIP-695) holds them for its first records, up to ``UNKNOWN_WAITS`` waits. The wait runs on
+the fetch clock, from the first poll that fetched records after the partition ran dry: time
+with nothing fetched (the broker down) or with the loop not polling (blocked in a flush, a
+commit or a restore) is not uneven fetching. Counted on the wall clock, it let the partitions
+fetched first after a broker outage overtake the others by hours (a chaos run: hundreds of
+late events, features that differed from a replay). Each partition keeps its own order. A
 partition's buffer holds at most ``max_buffer`` records (bounded memory).
 
 >>> class C:  # the consumer calls the aligner makes
@@ -41,6 +41,12 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 __all__ = ["Aligner", "fetched_to"]
+
+#: A partition of which no fetch was read since its assignment holds the others for its first
+#: records this many waits (``max_wait_s``) at most, 10 s at fds run's default (a partition
+#: whose leader is away, or whose one reply was dropped by a seek, held them up to max_hold_s,
+#: 60 s: a review).
+UNKNOWN_WAITS = 10
 
 
 def fetched_to(consumer: Any, tp: Any, buffered_to: int) -> int:
@@ -94,6 +100,7 @@ class Aligner:
         self._took_at = math.inf  # when the loop last asked for records
         self._next: dict[Any, int] = {}  # partition -> offset of the next record to fetch
         self._taken_to: dict[Any, float] = {}  # partition -> newest event time taken
+        self._unknown_since: dict[Any, float] = {}  # partition -> first seen without a fetch
 
     def __len__(self) -> int:
         return sum(len(b) for b in self._bufs.values())
@@ -172,9 +179,12 @@ class Aligner:
             self._waiting_since.pop(tp, None)
             self._next.pop(tp, None)
             self._taken_to.pop(tp, None)
+            self._unknown_since.pop(tp, None)
 
     def _holds_back(self, tp: Any, now: float) -> bool:
         """Does empty partition ``tp`` still have input to read (and has not waited too long)?"""
+        if self.max_wait_s <= 0:  # (no waits: --align-wait 0; it held for good, a review)
+            return False
         hw = self.consumer.highwater(tp)  # of the last fetch: local, no request
         if hw is not None and (
             self._next.get(tp, 0) >= hw or fetched_to(self.consumer, tp, 0) >= hw
@@ -185,10 +195,14 @@ class Aligner:
         if now - dry >= self.max_hold_s:
             return False
         if hw is None and tp not in self._next:  # no fetch of it read since it was assigned
-            return True  # (kafka-python sets the high watermark as it reads one): how far
-        # behind it is is unknown (Kafka Streams, KIP-695), so the others wait for its first
-        # records, up to max_hold_s (after a restart one partition came seconds after the
-        # others, which took hours of event time meanwhile: 2,594 late decisions, a chaos run)
+            # (kafka-python sets the high watermark as it reads one): how far behind it is is
+            # unknown (Kafka Streams, KIP-695), so the others wait for its first records, up
+            # to UNKNOWN_WAITS waits from when that was first seen, not re-armed by a slow
+            # pass (after a restart one partition came seconds after the others, which took
+            # hours of event time meanwhile: 2,594 late decisions, a chaos run)
+            first = self._unknown_since.setdefault(tp, now)
+            if now - first < min(self.max_hold_s, UNKNOWN_WAITS * self.max_wait_s):
+                return True
         return since is None or self._fetched_at - since < self.max_wait_s
 
     def take(self, n: int, assigned: Iterable[Any] | None = None) -> list[tuple[Any, Any, Any]]:
@@ -212,6 +226,7 @@ class Aligner:
                 del bufs[tp]
                 self._waiting_since.pop(tp, None)
                 self._next.pop(tp, None)
+                self._unknown_since.pop(tp, None)
             for tp in assigned:
                 if tp not in bufs:
                     bufs[tp] = deque()
