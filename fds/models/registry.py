@@ -403,8 +403,8 @@ class Registry:
             self.path.is_dir()
             and not (self.path / "manifest.json").exists()
             and any(
-                not (f.name.startswith(".") or _ARTIFACT.fullmatch(f.name))
-                for f in _entries(self.path)
+                not (f.name.startswith(".") or _ARTIFACT.fullmatch(f.name) or f.is_dir())
+                for f in _entries(self.path)  # (a volume's lost+found: a new registry, a review)
             )
         ):  # (`--registry /tmp` listed "no versions", and a rollback left its lock there; a
             # first publish writes its artifact before the manifest, its temp files hidden;

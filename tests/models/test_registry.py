@@ -314,6 +314,8 @@ def test_a_publisher_refuses_a_folder_that_is_no_registry_and_an_empty_path(tmp_
     with pytest.raises(ConfigError, match="is no model registry"):
         Registry(tmp_path)
     assert sorted(f.name for f in tmp_path.iterdir()) == ["notes.txt"]
+    (tmp_path / "volume" / "lost+found").mkdir(parents=True)  # a new volume's (a review)
+    Registry(tmp_path / "volume").publish(FeatureModel("amount"), spec={"name": "default"})
     with pytest.raises(SystemExit):
         main(["train", "--registry", "", "--metrics-port", "-1"])
     assert "--registry: empty path: give a model registry folder" in capsys.readouterr().err
