@@ -117,8 +117,9 @@ class ReloadingRuleset:
             self.current: Ruleset = load_ruleset_text(text, str(self.path), run_tests=True)
         except ConfigError as e:
             self._from_kept(e)
-        else:
-            self._keep(text)
+        # kept by the watcher's first look (fds run holds its state dir's lock by then: a
+        # second instance refused there wrote over the first one's copy, a review)
+        self._to_keep: str | None = text if self.last_error is None else None
         try:  # a pipe given as the rules file (`<(...)`) is read once, not watched (a review:
             self._pipe = S_ISFIFO(os.stat(self.path).st_mode)  # its write moved its mtime, and
         except OSError:  # it was then refused as "now a pipe")
@@ -146,6 +147,8 @@ class ReloadingRuleset:
         if metrics is not None:
             metrics.ruleset_info(self.current.version)
             metrics.ruleset_file_ok(self.last_error is None)
+            if self.last_error is not None:  # (the reload alert fires on a restart too)
+                metrics.ruleset_reload("rejected")
         self._stop = threading.Event()
         self._lock = threading.Lock()  # one reload at a time (thread vs check_now)
         self._thread: threading.Thread | None = None
@@ -233,6 +236,9 @@ class ReloadingRuleset:
 
     def check_now(self) -> str:
         """Look at the file once; reload if it changed. Returns ok | rejected | unchanged."""
+        if self._to_keep is not None:
+            self._keep(self._to_keep)
+            self._to_keep = None
         if self._pipe:
             self.counts["unchanged"] += 1
             return "unchanged"
@@ -374,6 +380,7 @@ class ReloadingRuleset:
         try:
             self.keep.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(self.keep, text.encode())
+            write_atomic(self._source_of_kept, _source(self.path).encode())
         except OSError as e:
             log.warning(
                 "cannot keep a copy of the rules in force in %s (%s): a restart with a "
@@ -381,12 +388,21 @@ class ReloadingRuleset:
                 self.keep, describe(e),
             )  # fmt: skip
 
+    @property
+    def _source_of_kept(self) -> Path:
+        """Beside :attr:`keep`: the rules file its copy is of."""
+        assert self.keep is not None
+        return self.keep.with_name(self.keep.name + ".source")
+
     def _from_kept(self, error: ConfigError) -> None:
         """The rules file does not load at start: decide with the copy kept of the last good
         rules, if any (else ``error`` is raised); said as an error line."""
         kept = self.keep
-        try:
-            if kept is None:
+        try:  # (only for a file there that does not load, and a copy of that very file: a
+            # missing or mistyped --rules, or another file, started on the old copy, a review)
+            if kept is None or not self.path.is_file():
+                raise error
+            if self._source_of_kept.read_text() != _source(self.path):
                 raise error
             text = read_rules_file(kept, "--rules")
             self.current = load_ruleset_text(yamlio.decode(text, str(kept)), str(kept))
@@ -494,6 +510,11 @@ class ReloadingRuleset:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _source(path: Path) -> str:
+    """A rules file as its kept copy names it (absolute)."""
+    return str(path.absolute())
 
 
 def load_quietly(text: str, path: str) -> Ruleset:

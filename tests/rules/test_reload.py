@@ -447,7 +447,8 @@ def test_a_rules_file_that_does_not_load_at_start_decides_with_the_copy_kept(
     m = Metrics()
     ok = lambda: m.registry.get_sample_value("fds_ruleset_last_reload_successful")  # noqa: E731
     rs = ReloadingRuleset(p, start=False, settle_seconds=0, keep=keep, metrics=m)
-    assert keep.read_text() == rules("v1", 100) and ok() == 1
+    assert not keep.exists()  # (kept at the watcher's first look: fds run holds its lock then)
+    assert rs.check_now() == "unchanged" and keep.read_text() == rules("v1", 100) and ok() == 1
     write(p, rules("v2", 200))
     assert rs.check_now() == "ok" and keep.read_text() == rules("v2", 200)
     write(p, "version: v3\nrules: [oops]\n")
@@ -461,6 +462,15 @@ def test_a_rules_file_that_does_not_load_at_start_decides_with_the_copy_kept(
         again = ReloadingRuleset(p, start=False, settle_seconds=0, keep=keep, metrics=m)
     assert again.current.version == "v2" and again.last_error is not None and ok() == 0
     assert f"rules file {p} cannot be used" in caplog.text and str(keep) in caplog.text
+    assert m.registry.get_sample_value("fds_ruleset_reloads_total", {"result": "rejected"}) == 1
+    # not for a missing file (a mistyped --rules), nor for another file than the copy's (a
+    # review: both started on the old copy)
+    with pytest.raises(ConfigError):
+        ReloadingRuleset(tmp_path / "typo.yaml", start=False, keep=keep)
+    other = tmp_path / "other.yaml"
+    other.write_text("version: v9\nrules: [oops]\n")
+    with pytest.raises(ConfigError):
+        ReloadingRuleset(other, start=False, keep=keep)
     assert again.check_now() == "unchanged"  # said once
     write(p, rules("v3", 300))
     assert again.check_now() == "ok" and again.current.version == "v3" and ok() == 1
