@@ -88,8 +88,10 @@ LOCAL_RETRY_S = 60.0
 KEEP_SIZE = 200_000
 #: Registry writes of the scorer's own verdicts (watch mode) that fail are retried this often.
 RECORD_RETRIES = (1.0, 5.0, 30.0)
-#: A verdict not written after RECORD_RETRIES is tried every 30 s for good; said every Nth try.
+#: A verdict not written after RECORD_RETRIES is tried every 30 s, said every Nth try, for
+#: up to RECORD_GIVE_UP_S (the watcher waits for it meanwhile: no new version is followed).
 RECORD_SAY_EVERY = 20
+RECORD_GIVE_UP_S = 600.0
 #: How long closing the scorer waits for its queued verdicts to be written.
 WRITES_CLOSE_S = 3.0
 #: Every RANK_STRIDE-th recent input ranks contest scores: 2,048 points keep ~10 above a top-0.5%
@@ -585,13 +587,14 @@ class ModelServer:
     def _write(self, reg: Registry, what: str, change: Callable[[Registry], Any],
                retries: tuple[float, ...]) -> bool:  # fmt: skip
         """Make ``change``; whether the registry refused it. With ``retries`` (watch mode) a
-        failure is tried again after each wait, then every last wait until it is written or
-        the scorer closes: a verdict given up after 36 s was undone by the watcher, which took
+        failure is tried again after each wait, then every last wait until it is written, the
+        scorer closes, or RECORD_GIVE_UP_S passed: a verdict given up after 36 s was undone by
+        the watcher, which took
         the registry's old champion for a change made by hand, and nothing counted it (a QA
         pass: a promotion lost to a registry briefly read-only). Counted once per verdict
         (``fds_model_swaps_total{result="unrecorded"}``), logged at each try of the first
         ones, then every RECORD_SAY_EVERY."""
-        tries = 0
+        tries, since = 0, time.monotonic()
         while True:
             try:
                 change(reg)
@@ -609,6 +612,13 @@ class ModelServer:
                     )  # fmt: skip
                 if tries == len(retries) and self.metrics is not None:
                     self.metrics.model_swap("unrecorded")
+                if wait is not None and time.monotonic() - since > RECORD_GIVE_UP_S:
+                    log.error(  # (the watcher, waiting for it, followed no new version: a review)
+                        'registry update given up change="%s" after %.0f s: %s; the registry '
+                        "is followed again (its champion served, this verdict undone): make it "
+                        "writable for this scorer", what, time.monotonic() - since, e,
+                    )  # fmt: skip
+                    raise
                 if wait is None or self._give_up.wait(wait):
                     raise
                 continue

@@ -511,6 +511,18 @@ def test_a_verdict_the_registry_cannot_take_is_tried_until_it_is_written(tmp_pat
     fails[:] = [OSError(30, "Read-only file system")] * 3
     with pytest.raises(OSError):
         srv._write(reg, "promote v000003", change, retries=(0.001, 0.002))
+    # a registry this scorer can never write: given up after RECORD_GIVE_UP_S, said as an
+    # error (the watcher waits meanwhile, following no new version: a review)
+    import fds.models.scorer as scorer_mod
+
+    srv._give_up.clear()
+    fails[:] = [OSError(30, "Read-only file system")] * 10**6
+    scorer_mod.RECORD_GIVE_UP_S, was = 0.05, scorer_mod.RECORD_GIVE_UP_S
+    try:
+        with pytest.raises(OSError):
+            srv._write(reg, "promote v000004", change, retries=(0.001, 0.002))
+    finally:
+        scorer_mod.RECORD_GIVE_UP_S = was
 
 
 def test_registry_problems_are_logged_once_each(tmp_path: Path, caplog) -> None:
