@@ -622,6 +622,10 @@ def dead_letter_message(
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
 
+#: The most poll_timeout_ms and shutdown_timeout_s take: with one another, under 10 s.
+_STOP_BOUNDS = {"poll_timeout_ms": 1000, "shutdown_timeout_s": 9.0}
+
+
 def check_topic(name: str) -> str:
     """``name`` if Kafka takes it as a topic name, else a ``ValueError`` saying why (an input
     topic with a space was a traceback from the client; others waited for the broker).
@@ -684,7 +688,7 @@ class KafkaSettings(BaseSettings):
     max_poll_records: int = Field(default=5000, ge=1, le=2**31 - 1)
     # Short so SIGTERM is noticed promptly even when idle.
     # (bounded: a stop is heard between two polls; 99999999999 never stopped, a QA pass)
-    poll_timeout_ms: int = Field(default=100, ge=1, le=1000)
+    poll_timeout_ms: int = Field(default=100, ge=1)
     # How long the broker may hold a fetch until ``fetch_min_bytes`` have arrived (the
     # consumer's own settings; kafka-python's defaults). Under a light load every fetch
     # answers with the few records that came, so the client's per-poll work dominates: a
@@ -708,7 +712,7 @@ class KafkaSettings(BaseSettings):
     # topic is read by every instance (fds.streams.label_feed). None: the features see no labels.
     labels_topic: str | None = None
     # the deadline of a stop: with a poll's wait, under the 10 s promise (inf was taken)
-    shutdown_timeout_s: float = Field(default=8.0, gt=0, le=9.0, allow_inf_nan=False)
+    shutdown_timeout_s: float = Field(default=8.0, gt=0, allow_inf_nan=False)
     # A transaction stamped more than this after its record was produced is dead-lettered
     # (stage validate): a clock or data error that would push every window's watermark ahead.
     # 0: no check.
@@ -795,6 +799,20 @@ class KafkaSettings(BaseSettings):
                     f"{server.strip()!r} is not host:port (e.g. 127.0.0.1:19092; several "
                     "separated by commas)"
                 )
+        return v
+
+    @field_validator("poll_timeout_ms", "shutdown_timeout_s")
+    @classmethod
+    def _within_the_stop(cls, v: float, info: Any) -> float:
+        """At most what the 10 s stop promise leaves (a poll of 99999999999 ms never stopped:
+        a QA pass); more is taken as that, with a warning (a deployment file's 25 s was
+        refused at the upgrade, a review)."""
+        most = _STOP_BOUNDS[info.field_name]
+        if v > most:
+            shown = [f"{x:g}" if isinstance(x, float) else str(x) for x in (v, most)]
+            log.warning("%s %s is more than a stop can wait (10 s): %s is used", info.field_name,
+                        *shown)  # fmt: skip
+            return type(v)(most)
         return v
 
     @field_validator("security_protocol", mode="before")
