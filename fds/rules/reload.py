@@ -27,6 +27,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping
@@ -50,7 +51,7 @@ _GONE = (-1, -1, -1, -1, -1)
 _Key = tuple[int, int, int, int, int]
 #: How long after it was loaded the rules in force may turn out to be a part of their file,
 #: caught while it was written in place (see ReloadingRuleset._caught_mid_write).
-MID_WRITE_S = 60.0
+MID_WRITE_S = 10.0
 
 
 def _key(st: os.stat_result) -> _Key:
@@ -361,13 +362,17 @@ class ReloadingRuleset:
     def _caught_mid_write(self, text: str, key: _Key) -> bool:
         """Were the rules in force read from a part of this file, while it was written in
         place: the same file (inode), its text then a beginning of this one, read at most
-        MID_WRITE_S ago? (The first 6 of 14 rules, without the policy, decided under the new
-        version, and the whole file was then refused for that version for good: a QA pass.)
-        An edit that adds rules at the end later than that needs a new version, as any."""
-        was = self._in_force_key
+        MID_WRITE_S ago, cut inside a line or short of a section (the policy) the whole file
+        has? (The first 6 of 14 rules, without the policy, decided under the new version, and
+        the whole file was then refused for that version for good: a QA pass.) An edit that
+        adds rules at the end needs a new version, as any."""
+        was, part = self._in_force_key, self._text
         return (
-            was is not None and was[2:4] == key[2:4] and len(text) > len(self._text)
-            and text.startswith(self._text) and time.monotonic() - self._loaded_at <= MID_WRITE_S
+            was is not None and was[2:4] == key[2:4] and len(text) > len(part)
+            and text.startswith(part) and time.monotonic() - self._loaded_at <= MID_WRITE_S
+            # cut inside a line, or short of a section the whole file has (its policy): not
+            # an edit that added rules at the end (that needs a new version: a review)
+            and (not part.endswith("\n") or bool(_sections(text) - _sections(part)))
         )  # fmt: skip
 
     def _keep(self, text: str) -> None:
@@ -510,6 +515,11 @@ class ReloadingRuleset:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _sections(text: str) -> set[str]:
+    """The top-level keys of a rules file's text."""
+    return set(re.findall(r"^([A-Za-z_][\w-]*)[ \t]*:", text, re.MULTILINE))
 
 
 def _source(path: Path) -> str:

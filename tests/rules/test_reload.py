@@ -413,9 +413,9 @@ def test_a_file_read_while_written_in_place_is_taken_whole_under_its_version(
     rs = ReloadingRuleset(p, start=False, settle_seconds=0)
     whole = rules("v2", 100) + (
         "  - id: huge\n    when: amount > 900\n    action: decline\n    score: 0.9\n"
-        "    reason: Huge\n"
+        "    reason: Huge\npolicy:\n  review_at: 0.6\n"
     )  # fmt: skip
-    part = rules("v2", 100)
+    part = rules("v2", 100)  # (a valid rules file: fewer rules, no policy)
     with open(p, "w") as f:  # in place: the same inode, a pause after the first part
         f.write(part)
     assert rs.check_now() == "ok" and len(rs.current.rules) == 1
@@ -425,14 +425,36 @@ def test_a_file_read_while_written_in_place_is_taken_whole_under_its_version(
     with caplog.at_level("WARNING", logger="fds.rules"):
         assert rs.check_now() == "ok" and len(rs.current.rules) == 2
     assert "was read while being written" in caplog.text and rs.current.version == "v2"
-    # an addition at the end later than MID_WRITE_S: a new version needed, as for any change
-    with open(p, "a") as f:
-        f.write("  - id: odd\n    when: amount == 7\n    action: review\n    score: 0.5\n"
-                "    reason: Odd\n")  # fmt: skip
-    monkeypatch.setattr(reload_mod, "MID_WRITE_S", 0.0)
+    # an edit that adds a rule at the end (no section the file lacked), even at once: a new
+    # version needed, as for any change (a review)
+    text = p.read_text()
+    with open(p, "w") as f:
+        f.write(text.replace("policy:", "  - id: odd\n    when: amount == 7\n    action: "
+                             "review\n    score: 0.5\n    reason: Odd\npolicy:"))  # fmt: skip
     os.utime(p, ns=(time.time_ns() + 2 * 10**6,) * 2)
     assert rs.check_now() == "rejected" and len(rs.current.rules) == 2
     assert "the rules changed but the version did not ('v2')" in str(rs.last_error)
+    # a rule added at the end of a file whose whole text (newline, sections) was in force, in
+    # place and at once: an edit, not a writer caught mid-way (a review: taken under v3)
+    with open(p, "w") as f:
+        f.write(rules("v3", 100))
+    os.utime(p, ns=(time.time_ns() + 3 * 10**6,) * 2)
+    assert rs.check_now() == "ok"
+    with open(p, "a") as f:
+        f.write("  - id: odd\n    when: amount == 7\n    action: review\n    score: 0.5\n"
+                "    reason: Odd\n")  # fmt: skip
+    os.utime(p, ns=(time.time_ns() + 4 * 10**6,) * 2)
+    assert rs.check_now() == "rejected" and len(rs.current.rules) == 1
+    # and the part of a file caught mid-way, completed later than MID_WRITE_S: refused too
+    monkeypatch.setattr(reload_mod, "MID_WRITE_S", 0.0)
+    with open(p, "w") as f:
+        f.write(part.replace("v2", "v4"))
+    os.utime(p, ns=(time.time_ns() + 5 * 10**6,) * 2)
+    assert rs.check_now() == "ok"
+    with open(p, "a") as f:
+        f.write(whole.replace("v2", "v4")[len(part) :])
+    os.utime(p, ns=(time.time_ns() + 6 * 10**6,) * 2)
+    assert rs.check_now() == "rejected" and rs.current.version == "v4"
 
 
 def test_a_rules_file_that_does_not_load_at_start_decides_with_the_copy_kept(
