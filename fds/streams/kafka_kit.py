@@ -970,21 +970,31 @@ def exit_reason(data_dir: Path | str | None = None) -> str | None:
     return (said[-1][:300] if said else "nothing in its log") + f" ({ddir / 'broker.log'})"
 
 
-class _TopicSpec(pydantic.BaseModel):
-    """One topic of a topic specs file (``streams/topics.yaml``)."""
+def _whole_text(v: Any) -> Any:
+    """A whole number written as text (`partitions: "6"`, taken before): that number."""
+    return int(v) if isinstance(v, str) and v.strip().isdigit() else v
 
-    model_config = pydantic.ConfigDict(extra="forbid", strict=True)
+
+class _TopicSpec(pydantic.BaseModel):
+    """One topic of a topic specs file (``streams/topics.yaml``); a key of its own (a
+    description) is said and left out."""
+
+    model_config = pydantic.ConfigDict(extra="allow", strict=True)
     name: str | None = None
     partitions: int = pydantic.Field(ge=1, le=1_000_000)
     replication_factor: int | None = pydantic.Field(default=None, ge=1, le=32_767)
     key: str | None = None  # (documentation: what the records are keyed by)
     configs: dict[str, str | int | float | bool] = {}
+    _numbers = pydantic.field_validator("partitions", "replication_factor", mode="before")(
+        _whole_text
+    )
 
 
 class _TopicsFile(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(extra="forbid", strict=True)
+    model_config = pydantic.ConfigDict(extra="allow", strict=True)
     replication_factor: int = pydantic.Field(default=1, ge=1, le=32_767)
     topics: dict[str, _TopicSpec]
+    _numbers = pydantic.field_validator("replication_factor", mode="before")(_whole_text)
 
 
 def _config_text(v: str | int | float | bool) -> str:
@@ -1012,6 +1022,10 @@ def load_topic_specs(path: Path | str = TOPICS_FILE) -> dict[str, dict[str, Any]
     except pydantic.ValidationError as e:
         raise invalid(path, e, _TopicsFile, "a topic specs file") from None
     specs: dict[str, dict[str, Any]] = {}
+    unknown = [*(spec.model_extra or {})]
+    unknown += [f"topics.{n}.{k}" for n, t in spec.topics.items() for k in t.model_extra or {}]
+    if unknown:  # (taken before, as documentation: said, not refused)
+        log.warning("%s: keys fds does not read, left out: %s", path, ", ".join(unknown))
     for logical, t in spec.topics.items():
         specs[logical] = {
             "name": t.name or logical,
