@@ -183,8 +183,6 @@ class Aligner:
 
     def _holds_back(self, tp: Any, now: float) -> bool:
         """Does empty partition ``tp`` still have input to read (and has not waited too long)?"""
-        if self.max_wait_s <= 0:  # (no waits: --align-wait 0; it held for good, a review)
-            return False
         hw = self.consumer.highwater(tp)  # of the last fetch: local, no request
         if hw is not None and (
             self._next.get(tp, 0) >= hw or fetched_to(self.consumer, tp, 0) >= hw

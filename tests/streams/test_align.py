@@ -158,15 +158,6 @@ def test_partitions_that_are_behind_wait_together_not_one_after_another():
 P = ["p0", "p1"]
 
 
-def test_no_wait_holds_nothing_back():
-    """A review: `--align-wait 0` (allowed) re-armed every wait at each pass, and a partition
-    that was behind held the others for good."""
-    c = Consumer(p0=10, p1=10)
-    a = Aligner(c, _key, max_wait_s=0.0)
-    a.add({"p0": _recs("a", [1.0, 2.0]), "p1": _recs("b", [1.5])})
-    assert _names(a.take(10, ["p0", "p1", "p2"])) == ["a0", "b0", "a1"]
-
-
 def test_a_partition_that_gave_nothing_since_it_was_assigned_holds_the_others_back():
     """A chaos run (a restart after a broker outage, at-least-once): one partition's first
     records came seconds after the others', whose wait of max_wait_s ran out meanwhile; they
