@@ -42,6 +42,7 @@ from fds.errors import ConfigError, describe
 from fds.features.spec import DEFAULT_GRACE, grace_seconds
 from fds.policy import Policy
 from fds.rules.ruleset import Ruleset, check_tests, load_ruleset_text, read_rules_file
+from fds.timeutil import format_ts
 
 __all__ = ["ReloadingRuleset", "load_quietly"]
 
@@ -419,10 +420,13 @@ class ReloadingRuleset:
             self._digest = hashlib.sha256(self.path.read_bytes()).digest()
         if self._stat is None:
             self._stat = _GONE
+        when = "?"
+        with contextlib.suppress(OSError):  # (its age: a release before the copy does not
+            when = format_ts(kept.stat().st_mtime)  # update it, a downgrade's rules are newer)
         log.error(
             'rules file %s cannot be used (%s): deciding with the last good rules, version="%s", '
-            "kept in %s; fix the file: it is loaded once it is good",
-            self.path, error, self.current.version, kept,
+            "kept in %s at %s; fix the file: it is loaded once it is good",
+            self.path, error, self.current.version, kept, when,
         )  # fmt: skip
 
     def _check_features(self, new: Ruleset) -> None:
