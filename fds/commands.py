@@ -169,11 +169,6 @@ def _demo(args: argparse.Namespace) -> int:
 
     from fds.bench import run_precision, shown_path, unwritable_dir, warmup_before
 
-    if not args.verbose:  # the progress bar and the table tell the story; -v shows every swap
-        logging.getLogger("fds").setLevel(logging.WARNING)
-        if not args.quiet:  # (but for the bar's progress lines when stderr is no terminal:
-            logging.getLogger("fds.progress").setLevel(logging.INFO)  # 71 s of silence, a QA)
-
     if args.drift_day is None:  # (a fixed 21 refused `--days 20` the user never gave it)
         args.drift_day = 21 if args.days > 21 else args.days // 2
     if args.days < 7 or not 2 <= args.drift_day < args.days:  # (the values: a QA pass)
@@ -188,6 +183,11 @@ def _demo(args: argparse.Namespace) -> int:
         say(f"fds demo: error: --out-dir {str(args.out_dir)!r}: cannot write there ({why}): "
             "name a folder you can write to")  # fmt: skip
         return 2
+    # (after the checks: a refused demo left the process's fds logger at WARNING, a CI run)
+    if not args.verbose:  # the progress bar and the table tell the story; -v shows every swap
+        logging.getLogger("fds").setLevel(logging.WARNING)
+        if not args.quiet:  # (but for the bar's progress lines when stderr is no terminal:
+            logging.getLogger("fds.progress").setLevel(logging.INFO)  # 71 s of silence, a QA)
     res = run_precision(
         days=args.days,
         cards=args.cards,
