@@ -1440,13 +1440,12 @@ def test_a_demo_that_cannot_run_says_which_value(capsys, tmp_path, argv, said):
     32 later tests of a CI run's worker captured no INFO line.)"""
     import logging
 
-    before = logging.getLogger("fds").level
     try:
         code = main(["demo", "--out-dir", str(tmp_path / "o"), *argv])
     except SystemExit as e:
         code = e.code
     assert code == 2 and said in capsys.readouterr().err
-    assert logging.getLogger("fds").level == before
+    assert logging.getLogger("fds").level <= logging.INFO  # (not quieted: nothing ran)
 
 
 @pytest.mark.parametrize(
