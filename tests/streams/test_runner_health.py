@@ -4,6 +4,7 @@ against the real one: tests/integration/test_kafka_health.py."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 from kafka.errors import KafkaConnectionError
@@ -261,7 +262,8 @@ def test_an_unanswered_probe_says_how_long_and_for_how_long_more(caplog, monkeyp
     from fds.streams.kafka import BrokerUnavailable, BrokerWatch
 
     clock = [100.0]
-    monkeypatch.setattr(kafka_mod.time, "monotonic", lambda: clock[0])
+    # (the module's own clock: time.monotonic itself is every thread's)
+    monkeypatch.setattr(kafka_mod, "time", SimpleNamespace(monotonic=lambda: clock[0]))
     watch = BrokerWatch(lambda _t: "KafkaTimeoutError: no answer", 60.0, lambda: "gone")
     clock[0] += 12.0
     with caplog.at_level("WARNING", logger="fds.streams.kafka"):

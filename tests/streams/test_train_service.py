@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -57,7 +58,8 @@ def test_checkpoints_are_taken_at_most_every_interval_and_at_a_publish(tmp_path,
     import fds.streams.train as train_mod
 
     clock = [1000.0]
-    monkeypatch.setattr(train_mod.time, "monotonic", lambda: clock[0])
+    # (the module's own clock: time.monotonic itself is every thread's)
+    monkeypatch.setattr(train_mod, "time", SimpleNamespace(monotonic=lambda: clock[0]))
     svc = service(tmp_path, checkpoint_every_s=1.0)
     d = TopicPartition("decisions", 0)
     svc.consumer = Consumer({d: 100})
