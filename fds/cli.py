@@ -435,6 +435,11 @@ def file_path(what: str) -> Callable[[str], Path]:
     return parse
 
 
+#: argparse type of every --registry: a folder path, not empty (an empty one was the working
+#: directory, a QA pass).
+registry_folder = file_path("model registry folder")
+
+
 def file_or_none(what: str) -> Callable[[str], Path | None]:
     """argparse type: :func:`file_path`, or ``none`` for none.
 

@@ -7,21 +7,19 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fds.cli import file_path
+from fds.cli import registry_folder
 from fds.errors import ArtifactError, ConfigError
 from fds.logs import say
 
 __all__ = ["register"]
-
-_FOLDER = file_path("model registry folder")  # (an empty one was the working directory)
 
 
 def register(subparsers: Any) -> None:
     """Add ``fds models ...`` to the CLI."""
     p = subparsers.add_parser("models", help="model registry: list, show, promote, rollback")
     p.add_argument(
-        "--registry", type=_FOLDER, default=None,
-        help="registry folder (default: --config's registry, else $FDS_REGISTRY, else "
+        "--registry", type=registry_folder, default=None,
+        help="registry folder (default: $FDS_REGISTRY, else --config's registry, else "
         "models/registry)",
     )  # fmt: skip
     p.add_argument(
@@ -33,7 +31,7 @@ def register(subparsers: Any) -> None:
     # --registry is also accepted after the command (`fds models list --registry DIR`)
     after = argparse.ArgumentParser(add_help=False)
     after.add_argument(
-        "--registry", type=_FOLDER, default=argparse.SUPPRESS, help="registry folder"
+        "--registry", type=registry_folder, default=argparse.SUPPRESS, help="registry folder"
     )
     after.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="settings file")
     sub.add_parser("list", parents=[after], help="versions, newest last, with status").set_defaults(

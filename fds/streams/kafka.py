@@ -115,7 +115,14 @@ from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from fds.cli import arg_type, file_or_none, file_path, positive_float, positive_int
+from fds.cli import (
+    arg_type,
+    file_or_none,
+    file_path,
+    positive_float,
+    positive_int,
+    registry_folder,
+)
 from fds.errors import (
     ConfigError,
     FdsError,
@@ -4486,7 +4493,7 @@ def register_run(subparsers: argparse._SubParsersAction) -> None:
         help="model spec YAML, or 'none' (default: models/default.yaml)",
     )  # fmt: skip
     p.add_argument(
-        "--registry", type=file_path("model registry folder"), default=None,
+        "--registry", type=registry_folder, default=None,
         help="model registry dir to serve from (env FDS_REGISTRY or --config's registry; "
         "default: models/registry); `fds train` publishes there",
     )  # fmt: skip

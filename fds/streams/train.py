@@ -65,7 +65,7 @@ from kafka import ConsumerRebalanceListener, KafkaProducer
 from kafka.errors import FencedInstanceIdError, KafkaError, MessageSizeTooLargeError
 from kafka.structs import OffsetAndMetadata
 
-from fds.cli import file_path
+from fds.cli import registry_folder
 from fds.errors import ArtifactError, ConfigError, FdsError, describe
 from fds.health import Health, stale_after
 from fds.logs import say
@@ -1134,7 +1134,7 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
     _add_settings_flags(p, TRAIN_SETTINGS, {"group": _GROUP_HELP, "state_dir": _STATE_HELP})
     p.add_argument("--spec", type=Path, default=DEFAULT_MODEL, help="model spec YAML")
     p.add_argument(
-        "--registry", type=file_path("model registry folder"), default=None,
+        "--registry", type=registry_folder, default=None,
         help="publish versions here (the registry `fds run` serves from; env FDS_REGISTRY or "
         f"--config's registry; default: {DEFAULT_REGISTRY})",
     )  # fmt: skip
