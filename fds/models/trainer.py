@@ -91,8 +91,10 @@ class SnapshotStore(Protocol):
         ...
 
     def settle(self, tx_id: str, y: bool) -> None:
-        """Label ``y`` was learned from it: drop its input, keep its id (and ``y``) until the
-        TTL."""
+        """Label ``y`` was learned from it. A fraud: drop its input, keep its id (and ``y``)
+        until the TTL. Legitimate: it is assumed legitimate from now on, its input kept until
+        the TTL (a chargeback after a legit label, "the customer said it was them", must still
+        find it: it was unjoined for good, a QA pass)."""
         ...
 
     def settled(self, tx_id: str) -> bool | None:
@@ -149,6 +151,12 @@ class MemoryStore:
         return e[0], dict(zip(e[1], e[2], strict=True)), assumed
 
     def settle(self, tx_id: str, y: bool) -> None:
+        if not y:
+            e = self._pending.pop(tx_id, None)
+            if e is not None:
+                self._assumed[tx_id] = e
+                self._assumed_order.append((tx_id, e))
+            return
         e = self._pending.pop(tx_id, None) or self._assumed.pop(tx_id, None)
         if e is not None:
             self._settled[tx_id] = (e[0], y)
@@ -252,8 +260,11 @@ class SqliteStore:
         return row[0], orjson.loads(row[1]), bool(row[2])
 
     def settle(self, tx_id: str, y: bool) -> None:
-        label = b"1" if y else b"0"
-        self._db.execute("UPDATE snaps SET assumed = 2, x = ? WHERE tx_id = ?", (label, tx_id))
+        if not y:
+            sql = "UPDATE snaps SET assumed = 1 WHERE tx_id = ? AND assumed = 0"
+            self._db.execute(sql, (tx_id,))
+            return
+        self._db.execute("UPDATE snaps SET assumed = 2, x = ? WHERE tx_id = ?", (b"1", tx_id))
 
     def settled(self, tx_id: str) -> bool | None:
         sql = "SELECT x FROM snaps WHERE tx_id = ? AND assumed = 2"
@@ -376,7 +387,7 @@ class Trainer:
             "legit_learned": 0,
             "assumed_legit": 0,
             "labels_unjoined": 0,
-            "labels_repeated": 0,  # for a transaction a label was learned from already
+            "labels_repeated": 0,  # adding nothing: learned from already, or legit again
             "late_frauds": 0,
             "drifts": 0,
             "published": 0,
@@ -424,17 +435,18 @@ class Trainer:
         got = self.store.get(label["tx_id"])
         y = bool(label["is_fraud"])
         if got is None:  # the same label again (a producer's retry, counted unjoined: its alert
-            # fired, a QA pass) is repeated; another one (a chargeback after a legit label)
-            # finds no input to learn from, unjoined as before (a review)
+            # fired, a QA pass) is repeated; a legit one after a fraud finds no input to learn
+            # from, unjoined as before (a review)
             repeated = self.store.settled(label["tx_id"]) is y
             self.stats["labels_repeated" if repeated else "labels_unjoined"] += 1
             return False
         _, x, assumed = got
         if assumed:
-            # Already counted as legitimate; only a fraud label changes anything (a late
-            # chargeback, which a legit label before it must not keep from joining). Its legit
-            # sample, if any, is outweighed by learning the fraud now.
+            # Already counted as legitimate (assumed, or labelled so); only a fraud label
+            # changes anything (a late chargeback, which a legit label before it must not keep
+            # from joining). Its legit sample, if any, is outweighed by learning the fraud now.
             if not y:
+                self.stats["labels_repeated"] += 1
                 return False
             self.stats["late_frauds"] += 1
         self.store.settle(label["tx_id"], y)

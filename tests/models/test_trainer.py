@@ -51,9 +51,9 @@ class Recorder:
                 self.events.append(("learn", self.trainer.now))
 
 
-def _trainer(**learn: Any) -> tuple[Trainer, Recorder]:
+def _trainer(store: Any = None, **learn: Any) -> tuple[Trainer, Recorder]:
     rec = Recorder()
-    t = Trainer(_spec(**learn), model=rec)
+    t = Trainer(_spec(**learn), model=rec, store=store)
     rec.trainer = t
     return t, rec
 
@@ -85,20 +85,34 @@ def test_both_stores_tell_a_settled_id(tmp_path) -> None:
         store.put("b", 2.0, {"x": 1.0})
         assert store.settled("a") is None
         store.settle("a", True)
-        store.settle("b", False)
-        assert (store.settled("a"), store.settled("b"), store.settled("c")) == (True, False, None)
+        store.settle("b", False)  # legit: kept as assumed, for a chargeback
+        assert (store.settled("a"), store.settled("b"), store.settled("c")) == (True, None, None)
         assert store.get("a") is None
+        assert store.get("b") == (2.0, {"x": 1.0}, True)
+        assert len(store) == 1
+        store.settle("b", True)
+        assert (store.get("b"), store.settled("b")) == (None, True)
 
 
-def test_a_label_that_contradicts_the_one_learned_is_not_taken_for_a_retry() -> None:
-    """A review: a chargeback after a legit label was counted as a producer's retry, its
-    unjoined count and alert silenced."""
-    t, _ = _trainer(legit_sample_rate=1.0)
-    t.on_decision(_tx(1, 60.0), {"features": {}})
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_a_chargeback_after_a_legit_label_is_learned_as_fraud(kind, tmp_path) -> None:
+    """A QA pass: "the customer said it was them", then a chargeback: the fraud label found
+    no input (the legit label had dropped it) and was never learned. A review before: it was
+    counted as a producer's retry, its unjoined count and alert silenced."""
+    store = MemoryStore() if kind == "memory" else SqliteStore(tmp_path / "s.db")
+    t, rec = _trainer(legit_sample_rate=1.0, store=store)
+    t.on_decision(_tx(1, 60.0), {"features": {"uid": 1}})
     assert t.on_label({"tx_id": "t1", "ts": 100.0, "is_fraud": False})
     assert not t.on_label({"tx_id": "t1", "ts": 101.0, "is_fraud": False})  # a retry
-    assert not t.on_label({"tx_id": "t1", "ts": 102.0, "is_fraud": True})  # a chargeback
-    assert (t.stats["labels_repeated"], t.stats["labels_unjoined"]) == (1, 1)
+    assert t.on_label({"tx_id": "t1", "ts": 102.0, "is_fraud": True})  # a chargeback
+    assert not t.on_label({"tx_id": "t1", "ts": 103.0, "is_fraud": True})  # its retry
+    assert not t.on_label({"tx_id": "t1", "ts": 104.0, "is_fraud": False})  # contradicts it
+    assert [y for _, y in rec.learned] == [False, True]
+    assert rec.learned[1][0]["uid"] == 1.0  # its own decision-time input
+    assert (t.stats["labels_repeated"], t.stats["labels_unjoined"]) == (2, 1)
+    assert (t.stats["late_frauds"], t.stats["frauds_learned"]) == (1, 1)
+    t.advance(100 * 86400.0)  # past assume_legit_after: not learned again
+    assert t.stats["assumed_legit"] == 0 and len(store) == 0
 
 
 def test_legit_sampling_is_deterministic_by_tx_id() -> None:
@@ -408,7 +422,7 @@ def test_the_memory_store_takes_entries_oldest_first_skipping_those_settled() ->
     store.settle("b", True)
     assert [k for k, _, _ in store.assume_older(3.0)] == ["a", "c"]
     assert [k for k, _, _ in store.assume_older(3.0)] == []
-    store.settle("c", False)
+    store.settle("c", True)
     assert store.expire(10.0) == 1  # a (c was settled)
     assert [k for k, _, _ in store.assume_older(10.0)] == ["d", "e"] and len(store) == 2
     assert store.expire(10.0) == 2 and len(store) == 0
