@@ -175,7 +175,7 @@ from fds.streams.kafka_kit import (
     close_producer,
     flush_within,
 )
-from fds.streams.label_feed import LabelFeed, reads_labels
+from fds.streams.label_feed import LabelFeed, idle_input_ms, reads_labels
 from fds.streams.rebuild import (
     STAGES_TAIL_S,
     horizon_seconds,
@@ -1668,7 +1668,7 @@ class Runner:
         feed = self.labels
         if feed is None or self._unresolved:
             return
-        input_ms = math.inf if idle else self._input_ms
+        input_ms = idle_input_ms(self._input_ms) if idle else self._input_ms
         now = time.monotonic()
         try:
             if self._labels_due:

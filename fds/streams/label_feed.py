@@ -11,10 +11,12 @@ counted as unmatched and changes nothing).
 
 A label whose transaction this instance has not decided yet waits while the input has not
 caught up with it (the label's record timestamp, when it was produced, is ahead of the newest
-input record decided and the input is not idle): after a restart, a backlog of transactions
-and one of labels are read side by side, and a label is applied once its transaction is
-decided, not dropped as unmatched before. Other labels are applied at once, before the next
-batch is decided. At most ``MAX_HELD`` labels wait.
+input record decided; with the input idle, ahead of :data:`RACE_S` ago, :func:`idle_input_ms`):
+after a restart, a backlog of transactions and one of labels are read side by side, and a label
+is applied once its transaction is decided, not dropped as unmatched before; and a labeller a
+few seconds ahead of the transactions' producer finds its transaction (applied at once to an
+idle input, such a label was unmatched until a restart read it again: a QA pass). Other labels
+are applied at once, before the next batch is decided. At most ``MAX_HELD`` labels wait.
 
 A label counts only for decisions of transactions later in event time than the label itself
 (its ``ts``, when it became known), as in a replay: one whose transaction is decided but whose
@@ -48,12 +50,22 @@ from fds.errors import ConfigError
 from fds.schema import check_not_ahead, loads_record, parse_label
 from fds.streams.rebuild import start_offsets
 
-__all__ = ["LabelFeed", "reads_labels"]
+__all__ = ["LabelFeed", "idle_input_ms", "reads_labels"]
 
 #: Label records fetched per call of :meth:`LabelFeed.poll` (the rest waits for the next one).
 MAX_PER_POLL = 2000
 #: Labels that wait for their transaction; beyond it, more are applied at once (unmatched).
 MAX_HELD = 100_000
+#: With the input idle, a label produced less than this long ago waits for its transaction:
+#: the two are produced by different systems, the label may come first by a few seconds.
+RACE_S = 10.0
+
+
+def idle_input_ms(newest_ms: float) -> float:
+    """What :meth:`LabelFeed.poll` takes for ``input_ms`` while every input partition is read
+    to its end: the newest input record decided (``newest_ms``), or :data:`RACE_S` ago on
+    this machine's clock if later (a label produced since then still waits)."""
+    return max(newest_ms, time.time() * 1000.0 - RACE_S * 1000.0)
 
 
 def reads_labels(plan: Any) -> bool:
@@ -175,7 +187,8 @@ class LabelFeed:
     def poll(self, input_ms: float) -> int:
         """Apply the labels that have arrived (no wait); a label whose transaction is unknown
         waits while it was produced after ``input_ms`` (the newest input record decided;
-        ``inf`` when the input is idle). Returns how many were applied or made due."""
+        :func:`idle_input_ms` when the input is idle). Returns how many were applied or made
+        due."""
         if not self._tps:
             return 0
         self._fetch(timeout_ms=0)

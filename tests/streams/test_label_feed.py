@@ -13,7 +13,7 @@ from kafka.structs import OffsetAndTimestamp
 from fds.errors import ConfigError
 from fds.features import FeaturePlan
 from fds.rules.ruleset import FeatureSpec
-from fds.streams.label_feed import LabelFeed, reads_labels
+from fds.streams.label_feed import RACE_S, LabelFeed, idle_input_ms, reads_labels
 
 Rec = namedtuple("Rec", "topic partition offset timestamp value")
 # Record timestamps (ms) in these tests are offsets from now: the feed reads the labels topic
@@ -110,6 +110,25 @@ def test_a_label_for_a_transaction_that_can_no_longer_come_is_not_held():
     assert feed.rewind(input_ms=NOW_MS + 4_000) == 0  # the input may still bring "gone": held
     assert feed.poll(input_ms=NOW_MS + 5_000) == 1  # the input passed the label: applied, unmatched
     assert p.unmatched_labels == 1
+
+
+def test_with_the_input_idle_a_label_a_few_seconds_ahead_of_its_transaction_waits_for_it():
+    """A QA pass: a labeller a few seconds ahead of the transactions' producer; `fds run`,
+    its input read to the end, took the label's transaction for one that can no longer come
+    (unmatched: the merchant's fraud count stayed 0 until a restart read the label again)."""
+    p = plan()
+    old_ms = -int(RACE_S * 1000) - 5_000  # produced longer ago than RACE_S
+    feed = LabelFeed(FakeConsumer([label(0, "gone", old_ms), label(1, "x", -1_000)]), "labels", p)
+    assert feed.rewind(input_ms=idle_input_ms(NOW_MS + old_ms - 1)) == 1  # "gone": unmatched
+    assert p.unmatched_labels == 1 and set(feed.waiting) == {"x"}
+    p.compute(tx("x", 1_767_225_400.0))  # its transaction comes, decided by fds run
+    assert feed.reached("x") == 1
+    feed.release(1_767_225_600.0)  # (the next decision, later than the label)
+    assert p.compute(tx("y", 1_767_225_600.0))["m_frauds"] == 1 and p.unmatched_labels == 1
+    # the input stays idle: past RACE_S, a label whose transaction never came is unmatched
+    feed = LabelFeed(FakeConsumer([label(0, "never", -1_000)]), "labels", plan())
+    assert feed.rewind(input_ms=idle_input_ms(-math.inf)) == 0
+    assert feed.poll(input_ms=idle_input_ms(-math.inf) + RACE_S * 1000) == 1
 
 
 def test_only_plans_with_label_aware_features_read_labels():

@@ -1083,6 +1083,29 @@ def test_a_commit_the_broker_aborted_on_its_timeout_is_decided_again(tmp_path, c
     assert r.stats.commits == 2 and r._positions == {0: 6}
 
 
+class Scripted(Consumer):
+    """Polls that return ``polls`` one after the other, then nothing; the high watermark is
+    ``highwater``, or (``None``) what was read so far: the input read to its end."""
+
+    def __init__(self, polls: list[dict], highwater: int | None = None) -> None:
+        super().__init__()
+        self.polls, self.hw, self.read = polls, highwater, 0
+
+    def poll(self, timeout_ms: int, max_records: int) -> dict:
+        got = self.polls.pop(0) if self.polls else {}
+        self.read += sum(len(v) for v in got.values())
+        return got
+
+    def highwater(self, tp: Any) -> int:
+        return self.read if self.hw is None else self.hw
+
+    def position(self, tp: Any, timeout_ms: int | None = None) -> int:
+        return self.read
+
+    def seek(self, tp: Any, offset: int) -> None:
+        pass
+
+
 def test_labels_for_the_input_backlog_wait_for_it_after_a_restart():
     """Found by a review: the first poll after a start returns nothing (the group join uses up
     its time), which looked like an idle input, so every label was applied at once: a label
@@ -1104,38 +1127,52 @@ def test_labels_for_the_input_backlog_wait_for_it_after_a_restart():
         Record("transactions", 0, 1, NOW_MS - 500, b"c1", tx(1, 1_767_225_660.0)),
     ]
 
-    class Joining(Consumer):
-        """Poll 1: the group join, nothing; poll 2: the backlog; then nothing."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.polls: list[dict] = [{}, {TP: backlog}]
-            self.read = 0
-
-        def poll(self, timeout_ms: int, max_records: int) -> dict:
-            got = self.polls.pop(0) if self.polls else {}
-            self.read += sum(len(v) for v in got.values())
-            return got
-
-        def highwater(self, tp: Any) -> int:
-            return len(backlog)
-
-        def position(self, tp: Any, timeout_ms: int | None = None) -> int:
-            return self.read
-
-        def seek(self, tp: Any, offset: int) -> None:
-            pass
-
     spec = FeatureSpec(name="m_frauds", entity="merchant_id", agg="fraud_count", window="7d")
     plan = FeaturePlan([spec], timezone="UTC")
     r = Runner(KafkaSettings(max_unacked_batches=0, align_wait_s=0), Engine(features=plan))
-    r.consumer, r.producer = Joining(), Producer()
+    # poll 1: the group join, nothing; poll 2: the backlog; then nothing
+    r.consumer, r.producer = Scripted([{}, {TP: backlog}], highwater=len(backlog)), Producer()
     r.aligner = Aligner(r.consumer, r._event_time, max_wait_s=0)
     # t0's fraud label was produced while fds run was down, after t0
     r.labels = LabelFeed(FakeConsumer([label(0, "t0", -800)]), "labels", plan)
     r._poll_loop(max_idle_s=0.3)
     assert plan.unmatched_labels == 0
     later = {"tx_id": "t9", "ts": 1_767_225_700.0, "merchant_id": "m", "card_id": "c9"}
+    assert plan.compute(later)["m_frauds"] == 1
+
+
+def test_with_the_input_idle_a_label_produced_just_before_its_transaction_waits_for_it():
+    """A QA pass: a labeller a few seconds ahead of the transactions' producer. fds run, its
+    input read to the end, applied the label at once: its transaction unknown, it was counted
+    unmatched, and the merchant's later decisions did not count the fraud until a restart."""
+    import orjson
+
+    from fds.features import FeaturePlan
+    from fds.rules.ruleset import FeatureSpec
+    from fds.streams.label_feed import LabelFeed
+    from tests.streams.test_label_feed import FakeConsumer, Rec
+
+    now_ms = int(time.time() * 1000)
+
+    def tx(i: int, ts: float) -> Record:
+        v = {"tx_id": f"t{i}", "ts": ts, "card_id": f"c{i}", "merchant_id": "m", "amount": 5.0}
+        ms = now_ms - 2000 if i == 0 else now_ms + i  # (t0, then the label, then t1 and t2)
+        return Record("transactions", 0, i, ms, f"c{i}".encode(), orjson.dumps(v))
+
+    spec = FeatureSpec(name="m_frauds", entity="merchant_id", agg="fraud_count", window="7d")
+    plan = FeaturePlan([spec], timezone="UTC")
+    r = Runner(KafkaSettings(max_unacked_batches=0, align_wait_s=0), Engine(features=plan))
+    # poll 1: t0; poll 2: nothing (read to its end: idle; the label is read then); poll 3: t1
+    # (the label's) and t2, later than the label; then nothing
+    t0 = 1_767_225_600.0
+    polls: list[dict] = [{TP: [tx(0, t0)]}, {}, {TP: [tx(1, t0 + 60), tx(2, t0 + 99)]}]
+    r.consumer, r.producer = Scripted(polls), Producer()
+    r.aligner = Aligner(r.consumer, r._event_time, max_wait_s=0)
+    body = orjson.dumps({"tx_id": "t1", "ts": 1_767_225_690.0, "is_fraud": True})
+    r.labels = LabelFeed(FakeConsumer([Rec("labels", 0, 0, now_ms - 1000, body)]), "labels", plan)
+    r._poll_loop(max_idle_s=0.3)
+    assert plan.unmatched_labels == 0
+    later = {"tx_id": "t9", "ts": 1_767_225_800.0, "merchant_id": "m", "card_id": "c9"}
     assert plan.compute(later)["m_frauds"] == 1
 
 
