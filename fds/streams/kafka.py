@@ -167,6 +167,7 @@ from fds.streams.files import (
     read_yaml,
 )
 from fds.streams.kafka_kit import (
+    DEFAULT_BOOTSTRAP,
     Call,
     ClientErrors,
     Consumer,
@@ -553,6 +554,8 @@ DLQ_KEY_KEPT = 1024
 #: line (a stream of bad records wrote a line each, ~15 GB of log a day at 1,000 a second: a
 #: QA pass). All are in the dead-letter topic and fds_dead_letters_total.
 DLQ_SAID_PER_WINDOW = 10
+#: Characters of a dead letter's reason in its log line (the whole reason is in the record).
+DLQ_REASON_LOGGED = 200
 DLQ_SAID_WINDOW_S = 60.0
 
 
@@ -663,7 +666,7 @@ class KafkaSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="FDS_", frozen=True, extra="forbid")
 
-    bootstrap: str = "127.0.0.1:19092"
+    bootstrap: str = DEFAULT_BOOTSTRAP
     input_topic: str = "transactions"
     output_topic: str = "decisions"
     dlq_topic: str = "dead-letters"
@@ -3742,9 +3745,10 @@ class Runner:
         self._dead_letters_minute(time.monotonic())
         if self._dlq_said < DLQ_SAID_PER_WINDOW:
             self._dlq_said += 1
-            log.warning(
-                'dead letter stage="%s" error="%s" partition="%s[%d]" offset="%d"',
+            log.warning(  # (with its reason: the line said only the error's class, a README walk)
+                'dead letter stage="%s" error="%s" partition="%s[%d]" offset="%d" reason="%s"',
                 stage, type(exc).__name__, msg.topic, msg.partition, msg.offset,
+                str(exc)[:DLQ_REASON_LOGGED],
             )  # fmt: skip
         else:
             self._dlq_unsaid[stage] = self._dlq_unsaid.get(stage, 0) + 1

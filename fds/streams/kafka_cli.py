@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +144,16 @@ def _up(args: argparse.Namespace) -> int:
         kafka_kit.create_topics(bootstrap)
     print(bootstrap)
     _print_secure(args.data_dir)
+    default = kafka_kit.DEFAULT_BOOTSTRAP
+    if bootstrap != default and os.environ.get("FDS_BOOTSTRAP") != bootstrap:
+        # (the README's next commands went on to whatever answered on the default port, with
+        # no error: a README walk on a shared machine)
+        also = f"; and `fds kafka status|down` --data-dir {args.data_dir}" if args.data_dir else ""
+        print(
+            f"note: fds's commands connect to {default} unless told: give them --bootstrap "
+            f"{bootstrap}, or `export FDS_BOOTSTRAP={bootstrap}`{also}",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -57,6 +57,7 @@ from fds.models.registry import write_atomic
 from fds.timeutil import WAKE_S
 
 __all__ = [
+    "DEFAULT_BOOTSTRAP",
     "DEFAULT_CONTROLLER_PORT",
     "DEFAULT_PORT",
     "KAFKA_VERSION",
@@ -83,6 +84,8 @@ log = logging.getLogger(__name__)
 
 # Off Kafka's 9092/9093 so the kit never collides with a broker the user already runs.
 DEFAULT_PORT = 19092
+#: Where fds's clients connect unless told (``KafkaSettings.bootstrap``): the kit's default.
+DEFAULT_BOOTSTRAP = f"127.0.0.1:{DEFAULT_PORT}"
 DEFAULT_CONTROLLER_PORT = 19093
 # Matches streams/kafka/pom.xml; override with FDS_KAFKA_VERSION for another 4.x release.
 KAFKA_VERSION = os.environ.get("FDS_KAFKA_VERSION", "4.1.1")

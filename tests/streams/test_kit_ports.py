@@ -182,3 +182,24 @@ def test_a_topic_specs_file_of_before_is_taken(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="fds.streams.kafka_kit"):
         assert kafka_kit.load_topic_specs(p)["t"]["partitions"] == 6
     assert "keys fds does not read, left out: topics.t.description" in caplog.text
+
+
+def test_up_on_another_port_says_how_fds_s_commands_reach_it(tmp_path, monkeypatch, capsys):
+    """A README walk on a shared machine: after `fds kafka up --port 29192`, the README's next
+    commands (no --bootstrap) went to whatever broker answered on 19092, with no error."""
+    from fds.cli import main
+
+    monkeypatch.setattr(kafka_kit, "up", lambda port=None, *a, **kw: f"127.0.0.1:{port or 19092}")
+    monkeypatch.delenv("FDS_BOOTSTRAP", raising=False)
+    ddir = tmp_path / "k"
+    assert main(["kafka", "up", "--port", "29192", "--data-dir", str(ddir), "--no-topics"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "127.0.0.1:29192\n"  # (scripts read it)
+    assert "--bootstrap 127.0.0.1:29192" in err and "FDS_BOOTSTRAP=127.0.0.1:29192" in err
+    assert f"--data-dir {ddir}" in err
+    monkeypatch.setenv("FDS_BOOTSTRAP", "127.0.0.1:29192")  # told already: nothing to say
+    assert main(["kafka", "up", "--port", "29192", "--no-topics"]) == 0
+    assert capsys.readouterr().err == ""
+    monkeypatch.delenv("FDS_BOOTSTRAP")
+    assert main(["kafka", "up", "--no-topics"]) == 0  # the default port: nothing to say
+    assert capsys.readouterr().err == ""
