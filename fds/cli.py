@@ -25,6 +25,7 @@ from typing import Any
 
 from fds.errors import ConfigError, FdsError, describe
 from fds.logs import configure_logging, say
+from fds.shipped import ROOT
 
 __all__ = ["build_parser", "main"]
 
@@ -54,8 +55,11 @@ class _Formatter(argparse.HelpFormatter):
             and default not in (None, False, True, argparse.SUPPRESS)
             and "default" not in text
         ):
-            # (a file shipped in the package: as the README names it, rules/default.yaml)
-            shown = Path(*default.parts[-2:]) if isinstance(default, Path) else default
+            # (a file shipped in the package: as the README names it, rules/default.yaml; said
+            # shipped: a rules/default.yaml of the working folder is not it, a README walk)
+            shown = default
+            if isinstance(default, Path) and default.is_relative_to(ROOT):
+                shown = f"the shipped {Path(*default.parts[-2:])}"
             text += f" (default: {str(shown).replace('%', '%%')})"
         return text
 

@@ -77,13 +77,13 @@ def register(sub: Any) -> None:
         "--rules",
         type=file_or_none("rules file"),
         default=DEFAULT_RULES,
-        help="rules YAML, or 'none' (default: rules/default.yaml)",
+        help="rules YAML, or 'none' (default: the shipped rules/default.yaml)",
     )
     p.add_argument(
         "--model",
         type=file_or_none("model spec"),
         default=DEFAULT_MODEL,
-        help="model spec YAML, or 'none' (default: models/default.yaml)",
+        help="model spec YAML, or 'none' (default: the shipped models/default.yaml)",
     )
     p.add_argument(
         "--out",

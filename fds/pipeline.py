@@ -12,6 +12,7 @@ so every door runs the same code path.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,24 @@ __all__ = ["DEFAULT_MODEL", "DEFAULT_RULES", "build_engine"]
 BREAKER_WINDOW = 2_000
 BREAKER_MIN_EVENTS = 200
 BREAKER_MULTIPLE = 3.0  # a rule may triple the decline/review rate before it is demoted
+
+
+def _say_if_shadowed(rules: str | Path) -> None:
+    """Warn when the shipped rules decide while the working folder has a ``rules/default.yaml``
+    of its own: a user editing that file without ``--rules`` saw no change and no word (a
+    README walk: the decisions carried the shipped ruleset's version)."""
+    here = Path("rules") / DEFAULT_RULES.name
+    if Path(rules) != DEFAULT_RULES or not here.is_file():
+        return
+    with contextlib.suppress(OSError):
+        if (
+            here.resolve() != DEFAULT_RULES.resolve()
+            and here.read_bytes() != DEFAULT_RULES.read_bytes()
+        ):
+            logging.getLogger("fds.pipeline").warning(
+                "the shipped rules decide (%s), not %s of the working folder: give --rules %s "
+                "to use that one", DEFAULT_RULES, here, here,
+            )  # fmt: skip
 
 
 def build_engine(
@@ -72,6 +91,7 @@ def build_engine(
     rule_stage: Any = None
     policy: Any = None
     if rules is not None:
+        _say_if_shadowed(rules)
         if watch:
             rule_stage = ReloadingRuleset(rules, metrics=metrics, keep=keep_rules)
             ruleset = rule_stage.current

@@ -802,7 +802,7 @@ def test_help_states_the_defaults(capsys):
             ["(default: 14, or the drift day less one", "(default: 7)"],
         ),
         (["kafka", "up"], ["(default: the data dir's, else 19092)"]),
-        (["train"], ["(default: models/default.yaml)", "--config's: decisions)"]),
+        (["train"], ["(default: the shipped models/default.yaml)", "--config's: decisions)"]),
     ]:
         with pytest.raises(SystemExit):
             main([*argv, "--help"])

@@ -234,6 +234,27 @@ def test_a_model_that_reads_the_rules_without_rules_is_warned_about(tmp_path, ca
     assert "reads the rules" not in caplog.text
 
 
+def test_the_shipped_rules_deciding_beside_a_rules_file_of_the_working_folder_is_said(
+    tmp_path, monkeypatch, caplog
+):
+    """A README walk: a user edited rules/default.yaml in their own folder and ran `fds replay`
+    without --rules; the shipped file decided, without a word."""
+    from fds.pipeline import DEFAULT_RULES, build_engine
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rules").mkdir()
+    own = tmp_path / "rules" / "default.yaml"
+    own.write_bytes(DEFAULT_RULES.read_bytes())  # a copy: the same rules, nothing to say
+    with caplog.at_level("WARNING", logger="fds.pipeline"):
+        build_engine(DEFAULT_RULES, None)
+        own.write_text(DEFAULT_RULES.read_text().replace("version:", "version: mine #", 1))
+        build_engine(own, None)  # named: it decides, nothing to say
+        assert "shipped rules" not in caplog.text
+        build_engine(DEFAULT_RULES, None)
+    assert caplog.text.count("the shipped rules decide") == 1
+    assert "give --rules rules/default.yaml to use that one" in caplog.text
+
+
 def test_who_is_demoted_now_is_exported_after_a_restore_too():
     """fds_guardrail_demotions_total restarts at 0 with the process: a rule still demoted by a
     restored engine was invisible."""

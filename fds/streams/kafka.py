@@ -4490,11 +4490,12 @@ def register_run(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument(
         "--rules", type=file_or_none("rules file"), default=DEFAULT_RULES,
-        help="rules YAML, or 'none' (default: rules/default.yaml); reloaded when it changes",
+        help="rules YAML, or 'none' (default: the shipped rules/default.yaml); reloaded when "
+        "it changes",
     )  # fmt: skip
     p.add_argument(
         "--model", type=file_or_none("model spec"), default=DEFAULT_MODEL,
-        help="model spec YAML, or 'none' (default: models/default.yaml)",
+        help="model spec YAML, or 'none' (default: the shipped models/default.yaml)",
     )  # fmt: skip
     p.add_argument(
         "--registry", type=registry_folder, default=None,

@@ -2237,4 +2237,6 @@ def test_dead_letters_past_ten_a_minute_are_said_in_one_line(caplog, monkeypatch
     assert caplog.text.count('error="ValueError" partition="transactions[0]"') == 11
     assert caplog.text.count('reason="bad"') == 11
     runner._dead_letter(bad[0], "parse", ValueError("x" * 5000))  # (the record keeps it whole)
-    assert 'reason="' + "x" * kafka_module.DLQ_REASON_LOGGED + '"' in caplog.records[-1].getMessage()
+    assert (
+        'reason="' + "x" * kafka_module.DLQ_REASON_LOGGED + '"' in caplog.records[-1].getMessage()
+    )
