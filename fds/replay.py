@@ -296,8 +296,10 @@ class ReplaySummary(Alerts):
             *(  # (read next to "known frauds", which counts them: a QA pass found it puzzling)
                 [
                     (
-                        "  at or after the last transaction",
-                        f"{self.labels_after_end:,} (not read)",
+                        # (not a part of "labels read": a row of its own, "not read" under
+                        # "labels read" puzzled a README walk)
+                        "labels after the last transaction",
+                        f"{self.labels_after_end:,} (not applied)",
                     )
                 ]
                 if self.labels_after_end and not self.interrupted

@@ -867,7 +867,7 @@ def test_labels_dated_after_the_last_transaction_are_counted_apart(history, tmp_
     assert bare_replay(str(history), "--labels", str(labels), "--out", str(tmp_path / "o")) == 0
     err = said(capsys)
     assert re.search(r"labels read[\s│]+1\b", err), err
-    assert re.search(r"at or after the last transaction[\s│]+2 \(not read\)", err), err
+    assert re.search(r"labels after the last transaction[\s│]+2 \(not applied\)", err), err
     assert re.search(r"known frauds[\s│]+3\b", err), err
 
 
