@@ -328,7 +328,12 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
             f"{_outcome(ex['candidate'])}",
             file=out,
         )
-        vals = ", ".join(f"{k}={v!r}" for k, v in ex["values"].items())
+        # floats at 10 digits (a mean shown 99.50999999999999: a README walk); exact in
+        # --changed-out
+        vals = ", ".join(
+            f"{k}={v:.10g}" if isinstance(v, float) else f"{k}={v!r}"
+            for k, v in ex["values"].items()
+        )
         if vals:
             print(f"      read: {vals}", file=out)
     if args.changed_out is not None:

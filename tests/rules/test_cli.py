@@ -638,3 +638,24 @@ def test_backtest_shows_its_progress_unless_told_not_to(tmp_path: Path, monkeypa
         assert main([*argv, *extra]) == 0
         err = capsys.readouterr().err
         assert ('msg="progress" task="replay"' in err) is shown, (extra, err)
+
+
+def test_backtest_shows_the_values_read_at_ten_digits(tmp_path, capsys) -> None:
+    """A README walk: a mean was shown as 99.50999999999999; --changed-out keeps it exact."""
+    data = tmp_path / "h.jsonl"
+    rows = [{"tx_id": f"t{i}", "ts": 1767225600 + 60 * i, "card_id": "c", "amount": a}
+            for i, a in enumerate((0.1, 0.2, 0.4))]  # fmt: skip
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    feature = "features:\n  - {name: s, entity: card_id, agg: sum, field: amount, window: 1h}\n"
+    base = _rules(tmp_path, "b", feature + "rules: []\n")
+    cand = _rules(
+        tmp_path, "c",
+        feature + "rules:\n  - {id: big, when: s > 0.25, action: review, score: 1, reason: r}\n",
+    )  # fmt: skip
+    out_file = tmp_path / "changed.jsonl"
+    argv = ["rules", "backtest", "--candidate", str(cand), "--baseline", str(base), str(data)]
+    assert main([*argv, "--changed-out", str(out_file)]) == 0
+    out = capsys.readouterr().out
+    assert "read: s=0.3\n" in out and "read: s=0.7\n" in out  # 0.1 + 0.2, then + 0.4
+    exact = [json.loads(line)["values"]["s"] for line in out_file.read_text().splitlines()]
+    assert exact == [0.1 + 0.2, 0.1 + 0.2 + 0.4]
