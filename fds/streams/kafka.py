@@ -4141,11 +4141,16 @@ def produce_file(
     target = topic or settings.input_topic
     holds_labels = target != settings.input_topic and _labels_file(path, mapping)
     if not holds_labels and _labels_topic_name(target, settings):
+        # the kit's transactions topic beside it (a prefixed one: the prefix's, a README walk)
+        txs = settings.input_topic
+        if target.endswith("labels"):
+            txs = target.removesuffix("labels") + "transactions"
+        where = f"--topic {txs}" + (", or no --topic" if txs == settings.input_topic else "")
         raise ConfigError(  # (fds run and fds train dead-lettered each one: a QA pass)
             f"--topic {target!r} is a labels topic, but {path} holds no labels (its first "
             "record is none: tx_id, ts, is_fraud and no amount); transactions go to the "
-            "transactions topic (--topic transactions, or no --topic), and a --mapping's "
-            f"fraud column goes there as labels with --labels-topic {target}"
+            f"transactions topic ({where}), and a --mapping's fraud column goes there as labels "
+            f"with --labels-topic {target}"
         )
     if not holds_labels:
         # transactions with other column names: every one was sent, for fds run to dead-letter

@@ -593,11 +593,17 @@ def test_produce_checks_a_foreign_file_for_any_topic_but_a_labels_file(tmp_path,
     # a transactions file to the labels topic (fds run and fds train dead-lettered each one)
     tx = tmp_path / "tx.jsonl"
     tx.write_text('{"tx_id": "t1", "ts": 1767225600, "card_id": "c1", "amount": 5}\n')
-    for name in ("labels", "p.labels", "p-labels"):
-        said = f"--topic '{name}' is a labels topic, but .* holds no labels"
+    for name, fix in (
+        ("labels", "--topic transactions, or no --topic"),
+        ("p.labels", "--topic p.transactions\\)"),  # (a README walk: the prefix's topic)
+        ("p-labels", "--topic p-transactions\\)"),
+    ):
+        said = f"--topic '{name}' is a labels topic, but .* holds no labels.*\\({fix}"
         with pytest.raises(ConfigError, match=said):
             produce_file(tx, s, topic=name)
-    with pytest.raises(ConfigError, match="--topic 'mine' is a labels topic"):
+    with pytest.raises(
+        ConfigError, match=r"--topic 'mine' is a labels topic.*--topic transactions,"
+    ):
         produce_file(tx, KafkaSettings(labels_topic="mine", bootstrap="127.0.0.1:1"), topic="mine")
     for none in ("none", "NONE"):
         assert KafkaSettings(compression_type=none).compression_type is None
