@@ -92,8 +92,10 @@ from typing import TYPE_CHECKING, Any, Literal
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaProducer
 from kafka.errors import (
     CommitFailedError,
+    CoordinatorNotAvailableError,
     FencedInstanceIdError,
     GroupAuthorizationFailedError,
+    GroupIdNotFoundError,
     InvalidGroupIdError,
     InvalidSessionTimeoutError,
     InvalidTransactionTimeoutError,
@@ -1539,8 +1541,12 @@ class Runner:
             finally:
                 admin.close()
         except (KafkaError, OSError) as exc:
-            log.info("which topics group %r has committed offsets of was not checked: %s", s.group,
-                     describe(exc))  # fmt: skip
+            # a group the broker has not seen yet has no coordinator loaded: nothing committed,
+            # nothing to say (an INFO line naming an error at every first start: a README walk)
+            new = isinstance(exc, (CoordinatorNotAvailableError, GroupIdNotFoundError))
+            log.log(logging.DEBUG if new else logging.INFO,
+                    "which topics group %r has committed offsets of was not checked: %s",
+                    s.group, describe(exc))  # fmt: skip
             return
         if others := sorted({tp.topic for tp in committed} - {s.input_topic}):
             log.warning(

@@ -176,6 +176,39 @@ def test_a_group_with_offsets_of_another_input_topic_is_warned_about(tmp_path, c
     assert len(broker.out) == 10  # a warning: it decides
 
 
+@pytest.mark.parametrize("error", ["CoordinatorNotAvailableError", "GroupAuthorizationFailedError"])
+def test_a_new_group_s_offsets_that_cannot_be_listed_are_not_said_as_an_error(
+    tmp_path, caplog, error
+):
+    """A README walk: every first start of a group said at INFO "... was not checked:
+    CoordinatorNotAvailableError" (a group the broker has not seen has nothing committed);
+    an ACL refusing the listing is still said."""
+    import kafka.errors
+
+    from fds.streams.kafka import KafkaSettings, Runner
+    from tests.streams.fakebroker import Admin, Group, Producer, Reader
+    from tests.streams.test_refold import engine
+
+    class Unlisted(Admin):
+        def list_group_offsets(self, *a, **kw):
+            raise getattr(kafka.errors, error)()
+
+    broker = Broker(logs(n0=2, n1=2), committed={})
+    broker.script = [(1, lambda g: g.rebalance({P0, P1}))]
+    group = Group(broker)
+    r = Runner(
+        KafkaSettings(checkpoint_in_background=False, align_wait_s=0, group="eu"), engine(),
+        consumer_factory=lambda **cfg: group if cfg.get("group_id") else Reader(broker),
+        producer_factory=lambda **cfg: Producer(broker, **cfg),
+        admin_factory=lambda **cfg: Unlisted(broker, **cfg), checkpointer=Checkpointer(tmp_path),
+    )  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="fds.streams.kafka"):
+        r.run(max_idle_s=0.3)
+    said = "which topics group 'eu' has committed offsets of was not checked" in caplog.text
+    assert said is (error != "CoordinatorNotAvailableError")
+    assert len(broker.out) == 4
+
+
 def test_a_checkpoint_of_another_input_topic_is_said_to_be_one_and_the_state_rebuilt(
     tmp_path, caplog
 ):
