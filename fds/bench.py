@@ -462,6 +462,15 @@ def run_precision(
     eval_from = warmup_days
     eval_days = [d for d in sorted(set(day.tolist())) if d >= eval_from]
     daily, summary = _metrics(scores, y, card, day, eval_days, k)
+    per_day = float(np.median(np.bincount(day)[eval_days])) if eval_days else 0.0
+    if per_day and k >= per_day / 2:  # (a k of the whole day gave every variant the base rate,
+        # and no word: a README walk)
+        notes.append(
+            f"k = {k} alerts a day is {k / per_day:.0%} of the {per_day:,.0f} transactions of a "
+            "median evaluation day: every variant then alerts on most of each day and its "
+            "precision@k nears the fraud rate, whatever it ranks; give a smaller --k "
+            f"(e.g. {max(1, round(per_day / 100))}, 1% of a day)"
+        )
     if ceiling is not None:  # references, not variants: no live system can do either
         _, ref = _metrics({"ceiling": ceiling, "perfect": y.astype(float)}, y, card, day,
                           eval_days, k, cards=False)  # fmt: skip
