@@ -184,23 +184,32 @@ def _demo(args: argparse.Namespace) -> int:
             "name a folder you can write to")  # fmt: skip
         return 2
     # (after the checks: a refused demo left the process's fds logger at WARNING, a CI run)
+    # (set back after the run: a quieted logger left behind hid later lines, a CI run)
+    quieted = {n: logging.getLogger(n).level for n in ("fds", "fds.models", "fds.progress")}
     if not args.verbose:  # the progress bar and the table tell the story; -v shows every swap
         logging.getLogger("fds").setLevel(logging.WARNING)
+        # a model's automatic rollback is a swap too (two warnings before the table looked
+        # like a failure to a README walk): counted in the line under the table
+        logging.getLogger("fds.models").setLevel(logging.ERROR)
         if not args.quiet:  # (but for the bar's progress lines when stderr is no terminal:
             logging.getLogger("fds.progress").setLevel(logging.INFO)  # 71 s of silence, a QA)
-    res = run_precision(
-        days=args.days,
-        cards=args.cards,
-        seed=args.seed,
-        drift_day=args.drift_day,
-        warmup_days=warmup_before(args.drift_day),
-        rules=str(args.rules),
-        out_dir=args.out_dir,
-        name="demo",
-        command=f"fds demo --days {args.days} --cards {args.cards} "
-        f"--drift-day {args.drift_day} --seed {args.seed} --rules {shown_path(args.rules)}",
-        longer_warmup="give a later --drift-day (the warm-up is the days before it, up to 14)",
-    )
+    try:
+        res = run_precision(
+            days=args.days,
+            cards=args.cards,
+            seed=args.seed,
+            drift_day=args.drift_day,
+            warmup_days=warmup_before(args.drift_day),
+            rules=str(args.rules),
+            out_dir=args.out_dir,
+            name="demo",
+            command=f"fds demo --days {args.days} --cards {args.cards} "
+            f"--drift-day {args.drift_day} --seed {args.seed} --rules {shown_path(args.rules)}",
+            longer_warmup="give a later --drift-day (the warm-up is the days before it, up to 14)",
+        )
+    finally:
+        for name, level in quieted.items():
+            logging.getLogger(name).setLevel(level)
     say(f"report and plots: {args.out_dir}/", logging.INFO)
     return 0 if res is not None else 1
 

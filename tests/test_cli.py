@@ -1,6 +1,7 @@
 import contextlib
 import io
 import json
+import logging
 import os
 import re
 import sys
@@ -254,6 +255,26 @@ def test_demo_end_to_end_small(tmp_path, capsys):
     assert (tmp_path / "demo.png").stat().st_size > 1000
     out = capsys.readouterr()
     assert "| rules |" in out.out + out.err
+    assert "rollbacks)" in out.out + out.err  # (the line under the table counts them)
+
+
+def test_the_demo_does_not_show_a_model_s_rollbacks_as_warnings(tmp_path, capsys, monkeypatch):
+    """A README walk: the demo's first lines were two model rollback warnings, which looked
+    like a failure; the line under its table counts them. The process's fds.models logger is
+    left as it was (a logger left quieted hid later lines: a CI run)."""
+
+    def run(**kw):
+        logging.getLogger("fds.models").warning("model rollback")
+        logging.getLogger("fds.models").error("a model's error")
+        raise SystemExit(0)
+
+    monkeypatch.setattr("fds.bench.run_precision", run)
+    with pytest.raises(SystemExit):
+        main(["demo", "--days", "8", "--out-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert "model rollback" not in err and "a model's error" in err
+    assert logging.getLogger("fds.models").level == logging.NOTSET
+    assert logging.getLogger("fds").level <= logging.INFO
 
 
 @pytest.mark.parametrize(
