@@ -117,16 +117,22 @@ def test_with_the_input_idle_a_label_a_few_seconds_ahead_of_its_transaction_wait
     its input read to the end, took the label's transaction for one that can no longer come
     (unmatched: the merchant's fraud count stayed 0 until a restart read the label again)."""
     p = plan()
-    old_ms = -int(RACE_S * 1000) - 5_000  # produced longer ago than RACE_S
-    feed = LabelFeed(FakeConsumer([label(0, "gone", old_ms), label(1, "x", -1_000)]), "labels", p)
-    assert feed.rewind(input_ms=idle_input_ms(NOW_MS + old_ms - 1)) == 1  # "gone": unmatched
+    now_ms = int(time.time() * 1000)  # (not NOW_MS: this test may run a minute after it)
+    old_ms = now_ms - int(RACE_S * 1000) - 5_000  # produced longer ago than RACE_S
+
+    def lab(i: int, tx_id: str, ms: int) -> Rec:
+        return label(i, tx_id, 0)._replace(timestamp=ms)
+
+    records = [lab(0, "gone", old_ms), lab(1, "x", now_ms - 1_000)]
+    feed = LabelFeed(FakeConsumer(records), "labels", p)
+    assert feed.rewind(input_ms=idle_input_ms(old_ms - 1)) == 1  # "gone": unmatched
     assert p.unmatched_labels == 1 and set(feed.waiting) == {"x"}
     p.compute(tx("x", 1_767_225_400.0))  # its transaction comes, decided by fds run
     assert feed.reached("x") == 1
     feed.release(1_767_225_600.0)  # (the next decision, later than the label)
     assert p.compute(tx("y", 1_767_225_600.0))["m_frauds"] == 1 and p.unmatched_labels == 1
     # the input stays idle: past RACE_S, a label whose transaction never came is unmatched
-    feed = LabelFeed(FakeConsumer([label(0, "never", -1_000)]), "labels", plan())
+    feed = LabelFeed(FakeConsumer([lab(0, "never", now_ms - 1_000)]), "labels", plan())
     assert feed.rewind(input_ms=idle_input_ms(-math.inf)) == 0
     assert feed.poll(input_ms=idle_input_ms(-math.inf) + RACE_S * 1000) == 1
 
