@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from fds import gcpolicy
-from fds.errors import ConfigError, FeatureStateMismatch
+from fds.errors import ConfigError, FeatureStateMismatch, describe
 from fds.features.calendar import DayClock
 from fds.features.codegen import (
     TS,
@@ -613,7 +613,11 @@ class FeaturePlan:
     def _body_of(self, sd: Mapping[str, Any]) -> dict[str, Any]:
         """The unpickled state of ``sd``, checked to be of this plan's declarations."""
         self._check(sd)
-        return gcpolicy.loads(sd["state"], freeze=True)  # (no cycles in it: see _bind)
+        try:
+            return gcpolicy.loads(sd["state"], freeze=True)  # (no cycles in it: see _bind)
+        except Exception as exc:  # (bytes a failing disk changed: an UnpicklingError stopped
+            # fds run at every start, where an unreadable checkpoint is set aside: a QA pass)
+            raise ConfigError(f"feature state is unreadable ({describe(exc)})") from None
 
     def _check(self, sd: Mapping[str, Any]) -> None:
         """Refuse a state of other declarations, timezone, grace or provenance (``sd``: its

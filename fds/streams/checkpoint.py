@@ -6,7 +6,13 @@ A checkpoint is one file, ``<state dir>/engine.ckpt``: a pickle of ``{"format", 
 next record *not* folded into ``state``, and ``group`` is the consumer group whose committed
 offsets those are (files of earlier releases have none: :attr:`Checkpoint.group` ``None``).
 It is written atomically (temporary file in the same directory, fsync, rename, fsync of the
-directory): a crash leaves the previous checkpoint or the new one, never a torn file.
+directory): a crash leaves the previous checkpoint or the new one, never a torn file. The pickle
+is followed by :data:`SUM_MARK` and the hex SHA-256 of the pickle's bytes, checked when it is
+read: bytes a failing disk changed are a checkpoint that cannot be used, not a state restored
+wrong (8 bytes flipped at random positions: 14 of 30 files failed to unpickle, fds run crashed
+at every start, and 16 loaded without a word; a QA pass). ``pickle.loads`` ignores what follows
+the pickle, so an earlier release reads these files, and a file without the sum (an earlier
+release's) is read as it is.
 
 The caller writes it only after the offsets it carries are committed (see
 :mod:`fds.streams.kafka`), so a checkpoint never runs ahead of the committed input.
@@ -41,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import hashlib
 import logging
 import os
 import signal
@@ -73,6 +80,10 @@ MAX_FD = 1 << 16  # descriptors a background writer closes (os.closerange: close
 # below PIPE_BUF (4096), so that the child's one write to the pipe never blocks.
 REASON_MAX = 512
 _PR_SET_PDEATHSIG = 1  # prctl(2): the signal a child gets when its parent dies
+#: What separates a checkpoint's pickle from its SHA-256 (hex): no pickle ends with it (one
+#: ends with its STOP opcode, ``.``).
+SUM_MARK = b"\n#fds-sha256:"
+_SUM_LEN = len(SUM_MARK) + 64
 
 
 def default_state_dir(group: str, instance: str | None = None) -> Path:
@@ -190,6 +201,16 @@ def parse_checkpoint(data: bytes, *, where: str) -> Checkpoint:
     ...
     fds.errors.ConfigError: nowhere: checkpoint is unreadable (UnpicklingError: ...
     """
+    at = data.rfind(SUM_MARK, -_SUM_LEN)  # (-1: a file of an earlier release)
+    if at >= 0:
+        data, digest = data[:at], data[at + len(SUM_MARK) :]
+        if hashlib.sha256(data).hexdigest().encode() != digest:  # (or cut inside the sum)
+            raise ConfigError(
+                "checkpoint is unreadable: its bytes do not match the checksum written with "
+                "them (a failing disk, or a file cut short); delete it to start from an empty "
+                "state (decisions of the next events then lack their history)",
+                where=where,
+            )
     try:
         payload = gcpolicy.loads(data)
     except Exception as exc:
@@ -527,6 +548,7 @@ class Checkpointer:
             "group": group,
         }
         data = gcpolicy.dumps(payload)
+        data += SUM_MARK + hashlib.sha256(data).hexdigest().encode()
         if not alive():  # (a background writer whose instance died while it pickled)
             raise ProcessLookupError("the instance is gone")
         write_atomic(self.path, data)
