@@ -1302,6 +1302,7 @@ class Runner:
         # Partitions were revoked or lost and no assignment has come since: a join is under
         # way, and consumer.assignment() still names the old partitions (eager protocol).
         self._joining = False
+        self._lag_shown: set[int] = set()  # partitions whose lag series is exported
         self._heartbeat_fenced = _FencedWatch(None)  # (set by _loop)
         # A partition the state has not followed (no checkpoint yet, or it moved here from
         # another instance) gets the state rebuilt from the input, all partitions merged in
@@ -2686,6 +2687,9 @@ class Runner:
         self._n_assigned = len(mine)
         self._rebalances += 1
         self._joining = False
+        for p in self._lag_shown - mine:  # a series of a partition owned no more
+            self.metrics.forget_partition(p)
+        self._lag_shown &= mine
         # (a partition kept is caught up from where its fold stands, not rebuilt: see
         # _bring_up_to_date; the restore before the next batch says what is left to fold)
         self._refold = {tp: c for tp, c in self._refold.items() if tp.partition in mine}
@@ -3673,7 +3677,9 @@ class Runner:
             self.metrics.checkpoints(now[0] - seen[0], now[1] - seen[1])
             if now[1] > seen[1]:  # a write failed: what it held is not saved (an idle instance
                 self._saved = {}  # tries again when due, not only once its input moves)
-        for tp in self.consumer.assignment():
+        # (not while the group is joined: kafka-python still names the partitions revoked,
+        # whose series then came back, stood still, and doubled a sum by partition: a QA pass)
+        for tp in () if self._joining else self.consumer.assignment():
             hw = self.consumer.highwater(tp)  # from the last fetch response: no request
             # nothing decided here yet: from the committed offset the state follows
             decided = self._decided.get(tp, self._positions.get(tp.partition))
@@ -3686,8 +3692,13 @@ class Runner:
                 first = self.aligner.first(tp) if self.aligner is not None else None
                 decided = first if first is not None else fetched_to(self.consumer, tp, 0)
             if hw is not None and decided is not None:
-                self.metrics.consumer_lag(tp.partition, max(0, hw - decided))
+                self._lag_of(tp.partition, max(0, hw - decided))
         self.engine.report()
+
+    def _lag_of(self, partition: int, n: int) -> None:
+        """Export the lag of ``partition``, noted as shown (a new assignment drops the others)."""
+        self.metrics.consumer_lag(partition, n)
+        self._lag_shown.add(partition)
 
     def _say_decided_from_start(self, tps: list[Any]) -> None:
         """Partitions with no committed offset and no state: the group starts them at the
@@ -3725,7 +3736,7 @@ class Runner:
         for tp, c in committed.items():
             hw = now.get(tp, end.get(tp))
             if hw is not None and c is not None:
-                self.metrics.consumer_lag(tp.partition, max(0, hw - c))
+                self._lag_of(tp.partition, max(0, hw - c))
 
     def _keyed_otherwise(self, msg: Any) -> None:
         """An input record not keyed by its card_id: counted, and said once (the default
@@ -3955,6 +3966,7 @@ class _Revoke(ConsumerRebalanceListener):
             runner._unresolved.discard(tp.partition)
             runner._decided.pop(tp, None)  # taken back later: its lag starts from the commit
             runner.metrics.forget_partition(tp.partition)
+            runner._lag_shown.discard(tp.partition)
         if runner.aligner is not None:  # not decided yet: the new owner reads them again
             runner.aligner.forget(tps)
         runner.metrics.rebalance()

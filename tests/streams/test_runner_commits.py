@@ -654,6 +654,22 @@ def test_lag_is_reported_for_every_assigned_partition_idle_ones_included():
     # the engine's figures (entities held, rules skipped) are exported by `fds run` too
     assert reports == [1]
 
+    # A QA pass: during a join kafka-python still names the partitions revoked; their series,
+    # removed at the revocation, came back, stood still, and doubled a sum by partition.
+    from fds.streams.kafka import _Revoke
+
+    revoke = _Revoke(r)
+    revoke.on_partitions_revoked(set(r.consumer.hw))
+    r._report()  # (joining: the consumer's assignment is the old one)
+    assert r.metrics.registry.get_sample_value(
+        "fds_consumer_lag_messages", {"partition": "1"}
+    ) is None  # fmt: skip
+    r._lag_shown.add(2)  # (a series left from before, however it came)
+    revoke.on_partitions_assigned({TP})
+    assert r._lag_shown == set() and r.metrics.registry.get_sample_value(
+        "fds_consumer_lag_messages", {"partition": "2"}
+    ) is None  # fmt: skip
+
 
 def test_a_catch_up_is_not_counted_as_decisions():
     """Folding what the group decided before a restart is state only: before, every folded
