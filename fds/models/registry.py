@@ -202,12 +202,15 @@ def owner_only(path: Path) -> int:
     return fd
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: temp file, fsync, rename, fsync the directory."""
+def write_atomic(path: Path, data: bytes, *more: bytes) -> None:
+    """Write ``data`` (then ``more``: no copy of a large ``data`` joined with them) to
+    ``path`` atomically: temp file, fsync, rename, fsync the directory."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            for part in more:
+                f.write(part)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -128,10 +128,18 @@ class MemoryStore:
         # the keys and entries of _pending and _assumed in the order they came (_pop_older)
         self._pending_order: collections.deque[tuple[str, Any]] = collections.deque()
         self._assumed_order: collections.deque[tuple[str, Any]] = collections.deque()
+        # labelled legitimate, kept for a chargeback: apart, in label order (which follows
+        # event time closely), so that their recent times do not hold back the expiry of the
+        # assumed ones queued after them (a review)
+        self._legit: dict[str, tuple[float, tuple[str, ...], tuple[float, ...]]] = {}
+        self._legit_order: collections.deque[tuple[str, Any]] = collections.deque()
         self._keys: tuple[str, ...] = ()
 
     def put(self, tx_id: str, ts: float, x: dict[str, float]) -> None:
-        if tx_id in self._pending or tx_id in self._assumed or tx_id in self._settled:
+        if (
+            tx_id in self._pending or tx_id in self._assumed or tx_id in self._legit
+            or tx_id in self._settled
+        ):  # fmt: skip
             return
         keys = tuple(x)
         if keys == self._keys:
@@ -145,7 +153,7 @@ class MemoryStore:
         e = self._pending.get(tx_id)
         assumed = e is None
         if e is None:
-            e = self._assumed.get(tx_id)
+            e = self._assumed.get(tx_id) or self._legit.get(tx_id)
             if e is None:
                 return None
         return e[0], dict(zip(e[1], e[2], strict=True)), assumed
@@ -154,10 +162,13 @@ class MemoryStore:
         if not y:
             e = self._pending.pop(tx_id, None)
             if e is not None:
-                self._assumed[tx_id] = e
-                self._assumed_order.append((tx_id, e))
+                self._legit[tx_id] = e
+                self._legit_order.append((tx_id, e))
             return
-        e = self._pending.pop(tx_id, None) or self._assumed.pop(tx_id, None)
+        e = (
+            self._pending.pop(tx_id, None) or self._assumed.pop(tx_id, None)
+            or self._legit.pop(tx_id, None)
+        )  # fmt: skip
         if e is not None:
             self._settled[tx_id] = (e[0], y)
 
@@ -174,12 +185,13 @@ class MemoryStore:
 
     def expire(self, cutoff: float) -> int:
         n = len(_pop_older(self._assumed, self._assumed_order, cutoff))
+        n += len(_pop_older(self._legit, self._legit_order, cutoff))
         if self._settled:  # settled in label order, not event-time order: filter them all
             self._settled = {k: v for k, v in self._settled.items() if v[0] >= cutoff}
         return n
 
     def __len__(self) -> int:
-        return len(self._pending) + len(self._assumed)
+        return len(self._pending) + len(self._assumed) + len(self._legit)
 
     def flush(self) -> None:
         return None

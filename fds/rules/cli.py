@@ -328,12 +328,7 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
             f"{_outcome(ex['candidate'])}",
             file=out,
         )
-        # floats at 10 digits (a mean shown 99.50999999999999: a README walk); exact in
-        # --changed-out
-        vals = ", ".join(
-            f"{k}={v:.10g}" if isinstance(v, float) else f"{k}={v!r}"
-            for k, v in ex["values"].items()
-        )
+        vals = ", ".join(_shown(k, v) for k, v in ex["values"].items())
         if vals:
             print(f"      read: {vals}", file=out)
     if args.changed_out is not None:
@@ -342,6 +337,16 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
         write_output(args.changed_out, b"".join(dumps_line(ex) for ex in r.changed))
         print(f"wrote {len(r.changed)} changed transaction(s) to {args.changed_out}", file=out)
     return 0
+
+
+def _shown(name: str, v: Any) -> str:
+    """``name=value`` of a value a rule read; a float at 10 digits (a mean was shown as
+    99.50999999999999: a README walk), ``≈`` where that is not the value itself (0.3 for
+    0.30000000000000004, which a rule ``> 0.3`` takes: a review); exact in --changed-out."""
+    if isinstance(v, float):
+        text = f"{v:.10g}"
+        return f"{name}{'=' if float(text) == v else '≈'}{text}"
+    return f"{name}={v!r}"
 
 
 def _outcome(side: dict[str, Any]) -> str:

@@ -202,9 +202,10 @@ def parse_checkpoint(data: bytes, *, where: str) -> Checkpoint:
     fds.errors.ConfigError: nowhere: checkpoint is unreadable (UnpicklingError: ...
     """
     at = data.rfind(SUM_MARK, -_SUM_LEN)  # (-1: a file of an earlier release)
-    if at >= 0:
-        data, digest = data[:at], data[at + len(SUM_MARK) :]
-        if hashlib.sha256(data).hexdigest().encode() != digest:  # (or cut inside the sum)
+    if at >= 0:  # (checked without a copy: the bytes may be a million cards' state; the
+        # pickle is read from them as they are, what follows it ignored)
+        digest = hashlib.sha256(memoryview(data)[:at]).hexdigest().encode()
+        if digest != data[at + len(SUM_MARK) :]:  # (or a file cut inside its sum)
             raise ConfigError(
                 "checkpoint is unreadable: its bytes do not match the checksum written with "
                 "them (a failing disk, or a file cut short); delete it to start from an empty "
@@ -548,10 +549,10 @@ class Checkpointer:
             "group": group,
         }
         data = gcpolicy.dumps(payload)
-        data += SUM_MARK + hashlib.sha256(data).hexdigest().encode()
+        digest = hashlib.sha256(data).hexdigest().encode()
         if not alive():  # (a background writer whose instance died while it pickled)
             raise ProcessLookupError("the instance is gone")
-        write_atomic(self.path, data)
+        write_atomic(self.path, data, SUM_MARK, digest)
 
     def load(self) -> Checkpoint | None:
         """The checkpoint, or ``None`` when there is none; notes in :attr:`on_disk` what it

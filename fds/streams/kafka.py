@@ -178,7 +178,7 @@ from fds.streams.kafka_kit import (
     close_producer,
     flush_within,
 )
-from fds.streams.label_feed import LabelFeed, idle_input_ms, reads_labels
+from fds.streams.label_feed import LabelFeed, reads_labels
 from fds.streams.rebuild import (
     STAGES_TAIL_S,
     horizon_seconds,
@@ -556,8 +556,6 @@ DLQ_KEY_KEPT = 1024
 #: line (a stream of bad records wrote a line each, ~15 GB of log a day at 1,000 a second: a
 #: QA pass). All are in the dead-letter topic and fds_dead_letters_total.
 DLQ_SAID_PER_WINDOW = 10
-#: Characters of a dead letter's reason in its log line (the whole reason is in the record).
-DLQ_REASON_LOGGED = 200
 DLQ_SAID_WINDOW_S = 60.0
 
 
@@ -1496,6 +1494,10 @@ class Runner:
             # a partition that is behind holds the others back through a broker outage (the
             # loop keeps polling): for as long as fds waits for the broker at all
             max_hold_s=s.broker_timeout_s,
+            # one read to its end, while the next record would leave it further behind than
+            # an event may come late and still be folded in (a file produced into a running
+            # fds run: see the aligner)
+            skew_s=getattr(self.engine.features, "grace", None),
         )  # fmt: skip
         self.consumer.subscribe([s.input_topic], listener=_Revoke(self))
         if s.labels_topic:
@@ -1542,8 +1544,9 @@ class Runner:
             finally:
                 admin.close()
         except (KafkaError, OSError) as exc:
-            # a group the broker has not seen yet has no coordinator loaded: nothing committed,
-            # nothing to say (an INFO line naming an error at every first start: a README walk)
+            # no coordinator (a group the broker has not seen, an offsets topic still being
+            # made) or no such group: nothing to say at INFO, an error's name at every first
+            # start read as a fault (a README walk); an outage is said by the calls that need it
             new = isinstance(exc, (CoordinatorNotAvailableError, GroupIdNotFoundError))
             log.log(logging.DEBUG if new else logging.INFO,
                     "which topics group %r has committed offsets of was not checked: %s",
@@ -1678,7 +1681,7 @@ class Runner:
         feed = self.labels
         if feed is None or self._unresolved:
             return
-        input_ms = idle_input_ms(self._input_ms) if idle else self._input_ms
+        input_ms = math.inf if idle else self._input_ms
         now = time.monotonic()
         try:
             if self._labels_due:
@@ -3762,10 +3765,11 @@ class Runner:
         self._dead_letters_minute(time.monotonic())
         if self._dlq_said < DLQ_SAID_PER_WINDOW:
             self._dlq_said += 1
-            log.warning(  # (with its reason: the line said only the error's class, a README walk)
-                'dead letter stage="%s" error="%s" partition="%s[%d]" offset="%d" reason="%s"',
-                stage, type(exc).__name__, msg.topic, msg.partition, msg.offset,
-                str(exc)[:DLQ_REASON_LOGGED],
+            log.warning(  # (its reason quotes the record's values: not in the logs, which
+                # hold none, see fds.logs; it is in the dead letter, as the line says)
+                'dead letter stage="%s" error="%s" partition="%s[%d]" offset="%d" '
+                'reason_in="%s"',
+                stage, type(exc).__name__, msg.topic, msg.partition, msg.offset, self.s.dlq_topic,
             )  # fmt: skip
         else:
             self._dlq_unsaid[stage] = self._dlq_unsaid.get(stage, 0) + 1
@@ -4161,7 +4165,7 @@ def produce_file(
     if not holds_labels and _labels_topic_name(target, settings):
         # the kit's transactions topic beside it (a prefixed one: the prefix's, a README walk)
         txs = settings.input_topic
-        if target.endswith("labels"):
+        if target.endswith((".labels", "-labels", "_labels")):  # (_labels_topic_name's)
             txs = target.removesuffix("labels") + "transactions"
         where = f"--topic {txs}" + (", or no --topic" if txs == settings.input_topic else "")
         raise ConfigError(  # (fds run and fds train dead-lettered each one: a QA pass)

@@ -11,12 +11,13 @@ counted as unmatched and changes nothing).
 
 A label whose transaction this instance has not decided yet waits while the input has not
 caught up with it (the label's record timestamp, when it was produced, is ahead of the newest
-input record decided; with the input idle, ahead of :data:`RACE_S` ago, :func:`idle_input_ms`):
-after a restart, a backlog of transactions and one of labels are read side by side, and a label
-is applied once its transaction is decided, not dropped as unmatched before; and a labeller a
-few seconds ahead of the transactions' producer finds its transaction (applied at once to an
-idle input, such a label was unmatched until a restart read it again: a QA pass). Other labels
-are applied at once, before the next batch is decided. At most ``MAX_HELD`` labels wait.
+input record decided; with the input idle, for :data:`RACE_S` after it was read, on this
+machine's clock): after a restart, a backlog of transactions and one of labels are read side
+by side, and a label is applied once its transaction is decided, not dropped as unmatched
+before; and a labeller a few seconds ahead of the transactions' producer finds its transaction
+(applied at once to an idle input, such a label was unmatched until a restart read it again: a
+QA pass). Other labels are applied at once, before the next batch is decided. At most
+``MAX_HELD`` labels wait.
 
 A label counts only for decisions of transactions later in event time than the label itself
 (its ``ts``, when it became known), as in a replay: one whose transaction is decided but whose
@@ -50,22 +51,16 @@ from fds.errors import ConfigError
 from fds.schema import check_not_ahead, loads_record, parse_label
 from fds.streams.rebuild import start_offsets
 
-__all__ = ["LabelFeed", "idle_input_ms", "reads_labels"]
+__all__ = ["LabelFeed", "reads_labels"]
 
 #: Label records fetched per call of :meth:`LabelFeed.poll` (the rest waits for the next one).
 MAX_PER_POLL = 2000
 #: Labels that wait for their transaction; beyond it, more are applied at once (unmatched).
 MAX_HELD = 100_000
-#: With the input idle, a label produced less than this long ago waits for its transaction:
-#: the two are produced by different systems, the label may come first by a few seconds.
+#: With the input idle, a label read less than this long ago (this machine's monotonic clock:
+#: not the labeller's, which may be ahead or behind) waits for its transaction: the two are
+#: produced by different systems, the label may come first by a few seconds.
 RACE_S = 10.0
-
-
-def idle_input_ms(newest_ms: float) -> float:
-    """What :meth:`LabelFeed.poll` takes for ``input_ms`` while every input partition is read
-    to its end: the newest input record decided (``newest_ms``), or :data:`RACE_S` ago on
-    this machine's clock if later (a label produced since then still waits)."""
-    return max(newest_ms, time.time() * 1000.0 - RACE_S * 1000.0)
 
 
 def reads_labels(plan: Any) -> bool:
@@ -108,7 +103,8 @@ class LabelFeed:
         self.changed = 0
         self._bad_next: dict[int, int] = {}  # partition -> offset after the last bad one queued
         self._tps: list[Any] = []
-        self._held: deque[tuple[int, dict[str, Any]]] = deque()  # (record ms, label)
+        # (record ms, label, when it was read: time.monotonic())
+        self._held: deque[tuple[int, dict[str, Any], float]] = deque()
         #: Labels waiting for their transaction, by tx_id; those it reached: their id() in _done
         self.waiting: dict[str, list[dict[str, Any]]] = {}
         self._done: set[int] = set()
@@ -170,6 +166,7 @@ class LabelFeed:
         """Read what has arrived into the labels held; returns how many records."""
         held = self._held
         got = 0
+        now = time.monotonic()
         for records in self.consumer.poll(timeout_ms=timeout_ms, max_records=MAX_PER_POLL).values():
             got += len(records)
             for msg in records:
@@ -181,14 +178,14 @@ class LabelFeed:
                         self.bad.append((msg, exc))
                         self._bad_next[msg.partition] = msg.offset + 1
                     continue
-                held.append((msg.timestamp, label))
+                held.append((msg.timestamp, label, now))
         return got
 
     def poll(self, input_ms: float) -> int:
         """Apply the labels that have arrived (no wait); a label whose transaction is unknown
         waits while it was produced after ``input_ms`` (the newest input record decided;
-        :func:`idle_input_ms` when the input is idle). Returns how many were applied or made
-        due."""
+        ``inf`` when the input is idle: then it waits :data:`RACE_S` from when it was read).
+        Returns how many were applied or made due."""
         if not self._tps:
             return 0
         self._fetch(timeout_ms=0)
@@ -240,18 +237,21 @@ class LabelFeed:
         if not held:
             return 0
         knows = self.plan.knows
-        kept: deque[tuple[int, dict[str, Any]]] = deque()
+        kept: deque[tuple[int, dict[str, Any], float]] = deque()
         by_id: dict[str, list[dict[str, Any]]] = {}
         done = self._done
         room = MAX_HELD
         n = 0
-        for ms, label in held:
+        idle = input_ms == math.inf
+        read_since = time.monotonic() - RACE_S  # (idle: a label read after it waits)
+        for ms, label, read_at in held:
             if done and id(label) in done:
                 continue  # applied when its transaction was folded
             tx_id = label["tx_id"]
             known = knows(tx_id)
-            if ms > input_ms and room > 0 and not known:
-                kept.append((ms, label))
+            behind = read_at > read_since if idle else ms > input_ms
+            if behind and room > 0 and not known:
+                kept.append((ms, label, read_at))
                 by_id.setdefault(tx_id, []).append(label)
                 room -= 1
                 continue

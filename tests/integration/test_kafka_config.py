@@ -601,6 +601,9 @@ def test_produce_checks_a_foreign_file_for_any_topic_but_a_labels_file(tmp_path,
         said = f"--topic '{name}' is a labels topic, but .* holds no labels.*\\({fix}"
         with pytest.raises(ConfigError, match=said):
             produce_file(tx, s, topic=name)
+    with pytest.raises(ConfigError, match=r"\(--topic payments, or no --topic\)"):
+        produce_file(tx, KafkaSettings(input_topic="payments", bootstrap="127.0.0.1:1"),
+                     topic="labels")  # fmt: skip
     with pytest.raises(
         ConfigError, match=r"--topic 'mine' is a labels topic.*--topic transactions,"
     ):

@@ -511,3 +511,17 @@ def test_labels_not_read_yet_hold_the_assumption_and_the_expiry_back(kind, tmp_p
     assert [y for _, y in rec.learned] == [True]  # learned as fraud, never as legitimate
     t.labels_read_to(float("inf"))  # every label read: t1 waits its own day
     assert t.stats["late_frauds"] == 0 and len(rec.learned) == 1
+
+
+def test_an_input_labelled_legitimate_does_not_hold_back_the_expiry_of_older_ones() -> None:
+    """A review: kept for a chargeback in the queue of the assumed ones, a recent input
+    labelled legitimate held back the expiry of every one assumed after it (a replay held
+    1.5x the inputs, some past the ttl)."""
+    store = MemoryStore()
+    store.put("a", 0.0, {"x": 1.0})
+    store.put("x", 100.0, {"x": 1.0})
+    store.settle("x", False)  # labelled legitimate: kept until the ttl
+    assert [k for k, _, _ in store.assume_older(50.0)] == ["a"]
+    assert store.expire(60.0) == 1 and len(store) == 1  # a went; x stays
+    assert store.get("x") == (100.0, {"x": 1.0}, True)
+    assert store.expire(101.0) == 1 and len(store) == 0

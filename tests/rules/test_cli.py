@@ -656,6 +656,6 @@ def test_backtest_shows_the_values_read_at_ten_digits(tmp_path, capsys) -> None:
     argv = ["rules", "backtest", "--candidate", str(cand), "--baseline", str(base), str(data)]
     assert main([*argv, "--changed-out", str(out_file)]) == 0
     out = capsys.readouterr().out
-    assert "read: s=0.3\n" in out and "read: s=0.7\n" in out  # 0.1 + 0.2, then + 0.4
+    assert "read: s≈0.3\n" in out and "read: s≈0.7\n" in out  # 0.1 + 0.2, then + 0.4
     exact = [json.loads(line)["values"]["s"] for line in out_file.read_text().splitlines()]
     assert exact == [0.1 + 0.2, 0.1 + 0.2 + 0.4]

@@ -272,6 +272,14 @@ def test_parse_checkpoint_reads_bytes_without_writing_them(tmp_path):
     assert got == ck.load()
     with pytest.raises(ConfigError, match=r"^state topic g/i1: checkpoint is unreadable"):
         parse_checkpoint(ck.path.read_bytes()[:-20], where="state topic g/i1")
+    # a SHA-256 after the pickle: a byte a failing disk changed is found (a QA pass) ...
+    raw = bytearray(ck.path.read_bytes())
+    raw[len(raw) // 3] ^= 0x01
+    with pytest.raises(ConfigError, match="do not match the checksum written with them"):
+        parse_checkpoint(bytes(raw), where="here")
+    # ... and an earlier release, which unpickles the file as it is, reads it (what follows a
+    # pickle is ignored)
+    assert pickle.loads(ck.path.read_bytes())["offsets"] == {0: 4, 2: 9}
     foreign = pickle.dumps({"format": 0, "state": {}})
     with pytest.raises(ConfigError, match=r"^there: checkpoint has an unknown format"):
         parse_checkpoint(foreign, where="there")

@@ -2249,10 +2249,7 @@ def test_dead_letters_past_ten_a_minute_are_said_in_one_line(caplog, monkeypatch
     assert len(said) == 1 and 'count="15" by_stage="parse:7,validate:8"' in said[0]
     assert caplog.text.count("dead letter stage=") == 11
     assert runner.stats.dead_letters == 26 and len(runner.producer.futures) == 26
-    # each line says why, not only the error's class (a README walk)
-    assert caplog.text.count('error="ValueError" partition="transactions[0]"') == 11
-    assert caplog.text.count('reason="bad"') == 11
-    runner._dead_letter(bad[0], "parse", ValueError("x" * 5000))  # (the record keeps it whole)
-    assert (
-        'reason="' + "x" * kafka_module.DLQ_REASON_LOGGED + '"' in caplog.records[-1].getMessage()
-    )
+    # each line says where its reason is (a README walk); not the reason itself, which quotes
+    # the record's values (the logs hold none: a review)
+    assert caplog.text.count('reason_in="dead-letters"') == 11
+    assert "bad" not in caplog.text.replace("dead letter", "")
