@@ -747,7 +747,7 @@ class Metrics(Collector):
         buckets, total, _ = self._latency().snapshot()
         yield HistogramMetricFamily(
             "fds_decision_latency_seconds",
-            "Receipt-to-decision time of one event.",
+            "Time inside the engine per decision (features to policy).",
             buckets=buckets,
             sum_value=total,
         )
