@@ -273,11 +273,11 @@ class Metrics(Collector):
         self._failed = Counter(
             "fds_events_failed_total", "Events a stage failed on, by stage.", ["stage"], registry=rs
         )
-        self._dlq = Counter(
-            "fds_dlq_messages_total",
+        self._dlq = Counter(  # (the trainer's too: it dead-letters bad labels, and the sum
+            "fds_dlq_messages_total",  # over the jobs was short of the topic's: a QA pass)
             "Records sent to the dead letters, by reason.",
             ["reason"],
-            registry=rs,
+            registry=r,
         )
         self._late = Counter(
             "fds_late_events_total",
@@ -295,7 +295,9 @@ class Metrics(Collector):
         # data on a healthy run, and increase() sees the first one (a README walk)
         for stage in STAGES:
             self._failed.labels(stage=stage)
-            self._dlq.labels(reason=DLQ_REASON.get(stage, stage))
+            if decides:
+                self._dlq.labels(reason=DLQ_REASON.get(stage, stage))
+        self._dlq.labels(reason="label")
         self._late.labels(outcome="decided")
         self._rebalances = Counter(
             "fds_rebalances_total", "Consumer-group rebalances seen by this instance.", registry=rs
