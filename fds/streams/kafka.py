@@ -256,6 +256,9 @@ GROUP_HEADER = "fds-group"
 PEEK_RECORDS = 16
 #: How long a restore's lag report waits for the partitions' ends (Runner._report_restoring).
 ENDS_TIMEOUT_MS = 300
+#: How often the lag report reads the partitions' ends (a request; the high watermarks of the
+#: fetches are read each second, and are enough while every partition is fetched often).
+ENDS_EVERY_S = 10.0
 #: Checkpoint state key of Runner._left (the partitions whose events the state may still hold).
 LEFT_KEY = "partitions_left"
 # How long a restart waits to read those decisions before it decides their records again.
@@ -1314,6 +1317,8 @@ class Runner:
         self._alone_refused = False  # said why: the next restore rebuilds every partition
         self._emptied = False  # the state was emptied to take partitions over (_moved_alone)
         self._ends_at = -math.inf  # _report_restoring reads the partitions' ends from then
+        self._lag_ends_at = -math.inf  # ... and _report from then
+        self._ends: dict[Any, int] = {}  # the ends _report read last
         self._fresh_state = pickle.dumps(engine.state_dict()) if checkpointer else b""
         self._live = False  # the state has decided input since it was restored
         # The state holds decisions past _positions (not all committed synchronously yet): an
@@ -3682,8 +3687,19 @@ class Runner:
                 self._saved = {}  # tries again when due, not only once its input moves)
         # (not while the group is joined: kafka-python still names the partitions revoked,
         # whose series then came back, stood still, and doubled a sum by partition: a QA pass)
-        for tp in () if self._joining else self.consumer.assignment():
+        assigned = () if self._joining else self.consumer.assignment()
+        if assigned and time.monotonic() >= self._lag_ends_at:
+            # the ends read now and then: a partition fetched rarely (a slow consumer) has an
+            # old high watermark, and its lag read ~10x low for minutes (a QA pass)
+            self._lag_ends_at = time.monotonic() + ENDS_EVERY_S
+            with contextlib.suppress(KafkaError):
+                ends = self.consumer.end_offsets(list(assigned), timeout_ms=ENDS_TIMEOUT_MS)
+                self._ends = {tp: ends[tp] for tp in assigned if tp in ends}
+        for tp in assigned:
             hw = self.consumer.highwater(tp)  # from the last fetch response: no request
+            end = self._ends.get(tp)
+            if end is not None and (hw is None or end > hw):
+                hw = end
             # nothing decided here yet: from the committed offset the state follows
             decided = self._decided.get(tp, self._positions.get(tp.partition))
             if tp in self._refold and decided is not None:  # what it folds was decided before
