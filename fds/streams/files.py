@@ -1393,6 +1393,26 @@ def _runaway(
     )
 
 
+def _open_quote_hint(row: list[str], width: int, sep: str) -> str:
+    """Why a row may have too few columns: a cell holding the separator is a quote that ran
+    to the end of the row (a stray quote on a file's last line was only "expected 9 columns,
+    found 2": a README walk).
+
+    >>> _open_quote_hint(["t9", "2026-01-01,5,c1"], 5, ",")
+    ' (a quote opened in column 2 is not closed: its cell runs to the end of the row)'
+    >>> _open_quote_hint(["t9", "a"], 5, ",")
+    ''
+    """
+    if len(row) < width:
+        for i, cell in enumerate(row):
+            if sep in cell or "\n" in cell:
+                return (
+                    f" (a quote opened in column {i + 1} is not closed: its cell runs to the "
+                    "end of the row)"
+                )
+    return ""
+
+
 def _quotes_closed(line: str, sep: str = ",") -> bool:
     """Whether every quoted field of ``line`` closes on it, as the reader reads quotes: one
     opens a field only at its start (after spaces), ``""`` inside is a quote, and what follows
@@ -1533,7 +1553,8 @@ def _csv_records(p: Path, lines: _Lines, mapping: ColumnMapping | None) -> Itera
                     error = ValueError(undecodable)
                 elif len(row) != width:
                     if not _fits(row, width, named):
-                        error = ValueError(f"expected {width} columns, found {len(row)}")
+                        error = ValueError(f"expected {width} columns, found {len(row)}"
+                                           + _open_quote_hint(row, width, sep))  # fmt: skip
                     elif len(row) > width:
                         del row[width:]  # empty cells past the last column (Excel writes them)
                     else:  # the cells of unnamed last columns left out

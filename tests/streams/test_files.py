@@ -182,6 +182,19 @@ def test_csv_ragged_row_is_an_error_record(tmp_path):
     assert recs[1][2] == "1,2,3"  # the row, not with csv's "\r\n" (a QA pass)
 
 
+def test_a_quote_left_open_on_the_last_row_is_said(tmp_path):
+    """A README walk: a stray quote on a CSV's last line was "expected 4 columns, found 2",
+    where one mid-file is said as an unbalanced quote."""
+    p = tmp_path / "x.csv"
+    p.write_text('tx_id,ts,card_id,amount\nt1,5,c1,5\nt2,"6,c2,6\n')
+    recs = list(read_records(p))
+    assert recs[0][1] == {"tx_id": "t1", "ts": "5", "card_id": "c1", "amount": "5"}
+    assert str(recs[1][1]) == (
+        "expected 4 columns, found 2 (a quote opened in column 2 is not closed: its cell runs "
+        "to the end of the row)"
+    )
+
+
 def test_infer_format():
     assert infer_format("a.csv.gz") == "csv"
     assert infer_format("a.ndjson") == "jsonl"
