@@ -46,7 +46,6 @@ import logging
 import math
 import os
 import pickle
-import struct
 import weakref
 from array import array
 from bisect import bisect_left, bisect_right
@@ -190,11 +189,6 @@ class _Cursor:
 
     def __init__(self) -> None:
         self.part = 0
-
-
-#: What unpickling damaged bytes raises (8 bytes flipped at 30 random places of a state: these
-#: three, or nothing; EOFError, IndexError and struct.error for bytes cut short).
-_DAMAGED = (pickle.UnpicklingError, ValueError, OverflowError, EOFError, IndexError, struct.error)
 
 
 class FeaturePlan:
@@ -621,7 +615,7 @@ class FeaturePlan:
         self._check(sd)
         try:
             return gcpolicy.loads(sd["state"], freeze=True)  # (no cycles in it: see _bind)
-        except _DAMAGED as exc:  # (bytes a failing disk changed: an UnpicklingError stopped
+        except gcpolicy.DAMAGED as exc:  # (bytes a failing disk changed: an UnpicklingError stopped
             # fds run at every start, where an unreadable checkpoint is set aside: a QA pass;
             # not a MemoryError, nor a class a later release pickled: no damage, a review)
             raise ConfigError(f"feature state is unreadable ({describe(exc)})") from exc

@@ -65,6 +65,7 @@ from kafka import ConsumerRebalanceListener, KafkaProducer
 from kafka.errors import FencedInstanceIdError, KafkaError, MessageSizeTooLargeError
 from kafka.structs import OffsetAndMetadata
 
+from fds import gcpolicy
 from fds.cli import registry_folder
 from fds.errors import ArtifactError, ConfigError, FdsError, describe
 from fds.health import Health, stale_after
@@ -274,7 +275,8 @@ class TrainService:
         self.spec = load_spec(spec)
         self.registry = Registry(registry)
         self.ckpt = Checkpointer(state_dir)
-        self.store = SqliteStore(self.ckpt.dir / "snapshots.sqlite")
+        self.store_path = self.ckpt.dir / "snapshots.sqlite"
+        self.store = SqliteStore(self.store_path)
         self.topics = (decisions_topic, labels_topic)
         self.models_topic = models_topic
         self.metrics: Any = metrics if metrics is not None else NullMetrics()
@@ -333,7 +335,16 @@ class TrainService:
 
         raw = self.store.checkpoint()
         if raw is not None:
-            state = pickle.loads(raw)  # written by this service into its own state dir
+            try:
+                state = pickle.loads(raw)  # written by this service into its own state dir
+            except gcpolicy.DAMAGED as exc:  # (a traceback at every start: as fds run's, a QA)
+                raise ConfigError(
+                    f"the trainer checkpoint is unreadable ({describe(exc)}): a damaged disk? "
+                    "Restore the state dir from a backup, or move it aside to start again from "
+                    "the registry's newest version (labels learned since it was published are "
+                    "learned again only if still on the labels topic)",
+                    where=str(self.store_path),
+                ) from exc
         else:  # a state dir of a release that kept the checkpoint in its own file
             got = self.ckpt.load()
             state = got.state if got is not None else {}

@@ -104,6 +104,21 @@ def test_a_checkpoint_of_an_earlier_release_keeps_the_counts_it_did_not_know(tmp
     assert again.trainer.stats["learn_errors"] == 0
 
 
+def test_a_damaged_trainer_checkpoint_is_a_clear_error_naming_its_store(tmp_path):
+    """As a QA pass found for fds run's: a checkpoint a failing disk changed was an
+    UnpicklingError traceback at every start of fds train."""
+    first = service(tmp_path)
+    first._save_state()
+    raw = bytearray(first.store.checkpoint() or b"")
+    raw[len(raw) // 2 :] = b"\xff" * (len(raw) - len(raw) // 2)
+    first.store.put_checkpoint(bytes(raw))
+    first.store.flush()
+    with pytest.raises(ConfigError, match="the trainer checkpoint is unreadable") as err:
+        service(tmp_path)
+    assert str(tmp_path / "state" / "snapshots.sqlite") in str(err.value)
+    assert "move it aside to start again" in str(err.value)
+
+
 def test_a_restart_takes_the_learning_policy_from_the_current_spec(tmp_path):
     text = Path(DEFAULT_MODEL).read_text()
     spec = tmp_path / "default.yaml"
