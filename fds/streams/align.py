@@ -20,16 +20,17 @@ fetched first after a broker outage overtake the others by hours (a chaos run: h
 late events, features that differed from a replay). Each partition keeps its own order. A
 partition's buffer holds at most ``max_buffer`` records (bounded memory).
 
-``skew_s`` (the feature plan's grace): a partition read to its end also holds the others, for
-at most one wait, while the head to release next is more than ``skew_s`` of event time past the
-newest record it gave (Kafka Streams' ``max.task.idle.ms`` above 0), and more than ``skew_s``
-before this machine's clock. Live traffic never meets it (event time moves with the clock,
-partitions within seconds of one another; a partition gone quiet does not hold a live
-decision); history produced at full speed into a running ``fds run`` does: days of event
-time a minute, each partition fetched a few milliseconds after the others, and 20-49% of the
-records arrived late (decided with what the windows held, not folded into them; a QA pass).
-It is not armed again for that partition until it gives a newer record (a partition gone
-quiet holds the others once).
+``skew_s`` (the feature plan's grace, :data:`SKEW_MIN_S` at least): a partition read to its
+end also holds the others while the head to release next is more than ``skew_s`` of event time
+past the newest record it gave and more than ``skew_s`` before this machine's clock (Kafka
+Streams' ``max.task.idle.ms`` above 0), for one wait at most on this clock, every partition
+it is ahead of waiting together. Live traffic never meets it (event time moves with the clock,
+partitions within seconds of one another; a partition gone quiet holds no live decision);
+history produced at full speed into a running ``fds run`` does: days of event time a minute,
+each partition fetched a few milliseconds after the others, and 20-49% of the records arrived
+late (decided with what the windows held, not folded into them; a QA pass). It is not armed
+again for that partition until it gives a newer record (a partition gone quiet holds the
+others once).
 
 >>> class C:  # the consumer calls the aligner makes
 ...     def highwater(self, tp): return 2
@@ -58,6 +59,9 @@ __all__ = ["Aligner", "fetched_to"]
 #: whose leader is away, or whose one reply was dropped by a seek, held them up to max_hold_s,
 #: 60 s: a review).
 UNKNOWN_WAITS = 10
+#: The least ``skew_s`` taken (a grace of 0 made every past record "history", and each live
+#: decision waited up to --align-wait whenever a partition had drained: a review).
+SKEW_MIN_S = 60.0
 
 
 def fetched_to(consumer: Any, tp: Any, buffered_to: int) -> int:
@@ -100,7 +104,7 @@ class Aligner:
         skew_s: float | None = None,
     ) -> None:
         self.consumer = consumer
-        self.skew_s = skew_s
+        self.skew_s = None if skew_s is None else max(skew_s, SKEW_MIN_S)
         # partition read to its end that holds the others (skew_s) -> since when (the clock);
         # one whose wait ran out -> the newest event time it had given then
         self._skew_since: dict[Any, float] = {}
@@ -250,7 +254,9 @@ class Aligner:
             # outage, a commit, a restore): the waits begin again
             for w in self._waiting_since.values():
                 w[0], w[1] = now, None
-            self._skew_since = dict.fromkeys(self._skew_since, now)
+            # (not the skew holds: a loop pass longer than a wait, the poll timeout above
+            # --align-wait, began them again at each pass, and records were held for good: a
+            # review; one wait on this clock at most, whatever the loop did meanwhile)
         self._took_at = now
         bufs = self._bufs
         if assigned is not None:
@@ -275,17 +281,21 @@ class Aligner:
         # (not a live record, its event time within skew_s of this clock: a partition gone
         # quiet for minutes would hold its decision up to a wait, a latency of seconds)
         live = time.time() - self.skew_s if skewed else math.inf  # type: ignore[operator]
-        # the event time past which a partition read to its end holds the others, and which
-        limit, holder = math.inf, None
+        # the event time past which a partition read to its end holds the others
+        limit = math.inf
         if skewed:
             for tp, buf in bufs.items():
-                if not buf and (lim := self._skew_limit(tp, now)) < limit:
-                    limit, holder = lim, tp
+                if not buf:
+                    limit = min(limit, self._skew_limit(tp, now))
         out: list[tuple[Any, Any, Any]] = []
         while heads and len(out) < n:
             t0, i, tp = heads[0]
             if t0 > limit and t0 < live:
-                self._skew_since.setdefault(holder, now)
+                # every partition it is ahead of waits from now, together (one after another,
+                # k quiet partitions held k waits: a review)
+                for other, buf in bufs.items():
+                    if not buf and self._skew_limit(other, now) < t0:
+                        self._skew_since.setdefault(other, now)
                 break
             buf = bufs[tp]
             t, msg, item = buf.popleft()
@@ -298,6 +308,6 @@ class Aligner:
             heapq.heappop(heads)
             if self._holds_back(tp, now):
                 break
-            if skewed and (lim := self._skew_limit(tp, now)) < limit:
-                limit, holder = lim, tp
+            if skewed:
+                limit = min(limit, self._skew_limit(tp, now))
         return out

@@ -12,12 +12,12 @@ counted as unmatched and changes nothing).
 A label whose transaction this instance has not decided yet waits while the input has not
 caught up with it (the label's record timestamp, when it was produced, is ahead of the newest
 input record decided; with the input idle, for :data:`RACE_S` after it was read, on this
-machine's clock): after a restart, a backlog of transactions and one of labels are read side
-by side, and a label is applied once its transaction is decided, not dropped as unmatched
-before; and a labeller a few seconds ahead of the transactions' producer finds its transaction
-(applied at once to an idle input, such a label was unmatched until a restart read it again: a
-QA pass). Other labels are applied at once, before the next batch is decided. At most
-``MAX_HELD`` labels wait.
+machine's clock, if it was produced lately): after a restart, a backlog of transactions and one
+of labels are read side by side, and a label is applied once its transaction is decided, not
+dropped as unmatched before; and a labeller a few seconds ahead of the transactions' producer
+finds its transaction (applied at once to an idle input, such a label was unmatched until a
+restart read it again: a QA pass). Other labels are applied at once, before the next batch is
+decided. At most ``MAX_HELD`` labels wait.
 
 A label counts only for decisions of transactions later in event time than the label itself
 (its ``ts``, when it became known), as in a replay: one whose transaction is decided but whose
@@ -61,6 +61,11 @@ MAX_HELD = 100_000
 #: not the labeller's, which may be ahead or behind) waits for its transaction: the two are
 #: produced by different systems, the label may come first by a few seconds.
 RACE_S = 10.0
+#: ... if it was produced (its record timestamp) at most RACE_S + this long before this
+#: machine's clock: a label read by the re-read of the topic at a start, produced long ago,
+#: races nothing (100,000 of them were held, the newest applied unmatched at once, and every
+#: loop pass scanned them: a review); the allowance is for the two machines' clocks.
+CLOCKS_APART_S = 60.0
 
 
 def reads_labels(plan: Any) -> bool:
@@ -243,13 +248,14 @@ class LabelFeed:
         room = MAX_HELD
         n = 0
         idle = input_ms == math.inf
-        read_since = time.monotonic() - RACE_S  # (idle: a label read after it waits)
+        read_since = time.monotonic() - RACE_S  # (idle: a label read after it waits ...)
+        made_since = (time.time() - RACE_S - CLOCKS_APART_S) * 1000.0  # (... if produced since)
         for ms, label, read_at in held:
             if done and id(label) in done:
                 continue  # applied when its transaction was folded
             tx_id = label["tx_id"]
             known = knows(tx_id)
-            behind = read_at > read_since if idle else ms > input_ms
+            behind = read_at > read_since and ms > made_since if idle else ms > input_ms
             if behind and room > 0 and not known:
                 kept.append((ms, label, read_at))
                 by_id.setdefault(tx_id, []).append(label)

@@ -313,3 +313,24 @@ def test_a_partition_read_to_its_end_holds_a_head_far_ahead_of_it_for_one_wait()
         b.take(10, ["p0", "p1"])
         b.add({"p0": _recs("a", [900.0], first=1)})
         assert _names(b.take(10, ["p0", "p1"])) == ["b0", "a1"]
+
+
+def test_a_skew_hold_ends_after_one_wait_however_slowly_the_loop_polls():
+    """A review: a loop pass longer than --align-wait (the poll timeout above it) began the
+    hold again at every pass, and 12 records were held for good; two quiet partitions held one
+    after the other (k waits). A grace of 0 made every past record history (SKEW_MIN_S)."""
+    from fds.streams.align import SKEW_MIN_S
+
+    assert Aligner(None, _key, skew_s=0.0).skew_s == SKEW_MIN_S
+    c = Consumer(p0=1, p1=1, p2=1)
+    a = Aligner(c, _key, max_wait_s=0.1, skew_s=300.0)
+    a.add({"p0": _recs("a", [100.0]), "p1": _recs("b", [101.0]), "p2": _recs("c", [102.0])})
+    assert _names(a.take(10, ["p0", "p1", "p2"])) == ["a0", "b0", "c0"]
+    c.hw["p0"] = 2
+    a.add({"p0": _recs("a", [5000.0], first=1)})  # far ahead of both quiet partitions
+    got, passes = [], 0
+    while not got and passes < 20:
+        passes += 1
+        got = a.take(10, ["p0", "p1", "p2"])
+        time.sleep(0.105)  # (each pass longer than a wait)
+    assert _names(got) == ["a1"] and passes <= 3, passes  # one wait, both together

@@ -123,10 +123,17 @@ def test_with_the_input_idle_a_label_a_few_seconds_ahead_of_its_transaction_wait
     clock = [1000.0]
     monkeypatch.setattr("fds.streams.label_feed.time.monotonic", lambda: clock[0])
     p = plan()
-    far_ahead = 10**9  # the labeller's clock far ahead, or behind: not read
-    feed = LabelFeed(FakeConsumer([label(0, "x", far_ahead), label(1, "y", -far_ahead)]),
-                     "labels", p)  # fmt: skip
-    assert feed.rewind(input_ms=math.inf) == 0 and set(feed.waiting) == {"x", "y"}
+    now_ms = int(time.time() * 1000)  # (not NOW_MS: this test may run a minute after it)
+
+    def lab(i: int, tx_id: str, ms: int) -> Rec:
+        return label(i, tx_id, 0)._replace(timestamp=ms)
+
+    # the labeller's clock far ahead: its wait is counted on this clock; produced a second ago:
+    # waits; produced an hour ago (read again at a start): races nothing, unmatched at once
+    records = [lab(0, "x", now_ms + 10**9), lab(1, "y", now_ms - 1000), lab(2, "old", 0)]
+    feed = LabelFeed(FakeConsumer(records), "labels", p)
+    assert feed.rewind(input_ms=math.inf) == 1 and set(feed.waiting) == {"x", "y"}
+    assert p.unmatched_labels == 1
     p.compute(tx("x", 1_767_225_400.0))  # its transaction comes, decided by fds run
     assert feed.reached("x") == 1
     feed.release(1_767_225_600.0)  # (the next decision, later than the label)
@@ -134,7 +141,7 @@ def test_with_the_input_idle_a_label_a_few_seconds_ahead_of_its_transaction_wait
     clock[0] += RACE_S - 1
     assert feed.poll(input_ms=math.inf) == 0  # "y" still waits
     clock[0] += 2  # past RACE_S: a label whose transaction never came is unmatched
-    assert feed.poll(input_ms=math.inf) == 1 and p.unmatched_labels == 1
+    assert feed.poll(input_ms=math.inf) == 1 and p.unmatched_labels == 2
 
 
 def test_only_plans_with_label_aware_features_read_labels():
