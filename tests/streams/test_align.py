@@ -334,3 +334,23 @@ def test_a_skew_hold_ends_after_one_wait_however_slowly_the_loop_polls():
         got = a.take(10, ["p0", "p1", "p2"])
         time.sleep(0.105)  # (each pass longer than a wait)
     assert _names(got) == ["a1"] and passes <= 3, passes  # one wait, both together
+
+
+def test_a_partition_that_gave_nothing_since_its_assignment_holds_history_for_one_wait():
+    """A QA pass: at a start (and after each rebalance) the first poll, 100 records of one
+    partition over 8 hours of event time, went out before the other partitions' first records
+    were fetched: 184 decisions late."""
+    c = Consumer(p0=100, p1=0)  # p1 read to its end (nothing yet), p0's first poll in
+    a = Aligner(c, _key, max_wait_s=0.2, skew_s=300.0)
+    a.add({"p0": _recs("a", [1000.0 + 300 * i for i in range(100)])})
+    assert a.take(1000, ["p0", "p1"]) == []  # held: p1 may bring earlier records ...
+    c.hw["p1"] = 1
+    a.add({"p1": _recs("b", [900.0])})
+    assert _names(a.take(1, ["p0", "p1"])) == ["b0"]  # ... and it did
+    b = Aligner(Consumer(p0=1, p1=0), _key, max_wait_s=0.2, skew_s=300.0)
+    b.add({"p0": _recs("a", [1000.0])})
+    got: list = []
+    while not got:  # p1 gives nothing: one wait, then on
+        time.sleep(0.05)
+        got = b.take(10, ["p0", "p1"])
+    assert _names(got) == ["a0"]
