@@ -342,7 +342,15 @@ def measure_latency(
     warm = WARM
     load = paced_producer(bootstrap)
     produce(bootstrap, t["transactions"], warm, producer=load)
+    joined_by = time.monotonic() + 120
     while count(bootstrap, t["decisions"]) < warm:
+        # (a consumer that exited, or never joined, was waited for without end: a run hung)
+        if proc.poll() is not None or time.monotonic() > joined_by:
+            proc.kill()
+            raise RuntimeError(
+                f"{shlex.join(proc.args)}: no decision of the {warm} warm-up records "
+                f"(exit {proc.poll()}); is the broker at {bootstrap} well?"
+            )
         time.sleep(0.2)  # polling for the group join, not a fixed wait
     n_ramp, n_lat = int(rate * RAMP_S), int(rate * seconds)
     produce(bootstrap, t["transactions"], n_ramp + n_lat, rate=rate, start=warm, producer=load)
