@@ -145,28 +145,35 @@ def test_a_snapshot_of_another_group_on_the_state_topic_is_refused_and_not_kept(
     assert not (tmp_path / "us" / "engine.ckpt").exists()
 
 
+def _run_group_eu(broker: Any, tmp_path: Any, admin: Any) -> None:
+    """A runner of group ``eu`` over ``broker`` (both partitions assigned at its first poll),
+    with ``admin`` as its admin client, run until idle."""
+    from fds.streams.kafka import KafkaSettings, Runner
+    from tests.streams.fakebroker import Group, Producer, Reader
+    from tests.streams.test_refold import engine
+
+    broker.script = [(1, lambda g: g.rebalance({P0, P1}))]
+    group = Group(broker)
+    Runner(
+        KafkaSettings(checkpoint_in_background=False, align_wait_s=0, group="eu"), engine(),
+        consumer_factory=lambda **cfg: group if cfg.get("group_id") else Reader(broker),
+        producer_factory=lambda **cfg: Producer(broker, **cfg),
+        admin_factory=lambda **cfg: admin(broker, **cfg), checkpointer=Checkpointer(tmp_path),
+    ).run(max_idle_s=0.3)  # fmt: skip
+
+
 def test_a_group_with_offsets_of_another_input_topic_is_warned_about(tmp_path, caplog):
     """One group given two input topics (restarted with another, or another process of it
     reading another) went on without a word (a QA pass): its decisions partitions get two
     writers. The group's committed topics are listed at the start."""
     from kafka.structs import TopicPartition
 
-    from fds.streams.kafka import KafkaSettings, Runner
-    from tests.streams.fakebroker import Admin, Group, Producer, Reader
-    from tests.streams.test_refold import engine
+    from tests.streams.fakebroker import Admin
 
     broker = Broker(logs(n0=5, n1=5), committed={})
     broker.elsewhere = {TopicPartition("payments", 0): 7}
-    broker.script = [(1, lambda g: g.rebalance({P0, P1}))]
-    group = Group(broker)
-    r = Runner(
-        KafkaSettings(checkpoint_in_background=False, align_wait_s=0, group="eu"), engine(),
-        consumer_factory=lambda **cfg: group if cfg.get("group_id") else Reader(broker),
-        producer_factory=lambda **cfg: Producer(broker, **cfg),
-        admin_factory=lambda **cfg: Admin(broker, **cfg), checkpointer=Checkpointer(tmp_path),
-    )  # fmt: skip
     with caplog.at_level(logging.WARNING, logger="fds.streams.kafka"):
-        r.run(max_idle_s=0.3)
+        _run_group_eu(broker, tmp_path, Admin)
     said = (
         'group="eu" reads input topic "transactions", and has committed offsets of \'payments\' '
         "too: a group reads one input topic"
@@ -185,25 +192,15 @@ def test_a_new_group_s_offsets_that_cannot_be_listed_are_not_said_as_an_error(
     an ACL refusing the listing is still said."""
     import kafka.errors
 
-    from fds.streams.kafka import KafkaSettings, Runner
-    from tests.streams.fakebroker import Admin, Group, Producer, Reader
-    from tests.streams.test_refold import engine
+    from tests.streams.fakebroker import Admin
 
     class Unlisted(Admin):
         def list_group_offsets(self, *a, **kw):
             raise getattr(kafka.errors, error)()
 
     broker = Broker(logs(n0=2, n1=2), committed={})
-    broker.script = [(1, lambda g: g.rebalance({P0, P1}))]
-    group = Group(broker)
-    r = Runner(
-        KafkaSettings(checkpoint_in_background=False, align_wait_s=0, group="eu"), engine(),
-        consumer_factory=lambda **cfg: group if cfg.get("group_id") else Reader(broker),
-        producer_factory=lambda **cfg: Producer(broker, **cfg),
-        admin_factory=lambda **cfg: Unlisted(broker, **cfg), checkpointer=Checkpointer(tmp_path),
-    )  # fmt: skip
     with caplog.at_level(logging.INFO, logger="fds.streams.kafka"):
-        r.run(max_idle_s=0.3)
+        _run_group_eu(broker, tmp_path, Unlisted)
     said = "which topics group 'eu' has committed offsets of was not checked" in caplog.text
     assert said is (error != "CoordinatorNotAvailableError")
     assert len(broker.out) == 4
