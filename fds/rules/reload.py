@@ -363,17 +363,24 @@ class ReloadingRuleset:
     def _caught_mid_write(self, text: str, key: _Key) -> bool:
         """Were the rules in force read from a part of this file, while it was written in
         place: the same file (inode), its text then a beginning of this one, read at most
-        MID_WRITE_S ago, cut inside a line or short of a section (the policy) the whole file
-        has? (The first 6 of 14 rules, without the policy, decided under the new version, and
-        the whole file was then refused for that version for good: a QA pass.) An edit that
-        adds rules at the end needs a new version, as any."""
+        MID_WRITE_S ago, cut inside a line, short of a section (the policy) the whole file
+        has, or inside its last rule or section (:func:`_continues`)? (The first 6 of 14
+        rules, without the policy, decided under the new version, and the whole file was then
+        refused for that version for good: a QA pass.) An edit that adds rules at the end
+        needs a new version, as any."""
         was, part = self._in_force_key, self._text
         return (
             was is not None and was[2:4] == key[2:4] and len(text) > len(part)
             and text.startswith(part) and time.monotonic() - self._loaded_at <= MID_WRITE_S
-            # cut inside a line, or short of a section the whole file has (its policy): not
-            # an edit that added rules at the end (that needs a new version: a review)
-            and (not part.endswith("\n") or bool(_sections(text) - _sections(part)))
+            # cut inside a line, short of a section the whole file has (its policy), or inside
+            # the last rule or section (a rule's `state: shadow` or the policy's budget came
+            # seconds later: the part decided, the whole file was refused for good, a QA
+            # pass): not an edit that added rules at the end (a new version: a review)
+            and (
+                not part.endswith("\n")
+                or bool(_sections(text) - _sections(part))
+                or _continues(part, text[len(part) :])
+            )
         )  # fmt: skip
 
     def _keep(self, text: str) -> None:
@@ -524,6 +531,35 @@ class ReloadingRuleset:
 def _sections(text: str) -> set[str]:
     """The top-level keys of a rules file's text."""
     return set(re.findall(r"^([A-Za-z_][\w-]*)[ \t]*:", text, re.MULTILINE))
+
+
+def _continues(part: str, added: str) -> bool:
+    r"""Does ``added`` (what followed ``part`` in the file) go on with the entry ``part`` ended
+    in: its first line indented deeper than the last list item or top-level key of ``part``?
+    (``    state: shadow`` after a rule's ``score:``; ``  alert_budget_per_day:`` after the
+    policy's ``review_at:``; not ``  - id: ...``, a rule of its own.)
+
+    >>> _continues("rules:\n  - id: a\n    score: 1\n", "    state: shadow\n")
+    True
+    >>> _continues("rules:\n  - id: a\n    score: 1\n", "  - id: b\n")
+    False
+    """
+    first = next((ln for ln in added.splitlines() if _significant(ln)), None)
+    if first is None:
+        return False
+    for line in reversed(part.splitlines()):
+        if _significant(line) and (line.lstrip().startswith("- ") or not line[0].isspace()):
+            return _indent(first) > _indent(line)
+    return False
+
+
+def _significant(line: str) -> bool:
+    """A line that is not blank nor a comment."""
+    return bool(line.strip()) and not line.lstrip().startswith("#")
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" "))
 
 
 def _source(path: Path) -> str:

@@ -265,6 +265,17 @@ class RulesFile(_Strict):
                 f"the version holds {what} (U+{ord(bad.group()):04X}): write it on one line "
                 'of printable characters, e.g. version: "2026-11-30.1"'
             )
+        if isinstance(v, str) and (not v.isprintable() or v != v.strip()):
+            # (an invisible one, "v1\u200b" or "v1 ", passed the guard against other rules
+            # under a version served: it looked like v1 in logs and labels, a QA pass)
+            hidden = next((c for c in v if not c.isprintable()), None)
+            what = "a space at an end"
+            if hidden:
+                what = f"an invisible character (U+{ord(hidden):04X})"
+            raise ValueError(
+                f"the version holds {what}: write it of visible characters, e.g. "
+                'version: "2026-11-30.1"'
+            )
         return v
 
     @field_validator("grace", mode="before")

@@ -457,6 +457,37 @@ def test_a_file_read_while_written_in_place_is_taken_whole_under_its_version(
     assert rs.check_now() == "rejected" and rs.current.version == "v4"
 
 
+@pytest.mark.parametrize("cut", ["    state: shadow\n", "  alert_budget_per_day: 200\n"])
+def test_a_file_cut_at_a_line_end_inside_its_last_entry_is_taken_whole(
+    tmp_path: Path, cut: str
+) -> None:
+    """A QA pass: a file written in place stalled at a line end inside its last rule (its
+    `state: shadow` to come) or inside a last `policy:` section (its budget to come): the
+    part, with every section, decided under the new version (the rule active, no budget),
+    and the whole file was then refused for good. What follows the part goes on with its
+    last entry (indented deeper than it): the whole file now decides."""
+    p = tmp_path / "r.yaml"
+    p.write_text(rules("v1", 100))
+    rs = ReloadingRuleset(p, start=False, settle_seconds=0)
+    whole = rules("v2", 100) + (
+        "  - id: small\n    when: amount >= 10\n    action: decline\n    score: 1.0\n"
+        "    reason: Small\n    state: shadow\n"
+    )  # fmt: skip
+    if "budget" in cut:  # (the policy last, cut inside it)
+        whole += "policy:\n  decline_at: 0.9\n  alert_budget_per_day: 200\n"
+    part = whole[: whole.rindex(cut)]
+    with open(p, "w") as f:  # in place: the same inode, a pause after the part
+        f.write(part)
+    assert rs.check_now() == "ok"
+    with open(p, "a") as f:
+        f.write(whole[len(part) :])
+    os.utime(p, ns=(time.time_ns() + 10**6,) * 2)
+    assert rs.check_now() == "ok", rs.last_error
+    assert rs.current.rules[-1].spec.state == "shadow"
+    if "budget" in cut:
+        assert rs.current.policy.alert_budget_per_day == 200
+
+
 def test_a_rules_file_that_does_not_load_at_start_decides_with_the_copy_kept(
     tmp_path: Path, caplog
 ) -> None:

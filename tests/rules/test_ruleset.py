@@ -1107,3 +1107,24 @@ def test_a_feature_may_name_an_extra_field_as_a_rule_reads_it() -> None:
     tx = {"tx_id": "t", "ts": 1.0, "card_id": "c", "amount": 1.0,
           "extra": {"fee amt": 2.5, "shop": "s1"}}  # fmt: skip
     assert plan.compute(tx) == {"fees": 2.5, "shop_n": 1}
+
+
+@pytest.mark.parametrize(
+    ("written", "what"),
+    [
+        (r'"v1\u200b"', "an invisible character (U+200B)"),  # a zero-width space
+        (r'"v1\u00a0"', "an invisible character (U+00A0)"),  # a no-break space
+        ('"v1 "', "a space at an end"),
+        ('" v1"', "a space at an end"),
+    ],
+)
+def test_a_version_with_an_invisible_character_is_refused(written: str, what: str) -> None:
+    """A QA pass: "v1\\u200b" passed the guard against other rules under a version served,
+    and looked like v1 in the logs and the metric label."""
+    with pytest.raises(ConfigError) as e:
+        load_ruleset_text(f"version: {written}\nrules: []\n", "r.yaml")
+    assert str(e.value) == (
+        f"r.yaml:1:10: version: the version holds {what}: write it of visible characters, "
+        'e.g. version: "2026-11-30.1"'
+    )
+    assert load_ruleset_text('version: "2026-12-05 규칙 v1"\nrules: []\n', "r.yaml").version
