@@ -1043,6 +1043,9 @@ MAX_PARENTS = 1_000
 #: The reason of a rejection taken from a trainer's registry through the models topic
 #: (:meth:`Registry.follow`): rolled back there, or a lost contest; a scorer cannot tell which.
 FOLLOWED_REASON = "the trainer's registry (models topic)"
+#: Why a scorer serves a version that replaced a champion which had learned fewer than
+#: ``promote.warmup_labels`` examples (no contest): a promotion its trainer is told of too.
+WARM_UP = "warm-up"
 
 
 def line_of(m: Mapping[str, Any], version: str, stop: str | None = None) -> list[str]:

@@ -58,6 +58,7 @@ from fds.models.champion import BudgetRank, Contest
 from fds.models.fused import serving
 from fds.models.registry import (
     CANARY_SIZE,
+    WARM_UP,
     Registry,
     canary,
     learned,
@@ -364,6 +365,9 @@ class ModelServer:
             raw = min(max(raw, 0.0), 1.0)
         s = self._probability(raw)
         shadow, shadow_version = math.nan, None
+        if self.challenger is not None and self.challenger_version in self._rejected:
+            self._end_rejected()  # (its line rolled back: ended at once, not at a label judged
+            # here, which a scorer may not see for hours while newer versions wait: a QA pass)
         if self.challenger is not None:
             try:  # in shadow: scored on live traffic so that a failing one is dropped early
                 shadow, shadow_version = _p(self.challenger, x), self.challenger_version
@@ -482,12 +486,29 @@ class ModelServer:
         if self._champion_labels < self.spec.promote.warmup_labels:
             # A champion that has learned next to nothing is no yardstick: a contest between two
             # near-empty models is noise and would only slow the start down.
-            self._set_champion(version, model, "warm-up", entry)
+            self._set_champion(version, model, WARM_UP, entry)
+            # a contest of an older version (the champion set back by hand to one under its
+            # warm-up) ends: it held every newer version queued until its verdict (a QA pass)
+            if self._ends_older_contest(version):
+                self.challenger = self.challenger_version = self.contest = None
+                self._queued = None  # (older than this one: offered in order)
             return
         if self.contest is None:
             self._start_shadow(version, model, entry)
         else:
             self._queued = (version, model, entry)  # the newest waits; older queued ones drop
+
+    def _ends_older_contest(self, version: str) -> bool:
+        """Is the challenger contested older than ``version``, the champion now (said)? (A QA
+        pass: a fleet moved on to a newer champion, and the old contest, gone on against it,
+        expired with no label judged and promoted the older version.)"""
+        older = self.challenger_version is not None and (
+            seq_of(self.challenger_version) < seq_of(version)
+        )
+        if older:
+            log.info("model contest of %s ended: the champion %s is newer",
+                     self.challenger_version, version)  # fmt: skip
+        return older
 
     def _start_shadow(self, version: str, model: Any, entry: dict[str, Any]) -> None:
         if self.registry is not None:  # kept by retention until its verdict
@@ -1466,14 +1487,7 @@ class ModelServer:
                 self._offered = entry.get("seq", -1)  # versions served meanwhile are contested
             self._standing_in = stand_in
             dropped = version == self.challenger_version  # promoted by hand in its contest
-            older = self.challenger_version is not None and (
-                seq_of(self.challenger_version) < seq_of(version)
-            )  # (a QA pass: a fleet moved on to a newer champion, and the old contest, gone
-            # on against it, expired with no label judged and promoted the older version)
-            if older:
-                log.info("model contest of %s ended: the registry's champion %s is newer",
-                         self.challenger_version, version)  # fmt: skip
-            dropped = dropped or older
+            dropped = self._ends_older_contest(version) or dropped
             if dropped or stand_in:  # (a contest against a stand-in would be written for all)
                 self.challenger = self.challenger_version = self.contest = None
                 if self._queued is not None and seq_of(self._queued[0]) <= seq_of(version):

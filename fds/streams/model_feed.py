@@ -71,6 +71,7 @@ from fds.metrics import NullMetrics
 from fds.models.registry import (
     FOLLOWED_REASON,
     KEY_ENV,
+    WARM_UP,
     Registry,
     sign_deployment,
     sign_record,
@@ -494,11 +495,18 @@ class ModelFeed:
         decision thread: only queued here): a contest's verdict is sent to the trainer on the
         models topic, signed, by the feed thread. Scorers fed by a topic each judged in their
         own registry and served different versions (a QA pass of a fleet)."""
+        warm_up = kind == "swap" and info.get("why") == WARM_UP
+        if warm_up:  # the fleet's champion too: sent as a promotion over the one it replaced
+            # (not sent, the trainer's registry kept an older champion, every lifecycle put
+            # the fleet back on it, and a contest won against the warm-up's was refused there:
+            # a QA pass)
+            kind, info = "promote", {"candidate": info.get("to"), "incumbent": info.get("from"),
+                                     "why": WARM_UP}  # fmt: skip
         judged = _VERDICTS.get(kind)
         version = info.get(judged[0]) if judged else None
         if judged is None or version is None:
             return
-        if kind != "shadow" and f"recall_at_budget_{judged[0]}" not in info:
+        if kind != "shadow" and not warm_up and f"recall_at_budget_{judged[0]}" not in info:
             return  # (a challenger dropped because it raised here: this machine's, not sent)
         body = {
             "kind": VERDICT, "name": self.name, "decisions_topic": self.decisions_topic,

@@ -765,3 +765,45 @@ def test_a_registry_that_cannot_be_read_is_counted(tmp_path: Path) -> None:
         srv.stop_watch()
     got = metrics.registry.get_sample_value("fds_model_swaps_total", {"result": "poll_failed"})
     assert got == 1
+
+
+def test_a_contest_ends_when_a_warm_up_or_a_rejection_passes_its_challenger_by(
+    tmp_path: Path,
+) -> None:
+    """A QA pass of a fleet: the champion set back by hand to a version under its warm-up
+    (946 of 1,000 examples learned), the next version replaced it directly, and the contest
+    of an older challenger went on: every newer version waited in the queue (10 published,
+    none served or contested for 8 min). And a challenger rejected in the registry (its line
+    rolled back) kept its contest until a label was judged here. Both end now."""
+    reg = Registry(tmp_path)
+
+    def publish(learned: int) -> str:
+        return reg.publish(FeatureModel("amount"), spec={"name": "default"},
+                           labels_learned=learned)["version"]  # fmt: skip
+
+    def offered() -> str | None:
+        version = srv.poll()
+        srv.score({"tx_id": "t", "ts": 1.0, "amount": 5.0}, {})  # the hot path takes it
+        return version
+
+    reg.promote(publish(50_000))
+    publish(946)  # v2: under its warm-up
+    srv = ModelServer(load_spec("default"), registry=reg, learn=False)
+    srv.load_champion()
+    publish(5_000)
+    assert offered() == "v000003" and srv.challenger_version == "v000003"
+    assert offered() is None and srv.contest is not None  # (the contest runs)
+    reg.promote("v000002", reason="by hand")  # older than the challenger
+    assert offered() == "v000002" and srv.version == "v000002"
+    assert srv.challenger_version == "v000003"  # (goes on against the hand's champion)
+    publish(2_000)
+    assert offered() == "v000004" and srv.version == "v000004"  # a warm-up swap ...
+    assert srv.contest is None and srv.challenger_version is None  # ... ends the older one
+    publish(3_000)
+    assert offered() == "v000005" and srv.challenger_version == "v000005"  # contested
+    srv._writes.join()
+    reg.reject("v000005", "rolled back by hand")
+    assert offered() is None  # (the watcher reads the rejection) and the next event ends it
+    assert srv.contest is None and srv.challenger_version is None
+    publish(4_000)
+    assert offered() == "v000006" and srv.challenger_version == "v000006"

@@ -715,6 +715,41 @@ def test_a_scorers_contest_verdicts_are_sent_signed_and_judged_by_the_trainer(
     assert scorer.handle(_value(sent)) == "skipped"
 
 
+def test_a_scorers_warm_up_swap_is_sent_as_a_promotion_and_judged_by_the_trainer(
+    tmp_path: Path,
+) -> None:
+    """A QA pass of a fleet: warm-up swaps were not sent, so the trainer's registry kept a
+    champion set by hand under its warm-up (or none at all: a rollback there found "nothing
+    to roll back to"); each lifecycle put the fleet back on it, and a contest won against a
+    warm-up's champion was refused there. A warm-up is sent as a promotion over the version
+    it replaced; a first version or a scorer without labels serving the newest is not."""
+    from tests.streams.test_train_service import Producer
+
+    trainer = Registry(tmp_path / "trainer", key=b"k")
+    for n in (1, 2, 3):
+        _publish(trainer, {"w": n})
+    trainer.promote("v000001")
+    producer = Producer(limit=1 << 20)
+    scorer = _feed(tmp_path / "a", key=b"k", decisions_topic="decisions", by="fds/a",
+                   producer_factory=lambda **cfg: producer)  # fmt: skip
+    scorer.on_event("swap", {"from": None, "to": "v000001", "why": "first version"})
+    scorer.on_event("swap", {"from": "v000001", "to": "v000002", "why": "newest"})
+    scorer.on_event("swap", {"from": "v000001", "to": "v000002", "why": "warm-up"})
+    scorer._send_verdicts()
+    (sent,) = producer.values
+    assert (sent["verdict"], sent["version"], sent["other"], sent["figures"]["why"]) == (
+        "promote", "v000002", "v000001", "warm-up"
+    )  # fmt: skip
+    judge = ModelFeed(KafkaSettings(), trainer, name="m", decisions_topic="decisions", judge=True)
+    assert judge.handle(_value(sent)) == "verdict"
+    assert trainer.champion() == "v000002"
+    # a contest won against the warm-up's champion now fits the trainer's registry
+    scorer.on_event("promote", {**CONTEST, "candidate": "v000003", "incumbent": "v000002"})
+    scorer._send_verdicts()
+    assert judge.handle(_value(producer.values[-1])) == "verdict"
+    assert trainer.champion() == "v000003"
+
+
 def test_the_trainers_judgement_is_final_and_a_scorer_waits_for_it(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
