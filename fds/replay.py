@@ -479,6 +479,11 @@ def _validated(
                     stream.cut = str(rec)
             elif stream is not None:
                 stream.unparsed += 1
+                if mapping is not None and isinstance(raw, dict):  # (a value the mapping's
+                    # notation could not read: its fraud left the summary too, a QA pass)
+                    column = mapping.fields.get("tx_id", "tx_id")
+                    truth = raw.get(label.column) if label is not None else None
+                    _dead_fraud(stream, raw.get(column), label, truth)
             continue
         truth = rec.pop(label.column, None) if label and isinstance(rec, dict) else None
         try:
@@ -486,14 +491,8 @@ def _validated(
         except ValidationError as e:  # (its label put back: a review found it lost)
             row = _as_read(raw, rec, label, truth)
             dlq.append(dead_letter(stage=validating, error=e, raw=row, source=source, position=pos))
-            tx_id = rec.get("tx_id") if isinstance(rec, dict) else None
-            if stream is not None and type(tx_id) in (str, int):
-                # a fraud by a labels file, or by its own label column (the frauds of rows
-                # dead-lettered left the summary without a word there: a QA pass)
-                if truth is not None and label is not None and _fraud(label, truth):
-                    stream.truth.add(str(tx_id))
-                if str(tx_id) in stream.truth:
-                    stream.dead_truth.add(str(tx_id))
+            if stream is not None and isinstance(rec, dict):
+                _dead_fraud(stream, rec.get("tx_id"), label, truth)
             continue
         if isinstance(rec, dict):
             # a local time of the hour a DST change repeats: its second pass where the file
@@ -527,6 +526,18 @@ def _validated(
                 }
             )
         yield out
+
+
+def _dead_fraud(stream: ReplayInput, tx_id: Any, label: Any, truth: Any) -> None:
+    """Count a dead-lettered transaction among the known frauds when a labels file, or its own
+    label column (``truth``), says it is one (the frauds of rows dead-lettered left the
+    summary without a word: a QA pass)."""
+    if type(tx_id) not in (str, int):
+        return
+    if truth is not None and label is not None and _fraud(label, truth):
+        stream.truth.add(str(tx_id))
+    if str(tx_id) in stream.truth:
+        stream.dead_truth.add(str(tx_id))
 
 
 def _fraud(label: Any, value: Any) -> bool:

@@ -310,6 +310,34 @@ def test_fraud_labels_of_a_label_column_on_dead_lettered_rows_are_counted(tmp_pa
     assert s.as_dict()["dead_frauds"] == 2
 
 
+@pytest.mark.parametrize("labels", ["column", "file"])
+def test_fraud_labels_of_rows_the_mappings_notation_could_not_read_are_counted(tmp_path, labels):
+    """A QA pass: a row whose amount the mapping's decimal comma could not read ("abc") or
+    whose time its ts_format could not is dead-lettered by the reader, before validation:
+    its fraud (a label column) left the summary (`fraud labels of dead letters` 1 of 2), and
+    a --labels file's was said "of no transaction", though the dead letter names its id."""
+    p = tmp_path / "x.csv"
+    p.write_text(
+        "ref;zeit;karte;betrag;label\na1;2026-03-01 08:00:00;c1;12,5;0\n"
+        "a2;2026-03-01 08:01:00;c1;abc;1\na3;2026-03-01 08:02:00;c1;-3;1\n"
+        "a4;2026-03-01 08:03:00;c1;5;1\na5;01.03.2026;c1;5;1\n"
+    )
+    mapping = ColumnMapping.model_validate({
+        "delimiter": ";", "decimal": ",", "ts_format": "%Y-%m-%d %H:%M:%S",
+        "fields": {"tx_id": "ref", "ts": "zeit", "card_id": "karte", "amount": "betrag"},
+        **({"label": {"column": "label", "delay": "0s"}} if labels == "column" else {}),
+    })  # fmt: skip
+    lp = None
+    if labels == "file":
+        lp = write_jsonl(tmp_path / "l.jsonl", [
+            {"tx_id": t, "ts": T0 + 2, "is_fraud": True} for t in ("a2", "a3", "a4", "a5")
+        ])  # fmt: skip
+    stream = replay.open_stream(p, mapping=mapping, labels_path=lp)
+    s = replay.run(Engine(), stream, ListSink(), ListSink())
+    assert (s.dead_frauds, s.unmatched_frauds) == (3, 0)
+    assert dict(s.rows())["  fraud labels of dead letters"] == "3"
+
+
 def test_a_repeated_tx_id_does_not_hide_a_label_of_no_transaction(tmp_path):
     """A QA pass: the unmatched count was labels minus frauds decided, so d1 decided twice
     cancelled the label of no transaction."""
