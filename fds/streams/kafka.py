@@ -148,7 +148,7 @@ from fds.metrics import (
 from fds.models.registry import KEY_ENV, read_own, write_atomic
 from fds.pipeline import DEFAULT_MODEL, DEFAULT_RULES, build_engine
 from fds.schema import check_not_ahead, dead_letter, dumps, loads_record, parse_transaction
-from fds.streams.align import Aligner, fetched_to
+from fds.streams.align import SEQ_HEADER, Aligner, fetched_to
 from fds.streams.checkpoint import (
     Checkpoint,
     Checkpointer,
@@ -4284,7 +4284,11 @@ def produce_file(
                     # label file) by its tx_id, as streams/topics.yaml keys the labels topic
                     card = rec.get("card_id", rec.get("tx_id"))
                     key = None if card is None else str(card).encode()
-                    fut = producer.send(topic, value=dumps(rec), key=key)
+                    # its place in the file: fds run takes records of one event time in that
+                    # order, as fds replay does (see align.SEQ_HEADER)
+                    fut = producer.send(
+                        topic, value=dumps(rec), key=key, headers=[(SEQ_HEADER, b"%d" % n)]
+                    )
                 elif isinstance(rec, Exception):  # unreadable: the file's own bytes (a row
                     # read but refused by the mapping as JSON: it was Python's repr), and
                     mapped = isinstance(raw, dict)  # (read, and refused by the mapping)
