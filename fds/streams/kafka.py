@@ -4179,16 +4179,33 @@ def produce_file(
             f"--labels-topic {labels_topic!r} is the topic the records go to: give each its own"
         )
     target = topic or settings.input_topic
-    holds_labels = target != settings.input_topic and _labels_file(path, mapping)
+    holds_labels, own = False, None
+    if target != settings.input_topic:
+        # a labels file of its own columns and notation (a chargeback export) is read with the
+        # mapping's labels_file:, labels_options: and label_values:, as `fds replay --labels`
+        # reads it (it was read as transactions, and refused: a QA pass)
+        if not (mapping and mapping.label):
+            own = (mapping or ColumnMapping()).for_labels()
+        for reading in (mapping, own) if own is not None else (mapping,):
+            with contextlib.suppress(ConfigError):  # (not columns of that mapping)
+                if _labels_file(path, reading):
+                    mapping, holds_labels = reading, True
+                    break
     if not holds_labels and _labels_topic_name(target, settings):
+        why = "its first record is none: tx_id, ts, is_fraud and no amount"
+        try:  # (a labels file's columns or delimiter amiss: said as for fds replay --labels)
+            if own is not None:
+                check_transaction_columns(path, own)
+        except ConfigError as exc:
+            why = f"read as labels, {str(exc).removeprefix(f'{exc.where}: ')}"
         # the kit's transactions topic beside it (a prefixed one: the prefix's, a README walk)
         txs = settings.input_topic
         if target.endswith((".labels", "-labels", "_labels")):  # (_labels_topic_name's)
             txs = target.removesuffix("labels") + "transactions"
         where = f"--topic {txs}" + (", or no --topic" if txs == settings.input_topic else "")
         raise ConfigError(  # (fds run and fds train dead-lettered each one: a QA pass)
-            f"--topic {target!r} is a labels topic, but {path} holds no labels (its first "
-            "record is none: tx_id, ts, is_fraud and no amount); transactions go to the "
+            f"--topic {target!r} is a labels topic, but {path} holds no labels ({why}); "
+            "transactions go to the "
             f"transactions topic ({where}), and a --mapping's fraud column goes there as labels "
             f"with --labels-topic {target}"
         )

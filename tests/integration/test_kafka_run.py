@@ -1129,6 +1129,36 @@ def test_produce_reads_a_bank_export_as_replay_does(kafka_bootstrap, topics, tmp
     assert sorted(lab["tx_id"] for lab in labels) == ["R2", "R3"]
 
 
+def test_produce_sends_a_labels_file_of_its_own_columns_as_replay_reads_it(
+    kafka_bootstrap, topics, tmp_path
+):
+    """A QA pass: `fds replay X --mapping M --labels chargebacks.csv` read a chargeback file
+    of its own columns, notation and words (labels_file:, labels_options:, label_values:),
+    but `fds produce chargebacks.csv --mapping M --topic labels` read it as transactions and
+    refused it (a `;` file without a mapping was said to hold "no labels" too)."""
+    from fds.errors import ConfigError
+    from fds.streams.files import load_mapping
+
+    s = settings_for(kafka_bootstrap, topics, "unused")
+    (tmp_path / "m.yaml").write_text(
+        "fields: {tx_id: Ref}\ntimezone: Asia/Seoul\n"
+        "labels_file: {tx_id: ref, ts: bekannt, is_fraud: betrug}\n"
+        "labels_options: {delimiter: ';'}\nlabel_values: {fraud: [ja], legit: [nein]}\n"
+    )
+    cb = tmp_path / "chargebacks.csv"
+    cb.write_text("ref;bekannt;betrug\nt1;2026-01-02 10:00:00;ja\nt2;2026-01-02 11:00:00;nein\n")
+    mapping = load_mapping(tmp_path / "m.yaml")
+    assert produce_file(cb, s, topic=topics["labels"], mapping=mapping) == 2
+    sent = [orjson.loads(r.value) for r in read_all(kafka_bootstrap, topics["labels"])]
+    assert sent == [
+        {"tx_id": "t1", "ts": 1767315600.0, "is_fraud": True},  # 10:00 in Seoul: 01:00 UTC
+        {"tx_id": "t2", "ts": 1767319200.0, "is_fraud": False},
+    ]
+    with pytest.raises(ConfigError, match=r"holds no labels \(read as labels, .*give `delimiter: "
+                       r"';'` under `labels_options:`"):  # fmt: skip
+        produce_file(cb, s, topic=topics["labels"])
+
+
 def test_produce_says_how_far_it_got_and_refuses_what_fds_run_cannot_read(
     kafka_bootstrap, topics, tmp_path, caplog
 ):
