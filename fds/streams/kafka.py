@@ -78,9 +78,11 @@ import re
 import shlex
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
+import typing
 import weakref
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -797,6 +799,29 @@ class KafkaSettings(BaseSettings):
         that names two settings that conflict."""
         return self.given_as(setting) or _flag_of(setting) or f"FDS_{setting.upper()}"
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _as_written(cls, v: Any, info: ValidationInfo) -> Any:
+        """A setting's value of the kind it needs, not coerced from another YAML made of it:
+        ``yes``/``no`` (YAML's true/false) for a number was taken as 1 or 0 (a broker timeout
+        of 1 s, one commit per record: a QA pass), and a number for a text was refused with no
+        fix (a numeric password: YAML reads ``0123`` as 83)."""
+        kind = cls.model_fields[str(info.field_name)].annotation
+        kinds = typing.get_args(kind) or (kind,)
+        if isinstance(v, bool) and bool not in kinds:
+            raise ValueError(
+                f"{str(v).lower()} (YAML reads yes/no/on/off as true/false) where a "
+                "number or a text is wanted: write the value itself"
+            )
+        if (
+            isinstance(v, int | float)
+            and not isinstance(v, bool)
+            and (str in kinds or SecretStr in kinds)
+            and not ({int, float} & set(kinds))
+        ):
+            raise ValueError('a number where a text is wanted: quote it in the file ("...")')
+        return v
+
     @field_validator("bootstrap")
     @classmethod
     def _host_port(cls, v: str) -> str:
@@ -924,6 +949,14 @@ class KafkaSettings(BaseSettings):
         protocol = info.data.get("security_protocol", "PLAINTEXT")
         if v is not None and protocol in ("SSL", "SASL_SSL") and not Path(v).is_file():
             raise ValueError(f"no such file {v!r}")  # (a plaintext client does not read it)
+        if v is not None and protocol in ("SSL", "SASL_SSL") and info.field_name == "ssl_cafile":
+            try:  # (one that is no certificate waited out the broker timeout, then blamed
+                ssl.create_default_context(cafile=v)  # the broker: a QA pass)
+            except (ssl.SSLError, OSError, ValueError) as e:
+                raise ValueError(
+                    f"{v!r} holds no CA certificate ({e}): give the PEM file of the certificate "
+                    "that signed the broker's (-----BEGIN CERTIFICATE-----)"
+                ) from None
         return v
 
     @model_validator(mode="after")

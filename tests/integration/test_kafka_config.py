@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from pathlib import Path
 
 import pydantic
 import pytest
@@ -14,6 +15,9 @@ import pytest
 from fds.errors import ConfigError
 from fds.streams import kafka_cli
 from fds.streams.kafka import KafkaSettings, _settings_from, load_settings
+
+#: A self-signed certificate alone (its key was not kept): a CA file that loads.
+TEST_CA = Path(__file__).with_name("test-ca.pem")
 
 
 def test_flags_beat_environment_beat_file(tmp_path, monkeypatch):
@@ -187,6 +191,41 @@ def test_bad_values_name_the_setting_and_file(tmp_path):
         load_settings(tmp_path / "missing.yaml")
 
 
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        ("broker_timeout_s: yes", "broker_timeout_s: true (YAML reads yes/no/on/off as true/"),
+        ("max_poll_records: true", "max_poll_records: true (YAML reads"),
+        ("max_unacked_batches: off", "max_unacked_batches: false (YAML reads"),
+        ("group_instance_id: 3", "group_instance_id: a number where a text is wanted: quote it"),
+        ("sasl_plain_password: 98765432109876", "sasl_plain_password: a number where a text"),
+    ],
+)
+def test_a_value_yaml_made_another_kind_of_is_refused_not_coerced(tmp_path, line, says):
+    """A QA pass: `broker_timeout_s: yes` was taken as 1 s and `max_poll_records: true` as one
+    record a poll (one commit per record), without a word; a number for a text was refused
+    with no fix (a numeric password: YAML reads 0123 as 83, so it is not taken as text)."""
+    f = tmp_path / "kafka.yaml"
+    f.write_text(f"group: g\n{line}\n")
+    with pytest.raises(ConfigError, match=re.escape(f"kafka.yaml:2: {says}")) as e:
+        load_settings(f)
+    assert "98765432109876" not in str(e.value)  # (a secret is not echoed)
+    f.write_text("group: g\nmax_poll_records: 7\ngroup_instance_id: '3'\nrebuild_state: no\n")
+    s = load_settings(f)
+    assert (s.max_poll_records, s.group_instance_id, s.rebuild_state) == (7, "3", False)
+
+
+def test_a_ca_file_that_holds_no_certificate_is_refused_before_connecting(tmp_path):
+    """A QA pass: an --ssl-cafile that exists but is no certificate waited out the broker
+    timeout (60 s), then said the broker could not be reached."""
+    ca = tmp_path / "ca.pem"
+    ca.write_text("notapem\n")
+    with pytest.raises(ConfigError, match=r"ssl_cafile: '.*ca\.pem' holds no CA certificate .*"
+                       r"give the PEM file of the certificate"):  # fmt: skip
+        load_settings(security_protocol="SSL", ssl_cafile=str(ca))
+    assert load_settings(ssl_cafile=str(ca)).ssl_cafile == str(ca)  # (plaintext: not read)
+
+
 def test_an_offset_reset_fds_cannot_run_with_is_refused_at_the_start(tmp_path, monkeypatch):
     """Found by a QA pass: ``none`` or a typo was passed to the client, and fds run retried
     the poll's error for ever as a broker out of reach."""
@@ -327,7 +366,7 @@ def test_security_settings_that_work_are_not_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("FDS_SSL_CAFILE", "/nonexistent/ca.pem")
     assert load_settings().ssl_cafile == "/nonexistent/ca.pem"  # PLAINTEXT: not read
     monkeypatch.delenv("FDS_SSL_CAFILE")
-    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    (tmp_path / "ca.pem").write_bytes(TEST_CA.read_bytes())
     f = tmp_path / "kafka.yaml"
     f.write_text("security_protocol: SSL\nssl_cafile: ca.pem\n")
     monkeypatch.chdir("/")
@@ -350,7 +389,7 @@ def test_the_group_timeouts_are_flags_too():
 
 def test_security_settings_reach_the_client_and_secrets_stay_hidden(tmp_path):
     ca = tmp_path / "ca.pem"
-    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    ca.write_bytes(TEST_CA.read_bytes())
     s = KafkaSettings(
         bootstrap="a:9093,b:9093",
         security_protocol="SASL_SSL",
