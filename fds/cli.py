@@ -238,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)  # (imports every command's module: a while)
     except _Terminated:
         return 143
+    except KeyboardInterrupt:  # (a traceback, not JSON with --log-format json: a QA pass)
+        return 130
     level = "DEBUG" if args.verbose else "WARNING" if args.quiet else "INFO"
     configure_logging(level, fmt=args.log_format)
     try:

@@ -87,6 +87,7 @@ from fds.streams.checkpoint import SHARED_FILE, Checkpointer, default_state_dir,
 from fds.streams.kafka import (
     CONNECTION_SETTINGS,
     DEPLOYMENT_FLAGS,
+    STOP_SIGNALS,
     BrokerWatch,
     IdleTimer,
     KafkaSettings,
@@ -1253,8 +1254,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 2
     if server is not None:  # (as fds run says it, whatever -q: --metrics-port 0 left it
         say(f"serving metrics on {server.url}", logging.INFO)  # unknown, QA passes)
-    signal.signal(signal.SIGTERM, svc.stop)
-    signal.signal(signal.SIGINT, svc.stop)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, svc.stop)
     try:
         stats = svc.run(max_idle_s=args.max_idle)
     except ConfigError as exc:

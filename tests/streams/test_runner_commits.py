@@ -363,6 +363,24 @@ def test_a_fenced_instance_stops_at_once_saying_why():
         r"producer \(fds-fds-eu-1\).*fds-eu with 1 and fds with eu-1 are both",
     ):
         eos._process(batch(0))
+    # ... or as the state the fence left the transaction in (a QA pass: a raw "IllegalState
+    # Error: Cannot call send in state READY" ended the run in 3 trials of 5)
+    from kafka.errors import IllegalStateError
+
+    class Reset(Taken):
+        def send(self, topic: str, **_: Any) -> Future:
+            raise IllegalStateError("Cannot call send in state READY")
+
+    eos.producer = Reset()
+    with pytest.raises(FdsError, match=r"send: the broker fenced this instance's transactional"):
+        eos._process(batch(0))
+    bumping = IllegalStateError("Cannot call send in state BUMPING_PRODUCER_EPOCH")
+    with pytest.raises(FdsError, match=r"commit_transaction: the broker fenced"):
+        eos._retrying("commit_transaction", lambda: (_ for _ in ()).throw(bumping))
+    alo = make_runner(group="g", broker_timeout_s=0.01)  # (at-least-once it is no fence)
+    with pytest.raises(FdsError) as e:
+        alo._retrying("flush", lambda: (_ for _ in ()).throw(IllegalStateError("closed!")))
+    assert "fenced" not in str(e.value)
     r.consumer = Fenced()
     r.aligner = Aligner(r.consumer, r._event_time, max_wait_s=0)
     for call in (lambda: r._poll_loop(max_idle_s=5), lambda: r._commit_async({})):
