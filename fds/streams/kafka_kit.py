@@ -724,7 +724,8 @@ def up(
         Seconds to wait for the broker to answer a metadata request.
     secure_port
         Also listen for SASL_SSL clients (SCRAM-SHA-512 over TLS) on this port; how to
-        connect: :func:`secure_listener`. Decided when the data dir is formatted.
+        connect: :func:`secure_listener`. Decided when the data dir is formatted (by default
+        the one it was formatted with).
 
     Returns
     -------
@@ -749,6 +750,8 @@ def up(
             kit = read_kit(ddir) or {}
             if port is None:
                 port = kit.get("port") or DEFAULT_PORT
+            if secure_port is None:  # (fixed when formatted: `up --data-dir D` of a dir with
+                secure_port = kit.get("secure_port")  # one was refused, "add --secure-port")
             if controller_port is None:
                 controller_port = kit.get("controller_port") or next(
                     (p for p in (port + 1, port + 2, port - 1) if p <= 65535 and p != secure_port),

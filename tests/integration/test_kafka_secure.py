@@ -158,3 +158,12 @@ def test_the_secrets_are_readable_by_their_owner_only(secure):
     for path in (ddir / "server.properties", ddir / "secure.json"):  # key store / SCRAM password
         assert path.stat().st_mode & 0o077 == 0, path
     assert secure.password not in (ddir / "server.properties").read_text()
+
+
+def test_up_with_only_the_data_dir_takes_its_secure_port_too(secure):
+    """A QA pass: `fds kafka up --data-dir D` (the README's way to restart D's broker on its
+    own ports) was refused for a dir formatted with a secured listener: "add --secure-port"."""
+    ddir = secure.keystore.parent.parent
+    bootstrap = kafka_kit.up(data_dir=ddir)  # (running: found, not started again)
+    assert kafka_kit.read_kit(ddir)["port"] == int(bootstrap.rpartition(":")[2])
+    assert kafka_kit.secure_listener(ddir).port == secure.port
