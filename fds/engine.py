@@ -153,6 +153,8 @@ class Engine:
         # and the model version (a swap lifts it)
         self._demoted_as: dict[str, Any] = {}
         self._lifted_for: Any = None  # the ruleset _lift_edited last looked at
+        self._breaker_for: Any = None  # the ruleset whose breaker settings are in force
+        self._exempt: frozenset[str] = frozenset()  # rules written `breaker: false`
         self._rule_ids: tuple[Any, tuple[str, ...]] | None = None  # (ruleset, its rule ids)
         # What the model reads of the rules (fixed per model stage): its score is then final
         # (``reads_rules``), and it gets one input per rule (``reads_rule_ids``; a stage
@@ -366,8 +368,26 @@ class Engine:
             decline_at=getattr(policy, "decline_at", 1.0),
             review_at=getattr(policy, "review_threshold", getattr(policy, "review_at", 1.0)),
         )
+        ruleset = getattr(self.rules, "applied", self.rules)
+        if ruleset is not self._breaker_for:
+            self._configure_breaker(ruleset)
+        if self._exempt:
+            sources = [s for s in sources if s not in self._exempt]
         # the card lets the breaker tell one card's fraud burst from a rule gone wrong
         self._demote(self.breaker.observe(action, sources, ts=ts, entity=card), model_version)
+
+    def _configure_breaker(self, ruleset: Any) -> None:
+        """Take the rate breaker's settings of ``ruleset``, the rules in force (its first
+        decision to judge): ``policy.breaker_multiple`` and the rules written ``breaker:
+        false``, whose rates it does not judge. They were fixed in the code, and the README
+        told analysts to choose them (a QA pass)."""
+        self._breaker_for = ruleset
+        spec = getattr(ruleset, "spec", None)
+        if spec is None:  # (a rule stage of a test, no file behind it)
+            return
+        assert self.breaker is not None
+        self.breaker.multiple = spec.policy.breaker_multiple
+        self._exempt = frozenset(r.id for r in spec.rules if not r.breaker)
 
     def _demote(self, trips: tuple[Trip, ...], model_version: str | None) -> None:
         """Demote what the rate breaker tripped to shadow: logged and counted."""

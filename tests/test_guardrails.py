@@ -498,3 +498,37 @@ def test_a_breaker_pickled_before_it_guarded_raises_still_works() -> None:
     for _ in range(200):  # windows close, baselines update
         old.observe("approve")
     old.reset("r")
+
+
+@pytest.mark.parametrize(
+    ("written", "demoted"),
+    [
+        ("", {"wave"}),  # the default: demoted
+        ("    breaker: false\n", set()),  # the analyst's exemption
+        ("policy: {breaker_multiple: 1000}\n", set()),  # the analyst's own multiple
+    ],
+)
+def test_an_analyst_sets_the_breaker_in_the_rules_file(written: str, demoted: set) -> None:
+    """A QA pass: the README told analysts to choose the breaker's `multiple` from a
+    backtest, but it was fixed in the code (3.0), and a rule catching a genuine fraud wave
+    could not be kept from demotion. `policy.breaker_multiple` sets it, a rule's `breaker:
+    false` exempts that rule's rate."""
+    from fds.engine import Engine
+    from fds.pipeline import BREAKER_MIN_EVENTS, BREAKER_MULTIPLE, BREAKER_WINDOW
+    from fds.policy import Policy
+    from fds.rules.ruleset import load_ruleset_text
+
+    text = (
+        "version: v\nrules:\n"
+        "  - id: wave\n    when: amount > 500\n    action: decline\n    score: 1.0\n"
+        "    reason: a fraud wave\n"
+    )
+    rules = load_ruleset_text(text + written, "r.yaml")
+    breaker = RuleBreaker(BREAKER_WINDOW, multiple=BREAKER_MULTIPLE, min_events=BREAKER_MIN_EVENTS,
+                          initial_baseline={"decline": 0.01})  # fmt: skip
+    engine = Engine(rules=rules, breaker=breaker, policy=Policy.from_spec(rules.spec.policy))
+    for i in range(3000):  # a wave: 10% of payments, of many cards
+        amount = 900.0 if i % 10 == 0 else 100.0
+        engine.decide({"tx_id": f"t{i}", "ts": float(i), "card_id": f"c{i % 500}",
+                       "amount": amount})  # fmt: skip
+    assert engine.demoted == demoted

@@ -41,7 +41,13 @@ from fds import gcpolicy, yamlio
 from fds.errors import ConfigError, describe
 from fds.features.spec import DEFAULT_GRACE, grace_seconds
 from fds.policy import Policy
-from fds.rules.ruleset import Ruleset, check_tests, load_ruleset_text, read_rules_file
+from fds.rules.ruleset import (
+    PolicySpec,
+    Ruleset,
+    check_tests,
+    load_ruleset_text,
+    read_rules_file,
+)
 from fds.timeutil import format_ts
 
 __all__ = ["ReloadingRuleset", "load_quietly"]
@@ -594,6 +600,13 @@ def _deciding(rs: Ruleset) -> str:
     del spec["grace"]
     if grace != grace_seconds(DEFAULT_GRACE):
         spec["grace"] = grace
+    # keys added since, at their defaults, are left out alike (a rule's `breaker: true`, the
+    # policy's `breaker_multiple: 3.0`)
+    for rule in spec["rules"]:
+        if rule["breaker"]:
+            del rule["breaker"]
+    if spec["policy"]["breaker_multiple"] == PolicySpec.model_fields["breaker_multiple"].default:
+        del spec["policy"]["breaker_multiple"]
     spec["features"] = sorted(spec["features"], key=lambda f: f["name"])
     declared_by_name = sorted(rs.features, key=lambda f: f.name)
     for f, declared in zip(spec["features"], declared_by_name, strict=True):

@@ -194,6 +194,12 @@ class Rule(_Strict):
     )
     reason: str = Field(min_length=1, description="reason shown with the decision")
     state: Literal["active", "shadow", "paused"] = "active"
+    breaker: bool = Field(
+        default=True,
+        strict=True,
+        description="false: the rate breaker never demotes this rule for its decline or review "
+        "rate (a fraud wave it catches); one that raises on many cards is still demoted",
+    )
     tests: list[RuleTest] = Field(default_factory=list)
 
 
@@ -204,6 +210,14 @@ class PolicySpec(_Strict):
     decline_at: float = Field(default=0.9, gt=0, le=1, strict=True, allow_inf_nan=False)
     review_at: float = Field(default=0.5, ge=0, le=1, strict=True, allow_inf_nan=False)
     alert_budget_per_day: int | None = Field(default=None, gt=0, strict=True)
+    breaker_multiple: float = Field(
+        default=3.0,
+        gt=1,
+        strict=True,
+        allow_inf_nan=False,
+        description="the rate breaker demotes a rule (or the model) whose decline or review "
+        "rate alone exceeds this multiple of the engine's baseline rate",
+    )
     alert_budget_scope: Literal["instance", "group"] = Field(
         default="instance",
         description="instance: each engine (each `fds run` of a group) reviews up to the "
