@@ -134,7 +134,8 @@ def _report(rs: Ruleset, out: TextIO, *, quiet: bool) -> int:
         print(
             f"{'FAIL' if bad else 'OK  '} {rs.path}  version {rs.version}: "
             f"{len(rs.rules)} rules, {len(rs.features)} features, "
-            f"{len(results) - len(bad)}/{len(results)} tests passed",
+            f"{len(results) - len(bad)}/{len(results)} tests passed, timezone "
+            f"{rs.spec.timezone}",  # (a file without one is UTC, said nowhere: a QA pass)
             file=out,
         )
     for r in rs.rules:
@@ -295,7 +296,7 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
         for rid, n in sorted(side.rule_missing.items()):
             print(
                 f"{name} rule {rid} was skipped on {n:,} of {r.transactions:,} transaction(s): a "
-                f"name it reads was missing ({rs.why_skipped(rid, side.names_missing)}; an "
+                f"name it reads was missing ({rs.why_skipped(rid, side.names_missing, n)}; an "
                 "empty cell or text, or null, is missing)",
                 file=out,
             )

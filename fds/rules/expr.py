@@ -491,7 +491,12 @@ class _Checker:
         if isinstance(node, ast.Call):
             return self.call(node, d)
         if isinstance(node, ast.List | ast.Tuple | ast.Set):
-            raise self.fail(node, "a list is only allowed on the right of `in` / `not in`")
+            separated = isinstance(node, ast.Tuple) and any(  # (1,000,000: a QA pass)
+                re.search(r"\d,\d{3}(?!\d)", line) for line in self.lines
+            )
+            raise self.fail(node, "a list is only allowed on the right of `in` / `not in`" + (
+                " (write a number without thousands separators: 1000000)" if separated else ""
+            ))  # fmt: skip
         hint = _FORBIDDEN_HINT.get(type(node), f"{type(node).__name__} is not allowed")
         raise self.fail(node, hint)
 
@@ -532,6 +537,13 @@ class _Checker:
             if dash:  # (`extra.risk-score` reads as extra.risk - score: a QA pass)
                 hint = f" (the column {dash[1]!r}? write extra[{dash[1]!r}])"
             quote = "" if close else f"; a text value is quoted: '{name}'"
+            if re.search(r"_\d+[smhd]$|_today$", name):  # (told to quote it: a QA pass)
+                quote = "; a feature a rule reads is declared under features: (entity, agg, window)"
+            if name in ("model_score", "score", "model_version"):
+                quote = (
+                    "; the model scores after the rules, so a rule cannot read its score: the "
+                    "policy combines both (decline_at, review_at)"
+                )
             raise self.fail(
                 node,
                 f"unknown name {name!r}{hint}: use a transaction field, extra.NAME, a declared "
@@ -763,7 +775,8 @@ def _syntax_error(e: SyntaxError, source: str) -> ExprError:
     hint = next(
         (h.format(*m.groups()) for pattern, h in _HABITS if (m := re.search(pattern, bare))), ""
     )
-    msg = e.msg.split(". Maybe you meant")[0] if hint else e.msg  # (its ':=' is no option here)
+    # (its ':=' is no option here, nor its comma)
+    msg = re.split(r"\. (?:Maybe you meant|Perhaps you forgot)", e.msg)[0] if hint else e.msg
     return ExprError(f"syntax error{where}: {msg}{hint}", line, max(1, col - (line == 1)))
 
 
@@ -777,6 +790,8 @@ _HABITS = (
     (r"&&|\|\|", " (write 'and' / 'or' for && / ||)"),
     (r"(?<![=<>!])=(?![=<>])", " (compare with ==; a single = assigns nothing here)"),
     (r"!(?!=)", " (write 'not' for !)"),
+    (r"\b(AND|OR|NOT|And|Or|Not)\b", " (write and / or / not in lower case: {0} is a name)"),
+    (r"\bbetween\b", " (write a range as 1 <= amount <= 5)"),
     (r"\b(and|or)\s+(and|or)\b", " ('{0} {1}': one word too many, or a condition left out)"),
     (r"\b(and|or)\s*$", " (a condition is missing after the last '{0}')"),
 )

@@ -58,6 +58,18 @@ def test_check_default_file_passes(capsys: pytest.CaptureFixture[str]) -> None:
     assert "OK" in out and "default.yaml" in out and "card_testing_burst" in out
 
 
+def test_check_says_the_timezone_in_use(tmp_path: Path, capsys) -> None:
+    """A QA pass: a file without `timezone:` is read in UTC, said nowhere; an `is_night` test
+    written for Seoul failed with "expected hit, got miss" alone."""
+    p = tmp_path / "r.yaml"
+    p.write_text("version: v\nrules: []\n")
+    assert main(["rules", "check", str(p)]) == 0
+    assert "0/0 tests passed, timezone UTC" in capsys.readouterr().out
+    p.write_text("version: v\ntimezone: Asia/Seoul\nrules: []\n")
+    assert main(["rules", "check", str(p)]) == 0
+    assert "timezone Asia/Seoul" in capsys.readouterr().out
+
+
 def test_check_notes_a_long_list_in_short(tmp_path: Path, capsys) -> None:
     """A QA pass: 5,000 features no rule reads were one line of 5,000 names."""
     p = tmp_path / "many.yaml"

@@ -130,6 +130,12 @@ def test_semantics_and_precedence(src: str, expected: bool) -> None:
         ("seen and and amount > 1", "('and and': one word too many, or a condition left out)"),
         ("seen or\n  and amount > 1", "('or and': one word too many"),
         ("seen and", "at the end of the condition: invalid syntax (a condition is missing"),
+        # (a QA pass: Python's "Perhaps you forgot a comma?", or a hint that led nowhere)
+        ("amount >= 5 AND seen", "invalid syntax (write and / or / not in lower case: AND"),
+        ("amount between 1 and 5", "invalid syntax (write a range as 1 <= amount <= 5)"),
+        ("amount > 1,000,000", "`not in` (write a number without thousands separators"),
+        ("model_score > 0.8", "the model scores after the rules, so a rule cannot read its"),
+        ("card_count_10m > 3", "a feature a rule reads is declared under features:"),
         ("amont > 1", "did you mean amount"),
         ("avg31 > 1", "did you mean avg"),  # the closest name, not the first alphabetically
         ("abs > 1", "is a function"),

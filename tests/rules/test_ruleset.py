@@ -1128,3 +1128,23 @@ def test_a_version_with_an_invisible_character_is_refused(written: str, what: st
         'e.g. version: "2026-11-30.1"'
     )
     assert load_ruleset_text('version: "2026-12-05 규칙 v1"\nrules: []\n', "r.yaml").version
+
+
+def test_a_rule_skipped_on_texts_used_as_numbers_says_so_beside_the_missing_names() -> None:
+    """A QA pass: a backtest said "rule risky was skipped on 995 ... (extra.risk missing on
+    249 ...)": the other 746 were texts that are no number ("high"), left unsaid."""
+    rs = load_ruleset_text(
+        "version: v\nrules:\n  - {id: risky, when: extra.risk > 5, action: review, score: 0.6,"
+        " reason: r}\n",
+        "r.yaml",
+    )
+    for risk in ("", "high", "NA", "7", None):
+        rs.evaluate({"tx_id": "t", "ts": 0.0, "extra": {"risk": risk}}, {})
+    skipped = rs.missing_counts["risky"]
+    names = rs.missing_names()
+    assert skipped > names["extra.risk"]
+    assert rs.why_skipped("risky", names, skipped) == (
+        f"extra.risk missing on {names['extra.risk']}, a text that is no number used as one "
+        "on the others"
+    )
+    assert rs.why_skipped("risky", names) == f"extra.risk missing on {names['extra.risk']}"
