@@ -84,6 +84,18 @@ class PolicyStage(Protocol):
         ...
 
 
+def _definition(spec: Any) -> Any:
+    """A rule's definition (a pydantic model, or None) as comparable across releases: every
+    field, one a definition pickled by an earlier release lacks at its default (a checkpoint's
+    demoted rule, saved before `breaker:` existed, was taken for one edited since and put back
+    in force: a review)."""
+    fields = getattr(type(spec), "model_fields", None)
+    if not fields:
+        return spec
+    return {k: getattr(spec, k, f.get_default(call_default_factory=True))
+            for k, f in fields.items()}  # fmt: skip
+
+
 def _as_shadow(hit: dict[str, Any]) -> dict[str, Any]:
     return {**hit, "state": "shadow", "demoted": True}
 
@@ -426,7 +438,7 @@ class Engine:
         self._lifted_for = ruleset
         for source in [s for s in self.demoted if s != MODEL]:
             spec = self._rule_spec(source)
-            if spec != self._demoted_as.get(source):
+            if _definition(spec) != _definition(self._demoted_as.get(source)):
                 gone = spec is None  # (said "back in force" of it: a QA pass)
                 why = "taken out of the rules" if gone else "its definition changed"
                 self.restore(source, why=why, gone=gone)
@@ -506,6 +518,7 @@ class Engine:
             was = {s: model if s == MODEL else self._rule_spec(s) for s in self.demoted}
         self._demoted_as = dict(was)
         self._lifted_for = None  # a rule edited while the engine was down is lifted
+        self._breaker_for = None  # (its breaker, replaced: the rules' settings again, a review)
         load_gate = getattr(self.model, "load_gate_state", None)
         if state.get("model_gate") is not None and load_gate is not None:
             load_gate(state["model_gate"])

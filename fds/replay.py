@@ -481,9 +481,9 @@ def _validated(
                 stream.unparsed += 1
                 if mapping is not None and isinstance(raw, dict):  # (a value the mapping's
                     # notation could not read: its fraud left the summary too, a QA pass)
-                    column = mapping.fields.get("tx_id", "tx_id")
-                    truth = raw.get(label.column) if label is not None else None
-                    _dead_fraud(stream, raw.get(column), label, truth)
+                    tx_id = mapping.column_value(raw, mapping.fields.get("tx_id", "tx_id"))
+                    truth = mapping.column_value(raw, label.column) if label is not None else None
+                    _dead_fraud(stream, tx_id, label, truth)
             continue
         truth = rec.pop(label.column, None) if label and isinstance(rec, dict) else None
         try:

@@ -532,3 +532,37 @@ def test_an_analyst_sets_the_breaker_in_the_rules_file(written: str, demoted: se
         engine.decide({"tx_id": f"t{i}", "ts": float(i), "card_id": f"c{i % 500}",
                        "amount": amount})  # fmt: skip
     assert engine.demoted == demoted
+
+
+def test_a_rule_demoted_in_an_earlier_releases_checkpoint_stays_demoted() -> None:
+    """A review: a checkpoint of the release before `breaker:` keeps each demoted rule's
+    definition without that field; the new one has it, so every demotion was lifted at the
+    first decision ("its definition changed") and a rule declining everybody was back in
+    force. Compared with the field at its default, it stays demoted; and a state loaded
+    mid-run takes the rules file's breaker settings again."""
+    import pickle
+
+    from fds.engine import Engine
+    from fds.policy import Policy
+    from fds.rules.ruleset import load_ruleset_text
+
+    rules = load_ruleset_text(
+        "version: v\nrules:\n  - {id: all, when: amount > 0, action: decline, score: 1.0,"
+        " reason: r}\npolicy: {breaker_multiple: 10}\n",
+        "r.yaml",
+    )
+    engine = Engine(rules=rules, breaker=RuleBreaker(2000, min_events=200),
+                    policy=Policy.from_spec(rules.spec.policy))  # fmt: skip
+    old = pickle.loads(pickle.dumps(rules.rules[0].spec))
+    del old.__dict__["breaker"]  # (as an earlier release pickled it)
+    engine.demoted.add("all")
+    engine._demoted_as["all"] = old
+    tx = {"tx_id": "t", "ts": 1.0, "card_id": "c", "amount": 5.0}
+    assert engine.decide(tx)["rule_hits"][0]["state"] == "shadow" and engine.demoted == {"all"}
+    engine.restore("all")
+    assert engine.decide(tx)["action"] == "decline" and engine.breaker.multiple == 10.0
+    engine.load_state_dict(pickle.loads(pickle.dumps(Engine(
+        rules=rules, breaker=RuleBreaker(2000, min_events=200)).state_dict())))  # fmt: skip
+    assert engine.breaker.multiple == 3.0  # (the state's, until the next judged decision)
+    engine.decide(tx)
+    assert engine.breaker.multiple == 10.0

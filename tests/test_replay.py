@@ -874,3 +874,21 @@ def test_a_long_paced_wait_names_the_transaction_the_pace_started_at(tmp_path, c
     said = [r.getMessage() for r in caplog.records if "paced replay" in r.getMessage()]
     assert len(said) == 1 and "transaction t1 at" in said[0]
     assert "first transaction decided, t0 at 2000-01-01T00:00:00.000+00:00" in said[0]
+
+
+def test_the_fraud_of_an_unreadable_row_is_found_through_a_nested_tx_id(tmp_path):
+    """A review: the tx_id of a row the mapping's notation could not read was looked up as a
+    top-level column, so a nested one (`tx_id: meta.id`) found none and its fraud left the
+    summary."""
+    p = tmp_path / "x.jsonl"
+    rows = [
+        {"meta": {"id": "a1"}, "t": "2026-03-01T08:00:00Z", "c": "c1", "amt": "12,5", "f": 0},
+        {"meta": {"id": "a2"}, "t": "2026-03-01T08:01:00Z", "c": "c1", "amt": "abc", "f": 1},
+    ]
+    p.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    mapping = ColumnMapping.model_validate({
+        "decimal": ",", "label": {"column": "f", "delay": "0s"},
+        "fields": {"tx_id": "meta.id", "ts": "t", "card_id": "c", "amount": "amt"},
+    })  # fmt: skip
+    s = replay.run(Engine(), replay.open_stream(p, mapping=mapping), ListSink(), ListSink())
+    assert (s.dead_frauds, s.unmatched_frauds) == (1, 0)

@@ -653,6 +653,13 @@ class ColumnMapping(ReadOptions):
                 pass
         raise misfit
 
+    def column_value(self, row: dict[str, Any], column: str) -> Any:
+        """The value of ``column`` in ``row`` as read: a column, or a dotted path into its
+        nested objects (``meta.id``); None when there is none."""
+        if column in row or "." not in column:
+            return row.get(column)
+        return self._dig(row, tuple(column.split(".")))
+
     def _dig(self, row: dict[str, Any], path: tuple[str, ...]) -> Any:
         """The value at ``path`` in ``row``'s nested objects; None when there is none or it is
         one of the ``missing`` texts."""

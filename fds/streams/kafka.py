@@ -254,8 +254,17 @@ DECIDED_MARK = "fds:decisions@"
 #: its own group's decisions past the mark as made (another group writing the same decisions
 #: topic had its decisions taken for this group's, and those records never decided: a QA pass).
 GROUP_HEADER = "fds-group"
-#: The signals a service (fds run, fds train) drains, commits and exits on.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def on_stop_signals(stop: Callable[..., Any]) -> None:
+    """Drain, commit and exit (``stop``) on SIGTERM, SIGINT and SIGHUP (a closed terminal or
+    ssh session: it was killed on the spot, no drain, commit or checkpoint, a QA pass), but
+    not on a SIGHUP this process was started to ignore (``nohup``: a review)."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        if sig != signal.SIGHUP or signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, stop)
+
+
 #: Records read past a partition's committed offset for the event time of its next one to decide
 #: (Runner._next_times: the first may be a dead letter).
 PEEK_RECORDS = 16
@@ -1219,9 +1228,11 @@ def _producer_fenced(exc: BaseException) -> bool:
     text of the next call's plain KafkaError, or as the state the fence left its transaction
     in: "Cannot call send in state READY" or "BUMPING_PRODUCER_EPOCH", an IllegalStateError
     that ended a run fenced by another instance of its id in 3 trials of 5: a QA pass)?"""
-    return isinstance(exc, ProducerFencedError | IllegalStateError) or (
-        "ProducerFencedError" in str(exc)
-    )
+    return (
+        isinstance(exc, ProducerFencedError)
+        or "ProducerFencedError" in str(exc)
+        or (isinstance(exc, IllegalStateError) and "Cannot call send in state" in str(exc))
+    )  # (not every IllegalStateError: "KafkaProducer already closed!" is none, a review)
 
 
 class _OtherGroupsState(ConfigError):
@@ -2289,11 +2300,6 @@ class Runner:
         first."""
         s = self.s
         return s.transactional_id or f"fds-{s.group}-{s.group_instance_id or '0'}"
-
-    def _transactional(self, exc: BaseException) -> bool:
-        """Can ``exc`` be of a transactional producer (an IllegalStateError only under
-        exactly-once: at-least-once it is no fence, "KafkaProducer already closed!")?"""
-        return self.s.exactly_once or not isinstance(exc, IllegalStateError)
 
     def _taken(self, what: str) -> FdsError:
         """The transactional producer fenced in ``what``: another producer took its id."""
@@ -3902,8 +3908,8 @@ class Runner:
                     raise self._refused(exc, what) from exc
                 # (fenced in a send, kafka-python's next transactional call raises a plain
                 # KafkaError naming it: a review)
-                if _producer_fenced(exc) and self._transactional(exc):  # another instance
-                    # took the id: a restart, as said before, fenced that one (a QA pass)
+                if _producer_fenced(exc):  # another instance took the id: a restart, as
+                    # said before, fenced that one in turn (a QA pass)
                     raise self._taken(what) from exc
                 if self.s.exactly_once:
                     raise FdsError(
@@ -4229,7 +4235,9 @@ def produce_file(
         # a labels file of its own columns and notation (a chargeback export) is read with the
         # mapping's labels_file:, labels_options: and label_values:, as `fds replay --labels`
         # reads it (it was read as transactions, and refused: a QA pass)
-        if not (mapping and mapping.label):
+        # (to a labels topic only: a transactions file of an is_fraud column was sent to a
+        # prefixed transactions topic as labels, a review)
+        if not (mapping and mapping.label) and _labels_topic_name(target, settings):
             own = (mapping or ColumnMapping()).for_labels()
         for reading in (mapping, own) if own is not None else (mapping,):
             with contextlib.suppress(ConfigError):  # (not columns of that mapping)
@@ -4349,7 +4357,7 @@ def produce_file(
                     # its place in the file: fds run takes records of one event time in that
                     # order, as fds replay does (see align.SEQ_HEADER)
                     fut = producer.send(
-                        topic, value=dumps(rec), key=key, headers=[(SEQ_HEADER, b"%d" % n)]
+                        topic, value=dumps(rec), key=key, headers=[(SEQ_HEADER, b"%d" % (n + 1))]
                     )
                 elif isinstance(rec, Exception):  # unreadable: the file's own bytes (a row
                     # read but refused by the mapping as JSON: it was Python's repr), and
@@ -4698,8 +4706,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 2
     if server is not None:  # (whatever -q: --metrics-port 0 left it unknown, a QA pass)
         say(f"serving metrics on {server.url}", logging.INFO)
-    for sig in STOP_SIGNALS:  # (SIGHUP, a closed terminal or ssh session: it was killed
-        signal.signal(sig, runner.stop)  # on the spot, no drain, commit or checkpoint: a QA)
+    on_stop_signals(runner.stop)
     try:
         stats = runner.run(max_idle_s=args.max_idle)
     except ConfigError as exc:  # found at connect: a missing topic, a foreign checkpoint

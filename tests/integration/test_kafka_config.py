@@ -863,3 +863,27 @@ def test_kafka_topics_says_when_a_deployments_models_topic_is_not_made(tmp_path,
     for fine in ("prod.models", "none"):
         f.write_text(f"models_topic: {fine}\n")
         assert kafka_cli._other_topics(load_settings(f), "prod.", made) == []
+
+
+def test_a_service_stops_on_sighup_unless_started_to_ignore_it():
+    """A QA pass: SIGHUP (a closed terminal) killed fds run on the spot; it drains and exits as
+    on SIGTERM now, except under `nohup` (started ignoring it: a review found the handler
+    undid that, and a logout stopped the service)."""
+    import signal
+
+    from fds.streams.kafka import on_stop_signals
+
+    def stop(*_: object) -> None:
+        pass
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        on_stop_signals(stop)
+        assert all(signal.getsignal(s) is stop for s in saved)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as nohup starts it
+        on_stop_signals(stop)
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        for s, h in saved.items():
+            signal.signal(s, h)

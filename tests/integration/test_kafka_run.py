@@ -1160,6 +1160,20 @@ def test_produce_sends_a_labels_file_of_its_own_columns_as_replay_reads_it(
     with pytest.raises(ConfigError, match=r"holds no labels \(read as labels, .*give `delimiter: "
                        r"';'` under `labels_options:`"):  # fmt: skip
         produce_file(cb, s, topic=topics["labels"])
+    # a transactions file of a fraud column, to another topic than a labels one, is sent as
+    # transactions (a review: read as labels, its amount not renamed, every one dead-lettered)
+    (tmp_path / "t.yaml").write_text(
+        "fields: {tx_id: ref, ts: t, card_id: karte, amount: betrag}\n"
+        "labels_file: {tx_id: ref, ts: t, is_fraud: label}\n"
+    )
+    txs = tmp_path / "txs.csv"
+    txs.write_text("ref,t,karte,betrag,label\nx1,1767225600,c1,10,0\n")
+    assert (
+        produce_file(txs, s, topic=topics["decisions"], mapping=load_mapping(tmp_path / "t.yaml"))
+        == 1
+    )
+    (sent,) = [orjson.loads(r.value) for r in read_all(kafka_bootstrap, topics["decisions"])]
+    assert (sent["card_id"], sent["amount"]) == ("c1", "10")  # (as read: fds run parses it)
 
 
 def test_produce_says_how_far_it_got_and_refuses_what_fds_run_cannot_read(
