@@ -166,6 +166,7 @@ class Engine:
         self._demoted_as: dict[str, Any] = {}
         self._lifted_for: Any = None  # the ruleset _lift_edited last looked at
         self._breaker_for: Any = None  # the ruleset whose breaker settings are in force
+        self.demotions = 0  # by the rate breaker, since this engine was built
         self._exempt: frozenset[str] = frozenset()  # rules written `breaker: false`
         self._rule_ids: tuple[Any, tuple[str, ...]] | None = None  # (ruleset, its rule ids)
         # What the model reads of the rules (fixed per model stage): its score is then final
@@ -405,6 +406,7 @@ class Engine:
         """Demote what the rate breaker tripped to shadow: logged and counted."""
         for trip in trips:
             self.demoted.add(trip.source)
+            self.demotions += 1
             self._demoted_as[trip.source] = (
                 self._rule_spec(trip.source) if trip.source != MODEL else model_version
             )

@@ -244,6 +244,10 @@ class ReplaySummary(Alerts):
     alerted_frauds: int | None = None
     late: int = 0
     demoted: list[str] = field(default_factory=list)  # by the rate breaker, still demoted
+    demotions: int = 0  # by the rate breaker during the run, lifted since or not
+    # hot reloads of the rules file refused, and why the file on disk at the end is, if it is
+    rules_rejected: int = 0
+    rules_error: str | None = None
     interrupted: bool = False  # stopped by Ctrl-C: the figures cover what was decided
     # the most frequent reason a transaction was dead-lettered: "stage: error" (first line)
     top_reason: str | None = None
@@ -340,8 +344,15 @@ class ReplaySummary(Alerts):
         ]
         if self.demoted:
             rows.append(("demoted to shadow", ", ".join(self.demoted)))
+        if self.demotions > len(self.demoted):  # (a demotion lifted by an edit left no
+            rows.append(("rate-breaker demotions", f"{self.demotions:,} (lifted since: "  # trace)
+                         f"{self.demotions - len(self.demoted):,})"))  # fmt: skip
         if len(self.ruleset_versions) > 1:  # (each decision names its own)
             rows.append(("rules reloaded", " -> ".join(self.ruleset_versions)))
+        if self.rules_rejected:  # (only the versions taken were said: a QA pass)
+            rows.append(("rules files rejected", f"{self.rules_rejected:,}" + (
+                f" (the file now: {self.rules_error})" if self.rules_error else ""
+            )))  # fmt: skip
         if self.interrupted:
             rows.insert(0, ("interrupted", "yes (Ctrl-C or SIGTERM): figures so far"))
         if self.frauds is not None:
@@ -643,6 +654,9 @@ def _run(
 ) -> ReplaySummary:
     s = ReplaySummary()
     metrics = engine.metrics
+    counts = getattr(engine.rules, "counts", None)  # (a hot-reloading rule stage's)
+    rejected = counts["rejected"] if counts is not None else 0
+    demotions = getattr(engine, "demotions", 0)
     if metrics is not None:
         metrics.events_consumed("file", 0)  # (the series at 0 from the start, as fds run's)
     schedule = LabelSchedule(stream.labels)
@@ -808,6 +822,11 @@ def _run(
         s.learn_errors = trainer.stats["learn_errors"] - learn_errors
         s.learn_error = trainer.last_learn_error
     s.demoted = sorted(engine.demoted)
+    s.demotions = getattr(engine, "demotions", 0) - demotions
+    if counts is not None:
+        s.rules_rejected = counts["rejected"] - rejected
+        error = getattr(engine.rules, "last_error", None)
+        s.rules_error = str(error) if error is not None else None
     s.dead_after_rules = dead_after_rules
     if truth:
         s.frauds, s.alerted_frauds = total_frauds, alerted_frauds

@@ -566,3 +566,33 @@ def test_a_rule_demoted_in_an_earlier_releases_checkpoint_stays_demoted() -> Non
     assert engine.breaker.multiple == 3.0  # (the state's, until the next judged decision)
     engine.decide(tx)
     assert engine.breaker.multiple == 10.0
+
+
+def test_a_replay_summary_counts_the_demotions_lifted_since() -> None:
+    """A QA pass: a rule demoted and put back in force by an edit during a replay left no
+    trace in its summary (5,720 decisions made without it)."""
+    from fds.engine import Engine
+    from fds.policy import Policy
+    from fds.replay import ReplayInput, run
+    from fds.rules.ruleset import load_ruleset_text
+
+    rules = load_ruleset_text(
+        "version: v\nrules:\n  - {id: all, when: amount > 0, action: decline, score: 1.0,"
+        " reason: r}\n",
+        "r.yaml",
+    )
+    engine = Engine(rules=rules, breaker=RuleBreaker(2000, min_events=200),
+                    policy=Policy.from_spec(rules.spec.policy))  # fmt: skip
+    txs = [{"tx_id": f"t{i}", "ts": float(i), "card_id": f"c{i % 50}", "amount": 5.0}
+           for i in range(600)]  # fmt: skip
+
+    def on_event(i: int) -> None:
+        if i == 500:
+            engine.restore("all", why="edited")
+
+    class Sink(list):
+        write = list.append
+
+    s = run(engine, ReplayInput(txs, []), Sink(), Sink(), on_event=on_event)
+    assert s.demotions >= 1 and ("rate-breaker demotions", f"{s.demotions} (lifted since: "
+                                 f"{s.demotions - len(s.demoted)})") in s.rows()  # fmt: skip

@@ -119,6 +119,8 @@ def test_hot_reload_under_a_running_replay(tmp_path: Path) -> None:
     versions = [d["ruleset_version"] for d in sink.records]
     assert versions == ["v1"] * 200 + ["v3"] * 100  # broken v2 never served
     assert ("rules reloaded", "v1 -> v3") in summary.rows()  # (a QA pass: it said nothing)
+    # the rejected reload too (a QA pass: only the versions taken were said)
+    assert ("rules files rejected", "1") in summary.rows()
     # v1 fires on 150 > 100; v3 (> 200) does not: each event decided by one whole ruleset.
     assert {d["action"] for d in sink.records[:200]} == {"review"}
     assert {d["action"] for d in sink.records[200:]} == {"approve"}
