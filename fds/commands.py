@@ -460,10 +460,17 @@ def _replay_file(args: argparse.Namespace, pushers: list[Pusher]) -> int:
     if never:  # (10 of 14 default rules never fired on a file without channel, mcc or device,
         shown = ", ".join(f"{rid} ({why})" for rid, why in never[:5])  # a QA pass; each with
         more = f" and {len(never) - 5} more" if len(never) > 5 else ""  # what was missing)
+        ruleset: Any = getattr(engine.rules, "applied", engine.rules)
+        features = {f.name for f in ruleset.features} & set(ruleset.missing_names())
+        also = (  # (a feature was told to be mapped as a column: a QA pass)
+            f"; a feature without a value ({', '.join(sorted(features)[:3])}) is no column: "
+            "its entity's history held none (a card's first payment has no last_gap)"
+            if features else ""
+        )  # fmt: skip
         say(
             f"fds replay: warning: {len(never)} rule(s) were skipped on every transaction, a "
             f"name they read missing from each: {shown}{more}; map the columns they read "
-            "(--mapping) or they never fire",
+            f"(--mapping) or they never fire{also}",
             logging.WARNING,
         )
     label = mapping.label if mapping is not None else None

@@ -1087,6 +1087,17 @@ def test_rules_skipped_on_every_transaction_are_named(history, tmp_path, capsys)
     assert "1 rule(s) were skipped on every transaction, a name they read missing from each: " \
         f"web (channel missing on {n:,})" in err, err  # fmt: skip
     assert "big (" not in err  # only the name that was missing is named, not amount
+    assert "is no column" not in err
+    # a feature without a value is no column to map (a QA pass: "map the columns they read")
+    err = _replay_with_rules(
+        history,
+        "features: [{name: gap, entity: card_id, agg: last_gap, window: 1s}]\n"
+        "rules:\n  - {id: again, when: gap < 5, action: review, score: 0.5, reason: r}\n",
+        tmp_path,
+        capsys,
+    )
+    assert "or they never fire; a feature without a value (gap) is no column: its entity's " \
+        "history held none" in err, err  # fmt: skip
 
 
 def test_transactions_a_rule_raised_on_do_not_make_false_warnings(tmp_path, capsys):

@@ -452,6 +452,16 @@ def test_backtest_names_features_reading_a_field_no_transaction_has(tmp_path, ca
         "warning: 1 feature(s) read a field none of the first 10 transactions had: adrs "
         "(extra.adr); their values stay empty"
     ) in capsys.readouterr().out
+    # a feature the candidate declares otherwise is named as the user wrote it, once (a QA
+    # pass: "adrs__candidate")
+    base = _rules(tmp_path, "b", "features:\n"
+                  "  - {name: adrs, entity: card_id, agg: distinct, field: extra.adr, window: 2h}\n"
+                  "rules: []\n")  # fmt: skip
+    argv = ["rules", "backtest", "--candidate", str(cand), "--baseline", str(base), str(data)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "1 feature(s) read a field none of the first 10 transactions had: adrs (extra.adr)" \
+        in out and "__candidate (" not in out, out  # fmt: skip
 
 
 def test_backtest_refuses_a_labels_file_without_one_label(tmp_path, capsys) -> None:
