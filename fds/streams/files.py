@@ -483,6 +483,16 @@ class ColumnMapping(ReadOptions):
         )
         missing = [c for c in wanted if c not in columns and not _nested(c, objects, first_record)]
         if missing:
+            # (said as "not in the file" alone: a QA pass)
+            if columns and str(columns[0]).startswith("\u00ef\u00bb\u00bf"):
+                hint += (
+                    " (the file starts with a UTF-8 byte order mark, read as 'ï»¿' in the "
+                    "mapping's encoding: leave `encoding:` out, UTF-8 is the default)"
+                )
+            cased = {str(c).casefold(): c for c in columns}
+            near = [f"{m!r} -> {cased[m.casefold()]!r}" for m in missing if m.casefold() in cased]
+            if near:
+                hint += f" (names differ in case only: {', '.join(near)})"
             dots = next((c for c in missing if "." in c), None)
             if dots is not None:  # (a nested path: said how it is read)
                 first, _, rest = dots.partition(".")

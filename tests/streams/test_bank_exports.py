@@ -604,3 +604,20 @@ def test_a_label_column_and_a_labels_file_of_other_columns_say_the_conflict(tmp_
     rules = str(Path(__file__).parents[2] / "rules" / "default.yaml")
     assert main(["rules", "backtest", "--candidate", rules, "--baseline", rules, *argv]) == 2
     assert "both give labels: use one of them" in capsys.readouterr().err
+
+
+def test_a_bom_read_in_another_encoding_or_a_column_of_another_case_is_said(tmp_path):
+    """A QA pass: a UTF-8 file with a byte order mark read with `encoding: latin-1` was refused
+    with its column 'ï»¿Referenz' and no word why; a mapped `zeit` for the file's `Zeit`, with
+    no "did you mean"."""
+    p = tmp_path / "x.csv"
+    p.write_bytes(b"\xef\xbb\xbfReferenz;Zeit;Karte;Betrag\nr1;2026-01-01T00:00:00Z;c1;5\n")
+    mapping = ColumnMapping.model_validate({
+        "delimiter": ";", "encoding": "latin-1",
+        "fields": {"tx_id": "Referenz", "ts": "zeit", "card_id": "Karte", "amount": "Betrag"},
+    })  # fmt: skip
+    with pytest.raises(ConfigError) as e:
+        check_transaction_columns(p, mapping)
+    assert "(the file starts with a UTF-8 byte order mark, read as 'ï»¿' in the mapping's " \
+        "encoding: leave `encoding:` out, UTF-8 is the default)" in str(e.value)  # fmt: skip
+    assert "(names differ in case only: 'zeit' -> 'Zeit')" in str(e.value)
