@@ -1563,8 +1563,8 @@ def _csv_records(p: Path, lines: _Lines, mapping: ColumnMapping | None) -> Itera
                 if len(record) > 1 and _runaway(record, row, width, named, sep):
                     break
                 record.clear()
-                if not row:
-                    continue  # a blank line
+                if not row or row == ["\x1a"]:  # a blank line; DOS's end-of-file mark (Ctrl-Z,
+                    continue  # 0x1A) on a line of its own: a dead letter before, a QA pass
                 error = None
                 if _UNDECODABLE.search("".join(row)):
                     error = ValueError(undecodable)

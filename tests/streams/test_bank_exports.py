@@ -621,3 +621,13 @@ def test_a_bom_read_in_another_encoding_or_a_column_of_another_case_is_said(tmp_
     assert "(the file starts with a UTF-8 byte order mark, read as 'ï»¿' in the mapping's " \
         "encoding: leave `encoding:` out, UTF-8 is the default)" in str(e.value)  # fmt: skip
     assert "(names differ in case only: 'zeit' -> 'Zeit')" in str(e.value)
+
+
+def test_a_dos_end_of_file_mark_is_no_record(tmp_path):
+    """A QA pass: a DOS export's last byte, Ctrl-Z (0x1A), on a line of its own was a
+    transaction, dead-lettered ("expected 4 columns, found 1")."""
+    p = tmp_path / "x.csv"
+    p.write_bytes(b"tx_id,ts,card_id,amount\r\nt1,1767225600,c1,5\r\n\x1a")
+    assert [rec for _, rec, _ in read_records(p)] == [
+        {"tx_id": "t1", "ts": "1767225600", "card_id": "c1", "amount": "5"}
+    ]
