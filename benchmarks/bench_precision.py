@@ -8,7 +8,9 @@ Exactly ``fds bench precision`` (fds/bench.py), run from the repository root: th
 a scheduled drift and realistic label delays (customer reports after 1-3 days, chargebacks after
 7-60) goes through the real engine (features -> rules -> adaptive model -> policy); each
 variant's daily top-k is scored against the truth. Writes benchmarks/results/<name>.md and .png,
-each quoting the command that produced it.
+each quoting the command that produced it. A path given that exists where it is run from is read
+there; any other relative path (the defaults, ``rules/pre-drift.yaml``) from the repository root
+(each was read from the root: a QA pass's own file was not found).
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 if __name__ == "__main__":
+    here = [str(Path(a).resolve()) if not a.startswith("-") and Path(a).exists() else a
+            for a in sys.argv[1:]]  # fmt: skip
     os.chdir(ROOT)
-    sys.argv = ["fds", "bench", "precision", *sys.argv[1:]]
+    sys.argv = ["fds", "bench", "precision", *here]
     from fds.cli import main
 
     sys.exit(main(sys.argv[1:]))

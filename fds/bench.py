@@ -41,7 +41,7 @@ import orjson
 
 from fds import logs
 from fds.cli import at_least, drift_day, folder, positive_int, seed, write_output
-from fds.logs import json_logs, say
+from fds.logs import json_logs, loggers_at, say
 from fds.progress import progress_bar
 from fds.streams.simulator import MIN_MERCHANTS
 
@@ -283,7 +283,7 @@ def run_precision(
     progress: bool = True,
     echo: bool = True,
     ceiling_ref: bool = True,
-    longer_warmup: str = "lengthen --warmup-days",
+    longer_warmup: str = "lengthen --warmup-days (before a later --drift-day)",
 ) -> PrecisionResult:
     """Run the precision benchmark; print the table; write plots and a report to ``out_dir``.
     ``longer_warmup``: how the caller's user lengthens the warm-up (in its notes).
@@ -443,6 +443,8 @@ def run_precision(
         notes.append(  # (the demo's said --warmup-days, which it has not: a QA pass)
             "static_sklearn was not trained, its scores are all 0: "
             + why.format(d=warmup_days, a=span(mspec.learn.assume_legit_after), w=longer_warmup)
+            # (a warm-up at its longest already was told to be made longer: a QA pass)
+            + (", or simulate more --cards (more frauds in it)" if input_path is None else "")
         )
     if frozen is not None and not known_at_warm:
         notes.append(
@@ -607,10 +609,12 @@ def _recovery(
         p = daily[v]["precision"]
         pre_p = _mean_over(p, idx, pre)
         back = RECOVERED_SHARE * pre_p
-        # dropped: the first day from the drift day on below RECOVERED_SHARE of pre-drift;
+        # dropped: the first day from the drift day to the deadline below RECOVERED_SHARE of
+        # pre-drift (a noisy day weeks later, the model above its pre-drift level until then,
+        # was taken for the drift's drop and its recovery "13 d, missed": a QA pass);
         # recovered: the first day after it from which the mean of that day and the next two
         # is back (one lucky day does not count)
-        dropped = next((d for d in after_drift if p[idx[d]] < back), None)
+        dropped = next((d for d in after_drift if d <= after_from and p[idx[d]] < back), None)
         rec: int | None = 0  # never dropped: nothing to recover from
         if dropped is not None:
             later = [d for d in after_drift if d > dropped]
@@ -1129,17 +1133,20 @@ def _cmd_precision(args: argparse.Namespace) -> int:
             check_transaction_columns(
                 args.input, load_mapping(args.mapping) if args.mapping else None
             )
-        run_precision(
-            **run,
-            input_path=args.input,
-            mapping_path=args.mapping,
-            labels_path=args.labels,
-            out_dir=args.out,
-            name=args.name or _default_report_name(args),
-            command=shlex.join(["fds", *sys.argv[1:]]),  # (a path with a space: a QA pass)
-            progress=args.progress,
-            ceiling_ref=args.reference,
-        )
+        # a model's swaps, contests and rollbacks: ~300 lines before the report, rollbacks
+        # as warnings (as fds demo, a QA pass); -v shows them
+        with loggers_at({} if args.verbose else {"fds.models": logging.ERROR}):
+            run_precision(
+                **run,
+                input_path=args.input,
+                mapping_path=args.mapping,
+                labels_path=args.labels,
+                out_dir=args.out,
+                name=args.name or _default_report_name(args),
+                command=shlex.join(["fds", *sys.argv[1:]]),  # (a path with a space: a QA pass)
+                progress=args.progress,
+                ceiling_ref=args.reference,
+            )
     except ConfigError as e:
         say(f"{args.prog}: error: {e}")
         return 2

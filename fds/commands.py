@@ -24,7 +24,7 @@ from fds.cli import (
     unwritable,
 )
 from fds.errors import ConfigError
-from fds.logs import say
+from fds.logs import loggers_at, say
 from fds.metrics import (
     METRICS_HOST,
     PUSH_EVERY_S,
@@ -184,16 +184,14 @@ def _demo(args: argparse.Namespace) -> int:
             "name a folder you can write to")  # fmt: skip
         return 2
     # (after the checks: a refused demo left the process's fds logger at WARNING, a CI run)
-    # (set back after the run: a quieted logger left behind hid later lines, a CI run)
-    quieted = {n: logging.getLogger(n).level for n in ("fds", "fds.models", "fds.progress")}
-    if not args.verbose:  # the progress bar and the table tell the story; -v shows every swap
-        logging.getLogger("fds").setLevel(logging.WARNING)
-        # a model's automatic rollback is a swap too (two warnings before the table looked
-        # like a failure to a README walk): counted in the line under the table
-        logging.getLogger("fds.models").setLevel(logging.ERROR)
-        if not args.quiet:  # (but for the bar's progress lines when stderr is no terminal:
-            logging.getLogger("fds.progress").setLevel(logging.INFO)  # 71 s of silence, a QA)
-    try:
+    # the progress bar and the table tell the story; -v shows every swap. A model's automatic
+    # rollback is a swap too (two warnings before the table looked like a failure to a README
+    # walk): counted in the line under the table. The bar's progress lines stay, when stderr
+    # is no terminal (71 s of silence: a QA pass).
+    levels = {} if args.verbose else {"fds": logging.WARNING, "fds.models": logging.ERROR}
+    if not args.verbose and not args.quiet:
+        levels["fds.progress"] = logging.INFO
+    with loggers_at(levels):
         res = run_precision(
             days=args.days,
             cards=args.cards,
@@ -207,9 +205,6 @@ def _demo(args: argparse.Namespace) -> int:
             f"--drift-day {args.drift_day} --seed {args.seed} --rules {shown_path(args.rules)}",
             longer_warmup="give a later --drift-day (the warm-up is the days before it, up to 14)",
         )
-    finally:
-        for name, level in quieted.items():
-            logging.getLogger(name).setLevel(level)
     say(f"report and plots: {args.out_dir}/", logging.INFO)
     return 0 if res is not None else 1
 

@@ -37,6 +37,7 @@ import logging
 import re
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any, TextIO
 
 import orjson
@@ -347,3 +348,17 @@ def log_event(logger: logging.Logger, msg: str, level: int = logging.INFO, **ctx
     """
     if logger.isEnabledFor(level):
         logger.log(level, msg, extra={_CTX: ctx}, stacklevel=2)
+
+
+@contextlib.contextmanager
+def loggers_at(levels: dict[str, int]) -> Iterator[None]:
+    """The loggers named in ``levels`` at those levels for the block, set back after it (a
+    quieted logger left behind hid later lines: a CI run)."""
+    saved = {name: logging.getLogger(name).level for name in levels}
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+    try:
+        yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)

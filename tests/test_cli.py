@@ -275,6 +275,13 @@ def test_the_demo_does_not_show_a_model_s_rollbacks_as_warnings(tmp_path, capsys
     assert "model rollback" not in err and "a model's error" in err
     assert logging.getLogger("fds.models").level == logging.NOTSET
     assert logging.getLogger("fds").level <= logging.INFO
+    # fds bench precision alike (a QA pass: ~300 model lines before its report), -v shows them
+    for argv, shown in ((["bench", "precision"], False), (["-v", "bench", "precision"], True)):
+        with pytest.raises(SystemExit):
+            main([*argv, "--days", "8", "--out", str(tmp_path)])
+        err = capsys.readouterr().err
+        assert ("model rollback" in err) is shown and "a model's error" in err
+        assert logging.getLogger("fds.models").level == logging.NOTSET
 
 
 @pytest.mark.parametrize(
@@ -333,6 +340,7 @@ def test_a_short_demo_says_how_to_lengthen_its_warm_up_and_refuses_failing_rule_
     assert main(["demo", "--days", "7", "--cards", "300", "--out-dir", str(tmp_path)]) == 0
     out = capsys.readouterr()
     assert "give a later --drift-day (the warm-up is the days before it" in out.out + out.err
+    assert "or simulate more --cards (more frauds in it)" in out.out + out.err  # (a QA pass)
     assert "--warmup-days" not in out.out + out.err
     rules = tmp_path / "r.yaml"
     rules.write_text(

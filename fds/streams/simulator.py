@@ -932,15 +932,17 @@ def labels_path(out_path: str | Path) -> Path:
 
     >>> str(labels_path("data/sim.jsonl")), str(labels_path("sim.jsonl.gz"))
     ('data/sim.labels.jsonl', 'sim.labels.jsonl.gz')
+    >>> str(labels_path("sim.ndjson"))  # (not sim.jsonl's labels: a QA pass)
+    'sim.labels.ndjson'
     """
     p = Path(out_path)
     gz = p.name.endswith(".gz")
-    stem = p.name[:-3] if gz else p.name
+    stem, own = p.name[:-3] if gz else p.name, ".jsonl"
     for suffix in _JSONL_SUFFIXES:
-        if stem.endswith(suffix):
-            stem = stem[: -len(suffix)]
-            break
-    return p.with_name(stem + ".labels.jsonl" + (".gz" if gz else ""))
+        if stem.endswith(suffix):  # its own suffix (sim.ndjson's labels overwrote sim.jsonl's,
+            stem, own = stem[: -len(suffix)], suffix  # and a replay of one took the other
+            break  # stream's labels without a word: a QA pass)
+    return p.with_name(stem + ".labels" + own + (".gz" if gz else ""))
 
 
 def labels_beside(path: str | Path) -> Path | None:
