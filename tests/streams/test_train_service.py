@@ -267,9 +267,12 @@ def test_a_catch_up_assumes_nothing_legitimate_before_the_labels_of_its_time_are
     assert t.labels_to == float("inf") and t.stats["assumed_legit"] == 0
 
 
-def test_a_label_waits_for_its_decision_in_a_lagging_partition(tmp_path):
+def test_a_label_waits_for_its_decision_in_a_lagging_partition(tmp_path, monkeypatch):
     """Decisions partition 1 is read up to event time 500 while partition 0, with unread
-    records, is at 100: a label at 350 waits until partition 0 has caught up, then joins."""
+    records, is at 100: a label at 350 waits until partition 0 has caught up (read to its end
+    and quiet, behind 350), then joins."""
+    clock = [1000.0]
+    monkeypatch.setattr("fds.streams.train.time.monotonic", lambda: clock[0])
     d0, d1, lab = (
         TopicPartition(t, p) for t, p in (("decisions", 0), ("decisions", 1), ("labels", 0))
     )
@@ -280,6 +283,9 @@ def test_a_label_waits_for_its_decision_in_a_lagging_partition(tmp_path):
     assert held(svc, lab) == [label]  # waits (held, not paused): a2 is not read yet
     assert svc.trainer.stats["labels_unjoined"] == 0 and ("labels", 0) not in svc._offsets
     feed(svc, {d0: [decision(0, 1, "a1", 200.0), decision(0, 2, "a2", 300.0)]})
+    assert held(svc, lab) == [label]  # read to its end, but just written to: more may come
+    clock[0] += svc.label_wait_s + 0.1
+    feed(svc, {})
     assert not held(svc, lab) and not c.paused and not c.sought  # partition 0 caught up
     assert svc.trainer.stats["labels_learned"] == 1 and svc.trainer.stats["labels_unjoined"] == 0
     assert svc._offsets[("labels", 0)] == 1
@@ -1383,3 +1389,36 @@ def test_what_the_trainer_learns_and_in_which_order_does_not_depend_on_the_polls
     assert len(small) > 50
     for size in (1, 7, 40, 500):
         assert _orders(tmp_path, monkeypatch, size) == small, size
+
+
+def test_a_label_waits_for_a_partition_read_to_its_end_that_is_still_being_written(
+    tmp_path, monkeypatch
+):
+    """A QA pass of a fleet catching up a backlog: the scorer writing decisions partitions 3-5
+    was slower; the trainer had read them to their end, behind in event time, took them as
+    covered, and learned 112 of 497 fraud labels before their decisions came: unjoined, lost
+    for good. Behind a label's time, a partition read to its end covers it only once it has
+    given nothing for label_wait_s."""
+    clock = [1000.0]
+    monkeypatch.setattr("fds.streams.train.time.monotonic", lambda: clock[0])
+    d0, d1, lab = (
+        TopicPartition(t, p) for t, p in (("decisions", 0), ("decisions", 1), ("labels", 0))
+    )
+    svc = service(tmp_path)
+    svc.consumer = c = Consumer({d0: 1, d1: 1, lab: 1})
+    label = Msg("labels", 0, 0, {"tx_id": "b2", "ts": 350.0, "is_fraud": True})
+    feed(svc, {d0: [decision(0, 0, "a", 500.0)], d1: [decision(1, 0, "b1", 100.0)], lab: [label]})
+    assert held(svc, lab) == [label]  # d1 is read to its end but was just written to
+    clock[0] += 1.0
+    c.hw[d1] = 3  # the slower scorer goes on, past the label's time
+    feed(svc, {d1: [decision(1, 1, "b2", 300.0), decision(1, 2, "b3", 360.0)]})
+    assert not held(svc, lab) and svc.trainer.stats["labels_unjoined"] == 0
+    assert svc.trainer.stats["frauds_learned"] == 1
+    # a partition quiet for label_wait_s behind the label's time covers it (as before)
+    late = Msg("labels", 0, 1, {"tx_id": "nope", "ts": 400.0, "is_fraud": True})
+    c.hw[lab] = 2
+    feed(svc, {lab: [late]})
+    assert held(svc, lab) == [late]
+    clock[0] += svc.label_wait_s + 0.1
+    feed(svc, {})
+    assert not held(svc, lab) and svc.trainer.stats["labels_unjoined"] == 1
