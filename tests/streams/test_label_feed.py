@@ -106,6 +106,7 @@ def test_a_label_waits_for_its_transaction_while_the_input_is_behind():
 
 def test_a_label_for_a_transaction_that_can_no_longer_come_is_not_held():
     p = plan()
+    p.compute(tx("q", 1_767_225_600.0))  # (the input's time past the label's)
     feed = LabelFeed(FakeConsumer([label(0, "gone", 5_000)]), "labels", p)
     assert feed.rewind(input_ms=NOW_MS + 4_000) == 0  # the input may still bring "gone": held
     assert feed.poll(input_ms=NOW_MS + 5_000) == 1  # the input passed the label: applied, unmatched
@@ -131,6 +132,7 @@ def test_with_the_input_idle_a_label_a_few_seconds_ahead_of_its_transaction_wait
     # the labeller's clock far ahead: its wait is counted on this clock; produced a second ago:
     # waits; produced an hour ago (read again at a start): races nothing, unmatched at once
     records = [lab(0, "x", now_ms + 10**9), lab(1, "y", now_ms - 1000), lab(2, "old", 0)]
+    p.compute(tx("w", 1_767_225_510.0))  # (the input's time past the labels')
     feed = LabelFeed(FakeConsumer(records), "labels", p)
     assert feed.rewind(input_ms=math.inf) == 1 and set(feed.waiting) == {"x", "y"}
     assert p.unmatched_labels == 1
@@ -142,6 +144,24 @@ def test_with_the_input_idle_a_label_a_few_seconds_ahead_of_its_transaction_wait
     assert feed.poll(input_ms=math.inf) == 0  # "y" still waits
     clock[0] += 2  # past RACE_S: a label whose transaction never came is unmatched
     assert feed.poll(input_ms=math.inf) == 1 and p.unmatched_labels == 2
+
+
+def test_a_label_produced_before_its_transaction_waits_until_the_input_reaches_its_time():
+    """A QA pass: labels produced before their transactions (a fleet fed the labels first,
+    static topics read after) were applied unmatched at once, their record timestamps behind
+    the input's: no decision saw them (1,231 of 20,000 decisions otherwise than a replay's). A
+    label waits while the input has not reached its time: its transaction may still come."""
+    p = plan()
+    p.compute(tx("w", 1_767_225_000.0))
+    early = [label(0, "a", -60_000), label(1, "never", -59_000)]  # produced a minute ago
+    feed = LabelFeed(FakeConsumer(early), "labels", p)
+    assert feed.rewind(input_ms=NOW_MS) == 0 and set(feed.waiting) == {"a", "never"}
+    assert feed.poll(input_ms=NOW_MS) == 0  # (nothing new, none reached: not scanned)
+    p.compute(tx("a", 1_767_225_100.0))  # its transaction comes, decided by fds run
+    assert feed.reached("a") == 1
+    feed.release(1_767_225_600.0)  # (the next decision, later than the label at ...500)
+    assert p.compute(tx("b", 1_767_225_600.0))["m_frauds"] == 1 and p.unmatched_labels == 0
+    assert feed.poll(input_ms=NOW_MS) == 1 and p.unmatched_labels == 1  # past "never"'s time
 
 
 def test_only_plans_with_label_aware_features_read_labels():
