@@ -683,7 +683,9 @@ class ModelServer:
             if version in self._rejected:
                 log.info("model %s not contested: rejected in the registry", version)
                 return
-            self._start_shadow(version, model, entry)
+            # contested, or a warm-up swap when the champion is under its warm-up (it was
+            # contested against such a champion: a QA pass)
+            self._take(version, model, entry)
 
     def _alert_share(self) -> float:
         days = sorted(self._day_counts)[-DAYS_COUNTED:-1] or sorted(self._day_counts)[-1:]
@@ -1502,6 +1504,18 @@ class ModelServer:
             self._contest_against(version)
             why = role if stand_in else "registry"
             self._set_champion(version, model, why, entry, record=False)
+            if (
+                self.contest is not None
+                and self.auto_promote
+                and self._champion_labels < self.spec.promote.warmup_labels
+            ):  # a champion set under its warm-up: the newer challenger replaces it, as a
+                # version published after it does (its contest went on, and the fleet served
+                # the hand's champion under its warm-up for good: a QA pass)
+                self._set_champion(
+                    self.contest.candidate, self.challenger, WARM_UP, self._challenger_entry
+                )
+                self.challenger = self.challenger_version = self.contest = None
+                dropped = True
             if dropped:
                 self._next_queued()
         else:

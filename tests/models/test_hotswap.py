@@ -773,8 +773,11 @@ def test_a_contest_ends_when_a_warm_up_or_a_rejection_passes_its_challenger_by(
     """A QA pass of a fleet: the champion set back by hand to a version under its warm-up
     (946 of 1,000 examples learned), the next version replaced it directly, and the contest
     of an older challenger went on: every newer version waited in the queue (10 published,
-    none served or contested for 8 min). And a challenger rejected in the registry (its line
-    rolled back) kept its contest until a label was judged here. Both end now."""
+    none served or contested for 8 min); a second pass: the challenger of a running contest
+    (or the one queued) was contested against that champion, which the fleet served for good.
+    A champion set under its warm-up is replaced by the challenger at once, as by a version
+    published after it. And a challenger rejected in the registry (its line rolled back) kept
+    its contest until a label was judged here: it ends at the next decision."""
     reg = Registry(tmp_path)
 
     def publish(learned: int) -> str:
@@ -793,17 +796,27 @@ def test_a_contest_ends_when_a_warm_up_or_a_rejection_passes_its_challenger_by(
     publish(5_000)
     assert offered() == "v000003" and srv.challenger_version == "v000003"
     assert offered() is None and srv.contest is not None  # (the contest runs)
-    reg.promote("v000002", reason="by hand")  # older than the challenger
-    assert offered() == "v000002" and srv.version == "v000002"
-    assert srv.challenger_version == "v000003"  # (goes on against the hand's champion)
-    publish(2_000)
-    assert offered() == "v000004" and srv.version == "v000004"  # a warm-up swap ...
-    assert srv.contest is None and srv.challenger_version is None  # ... ends the older one
+    reg.promote("v000002", reason="by hand")  # older than the challenger, under its warm-up
+    assert offered() == "v000002" and srv.version == "v000003"  # the challenger replaces it
+    assert srv.contest is None and srv.challenger_version is None
+    assert srv._champion_labels == 5_000
     publish(3_000)
-    assert offered() == "v000005" and srv.challenger_version == "v000005"  # contested
+    assert offered() == "v000004" and srv.challenger_version == "v000004"  # contested
     srv._writes.join()
-    reg.reject("v000005", "rolled back by hand")
+    reg.reject("v000004", "rolled back by hand")
     assert offered() is None  # (the watcher reads the rejection) and the next event ends it
     assert srv.contest is None and srv.challenger_version is None
     publish(4_000)
-    assert offered() == "v000006" and srv.challenger_version == "v000006"
+    assert offered() == "v000005" and srv.challenger_version == "v000005"
+    # a warm-up swap ends a contest of an older version (a champion under its warm-up with a
+    # contest running: set here as a rollback may leave it)
+    srv._champion_labels = 10
+    publish(2_000)
+    assert offered() == "v000006" and srv.version == "v000006"
+    assert srv.contest is None and srv.challenger_version is None
+    # a version queued behind a contest is swapped in, not contested, when the champion is
+    # under its warm-up by then
+    srv._champion_labels = 10
+    srv._queued = ("v000007", FeatureModel("amount"), {"labels_learned": 3_000})
+    srv._next_queued()
+    assert srv.version == "v000007" and srv.contest is None
