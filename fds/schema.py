@@ -55,6 +55,7 @@ __all__ = [
     "loads_record",
     "parse_label",
     "parse_transaction",
+    "produced_bad",
     "read_fields",
 ]
 
@@ -195,6 +196,24 @@ _TX = TypeAdapter(Transaction)
 _validate_tx = _TX.validator.validate_python  # the core validator: skips a wrapper layer
 
 loads = orjson.loads
+
+
+#: The header `fds produce` gives a file's row it could not read (sent as its own text, so
+#: that fds run dead-letters it): the reader's reason, which fds run's dead letter keeps.
+UNREADABLE = "unreadable"
+#: ... and of a row it read that the mapping refused (sent as JSON of the row as read).
+REFUSED = "fds-refused"
+
+
+def produced_bad(msg: Any, failed: BaseException | None) -> BaseException | None:
+    """Why a record is bad: the reason `fds produce` gave it (:data:`REFUSED`: always bad;
+    :data:`UNREADABLE`: when it fails to parse, ``failed``), else ``failed``. (A chargeback
+    row it could not read was dead-lettered as "not valid JSON", its reason lost: a QA pass.)"""
+    headers = dict(getattr(msg, "headers", None) or ())
+    said = headers.get(REFUSED) or (headers.get(UNREADABLE) if failed is not None else None)
+    if said is None:
+        return failed
+    return ValueError(said[:1000].decode("utf-8", "replace"))
 
 
 def loads_record(raw: bytes | str | None) -> Any:

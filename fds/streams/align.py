@@ -54,9 +54,10 @@ from typing import Any
 
 __all__ = ["SEQ_HEADER", "Aligner", "fetched_to"]
 
-#: A record header ``fds produce`` stamps with each record's place in its file (ASCII
-#: digits): records of equal event time in different partitions are taken in that order, as
-#: ``fds replay`` takes them (file order). Without it, by partition: a file of whole-minute
+#: A record header ``fds produce`` stamps with each record's place in its file after its run's
+#: start (ASCII digits): records of equal event time in different partitions are taken in that
+#: order, as ``fds replay`` takes them (file order; files produced one after the other, in
+#: that order). Without it, by partition: a file of whole-minute
 #: times produced and run decided 2,489 of 3,000 transactions otherwise than its replay, its
 #: devices and merchants seeing them in another order (a QA pass).
 SEQ_HEADER = "fds-seq"

@@ -150,7 +150,16 @@ from fds.metrics import (
 )
 from fds.models.registry import KEY_ENV, read_own, write_atomic
 from fds.pipeline import DEFAULT_MODEL, DEFAULT_RULES, build_engine
-from fds.schema import check_not_ahead, dead_letter, dumps, loads_record, parse_transaction
+from fds.schema import (
+    REFUSED,
+    UNREADABLE,
+    check_not_ahead,
+    dead_letter,
+    dumps,
+    loads_record,
+    parse_transaction,
+    produced_bad,
+)
 from fds.streams.align import SEQ_HEADER, Aligner, fetched_to
 from fds.streams.checkpoint import (
     Checkpoint,
@@ -360,10 +369,10 @@ def _event_time(msg: Any, ahead_s: float = 0.0) -> tuple[float, Any]:
     it would move every window's watermark ahead, so that the following events all came late.
     The record's timestamp, not this machine's clock: a rebuild judges a record as it was
     judged when first decided."""
-    headers = getattr(msg, "headers", None)
-    if headers and (refused := dict(headers).get(REFUSED)):  # a row `fds produce` read and its
-        # mapping refused (a ts not in its ts_format), sent as JSON that may read as a record
-        return -math.inf, _Bad("parse", ValueError(refused[:1000].decode("utf-8", "replace")))
+    if getattr(msg, "headers", None) and (refused := produced_bad(msg, None)) is not None:
+        # a row `fds produce` read and its mapping refused (a ts not in its ts_format), sent
+        # as JSON that may read as a record
+        return -math.inf, _Bad("parse", refused)
     stage = "parse"
     try:
         obj = loads_record(msg.value)
@@ -373,11 +382,10 @@ def _event_time(msg: Any, ahead_s: float = 0.0) -> tuple[float, Any]:
         if _NAIVE_WATCH[0]:
             _watch_naive(obj, msg)
     except Exception as exc:
-        said = dict(headers or ()).get(UNREADABLE)
-        if said is not None:  # a row `fds produce` could not read: the reader's reason (it was
-            why = said[:1000].decode("utf-8", "replace")  # "not valid JSON"; a row reading as
-            return -math.inf, _Bad("parse", ValueError(why))  # JSON, `5`, failed validation)
-        return -math.inf, _Bad(stage, exc)
+        # a row `fds produce` could not read: the reader's reason (it was "not valid JSON"; a
+        # row reading as JSON, `5`, failed validation)
+        said = produced_bad(msg, exc)
+        return -math.inf, _Bad("parse" if said is not exc else stage, said or exc)
     return tx["ts"], tx
 
 
@@ -398,13 +406,6 @@ def _watch_naive(obj: Any, msg: Any) -> None:
             "read as UTC; the contract's times carry their offset (2026-03-01T08:04:13+09:00) "
             "or are epoch seconds (said once)", ts[:40], msg.topic, msg.partition, msg.offset,
         )  # fmt: skip
-
-
-#: The header `fds produce` gives a file's row it could not read (sent as its own text, so
-#: that fds run dead-letters it): the reader's reason, which fds run's dead letter keeps.
-UNREADABLE = "unreadable"
-#: ... and of a row it read that the mapping refused (sent as JSON of the row as read).
-REFUSED = "fds-refused"
 
 
 #: Errors of a poll that no retry changes (each said with its setting, exit 2).
@@ -4292,6 +4293,10 @@ def produce_file(
     topic = topic or settings.input_topic
     t0 = time.monotonic()
     n = 0
+    # fds-seq: this run's start (us) then the record's place, so that files produced one after
+    # the other keep that order too (each counted from 1, two files' ties were interleaved by
+    # line: a QA pass); records of other producers, without it, come first
+    seq0 = time.time_ns() // 1000 * 10**12 + 1
     failed: list[BaseException] = []  # sends the broker refused or that timed out
     acked = [0]  # sends it acknowledged (counted on the producer's thread)
     line = 0
@@ -4357,7 +4362,7 @@ def produce_file(
                     # its place in the file: fds run takes records of one event time in that
                     # order, as fds replay does (see align.SEQ_HEADER)
                     fut = producer.send(
-                        topic, value=dumps(rec), key=key, headers=[(SEQ_HEADER, b"%d" % (n + 1))]
+                        topic, value=dumps(rec), key=key, headers=[(SEQ_HEADER, b"%d" % (seq0 + n))]
                     )
                 elif isinstance(rec, Exception):  # unreadable: the file's own bytes (a row
                     # read but refused by the mapping as JSON: it was Python's repr), and

@@ -50,7 +50,7 @@ from kafka import TopicPartition
 from kafka.errors import KafkaTimeoutError
 
 from fds.errors import ConfigError
-from fds.schema import check_not_ahead, loads_record, parse_label
+from fds.schema import check_not_ahead, loads_record, parse_label, produced_bad
 from fds.streams.rebuild import start_offsets
 
 __all__ = ["LabelFeed", "reads_labels"]
@@ -179,11 +179,13 @@ class LabelFeed:
             got += len(records)
             for msg in records:
                 try:
+                    if (refused := produced_bad(msg, None)) is not None:
+                        raise refused
                     label = parse_label(loads_record(msg.value))
                     check_not_ahead(label["ts"], msg, self.ahead_s)
                 except Exception as exc:  # a bad label is dead-lettered, never dropped
                     if msg.offset >= self._bad_next.get(msg.partition, 0):
-                        self.bad.append((msg, exc))
+                        self.bad.append((msg, produced_bad(msg, exc) or exc))
                         self._bad_next[msg.partition] = msg.offset + 1
                     continue
                 held.append((msg.timestamp, label, now))

@@ -80,7 +80,7 @@ from fds.models.registry import (
     sign_record,
 )
 from fds.pipeline import DEFAULT_MODEL
-from fds.schema import check_not_ahead, loads_record, parse_label
+from fds.schema import check_not_ahead, loads_record, parse_label, produced_bad
 from fds.streams.align import Aligner
 from fds.streams.checkpoint import SHARED_FILE, Checkpointer, default_state_dir, hold
 from fds.streams.kafka import (
@@ -894,10 +894,12 @@ class TrainService:
         bad record (released at once). A label stamped far ahead would move the trainer's
         event time there: every snapshot assumed legitimate at once, then expired."""
         try:
+            if (refused := produced_bad(msg, None)) is not None:  # (fds produce's reason, as
+                raise refused  # fds run's label feed says it)
             label = parse_label(loads_record(msg.value))
             check_not_ahead(label["ts"], msg, self.s.max_event_ahead_s)
         except Exception as exc:
-            return -math.inf, exc
+            return -math.inf, produced_bad(msg, exc) or exc
         return label["ts"], label
 
     def _learn_held(self) -> int:

@@ -253,14 +253,17 @@ def test_end_to_end_decisions_match_replay(kafka_bootstrap, make_topics, unique_
     assert all(orjson.loads(r.value)["features"]["card_count_30d"] for r in records)
 
 
+@pytest.mark.parametrize("files", [1, 2])
 def test_records_of_one_event_time_in_several_partitions_are_decided_as_a_replay_does(
-    kafka_bootstrap, make_topics, unique_name, tmp_path
+    kafka_bootstrap, make_topics, unique_name, tmp_path, files
 ):
     """A QA pass: a file of whole-minute times (as bank exports write them), produced into
     three partitions and run, decided 2,489 of 3,000 transactions otherwise than its replay
     (actions too): records of one event time were taken partition by partition, and the
     devices and merchants they share saw them in another order than the file's. fds produce
-    stamps each record's place in the file, and fds run takes ties in that order."""
+    stamps each record's place in the file, and fds run takes ties in that order; two files
+    produced one after the other, in that order too (a second QA pass: each counted from 1,
+    their ties were interleaved line by line)."""
     topics = make_topics(partitions=3)
     rng = random.Random(1)
     txs = [
@@ -273,7 +276,11 @@ def test_records_of_one_event_time_in_several_partitions_are_decided_as_a_replay
     path = tmp_path / "ties.jsonl"
     path.write_bytes(b"".join(orjson.dumps(t) + b"\n" for t in txs))
     s = settings_for(kafka_bootstrap, topics, unique_name("g"))
-    assert produce_file(path, s) == len(txs)
+    cuts = [0, 250, 600] if files == 2 else [0, 600]  # (the cut inside a minute's rows)
+    for i in range(files):
+        part = tmp_path / f"part{i}.jsonl"
+        part.write_bytes(b"".join(orjson.dumps(t) + b"\n" for t in txs[cuts[i] : cuts[i + 1]]))
+        assert produce_file(part, s) == cuts[i + 1] - cuts[i]
     _, records = decide_all(s, build_run_engine(DEFAULT_RULES, None), len(txs))
     got = {d["tx_id"]: d for d in (orjson.loads(r.value) for r in records)}
     replay = build_run_engine(DEFAULT_RULES, None)

@@ -305,3 +305,23 @@ def test_a_label_stamped_far_after_it_was_produced_is_a_bad_label():
     ((msg, exc),) = feed.take_bad()
     assert msg.offset == 0 and "more than max_event_ahead_s (3,600 s)" in str(exc)
     assert p.compute(tx("b", 1_767_225_660.0))["m_frauds"] == 1
+
+
+def test_a_label_row_fds_produce_could_not_read_keeps_its_reason():
+    """A QA pass: chargeback rows `fds produce` could not read or convert (a time not in the
+    mapping's ts_format, a short row) were dead-lettered by fds run as "not valid JSON" or
+    "Field required", the reason `fds produce` sent with them lost."""
+    p = plan()
+    bad = label(0, "a", 0, b"a;2026-13-99")
+    refused = label(1, "b", 0, b'{"tx_id": "b"}')
+    Hdr = namedtuple("Hdr", "topic partition offset timestamp value headers")
+    records = [
+        Hdr(*bad, [("unreadable", b"expected 3 columns, found 2")]),
+        Hdr(*refused, [("fds-refused", b"ts: '99.99.2026' does not fit the mapping's ts_format")]),
+    ]
+    feed = LabelFeed(FakeConsumer(records), "labels", p)
+    feed.rewind(input_ms=NOW_MS)
+    assert [str(exc) for _, exc in feed.take_bad()] == [
+        "expected 3 columns, found 2",
+        "ts: '99.99.2026' does not fit the mapping's ts_format",
+    ]
