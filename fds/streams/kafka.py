@@ -4274,7 +4274,7 @@ def produce_file(
     label = mapping.label if mapping is not None else None
     if labels_topic and label is None:
         raise ConfigError("--labels-topic needs a --mapping with a label: section (its column)")
-    labels = disordered = 0
+    labels = disordered = unreadable_rows = 0
     cut: FileCut | None = None  # what ended the file early, if anything
     timeout_ms = settings.timeout_ms
     try:
@@ -4374,6 +4374,7 @@ def produce_file(
                     )  # fmt: skip
                     reason = str(rec)[:1000].encode("utf-8", "backslashreplace")  # why
                     header = REFUSED if mapped else UNREADABLE
+                    unreadable_rows += 1
                     fut = producer.send(topic, value=value, headers=[(header, reason)])
                 else:  # JSON that is no object ([1, 2], 42, null): fds run says so, as replay
                     fut = producer.send(topic, value=dumps(rec))  # (it was sent empty: lost)
@@ -4438,6 +4439,12 @@ def produce_file(
             "the mapping's label column %r was not sent (it is no transaction field): "
             "--labels-topic sends its frauds as labels",
             label.column,
+        )
+    if unreadable_rows:  # (exit 0 and "produced 7 records" alone: a QA pass)
+        log.warning(
+            "%d records could not be read or were refused by the mapping: sent with the reason "
+            "in a header, for fds run (and fds train) to dead-letter them with it",
+            unreadable_rows,
         )
     if disordered:  # (fds run then decided them late, or with other windows than fds replay,
         log.warning(  # which sorts them: a QA pass)

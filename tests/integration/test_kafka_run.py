@@ -1274,7 +1274,9 @@ def test_produce_sends_a_file_as_replay_reads_it_or_says_why_not(
     with pytest.raises(FdsError, match="is damaged"):
         produce_file(tmp_path / "bad.jsonl.gz", s)
     (tmp_path / "short.csv").write_text("tx_id,ts,card_id,amount\nr1,1767225600\n")
-    produce_file(tmp_path / "short.csv", s)
+    with caplog.at_level("WARNING", logger="fds.streams.kafka"):
+        produce_file(tmp_path / "short.csv", s)
+    assert "1 records could not be read or were refused by the mapping" in caplog.text
     (short,) = [m for m in read_all(kafka_bootstrap, topics["transactions"])
                 if m.value.startswith(b"r1,")]  # fmt: skip
     assert dict(short.headers)["unreadable"] == b"expected 4 columns, found 2"
