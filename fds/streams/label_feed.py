@@ -11,9 +11,7 @@ counted as unmatched and changes nothing).
 
 A label whose transaction this instance has not decided yet waits while the input has not
 caught up with it (the label's record timestamp, when it was produced, is ahead of the newest
-input record decided, or its ``ts`` ahead of the input's event time: produced before their
-transactions, labels were unmatched at once, a QA pass; with the input idle, for
-:data:`RACE_S` after it was read, on this
+input record decided; with the input idle, for :data:`RACE_S` after it was read, on this
 machine's clock, if it was produced lately): after a restart, a backlog of transactions and one
 of labels are read side by side, and a label is applied once its transaction is decided, not
 dropped as unmatched before; and a labeller a few seconds ahead of the transactions' producer
@@ -22,12 +20,14 @@ restart read it again: a QA pass). Other labels are applied at once, before the 
 decided. At most ``MAX_HELD`` labels wait.
 
 A label counts only for decisions of transactions later in event time than the label itself
-(its ``ts``, when it became known), as in a replay: one whose transaction is decided but whose
-time the input has not reached yet (a backlog read after a restart or an outage, labels of days
-later already on the topic) waits in :attr:`due` until ``fds run`` is about to decide (or fold)
-a transaction later than it (:meth:`release`). Before, it was applied at once, so the decisions
-of the backlog saw frauds labelled days after them, and the same input gave other decisions
-with other poll sizes (a review).
+(its ``ts``, when it became known), as in a replay: one whose transaction is decided, or one
+ahead of the input whose transaction is not (it comes before the label's time, if it is this
+instance's: labels produced before their transactions were unmatched at once, a QA pass), and
+whose time the input has not reached yet (a backlog read after a restart or an outage, labels
+of days later already on the topic) waits in :attr:`due` until ``fds run`` is about to decide
+(or fold) a transaction later than it (:meth:`release`). Before, it was applied at once, so the
+decisions of the backlog saw frauds labelled days after them, and the same input gave other
+decisions with other poll sizes (a review).
 
 Applying a label is idempotent (a label already counted as it says changes nothing), so the
 feed keeps no offsets of its own: on start, and again after the state was caught up or rebuilt
@@ -117,7 +117,6 @@ class LabelFeed:
         self._done: set[int] = set()
         # labels ahead of the decisions' event time: (ts, arrival, label), earliest first
         self._later: list[tuple[float, int, dict[str, Any]]] = []
-        self._first_ts = -math.inf  # the earliest time of the labels held (see poll)
         self._seq = itertools.count()
         #: The event time of the earliest label waiting for the decisions to pass it (inf: none).
         self.due = math.inf
@@ -198,9 +197,8 @@ class LabelFeed:
         Returns how many were applied or made due."""
         if not self._tps:
             return 0
-        if not self._fetch(timeout_ms=0) and self.plan.watermark < self._first_ts:
-            return 0  # nothing new, and the input has reached none held: not scanned (its
-        return self._apply(input_ms)  # transactions reach them through `reached`)
+        self._fetch(timeout_ms=0)
+        return self._apply(input_ms)
 
     def reached(self, tx_id: str) -> int:
         """Transaction ``tx_id`` was just decided, or folded into the state (what a restore left
@@ -247,6 +245,7 @@ class LabelFeed:
         held = self._held
         if not held:
             return 0
+        wm = self.plan.watermark
         knows = self.plan.knows
         kept: deque[tuple[int, dict[str, Any], float]] = deque()
         by_id: dict[str, list[dict[str, Any]]] = {}
@@ -256,31 +255,27 @@ class LabelFeed:
         idle = input_ms == math.inf
         read_since = time.monotonic() - RACE_S  # (idle: a label read after it waits ...)
         made_since = (time.time() - RACE_S - CLOCKS_APART_S) * 1000.0  # (... if produced since)
-        wm = self.plan.watermark
-        first_ts = math.inf
         for ms, label, read_at in held:
             if done and id(label) in done:
                 continue  # applied when its transaction was folded
             tx_id = label["tx_id"]
             known = knows(tx_id)
             behind = read_at > read_since and ms > made_since if idle else ms > input_ms
-            # or the input has not reached its time: its transaction may still come (labels
-            # produced before their transactions were applied unmatched at once, and no
-            # decision saw them: a QA pass of a fleet fed the labels first)
-            behind = behind or label["ts"] > wm
             if behind and room > 0 and not known:
                 kept.append((ms, label, read_at))
                 by_id.setdefault(tx_id, []).append(label)
                 room -= 1
-                first_ts = min(first_ts, label["ts"])
                 continue
-            if known:  # applied once the decisions pass its time
+            if known or label["ts"] > wm:  # applied once the decisions pass its time: ahead
+                # of the input, its transaction (earlier) is decided by then if it is this
+                # instance's (labels produced before their transactions were applied unmatched
+                # at once, and no decision saw them: a QA pass of a fleet fed the labels first;
+                # held with the others, an idle instance's were scanned at each pass: a review)
                 self._when_due(label)
             else:  # its transaction can no longer come: unmatched
                 self._one(label)
             n += 1
         self._held, self.waiting, self._done = kept, by_id, set()
-        self._first_ts = first_ts
         return n
 
     def take_bad(self) -> list[tuple[Any, BaseException]]:

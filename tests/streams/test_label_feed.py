@@ -150,18 +150,18 @@ def test_a_label_produced_before_its_transaction_waits_until_the_input_reaches_i
     """A QA pass: labels produced before their transactions (a fleet fed the labels first,
     static topics read after) were applied unmatched at once, their record timestamps behind
     the input's: no decision saw them (1,231 of 20,000 decisions otherwise than a replay's). A
-    label waits while the input has not reached its time: its transaction may still come."""
+    label ahead of the input is applied when the decisions pass its time, as in a replay: its
+    transaction, earlier, is decided by then if it is this instance's."""
     p = plan()
     p.compute(tx("w", 1_767_225_000.0))
     early = [label(0, "a", -60_000), label(1, "never", -59_000)]  # produced a minute ago
     feed = LabelFeed(FakeConsumer(early), "labels", p)
-    assert feed.rewind(input_ms=NOW_MS) == 0 and set(feed.waiting) == {"a", "never"}
-    assert feed.poll(input_ms=NOW_MS) == 0  # (nothing new, none reached: not scanned)
+    assert feed.rewind(input_ms=NOW_MS) == 2 and feed.due == 1_767_225_500.0  # due at its time
+    assert p.unmatched_labels == 0
     p.compute(tx("a", 1_767_225_100.0))  # its transaction comes, decided by fds run
-    assert feed.reached("a") == 1
-    feed.release(1_767_225_600.0)  # (the next decision, later than the label at ...500)
-    assert p.compute(tx("b", 1_767_225_600.0))["m_frauds"] == 1 and p.unmatched_labels == 0
-    assert feed.poll(input_ms=NOW_MS) == 1 and p.unmatched_labels == 1  # past "never"'s time
+    feed.release(1_767_225_600.0)  # (the next decision, later than the labels at ...500)
+    assert p.compute(tx("b", 1_767_225_600.0))["m_frauds"] == 1
+    assert p.unmatched_labels == 1  # "never": its transaction did not come before its time
 
 
 def test_only_plans_with_label_aware_features_read_labels():
