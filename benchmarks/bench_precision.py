@@ -8,9 +8,10 @@ Exactly ``fds bench precision`` (fds/bench.py), run from the repository root: th
 a scheduled drift and realistic label delays (customer reports after 1-3 days, chargebacks after
 7-60) goes through the real engine (features -> rules -> adaptive model -> policy); each
 variant's daily top-k is scored against the truth. Writes benchmarks/results/<name>.md and .png,
-each quoting the command that produced it. A path given that exists where it is run from is read
-there; any other relative path (the defaults, ``rules/pre-drift.yaml``) from the repository root
-(each was read from the root: a QA pass's own file was not found).
+each quoting the command that produced it. A path option's value that exists where it is run
+from is read there, and ``--out`` is written there; any other relative path (the defaults,
+``rules/pre-drift.yaml``) is read from the repository root (each was: a QA pass's own file was not
+found).
 """
 
 from __future__ import annotations
@@ -22,8 +23,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 if __name__ == "__main__":
-    here = [str(Path(a).resolve()) if not a.startswith("-") and Path(a).exists() else a
-            for a in sys.argv[1:]]  # fmt: skip
+    paths = ("--input", "--mapping", "--labels", "--rules", "--model", "--out")
+
+    def where_run(flag: str, value: str) -> str:
+        """A path option's value as given where this is run: ``--out``, or one that is there."""
+        return str(Path(value).resolve()) if flag == "--out" or Path(value).exists() else value
+
+    here: list[str] = []
+    for i, a in enumerate(sys.argv[1:]):
+        flag, eq, value = a.partition("=")
+        if eq and flag in paths:
+            a = f"{flag}={where_run(flag, value)}"
+        elif i and sys.argv[i] in paths:  # (the option before it)
+            a = where_run(sys.argv[i], a)
+        here.append(a)
     os.chdir(ROOT)
     sys.argv = ["fds", "bench", "precision", *here]
     from fds.cli import main

@@ -624,6 +624,10 @@ def _recovery(
             "pre_drift_precision": pre_p,
             "min_after_drift": min(p[idx[d]] for d in after_drift),
             "drop_day": dropped,
+            # a first day below the line past the deadline (said beside "no drop": a review)
+            "late_drop_day": None
+            if dropped is not None
+            else next((d for d in after_drift if d > after_from and p[idx[d]] < back), None),
             "recovery_days": rec,
             "window_precision": _mean_over(p, idx, within),
             "after_deadline_precision": _mean_over(p, idx, after),
@@ -681,7 +685,8 @@ def _lower(share: float) -> str:
 def _recovered(e: dict[str, Any]) -> str:
     """When a variant was back to RECOVERED_SHARE of its pre-drift precision."""
     if e["drop_day"] is None:
-        return "no drop (0 d)"
+        late = e.get("late_drop_day")
+        return "no drop (0 d)" + (f"; below it from day {late}, after the deadline" if late else "")
     rd = e["recovery_days"]
     return "never" if rd is None else f"{rd} d after the drift day"
 

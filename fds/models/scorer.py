@@ -1504,6 +1504,7 @@ class ModelServer:
             self._contest_against(version)
             why = role if stand_in else "registry"
             self._set_champion(version, model, why, entry, record=False)
+            self._end_rejected()  # (a challenger rejected meanwhile is no warm-up: a review)
             if (
                 self.contest is not None
                 and self.auto_promote

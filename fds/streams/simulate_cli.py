@@ -80,7 +80,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Generate a realistic, drifting card-payment stream. Transactions go to --out "
             "(JSON Lines, gzip when the name ends in .gz); fraud labels, with realistic delays, "
-            "go beside it as <stem>.labels.jsonl[.gz]. Same seed, same bytes."
+            "go beside it as <stem>.labels.jsonl[.gz] (.ndjson and .json keep theirs). Same seed, "
+            "same bytes."
         ),
     )
     p.add_argument("--days", type=positive_int, default=60, help="length in days (default 60)")

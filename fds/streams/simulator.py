@@ -946,9 +946,22 @@ def labels_path(out_path: str | Path) -> Path:
 
 
 def labels_beside(path: str | Path) -> Path | None:
-    """The labels file :func:`write` put beside transactions ``path``, if there is one."""
+    """The labels file :func:`write` put beside transactions ``path``, if there is one; for a
+    ``.ndjson``/``.json`` file an earlier release wrote, its ``.labels.jsonl`` when no
+    ``.jsonl`` file of the same stem owns that name (a review: such a pair lost its labels)."""
     guess = labels_path(path)
-    return guess if guess.is_file() else None
+    if guess.is_file():
+        return guess
+    p = Path(path)
+    gz = ".gz" if p.name.endswith(".gz") else ""
+    name = p.name.removesuffix(gz)
+    for suffix in (".ndjson", ".json"):
+        stem = name.removesuffix(suffix)
+        if stem != name:
+            legacy = p.with_name(f"{stem}.labels.jsonl{gz}")
+            owner = p.with_name(f"{stem}.jsonl{gz}")
+            return legacy if legacy.is_file() and not owner.exists() else None
+    return None
 
 
 # gzip level 1: about 3x faster than level 6 on this JSON, for files ~25% larger.

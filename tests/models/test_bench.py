@@ -16,6 +16,7 @@ from fds.bench import (
     PrecisionResult,
     _at_k,
     _ceiling,
+    _recovered,
     _recovery,
     _recovery_text,
     ratio_interval,
@@ -74,6 +75,8 @@ def test_recovery_reads_the_frozen_gap_over_the_window_and_after_the_deadline() 
     daily["adaptive"] = {"precision": steady}
     r = _recovery(daily, days, drift_day=30, label_delay=2.5)
     assert r["adaptive"]["drop_day"] is None and r["adaptive"]["recovery_days"] == 0
+    assert r["adaptive"]["late_drop_day"] == 37  # (said beside it: a review)
+    assert _recovered(r["adaptive"]) == "no drop (0 d); below it from day 37, after the deadline"
 
 
 def test_simulator_run_reports_every_variant(tmp_path: Path, capsys) -> None:

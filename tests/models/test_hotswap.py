@@ -814,9 +814,18 @@ def test_a_contest_ends_when_a_warm_up_or_a_rejection_passes_its_challenger_by(
     publish(2_000)
     assert offered() == "v000006" and srv.version == "v000006"
     assert srv.contest is None and srv.challenger_version is None
+    # a challenger rejected by hand with its champion set back under its warm-up: no warm-up
+    # swap to it (a review: the rejected version served until the next poll)
+    srv._champion_labels = 50_000
+    publish(4_000)
+    assert offered() == "v000007" and srv.challenger_version == "v000007"
+    srv._writes.join()
+    reg.reject("v000007", "by hand")
+    reg.promote("v000002", reason="by hand")
+    assert offered() == "v000002" and srv.version == "v000002" and srv.contest is None
     # a version queued behind a contest is swapped in, not contested, when the champion is
     # under its warm-up by then
     srv._champion_labels = 10
-    srv._queued = ("v000007", FeatureModel("amount"), {"labels_learned": 3_000})
+    srv._queued = ("v000008", FeatureModel("amount"), {"labels_learned": 3_000})
     srv._next_queued()
-    assert srv.version == "v000007" and srv.contest is None
+    assert srv.version == "v000008" and srv.contest is None

@@ -371,3 +371,21 @@ def test_cli_default_start_is_a_local_midnight_in_the_given_timezone(tmp_path: P
     assert days == {"2026-01-01"}
     sim = simulate(days=1, cards=300, merchants=120, timezone="Europe/Paris")
     assert len(out.read_bytes().splitlines()) == len(sim.transactions)
+
+
+def test_the_labels_beside_a_stream_keep_its_suffix_and_an_earlier_pair_is_found(tmp_path):
+    """A QA pass: `--out x.ndjson` wrote its labels over `--out x.jsonl`'s (x.labels.jsonl),
+    and a replay of either took the other stream's. Now x.labels.ndjson; a pair an earlier
+    release wrote (x.ndjson + x.labels.jsonl) is still found, unless x.jsonl owns that name."""
+    from fds.streams.simulator import labels_beside, labels_path
+
+    assert labels_path(tmp_path / "x.ndjson").name == "x.labels.ndjson"
+    assert labels_path(tmp_path / "x.json.gz").name == "x.labels.json.gz"
+    (tmp_path / "x.ndjson").write_text("")
+    assert labels_beside(tmp_path / "x.ndjson") is None
+    (tmp_path / "x.labels.jsonl").write_text("")
+    assert labels_beside(tmp_path / "x.ndjson") == tmp_path / "x.labels.jsonl"  # (earlier)
+    (tmp_path / "x.jsonl").write_text("")
+    assert labels_beside(tmp_path / "x.ndjson") is None  # x.jsonl's own
+    (tmp_path / "x.labels.ndjson").write_text("")
+    assert labels_beside(tmp_path / "x.ndjson") == tmp_path / "x.labels.ndjson"
