@@ -534,6 +534,23 @@ def test_an_analyst_sets_the_breaker_in_the_rules_file(written: str, demoted: se
     assert engine.demoted == demoted
 
 
+def _declining_everybody(more: str = "") -> tuple[Any, Any]:
+    """An engine whose one rule, ``all``, declines every payment (``more``: the rules file's
+    text after it), guarded by the rate breaker; and its ruleset."""
+    from fds.engine import Engine
+    from fds.policy import Policy
+    from fds.rules.ruleset import load_ruleset_text
+
+    rules = load_ruleset_text(
+        "version: v\nrules:\n  - {id: all, when: amount > 0, action: decline, score: 1.0,"
+        " reason: r}\n" + more,
+        "r.yaml",
+    )
+    engine = Engine(rules=rules, breaker=RuleBreaker(2000, min_events=200),
+                    policy=Policy.from_spec(rules.spec.policy))  # fmt: skip
+    return engine, rules
+
+
 def test_a_rule_demoted_in_an_earlier_releases_checkpoint_stays_demoted() -> None:
     """A review: a checkpoint of the release before `breaker:` keeps each demoted rule's
     definition without that field; the new one has it, so every demotion was lifted at the
@@ -543,16 +560,8 @@ def test_a_rule_demoted_in_an_earlier_releases_checkpoint_stays_demoted() -> Non
     import pickle
 
     from fds.engine import Engine
-    from fds.policy import Policy
-    from fds.rules.ruleset import load_ruleset_text
 
-    rules = load_ruleset_text(
-        "version: v\nrules:\n  - {id: all, when: amount > 0, action: decline, score: 1.0,"
-        " reason: r}\npolicy: {breaker_multiple: 10}\n",
-        "r.yaml",
-    )
-    engine = Engine(rules=rules, breaker=RuleBreaker(2000, min_events=200),
-                    policy=Policy.from_spec(rules.spec.policy))  # fmt: skip
+    engine, rules = _declining_everybody("policy: {breaker_multiple: 10}\n")
     old = pickle.loads(pickle.dumps(rules.rules[0].spec))
     del old.__dict__["breaker"]  # (as an earlier release pickled it)
     engine.demoted.add("all")
@@ -571,18 +580,9 @@ def test_a_rule_demoted_in_an_earlier_releases_checkpoint_stays_demoted() -> Non
 def test_a_replay_summary_counts_the_demotions_lifted_since() -> None:
     """A QA pass: a rule demoted and put back in force by an edit during a replay left no
     trace in its summary (5,720 decisions made without it)."""
-    from fds.engine import Engine
-    from fds.policy import Policy
     from fds.replay import ReplayInput, run
-    from fds.rules.ruleset import load_ruleset_text
 
-    rules = load_ruleset_text(
-        "version: v\nrules:\n  - {id: all, when: amount > 0, action: decline, score: 1.0,"
-        " reason: r}\n",
-        "r.yaml",
-    )
-    engine = Engine(rules=rules, breaker=RuleBreaker(2000, min_events=200),
-                    policy=Policy.from_spec(rules.spec.policy))  # fmt: skip
+    engine, _ = _declining_everybody()
     txs = [{"tx_id": f"t{i}", "ts": float(i), "card_id": f"c{i % 50}", "amount": 5.0}
            for i in range(600)]  # fmt: skip
 

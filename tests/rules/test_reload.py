@@ -40,6 +40,19 @@ def write(path: Path, text: str) -> None:
         os.utime(path, ns=(ns, ns))
 
 
+def write_in_two(p: Path, rs: ReloadingRuleset, part: str, whole: str, ms: int) -> None:
+    """Write ``whole`` into ``p`` in place (the same inode) in two parts, a pause after
+    ``part``, which ``rs`` reads and takes meanwhile; the mtime is moved ``ms`` ms ahead after
+    each part (a rewrite within the filesystem's timestamp resolution is a change too)."""
+    with open(p, "w") as f:
+        f.write(part)
+    os.utime(p, ns=(time.time_ns() + ms * 10**6,) * 2)
+    assert rs.check_now() == "ok", rs.last_error
+    with open(p, "a") as f:
+        f.write(whole[len(part) :])
+    os.utime(p, ns=(time.time_ns() + (ms + 1) * 10**6,) * 2)
+
+
 class ListSink:
     def __init__(self) -> None:
         self.records: list[dict] = []
@@ -418,12 +431,7 @@ def test_a_file_read_while_written_in_place_is_taken_whole_under_its_version(
         "    reason: Huge\npolicy:\n  review_at: 0.6\n"
     )  # fmt: skip
     part = rules("v2", 100)  # (a valid rules file: fewer rules, no policy)
-    with open(p, "w") as f:  # in place: the same inode, a pause after the first part
-        f.write(part)
-    assert rs.check_now() == "ok" and len(rs.current.rules) == 1
-    with open(p, "a") as f:
-        f.write(whole[len(part) :])
-    os.utime(p, ns=(time.time_ns() + 10**6,) * 2)
+    write_in_two(p, rs, part, whole, 1)  # (the part took: one rule, no policy)
     with caplog.at_level("WARNING", logger="fds.rules"):
         assert rs.check_now() == "ok" and len(rs.current.rules) == 2
     assert "was read while being written" in caplog.text and rs.current.version == "v2"
@@ -449,13 +457,7 @@ def test_a_file_read_while_written_in_place_is_taken_whole_under_its_version(
     assert rs.check_now() == "rejected" and len(rs.current.rules) == 1
     # and the part of a file caught mid-way, completed later than MID_WRITE_S: refused too
     monkeypatch.setattr(reload_mod, "MID_WRITE_S", 0.0)
-    with open(p, "w") as f:
-        f.write(part.replace("v2", "v4"))
-    os.utime(p, ns=(time.time_ns() + 5 * 10**6,) * 2)
-    assert rs.check_now() == "ok"
-    with open(p, "a") as f:
-        f.write(whole.replace("v2", "v4")[len(part) :])
-    os.utime(p, ns=(time.time_ns() + 6 * 10**6,) * 2)
+    write_in_two(p, rs, part.replace("v2", "v4"), whole.replace("v2", "v4"), 5)
     assert rs.check_now() == "rejected" and rs.current.version == "v4"
 
 
@@ -477,13 +479,7 @@ def test_a_file_cut_at_a_line_end_inside_its_last_entry_is_taken_whole(
     )  # fmt: skip
     if "budget" in cut:  # (the policy last, cut inside it)
         whole += "policy:\n  decline_at: 0.9\n  alert_budget_per_day: 200\n"
-    part = whole[: whole.rindex(cut)]
-    with open(p, "w") as f:  # in place: the same inode, a pause after the part
-        f.write(part)
-    assert rs.check_now() == "ok"
-    with open(p, "a") as f:
-        f.write(whole[len(part) :])
-    os.utime(p, ns=(time.time_ns() + 10**6,) * 2)
+    write_in_two(p, rs, whole[: whole.rindex(cut)], whole, 1)
     assert rs.check_now() == "ok", rs.last_error
     assert rs.current.rules[-1].spec.state == "shadow"
     if "budget" in cut:

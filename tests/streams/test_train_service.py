@@ -267,16 +267,26 @@ def test_a_catch_up_assumes_nothing_legitimate_before_the_labels_of_its_time_are
     assert t.labels_to == float("inf") and t.stats["assumed_legit"] == 0
 
 
-def test_a_label_waits_for_its_decision_in_a_lagging_partition(tmp_path, monkeypatch):
-    """Decisions partition 1 is read up to event time 500 while partition 0, with unread
-    records, is at 100: a label at 350 waits until its decision is read, then joins."""
+def _two_decisions_partitions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *highwater: int
+) -> tuple[list[float], TrainService, tuple[TopicPartition, ...]]:
+    """A trainer on decisions partitions 0 and 1 and labels partition 0, their high watermarks
+    ``highwater``, on a clock of its own (``clock[0]``, monotonic seconds, to move on)."""
     clock = [1000.0]
     monkeypatch.setattr("fds.streams.train.time.monotonic", lambda: clock[0])
-    d0, d1, lab = (
+    tps = tuple(
         TopicPartition(t, p) for t, p in (("decisions", 0), ("decisions", 1), ("labels", 0))
     )
     svc = service(tmp_path)
-    svc.consumer = c = Consumer({d0: 3, d1: 1, lab: 1})
+    svc.consumer = Consumer(dict(zip(tps, highwater, strict=True)))
+    return clock, svc, tps
+
+
+def test_a_label_waits_for_its_decision_in_a_lagging_partition(tmp_path, monkeypatch):
+    """Decisions partition 1 is read up to event time 500 while partition 0, with unread
+    records, is at 100: a label at 350 waits until its decision is read, then joins."""
+    _, svc, (d0, d1, lab) = _two_decisions_partitions(tmp_path, monkeypatch, 3, 1, 1)
+    c = svc.consumer
     label = Msg("labels", 0, 0, {"tx_id": "a2", "ts": 350.0, "is_fraud": True})
     feed(svc, {d1: [decision(1, 0, "b", 500.0)], d0: [decision(0, 0, "a0", 100.0)], lab: [label]})
     assert held(svc, lab) == [label]  # waits (held, not paused): a2 is not read yet
@@ -1396,13 +1406,8 @@ def test_a_label_waits_for_a_partition_read_to_its_end_that_is_still_being_writt
     covered, and learned 112 of 497 fraud labels before their decisions came: unjoined, lost
     for good. Behind a label's time, a partition read to its end covers it only once it has
     given nothing for label_wait_s."""
-    clock = [1000.0]
-    monkeypatch.setattr("fds.streams.train.time.monotonic", lambda: clock[0])
-    d0, d1, lab = (
-        TopicPartition(t, p) for t, p in (("decisions", 0), ("decisions", 1), ("labels", 0))
-    )
-    svc = service(tmp_path)
-    svc.consumer = c = Consumer({d0: 1, d1: 1, lab: 1})
+    clock, svc, (d0, d1, lab) = _two_decisions_partitions(tmp_path, monkeypatch, 1, 1, 1)
+    c = svc.consumer
     label = Msg("labels", 0, 0, {"tx_id": "b2", "ts": 350.0, "is_fraud": True})
     feed(svc, {d0: [decision(0, 0, "a", 500.0)], d1: [decision(1, 0, "b1", 100.0)], lab: [label]})
     assert held(svc, lab) == [label]  # d1 is read to its end but was just written to
@@ -1428,14 +1433,8 @@ def test_a_label_whose_decision_is_read_does_not_wait_for_a_partition_behind_its
     is never quiet, so it covered no label, and each label waited label_max_wait_s (300 s),
     one after the other. A label whose own decision is read waits only for the decisions up
     to what it lets be assumed legitimate (assume_legit_after before it)."""
-    clock = [1000.0]
-    monkeypatch.setattr("fds.streams.train.time.monotonic", lambda: clock[0])
+    clock, svc, (d0, d1, lab) = _two_decisions_partitions(tmp_path, monkeypatch, 2, 1, 2)
     day = 86400.0
-    d0, d1, lab = (
-        TopicPartition(t, p) for t, p in (("decisions", 0), ("decisions", 1), ("labels", 0))
-    )
-    svc = service(tmp_path)
-    svc.consumer = Consumer({d0: 2, d1: 1, lab: 2})
     feed(svc, {d0: [decision(0, 0, "a", 9 * day)], d1: [decision(1, 0, "b", 10 * day)]})
     clock[0] += 1.0
     feed(svc, {d0: [decision(0, 1, "a2", 10 * day - 600)]})  # d0: 600 s behind, written on
