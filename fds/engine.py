@@ -243,6 +243,7 @@ class Engine:
                 action, score = "approve", 0.0
         except Exception as e:
             if self.breaker is not None and isinstance(e, RuleError):
+                self._configure_breaker()
                 self._demote(self.breaker.observe(RAISE, (e.rule,), ts, tx.get("card_id")), None)
             raise StageError(stage, e) from e
         if self.breaker is not None:  # rates are shares of every decision, approvals too
@@ -381,19 +382,21 @@ class Engine:
             decline_at=getattr(policy, "decline_at", 1.0),
             review_at=getattr(policy, "review_threshold", getattr(policy, "review_at", 1.0)),
         )
-        ruleset = getattr(self.rules, "applied", self.rules)
-        if ruleset is not self._breaker_for:
-            self._configure_breaker(ruleset)
+        self._configure_breaker()
         if self._exempt:
             sources = [s for s in sources if s not in self._exempt]
         # the card lets the breaker tell one card's fraud burst from a rule gone wrong
         self._demote(self.breaker.observe(action, sources, ts=ts, entity=card), model_version)
 
-    def _configure_breaker(self, ruleset: Any) -> None:
-        """Take the rate breaker's settings of ``ruleset``, the rules in force (its first
-        decision to judge): ``policy.breaker_multiple`` and the rules written ``breaker:
-        false``, whose rates it does not judge. They were fixed in the code, and the README
-        told analysts to choose them (a QA pass)."""
+    def _configure_breaker(self) -> None:
+        """Take the rate breaker's settings of the rules in force, once per ruleset (at its
+        first decision the breaker judges, a raise too: a raise before any review took the
+        default multiple, a QA pass): ``policy.breaker_multiple`` and the rules written
+        ``breaker: false``, whose rates it does not judge. They were fixed in the code, and the
+        README told analysts to choose them (a QA pass)."""
+        ruleset = getattr(self.rules, "applied", self.rules)
+        if ruleset is self._breaker_for:
+            return
         self._breaker_for = ruleset
         spec = getattr(ruleset, "spec", None)
         if spec is None:  # (a rule stage of a test, no file behind it)

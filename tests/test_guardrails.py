@@ -477,6 +477,27 @@ def test_an_active_rule_raising_on_many_cards_is_demoted_and_they_are_decided() 
     assert rules.error_counts["ratio"] > len(at)  # still counted in shadow
 
 
+def test_a_raise_before_any_review_is_judged_by_the_files_multiple() -> None:
+    """A QA pass: ``policy.breaker_multiple`` was taken at the first review or decline, so a
+    rule raising while everything was approved was demoted at the default 3x (a limit of
+    0.015 where the file asked 0.05)."""
+    from fds.engine import Engine
+    from fds.errors import StageError
+    from fds.rules.ruleset import load_ruleset_text
+
+    rules = load_ruleset_text(
+        "version: v\nrules:\n"
+        "  - {id: ratio, when: amount / extra.base > 3, action: review, score: 0.5, reason: r}\n"
+        "policy: {breaker_multiple: 10}\n",
+        "r.yaml",
+    )
+    engine = Engine(rules=rules, breaker=RuleBreaker(1000, multiple=3.0, min_events=100))
+    with pytest.raises(StageError):
+        engine.decide({"tx_id": "t", "ts": 0.0, "card_id": "c", "amount": 1.0,
+                       "extra": {"base": 0}})  # fmt: skip
+    assert engine.breaker.multiple == 10.0
+
+
 def test_a_few_poison_pills_stay_dead_letters_and_demote_nothing() -> None:
     """RELIABILITY test 4: a value that makes a rule throw is a dead letter, each one."""
     engine, _ = _raising_engine()

@@ -236,6 +236,21 @@ def _order(x: Any, y: Any, op: Callable[[Any, Any], bool]) -> bool:
     return op(_num(x), _num(y))
 
 
+def _same(x: Any, y: Any) -> bool:
+    """``x == y`` for two ``extra.*`` values, read as :func:`_order` reads them: as numbers
+    where both read as one, as text where both are text (a JSON ``7`` and a CSV's ``"7"``
+    were unequal, yet each ``<=`` and ``>=`` the other: a QA pass).
+
+    >>> _same(7, "7"), _same("7.0", "7"), _same("NA", "NA"), _same("7", "high")
+    (True, True, True, False)
+    """
+    if type(x) is str:
+        x = v if (v := num(x)) == v else x
+    if type(y) is str:
+        y = v if (v := num(y)) == v else y
+    return bool(x == y)
+
+
 def _truth(x: Any) -> bool:
     """An ``extra.*`` value tested for truth (a condition, ``not``, ``and``/``or`` in one):
     text as a CSV file writes a flag (the words a label takes), ``"0"``, ``"false"``,
@@ -282,9 +297,19 @@ def _isin_text(x: Any, items: frozenset[Any]) -> bool:
 
 
 def _len(x: Any) -> int:
+    """The length of an ``extra.*`` value: of a number, its text as JSON writes it (a JSON
+    ``1234`` raised, a dead letter on every transaction of a rule backtested on a CSV file,
+    where the cell is the text ``"1234"``: a QA pass); true/false and an infinite number are
+    missing, as :func:`_num` reads them.
+
+    >>> _len("1234"), _len(1234), _len(12.5), _len([1, 2])
+    (4, 4, 4, 2)
+    """
     if type(x) is str or type(x) is list or type(x) is dict:
         return len(x)
-    raise TypeError(f"len() of {type(x).__name__}")
+    if type(x) is int or type(x) is float:
+        return len(repr(_num(x)))
+    raise MissingName(str(x))
 
 
 def _log(x: Any) -> float:
@@ -603,7 +628,10 @@ class _Checker:
                 later = f"_c{next(_const_ids)}"
                 once = f"({later} := {src})"
             ls, rs = left_src, once
-            if sym in ("==", "!="):  # an extra value against a number: its text read as one
+            if sym in ("==", "!=") and left_t == rt == ANY:  # two extra values: as ordered
+                part = f"({'not ' if sym == '!=' else ''}_same({ls}, {rs}))"
+                converted = True
+            elif sym in ("==", "!="):  # an extra value against a number: its text read as one
                 if left_t == ANY and rt in (NUM, BOOL):  # (or as a flag: see _flag)
                     ls = f"{'_coerce' if rt == NUM else '_flag'}({ls})"
                 if rt == ANY and left_t in (NUM, BOOL):
@@ -613,6 +641,9 @@ class _Checker:
                 # ordered against a number: text that is no number is missing, not an error
                 ls, rs = self.guard(ls, left_t), self.guard(rs, rt)
                 part = f"({ls} {sym} {rs})"
+            elif {left_t, rt} == {ANY, BOOL}:  # true/false ordered: missing, as in arithmetic
+                part = f"(_num({ls}) {sym} _num({rs}))"  # (a raw str > bool: a dead letter)
+                converted = True
             elif ANY in (left_t, rt) and {left_t, rt} <= {ANY, STR}:  # two extra values, or
                 part = f"_order({ls}, {rs}, {self.const(_ORDER[sym])})"  # one and text
                 converted = True
@@ -841,7 +872,7 @@ def parse_expr(
         consts["_num"] = _num
     if "_coerce(" in code:
         consts["_coerce"] = _coerce
-    for helper in (_flag, _isin, _isin_flag, _isin_text, _order, _truth):
+    for helper in (_flag, _isin, _isin_flag, _isin_text, _order, _same, _truth):
         if f"{helper.__name__}(" in code:
             consts[helper.__name__] = helper
     return code, typ, tuple(checker.names), consts

@@ -873,7 +873,9 @@ class Ruleset:
                 extra[name] = values.pop(k)
         values["extra"] = extra
         for f in self.features:  # (a feature's given value was not checked: `n: "5"` raised
-            _check_feature_value(f, values.get(f.name))  # in the rule, `seen: "false"` held)
+            _check_given(f"the feature {f.name}", feature_type(f), values.get(f.name))  # in
+        for name, want in BUILTINS.items():  # the rule, `seen: "false"` held; a built-in's,
+            _check_given(f"the built-in {name}", want, values.get(name))  # a QA pass)
         ts = values.get("ts")
         if isinstance(ts, date) and not isinstance(ts, datetime):  # (bare 2026-01-02: a QA pass)
             raise ValueError(
@@ -893,18 +895,17 @@ _EMPTY: Mapping[str, Any] = {}
 _KINDS = {NUM: "a number", BOOL: "true/false", STR: "text"}
 
 
-def _check_feature_value(f: FeatureSpec, value: Any) -> None:
-    """Refuse a rule test's value for the feature ``f`` that it never takes: a number for a
-    count, sum, mean, ..., true/false for seen (a null is missing, as a name left out).
+def _check_given(what: str, want: str, value: Any) -> None:
+    """Refuse a rule test's value for a feature or a built-in (``what``, of type ``want``)
+    that it never takes: a number for a count, sum, mean, hour, ..., true/false for seen,
+    is_night, ... (a null is missing, as a name left out).
 
-    >>> _check_feature_value(FeatureSpec(name="n", entity="card_id", agg="count", window="1h"),
-    ...                      "5")
+    >>> _check_given("the feature n", NUM, "5")
     Traceback (most recent call last):
     fds.errors.ValidationError: n: '5' is text, the feature n is a number
     """
     if value is None:
         return
-    want = feature_type(f)
     got = (
         BOOL if isinstance(value, bool)
         else NUM if isinstance(value, int | float)
@@ -912,8 +913,10 @@ def _check_feature_value(f: FeatureSpec, value: Any) -> None:
         else f"a {type(value).__name__}"
     )  # fmt: skip
     if got != want:
-        what = f"the feature {f.name} is {_KINDS[want]}"
-        raise ValidationError(f"{f.name}: {value!r} is {_KINDS.get(got, got)}, {what}")
+        name = what.rpartition(" ")[2]
+        raise ValidationError(
+            f"{name}: {value!r} is {_KINDS.get(got, got)}, {what} is {_KINDS[want]}"
+        )
 
 
 _EXTRA_KEY = re.compile(r"""extra\.(.+)|extra\[(?:'([^']+)'|"([^"]+)")\]""", re.DOTALL)

@@ -589,6 +589,21 @@ def _outcome(src: str, extra: dict) -> str:
         ("extra.vip not in [False]", {"vip": "no"}, "miss"),
         ("extra.vip in [1, 2]", {"vip": "yes"}, "miss"),  # numbers: no flag reading
         ("extra.vip in [True]", {"vip": ["x"]}, "miss"),
+        # a QA pass (2026-12-05, afternoon): a JSON number's length is its text's, as the same
+        # CSV cell's (it raised: every transaction a dead letter); true/false ordered is
+        # missing (str > bool raised); two values equal as they order (7 == "7" did not hold)
+        ("len(extra.code) == 4", {"code": 1234}, "hit"),
+        ("len(extra.code) == 4", {"code": "1234"}, "hit"),
+        ("len(extra.code) == 4", {"code": 12.5}, "hit"),
+        ("len(extra.code) > 0", {"code": True}, "missing"),
+        ("extra.flag > False", {"flag": "1"}, "missing"),
+        ("extra.s >= is_night", {"s": "high"}, "missing"),
+        ("True < extra.a < 7", {"a": 3}, "missing"),
+        ("extra.a == extra.b", {"a": 7, "b": "7"}, "hit"),
+        ("extra.a != extra.b", {"a": 7, "b": "7.0"}, "miss"),
+        ("extra.a == extra.b == extra.c", {"a": 7, "b": "7", "c": "7.0"}, "hit"),
+        ("extra.a == extra.b", {"a": "NA", "b": "NA"}, "hit"),
+        ("extra.a == extra.b", {"a": "x", "b": 7}, "miss"),
     ],
 )
 def test_extra_values_in_chains_lists_orderings_and_conditions(src, extra, expected) -> None:
