@@ -284,6 +284,8 @@ ENDS_TIMEOUT_MS = 300
 ENDS_EVERY_S = 10.0
 #: Checkpoint state key of Runner._left (the partitions whose events the state may still hold).
 LEFT_KEY = "partitions_left"
+#: Checkpoint state key of LabelFeed.handed (the bad labels already dead-lettered).
+HANDED_KEY = "bad_labels_handed"
 # How long a restart waits to read those decisions before it decides their records again.
 FIND_TIMEOUT_S = 10.0
 # A restore's read that got nothing for this long asks the broker (Runner._stalled), within
@@ -1414,6 +1416,7 @@ class Runner:
         self._dlq_unsaid: dict[str, int] = {}
         # the bad labels dead-lettered with that batch (queued again if its transaction aborts)
         self._bad_labels: list[tuple[Any, BaseException]] = []
+        self._handed: Any = None  # the checkpoint's LabelFeed.handed, until the feed is made
         # At-least-once: batches sent but not all acknowledged yet, oldest first; offsets of
         # acknowledged batches not committed synchronously yet (async commits may fail).
         self._pipelined = not settings.exactly_once and settings.max_unacked_batches > 0
@@ -1710,6 +1713,7 @@ class Runner:
             reader, topic, plan, getattr(self.engine.model, "on_label", None),
             fix=f"{self.s.fix('labels_topic')} (or drop it)", ahead_s=self.s.max_event_ahead_s,
         )  # fmt: skip
+        self.labels.skip_handed(self._handed)  # (restored before the feed was made)
 
     def _model_without_labels(self) -> None:
         """No label feed: tell the model stage (see ModelServer.without_labels)."""
@@ -2538,7 +2542,10 @@ class Runner:
 
     def _state(self) -> dict[str, Any]:
         """What a checkpoint holds besides the offsets: the engine's state and ``_left``."""
-        return {**self.engine.state_dict(), LEFT_KEY: self._left}
+        state = {**self.engine.state_dict(), LEFT_KEY: self._left}
+        if self.labels is not None:
+            state[HANDED_KEY] = self.labels.handed()
+        return state
 
     def _restore(self, *, model: bool = True) -> None:
         """Load the state into the engine: the local checkpoint, else (none, or one that
@@ -2570,6 +2577,9 @@ class Runner:
                     )
                 self.engine.load_state_dict(got.state if model else _without_model(got.state))
                 self._left = got.state.get(LEFT_KEY)
+                self._handed = got.state.get(HANDED_KEY)
+                if self.labels is not None:
+                    self.labels.skip_handed(self._handed)
                 if ck.on_disk is not None:  # (its manifest, should it be published, says so)
                     ck.on_disk = ck.on_disk._replace(left=_left_offsets(self._left))
             except _OtherGroupsState:  # (ignored, its offsets would still be taken)

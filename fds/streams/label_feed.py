@@ -283,6 +283,24 @@ class LabelFeed:
         bad, self.bad = self.bad, []
         return bad
 
+    def handed(self) -> dict[str, Any]:
+        """Where the bad labels dead-lettered end, per partition: the offset before which each
+        was taken (:meth:`take_bad`), one still queued excluded. A checkpoint, written once
+        those batches are committed, keeps it, so a restart's re-read does not dead-letter
+        them again (every restart did: a label dead-lettered anew at each rolling update for
+        its topic's retention, and the dead-letter alert fired, a QA pass)."""
+        nxt = dict(self._bad_next)
+        for msg, _ in self.bad:  # (queued in offset order: the first is where it ends)
+            nxt[msg.partition] = min(nxt[msg.partition], msg.offset)
+        return {"topic": self.topic, "next": nxt}
+
+    def skip_handed(self, handed: Any) -> None:
+        """Dead-letter no bad label before ``handed`` (:meth:`handed` of a checkpoint) again;
+        one of another labels topic is ignored."""
+        if isinstance(handed, dict) and handed.get("topic") == self.topic:
+            for p, offset in handed["next"].items():
+                self._bad_next[p] = max(self._bad_next.get(p, 0), offset)
+
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.consumer.close()

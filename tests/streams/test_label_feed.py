@@ -104,6 +104,29 @@ def test_a_label_waits_for_its_transaction_while_the_input_is_behind():
     assert feed.take_bad() == []  # dead-lettered once, not again at every rewind
 
 
+def test_a_restarted_feed_does_not_dead_letter_what_its_checkpoint_says_was_handed():
+    """A QA pass: every restart dead-lettered every bad label of the topic's retention again.
+    A checkpoint keeps where those taken end (one still queued is not taken: sent again)."""
+    records = [label(0, "x", 1_000, b"{oops"), label(1, "y", 2_000, b"{no"),
+               label(2, "z", 3_000, b"{nor")]  # fmt: skip
+    feed = LabelFeed(FakeConsumer(records[:2]), "labels", plan())
+    feed.rewind(input_ms=math.inf)
+    assert [m.offset for m, _ in feed.take_bad()] == [0, 1]
+    feed.rewind(input_ms=math.inf)
+    feed.consumer.records = records
+    feed.poll(input_ms=math.inf)  # offset 2 queued, not yet taken by a batch
+    handed = feed.handed()
+    assert handed == {"topic": "labels", "next": {0: 2}}
+    again = LabelFeed(FakeConsumer(records), "labels", plan())  # the restart
+    again.skip_handed(handed)
+    again.rewind(input_ms=math.inf)
+    assert [m.offset for m, _ in again.take_bad()] == [2]
+    other = LabelFeed(FakeConsumer(records), "other-labels", plan())  # another topic's: all
+    other.skip_handed(handed)
+    other.rewind(input_ms=math.inf)
+    assert len(other.take_bad()) == 3
+
+
 def test_a_label_for_a_transaction_that_can_no_longer_come_is_not_held():
     p = plan()
     p.compute(tx("q", 1_767_225_600.0))  # (the input's time past the label's)
