@@ -867,13 +867,13 @@ class TrainService:
             position = None
         return hw is not None and position is not None and position >= hw
 
-    def _decisions_idle(self) -> bool:
-        """No decision for ``label_wait_s``, and every decisions partition assigned and read to
+    def _decisions_idle(self, quiet_s: float) -> bool:
+        """No decision for ``quiet_s``, and every decisions partition assigned and read to
         its end: nothing more to wait for. (Quiet alone was idle while the group was joined
         after a restart, or a backlog still unread: labels were learned before their
         decisions, unjoined, and moved the event time days ahead, so the next decisions were
         assumed legitimate at once: a QA pass.)"""
-        if time.monotonic() - self._last_decision <= self.label_wait_s:
+        if time.monotonic() - self._last_decision <= quiet_s:
             return False
         mine = [tp for tp in self.consumer.assignment() if tp.topic == self.topics[0]]
         if not mine or not all(self._read_to_end(tp) for tp in mine):
@@ -956,13 +956,17 @@ class TrainService:
         delayed source) held every label ``label_max_wait_s``, one after the other (a review:
         20 chargebacks of decisions read a day before, 2 learned in 10 minutes)."""
         ts = label["ts"]
+        # A label whose decision is not read yet waits through a pause of the scorers (a
+        # restart, a stop of 2.4 s): taken as "no decision comes any more" after label_wait_s,
+        # labels produced ahead of their transactions (a history, the quick start) were
+        # learned unjoined, lost for good, and moved the event time weeks ahead, past the TTL
+        # of every decision read after: nothing was learned or published again (a QA pass).
+        # Only decisions quiet for label_max_wait_s are the end of them.
+        stored = self.trainer.store.get(label["tx_id"]) is not None
         if (
-            self._decisions_idle()
+            self._decisions_idle(self.label_wait_s if stored else self.label_max_wait_s)
             or self._decisions_cover(ts)
-            or (
-                self.trainer.store.get(label["tx_id"]) is not None
-                and self._decisions_cover(ts - self.trainer.spec.learn.assume_legit_after)
-            )
+            or (stored and self._decisions_cover(ts - self.trainer.spec.learn.assume_legit_after))
         ):
             self._waiting.pop(tp, None)
             return True

@@ -1112,7 +1112,7 @@ def test_the_labels_metric_counts_delayed_labels_not_examples_assumed_legitimate
     svc = service(tmp_path, metrics=Metrics())
     d, lab = TopicPartition("decisions", 0), TopicPartition("labels", 0)
     svc.consumer = Consumer({d: 400, lab: 1})
-    svc._decisions_idle = lambda: True  # type: ignore[method-assign]  # (no wait for more)
+    svc._decisions_idle = lambda quiet_s: True  # type: ignore[method-assign]  # (no more)
     feed(svc, {d: [decision(0, i, f"t{i}", 100.0) for i in range(400)]})
     assert svc.trainer.stats["assumed_legit"] == 0
     # a chargeback 5 days later: its event time makes every decision before it legitimate
@@ -1160,12 +1160,26 @@ def test_labels_do_not_go_ahead_of_decisions_still_unread(tmp_path, monkeypatch)
     feed(svc, {d0: [decision(0, i, t, 100.0 + i) for i, t in enumerate("xya")]})
     assert not held(svc, lab)  # read up to its time: its decision joined
     assert svc.trainer.stats["labels_learned"] >= 1 and svc.trainer.stats["labels_unjoined"] == 0
-    # read to the end and quiet: nothing more to wait for, a label is learned (unjoined)
+    # read to the end and quiet: a label whose decision is not read waits through a pause
+    # of the scorers (a restart: it was learned unjoined after 2 s, lost, a QA pass) ...
     late = Msg("labels", 0, 1, {"tx_id": "zz", "ts": 100.0 + 9 * 86400, "is_fraud": True})
     c.hw[lab] = 2
     feed(svc, {lab: [late]})
     assert len(held(svc, lab)) == 1
     clock[0] += 10 * svc.label_wait_s
+    feed(svc, {})
+    assert len(held(svc, lab)) == 1 and svc.trainer.stats["labels_unjoined"] == 0
+    c.hw[d0] = 4  # ... and is joined when its decision comes
+    feed(svc, {d0: [decision(0, 3, "zz", 100.0 + 8 * 86400)]})
+    assert not held(svc, lab) and svc.trainer.stats["labels_unjoined"] == 0
+    # quiet for label_max_wait_s: nothing more to wait for, a label is learned (unjoined)
+    lost = Msg("labels", 0, 2, {"tx_id": "gone", "ts": 100.0 + 10 * 86400, "is_fraud": True})
+    c.hw[lab] = 3
+    feed(svc, {lab: [lost]})
+    clock[0] += 10 * svc.label_wait_s
+    feed(svc, {})
+    assert len(held(svc, lab)) == 1
+    clock[0] += svc.label_max_wait_s
     feed(svc, {})
     assert not held(svc, lab) and svc.trainer.stats["labels_unjoined"] == 1
 
