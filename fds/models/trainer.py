@@ -285,7 +285,8 @@ class SqliteStore:
 
     def assume_older(self, cutoff: float) -> Iterator[tuple[str, float, dict[str, float]]]:
         rows = self._db.execute(
-            "SELECT tx_id, ts, x FROM snaps WHERE assumed = 0 AND ts < ? ORDER BY ts", (cutoff,)
+            "SELECT tx_id, ts, x FROM snaps WHERE assumed = 0 AND ts < ? ORDER BY ts, tx_id",
+            (cutoff,),
         ).fetchall()
         if rows:
             self._db.execute("UPDATE snaps SET assumed = 1 WHERE assumed = 0 AND ts < ?", (cutoff,))
@@ -490,8 +491,23 @@ class Trainer:
             self.labels_to = t
             self._assume()
 
+    #: Every decision before this event time has been read (fds train: the least of its
+    #: decisions partitions'; ``inf``: a replay, which reads one stream in order).
+    decisions_to = math.inf
+
+    def decisions_read_to(self, t: float) -> None:
+        """Every decision before event time ``t`` has been read: an input is assumed
+        legitimate only once the other inputs before it are read, so the inputs assumed, and
+        their order (time, then tx_id), do not depend on the polls that read the decisions
+        partitions (two trainers of one stream ended on different models once a catch-up
+        assumed inputs: a lagging partition's older inputs came after newer ones, a QA pass)."""
+        if t != self.decisions_to:
+            self.decisions_to = t
+            self._assume()
+
     def _assume(self) -> None:
-        cutoff = min(self.now, self.labels_to) - self._legit_after
+        # (the inputs before decisions_to are all read: the bound is on their time)
+        cutoff = min(min(self.now, self.labels_to) - self._legit_after, self.decisions_to)
         for tx_id, _, x in self.store.assume_older(cutoff):
             if keep_legit(tx_id, self._rate):
                 self.stats["assumed_legit"] += 1

@@ -695,6 +695,7 @@ class TrainService:
                     self._on_decision(msg)
                 self._offsets[(tp.topic, tp.partition)] = records[-1].offset + 1
                 moved = True
+        self.trainer.decisions_read_to(self._decisions_to())
         labels.add({tp: records for tp, records in batch.items() if tp.topic != decisions_topic})
         moved = self._learn_held() > 0 or moved  # (or every held label still waits)
         # (decisions read days ahead of the labels in a catch-up: none is assumed legitimate
@@ -856,6 +857,20 @@ class TrainService:
             if not self._read_to_end(tp):
                 return False
         return True
+
+    def _decisions_to(self) -> float:
+        """The event time before which every assigned decisions partition has been read: the
+        least of their newest; one read to its end and quiet for label_wait_s does not hold
+        the others (``inf`` when all are)."""
+        topic, out = self.topics[0], math.inf
+        quiet_since = time.monotonic() - self.label_wait_s
+        for tp in self.consumer.assignment():
+            if tp.topic != topic:
+                continue
+            if self._arrived.get(tp.partition, -math.inf) <= quiet_since and self._read_to_end(tp):
+                continue
+            out = min(out, self._newest.get(tp.partition, -math.inf))
+        return out
 
     def _read_to_end(self, tp: Any) -> bool:
         """Is ``tp`` read to its end? (the position skips transaction markers, which the last
