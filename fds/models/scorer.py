@@ -114,6 +114,8 @@ DAYS_COUNTED = 8
 HISTORY_SIZE = 1000
 #: Model events logged as warnings (the rest, the model's normal life, as INFO lines).
 _WARN = frozenset({"swap_rejected", "rollback"})
+#: Versions whose parents a scorer keeps (the lines a rollback rejects), the oldest forgotten.
+PARENTS_KEPT = 256
 
 
 def _pacer(every_s: float = 0.001) -> Callable[[], None]:
@@ -314,6 +316,11 @@ class ModelServer:
         # the versions the registry rejects, as the watcher last read them: one rejected by
         # hand, or learned from a version rolled back, is not promoted (a contest of it ends)
         self._rejected: frozenset[str] = frozenset()
+        # ... and the lines this scorer rolled back, known before the registry's write lands
+        # (a label in between promoted a version learned from the rolled-back one: 111
+        # decisions scored by it, a QA pass), by the parents of the versions offered here
+        self._rolled_back: frozenset[str] = frozenset()
+        self._parents: dict[str, str | None] = {}
         # in memory (a replay): the artifacts of the versions a rollback may return to, for the
         # trainer to learn on from (see _trainer_follows)
         self._kept: dict[str, Publication] = {}
@@ -479,6 +486,9 @@ class ModelServer:
         return True
 
     def _take(self, version: str, model: Any, entry: dict[str, Any]) -> None:
+        self._parents[version] = entry.get("parent")
+        if len(self._parents) > PARENTS_KEPT:
+            del self._parents[next(iter(self._parents))]
         if self.champion is None or not self.auto_promote:
             why = "first version" if self.champion is None else "newest"
             self._set_champion(version, model, why, entry)
@@ -652,7 +662,17 @@ class ModelServer:
 
     def _see_rejected(self, m: Mapping[str, Any]) -> None:
         """The versions manifest ``m`` rejects: no contest of theirs ends in a promotion."""
-        self._rejected = frozenset(v for v, e in m["versions"].items() if e["status"] == "rejected")
+        rejected = frozenset(v for v, e in m["versions"].items() if e["status"] == "rejected")
+        self._rejected = rejected | self._rolled_back
+
+    def _learned_from(self, back: str) -> frozenset[str]:
+        """``back`` and the versions offered here learned on from it: what its rollback
+        rejects, as the registry will (:func:`fds.models.registry.line_of`)."""
+        line = {back}
+        for v in sorted(self._parents, key=seq_of):  # (a parent before its children)
+            if self._parents[v] in line:
+                line.add(v)
+        return frozenset(line)
 
     def _writing(self) -> bool:
         """Is a verdict of ours still on its way to the registry (watch mode)?"""
@@ -1095,6 +1115,8 @@ class ModelServer:
             if self.trainer is not None:
                 self._trainer_follows(p.incumbent)
             self._emit("rollback", info)
+            self._rolled_back |= self._learned_from(p.incumbent)
+            self._rejected |= self._rolled_back
             self._end_rejected()
         else:
             self._emit("confirm", info)
