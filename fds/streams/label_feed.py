@@ -68,6 +68,10 @@ RACE_S = 10.0
 #: races nothing (100,000 of them were held, the newest applied unmatched at once, and every
 #: loop pass scanned them: a review); the allowance is for the two machines' clocks.
 CLOCKS_APART_S = 60.0
+#: A label due whose transaction is not decided yet waits for it (a chargeback dated to the
+#: day, 00:00, before its transaction) until the decisions are this far past the label's time
+#: (event time); then it is unmatched (another instance's transaction, or none).
+EARLY_WAIT_S = 86400.0
 
 
 def reads_labels(plan: Any) -> bool:
@@ -117,6 +121,10 @@ class LabelFeed:
         self._done: set[int] = set()
         # labels ahead of the decisions' event time: (ts, arrival, label), earliest first
         self._later: list[tuple[float, int, dict[str, Any]]] = []
+        # labels due before their transaction was decided, by tx_id (in :attr:`waiting` too),
+        # and in the order they were due, for their expiry
+        self._early: dict[str, list[dict[str, Any]]] = {}
+        self._early_order: deque[dict[str, Any]] = deque()
         self._seq = itertools.count()
         #: The event time of the earliest label waiting for the decisions to pass it (inf: none).
         self.due = math.inf
@@ -144,6 +152,8 @@ class LabelFeed:
         self._held.clear()
         self.waiting.clear()
         self._done.clear()
+        self._early.clear()  # (read again below)
+        self._early_order.clear()
         self._later.clear()  # (read again below)
         self.due = math.inf
         ttl = float(self.plan.label_ttl)
@@ -209,6 +219,7 @@ class LabelFeed:
         labels = self.waiting.pop(tx_id, None) if self.waiting else None
         if not labels:
             return 0
+        self._early.pop(tx_id, None)  # (among labels: applied now, after it)
         for label in labels:
             self._when_due(label)
             self._done.add(id(label))  # (still held: skipped there)
@@ -218,11 +229,45 @@ class LabelFeed:
         """A transaction of event time ``t`` is about to be decided or folded: apply the labels
         that waited for the decisions to pass them (``ts < t``, as a replay learns them), and
         return the new :attr:`due`."""
-        later = self._later
+        later, early, knows = self._later, self._early_order, self.plan.knows
+        while early and early[0]["ts"] + EARLY_WAIT_S < t:
+            self._unmatched(early.popleft())
         while later and later[0][0] < t:
-            self._one(heapq.heappop(later)[2])
-        self.due = later[0][0] if later else math.inf
+            label = heapq.heappop(later)[2]
+            tx_id = label["tx_id"]
+            if knows(tx_id) or len(early) >= MAX_HELD:
+                self._one(label)
+            else:  # dated before its transaction (it was applied unmatched, lost: a QA pass
+                # of labels produced before their transactions; a replay learns it after it)
+                self._early.setdefault(tx_id, []).append(label)
+                self.waiting.setdefault(tx_id, []).append(label)
+                early.append(label)
+        return self._next_due()
+
+    def _next_due(self) -> float:
+        """:attr:`due`: the earliest label waiting for the decisions to pass its time, or an
+        early one's wait for its transaction ending."""
+        later, early = self._later, self._early_order
+        self.due = min(later[0][0] if later else math.inf,
+                       early[0]["ts"] + EARLY_WAIT_S if early else math.inf)  # fmt: skip
         return self.due
+
+    def _unmatched(self, label: dict[str, Any]) -> None:
+        """``label`` waited :data:`EARLY_WAIT_S` for its transaction (if it still waits):
+        applied unmatched."""
+        tx_id = label["tx_id"]
+        mine = self._early.get(tx_id)
+        if mine is None or not any(x is label for x in mine):
+            return  # (its transaction came)
+        mine.remove(label)
+        if not mine:
+            del self._early[tx_id]
+        kept = [x for x in self.waiting.get(tx_id, ()) if x is not label]
+        if kept:
+            self.waiting[tx_id] = kept
+        else:
+            self.waiting.pop(tx_id, None)
+        self._one(label)
 
     def _when_due(self, label: dict[str, Any]) -> None:
         """Apply ``label`` now if the decisions are past its time, else when they pass it."""
@@ -234,7 +279,7 @@ class LabelFeed:
         heapq.heappush(later, (t, next(self._seq), label))
         if len(later) > MAX_HELD:  # memory bound: the earliest is applied ahead of its time
             self._one(heapq.heappop(later)[2])
-        self.due = later[0][0]
+        self._next_due()
 
     def _one(self, label: dict[str, Any]) -> None:
         self.changed += bool(self.plan.on_label(label))
@@ -275,6 +320,8 @@ class LabelFeed:
             else:  # its transaction can no longer come: unmatched
                 self._one(label)
             n += 1
+        for tx_id, labels in self._early.items():  # (they wait on, held or not)
+            by_id.setdefault(tx_id, []).extend(labels)
         self._held, self.waiting, self._done = kept, by_id, set()
         return n
 

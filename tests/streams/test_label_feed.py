@@ -13,7 +13,7 @@ from kafka.structs import OffsetAndTimestamp
 from fds.errors import ConfigError
 from fds.features import FeaturePlan
 from fds.rules.ruleset import FeatureSpec
-from fds.streams.label_feed import RACE_S, LabelFeed, reads_labels
+from fds.streams.label_feed import EARLY_WAIT_S, RACE_S, LabelFeed, reads_labels
 
 Rec = namedtuple("Rec", "topic partition offset timestamp value")
 # Record timestamps (ms) in these tests are offsets from now: the feed reads the labels topic
@@ -184,7 +184,30 @@ def test_a_label_produced_before_its_transaction_waits_until_the_input_reaches_i
     p.compute(tx("a", 1_767_225_100.0))  # its transaction comes, decided by fds run
     feed.release(1_767_225_600.0)  # (the next decision, later than the labels at ...500)
     assert p.compute(tx("b", 1_767_225_600.0))["m_frauds"] == 1
-    assert p.unmatched_labels == 1  # "never": its transaction did not come before its time
+    # "never": its transaction has not come; it may still (a label dated before its
+    # transaction), for a day of event time (it was unmatched at its time: a QA pass)
+    assert p.unmatched_labels == 0 and "never" in feed.waiting
+    assert feed.due == 1_767_225_500.0 + EARLY_WAIT_S
+    feed.release(1_767_225_501.0 + EARLY_WAIT_S)
+    assert p.unmatched_labels == 1 and not feed.waiting
+
+
+def test_a_label_dated_before_its_transaction_counts_right_after_it_as_in_a_replay():
+    """A QA pass: a chargeback dated before its transaction (to the day, 00:00), produced
+    before it, was due at its time, found no transaction, and was lost: the card's later
+    fraud_count was 0 where a replay counts 1."""
+    p = plan()
+    p.compute(tx("w", 1_767_225_000.0))
+    feed = LabelFeed(FakeConsumer([label(0, "a2", -60_000)]), "labels", p)  # ts ...500
+    feed.rewind(input_ms=NOW_MS)
+    assert feed.release(1_767_225_600.0) == 1_767_225_500.0 + EARLY_WAIT_S  # a2 not decided
+    assert "a2" in feed.waiting and p.unmatched_labels == 0
+    assert p.compute(tx("a2", 1_767_225_600.0))["m_frauds"] == 0  # decided: no leak
+    assert feed.reached("a2") == 1  # as fds run calls it: applied right after
+    assert p.compute(tx("a3", 1_767_225_700.0))["m_frauds"] == 1
+    assert p.unmatched_labels == 0 and not feed.waiting
+    feed.release(1_767_225_501.0 + EARLY_WAIT_S)  # (its expiry finds it applied)
+    assert p.unmatched_labels == 0
 
 
 def test_only_plans_with_label_aware_features_read_labels():
