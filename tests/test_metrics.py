@@ -358,6 +358,34 @@ def test_connections_past_the_bound_are_closed_at_once(monkeypatch) -> None:
         srv.stop()
 
 
+def test_a_client_trickling_its_request_is_dropped_after_the_timeout(monkeypatch) -> None:
+    """A QA pass: clients sending a byte every few seconds were never dropped (the timeout
+    bounded each read), so MAX_CLIENTS of them failed the health checks for as long."""
+    from fds import metrics as metrics_module
+
+    monkeypatch.setattr(metrics_module, "MAX_CLIENTS", 3)
+    monkeypatch.setattr(metrics_module._QuietHandler, "timeout", 0.5)
+    srv = serve(Metrics(), "127.0.0.1", 0)
+    try:
+        held = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(3)]
+        deadline = time.monotonic() + 10
+        dropped = set()
+        while len(dropped) < 3 and time.monotonic() < deadline:
+            for i, c in enumerate(held):  # a byte each 0.2 s: every read gets one
+                try:
+                    c.sendall(b"G")
+                except OSError:
+                    dropped.add(i)
+            time.sleep(0.2)
+        assert len(dropped) == 3
+        body = urllib.request.urlopen(srv.url, timeout=5).read()  # served again
+        assert b"fds_" in body
+        for c in held:
+            c.close()
+    finally:
+        srv.stop()
+
+
 def test_serve_on_a_busy_port_says_what_to_do() -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
