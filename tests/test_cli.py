@@ -116,6 +116,23 @@ def test_a_json_array_is_told_how_to_become_json_lines(tmp_path, capsys):
     assert "map its columns" not in err
 
 
+@pytest.mark.parametrize(
+    ("doc", "jq"), [([{"tx_id": "t1", "ts": 1767225600, "card_id": "c", "amount": 5}], "'.[]'"),
+                    ({"tx_id": "t1", "ts": 1767225600, "card_id": "c", "amount": 5}, "'.'")],
+)  # fmt: skip
+def test_a_pretty_printed_json_file_is_told_how_to_become_json_lines(tmp_path, capsys, doc, jq):
+    """A QA pass: `json.dump(..., indent=2)`'s file made each line a dead letter, then was said
+    to end inside a record ("replay a good copy of the file"): told as a truncated download."""
+    import json
+
+    p = tmp_path / "a.jsonl"
+    p.write_text(json.dumps(doc, indent=2))
+    assert bare_replay(str(p), "--out", str(tmp_path / "o.jsonl")) == 2
+    err = said(capsys)
+    assert "one JSON document written over several lines" in err
+    assert f"jq -c {jq} {p} > {tmp_path}/a.lines.jsonl" in err and "good copy" not in err
+
+
 def test_a_folder_given_as_the_mapping_is_said_to_be_one(tmp_path, capsys):
     """A QA pass: it said "mapping file not found"."""
     p = tmp_path / "x.jsonl"

@@ -1092,6 +1092,29 @@ def _check_content(p: Path, fmt: str | None, declared: bool) -> None:
             f"{fmt or 'no known format'}: rename it to {p.stem}.parquet"
             + (" and drop `format:` from the mapping" if declared else "")
         )
+    if fmt == "jsonl" and (first := _first_line(p)) in (b"[", b"{"):
+        # (each of its lines was a dead letter, then "the file ends inside a record": read
+        # as a truncated download, a QA pass)
+        what = "an array of records" if first == b"[" else "a record"
+        to = p.with_name(f"{p.stem}.jsonl")
+        to = to if to != p else p.with_name(f"{p.stem}.lines.jsonl")
+        raise ConfigError(
+            f"{p} is one JSON document written over several lines ({what}, pretty-printed), "
+            "not JSON Lines (one record a line): convert it, e.g. "
+            f"jq -c '{'.[]' if first == b'[' else '.'}' {p} > {to}"
+        )
+
+
+def _first_line(p: Path) -> bytes | None:
+    """The first line of ``p`` that is not blank, stripped (a BOM too); None if unreadable."""
+    try:
+        with open_text(p, "rb") as f:
+            for line in itertools.islice(f, 1000):
+                if line := line.removeprefix(codecs.BOM_UTF8).strip():
+                    return bytes(line)
+    except (OSError, *_FAULTS):
+        return None  # (said where it is read)
+    return None
 
 
 def check_label_columns(
