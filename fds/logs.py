@@ -37,7 +37,7 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 import orjson
@@ -362,3 +362,46 @@ def loggers_at(levels: dict[str, int]) -> Iterator[None]:
     finally:
         for name, level in saved.items():
             logging.getLogger(name).setLevel(level)
+
+
+class LineBudget:
+    """Lines about bad records logged one by one, at most ``per_window`` a ``window_s``; the
+    rest counted by kind and handed to ``summary`` (one line) once the window has passed, or at
+    :meth:`flush` (a stream of bad records at 1,000 a second, a line each, wrote ~15 GB of
+    log a day: a QA pass; fds train logged each bad label so: a later one).
+
+    >>> said = []
+    >>> budget = LineBudget(said.append, per_window=2, window_s=60.0)
+    >>> [budget.take("parse", now=0.0) for _ in range(4)]
+    [True, True, False, False]
+    >>> budget.tick(61.0); said
+    [{'parse': 2}]
+    """
+
+    def __init__(
+        self, summary: Callable[[dict[str, int]], None], per_window: int, window_s: float
+    ) -> None:
+        self.summary, self.per_window, self.window_s = summary, per_window, window_s
+        self._said, self._end = 0, 0.0
+        self.unsaid: dict[str, int] = {}  # kind -> lines not logged in this window
+
+    def take(self, kind: str, now: float | None = None) -> bool:
+        """May one more line about ``kind`` be logged? Else it is counted."""
+        self.tick(time.monotonic() if now is None else now)
+        if self._said < self.per_window:
+            self._said += 1
+            return True
+        self.unsaid[kind] = self.unsaid.get(kind, 0) + 1
+        return False
+
+    def tick(self, now: float) -> None:
+        """Past the window's end: say what was counted, and begin a new window."""
+        if now >= self._end:
+            self.flush()
+            self._end, self._said = now + self.window_s, 0
+
+    def flush(self) -> None:
+        """Say what was counted (at a stop)."""
+        if self.unsaid:
+            unsaid, self.unsaid = self.unsaid, {}
+            self.summary(unsaid)

@@ -137,7 +137,7 @@ from fds.errors import (
 )
 from fds.gcpolicy import Freezer
 from fds.health import Beating, Health, stale_after
-from fds.logs import say
+from fds.logs import LineBudget, say
 from fds.metrics import (
     METRICS_HOST,
     MetricsServer,
@@ -1412,8 +1412,7 @@ class Runner:
         self._n_out = 0  # the output topic's partitions, when co-partitioned
         self._pending: list[Any] = []  # send futures of the batch being decided
         # dead letters logged in the current window, its end, and those counted only
-        self._dlq_said, self._dlq_window_end = 0, 0.0
-        self._dlq_unsaid: dict[str, int] = {}
+        self._dlq_lines = LineBudget(self._say_dead_letters, DLQ_SAID_PER_WINDOW, DLQ_SAID_WINDOW_S)
         # the bad labels dead-lettered with that batch (queued again if its transaction aborts)
         self._bad_labels: list[tuple[Any, BaseException]] = []
         self._handed: Any = None  # the checkpoint's LabelFeed.handed, until the feed is made
@@ -1850,7 +1849,7 @@ class Runner:
             if self.checkpointer is not None:
                 self.checkpointer.unlock()
                 self._count_checkpoints()
-            self._say_dead_letters()
+            self._dlq_lines.flush()
             log.info(
                 "stopped consumed=%d decided=%d dead_letters=%d commits=%d",
                 self.stats.consumed, self.stats.decided, self.stats.dead_letters,
@@ -3739,8 +3738,8 @@ class Runner:
         slow-moving figures (entities held, rules skipped for a missing input or an error:
         :meth:`fds.engine.Engine.report`), and the dead letters not said one by one in a minute
         past (a burst, then none: they waited for the next or the stop, a review)."""
-        if self._dlq_unsaid:
-            self._dead_letters_minute(time.monotonic())
+        if self._dlq_lines.unsaid:
+            self._dlq_lines.tick(time.monotonic())
         if self.checkpointer is not None:
             now = self._count_checkpoints()
             seen, self._ck_seen = self._ck_seen, now
@@ -3842,36 +3841,22 @@ class Runner:
         self.stats.dead_letters += 1
         self.metrics.dead_letter(stage)
         self.stats.dlq_by_stage[stage] = self.stats.dlq_by_stage.get(stage, 0) + 1
-        self._dead_letters_minute(time.monotonic())
-        if self._dlq_said < DLQ_SAID_PER_WINDOW:
-            self._dlq_said += 1
+        if self._dlq_lines.take(stage, time.monotonic()):
             log.warning(  # (its reason quotes the record's values: not in the logs, which
                 # hold none, see fds.logs; it is in the dead letter, as the line says)
                 'dead letter stage="%s" error="%s" partition="%s[%d]" offset="%d" '
                 'reason_in="%s"',
                 stage, type(exc).__name__, msg.topic, msg.partition, msg.offset, self.s.dlq_topic,
             )  # fmt: skip
-        else:
-            self._dlq_unsaid[stage] = self._dlq_unsaid.get(stage, 0) + 1
 
-    def _dead_letters_minute(self, now: float) -> None:
-        """Past the window's end: say the dead letters counted only, and begin a new one."""
-        if now >= self._dlq_window_end:
-            self._say_dead_letters()
-            self._dlq_window_end, self._dlq_said = now + DLQ_SAID_WINDOW_S, 0
-
-    def _say_dead_letters(self) -> None:
-        """One line for the dead letters not logged one by one since the last (see
-        DLQ_SAID_PER_WINDOW)."""
-        if self._dlq_unsaid:
-            log.warning(  # (the pairs last: fields of their own, a QA pass)
-                "more dead letters, not logged one by one (at most %d a minute are; each is in "
-                'the dead-letter topic, with its reason) count="%d" by_stage="%s" topic="%s"',
-                DLQ_SAID_PER_WINDOW, sum(self._dlq_unsaid.values()),
-                ",".join(f"{k}:{v}" for k, v in sorted(self._dlq_unsaid.items())),
-                self.s.dlq_topic,
-            )  # fmt: skip
-            self._dlq_unsaid = {}
+    def _say_dead_letters(self, unsaid: dict[str, int]) -> None:
+        """One line for the dead letters not logged one by one (see DLQ_SAID_PER_WINDOW)."""
+        log.warning(  # (the pairs last: fields of their own, a QA pass)
+            "more dead letters, not logged one by one (at most %d a minute are; each is in "
+            'the dead-letter topic, with its reason) count="%d" by_stage="%s" topic="%s"',
+            DLQ_SAID_PER_WINDOW, sum(unsaid.values()),
+            ",".join(f"{k}:{v}" for k, v in sorted(unsaid.items())), self.s.dlq_topic,
+        )  # fmt: skip
 
     def _check_sent(self, futures: list[Any]) -> None:
         """A send can fail for good (e.g. a record over the size limit) while flush() returns:

@@ -68,7 +68,7 @@ from fds import gcpolicy
 from fds.cli import registry_folder
 from fds.errors import ArtifactError, ConfigError, FdsError, describe
 from fds.health import Health, stale_after
-from fds.logs import say
+from fds.logs import LineBudget, say
 from fds.metrics import Metrics, NullMetrics, add_metrics_arguments, make_metrics
 from fds.models.registry import (
     DEFAULT_REGISTRY,
@@ -121,6 +121,10 @@ LABEL_WAIT_S = 2.0
 # ... and for at most this long (wall clock) while decisions keep coming without it: a label
 # stamped in the future (a labelling system's clock or time zone) must not hold its partition.
 LABEL_MAX_WAIT_S = 300.0
+#: Bad records logged one by one per BAD_SAID_WINDOW_S (each bad label was a line of its own:
+#: a QA pass); the rest counted, said in one line, as fds run says its dead letters.
+BAD_SAID_PER_WINDOW = 10
+BAD_SAID_WINDOW_S = 60.0
 # A failed model announcement is tried again after this long (each try may block on the broker).
 ANNOUNCE_RETRY_S = 30.0
 # A started trainer announces its lifecycle once it has read the scorers' verdicts, or after this.
@@ -295,6 +299,7 @@ class TrainService:
         self.trainer.labels_to = -math.inf  # no label read yet (set after each pass)
         self.trainer.on_drift = self._drifted  # detected while learning
         self.stats = TrainStats()
+        self._bad_lines = LineBudget(self._say_bad, BAD_SAID_PER_WINDOW, BAD_SAID_WINDOW_S)
         self._newest: dict[int, float] = {}  # decisions partition -> newest event time read
         self._arrived: dict[int, float] = {}  # decisions partition -> when it last gave one
         self._unannounced: Publication | None = None  # published, its announcement failed
@@ -657,6 +662,7 @@ class TrainService:
             raise
         finally:
             kafka_log.removeHandler(fenced)
+            self._bad_lines.flush()
             left = self._time_left
             if judge is not None:
                 judge.close()
@@ -798,9 +804,19 @@ class TrainService:
         # Logged and counted; a bad label is dead-lettered too (_dead_letter): decisions are
         # fds run's own output, whose dead letters it wrote itself.
         self.stats.bad_records += 1
+        if self._bad_lines.take(msg.topic):
+            log.warning(
+                'skipped bad record partition="%s[%d]" offset="%d" error="%s: %s"',
+                msg.topic, msg.partition, msg.offset, type(exc).__name__, exc,
+            )  # fmt: skip
+
+    def _say_bad(self, unsaid: dict[str, int]) -> None:
+        """One line for the bad records not logged one by one (see BAD_SAID_PER_WINDOW)."""
         log.warning(
-            'skipped bad record partition="%s[%d]" offset="%d" error="%s: %s"',
-            msg.topic, msg.partition, msg.offset, type(exc).__name__, exc,
+            "more bad records, not logged one by one (at most %d a minute are; a bad label "
+            'is in the dead-letter topic, with its reason) count="%d" by_topic="%s"',
+            BAD_SAID_PER_WINDOW, sum(unsaid.values()),
+            ",".join(f"{k}:{v}" for k, v in sorted(unsaid.items())),
         )  # fmt: skip
 
     def _dead_letter(self, msg: Any, exc: Exception) -> None:
@@ -1144,10 +1160,12 @@ class _Seek(ConsumerRebalanceListener):
             if held != set(every):
                 svc._shared = (
                     f"this trainer was given {len(held)} of the {len(every)} partitions of "
-                    f"{topic!r}: another fds train runs in group {svc.s.group!r}, and a label "
-                    "whose decision the other one reads would never be learned; run one fds "
-                    "train per model (stop the other, or give it its own --group, registry "
-                    "and state dir)"
+                    f"{topic!r}: another member of group {svc.s.group!r} holds the rest, and a "
+                    "label whose decision it reads would never be learned here. Another fds "
+                    "train: run one per model (stop the other, or give it its own --group, "
+                    "registry and state dir). An fds run of that group (a scorer's group given "
+                    "to the trainer, which told of another fds train: a QA pass): give the "
+                    "trainer a group of its own (by default the scorers' group, -train added)"
                 )
         for tp in assigned:  # (one kept across the rebalance, with labels held: from the first
             off = svc._labels.first(tp)  # of them; kafka-python kept its position past them)

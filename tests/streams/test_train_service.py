@@ -1469,3 +1469,29 @@ def test_a_label_whose_decision_is_read_does_not_wait_for_a_partition_behind_its
     assert svc.trainer.stats["frauds_learned"] == 1  # at once, not after 300 s
     assert held(svc, lab) == [unknown]  # (its decision may still come on d0: it waits)
     assert svc.trainer.stats["labels_unjoined"] == 0
+
+
+def test_bad_records_past_ten_a_minute_are_said_in_one_line(tmp_path, caplog):
+    """A QA pass: fds train logged each bad record on a line of its own (200 bad labels, 200
+    lines), where fds run says ten a minute and counts the rest in one line."""
+    d0 = TopicPartition("decisions", 0)
+    svc = service(tmp_path)
+    svc.consumer = Consumer({d0: 25})
+    with caplog.at_level("WARNING", logger="fds.streams.train"):
+        feed(svc, {d0: [Msg("decisions", 0, i, {"not": "a decision"}) for i in range(25)]})
+        assert caplog.text.count("skipped bad record") == 10
+        svc._bad_lines.flush()  # (at the stop, or once the minute has passed)
+    assert "more bad records, not logged one by one" in caplog.text
+    assert 'count="15" by_topic="decisions:15"' in caplog.text
+    assert svc.stats.bad_records == 25
+
+
+def test_a_trainer_given_a_share_of_the_labels_names_both_kinds_of_other_member(tmp_path):
+    """A QA pass: `fds train --group` of a running fds run's group was told "another fds train
+    runs in group ...", though none did: it now says either, and what to do for each."""
+    tps = [TopicPartition(t, p) for t in ("decisions", "labels") for p in range(2)]
+    svc = service(tmp_path)
+    svc.consumer = Consumer(dict.fromkeys(tps, 0))
+    _Seek(svc).on_partitions_assigned([tp for tp in tps if tp.partition == 0])
+    assert "given 1 of the 2 partitions" in svc._shared
+    assert "Another fds train" in svc._shared and "An fds run of that group" in svc._shared
