@@ -302,8 +302,8 @@ class Engine:
                 'grace_s="%s"%s',
                 self._late_unsaid, self._late_last[0], format_ts(self._late_last[1]),
                 f"{getattr(self.features, 'grace', 0):g}",
-                f' watermark="{format_ts(wm)}" set_by_tx_id="{by}"'
-                if by is not None and wm is not None else "",
+                (f' watermark="{format_ts(wm)}"' if wm is not None else "")
+                + (f' set_by_tx_id="{by}"' if by is not None else ""),
             )  # fmt: skip
             self._late_unsaid, self._late_say_at = 0, t + LATE_SAID_EVERY_S
 

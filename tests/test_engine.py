@@ -383,6 +383,26 @@ def test_late_decisions_are_said_in_a_log_line_at_most_once_a_minute(caplog):
     assert 'set_by_tx_id="t10000"' in said[1]  # the one they were judged against (a QA pass)
 
 
+def test_a_late_decision_after_a_restore_names_the_watermark_and_its_event(caplog):
+    """A QA pass: after a restore the warning named neither (the event that set the
+    watermark was not saved), the watermark known."""
+    from fds.features import FeaturePlan
+    from fds.rules.ruleset import FeatureSpec
+
+    def plan() -> FeaturePlan:
+        return FeaturePlan([FeatureSpec(name="n", entity="card_id", agg="count", window="1h")])
+
+    before = plan()
+    before.compute(tx(10_000))
+    after = plan()
+    after.load_state_dict(before.state_dict())
+    engine = Engine(features=after, metrics=Metrics())
+    with caplog.at_level("WARNING", logger="fds.engine"):
+        assert engine.decide(tx(0))["flags"] == ["late"]
+    said = [r.getMessage() for r in caplog.records if "flagged late" in r.getMessage()]
+    assert 'set_by_tx_id="t10000"' in said[0] and ' watermark="' in said[0]
+
+
 GRACE_RULES = """\
 version: "1"
 {grace}features:

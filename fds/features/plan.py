@@ -279,7 +279,7 @@ class FeaturePlan:
         # per group: entity value -> flat state list (layout: codegen.assign_slots)
         self.states: list[dict[Any, list[Any]]] = [{} for _ in self._groups]
         self.watermark = -math.inf
-        self.watermark_tx: Mapping[str, Any] | None = None  # the event that set it (not saved)
+        self.watermark_tx: Mapping[str, Any] | None = None  # the event that set it (its id saved)
         self.late_events = 0  # beyond grace: decided on current state, flagged
         self.reordered_events = 0  # within grace: inserted in order
         self._reordered_tx: Any = None  # the last of them (counted once for all its groups)
@@ -596,6 +596,9 @@ class FeaturePlan:
         body = {
             "states": self.states,
             "watermark": self.watermark,
+            # the id of the event that set it, for the late warning after a restore (it lost
+            # both names, the watermark known: a QA pass)
+            "watermark_tx_id": (self.watermark_tx or {}).get("tx_id"),
             "late_events": self.late_events,
             "reordered_events": self.reordered_events,
             "evicted_entities": self.evicted_entities,
@@ -657,6 +660,7 @@ class FeaturePlan:
         self._sweep_todo = body["sweep_todo"]
         self._labels = body["labels"]
         self._next_label_expiry = body["next_label_expiry"]
+        self.watermark_tx = _named(body)
         if body["label_ttl"] != self.label_ttl:  # (replaced without a word: a QA pass)
             log.warning(  # (kept: the restored store's buckets are made for it, a review)
                 "the restored feature state keeps its label_ttl of %.0f s (its tx_id store is "
@@ -701,7 +705,7 @@ class FeaturePlan:
                     self._merge(cg, st, so)
         self._labels.absorb(body["labels"])
         if body["watermark"] > self.watermark:
-            self.watermark, self.watermark_tx = body["watermark"], None  # (set elsewhere)
+            self.watermark, self.watermark_tx = body["watermark"], _named(body)
         self._sweep_todo = []  # (their keys are visited by the next sweep)
         self._sweep_after = self._accepted
         self._expire_labels()
@@ -838,6 +842,13 @@ class FeaturePlan:
         """A plan for ``specs`` restored from ``path``, and the source position to resume at."""
         plan = cls(specs, **kwargs)
         return plan, plan.restore(path)
+
+
+def _named(body: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The event that set a saved state's watermark, as far as it is kept: its id (a state
+    of an earlier release keeps none)."""
+    tx_id = body.get("watermark_tx_id")
+    return None if tx_id is None else {"tx_id": tx_id}
 
 
 def _changed(old: str, new: str) -> str:
