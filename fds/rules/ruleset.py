@@ -253,7 +253,7 @@ class RulesFile(_Strict):
         description="how late (behind the latest event time seen) an event may be and still be "
         "folded into its windows exactly; a later one is decided on the state held and flagged "
         "late (a duration: 90s, 5m, 1h; 0: any event behind the latest is late)",
-        json_schema_extra={"pattern": f"^{DURATION_PATTERN}$"},
+        json_schema_extra=lambda schema: _duration_or_seconds(schema),
     )
     features: list[FeatureSpec] = Field(default_factory=list)
     rules: list[Rule] = Field(default_factory=list)
@@ -305,6 +305,16 @@ class RulesFile(_Strict):
     def grace_seconds(self) -> float:
         """The grace period in seconds (``5m``: 300.0)."""
         return grace_seconds(self.grace)
+
+
+def _duration_or_seconds(schema: dict[str, Any]) -> None:
+    """In the JSON Schema: a duration, or a number of seconds, as fds reads ``grace`` (the
+    schema said text only: an editor flagged ``grace: 0``, which fds takes, a QA pass)."""
+    del schema["type"]
+    schema["anyOf"] = [
+        {"type": "string", "pattern": f"^{DURATION_PATTERN}$"},
+        {"type": "number", "minimum": 0},
+    ]
 
 
 def export_schema(path: str | Path | None = None) -> str:
