@@ -275,10 +275,16 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
         ("precision", _fmt(b.precision), _fmt(c.precision)),
         ("recall", _fmt(b.recall), _fmt(c.recall)),
     ]
-    print(f"\n{'':<26}{'baseline':>16}{'candidate':>16}", file=out)
+    # (columns as wide as their longest value and a gap: a 22-character version ran into the
+    # other, a QA pass)
+    w = max(16, *(len(v) + 2 for _, x, y in rows for v in (x, y)))
+    print(f"\n{'':<26}{'baseline':>{w}}{'candidate':>{w}}", file=out)
     for k, x, y in rows:
-        print(f"{k:<26}{x:>16}{y:>16}", file=out)
-    print(f"\n{'rule hits':<34}{'baseline':>16}{'prec':>8}{'candidate':>16}{'prec':>8}", file=out)
+        print(f"{k:<26}{x:>{w}}{y:>{w}}", file=out)
+    idw = max(34, *(len(rid) + 2 for rid in r.rule_ids)) if r.rule_ids else 34
+    print(
+        f"\n{'rule hits':<{idw}}{'baseline':>16}{'prec':>8}{'candidate':>16}{'prec':>8}", file=out
+    )
     states = [{x.id: x.spec.state for x in rs.rules} for rs in (base, cand)]
     for rid in r.rule_ids:
         cells = []
@@ -289,7 +295,7 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
             # (a shadow rule's hits read like an acting rule's: a QA pass)
             shown = str(n) if st == "active" else f"{n} shadow" if st == "shadow" else st or "-"
             cells += [shown, _fmt(prec)]
-        print(f"{rid:<34}{cells[0]:>16}{cells[1]:>8}{cells[2]:>16}{cells[3]:>8}", file=out)
+        print(f"{rid:<{idw}}{cells[0]:>16}{cells[1]:>8}{cells[2]:>16}{cells[3]:>8}", file=out)
     if any(st == "shadow" for s in states for st in s.values()):
         print("(shadow: evaluated and counted, never acts on the decision)", file=out)
     for side, name, rs in ((b, "baseline", base), (c, "candidate", cand)):

@@ -156,6 +156,19 @@ def test_backtest_end_to_end(tmp_path: Path, capsys) -> None:
     assert "read: amount=" in out  # the values the rules read
 
 
+def test_backtest_columns_are_as_wide_as_their_values(tmp_path: Path, capsys) -> None:
+    """A QA pass: the shipped files' versions (22 characters) ran into one another."""
+    sim = simulate(days=1, cards=200, merchants=100, seed=3, drift_day=None)
+    data, _labels = write(sim, tmp_path / "hist.jsonl")
+    base, cand = tmp_path / "base.yaml", tmp_path / "cand.yaml"
+    base.write_text(BASELINE.replace("version: base", 'version: "2026-11-29.1-baseline-x"'))
+    cand.write_text(CANDIDATE.replace("version: cand", 'version: "2026-11-29.1-pre-drift"'))
+    args = ["rules", "backtest", "--candidate", str(cand), "--baseline", str(base), str(data)]
+    assert main(args) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("version"))
+    assert row.split() == ["version", "2026-11-29.1-baseline-x", "2026-11-29.1-pre-drift"]
+
+
 def test_backtest_usage_errors(tmp_path: Path, capsys) -> None:
     base = tmp_path / "base.yaml"
     base.write_text(BASELINE)
