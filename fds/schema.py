@@ -290,6 +290,21 @@ def _short(value: Any, n: int = 100) -> str:
 _COMMA_NUMBER = re.compile(r"\d,\d")  # a decimal comma or a thousands separator
 
 
+def _notation(value: str) -> str:
+    """The mapping options that read ``value``, a number written with a comma (``1,100.0``
+    was told the German ``decimal: ','``, which made ``10.0`` a dead letter: a QA pass).
+
+    >>> _notation("1,100.0"), _notation("29,78")
+    ("1,234.56: thousands: ','", "1.234,56: decimal: ',' and thousands: '.'")
+    """
+    v = value.strip()
+    if "." in v.rpartition(",")[2]:
+        return "1,234.56: thousands: ','"
+    if re.fullmatch(r"[-+]?\d{1,3}(,\d{3})+", v):  # 1,100: a thousand and a hundred, or 1.1
+        return "1,234 a thousand and more: thousands: ','; 1,5 one and a half: decimal: ','"
+    return "1.234,56: decimal: ',' and thousands: '.'"
+
+
 def _reason(err: pydantic.ValidationError) -> str:
     parts = []
     null = set()  # the fields given as null whose type is a union (``ts``)
@@ -308,7 +323,7 @@ def _reason(err: pydantic.ValidationError) -> str:
             got += (  # (a European CSV: every row a dead letter, the hint silent, a README walk)
                 "; numbers are read with a dot for decimals and no grouping (29.78, 1234.5): "
                 "say how the file writes them in the --mapping of fds replay or fds produce "
-                "(1.234,56: decimal: ',' and thousands: '.'), or convert them first"
+                f"({_notation(value)}), or convert them first"
             )
         parts.append(f"{loc}: {e['msg']}{got}")
     return "; ".join(parts)

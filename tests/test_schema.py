@@ -265,3 +265,17 @@ def test_a_whole_number_id_written_as_a_float_is_its_integer_text():
     assert parse_label({"tx_id": 7.0, "ts": EPOCH, "is_fraud": True})["tx_id"] == "7"
     with pytest.raises(ValidationError, match="device_id: inf is no id"):
         parse_transaction({**BASE, "ts": EPOCH, "device_id": float("inf")})
+
+
+@pytest.mark.parametrize(
+    ("amount", "told"),
+    [("1,100.0", "thousands: ','"), ("29,78", "decimal: ','"), ("1,100", "1,5 one and a half")],
+)
+def test_a_number_with_a_comma_is_told_the_notation_it_is_written_in(amount, told) -> None:
+    """A QA pass: `1,100.0` was told the German notation (`decimal: ','`), which made every
+    `10.0` of the file a dead letter."""
+    tx = {"tx_id": "t", "ts": 1767225600, "card_id": "c", "amount": amount}
+    with pytest.raises(ValidationError) as e:
+        parse_transaction(tx)
+    assert told in str(e.value)
+    assert ("decimal: ','" in str(e.value)) is (amount != "1,100.0")
