@@ -2067,7 +2067,7 @@ class Runner:
                     folds += 1
                     if tx.__class__ is not _Bad:
                         self._fold(tx)
-                        if feed is not None and feed.waiting and tx["tx_id"] in feed.waiting:
+                        if feed is not None and feed.awaits(tx["tx_id"]):
                             feed.reached(tx["tx_id"])  # its labels count from then on
                             due = feed.due
                     # committed already: a checkpoint may say the state covers it
@@ -2088,7 +2088,7 @@ class Runner:
                         del found[tp]
                     self._fold(tx)
                     self.stats.found_decided += 1
-                    if feed is not None and feed.waiting and tx["tx_id"] in feed.waiting:
+                    if feed is not None and feed.awaits(tx["tx_id"]):
                         feed.reached(tx["tx_id"])
                         due = feed.due
                     continue
@@ -2112,7 +2112,7 @@ class Runner:
             if msg.key != key:
                 self._keyed_otherwise(msg)
             out.append((value, key, tp.partition if copart and tp.partition < n_out else None))
-            if feed is not None and feed.waiting and tx["tx_id"] in feed.waiting:
+            if feed is not None and feed.awaits(tx["tx_id"]):
                 feed.reached(tx["tx_id"])  # its labels count from then on, in this batch too
                 due = feed.due  # (outside the try: a label's failure is no decision's)
         if self.labels is not None and batch:  # how far the input has been decided (labels

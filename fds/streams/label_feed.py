@@ -121,10 +121,12 @@ class LabelFeed:
         self._done: set[int] = set()
         # labels ahead of the decisions' event time: (ts, arrival, label), earliest first
         self._later: list[tuple[float, int, dict[str, Any]]] = []
-        # labels due before their transaction was decided, by tx_id (in :attr:`waiting` too),
-        # and in the order they were due, for their expiry
-        self._early: dict[str, list[dict[str, Any]]] = {}
+        #: Labels dated before their transaction, which is not decided yet, by tx_id: they
+        #: wait for it (:meth:`reached`) up to EARLY_WAIT_S of event time past their own; in
+        #: the order they began to wait, for that (some waited for already); how many wait.
+        self.early: dict[str, list[dict[str, Any]]] = {}
         self._early_order: deque[dict[str, Any]] = deque()
+        self._early_n = 0
         self._seq = itertools.count()
         #: The event time of the earliest label waiting for the decisions to pass it (inf: none).
         self.due = math.inf
@@ -152,8 +154,9 @@ class LabelFeed:
         self._held.clear()
         self.waiting.clear()
         self._done.clear()
-        self._early.clear()  # (read again below)
+        self.early.clear()  # (read again below)
         self._early_order.clear()
+        self._early_n = 0
         self._later.clear()  # (read again below)
         self.due = math.inf
         ttl = float(self.plan.label_ttl)
@@ -217,13 +220,20 @@ class LabelFeed:
         review: between batches only, so one input gave other decisions with other poll
         sizes). ``fds run`` calls it for a transaction in :attr:`waiting` only."""
         labels = self.waiting.pop(tx_id, None) if self.waiting else None
+        early = self.early.pop(tx_id, None) if self.early else None
+        if early:  # (dated before it: applied now, right after it)
+            self._early_n -= len(early)
+            labels = [*(labels or ()), *early]
         if not labels:
             return 0
-        self._early.pop(tx_id, None)  # (among labels: applied now, after it)
         for label in labels:
             self._when_due(label)
             self._done.add(id(label))  # (still held: skipped there)
         return len(labels)
+
+    def awaits(self, tx_id: str) -> bool:
+        """Do labels wait for transaction ``tx_id`` (:meth:`reached` to be called)?"""
+        return tx_id in self.waiting or tx_id in self.early
 
     def release(self, t: float) -> float:
         """A transaction of event time ``t`` is about to be decided or folded: apply the labels
@@ -234,15 +244,25 @@ class LabelFeed:
             self._unmatched(early.popleft())
         while later and later[0][0] < t:
             label = heapq.heappop(later)[2]
-            tx_id = label["tx_id"]
-            if knows(tx_id) or len(early) >= MAX_HELD:
+            if knows(label["tx_id"]):
                 self._one(label)
             else:  # dated before its transaction (it was applied unmatched, lost: a QA pass
-                # of labels produced before their transactions; a replay learns it after it)
-                self._early.setdefault(tx_id, []).append(label)
-                self.waiting.setdefault(tx_id, []).append(label)
-                early.append(label)
-        return self._next_due()
+                self._park(label)  # of labels produced before their transactions; a replay
+        return self._next_due()  # learns it right after it)
+
+    def _park(self, label: dict[str, Any]) -> None:
+        """``label``'s transaction is not decided: it waits for it (see :attr:`early`), unless
+        MAX_HELD wait already (then it is unmatched at once, as before)."""
+        if self._early_n >= MAX_HELD:
+            self._one(label)
+            return
+        self.early.setdefault(label["tx_id"], []).append(label)
+        self._early_n += 1
+        order = self._early_order
+        order.append(label)
+        if len(order) > 2 * MAX_HELD:  # (those reached meanwhile, dropped: bounded)
+            waiting = {id(x) for labels in self.early.values() for x in labels}
+            self._early_order = deque(x for x in order if id(x) in waiting)
 
     def _next_due(self) -> float:
         """:attr:`due`: the earliest label waiting for the decisions to pass its time, or an
@@ -256,17 +276,13 @@ class LabelFeed:
         """``label`` waited :data:`EARLY_WAIT_S` for its transaction (if it still waits):
         applied unmatched."""
         tx_id = label["tx_id"]
-        mine = self._early.get(tx_id)
+        mine = self.early.get(tx_id)
         if mine is None or not any(x is label for x in mine):
             return  # (its transaction came)
-        mine.remove(label)
+        mine[:] = [x for x in mine if x is not label]
         if not mine:
-            del self._early[tx_id]
-        kept = [x for x in self.waiting.get(tx_id, ()) if x is not label]
-        if kept:
-            self.waiting[tx_id] = kept
-        else:
-            self.waiting.pop(tx_id, None)
+            del self.early[tx_id]
+        self._early_n -= 1
         self._one(label)
 
     def _when_due(self, label: dict[str, Any]) -> None:
@@ -317,11 +333,11 @@ class LabelFeed:
                 # at once, and no decision saw them: a QA pass of a fleet fed the labels first;
                 # held with the others, an idle instance's were scanned at each pass: a review)
                 self._when_due(label)
+            elif label["ts"] + EARLY_WAIT_S > wm:  # its transaction may still come (dated
+                self._park(label)  # before it): it waits, as one due (a review)
             else:  # its transaction can no longer come: unmatched
                 self._one(label)
             n += 1
-        for tx_id, labels in self._early.items():  # (they wait on, held or not)
-            by_id.setdefault(tx_id, []).extend(labels)
         self._held, self.waiting, self._done = kept, by_id, set()
         return n
 

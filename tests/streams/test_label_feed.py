@@ -132,8 +132,10 @@ def test_a_label_for_a_transaction_that_can_no_longer_come_is_not_held():
     p.compute(tx("q", 1_767_225_600.0))  # (the input's time past the label's)
     feed = LabelFeed(FakeConsumer([label(0, "gone", 5_000)]), "labels", p)
     assert feed.rewind(input_ms=NOW_MS + 4_000) == 0  # the input may still bring "gone": held
-    assert feed.poll(input_ms=NOW_MS + 5_000) == 1  # the input passed the label: applied, unmatched
-    assert p.unmatched_labels == 1
+    assert feed.poll(input_ms=NOW_MS + 5_000) == 1  # the input passed the label: not held ...
+    assert feed.awaits("gone") and p.unmatched_labels == 0  # ... but dated before it? waits
+    feed.release(1_767_225_501.0 + EARLY_WAIT_S)  # a day past its date: unmatched
+    assert p.unmatched_labels == 1 and not feed.awaits("gone")
 
 
 def test_with_the_input_idle_a_label_a_few_seconds_ahead_of_its_transaction_waits_for_it(
@@ -158,15 +160,18 @@ def test_with_the_input_idle_a_label_a_few_seconds_ahead_of_its_transaction_wait
     p.compute(tx("w", 1_767_225_510.0))  # (the input's time past the labels')
     feed = LabelFeed(FakeConsumer(records), "labels", p)
     assert feed.rewind(input_ms=math.inf) == 1 and set(feed.waiting) == {"x", "y"}
-    assert p.unmatched_labels == 1
+    assert feed.awaits("old") and p.unmatched_labels == 0  # (dated before it? a day's wait)
     p.compute(tx("x", 1_767_225_400.0))  # its transaction comes, decided by fds run
     assert feed.reached("x") == 1
     feed.release(1_767_225_600.0)  # (the next decision, later than the label)
     assert p.compute(tx("z", 1_767_225_600.0))["m_frauds"] == 1
     clock[0] += RACE_S - 1
     assert feed.poll(input_ms=math.inf) == 0  # "y" still waits
-    clock[0] += 2  # past RACE_S: a label whose transaction never came is unmatched
-    assert feed.poll(input_ms=math.inf) == 1 and p.unmatched_labels == 2
+    clock[0] += 2  # past RACE_S: a label whose transaction never came is unmatched (if it
+    assert feed.poll(input_ms=math.inf) == 1  # is a day old; else it waits too, as "old")
+    assert feed.awaits("y") and feed.awaits("old") and p.unmatched_labels == 0
+    feed.release(1_767_225_501.0 + EARLY_WAIT_S)
+    assert p.unmatched_labels == 2
 
 
 def test_a_label_produced_before_its_transaction_waits_until_the_input_reaches_its_time():
@@ -186,10 +191,10 @@ def test_a_label_produced_before_its_transaction_waits_until_the_input_reaches_i
     assert p.compute(tx("b", 1_767_225_600.0))["m_frauds"] == 1
     # "never": its transaction has not come; it may still (a label dated before its
     # transaction), for a day of event time (it was unmatched at its time: a QA pass)
-    assert p.unmatched_labels == 0 and "never" in feed.waiting
+    assert p.unmatched_labels == 0 and feed.awaits("never")
     assert feed.due == 1_767_225_500.0 + EARLY_WAIT_S
     feed.release(1_767_225_501.0 + EARLY_WAIT_S)
-    assert p.unmatched_labels == 1 and not feed.waiting
+    assert p.unmatched_labels == 1 and not feed.awaits("never")
 
 
 def test_a_label_dated_before_its_transaction_counts_right_after_it_as_in_a_replay():
@@ -201,13 +206,36 @@ def test_a_label_dated_before_its_transaction_counts_right_after_it_as_in_a_repl
     feed = LabelFeed(FakeConsumer([label(0, "a2", -60_000)]), "labels", p)  # ts ...500
     feed.rewind(input_ms=NOW_MS)
     assert feed.release(1_767_225_600.0) == 1_767_225_500.0 + EARLY_WAIT_S  # a2 not decided
-    assert "a2" in feed.waiting and p.unmatched_labels == 0
+    assert feed.awaits("a2") and p.unmatched_labels == 0
     assert p.compute(tx("a2", 1_767_225_600.0))["m_frauds"] == 0  # decided: no leak
     assert feed.reached("a2") == 1  # as fds run calls it: applied right after
     assert p.compute(tx("a3", 1_767_225_700.0))["m_frauds"] == 1
-    assert p.unmatched_labels == 0 and not feed.waiting
+    assert p.unmatched_labels == 0 and not feed.awaits("a2")
     feed.release(1_767_225_501.0 + EARLY_WAIT_S)  # (its expiry finds it applied)
     assert p.unmatched_labels == 0
+
+
+def test_a_label_dated_before_its_transaction_read_behind_the_decisions_waits_for_it():
+    """A review: read with its date already behind the decisions (live, or at a restart's
+    re-read) and the input past its record time, it was taken as "its transaction can no
+    longer come", unmatched at once, where one due waited; and one waiting was lost at a
+    re-read. It waits too, for a day of event time past its own."""
+    p = plan()
+    p.compute(tx("w", 1_767_225_600.0))  # the decisions are past the label's date (...500)
+    c = FakeConsumer([label(0, "a2", -60_000)])  # produced a minute ago: behind the input
+    feed = LabelFeed(c, "labels", p)
+    feed.rewind(input_ms=NOW_MS)
+    assert feed.awaits("a2") and p.unmatched_labels == 0
+    feed.rewind(input_ms=NOW_MS)  # read again (a restore): still waits
+    assert feed.awaits("a2") and p.unmatched_labels == 0
+    p.compute(tx("a2", 1_767_225_700.0))
+    assert feed.reached("a2") == 1
+    assert p.compute(tx("a3", 1_767_225_800.0))["m_frauds"] == 1 and p.unmatched_labels == 0
+    old = plan()  # a day and more behind the decisions: it can no longer come
+    old.compute(tx("w", 1_767_225_501.0 + EARLY_WAIT_S))
+    feed = LabelFeed(FakeConsumer([label(0, "a2", -60_000)]), "labels", old)
+    feed.rewind(input_ms=NOW_MS)
+    assert not feed.awaits("a2") and old.unmatched_labels == 1
 
 
 def test_only_plans_with_label_aware_features_read_labels():
