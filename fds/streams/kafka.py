@@ -1269,6 +1269,7 @@ class _Unacked:
     last: dict[Any, Any]  # decisions partition -> the send of its last decision in the batch
     # decisions partition -> the offset of its first decision found out and not folded yet
     pins: dict[int, int] = field(default_factory=dict)
+    bad_labels: list[Any] = field(default_factory=list)  # dead-lettered in it (their records)
 
     def acknowledged(self) -> bool:
         f = self.futures
@@ -2139,7 +2140,8 @@ class Runner:
             # a partition still folding what was found: its commits name the first found
             # decision not folded yet, so that a restart or a takeover finds it again
             pins = {tp.partition: todo[0][1] for tp, (_, todo) in found.items()}
-            self._unacked.append(_Unacked(self.stats.batches, pending, offsets, last, pins))
+            bad = [m for m, _ in self._bad_labels]
+            self._unacked.append(_Unacked(self.stats.batches, pending, offsets, last, pins, bad))
             # Backpressure waits for the oldest batches only: a flush and a blocking commit
             # (8-28 ms each on the benchmark) taken whenever three small batches of a light
             # load were in flight decided that load's p99.
@@ -2175,6 +2177,8 @@ class Runner:
                 return
             self.stats.commits += 1
             self.metrics.commit_time(time.perf_counter() - t_commit)
+            if self._bad_labels and self.labels is not None:  # (their dead letters in it)
+                self.labels.confirm([m for m, _ in self._bad_labels])
             # Committed: the state now covers exactly the input up to these offsets.
             self._positions.update({tp.partition: o for tp, o in nxt.items()})
             self._ahead = False
@@ -2204,6 +2208,8 @@ class Runner:
         while unacked and unacked[0].acknowledged():
             b = unacked.popleft()
             self._check_sent(b.futures)
+            if b.bad_labels and self.labels is not None:  # their dead letters were taken
+                self.labels.confirm(b.bad_labels)
             if b.number == self._kill_after_flush:  # fault injection (see __init__)
                 os.kill(os.getpid(), signal.SIGKILL)
             ready.update(self._marked(b))

@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
+import logging
 import math
 import time
 from collections import deque
@@ -54,6 +55,8 @@ from fds.schema import check_not_ahead, loads_record, parse_label, produced_bad
 from fds.streams.rebuild import start_offsets
 
 __all__ = ["LabelFeed", "reads_labels"]
+
+log = logging.getLogger(__name__)
 
 #: Label records fetched per call of :meth:`LabelFeed.poll` (the rest waits for the next one).
 MAX_PER_POLL = 2000
@@ -113,6 +116,8 @@ class LabelFeed:
         # labels that changed the features since last read (not a re-read one: the metric)
         self.changed = 0
         self._bad_next: dict[int, int] = {}  # partition -> offset after the last bad one queued
+        # partition -> offset after the last bad one whose dead letter the broker took
+        self._confirmed: dict[int, int] = {}
         self._tps: list[Any] = []
         # (record ms, label, when it was read: time.monotonic())
         self._held: deque[tuple[int, dict[str, Any], float]] = deque()
@@ -167,6 +172,14 @@ class LabelFeed:
         for tp, offset in since.items():
             c.seek(tp, offset)
         end = c.end_offsets(self._tps)
+        for tp in self._tps:  # (a topic made again: its offsets begin at 0 again, a review)
+            if self._bad_next.get(tp.partition, 0) > end[tp]:
+                log.warning(
+                    'labels topic="%s" partition %d ends at %d, before the bad labels already '
+                    "dead-lettered (%d): made again? its bad labels are dead-lettered anew",
+                    self.topic, tp.partition, end[tp], self._bad_next[tp.partition],
+                )  # fmt: skip
+                self._bad_next[tp.partition] = self._confirmed[tp.partition] = 0
         deadline = time.monotonic() + timeout_s
         n = 0
         while any(c.position(tp) < end[tp] for tp in self._tps):
@@ -346,16 +359,20 @@ class LabelFeed:
         bad, self.bad = self.bad, []
         return bad
 
+    def confirm(self, msgs: list[Any]) -> None:
+        """The dead letters of bad labels ``msgs`` (taken by :meth:`take_bad`) were taken by
+        the broker (their batch acknowledged, or its transaction committed)."""
+        done = self._confirmed
+        for msg in msgs:
+            done[msg.partition] = max(done.get(msg.partition, 0), msg.offset + 1)
+
     def handed(self) -> dict[str, Any]:
-        """Where the bad labels dead-lettered end, per partition: the offset before which each
-        was taken (:meth:`take_bad`), one still queued excluded. A checkpoint, written once
-        those batches are committed, keeps it, so a restart's re-read does not dead-letter
-        them again (every restart did: a label dead-lettered anew at each rolling update for
-        its topic's retention, and the dead-letter alert fired, a QA pass)."""
-        nxt = dict(self._bad_next)
-        for msg, _ in self.bad:  # (queued in offset order: the first is where it ends)
-            nxt[msg.partition] = min(nxt[msg.partition], msg.offset)
-        return {"topic": self.topic, "next": nxt}
+        """Where the bad labels dead-lettered end, per partition: after the last one whose
+        dead letter the broker took (:meth:`confirm`; not one still on its way, a review). A
+        checkpoint keeps it, so a restart's re-read does not dead-letter them again (every
+        restart did: a label dead-lettered anew at each rolling update for its topic's
+        retention, and the dead-letter alert fired, a QA pass)."""
+        return {"topic": self.topic, "next": dict(self._confirmed)}
 
     def skip_handed(self, handed: Any) -> None:
         """Dead-letter no bad label before ``handed`` (:meth:`handed` of a checkpoint) again;
@@ -363,6 +380,7 @@ class LabelFeed:
         if isinstance(handed, dict) and handed.get("topic") == self.topic:
             for p, offset in handed["next"].items():
                 self._bad_next[p] = max(self._bad_next.get(p, 0), offset)
+                self._confirmed[p] = max(self._confirmed.get(p, 0), offset)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

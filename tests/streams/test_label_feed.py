@@ -104,27 +104,37 @@ def test_a_label_waits_for_its_transaction_while_the_input_is_behind():
     assert feed.take_bad() == []  # dead-lettered once, not again at every rewind
 
 
-def test_a_restarted_feed_does_not_dead_letter_what_its_checkpoint_says_was_handed():
+def test_a_restarted_feed_does_not_dead_letter_what_its_checkpoint_says_was_handed(caplog):
     """A QA pass: every restart dead-lettered every bad label of the topic's retention again.
-    A checkpoint keeps where those taken end (one still queued is not taken: sent again)."""
+    A checkpoint keeps where those whose dead letters the broker took end (one taken and not
+    yet acknowledged is sent again: a review); a topic made again begins anew."""
     records = [label(0, "x", 1_000, b"{oops"), label(1, "y", 2_000, b"{no"),
                label(2, "z", 3_000, b"{nor")]  # fmt: skip
     feed = LabelFeed(FakeConsumer(records[:2]), "labels", plan())
     feed.rewind(input_ms=math.inf)
-    assert [m.offset for m, _ in feed.take_bad()] == [0, 1]
-    feed.rewind(input_ms=math.inf)
+    taken = feed.take_bad()
+    assert [m.offset for m, _ in taken] == [0, 1]
+    assert feed.handed() == {"topic": "labels", "next": {}}  # on their way
+    feed.confirm([m for m, _ in taken])  # their batch acknowledged
     feed.consumer.records = records
-    feed.poll(input_ms=math.inf)  # offset 2 queued, not yet taken by a batch
+    feed.rewind(input_ms=math.inf)  # offset 2 taken, its dead letter not acknowledged yet
+    assert [m.offset for m, _ in feed.take_bad()] == [2]
     handed = feed.handed()
     assert handed == {"topic": "labels", "next": {0: 2}}
     again = LabelFeed(FakeConsumer(records), "labels", plan())  # the restart
     again.skip_handed(handed)
     again.rewind(input_ms=math.inf)
     assert [m.offset for m, _ in again.take_bad()] == [2]
+    assert again.handed() == handed  # (kept into its own checkpoints)
     other = LabelFeed(FakeConsumer(records), "other-labels", plan())  # another topic's: all
     other.skip_handed(handed)
     other.rewind(input_ms=math.inf)
     assert len(other.take_bad()) == 3
+    remade = LabelFeed(FakeConsumer(records[:1]), "labels", plan())  # made again: 1 record
+    remade.skip_handed(handed)
+    with caplog.at_level("WARNING", logger="fds.streams.label_feed"):
+        remade.rewind(input_ms=math.inf)
+    assert [m.offset for m, _ in remade.take_bad()] == [0] and "made again" in caplog.text
 
 
 def test_a_label_for_a_transaction_that_can_no_longer_come_is_not_held():
