@@ -237,18 +237,29 @@ def _order(x: Any, y: Any, op: Callable[[Any, Any], bool]) -> bool:
 
 
 def _same(x: Any, y: Any) -> bool:
-    """``x == y`` for two ``extra.*`` values, read as :func:`_order` reads them: as numbers
-    where both read as one, as text where both are text (a JSON ``7`` and a CSV's ``"7"``
-    were unequal, yet each ``<=`` and ``>=`` the other: a QA pass).
+    """``x == y`` for two ``extra.*`` values: a number and text that reads as that number are
+    equal (a JSON ``7`` and a CSV's ``"7"`` were unequal, yet each ``<=`` and ``>=`` the other:
+    a QA pass), read exactly (an integer's text as an integer: ids of 20 digits, as floats,
+    were equal to their neighbours, a review); two texts compare as text (``"02134"`` is no
+    ``"2134"``).
 
-    >>> _same(7, "7"), _same("7.0", "7"), _same("NA", "NA"), _same("7", "high")
-    (True, True, True, False)
+    >>> _same(7, "7"), _same("7", 7.0), _same("7.0", "7")
+    (True, True, False)
+    >>> _same(12345678901234567891, "12345678901234567890")
+    False
     """
-    if type(x) is str:
-        x = v if (v := num(x)) == v else x
-    if type(y) is str:
-        y = v if (v := num(y)) == v else y
+    if type(x) is str and type(y) in (int, float):
+        x, y = y, x
+    if type(x) in (int, float) and type(y) is str:
+        t = y.strip()
+        if _INTEGER.fullmatch(t):
+            return x == int(t)
+        v = num(y)
+        return v == v and x == v
     return bool(x == y)
+
+
+_INTEGER = re.compile(r"[-+]?\d+")
 
 
 def _truth(x: Any) -> bool:

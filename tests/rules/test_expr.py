@@ -601,7 +601,12 @@ def _outcome(src: str, extra: dict) -> str:
         ("True < extra.a < 7", {"a": 3}, "missing"),
         ("extra.a == extra.b", {"a": 7, "b": "7"}, "hit"),
         ("extra.a != extra.b", {"a": 7, "b": "7.0"}, "miss"),
-        ("extra.a == extra.b == extra.c", {"a": 7, "b": "7", "c": "7.0"}, "hit"),
+        ("extra.a == extra.b == extra.c", {"a": 7, "b": "7", "c": 7.0}, "hit"),
+        # ... exactly, and two texts as text (ids of 20 digits read as floats were equal to
+        # their neighbours, "02134" to "2134": a review)
+        ("extra.a == extra.b", {"a": "12345678901234567890", "b": "12345678901234567891"}, "miss"),
+        ("extra.a == extra.b", {"a": 12345678901234567891, "b": "12345678901234567890"}, "miss"),
+        ("extra.a == extra.b", {"a": "02134", "b": "2134"}, "miss"),
         ("extra.a == extra.b", {"a": "NA", "b": "NA"}, "hit"),
         ("extra.a == extra.b", {"a": "x", "b": 7}, "miss"),
     ],
