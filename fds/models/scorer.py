@@ -318,9 +318,12 @@ class ModelServer:
         self._rejected: frozenset[str] = frozenset()
         # ... and the lines this scorer rolled back, known before the registry's write lands
         # (a label in between promoted a version learned from the rolled-back one: 111
-        # decisions scored by it, a QA pass), by the parents of the versions offered here
+        # decisions scored by it, a QA pass), by the parents of the versions offered here and
+        # of the registry's (the watcher offers the newest only: a review). The decision thread
+        # writes _rolled_back, the watcher _rejected and _manifest_parents (one assignment).
         self._rolled_back: frozenset[str] = frozenset()
         self._parents: dict[str, str | None] = {}
+        self._manifest_parents: dict[str, str | None] = {}
         # in memory (a replay): the artifacts of the versions a rollback may return to, for the
         # trainer to learn on from (see _trainer_follows)
         self._kept: dict[str, Publication] = {}
@@ -372,7 +375,7 @@ class ModelServer:
             raw = min(max(raw, 0.0), 1.0)
         s = self._probability(raw)
         shadow, shadow_version = math.nan, None
-        if self.challenger is not None and self.challenger_version in self._rejected:
+        if self.challenger is not None and self._is_rejected(self.challenger_version):
             self._end_rejected()  # (its line rolled back: ended at once, not at a label judged
             # here, which a scorer may not see for hours while newer versions wait: a QA pass)
         if self.challenger is not None:
@@ -662,17 +665,27 @@ class ModelServer:
 
     def _see_rejected(self, m: Mapping[str, Any]) -> None:
         """The versions manifest ``m`` rejects: no contest of theirs ends in a promotion."""
-        rejected = frozenset(v for v, e in m["versions"].items() if e["status"] == "rejected")
-        self._rejected = rejected | self._rolled_back
+        self._rejected = frozenset(v for v, e in m["versions"].items() if e["status"] == "rejected")
+        self._manifest_parents = {
+            **(m.get("parents") or {}), **{v: e.get("parent") for v, e in m["versions"].items()}
+        }  # fmt: skip
 
-    def _learned_from(self, back: str) -> frozenset[str]:
-        """``back`` and the versions offered here learned on from it: what its rollback
-        rejects, as the registry will (:func:`fds.models.registry.line_of`)."""
-        line = {back}
-        for v in sorted(self._parents, key=seq_of):  # (a parent before its children)
-            if self._parents[v] in line:
-                line.add(v)
-        return frozenset(line)
+    def _is_rejected(self, version: str | None) -> bool:
+        """Is ``version`` rejected, in the registry or by a rollback here (its line)?"""
+        return version in self._rejected or version in self._rolled_back
+
+    def _learned_from(self, version: str, back: str) -> bool:
+        """Did ``version`` learn on from ``back`` (``back`` among its ancestors, or itself)? As
+        the registry rejects a rolled-back line (:func:`fds.models.registry.line_of`)."""
+        parents = {**self._manifest_parents, **self._parents}
+        seen: set[str] = set()
+        v: str | None = version
+        while v is not None and v not in seen:
+            if v == back:
+                return True
+            seen.add(v)
+            v = parents.get(v)
+        return False
 
     def _writing(self) -> bool:
         """Is a verdict of ours still on its way to the registry (watch mode)?"""
@@ -700,7 +713,7 @@ class ModelServer:
         if self._queued is not None and self.contest is None:
             version, model, entry = self._queued
             self._queued = None
-            if version in self._rejected:
+            if self._is_rejected(version):
                 log.info("model %s not contested: rejected in the registry", version)
                 return
             # contested, or a warm-up swap when the champion is under its warm-up (it was
@@ -1045,8 +1058,10 @@ class ModelServer:
         by a lost probation), so that the next version, learned from the restored champion,
         starts its own at once rather than after the doomed one's verdict. On the decision
         thread: at a rollback here, and at the next label after the registry said so."""
+        if self._rolled_back:  # (the registry rejects them now: its view governs, and one
+            self._rolled_back -= self._rejected  # un-rejected later by hand is not held back)
         c = self.contest
-        if c is None or c.candidate not in self._rejected:
+        if c is None or not self._is_rejected(c.candidate):
             return False
         self._drop_challenger("reject", "rejected in the registry meanwhile", local=True)
         return True
@@ -1115,8 +1130,12 @@ class ModelServer:
             if self.trainer is not None:
                 self._trainer_follows(p.incumbent)
             self._emit("rollback", info)
-            self._rolled_back |= self._learned_from(p.incumbent)
-            self._rejected |= self._rolled_back
+            back = p.incumbent
+            queued = self._queued[0] if self._queued is not None else None
+            self._rolled_back |= {back} | {
+                v for v in (self.challenger_version, queued)
+                if v is not None and self._learned_from(v, back)
+            }  # fmt: skip
             self._end_rejected()
         else:
             self._emit("confirm", info)
@@ -1135,7 +1154,7 @@ class ModelServer:
         if not line or pub is None:
             return
         t.go_on_from(pub.version, load_verified(pub.data, sha256=pub.entry["sha256"]), pub.entry)
-        self._rejected |= frozenset(line)  # (its contest ends, a queued one is dropped)
+        self._rolled_back |= frozenset(line)  # (its contest ends, a queued one is dropped)
         log.warning(
             'version "%s" was rolled back: learning goes on from "%s" (%d versions dropped)',
             back, pub.version, len(line),

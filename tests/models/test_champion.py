@@ -221,22 +221,29 @@ def test_an_automatic_rollback_rejects_the_version_that_lost_its_probation(tmp_p
     assert reg.entry("v000002")["status"] == "rejected"
 
 
-@pytest.mark.parametrize("watch", [False, True])
+@pytest.mark.parametrize(("watch", "skipped"), [(False, False), (True, False), (True, True)])
 def test_a_rollback_ends_the_contest_of_a_version_learned_from_the_rolled_back_one(
-    tmp_path, watch
+    tmp_path, watch, skipped
 ) -> None:
     """The registry rejects the line learned from a rolled-back version; the scorer saw that
     at its watcher's next poll (a replay, at none): a contest ending in between promoted such
-    a version here, which the registry refused (a review)."""
+    a version here, which the registry refused (a review). ``skipped``: the challenger learned
+    from a version this scorer never took (the watcher offers the newest only: a review)."""
     srv, s, reg = _registry_server(tmp_path, FeatureModel("f_a"))
     if watch:
         srv.start_watch(every=3600)  # (no poll in this test)
     srv.offer(_registered(reg, FeatureModel("f_b")))
     s.run(60, {"f_a": 1.0, "f_b": 1.0})  # tie: v2 promoted, on probation
     assert srv.version == "v000002" and srv.probation is not None
-    e = reg.publish(FeatureModel("f_a"), spec={"name": "t"}, parent="v000002")
+    parent = "v000002"
+    if skipped:  # v3, learned from v2, published and never offered here
+        parent = reg.publish(FeatureModel("f_a"), spec={"name": "t"}, parent=parent)["version"]
+    e = reg.publish(FeatureModel("f_a"), spec={"name": "t"}, parent=parent)
     srv.offer(Publication(e["version"], *reg.load_bytes(e["version"])))
-    assert srv.challenger_version == "v000003"
+    line = e["version"]
+    assert srv.challenger_version == line
+    if watch:
+        srv._writes.join()  # (its shadow mark written, the manifest read after it)
     s.run(40, {"f_a": 1.0, "f_b": 0.0})  # v2 worse than v1: rolled back
     assert srv.stats["rollback"] == 1 and srv.version == "v000001"
     # its contest ended with the rollback, before the registry's write of it (a QA pass: the
@@ -244,18 +251,18 @@ def test_a_rollback_ends_the_contest_of_a_version_learned_from_the_rolled_back_o
     # labels do not promote it, and the next version does not wait for its verdict
     assert srv.challenger is None and srv.contest is None
     s.run(60, {"f_a": 1.0, "f_b": 1.0})
-    assert srv.version == "v000001" and "v000003" not in s.versions
+    assert srv.version == "v000001" and line not in s.versions
     if watch:
         srv._writes.join()
-    assert reg.entry("v000003")["status"] == "rejected"
+    assert reg.entry(line)["status"] == "rejected"
     e = reg.publish(FeatureModel("f_a"), spec={"name": "t"}, parent="v000001")
     assert srv.offer(Publication(e["version"], *reg.load_bytes(e["version"])))
-    assert srv.challenger_version == "v000004"
-    s.run(60, {"f_a": 1.0, "f_b": 1.0})  # v4 ties with v1: promoted
-    assert srv.version == "v000004"
+    assert srv.challenger_version == e["version"]
+    s.run(60, {"f_a": 1.0, "f_b": 1.0})  # it ties with v1: promoted
+    assert srv.version == e["version"]
     if watch:
         srv._writes.join()
-    assert reg.champion() == "v000004"
+    assert reg.champion() == e["version"]
     if watch:
         srv.close()
 
