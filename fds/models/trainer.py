@@ -479,7 +479,10 @@ class Trainer:
             self._last_expire = now
             # (not past what the labels read let be assumed: inputs waiting for their labels
             # in a catch-up were deleted unlearned, a review)
-            self.store.expire(min(now, self.labels_to) - self._ttl)
+            # (nor past what the decisions read let be assumed: one partition far behind
+            # the others held the assumptions back, and their inputs were expired unlearned)
+            read = min(now, self.labels_to, self.decisions_to + self._legit_after)
+            self.store.expire(read - self._ttl)
 
     def labels_read_to(self, t: float) -> None:
         """Every label before event time ``t`` has been read (``inf``: every label there is;

@@ -121,6 +121,9 @@ LABEL_WAIT_S = 2.0
 # ... and for at most this long (wall clock) while decisions keep coming without it: a label
 # stamped in the future (a labelling system's clock or time zone) must not hold its partition.
 LABEL_MAX_WAIT_S = 300.0
+#: How far behind its newest a decisions partition may still give decisions: an input is
+#: assumed legitimate only once every partition is this far past it (fds run's default grace).
+DECISIONS_SKEW_S = 300.0
 #: Bad records logged one by one per BAD_SAID_WINDOW_S (each bad label was a line of its own:
 #: a QA pass); the rest counted, said in one line, as fds run says its dead letters.
 BAD_SAID_PER_WINDOW = 10
@@ -312,7 +315,7 @@ class TrainService:
         self._judge_until = 0.0  # ... its catch-up awaited until then (monotonic)
         self._publish_at = 0.0  # ... of the next publish, after one failed
         self._follow_stamp: tuple[int, int] | None = None  # the registry checked for rollbacks
-        self._last_decision = time.monotonic()
+        self._last_decision = self._started = time.monotonic()
         # The polled labels not learned yet, learned in event-time order across the labels
         # partitions (fds.streams.align): a backlog read partition by partition moved the event
         # time to the newest label of one, and the decisions the others' labels joined expired
@@ -876,16 +879,23 @@ class TrainService:
 
     def _decisions_to(self) -> float:
         """The event time before which every assigned decisions partition has been read: the
-        least of their newest; one read to its end and quiet for label_wait_s does not hold
-        the others (``inf`` when all are)."""
+        least of their newest, less DECISIONS_SKEW_S (a partition's decisions come in the
+        order they were made, a late event's within the grace period behind: a review); one
+        read to its end and quiet for label_wait_s does not hold the others (``inf`` when all
+        are), nor one that gave nothing for label_max_wait_s (since this trainer started: a
+        partition that cannot be fetched held every assumption back, and the store's expiry
+        then dropped inputs unlearned, a review)."""
         topic, out = self.topics[0], math.inf
-        quiet_since = time.monotonic() - self.label_wait_s
+        now = time.monotonic()
         for tp in self.consumer.assignment():
             if tp.topic != topic:
                 continue
-            if self._arrived.get(tp.partition, -math.inf) <= quiet_since and self._read_to_end(tp):
+            arrived = self._arrived.get(tp.partition, self._started)
+            if arrived <= now - self.label_wait_s and self._read_to_end(tp):
                 continue
-            out = min(out, self._newest.get(tp.partition, -math.inf))
+            if arrived <= now - self.label_max_wait_s:
+                continue
+            out = min(out, self._newest.get(tp.partition, -math.inf) - DECISIONS_SKEW_S)
         return out
 
     def _read_to_end(self, tp: Any) -> bool:

@@ -24,7 +24,7 @@ from fds.pipeline import DEFAULT_MODEL
 from fds.streams.checkpoint import hold
 from fds.streams.kafka import KafkaSettings
 from fds.streams.model_feed import ModelFeed
-from fds.streams.train import TrainService, _Seek, announcement
+from fds.streams.train import DECISIONS_SKEW_S, TrainService, _Seek, announcement
 
 
 def service(
@@ -1495,3 +1495,28 @@ def test_a_trainer_given_a_share_of_the_labels_names_both_kinds_of_other_member(
     _Seek(svc).on_partitions_assigned([tp for tp in tps if tp.partition == 0])
     assert "given 1 of the 2 partitions" in svc._shared
     assert "Another fds train" in svc._shared and "An fds run of that group" in svc._shared
+
+
+def test_a_decisions_partition_that_gives_nothing_holds_the_assumptions_back_for_a_while(
+    tmp_path, monkeypatch
+):
+    """A review: inputs are assumed legitimate once every decisions partition is read past
+    them; one that could not be fetched held every assumption back, and the store's expiry
+    dropped the others' inputs unlearned. It holds them label_max_wait_s at most, and the
+    expiry waits for what the decisions read let be assumed."""
+    clock = [1000.0]
+    monkeypatch.setattr("fds.streams.train.time.monotonic", lambda: clock[0])
+    d0, d1 = TopicPartition("decisions", 0), TopicPartition("decisions", 1)
+    svc = service(tmp_path)
+    svc.consumer = Consumer({d0: 20, d1: 5})  # d1: records there, none fetched
+    svc._started = clock[0]
+    feed(svc, {d0: [decision(0, i, f"t{i}", 86400.0 * i) for i in range(9)]})
+    assert svc._decisions_to() == -math.inf  # d1 unread: it may hold older inputs
+    clock[0] += svc.label_max_wait_s + 1
+    feed(svc, {d0: [decision(0, 9, "t9", 86400.0 * 9)]})  # d0 still gives decisions
+    assert svc._decisions_to() == 86400.0 * 9 - DECISIONS_SKEW_S  # d1 gave nothing: not held
+    t = svc.trainer
+    t.decisions_read_to(-math.inf)
+    t.labels_read_to(math.inf)
+    t.advance(86400.0 * 400)  # far past the ttl: nothing read past the inputs, none dropped
+    assert len(t.store) == 10 and t.stats["assumed_legit"] == 0
