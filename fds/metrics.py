@@ -1198,7 +1198,7 @@ class _QuietHandler(WSGIRequestHandler):
     timeout = CLIENT_TIMEOUT_S
 
     def handle(self) -> None:
-        cut = threading.Timer(self.timeout, self._cut)
+        cut = self._cut_timer = threading.Timer(self.timeout, self._cut)
         cut.daemon = True
         cut.start()
         try:
@@ -1207,6 +1207,13 @@ class _QuietHandler(WSGIRequestHandler):
             self.close_connection = True
         finally:
             cut.cancel()
+
+    def parse_request(self) -> bool:
+        """The request read: its answer is not cut (a slow scraper of a large /metrics, a
+        render slowed by the decision loop: a review)."""
+        parsed = bool(super().parse_request())  # (its headers read: a trickle is cut there)
+        self._cut_timer.cancel()
+        return parsed
 
     def _cut(self) -> None:
         with contextlib.suppress(OSError):

@@ -368,12 +368,13 @@ def test_a_client_trickling_its_request_is_dropped_after_the_timeout(monkeypatch
     srv = serve(Metrics(), "127.0.0.1", 0)
     try:
         held = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(3)]
+        held[0].sendall(b"GET /metrics HTTP/1.1\r\n")  # (one trickles its headers)
         deadline = time.monotonic() + 10
         dropped = set()
         while len(dropped) < 3 and time.monotonic() < deadline:
             for i, c in enumerate(held):  # a byte each 0.2 s: every read gets one
                 try:
-                    c.sendall(b"G")
+                    c.sendall(b"X" if i == 0 else b"G")
                 except OSError:
                     dropped.add(i)
             time.sleep(0.2)
