@@ -123,6 +123,7 @@ def test_a_json_array_is_told_how_to_become_json_lines(tmp_path, capsys):
 def test_a_pretty_printed_json_file_is_told_how_to_become_json_lines(tmp_path, capsys, doc, jq):
     """A QA pass: `json.dump(..., indent=2)`'s file made each line a dead letter, then was said
     to end inside a record ("replay a good copy of the file"): told as a truncated download."""
+    import gzip
     import json
 
     p = tmp_path / "a.jsonl"
@@ -131,6 +132,10 @@ def test_a_pretty_printed_json_file_is_told_how_to_become_json_lines(tmp_path, c
     err = said(capsys)
     assert "one JSON document written over several lines" in err
     assert f"jq -c {jq} {p} > {tmp_path}/a.lines.jsonl" in err and "good copy" not in err
+    gz = tmp_path / "b.json.gz"  # (jq reads no gzip: a review)
+    gz.write_bytes(gzip.compress(json.dumps(doc, indent=2).encode()))
+    assert bare_replay(str(gz), "--out", str(tmp_path / "o.jsonl")) == 2
+    assert f"gzip -dc {gz} | jq -c {jq} > {tmp_path}/b.jsonl" in said(capsys)
 
 
 def test_a_folder_given_as_the_mapping_is_said_to_be_one(tmp_path, capsys):

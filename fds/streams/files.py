@@ -1096,12 +1096,15 @@ def _check_content(p: Path, fmt: str | None, declared: bool) -> None:
         # (each of its lines was a dead letter, then "the file ends inside a record": read
         # as a truncated download, a QA pass)
         what = "an array of records" if first == b"[" else "a record"
-        to = p.with_name(f"{p.stem}.jsonl")
-        to = to if to != p else p.with_name(f"{p.stem}.lines.jsonl")
+        gz = p.name.lower().endswith(".gz")  # (jq reads no gzip: a review)
+        stem = Path(p.stem).stem if gz else p.stem
+        to = p.with_name(f"{stem}.jsonl")
+        to = to if to != p else p.with_name(f"{stem}.lines.jsonl")
+        jq = f"jq -c '{'.[]' if first == b'[' else '.'}'"
         raise ConfigError(
             f"{p} is one JSON document written over several lines ({what}, pretty-printed), "
             "not JSON Lines (one record a line): convert it, e.g. "
-            f"jq -c '{'.[]' if first == b'[' else '.'}' {p} > {to}"
+            + (f"gzip -dc {p} | {jq} > {to}" if gz else f"{jq} {p} > {to}")
         )
 
 
