@@ -853,6 +853,12 @@ def invalid(p: Path, e: pydantic.ValidationError, model: Any, what: str) -> Conf
         msg = f"unknown key: {'did you mean ' + repr(close[0]) + '? ' if close else ''}" + (
             f"{has} {', '.join(known)}"
         )
+        key = err["loc"][-1]
+        if len(err["loc"]) == 1 and key in _MAPPABLE and "fields" in known:  # (a flat mapping
+            msg = (  # was told the keys a mapping has, not where its columns go: a QA pass)
+                f"unknown key: {key} is a field of fds: name the file's columns under "
+                f"`fields:` (fields: {{{key}: YOUR_COLUMN, ...}})"
+            )
     return ConfigError(f"{loc}: {msg}", where=f"{p}:{line}" if line else str(p))
 
 

@@ -82,6 +82,20 @@ def test_mapping_unknown_column_names_file_and_columns(tmp_path):
         list(read_records(tmp_path / "h.csv", mapping=load_mapping(tmp_path / "m.yaml")))
 
 
+def test_a_mapping_written_without_fields_is_told_where_its_columns_go(tmp_path):
+    """A QA pass: `tx_id: Id` at the top was told the keys a mapping has, not `fields:`."""
+    (tmp_path / "m.yaml").write_text("tx_id: Id\namount: Amt\n")
+    with pytest.raises(
+        ConfigError,
+        match=r"m.yaml:1: tx_id: unknown key: tx_id is a field of "
+        r"fds: name the file's columns under `fields:`",
+    ):
+        load_mapping(tmp_path / "m.yaml")
+    (tmp_path / "n.yaml").write_text("fields: {tx_id: Id}\ncolumns: x\n")  # (as before)
+    with pytest.raises(ConfigError, match=r"columns: unknown key: a mapping has"):
+        load_mapping(tmp_path / "n.yaml")
+
+
 def test_a_required_field_neither_mapped_nor_a_column_is_a_config_error(tmp_path):
     """Before, every row was dead-lettered (`card_id: Field required`) and the replay exited 0."""
     (tmp_path / "m.yaml").write_text(MAPPING.replace("  card_id: CUSTOMER_ID\n", ""))
