@@ -304,6 +304,14 @@ def _replay_file(args: argparse.Namespace, pushers: list[Pusher]) -> int:
             )
             return 2
     dlq_path = args.dlq or dlq_path_for(args.out)  # (after: --out . had no name, a traceback)
+    for flag, path in (("--out", args.out), ("--dlq", args.dlq)):
+        name = str(path or "").lower().removesuffix(".gz")
+        if name.endswith((".csv", ".tsv", ".parquet")):  # (a decisions.csv of JSON Lines was
+            say(  # read as CSV by whatever opened it next: a QA pass)
+                f"fds replay: warning: {flag} {path}: fds writes JSON Lines (one JSON object "
+                "a line) whatever the name: name it .jsonl",
+                logging.WARNING,
+            )
     # Files this run reads: an output over one truncated it (the input while the reader was
     # still in it; the rules or the mapping for the next run).
     reads = [

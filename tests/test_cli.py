@@ -106,6 +106,16 @@ def test_a_file_whose_bytes_say_another_format_than_its_name_is_refused(
     assert f"{p} {problem}" in capsys.readouterr().err
 
 
+def test_an_out_file_named_as_csv_is_told_it_holds_json_lines(tmp_path, capsys):
+    """A QA pass: `--out decisions.csv` wrote JSON Lines into a .csv name without a word."""
+    p = tmp_path / "x.jsonl"
+    p.write_text('{"tx_id": "t1", "ts": 1767225600, "card_id": "c", "amount": 5}\n')
+    assert bare_replay(str(p), "--out", str(tmp_path / "d.csv")) == 0
+    assert f"--out {tmp_path / 'd.csv'}: fds writes JSON Lines" in said(capsys)
+    assert bare_replay(str(p), "--out", str(tmp_path / "d.jsonl")) == 0
+    assert "fds writes JSON Lines" not in said(capsys)
+
+
 def test_a_json_array_is_told_how_to_become_json_lines(tmp_path, capsys):
     """A QA pass: a file of one JSON array was told to map its columns (no mapping can)."""
     p = tmp_path / "a.json"
