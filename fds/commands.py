@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import logging
 import math
+import re
 import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -539,12 +540,7 @@ def _replay_file(args: argparse.Namespace, pushers: list[Pusher]) -> int:
         stage = top.split(":", 1)[0]
         said = next((fix for mark, fix in _FIXES if mark in top), None)
         dated = "timestamp" in top  # (the columns are right: "map its columns" misled, a QA)
-        dates = (
-            "give timestamps as ISO 8601 or epoch seconds, or give the layout of others "
-            "(day-first 01/03/2026 08:04) in the --mapping: ts_format: '%d/%m/%Y %H:%M'"
-            if dated and said is None
-            else ""
-        )
+        dates = _ts_advice(top) if dated and said is None else ""
         guard = ", e.g. guard a rule that raises: `avg > 0 and amount / avg > 3`"
         check = (
             said
@@ -572,6 +568,39 @@ def _replay_file(args: argparse.Namespace, pushers: list[Pusher]) -> int:
 #: A reason that names a mapping option, and what to do when every record is dead-lettered
 #: for it (the advice was "convert the file" for an encoding the reason named, and named
 #: neither decimal: nor thousands: for a decimal comma: a QA pass).
+_DAY_TIME = re.compile(
+    r"timestamp '(\d{1,2})([/.-])(\d{1,2})\2(\d{4})([ T])\d{1,2}:\d{2}(:\d{2})?(\.\d+)?'"
+)
+
+
+def _ts_advice(reason: str) -> str:
+    """What to give for the times of a file whose every ``ts`` was refused: the layout of the
+    first one refused, as far as it tells (the same day-first layout was advised to every
+    file: one with seconds, or month-first, then failed again, a QA pass).
+
+    >>> _ts_advice("ts: timestamp '12/25/2026 08:04:13' is neither ...")[54:]
+    "ts_format: '%m/%d/%Y %H:%M:%S' (12/25/2026 08:04:13)"
+    """
+    m = _DAY_TIME.search(reason)
+    if m is None:
+        return (
+            "give timestamps as ISO 8601 or epoch seconds, or give the layout of others "
+            "(day-first 01/03/2026 08:04) in the --mapping: ts_format: '%d/%m/%Y %H:%M'"
+        )
+    a, sep, b, _, t, secs, frac = m.groups()
+    first, month_first = ("%m", "%d") if int(b) > 12 else ("%d", "%m")
+    layout = f"{first}{sep}{month_first}{sep}%Y{t}%H:%M" + (":%S" if secs else "")
+    layout += ".%f" if frac else ""
+    value = m.group(0).removeprefix("timestamp '").removesuffix("'")
+    either = "" if int(a) > 12 or int(b) > 12 else (
+        f"; or '{month_first}{sep}{first}{sep}%Y...' if the month comes first"
+    )  # fmt: skip
+    return (
+        "give the layout of the file's times in the --mapping: "
+        f"ts_format: '{layout}' ({value}{either})"
+    )
+
+
 _FIXES = (
     ("ts_format", "check the mapping's ts_format against the file's times"),
     # (the CSV reason's words: a JSON Lines reason names encodings too, and a --mapping's

@@ -440,8 +440,14 @@ def test_a_replay_that_decides_nothing_fails_and_says_why(tmp_path, capsys):
     assert "validate: ts: timestamp '...' is neither ISO 8601" in err
     assert "(2 records; the first: " in err
     assert "timestamp '01/03/2026 08:00:00'" in err
-    assert "(day-first 01/03/2026 08:04) in the --mapping: ts_format:" in err
+    # the layout of the first one refused, seconds included (a QA pass: the same day-first
+    # layout without seconds for every file, which then failed again)
+    assert "in the --mapping: ts_format: '%d/%m/%Y %H:%M:%S' (01/03/2026 08:00:00; or" in err
     assert "map its columns" not in err  # the columns are right (a QA pass)
+    us = tmp_path / "us.csv"  # month-first, told so
+    us.write_text("tx_id,ts,amount,card_id\na,12/25/2026 08:04,1,c\n")
+    assert bare_replay(str(us), "--out", str(tmp_path / "o.jsonl")) == 1
+    assert "ts_format: '%m/%d/%Y %H:%M' (12/25/2026 08:04)" in capsys.readouterr().err
     foreign = tmp_path / "f.jsonl"  # the columns are wrong: a mapping is the fix
     foreign.write_text('{"tx_id": "a", "ts": 1, "card_id": "c", "amount": -1}\n')
     assert bare_replay(str(foreign), "--out", str(tmp_path / "o.jsonl")) == 1
