@@ -135,6 +135,11 @@ class _Parser(argparse.ArgumentParser):
                     known, [a for a in argv if a.startswith("-") and a.split("=")[0] not in known]
                 )
             )
+        if self._hint is None and message.startswith("the following arguments are required"):
+            known = list(self._option_string_actions)  # (`fds simulate --dayz 3` was told only
+            self._hint = self._did_you_mean(  # that --out is required: a QA pass)
+                known, [a for a in argv if a.startswith("-") and a.split("=")[0] not in known]
+            )
         missing = message.removeprefix("the following arguments are required:")
         names = {n for a in subs for n in (a.dest, a.metavar, "{" + ",".join(a.choices) + "}")}
         if missing != message and {m.strip() for m in missing.split(", ")} <= names:

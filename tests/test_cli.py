@@ -778,6 +778,15 @@ def test_a_broker_timeout_or_data_dir_that_cannot_be_is_refused(capsys, tmp_path
     assert e.value.code == 2 and said in capsys.readouterr().err
 
 
+def test_a_mistyped_option_is_told_beside_a_required_one_missing(capsys):
+    """A QA pass: `fds simulate --dayz 3` was told only that --out is required."""
+    with pytest.raises(SystemExit) as e:
+        main(["simulate", "--dayz", "3"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "required: --out" in err
+    assert "(--dayz: did you mean --days?)" in err
+
+
 @pytest.mark.parametrize(
     ("argv", "hint"),
     [
