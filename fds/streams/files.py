@@ -382,18 +382,6 @@ class ColumnMapping(ReadOptions):
             out[field] = value if bound is not None else str(value)  # (mcc: 5411 is a text)
         return out
 
-    @field_validator("defaults")
-    @classmethod
-    def _defaults_not_mapped(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        fields = info.data.get("fields", {})
-        both = sorted(f for f in v if f in fields)
-        if both:
-            raise ValueError(
-                f"{both[0]} is also mapped onto the column {fields[both[0]]!r} under `fields:`: "
-                "keep one (a default fills only the rows that give no value)"
-            )
-        return v
-
     @property
     def csv_encoding(self) -> str:
         """How a CSV file is decoded: ``encoding``, or UTF-8 with its byte order mark skipped."""
