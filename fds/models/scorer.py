@@ -375,7 +375,10 @@ class ModelServer:
             raw = min(max(raw, 0.0), 1.0)
         s = self._probability(raw)
         shadow, shadow_version = math.nan, None
-        if self.challenger is not None and self._is_rejected(self.challenger_version):
+        if self.challenger is not None and (
+            self.challenger_version in self._rejected
+            or self.challenger_version in self._rolled_back
+        ):
             self._end_rejected()  # (its line rolled back: ended at once, not at a label judged
             # here, which a scorer may not see for hours while newer versions wait: a QA pass)
         if self.challenger is not None:
@@ -492,6 +495,15 @@ class ModelServer:
         self._parents[version] = entry.get("parent")
         if len(self._parents) > PARENTS_KEPT:
             del self._parents[next(iter(self._parents))]
+        if (
+            self._rolled_back
+            and self.champion is not None
+            and self.auto_promote
+            and any(self._learned_from(version, back) for back in self._rolled_back)
+        ):  # (prepared by the watcher before the rollback's write landed: a review)
+            self._roll_back({version})
+            log.info("model %s not contested: learned from a version rolled back", version)
+            return
         if self.champion is None or not self.auto_promote:
             why = "first version" if self.champion is None else "newest"
             self._set_champion(version, model, why, entry)
@@ -669,6 +681,15 @@ class ModelServer:
         self._manifest_parents = {
             **(m.get("parents") or {}), **{v: e.get("parent") for v, e in m["versions"].items()}
         }  # fmt: skip
+
+    def _roll_back(self, versions: set[str]) -> None:
+        """``versions`` are of a line rolled back here: none is contested (kept, not pruned
+        when the registry rejects them: a watcher's stale read could then undo both, a
+        review; the newest PARENTS_KEPT)."""
+        kept = self._rolled_back | versions
+        if len(kept) > PARENTS_KEPT:
+            kept = frozenset(sorted(kept, key=seq_of)[-PARENTS_KEPT:])
+        self._rolled_back = kept
 
     def _is_rejected(self, version: str | None) -> bool:
         """Is ``version`` rejected, in the registry or by a rollback here (its line)?"""
@@ -1058,8 +1079,6 @@ class ModelServer:
         by a lost probation), so that the next version, learned from the restored champion,
         starts its own at once rather than after the doomed one's verdict. On the decision
         thread: at a rollback here, and at the next label after the registry said so."""
-        if self._rolled_back:  # (the registry rejects them now: its view governs, and one
-            self._rolled_back -= self._rejected  # un-rejected later by hand is not held back)
         c = self.contest
         if c is None or not self._is_rejected(c.candidate):
             return False
@@ -1132,10 +1151,10 @@ class ModelServer:
             self._emit("rollback", info)
             back = p.incumbent
             queued = self._queued[0] if self._queued is not None else None
-            self._rolled_back |= {back} | {
+            self._roll_back({back} | {
                 v for v in (self.challenger_version, queued)
                 if v is not None and self._learned_from(v, back)
-            }  # fmt: skip
+            })  # fmt: skip
             self._end_rejected()
         else:
             self._emit("confirm", info)
@@ -1154,7 +1173,7 @@ class ModelServer:
         if not line or pub is None:
             return
         t.go_on_from(pub.version, load_verified(pub.data, sha256=pub.entry["sha256"]), pub.entry)
-        self._rolled_back |= frozenset(line)  # (its contest ends, a queued one is dropped)
+        self._roll_back(set(line))  # (its contest ends, a queued one is dropped)
         log.warning(
             'version "%s" was rolled back: learning goes on from "%s" (%d versions dropped)',
             back, pub.version, len(line),

@@ -253,7 +253,10 @@ def _same(x: Any, y: Any) -> bool:
     if type(x) in (int, float) and type(y) is str:
         t = y.strip()
         if _INTEGER.fullmatch(t):
-            return x == int(t)
+            try:
+                return x == int(t)
+            except ValueError:  # (over Python's 4,300 digits: no number here, a review)
+                return False
         v = num(y)
         return v == v and x == v
     return bool(x == y)

@@ -544,7 +544,11 @@ class ColumnMapping(ReadOptions):
         if not self._more:
             return out
         if self.defaults:
-            out = {**out, **{k: v for k, v in self.defaults.items() if out.get(k) is None}}
+            fill = {k: v for k, v in self.defaults.items() if out.get(k) is None}
+            if ("lat" in fill) != ("lon" in fill) and {"lat", "lon"} <= self.defaults.keys():
+                fill.pop("lat", None)  # a place is both or neither: half the row's own and
+                fill.pop("lon", None)  # half a default is nowhere (a review)
+            out = {**out, **fill}
         nested = self._label_path  # (a dotted label column that is no column: a nested field)
         if nested is not None and nested[0] not in row:
             v = self._dig(row, nested[1])

@@ -2047,6 +2047,8 @@ class Runner:
             self.metrics.events_consumed("kafka", len(batch))  # (it trailed them: a QA pass)
         feed = self.labels
         due = feed.due if feed is not None else math.inf  # labels wait for this event time
+        # labels waiting for their transaction (replaced between batches only)
+        held_for, early_for = (feed.waiting, feed.early) if feed is not None else ({}, {})
         plan = self.engine.features
         tag = getattr(plan, "provenance", False)  # each event's input partition, recorded
         for tp, msg, tx in batch:
@@ -2068,7 +2070,9 @@ class Runner:
                     folds += 1
                     if tx.__class__ is not _Bad:
                         self._fold(tx)
-                        if feed is not None and feed.awaits(tx["tx_id"]):
+                        if feed is not None and (
+                            tx["tx_id"] in feed.waiting or tx["tx_id"] in feed.early
+                        ):
                             feed.reached(tx["tx_id"])  # its labels count from then on
                             due = feed.due
                     # committed already: a checkpoint may say the state covers it
@@ -2089,7 +2093,9 @@ class Runner:
                         del found[tp]
                     self._fold(tx)
                     self.stats.found_decided += 1
-                    if feed is not None and feed.awaits(tx["tx_id"]):
+                    if feed is not None and (
+                        tx["tx_id"] in feed.waiting or tx["tx_id"] in feed.early
+                    ):
                         feed.reached(tx["tx_id"])
                         due = feed.due
                     continue
@@ -2113,7 +2119,7 @@ class Runner:
             if msg.key != key:
                 self._keyed_otherwise(msg)
             out.append((value, key, tp.partition if copart and tp.partition < n_out else None))
-            if feed is not None and feed.awaits(tx["tx_id"]):
+            if feed is not None and (tx["tx_id"] in held_for or tx["tx_id"] in early_for):
                 feed.reached(tx["tx_id"])  # its labels count from then on, in this batch too
                 due = feed.due  # (outside the try: a label's failure is no decision's)
         if self.labels is not None and batch:  # how far the input has been decided (labels

@@ -127,10 +127,10 @@ class LabelFeed:
         # labels ahead of the decisions' event time: (ts, arrival, label), earliest first
         self._later: list[tuple[float, int, dict[str, Any]]] = []
         #: Labels dated before their transaction, which is not decided yet, by tx_id: they
-        #: wait for it (:meth:`reached`) up to EARLY_WAIT_S of event time past their own; in
-        #: the order they began to wait, for that (some waited for already); how many wait.
+        #: wait for it (:meth:`reached`) up to EARLY_WAIT_S of event time past their own; by
+        #: their time, for that (some reached already: skipped then); how many wait.
         self.early: dict[str, list[dict[str, Any]]] = {}
-        self._early_order: deque[dict[str, Any]] = deque()
+        self._early_heap: list[tuple[float, int, dict[str, Any]]] = []
         self._early_n = 0
         self._seq = itertools.count()
         #: The event time of the earliest label waiting for the decisions to pass it (inf: none).
@@ -160,7 +160,7 @@ class LabelFeed:
         self.waiting.clear()
         self._done.clear()
         self.early.clear()  # (read again below)
-        self._early_order.clear()
+        self._early_heap.clear()
         self._early_n = 0
         self._later.clear()  # (read again below)
         self.due = math.inf
@@ -231,30 +231,34 @@ class LabelFeed:
         to fold, as ``fds run`` decides): the labels that waited for it count from the next
         transaction after their own time (:meth:`release`), inside the batch too (found by a
         review: between batches only, so one input gave other decisions with other poll
-        sizes). ``fds run`` calls it for a transaction in :attr:`waiting` only."""
-        labels = self.waiting.pop(tx_id, None) if self.waiting else None
+        sizes). ``fds run`` calls it for a transaction in :attr:`waiting` or :attr:`early`
+        only."""
+        held = self.waiting.pop(tx_id, None) if self.waiting else None
         early = self.early.pop(tx_id, None) if self.early else None
-        if early:  # (dated before it: applied now, right after it)
-            self._early_n -= len(early)
-            labels = [*(labels or ()), *early]
-        if not labels:
-            return 0
-        for label in labels:
+        n = 0
+        for label in held or ():
             self._when_due(label)
-            self._done.add(id(label))  # (still held: skipped there)
-        return len(labels)
+            self._done.add(id(label))  # (still held, so alive: skipped there)
+            n += 1
+        if early:  # (dated before it: applied now, right after it; not held, so no id kept:
+            self._early_n -= len(early)  # one freed and reused by a new label skipped it,
+            for label in early:  # a review)
+                self._when_due(label)
+                n += 1
+        return n
 
     def awaits(self, tx_id: str) -> bool:
-        """Do labels wait for transaction ``tx_id`` (:meth:`reached` to be called)?"""
+        """Do labels wait for transaction ``tx_id`` (:meth:`reached` to be called)? (fds run
+        looks the two up itself, per event.)"""
         return tx_id in self.waiting or tx_id in self.early
 
     def release(self, t: float) -> float:
         """A transaction of event time ``t`` is about to be decided or folded: apply the labels
         that waited for the decisions to pass them (``ts < t``, as a replay learns them), and
         return the new :attr:`due`."""
-        later, early, knows = self._later, self._early_order, self.plan.knows
-        while early and early[0]["ts"] + EARLY_WAIT_S < t:
-            self._unmatched(early.popleft())
+        later, early, knows = self._later, self._early_heap, self.plan.knows
+        while early and early[0][0] + EARLY_WAIT_S < t:
+            self._unmatched(heapq.heappop(early)[2])
         while later and later[0][0] < t:
             label = heapq.heappop(later)[2]
             if knows(label["tx_id"]):
@@ -271,18 +275,19 @@ class LabelFeed:
             return
         self.early.setdefault(label["tx_id"], []).append(label)
         self._early_n += 1
-        order = self._early_order
-        order.append(label)
-        if len(order) > 2 * MAX_HELD:  # (those reached meanwhile, dropped: bounded)
-            waiting = {id(x) for labels in self.early.values() for x in labels}
-            self._early_order = deque(x for x in order if id(x) in waiting)
+        heap = self._early_heap
+        heapq.heappush(heap, (label["ts"], next(self._seq), label))
+        if len(heap) > 2 * MAX_HELD:  # (those reached meanwhile, dropped: bounded)
+            heap[:] = [(x["ts"], next(self._seq), x) for xs in self.early.values() for x in xs]
+            heapq.heapify(heap)
+        self._next_due()  # (its wait's end: parked by a poll, it never ended, a review)
 
     def _next_due(self) -> float:
         """:attr:`due`: the earliest label waiting for the decisions to pass its time, or an
         early one's wait for its transaction ending."""
-        later, early = self._later, self._early_order
+        later, early = self._later, self._early_heap
         self.due = min(later[0][0] if later else math.inf,
-                       early[0]["ts"] + EARLY_WAIT_S if early else math.inf)  # fmt: skip
+                       early[0][0] + EARLY_WAIT_S if early else math.inf)  # fmt: skip
         return self.due
 
     def _unmatched(self, label: dict[str, Any]) -> None:

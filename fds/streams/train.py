@@ -651,6 +651,7 @@ class TrainService:
                     self._process(batch)
                 self._commit_if_due()  # (what an idle pass left to checkpoint)
                 self._send_lifecycle()  # (a promote or rollback there: one stat when none)
+                self._bad_lines.tick(now)  # (a burst's count, said within its minute: a review)
                 # the broker asked while labels wait for their decisions too (they may wait
                 # minutes: an outage then went unsaid, a review); the pass's work is no idle
                 # time (a slow one was, while positions were waited for)

@@ -250,6 +250,9 @@ def test_a_rollback_ends_the_contest_of_a_version_learned_from_the_rolled_back_o
     # labels of the next moment promoted v3, which then scored 111 decisions): the next
     # labels do not promote it, and the next version does not wait for its verdict
     assert srv.challenger is None and srv.contest is None
+    late = reg.publish(FeatureModel("f_a"), spec={"name": "t"}, parent=line)  # prepared before
+    srv.offer(Publication(late["version"], *reg.load_bytes(late["version"])))  # the write
+    assert srv.challenger is None  # of the line too: not contested (a review)
     s.run(60, {"f_a": 1.0, "f_b": 1.0})
     assert srv.version == "v000001" and line not in s.versions
     if watch:

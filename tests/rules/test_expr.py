@@ -349,6 +349,7 @@ ALLOWED_EXACT = {
     "_isin_flag",
     "_isin_text",
     "_order",
+    "_same",
     "_truth",
     "_Missing",
     "v",
@@ -607,6 +608,7 @@ def _outcome(src: str, extra: dict) -> str:
         ("extra.a == extra.b", {"a": "12345678901234567890", "b": "12345678901234567891"}, "miss"),
         ("extra.a == extra.b", {"a": 12345678901234567891, "b": "12345678901234567890"}, "miss"),
         ("extra.a == extra.b", {"a": "02134", "b": "2134"}, "miss"),
+        ("extra.a == extra.b", {"a": 7, "b": "1" * 5000}, "miss"),  # (int() refuses it)
         ("extra.a == extra.b", {"a": "NA", "b": "NA"}, "hit"),
         ("extra.a == extra.b", {"a": "x", "b": 7}, "miss"),
     ],

@@ -275,6 +275,18 @@ def test_defaults_fill_the_fields_a_row_does_not_give(tmp_path):
     assert m.apply({"channel": None})["channel"] == "pos"  # a JSON null too
 
 
+def test_a_default_place_fills_a_row_without_one_not_half_of_one(tmp_path):
+    """A review: lat and lon filled one by one put a row with one of them at half its own
+    place and half the default's."""
+    m = mapping(tmp_path, "defaults: {lat: 52.5, lon: 13.4}\n")
+    (tmp_path / "d.csv").write_text(
+        "tx_id,ts,card_id,amount,lat,lon\na,2026-01-01,c,5,,\nb,2026-01-01,c,5,48.1,\n"
+    )
+    recs = [r[1] for r in read_records(tmp_path / "d.csv", mapping=m)]
+    assert (recs[0]["lat"], recs[0]["lon"]) == (52.5, 13.4)
+    assert recs[1]["lat"] == "48.1" and recs[1].get("lon") is None
+
+
 def test_a_default_fills_the_empty_cells_of_a_mapped_column(tmp_path):
     """A QA pass: a default for a field mapped onto a column was refused, so a bank export's
     channel column with gaps could not be filled (only a column named as the field could)."""

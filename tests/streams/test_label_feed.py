@@ -236,10 +236,12 @@ def test_a_label_dated_before_its_transaction_read_behind_the_decisions_waits_fo
     feed = LabelFeed(c, "labels", p)
     feed.rewind(input_ms=NOW_MS)
     assert feed.awaits("a2") and p.unmatched_labels == 0
+    assert feed.due == 1_767_225_500.0 + EARLY_WAIT_S  # (its wait ends: it was inf, a review)
     feed.rewind(input_ms=NOW_MS)  # read again (a restore): still waits
     assert feed.awaits("a2") and p.unmatched_labels == 0
     p.compute(tx("a2", 1_767_225_700.0))
     assert feed.reached("a2") == 1
+    assert not feed._done  # (no id of a label not held: reused by a new one, it skipped it)
     assert p.compute(tx("a3", 1_767_225_800.0))["m_frauds"] == 1 and p.unmatched_labels == 0
     old = plan()  # a day and more behind the decisions: it can no longer come
     old.compute(tx("w", 1_767_225_501.0 + EARLY_WAIT_S))
