@@ -1005,10 +1005,13 @@ class TrainService:
         # of every decision read after: nothing was learned or published again (a QA pass).
         # Only decisions quiet for label_max_wait_s are the end of them.
         stored = self.trainer.store.get(label["tx_id"]) is not None
-        if (
-            self._decisions_idle(self.label_wait_s if stored else self.label_max_wait_s)
-            or self._decisions_cover(ts)
-            or (stored and self._decisions_cover(ts - self.trainer.spec.learn.assume_legit_after))
+        # Every input it lets be assumed legitimate is read, by the bound the assumptions
+        # themselves take (_decisions_to): each partition's newest less DECISIONS_SKEW_S. (Its
+        # own test, each partition's newest alone, let a label within those 5 minutes be
+        # learned before the assumptions due before it, in one run and not another: a QA pass.)
+        read = self._decisions_to() >= ts - self.trainer.spec.learn.assume_legit_after
+        if self._decisions_idle(self.label_wait_s if stored else self.label_max_wait_s) or (
+            read and (stored or self._decisions_cover(ts))
         ):
             self._waiting.pop(tp, None)
             return True
