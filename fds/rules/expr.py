@@ -225,10 +225,10 @@ def _order(x: Any, y: Any, op: Callable[[Any, Any], bool]) -> bool:
     Traceback (most recent call last):
     fds.rules.expr.MissingName: high
     """
-    if type(x) is str:
-        x = v if (v := num(x)) == v else x  # text that reads as a finite number: that number
+    if type(x) is str:  # text that reads as a finite number: that number (exactly: _read)
+        x = v if (v := _read(x)) is not None else x
     if type(y) is str:
-        y = v if (v := num(y)) == v else y
+        y = v if (v := _read(y)) is not None else y
     if type(x) is str and type(y) is str:
         return op(x, y)
     if type(y) in (list, dict):  # (the same error as the left side's: it depended on which)
@@ -251,18 +251,30 @@ def _same(x: Any, y: Any) -> bool:
     if type(x) is str and type(y) in (int, float):
         x, y = y, x
     if type(x) in (int, float) and type(y) is str:
-        t = y.strip()
-        if _INTEGER.fullmatch(t):
-            try:
-                return x == int(t)
-            except ValueError:  # (over Python's 4,300 digits: no number here, a review)
-                return False
-        v = num(y)
-        return v == v and x == v
+        v = _read(y)
+        return v is not None and x == v
     return bool(x == y)
 
 
 _INTEGER = re.compile(r"[-+]?\d+")
+
+
+def _read(text: str) -> int | float | None:
+    """The number ``text`` reads as, exactly: an integer's text as that integer (20-digit ids
+    read as floats were equal to, and ordered as, their neighbours: a review), other text as
+    :func:`num` reads it; None where it reads as no finite number.
+
+    >>> _read("12345678901234567891"), _read(" 7.5 "), _read("high")
+    (12345678901234567891, 7.5, None)
+    """
+    t = text.strip()
+    if _INTEGER.fullmatch(t):
+        try:
+            return int(t)
+        except ValueError:  # (over Python's 4,300 digits: no number here, a review)
+            return None
+    v = num(text)
+    return v if v == v else None
 
 
 def _truth(x: Any) -> bool:

@@ -609,6 +609,9 @@ def _outcome(src: str, extra: dict) -> str:
         ("extra.a == extra.b", {"a": 12345678901234567891, "b": "12345678901234567890"}, "miss"),
         ("extra.a == extra.b", {"a": "02134", "b": "2134"}, "miss"),
         ("extra.a == extra.b", {"a": 7, "b": "1" * 5000}, "miss"),  # (int() refuses it)
+        # ... and ordered as exactly (as floats, each was <= and >= the other: a QA pass)
+        ("extra.a < extra.b", {"a": "12345678901234567890", "b": "12345678901234567891"}, "hit"),
+        ("extra.a <= extra.b", {"a": 12345678901234567890, "b": "12345678901234567890"}, "hit"),
         ("extra.a == extra.b", {"a": "NA", "b": "NA"}, "hit"),
         ("extra.a == extra.b", {"a": "x", "b": 7}, "miss"),
     ],
