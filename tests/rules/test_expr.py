@@ -609,6 +609,7 @@ def _outcome(src: str, extra: dict) -> str:
         ("extra.a == extra.b", {"a": 12345678901234567891, "b": "12345678901234567890"}, "miss"),
         ("extra.a == extra.b", {"a": "02134", "b": "2134"}, "miss"),
         ("extra.a == extra.b", {"a": 7, "b": "1" * 5000}, "miss"),  # (int() refuses it)
+        ("extra.a == 1000", {"a": "1_000"}, "miss"),  # (Python's syntax is no number: a QA)
         # ... and ordered as exactly (as floats, each was <= and >= the other: a QA pass)
         ("extra.a < extra.b", {"a": "12345678901234567890", "b": "12345678901234567891"}, "hit"),
         ("extra.a <= extra.b", {"a": 12345678901234567890, "b": "12345678901234567890"}, "hit"),
