@@ -201,6 +201,15 @@ class MemoryStore:
 WAL_LIMIT = 16 * 2**20
 
 
+def canonical_pickle(model: Any) -> bytes:
+    """``model`` pickled as any model equal to it is: pickled, read back and pickled again, so
+    that how its strings are shared (a model restored from a checkpoint holds its own copies
+    where a fresh one shares them) does not change the bytes (a trainer restarted from its
+    checkpoint published the same model under another sha256: a QA pass)."""
+    once = pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
+    return pickle.dumps(pickle.loads(once), protocol=pickle.HIGHEST_PROTOCOL)
+
+
 def _pop_older(
     d: dict[str, Any], order: collections.deque[tuple[str, Any]], cutoff: float
 ) -> list[tuple[str, Any]]:
@@ -626,7 +635,7 @@ class Trainer:
         now = self.now if now is None else now
         if self._broken(now):
             return None
-        data = pickle.dumps(self.model, protocol=pickle.HIGHEST_PROTOCOL)
+        data = canonical_pickle(self.model)
         meta: dict[str, Any] = {
             "spec": self.spec.to_dict(),
             "parent": self.parent,
