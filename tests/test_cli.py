@@ -117,13 +117,18 @@ def test_an_out_file_named_as_csv_is_told_it_holds_json_lines(tmp_path, capsys):
 
 
 def test_a_json_array_is_told_how_to_become_json_lines(tmp_path, capsys):
-    """A QA pass: a file of one JSON array was told to map its columns (no mapping can)."""
+    """A QA pass: a file of one JSON array was told to map its columns (no mapping can); it
+    is refused at once (it was all dead letters, exit 1, where a pretty one exits 2: a QA)."""
     p = tmp_path / "a.json"
     p.write_text('[{"tx_id": "t1", "ts": 1767225600, "card_id": "c", "amount": 5}]\n')
-    assert bare_replay(str(p), "--out", str(tmp_path / "o.jsonl")) == 1
+    assert bare_replay(str(p), "--out", str(tmp_path / "o.jsonl")) == 2
     err = said(capsys)
-    assert "the file holds JSON arrays: fds reads JSON Lines" in err and "jq -c" in err
-    assert "map its columns" not in err
+    assert "is an array of records on one line, not JSON Lines" in err
+    assert f"jq -c '.[]' {p} > {tmp_path}/a.jsonl" in err and "map its columns" not in err
+    later = tmp_path / "b.jsonl"  # (an array further down: its records dead letters, told)
+    row = '{"tx_id": "t0", "ts": 1767225600, "card_id": "c", "amount": 5}'
+    later.write_text(f"{row}\n[{row}]\n")
+    assert bare_replay(str(later), "--out", str(tmp_path / "o.jsonl")) == 0
 
 
 @pytest.mark.parametrize(
@@ -142,6 +147,11 @@ def test_a_pretty_printed_json_file_is_told_how_to_become_json_lines(tmp_path, c
     err = said(capsys)
     assert "one JSON document written over several lines" in err
     assert f"jq -c {jq} {p} > {tmp_path}/a.lines.jsonl" in err and "good copy" not in err
+    wrapped = tmp_path / "w.json"  # records under a key: told where they are (a QA pass)
+    wrapped.write_text(json.dumps({"transactions": [doc] if isinstance(doc, dict) else doc}))
+    wrapped.write_text(json.dumps(json.loads(wrapped.read_text()), indent=2))
+    assert bare_replay(str(wrapped), "--out", str(tmp_path / "o.jsonl")) == 2
+    assert f"jq -c '.transactions[]' {wrapped}" in said(capsys)
     gz = tmp_path / "b.json.gz"  # (jq reads no gzip: a review)
     gz.write_bytes(gzip.compress(json.dumps(doc, indent=2).encode()))
     assert bare_replay(str(gz), "--out", str(tmp_path / "o.jsonl")) == 2

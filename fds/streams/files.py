@@ -1090,20 +1090,57 @@ def _check_content(p: Path, fmt: str | None, declared: bool) -> None:
             f"{fmt or 'no known format'}: rename it to {p.stem}.parquet"
             + (" and drop `format:` from the mapping" if declared else "")
         )
-    if fmt == "jsonl" and (first := _first_line(p)) in (b"[", b"{"):
+    first = _first_line(p) if fmt == "jsonl" else None
+    one_line = first is not None and first[:1] == b"[" and _json_list(first)
+    if first in (b"[", b"{") or one_line:
         # (each of its lines was a dead letter, then "the file ends inside a record": read
-        # as a truncated download, a QA pass)
-        what = "an array of records" if first == b"[" else "a record"
+        # as a truncated download, a QA pass; an array on one line, all dead letters, exit 1)
+        what = (
+            "an array of records on one line" if one_line
+            else "one JSON document written over several lines (an array of records, "
+            "pretty-printed)" if first == b"["
+            else "one JSON document written over several lines (pretty-printed)"
+        )  # fmt: skip
         gz = p.name.lower().endswith(".gz")  # (jq reads no gzip: a review)
         stem = Path(p.stem).stem if gz else p.stem
         to = p.with_name(f"{stem}.jsonl")
         to = to if to != p else p.with_name(f"{stem}.lines.jsonl")
-        jq = f"jq -c '{'.[]' if first == b'[' else '.'}'"
+        jq = f"jq -c '{'.[]' if first != b'{' else _records_path(p)}'"
         raise ConfigError(
-            f"{p} is one JSON document written over several lines ({what}, pretty-printed), "
-            "not JSON Lines (one record a line): convert it, e.g. "
+            f"{p} is {what}, not JSON Lines (one record a line): convert it, e.g. "
             + (f"gzip -dc {p} | {jq} > {to}" if gz else f"{jq} {p} > {to}")
         )
+
+
+def _json_list(line: bytes) -> bool:
+    """Is ``line`` a JSON array?"""
+    try:
+        return isinstance(orjson.loads(line), list)
+    except orjson.JSONDecodeError:
+        return False
+
+
+#: The largest pretty-printed JSON document read whole to find where its records are.
+_DOC_READ = 64 * 2**20
+
+
+def _records_path(p: Path) -> str:
+    """The jq path of the records of the pretty-printed JSON object in ``p``: ``.KEY[]``
+    when one of its keys holds a list of objects (``{"transactions": [...]}``: told `.`, one
+    record of them all, a QA pass), else ``.`` (the object is a record)."""
+    try:
+        if p.stat().st_size <= _DOC_READ:
+            with open_text(p, "rb") as f:
+                doc = orjson.loads(f.read())
+            lists = [
+                k for k, v in (doc.items() if isinstance(doc, dict) else ())
+                if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)
+            ]  # fmt: skip
+            if len(lists) == 1 and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", lists[0]):
+                return f".{lists[0]}[]"
+    except (OSError, orjson.JSONDecodeError, *_FAULTS):
+        pass
+    return "."
 
 
 def _first_line(p: Path) -> bytes | None:
