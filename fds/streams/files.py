@@ -1091,7 +1091,7 @@ def _check_content(p: Path, fmt: str | None, declared: bool) -> None:
             + (" and drop `format:` from the mapping" if declared else "")
         )
     first = _first_line(p) if fmt == "jsonl" else None
-    one_line = first is not None and first[:1] == b"[" and _json_list(first)
+    one_line = first is not None and first[:1] == b"[" and _json_records(first)
     if first in (b"[", b"{") or one_line:
         # (each of its lines was a dead letter, then "the file ends inside a record": read
         # as a truncated download, a QA pass; an array on one line, all dead letters, exit 1)
@@ -1112,12 +1112,14 @@ def _check_content(p: Path, fmt: str | None, declared: bool) -> None:
         )
 
 
-def _json_list(line: bytes) -> bool:
-    """Is ``line`` a JSON array?"""
+def _json_records(line: bytes) -> bool:
+    """Is ``line`` a JSON array of records (objects)? (One of other values, ``[1, 2, 3]``, is a
+    bad record of a JSON Lines file, dead-lettered with its content.)"""
     try:
-        return isinstance(orjson.loads(line), list)
+        doc = orjson.loads(line)
     except orjson.JSONDecodeError:
         return False
+    return isinstance(doc, list) and bool(doc) and all(isinstance(x, dict) for x in doc)
 
 
 #: The largest pretty-printed JSON document read whole to find where its records are.
