@@ -588,12 +588,13 @@ def _ts_advice(reason: str) -> str:
             "(day-first 01/03/2026 08:04) in the --mapping: ts_format: '%d/%m/%Y %H:%M'"
         )
     a, sep, b, _, t, secs, frac = m.groups()
-    first, month_first = ("%m", "%d") if int(b) > 12 else ("%d", "%m")
-    layout = f"{first}{sep}{month_first}{sep}%Y{t}%H:%M" + (":%S" if secs else "")
+    # the codes of the first and second numbers: month-first where the second is past 12
+    one, two = ("%m", "%d") if int(b) > 12 else ("%d", "%m")
+    layout = f"{one}{sep}{two}{sep}%Y{t}%H:%M" + (":%S" if secs else "")
     layout += ".%f" if frac else ""
     value = m.group(0).removeprefix("timestamp '").removesuffix("'")
     either = "" if int(a) > 12 or int(b) > 12 else (
-        f"; or '{month_first}{sep}{first}{sep}%Y...' if the month comes first"
+        f"; or '{two}{sep}{one}{sep}%Y...' if the month comes first"
     )  # fmt: skip
     return (
         "give the layout of the file's times in the --mapping: "

@@ -499,7 +499,7 @@ class ModelServer:
             self._rolled_back
             and self.champion is not None
             and self.auto_promote
-            and any(self._learned_from(version, back) for back in self._rolled_back)
+            and self._rolled_back & self._line_of(version)
         ):  # (prepared by the watcher before the rollback's write landed: a review)
             self._roll_back({version})
             log.info("model %s not contested: learned from a version rolled back", version)
@@ -695,18 +695,17 @@ class ModelServer:
         """Is ``version`` rejected, in the registry or by a rollback here (its line)?"""
         return version in self._rejected or version in self._rolled_back
 
-    def _learned_from(self, version: str, back: str) -> bool:
-        """Did ``version`` learn on from ``back`` (``back`` among its ancestors, or itself)? As
-        the registry rejects a rolled-back line (:func:`fds.models.registry.line_of`)."""
-        parents = {**self._manifest_parents, **self._parents}
-        seen: set[str] = set()
+    def _line_of(self, version: str) -> set[str]:
+        """``version`` and the versions it learned on from (its ancestors), by the parents of
+        the versions offered here and of the registry's: a rollback of any of them rejects it,
+        as the registry does (:func:`fds.models.registry.line_of`)."""
+        parents = self._manifest_parents | self._parents
+        line: set[str] = set()
         v: str | None = version
-        while v is not None and v not in seen:
-            if v == back:
-                return True
-            seen.add(v)
+        while v is not None and v not in line:
+            line.add(v)
             v = parents.get(v)
-        return False
+        return line
 
     def _writing(self) -> bool:
         """Is a verdict of ours still on its way to the registry (watch mode)?"""
@@ -1153,7 +1152,7 @@ class ModelServer:
             queued = self._queued[0] if self._queued is not None else None
             self._roll_back({back} | {
                 v for v in (self.challenger_version, queued)
-                if v is not None and self._learned_from(v, back)
+                if v is not None and back in self._line_of(v)
             })  # fmt: skip
             self._end_rejected()
         else:

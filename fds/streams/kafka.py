@@ -2071,7 +2071,7 @@ class Runner:
                     if tx.__class__ is not _Bad:
                         self._fold(tx)
                         if feed is not None and (
-                            tx["tx_id"] in feed.waiting or tx["tx_id"] in feed.early
+                            tx["tx_id"] in held_for or tx["tx_id"] in early_for
                         ):
                             feed.reached(tx["tx_id"])  # its labels count from then on
                             due = feed.due
@@ -2093,9 +2093,7 @@ class Runner:
                         del found[tp]
                     self._fold(tx)
                     self.stats.found_decided += 1
-                    if feed is not None and (
-                        tx["tx_id"] in feed.waiting or tx["tx_id"] in feed.early
-                    ):
+                    if feed is not None and (tx["tx_id"] in held_for or tx["tx_id"] in early_for):
                         feed.reached(tx["tx_id"])
                         due = feed.due
                     continue
