@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import hashlib
 import hmac
 import json
@@ -327,9 +328,10 @@ def canary(
 
 
 def load_verified(
-    data: bytes, *, sha256: str, signature: str | None = None, key: bytes | None = None
-) -> Any:
-    """Unpickle ``data`` only after :func:`verify` passes.
+    data: bytes, *, sha256: str, signature: str | None = None, key: bytes | None = None,
+    then: Callable[[], None] | None = None,
+) -> Any:  # fmt: skip
+    """Unpickle ``data`` only after :func:`verify` passes (and ``then``, a further check).
 
     >>> blob = pickle.dumps([1, 2])
     >>> load_verified(blob, sha256=hashlib.sha256(blob).hexdigest())
@@ -340,6 +342,8 @@ def load_verified(
     fds.errors.ArtifactError: artifact sha256 mismatch: the file is corrupt or was altered
     """
     verify(data, sha256=sha256, signature=signature, key=key)
+    if then is not None:
+        then()
     try:
         return pickle.loads(data)
     except Exception as e:
@@ -568,10 +572,15 @@ class Registry:
             raise self._naming(version, e) from e
 
     def load(self, version: str) -> Any:
-        """The model of ``version``, verified (sha256, HMAC when keyed) before unpickling."""
+        """The model of ``version``, verified (sha256, HMAC when keyed, and then its entry's
+        signed fields: the manifest is a file too, and an old artifact copied under a new id
+        with invented counts and legit rate was served, a QA pass) before unpickling."""
         data, e = self.load_bytes(version)
         try:
-            return load_verified(data, sha256=e["sha256"], signature=e.get("hmac"), key=self.key)
+            return load_verified(
+                data, sha256=e["sha256"], signature=e.get("hmac"), key=self.key,
+                then=functools.partial(self.check_fields, e),
+            )  # fmt: skip
         except ArtifactError as exc:
             raise self._naming(version, exc) from exc
 
@@ -680,19 +689,22 @@ class Registry:
         self.check_fields(fields)
 
     def check_fields(self, fields: Mapping[str, Any]) -> None:
-        """Raise :class:`ArtifactError` unless the announced fields carry this registry's
-        signature (``fields_hmac``; nothing to check without a key)."""
+        """Raise :class:`ArtifactError` unless the fields of a version (announced, or its
+        manifest entry) carry this registry's signature (``fields_hmac``; nothing to check
+        without a key)."""
         version = str(fields.get("version"))
         signed, key = fields.get("fields_hmac"), self.key
         if key and not signed:
             raise ArtifactError(
                 f"announced fields of {version} are not signed but {KEY_ENV} is set: its id "
-                "and counts cannot be trusted (a trainer older than fields_hmac: upgrade it)"
+                "and counts cannot be trusted (a trainer older than fields_hmac: upgrade it, "
+                "and publish again)"
             )
         if key and not hmac.compare_digest(sign_fields(fields, key), str(signed)):
             raise ArtifactError(
                 f"announced fields of {version} do not match their signature (its id, "
-                "counts or evaluation were altered): refused"
+                "counts or evaluation were altered, in its announcement or the registry's "
+                "manifest.json): refused"
             )
 
     def import_version(

@@ -450,11 +450,13 @@ class Trainer:
         self.store.put(tx["tx_id"], ts, x)
         self.advance(ts)
 
-    def on_label(self, label: Mapping[str, Any]) -> bool:
-        """Learn one label; ``True`` if it was joined and learned (or sampled out)."""
+    def on_label(self, label: Mapping[str, Any], *, join: bool = True) -> bool:
+        """Learn one label; ``True`` if it was joined and learned (or sampled out). With
+        ``join=False`` it is counted as unjoined whatever the store holds (fds train: a label
+        dated more than a day before the transaction it names)."""
         self.stats["labels_seen"] += 1
         self.advance(event_time(label["ts"]))
-        got = self.store.get(label["tx_id"])
+        got = self.store.get(label["tx_id"]) if join else None
         y = bool(label["is_fraud"])
         if got is None:  # the same label again (a producer's retry, counted unjoined: its alert
             # fired, a QA pass) is repeated; a legit one after a fraud finds no input to learn

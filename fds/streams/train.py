@@ -50,6 +50,7 @@ import base64
 import contextlib
 import functools
 import hashlib
+import heapq
 import logging
 import math
 import pickle
@@ -101,6 +102,7 @@ from fds.streams.kafka import (
     unreachable,
 )
 from fds.streams.kafka_kit import ClientErrors, Consumer, Stopped, close_producer, flush_within
+from fds.streams.label_feed import EARLY_WAIT_S, MAX_HELD
 from fds.streams.model_feed import LIFECYCLE, ModelFeed, announcement_key, lifecycle_key
 from fds.timeutil import format_ts, parse_ts
 
@@ -241,6 +243,97 @@ class TrainStats:
     labels_dead_lettered: int = 0  # bad labels, sent to the dead-letter topic
     published: int = 0
     commits: int = 0
+    labels_early: int = 0  # learned after their transaction, dated before it (_Early)
+
+
+class _Early:
+    """fds train's labels dated before their own transaction (a chargeback dated to the day,
+    00:00): each is learned right after its transaction, as fds replay learns it, at a place
+    in the labels' event-time order that the polls do not change: the transaction's time plus
+    DECISIONS_SKEW_S, by when every decision before it is read (:attr:`due`, learned before
+    the labels after that place). One whose transaction is not read yet waits for it
+    (:attr:`waiting`; ``TrainService._on_decision`` calls :meth:`reached`) until the decisions
+    are read EARLY_WAIT_S past its own time: then it is learned unjoined, as one dated more
+    than that before the transaction it names. (It was learned unjoined as soon as the
+    decisions passed its own time: 24 and 157 of 765 fraud labels lost in two QA runs.)
+    At most MAX_HELD wait; kept in the trainer checkpoint, with the offsets past them."""
+
+    def __init__(self) -> None:
+        self.waiting: dict[str, list[tuple[int, dict[str, Any]]]] = {}  # tx_id -> (seq, label)
+        self.n = 0  # labels in waiting
+        self._ends: list[tuple[float, int, str]] = []  # (its ts + EARLY_WAIT_S, seq, tx_id)
+        self.due: list[tuple[float, int, dict[str, Any]]] = []  # (its place, seq, label)
+        self.seq = 0  # (in the labels' order: ties of places go by it)
+
+    def __len__(self) -> int:
+        return self.n + len(self.due)
+
+    def place(self, label: dict[str, Any], tx_ts: float, seq: int | None = None) -> bool:
+        """``label``'s transaction, of event time ``tx_ts``, is read: queue it at its place;
+        ``False`` (not queued) if ``tx_ts`` is more than EARLY_WAIT_S after the label."""
+        if tx_ts > label["ts"] + EARLY_WAIT_S:
+            return False
+        if seq is None:
+            self.seq = seq = self.seq + 1
+        where = max(tx_ts + DECISIONS_SKEW_S, label["ts"])
+        heapq.heappush(self.due, (where, seq, label))
+        return True
+
+    def park(self, label: dict[str, Any]) -> bool:
+        """``label``'s transaction is not read: it waits for it (``False``: MAX_HELD wait)."""
+        if self.n >= MAX_HELD:
+            return False
+        self.seq += 1
+        self.waiting.setdefault(label["tx_id"], []).append((self.seq, label))
+        self.n += 1
+        heapq.heappush(self._ends, (label["ts"] + EARLY_WAIT_S, self.seq, label["tx_id"]))
+        return True
+
+    def reached(self, tx_id: str, tx_ts: float) -> list[dict[str, Any]]:
+        """Transaction ``tx_id`` of event time ``tx_ts`` was read: its waiting labels go to
+        their places; returns those dated too far before it (to learn unjoined)."""
+        got = self.waiting.pop(tx_id, None)
+        if not got:
+            return []
+        self.n -= len(got)
+        if len(self._ends) > 2 * self.n + 1000:  # (the ends of those reached: bounded)
+            self._ends = [(x["ts"] + EARLY_WAIT_S, q, t) for t, xs in self.waiting.items()
+                          for q, x in xs]  # fmt: skip
+            heapq.heapify(self._ends)
+        return [label for seq, label in got if not self.place(label, tx_ts, seq)]
+
+    def ended(self, t: float) -> list[dict[str, Any]]:
+        """The waiting labels whose wait ends by event time ``t`` (to learn unjoined)."""
+        ends, out = self._ends, []
+        while ends and ends[0][0] <= t:
+            _, seq, tx_id = heapq.heappop(ends)
+            mine = self.waiting.get(tx_id)
+            if mine is None or not any(q == seq for q, _ in mine):
+                continue  # (its transaction came)
+            out += [x for q, x in mine if q == seq]
+            mine[:] = [(q, x) for q, x in mine if q != seq]
+            if not mine:
+                del self.waiting[tx_id]
+            self.n -= 1
+        return out
+
+    def take(self, before: float) -> list[tuple[float, dict[str, Any]]]:
+        """The labels due at a place before ``before``, in order, with their places."""
+        due, out = self.due, []
+        while due and due[0][0] < before:
+            where, _, label = heapq.heappop(due)
+            out.append((where, label))
+        return out
+
+    def state(self) -> dict[str, Any]:
+        return {"waiting": self.waiting, "due": self.due, "seq": self.seq}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.waiting, self.due, self.seq = state["waiting"], state["due"], state["seq"]
+        self.n = sum(len(xs) for xs in self.waiting.values())
+        self._ends = [(x["ts"] + EARLY_WAIT_S, q, t) for t, xs in self.waiting.items()
+                      for q, x in xs]  # fmt: skip
+        heapq.heapify(self._ends)
 
 
 class TrainService:
@@ -298,7 +391,8 @@ class TrainService:
         self._committed_at = -math.inf
         self._offsets: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset
         self._restored: dict[tuple[str, int], int] = {}
-        self.trainer = self._make_trainer()  # restores the two above from a checkpoint
+        self._early = _Early()  # labels dated before their transaction (offsets past them)
+        self.trainer = self._make_trainer()  # restores the three above from a checkpoint
         self.trainer.labels_to = -math.inf  # no label read yet (set after each pass)
         self.trainer.on_drift = self._drifted  # detected while learning
         self.stats = TrainStats()
@@ -328,6 +422,7 @@ class TrainService:
         self._stop = False
         self._stop_by: float | None = None  # the stop's deadline (monotonic), once stopping
         self._dead: list[Any] = []  # the sends of the dead letters of this batch's labels
+        self._no_dlq = False  # the dead-letter topic is missing: bad labels logged only
         self.consumer: Any = None
         self.producer: Any = None
 
@@ -379,6 +474,8 @@ class TrainService:
             self._check_parent(trainer.parent)
             self._restored = dict(state["offsets"])
             self._offsets = dict(self._restored)
+            if "early" in state:  # (a checkpoint of an earlier release has none)
+                self._early.restore(state["early"])
             log.info(
                 'restored trainer checkpoint labels_learned="%d" parent="%s"',
                 trainer.stats["labels_learned"], trainer.parent,
@@ -492,7 +589,7 @@ class TrainService:
         spec = self.spec.to_dict()
         state = {
             "spec": self.spec.name, "pipeline": spec["pipeline"], "inputs": spec["inputs"],
-            "trainer": learned, "offsets": dict(self._offsets),
+            "trainer": learned, "offsets": dict(self._offsets), "early": self._early.state(),
         }  # fmt: skip
         try:
             self.store.put_checkpoint(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
@@ -561,11 +658,13 @@ class TrainService:
         # (a missing models topic too: each version's announcement failed, and the last one
         # was never announced: a review)
         named = [*zip(self.topics, ("--decisions-topic", "--labels-topic"), strict=True)]
-        if not self.consumer.partitions_for_topic(self.s.dlq_topic):  # (not required: a
-            # deployment that never gave the trainer one was refused at the upgrade, a review)
+        self._no_dlq = not self.consumer.partitions_for_topic(self.s.dlq_topic)
+        if self._no_dlq:  # (not required: a deployment that never gave the trainer one was
+            # refused at the upgrade, a review)
             log.warning(
                 'dead-letter topic="%s" does not exist: a bad label is logged and counted only '
-                "(create it, or name another with %s)", self.s.dlq_topic, self.s.named("dlq_topic"),
+                "(create it and restart fds train, or name another with %s)", self.s.dlq_topic,
+                self.s.named("dlq_topic"),
             )  # fmt: skip
         if self.producer is not None and self.models_topic:
             named.append((self.models_topic, self.s.named("models_topic")))
@@ -647,8 +746,8 @@ class TrainService:
                     no_input.since = broker.contact = now
                 held = len(self._labels) > 0
                 self._follow_rollback()
-                if batch or held:  # (held labels may go on by now)
-                    self._process(batch)
+                if batch or held or self._early:  # (held labels may go on by now; those
+                    self._process(batch)  # dated before their transaction do not hold an exit)
                 self._commit_if_due()  # (what an idle pass left to checkpoint)
                 self._send_lifecycle()  # (a promote or rollback there: one stat when none)
                 self._bad_lines.tick(now)  # (a burst's count, said within its minute: a review)
@@ -799,6 +898,9 @@ class TrainService:
         except Exception as exc:
             self._bad(msg, exc)
             return
+        if self._early.n and fields["tx_id"] in self._early.waiting:
+            for label in self._early.reached(fields["tx_id"], ts):
+                self._learn(label, join=False)
         self.stats.decisions += 1
         self._last_decision = self._arrived[msg.partition] = time.monotonic()
         if ts > self._newest.get(msg.partition, -math.inf):
@@ -827,11 +929,21 @@ class TrainService:
         """A bad label to the dead-letter topic (`stage: label`, as fds run --labels-topic
         writes it: it was logged only, and lost to whoever reads the dead letters when no fds
         run reads the labels, a QA pass); acknowledged before the batch is committed."""
+        if self._no_dlq:  # (its send waited 10 s for the topic's metadata and raised: the
+            return  # trainer exited at each start on that label, for good, a QA pass)
         key, value, headers = dead_letter_message(msg, "label", exc)
         assert self.producer is not None
-        self._dead.append(
-            self.producer.send(self.s.dlq_topic, value=value, key=key, headers=headers)
-        )
+        try:
+            sent = self.producer.send(self.s.dlq_topic, value=value, key=key, headers=headers)
+        except KafkaError as err:  # (the topic deleted since: no metadata)
+            log.error(
+                'dead letter of a bad label not written to topic="%s" (%s): the label stays in '
+                "its topic, logged above; no more are sent until fds train restarts",
+                self.s.dlq_topic, describe(err),
+            )  # fmt: skip
+            self._no_dlq = True
+            return
+        self._dead.append(sent)
         self.stats.labels_dead_lettered += 1
 
     def _dead_letters_acknowledged(self) -> None:
@@ -878,21 +990,22 @@ class TrainService:
                 return False
         return True
 
-    def _decisions_to(self) -> float:
+    def _decisions_to(self, quiet_s: float | None = None) -> float:
         """The event time before which every assigned decisions partition has been read: the
         least of their newest, less DECISIONS_SKEW_S (a partition's decisions come in the
         order they were made, a late event's within the grace period behind: a review); one
         read to its end and quiet for label_wait_s does not hold the others (``inf`` when all
         are), nor one that gave nothing for label_max_wait_s (since this trainer started: a
         partition that cannot be fetched held every assumption back, and the store's expiry
-        then dropped inputs unlearned, a review)."""
+        then dropped inputs unlearned, a review). ``quiet_s``: quiet for that long instead."""
         topic, out = self.topics[0], math.inf
         now = time.monotonic()
+        quiet = self.label_wait_s if quiet_s is None else quiet_s
         for tp in self.consumer.assignment():
             if tp.topic != topic:
                 continue
             arrived = self._arrived.get(tp.partition, self._started)
-            if arrived <= now - self.label_wait_s and self._read_to_end(tp):
+            if arrived <= now - quiet and self._read_to_end(tp):
                 continue
             if arrived <= now - self.label_max_wait_s:
                 continue
@@ -946,43 +1059,92 @@ class TrainService:
 
     def _learn_held(self) -> int:
         """Learn the held labels in event-time order, up to the first that must wait for its
-        decision (it and those after it are put back); returns how many records were consumed
-        (learned or bad)."""
+        decision (it and those after it are put back), with those dated before their
+        transaction at their places; returns how many records were consumed (learned or
+        bad) and labels learned."""
         labels = self._aligned()
         mine = [tp for tp in self.consumer.assignment() if tp.topic == self.topics[1]]
-        n = size = 0
-        try:  # (one first: while it waits, a poll's worth was taken and put back each pass)
-            while got := labels.take(size or 1, mine):
-                size = self.s.max_poll_records
-                for i, (tp, msg, label) in enumerate(got):
-                    if isinstance(label, Exception):
-                        self._bad(msg, label)
-                        self._dead_letter(msg, label)
-                    elif not self._may_learn(tp, msg.offset, label):
-                        for tp, msg, label in reversed(got[i:]):  # (each partition's order)
-                            t = -math.inf if isinstance(label, Exception) else label["ts"]
-                            labels.put_back(tp, t, msg, label)
-                        return n
-                    else:
-                        if label["ts"] > self.trainer.labels_to:  # every label before it is
-                            # learned: what it leaves unlabelled for assume_legit_after is
-                            # assumed legitimate before it, in event time, whatever the polls
-                            # (assumed when a poll's decisions moved the clock, between other
-                            # labels in another run: the models differed, a QA pass)
-                            self.trainer.labels_read_to(label["ts"])
-                        self._learn(label)
-                    self._offsets[(tp.topic, tp.partition)] = msg.offset + 1
-                    n += 1
-            return n
+        try:
+            n = self._learn_aligned(labels, mine)
+            return n + self._learn_due(labels.read_to(mine), tail=True)
         finally:
-            self.metrics.labels_waiting(len(labels))
+            self.metrics.labels_waiting(len(labels) + len(self._early))
 
-    def _learn(self, label: dict[str, Any]) -> None:
+    def _learn_aligned(self, labels: Aligner, mine: list[Any]) -> int:
+        """:meth:`_learn_held`'s labels of the aligner."""
+        n = size = 0
+        # (one first: while it waits, a poll's worth was taken and put back each pass)
+        while got := labels.take(size or 1, mine):
+            size = self.s.max_poll_records
+            for i, (tp, msg, label) in enumerate(got):
+                if isinstance(label, Exception):
+                    self._bad(msg, label)
+                    self._dead_letter(msg, label)
+                elif not self._may_learn(tp, msg.offset, label):
+                    for tp, msg, label in reversed(got[i:]):  # (each partition's order)
+                        t = -math.inf if isinstance(label, Exception) else label["ts"]
+                        labels.put_back(tp, t, msg, label)
+                    return n
+                else:
+                    n += self._learn_due(label["ts"])
+                    self._take(label)
+                self._offsets[(tp.topic, tp.partition)] = msg.offset + 1
+                n += 1
+        return n
+
+    def _take(self, label: dict[str, Any]) -> None:
+        """Learn ``label`` (every label before it is): at once, or at its place if dated
+        before its transaction (:class:`_Early`)."""
+        t = self.trainer
+        ts = label["ts"]
+        if ts > t.labels_to:  # every label before it is learned: what it leaves unlabelled
+            # for assume_legit_after is assumed legitimate before it, in event time, whatever
+            # the polls (assumed when a poll's decisions moved the clock, between other
+            # labels in another run: the models differed, a QA pass)
+            t.labels_read_to(ts)
+        got = t.store.get(label["tx_id"])
+        if got is not None and got[0] > ts:  # dated before its transaction
+            t.advance(ts)
+            if not self._early.place(label, got[0]):
+                self._learn(label, join=False)
+        elif got is not None or t.store.settled(label["tx_id"]) is not None:
+            self._learn(label)
+        elif self._early.park(label):  # (its transaction may come yet)
+            t.advance(ts)
+        else:
+            self._learn(label)
+
+    def _learn_due(self, before: float, tail: bool = False) -> int:
+        """Learn the labels dated before their transaction whose place is before ``before``;
+        at the ``tail`` of a pass only as far as the decisions are read for it (a label
+        learned after the labels' loop is not forced through), and the waits that ended
+        (learned unjoined). Returns how many were learned."""
+        early, t = self._early, self.trainer
+        if not early:
+            return 0
+        n = 0
+        if tail:
+            ended = self._decisions_to(self.label_max_wait_s)
+            if self._decisions_idle(self.label_max_wait_s):
+                ended = math.inf
+            for label in early.ended(ended):
+                self._learn(label)
+                n += 1
+            before = min(before, self._decisions_to() + t.spec.learn.assume_legit_after)
+        for where, label in early.take(before):
+            if where > t.labels_to:
+                t.labels_read_to(where)
+            self._learn(label)
+            self.stats.labels_early += 1
+            n += 1
+        return n
+
+    def _learn(self, label: dict[str, Any], join: bool = True) -> None:
         """Learn one label, counted in the metrics."""
         t = self.trainer
         learned = t.stats["labels_learned"] - t.stats["assumed_legit"]
         unjoined = t.stats["labels_unjoined"]
-        t.on_label(label)
+        t.on_label(label, join=join)
         self.metrics.labels_unjoined(t.stats["labels_unjoined"] - unjoined)
         self.stats.labels += 1
         # delayed labels only: the examples assumed legitimate that the label's event time
@@ -1009,7 +1171,12 @@ class TrainService:
         # themselves take (_decisions_to): each partition's newest less DECISIONS_SKEW_S. (Its
         # own test, each partition's newest alone, let a label within those 5 minutes be
         # learned before the assumptions due before it, in one run and not another: a QA pass.)
-        read = self._decisions_to() >= ts - self.trainer.spec.learn.assume_legit_after
+        decisions_to = self._decisions_to()
+        read = decisions_to >= ts - self.trainer.spec.learn.assume_legit_after
+        # A label dated before its transaction, not read yet, has its place (_Early) after
+        # DECISIONS_SKEW_S past that transaction: one after it waits until that is past its own
+        # time (learned before, it was learned first in one run and not in another).
+        read = read and (not self._early.n or decisions_to + DECISIONS_SKEW_S >= ts)
         if self._decisions_idle(self.label_wait_s if stored else self.label_max_wait_s) or (
             read and (stored or self._decisions_cover(ts))
         ):
@@ -1350,7 +1517,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"decisions={stats.decisions} labels={stats.labels} published={stats.published} "
         f"bad_records={stats.bad_records} dead_letters={stats.dead_letters} "
         f"labels_dead_lettered={stats.labels_dead_lettered} "
-        f"labels_unjoined_total={svc.trainer.stats['labels_unjoined']}",
+        f"labels_unjoined_total={svc.trainer.stats['labels_unjoined']} "
+        # (dated before their transaction: learned after it, or waiting for it, checkpointed)
+        f"labels_early={stats.labels_early} labels_awaiting_transaction={svc._early.n}",
         logging.INFO,
     )
     return 0

@@ -691,6 +691,35 @@ def test_announced_fields_are_verified_with_the_key(tmp_path: Path) -> None:
     assert other.import_version(data, e)["labels_learned"] == 7
 
 
+def test_a_keyed_registrys_manifest_entries_are_verified_as_announcements_are(
+    tmp_path: Path,
+) -> None:
+    """A QA pass: only an import checked the entry's signed fields; a writer of the registry
+    folder (no key needed) copied v000001 as v000002 with invented counts and legit rate in
+    manifest.json, and the scorers served it (its score 10x, the maturity gate opened)."""
+    from fds.models.scorer import ModelServer
+    from fds.models.spec import load_spec
+
+    spec = load_spec("default")
+    reg = Registry(tmp_path, key=b"secret")
+    reg.publish(FeatureModel("amount"), spec=spec.to_dict(), labels_learned=10)
+    reg.promote("v000001")
+    server = ModelServer(spec, registry=Registry(tmp_path, key=b"secret"), learn=False)
+    server.without_labels()
+    server.load_champion()
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    forged = {**m["versions"]["v000001"], "version": "v000002", "seq": 2, "status": "published",
+              "labels_learned": 10**6, "evaluation": {"frauds_learned": 10**6}}  # fmt: skip
+    m["versions"]["v000002"], m["next"] = forged, 3
+    (tmp_path / "v000002.pkl").write_bytes((tmp_path / "v000001.pkl").read_bytes())
+    (tmp_path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ArtifactError, match=r"v000002 .* do not match their signature"):
+        reg.load("v000002")
+    server.poll()
+    assert server.version == "v000001"
+    assert reg.load("v000001") is not None  # (the genuine entry still loads)
+
+
 def test_a_registry_that_cannot_be_created_is_a_clear_error(tmp_path) -> None:
     """A QA pass: `fds train --registry FILE/reg` ended in NotADirectoryError, a traceback."""
     from fds.errors import ConfigError
