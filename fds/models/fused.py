@@ -101,6 +101,8 @@ def fuse(model: Any) -> FusedLogistic | None:
     for k, var in scaler.vars.items():
         w = weights.get(k, 0.0) if k not in drop else 0.0
         if var and w:
+            if var < 0:  # (not from River: a crafted or damaged artifact, its root complex,
+                return None  # a TypeError that stopped fds run at start, a QA pass)
             s = var**0.5
             terms[k] = (w / s, w * scaler.means[k] / s)
     if not all(math.isfinite(a) and math.isfinite(c) for a, c in terms.values()):

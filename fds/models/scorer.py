@@ -176,13 +176,16 @@ def _scores(
 
 
 def _champions(m: Mapping[str, Any]) -> list[str]:
-    """The versions a starting scorer may serve, in order: the champion (the newest version
-    when none was chosen yet), then the earlier champions of the history, newest first,
-    except rejected ones."""
+    """The versions a starting scorer may serve, in order: the champion, then the earlier
+    champions of the history, newest first, except rejected ones; when none was chosen yet,
+    the versions newest first, except rejected ones (a scorer without labels, whose registry
+    never has a champion, started with the rules alone when the newest was bad or another
+    spec's: a QA pass)."""
     versions: Mapping[str, Any] = m["versions"]
-    newest = max(versions.values(), key=lambda e: e["seq"], default=None)
-    first = m.get("champion") or (newest["version"] if newest else None)
+    first = m.get("champion")
     history = [v for h in reversed(m.get("history", [])) for v in (h["to"], h["from"])]
+    if first is None:
+        history += [e["version"] for e in sorted(versions.values(), key=lambda e: -e["seq"])]
     out: list[str] = []
     for v in [first, *history]:
         if not isinstance(v, str) or v not in versions or v in out:
@@ -190,6 +193,13 @@ def _champions(m: Mapping[str, Any]) -> list[str]:
         if v == first or versions[v]["status"] != "rejected":
             out.append(v)
     return out
+
+
+def _unsampled(s: float, rate: float) -> float:
+    """Score ``s`` of a learner that saw legit transactions at ``rate``, as a probability."""
+    if rate < 1.0:
+        return s * rate / (s * rate + (1.0 - s)) if s < 1.0 else 1.0
+    return s
 
 
 #: A version the watcher prepared (see ``ModelServer._pending``).
@@ -412,10 +422,7 @@ class ModelServer:
         """Undo the legit sampling: the learner saw legit transactions at ``rate``, so its odds
         of fraud are 1/rate too high. Ranking is unchanged; the score becomes a probability
         that the policy can combine with the rules' score."""
-        r = self._rate
-        if r < 1.0:
-            return s * r / (s * r + (1.0 - s)) if s < 1.0 else 1.0
-        return s
+        return _unsampled(s, self._rate)
 
     def on_decision(self, tx: Mapping[str, Any], decision: Mapping[str, Any]) -> None:
         """Keep the decision-time input for the trainer and the recent-traffic sample."""
@@ -747,7 +754,7 @@ class ModelServer:
 
     def _rank(
         self, model: Any, version: str | None, old: BudgetRank | None = None,
-        contest: Contest | None = None,
+        contest: Any = None, finish: Callable[[list[Any], list[float]], list[float]] | None = None,
     ) -> BudgetRank:  # fmt: skip
         """``model``'s scores of recent traffic, ranked at the alert budget.
 
@@ -757,8 +764,9 @@ class ModelServer:
         millisecond of work (``_pacer``), and ``old`` serves until it is done (the label that
         finds it done takes it): 2,048 forest scorings took ~160 ms, a gap in decisions, every
         THRESHOLD_REFRESH fraud labels. Replays stay inline: their verdicts must not depend on
-        thread timing. A job belongs to its ``contest``: another one (after a promotion, say)
-        starts its own.
+        thread timing. A job belongs to its ``contest`` (or the maturity gate's window): another
+        one (after a promotion, say) starts its own. ``finish`` turns the inputs and their
+        scores into what is ranked (the gate's: combined with the rules' score).
         """
         inline = old is None or self._watch is None
         key = (id(contest), version)  # (each entry holds its contest: the id is not reused)
@@ -773,8 +781,13 @@ class ModelServer:
         scored = list(self._recent_scored)[::RANK_STRIDE]
         share = self._alert_share()
         pre = self._pre(version)
+
+        def ranked(pace: Callable[[], None] | None = None) -> BudgetRank:
+            got = _scores(model, version, recent, scored, pace, pre)
+            return BudgetRank(got if finish is None else finish(recent, got), share)
+
         if old is None or inline:
-            return BudgetRank(_scores(model, version, recent, scored, pre=pre), share)
+            return ranked()
         todo = [x for x, (v1, _, v2, _) in zip(recent, scored, strict=True)
                 if version not in (v1, v2)]  # fmt: skip
         probe = todo[:RESCORE_PROBE]  # a few scorings tell what all of them would cost
@@ -782,16 +795,15 @@ class ModelServer:
         for x in probe:
             _p(model, x)
         if (time.perf_counter() - t) / max(len(probe), 1) * len(todo) <= RESCORE_INLINE_S:
-            return BudgetRank(_scores(model, version, recent, scored, pre=pre), share)
+            return ranked()
         held = {(id(c), v) for c in (self.probation, self.contest) if c is not None
                 for v in (self.version, c.candidate, c.incumbent)}  # fmt: skip
+        held.add((id(self._gate), self.version))
         for k in [k for k in self._reranks if k not in held]:
             self._reranks.pop(k)[1].cancel()  # (of a contest that ended)
         if self._ranker is None:
             self._ranker = ThreadPoolExecutor(1, thread_name_prefix="fds-model-rank")
-        self._reranks[key] = (contest, self._ranker.submit(
-            lambda: BudgetRank(_scores(model, version, recent, scored, _pacer(), pre), share)
-        ))  # fmt: skip
+        self._reranks[key] = (contest, self._ranker.submit(lambda: ranked(_pacer())))
         return old
 
     def _judge_gate(self, x: dict[str, float]) -> None:
@@ -800,24 +812,30 @@ class ModelServer:
         gate, champ = self.spec.gate, self.champion
         if not (gate.min_frauds or gate.window) or champ is None:
             return
+        rate, reads = self._rate, self.reads_rules
 
         def final(r: dict[str, float], raw: float) -> float:
-            return combine(r.get(RULE_SCORE, 0.0), self._probability(raw), self.reads_rules)
+            return combine(r.get(RULE_SCORE, 0.0), _unsampled(raw, rate), reads)
+
+        def finals(rs: list[dict[str, float]], raws: list[float]) -> list[float]:
+            return [final(r, s) for r, s in zip(rs, raws, strict=True)]
 
         ranks = self._gate_ranks
         self._gate_n += 1
-        if ranks is None or ranks[0] != self.version or self._gate_n % THRESHOLD_REFRESH == 0:
-            recent = list(self._recent)[::RANK_STRIDE]
-            raws = _scores(
-                champ, self.version, recent, list(self._recent_scored)[::RANK_STRIDE],
-                pre=self._pre(self.version),
-            )  # fmt: skip
+        if (
+            ranks is None or ranks[0] != self.version or self._gate_n % THRESHOLD_REFRESH == 0
+            or (id(self._gate), self.version) in self._reranks
+        ):  # fmt: skip
+            # (in fds run off the decision thread when slow, as a contest's: after a rollback
+            # the restored champion's 2,048 scorings were a 36 ms pause, a QA pass)
+            old = None if ranks is None else ranks[1]
             share = self._alert_share()
             ranks = self._gate_ranks = (
                 self.version,
-                BudgetRank([final(r, s) for r, s in zip(recent, raws, strict=True)], share),
-                BudgetRank([r.get(RULE_SCORE, 0.0) for r in recent], share),
-            )
+                self._rank(champ, self.version, old, self._gate, finals),
+                BudgetRank([r.get(RULE_SCORE, 0.0) for r in list(self._recent)[::RANK_STRIDE]],
+                           share),
+            )  # fmt: skip
         win = self._gate
         win.append(
             (ranks[1].credit(final(x, _p(champ, x))), ranks[2].credit(x.get(RULE_SCORE, 0.0)))
@@ -1064,10 +1082,12 @@ class ModelServer:
             if c is not None and not math.isfinite(c.started):
                 c.started = now  # (restored from before the field existed, or no event yet)
         # decided on the labels judged so far: none, as without labels (promote / confirm)
-        p, c = self.probation, self.contest
+        p = self.probation
         if p is not None and now - p.started >= wait:
             self.stats["expired"] += 1
             self._judge_probation(p.verdict(early=True) or "confirm", why=_waited(wait, p))
+        c = self.contest  # (read after the probation's verdict: a rollback there ended the
+        # contest of its line, which was then judged anyway, an AssertionError: a QA pass)
         if c is not None and now - c.started >= wait:
             self.stats["expired"] += 1
             verdict = c.verdict(early=True) or "promote"

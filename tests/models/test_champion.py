@@ -587,6 +587,27 @@ def test_a_scorer_without_labels_never_goes_back_to_the_registry_champion(tmp_pa
     assert srv.version == "v000003"
 
 
+def test_a_scorer_without_labels_starts_on_the_newest_good_version(tmp_path) -> None:
+    """A QA pass: a registry no scorer with labels judged has no champion; when its newest
+    version was bad (a flipped byte) or another spec's, a restarted scorer (or a new replica)
+    decided with the rules alone until the next publish, hours later, good versions there."""
+    reg = Registry(tmp_path)
+    for _ in range(3):
+        reg.publish(FeatureModel("f_a"), spec={"name": "t"})
+    reg.publish(FeatureModel("f_a"), spec={"name": "other"})  # another model's, newest
+    bad = reg.publish(FeatureModel("f_a"), spec={"name": "t"})["version"]
+    path = reg.artifact(bad)
+    data = bytearray(path.read_bytes())
+    data[-2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    srv = ModelServer(SPEC, learn=False, registry=reg)
+    srv.without_labels()
+    assert srv.load_champion() == "v000003" and reg.entry(bad)["status"] == "rejected"
+    again = ModelServer(SPEC, learn=False, registry=reg)  # (rejected now: skipped at once)
+    again.without_labels()
+    assert again.load_champion() == "v000003"
+
+
 def test_a_challenger_that_raises_on_a_label_is_dropped_not_raised(tmp_path) -> None:
     """Scoring a labelled input with the challenger raised out of on_label, which stops
     `fds run` (the decision path already dropped such a challenger)."""
@@ -984,3 +1005,38 @@ def test_the_verdict_history_keeps_the_newest_1000() -> None:
         srv._judge_probation("confirm")
     assert len(srv.history) == 1000
     assert [h["on_probation"] for h in srv.history[::999]] == ["v5", "v1004"]
+
+
+def test_a_probation_and_a_contest_expiring_together_end_in_a_rollback_cleanly(tmp_path):
+    """A QA pass: with `shadow_max_wait` (sparse labels), a probation and the contest of a
+    version of its line ran out at one event; the probation's rollback ended that contest,
+    which was then judged anyway: an AssertionError stopped the replay halfway (and would have
+    dead-lettered a decided transaction in fds run)."""
+    import json
+    import random
+
+    from fds.cli import main
+
+    rnd, t0, txs, labels = random.Random(1), 1767225600, [], []
+    for i in range(3000):  # a merchant of frauds, labelled two days later
+        ts, fraud = t0 + i * 288, i % 20 == 0
+        txs.append({"tx_id": f"t{i:05d}", "ts": ts, "card_id": f"c{rnd.randint(1, 300)}",
+                    "merchant_id": "mFRAUD" if fraud else f"m{rnd.randint(1, 30)}",
+                    "amount": 5000 if fraud else round(rnd.uniform(10, 100), 2)})  # fmt: skip
+        if fraud:
+            labels.append({"tx_id": f"t{i:05d}", "ts": ts + 2 * 86400, "is_fraud": True})
+    for name, rows in (("tx.jsonl", txs), ("labels.jsonl", labels)):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "wait.yaml").write_text(
+        "name: wait\npipeline:\n  - preprocessing.StandardScaler: {}\n"
+        "  - linear_model.LogisticRegression: {optimizer: {optim.SGD: {lr: 0.1}}}\n"
+        "learn: {legit_sample_rate: 1.0, assume_legit_after: 3d, ttl: 30d}\n"
+        "publish: {every_labels: 20, every_seconds: 1h}\n"
+        "promote: {warmup_labels: 0, shadow_min_labels: 1000, shadow_max_wait: 1d}\n"
+        "inputs: {rules: false}\n"
+    )
+    out = tmp_path / "d.jsonl"
+    args = ["replay", str(tmp_path / "tx.jsonl"), "--labels", str(tmp_path / "labels.jsonl")]
+    args += ["--rules", "none", "--model", str(tmp_path / "wait.yaml"), "--out", str(out)]
+    code = main(args)
+    assert code == 0 and len(out.read_text().splitlines()) == 3000

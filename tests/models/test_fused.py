@@ -68,6 +68,20 @@ def test_other_models_are_served_as_they_are() -> None:
     assert fuse(windowed) is None
 
 
+def test_a_negative_variance_is_not_folded() -> None:
+    """A QA pass: an artifact whose scaler holds a negative variance (not River's: crafted or
+    damaged, its sha256 fine) made the fold raise a TypeError (a complex root), and fds run
+    did not start; it is served as it is, its canary then judging it."""
+    model = _trained(
+        "name: t\npipeline:\n  - preprocessing.StandardScaler: {}\n"
+        "  - linear_model.LogisticRegression: {}\n"
+    )
+    (scaler,) = [s for s in model.steps.values() if hasattr(s, "vars")]  # type: ignore[attr-defined]
+    assert fuse(model) is not None
+    scaler.vars["amount"] = -1e-300
+    assert fuse(model) is None and serving(model) is model
+
+
 def test_the_server_serves_the_folded_form() -> None:
     srv = ModelServer(load_spec("default"))  # inline trainer: labels -> versions -> offer
     t = 0.0

@@ -322,3 +322,43 @@ def test_a_stacking_model_s_score_is_final_and_a_plain_model_s_adds_to_the_rules
             p = d["model_score"]
             want = p if stacked else 1.0 - (1.0 - 0.6) * (1.0 - p)
             assert d["score"] == round(want, 6)
+
+
+def test_in_fds_run_the_gate_ranks_a_new_champion_off_the_decision_thread(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """A QA pass: after an automatic rollback the gate re-scored recent traffic with the
+    restored champion on the label path (36 ms with the forest spec: a gap in fds run's
+    decisions). In watch mode it does so on the worker thread, as a contest does, its ranks of
+    the version before serving meanwhile; a replay stays inline."""
+    from fds.models.registry import Registry
+    from tests.models.fakes import Threads
+
+    monkeypatch.setattr("fds.models.scorer.RESCORE_INLINE_S", 0.0)  # (the fake is fast)
+    spec = parse_spec(SPEC.text.replace("warmup_labels: 0", "warmup_labels: 1000000"))
+    for watch in (False, True):
+        reg = Registry(tmp_path / str(watch))
+        srv = ModelServer(spec, learn=False, registry=reg)
+        if watch:
+            srv.start_watch(every=3600)  # (no poll in this test: offers come directly)
+        s = Stream(srv)
+        s.run(100, {"f_a": 0.0})  # recent traffic for the canary and the ranks
+        for model in (FeatureModel("f_a"), Threads("f_a")):
+            e = reg.publish(model, spec=spec.to_dict(), evaluation={"frauds_learned": 500})
+            assert srv.offer(Publication(e["version"], reg.load_bytes(e["version"])[0], e))
+            if model.__class__ is FeatureModel:
+                s.run(300, {"f_a": 1.0})  # the gate's ranks of v1
+                assert srv._gate_ranks is not None and srv._gate_ranks[0] == "v000001"
+        assert srv.version == "v000002"  # (a cold champion: replaced directly)
+        Threads.names = []
+        s.run(100, {"f_a": 1.0})  # 100 decisions, 10 fraud labels
+        for _owner, job in list(srv._reranks.values()):
+            job.result(timeout=10)
+        on_loop = sum(1 for n in Threads.names if n == "MainThread")
+        off_loop = len(Threads.names) - on_loop
+        # the loop: each decision, each label's own input, and a probe (the ranks: 200)
+        if watch:
+            assert off_loop >= 200 and on_loop < 100 + 10 + 20
+            srv.close()
+        else:
+            assert off_loop == 0 and on_loop >= 100 + 10 + 200
