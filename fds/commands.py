@@ -44,6 +44,7 @@ from fds.streams.files import (
     check_transaction_columns,
     csv_header,
     file_error,
+    gzipped,
     infer_format,
     load_mapping,
     separator_name,
@@ -639,7 +640,7 @@ def _sort_by_time(path: Path, mapping: ColumnMapping | None) -> str:
         fmt = infer_format(path, mapping.format if mapping is not None else None)
     except ConfigError:
         fmt = None
-    gz = path.name.endswith(".gz")
+    gz = gzipped(path)
     out = shlex.quote(str(beside(path, "sorted")))
     src = shlex.quote(str(path))
     read = f"zcat {src} | " if gz else ""  # (a .gz is sorted into a plain file)

@@ -445,7 +445,20 @@ def _float_ids(raw: dict[str, Any], out: dict[str, Any], keys: tuple[str, ...]) 
     _exact_ids(raw, keys)
     for k in keys:
         if (v := raw.get(k)).__class__ is float and v.is_integer():
-            out[k] = str(int(v))
+            out[k] = id_text(v)
+
+
+def id_text(v: Any) -> str:
+    """The text of id ``v`` as the engine reads it: a whole float as its integer (`fds produce`
+    keyed card 42.0 as "42.0", another partition than card 42's, the same card to the
+    engine: a QA pass).
+
+    >>> id_text(42.0), id_text(42), id_text("042"), id_text(7.5)
+    ('42', '42', '042', '7.5')
+    """
+    if v.__class__ is float and v.is_integer() and -_EXACT < v < _EXACT:
+        return str(int(v))
+    return str(v)
 
 
 def _exact_ids(raw: dict[str, Any], keys: tuple[str, ...]) -> None:

@@ -1017,6 +1017,16 @@ def _fault(line: int, e: Exception) -> Record:
     return line, kind(f"cannot read the file on from line {line}: {e}"), None
 
 
+def gzipped(path: str | os.PathLike[str]) -> bool:
+    """Is ``path`` named as a gzip file (``.gz``, any case: a Windows export's ``.CSV.GZ`` was
+    read as text, and `fds produce` sent it as one record of garbage, a QA pass)?
+
+    >>> gzipped("EXPORT.CSV.GZ"), gzipped("a.jsonl.gz"), gzipped("a.gzip")
+    (True, True, False)
+    """
+    return os.fspath(path).lower().endswith(".gz")
+
+
 def open_text(
     path: str | os.PathLike[str], mode: str = "rt", *, encoding: str = "utf-8",
     errors: str | None = None, newline: str | None = None,
@@ -1025,7 +1035,7 @@ def open_text(
     enc = None if "b" in mode else encoding
     err = None if "b" in mode else errors
     nl = None if "b" in mode else newline
-    if str(path).endswith(".gz"):
+    if gzipped(path):
         return cast(IO[Any], gzip.open(path, mode, encoding=enc, errors=err, newline=nl))
     return open(path, mode, encoding=enc, errors=err, newline=nl)
 
@@ -1079,7 +1089,7 @@ def _check_content(p: Path, fmt: str | None, declared: bool) -> None:
             head = f.read(4)
     except OSError:
         return  # (said where it is read)
-    if head[:2] == b"\x1f\x8b" and not p.name.lower().endswith(".gz"):
+    if head[:2] == b"\x1f\x8b" and not gzipped(p):
         raise ConfigError(
             f"{p} is gzip-compressed (its first bytes are gzip's) but its name does not end in "
             f".gz: rename it to {p.name}.gz (fds unpacks a .gz file as it reads it)"
@@ -1101,7 +1111,7 @@ def _check_content(p: Path, fmt: str | None, declared: bool) -> None:
             "pretty-printed)" if first == b"["
             else "one JSON document written over several lines (pretty-printed)"
         )  # fmt: skip
-        gz = p.name.lower().endswith(".gz")  # (jq reads no gzip: a review)
+        gz = gzipped(p)  # (jq reads no gzip: a review)
         stem = Path(p.stem).stem if gz else p.stem
         to = p.with_name(f"{stem}.jsonl")
         to = to if to != p else p.with_name(f"{stem}.lines.jsonl")
@@ -1221,7 +1231,7 @@ def count_rows(path: str | os.PathLike[str], mapping: ColumnMapping | None = Non
         fmt = infer_format(p, mapping.format if mapping else None)
         if fmt == "parquet":
             return int(_parquet_open(p, None)[0].metadata.num_rows)
-        if p.name.lower().endswith(".gz"):
+        if gzipped(p):
             return None
         lines = last = 0
         with open(p, "rb") as f:
@@ -1345,7 +1355,7 @@ def beside(p: Path, tag: str) -> Path:
     >>> str(beside(Path("d/a.csv.gz"), "sorted")), str(beside(Path("a"), "utf8"))
     ('d/a.sorted.csv', 'a.utf8')
     """
-    name = p.name.removesuffix(".gz")
+    name = p.name[:-3] if gzipped(p) else p.name
     stem, dot, ext = name.rpartition(".")
     return p.with_name(f"{stem}.{tag}.{ext}" if dot else f"{name}.{tag}")
 
@@ -1355,7 +1365,7 @@ def _to_utf8(p: Path, encoding: str = "latin1") -> str:
     out = shlex.quote(str(beside(p, "utf8")))
     src = shlex.quote(str(p))
     iconv = f"iconv -f {shlex.quote(encoding)} -t utf-8"
-    return f"zcat {src} | {iconv} > {out}" if p.name.endswith(".gz") else f"{iconv} {src} > {out}"
+    return f"zcat {src} | {iconv} > {out}" if gzipped(p) else f"{iconv} {src} > {out}"
 
 
 def _not_utf8(p: Path) -> str:
@@ -1884,7 +1894,7 @@ class JsonlSink:
             with contextlib.suppress(OSError):  # (what it still buffers cannot be written)
                 f.close()
         kept = "its end may be cut" if self.path.is_file() else "not all were written"
-        if self.path.is_file() and not self.path.name.lower().endswith(".gz"):
+        if self.path.is_file() and not gzipped(self.path):
             with contextlib.suppress(OSError), open(self.path, "r+b") as g:
                 size = g.seek(0, os.SEEK_END)
                 end = size

@@ -156,6 +156,7 @@ from fds.schema import (
     check_not_ahead,
     dead_letter,
     dumps,
+    id_text,
     loads_record,
     parse_transaction,
     produced_bad,
@@ -4363,7 +4364,7 @@ def produce_file(
                     # a transaction by its card (the state's partitioning), anything else (a
                     # label file) by its tx_id, as streams/topics.yaml keys the labels topic
                     card = rec.get("card_id", rec.get("tx_id"))
-                    key = None if card is None else str(card).encode()
+                    key = None if card is None else id_text(card).encode()
                     # its place in the file: fds run takes records of one event time in that
                     # order, as fds replay does (see align.SEQ_HEADER)
                     fut = producer.send(

@@ -1139,6 +1139,19 @@ def test_produce_reads_a_bank_export_as_replay_does(kafka_bootstrap, topics, tmp
     assert sorted(lab["tx_id"] for lab in labels) == ["R2", "R3"]
 
 
+def test_produce_keys_a_whole_float_card_id_as_the_engine_reads_it(
+    kafka_bootstrap, topics, tmp_path
+):
+    """A QA pass: pandas writes an integer id column with gaps as floats; `fds produce` keyed
+    card 42.0 by "42.0", another partition than card 42's, which the engine reads as one card
+    (and fds run warned that fds produce's own output was not keyed by card_id)."""
+    rows = [{"tx_id": "n1", "ts": 1772323200, "card_id": 42, "amount": 1},
+            {"tx_id": "n2", "ts": 1772323260, "card_id": 42.0, "amount": 1}]  # fmt: skip
+    (tmp_path / "k.jsonl").write_text("".join(orjson.dumps(r).decode() + "\n" for r in rows))
+    assert produce_file(tmp_path / "k.jsonl", settings_for(kafka_bootstrap, topics, "unused")) == 2
+    assert [m.key for m in read_all(kafka_bootstrap, topics["transactions"])] == [b"42", b"42"]
+
+
 def test_produce_sends_a_labels_file_of_its_own_columns_as_replay_reads_it(
     kafka_bootstrap, topics, tmp_path
 ):

@@ -217,11 +217,23 @@ def test_infer_format():
         infer_format("a.txt")
 
 
-def test_sink_roundtrip(tmp_path):
-    with JsonlSink(tmp_path / "o.jsonl.gz") as s:
+@pytest.mark.parametrize("name", ["o.jsonl.gz", "O.JSONL.GZ"])
+def test_sink_roundtrip(tmp_path, name):
+    with JsonlSink(tmp_path / name) as s:
         s.write({"a": 1})
         s.write({"b": [1, 2]})
-    assert [r[1] for r in read_records(tmp_path / "o.jsonl.gz")] == [{"a": 1}, {"b": [1, 2]}]
+    assert (tmp_path / name).read_bytes()[:2] == b"\x1f\x8b"  # (.GZ was written plain)
+    assert [r[1] for r in read_records(tmp_path / name)] == [{"a": 1}, {"b": [1, 2]}]
+
+
+def test_an_upper_case_gz_is_read_as_gzip(tmp_path):
+    """A QA pass: a Windows export's EXPORT.CSV.GZ was read as text ("not valid UTF-8, give
+    encoding: cp1252"), and `fds produce` sent UP.JSONL.GZ as one record of garbage, exit 0."""
+    for name, text in (("EXPORT.CSV.GZ", "tx_id,amount\nt1,5\n"), ("UP.JSONL.GZ", '{"a": 1}\n')):
+        with gzip.open(tmp_path / name, "wt") as f:
+            f.write(text)
+        (rec,) = [r[1] for r in read_records(tmp_path / name)]
+        assert rec in ({"tx_id": "t1", "amount": "5"}, {"a": 1})
 
 
 def test_a_column_named_like_a_field_mapped_from_another_goes_to_extra():
