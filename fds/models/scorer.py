@@ -449,6 +449,12 @@ class ModelServer:
                         del counts[old]
         if self.trainer is not None:
             self.trainer.on_decision(tx, decision, x=x)
+            # its publish policy in event time, as fds train checks it after each batch (a
+            # replay published at labels only: with sparse labels far fewer versions than in
+            # production, the first after 1,600 examples assumed legitimate, a QA pass)
+            pub = self.trainer.maybe_publish()
+            if pub is not None:
+                self.offer(pub)
         elif self._labels_here:  # (no label would ever take them)
             keep = self._inputs
             keep[tx_id] = x

@@ -1040,3 +1040,32 @@ def test_a_probation_and_a_contest_expiring_together_end_in_a_rollback_cleanly(t
     args += ["--rules", "none", "--model", str(tmp_path / "wait.yaml"), "--out", str(out)]
     code = main(args)
     assert code == 0 and len(out.read_text().splitlines()) == 3000
+
+
+def test_a_replay_publishes_on_its_schedule_between_labels(tmp_path):
+    """A QA pass: a replay checked the publish policy at labels only; with one label at day 9
+    its first version came then, after 1,600 examples assumed legitimate, where fds train
+    (checking after each batch) published from day 1."""
+    import json
+
+    from fds.cli import main
+
+    t0 = 1767225600
+    txs = [{"tx_id": f"t{i}", "ts": t0 + i * 432, "card_id": f"c{i % 50}",
+            "amount": 5000 if i % 100 == 0 else 11 + i % 7} for i in range(2000)]  # fmt: skip
+    (tmp_path / "tx.jsonl").write_text("".join(json.dumps(t) + "\n" for t in txs))
+    label = {"tx_id": "t1700", "ts": t0 + 9 * 86400, "is_fraud": True}
+    (tmp_path / "labels.jsonl").write_text(json.dumps(label) + "\n")
+    (tmp_path / "pub.yaml").write_text(
+        "name: pub\npipeline:\n  - preprocessing.StandardScaler: {}\n"
+        "  - linear_model.LogisticRegression: {}\n"
+        "learn: {legit_sample_rate: 1.0, assume_legit_after: 1d, ttl: 30d}\n"
+        "publish: {every_labels: 20, every_seconds: 1h}\n"
+    )
+    out = tmp_path / "d.jsonl"
+    args = ["replay", str(tmp_path / "tx.jsonl"), "--labels", str(tmp_path / "labels.jsonl")]
+    args += ["--rules", "none", "--model", str(tmp_path / "pub.yaml"), "--out", str(out)]
+    assert main(args) == 0
+    decisions = [json.loads(line) for line in out.read_text().splitlines()]
+    first = next(i for i, d in enumerate(decisions) if d.get("model_version"))
+    assert txs[first]["ts"] < t0 + 2 * 86400  # (a day to assume, then an hour of examples)
