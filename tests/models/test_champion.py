@@ -1007,15 +1007,29 @@ def test_the_verdict_history_keeps_the_newest_1000() -> None:
     assert [h["on_probation"] for h in srv.history[::999]] == ["v5", "v1004"]
 
 
+def _replay_with(tmp_path: Any, txs: list, labels: list, spec: str) -> list[dict[str, Any]]:
+    """``fds replay`` of ``txs`` with ``labels`` and model spec text ``spec``, rules none:
+    its decisions."""
+    import json
+
+    from fds.cli import main
+
+    for name, rows in (("tx.jsonl", txs), ("labels.jsonl", labels)):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "spec.yaml").write_text(spec)
+    out = tmp_path / "d.jsonl"
+    args = ["replay", str(tmp_path / "tx.jsonl"), "--labels", str(tmp_path / "labels.jsonl")]
+    args += ["--rules", "none", "--model", str(tmp_path / "spec.yaml"), "--out", str(out)]
+    assert main(args) == 0
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
 def test_a_probation_and_a_contest_expiring_together_end_in_a_rollback_cleanly(tmp_path):
     """A QA pass: with `shadow_max_wait` (sparse labels), a probation and the contest of a
     version of its line ran out at one event; the probation's rollback ended that contest,
     which was then judged anyway: an AssertionError stopped the replay halfway (and would have
     dead-lettered a decided transaction in fds run)."""
-    import json
     import random
-
-    from fds.cli import main
 
     rnd, t0, txs, labels = random.Random(1), 1767225600, [], []
     for i in range(3000):  # a merchant of frauds, labelled two days later
@@ -1025,47 +1039,30 @@ def test_a_probation_and_a_contest_expiring_together_end_in_a_rollback_cleanly(t
                     "amount": 5000 if fraud else round(rnd.uniform(10, 100), 2)})  # fmt: skip
         if fraud:
             labels.append({"tx_id": f"t{i:05d}", "ts": ts + 2 * 86400, "is_fraud": True})
-    for name, rows in (("tx.jsonl", txs), ("labels.jsonl", labels)):
-        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (tmp_path / "wait.yaml").write_text(
+    decisions = _replay_with(tmp_path, txs, labels, (
         "name: wait\npipeline:\n  - preprocessing.StandardScaler: {}\n"
         "  - linear_model.LogisticRegression: {optimizer: {optim.SGD: {lr: 0.1}}}\n"
         "learn: {legit_sample_rate: 1.0, assume_legit_after: 3d, ttl: 30d}\n"
         "publish: {every_labels: 20, every_seconds: 1h}\n"
         "promote: {warmup_labels: 0, shadow_min_labels: 1000, shadow_max_wait: 1d}\n"
         "inputs: {rules: false}\n"
-    )
-    out = tmp_path / "d.jsonl"
-    args = ["replay", str(tmp_path / "tx.jsonl"), "--labels", str(tmp_path / "labels.jsonl")]
-    args += ["--rules", "none", "--model", str(tmp_path / "wait.yaml"), "--out", str(out)]
-    code = main(args)
-    assert code == 0 and len(out.read_text().splitlines()) == 3000
+    ))  # fmt: skip
+    assert len(decisions) == 3000
 
 
 def test_a_replay_publishes_on_its_schedule_between_labels(tmp_path):
     """A QA pass: a replay checked the publish policy at labels only; with one label at day 9
     its first version came then, after 1,600 examples assumed legitimate, where fds train
     (checking after each batch) published from day 1."""
-    import json
-
-    from fds.cli import main
-
     t0 = 1767225600
     txs = [{"tx_id": f"t{i}", "ts": t0 + i * 432, "card_id": f"c{i % 50}",
             "amount": 5000 if i % 100 == 0 else 11 + i % 7} for i in range(2000)]  # fmt: skip
-    (tmp_path / "tx.jsonl").write_text("".join(json.dumps(t) + "\n" for t in txs))
     label = {"tx_id": "t1700", "ts": t0 + 9 * 86400, "is_fraud": True}
-    (tmp_path / "labels.jsonl").write_text(json.dumps(label) + "\n")
-    (tmp_path / "pub.yaml").write_text(
+    decisions = _replay_with(tmp_path, txs, [label], (
         "name: pub\npipeline:\n  - preprocessing.StandardScaler: {}\n"
         "  - linear_model.LogisticRegression: {}\n"
         "learn: {legit_sample_rate: 1.0, assume_legit_after: 1d, ttl: 30d}\n"
         "publish: {every_labels: 20, every_seconds: 1h}\n"
-    )
-    out = tmp_path / "d.jsonl"
-    args = ["replay", str(tmp_path / "tx.jsonl"), "--labels", str(tmp_path / "labels.jsonl")]
-    args += ["--rules", "none", "--model", str(tmp_path / "pub.yaml"), "--out", str(out)]
-    assert main(args) == 0
-    decisions = [json.loads(line) for line in out.read_text().splitlines()]
+    ))  # fmt: skip
     first = next(i for i, d in enumerate(decisions) if d.get("model_version"))
     assert txs[first]["ts"] < t0 + 2 * 86400  # (a day to assume, then an hour of examples)
