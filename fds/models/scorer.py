@@ -1274,7 +1274,7 @@ class ModelServer:
                 log.error("model %s served instead of the registry's champion %s, which "
                           "could not be loaded or was made by another spec", v,
                           self._pointer)  # fmt: skip
-                self._standing_in = self._retrying(self._pointer)
+                self._standing_in = self._failed_here(self._pointer)
             self.champion, self.version = model, v
             if self.metrics is not None:  # served from the start, not only after a swap
                 self.metrics.model_info(v, self.spec.name)
@@ -1347,11 +1347,13 @@ class ModelServer:
             self._check_rewound(latest, newest_known)
             if latest and latest["seq"] > newest_known and latest["status"] in _FRESH:
                 role = "challenger" if self.auto_promote else "newest"
-                if champ and champ != self.version and self._retrying(champ):
-                    # The registry's champion failed to load here (retried): what is served
-                    # stands in for it. A warm-up or a contest against the stand-in changed
-                    # the shared champion for a failure of this machine (a QA pass): the
-                    # newer version is served as the stand-in, written nowhere.
+                if champ and champ != self.version and self._failed_here(champ):
+                    # The registry's champion failed to load here (retried, or bad for good:
+                    # a corrupt file): what is served stands in for it. A warm-up or a
+                    # contest against the stand-in changed the shared champion for a failure
+                    # of this machine (a QA pass), or was refused by the registry, while the
+                    # scorer served its winner anyway (a later QA pass): the newer version is
+                    # served as the stand-in, written nowhere.
                     role = f"stand-in for {champ}, not loaded here"
                 target = latest["version"]
         if target is None or now < self._retry_at.get(target, 0.0):
@@ -1528,6 +1530,10 @@ class ModelServer:
             entry = versions.get(v)
             if entry is None or (math.isfinite(at) and v != champ and entry["seq"] <= seq):
                 del self._retry_at[v]
+
+    def _failed_here(self, version: str | None) -> bool:
+        """Did ``version`` fail to load here (for a cause of this machine, or for good)?"""
+        return version is not None and version in self._retry_at
 
     def _retrying(self, version: str | None) -> bool:
         """Did ``version`` fail to load here for a cause of this machine (tried again)?"""

@@ -416,6 +416,27 @@ def test_a_champion_missing_here_is_not_replaced_in_the_registry_by_a_stand_in(
     assert srv.version == "v000003" and reg.champion() == "v000003"
 
 
+def test_a_champion_bad_for_good_is_stood_in_for_without_contests(tmp_path: Path) -> None:
+    """A QA pass: a champion whose file failed its sha256 at start was stood in for by the
+    previous one, but newer versions then ran contests against the stand-in: the registry
+    refused each promotion (its champion is another) and the scorer served the winners anyway,
+    apart from every other scorer. They are served as the stand-in, written nowhere."""
+    reg = Registry(tmp_path)
+    for _ in range(2):
+        reg.promote(reg.publish(FeatureModel("amount"), spec={"name": "default"})["version"])
+    path = tmp_path / "v000002.pkl"
+    data = bytearray(path.read_bytes())
+    data[-2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    srv = ModelServer(load_spec("default"), registry=reg, learn=False)
+    assert srv.load_champion() == "v000001" and srv._standing_in
+    reg.publish(FeatureModel("amount"), spec={"name": "default"})  # v000003
+    assert srv.poll() == "v000003"
+    srv.install_pending()
+    assert srv.version == "v000003" and srv.contest is None and srv.challenger is None
+    assert reg.champion() == "v000002"  # the pointer is its owner's
+
+
 def test_a_null_count_in_the_manifest_is_no_count(tmp_path: Path) -> None:
     """A review: `frauds_learned: null` passed the manifest's check, then stopped fds run
     (None compared with the gate's count)."""
