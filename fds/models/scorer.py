@@ -593,8 +593,8 @@ class ModelServer:
         # the champion's own count (the most of any champion so far kept a version promoted
         # by hand with 5 frauds learned acting, where 1,400 had been served: a QA pass)
         self._gate_frauds = frauds if counted else self._gate_frauds
-        if not self._labels_here:
-            self._gate_by_count()
+        if not self._labels_here or not self.spec.gate.window:  # (min_frauds alone: judged
+            self._gate_by_count()  # at the swap, not at the next fraud label, a QA pass)
         elif self._gate_frauds < self.spec.gate.min_frauds:
             self._set_acting(False)
         self.stats["swaps"] += 1

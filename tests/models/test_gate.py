@@ -230,6 +230,19 @@ def test_a_gate_without_a_window_waits_for_min_frauds_only() -> None:
     assert srv.acting and srv.stats["gate_closed"] == 0
 
 
+def test_a_gate_without_a_window_opens_at_the_swap_of_a_version_with_min_frauds() -> None:
+    """A QA pass: the gate was judged at fraud labels only, so a version that had learned
+    `min_frauds` swapped in stayed in shadow until the next fraud label (a week, with labels a
+    week apart)."""
+    text = SPEC.text.replace("window: 10\n", "window: 0\n")
+    spec = parse_spec(text.replace("warmup_labels: 0", "warmup_labels: 1000000"))
+    srv, s = _server(FeatureModel("f_a"), frauds=10, spec=spec)  # fewer than min_frauds
+    s.run(5, {"f_a": 1.0})
+    assert not srv.acting
+    assert srv.offer(_pub(FeatureModel("f_a"), 2, 500))  # (a cold champion: replaced)
+    assert srv.version == "v000002" and srv.acting
+
+
 def test_no_gate_acts_at_once() -> None:
     spec = parse_spec("name: t\npipeline:\n  - linear_model.LogisticRegression: {}\n")
     assert spec.gate.min_frauds == 0 and spec.gate.window == 0
