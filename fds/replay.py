@@ -493,7 +493,10 @@ def _validated(
                 if mapping is not None and isinstance(raw, dict):  # (a value the mapping's
                     # notation could not read: its fraud left the summary too, a QA pass)
                     tx_id = mapping.column_value(raw, mapping.fields.get("tx_id", "tx_id"))
-                    truth = mapping.column_value(raw, label.column) if label is not None else None
+                    truth = (
+                        mapping.label_flag(mapping.column_value(raw, label.column))
+                        if label is not None else None
+                    )  # fmt: skip
                     _dead_fraud(stream, tx_id, label, truth)
             continue
         truth = rec.pop(label.column, None) if label and isinstance(rec, dict) else None

@@ -82,6 +82,11 @@ def test_a_pipe_or_a_folder_as_the_input_is_said_to_be_one(tmp_path, capsys):
          "not end in .gz: rename it to x.jsonl.gz"),
         ("x.csv", "parquet", "is a Parquet file (its first bytes are Parquet's) but is read as "
          "csv: rename it to x.parquet"),
+        # (a later QA pass: an Excel workbook, named .xlsx or .csv, was told to name it .csv,
+        # then to give its encoding)
+        ("x.xlsx", "zip", "is a zip archive (its first bytes are zip's), an Excel workbook "
+         "say: fds reads no workbook; save it as CSV"),
+        ("x.csv", "zip", "is a zip archive"),
     ],
 )  # fmt: skip
 def test_a_file_whose_bytes_say_another_format_than_its_name_is_refused(
@@ -96,6 +101,11 @@ def test_a_file_whose_bytes_say_another_format_than_its_name_is_refused(
     p = tmp_path / name
     if content == "gzip":
         p.write_bytes(gzip.compress(rows))
+    elif content == "zip":
+        import zipfile
+
+        with zipfile.ZipFile(p, "w") as z:
+            z.writestr("xl/workbook.xml", "<workbook/>")
     else:
         pa = pytest.importorskip("pyarrow")
         import pyarrow.parquet as pq

@@ -310,22 +310,25 @@ def test_fraud_labels_of_a_label_column_on_dead_lettered_rows_are_counted(tmp_pa
     assert s.as_dict()["dead_frauds"] == 2
 
 
-@pytest.mark.parametrize("labels", ["column", "file"])
+@pytest.mark.parametrize("labels", ["column", "words", "file"])
 def test_fraud_labels_of_rows_the_mappings_notation_could_not_read_are_counted(tmp_path, labels):
     """A QA pass: a row whose amount the mapping's decimal comma could not read ("abc") or
     whose time its ts_format could not is dead-lettered by the reader, before validation:
     its fraud (a label column) left the summary (`fraud labels of dead letters` 1 of 2), and
-    a --labels file's was said "of no transaction", though the dead letter names its id."""
+    a --labels file's was said "of no transaction", though the dead letter names its id. (A
+    later QA pass: so too with the file's own words, `label_values: {fraud: [ja]}`.)"""
     p = tmp_path / "x.csv"
+    yes, no = ("ja", "nein") if labels == "words" else ("1", "0")
     p.write_text(
-        "ref;zeit;karte;betrag;label\na1;2026-03-01 08:00:00;c1;12,5;0\n"
-        "a2;2026-03-01 08:01:00;c1;abc;1\na3;2026-03-01 08:02:00;c1;-3;1\n"
-        "a4;2026-03-01 08:03:00;c1;5;1\na5;01.03.2026;c1;5;1\n"
+        f"ref;zeit;karte;betrag;label\na1;2026-03-01 08:00:00;c1;12,5;{no}\n"
+        f"a2;2026-03-01 08:01:00;c1;abc;{yes}\na3;2026-03-01 08:02:00;c1;-3;{yes}\n"
+        f"a4;2026-03-01 08:03:00;c1;5;{yes}\na5;01.03.2026;c1;5;{yes}\n"
     )
+    words = {"label_values": {"fraud": ["ja"], "legit": ["nein"]}} if labels == "words" else {}
     mapping = ColumnMapping.model_validate({
         "delimiter": ";", "decimal": ",", "ts_format": "%Y-%m-%d %H:%M:%S",
         "fields": {"tx_id": "ref", "ts": "zeit", "card_id": "karte", "amount": "betrag"},
-        **({"label": {"column": "label", "delay": "0s"}} if labels == "column" else {}),
+        **({"label": {"column": "label", "delay": "0s"}} if labels != "file" else {}), **words,
     })  # fmt: skip
     lp = None
     if labels == "file":

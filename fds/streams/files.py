@@ -681,9 +681,18 @@ class ColumnMapping(ReadOptions):
         as True/False when it is one of ``label_values:``'s words."""
         label = self.label
         col = "is_fraud" if self._section == "labels_file" else label and label.column
-        word = _label_word(out.get(col)) if col else None
+        if not col or col not in out:
+            return out
+        flag = self.label_flag(out[col])
+        return out if flag is out[col] else {**out, col: flag}
+
+    def label_flag(self, v: Any) -> Any:
+        """A fraud flag's value ``v`` read as True/False when it is one of ``label_values:``'s
+        words, else as it is (a row dead-lettered before its words were read counted no
+        fraud: a QA pass)."""
+        word = _label_word(v) if self.label_values is not None else None
         flag = None if word is None else cast(LabelValues, self.label_values).flags.get(word)
-        return out if flag is None else {**out, cast(str, col): flag}
+        return v if flag is None else flag
 
     @functools.cached_property
     def _label_path(self) -> tuple[str, tuple[str, ...]] | None:
@@ -878,6 +887,14 @@ def _line_at(p: Path, keys: Sequence[str]) -> int | None:
     return line
 
 
+#: What a workbook (or a zip archive) is told to do (renamed .csv, it was told "not valid UTF-8,
+#: give encoding: cp1252", advice that led nowhere: a QA pass).
+_EXPORT_CSV = (
+    'fds reads no workbook; save it as CSV (in Excel: File > Save As > "CSV UTF-8"), then '
+    "give that file"
+)
+
+
 def infer_format(path: str | os.PathLike[str], declared: str | None = None) -> str:
     """``csv`` / ``jsonl`` / ``parquet`` from the declared format or the file name."""
     if declared:
@@ -893,6 +910,8 @@ def infer_format(path: str | os.PathLike[str], declared: str | None = None) -> s
     ):
         if name.endswith(ext):
             return fmt
+    if name.endswith((".xlsx", ".xls", ".xlsm", ".ods")):
+        raise ConfigError(f"{path} is a spreadsheet workbook: {_EXPORT_CSV}")
     raise ConfigError(
         f"cannot tell the format of {path}: name it .csv, .tsv, .jsonl or .parquet (optionally "
         ".gz) or set 'format:' in a --mapping file"
@@ -1093,6 +1112,11 @@ def _check_content(p: Path, fmt: str | None, declared: bool) -> None:
         raise ConfigError(
             f"{p} is gzip-compressed (its first bytes are gzip's) but its name does not end in "
             f".gz: rename it to {p.name}.gz (fds unpacks a .gz file as it reads it)"
+        )
+    if head == b"PK\x03\x04":
+        raise ConfigError(
+            f"{p} is a zip archive (its first bytes are zip's), an Excel workbook say: "
+            f"{_EXPORT_CSV} (or unzip it)"
         )
     if head == b"PAR1" and fmt != "parquet":
         raise ConfigError(
