@@ -4762,6 +4762,10 @@ def _cmd_produce(args: argparse.Namespace) -> int:
     except Exception as exc:
         say(f"fds produce: failed: {describe(exc)}")
         return 1
+    if n == 0 and args.limit != 0:  # (exit 0, where fds replay of it exits 1: a QA pass)
+        say(f"fds produce: error: {args.file} holds no records (empty, or a header only): "
+            "nothing was sent")  # fmt: skip
+        return 1
     say(f"produced {n} records to {args.topic or settings.input_topic}", logging.INFO)
     return 0
 

@@ -1241,6 +1241,17 @@ def test_produce_says_how_far_it_got_and_refuses_what_fds_run_cannot_read(
         produce_file(big, s, topic="no-such-topic")
 
 
+def test_produce_of_a_file_without_records_exits_1(kafka_bootstrap, topics, tmp_path, capsys):
+    """A QA pass: `fds produce` of an empty or header-only file said "produced 0 records",
+    exit 0, where `fds replay` of it exits 1."""
+    from fds.cli import main
+
+    (tmp_path / "h.csv").write_text("tx_id,ts,card_id,amount\n")
+    args = ["--bootstrap", kafka_bootstrap, "--topic", topics["transactions"]]
+    assert main(["produce", str(tmp_path / "h.csv"), *args]) == 1
+    assert "holds no records (empty, or a header only): nothing was sent" in capsys.readouterr().err
+
+
 def test_produce_sends_a_file_as_replay_reads_it_or_says_why_not(
     kafka_bootstrap, topics, tmp_path, caplog
 ):
