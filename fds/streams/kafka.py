@@ -1410,7 +1410,7 @@ class Runner:
         # saw the first poll's batch as a new series, not as consumed (a QA pass)
         self._lag_at = 0.0
         self._decided: dict[Any, int] = {}  # partition -> offset after the last record decided
-        self._copartitioned = False
+        self._copartitioned: bool | None = None  # (None: not checked yet)
         self._n_out = 0  # the output topic's partitions, when co-partitioned
         self._pending: list[Any] = []  # send futures of the batch being decided
         # dead letters logged in the current window, its end, and those counted only
@@ -1694,8 +1694,19 @@ class Runner:
         send to an output partition that does not exist (a traceback: a QA pass)."""
         n_in = self.consumer.partitions_for_topic(self.s.input_topic)
         n_out = self.producer.partitions_for(self.s.output_topic)
+        was = self._copartitioned
         self._copartitioned = bool(n_in) and bool(n_out) and len(n_in) == len(n_out)
         self._n_out = len(n_out or ())
+        if n_in and n_out and not self._copartitioned and was is not False:  # (said once a
+            # change: it was an INFO line's co_partitioned="False" alone, and a kill -9 then
+            # wrote 5,000 duplicates where a topic of the input's count gave none, a QA pass)
+            log.warning(
+                'decisions topic="%s" has %d partitions, the input topic="%s" %d: the decisions '
+                "of one input partition are spread over several, so after a crash those already "
+                "written are not found again (decided again: duplicates); give the decisions "
+                "topic the input's partition count (`fds kafka topics` makes them so)",
+                self.s.output_topic, len(n_out), self.s.input_topic, len(n_in),
+            )  # fmt: skip
 
     def _connect_labels(self, topic: str, timeout_ms: int) -> None:
         plan = self.engine.features
@@ -2012,6 +2023,15 @@ class Runner:
         except KafkaError as exc:  # (a send after a fence: kafka-python's "Cannot perform
             if self.s.exactly_once and _producer_fenced(exc):  # send ..." was all it said,
                 raise self._taken("send") from exc  # a QA pass)
+            if isinstance(exc, KafkaTimeoutError):  # a send that found no topic's metadata
+                # for max_block_ms (a decisions topic deleted under fds run: a bare
+                # "Failed to update metadata", no topic named, a QA pass)
+                topics = f"{self.s.output_topic!r} and {self.s.dlq_topic!r}"
+                raise BrokerUnavailable(
+                    f"a send of decisions failed ({describe(exc)}): do the topics fds run "
+                    f"writes ({topics}) exist, and is Kafka at {self.s.bootstrap} up? Offsets "
+                    f"are committed up to {self._committed_up_to}; a restart goes on from there"
+                ) from exc
             raise
 
     def _decide_batch(self, batch: list[tuple[Any, Any, Any]]) -> None:
@@ -2172,7 +2192,9 @@ class Runner:
                     return
             if self.stats.batches == self._kill_after_flush:
                 os.kill(os.getpid(), signal.SIGKILL)  # fault injection: an open transaction
-            self._retrying("commit_transaction", self.producer.commit_transaction)
+            self._retrying(
+                "commit_transaction", self.producer.commit_transaction, progress=self._acks
+            )
             if (
                 offsets
                 and time.monotonic() - began > s.transaction_timeout_ms / 2000
@@ -2274,7 +2296,16 @@ class Runner:
                     if not fut.failed():
                         raise
 
-        self._retrying("acknowledgement", acknowledged)
+        self._retrying("acknowledgement", acknowledged, progress=self._acks)
+
+    def _acks(self) -> int:
+        """Sends acknowledged so far among the batches in flight (and the batch being
+        decided): a wait for them that sees this grow is waiting on a slow broker, not a
+        silent one (a throttled decisions topic, answering, ended fds run as "no answer from
+        Kafka" after broker_timeout_s of one batch's wait: a QA pass)."""
+        return sum(f.is_done for b in self._unacked for f in b.futures) + sum(
+            f.is_done for f in self._pending
+        )
 
     def _commit_async(self, offsets: dict[Any, Any]) -> None:
         # Not timed: kafka-python reads the answer (and runs a callback) only in a later poll,
@@ -3880,26 +3911,33 @@ class Runner:
                 )
 
     def _flush(self) -> None:
-        self._retrying("flush", lambda: self.producer.flush(timeout=self.s.broker_timeout_s))
+        self._retrying(
+            "flush", lambda: self.producer.flush(timeout=self.s.broker_timeout_s),
+            progress=self._acks,
+        )  # fmt: skip
 
     def _retrying(
         self, what: str, fn: Callable[[], Any], timeout_s: float | None = None, *,
-        held: bool = False,
+        held: bool = False, progress: Callable[[], int] | None = None,
     ) -> Any:  # fmt: skip
         """Call ``fn`` with exponential backoff until ``timeout_s`` (``broker_timeout_s``);
         then give up loudly. ``held``: a slow answer is the broker holding it back on purpose
         (committed offsets an open transaction holds), not its silence: not said as a broker
         gone (fds_broker_reachable 0 and /readyz "does not answer" while it answered: a QA).
+        ``progress``: a count that grows while the broker answers (sends acknowledged): the
+        timeout runs from its last growth.
 
         Under exactly-once a failed transactional call is not retried: the transaction is
         aborted and the error propagates (a restart resumes from the last commit).
         """
         first = time.monotonic()
-        deadline = first + (timeout_s or self.s.broker_timeout_s)
+        timeout = timeout_s or self.s.broker_timeout_s
+        deadline = first + timeout
         delay = 0.1  # first backoff; doubles up to 5 s
+        seen = progress() if progress is not None else 0
         while True:
             try:
-                got = self._waited(what, fn, deadline, since=first, held=held)
+                got = self._waited(what, fn, deadline, since=first, held=held, progress=progress)
                 self._broker_state(True)
                 return got
             except CommitFailedError:
@@ -3923,6 +3961,8 @@ class Runner:
                         f"{what} failed under exactly-once ({describe(exc)}); the "
                         "transaction was aborted; restart to resume from the last commit"
                     ) from exc
+                if progress is not None and (now := progress()) > seen:  # slow, not silent
+                    seen, deadline = now, time.monotonic() + timeout
                 if time.monotonic() + delay > deadline:
                     # (a decisions topic deleted under fds run was told as a broker down: a QA)
                     topics = f"{self.s.output_topic!r} and {self.s.dlq_topic!r}"
@@ -3952,7 +3992,7 @@ class Runner:
 
     def _waited(
         self, what: str, fn: Callable[[], Any], deadline: float, *, since: float | None = None,
-        held: bool = False,
+        held: bool = False, progress: Callable[[], int] | None = None,
     ) -> Any:  # fmt: skip
         """``fn()`` run on the broker-call thread and waited for in steps: logged every
         WAIT_LOG_S while the broker does not answer, given up at ``deadline`` and, after a stop,
@@ -3964,10 +4004,16 @@ class Runner:
         logged = stepped = time.monotonic()
         started = logged if since is None else since  # (the first try of a retried call: its
         # log said "5 s of 49 s" 15 s into an outage, a QA pass)
+        seen = progress() if progress is not None else 0
         while True:
             if call.done.wait(WAIT_STEP_S):
                 return call.result()
             now = self.health.beat = time.monotonic()  # (live: it ends by the deadline)
+            if progress is not None and (got := progress()) > seen:  # slow, not silent: the
+                seen, started, logged = got, now, now  # broker answers
+                deadline = max(deadline, now + self.s.broker_timeout_s)
+                if self._broker_up is False:
+                    self._broker_state(True)
             frozen = now - stepped - WAIT_STEP_S
             stepped = now
             if frozen > FROZEN_S:  # this process was stopped (SIGSTOP, a frozen VM), not the

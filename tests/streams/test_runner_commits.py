@@ -2282,3 +2282,75 @@ def test_dead_letters_past_ten_a_minute_are_said_in_one_line(caplog, monkeypatch
     # the record's values (the logs hold none: a review)
     assert caplog.text.count('reason_in="dead-letters"') == 11
     assert "bad" not in caplog.text.replace("dead letter", "")
+
+
+def test_a_slow_broker_that_keeps_acknowledging_is_waited_for_not_given_up():
+    """A QA pass: a decisions topic throttled by a quota (acknowledging, slowly) ended fds
+    run after broker_timeout_s of one batch's wait as "no answer from Kafka" (exit 1, then a
+    restart loop writing duplicates). The timeout runs from the last acknowledgement; a
+    broker that stops answering is still given up after it."""
+    import threading
+
+    from fds.streams.kafka import BrokerUnavailable, _Unacked
+
+    class Slow(Future):
+        def __init__(self) -> None:
+            super().__init__()
+            self.acked = threading.Event()
+
+        def get(self, timeout: float | None = None) -> None:
+            self.acked.wait()
+            self.is_done = True
+
+    for answers in (8, 2):  # 8 x 0.4 s = 3.2 s, past the 1.5 s timeout; then silent
+        r = make_runner(broker_timeout_s=1.5)
+        futures = [Slow() for _ in range(8)]
+        r._unacked.append(_Unacked(1, futures, {}, {}))  # type: ignore[arg-type]
+
+        def broker(futures: list[Slow] = futures, answers: int = answers) -> None:
+            for f in futures[:answers]:
+                time.sleep(0.4)
+                f.is_done = True
+                f.acked.set()
+
+        threading.Thread(target=broker, daemon=True).start()
+        t0 = time.monotonic()
+        if answers == 8:
+            r._await(r._unacked[0])
+            assert all(f.is_done for f in futures) and time.monotonic() - t0 > 3.0
+        else:
+            with pytest.raises(BrokerUnavailable, match="acknowledgement failed for 2 s"):
+                r._await(r._unacked[0])
+            assert time.monotonic() - t0 < 4.0  # (0.8 s of answers, then the timeout)
+        for f in futures:
+            f.acked.set()
+
+
+def test_a_send_that_finds_no_topic_says_which_topics_to_check():
+    """A QA pass: the decisions topic deleted under fds run, kafka-python's send waited for its
+    metadata and raised; fds run ended on a bare "KafkaTimeoutError: Failed to update
+    metadata after 20.0 secs.", naming no topic."""
+    from fds.streams.kafka import BrokerUnavailable
+
+    r = make_runner(output_topic="h.decisions")
+
+    def send(topic: str, **_: Any) -> Future:
+        raise KafkaTimeoutError("Failed to update metadata after 20.0 secs.")
+
+    r.producer.send = send  # type: ignore[method-assign]
+    with pytest.raises(BrokerUnavailable, match=r"do the topics fds run writes \('h.decisions'"):
+        r._process(batch(0))
+
+
+def test_a_decisions_topic_of_another_partition_count_is_warned_about_once(caplog):
+    """A QA pass: a decisions topic of 3 partitions for an input of 6 was said only as an INFO
+    line's co_partitioned="False"; a kill -9 and a restart then wrote 5,000 duplicates (the
+    decisions written are looked for in the input partition's number)."""
+    r = make_runner()
+    r.consumer.partitions_for_topic = lambda topic: set(range(6))  # type: ignore[attr-defined]
+    r.producer.partitions_for = lambda topic: {0, 1, 2}  # type: ignore[method-assign]
+    with caplog.at_level("WARNING", logger="fds.streams.kafka"):
+        r._check_copartitioned()
+        r._check_copartitioned()  # (at every assignment: said once)
+    assert caplog.text.count('has 3 partitions, the input topic="transactions" 6') == 1
+    assert "give the decisions topic the input's partition count" in caplog.text
