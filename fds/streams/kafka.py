@@ -2303,8 +2303,9 @@ class Runner:
         decided): a wait for them that sees this grow is waiting on a slow broker, not a
         silent one (a throttled decisions topic, answering, ended fds run as "no answer from
         Kafka" after broker_timeout_s of one batch's wait: a QA pass)."""
-        return sum(f.is_done for b in self._unacked for f in b.futures) + sum(
-            f.is_done for f in self._pending
+        # (succeeded: a send failed, a batch expired in an outage, is no answer: a review)
+        return sum(f.succeeded() for b in self._unacked for f in b.futures) + sum(
+            f.succeeded() for f in self._pending
         )
 
     def _commit_async(self, offsets: dict[Any, Any]) -> None:

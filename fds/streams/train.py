@@ -102,7 +102,7 @@ from fds.streams.kafka import (
     unreachable,
 )
 from fds.streams.kafka_kit import ClientErrors, Consumer, Stopped, close_producer, flush_within
-from fds.streams.label_feed import EARLY_WAIT_S, MAX_HELD
+from fds.streams.label_feed import EARLY_WAIT_S
 from fds.streams.model_feed import LIFECYCLE, ModelFeed, announcement_key, lifecycle_key
 from fds.timeutil import format_ts, parse_ts
 
@@ -126,6 +126,10 @@ LABEL_MAX_WAIT_S = 300.0
 #: How far behind its newest a decisions partition may still give decisions: an input is
 #: assumed legitimate only once every partition is this far past it (fds run's default grace).
 DECISIONS_SKEW_S = 300.0
+#: Labels fds train keeps waiting for their transaction (_Early); more are learned unjoined at
+#: once. Each checkpoint holds them: 20,000 are ~1.1 MB a checkpoint (100,000 were 5.5 MB, 0.13
+#: s to pickle, every second: a review).
+EARLY_MAX = 20_000
 #: Bad records logged one by one per BAD_SAID_WINDOW_S (each bad label was a line of its own:
 #: a QA pass); the rest counted, said in one line, as fds run says its dead letters.
 BAD_SAID_PER_WINDOW = 10
@@ -255,8 +259,9 @@ class _Early:
     (:attr:`waiting`; ``TrainService._on_decision`` calls :meth:`reached`) until the decisions
     are read EARLY_WAIT_S past its own time: then it is learned unjoined, as one dated more
     than that before the transaction it names. (It was learned unjoined as soon as the
-    decisions passed its own time: 24 and 157 of 765 fraud labels lost in two QA runs.)
-    At most MAX_HELD wait; kept in the trainer checkpoint, with the offsets past them."""
+    decisions passed its own time: 24 and 157 of 765 fraud labels lost in two QA runs.) One
+    dated after its transaction (its decision read late) is learned at its own time. At most
+    EARLY_MAX wait; kept in the trainer checkpoint, with the offsets past them."""
 
     def __init__(self) -> None:
         self.waiting: dict[str, list[tuple[int, dict[str, Any]]]] = {}  # tx_id -> (seq, label)
@@ -275,13 +280,14 @@ class _Early:
             return False
         if seq is None:
             self.seq = seq = self.seq + 1
-        where = max(tx_ts + DECISIONS_SKEW_S, label["ts"])
+        # dated after it (its decision read late): at its own time, as every such label
+        where = label["ts"] if tx_ts <= label["ts"] else tx_ts + DECISIONS_SKEW_S
         heapq.heappush(self.due, (where, seq, label))
         return True
 
     def park(self, label: dict[str, Any]) -> bool:
-        """``label``'s transaction is not read: it waits for it (``False``: MAX_HELD wait)."""
-        if self.n >= MAX_HELD:
+        """``label``'s transaction is not read: it waits for it (``False``: EARLY_MAX wait)."""
+        if self.n >= EARLY_MAX:
             return False
         self.seq += 1
         self.waiting.setdefault(label["tx_id"], []).append((self.seq, label))
@@ -318,7 +324,8 @@ class _Early:
         return out
 
     def take(self, before: float) -> list[tuple[float, dict[str, Any]]]:
-        """The labels due at a place before ``before``, in order, with their places."""
+        """The labels due at a place before ``before``, in order, with their places (past
+        their own time: dated before their transaction)."""
         due, out = self.due, []
         while due and due[0][0] < before:
             where, _, label = heapq.heappop(due)
@@ -1135,7 +1142,7 @@ class TrainService:
             if where > t.labels_to:
                 t.labels_read_to(where)
             self._learn(label)
-            self.stats.labels_early += 1
+            self.stats.labels_early += where > label["ts"]  # (dated before its transaction)
             n += 1
         return n
 
@@ -1171,12 +1178,7 @@ class TrainService:
         # themselves take (_decisions_to): each partition's newest less DECISIONS_SKEW_S. (Its
         # own test, each partition's newest alone, let a label within those 5 minutes be
         # learned before the assumptions due before it, in one run and not another: a QA pass.)
-        decisions_to = self._decisions_to()
-        read = decisions_to >= ts - self.trainer.spec.learn.assume_legit_after
-        # A label dated before its transaction, not read yet, has its place (_Early) after
-        # DECISIONS_SKEW_S past that transaction: one after it waits until that is past its own
-        # time (learned before, it was learned first in one run and not in another).
-        read = read and (not self._early.n or decisions_to + DECISIONS_SKEW_S >= ts)
+        read = self._decisions_to() >= ts - self.trainer.spec.learn.assume_legit_after
         if self._decisions_idle(self.label_wait_s if stored else self.label_max_wait_s) or (
             read and (stored or self._decisions_cover(ts))
         ):
@@ -1519,7 +1521,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"labels_dead_lettered={stats.labels_dead_lettered} "
         f"labels_unjoined_total={svc.trainer.stats['labels_unjoined']} "
         # (dated before their transaction: learned after it, or waiting for it, checkpointed)
-        f"labels_early={stats.labels_early} labels_awaiting_transaction={svc._early.n}",
+        f"labels_early={stats.labels_early} labels_awaiting_transaction={len(svc._early)}",
         logging.INFO,
     )
     return 0

@@ -53,6 +53,9 @@ class Future:
     def failed(self) -> bool:
         return False
 
+    def succeeded(self) -> bool:
+        return True
+
 
 class Producer:
     def __init__(self, broker: Broker, **_: Any) -> None:

@@ -38,6 +38,9 @@ class Future:
     def failed(self) -> bool:
         return self.exception is not None
 
+    def succeeded(self) -> bool:
+        return self.is_done and self.exception is None
+
     def get(self, timeout: float | None = None) -> None:
         """Waited for: the broker answers (kafka-python's blocks until it does)."""
         self.waited = True

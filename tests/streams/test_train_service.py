@@ -1576,8 +1576,9 @@ def test_a_label_dated_before_its_transaction_read_late_is_learned_after_it(tmp_
     decision was read after the decisions had passed the label's time, was learned unjoined
     (24 and 157 of 765 fraud labels in two runs). It waits for its transaction, and is learned
     right after it (its time plus DECISIONS_SKEW_S, in the labels' order), as fds replay learns
-    it, at the same place whatever the polls: here, with the transaction's decision read
-    before the label and after it."""
+    it; read after the labels past that place (the labels ahead of the decisions), once read.
+    The labels after it do not wait for it (one that never comes held every label whose
+    decision was read behind a lagging partition: a review)."""
     labels = [
         Msg("labels", 0, 0, {"tx_id": "late", "ts": 1000.0, "is_fraud": True}),
         Msg("labels", 0, 1, {"tx_id": "m", "ts": 5200.0, "is_fraud": True}),
@@ -1598,12 +1599,13 @@ def test_a_label_dated_before_its_transaction_read_late_is_learned_after_it(tmp_
         else:  # the label's transaction read after the decisions passed the label's time
             feed(svc, {d0: d0_msgs, d1: d1_msgs[:1], lab: labels})
             assert svc._early.n == 1 and svc.trainer.stats["labels_unjoined"] == 0
-            assert held(svc, lab) == labels[1:]  # (its place may be before theirs: they wait)
+            assert not held(svc, lab)  # (the labels after it went on)
             feed(svc, {d1: d1_msgs[1:]})
         assert svc.trainer.stats["labels_unjoined"] == 0 and svc.stats.labels_early == 1
         assert not held(svc, lab) and not svc._early
         orders.append(seen)
-    assert orders[0] == orders[1] == [(2.0, True), (6.0, True), (3.0, True)]
+    assert orders[0] == [(2.0, True), (6.0, True), (3.0, True)]  # at its place
+    assert orders[1] == [(2.0, True), (3.0, True), (6.0, True)]  # once its transaction came
 
 
 def test_a_label_waiting_for_its_transaction_is_checkpointed_and_ends_unjoined(
@@ -1654,3 +1656,50 @@ def test_a_label_whose_decision_comes_after_the_decisions_passed_its_time_is_joi
                     decision(1, 3, "s", t + 400)]})  # fmt: skip
     st = svc.trainer.stats
     assert st["labels_unjoined"] == 0 and st["frauds_learned"] == 3 and not svc._early
+
+
+def test_a_label_waiting_for_its_transaction_holds_no_label_whose_decision_is_read(
+    tmp_path, monkeypatch
+):
+    """A review: while one label waited for a transaction that never comes (a typo'd id, a
+    dead-lettered transaction), each label whose decision was read waited for a partition
+    written on but 600 s behind, 300 s each, for the day it waited."""
+    day = 86400.0
+    clock, svc, (d0, d1, lab) = _two_decisions_partitions(tmp_path, monkeypatch, 2, 1, 3)
+    feed(svc, {d0: [decision(0, 0, "a", 9 * day)], d1: [decision(1, 0, "b", 10 * day)]})
+    ghost = Msg("labels", 0, 0, {"tx_id": "ghost", "ts": 9 * day, "is_fraud": True})
+    charges = [Msg("labels", 0, 1 + i, {"tx_id": tx, "ts": 10 * day - 1 + i, "is_fraud": True})
+               for i, tx in enumerate("ab")]  # fmt: skip
+    feed(svc, {lab: [ghost, *charges]})
+    clock[0] += 1.0
+    feed(svc, {d0: [decision(0, 1, "x", 10 * day - 600)]})  # written on, 600 s behind
+    assert svc._early.n == 1 and svc.trainer.stats["frauds_learned"] == 2  # at once
+
+
+def test_a_label_whose_late_decision_is_read_after_it_is_learned_at_its_own_time(
+    tmp_path, monkeypatch
+):
+    """A review: a label dated after its transaction whose decision came late (within the
+    grace, behind a newer one) was parked, then placed DECISIONS_SKEW_S past the transaction,
+    after the next label, with small polls only, and counted as dated before it. It is learned
+    at its own time, whatever the polls."""
+    t = 1_800_000_000.0
+    txs = [("a0", t + 100, 1.0), ("w", t + 360, 2.0), ("x", t + 340, 3.0), ("s", t + 400, 4.0),
+           ("z", t + 1000, 5.0)]  # fmt: skip
+    labels = [Msg("labels", 0, 0, {"tx_id": "x", "ts": t + 350, "is_fraud": True}),
+              Msg("labels", 0, 1, {"tx_id": "s", "ts": t + 400, "is_fraud": True})]  # fmt: skip
+    orders = []
+    for size in (5, 1):
+        clock = [1000.0]
+        monkeypatch.setattr("fds.streams.train.time.monotonic", lambda c=clock: c[0])
+        d, lab = TopicPartition("decisions", 0), TopicPartition("labels", 0)
+        svc = service(tmp_path / str(size))
+        svc.consumer = Consumer({d: 5, lab: 2})
+        seen = _learned_in_order(svc)
+        msgs = [_tx(0, i, *tx) for i, tx in enumerate(txs)]
+        feed(svc, {d: msgs[:2], lab: labels})
+        for i in range(2, 5, size):
+            feed(svc, {d: msgs[i : i + size]})
+        assert svc.trainer.stats["labels_unjoined"] == 0 and svc.stats.labels_early == 0
+        orders.append(seen)
+    assert orders[0] == orders[1] == [(3.0, True), (4.0, True)]
