@@ -253,15 +253,18 @@ class TrainStats:
 class _Early:
     """fds train's labels dated before their own transaction (a chargeback dated to the day,
     00:00): each is learned right after its transaction, as fds replay learns it, at a place
-    in the labels' event-time order that the polls do not change: the transaction's time plus
-    DECISIONS_SKEW_S, by when every decision before it is read (:attr:`due`, learned before
-    the labels after that place). One whose transaction is not read yet waits for it
-    (:attr:`waiting`; ``TrainService._on_decision`` calls :meth:`reached`) until the decisions
-    are read EARLY_WAIT_S past its own time: then it is learned unjoined, as one dated more
-    than that before the transaction it names. (It was learned unjoined as soon as the
-    decisions passed its own time: 24 and 157 of 765 fraud labels lost in two QA runs.) One
-    dated after its transaction (its decision read late) is learned at its own time. At most
-    EARLY_MAX wait; kept in the trainer checkpoint, with the offsets past them."""
+    in the labels' event-time order: the transaction's time plus DECISIONS_SKEW_S, by when
+    every decision before it is read (:attr:`due`, learned before the labels after that
+    place; the polls do not change it while the decisions are read ahead of the labels, and
+    in a catch-up where the labels lead it is learned once its transaction is read: the
+    labels after it did wait for it, for a day when it never came, a review). One whose
+    transaction is not read yet waits for it (:attr:`waiting`; ``TrainService._on_decision``
+    calls :meth:`reached`) until the decisions are read EARLY_WAIT_S past its own time: then
+    it is learned unjoined, as one dated more than that before the transaction it names. (It
+    was learned unjoined as soon as the decisions passed its own time: 24 and 157 of 765 fraud
+    labels lost in two QA runs.) One dated after its transaction (its decision read late) is
+    learned at its own time. At most EARLY_MAX wait; kept in the trainer checkpoint, with the
+    offsets past them."""
 
     def __init__(self) -> None:
         self.waiting: dict[str, list[tuple[int, dict[str, Any]]]] = {}  # tx_id -> (seq, label)
