@@ -208,7 +208,16 @@ def spawn_run(
         *stages, "--metrics-port", "-1", *extra,
     ]  # fmt: skip
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    p = subprocess.Popen(cmd, cwd=REPO, env=full_env, stderr=subprocess.PIPE, text=True)
+    # fds run keeps a SIGHUP it inherits ignored (nohup) ignored: a suite run under nohup
+    # spawns it as a terminal would (its SIGHUP test hung there for the 30 s it waits)
+    hup = signal.getsignal(signal.SIGHUP)
+    if hup == signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        p = subprocess.Popen(cmd, cwd=REPO, env=full_env, stderr=subprocess.PIPE, text=True)
+    finally:
+        if hup == signal.SIG_IGN:
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
     SPAWNED.append(p)  # killed after the test by conftest's autouse fixture
     return p
 
