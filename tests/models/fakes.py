@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from pathlib import Path
+from typing import Any, ClassVar
 
 
 class FeatureModel:
@@ -66,3 +67,19 @@ class Threads(FeatureModel):
 
         Threads.names.append(threading.current_thread().name)
         return super().predict_proba_one(x)
+
+
+def servers_inline_and_watching(spec: Any, folder: Path) -> list[tuple[bool, Any, Any]]:
+    """``(watch, server, registry)`` for a replay's scorer (inline) and fds run's (watch mode,
+    no poll: offers come directly), each on a registry of its own under ``folder``."""
+    from fds.models.registry import Registry
+    from fds.models.scorer import ModelServer
+
+    out = []
+    for watch in (False, True):
+        reg = Registry(folder / str(watch))
+        srv = ModelServer(spec, learn=False, registry=reg)
+        if watch:
+            srv.start_watch(every=3600)
+        out.append((watch, srv, reg))
+    return out

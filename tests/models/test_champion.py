@@ -836,7 +836,7 @@ def test_in_fds_run_a_predecessor_re_scores_recent_traffic_off_the_decision_thre
     threshold refresh (158 ms with a forest: a gap in decisions). In watch mode one that would
     take longer than RESCORE_INLINE_S does so on a worker thread, the thresholds it had
     serving meanwhile; a replay stays inline."""
-    from tests.models.fakes import Threads
+    from tests.models.fakes import Threads, servers_inline_and_watching
 
     monkeypatch.setattr("fds.models.scorer.RESCORE_INLINE_S", 0.0)  # (the fake is fast)
 
@@ -844,11 +844,7 @@ def test_in_fds_run_a_predecessor_re_scores_recent_traffic_off_the_decision_thre
         "name: t\npipeline:\n  - linear_model.LogisticRegression: {}\n"
         "promote:\n  shadow_min_labels: 60\n  alert_budget_per_day: 10\n  warmup_labels: 0\n"
     )
-    for watch in (False, True):
-        reg = Registry(tmp_path / str(watch))
-        srv = ModelServer(spec, learn=False, registry=reg)
-        if watch:
-            srv.start_watch(every=3600)  # (no poll in this test: offers come directly)
+    for watch, srv, reg in servers_inline_and_watching(spec, tmp_path):
         s = Stream(srv)
         s.run(50, {"f_a": 1.0, "f_b": 1.0})
         assert srv.offer(_registered(reg, Threads("f_a")))

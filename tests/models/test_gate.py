@@ -344,16 +344,11 @@ def test_in_fds_run_the_gate_ranks_a_new_champion_off_the_decision_thread(
     restored champion on the label path (36 ms with the forest spec: a gap in fds run's
     decisions). In watch mode it does so on the worker thread, as a contest does, its ranks of
     the version before serving meanwhile; a replay stays inline."""
-    from fds.models.registry import Registry
-    from tests.models.fakes import Threads
+    from tests.models.fakes import Threads, servers_inline_and_watching
 
     monkeypatch.setattr("fds.models.scorer.RESCORE_INLINE_S", 0.0)  # (the fake is fast)
     spec = parse_spec(SPEC.text.replace("warmup_labels: 0", "warmup_labels: 1000000"))
-    for watch in (False, True):
-        reg = Registry(tmp_path / str(watch))
-        srv = ModelServer(spec, learn=False, registry=reg)
-        if watch:
-            srv.start_watch(every=3600)  # (no poll in this test: offers come directly)
+    for watch, srv, reg in servers_inline_and_watching(spec, tmp_path):
         s = Stream(srv)
         s.run(100, {"f_a": 0.0})  # recent traffic for the canary and the ranks
         for model in (FeatureModel("f_a"), Threads("f_a")):
