@@ -2026,11 +2026,11 @@ class Runner:
             if isinstance(exc, KafkaTimeoutError):  # a send that found no topic's metadata
                 # for max_block_ms (a decisions topic deleted under fds run: a bare
                 # "Failed to update metadata", no topic named, a QA pass)
-                topics = f"{self.s.output_topic!r} and {self.s.dlq_topic!r}"
                 raise BrokerUnavailable(
                     f"a send of decisions failed ({describe(exc)}): do the topics fds run "
-                    f"writes ({topics}) exist, and is Kafka at {self.s.bootstrap} up? Offsets "
-                    f"are committed up to {self._committed_up_to}; a restart goes on from there"
+                    f"writes ({self._written}) exist, and is Kafka at {self.s.bootstrap} up? "
+                    f"Offsets are committed up to {self._committed_up_to}; a restart goes on "
+                    "from there"
                 ) from exc
             raise
 
@@ -3966,8 +3966,7 @@ class Runner:
                     seen, deadline = now, time.monotonic() + timeout
                 if time.monotonic() + delay > deadline:
                     # (a decisions topic deleted under fds run was told as a broker down: a QA)
-                    topics = f"{self.s.output_topic!r} and {self.s.dlq_topic!r}"
-                    also = f", and do the topics it writes ({topics}) exist?"
+                    also = f", and do the topics it writes ({self._written}) exist?"
                     raise BrokerUnavailable(
                         f"{what} failed for {self.s.broker_timeout_s:.0f} s "
                         f"({describe(exc)}); is Kafka at {self.s.bootstrap} up"
@@ -3982,6 +3981,11 @@ class Runner:
                 self._broker_state(False)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    @property
+    def _written(self) -> str:
+        """The topics fds run writes, for a message that asks whether they exist."""
+        return f"{self.s.output_topic!r} and {self.s.dlq_topic!r}"
 
     @property
     def _committed_up_to(self) -> str:
