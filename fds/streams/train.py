@@ -606,11 +606,14 @@ class TrainService:
             self.store.flush()
         except sqlite3.Error as exc:  # (two chained tracebacks, no path: a QA pass)
             self.metrics.checkpoints(0, 1)
-            raise FdsError(
-                f"cannot write the trainer checkpoint in {self.ckpt.dir} ({exc}): free space "
-                "on its disk (a full disk) or check it, then restart fds train: it goes on "
-                "from its last checkpoint"
-            ) from exc
+            raise self._store_failed(exc) from exc
+
+    def _store_failed(self, exc: sqlite3.Error) -> FdsError:
+        return FdsError(
+            f"cannot write the trainer checkpoint in {self.ckpt.dir} ({exc}): free space "
+            "on its disk (a full disk) or check it, then restart fds train: it goes on "
+            "from its last checkpoint"
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -905,6 +908,10 @@ class TrainService:
             ts = float(ts) if isinstance(ts, int | float) else parse_ts(d["ts"])
             fields = {"tx_id": d["tx_id"], "ts": ts, "amount": tx.get("amount", 0.0)}
             self.trainer.on_decision(fields, d)
+        except sqlite3.Error as exc:  # the store's disk, not the record: it stops here (taken
+            # as a bad decision, its input was lost to its label while the next checkpoint,
+            # the disk freed, went on past it)
+            raise self._store_failed(exc) from exc
         except Exception as exc:
             self._bad(msg, exc)
             return

@@ -761,6 +761,33 @@ def test_a_full_state_disk_is_one_error_naming_the_state_dir(tmp_path):
     svc.store.flush()
 
 
+def test_a_full_state_disk_at_a_decision_stops_fds_train_and_loses_no_input(tmp_path):
+    """A QA suspicion, confirmed: SQLite's "database or disk is full" storing a decision's
+    input was taken as a bad decision record (skipped, counted, logged): its label found no
+    input, and a checkpoint after the disk was freed went on past it."""
+    from fds.errors import FdsError
+
+    svc = service(tmp_path)
+    d = TopicPartition("decisions", 0)
+    big = {f"f{i}": float(i) for i in range(2000)}  # an input that needs new pages
+    body = {"tx_id": "t0", "ts": "x", "features": big, "tx": {"ts": 100.0, "amount": 5.0}}
+    batches = [{d: [Msg("decisions", 0, 0, body)]}]
+
+    class OneBatch(Idle):
+        def poll(self, timeout_ms=0, max_records=None):
+            return batches.pop() if batches else {}
+
+    svc._connect = lambda: setattr(svc, "consumer", OneBatch())  # type: ignore[method-assign]
+    svc._read_to_end = lambda tp: True  # type: ignore[method-assign]
+    db = svc.store._db
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    db.execute(f"PRAGMA max_page_count={pages}")  # a real SQLITE_FULL: the disk is full
+    with pytest.raises(FdsError) as err:
+        svc.run(max_idle_s=0)
+    assert str(tmp_path / "state") in str(err.value) and "free space" in str(err.value)
+    assert svc.stats.bad_records == 0 and svc.stats.decisions == 0
+
+
 def test_fds_train_s_max_idle_does_not_count_a_slow_pass(tmp_path):
     """The idle clock is read after the pass's work: a slow pass (a lifecycle sent) while the
     partitions waited for their positions was counted as idle time once they had them, and
