@@ -17,7 +17,7 @@ from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 from kafka.producer.future import RecordMetadata
 from kafka.structs import TopicPartition
 
-from fds.errors import ConfigError
+from fds.errors import ConfigError, FdsError
 from fds.metrics import make_metrics
 from fds.models.registry import FOLLOWED_REASON
 from fds.pipeline import DEFAULT_MODEL
@@ -726,52 +726,10 @@ class Idle:
             time.sleep(min(30.0, (timeout_ms or 30_000) / 1000))
 
 
-def test_a_full_state_disk_is_one_error_naming_the_state_dir(tmp_path):
-    """A QA pass: SQLite's "database or disk is full" at the checkpoint, then "cannot rollback
-    - no transaction is active" from the loop's rollback (SQLite had ended the transaction):
-    two chained tracebacks, exit 1, no path or advice."""
-    from fds.errors import FdsError
-    from fds.streams.train import trainer_metrics
-
-    svc = service(tmp_path, metrics=trainer_metrics(True))
-    d = TopicPartition("decisions", 0)
-    svc.trainer.model = [0.0] * 50_000  # the checkpoint needs pages the database cannot have
-
-    batches = [{d: [decision(0, 0, "t0", 100.0)]}]
-
-    class OneBatch(Idle):
-        def poll(self, timeout_ms=0, max_records=None):
-            return batches.pop() if batches else {}
-
-    consumer = OneBatch()
-    svc._connect = lambda: setattr(svc, "consumer", consumer)  # type: ignore[method-assign]
-    svc._read_to_end = lambda tp: True  # type: ignore[method-assign]
-    db = svc.store._db
-    pages = db.execute("PRAGMA page_count").fetchone()[0]
-    db.execute(f"PRAGMA max_page_count={pages}")  # a real SQLITE_FULL: the disk is full
-    with pytest.raises(FdsError) as err:
-        svc.run(max_idle_s=0)
-    assert type(err.value) is FdsError  # not sqlite3's "cannot rollback" over it
-    text = str(err.value)
-    assert str(tmp_path / "state") in text and "full" in text and "free space" in text
-    get = svc.metrics.registry.get_sample_value
-    assert get("fds_checkpoints_total", {"result": "failed"}) == 1
-    db.execute("PRAGMA max_page_count=1073741823")  # space freed: the store works on
-    svc.store.put("t1", 2.0, {})
-    svc.store.flush()
-
-
-def test_a_full_state_disk_at_a_decision_stops_fds_train_and_loses_no_input(tmp_path):
-    """A QA suspicion, confirmed: SQLite's "database or disk is full" storing a decision's
-    input was taken as a bad decision record (skipped, counted, logged): its label found no
-    input, and a checkpoint after the disk was freed went on past it."""
-    from fds.errors import FdsError
-
-    svc = service(tmp_path)
-    d = TopicPartition("decisions", 0)
-    big = {f"f{i}": float(i) for i in range(2000)}  # an input that needs new pages
-    body = {"tx_id": "t0", "ts": "x", "features": big, "tx": {"ts": 100.0, "amount": 5.0}}
-    batches = [{d: [Msg("decisions", 0, 0, body)]}]
+def run_on_a_full_disk(svc: TrainService, batch: dict[Any, list[Msg]]) -> Exception:
+    """The error that ends ``svc.run`` reading ``batch`` with its store's database full (a
+    real SQLITE_FULL: no page beyond those it has)."""
+    batches = [batch]
 
     class OneBatch(Idle):
         def poll(self, timeout_ms=0, max_records=None):
@@ -780,11 +738,43 @@ def test_a_full_state_disk_at_a_decision_stops_fds_train_and_loses_no_input(tmp_
     svc._connect = lambda: setattr(svc, "consumer", OneBatch())  # type: ignore[method-assign]
     svc._read_to_end = lambda tp: True  # type: ignore[method-assign]
     db = svc.store._db
-    pages = db.execute("PRAGMA page_count").fetchone()[0]
-    db.execute(f"PRAGMA max_page_count={pages}")  # a real SQLITE_FULL: the disk is full
+    db.execute(f"PRAGMA max_page_count={db.execute('PRAGMA page_count').fetchone()[0]}")
     with pytest.raises(FdsError) as err:
         svc.run(max_idle_s=0)
-    assert str(tmp_path / "state") in str(err.value) and "free space" in str(err.value)
+    return err.value
+
+
+def test_a_full_state_disk_is_one_error_naming_the_state_dir(tmp_path):
+    """A QA pass: SQLite's "database or disk is full" at the checkpoint, then "cannot rollback
+    - no transaction is active" from the loop's rollback (SQLite had ended the transaction):
+    two chained tracebacks, exit 1, no path or advice."""
+    from fds.streams.train import trainer_metrics
+
+    svc = service(tmp_path, metrics=trainer_metrics(True))
+    d = TopicPartition("decisions", 0)
+    svc.trainer.model = [0.0] * 50_000  # the checkpoint needs pages the database cannot have
+
+    err = run_on_a_full_disk(svc, {d: [decision(0, 0, "t0", 100.0)]})
+    assert type(err) is FdsError  # not sqlite3's "cannot rollback" over it
+    text = str(err)
+    assert str(tmp_path / "state") in text and "full" in text and "free space" in text
+    get = svc.metrics.registry.get_sample_value
+    assert get("fds_checkpoints_total", {"result": "failed"}) == 1
+    svc.store._db.execute("PRAGMA max_page_count=1073741823")  # space freed: the store works on
+    svc.store.put("t1", 2.0, {})
+    svc.store.flush()
+
+
+def test_a_full_state_disk_at_a_decision_stops_fds_train_and_loses_no_input(tmp_path):
+    """A QA suspicion, confirmed: SQLite's "database or disk is full" storing a decision's
+    input was taken as a bad decision record (skipped, counted, logged): its label found no
+    input, and a checkpoint after the disk was freed went on past it."""
+    svc = service(tmp_path)
+    d = TopicPartition("decisions", 0)
+    big = {f"f{i}": float(i) for i in range(2000)}  # an input that needs new pages
+    body = {"tx_id": "t0", "ts": "x", "features": big, "tx": {"ts": 100.0, "amount": 5.0}}
+    err = run_on_a_full_disk(svc, {d: [Msg("decisions", 0, 0, body)]})
+    assert str(tmp_path / "state") in str(err) and "free space" in str(err)
     assert svc.stats.bad_records == 0 and svc.stats.decisions == 0
 
 
@@ -885,8 +875,6 @@ def test_a_trainer_fenced_by_another_with_its_instance_id_stops(tmp_path, how):
     import logging
 
     from kafka.errors import FencedInstanceIdError
-
-    from fds.errors import FdsError
 
     class Fenced(Idle):
         def poll(self, timeout_ms=0, max_records=None):
