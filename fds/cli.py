@@ -70,6 +70,9 @@ class _Parser(argparse.ArgumentParser):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", _Formatter)
+        # no prefixes of long options: `fds train --model default` set the models topic
+        # (--models-topic) to "default" without a word
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
     def parse_args(  # type: ignore[override]

@@ -6,6 +6,7 @@ import os
 import re
 import sys
 import time
+from pathlib import Path
 
 import orjson
 import pytest
@@ -416,6 +417,34 @@ def test_a_missing_rules_file_is_a_usage_error(command, history, tmp_path, capsy
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "nope.yaml: cannot read the rules file" in err and "--rules" in err
+
+
+def test_a_start_that_fails_leaves_no_state_dir_behind(tmp_path, capsys):
+    """A note's left item: `fds run` with a bad rules file made its (empty) state dir, and the
+    missing directories above it, before it said so."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rules: [\n")
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    for where in (tmp_path / "a" / "b" / "state", kept):
+        args = ["run", "--bootstrap", "127.0.0.1:1", "--metrics-port", "-1", "--rules", str(bad)]
+        assert main([*args, "--state-dir", str(where)]) == 2
+        assert "bad.yaml:1" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml", "kept"]
+
+
+def test_a_long_option_is_never_taken_by_a_prefix(capsys):
+    """A QA pass: `fds train --model default` set --models-topic to "default" (argparse takes
+    a unique prefix): prefixes are refused, and fds train's --spec is also --model, as fds run
+    and fds replay name it."""
+    from fds.cli import build_parser
+
+    assert build_parser().parse_args(["train", "--model", "m.yaml"]).spec == Path("m.yaml")
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--models-top", "default"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "unrecognized arguments: --models-top default" in err
+    assert "(--models-top: did you mean --models-topic?)" in err
 
 
 @pytest.mark.parametrize(

@@ -55,6 +55,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import takewhile
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
@@ -280,6 +281,8 @@ class Checkpointer:
 
     def __init__(self, state_dir: str | Path) -> None:
         self.dir = Path(state_dir)
+        # the directories this makes, deepest first (:meth:`unmake`)
+        self.made = list(takewhile(lambda d: not d.exists(), (self.dir, *self.dir.parents)))
         try:
             self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # (owner-only, a review)
         except OSError as exc:
@@ -297,6 +300,13 @@ class Checkpointer:
         self._reason: int | None = None  # read end of the pipe of its failure, while it runs
         # (what the child writes, the file's inode at the fork), while it runs
         self._pending: tuple[FileOffsets, int | None] | None = None
+
+    def unmake(self) -> None:
+        """Remove the directories this made that are still empty: a start that failed after
+        it (a bad rules file) left an empty state dir behind."""
+        for d in self.made:
+            with contextlib.suppress(OSError):
+                d.rmdir()
 
     def lock(
         self,

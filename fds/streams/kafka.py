@@ -4738,13 +4738,13 @@ def register_produce(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    checkpointer = None
     try:
         settings = _settings_from(
             args, exactly_once=args.exactly_once, labels_topic=args.labels_topic,
             checkpoint_in_background=args.checkpoint_in_background,
         )  # fmt: skip
         metrics = make_metrics(settings.serves_metrics(RUN_METRICS_PORT))
-        checkpointer = None
         if (settings.state_dir or "").lower() != "none":
             state_dir = settings.state_dir or default_state_dir(
                 settings.group, settings.group_instance_id
@@ -4771,6 +4771,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         runner = Runner(settings, engine, checkpointer=checkpointer)
         server = settings.serve_metrics(metrics, RUN_METRICS_PORT, runner.health)
     except ConfigError as exc:
+        if checkpointer is not None:
+            checkpointer.unmake()
         say(f"fds run: error: {exc}")
         return 2
     if server is not None:  # (whatever -q: --metrics-port 0 left it unknown, a QA pass)

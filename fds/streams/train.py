@@ -1403,7 +1403,9 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
         "train", help="the trainer service: decisions + labels from Kafka -> model versions"
     )
     _add_settings_flags(p, TRAIN_SETTINGS, {"group": _GROUP_HELP, "state_dir": _STATE_HELP})
-    p.add_argument("--spec", type=Path, default=DEFAULT_MODEL, help="model spec YAML")
+    p.add_argument(  # (--model as fds run and fds replay name it)
+        "--spec", "--model", type=Path, default=DEFAULT_MODEL, help="model spec YAML"
+    )
     p.add_argument(
         "--registry", type=registry_folder, default=None,
         help="publish versions here (the registry `fds run` serves from; env FDS_REGISTRY or "
