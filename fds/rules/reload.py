@@ -30,7 +30,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from pathlib import Path
 from stat import S_ISFIFO
 from typing import Any
@@ -151,6 +151,9 @@ class ReloadingRuleset:
         # that brings a new version, a person's edit: thousands in years.
         self._served: dict[str | None, str] = {self.current.version: _deciding(self.current)}
         self._retired: list[Ruleset] = []  # replaced on the hot path since the last drain
+        # those and the one in force, in one reference: what a scrape adds up (it read the one
+        # in force only, and a counter went down by a reload's undrained counts: a QA pass)
+        self._undrained: tuple[Ruleset, ...] = (self.applied,)
         self.metrics = metrics
         if metrics is not None:
             metrics.ruleset_info(self.current.version)
@@ -178,17 +181,19 @@ class ReloadingRuleset:
             self.policy.configure(rs.policy)
             self._retired.append(self.applied)  # its skip counts are still to be drained
             self.applied = rs
+            self._undrained = (*self._retired, rs)
         self.version = rs.version
         return rs.evaluate(tx, features, quiet)
 
     @property
     def missing_counts(self) -> dict[str, int]:
-        """The ruleset in force's counts not drained yet (:meth:`Metrics.watch_ruleset`)."""
-        return self.applied.missing_counts
+        """The counts not drained yet of the ruleset in force and of those it replaced since
+        the last drain (:meth:`Metrics.watch_ruleset`)."""
+        return _summed(rs.missing_counts for rs in self._undrained)
 
     @property
     def error_counts(self) -> dict[str, int]:
-        return self.applied.error_counts
+        return _summed(rs.error_counts for rs in self._undrained)
 
     @property
     def evaluated(self) -> tuple[Any, ...]:
@@ -219,15 +224,10 @@ class ReloadingRuleset:
     def drain_counts(self) -> tuple[dict[str, int], dict[str, int]]:
         """:meth:`Ruleset.drain_counts` over the ruleset in force and those it replaced since
         the last call (a reload does not lose the skips counted before it). Deciding thread."""
-        missing: dict[str, int] = {}
-        errors: dict[str, int] = {}
         retired, self._retired = self._retired, []
-        for rs in (*retired, self.applied):
-            m, e = rs.drain_counts()
-            for total, part in ((missing, m), (errors, e)):
-                for rule, n in part.items():
-                    total[rule] = total.get(rule, 0) + n
-        return missing, errors
+        self._undrained = (self.applied,)  # (under the metrics' lock: see drain_rule_counts)
+        drained = [rs.drain_counts() for rs in (*retired, self.applied)]
+        return _summed(m for m, _ in drained), _summed(e for _, e in drained)
 
     # -- the watcher ----------------------------------------------------------------------
     def _read(self) -> tuple[str, _Key, bytes]:
@@ -613,3 +613,12 @@ def _deciding(rs: Ruleset) -> str:
         # a window is its length (`2h` and `120m` were other rules under one version: a review)
         f["window"] = declared.window_seconds or declared.window
     return hashlib.sha256(orjson.dumps(spec, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def _summed(counts: Iterable[dict[str, int]]) -> dict[str, int]:
+    """Per-rule counts of several rulesets added up."""
+    total: dict[str, int] = {}
+    for part in counts:
+        for rule, n in part.items():
+            total[rule] = total.get(rule, 0) + n
+    return total

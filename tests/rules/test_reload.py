@@ -374,6 +374,18 @@ def test_skips_counted_before_a_reload_are_exported_after_it(tmp_path: Path) -> 
     assert get("fds_rule_missing_inputs_total", {"rule": "vip"}) == 6
 
 
+def test_a_scrape_right_after_a_reload_counts_the_replaced_rulesets_skips(tmp_path: Path) -> None:
+    """A QA pass: before a report() drained them, a scrape saw only the new ruleset's skips: a
+    counter went down by a reload's (Prometheus counted it all again as a reset)."""
+    _rs, m, engine = skipping_engine(tmp_path, 5)
+    get = m.registry.get_sample_value
+    assert get("fds_rule_missing_inputs_total", {"rule": "vip"}) == 5
+    engine.decide({"tx_id": "b", "ts": 9.0, "amount": 1.0, "extra": {}})  # v2 swapped in
+    assert get("fds_rule_missing_inputs_total", {"rule": "vip"}) == 6
+    engine.report()
+    assert get("fds_rule_missing_inputs_total", {"rule": "vip"}) == 6
+
+
 def test_a_record_folded_right_after_a_reload_counts_no_skip(tmp_path: Path) -> None:
     """A fold (a restore catching up on records decided before) counts nothing; when a reload
     landed just before it, the new ruleset, swapped in by the folded record, counted its skips."""
