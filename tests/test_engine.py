@@ -7,7 +7,7 @@ import pytest
 
 from fds.engine import Engine
 from fds.errors import StageError
-from fds.guardrails import ModelGuard, RuleBreaker
+from fds.guardrails import ModelGuard, RuleBreaker, Trip
 from fds.metrics import Metrics
 from fds.policy import Policy
 
@@ -456,3 +456,26 @@ def test_a_state_of_another_grace_is_refused_and_a_rebuild_keeps_the_file_s(tmp_
         _grace_engine(tmp_path, "").load_state_dict(ten.state_dict())
     _grace_engine(tmp_path, "grace: 600s\n").load_state_dict(ten.state_dict())  # one grace
     assert ten.features.grace == ten.features.fresh().grace == 600.0
+
+
+def test_a_shadow_or_demoted_rule_is_no_input_of_a_model_reading_each_rule(tmp_path):
+    """A QA pass: with `inputs: {rules: true}` a shadow rule's hit was `rule:<id>` 1 in the
+    model's input, and a shadow rule changed 41 of 16,036 actions of a replay through the
+    model's score ("shadow rules have no effect"); so did a rule the breaker demoted."""
+    from fds.pipeline import DEFAULT_MODEL, build_engine
+
+    rules = tmp_path / "r.yaml"
+    rules.write_text(
+        "version: v1\nrules:\n"
+        "  - {id: main, when: amount > 1, action: review, score: 0.4, reason: m}\n"
+        "  - {id: watch, when: amount > 1, action: decline, score: 0.9, reason: w,"
+        " state: shadow}\n"
+    )
+    spec = tmp_path / "stack.yaml"
+    spec.write_text(Path(DEFAULT_MODEL).read_text().replace("rules: score", "rules: true"))
+    engine = build_engine(rules, spec, registry=tmp_path / "reg", guardrails=False)
+    feats = engine.decide(tx(1))["features"]
+    assert feats["rule:main"] is True and feats["rule:watch"] is False
+    engine._demote((Trip("main", "review", 1.0, 0.01, 0.1, 100, 100),), None)  # (the breaker's)
+    feats = engine.decide(tx(2))["features"]
+    assert feats["rule:main"] is False and feats["rule:watch"] is False

@@ -18,9 +18,11 @@ From the transaction: ``amount``, ``log_amount`` (``log1p``), and the UTC hour a
 The rules' results: the engine adds :func:`rule_inputs` to the snapshot it gives the model --
 always ``rule_score`` (the policy's rule score: the highest active hit's score; the maturity
 gate ranks it), and for a spec with ``inputs: {rules: true}`` (per-rule stacking) also
-``rule:<id>`` (1 when the rule fired, active or shadow; 0 otherwise, for every rule the ruleset
-evaluates, so the keys are stable). They are part of the decision's ``features``, so
-``fds train`` sees them in decision records too.
+``rule:<id>`` (1 when the rule fired and acts; 0 otherwise, for every rule the ruleset
+evaluates, so the keys are stable: a shadow rule's hit, or one of a rule the guardrails
+demoted, is 0, as it has no effect on the decision; it was 1, and a shadow rule changed
+decisions through the model's score, until 2026-12-05: a QA pass). They are part of the
+decision's ``features``, so ``fds train`` sees them in decision records too.
 
 >>> x = to_vector({"amount": 99.0, "ts": 0.0}, {"n_1h": 3, "new_country": True, "avg": None})
 >>> x["n_1h"], x["new_country"], x["avg"], round(x["log_amount"], 3), x["hour_cos"]
@@ -97,8 +99,10 @@ def rule_inputs(
     """The rules' results as model inputs (see the module docstring): ``rule_score``, and with
     ``rule_ids`` (the ruleset's evaluated rules) one ``rule:<id>`` per rule.
 
+    >>> rule_inputs([{"id": "b", "score": 0.5, "state": "active"}], ["a", "b"])
+    {'rule:a': False, 'rule:b': True, 'rule_score': 0.5}
     >>> rule_inputs([{"id": "b", "score": 0.5, "state": "shadow"}], ["a", "b"])
-    {'rule:a': False, 'rule:b': True, 'rule_score': 0.0}
+    {'rule:a': False, 'rule:b': False, 'rule_score': 0.0}
     >>> rule_inputs([{"id": "b", "score": 0.5, "state": "active"}])
     {'rule_score': 0.5}
     """
@@ -106,7 +110,8 @@ def rule_inputs(
     if rule_ids is not None:
         out = _template(tuple(rule_ids)).copy()
         for h in hits:
-            out[RULE_PREFIX + h["id"]] = True
+            if h.get("state", "active") == "active":  # (a shadow hit acts through no model)
+                out[RULE_PREFIX + h["id"]] = True
     out[RULE_SCORE] = rule_score(hits)
     return out
 
