@@ -914,12 +914,8 @@ def watch_fields(stream: ReplayInput, features: Iterable[Any]) -> Callable[[], s
     stream.transactions = itertools.chain(watch(itertools.islice(rest, WATCHED)), rest)
 
     def unseen() -> str:
-        from fds.rules.backtest import CANDIDATE_SUFFIX  # (a backtest's own name for the
-        # candidate's version of a feature is no name of the user's: a QA pass)
-
         absent = list(dict.fromkeys(
-            (f.removesuffix(CANDIDATE_SUFFIX), n) for n, fs in reads.items() if n not in seen
-            for f in fs
+            (f, n) for n, fs in reads.items() if n not in seen for f in fs
         ))  # fmt: skip
         if not (watched and absent):
             return ""

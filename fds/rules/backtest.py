@@ -104,11 +104,16 @@ def _union_features(cand: Ruleset, base: Ruleset) -> tuple[list[FeatureSpec], di
     declared otherwise than the baseline's (a window changed): name -> the name they are
     computed under (they were refused: "rename one", with every rule that reads it)."""
     out = {f.name: f for f in base.features}
+    taken = {f.name for f in (*base.features, *cand.features)}
     renamed: dict[str, str] = {}
     for f in cand.features:
         if f.name in out and out[f.name] != f:
-            renamed[f.name] = f.name + CANDIDATE_SUFFIX
-            f = f.model_copy(update={"name": renamed[f.name]})
+            own = f.name + CANDIDATE_SUFFIX
+            while own in taken:  # (a feature of that name in either file was overwritten,
+                own += "_"  # the baseline's figures wrong: a QA pass)
+            taken.add(own)
+            renamed[f.name] = own
+            f = f.model_copy(update={"name": own})
         out[f.name] = f
     return list(out.values()), renamed
 
@@ -284,7 +289,7 @@ def backtest(
     collector = _Collector(both, frauds, examples)
     engine = Engine(features=features, rules=both, policy=both)
     txs = stream.transactions = list(stream.transactions)  # read twice: run, then the span
-    unseen = watch_fields(stream, specs)
+    unseen = watch_fields(stream, (*baseline.features, *candidate.features))  # (as named)
     rulesets = (candidate, baseline)
     before = [
         (Counter(rs.missing_counts), Counter(rs.missing_names()), Counter(rs.error_counts))

@@ -446,6 +446,31 @@ def test_backtest_compares_a_changed_window(tmp_path, capsys) -> None:
     assert "read: n=4, n__candidate=3" in out
 
 
+def test_backtest_keeps_a_feature_named_as_the_candidate_s_own_version(tmp_path, capsys) -> None:
+    """A QA pass: a feature the candidate declares otherwise is computed under
+    `<name>__candidate`; a feature of the files named so was overwritten by it, and the
+    baseline's figures were wrong (0 reviews where a replay of it has some)."""
+    data = _history(tmp_path, 10)
+    feats = (
+        "features:\n  - {{name: n, entity: card_id, agg: count, window: {w}}}\n"
+        "  - {{name: n__candidate, entity: card_id, agg: sum, field: amount, window: 1h}}\n"
+        "rules:\n  - {{id: spend, when: n__candidate > 15, action: review, score: 1, reason: r}}\n"
+    )
+    base, cand = (
+        _rules(tmp_path, "b", feats.format(w="5m")),
+        _rules(tmp_path, "c", feats.format(w="3m")),
+    )
+    argv = ["rules", "backtest", "--candidate", str(cand), "--baseline", str(base), str(data)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
+    assert main(["replay", str(data), "--rules", str(base), "--model", "none", "--out",
+                 str(tmp_path / "d.jsonl")]) == 0  # fmt: skip
+    decisions = [json.loads(x) for x in (tmp_path / "d.jsonl").read_text().splitlines()]
+    hits = sum(any(h["id"] == "spend" for h in d["rule_hits"]) for d in decisions)
+    assert hits > 0 and lines["spend"][1] == lines["spend"][3] == str(hits)
+
+
 def test_backtest_names_features_reading_a_field_no_transaction_has(tmp_path, capsys) -> None:
     """A QA pass: `fds replay` said so, the backtest of the same rules did not (a mistyped
     extra.adr was empty on every transaction, its rule never fired)."""
