@@ -85,15 +85,22 @@ class PolicyStage(Protocol):
 
 
 def _definition(spec: Any) -> Any:
-    """A rule's definition (a pydantic model, or None) as comparable across releases: every
-    field, one a definition pickled by an earlier release lacks at its default (a checkpoint's
-    demoted rule, saved before `breaker:` existed, was taken for one edited since and put back
-    in force: a review)."""
+    """What of a rule decides (a pydantic model, or None), as the rules' version check reads
+    it: its inline tests and the layout of its condition aside (an edit of either put a
+    demoted rule back in force under the same version: a QA pass), comparable across
+    releases: every field, one a definition pickled by an earlier release lacks at its default
+    (a checkpoint's demoted rule, saved before `breaker:` existed, was taken for one edited
+    since and put back in force: a review)."""
     fields = getattr(type(spec), "model_fields", None)
     if not fields:
         return spec
-    return {k: getattr(spec, k, f.get_default(call_default_factory=True))
-            for k, f in fields.items()}  # fmt: skip
+    out = {k: getattr(spec, k, f.get_default(call_default_factory=True))
+           for k, f in fields.items() if k != "tests"}  # fmt: skip
+    if isinstance(out.get("when"), str):
+        from fds.rules.expr import condition_key  # (the engine imports no stage's module)
+
+        out["when"] = condition_key(out["when"])
+    return out
 
 
 def _as_shadow(hit: dict[str, Any]) -> dict[str, Any]:

@@ -66,7 +66,14 @@ __all__ = [
     "MissingTally",
     "build_evaluator",
     "compile_expr",
+    "condition_key",
 ]
+
+
+def condition_key(when: str) -> str:
+    """A condition as what it decides, its layout aside (``(a >  5)`` is ``a > 5``): its
+    syntax tree written back (unparsed: ``ast.dump``'s text changed with Python 3.13)."""
+    return ast.unparse(ast.parse("(" + when + "\n)", mode="eval"))
 
 #: Value types known at load time. ``any`` is what ``extra.NAME`` holds (checked at run time).
 NUM, STR, BOOL, ANY = "num", "str", "bool", "any"

@@ -22,7 +22,6 @@ per event, so an event is evaluated entirely by one ruleset. A broken file is lo
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import hashlib
 import logging
@@ -41,6 +40,7 @@ from fds import gcpolicy, yamlio
 from fds.errors import ConfigError, describe
 from fds.features.spec import DEFAULT_GRACE, grace_seconds
 from fds.policy import Policy
+from fds.rules.expr import condition_key
 from fds.rules.ruleset import (
     PolicySpec,
     Ruleset,
@@ -592,8 +592,7 @@ def _deciding(rs: Ruleset) -> str:
     (see :meth:`fds.engine.Engine.state_dict`): never compared with these."""
     spec = rs.spec.model_dump(mode="json", exclude={"rules": {"__all__": {"tests"}}})
     for rule in spec["rules"]:
-        # (unparsed: ast.dump's text changed with Python 3.13, a digest must not)
-        rule["when"] = ast.unparse(ast.parse("(" + rule["when"] + "\n)", mode="eval"))
+        rule["when"] = condition_key(rule["when"])
     # a grace is its length, and the default's is left out: the digests of files without
     # `grace`, kept in checkpoints, are those of the releases before it
     grace = rs.spec.grace_seconds

@@ -611,6 +611,18 @@ def big_tx(i: int, amount: float = 50.0) -> dict:
     return {"tx_id": f"t{i}", "ts": float(i), "card_id": f"c{i % 500}", "amount": amount}
 
 
+def big_demoted(tmp_path: Path) -> tuple[Path, ReloadingRuleset, Engine]:
+    """BIG's file, its reloading ruleset, and an engine whose breaker demoted its rule big."""
+    p = tmp_path / "r.yaml"
+    p.write_text(BIG)
+    rs = ReloadingRuleset(p, start=False, settle_seconds=0)
+    e = breaking(rs)
+    for i in range(300):
+        e.decide(big_tx(i))
+    assert e.demoted == {"big"}
+    return p, rs, e
+
+
 def test_a_demoted_rule_is_back_in_force_once_its_definition_is_edited(tmp_path: Path) -> None:
     """Nothing lifted a rate-breaker demotion: an analyst's fix (a reload), a restart with the
     fixed file, a new model version all left the rule or the model in shadow for good."""
@@ -648,13 +660,7 @@ def test_a_demoted_rule_is_back_in_force_once_its_definition_is_edited(tmp_path:
 def test_a_demoted_rule_taken_out_of_the_rules_is_not_said_back_in_force(tmp_path, caplog):
     """A QA pass: a rule the rate breaker had demoted, then removed from the file, was logged
     "back in force after a demotion ... its definition changed"."""
-    p = tmp_path / "r.yaml"
-    p.write_text(BIG)
-    rs = ReloadingRuleset(p, start=False, settle_seconds=0)
-    e = breaking(rs)
-    for i in range(300):
-        e.decide(big_tx(i))
-    assert e.demoted == {"big"}
+    p, rs, e = big_demoted(tmp_path)
     write(p, 'version: "2"\nrules:\n' + BIG.split("\n", 3)[3])  # big taken out
     assert rs.check_now() == "ok"
     caplog.clear()
@@ -662,6 +668,20 @@ def test_a_demoted_rule_taken_out_of_the_rules_is_not_said_back_in_force(tmp_pat
     assert e.demoted == set()
     assert 'demotion forgotten target="big" why="taken out of the rules"' in caplog.text
     assert "back in force" not in caplog.text
+
+
+def test_a_demoted_rule_stays_in_shadow_through_an_edit_of_its_tests_or_layout(tmp_path, caplog):
+    """A QA pass: a test added to a demoted rule, or its condition laid out otherwise, was taken
+    for a new definition and put the rule back in force, under the same version (which such an
+    edit keeps: nothing that decides changed)."""
+    p, rs, e = big_demoted(tmp_path)
+    edited = BIG.replace('when: "amount > 1",', 'when: "(amount  >  1)", tests: [{given: '
+                         "{amount: 2}, expect: hit}],")  # fmt: skip
+    write(p, edited)
+    assert rs.check_now() == "ok" and rs.current.version == "1"
+    caplog.clear()
+    assert e.decide(big_tx(300))["action"] == "approve"
+    assert e.demoted == {"big"} and "back in force" not in caplog.text
 
 
 def test_a_file_saved_in_place_is_read_once_it_stops_changing(tmp_path: Path) -> None:
