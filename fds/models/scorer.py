@@ -133,6 +133,16 @@ def _pacer(every_s: float = 0.001) -> Callable[[], None]:
     return pause
 
 
+#: A verdict's two versions as fds_model_precision names them: the one serving after it
+#: ("champion") and the other ("challenger"), by their keys in the verdict.
+_VERDICT_SIDES = {
+    "promote": ("candidate", "incumbent"),
+    "reject": ("incumbent", "candidate"),
+    "confirm": ("on_probation", "predecessor"),
+    "rollback": ("predecessor", "on_probation"),
+}
+
+
 class _Raised(Exception):
     """A model of a contest raised while judging a label: ``which`` is 0 (the incumbent) or 1."""
 
@@ -1220,13 +1230,12 @@ class ModelServer:
                 m.model_swap("rejected")
             elif kind == "drift":
                 m.drift()
-            elif kind in ("promote", "reject") and "candidate" in info:
+            elif (sides := _VERDICT_SIDES.get(kind)) and f"recall_at_budget_{sides[0]}" in info:
                 # (a challenger dropped because shadow scoring raised has no contest figures)
-                m.model_precision("champion", "contest", info["recall_at_budget_incumbent"])
-                m.model_precision("challenger", "contest", info["recall_at_budget_candidate"])
-            elif kind in ("rollback", "confirm"):  # the version on trial was the champion
-                m.model_precision("champion", "contest", info["recall_at_budget_on_probation"])
-                m.model_precision("challenger", "contest", info["recall_at_budget_predecessor"])
+                # "champion": the version serving after the verdict (after a promotion it was
+                # the replaced one's figure, under the one serving: a QA pass)
+                for model, side in zip(("champion", "challenger"), sides, strict=True):
+                    m.model_precision(model, "contest", info[f"recall_at_budget_{side}"])
             elif kind == "gate":
                 self._export_gate(info)
         if self.on_event is not None:

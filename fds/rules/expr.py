@@ -75,6 +75,7 @@ def condition_key(when: str) -> str:
     syntax tree written back (unparsed: ``ast.dump``'s text changed with Python 3.13)."""
     return ast.unparse(ast.parse("(" + when + "\n)", mode="eval"))
 
+
 #: Value types known at load time. ``any`` is what ``extra.NAME`` holds (checked at run time).
 NUM, STR, BOOL, ANY = "num", "str", "bool", "any"
 #: Built-in names, computed from the transaction's ``ts`` in the ruleset timezone, in the order

@@ -86,6 +86,7 @@ def test_contest_rules() -> None:
 
 def test_better_challenger_is_promoted_after_shadow_then_confirmed() -> None:
     srv, s = _server(FeatureModel("f_none"))  # a champion that sees nothing
+    srv.metrics = m = Metrics()
     assert srv.offer(_pub(FeatureModel("f_a"), 2))
     assert srv.challenger_version == "v000002" and srv.version == "v000001"
     s.run(40, {"f_a": 1.0, "f_b": 1.0})  # 4 frauds: not enough labels yet
@@ -93,6 +94,15 @@ def test_better_challenger_is_promoted_after_shadow_then_confirmed() -> None:
     s.run(20, {"f_a": 1.0, "f_b": 1.0})
     assert srv.version == "v000002"
     assert srv.history[0]["verdict"] == "promote"
+    # "champion" is the version serving: the winner's figure (a QA pass: it was the loser's)
+    get = m.registry.get_sample_value
+    won, lost = (
+        srv.history[0]["recall_at_budget_candidate"],
+        srv.history[0]["recall_at_budget_incumbent"],
+    )
+    assert won > lost
+    assert get("fds_model_precision", {"model": "champion", "window": "contest"}) == won
+    assert get("fds_model_precision", {"model": "challenger", "window": "contest"}) == lost
     s.run(60, {"f_a": 1.0, "f_b": 1.0})
     assert srv.history[1]["verdict"] == "confirm" and srv.version == "v000002"
     served = [v for v in s.versions if v]
@@ -112,8 +122,9 @@ def test_rollback_sets_the_contest_precision_of_both_versions() -> None:
             "fds_model_precision", {"model": model, "window": "contest"}
         )
 
-    assert got("champion") == srv.history[-1]["recall_at_budget_on_probation"]
-    assert got("challenger") == srv.history[-1]["recall_at_budget_predecessor"]
+    # "champion": the version serving after the verdict, the predecessor a rollback returns to
+    assert got("champion") == srv.history[-1]["recall_at_budget_predecessor"]
+    assert got("challenger") == srv.history[-1]["recall_at_budget_on_probation"]
 
 
 def test_worse_challenger_is_rejected() -> None:
