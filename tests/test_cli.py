@@ -419,6 +419,26 @@ def test_a_missing_rules_file_is_a_usage_error(command, history, tmp_path, capsy
     assert "nope.yaml: cannot read the rules file" in err and "--rules" in err
 
 
+def test_fds_run_s_error_is_its_last_line(tmp_path, monkeypatch):
+    """A QA pass: after "fds run: failed: Kafka ... unreachable", closing the engine said its
+    late decisions: a supervisor tailing the log showed that as the cause of the exit."""
+    import fds.streams.kafka as kafka
+    from fds.errors import FdsError
+
+    said: list[str] = []
+
+    def run(self, max_idle_s=None):
+        raise FdsError("Kafka at 127.0.0.1:1 unreachable for 8 s")
+
+    close = kafka.close_engine
+    monkeypatch.setattr(kafka.Runner, "run", run)
+    monkeypatch.setattr(kafka, "close_engine", lambda e: (said.append("closed"), close(e)))
+    monkeypatch.setattr(kafka, "say", lambda text, level=0: said.append(text))
+    args = ["run", "--bootstrap", "127.0.0.1:1", "--metrics-port", "-1", "--model", "none"]
+    assert main([*args, "--state-dir", str(tmp_path / "s")]) == 1
+    assert said == ["closed", "fds run: failed: Kafka at 127.0.0.1:1 unreachable for 8 s"]
+
+
 def test_a_start_that_fails_leaves_no_state_dir_behind(tmp_path, capsys):
     """A note's left item: `fds run` with a bad rules file made its (empty) state dir, and the
     missing directories above it, before it said so."""

@@ -4778,18 +4778,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if server is not None:  # (whatever -q: --metrics-port 0 left it unknown, a QA pass)
         say(f"serving metrics on {server.url}", logging.INFO)
     on_stop_signals(runner.stop)
+    failed: tuple[str, int] | None = None
     try:
         stats = runner.run(max_idle_s=args.max_idle)
     except ConfigError as exc:  # found at connect: a missing topic, a foreign checkpoint
-        say(f"fds run: error: {exc}")
-        return 2
+        failed = f"fds run: error: {exc}", 2
     except (FdsError, KafkaError) as exc:
-        say(f"fds run: failed: {describe(exc)}")
-        return 1
+        failed = f"fds run: failed: {describe(exc)}", 1
     finally:
         close_engine(engine)
         if server is not None:
             server.stop()
+    if failed is not None:  # the last line (closing the engine says its late events: they
+        say(failed[0])  # came after it, and a supervisor showed them as the cause, a QA pass)
+        return failed[1]
     say(
         f"consumed={stats.consumed} decided={stats.decided} dead_letters={stats.dead_letters} "
         f"commits={stats.commits} caught_up={stats.caught_up} checkpoints={stats.checkpoints}",
