@@ -287,6 +287,8 @@ ENDS_EVERY_S = 10.0
 LEFT_KEY = "partitions_left"
 #: Checkpoint state key of LabelFeed.handed (the bad labels already dead-lettered).
 HANDED_KEY = "bad_labels_handed"
+#: Checkpoint state key of the input topic's id on the broker (Runner._topic_id).
+TOPIC_ID_KEY = "input_topic_id"
 # How long a restart waits to read those decisions before it decides their records again.
 FIND_TIMEOUT_S = 10.0
 # A restore's read that got nothing for this long asks the broker (Runner._stalled), within
@@ -1370,6 +1372,7 @@ class Runner:
         # None: not known (a state kept after a failure). A partition that moves here is
         # rebuilt alone, from the first offset the state lacks, and merged (_moved_alone).
         self._left: dict[int, tuple[float, int]] | None = {}
+        self._input_id: str | None = None  # the input topic's id on the broker (_topic_id)
         self._alone_refused = False  # said why: the next restore rebuilds every partition
         self._emptied = False  # the state was emptied to take partitions over (_moved_alone)
         self._ends_at = -math.inf  # _report_restoring reads the partitions' ends from then
@@ -2587,7 +2590,36 @@ class Runner:
         state = {**self.engine.state_dict(), LEFT_KEY: self._left}
         if self.labels is not None:
             state[HANDED_KEY] = self.labels.handed()
+        if self._input_id is not None:
+            state[TOPIC_ID_KEY] = self._input_id
         return state
+
+    def _topic_id(self) -> str | None:
+        """The input topic's id on the broker (Kafka's metadata since 2.8; None when it has
+        none, or the client is not kafka-python's), read from the broker when not known."""
+        topic_id = getattr(getattr(self.consumer, "_cluster", None), "topic_id", None)
+        if not callable(topic_id):
+            return None
+        if topic_id(self.s.input_topic) is None:
+            self.consumer.partitions_for_topic(self.s.input_topic)  # (its metadata, once)
+        tid = topic_id(self.s.input_topic)
+        return None if tid is None else str(tid)
+
+    def _check_topic_id(self, what: str, state: Mapping[str, Any]) -> None:
+        """Refuse a saved state of another topic of the input topic's name: one deleted and
+        made again, or of another cluster (a kit broker wiped by `fds kafka down --wipe`). Its
+        offsets were taken on the new topic, and the records before them were never decided
+        (0 of 3,000, a QA pass), or, past its end, every record was decided on the other
+        stream's features, flagged late."""
+        was = state.get(TOPIC_ID_KEY)
+        if was is not None and self._input_id is not None and was != self._input_id:
+            raise ConfigError(
+                f"{what} is the state of an earlier topic {self.s.input_topic!r} (id {was}); "
+                f"the broker's topic of that name is another (id {self._input_id}): it was "
+                "deleted and made again, or this is another cluster (a kit broker wiped with "
+                "`fds kafka down --wipe`). Its offsets would skip the new topic's records "
+                "undecided: the state is made from the new topic instead"
+            )
 
     def _restore(self, *, model: bool = True) -> None:
         """Load the state into the engine: the local checkpoint, else (none, or one that
@@ -2601,6 +2633,7 @@ class Runner:
         if self.state_topic is not None:
             sources.append(("state topic snapshot", lambda: self._fetch_state(ck)))
         ignored = kept = False
+        self._input_id = self._topic_id()
         for what, load in sources:
             got = None
             try:
@@ -2608,6 +2641,7 @@ class Runner:
                 if got is None:
                     continue
                 self._check_owner(what, got, ck)
+                self._check_topic_id(what, got.state)
                 if got.topic != self.s.input_topic:
                     raise ConfigError(
                         f"{what} is the state of input topic {got.topic!r}, and group "
@@ -3564,6 +3598,7 @@ class Runner:
                 if data is None:
                     raise ConfigError("it is gone, or it did not verify (logged above)")
                 got = parse_checkpoint(data, where=f"{st.topic}:{ident}")
+                self._check_topic_id("it", got.state)
                 held = usable(got.offsets, _left_offsets(got.state.get(LEFT_KEY)) or {})
                 if any(tp not in held for tp in tps):
                     raise ConfigError(f"its offsets {got.offsets} are not its manifest's")

@@ -893,3 +893,51 @@ def test_a_rebuild_counts_its_horizon_back_from_the_last_record_decided(
             assert first[tx["tx_id"]]["features"] == ref.decide(tx)["features"], tx["tx_id"]
     finally:
         close_engine(ref)
+
+
+def test_a_checkpoint_of_an_input_topic_made_again_is_not_taken_for_the_new_one(
+    kafka_bootstrap, make_topics, unique_name, tmp_path
+):
+    """A QA pass: after `fds kafka down --wipe` (or an input topic deleted and made again) the
+    state dir's checkpoint was restored on the new topic: its offsets skipped the new records
+    (consumed=0 decided=0). The checkpoint names the input topic's id; another topic of that
+    name is said, the checkpoint set aside, and every new record decided."""
+    from fds.streams import kafka_kit
+
+    topics = make_topics(partitions=1)
+    group, state = unique_name("g"), tmp_path / "state"
+    s = settings_for(kafka_bootstrap, topics, group)
+    stages = ("--model", "none", "--state-dir", str(state), "--max-idle", "3")
+    write_stream(tmp_path / "a.jsonl", 500)
+    produce_file(tmp_path / "a.jsonl", s)
+    p = spawn_run(kafka_bootstrap, topics, group, stages=stages)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 0 and "decided=500 " in err, err[-2000:]
+    assert Checkpointer(state).load().offsets == {0: 500}  # type: ignore[union-attr]
+
+    source = topics["transactions"]
+    kafka_kit.delete_topics(kafka_bootstrap, [source])
+    spec = kafka_kit.load_topic_specs()["transactions"]
+    prefix = source.removesuffix(spec.get("name", "transactions"))
+
+    def remade() -> bool:
+        try:
+            made = kafka_kit.create_topics(
+                kafka_bootstrap, {"transactions": {**spec, "partitions": 1}}, prefix=prefix
+            )
+        except Exception:  # (the deletion still running)
+            return False
+        return made["transactions"] == source
+
+    wait_until(remade, 60, "the input topic made again")
+    ids = write_stream(tmp_path / "b.jsonl", 500, start=500)  # (as many: the offsets fit)
+    produce_file(tmp_path / "b.jsonl", s)
+    p = spawn_run(kafka_bootstrap, topics, group, stages=stages)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 0 and "decided=500 " in err, err[-3000:]
+    assert f"checkpoint is the state of an earlier topic {source!r}" in err, err[-3000:]
+    first = {
+        d["tx_id"]
+        for d in (orjson.loads(r.value) for r in read_all(kafka_bootstrap, topics["decisions"]))
+    }
+    assert set(ids) <= first
