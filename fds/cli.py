@@ -64,6 +64,10 @@ class _Formatter(argparse.HelpFormatter):
         return text
 
 
+#: One thing named otherwise by another command: fds run's decisions topic is its output.
+_SYNONYMS = {"--decisions-topic": "--output-topic", "--output-topic": "--decisions-topic"}
+
+
 class _Parser(argparse.ArgumentParser):
     _hint: str | None = None
     argv: list[str] | None = None  # what main parses (None: sys.argv[1:])
@@ -112,6 +116,8 @@ class _Parser(argparse.ArgumentParser):
         had no word: a QA pass), said to go before the command."""
         for arg in extras:
             name = arg.split("=", 1)[0]
+            if _SYNONYMS.get(name) in options:  # (fds train's --decisions-topic on fds run was
+                return f"{name}: did you mean {_SYNONYMS[name]}?"  # told --models-topic: a QA)
             if name.startswith("-") and name not in _GLOBAL:
                 close = difflib.get_close_matches(name, [*options, *_GLOBAL], n=1, cutoff=0.7)
                 if close and close[0] in _GLOBAL and close[0] not in options:

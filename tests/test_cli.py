@@ -864,6 +864,9 @@ def test_a_mistyped_option_is_told_beside_a_required_one_missing(capsys):
         (["replay", "f.csv", "--xyz"], "(run 'fds replay --help' for its options)"),
         (["kafka", "up", "--prot", "1"], "(--prot: did you mean --port?)"),
         (["kafka", "up", "--xyz"], "(run 'fds kafka up --help' for its options)"),
+        # one topic, two names (a QA pass: --decisions-topic was told --models-topic)
+        (["run", "--decisions-topic", "d"], "(--decisions-topic: did you mean --output-topic?)"),
+        (["train", "--output-topic", "d"], "(--output-topic: did you mean --decisions-topic?)"),
         # fds's own, mistyped (a QA pass: no word)
         (["kafka", "up", "--quite"], "(--quite: did you mean --quiet? It goes before the comm"),
         (["--quite", "replay", "f.csv"], "(--quite: did you mean --quiet? It goes before the c"),
@@ -876,7 +879,7 @@ def test_a_mistyped_option_is_told_the_closest_one(capsys, argv, hint):
     err = capsys.readouterr().err
     assert hint in err
     # said by the command, as its other errors (it was `fds: error:` with fds's usage)
-    command = " ".join(a for a in argv[:2] if a in ("run", "replay", "kafka", "up"))
+    command = " ".join(a for a in argv[:2] if a in ("run", "replay", "kafka", "up", "train"))
     assert (
         f"fds {command}: error: unrecognized arguments: " in err and "usage: fds " + command in err
     )
