@@ -121,8 +121,10 @@ def _data_dir(text: str) -> Path:
     if not text.strip():
         raise argparse.ArgumentTypeError("empty: give a folder (default $FDS_KAFKA_DIR)")
     path = Path(text).expanduser()
-    if path.exists() and not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder: give a folder")
+    there = next(p for p in (path, *path.parents) if p.exists())  # (a file on the way: a raw
+    if not there.is_dir():  # NotADirectoryError from status and down, a QA pass)
+        which = text if there == path else f"{text}: {there}"
+        raise argparse.ArgumentTypeError(f"{which} is a file, not a folder: give a folder")
     return path
 
 
@@ -136,6 +138,14 @@ def _up(args: argparse.Namespace) -> int:
                 raise ConfigError(
                     f"{other} and {flag} are both {port}: each listener needs a port of its own"
                 )
+    ddir = Path(args.data_dir) if args.data_dir else kafka_kit.data_dir_default()
+    try:  # (a raw FileNotFoundError for /proc/x, said as a failure of fds's: a QA pass)
+        ddir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot make the data dir {ddir}: {exc.strerror or exc}; give a folder you can "
+            "write (--data-dir, or FDS_KAFKA_DIR)"
+        ) from exc
     bootstrap = kafka_kit.up(
         args.port, args.controller_port, args.data_dir, timeout=args.timeout,
         secure_port=args.secure_port,
@@ -194,7 +204,13 @@ def _its_ports(args: argparse.Namespace) -> None:
 def _down(args: argparse.Namespace) -> int:
     _its_ports(args)
     stopped = kafka_kit.down(args.data_dir, wipe=args.wipe)
-    print("stopped" if stopped else "not running")
+    if stopped:
+        print("stopped")
+        return 0
+    st = kafka_kit.status(args.data_dir)  # (a mistyped --data-dir said only "not running", as
+    # if the broker were stopped: a QA pass; still exit 0: down is idempotent)
+    never = f": no broker was ever started with the data dir {st.data_dir}"
+    print("not running" + (never if st.bootstrap is None else ""))
     return 0
 
 

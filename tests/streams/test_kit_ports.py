@@ -203,3 +203,23 @@ def test_up_on_another_port_says_how_fds_s_commands_reach_it(tmp_path, monkeypat
     monkeypatch.delenv("FDS_BOOTSTRAP")
     assert main(["kafka", "up", "--no-topics"]) == 0  # the default port: nothing to say
     assert capsys.readouterr().err == ""
+
+
+def test_a_data_dir_that_cannot_be_one_is_a_usage_error(tmp_path, capsys):
+    """A QA pass: a file on the way to --data-dir was a raw NotADirectoryError from `fds kafka
+    status` and `down`, a folder that cannot be made a FileNotFoundError from `up` (`failed:`,
+    exit 1); a data dir no broker ever used was told only "not running"."""
+    from fds.cli import main
+
+    (tmp_path / "f.jsonl").write_text("{}\n")
+    for command in ("status", "down"):
+        with pytest.raises(SystemExit) as e:
+            main(["kafka", command, "--data-dir", str(tmp_path / "f.jsonl" / "sub")])
+        assert e.value.code == 2
+        assert "f.jsonl is a file, not a folder: give a folder" in capsys.readouterr().err
+    assert main(["kafka", "up", "--port", "29496", "--data-dir", "/proc/x"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot make the data dir /proc/x: No such file or directory; give a folder" in err
+    assert main(["kafka", "down", "--data-dir", str(tmp_path / "typo")]) == 0
+    assert "not running: no broker was ever started with the data dir" in capsys.readouterr().out
+    assert not (tmp_path / "typo").exists()
