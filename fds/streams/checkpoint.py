@@ -55,7 +55,6 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import takewhile
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
@@ -281,8 +280,9 @@ class Checkpointer:
 
     def __init__(self, state_dir: str | Path) -> None:
         self.dir = Path(state_dir)
-        # the directories this makes, deepest first (:meth:`unmake`)
-        self.made = list(takewhile(lambda d: not d.exists(), (self.dir, *self.dir.parents)))
+        # made here (:meth:`unmake`; not the folders above it: another fds run starting then
+        # may be making its own in them, a review)
+        self.made = not self.dir.exists()
         try:
             self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # (owner-only, a review)
         except OSError as exc:
@@ -302,11 +302,11 @@ class Checkpointer:
         self._pending: tuple[FileOffsets, int | None] | None = None
 
     def unmake(self) -> None:
-        """Remove the directories this made that are still empty: a start that failed after
-        it (a bad rules file) left an empty state dir behind."""
-        for d in self.made:
+        """Remove the state dir if this made it and it is still empty: a start that failed
+        after it (a bad rules file) left an empty state dir behind."""
+        if self.made:
             with contextlib.suppress(OSError):
-                d.rmdir()
+                self.dir.rmdir()
 
     def lock(
         self,

@@ -748,8 +748,10 @@ class KafkaSettings(BaseSettings):
     shutdown_timeout_s: float = Field(default=8.0, gt=0, allow_inf_nan=False)
     # A transaction stamped more than this after its record was produced is dead-lettered
     # (stage validate): a clock or data error that would push every window's watermark ahead.
-    # 0: no check.
-    max_event_ahead_s: float = Field(default=3600.0, ge=0, allow_inf_nan=False)
+    # 0: no check. The default grace period: one record stamped further ahead left every later
+    # transaction of every card late, out of the windows (3600 s until 2026-12-05: an hour of
+    # velocity rules blind after one record stamped 30 minutes ahead, a QA pass).
+    max_event_ahead_s: float = Field(default=300.0, ge=0, allow_inf_nan=False)
     # how fast a dead one is noticed
     session_timeout_ms: int = Field(default=10_000, ge=1000, le=2**31 - 1)
     # Engine state checkpoints (None: ~/.cache/fds/state/<group>[/<group_instance_id>]).
@@ -2613,7 +2615,9 @@ class Runner:
         stream's features, flagged late."""
         was = state.get(TOPIC_ID_KEY)
         if was is not None and self._input_id is not None and was != self._input_id:
-            raise ConfigError(
+            # (what the rebuild cannot give back is kept, as for features that do not fit:
+            # the ruleset versions served and the demotions, a review)
+            raise FeatureStateMismatch(
                 f"{what} is the state of an earlier topic {self.s.input_topic!r} (id {was}); "
                 f"the broker's topic of that name is another (id {self._input_id}): it was "
                 "deleted and made again, or this is another cluster (a kit broker wiped with "
@@ -2641,7 +2645,6 @@ class Runner:
                 if got is None:
                     continue
                 self._check_owner(what, got, ck)
-                self._check_topic_id(what, got.state)
                 if got.topic != self.s.input_topic:
                     raise ConfigError(
                         f"{what} is the state of input topic {got.topic!r}, and group "
@@ -2651,6 +2654,7 @@ class Runner:
                         f"one its own {self.s.named('group')} and state dir",
                         where=str(ck.path),
                     )
+                self._check_topic_id(what, got.state)
                 self.engine.load_state_dict(got.state if model else _without_model(got.state))
                 self._left = got.state.get(LEFT_KEY)
                 self._handed = got.state.get(HANDED_KEY)

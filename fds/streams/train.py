@@ -130,6 +130,9 @@ DECISIONS_SKEW_S = 300.0
 #: once. Each checkpoint holds them: 20,000 are ~1.1 MB a checkpoint (100,000 were 5.5 MB, 0.13
 #: s to pickle, every second: a review).
 EARLY_MAX = 20_000
+#: SQLite's errors of its storage (a full disk, an I/O error, a read-only or damaged file), not
+#: of a record (a ProgrammingError binding a tx_id that is no text is the record's).
+_STORAGE_ERRORS = (sqlite3.OperationalError, sqlite3.DatabaseError)
 #: Bad records logged one by one per BAD_SAID_WINDOW_S (each bad label was a line of its own:
 #: a QA pass); the rest counted, said in one line, as fds run says its dead letters.
 BAD_SAID_PER_WINDOW = 10
@@ -605,14 +608,15 @@ class TrainService:
             self.store.put_checkpoint(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
             self.store.flush()
         except sqlite3.Error as exc:  # (two chained tracebacks, no path: a QA pass)
-            self.metrics.checkpoints(0, 1)
-            raise self._store_failed(exc) from exc
+            raise self._store_failed(exc, "the trainer checkpoint") from exc
 
-    def _store_failed(self, exc: sqlite3.Error) -> FdsError:
+    def _store_failed(self, exc: sqlite3.Error, what: str) -> FdsError:
+        """The error that stops fds train when its store cannot write ``what`` (counted as a
+        failed checkpoint: the state dir's)."""
+        self.metrics.checkpoints(0, 1)
         return FdsError(
-            f"cannot write the trainer checkpoint in {self.ckpt.dir} ({exc}): free space "
-            "on its disk (a full disk) or check it, then restart fds train: it goes on "
-            "from its last checkpoint"
+            f"cannot write {what} in {self.ckpt.dir} ({exc}): free space on its disk (a full "
+            "disk) or check it, then restart fds train: it goes on from its last checkpoint"
         )
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -908,10 +912,13 @@ class TrainService:
             ts = float(ts) if isinstance(ts, int | float) else parse_ts(d["ts"])
             fields = {"tx_id": d["tx_id"], "ts": ts, "amount": tx.get("amount", 0.0)}
             self.trainer.on_decision(fields, d)
-        except sqlite3.Error as exc:  # the store's disk, not the record: it stops here (taken
-            # as a bad decision, its input was lost to its label while the next checkpoint,
-            # the disk freed, went on past it)
-            raise self._store_failed(exc) from exc
+        except (sqlite3.OperationalError, sqlite3.DatabaseError) as exc:
+            if type(exc) not in _STORAGE_ERRORS:  # (the record's: a tx_id no text, a review)
+                self._bad(msg, exc)
+                return
+            # the store's disk, not the record: it stops here (taken as a bad decision, its
+            # input was lost to its label while the next checkpoint, the disk freed, went on)
+            raise self._store_failed(exc, "a decision's input") from exc
         except Exception as exc:
             self._bad(msg, exc)
             return

@@ -764,6 +764,12 @@ def test_a_transaction_stamped_far_after_its_record_was_produced_is_a_dead_lette
     assert _event_time(far, 0.0)[0] == produced + 4000  # 0: no check
     runner = make_runner(max_event_ahead_s=3600)
     assert runner._parsed(far) is None and runner._parsed(ok) is not None
+    # by default as far as the default grace period (a QA pass: one record 30 minutes ahead
+    # left every later transaction of every card late, out of the windows, for 30 minutes)
+    ahead = Record("transactions", 0, 2, produced * 1000, b"c1", body % (produced + 1800))
+    within = Record("transactions", 0, 3, produced * 1000, b"c1", body % (produced + 300))
+    runner = make_runner()
+    assert runner._parsed(ahead) is None and runner._parsed(within) is not None
 
 
 def rebuilding_runner(tmp_path: Any, reader: Reader, consumer: Any, **settings: Any) -> Runner:

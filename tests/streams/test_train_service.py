@@ -775,7 +775,15 @@ def test_a_full_state_disk_at_a_decision_stops_fds_train_and_loses_no_input(tmp_
     body = {"tx_id": "t0", "ts": "x", "features": big, "tx": {"ts": 100.0, "amount": 5.0}}
     err = run_on_a_full_disk(svc, {d: [Msg("decisions", 0, 0, body)]})
     assert str(tmp_path / "state") in str(err) and "free space" in str(err)
+    assert "cannot write a decision's input in" in str(err)
     assert svc.stats.bad_records == 0 and svc.stats.decisions == 0
+    # an error of the record, not of the disk, is a bad record still (a review: a tx_id that
+    # is no text stopped fds train at every start, on the same record)
+    svc = service(tmp_path / "2")
+    bad = {"tx_id": {"a": 1}, "ts": "x", "features": {}, "tx": {"ts": 100.0, "amount": 5.0}}
+    svc._on_decision(Msg("decisions", 0, 0, bad))
+    svc._on_decision(decision(0, 1, "t1", 101.0))
+    assert svc.stats.bad_records == 1 and svc.stats.decisions == 1
 
 
 def test_fds_train_s_max_idle_does_not_count_a_slow_pass(tmp_path):
