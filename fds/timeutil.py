@@ -54,6 +54,10 @@ def get_zone(name: str) -> tzinfo:
         raise ConfigError(f"unknown timezone {name!r}: use an IANA name like Europe/Berlin") from e
 
 
+#: The seconds of a leap second in ISO 8601 text (``2016-12-31T23:59:60Z``).
+_LEAP = re.compile(r"(?<=[T ]\d\d:\d\d:)60(?![\d])")
+
+
 def parse_ts(value: object, default_tz: tzinfo = UTC) -> float:
     """An event timestamp as epoch seconds (float).
 
@@ -69,6 +73,8 @@ def parse_ts(value: object, default_tz: tzinfo = UTC) -> float:
     1700000000.0
     >>> parse_ts(datetime(2023, 11, 14, 22, 13, 20))
     1700000000.0
+    >>> parse_ts("2016-12-31T23:59:60Z") == parse_ts("2017-01-01T00:00:00Z")  # a leap second
+    True
 
     Text of eight, twelve or fourteen digits that form a date, ``YYYYMMDD``, ``YYYYMMDDHHMM``
     (a year 1900-2099) or ``YYYYMMDDHHMMSS``, is that local date (as epoch seconds it would be
@@ -107,6 +113,10 @@ def parse_ts(value: object, default_tz: tzinfo = UTC) -> float:
                 # (RFC 3339 allows a lowercase t and z, Python 3.11 does not: a QA pass)
                 dt = datetime.fromisoformat(s.upper())
             except ValueError as e:
+                if _LEAP.search(s.upper()):  # a leap second (23:59:60, ISO 8601 and RFC 3339
+                    # allow it): the next second's start, as POSIX time counts none (it was
+                    # "no time there is", a dead letter: a QA pass)
+                    return parse_ts(_LEAP.sub("59", s.upper(), count=1), default_tz) + 1.0
                 if not str(e).startswith("Invalid isoformat"):  # a date that does not exist
                     # (2026-02-29, a leap second, 24:00: "not ISO 8601" misled, a QA pass)
                     raise ValueError(f"timestamp {value!r} is no time there is: {e}") from None

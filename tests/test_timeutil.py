@@ -103,7 +103,7 @@ def test_the_wakeful_waits_wait_their_time_in_short_steps(monkeypatch):
     ("text", "why"),
     [
         ("2026-02-29T12:00:00Z", "day is out of range for month"),
-        ("2016-12-31T23:59:60Z", "second must be in 0..59"),  # (a leap second)
+        ("2016-12-31T23:59:61Z", "second must be in 0..59"),  # (no second at all)
         ("2026-10-25T24:00:00Z", "hour must be in 0..23"),
     ],
 )
@@ -111,3 +111,10 @@ def test_an_iso_time_that_does_not_exist_says_why(text: str, why: str) -> None:
     """A QA pass: a well-formed date that does not exist was "neither ISO 8601 nor epoch"."""
     with pytest.raises(ValueError, match=f"is no time there is: {why}"):
         parse_ts(text)
+
+
+def test_a_leap_second_is_the_next_second_s_start() -> None:
+    """A QA pass: 2016-12-31T23:59:60Z, which ISO 8601 and RFC 3339 allow and which was, was a
+    dead letter ("no time there is"); POSIX time counts no leap second."""
+    assert parse_ts("2016-12-31T23:59:60Z") == parse_ts("2017-01-01T00:00:00Z")
+    assert parse_ts("2016-12-31 23:59:60.25+00:00") == parse_ts("2017-01-01T00:00:00Z") + 0.25
