@@ -16,6 +16,7 @@ fds.errors.ValidationError: amount: Input should be greater than 0 (got -3)
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import reprlib
 from collections.abc import Mapping
@@ -38,7 +39,7 @@ from pydantic import (
 from typing_extensions import TypedDict
 
 from fds.errors import ValidationError
-from fds.timeutil import format_ts, parse_ts
+from fds.timeutil import format_ts, naive_text, parse_ts
 
 __all__ = [
     "DEGREES",
@@ -548,3 +549,40 @@ def check_not_ahead(ts: float, msg: Any, ahead_s: float) -> None:
             f"produced ({format_ts(sent / 1000.0)}), more than max_event_ahead_s "
             f"({ahead_s:,.0f} s): a clock or data error"
         )
+
+
+class NaiveWatch:
+    """Say once that a record's ``ts`` is text without an offset (read as UTC over Kafka: a
+    producer's local times were decided hours off without a word, a QA pass; a label's were
+    learned hours off, another). Only the first ``left`` records are watched (a producer that
+    joins later is not); called while :attr:`left`."""
+
+    def __init__(self, what: str, left: int = 10_000) -> None:
+        self.what, self.left = what, left
+
+    def __call__(self, obj: Any, msg: Any) -> None:
+        self.left -= 1
+        ts = obj.get("ts") if isinstance(obj, dict) else None
+        if ts.__class__ is str and naive_text(ts):
+            self.left = 0
+            logging.getLogger("fds.streams.kafka").warning(
+                'a %s\'s ts has no UTC offset (ts="%s" at partition="%s[%d]" offset="%d"): '
+                "read as UTC; the contract's times carry their offset "
+                "(2026-03-01T08:04:13+09:00) or are epoch seconds (said once)",
+                self.what, ts[:40], msg.topic, msg.partition, msg.offset,
+            )  # fmt: skip
+
+
+def label_of(msg: Any, ahead_s: float, naive: NaiveWatch | None = None) -> dict[str, Any]:
+    """The label a Kafka record holds, or the error that makes it a bad label: the reason
+    ``fds produce`` gave a row it could not read, no JSON, the contract, or a time stamped more
+    than ``ahead_s`` after the record was produced (:func:`check_not_ahead`); ``naive`` is told
+    of its ``ts`` (fds run's label feed and fds train read labels alike)."""
+    if (refused := produced_bad(msg, None)) is not None:
+        raise refused
+    obj = loads_record(msg.value)
+    label = parse_label(obj)
+    check_not_ahead(label["ts"], msg, ahead_s)
+    if naive is not None and naive.left:
+        naive(obj, msg)
+    return label

@@ -153,6 +153,7 @@ from fds.pipeline import DEFAULT_MODEL, DEFAULT_RULES, build_engine
 from fds.schema import (
     REFUSED,
     UNREADABLE,
+    NaiveWatch,
     check_not_ahead,
     dead_letter,
     dumps,
@@ -207,7 +208,7 @@ from fds.streams.state_topic import (
     manifest_newer,
     manifest_offsets,
 )
-from fds.timeutil import FileClock, get_zone, naive_text, parse_ts, span
+from fds.timeutil import FileClock, get_zone, parse_ts, span
 from fds.timeutil import sleep as wakeful_sleep
 from fds.timeutil import wait as wakeful_wait
 
@@ -384,8 +385,8 @@ def _event_time(msg: Any, ahead_s: float = 0.0) -> tuple[float, Any]:
         stage = "validate"
         tx = parse_transaction(obj)
         check_not_ahead(tx["ts"], msg, ahead_s)
-        if _NAIVE_WATCH[0]:
-            _watch_naive(obj, msg)
+        if _NAIVE_WATCH.left:
+            _NAIVE_WATCH(obj, msg)
     except Exception as exc:
         # a row `fds produce` could not read: the reader's reason (it was "not valid JSON"; a
         # row reading as JSON, `5`, failed validation)
@@ -396,21 +397,7 @@ def _event_time(msg: Any, ahead_s: float = 0.0) -> tuple[float, Any]:
 
 # The first records of a process are watched for a ``ts`` text without an offset (read as UTC
 # over Kafka: a producer's local times were decided hours off without a word, a QA pass).
-_NAIVE_WATCH = [10_000]  # records left to watch; 0: said, or watched enough
-
-
-def _watch_naive(obj: Any, msg: Any) -> None:
-    """Say once that a record's ``ts`` is text without an offset (only the first records of
-    the process are watched: a producer that joins later is not)."""
-    _NAIVE_WATCH[0] -= 1
-    ts = obj.get("ts")
-    if ts.__class__ is str and naive_text(ts):
-        _NAIVE_WATCH[0] = 0
-        log.warning(
-            'a transaction\'s ts has no UTC offset (ts="%s" at partition="%s[%d]" offset="%d"): '
-            "read as UTC; the contract's times carry their offset (2026-03-01T08:04:13+09:00) "
-            "or are epoch seconds (said once)", ts[:40], msg.topic, msg.partition, msg.offset,
-        )  # fmt: skip
+_NAIVE_WATCH = NaiveWatch("transaction")
 
 
 #: Errors of a poll that no retry changes (each said with its setting, exit 2).

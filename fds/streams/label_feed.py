@@ -51,12 +51,14 @@ from kafka import TopicPartition
 from kafka.errors import KafkaTimeoutError
 
 from fds.errors import ConfigError
-from fds.schema import check_not_ahead, loads_record, parse_label, produced_bad
+from fds.schema import NaiveWatch, label_of, produced_bad
 from fds.streams.rebuild import start_offsets
 
 __all__ = ["LabelFeed", "reads_labels"]
 
 log = logging.getLogger(__name__)
+#: The first labels are watched for a ``ts`` text without an offset (read as UTC).
+_NAIVE = NaiveWatch("label")
 
 #: Label records fetched per call of :meth:`LabelFeed.poll` (the rest waits for the next one).
 MAX_PER_POLL = 2000
@@ -204,10 +206,7 @@ class LabelFeed:
             got += len(records)
             for msg in records:
                 try:
-                    if (refused := produced_bad(msg, None)) is not None:
-                        raise refused
-                    label = parse_label(loads_record(msg.value))
-                    check_not_ahead(label["ts"], msg, self.ahead_s)
+                    label = label_of(msg, self.ahead_s, _NAIVE)
                 except Exception as exc:  # a bad label is dead-lettered, never dropped
                     if msg.offset >= self._bad_next.get(msg.partition, 0):
                         self.bad.append((msg, produced_bad(msg, exc) or exc))

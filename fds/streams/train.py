@@ -81,7 +81,11 @@ from fds.models.registry import (
     sign_record,
 )
 from fds.pipeline import DEFAULT_MODEL
-from fds.schema import check_not_ahead, loads_record, parse_label, produced_bad
+from fds.schema import (
+    NaiveWatch,
+    label_of,
+    produced_bad,
+)
 from fds.streams.align import Aligner
 from fds.streams.checkpoint import SHARED_FILE, Checkpointer, default_state_dir, hold
 from fds.streams.kafka import (
@@ -113,6 +117,8 @@ __all__ = ["TrainService", "TrainStats", "announcement", "lifecycle", "register_
 
 
 log = logging.getLogger(__name__)
+#: The first labels are watched for a ``ts`` text without an offset (read as UTC).
+_NAIVE = NaiveWatch("label")
 
 # Artifacts up to this size travel inside the announcement (base64); bigger ones are announced
 # as a pointer only. Stays under the models topic's 16 MB max.message.bytes with base64's 4/3.
@@ -1072,11 +1078,8 @@ class TrainService:
         """A label's event time and the label (for the aligner), or the error that makes it a
         bad record (released at once). A label stamped far ahead would move the trainer's
         event time there: every snapshot assumed legitimate at once, then expired."""
-        try:
-            if (refused := produced_bad(msg, None)) is not None:  # (fds produce's reason, as
-                raise refused  # fds run's label feed says it)
-            label = parse_label(loads_record(msg.value))
-            check_not_ahead(label["ts"], msg, self.s.max_event_ahead_s)
+        try:  # (fds produce's reason too, as fds run's label feed says it)
+            label = label_of(msg, self.s.max_event_ahead_s, _NAIVE)
         except Exception as exc:
             return -math.inf, produced_bad(msg, exc) or exc
         return label["ts"], label

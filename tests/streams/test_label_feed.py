@@ -411,3 +411,25 @@ def test_a_label_row_fds_produce_could_not_read_keeps_its_reason():
         "expected 3 columns, found 2",
         "ts: '99.99.2026' does not fit the mapping's ts_format",
     ]
+
+
+def test_a_label_s_ts_without_an_offset_is_said_once(monkeypatch, caplog):
+    """A QA pass: a label stamped `2026-11-20 10:06:00` was read as UTC without a word (a
+    transaction's is said): a labeller's local times learned hours off. fds run's label feed
+    and fds train read labels through one function."""
+    from fds.schema import NaiveWatch, label_of
+    from fds.streams import label_feed
+
+    monkeypatch.setattr(label_feed, "_NAIVE", NaiveWatch("label"))
+    p = plan()
+    p.compute(tx("a", 1_767_225_600.0))
+    naive = orjson.dumps({"tx_id": "a", "ts": "2026-01-01 00:00:10", "is_fraud": True})
+    c = FakeConsumer(
+        [label(0, "a", 5_000), label(1, "a", 6_000, naive), label(2, "a", 7_000, naive)]
+    )
+    LabelFeed(c, "labels", p).rewind(input_ms=math.inf)
+    assert caplog.text.count("a label's ts has no UTC offset") == 1
+    assert 'ts="2026-01-01 00:00:10" at partition="labels[0]" offset="1"' in caplog.text
+    watch = NaiveWatch("label")
+    assert label_of(label(3, "a", 8_000, naive), math.inf, watch)["ts"] == 1_767_225_610.0
+    assert watch.left == 0  # (fds train's: said once too)

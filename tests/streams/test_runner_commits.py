@@ -1927,9 +1927,10 @@ def test_a_batch_is_counted_consumed_before_it_is_decided_and_a_failed_write_is_
 def test_a_ts_without_an_offset_over_kafka_is_said_once(monkeypatch, caplog):
     """Found by a QA pass: a producer's local times without an offset were read as UTC, every
     decision hours off, without a word."""
+    from fds.schema import NaiveWatch
     from fds.streams import kafka as k
 
-    monkeypatch.setattr(k, "_NAIVE_WATCH", [10_000])
+    monkeypatch.setattr(k, "_NAIVE_WATCH", NaiveWatch("transaction"))
     times = ("2026-03-01T08:04:13+09:00", "2026-03-01T08:04:13Z", 1772319853, "1772319853",
              "2026-03-01 08:04:13", "2026-03-01T09:00:00")  # fmt: skip
     for i, ts in enumerate(times):
@@ -1937,7 +1938,7 @@ def test_a_ts_without_an_offset_over_kafka_is_said_once(monkeypatch, caplog):
         assert k._event_time(Record("transactions", 0, i, 0, b"c", value))[0] > 0
     assert caplog.text.count("has no UTC offset") == 1
     assert 'ts="2026-03-01 08:04:13" at partition="transactions[0]" offset="4"' in caplog.text
-    monkeypatch.setattr(k, "_NAIVE_WATCH", [10_000])  # (a date alone has no offset either)
+    monkeypatch.setattr(k, "_NAIVE_WATCH", NaiveWatch("transaction"))  # (a date alone too)
     value = orjson.dumps({"tx_id": "d", "ts": "2026-03-01", "card_id": "c", "amount": 1})
     k._event_time(Record("transactions", 0, 9, 0, b"c", value))
     assert caplog.text.count("has no UTC offset") == 2
