@@ -330,6 +330,22 @@ class ColumnMapping(ReadOptions):
     #: Words a label column (and a ``--labels`` file's ``is_fraud``) writes for fraud and for
     #: legitimate beyond the standard ones (``ja``/``nein``: every label a dead letter).
     label_values: LabelValues | None = None
+    #: Columns that hold numbers (unmapped ones, which rules read as ``extra.NAME``), read in
+    #: the file's notation as the amount is, whole numbers with group marks too: ``1.000`` is
+    #: 1000 under ``thousands: "."`` (such text stays as written otherwise, and a rule reading
+    #: it as a number read 1.0: a QA pass); one that does not fit the notation is a dead letter.
+    numbers: frozenset[ColumnName] = frozenset()
+
+    @field_validator("numbers", mode="before")
+    @classmethod
+    def _number_columns(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [v]
+        if not isinstance(v, list | set | frozenset | tuple) or not all(
+            isinstance(x, str) and x for x in v
+        ):
+            raise ValueError("a list of column names, e.g. [Menge, Gebuehr]")
+        return v
 
     @field_validator("labels_options")
     @classmethod
@@ -579,17 +595,23 @@ class ColumnMapping(ReadOptions):
         other value but the names only when it has a decimal part (``2,50``: a version
         ``2.100``, a phone number ``030 123 456`` or an order number ``1.234.567`` stay as
         written), the values of its ``extra`` object too (the rules read them as the others,
-        ``extra.NAME``; not those of objects deeper, which no rule nor feature reads)."""
+        ``extra.NAME``; not those of objects deeper, which no rule nor feature reads); and the
+        columns of ``numbers`` as the measures."""
         fits, plain, _mark = cast(_Notation, self._number)
         read = self._decimals(out)
         if (extra := out.get("extra")).__class__ is dict:  # (a JSON record's own, or a column
             read["extra"] = self._decimals(extra)  # named like a field another one fills)
-        for k in _MEASURES:
-            v = out.get(k)
+        own = extra if isinstance(extra, dict) else {}  # (a JSON record's extra object)
+        # (as written, not as _decimals read it: the measures' own test)
+        for k, src, dst in (
+            *((k, out, read) for k in _MEASURES),
+            *((k, own, read["extra"]) if k in own else (k, out, read) for k in self.numbers),
+        ):
+            v = src.get(k)
             if v.__class__ is str:
                 if not fits(v):
                     raise ValueError(f"{k}: {v[:100]!r} {self._notation}")
-                read[k] = plain(v)
+                dst[k] = plain(v)
         return read
 
     def _decimals(self, values: dict[str, Any]) -> dict[str, Any]:

@@ -652,3 +652,27 @@ def test_a_dos_end_of_file_mark_is_no_record(tmp_path):
     assert [rec for _, rec, _ in read_records(p)] == [
         {"tx_id": "t1", "ts": "1767225600", "card_id": "c1", "amount": "5"}
     ]
+
+
+def test_numbers_names_columns_whose_whole_numbers_are_grouped(tmp_path):
+    """A QA pass: an unmapped `Menge` of `1.000` (one thousand as the file writes it) stayed
+    text, and `extra.Menge > 500` read it as 1.0; `numbers: [Menge]` reads it in the file's
+    notation, as the amount, in a CSV column and in a JSON record's extra object alike, and a
+    value that does not fit it is a dead letter saying so."""
+    m = mapping(tmp_path, GERMAN + "numbers: [Menge]\n")
+    head = "Buchungsdatum;Karte;Haendler;Betrag;Referenz;Betrug;Menge\n"
+    rows = [f"01.03.2026 08:0{i}:00;c;M;1,00;R{i};0;{v}\n" for i, v in enumerate(
+        ("1.000", "2,50", "1.500,00", "999", "12.34"))]  # fmt: skip
+    (tmp_path / "b.csv").write_text(head + "".join(rows))
+    got = [r[1] for r in read_records(tmp_path / "b.csv", mapping=m)]
+    assert [g["Menge"] for g in got[:4]] == ["1000", "2.50", "1500.00", "999"]
+    assert isinstance(got[4], ValueError) and "Menge: '12.34' is no number as" in str(got[4])
+    (tmp_path / "plain").mkdir()
+    assert not mapping(tmp_path / "plain").numbers  # (as before without it: text)
+    j = {"Referenz": "R9", "Buchungsdatum": "01.03.2026 08:09:00", "Karte": "c", "Betrag": "1,00",
+         "Betrug": "0", "extra": {"Menge": "2.000"}}  # fmt: skip
+    (tmp_path / "b.jsonl").write_text(orjson.dumps(j).decode() + "\n")
+    ((_, rec, _),) = read_records(tmp_path / "b.jsonl", mapping=m)
+    assert rec["extra"]["Menge"] == "2000"
+    with pytest.raises(ConfigError, match="a list of column names"):
+        mapping(tmp_path, GERMAN + "numbers: [1]\n")
