@@ -616,7 +616,7 @@ class TrainService:
         except sqlite3.Error as exc:  # (two chained tracebacks, no path: a QA pass)
             raise self._store_failed(exc, "the trainer checkpoint") from exc
 
-    def _store_failed(self, exc: sqlite3.Error, what: str) -> FdsError:
+    def _store_failed(self, exc: Exception, what: str) -> FdsError:
         """The error that stops fds train when its store cannot write ``what`` (counted as a
         failed checkpoint: the state dir's)."""
         self.metrics.checkpoints(0, 1)
@@ -918,14 +918,12 @@ class TrainService:
             ts = float(ts) if isinstance(ts, int | float) else parse_ts(d["ts"])
             fields = {"tx_id": d["tx_id"], "ts": ts, "amount": tx.get("amount", 0.0)}
             self.trainer.on_decision(fields, d)
-        except (sqlite3.OperationalError, sqlite3.DatabaseError) as exc:
-            if type(exc) not in _STORAGE_ERRORS:  # (the record's: a tx_id no text, a review)
-                self._bad(msg, exc)
-                return
-            # the store's disk, not the record: it stops here (taken as a bad decision, its
-            # input was lost to its label while the next checkpoint, the disk freed, went on)
-            raise self._store_failed(exc, "a decision's input") from exc
         except Exception as exc:
+            if type(exc) in _STORAGE_ERRORS:  # the store's disk, not the record: it stops
+                # here (taken as a bad decision, its input was lost to its label while the
+                # next checkpoint, the disk freed, went on; a tx_id that is no text, a
+                # ProgrammingError, is the record's: a review)
+                raise self._store_failed(exc, "a decision's input") from exc
             self._bad(msg, exc)
             return
         if self._early.n and fields["tx_id"] in self._early.waiting:
