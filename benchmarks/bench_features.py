@@ -20,7 +20,10 @@ Run: ``python benchmarks/bench_features.py`` (defaults below); ``--quick`` for a
 ``--before DIR`` adds a before/after comparison, interleaved in one process, with an older copy
 of ``fds/features`` (how to make it: benchmarks/results/features.md); ``--provenance`` adds the
 per-event cost of ``FeaturePlan(..., provenance=True)`` (with against without, interleaved in
-one process) and the time of a ``split``.
+one process) and the time of a ``split``. The speed run measures the plans as the engine runs
+them: compiled (``fds.features.kernel``; the kernels are built first, into ``FDS_KERNEL_CACHE``
+or ``~/.cache/fds/kernels``) and adds compiled against interpreted, interleaved in one process;
+``--kernel interpreted`` measures the interpreted plans alone.
 Writes ``benchmarks/results/features.md``.
 """
 
@@ -48,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fds.features import FeaturePlan
+from fds.features.kernel import Compiler
 from fds.features.txstore import TxStore
 from fds.gcpolicy import Freezer
 
@@ -162,7 +166,22 @@ def _ticker(freeze: bool) -> Callable[[], None]:
     return Freezer().tick if freeze else _no_freeze
 
 
-def speed(days: int, cards: int, seed: int, freeze: bool = True) -> dict[str, Any]:
+def built(compiler: Compiler | None) -> Compiler | None:
+    """``compiler`` with the kernels of the default set and of each entity's part of it built
+    (waited for: the measured plans run compiled from their first event)."""
+    if compiler is not None:
+        for ent in (None, "card_id", "merchant_id", "device_id"):
+            specs = [sp for sp in DEFAULT_SPECS if ent in (None, sp.entity)]
+            FeaturePlan(specs, timezone="Asia/Seoul", compiler=compiler)
+        assert compiler.wait(), "a kernel's build did not end"
+    return compiler
+
+
+def speed(
+    days: int, cards: int, seed: int, freeze: bool = True, compiler: Compiler | None = None
+) -> dict[str, Any]:
+    """The figures of the plan as the engine runs it (``compiler``: compiled, else
+    interpreted); with a compiler, also both interleaved in one process (``kernel``)."""
     from fds.streams.simulator import simulate
 
     sim = simulate(days=days, cards=cards, seed=seed)
@@ -175,7 +194,7 @@ def speed(days: int, cards: int, seed: int, freeze: bool = True) -> dict[str, An
     gc.collect()
     gc.freeze()
     steady_from = sim.end - 7 * 86400
-    plan = FeaturePlan(DEFAULT_SPECS, timezone="Asia/Seoul")
+    plan = FeaturePlan(DEFAULT_SPECS, timezone="Asia/Seoul", compiler=compiler)
     compute, on_label = plan.compute, plan.on_label
     tick = _ticker(freeze)
     pauses = Pauses()
@@ -204,7 +223,7 @@ def speed(days: int, cards: int, seed: int, freeze: bool = True) -> dict[str, An
     wall = time.perf_counter() - wall0
     pauses.close()
     # process_time per call has a coarse clock on some kernels: cross-check with one block
-    plan2 = FeaturePlan(DEFAULT_SPECS, timezone="Asia/Seoul")
+    plan2 = FeaturePlan(DEFAULT_SPECS, timezone="Asia/Seoul", compiler=compiler)
     txs = sim.transactions
     c0 = clock()
     for tx in txs:
@@ -218,7 +237,7 @@ def speed(days: int, cards: int, seed: int, freeze: bool = True) -> dict[str, An
     timer = acc / 100_000 * 1e6
     # the same block with the cyclic garbage collector off: how much of the time is GC
     # visiting the (long-lived) feature state, a cost that grows with the state held
-    plan3 = FeaturePlan(DEFAULT_SPECS, timezone="Asia/Seoul")
+    plan3 = FeaturePlan(DEFAULT_SPECS, timezone="Asia/Seoul", compiler=compiler)
     gc.collect()
     gc.disable()
     try:
@@ -232,13 +251,24 @@ def speed(days: int, cards: int, seed: int, freeze: bool = True) -> dict[str, An
     split = {}
     for ent in ("card_id", "merchant_id", "device_id", None):
         specs = [sp for sp in DEFAULT_SPECS if sp.entity == ent]
-        p = FeaturePlan(specs, timezone="Asia/Seoul")
+        p = FeaturePlan(specs, timezone="Asia/Seoul", compiler=compiler)
         c0 = clock()
         for tx in txs:
             p.compute(tx)
         split[ent or "(no features: fixed cost)"] = (clock() - c0) / len(txs) * 1e6
+    kernel = None
+    if compiler is not None:
+        plans = {
+            "interpreted": FeaturePlan(DEFAULT_SPECS, timezone="Asia/Seoul"),
+            "compiled": FeaturePlan(DEFAULT_SPECS, timezone="Asia/Seoul", compiler=compiler),
+        }
+        assert plans["compiled"].compiled
+        kernel = race(plans, events, steady_from)
     gc.unfreeze()
     return {
+        "compiled": plan.compiled,
+        "kernel": kernel,
+        "n_steady": n_steady,
         "split": split,
         "days": days,
         "cards": cards,
@@ -600,6 +630,11 @@ def main() -> int:
         help="also measure the per-event cost of provenance=True (a plan with it and one "
         "without, interleaved in one process), and split's time",
     )  # fmt: skip
+    ap.add_argument(
+        "--kernel", choices=("compiled", "interpreted"), default="compiled",
+        help="the speed run's plans: as the engine runs them (compiled, the kernel built "
+        "first; FDS_KERNEL_CACHE is its cache) or interpreted",
+    )  # fmt: skip
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument(
         "--before",
@@ -715,7 +750,8 @@ def main() -> int:
         log("\n".join(lines[-14:]))
     if not args.skip_speed:
         log(f"speed: simulate(days={args.days}, cards={args.cards}) ...")
-        s = speed(args.days, args.cards, args.seed, freeze=not args.no_freeze)
+        compiler = built(Compiler.from_env() if args.kernel == "compiled" else None)
+        s = speed(args.days, args.cards, args.seed, freeze=not args.no_freeze, compiler=compiler)
         net = s["us_steady"] - s["us_timer"]  # the plan's own time per call
         verdict = "met" if net <= TARGET_US else "MISSED"
         lines += [
@@ -726,6 +762,7 @@ def main() -> int:
             "",
             "| measure | value |",
             "|---|---|",
+            f"| the plan's hot path | {'compiled' if s['compiled'] else 'interpreted'} |",
             f"| `compute` CPU, whole stream (per call) | {s['us_tx']:.1f} us |",
             f"| `compute` CPU, last 7 days (windows warm) | {s['us_steady']:.1f} us |",
             f"| `compute` CPU, one block over the stream (no per-call timer) | "
@@ -754,7 +791,20 @@ def main() -> int:
             "+-30% between runs.",
             "",
         ]
-        log("\n".join(lines[-18:]))
+        if s["kernel"] is not None:
+            (i0, i1), (k0, k1) = s["kernel"]["interpreted"], s["kernel"]["compiled"]
+            lines += [
+                "### Compiled against interpreted, interleaved in one process",
+                "",
+                "| run | interpreted | compiled | speed-up |",
+                "|---|---|---|---|",
+                f"| whole stream, labels included | {i0 / s['tx'] * 1e6:.2f} us | "
+                f"{k0 / s['tx'] * 1e6:.2f} us | {i0 / k0:.2f}x |",
+                f"| last 7 days | {i1 / s['n_steady'] * 1e6:.2f} us | "
+                f"{k1 / s['n_steady'] * 1e6:.2f} us | {i1 / k1:.2f}x |",
+                "",
+            ]
+        log("\n".join(lines[-27:]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if m is not None or s is not None:
         lines += [plot(m, s, args.out.with_suffix(".png")), ""]

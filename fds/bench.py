@@ -284,6 +284,7 @@ def run_precision(
     echo: bool = True,
     ceiling_ref: bool = True,
     longer_warmup: str = "lengthen --warmup-days (before a later --drift-day)",
+    compiler: Any = None,
 ) -> PrecisionResult:
     """Run the precision benchmark; print the table; write plots and a report to ``out_dir``.
     ``longer_warmup``: how the caller's user lengthens the warm-up (in its notes).
@@ -327,7 +328,9 @@ def run_precision(
     mspec = load_spec(spec)
     server = ModelServer(mspec)
     engine = Engine(
-        features=FeaturePlan(list(rs.features), timezone=rs.spec.timezone, grace=rs.spec.grace),
+        features=FeaturePlan(
+            list(rs.features), timezone=rs.spec.timezone, grace=rs.spec.grace, compiler=compiler
+        ),
         rules=rs,  # type: ignore[arg-type]  # Ruleset.version is str (RuleStage allows None)
         model=server,
         policy=Policy.from_spec(rs.policy),
@@ -1132,6 +1135,8 @@ def _cmd_precision(args: argparse.Namespace) -> int:
             "folder you can write to")  # fmt: skip
         return 2
     try:
+        from fds.features.kernel import Compiler
+
         if args.input:
             from fds.streams.files import check_transaction_columns, load_mapping
 
@@ -1151,6 +1156,7 @@ def _cmd_precision(args: argparse.Namespace) -> int:
                 command=shlex.join(["fds", *sys.argv[1:]]),  # (a path with a space: a QA pass)
                 progress=args.progress,
                 ceiling_ref=args.reference,
+                compiler=Compiler.from_env(),
             )
     except ConfigError as e:
         say(f"{args.prog}: error: {e}")

@@ -25,6 +25,7 @@ from fds.cli import (
     unwritable,
 )
 from fds.errors import ConfigError
+from fds.features.kernel import Compiler
 from fds.logs import loggers_at, say
 from fds.metrics import (
     METRICS_HOST,
@@ -206,6 +207,7 @@ def _demo(args: argparse.Namespace) -> int:
             command=f"fds demo --days {args.days} --cards {args.cards} "
             f"--drift-day {args.drift_day} --seed {args.seed} --rules {shown_path(args.rules)}",
             longer_warmup="give a later --drift-day (the warm-up is the days before it, up to 14)",
+            compiler=Compiler.from_env(),
         )
     say(f"report and plots: {args.out_dir}/", logging.INFO)
     return 0 if res is not None else 1
@@ -342,7 +344,9 @@ def _replay_file(args: argparse.Namespace, pushers: list[Pusher]) -> int:
     if args.labels is None and (mapping is None or mapping.label is None):
         _say_labels_beside(Path(args.file))
     metrics = Metrics()
-    engine = build_engine(args.rules, args.model, metrics=metrics, watch=True)
+    engine = build_engine(
+        args.rules, args.model, metrics=metrics, watch=True, compiler=Compiler.from_env()
+    )
     with contextlib.ExitStack() as stack:
         stack.callback(engine.close)
         stream = replay_mod.open_stream(args.file, mapping=mapping, labels_path=args.labels)

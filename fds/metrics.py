@@ -195,6 +195,7 @@ _DECIDING = frozenset(
         "fds_decisions", "fds_rule_hits", "fds_rule_missing_inputs", "fds_rule_errors",
         "fds_stage_duration_seconds", "fds_decision_latency_seconds", "fds_state_entities",
         "fds_ruleset_info", "fds_guardrail_demoted", "fds_event_lag_seconds",
+        "fds_features_compiled",
     }
 )  # fmt: skip
 
@@ -625,7 +626,8 @@ class Metrics(Collector):
         """Export window-state sizes at each scrape, at no per-event cost.
 
         ``current()`` returns the live feature state (or ``None``); its ``state_sizes()``
-        (``{entity: n}``) becomes ``fds_state_entities{entity}``.
+        (``{entity: n}``) becomes ``fds_state_entities{entity}``, its ``compiled``
+        ``fds_features_compiled``.
 
         >>> class Plan:
         ...     def state_sizes(self):
@@ -766,6 +768,14 @@ class Metrics(Collector):
         for entity, n in entities.items():
             g.add_metric([entity], float(n))
         yield g
+        compiled = getattr(plan, "compiled", None)  # (a plan of another kind may not say)
+        if compiled is not None:
+            yield GaugeMetricFamily(
+                "fds_features_compiled",
+                "1 while the features run as their compiled kernel; 0 while interpreted (the "
+                "kernel building, its build failed, or FDS_FEATURE_KERNEL=off).",
+                value=float(compiled),
+            )
 
         if self.decides:  # (a model in shadow looked healthy: info 1, degraded 0, a QA pass)
             yield GaugeMetricFamily(

@@ -63,6 +63,7 @@ def build_engine(
     registry: str | Path | None = None,
     provenance: bool = False,
     keep_rules: str | Path | None = None,
+    compiler: Any = None,
 ) -> Engine:
     """An engine with features + rules + policy from ``rules`` and a model from ``model``.
 
@@ -78,6 +79,8 @@ def build_engine(
     file's ``grace``, 5m when it gives none).
     ``provenance``: the feature state records each event's input partition (``fds run`` with
     a state topic: another instance takes partitions over from its snapshot).
+    ``compiler``: a :class:`fds.features.kernel.Compiler`: the features run as a compiled kernel
+    once built (the CLI's :meth:`~fds.features.kernel.Compiler.from_env`); ``None``: interpreted.
     ``keep_rules``: with ``watch``, a file that keeps a copy of the last good rules, which
     decide when the rules file does not load at the next start (``fds run``: its state dir).
     """
@@ -106,6 +109,7 @@ def build_engine(
             timezone=ruleset.spec.timezone,
             grace=ruleset.spec.grace if grace is None else grace,
             provenance=provenance,
+            compiler=compiler,
         )
     model_stage = None
     if model is not None:

@@ -11,6 +11,12 @@ import os
 
 import pytest
 
+# The suite's engines run their features interpreted: a compiled kernel is built in the
+# background (10-20 s of a core per feature set, fds.features.kernel), which hundreds of
+# feature sets would spend here; tests/features/test_kernel.py builds and tests kernels on
+# purpose. The CLI's children inherit it. FDS_FEATURE_KERNEL=compiled runs the suite compiled.
+os.environ.setdefault("FDS_FEATURE_KERNEL", "off")
+
 # `make test` (and so CI) sets FDS_REQUIRE_INTEGRATION=1: there an integration test that skips
 # (Prometheus could not be installed, say) fails the run, instead of a green run that tested
 # nothing against the real broker or Prometheus.

@@ -571,10 +571,11 @@ def test_drained_counts_plus_watched_residual_stay_exact() -> None:
         assert value(m, "fds_rule_errors_total", rule="a") == true_errors
 
 
-def test_watch_features_reads_state_sizes_at_scrape() -> None:
+def test_watch_features_reads_state_sizes_and_the_kernel_at_scrape() -> None:
     class Plan:
         def __init__(self) -> None:
             self.sizes = {"card_id": 10}
+            self.compiled = False
 
         def state_sizes(self) -> dict[str, int]:
             return dict(self.sizes)
@@ -590,6 +591,9 @@ def test_watch_features_reads_state_sizes_at_scrape() -> None:
     plan.sizes["card_id"] = 25  # no call needed: read at scrape time
     assert value(m, "fds_state_entities", entity="card_id") == 25
     assert value(m, "fds_state_entities", entity="device_id") == 3
+    assert value(m, "fds_features_compiled") == 0
+    plan.compiled = True  # (its kernel built: fds.features.kernel)
+    assert value(m, "fds_features_compiled") == 1
 
 
 def test_a_scrape_never_sees_a_rule_count_between_the_ruleset_and_the_counters():

@@ -7,6 +7,7 @@
 """
 
 from fds.features.calendar import DayClock
+from fds.features.kernel import Compiler
 from fds.features.plan import FeaturePlan
 from fds.features.spec import AGGS, CALENDAR_DAY, FIELD_AGGS, Layout, compile_specs
 
@@ -14,6 +15,7 @@ __all__ = [
     "AGGS",
     "CALENDAR_DAY",
     "FIELD_AGGS",
+    "Compiler",
     "DayClock",
     "FeaturePlan",
     "Layout",

@@ -428,7 +428,7 @@ def assign_slots(cg: Any) -> None:
 
 def build_fused(
     cgs: Any, names: Any, states: list[dict[Any, Any]], helpers: dict[str, Any]
-) -> tuple[Callable[..., dict[str, Any]], str]:
+) -> tuple[Callable[..., dict[str, Any]], str, dict[str, Any]]:
     """One generated ``run(tx, t, wm) -> snapshot`` folding ``tx`` into every group, inlined.
 
     Fields are read once (:func:`_reads`). Per group: read the entity value (missing: skip,
@@ -442,7 +442,8 @@ def build_fused(
     ``_reorder(gi, st, t, tx, out)``, ``_trim(gi, st, horizon)``, ``_remember``, ``_cutoff``,
     ``_DAY`` (the day clock's cache) and, with provenance, ``_PROV`` (an object whose ``part``
     is the event's input partition); each ``cg.new_state`` (:func:`build_new_state`) creates a
-    state.
+    state. Returns ``run``, its source and the namespace it reads (what
+    :mod:`fds.features.kernel` binds a compiled ``run`` to).
     """
     var = {name: f"y{i}" for i, name in enumerate(names)}
     fraud = [gi for gi, cg in enumerate(cgs) if cg.fraud]
@@ -490,7 +491,7 @@ def build_fused(
     source = "\n".join(lines) + "\n"
     namespace = {**_namespace(), **ns, **helpers}
     exec(compile(source, "<fds.features run>", "exec"), namespace)
-    return namespace.pop("run"), source  # (popped: a function in its own globals is a cycle)
+    return namespace.pop("run"), source, namespace  # (popped: in its own globals, a cycle)
 
 
 def _cut_column(ts: Any, col: list[Any], st: list[Any], i_off: int, horizon: float) -> None:

@@ -69,6 +69,7 @@ from fds.features.codegen import (
 )
 from fds.features.codegen import cat as _cat
 from fds.features.codegen import num as _num
+from fds.features.kernel import Compiler
 from fds.features.spec import DEFAULT_GRACE, Group, Layout, compile_specs, grace_seconds
 from fds.features.txstore import TxStore
 from fds.timeutil import parse_duration, span
@@ -220,6 +221,10 @@ class FeaturePlan:
         Costs an attribute read per event, two bytes and an append per entity group, and a
         dict entry per transaction remembered for labels (two bytes once its bucket is
         frozen); off, the plan generates the same code as one without the option.
+    compiler
+        A :class:`fds.features.kernel.Compiler`: the generated hot path runs as a compiled
+        kernel (~25% faster, the same values) once built; until then, and without one, it is
+        interpreted. ``compiled`` says which runs now.
     """
 
     def __init__(
@@ -231,8 +236,11 @@ class FeaturePlan:
         label_ttl: str | float | None = None,
         sweep_min_events: int = _SWEEP_MIN_EVENTS,
         provenance: bool = False,
+        compiler: Compiler | None = None,
     ) -> None:
         self.layout: Layout = compile_specs(specs)
+        self.compiler = compiler
+        self.compiled = False
         self._args = (tuple(specs), timezone, grace, sweep_min_events)
         self.provenance = bool(provenance)
         self._cursor = _Cursor()
@@ -260,7 +268,7 @@ class FeaturePlan:
         specs, timezone, grace, sweep = self._args
         return FeaturePlan(  # (the label_ttl held: a restored state keeps its own)
             specs, timezone=timezone, grace=grace, label_ttl=self.label_ttl,
-            sweep_min_events=sweep, provenance=self.provenance,
+            sweep_min_events=sweep, provenance=self.provenance, compiler=self.compiler,
         )  # fmt: skip
 
     @property
@@ -327,7 +335,11 @@ class FeaturePlan:
             "_DAY": self.clock.cache,
             **({"_PROV": self._cursor} if self.provenance else {}),
         }
-        self._run, self.source = build_fused(groups, self._names, self.states, helpers)
+        run, self.source, ns = build_fused(groups, self._names, self.states, helpers)
+        if self.compiler is None:
+            self._run = run
+        else:  # (the compiled kernel of the same source, once built: fds.features.kernel)
+            self.compiled = self.compiler.attach(self, self.source, ns, run)
 
     def state_sizes(self) -> dict[str, int]:
         """Entities held per entity type, e.g. ``{"card_id": 1203, "merchant_id": 88}``."""

@@ -135,6 +135,7 @@ from fds.errors import (
     StageError,
     describe,
 )
+from fds.features.kernel import Compiler
 from fds.gcpolicy import Freezer
 from fds.health import Beating, Health, stale_after
 from fds.logs import LineBudget, say
@@ -4213,6 +4214,7 @@ def build_run_engine(
         # with a state topic, its snapshots can hand partitions over (Runner._take_over)
         provenance=settings is not None and bool(settings.state_topic),
         keep_rules=keep_rules,
+        compiler=Compiler.from_env(),
     )
     server: Any = engine.model  # a ModelServer in watch mode
     if models_topic and server is None and named != "--models-topic":

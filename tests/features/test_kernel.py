@@ -1,0 +1,162 @@
+"""The compiled feature kernel (fds.features.kernel): built by Cython and gcc for real, in a
+cache of the test's own, and held to the interpreted plan's values bit for bit."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from fds.errors import ConfigError
+from fds.features import FeaturePlan
+from fds.features.kernel import Compiler
+from tests.features.conftest import ALL_SPECS, GRACE, streams
+from tests.features.reference import reference
+from tests.features.test_plan_properties import assert_same, run_plan
+
+SMALL = [
+    SimpleNamespace(name="n_1h", entity="card_id", agg="count", field=None, window="1h"),
+    SimpleNamespace(name="mean_1h", entity="card_id", agg="mean", field="amount", window="1h"),
+]
+# A process loads a kernel once (Cython refuses a module's second load), so what a cache holds
+# on disk is seen from a child process, as another fds process would see it.
+CHILD = """
+import sys
+from types import SimpleNamespace as S
+from fds.features import FeaturePlan
+from fds.features.kernel import Compiler
+c = Compiler(sys.argv[1])
+specs = [S(name="n_%s" % sys.argv[2], entity="card_id", agg="count", field=None,
+           window=sys.argv[2])]
+first = FeaturePlan(specs, compiler=c).compiled
+assert c.wait()
+print(first, FeaturePlan(specs, compiler=c).compiled, c.builds)
+"""
+
+
+def child(cache: Path, window: str) -> str:
+    """What a child process says: compiled at its first plan, at its second, builds run."""
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, str(cache), window], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def plan(specs: list[Any] = ALL_SPECS, tz: str = "UTC", compiler: Compiler | None = None) -> Any:
+    return FeaturePlan(specs, timezone=tz, grace=GRACE, sweep_min_events=1, compiler=compiler)
+
+
+@pytest.fixture(scope="module")
+def compiler(tmp_path_factory: pytest.TempPathFactory) -> Compiler:
+    """A compiler whose cache holds the kernel of ALL_SPECS (one build for the module: the
+    source does not depend on the timezone, whose day clock is bound, not generated)."""
+    c = Compiler(tmp_path_factory.mktemp("kernels"))
+    assert not plan(compiler=c).compiled  # (not built yet: the build starts)
+    assert c.wait(), "the kernel's build did not end"
+    assert plan(tz="Europe/Berlin", compiler=c).compiled, "built, but not bound"
+    return c
+
+
+def same(a: list[Any], b: list[Any]) -> bool:
+    return repr(a) == repr(b)  # (exact: floats to the last bit, None and NaN included)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=streams())
+def test_the_kernel_gives_the_interpreted_values_and_the_brute_force_ones(
+    compiler: Compiler, case: tuple[str, list[dict[str, Any]]]
+) -> None:
+    tz, ops = case
+    fast = plan(tz=tz, compiler=compiler)
+    assert fast.compiled
+    got = run_plan(fast, ops)
+    assert same(got, run_plan(plan(tz=tz), ops))
+    assert_same(got, reference(ALL_SPECS, ops, timezone=tz, grace=GRACE), ops)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=streams(), where=__import__("hypothesis").strategies.floats(0, 1))
+def test_a_compiled_plans_checkpoint_continues_exactly_interpreted_and_back(
+    compiler: Compiler, case: tuple[str, list[dict[str, Any]]], where: float
+) -> None:
+    tz, ops = case
+    cut = int(where * len(ops))
+    whole = run_plan(plan(tz=tz), ops)
+    first = plan(tz=tz, compiler=compiler)
+    head = run_plan(first, ops[:cut])
+    second = plan(tz=tz)
+    second.load_state_dict(first.state_dict())
+    assert same(head + run_plan(second, ops[cut:]), whole)
+    third = plan(tz=tz, compiler=compiler)
+    third.load_state_dict(first.state_dict())
+    assert third.compiled  # (a restore rebinds: still the kernel)
+
+
+def test_a_plan_switches_to_its_kernel_once_built_at_its_next_event(tmp_path: Path) -> None:
+    c = Compiler(tmp_path)
+    live, ref = plan(SMALL, compiler=c), plan(SMALL)
+    txs = [
+        {"tx_id": f"t{i}", "ts": 1e9 + 97.0 * i, "card_id": f"c{i % 7}", "amount": 1.5 * i}
+        for i in range(400)
+    ]
+    before = [live.compute(tx) for tx in txs[:200]]  # interpreted while the kernel builds
+    assert not live.compiled
+    assert c.wait()
+    after = [live.compute(tx) for tx in txs[200:]]
+    assert live.compiled and c.builds == 1
+    assert same(before + after, [ref.compute(tx) for tx in txs])
+    assert list(tmp_path.glob("fds_kernel_*")), "the kernel is kept in the cache"
+
+
+def test_another_process_binds_a_cached_kernel_at_once(tmp_path: Path) -> None:
+    assert child(tmp_path, "2h") == "False True 1"  # built, then bound
+    assert child(tmp_path, "2h") == "True True 0"  # found in the cache: no build
+
+
+def test_a_failed_build_is_said_once_and_the_plan_stays_interpreted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("CC", "false")  # (the C compiler the build calls fails: a real failure)
+    c = Compiler(tmp_path)
+    specs = [SimpleNamespace(name="n", entity="card_id", agg="count", field=None, window="3h")]
+    first = plan(specs, compiler=c)
+    with caplog.at_level(logging.WARNING, "fds.features.kernel"):
+        assert c.wait()
+    said = [r.getMessage() for r in caplog.records if r.name == "fds.features.kernel"]
+    assert len(said) == 1 and "features stay interpreted" in said[0], said
+    tx = {"tx_id": "t", "ts": 1e9, "card_id": "c", "amount": 2.0}
+    assert first.compute(tx) == {"n": 1} and not first.compiled
+    assert not plan(specs, compiler=c).compiled and c.builds == 1  # (not tried again)
+    assert not list(tmp_path.glob("fds_kernel_*")) and not list(tmp_path.glob("build-*"))
+
+
+def test_a_damaged_cache_entry_is_removed_and_built_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    child(tmp_path, "4h")
+    (kernel,) = tmp_path.glob("fds_kernel_*")
+    kernel.write_bytes(b"not a shared object")
+    c = Compiler(tmp_path)
+    specs = [SimpleNamespace(name="n_4h", entity="card_id", agg="count", field=None, window="4h")]
+    with caplog.at_level(logging.WARNING, "fds.features.kernel"):  # (as the child made it)
+        assert not FeaturePlan(specs, compiler=c).compiled
+    assert "does not load" in caplog.text and "building it again" in caplog.text
+    assert c.wait() and FeaturePlan(specs, compiler=c).compiled and c.builds == 1
+
+
+def test_from_env_reads_the_mode_and_the_cache(tmp_path: Path) -> None:
+    assert Compiler.from_env({"FDS_FEATURE_KERNEL": "off"}) is None
+    c = Compiler.from_env({"FDS_KERNEL_CACHE": str(tmp_path / "k")})
+    assert c is not None and c.cache == (tmp_path / "k").resolve()
+    assert Compiler.from_env({"FDS_KERNEL_CACHE": str(tmp_path / "k")}) is c  # (shared)
+    xdg = Compiler.from_env({"FDS_FEATURE_KERNEL": "compiled", "XDG_CACHE_HOME": str(tmp_path)})
+    assert xdg is not None and xdg.cache == (tmp_path / "fds" / "kernels").resolve()
+    with pytest.raises(ConfigError, match="FDS_FEATURE_KERNEL='fast' is not one of compiled, off"):
+        Compiler.from_env({"FDS_FEATURE_KERNEL": "fast"})
