@@ -13,7 +13,8 @@ from tests.features.conftest import Spec
 
 def test_public_api_is_explicit() -> None:
     assert set(fds.features.__all__) == {
-        "AGGS", "CALENDAR_DAY", "DayClock", "FIELD_AGGS", "FeaturePlan", "Layout", "compile_specs",
+        "AGGS", "CALENDAR_DAY", "Compiler", "DayClock", "FIELD_AGGS", "FeaturePlan", "Layout",
+        "compile_specs",
     }  # fmt: skip
     for name in fds.features.__all__:
         assert hasattr(fds.features, name)

@@ -169,9 +169,10 @@ def test_every_fds_variable_the_code_reads_is_one_fds_knows():
     read = {
         name
         for path in root.rglob("*.py")
-        for name in re.findall(r'environ(?:\.get\(|\[)\s*"(FDS_[A-Z0-9_]+)"', path.read_text())
+        for name in re.findall(r'env(?:iron)?(?:\.get\(|\[)\s*"(FDS_[A-Z0-9_]+)"', path.read_text())
     }
-    assert "FDS_KAFKA_LOG_MB" in read and unknown_env(dict.fromkeys(read, "x")) == []
+    assert {"FDS_KAFKA_LOG_MB", "FDS_FEATURE_KERNEL", "FDS_KERNEL_CACHE"} <= read
+    assert unknown_env(dict.fromkeys(read, "x")) == []
 
 
 def test_a_topic_specs_file_of_before_is_taken(tmp_path, caplog):
