@@ -147,10 +147,14 @@ class Compiler:
             waiting.append(_switch(plan))
             if len(waiting) > 1:
                 return False  # (a build of it is running)
+            try:  # (started here, not by the thread: a process that exits at once still
+                child = self._start(key, module_source(source, list(ns)))  # leaves it built)
+            except OSError as exc:  # (a cache that cannot be written)
+                self._failed(key, exc)
+                return False
             threading.Thread(
-                target=self._build, args=(key, module_source(source, list(ns))),
-                name="fds-kernel-build", daemon=True,
-            ).start()  # fmt: skip
+                target=self._build, args=(key, child), name="fds-kernel-build", daemon=True
+            ).start()
         return False
 
     def wait(self, timeout: float = BUILD_TIMEOUT_S) -> bool:
@@ -165,6 +169,9 @@ class Compiler:
     # ------------------------------------------------------------------ building
     def _path(self, key: str) -> Path:
         return self.cache / f"fds_kernel_{key}{sysconfig.get_config_var('EXT_SUFFIX')}"
+
+    def _log(self, key: str) -> Path:
+        return self.cache / f"fds_kernel_{key}.log"  # (a failed build's output, read once)
 
     def _load(self, key: str) -> Factory | None:
         path, name = self._path(key), f"fds_kernel_{key}"
@@ -186,61 +193,105 @@ class Compiler:
             return None
         return make
 
-    def _build(self, key: str, text: str) -> None:
-        make: Factory | None = None
+    def _build(self, key: str, child: subprocess.Popen[bytes]) -> None:
         t0 = time.monotonic()
         try:
-            self._compile(key, text)
+            self._finish(key, child)
             make = self._load(key)
+            if make is None:
+                raise RuntimeError(f"{self._path(key)} was built but does not load")
         except Exception as exc:  # (any failure leaves the plans interpreted: said once)
-            log.warning(
-                "feature kernel not built, features stay interpreted (same decisions, ~25%% "
-                "slower): %s; set FDS_FEATURE_KERNEL=off to skip the build",
-                exc,
-            )
-        else:
-            log.info(
-                "feature kernel built in %.1f s (%s); features run compiled from the next event",
-                time.monotonic() - t0, self._path(key),
-            )  # fmt: skip
+            with _LOCK:
+                self._failed(key, exc)
+            return
+        log.info(
+            "feature kernel built in %.1f s (%s); features run compiled from the next event",
+            time.monotonic() - t0, self._path(key),
+        )  # fmt: skip
         with _LOCK:
             self._built[key] = make
-            callbacks = self._waiting.pop(key, [])
-            if make is not None:
-                for switch in callbacks:
-                    switch()
+            for switch in self._waiting.pop(key, []):
+                switch()
 
-    def _compile(self, key: str, text: str) -> None:
-        """Cython + the C compiler in a child process, in a private directory of the cache;
-        the module is renamed into place (another process building it too renames the same)."""
+    def _failed(self, key: str, exc: BaseException) -> None:
+        """(Lock held.) The plans waiting for ``key`` stay interpreted; said once."""
+        log.warning(
+            "feature kernel not built, features stay interpreted (the same values, a little "
+            "slower): %s; set FDS_FEATURE_KERNEL=off to skip the build",
+            exc,
+        )
+        self._built[key] = None
+        self._waiting.pop(key, None)
+
+    def _start(self, key: str, text: str) -> subprocess.Popen[bytes]:
+        """Cython + the C compiler in a child process (:func:`build_in`) in a private
+        directory of the cache; the child renames the module into place (another process
+        building it too renames the same) and removes the directory. It outlives this process
+        (its own session, its output in a file): a replay that ends before its kernel is built
+        leaves it built for the next one."""
         import tempfile
 
         self.cache.mkdir(parents=True, exist_ok=True)
         self.builds += 1
-        with tempfile.TemporaryDirectory(prefix=f"build-{key}-", dir=self.cache) as tmp:
-            pyx = Path(tmp) / f"fds_kernel_{key}.pyx"
-            pyx.write_text(text)
-            cmd = [sys.executable, "-m", "Cython.Build.Cythonize", "-3", "-i", "-q", pyx.name]
-            try:
-                done = subprocess.run(
-                    cmd, cwd=tmp, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S,
-                    preexec_fn=_lower_priority,
-                )  # fmt: skip
-            except subprocess.TimeoutExpired:
-                raise RuntimeError(f"the build took over {BUILD_TIMEOUT_S:.0f} s") from None
-            built = Path(tmp) / self._path(key).name
-            if done.returncode != 0 or not built.exists():
-                lines = (done.stderr or done.stdout or "").strip().splitlines()
-                why = next((ln for ln in reversed(lines) if "error" in ln.lower()), None)
-                raise RuntimeError(
-                    f"`{' '.join(cmd[1:4])}` exited with {done.returncode}: "
-                    f"{why or (lines[-1] if lines else 'no output')}"
-                )
-            os.replace(built, self._path(key))
+        tmp = Path(tempfile.mkdtemp(prefix=f"build-{key}-", dir=self.cache))
+        (tmp / f"fds_kernel_{key}.pyx").write_text(text)
+        final, failed = self._path(key), self._log(key)
+        with open(tmp / "build.log", "wb") as out:
+            child = subprocess.Popen(
+                [sys.executable, "-c", _CHILD, str(tmp), str(final), str(failed)],
+                cwd=tmp, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,  # (no preexec_fn: unsafe with threads; it nices itself)
+            )  # fmt: skip
+        return child
+
+    def _finish(self, key: str, child: subprocess.Popen[bytes]) -> None:
+        """Wait for the build of ``key``; raise what went wrong."""
+        final, failed = self._path(key), self._log(key)
+        try:
+            code = child.wait(timeout=BUILD_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, 9)
+            child.wait()
+            raise RuntimeError(f"the build took over {BUILD_TIMEOUT_S:.0f} s") from None
+        if code == 0 and final.exists():
+            return
+        lines = failed.read_text(errors="replace").strip().splitlines() if failed.exists() else []
+        failed.unlink(missing_ok=True)
+        why = next((ln for ln in reversed(lines) if "error" in ln.lower()), None)
+        raise RuntimeError(
+            f"Cython's build exited with {code}: {why or (lines[-1] if lines else 'no output')}"
+        )
 
 
-def _lower_priority() -> None:
+# The build's child process (a fresh interpreter: its own GIL and its own session).
+_CHILD = "import sys; from fds.features.kernel import build_in; build_in(*sys.argv[1:])"
+
+
+def build_in(tmp: str, final: str, failed: str) -> None:
+    """(The build's child process.) Cythonize and compile the one ``.pyx`` in ``tmp`` in place,
+    rename the module to ``final``, and remove ``tmp`` whatever happens; on failure its output
+    (``build.log``, where the parent sends it) is copied to ``failed``."""
+    import shutil
+
+    from Cython.Build.Cythonize import main as cythonize
+
     os.nice(10)  # (the build shares the machine with the hot path it speeds up)
+    work = Path(tmp)
+    try:
+        (pyx,) = work.glob("*.pyx")
+        try:
+            cythonize(["-3", "-i", "-q", str(pyx)])
+        except SystemExit as exc:
+            if exc.code:
+                raise
+        built = work / Path(final).name
+        os.replace(built, final)
+    except BaseException:
+        sys.stdout.flush()
+        shutil.copyfile(work / "build.log", failed)
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _switch(plan: Any) -> Callable[[], None]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -35,15 +36,17 @@ c = Compiler(sys.argv[1])
 specs = [S(name="n_%s" % sys.argv[2], entity="card_id", agg="count", field=None,
            window=sys.argv[2])]
 first = FeaturePlan(specs, compiler=c).compiled
+if sys.argv[3:] == ["exit"]:
+    raise SystemExit(0)  # (at once: the build under way)
 assert c.wait()
 print(first, FeaturePlan(specs, compiler=c).compiled, c.builds)
 """
 
 
-def child(cache: Path, window: str) -> str:
+def child(cache: Path, window: str, *more: str) -> str:
     """What a child process says: compiled at its first plan, at its second, builds run."""
     done = subprocess.run(
-        [sys.executable, "-c", CHILD, str(cache), window], capture_output=True, text=True
+        [sys.executable, "-c", CHILD, str(cache), window, *more], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
@@ -120,6 +123,19 @@ def test_another_process_binds_a_cached_kernel_at_once(tmp_path: Path) -> None:
     assert child(tmp_path, "2h") == "True True 0"  # found in the cache: no build
 
 
+def test_a_build_outlives_the_process_that_started_it(tmp_path: Path) -> None:
+    """A replay that ends before its kernel is built leaves it built for the next one (the
+    build is a child in its own session, not a thread of the process that exits)."""
+    assert child(tmp_path, "5h", "exit") == ""
+    deadline = time.monotonic() + 300
+    while not list(tmp_path.glob("fds_kernel_*.so")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    while list(tmp_path.glob("build-*")) and time.monotonic() < deadline:
+        time.sleep(0.2)  # (the child removes its build directory after the rename)
+    assert list(tmp_path.glob("fds_kernel_*.so")) and not list(tmp_path.glob("build-*"))
+    assert child(tmp_path, "5h") == "True True 0"
+
+
 def test_a_failed_build_is_said_once_and_the_plan_stays_interpreted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -135,6 +151,19 @@ def test_a_failed_build_is_said_once_and_the_plan_stays_interpreted(
     assert first.compute(tx) == {"n": 1} and not first.compiled
     assert not plan(specs, compiler=c).compiled and c.builds == 1  # (not tried again)
     assert not list(tmp_path.glob("fds_kernel_*")) and not list(tmp_path.glob("build-*"))
+
+
+def test_a_cache_that_cannot_be_made_leaves_the_plan_interpreted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "file").write_text("")
+    c = Compiler(tmp_path / "file" / "kernels")
+    specs = [SimpleNamespace(name="n", entity="card_id", agg="count", field=None, window="6h")]
+    with caplog.at_level(logging.WARNING, "fds.features.kernel"):
+        assert not plan(specs, compiler=c).compiled
+    assert "features stay interpreted" in caplog.text and "Not a directory" in caplog.text
+    assert c.wait(0) and not plan(specs, compiler=c).compiled  # (said once, not tried again)
+    assert caplog.text.count("features stay interpreted") == 1
 
 
 def test_a_damaged_cache_entry_is_removed_and_built_again(
