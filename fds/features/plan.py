@@ -223,7 +223,7 @@ class FeaturePlan:
         frozen); off, the plan generates the same code as one without the option.
     compiler
         A :class:`fds.features.kernel.Compiler`: the generated hot path runs as a compiled
-        kernel (~25% faster, the same values) once built; until then, and without one, it is
+        kernel (a little faster, the same values) once built; until then, and without one, it is
         interpreted. ``compiled`` says which runs now.
     """
 

@@ -4,6 +4,7 @@ cache of the test's own, and held to the interpreted plan's values bit for bit."
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 import sys
 import time
@@ -123,6 +124,20 @@ def test_another_process_binds_a_cached_kernel_at_once(tmp_path: Path) -> None:
     assert child(tmp_path, "2h") == "True True 0"  # found in the cache: no build
 
 
+def test_plans_of_one_source_reading_other_names_have_kernels_of_their_own(
+    tmp_path: Path,
+) -> None:
+    """A feature-less plan's source is the same with provenance and without, and only the
+    first reads ``_PROV``: one kernel for both failed with KeyError '_PROV' (a review)."""
+    c = Compiler(tmp_path)
+    for provenance in (True, False):
+        FeaturePlan([], provenance=provenance, compiler=c)
+        assert c.wait()
+        p = FeaturePlan([], provenance=provenance, compiler=c)
+        assert p.compiled and p.compute({"tx_id": "t", "ts": 1.0}) == {}
+    assert c.builds == 2
+
+
 def test_a_build_outlives_the_process_that_started_it(tmp_path: Path) -> None:
     """A replay that ends before its kernel is built leaves it built for the next one (the
     build is a child in its own session, not a thread of the process that exits)."""
@@ -147,6 +162,7 @@ def test_a_failed_build_is_said_once_and_the_plan_stays_interpreted(
         assert c.wait()
     said = [r.getMessage() for r in caplog.records if r.name == "fds.features.kernel"]
     assert len(said) == 1 and "features stay interpreted" in said[0], said
+    assert re.search(r"command '\S*false' failed", said[0]), said  # (the compiler's reason)
     tx = {"tx_id": "t", "ts": 1e9, "card_id": "c", "amount": 2.0}
     assert first.compute(tx) == {"n": 1} and not first.compiled
     assert not plan(specs, compiler=c).compiled and c.builds == 1  # (not tried again)
