@@ -14,9 +14,9 @@ of one core (gcc), too long for a start or a hot reload to wait on, so:
   its core) into the cache, and the plan switches to it at its next event, on its own thread.
 
 A build that fails (no C compiler, no Python headers) is said once and the plan stays
-interpreted, which decides the same. Kernels are cached by the hash of their source, Cython's
-version and the interpreter's ABI tag, so a ruleset's features are built once per machine;
-the cache is safe to delete.
+interpreted, which decides the same (the next process tries again). Kernels are cached by the
+hash of their source, the names it binds, Cython's version and the interpreter's ABI tag, so a
+ruleset's features are built once per machine; the cache is safe to delete.
 
 >>> Compiler.from_env({"FDS_FEATURE_KERNEL": "off"}) is None
 True
