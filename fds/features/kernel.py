@@ -14,9 +14,12 @@ of one core (gcc), too long for a start or a hot reload to wait on, so:
   its core) into the cache, and the plan switches to it at its next event, on its own thread.
 
 A build that fails (no C compiler, no Python headers) is said once and the plan stays
-interpreted, which decides the same (the next process tries again). Kernels are cached by the
-hash of their source, the names it binds, Cython's version and the interpreter's ABI tag, so a
-ruleset's features are built once per machine; the cache is safe to delete.
+interpreted, which decides the same; a marker in the cache holds processes started within the
+hour from trying it again (a service restarted in a loop builds nothing). Kernels are cached by
+the hash of their source, the names it binds, Cython's version and the interpreter's ABI tag, so
+a ruleset's features are built once per machine; the cache is safe to delete. fds loads code
+from it, so it must be private: a cache directory (or kernel) of another user, or one others
+can write, is refused, the plans interpreted.
 
 >>> Compiler.from_env({"FDS_FEATURE_KERNEL": "off"}) is None
 True
@@ -24,6 +27,7 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import logging
@@ -45,6 +49,8 @@ log = logging.getLogger("fds.features.kernel")
 #: A build that takes longer than this is given up (a hung compiler must not hold a thread and
 #: a child for good); the default feature set builds in 10-20 s on one busy core.
 BUILD_TIMEOUT_S = 600.0
+#: A failed build is not tried again by any process for this long (its marker's age).
+RETRY_AFTER_S = 3600.0
 #: Values of ``FDS_FEATURE_KERNEL``.
 MODES = ("compiled", "off")
 
@@ -92,6 +98,7 @@ class Compiler:
         self._built: dict[str, Factory | None] = {}  # key -> make (None: the build failed)
         self._waiting: dict[str, list[Callable[[], None]]] = {}  # key -> switch callbacks
         self.builds = 0  # builds run by this process (the cache hit otherwise)
+        self._refused = False  # (the cache's refusal was said)
         self.tag = _tag()
 
     @classmethod
@@ -142,6 +149,13 @@ class Compiler:
         # KeyError '_PROV': a feature-less plan with and without provenance)
         key = hashlib.sha256(f"{self.tag}\n{names}\n{source}".encode()).hexdigest()[:20]
         with _LOCK:
+            unsafe = self._unsafe(self.cache)
+            if unsafe:
+                if not self._refused:  # (said once; not remembered: fixed, the next start uses it)
+                    log.warning("features stay interpreted: %s", unsafe)
+                    self._refused = True
+                plan._run = run
+                return False
             if key not in self._built and key not in self._waiting:
                 make = self._load(key)
                 if make is not None:
@@ -152,6 +166,10 @@ class Compiler:
                 plan._run = run if make is None else make(ns)
                 return make is not None
             plan._run = run
+            failed = self._failed_lately(key)
+            if failed:
+                self._failed(key, failed, mark=False)
+                return False
             waiting = self._waiting.setdefault(key, [])
             waiting.append(_switch(plan))
             if len(waiting) > 1:
@@ -182,12 +200,56 @@ class Compiler:
     def _log(self, key: str) -> Path:
         return self.cache / f"fds_kernel_{key}.log"  # (a failed build's output, read once)
 
+    def _marker(self, key: str) -> Path:
+        return self.cache / f"fds_kernel_{key}.failed"  # (why, when: see _failed_lately)
+
+    @staticmethod
+    def _unsafe(path: Path, what: str = "feature kernel cache") -> str | None:
+        """Why fds must not load code from ``path`` (the cache or a kernel in it): another
+        user's, or writable by others; ``None`` when it is private or not there yet (the cache
+        is made private)."""
+        try:
+            st = path.stat()
+        except OSError:
+            return None  # (missing: made when first needed; unreadable: the build says why)
+        if st.st_uid != os.geteuid():
+            return (
+                f"{what} {path} belongs to another user (uid {st.st_uid}): fds "
+                "loads no code from it; set FDS_KERNEL_CACHE to a directory of your own"
+            )
+        if st.st_mode & 0o022:
+            return (
+                f"{what} {path} can be written by others (mode "
+                f"{st.st_mode & 0o777:o}): fds loads no code from it; make it private "
+                f"(chmod go-w '{path}')"
+            )
+        return None
+
+    def _failed_lately(self, key: str) -> str | None:
+        """Why the build of ``key`` failed, if a process failed it within RETRY_AFTER_S."""
+        marker = self._marker(key)
+        try:
+            age = time.time() - marker.stat().st_mtime
+            why = marker.read_text(errors="replace").strip()
+        except OSError:
+            return None
+        if age >= RETRY_AFTER_S:
+            return None
+        return (
+            f"its build failed {age / 60:.0f} min ago ({why}); tried again after "
+            f"{RETRY_AFTER_S / 3600:.0f} h from then, or when {marker} is deleted"
+        )
+
     def _load(self, key: str) -> Factory | None:
         path, name = self._path(key), f"fds_kernel_{key}"
         if name in sys.modules:  # (loaded once per process: Cython refuses a second time)
             loaded: Factory = sys.modules[name].make
             return loaded
         if not path.exists():
+            return None
+        unsafe = self._unsafe(path, "feature kernel")
+        if unsafe:  # (a private cache holding another's file: planted before it was private)
+            log.warning("features stay interpreted: %s", unsafe)
             return None
         try:
             spec = importlib.util.spec_from_file_location(name, path)
@@ -197,7 +259,7 @@ class Compiler:
             make: Factory = module.make
             sys.modules[name] = module
         except Exception as exc:  # (a damaged cache entry is built again)
-            log.warning("feature kernel %s does not load (%s): building it again", path, exc)
+            log.warning("feature kernel %s does not load (%s): removed", path, exc)
             path.unlink(missing_ok=True)
             return None
         return make
@@ -218,20 +280,25 @@ class Compiler:
             "feature kernel built in %.1f s (%s); features run compiled from the next event",
             time.monotonic() - t0, self._path(key),
         )  # fmt: skip
+        self._marker(key).unlink(missing_ok=True)  # (an older failure's: tried again, built)
         with _LOCK:
             self._built[key] = make
             for switch in self._waiting.pop(key, []):
                 switch()
 
-    def _failed(self, key: str, exc: BaseException) -> None:
-        """(Lock held.) The plans waiting for ``key`` stay interpreted; said once."""
+    def _failed(self, key: str, why: BaseException | str, mark: bool = True) -> None:
+        """(Lock held.) The plans waiting for ``key`` stay interpreted; said once. ``mark``:
+        leave a marker that holds other processes from trying it again for a while."""
         log.warning(
             "feature kernel not built, features stay interpreted (the same values, a little "
             "slower): %s; set FDS_FEATURE_KERNEL=off to skip the build",
-            exc,
+            why,
         )
         self._built[key] = None
         self._waiting.pop(key, None)
+        if mark:
+            with contextlib.suppress(OSError):  # (a cache that cannot be written: nothing kept)
+                self._marker(key).write_text(f"{(str(why).splitlines() or ['?'])[0][:300]}\n")
 
     def _start(self, key: str, text: str) -> subprocess.Popen[bytes]:
         """Cython + the C compiler in a child process (:func:`build_in`) in a private
@@ -239,9 +306,17 @@ class Compiler:
         building it too renames the same) and removes the directory. It outlives this process
         (its own session, its output in a file): a replay that ends before its kernel is built
         leaves it built for the next one."""
+        import shutil
         import tempfile
 
-        self.cache.mkdir(parents=True, exist_ok=True)
+        self.cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+        unsafe = self._unsafe(self.cache)  # (made just now by another user, or with the mode
+        if unsafe:  # it had: refused as at attach)
+            raise RuntimeError(unsafe)
+        for old in self.cache.glob("build-*"):  # (left by a build killed at its timeout, a
+            with contextlib.suppress(OSError):  # crash or a reboot: no build lasts that long)
+                if time.time() - old.stat().st_mtime > 2 * BUILD_TIMEOUT_S:
+                    shutil.rmtree(old, ignore_errors=True)
         self.builds += 1
         tmp = Path(tempfile.mkdtemp(prefix=f"build-{key}-", dir=self.cache))
         (tmp / f"fds_kernel_{key}.pyx").write_text(text)

@@ -4,6 +4,7 @@ cache of the test's own, and held to the interpreted plan's values bit for bit."
 from __future__ import annotations
 
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -14,13 +15,17 @@ from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fds.errors import ConfigError
 from fds.features import FeaturePlan
-from fds.features.kernel import Compiler
+from fds.features.kernel import BUILD_TIMEOUT_S, RETRY_AFTER_S, Compiler
 from tests.features.conftest import ALL_SPECS, GRACE, streams
 from tests.features.reference import reference
 from tests.features.test_plan_properties import assert_same, run_plan
+from tests.features.test_split import _feed as feed
+from tests.features.test_split import _make as split_plan
+from tests.features.test_split import _split_cases as split_cases
 
 SMALL = [
     SimpleNamespace(name="n_1h", entity="card_id", agg="count", field=None, window="1h"),
@@ -32,7 +37,7 @@ CHILD = """
 import sys
 from types import SimpleNamespace as S
 from fds.features import FeaturePlan
-from fds.features.kernel import Compiler
+from fds.features.kernel import BUILD_TIMEOUT_S, RETRY_AFTER_S, Compiler
 c = Compiler(sys.argv[1])
 specs = [S(name="n_%s" % sys.argv[2], entity="card_id", agg="count", field=None,
            window=sys.argv[2])]
@@ -86,7 +91,7 @@ def test_the_kernel_gives_the_interpreted_values_and_the_brute_force_ones(
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(case=streams(), where=__import__("hypothesis").strategies.floats(0, 1))
+@given(case=streams(), where=st.floats(0, 1))
 def test_a_compiled_plans_checkpoint_continues_exactly_interpreted_and_back(
     compiler: Compiler, case: tuple[str, list[dict[str, Any]]], where: float
 ) -> None:
@@ -101,6 +106,39 @@ def test_a_compiled_plans_checkpoint_continues_exactly_interpreted_and_back(
     third = plan(tz=tz, compiler=compiler)
     third.load_state_dict(first.state_dict())
     assert third.compiled  # (a restore rebinds: still the kernel)
+
+
+@pytest.fixture(scope="module")
+def prov_compiler(tmp_path_factory: pytest.TempPathFactory) -> Compiler:
+    """A compiler whose cache holds the kernel of ALL_SPECS with provenance (another source)."""
+    c = Compiler(tmp_path_factory.mktemp("kernels-prov"))
+    assert not split_plan(compiler=c).compiled
+    assert c.wait(), "the kernel's build did not end"
+    return c
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=split_cases(), back=st.booleans())
+def test_compiled_plans_split_and_absorb_back_as_interpreted_ones(
+    prov_compiler: Compiler, case: tuple[str, list[Any], dict[str, int], int, set[int]], back: bool
+) -> None:
+    """What a takeover does (split a dead instance's state by partition, merge it into one's
+    own): compiled, bit for bit what the interpreted plans give (held to the brute force in
+    tests/features/test_split.py)."""
+    tz, ops, part, cut, moving = case
+
+    def go(compiler: Compiler | None) -> list[Any]:
+        plan = split_plan(tz, compiler=compiler)
+        head = feed(lambda p: plan, ops[:cut], part)
+        moved = plan.split(moving)
+        assert plan.compiled is moved.compiled is (compiler is not None)
+        if back:
+            plan.absorb(moved)
+            assert plan.compiled is (compiler is not None)
+            return head + feed(lambda p: plan, ops[cut:], part)
+        return head + feed(lambda p: moved if p in moving else plan, ops[cut:], part)
+
+    assert same(go(prov_compiler), go(None))
 
 
 def test_a_plan_switches_to_its_kernel_once_built_at_its_next_event(tmp_path: Path) -> None:
@@ -151,10 +189,14 @@ def test_a_build_outlives_the_process_that_started_it(tmp_path: Path) -> None:
     assert child(tmp_path, "5h") == "True True 0"
 
 
-def test_a_failed_build_is_said_once_and_the_plan_stays_interpreted(
+def test_a_failed_build_is_said_once_and_not_tried_again_within_the_hour(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv("CC", "false")  # (the C compiler the build calls fails: a real failure)
+    old, young = tmp_path / "build-old", tmp_path / "build-young"  # (left by killed builds)
+    old.mkdir()
+    young.mkdir()
+    os.utime(old, (time.time() - 2 * BUILD_TIMEOUT_S - 60,) * 2)
     c = Compiler(tmp_path)
     specs = [SimpleNamespace(name="n", entity="card_id", agg="count", field=None, window="3h")]
     first = plan(specs, compiler=c)
@@ -166,7 +208,48 @@ def test_a_failed_build_is_said_once_and_the_plan_stays_interpreted(
     tx = {"tx_id": "t", "ts": 1e9, "card_id": "c", "amount": 2.0}
     assert first.compute(tx) == {"n": 1} and not first.compiled
     assert not plan(specs, compiler=c).compiled and c.builds == 1  # (not tried again)
-    assert not list(tmp_path.glob("fds_kernel_*")) and not list(tmp_path.glob("build-*"))
+    assert not old.exists() and young.exists(), "only a build dir older than any build is swept"
+    (marker,) = tmp_path.glob("fds_kernel_*")
+    assert marker.suffix == ".failed"
+    # Another process (a service restarted in a loop) does not try it again within the hour...
+    again = Compiler(tmp_path)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, "fds.features.kernel"):
+        assert not plan(specs, compiler=again).compiled
+    assert again.builds == 0 and "its build failed 0 min ago" in caplog.text
+    assert str(marker) in caplog.text and "command" in caplog.text  # (why, how to retry)
+    # ... but after it.
+    os.utime(marker, (time.time() - RETRY_AFTER_S - 1,) * 2)
+    later = Compiler(tmp_path)
+    plan(specs, compiler=later)
+    assert later.wait() and later.builds == 1
+
+
+@pytest.mark.parametrize("how", ["writable by others", "another user's"])
+def test_a_cache_others_can_write_is_not_loaded_from(tmp_path: Path, how: str) -> None:
+    """fds loads code from its cache: one that is not private is refused (a planted kernel
+    would run inside the engine), the plans interpreted, nothing built there."""
+    cache = tmp_path / "kernels"
+    assert child(cache, "7h") == "False True 1"
+    if how == "writable by others":
+        cache.chmod(0o777)
+    else:
+        if os.geteuid() != 0:
+            pytest.skip("changing a directory's owner needs root")
+        os.chown(cache, 4242, -1)
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, str(cache), "7h"], capture_output=True, text=True
+    )
+    assert done.stdout.strip() == "False False 0", done.stderr  # (not loaded, not built)
+    assert "features stay interpreted" in done.stderr
+    assert ("can be written by others (mode 777)" if how == "writable by others" else
+            "belongs to another user (uid 4242)") in done.stderr  # fmt: skip
+    cache.chmod(0o755)
+    os.chown(cache, os.geteuid(), -1)
+    assert child(cache, "7h") == "True True 0"
+    (kernel,) = cache.glob("fds_kernel_*.so")
+    kernel.chmod(0o666)  # (a private cache holding a kernel others could rewrite: replaced)
+    assert child(cache, "7h") == "False True 1"
 
 
 def test_a_cache_that_cannot_be_made_leaves_the_plan_interpreted(
@@ -192,7 +275,7 @@ def test_a_damaged_cache_entry_is_removed_and_built_again(
     specs = [SimpleNamespace(name="n_4h", entity="card_id", agg="count", field=None, window="4h")]
     with caplog.at_level(logging.WARNING, "fds.features.kernel"):  # (as the child made it)
         assert not FeaturePlan(specs, compiler=c).compiled
-    assert "does not load" in caplog.text and "building it again" in caplog.text
+    assert "does not load" in caplog.text and "removed" in caplog.text
     assert c.wait() and FeaturePlan(specs, compiler=c).compiled and c.builds == 1
 
 
