@@ -823,29 +823,28 @@ class FeaturePlan:
 
         Written to a temporary file in the same directory, fsynced, renamed over ``path``,
         then the directory is fsynced: a crash leaves the old or the new checkpoint, never a
-        torn one. The file is a pickle: load only checkpoints this process family wrote.
+        torn one. Its SHA-256 follows the state, checked by :meth:`restore`. The file is a
+        pickle: load only checkpoints this process family wrote.
         """
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        payload = {**self.state_dict(), "position": position}
-        with open(tmp, "wb") as f:
-            pickle.dump(payload, f, protocol=5)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        from fds.models.registry import write_summed
+
+        write_summed(Path(path), pickle.dumps({**self.state_dict(), "position": position}, 5))
 
     def restore(self, path: str | os.PathLike[str]) -> Any:
         """Load a checkpoint written by :meth:`checkpoint`; returns its source position."""
+        from fds.models.registry import sum_matches
+
         try:
-            with open(path, "rb") as f:
-                payload = pickle.load(f)
+            data = Path(path).read_bytes()
         except FileNotFoundError:
             raise ConfigError(f"no feature checkpoint at {path}: check the path") from None
+        if not sum_matches(data):
+            raise ConfigError(
+                f"feature checkpoint {path} is unreadable: its bytes do not match the checksum "
+                "written with them (a failing disk, or a file cut short)"
+            )
+        try:
+            payload = pickle.loads(data)
         except (pickle.UnpicklingError, EOFError) as e:
             raise ConfigError(f"feature checkpoint {path} is unreadable ({e})") from None
         self.load_state_dict(payload)

@@ -53,11 +53,14 @@ log = logging.getLogger(__name__)
 __all__ = [
     "DEFAULT_REGISTRY",
     "ENTRY_FIELDS",
+    "SUM_MARK",
     "Registry",
     "load_verified",
     "sign",
+    "sum_matches",
     "verify",
     "write_atomic",
+    "write_summed",
 ]
 
 #: Default registry folder (git-ignored, next to the shipped specs).
@@ -224,6 +227,35 @@ def write_atomic(path: Path, data: bytes, *more: bytes) -> None:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+#: What separates a file's pickle from its SHA-256 (hex) in :func:`write_summed`: no pickle
+#: ends with it (one ends with its STOP opcode, ``.``), and ``pickle.loads`` ignores it.
+SUM_MARK = b"\n#fds-sha256:"
+_SUM_LEN = len(SUM_MARK) + 64
+
+
+def write_summed(path: Path, data: bytes) -> None:
+    """:func:`write_atomic` of ``data`` followed by :data:`SUM_MARK` and its SHA-256, which
+    :func:`sum_matches` checks when it is read (a failing disk's flipped bytes made a state
+    that loaded without a word: a QA pass)."""
+    write_atomic(path, data, SUM_MARK, hashlib.sha256(data).hexdigest().encode())
+
+
+def sum_matches(data: bytes) -> bool:
+    """``False`` when ``data`` ends with a :data:`SUM_MARK` sum that does not match the bytes
+    before it (or is cut inside it); ``True`` when it matches or there is none (a file of a
+    release before the sum). Without a copy: the bytes may be a million cards' state.
+
+    >>> sum_matches(b"x" + SUM_MARK + hashlib.sha256(b"x").hexdigest().encode())
+    True
+    >>> sum_matches(b"y" + SUM_MARK + hashlib.sha256(b"x").hexdigest().encode())
+    False
+    """
+    at = data.rfind(SUM_MARK, -_SUM_LEN)
+    if at < 0:
+        return True
+    return hashlib.sha256(memoryview(data)[:at]).hexdigest().encode() == data[at + len(SUM_MARK) :]
 
 
 def sign(data: bytes, key: bytes) -> str:

@@ -7,12 +7,12 @@ next record *not* folded into ``state``, and ``group`` is the consumer group who
 offsets those are (files of earlier releases have none: :attr:`Checkpoint.group` ``None``).
 It is written atomically (temporary file in the same directory, fsync, rename, fsync of the
 directory): a crash leaves the previous checkpoint or the new one, never a torn file. The pickle
-is followed by :data:`SUM_MARK` and the hex SHA-256 of the pickle's bytes, checked when it is
-read: bytes a failing disk changed are a checkpoint that cannot be used, not a state restored
-wrong (8 bytes flipped at random positions: 14 of 30 files failed to unpickle, fds run crashed
-at every start, and 16 loaded without a word; a QA pass). ``pickle.loads`` ignores what follows
-the pickle, so an earlier release reads these files, and a file without the sum (an earlier
-release's) is read as it is.
+is followed by :data:`~fds.models.registry.SUM_MARK` and the hex SHA-256 of the pickle's bytes,
+checked when it is read: bytes a failing disk changed are a checkpoint that cannot be used, not
+a state restored wrong (8 bytes flipped at random positions: 14 of 30 files failed to unpickle,
+fds run crashed at every start, and 16 loaded without a word; a QA pass). ``pickle.loads``
+ignores what follows the pickle, so an earlier release reads these files, and a file without the
+sum (an earlier release's) is read as it is.
 
 The caller writes it only after the offsets it carries are committed (see
 :mod:`fds.streams.kafka`), so a checkpoint never runs ahead of the committed input.
@@ -47,7 +47,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
-import hashlib
 import logging
 import os
 import signal
@@ -60,7 +59,13 @@ from typing import IO, Any, NamedTuple
 
 from fds import gcpolicy
 from fds.errors import ConfigError, describe
-from fds.models.registry import owner_only, read_own, untrusted, write_atomic
+from fds.models.registry import (
+    owner_only,
+    read_own,
+    sum_matches,
+    untrusted,
+    write_summed,
+)
 
 __all__ = [
     "Checkpoint", "Checkpointer", "FileOffsets", "StateDirTaken", "default_state_dir",
@@ -80,10 +85,6 @@ MAX_FD = 1 << 16  # descriptors a background writer closes (os.closerange: close
 # below PIPE_BUF (4096), so that the child's one write to the pipe never blocks.
 REASON_MAX = 512
 _PR_SET_PDEATHSIG = 1  # prctl(2): the signal a child gets when its parent dies
-#: What separates a checkpoint's pickle from its SHA-256 (hex): no pickle ends with it (one
-#: ends with its STOP opcode, ``.``).
-SUM_MARK = b"\n#fds-sha256:"
-_SUM_LEN = len(SUM_MARK) + 64
 
 
 def default_state_dir(group: str, instance: str | None = None) -> Path:
@@ -201,17 +202,13 @@ def parse_checkpoint(data: bytes, *, where: str) -> Checkpoint:
     ...
     fds.errors.ConfigError: nowhere: checkpoint is unreadable (UnpicklingError: ...
     """
-    at = data.rfind(SUM_MARK, -_SUM_LEN)  # (-1: a file of an earlier release)
-    if at >= 0:  # (checked without a copy: the bytes may be a million cards' state; the
-        # pickle is read from them as they are, what follows it ignored)
-        digest = hashlib.sha256(memoryview(data)[:at]).hexdigest().encode()
-        if digest != data[at + len(SUM_MARK) :]:  # (or a file cut inside its sum)
-            raise ConfigError(
-                "checkpoint is unreadable: its bytes do not match the checksum written with "
-                "them (a failing disk, or a file cut short); delete it to start from an empty "
-                "state (decisions of the next events then lack their history)",
-                where=where,
-            )
+    if not sum_matches(data):  # (the pickle is read from the bytes as they are, the sum after
+        raise ConfigError(  # it ignored)
+            "checkpoint is unreadable: its bytes do not match the checksum written with "
+            "them (a failing disk, or a file cut short); delete it to start from an empty "
+            "state (decisions of the next events then lack their history)",
+            where=where,
+        )
     try:
         payload = gcpolicy.loads(data)
     except Exception as exc:
@@ -559,10 +556,9 @@ class Checkpointer:
             "group": group,
         }
         data = gcpolicy.dumps(payload)
-        digest = hashlib.sha256(data).hexdigest().encode()
         if not alive():  # (a background writer whose instance died while it pickled)
             raise ProcessLookupError("the instance is gone")
-        write_atomic(self.path, data, SUM_MARK, digest)
+        write_summed(self.path, data)
 
     def load(self) -> Checkpoint | None:
         """The checkpoint, or ``None`` when there is none; notes in :attr:`on_disk` what it

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import pickle
+import struct
 from pathlib import Path
 
 import pytest
@@ -56,6 +58,25 @@ def test_restore_missing_or_torn_file(tmp_path: Path) -> None:
         plan.restore(torn)
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
     assert os.access(tmp_path, os.W_OK)
+
+
+def test_restore_refuses_a_checkpoint_whose_bytes_changed(tmp_path: Path) -> None:
+    """A failing disk's flipped bytes: refused by the checksum, not a state restored wrong
+    (flipped in a float of the state, the pickle still loads)."""
+    plan = FeaturePlan(ALL_SPECS, grace=GRACE)
+    run_plan(plan, dense_stream(3, 100, 1_717_272_000.0, mean_step=200.0))
+    path = tmp_path / "c"
+    plan.checkpoint(path, 7)
+    data = bytearray(path.read_bytes())
+    at = data.index(b"G" + struct.pack(">d", plan.watermark))  # (the watermark, BINFLOAT)
+    data[at + 7] ^= 1
+    path.write_bytes(bytes(data))
+    assert pickle.loads(bytes(data))  # (it unpickles)
+    with pytest.raises(ConfigError, match="do not match the checksum"):
+        FeaturePlan(ALL_SPECS, grace=GRACE).restore(path)
+    unsummed = tmp_path / "old"  # a checkpoint of a release before the sum: read as it is
+    unsummed.write_bytes(pickle.dumps({**plan.state_dict(), "position": 3}, 5))
+    assert FeaturePlan(ALL_SPECS, grace=GRACE).restore(unsummed) == 3
 
 
 def test_late_event_is_flagged_counted_and_not_folded() -> None:
