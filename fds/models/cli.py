@@ -144,37 +144,46 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _promote(args: argparse.Namespace) -> int:
+    already = False
     try:
         reg = _registry(args)
         before = reg.entry(args.version)
-        if reg.champion() == args.version:  # (it said "champion is now ...": a README walk)
-            print(f"{args.version} is already the champion: nothing changed")
-            return 0
-        if before["status"] == "rejected" and not args.force:
+        already = reg.champion() == before["version"]
+        if before["status"] == "rejected" and not args.force and not already:
             why = before.get("rejected_because", "")
             raise ConfigError(
                 f"{args.version} was rejected ({why}): promote it anyway with --force"
             )
-        model = reg.load(args.version)  # never promote what does not verify
-        unserved = _canary_failure(model, before)
-        entry = reg.promote(args.version, reason="manual (fds models promote)")
+        model = reg.load(args.version)  # never promote what does not verify (the champion
+        unserved = _canary_failure(model, before)  # is verified too: its artifact may have rotted)
+        version = before["version"]
+        if already and unserved is None:  # (it said "champion is now ...": a README walk)
+            print(f"{version} is already the champion (its artifact verifies): nothing changed")
+            return 0
+        if not already:
+            reg.promote(version, reason="manual (fds models promote)")
     except ConfigError as e:
         return _fail(args, e, 2)
     except ArtifactError as e:
+        if already:
+            return _fail(args, ArtifactError(
+                f"{args.version} is the champion, but its artifact does not verify ({e}): "
+                "scorers refuse to load it; `fds models rollback` makes the previous one the "
+                "champion again"), 1)  # fmt: skip
         return _fail(args, ArtifactError(f"{args.version} not promoted: {e}"), 1)
     if unserved is None:
         # (scorers fed by a models topic: through this registry's trainer, said as such: it
         # claimed they all picked it up, which none of them did then, a QA pass)
         print(
-            f"champion is now {entry['version']}; running scorers pick it up on their next poll "
+            f"champion is now {version}; running scorers pick it up on their next poll "
             "(those fed by a models topic once this registry's fds train announces it)"
         )
         return 0
     # (promoted with --force, such a version was refused by every scorer while this said they
     # picked it up: a QA pass)
-    print(f"champion is now {entry['version']}")
+    print(f"{version} is already the champion" if already else f"champion is now {version}")
     say(
-        f"{args.prog}: warning: running scorers will not serve {entry['version']} while it "
+        f"{args.prog}: warning: running scorers will not serve {version} while it "
         f"fails their canary check ({unserved}): they keep serving an earlier champion; "
         "`fds models rollback` makes the registry's champion the previous one again"
     )

@@ -964,4 +964,14 @@ def test_the_models_commands_take_v3_and_say_a_champion_promoted_again_is_alread
     assert main([*base, "v1"]) == 0 and reg.champion() == "v000001"
     assert "champion is now v000001" in capsys.readouterr().out
     assert main([*base, "1"]) == 0
-    assert capsys.readouterr().out == "v000001 is already the champion: nothing changed\n"
+    assert capsys.readouterr().out == (
+        "v000001 is already the champion (its artifact verifies): nothing changed\n"
+    )
+    # The champion is verified too (it skipped the check: a QA pass): an artifact that rotted
+    # since is said, with what to do.
+    path = reg.artifact("v000001")
+    path.write_bytes(path.read_bytes()[:-8] + b"tampered")
+    assert main([*base, "v1"]) == 1
+    err = capsys.readouterr().err
+    assert "v000001 is the champion, but its artifact does not verify" in err, err
+    assert "fds models rollback" in err
