@@ -14,6 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fds.errors import ConfigError
+from fds.features import FeaturePlan
 from fds.metrics import LATENCY_BUCKETS, Metrics, NullMetrics, make_metrics, serve
 
 # Every metric RELIABILITY.md names (family names as Prometheus shows them), with its type.
@@ -88,6 +89,8 @@ def exercise(m: Metrics) -> None:
     m.demoted("rule", "decline_all")
     m.degraded(True)
     m.model_fallback("error")
+    plan = FeaturePlan([])  # (fds_features_compiled)
+    m.watch_features(lambda: plan)
 
 
 def scrape(m: Metrics) -> dict[str, object]:
@@ -494,6 +497,9 @@ def test_dashboard_and_alerts_only_use_metrics_that_exist() -> None:
         "model",
         "precision",
         "rule hit rates",
+        "ready",  # (the current state at the top: no panel showed who is in shadow now)
+        "in shadow by the breaker",
+        "rules file in force",
     ):
         assert panel in titles, panel
     # a replay's pushed series (role batch, from the Pushgateway) are in no live panel or

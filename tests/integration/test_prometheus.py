@@ -324,6 +324,8 @@ def test_every_dashboard_query_runs_on_real_data(
     m.model_precision("champion", "1d", 0.4)
     m.consumer_lag(0, 3)
     m.state_entities("card_id", 10)
+    m.demoted_now([("rule", "velocity")])
+    m.ruleset_file_ok(True)
     prometheus.wait_for("sum(fds_decisions_total)", equals(200))
     # rate() needs two samples of each series: wait for a second scrape of the new ones
     prometheus.wait_for(
@@ -336,7 +338,10 @@ def test_every_dashboard_query_runs_on_real_data(
         except PrometheusError as e:
             pytest.fail(f"dashboard panel {title!r}: {e}")
     # the core panels show data
-    for title in ("Throughput", "Decision mix", "Champion model", "Rule hit rates", "Ruleset"):
+    for title in (
+        "Throughput", "Decision mix", "Champion model", "Rule hit rates", "Ruleset",
+        "In shadow by the breaker", "Rules file in force",  # (the "Now" row)
+    ):  # fmt: skip
         exprs = [e for t, e in dashboard_queries() if t == title]
         assert any(prometheus.query(e) for e in exprs), f"panel {title!r} shows no data"
 
