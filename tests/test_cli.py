@@ -136,6 +136,18 @@ def test_a_json_array_is_told_how_to_become_json_lines(tmp_path, capsys):
     err = said(capsys)
     assert "is an array of records on one line, not JSON Lines" in err
     assert f"jq -c '.[]' {p} > {tmp_path}/a.jsonl" in err and "map its columns" not in err
+    wrapped = tmp_path / "w.json"  # (an object holding them, on one line: it was a dead
+    wrapped.write_text('{"transactions": ' + p.read_text().strip() + "}\n")  # letter, no hint)
+    assert bare_replay(str(wrapped), "--out", str(tmp_path / "o.jsonl")) == 2
+    err = said(capsys)
+    assert "is an object holding a list of records on one line, not JSON Lines" in err
+    assert f"jq -c '.transactions[]' {wrapped} > {tmp_path}/w.jsonl" in err
+    record = tmp_path / "r.jsonl"  # (a record holding a list of objects is a record)
+    record.write_text(
+        '{"tx_id": "t1", "ts": 1767225600, "card_id": "c", "amount": 5, "extra": {}, '
+        '"items": [{"sku": 1}]}\n'
+    )
+    assert bare_replay(str(record), "--out", str(tmp_path / "o.jsonl")) == 0
     later = tmp_path / "b.jsonl"  # (an array further down: its records dead letters, told)
     row = '{"tx_id": "t0", "ts": 1767225600, "card_id": "c", "amount": 5}'
     later.write_text(f"{row}\n[{row}]\n")

@@ -1147,12 +1147,14 @@ def _check_content(p: Path, fmt: str | None, declared: bool) -> None:
             + (" and drop `format:` from the mapping" if declared else "")
         )
     first = _first_line(p) if fmt == "jsonl" else None
-    one_line = first is not None and first[:1] == b"[" and _json_records(first)
+    lead = first[:1] if first else b""
+    one_line = lead in (b"[", b"{") and first is not None and _json_records(first)
     if first in (b"[", b"{") or one_line:
         # (each of its lines was a dead letter, then "the file ends inside a record": read
         # as a truncated download, a QA pass; an array on one line, all dead letters, exit 1)
         what = (
-            "an array of records on one line" if one_line
+            f"{'an array' if lead == b'[' else 'an object holding a list'} of records on "
+            "one line" if one_line
             else "one JSON document written over several lines (an array of records, "
             "pretty-printed)" if first == b"["
             else "one JSON document written over several lines (pretty-printed)"
@@ -1161,7 +1163,7 @@ def _check_content(p: Path, fmt: str | None, declared: bool) -> None:
         stem = Path(p.stem).stem if gz else p.stem
         to = p.with_name(f"{stem}.jsonl")
         to = to if to != p else p.with_name(f"{stem}.lines.jsonl")
-        jq = f"jq -c '{'.[]' if first != b'{' else _records_path(p)}'"
+        jq = f"jq -c '{'.[]' if lead != b'{' else _records_path(p)}'"
         raise ConfigError(
             f"{p} is {what}, not JSON Lines (one record a line): convert it, e.g. "
             + (f"gzip -dc {p} | {jq} > {to}" if gz else f"{jq} {p} > {to}")
@@ -1169,13 +1171,26 @@ def _check_content(p: Path, fmt: str | None, declared: bool) -> None:
 
 
 def _json_records(line: bytes) -> bool:
-    """Is ``line`` a JSON array of records (objects)? (One of other values, ``[1, 2, 3]``, is a
-    bad record of a JSON Lines file, dead-lettered with its content.)"""
+    """Is ``line`` a JSON array of records (objects), or an object with one key holding them
+    (``{"transactions": [...]}``, no ``tx_id`` of its own)? (One of other values,
+    ``[1, 2, 3]``, is a bad record of a JSON Lines file, dead-lettered with its content.)"""
     try:
         doc = orjson.loads(line)
     except orjson.JSONDecodeError:
         return False
-    return isinstance(doc, list) and bool(doc) and all(isinstance(x, dict) for x in doc)
+    if isinstance(doc, dict):
+        return "tx_id" not in doc and _records_key(doc) is not None
+    return _records(doc)
+
+
+def _records(v: Any) -> bool:
+    return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
+
+
+def _records_key(doc: Any) -> str | None:
+    """The key of the one list of records that the JSON object ``doc`` holds, if it has one."""
+    lists = [k for k, v in (doc.items() if isinstance(doc, dict) else ()) if _records(v)]
+    return lists[0] if len(lists) == 1 else None
 
 
 #: The largest pretty-printed JSON document read whole to find where its records are.
@@ -1189,13 +1204,9 @@ def _records_path(p: Path) -> str:
     try:
         if p.stat().st_size <= _DOC_READ:
             with open_text(p, "rb") as f:
-                doc = orjson.loads(f.read())
-            lists = [
-                k for k, v in (doc.items() if isinstance(doc, dict) else ())
-                if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)
-            ]  # fmt: skip
-            if len(lists) == 1 and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", lists[0]):
-                return f".{lists[0]}[]"
+                key = _records_key(orjson.loads(f.read()))
+            if key is not None and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+                return f".{key}[]"
     except (OSError, orjson.JSONDecodeError, *_FAULTS):
         pass
     return "."
