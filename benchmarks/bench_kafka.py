@@ -225,6 +225,23 @@ def make_registry(spec: str, rules: str | None = None) -> Path:
     return reg.path
 
 
+def prebuild_kernel(rules: str) -> str:
+    """Build (or find in the cache) the compiled feature kernel of ``rules`` before anything is
+    measured, as a long-running `fds run` has it (a run of a few seconds would otherwise
+    decide mostly interpreted while the kernel builds); how the features run, for the report."""
+    from fds.features.kernel import Compiler
+    from fds.pipeline import build_engine
+
+    compiler = Compiler.from_env()
+    if compiler is None or rules == "none":
+        return "interpreted (FDS_FEATURE_KERNEL=off)" if rules != "none" else "none"
+    engine = build_engine(rules, None, guardrails=False, compiler=compiler)
+    assert compiler.wait(), "the feature kernel's build did not end"
+    engine = build_engine(rules, None, guardrails=False, compiler=compiler)
+    compiled = getattr(engine.features, "compiled", False)
+    return "compiled kernel" if compiled else "interpreted (the kernel's build failed)"
+
+
 def default_pipeline() -> list[str]:
     """`fds run` flags for the default rules and model, served from a fresh registry holding
     one trained version (:func:`make_registry`): the pipeline of the latency experiments."""
@@ -559,6 +576,8 @@ def main() -> int:
     )
     if registry is not None:
         pipeline += ["--registry", str(registry)]
+    features = prebuild_kernel(args.rules)
+    print(f"features: {features}", flush=True)
     if not args.latency_only:
         engine_rate = engine_only(args.rules, args.model, registry, min(args.n, 50_000))
         print(f"engine only, in process: {engine_rate:,.0f} tx/s", flush=True)
@@ -643,7 +662,8 @@ def main() -> int:
         f"{platform.python_version()}, broker Apache Kafka {kafka_kit.KAFKA_VERSION} (local kit, "
         "same machine), kafka-python client; pipeline for `fds run`: "
         f"`--rules {args.rules} --model {args.model}` (model served from a registry with one "
-        "trained version, so every decision is scored; state checkpoints every 30 s). "
+        "trained version, so every decision is scored; state checkpoints every 30 s; features: "
+        f"{features}). "
         "1-minute load average "
         f"{load_before:.1f} before and {os.getloadavg()[0]:.1f} after the run (other work shared "
         "the machine when it is above the core count; the figures are then pessimistic).",
