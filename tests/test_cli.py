@@ -142,12 +142,15 @@ def test_a_json_array_is_told_how_to_become_json_lines(tmp_path, capsys):
     err = said(capsys)
     assert "is an object holding a list of records on one line, not JSON Lines" in err
     assert f"jq -c '.transactions[]' {wrapped} > {tmp_path}/w.jsonl" in err
-    record = tmp_path / "r.jsonl"  # (a record holding a list of objects is a record)
-    record.write_text(
-        '{"tx_id": "t1", "ts": 1767225600, "card_id": "c", "amount": 5, "extra": {}, '
-        '"items": [{"sku": 1}]}\n'
+    record = tmp_path / "r.jsonl"  # (a record holding a list of objects is a record, its id
+    record.write_text(  # mapped from another name too: a review)
+        '{"id": "t1", "ts": 1767225600, "card_id": "c", "amount": 5, "items": [{"sku": 1}]}\n'
     )
-    assert bare_replay(str(record), "--out", str(tmp_path / "o.jsonl")) == 0
+    mapping = tmp_path / "m.yaml"
+    mapping.write_text("fields: {tx_id: id}\n")
+    assert (
+        bare_replay(str(record), "--mapping", str(mapping), "--out", str(tmp_path / "o.jsonl")) == 0
+    )
     later = tmp_path / "b.jsonl"  # (an array further down: its records dead letters, told)
     row = '{"tx_id": "t0", "ts": 1767225600, "card_id": "c", "amount": 5}'
     later.write_text(f"{row}\n[{row}]\n")

@@ -13,13 +13,16 @@ of one core (gcc), too long for a start or a hot reload to wait on, so:
 - otherwise a background thread builds it in a child process (``nice``-d: the hot path keeps
   its core) into the cache, and the plan switches to it at its next event, on its own thread.
 
-A build that fails (no C compiler, no Python headers) is said once and the plan stays
-interpreted, which decides the same; a marker in the cache holds processes started within the
-hour from trying it again (a service restarted in a loop builds nothing). Kernels are cached by
-the hash of their source, the names it binds, Cython's version and the interpreter's ABI tag, so
-a ruleset's features are built once per machine; the cache is safe to delete. fds loads code
-from it, so it must be private: a cache directory (or kernel) of another user, or one others
-can write, is refused, the plans interpreted.
+A built module carries the SHA-256 of its bytes after them, checked before it is loaded (a
+module cut short killed the process with SIGBUS when loaded); one build of a kernel runs at a
+time (a lock per kernel in the cache). A build that fails (no C compiler, no Python headers) is
+said once and the plan stays interpreted, which decides the same; a marker in the cache, left by
+the build itself, holds plans made within the hour (a start, a rules reload) from trying it
+again (a service restarted in a loop builds nothing). Kernels are cached by the hash of their
+source, the names it binds, Cython's version and the interpreter's ABI tag, so a ruleset's
+features are built once per machine; the cache is safe to delete. fds loads code from it: a
+cache directory (or kernel) of another user, or one every user can write, is refused (as a
+checkpoint is: fds.models.registry.untrusted), the plans interpreted.
 
 >>> Compiler.from_env({"FDS_FEATURE_KERNEL": "off"}) is None
 True
@@ -28,6 +31,7 @@ True
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import importlib.util
 import logging
@@ -41,6 +45,8 @@ import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
+
+from fds.errors import describe
 
 __all__ = ["Compiler", "module_source"]
 
@@ -99,6 +105,7 @@ class Compiler:
         self._waiting: dict[str, list[Callable[[], None]]] = {}  # key -> switch callbacks
         self.builds = 0  # builds run by this process (the cache hit otherwise)
         self._refused = False  # (the cache's refusal was said)
+        self._held: set[str] = set()  # keys whose recent failure (a marker) was said
         self.tag = _tag()
 
     @classmethod
@@ -166,9 +173,11 @@ class Compiler:
                 plan._run = run if make is None else make(ns)
                 return make is not None
             plan._run = run
-            failed = self._failed_lately(key)
-            if failed:
-                self._failed(key, failed, mark=False)
+            held = self._failed_lately(key)
+            if held:  # (not remembered: a plan bound after the hour, or after the marker is
+                if key not in self._held:  # deleted, builds it: a reload's, a restore's)
+                    self._held.add(key)
+                    _warn(held)
                 return False
             waiting = self._waiting.setdefault(key, [])
             waiting.append(_switch(plan))
@@ -176,8 +185,12 @@ class Compiler:
                 return False  # (a build of it is running)
             try:  # (started here, not by the thread: a process that exits at once still
                 child = self._start(key, module_source(source, names))  # leaves it built)
-            except Exception as exc:  # (a cache that cannot be written, ...)
-                self._failed(key, exc)
+            except _Refused as exc:
+                self._failed(key, exc, mark=False)
+                return False
+            except Exception as exc:  # (a cache that cannot be written, ...: named, where
+                why = f"the cache {self.cache} (FDS_KERNEL_CACHE) cannot be used: {describe(exc)}"
+                self._failed(key, why)  # it said only the errno, a QA pass)
                 return False
             threading.Thread(
                 target=self._build, args=(key, child), name="fds-kernel-build", daemon=True
@@ -206,24 +219,23 @@ class Compiler:
     @staticmethod
     def _unsafe(path: Path, what: str = "feature kernel cache") -> str | None:
         """Why fds must not load code from ``path`` (the cache or a kernel in it): another
-        user's, or writable by others; ``None`` when it is private or not there yet (the cache
-        is made private)."""
+        user's, or writable by every user (:func:`fds.models.registry.untrusted`, as for a
+        checkpoint: group write is allowed); ``None`` when it is not, or not there yet (the
+        cache is made private)."""
+        from fds.models.registry import untrusted
+
         try:
             st = path.stat()
         except OSError:
             return None  # (missing: made when first needed; unreadable: the build says why)
-        if st.st_uid != os.geteuid():
-            return (
-                f"{what} {path} belongs to another user (uid {st.st_uid}): fds "
-                "loads no code from it; set FDS_KERNEL_CACHE to a directory of your own"
-            )
-        if st.st_mode & 0o022:
-            return (
-                f"{what} {path} can be written by others (mode "
-                f"{st.st_mode & 0o777:o}): fds loads no code from it; make it private "
-                f"(chmod go-w '{path}')"
-            )
-        return None
+        why = untrusted(st)
+        if why is None:
+            return None
+        fix = (
+            "set FDS_KERNEL_CACHE to a directory of your own" if st.st_uid != os.geteuid()
+            else f"make it private (chmod o-w '{path}')"
+        )  # fmt: skip
+        return f"{what} {path} is {why}: fds loads no code from it; {fix}"
 
     def _failed_lately(self, key: str) -> str | None:
         """Why the build of ``key`` failed, if a process failed it within RETRY_AFTER_S."""
@@ -233,11 +245,12 @@ class Compiler:
             why = marker.read_text(errors="replace").strip()
         except OSError:
             return None
-        if age >= RETRY_AFTER_S:
+        if not 0 <= age < RETRY_AFTER_S:  # (a future time: a clock stepped back, a copy)
             return None
         return (
-            f"its build failed {age / 60:.0f} min ago ({why}); tried again after "
-            f"{RETRY_AFTER_S / 3600:.0f} h from then, or when {marker} is deleted"
+            f"its build failed {age / 60:.0f} min ago ({why}); a plan made (a start, a rules "
+            f"reload) {RETRY_AFTER_S / 3600:.0f} h after that failure, or once {marker} is "
+            "deleted, builds it again"
         )
 
     def _load(self, key: str) -> Factory | None:
@@ -249,9 +262,16 @@ class Compiler:
             return None
         unsafe = self._unsafe(path, "feature kernel")
         if unsafe:  # (a private cache holding another's file: planted before it was private)
-            log.warning("features stay interpreted: %s", unsafe)
+            log.warning("%s: removed, built again", unsafe)
+            with contextlib.suppress(OSError):
+                path.unlink()
             return None
         try:
+            if not _sealed(path.read_bytes()):  # (a cut one was loaded, and killed the
+                raise ValueError(  # process at every start by SIGBUS: a QA pass)
+                    "damaged: its bytes do not match the checksum written with them (a file "
+                    "cut short, a failing disk), or it has none (an earlier release's)"
+                )
             spec = importlib.util.spec_from_file_location(name, path)
             assert spec is not None and spec.loader is not None
             module = importlib.util.module_from_spec(spec)
@@ -259,8 +279,13 @@ class Compiler:
             make: Factory = module.make
             sys.modules[name] = module
         except Exception as exc:  # (a damaged cache entry is built again)
-            log.warning("feature kernel %s does not load (%s): removed", path, exc)
-            path.unlink(missing_ok=True)
+            hint = (
+                " (a file system mounted noexec? set FDS_KERNEL_CACHE to a directory on another)"
+                if "map segment" in str(exc) else ""
+            )  # fmt: skip
+            log.warning("feature kernel %s does not load (%s)%s: removed", path, exc, hint)
+            with contextlib.suppress(OSError):  # (a read-only cache: a crash, a QA pass)
+                path.unlink(missing_ok=True)
             return None
         return make
 
@@ -271,16 +296,18 @@ class Compiler:
             with _LOCK:
                 make = self._load(key)
             if make is None:
+                refused = self._unsafe(self._path(key), "feature kernel")
+                if refused:
+                    raise _Refused(refused)
                 raise RuntimeError(f"{self._path(key)} was built but does not load")
         except Exception as exc:  # (any failure leaves the plans interpreted: said once)
             with _LOCK:
-                self._failed(key, exc)
+                self._failed(key, exc, mark=not isinstance(exc, _Refused))
             return
         log.info(
             "feature kernel built in %.1f s (%s); features run compiled from the next event",
             time.monotonic() - t0, self._path(key),
         )  # fmt: skip
-        self._marker(key).unlink(missing_ok=True)  # (an older failure's: tried again, built)
         with _LOCK:
             self._built[key] = make
             for switch in self._waiting.pop(key, []):
@@ -288,17 +315,13 @@ class Compiler:
 
     def _failed(self, key: str, why: BaseException | str, mark: bool = True) -> None:
         """(Lock held.) The plans waiting for ``key`` stay interpreted; said once. ``mark``:
-        leave a marker that holds other processes from trying it again for a while."""
-        log.warning(
-            "feature kernel not built, features stay interpreted (the same values, a little "
-            "slower): %s; set FDS_FEATURE_KERNEL=off to skip the build",
-            why,
-        )
+        leave a marker that holds other processes from trying it again for a while (not for
+        a refusal of the cache: nothing is written into a cache not trusted)."""
+        _warn(why)
         self._built[key] = None
         self._waiting.pop(key, None)
         if mark:
-            with contextlib.suppress(OSError):  # (a cache that cannot be written: nothing kept)
-                self._marker(key).write_text(f"{(str(why).splitlines() or ['?'])[0][:300]}\n")
+            _mark(self._marker(key), str(why))
 
     def _start(self, key: str, text: str) -> subprocess.Popen[bytes]:
         """Cython + the C compiler in a child process (:func:`build_in`) in a private
@@ -312,7 +335,7 @@ class Compiler:
         self.cache.mkdir(mode=0o700, parents=True, exist_ok=True)
         unsafe = self._unsafe(self.cache)  # (made just now by another user, or with the mode
         if unsafe:  # it had: refused as at attach)
-            raise RuntimeError(unsafe)
+            raise _Refused(unsafe)
         for old in self.cache.glob("build-*"):  # (left by a build killed at its timeout, a
             with contextlib.suppress(OSError):  # crash or a reboot: no build lasts that long)
                 if time.time() - old.stat().st_mtime > 2 * BUILD_TIMEOUT_S:
@@ -341,12 +364,56 @@ class Compiler:
             raise RuntimeError(f"the build took over {BUILD_TIMEOUT_S:.0f} s") from None
         if code == 0 and final.exists():
             return
-        lines = failed.read_text(errors="replace").strip().splitlines() if failed.exists() else []
+        text = failed.read_text(errors="replace") if failed.exists() else ""
         failed.unlink(missing_ok=True)
-        why = next((ln for ln in reversed(lines) if "error" in ln.lower()), None)
-        raise RuntimeError(
-            f"Cython's build exited with {code}: {why or (lines[-1] if lines else 'no output')}"
-        )
+        raise RuntimeError(f"Cython's build exited with {code}: {_reason(text)}")
+
+
+class _Refused(RuntimeError):
+    """The cache (or a kernel in it) is not trusted: nothing is loaded from it or written."""
+
+
+def _warn(why: BaseException | str) -> None:
+    log.warning(
+        "feature kernel not built, features stay interpreted (the same values, a little "
+        "slower): %s; set FDS_FEATURE_KERNEL=off to skip the build",
+        why,
+    )
+
+
+def _reason(output: str) -> str:
+    """A failed build's reason in its output: its last line naming an error, else its last."""
+    lines = output.strip().splitlines()
+    why = next((ln for ln in reversed(lines) if "error" in ln.lower()), None)
+    return why or (lines[-1] if lines else "no output")
+
+
+def _seal(path: Path) -> None:
+    """Append the SHA-256 of the module's bytes to it (the dynamic loader ignores what follows
+    an ELF file's last section) and fsync it: :func:`_sealed` tells a whole one."""
+    from fds.models.registry import SUM_MARK
+
+    data = path.read_bytes()
+    with open(path, "ab") as f:
+        f.write(SUM_MARK + hashlib.sha256(data).hexdigest().encode())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _sealed(data: bytes) -> bool:
+    """Are these a module's bytes as :func:`_seal` left them?"""
+    from fds.models.registry import SUM_MARK, sum_matches
+
+    return data.rfind(SUM_MARK, -len(SUM_MARK) - 64) >= 0 and sum_matches(data)
+
+
+def _mark(marker: Path, why: str) -> None:
+    """Write a failed build's marker (its reason's first line), not through a link planted
+    under its name."""
+    with contextlib.suppress(OSError):  # (a cache that cannot be written: nothing kept)
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{(why.splitlines() or ['?'])[0][:300]}\n")
 
 
 # The build's child process (a fresh interpreter: its own GIL and its own session).
@@ -362,8 +429,14 @@ def build_in(tmp: str, final: str, failed: str) -> None:
     from Cython.Build.Cythonize import main as cythonize
 
     os.nice(10)  # (the build shares the machine with the hot path it speeds up)
-    work = Path(tmp)
+    work, log_file = Path(tmp), Path(failed)
     try:
+        # One build of a kernel at a time: another process's first, then this one finds it
+        # built (short replays on an empty cache each ran gcc for the same kernel, a QA pass).
+        lock = os.open(log_file.with_suffix(".lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        fcntl.flock(lock, fcntl.LOCK_EX)  # (released when this process ends)
+        if Path(final).is_file() and _sealed(Path(final).read_bytes()):
+            return
         (pyx,) = work.glob("*.pyx")
         try:
             cythonize(["-3", "-i", "-q", str(pyx)])
@@ -372,10 +445,19 @@ def build_in(tmp: str, final: str, failed: str) -> None:
                 print(exc.code, flush=True)  # (setuptools' reason: printed by exit, too late)
                 raise
         built = work / Path(final).name
+        _seal(built)
+        os.chmod(built, 0o755)  # (the linker's mode follows the umask: 0777 not loaded)
         os.replace(built, final)
+        for done in (log_file.with_suffix(".failed"), log_file):  # (an earlier failure's)
+            with contextlib.suppress(OSError):
+                done.unlink(missing_ok=True)
     except BaseException:
         sys.stdout.flush()
         shutil.copyfile(work / "build.log", failed)
+        # (the marker, here too: a service that dies sooner than its build leaves one)
+        _mark(
+            Path(failed).with_suffix(".failed"), _reason(Path(failed).read_text("utf-8", "replace"))
+        )
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)

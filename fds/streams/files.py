@@ -1148,7 +1148,7 @@ def _check_content(p: Path, fmt: str | None, declared: bool) -> None:
         )
     first = _first_line(p) if fmt == "jsonl" else None
     lead = first[:1] if first else b""
-    one_line = lead in (b"[", b"{") and first is not None and _json_records(first)
+    one_line = _json_records(first) if lead in (b"[", b"{") and first is not None else None
     if first in (b"[", b"{") or one_line:
         # (each of its lines was a dead letter, then "the file ends inside a record": read
         # as a truncated download, a QA pass; an array on one line, all dead letters, exit 1)
@@ -1163,24 +1163,27 @@ def _check_content(p: Path, fmt: str | None, declared: bool) -> None:
         stem = Path(p.stem).stem if gz else p.stem
         to = p.with_name(f"{stem}.jsonl")
         to = to if to != p else p.with_name(f"{stem}.lines.jsonl")
-        jq = f"jq -c '{'.[]' if lead != b'{' else _records_path(p)}'"
+        jq = f"jq -c '{one_line or ('.[]' if lead != b'{' else _records_path(p))}'"
         raise ConfigError(
             f"{p} is {what}, not JSON Lines (one record a line): convert it, e.g. "
             + (f"gzip -dc {p} | {jq} > {to}" if gz else f"{jq} {p} > {to}")
         )
 
 
-def _json_records(line: bytes) -> bool:
-    """Is ``line`` a JSON array of records (objects), or an object with one key holding them
-    (``{"transactions": [...]}``, no ``tx_id`` of its own)? (One of other values,
-    ``[1, 2, 3]``, is a bad record of a JSON Lines file, dead-lettered with its content.)"""
+def _json_records(line: bytes) -> str | None:
+    """The jq path of the records when ``line`` is a JSON array of records (objects), ``.[]``,
+    or an object of nothing but a list of them, ``.KEY[]`` (``{"transactions": [...]}``);
+    else ``None``. (An array of other values, ``[1, 2, 3]``, is a bad record of a JSON Lines
+    file, dead-lettered with its content; so is a record that holds a list of objects among
+    its fields, ``"items": [{...}]``, whatever its fields are named: a review.)"""
     try:
         doc = orjson.loads(line)
     except orjson.JSONDecodeError:
-        return False
+        return None
     if isinstance(doc, dict):
-        return "tx_id" not in doc and _records_key(doc) is not None
-    return _records(doc)
+        key = _records_key(doc) if len(doc) == 1 else None
+        return f".{key}[]" if key is not None and _JQ_NAME.fullmatch(key) else None
+    return ".[]" if _records(doc) else None
 
 
 def _records(v: Any) -> bool:
@@ -1193,6 +1196,8 @@ def _records_key(doc: Any) -> str | None:
     return lists[0] if len(lists) == 1 else None
 
 
+#: A key jq reads as ``.KEY``.
+_JQ_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 #: The largest pretty-printed JSON document read whole to find where its records are.
 _DOC_READ = 64 * 2**20
 
@@ -1205,7 +1210,7 @@ def _records_path(p: Path) -> str:
         if p.stat().st_size <= _DOC_READ:
             with open_text(p, "rb") as f:
                 key = _records_key(orjson.loads(f.read()))
-            if key is not None and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            if key is not None and _JQ_NAME.fullmatch(key):
                 return f".{key}[]"
     except (OSError, orjson.JSONDecodeError, *_FAULTS):
         pass
