@@ -165,6 +165,8 @@ class Engine:
         if metrics is not None and rules is not None:  # every rule deciding, at 0 until it
             metrics.watch_ruleset(lambda: self.rules)  # counts (it was never watched: no
             # series for a rule never hit, the dashboard's "no data", a QA pass)
+        if metrics is not None and features is not None:  # (fds_features_compiled, documented
+            metrics.watch_features(lambda: self.features)  # and never exported: a QA pass)
         self.breaker = breaker
         self.guard = guard
         self.demoted: set[str] = set()  # rule ids (and MODEL) demoted to shadow by the breaker

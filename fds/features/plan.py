@@ -823,21 +823,24 @@ class FeaturePlan:
 
         Written to a temporary file in the same directory, fsynced, renamed over ``path``,
         then the directory is fsynced: a crash leaves the old or the new checkpoint, never a
-        torn one. Its SHA-256 follows the state, checked by :meth:`restore`. The file is a
-        pickle: load only checkpoints this process family wrote.
+        torn one (the file is 0600). Its SHA-256 follows the state, checked by :meth:`restore`.
+        The file is a pickle: :meth:`restore` refuses one of another user or writable by every
+        user, as ``fds run`` does its own; load only checkpoints this process family wrote.
         """
-        from fds.models.registry import write_summed
+        from fds.models.registry import dump_summed
 
-        write_summed(Path(path), pickle.dumps({**self.state_dict(), "position": position}, 5))
+        dump_summed(Path(path), {**self.state_dict(), "position": position})
 
     def restore(self, path: str | os.PathLike[str]) -> Any:
         """Load a checkpoint written by :meth:`checkpoint`; returns its source position."""
-        from fds.models.registry import sum_matches
+        from fds.models.registry import read_own, sum_matches
 
         try:
-            data = Path(path).read_bytes()
+            data = read_own(Path(path))  # (another user's, or every user's: not unpickled)
         except FileNotFoundError:
             raise ConfigError(f"no feature checkpoint at {path}: check the path") from None
+        except OSError as e:  # (a directory, a link)
+            raise ConfigError(f"feature checkpoint {path} cannot be read ({describe(e)})") from None
         if not sum_matches(data):
             raise ConfigError(
                 f"feature checkpoint {path} is unreadable: its bytes do not match the checksum "

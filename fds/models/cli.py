@@ -107,9 +107,7 @@ def _list(args: argparse.Namespace) -> int:
         if champ is not None:
             reg.verify_file(champ, reg.entry(champ))
     except ArtifactError as e:
-        # (a key not set here is this machine's, as for the scorers; a file missing is not,
-        # nor a signature that fails the key set here, as the scorers' would: a review)
-        if not e.local or reg.key is not None or not reg.artifact(champ).is_file():
+        if not _checkable_elsewhere(e, reg, champ):
             return _fail(
                 args, f"the champion fails its check: {e}; scorers serve an earlier version "
                 "or the rules alone: `fds models promote` a good one or `fds models rollback`", 1
@@ -165,9 +163,15 @@ def _promote(args: argparse.Namespace) -> int:
     except ConfigError as e:
         return _fail(args, e, 2)
     except ArtifactError as e:
+        if already and _checkable_elsewhere(e, reg, before["version"]):
+            print(
+                f"{before['version']} is already the champion: nothing changed (not verified "
+                f"here: {e})"
+            )
+            return 0
         if already:
             return _fail(args, ArtifactError(
-                f"{args.version} is the champion, but its artifact does not verify ({e}): "
+                f"{before['version']} is the champion, but its artifact does not verify ({e}): "
                 "scorers refuse to load it; `fds models rollback` makes the previous one the "
                 "champion again"), 1)  # fmt: skip
         return _fail(args, ArtifactError(f"{args.version} not promoted: {e}"), 1)
@@ -188,6 +192,13 @@ def _promote(args: argparse.Namespace) -> int:
         "`fds models rollback` makes the registry's champion the previous one again"
     )
     return 0
+
+
+def _checkable_elsewhere(e: ArtifactError, reg: Any, version: str) -> bool:
+    """Is ``e`` this machine's only, not the artifact's? A key not set here is this machine's,
+    as it is for the scorers; a file missing is not, nor a signature that fails the key set
+    here, as the scorers' would (a review)."""
+    return e.local and reg.key is None and reg.artifact(version).is_file()
 
 
 def _canary_failure(model: Any, entry: dict[str, Any]) -> str | None:

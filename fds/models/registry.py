@@ -43,7 +43,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from fds.errors import ArtifactError, ConfigError, describe
 from fds.timeutil import format_ts
@@ -206,15 +206,15 @@ def owner_only(path: Path) -> int:
     return fd
 
 
-def write_atomic(path: Path, data: bytes, *more: bytes) -> None:
-    """Write ``data`` (then ``more``: no copy of a large ``data`` joined with them) to
-    ``path`` atomically: temp file, fsync, rename, fsync the directory."""
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """A file to write ``path`` through, atomically: a temporary file in its directory (0600),
+    fsynced and renamed over ``path`` when the block ends without an error (removed if it
+    raises), then the directory fsynced."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            for part in more:
-                f.write(part)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -229,6 +229,15 @@ def write_atomic(path: Path, data: bytes, *more: bytes) -> None:
         os.close(dfd)
 
 
+def write_atomic(path: Path, data: bytes, *more: bytes) -> None:
+    """Write ``data`` (then ``more``: no copy of a large ``data`` joined with them) to
+    ``path`` atomically (:func:`atomic_file`)."""
+    with atomic_file(path) as f:
+        f.write(data)
+        for part in more:
+            f.write(part)
+
+
 #: What separates a file's pickle from its SHA-256 (hex) in :func:`write_summed`: no pickle
 #: ends with it (one ends with its STOP opcode, ``.``), and ``pickle.loads`` ignores it.
 SUM_MARK = b"\n#fds-sha256:"
@@ -240,6 +249,24 @@ def write_summed(path: Path, data: bytes) -> None:
     :func:`sum_matches` checks when it is read (a failing disk's flipped bytes made a state
     that loaded without a word: a QA pass)."""
     write_atomic(path, data, SUM_MARK, hashlib.sha256(data).hexdigest().encode())
+
+
+def dump_summed(path: Path, obj: Any) -> None:
+    """:func:`write_summed` of ``obj``'s pickle (protocol 5), streamed to the file as it is
+    made: a large state is not held twice in memory."""
+
+    class Summing:  # (what pickle writes, hashed on its way to the file)
+        def __init__(self, f: BinaryIO) -> None:
+            self.f, self.sha = f, hashlib.sha256()
+
+        def write(self, b: Any) -> int:
+            self.sha.update(b)
+            return self.f.write(b)
+
+    with atomic_file(path) as f:
+        out = Summing(f)
+        pickle.dump(obj, out, protocol=5)
+        f.write(SUM_MARK + out.sha.hexdigest().encode())
 
 
 def sum_matches(data: bytes) -> bool:

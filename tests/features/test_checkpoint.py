@@ -77,6 +77,11 @@ def test_restore_refuses_a_checkpoint_whose_bytes_changed(tmp_path: Path) -> Non
     unsummed = tmp_path / "old"  # a checkpoint of a release before the sum: read as it is
     unsummed.write_bytes(pickle.dumps({**plan.state_dict(), "position": 3}, 5))
     assert FeaturePlan(ALL_SPECS, grace=GRACE).restore(unsummed) == 3
+    unsummed.chmod(0o666)  # one every user could have written: not unpickled (as fds run's)
+    with pytest.raises(ConfigError, match="writable by every user"):
+        FeaturePlan(ALL_SPECS, grace=GRACE).restore(unsummed)
+    with pytest.raises(ConfigError, match="cannot be read"):
+        FeaturePlan(ALL_SPECS, grace=GRACE).restore(tmp_path)  # (a directory)
 
 
 def test_late_event_is_flagged_counted_and_not_folded() -> None:

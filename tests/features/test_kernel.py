@@ -142,6 +142,17 @@ def test_compiled_plans_split_and_absorb_back_as_interpreted_ones(
     assert same(go(prov_compiler), go(None))
 
 
+def test_an_engine_exports_whether_its_features_run_compiled(compiler: Compiler) -> None:
+    """fds_features_compiled was documented and never exported (a QA pass)."""
+    from fds.engine import Engine
+    from fds.metrics import Metrics
+
+    for c, want in ((None, 0.0), (compiler, 1.0)):
+        m = Metrics()
+        Engine(features=plan(compiler=c), metrics=m)
+        assert m.registry.get_sample_value("fds_features_compiled") == want
+
+
 def test_a_plan_switches_to_its_kernel_once_built_at_its_next_event(tmp_path: Path) -> None:
     c = Compiler(tmp_path)
     live, ref = plan(SMALL, compiler=c), plan(SMALL)

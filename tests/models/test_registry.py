@@ -975,3 +975,24 @@ def test_the_models_commands_take_v3_and_say_a_champion_promoted_again_is_alread
     err = capsys.readouterr().err
     assert "v000001 is the champion, but its artifact does not verify" in err, err
     assert "fds models rollback" in err
+
+
+def test_promoting_the_champion_where_its_key_is_not_set_says_it_is_not_verified_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A signed champion promoted again on a machine without FDS_MODEL_KEY: not checkable
+    here, as `fds models list` says nothing of it; no false alarm with a rollback's advice
+    (a review)."""
+    from fds.cli import main
+    from tests.models.fakes import FeatureModel
+
+    monkeypatch.setenv("FDS_MODEL_KEY", "secret")
+    Registry(tmp_path).publish(FeatureModel("amount"), spec={"name": "t"})
+    base = ["models", "--registry", str(tmp_path), "promote", "v1"]
+    assert main(base) == 0
+    capsys.readouterr()
+    monkeypatch.delenv("FDS_MODEL_KEY")
+    assert main(base) == 0
+    out, err = capsys.readouterr()
+    assert "v000001 is already the champion: nothing changed (not verified here:" in out
+    assert "FDS_MODEL_KEY" in out and "rollback" not in out + err
