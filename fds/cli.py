@@ -256,6 +256,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     level = "DEBUG" if args.verbose else "WARNING" if args.quiet else "INFO"
     configure_logging(level, fmt=args.log_format)
+    if any(k.upper().startswith("FDS_") for k in os.environ):  # (a typo of one was ignored
+        from fds.streams.kafka import warn_unknown_env  # without a word where no Kafka
+
+        warn_unknown_env()  # settings are read: FDS_FEATURE_KERNL=off, a QA pass)
     try:
         code = int(args.func(args) or 0)
         # (a summary printed after a SIGTERM: the status still says the signal stopped it)

@@ -117,6 +117,19 @@ def test_a_file_whose_bytes_say_another_format_than_its_name_is_refused(
     assert f"{p} {problem}" in capsys.readouterr().err
 
 
+def test_a_misspelt_fds_variable_is_told_by_a_replay(tmp_path, capsys, monkeypatch):
+    """FDS_FEATURE_KERNL=off was ignored without a word where no Kafka settings are read (a
+    QA pass): every command warns of an FDS_* variable fds does not read."""
+    from fds.streams import kafka
+
+    monkeypatch.setattr(kafka, "_WARNED_ENV", set())
+    monkeypatch.setenv("FDS_FEATURE_KERNL", "off")
+    p = tmp_path / "x.jsonl"
+    p.write_text('{"tx_id": "t1", "ts": 1767225600, "card_id": "c", "amount": 5}\n')
+    assert bare_replay(str(p), "--out", str(tmp_path / "d.jsonl")) == 0
+    assert "FDS_FEATURE_KERNL is no variable fds reads: ignored (did you mean " in said(capsys)
+
+
 def test_an_out_file_named_as_csv_is_told_it_holds_json_lines(tmp_path, capsys):
     """A QA pass: `--out decisions.csv` wrote JSON Lines into a .csv name without a word."""
     p = tmp_path / "x.jsonl"

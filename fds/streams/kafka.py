@@ -1153,6 +1153,14 @@ def unknown_env(environ: Mapping[str, str]) -> list[str]:
     return said
 
 
+def warn_unknown_env() -> None:
+    """Warn of each ``FDS_*`` variable of the environment fds does not read (once each)."""
+    for said in unknown_env(os.environ):
+        if said not in _WARNED_ENV:
+            _WARNED_ENV.add(said)
+            log.warning("%s", said)
+
+
 def load_settings(file: Path | str | None = None, **flags: Any) -> KafkaSettings:
     """Build settings from a YAML file, the environment and flags (highest wins: flags).
 
@@ -1160,10 +1168,7 @@ def load_settings(file: Path | str | None = None, **flags: Any) -> KafkaSettings
     from: the file's line (an unknown key with the closest known one), else the flag or the
     environment variable. An ``FDS_*`` variable fds does not read is warned about, once.
     """
-    for said in unknown_env(os.environ):
-        if said not in _WARNED_ENV:
-            _WARNED_ENV.add(said)
-            log.warning("%s", said)
+    warn_unknown_env()
     values: dict[str, Any] = {}
     doc: dict[str, Any] = {}
     path = Path(file) if file is not None else None
