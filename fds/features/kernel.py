@@ -57,6 +57,9 @@ log = logging.getLogger("fds.features.kernel")
 BUILD_TIMEOUT_S = 600.0
 #: A failed build is not tried again by any process for this long (its marker's age).
 RETRY_AFTER_S = 3600.0
+#: A kernel no process loaded for this long is removed by the next build (each ruleset's
+#: features add ~1 MB to the cache: it grew without end).
+KEEP_S = 30 * 86400.0
 #: Values of ``FDS_FEATURE_KERNEL``.
 MODES = ("compiled", "off")
 
@@ -278,6 +281,8 @@ class Compiler:
             spec.loader.exec_module(module)
             make: Factory = module.make
             sys.modules[name] = module
+            with contextlib.suppress(OSError):  # (its last use: a kernel unused for KEEP_S
+                os.utime(path)  # is swept)
         except Exception as exc:  # (a damaged cache entry is built again)
             hint = (
                 " (a file system mounted noexec? set FDS_KERNEL_CACHE to a directory on another)"
@@ -336,10 +341,15 @@ class Compiler:
         unsafe = self._unsafe(self.cache)  # (made just now by another user, or with the mode
         if unsafe:  # it had: refused as at attach)
             raise _Refused(unsafe)
+        now = time.time()
         for old in self.cache.glob("build-*"):  # (left by a build killed at its timeout, a
             with contextlib.suppress(OSError):  # crash or a reboot: no build lasts that long)
-                if time.time() - old.stat().st_mtime > 2 * BUILD_TIMEOUT_S:
+                if now - old.stat().st_mtime > 2 * BUILD_TIMEOUT_S:
                     shutil.rmtree(old, ignore_errors=True)
+        for old in self.cache.glob("fds_kernel_*"):  # (kernels, markers, logs, locks unused
+            with contextlib.suppress(OSError):  # for a month: an old ruleset's)
+                if now - old.stat().st_mtime > KEEP_S:
+                    old.unlink()
         self.builds += 1
         tmp = Path(tempfile.mkdtemp(prefix=f"build-{key}-", dir=self.cache))
         (tmp / f"fds_kernel_{key}.pyx").write_text(text)

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from fds.errors import ConfigError
 from fds.features import FeaturePlan
-from fds.features.kernel import BUILD_TIMEOUT_S, RETRY_AFTER_S, Compiler
+from fds.features.kernel import BUILD_TIMEOUT_S, KEEP_S, RETRY_AFTER_S, Compiler
 from tests.features.conftest import ALL_SPECS, GRACE, streams
 from tests.features.reference import reference
 from tests.features.test_plan_properties import assert_same, run_plan
@@ -37,7 +37,7 @@ CHILD = """
 import sys
 from types import SimpleNamespace as S
 from fds.features import FeaturePlan
-from fds.features.kernel import BUILD_TIMEOUT_S, RETRY_AFTER_S, Compiler
+from fds.features.kernel import Compiler
 c = Compiler(sys.argv[1])
 specs = [S(name="n_%s" % sys.argv[2], entity="card_id", agg="count", field=None,
            window=sys.argv[2])]
@@ -171,7 +171,10 @@ def test_a_plan_switches_to_its_kernel_once_built_at_its_next_event(tmp_path: Pa
 
 def test_another_process_binds_a_cached_kernel_at_once(tmp_path: Path) -> None:
     assert child(tmp_path, "2h") == "False True 1"  # built, then bound
+    (kernel,) = tmp_path.glob("fds_kernel_*.so")
+    os.utime(kernel, (1e9, 1e9))
     assert child(tmp_path, "2h") == "True True 0"  # found in the cache: no build
+    assert kernel.stat().st_mtime > time.time() - 600  # (its use marked: not swept as unused)
 
 
 def test_plans_of_one_source_reading_other_names_have_kernels_of_their_own(
@@ -209,6 +212,9 @@ def test_a_failed_build_is_said_once_and_not_tried_again_within_the_hour(
     old.mkdir()
     young.mkdir()
     os.utime(old, (time.time() - 2 * BUILD_TIMEOUT_S - 60,) * 2)
+    unused = tmp_path / "fds_kernel_0123456789abcdef0123.cpython-311-x86_64-linux-gnu.so"
+    unused.write_bytes(b"a kernel no process loaded for a month")  # (the cache grew for ever)
+    os.utime(unused, (time.time() - KEEP_S - 60,) * 2)
     c = Compiler(tmp_path)
     specs = [SimpleNamespace(name="n", entity="card_id", agg="count", field=None, window="3h")]
     first = plan(specs, compiler=c)
@@ -221,6 +227,7 @@ def test_a_failed_build_is_said_once_and_not_tried_again_within_the_hour(
     assert first.compute(tx) == {"n": 1} and not first.compiled
     assert not plan(specs, compiler=c).compiled and c.builds == 1  # (not tried again)
     assert not old.exists() and young.exists(), "only a build dir older than any build is swept"
+    assert not unused.exists()
     (marker,) = tmp_path.glob("fds_kernel_*.failed")
     assert not list(tmp_path.glob("fds_kernel_*.so"))
     # Another process (a service restarted in a loop) does not try it again within the hour...
