@@ -758,8 +758,9 @@ class Metrics(Collector):
 
         entities = dict(self._entities)
         plan = self._features_source() if self._features_source is not None else None
-        if plan is not None:
-            entities.update(plan.state_sizes())
+        sizes = getattr(plan, "state_sizes", None)  # (a stage of another kind may hold none:
+        if sizes is not None:  # the engine watches any, and a scrape failed, a CI run)
+            entities.update(sizes())
         g = GaugeMetricFamily(
             "fds_state_entities",
             "Entities held in window state, by entity kind.",

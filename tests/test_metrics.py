@@ -788,3 +788,18 @@ def test_an_engine_exports_every_rule_of_its_ruleset_at_0(tmp_path, reloading) -
     assert value(m, "fds_rule_hits_total", rule="big", state="active") == 0
     assert value(m, "fds_rule_missing_inputs_total", rule="big") == 0
     assert value(m, "fds_rule_errors_total", rule="big") == 0
+
+
+def test_an_engine_with_a_feature_stage_of_its_own_is_scraped() -> None:
+    """A feature stage without ``state_sizes`` (any object with ``compute``) failed every
+    scrape once the engine watched its features (a CI run)."""
+    from fds.engine import Engine
+
+    class Stage:
+        def compute(self, tx: object) -> dict[str, object]:
+            return {}
+
+    m = Metrics()
+    Engine(features=Stage(), metrics=m)
+    assert b"fds_decisions_total" in m.exposition()
+    assert m.registry.get_sample_value("fds_features_compiled") is None

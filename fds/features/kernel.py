@@ -21,8 +21,8 @@ the build itself, holds plans made within the hour (a start, a rules reload) fro
 again (a service restarted in a loop builds nothing). Kernels are cached by the hash of their
 source, the names it binds, Cython's version and the interpreter's ABI tag, so a ruleset's
 features are built once per machine; the cache is safe to delete. fds loads code from it: a
-cache directory (or kernel) of another user, or one every user can write, is refused (as a
-checkpoint is: fds.models.registry.untrusted), the plans interpreted.
+cache directory (or kernel) of another user, or one its group or every user can write, is
+refused, the plans interpreted.
 
 >>> Compiler.from_env({"FDS_FEATURE_KERNEL": "off"}) is None
 True
@@ -36,6 +36,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import stat
 import subprocess
 import sys
 import sysconfig
@@ -222,30 +223,40 @@ class Compiler:
     @staticmethod
     def _unsafe(path: Path, what: str = "feature kernel cache") -> str | None:
         """Why fds must not load code from ``path`` (the cache or a kernel in it): another
-        user's, or writable by every user (:func:`fds.models.registry.untrusted`, as for a
-        checkpoint: group write is allowed); ``None`` when it is not, or not there yet (the
-        cache is made private)."""
+        user's, or writable by its group or every user (stricter than a checkpoint's
+        :func:`~fds.models.registry.untrusted`: a module is checked by its path, then loaded by
+        it, and a group member could swap it between the two, a review); ``None`` when it is
+        not, or not there yet (the cache is made 0700, its modules 0755)."""
         from fds.models.registry import untrusted
 
         try:
             st = path.stat()
         except OSError:
             return None  # (missing: made when first needed; unreadable: the build says why)
-        why = untrusted(st)
+        why = untrusted(st) or (
+            f"writable by its group (mode {st.st_mode & 0o7777:04o})"
+            if st.st_mode & 0o020
+            else None
+        )
         if why is None:
             return None
         fix = (
             "set FDS_KERNEL_CACHE to a directory of your own" if st.st_uid != os.geteuid()
-            else f"make it private (chmod o-w '{path}')"
+            else f"make it private (chmod go-w '{path}')"
         )  # fmt: skip
         return f"{what} {path} is {why}: fds loads no code from it; {fix}"
 
     def _failed_lately(self, key: str) -> str | None:
         """Why the build of ``key`` failed, if a process failed it within RETRY_AFTER_S."""
         marker = self._marker(key)
-        try:
-            age = time.time() - marker.stat().st_mtime
-            why = marker.read_text(errors="replace").strip()
+        try:  # (not blocking on a FIFO planted under its name, nor through a link)
+            fd = os.open(marker, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            with os.fdopen(fd, "rb") as f:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    return None
+                age = time.time() - st.st_mtime
+                why = f.read(1000).decode("utf-8", "replace").strip()
         except OSError:
             return None
         if not 0 <= age < RETRY_AFTER_S:  # (a future time: a clock stepped back, a copy)
@@ -260,14 +271,14 @@ class Compiler:
         path, name = self._path(key), f"fds_kernel_{key}"
         if name in sys.modules:  # (loaded once per process: Cython refuses a second time)
             loaded: Factory = sys.modules[name].make
+            with contextlib.suppress(OSError):  # (in use: not swept as unused)
+                os.utime(path)
             return loaded
         if not path.exists():
             return None
         unsafe = self._unsafe(path, "feature kernel")
         if unsafe:  # (a private cache holding another's file: planted before it was private)
-            log.warning("%s: removed, built again", unsafe)
-            with contextlib.suppress(OSError):
-                path.unlink()
+            log.warning("%s: %s", unsafe, _remove(path))
             return None
         try:
             if not _sealed(path.read_bytes()):  # (a cut one was loaded, and killed the
@@ -288,9 +299,10 @@ class Compiler:
                 " (a file system mounted noexec? set FDS_KERNEL_CACHE to a directory on another)"
                 if "map segment" in str(exc) else ""
             )  # fmt: skip
-            log.warning("feature kernel %s does not load (%s)%s: removed", path, exc, hint)
-            with contextlib.suppress(OSError):  # (a read-only cache: a crash, a QA pass)
-                path.unlink(missing_ok=True)
+            # (its removal failing, a read-only cache, stopped fds replay: a QA pass)
+            log.warning(
+                "feature kernel %s does not load (%s)%s: %s", path, exc, hint, _remove(path)
+            )
             return None
         return make
 
@@ -323,10 +335,11 @@ class Compiler:
         leave a marker that holds other processes from trying it again for a while (not for
         a refusal of the cache: nothing is written into a cache not trusted)."""
         _warn(why)
-        self._built[key] = None
         self._waiting.pop(key, None)
-        if mark:
-            _mark(self._marker(key), str(why))
+        if mark and _mark(self._marker(key), str(why)):  # (it holds this process's plans for
+            self._held.add(key)  # the hour, as another's, said: a reload after it builds)
+        else:
+            self._built[key] = None  # (no marker: never again in this process)
 
     def _start(self, key: str, text: str) -> subprocess.Popen[bytes]:
         """Cython + the C compiler in a child process (:func:`build_in`) in a private
@@ -346,10 +359,10 @@ class Compiler:
             with contextlib.suppress(OSError):  # crash or a reboot: no build lasts that long)
                 if now - old.stat().st_mtime > 2 * BUILD_TIMEOUT_S:
                     shutil.rmtree(old, ignore_errors=True)
-        for old in self.cache.glob("fds_kernel_*"):  # (kernels, markers, logs, locks unused
-            with contextlib.suppress(OSError):  # for a month: an old ruleset's)
-                if now - old.stat().st_mtime > KEEP_S:
-                    old.unlink()
+        for old in self.cache.glob("fds_kernel_*"):  # (kernels, markers, logs unused for a
+            with contextlib.suppress(OSError):  # month: an old ruleset's; not a lock, which a
+                if old.suffix != ".lock" and now - old.stat().st_mtime > KEEP_S:  # build may
+                    old.unlink()  # hold)
         self.builds += 1
         tmp = Path(tempfile.mkdtemp(prefix=f"build-{key}-", dir=self.cache))
         (tmp / f"fds_kernel_{key}.pyx").write_text(text)
@@ -417,13 +430,30 @@ def _sealed(data: bytes) -> bool:
     return data.rfind(SUM_MARK, -len(SUM_MARK) - 64) >= 0 and sum_matches(data)
 
 
-def _mark(marker: Path, why: str) -> None:
-    """Write a failed build's marker (its reason's first line), not through a link planted
-    under its name."""
-    with contextlib.suppress(OSError):  # (a cache that cannot be written: nothing kept)
-        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+def _mark(marker: Path, why: str) -> bool:
+    """Write a failed build's marker (its reason's first line) atomically, a new file renamed
+    over its name (not written through a link or into a FIFO planted there); ``False`` when
+    the cache cannot be written."""
+    tmp = marker.with_name(f".{marker.name}.{os.getpid()}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(f"{(why.splitlines() or ['?'])[0][:300]}\n")
+        os.replace(tmp, marker)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        return False
+    return True
+
+
+def _remove(path: Path) -> str:
+    """Remove a cache entry not to be loaded; what became of it, for the warning."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        return f"not removed ({describe(exc)}): features stay interpreted"
+    return "removed, built again"
 
 
 # The build's child process (a fresh interpreter: its own GIL and its own session).
@@ -439,7 +469,8 @@ def build_in(tmp: str, final: str, failed: str) -> None:
     from Cython.Build.Cythonize import main as cythonize
 
     os.nice(10)  # (the build shares the machine with the hot path it speeds up)
-    work, log_file = Path(tmp), Path(failed)
+    work, log_file, started = Path(tmp), Path(failed), time.time()
+    marker, held = log_file.with_suffix(".failed"), False
     try:
         # One build of a kernel at a time: another process's first, then this one finds it
         # built (short replays on an empty cache each ran gcc for the same kernel, a QA pass).
@@ -447,6 +478,11 @@ def build_in(tmp: str, final: str, failed: str) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX)  # (released when this process ends)
         if Path(final).is_file() and _sealed(Path(final).read_bytes()):
             return
+        with contextlib.suppress(OSError):  # (the other build failed meanwhile: not again)
+            held = marker.stat().st_mtime >= started
+        if held:
+            print(f"error: another build of it failed just now: {marker.read_text()}")
+            raise SystemExit(1)
         (pyx,) = work.glob("*.pyx")
         try:
             cythonize(["-3", "-i", "-q", str(pyx)])
@@ -455,19 +491,17 @@ def build_in(tmp: str, final: str, failed: str) -> None:
                 print(exc.code, flush=True)  # (setuptools' reason: printed by exit, too late)
                 raise
         built = work / Path(final).name
-        _seal(built)
         os.chmod(built, 0o755)  # (the linker's mode follows the umask: 0777 not loaded)
+        _seal(built)
         os.replace(built, final)
-        for done in (log_file.with_suffix(".failed"), log_file):  # (an earlier failure's)
+        for done in (marker, log_file):  # (an earlier failure's)
             with contextlib.suppress(OSError):
                 done.unlink(missing_ok=True)
     except BaseException:
         sys.stdout.flush()
         shutil.copyfile(work / "build.log", failed)
-        # (the marker, here too: a service that dies sooner than its build leaves one)
-        _mark(
-            Path(failed).with_suffix(".failed"), _reason(Path(failed).read_text("utf-8", "replace"))
-        )
+        if not held:  # (the marker, here too: a service that dies sooner than its build
+            _mark(marker, _reason(log_file.read_text("utf-8", "replace")))  # leaves one)
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -836,7 +836,8 @@ class FeaturePlan:
         from fds.models.registry import read_own, sum_matches
 
         try:
-            data = read_own(Path(path))  # (another user's, or every user's: not unpickled)
+            data = read_own(Path(path).resolve())  # (another user's, or every user's: not
+            # unpickled; a link, `latest -> ckpt-12`, is followed: the file it names is checked)
         except FileNotFoundError:
             raise ConfigError(f"no feature checkpoint at {path}: check the path") from None
         except OSError as e:  # (a directory, a link)

@@ -485,6 +485,15 @@ class ColumnMapping(ReadOptions):
             if sep
             else ""
         )
+        held = _records_key(first_record) if first_record is not None else None
+        if held is not None:  # (a wrapper with more than its list, `{"transactions": [...],
+            path = (
+                f".{held}[]" if _JQ_NAME.fullmatch(held) else f".[{orjson.dumps(held).decode()}][]"
+            )
+            hint += (  # "count": 2}`, lost its jq hint: a review)
+                f" (its field {held!r} holds a list of records: if they are the transactions, "
+                f"make them one a line, e.g. jq -c '{path}' FILE > FILE.jsonl)"
+            )
         missing = [c for c in wanted if c not in columns and not _nested(c, objects, first_record)]
         if missing:
             # (said as "not in the file" alone: a QA pass)

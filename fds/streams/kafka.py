@@ -1124,6 +1124,8 @@ OTHER_ENV = frozenset({
     "FDS_KIT_STOREPASS", "FDS_REQUIRE_INTEGRATION", "FDS_TEST_BOOTSTRAP", "FDS_TEST_KEEP_BROKER",
     "FDS_TRACE_OUT", "FDS_FAULT_KILL_AFTER_FLUSH", "FDS_FAULT_FOLD_DELAY_S", "FDS_KAFKA_LOG_MB",
     "FDS_FEATURE_KERNEL", "FDS_KERNEL_CACHE",  # (fds.features.kernel.Compiler.from_env)
+    # (read by benchmarks/, warned of by every command once every command warned: a review)
+    "FDS_KEEP_SCRATCH", "FDS_BENCH_TREE",
 })  # fmt: skip
 _WARNED_ENV: set[str] = set()
 

@@ -82,6 +82,10 @@ def test_restore_refuses_a_checkpoint_whose_bytes_changed(tmp_path: Path) -> Non
         FeaturePlan(ALL_SPECS, grace=GRACE).restore(unsummed)
     with pytest.raises(ConfigError, match="cannot be read"):
         FeaturePlan(ALL_SPECS, grace=GRACE).restore(tmp_path)  # (a directory)
+    (tmp_path / "latest").symlink_to(path.name)  # (a link to the newest: followed, a review)
+    path.write_bytes(b"")
+    plan.checkpoint(path, 9)
+    assert FeaturePlan(ALL_SPECS, grace=GRACE).restore(tmp_path / "latest") == 9
 
 
 def test_late_event_is_flagged_counted_and_not_folded() -> None:

@@ -248,6 +248,24 @@ def test_a_failed_build_is_said_once_and_not_tried_again_within_the_hour(
     assert not marker.exists()
 
 
+def test_a_fifo_planted_as_the_marker_blocks_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A FIFO under a marker's name hung the start (its read blocked, the compiler's lock
+    held: a review): it is no marker, and a failure's marker replaces it."""
+    monkeypatch.setenv("CC", "false")
+    assert child(tmp_path, "19h") == "False False 1"  # (failed: its marker left)
+    (marker,) = tmp_path.glob("fds_kernel_*.failed")
+    marker.unlink()
+    os.mkfifo(marker)
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, str(tmp_path), "19h"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.stdout.strip() == "False False 1", done.stderr  # (built again, failed again)
+    assert marker.is_file() and "false" in marker.read_text()
+
+
 def test_a_build_that_fails_leaves_its_marker_even_if_its_process_is_gone(
     tmp_path: Path,
 ) -> None:
@@ -263,16 +281,19 @@ def test_a_build_that_fails_leaves_its_marker_even_if_its_process_is_gone(
     assert child(tmp_path, "9h") == "False False 0"  # (held: no build)
 
 
-@pytest.mark.parametrize("how", ["writable by others", "another user's"])
+MODES = {"writable by every user": 0o777, "writable by its group": 0o775}
+
+
+@pytest.mark.parametrize("how", [*MODES, "another user's"])
 def test_a_cache_others_can_write_is_not_loaded_from(tmp_path: Path, how: str) -> None:
     """fds loads code from its cache: one that is not private is refused (a planted kernel
-    would run inside the engine), the plans interpreted, nothing built there."""
+    would run inside the engine), the plans interpreted, nothing built there. Its group too:
+    a module is checked by its path and then loaded by it, and a group member could swap it
+    between the two (a review)."""
     cache = tmp_path / "kernels"
     assert child(cache, "7h") == "False True 1"
-    cache.chmod(0o775)  # (group write is allowed, as for checkpoints: a Kubernetes fsGroup)
-    assert child(cache, "7h") == "True True 0"
-    if how == "writable by others":
-        cache.chmod(0o777)
+    if how in MODES:
+        cache.chmod(MODES[how])
     else:
         if os.geteuid() != 0:
             pytest.skip("changing a directory's owner needs root")
@@ -282,20 +303,20 @@ def test_a_cache_others_can_write_is_not_loaded_from(tmp_path: Path, how: str) -
     )
     assert done.stdout.strip() == "False False 0", done.stderr  # (not loaded, not built)
     assert "features stay interpreted" in done.stderr
-    assert ("writable by every user (mode 0777)" if how == "writable by others" else
-            "owned by user 4242") in done.stderr  # fmt: skip
+    want = f"{how} (mode {MODES[how]:04o})" if how in MODES else "owned by user 4242"
+    assert want in done.stderr, done.stderr
     cache.chmod(0o755)
     os.chown(cache, os.geteuid(), -1)
     assert child(cache, "7h") == "True True 0"
     (kernel,) = cache.glob("fds_kernel_*.so")
-    kernel.chmod(0o666)  # (a private cache holding a kernel others could rewrite: replaced)
+    kernel.chmod(0o664)  # (a private cache holding a kernel others could rewrite: replaced)
     assert child(cache, "7h") == "False True 1"
     assert not list(cache.glob("*.failed"))
 
 
 def test_a_kernel_built_under_a_permissive_umask_is_loaded(tmp_path: Path) -> None:
     """The linker's file mode follows the umask: under 000 the kernel was world-writable and
-    refused by the very check that guards the cache (a review, with 002 and group refused)."""
+    refused by the very check that guards the cache (a review)."""
     cache = tmp_path / "kernels"
     assert child(cache, "11h", umask=0o000) == "False True 1"
     assert child(cache, "11h", umask=0o000) == "True True 0"

@@ -166,12 +166,18 @@ def test_every_fds_variable_the_code_reads_is_one_fds_knows():
     from fds.streams.kafka import unknown_env
 
     root = Path(kafka_kit.__file__).parents[1]
+    benchmarks = root.parent / "benchmarks"  # (every command warns: their variables too)
     read = {
         name
-        for path in root.rglob("*.py")
+        for path in [*root.rglob("*.py"), *benchmarks.glob("*.py")]
         for name in re.findall(r'env(?:iron)?(?:\.get\(|\[)\s*"(FDS_[A-Z0-9_]+)"', path.read_text())
     }
-    assert {"FDS_KAFKA_LOG_MB", "FDS_FEATURE_KERNEL", "FDS_KERNEL_CACHE"} <= read
+    assert {
+        "FDS_KAFKA_LOG_MB",
+        "FDS_FEATURE_KERNEL",
+        "FDS_KERNEL_CACHE",
+        "FDS_KEEP_SCRATCH",
+    } <= read
     assert unknown_env(dict.fromkeys(read, "x")) == []
 
 
