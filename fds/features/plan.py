@@ -840,7 +840,7 @@ class FeaturePlan:
             # unpickled; a link, `latest -> ckpt-12`, is followed: the file it names is checked)
         except FileNotFoundError:
             raise ConfigError(f"no feature checkpoint at {path}: check the path") from None
-        except OSError as e:  # (a directory, a link)
+        except OSError as e:  # (a directory, a FIFO)
             raise ConfigError(f"feature checkpoint {path} cannot be read ({describe(e)})") from None
         if not sum_matches(data):
             raise ConfigError(
