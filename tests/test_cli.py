@@ -165,6 +165,10 @@ def test_a_json_array_is_told_how_to_become_json_lines(tmp_path, capsys):
     )
     mapping = tmp_path / "m.yaml"
     mapping.write_text("fields: {tx_id: id}\n")
+    own = tmp_path / "own.jsonl"  # (a transaction of its own, a column missing: no jq hint that
+    own.write_text(record.read_text().replace('"id"', '"tx_id"'))  # would make items records)
+    assert bare_replay(str(own), "--mapping", str(mapping), "--out", str(tmp_path / "o.jsonl")) == 2
+    assert "holds a list of records" not in said(capsys)
     assert (
         bare_replay(str(record), "--mapping", str(mapping), "--out", str(tmp_path / "o.jsonl")) == 0
     )

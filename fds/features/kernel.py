@@ -240,6 +240,8 @@ class Compiler:
         )
         if why is None:
             return None
+        if what != "feature kernel cache":  # (a kernel: removed, no advice to follow)
+            return f"{what} {path} is {why}: fds loads no code from it"
         fix = (
             "set FDS_KERNEL_CACHE to a directory of your own" if st.st_uid != os.geteuid()
             else f"make it private (chmod go-w '{path}')"
@@ -334,12 +336,17 @@ class Compiler:
         """(Lock held.) The plans waiting for ``key`` stay interpreted; said once. ``mark``:
         leave a marker that holds other processes from trying it again for a while (not for
         a refusal of the cache: nothing is written into a cache not trusted)."""
-        _warn(why)
         self._waiting.pop(key, None)
-        if mark and _mark(self._marker(key), str(why)):  # (it holds this process's plans for
-            self._held.add(key)  # the hour, as another's, said: a reload after it builds)
+        marker = self._marker(key)
+        if mark and _mark(marker, str(why)):  # (it holds this process's plans for the hour, as
+            self._held.add(key)  # another's, said now: a reload after it builds)
+            why = (
+                f"{why}; not tried again for {RETRY_AFTER_S / 3600:.0f} h (by any process): "
+                f"delete {marker} to try at once"
+            )  # (said by the next start only: a QA pass)
         else:
             self._built[key] = None  # (no marker: never again in this process)
+        _warn(why)
 
     def _start(self, key: str, text: str) -> subprocess.Popen[bytes]:
         """Cython + the C compiler in a child process (:func:`build_in`) in a private
@@ -500,6 +507,7 @@ def build_in(tmp: str, final: str, failed: str) -> None:
     except BaseException:
         sys.stdout.flush()
         shutil.copyfile(work / "build.log", failed)
+        os.chmod(failed, 0o600)  # (as the cache's other files)
         if not held:  # (the marker, here too: a service that dies sooner than its build
             _mark(marker, _reason(log_file.read_text("utf-8", "replace")))  # leaves one)
         raise

@@ -108,10 +108,7 @@ def _list(args: argparse.Namespace) -> int:
             reg.verify_file(champ, reg.entry(champ))
     except ArtifactError as e:
         if not _checkable_elsewhere(e, reg, champ):
-            return _fail(
-                args, f"the champion fails its check: {e}; scorers serve an earlier version "
-                "or the rules alone: `fds models promote` a good one or `fds models rollback`", 1
-            )  # fmt: skip
+            return _fail(args, f"the champion fails its check: {_failing(e)}", 1)
     return 0
 
 
@@ -169,11 +166,12 @@ def _promote(args: argparse.Namespace) -> int:
                 f"here: {e})"
             )
             return 0
-        if already:
-            return _fail(args, ArtifactError(
-                f"{before['version']} is the champion, but its artifact does not verify ({e}): "
-                "scorers refuse to load it; `fds models rollback` makes the previous one the "
-                "champion again"), 1)  # fmt: skip
+        if already:  # (said as `list` says it: a rollback told where there was none to
+            return _fail(  # roll back to, and to a wrong key's machine, a QA pass)
+                args,
+                f"{before['version']} is the champion, but it fails its check: {_failing(e)}",
+                1,
+            )
         return _fail(args, ArtifactError(f"{args.version} not promoted: {e}"), 1)
     if unserved is None:
         # (scorers fed by a models topic: through this registry's trainer, said as such: it
@@ -192,6 +190,14 @@ def _promote(args: argparse.Namespace) -> int:
         "`fds models rollback` makes the registry's champion the previous one again"
     )
     return 0
+
+
+def _failing(e: ArtifactError) -> str:
+    """What a champion failing its check means, and what to do."""
+    return (
+        f"{e}; scorers that check it the same way (the same FDS_MODEL_KEY) serve an earlier "
+        "version or the rules alone: `fds models promote` a good one or `fds models rollback`"
+    )
 
 
 def _checkable_elsewhere(e: ArtifactError, reg: Any, version: str) -> bool:

@@ -486,11 +486,15 @@ class ColumnMapping(ReadOptions):
             else ""
         )
         held = _records_key(first_record) if first_record is not None else None
-        if held is not None:  # (a wrapper with more than its list, `{"transactions": [...],
+        # A wrapper with more than its list (`{"transactions": [...], "count": 2}` lost its jq
+        # hint: a review), not a transaction of its own with a list field, none of whose
+        # columns it holds (its jq would have made the items the records: a QA pass).
+        named = {*wanted, *(f for f in self._required if f not in self.fields)}
+        if held is not None and not named & set(columns):
             path = (
                 f".{held}[]" if _JQ_NAME.fullmatch(held) else f".[{orjson.dumps(held).decode()}][]"
             )
-            hint += (  # "count": 2}`, lost its jq hint: a review)
+            hint += (
                 f" (its field {held!r} holds a list of records: if they are the transactions, "
                 f"make them one a line, e.g. jq -c '{path}' FILE > FILE.jsonl)"
             )

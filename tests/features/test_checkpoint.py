@@ -74,6 +74,12 @@ def test_restore_refuses_a_checkpoint_whose_bytes_changed(tmp_path: Path) -> Non
     assert pickle.loads(bytes(data))  # (it unpickles)
     with pytest.raises(ConfigError, match="do not match the checksum"):
         FeaturePlan(ALL_SPECS, grace=GRACE).restore(path)
+    plan.checkpoint(path, 7)  # a byte changed in the checksum's mark: no file of before (QA)
+    data = bytearray(path.read_bytes())
+    data[-70] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(ConfigError, match="do not match the checksum"):
+        FeaturePlan(ALL_SPECS, grace=GRACE).restore(path)
     unsummed = tmp_path / "old"  # a checkpoint of a release before the sum: read as it is
     unsummed.write_bytes(pickle.dumps({**plan.state_dict(), "position": 3}, 5))
     assert FeaturePlan(ALL_SPECS, grace=GRACE).restore(unsummed) == 3

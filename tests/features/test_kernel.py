@@ -223,6 +223,7 @@ def test_a_failed_build_is_said_once_and_not_tried_again_within_the_hour(
     said = [r.getMessage() for r in caplog.records if r.name == "fds.features.kernel"]
     assert len(said) == 1 and "features stay interpreted" in said[0], said
     assert re.search(r"command '\S*false' failed", said[0]), said  # (the compiler's reason)
+    assert "not tried again for 1 h (by any process): delete " in said[0], said
     tx = {"tx_id": "t", "ts": 1e9, "card_id": "c", "amount": 2.0}
     assert first.compute(tx) == {"n": 1} and not first.compiled
     assert not plan(specs, compiler=c).compiled and c.builds == 1  # (not tried again)

@@ -973,8 +973,8 @@ def test_the_models_commands_take_v3_and_say_a_champion_promoted_again_is_alread
     path.write_bytes(path.read_bytes()[:-8] + b"tampered")
     assert main([*base, "v1"]) == 1
     err = capsys.readouterr().err
-    assert "v000001 is the champion, but its artifact does not verify" in err, err
-    assert "fds models rollback" in err
+    assert "v000001 is the champion, but it fails its check" in err, err
+    assert "`fds models promote` a good one or `fds models rollback`" in err
 
 
 def test_promoting_the_champion_where_its_key_is_not_set_says_it_is_not_verified_here(
