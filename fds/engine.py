@@ -543,8 +543,9 @@ class Engine:
     def report(self) -> None:
         """Export slow-moving state to metrics; call between events every few thousand events.
 
-        Rules skipped for a missing name, entities held in window state, and who is demoted
-        by the rate breaker now (a restored engine included). Also serves a model version
+        Rules skipped for a missing name and who is demoted by the rate breaker now (a
+        restored engine included); the entities held in window state are read at each scrape
+        (the metrics watch the features since they are given). Also serves a model version
         prepared meanwhile (a rollback while the input is idle is served, and shown in
         ``fds_model_info``, without waiting for the next transaction).
         """
@@ -558,10 +559,6 @@ class Engine:
         drain = getattr(self.rules, "drain_counts", None)  # a Ruleset or a RulesReloader
         if drain is not None:
             m.drain_rule_counts(drain)
-        sizes = getattr(self.features, "state_sizes", None)
-        if sizes is not None:
-            for entity, n in sizes().items():
-                m.state_entities(entity, n)
         m.demoted_now((source_kind(s), s) for s in sorted(self.demoted))
 
     def close(self) -> None:
