@@ -22,7 +22,7 @@ again (a service restarted in a loop builds nothing). Kernels are cached by the 
 source, the names it binds, Cython's version and the interpreter's ABI tag, so a ruleset's
 features are built once per machine; the cache is safe to delete. fds loads code from it: a
 cache directory (or kernel) of another user, or one its group or every user can write, is
-refused, the plans interpreted.
+refused, the plans interpreted; a kernel is checked and loaded through one open file.
 
 >>> Compiler.from_env({"FDS_FEATURE_KERNEL": "off"}) is None
 True
@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import importlib.machinery
 import importlib.util
 import logging
 import os
@@ -221,16 +222,18 @@ class Compiler:
         return self.cache / f"fds_kernel_{key}.failed"  # (why, when: see _failed_lately)
 
     @staticmethod
-    def _unsafe(path: Path, what: str = "feature kernel cache") -> str | None:
-        """Why fds must not load code from ``path`` (the cache or a kernel in it): another
-        user's, or writable by its group or every user (stricter than a checkpoint's
-        :func:`~fds.models.registry.untrusted`: a module is checked by its path, then loaded by
-        it, and a group member could swap it between the two, a review); ``None`` when it is
-        not, or not there yet (the cache is made 0700, its modules 0755)."""
+    def _unsafe(
+        path: Path, what: str = "feature kernel cache", st: os.stat_result | None = None
+    ) -> str | None:
+        """Why fds must not load code from ``path`` (the cache or a kernel in it, ``st`` its
+        stat when the caller holds it open): another user's, or writable by its group or every
+        user (stricter than a checkpoint's :func:`~fds.models.registry.untrusted`: a group
+        member could rewrite a module in place); ``None`` when it is not, or not there yet
+        (the cache is made 0700, its modules 0755)."""
         from fds.models.registry import untrusted
 
         try:
-            st = path.stat()
+            st = st or path.stat()
         except OSError:
             return None  # (missing: made when first needed; unreadable: the build says why)
         why = untrusted(st) or (
@@ -276,22 +279,23 @@ class Compiler:
             with contextlib.suppress(OSError):  # (in use: not swept as unused)
                 os.utime(path)
             return loaded
-        if not path.exists():
+        try:  # (checked and loaded through one open file: the code loaded is the code
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # checked, whoever
+        except FileNotFoundError:  # can write the cache's parents or swap the file meanwhile)
             return None
-        unsafe = self._unsafe(path, "feature kernel")
-        if unsafe:  # (a private cache holding another's file: planted before it was private)
-            log.warning("%s: %s", unsafe, _remove(path))
+        except OSError as exc:
+            log.warning("feature kernel %s does not open (%s)", path, describe(exc))
             return None
         try:
-            if not _sealed(path.read_bytes()):  # (a cut one was loaded, and killed the
-                raise ValueError(  # process at every start by SIGBUS: a QA pass)
-                    "damaged: its bytes do not match the checksum written with them (a file "
-                    "cut short, a failing disk), or it has none (an earlier release's)"
-                )
-            spec = importlib.util.spec_from_file_location(name, path)
-            assert spec is not None and spec.loader is not None
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
+            st = os.fstat(fd)
+            unsafe = (
+                self._unsafe(path, "feature kernel", st) if stat.S_ISREG(st.st_mode)
+                else f"feature kernel {path} is no regular file: fds loads no code from it"
+            )  # fmt: skip
+            if unsafe:  # (a private cache holding another's file: planted before it was private)
+                log.warning("%s: %s", unsafe, _remove(path))
+                return None
+            module = _exec(name, path, fd)
             make: Factory = module.make
             sys.modules[name] = module
             with contextlib.suppress(OSError):  # (its last use: a kernel unused for KEEP_S
@@ -306,6 +310,8 @@ class Compiler:
                 "feature kernel %s does not load (%s)%s: %s", path, exc, hint, _remove(path)
             )
             return None
+        finally:
+            os.close(fd)
         return make
 
     def _build(self, key: str, child: subprocess.Popen[bytes]) -> None:
@@ -435,6 +441,35 @@ def _sealed(data: bytes) -> bool:
     from fds.models.registry import SUM_MARK, sum_matches
 
     return data.rfind(SUM_MARK, -len(SUM_MARK) - 64) >= 0 and sum_matches(data)
+
+
+# The descriptors of the kernels loaded (see _exec).
+_HELD: list[int] = []
+
+
+def _exec(name: str, path: Path, fd: int) -> Any:
+    """Import the module open as ``fd`` (``path`` is its name in the cache), once its bytes are
+    whole: loaded through ``/proc/self/fd`` where there is one, so that what is loaded is the
+    file checked, not whatever ``path`` names by then."""
+    with os.fdopen(os.dup(fd), "rb") as f:
+        data = f.read()
+    if not _sealed(data):  # (a cut one was loaded, and killed the process at every start by
+        raise ValueError(  # SIGBUS: a QA pass)
+            "damaged: its bytes do not match the checksum written with them (a file cut "
+            "short, a failing disk), or it has none (an earlier release's)"
+        )
+    where = str(path)
+    if os.path.exists("/proc/self/fd"):  # (a descriptor of its own, held for the life of the
+        _HELD.append(os.dup(fd))  # process as the module is: the dynamic loader knows a
+        where = f"/proc/self/fd/{_HELD[-1]}"  # module by the name it was opened by, and a
+        # number closed and used again would name the module loaded before: a test)
+    loader = importlib.machinery.ExtensionFileLoader(name, where)
+    spec = importlib.util.spec_from_file_location(name, where, loader=loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    module.__file__ = str(path)
+    return module
 
 
 def _mark(marker: Path, why: str) -> bool:

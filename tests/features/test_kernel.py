@@ -387,6 +387,63 @@ def test_a_damaged_entry_that_cannot_be_removed_leaves_the_plan_interpreted(
     c.wait()
 
 
+SWAP = """
+import os, sys
+from types import SimpleNamespace as S
+import fds.features.kernel as k
+from fds.features import FeaturePlan
+cache, kernel, other = sys.argv[1:]
+sealed = k._sealed
+
+def swapped(data):  # (checked: now the file at its path is replaced by another's)
+    os.replace(other, kernel)
+    return sealed(data)
+
+k._sealed = swapped
+specs = [S(name="n_21h", entity="card_id", agg="count", field=None, window="21h")]
+p = FeaturePlan(specs, compiler=k.Compiler(cache))
+print(p.compiled, p.compute({"tx_id": "t", "ts": 1e9, "card_id": "c"}))
+"""
+
+
+def test_the_kernel_loaded_is_the_file_checked(tmp_path: Path) -> None:
+    """A kernel was checked by its path, then loaded by it: a file put in its place between the
+    two (by whoever can write the cache's parent directories) was loaded unchecked. Loaded
+    through the open file it was checked in, the swap changes nothing."""
+    cache, other = tmp_path / "cache", tmp_path / "other"
+    child(cache, "21h")
+    child(other, "22h")  # (another valid module: loaded by the path, it fails)
+    (kernel,) = cache.glob("fds_kernel_*.so")
+    (planted,) = other.glob("fds_kernel_*.so")
+    done = subprocess.run(
+        [sys.executable, "-c", SWAP, str(cache), str(kernel), str(planted)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True {'n_21h': 1}", done.stderr
+    assert not planted.exists(), "the swap was made"
+
+
+def test_a_process_loads_one_cached_kernel_after_another(tmp_path: Path) -> None:
+    """The dynamic loader knows a module by the name it was opened by: a descriptor's number
+    closed and used again for the next kernel named the first (which then did not load)."""
+    child(tmp_path, "23h")
+    child(tmp_path, "1d")
+    script = (
+        "import sys\n"
+        "from types import SimpleNamespace as S\n"
+        "from fds.features import FeaturePlan\n"
+        "from fds.features.kernel import Compiler\n"
+        "c = Compiler(sys.argv[1])\n"
+        "print([FeaturePlan([S(name='n_' + w, entity='card_id', agg='count', field=None,"
+        " window=w)], compiler=c).compiled for w in ('23h', '1d')], c.builds)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True
+    )
+    assert done.stdout.strip() == "[True, True] 0", done.stderr
+
+
 def test_one_build_of_a_kernel_runs_at_a_time(tmp_path: Path) -> None:
     """Short replays on an empty cache each ran gcc for the same kernel (a QA pass): a build
     waits for another's (a lock per kernel) and takes what it built."""
