@@ -18,7 +18,8 @@ module cut short killed the process with SIGBUS when loaded); one build of a ker
 time (a lock per kernel in the cache). A build that fails (no C compiler, no Python headers) is
 said once and the plan stays interpreted, which decides the same; a marker in the cache, left by
 the build itself, holds plans made within the hour (a start, a rules reload) from trying it
-again (a service restarted in a loop builds nothing). Kernels are cached by the hash of their
+again (a service restarted in a loop builds nothing); a plan left interpreted asks again every
+10 minutes. Kernels are cached by the hash of their
 source, the names it binds, Cython's version and the interpreter's ABI tag, so a ruleset's
 features are built once per machine; the cache is safe to delete. fds loads code from it: a
 cache directory (or kernel) of another user, or one its group or every user can write, is
@@ -267,9 +268,9 @@ class Compiler:
         if not 0 <= age < RETRY_AFTER_S:  # (a future time: a clock stepped back, a copy)
             return None
         return (
-            f"its build failed {age / 60:.0f} min ago ({why}); a plan made (a start, a rules "
-            f"reload) {RETRY_AFTER_S / 3600:.0f} h after that failure, or once {marker} is "
-            "deleted, builds it again"
+            f"its build failed {age / 60:.0f} min ago ({why}); it is built again "
+            f"{RETRY_AFTER_S / 3600:.0f} h after that failure, or once {marker} is deleted "
+            "(by a start, a rules reload, or a running plan within 10 min)"
         )
 
     def _load(self, key: str) -> Factory | None:

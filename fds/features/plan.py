@@ -46,6 +46,7 @@ import logging
 import math
 import os
 import pickle
+import time
 import weakref
 from array import array
 from bisect import bisect_left, bisect_right
@@ -108,6 +109,10 @@ _SWEEP_STEP = 512
 # buckets newest first (one binary search per frozen bucket): 128 buckets of a 28-day TTL
 # hold 5.25 h each.
 _LABEL_BUCKETS = 128
+# A plan left interpreted by its kernel's failed build asks for it again this often (wall
+# time, checked at its sweeps): built once the failure's marker is an hour old or deleted,
+# without a restart (a service ran interpreted until its next start or rules reload).
+_KERNEL_RETRY_S = 600.0
 
 
 def _split(name: str) -> tuple[str, str | None]:
@@ -340,6 +345,7 @@ class FeaturePlan:
             self._run = run
         else:  # (the compiled kernel of the same source, once built: fds.features.kernel)
             self.compiled = self.compiler.attach(self, self.source, ns, run)
+            self._kernel_retry = time.monotonic() + _KERNEL_RETRY_S
 
     def state_sizes(self) -> dict[str, int]:
         """Entities held per entity type, e.g. ``{"card_id": 1203, "merchant_id": 88}``."""
@@ -379,6 +385,8 @@ class FeaturePlan:
         self._accepted += 1
         if self._accepted >= self._sweep_after:
             self._sweep()
+            if not self.compiled and self.compiler and time.monotonic() > self._kernel_retry:
+                self._bind()  # (its kernel asked for again: see _KERNEL_RETRY_S)
         return out
 
     # ------------------------------------------------------------------ rare paths

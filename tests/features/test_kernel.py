@@ -249,6 +249,31 @@ def test_a_failed_build_is_said_once_and_not_tried_again_within_the_hour(
     assert not marker.exists()
 
 
+def test_a_running_plan_takes_its_kernel_once_its_failure_is_past(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A service whose kernel failed ran interpreted until its next start or rules reload; it
+    asks again (every 10 min, here at each sweep): held while the marker holds, built once it
+    is gone (deleted, as the warning says, or an hour old)."""
+    monkeypatch.setattr("fds.features.plan._KERNEL_RETRY_S", 0.0)
+    monkeypatch.setenv("CC", "false")
+    c = Compiler(tmp_path)
+    specs = [SimpleNamespace(name="n_6h", entity="card_id", agg="count", field=None, window="6h")]
+    live, ref = FeaturePlan(specs, compiler=c, sweep_min_events=1), plan(specs)
+    assert c.wait() and not live.compiled
+    txs = [{"tx_id": f"t{i}", "ts": 1e9 + 60.0 * i, "card_id": f"c{i % 3}"} for i in range(30)]
+    out = [live.compute(tx) for tx in txs[:10]]
+    assert c.builds == 1 and not live.compiled, "tried again while its marker holds"
+    monkeypatch.delenv("CC")
+    (marker,) = tmp_path.glob("fds_kernel_*.failed")
+    marker.unlink()
+    out += [live.compute(tx) for tx in txs[10:20]]
+    assert c.wait() and c.builds == 2
+    out += [live.compute(tx) for tx in txs[20:]]
+    assert live.compiled
+    assert same(out, [ref.compute(tx) for tx in txs])
+
+
 def test_a_fifo_planted_as_the_marker_blocks_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
