@@ -190,6 +190,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _flags(parser: argparse.ArgumentParser) -> set[str]:
+    """Every long option of ``parser`` and of its commands."""
+    flags: set[str] = set()
+    for action in parser._actions:
+        flags.update(o for o in action.option_strings if o.startswith("--"))
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                flags |= _flags(command)
+    return flags
+
+
 # Services that stop on SIGTERM once running: a SIGTERM while they start (imports, engine,
 # model feed: seconds on a loaded machine) ends them with code 0 too, not by the signal
 # (a review saw exit code 143 for every SIGTERM in the first ~4 s of `fds run`).
@@ -249,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     if _wants_json(sys.argv[1:] if argv is None else argv):  # (argparse's errors too)
         configure_logging("INFO", fmt="json")
     try:
-        args = build_parser().parse_args(argv)  # (imports every command's module: a while)
+        parser = build_parser()  # (imports every command's module: a while)
+        args = parser.parse_args(argv)
     except _Terminated:
         return 143
     except KeyboardInterrupt:  # (a traceback, not JSON with --log-format json: a QA pass)
@@ -259,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     if any(k.upper().startswith("FDS_") for k in os.environ):  # (a typo of one was ignored
         from fds.streams.kafka import warn_unknown_env  # without a word where no Kafka
 
-        warn_unknown_env()  # settings are read: FDS_FEATURE_KERNL=off, a QA pass)
+        warn_unknown_env(_flags(parser), logging.getLogger("fds.cli"))  # settings are read:
+        # FDS_FEATURE_KERNL=off, a QA pass; a hint of a flag only where a command has it)
     try:
         code = int(args.func(args) or 0)
         # (a summary printed after a SIGTERM: the status still says the signal stopped it)

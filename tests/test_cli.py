@@ -130,6 +130,25 @@ def test_a_misspelt_fds_variable_is_told_by_a_replay(tmp_path, capsys, monkeypat
     assert "FDS_FEATURE_KERNL is no variable fds reads: ignored (did you mean " in said(capsys)
 
 
+def test_an_unknown_fds_variable_is_told_by_the_cli_with_a_flag_only_where_one_exists(
+    tmp_path, capsys, monkeypatch
+):
+    """A QA pass: FDS_FOO was told "give --foo where the command has it", a flag no command
+    has, and every command's warning was logged as fds.streams.kafka."""
+    from fds.streams import kafka
+
+    monkeypatch.setattr(kafka, "_WARNED_ENV", set())
+    monkeypatch.setenv("FDS_FOO", "1")
+    monkeypatch.setenv("FDS_RULES", "rules/x.yaml")
+    p = tmp_path / "x.jsonl"
+    p.write_text('{"tx_id": "t1", "ts": 1767225600, "card_id": "c", "amount": 5}\n')
+    assert bare_replay(str(p), "--out", str(tmp_path / "d.jsonl")) == 0
+    err = said(capsys)
+    assert "FDS_FOO is no variable fds reads: ignored" in err and "--foo" not in err
+    assert "FDS_RULES is no variable fds reads: ignored (give --rules where " in err
+    assert 'logger="fds.cli"' in err and "fds.streams.kafka" not in err
+
+
 def test_an_out_file_named_as_csv_is_told_it_holds_json_lines(tmp_path, capsys):
     """A QA pass: `--out decisions.csv` wrote JSON Lines into a .csv name without a word."""
     p = tmp_path / "x.jsonl"

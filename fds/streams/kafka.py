@@ -85,7 +85,7 @@ import time
 import typing
 import weakref
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC
 from pathlib import Path
@@ -1130,14 +1130,16 @@ OTHER_ENV = frozenset({
 _WARNED_ENV: set[str] = set()
 
 
-def unknown_env(environ: Mapping[str, str]) -> list[str]:
-    """What to say of each ``FDS_*`` variable in ``environ`` that fds does not read (a typo,
-    or a flag-only option such as ``--rules``: it was ignored without a word, a QA pass).
+def unknown_env(environ: Mapping[str, str], flags: Collection[str] = ()) -> list[tuple[str, str]]:
+    """Each ``FDS_*`` variable in ``environ`` that fds does not read (a typo, or a flag-only
+    option such as ``--rules``: it was ignored without a word, a QA pass) and what to say of
+    it; ``flags``: the command line's options, one of which it may have meant.
 
-    >>> env = {"FDS_GROUP": "g", "FDS_BOOTSTRAPP": "h", "FDS_REGISTRY": "r", "FDS_RULES": "r"}
-    >>> for said in unknown_env(env):
+    >>> env = {"FDS_GROUP": "g", "FDS_BOOTSTRAPP": "h", "FDS_RULES": "r", "FDS_FOO": "1"}
+    >>> for _, said in unknown_env(env, flags={"--rules"}):
     ...     print(said)
     FDS_BOOTSTRAPP is no variable fds reads: ignored (did you mean FDS_BOOTSTRAP?)
+    FDS_FOO is no variable fds reads: ignored
     FDS_RULES is no variable fds reads: ignored (give --rules where the command has it)
     """
     known = {f"FDS_{k.upper()}" for k in KafkaSettings.model_fields} | OTHER_ENV
@@ -1147,20 +1149,23 @@ def unknown_env(environ: Mapping[str, str]) -> list[str]:
         if not upper.startswith("FDS_") or upper in known:
             continue
         close = difflib.get_close_matches(upper, known, n=1, cutoff=0.8)
+        flag = f"--{upper[4:].lower().replace('_', '-')}"
         hint = (
-            f"did you mean {close[0]}?" if close
-            else f"give --{upper[4:].lower().replace('_', '-')} where the command has it"
+            f" (did you mean {close[0]}?)" if close
+            else f" (give {flag} where the command has it)" if flag in flags
+            else ""
         )  # fmt: skip
-        said.append(f"{name} is no variable fds reads: ignored ({hint})")
+        said.append((name, f"{name} is no variable fds reads: ignored{hint}"))
     return said
 
 
-def warn_unknown_env() -> None:
-    """Warn of each ``FDS_*`` variable of the environment fds does not read (once each)."""
-    for said in unknown_env(os.environ):
-        if said not in _WARNED_ENV:
-            _WARNED_ENV.add(said)
-            log.warning("%s", said)
+def warn_unknown_env(flags: Collection[str] = (), logger: logging.Logger = log) -> None:
+    """Warn of each ``FDS_*`` variable of the environment fds does not read (once each), to
+    ``logger`` (the command's, from the CLI, with its ``flags``)."""
+    for name, said in unknown_env(os.environ, flags):
+        if name not in _WARNED_ENV:
+            _WARNED_ENV.add(name)
+            logger.warning("%s", said)
 
 
 def load_settings(file: Path | str | None = None, **flags: Any) -> KafkaSettings:
