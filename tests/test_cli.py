@@ -177,7 +177,9 @@ def test_a_json_array_is_told_how_to_become_json_lines(tmp_path, capsys):
     paged = tmp_path / "p.json"  # (a page of an API's export: the list and more, told too)
     paged.write_text('{"transactions": ' + p.read_text().strip() + ', "count": 1}\n')
     assert bare_replay(str(paged), "--out", str(tmp_path / "o.jsonl")) == 2
-    assert "its field 'transactions' holds a list of records" in said(capsys)
+    err = said(capsys)  # (its jq command names the file: it said FILE, a QA pass)
+    assert "its field 'transactions' holds a list of records" in err
+    assert f"jq -c '.transactions[]' {paged} > {tmp_path}/p.jsonl" in err
     record = tmp_path / "r.jsonl"  # (a record holding a list of objects is a record, its id
     record.write_text(  # mapped from another name too: a review)
         '{"id": "t1", "ts": 1767225600, "card_id": "c", "amount": 5, "items": [{"sku": 1}]}\n'

@@ -461,6 +461,7 @@ class ColumnMapping(ReadOptions):
         *,
         first_record: dict[str, Any] | None = None,
         objects: Collection[str] = (),
+        file: Path | None = None,
     ) -> None:
         """Raise :class:`ConfigError` when a mapped column is not in the file, or a required
         field is neither mapped nor a column. A dotted name (``card.id``) that is no column
@@ -469,7 +470,7 @@ class ColumnMapping(ReadOptions):
 
         ``first_record``: ``columns`` are the keys of this JSON Lines record, which may lack an
         optional field or the label: only required fields are checked, a dotted name in the
-        record's nested objects.
+        record's nested objects; ``file``: the file it is read from (named in a hint).
         """
         wanted = [c for f, c in self.fields.items() if first_record is None or f in self._required]
         if self.label and first_record is None:
@@ -496,7 +497,9 @@ class ColumnMapping(ReadOptions):
             )
             hint += (
                 f" (its field {held!r} holds a list of records: if they are the transactions, "
-                f"make them one a line, e.g. jq -c '{path}' FILE > FILE.jsonl)"
+                "make them one a line, e.g. "
+                + (_jq_command(Path(file), path) if file else f"jq -c '{path}' FILE > FILE.jsonl")
+                + ")"
             )
         missing = [c for c in wanted if c not in columns and not _nested(c, objects, first_record)]
         if missing:
@@ -1172,15 +1175,22 @@ def _check_content(p: Path, fmt: str | None, declared: bool) -> None:
             "pretty-printed)" if first == b"["
             else "one JSON document written over several lines (pretty-printed)"
         )  # fmt: skip
-        gz = gzipped(p)  # (jq reads no gzip: a review)
-        stem = Path(p.stem).stem if gz else p.stem
-        to = p.with_name(f"{stem}.jsonl")
-        to = to if to != p else p.with_name(f"{stem}.lines.jsonl")
-        jq = f"jq -c '{one_line or ('.[]' if lead != b'{' else _records_path(p))}'"
+        jq = one_line or (".[]" if lead != b"{" else _records_path(p))
         raise ConfigError(
             f"{p} is {what}, not JSON Lines (one record a line): convert it, e.g. "
-            + (f"gzip -dc {p} | {jq} > {to}" if gz else f"{jq} {p} > {to}")
+            + _jq_command(p, jq)
         )
+
+
+def _jq_command(p: Path, path: str) -> str:
+    """The shell command that writes the records at jq ``path`` of ``p`` one a line, into a
+    file beside it."""
+    gz = gzipped(p)  # (jq reads no gzip: a review)
+    stem = Path(p.stem).stem if gz else p.stem
+    to = p.with_name(f"{stem}.jsonl")
+    to = to if to != p else p.with_name(f"{stem}.lines.jsonl")
+    jq = f"jq -c '{path}'"
+    return f"gzip -dc {p} | {jq} > {to}" if gz else f"{jq} {p} > {to}"
 
 
 def _json_records(line: bytes) -> str | None:
@@ -1406,7 +1416,7 @@ def _probe(records: Iterator[Record], mapping: ColumnMapping, p: Path) -> list[R
         n, r, _raw = rec
         if isinstance(r, dict):
             try:
-                mapping.check_columns(list(r), where=f"{p}:{n}", first_record=r)
+                mapping.check_columns(list(r), where=f"{p}:{n}", first_record=r, file=p)
                 return held
             except ConfigError as e:
                 wrong = wrong or e
