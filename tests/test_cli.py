@@ -463,7 +463,10 @@ def test_a_short_demo_says_how_to_lengthen_its_warm_up_and_refuses_failing_rule_
 
 def test_demo_rejects_bad_drift_day(capsys):
     assert main(["demo", "--days", "10", "--drift-day", "12"]) == 2
-    assert "--drift-day" in capsys.readouterr().err
+    assert "need 2 <= --drift-day < --days (got --days 10, --drift-day 12)" in said(capsys)
+    assert main(["demo", "--days", "3"]) == 2  # (it quoted a --drift-day derived, never given)
+    err = said(capsys)
+    assert "need --days >= 7 (got --days 3)" in err and "drift" not in err
 
 
 @pytest.mark.parametrize("command", ["replay", "run"])
