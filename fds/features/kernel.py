@@ -401,6 +401,8 @@ class Compiler:
             raise RuntimeError(f"the build took over {BUILD_TIMEOUT_S:.0f} s") from None
         if code == 0 and final.exists():
             return
+        if not self.cache.is_dir():  # (said "no output": a QA pass)
+            raise RuntimeError(f"the cache {self.cache} (FDS_KERNEL_CACHE) was removed during it")
         text = failed.read_text(errors="replace") if failed.exists() else ""
         failed.unlink(missing_ok=True)
         raise RuntimeError(f"Cython's build exited with {code}: {_reason(text)}")

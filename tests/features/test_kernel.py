@@ -274,6 +274,23 @@ def test_a_running_plan_takes_its_kernel_once_its_failure_is_past(
     assert same(out, [ref.compute(tx) for tx in txs])
 
 
+def test_a_cache_removed_during_a_build_is_said_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A QA pass: the cache deleted while a kernel was built was said as "no output"."""
+    import shutil
+
+    cache = tmp_path / "cache"
+    c = Compiler(cache)
+    specs = [SimpleNamespace(name="n_8h", entity="card_id", agg="count", field=None, window="8h")]
+    with caplog.at_level(logging.WARNING, "fds.features.kernel"):
+        p = FeaturePlan(specs, compiler=c)
+        shutil.rmtree(cache)
+        assert c.wait() and not p.compiled
+    assert f"the cache {cache} (FDS_KERNEL_CACHE) was removed during it" in caplog.text
+    assert p.compute({"tx_id": "t", "ts": 1e9, "card_id": "c"}) == {"n_8h": 1}
+
+
 def test_a_fifo_planted_as_the_marker_blocks_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
