@@ -1647,7 +1647,7 @@ def test_an_output_is_written_whole_or_not_at_all_and_a_full_disk_is_said(tmp_pa
     ("argv", "said"),
     [
         (["--drift-day", "none"], "--drift-day: the demo shows a drift: give its day"),
-        (["--days", "1"], "(got --days 1, --drift-day 0)"),
+        (["--days", "1"], "need --days >= 7 (got --days 1)"),  # (no derived --drift-day)
         (["--drift-day", "100"], "(got --days 45, --drift-day 100)"),
         (["--rules", "/no/such.yaml"], "--rules /no/such.yaml: no such file"),
     ],
