@@ -400,6 +400,7 @@ class Trainer:
         self._line: collections.deque[str] = collections.deque(maxlen=MAX_LINE)
         self._since_publish = 0
         self._last_publish: float | None = None
+        self._one_class_said = False
         self.now = -math.inf
         self.labels_to = math.inf  # every label before it read (:meth:`labels_read_to`)
         self.stats: dict[str, int] = {
@@ -559,8 +560,22 @@ class Trainer:
 
     # -- publishing ------------------------------------------------------------------------
     def due(self, now: float) -> bool:
-        """Whether the ``publish`` policy asks for a new version at event time ``now``."""
+        """Whether the ``publish`` policy asks for a new version at event time ``now``: never
+        before the model has learned both classes (one that learned only frauds scored every
+        payment ~1.0, and a spec without ``gate:`` declined them: a QA pass; the first
+        legitimate examples come ``assume_legit_after`` after the first decisions)."""
         if self._since_publish == 0:
+            return False
+        frauds, learned = self.stats["frauds_learned"], self.stats["labels_learned"]
+        if not 0 < frauds < learned:
+            if not self._one_class_said:
+                self._one_class_said = True
+                log.info(
+                    'model spec="%s": no version published until it has learned frauds and '
+                    "legitimate payments (%d learned, %d of them frauds): a model of one class "
+                    "scores every payment as that class",
+                    self.spec.name, learned, frauds,
+                )  # fmt: skip
             return False
         if self._since_publish >= self.spec.publish.every_labels:
             return True

@@ -1064,8 +1064,11 @@ def test_a_replay_publishes_on_its_schedule_between_labels(tmp_path):
     t0 = 1767225600
     txs = [{"tx_id": f"t{i}", "ts": t0 + i * 432, "card_id": f"c{i % 50}",
             "amount": 5000 if i % 100 == 0 else 11 + i % 7} for i in range(2000)]  # fmt: skip
-    label = {"tx_id": "t1700", "ts": t0 + 9 * 86400, "is_fraud": True}
-    decisions = _replay_with(tmp_path, txs, [label], (
+    labels = [  # (a fraud on day 1 too: no version is published before both classes)
+        {"tx_id": "t100", "ts": t0 + 86400, "is_fraud": True},
+        {"tx_id": "t1700", "ts": t0 + 9 * 86400, "is_fraud": True},
+    ]
+    decisions = _replay_with(tmp_path, txs, labels, (
         "name: pub\npipeline:\n  - preprocessing.StandardScaler: {}\n"
         "  - linear_model.LogisticRegression: {}\n"
         "learn: {legit_sample_rate: 1.0, assume_legit_after: 1d, ttl: 30d}\n"

@@ -153,7 +153,7 @@ def test_publish_policy_by_labels_and_event_time() -> None:
     assert t.maybe_publish(0.0) is None  # nothing learned yet
     for i in range(3):
         t.on_decision(_tx(i, float(i)), {"features": {}})
-        t.on_label({"tx_id": f"t{i}", "ts": 10.0, "is_fraud": True})
+        t.on_label({"tx_id": f"t{i}", "ts": 10.0, "is_fraud": i != 1})
     pub = t.maybe_publish(10.0)
     assert pub is not None and pub.version == "v000001"
     assert pub.entry["labels_learned"] == 3 and pub.entry["parent"] is None
@@ -162,6 +162,25 @@ def test_publish_policy_by_labels_and_event_time() -> None:
     assert t.maybe_publish(12.0) is None  # 1 label, not a day yet
     pub2 = t.maybe_publish(10.0 + DAY)  # a day of event time later
     assert pub2 is not None and pub2.entry["parent"] == "v000001"
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_no_version_is_published_before_the_model_learned_both_classes(first: bool, caplog) -> None:
+    """A QA pass: the first version had learned frauds only (the legitimate examples come
+    assume_legit_after later), scored every payment ~1.0, and a spec without gate: declined
+    111 payments of a replay at once."""
+    t, _ = _trainer(legit_sample_rate=1.0)
+    with caplog.at_level("INFO", logger="fds.models"):
+        for i in range(30):
+            t.on_decision(_tx(i, float(i)), {"features": {"f": float(i)}})
+            t.on_label({"tx_id": f"t{i}", "ts": 40.0, "is_fraud": first})
+            assert t.maybe_publish(40.0 + DAY * i) is None
+    said = [r.getMessage() for r in caplog.records if "no version published" in r.getMessage()]
+    assert len(said) == 1 and "(1 learned, " in said[0], said  # (said once)
+    t.on_decision(_tx(99, 50.0), {"features": {"f": 3.0}})
+    t.on_label({"tx_id": "t99", "ts": 60.0, "is_fraud": not first})
+    pub = t.maybe_publish(60.0 + DAY * 40)
+    assert pub is not None and pub.entry["labels_learned"] == 31
 
 
 @pytest.mark.parametrize("restarted", [False, True])
