@@ -1163,6 +1163,11 @@ def _check_content(p: Path, fmt: str | None, declared: bool) -> None:
             + (" and drop `format:` from the mapping" if declared else "")
         )
     first = _first_line(p) if fmt == "jsonl" else None
+    if first is not None and re.search(rb"\}\s*\r\s*\{", first):  # (a QA pass: "cut")
+        raise ConfigError(
+            f"{p} ends its lines with a carriage return alone (a classic Mac file), not a "
+            f"newline: convert it, e.g. tr '\\r' '\\n' < {p} > {p.with_name(p.stem + '.lf.jsonl')}"
+        )
     lead = first[:1] if first else b""
     one_line = _json_records(first) if lead in (b"[", b"{") and first is not None else None
     if first in (b"[", b"{") or one_line:
@@ -1470,7 +1475,9 @@ def _jsonl_records(p: Path) -> Generator[Record, None, None]:
             for n, line in enumerate(f, 1):
                 if n == 1:
                     line = line.removeprefix(codecs.BOM_UTF8)  # written by some Windows tools
-                if not line.strip():
+                if not line.endswith(b"\n"):  # (the last line: DOS's end-of-file mark, Ctrl-Z,
+                    line = line.rstrip(b"\x1a")  # after its record made it "cut": a QA pass)
+                if line.strip() in (b"", b"\x1a"):  # (a blank line; a Ctrl-Z line, as in a CSV)
                     continue
                 try:
                     yield n, orjson.loads(line), None

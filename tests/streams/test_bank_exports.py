@@ -652,6 +652,22 @@ def test_a_dos_end_of_file_mark_is_no_record(tmp_path):
     assert [rec for _, rec, _ in read_records(p)] == [
         {"tx_id": "t1", "ts": "1767225600", "card_id": "c1", "amount": "5"}
     ]
+    # JSON Lines too (the file "ended inside the record of line 2", exit 1: a QA pass), the
+    # mark alone on its line, right after the last record, or on a line ended as any other
+    one = {"tx_id": "t1", "ts": 1767225600, "card_id": "c1", "amount": 5}
+    for end in (b"\n\x1a", b"\x1a", b"\n\x1a\n", b"\r\n\x1a"):
+        j = tmp_path / "x.jsonl"
+        j.write_bytes(orjson.dumps(one) + end)
+        assert [rec for _, rec, _ in read_records(j)] == [one], end
+
+
+def test_json_lines_ended_by_carriage_returns_alone_are_told_how_to_convert(tmp_path):
+    """A QA pass: a JSON Lines file of a classic Mac (CR alone) was read as one line, "the
+    file ends inside the record of line 1"."""
+    p = tmp_path / "mac.jsonl"
+    p.write_bytes(b'{"tx_id": "t1", "ts": 1}\r{"tx_id": "t2", "ts": 2}\r')
+    with pytest.raises(ConfigError, match=r"carriage return alone .* tr '\\r' '\\n' < "):
+        check_transaction_columns(p)
 
 
 def test_numbers_names_columns_whose_whole_numbers_are_grouped(tmp_path):
