@@ -37,6 +37,12 @@ def service(
     )  # fmt: skip
 
 
+def publish_due(trainer) -> None:
+    """Make the trainer's publish policy due, as if it had learned both classes."""
+    trainer._since_publish = 10**6
+    trainer.stats.update(labels_learned=2, frauds_learned=1)
+
+
 def test_the_trainer_takes_its_instance_id_and_session_timeout(tmp_path):
     """A QA pass: `--group-instance-id` was accepted and not used, and the session timeout
     was kafka-python's 45 s (a restart after kill -9 waited for it without a word)."""
@@ -75,7 +81,7 @@ def test_checkpoints_are_taken_at_most_every_interval_and_at_a_publish(tmp_path,
     assert service(tmp_path)._offsets == {("decisions", 0): 10}
     feed(svc, {d: [decision(0, 10, "t10", 200.0)]})
     assert svc.stats.commits == 2  # (within the interval)
-    svc.trainer._since_publish = 10**6  # a publish: checkpointed with it at once
+    publish_due(svc.trainer)  # a publish: checkpointed with it at once
     feed(svc, {d: [decision(0, 11, "t11", 300.0)]})
     assert svc.stats.published == 1 and svc.stats.commits == 3
     feed(svc, {d: [decision(0, 12, "t12", 301.0)]})
@@ -168,7 +174,7 @@ def test_a_registry_made_again_under_a_running_trainer_is_not_published_into(tmp
     svc.trainer.publish()  # v000002: the parent
     shutil.rmtree(tmp_path / "registry")
     (tmp_path / "registry").mkdir()
-    svc.trainer._since_publish = 10**6  # the publish policy is due
+    publish_due(svc.trainer)  # the publish policy is due
     assert svc._publish() is None
     assert not list((tmp_path / "registry").glob("v*.pkl"))  # nothing published
     get = svc.metrics.registry.get_sample_value
@@ -1262,7 +1268,7 @@ def test_a_broken_model_is_counted_not_published(tmp_path, caplog):
     d = TopicPartition("decisions", 0)
     svc.consumer = Consumer({d: 10})
     svc.trainer.model = NaNModel("amount")
-    svc.trainer._since_publish = 10**6  # the publish policy is due
+    publish_due(svc.trainer)  # the publish policy is due
     feed(svc, {d: [decision(0, 0, "t0", 100.0)]})
     assert get("fds_model_publishes_total", {"result": "broken"}) == 1
     assert get("fds_model_publishes_total", {"result": "ok"}) == 0
@@ -1294,7 +1300,7 @@ def test_a_publish_the_registry_refuses_is_counted_and_tried_again_learning_goes
         monkeypatch.setattr(registry_module.os, "replace", full)
     d = TopicPartition("decisions", 0)
     svc.consumer = Consumer({d: 10})
-    svc.trainer._since_publish = 10**6  # the publish policy is due
+    publish_due(svc.trainer)  # the publish policy is due
     feed(svc, {d: [decision(0, 0, "t0", 100.0)]})
     assert get("fds_model_publishes_total", {"result": "failed"}) == 1
     assert get("fds_checkpoints_total", {"result": "ok"}) == 1  # the batch is checkpointed
