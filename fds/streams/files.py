@@ -475,6 +475,9 @@ class ColumnMapping(ReadOptions):
         wanted = [c for f, c in self.fields.items() if first_record is None or f in self._required]
         if self.label and first_record is None:
             wanted.append(self.label.column)
+        if first_record is None:  # (a column of `numbers:` that is none was said nothing: a QA;
+            wanted += sorted(self.numbers - set(wanted))  # a JSON record may lack it, or hold
+            # it in its extra object)
         # one column whose name holds the others: another separator than the mapping's
         seps = [c for c in (",", ";", "\t", "|") if c != self.delimiter]
         sep = next((c for c in seps if len(columns) == 1 and c in columns[0]), None)
@@ -589,6 +592,13 @@ class ColumnMapping(ReadOptions):
             out = self._label_words(out)
         if self._number is not None:
             out = self._numbers(out)
+        elif self.numbers:  # (plain numbers: ``numbers:`` was not checked at all, a QA pass)
+            own = out.get("extra")
+            own = own if isinstance(own, dict) else {}
+            for k in self.numbers:
+                v = own[k] if k in own else out.get(k)
+                if v.__class__ is str and not _PLAIN_NUMBER(v):
+                    raise ValueError(f"{k}: {v[:100]!r} {self._notation}")
         if self.ts_format is not None and (ts := out.get("ts")).__class__ is str:
             out = {**out, "ts": self._layout(ts)}
         if self.ts_origin is not None and "ts" in out:
@@ -711,7 +721,7 @@ class ColumnMapping(ReadOptions):
         """Has a row more to do once renamed (defaults, a nested label, numbers, times)?"""
         return bool(
             self.defaults or self._label_path or self._number or self.ts_format
-            or self.ts_origin is not None or self.label_values
+            or self.ts_origin is not None or self.label_values or self.numbers
         )  # fmt: skip
 
     def _label_words(self, out: dict[str, Any]) -> dict[str, Any]:
@@ -780,6 +790,8 @@ def _at(obj: Any, path: tuple[str, ...]) -> Any:
 #: The fields whose values are measures, read as the mapping's numbers (``decimal:``), and
 #: those whose values are names (ids, codes), never read as numbers.
 _MEASURES = frozenset({"amount", "lat", "lon"})
+#: A number as a file of plain numbers (``decimal: "."``, no ``thousands:``) writes it.
+_PLAIN_NUMBER = re.compile(r"[+-]?\d+(?:\.\d+)?").fullmatch
 _NAMES = (TX_FIELDS | {"source"}) - _MEASURES - {"ts", "extra"}
 #: How a file writes numbers (ColumnMapping._number).
 _Notation = tuple[Callable[[str], Any], Callable[[str], str], str]

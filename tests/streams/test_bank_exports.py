@@ -692,3 +692,28 @@ def test_numbers_names_columns_whose_whole_numbers_are_grouped(tmp_path):
     assert rec["extra"]["Menge"] == "2000"
     with pytest.raises(ConfigError, match="a list of column names"):
         mapping(tmp_path, GERMAN + "numbers: [1]\n")
+
+
+def test_numbers_is_checked_in_a_file_of_plain_numbers_and_names_columns_of_the_file(tmp_path):
+    """A QA pass: without `decimal:` or `thousands:`, `numbers: [NOTE]` let 'x' through (no
+    dead letter), and a column of `numbers:` that the file has not was said nothing."""
+    m = tmp_path / "m.yaml"
+    m.write_text("numbers: [Menge]\n")
+    p = tmp_path / "p.csv"
+    p.write_text(
+        "tx_id,ts,card_id,amount,Menge\n"
+        "t1,1767225600,c,5,\nt2,1767225601,c,5,x\nt3,1767225602,c,5,-2.5\n"
+    )
+    got = [r[1] for r in read_records(p, mapping=load_mapping(m))]
+    assert "Menge" not in got[0] and got[2]["Menge"] == "-2.5"  # (an empty cell: no value)
+    assert isinstance(got[1], ValueError) and "Menge: 'x' is no number as" in str(got[1])
+    j = tmp_path / "p.jsonl"  # (a JSON record's extra object too; a number as it is)
+    j.write_text(
+        '{"tx_id": "t1", "ts": 1, "card_id": "c", "amount": 1, "extra": {"Menge": "1,5"}}\n'
+        '{"tx_id": "t2", "ts": 2, "card_id": "c", "amount": 1, "Menge": 7}\n'
+    )
+    got = [r[1] for r in read_records(j, mapping=load_mapping(m))]
+    assert isinstance(got[0], ValueError) and got[1]["Menge"] == 7
+    m.write_text("numbers: [NOPE]\n")
+    with pytest.raises(ConfigError, match=r"column\(s\) \['NOPE'\] named in the mapping are not"):
+        check_transaction_columns(p, load_mapping(m))
