@@ -537,7 +537,12 @@ class _Checker:
             (ls, lt), (rs, rt) = self.visit(node.left, d), self.visit(node.right, d)
             self.need_num(node.left, lt, f"operator {sym}")
             self.need_num(node.right, rt, f"operator {sym}")
-            return f"({self.guard(ls, lt)} {sym} {self.guard(rs, rt)})", NUM
+            src = f"({self.guard(ls, lt)} {sym} {self.guard(rs, rt)})"
+            if sym in "/%" and _constant(node.right) and self.value(node.right, rs) == 0:
+                raise self.fail(node.right, f"the divisor of {sym} is always 0: it fails on "
+                                "every transaction")  # fmt: skip
+            self.value(node, src)
+            return src, NUM
         if isinstance(node, ast.Compare):
             return self.compare(node, d)
         if isinstance(node, ast.IfExp):
@@ -752,7 +757,33 @@ class _Checker:
             nd = node.args[1]
             if not (isinstance(nd, ast.Constant) and type(nd.value) is int and 0 <= nd.value <= 12):
                 raise self.fail(nd, "round(x, n): n must be a whole number from 0 to 12")
-        return f"{self.const(fn)}({', '.join(args)})", res_t
+        src = f"{self.const(fn)}({', '.join(args)})"
+        self.value(node, src)
+        return src, res_t
+
+    def value(self, node: ast.AST, src: str) -> Any:
+        """The value of ``node`` (its ``src``) when it reads no name, else ``None``; a constant
+        part that raises fails on every transaction and is refused (``log(-1)``, ``1 / 0``:
+        `fds rules check` passed them, and every transaction was a dead letter, a QA pass)."""
+        if not _constant(node):
+            return None
+        helpers = (_num, _coerce, _flag, _isin, _isin_flag, _isin_text, _order, _same, _truth)
+        ns = _namespace({**self.consts, **{h.__name__: h for h in helpers}})
+        try:
+            return eval(src, ns)  # safe: only whitelisted AST became code, no name read
+        except RUNTIME_ERRORS as e:
+            raise self.fail(
+                node, f"this fails on every transaction ({type(e).__name__}: {e})"
+            ) from None
+
+
+def _constant(node: ast.AST) -> bool:
+    """Does ``node`` read no field, feature or extra value (only literals and functions)?"""
+    called = {id(c.func) for c in ast.walk(node) if isinstance(c, ast.Call)}
+    return not any(
+        isinstance(n, ast.Name | ast.Attribute | ast.Subscript) and id(n) not in called
+        for n in ast.walk(node)
+    )
 
 
 _PAIRS = {"(": ")", "[": "]", "{": "}"}

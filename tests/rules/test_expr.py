@@ -166,6 +166,32 @@ def test_load_errors(src: str, fragment: str) -> None:
     assert fragment in str(ei.value)
 
 
+@pytest.mark.parametrize(
+    ("src", "where", "fragment"),
+    [
+        ("amount / 0 > 1", (1, 10), "the divisor of / is always 0"),
+        ("amount % (2 - 2) > 0", (1, 11), "the divisor of % is always 0"),
+        ("log(-1) > amount", (1, 1), "fails on every transaction (ValueError: math domain"),
+        ("amount > sqrt(1 - 5) * 2", (1, 10), "fails on every transaction (ValueError"),
+        ("count > 1 and 1 / (3 - 3) > amount", (1, 20), "the divisor of / is always 0"),
+        ("count > round(1, 2) + max(3, log10(0))", (1, 30), "fails on every transaction"),
+    ],
+)
+def test_a_part_that_fails_on_every_transaction_is_refused_at_load(src, where, fragment):
+    """A QA pass: `amount / 0 > 1` passed `fds rules check` (and a hot reload), then made
+    every transaction a dead letter; only what reads no name is judged at load."""
+    with pytest.raises(ExprError) as e:
+        compile_expr(src, KNOWN)
+    assert (e.value.line, e.value.col) == where and fragment in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize(
+    "src", ["amount / 2 > 1", "amount > 1 / 3", "amount / (amount - avg) > 1", "log(amount) > 1"]
+)
+def test_a_part_that_may_fail_only_on_some_values_is_compiled(src):
+    compile_expr(src, KNOWN)
+
+
 def test_a_misspelt_name_gets_no_reminder_to_quote_text() -> None:
     with pytest.raises(ExprError) as ei:
         compile_expr("amont == 'DE'", KNOWN)
@@ -409,7 +435,11 @@ _conds = st.recursive(
 @settings(max_examples=300, deadline=1000)  # the deadline bounds compiling and evaluating
 @given(_conds)
 def test_fuzz_random_valid_trees_compile_and_evaluate_bounded(src: str) -> None:
-    e = compile_expr(src, KNOWN)
+    try:
+        e = compile_expr(src, KNOWN)
+    except ExprError as err:  # (a constant part that raises, log(-3): refused at load)
+        assert "fails on every transaction" in str(err), err
+        return
     _assert_contained(e)
     with contextlib.suppress(ArithmeticError, TypeError, ValueError):
         e.evaluate(VALUES)
