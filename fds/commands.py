@@ -452,10 +452,16 @@ def _replay_file(args: argparse.Namespace, pushers: list[Pusher]) -> int:
             if mapping is not None and mapping.ts_origin is not None
             else "give it as ts_origin in the --mapping (e.g. ts_origin: 2017-12-01)"
         )
+        serial = (  # (a spreadsheet's date serials, 46023.5, were told to be given as
+            # ts_origin, which counts seconds: a QA pass)
+            "; if they are a spreadsheet's date serials (days since 1899-12-30, e.g. 46023.5), "
+            "format the column as a date and time in the spreadsheet before exporting it"
+            if 20_000 <= summary.last_ts < 80_000 else ""
+        )  # fmt: skip
         say(
             f"fds replay: warning: every transaction is dated before 2000 (the last at "
             f"{format_ts(summary.last_ts)}): if the file's times count seconds from another "
-            f"origin than 1970, {fix}",
+            f"origin than 1970, {fix}{serial}",
             logging.WARNING,
         )
     if summary.learn_errors:  # (a traceback halfway through the replay: a QA pass)

@@ -1038,7 +1038,11 @@ def test_seconds_from_another_origin_are_mapped_or_warned_about(tmp_path, capsys
     assert main(["replay", *argv, "--mapping", str(plain)]) == 0
     err = said(capsys)
     assert "every transaction is dated before 2000 (the last at 1970-01-02T00:04:00" in err
-    assert "give it as ts_origin in the --mapping" in err
+    assert "give it as ts_origin in the --mapping" in err and "date serials" not in err
+    serials = tmp_path / "serials.csv"  # (a spreadsheet's days: ts_origin cannot help, a QA)
+    serials.write_text("tx_id,ts,card_id,amount\nt1,46023.5,c1,5\n")
+    assert main(["replay", str(serials), *argv[1:]]) == 0
+    assert "if they are a spreadsheet's date serials (days since 1899-12-30" in said(capsys)
     assert main(["replay", *argv, "--mapping", str(origin)]) == 0
     assert "before 2000" not in said(capsys)
     first = orjson.loads(out.read_bytes().splitlines()[0])
