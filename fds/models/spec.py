@@ -766,6 +766,12 @@ def build_pipeline(spec: ModelSpec) -> Any:
     # are built): with one seed for all, the models of a VotingClassifier would be the same.
     seeds = itertools.count(spec.seed)
     for dotted, params, line in spec.steps:
+        if dotted == "compose.Pipeline" and not params:  # (said as River's IndexError: a QA)
+            raise ConfigError(
+                "compose.Pipeline here holds no step: the steps under `pipeline:` are chained "
+                "into one already, so leave it out",
+                where=f"{spec.source}:{line}",
+            )
         try:
             models.append(_instantiate(dotted, params, seeds))
         except Exception as e:  # what River raises for bad parameters varies (an

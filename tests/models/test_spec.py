@@ -120,7 +120,7 @@ def test_shipped_specs_build(name: str) -> None:
             ":3",
             "BaggingClassifier cannot be built with these parameters (AttributeError",
         ),
-        ("name: x\npipeline:\n  - compose.Pipeline: {}\n", ":3", "cannot be chained"),
+        ("name: x\npipeline:\n  - compose.Pipeline: {}\n", ":3", "Pipeline here holds no step"),
         # nested typos that reached River as a dict ("no attribute 'look_ahead'", a QA pass)
         (
             "name: x\npipeline:\n  - linear_model.LogisticRegression:\n"
