@@ -194,7 +194,7 @@ def _flags(parser: argparse.ArgumentParser) -> set[str]:
     """Every long option of ``parser`` and of its commands."""
     flags: set[str] = set()
     for action in parser._actions:
-        flags.update(o for o in action.option_strings if o.startswith("--"))
+        flags.update(o for o in action.option_strings if o.startswith("--") and o != "--help")
         if isinstance(action, argparse._SubParsersAction):
             for command in action.choices.values():
                 flags |= _flags(command)

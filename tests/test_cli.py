@@ -139,12 +139,14 @@ def test_an_unknown_fds_variable_is_told_by_the_cli_with_a_flag_only_where_one_e
 
     monkeypatch.setattr(kafka, "_WARNED_ENV", set())
     monkeypatch.setenv("FDS_FOO", "1")
+    monkeypatch.setenv("FDS_HELP", "1")  # (--help is every command's: no hint, a review)
     monkeypatch.setenv("FDS_RULES", "rules/x.yaml")
     p = tmp_path / "x.jsonl"
     p.write_text('{"tx_id": "t1", "ts": 1767225600, "card_id": "c", "amount": 5}\n')
     assert bare_replay(str(p), "--out", str(tmp_path / "d.jsonl")) == 0
     err = said(capsys)
     assert "FDS_FOO is no variable fds reads: ignored" in err and "--foo" not in err
+    assert 'FDS_HELP is no variable fds reads: ignored"' in err
     assert "FDS_RULES is no variable fds reads: ignored (give --rules where " in err
     assert 'logger="fds.cli"' in err and "fds.streams.kafka" not in err
 

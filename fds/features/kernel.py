@@ -284,8 +284,9 @@ class Compiler:
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # checked, whoever
         except FileNotFoundError:  # can write the cache's parents or swap the file meanwhile)
             return None
-        except OSError as exc:
-            log.warning("feature kernel %s does not open (%s)", path, describe(exc))
+        except OSError as exc:  # (another user's, unreadable: said as such, a review)
+            why = self._unsafe(path, "feature kernel")
+            log.warning("%s", why or f"feature kernel {path} does not open ({describe(exc)})")
             return None
         try:
             st = os.fstat(fd)
@@ -351,8 +352,8 @@ class Compiler:
                 f"{why}; not tried again for {RETRY_AFTER_S / 3600:.0f} h (by any process): "
                 f"delete {marker} to try at once"
             )  # (said by the next start only: a QA pass)
-        else:
-            self._built[key] = None  # (no marker: never again in this process)
+        elif not isinstance(why, _CacheGone):  # (a cache removed meanwhile: built again by
+            self._built[key] = None  # a retry; else no marker: never again in this process)
         _warn(why)
 
     def _start(self, key: str, text: str) -> subprocess.Popen[bytes]:
@@ -402,7 +403,7 @@ class Compiler:
         if code == 0 and final.exists():
             return
         if not self.cache.is_dir():  # (said "no output": a QA pass)
-            raise RuntimeError(f"the cache {self.cache} (FDS_KERNEL_CACHE) was removed during it")
+            raise _CacheGone(f"the cache {self.cache} (FDS_KERNEL_CACHE) was removed during it")
         text = failed.read_text(errors="replace") if failed.exists() else ""
         failed.unlink(missing_ok=True)
         raise RuntimeError(f"Cython's build exited with {code}: {_reason(text)}")
@@ -410,6 +411,10 @@ class Compiler:
 
 class _Refused(RuntimeError):
     """The cache (or a kernel in it) is not trusted: nothing is loaded from it or written."""
+
+
+class _CacheGone(RuntimeError):
+    """The cache was removed while a kernel was built (a plan made later builds it again)."""
 
 
 def _warn(why: BaseException | str) -> None:
@@ -469,10 +474,26 @@ def _exec(name: str, path: Path, fd: int) -> Any:
     loader = importlib.machinery.ExtensionFileLoader(name, where)
     spec = importlib.util.spec_from_file_location(name, where, loader=loader)
     assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
+    try:
+        module = importlib.util.module_from_spec(spec)
+        loader.exec_module(module)
+    except BaseException:  # (its descriptor closed unless the loader mapped it: one leaked
+        if where != str(path) and not _mapped(_HELD[-1]):  # per failed load, a review)
+            os.close(_HELD.pop())
+        raise
     module.__file__ = str(path)
     return module
+
+
+def _mapped(fd: int) -> bool:
+    """Is the file open as ``fd`` mapped into this process (opened by the dynamic loader,
+    which then knows it by its name for good)? ``True`` when that cannot be told."""
+    ino = str(os.fstat(fd).st_ino)
+    try:
+        with open("/proc/self/maps") as f:
+            return any(len(cols := line.split()) > 5 and cols[4] == ino for line in f)
+    except OSError:
+        return True
 
 
 def _mark(marker: Path, why: str) -> bool:

@@ -110,7 +110,7 @@ _SWEEP_STEP = 512
 # hold 5.25 h each.
 _LABEL_BUCKETS = 128
 # A plan left interpreted by its kernel's failed build asks for it again this often (wall
-# time, checked at its sweeps): built once the failure's marker is an hour old or deleted,
+# time, read every 1,024 events): built once the failure's marker is an hour old or deleted,
 # without a restart (a service ran interpreted until its next start or rules reload).
 _KERNEL_RETRY_S = 600.0
 
@@ -385,8 +385,12 @@ class FeaturePlan:
         self._accepted += 1
         if self._accepted >= self._sweep_after:
             self._sweep()
-            if not self.compiled and self.compiler and time.monotonic() > self._kernel_retry:
-                self._bind()  # (its kernel asked for again: see _KERNEL_RETRY_S)
+            if not self.compiled and self.compiler is not None:  # (its kernel asked for again:
+                # see _KERNEL_RETRY_S; the clock read each 1,024 events, not only at sweeps,
+                # which a million states make hours apart: a review)
+                self._sweep_after = min(self._sweep_after, self._accepted + 1024)
+                if time.monotonic() > self._kernel_retry:
+                    self._bind()
         return out
 
     # ------------------------------------------------------------------ rare paths

@@ -401,6 +401,9 @@ class Trainer:
         self._since_publish = 0
         self._last_publish: float | None = None
         self._one_class_said = False
+        # the classes the model in hand has learned (a version it went on from: both, as it
+        # was published or served; a fresh pipeline: none)
+        self._classes: set[bool] = set() if model is None else {True, False}
         self.now = -math.inf
         self.labels_to = math.inf  # every label before it read (:meth:`labels_read_to`)
         self.stats: dict[str, int] = {
@@ -542,6 +545,7 @@ class Trainer:
                 self.on_drift(self.now)
         self.stats["labels_learned"] += 1
         self.stats["frauds_learned" if y else "legit_learned"] += 1
+        self._classes.add(y)
         self._since_publish += 1
         self._recent.append(x)
 
@@ -566,15 +570,14 @@ class Trainer:
         legitimate examples come ``assume_legit_after`` after the first decisions)."""
         if self._since_publish == 0:
             return False
-        frauds, learned = self.stats["frauds_learned"], self.stats["labels_learned"]
-        if not 0 < frauds < learned:
+        if len(self._classes) < 2:  # (the model's own, not the lineage's counts: a review)
             if not self._one_class_said:
                 self._one_class_said = True
                 log.info(
                     'model spec="%s": no version published until it has learned frauds and '
-                    "legitimate payments (%d learned, %d of them frauds): a model of one class "
-                    "scores every payment as that class",
-                    self.spec.name, learned, frauds,
+                    "legitimate payments (it has learned %s only): a model of one class scores "
+                    "every payment as that class",
+                    self.spec.name, "frauds" if True in self._classes else "legitimate ones",
                 )  # fmt: skip
             return False
         if self._since_publish >= self.spec.publish.every_labels:
@@ -641,6 +644,7 @@ class Trainer:
         """Learn on from ``version`` (its ``model`` and ``entry``) instead: the learning since
         it is dropped, and nothing is published until the policy is due again."""
         self.model, self.parent = model, version
+        self._classes = {True, False}  # (a version published: judged so then)
         self._good = pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
         self.count_from(entry)
         self._line.clear()
@@ -706,11 +710,14 @@ class Trainer:
         checkpoint), else a fresh one; says which."""
         if self._good is not None:
             self.model = pickle.loads(self._good)
+            self._classes = {True, False}  # (published, or gone on from)
             return f'version "{self.parent}"' if self.parent else "the model it started from"
         if self.registry is not None and self.parent is not None:
             with contextlib.suppress(Exception):  # (then a fresh one)
                 self.model = self.registry.load(self.parent)
+                self._classes = {True, False}
                 self._good = pickle.dumps(self.model, protocol=pickle.HIGHEST_PROTOCOL)
                 return f'version "{self.parent}"'
         self.model = build_pipeline(self.spec)
+        self._classes = set()  # (a fresh one: both classes to learn again before a version)
         return "a fresh model"

@@ -539,8 +539,8 @@ class _Checker:
             self.need_num(node.right, rt, f"operator {sym}")
             src = f"({self.guard(ls, lt)} {sym} {self.guard(rs, rt)})"
             if sym in "/%" and _constant(node.right) and self.value(node.right, rs) == 0:
-                raise self.fail(node.right, f"the divisor of {sym} is always 0: it fails on "
-                                "every transaction")  # fmt: skip
+                raise self.fail(node.right, f"the divisor of {sym} is always 0: it fails "
+                                "whenever it is evaluated")  # fmt: skip
             self.value(node, src)
             return src, NUM
         if isinstance(node, ast.Compare):
@@ -763,7 +763,7 @@ class _Checker:
 
     def value(self, node: ast.AST, src: str) -> Any:
         """The value of ``node`` (its ``src``) when it reads no name, else ``None``; a constant
-        part that raises fails on every transaction and is refused (``log(-1)``, ``1 / 0``:
+        part that raises fails whenever it is evaluated and is refused (``log(-1)``, ``1 / 0``:
         `fds rules check` passed them, and every transaction was a dead letter, a QA pass)."""
         if not _constant(node):
             return None
@@ -773,7 +773,7 @@ class _Checker:
             return eval(src, ns)  # safe: only whitelisted AST became code, no name read
         except RUNTIME_ERRORS as e:
             raise self.fail(
-                node, f"this fails on every transaction ({type(e).__name__}: {e})"
+                node, f"this fails whenever it is evaluated ({type(e).__name__}: {e})"
             ) from None
 
 

@@ -43,6 +43,8 @@ from pydantic import (
 
 from fds import yamlio
 from fds.errors import ConfigError, FdsError, describe
+from fds.features.codegen import num
+from fds.rules.expr import NA_TEXT
 from fds.schema import DEGREES, TX_FIELDS, TX_REQUIRED, dumps, dumps_line, fraud_flag
 from fds.timeutil import MS_THRESHOLD, get_zone, parse_duration, parse_ts
 
@@ -595,10 +597,10 @@ class ColumnMapping(ReadOptions):
         elif self.numbers:  # (plain numbers: ``numbers:`` was not checked at all, a QA pass)
             own = out.get("extra")
             own = own if isinstance(own, dict) else {}
-            for k in self.numbers:
+            for k in self.numbers:  # (as the rules read it: a finite number, or missing)
                 v = own[k] if k in own else out.get(k)
-                if v.__class__ is str and not _PLAIN_NUMBER(v):
-                    raise ValueError(f"{k}: {v[:100]!r} {self._notation}")
+                if v.__class__ is str and num(v) != num(v) and v.strip().lower() not in NA_TEXT:
+                    raise ValueError(f"{k}: {v[:100]!r} is no number (nor a missing value's text)")
         if self.ts_format is not None and (ts := out.get("ts")).__class__ is str:
             out = {**out, "ts": self._layout(ts)}
         if self.ts_origin is not None and "ts" in out:
@@ -790,8 +792,6 @@ def _at(obj: Any, path: tuple[str, ...]) -> Any:
 #: The fields whose values are measures, read as the mapping's numbers (``decimal:``), and
 #: those whose values are names (ids, codes), never read as numbers.
 _MEASURES = frozenset({"amount", "lat", "lon"})
-#: A number as a file of plain numbers (``decimal: "."``, no ``thousands:``) writes it.
-_PLAIN_NUMBER = re.compile(r"[+-]?\d+(?:\.\d+)?").fullmatch
 _NAMES = (TX_FIELDS | {"source"}) - _MEASURES - {"ts", "extra"}
 #: How a file writes numbers (ColumnMapping._number).
 _Notation = tuple[Callable[[str], Any], Callable[[str], str], str]
@@ -1176,9 +1176,10 @@ def _check_content(p: Path, fmt: str | None, declared: bool) -> None:
         )
     first = _first_line(p) if fmt == "jsonl" else None
     if first is not None and re.search(rb"\}\s*\r\s*\{", first):  # (a QA pass: "cut")
+        tr = _convert(p, "tr '\\r' '\\n'", named=False)
         raise ConfigError(
             f"{p} ends its lines with a carriage return alone (a classic Mac file), not a "
-            f"newline: convert it, e.g. tr '\\r' '\\n' < {p} > {p.with_name(p.stem + '.lf.jsonl')}"
+            f"newline: convert it, e.g. {tr}"
         )
     lead = first[:1] if first else b""
     one_line = _json_records(first) if lead in (b"[", b"{") and first is not None else None
@@ -1202,12 +1203,21 @@ def _check_content(p: Path, fmt: str | None, declared: bool) -> None:
 def _jq_command(p: Path, path: str) -> str:
     """The shell command that writes the records at jq ``path`` of ``p`` one a line, into a
     file beside it."""
-    gz = gzipped(p)  # (jq reads no gzip: a review)
+    return _convert(p, f"jq -c '{path}'")
+
+
+def _convert(p: Path, command: str, named: bool = True) -> str:
+    """The shell command that converts ``p`` into JSON Lines beside it with ``command`` (given
+    the file's name when ``named``, else reading its standard input); a gzip file unpacked
+    first (neither jq nor tr reads gzip: a review), the paths quoted for the shell."""
+    gz = gzipped(p)
     stem = Path(p.stem).stem if gz else p.stem
-    to = p.with_name(f"{stem}.jsonl")
-    to = to if to != p else p.with_name(f"{stem}.lines.jsonl")
-    jq = f"jq -c '{path}'"
-    return f"gzip -dc {p} | {jq} > {to}" if gz else f"{jq} {p} > {to}"
+    out = p.with_name(f"{stem}.jsonl")
+    to = shlex.quote(str(out if out != p else p.with_name(f"{stem}.lines.jsonl")))
+    src = shlex.quote(str(p))
+    if gz:
+        return f"gzip -dc {src} | {command} > {to}"
+    return f"{command} {src} > {to}" if named else f"{command} < {src} > {to}"
 
 
 def _json_records(line: bytes) -> str | None:

@@ -488,7 +488,10 @@ class TrainService:
             learned = {k: v for k, v in state["trainer"].items() if k not in _WIRING}
             # (counts an earlier release did not keep start at 0: it restored stats without
             # learn_errors, a KeyError at the first estimator failure)
-            learned["stats"] = {**trainer.stats, **learned.get("stats", {})}
+            learned["stats"] = stats = {**trainer.stats, **learned.get("stats", {})}
+            if "_classes" not in learned:  # (a checkpoint before classes were kept: its counts)
+                both = 0 < stats["frauds_learned"] < stats["labels_learned"]
+                learned["_classes"] = {True, False} if both else set()
             trainer.__dict__.update(learned)
             self._check_parent(trainer.parent)
             self._restored = dict(state["offsets"])

@@ -253,23 +253,24 @@ def test_a_running_plan_takes_its_kernel_once_its_failure_is_past(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A service whose kernel failed ran interpreted until its next start or rules reload; it
-    asks again (every 10 min, here at each sweep): held while the marker holds, built once it
-    is gone (deleted, as the warning says, or an hour old)."""
+    asks again (every 10 min, here each 1,024 events): held while the marker holds, built once
+    it is gone (deleted, as the warning says, or an hour old)."""
     monkeypatch.setattr("fds.features.plan._KERNEL_RETRY_S", 0.0)
     monkeypatch.setenv("CC", "false")
     c = Compiler(tmp_path)
     specs = [SimpleNamespace(name="n_6h", entity="card_id", agg="count", field=None, window="6h")]
-    live, ref = FeaturePlan(specs, compiler=c, sweep_min_events=1), plan(specs)
+    # (sweeps as rare as a million states make them: the retry does not wait for one, a review)
+    live, ref = FeaturePlan(specs, compiler=c, sweep_min_events=10**6), plan(specs)
     assert c.wait() and not live.compiled
-    txs = [{"tx_id": f"t{i}", "ts": 1e9 + 60.0 * i, "card_id": f"c{i % 3}"} for i in range(30)]
-    out = [live.compute(tx) for tx in txs[:10]]
+    txs = [{"tx_id": f"t{i}", "ts": 1e9 + 6.0 * i, "card_id": f"c{i % 3}"} for i in range(3000)]
+    out = [live.compute(tx) for tx in txs[:1100]]
     assert c.builds == 1 and not live.compiled, "tried again while its marker holds"
     monkeypatch.delenv("CC")
     (marker,) = tmp_path.glob("fds_kernel_*.failed")
     marker.unlink()
-    out += [live.compute(tx) for tx in txs[10:20]]
+    out += [live.compute(tx) for tx in txs[1100:2200]]
     assert c.wait() and c.builds == 2
-    out += [live.compute(tx) for tx in txs[20:]]
+    out += [live.compute(tx) for tx in txs[2200:]]
     assert live.compiled
     assert same(out, [ref.compute(tx) for tx in txs])
 
@@ -285,10 +286,14 @@ def test_a_cache_removed_during_a_build_is_said_so(
     specs = [SimpleNamespace(name="n_8h", entity="card_id", agg="count", field=None, window="8h")]
     with caplog.at_level(logging.WARNING, "fds.features.kernel"):
         p = FeaturePlan(specs, compiler=c)
-        shutil.rmtree(cache)
+        while cache.exists():  # (the build may write into it meanwhile)
+            shutil.rmtree(cache, ignore_errors=True)
         assert c.wait() and not p.compiled
     assert f"the cache {cache} (FDS_KERNEL_CACHE) was removed during it" in caplog.text
     assert p.compute({"tx_id": "t", "ts": 1e9, "card_id": "c"}) == {"n_8h": 1}
+    # ... and a plan made later (a reload's, a running plan's retry) builds it again
+    assert not FeaturePlan(specs, compiler=c).compiled and c.wait()
+    assert FeaturePlan(specs, compiler=c).compiled and c.builds == 2
 
 
 def test_a_fifo_planted_as_the_marker_blocks_nothing(
@@ -484,6 +489,26 @@ def test_a_process_loads_one_cached_kernel_after_another(tmp_path: Path) -> None
         [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True
     )
     assert done.stdout.strip() == "[True, True] 0", done.stderr
+
+
+def test_a_kernel_the_loader_cannot_map_leaves_no_descriptor_held(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each kernel loaded holds its descriptor for good (see the test above); one the dynamic
+    loader refused outright (not mapped) held one too, for each failed load (a review)."""
+    from fds.features import kernel
+
+    child(tmp_path, "10h")
+    (built,) = tmp_path.glob("fds_kernel_*.so")
+    built.write_bytes(b"\x7fELF but not a shared object")
+    kernel._seal(built)  # (whole as written: the loader, not the checksum, refuses it)
+    held = list(kernel._HELD)
+    c = Compiler(tmp_path)
+    specs = [SimpleNamespace(name="n_10h", entity="card_id", agg="count", field=None, window="10h")]
+    with caplog.at_level(logging.WARNING, "fds.features.kernel"):
+        assert not FeaturePlan(specs, compiler=c).compiled
+    assert "does not load" in caplog.text and held == kernel._HELD
+    assert c.wait()
 
 
 def test_one_build_of_a_kernel_runs_at_a_time(tmp_path: Path) -> None:
