@@ -93,6 +93,11 @@ class PrecisionResult:
                 f"{s['recall_at_k']:.3f} | {s['average_precision']:.3f} | "
                 f"{_ratio(s['precision_at_k'], base)} |"
             )
+        if base < _MEASURABLE:  # (said nowhere near the table: a QA pass)
+            lines.append(
+                f"\n`vs rules` is n/a: the rules' precision@k ({base:.3f}) is below "
+                f"{_MEASURABLE}, too near zero for a ratio to measure anything."
+            )
         return "\n".join(lines)
 
 

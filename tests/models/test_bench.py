@@ -277,8 +277,11 @@ def test_a_baseline_near_zero_measures_nothing() -> None:
     # nor the table's ratios (17.75x against 0.006 beside an n/a target: a QA pass)
     for v in res.summary:
         res.summary[v] |= {"card_precision_at_k": 0.0, "recall_at_k": 0.0, "average_precision": 0.0}
-    assert [ln.rsplit("|", 2)[1].strip() for ln in res.table().splitlines()[2:]] == ["n/a"] * len(
-        res.summary
+    table = res.table().splitlines()
+    assert [ln.rsplit("|", 2)[1].strip() for ln in table[2:-2]] == ["n/a"] * len(res.summary)
+    assert table[-1] == (  # (why, under the table: said nowhere, a QA pass)
+        "`vs rules` is n/a: the rules' precision@k (0.005) is below 0.05, too near zero for a "
+        "ratio to measure anything."
     )
 
 
