@@ -109,6 +109,13 @@ def test_a_checkpoint_of_an_earlier_release_keeps_the_counts_it_did_not_know(tmp
     again = service(tmp_path)
     assert again.trainer.stats["labels_learned"] == 7
     assert again.trainer.stats["learn_errors"] == 0
+    assert again.trainer._classes == set()  # (as saved: the test learned nothing)
+    # the classes the model learned, unknown to a checkpoint before them, are read from its
+    # counts: a model that had learned both publishes on (not held until it learns both again)
+    first.trainer.stats.update(labels_learned=9, frauds_learned=2)
+    del first.trainer._classes
+    first._save_state()
+    assert service(tmp_path).trainer._classes == {True, False}
 
 
 def test_a_damaged_trainer_checkpoint_is_a_clear_error_naming_its_store(tmp_path):
