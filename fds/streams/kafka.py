@@ -841,10 +841,13 @@ class KafkaSettings(BaseSettings):
                 continue  # kafka-python reads it
             bad_host = ":" in host and not host.startswith("[")  # (host:1:2 waited a minute)
             if not host or bad_host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise ValueError(
-                    f"{server.strip()!r} is not host:port (e.g. 127.0.0.1:19092; several "
-                    "separated by commas)"
-                )
+                why = (  # (said as the piece alone: '' for a trailing comma, a QA pass)
+                    f"{v!r} has an empty server between or after its commas" if not server.strip()
+                    else f"{server.strip()!r}: port {port} is not 1 to 65535"
+                    if host and not bad_host and port.isdigit()
+                    else f"{server.strip()!r} is not host:port"
+                )  # fmt: skip
+                raise ValueError(f"{why} (e.g. 127.0.0.1:19092; several separated by commas)")
         return v
 
     @field_validator("poll_timeout_ms", "shutdown_timeout_s")

@@ -333,8 +333,9 @@ def test_a_security_error_says_where_the_protocol_came_from(tmp_path):
         # the broker timeout (a review)
         ({"bootstrap": "127.0.0.1:abc"}, "setting bootstrap: '127.0.0.1:abc' is not host:port"),
         ({"bootstrap": "a:1,127.0.0.1:"}, "'127.0.0.1:' is not host:port"),
-        ({"bootstrap": ""}, "'' is not host:port"),
-        ({"bootstrap": "h:70000"}, "'h:70000' is not host:port"),
+        ({"bootstrap": ""}, "'' has an empty server between or after its commas"),
+        ({"bootstrap": "127.0.0.1:1,"}, "'127.0.0.1:1,' has an empty server between or after"),
+        ({"bootstrap": "h:70000"}, "'h:70000': port 70000 is not 1 to 65535"),
         ({"bootstrap": "host:1:2"}, "'host:1:2' is not host:port"),  # (waited a minute: a QA)
         # dead letters sent to the input were read back and wrapped again, growing, until one
         # was too large (a review)
