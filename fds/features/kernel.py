@@ -432,20 +432,10 @@ def _reason(output: str) -> str:
     return why or (lines[-1] if lines else "no output")
 
 
-def _seal(path: Path) -> None:
-    """Append the SHA-256 of the module's bytes to it (the dynamic loader ignores what follows
-    an ELF file's last section) and fsync it: :func:`_sealed` tells a whole one."""
-    from fds.models.registry import SUM_MARK
-
-    data = path.read_bytes()
-    with open(path, "ab") as f:
-        f.write(SUM_MARK + hashlib.sha256(data).hexdigest().encode())
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _sealed(data: bytes) -> bool:
-    """Are these a module's bytes as :func:`_seal` left them?"""
+    """Are these a module's bytes as the build left them, its SHA-256 after them
+    (:func:`~fds.models.registry.write_summed`: the dynamic loader ignores what follows an
+    ELF file's last section)?"""
     from fds.models.registry import SUM_MARK, sum_matches
 
     return data.rfind(SUM_MARK, -len(SUM_MARK) - 64) >= 0 and sum_matches(data)
@@ -534,6 +524,8 @@ def build_in(tmp: str, final: str, failed: str) -> None:
 
     from Cython.Build.Cythonize import main as cythonize
 
+    from fds.models.registry import write_summed
+
     os.nice(10)  # (the build shares the machine with the hot path it speeds up)
     work, log_file, started = Path(tmp), Path(failed), time.time()
     marker, held = log_file.with_suffix(".failed"), False
@@ -557,8 +549,8 @@ def build_in(tmp: str, final: str, failed: str) -> None:
                 print(exc.code, flush=True)  # (setuptools' reason: printed by exit, too late)
                 raise
         built = work / Path(final).name
-        os.chmod(built, 0o755)  # (the linker's mode follows the umask: 0777 not loaded)
-        _seal(built)
+        write_summed(built, built.read_bytes())  # (its checksum after it, fsynced: _sealed)
+        os.chmod(built, 0o755)  # (the linker's mode followed the umask: 0777 was not loaded)
         os.replace(built, final)
         for done in (marker, log_file):  # (an earlier failure's)
             with contextlib.suppress(OSError):
