@@ -108,7 +108,7 @@ class Compiler:
     def __init__(self, cache: str | Path) -> None:
         self.cache = Path(cache).expanduser()
         self._built: dict[str, Factory | None] = {}  # key -> make (None: the build failed)
-        self._waiting: dict[str, list[Callable[[], None]]] = {}  # key -> switch callbacks
+        self._waiting: dict[str, list[_Switch]] = {}  # key -> switch callbacks
         self.builds = 0  # builds run by this process (the cache hit otherwise)
         self._refused = False  # (the cache's refusal was said)
         self._held: set[str] = set()  # keys whose recent failure (a marker) was said
@@ -153,7 +153,7 @@ class Compiler:
         """Set ``plan._run`` to the kernel of ``source`` bound to ``ns`` if it is built (in this
         process, or found in the cache), else to ``run`` (interpreted; ``True`` when compiled).
         A kernel not built yet is built in the background; once it is, the plan's next event
-        rebinds it (:func:`_switch`). Under the lock, so that a kernel landing while a plan
+        rebinds it (:class:`_Switch`). Under the lock, so that a kernel landing while a plan
         binds is never missed."""
         if self.tag is None:
             plan._run = run
@@ -185,10 +185,12 @@ class Compiler:
                     self._held.add(key)
                     _warn(held)
                 return False
+            running = key in self._waiting
             waiting = self._waiting.setdefault(key, [])
-            waiting.append(_switch(plan))
-            if len(waiting) > 1:
-                return False  # (a build of it is running)
+            if not any(s.plan() is plan for s in waiting):  # (a plan's retry while its build
+                waiting.append(_Switch(plan))  # runs adds none: a review)
+            if running:
+                return False
             try:  # (started here, not by the thread: a process that exits at once still
                 child = self._start(key, module_source(source, names))  # leaves it built)
             except _Refused as exc:
@@ -229,8 +231,8 @@ class Compiler:
         """Why fds must not load code from ``path`` (the cache or a kernel in it, ``st`` its
         stat when the caller holds it open): another user's, or writable by its group or every
         user (stricter than a checkpoint's :func:`~fds.models.registry.untrusted`: a group
-        member could rewrite a module in place); ``None`` when it is not, or not there yet
-        (the cache is made 0700, its modules 0755)."""
+        member could rewrite a module in place), or a cache on a file system mounted noexec;
+        ``None`` when it is not, or not there yet (the cache is made 0700, its modules 0755)."""
         from fds.models.registry import untrusted
 
         try:
@@ -243,6 +245,11 @@ class Compiler:
             else None
         )
         if why is None:
+            if what == "feature kernel cache" and _noexec(path):
+                return (  # (a kernel built there failed to load, built again every hour)
+                    f"{what} {path} is on a file system mounted noexec: no kernel built "
+                    "there can be loaded; set FDS_KERNEL_CACHE to a directory on another"
+                )
             return None
         if what != "feature kernel cache":  # (a kernel: removed, no advice to follow)
             return f"{what} {path} is {why}: fds loads no code from it"
@@ -475,6 +482,14 @@ def _exec(name: str, path: Path, fd: int) -> Any:
     return module
 
 
+def _noexec(path: Path) -> bool:
+    """Is ``path`` on a file system mounted noexec (no module there can be mapped)?"""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_NOEXEC)
+    except OSError:
+        return False
+
+
 def _mapped(fd: int) -> bool:
     """Is the file open as ``fd`` mapped into this process (opened by the dynamic loader,
     which then knows it by its name for good)? ``True`` when that cannot be told."""
@@ -566,13 +581,17 @@ def build_in(tmp: str, final: str, failed: str) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _switch(plan: Any) -> Callable[[], None]:
+class _Switch:
     """A callback that makes ``plan`` rebind at its next event, on its own thread: its ``_run``
     becomes a one-shot function that rebinds (taking the built kernel) and runs the event."""
-    me = weakref.ref(plan)
 
-    def switch() -> None:
-        p = me()
+    __slots__ = ("plan",)
+
+    def __init__(self, plan: Any) -> None:
+        self.plan = weakref.ref(plan)
+
+    def __call__(self) -> None:
+        p, me = self.plan(), self.plan
         if p is None:
             return
 
@@ -583,5 +602,3 @@ def _switch(plan: Any) -> Callable[[], None]:
             return q._run(tx, t, wm)
 
         p._run = rebind
-
-    return switch

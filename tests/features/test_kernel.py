@@ -262,15 +262,18 @@ def test_a_running_plan_takes_its_kernel_once_its_failure_is_past(
     # (sweeps as rare as a million states make them: the retry does not wait for one, a review)
     live, ref = FeaturePlan(specs, compiler=c, sweep_min_events=10**6), plan(specs)
     assert c.wait() and not live.compiled
-    txs = [{"tx_id": f"t{i}", "ts": 1e9 + 6.0 * i, "card_id": f"c{i % 3}"} for i in range(3000)]
+    txs = [{"tx_id": f"t{i}", "ts": 1e9 + 6.0 * i, "card_id": f"c{i % 3}"} for i in range(6400)]
     out = [live.compute(tx) for tx in txs[:1100]]
     assert c.builds == 1 and not live.compiled, "tried again while its marker holds"
     monkeypatch.delenv("CC")
     (marker,) = tmp_path.glob("fds_kernel_*.failed")
     marker.unlink()
     out += [live.compute(tx) for tx in txs[1100:2200]]
+    live._kernel_retry = 0.0  # (its retries while the build runs: one switch waits, a review)
+    out += [live.compute(tx) for tx in txs[2200 : 2200 + 3 * 1024]]
+    assert [len(w) for w in c._waiting.values()] in ([1], []), c._waiting
     assert c.wait() and c.builds == 2
-    out += [live.compute(tx) for tx in txs[2200:]]
+    out += [live.compute(tx) for tx in txs[2200 + 3 * 1024 :]]
     assert live.compiled
     assert same(out, [ref.compute(tx) for tx in txs])
 
@@ -360,6 +363,31 @@ def test_a_cache_others_can_write_is_not_loaded_from(tmp_path: Path, how: str) -
     kernel.chmod(0o664)  # (a private cache holding a kernel others could rewrite: replaced)
     assert child(cache, "7h") == "False True 1"
     assert not list(cache.glob("*.failed"))
+
+
+def test_a_cache_on_a_noexec_file_system_is_not_built_in(tmp_path: Path) -> None:
+    """No kernel built there loads: each was built, refused by the loader, and built again
+    every hour, each a 10-20 s build (a review). Said, and the plans stay interpreted."""
+    cache = tmp_path / "noexec"
+    cache.mkdir()
+    try:
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "noexec,size=16m,mode=0700", "tmpfs", str(cache)],
+            check=True, capture_output=True, timeout=30,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        pytest.skip("mounting a noexec file system needs root (and the mount command)")
+    try:
+        for where in (cache, cache / "kernels"):  # (there, and made there when first needed)
+            done = subprocess.run(
+                [sys.executable, "-c", CHILD, str(where), "17h"], capture_output=True, text=True
+            )
+            assert done.stdout.strip() == "False False 0", done.stderr  # (no build)
+            assert f"{where} is on a file system mounted noexec" in done.stderr, done.stderr
+            assert "set FDS_KERNEL_CACHE to a directory on another" in done.stderr
+        assert not list(cache.rglob("build-*")) and not list(cache.rglob("*.failed"))
+    finally:
+        subprocess.run(["umount", str(cache)], check=False, timeout=30)
 
 
 def test_a_kernel_built_under_a_permissive_umask_is_loaded(tmp_path: Path) -> None:

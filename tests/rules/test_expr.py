@@ -432,17 +432,29 @@ _conds = st.recursive(
 )
 
 
+# The literals of _leaf as variables of the same values: a tree refused for a constant part
+# that raises (log(-3)) is compiled again without constants, so its code is still checked
+# (the fuzz returned on ~7% of its trees, a review).
+_LITERALS = {"-3": "k_m3", "2.5": "k_2_5", "1": "k_1", "0": "k_0"}
+_LITERAL = re.compile(r"(?<![\w.])(-3|2\.5|1|0)(?![\w.])")
+
+
 @settings(max_examples=300, deadline=1000)  # the deadline bounds compiling and evaluating
 @given(_conds)
 def test_fuzz_random_valid_trees_compile_and_evaluate_bounded(src: str) -> None:
+    known, values = KNOWN, VALUES
     try:
         e = compile_expr(src, KNOWN)
     except ExprError as err:  # (a constant part that raises, log(-3): refused at load)
         assert "fails whenever it is evaluated" in str(err), err
-        return
+        event("a constant part refused: compiled again with variables")
+        src = _LITERAL.sub(lambda m: _LITERALS[m.group(1)], src)
+        known = {**KNOWN, **dict.fromkeys(_LITERALS.values(), NUM)}
+        values = {**VALUES, **{v: float(k) for k, v in _LITERALS.items()}}
+        e = compile_expr(src, known)  # (no constant left to refuse)
     _assert_contained(e)
     with contextlib.suppress(ArithmeticError, TypeError, ValueError):
-        e.evaluate(VALUES)
+        e.evaluate(values)
 
 
 # The fuzzers below start from a valid condition and edit it: random tokens or random text
