@@ -50,16 +50,12 @@ from fds.streams.files import (
     load_mapping,
     separator_name,
 )
-from fds.timeutil import format_ts, span
+from fds.timeutil import EPOCH_2000, format_ts, span
 
 if TYPE_CHECKING:
     from fds.replay import ReplaySummary
 
 __all__ = ["register"]
-
-
-#: 2000-01-01T00:00:00Z: a replay whose every transaction is older was warned about.
-EPOCH_2000 = 946684800.0
 
 
 def register(sub: Any) -> None:
@@ -462,6 +458,17 @@ def _replay_file(args: argparse.Namespace, pushers: list[Pusher]) -> int:
             f"fds replay: warning: every transaction is dated before 2000 (the last at "
             f"{format_ts(summary.last_ts)}): if the file's times count seconds from another "
             f"origin than 1970, {fix}{serial}",
+            logging.WARNING,
+        )
+    elif summary.first_before_2000 is not None:  # (some: decided in 1970, a QA pass)
+        tx_id, ts = summary.first_before_2000
+        n = summary.dated_before_2000
+        say(
+            f"fds replay: warning: {n:,} transaction{'s' if n != 1 else ''} among later ones "
+            f"{'were' if n != 1 else 'was'} dated before 2000 and decided so (the first: "
+            f"tx_id {tx_id!r} at {format_ts(ts)}): if the time column mixes a spreadsheet's "
+            "date serials (days since 1899-12-30, e.g. 46023.5) or seconds from another "
+            "origin with dates, format it as a date and time where the file is made",
             logging.WARNING,
         )
     if summary.learn_errors:  # (a traceback halfway through the replay: a QA pass)

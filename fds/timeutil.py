@@ -14,8 +14,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from fds.errors import ConfigError
 
 __all__ = [
-    "WAKE_S", "format_ts", "get_zone", "parse_duration", "parse_ts", "second_pass", "sleep", "span",
-    "wait",
+    "EPOCH_2000", "WAKE_S", "format_ts", "get_zone", "parse_duration", "parse_ts", "second_pass",
+    "sleep", "span", "wait",
 ]  # fmt: skip
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
@@ -23,6 +23,8 @@ DURATION_PATTERN = r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*"  # (also rules/sche
 _DURATION = re.compile(f"^{DURATION_PATTERN}$")
 # Epoch values above this are milliseconds: 1e11 s is the year 5138, 1e11 ms is 1973.
 MS_THRESHOLD = _MS_THRESHOLD = 1e11
+#: 2000-01-01T00:00:00Z: a payment dated before it is taken for a time misread (a replay says so).
+EPOCH_2000 = 946684800.0
 
 
 def parse_duration(text: str | float | int) -> float:

@@ -1045,6 +1045,18 @@ def test_seconds_from_another_origin_are_mapped_or_warned_about(tmp_path, capsys
     serials.write_text("tx_id,ts,card_id,amount\nt1,46023.5,c1,5\n")
     assert main(["replay", str(serials), *argv[1:]]) == 0
     assert "if they are a spreadsheet's date serials (days since 1899-12-30" in said(capsys)
+    # one serial among dates: decided in 1970 with only an out-of-order note (a QA pass)
+    serials.write_text(
+        "tx_id,ts,card_id,amount\nt1,2026-01-01 10:00,c1,5\nt2,46023.5,c1,6\n"
+        "t3,2026-01-01 10:05,c1,7\n"
+    )
+    assert main(["replay", str(serials), *argv[1:]]) == 0
+    err = " ".join(said(capsys).split())
+    assert (
+        "1 transaction among later ones was dated before 2000 and decided so (the first: "
+        "tx_id 't2' at 1970-01-01T12:47:03" in err
+    ), err
+    assert "spreadsheet's date serials (days since 1899-12-30, e.g. 46023.5)" in err
     assert main(["replay", *argv, "--mapping", str(origin)]) == 0
     assert "before 2000" not in said(capsys)
     first = orjson.loads(out.read_bytes().splitlines()[0])
