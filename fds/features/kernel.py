@@ -37,6 +37,7 @@ import hashlib
 import importlib.machinery
 import importlib.util
 import logging
+import math
 import os
 import stat
 import subprocess
@@ -63,6 +64,10 @@ RETRY_AFTER_S = 3600.0
 #: A kernel no process loaded for this long is removed by the next build (each ruleset's
 #: features add ~1 MB to the cache: it grew without end).
 KEEP_S = 30 * 86400.0
+#: A process running a kernel marks it in use (its mtime) this often, so that a build of
+#: another's does not remove it as unused while a service that loaded it a month ago runs on
+#: (its next start built it again; see :func:`in_use`).
+IN_USE_EVERY_S = 86400.0
 #: Values of ``FDS_FEATURE_KERNEL``.
 MODES = ("compiled", "off")
 
@@ -480,6 +485,23 @@ def _exec(name: str, path: Path, fd: int) -> Any:
         raise
     module.__file__ = str(path)
     return module
+
+
+_in_use_next = [-math.inf]  # (monotonic time of the next in_use mark)
+
+
+def in_use() -> None:
+    """Mark the kernels this process loaded as in use, at most once per IN_USE_EVERY_S (a
+    plan running compiled calls it at its sweeps: one clock read per thousand events)."""
+    now = time.monotonic()
+    if now < _in_use_next[0]:
+        return
+    _in_use_next[0] = now + IN_USE_EVERY_S
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None) if name.startswith("fds_kernel_") else None
+        if path:
+            with contextlib.suppress(OSError):  # (removed meanwhile: built again when needed)
+                os.utime(path)
 
 
 def _noexec(path: Path) -> bool:

@@ -153,6 +153,25 @@ def test_an_engine_exports_whether_its_features_run_compiled(compiler: Compiler)
         assert m.registry.get_sample_value("fds_features_compiled") == want
 
 
+def test_a_running_plan_marks_its_kernel_in_use(
+    compiler: Compiler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kernel is marked in use when loaded; a service up for a month had its kernel removed
+    as unused by another process's build (its next start built it again: a review)."""
+    (kernel,) = compiler.cache.glob("fds_kernel_*.so")
+    os.utime(kernel, (1e9, 1e9))
+    monkeypatch.setattr("fds.features.kernel._in_use_next", [0.0])
+    p = plan(compiler=compiler)
+    assert p.compiled
+    os.utime(kernel, (1e9, 1e9))  # (after its load: marked by the plan's sweeps alone)
+    for i in range(3):
+        p.compute({"tx_id": f"t{i}", "ts": 1e9 + i, "card_id": "c", "amount": 1.0})
+    assert kernel.stat().st_mtime > time.time() - 600
+    os.utime(kernel, (1e9, 1e9))  # (at most once a day)
+    p.compute({"tx_id": "t9", "ts": 1e9 + 9, "card_id": "c", "amount": 1.0})
+    assert kernel.stat().st_mtime == 1e9
+
+
 def test_a_plan_switches_to_its_kernel_once_built_at_its_next_event(tmp_path: Path) -> None:
     c = Compiler(tmp_path)
     live, ref = plan(SMALL, compiler=c), plan(SMALL)
