@@ -30,6 +30,7 @@ import importlib
 import inspect
 import io
 import itertools
+import logging
 import math
 import random
 import re
@@ -47,6 +48,11 @@ from fds import shipped, yamlio
 from fds.errors import ConfigError, describe
 from fds.guardrails import MODEL_BUDGET_S
 from fds.timeutil import parse_duration, span
+
+log = logging.getLogger(__name__)
+# (file:line, key) of the durations without a unit said in this process: a spec is parsed by
+# each stage that uses it, said once
+_SAID_UNITLESS: set[tuple[str, str]] = set()
 
 __all__ = [
     "ALLOWED_MODULES",
@@ -525,18 +531,25 @@ def _policy(cls: type, raw: Any, source: str, node: yaml.Node | None, section: s
             if k in ("assume_legit_after", "every_seconds", "ttl", "shadow_max_wait"):
                 if type(v) is bool:
                     raise ValueError("must be a duration, e.g. 4d or 3600 (seconds)")
+                bare = type(v) in (int, float) and 0 < v < math.inf
                 v = parse_duration(v)
+                if bare and (where, k) not in _SAID_UNITLESS:  # (4 meant as days was 4 s, as in
+                    _SAID_UNITLESS.add((where, k))  # a rules window or a label delay: a QA)
+                    log.warning(
+                        "%s: %s.%s %g has no unit: read as %g seconds (write 4d, 6h, 90s)",
+                        where, section, k, v, v,
+                    )  # fmt: skip
                 if not v >= 0:
                     raise ValueError("must be a duration of 0 or more, e.g. 4d")
                 if k in ("assume_legit_after", "ttl") and v == math.inf:
                     # (.inf: nothing was ever assumed legitimate, the model learned frauds only
                     # and scored everyone 1.0, a QA pass; inputs kept for ever)
                     raise ValueError("must be a finite duration, e.g. 4d")
-                if k in ("shadow_max_wait", "every_seconds") and v <= 0:  # (every_seconds: 0s
-                    # published a version per label, where every_labels: 0 was refused: a QA)
-                    raise ValueError(
-                        f"must be a positive duration, e.g. {'14d' if k[0] == 's' else '6h'}"
-                    )
+                if k != "ttl" and v <= 0:  # (every_seconds: 0s published a version per label,
+                    # where every_labels: 0 was refused; assume_legit_after: 0 learned each
+                    # payment as legitimate at once, frauds first: QA passes)
+                    eg = {"shadow_max_wait": "14d", "every_seconds": "6h"}.get(k, "4d")
+                    raise ValueError(f"must be a positive duration, e.g. {eg}")
             elif k in (
                 "every_labels",
                 "shadow_min_labels",
