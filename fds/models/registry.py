@@ -1077,8 +1077,8 @@ def _champion_in(
 ) -> dict[str, Any]:
     """Make ``version`` the champion of manifest ``m`` (under its lock); the current one is
     retired (``status`` champion) or rejected, and with ``line`` the versions learned on from
-    it (not through ``version``); recorded in the history, with the newest version's seq then
-    (what a choice by hand passed over)."""
+    it (not through ``version``, nor those ``version`` learned from); recorded in the history,
+    with the newest version's seq then (what a choice by hand passed over)."""
     if version not in m["versions"]:
         raise _unknown(m, version)
     old = m.get("champion")
@@ -1097,9 +1097,16 @@ def _champion_in(
             e["status"] = "published"  # (`fds models list` showed them so for good, a QA pass)
     if line and status != "champion" and old in m["versions"]:  # rolled back: the versions
         # learned from it go with it (one learned on from it won its contest 12 s after a
-        # rollback by hand, and served what had been rolled back: a QA pass)
+        # rollback by hand, and served what had been rolled back: a QA pass), but not those
+        # the champion restored learned from (an older version promoted by hand and rolled
+        # back rejected the restored one's own parents: a QA pass)
+        ancestry = set(line_of(m, version))
         for v, e in m["versions"].items():
-            if e["status"] in ("published", "shadow") and old in line_of(m, v, version)[1:]:
+            if (
+                v not in ancestry
+                and e["status"] in ("published", "shadow")
+                and old in line_of(m, v, version)[1:]
+            ):
                 e["status"], e["rejected_because"] = "rejected", _learned_from(old)
     newest = max((e.get("seq", 0) for e in m["versions"].values()), default=0)
     m.setdefault("history", []).append(

@@ -227,6 +227,23 @@ def test_a_rollback_rejects_the_versions_learned_from_the_version_rolled_back(tm
     assert reg.entry("v000006")["status"] == "published"
 
 
+def test_a_rollback_of_an_older_version_spares_what_the_restored_one_learned_from(tmp_path):
+    """A QA pass: v2 promoted by hand over v5 (learned on from v2 through v3 and v4), then
+    rolled back: v3 and v4 were rejected as "learned from v000002", though v5, the champion
+    restored, had learned from them too (and v6-v8, learned on from v5, were not)."""
+    reg = Registry(tmp_path)
+    for i in range(8):
+        reg.publish({"x": i}, spec={"name": "t"}, parent=f"v{i:06d}" if i else None)
+    reg.promote("v000005")
+    reg.promote("v000002")
+    assert reg.rollback()["version"] == "v000005"
+    status = {e["version"]: e["status"] for e in reg.versions()}
+    assert status == {"v000001": "published", "v000002": "rejected", "v000003": "published",
+                      "v000004": "published", "v000005": "champion", "v000006": "published",
+                      "v000007": "published", "v000008": "published"}, status  # fmt: skip
+    assert reg.promote("v000004")["version"] == "v000004"  # (no --force needed)
+
+
 def test_a_rollback_follows_a_line_through_versions_retention_removed(tmp_path):
     """A review: with 10 versions kept, a champion that served while more were published had
     no line to its newest versions (their parents removed): its rollback rejected none of
