@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -72,6 +73,15 @@ def _checked(check: Callable[[str], object]) -> Callable[[str], str]:
     return parse
 
 
+def _id_prefix(text: str) -> str:
+    """argparse type of ``--id-prefix``: 1-32 letters, digits, ``-``, ``_``, ``.`` or ``:``."""
+    if not re.fullmatch(r"[A-Za-z0-9._:-]{1,32}", text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: 1 to 32 letters, digits or - _ . : (e.g. s2-), no space"
+        )
+    return text
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``simulate`` to the ``fds`` command line."""
     p = subparsers.add_parser(
@@ -107,6 +117,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out", type=_checked(check_out), required=True,
         help="transactions file (.jsonl or .jsonl.gz); labels go beside it",
+    )  # fmt: skip
+    p.add_argument(
+        "--id-prefix", type=_id_prefix, default="t",
+        help="transaction ids are this and a number from 0 (default t: t0000000, ...); give "
+        "another to a second stream into the same topics or files (a continuation with a "
+        "later --start): tx_ids must be unique",
     )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress and no summary")
     # (as fds replay and fds bench precision: the README names it for all three, a QA pass)
@@ -157,6 +173,7 @@ def _simulate(args: argparse.Namespace) -> int:
         start=args.start,
         timezone=args.timezone,
         progress=stage,
+        id_prefix=args.id_prefix,
     )
     t_gen = time.perf_counter() - t0
     total = len(sim.transactions) + len(sim.labels)

@@ -718,6 +718,7 @@ def simulate(
     start: str = "2026-01-01T00:00:00",
     timezone: str = "Asia/Seoul",
     progress: Progress | None = None,
+    id_prefix: str = "t",
 ) -> Simulation:
     """Simulate a card-payment stream with fraud, delayed labels and a scheduled drift.
 
@@ -738,6 +739,9 @@ def simulate(
         IANA zone whose local hours drive activity (day/night).
     progress : callable, optional
         Called with a short message at each stage.
+    id_prefix : str
+        Transaction ids are this and a number from 0 (``t0000000``): a second stream into the
+        same topics (a continuation with a later ``start``) needs another, ids being unique.
 
     Returns
     -------
@@ -780,14 +784,19 @@ def simulate(
     drift_ts = (
         float(clock.midnight[drift_day]) if drift_day is not None and drift_day < days else None
     )
-    return _materialise(w, ev, order, clock, drift_ts)
+    return _materialise(w, ev, order, clock, drift_ts, id_prefix)
 
 
 def _materialise(
-    w: _World, ev: _Events, order: np.ndarray, clock: _Clock, drift_ts: float | None
+    w: _World,
+    ev: _Events,
+    order: np.ndarray,
+    clock: _Clock,
+    drift_ts: float | None,
+    id_prefix: str,
 ) -> Simulation:
     n = len(order)
-    tx_ids = _ids("t", n)
+    tx_ids = _ids(id_prefix, n)
     card = ev.card[order]
     merchant = ev.merchant[order]
     ip_strs, ip_country = w.ip_tables()

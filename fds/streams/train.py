@@ -755,6 +755,7 @@ class TrainService:
         # a static member (--group-instance-id) another trainer took the id of: kafka-python's
         # heartbeat thread only logs it (see fds run's)
         fenced = _FencedWatch(s.group_instance_id)
+        said_held = False  # (idle, but labels wait: said once per wait)
         kafka_log = logging.getLogger("kafka")
         kafka_log.addHandler(fenced)
         try:
@@ -781,9 +782,17 @@ class TrainService:
                 # minutes: an outage then went unsaid, a review); the pass's work is no idle
                 # time (a slow one was, while positions were waited for)
                 no_input.worked(now, after := time.monotonic())
-                if not batch and broker.idle_ended(
-                    now, not held and no_input.over(self.consumer, after)
-                ):
+                idle = not batch and no_input.over(self.consumer, after)
+                if idle and held and not said_held:  # (it ran on past --max-idle without a
+                    said_held = True  # word: tx_ids used again by a second stream, a QA pass)
+                    log.info(
+                        "no input for --max-idle, but %d label(s) wait for their "
+                        "transactions' decisions (each up to %.0f s: decisions still to come, "
+                        "or tx_ids this trainer saw before, a stream using them again); it ends "
+                        "once none waits", len(self._labels), self.label_max_wait_s,
+                    )  # fmt: skip
+                said_held = said_held and held
+                if not batch and broker.idle_ended(now, idle and not held):
                     break
             self._commit_if_due(force=True)  # (a stop: everything learned is checkpointed)
         except BaseException:

@@ -327,6 +327,24 @@ def test_cli_writes_both_files_and_a_summary(tmp_path: Path, capsys: pytest.Capt
     assert n == len(sim.transactions)
 
 
+def test_a_second_stream_takes_an_id_prefix_of_its_own(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A QA pass: a continuation (a later --start) into the same topics began at t0000000
+    again, and a trainer held the labels of ids it had seen for minutes."""
+    out = tmp_path / "next.jsonl"
+    argv = ["simulate", "--days", "5", "--seed", "4", "--cards", "1000", "--quiet"]
+    argv += ["--merchants", "150", "--start", "2026-02-01T00:00:00"]
+    assert _cli([*argv, "--id-prefix", "s2-", "--out", str(out)]) == 0
+    ids = [orjson.loads(line)["tx_id"] for line in out.read_bytes().splitlines()]
+    assert ids[0] == "s2-0000000" and all(i.startswith("s2-") for i in ids)
+    labels = [orjson.loads(x) for x in (tmp_path / "next.labels.jsonl").read_bytes().splitlines()]
+    assert labels and set(x["tx_id"] for x in labels) <= set(ids)
+    with pytest.raises(SystemExit):
+        _cli([*argv, "--id-prefix", "a b", "--out", str(out)])
+    assert "1 to 32 letters, digits or - _ . : (e.g. s2-), no space" in capsys.readouterr().err
+
+
 def test_cli_summary_of_a_stream_without_labels_says_so(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

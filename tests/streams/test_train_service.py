@@ -836,6 +836,31 @@ def test_fds_train_s_max_idle_does_not_count_a_slow_pass(tmp_path):
     assert svc.run(max_idle_s=0.3).decisions == 1
 
 
+def test_fds_train_says_why_held_labels_keep_it_past_max_idle(tmp_path, caplog):
+    """A QA pass: a trainer fed a second stream whose tx_ids it had seen held their labels for
+    minutes past --max-idle without a word."""
+    svc = service(tmp_path)
+    svc._connect = lambda: setattr(svc, "consumer", Idle())  # type: ignore[method-assign]
+    svc._labels.put_back(TopicPartition("labels", 0), 0.0, "a label", None)
+    t0 = time.monotonic()
+
+    def process(batch) -> None:  # (the label waits 1 s, then is given up)
+        if time.monotonic() - t0 > 1.0:
+            svc._labels.forget([TopicPartition("labels", 0)], seek=False)
+
+    svc._process = process  # type: ignore[method-assign]
+    with caplog.at_level("INFO", "fds.streams.train"):
+        svc.run(max_idle_s=0.2)
+    assert time.monotonic() - t0 > 1.0
+    said = [r.getMessage() for r in caplog.records if "wait for their" in r.getMessage()]
+    assert said == [
+        "no input for --max-idle, but 1 label(s) wait for their transactions' decisions (each "
+        "up to 300 s: decisions still to come, or tx_ids this trainer saw before, a stream "
+        "using them again); it ends once none waits"
+    ], said
+    svc.store.close()
+
+
 def test_fds_train_ends_idle_with_the_broker_there_and_says_when_it_is_gone(tmp_path):
     """Found by a QA pass: an outage was idle time (--max-idle: exit 0), and without
     --max-idle fds train waited for a broker gone for good without a word."""
