@@ -461,7 +461,7 @@ def _replay_file(args: argparse.Namespace, pushers: list[Pusher]) -> int:
             logging.WARNING,
         )
     elif summary.first_before_2000 is not None:  # (some: decided in 1970, a QA pass)
-        tx_id, ts = summary.first_before_2000
+        tx_id, ts = summary.first_before_2000["tx_id"], summary.first_before_2000["ts"]
         n = summary.dated_before_2000
         say(
             f"fds replay: warning: {n:,} transaction{'s' if n != 1 else ''} among later ones "

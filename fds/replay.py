@@ -256,7 +256,7 @@ class ReplaySummary(Alerts):
     # ones, a spreadsheet's date serial (46023.5) or seconds from another origin among dates,
     # decided in 1970 with only an out-of-order note (a QA pass)
     dated_before_2000: int = 0
-    first_before_2000: tuple[str, float] | None = None
+    first_before_2000: dict[str, Any] | None = None  # {tx_id, ts}
 
     @property
     def throughput(self) -> float:
@@ -777,7 +777,8 @@ def _run(
                         s.late += "late" in d["flags"]
                     if tx["ts"] < EPOCH_2000:
                         s.dated_before_2000 += 1
-                        s.first_before_2000 = s.first_before_2000 or (tx["tx_id"], tx["ts"])
+                        if s.first_before_2000 is None:
+                            s.first_before_2000 = {"tx_id": tx["tx_id"], "ts": tx["ts"]}
                     if tx["tx_id"] in truth:
                         total_frauds += 1
                         alerted_frauds += action != "approve"

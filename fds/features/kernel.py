@@ -37,7 +37,6 @@ import hashlib
 import importlib.machinery
 import importlib.util
 import logging
-import math
 import os
 import stat
 import subprocess
@@ -64,9 +63,9 @@ RETRY_AFTER_S = 3600.0
 #: A kernel no process loaded for this long is removed by the next build (each ruleset's
 #: features add ~1 MB to the cache: it grew without end).
 KEEP_S = 30 * 86400.0
-#: A process running a kernel marks it in use (its mtime) this often, so that a build of
+#: A process that loaded a kernel marks it in use (its mtime) this often, so that a build of
 #: another's does not remove it as unused while a service that loaded it a month ago runs on
-#: (its next start built it again; see :func:`in_use`).
+#: (its next start built it again; see :func:`_mark_in_use`).
 IN_USE_EVERY_S = 86400.0
 #: Values of ``FDS_FEATURE_KERNEL``.
 MODES = ("compiled", "off")
@@ -236,10 +235,16 @@ class Compiler:
         """Why fds must not load code from ``path`` (the cache or a kernel in it, ``st`` its
         stat when the caller holds it open): another user's, or writable by its group or every
         user (stricter than a checkpoint's :func:`~fds.models.registry.untrusted`: a group
-        member could rewrite a module in place), or a cache on a file system mounted noexec;
-        ``None`` when it is not, or not there yet (the cache is made 0700, its modules 0755)."""
+        member could rewrite a module in place), or a cache on a file system mounted noexec
+        (there or, not made yet, where it would be made: nothing is made there); ``None`` when
+        it is not, or not there yet (the cache is made 0700, its modules 0755)."""
         from fds.models.registry import untrusted
 
+        if what == "feature kernel cache" and _noexec(path):
+            return (  # (a kernel built there failed to load, and was built again every hour)
+                f"{what} {path} is on a file system mounted noexec: no kernel built there can "
+                "be loaded; set FDS_KERNEL_CACHE to a directory on another"
+            )
         try:
             st = st or path.stat()
         except OSError:
@@ -250,11 +255,6 @@ class Compiler:
             else None
         )
         if why is None:
-            if what == "feature kernel cache" and _noexec(path):
-                return (  # (a kernel built there failed to load, built again every hour)
-                    f"{what} {path} is on a file system mounted noexec: no kernel built "
-                    "there can be loaded; set FDS_KERNEL_CACHE to a directory on another"
-                )
             return None
         if what != "feature kernel cache":  # (a kernel: removed, no advice to follow)
             return f"{what} {path} is {why}: fds loads no code from it"
@@ -312,6 +312,10 @@ class Compiler:
             module = _exec(name, path, fd)
             make: Factory = module.make
             sys.modules[name] = module
+            if not _marker:  # (marked in use while this process runs: not swept as unused)
+                _marker.append(threading.Thread(target=_mark_in_use, name="fds-kernel-in-use"))
+                _marker[0].daemon = True
+                _marker[0].start()
             with contextlib.suppress(OSError):  # (its last use: a kernel unused for KEEP_S
                 os.utime(path)  # is swept)
         except Exception as exc:  # (a damaged cache entry is built again)
@@ -487,29 +491,37 @@ def _exec(name: str, path: Path, fd: int) -> Any:
     return module
 
 
-_in_use_next = [-math.inf]  # (monotonic time of the next in_use mark)
+_MARK_NOW = threading.Event()  # (wakes the marker at once: tests)
+_marker: list[threading.Thread] = []  # (the marker thread, once started)
 
 
-def in_use() -> None:
-    """Mark the kernels this process loaded as in use, at most once per IN_USE_EVERY_S (a
-    plan running compiled calls it at its sweeps: one clock read per thousand events)."""
-    now = time.monotonic()
-    if now < _in_use_next[0]:
-        return
-    _in_use_next[0] = now + IN_USE_EVERY_S
-    for name, module in list(sys.modules.items()):
-        path = getattr(module, "__file__", None) if name.startswith("fds_kernel_") else None
-        if path:
-            with contextlib.suppress(OSError):  # (removed meanwhile: built again when needed)
-                os.utime(path)
+def _mark_in_use() -> None:
+    """(A daemon thread, started at the first kernel loaded.) Mark the kernels this process
+    loaded as in use every IN_USE_EVERY_S, busy or idle (a mark at each plan's sweep came
+    40 days apart for a plan of 90-day windows, whose sweeps wait for as many events as it
+    holds states: a review)."""
+    while True:
+        _MARK_NOW.wait(IN_USE_EVERY_S)
+        _MARK_NOW.clear()
+        for name, module in list(sys.modules.items()):
+            path = getattr(module, "__file__", None) if name.startswith("fds_kernel_") else None
+            if path:
+                with contextlib.suppress(OSError):  # (removed meanwhile: built again if needed)
+                    os.utime(path)
 
 
 def _noexec(path: Path) -> bool:
-    """Is ``path`` on a file system mounted noexec (no module there can be mapped)?"""
-    try:
-        return bool(os.statvfs(path).f_flag & os.ST_NOEXEC)
-    except OSError:
-        return False
+    """Is ``path`` (or where it would be made: its nearest existing parent) on a file system
+    mounted noexec, where no module can be mapped? (No such flag: False.)"""
+    flag = getattr(os, "ST_NOEXEC", 0)  # (Linux's; macOS has none: a review)
+    for where in (path, *path.parents) if flag else ():
+        try:
+            return bool(os.statvfs(where).f_flag & flag)
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return False
+    return False
 
 
 def _mapped(fd: int) -> bool:

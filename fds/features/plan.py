@@ -70,7 +70,7 @@ from fds.features.codegen import (
 )
 from fds.features.codegen import cat as _cat
 from fds.features.codegen import num as _num
-from fds.features.kernel import Compiler, in_use
+from fds.features.kernel import Compiler
 from fds.features.spec import DEFAULT_GRACE, Group, Layout, compile_specs, grace_seconds
 from fds.features.txstore import TxStore
 from fds.timeutil import parse_duration, span
@@ -385,9 +385,7 @@ class FeaturePlan:
         self._accepted += 1
         if self._accepted >= self._sweep_after:
             self._sweep()
-            if self.compiled:
-                in_use()  # (its kernel marked in use once a day: not removed as unused)
-            elif self.compiler is not None:  # (its kernel asked for again:
+            if not self.compiled and self.compiler is not None:  # (its kernel asked for again:
                 # see _KERNEL_RETRY_S; the clock read each 1,024 events, not only at sweeps,
                 # which a million states make hours apart: a review)
                 self._sweep_after = min(self._sweep_after, self._accepted + 1024)

@@ -50,9 +50,9 @@ from fds.guardrails import MODEL_BUDGET_S
 from fds.timeutil import parse_duration, span
 
 log = logging.getLogger(__name__)
-# (file:line, key) of the durations without a unit said in this process: a spec is parsed by
-# each stage that uses it, said once
-_SAID_UNITLESS: set[tuple[str, str]] = set()
+# (file:line, key, value) of the durations without a unit said in this process: a spec is
+# parsed by each stage that uses it, said once
+_SAID_UNITLESS: set[tuple[str, str, Any]] = set()
 
 __all__ = [
     "ALLOWED_MODULES",
@@ -531,13 +531,13 @@ def _policy(cls: type, raw: Any, source: str, node: yaml.Node | None, section: s
             if k in ("assume_legit_after", "every_seconds", "ttl", "shadow_max_wait"):
                 if type(v) is bool:
                     raise ValueError("must be a duration, e.g. 4d or 3600 (seconds)")
-                bare = type(v) in (int, float) and 0 < v < math.inf
-                v = parse_duration(v)
-                if bare and (where, k) not in _SAID_UNITLESS:  # (4 meant as days was 4 s, as in
-                    _SAID_UNITLESS.add((where, k))  # a rules window or a label delay: a QA)
+                raw, v = v, parse_duration(v)
+                said = (where, k, raw)  # (4 meant as days was 4 s, as in a rules window or a
+                if type(raw) in (int, float) and 0 < v < math.inf and said not in _SAID_UNITLESS:
+                    _SAID_UNITLESS.add(said)  # label delay: a QA pass)
                     log.warning(
-                        "%s: %s.%s %g has no unit: read as %g seconds (write 4d, 6h, 90s)",
-                        where, section, k, v, v,
+                        "%s: %s.%s %s has no unit: read as %s seconds (%s; write 4d, 6h, 90s)",
+                        where, section, k, raw, raw, span(v),
                     )  # fmt: skip
                 if not v >= 0:
                     raise ValueError("must be a duration of 0 or more, e.g. 4d")

@@ -74,10 +74,12 @@ def _checked(check: Callable[[str], object]) -> Callable[[str], str]:
 
 
 def _id_prefix(text: str) -> str:
-    """argparse type of ``--id-prefix``: 1-32 letters, digits, ``-``, ``_``, ``.`` or ``:``."""
-    if not re.fullmatch(r"[A-Za-z0-9._:-]{1,32}", text):
+    """argparse type of ``--id-prefix``: 1-32 letters, digits, ``-``, ``_``, ``.`` or ``:``,
+    not ending in a digit (``t1`` and ``t`` past 10 million ids would both give ``t10000000``:
+    a review)."""
+    if not re.fullmatch(r"[A-Za-z0-9._:-]{0,31}[A-Za-z._:-]", text):
         raise argparse.ArgumentTypeError(
-            f"{text!r}: 1 to 32 letters, digits or - _ . : (e.g. s2-), no space"
+            f"{text!r}: 1 to 32 letters, digits or - _ . :, not ending in a digit (e.g. s2-)"
         )
     return text
 

@@ -741,7 +741,8 @@ def simulate(
         Called with a short message at each stage.
     id_prefix : str
         Transaction ids are this and a number from 0 (``t0000000``): a second stream into the
-        same topics (a continuation with a later ``start``) needs another, ids being unique.
+        same topics (a continuation with a later ``start``) needs another, ids being unique
+        (one not ending in a digit: ``t1`` and ``t`` past 10 million ids meet).
 
     Returns
     -------

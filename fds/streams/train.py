@@ -783,15 +783,16 @@ class TrainService:
                 # time (a slow one was, while positions were waited for)
                 no_input.worked(now, after := time.monotonic())
                 idle = not batch and no_input.over(self.consumer, after)
-                if idle and held and not said_held:  # (it ran on past --max-idle without a
+                waiting = len(self._labels)  # (after the pass, which may have learned them)
+                if idle and waiting and not said_held:  # (it ran on past --max-idle without a
                     said_held = True  # word: tx_ids used again by a second stream, a QA pass)
                     log.info(
                         "no input for --max-idle, but %d label(s) wait for their "
                         "transactions' decisions (each up to %.0f s: decisions still to come, "
                         "or tx_ids this trainer saw before, a stream using them again); it ends "
-                        "once none waits", len(self._labels), self.label_max_wait_s,
+                        "once none waits", waiting, self.label_max_wait_s,
                     )  # fmt: skip
-                said_held = said_held and held
+                said_held = said_held and waiting > 0
                 if not batch and broker.idle_ended(now, idle and not held):
                     break
             self._commit_if_due(force=True)  # (a stop: everything learned is checkpointed)

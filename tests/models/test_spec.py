@@ -360,7 +360,7 @@ def test_an_endless_duration_is_one_and_a_huge_number_no_traceback() -> None:
 
 
 def test_a_duration_without_a_unit_is_said_and_assume_legit_after_0_refused(
-    tmp_path, caplog
+    tmp_path, caplog, monkeypatch
 ) -> None:
     """A QA pass: `assume_legit_after: 4` meant as days was 4 seconds without a word (every
     fraud first learned as legitimate), where a rules window, grace or a label delay without a
@@ -368,18 +368,29 @@ def test_a_duration_without_a_unit_is_said_and_assume_legit_after_0_refused(
     spec = tmp_path / "m.yaml"
     spec.write_text(
         "name: t\npipeline:\n  - linear_model.LogisticRegression: {}\n"
-        "learn:\n  assume_legit_after: 4\n  ttl: 62d\npublish:\n  every_seconds: 6\n"
+        "learn:\n  assume_legit_after: 4\n  ttl: 62d\npublish:\n  every_seconds: 1209600\n"
     )
+    monkeypatch.setattr("fds.models.spec._SAID_UNITLESS", set())
     with caplog.at_level("WARNING", "fds.models.spec"):
         assert load_spec(spec).learn.assume_legit_after == 4.0
         load_spec(spec)  # (parsed by each stage: said once)
     said = [r.getMessage() for r in caplog.records]
     assert said == [
-        f"{spec}:5: learn.assume_legit_after 4 has no unit: read as 4 seconds (write 4d, 6h, 90s)",
-        f"{spec}:8: publish.every_seconds 6 has no unit: read as 6 seconds (write 4d, 6h, 90s)",
+        f"{spec}:5: learn.assume_legit_after 4 has no unit: read as 4 seconds (4 s; write 4d, "
+        "6h, 90s)",
+        f"{spec}:8: publish.every_seconds 1209600 has no unit: read as 1209600 seconds (14.0 "
+        "days; write 4d, 6h, 90s)",
     ], said
     caplog.clear()
-    spec.write_text(spec.read_text().replace(": 4\n", ": 4d\n").replace(": 6\n", ": 6h\n"))
+    spec.write_text(spec.read_text().replace(": 4\n", ": 2\n"))  # (another value: said)
+    with caplog.at_level("WARNING", "fds.models.spec"):
+        load_spec(spec)
+    assert [r.getMessage()[-42:] for r in caplog.records] == [
+        "read as 2 seconds (2 s; write 4d, 6h, 90s)"
+    ]
+    caplog.clear()
+    monkeypatch.setattr("fds.models.spec._SAID_UNITLESS", set())
+    spec.write_text(spec.read_text().replace(": 2\n", ": 4d\n").replace(": 1209600\n", ": 6h\n"))
     with caplog.at_level("WARNING", "fds.models.spec"):
         load_spec(spec)
     assert not caplog.records

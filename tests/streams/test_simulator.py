@@ -342,7 +342,9 @@ def test_a_second_stream_takes_an_id_prefix_of_its_own(
     assert labels and set(x["tx_id"] for x in labels) <= set(ids)
     with pytest.raises(SystemExit):
         _cli([*argv, "--id-prefix", "a b", "--out", str(out)])
-    assert "1 to 32 letters, digits or - _ . : (e.g. s2-), no space" in capsys.readouterr().err
+    assert "1 to 32 letters, digits or - _ . :, not ending in a digit" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # (t1 and t past 10 million ids: both t10000000)
+        _cli([*argv, "--id-prefix", "t1", "--out", str(out)])
 
 
 def test_cli_summary_of_a_stream_without_labels_says_so(
