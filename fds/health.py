@@ -29,13 +29,24 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import sys
+import threading
 import time
-from collections.abc import Callable, Iterable
+import traceback
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
 
-__all__ = ["LIVENESS_MARGIN_S", "Beating", "Health", "health_app", "stale_after"]
+__all__ = ["LIVENESS_MARGIN_S", "Beating", "Health", "health_app", "stack_of", "stale_after"]
+
+log = logging.getLogger(__name__)
+
+#: How often :meth:`Health.watching` looks at the beats.
+WATCH_EVERY_S = 5.0
 
 #: Beyond ``broker_timeout_s`` (the longest a call to the broker is waited for without a beat:
 #: fds exits by itself after it), the time CPU-bound work may hold the loop without a beat: a
@@ -103,6 +114,42 @@ class Health:
             "stale_for_s": round(age, 1),
         }
 
+    @contextlib.contextmanager
+    def watching(self, every_s: float = WATCH_EVERY_S) -> Iterator[None]:
+        """While in it, a daemon thread logs a warning when the calling thread (the main
+        loop) stops beating for longer than ``stale_after_s`` -- what ``/healthz`` then
+        answers 503 for -- with where that thread is, and another once it beats again (a main
+        loop stuck 200 s in a model call said nothing: a pod restarted by its probe left no
+        trace of why in its log, a QA pass)."""
+        ident, done = threading.get_ident(), threading.Event()
+
+        def watch() -> None:
+            said: float | None = None  # the beat the loop was stuck after, once said
+            while not done.wait(every_s):
+                beat = self.beat
+                age = self._clock() - beat
+                if age > self.stale_after_s and said != beat:
+                    said = beat
+                    log.warning(
+                        "the main loop has made no progress: /healthz answers 503 (a restart "
+                        'is the cure if it stays so) seconds="%.0f" limit_s="%.0f" at="%s"',
+                        age, self.stale_after_s, stack_of(ident),
+                    )  # fmt: skip
+                elif said is not None and beat != said:
+                    log.warning(
+                        'the main loop makes progress again after a stall seconds="%.0f"',
+                        beat - said,
+                    )  # fmt: skip
+                    said = None
+
+        thread = threading.Thread(target=watch, name="fds-health-watch", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join(timeout=1.0)
+
     def readiness(self) -> tuple[int, dict[str, Any]]:
         """``(200, ...)`` when the service decides and is live, else ``(503, reason)``."""
         code, body = self.liveness()
@@ -113,6 +160,20 @@ class Health:
         return (200, {"status": "ready", "reason": reason}) if ready else (
             503, {"status": "not ready", "reason": reason}
         )  # fmt: skip
+
+
+def stack_of(ident: int, depth: int = 4) -> str:
+    """Where thread ``ident`` is: its innermost frames, innermost first (``file:line
+    function``, joined by ``<``).
+
+    >>> "stack_of" in stack_of(threading.get_ident())
+    True
+    """
+    frame = sys._current_frames().get(ident)
+    if frame is None:
+        return "(the thread has ended)"
+    frames = traceback.extract_stack(frame)[-depth:]
+    return " < ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames))
 
 
 class Beating:

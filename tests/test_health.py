@@ -142,3 +142,25 @@ def test_fds_ready_follows_readyz_and_is_absent_without_a_readiness_check() -> N
     liveness_only.watch_health(health()[0])
     for without in (liveness_only, Metrics()):
         assert without.registry.get_sample_value("fds_ready") is None
+
+
+def test_a_stalled_main_loop_is_logged_with_where_it_is_and_again_once_it_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A QA pass: a loop stuck 200 s in a model call said nothing (only /healthz turned 503),
+    so a pod restarted by its probe left no trace of why in its log."""
+    import time
+
+    h = Health(stale_after_s=0.3)
+    with caplog.at_level("WARNING", "fds.health"), h.watching(every_s=0.05):
+        h.tick()
+        time.sleep(1.0)  # (stuck here: no beat)
+        h.tick()
+        deadline = time.monotonic() + 5
+        while "progress again" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.05)
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 2, said
+    assert said[0].startswith("the main loop has made no progress: /healthz answers 503"), said
+    assert "test_a_stalled_main_loop_is_logged" in said[0], said  # (where it was stuck)
+    assert said[1].startswith("the main loop makes progress again after a stall seconds=")

@@ -1839,7 +1839,12 @@ class Runner:
             close_producer(self._index_producer, min(left(), 1.0))
 
     def run(self, *, max_idle_s: float | None = None) -> RunStats:
-        """Run until :meth:`stop` (or ``max_idle_s`` without input, for tests and benchmarks)."""
+        """Run until :meth:`stop` (or ``max_idle_s`` without input, for tests and benchmarks);
+        a stall of the loop is logged (:meth:`Health.watching`)."""
+        with self.health.watching():
+            return self._run(max_idle_s)
+
+    def _run(self, max_idle_s: float | None) -> RunStats:
         try:
             if self.checkpointer is not None:
                 self.checkpointer.lock()

@@ -715,7 +715,7 @@ class TrainService:
             with hold(
                 self.registry.path / ".trainer.lock", "the registry", "fds train",
                 f"give each trainer (each deployment, each model) its own {reg}", reg,
-            ):  # fmt: skip
+            ), self.health.watching():  # fmt: skip
                 return self._run(max_idle_s)
         finally:
             self.ckpt.unlock()
