@@ -64,6 +64,7 @@ from prometheus_client.registry import Collector
 
 from fds.cli import arg_type
 from fds.errors import ConfigError
+from fds.guardrails import MODEL
 from fds.health import Health, health_app
 
 __all__ = [
@@ -244,6 +245,7 @@ class Metrics(Collector):
         # Gauge's clear() then set() let a scrape in between see no series at all: a review).
         self._info_model: tuple[str, str] | None = None
         self._model_acting = False
+        self._bypassed = False  # (degraded mode: the model guard bypasses the model)
         self._info_ruleset: str | None = None
         self._info_demoted: tuple[tuple[str, str], ...] = ()
         self._rules_lock = threading.Lock()  # a drain of rule counts vs a scrape
@@ -663,6 +665,7 @@ class Metrics(Collector):
     def degraded(self, on: bool) -> None:
         """Enter (``True``) or leave (``False``) degraded mode (rules decide alone)."""
         self._degraded.set(1 if on else 0)
+        self._bypassed = on
 
     def model_fallback(self, reason: str) -> None:
         """Count one event decided without the model: ``error`` (it raised or scored NaN),
@@ -779,11 +782,17 @@ class Metrics(Collector):
             )
 
         if self.decides:  # (a model in shadow looked healthy: info 1, degraded 0, a QA pass)
-            yield GaugeMetricFamily(
-                "fds_model_acting",
+            yield GaugeMetricFamily(  # (1 while the breaker had demoted the model, or the
+                "fds_model_acting",  # guard bypassed it: the dashboard said it acted, a QA)
                 "1 while a model version is served and its score acts on the decisions (its "
-                "maturity gate open); 0 while it scores in shadow or none is served.",
-                value=float(self._model_acting and self._info_model is not None),
+                "maturity gate open, not demoted by the breaker, not bypassed in degraded "
+                "mode); 0 while it scores in shadow, is demoted or bypassed, or none is served.",
+                value=float(
+                    self._model_acting
+                    and self._info_model is not None
+                    and not self._bypassed
+                    and ("model", MODEL) not in self._info_demoted
+                ),
             )
         for name, doc, labels, values in (
             ("fds_model_info", "The model version scoring now (value 1; acting or in shadow: "

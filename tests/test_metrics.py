@@ -803,3 +803,27 @@ def test_an_engine_with_a_feature_stage_of_its_own_is_scraped() -> None:
     Engine(features=Stage(), metrics=m)
     assert b"fds_decisions_total" in m.exposition()
     assert m.registry.get_sample_value("fds_features_compiled") is None
+
+
+def test_the_model_acts_only_while_served_gated_open_not_demoted_nor_bypassed() -> None:
+    """A QA pass: with the model demoted by the breaker (every decision flagged
+    model_demoted) or bypassed in degraded mode, fds_model_acting stayed 1, and the
+    dashboard's "Model acting" tile said it acted."""
+    m = Metrics()
+
+    def acting() -> float | None:
+        return m.registry.get_sample_value("fds_model_acting")
+
+    m.model_acting(True)
+    assert acting() == 0  # (no version served)
+    m.model_info("v000001", "default")
+    assert acting() == 1
+    m.demoted_now([("rule", "r1")])
+    assert acting() == 1
+    m.demoted_now([("model", "@model"), ("rule", "r1")])
+    assert acting() == 0
+    m.demoted_now([])
+    m.degraded(True)
+    assert acting() == 0
+    m.degraded(False)
+    assert acting() == 1
