@@ -533,6 +533,9 @@ class Engine:
         self._demoted_as = dict(was)
         self._lifted_for = None  # a rule edited while the engine was down is lifted
         self._breaker_for = None  # (its breaker, replaced: the rules' settings again, a review)
+        if self.rules is not None and self.demoted:  # ... now, not at the next event (a rule
+            self._lift_edited()  # taken out stayed exported as demoted, its alert firing, until
+            # then: a QA pass)
         load_gate = getattr(self.model, "load_gate_state", None)
         if state.get("model_gate") is not None and load_gate is not None:
             load_gate(state["model_gate"])

@@ -670,6 +670,28 @@ def test_a_demoted_rule_taken_out_of_the_rules_is_not_said_back_in_force(tmp_pat
     assert "back in force" not in caplog.text
 
 
+def test_a_restart_forgets_at_once_the_demotion_of_a_rule_taken_out(tmp_path, caplog):
+    """A QA pass: a checkpoint holding the demotion of a rule no longer in the file kept it
+    exported (fds_guardrail_demoted 1, its alert firing) until the first transaction."""
+    import pickle
+
+    p, _rs, e = big_demoted(tmp_path)
+    state = pickle.dumps(e.state_dict())
+    write(p, 'version: "2"\nrules:\n' + BIG.split("\n", 3)[3])  # big taken out meanwhile
+    m = Metrics()
+    restarted = breaking(ReloadingRuleset(p, start=False, settle_seconds=0))
+    restarted.metrics = m
+    caplog.clear()
+    restarted.load_state_dict(pickle.loads(state))
+    assert restarted.demoted == set()
+    assert 'demotion forgotten target="big" why="taken out of the rules"' in caplog.text
+    restarted.report()
+    assert (
+        m.registry.get_sample_value("fds_guardrail_demoted", {"kind": "rule", "target": "big"})
+        is None
+    )
+
+
 def test_a_demoted_rule_stays_in_shadow_through_an_edit_of_its_tests_or_layout(tmp_path, caplog):
     """A QA pass: a test added to a demoted rule, or its condition laid out otherwise, was taken
     for a new definition and put the rule back in force, under the same version (which such an
