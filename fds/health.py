@@ -217,7 +217,7 @@ def health_app(metrics: App, health: Health | None) -> App:
     >>> app({"PATH_INFO": "/healthz", "REQUEST_METHOD": "GET"}, lambda s, hs: got.append(s))
     [b'{"status":"ok","reason":"the main loop made progress 0.0 s ago"}\\n']
     >>> app({"PATH_INFO": "/readyz", "REQUEST_METHOD": "GET"}, lambda s, hs: got.append(s))
-    [b'not found: /metrics, /healthz\\n']
+    [b'not found: /readyz (served here: /metrics, /healthz)\\n']
     >>> got
     ['200 OK', '404 Not Found']
     """
@@ -231,10 +231,14 @@ def health_app(metrics: App, health: Health | None) -> App:
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO") or "/"
         if path in ("/", "/metrics"):
+            if environ.get("REQUEST_METHOD") == "HEAD":  # (405 from prometheus_client, where
+                metrics({**environ, "REQUEST_METHOD": "GET"}, start_response)  # /healthz
+                return []  # answered HEAD: a QA pass)
             return metrics(environ, start_response)
         check = checks.get(path)
-        if check is None:
-            return _answer(start_response, "404 Not Found", f"not found: {served}\n".encode())
+        if check is None:  # (it said "not found: /metrics", read as /metrics missing: a QA pass)
+            text = f"not found: {path[:200]} (served here: {served})\n"
+            return _answer(start_response, "404 Not Found", text.encode("utf-8", "replace"))
         if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
             return _answer(start_response, "405 Method Not Allowed", b"use GET\n")
         code, body = check()
