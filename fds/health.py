@@ -237,8 +237,8 @@ def health_app(metrics: App, health: Health | None) -> App:
             return metrics(environ, start_response)
         check = checks.get(path)
         if check is None:  # (it said "not found: /metrics", read as /metrics missing: a QA pass)
-            text = f"not found: {path[:200]} (served here: {served})\n"
-            return _answer(start_response, "404 Not Found", text.encode("utf-8", "replace"))
+            said = f"not found: {path[:200]} (served here: {served})\n"
+            return _answer(start_response, "404 Not Found", said.encode("utf-8", "replace"))
         if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
             return _answer(start_response, "405 Method Not Allowed", b"use GET\n")
         code, body = check()
