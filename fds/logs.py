@@ -150,24 +150,28 @@ _SPEC = re.compile(r"%[#0\- +]*\d*(?:\.\d+)?[diouxXeEfFgGcrsa%]")
 
 
 def _split_record(record: logging.LogRecord) -> tuple[str, dict[str, str]]:
-    """:func:`_split` of the record's template, each part formatted with its own arguments:
-    a value that holds ``" key="x`` stays that value (split after formatting, an announced
-    ``path`` forged a ``partition`` field in JSON logs: a security review). A template its
-    arguments do not fit this way is split as its message is."""
+    """The record's text and the ``key="value"`` pairs of its template, each part formatted
+    with its own arguments: a value that holds ``" key="x`` stays that value (split after
+    formatting, an announced ``path`` forged a ``partition`` field in JSON logs: a security
+    review). Pairs the template ends with leave the text; pairs inside it are fields too, the
+    text kept whole (``state dir="..." was deleted; recreated``: they stayed inside ``msg``
+    in JSON logs, a QA pass). A template its arguments do not fit this way is split as its
+    message is (:func:`_split`)."""
     msg, args = record.msg, record.args
     if isinstance(msg, str) and isinstance(args, tuple) and len(msg) <= _SPLIT_MAX:
-        m = _TRAILING_PAIRS.match(msg)
-        if m is not None and m.group(1).strip():
-            pairs = _PAIR.findall(m.group(2))
-            parts = [m.group(1), *(v for _, v in pairs)]
-            counts = [sum(x != "%%" for x in _SPEC.findall(p)) for p in parts]
-            if sum(counts) == len(args) and "*" not in msg:
-                done, i = [], 0
-                for part, n in zip(parts, counts, strict=True):
-                    done.append(part % args[i : i + n] if args else part)
-                    i += n
-                keys = [k for k, _ in pairs]
-                return done[0].strip(), dict(zip(keys, done[1:], strict=True))
+        pieces = _PAIR.split(msg)  # text, key, value, text, key, value, ..., text
+        texts, keys = pieces[0::3], pieces[1::3]
+        parts = [p for i, p in enumerate(pieces) if i % 3 != 1]  # (text, value, text, ...)
+        counts = [sum(x != "%%" for x in _SPEC.findall(p)) for p in parts]
+        if keys and sum(counts) == len(args) and "*" not in msg:
+            done, i = [], 0
+            for part, n in zip(parts, counts, strict=True):
+                done.append(part % args[i : i + n] if args else part)
+                i += n
+            pairs = dict(zip(keys, done[1::2], strict=True))
+            if done[0].strip() and not "".join(texts[1:]).strip():  # (its pairs last)
+                return done[0].strip(), pairs
+            return record.getMessage(), pairs
     return _split(record.getMessage())
 
 

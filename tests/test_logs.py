@@ -315,3 +315,38 @@ def test_simulate_with_json_logs_prints_its_summary_as_json_and_its_stages_as_re
         assert any("materialising" in r["msg"] for r in records)
     finally:
         configure_logging("INFO", fmt="kv", logger_name="fds")  # (as the other tests expect)
+
+
+def test_every_pair_of_a_log_template_is_a_field_of_its_own() -> None:
+    """A QA pass: lines with text after their pairs (`no usable checkpoint path="..." : ...`,
+    `state dir="..." was deleted; recreated`, a rejected rules reload ...) kept the pairs
+    inside `msg` in JSON logs: every `key="..."` pair of every template of fds's log calls
+    (read by ast, formatted with arguments of the kinds it asks for) is a field."""
+    import ast
+    from pathlib import Path
+
+    from fds.logs import _PAIR, _SPEC, _split_record
+
+    levels = {"debug", "info", "warning", "error", "exception", "critical"}
+    sample = {"d": 1, "i": 1, "x": 1, "c": 1, "e": 1.5, "f": 1.5, "g": 1.5}
+    bad, seen = [], 0
+    for path in sorted(Path("fds").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            name, args = node.func.attr, node.args
+            at = 1 if name == "log" else 0 if name in levels else None
+            if at is None or len(args) <= at or not isinstance(args[at], ast.Constant):
+                continue
+            template = args[at].value
+            if not isinstance(template, str) or not _PAIR.search(template) or "*" in template:
+                continue
+            seen += 1
+            values = tuple(sample.get(x[-1].lower(), "v") for x in _SPEC.findall(template)
+                           if x != "%%")  # fmt: skip
+            record = logging.LogRecord("fds", logging.INFO, str(path), 1, template, values, None)
+            _text, fields = _split_record(record)
+            if set(fields) != {k for k, _ in _PAIR.findall(template)}:
+                bad.append(f"{path}:{node.lineno}: {template[:80]!r} -> {fields}")
+    assert seen > 100, seen  # (the walk finds fds's log calls)
+    assert not bad, "\n".join(bad)

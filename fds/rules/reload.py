@@ -499,7 +499,7 @@ class ReloadingRuleset:
         # the rejected file's whole YAML tree alive, a review)
         self.last_error = e = e.with_traceback(None)
         self.counts["rejected"] += 1
-        log.error('rules reload rejected, keeping version="%s": %s', self.current.version, e)
+        log.error('rules reload rejected: %s; keeping version="%s"', e, self.current.version)
         if self.metrics is not None:
             self.metrics.ruleset_reload("rejected")
             self.metrics.ruleset_file_ok(False)

@@ -464,8 +464,8 @@ class Checkpointer:
         else:
             self.failed()
             log.warning(
-                'background checkpoint failed path="%s" exit=%d error="%s"; the previous '
-                "checkpoint stays",
+                'background checkpoint failed; the previous checkpoint stays path="%s" '
+                'exit="%d" error="%s"',
                 self.path, code, why or (f"killed by signal {-code}" if code < 0 else "unknown"),
             )  # fmt: skip
         return False

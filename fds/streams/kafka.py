@@ -2712,12 +2712,14 @@ class Runner:
         # rebuild may take long: a QA pass)
         log.log(
             logging.WARNING if ignored else logging.INFO,
-            'no usable checkpoint path="%s": the state of the partitions already consumed is '
-            "rebuilt from the input (each one's feature horizon read again%s)%s",
-            ck.path, f", {_horizon_text(self.engine)}" if ignored else "",
+            "no usable checkpoint: the state of the partitions already consumed is rebuilt from "
+            'the input (each one\'s feature horizon read again%s)%s path="%s"',
+            f", {_horizon_text(self.engine)}" if ignored else "",
             ", unless other instances' snapshots on the state topic hold them (a takeover)"
-            if self.state_topic is not None else "",
-        )  # fmt: skip
+            if self.state_topic is not None
+            else "",
+            ck.path,
+        )  # fmt: skip (its pairs last: in JSON logs fields of their own, a QA pass)
 
     def _check_owner(self, what: str, got: Checkpoint, ck: Checkpointer) -> None:
         """Refuse a checkpoint another consumer group wrote, unless this group adopts it
@@ -3327,7 +3329,7 @@ class Runner:
                 f"restoring the state ({what}): partitions {sorted(tp.partition for tp in ranges)}"
             )
             log.info(
-                '%s started partitions="%s" records="%d" (state only, no output)',
+                '%s started (state only, no output) partitions="%s" records="%d"',
                 what, sorted(tp.partition for tp in ranges), todo,
             )  # fmt: skip
             said_at = time.monotonic() + PROGRESS_EVERY_S
@@ -3565,8 +3567,8 @@ class Runner:
                     index=index,
                 )  # fmt: skip
             except (KafkaError, UnreadableRecords) as exc:
-                log.warning('state topic%s="%s" cannot be read: %s', " index" if index else "",
-                            index or st.topic, describe(exc))  # fmt: skip
+                log.warning('state topic%s cannot be read: %s topic="%s"', " index" if index
+                            else "", describe(exc), index or st.topic)  # fmt: skip
                 return None
             for ident, m in (found or {}).items():
                 if ident not in manifests or manifest_newer(m, manifests[ident]):

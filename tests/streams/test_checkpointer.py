@@ -75,8 +75,9 @@ def test_a_failed_background_write_says_why_and_the_next_that_lands_says_so(
             assert ck.save_background(dict, topic="tx", offsets={0: n})
             assert ck.wait(timeout_s=30)
         assert (ck.saves, ck.failures, ck.failing) == (0, 2, 2)
-        said = f'background checkpoint failed path="{ck.path}" exit=1 error="OSError: ' \
-            '[Errno 28] No space left on device"; the previous checkpoint stays'  # fmt: skip
+        said = "background checkpoint failed; the previous checkpoint stays " \
+            f'path="{ck.path}" exit="1" ' \
+            'error="OSError: [Errno 28] No space left on device"'  # fmt: skip
         assert caplog.text.count(said) == 2, caplog.text
         assert "written again" not in caplog.text
         m.undo()

@@ -302,7 +302,7 @@ def test_a_rebuild_says_how_much_it_reads_and_how_far_it_got(tmp_path, caplog, m
     broker.script = [(1, lambda g: g.rebalance({P0, P1}))]
     with caplog.at_level(logging.INFO, logger="fds.streams.kafka"):
         runner(broker, tmp_path).run(max_idle_s=0.3)
-    assert 'rebuild started partitions="[0, 1]" records="30"' in caplog.text
+    assert 'rebuild started (state only, no output) partitions="[0, 1]" records="30"' in caplog.text
     assert 'rebuild progress records="1" of="30" done="3%"' in caplog.text
 
 
