@@ -246,6 +246,8 @@ GONE_CLOSE_S = 0.5
 # An idle loop's broker probe waits this long for an answer, less when broker_timeout_s has
 # less left (but at least PROBE_MIN_S: a broker just back needs a round trip).
 PROBE_TIMEOUT_S = 3.0
+#: A start that has not reached the broker after this long says so (and once it does).
+CONNECT_SAY_AFTER_S = 5.0
 PROBE_MIN_S = 0.5
 # A restore (catch-up or rebuild) polls the group consumer this often, so that a rebalance the
 # group starts meanwhile does not wait for the restore to end (Runner._keep_alive).
@@ -496,6 +498,15 @@ class BrokerWatch:
         self.probe, self.timeout_s, self.gone = probe, timeout_s, gone
         self.every = min(5.0, timeout_s / 4)
         self.contact = self.probed = time.monotonic()
+        self._said: float | None = None  # the last contact before an outage said, if one was
+
+    def answered(self, now: float) -> None:
+        """The broker answered at ``now`` (records came, or a probe did): after an outage said,
+        said once (its warnings every few seconds ended in silence: a QA pass)."""
+        if self._said is not None:
+            log.info('Kafka answers again after an outage seconds="%.0f"', now - self._said)
+            self._said = None
+        self.contact = now
 
     def idle_ended(self, now: float, idle_over: bool) -> bool:
         """Whether an idle run may end (``idle_over``: its limit is reached, and the broker
@@ -507,7 +518,7 @@ class BrokerWatch:
         left = self.timeout_s - (now - self.contact)
         why = self.probe(min(PROBE_TIMEOUT_S, max(left, PROBE_MIN_S)))
         if why is None:
-            self.contact = now
+            self.answered(now)
             return idle_over
         waited = time.monotonic() - self.contact
         if waited > self.timeout_s:
@@ -518,6 +529,7 @@ class BrokerWatch:
             "no answer from Kafka for %.0f s of %.0f s (--broker-timeout), then exit: %s",
             waited, self.timeout_s, why,
         )  # fmt: skip
+        self._said = self.contact
         return False
 
 
@@ -1532,6 +1544,18 @@ class Runner:
                 )  # fmt: skip
         # not reached yet: an outage at the start showed no sample at all (a QA pass)
         self._broker_state(False)
+        t0, said = time.monotonic(), threading.Event()  # (a start against a broker down said
+
+        def waiting() -> None:  # nothing for its timeout: a QA pass)
+            said.set()
+            log.warning(
+                "no answer from Kafka yet: waiting up to %.0f s (--broker-timeout) "
+                'bootstrap="%s"', s.broker_timeout_s, s.bootstrap,
+            )  # fmt: skip
+
+        slow = threading.Timer(CONNECT_SAY_AFTER_S, waiting)
+        slow.daemon = True
+        slow.start()
         try:
             # kafka-python bootstraps in the constructors: an unreachable broker fails here.
             with ClientErrors() as errors:
@@ -1545,6 +1569,10 @@ class Runner:
                 errors.connect(lambda: self.consumer.bootstrap(timeout_ms=timeout_ms), n, stop)
         except (KafkaError, OSError) as exc:
             raise unreachable(s, exc, errors) from exc
+        finally:
+            slow.cancel()
+        if said.is_set():  # (the wait said: its end too)
+            log.info('Kafka answers after a wait seconds="%.0f"', time.monotonic() - t0)
         self._broker_state(True)
         if s.exactly_once:
             try:
@@ -1941,7 +1969,8 @@ class Runner:
             if self._heartbeat_fenced.seen:  # before deciding what that poll fetched
                 raise self._fenced("heartbeat")
             if batch:
-                broker.contact = no_input.since = now
+                no_input.since = now
+                broker.answered(now)
                 aligner.add(batch)
                 self._broker_state(True)  # (records came: it answers; the gauge stayed 0
                 # after an outage, a review)

@@ -770,7 +770,8 @@ class TrainService:
                     raise FdsError(self._shared)
                 now = health.beat = time.monotonic()
                 if batch:
-                    no_input.since = broker.contact = now
+                    no_input.since = now
+                    broker.answered(now)
                 held = len(self._labels) > 0
                 self._follow_rollback()
                 if batch or held or self._early:  # (held labels may go on by now; those

@@ -253,6 +253,56 @@ def test_a_member_the_heartbeat_found_fenced_stops_before_deciding_more(tmp_path
     assert broker.polls <= 6
 
 
+def test_a_start_that_waits_for_the_broker_says_so_and_when_it_answers(
+    tmp_path, caplog, monkeypatch
+):
+    """A QA pass: `fds run` started against a broker down said nothing for 32 s (only /readyz
+    said it waited)."""
+    import time
+
+    monkeypatch.setattr("fds.streams.kafka.CONNECT_SAY_AFTER_S", 0.1)
+    broker = Broker(logs(n0=4, n1=4), committed={0: 0, 1: 0})
+    broker.script = [(1, lambda g: g.rebalance({P0, P1}))]
+    r = runner(broker, tmp_path)
+    make = r._consumer_factory
+
+    def slow(**cfg: Any) -> Any:  # (the bootstrap waits for a broker that comes up later)
+        time.sleep(0.5)
+        return make(**cfg)
+
+    r._consumer_factory = slow
+    with caplog.at_level("INFO", logger="fds.streams.kafka"):
+        r.run(max_idle_s=0.3)
+    said = [m.getMessage() for m in caplog.records]
+    waits = [m for m in said if m.startswith("no answer from Kafka yet")]
+    assert waits == [
+        "no answer from Kafka yet: waiting up to 60 s (--broker-timeout) "
+        'bootstrap="127.0.0.1:19092"'
+    ], said
+    assert any(m.startswith('Kafka answers after a wait seconds="') for m in said), said
+    assert len(broker.out) == 8  # (then decided as ever)
+
+
+def test_the_broker_answering_again_after_an_outage_is_said_once(caplog, monkeypatch):
+    """A QA pass: warnings every few seconds during an outage ended in silence."""
+    import fds.streams.kafka as kafka_mod
+    from fds.streams.kafka import BrokerWatch
+
+    clock, answers = [100.0], ["KafkaTimeoutError: no answer"]
+    monkeypatch.setattr(kafka_mod, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    watch = BrokerWatch(lambda _t: answers[0], 60.0, lambda: "gone")
+    with caplog.at_level("INFO", logger="fds.streams.kafka"):
+        clock[0] += 12.0
+        assert watch.idle_ended(clock[0], False) is False  # (said: no answer for 12 s)
+        answers[0] = None
+        clock[0] += 8.0
+        watch.idle_ended(clock[0], False)
+        watch.answered(clock[0] + 1)  # (records too: said once)
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 2 and said[0].startswith("no answer from Kafka for 12 s"), said
+    assert said[1] == 'Kafka answers again after an outage seconds="20"', said
+
+
 def test_an_unanswered_probe_says_how_long_and_for_how_long_more(caplog, monkeypatch):
     """A chaos run: `broker probe failed: KafkaTimeoutError: KafkaTimeoutError: ...` every
     3 s, without how long it had waited or how long was left, then an exit."""
