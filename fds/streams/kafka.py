@@ -246,9 +246,9 @@ GONE_CLOSE_S = 0.5
 # An idle loop's broker probe waits this long for an answer, less when broker_timeout_s has
 # less left (but at least PROBE_MIN_S: a broker just back needs a round trip).
 PROBE_TIMEOUT_S = 3.0
+PROBE_MIN_S = 0.5
 #: A start that has not reached the broker after this long says so (and once it does).
 CONNECT_SAY_AFTER_S = 5.0
-PROBE_MIN_S = 0.5
 # A restore (catch-up or rebuild) polls the group consumer this often, so that a rebalance the
 # group starts meanwhile does not wait for the restore to end (Runner._keep_alive).
 KEEPALIVE_S = 0.5
@@ -2738,7 +2738,7 @@ class Runner:
             )  # fmt: skip
             return
         # (after a checkpoint was ignored, an INFO line that read as routine, though the
-        # rebuild may take long: a QA pass)
+        # rebuild may take long: a QA pass; its pair last, a field of its own in JSON logs)
         log.log(
             logging.WARNING if ignored else logging.INFO,
             "no usable checkpoint: the state of the partitions already consumed is rebuilt from "
@@ -2748,7 +2748,7 @@ class Runner:
             if self.state_topic is not None
             else "",
             ck.path,
-        )  # fmt: skip (its pairs last: in JSON logs fields of their own, a QA pass)
+        )
 
     def _check_owner(self, what: str, got: Checkpoint, ck: Checkpointer) -> None:
         """Refuse a checkpoint another consumer group wrote, unless this group adopts it
