@@ -305,14 +305,13 @@ class Engine:
             # the event that set the watermark they are late against: a clock or data error
             # there (a record stamped 2099) made every later one late without a name (QA pass)
             _, _, wm, by = self._late_last
-            log.warning(
+            log.warning(  # (every pair in the template: fields of their own in JSON logs, a QA)
                 "events later than the grace period (the rules file's `grace:`) decided on the "
                 'state held and flagged late count="%d" last_tx_id="%s" last_ts="%s" '
-                'grace_s="%s"%s',
+                'grace_s="%s" watermark="%s" set_by_tx_id="%s"',
                 self._late_unsaid, self._late_last[0], format_ts(self._late_last[1]),
                 f"{getattr(self.features, 'grace', 0):g}",
-                (f' watermark="{format_ts(wm)}"' if wm is not None else "")
-                + (f' set_by_tx_id="{by}"' if by is not None else ""),
+                "unknown" if wm is None else format_ts(wm), "unknown" if by is None else by,
             )  # fmt: skip
             self._late_unsaid, self._late_say_at = 0, t + LATE_SAID_EVERY_S
 

@@ -675,9 +675,9 @@ class ModelServer:
                 tries += 1
                 if wait is None or tries <= len(retries) or tries % RECORD_SAY_EVERY == 0:
                     log.warning(
-                        'registry update failed change="%s" error=%s%s', what, e,
+                        'registry update failed%s change="%s" error="%s"',
                         "" if wait is None else f"; retrying in {wait:g} s (try {tries}; it "
-                        "stands meanwhile, and the registry's champion is not followed)",
+                        "stands meanwhile, and the registry's champion is not followed)", what, e,
                     )  # fmt: skip
                 if tries == len(retries) and self.metrics is not None:
                     self.metrics.model_swap("unrecorded")
@@ -1673,7 +1673,7 @@ class ModelServer:
                     if isinstance(e, ConfigError):
                         seen = stamp
                     if str(e) != said:  # (an invalid manifest was logged every second)
-                        log.warning("model registry poll failed error=%s", e)
+                        log.warning('model registry poll failed error="%s"', e)
                         said = str(e)
                         if self.metrics is not None:  # (counted nowhere, no alert: a QA
                             self.metrics.model_swap("poll_failed")  # pass; once per error)

@@ -499,7 +499,8 @@ class ReloadingRuleset:
         # the rejected file's whole YAML tree alive, a review)
         self.last_error = e = e.with_traceback(None)
         self.counts["rejected"] += 1
-        log.error('rules reload rejected: %s; keeping version="%s"', e, self.current.version)
+        log.error('rules reload rejected (the rules in force kept): %s kept_version="%s"', e,
+                  self.current.version)  # fmt: skip
         if self.metrics is not None:
             self.metrics.ruleset_reload("rejected")
             self.metrics.ruleset_file_ok(False)

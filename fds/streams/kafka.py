@@ -1911,7 +1911,7 @@ class Runner:
                 self._count_checkpoints()
             self._dlq_lines.flush()
             log.info(
-                "stopped consumed=%d decided=%d dead_letters=%d commits=%d",
+                'stopped consumed="%d" decided="%d" dead_letters="%d" commits="%d"',
                 self.stats.consumed, self.stats.decided, self.stats.dead_letters,
                 self.stats.commits,
             )  # fmt: skip
@@ -2826,7 +2826,7 @@ class Runner:
             return None
         self._published = ck.saves  # what was just read is on the topic already
         log.info(
-            'restored checkpoint from state topic="%s" instance="%s" bytes=%d seconds=%.1f',
+            'restored checkpoint from state topic="%s" instance="%s" bytes="%d" seconds="%.1f"',
             st.topic, st.ident, len(data), time.monotonic() - t0,
         )  # fmt: skip
         try:
@@ -3695,9 +3695,9 @@ class Runner:
                 continue
             log.info(
                 'partitions %s taken over from the snapshot of instance="%s" offsets="%s" '
-                'bytes=%d seconds=%.1f manifest_from="%s"%s', parts, ident,
+                'bytes="%d" seconds="%.1f" manifest_from="%s"%s', parts, ident,
                 {tp.partition: o for tp, o in covered.items()}, size, time.monotonic() - t0,
-                source[ident], f" left_there={was_left}" if was_left else "",
+                source[ident], f' left_there="{was_left}"' if was_left else "",
             )  # fmt: skip
             cuts.append((cut, covered))
             if donor is None or len(parts) > len(best_parts):

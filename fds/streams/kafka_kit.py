@@ -874,7 +874,7 @@ def _up(
             start_new_session=True, close_fds=True, cwd=ddir,
         )  # fmt: skip
     (ddir / "broker.pid").write_text(f"{proc.pid}\n")
-    log.info("started Kafka broker pid=%d bootstrap=%s log=%s", proc.pid, bootstrap, log_file)
+    log.info('started Kafka broker pid="%d" bootstrap="%s" log="%s"', proc.pid, bootstrap, log_file)
     # Poll the child itself: right after fork its /proc cmdline is still Python's.
     try:
         ready = _wait_ready(bootstrap, lambda: proc.poll() is None, log_file, timeout)
@@ -932,7 +932,7 @@ def down(
             _reap(pid)
             time.sleep(0.1)  # polling interval while the broker shuts down
         if _read_pid(ddir) == pid:
-            log.warning("Kafka broker pid=%d ignored SIGTERM for %.0f s; killing", pid, timeout)
+            log.warning('Kafka broker ignored SIGTERM for %.0f s; killing pid="%d"', timeout, pid)
             os.kill(pid, signal.SIGKILL)
             _reap(pid)
         stopped = True
