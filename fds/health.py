@@ -232,8 +232,12 @@ def health_app(metrics: App, health: Health | None) -> App:
         path = environ.get("PATH_INFO") or "/"
         if path in ("/", "/metrics"):
             if environ.get("REQUEST_METHOD") == "HEAD":  # (405 from prometheus_client, where
-                metrics({**environ, "REQUEST_METHOD": "GET"}, start_response)  # /healthz
-                return []  # answered HEAD: a QA pass)
+                got: list[Any] = []  # /healthz answered HEAD, then Content-Length 0: QA passes)
+                get = {**environ, "REQUEST_METHOD": "GET"}
+                page = b"".join(metrics(get, lambda status, hs: got.extend((status, hs))))
+                headers = [(k, v) for k, v in got[1] if k.lower() != "content-length"]
+                start_response(got[0], [*headers, ("Content-Length", str(len(page)))])
+                return []
             return metrics(environ, start_response)
         check = checks.get(path)
         if check is None:  # (it said "not found: /metrics", read as /metrics missing: a QA pass)

@@ -120,6 +120,9 @@ def test_serve_answers_health_beside_metrics_over_http() -> None:
             c.sendall(b"HEAD /metrics HTTP/1.0\r\n\r\n")  # /metrics: a QA pass)
             answer = b"".join(iter(lambda: c.recv(4096), b""))
         assert answer.startswith(b"HTTP/1.0 200") and answer.endswith(b"\r\n\r\n"), answer
+        length = int(answer.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+        page = len(get(base + "/metrics")[1])  # (it said 0: a QA pass; the page's own
+        assert page > 1000 and abs(length - page) < page / 20  # gauges may move meanwhile)
         clock.now += 121
         assert get(base + "/healthz")[0] == 503
         assert get(base + "/readyz")[0] == 503

@@ -716,7 +716,7 @@ def test_a_partition_taken_from_a_snapshot_written_after_its_owner_left_it(
     assert 'partitions [1] taken over from the snapshot of instance="g/a" offsets="{1: 10}"' in (
         caplog.text
     )
-    assert "left_there=[1]" in caplog.text
+    assert 'left_there="[1]"' in caplog.text
     assert "scaled to the 50% of its partitions taken" in caplog.text  # (a held 0 and 1)
     _decides_as_one_engine_of(tmp_path, r, logs, [p[1]])
 
