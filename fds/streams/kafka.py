@@ -2826,7 +2826,8 @@ class Runner:
             return None
         self._published = ck.saves  # what was just read is on the topic already
         log.info(
-            'restored checkpoint from state topic="%s" instance="%s" bytes="%d" seconds="%.1f"',
+            'restored checkpoint from state topic snapshot topic="%s" instance="%s" bytes="%d" '
+            'seconds="%.1f"',  # (its pairs last, fields of their own: "state topic" kept whole)
             st.topic, st.ident, len(data), time.monotonic() - t0,
         )  # fmt: skip
         try:
