@@ -249,6 +249,8 @@ PROBE_TIMEOUT_S = 3.0
 PROBE_MIN_S = 0.5
 #: A start that has not reached the broker after this long says so (and once it does).
 CONNECT_SAY_AFTER_S = 5.0
+#: An outage is said at its first unanswered probe, then this often (probes come every 3 s).
+OUTAGE_SAY_EVERY_S = 15.0
 # A restore (catch-up or rebuild) polls the group consumer this often, so that a rebalance the
 # group starts meanwhile does not wait for the restore to end (Runner._keep_alive).
 KEEPALIVE_S = 0.5
@@ -499,13 +501,14 @@ class BrokerWatch:
         self.every = min(5.0, timeout_s / 4)
         self.contact = self.probed = time.monotonic()
         self._said: float | None = None  # the last contact before an outage said, if one was
+        self._say_at = -math.inf  # (the next time an unanswered probe is said)
 
     def answered(self, now: float) -> None:
         """The broker answered at ``now`` (records came, or a probe did): after an outage said,
         said once (its warnings every few seconds ended in silence: a QA pass)."""
         if self._said is not None:
             log.info('Kafka answers again after an outage seconds="%.0f"', now - self._said)
-            self._said = None
+            self._said, self._say_at = None, -math.inf
         self.contact = now
 
     def idle_ended(self, now: float, idle_over: bool) -> bool:
@@ -524,11 +527,14 @@ class BrokerWatch:
         if waited > self.timeout_s:
             raise BrokerUnavailable(self.gone())
         # (how long, and for how long more: `broker probe failed: KafkaTimeoutError:
-        # KafkaTimeoutError: ...` every 3 s, then an exit, a QA pass)
-        log.warning(
-            "no answer from Kafka for %.0f s of %.0f s (--broker-timeout), then exit: %s",
-            waited, self.timeout_s, why,
-        )  # fmt: skip
+        # KafkaTimeoutError: ...` every 3 s, then an exit, a QA pass; said every
+        # OUTAGE_SAY_EVERY_S, not at each probe: 40 lines in a 2-minute outage, a QA pass)
+        if now >= self._say_at:
+            self._say_at = now + OUTAGE_SAY_EVERY_S
+            log.warning(
+                "no answer from Kafka for %.0f s of %.0f s (--broker-timeout), then exit: %s",
+                waited, self.timeout_s, why,
+            )  # fmt: skip
         self._said = self.contact
         return False
 

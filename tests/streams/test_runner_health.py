@@ -320,6 +320,13 @@ def test_an_unanswered_probe_says_how_long_and_for_how_long_more(caplog, monkeyp
         assert watch.idle_ended(clock[0], False) is False
     assert "no answer from Kafka for 12 s of 60 s (--broker-timeout), then exit: " in caplog.text
     assert caplog.text.count("KafkaTimeoutError") == 1
-    clock[0] += 50.0
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fds.streams.kafka"):  # (a probe every 3 s: said
+        for _ in range(10):  # every 15 s, not at each, 40 lines in a 2-minute outage: a QA)
+            clock[0] += 3.0
+            watch.idle_ended(clock[0], False)
+    said = [r.getMessage()[:30] for r in caplog.records]
+    assert said == ["no answer from Kafka for 27 s ", "no answer from Kafka for 42 s "], said
+    clock[0] += 20.0
     with pytest.raises(BrokerUnavailable, match="gone"):
         watch.idle_ended(clock[0], False)
