@@ -488,6 +488,25 @@ def _until_stopped(records: Iterator[Any], mark: bool = False) -> Iterator[Any]:
             yield None
 
 
+@contextlib.contextmanager
+def say_if_slow(say: Callable[[], None], after_s: float | None = None) -> Iterator[threading.Event]:
+    """Call ``say`` (from a timer thread) if the block is still running after ``after_s``
+    (default :data:`CONNECT_SAY_AFTER_S`); the event yielded is set once it was said."""
+    said = threading.Event()
+
+    def fire() -> None:
+        said.set()
+        say()
+
+    timer = threading.Timer(CONNECT_SAY_AFTER_S if after_s is None else after_s, fire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield said
+    finally:
+        timer.cancel()
+
+
 class BrokerWatch:
     """Idle or cut off? An empty poll looks the same: the broker is asked (``probe(timeout_s)``
     answers whether it did) once it has said nothing for ``every`` seconds, and when an idle
@@ -1550,21 +1569,14 @@ class Runner:
                 )  # fmt: skip
         # not reached yet: an outage at the start showed no sample at all (a QA pass)
         self._broker_state(False)
-        t0, said = time.monotonic(), threading.Event()  # (a start against a broker down said
-
-        def waiting() -> None:  # nothing for its timeout: a QA pass)
-            said.set()
-            log.warning(
-                "no answer from Kafka yet: waiting up to %.0f s (--broker-timeout) "
-                'bootstrap="%s"', s.broker_timeout_s, s.bootstrap,
-            )  # fmt: skip
-
-        slow = threading.Timer(CONNECT_SAY_AFTER_S, waiting)
-        slow.daemon = True
-        slow.start()
+        t0 = time.monotonic()
+        waiting = say_if_slow(lambda: log.warning(  # (a start against a broker down said
+            "no answer from Kafka yet: waiting up to %.0f s (--broker-timeout) "  # nothing
+            'bootstrap="%s"', s.broker_timeout_s, s.bootstrap,  # for its timeout: a QA pass)
+        ))  # fmt: skip
         try:
             # kafka-python bootstraps in the constructors: an unreachable broker fails here.
-            with ClientErrors() as errors:
+            with waiting as said, ClientErrors() as errors:
                 n, stop = len(common["bootstrap_servers"]), lambda: self._stop
                 self.consumer = errors.connect(
                     lambda: self._consumer_factory(**consumer_cfg), n, stop
@@ -1575,8 +1587,6 @@ class Runner:
                 errors.connect(lambda: self.consumer.bootstrap(timeout_ms=timeout_ms), n, stop)
         except (KafkaError, OSError) as exc:
             raise unreachable(s, exc, errors) from exc
-        finally:
-            slow.cancel()
         if said.is_set():  # (the wait said: its end too)
             log.info('Kafka answers after a wait seconds="%.0f"', time.monotonic() - t0)
         self._broker_state(True)
@@ -4554,8 +4564,13 @@ def produce_file(
                         wakeful_sleep(ahead)  # pacing to the requested rate (a low one: long)
                 if limit is not None and n >= limit:
                     break
-            try:  # (a SIGTERM while waiting here says what was sent too: a QA pass)
-                flush_within(producer, settings.broker_timeout_s)
+            try:  # (a SIGTERM while waiting here says what was sent too: a QA pass; a wait
+                with say_if_slow(lambda: log.info(  # said: silent for up to the broker timeout,
+                    "waiting for Kafka to acknowledge the records sent, up to %.0f s "  # a QA)
+                    '(--broker-timeout) records="%d" acknowledged="%d"',
+                    settings.broker_timeout_s, n, acked[0],
+                )):  # fmt: skip
+                    flush_within(producer, settings.broker_timeout_s)
             except KafkaTimeoutError:
                 close_s = 0.0
                 raise gone() from None

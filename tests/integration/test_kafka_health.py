@@ -144,3 +144,29 @@ def test_fds_train_serves_healthz_its_loop_beating_and_no_readyz(
     p.wait(30)
     reader.join(10)
     assert p.returncode == 0, "".join(log)[-4000:]
+
+
+def test_produce_says_when_it_waits_for_the_broker_s_acknowledgements(
+    kafka_bootstrap, topics, unique_name, tmp_path, caplog, monkeypatch
+):
+    """A QA pass: `fds produce` waited silently in its final flush (up to --broker-timeout),
+    and a wrapper's `timeout` killed it with nothing said."""
+    import time
+
+    import fds.streams.kafka as kafka_mod
+
+    flush = kafka_mod.flush_within
+
+    def slow_flush(producer: Any, timeout: float, cap: Any = None) -> None:
+        time.sleep(0.5)  # (acknowledgements slow to come)
+        flush(producer, timeout, cap)
+
+    monkeypatch.setattr(kafka_mod, "CONNECT_SAY_AFTER_S", 0.1)
+    monkeypatch.setattr(kafka_mod, "flush_within", slow_flush)
+    write_stream(tmp_path / "tx.jsonl", 20)
+    s = settings_for(kafka_bootstrap, topics, unique_name("g"))
+    with caplog.at_level("INFO", logger="fds.streams.kafka"):
+        assert produce_file(tmp_path / "tx.jsonl", s) == 20
+    said = [r.getMessage() for r in caplog.records if "waiting for Kafka" in r.getMessage()]
+    assert len(said) == 1 and 'records="20"' in said[0], said
+    assert said[0].startswith("waiting for Kafka to acknowledge the records sent, up to 60 s")
