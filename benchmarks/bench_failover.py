@@ -299,7 +299,9 @@ def measure(
         ):  # fmt: skip
             row.update(restore=m[1], restore_s=float(m[4]), folded=int(m[3]))
             row["restore_line"] = ln
-        if m := re.search(r"taken over from the snapshot.* bytes=(\d+) seconds=([\d.]+)", ln):
+        if m := re.search(  # (quoted since 2026-12-06: bytes="N" in the fields)
+            r'taken over from the snapshot.* bytes=\\?"?(\d+)\\?"? seconds=\\?"?([\d.]+)', ln
+        ):
             row.update(took_s=float(m[2]), took_bytes=int(m[1]), took_line=ln)
             # before the fetch: committed offsets, the next records' peek, the horizon, the
             # scan of the state topic for the newest manifests (not in its seconds=)

@@ -535,6 +535,9 @@ class Engine:
         if self.rules is not None and self.demoted:  # ... now, not at the next event (a rule
             self._lift_edited()  # taken out stayed exported as demoted, its alert firing, until
             # then: a QA pass)
+        served = getattr(self.model, "version", None)  # (and a model demoted before another
+        if MODEL in self.demoted and served is not None and served != self._demoted_as.get(MODEL):
+            self.restore(MODEL, why=f"model {served} serves now")  # version serves: a review)
         load_gate = getattr(self.model, "load_gate_state", None)
         if state.get("model_gate") is not None and load_gate is not None:
             load_gate(state["model_gate"])

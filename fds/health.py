@@ -240,16 +240,18 @@ def health_app(metrics: App, health: Health | None) -> App:
                 return []
             return metrics(environ, start_response)
         check = checks.get(path)
-        if check is None:  # (it said "not found: /metrics", read as /metrics missing: a QA pass)
-            said = f"not found: {path[:200]} (served here: {served})\n"
-            return _answer(start_response, "404 Not Found", said.encode("utf-8", "replace"))
-        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
-            return _answer(start_response, "405 Method Not Allowed", b"use GET\n")
-        code, body = check()
-        status = "200 OK" if code == 200 else "503 Service Unavailable"
-        text = orjson.dumps(body) + b"\n"
-        answer = _answer(start_response, status, text, "application/json")
-        return [] if environ["REQUEST_METHOD"] == "HEAD" else answer  # (HEAD: no body)
+        head = environ.get("REQUEST_METHOD") == "HEAD"  # (no body to HEAD on any path: a 404's
+        if check is None:  # had one, a review; it said "not found: /metrics", read as /metrics
+            said = f"not found: {path[:200]} (served here: {served})\n"  # missing: a QA pass)
+            answer = _answer(start_response, "404 Not Found", said.encode("utf-8", "replace"))
+        elif environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            answer = _answer(start_response, "405 Method Not Allowed", b"use GET\n")
+        else:
+            code, body = check()
+            status = "200 OK" if code == 200 else "503 Service Unavailable"
+            text = orjson.dumps(body) + b"\n"
+            answer = _answer(start_response, status, text, "application/json")
+        return [] if head else answer
 
     return app
 
@@ -260,6 +262,6 @@ def _answer(
     start_response(
         status,
         [("Content-Type", f"{kind}; charset=utf-8"), ("Cache-Control", "no-store"),
-         ("Content-Length", str(len(body)))],
+         ("X-Content-Type-Options", "nosniff"), ("Content-Length", str(len(body)))],
     )  # fmt: skip
     return [body]

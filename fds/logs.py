@@ -168,7 +168,9 @@ def _split_record(record: logging.LogRecord) -> tuple[str, dict[str, str]]:
             for part, n in zip(parts, counts, strict=True):
                 done.append(part % args[i : i + n] if args else part)
                 i += n
-            pairs = dict(zip(keys, done[1::2], strict=True))
+            twice = {k for k in keys if keys.count(k) > 1}  # (group="new" ... of group="old":
+            pairs = {k: v for k, v in zip(keys, done[1::2], strict=True) if k not in twice}
+            # the last won, the line filed under the wrong group: a review; the msg has both)
             if done[0].strip() and not "".join(texts[1:]).strip():  # (its pairs last)
                 return done[0].strip(), pairs
             return record.getMessage(), pairs

@@ -654,8 +654,11 @@ class Metrics(Collector):
         self._health = health
 
     def demoted(self, kind: str, target: str) -> None:
-        """Count one breaker demotion; ``kind`` is ``rule`` or ``model``, ``target`` its id."""
+        """Count one breaker demotion; ``kind`` is ``rule`` or ``model``, ``target`` its id
+        (shown demoted at once, not at the next report: fds_model_acting, a review)."""
         self._demotions.labels(kind=kind, target=target).inc()
+        if (kind, target) not in self._info_demoted:
+            self._info_demoted = (*self._info_demoted, (kind, target))
 
     def demoted_now(self, demoted: Iterable[tuple[str, str]]) -> None:
         """Set who is demoted now: ``(kind, target)`` pairs (a demotion restored from a

@@ -323,10 +323,21 @@ def test_a_demoted_model_is_back_in_force_when_another_version_serves():
     shadowed = engine.decide(tx(200))
     assert shadowed["action"] == "approve"  # v1 still serves: in shadow
     assert "model_demoted" in shadowed["flags"]  # (no trace in the decision: a QA pass)
+    state = engine.state_dict()
     model.version, model.p = "v2", 0.95
     restored = engine.decide(tx(201))
     assert restored["action"] == "decline" and engine.demoted == set()
     assert "model_demoted" not in restored["flags"]
+    # a restart serving another version lifts it at once, not at the first transaction (its
+    # gauge and alert stayed until then: a review)
+    again = Engine(model=model, policy=Policy(decline_at=0.9, review_at=0.5), breaker=RuleBreaker(
+        window_events=500, multiple=3.0, min_events=50,
+        initial_baseline={"decline": 0.01, "review": 0.05}))  # fmt: skip
+    again.load_state_dict(state)
+    assert again.demoted == set()
+    model.version = "v1"  # (the version demoted, serving still: kept)
+    again.load_state_dict(state)
+    assert again.demoted == {MODEL}
 
 
 @pytest.mark.parametrize("reloading", [False, True])

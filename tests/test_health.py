@@ -121,6 +121,11 @@ def test_serve_answers_health_beside_metrics_over_http() -> None:
             answer = b"".join(iter(lambda: c.recv(4096), b""))
         assert answer.startswith(b"HTTP/1.0 200") and answer.endswith(b"\r\n\r\n"), answer
         length = int(answer.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+        for path in ("/nope", "/healthz"):  # (a 404's body came with HEAD: a review)
+            with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as c:
+                c.sendall(b"HEAD " + path.encode() + b" HTTP/1.0\r\n\r\n")
+                answer = b"".join(iter(lambda: c.recv(4096), b""))
+            assert answer.endswith(b"\r\n\r\n") and b"nosniff" in answer, answer
         page = len(get(base + "/metrics")[1])  # (it said 0: a QA pass; the page's own
         assert page > 1000 and abs(length - page) < page / 20  # gauges may move meanwhile)
         clock.now += 121

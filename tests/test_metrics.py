@@ -823,6 +823,9 @@ def test_the_model_acts_only_while_served_gated_open_not_demoted_nor_bypassed() 
     m.demoted_now([("model", "@model"), ("rule", "r1")])
     assert acting() == 0
     m.demoted_now([])
+    m.demoted("model", "@model")  # (at once, not at the next report: a review)
+    assert acting() == 0
+    m.demoted_now([])
     m.degraded(True)
     assert acting() == 0
     m.degraded(False)

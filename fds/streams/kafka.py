@@ -495,8 +495,8 @@ def say_if_slow(say: Callable[[], None], after_s: float | None = None) -> Iterat
     said = threading.Event()
 
     def fire() -> None:
-        said.set()
         say()
+        said.set()  # (after: a caller's "answers" line never comes before it, a review)
 
     timer = threading.Timer(CONNECT_SAY_AFTER_S if after_s is None else after_s, fire)
     timer.daemon = True
@@ -505,6 +505,7 @@ def say_if_slow(say: Callable[[], None], after_s: float | None = None) -> Iterat
         yield said
     finally:
         timer.cancel()
+        timer.join()  # (a call under way ends first)
 
 
 class BrokerWatch:
@@ -526,7 +527,7 @@ class BrokerWatch:
         """The broker answered at ``now`` (records came, or a probe did): after an outage said,
         said once (its warnings every few seconds ended in silence: a QA pass)."""
         if self._said is not None:
-            log.info('Kafka answers again after an outage seconds="%.0f"', now - self._said)
+            log.warning('Kafka answers again after an outage seconds="%.0f"', now - self._said)
             self._said, self._say_at = None, -math.inf
         self.contact = now
 
@@ -1588,7 +1589,7 @@ class Runner:
         except (KafkaError, OSError) as exc:
             raise unreachable(s, exc, errors) from exc
         if said.is_set():  # (the wait said: its end too)
-            log.info('Kafka answers after a wait seconds="%.0f"', time.monotonic() - t0)
+            log.warning('Kafka answers after a wait seconds="%.0f"', time.monotonic() - t0)
         self._broker_state(True)
         if s.exactly_once:
             try:
@@ -3714,7 +3715,8 @@ class Runner:
                 'partitions %s taken over from the snapshot of instance="%s" offsets="%s" '
                 'bytes="%d" seconds="%.1f" manifest_from="%s"%s', parts, ident,
                 {tp.partition: o for tp, o in covered.items()}, size, time.monotonic() - t0,
-                source[ident], f' left_there="{was_left}"' if was_left else "",
+                source[ident], f' left_there="{was_left}"' if was_left else "",  # (its text
+                # whole in msg: scripts read "snapshot of instance=", bench_failover and chaos)
             )  # fmt: skip
             cuts.append((cut, covered))
             if donor is None or len(parts) > len(best_parts):

@@ -187,8 +187,8 @@ def _its_ports(args: argparse.Namespace) -> None:
         return
     ddir = Path(args.data_dir).expanduser() if args.data_dir else kafka_kit.data_dir_default()
     kit = kafka_kit.read_kit(ddir)
-    if not kit:  # (no broker ever: nothing to mistake, down and status say so; `down --port P
-        return  # --data-dir NEW` exited 2 before its first `up`, a QA pass)
+    if not kit and kafka_kit.status(ddir).pid is None:  # (no broker ever: nothing to mistake,
+        return  # down and status say so; `down --port P --data-dir NEW` exited 2, a QA pass)
     given_ports = (
         ("--port", args.port, "port"),
         ("--controller-port", args.controller_port, "controller_port"),
