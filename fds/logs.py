@@ -155,8 +155,8 @@ def _split_record(record: logging.LogRecord) -> tuple[str, dict[str, str]]:
     formatting, an announced ``path`` forged a ``partition`` field in JSON logs: a security
     review). Pairs the template ends with leave the text; pairs inside it are fields too, the
     text kept whole (``state dir="..." was deleted; recreated``: they stayed inside ``msg``
-    in JSON logs, a QA pass). A template its arguments do not fit this way is split as its
-    message is (:func:`_split`)."""
+    in JSON logs, a QA pass). A message without arguments is split as it reads (:func:`_split`);
+    one with arguments but no pairs in its template has none (a value cannot forge one)."""
     msg, args = record.msg, record.args
     if isinstance(msg, str) and isinstance(args, tuple) and len(msg) <= _SPLIT_MAX:
         pieces = _PAIR.split(msg)  # text, key, value, text, key, value, ..., text
@@ -174,6 +174,8 @@ def _split_record(record: logging.LogRecord) -> tuple[str, dict[str, str]]:
             if done[0].strip() and not "".join(texts[1:]).strip():  # (its pairs last)
                 return done[0].strip(), pairs
             return record.getMessage(), pairs
+    if args:  # (pairs only from a template, never from the text its arguments made: a value
+        return record.getMessage(), {}  # 'x partition="99"' forged a field, a review)
     return _split(record.getMessage())
 
 

@@ -317,6 +317,17 @@ def test_simulate_with_json_logs_prints_its_summary_as_json_and_its_stages_as_re
         configure_logging("INFO", fmt="kv", logger_name="fds")  # (as the other tests expect)
 
 
+def test_a_value_cannot_forge_a_field_through_a_template_without_pairs() -> None:
+    """A review: `log.warning("poll failed: %s", 'boom partition="99"')` gave the field
+    partition="99": pairs are read from templates, never from what their arguments wrote."""
+    from fds.logs import _split_record
+
+    record = logging.LogRecord(
+        "fds", logging.WARNING, "f", 1, "poll failed: %s", ('boom partition="99"',), None
+    )
+    assert _split_record(record) == ('poll failed: boom partition="99"', {})
+
+
 def test_a_key_twice_in_a_template_is_no_field() -> None:
     """A review: `group="new" takes over ... of group="old"` gave the field group="old" (the
     last won), filing the line under the wrong group: both stay in the text, neither a field."""
