@@ -30,6 +30,7 @@ Examples
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import logging
 import sys
 import threading
@@ -122,10 +123,16 @@ class Health:
         loop stuck 200 s in a model call said nothing: a pod restarted by its probe left no
         trace of why in its log, a QA pass)."""
         ident, done = threading.get_ident(), threading.Event()
+        # A loop stuck in C code that holds the interpreter (a native call, a giant unpickle)
+        # stops this thread too: a C timer, re-armed at each pass, then writes every thread's
+        # stack to stderr (a review: nothing was said until the call returned).
+        silent_s = self.stale_after_s + 2 * every_s
 
         def watch() -> None:
             said: float | None = None  # the beat the loop was stuck after, once said
             while not done.wait(every_s):
+                with contextlib.suppress(Exception):  # (stderr without a descriptor: none)
+                    faulthandler.dump_traceback_later(silent_s, exit=False)
                 beat = self.beat
                 age = self._clock() - beat
                 if age > self.stale_after_s and said != beat:
@@ -149,6 +156,7 @@ class Health:
         finally:
             done.set()
             thread.join(timeout=1.0)
+            faulthandler.cancel_dump_traceback_later()
 
     def readiness(self) -> tuple[int, dict[str, Any]]:
         """``(200, ...)`` when the service decides and is live, else ``(503, reason)``."""

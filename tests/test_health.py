@@ -177,3 +177,22 @@ def test_a_stalled_main_loop_is_logged_with_where_it_is_and_again_once_it_goes_o
     assert said[0].startswith("the main loop has made no progress: /healthz answers 503"), said
     assert "test_a_stalled_main_loop_is_logged" in said[0], said  # (where it was stuck)
     assert said[1].startswith("the main loop makes progress again after a stall seconds=")
+
+
+def test_a_loop_stuck_holding_the_interpreter_gets_its_stacks_written(capfd) -> None:
+    """A review: a loop stuck in C code that holds the interpreter (a native call, a giant
+    unpickle) stops the watching thread too, so nothing was said until the call returned: a C
+    timer armed by the watcher writes every thread's stack to stderr meanwhile."""
+    import re
+    import time
+
+    h = Health(stale_after_s=0.2)
+    with h.watching(every_s=0.05):
+        time.sleep(0.2)  # (the watcher arms its timer)
+        t0 = time.monotonic()
+        re.match(r"(a+)+$", "a" * 26 + "b")  # (catastrophic backtracking: the GIL held)
+        held = time.monotonic() - t0
+    err = capfd.readouterr().err
+    if held < 0.6:
+        pytest.skip(f"the interpreter was held {held:.2f} s only, not past the timer's 0.3 s")
+    assert "most recent call first" in err and "test_a_loop_stuck_holding" in err, err[-2000:]
