@@ -132,14 +132,30 @@ def _reads(cgs: Any) -> list[str]:
     return lines
 
 
-def _body(cg: Any, var: dict[str, str]) -> list[str]:
+def _at(typed: bool) -> Callable[[str, str], str]:
+    """How the generated code reads item ``i`` of an array of doubles ``a``: ``a[i]``, or in
+    a typed kernel (:func:`_declarations`) from the array's memory, with no float object made
+    per read. Only where ``i`` is known to be inside the array."""
+    if typed:  # (an index read from an array of positions is a Python int: cast)
+        return lambda a, i: f"{a}.data.as_doubles[{i if _plain(i) else f'<Py_ssize_t>{i}'}]"
+    return lambda a, i: f"{a}[{i}]"
+
+
+def _plain(i: str) -> bool:
+    """Is generated index expression ``i`` a C integer in a typed kernel (a typed local, a
+    literal, arithmetic on them), not an item of an array of positions?"""
+    return "[" not in i
+
+
+def _body(cg: Any, var: dict[str, str], typed: bool = False) -> list[str]:
     """The statements folding an in-order event into ``st`` (see the module docstring),
     indented by 4 as if in a function body; ``ts``, ``idx`` and ``prev`` must hold the log
     (``st[1]``), its length and its newest time (``-inf`` if empty), ``part``
     the event's input partition (read only with provenance). Feature ``name`` is assigned to
-    the local ``var[name]``."""
+    the local ``var[name]``. ``typed``: the statements of a typed kernel (:func:`_at`)."""
     lines: list[str] = []
     a = lines.append
+    at = _at(typed)
     a("    ts.append(t)")
     squared = {fi for sums in cg.i_sum for fi, _s1, s2, _n in sums if s2 >= 0}
     moments = [  # (window, field, agg, name) of every sum/mean/std: computed again if rebased
@@ -216,7 +232,7 @@ def _body(cg: Any, var: dict[str, str]) -> list[str]:
         if sums:
             a("        else:")
             lines += ["        " + line for line in add]
-        a("    elif ts[h] <= cut:")
+        a(f"    elif {at('ts', 'h')} <= cut:")
         if per_entry:
             if sums:  # (the sums and count as locals while entries leave: S, Q, N)
                 a("        lost = 0")
@@ -225,7 +241,9 @@ def _body(cg: Any, var: dict[str, str]) -> list[str]:
                 if i2 >= 0:
                     a(f"        Q{fi} = st[{i2}]")
                 a(f"        N{fi} = st[{i_n}]")
-            a("        while ts[h] <= cut:")
+            # (the new entry, at idx, is past ``cut``: a typed kernel checks that it stops
+            # there all the same, reading memory rather than raising IndexError)
+            a(f"        while {'h < idx and ' if typed else ''}{at('ts', 'h')} <= cut:")
             for slot, ci in ctrs:
                 off = f" - co{ci}" if cg.i_coff[ci] >= 0 else ""
                 a(f"            v = cat{ci}[h{off}]")
@@ -239,7 +257,7 @@ def _body(cg: Any, var: dict[str, str]) -> list[str]:
                 a("            if flags[h]:")
                 a(f"                st[{cg.i_nf[fslot]}] -= 1")
             for fi, _i1, i2, _n in sums:
-                a(f"            x = num{fi}[h]")
+                a(f"            x = {at(f'num{fi}', 'h')}")
                 a("            if x == x:")
                 a(f"                d = x - k{fi}")
                 a(f"                S{fi} = S{fi} - d")
@@ -290,7 +308,7 @@ def _body(cg: Any, var: dict[str, str]) -> list[str]:
         for slot, fi, is_max in mono:
             op = "<=" if is_max else ">="
             a(f"    if {xv[fi]} == {xv[fi]}:")
-            a(f"        while mn{slot} and num{fi}[mn{slot}[-1]] {op} {xv[fi]}:")
+            a(f"        while mn{slot} and {at(f'num{fi}', f'mn{slot}[-1]')} {op} {xv[fi]}:")
             a(f"            mn{slot}.pop()")
             a(f"        mn{slot}.append(idx)")
         # every feature is assigned on this path (None where it has no value)
@@ -316,7 +334,7 @@ def _body(cg: Any, var: dict[str, str]) -> list[str]:
                 a("    else:")
                 a(f"        {o} = 0.0 if m{fi} else None")
             elif agg in ("min", "max"):
-                a(f"    {o} = num{fi}[mn{slot}[0]] if mn{slot} else None")
+                a(f"    {o} = {at(f'num{fi}', f'mn{slot}[0]')} if mn{slot} else None")
             elif agg == "distinct":
                 a(f"    {o} = len(c{slot})")
             elif agg == "fraud_count":
@@ -428,7 +446,7 @@ def assign_slots(cg: Any) -> None:
 
 def build_fused(
     cgs: Any, names: Any, states: list[dict[Any, Any]], helpers: dict[str, Any]
-) -> tuple[Callable[..., dict[str, Any]], str, dict[str, Any]]:
+) -> tuple[Callable[..., dict[str, Any]], str, dict[str, Any], str]:
     """One generated ``run(tx, t, wm) -> snapshot`` folding ``tx`` into every group, inlined.
 
     Fields are read once (:func:`_reads`). Per group: read the entity value (missing: skip,
@@ -442,16 +460,34 @@ def build_fused(
     ``_reorder(gi, st, t, tx, out)``, ``_trim(gi, st, horizon)``, ``_remember``, ``_cutoff``,
     ``_DAY`` (the day clock's cache) and, with provenance, ``_PROV`` (an object whose ``part``
     is the event's input partition); each ``cg.new_state`` (:func:`build_new_state`) creates a
-    state. Returns ``run``, its source and the namespace it reads (what
-    :mod:`fds.features.kernel` binds a compiled ``run`` to).
+    state. Returns ``run``, its source, the namespace it reads, and the source of the same
+    ``run`` typed for Cython (:func:`_declarations`: what :mod:`fds.features.kernel` compiles
+    and binds to that namespace).
     """
+    ns: dict[str, Any] = {}
+    for gi, cg in enumerate(cgs):
+        ns[f"_S{gi}"] = states[gi]
+        ns[f"_new{gi}"] = cg.new_state
+    source = _fused(cgs, names, typed=False)
+    namespace = {**_namespace(), **ns, **helpers}
+    exec(compile(source, "<fds.features run>", "exec"), namespace)
+    run = namespace.pop("run")  # (popped: in its own globals, a cycle)
+    return run, source, namespace, _fused(cgs, names, typed=True)
+
+
+def _fused(cgs: Any, names: Any, typed: bool) -> str:
+    """The source of :func:`build_fused`'s ``run`` (``typed``: for Cython)."""
     var = {name: f"y{i}" for i, name in enumerate(names)}
     fraud = [gi for gi, cg in enumerate(cgs) if cg.fraud]
-    lines = ["def run(tx, t, wm):"]
+    at = _at(typed)
+    lines = ["def run(tx, double t, double wm):" if typed else "def run(tx, t, wm):"]
     a = lines.append
+    if typed:
+        lines += ["    " + line for line in _declarations(cgs)]
     if len(fraud) > 1:
         a(f"    {' = '.join(f'kf{gi}' for gi in fraud)} = None")
-    ns: dict[str, Any] = {}
+    for gi in range(len(cgs)):  # (locals: a typed kernel's are dicts, _declarations)
+        a(f"    states{gi} = _S{gi}")
     lines += ["    " + line for line in _reads(cgs)]
     if fraud:  # read before any state changes (a missing tx_id fails here)
         a("    tx_id = tx['tx_id']")
@@ -459,25 +495,23 @@ def build_fused(
     if part:
         a("    part = _PROV.part")
     for gi, cg in enumerate(cgs):
-        ns[f"_S{gi}"] = states[gi]
-        ns[f"_new{gi}"] = cg.new_state
         a(f"    # ---- group {gi}: {cg.g.entity}")
         ev = _var(cg.ent, cg.ent_sub)
         a(f"    if {ev} is not None:")
-        a(f"        st = _S{gi}.get({ev})")
+        a(f"        st = states{gi}.get({ev})")
         a("        if st is None:")
-        a(f"            st = _S{gi}[{ev}] = _new{gi}({ev}, tx)")
+        a(f"            st = states{gi}[{ev}] = _new{gi}({ev}, tx)")
         a("        ts = st[1]")
         a("        idx = len(ts)")
-        a("        prev = ts[-1] if idx else _NEG_INF")
+        a(f"        prev = {at('ts', 'idx - 1')} if idx else _NEG_INF")
         a("        if t < prev:")
         a("            r = {}")
         a(f"            _reorder({gi}, st, t, tx, r)")
         for name in cg.names:
             a(f"            {var[name]} = r.get({name!r})")
         a("        else:")
-        lines += ["            " + line for line in _body(cg, var)]
-        a(f"            if ts[0] <= wm - {cg.trim_lag!r}:")
+        lines += ["            " + line for line in _body(cg, var, typed)]
+        a(f"            if {at('ts', '0')} <= wm - {cg.trim_lag!r}:")
         a(f"                _trim({gi}, st, wm - {cg.keep!r})")
         if cg.fraud and len(fraud) == 1:
             a(f"        _remember(tx_id, t, st[0]{part})")
@@ -488,10 +522,36 @@ def build_fused(
     if len(fraud) > 1:
         a(f"    _remember(tx_id, t, ({', '.join(f'kf{gi}' for gi in fraud)},){part})")
     a(f"    return {{{', '.join(f'{name!r}: {v}' for name, v in var.items())}}}")
-    source = "\n".join(lines) + "\n"
-    namespace = {**_namespace(), **ns, **helpers}
-    exec(compile(source, "<fds.features run>", "exec"), namespace)
-    return namespace.pop("run"), source, namespace  # (popped: in its own globals, a cycle)
+    return "\n".join(lines) + "\n"
+
+
+def _declarations(cgs: Any) -> list[str]:
+    """The C types of a typed kernel's locals (Cython): times, values, deviations and running
+    sums as doubles, positions and counts as ``Py_ssize_t``, the log's timestamps and numeric
+    columns as arrays (read by :func:`_at`). Each is a float or an int on every path of the
+    generated code (a sum read from the state and written back comes back the same float), so
+    the kernel computes what the interpreted ``run`` does, operation for operation, in IEEE
+    doubles (``tests/features/test_kernel.py`` holds the two to the last bit). The rest (the
+    transaction, entity values, dicts, features that may be ``None``) stays Python objects."""
+    n_num = max((len(cg.nums) for cg in cgs), default=0)
+    n_cat = max((len(cg.cats) for cg in cgs), default=0)
+    doubles = ["prev", "cut", "lo", "hi", "x", "d", "dd", "var"]
+    doubles += [
+        f"{p}{fi}" for fi in range(n_num) for p in ("k", "kk", "d", "dd", "S", "Q", "s", "q")
+    ]
+    ints = ["idx", "h", "lost"] + [f"{p}{fi}" for fi in range(n_num) for p in ("m", "N", "o", "rb")]
+    ints += [f"co{ci}" for ci in range(n_cat)]
+    arrays = ["ts"] + [f"num{fi}" for fi in range(n_num)]
+    lists = ["st"] + [f"cat{ci}" for ci in range(n_cat)]
+    dicts = [f"states{gi}" for gi in range(len(cgs))]
+    dicts += [f"c{slot}" for slot in range(max((cg.g.n_counters for cg in cgs), default=0))]
+    return [
+        f"cdef double {', '.join(doubles)}",
+        f"cdef Py_ssize_t {', '.join(ints)}",
+        f"cdef array.array {', '.join(arrays)}",
+        f"cdef list {', '.join(lists)}",
+        *([f"cdef dict {', '.join(dicts)}"] if dicts else []),
+    ]
 
 
 def _cut_column(ts: Any, col: list[Any], st: list[Any], i_off: int, horizon: float) -> None:

@@ -340,11 +340,11 @@ class FeaturePlan:
             "_DAY": self.clock.cache,
             **({"_PROV": self._cursor} if self.provenance else {}),
         }
-        run, self.source, ns = build_fused(groups, self._names, self.states, helpers)
+        run, self.source, ns, typed = build_fused(groups, self._names, self.states, helpers)
         if self.compiler is None:
             self._run = run
-        else:  # (the compiled kernel of the same source, once built: fds.features.kernel)
-            self.compiled = self.compiler.attach(self, self.source, ns, run)
+        else:  # (the compiled kernel of its typed source, once built: fds.features.kernel)
+            self.compiled = self.compiler.attach(self, typed, ns, run)
             self._kernel_retry = time.monotonic() + _KERNEL_RETRY_S
 
     def state_sizes(self) -> dict[str, int]:
