@@ -208,6 +208,9 @@ def _body(cg: Any, var: dict[str, str], typed: bool = False) -> list[str]:
             a("    if not lo <= T < hi:")
             a("        cut = _cutoff(t)")
         a(f"    h = st[{cg.i_head[wi]}]")
+        if typed:  # (it reads the log's memory at h: a head off its log raises, as ts[h] would)
+            a("    if <size_t>h > <size_t>idx:")
+            a("        raise IndexError(f'head {h} of a log of {idx}')")
         # the window's counters (c<slot>) and min/max candidates (mn<slot>), read once
         for slot, _ci in ctrs:
             a(f"    c{slot} = st[{cg.i_ctr[slot]}]")

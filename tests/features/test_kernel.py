@@ -177,6 +177,22 @@ def test_the_typed_source_of_any_feature_set_is_valid_cython(
     assert "cdef double T" in got.source  # (typed: not the interpreted source)
 
 
+@pytest.mark.parametrize("head", [99, -1])
+def test_a_head_off_its_log_raises_in_the_kernel_and_reads_no_memory(
+    compiler: Compiler, head: int
+) -> None:
+    """The typed kernel reads the log's memory at a window's head: a head off its log (a
+    damaged state) raises IndexError, as ``ts[h]`` does interpreted, rather than read what
+    lies past the array."""
+    fast = plan(compiler=compiler)
+    assert fast.compiled
+    tx = {"tx_id": "t1", "ts": 1.7e9, "card_id": "a", "amount": 5.0, "merchant_id": "m1"}
+    fast.compute(tx)
+    fast.states[0]["a"][fast._groups[0].i_head[0]] = head
+    with pytest.raises(IndexError, match=f"head {head} of a log of 1"):
+        fast.compute({**tx, "tx_id": "t2", "ts": 1.7e9 + 10})
+
+
 def test_an_engine_exports_whether_its_features_run_compiled(compiler: Compiler) -> None:
     """fds_features_compiled was documented and never exported (a QA pass)."""
     from fds.engine import Engine
