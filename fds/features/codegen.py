@@ -134,17 +134,13 @@ def _reads(cgs: Any) -> list[str]:
 
 def _at(typed: bool) -> Callable[[str, str], str]:
     """How the generated code reads item ``i`` of an array of doubles ``a``: ``a[i]``, or in
-    a typed kernel (:func:`_declarations`) from the array's memory, with no float object made
-    per read. Only where ``i`` is known to be inside the array."""
-    if typed:  # (an index read from an array of positions is a Python int: cast)
-        return lambda a, i: f"{a}.data.as_doubles[{i if _plain(i) else f'<Py_ssize_t>{i}'}]"
+    a typed kernel (:func:`_declarations`) ``_double_at(a, i)``, which reads the array's
+    memory (no float object made per read) after one bounds check (IndexError, as ``a[i]``
+    raises past the end; a negative index, which ``a[i]`` counts from the end, too: only a
+    damaged state holds one): see :func:`fds.features.kernel.module_source`."""
+    if typed:
+        return lambda a, i: f"_double_at({a}, {i})"
     return lambda a, i: f"{a}[{i}]"
-
-
-def _plain(i: str) -> bool:
-    """Is generated index expression ``i`` a C integer in a typed kernel (a typed local, a
-    literal, arithmetic on them), not an item of an array of positions?"""
-    return "[" not in i
 
 
 def _body(cg: Any, var: dict[str, str], typed: bool = False) -> list[str]:
@@ -208,9 +204,6 @@ def _body(cg: Any, var: dict[str, str], typed: bool = False) -> list[str]:
             a("    if not lo <= T < hi:")
             a("        cut = _cutoff(t)")
         a(f"    h = st[{cg.i_head[wi]}]")
-        if typed:  # (it reads the log's memory at h: a head off its log raises, as ts[h] would)
-            a("    if <size_t>h > <size_t>idx:")
-            a("        raise IndexError(f'head {h} of a log of {idx}')")
         # the window's counters (c<slot>) and min/max candidates (mn<slot>), read once
         for slot, _ci in ctrs:
             a(f"    c{slot} = st[{cg.i_ctr[slot]}]")
@@ -245,9 +238,7 @@ def _body(cg: Any, var: dict[str, str], typed: bool = False) -> list[str]:
                 if i2 >= 0:
                     a(f"        Q{fi} = st[{i2}]")
                 a(f"        N{fi} = st[{i_n}]")
-            # (the new entry, at idx, is past ``cut``: a typed kernel checks that it stops
-            # there all the same, reading memory rather than raising IndexError)
-            a(f"        while {'h < idx and ' if typed else ''}{at('ts', 'h')} <= cut:")
+            a(f"        while {at('ts', 'h')} <= cut:")
             for slot, ci in ctrs:
                 off = f" - co{ci}" if cg.i_coff[ci] >= 0 else ""
                 a(f"            v = cat{ci}[h{off}]")
@@ -534,13 +525,16 @@ def _fused(cgs: Any, names: Any, typed: bool) -> str:
 
 
 def _declarations(cgs: Any) -> list[str]:
-    """The C types of a typed kernel's locals (Cython): times, values, deviations and running
-    sums as doubles, positions and counts as ``Py_ssize_t``, the log's timestamps and numeric
-    columns as arrays (read by :func:`_at`). Each is a float or an int on every path of the
-    generated code (a sum read from the state and written back comes back the same float), so
-    the kernel computes what the interpreted ``run`` does, operation for operation, in IEEE
-    doubles (``tests/features/test_kernel.py`` holds the two to the last bit). The rest (the
-    transaction, entity values, dicts, features that may be ``None``) stays Python objects."""
+    """The C types of a typed kernel's locals (Cython): times (``T``, not ``t``: see
+    :func:`_fused`), deviations and running sums as doubles, positions and counts as
+    ``Py_ssize_t``, the log's timestamps and numeric columns as arrays (read by :func:`_at`),
+    states, categorical columns and counters as lists and dicts. Each is a float or an int on
+    every path of the generated code (a sum read from the state and written back comes back
+    the same float), so the kernel computes what the interpreted ``run`` does, operation for
+    operation, in IEEE doubles (``tests/features/test_kernel.py`` holds the two to the last
+    bit), for a float event time: an int past 2**53 or a Decimal (the Python API only) is a
+    double here. The rest (the transaction, entity values, features that may be ``None``)
+    stays Python objects."""
     n_num = max((len(cg.nums) for cg in cgs), default=0)
     n_cat = max((len(cg.cats) for cg in cgs), default=0)
     doubles = ["T", "prev", "cut", "lo", "hi", "x", "d", "dd", "var"]

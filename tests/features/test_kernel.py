@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import time
+from array import array
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -177,20 +178,44 @@ def test_the_typed_source_of_any_feature_set_is_valid_cython(
     assert "cdef double T" in got.source  # (typed: not the interpreted source)
 
 
-@pytest.mark.parametrize("head", [99, -1])
-def test_a_head_off_its_log_raises_in_the_kernel_and_reads_no_memory(
-    compiler: Compiler, head: int
+@pytest.mark.parametrize("damage", ["head past the log", "negative head", "max position"])
+def test_a_damaged_state_raises_in_the_kernel_and_reads_no_memory_off_its_arrays(
+    compiler: Compiler, damage: str
 ) -> None:
-    """The typed kernel reads the log's memory at a window's head: a head off its log (a
-    damaged state) raises IndexError, as ``ts[h]`` does interpreted, rather than read what
-    lies past the array."""
-    fast = plan(compiler=compiler)
-    assert fast.compiled
+    """The typed kernel reads the logs' memory: a position off its array (a damaged state)
+    raises IndexError, as ``ts[h]`` does interpreted past the end, rather than read what lies
+    outside the array (a review; a negative head, which the interpreted plan counts from the
+    end, raises too)."""
     tx = {"tx_id": "t1", "ts": 1.7e9, "card_id": "a", "amount": 5.0, "merchant_id": "m1"}
-    fast.compute(tx)
-    fast.states[0]["a"][fast._groups[0].i_head[0]] = head
-    with pytest.raises(IndexError, match=f"head {head} of a log of 1"):
-        fast.compute({**tx, "tx_id": "t2", "ts": 1.7e9 + 10})
+    for p in (plan(compiler=compiler), plan()):
+        p.compute(tx)
+        st, cg = p.states[0]["a"], p._groups[0]
+        if damage == "max position":  # (a max candidate: a position in the log)
+            st[cg.i_mono[0]] = array("q", [10**6])
+        else:
+            st[cg.i_head[0]] = 99 if damage == "head past the log" else -1
+        if p.compiled or damage != "negative head":
+            with pytest.raises(IndexError, match="array index out of range"):
+                p.compute({**tx, "tx_id": "t2", "ts": 1.7e9 + 10})
+
+
+def test_fast_math_in_the_environment_does_not_reach_the_kernel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CFLAGS with -ffast-math let gcc fold ``x == x`` (the test for a missing value) to
+    true: a missing amount leaving a window was subtracted, and the mean was NaN (a review)."""
+    monkeypatch.setenv("CFLAGS", "-O3 -ffast-math")
+    c = Compiler(tmp_path)
+    specs = [SimpleNamespace(name="m", entity="card_id", agg="mean", field="amount", window="1m")]
+    FeaturePlan(specs, compiler=c)
+    assert c.wait()
+    fast = FeaturePlan(specs, compiler=c)
+    assert fast.compiled
+    got = [
+        fast.compute({"tx_id": f"t{i}", "ts": 1.7e9 + 50 * i, "card_id": "a", "amount": x})
+        for i, x in enumerate([float("nan"), 5.0, 10.0])  # (the first leaves at the third)
+    ]
+    assert got == [{"m": None}, {"m": 5.0}, {"m": 7.5}]
 
 
 def test_an_engine_exports_whether_its_features_run_compiled(compiler: Compiler) -> None:
