@@ -95,10 +95,16 @@ class Health:
         self._wall = wall
         #: ``clock()`` at the main loop's newest sign of progress (a start counts as one).
         self.beat = clock()
+        #: The newest stall's last beat before it and first beat after it (``watching`` says
+        #: how long it lasted: from the newest beat instead, it said up to a pass more).
+        self.stall = (self.beat, self.beat)
 
     def tick(self) -> None:
         """A sign of progress now."""
-        self.beat = self._clock()
+        now = self._clock()
+        if now - self.beat > self.stale_after_s:
+            self.stall = (self.beat, now)
+        self.beat = now
 
     def liveness(self) -> tuple[int, dict[str, Any]]:
         """``(200, ...)`` while the newest beat is recent, else ``(503, ...)`` saying since
@@ -143,9 +149,10 @@ class Health:
                         age, self.stale_after_s, stack_of(ident),
                     )  # fmt: skip
                 elif said is not None and beat != said:
+                    before, after = self.stall
                     log.warning(
-                        'the main loop makes progress again after a stall seconds="%.0f"',
-                        beat - said,
+                        'the main loop makes progress again after a stall seconds="%.1f"',
+                        (after if before == said else beat) - said,
                     )  # fmt: skip
                     said = None
 

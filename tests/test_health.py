@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -177,6 +178,25 @@ def test_a_stalled_main_loop_is_logged_with_where_it_is_and_again_once_it_goes_o
     assert said[0].startswith("the main loop has made no progress: /healthz answers 503"), said
     assert "test_a_stalled_main_loop_is_logged" in said[0], said  # (where it was stuck)
     assert said[1].startswith("the main loop makes progress again after a stall seconds=")
+
+
+def test_a_stall_is_said_as_long_as_it_lasted_not_until_the_watcher_looked(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The loop's stall was said from its newest beat when the watcher next looked: up to a
+    watcher's pass (5 s) more than it lasted (a QA pass)."""
+    clock = [100.0]
+    h = Health(stale_after_s=10.0, clock=lambda: clock[0])
+    with caplog.at_level("WARNING", "fds.health"), h.watching(every_s=0.2):
+        clock[0] = 130.0  # (30 s without a beat)
+        while "no progress" not in caplog.text:
+            time.sleep(0.01)
+        h.tick()  # it goes on at 130 s ...
+        clock[0] = 134.0
+        h.tick()  # ... and beats again at 134 s before the watcher's next look
+        while "progress again" not in caplog.text:
+            time.sleep(0.01)
+    assert caplog.records[-1].getMessage().endswith('after a stall seconds="30.0"')
 
 
 def test_a_loop_stuck_holding_the_interpreter_gets_its_stacks_written(capfd) -> None:
