@@ -480,8 +480,7 @@ def _fused(cgs: Any, names: Any, typed: bool) -> str:
     if typed:
         lines += ["    " + line for line in _declarations(cgs)]
     # ``T``: the event time in arithmetic (a C double in a typed kernel); ``t``, the object
-    # itself, where it is stored or handed on (a float made from a C double at each of those
-    # took a typed kernel's steady state 10% over an untyped one's)
+    # itself, where it is stored or handed on (no float made from the C double for each)
     a("    T = t")
     if len(fraud) > 1:
         a(f"    {' = '.join(f'kf{gi}' for gi in fraud)} = None")
