@@ -86,8 +86,9 @@ Factory = Callable[[Mapping[str, Any]], Callable[..., Any]]
 
 def module_source(source: str, names: list[str]) -> str:
     """The Cython module of a generated ``run``: ``make(ns)`` binds the names the source reads
-    from its namespace (``names``) as closure variables and returns ``run``. Compiled once per
-    source; every plan of that source calls ``make`` with its own state and helpers."""
+    from its namespace (``names``) as closure variables and returns ``run``; the source may
+    use what ``_PRELUDE`` declares (``array``, ``_double_at``). Compiled once per source;
+    every plan of that source calls ``make`` with its own state and helpers."""
     body = "".join(f"    {k} = ns[{k!r}]\n" for k in names)
     inner = "".join(f"    {line}\n" if line else "\n" for line in source.splitlines())
     return (
