@@ -28,7 +28,8 @@ said once and the plan stays interpreted, which decides the same; a marker in th
 the build itself, holds plans made within the hour (a start, a rules reload) from trying it
 again (a service restarted in a loop builds nothing); a plan left interpreted asks again every
 10 minutes. Kernels are cached by the hash of their
-source, the names it binds, Cython's version and the interpreter's ABI tag, so a ruleset's
+source, the names it binds, Cython's version, the interpreter's ABI tag, ``CC`` and
+``CFLAGS``, so a ruleset's
 features are built once per machine; the cache is safe to delete. fds loads code from it: a
 cache directory (or kernel) of another user, or one its group or every user can write, is
 refused, the plans interpreted; a kernel is checked and loaded through one open file.
