@@ -246,8 +246,10 @@ def test_x87_registers_asked_for_in_the_environment_do_not_reach_the_kernel(
         tx = {"tx_id": f"t{i}", "ts": 1.7e9 + 60 * i, "card_id": f"c{i % 3}"}
         tx["amount"] = round(rng.lognormvariate(4, 1.5), 2)
         assert repr(fast.compute(tx)) == repr(slow.compute(tx)), i
-    monkeypatch.setenv("CFLAGS", "-O2")  # (another environment: another kernel)
-    assert not FeaturePlan(specs, compiler=Compiler(tmp_path)).compiled
+    monkeypatch.setenv("CFLAGS", "-O2")  # (another environment: another kernel, its own build)
+    other = Compiler(tmp_path)
+    assert not FeaturePlan(specs, compiler=other).compiled
+    assert other.wait() and other.builds == 1  # (waited: no build left running after the test)
 
 
 def test_an_engine_exports_whether_its_features_run_compiled(compiler: Compiler) -> None:
