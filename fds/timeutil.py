@@ -269,8 +269,8 @@ def _compact(value: str) -> datetime | None:
 
 
 # Event times fds accepts: local calendar arithmetic (any zone) stays inside datetime's range.
-_MIN_TS = datetime(1900, 1, 1, tzinfo=UTC).timestamp()
-_MAX_TS = datetime(9998, 1, 1, tzinfo=UTC).timestamp()
+MIN_TS = _MIN_TS = datetime(1900, 1, 1, tzinfo=UTC).timestamp()
+MAX_TS = _MAX_TS = datetime(9998, 1, 1, tzinfo=UTC).timestamp()
 
 
 # Epoch times a number of another unit is taken for, to say so: 1970 to 2200.

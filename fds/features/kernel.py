@@ -48,6 +48,7 @@ import importlib.util
 import logging
 import os
 import platform
+import pwd
 import stat
 import subprocess
 import sys
@@ -182,11 +183,22 @@ class Compiler:
             return None
         cache = env.get("FDS_KERNEL_CACHE")
         if not cache:
-            try:
-                base = env.get("XDG_CACHE_HOME") or str(Path("~/.cache").expanduser())
-            except RuntimeError:  # (no HOME, a uid without a home: a container's)
-                log.warning("no home directory: features stay interpreted (set FDS_KERNEL_CACHE)")
-                return None
+            base = env.get("XDG_CACHE_HOME", "")
+            if not os.path.isabs(base):  # (the XDG spec ignores a relative one)
+                home = env.get("HOME")
+                if home is None:  # (as ~ is expanded: the user's entry, a container's uid
+                    with contextlib.suppress(KeyError):  # may have none)
+                        home = pwd.getpwuid(os.getuid()).pw_dir
+                if not (home and os.path.isabs(home) and os.path.isdir(home)):
+                    # (an empty HOME made the cache /.cache, one that does not exist had it
+                    # created, both without a word: a QA pass)
+                    log.warning(
+                        "no home directory (HOME=%r): features stay interpreted (set "
+                        "FDS_KERNEL_CACHE to a directory for the compiled kernels)",
+                        home,
+                    )
+                    return None
+                base = os.path.join(home, ".cache")
             cache = str(Path(base) / "fds" / "kernels")
         return cls.shared(cache)
 
@@ -318,7 +330,8 @@ class Compiler:
         if not 0 <= age < RETRY_AFTER_S:  # (a future time: a clock stepped back, a copy)
             return None
         return (
-            f"its build failed {age / 60:.0f} min ago ({why}); it is built again "
+            f"its build failed {age / 60:.0f} min ago ({why}{_output(self._log(key))}); it is "
+            "built again "
             f"{RETRY_AFTER_S / 3600:.0f} h after that failure, or once {marker} is deleted "
             "(by a start, a rules reload, or a running plan within 10 min)"
         )
@@ -345,7 +358,7 @@ class Compiler:
                 else f"feature kernel {path} is no regular file: fds loads no code from it"
             )  # fmt: skip
             if unsafe:  # (a private cache holding another's file: planted before it was private)
-                log.warning("%s: %s", unsafe, _remove(path))
+                log.warning("%s: %s", unsafe, self._drop(key))
                 return None
             module = _exec(name, path, fd)
             make: Factory = module.make
@@ -363,12 +376,21 @@ class Compiler:
             )  # fmt: skip
             # (its removal failing, a read-only cache, stopped fds replay: a QA pass)
             log.warning(
-                "feature kernel %s does not load (%s)%s: %s", path, exc, hint, _remove(path)
+                "feature kernel %s does not load (%s)%s: %s", path, exc, hint, self._drop(key)
             )
             return None
         finally:
             os.close(fd)
         return make
+
+    def _drop(self, key: str) -> str:
+        """Remove the kernel of ``key`` that is not to be loaded; what became of it, for the
+        warning. One that stays (a read-only cache) is not built again in this process: the
+        build could not replace it (it was, and said so in a second warning: a QA pass)."""
+        said = _remove(self._path(key))
+        if os.path.lexists(self._path(key)):
+            self._built[key] = None
+        return said
 
     def _build(self, key: str, child: subprocess.Popen[bytes]) -> None:
         t0 = time.monotonic()
@@ -404,7 +426,7 @@ class Compiler:
             self._held.add(key)  # another's, said now: a reload after it builds)
             why = (
                 f"{why}; not tried again for {RETRY_AFTER_S / 3600:.0f} h (by any process): "
-                f"delete {marker} to try at once"
+                f"delete {marker} to try at once{_output(self._log(key))}"
             )  # (said by the next start only: a QA pass)
         elif not isinstance(why, _CacheGone):  # (a cache removed meanwhile: built again by
             self._built[key] = None  # a retry; else no marker: never again in this process)
@@ -459,7 +481,6 @@ class Compiler:
         if not self.cache.is_dir():  # (said "no output": a QA pass)
             raise _CacheGone(f"the cache {self.cache} (FDS_KERNEL_CACHE) was removed during it")
         text = failed.read_text(errors="replace") if failed.exists() else ""
-        failed.unlink(missing_ok=True)
         raise RuntimeError(f"Cython's build exited with {code}: {_reason(text)}")
 
 
@@ -477,6 +498,12 @@ def _warn(why: BaseException | str) -> None:
         "slower): %s; set FDS_FEATURE_KERNEL=off to skip the build",
         why,
     )
+
+
+def _output(log_file: Path) -> str:
+    """Where a failed build's whole output is, for its warning (it was named nowhere, and
+    removed once read when the process that started the build waited for it: a QA pass)."""
+    return f"; the compiler's whole output: {log_file}" if log_file.is_file() else ""
 
 
 def _reason(output: str) -> str:

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 import os
 import pickle
 import time
@@ -73,7 +74,7 @@ from fds.features.codegen import num as _num
 from fds.features.kernel import Compiler
 from fds.features.spec import DEFAULT_GRACE, Group, Layout, compile_specs, grace_seconds
 from fds.features.txstore import TxStore
-from fds.timeutil import parse_duration, span
+from fds.timeutil import MAX_TS, MIN_TS, parse_duration, span
 
 __all__ = ["FeaturePlan", "read_field"]
 
@@ -120,6 +121,28 @@ def _split(name: str) -> tuple[str, str | None]:
     if name.startswith("extra."):
         return "extra", name[6:]
     return name, None
+
+
+def _event_time(t: Any) -> float:
+    """An event time given to :meth:`FeaturePlan.compute` other than a float in range: an
+    integer or a NumPy float as a float, as the kernel computes in doubles; anything else
+    refused, and said what to do. (A Decimal, a string or a huge int had changed part of the
+    state before it raised, and a Fraction became the watermark: a QA pass.)"""
+    v: float | None = None
+    if t.__class__ is not bool:
+        if isinstance(t, float) or getattr(getattr(t, "dtype", None), "kind", "") == "f":
+            v = float(t)
+        elif hasattr(t, "__index__"):
+            v = float(operator.index(t)) if -MAX_TS < t < MAX_TS else MAX_TS
+    if v is None:
+        raise TypeError(
+            f"ts must be epoch seconds as a float or an int, not {type(t).__name__} ({t!r}): "
+            "fds.schema.parse_transaction makes one from ISO 8601 text, milliseconds or a "
+            "datetime"
+        )
+    if not MIN_TS <= v < MAX_TS:  # (NaN fails it too)
+        raise ValueError(f"ts {t!r} is out of range: epoch seconds of the years 1900 to 9997")
+    return v
 
 
 def _get(tx: Mapping[str, Any], key: str, sub: str | None) -> Any:
@@ -362,8 +385,13 @@ class FeaturePlan:
 
     # ------------------------------------------------------------------ hot path
     def compute(self, tx: Mapping[str, Any]) -> dict[str, Any]:
-        """Fold ``tx`` into the state and return its feature snapshot (name -> value)."""
+        """Fold ``tx`` into the state and return its feature snapshot (name -> value).
+
+        ``tx["ts"]`` is epoch seconds, a float (what :func:`fds.schema.parse_transaction`
+        makes) or an int; anything else is refused before the state changes."""
         t = tx["ts"]
+        if t.__class__ is not float or not MIN_TS <= t < MAX_TS:
+            t = _event_time(t)
         wm = self.watermark
         if t < wm - self.grace:
             self.late_events += 1

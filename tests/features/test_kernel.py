@@ -352,6 +352,9 @@ def test_a_failed_build_is_said_once_and_not_tried_again_within_the_hour(
     assert len(said) == 1 and "features stay interpreted" in said[0], said
     assert re.search(r"command '\S*false' failed", said[0]), said  # (the compiler's reason)
     assert "not tried again for 1 h (by any process): delete " in said[0], said
+    (output,) = tmp_path.glob("fds_kernel_*.log")  # (the compiler's whole output: kept, and
+    assert f"the compiler's whole output: {output}" in said[0], said  # named, a QA pass)
+    assert "false" in output.read_text()
     tx = {"tx_id": "t", "ts": 1e9, "card_id": "c", "amount": 2.0}
     assert first.compute(tx) == {"n": 1} and not first.compiled
     assert not plan(specs, compiler=c).compiled and c.builds == 1  # (not tried again)
@@ -366,6 +369,7 @@ def test_a_failed_build_is_said_once_and_not_tried_again_within_the_hour(
         assert not plan(specs, compiler=again).compiled
     assert again.builds == 0 and "its build failed 0 min ago" in caplog.text
     assert str(marker) in caplog.text and "command" in caplog.text  # (why, how to retry)
+    assert caplog.text.count(str(output)) == 1
     assert not plan(specs, compiler=again).compiled and again.builds == 0
     assert caplog.text.count("its build failed") == 1  # (said once)
     # ... but after it, by a process that was held too (a plan made then: a rules reload); a
@@ -374,7 +378,7 @@ def test_a_failed_build_is_said_once_and_not_tried_again_within_the_hour(
     monkeypatch.delenv("CC")
     plan(specs, compiler=again)
     assert again.wait() and again.builds == 1 and plan(specs, compiler=again).compiled
-    assert not marker.exists()
+    assert not marker.exists() and not output.exists()
 
 
 def test_a_running_plan_takes_its_kernel_once_its_failure_is_past(
@@ -591,6 +595,9 @@ def test_a_damaged_entry_that_cannot_be_removed_leaves_the_plan_interpreted(
     assert not p.compiled and "does not load" in caplog.text
     assert p.compute({"tx_id": "t", "ts": 1e9, "card_id": "c"}) == {"n_17h": 1}
     c.wait()
+    # said once: no build started that could not replace it (a second warning, a QA pass)
+    assert c.builds == 0 and len(caplog.records) == 1, caplog.text
+    assert not FeaturePlan(specs, compiler=c).compiled and len(caplog.records) == 1
 
 
 SWAP = """
@@ -728,3 +735,20 @@ def test_from_env_reads_the_mode_and_the_cache(tmp_path: Path) -> None:
     assert xdg is not None and xdg.cache == (tmp_path / "fds" / "kernels").resolve()
     with pytest.raises(ConfigError, match="FDS_FEATURE_KERNEL='fast' is not one of compiled, off"):
         Compiler.from_env({"FDS_FEATURE_KERNEL": "fast"})
+
+
+def test_from_env_takes_no_cache_under_a_home_that_is_not_there(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An empty HOME made the cache /.cache, a HOME that does not exist had it created, both
+    without a word (a QA pass): now features stay interpreted, and it is said."""
+    gone = tmp_path / "gone"
+    for env in ({"HOME": ""}, {"HOME": str(gone)}, {"HOME": "rel/dir", "XDG_CACHE_HOME": "x"}):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, "fds.features.kernel"):
+            assert Compiler.from_env(env) is None
+        assert f"no home directory (HOME={env['HOME']!r})" in caplog.text
+        assert "set FDS_KERNEL_CACHE" in caplog.text
+    assert not gone.exists()
+    home = Compiler.from_env({"HOME": str(tmp_path), "XDG_CACHE_HOME": "relative"})
+    assert home is not None and home.cache == (tmp_path / ".cache" / "fds" / "kernels").resolve()

@@ -92,6 +92,41 @@ def test_values_that_cannot_be_numbers_or_keys_leave_no_half_updated_state():
     assert got == {"n": 2, "x_max": 7.0, "x_mean": 6.0, "devs": 2, "per_dev": 1}
 
 
+def test_an_event_time_that_is_no_float_is_refused_before_the_state_changes() -> None:
+    """From the Python API: a Decimal, a string or a huge int raised after the card's log had
+    grown (every later feature of the card counted it), a Fraction became the watermark. Now
+    each is refused first; an int or a NumPy number is its float, as everywhere else."""
+    from decimal import Decimal
+    from fractions import Fraction
+
+    import numpy as np
+    import pytest
+
+    def plan() -> FeaturePlan:
+        return FeaturePlan(
+            [
+                S(name="n", entity="card_id", agg="count", field=None, window="1h"),
+                S(name="today", entity="card_id", agg="sum", field="amount", window="calendar_day"),
+                S(name="m_n", entity="merchant_id", agg="count", field=None, window="1h"),
+            ],
+            grace=0,
+        )
+
+    hurt, clean = plan(), plan()
+    for p in (hurt, clean):
+        feed(p, D0 + 10.0, merchant_id="m")
+    bad = [Decimal(D0 + 20), Fraction(int(D0) + 20), str(D0 + 20), None, True, 2**60,
+           float("nan"), float("inf"), -1e300, 1e13]  # fmt: skip
+    for t in bad:
+        with pytest.raises((TypeError, ValueError), match="ts"):
+            feed(hurt, t, merchant_id="m")  # type: ignore[arg-type]
+    assert hurt.watermark == clean.watermark == D0 + 10.0
+    for t in (int(D0) + 30, np.int64(int(D0) + 40), np.float32(D0 + 64.0)):
+        assert feed(hurt, t, merchant_id="m") == feed(clean, float(t), merchant_id="m")  # type: ignore[arg-type]
+    assert hurt.watermark.__class__ is float
+    assert hurt.state_sizes() == clean.state_sizes()
+
+
 def test_a_nan_category_is_missing_and_survives_a_restore():
     specs = [S(name="d", entity="card_id", agg="distinct", field="extra.shop", window="1h")]
     p = FeaturePlan(specs, grace=0)
