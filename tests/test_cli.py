@@ -1541,7 +1541,8 @@ def test_a_column_whose_name_is_no_word_is_read_by_rules_and_features(tmp_path, 
         rules.write_text(f'version: r\ntimezone: UTC\nrules:\n  - {{id: a, when: "{when}", '
                          "action: review, score: 0.5, reason: r}\n")  # fmt: skip
         assert main(["rules", "check", str(rules)]) == 1
-        assert says in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert says in out and "the model scores after the rules" not in out, out
 
 
 @pytest.mark.parametrize(

@@ -603,7 +603,8 @@ class _Checker:
             quote = "" if close else f"; a text value is quoted: '{name}'"
             if re.search(r"_\d+[smhd]$|_today$", name):  # (told to quote it: a QA pass)
                 quote = "; a feature a rule reads is declared under features: (entity, agg, window)"
-            if name in ("model_score", "score", "model_version"):
+            if name in ("model_score", "score", "model_version") and not dash:  # (a column
+                # `extra.risk-score` was told the model's score is not a rule's: a README walk)
                 quote = (
                     "; the model scores after the rules, so a rule cannot read its score: the "
                     "policy combines both (decline_at, review_at)"
