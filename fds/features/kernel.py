@@ -185,17 +185,18 @@ class Compiler:
         if not cache:
             base = env.get("XDG_CACHE_HOME", "")
             if not os.path.isabs(base):  # (the XDG spec ignores a relative one)
-                home = env.get("HOME")
+                home, said = env.get("HOME"), f"HOME={env.get('HOME')!r}"
                 if home is None:  # (as ~ is expanded: the user's entry, a container's uid
                     with contextlib.suppress(KeyError):  # may have none)
                         home = pwd.getpwuid(os.getuid()).pw_dir
+                        said = f"HOME unset, the user's home {home!r}"
                 if not (home and os.path.isabs(home) and os.path.isdir(home)):
                     # (an empty HOME made the cache /.cache, one that does not exist had it
                     # created, both without a word: a QA pass)
                     log.warning(
-                        "no home directory (HOME=%r): features stay interpreted (set "
+                        "no home directory (%s): features stay interpreted (set "
                         "FDS_KERNEL_CACHE to a directory for the compiled kernels)",
-                        home,
+                        said,
                     )
                     return None
                 base = os.path.join(home, ".cache")
@@ -262,11 +263,13 @@ class Compiler:
     def wait(self, timeout: float = BUILD_TIMEOUT_S) -> bool:
         """Wait until no build is running (tests, benchmarks); ``False`` on timeout."""
         end = time.monotonic() + timeout
-        while self._waiting:
+        while True:
+            with _LOCK:  # (a build ends under the lock: its key leaves _waiting before its
+                if not self._waiting:  # warning is logged, which an unlocked read saw
+                    return True  # first, a review)
             if time.monotonic() > end:
                 return False
             time.sleep(0.05)
-        return True
 
     # ------------------------------------------------------------------ building
     def _path(self, key: str) -> Path:
@@ -387,10 +390,12 @@ class Compiler:
         """Remove the kernel of ``key`` that is not to be loaded; what became of it, for the
         warning. One that stays (a read-only cache) is not built again in this process: the
         build could not replace it (it was, and said so in a second warning: a QA pass)."""
-        said = _remove(self._path(key))
-        if os.path.lexists(self._path(key)):
+        try:
+            self._path(key).unlink(missing_ok=True)
+        except OSError as exc:
             self._built[key] = None
-        return said
+            return f"not removed ({describe(exc)}): features stay interpreted"
+        return "removed, built again"
 
     def _build(self, key: str, child: subprocess.Popen[bytes]) -> None:
         t0 = time.monotonic()
@@ -458,6 +463,8 @@ class Compiler:
         tmp = Path(tempfile.mkdtemp(prefix=f"build-{key}-", dir=self.cache))
         (tmp / f"fds_kernel_{key}.pyx").write_text(text)
         final, failed = self._path(key), self._log(key)
+        with contextlib.suppress(OSError):  # (an earlier failure's output: a build killed at
+            failed.unlink(missing_ok=True)  # its timeout writes none, and had it named)
         with open(tmp / "build.log", "wb") as out:
             child = subprocess.Popen(
                 [sys.executable, "-c", _CHILD, str(tmp), str(final), str(failed)],
@@ -617,15 +624,6 @@ def _mark(marker: Path, why: str) -> bool:
     return True
 
 
-def _remove(path: Path) -> str:
-    """Remove a cache entry not to be loaded; what became of it, for the warning."""
-    try:
-        path.unlink(missing_ok=True)
-    except OSError as exc:
-        return f"not removed ({describe(exc)}): features stay interpreted"
-    return "removed, built again"
-
-
 # The build's child process (a fresh interpreter: its own GIL and its own session).
 _CHILD = "import sys; from fds.features.kernel import build_in; build_in(*sys.argv[1:])"
 
@@ -671,10 +669,11 @@ def build_in(tmp: str, final: str, failed: str) -> None:
                 done.unlink(missing_ok=True)
     except BaseException:
         sys.stdout.flush()
-        shutil.copyfile(work / "build.log", failed)
-        os.chmod(failed, 0o600)  # (as the cache's other files)
-        if not held:  # (the marker, here too: a service that dies sooner than its build
-            _mark(marker, _reason(log_file.read_text("utf-8", "replace")))  # leaves one)
+        if not held:  # (else the other build's output and marker are the ones to keep)
+            shutil.copyfile(work / "build.log", failed)
+            os.chmod(failed, 0o600)  # (as the cache's other files; the marker here too: a
+            _mark(marker, _reason(log_file.read_text("utf-8", "replace")))  # service that
+            # dies sooner than its build leaves one)
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -140,8 +140,11 @@ def _event_time(t: Any) -> float:
             "fds.schema.parse_transaction makes one from ISO 8601 text, milliseconds or a "
             "datetime"
         )
-    if not MIN_TS <= v < MAX_TS:  # (NaN fails it too)
-        raise ValueError(f"ts {t!r} is out of range: epoch seconds of the years 1900 to 9997")
+    if v != v:
+        raise ValueError(f"ts {t!r} is no time (not a number)")
+    if not MIN_TS <= v < MAX_TS:
+        ms = "; milliseconds? divide by 1000" if MIN_TS <= v / 1000 < MAX_TS else ""
+        raise ValueError(f"ts {t!r} is out of range: epoch seconds of the years 1900 to 9997{ms}")
     return v
 
 

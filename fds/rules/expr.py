@@ -597,10 +597,10 @@ class _Checker:
                 raise self.fail(node, f"{name} is a function: call it, e.g. {name}(x)")
             close = difflib.get_close_matches(name, list(self.known), n=3, cutoff=0.6)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            dash = re.search(rf"extra\.([\w-]*\w-{re.escape(name)})\b", "\n".join(self.lines))
+            dash = self._dashed(node, name)
             if dash:  # (`extra.risk-score` reads as extra.risk - score: a QA pass)
-                hint = f" (the column {dash[1]!r}? write extra[{dash[1]!r}])"
-            quote = "" if close else f"; a text value is quoted: '{name}'"
+                hint = f" (the column {dash!r}? write extra[{dash!r}])"
+            quote = "" if close or dash else f"; a text value is quoted: '{name}'"
             if re.search(r"_\d+[smhd]$|_today$", name):  # (told to quote it: a QA pass)
                 quote = "; a feature a rule reads is declared under features: (entity, agg, window)"
             if name in ("model_score", "score", "model_version") and not dash:  # (a column
@@ -616,6 +616,20 @@ class _Checker:
             )
         self.names[name] = None
         return local_name(name), t
+
+    def _dashed(self, node: ast.AST, name: str) -> str | None:
+        """The column ``extra.risk-score`` when ``name`` is its ``score`` (Python reads
+        ``extra.risk - score``): a dash right after an ``extra.`` name before this very node
+        (anywhere in the expression, it named a column for a bare ``score`` elsewhere: a
+        review)."""
+        line = getattr(node, "lineno", 1)
+        text = self.lines[line - 1] if 0 < line <= len(self.lines) else ""
+        col = len(text.encode("utf-8")[: getattr(node, "col_offset", 0)].decode("utf-8", "ignore"))
+        before = re.search(r"extra\.([\w-]*\w)-$", text[:col])
+        if before is None or text[col : col + len(name)] != name:
+            return None
+        after = re.match(r"(?:-\w+)*", text[col + len(name) :])
+        return f"{before[1]}-{name}{after[0] if after else ''}"
 
     def need_num(self, node: ast.AST, t: str, what: str) -> None:
         if t == STR:

@@ -381,6 +381,63 @@ def test_a_failed_build_is_said_once_and_not_tried_again_within_the_hour(
     assert not marker.exists() and not output.exists()
 
 
+def test_a_build_killed_at_its_timeout_names_no_earlier_output_and_wait_sees_it_said(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A review: an earlier failure's kept output was named as the output of a build killed
+    at its timeout (which writes none); and ``wait`` returned before the failure was said."""
+    import fds.features.kernel as kernel
+
+    c = Compiler(tmp_path)
+    specs = [SimpleNamespace(name="n_19h", entity="card_id", agg="count", field=None, window="19h")]
+    key_of = {}
+    mark = kernel._mark
+
+    def slow_mark(marker: Path, why: str) -> bool:  # (the window between leaving _waiting
+        time.sleep(0.3)  # and the warning, made wide)
+        return mark(marker, why)
+
+    monkeypatch.setattr(kernel, "_mark", slow_mark)
+    monkeypatch.setattr(kernel, "BUILD_TIMEOUT_S", 0.2)  # (Cython alone takes seconds)
+    start = Compiler._start
+
+    def start_after_an_old_failure(self: Compiler, key: str, text: str) -> Any:
+        key_of["key"] = key
+        self.cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._log(key).write_text("gcc: error: an hour-old failure\n")
+        return start(self, key, text)
+
+    monkeypatch.setattr(Compiler, "_start", start_after_an_old_failure)
+    with caplog.at_level(logging.WARNING, "fds.features.kernel"):
+        FeaturePlan(specs, compiler=c)
+        assert c.wait(60)
+        said = [r.getMessage() for r in caplog.records if r.name == "fds.features.kernel"]
+    assert len(said) == 1 and "the build took over 0 s" in said[0], said
+    assert "the compiler's whole output" not in said[0], said
+    assert not c._log(key_of["key"]).exists()
+
+
+def test_a_build_held_by_another_failure_keeps_that_failure_s_output(tmp_path: Path) -> None:
+    """A review: the held build's one line ("another build of it failed just now") replaced
+    the other build's whole output, which both warnings named."""
+    work = tmp_path / "build-k"
+    work.mkdir()
+    (work / "build.log").write_text("error: another build of it failed just now\n")
+    output = tmp_path / "fds_kernel_k.log"
+    output.write_text("gcc: error: the real output\n")
+    marker = tmp_path / "fds_kernel_k.failed"
+    marker.write_text("gcc: error: the real output\n")
+    os.utime(marker, (time.time() + 60,) * 2)  # (failed after this build started)
+    run = subprocess.run(  # (build_in nices its process: a child's)
+        [sys.executable, "-c", "import sys; from fds.features.kernel import build_in; "
+         "build_in(*sys.argv[1:])", str(work), str(tmp_path / "fds_kernel_k.so"), str(output)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 1 and "another build of it failed just now" in run.stdout, run
+    assert output.read_text() == "gcc: error: the real output\n"
+    assert marker.read_text() == "gcc: error: the real output\n" and not work.exists()
+
+
 def test_a_running_plan_takes_its_kernel_once_its_failure_is_past(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

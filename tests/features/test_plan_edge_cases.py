@@ -120,6 +120,8 @@ def test_an_event_time_that_is_no_float_is_refused_before_the_state_changes() ->
     for t in bad:
         with pytest.raises((TypeError, ValueError), match="ts"):
             feed(hurt, t, merchant_id="m")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"out of range: .*; milliseconds\? divide by 1000"):
+        feed(hurt, D0 * 1000, merchant_id="m")
     assert hurt.watermark == clean.watermark == D0 + 10.0
     for t in (int(D0) + 30, np.int64(int(D0) + 40), np.float32(D0 + 64.0)):
         assert feed(hurt, t, merchant_id="m") == feed(clean, float(t), merchant_id="m")  # type: ignore[arg-type]

@@ -135,6 +135,10 @@ def test_semantics_and_precedence(src: str, expected: bool) -> None:
         ("amount between 1 and 5", "invalid syntax (write a range as 1 <= amount <= 5)"),
         ("amount > 1,000,000", "`not in` (write a number without thousands separators"),
         ("model_score > 0.8", "the model scores after the rules, so a rule cannot read its"),
+        # (a dashed column elsewhere named the column for a bare `score`: a review)
+        ("score > 0.5 and extra.risk-score > 1", "'score': use a transaction field, extra.NAME,"),
+        ("score > 0.5 and extra.risk-score > 1", "; the model scores after the rules, so a rule"),
+        ("amount > 1 and extra.risk-score-x > 1", "(the column 'risk-score-x'? write extra["),
         ("card_count_10m > 3", "a feature a rule reads is declared under features:"),
         ("amont > 1", "did you mean amount"),
         ("avg31 > 1", "did you mean avg"),  # the closest name, not the first alphabetically
