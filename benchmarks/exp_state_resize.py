@@ -1,0 +1,108 @@
+"""Single decisions that pay for a dict's resize: the feature plan with a million entities.
+
+    python benchmarks/exp_state_resize.py [--entities 1500000]
+                                          [--out benchmarks/results/state_resize.md]
+
+Feeds the default feature set (bench_features.DEFAULT_SPECS) one transaction per new card
+(20 per second of event time, 100,000 merchants, up to 500,000 devices) with the cyclic GC off,
+so that no collection is counted, and lists every ``compute`` call over 10 ms of wall time with
+the entity counts at that moment. Beside it, the same number of insertions into a plain dict
+of string keys, the same way: where the two line up, the pause is a resize of the plan's
+entity-state dict (a CPython dict doubles its table at 2/3 full, copying every entry in one
+call). An experiment for the next step (segmenting the states), not a target's figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import shlex
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_features as bf
+
+from fds.features.plan import FeaturePlan
+
+RESULTS = Path(__file__).parent / "results" / "state_resize.md"
+SLOW_S = 0.010
+T0 = 1767225600.0  # 2026-01-01 00:00 UTC
+
+
+def plan_pauses(n: int) -> list[tuple[int, int, int, float]]:
+    """(event, cards held, devices held, ms) of each ``compute`` over SLOW_S."""
+    plan = FeaturePlan(bf.DEFAULT_SPECS, timezone="Asia/Seoul")
+    slow, clock = [], time.perf_counter
+    for i in range(n):
+        tx = {
+            "tx_id": f"t{i:09d}", "ts": T0 + i * 0.05, "card_id": f"c{i:09d}",
+            "merchant_id": f"m{i % 100_000:06d}", "device_id": f"d{i % 500_000:07d}",
+            "amount": 10.0 + i % 7, "country": "KR",
+        }  # fmt: skip
+        t = clock()
+        plan.compute(tx)
+        dt = clock() - t
+        if dt > SLOW_S:
+            slow.append((i, len(plan.states[0]), len(plan.states[2]), dt * 1e3))
+    return slow
+
+
+def dict_pauses(n: int) -> list[tuple[int, float]]:
+    """(size after, ms) of each insertion into a plain dict over SLOW_S."""
+    d: dict[str, list[int]] = {}
+    slow, clock = [], time.perf_counter
+    for i in range(n):
+        k = f"c{i:09d}"
+        t = clock()
+        d[k] = [i]
+        dt = clock() - t
+        if dt > SLOW_S:
+            slow.append((len(d), dt * 1e3))
+    return slow
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--entities", type=int, default=1_500_000)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args()
+    command = shlex.join(["python", "benchmarks/exp_state_resize.py", *sys.argv[1:]])
+    gc.disable()  # (a collection's pause is another matter: fds.gcpolicy)
+    plain = dict_pauses(args.entities)
+    gc.collect()
+    pauses = plan_pauses(args.entities)
+    resized = {size for size, _ in plain}
+    lines = [
+        "# Decisions that pay for a dict's resize (a million entities)",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {bf.machine()}",
+        "",
+        f"{args.entities:,} transactions, each of a new card, through the default feature set "
+        "with the cyclic GC off; every `compute` call over 10 ms (wall time):",
+        "",
+        "| event | cards held | devices held | ms | a plain dict of string keys resized at the "
+        "same size |",
+        "|---:|---:|---:|---:|---|",
+        *(
+            f"| {i:,} | {cards:,} | {devices:,} | {ms:.1f} | "
+            f"{'yes' if cards in resized else 'no'} |"
+            for i, cards, devices, ms in pauses
+        ),
+        "",
+        "The plain dict's insertions over 10 ms (size after, ms): "
+        + ", ".join(f"{size:,}: {ms:.1f}" for size, ms in plain),
+        "",
+    ]
+    args.out.write_text("\n".join(lines))
+    print("\n".join(lines))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
