@@ -47,6 +47,7 @@ from fds.streams.files import (
     file_error,
     gzipped,
     infer_format,
+    jq_command,
     load_mapping,
     separator_name,
 )
@@ -560,6 +561,8 @@ def _replay_file(args: argparse.Namespace, pushers: list[Pusher]) -> int:
         top = summary.top_reason or ""
         stage = top.split(":", 1)[0]
         said = next((fix for mark, fix in _FIXES if mark in top), None)
+        if said is not None:  # (it said FILE > FILE.jsonl, not the file's name: a QA pass)
+            said = said.replace("{jq}", jq_command(Path(args.file), ".[]"))
         dated = "timestamp" in top  # (the columns are right: "map its columns" misled, a QA)
         dates = _ts_advice(top) if dated and said is None else ""
         guard = ", e.g. guard a rule that raises: `avg > 0 and amount / avg > 3`"
@@ -636,7 +639,7 @@ _FIXES = (
     (
         "must be a JSON object, got list",
         "the file holds JSON arrays: fds reads JSON Lines, one object per line: convert it, "
-        "e.g. jq -c '.[]' FILE > FILE.jsonl",
+        "e.g. {jq}",
     ),
 )
 

@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -808,6 +809,18 @@ def test_a_csv_gz_that_is_not_gzip_is_a_dead_letter_not_a_crash(tmp_path, capsys
     bad.write_bytes(b"tx_id,ts,card_id,amount\na,2026-01-01T00:00:00Z,c,1\n")
     assert bare_replay(str(bad), "--out", str(tmp_path / "o.jsonl")) == 1
     assert "no transaction could be decided" in capsys.readouterr().err
+
+
+def test_a_file_of_json_arrays_is_told_the_jq_command_for_itself(tmp_path, capsys):
+    """A QA pass: the hint said `jq -c '.[]' FILE > FILE.jsonl`, not the file's name (and
+    FILE.jsonl of `x.jsonl` is the input itself)."""
+    arrays = tmp_path / "my arrays.jsonl"
+    arrays.write_text("[1, 2]\n[3, 4]\n")
+    assert bare_replay(str(arrays), "--out", str(tmp_path / "o.jsonl")) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    quoted = shlex.quote(str(tmp_path / "my arrays.jsonl"))
+    assert "the file holds JSON arrays" in err, err
+    assert f"jq -c '.[]' {quoted} > {shlex.quote(str(tmp_path / 'my arrays.lines.jsonl'))}" in err
 
 
 def test_parquet_with_timestamp_and_decimal_columns(tmp_path, capsys):

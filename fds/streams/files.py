@@ -503,7 +503,7 @@ class ColumnMapping(ReadOptions):
             hint += (
                 f" (its field {held!r} holds a list of records: if they are the transactions, "
                 "make them one a line, e.g. "
-                + (_jq_command(Path(file), path) if file else f"jq -c '{path}' FILE > FILE.jsonl")
+                + (jq_command(Path(file), path) if file else f"jq -c '{path}' FILE > FILE.jsonl")
                 + ")"
             )
         missing = [c for c in wanted if c not in columns and not _nested(c, objects, first_record)]
@@ -1196,11 +1196,11 @@ def _check_content(p: Path, fmt: str | None, declared: bool) -> None:
         jq = one_line or (".[]" if lead != b"{" else _records_path(p))
         raise ConfigError(
             f"{p} is {what}, not JSON Lines (one record a line): convert it, e.g. "
-            + _jq_command(p, jq)
+            + jq_command(p, jq)
         )
 
 
-def _jq_command(p: Path, path: str) -> str:
+def jq_command(p: Path, path: str) -> str:
     """The shell command that writes the records at jq ``path`` of ``p`` one a line, into a
     file beside it."""
     return _convert(p, f"jq -c '{path}'")
