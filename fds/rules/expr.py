@@ -443,8 +443,12 @@ def _column(lines: list[str], line: int, byte_offset: int) -> int:
     """The 1-based character column in the expression of an ``ast`` offset (UTF-8 bytes into
     the parsed text, whose first line starts with an added ``(``)."""
     text = lines[line - 1] if 0 < line <= len(lines) else ""
-    chars = len(text.encode("utf-8")[:byte_offset].decode("utf-8", "ignore"))
-    return max(1, chars + 1 - (line == 1))
+    return max(1, _chars(text, byte_offset) + 1 - (line == 1))
+
+
+def _chars(text: str, byte_offset: int) -> int:
+    """The characters of ``text`` before an ``ast`` offset (UTF-8 bytes)."""
+    return len(text.encode("utf-8")[:byte_offset].decode("utf-8", "ignore"))
 
 
 class _Checker:
@@ -624,7 +628,7 @@ class _Checker:
         review)."""
         line = getattr(node, "lineno", 1)
         text = self.lines[line - 1] if 0 < line <= len(self.lines) else ""
-        col = len(text.encode("utf-8")[: getattr(node, "col_offset", 0)].decode("utf-8", "ignore"))
+        col = _chars(text, getattr(node, "col_offset", 0))
         before = re.search(r"extra\.([\w-]*\w)-$", text[:col])
         if before is None or text[col : col + len(name)] != name:
             return None
