@@ -591,7 +591,7 @@ def memory(cards: int, days: int, seed: int, log: Any, freeze: bool = True) -> d
     packed = {}
     for gi, (ent, n) in enumerate(sizes.items()):
         sample = list(plan.states[gi].items())[: min(n, 20000)]
-        packed[ent] = len(pickle.dumps(sample, protocol=5)) / max(len(sample), 1) * n
+        packed[ent] = _pickled_size([sample]) / max(len(sample), 1) * n
     packed["label store"] = _pickled_size(plan._labels.buckets.values())
     return {
         "cards": cards,

@@ -531,8 +531,8 @@ def _declarations(cgs: Any) -> list[str]:
     every path of the generated code (a sum read from the state and written back comes back
     the same float), so the kernel computes what the interpreted ``run`` does, operation for
     operation, in IEEE doubles (``tests/features/test_kernel.py`` holds the two to the last
-    bit); the event time is a float in both (``FeaturePlan.compute`` makes an int one and
-    refuses what is no number). The rest (the transaction, entity
+    bit); the event time is a float in both (``FeaturePlan.compute`` reads any other as a
+    transaction's ``ts``, or refuses it). The rest (the transaction, entity
     values, features that may be ``None``) stays Python objects."""
     n_num = max((len(cg.nums) for cg in cgs), default=0)
     n_cat = max((len(cg.cats) for cg in cgs), default=0)

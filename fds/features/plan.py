@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import logging
 import math
-import operator
 import os
 import pickle
 import time
@@ -74,7 +73,7 @@ from fds.features.codegen import num as _num
 from fds.features.kernel import Compiler
 from fds.features.spec import DEFAULT_GRACE, Group, Layout, compile_specs, grace_seconds
 from fds.features.txstore import TxStore
-from fds.timeutil import MAX_TS, MIN_TS, parse_duration, span
+from fds.timeutil import MAX_TS, MIN_TS, parse_duration, parse_ts, span
 
 __all__ = ["FeaturePlan", "read_field"]
 
@@ -124,28 +123,15 @@ def _split(name: str) -> tuple[str, str | None]:
 
 
 def _event_time(t: Any) -> float:
-    """An event time given to :meth:`FeaturePlan.compute` other than a float in range: an
-    integer or a NumPy float as a float, as the kernel computes in doubles; anything else
-    refused, and said what to do. (A Decimal, a string or a huge int had changed part of the
-    state before it raised, and a Fraction became the watermark: a QA pass.)"""
-    v: float | None = None
-    if t.__class__ is not bool:
-        if isinstance(t, float) or getattr(getattr(t, "dtype", None), "kind", "") == "f":
-            v = float(t)
-        elif hasattr(t, "__index__"):
-            v = float(operator.index(t)) if -MAX_TS < t < MAX_TS else MAX_TS
-    if v is None:
-        raise TypeError(
-            f"ts must be epoch seconds as a float or an int, not {type(t).__name__} ({t!r}): "
-            "fds.schema.parse_transaction makes one from ISO 8601 text, milliseconds or a "
-            "datetime"
-        )
-    if v != v:
-        raise ValueError(f"ts {t!r} is no time (not a number)")
-    if not MIN_TS <= v < MAX_TS:
-        ms = "; milliseconds? divide by 1000" if MIN_TS <= v / 1000 < MAX_TS else ""
-        raise ValueError(f"ts {t!r} is out of range: epoch seconds of the years 1900 to 9997{ms}")
-    return v
+    """An event time given to :meth:`FeaturePlan.compute` other than a float in range, read as
+    a transaction's ``ts`` is (:func:`fds.timeutil.parse_ts`: an int, epoch milliseconds, ISO
+    8601 text), or refused with the reason before the state changes. (A Decimal, a string or a
+    huge int had changed part of the state before it raised, and a Fraction became the
+    watermark: a QA pass.)"""
+    try:
+        return parse_ts(t)
+    except ValueError as e:
+        raise ValueError(f"ts: {e}") from None
 
 
 def _get(tx: Mapping[str, Any], key: str, sub: str | None) -> Any:
@@ -391,7 +377,8 @@ class FeaturePlan:
         """Fold ``tx`` into the state and return its feature snapshot (name -> value).
 
         ``tx["ts"]`` is epoch seconds, a float (what :func:`fds.schema.parse_transaction`
-        makes) or an int; anything else is refused before the state changes."""
+        makes); another value is read as a transaction's ``ts`` is, or refused before the
+        state changes."""
         t = tx["ts"]
         if t.__class__ is not float or not MIN_TS <= t < MAX_TS:
             t = _event_time(t)
