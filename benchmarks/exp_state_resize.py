@@ -9,7 +9,9 @@ so that no collection is counted, and lists every ``compute`` call over 10 ms of
 the entity counts at that moment. Beside it, the same number of insertions into a plain dict
 of string keys, the same way: where the two line up, the pause is a resize of the plan's
 entity-state dict (a CPython dict doubles its table at 2/3 full, copying every entry in one
-call). An experiment for the next step (segmenting the states), not a target's figure.
+call), and the five slowest calls of all. Since 2026-12-06 (third session) the states are in
+shards (fds/features/shards.py) and the plan interns no entity key: the pauses are gone.
+A check of the latency that issue 3's state must keep, not a target's figure.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import gc
 import shlex
 import sys
 import time
+from array import array
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -33,10 +36,11 @@ SLOW_S = 0.010
 T0 = 1767225600.0  # 2026-01-01 00:00 UTC
 
 
-def plan_pauses(n: int) -> list[tuple[int, int, int, float]]:
-    """(event, cards held, devices held, ms) of each ``compute`` over SLOW_S."""
+def plan_pauses(n: int) -> tuple[list[tuple[int, int, int, float]], list[float]]:
+    """(event, cards held, devices held, ms) of each ``compute`` over SLOW_S, and every
+    call's time in ms."""
     plan = FeaturePlan(bf.DEFAULT_SPECS, timezone="Asia/Seoul")
-    slow, clock = [], time.perf_counter
+    slow, clock, times = [], time.perf_counter, array("d", bytes(8 * n))
     for i in range(n):
         tx = {
             "tx_id": f"t{i:09d}", "ts": T0 + i * 0.05, "card_id": f"c{i:09d}",
@@ -46,9 +50,11 @@ def plan_pauses(n: int) -> list[tuple[int, int, int, float]]:
         t = clock()
         plan.compute(tx)
         dt = clock() - t
+        times[i] = dt * 1e3
         if dt > SLOW_S:
-            slow.append((i, len(plan.states[0]), len(plan.states[2]), dt * 1e3))
-    return slow
+            sizes = plan.state_sizes()
+            slow.append((i, sizes["card_id"], sizes["device_id"], dt * 1e3))
+    return slow, sorted(times)
 
 
 def dict_pauses(n: int) -> list[tuple[int, float]]:
@@ -74,7 +80,8 @@ def main() -> int:
     gc.disable()  # (a collection's pause is another matter: fds.gcpolicy)
     plain = dict_pauses(args.entities)
     gc.collect()
-    pauses = plan_pauses(args.entities)
+    pauses, times = plan_pauses(args.entities)
+    n = len(times)
     resized = {size for size, _ in plain}
     lines = [
         "# Decisions that pay for a dict's resize (a million entities)",
@@ -96,6 +103,14 @@ def main() -> int:
         "",
         "The plain dict's insertions over 10 ms (size after, ms): "
         + ", ".join(f"{size:,}: {ms:.1f}" for size, ms in plain),
+        "",
+        "Every `compute` call (ms): median {:.3f}, p99.9 {:.3f}, p99.99 {:.3f}; the five "
+        "slowest {}.".format(
+            times[n // 2],
+            times[int(n * 0.999)],
+            times[int(n * 0.9999)],
+            ", ".join(f"{ms:.1f}" for ms in reversed(times[-5:])),
+        ),
         "",
     ]
     args.out.write_text("\n".join(lines))

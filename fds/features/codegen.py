@@ -29,6 +29,8 @@ from bisect import bisect_right
 from collections.abc import Callable
 from typing import Any
 
+from fds.features.shards import MASK, Shards
+
 __all__ = [
     "KEY", "TS", "assign_slots", "build_fused", "build_new_state", "cat", "num",
 ]  # fmt: skip
@@ -95,18 +97,47 @@ def _var(k: str, sub: str | None) -> str:
     return f"e_{len(sub)}_{sub.encode().hex()}"
 
 
-def _reads(cgs: Any) -> list[str]:
+def _order(cgs: Any) -> tuple[list[int], set[tuple[str, str | None]]]:
+    """The order ``run`` folds the groups in, and the categorical fields read from a state.
+
+    A categorical field that is another group's entity (the card's merchants, the device's
+    cards) takes that group's state key as its value (``st[0]``, one object per entity, held
+    by the state already) rather than an interned copy (:func:`cat`): that group goes first
+    where the declarations allow it (a group's entity counted by a group whose entity it
+    counts is interned by the later one). The interpreter's table of interned strings holds
+    every such value, and grows in one call: at a million cards, 80-200 ms for one decision
+    (``benchmarks/results/state_resize.md``)."""
+    entity = {(cg.ent, cg.ent_sub): gi for gi, cg in enumerate(cgs)}
+    needs = [{entity[f] for f in cg.cats if entity.get(f, gi) != gi} for gi, cg in enumerate(cgs)]
+    order: list[int] = []
+    left = list(range(len(cgs)))
+    while left:  # (first the first group whose providers went before; in a cycle, the first)
+        gi = next((g for g in left if needs[g].issubset(order)), left[0])
+        order.append(gi)
+        left.remove(gi)
+    at = {gi: i for i, gi in enumerate(order)}
+    keyed = {
+        f
+        for f, p in entity.items()
+        if all(at[p] <= at[gi] for gi, cg in enumerate(cgs) if f in cg.cats)
+    }
+    return order, keyed
+
+
+def _reads(cgs: Any, keyed: set[tuple[str, str | None]]) -> list[str]:
     """Statements reading every field the groups use once, into locals named by :func:`_var`:
     numbers as :func:`num` (a float that is finite costs a subtraction), entity and
     categorical values as :func:`cat` (a string costs nothing more as an entity, an intern
-    call as a categorical value). No conversion can fail halfway through a state update."""
+    call as a categorical value; a categorical field in ``keyed`` is read as an entity, and
+    replaced by its group's state key before any group counts it: :func:`_order`). No
+    conversion can fail halfway through a state update."""
     fields: dict[tuple[str, str | None], set[str]] = {}  # field -> its roles
     for cg in cgs:
         fields.setdefault((cg.ent, cg.ent_sub), set()).add("entity")
         for key in cg.nums:
             fields.setdefault(key, set()).add("num")
         for key in cg.cats:
-            fields.setdefault(key, set()).add("cat")
+            fields.setdefault(key, set()).add("entity" if key in keyed else "cat")
     lines = []
     if any(sub is not None for _k, sub in fields):
         lines.append("extra = tx.get('extra') or _EMPTY")
@@ -440,12 +471,13 @@ def assign_slots(cg: Any) -> None:
 
 
 def build_fused(
-    cgs: Any, names: Any, states: list[dict[Any, Any]], helpers: dict[str, Any]
+    cgs: Any, names: Any, states: list[Shards], helpers: dict[str, Any]
 ) -> tuple[Callable[..., dict[str, Any]], str, dict[str, Any], str]:
     """One generated ``run(tx, t, wm) -> snapshot`` folding ``tx`` into every group, inlined.
 
     Fields are read once (:func:`_reads`). Per group: read the entity value (missing: skip,
-    features stay ``None``), find or create the state, take the rare path for an event older
+    features stay ``None``), find or create the state in its shard (``states``: each group's
+    :class:`~fds.features.shards.Shards`), take the rare path for an event older
     than the entity's newest (``_reorder``), else run the group's :func:`_body` inline and
     trim the log when its oldest entry is ``trim_lag`` behind the watermark. Features are
     locals, returned as one dict in declaration order (``names``). A transaction with fraud
@@ -461,7 +493,7 @@ def build_fused(
     """
     ns: dict[str, Any] = {}
     for gi, cg in enumerate(cgs):
-        ns[f"_S{gi}"] = states[gi]
+        ns[f"_S{gi}"] = states[gi].parts
         ns[f"_new{gi}"] = cg.new_state
     source = _fused(cgs, names, typed=False)
     namespace = {**_namespace(), **ns, **helpers}
@@ -484,21 +516,26 @@ def _fused(cgs: Any, names: Any, typed: bool) -> str:
     a("    T = t")
     if len(fraud) > 1:
         a(f"    {' = '.join(f'kf{gi}' for gi in fraud)} = None")
-    for gi in range(len(cgs)):  # (locals: a typed kernel's are dicts, _declarations)
+    for gi in range(len(cgs)):  # (locals: a typed kernel's are lists, _declarations)
         a(f"    states{gi} = _S{gi}")
-    lines += ["    " + line for line in _reads(cgs)]
+    order, keyed = _order(cgs)
+    lines += ["    " + line for line in _reads(cgs, keyed)]
     if fraud:  # read before any state changes (a missing tx_id fails here)
         a("    tx_id = tx['tx_id']")
     part = ", part" if any(cg.prov for cg in cgs) else ""  # (handed to _remember too)
     if part:
         a("    part = _PROV.part")
-    for gi, cg in enumerate(cgs):
+    for gi in order:
+        cg = cgs[gi]
         a(f"    # ---- group {gi}: {cg.g.entity}")
         ev = _var(cg.ent, cg.ent_sub)
         a(f"    if {ev} is not None:")
-        a(f"        st = states{gi}.get({ev})")
+        a(f"        sh = states{gi}[hash({ev}) & {MASK}]")  # (its shard: fds.features.shards)
+        a(f"        st = sh.get({ev})")
         a("        if st is None:")
-        a(f"            st = states{gi}[{ev}] = _new{gi}({ev}, tx)")
+        a(f"            st = sh[{ev}] = _new{gi}({ev}, tx)")
+        if (cg.ent, cg.ent_sub) in keyed and any((cg.ent, cg.ent_sub) in c.cats for c in cgs):
+            a(f"        {ev} = st[0]")  # (the value other groups count: _order)
         a("        ts = st[1]")
         a("        idx = len(ts)")
         a(f"        prev = {at('ts', 'idx - 1')} if idx else _NEG_INF")
@@ -543,15 +580,14 @@ def _declarations(cgs: Any) -> list[str]:
     ints = ["idx", "h", "lost"] + [f"{p}{fi}" for fi in range(n_num) for p in ("m", "N", "o", "rb")]
     ints += [f"co{ci}" for ci in range(n_cat)]
     arrays = ["ts"] + [f"num{fi}" for fi in range(n_num)]
-    lists = ["st"] + [f"cat{ci}" for ci in range(n_cat)]
-    dicts = [f"states{gi}" for gi in range(len(cgs))]
-    dicts += [f"c{slot}" for slot in range(max((cg.g.n_counters for cg in cgs), default=0))]
+    lists = ["st", *(f"cat{ci}" for ci in range(n_cat)), *(f"states{gi}" for gi in range(len(cgs)))]
+    dicts = ["sh", *(f"c{slot}" for slot in range(max((cg.g.n_counters for cg in cgs), default=0)))]
     return [
         f"cdef double {', '.join(doubles)}",
         f"cdef Py_ssize_t {', '.join(ints)}",
         f"cdef array.array {', '.join(arrays)}",
         f"cdef list {', '.join(lists)}",
-        *([f"cdef dict {', '.join(dicts)}"] if dicts else []),
+        f"cdef dict {', '.join(dicts)}",
     ]
 
 

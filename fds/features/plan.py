@@ -71,6 +71,7 @@ from fds.features.codegen import (
 from fds.features.codegen import cat as _cat
 from fds.features.codegen import num as _num
 from fds.features.kernel import Compiler
+from fds.features.shards import MASK, Shards
 from fds.features.spec import DEFAULT_GRACE, Group, Layout, compile_specs, grace_seconds
 from fds.features.txstore import TxStore
 from fds.timeutil import MAX_TS, MIN_TS, parse_duration, parse_ts, span
@@ -84,8 +85,11 @@ NAN = math.nan
 # provenance has one more column and its own format: a release before it (which knew no
 # "provenance" in a state's identity, see _IDENTITY_DEFAULTS) refuses such a state by its
 # format rather than misread it.
-_FORMAT = 4
-_FORMAT_PROVENANCE = 5  # (a bump of either skips past both: they share one range)
+_FORMAT = 6
+_FORMAT_PROVENANCE = 7  # (a bump of either skips past both: they share one range)
+# Each format and the earlier one this release also reads: 4 and 5 held each group's states
+# in one dict (6 and 7 in fds.features.shards, which a release before them cannot load).
+_READS = {_FORMAT: 4, _FORMAT_PROVENANCE: 5}
 # Identity entries that a state saved before they existed lacks, and what it had then.
 _IDENTITY_DEFAULTS = {"provenance": False}
 # Input partitions are logged as unsigned 16-bit numbers (array "H").
@@ -98,9 +102,10 @@ _TRIM_SLACK = 1 / 16
 # once as many events as there are held states (at least _SWEEP_MIN_EVENTS) went by: a sweep
 # visits every state of the group, so this bounds its amortised cost to one state visit per
 # event, while idle state is at most ~1/8 window (plus one check period) old past evictable.
-# A sweep is incremental: it snapshots the group's keys (one C-level copy, ~5 ms for a
-# million) and then visits at most _SWEEP_STEP of them per event, so no event pays for
-# visiting every state (~1 s for a million cards).
+# A sweep is incremental: it visits at most _SWEEP_STEP states per event, shard by shard
+# (fds.features.shards; a copy of one shard's keys at a time, where a copy of a million keys
+# at once held one event for 5-40 ms), so no event pays for visiting every state (~1 s for a
+# million cards).
 _SWEEP_FRACTION = 1 / 8
 _SWEEP_MIN_EVENTS = 1000
 _SWEEP_STEP = 512
@@ -304,7 +309,7 @@ class FeaturePlan:
     # ------------------------------------------------------------------ state
     def _reset(self) -> None:
         # per group: entity value -> flat state list (layout: codegen.assign_slots)
-        self.states: list[dict[Any, list[Any]]] = [{} for _ in self._groups]
+        self.states: list[Shards] = [Shards() for _ in self._groups]
         self.watermark = -math.inf
         self.watermark_tx: Mapping[str, Any] | None = None  # the event that set it (its id saved)
         self.late_events = 0  # beyond grace: decided on current state, flagged
@@ -315,7 +320,7 @@ class FeaturePlan:
         self._sweep_at = [-math.inf for _ in self._groups]  # event time of each group's sweep
         self._accepted = 0  # events folded in (drives the sweep's amortisation)
         self._sweep_after = 0  # ... and the count at which sweeps are next considered
-        self._sweep_todo: list[list[Any]] = []  # sweeps in progress: [group, keys, next]
+        self._sweep_todo: list[list[Any]] = []  # sweeps in progress (see _sweep)
         self._labels = TxStore(self._label_span)
         self._next_label_expiry = -math.inf
         self._bind()
@@ -535,28 +540,37 @@ class FeaturePlan:
         """Evict entities whose newest event no accepted event can see any more: start the
         sweeps that are due, then visit at most ``_SWEEP_STEP`` states (see its comment)."""
         wm = self.watermark
+        # each sweep in progress: [group, keys of the shard in hand, next of them, the shards
+        # left to visit (their numbers, the next one last; those empty at the start left out)]
         todo = self._sweep_todo
         if not todo:
-            for gi, (cg, states) in enumerate(zip(self._groups, self.states, strict=True)):
+            for gi, cg in enumerate(self._groups):
                 if wm >= self._sweep_at[gi]:
-                    todo.append([gi, list(states), 0])
+                    parts = self.states[gi].parts
+                    todo.append([gi, [], 0, [j for j in range(MASK, -1, -1) if parts[j]]])
                     self._sweep_at[gi] = wm + cg.longest * _SWEEP_FRACTION
         budget = _SWEEP_STEP
         while todo and budget > 0:
-            gi, keys, pos = todo[0]
-            states = self.states[gi]
+            item = todo[0]
+            gi, keys, pos, shards = item
+            parts = self.states[gi].parts
+            if pos == len(keys):  # the shard in hand visited: the next one's keys
+                if shards:
+                    item[1], item[2] = list(parts[shards.pop()]), 0
+                    budget -= 1
+                else:
+                    del todo[0]
+                continue
             horizon = wm - self._groups[gi].keep
             end = min(pos + budget, len(keys))
             for k in keys[pos:end]:
-                st = states.get(k)
+                part = parts[hash(k) & MASK]
+                st = part.get(k)
                 if st is not None and st[TS][-1] <= horizon:
-                    del states[k]
+                    del part[k]
                     self.evicted_entities += 1
             budget -= end - pos
-            if end == len(keys):
-                del todo[0]
-            else:
-                todo[0][2] = end
+            item[2] = end
         if todo:  # more to visit: again at the next event
             self._sweep_after = self._accepted + 1
         else:
@@ -675,7 +689,7 @@ class FeaturePlan:
         mine = {**_IDENTITY_DEFAULTS, **self._identity()}
         for k, v in mine.items():
             got = sd.get(k, _IDENTITY_DEFAULTS.get(k))
-            if got != v:
+            if got != v and not (k == "format" and got == _READS[v]):
                 was = (
                     _changed(str(got or ""), str(v))
                     if k == "fingerprint"  # (both in full: 2,267 characters, a QA pass)
@@ -694,7 +708,7 @@ class FeaturePlan:
         """Replace the state with one from :meth:`state_dict` (same declarations required)."""
         body = self._body_of(sd)
         self._reset()
-        self.states = body["states"]
+        self.states = [s if isinstance(s, Shards) else Shards(s) for s in body["states"]]
         self.watermark = body["watermark"]
         self.late_events = body["late_events"]
         self.reordered_events = body["reordered_events"]
@@ -703,7 +717,9 @@ class FeaturePlan:
         self._sweep_at = body["sweep_at"]
         self._accepted = body["accepted"]
         self._sweep_after = body["sweep_after"]
-        self._sweep_todo = body["sweep_todo"]
+        self._sweep_todo = [  # (a state of format 4 or 5: [group, all its keys, next])
+            item if len(item) == 4 else [*item, []] for item in body["sweep_todo"]
+        ]
         self._labels = body["labels"]
         self._next_label_expiry = body["next_label_expiry"]
         self.watermark_tx = _named(body)
@@ -812,7 +828,7 @@ class FeaturePlan:
         return new
 
     def _split_group(
-        self, cg: _CompiledGroup, mine: dict[Any, Any], theirs: dict[Any, Any], moving: frozenset
+        self, cg: _CompiledGroup, mine: Shards, theirs: Shards, moving: frozenset
     ) -> None:
         """Move the entries of partitions ``moving`` from one group's states ``mine`` to
         ``theirs``."""

@@ -1,0 +1,100 @@
+"""A group's entity states in shards: ``key -> state`` spread over 256 dicts by the key's hash.
+
+A dict grows by copying every entry into a table twice the size, all in one call. At a
+million entities the decision that added the next one waited 40-80 ms for that copy
+(``benchmarks/results/state_resize.md``), and with idle entities evicted and new ones
+added, the copy comes back whenever deleted slots fill the table. With the states spread
+over 256 dicts, each copy moves 1/256 of them. The hot path picks the shard itself
+(``parts[hash(key) & MASK]``, :func:`fds.features.codegen.build_fused`); the rest of the
+plan uses the mapping below.
+
+>>> s = Shards({"c1": [1], "c2": [2]})
+>>> s["c1"], s.get("c3"), len(s), sorted(s)
+([1], None, 2, ['c1', 'c2'])
+>>> del s["c1"]; "c1" in s
+False
+"""
+
+from __future__ import annotations
+
+from collections.abc import ItemsView, Iterable, Iterator, Mapping, MutableMapping, ValuesView
+from itertools import chain
+from typing import Any
+
+__all__ = ["MASK", "Shards"]
+
+BITS = 8
+MASK = (1 << BITS) - 1
+
+
+class Shards(MutableMapping[Any, Any]):
+    """``key -> state`` in ``MASK + 1`` dicts (``parts``), the key's hash choosing one.
+
+    Iteration goes shard by shard (not in insertion order). Pickled as its shards and
+    spread again when loaded: a string's hash differs between processes."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self, items: Mapping[Any, Any] | Iterable[tuple[Any, Any]] = ()) -> None:
+        self.parts: list[dict[Any, Any]] = [{} for _ in range(MASK + 1)]
+        parts = self.parts
+        for k, v in items.items() if isinstance(items, Mapping) else items:
+            parts[hash(k) & MASK][k] = v
+
+    def __getitem__(self, key: Any) -> Any:
+        return self.parts[hash(key) & MASK][key]
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self.parts[hash(key) & MASK].get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.parts[hash(key) & MASK]
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.parts[hash(key) & MASK][key] = value
+
+    def __delitem__(self, key: Any) -> None:
+        del self.parts[hash(key) & MASK][key]
+
+    def __len__(self) -> int:
+        return sum(map(len, self.parts))
+
+    def __iter__(self) -> Iterator[Any]:
+        return chain.from_iterable(self.parts)
+
+    def items(self) -> ItemsView[Any, Any]:
+        return _Items(self)
+
+    def values(self) -> ValuesView[Any]:
+        return _Values(self)
+
+    def __repr__(self) -> str:
+        return f"Shards({len(self)} entities)"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _load, (self.parts,)
+
+
+class _Items(ItemsView[Any, Any]):
+    _mapping: Shards
+
+    def __iter__(self) -> Iterator[tuple[Any, Any]]:  # (a shard's own, not a lookup per key)
+        return chain.from_iterable(p.items() for p in self._mapping.parts)
+
+
+class _Values(ValuesView[Any]):
+    _mapping: Shards
+
+    def __iter__(self) -> Iterator[Any]:
+        return chain.from_iterable(p.values() for p in self._mapping.parts)
+
+
+def _load(parts: list[dict[Any, Any]]) -> Shards:
+    """A :class:`Shards` of pickled shards, each entry spread by this process's hash (each
+    loaded shard dropped once spread: the peak stays near the state's own size)."""
+    s = Shards()
+    mine = s.parts
+    while parts:
+        for k, v in parts.pop().items():
+            mine[hash(k) & MASK][k] = v
+    return s

@@ -1,0 +1,126 @@
+"""Entity states in shards (fds.features.shards): a mapping, pickled across hash seeds, and
+states of the format before them still loaded."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fds import gcpolicy
+from fds.errors import ConfigError
+from fds.features.plan import FeaturePlan
+from fds.features.shards import MASK, Shards
+from tests.features.conftest import Spec
+
+SPECS = [
+    Spec("card_n_1h", "card_id", "count", None, "1h"),
+    Spec("card_sum_1h", "card_id", "sum", "amount", "1h"),
+    Spec("m_countries", "merchant_id", "distinct", "country", "1d"),
+    Spec("m_fraud", "merchant_id", "fraud_count", None, "7d"),
+]
+T0 = 1767225600.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("sgdp"), st.integers(-3, 40) | st.text(max_size=3))))
+def test_shards_behave_as_a_dict(ops: list[tuple[str, object]]) -> None:
+    s, d = Shards(), {}
+    for op, k in ops:
+        if op == "s":
+            s[k] = d[k] = [k]
+        elif op == "g":
+            assert s.get(k) == d.get(k) and (k in s) == (k in d)
+        elif op == "d" and k in d:
+            del s[k], d[k]
+        elif op == "p":
+            assert s.pop(k, None) == d.pop(k, None)
+        assert len(s) == len(d)
+    assert dict(s.items()) == d and sorted(map(repr, s)) == sorted(map(repr, d))
+    assert sorted(map(repr, s.values())) == sorted(map(repr, d.values()))
+    assert len(s.items()) == len(d)
+
+
+def test_a_pickle_of_another_hash_seed_is_spread_again() -> None:
+    # a string's hash differs between processes: shards pickled by one are found by another
+    code = (
+        "import pickle, sys; from fds.features.shards import Shards;"
+        "sys.stdout.buffer.write(pickle.dumps(Shards({f'c{i}': i for i in range(5000)})))"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "1"}
+    data = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, check=True)
+    s = pickle.loads(data.stdout)
+    assert len(s) == 5000 and all(s.get(f"c{i}") == i for i in range(5000))
+    assert all(hash(k) & MASK == n for n, part in enumerate(s.parts) for k in part)
+
+
+def _tx(i: int) -> dict[str, object]:
+    return {
+        "tx_id": f"t{i}", "ts": T0 + i * 37.0, "card_id": f"c{i % 7}",
+        "merchant_id": f"m{i % 3}", "amount": float(i % 11), "country": "KR" if i % 2 else "DE",
+    }  # fmt: skip
+
+
+def test_a_state_of_the_format_before_shards_loads() -> None:
+    # formats 4 and 5 held each group's states in one dict: such a checkpoint still loads
+    plan = FeaturePlan(SPECS)
+    for i in range(200):
+        plan.compute(_tx(i))
+    plan.on_label({"tx_id": "t150", "is_fraud": True})
+    sd = plan.state_dict()
+    assert sd["format"] == 6
+    body = gcpolicy.loads(sd["state"])
+    body["states"] = [dict(s.items()) for s in body["states"]]
+    # ... its sweep in progress as [group, all its keys, next], due at the next event
+    body["sweep_todo"] = [[0, list(body["states"][0]), 1]]
+    body["sweep_after"] = body["accepted"]
+    old = {**sd, "format": 4, "state": gcpolicy.dumps(body)}
+    again = FeaturePlan(SPECS)
+    again.load_state_dict(old)
+    assert all(isinstance(s, Shards) for s in again.states)
+    assert again.state_sizes() == plan.state_sizes() == {"card_id": 7, "merchant_id": 3}
+    for i in range(200, 400):
+        assert again.compute(_tx(i)) == plan.compute(_tx(i))
+    assert not again._sweep_todo
+    # ... and format 5 (with provenance) does not load into a plan without it
+    with pytest.raises(ConfigError, match=r"other format \(5, now 6\)"):
+        FeaturePlan(SPECS).load_state_dict({**old, "format": 5})
+
+
+def test_a_categorical_value_that_is_an_entity_is_its_state_key() -> None:
+    # the device's cards are the card states' keys, not interned copies: the interpreter's
+    # table of interned strings would hold every card (and grow in one call: fds.features.codegen
+    # _order); the card group goes first although declared after the device's
+    specs = [
+        Spec("d_cards", "device_id", "distinct", "card_id", "1h"),
+        Spec("c_n", "card_id", "count", None, "1h"),
+        Spec("c_merchants", "card_id", "distinct", "merchant_id", "1h"),
+    ]
+    plan = FeaturePlan(specs, compiler=None)
+    got = []
+    for i in range(6):  # (ids made at run time: a literal would be interned by the compiler)
+        card, merchant = "".join(["card-", str(i % 2)]), "".join(["m-", str(i % 3)])
+        tx = {"tx_id": f"t{i}", "ts": T0 + i, "card_id": card, "merchant_id": merchant,
+              "device_id": "d"}  # fmt: skip
+        got.append(plan.compute(tx))
+    assert [g["d_cards"] for g in got] == [1, 2, 2, 2, 2, 2]
+    assert [(g["c_n"], g["c_merchants"]) for g in got] == [
+        (1, 1),
+        (1, 1),
+        (2, 2),
+        (2, 2),
+        (3, 3),
+        (3, 3),
+    ]
+    cards = {k: k for k in plan.states[1]}
+    assert len(cards) == 2 and all(sys.intern("".join(["card-", k[-1]])) is not k for k in cards)
+    col = plan.states[0]["d"][plan._groups[0].i_cat[0]]
+    assert all(v is cards[v] for v in col)  # one object per card
+    # merchants are no group's entity here: interned, one object each
+    col = plan.states[1]["card-0"][plan._groups[1].i_cat[0]]
+    assert all(v is sys.intern("".join(["m-", v[-1]])) for v in col)
