@@ -29,7 +29,7 @@ from bisect import bisect_right
 from collections.abc import Callable
 from typing import Any
 
-from fds.features.shards import MASK, Shards
+from fds.features.shards import SHARDS, Shards
 
 __all__ = [
     "KEY", "TS", "assign_slots", "build_fused", "build_new_state", "cat", "num",
@@ -530,7 +530,7 @@ def _fused(cgs: Any, names: Any, typed: bool) -> str:
         a(f"    # ---- group {gi}: {cg.g.entity}")
         ev = _var(cg.ent, cg.ent_sub)
         a(f"    if {ev} is not None:")
-        a(f"        sh = states{gi}[hash({ev}) & {MASK}]")  # (its shard: fds.features.shards)
+        a(f"        sh = states{gi}[hash({ev}) % {SHARDS}]")  # (its shard: fds.features.shards)
         a(f"        st = sh.get({ev})")
         a("        if st is None:")
         a(f"            st = sh[{ev}] = _new{gi}({ev}, tx)")

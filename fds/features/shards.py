@@ -1,12 +1,14 @@
-"""A group's entity states in shards: ``key -> state`` spread over 256 dicts by the key's hash.
+"""A group's entity states in shards: ``key -> state`` spread over 251 dicts by the key's hash.
 
 A dict grows by copying every entry into a table twice the size, all in one call. At a
-million entities the decision that added the next one waited 40-80 ms for that copy
+million entities the decision that added the next one waited 40-210 ms for that copy
 (``benchmarks/results/state_resize.md``), and with idle entities evicted and new ones
 added, the copy comes back whenever deleted slots fill the table. With the states spread
-over 256 dicts, each copy moves 1/256 of them. The hot path picks the shard itself
-(``parts[hash(key) & MASK]``, :func:`fds.features.codegen.build_fused`); the rest of the
-plan uses the mapping below.
+over 251 dicts, each copy moves 1/251 of them. The shard is the hash modulo a prime: an int
+hashes to itself, and ids in steps of a power of two (or of ten) would fill a few shards of
+a power-of-two count (a review: ids in steps of 256 all went to one of 256). The hot path
+picks the shard itself (``parts[hash(key) % SHARDS]``,
+:func:`fds.features.codegen.build_fused`); the rest of the plan uses the mapping below.
 
 >>> s = Shards({"c1": [1], "c2": [2]})
 >>> s["c1"], s.get("c3"), len(s), sorted(s)
@@ -21,40 +23,39 @@ from collections.abc import ItemsView, Iterable, Iterator, Mapping, MutableMappi
 from itertools import chain
 from typing import Any
 
-__all__ = ["MASK", "Shards"]
+__all__ = ["SHARDS", "Shards"]
 
-BITS = 8
-MASK = (1 << BITS) - 1
+SHARDS = 251
 
 
 class Shards(MutableMapping[Any, Any]):
-    """``key -> state`` in ``MASK + 1`` dicts (``parts``), the key's hash choosing one.
+    """``key -> state`` in ``SHARDS`` dicts (``parts``), ``hash(key) % SHARDS`` choosing one.
 
-    Iteration goes shard by shard (not in insertion order). Pickled as its shards and
-    spread again when loaded: a string's hash differs between processes."""
+    Iteration goes shard by shard (not in insertion order). Pickled item by item, each put
+    in its shard by the loading process's hash (a string's hash differs between processes)."""
 
     __slots__ = ("parts",)
 
     def __init__(self, items: Mapping[Any, Any] | Iterable[tuple[Any, Any]] = ()) -> None:
-        self.parts: list[dict[Any, Any]] = [{} for _ in range(MASK + 1)]
+        self.parts: list[dict[Any, Any]] = [{} for _ in range(SHARDS)]
         parts = self.parts
         for k, v in items.items() if isinstance(items, Mapping) else items:
-            parts[hash(k) & MASK][k] = v
+            parts[hash(k) % SHARDS][k] = v
 
     def __getitem__(self, key: Any) -> Any:
-        return self.parts[hash(key) & MASK][key]
+        return self.parts[hash(key) % SHARDS][key]
 
     def get(self, key: Any, default: Any = None) -> Any:
-        return self.parts[hash(key) & MASK].get(key, default)
+        return self.parts[hash(key) % SHARDS].get(key, default)
 
     def __contains__(self, key: object) -> bool:
-        return key in self.parts[hash(key) & MASK]
+        return key in self.parts[hash(key) % SHARDS]
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        self.parts[hash(key) & MASK][key] = value
+        self.parts[hash(key) % SHARDS][key] = value
 
     def __delitem__(self, key: Any) -> None:
-        del self.parts[hash(key) & MASK][key]
+        del self.parts[hash(key) % SHARDS][key]
 
     def __len__(self) -> int:
         return sum(map(len, self.parts))
@@ -72,7 +73,9 @@ class Shards(MutableMapping[Any, Any]):
         return f"Shards({len(self)} entities)"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return _load, (self.parts,)
+        # (no shard pickled as it is: its keys belong elsewhere under another hash; a copy
+        # shares no dict with the original)
+        return Shards, (), None, None, iter(self.items())
 
 
 class _Items(ItemsView[Any, Any]):
@@ -87,14 +90,3 @@ class _Values(ValuesView[Any]):
 
     def __iter__(self) -> Iterator[Any]:
         return chain.from_iterable(p.values() for p in self._mapping.parts)
-
-
-def _load(parts: list[dict[Any, Any]]) -> Shards:
-    """A :class:`Shards` of pickled shards, each entry spread by this process's hash (each
-    loaded shard dropped once spread: the peak stays near the state's own size)."""
-    s = Shards()
-    mine = s.parts
-    while parts:
-        for k, v in parts.pop().items():
-            mine[hash(k) & MASK][k] = v
-    return s

@@ -3,6 +3,7 @@ states of the format before them still loaded."""
 
 from __future__ import annotations
 
+import copy
 import os
 import pickle
 import subprocess
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 from fds import gcpolicy
 from fds.errors import ConfigError
 from fds.features.plan import FeaturePlan
-from fds.features.shards import MASK, Shards
+from fds.features.shards import SHARDS, Shards
 from tests.features.conftest import Spec
 
 SPECS = [
@@ -56,7 +57,7 @@ def test_a_pickle_of_another_hash_seed_is_spread_again() -> None:
     data = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, check=True)
     s = pickle.loads(data.stdout)
     assert len(s) == 5000 and all(s.get(f"c{i}") == i for i in range(5000))
-    assert all(hash(k) & MASK == n for n, part in enumerate(s.parts) for k in part)
+    assert all(hash(k) % SHARDS == n for n, part in enumerate(s.parts) for k in part)
 
 
 def _tx(i: int) -> dict[str, object]:
@@ -124,3 +125,48 @@ def test_a_categorical_value_that_is_an_entity_is_its_state_key() -> None:
     # merchants are no group's entity here: interned, one object each
     col = plan.states[1]["card-0"][plan._groups[1].i_cat[0]]
     assert all(v is sys.intern("".join(["m-", v[-1]])) for v in col)
+
+
+def test_int_ids_in_steps_of_a_power_of_two_spread_over_every_shard() -> None:
+    # an int hashes to itself: with 256 shards by its low 8 bits, ids in steps of 256 all went
+    # to one shard, and its resizes paused as the one dict's did (a review)
+    for step in (1, 10, 256, 1000, 65536):
+        s = Shards({i * step: i for i in range(20_000)})
+        sizes = sorted(map(len, s.parts))
+        assert sizes[0] > 0 and sizes[-1] < 2 * 20_000 / SHARDS, (step, sizes[-1])
+
+
+def test_a_copy_shares_nothing_with_the_original() -> None:
+    s = Shards({"a": 1, "b": 2})
+    c = copy.copy(s)
+    c["c"] = 3
+    del c["a"]
+    assert dict(s.items()) == {"a": 1, "b": 2} and dict(c.items()) == {"b": 2, "c": 3}
+
+
+def test_a_sweep_restored_under_another_hash_seed_evicts_every_idle_entity() -> None:
+    # the sweep in progress listed shards by number: under another hash they name other keys
+    code = f"""
+import pickle, sys, types
+from fds.features.plan import FeaturePlan
+spec = types.SimpleNamespace(name="n", entity="card_id", agg="count", field=None, window="1h")
+plan = FeaturePlan([spec], sweep_min_events=1)
+for i in range(3000):
+    plan.compute({{"tx_id": f"t{{i}}", "ts": {T0} + i / 100, "card_id": f"c{{i}}"}})
+for i in range(5000):  # (a sweep is considered once per as many events as states held)
+    plan.compute({{"tx_id": f"a{{i}}", "ts": {T0} + 3 * 3600 + i, "card_id": "busy"}})
+    if plan._sweep_todo:
+        break
+assert plan._sweep_todo and plan.state_sizes()["card_id"] > 1000  # a sweep under way
+sys.stdout.buffer.write(pickle.dumps(plan.state_dict()))
+"""
+    env = {**os.environ, "PYTHONHASHSEED": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, check=True)
+    spec = Spec("n", "card_id", "count", None, "1h")
+    plan = FeaturePlan([spec], sweep_min_events=1)
+    plan.load_state_dict(pickle.loads(out.stdout))
+    i = 0
+    while plan._sweep_todo:
+        i += 1
+        plan.compute({"tx_id": f"b{i}", "ts": T0 + 4 * 3600 + i, "card_id": "busy"})
+    assert plan.state_sizes() == {"card_id": 1} and plan.evicted_entities == 3000
