@@ -26,7 +26,7 @@ import math
 import sys
 from array import array
 from bisect import bisect_right
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from fds.features.shards import SHARDS, Shards
@@ -97,16 +97,19 @@ def _var(k: str, sub: str | None) -> str:
     return f"e_{len(sub)}_{sub.encode().hex()}"
 
 
-def _order(cgs: Any) -> tuple[list[int], set[tuple[str, str | None]]]:
-    """The order ``run`` folds the groups in, and the categorical fields read from a state.
+def _order(cgs: Any) -> tuple[list[int], dict[tuple[str, str | None], int], set[int]]:
+    """The order ``run`` folds the groups in, the categorical fields that are a group's entity
+    (field -> that group), and those groups whose state is looked up before the others.
 
-    A categorical field that is another group's entity (the card's merchants, the device's
-    cards) takes that group's state key as its value (``st[0]``, one object per entity, held
-    by the state already) rather than an interned copy (:func:`cat`): that group goes first
-    where the declarations allow it (a group's entity counted by a group whose entity it
-    counts is interned by the later one). The interpreter's table of interned strings holds
-    every such value, and grows in one call: at a million cards, 80-200 ms for one decision
-    (``benchmarks/results/state_resize.md``)."""
+    Such a field (the card's merchants, the device's cards) takes that group's state key as
+    its value (``st[0]``: one object per entity, held by the state already) rather than an
+    interned copy (:func:`cat`): the interpreter's table of interned strings would hold every
+    such value, and it grows in one call (at a million cards, 80-200 ms for one decision:
+    ``benchmarks/results/state_resize.md``). That group is folded first where the
+    declarations allow it, its key read as it finds the state; where two groups count each
+    other's entity (the card its devices, the device its cards), the later one's state is
+    looked up before the first is folded (``early``): its key when it has one, else the value
+    as read, which becomes its key as it is folded."""
     entity = {(cg.ent, cg.ent_sub): gi for gi, cg in enumerate(cgs)}
     needs = [{entity[f] for f in cg.cats if entity.get(f, gi) != gi} for gi, cg in enumerate(cgs)]
     order: list[int] = []
@@ -116,15 +119,16 @@ def _order(cgs: Any) -> tuple[list[int], set[tuple[str, str | None]]]:
         order.append(gi)
         left.remove(gi)
     at = {gi: i for i, gi in enumerate(order)}
-    keyed = {
-        f
-        for f, p in entity.items()
-        if all(at[p] <= at[gi] for gi, cg in enumerate(cgs) if f in cg.cats)
+    counted = {f: p for f, p in entity.items() if any(f in cg.cats for cg in cgs)}
+    early = {
+        p
+        for f, p in counted.items()
+        if any(at[gi] < at[p] for gi, cg in enumerate(cgs) if f in cg.cats)
     }
-    return order, keyed
+    return order, counted, early
 
 
-def _reads(cgs: Any, keyed: set[tuple[str, str | None]]) -> list[str]:
+def _reads(cgs: Any, keyed: Collection[tuple[str, str | None]]) -> list[str]:
     """Statements reading every field the groups use once, into locals named by :func:`_var`:
     numbers as :func:`num` (a float that is finite costs a subtraction), entity and
     categorical values as :func:`cat` (a string costs nothing more as an entity, an intern
@@ -518,13 +522,19 @@ def _fused(cgs: Any, names: Any, typed: bool) -> str:
         a(f"    {' = '.join(f'kf{gi}' for gi in fraud)} = None")
     for gi in range(len(cgs)):  # (locals: a typed kernel's are lists, _declarations)
         a(f"    states{gi} = _S{gi}")
-    order, keyed = _order(cgs)
-    lines += ["    " + line for line in _reads(cgs, keyed)]
+    order, counted, early = _order(cgs)
+    lines += ["    " + line for line in _reads(cgs, counted)]
     if fraud:  # read before any state changes (a missing tx_id fails here)
         a("    tx_id = tx['tx_id']")
     part = ", part" if any(cg.prov for cg in cgs) else ""  # (handed to _remember too)
     if part:
         a("    part = _PROV.part")
+    for gi in sorted(early):  # (keys that groups folded before theirs count: _order)
+        ev = _var(cgs[gi].ent, cgs[gi].ent_sub)
+        a(f"    if {ev} is not None:")
+        a(f"        st = states{gi}[hash({ev}) % {SHARDS}].get({ev})")
+        a("        if st is not None:")
+        a(f"            {ev} = st[0]")
     for gi in order:
         cg = cgs[gi]
         a(f"    # ---- group {gi}: {cg.g.entity}")
@@ -534,7 +544,7 @@ def _fused(cgs: Any, names: Any, typed: bool) -> str:
         a(f"        st = sh.get({ev})")
         a("        if st is None:")
         a(f"            st = sh[{ev}] = _new{gi}({ev}, tx)")
-        if (cg.ent, cg.ent_sub) in keyed and any((cg.ent, cg.ent_sub) in c.cats for c in cgs):
+        if (cg.ent, cg.ent_sub) in counted and gi not in early:
             a(f"        {ev} = st[0]")  # (the value other groups count: _order)
         a("        ts = st[1]")
         a("        idx = len(ts)")

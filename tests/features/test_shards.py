@@ -170,3 +170,27 @@ sys.stdout.buffer.write(pickle.dumps(plan.state_dict()))
         i += 1
         plan.compute({"tx_id": f"b{i}", "ts": T0 + 4 * 3600 + i, "card_id": "busy"})
     assert plan.state_sizes() == {"card_id": 1} and plan.evicted_entities == 3000
+
+
+def test_two_groups_that_count_each_others_entity_log_each_others_keys() -> None:
+    # the card counts its devices and the device its cards: the device's state is looked up
+    # before the card is folded (its key, or the value that becomes its key), nothing interned
+    specs = [
+        Spec("c_devices", "card_id", "distinct", "device_id", "1h"),
+        Spec("d_cards", "device_id", "distinct", "card_id", "1h"),
+    ]
+    plan = FeaturePlan(specs, compiler=None)
+    got = []
+    for i in range(8):  # (ids made at run time: a literal would be interned by the compiler)
+        card, device = "".join(["card-", str(i % 2)]), "".join(["dev-", str(i % 3)])
+        tx = {"tx_id": f"t{i}", "ts": T0 + i, "card_id": card, "device_id": device}
+        got.append((plan.compute(tx)["c_devices"], plan.states[0][card], plan.states[1][device]))
+    assert [g[0] for g in got] == [1, 1, 2, 2, 3, 3, 3, 3]
+    cards, devices = ({k: k for k in s} for s in plan.states)
+    assert len(cards) == 2 and len(devices) == 3
+    for keys, prefix in ((cards, "card-"), (devices, "dev-")):
+        assert all(sys.intern("".join([prefix, k[-1]])) is not k for k in keys)
+    for state in plan.states[0].values():
+        assert all(v is devices[v] for v in state[plan._groups[0].i_cat[0]])
+    for state in plan.states[1].values():
+        assert all(v is cards[v] for v in state[plan._groups[1].i_cat[0]])
