@@ -97,6 +97,13 @@ def _var(k: str, sub: str | None) -> str:
     return f"e_{len(sub)}_{sub.encode().hex()}"
 
 
+def counted_entities(cgs: Any) -> dict[tuple[str, str | None], int]:
+    """The categorical fields that are a group's entity, and that group's index: their values
+    are logged as its state keys (:func:`_order`)."""
+    entity = {(cg.ent, cg.ent_sub): gi for gi, cg in enumerate(cgs)}
+    return {f: p for f, p in entity.items() if any(f in cg.cats for cg in cgs)}
+
+
 def _order(cgs: Any) -> tuple[list[int], dict[tuple[str, str | None], int], set[int]]:
     """The order ``run`` folds the groups in, the categorical fields that are a group's entity
     (field -> that group), and those groups whose state is looked up before the others.
@@ -111,6 +118,7 @@ def _order(cgs: Any) -> tuple[list[int], dict[tuple[str, str | None], int], set[
     looked up before the first is folded (``early``): its key when it has one, else the value
     as read, which becomes its key as it is folded."""
     entity = {(cg.ent, cg.ent_sub): gi for gi, cg in enumerate(cgs)}
+    counted = counted_entities(cgs)
     needs = [{entity[f] for f in cg.cats if entity.get(f, gi) != gi} for gi, cg in enumerate(cgs)]
     order: list[int] = []
     left = list(range(len(cgs)))
@@ -119,7 +127,6 @@ def _order(cgs: Any) -> tuple[list[int], dict[tuple[str, str | None], int], set[
         order.append(gi)
         left.remove(gi)
     at = {gi: i for i, gi in enumerate(order)}
-    counted = {f: p for f, p in entity.items() if any(f in cg.cats for cg in cgs)}
     early = {
         p
         for f, p in counted.items()

@@ -67,6 +67,7 @@ from fds.features.codegen import (
     assign_slots,
     build_fused,
     build_new_state,
+    counted_entities,
 )
 from fds.features.codegen import cat as _cat
 from fds.features.codegen import num as _num
@@ -168,6 +169,7 @@ class _CompiledGroup:
     i_ctr: list[int]
     i_nf: list[int]
     size: int
+    providers: tuple[int, ...]  # per categorical field: the group it is the entity of, or -1
 
     def __init__(self, g: Group, grace: float, prov: bool) -> None:
         self.g = g
@@ -273,6 +275,9 @@ class FeaturePlan:
         self._groups = tuple(
             _CompiledGroup(g, self.grace, self.provenance) for g in self.layout.groups
         )
+        counted = counted_entities(self._groups)
+        for cg in self._groups:  # (the group whose state key a categorical value is logged as)
+            cg.providers = tuple(counted.get(f, -1) for f in cg.cats)
         self._names = tuple(self.layout.names)
         self._multi_fraud = sum(1 for g in self.layout.groups if g.has_fraud) > 1
         fraud_windows = [
@@ -424,7 +429,7 @@ class FeaturePlan:
         ts = st[TS] if st is not None else array("d")
         hi = bisect_right(ts, t)  # others with ts <= t
         xs = [_num(_get(tx, k, sub)) for k, sub in cg.nums]
-        cvals = [_cat(_get(tx, k, sub)) for k, sub in cg.cats]
+        cvals = [self._logged(cg, ci, tx) for ci in range(len(cg.cats))]
         for _wi, width, _pe, _mono, _ctrs, _fslot, feats in cg.windows:
             cutoff = t - width if width is not None else self.clock.cutoff(t)
             lo = bisect_right(ts, cutoff, 0, hi)
@@ -454,6 +459,22 @@ class FeaturePlan:
                         vals.append(xs[fi])
                     out[name] = _num_agg(agg, vals)
 
+    def _logged(self, cg: _CompiledGroup, ci: int, tx: Mapping[str, Any]) -> Any:
+        """Categorical field ``ci`` of ``tx`` as the hot path logs it: another group's entity
+        as that group's state key (the value as read while it holds none: the key it gets
+        when this event is folded there), any other value as :func:`~codegen.cat` makes it
+        (a review: a reordered event's ids went into the interpreter's table of interned
+        strings, which grows in one call)."""
+        k, sub = cg.cats[ci]
+        v = _get(tx, k, sub)
+        p = cg.providers[ci]
+        if p < 0 or v.__class__ is not str:
+            v = _cat(v)
+        if p < 0 or v is None:
+            return v
+        st = self.states[p].get(v)
+        return v if st is None else st[0]
+
     def _insert(self, cg: _CompiledGroup, st: list[Any], t: float, tx: Mapping[str, Any]) -> None:
         """Insert an out-of-order event in timestamp order and repair the window state."""
         ts = st[TS]
@@ -462,8 +483,8 @@ class FeaturePlan:
         for fi, (k, sub) in enumerate(cg.nums):
             st[cg.i_num[fi]].insert(p, _num(_get(tx, k, sub)))
         cvals = []
-        for ci, (k, sub) in enumerate(cg.cats):
-            v = _cat(_get(tx, k, sub))
+        for ci in range(len(cg.cats)):
+            v = self._logged(cg, ci, tx)
             st[cg.i_cat[ci]].insert(p - _offset(cg, st, ci), v)
             cvals.append(v)
         if cg.fraud:

@@ -194,3 +194,27 @@ def test_two_groups_that_count_each_others_entity_log_each_others_keys() -> None
         assert all(v is devices[v] for v in state[plan._groups[0].i_cat[0]])
     for state in plan.states[1].values():
         assert all(v is cards[v] for v in state[plan._groups[1].i_cat[0]])
+
+
+def test_a_reordered_event_logs_the_state_keys_too() -> None:
+    # an event older than its card's newest (within grace) is inserted by the rare path: its
+    # device is logged as the device state's key there too, not interned (a review)
+    specs = [
+        Spec("c_devices", "card_id", "distinct", "device_id", "1h"),
+        Spec("d_cards", "device_id", "distinct", "card_id", "1h"),
+    ]
+    plan = FeaturePlan(specs, grace=300.0, compiler=None)
+    dev = "".join(["dev-", "9"])
+    plan.compute({"tx_id": "a", "ts": T0, "card_id": "".join(["x", "1"]), "device_id": dev})
+    card = "".join(["card-", "z"])
+    plan.compute({"tx_id": "b", "ts": T0 + 100, "card_id": card, "device_id": "".join(["e", "1"])})
+    again = "".join(["dev-", "9"])  # (equal, another object)
+    plan.compute({"tx_id": "c", "ts": T0 + 50, "card_id": card, "device_id": again})
+    assert plan.reordered_events == 1
+    col = plan.states[0][card][plan._groups[0].i_cat[0]]
+    assert col[0] is dev and sys.intern("".join(["dev-", "9"])) is not dev
+    # ... and a new device first seen out of order becomes the key it was logged as
+    new = "".join(["dev-", "n"])
+    plan.compute({"tx_id": "d", "ts": T0 + 60, "card_id": card, "device_id": new})
+    assert next(k for k in plan.states[1] if k == new) is new
+    assert any(v is new for v in plan.states[0][card][plan._groups[0].i_cat[0]])
