@@ -149,7 +149,9 @@ class Compiler:
     _shared: ClassVar[dict[Path, Compiler]] = {}
 
     def __init__(self, cache: str | Path) -> None:
-        self.cache = Path(cache).expanduser()
+        # (absolute: the build runs in a directory of its own, where a relative cache named
+        # nothing and every build failed, a review)
+        self.cache = Path(cache).expanduser().absolute()
         self._built: dict[str, Factory | None] = {}  # key -> make (None: the build failed)
         self._waiting: dict[str, list[_Switch]] = {}  # key -> switch callbacks
         self.builds = 0  # builds run by this process (the cache hit otherwise)

@@ -221,6 +221,20 @@ def test_fast_math_in_the_environment_does_not_reach_the_kernel(
     assert got == [{"m": None}, {"m": 5.0}, {"m": 7.5}]
 
 
+def test_a_relative_cache_builds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The build runs in a directory of its own: a relative cache named nothing there, and
+    every build failed ("Cython's build exited with 1: no output", a review)."""
+    monkeypatch.chdir(tmp_path)
+    c = Compiler("kernels")
+    specs = [SimpleNamespace(name="n", entity="card_id", agg="count", field=None, window="1m")]
+    FeaturePlan(specs, compiler=c)
+    assert c.wait()
+    monkeypatch.chdir("/")
+    plan = FeaturePlan(specs, compiler=c)
+    assert plan.compiled and c.cache == tmp_path / "kernels"
+    assert plan.compute({"tx_id": "t", "ts": 1.7e9, "card_id": "a"}) == {"n": 1}
+
+
 @pytest.mark.skipif(
     platform.machine().lower() not in ("x86_64", "amd64"), reason="x87 registers: x86 only"
 )
