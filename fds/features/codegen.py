@@ -70,7 +70,8 @@ def num(x: Any) -> float:
 
 def cat(v: Any) -> Any:
     """A categorical or entity value as the state holds it: strings interned (the many copies
-    of a merchant or country id become one object in the logs); ``None`` and NaN missing
+    of a country become one object in the logs; a value that is a group's entity is logged as
+    that group's state key instead, :func:`_order`); ``None`` and NaN missing
     (``None``: NaN is not equal to itself, so a counter could not find it again after a
     restore); other hashable values as they are; an unhashable one (a list or an object in
     ``extra``) as its canonical JSON text.
