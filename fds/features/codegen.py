@@ -118,9 +118,8 @@ def _order(cgs: Any) -> tuple[list[int], dict[tuple[str, str | None], int], set[
     other's entity (the card its devices, the device its cards), the later one's state is
     looked up before the first is folded (``early``): its key when it has one, else the value
     as read, which becomes its key as it is folded."""
-    entity = {(cg.ent, cg.ent_sub): gi for gi, cg in enumerate(cgs)}
     counted = counted_entities(cgs)
-    needs = [{entity[f] for f in cg.cats if entity.get(f, gi) != gi} for gi, cg in enumerate(cgs)]
+    needs = [{counted[f] for f in cg.cats if counted.get(f, gi) != gi} for gi, cg in enumerate(cgs)]
     order: list[int] = []
     left = list(range(len(cgs)))
     while left:  # (first the first group whose providers went before; in a cycle, the first)

@@ -19,7 +19,7 @@ False
 
 from __future__ import annotations
 
-from collections.abc import ItemsView, Iterable, Iterator, Mapping, MutableMapping, ValuesView
+from collections.abc import ItemsView, Iterator, Mapping, MutableMapping, ValuesView
 from itertools import chain
 from typing import Any
 
@@ -36,10 +36,10 @@ class Shards(MutableMapping[Any, Any]):
 
     __slots__ = ("parts",)
 
-    def __init__(self, items: Mapping[Any, Any] | Iterable[tuple[Any, Any]] = ()) -> None:
+    def __init__(self, items: Mapping[Any, Any] | None = None) -> None:
         self.parts: list[dict[Any, Any]] = [{} for _ in range(SHARDS)]
         parts = self.parts
-        for k, v in items.items() if isinstance(items, Mapping) else items:
+        for k, v in (items or {}).items():
             parts[hash(k) % SHARDS][k] = v
 
     def __getitem__(self, key: Any) -> Any:
