@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import math
 import os
 import platform
 import random
@@ -57,7 +58,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from scratch import scratch_dir  # noqa: E402
 
 from fds.streams import kafka_kit  # noqa: E402
-from fds.streams.kafka import KafkaSettings  # noqa: E402
+from fds.streams.kafka import COMMIT_INTERVAL_MS, KafkaSettings  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "kafka.md"
 T0 = 1_767_225_600  # event times start at 2026-01-01T00:00:00Z
@@ -70,6 +71,11 @@ WARM = 200  # latency runs: a few records first, so the group has joined before 
 # the poll-only floor included, shows a transient in its first second or so after the idle
 # warm-up (p99 40-60 ms for the floor, 130-200 ms for fds); the targets are about a steady load.
 RAMP_S = 2.0
+# The paced load sends the records due every TICK_S (10 at a time at 2,000 tx/s): a send and a
+# sleep per record cost the generator 0.97 of a core here (kafka-python's producer: a request
+# per record), half of this 2-core machine taken from the system measured; 0.33 in 5-ms ticks
+# (benchmarks/results/kafka.md, 2026-12-06, fourth session). --load-tick-ms 0: the old way.
+TICK_S = 0.005
 
 
 def make_tx(i: int, rng: random.Random) -> bytes:
@@ -105,14 +111,18 @@ def produce(
         bootstrap_servers=bootstrap, acks="all", linger_ms=0 if rate else 5
     )
     t0 = time.monotonic()
-    for i in range(start, start + n):
-        value = make_tx(i, rng)
-        key = orjson.loads(value)["card_id"].encode()
-        p.send(topic, value=value, key=key)
-        if rate:
-            ahead = (i - start + 1) / rate - (time.monotonic() - t0)
-            if ahead > 0:
-                time.sleep(ahead)  # pacing to the offered load
+    i, end = start, start + n
+    while i < end:
+        # paced: the records due by now (each stamped by its send), then a sleep of at least
+        # TICK_S (or until the next one is due)
+        due = end if not rate else min(end, start + int((time.monotonic() - t0) * rate) + 1)
+        for j in range(i, due):
+            value = make_tx(j, rng)
+            key = orjson.loads(value)["card_id"].encode()
+            p.send(topic, value=value, key=key)
+        i = due
+        if i < end:
+            time.sleep(max(TICK_S, (i - start) / rate - (time.monotonic() - t0)))
     p.flush()
     if producer is None:
         p.close()
@@ -264,19 +274,21 @@ def passthrough(bootstrap: str, src: str, dst: str, group: str, idle_s: float) -
     """The ceiling: consume -> produce unchanged, with the delivery discipline and client tuning
     of `fds run`'s default: sends leave at once (no linger, 1 MiB batches, output partition =
     input partition); a batch's offsets are committed asynchronously once its sends are
-    acknowledged; with more than ``UNACKED`` batches awaiting, wait for the oldest ones'
-    acknowledgements."""
+    acknowledged, at most once per ``COMMIT_INTERVAL_MS``; with more than ``UNACKED`` batches
+    awaiting, wait for the oldest ones' acknowledgements."""
     c = group_consumer(bootstrap, src, group)
     p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0, batch_size=1 << 20)
     unacked: deque[tuple[Any, dict[Any, Any]]] = deque()  # (last send, offsets) per batch
     # idle from the first record on (a slow group join counted as idle once ended a run with
     # nothing passed through); before it, a minute at most
-    last, idle = time.monotonic(), max(idle_s, 60.0)
+    last, idle, got = time.monotonic(), max(idle_s, 60.0), False
+    to_commit: dict[Any, Any] = {}
+    commit_at = -math.inf
     while time.monotonic() - last < idle:
         batch = c.poll(timeout_ms=100, max_records=MAX_POLL)
         if not batch:
             continue
-        idle = idle_s
+        idle, got = idle_s, True
         last = time.monotonic()
         offsets, fut = {}, None
         for tp, recs in batch.items():
@@ -286,14 +298,20 @@ def passthrough(bootstrap: str, src: str, dst: str, group: str, idle_s: float) -
         unacked.append((fut, offsets))
         for oldest, _ in list(unacked)[: max(len(unacked) - UNACKED, 0)]:
             oldest.get(timeout=60)  # (its batch's last send: the others went before it)
-        done: dict[Any, Any] = {}
         while unacked and unacked[0][0].is_done:
-            done.update(unacked.popleft()[1])
-        if done:
-            c.commit_async(done)
+            to_commit.update(unacked.popleft()[1])
+        if to_commit and time.monotonic() >= commit_at:  # as often as fds run commits
+            c.commit_async(to_commit)
+            to_commit, commit_at = {}, time.monotonic() + COMMIT_INTERVAL_MS / 1000
     p.flush()
+    for _, offsets in unacked:
+        to_commit.update(offsets)
+    if to_commit:
+        c.commit(to_commit)
     c.close()
     p.close()
+    if not got:
+        raise SystemExit(f"passthrough: no record of {src} came within {idle:g} s")
 
 
 def consume_only(bootstrap: str, src: str, group: str, n: int, out: str) -> None:
@@ -526,10 +544,15 @@ def plot(
 
 
 def main() -> int:
+    global TICK_S
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--n", type=int, default=100_000, help="transactions per throughput run")
     ap.add_argument("--rate", type=float, default=2000.0, help="offered load for latency (tx/s)")
     ap.add_argument("--seconds", type=float, default=15.0, help="latency run length")
+    ap.add_argument(
+        "--load-tick-ms", type=float, default=TICK_S * 1000,
+        help="the paced load sends the records due this often (0: a send and a sleep each)",
+    )  # fmt: skip
     ap.add_argument("--repeat", type=int, default=2, help="throughput runs per scenario")
     ap.add_argument("--rules", default="rules/default.yaml", help="rules for `fds run` or none")
     ap.add_argument(
@@ -558,6 +581,7 @@ def main() -> int:
     ap.add_argument("--consume-only", nargs=5, metavar=("SRC", "GROUP", "BOOTSTRAP", "N", "OUT"),
                     help=argparse.SUPPRESS)  # fmt: skip
     args = ap.parse_args()
+    TICK_S = args.load_tick_ms / 1000
     if args.consume_only:
         src, group, bootstrap, n, out = args.consume_only
         consume_only(bootstrap, src, group, int(n), out)
@@ -676,6 +700,9 @@ def main() -> int:
     lines += [
         f"## Latency at a fixed offered load of {args.rate:,.0f} tx/s for {args.seconds:g} s",
         "",
+        "The load generator (this process, one kafka-python producer) sends the records due "
+        + (f"every {TICK_S * 1000:g} ms" if TICK_S else "one at a time, a sleep between")
+        + ", each stamped by its send. ",
         f"Measured after the load has run {RAMP_S:g} s (the last column: from its first ",
         "record; every consumer, the poll-only floor included, has a transient in its first ",
         "second or so after the idle warm-up, which decides the p99 of a 15-s run). From ",

@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_kafka as bk
+from exp_run_flags import interleaved
 
 from fds.streams import kafka_kit
 
@@ -43,23 +44,17 @@ def main() -> int:
 
         return cmd
 
-    rows = []
-    for r in range(1, args.rounds + 1):
-        for interval in (float(v) for v in args.intervals.split(",")):
-            lat = bk.measure_latency(bootstrap, make(interval), bk.REPO, 2000.0, 10.0)
-            tot = lat["total"]
-            rows.append(
-                f"| {r} | {interval * 1000:g} ms | {bk.pct(tot, 0.5):.0f} | "
-                f"{bk.pct(tot, 0.99):.0f} | {bk.pct(tot, 0.999):.0f} |"
-            )
-            print(rows[-1], flush=True)
+    intervals = [float(v) for v in args.intervals.split(",")]
+    rows = interleaved(
+        [(f"{i * 1000:g} ms", make(i)) for i in intervals], args.rounds, 2000.0, 10.0
+    )
     lines = [
         "# `fds run` latency under two GIL switch intervals, interleaved",
         "",
         f"Command: `{command}`. Produce to decision out (as in kafka.md), ms.",
         "",
-        "| round | switch interval | p50 | p99 | p99.9 |",
-        "|---:|---|---:|---:|---:|",
+        "| round | switch interval | p50 | p99 | p99.9 | max | fds run CPU | broker CPU |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
         *rows,
         "",
     ]

@@ -13,7 +13,8 @@ Commit order, at-least-once (default):
   1. the batch's decisions and dead letters are handed to the producer, which sends them at
      once (no linger), while the loop goes on to poll and decide the next batch;
   2. when every send of a batch is acknowledged, ``consumer.commit_async(offsets)`` moves the
-     input offsets past it, batches in order. At most ``max_unacked_batches`` batches wait
+     input offsets past it, batches in order, at most once per ``commit_interval_ms`` (the
+     offsets acknowledged meanwhile go in the next one). At most ``max_unacked_batches`` wait
      for their acknowledgements; beyond that the loop waits for the oldest ones' (not for a
      flush, and with no blocking commit); before a checkpoint, a freeze of the heap
      (:mod:`fds.gcpolicy`), when the input goes idle and at a stop it waits for all of them
@@ -256,6 +257,9 @@ OUTAGE_SAY_EVERY_S = 15.0
 KEEPALIVE_S = 0.5
 # Decisions of a batch are handed to the producer this many at a time (see Runner._process).
 SEND_EVERY = 500
+#: At-least-once: the default of ``commit_interval_ms`` (Kafka Streams commits every 100 ms
+#: under exactly-once; benchmarks/results/commit_interval.md).
+COMMIT_INTERVAL_MS = 1000
 # State-topic chunks (512 KB each) sent per batch: a large snapshot is spread over many batches
 # instead of blocking one on the producer's 32 MB buffer.
 STATE_CHUNKS_PER_BATCH = 8
@@ -741,6 +745,13 @@ class KafkaSettings(BaseSettings):
     # their offsets a commit) while the next batch is decided. 0: flush and commit each batch
     # before the next poll (adds the round trips to every record's latency).
     max_unacked_batches: int = Field(default=2, ge=0)
+    # At-least-once: the offsets of acknowledged batches are committed (asynchronously) at
+    # most this often, the newer ones gathered meanwhile; a crash replays at most this much
+    # more input (identical duplicates). Every commit is a write to the broker's offsets log:
+    # under a light load a poll returns a few records, and a commit per batch (~170/s at 2,000
+    # tx/s) took 8% of the decision loop and much of a shared broker's CPU. 0: after every
+    # batch. A drain (checkpoint, idle input, stop, revocation) commits everything at once.
+    commit_interval_ms: int = Field(default=COMMIT_INTERVAL_MS, ge=0, le=2**31 - 1)
     # One batch is the unit of commit: large enough to amortise the flush and commit round
     # trips (500: 7.2k tx/s, 5000: 10-11k tx/s on the benchmark), small enough that a replay
     # after a crash is short. Under a light load a poll returns what has arrived, far fewer.
@@ -1470,6 +1481,8 @@ class Runner:
         self._pipelined = not settings.exactly_once and settings.max_unacked_batches > 0
         self._unacked: deque[_Unacked] = deque()
         self._committable: dict[Any, Any] = {}
+        self._to_commit: dict[Any, Any] = {}  # of those, not yet committed asynchronously
+        self._commit_at = -math.inf  # the next asynchronous commit: not before then
         self._freezer = Freezer()  # long-lived state out of the GC's passes (fds.gcpolicy)
         self.aligner: Aligner | None = None  # made with the consumer
         self.labels: LabelFeed | None = None  # --labels-topic, made with the consumer
@@ -1852,7 +1865,7 @@ class Runner:
         """The state may hold decisions past the committed offsets: commit nothing more and
         never take it for them (no checkpoint; the next assignment rebuilds it)."""
         self._unacked.clear()
-        self._committable = {}
+        self._committable = self._to_commit = {}
         self._positions.clear()
         self._left = None  # (which partitions it holds events of: no longer known)
 
@@ -2312,10 +2325,14 @@ class Runner:
                 "not committed; restart to resume from the last commit"
             )
         if not wait:
-            if ready:
-                self._commit_async(ready)
+            self._to_commit.update(ready)
+            now = time.monotonic()
+            if self._to_commit and now >= self._commit_at:
+                self._commit_async(self._to_commit)
+                self._to_commit = {}
+                self._commit_at = now + self.s.commit_interval_ms / 1000
             return
-        offsets, self._committable = self._committable, {}
+        offsets, self._committable, self._to_commit = self._committable, {}, {}
         if offsets and in_listener:
             self._commit_async(offsets)
         elif offsets:
@@ -4683,6 +4700,7 @@ _SETTING_FLAGS = {
     "--transactional-id": "transactional_id",
     "--max-poll-records": "max_poll_records",
     "--max-unacked-batches": "max_unacked_batches",
+    "--commit-interval": "commit_interval_ms",
     "--broker-timeout": "broker_timeout_s",
     "--max-event-ahead": "max_event_ahead_s",
     "--state-dir": "state_dir",

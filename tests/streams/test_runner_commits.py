@@ -120,7 +120,7 @@ def batch(start: int, n: int = 3) -> list[tuple[Any, Any, Any]]:
 def test_offsets_move_only_past_acknowledged_batches_in_order():
     from fds.metrics import Metrics
 
-    r = make_runner(max_unacked_batches=2)
+    r = make_runner(max_unacked_batches=2, commit_interval_ms=0)
     r.metrics = Metrics()
     c, p = r.consumer, r.producer
     r._process(batch(0))
@@ -142,6 +142,35 @@ def test_offsets_move_only_past_acknowledged_batches_in_order():
     assert r._positions == {0: 12} and not r._unacked
     # the blocking commit is timed (an asynchronous one's answer is read in a later poll)
     assert r.metrics.registry.get_sample_value("fds_commit_duration_seconds_count") == 1
+
+
+def test_acknowledged_offsets_are_committed_at_most_once_per_commit_interval(monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr("fds.streams.kafka.time.monotonic", lambda: now[0])
+    r = make_runner(max_unacked_batches=5, commit_interval_ms=100)
+    c, p = r.consumer, r.producer
+    r._process(batch(0))
+    p.ack()
+    r._process(batch(3))  # batch 1 acknowledged: the first commit goes at once
+    assert c.async_commits == [3]
+    p.ack()
+    r._process(batch(6))  # batch 2 acknowledged within the interval: held
+    p.ack()
+    now[0] += 0.099
+    r._process(batch(9))
+    assert c.async_commits == [3]
+    now[0] += 0.001
+    r._process(batch(12))  # the interval is over: every offset acknowledged since, in one
+    assert c.async_commits == [3, 9]
+    now[0] += 0.05
+    p.ack()
+    r._settle(wait=True)  # a drain commits everything at once, whatever the interval
+    assert c.commits == [15] and r._positions == {0: 15}
+    now[0] += 1
+    r._process(batch(15))
+    p.ack()
+    r._process(batch(18))
+    assert c.async_commits == [3, 9, 18]  # nothing the drain took is committed again
 
 
 def test_backpressure_waits_through_a_failed_send_and_stops_before_its_offsets():
