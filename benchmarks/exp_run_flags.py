@@ -6,10 +6,12 @@
 Each round runs the latency scenario of bench_kafka.py (default rules and model, a registry
 with one trained version, 2,000 tx/s after a 2-s ramp, the local broker kit) once per variant,
 `fds run` started with the variant's extra flags; rounds interleave the variants, since single
-runs of one setting vary widely on this shared machine. Besides the latency (produce to the
-broker's append time of the decision), each row gives the CPU seconds `fds run` and the broker
-used in it: on two cores shared by the broker, the load and fds, CPU one saves is latency the
-others gain.
+runs of one setting vary widely on this shared machine. FLAGS starting with
+`--load-tick-ms MS` set the load generator's tick for that variant (bench_kafka.py's
+`--load-tick-ms`; 0: a send and a sleep per record) instead of a flag of `fds run`. Besides
+the latency (produce to the broker's append time of the decision), each row gives the CPU
+seconds `fds run` and the broker used in it: on two cores shared by the broker, the load and
+fds, CPU one saves is latency the others gain.
 """
 
 from __future__ import annotations
@@ -74,12 +76,21 @@ def main() -> int:
     command = shlex.join(["python", "benchmarks/exp_run_flags.py", *sys.argv[1:]])
     bootstrap = kafka_kit.up()
     pipeline = bk.default_pipeline()
+
+    def consumer(flags: list[str]) -> Callable[[dict[str, str]], list[str]]:
+        tick = bk.TICK_S
+        if flags[:1] == ["--load-tick-ms"]:  # the load's, not fds run's
+            tick, flags = float(flags[1]) / 1000, flags[2:]
+
+        def cmd(topics: dict[str, str]) -> list[str]:
+            bk.TICK_S = tick  # (called before the load starts)
+            return bk.fds_cmd(bootstrap, topics, *pipeline, *flags)
+
+        return cmd
+
     rows = interleaved(
-        [
-            (label, lambda t, f=flags: bk.fds_cmd(bootstrap, t, *pipeline, *f))
-            for label, flags in variants
-        ],
-        args.rounds, args.rate, args.seconds,
+        [(label, consumer(flags)) for label, flags in variants], args.rounds, args.rate,
+        args.seconds,
     )  # fmt: skip
     lines = [
         "# `fds run` latency under variants of its flags, interleaved",
