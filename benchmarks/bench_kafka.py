@@ -581,6 +581,8 @@ def main() -> int:
     ap.add_argument("--consume-only", nargs=5, metavar=("SRC", "GROUP", "BOOTSTRAP", "N", "OUT"),
                     help=argparse.SUPPRESS)  # fmt: skip
     args = ap.parse_args()
+    if args.load_tick_ms < 0:
+        ap.error(f"--load-tick-ms must be 0 or more, got {args.load_tick_ms:g}")
     TICK_S = args.load_tick_ms / 1000
     if args.consume_only:
         src, group, bootstrap, n, out = args.consume_only

@@ -6,8 +6,8 @@
 Each round runs the latency scenario of bench_kafka.py (default rules and model, a registry
 with one trained version, 2,000 tx/s after a 2-s ramp, the local broker kit) once per variant,
 `fds run` started with the variant's extra flags; rounds interleave the variants, since single
-runs of one setting vary widely on this shared machine. FLAGS starting with
-`--load-tick-ms MS` set the load generator's tick for that variant (bench_kafka.py's
+runs of one setting vary widely on this shared machine. `--load-tick-ms MS` among FLAGS
+sets the load generator's tick for that variant (bench_kafka.py's
 `--load-tick-ms`; 0: a send and a sleep per record) instead of a flag of `fds run`. Besides
 the latency (produce to the broker's append time of the decision), each row gives the CPU
 seconds `fds run` and the broker used in it: on two cores shared by the broker, the load and
@@ -79,8 +79,9 @@ def main() -> int:
 
     def consumer(flags: list[str]) -> Callable[[dict[str, str]], list[str]]:
         tick = bk.TICK_S
-        if flags[:1] == ["--load-tick-ms"]:  # the load's, not fds run's
-            tick, flags = float(flags[1]) / 1000, flags[2:]
+        if "--load-tick-ms" in flags:  # the load's, not fds run's
+            i = flags.index("--load-tick-ms")
+            tick, flags = float(flags[i + 1]) / 1000, flags[:i] + flags[i + 2 :]
 
         def cmd(topics: dict[str, str]) -> list[str]:
             bk.TICK_S = tick  # (called before the load starts)

@@ -746,11 +746,14 @@ class KafkaSettings(BaseSettings):
     # before the next poll (adds the round trips to every record's latency).
     max_unacked_batches: int = Field(default=2, ge=0)
     # At-least-once: the offsets of acknowledged batches are committed (asynchronously) at
-    # most this often, the newer ones gathered meanwhile; a crash replays at most this much
-    # more input (identical duplicates). Every commit is a write to the broker's offsets log:
-    # under a light load a poll returns a few records, and a commit per batch (~170/s at 2,000
-    # tx/s) took 8% of the decision loop and much of a shared broker's CPU. 0: after every
-    # batch. A drain (checkpoint, idle input, stop, revocation) commits everything at once.
+    # most this often (milliseconds), the newer ones gathered meanwhile, and sent with the
+    # next batch after the interval: a crash replays about this much more input (identical
+    # duplicates), plus the time to that batch; a failed asynchronous commit is covered by
+    # the next one. Every commit is a write to the broker's offsets log: under a light load a
+    # poll returns a few records, and a commit per batch (~170/s at 2,000 tx/s) took 8% of the
+    # decision loop and 8-19% of a shared broker's CPU. 0: after every batch. A drain
+    # (checkpoint, idle input, stop, revocation) commits everything at once. No effect with
+    # exactly_once (a transaction per batch) or max_unacked_batches 0 (a drain per batch).
     commit_interval_ms: int = Field(default=COMMIT_INTERVAL_MS, ge=0, le=2**31 - 1)
     # One batch is the unit of commit: large enough to amortise the flush and commit round
     # trips (500: 7.2k tx/s, 5000: 10-11k tx/s on the benchmark), small enough that a replay
@@ -1069,6 +1072,12 @@ class KafkaSettings(BaseSettings):
         if self.transactional_id and not self.exactly_once:
             said.append("transactional_id given without exactly_once (--exactly-once): not "
                         "used")  # fmt: skip
+        if "commit_interval_ms" in self.model_fields_set and (
+            self.exactly_once or not self.max_unacked_batches
+        ):
+            why = ("exactly_once commits a transaction per batch" if self.exactly_once else
+                   "max_unacked_batches 0 commits each batch synchronously")  # fmt: skip
+            said.append(f"commit_interval_ms given, but {why}: not used")
         return said
 
     def models_topic_for(self, default: str | None) -> str | None:
@@ -1865,7 +1874,7 @@ class Runner:
         """The state may hold decisions past the committed offsets: commit nothing more and
         never take it for them (no checkpoint; the next assignment rebuilds it)."""
         self._unacked.clear()
-        self._committable = self._to_commit = {}
+        self._committable, self._to_commit = {}, {}
         self._positions.clear()
         self._left = None  # (which partitions it holds events of: no longer known)
 
@@ -4113,11 +4122,15 @@ class Runner:
 
     @property
     def _committed_up_to(self) -> str:
-        return (
-            "the last committed transaction"
-            if self.s.exactly_once
-            else "the last acknowledged batch"
-        )
+        s = self.s
+        if s.exactly_once:
+            return "the last committed transaction"
+        if s.commit_interval_ms and s.max_unacked_batches:
+            return (
+                f"the acknowledged batches, up to {s.commit_interval_ms} ms behind them "
+                "(commit_interval_ms)"
+            )
+        return "the last acknowledged batch"
 
     def _waited(
         self, what: str, fn: Callable[[], Any], deadline: float, *, since: float | None = None,
@@ -4764,8 +4777,14 @@ def _add_settings_flags(
             type=kind,
             default=None,
             help=(helps or {}).get(dest)
-            or f"setting {dest} (env FDS_{dest.upper()}; default {_default_of(dest)})",
+            or f"setting {dest}{_UNITS.get(dest.rpartition('_')[2], '')} (env "
+            f"FDS_{dest.upper()}; default {_default_of(dest)})",
         )
+
+
+#: A setting's unit by the end of its name, for ``--help`` (``--commit-interval 1`` is 1 ms,
+#: ``--checkpoint-every 1`` one second).
+_UNITS = {"ms": ", in milliseconds", "s": ", in seconds"}
 
 
 def _default_of(setting: str) -> Any:

@@ -583,6 +583,21 @@ def test_settings_that_have_no_effect_are_said(caplog):
     assert s.security_protocol == "SASL_PLAINTEXT" and "not used" not in caplog.text
 
 
+def test_a_commit_interval_that_has_no_effect_is_said(caplog):
+    """Exactly-once commits a transaction per batch and max_unacked_batches 0 a synchronous
+    commit per batch: a commit interval given with either is not used; its default is not
+    worth a word."""
+    with caplog.at_level("WARNING", logger="fds.streams.kafka"):
+        load_settings(commit_interval_ms=500, exactly_once=True)
+        load_settings(commit_interval_ms=500, max_unacked_batches=0)
+        load_settings(exactly_once=True)
+        load_settings(commit_interval_ms=500)
+    said = [r.getMessage() for r in caplog.records if "commit_interval_ms" in r.getMessage()]
+    assert len(said) == 2
+    assert "exactly_once commits a transaction per batch: not used" in said[0]
+    assert "max_unacked_batches 0 commits each batch synchronously: not used" in said[1]
+
+
 def test_a_poll_wait_or_a_stop_deadline_past_the_stop_promise_is_bounded(monkeypatch, caplog):
     """A QA pass: FDS_POLL_TIMEOUT_MS=30000 took 18.5 s to stop, 99999999999 never stopped;
     shutdown_timeout_s took inf. More than the promise leaves is taken as that, with a

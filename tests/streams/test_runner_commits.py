@@ -166,11 +166,42 @@ def test_acknowledged_offsets_are_committed_at_most_once_per_commit_interval(mon
     p.ack()
     r._settle(wait=True)  # a drain commits everything at once, whatever the interval
     assert c.commits == [15] and r._positions == {0: 15}
-    now[0] += 1
-    r._process(batch(15))
+
+
+@pytest.mark.parametrize("reset", ["drain", "abandon"])
+def test_offsets_held_for_the_commit_interval_are_not_committed_after_a_drain_or_a_reset(
+    monkeypatch, reset
+):
+    """What the interval holds back is committed by a drain, or dropped with the state
+    (``_abandon``: an eviction, partitions lost): never sent later, by then perhaps for a
+    partition this instance no longer owns."""
+    now = [1000.0]
+    monkeypatch.setattr("fds.streams.kafka.time.monotonic", lambda: now[0])
+    r = make_runner(max_unacked_batches=5, commit_interval_ms=100)
+    c, p = r.consumer, r.producer
+    named: list[set[int]] = []
+    c.commit_async = lambda offsets: named.append({tp.partition for tp in offsets})
+    tp1 = TopicPartition("transactions", 1)
+    on_p1 = [(tp1, rec._replace(partition=1), tx) for _, rec, tx in batch(100)]
+    r._process(batch(0))
     p.ack()
-    r._process(batch(18))
-    assert c.async_commits == [3, 9, 18]  # nothing the drain took is committed again
+    r._process(batch(3))  # the first commit goes at once: partition 0
+    p.ack()
+    r._process(on_p1)  # partition 0's batch 3..5 acknowledged: held by the interval
+    p.ack()
+    r._process(batch(6))  # partition 1's batch acknowledged: held too
+    assert named == [{0}] and set(r._to_commit) == {TP, tp1}
+    if reset == "drain":
+        p.ack()
+        r._settle(wait=True)
+        assert c.commits == [9]
+    else:
+        r._abandon()
+    now[0] += 1
+    for start in (9, 12, 15):
+        p.ack()
+        r._process(batch(start))
+    assert named[1:] and all(parts == {0} for parts in named[1:])
 
 
 def test_backpressure_waits_through_a_failed_send_and_stops_before_its_offsets():
