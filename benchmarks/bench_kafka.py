@@ -134,6 +134,12 @@ def paced_producer(bootstrap: str) -> KafkaProducer:
     return KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def read_topic(bootstrap: str, topic: str, *, committed: bool = False) -> list[Any]:
     c = KafkaConsumer(
         bootstrap_servers=bootstrap,

@@ -30,6 +30,7 @@ from bench_kafka import (
     REPO,
     WARM,
     count,
+    cpu_s,
     default_pipeline,
     fds_cmd,
     fresh_topics,
@@ -43,13 +44,6 @@ from bench_kafka import (
 RESULTS = REPO / "benchmarks" / "results" / "fetch_wait.md"
 #: (fetch_min_bytes, fetch_max_wait_ms): kafka-python's defaults first
 SETTINGS = [(1, 500), (16384, 20), (65536, 50)]
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
 
 
 def trial(

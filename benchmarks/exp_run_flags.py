@@ -30,14 +30,6 @@ import bench_kafka as bk
 from fds.streams import kafka_kit
 
 
-def cpu_of(pid: int | None) -> float:
-    """CPU seconds (user + system) process ``pid`` has used so far; 0 if unknown."""
-    if pid is None:
-        return 0.0
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def interleaved(
     variants: list[tuple[str, Callable[[dict[str, str]], list[str]]]],
     rounds: int,
@@ -49,12 +41,16 @@ def interleaved(
     is a label and the command of the consumer given its topics."""
     bootstrap = kafka_kit.up()
     broker = kafka_kit.status().pid
+
+    def broker_cpu() -> float:
+        return 0.0 if broker is None else bk.cpu_s(broker)
+
     rows = []
     for r in range(1, rounds + 1):
         for label, cmd in variants:
-            b0, c0 = cpu_of(broker), os.times().children_user + os.times().children_system
+            b0, c0 = broker_cpu(), os.times().children_user + os.times().children_system
             lat = bk.measure_latency(bootstrap, cmd, bk.REPO, rate, seconds)
-            b1, c1 = cpu_of(broker), os.times().children_user + os.times().children_system
+            b1, c1 = broker_cpu(), os.times().children_user + os.times().children_system
             tot = lat["total"]
             rows.append(
                 f"| {r} | {label} | {bk.pct(tot, 0.5):.0f} | {bk.pct(tot, 0.99):.0f} | "
