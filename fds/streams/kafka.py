@@ -2041,6 +2041,12 @@ class Runner:
                 self._process([])
             if self._refold:  # (read past transaction markers only)
                 self._refolds_done()
+            # records held for a partition that is behind (up to --align-wait, or up to
+            # --broker-timeout with nothing fetched): the batches decided before them are
+            # committed on time all the same (they waited for the next batch decided)
+            held = len(aligner) and (self._unacked or self._to_commit)
+            if held and not self._settle_or_rejoin(wait=False):
+                continue
             if batch:
                 continue
             self._say_unpositioned(now)

@@ -2424,3 +2424,41 @@ def test_a_decisions_topic_of_another_partition_count_is_warned_about_once(caplo
         r._check_copartitioned()  # (at every assignment: said once)
     assert caplog.text.count('has 3 partitions, the input topic="transactions" 6') == 1
     assert "give the decisions topic the input's partition count" in caplog.text
+
+
+def test_offsets_acknowledged_while_the_aligner_holds_records_are_committed_on_time():
+    """The acknowledged offsets went out with the next batch decided only: while the aligner
+    held records for a partition that is behind (up to --broker-timeout when nothing is
+    fetched), nothing was committed, and a crash decided all of it again."""
+    tp1 = TopicPartition("transactions", 1)
+    held: list[tuple[int, dict[int, int]]] = []  # (records held, offsets) per async commit
+
+    class Behind(Consumer):
+        polls = 0
+
+        def assignment(self) -> set[Any]:
+            return {TP, tp1}
+
+        def highwater(self, tp: Any) -> int | None:
+            return 10 if tp == tp1 else None  # partition 1 has more to fetch
+
+        def poll(self, timeout_ms: int, max_records: int) -> dict[Any, list[Record]]:
+            self.polls += 1
+            if self.polls == 1:
+                tx = b'{"tx_id": "u0", "ts": %d, "card_id": "c2", "amount": 5.0}' % (T + 1)
+                return {TP: records(0), tp1: [Record("transactions", 1, 0, T + 1, b"c2", tx)]}
+            r.producer.ack()  # the broker acknowledges what was sent
+            r._stop = self.polls >= 5
+            return {}
+
+        def commit_async(self, offsets: dict[Any, Any]) -> None:
+            held.append((len(r.aligner), {tp.partition: o.offset for tp, o in offsets.items()}))
+
+    T = 1_700_000_000
+    r = make_runner(state_dir="none", commit_interval_ms=0)
+    r.consumer = Behind()
+    r.aligner = Aligner(r.consumer, _event_time, max_wait_s=60)
+    r._poll_loop(max_idle_s=None)
+    # t0, t1 and u0 decided; t2 (after u0 in event time) held for partition 1's next records
+    assert r.stats.decided == 3 and len(r.aligner) == 1
+    assert held == [(1, {0: 2, 1: 1})]
