@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import heapq
 import os
 import pickle
 import platform
@@ -41,7 +42,7 @@ import time
 import timeit
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -442,60 +443,92 @@ def label_store_pauses(store_cls: Any, span: float, n: int = 700_000) -> tuple[f
     return worst, total / n
 
 
-def stream_chunks(cards: int, days: int, seed: int, chunk_days: float = 0.25):
-    """Simulator-like transactions and labels, in event-time order, chunk by chunk."""
-    rng = np.random.default_rng(seed)
-    merchants = max(cards // 10, 100)
-    rate = np.clip(rng.gamma(2.0, 0.5, cards), 0.05, 8.0)
-    habits = rng.integers(0, merchants, (cards, 8))
-    home = rng.choice(np.array(["KR", "US", "JP", "DE"]), cards, p=[0.85, 0.05, 0.05, 0.05])
-    card_ids = [f"c{i:07d}" for i in range(cards)]
-    merchant_ids = [f"m{i:06d}" for i in range(merchants)]
-    start = 1767193200.0  # 2026-01-01 00:00 Asia/Seoul
-    pending: list[tuple[float, dict[str, Any]]] = []
-    seq = 0
-    steps = int(days / chunk_days)
-    for step in range(steps):
-        t0 = start + step * chunk_days * 86400
-        counts = rng.poisson(rate * chunk_days)
-        card = np.repeat(np.arange(cards), counts)
-        n = len(card)
-        ts = t0 + rng.random(n) * chunk_days * 86400
-        order = np.argsort(ts)
-        card, ts = card[order], ts[order]
-        habitual = rng.random(n) < 0.75
-        merch = np.where(
-            habitual, habits[card, rng.integers(0, 8, n)], rng.integers(0, merchants, n)
-        )
-        amount = np.round(np.exp(rng.normal(9.5, 1.0, n)), 0)
-        online = rng.random(n) < 0.4
-        dev = card * 2 + rng.integers(0, 2, n)
-        abroad = rng.random(n) < 0.03
-        fraud = rng.random(n) < 0.005
-        delay = rng.uniform(1, 30, n) * 86400
-        chunk: list[tuple[float, int, dict[str, Any]]] = []
-        for i in range(n):
-            c = int(card[i])
-            tx = {
-                "tx_id": f"t{seq:09d}",
-                "ts": float(ts[i]),
-                "card_id": card_ids[c],
-                "amount": float(amount[i]),
-                "merchant_id": merchant_ids[int(merch[i])],
-                "country": "FR" if abroad[i] else str(home[c]),
-                "device_id": f"d{int(dev[i])}" if online[i] else None,
-            }
-            seq += 1
-            chunk.append((tx["ts"], 0, tx))
-            if fraud[i]:
-                lab = {"tx_id": tx["tx_id"], "ts": tx["ts"] + float(delay[i]), "is_fraud": True}
-                pending.append((lab["ts"], lab))
-        t1 = t0 + chunk_days * 86400
-        due = [p for p in pending if p[0] < t1]
-        pending = [p for p in pending if p[0] >= t1]
-        chunk += [(p[0], 1, p[1]) for p in due]
-        chunk.sort(key=lambda e: (e[0], e[1]))
-        yield step, steps, chunk
+class Stream:
+    """Simulator-like transactions and labels, in event-time order, chunk by chunk.
+
+    The per-card tables (rates, habitual merchants, home countries) are drawn when the stream
+    is made, so that a memory run can measure from there (they are the generator's, not the
+    plan's: ~350-450 B per card, counted as the plan's state before 2026-12-06, evening). A
+    chunk's transactions are made as they are read (an iterator, not a list: a quarter day of
+    a million cards held at once, ~250 MB, left its pages to the RSS the plan was charged
+    with), and every id is its own string, as a parsed message's is: the plan keeps the first
+    one it sees as a state key."""
+
+    def __init__(self, cards: int, days: int, seed: int, chunk_days: float = 0.25) -> None:
+        self.rng = rng = np.random.default_rng(seed)
+        self.cards, self.days, self.chunk_days = cards, days, chunk_days
+        self.merchants = max(cards // 10, 100)
+        self.rate = np.clip(rng.gamma(2.0, 0.5, cards), 0.05, 8.0)
+        self.habits = rng.integers(0, self.merchants, (cards, 8))
+        home = rng.choice(np.array(["KR", "US", "JP", "DE"]), cards, p=[0.85, 0.05, 0.05, 0.05])
+        self.home = home.astype("S2")  # (1-byte characters: 8 B a card less than "<U2")
+
+    def __iter__(self) -> Iterator[tuple[int, int, Iterator[tuple[float, int, dict[str, Any]]]]]:
+        """``(step, steps, events)`` per chunk; ``events`` yields ``(ts, kind, record)`` (kind 0
+        a transaction, 1 a label) and is to be read to its end before the next chunk."""
+        rng, cards, chunk_days = self.rng, self.cards, self.chunk_days
+        start = 1767193200.0  # 2026-01-01 00:00 Asia/Seoul
+        pending: list[tuple[float, int, dict[str, Any]]] = []  # labels to come, a heap
+        seq = 0
+        steps = int(self.days / chunk_days)
+        for step in range(steps):
+            t0 = start + step * chunk_days * 86400
+            counts = rng.poisson(self.rate * chunk_days)
+            card = np.repeat(np.arange(cards), counts)
+            n = len(card)
+            ts = t0 + rng.random(n) * chunk_days * 86400
+            order = np.argsort(ts)
+            card, ts = card[order], ts[order]
+            habitual = rng.random(n) < 0.75
+            merch = np.where(
+                habitual,
+                self.habits[card, rng.integers(0, 8, n)],
+                rng.integers(0, self.merchants, n),
+            )
+            amount = np.round(np.exp(rng.normal(9.5, 1.0, n)), 0)
+            online = rng.random(n) < 0.4
+            dev = card * 2 + rng.integers(0, 2, n)
+            abroad = rng.random(n) < 0.03
+            fraud = rng.random(n) < 0.005
+            delay = rng.uniform(1, 30, n) * 86400
+            t1 = t0 + chunk_days * 86400
+            # (a label comes a day or more after its transaction: never in the same chunk)
+            due = []
+            while pending and pending[0][0] < t1:
+                due.append(heapq.heappop(pending))
+
+            def transactions(first: int = seq, card: Any = card, ts: Any = ts, merch: Any = merch,
+                             amount: Any = amount, online: Any = online, dev: Any = dev,
+                             abroad: Any = abroad, fraud: Any = fraud, delay: Any = delay,
+                             ) -> Iterator[tuple[float, int, dict[str, Any]]]:  # fmt: skip
+                home = self.home
+                for i in range(len(card)):
+                    c = int(card[i])
+                    tx = {
+                        "tx_id": f"t{first + i:09d}",
+                        "ts": float(ts[i]),
+                        "card_id": f"c{c:07d}",
+                        "amount": float(amount[i]),
+                        "merchant_id": f"m{int(merch[i]):06d}",
+                        "country": "FR" if abroad[i] else home[c].decode(),
+                        "device_id": f"d{int(dev[i])}" if online[i] else None,
+                    }
+                    yield tx["ts"], 0, tx
+                    if fraud[i]:
+                        t = tx["ts"] + float(delay[i])
+                        lab = {"tx_id": tx["tx_id"], "ts": t, "is_fraud": True}
+                        heapq.heappush(pending, (t, first + i, lab))
+
+            seq += n
+            labels = ((t, 1, lab) for t, _, lab in due)
+            yield step, steps, heapq.merge(transactions(), labels, key=lambda e: (e[0], e[1]))
+
+
+def stream_chunks(
+    cards: int, days: int, seed: int, chunk_days: float = 0.25
+) -> Iterator[tuple[int, int, Iterator[tuple[float, int, dict[str, Any]]]]]:
+    """The chunks of a new :class:`Stream`."""
+    return iter(Stream(cards, days, seed, chunk_days))
 
 
 def deep_size(obj: Any, seen: set[int]) -> int:
@@ -542,6 +575,9 @@ def _pickled_size(parts: Iterable[Any]) -> int:
 
 def memory(cards: int, days: int, seed: int, log: Any, freeze: bool = True) -> dict[str, Any]:
     gc.collect()
+    base = rss()
+    stream = Stream(cards, days, seed)  # its per-card tables are the generator's: left out
+    tables = rss() - base
     tick = _ticker(freeze)
     before = rss()
     plan = FeaturePlan(DEFAULT_SPECS, timezone="Asia/Seoul")
@@ -550,7 +586,7 @@ def memory(cards: int, days: int, seed: int, log: Any, freeze: bool = True) -> d
     cpu0 = clock()
     compute = plan.compute
     pauses = Pauses()
-    for step, steps, chunk in stream_chunks(cards, days, seed):
+    for step, steps, chunk in stream:
         for _ts, kind, rec in chunk:
             if kind:
                 plan.on_label(rec)
@@ -598,6 +634,7 @@ def memory(cards: int, days: int, seed: int, log: Any, freeze: bool = True) -> d
         "days": days,
         "tx": n_tx,
         "rss_delta": total,
+        "tables": tables,
         "sizes": sizes,
         "split": split,
         "packed": packed,
@@ -766,6 +803,8 @@ def main() -> int:
             f"| RSS delta (resident pages, /proc/self/statm) | {m['rss_delta'] / 2**20:,.0f} MiB |",
             f"| active cards (states held) | {active:,} |",
             f"| **RSS delta per active card (everything)** | **{per_card:,.0f} B** |",
+            "| the stream generator's per-card tables, before the plan was made (not in the "
+            f"delta) | {m['tables'] / active:,.0f} B per card |",
             f"| entities held | {m['sizes']} |",
             f"| label store entries (tx_id -> entity, kept 28 d + grace) | "
             f"{m['label_entries']:,} |",

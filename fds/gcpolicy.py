@@ -4,8 +4,9 @@ The feature state (per-entity logs, the ``tx_id`` store) holds millions of conta
 reference cycles, yet CPython's full collection visits every tracked container: at 1,000,000
 cards one full pass took up to 9.9 s of CPU inside a single decision (benchmarks/results/
 features.md), a gap in service. A :class:`Freezer` moves what is alive into the permanent
-generation (:func:`gc.freeze`) when a loop starts and again every ``every`` events, each time
-after a collection of what is not frozen yet (its cost follows what was allocated since the last
+generation (:func:`gc.freeze`) when a loop starts and again every ``every`` events (sooner
+where the collector's own full pass is near: :data:`YOUNG_PASSES`), each time after a
+collection of what is not frozen yet (its cost follows what was allocated since the last
 freeze, not the state held). Frozen objects are still freed by reference counting the moment
 they are no longer used; only a reference cycle that forms among objects after they were frozen
 is not collected (the engine's state forms none; a replaced model is freed by reference
@@ -26,7 +27,7 @@ that holds the future); once garbage, a frozen cycle stays. Two things keep that
   young collection, an upper bound now).
 
 >>> import gc
->>> with Freezer(every=2) as fz:
+>>> with Freezer(every=2, young=None) as fz:
 ...     fz.tick()
 ...     once = fz.freezes
 ...     fz.tick()  # the second event: a collection, then a freeze
@@ -53,6 +54,7 @@ __all__ = [
     "DAMAGED",
     "FREEZE_EVERY",
     "QUIET_S",
+    "YOUNG_PASSES",
     "Freezer",
     "collector_paused",
     "dumps",
@@ -64,6 +66,14 @@ log = logging.getLogger("fds.gc")
 #: Events between two freezes: often enough that the young state is never large, rarely enough
 #: that the collection before each freeze (~10-30 ms at 20,000 cards) costs < 1% of the time.
 FREEZE_EVERY = 100_000
+#: ... or sooner, once the collector's own full pass is near: after this many young (generation
+#: 1) passes since the last full one, CPython's threshold (10 by default, ~70,000 containers
+#: kept). While the state grows fast (a start with no state, a flood of new cards) 100,000
+#: events made millions of containers, and the collector's full passes between two freezes
+#: visited them all again each time: 0.2 s each at 200,000 new cards (2.5 s in 600,000
+#: events), where a freeze at each such pass visits each container once (0.07 s at most, 0.8 s
+#: in all; benchmarks/results/features.md, "Collector pauses while the state grows").
+YOUNG_PASSES = max(gc.get_threshold()[2], 1)
 #: Seconds without input before :meth:`Freezer.idle` compacts: one empty poll is no lull (fds
 #: run polls for 100 ms at a time), and a record that comes during a compaction waits for it.
 QUIET_S = 5.0
@@ -90,12 +100,18 @@ class Freezer:
         self,
         every: int = FREEZE_EVERY,
         *,
+        young: int | None = YOUNG_PASSES,
         quiet_s: float = QUIET_S,
         compact_every_s: float = COMPACT_EVERY_S,
     ) -> None:
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
+        if young is not None and young < 1:
+            raise ValueError(f"young must be >= 1 or None, got {young}")
         self.every = every
+        # young passes since the last full one at which a tick freezes early (None: never)
+        self.young = young if young is not None else math.inf
+        self._said: bool | None = None  # what due() said for the next tick
         self.quiet_s = quiet_s
         self.compact_every_s = compact_every_s
         self.freezes = 0
@@ -151,12 +167,20 @@ class Freezer:
         return True
 
     def due(self, n: int = 1) -> bool:
-        """Will ``tick(n)`` freeze?"""
-        return self._left <= n
+        """Will ``tick(n)`` freeze? The answer holds for the next tick: a young pass in between
+        (a commit, a flush) does not make a freeze due that the caller did not prepare for (fds
+        run drains its sends first, so that no future in flight is frozen)."""
+        self._said = self._left <= n or gc.get_count()[2] >= self.young
+        return self._said
 
     def tick(self, n: int = 1) -> None:
+        """``n`` events done: a freeze once ``every`` events went by since the last, or once
+        the collector's own full pass is near (``young``)."""
         self._left -= n
-        if self._left <= 0:
+        said, self._said = self._said, None
+        if said is None:
+            said = self._left <= 0 or gc.get_count()[2] >= self.young
+        if said:
             self.freeze()
 
     def __enter__(self) -> Freezer:

@@ -47,6 +47,10 @@ __all__ = ["ReplayInput", "ReplaySummary", "load", "run", "watch_fields"]
 
 # Progress-bar updates are batched: a tqdm update per event would cost more than a decision.
 _PROGRESS_EVERY = 2048
+# The GC policy is told of the events this often: within the ~8,000 containers made between
+# the collector's full pass coming near and its coming (fds.gcpolicy.YOUNG_PASSES), even while
+# every event makes a new card's state (~15).
+_TICK_EVERY = 256
 DEAD_BATCH = 1_000  # dead letters the reader collects before the replay writes them
 # Records held to put a slightly disordered file back in event-time order: ~100 MB of dicts,
 # enough for exports merged from several shards; disorder beyond it is counted, not hidden.
@@ -787,11 +791,10 @@ def _run(
                 # in memory and the metrics still until the end, a review)
                 # paced, a second at most between reports too (a scrape of a slow replay saw
                 # 87 decisions and 0 events consumed: a QA pass)
-                block = not i % _PROGRESS_EVERY
-                if block or (speed and clock() >= report_at):
+                if not i % _PROGRESS_EVERY or (speed and clock() >= report_at):
                     up_to_date(i)
-                    if block:
-                        freezer.tick(_PROGRESS_EVERY)
+                if not i % _TICK_EVERY:
+                    freezer.tick(_TICK_EVERY)
             for lab in schedule.never_came():  # unmatched, as they were before
                 learn(lab)
                 learned += 1

@@ -14,7 +14,7 @@ class Node:
 
 
 def test_a_tick_collects_the_young_garbage_then_freezes_what_is_alive():
-    with Freezer(every=3) as fz:
+    with Freezer(every=3, young=None) as fz:
         kept = Node()
         dropped = Node()
         gone = weakref.ref(dropped)
@@ -50,6 +50,37 @@ def test_frozen_objects_are_not_visited_by_full_collections():
 def test_every_must_be_positive():
     with pytest.raises(ValueError, match="every must be >= 1"):
         Freezer(every=0)
+    with pytest.raises(ValueError, match="young must be >= 1 or None"):
+        Freezer(young=0)
+
+
+def test_a_fast_growing_heap_is_frozen_before_the_collector_s_own_full_pass():
+    """While the state grows fast (a start with no state), 100,000 events made millions of
+    containers, and every full pass of the collector between two freezes visited them all
+    again: a freeze once its full pass is near visits each of them once."""
+    with Freezer(every=10**9, young=3) as fz:
+        gc.collect()  # (the young passes counted from here)
+        grown = []
+        while gc.get_count()[2] < 3:
+            fz.tick()
+            assert fz.freezes == 0
+            grown.append([len(grown)])  # new long-lived containers, as new cards' states
+        asked = fz.due()  # what fds run asks before a batch's last tick: it drains first
+        assert asked
+        fz.tick()
+        assert fz.freezes == 1 and not _tracked(grown[-1])
+        assert gc.get_count()[2] < 3 and not fz.due()
+    # the answer of due() holds for the next tick: a young pass in between (a flush, a commit)
+    # freezes nothing the caller did not drain for
+    with Freezer(every=10**9, young=1) as fz:
+        gc.collect()
+        assert not fz.due()
+        gc.collect(1)  # a young pass: the count reaches the bound
+        assert gc.get_count()[2] >= 1
+        fz.tick()
+        assert fz.freezes == 0
+        fz.tick()  # not asked this time: it freezes
+        assert fz.freezes == 1
 
 
 def test_cycles_other_threads_drop_right_after_the_full_collection_are_not_frozen():

@@ -1,0 +1,125 @@
+"""The collector's full passes while the feature state grows fast, with and without the early
+freeze (``fds.gcpolicy.Freezer``'s ``young``).
+
+    python benchmarks/exp_gc_young.py [--cards 200000] [--days 3] [--rounds 2]
+                                      [--out benchmarks/results/gc_young.md]
+
+A start with no state (or a flood of new cards) makes ~15 containers per new card. The freezer
+froze them every 100,000 events; between two freezes CPython's own full passes (every 10 young
+passes, once the old generation has grown by a quarter) visited every container made since the
+last freeze, again at each pass. ``Freezer()`` now also freezes where such a pass is near
+(``YOUNG_PASSES``); ``Freezer(young=None)`` is the old policy. Each variant runs the default
+feature set (benchmarks/bench_features.py) over the same stream in a process of its own (the
+collector's counts are per process), the two alternating, the order reversed every other
+round; every full pass is timed with ``gc.callbacks``, every ``compute`` (with its tick) with
+``time.perf_counter``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_features import DEFAULT_SPECS, Stream
+
+from fds.features import FeaturePlan
+from fds.gcpolicy import Freezer
+
+RESULTS = Path(__file__).parent / "results" / "gc_young.md"
+VARIANTS = {"every 100,000 events only (before)": False, "and before a full pass (now)": True}
+
+
+def child(cards: int, days: int, early: bool) -> dict[str, Any]:
+    passes: list[float] = []
+    began = [0.0]
+
+    def timed(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            began[0] = time.perf_counter()
+        elif info["generation"] == 2:
+            passes.append(time.perf_counter() - began[0])
+
+    plan = FeaturePlan(DEFAULT_SPECS, timezone="Asia/Seoul")
+    stream = Stream(cards, days, 0)
+    n, worst = 0, 0.0
+    cpu0 = time.process_time()
+    gc.callbacks.append(timed)
+    with Freezer() if early else Freezer(young=None) as fz:
+        for _step, _steps, chunk in stream:
+            for _ts, kind, rec in chunk:
+                if kind:
+                    plan.on_label(rec)
+                    continue
+                t = time.perf_counter()
+                plan.compute(rec)
+                fz.tick()
+                worst = max(worst, time.perf_counter() - t)
+                n += 1
+    gc.callbacks.remove(timed)
+    return {
+        "tx": n, "cpu_s": time.process_time() - cpu0, "freezes": fz.freezes,
+        "passes": len(passes), "pass_s": sum(passes), "longest_pass_s": max(passes, default=0.0),
+        "worst_call_s": worst,
+    }  # fmt: skip
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--cards", type=int, default=200_000)
+    ap.add_argument("--days", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--child", choices=["early", "late"], help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(args.cards, args.days, args.child == "early")))
+        return 0
+    command = shlex.join(["python", "benchmarks/exp_gc_young.py", *sys.argv[1:]])
+    rows = []
+    for r in range(args.rounds):
+        order = list(VARIANTS.items())
+        for name, early in order if r % 2 == 0 else order[::-1]:
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", "early" if early else "late",
+                 "--cards", str(args.cards), "--days", str(args.days)],
+                check=True, capture_output=True, text=True,
+            ).stdout  # fmt: skip
+            m = json.loads(out)
+            rows.append((r + 1, name, m))
+            print(f"round {r + 1}, {name}: {m}", flush=True)
+    lines = [
+        "# Full collections while the feature state grows (`fds.gcpolicy.Freezer`, `young`)",
+        "",
+        f"Command: `{command}`  ",
+        f"Stream: {args.cards:,} new cards x {args.days} days (benchmarks/bench_features.py's "
+        f"`Stream`, the default feature set, interpreted), {rows[0][2]['tx']:,} transactions; "
+        f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end.",
+        "",
+        "| round | freezes | full passes (freezes' own included) | their time | longest | "
+        "longest `compute` + tick | CPU per transaction | variant |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r, name, m in rows:
+        lines.append(
+            f"| {r} | {m['freezes']} | {m['passes']} | {m['pass_s']:.2f} s | "
+            f"{m['longest_pass_s'] * 1e3:.0f} ms | {m['worst_call_s'] * 1e3:.0f} ms | "
+            f"{m['cpu_s'] / m['tx'] * 1e6:.1f} us | {name} |"
+        )
+    args.out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
