@@ -93,18 +93,27 @@ class Health:
         self.ready = ready
         self._clock = clock
         self._wall = wall
-        #: ``clock()`` at the main loop's newest sign of progress (a start counts as one).
-        self.beat = clock()
+        self._beat = clock()
         #: The newest stall's last beat before it and first beat after it (``watching`` says
         #: how long it lasted: from the newest beat instead, it said up to a pass more).
-        self.stall = (self.beat, self.beat)
+        self.stall = (self._beat, self._beat)
+
+    @property
+    def beat(self) -> float:
+        """``clock()`` at the main loop's newest sign of progress (a start counts as one);
+        a loop sets it (``health.beat = now``: a stall is recorded as with :meth:`tick`; the
+        Kafka loops set it and said a stall up to a watcher's pass longer than it lasted)."""
+        return self._beat
+
+    @beat.setter
+    def beat(self, now: float) -> None:
+        if now - self._beat > self.stale_after_s:
+            self.stall = (self._beat, now)
+        self._beat = now
 
     def tick(self) -> None:
         """A sign of progress now."""
-        now = self._clock()
-        if now - self.beat > self.stale_after_s:
-            self.stall = (self.beat, now)
-        self.beat = now
+        self.beat = self._clock()
 
     def liveness(self) -> tuple[int, dict[str, Any]]:
         """``(200, ...)`` while the newest beat is recent, else ``(503, ...)`` saying since

@@ -197,6 +197,17 @@ def test_a_stall_is_said_as_long_as_it_lasted_not_until_the_watcher_looked(
         while "progress again" not in caplog.text:
             time.sleep(0.01)
     assert caplog.records[-1].getMessage().endswith('after a stall seconds="30.0"')
+    # the same where the loop sets its beat (fds run, fds train: ``health.beat = now``)
+    caplog.clear()
+    with caplog.at_level("WARNING", "fds.health"), h.watching(every_s=0.2):
+        clock[0] = 154.0  # (20 s without a beat)
+        while "no progress" not in caplog.text:
+            time.sleep(0.01)
+        h.beat = clock[0]
+        clock[0] = h.beat = 160.0
+        while "progress again" not in caplog.text:
+            time.sleep(0.01)
+    assert caplog.records[-1].getMessage().endswith('after a stall seconds="20.0"')
 
 
 def test_a_loop_stuck_holding_the_interpreter_gets_its_stacks_written(capfd) -> None:
