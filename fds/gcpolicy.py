@@ -66,13 +66,17 @@ log = logging.getLogger("fds.gc")
 #: Events between two freezes: often enough that the young state is never large, rarely enough
 #: that the collection before each freeze (~10-30 ms at 20,000 cards) costs < 1% of the time.
 FREEZE_EVERY = 100_000
-#: ... or sooner, once the collector's own full pass is near: after this many young (generation
-#: 1) passes since the last full one, CPython's threshold (10 by default, ~70,000 containers
-#: kept). While the state grows fast (a start with no state, a flood of new cards) 100,000
-#: events made millions of containers, and the collector's full passes between two freezes
-#: visited them all again each time: 0.2 s each at 200,000 new cards (2.5 s in 600,000
-#: events), where a freeze at each such pass visits each container once (0.07 s at most, 0.8 s
-#: in all; benchmarks/results/features.md, "Collector pauses while the state grows").
+#: ... or sooner, once the collector's own full pass is near: when this many young (generation
+#: 1) passes have run since its last full one, CPython's threshold for it (10 by default; its
+#: own full pass comes at the first collection after the 11th, once the old generation has also
+#: grown by a quarter since that pass: the freeze comes one young pass before it, ~84,000
+#: containers kept against ~93,000, and a tick has those ~9,000 containers to come in). While
+#: the state grows fast (a start with no state, a flood of new cards) 100,000 events made
+#: millions of containers, and the collector's full passes between two freezes visited all of
+#: them again each time. At 200,000 new cards x 3 days, with a tick per event: 24 passes, 2.8-3.4
+#: s in all, the longest 294-349 ms, against 25 (all freezes), 0.45-0.61 s, the longest 36-50 ms
+#: (benchmarks/exp_gc_young.py, results/gc_young.md). A tick per batch of thousands of new
+#: cards (a backlog in fds run) mostly comes after the collector's own pass, as before.
 YOUNG_PASSES = max(gc.get_threshold()[2], 1)
 #: Seconds without input before :meth:`Freezer.idle` compacts: one empty poll is no lull (fds
 #: run polls for 100 ms at a time), and a record that comes during a compaction waits for it.
@@ -109,8 +113,8 @@ class Freezer:
         if young is not None and young < 1:
             raise ValueError(f"young must be >= 1 or None, got {young}")
         self.every = every
-        # young passes since the last full one at which a tick freezes early (None: never)
-        self.young = young if young is not None else math.inf
+        # young passes since the last full one at which a tick freezes early (0: never)
+        self.young = young or 0
         self._said: bool | None = None  # what due() said for the next tick
         self.quiet_s = quiet_s
         self.compact_every_s = compact_every_s
@@ -170,7 +174,7 @@ class Freezer:
         """Will ``tick(n)`` freeze? The answer holds for the next tick: a young pass in between
         (a commit, a flush) does not make a freeze due that the caller did not prepare for (fds
         run drains its sends first, so that no future in flight is frozen)."""
-        self._said = self._left <= n or gc.get_count()[2] >= self.young
+        self._said = self._left <= n or 0 < self.young <= gc.get_count()[2]
         return self._said
 
     def tick(self, n: int = 1) -> None:
@@ -179,7 +183,7 @@ class Freezer:
         self._left -= n
         said, self._said = self._said, None
         if said is None:
-            said = self._left <= 0 or gc.get_count()[2] >= self.young
+            said = self._left <= 0 or 0 < self.young <= gc.get_count()[2]
         if said:
             self.freeze()
 

@@ -187,26 +187,28 @@ def test_a_stall_is_said_as_long_as_it_lasted_not_until_the_watcher_looked(
     watcher's pass (5 s) more than it lasted (a QA pass)."""
     clock = [100.0]
     h = Health(stale_after_s=10.0, clock=lambda: clock[0])
+
+    def said(what: str) -> None:  # (waits for the watcher's line, 5 s at most)
+        deadline = time.monotonic() + 5
+        while what not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.01)
+
     with caplog.at_level("WARNING", "fds.health"), h.watching(every_s=0.2):
         clock[0] = 130.0  # (30 s without a beat)
-        while "no progress" not in caplog.text:
-            time.sleep(0.01)
+        said("no progress")
         h.tick()  # it goes on at 130 s ...
         clock[0] = 134.0
         h.tick()  # ... and beats again at 134 s before the watcher's next look
-        while "progress again" not in caplog.text:
-            time.sleep(0.01)
+        said("progress again")
     assert caplog.records[-1].getMessage().endswith('after a stall seconds="30.0"')
     # the same where the loop sets its beat (fds run, fds train: ``health.beat = now``)
     caplog.clear()
     with caplog.at_level("WARNING", "fds.health"), h.watching(every_s=0.2):
         clock[0] = 154.0  # (20 s without a beat)
-        while "no progress" not in caplog.text:
-            time.sleep(0.01)
+        said("no progress")
         h.beat = clock[0]
         clock[0] = h.beat = 160.0
-        while "progress again" not in caplog.text:
-            time.sleep(0.01)
+        said("progress again")
     assert caplog.records[-1].getMessage().endswith('after a stall seconds="20.0"')
 
 

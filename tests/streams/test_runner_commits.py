@@ -2462,3 +2462,25 @@ def test_offsets_acknowledged_while_the_aligner_holds_records_are_committed_on_t
     # t0, t1 and u0 decided; t2 (after u0 in event time) held for partition 1's next records
     assert r.stats.decided == 3 and len(r.aligner) == 1
     assert held == [(1, {0: 2, 1: 1})]
+
+
+def test_a_freeze_the_collector_s_counts_make_due_is_drained_for_first(monkeypatch):
+    """The early freeze (fds.gcpolicy.Freezer's ``young``) follows the collector's counts:
+    fds run asks before a batch's tick, and drains its sends first (a flush and a blocking
+    commit), so that no future in flight is frozen."""
+    import gc
+
+    from fds.gcpolicy import Freezer
+
+    r = make_runner(max_unacked_batches=5, commit_interval_ms=0)
+    r._freezer = Freezer(young=3)
+    freezes: list[tuple[int, int]] = []  # (flushes, blocking commits) at each freeze
+    monkeypatch.setattr(r._freezer, "freeze", lambda: freezes.append(
+        (r.producer.flushes, len(r.consumer.commits))))  # fmt: skip
+    counts = [(0, 0, 0)]
+    monkeypatch.setattr(gc, "get_count", lambda: counts[0])
+    r._process(batch(0))
+    assert freezes == [] and r.producer.flushes == 0
+    counts[0] = (0, 0, 3)  # the collector's own full pass is near
+    r._process(batch(3))
+    assert freezes == [(1, 1)] and r.consumer.commits == [6] and not r._unacked
