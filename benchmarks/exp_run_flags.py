@@ -8,7 +8,10 @@ with one trained version, 2,000 tx/s after a 2-s ramp, the local broker kit) onc
 `fds run` started with the variant's extra flags; rounds interleave the variants, since single
 runs of one setting vary widely on this shared machine. `--load-tick-ms MS` among FLAGS
 sets the load generator's tick for that variant (bench_kafka.py's
-`--load-tick-ms`; 0: a send and a sleep per record) instead of a flag of `fds run`. Besides
+`--load-tick-ms`; 0: a send and a sleep per record) instead of a flag of `fds run`, and
+`--fds-tree DIR` runs that variant's `fds run` from the `fds` package in DIR (another version
+of the code, say `git archive COMMIT fds | tar -x -C DIR`; rules and model still read from
+this tree). Besides
 the latency (produce to the broker's append time of the decision), each row gives the CPU
 seconds `fds run` and the broker used in it: on two cores shared by the broker, the load and
 fds, CPU one saves is latency the others gain.
@@ -74,14 +77,18 @@ def main() -> int:
     pipeline = bk.default_pipeline()
 
     def consumer(flags: list[str]) -> Callable[[dict[str, str]], list[str]]:
-        tick = bk.TICK_S
+        tick, tree = bk.TICK_S, None
         if "--load-tick-ms" in flags:  # the load's, not fds run's
             i = flags.index("--load-tick-ms")
             tick, flags = float(flags[i + 1]) / 1000, flags[:i] + flags[i + 2 :]
+        if "--fds-tree" in flags:  # which fds runs, not a flag of fds run
+            i = flags.index("--fds-tree")
+            tree, flags = Path(flags[i + 1]).resolve(), flags[:i] + flags[i + 2 :]
 
         def cmd(topics: dict[str, str]) -> list[str]:
             bk.TICK_S = tick  # (called before the load starts)
-            return bk.fds_cmd(bootstrap, topics, *pipeline, *flags)
+            run = bk.fds_cmd(bootstrap, topics, *pipeline, *flags)
+            return run if tree is None else ["env", f"PYTHONPATH={tree}", *run]
 
         return cmd
 
