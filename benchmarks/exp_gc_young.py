@@ -1,7 +1,7 @@
 """The collector's full passes while the feature state grows fast, with and without the early
 freeze (``fds.gcpolicy.Freezer``'s ``young``).
 
-    python benchmarks/exp_gc_young.py [--cards 200000] [--days 3] [--rounds 2]
+    python benchmarks/exp_gc_young.py [--cards 200000] [--days 3] [--rounds 2] [--restore]
                                       [--out benchmarks/results/gc_young.md]
 
 A start with no state (or a flood of new cards) makes ~15 containers per new card. The freezer
@@ -15,6 +15,11 @@ reversed every other round; every full pass is timed with ``gc.callbacks``, ever
 ``compute`` (with its tick: one per event here, where a replay ticks every 256 and fds run
 after each batch) with ``time.perf_counter``. The CPU per transaction includes making the
 stream.
+
+``--restore``: the same, the early freeze on in both, as `fds run`'s restore folds a rebuild or
+a catch-up (all of its state new): before 2026-12-06, evening, it never told the policy (no
+freeze until the restore ended, and the collector's own full passes over everything it had
+built so far), since every 256 records.
 """
 
 from __future__ import annotations
@@ -39,10 +44,20 @@ from fds.features import FeaturePlan
 from fds.gcpolicy import Freezer
 
 RESULTS = Path(__file__).parent / "results" / "gc_young.md"
-VARIANTS = {"every 100,000 events only (before)": False, "and before a full pass (now)": True}
+#: name -> (the early freeze on, events between two ticks: 0 = never told)
+VARIANTS = {
+    "every 100,000 events only (before)": (False, 1),
+    "and before a full pass (now)": (True, 1),
+}
+#: ``--restore``: how fds run's restore (a rebuild, a catch-up) folds, before and since it tells
+#: the policy (a restore builds only new state, and told it nothing)
+RESTORE = {
+    "a restore, the policy never told (before)": (True, 0),
+    "a restore, told every 256 records (now)": (True, 256),
+}
 
 
-def child(cards: int, days: int, early: bool) -> dict[str, Any]:
+def child(cards: int, days: int, early: bool, every: int) -> dict[str, Any]:
     passes: list[float] = []
     began = [0.0]
 
@@ -65,7 +80,8 @@ def child(cards: int, days: int, early: bool) -> dict[str, Any]:
                     continue
                 t = time.perf_counter()
                 plan.compute(rec)
-                fz.tick()
+                if every and not n % every:
+                    fz.tick(every)
                 worst = max(worst, time.perf_counter() - t)
                 n += 1
     gc.callbacks.remove(timed)
@@ -81,19 +97,22 @@ def main() -> int:
     ap.add_argument("--cards", type=int, default=200_000)
     ap.add_argument("--days", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=RESULTS)
-    ap.add_argument("--child", choices=["early", "late"], help=argparse.SUPPRESS)
+    ap.add_argument("--restore", action="store_true", help="fds run's restore, before and now")
+    ap.add_argument("--out", type=Path, default=None, help=f"default {RESULTS}")
+    ap.add_argument("--child", nargs=2, type=int, help=argparse.SUPPRESS)  # early, every
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(args.cards, args.days, args.child == "early")))
+        early, every = args.child
+        print(json.dumps(child(args.cards, args.days, bool(early), every)))
         return 0
+    out_path = args.out or RESULTS
     command = shlex.join(["python", "benchmarks/exp_gc_young.py", *sys.argv[1:]])
     rows = []
     for r in range(args.rounds):
-        order = list(VARIANTS.items())
-        for name, early in order if r % 2 == 0 else order[::-1]:
+        order = list((RESTORE if args.restore else VARIANTS).items())
+        for name, (early, every) in order if r % 2 == 0 else order[::-1]:
             out = subprocess.run(
-                [sys.executable, __file__, "--child", "early" if early else "late",
+                [sys.executable, __file__, "--child", str(int(early)), str(every),
                  "--cards", str(args.cards), "--days", str(args.days)],
                 check=True, capture_output=True, text=True,
             ).stdout  # fmt: skip
@@ -118,8 +137,8 @@ def main() -> int:
             f"{m['longest_pass_s'] * 1e3:.0f} ms | {m['worst_call_s'] * 1e3:.0f} ms | "
             f"{m['cpu_s'] / m['tx'] * 1e6:.1f} us | {name} |"
         )
-    args.out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.out}")
+    out_path.write_text("\n".join(lines) + "\n")
+    print(f"wrote {out_path}")
     return 0
 
 
