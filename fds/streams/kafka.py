@@ -3429,10 +3429,6 @@ class Runner:
                     if tag:  # (the scratch plan's, or the engine's: both are set)
                         plan.part = self.engine.features.part = at["tp"].partition  # type: ignore[union-attr]
                     fold(tx)
-                    if not i & 255:  # the GC policy, told as a replay tells it: all the state
-                        # a restore builds is new, and the collector's own full passes over it
-                        # grew with it (1.3 s at 300,000 new cards: fds.gcpolicy, YOUNG_PASSES)
-                        self._freezer.tick(256)
                     if not i & 255 and time.monotonic() >= lag_at:
                         self.health.beat = time.monotonic()  # a restore that advances is live
                         lag_at = self.health.beat + LAG_EVERY_S
