@@ -56,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fds.features import FeaturePlan
 from fds.features.kernel import Compiler
 from fds.features.txstore import TxStore
-from fds.gcpolicy import Freezer
+from fds.gcpolicy import TICK_EVERY, Freezer
 
 RESULTS = Path(__file__).parent / "results" / "features.md"
 TARGET_US = 10.0  # issue 3
@@ -164,15 +164,10 @@ def _no_freeze(n: int = 1) -> None:
     """``--no-freeze``: the collector's default passes (what runs before fds.gcpolicy)."""
 
 
-#: ``compute`` calls between two ticks of the GC policy, as a replay tells it (fds.replay;
-#: until 2026-12-06, evening, a tick per call: 0.07-0.18 us of each call's figure that no
-#: engine pays).
-TICK_EVERY = 256
-
-
 def _ticker(freeze: bool) -> Callable[[int], None]:
     """Called with ``TICK_EVERY`` before every ``TICK_EVERY``-th ``compute`` returns (inside
-    its timing): the engine's GC policy, or nothing (``--no-freeze``)."""
+    its timing), as a replay tells the engine's GC policy (until 2026-12-06, evening, a tick per
+    call: 0.07-0.18 us of each call's figure that no engine pays); or nothing (``--no-freeze``)."""
     return Freezer().tick if freeze else _no_freeze
 
 

@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_features import DEFAULT_SPECS, Stream
 
 from fds.features import FeaturePlan
-from fds.gcpolicy import Freezer
+from fds.gcpolicy import TICK_EVERY, Freezer
 
 RESULTS = Path(__file__).parent / "results" / "gc_young.md"
 RESTORE_RESULTS = RESULTS.with_name("gc_young_restore.md")  # (--restore)
@@ -57,7 +57,7 @@ VARIANTS = {
 #: policy told nothing), and the same told every 256 records (not done: see the module's text)
 RESTORE = {
     "a restore as fds run folds it (the policy not told)": (True, 0),
-    "told every 256 records (not in fds run)": (True, 256),
+    f"told every {TICK_EVERY} records (not in fds run)": (True, TICK_EVERY),
 }
 
 

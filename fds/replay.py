@@ -28,7 +28,7 @@ import orjson
 from fds.engine import Engine
 from fds.errors import ConfigError, RuleError, StageError, ValidationError
 from fds.features.plan import read_field
-from fds.gcpolicy import Freezer
+from fds.gcpolicy import TICK_EVERY, Freezer
 from fds.logs import json_logs
 from fds.metrics import LATENCY_BUCKETS
 from fds.progress import progress_bar
@@ -47,10 +47,6 @@ __all__ = ["ReplayInput", "ReplaySummary", "load", "run", "watch_fields"]
 
 # Progress-bar updates are batched: a tqdm update per event would cost more than a decision.
 _PROGRESS_EVERY = 2048
-# The GC policy is told of the events this often: within the ~9,000 containers made between
-# the collector's full pass coming near and its coming (fds.gcpolicy.YOUNG_PASSES), even while
-# every event makes a new card's state (~15 containers: 256 events ~3,800).
-_TICK_EVERY = 256
 DEAD_BATCH = 1_000  # dead letters the reader collects before the replay writes them
 # Records held to put a slightly disordered file back in event-time order: ~100 MB of dicts,
 # enough for exports merged from several shards; disorder beyond it is counted, not hidden.
@@ -793,8 +789,8 @@ def _run(
                 # 87 decisions and 0 events consumed: a QA pass)
                 if not i % _PROGRESS_EVERY or (speed and clock() >= report_at):
                     up_to_date(i)
-                if not i % _TICK_EVERY:
-                    freezer.tick(_TICK_EVERY)
+                if not i % TICK_EVERY:  # (in time for the collector's own pass: fds.gcpolicy)
+                    freezer.tick(TICK_EVERY)
             for lab in schedule.never_came():  # unmatched, as they were before
                 learn(lab)
                 learned += 1
