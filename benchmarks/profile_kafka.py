@@ -1,12 +1,16 @@
-"""Where `fds run`'s main thread spends its time at a steady load: a py-spy profile.
+"""Where `fds run`'s main thread spends its time: a py-spy profile.
 
     pip install py-spy
     python benchmarks/profile_kafka.py [--rate 2000] [--seconds 10] [--out FILE.md]
+    python benchmarks/profile_kafka.py --backlog 100000 [--out FILE.md]
 
-Runs the latency scenario of bench_kafka.py (default rules and model, a registry with one
-trained version, a paced load) with `py-spy record --idle` attached to the `fds run` process,
-and writes the main thread's wall time per call path below the poll loop (idle waits included:
-that is where a record waits). Needs the local broker kit (started if needed) and py-spy.
+By default runs the latency scenario of bench_kafka.py (default rules and model, a registry
+with one trained version, a paced load) with `py-spy record --idle` attached to the `fds run`
+process, and writes the main thread's wall time per call path below the poll loop (idle waits
+included: that is where a record waits). With ``--backlog N`` it pre-produces N transactions
+(as the throughput scenario of bench_kafka.py) and profiles `fds run` deciding them, CPU only:
+the share of each function (inclusive) and of each call path, where a record's time goes when
+`fds run` runs flat out. Needs the local broker kit (started if needed) and py-spy.
 """
 
 from __future__ import annotations
@@ -30,8 +34,23 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--rate", type=float, default=2000.0)
     ap.add_argument("--seconds", type=float, default=10.0)
-    ap.add_argument("--out", default=str(bk.REPO / "benchmarks" / "results" / "profile_kafka.md"))
+    ap.add_argument(
+        "--backlog",
+        type=int,
+        default=0,
+        metavar="N",
+        help="profile deciding N pre-produced transactions instead (CPU only)",
+    )
+    ap.add_argument(
+        "--out",
+        default=None,
+        help="report (default: benchmarks/results/"
+        "profile_kafka.md, or profile_kafka_backlog.md with --backlog)",
+    )
     args = ap.parse_args()
+    if args.out is None:
+        name = "profile_kafka_backlog.md" if args.backlog else "profile_kafka.md"
+        args.out = str(bk.REPO / "benchmarks" / "results" / name)
     if shutil.which("py-spy") is None:
         print("profile_kafka: error: py-spy is not installed (pip install py-spy)", file=sys.stderr)
         return 2
@@ -51,6 +70,38 @@ def main() -> int:
             ))  # fmt: skip
         return p
 
+    version = subprocess.run(["py-spy", "--version"], capture_output=True, text=True).stdout
+    version = version.strip()
+    if args.backlog:
+        bk.prebuild_kernel("rules/default.yaml")  # (as a long-running service has it)
+        topics = bk.fresh_topics(bootstrap)
+        bk.produce(bootstrap, topics["transactions"], args.backlog)
+        cmd = bk.fds_cmd(bootstrap, topics, *pipeline, "--max-idle", "3")
+        spy = ["py-spy", "record", "-r", "200", "-f", "raw", "-o", str(raw), "--", *cmd]
+        subprocess.run(spy, cwd=bk.REPO, env=bk.run_env(bk.REPO), check=True)
+        n_out, rate = bk.throughput(bk.read_topic(bootstrap, topics["decisions"]))
+        funcs, paths, total = shares(raw)
+        lines = [
+            "# Where `fds run`'s main thread spends its CPU on a backlog",
+            "",
+            f"Command: `{command}` ({version}, 200 samples/s, CPU only). {args.backlog:,} "
+            "transactions pre-produced (bench_kafka.py's stream), `fds run` with the default "
+            f"rules and model deciding them: {n_out:,} decisions at {rate:,.0f} tx/s (sampling "
+            "slows it down: not comparable with kafka.md; the shares are what this is for).",
+            "",
+            f"Main-thread samples below `Runner._poll_loop`: {total:,}.",
+            "",
+            "| share (inclusive) | function |",
+            "|---:|---|",
+            *(f"| {n / total:.1%} | `{f}` |" for f, n in funcs.most_common(30)),
+            "",
+            "| share | call path below the poll loop (first five frames) |",
+            "|---:|---|",
+            *(f"| {n / total:.1%} | `{p}` |" for p, n in paths.most_common(25)),
+        ]
+        Path(args.out).write_text("\n".join(lines) + "\n")
+        print(f"wrote {args.out}")
+        return 0
     subprocess.Popen = spied  # type: ignore[misc]
     try:
         lat = bk.measure_latency(
@@ -61,17 +112,8 @@ def main() -> int:
         subprocess.Popen = popen  # type: ignore[misc]
     for s in spies:
         s.wait(60)
-    paths: collections.Counter[str] = collections.Counter()
-    for line in raw.read_text().splitlines():
-        stack, _, n = line.rpartition(" ")
-        names = [f.split(" (")[0] for f in stack.split(";")]
-        if "Runner._poll_loop" in names:
-            i = names.index("Runner._poll_loop")
-            paths[" > ".join(names[i + 1 : i + 6])] += int(n)
-    total = sum(paths.values())
-    version = subprocess.run(["py-spy", "--version"], capture_output=True, text=True).stdout
+    _, paths, total = shares(raw)
     tot = lat["total"]
-    version = version.strip()
     lines = [
         "# Where `fds run`'s main thread spends its time at a steady load",
         "",
@@ -90,6 +132,21 @@ def main() -> int:
     Path(args.out).write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
     return 0
+
+
+def shares(raw: Path) -> tuple[collections.Counter[str], collections.Counter[str], int]:
+    """Samples per function (each counted once per stack: inclusive) and per call path (its
+    first five frames) below ``Runner._poll_loop`` in py-spy's raw output, and their total."""
+    funcs: collections.Counter[str] = collections.Counter()
+    paths: collections.Counter[str] = collections.Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        names = [f.split(" (")[0] for f in stack.split(";")]
+        if "Runner._poll_loop" in names:
+            below = names[names.index("Runner._poll_loop") + 1 :]
+            paths[" > ".join(below[:5])] += int(n)
+            funcs.update(dict.fromkeys(below, int(n)))
+    return funcs, paths, sum(paths.values())
 
 
 if __name__ == "__main__":
