@@ -32,7 +32,7 @@ from typing import Any
 from fds.features.shards import SHARDS, Shards
 
 __all__ = [
-    "KEY", "TS", "assign_slots", "build_fused", "build_new_state", "cat", "num",
+    "KEY", "TS", "assign_slots", "build_fused", "build_new_state", "cat", "finite", "num",
 ]  # fmt: skip
 
 NAN = math.nan
@@ -49,14 +49,15 @@ _CUT_SLACK = 8
 BIG = 1e100
 
 
-def num(x: Any) -> float:
-    """A numeric field value as float; NaN (missing) when absent, not a number, not finite
-    (an infinite value would turn every running sum of its window into NaN for good) or of
-    magnitude :data:`BIG` or more.
+def finite(x: Any) -> float:
+    """A value as a finite float, as a rule reads a number (a CSV file's text included); NaN
+    (missing) when absent, not a number, true/false or not finite.
 
-    >>> num("12.5"), num(None), num(True), num("1e999"), num(10**400), num(1e308)
-    (12.5, nan, nan, nan, nan, nan)
-    >>> num("1_000")  # (Python's syntax, no number in a file: read as 1000, a QA pass)
+    >>> finite("12.5"), finite(None), finite(True), finite("1e999"), finite(10**400)
+    (12.5, nan, nan, nan, nan)
+    >>> finite("1e200")  # (features refuse it, see num; a rule reads it as JSON's 1e200)
+    1e+200
+    >>> finite("1_000")  # (Python's syntax, no number in a file: read as 1000, a QA pass)
     nan
     """
     if x is None or x.__class__ is bool or (x.__class__ is str and "_" in x):
@@ -65,6 +66,18 @@ def num(x: Any) -> float:
         x = float(x)
     except (TypeError, ValueError, OverflowError):
         return NAN
+    return x if x - x == 0.0 else NAN
+
+
+def num(x: Any) -> float:
+    """A numeric field value as float: :func:`finite`, and NaN (missing) too from magnitude
+    :data:`BIG` on (an infinite value would turn every running sum of its window into NaN for
+    good; a square of one of BIG's overflows them).
+
+    >>> num("12.5"), num(None), num(True), num("1e999"), num(10**400), num(1e308)
+    (12.5, nan, nan, nan, nan, nan)
+    """
+    x = finite(x)
     return x if -BIG < x < BIG else NAN
 
 

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fds.errors import ConfigError, RuleError
-from fds.features.codegen import num
+from fds.features.codegen import finite
 from fds.schema import FALSE_WORDS, TRUE_WORDS
 
 __all__ = [
@@ -161,7 +161,7 @@ def _num(x: Any) -> Any:
     if type(x) is int or (type(x) is float and x - x == 0.0):
         return x
     if type(x) is str:
-        v = num(x)
+        v = finite(x)
         if v == v:
             return v
         raise MissingName(x)
@@ -183,7 +183,7 @@ def _coerce(x: Any) -> Any:
     fds.rules.expr.MissingName: N/A
     """
     if type(x) is str:
-        v = num(x)
+        v = finite(x)
         if v == v:
             return v
         if x.strip().lower() in NA_TEXT:
@@ -270,7 +270,7 @@ _INTEGER = re.compile(r"[-+]?\d+")
 def _read(text: str) -> int | float | None:
     """The number ``text`` reads as, exactly: an integer's text as that integer (20-digit ids
     read as floats were equal to, and ordered as, their neighbours: a review), other text as
-    :func:`num` reads it; None where it reads as no finite number.
+    :func:`finite` reads it; None where it reads as no finite number.
 
     >>> _read("12345678901234567891"), _read(" 7.5 "), _read("high")
     (12345678901234567891, 7.5, None)
@@ -281,7 +281,7 @@ def _read(text: str) -> int | float | None:
             return int(t)
         except ValueError:  # (over Python's 4,300 digits: no number here, a review)
             return None
-    v = num(text)
+    v = finite(text)
     return v if v == v else None
 
 
@@ -296,7 +296,7 @@ def _truth(x: Any) -> bool:
     (False, False, True, False, True, False)
     """
     if type(x) is str:
-        v = num(x)
+        v = finite(x)
         if v == v:
             return v != 0
         if (flag := _word(x)) is not None:

@@ -43,7 +43,7 @@ from pydantic import (
 
 from fds import yamlio
 from fds.errors import ConfigError, FdsError, describe
-from fds.features.codegen import num
+from fds.features.codegen import finite
 from fds.rules.expr import NA_TEXT
 from fds.schema import DEGREES, TX_FIELDS, TX_REQUIRED, dumps, dumps_line, fraud_flag
 from fds.timeutil import MS_THRESHOLD, get_zone, parse_duration, parse_ts
@@ -599,7 +599,9 @@ class ColumnMapping(ReadOptions):
             own = own if isinstance(own, dict) else {}
             for k in self.numbers:  # (as the rules read it: a finite number, or missing)
                 v = own[k] if k in own else out.get(k)
-                if v.__class__ is str and num(v) != num(v) and v.strip().lower() not in NA_TEXT:
+                if isinstance(v, str) and finite(v) != finite(v):
+                    if v.strip().lower() in NA_TEXT:
+                        continue
                     raise ValueError(f"{k}: {v[:100]!r} is no number (nor a missing value's text)")
         if self.ts_format is not None and (ts := out.get("ts")).__class__ is str:
             out = {**out, "ts": self._layout(ts)}

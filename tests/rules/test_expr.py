@@ -661,6 +661,14 @@ def _outcome(src: str, extra: dict) -> str:
         ("extra.a <= extra.b", {"a": 12345678901234567890, "b": "12345678901234567890"}, "hit"),
         ("extra.a == extra.b", {"a": "NA", "b": "NA"}, "hit"),
         ("extra.a == extra.b", {"a": "x", "b": 7}, "miss"),
+        # a CSV cell's text of 1e100 or more read as its number, as JSON's number is (it was
+        # missing: the features' bound on their running sums, a QA pass)
+        ("extra.x > 100", {"x": "1e200"}, "hit"),
+        ("extra.x > 100", {"x": 1e200}, "hit"),
+        ("extra.x * 2 > 100", {"x": "1.7e308"}, "hit"),
+        ("round(extra.x) > 100", {"x": "1e100"}, "hit"),
+        ("extra.x == extra.y", {"x": "1e200", "y": 1e200}, "hit"),
+        ("extra.x > 100", {"x": "1e999"}, "missing"),
     ],
 )
 def test_extra_values_in_chains_lists_orderings_and_conditions(src, extra, expected) -> None:
