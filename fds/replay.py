@@ -356,7 +356,7 @@ class ReplaySummary(Alerts):
             rows.append(("rules reloaded", " -> ".join(self.ruleset_versions)))
         if self.rules_rejected:  # (only the versions taken were said: a QA pass)
             rows.append(("rules files rejected", f"{self.rules_rejected:,}" + (
-                f" (the file now: {self.rules_error})" if self.rules_error else ""
+                f" (the file as last checked: {self.rules_error})" if self.rules_error else ""
             )))  # fmt: skip
         if self.interrupted:
             rows.insert(0, ("interrupted", "yes (Ctrl-C or SIGTERM): figures so far"))

@@ -147,6 +147,28 @@ def test_hot_reload_under_a_running_replay(tmp_path: Path) -> None:
     assert b'version="v1"' not in text
 
 
+def test_a_replay_ending_on_a_rejected_file_says_why_as_last_checked(tmp_path: Path) -> None:
+    """A QA pass: the summary said "the file now" of the watcher's last look, which an edit in
+    the replay's last second had already fixed on disk."""
+    p = tmp_path / "r.yaml"
+    p.write_text(rules("v1", 100))
+    rs = ReloadingRuleset(p, start=False, settle_seconds=0)
+    txs = [
+        {"tx_id": f"t{i}", "ts": float(i), "card_id": "c", "amount": 150.0, "extra": {}}
+        for i in range(20)
+    ]
+
+    def on_event(i: int) -> None:
+        if i == 10:
+            write(p, rules("v2", 100, broken=True))
+            rs.check_now()
+
+    summary = run(Engine(rules=rs, policy=Policy()), ReplayInput(txs, []), ListSink(),
+                  ListSink(), on_event=on_event)  # fmt: skip
+    (row,) = [v for k, v in summary.rows() if k == "rules files rejected"]
+    assert row.startswith("1 (the file as last checked: ") and "r.yaml:" in row
+
+
 def test_watcher_thread_swaps_while_events_flow(tmp_path: Path) -> None:
     p = tmp_path / "r.yaml"
     p.write_text(rules("v1", 100))
