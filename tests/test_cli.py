@@ -89,6 +89,14 @@ def test_a_pipe_or_a_folder_as_the_input_is_said_to_be_one(tmp_path, capsys):
         ("x.xlsx", "zip", "is a zip archive (its first bytes are zip's), an Excel workbook "
          "say: fds reads no workbook; save it as CSV"),
         ("x.csv", "zip", "is a zip archive"),
+        # (a QA pass, 2026-12-06: JSON Lines named .csv was told to map its columns, listed
+        # as '{"tx_id": "t1"'; a semicolon CSV named .jsonl was all dead letters, exit 1)
+        ("x.csv", "jsonl", "holds JSON (its first line is a JSON object) but is read as CSV "
+         "by its name: rename it to x.jsonl"),
+        ("x.csv.gz", "jsonl.gz", "holds JSON (its first line is a JSON object) but is read "
+         "as CSV by its name: rename it to x.jsonl.gz"),
+        ("x.jsonl", "csv", "looks like CSV (its first two lines hold no JSON and as many ';' "
+         "each) but is read as JSON Lines by its name: rename it to x.csv"),
     ],
 )  # fmt: skip
 def test_a_file_whose_bytes_say_another_format_than_its_name_is_refused(
@@ -103,6 +111,10 @@ def test_a_file_whose_bytes_say_another_format_than_its_name_is_refused(
     p = tmp_path / name
     if content == "gzip":
         p.write_bytes(gzip.compress(rows))
+    elif content.startswith("jsonl"):
+        p.write_bytes(gzip.compress(rows) if content.endswith(".gz") else rows)
+    elif content == "csv":
+        p.write_text("tx_id;ts;card_id;amount\nt1;2026-01-01T00:00:00Z;c;1,5\n")
     elif content == "zip":
         import zipfile
 

@@ -1176,7 +1176,26 @@ def _check_content(p: Path, fmt: str | None, declared: bool) -> None:
             f"{fmt or 'no known format'}: rename it to {p.stem}.parquet"
             + (" and drop `format:` from the mapping" if declared else "")
         )
-    first = _first_line(p) if fmt == "jsonl" else None
+    lines = _first_lines(p, 2) if fmt in ("jsonl", "csv") else []
+    named = _named_as(p, "jsonl" if fmt == "csv" else "csv")
+    fix = f"rename it to {named}" + (" and drop `format:` from the mapping" if declared else "")
+    if fmt == "csv" and lines and lines[0][:1] in (b"{", b"["):
+        try:
+            doc = orjson.loads(lines[0])
+        except orjson.JSONDecodeError:
+            doc = None
+        if isinstance(doc, dict | list):  # (a QA pass: "required engine field(s) ... map
+            raise ConfigError(  # them", the columns listed as '{"tx_id":"t0000000"')
+                f"{p} holds JSON (its first line is a JSON "
+                f"{'object' if isinstance(doc, dict) else 'array'}) but is read as CSV by its "
+                f"name: {fix}"
+            )
+    if fmt == "jsonl" and len(lines) == 2 and (sep := _csv_like(lines)) is not None:
+        raise ConfigError(  # (a QA pass: every row a dead letter, "convert the file")
+            f"{p} looks like CSV (its first two lines hold no JSON and as many {sep!r} each) "
+            f"but is read as JSON Lines by its name: {fix}"
+        )
+    first = lines[0] if fmt == "jsonl" and lines else None
     if first is not None and re.search(rb"\}\s*\r\s*\{", first):  # (a QA pass: "cut")
         tr = _convert(p, "tr '\\r' '\\n'", named=False)
         raise ConfigError(
@@ -1269,16 +1288,47 @@ def _records_path(p: Path) -> str:
     return "."
 
 
-def _first_line(p: Path) -> bytes | None:
-    """The first line of ``p`` that is not blank, stripped (a BOM too); None if unreadable."""
+def _first_lines(p: Path, n: int) -> list[bytes]:
+    """The first ``n`` lines of ``p`` that are not blank (among its first 1,000), stripped (a
+    BOM too); fewer where it has fewer or is unreadable (said where it is read)."""
+    got: list[bytes] = []
     try:
         with open_text(p, "rb") as f:
             for line in itertools.islice(f, 1000):
                 if line := line.removeprefix(codecs.BOM_UTF8).strip():
-                    return bytes(line)
+                    got.append(bytes(line))
+                    if len(got) == n:
+                        break
     except (OSError, *_FAULTS):
-        return None  # (said where it is read)
+        pass
+    return got
+
+
+def _csv_like(lines: list[bytes]) -> str | None:
+    """The separator of a CSV file whose first lines these are: neither holds JSON (a record
+    or an array) and both hold as many of one separator, at least one; else None.
+
+    >>> _csv_like([b"id;ts;amount", b"t1;2026-01-01;1,5"]), _csv_like([b'{"a": 1}', b"x,y"])
+    (';', None)
+    """
+    if any(line[:1] in (b"{", b"[") for line in lines):
+        return None
+    for sep in (",", ";", "\t", "|"):
+        k = lines[0].count(sep.encode())
+        if k and all(line.count(sep.encode()) == k for line in lines[1:]):
+            return sep
     return None
+
+
+def _named_as(p: Path, fmt: str) -> str:
+    """``p``'s name with the extension of ``fmt`` (a ``.gz`` kept).
+
+    >>> _named_as(Path("x/sim.csv.gz"), "jsonl"), _named_as(Path("bank.jsonl"), "csv")
+    ('sim.jsonl.gz', 'bank.csv')
+    """
+    gz = gzipped(p)
+    base = Path(p.name[:-3] if gz else p.name)
+    return f"{base.stem}.{fmt}" + (p.name[-3:] if gz else "")
 
 
 def check_label_columns(
