@@ -147,8 +147,7 @@ def _report(rs: Ruleset, out: TextIO, *, quiet: bool) -> int:
         print(f"  {status} {r.id:<32} {r.spec.state:<7} {len(ts) - nbad}/{len(ts)} tests", file=out)
         for t in ts:
             if not t.passed:
-                why = t.error or f"expected {t.expect}, got {t.got}"
-                print(f"       {t.where}: test {t.index + 1}: {why}", file=out)
+                print(f"       {t.where}: test {t.index + 1}: {t.why}", file=out)
     for note in rs.notes:  # (only a log line beside `OK` before: a README walk)
         print(f"  note: {note}", file=out)
     untested = [r.id for r in rs.rules if not r.spec.tests]

@@ -703,10 +703,20 @@ class TestResult:
     got: str
     where: str
     error: str | None = None
+    #: Why the rule did not fire where a name it reads was missing (said with a failure).
+    missing: str | None = None
 
     @property
     def passed(self) -> bool:
         return self.error is None and self.expect == self.got
+
+    @property
+    def why(self) -> str:
+        """What a failed test is told."""
+        if self.error is not None:
+            return self.error
+        said = f"expected {self.expect}, got {self.got}"
+        return said if self.missing is None else f"{said} ({self.missing})"
 
 
 class Ruleset:
@@ -866,8 +876,9 @@ class Ruleset:
                     out.append(TestResult(r.id, i, t.expect, got, where))
                 except ValidationError as e:
                     out.append(TestResult(r.id, i, t.expect, "miss", where, f"given {e}"))
-                except MissingName:
-                    out.append(TestResult(r.id, i, t.expect, "miss", where))
+                except MissingName as e:
+                    out.append(TestResult(r.id, i, t.expect, "miss", where,
+                                          missing=_missing_said(e, r.expr.names)))  # fmt: skip
                 except RUNTIME_ERRORS as e:
                     out.append(TestResult(r.id, i, t.expect, "miss", where, f"{e}"))
         return out
@@ -898,6 +909,22 @@ class Ruleset:
             for i, name in enumerate(BUILTINS):
                 values.setdefault(name, cal[i])
         return values
+
+
+def _missing_said(e: MissingName, names: Collection[str]) -> str:
+    """Why a rule test's rule did not fire, a name it reads missing (``expected hit, got
+    miss`` alone did not say: a QA pass gave ``hour`` to a rule reading ``is_night``).
+
+    >>> _missing_said(MissingName("is_night"), ["is_night", "n"])
+    'is_night is not given: the rule does not fire without it; give it, or a ts'
+    >>> _missing_said(MissingName("NA"), ["extra.x"])
+    "a value the rule reads is missing: 'NA'"
+    """
+    name = e.args[0] if e.args else ""
+    if name not in names:  # (an extra value's text that stands for a missing one)
+        return f"a value the rule reads is missing: {name!r}"
+    ts = ", or a ts" if name in BUILTINS else ""
+    return f"{name} is not given: the rule does not fire without it; give it{ts}"
 
 
 _EMPTY: Mapping[str, Any] = {}
@@ -1195,9 +1222,8 @@ def check_tests(rs: Ruleset) -> None:
     failed = [res for res in rs.run_tests() if not res.passed]
     if failed:
         first = failed[0]
-        why = first.error or f"expected {first.expect}, got {first.got}"
         raise ConfigError(
-            f"rule {first.rule_id}: inline test {first.index + 1} failed: {why} "
+            f"rule {first.rule_id}: inline test {first.index + 1} failed: {first.why} "
             f"({len(failed)} failing test(s); run `fds rules check`)",
             where=first.where,
         )

@@ -70,6 +70,30 @@ def test_check_says_the_timezone_in_use(tmp_path: Path, capsys) -> None:
     assert "timezone Asia/Seoul" in capsys.readouterr().out
 
 
+def test_a_failed_test_says_which_name_it_did_not_give(tmp_path: Path, capsys) -> None:
+    """A QA pass: a test giving `hour` to a rule reading `is_night` failed with "expected hit,
+    got miss" alone; an extra value's text read as missing is said too."""
+    p = tmp_path / "r.yaml"
+    p.write_text(
+        "version: v\ntimezone: Asia/Seoul\nfeatures:\n"
+        "  - {name: n1h, entity: card_id, agg: count, window: 1h}\n"
+        "rules:\n"
+        "  - {id: night, when: is_night and n1h >= 2, action: review, score: 0.5, reason: r,\n"
+        "     tests: [{given: {n1h: 3, hour: 2}, expect: hit}]}\n"
+        "  - {id: code, when: extra.code > 3, action: review, score: 0.5, reason: r,\n"
+        "     tests: [{given: {extra.code: NA}, expect: hit}]}\n"
+    )
+    assert main(["rules", "check", str(p)]) == 1
+    out = capsys.readouterr().out
+    assert (
+        "test 1: expected hit, got miss (is_night is not given: the rule does not fire without "
+        "it; give it, or a ts)" in out
+    )
+    assert "test 1: expected hit, got miss (a value the rule reads is missing: 'NA')" in out
+    with pytest.raises(ConfigError, match=r"got miss \(is_night is not given"):
+        load_ruleset(p, run_tests=True)
+
+
 def test_check_notes_a_long_list_in_short(tmp_path: Path, capsys) -> None:
     """A QA pass: 5,000 features no rule reads were one line of 5,000 names."""
     p = tmp_path / "many.yaml"
