@@ -614,6 +614,8 @@ class FeaturePlan:
         Returns whether the label changed anything (not unmatched, not already counted).
         """
         tx_id = label["tx_id"]
+        if tx_id.__class__ is not str:  # (the store's key: see TxStore.remember)
+            tx_id = str(tx_id)
         found = self._labels.find(tx_id)
         if found is None:
             self.unmatched_labels += 1

@@ -170,9 +170,9 @@ class _Part:
             setattr(self, name, value)
 
     def find(self, key: bytes) -> tuple[Any, float, int | None] | None:
-        ids = self.ids
-        i = int(ids.searchsorted(key))
-        if i < len(ids) and ids[i] == key:
+        ids = self.ids  # (the last of equal ids: the newest, a stable sort kept their order)
+        i = int(ids.searchsorted(key, side="right")) - 1
+        if i >= 0 and ids[i] == key:
             parts = self.parts
             return self.keys[i], float(self.ts[i]), int(parts[i]) if parts is not None else None
         return None
@@ -229,8 +229,8 @@ class _Bucket:
                 yield _decode(b), k, t, q
 
     def find(self, tx_id: str, key: bytes, h: int) -> tuple[Any, float, int | None] | None:
-        if self.open is not None:
-            for keys, ts, in_part in self.open:
+        if self.open is not None:  # (newest segment first: a repeated id is its newest)
+            for keys, ts, in_part in reversed(self.open):
                 k = keys.get(tx_id)
                 if k is not None:
                     return k, ts[tx_id], in_part.get(tx_id)
@@ -378,16 +378,21 @@ class TxStore:
     """
 
     __slots__ = (
-        "_countdown", "_cur", "_due", "_garbage", "_keys", "_parts", "_ts", "buckets", "span",
+        "_countdown", "_cur", "_due", "_garbage", "_keys", "_known", "_parts", "_ts", "buckets",
+        "span",
     )  # fmt: skip
 
     def __init__(self, span: float) -> None:
         self.span = span
         self.buckets: dict[int, _Bucket] = {}
-        self._cur = -1  # index of the bucket last written, and its three dicts (cached)
+        # index of the bucket last written (None: none; it was -1, the index of the bucket
+        # of the times in [-span, 0): their transactions went into dicts of no bucket, and
+        # their labels were unmatched), its three dicts and its labels known (cached)
+        self._cur: int | None = None
         self._keys: dict[str, Any] = {}
         self._ts: dict[str, float] = {}
         self._parts: dict[str, int] = {}
+        self._known: dict[str, int] = {}
         self._due: list[int] = []  # buckets to freeze, oldest first
         self._garbage: list[Any] = []  # open segments of frozen buckets, dropped one per step
         self._countdown = _STEP_EVERY  # remembered transactions until the next freeze step
@@ -406,13 +411,19 @@ class TxStore:
 
     def _uncache(self) -> None:
         """Forget the bucket last written (its dicts were replaced or frozen)."""
-        self._cur, self._keys, self._ts, self._parts = -1, {}, {}, {}
+        self._cur, self._keys, self._ts, self._parts, self._known = None, {}, {}, {}, {}
 
     def remember(self, tx_id: str, t: float, keys: Any) -> None:
-        """Record an accepted transaction (``t`` must be at or after the last freeze horizon)."""
+        """Record an accepted transaction (``t`` must be at or after the last freeze horizon).
+        A ``tx_id`` remembered before is the new transaction's from then on (:meth:`find`
+        answers the newest), with no label known of it."""
         # (a whole float against the int: the same test as int(t // span) != _cur, no call)
         if t // self.span != self._cur:
             self._enter(t)
+        if tx_id.__class__ is not str:  # (an int id failed the bucket's freeze: as the
+            tx_id = str(tx_id)  # schema reads it, the text of the number, a QA pass)
+        if self._known:  # (labels are rare: a repeated id's label was the old one's, a QA)
+            self._known.pop(tx_id, None)
         self._keys[tx_id] = keys
         self._ts[tx_id] = t
         self._countdown -= 1
@@ -423,6 +434,10 @@ class TxStore:
         """:meth:`remember`, with the transaction's input partition (0 to 65535)."""
         if t // self.span != self._cur:
             self._enter(t)
+        if tx_id.__class__ is not str:
+            tx_id = str(tx_id)
+        if self._known:
+            self._known.pop(tx_id, None)
         self._keys[tx_id] = keys
         self._ts[tx_id] = t
         self._parts[tx_id] = part
@@ -438,13 +453,14 @@ class TxStore:
             bk = self.buckets[b] = _Bucket()
         assert bk.open is not None  # frozen: out of reach
         self._cur, (self._keys, self._ts, self._parts) = b, bk.open[-1]
+        self._known = bk.known
 
     def _tick(self) -> None:
         """Every _STEP_EVERY transactions: a new segment if the current one is full, and a
         step of the freezes due."""
         self._countdown = _STEP_EVERY
-        if len(self._keys) >= _SEGMENT:  # start a new segment of the current bucket
-            segs = self.buckets[self._cur].open
+        if len(self._keys) >= _SEGMENT and self._cur is not None:  # a new segment of the
+            segs = self.buckets[self._cur].open  # current bucket
             assert segs is not None
             segs.append(({}, {}, {}))
             self._keys, self._ts, self._parts = segs[-1]
@@ -474,8 +490,11 @@ class TxStore:
             self._step()
 
     def find(self, tx_id: str) -> tuple[_Bucket, Any, float, int | None] | None:
-        """``(bucket, keys, ts, input partition)`` of ``tx_id``, newest bucket first (the
-        partition ``None`` when not recorded); ``None`` if unknown."""
+        """``(bucket, keys, ts, input partition)`` of ``tx_id`` (not text: its ``str``, as
+        remembered), newest bucket first (the partition ``None`` when not recorded); ``None``
+        if unknown."""
+        if tx_id.__class__ is not str:
+            tx_id = str(tx_id)
         key = _encode(tx_id)
         h = _hash(key)
         for bk in reversed(self.buckets.values()):

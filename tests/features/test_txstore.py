@@ -91,6 +91,77 @@ def test_label_for_a_frozen_transaction_counts_once_and_can_be_withdrawn() -> No
     assert plan.unmatched_labels == 1
 
 
+def test_a_repeated_tx_id_has_its_labels_go_to_its_newest_transaction() -> None:
+    """A QA pass: repeated within a bucket of the store (~11 min at a 1d window), a label
+    found the first transaction's label known, so the new one's fraud label was "already
+    counted" and a `false` withdrew the old one's, against the README."""
+    specs = [
+        Spec("c_fc", "card_id", "fraud_count", None, "1d"),
+        Spec("m_fc", "merchant_id", "fraud_count", None, "1d"),
+    ]
+    for gap in (100.0, 2000.0):  # (the same bucket, then the next)
+        plan = FeaturePlan(specs)
+        plan.compute({"tx_id": "t6", "ts": 0.0, "card_id": "c1", "merchant_id": "m1"})
+        assert plan.on_label({"tx_id": "t6", "ts": 1.0, "is_fraud": True})
+        plan.compute({"tx_id": "t6", "ts": gap, "card_id": "c2", "merchant_id": "m4"})
+        assert plan.on_label({"tx_id": "t6", "ts": gap + 1, "is_fraud": True})
+        tx = {"tx_id": "x", "ts": gap + 2, "card_id": "c2", "merchant_id": "m4"}
+        assert plan.compute(tx) == {"c_fc": 1, "m_fc": 1}
+        plan = FeaturePlan(specs)
+        plan.compute({"tx_id": "t1", "ts": 0.0, "card_id": "c", "merchant_id": "m"})
+        plan.on_label({"tx_id": "t1", "ts": 1.0, "is_fraud": True})
+        plan.compute({"tx_id": "a", "ts": gap, "card_id": "c", "merchant_id": "m"})
+        plan.on_label({"tx_id": "a", "ts": gap + 1, "is_fraud": True})
+        plan.compute({"tx_id": "t1", "ts": gap, "card_id": "c", "merchant_id": "m"})
+        assert not plan.on_label({"tx_id": "t1", "ts": gap + 2, "is_fraud": False})
+        tx = {"tx_id": "y", "ts": gap + 3, "card_id": "c", "merchant_id": "m"}
+        assert plan.compute(tx) == {"c_fc": 2, "m_fc": 2}
+
+
+def test_a_repeated_tx_id_is_found_newest_across_segments_open_and_frozen(monkeypatch) -> None:
+    """An id repeated in a later segment of its bucket was found in the first one (the
+    oldest), open or frozen."""
+    from fds.features import txstore
+
+    monkeypatch.setattr(txstore, "_SEGMENT", 8)
+    store = TxStore(span=1000.0)
+    store.remember("dup", 1.0, "old")
+    for i in range(3 * txstore._STEP_EVERY):  # (a new segment at the next tick past 8)
+        store.remember(f"f{i}", 2.0, "m")
+    assert len(store.buckets[0].open or ()) > 1
+    store.remember("dup", 3.0, "new")
+    assert store.find("dup")[1:3] == ("new", 3.0)  # type: ignore[index]
+    store.expire(freeze_before=1e9, drop_before=-1e9)
+    store.flush()
+    assert store.buckets[0].open is None
+    assert store.find("dup")[1:3] == ("new", 3.0)  # type: ignore[index]
+
+
+def test_a_transaction_of_the_bucket_before_time_0_is_remembered() -> None:
+    """Times in [-span, 0) are bucket -1, the index that meant "no bucket written yet": their
+    transactions went into dicts of no bucket and their labels were unmatched (a QA pass)."""
+    plan = FeaturePlan([Spec("fc", "card_id", "fraud_count", None, "1d")])
+    plan.compute({"tx_id": "a", "ts": -100.0, "card_id": "c", "amount": 1.0})
+    assert plan.on_label({"tx_id": "a", "ts": -50.0, "is_fraud": True})
+    assert plan.unmatched_labels == 0
+    assert plan.compute({"tx_id": "b", "ts": -10.0, "card_id": "c", "amount": 1.0}) == {"fc": 1}
+
+
+def test_an_id_that_is_no_text_is_its_text_open_and_frozen() -> None:
+    """A QA pass: an int tx_id (the plan takes a record as it is) failed `on_label` and, once
+    its bucket froze, a later `compute`; it is read as the schema reads it, its text."""
+    plan = FeaturePlan([Spec("fc", "card_id", "fraud_count", None, "1d")])
+    plan.compute({"tx_id": 1, "ts": 0.0, "card_id": "c", "amount": 1.0})
+    assert plan.on_label({"tx_id": 1, "ts": 5.0, "is_fraud": True})
+    assert plan.compute({"tx_id": 2, "ts": 6.0, "card_id": "c", "amount": 1.0}) == {"fc": 1}
+    for i in range(3, 2000):  # (its bucket frozen by the later ones)
+        plan.compute({"tx_id": i, "ts": 6.0 + 5 * i, "card_id": "c", "amount": 1.0})
+    plan._labels.flush()
+    assert any(bk.open is None for bk in plan._labels.buckets.values())
+    assert plan.on_label({"tx_id": "2", "ts": 9000.0, "is_fraud": True})
+    assert plan.on_label({"tx_id": 1999, "ts": 10001.0, "is_fraud": True})
+
+
 def test_freeze_is_spread_over_later_transactions_and_answers_throughout() -> None:
     store = TxStore(span=1000.0)
     rng = random.Random(5)
