@@ -164,6 +164,35 @@ def test_a_calendar_day_ends_at_midnight_to_the_last_fraction_of_a_second() -> N
     assert feed(plan, m - 4e-7, amount=2.0) == {"n": 2, "s": 3.0}
 
 
+def test_the_hour_repeated_across_midnight_reads_its_own_date_whatever_came_before() -> None:
+    """A QA pass: where the clocks fell back across midnight (St. John's, 2010-11-07: 00:01
+    NDT back to 23:01 NST), the cached day (all of Sunday) answered for the repeated hour once
+    another card's event had fallen in Sunday's first minute: Saturday 23:15 counted from
+    Sunday's midnight, and from Saturday's after a restore."""
+    from datetime import datetime, timedelta, timezone
+
+    from fds.features import DayClock
+
+    ndt, nst = timezone(timedelta(hours=-2.5)), timezone(timedelta(hours=-3.5))
+    sat_noon = datetime(2010, 11, 6, 12, 0, tzinfo=ndt).timestamp()
+    sun_first_minute = datetime(2010, 11, 7, 0, 0, 30, tzinfo=ndt).timestamp()
+    repeated = datetime(2010, 11, 6, 23, 15, tzinfo=nst).timestamp()
+    sun_late = datetime(2010, 11, 7, 0, 30, tzinfo=nst).timestamp()
+    saturday = datetime(2010, 11, 6, tzinfo=ndt).timestamp()
+    sunday = datetime(2010, 11, 7, tzinfo=ndt).timestamp()
+    for order in ([sun_first_minute, repeated], [repeated], [sun_late, repeated]):
+        clock = DayClock("America/St_Johns")
+        for t in order:
+            clock.day_start(t)
+        assert clock.day_start(repeated) == saturday, order
+    assert DayClock("America/St_Johns").day_start(sun_late) == sunday
+    specs = [S(name="n", entity="card_id", agg="count", field=None, window="calendar_day")]
+    plan = FeaturePlan(specs, timezone="America/St_Johns")
+    feed(plan, sat_noon)
+    feed(plan, sun_first_minute, card_id="other")
+    assert feed(plan, repeated) == {"n": 2}  # (Saturday noon and itself: it said 1)
+
+
 def test_a_number_too_large_to_square_is_missing_and_breaks_no_sum() -> None:
     """Found by a QA pass: two values of 1e308 made the window's mean None for its whole
     length and the entity's later events dead letters (fsum's intermediate overflow)."""
