@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 from fds.errors import ConfigError
@@ -40,6 +42,7 @@ __all__ = [
     "Layout",
     "WindowDef",
     "compile_specs",
+    "extra_key",
     "grace_seconds",
     "reserved",
     "window_seconds",
@@ -239,6 +242,36 @@ def entity_problem(entity: str) -> str | None:
     )
 
 
+_EXTRA_KEY = re.compile(r"""extra\.(.+)|extra\[(?:'([^']+)'|"([^"]+)")\]""", re.DOTALL)
+
+
+def extra_key(key: str) -> str | None:
+    """The extra name ``key`` names as a rule reads it (``extra.vip``, ``extra['risk-score']``:
+    that form was refused in a test's ``given``, a review), else None.
+
+    >>> extra_key("extra['risk-score']"), extra_key("extra.vip"), extra_key("amount")
+    ('risk-score', 'vip', None)
+    """
+    m = _EXTRA_KEY.fullmatch(key)
+    return None if m is None else next(g for g in m.groups() if g is not None)
+
+
+def _as_read(spec: Any) -> Any:
+    """``spec`` with an ``entity`` or ``field`` written as a rule reads it, ``extra['x y']``,
+    as the plan reads it, ``extra.x y`` (a declaration other than the rules file's read it as
+    a top-level field of that name, always missing: a QA pass)."""
+    names = {}
+    for attr in ("entity", "field"):
+        v = getattr(spec, attr, None)
+        name = extra_key(v) if isinstance(v, str) and v.startswith("extra[") else None
+        if name is not None:
+            names[attr] = f"extra.{name}"
+    if not names:
+        return spec
+    fields = {k: getattr(spec, k, None) for k in ("name", "entity", "agg", "field", "window")}
+    return SimpleNamespace(**(fields | names))
+
+
 def _validate(spec: Any, i: int, seen: set[str]) -> None:
     for attr in ("name", "entity", "agg", "field", "window"):
         if not hasattr(spec, attr):
@@ -271,7 +304,7 @@ def compile_specs(specs: Sequence[Any]) -> Layout:
     groups: dict[str, Group] = {}
     names: list[str] = []
     seen: set[str] = set()
-    for i, spec in enumerate(specs):
+    for i, spec in enumerate(map(_as_read, specs)):
         _validate(spec, i, seen)
         seconds = window_seconds(spec.window, f"feature {spec.name!r}")
         g = groups.get(spec.entity)

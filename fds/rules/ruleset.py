@@ -55,6 +55,7 @@ from fds.features.spec import (  # one definition of each
     FIELD_AGGS,
     RESERVED,
     entity_problem,
+    extra_key,
     grace_seconds,
     reserved,
     window_seconds,
@@ -954,20 +955,6 @@ def _check_given(what: str, want: str, value: Any) -> None:
         raise ValidationError(
             f"{name}: {value!r} is {_KINDS.get(got, got)}, {what} is {_KINDS[want]}"
         )
-
-
-_EXTRA_KEY = re.compile(r"""extra\.(.+)|extra\[(?:'([^']+)'|"([^"]+)")\]""", re.DOTALL)
-
-
-def extra_key(key: str) -> str | None:
-    """The extra name a test's ``given`` key names, as the rule reads it (``extra.vip``,
-    ``extra['risk-score']``: that form was refused, a review), else None.
-
-    >>> extra_key("extra['risk-score']"), extra_key("extra.vip"), extra_key("amount")
-    ('risk-score', 'vip', None)
-    """
-    m = _EXTRA_KEY.fullmatch(key)
-    return None if m is None else next(g for g in m.groups() if g is not None)
 
 
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", " ": " ", "_": "\xa0", "N": "\x85",

@@ -75,3 +75,16 @@ def test_a_plan_without_features_gives_empty_snapshots() -> None:
     plan = FeaturePlan([])
     assert plan.compute({"tx_id": "1", "ts": 1.0, "card_id": "c", "amount": 2.0}) == {}
     assert plan.state_sizes() == {}
+
+
+def test_an_extra_name_written_as_a_rule_reads_it_declares_the_same_feature() -> None:
+    """A QA pass: `extra['risk-score']` in a declaration other than the rules file's (the
+    plan's own docstring declares with a SimpleNamespace) read a top-level field of that name,
+    always missing."""
+    from types import SimpleNamespace
+
+    d = dict(name="a", entity="extra['risk-score']", agg="sum", field='extra["v-x"]', window="1h")
+    tx = {"tx_id": "1", "ts": 0.0, "card_id": "c", "extra": {"risk-score": "r", "v-x": 2.0}}
+    plans = [FeaturePlan([SimpleNamespace(**d)]), FeaturePlan([FeatureSpec(**d)])]
+    assert [p.compute(dict(tx)) for p in plans] == [{"a": 2.0}, {"a": 2.0}]
+    assert plans[0].layout.fingerprint == plans[1].layout.fingerprint
