@@ -1218,9 +1218,11 @@ class ModelServer:
         # a version refused or rolled back is a warning: `fds -q` shows it (a rejected rules
         # file is an error line; a rejected model was an INFO line only: a QA report)
         level = logging.WARNING if kind in _WARN else logging.INFO
-        # (a value that is none is left out: the first swap was `from="None"`, a QA pass)
-        pairs = " ".join(f'{k}="{v}"' for k, v in info.items() if v is not None)
-        log.log(level, "model %s %s", kind, pairs)
+        # (a value that is none is left out: the first swap was `from="None"`, a QA pass); the
+        # pairs in the template, so that JSON logs give them as fields (one string argument
+        # kept them inside `msg`: a QA pass)
+        said = {k: v for k, v in info.items() if v is not None}
+        log.log(level, "model %s" + "".join(f' {k}="%s"' for k in said), kind, *said.values())
         m = self.metrics
         if m is not None:
             if kind == "swap":

@@ -3462,13 +3462,17 @@ class Runner:
         # stopped, and the group consumer goes back there.
         refold = {tp: c for tp, (_, c) in ranges.items() if reached[tp] < c}
         pos.update({tp.partition: reached[tp] for tp in refold})
-        log.info(
+        parts, records = sorted(tp.partition for tp in alone or tps), self.stats.caught_up - folded
+        seconds = round(time.monotonic() - t0, 1)
+        log.info(  # (the pairs unquoted in the text, which scripts read: bench_failover, chaos;
+            # fields too, for JSON logs, where they were none: a QA pass)
             "%s partitions=%s records=%d seconds=%.1f (state only, no output) ranges=%s%s",
-            what, sorted(tp.partition for tp in alone or tps), self.stats.caught_up - folded,
-            time.monotonic() - t0, {tp.partition: r for tp, r in sorted(ranges.items())},
+            what, parts, records, seconds,
+            {tp.partition: r for tp, r in sorted(ranges.items())},
             f"; folded as the partitions behind are decided: "
             f"{ {tp.partition: (reached[tp], c) for tp, c in sorted(refold.items())} }"
             if refold else "",
+            extra={"partitions": parts, "records": records, "seconds": seconds},
         )  # fmt: skip
         self.checkpoint(force=True)
         self._refold = refold
@@ -4153,9 +4157,16 @@ class Runner:
         started = logged if since is None else since  # (the first try of a retried call: its
         # log said "5 s of 49 s" 15 s into an outage, a QA pass)
         seen = progress() if progress is not None else 0
+        said = False  # (a wait said: its end is said too, as BrokerWatch says an outage's)
         while True:
             if call.done.wait(WAIT_STEP_S):
-                return call.result()
+                got = call.result()
+                if said:  # (the last line was "... waiting for Kafka", a QA pass)
+                    log.warning('Kafka answers again after an outage seconds="%.0f" in="%s"',
+                                time.monotonic() - started, what)  # fmt: skip
+                    if not held:
+                        self._broker_state(True)
+                return got
             now = self.health.beat = time.monotonic()  # (live: it ends by the deadline)
             if progress is not None and (got := progress()) > seen:  # slow, not silent: the
                 seen, started, logged = got, now, now  # broker answers
@@ -4183,7 +4194,7 @@ class Runner:
                     f"restart fds (offsets are committed up to {self._committed_up_to})"
                 )
             if now - logged >= WAIT_LOG_S:
-                logged = now
+                logged, said = now, True
                 if not held:
                     self._broker_state(False)
                 log.warning("%s waiting for Kafka at %s (%.0f s of %.0f s)", what,
@@ -4536,6 +4547,10 @@ def produce_file(
                 if isinstance(rec, FileCut):  # the file ends here: nothing of it to send (an
                     cut = rec  # empty record was sent, and exit 0 for a damaged .gz)
                     break
+                if rate:  # pacing to the requested rate (a low one: long), before a record:
+                    ahead = n / rate - (time.monotonic() - t0)  # none after the last (it
+                    if ahead > 0:  # waited one interval more at the end: a QA pass)
+                        wakeful_sleep(ahead)
                 if isinstance(rec, dict):
                     truth = rec.pop(label.column, None) if label is not None else None
                     if rec.get("ts") is not None:
@@ -4596,10 +4611,6 @@ def produce_file(
                             'producing records="%d" acknowledged="%d" line="%d" rate="%.0f/s"',
                             n, acked[0], line, n / max(now - t0, 1e-9),
                         )  # fmt: skip
-                if rate:
-                    ahead = n / rate - (time.monotonic() - t0)
-                    if ahead > 0:
-                        wakeful_sleep(ahead)  # pacing to the requested rate (a low one: long)
                 if limit is not None and n >= limit:
                     break
             try:  # (a SIGTERM while waiting here says what was sent too: a QA pass; a wait

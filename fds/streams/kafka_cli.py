@@ -138,14 +138,6 @@ def _up(args: argparse.Namespace) -> int:
                 raise ConfigError(
                     f"{other} and {flag} are both {port}: each listener needs a port of its own"
                 )
-    ddir = Path(args.data_dir) if args.data_dir else kafka_kit.data_dir_default()
-    try:  # (a raw FileNotFoundError for /proc/x, said as a failure of fds's: a QA pass)
-        ddir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot make the data dir {ddir}: {exc.strerror or exc}; give a folder you can "
-            "write (--data-dir, or FDS_KAFKA_DIR)"
-        ) from exc
     bootstrap = kafka_kit.up(
         args.port, args.controller_port, args.data_dir, timeout=args.timeout,
         secure_port=args.secure_port,

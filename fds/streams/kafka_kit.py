@@ -742,8 +742,14 @@ def up(
     # absolute: the broker runs with the data dir as its working directory
     ddir = Path(data_dir).expanduser().resolve() if data_dir else data_dir_default()
     made = not ddir.exists()
-    try:
+    try:  # (a raw FileNotFoundError for /proc/x, said as a failure of fds's: a QA pass)
         ddir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot make the data dir {ddir}: {exc.strerror or exc}; give a folder you can "
+            "write (--data-dir, or FDS_KAFKA_DIR)"
+        ) from exc
+    try:
         # one `up` at a time per data dir: two at once would both start a broker
         with open(ddir / ".up.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)

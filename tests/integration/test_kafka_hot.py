@@ -87,6 +87,22 @@ def test_produce_says_how_far_it_got_as_it_goes(
     assert 'producing records="2048"' in caplog.text
 
 
+def test_produce_at_a_rate_waits_before_a_record_never_after_the_last(
+    kafka_bootstrap, topics, unique_name, tmp_path, monkeypatch
+):
+    """A QA pass: `--rate 0.5 --limit 2` took ~4.7 s, the pacing wait after the last record
+    too. Each wait comes before the record it paces (waits recorded, not slept)."""
+    waits: list[float] = []
+    monkeypatch.setattr("fds.streams.kafka.wakeful_sleep", waits.append)
+    s = settings_for(kafka_bootstrap, topics, unique_name("g"))
+    write_stream(tmp_path / "tx.jsonl", 5)
+    assert produce_file(tmp_path / "tx.jsonl", s, rate=0.5, limit=3) == 3
+    assert len(waits) == 2 and all(w > 0 for w in waits), waits  # (before the 2nd and 3rd)
+    waits.clear()
+    assert produce_file(tmp_path / "tx.jsonl", s, rate=0.5) == 5  # (to the file's end)
+    assert len(waits) == 4, waits
+
+
 def test_model_versions_swapped_under_load_one_corrupt(
     kafka_bootstrap, make_topics, unique_name, tmp_path
 ):

@@ -508,6 +508,24 @@ def test_the_first_swap_names_no_version_it_came_from(tmp_path: Path, caplog) ->
     assert 'model swap to="v000001"' in caplog.text and "None" not in caplog.text
 
 
+def test_a_model_event_s_pairs_are_fields_of_a_json_log_line(tmp_path: Path, caplog) -> None:
+    """A QA pass: `model swap from=... to=... why=...` was one argument of "model %s %s", so
+    `--log-format json` kept the versions inside `msg`."""
+    import orjson
+
+    from fds.logs import JsonFormatter
+
+    reg = Registry(tmp_path)
+    srv = ModelServer(load_spec("default"), registry=reg, learn=False)
+    reg.promote(reg.publish(FeatureModel("amount"), spec={"name": "default"})["version"])
+    with caplog.at_level("INFO", logger="fds.models"):
+        srv.poll()
+        Engine(model=srv).report()  # (said by the deciding thread)
+    lines = [orjson.loads(JsonFormatter().format(r)) for r in caplog.records]
+    swap = next(r for r in lines if "swap" in r["msg"])
+    assert swap["msg"] == "model swap" and swap["to"] == "v000001" and "from" not in swap
+
+
 def test_a_verdict_the_registry_cannot_take_is_tried_until_it_is_written(tmp_path: Path) -> None:
     """A QA pass: a promotion the registry could not take for 36 s (read-only for a moment)
     was given up, and the watcher then took the registry's old champion for a change made by

@@ -89,9 +89,11 @@ def test_a_controller_port_in_use_is_refused_before_the_broker_starts(tmp_path):
     assert not (tmp_path / "kraft").exists()  # nothing formatted
 
 
-def test_a_port_in_use_leaves_no_data_dir_made_for_it(tmp_path):
+def test_a_port_in_use_leaves_no_data_dir_made_for_it(tmp_path, capsys):
     """A QA pass: the refusal left the --data-dir it had made, empty; one that was there
-    stays."""
+    stays. Through `fds kafka up` too (it made the folder before the kit: a later QA pass)."""
+    from fds.cli import main
+
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -99,7 +101,11 @@ def test_a_port_in_use_leaves_no_data_dir_made_for_it(tmp_path):
         for ddir in (tmp_path / "new", tmp_path):
             with pytest.raises(ConfigError, match=rf"port {port} is already in use, not by"):
                 kafka_kit.up(port=port, controller_port=port + 1, data_dir=ddir)
+        cli = ["kafka", "up", "--port", str(port), "--data-dir", str(tmp_path / "cli")]
+        assert main(cli) == 2
+    assert f"port {port} is already in use" in capsys.readouterr().err
     assert not (tmp_path / "new").exists() and tmp_path.is_dir()
+    assert not (tmp_path / "cli").exists()
 
 
 def test_the_scram_password_is_not_on_the_formatting_command_line(tmp_path, monkeypatch):

@@ -155,6 +155,14 @@ def test_a_rebuild_of_every_partition_keeps_the_model_gate(tmp_path, caplog):
         r._bring_up_to_date(p)
     assert "rebuild partitions=[0, 1, 2]" in caplog.text
     assert model.acting
+    # its figures are fields of a JSON log line too (they were inside `msg` alone: a QA pass)
+    import orjson
+
+    from fds.logs import JsonFormatter
+
+    (line,) = (r for r in caplog.records if r.getMessage().startswith("rebuild partitions="))
+    got = orjson.loads(JsonFormatter().format(line))
+    assert got["partitions"] == "[0, 1, 2]" and got["records"] >= 0 and "seconds" in got
 
 
 def test_an_own_partition_within_the_grace_period_behind(tmp_path, caplog):

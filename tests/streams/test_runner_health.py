@@ -222,7 +222,29 @@ def test_offsets_an_open_transaction_holds_back_are_no_broker_outage(tmp_path, m
     slow = lambda: time.sleep(0.1) or 1  # noqa: E731
     assert r._waited("reading the committed offsets", slow, time.monotonic() + 5, held=True)
     assert r._broker_up is None
-    assert r._waited("commit", slow, time.monotonic() + 5) and r._broker_up is False
+    states: list[bool] = []
+    said = r._broker_state
+    r._broker_state = lambda up: states.append(up) or said(up)  # type: ignore[method-assign]
+    assert r._waited("commit", slow, time.monotonic() + 5)
+    # said silent while it waited, and answering once it did (it stayed 0: a QA pass)
+    assert states[0] is False and states[-1] is True and r._broker_up is True
+
+
+def test_a_wait_said_on_the_log_says_its_end(tmp_path, monkeypatch, caplog):
+    """A QA pass: after "acknowledgement waiting for Kafka ... (25 s of 60 s)" the broker came
+    back and deciding resumed, and no line said so (the idle loop's outage says its end)."""
+    import time
+
+    from fds.streams import kafka
+
+    monkeypatch.setattr(kafka, "WAIT_LOG_S", 0.01)
+    monkeypatch.setattr(kafka, "WAIT_STEP_S", 0.01)
+    r = runner(Broker(logs(n0=1, n1=1), committed={}), tmp_path, eng=engine(Metrics()))
+    with caplog.at_level("WARNING", logger="fds.streams.kafka"):
+        assert r._waited("acknowledgement", lambda: time.sleep(0.1) or 1, time.monotonic() + 5)
+        assert r._waited("commit", lambda: 1, time.monotonic() + 5)  # (no wait: nothing said)
+    said = [m for m in caplog.messages if "answers again" in m]
+    assert len(said) == 1 and 'in="acknowledgement"' in said[0], caplog.messages
 
 
 def test_a_member_the_heartbeat_found_fenced_stops_before_deciding_more(tmp_path):
