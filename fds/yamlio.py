@@ -48,6 +48,7 @@ __all__ = [
 ]
 
 _MERGE = "tag:yaml.org,2002:merge"
+_BOOL, _STR = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:str"
 #: Nodes a document's aliases may add once expanded (a 600-byte model spec of anchors nested
 #: ten deep passed, and publishing it expanded 10^10 values: a QA pass).
 MAX_NODES = 100_000
@@ -68,6 +69,12 @@ class _Strict(yaml.SafeLoader):
             for knode, _ in node.value:
                 if knode.tag == _MERGE:  # (<<: *defaults: its keys may be overridden)
                     continue
+                if knode.tag == _BOOL and isinstance(knode, yaml.ScalarNode) and not knode.style:
+                    # a key `on:`, `yes:`, `no:` is that word, not YAML 1.1's true/false: no
+                    # file of fds has a key that is one (a model spec's `on: amount` was said
+                    # as "no parameter True", a typo `yes:` as "unknown key True" with no
+                    # line: a QA pass)
+                    knode.tag = _STR
                 key = self.construct_object(knode, deep=True)
                 try:
                     again = key in seen

@@ -126,3 +126,13 @@ def test_a_settings_file_is_read_as_every_yaml_file_is(tmp_path: Path) -> None:
         load_settings(tmp_path)
     with pytest.raises(ConfigError, match="settings file not found"):
         load_settings(tmp_path / "nope.yaml")
+
+
+def test_a_key_that_yaml_1_1_reads_as_true_or_false_is_its_word() -> None:
+    """A QA pass: a model spec's `on: amount` (feature_extraction.Agg's parameter) was said as
+    "has no parameter True", a typo `yes:` as "unknown key True" with no line; values stay
+    YAML's booleans, quoted keys and values their text."""
+    from fds.yamlio import load
+
+    got = load("on: 1\nyes: 2\nOff: 3\n'true': 4\nx: yes\nno: [on]\n")
+    assert got == {"on": 1, "yes": 2, "Off": 3, "true": 4, "x": True, "no": [True]}

@@ -406,6 +406,8 @@ _PENALTIES = frozenset({"l1", "l2"})
 _AT_LEAST_0 = {"intercept_lr": "the intercept's learning rate (0: a fixed intercept)"}
 _ABOVE_0 = {"clip_gradient": "the gradient's clip"}
 _ENSEMBLES = frozenset({"n_models", "n_estimators"})
+#: The largest ``intercept_init`` taken (a logistic of 37 or more is 1.0 in a float).
+MAX_INTERCEPT = 30.0
 MAX_MODELS = 1000
 _TYPE_WORDS = {bool: "true or false", int: "a number", float: "a number"}
 
@@ -432,6 +434,17 @@ def _badly_valued(key: str, value: Any, default: Any, hint: str = "") -> str | N
         return f"{key}: {_AT_LEAST_0[key]} must be 0 or more, got {value!r}{_exponent(value)}"
     if key in _ABOVE_0 and number and not 0 < value <= math.inf:
         return f"{key}: {_ABOVE_0[key]} must be more than 0, got {value!r}{_exponent(value)}"
+    # (NaN or an infinity for any other number: `intercept_init: .inf` scored every payment
+    # 1.0 and declined a third of them, a QA pass; one whose default is infinite may be)
+    unbounded = key in _ABOVE_0 or (type(default) is float and math.isinf(default))
+    if type(value) is float and (value != value or (math.isinf(value) and not unbounded)):
+        return f"{key}: must be a finite number, got {value!r}{_exponent(value)}"
+    if key == "intercept_init" and number and not -MAX_INTERCEPT <= value <= MAX_INTERCEPT:
+        return (  # (1e6 behind a scaler scored every payment 1.0 and declined a third: a QA)
+            f"{key}: must be within ±{MAX_INTERCEPT:g} (beyond ~37 the logistic of every score "
+            f"is exactly 0 or 1: no transaction ranks above another), got {value!r}"
+            f"{_exponent(value)}"
+        )
     want = type(default)
     if want not in _TYPE_WORDS or (type(value) is bool if want is bool else number):
         return None

@@ -83,7 +83,10 @@ class SnapshotStore(Protocol):
     """
 
     def put(self, tx_id: str, ts: float, x: dict[str, float]) -> None:
-        """Store a decision's input; an id already stored or settled is left as it is."""
+        """Store a decision's input; one pending already is replaced (a repeated ``tx_id``'s
+        label is its newest transaction's, as the features take it: the first one's input
+        was learned, a QA pass; a redelivered decision is the same), one assumed legitimate,
+        labelled or settled is left as it is."""
         ...
 
     def get(self, tx_id: str) -> tuple[float, dict[str, float], bool] | None:
@@ -136,10 +139,7 @@ class MemoryStore:
         self._keys: tuple[str, ...] = ()
 
     def put(self, tx_id: str, ts: float, x: dict[str, float]) -> None:
-        if (
-            tx_id in self._pending or tx_id in self._assumed or tx_id in self._legit
-            or tx_id in self._settled
-        ):  # fmt: skip
+        if tx_id in self._assumed or tx_id in self._legit or tx_id in self._settled:
             return
         keys = tuple(x)
         if keys == self._keys:
@@ -268,8 +268,10 @@ class SqliteStore:
     # ``assumed``: 0 pending, 1 assumed legitimate, 2 settled (input dropped, id kept; ``x``
     # then holds the label learned, b"1" or b"0": NULL in a store of an earlier release)
     def put(self, tx_id: str, ts: float, x: dict[str, float]) -> None:
-        self._db.execute(
-            "INSERT OR IGNORE INTO snaps VALUES (?, ?, 0, ?)", (tx_id, ts, orjson.dumps(x))
+        self._db.execute(  # (a pending one replaced: see Store.put)
+            "INSERT INTO snaps VALUES (?, ?, 0, ?) ON CONFLICT (tx_id) DO UPDATE SET "
+            "ts = excluded.ts, x = excluded.x WHERE assumed = 0",
+            (tx_id, ts, orjson.dumps(x)),
         )
 
     def get(self, tx_id: str) -> tuple[float, dict[str, float], bool] | None:

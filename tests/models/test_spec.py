@@ -70,11 +70,33 @@ def test_shipped_specs_build(name: str) -> None:
             ":4",
             "linear_model.LogisticRegression: l2: must be a number (default 0.0), got 'abc'",
         ),
-        (  # a value of the right type the parameter check lets by: the sample row catches it
+        (  # NaN or an infinity, any number (the sample row caught this one; `intercept_init:
+            # .inf` passed, and scored every payment 1.0: a QA pass)
             "name: x\npipeline:\n  - preprocessing.StandardScaler: {}\n"
             "  - linear_model.PAClassifier: {C: .nan}\n",
             ":4",
-            "the pipeline fails on a sample row",
+            "C: must be a finite number, got nan",
+        ),
+        (
+            "name: x\npipeline:\n  - linear_model.LogisticRegression: {intercept_init: .inf}\n",
+            ":3",
+            "intercept_init: must be a finite number, got inf",
+        ),
+        (
+            "name: x\npipeline:\n  - tree.HoeffdingTreeClassifier: {delta: .nan}\n",
+            ":3",
+            "delta: must be a finite number, got nan",
+        ),
+        (  # (a key `yes:` was "unknown key True", with no line: a QA pass)
+            "name: x\npipeline:\n  - linear_model.LogisticRegression: {}\nyes: 1\n",
+            ":4",
+            "unknown key 'yes'",
+        ),
+        (  # (1e6 behind a scaler: every score 1.0, a third of the payments declined, a QA pass)
+            "name: x\npipeline:\n  - preprocessing.StandardScaler: {}\n"
+            "  - linear_model.LogisticRegression: {intercept_init: 1e6}\n",
+            ":4",
+            "intercept_init: must be within ±30",
         ),
         (
             "name: x\npipeline:\n  - preprocessing.StandardScaler: {}\n",

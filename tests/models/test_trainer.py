@@ -115,6 +115,22 @@ def test_a_chargeback_after_a_legit_label_is_learned_as_fraud(kind, tmp_path) ->
     assert t.stats["assumed_legit"] == 0 and len(store) == 0
 
 
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_a_repeated_tx_id_is_learned_with_its_newest_input(kind, tmp_path) -> None:
+    """A QA pass: the store kept the first transaction's input of a repeated tx_id, so its
+    label was learned with that one, where the features give the label to the newest; one
+    already learned stays settled (a redelivered decision does not bring it back)."""
+    store = MemoryStore() if kind == "memory" else SqliteStore(tmp_path / "s.db")
+    t, rec = _trainer(legit_sample_rate=1.0, store=store)
+    t.on_decision(_tx(1, 60.0), {"features": {"uid": 1}})
+    t.on_decision(_tx(1, 70.0), {"features": {"uid": 2}})  # the same id again
+    assert t.on_label({"tx_id": "t1", "ts": 100.0, "is_fraud": True})
+    assert [(x["uid"], y) for x, y in rec.learned] == [(2.0, True)]
+    t.on_decision(_tx(1, 80.0), {"features": {"uid": 3}})  # after its label: settled
+    assert not t.on_label({"tx_id": "t1", "ts": 101.0, "is_fraud": True})
+    assert len(rec.learned) == 1
+
+
 def test_legit_sampling_is_deterministic_by_tx_id() -> None:
     kept = [i for i in range(2000) if keep_legit(f"t{i}", 0.1)]
     assert kept == [i for i in range(2000) if keep_legit(f"t{i}", 0.1)]
