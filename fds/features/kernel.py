@@ -348,14 +348,30 @@ class Compiler:
             with contextlib.suppress(OSError):  # (in use: not swept as unused)
                 os.utime(path)
             return loaded
-        try:  # (checked and loaded through one open file: the code loaded is the code
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # checked, whoever
-        except FileNotFoundError:  # can write the cache's parents or swap the file meanwhile)
+        try:  # (the cache checked through an open descriptor, then the kernel opened in it
+            # and checked and loaded through one open file: the code loaded is the code
+            # checked, whoever can write the cache's parents or swap the file meanwhile; the
+            # kernel alone was checked, and a writer of a parent who put a folder of their own
+            # in the cache's place during a build had this process build and load their code:
+            # a security review)
+            dfd = os.open(self.cache, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return None  # (gone: built again; unreadable: the build says why)
+        try:
+            unsafe = self._unsafe(self.cache, st=os.fstat(dfd))
+            if unsafe:
+                log.warning("%s", unsafe)
+                return None
+            flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW
+            fd = os.open(path.name, flags, dir_fd=dfd)
+        except FileNotFoundError:
             return None
         except OSError as exc:  # (another user's, unreadable: said as such, a review)
             why = self._unsafe(path, "feature kernel")
             log.warning("%s", why or f"feature kernel {path} does not open ({describe(exc)})")
             return None
+        finally:
+            os.close(dfd)
         try:
             st = os.fstat(fd)
             unsafe = (

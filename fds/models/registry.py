@@ -137,13 +137,18 @@ ARTIFACT_READ_BYTES = 64 << 20
 _NOT_A_FILE = frozenset({errno.EINVAL, errno.EISDIR, errno.ELOOP})
 
 
-def read_regular(path: Path, limit: int) -> bytes:
+def read_regular(path: Path, limit: int, *, own: bool = False) -> bytes:
     """At most ``limit`` + 1 bytes of the regular file ``path``; anything else (a FIFO, a
-    device, a folder) is an :class:`OSError` without waiting for it (opened non-blocking)."""
+    device, a folder) is an :class:`OSError` without waiting for it (opened non-blocking).
+    ``own``: a file someone else may have written (:func:`untrusted`) is a
+    :class:`ConfigError` (:func:`refused_as_untrusted`), checked on the file opened."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise OSError(errno.EINVAL, "not a regular file", str(path))
+        if own and (why := untrusted(st)) is not None:
+            raise refused_as_untrusted(path, why)
         return f.read(limit + 1)
 
 
@@ -493,6 +498,15 @@ class Registry:
         self.key = key if key is not None else env_key()
         self.retain = retain or DEFAULT_RETAIN
         self._manifest_path = self.path / "manifest.json"
+        if self.key is None:  # (said as fds run says it of a shared state dir)
+            with contextlib.suppress(OSError):
+                if (why := untrusted(self.path.stat())) is not None:
+                    log.warning(
+                        'model registry="%s" is %s: others can replace its versions and its '
+                        "champion, and their artifacts are refused; give it a folder of its "
+                        "own (chmod 700), or set %s on the trainer and every scorer",
+                        self.path, why, KEY_ENV,
+                    )  # fmt: skip
 
     # -- reading ---------------------------------------------------------------------------
     def stamp(self) -> tuple[int, int]:
@@ -611,7 +625,17 @@ class Registry:
         or ARTIFACT_READ_BYTES, whichever is more, else MAX_ARTIFACT_BYTES."""
         try:
             limit = MAX_ARTIFACT_BYTES if size is None else max(size, ARTIFACT_READ_BYTES)
-            return read_regular(self.artifact(version), limit)
+            # without a key only this user's files: anyone who could write the registry had
+            # their pickle run in fds run, fds train, `fds models show --verify` (a registry
+            # shared with another user, or the default models/registry under a shared working
+            # folder: a security review); with one, the signature decides
+            return read_regular(self.artifact(version), limit, own=self.key is None)
+        except ConfigError as e:
+            raise ArtifactError(
+                f"artifact of {version} {e}; or set {KEY_ENV} on the trainer and every scorer "
+                "(the signature then decides)",
+                local=True,
+            ) from None
         except FileNotFoundError:
             raise ArtifactError(
                 f"artifact of {version} is missing from {self.path}", local=True

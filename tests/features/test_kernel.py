@@ -570,6 +570,27 @@ def test_a_cache_others_can_write_is_not_loaded_from(tmp_path: Path, how: str) -
     assert not list(cache.glob("*.failed"))
 
 
+def test_a_folder_put_in_the_cache_s_place_is_not_loaded_from(tmp_path: Path, caplog) -> None:
+    """A security review: a writer of the cache's parent renamed the cache away during a
+    build and put a folder of theirs in its place; the build (this user's child) wrote its
+    module there, and the loader, which checked the kernel file alone, loaded their code. The
+    folder the kernel is opened in is checked through the same descriptor now."""
+    import shutil
+
+    cache = tmp_path / "kernels"
+    assert child(cache, "7h") == "False True 1"  # (a kernel built, this user's)
+    (kernel,) = cache.glob("fds_kernel_*.so")
+    key = kernel.name.removeprefix("fds_kernel_").split(".")[0]
+    cache.rename(tmp_path / "kernels.victim")
+    cache.mkdir()
+    shutil.copy2(tmp_path / "kernels.victim" / kernel.name, cache / kernel.name)
+    cache.chmod(0o777)  # (theirs: any user's, or another's where tests run as root)
+    with caplog.at_level("WARNING", logger="fds.features.kernel"):
+        assert Compiler(cache)._load(key) is None
+    assert "writable by every user" in caplog.text and "fds loads no code from it" in caplog.text
+    assert f"fds_kernel_{key}" not in sys.modules
+
+
 def test_a_cache_on_a_noexec_file_system_is_not_built_in(tmp_path: Path) -> None:
     """No kernel built there loads: each was built, refused by the loader, and built again
     every hour, each a 10-20 s build (a review). Said, and the plans stay interpreted."""

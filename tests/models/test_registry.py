@@ -96,6 +96,38 @@ def _forged(tmp_path: Path) -> Registry:
     return reg
 
 
+@pytest.mark.parametrize("how", ["writable by every user", "another user's"])
+def test_without_a_key_an_artifact_someone_else_could_write_is_not_unpickled(
+    tmp_path: Path, how: str, caplog
+) -> None:
+    """A security review: without FDS_MODEL_KEY the registry's artifacts were unpickled
+    whoever wrote them: a writer of a shared registry (or of the working folder holding the
+    default models/registry) had their code run by fds run, fds train, `fds models show`.
+    Without a key only this user's files are loaded; with one the signature decides."""
+    for key in (None, b"k"):
+        reg = Registry(tmp_path / str(key), key=key)
+        reg.publish(Booby(str(key)), spec={"name": "t"})
+        art = reg.artifact("v000001")
+        if how == "another user's":
+            if os.geteuid() != 0:
+                pytest.skip("changing a file's owner needs root")
+            os.chown(art, 4242, -1)
+        else:
+            art.chmod(0o666)
+        if key is None:
+            with pytest.raises(ArtifactError, match="FDS_MODEL_KEY on the trainer"):
+                reg.load("v000001")
+            assert UNPICKLED == []
+        else:
+            assert reg.load("v000001") == "b'k'"  # (signed: loaded, whoever owns the file)
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    with caplog.at_level("WARNING", logger="fds.models.registry"):
+        Registry(shared)
+    assert "writable by every user" in caplog.text and "others can replace" in caplog.text
+
+
 def test_forged_artifact_with_matching_sha_but_no_key_is_rejected(tmp_path: Path) -> None:
     reg = _forged(tmp_path)
     with pytest.raises(ArtifactError, match="HMAC"):
