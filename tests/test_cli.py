@@ -479,9 +479,11 @@ def test_a_short_demo_says_how_to_lengthen_its_warm_up_and_refuses_failing_rule_
 def test_demo_rejects_bad_drift_day(capsys):
     assert main(["demo", "--days", "10", "--drift-day", "12"]) == 2
     assert "need 2 <= --drift-day < --days (got --days 10, --drift-day 12)" in said(capsys)
-    assert main(["demo", "--days", "3"]) == 2  # (it quoted a --drift-day derived, never given)
+    with pytest.raises(SystemExit) as e:  # (it quoted a --drift-day derived, never given;
+        main(["demo", "--days", "3"])  # then 1-6 passed the flag and were refused after it)
+    assert e.value.code == 2
     err = said(capsys)
-    assert "need --days >= 7 (got --days 3)" in err and "drift" not in err
+    assert "--days: must be at least 7, got 3" in err and "drift-day 1" not in err
 
 
 @pytest.mark.parametrize("command", ["replay", "run"])
@@ -1691,7 +1693,7 @@ def test_an_output_is_written_whole_or_not_at_all_and_a_full_disk_is_said(tmp_pa
     ("argv", "said"),
     [
         (["--drift-day", "none"], "--drift-day: the demo shows a drift: give its day"),
-        (["--days", "1"], "need --days >= 7 (got --days 1)"),  # (no derived --drift-day)
+        (["--days", "1"], "--days: must be at least 7, got 1"),  # (no derived --drift-day)
         (["--drift-day", "100"], "(got --days 45, --drift-day 100)"),
         (["--rules", "/no/such.yaml"], "--rules /no/such.yaml: no such file"),
     ],

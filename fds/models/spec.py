@@ -36,7 +36,7 @@ import random
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -535,7 +535,9 @@ def _policy(cls: type, raw: Any, source: str, node: yaml.Node | None, section: s
         where = _where(source, _key_node(node, k) or node)
         if k not in known:
             raise ConfigError(
-                f"unknown key {section}.{k}; known: {', '.join(sorted(known))}", where=where
+                f"unknown key {section}.{k}{_did_you_mean(k, known)}; known: "
+                f"{', '.join(sorted(known))}",
+                where=where,
             )
         # Values are taken as written, not coerced: "false" was true, 99.9 was 99, true was 1,
         # -5 was a negative duration (a weakened gate or contests turned back on without a
@@ -638,7 +640,8 @@ def parse_spec(text: str, *, source: str = "<spec>") -> ModelSpec:
     for k in data:
         if k not in _TOP_KEYS:
             raise ConfigError(
-                f"unknown key {k!r}; a model spec has: {', '.join(sorted(_TOP_KEYS))}",
+                f"unknown key {k!r}{_did_you_mean(k, _TOP_KEYS)}; a model spec has: "
+                f"{', '.join(sorted(_TOP_KEYS))}",
                 where=_where(source, _key_node(root, k)),
             )
     name = data.get("name")
@@ -690,6 +693,17 @@ def parse_spec(text: str, *, source: str = "<spec>") -> ModelSpec:
 #: What a built pipeline learns and scores once at load (a spec whose parameters have the wrong
 #: types or whose last step does not classify fails here, not at the first label of a run).
 _SAMPLE = (({"amount": 120.0, "f": 0.0}, False), ({"amount": 9000.0, "f": 1.0}, True))
+
+
+def _did_you_mean(key: Any, known: Collection[str]) -> str:
+    """``; did you mean X?`` for a key close to a known one (`lern:` was told the list alone,
+    where a misspelt estimator was told its likely name: a QA pass), else nothing.
+
+    >>> _did_you_mean("lern", {"learn", "publish"}), _did_you_mean("zzz", {"learn"})
+    ('; did you mean learn?', '')
+    """
+    close = difflib.get_close_matches(str(key), sorted(known), n=1)
+    return f"; did you mean {close[0]}?" if close else ""
 
 
 def _try_pipeline(spec: ModelSpec) -> None:

@@ -87,6 +87,11 @@ def test_shipped_specs_build(name: str) -> None:
             ":3",
             "delta: must be a finite number, got nan",
         ),
+        (  # (told the keys alone, where an estimator's typo was told its likely name: a QA)
+            "name: x\npipeline:\n  - linear_model.LogisticRegression: {}\nlern: {}\n",
+            ":4",
+            "unknown key 'lern'; did you mean learn?",
+        ),
         (  # (a key `yes:` was "unknown key True", with no line: a QA pass)
             "name: x\npipeline:\n  - linear_model.LogisticRegression: {}\nyes: 1\n",
             ":4",
