@@ -88,6 +88,26 @@ _LOCK = threading.Lock()
 Factory = Callable[[Mapping[str, Any]], Callable[..., Any]]
 
 
+def _renamable(path: Path) -> str | None:
+    """The first folder above ``path`` in which another user could rename it, said with why:
+    owned by another user than this one or root, or writable by its group or every user
+    without the sticky bit (a build reads and writes the cache by its path: a writer of a
+    parent put a folder of theirs in its place for the seconds Cython read the source, and
+    back, and fds loaded their code from its own cache, a security review; as ssh's
+    StrictModes judges a home). ``None`` when no such folder is above it."""
+    me = os.geteuid()
+    for parent in Path(os.path.abspath(path)).parents:
+        try:
+            st = parent.stat()
+        except OSError:
+            continue  # (not there yet: made by this user, below one that is checked)
+        if st.st_uid not in (me, 0):
+            return f"{parent}, owned by user {st.st_uid}"
+        if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+            return f"{parent}, writable by others (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
+
+
 def module_source(source: str, names: list[str]) -> str:
     """The Cython module of a generated ``run``: ``make(ns)`` binds the names the source reads
     from its namespace (``names``) as closure variables and returns ``run``; the source may
@@ -299,6 +319,13 @@ class Compiler:
             return (  # (a kernel built there failed to load, and was built again every hour)
                 f"{what} {path} is on a file system mounted noexec: no kernel built there can "
                 "be loaded; set FDS_KERNEL_CACHE to a directory on another"
+            )
+        if what == "feature kernel cache" and (open_to := _renamable(path)) is not None:
+            return (
+                f"{what} {path} is in {open_to}: whoever can write there can put a folder of "
+                "theirs in the cache's place while a kernel builds, and have fds build and "
+                "load their code; set FDS_KERNEL_CACHE to a directory under folders only you "
+                "(or root) can write"
             )
         try:
             st = st or path.stat()

@@ -75,6 +75,7 @@ from fds.features.kernel import Compiler
 from fds.features.shards import SHARDS, Shards
 from fds.features.spec import DEFAULT_GRACE, Group, Layout, compile_specs, grace_seconds
 from fds.features.txstore import TxStore
+from fds.schema import id_text
 from fds.timeutil import MAX_TS, MIN_TS, parse_duration, parse_ts, span
 
 __all__ = ["FeaturePlan", "read_field"]
@@ -615,7 +616,7 @@ class FeaturePlan:
         """
         tx_id = label["tx_id"]
         if tx_id.__class__ is not str:  # (the store's key: see TxStore.remember)
-            tx_id = str(tx_id)
+            tx_id = id_text(tx_id)
         found = self._labels.find(tx_id)
         if found is None:
             self.unmatched_labels += 1

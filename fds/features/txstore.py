@@ -49,6 +49,8 @@ from typing import Any
 
 import numpy as np
 
+from fds.schema import id_text
+
 __all__ = ["PART_SIZE", "TxStore"]
 
 #: Target transactions per frozen partition, and the most entries one freeze step handles.
@@ -421,7 +423,7 @@ class TxStore:
         if t // self.span != self._cur:
             self._enter(t)
         if tx_id.__class__ is not str:  # (an int id failed the bucket's freeze: as the
-            tx_id = str(tx_id)  # schema reads it, the text of the number, a QA pass)
+            tx_id = id_text(tx_id)  # schema reads it, the text of the number, a QA pass)
         if self._known:  # (labels are rare: a repeated id's label was the old one's, a QA)
             self._known.pop(tx_id, None)
         self._keys[tx_id] = keys
@@ -435,7 +437,7 @@ class TxStore:
         if t // self.span != self._cur:
             self._enter(t)
         if tx_id.__class__ is not str:
-            tx_id = str(tx_id)
+            tx_id = id_text(tx_id)
         if self._known:
             self._known.pop(tx_id, None)
         self._keys[tx_id] = keys
@@ -450,7 +452,11 @@ class TxStore:
         b = int(t // self.span)
         bk = self.buckets.get(b)
         if bk is None:
+            newest = next(reversed(self.buckets), None)
             bk = self.buckets[b] = _Bucket()
+            if newest is not None and b < newest:  # (the first events out of order: find
+                # goes newest bucket first, and took creation order for it, a review)
+                self.buckets = dict(sorted(self.buckets.items()))
         assert bk.open is not None  # frozen: out of reach
         self._cur, (self._keys, self._ts, self._parts) = b, bk.open[-1]
         self._known = bk.known
@@ -490,11 +496,11 @@ class TxStore:
             self._step()
 
     def find(self, tx_id: str) -> tuple[_Bucket, Any, float, int | None] | None:
-        """``(bucket, keys, ts, input partition)`` of ``tx_id`` (not text: its ``str``, as
+        """``(bucket, keys, ts, input partition)`` of ``tx_id`` (not text: its text, as
         remembered), newest bucket first (the partition ``None`` when not recorded); ``None``
         if unknown."""
         if tx_id.__class__ is not str:
-            tx_id = str(tx_id)
+            tx_id = id_text(tx_id)
         key = _encode(tx_id)
         h = _hash(key)
         for bk in reversed(self.buckets.values()):

@@ -141,8 +141,9 @@ def read_regular(path: Path, limit: int, *, own: bool = False) -> bytes:
     """At most ``limit`` + 1 bytes of the regular file ``path``; anything else (a FIFO, a
     device, a folder) is an :class:`OSError` without waiting for it (opened non-blocking).
     ``own``: a file someone else may have written (:func:`untrusted`) is a
-    :class:`ConfigError` (:func:`refused_as_untrusted`), checked on the file opened."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    :class:`ConfigError` (:func:`refused_as_untrusted`), checked on the file opened, and a
+    link is not followed (a link to another registry's artifact was served: a review)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | (os.O_NOFOLLOW if own else 0))
     with os.fdopen(fd, "rb") as f:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -518,8 +519,8 @@ class Registry:
         return (st.st_mtime_ns, st.st_ino)
 
     def manifest(self) -> dict[str, Any]:
-        try:
-            raw = read_regular(self._manifest_path, MAX_MANIFEST_BYTES)
+        try:  # (without a key, this user's only, as its artifacts: its sha256s decide them)
+            raw = read_regular(self._manifest_path, MAX_MANIFEST_BYTES, own=self.key is None)
         except FileNotFoundError:
             return {"versions": {}, "champion": None, "next": 1, "history": []}
         except OSError as e:  # (a FIFO hung every command, /dev/zero ate the memory: a QA pass)

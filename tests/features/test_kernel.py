@@ -591,6 +591,25 @@ def test_a_folder_put_in_the_cache_s_place_is_not_loaded_from(tmp_path: Path, ca
     assert f"fds_kernel_{key}" not in sys.modules
 
 
+def test_a_cache_under_a_folder_others_can_write_is_not_built_in(tmp_path: Path) -> None:
+    """A review: a writer of a parent folder swapped a folder of theirs in for the cache for
+    the seconds Cython read the source, and back: their code was built into this user's own
+    cache and loaded. A cache with such a folder above it is refused (as ssh's StrictModes
+    judges a home); a sticky one, as /tmp, is none."""
+    open_to = tmp_path / "shared"
+    open_to.mkdir()
+    open_to.chmod(0o777)
+    cache = open_to / "x" / "kernels"
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, str(cache), "7h"], capture_output=True, text=True
+    )
+    assert done.stdout.strip() == "False False 0", done.stderr  # (not built, not loaded)
+    assert f"is in {open_to}, writable by others (mode 0777)" in done.stderr, done.stderr
+    assert not cache.exists()
+    open_to.chmod(0o1777)  # (sticky: only an entry's owner renames it)
+    assert child(cache, "7h") == "False True 1"
+
+
 def test_a_cache_on_a_noexec_file_system_is_not_built_in(tmp_path: Path) -> None:
     """No kernel built there loads: each was built, refused by the loader, and built again
     every hour, each a 10-20 s build (a review). Said, and the plans stay interpreted."""

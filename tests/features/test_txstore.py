@@ -137,6 +137,20 @@ def test_a_repeated_tx_id_is_found_newest_across_segments_open_and_frozen(monkey
     assert store.find("dup")[1:3] == ("new", 3.0)  # type: ignore[index]
 
 
+def test_buckets_made_out_of_time_order_are_searched_newest_first() -> None:
+    """A review: the first events out of order made an earlier bucket after a later one, and
+    `find` took their order of creation for time: a repeat at a later time was found old."""
+    store = TxStore(span=100.0)
+    store.remember("y", 150.0, "m")  # (bucket 1)
+    store.remember("x", 50.0, "old")  # (bucket 0, made after it)
+    store.remember("x", 160.0, "new")  # (the same id again, later: bucket 1)
+    assert store.find("x")[1:3] == ("new", 160.0)  # type: ignore[index]
+    assert list(store.buckets) == [0, 1]
+    assert store.find(12) is None  # (an id that is no text: its text, none held)
+    store.remember(42.0, 170.0, "f")  # (a whole float: its text as the schema reads it)
+    assert store.find("42")[1:3] == ("f", 170.0)  # type: ignore[index]
+
+
 def test_a_transaction_of_the_bucket_before_time_0_is_remembered() -> None:
     """Times in [-span, 0) are bucket -1, the index that meant "no bucket written yet": their
     transactions went into dicts of no bucket and their labels were unmatched (a QA pass)."""

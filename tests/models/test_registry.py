@@ -120,6 +120,12 @@ def test_without_a_key_an_artifact_someone_else_could_write_is_not_unpickled(
             assert UNPICKLED == []
         else:
             assert reg.load("v000001") == "b'k'"  # (signed: loaded, whoever owns the file)
+    # ... and its manifest, whose sha256s decide the artifacts (a review)
+    reg = Registry(tmp_path / "None", key=None)
+    (tmp_path / "None" / "manifest.json").chmod(0o666)
+    with pytest.raises(ConfigError, match="writable by every user"):
+        reg.versions()
+    assert Registry(tmp_path / "None", key=b"k").versions()  # (keyed: read, then checked)
     shared = tmp_path / "shared"
     shared.mkdir(mode=0o777)
     shared.chmod(0o777)
@@ -482,13 +488,18 @@ def test_a_registry_file_that_is_no_regular_file_is_refused_without_waiting(tmp_
     said = raised_within(lambda: reg.load("v000001"))
     assert isinstance(said, ArtifactError) and "not a regular file" in str(said)
     art.unlink()
-    art.symlink_to("/dev/zero")
-    with pytest.raises(ArtifactError, match="not a regular file"):
+    art.symlink_to("/dev/zero")  # (without a key a link is not followed: a review)
+    with pytest.raises(ArtifactError, match="Too many levels of symbolic links"):
         reg.load("v000001")
+    keyed = Registry(tmp_path / "r", key=b"k")  # (with one it is, to what it opens)
+    with pytest.raises(ArtifactError, match="not a regular file"):
+        keyed.load_bytes("v000001")
     (tmp_path / "r" / "manifest.json").unlink()
     (tmp_path / "r" / "manifest.json").symlink_to("/dev/zero")
-    with pytest.raises(ConfigError, match="manifest cannot be read: not a regular file"):
+    with pytest.raises(ConfigError, match="manifest cannot be read: Too many levels"):
         reg.manifest()
+    with pytest.raises(ConfigError, match="manifest cannot be read: not a regular file"):
+        keyed.manifest()
     (tmp_path / "r" / "manifest.json").unlink()
     (tmp_path / "r" / "manifest.json").mkdir()
     with pytest.raises(ConfigError, match="manifest cannot be read: Is a directory"):
@@ -509,7 +520,7 @@ def test_a_passing_fault_reading_the_manifest_is_no_refusal(tmp_path, monkeypatc
     reg = Registry(tmp_path / "r")
     reg.publish({"x": 1}, spec={"name": "t"})
 
-    def emfile(path, limit):
+    def emfile(path, limit, **_):
         raise OSError(errno.EMFILE, "Too many open files")
 
     monkeypatch.setattr(registry_module, "read_regular", emfile)
