@@ -258,22 +258,28 @@ def test_the_kit_broker_lets_a_group_member_notice_a_death_in_3_s(
     broker: Kafka's default floor (group.min.session.timeout.ms, 6 s) would refuse it."""
     if kafka_bootstrap != f"127.0.0.1:{kafka_kit.DEFAULT_PORT}":
         pytest.skip("an external broker is in use (FDS_TEST_BOOTSTRAP)")
+    topic = topics["transactions"]
     consumer = KafkaConsumer(
-        topics["transactions"], bootstrap_servers=kafka_bootstrap, group_id=unique_name("g"),
-        session_timeout_ms=3000, heartbeat_interval_ms=1000,
-        # (a first metadata without the topic just made left the group's assignment empty
-        # until the next refresh, 5 min by default: "no assignment" in a loaded suite)
-        metadata_max_age_ms=1000,
+        bootstrap_servers=kafka_bootstrap, group_id=unique_name("g"),
+        session_timeout_ms=3000, heartbeat_interval_ms=1000, metadata_max_age_ms=1000,
     )  # fmt: skip
     try:
         # (60 s: a refusal raises at once, InvalidSessionTimeoutError from poll; 30 s ran out
         # once, against a kit broker a benchmark had left up for 1.5 h, with the suite on both
         # cores: the deadline bounds a slow join, not what is tested)
         deadline = time.monotonic() + 60
+        # The topic just made in the consumer's metadata before it joins: a join whose
+        # metadata had no partitions of it ("No partition metadata for topic") was assigned
+        # nothing, and kafka-python did not join again once they came (60 s of "no
+        # assignment" in a CI dry run, with its metadata refreshed every second)
+        while not consumer.partitions_for_topic(topic):
+            assert time.monotonic() < deadline, f"no metadata of {topic} in 60 s"
+            time.sleep(0.1)
+        consumer.subscribe([topic])
         while not consumer.assignment():
             assert time.monotonic() < deadline, (
                 f"no assignment in 60 s; the topic's partitions as the consumer sees them: "
-                f"{consumer.partitions_for_topic(topics['transactions'])}"
+                f"{consumer.partitions_for_topic(topic)}"
             )
             consumer.poll(timeout_ms=200)
     finally:
