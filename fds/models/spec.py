@@ -743,6 +743,14 @@ def _try_pipeline(spec: ModelSpec) -> None:
         if not 0.0 <= float(p) <= 1.0:
             raise ValueError(f"a probability of {p!r}")
         slow = _too_slow(model)
+    except NotImplementedError as e:  # (a classifier of River's that scores no probability:
+        raise ConfigError(  # ensemble.VotingClassifier; told to check its parameters, a QA)
+            f"the pipeline does not implement what fds calls on a sample row ({describe(e)}): "
+            f"its steps must learn (learn_one) and the last score a probability "
+            f"(predict_proba_one), which {last} may not (ensemble.VotingClassifier does not); "
+            "e.g. linear_model.LogisticRegression does",
+            where=f"{spec.source}:{last_line}",
+        ) from None
     except Exception as e:  # what River raises for a bad parameter value varies
         raise ConfigError(
             f"the pipeline fails on a sample row ({describe(e)}): check the types "

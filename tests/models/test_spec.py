@@ -87,6 +87,12 @@ def test_shipped_specs_build(name: str) -> None:
             ":3",
             "delta: must be a finite number, got nan",
         ),
+        (  # (told to check its parameters: a QA pass)
+            "name: x\npipeline:\n  - ensemble.VotingClassifier:\n      models: "
+            "[linear_model.LogisticRegression: {}, linear_model.Perceptron: {}]\n",
+            ":3",
+            "the pipeline does not implement what fds calls on a sample row",
+        ),
         (  # (told the keys alone, where an estimator's typo was told its likely name: a QA)
             "name: x\npipeline:\n  - linear_model.LogisticRegression: {}\nlern: {}\n",
             ":4",
