@@ -40,6 +40,8 @@ def parse_duration(text: str | float | int) -> float:
             return math.inf if text > 0 else -math.inf
     m = _DURATION.match(str(text))
     if not m:
+        if _DURATION.match(str(text).strip().removeprefix("-")):  # (told it was no duration: a QA)
+            raise ConfigError(f"bad duration {text!r}: a duration is not negative")
         raise ConfigError(
             f"bad duration {text!r}: write a number and a unit, e.g. 90s, 10m, 1h, 7d, 2w"
         )
