@@ -325,7 +325,15 @@ _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 def write_output(path: Path, data: bytes) -> None:
     """Write a command's output file whole or not at all (a temporary file beside it, then a
     rename): a full disk left `--changed-out` cut mid-record, looking complete (a QA pass).
-    A failure is an :class:`FdsError` naming the file and what to do."""
+    A failure is an :class:`FdsError` naming the file and what to do. A name ending in
+    ``.gz`` is written gzip-compressed, as `fds replay --out` writes one (it was text under
+    that name: a QA pass)."""
+    import gzip
+
+    from fds.streams.files import gzipped
+
+    if gzipped(path):
+        data = gzip.compress(data)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:

@@ -983,6 +983,8 @@ class KafkaSettings(BaseSettings):
         """``~`` is the home folder, from the environment as from a flag or the file
         (systemd and Kubernetes do not expand it: FDS_STATE_DIR='~/sd' made a folder `~` in
         the working directory, a QA pass)."""
+        if isinstance(v, Path):  # (--registry is parsed into a Path: `~/r` made a folder `~`
+            v = str(v)  # in the working directory, a QA pass)
         return os.path.expanduser(v) if isinstance(v, str) and v.startswith("~") else v
 
     @field_validator("registry", mode="before")
@@ -1253,7 +1255,9 @@ def load_settings(file: Path | str | None = None, **flags: Any) -> KafkaSettings
         # relative to the file (the state dir was relative to the working directory: a QA)
         for k in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "state_dir", "registry"):
             v = doc.get(k)
-            if isinstance(v, str) and v.lower() != "none":
+            if isinstance(v, str) and v.strip() and v.lower() != "none":  # (an empty one is
+                # refused as FDS_REGISTRY= is, or the default as FDS_STATE_DIR=: it was the
+                # file's own folder, a QA pass)
                 doc[k] = str(path.parent / Path(v).expanduser())  # (an absolute path: as it is)
         # The environment outranks the file: drop file keys that FDS_<KEY> sets.
         # (case-insensitively, as pydantic reads the environment: fds_group lost to the file)

@@ -567,6 +567,27 @@ def test_a_home_folder_from_the_environment_is_expanded(monkeypatch):
     assert s.state_dir == os.path.expanduser("~/sd") and str(s.registry).startswith("/")
 
 
+def test_a_registry_flag_at_home_and_empty_paths_of_a_file(tmp_path, monkeypatch):
+    """A QA pass: `--registry ~/r` (parsed into a Path) made a folder `~` in the working
+    directory; a settings file's `state_dir: ""` or `registry: ""` became the file's own
+    folder, where the environment's empty value is the default, or refused."""
+    import os
+
+    from fds.cli import build_parser
+
+    monkeypatch.chdir(tmp_path)
+    parse = build_parser().parse_args
+    for command in ("run", "train"):
+        s = _settings_from(parse([command, "--registry", "~/qa-r"]))
+        assert str(s.registry) == os.path.expanduser("~/qa-r")
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "s.yaml").write_text('state_dir: ""\n')
+    assert not _settings_from(parse(["run", "--config", "cfg/s.yaml"])).state_dir  # (default)
+    (tmp_path / "cfg" / "r.yaml").write_text('registry: ""\n')
+    with pytest.raises(ConfigError, match=r"r\.yaml:1: registry: empty: give a folder"):
+        _settings_from(parse(["run", "--config", "cfg/r.yaml"]))
+
+
 def test_settings_that_have_no_effect_are_said(caplog):
     """A QA pass: `--sasl-mechanism PLAIN` (or `--ssl-cafile`) without a SASL (SSL) protocol
     connected in plaintext without a word, `--transactional-id` without `--exactly-once` too;

@@ -415,6 +415,12 @@ def test_backtest_examples_says_how_many_it_shows_and_writes_them_all(tmp_path, 
         "action": "decline", "score": 1.0, "hits": ["big"], "shadow_hits": []
     }  # fmt: skip
     assert rows[0]["values"] == {"amount": 10}
+    gz = tmp_path / "changed.jsonl.gz"  # (gzip, as `replay --out` writes one: it was text)
+    assert main([*argv, "--examples", "0", "--changed-out", str(gz)]) == 0
+    capsys.readouterr()
+    import gzip
+
+    assert gzip.decompress(gz.read_bytes()) == listed.read_bytes()
     assert main([*argv, "--changed-out", str(data)]) == 2  # never over an input
     assert "a file this backtest reads" in capsys.readouterr().err
 
