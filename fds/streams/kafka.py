@@ -585,8 +585,9 @@ def unreachable(s: KafkaSettings, exc: BaseException, errors: ClientErrors) -> B
         errors.explain(
             exc,
             s.bootstrap,
-            f"cannot reach Kafka at {s.bootstrap} within {s.broker_timeout_s:.0f} s",
-            "check --bootstrap and that the broker is up (`fds kafka status`)",
+            f"cannot reach Kafka at {s.bootstrap} within {s.broker_timeout_s:g} s",  # (`0 s`
+            # for 0.4, and --bootstrap named where the file or the environment gave it: a QA)
+            f"check {s.named('bootstrap')} and that the broker is up (`fds kafka status`)",
             s.security_protocol,
         )
     )

@@ -859,7 +859,15 @@ def test_unreachable_broker_exits_nonzero_with_a_clear_message(unique_name):
     ]  # fmt: skip
     p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert p.returncode == 1
-    assert "cannot reach Kafka at 127.0.0.1:1" in p.stderr
+    assert "cannot reach Kafka at 127.0.0.1:1 within 2 s" in p.stderr
+    # named as it was given (it said --bootstrap whatever gave it), the timeout as given (a
+    # --broker-timeout of 0.4 said "within 0 s": a QA pass)
+    env["FDS_BOOTSTRAP"] = "127.0.0.1:1"
+    cmd[cmd.index("--bootstrap") : cmd.index("--bootstrap") + 2] = []
+    cmd[cmd.index("--broker-timeout") + 1] = "0.5"
+    p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1
+    assert "within 0.5 s" in p.stderr and "check FDS_BOOTSTRAP and that" in p.stderr, p.stderr
 
 
 @pytest.mark.parametrize("which", ["transactions", "decisions", "dead_letters"])
