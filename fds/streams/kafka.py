@@ -1590,10 +1590,12 @@ class Runner:
             producer_cfg["transactional_id"] = self._transactional_id
             producer_cfg["transaction_timeout_ms"] = s.transaction_timeout_ms
             if not s.transactional_id and not s.group_instance_id:
-                log.warning(
-                    "--exactly-once without --group-instance-id or --transactional-id: every "
-                    'such instance uses transactional id "%s" and fences the others; give each '
-                    "instance its own --group-instance-id", producer_cfg["transactional_id"],
+                log.warning(  # (the settings named as given: `exactly_once: 1` in a file was
+                    # said as --exactly-once, a QA pass)
+                    "%s without %s or %s: every such instance uses transactional id \"%s\" and "
+                    "fences the others; give each instance its own %s", s.named("exactly_once"),
+                    s.named("group_instance_id"), s.named("transactional_id"),
+                    producer_cfg["transactional_id"], s.named("group_instance_id"),
                 )  # fmt: skip
         # not reached yet: an outage at the start showed no sample at all (a QA pass)
         self._broker_state(False)
