@@ -41,6 +41,7 @@ __all__ = [
     "Group",
     "Layout",
     "WindowDef",
+    "as_read",
     "compile_specs",
     "extra_key",
     "grace_seconds",
@@ -256,17 +257,23 @@ def extra_key(key: str) -> str | None:
     return None if m is None else next(g for g in m.groups() if g is not None)
 
 
+def as_read(v: Any) -> Any:
+    """An ``entity`` or ``field`` written as a rule reads it, ``extra['fee amt']``, as the plan
+    reads it, ``extra.fee amt``; anything else as it is.
+
+    >>> as_read("extra['fee amt']"), as_read("extra.vip"), as_read("amount"), as_read(None)
+    ('extra.fee amt', 'extra.vip', 'amount', None)
+    """
+    name = extra_key(v) if isinstance(v, str) else None
+    return v if name is None else f"extra.{name}"
+
+
 def _as_read(spec: Any) -> Any:
-    """``spec`` with an ``entity`` or ``field`` written as a rule reads it, ``extra['x y']``,
-    as the plan reads it, ``extra.x y`` (a declaration other than the rules file's read it as
-    a top-level field of that name, always missing: a QA pass)."""
-    names = {}
-    for attr in ("entity", "field"):
-        v = getattr(spec, attr, None)
-        name = extra_key(v) if isinstance(v, str) and v.startswith("extra[") else None
-        if name is not None:
-            names[attr] = f"extra.{name}"
-    if not names:
+    """``spec`` with its ``entity`` and ``field`` :func:`as_read` (a declaration other than
+    the rules file's read ``extra['x']`` as a top-level field of that name, always missing: a
+    QA pass)."""
+    names = {a: as_read(getattr(spec, a, None)) for a in ("entity", "field")}
+    if all(names[a] == getattr(spec, a, None) for a in names):
         return spec
     fields = {k: getattr(spec, k, None) for k in ("name", "entity", "agg", "field", "window")}
     return SimpleNamespace(**(fields | names))

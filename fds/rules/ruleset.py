@@ -54,6 +54,7 @@ from fds.features.spec import (  # one definition of each
     DEFAULT_GRACE,
     FIELD_AGGS,
     RESERVED,
+    as_read,
     entity_problem,
     extra_key,
     grace_seconds,
@@ -140,8 +141,7 @@ class FeatureSpec(_Strict):
     def _extra_as_rules_write_it(cls, v: Any) -> Any:
         """``extra['fee amt']`` (as a rule reads it) is ``extra.fee amt`` (it was refused, a
         QA pass)."""
-        name = extra_key(v) if isinstance(v, str) else None
-        return v if name is None else f"extra.{name}"
+        return as_read(v)
 
     @field_validator("window", mode="before")
     @classmethod
