@@ -37,7 +37,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from fds.errors import ArtifactError, describe
+from fds.errors import ArtifactError, ConfigError, describe
 from fds.models.registry import (
     CANARY_SIZE,
     Registry,
@@ -240,7 +240,19 @@ class SqliteStore:
     def __init__(self, path: str | Path) -> None:
         # Its checkpoint row is unpickled at start: the database and what SQLite reads beside
         # it (-wal, -shm, and a hot -journal, played back into the database whoever owns it)
-        # are this user's files only, no links (planted ones ran their code: security passes)
+        # are this user's files only, no links (planted ones ran their code: security passes),
+        # in a folder not every user may write (there a file could be swapped in, or a hot
+        # journal made, between these checks and SQLite's open: a review)
+        folder = Path(path).parent
+        with contextlib.suppress(FileNotFoundError):
+            if (mode := os.stat(folder).st_mode) & 0o002:
+                raise ConfigError(
+                    f"not opened: the folder is writable by every user (mode "
+                    f"{stat.S_IMODE(mode):04o}), so another user could put a database or "
+                    "journal of theirs there, which this store would load as code; give the "
+                    "trainer a state folder of its own (chmod 700)",
+                    where=str(folder),
+                )
         for side in (Path(path), *(Path(f"{path}-{x}") for x in ("wal", "shm", "journal"))):
             try:
                 st = os.lstat(side)

@@ -664,13 +664,13 @@ class ModelFeed:
         size = ann.get("size")
         if type(size) is not int or size < 0:
             raise ArtifactError(f"a pointer announcement needs its size, got {size!r}")
-        try:
-            info = os.stat(path)
-            if not stat.S_ISREG(info.st_mode):
-                raise ArtifactError(f"path {path!r} is not a regular file")
-            if info.st_size != size:
-                raise ArtifactError(f"path {path!r} holds {info.st_size} bytes, not {size}")
-            with open(path, "rb") as f:
+        try:  # (checked on the file opened: a FIFO swapped in after a stat blocked the thread)
+            with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+                info = os.fstat(f.fileno())
+                if not stat.S_ISREG(info.st_mode):
+                    raise ArtifactError(f"path {path!r} is not a regular file")
+                if info.st_size != size:
+                    raise ArtifactError(f"path {path!r} holds {info.st_size} bytes, not {size}")
                 return f.read(size)
         except OSError as exc:
             self.metrics.model_swap("unreachable")

@@ -525,6 +525,15 @@ def test_a_store_others_could_have_written_is_not_opened(tmp_path: Path) -> None
         os.chown(db, 4242, -1)
         with pytest.raises(ConfigError, match="owned by user 4242"):
             SqliteStore(db)
+    os.chown(db, os.geteuid(), -1)
+    # a folder every user may write (the sticky bit too: a journal not there yet can be made)
+    for mode in (0o777, 0o1777):
+        tmp_path.chmod(mode)
+        with pytest.raises(ConfigError, match="folder is writable by every user") as e:
+            SqliteStore(db)
+        assert e.value.where == str(tmp_path)
+    tmp_path.chmod(0o770)
+    SqliteStore(db).close()
 
 
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])

@@ -166,16 +166,39 @@ def test_a_pointer_is_read_only_when_signed_and_a_regular_file_of_its_size(
     assert feed.handle(_value({**a, "path": gone})) == "unreachable"
     assert feed.handle(_value(a)) == "imported"  # the real one
     assert feed.registry.load(a["version"]) == {"w": 2}
-    # without a key nothing is signed: a file of another size than announced is not read
-    import fds.streams.model_feed as mf
-
-    opened: list[str] = []
-    monkeypatch.setattr(mf, "open", lambda p, *a: opened.append(p) or open(p, *a), raising=False)  # noqa: SIM115
+    # without a key nothing is signed: a file of another size than announced is refused
     plain = _publish(Registry(tmp_path / "plain"), {"w": 3})
     plain["artifact_b64"] = None
     feed = _feed(tmp_path / "unsigned")
-    assert feed.handle(_value({**plain, "size": 7})) == "rejected" and opened == []
-    assert feed.handle(_value(plain)) == "imported" and opened == [plain["path"]]
+    assert feed.handle(_value({**plain, "size": 7})) == "rejected"
+    assert feed.handle(_value(plain)) == "imported"
+
+
+def test_a_pointer_is_checked_on_the_file_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A security review: the path was stat-ed, then opened by name: a FIFO swapped in between
+    the two (here: a stat that still saw the regular file) blocked the feed thread for good."""
+    import os
+    import threading
+
+    import fds.streams.model_feed as mf
+
+    a = _publish(Registry(tmp_path / "trainer", key=b"k"), {"w": 2})
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    real, stat = os.stat(a["path"]), os.stat
+    monkeypatch.setattr(mf.os, "stat", lambda p, **k: real if p == str(fifo) else stat(p, **k))
+    feed = _feed(tmp_path, key=b"k")
+    said: list[str] = []
+    pointer = _value({**a, "artifact_b64": None, "path": str(fifo)})
+    worker = threading.Thread(target=lambda: said.append(feed.handle(pointer)), daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    if worker.is_alive():  # (let the blocked open go, so the thread ends)
+        with open(fifo, "wb"):
+            pass
+    assert said == ["rejected"]
 
 
 def _tampered(a: dict[str, Any]) -> dict[str, Any]:
