@@ -471,10 +471,11 @@ class Registry:
         self._dropped: list[Path] = []  # artifacts to delete once the manifest is written
         if self.path.exists() and not self.path.is_dir():
             raise ConfigError(f"model registry {self.path} is a file, not a folder")
+        given = (
+            "check the registry given (--registry, FDS_REGISTRY or a settings file's `registry`)"
+        )
         if not self.path.is_dir() and not create:
-            raise ConfigError(
-                f"no model registry at {self.path}: check --registry (`fds train` creates it)"
-            )
+            raise ConfigError(f"no model registry at {self.path}: {given}; `fds train` creates it")
         if (
             self.path.is_dir()
             and not (self.path / "manifest.json").exists()
@@ -487,7 +488,7 @@ class Registry:
             # `fds train --registry /tmp` would have published into it: a QA pass)
             raise ConfigError(
                 f"{self.path} is no model registry (it holds other files and no manifest.json): "
-                "check --registry; an empty folder is an empty registry"
+                f"{given}; an empty folder is an empty registry"
             )
         if create:
             try:

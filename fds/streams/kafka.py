@@ -1003,11 +1003,15 @@ class KafkaSettings(BaseSettings):
     @field_validator("sasl_mechanism")
     @classmethod
     def _known_mechanism(cls, v: str | None) -> str | None:
+        """In any case, as the protocol is (`plain` was refused where `sasl_ssl` was taken)."""
         from kafka.net.sasl import SASL_MECHANISMS
 
-        if v is not None and v not in SASL_MECHANISMS:
+        if v is None:
+            return v
+        known = {m.upper(): m for m in SASL_MECHANISMS}
+        if v.strip().upper() not in known:
             raise ValueError(f"unknown SASL mechanism {v!r}: one of {', '.join(SASL_MECHANISMS)}")
-        return v
+        return known[v.strip().upper()]
 
     @field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile")
     @classmethod

@@ -602,6 +602,10 @@ def test_settings_that_have_no_effect_are_said(caplog):
     s = load_settings(security_protocol="sasl_plaintext", sasl_mechanism="PLAIN",
                       sasl_plain_username="u", sasl_plain_password="p")  # fmt: skip
     assert s.security_protocol == "SASL_PLAINTEXT" and "not used" not in caplog.text
+    # the mechanism in any case too, as the protocol (a QA pass: `plain` was refused)
+    s = load_settings(security_protocol="sasl_ssl", sasl_mechanism=" scram-sha-512",
+                      sasl_plain_username="u", sasl_plain_password="p")  # fmt: skip
+    assert (s.security_protocol, s.sasl_mechanism) == ("SASL_SSL", "SCRAM-SHA-512")
 
 
 def test_a_commit_interval_that_has_no_effect_is_said(caplog):

@@ -411,7 +411,10 @@ def test_the_models_commands_create_no_registry_and_refuse_a_foreign_manifest(tm
     missing = tmp_path / "typo"
     for command in ("list", "show", "rollback"):
         assert main(["models", "--registry", str(missing), command]) == 2
-        assert "no model registry at" in capsys.readouterr().err and not missing.exists()
+        said = capsys.readouterr().err
+        assert "no model registry at" in said and not missing.exists()
+        # (a QA pass: it said "check --registry" of a registry given by FDS_REGISTRY too)
+        assert "--registry, FDS_REGISTRY or a settings file's `registry`" in said
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "manifest.json").write_text("{}")
     assert main(["models", "--registry", str(tmp_path / "r"), "list"]) == 2
