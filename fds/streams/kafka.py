@@ -608,7 +608,7 @@ DLQ_REASON_KEPT = 4096
 DLQ_KEY_KEPT = 1024
 #: Dead letters logged one by one per DLQ_SAID_WINDOW_S; the rest are counted and said in one
 #: line (a stream of bad records wrote a line each, ~15 GB of log a day at 1,000 a second: a
-#: QA pass). All are in the dead-letter topic and fds_dead_letters_total.
+#: QA pass). All are in the dead-letter topic and fds_dlq_messages_total.
 DLQ_SAID_PER_WINDOW = 10
 DLQ_SAID_WINDOW_S = 60.0
 
