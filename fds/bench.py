@@ -200,12 +200,18 @@ def _load_stream(
         # at least one evaluated day before the drift: pre-drift precision is what recovery
         # is measured against (over up to PRE_DRIFT_DAYS of them)
         if drift_day is not None and not warmup_days < drift_day < covered:
+            if covered - warmup_days >= 2:
+                fix = f"a --drift-day from {warmup_days + 1} to {covered - 1}"
+            elif covered >= 3:  # (none fits this warm-up: `after day 1` of 2 days, a QA pass)
+                fix = f"a --warmup-days from 1 to {covered - 2} and a --drift-day after it"
+            else:
+                fix = "3 days or more"
             raise ConfigError(
                 f"--drift-day {drift_day} must fall after the warm-up ({warmup_days} days) and "
-                f"inside the {covered} days (or -1 for no drift): the frozen models are "
-                "trained on the warm-up, before the drift, and recovery is measured against "
-                f"the evaluated days between them (up to {PRE_DRIFT_DAYS}): give a --drift-day "
-                f"after day {warmup_days} or a shorter --warmup-days"
+                f"inside the {covered} days: the frozen models are trained on the warm-up, "
+                "before the drift, and recovery is measured against the evaluated days "
+                f"between them (up to {PRE_DRIFT_DAYS}): give {fix}, or --drift-day -1 for no "
+                "drift"
             )
 
     def check_frauds(txs: list[dict[str, Any]], truth: set[str], start: float, fix: str) -> None:
@@ -1047,7 +1053,9 @@ def _effective(args: argparse.Namespace, compared: bool = False) -> dict[str, An
     drift = args.drift_day
     if drift is None and not args.input:  # a user's file has no drift unless told; the
         drift = min(SIM_DRIFT_DAY, (args.days or 60) // 2)  # middle of a shorter stream (day
-        # 30 of 20 was refused, naming a flag not given: a QA pass), as demo and simulate
+        # 30 of 20 was refused, naming a flag not given: a QA pass), as demo and simulate;
+        # none in 2 or 3 days, where no warm-up day can come before it (a QA pass)
+        drift = drift if drift >= 2 else -1
     if drift is not None and drift < 0:
         drift = None
     warmup = args.warmup_days  # (the middle of --days 20 fell inside a 14-day warm-up: a QA)

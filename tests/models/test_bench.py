@@ -287,9 +287,26 @@ def test_a_baseline_near_zero_measures_nothing() -> None:
 
 def test_the_drift_needs_an_evaluated_day_before_it(tmp_path: Path) -> None:
     """Before: drift day == warm-up was accepted; pre-drift precision was NaN, recovery "never"."""
-    with pytest.raises(ConfigError, match="--drift-day 3 must fall after the warm-up"):
+    with pytest.raises(
+        ConfigError, match=r"--drift-day 3 must fall .* give a --drift-day from 4 to 7"
+    ):
         run_precision(days=8, cards=300, merchants=100, warmup_days=3, drift_day=3,
                       out_dir=tmp_path, echo=False, progress=False)  # fmt: skip
+    # where no drift day fits, it is not suggested (a QA pass: `after day 1` of 2 days)
+    for days, warmup, fix in ((2, 1, "3 days or more"), (5, 4, "a --warmup-days from 1 to 3")):
+        with pytest.raises(ConfigError, match=f"give {fix}.*, or --drift-day -1 for no drift"):
+            run_precision(days=days, cards=300, warmup_days=warmup, drift_day=1, out_dir=tmp_path,
+                          echo=False, progress=False)  # fmt: skip
+
+
+def test_a_short_simulated_stream_gets_no_drift_by_default() -> None:
+    """A QA pass: `fds bench precision --days 2` put the drift on day 1, where no warm-up day
+    could come before it, and was refused for a flag not given."""
+    from fds.bench import _effective
+
+    for days, drift, warmup in ((2, None, 1), (3, None, 1), (4, 2, 1), (60, 30, 14)):
+        run = _effective(_cli(["--days", str(days)]))
+        assert (run["drift_day"], run["warmup_days"]) == (drift, warmup)
 
 
 def _cli(argv: list[str]) -> argparse.Namespace:
