@@ -375,7 +375,8 @@ class FeaturePlan:
         return {cg.g.entity: len(s) for cg, s in zip(self._groups, self.states, strict=True)}
 
     def label_store_size(self) -> int:
-        """Transactions currently attributable to a late label."""
+        """Entries of transactions a late label can be attributed to (a ``tx_id`` repeated
+        in another segment or bucket is one entry more until the older one expires)."""
         return len(self._labels)
 
     def knows(self, tx_id: str) -> bool:
