@@ -319,7 +319,40 @@ def explain(e: yaml.YAMLError, text: str) -> tuple[str, Any]:
         char, mark = opened
         where = f"line {mark.line + 1}, column {mark.column + 1}"
         problem = f"{problem}: the {char!r} at {where} is never closed"
-    return problem, mark
+        return problem, mark
+    if mark is None or mark.line >= len(lines) or not _BLOCK.search(problem):
+        return problem, mark
+    quoted = _quote_ending_on(text, mark.line)
+    if quoted is not None:  # (a quote left open runs on to the next quote, lines below, where
+        # the error was said with no word of the quote: a README walk)
+        char, start = quoted
+        problem = (
+            f"the {char} at line {start.line + 1}, column {start.column + 1} is closed only on "
+            f"line {mark.line + 1}: is a quote left open on line {start.line + 1}? ({problem})"
+        )
+        return problem, start
+    return f"{problem}: is line {mark.line + 1} indented as the lines of its block?", mark
+
+
+#: Syntax errors of a block's layout: the text's indentation, or a quote left open before it.
+_BLOCK = re.compile(r"expected key|expected '-' indicator|expected <block end>")
+
+
+def _quote_ending_on(text: str, line: int) -> tuple[str, Any] | None:
+    """The quote character and start mark of a quoted text over several lines that ends on
+    ``line`` (0-based), or None."""
+    found = None
+    try:
+        for token in yaml.scan(text, Loader=yaml.SafeLoader):
+            if (
+                isinstance(token, yaml.ScalarToken)
+                and token.style in ('"', "'")
+                and token.start_mark.line < token.end_mark.line == line
+            ):
+                found = token.style, token.start_mark
+    except yaml.YAMLError:
+        pass
+    return found
 
 
 def _open_bracket(text: str) -> tuple[str, Any] | None:

@@ -105,6 +105,29 @@ def test_a_bracket_left_open_at_the_end_is_said_where_it_opened() -> None:
     )
 
 
+def test_a_quote_left_open_and_a_line_out_of_its_block_are_said_so() -> None:
+    """A README walk: a rule's `reason: "...` without its closing quote was said at the next
+    rule's `when: "` seven lines below, with YAML's words only; an `action:` indented as the
+    rule's `- id:` said "did not find expected '-' indicator", no word of indentation."""
+    rules = 'rules:\n  - id: a\n    reason: "open\n    score: 1\n  - id: b\n    when: "x > 1"\n'
+    with pytest.raises(yaml.YAMLError) as e:
+        load(rules)
+    problem, mark = yamlio.explain(e.value, rules)
+    assert (mark.line + 1, mark.column + 1) == (3, 13)
+    assert problem.startswith(
+        'the " at line 3, column 13 is closed only on line 6: is a quote left open on line 3?'
+    )
+    single = "a:\n  b: 'open\n  c: 'x'\n"
+    with pytest.raises(yaml.YAMLError) as e:
+        load(single)
+    assert yamlio.explain(e.value, single)[0].startswith("the ' at line 2, column 6")
+    indented = "rules:\n  - id: a\n    when: x\n  action: review\n    score: 1\n"
+    with pytest.raises(yaml.YAMLError) as e:
+        load(indented)
+    problem, mark = yamlio.explain(e.value, indented)
+    assert mark.line + 1 == 4 and problem.endswith("is line 4 indented as the lines of its block?")
+
+
 def test_a_settings_file_is_read_as_every_yaml_file_is(tmp_path: Path) -> None:
     """A README walk: `--config <(...)`, `/dev/zero` and a folder were each "settings file not
     found", where a rules file, a spec or a mapping given so is read, or refused for what it

@@ -298,11 +298,19 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
     if any(st == "shadow" for s in states for st in s.values()):
         print("(shadow: evaluated and counted, never acts on the decision)", file=out)
     for side, name, rs in ((b, "baseline", base), (c, "candidate", cand)):
+        features = {f.name for f in rs.features}
         for rid, n in sorted(side.rule_missing.items()):
+            gone = {k for k in rs.names_read().get(rid, ()) if side.names_missing.get(k)}
             print(
                 f"{name} rule {rid} was skipped on {n:,} of {r.transactions:,} transaction(s): a "
-                f"name it reads was missing ({rs.why_skipped(rid, side.names_missing, n)}; an "
-                "empty cell or text, or null, is missing)",
+                f"name it reads was missing ({rs.why_skipped(rid, side.names_missing, n)}; "
+                + (  # (a shop payment's device feature read as bad data: a README walk)
+                    "a feature has no value where its entity's history holds none: no device "
+                    "on a payment in a shop, no last gap at a card's first payment"
+                    if gone and gone <= features
+                    else "an empty cell or text, or null, is missing"
+                )
+                + ")",
                 file=out,
             )
     for side, name in ((b, "baseline"), (c, "candidate")):

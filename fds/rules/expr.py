@@ -658,6 +658,14 @@ class _Checker:
         last = len(node.ops) - 1
         for j, (op, right) in enumerate(zip(node.ops, node.comparators, strict=True)):
             sym = _CMP.get(type(op))
+            if sym is None and isinstance(op, ast.Is | ast.IsNot):  # (it was "Is comparison
+                # is not allowed: use == !=", and `== None` was refused next: a README walk)
+                raise self.fail(
+                    node,
+                    f"`{'is' if isinstance(op, ast.Is) else 'is not'}` is not allowed: a missing "
+                    "value cannot be tested in a rule (a rule whose names are missing does not "
+                    "fire); compare values with == or !=",
+                )
             if sym is None:
                 raise self.fail(node, f"{type(op).__name__} comparison is not allowed: use == !=")
             if sym in ("in", "not in"):
@@ -885,11 +893,18 @@ def _syntax_error(e: SyntaxError, source: str) -> ExprError:
         lines = source.rstrip().split("\n")  # line that is not blank)
         line, where = len(lines), " at the end of the condition"
         col = len(lines[-1].rstrip()) + 1 + (line == 1)
-    # (text values and comments aside)
-    bare = re.sub(r"'[^'\n]*'|\"[^\"\n]*\"|#[^\n]*", "''", source)
-    hint = next(
-        (h.format(*m.groups()) for pattern, h in _HABITS if (m := re.search(pattern, bare))), ""
-    )
+    # (text values and comments aside, blanked to their length: a habit is said where it is,
+    # where `amount > 10 AND x` was said at the condition's start, `&&` at its place: a README
+    # walk)
+    bare = re.sub(r"'[^'\n]*'|\"[^\"\n]*\"|#[^\n]*", lambda m: " " * len(m[0]), source)
+    found = next(((h, m) for pattern, h in _HABITS if (m := re.search(pattern, bare))), None)
+    hint = ""
+    if found is not None and not where:
+        hint, m = found[0].format(*found[1].groups()), found[1]
+        line = bare.count("\n", 0, m.start()) + 1
+        col = m.start() - bare.rfind("\n", 0, m.start()) + (line == 1)
+    elif found is not None:
+        hint = found[0].format(*found[1].groups())
     # (its ':=' is no option here, nor its comma)
     msg = re.split(r"\. (?:Maybe you meant|Perhaps you forgot)", e.msg)[0] if hint else e.msg
     return ExprError(f"syntax error{where}: {msg}{hint}", line, max(1, col - (line == 1)))

@@ -117,6 +117,12 @@ __all__ = ["TrainService", "TrainStats", "announcement", "lifecycle", "register_
 
 
 log = logging.getLogger(__name__)
+
+#: Who holds a trainer's state dir, and what to do when another one does.
+_HOLDER = (
+    "fds train",
+    "give each trainer its own --state-dir (the default follows its group)" + SHARED_FILE,
+)
 #: The first labels are watched for a ``ts`` text without an offset (read as UTC).
 _NAIVE = NaiveWatch("label")
 
@@ -394,6 +400,10 @@ class TrainService:
         self.spec = load_spec(spec)
         self.registry = Registry(registry)
         self.ckpt = Checkpointer(state_dir)
+        # another trainer's dir is refused before its checkpoint is restored here (it said
+        # "restored trainer checkpoint" first: a QA pass); held from run() on
+        self.ckpt.lock(*_HOLDER)
+        self.ckpt.unlock()
         self.store_path = self.ckpt.dir / "snapshots.sqlite"
         self.store = SqliteStore(self.store_path)
         self.topics = (decisions_topic, labels_topic)
@@ -705,10 +715,7 @@ class TrainService:
         """Run until :meth:`stop` (or ``max_idle_s`` without input), holding the state dir (two
         trainers of two deployments given one ran side by side, and one restored the other's
         model: a QA pass)."""
-        self.ckpt.lock(
-            "fds train",
-            "give each trainer its own --state-dir (the default follows its group)" + SHARED_FILE,
-        )
+        self.ckpt.lock(*_HOLDER)
         try:  # and its registry: two trainers publishing into one interleaved their versions,
             # and the scorers served the newest, the other deployment's (a QA pass)
             reg = self.s.named("registry")  # (--registry, FDS_REGISTRY, registry in the file)

@@ -439,7 +439,9 @@ def test_backtest_marks_shadow_rules_and_rules_skipped_for_missing_inputs(tmp_pa
         "  - {id: watch, when: amount > 0, action: decline, score: 1, reason: r, state: shadow}\n"
         "  - id: no_addr\n    when: \"extra.addr == '' and amount > 0\"\n"
         "    action: decline\n    score: 1\n"
-        "    reason: r\n    tests: [{given: {extra.addr: '', amount: 1}, expect: hit}]\n",
+        "    reason: r\n    tests: [{given: {extra.addr: '', amount: 1}, expect: hit}]\n"
+        "  - {id: quick, when: gap < 0, action: review, score: 1, reason: r}\n"
+        "features:\n  - {name: gap, entity: card_id, agg: last_gap, window: 1h}\n",
     )
     argv = ["rules", "backtest", "--candidate", str(cand), "--baseline", str(base), str(data)]
     assert main([*argv, "--examples", "all"]) == 0
@@ -451,6 +453,11 @@ def test_backtest_marks_shadow_rules_and_rules_skipped_for_missing_inputs(tmp_pa
     assert (
         "candidate rule no_addr was skipped on 2 of 8 transaction(s): a name it reads was "
         "missing (extra.addr missing on 2; an empty cell or text, or null, is missing)"
+    ) in out
+    assert (  # (a feature with no value there is no bad data: a README walk)
+        "candidate rule quick was skipped on 1 of 8 transaction(s): a name it reads was "
+        "missing (gap missing on 1; a feature has no value where its entity's history holds "
+        "none: no device on a payment in a shop, no last gap at a card's first payment)"
     ) in out
     assert "approve [] -> decline ['big'] shadow ['watch']" in out
 

@@ -148,7 +148,8 @@ def test_semantics_and_precedence(src: str, expected: bool) -> None:
         ("abs(x=amount) > 1", "keyword"),
         ("amount in avg", "literal list"),
         ("country in ['a', country]", "must be literals"),
-        ("amount is None", "comparison is not allowed"),
+        ("amount is None", "`is` is not allowed: a missing value cannot be tested in a rule"),
+        ("amount is not None", "`is not` is not allowed: a missing value cannot be tested"),
         ("amount != None", "None is not a value a rule sees"),  # always true
         ("amount > None", "None is not a value a rule sees"),  # raised on every transaction
         ("(country or amount) > 5", "orders what may be text"),  # raised when country is set
@@ -209,6 +210,15 @@ def test_error_points_at_the_offending_spot() -> None:
     with pytest.raises(ExprError) as ei:
         compile_expr("amount > 1 and nope", KNOWN)
     assert (ei.value.line, ei.value.col) == (1, 16)
+    # another language's habit where it is (a README walk: `AND` was said at column 1)
+    for src, where in (
+        ("amount > 10 AND country == 'pos'", (1, 13)),
+        ("amount > 10 and\n  country == 'x y' OR amount < 1", (2, 20)),
+        ("country == 'a = b' and amount = 5", (1, 31)),
+    ):
+        with pytest.raises(ExprError) as ei:
+            compile_expr(src, KNOWN)
+        assert (ei.value.line, ei.value.col) == where, (src, str(ei.value))
 
 
 @pytest.mark.parametrize(

@@ -1009,6 +1009,10 @@ def test_a_deployments_trainer_reads_its_own_topics_and_state_dir(monkeypatch, t
             match=r"in use by fds run, pid .*own --state-dir.*state_dir: in a --config file",
         ):
             other.run(max_idle_s=0.1)
+        # ... and one made while the other holds it is refused before restoring anything (a
+        # QA pass: it said "restored trainer checkpoint" and served metrics, then refused)
+        with pytest.raises(ConfigError, match=r"in use by fds run, pid "):
+            service(tmp_path)
     finally:
         svc.ckpt.unlock()
         svc.store.close()
