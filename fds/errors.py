@@ -102,3 +102,17 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, FdsError):  # (`fds train: failed: FdsError: ...`, a QA pass)
         return text
     return text if text == name or text.startswith(f"{name}: ") else f"{name}: {text}"
+
+
+def also(first: BaseException | None, then: FdsError) -> FdsError:
+    """``then``, raised while ``first`` was on its way out, with ``first`` said too (two
+    outputs on one full disk said only the second's failure: a QA pass).
+
+    >>> str(also(FdsError("cannot write d.jsonl"), FdsError("cannot write dlq.jsonl")))
+    'cannot write d.jsonl; and cannot write dlq.jsonl'
+    >>> str(also(KeyboardInterrupt(), FdsError("x"))), str(also(FdsError("x"), FdsError("x")))
+    ('x', 'x')
+    """
+    if isinstance(first, FdsError) and str(first) != str(then):
+        return FdsError(f"{first}; and {then}")
+    return then

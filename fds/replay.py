@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import orjson
 
 from fds.engine import Engine
-from fds.errors import ConfigError, RuleError, StageError, ValidationError
+from fds.errors import ConfigError, FdsError, RuleError, StageError, ValidationError, also
 from fds.features.plan import read_field
 from fds.gcpolicy import TICK_EVERY, Freezer
 from fds.logs import json_logs
@@ -706,6 +706,7 @@ def _run(
             engine.report()
 
     said_wait = False  # paced: a long wait was logged
+    failed: FdsError | None = None
     with Freezer() as freezer:
         try:
             for i, tx in enumerate(stream.transactions):
@@ -796,8 +797,14 @@ def _run(
                 learned += 1
         except KeyboardInterrupt:  # Ctrl-C: stop between events, summarise what was decided
             s.interrupted = True
-        finally:  # what was read before a failure is not lost
-            tally.drain(dead, dlq, metrics)
+        except FdsError as e:
+            failed = e
+            raise
+        finally:  # what was read before a failure is not lost; a failure of the dead letters'
+            try:  # file too is said with the first (both on one full disk: only the dead
+                tally.drain(dead, dlq, metrics)  # letters' was said, a QA pass)
+            except FdsError as then:
+                raise also(failed, then) from None
     s.seconds = time.perf_counter() - t0
     if seen:
         s.last_ts = ts  # (the newest event decided: the file is in time order)

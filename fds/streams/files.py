@@ -42,7 +42,7 @@ from pydantic import (
 )
 
 from fds import yamlio
-from fds.errors import ConfigError, FdsError, describe
+from fds.errors import ConfigError, FdsError, also, describe
 from fds.features.codegen import finite
 from fds.rules.expr import NA_TEXT
 from fds.schema import DEGREES, TX_FIELDS, TX_REQUIRED, dumps, dumps_line, fraud_flag
@@ -2021,10 +2021,13 @@ class JsonlSink:
         self.path = Path(path)
         self.count = 0
         self._f: IO[bytes] | None = None
+        self._failed: FdsError | None = None  # (a write refused: the file is not opened again)
         if eager:
             self._open()
 
     def _open(self) -> IO[bytes]:
+        if self._failed is not None:  # (opened again, "wb" emptied what it held before the
+            raise self._failed  # failure: a replay's dead letters past a full disk, a QA pass)
         if self._f is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._f = open_text(self.path, "wb")
@@ -2076,13 +2079,17 @@ class JsonlSink:
                 g.seek(0)
                 lines = sum(chunk.count(b"\n") for chunk in iter(lambda: g.read(1 << 20), b""))
                 kept = f"it holds {lines:,} whole line(s) (a line cut short removed)"
-        return FdsError(
+        self._failed = FdsError(
             f"cannot write {self.path}: {describe(e)}; {self.count:,} record(s) were given to it "
             f"and {kept}: free space (or give another path) and run it again"
         )
+        return self._failed
 
     def __enter__(self) -> JsonlSink:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        try:
+            self.close()
+        except FdsError as then:  # (said with the failure that ended the block, if one did)
+            raise also(exc, then) from None

@@ -688,3 +688,55 @@ def test_a_full_disk_cuts_the_output_back_to_whole_lines_and_says_so(tmp_path, m
     assert f"cannot write {out}: OSError: [Errno 28] No space left on device" in str(e.value)
     assert f"it holds {len(lines):,} whole line(s)" in str(e.value)
     assert len(lines) < 2_000 and out.stat().st_size <= room
+
+
+def test_a_full_disk_under_the_dead_letters_keeps_what_they_hold(tmp_path, monkeypatch, capsys):
+    """A QA pass (`fds replay --dlq` on a full tmpfs, 6,559 dead letters): the replay's last
+    drain opened the file again ("wb") after the failure and emptied it of its 2,561 whole
+    lines (1,000 left, of the lines 6,001 on); with the decisions file on the same disk only
+    the dead letters' failure was said, not the decisions file's."""
+    from fds.cli import main
+
+    src = tmp_path / "bad.jsonl"
+    rows = [
+        {"tx_id": f"t{i}", "ts": 1767225600 + i, "card_id": f"c{i % 7}",
+         "amount": "x" * 300 if i % 3 == 0 else 10.0}
+        for i in range(9_000)
+    ]  # fmt: skip
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    real = files.open_text
+    room = {"dlq.jsonl": 1_500_000, "d.jsonl": 10**9}
+
+    def full(p, mode):
+        if "w" in mode and p.name in room:
+            return io.BufferedWriter(_FillingDisk(p, room[p.name]))
+        return real(p, mode)
+
+    monkeypatch.setattr(files, "open_text", full)
+    argv = ["replay", str(src), "--model", "none", "--no-progress", "--out",
+            str(tmp_path / "d.jsonl"), "--dlq", str(tmp_path / "dlq.jsonl")]  # fmt: skip
+    assert main(argv) == 1
+    said = capsys.readouterr().err
+    kept = (tmp_path / "dlq.jsonl").read_bytes().splitlines()
+    assert 2_000 < len(kept) < 3_000 and f"it holds {len(kept):,} whole line(s)" in said
+    assert [orjson.loads(x)["position"] for x in kept[:2]] == [1, 4]  # (from the start)
+    assert "; and cannot write" not in said
+
+
+def test_two_outputs_on_one_full_disk_are_both_said(tmp_path, monkeypatch):
+    """A QA pass: the decisions file failed first, then the dead letters' at its close, and
+    only the second failure was said (the user never learnt that d.jsonl was cut)."""
+    import contextlib
+
+    monkeypatch.setattr(
+        files, "open_text", lambda p, mode: io.BufferedWriter(_FillingDisk(p, 3_000))
+    )
+    with pytest.raises(FdsError) as e, contextlib.ExitStack() as stack:
+        out = stack.enter_context(JsonlSink(tmp_path / "d.jsonl"))
+        dlq = stack.enter_context(JsonlSink(tmp_path / "dlq.jsonl"))
+        dlq.write({"stage": "parse", "pad": "x" * 4_000})  # (buffered: fails at its close)
+        for i in range(100):
+            out.write({"tx_id": f"t{i}", "pad": "x" * 100})
+    said = str(e.value)
+    assert said.startswith(f"cannot write {tmp_path / 'd.jsonl'}: OSError: [Errno 28]")
+    assert f"; and cannot write {tmp_path / 'dlq.jsonl'}: OSError: [Errno 28]" in said
