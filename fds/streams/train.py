@@ -437,6 +437,7 @@ class TrainService:
         self._judge: ModelFeed | None = None  # reads the scorers' verdicts (run)
         self._judge_until = 0.0  # ... its catch-up awaited until then (monotonic)
         self._publish_at = 0.0  # ... of the next publish, after one failed
+        self._publish_failed = False  # (tried again when due, input or none)
         self._follow_stamp: tuple[int, int] | None = None  # the registry checked for rollbacks
         self._last_decision = self._started = time.monotonic()
         # The polled labels not learned yet, learned in event-time order across the labels
@@ -781,8 +782,12 @@ class TrainService:
                     broker.answered(now)
                 held = len(self._labels) > 0
                 self._follow_rollback()
-                if batch or held or self._early:  # (held labels may go on by now; those
-                    self._process(batch)  # dated before their transaction do not hold an exit)
+                # (held labels may go on by now; those dated before their transaction do not
+                # hold an exit; a failed publish is tried again with no input too: it waited
+                # for the next label, and scorers for their version, a QA pass)
+                retry = self._publish_failed and now >= self._publish_at
+                if batch or held or self._early or retry:
+                    self._process(batch)
                 self._commit_if_due()  # (what an idle pass left to checkpoint)
                 self._send_lifecycle()  # (a promote or rollback there: one stat when none)
                 self._bad_lines.tick(now)  # (a burst's count, said within its minute: a review)
@@ -911,19 +916,20 @@ class TrainService:
                 self.metrics.model_publish("broken")
         except ConfigError as exc:
             self.metrics.model_publish("failed")
-            self._publish_at = time.monotonic() + PUBLISH_RETRY_S
+            self._publish_at, self._publish_failed = time.monotonic() + PUBLISH_RETRY_S, True
             log.error("not published: %s (learning goes on, checked again in %.0f s)", exc,
                       PUBLISH_RETRY_S)  # fmt: skip
             return None
         except OSError as exc:
             self.metrics.model_publish("failed")
-            self._publish_at = time.monotonic() + PUBLISH_RETRY_S
+            self._publish_at, self._publish_failed = time.monotonic() + PUBLISH_RETRY_S, True
             log.error(
                 'publishing into registry="%s" failed (%s); learning goes on, tried again in '
                 "%.0f s: free space in it or make it writable", self.registry.path,
                 describe(exc), PUBLISH_RETRY_S,
             )  # fmt: skip
             return None
+        self._publish_failed = False
         if pub is not None:
             self.metrics.model_publish("ok")
         return pub

@@ -1352,8 +1352,10 @@ def test_a_publish_the_registry_refuses_is_counted_and_tried_again_learning_goes
     if fault == "lock_is_a_folder":
         (reg / ".lock").rmdir()
     monkeypatch.undo()
-    svc._publish_at = 0.0  # PUBLISH_RETRY_S later
-    feed(svc, {d: [decision(0, 2, "t2", 300.0)]})
+    svc._publish_at = 0.0  # PUBLISH_RETRY_S later, with no input (a QA pass: it waited for
+    svc._connect = lambda: setattr(svc, "consumer", Idle())  # type: ignore[method-assign]
+    monkeypatch.setattr(Idle, "commit", lambda *_, **__: None, raising=False)
+    svc.run(max_idle_s=0.2)  # the next label, and the scorers for their version)
     assert get("fds_model_publishes_total", {"result": "ok"}) == 1
     assert svc.stats.published == 1 and (reg / "v000001.pkl").exists()
 
