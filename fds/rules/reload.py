@@ -396,15 +396,26 @@ class ReloadingRuleset:
             return
         from fds.models.registry import write_atomic
 
+        copied = False
         try:
             self.keep.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(self.keep, text.encode())
+            copied = True
             write_atomic(self._source_of_kept, _source(self.path).encode())
         except OSError as e:
+            try:  # (it said "will not start", and a restart decided with the older copy: a
+                then = format_ts(self.keep.stat().st_mtime)  # QA pass on a full disk)
+            except OSError:
+                after = "will not start"
+            else:
+                after = (
+                    "decides with them (the copy is written, not the name of its file)"
+                    if copied
+                    else f"decides with the older rules of the copy kept there at {then}"
+                )
             log.warning(
                 "cannot keep a copy of the rules in force in %s (%s): a restart with a "
-                "rules file that does not load will not start",
-                self.keep, describe(e),
+                "rules file that does not load %s", self.keep, describe(e), after,
             )  # fmt: skip
 
     @property

@@ -562,6 +562,36 @@ def test_a_rules_file_that_does_not_load_at_start_decides_with_the_copy_kept(
     assert keep.read_text() == rules("v3", 300)
 
 
+def test_a_copy_that_cannot_be_kept_says_what_a_restart_decides_with(
+    tmp_path: Path, caplog, monkeypatch
+) -> None:
+    """A QA pass (a full disk): "cannot keep a copy ...: a restart with a rules file that does
+    not load will not start", and the restart decided with the older copy kept before."""
+    import errno
+
+    import fds.models.registry as registry
+
+    p, keep = tmp_path / "r.yaml", tmp_path / "state" / "rules.last-good.yaml"
+    p.write_text(rules("v1", 100))
+    rs = ReloadingRuleset(p, start=False, settle_seconds=0, keep=keep)
+    assert rs.check_now() == "unchanged" and keep.read_text() == rules("v1", 100)
+
+    def full(*_: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(registry, "write_atomic", full)
+    write(p, rules("v2", 200))
+    with caplog.at_level("WARNING", logger="fds.rules"):
+        assert rs.check_now() == "ok" and rs.current.version == "v2"
+    assert "does not load decides with the older rules of the copy kept there at " in caplog.text
+    keep.unlink()
+    write(p, rules("v3", 300))
+    with caplog.at_level("WARNING", logger="fds.rules"):
+        assert rs.check_now() == "ok"
+    assert "a rules file that does not load will not start" in caplog.text
+    rs.close()
+
+
 def test_an_edit_of_layout_alone_needs_no_new_version(tmp_path: Path) -> None:
     """A QA pass: spaces or parentheses in a condition, or the features in another order,
     under the same version were refused as "the rules changed but the version did not"."""
