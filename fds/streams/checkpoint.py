@@ -170,12 +170,12 @@ def hold(path: Path, what: str, who: str, advice: str, flag: str) -> IO[str]:
             holder = f"another process ({holder})" if holder else "another process"
         raise ConfigError(f"{what} is in use by {holder}; {advice}", where=where) from None
     # Who holds it, for another's refusal; the lock holds without it (a full disk refused the
-    # note, and fds run its start, with a pathless OSError: a QA pass).
+    # note, and fds run its start, with a pathless OSError: a QA pass). Written unbuffered: a
+    # note the disk refused stayed in the buffer, and its flush at the close failed fds run's
+    # clean stop (exit 1, "free space on the output's disk": a QA pass).
     with contextlib.suppress(OSError):
-        f.seek(0)
-        f.truncate()
-        f.write(f"{who}, pid {os.getpid()} on {socket.gethostname()}\n")
-        f.flush()
+        os.ftruncate(f.fileno(), 0)
+        os.pwrite(f.fileno(), f"{who}, pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
     return f
 
 

@@ -3,6 +3,7 @@ from a forked child that capture the state of the instant they were started."""
 
 from __future__ import annotations
 
+import io
 import os
 import time
 from typing import Any
@@ -343,27 +344,31 @@ def test_a_state_dir_taken_by_another_instance_after_it_was_deleted_is_not_writt
 
 def test_a_lock_whose_holder_note_the_disk_refuses_still_holds(tmp_path, monkeypatch):
     """A QA pass: on a full disk, writing who holds the state dir's lock raised a pathless
-    OSError and fds run did not start; the lock holds without its note."""
+    OSError and fds run did not start; the lock holds without its note. Another: the note
+    refused stayed in the file's buffer, and its flush at the close (fds run's clean stop)
+    raised: exit 1, "free space on the output's disk"."""
     import errno
-    import io
 
     import fds.streams.checkpoint as checkpoint
     from fds.errors import ConfigError
 
-    class Full(io.TextIOWrapper):
-        def write(self, text: str) -> int:
-            raise OSError(errno.ENOSPC, "No space left on device")
+    def full(*_: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    real = os.fdopen
+    class Full(io.FileIO):  # (the disk: every write refused, buffered ones at their flush)
+        write = full
+
     monkeypatch.setattr(
-        checkpoint.os, "fdopen", lambda fd, mode: Full(real(fd, mode.replace("+", "+b")))
-    )
+        checkpoint.os, "fdopen",
+        lambda fd, mode: io.TextIOWrapper(io.BufferedRandom(Full(fd, "r+"))),
+    )  # fmt: skip
+    monkeypatch.setattr(checkpoint.os, "pwrite", full)
     args = ("the state dir", "fds run", "stop it", "--state-dir")
     f = checkpoint.hold(tmp_path / ".lock", *args)
     monkeypatch.undo()
     with pytest.raises(ConfigError, match="the state dir is in use by another process;"):
         checkpoint.hold(tmp_path / ".lock", *args)  # (held: flock, whatever the note)
-    f.close()
+    f.close()  # (nothing left to flush)
 
 
 def test_a_checkpoint_others_could_have_written_is_not_unpickled(tmp_path, caplog):
