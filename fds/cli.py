@@ -314,7 +314,10 @@ def main(argv: list[str] | None = None) -> int:
 def _full_hint(e: BaseException) -> str:
     """What to do about a full or read-only disk whose error names no file (a write's: `fds
     demo` and `fds bench` said `[Errno 28] No space left on device` alone, a QA pass)."""
-    if isinstance(e, OSError) and e.errno in _FULL and not e.filename:
+    if isinstance(e, OSError) and e.errno in _FULL:  # (with a file: its own disk; fds run
+        # and fds models have no output path to give, a QA pass)
+        if e.filename:
+            return ": free space on its disk (or make it writable), then run it again"
         return ": free space on the output's disk (or give another output path), then run it again"
     return ""
 

@@ -24,6 +24,7 @@ duplicate key 'a': remove one of them
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import select
@@ -35,6 +36,8 @@ from typing import Any
 import yaml
 
 from fds.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "check_printable",
@@ -165,6 +168,8 @@ def read_text(path: Path, what: str) -> str:
 
 #: How long a pipe given as a file (`<(...)`, a FIFO) may take to start being written.
 PIPE_WAIT_S = 30.0
+#: ... and after this long without a byte, the wait is said.
+PIPE_SAY_AFTER_S = 2.0
 
 
 def read_bytes(path: str | Path, what: str, *, limit: int | None = None, hint: str = "") -> bytes:
@@ -184,7 +189,13 @@ def read_bytes(path: str | Path, what: str, *, limit: int | None = None, hint: s
             if stat.S_ISFIFO(os.fstat(fd).st_mode):  # a pipe, <(...) too: its writer is given
                 waiting = select.poll()  # PIPE_WAIT_S to start (read as empty, a review)
                 waiting.register(fd, select.POLLIN)
-                if not waiting.poll(PIPE_WAIT_S * 1000):
+                first = min(PIPE_SAY_AFTER_S, PIPE_WAIT_S)
+                if not waiting.poll(first * 1000):  # (30 s without a word: a QA pass on a
+                    log.warning(  # FIFO given as the rules file)
+                        'waiting up to %g s for %s: path="%s" is a pipe nothing was written '
+                        "to yet", PIPE_WAIT_S, what, path,
+                    )  # fmt: skip
+                if not waiting.poll((PIPE_WAIT_S - first) * 1000):
                     raise ConfigError(
                         f"nothing was written to this pipe in {PIPE_WAIT_S:g} s, where {what} "
                         f"was to come{hint}",

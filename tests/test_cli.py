@@ -1686,7 +1686,53 @@ def test_an_output_is_written_whole_or_not_at_all_and_a_full_disk_is_said(tmp_pa
         write_output(out, b"b\n" * 1000)
     assert out.read_bytes() == b"a\n" and sorted(p.name for p in tmp_path.iterdir()) == [out.name]
     assert "free space on the output's disk" in _full_hint(OSError(errno.ENOSPC, "full"))
-    assert _full_hint(OSError(errno.ENOSPC, "full", "/named/file")) == ""
+    assert _full_hint(OSError(errno.ENOSPC, "full", "/named/file")) == (
+        ": free space on its disk (or make it writable), then run it again"
+    )
+
+
+def test_fds_simulate_on_a_full_disk_fails_and_keeps_what_was_there(tmp_path, monkeypatch, capsys):
+    """A QA pass: a full disk under `fds simulate --out` was a usage error (exit 2) telling to
+    check that the directory is writable."""
+    import errno
+
+    import fds.streams.simulator as simulator
+
+    out = tmp_path / "tx.jsonl"
+    out.write_text("old\n")
+    real = simulator._write_jsonl
+
+    def full(rows, path, on_rows=None):
+        real(rows[:10], path, on_rows)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(simulator, "_write_jsonl", full)
+    argv = ["simulate", "--out", str(out), "--days", "1", "--cards", "100", "--no-progress"]
+    assert main(argv) == 1
+    said = capsys.readouterr().err
+    assert f"fds simulate: failed: cannot write {out}" in said and "free space on its disk" in said
+    assert out.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+
+
+def test_a_full_registry_is_named_by_fds_models(tmp_path, monkeypatch, capsys):
+    """A QA pass: `fds models promote` on a full registry said "[Errno 28] No space left on
+    device: free space on the output's disk (or give another output path)", no file, no
+    output path to give."""
+    import errno
+
+    import fds.models.registry as registry
+
+    reg = registry.Registry(tmp_path / "r")
+    reg.publish({"w": 1}, spec={"name": "m"})
+
+    def full(*_a: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(registry.os, "replace", full)
+    assert main(["models", "--registry", str(tmp_path / "r"), "promote", "v000001"]) == 1
+    said = capsys.readouterr().err
+    assert f"No space left on device: '{tmp_path / 'r' / 'manifest.json'}'" in said
+    assert said.rstrip().endswith("free space on its disk (or make it writable), then run it again")
 
 
 @pytest.mark.parametrize(

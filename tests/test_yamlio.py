@@ -62,7 +62,7 @@ def test_a_control_character_is_refused_at_its_line_and_column(tmp_path, char, c
 
 
 def test_a_file_that_never_ends_or_never_comes_is_refused_not_waited_for(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, caplog
 ) -> None:
     """A QA pass: `--model /dev/zero` was read until memory ran out, `--model FIFO` with no
     writer waited without end; a pipe with a writer (`<(...)`) is still read."""
@@ -80,6 +80,12 @@ def test_a_file_that_never_ends_or_never_comes_is_refused_not_waited_for(
     assert isinstance(said, ConfigError) and (
         "nothing was written to this pipe in 0.2 s, where a model spec was to come" in str(said)
     )
+    # the wait is said once it lasts (a QA pass: a FIFO as the rules file, 30 s without a word)
+    monkeypatch.setattr(yamlio, "PIPE_WAIT_S", 0.4)
+    monkeypatch.setattr(yamlio, "PIPE_SAY_AFTER_S", 0.1)
+    with caplog.at_level("WARNING", logger="fds.yamlio"):
+        assert isinstance(raised_within(lambda: read_text(fifo, "a model spec")), ConfigError)
+    assert f'waiting up to 0.4 s for a model spec: path="{fifo}" is a pipe' in caplog.text
     out = subprocess.run(
         ["bash", "-c", "python -c 'import sys; from pathlib import Path; from fds.yamlio import "
          "read_text; print(read_text(Path(sys.argv[1]), \"x\"))' <(sleep 0.2; echo a: 1)"],

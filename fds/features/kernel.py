@@ -78,6 +78,9 @@ KEEP_S = 30 * 86400.0
 #: another's does not remove it as unused while a service that loaded it a month ago runs on
 #: (its next start built it again; see :func:`_mark_in_use`).
 IN_USE_EVERY_S = 86400.0
+#: Less room than this on the cache's disk explains a build that failed without a word (its
+#: C file, object and module take a few MB).
+BUILD_ROOM = 20 << 20
 #: Values of ``FDS_FEATURE_KERNEL``.
 MODES = ("compiled", "off")
 
@@ -533,6 +536,13 @@ class Compiler:
         if not self.cache.is_dir():  # (said "no output": a QA pass)
             raise _CacheGone(f"the cache {self.cache} (FDS_KERNEL_CACHE) was removed during it")
         text = failed.read_text(errors="replace") if failed.exists() else ""
+        free = _free_bytes(self.cache)
+        if not text.strip() and free is not None and free < BUILD_ROOM:  # (its output could
+            raise RuntimeError(  # not be written either: "no output", a QA pass)
+                f"Cython's build exited with {code}: the disk of {self.cache} is full "
+                f"({free // 1024:,} KB free; a build needs about {BUILD_ROOM >> 20} MB): free "
+                "space there"
+            )
         raise RuntimeError(f"Cython's build exited with {code}: {_reason(text)}")
 
 
@@ -556,6 +566,15 @@ def _output(log_file: Path) -> str:
     """Where a failed build's whole output is, for its warning (it was named nowhere, and
     removed once read when the process that started the build waited for it: a QA pass)."""
     return f"; the compiler's whole output: {log_file}" if log_file.is_file() else ""
+
+
+def _free_bytes(folder: Path) -> int | None:
+    """Bytes this user may still write on ``folder``'s disk, or None when not known."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
 
 
 def _reason(output: str) -> str:

@@ -224,6 +224,12 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # (named: a full disk's error named no file, `fds models promote`
+        with contextlib.suppress(FileNotFoundError):  # said "[Errno 28] ...", a QA pass)
+            os.unlink(tmp)
+        if e.filename is None:
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

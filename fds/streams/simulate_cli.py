@@ -7,6 +7,7 @@ A thin layer over :mod:`fds.streams.simulator`; the lead wires :func:`register` 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import math
 import re
@@ -19,7 +20,7 @@ from typing import Any
 import orjson
 
 from fds.cli import at_least, drift_day, positive_int, seed, unwritable
-from fds.errors import ConfigError
+from fds.errors import ConfigError, FdsError
 from fds.logs import json_logs, say
 from fds.progress import progress_bar
 from fds.streams.simulator import (
@@ -183,6 +184,12 @@ def _simulate(args: argparse.Namespace) -> int:
         with progress_bar(total, unit="rec", desc="writing", enabled=progress) as bar:
             tx_path, lab_path = write(sim, args.out, on_rows=bar.update)
     except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):  # (a failure, exit 1, not a usage error
+            raise FdsError(  # telling to check the directory: a QA pass)
+                f"cannot write {args.out} or {labels_path(args.out)}: {e.strerror or e}; "
+                "nothing was written: free space on its disk (or give another --out), then run "
+                "it again"
+            ) from e
         raise ConfigError(
             f"cannot write {args.out} or {labels_path(args.out)}: {e.strerror or e}; "
             "check that the directory is writable"

@@ -502,6 +502,24 @@ def test_a_cache_removed_during_a_build_is_said_so(
     assert FeaturePlan(specs, compiler=c).compiled and c.builds == 2
 
 
+def test_a_build_failed_for_a_full_disk_is_said_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A QA pass: a build on a full disk was "exited with 1: no output", its log empty (it
+    could not be written either), no word of the disk."""
+    import fds.features.kernel as kernel
+
+    monkeypatch.setattr(kernel, "_CHILD", "import sys; sys.exit(1)")  # (as one that wrote none)
+    monkeypatch.setattr(kernel, "_free_bytes", lambda folder: 160 * 1024)
+    cache = tmp_path / "cache"
+    c = Compiler(cache)
+    specs = [SimpleNamespace(name="n_8h", entity="card_id", agg="count", field=None, window="8h")]
+    with caplog.at_level(logging.WARNING, "fds.features.kernel"):
+        p = FeaturePlan(specs, compiler=c)
+        assert c.wait() and not p.compiled
+    assert f"exited with 1: the disk of {cache} is full (160 KB free; a build needs" in caplog.text
+
+
 def test_a_fifo_planted_as_the_marker_blocks_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
