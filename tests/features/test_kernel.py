@@ -513,7 +513,9 @@ def test_a_build_failed_for_a_full_disk_is_said_so(
     monkeypatch.setattr(kernel, "_free_bytes", lambda folder: 160 * 1024)
     cache = tmp_path / "cache"
     c = Compiler(cache)
-    specs = [SimpleNamespace(name="n_8h", entity="card_id", agg="count", field=None, window="8h")]
+    specs = [  # (a source no other test builds: one built in this process is not built again)
+        SimpleNamespace(name="full_7h", entity="card_id", agg="count", field=None, window="7h")
+    ]
     with caplog.at_level(logging.WARNING, "fds.features.kernel"):
         p = FeaturePlan(specs, compiler=c)
         assert c.wait() and not p.compiled
