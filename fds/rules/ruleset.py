@@ -1129,9 +1129,10 @@ def load_ruleset_text(
     """Validate and compile a rules file given as text (see :func:`load_ruleset`)."""
     data, marks = load_yaml_with_marks(text, filename)
     if not isinstance(data, dict):
-        raise ConfigError(
-            "a rules file is a mapping with version, features, rules, policy",
-            where=f"{filename}:1:1",
+        empty = "the file is empty (or only comments): " if data is None else ""
+        raise ConfigError(  # (an empty one was told what a rules file is, not that it was
+            f"{empty}a rules file is a mapping with version, features, rules, policy",  # empty:
+            where=f"{filename}:1:1",  # a QA pass on a file cut to 0 bytes)
         )
     # (an anchor could only sit on a real rule, every other key being refused: a QA pass)
     data = yamlio.without_own_keys(data)

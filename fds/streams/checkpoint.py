@@ -240,6 +240,13 @@ def _die_with(parent: int) -> None:
         os._exit(1)
 
 
+#: What a failed checkpoint's warning says to do (it said what failed only: a QA pass).
+CHECKPOINT_FIX = (
+    "decisions go on, and a restart folds more again: free space in the state dir or make it "
+    'writable (fds_checkpoints_total{result="failed"} counts them)'
+)
+
+
 def _say_if_shared(path: Path) -> None:
     """Warn when another user owns the state dir or may write to it (a shared /tmp folder):
     a checkpoint they plant there is refused (:func:`read_own`), but they can delete or
@@ -465,8 +472,9 @@ class Checkpointer:
             self.failed()
             log.warning(
                 'background checkpoint failed; the previous checkpoint stays path="%s" '
-                'exit="%d" error="%s"',
+                'exit="%d" error="%s"; %s',
                 self.path, code, why or (f"killed by signal {-code}" if code < 0 else "unknown"),
+                CHECKPOINT_FIX,
             )  # fmt: skip
         return False
 

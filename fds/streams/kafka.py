@@ -166,6 +166,7 @@ from fds.schema import (
 )
 from fds.streams.align import SEQ_HEADER, Aligner, fetched_to
 from fds.streams.checkpoint import (
+    CHECKPOINT_FIX,
     Checkpoint,
     Checkpointer,
     StateDirTaken,
@@ -2668,7 +2669,7 @@ class Runner:
                     self._state, topic=topic, offsets=offsets, left=left, group=group
                 )
         except OSError as exc:  # a full disk must not stop decisions; a restart re-folds more
-            log.warning('checkpoint failed path="%s" error="%s"', ck.path, exc)
+            log.warning('checkpoint failed path="%s" error="%s"; %s', ck.path, exc, CHECKPOINT_FIX)
             ck.failed()  # (fds_checkpoints_total{result="failed"})
             return False
         except StateDirTaken as exc:  # (decisions go on; the other instance keeps its file)

@@ -1164,3 +1164,19 @@ def test_a_rule_skipped_on_texts_used_as_numbers_says_so_beside_the_missing_name
         "on the others"
     )
     assert rs.why_skipped("risky", names) == f"extra.risk missing on {names['extra.risk']}"
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("", "r.yaml:1:1: the file is empty (or only comments): a rules file is a mapping"),
+        ("# nothing yet\n", "the file is empty (or only comments)"),
+        ("- a\n", "r.yaml:1:1: a rules file is a mapping with version"),
+    ],
+)
+def test_an_empty_rules_file_is_said_to_be_empty(text: str, said: str) -> None:
+    """A QA pass: a rules file cut to 0 bytes was told what a rules file is, not that it was
+    empty."""
+    with pytest.raises(ConfigError) as e:
+        load_ruleset_text(text, "r.yaml")
+    assert said in str(e.value)

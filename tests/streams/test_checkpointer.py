@@ -78,7 +78,9 @@ def test_a_failed_background_write_says_why_and_the_next_that_lands_says_so(
         assert (ck.saves, ck.failures, ck.failing) == (0, 2, 2)
         said = "background checkpoint failed; the previous checkpoint stays " \
             f'path="{ck.path}" exit="1" ' \
-            'error="OSError: [Errno 28] No space left on device"'  # fmt: skip
+            f"error=\"OSError: [Errno 28] No space left on device: '{ck.path}'\"; " \
+            "decisions go on, and a restart folds more again: free space in the state dir or " \
+            "make it writable"  # fmt: skip
         assert caplog.text.count(said) == 2, caplog.text
         assert "written again" not in caplog.text
         m.undo()
