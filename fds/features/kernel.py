@@ -509,7 +509,11 @@ class Compiler:
                     old.unlink()  # hold)
         self.builds += 1
         tmp = Path(tempfile.mkdtemp(prefix=f"build-{key}-", dir=self.cache))
-        (tmp / f"fds_kernel_{key}.pyx").write_text(text)
+        try:
+            (tmp / f"fds_kernel_{key}.pyx").write_text(text)
+        except OSError:  # (a full disk left an empty build folder at every start: a QA pass)
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         final, failed = self._path(key), self._log(key)
         with contextlib.suppress(OSError):  # (an earlier failure's output: a build killed at
             failed.unlink(missing_ok=True)  # its timeout writes none, and had it named)

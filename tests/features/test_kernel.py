@@ -522,6 +522,27 @@ def test_a_build_failed_for_a_full_disk_is_said_so(
     assert f"exited with 1: the disk of {cache} is full (160 KB free; a build needs" in caplog.text
 
 
+def test_a_build_that_cannot_write_its_source_leaves_no_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A QA pass: on a full disk each start left an empty build-* folder in the cache."""
+    import errno
+
+    cache = tmp_path / "cache"
+    c = Compiler(cache)
+    real = Path.write_text
+
+    def full(self: Path, *a: Any, **k: Any) -> int:
+        if self.suffix == ".pyx":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(OSError):
+        c._start("k1", "x = 1\n")
+    assert not list(cache.glob("build-*"))
+
+
 def test_a_fifo_planted_as_the_marker_blocks_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
