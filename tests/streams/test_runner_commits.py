@@ -2055,7 +2055,8 @@ def test_a_state_snapshot_is_restored_from_memory_when_the_state_disk_is_full(
     said = caplog.text
     assert (
         f'state dir="{tmp_path / "state"}": the snapshot is not written as the checkpoint '
-        "(OSError: [Errno 28] No space left on device); it is restored from memory" in said
+        "(OSError: [Errno 28] No space left on device: "
+        f"'{tmp_path / 'state' / 'engine.ckpt'}'); it is restored from memory" in said
     )
     assert 'slot file="' in said and "not written" in said
     assert not (tmp_path / "state" / "engine.ckpt").exists()
