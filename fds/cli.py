@@ -312,8 +312,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _full_hint(e: BaseException) -> str:
-    """What to do about a full or read-only disk whose error names no file (a write's: `fds
-    demo` and `fds bench` said `[Errno 28] No space left on device` alone, a QA pass)."""
+    """What to do about a full or read-only disk: free space on the file's disk when the error
+    names one, else on the output's (a write's: `fds demo` and `fds bench` said `[Errno 28] No
+    space left on device` alone, a QA pass)."""
     if isinstance(e, OSError) and e.errno in _FULL:  # (with a file: its own disk; fds run
         # and fds models have no output path to give, a QA pass)
         if e.filename:

@@ -342,6 +342,14 @@ def explain(e: yaml.YAMLError, text: str) -> tuple[str, Any]:
             f"line {mark.line + 1}: is a quote left open on line {start.line + 1}? ({problem})"
         )
         return problem, start
+    before = lines[mark.line][: mark.column].rstrip()
+    if before[-1:] in ("'", '"'):  # (`'this card's history'`: the text ended at its inner quote,
+        return (  # and the hint below asked about an indentation that was right: a review)
+            f"{problem}: a quote inside a quoted text ends it: write it twice inside '...' "
+            "('card''s'), as \\\" inside \"...\", or quote the text with the other quote"
+        ), mark
+    if before.strip():  # (the problem is inside the line, not its indentation)
+        return problem, mark
     return f"{problem}: is line {mark.line + 1} indented as the lines of its block?", mark
 
 

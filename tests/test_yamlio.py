@@ -132,6 +132,13 @@ def test_a_quote_left_open_and_a_line_out_of_its_block_are_said_so() -> None:
         load(indented)
     problem, mark = yamlio.explain(e.value, indented)
     assert mark.line + 1 == 4 and problem.endswith("is line 4 indented as the lines of its block?")
+    # a quote inside a quoted text is no indentation (a review: the hint asked about it)
+    for inner in ("a:\n  b: 'this card's history'\n", 'a: "say "hi" now"\n'):
+        with pytest.raises(yaml.YAMLError) as e:
+            load(inner)
+        problem = yamlio.explain(e.value, inner)[0]
+        assert problem.endswith("or quote the text with the other quote"), problem
+        assert "indented" not in problem
 
 
 def test_a_settings_file_is_read_as_every_yaml_file_is(tmp_path: Path) -> None:

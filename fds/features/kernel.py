@@ -509,22 +509,21 @@ class Compiler:
                     old.unlink()  # hold)
         self.builds += 1
         tmp = Path(tempfile.mkdtemp(prefix=f"build-{key}-", dir=self.cache))
-        try:
+        final, failed = self._path(key), self._log(key)
+        try:  # (a full disk left an empty build folder at every start: a QA pass)
             (tmp / f"fds_kernel_{key}.pyx").write_text(text)
-        except OSError:  # (a full disk left an empty build folder at every start: a QA pass)
+            with contextlib.suppress(OSError):  # (an earlier failure's output: a build killed
+                failed.unlink(missing_ok=True)  # at its timeout writes none, and had it named)
+            with open(tmp / "build.log", "wb") as out:
+                return subprocess.Popen(
+                    [sys.executable, "-c", _CHILD, str(tmp), str(final), str(failed)],
+                    cwd=tmp, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                    env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
+                    start_new_session=True,  # (no preexec_fn: unsafe with threads; it nices
+                )  # fmt: skip  # itself)
+        except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        final, failed = self._path(key), self._log(key)
-        with contextlib.suppress(OSError):  # (an earlier failure's output: a build killed at
-            failed.unlink(missing_ok=True)  # its timeout writes none, and had it named)
-        with open(tmp / "build.log", "wb") as out:
-            child = subprocess.Popen(
-                [sys.executable, "-c", _CHILD, str(tmp), str(final), str(failed)],
-                cwd=tmp, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
-                start_new_session=True,  # (no preexec_fn: unsafe with threads; it nices itself)
-            )  # fmt: skip
-        return child
 
     def _finish(self, key: str, child: subprocess.Popen[bytes]) -> None:
         """Wait for the build of ``key``; raise what went wrong."""

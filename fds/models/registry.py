@@ -224,15 +224,11 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:  # (named: a full disk's error named no file, `fds models promote`
-        with contextlib.suppress(FileNotFoundError):  # said "[Errno 28] ...", a QA pass)
-            os.unlink(tmp)
-        if e.filename is None:
-            raise OSError(e.errno, e.strerror, str(path)) from e
-        raise
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:  # (named: a full disk's error named
+            raise OSError(e.errno, e.strerror, str(path)) from e  # no file, a QA pass)
         raise
     dfd = os.open(path.parent, os.O_RDONLY)
     try:

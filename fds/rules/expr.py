@@ -895,16 +895,14 @@ def _syntax_error(e: SyntaxError, source: str) -> ExprError:
         col = len(lines[-1].rstrip()) + 1 + (line == 1)
     # (text values and comments aside, blanked to their length: a habit is said where it is,
     # where `amount > 10 AND x` was said at the condition's start, `&&` at its place: a README
-    # walk)
-    bare = re.sub(r"'[^'\n]*'|\"[^\"\n]*\"|#[^\n]*", lambda m: " " * len(m[0]), source)
+    # walk; a text left open is blanked to its line's end: a review)
+    bare = re.sub(r"'[^'\n]*'?|\"[^\"\n]*\"?|#[^\n]*", lambda m: " " * len(m[0]), source)
     found = next(((h, m) for pattern, h in _HABITS if (m := re.search(pattern, bare))), None)
-    hint = ""
+    hint = found[0].format(*found[1].groups()) if found is not None else ""
     if found is not None and not where:
-        hint, m = found[0].format(*found[1].groups()), found[1]
-        line = bare.count("\n", 0, m.start()) + 1
-        col = m.start() - bare.rfind("\n", 0, m.start()) + (line == 1)
-    elif found is not None:
-        hint = found[0].format(*found[1].groups())
+        at = found[1].start()
+        line = bare.count("\n", 0, at) + 1
+        col = at - bare.rfind("\n", 0, at) + (line == 1)
     # (its ':=' is no option here, nor its comma)
     msg = re.split(r"\. (?:Maybe you meant|Perhaps you forgot)", e.msg)[0] if hint else e.msg
     return ExprError(f"syntax error{where}: {msg}{hint}", line, max(1, col - (line == 1)))

@@ -402,14 +402,14 @@ class ReloadingRuleset:
             write_atomic(self.keep, text.encode())
             copied = True
             write_atomic(self._source_of_kept, _source(self.path).encode())
-        except OSError as e:
-            try:  # (it said "will not start", and a restart decided with the older copy: a
-                then = format_ts(self.keep.stat().st_mtime)  # QA pass on a full disk)
-            except OSError:
-                after = "will not start"
-            else:
+        except OSError as e:  # (it said "will not start", and a restart decided with the older
+            after = "will not start"  # copy: a QA pass on a full disk)
+            if self._kept_usable():
+                then = "?"
+                with contextlib.suppress(OSError):
+                    then = format_ts(self.keep.stat().st_mtime)
                 after = (
-                    "decides with them (the copy is written, not the name of its file)"
+                    "decides with them"
                     if copied
                     else f"decides with the older rules of the copy kept there at {then}"
                 )
@@ -417,6 +417,18 @@ class ReloadingRuleset:
                 "cannot keep a copy of the rules in force in %s (%s): a restart with a "
                 "rules file that does not load %s", self.keep, describe(e), after,
             )  # fmt: skip
+
+    def _kept_usable(self) -> bool:
+        """Is a copy kept of this very rules file (what a start that cannot load it decides
+        with, :meth:`_from_kept`)?"""
+        try:
+            return (
+                self.keep is not None
+                and self.keep.is_file()
+                and self._source_of_kept.read_text() == _source(self.path)
+            )
+        except OSError:
+            return False
 
     @property
     def _source_of_kept(self) -> Path:
@@ -430,9 +442,7 @@ class ReloadingRuleset:
         kept = self.keep
         try:  # (only for a file there that does not load, and a copy of that very file: a
             # missing or mistyped --rules, or another file, started on the old copy, a review)
-            if kept is None or not self.path.is_file():
-                raise error
-            if self._source_of_kept.read_text() != _source(self.path):
+            if kept is None or not self.path.is_file() or not self._kept_usable():
                 raise error
             text = read_rules_file(kept, "--rules")
             self.current = load_ruleset_text(yamlio.decode(text, str(kept)), str(kept))

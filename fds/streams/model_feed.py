@@ -665,12 +665,17 @@ class ModelFeed:
         if type(size) is not int or size < 0:
             raise ArtifactError(f"a pointer announcement needs its size, got {size!r}")
         try:  # (checked on the file opened: a FIFO swapped in after a stat blocked the thread)
-            with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
-                info = os.fstat(f.fileno())
-                if not stat.S_ISREG(info.st_mode):
-                    raise ArtifactError(f"path {path!r} is not a regular file")
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            try:
+                info = os.fstat(fd)
+                if not stat.S_ISREG(info.st_mode):  # (before fdopen, which refuses a folder and
+                    raise ArtifactError(f"path {path!r} is not a regular file")  # leaks its fd)
                 if info.st_size != size:
                     raise ArtifactError(f"path {path!r} holds {info.st_size} bytes, not {size}")
+            except BaseException:
+                os.close(fd)
+                raise
+            with os.fdopen(fd, "rb") as f:
                 return f.read(size)
         except OSError as exc:
             self.metrics.model_swap("unreachable")

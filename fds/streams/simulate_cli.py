@@ -184,16 +184,13 @@ def _simulate(args: argparse.Namespace) -> int:
         with progress_bar(total, unit="rec", desc="writing", enabled=progress) as bar:
             tx_path, lab_path = write(sim, args.out, on_rows=bar.update)
     except OSError as e:
+        said = f"cannot write {args.out} or {labels_path(args.out)}: {e.strerror or e}; "
         if e.errno in (errno.ENOSPC, errno.EDQUOT):  # (a failure, exit 1, not a usage error
             raise FdsError(  # telling to check the directory: a QA pass)
-                f"cannot write {args.out} or {labels_path(args.out)}: {e.strerror or e}; "
-                "nothing was written: free space on its disk (or give another --out), then run "
-                "it again"
+                f"{said}nothing was written: free space on its disk (or give another --out), "
+                "then run it again"
             ) from e
-        raise ConfigError(
-            f"cannot write {args.out} or {labels_path(args.out)}: {e.strerror or e}; "
-            "check that the directory is writable"
-        ) from e
+        raise ConfigError(f"{said}check that the directory is writable") from e
     if not quiet:
         s = {**summarize(sim), "days": args.days}  # (local days: 13.96 across a DST change)
         t_all = time.perf_counter() - t0

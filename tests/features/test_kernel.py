@@ -528,6 +528,8 @@ def test_a_build_that_cannot_write_its_source_leaves_no_folder(
     """A QA pass: on a full disk each start left an empty build-* folder in the cache."""
     import errno
 
+    import fds.features.kernel as kernel
+
     cache = tmp_path / "cache"
     c = Compiler(cache)
     real = Path.write_text
@@ -538,6 +540,13 @@ def test_a_build_that_cannot_write_its_source_leaves_no_folder(
         return real(self, *a, **k)
 
     monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(OSError):
+        c._start("k1", "x = 1\n")
+    assert not list(cache.glob("build-*"))
+    monkeypatch.undo()  # ... nor one whose child cannot be started (a review)
+    monkeypatch.setattr(
+        kernel.subprocess, "Popen", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.EAGAIN))
+    )
     with pytest.raises(OSError):
         c._start("k1", "x = 1\n")
     assert not list(cache.glob("build-*"))

@@ -215,6 +215,8 @@ def test_error_points_at_the_offending_spot() -> None:
         ("amount > 10 AND country == 'pos'", (1, 13)),
         ("amount > 10 and\n  country == 'x y' OR amount < 1", (2, 20)),
         ("country == 'a = b' and amount = 5", (1, 31)),
+        ("country == 'a = b", (1, 12)),  # (a text left open: at its quote, no habit in it)
+        ("country == 'R&D && more", (1, 12)),
     ):
         with pytest.raises(ExprError) as ei:
             compile_expr(src, KNOWN)

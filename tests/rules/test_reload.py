@@ -590,6 +590,22 @@ def test_a_copy_that_cannot_be_kept_says_what_a_restart_decides_with(
         assert rs.check_now() == "ok"
     assert "a rules file that does not load will not start" in caplog.text
     rs.close()
+    # the copy written, the name of its file not, and none kept before: no start from it (a
+    # review: it said "decides with them")
+    fresh = tmp_path / "fresh" / "rules.last-good.yaml"
+    monkeypatch.undo()
+    real = registry.write_atomic
+
+    def source_full(path: Any, *a: Any) -> None:
+        if str(path).endswith(".source"):
+            full()
+        real(path, *a)
+
+    monkeypatch.setattr(registry, "write_atomic", source_full)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fds.rules"):
+        ReloadingRuleset(p, start=False, settle_seconds=0, keep=fresh).check_now()
+    assert fresh.is_file() and "a rules file that does not load will not start" in caplog.text
 
 
 def test_an_edit_of_layout_alone_needs_no_new_version(tmp_path: Path) -> None:

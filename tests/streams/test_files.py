@@ -740,3 +740,47 @@ def test_two_outputs_on_one_full_disk_are_both_said(tmp_path, monkeypatch):
     said = str(e.value)
     assert said.startswith(f"cannot write {tmp_path / 'd.jsonl'}: OSError: [Errno 28]")
     assert f"; and cannot write {tmp_path / 'dlq.jsonl'}: OSError: [Errno 28]" in said
+
+
+class _SharedDisk(_FillingDisk):
+    """Files on one disk with ``room[0]`` bytes left between them, written through at once."""
+
+    def __init__(self, path, room: list[int]) -> None:
+        super().__init__(path, room[0])
+        self._shared = room
+
+    def write(self, b) -> int:
+        self._room = self._shared[0]
+        try:
+            return super().write(b)
+        finally:
+            self._shared[0] = self._room
+
+
+def test_a_replay_whose_outputs_fill_one_disk_says_both(tmp_path, monkeypatch, capsys):
+    """A QA pass: the decisions file filled the disk, then the dead letters' last drain failed
+    too, and only that second failure was said."""
+    from fds.cli import main
+
+    src, rules = tmp_path / "tx.jsonl", tmp_path / "r.yaml"
+    rows = [
+        {"tx_id": f"t{i}", "ts": 1767225600 + i, "card_id": "c", "amount": 10.0 + 10 * (i % 2)}
+        for i in range(20)
+    ]  # (amount 10: the rule divides by zero, a dead letter of the rules stage)
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rules.write_text(
+        "version: z\nrules:\n  - {id: r, when: 'amount / (amount - 10) > 1', action: review, "
+        "score: 1, reason: x}\n"
+    )
+    room, real = [2_500], files.open_text
+
+    def on_disk(p, mode="rt", **kw):
+        return io.BufferedWriter(_SharedDisk(p, room), 1) if "w" in mode else real(p, mode, **kw)
+
+    monkeypatch.setattr(files, "open_text", on_disk)
+    out, dlq = tmp_path / "d.jsonl", tmp_path / "dlq.jsonl"
+    argv = ["replay", str(src), "--rules", str(rules), "--model", "none", "--no-progress",
+            "--out", str(out), "--dlq", str(dlq)]  # fmt: skip
+    assert main(argv) == 1
+    said = capsys.readouterr().err
+    assert f"cannot write {out}" in said and f"; and cannot write {dlq}" in said, said

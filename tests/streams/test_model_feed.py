@@ -155,9 +155,18 @@ def test_a_pointer_is_read_only_when_signed_and_a_regular_file_of_its_size(
     a["artifact_b64"] = None
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
-    for path, size in (("/dev/zero", a["size"]), (str(fifo), a["size"]), (a["path"], 7)):
+    for path, size in (
+        ("/dev/zero", a["size"]),
+        (str(fifo), a["size"]),
+        (a["path"], 7),
+        (str(tmp_path), 7),
+    ):  # (a folder: rejected, its descriptor closed, a review)
         feed = _feed(tmp_path, key=b"k")
         assert feed.handle(_value({**a, "path": path, "size": size})) == "rejected"
+    fds_before = len(os.listdir("/proc/self/fd"))
+    for _ in range(5):
+        assert feed.handle(_value({**a, "path": str(tmp_path)})) == "rejected"
+    assert len(os.listdir("/proc/self/fd")) == fds_before
     # signed fields first: an unsigned pointer is refused before its path is looked at
     # (a path that does not exist is "unreachable" once looked at)
     feed = _feed(tmp_path, key=b"k")
