@@ -350,6 +350,7 @@ def _replay_file(args: argparse.Namespace, pushers: list[Pusher]) -> int:
     with contextlib.ExitStack() as stack:
         stack.callback(engine.close)
         stream = replay_mod.open_stream(args.file, mapping=mapping, labels_path=args.labels)
+        stream.sort_hint = _sort_by_time(args.file, mapping)
         if args.metrics_port >= 0:
             host = args.metrics_host or METRICS_HOST
             server = stack.enter_context(serve(metrics, host, args.metrics_port))

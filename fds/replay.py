@@ -51,6 +51,8 @@ DEAD_BATCH = 1_000  # dead letters the reader collects before the replay writes 
 # Records held to put a slightly disordered file back in event-time order: ~100 MB of dicts,
 # enough for exports merged from several shards; disorder beyond it is counted, not hidden.
 REORDER_BUFFER = 100_000
+#: Records read this far behind the reorder buffer are said at once (not only in the summary).
+LATE_SAID = 10_000
 #: A paced replay that waits longer than this for its next event says so.
 LONG_WAIT_S = 60.0
 
@@ -98,6 +100,8 @@ class ReplayInput:
     # called by the reader once DEAD_BATCH dead letters are collected (the replay writes and
     # forgets them: a file of bad rows is read with bounded memory)
     on_dead: Callable[[], None] | None = None
+    # how to sort the file by time, said when it is far out of order (fds replay sets it)
+    sort_hint: str = ""
 
     def __post_init__(self) -> None:
         if isinstance(self.transactions, list) and self.total is None:
@@ -577,6 +581,16 @@ def _as_read(raw: Any, rec: dict[str, Any], label: Any, truth: Any) -> dict[str,
     return row
 
 
+def _say_unordered(stream: ReplayInput, size: int) -> None:
+    log.warning(
+        "input not in time order: %s records so far came more than the reorder buffer (%s "
+        "records) after later ones; each is decided on the window state the later ones left "
+        "(beyond the grace period: flagged late, not folded in). To decide each in its time, "
+        "stop (Ctrl-C) and replay the file sorted by time%s",
+        f"{stream.late:,}", f"{size:,}", f": {stream.sort_hint}" if stream.sort_hint else "",
+    )  # fmt: skip
+
+
 def _ordered(
     txs: Iterator[dict[str, Any]], size: int, stream: ReplayInput
 ) -> Iterator[dict[str, Any]]:
@@ -610,6 +624,8 @@ def _ordered(
             out_ts, _, out = pop(heap)
             if out_ts < last_out:
                 stream.late += 1  # disordered by more than the buffer holds
+                if stream.late == LATE_SAID:  # (said at the end only, after hours of a
+                    _say_unordered(stream, size)  # file sorted by card: a QA pass)
             else:
                 last_out = out_ts
             yield out

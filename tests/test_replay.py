@@ -561,6 +561,25 @@ def test_cli_tells_records_beyond_the_reorder_buffer_from_late_ones(tmp_path, ca
     assert "grace" not in err
 
 
+def test_a_file_far_out_of_time_order_is_said_while_it_is_replayed(tmp_path, capsys, monkeypatch):
+    """A QA pass: a file of 3 million rows sorted by card, then time, was decided 85% late
+    for 4 minutes, and what to do came only in the summary at the end."""
+    from fds.cli import main
+
+    monkeypatch.setattr(replay, "REORDER_BUFFER", 3)
+    monkeypatch.setattr(replay, "LATE_SAID", 4)
+    rows = [tx(10 * c + i, T0 + 600 * i, card_id=f"c{c}") for c in range(4) for i in range(6)]
+    p = write_jsonl(tmp_path / "by_card.jsonl", rows)
+    argv = ["replay", str(p), "--model", "none", "--no-progress", "--out", str(tmp_path / "o")]
+    assert main(argv) == 0
+    said = [ln for ln in capsys.readouterr().err.splitlines() if "so far came" in ln]
+    assert len(said) == 1 and (
+        "input not in time order: 4 records so far came more than the reorder buffer (3 "
+        "records) after later ones;" in said[0]
+    )
+    assert f"> {tmp_path}/by_card.sorted.jsonl" in said[0]  # (how to sort it)
+
+
 def test_records_beyond_the_reorder_buffer_are_told_how_to_sort_the_file(
     tmp_path, capsys, monkeypatch
 ):

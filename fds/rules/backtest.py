@@ -26,7 +26,7 @@ comparison is rules against rules.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -242,6 +242,23 @@ def _value(name: str, tx: Mapping[str, Any], feats: Mapping[str, Any], clock: An
     return tx[name] if name in tx else feats.get(name)
 
 
+class _Span:
+    """The first and last ``ts`` of the transactions read through :meth:`through` (in
+    event-time order), and how many."""
+
+    def __init__(self) -> None:
+        self.first = self.last = 0.0
+        self.n = 0
+
+    def through(self, txs: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for tx in txs:
+            if not self.n:
+                self.first = tx["ts"]
+            self.last = tx["ts"]
+            self.n += 1
+            yield tx
+
+
 class _Null:
     def write(self, record: Any) -> None:
         return None
@@ -288,7 +305,8 @@ def backtest(
     frauds = known_frauds(stream.labels) if stream.labels else None
     collector = _Collector(both, frauds, examples)
     engine = Engine(features=features, rules=both, policy=both)
-    txs = stream.transactions = list(stream.transactions)  # read twice: run, then the span
+    span = _Span()  # (the file was held whole for its span: 1.4 KB a row, 6.4 GB for 4.5
+    stream.transactions = span.through(stream.transactions)  # million rows, a QA pass)
     unseen = watch_fields(stream, (*baseline.features, *candidate.features))  # (as named)
     rulesets = (candidate, baseline)
     before = [
@@ -303,14 +321,15 @@ def backtest(
         shadow = {r.id for r in rs.rules if r.spec.state == "shadow"}
         errors = Counter(rs.error_counts) - errors_was
         side.shadow_errors = Counter({k: n for k, n in errors.items() if k in shadow})
-    days = (txs[-1]["ts"] - txs[0]["ts"]) / 86400.0 if len(txs) > 1 else 0.0
-    collector.cand.days = collector.base.days = days
+    collector.cand.days = collector.base.days = (
+        (span.last - span.first) / 86400.0 if span.n else 0.0
+    )
     ids = [r.id for r in baseline.rules]
     ids += [r.id for r in candidate.rules if r.id not in ids]
     return BacktestResult(
         collector.base,
         collector.cand,
-        len(txs),
+        span.n,
         collector.changed_count,
         collector.changed,
         ids,

@@ -249,8 +249,8 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
     r = backtest(cand, base, stream, progress=args.progress, examples=keep)
     b, c = r.baseline, r.candidate
     print(
-        f"backtest over {r.transactions} transactions ({b.days:.1f} days)"
-        + (f", {b.frauds} known frauds" if b.frauds is not None else ", no labels"),
+        f"backtest over {r.transactions:,} transactions ({b.days:.1f} days)"
+        + (f", {b.frauds:,} known frauds" if b.frauds is not None else ", no labels"),
         file=out,
     )
     if skipped:  # (they were left out without a word: alerts and recall over a subset)
