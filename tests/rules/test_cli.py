@@ -169,7 +169,7 @@ def test_backtest_end_to_end(tmp_path: Path, capsys) -> None:
     )
     out = capsys.readouterr().out
     assert code == 0, out
-    assert f"backtest over {len(sim.transactions)} transactions" in out
+    assert f"backtest over {len(sim.transactions):,} transactions" in out
     assert "known frauds" in out  # labels found beside the file
     for row in ("alerts (review+decline)", "alerts per day", "precision", "recall"):
         assert row in out
