@@ -305,8 +305,8 @@ def backtest(
     frauds = known_frauds(stream.labels) if stream.labels else None
     collector = _Collector(both, frauds, examples)
     engine = Engine(features=features, rules=both, policy=both)
-    span = _Span()  # (the file was held whole for its span: 1.4 KB a row, 6.4 GB for 4.5
-    stream.transactions = span.through(stream.transactions)  # million rows, a QA pass)
+    span = _Span()  # (read as the run goes: a second list of every transaction was made for
+    stream.transactions = span.through(stream.transactions)  # its span and count alone)
     unseen = watch_fields(stream, (*baseline.features, *candidate.features))  # (as named)
     rulesets = (candidate, baseline)
     before = [
