@@ -35,7 +35,7 @@ from fds.errors import ConfigError, RuleError
 from fds.features.plan import read_field
 from fds.features.spec import DEFAULT_GRACE
 from fds.policy import Policy
-from fds.replay import Alerts, ReplayInput, known_frauds, run, watch_fields
+from fds.replay import Alerts, ReplayInput, run, watch_fields
 from fds.rules.ruleset import BUILTINS, FeatureSpec, Ruleset
 
 __all__ = ["DEAD_LETTER", "BacktestResult", "SideResult", "backtest", "feature_stage_for"]
@@ -264,6 +264,11 @@ class _Null:
         return None
 
 
+class _Kept:
+    def __init__(self, into: list[dict[str, Any]]) -> None:
+        self.write = into.append
+
+
 def backtest(
     candidate: Ruleset,
     baseline: Ruleset,
@@ -272,6 +277,7 @@ def backtest(
     features: FeatureStage | None = None,
     progress: bool = False,
     examples: int | None = 20,
+    dead: list[dict[str, Any]] | None = None,
 ) -> BacktestResult:
     """Run both rulesets over ``stream`` with the same features; compare the outcomes.
 
@@ -279,6 +285,7 @@ def backtest(
     both rulesets' declarations, in their timezone and with their grace, each of which must be
     one; a feature the candidate declares otherwise is computed for each side). ``examples``:
     changed transactions kept with the values their rules read (``None``: all of them).
+    ``dead``: the records the stream could not read or validate are appended to it.
     """
     specs, renamed = _union_features(candidate, baseline)
     if features is None:
@@ -302,8 +309,8 @@ def backtest(
         renamed = {}  # (the stage given computes no candidate's own versions)
     both = _Both(candidate, baseline, renamed)
     # (the last word on each, as a replay reads them: a withdrawn fraud counted, a QA pass)
-    frauds = known_frauds(stream.labels) if stream.labels else None
-    collector = _Collector(both, frauds, examples)
+    # (the tx_ids known to be fraud, a label column's filled as its rows are read)
+    collector = _Collector(both, stream.truth, examples)
     engine = Engine(features=features, rules=both, policy=both)
     span = _Span()  # (read as the run goes: a second list of every transaction was made for
     stream.transactions = span.through(stream.transactions)  # its span and count alone)
@@ -313,8 +320,14 @@ def backtest(
         (Counter(rs.missing_counts), Counter(rs.missing_names()), Counter(rs.error_counts))
         for rs in rulesets
     ]
-    run(engine, stream, collector, _Null(), source="backtest", progress=progress)
+    sink = _Null() if dead is None else _Kept(dead)
+    summary = run(engine, stream, collector, sink, source="backtest", progress=progress)
     sides = (collector.cand, collector.base)
+    if not (stream.labels or summary.labels_read or summary.labels_after_end):
+        for side in sides:  # (no label at all: precision and recall unknown, not 0)
+            side.frauds = None
+        for example in collector.changed:
+            example["fraud"] = None
     for side, rs, (was, names_was, errors_was) in zip(sides, rulesets, before, strict=True):
         side.rule_missing = Counter(rs.missing_counts) - was
         side.names_missing = Counter(rs.missing_names()) - names_was

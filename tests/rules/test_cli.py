@@ -766,3 +766,37 @@ def test_the_backtest_header_groups_thousands(tmp_path, capsys) -> None:
     argv = ["rules", "backtest", "--candidate", str(rules), "--baseline", str(rules), str(data)]
     assert main(argv) == 0
     assert "backtest over 1,200 transactions" in capsys.readouterr().out
+
+
+def test_a_backtest_reads_the_file_as_it_decides(tmp_path, monkeypatch, capsys) -> None:
+    """A QA pass: 6.4 GB for 4.5 million rows: the backtest read the whole file and sorted it
+    before deciding. It streams it now, as a replay does: at each decision at most the reorder
+    buffer's records are read ahead (measured: 1,000,829 rows, 1.47 GB -> 488 MB, the report
+    the same)."""
+    import fds.replay as replay
+    import fds.rules.backtest as bt
+
+    monkeypatch.setattr(replay, "REORDER_BUFFER", 5)
+    read, ahead = [0], []
+    ordered, write = replay._ordered, bt._Collector.write
+
+    def counted(txs, size, stream):
+        def each():
+            for tx in txs:
+                read[0] += 1
+                yield tx
+
+        return ordered(each(), size, stream)
+
+    def noted(self, decision):
+        ahead.append(read[0] - (self.cand.actions.total() + 1))
+        write(self, decision)
+
+    monkeypatch.setattr(replay, "_ordered", counted)
+    monkeypatch.setattr(bt._Collector, "write", noted)
+    data = _history(tmp_path, 200)
+    rules = _rules(tmp_path, "b", "rules: []\n")
+    argv = ["rules", "backtest", "--candidate", str(rules), "--baseline", str(rules), str(data)]
+    assert main(argv) == 0
+    assert "backtest over 200 transactions" in capsys.readouterr().out
+    assert len(ahead) == 200 and max(ahead) <= 6, max(ahead)
