@@ -454,7 +454,17 @@ def load(
     )
     stream.lines = None  # a line kept per transaction of the whole file: too much memory
     stream.transactions = list(stream.transactions)
-    if stream.damaged is not None:  # (backtest and bench went on with exit 0: a review)
+    read_to_end(stream, path)
+    stream.total = len(stream.transactions)
+    stream.labels = sorted(stream.labels + stream.pending_labels, key=_ts)
+    stream.pending_labels = []
+    return stream
+
+
+def read_to_end(stream: ReplayInput, path: str | Path) -> None:
+    """Once ``stream`` of the file ``path`` was read: a damaged file is a :class:`ConfigError`
+    (backtest and bench went on with exit 0: a review), one cut short a warning."""
+    if stream.damaged is not None:
         raise ConfigError(
             f"{path} is damaged: {stream.damaged}; the records read before that may be corrupt "
             "too: use a good copy"
@@ -464,10 +474,6 @@ def load(
             "%s could not be read to its end: %s; the records after that are not read",
             path, stream.cut,
         )  # fmt: skip
-    stream.total = len(stream.transactions)
-    stream.labels = sorted(stream.labels + stream.pending_labels, key=_ts)
-    stream.pending_labels = []
-    return stream
 
 
 def _ts(r: dict[str, Any]) -> float:

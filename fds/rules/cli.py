@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,8 +12,6 @@ from fds.cli import count_or_all, file_path, labels_not_input, same_file, write_
 from fds.errors import ConfigError
 from fds.rules.ruleset import Ruleset, load_ruleset
 from fds.shipped import DEFAULT_RULES
-
-log = logging.getLogger("fds.rules")
 
 __all__ = ["register", "rules_file"]
 
@@ -185,7 +182,7 @@ def _fmt(v: float | None, pct: bool = True) -> str:
 
 def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
-    from fds.replay import left_out, open_stream, said
+    from fds.replay import left_out, open_stream, read_to_end, said
     from fds.rules.backtest import DEAD_LETTER as DEAD
     from fds.rules.backtest import backtest
     from fds.streams.files import (
@@ -248,22 +245,13 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
     keep = None if args.changed_out is not None else args.examples
     dead: list[dict[str, Any]] = []
     r = backtest(cand, base, stream, progress=args.progress, examples=keep, dead=dead)
-    if stream.damaged is not None:  # (as a materialised load refuses one)
-        raise ConfigError(
-            f"{args.file} is damaged: {stream.damaged}; the records read before that may be "
-            "corrupt too: use a good copy"
-        )
+    read_to_end(stream, args.file)
     reasons, of_labels = left_out(dead, args.file)
     skipped = said(
         reasons, "record(s) of the files could not be read or validated and are not in it"
     ) + ("; `fds replay` writes them out" if reasons else "")
     if not r.transactions:
         raise ConfigError(f"{args.file}: no valid transactions" + (skipped and f"; {skipped}"))
-    if stream.cut is not None:
-        log.warning(
-            "%s could not be read to its end: %s; the records after that are not read",
-            args.file, stream.cut,
-        )  # fmt: skip
     b, c = r.baseline, r.candidate
     print(
         f"backtest over {r.transactions:,} transactions ({b.days:.1f} days)"

@@ -436,8 +436,9 @@ class TrainService:
         self._life_at = 0.0
         self._judge: ModelFeed | None = None  # reads the scorers' verdicts (run)
         self._judge_until = 0.0  # ... its catch-up awaited until then (monotonic)
-        self._publish_at = 0.0  # ... of the next publish, after one failed
-        self._publish_failed = False  # (tried again when due, input or none)
+        # ... of the next publish after one failed (tried again when due, input or none);
+        # None: none failed
+        self._publish_at: float | None = None
         self._follow_stamp: tuple[int, int] | None = None  # the registry checked for rollbacks
         self._last_decision = self._started = time.monotonic()
         # The polled labels not learned yet, learned in event-time order across the labels
@@ -785,7 +786,7 @@ class TrainService:
                 # (held labels may go on by now; those dated before their transaction do not
                 # hold an exit; a failed publish is tried again with no input too: it waited
                 # for the next label, and scorers for their version, a QA pass)
-                retry = self._publish_failed and now >= self._publish_at
+                retry = self._publish_at is not None and now >= self._publish_at
                 if batch or held or self._early or retry:
                     self._process(batch)
                 self._commit_if_due()  # (what an idle pass left to checkpoint)
@@ -902,7 +903,7 @@ class TrainService:
         and checkpoints go on, and it is tried again after ``PUBLISH_RETRY_S``, carrying all
         learned meanwhile."""
         t = self.trainer
-        if time.monotonic() < self._publish_at:
+        if self._publish_at is not None and time.monotonic() < self._publish_at:
             return None
         try:
             if t.due(t.now):  # a rollback since the last version: go on from the champion
@@ -916,20 +917,20 @@ class TrainService:
                 self.metrics.model_publish("broken")
         except ConfigError as exc:
             self.metrics.model_publish("failed")
-            self._publish_at, self._publish_failed = time.monotonic() + PUBLISH_RETRY_S, True
+            self._publish_at = time.monotonic() + PUBLISH_RETRY_S
             log.error("not published: %s (learning goes on, checked again in %.0f s)", exc,
                       PUBLISH_RETRY_S)  # fmt: skip
             return None
         except OSError as exc:
             self.metrics.model_publish("failed")
-            self._publish_at, self._publish_failed = time.monotonic() + PUBLISH_RETRY_S, True
+            self._publish_at = time.monotonic() + PUBLISH_RETRY_S
             log.error(
                 'publishing into registry="%s" failed (%s); learning goes on, tried again in '
                 "%.0f s: free space in it or make it writable", self.registry.path,
                 describe(exc), PUBLISH_RETRY_S,
             )  # fmt: skip
             return None
-        self._publish_failed = False
+        self._publish_at = None
         if pub is not None:
             self.metrics.model_publish("ok")
         return pub
