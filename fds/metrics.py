@@ -196,7 +196,7 @@ _DECIDING = frozenset(
         "fds_decisions", "fds_rule_hits", "fds_rule_missing_inputs", "fds_rule_errors",
         "fds_stage_duration_seconds", "fds_decision_latency_seconds", "fds_state_entities",
         "fds_ruleset_info", "fds_guardrail_demoted", "fds_event_lag_seconds",
-        "fds_features_compiled",
+        "fds_features_compiled", "fds_state_evicted_by_cap",
     }
 )  # fmt: skip
 
@@ -775,6 +775,17 @@ class Metrics(Collector):
         for entity, n in entities.items():
             g.add_metric([entity], float(n))
         yield g
+        capped = getattr(plan, "evictions_by_cap", None)
+        if capped is not None:
+            c = CounterMetricFamily(
+                "fds_state_evicted_by_cap",
+                "Entities evicted from window state before their longest window ended, the "
+                "oldest idle first, because their type held more than its max_entities.",
+                labels=["entity"],
+            )
+            for entity, n in capped().items():
+                c.add_metric([entity], float(n))
+            yield c
         compiled = getattr(plan, "compiled", None)  # (a plan of another kind may not say)
         if compiled is not None:
             yield GaugeMetricFamily(

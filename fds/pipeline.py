@@ -110,7 +110,12 @@ def build_engine(
             grace=ruleset.spec.grace if grace is None else grace,
             provenance=provenance,
             compiler=compiler,
+            max_entities=ruleset.spec.max_entities,
         )
+        if watch:  # (a reload's caps apply at its first transaction, on the deciding thread)
+            plan = features
+            caps = rule_stage.on_swap
+            caps.append(lambda rs: setattr(plan, "max_entities", rs.spec.max_entities))
     model_stage = None
     if model is not None:
         from fds.models import build_model_stage

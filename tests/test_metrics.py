@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from fds.errors import ConfigError
 from fds.features import FeaturePlan
 from fds.metrics import LATENCY_BUCKETS, Metrics, NullMetrics, make_metrics, serve
+from fds.rules.ruleset import FeatureSpec
 
 # Every metric RELIABILITY.md names (family names as Prometheus shows them), with its type.
 RELIABILITY_METRICS = {
@@ -38,6 +39,7 @@ RELIABILITY_METRICS = {
     "fds_ruleset_info": "gauge",
     "fds_ruleset_reloads": "counter",
     "fds_state_entities": "gauge",
+    "fds_state_evicted_by_cap": "counter",
 }
 
 # Labels that would carry personal data or unbounded ids: never allowed on any series.
@@ -89,7 +91,9 @@ def exercise(m: Metrics) -> None:
     m.demoted("rule", "decline_all")
     m.degraded(True)
     m.model_fallback("error")
-    plan = FeaturePlan([])  # (fds_features_compiled)
+    ip = FeatureSpec(name="ip_n", entity="ip", agg="count", window="1h")
+    plan = FeaturePlan([ip], max_entities={"ip": 5})  # (fds_features_compiled, the cap's)
+    plan.evicted_by_cap[0] = 4
     m.watch_features(lambda: plan)
 
 
@@ -153,6 +157,7 @@ def test_counts_match_the_workload_exactly() -> None:
     assert value(m, "fds_ruleset_info", version="2026-11-22.1") == 1
     assert value(m, "fds_ruleset_reloads_total", result="ok") == 1
     assert value(m, "fds_state_entities", entity="card_id") == 1234
+    assert value(m, "fds_state_evicted_by_cap_total", entity="ip") == 4
     assert value(m, "fds_guardrail_demotions_total", kind="rule", target="decline_all") == 1
     assert value(m, "fds_degraded_mode") == 1
     assert value(m, "fds_model_fallbacks_total", reason="error") == 1

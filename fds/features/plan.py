@@ -51,7 +51,7 @@ import weakref
 from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping, Sequence
-from itertools import compress
+from itertools import compress, islice
 from operator import not_
 from pathlib import Path
 from typing import Any
@@ -111,6 +111,13 @@ _TRIM_SLACK = 1 / 16
 _SWEEP_FRACTION = 1 / 8
 _SWEEP_MIN_EVENTS = 1000
 _SWEEP_STEP = 512
+# A group with a cap (max_entities) is checked again after an eighth of its cap of events (an
+# event adds at most one entity to it); a sweep that starts over it evicts the entities idle
+# longest, so that 7/8 of the cap stays, judged on the newest event times of a sample of its
+# states (sorting 4,096 floats: ~1 ms, once per check over the cap).
+_CAP_CHECKS = 8
+_CAP_KEEP = 7 / 8
+_CAP_SAMPLE = 4096
 # The tx_id store is bucketed by event time, so expiry drops whole buckets; a bucket no
 # accepted event can reach is frozen incrementally (see txstore). A label's lookup visits the
 # buckets newest first (one binary search per frozen bucket): 128 buckets of a 28-day TTL
@@ -204,6 +211,8 @@ class _CompiledGroup:
         self.cat_keep = tuple(g.windows[wi].retention for wi in owners)
         # the log keeps ``keep`` seconds behind the watermark; trimmed once ``trim_lag`` old
         self.keep = grace + self.longest
+        # the least idle time after which a cap evicts (max_entities): the shortest window's
+        self.floor = grace + min(w.retention for w in g.windows)
         self.trim_lag = self.keep + self.longest * _TRIM_SLACK
         assign_slots(self)
         self.new_state = build_new_state(self)
@@ -262,6 +271,7 @@ class FeaturePlan:
         sweep_min_events: int = _SWEEP_MIN_EVENTS,
         provenance: bool = False,
         compiler: Compiler | None = None,
+        max_entities: Mapping[str, int] | None = None,
     ) -> None:
         self.layout: Layout = compile_specs(specs)
         self.compiler = compiler
@@ -289,7 +299,30 @@ class FeaturePlan:
         else:
             self.label_ttl = parse_duration(label_ttl)
         self._label_span = max(self.label_ttl / _LABEL_BUCKETS, 1.0)
+        self.max_entities = max_entities
         self._reset()
+
+    @property
+    def max_entities(self) -> dict[str, int]:
+        """The entities each entity type may hold (``{"card_id": 2_000_000}``; a type not
+        named has no cap). Settable at any time (a rules reload): see :meth:`_sweep`."""
+        return {cg.g.entity: c for cg, c in zip(self._groups, self._caps, strict=True) if c}
+
+    @max_entities.setter
+    def max_entities(self, caps: Mapping[str, int] | None) -> None:
+        caps = dict(caps or {})
+        ents = [cg.g.entity for cg in self._groups]
+        for ent, cap in caps.items():
+            if ent not in ents:
+                raise ValueError(
+                    f"max_entities names {ent!r}, no feature's entity: use one of "
+                    f"{', '.join(ents) or '(none declared)'}"
+                )
+            if cap.__class__ is not int or cap < 1:
+                raise ValueError(f"max_entities of {ent} is a whole number of 1 or more: {cap!r}")
+        self._caps = tuple(caps.get(ent, 0) for ent in ents)
+        capped = [c for c in self._caps if c]
+        self._cap_every = max(min(capped) // _CAP_CHECKS, 1) if capped else 1 << 62
 
     def fresh(self) -> FeaturePlan:
         """A plan of the same declarations and settings with an empty state."""
@@ -297,6 +330,7 @@ class FeaturePlan:
         return FeaturePlan(  # (the label_ttl held: a restored state keeps its own)
             specs, timezone=timezone, grace=grace, label_ttl=self.label_ttl,
             sweep_min_events=sweep, provenance=self.provenance, compiler=self.compiler,
+            max_entities=self.max_entities,
         )  # fmt: skip
 
     @property
@@ -321,7 +355,11 @@ class FeaturePlan:
         self.late_events = 0  # beyond grace: decided on current state, flagged
         self.reordered_events = 0  # within grace: inserted in order
         self._reordered_tx: Any = None  # the last of them (counted once for all its groups)
-        self.evicted_entities = 0
+        self.evicted_entities = 0  # idle past every window (and by the cap, counted here too)
+        # per group: evicted by its cap before that, and the idle time that evicts now
+        self.evicted_by_cap = [0 for _ in self._groups]
+        self._idle = [cg.keep for cg in self._groups]
+        self._cap_said = [False for _ in self._groups]
         self.unmatched_labels = 0
         self._sweep_at = [-math.inf for _ in self._groups]  # event time of each group's sweep
         self._accepted = 0  # events folded in (drives the sweep's amortisation)
@@ -373,6 +411,15 @@ class FeaturePlan:
     def state_sizes(self) -> dict[str, int]:
         """Entities held per entity type, e.g. ``{"card_id": 1203, "merchant_id": 88}``."""
         return {cg.g.entity: len(s) for cg, s in zip(self._groups, self.states, strict=True)}
+
+    def evictions_by_cap(self) -> dict[str, int]:
+        """Entities evicted before their horizon by their type's cap (:attr:`max_entities`),
+        per entity type with a cap (``fds_state_evicted_by_cap_total{entity}``)."""
+        return {
+            cg.g.entity: n
+            for cg, n, cap in zip(self._groups, self.evicted_by_cap, self._caps, strict=True)
+            if cap or n
+        }
 
     def label_store_size(self) -> int:
         """Entries of transactions a late label can be attributed to (a ``tx_id`` repeated
@@ -561,14 +608,16 @@ class FeaturePlan:
 
     def _sweep(self) -> None:
         """Evict entities whose newest event no accepted event can see any more: start the
-        sweeps that are due, then visit at most ``_SWEEP_STEP`` states (see its comment)."""
+        sweeps that are due, then visit at most ``_SWEEP_STEP`` states per event (see its
+        comment). A group over its cap (:attr:`max_entities`) is swept at once, evicting the
+        entities idle longest first (:meth:`_capped`)."""
         wm = self.watermark
         # each sweep in progress: [group, keys of the shard in hand, next of them, the shards
         # left to visit (their numbers, the next one last; those empty at the start left out)]
         todo = self._sweep_todo
         if not todo:
             for gi, cg in enumerate(self._groups):
-                if wm >= self._sweep_at[gi]:
+                if self._capped(gi) or wm >= self._sweep_at[gi]:
                     parts = self.states[gi].parts
                     todo.append([gi, [], 0, [j for j in range(SHARDS - 1, -1, -1) if parts[j]]])
                     self._sweep_at[gi] = wm + cg.longest * _SWEEP_FRACTION
@@ -585,20 +634,48 @@ class FeaturePlan:
                     del todo[0]
                 continue
             horizon = wm - self._groups[gi].keep
+            idle = wm - self._idle[gi]  # (the horizon itself but under a cap)
             end = min(pos + budget, len(keys))
             for k in keys[pos:end]:
                 part = parts[hash(k) % SHARDS]
                 st = part.get(k)
-                if st is not None and st[TS][-1] <= horizon:
+                if st is not None and st[TS][-1] <= idle:
                     del part[k]
                     self.evicted_entities += 1
+                    if st[TS][-1] > horizon:
+                        self.evicted_by_cap[gi] += 1
             budget -= end - pos
             item[2] = end
         if todo:  # more to visit: again at the next event
             self._sweep_after = self._accepted + 1
         else:
             held = sum(len(s) for s in self.states)
-            self._sweep_after = self._accepted + max(held, self.sweep_min_events)
+            every = min(held, self._cap_every)
+            self._sweep_after = self._accepted + max(every, self.sweep_min_events)
+
+    def _capped(self, gi: int) -> bool:
+        """Is group ``gi`` over its cap? If so, the idle time after which the sweep starting
+        now evicts is set so that about ``_CAP_KEEP`` of the cap stays: read from the newest
+        event times of a sample of its states (``_CAP_SAMPLE``), never under its shortest
+        window plus the grace (said once if that is not enough); else its full horizon."""
+        cap, cg = self._caps[gi], self._groups[gi]
+        held = len(self.states[gi]) if cap else 0
+        if held <= cap:
+            self._idle[gi] = cg.keep
+            self._cap_said[gi] = False
+            return False
+        newest = sorted(st[TS][-1] for st in islice(self.states[gi].values(), _CAP_SAMPLE))
+        cut = newest[int((1 - cap * _CAP_KEEP / held) * len(newest))]
+        self._idle[gi] = min(max(self.watermark - cut, cg.floor), cg.keep)
+        if self._idle[gi] == cg.floor and not self._cap_said[gi]:
+            self._cap_said[gi] = True
+            log.warning(
+                "%s holds %d entities, over its max_entities of %d, and those active within "
+                "%s (its shortest window and the grace) are not evicted: raise max_entities "
+                "(memory permitting)",
+                cg.g.entity, held, cap, span(cg.floor),
+            )  # fmt: skip
+        return True
 
     # ------------------------------------------------------------------ labels
     def _expire_labels(self) -> None:
@@ -687,6 +764,8 @@ class FeaturePlan:
             "late_events": self.late_events,
             "reordered_events": self.reordered_events,
             "evicted_entities": self.evicted_entities,
+            "evicted_by_cap": self.evicted_by_cap,
+            "idle": self._idle,
             "unmatched_labels": self.unmatched_labels,
             "sweep_at": self._sweep_at,
             "accepted": self._accepted,
@@ -738,6 +817,9 @@ class FeaturePlan:
         self.late_events = body["late_events"]
         self.reordered_events = body["reordered_events"]
         self.evicted_entities = body["evicted_entities"]
+        # (a state saved before caps existed: none evicted by one, every horizon in full)
+        self.evicted_by_cap = body.get("evicted_by_cap", self.evicted_by_cap)
+        self._idle = body.get("idle", self._idle)
         self.unmatched_labels = body["unmatched_labels"]
         self._sweep_at = body["sweep_at"]
         self._accepted = body["accepted"]

@@ -144,6 +144,9 @@ class ReloadingRuleset:
         #: The policy stage of the ruleset in force (its thresholds follow reloads).
         self.policy = Policy.from_spec(self.current.policy)
         self.applied = self.current  # the ruleset of the last evaluate (the hot path's)
+        # called with the ruleset swapped in, at its first evaluate (the hot path's thread):
+        # what follows a reload besides the policy (the feature plan's max_entities)
+        self.on_swap: list[Callable[[Ruleset], None]] = []
         # what each version served decided with, by digest (a version comes back only with its
         # own rules; kept in the engine's checkpoint, so also across restarts). Not bounded on
         # purpose: a version forgotten could come back with other rules, and decisions that
@@ -179,6 +182,8 @@ class ReloadingRuleset:
         rs = self.current  # read the reference once: one event, one ruleset
         if rs is not self.applied:  # first event after a swap: thresholds follow, same thread
             self.policy.configure(rs.policy)
+            for follow in self.on_swap:
+                follow(rs)
             self._retired.append(self.applied)  # its skip counts are still to be drained
             self.applied = rs
             self._undrained = (*self._retired, rs)
@@ -628,6 +633,8 @@ def _deciding(rs: Ruleset) -> str:
             del rule["breaker"]
     if spec["policy"]["breaker_multiple"] == PolicySpec.model_fields["breaker_multiple"].default:
         del spec["policy"]["breaker_multiple"]
+    if not spec["max_entities"]:
+        del spec["max_entities"]
     spec["features"] = sorted(spec["features"], key=lambda f: f["name"])
     declared_by_name = sorted(rs.features, key=lambda f: f.name)
     for f, declared in zip(spec["features"], declared_by_name, strict=True):

@@ -41,7 +41,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, tzinfo
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pydantic
 import yaml
@@ -255,6 +255,12 @@ class RulesFile(_Strict):
         "folded into its windows exactly; a later one is decided on the state held and flagged "
         "late (a duration: 90s, 5m, 1h; 0: any event behind the latest is late)",
         json_schema_extra=lambda schema: _duration_or_seconds(schema),
+    )
+    max_entities: dict[str, Annotated[int, Field(strict=True, gt=0)]] = Field(
+        default_factory=dict,
+        description="the most entities of each entity type (a features' entity: card_id, ...) "
+        "the window state holds; past it the entities idle longest are evicted before their "
+        "windows end (default: no cap, each held until its longest window is over)",
     )
     features: list[FeatureSpec] = Field(default_factory=list)
     rules: list[Rule] = Field(default_factory=list)
@@ -1115,6 +1121,14 @@ def _check_semantics(spec: RulesFile, filename: str, marks: Mapping) -> None:
         if f.agg in ("sum", "mean", "min", "max", "std") and TX_TYPES.get(f.field or "") == STR:
             raise fail(
                 f"agg {f.agg} needs a numeric field, {f.field} is text", ("features", i, "field")
+            )
+    entities = {f.entity for f in spec.features}
+    for ent in spec.max_entities:
+        if ent not in entities:
+            raise fail(
+                f"max_entities names {ent!r}, the entity of no feature: name one of "
+                f"{', '.join(sorted(entities)) or '(no features declared)'}",
+                ("max_entities", ent),
             )
     ids: set[str] = set()
     for i, r in enumerate(spec.rules):

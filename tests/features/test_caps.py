@@ -1,0 +1,176 @@
+"""max_entities: a flood of new entity ids is held near the cap, the entities idle longest are
+evicted first, and what stays active keeps its exact features."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import time
+from pathlib import Path
+
+import pytest
+
+from fds import gcpolicy
+from fds.errors import ConfigError
+from fds.features.plan import FeaturePlan
+from fds.metrics import Metrics
+from fds.pipeline import build_engine
+from fds.rules.ruleset import FeatureSpec, load_ruleset_text
+
+SPECS = [
+    FeatureSpec(name="n_1m", entity="card_id", agg="count", window="1m"),
+    FeatureSpec(name="amt_1d", entity="card_id", agg="sum", field="amount", window="1d"),
+    FeatureSpec(name="seen_m", entity="card_id", agg="seen", field="merchant_id", window="1d"),
+    FeatureSpec(name="m_n_1h", entity="merchant_id", agg="count", window="1h"),
+]
+T0 = 1_767_193_200.0
+
+
+def flood(n: int, regulars: int = 10) -> list[dict]:
+    """One event a second: every other one a regular card's (each seen every 2 x regulars
+    seconds), the others a card never seen before."""
+    out = []
+    for i in range(n):
+        card = f"reg{(i // 2) % regulars}" if i % 2 == 0 else f"new{i}"
+        out.append({
+            "tx_id": f"t{i}", "ts": T0 + i, "card_id": card,
+            "amount": float(i % 97), "merchant_id": f"m{i % 7}",
+        })  # fmt: skip
+    return out
+
+
+def plan(cap: int | None = None, **kw: object) -> FeaturePlan:
+    return FeaturePlan(
+        SPECS, grace=0, max_entities={"card_id": cap} if cap else None, sweep_min_events=50, **kw
+    )
+
+
+def test_a_flood_of_new_cards_is_held_near_the_cap_and_regular_cards_keep_exact_features() -> None:
+    capped, free = plan(400), plan()
+    most = 0
+    for tx in flood(20_000):
+        got, want = capped.compute(tx), free.compute(tx)
+        most = max(most, len(capped.states[0]))
+        if tx["card_id"].startswith("reg"):  # never idle long enough to be evicted
+            assert got == want, tx
+    assert len(free.states[0]) > 9_000  # (held for their day)
+    assert most <= 400 + 400 // 8 + 512  # the cap, a check period and a sweep step
+    assert capped.evictions_by_cap() == {"card_id": capped.evicted_entities} != {"card_id": 0}
+    assert capped.max_entities == {"card_id": 400}
+    assert {"reg0", "reg9"} <= set(capped.states[0])  # the oldest idle went first
+    # a card evicted early starts from nothing when it comes back: its own features only
+    back = capped.compute({**flood(2)[1], "ts": T0 + 20_000, "tx_id": "x"})
+    assert (back["n_1m"], back["seen_m"]) == (1, False)
+
+
+def test_with_the_cap_unreached_the_features_are_an_uncapped_plans() -> None:
+    capped, free = plan(50_000), plan()
+    for tx in flood(5_000):
+        assert capped.compute(tx) == free.compute(tx)
+    assert capped.evictions_by_cap() == {"card_id": 0}
+    assert len(capped.states[0]) == len(free.states[0])
+
+
+def test_a_cap_that_cannot_be_held_keeps_the_shortest_window_and_is_said_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    p = plan(20)
+    with caplog.at_level(logging.WARNING, logger="fds.features.plan"):
+        for tx in flood(3_000):
+            p.compute(tx)
+    said = [r.getMessage() for r in caplog.records if "max_entities" in r.getMessage()]
+    assert len(said) == 1, said
+    assert "over its max_entities of 20" in said[0] and "within 60 s" in said[0], said
+    # every card active within the shortest window (1 min) is still held
+    active = {tx["card_id"] for tx in flood(3_000)[-60:]}
+    assert active <= set(p.states[0])
+
+
+def test_a_restored_state_continues_a_capped_sweep_as_the_uninterrupted_plan() -> None:
+    txs = flood(12_000)
+    a, b = plan(300), plan(300)
+    for tx in txs[:6_000]:
+        a.compute(tx)
+    b.load_state_dict(pickle.loads(pickle.dumps(a.state_dict())))
+    assert b._idle == a._idle and b.evicted_by_cap == a.evicted_by_cap
+    for tx in txs[6_000:]:
+        assert a.compute(tx) == b.compute(tx)
+    assert a.evictions_by_cap() == b.evictions_by_cap() != {"card_id": 0}
+
+
+def test_a_state_saved_before_caps_loads_with_every_horizon_in_full() -> None:
+    a = plan()
+    for tx in flood(1_000):
+        a.compute(tx)
+    sd = a.state_dict()
+    body = gcpolicy.loads(sd["state"])
+    del body["idle"], body["evicted_by_cap"]
+    b = plan(100)
+    b.load_state_dict({**sd, "state": gcpolicy.dumps(body)})
+    assert b._idle == [cg.keep for cg in b._groups] and b.evicted_by_cap == [0, 0]
+    assert b.max_entities == {"card_id": 100}  # (configured, not saved)
+
+
+def test_a_cap_is_a_whole_number_of_a_declared_entity() -> None:
+    with pytest.raises(ValueError, match="max_entities names 'device_id', no feature's entity"):
+        plan().max_entities = {"device_id": 5}
+    with pytest.raises(ValueError, match="a whole number of 1 or more: True"):
+        plan().max_entities = {"card_id": True}
+
+
+def rules_text(version: str, cap: str) -> str:
+    return (
+        f'version: "{version}"\n'
+        f"{cap}"
+        "features:\n"
+        "  - {name: n_1m, entity: card_id, agg: count, window: 1m}\n"
+        "  - {name: n_1d, entity: card_id, agg: count, window: 1d}\n"
+        "rules: []\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("cap", "where", "says"),
+    [
+        ("max_entities: {device_id: 5}\n", ":2:", "max_entities names 'device_id', the entity"),
+        ("max_entities:\n  card_id: 0\n", ":3:12:", "greater than 0"),
+        ("max_entities:\n  card_id: yes\n", ":3:12:", "valid integer"),
+        ("max_entities:\n  card_id: 2.5e6\n", ":3:12:", "valid integer"),
+    ],
+)
+def test_a_bad_cap_in_the_rules_file_is_told_at_its_line(cap: str, where: str, says: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_ruleset_text(rules_text("1", cap), "r.yaml")
+    assert str(e.value).startswith("r.yaml" + where) and says in str(e.value), str(e.value)
+
+
+def test_a_rules_reload_changes_the_cap_and_the_cap_is_exported(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text(rules_text("1", ""))
+    metrics = Metrics()
+    engine = build_engine(path, None, watch=True, metrics=metrics, guardrails=False)
+    try:
+        txs = flood(4_000)
+        for tx in txs[:1_000]:
+            engine.decide(tx)
+        assert engine.features.max_entities == {}  # type: ignore[union-attr]
+        st = path.stat()
+        path.write_text(rules_text("2", "max_entities: {card_id: 100}\n"))
+        os.utime(path, ns=(st.st_mtime_ns + 10**9,) * 2)
+        rs = engine.rules
+        deadline = time.monotonic() + 30  # (its watcher may take it first)
+        while rs.current.version != "2" and time.monotonic() < deadline:  # type: ignore[union-attr]
+            rs.check_now()  # type: ignore[union-attr]
+            time.sleep(0.05)
+        assert rs.current.version == "2", rs.last_error  # type: ignore[union-attr]
+        for tx in txs[1_000:]:
+            engine.decide(tx)
+        assert engine.features.max_entities == {"card_id": 100}  # type: ignore[union-attr]
+        evicted = metrics.registry.get_sample_value(
+            "fds_state_evicted_by_cap_total", {"entity": "card_id"}
+        )
+        assert evicted is not None and evicted > 1_000
+        assert len(engine.features.states[0]) < 700  # type: ignore[union-attr]
+    finally:
+        engine.close()
