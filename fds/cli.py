@@ -156,9 +156,20 @@ class _Parser(argparse.ArgumentParser):
             message = f"give a command: {', '.join(c for a in subs for c in a.choices)}"
         hint = self._hint or f"run '{self.prog} --help' for help"
         if message.startswith("unrecognized arguments:"):
-            misplaced = [a for a in message.split(":", 1)[1].split() if a in _GLOBAL]
+            extra = message.split(":", 1)[1].split()
+            misplaced = [a for a in extra if a in _GLOBAL]
+            yaml_file = [a for a in extra if a.lower().endswith((".yaml", ".yml"))]
             if misplaced:  # `fds replay f.csv -q`: the global options go first
                 hint = f"{misplaced[0]} goes before the command: fds {misplaced[0]} COMMAND ..."
+            takes = [
+                o for o in ("--mapping", "--rules", "--model") if o in self._option_string_actions
+            ]
+            if yaml_file and takes and not misplaced:  # (`fds replay t.csv m.yaml`, a QA pass)
+                hint = (
+                    f"a YAML file is given with its option: "
+                    f"{' or '.join(f'{o} {yaml_file[0]}' for o in takes)}; see "
+                    f"'{self.prog} --help'"
+                )
         if _wants_json(argv):
             say(f"{self.prog}: error: {message} ({hint})")  # one JSON record (a QA pass)
             self.exit(2)

@@ -494,10 +494,20 @@ def _replay_file(args: argparse.Namespace, pushers: list[Pusher]) -> int:
             "its entity's history held none (a card's first payment has no last_gap)"
             if features else ""
         )  # fmt: skip
+        mapped = [  # (a mistyped column of a JSON Lines file was told to be mapped: a QA)
+            f"{field} from {column!r}"
+            for field, column in (mapping.fields.items() if mapping is not None else ())
+            if any(f"{field} missing on" in why for _, why in never)
+        ]
+        wrong = (
+            f"; the --mapping reads {', '.join(mapped[:3])}, a column with a value in no "
+            "record: is its name spelt as in the file?"
+            if mapped else ""
+        )  # fmt: skip
         say(
             f"fds replay: warning: {len(never)} rule(s) were skipped on every transaction, a "
             f"name they read missing from each: {shown}{more}; map the columns they read "
-            f"(--mapping) or they never fire{also}",
+            f"(--mapping) or they never fire{wrong}{also}",
             logging.WARNING,
         )
     label = mapping.label if mapping is not None else None

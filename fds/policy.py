@@ -34,7 +34,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["AlertBudget", "Policy", "combine", "round_to", "rule_score"]
+__all__ = ["SCORE_DECIMALS", "AlertBudget", "Policy", "combine", "round_to", "rule_score"]
+
+#: The final score is rounded to this many decimals (stable JSON) before it meets the
+#: thresholds, which may have no more (fds.rules.ruleset.PolicySpec).
+SCORE_DECIMALS = 6
 
 _DIGITS = 16
 _SCALE = tuple(10.0**n for n in range(_DIGITS))  # exact powers of ten
@@ -433,7 +437,7 @@ class Policy:
         if model_score is not None and not 0.0 <= model_score <= 1.0:  # NaN too: rules alone
             model_score = None
         final = rules if model_score is None else combine(rules, model_score, stacked)
-        final = round_to(final, 6)  # stable JSON; six decimals are far below any threshold step
+        final = round_to(final, SCORE_DECIMALS)  # stable JSON (thresholds have no more)
         threshold = self.review_at
         budget = self.budget
         if budget is not None:

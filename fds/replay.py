@@ -40,7 +40,7 @@ from fds.streams.files import (
     count_rows,
     read_records,
 )
-from fds.timeutil import EPOCH_2000, FileClock, format_ts, get_zone, span
+from fds.timeutil import EPOCH_2000, FileClock, format_ts, get_zone, naive_text, span
 from fds.timeutil import sleep as wakeful_sleep
 
 __all__ = ["ReplayInput", "ReplaySummary", "load", "run", "watch_fields"]
@@ -51,6 +51,9 @@ DEAD_BATCH = 1_000  # dead letters the reader collects before the replay writes 
 # Records held to put a slightly disordered file back in event-time order: ~100 MB of dicts,
 # enough for exports merged from several shards; disorder beyond it is counted, not hidden.
 REORDER_BUFFER = 100_000
+#: The first records of a file read without a timezone whose ts is looked at for a time
+#: without its UTC offset (said once: read as UTC).
+NAIVE_LOOK = 10_000
 #: Records read this far behind the reorder buffer are said at once (not only in the summary).
 LATE_SAID = 10_000
 #: A paced replay that waits longer than this for its next event says so.
@@ -503,6 +506,10 @@ def _validated(
     # a labels file's bad record: `stage: label`, as fds run's over Kafka (it was `validate`
     # here and `label` there, for one record: a QA pass)
     parsing, validating = ("label", "label") if parse is parse_label else ("parse", "validate")
+    # the first records' times, without a zone given, are looked at for one with no offset
+    # (read as UTC without a word: a bank's Seoul times were 9 hours off, a QA pass; fds run
+    # says so of a Kafka record, schema.NaiveWatch)
+    naive = 0 if mapping is not None and "timezone" in mapping.model_fields_set else NAIVE_LOOK
     for pos, rec, raw in read_records(path, mapping=mapping):
         if len(dlq) >= DEAD_BATCH and stream is not None and stream.on_dead is not None:
             stream.on_dead()
@@ -534,6 +541,16 @@ def _validated(
             if stream is not None and isinstance(rec, dict):
                 _dead_fraud(stream, rec.get("tx_id"), label, truth)
             continue
+        if naive and isinstance(rec, dict):
+            naive -= 1
+            if rec.get("ts").__class__ is str and naive_text(rec["ts"]):
+                naive = 0
+                log.warning(
+                    "%s: a ts without its UTC offset, %r at position %s, is read as UTC; if "
+                    "the file's times are local, give their zone in the --mapping file "
+                    "(timezone: Asia/Seoul) (said once)",
+                    source, rec["ts"][:40], pos,
+                )  # fmt: skip
         if isinstance(rec, dict):
             # a local time of the hour a DST change repeats: its second pass where the file
             # says so (read alone, it is the first: a review found both passes of a fall-back

@@ -54,8 +54,26 @@ def get_zone(name: str) -> tzinfo:
         return UTC
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as e:
-        raise ConfigError(f"unknown timezone {name!r}: use an IANA name like Europe/Berlin") from e
+    except (ZoneInfoNotFoundError, ValueError) as e:  # (`Europe/berlin`: no hint, a QA pass)
+        raise ConfigError(f"unknown timezone {name!r}: {_zone_hint(name)}") from e
+
+
+def _zone_hint(name: str) -> str:
+    """What to write for an unknown zone ``name``: the IANA name it likely meant.
+
+    >>> _zone_hint("Europe/berlin"), _zone_hint("Asia/Seol")
+    ('did you mean Europe/Berlin?', 'did you mean Asia/Seoul?')
+    >>> _zone_hint("Mars/Olympus")
+    'use an IANA name like Europe/Berlin'
+    """
+    import difflib
+    from zoneinfo import available_timezones
+
+    zones = {z.lower(): z for z in available_timezones()}
+    close = difflib.get_close_matches(name.lower(), list(zones), n=1, cutoff=0.8)
+    if close:
+        return f"did you mean {zones[close[0]]}?"
+    return "use an IANA name like Europe/Berlin"
 
 
 #: The seconds of a leap second in ISO 8601 text (``2016-12-31T23:59:60Z``).

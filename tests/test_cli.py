@@ -918,6 +918,17 @@ def test_a_global_option_after_the_command_says_where_it_goes(capsys):
     assert "(-q goes before the command: fds -q COMMAND ...)" in capsys.readouterr().err
 
 
+def test_a_yaml_file_without_its_option_is_told_the_options_that_take_one(capsys):
+    """`fds replay t.csv m.yaml` said only "unrecognized arguments: m.yaml" (a QA pass)."""
+    with pytest.raises(SystemExit) as e:
+        main(["replay", "t.csv", "m.yaml"])
+    assert e.value.code == 2
+    assert (
+        "(a YAML file is given with its option: --mapping m.yaml or --rules m.yaml or --model "
+        "m.yaml; see 'fds replay --help')" in capsys.readouterr().err
+    )
+
+
 @pytest.mark.parametrize(
     ("argv", "said"),
     [
@@ -1780,3 +1791,29 @@ def test_a_report_name_ending_in_md_is_not_doubled():
     from fds.bench import _report_name
 
     assert _report_name("x.md") == "x" and _report_name("y") == "y"  # (x.md wrote x.md.md)
+
+
+def test_a_mapped_column_no_record_holds_is_named_when_rules_miss_its_field(tmp_path, capsys):
+    """A QA pass: a JSON Lines file's mapping read channel from 'Kanall' (the file's column is
+    'Kanal'), and the warning told the analyst to map the columns the rules read."""
+    data = tmp_path / "k.jsonl"
+    data.write_text("".join(
+        orjson.dumps({"id": f"t{i}", "zeit": 1767225600 + i, "karte": "c1", "betrag": 5,
+                      "Kanal": "online"}).decode() + "\n"
+        for i in range(20)
+    ))  # fmt: skip
+    mapping = tmp_path / "m.yaml"
+    mapping.write_text(
+        "fields: {tx_id: id, ts: zeit, card_id: karte, amount: betrag, channel: Kanall}\n"
+    )
+    rules = tmp_path / "r.yaml"
+    rules.write_text(
+        "version: r\nrules:\n  - id: web\n    when: \"channel == 'online'\"\n"
+        "    action: review\n    score: 0.5\n    reason: r\n"
+    )
+    argv = ["replay", str(data), "--rules", str(rules), "--model", "none", "--no-progress"]
+    assert main([*argv, "--mapping", str(mapping), "--out", str(tmp_path / "o.jsonl")]) == 0
+    err = capsys.readouterr().err
+    assert "web (channel missing on 20); map the columns they read (--mapping) or they never " \
+        "fire; the --mapping reads channel from 'Kanall', a column with a value in no record: " \
+        "is its name spelt as in the file?" in err, err  # fmt: skip

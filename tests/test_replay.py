@@ -930,3 +930,30 @@ def test_the_time_reading_a_labels_file_is_said_apart(tmp_path):
     rows = dict(replay.ReplaySummary(labels_file_seconds=30.5).rows())
     assert rows["  reading the labels file first"] == "30.50 s"
     assert "  reading the labels file first" not in dict(replay.ReplaySummary().rows())
+
+
+def test_times_without_their_offset_read_as_utc_are_said_once(tmp_path, caplog):
+    """A QA pass: a bank's naive Seoul times were read as UTC, 9 hours off, without a word in
+    a replay (fds run says so of a Kafka record); a mapping that gives the zone is not told."""
+    p = tmp_path / "t.csv"
+    p.write_text(
+        "tx_id,ts,card_id,amount\nt1,1767225600,c1,5\n"
+        "t2,2026-05-01T10:00:00,c1,10\nt3,2026-05-01T10:01:00,c1,20\n"
+    )
+    with caplog.at_level("WARNING", logger="fds.replay"):
+        assert len(list(replay.open_stream(p).transactions)) == 3
+    said = [r.getMessage() for r in caplog.records if "UTC offset" in r.getMessage()]
+    assert said == [
+        f"{p}: a ts without its UTC offset, '2026-05-01T10:00:00' at position 3, is read as "
+        "UTC; if the file's times are local, give their zone in the --mapping file (timezone: "
+        "Asia/Seoul) (said once)"
+    ]
+    caplog.clear()
+    zoned = ColumnMapping(fields={}, timezone="Asia/Seoul")
+    with caplog.at_level("WARNING", logger="fds.replay"):
+        got = list(replay.open_stream(p, mapping=zoned).transactions)
+    assert got[1]["ts"] == 1777597200.0  # 10:00 in Seoul, 01:00 UTC
+    p.write_text("tx_id,ts,card_id,amount\nt1,2026-05-01T10:00:00+09:00,c1,5\n")
+    with caplog.at_level("WARNING", logger="fds.replay"):
+        list(replay.open_stream(p).transactions)
+    assert not [r for r in caplog.records if "UTC offset" in r.getMessage()]

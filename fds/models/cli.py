@@ -10,6 +10,7 @@ from typing import Any
 from fds.cli import registry_folder
 from fds.errors import ArtifactError, ConfigError
 from fds.logs import say
+from fds.models.spec import spec_differs
 
 __all__ = ["register"]
 
@@ -152,6 +153,10 @@ def _promote(args: argparse.Namespace) -> int:
         model = reg.load(args.version)  # never promote what does not verify (the champion
         unserved = _canary_failure(model, before)  # is verified too: its artifact may have rotted)
         version = before["version"]
+        champ = reg.champion()
+        other = None
+        if champ is not None and not already:  # (said to pick it up, refused: a QA pass)
+            other = spec_differs(before.get("spec"), reg.entry(champ).get("spec"), serving=True)
         if already and unserved is None:  # (it said "champion is now ...": a README walk)
             print(f"{version} is already the champion (its artifact verifies): nothing changed")
             return 0
@@ -173,6 +178,15 @@ def _promote(args: argparse.Namespace) -> int:
                 1,
             )
         return _fail(args, ArtifactError(f"{args.version} not promoted: {e}"), 1)
+    if unserved is None and other is not None:
+        print(f"champion is now {version}")
+        say(
+            f"{args.prog}: warning: {version} was made by spec {other} ({champ}, the champion "
+            f"before): running scorers of that spec do not serve it and keep their own model; "
+            f"serve it with the spec it was made by (fds run --model "
+            f"{before['spec'].get('name')}), or `fds models rollback`"
+        )
+        return 0
     if unserved is None:
         # (scorers fed by a models topic: through this registry's trainer, said as such: it
         # claimed they all picked it up, which none of them did then, a QA pass)

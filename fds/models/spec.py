@@ -36,7 +36,7 @@ import random
 import re
 import sys
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,7 @@ __all__ = [
     "load_spec",
     "parse_spec",
     "resolve_spec_path",
+    "spec_differs",
 ]
 
 #: River subpackages a spec may draw from: estimators, transformers, optimisers and wrappers.
@@ -211,25 +212,30 @@ class ModelSpec:
         with pipeline [...], not 'tree' with [...]"``; ``None`` when it does not, or does not
         say. (The legit sampling a version's scores undo is its own entry's: see the scorer.)
         """
-        if not isinstance(made, dict) or not made:
-            return None
-        now = orjson.loads(orjson.dumps(self.to_dict()))  # as a manifest holds it (JSON)
-        keys: list[tuple[str, ...]] = [("name",), ("pipeline",)]
-        theirs_inputs = made.get("inputs")
-        if serving and isinstance(theirs_inputs, dict):  # (an older entry may not say)
-            keys += [("inputs", k) for k in theirs_inputs if k in now["inputs"]]
-        for key in keys:
-            theirs: Any = made
-            ours: Any = now
-            for k in key:
-                theirs = theirs.get(k) if isinstance(theirs, dict) else None
-                ours = ours[k]
-            if theirs is not None and theirs != ours:
-                return (
-                    f"{made.get('name')!r} with {'.'.join(key)} {theirs!r}, not "
-                    f"{now['name']!r} with {ours!r}"
-                )
+        return spec_differs(made, orjson.loads(orjson.dumps(self.to_dict())), serving=serving)
+
+
+def spec_differs(made: Any, now: Mapping[str, Any], *, serving: bool = False) -> str | None:
+    """:meth:`ModelSpec.made_otherwise` of two specs as a manifest holds them (``now``: the
+    spec a scorer serves with, or the one that made the champion)."""
+    if not isinstance(made, dict) or not made or not isinstance(now, Mapping) or not now:
         return None
+    keys: list[tuple[str, ...]] = [("name",), ("pipeline",)]
+    theirs_inputs = made.get("inputs")
+    if serving and isinstance(theirs_inputs, dict):  # (an older entry may not say)
+        keys += [("inputs", k) for k in theirs_inputs if k in now.get("inputs", {})]
+    for key in keys:
+        theirs: Any = made
+        ours: Any = now
+        for k in key:
+            theirs = theirs.get(k) if isinstance(theirs, dict) else None
+            ours = ours.get(k) if isinstance(ours, Mapping) else None
+        if theirs is not None and ours is not None and theirs != ours:
+            return (
+                f"{made.get('name')!r} with {'.'.join(key)} {theirs!r}, not "
+                f"{now.get('name')!r} with {ours!r}"
+            )
+    return None
 
 
 def _line(node: yaml.Node | None) -> int | None:
@@ -693,6 +699,10 @@ def parse_spec(text: str, *, source: str = "<spec>") -> ModelSpec:
 #: What a built pipeline learns and scores once at load (a spec whose parameters have the wrong
 #: types or whose last step does not classify fails here, not at the first label of a run).
 _SAMPLE = (({"amount": 120.0, "f": 0.0}, False), ({"amount": 9000.0, "f": 1.0}, True))
+#: Rows scored once the sample is learned: its own, and rows beyond it either way (a
+#: LogisticRegression with `loss: optim.losses.Squared` scored 0.83 on the last one and passed,
+#: then -0.10 in a replay, where every version it learned was refused: a QA pass).
+_PROBES = (*(x for x, _ in _SAMPLE), {"amount": 0.0, "f": -1.0}, {"amount": 1e6, "f": 5.0})
 
 
 def _did_you_mean(key: Any, known: Collection[str]) -> str:
@@ -739,9 +749,10 @@ def _try_pipeline(spec: ModelSpec) -> None:
     try:
         for x, y in _SAMPLE:
             model.learn_one(x, y)
+        for x in _PROBES:  # (each scored: a loss of no probability passed on the last, a QA)
             p = model.predict_proba_one(x).get(True, 0.0)
-        if not 0.0 <= float(p) <= 1.0:
-            raise ValueError(f"a probability of {p!r}")
+            if not 0.0 <= float(p) <= 1.0:
+                raise ValueError(f"a probability of {p!r} on {x}")
         slow = _too_slow(model)
     except NotImplementedError as e:  # (a classifier of River's that scores no probability:
         raise ConfigError(  # ensemble.VotingClassifier; told to check its parameters, a QA)

@@ -378,6 +378,18 @@ _CMP = {
     ast.NotIn: "not in",
 }
 _ORDER = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
+#: Operators refused, as written, and what was likely meant (`&`, `|` and `^` were named
+#: BitAnd, BitOr, BitXor: a QA pass).
+_BIN_REFUSED: dict[type, tuple[str, str]] = {
+    ast.BitAnd: ("&", " (write `and`)"),
+    ast.BitOr: ("|", " (write `or`)"),
+    ast.BitXor: ("^", " (a power: write x * x, a root sqrt(x))"),
+    ast.Pow: ("**", " (a power: write x * x, a root sqrt(x))"),
+    ast.FloorDiv: ("//", " (a whole division: compare x / y instead)"),
+    ast.LShift: ("<<", ""),
+    ast.RShift: (">>", ""),
+    ast.MatMult: ("@", ""),
+}
 _BIN = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Mod: "%"}
 _FORBIDDEN_HINT = {
     ast.Attribute: "attribute access is not allowed (only extra.NAME)",
@@ -534,9 +546,10 @@ class _Checker:
         if isinstance(node, ast.BinOp):
             sym = _BIN.get(type(node.op))
             if sym is None:
-                what = "**" if isinstance(node.op, ast.Pow) else type(node.op).__name__
+                what, hint = _BIN_REFUSED.get(type(node.op), (type(node.op).__name__, ""))
                 raise self.fail(
-                    node, f"operator {what} is not allowed: use + - * / % and sqrt(), log()"
+                    node,
+                    f"operator {what} is not allowed{hint}: use + - * / % and sqrt(), log()",
                 )
             (ls, lt), (rs, rt) = self.visit(node.left, d), self.visit(node.right, d)
             self.need_num(node.left, lt, f"operator {sym}")

@@ -62,6 +62,7 @@ from fds.features.spec import (  # one definition of each
     window_seconds,
 )
 from fds.models.vector import MODEL_INPUTS
+from fds.policy import SCORE_DECIMALS, round_to
 from fds.rules.expr import (
     BOOL,
     BUILTINS,
@@ -225,6 +226,19 @@ class PolicySpec(_Strict):
         "budget; group: the budget is the whole consumer group's, each instance holding the "
         "share of the input's partitions it is assigned",
     )
+
+    @field_validator("decline_at", "review_at")
+    @classmethod
+    def _decided_as_written(cls, v: float) -> float:
+        if round_to(v, SCORE_DECIMALS) != v:  # (0.8999996 declined at 0.9000001: a QA pass)
+            step = 10**SCORE_DECIMALS
+            low, high = math.floor(v * step) / step, math.ceil(v * step) / step
+            raise ValueError(
+                f"{v} has more decimals than the {SCORE_DECIMALS} the final score is rounded "
+                f"to before it is compared: write {low:.{SCORE_DECIMALS}f} or "
+                f"{high:.{SCORE_DECIMALS}f}"
+            )
+        return v
 
     @model_validator(mode="after")
     def _ordered(self) -> PolicySpec:
@@ -1111,9 +1125,14 @@ def _check_semantics(spec: RulesFile, filename: str, marks: Mapping) -> None:
         for key in ("entity", "field"):
             v = getattr(f, key)
             if v is not None and v not in TX_TYPES and not _FEATURE_FIELD.match(v):
+                # (an entity was offered ts and tx_id, which it refuses; `Card_ID` was told no
+                # likely name: a QA pass)
+                names = sorted(n for n in TX_TYPES if key == "field" or not entity_problem(n))
+                close = difflib.get_close_matches(v.lower(), names, n=1)
                 raise fail(
-                    f"{key} {v!r} is not a transaction field: use one of "
-                    f"{', '.join(sorted(TX_TYPES))} or extra.NAME",
+                    f"{key} {v!r} is not a transaction field"
+                    + (f": did you mean {close[0]}?" if close else "")
+                    + f" (use one of {', '.join(names)} or extra.NAME)",
                     ("features", i, key),
                 )
         if why := entity_problem(f.entity):

@@ -1707,6 +1707,24 @@ def _one_record(record: list[str], sep: str = ",") -> bool:
     return True
 
 
+def _cut_in(record: list[str], row: list[str], width: int, named: int, sep: str) -> str:
+    """Why the file's last record, whose ``record`` lines end with no line break, was cut
+    short: a quote left open (its cell read to the end of the file) or too few columns; ``""``
+    for a whole one.
+
+    >>> _cut_in(['t2,5,"b\\n', "more"], ["t2", "5", "b\\nmore"], 3, 3, ",")
+    'a quote left open (its cell runs to the end of the file)'
+    >>> _cut_in(["t3,2026-05"], ["t3", "2026-05"], 3, 3, ","), _cut_in(["t3,5,c"], [], 3, 3, ",")
+    ('expected 3 columns, found 2', '')
+    """
+    if row and row != ["\x1a"]:
+        if not _fits(row, width, named):
+            return f"expected {width} columns, found {len(row)}"
+        if not _one_record(record, sep):
+            return "a quote left open (its cell runs to the end of the file)"
+    return ""
+
+
 def _read_csv(p: Path, mapping: ColumnMapping | None) -> Iterator[Record]:
     # utf-8-sig: a byte-order mark is not part of the first column's name; surrogateescape:
     # a byte that is not UTF-8 makes its row a dead letter, not the end of the replay.
@@ -1801,9 +1819,15 @@ def _csv_records(p: Path, lines: _Lines, mapping: ColumnMapping | None) -> Itera
                 n = lines.line - len(record) + 1  # lines.first, inlined: this is the hot path
                 if len(record) > 1 and _runaway(record, row, width, named, sep):
                     break
+                cut = record[-1][-1] not in "\r\n" and _cut_in(record, row, width, named, sep)
+                text = "".join(record) if cut else ""
                 record.clear()
                 if not row or row == ["\x1a"]:  # a blank line; DOS's end-of-file mark (Ctrl-Z,
                     continue  # 0x1A) on a line of its own: a dead letter before, a QA pass
+                if cut:  # (decided as it was, or a dead letter, exit 0: a QA pass)
+                    why = FileCut(f"the file ends inside the record of line {n}: {cut}")
+                    yield n, why, _text_or_bytes(text)
+                    continue
                 error = None
                 if _UNDECODABLE.search("".join(row)):
                     error = ValueError(undecodable)

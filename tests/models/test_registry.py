@@ -1059,3 +1059,29 @@ def test_promoting_the_champion_where_its_key_is_not_set_says_it_is_not_verified
     out, err = capsys.readouterr()
     assert "v000001 is already the champion: nothing changed (not verified here:" in out
     assert "FDS_MODEL_KEY" in out and "rollback" not in out + err
+
+
+def test_promoting_a_version_of_another_spec_says_the_champions_scorers_will_not_serve_it(
+    tmp_path, capsys
+):
+    """`promote` of a version made by spec `tree` over a champion of `default` said running
+    scorers picked it up: those of `default` refused it and kept their model (a QA pass)."""
+    from fds.cli import main
+    from tests.models.fakes import FeatureModel
+
+    reg = Registry(tmp_path)
+    reg.publish(FeatureModel("amount"), spec={"name": "default", "pipeline": ["a"]})
+    reg.publish(FeatureModel("amount"), spec={"name": "tree", "pipeline": ["b"]})
+    reg.publish(FeatureModel("amount"), spec={"name": "default", "pipeline": ["a"]})
+    reg.promote("v000001")
+    base = ["models", "--registry", str(tmp_path), "promote"]
+    assert main([*base, "v000002"]) == 0 and reg.champion() == "v000002"
+    out = capsys.readouterr()
+    assert out.out == "champion is now v000002\n"
+    assert "v000002 was made by spec 'tree' with name 'tree', not 'default'" in out.err, out.err
+    assert "(v000001, the champion before)" in out.err and "--model tree" in out.err
+    assert main([*base, "v000001"]) == 0  # (back to its spec's: told of `tree` again)
+    assert "was made by spec 'default'" in capsys.readouterr().err
+    reg.promote("v000003")
+    assert main([*base, "v000001"]) == 0  # one of the same spec: picked up, as before
+    assert "running scorers pick it up on their next poll" in capsys.readouterr().out

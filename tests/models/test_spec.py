@@ -241,6 +241,13 @@ def test_shipped_specs_build(name: str) -> None:
             ":3",
             "every step but the last must be a transformer",
         ),
+        (  # (it scored 0.83 on the last sample row alone and passed; every version it then
+            # learned was refused in a replay for a score of -0.10: a QA pass)
+            "name: x\npipeline:\n  - preprocessing.StandardScaler: {}\n"
+            "  - linear_model.LogisticRegression: {loss: {optim.losses.Squared: {}}}\n",
+            ":4",
+            "(ValueError: a probability of -0.02 on {'amount': 120.0, 'f': 0.0})",
+        ),
     ],
 )
 def test_spec_errors_name_file_and_line(text: str, where: str, needle: str) -> None:

@@ -125,6 +125,12 @@ def test_semantics_and_precedence(src: str, expected: bool) -> None:
         ("amount > 1 && seen", "write 'and' / 'or' for && / ||"),
         ("amount > 1 || seen", "write 'and' / 'or' for && / ||"),
         ("!seen", "write 'not' for !"),
+        # (named BitAnd, BitOr, BitXor, FloorDiv: a QA pass)
+        ("amount >= 1 & seen", "operator & is not allowed (write `and`)"),
+        ("seen | amount > 5", "operator | is not allowed (write `or`)"),
+        ("amount ^ 2 > 5", "operator ^ is not allowed (a power: write x * x, a root sqrt(x))"),
+        ("amount // 2 > 1", "operator // is not allowed (a whole division: compare x / y"),
+        ("amount << 2 > 1", "operator << is not allowed: use + - * / %"),
         ("amount =< 5", "(write <= or >=)"),
         ("amount => 5", "(write <= or >=)"),
         ("seen and and amount > 1", "('and and': one word too many, or a condition left out)"),

@@ -276,7 +276,7 @@ def test_nan_in_extra_is_missing() -> None:
             "r.yaml:10:25",
             "unknown name 'avg31'",
         ),
-        (('when: "amount > 3', 'when: "amount >> 3'), "r.yaml:10:12", "RShift"),
+        (('when: "amount > 3', 'when: "amount >> 3'), "r.yaml:10:12", "operator >> is not allowed"),
         (("agg: count", "agg: cnt"), "r.yaml:4:39", "Input should be 'count'"),
         (("window: 1h", "window: 1 hour"), "r.yaml:4:54", "bad window"),
         (("window: 1h", "window: .inf"), "r.yaml:4:54", "bad window inf:"),  # (not 'infs')
@@ -305,6 +305,15 @@ def test_nan_in_extra_is_missing() -> None:
         ),
         (("window: 1h", "window: 0.0000001s"), "r.yaml:4:54", "a duration of at least 1ms"),
         (("timezone: Asia/Seoul", "timezone: Mars/Base"), "r.yaml:2:11", "unknown timezone"),
+        # (no likely name, and an entity offered ts and tx_id, which it refuses: a QA pass)
+        (("timezone: Asia/Seoul", "timezone: Asia/Seol"), "r.yaml:2:11", "did you mean Asia/Seoul"),
+        (
+            ("entity: card_id, agg: count", "entity: Card_ID, agg: count"),
+            "r.yaml:4:25",
+            "entity 'Card_ID' is not a transaction field: did you mean card_id? (use one of "
+            "amount, card_id, channel, country, currency, customer_id, device_id, ip, lat, lon, "
+            "mcc, merchant_id or extra.NAME)",
+        ),
         (("id: night", "id: spike"), "r.yaml:17:9", "duplicate rule id"),
         (("{name: c1h,", "{name: amount,"), "r.yaml:4:12", "taken by a built-in"),
         # (overwritten by the engine's rule score in the decision's snapshot, by the model's
@@ -1182,3 +1191,20 @@ def test_an_empty_rules_file_is_said_to_be_empty(text: str, said: str) -> None:
     with pytest.raises(ConfigError) as e:
         load_ruleset_text(text, "r.yaml")
     assert said in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("policy", "says"),
+    [
+        ("{decline_at: 0.9000001}", "policy.decline_at: 0.9000001 has more decimals than the 6"),
+        ("{review_at: 0.6000009}", "compared: write 0.600000 or 0.600001"),
+    ],
+)
+def test_a_threshold_finer_than_the_scores_it_meets_is_refused(policy: str, says: str) -> None:
+    """The final score is rounded to 6 decimals before the thresholds: 0.8999996 declined at
+    `decline_at: 0.9000001` (a QA pass). A threshold is written to the scores' precision."""
+    text = f'version: "1"\nrules: []\npolicy: {policy}\n'
+    with pytest.raises(ConfigError, match=re.escape(says)) as e:
+        load_ruleset_text(text, "r.yaml")
+    assert str(e.value).startswith("r.yaml:3:")
+    assert load_ruleset_text(text.replace("0000", "")).spec.policy  # 0.91, 0.609: fine
