@@ -46,6 +46,7 @@ __all__ = [
     "fields_at",
     "kind_of",
     "load",
+    "other_file",
     "read_bytes",
     "read_text",
 ]
@@ -133,6 +134,30 @@ def kind_of(value: Any) -> str:
     if isinstance(value, bool):
         return f"a boolean ({value})"
     return f"the number {value}" if isinstance(value, int | float) else f"a {type(value).__name__}"
+
+
+#: A key each kind of the project's YAML files has and no other kind takes, what the kind is
+#: and the option that takes it.
+_FILE_KINDS = (
+    ("pipeline", "a model spec", "--model"),
+    ("fields", "a column mapping", "--mapping"),
+    ("rules", "a rules file", "--rules"),
+)
+
+
+def other_file(data: Any, flag: str, path: Any) -> None:
+    """Refuse ``data``, read from ``path`` for the option ``flag``, when it is another kind of
+    the project's files (a model spec given as --rules was told its keys were unknown, `gate`
+    a misspelt `grace`: a QA pass)."""
+    if not isinstance(data, dict):
+        return
+    for key, what, takes in _FILE_KINDS:
+        if takes != flag and key in data:
+            raise ConfigError(
+                f"this is {what} (it has {key}:), not what {flag} takes: give it with "
+                f"{takes} {path}",
+                where=str(path),
+            )
 
 
 def exponent_hint(v: Any) -> str:

@@ -1817,3 +1817,34 @@ def test_a_mapped_column_no_record_holds_is_named_when_rules_miss_its_field(tmp_
     assert "web (channel missing on 20); map the columns they read (--mapping) or they never " \
         "fire; the --mapping reads channel from 'Kanall', a column with a value in no record: " \
         "is its name spelt as in the file?" in err, err  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("flag", "file", "says"),
+    [
+        ("--rules", "models/default.yaml", "this is a model spec (it has pipeline:), not what "
+         "--rules takes: give it with --model"),
+        ("--model", "rules/default.yaml", "this is a rules file (it has rules:), not what "
+         "--model takes: give it with --rules"),
+        ("--rules", "MAPPING", "this is a column mapping (it has fields:), not what --rules "
+         "takes: give it with --mapping"),
+        ("--mapping", "models/default.yaml", "this is a model spec (it has pipeline:), not what "
+         "--mapping takes: give it with --model"),
+    ],
+)  # fmt: skip
+def test_a_file_of_another_kind_is_told_the_option_that_takes_it(
+    tmp_path, capsys, flag, file, says
+):
+    """A QA pass: a model spec given as --rules was told its keys were unknown (`gate: did you
+    mean 'grace'?`), a mapping as --rules to add a version."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    path = root / file if file != "MAPPING" else tmp_path / "m.yaml"
+    if file == "MAPPING":
+        path.write_text("fields: {tx_id: id}\n")
+    data = tmp_path / "t.jsonl"
+    data.write_text('{"tx_id": "t1", "ts": 1767225600, "card_id": "c1", "amount": 5}\n')
+    code = main(["replay", str(data), flag, str(path), "--out", str(tmp_path / "o.jsonl")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{path}: {says} {path}" in err, (code, err)

@@ -643,6 +643,7 @@ def parse_spec(text: str, *, source: str = "<spec>") -> ModelSpec:
         raise ConfigError(f"not valid YAML: {problem}", where=where) from None
     if not isinstance(data, dict):
         raise ConfigError("a model spec is a mapping with name and pipeline", where=source)
+    yamlio.other_file(data, "--model", source)
     for k in data:
         if k not in _TOP_KEYS:
             raise ConfigError(

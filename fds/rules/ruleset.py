@@ -1167,6 +1167,7 @@ def load_ruleset_text(
             f"{empty}a rules file is a mapping with version, features, rules, policy",  # empty:
             where=f"{filename}:1:1",  # a QA pass on a file cut to 0 bytes)
         )
+    yamlio.other_file(data, "--rules", filename)
     # (an anchor could only sit on a real rule, every other key being refused: a QA pass)
     data = yamlio.without_own_keys(data)
     spec, invalid = _validate(data)

@@ -840,6 +840,7 @@ def load_mapping(path: str | os.PathLike[str]) -> ColumnMapping:
     data = read_yaml(p)
     if not isinstance(data, dict):
         raise ConfigError("a mapping file is a YAML mapping with 'fields:'", where=str(p))
+    yamlio.other_file(data, "--mapping", p)
     try:
         mapping = ColumnMapping.model_validate(data)
     except pydantic.ValidationError as e:
