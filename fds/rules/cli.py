@@ -10,6 +10,7 @@ from typing import Any, TextIO
 
 from fds.cli import count_or_all, file_path, labels_not_input, same_file, write_output
 from fds.errors import ConfigError
+from fds.rules.reload import deciding
 from fds.rules.ruleset import Ruleset, load_ruleset
 from fds.shipped import DEFAULT_RULES
 
@@ -265,6 +266,13 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
         print(f"note: {left}", file=out)
     if r.unseen_fields:  # (said by fds replay only: a QA pass)
         print(f"warning: {r.unseen_fields}", file=out)
+    if cand.version == base.version and deciding(cand) != deciding(base):
+        print(  # (both columns named one version, without a word: a QA pass)
+            f"note: the candidate decides otherwise than the baseline under the same version "
+            f"({cand.version!r}): decisions record the version, so give the candidate a new "
+            "one (a hot reload refuses a file that changes the rules and not the version)",
+            file=out,
+        )
     rows = [
         ("version", b.version, c.version),
         ("alerts (review+decline)", str(b.alerts), str(c.alerts)),

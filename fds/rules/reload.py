@@ -50,7 +50,7 @@ from fds.rules.ruleset import (
 )
 from fds.timeutil import format_ts
 
-__all__ = ["ReloadingRuleset", "load_quietly"]
+__all__ = ["ReloadingRuleset", "deciding", "load_quietly"]
 
 log = logging.getLogger("fds.rules")
 # The watched file's stat while it cannot be read (deleted, moved away).
@@ -152,7 +152,7 @@ class ReloadingRuleset:
         # purpose: a version forgotten could come back with other rules, and decisions that
         # carry it could no longer be told apart. It grows by one entry (~200 B) per reload
         # that brings a new version, a person's edit: thousands in years.
-        self._served: dict[str | None, str] = {self.current.version: _deciding(self.current)}
+        self._served: dict[str | None, str] = {self.current.version: deciding(self.current)}
         self._retired: list[Ruleset] = []  # replaced on the hot path since the last drain
         # those and the one in force, in one reference: what a scrape adds up (it read the one
         # in force only, and a counter went down by a reload's undrained counts: a QA pass)
@@ -322,7 +322,7 @@ class ReloadingRuleset:
             self.current = new  # the atomic swap: one reference assignment
             self._in_force, self._text, self._loaded_at = digest, text, time.monotonic()
             self._in_force_key = stat
-            self._served[new.version] = _deciding(new)
+            self._served[new.version] = deciding(new)
             self.last_error = None
             self.counts["ok"] += 1
             log.info('rules reloaded path="%s" version="%s"', self.path, new.version)
@@ -353,7 +353,7 @@ class ReloadingRuleset:
         # version served earlier comes back only with its rules (v1 -> v2 -> other rules named
         # v1 was taken: a QA pass).
         served = self._served.get(new.version)
-        if served is not None and _deciding(new) != served:
+        if served is not None and deciding(new) != served:
             again = new.version != self.current.version
             if not again and self._caught_mid_write(text, key):
                 log.warning(
@@ -609,7 +609,7 @@ def load_quietly(text: str, path: str) -> Ruleset:
         return load_ruleset_text(text, path)
 
 
-def _deciding(rs: Ruleset) -> str:
+def deciding(rs: Ruleset) -> str:
     """What of a ruleset decides, as a digest: its spec without the rules' inline tests, a
     condition as its syntax tree and the features by name and window length (``a >  5`` or
     ``(a > 5)`` for

@@ -193,6 +193,25 @@ def test_backtest_columns_are_as_wide_as_their_values(tmp_path: Path, capsys) ->
     assert row.split() == ["version", "2026-11-29.1-baseline-x", "2026-11-29.1-pre-drift"]
 
 
+def test_backtest_notes_a_candidate_of_other_rules_under_the_baselines_version(
+    tmp_path: Path, capsys
+) -> None:
+    """A QA pass: both columns named one version without a word, where a hot reload refuses
+    such a file; the same rules laid out otherwise are no note."""
+    sim = simulate(days=1, cards=200, merchants=100, seed=3, drift_day=None)
+    data, _labels = write(sim, tmp_path / "hist.jsonl")
+    base, cand = tmp_path / "base.yaml", tmp_path / "cand.yaml"
+    base.write_text(BASELINE)
+    args = ["rules", "backtest", "--candidate", str(cand), "--baseline", str(base), str(data)]
+    for text, noted in ((CANDIDATE.replace("version: cand", "version: base"), True),
+                        (BASELINE + "# a comment\n", False)):  # fmt: skip
+        cand.write_text(text)
+        assert main(args) == 0
+        out = capsys.readouterr().out
+        assert ("note: the candidate decides otherwise than the baseline under the same "
+                "version ('base'): decisions record the version" in out) is noted, out  # fmt: skip
+
+
 def test_backtest_usage_errors(tmp_path: Path, capsys) -> None:
     base = tmp_path / "base.yaml"
     base.write_text(BASELINE)

@@ -306,7 +306,7 @@ def test_the_digest_of_what_decides_is_unchanged_for_a_file_without_grace() -> N
     """Checkpoints keep a digest per version served; a restart compares the file's with it.
     The digest of a file without `grace` (and with the default, however written) is the one
     of the release before the key existed, so an upgrade is not told "other rules"."""
-    from fds.rules.reload import _deciding
+    from fds.rules.reload import deciding
     from fds.rules.ruleset import load_ruleset_text
 
     text = (
@@ -315,8 +315,8 @@ def test_the_digest_of_what_decides_is_unchanged_for_a_file_without_grace() -> N
     )
     before = "95eab6582db0e07d4313307e5edd515cd85e9ac8f70b3bd1e2402852ece3de91"
     for grace in ("", "grace: 5m\n", "grace: 300s\n"):
-        assert _deciding(load_ruleset_text(text + grace, "r.yaml")) == before
-    assert _deciding(load_ruleset_text(text + "grace: 10m\n", "r.yaml")) != before
+        assert deciding(load_ruleset_text(text + grace, "r.yaml")) == before
+    assert deciding(load_ruleset_text(text + "grace: 10m\n", "r.yaml")) != before
 
 
 def test_the_model_reads_the_rule_results_of_the_ruleset_that_produced_them(tmp_path: Path):
