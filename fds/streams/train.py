@@ -145,6 +145,12 @@ EARLY_MAX = 20_000
 #: SQLite's errors of its storage (a full disk, an I/O error, a read-only or damaged file), not
 #: of a record (a ProgrammingError binding a tx_id that is no text is the record's).
 _STORAGE_ERRORS = (sqlite3.OperationalError, sqlite3.DatabaseError)
+
+
+class NotADecision(ValueError):
+    """A record of the decisions topic that is no decision (no ``features`` snapshot)."""
+
+
 #: Bad records logged one by one per BAD_SAID_WINDOW_S (each bad label was a line of its own:
 #: a QA pass); the rest counted, said in one line, as fds run says its dead letters.
 BAD_SAID_PER_WINDOW = 10
@@ -426,6 +432,7 @@ class TrainService:
         self.trainer.on_drift = self._drifted  # detected while learning
         self.stats = TrainStats()
         self._bad_lines = LineBudget(self._say_bad, BAD_SAID_PER_WINDOW, BAD_SAID_WINDOW_S)
+        self._not_decisions_said = False
         self._newest: dict[int, float] = {}  # decisions partition -> newest event time read
         self._arrived: dict[int, float] = {}  # decisions partition -> when it last gave one
         self._unannounced: Publication | None = None  # published, its announcement failed
@@ -941,6 +948,12 @@ class TrainService:
             return  # was a warning of a bad record: a QA pass)
         try:
             d = orjson.loads(msg.value)
+            if not isinstance(d, dict) or "features" not in d:
+                raise NotADecision(  # (transactions were learned from, amount 0, and the
+                    # version served, acting: a QA pass gave the transactions topic)
+                    "not a decision (no features: a transaction?): --decisions-topic is the "
+                    "topic fds run writes its decisions to"
+                )
             tx = d.get("tx") or {}
             ts = tx.get("ts")
             ts = float(ts) if isinstance(ts, int | float) else parse_ts(d["ts"])
@@ -966,6 +979,14 @@ class TrainService:
         # Logged and counted; a bad label is dead-lettered too (_dead_letter): decisions are
         # fds run's own output, whose dead letters it wrote itself.
         self.stats.bad_records += 1
+        if isinstance(exc, NotADecision) and not self._not_decisions_said:
+            self._not_decisions_said = True  # (said once, beyond the rate of bad records)
+            log.error(
+                'topic="%s" holds records that are not decisions (partition="%s[%d]" '
+                'offset="%d": no features snapshot): no model learns from them; give '
+                "--decisions-topic the topic fds run writes its decisions to",
+                msg.topic, msg.topic, msg.partition, msg.offset,
+            )  # fmt: skip
         if self._bad_lines.take(msg.topic):
             log.warning(
                 'skipped bad record partition="%s[%d]" offset="%d" error="%s: %s"',

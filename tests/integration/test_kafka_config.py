@@ -681,6 +681,11 @@ def test_produce_checks_a_foreign_file_for_any_topic_but_a_labels_file(tmp_path,
         said = f"--topic '{name}' is a labels topic, but .* holds no labels.*\\({fix}"
         with pytest.raises(ConfigError, match=said):
             produce_file(tx, s, topic=name)
+    # ... and a labels file to a prefixed transactions topic (each dead-lettered: a QA pass)
+    for name, fix in (("p.transactions", "p.labels"), ("p_transactions", "p_labels")):
+        said = f"--topic '{name}' is a transactions topic, but .* holds labels .*--topic {fix}\\)"
+        with pytest.raises(ConfigError, match=said):
+            produce_file(labels, s, topic=name)
     with pytest.raises(ConfigError, match=r"\(--topic payments, or no --topic\)"):
         produce_file(tx, KafkaSettings(input_topic="payments", bootstrap="127.0.0.1:1"),
                      topic="labels")  # fmt: skip

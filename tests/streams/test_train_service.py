@@ -1404,6 +1404,26 @@ def test_fds_runs_dead_letters_in_the_decisions_topic_are_skipped_not_bad_record
     svc.store.close()
 
 
+def test_transactions_read_as_decisions_are_bad_records_said_once(tmp_path, caplog):
+    """A QA pass gave the transactions topic as --decisions-topic: each was learned from as a
+    decision (amount 0, no features) and the version published was served, acting."""
+    svc = service(tmp_path)
+    with caplog.at_level("ERROR", logger="fds.streams.train"):
+        for offset in range(3):
+            tx = {"tx_id": f"t{offset}", "ts": 100.0 + offset, "card_id": "c1", "amount": 5.0}
+            svc._on_decision(Msg("transactions", 0, offset, tx))
+    assert (svc.stats.decisions, svc.stats.bad_records) == (0, 3)
+    said = [r.getMessage() for r in caplog.records if "not decisions" in r.getMessage()]
+    assert said == [
+        'topic="transactions" holds records that are not decisions (partition="transactions[0]"'
+        ' offset="0": no features snapshot): no model learns from them; give --decisions-topic '
+        "the topic fds run writes its decisions to"
+    ]
+    svc._on_decision(decision(0, 3, "t9", 101.0))  # a decision: learned from as ever
+    assert svc.stats.decisions == 1
+    svc.store.close()
+
+
 def test_a_stopping_trainer_waits_for_a_broker_gone_a_share_of_its_deadline(tmp_path):
     """A review: after a SIGTERM, the last batch's commit waited kafka-python's 30 s and an
     announcement's flush broker_timeout_s (60 s) for a broker that does not answer."""
