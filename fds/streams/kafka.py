@@ -4470,10 +4470,10 @@ def produce_file(
                     mapping, holds_labels = reading, True
                     break
     if holds_labels and target.endswith((".transactions", "-transactions", "_transactions")):
-        labels = target.removesuffix("transactions") + "labels"  # (a prefixed transactions
+        home = target.removesuffix("transactions") + "labels"  # (a prefixed transactions
         raise ConfigError(  # topic took a labels file, all dead-lettered by fds run: a QA pass)
             f"--topic {target!r} is a transactions topic, but {path} holds labels (tx_id, ts, "
-            f"is_fraud and no amount): labels go to the labels topic (--topic {labels})"
+            f"is_fraud and no amount): labels go to the labels topic (--topic {home})"
         )
     if not holds_labels and _labels_topic_name(target, settings):
         why = "its first record is none: tx_id, ts, is_fraud and no amount"
