@@ -143,13 +143,20 @@ _FILE_KINDS = (
     ("fields", "a column mapping", "--mapping"),
     ("rules", "a rules file", "--rules"),
 )
+#: Keys that make a file the kind its option takes, whatever else it holds (a rules file with
+#: `fields:` for `features:` is told that key is unknown, not that it is a mapping: a review).
+_OWN_KEYS = {
+    "--model": ("pipeline", "name"),
+    "--mapping": ("fields",),
+    "--rules": ("version", "rules", "features", "policy"),
+}
 
 
 def other_file(data: Any, flag: str, path: Any) -> None:
     """Refuse ``data``, read from ``path`` for the option ``flag``, when it is another kind of
     the project's files (a model spec given as --rules was told its keys were unknown, `gate`
     a misspelt `grace`: a QA pass)."""
-    if not isinstance(data, dict):
+    if not isinstance(data, dict) or any(k in data for k in _OWN_KEYS[flag]):
         return
     for key, what, takes in _FILE_KINDS:
         if takes != flag and key in data:

@@ -1817,6 +1817,14 @@ def test_a_mapped_column_no_record_holds_is_named_when_rules_miss_its_field(tmp_
     assert "web (channel missing on 20); map the columns they read (--mapping) or they never " \
         "fire; the --mapping reads channel from 'Kanall', a column with a value in no record: " \
         "is its name spelt as in the file?" in err, err  # fmt: skip
+    # a name inside another is not it (`extra.failed_attempts` blamed ts: a review)
+    rules.write_text(
+        "version: r\nrules:\n  - id: tries\n    when: extra.failed_attempts > 3\n"
+        "    action: review\n    score: 0.5\n    reason: r\n"
+    )
+    assert main([*argv, "--mapping", str(mapping), "--out", str(tmp_path / "o.jsonl")]) == 0
+    err = capsys.readouterr().err
+    assert "tries (extra.failed_attempts missing on 20)" in err and "--mapping reads" not in err
 
 
 @pytest.mark.parametrize(
@@ -1848,3 +1856,18 @@ def test_a_file_of_another_kind_is_told_the_option_that_takes_it(
     code = main(["replay", str(data), flag, str(path), "--out", str(tmp_path / "o.jsonl")])
     err = capsys.readouterr().err
     assert code == 2 and f"{path}: {says} {path}" in err, (code, err)
+
+
+def test_a_file_of_its_own_kind_with_another_kinds_key_is_told_the_key(tmp_path, capsys):
+    """A review: a rules file with `fields:` (meant `features:`) was told it was a column
+    mapping; a model spec with a top-level `rules:` a rules file."""
+    from fds.errors import ConfigError
+    from fds.models.spec import parse_spec
+    from fds.rules.ruleset import load_ruleset_text
+
+    with pytest.raises(ConfigError) as e:
+        load_ruleset_text('version: "1"\nfields: []\nrules: []\n', "r.yaml")
+    assert "fields" in str(e.value) and "column mapping" not in str(e.value), str(e.value)
+    with pytest.raises(ConfigError) as e:
+        parse_spec("name: x\nrules: score\npipeline:\n  - tree.HoeffdingTreeClassifier: {}\n")
+    assert "unknown key 'rules'" in str(e.value) and "rules file" not in str(e.value)

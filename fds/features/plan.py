@@ -50,8 +50,8 @@ import time
 import weakref
 from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable, Mapping, Sequence
-from itertools import compress, islice
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from itertools import compress
 from operator import not_
 from pathlib import Path
 from typing import Any
@@ -114,7 +114,8 @@ _SWEEP_STEP = 512
 # A group with a cap (max_entities) is checked again after an eighth of its cap of events (an
 # event adds at most one entity to it); a sweep that starts over it evicts the entities idle
 # longest, so that 7/8 of the cap stays, judged on the newest event times of a sample of its
-# states (sorting 4,096 floats: ~1 ms, once per check over the cap).
+# states: whole shards, at least 4,096 states (one shard of ~20,000 at 5 million held: a few
+# ms once per check over the cap).
 _CAP_CHECKS = 8
 _CAP_KEEP = 7 / 8
 _CAP_SAMPLE = 4096
@@ -323,6 +324,15 @@ class FeaturePlan:
         self._caps = tuple(caps.get(ent, 0) for ent in ents)
         capped = [c for c in self._caps if c]
         self._cap_every = max(min(capped) // _CAP_CHECKS, 1) if capped else 1 << 62
+        self._uncap()
+
+    def _uncap(self) -> None:
+        """A group without a cap (now) evicts at its horizon again, a sweep in progress too
+        (it went on with the cut of a cap taken away: a review)."""
+        idle = getattr(self, "_idle", None)  # (none yet while the plan is made)
+        for gi, cg in enumerate(self._groups):
+            if idle is not None and not self._caps[gi]:
+                idle[gi] = cg.keep
 
     def fresh(self) -> FeaturePlan:
         """A plan of the same declarations and settings with an empty state."""
@@ -653,6 +663,18 @@ class FeaturePlan:
             every = min(held, self._cap_every)
             self._sweep_after = self._accepted + max(every, self.sweep_min_events)
 
+    def _sample(self, gi: int) -> Iterator[list[Any]]:
+        """At least ``_CAP_SAMPLE`` states of group ``gi`` (all, when it holds fewer): whole
+        shards, each a random share of its entities by their hash (the first of each in a dict's
+        order would be the oldest inserted, and those of one shard alone once a shard holds
+        more: a review saw the cut fall to the floor at a cap of a million)."""
+        n = 0
+        for part in self.states[gi].parts:
+            if n >= _CAP_SAMPLE:
+                return
+            n += len(part)
+            yield from part.values()
+
     def _capped(self, gi: int) -> bool:
         """Is group ``gi`` over its cap? If so, the idle time after which the sweep starting
         now evicts is set so that about ``_CAP_KEEP`` of the cap stays: read from the newest
@@ -664,7 +686,7 @@ class FeaturePlan:
             self._idle[gi] = cg.keep
             self._cap_said[gi] = False
             return False
-        newest = sorted(st[TS][-1] for st in islice(self.states[gi].values(), _CAP_SAMPLE))
+        newest = sorted(st[TS][-1] for st in self._sample(gi))
         cut = newest[int((1 - cap * _CAP_KEEP / held) * len(newest))]
         self._idle[gi] = min(max(self.watermark - cut, cg.floor), cg.keep)
         if self._idle[gi] == cg.floor and not self._cap_said[gi]:
@@ -820,6 +842,7 @@ class FeaturePlan:
         # (a state saved before caps existed: none evicted by one, every horizon in full)
         self.evicted_by_cap = body.get("evicted_by_cap", self.evicted_by_cap)
         self._idle = body.get("idle", self._idle)
+        self._uncap()  # (a capped sweep saved in progress, restored where no cap is set)
         self.unmatched_labels = body["unmatched_labels"]
         self._sweep_at = body["sweep_at"]
         self._accepted = body["accepted"]

@@ -183,8 +183,8 @@ def _promote(args: argparse.Namespace) -> int:
         say(
             f"{args.prog}: warning: {version} was made by spec {other} ({champ}, the champion "
             f"before): running scorers of that spec do not serve it and keep their own model; "
-            f"serve it with the spec it was made by (fds run --model "
-            f"{before['spec'].get('name')}), or `fds models rollback`"
+            f"serve it with the spec it was made by ({_spec_option(before['spec'])}), or "
+            "`fds models rollback`"
         )
         return 0
     if unserved is None:
@@ -204,6 +204,18 @@ def _promote(args: argparse.Namespace) -> int:
         "`fds models rollback` makes the registry's champion the previous one again"
     )
     return 0
+
+
+def _spec_option(made: dict[str, Any]) -> str:
+    """How to serve a version made by the spec ``made`` (a registry entry's): a shipped spec
+    by its name; another by its file, which only its owner knows (a custom spec's name was
+    given as --model, which finds shipped names only: a review)."""
+    from fds.models.spec import SPEC_DIR
+
+    name = str(made.get("name"))
+    if (SPEC_DIR / f"{name}.yaml").is_file():
+        return f"fds run --model {name}"
+    return f"fds run --model with the file of spec {name!r}"
 
 
 def _failing(e: ArtifactError) -> str:

@@ -232,11 +232,11 @@ class PolicySpec(_Strict):
     def _decided_as_written(cls, v: float) -> float:
         if round_to(v, SCORE_DECIMALS) != v:  # (0.8999996 declined at 0.9000001: a QA pass)
             step = 10**SCORE_DECIMALS
-            low, high = math.floor(v * step) / step, math.ceil(v * step) / step
+            near = (math.floor(v * step) / step, math.ceil(v * step) / step)
+            fix = " or ".join(f"{x:.{SCORE_DECIMALS}f}" for x in near if x > 0)  # (0: refused)
             raise ValueError(
                 f"{v} has more decimals than the {SCORE_DECIMALS} the final score is rounded "
-                f"to before it is compared: write {low:.{SCORE_DECIMALS}f} or "
-                f"{high:.{SCORE_DECIMALS}f}"
+                f"to before it is compared: write {fix}"
             )
         return v
 

@@ -174,3 +174,46 @@ def test_a_rules_reload_changes_the_cap_and_the_cap_is_exported(tmp_path: Path) 
         assert len(engine.features.states[0]) < 700  # type: ignore[union-attr]
     finally:
         engine.close()
+
+
+def test_the_cut_is_read_from_whole_shards_not_the_oldest_entities(monkeypatch) -> None:
+    """A review: the sample was the first states in the dicts' order, the oldest inserted of
+    the first shard once a shard held more than the sample (a cap of a million): their newest
+    times were recent (long-lived cards), the cut fell to the floor, and far more than an
+    eighth of the cap was evicted."""
+    import fds.features.plan as plan_mod
+
+    monkeypatch.setattr(plan_mod, "_CAP_SAMPLE", 10)
+    p = plan(10**6)
+    for i in range(5_000):  # ~20 a shard
+        p.compute({"tx_id": f"t{i}", "ts": T0 + i, "card_id": f"c{i:05d}", "amount": 1.0})
+    sample = list(p._sample(0))
+    shard = p.states[0].parts[0]
+    assert len(sample) == len(shard) > 10  # the whole first shard: a random share
+    assert max(int(st[0][1:]) for st in sample) >= 2_500  # (not only the oldest inserted)
+
+
+def test_a_cap_taken_away_stops_a_capped_sweep_in_progress() -> None:
+    """A review: the cut of a sweep under way went on evicting once the cap was removed (a
+    reload), or restored into a plan without one."""
+    p = plan(3_000)
+    txs = flood(40_000)
+    i = 0
+    while not (  # until a capped sweep has just started
+        p._sweep_todo and p._idle[0] < p._groups[0].keep and len(p._sweep_todo[0][3]) > 200
+    ):
+        p.compute(txs[i])
+        i += 1
+    i -= 1
+    saved = pickle.loads(pickle.dumps(p.state_dict()))
+    p.max_entities = None
+    before = p.evicted_by_cap[0]
+    for tx in txs[i + 1 : i + 100]:
+        p.compute(tx)
+    assert p.evicted_by_cap[0] == before and p._idle[0] == p._groups[0].keep
+    q = plan()
+    q.load_state_dict(saved)
+    assert q._idle[0] == q._groups[0].keep
+    for tx in txs[i + 1 : i + 100]:
+        q.compute(tx)
+    assert q.evicted_by_cap[0] == before

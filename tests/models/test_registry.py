@@ -1082,6 +1082,9 @@ def test_promoting_a_version_of_another_spec_says_the_champions_scorers_will_not
     assert "(v000001, the champion before)" in out.err and "--model tree" in out.err
     assert main([*base, "v000001"]) == 0  # (back to its spec's: told of `tree` again)
     assert "was made by spec 'default'" in capsys.readouterr().err
+    reg.publish(FeatureModel("amount"), spec={"name": "mine", "pipeline": ["c"]})  # v000004
+    assert main([*base, "v000004"]) == 0  # (a spec of its owner's: --model mine finds none)
+    assert "(fds run --model with the file of spec 'mine')" in capsys.readouterr().err
     reg.promote("v000003")
     assert main([*base, "v000001"]) == 0  # one of the same spec: picked up, as before
     assert "running scorers pick it up on their next poll" in capsys.readouterr().out

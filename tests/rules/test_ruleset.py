@@ -1198,6 +1198,7 @@ def test_an_empty_rules_file_is_said_to_be_empty(text: str, said: str) -> None:
     [
         ("{decline_at: 0.9000001}", "policy.decline_at: 0.9000001 has more decimals than the 6"),
         ("{review_at: 0.6000009}", "compared: write 0.600000 or 0.600001"),
+        ("{review_at: 0.0000005}", "compared: write 0.000001"),  # (0 is refused: a review)
     ],
 )
 def test_a_threshold_finer_than_the_scores_it_meets_is_refused(policy: str, says: str) -> None:
