@@ -47,7 +47,7 @@ def figures(text: str) -> dict[str, str | float]:
     def lower(v: str, reading: str) -> float:
         """A share lower (negative: higher; the report writes "6% higher", where earlier
         reports wrote "-6% lower": both read)."""
-        m = re.search(rf"{v} vs adaptive {reading}: (-?\d+)% (lower|higher)", text)
+        m = re.search(rf"{v} vs adaptive {reading}: (-?\d+(?:\.\d)?)% (lower|higher)", text)
         if m is None:
             raise SystemExit(f"report lacks {v} vs adaptive {reading}: rerun without --reuse")
         return float(m.group(1)) * (1 if m.group(2) == "lower" else -1)
