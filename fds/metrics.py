@@ -196,7 +196,7 @@ _DECIDING = frozenset(
         "fds_decisions", "fds_rule_hits", "fds_rule_missing_inputs", "fds_rule_errors",
         "fds_stage_duration_seconds", "fds_decision_latency_seconds", "fds_state_entities",
         "fds_ruleset_info", "fds_guardrail_demoted", "fds_event_lag_seconds",
-        "fds_features_compiled", "fds_state_evicted_by_cap",
+        "fds_features_compiled", "fds_state_evicted_by_cap", "fds_state_max_entities",
     }
 )  # fmt: skip
 
@@ -786,6 +786,14 @@ class Metrics(Collector):
             for entity, n in capped().items():
                 c.add_metric([entity], float(n))
             yield c
+            g = GaugeMetricFamily(  # (fds_state_entities could not be drawn against it: a QA)
+                "fds_state_max_entities",
+                "The rules file's max_entities of each entity type with one.",
+                labels=["entity"],
+            )
+            for entity, cap in getattr(plan, "max_entities", {}).items():
+                g.add_metric([entity], float(cap))
+            yield g
         compiled = getattr(plan, "compiled", None)  # (a plan of another kind may not say)
         if compiled is not None:
             yield GaugeMetricFamily(

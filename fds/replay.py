@@ -254,6 +254,8 @@ class ReplaySummary(Alerts):
     dead_after_rules: int = 0
     alerted_frauds: int | None = None
     late: int = 0
+    # entities evicted before their windows ended by the rules' max_entities, per type
+    evicted_by_cap: dict[str, int] = field(default_factory=dict)
     demoted: list[str] = field(default_factory=list)  # by the rate breaker, still demoted
     demotions: int = 0  # by the rate breaker during the run, lifted since or not
     # hot reloads of the rules file refused, and why the file on disk at the end is, if it is
@@ -291,6 +293,9 @@ class ReplaySummary(Alerts):
         for k in ("throughput", "precision", "recall", "unmatched_frauds"):
             out[k] = getattr(self, k)
         return out
+
+    def _capped(self) -> str:
+        return ", ".join(f"{n:,} {ent}" for ent, n in self.evicted_by_cap.items() if n)
 
     def _share(self) -> str:
         """:attr:`learn_seconds` as a share of the wall time."""
@@ -346,6 +351,11 @@ class ReplaySummary(Alerts):
                 else []
             ),
             ("late events", f"{self.late:,}"),
+            *(  # (said nowhere in a replay: a QA pass)
+                [("evicted by max_entities", self._capped())]
+                if any(self.evicted_by_cap.values())
+                else []
+            ),
             ("reordered records", f"{self.reordered:,}"),
             *(
                 [("  beyond the reorder buffer", f"{self.beyond_reorder_buffer:,}")]
@@ -879,6 +889,8 @@ def _run(
     unreadable = tally.unreadable
     s.transactions = seen + unreadable
     s.reordered, s.beyond_reorder_buffer = stream.reordered, stream.late
+    capped = getattr(engine.features, "evictions_by_cap", None)
+    s.evicted_by_cap = capped() if capped is not None else {}
     s.second_pass = stream.second_pass
     s.labels_read = learned
     s.labels_file_seconds = stream.labels_seconds

@@ -1871,3 +1871,24 @@ def test_a_file_of_its_own_kind_with_another_kinds_key_is_told_the_key(tmp_path,
     with pytest.raises(ConfigError) as e:
         parse_spec("name: x\nrules: score\npipeline:\n  - tree.HoeffdingTreeClassifier: {}\n")
     assert "unknown key 'rules'" in str(e.value) and "rules file" not in str(e.value)
+
+
+def test_a_replay_says_what_max_entities_evicted(tmp_path, capsys):
+    """A QA pass: a replay under a cap said nothing of the entities it evicted early."""
+    data = tmp_path / "flood.jsonl"
+    data.write_text("".join(
+        orjson.dumps({"tx_id": f"t{i}", "ts": 1767225600 + 10 * i, "card_id": f"c{i}",
+                      "amount": 5}).decode() + "\n"
+        for i in range(3_000)
+    ))  # fmt: skip
+    rules = tmp_path / "r.yaml"
+    rules.write_text(
+        'version: "1"\nmax_entities: {card_id: 200}\nfeatures:\n'
+        "  - {name: n_1m, entity: card_id, agg: count, window: 1m}\n"
+        "  - {name: n_1d, entity: card_id, agg: count, window: 1d}\nrules: []\n"
+    )
+    argv = ["replay", str(data), "--rules", str(rules), "--model", "none", "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path / "o.jsonl")]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if "evicted by max_entities" in line)
+    assert re.search(r"evicted by max_entities +│ +2,[0-9]{3} card_id", row), row

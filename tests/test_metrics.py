@@ -40,6 +40,7 @@ RELIABILITY_METRICS = {
     "fds_ruleset_reloads": "counter",
     "fds_state_entities": "gauge",
     "fds_state_evicted_by_cap": "counter",
+    "fds_state_max_entities": "gauge",
 }
 
 # Labels that would carry personal data or unbounded ids: never allowed on any series.
@@ -158,6 +159,7 @@ def test_counts_match_the_workload_exactly() -> None:
     assert value(m, "fds_ruleset_reloads_total", result="ok") == 1
     assert value(m, "fds_state_entities", entity="card_id") == 1234
     assert value(m, "fds_state_evicted_by_cap_total", entity="ip") == 4
+    assert value(m, "fds_state_max_entities", entity="ip") == 5
     assert value(m, "fds_guardrail_demotions_total", kind="rule", target="decline_all") == 1
     assert value(m, "fds_degraded_mode") == 1
     assert value(m, "fds_model_fallbacks_total", reason="error") == 1

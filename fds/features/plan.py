@@ -262,6 +262,8 @@ class FeaturePlan:
         interpreted. ``compiled`` says which runs now.
     """
 
+    _sweep_after: int  # (set by _reset; read by the max_entities setter after it)
+
     def __init__(
         self,
         specs: Sequence[Any],
@@ -324,15 +326,20 @@ class FeaturePlan:
         self._caps = tuple(caps.get(ent, 0) for ent in ents)
         capped = [c for c in self._caps if c]
         self._cap_every = max(min(capped) // _CAP_CHECKS, 1) if capped else 1 << 62
-        self._uncap()
+        if hasattr(self, "_idle"):  # (not while the plan is made: no state yet)
+            self._follow_caps()
 
-    def _uncap(self) -> None:
-        """A group without a cap (now) evicts at its horizon again, a sweep in progress too
-        (it went on with the cut of a cap taken away: a review)."""
-        idle = getattr(self, "_idle", None)  # (none yet while the plan is made)
+    def _follow_caps(self) -> None:
+        """Take the caps in force (set, or a state restored under them): a group without one
+        evicts at its horizon again, a sweep in progress too (it went on with the cut of a cap
+        taken away: a review); one over its cap is swept from the next event (a cap set during
+        a flood waited for the sweep's schedule, every entity held of events: 62 times the
+        cap were held first, a QA pass)."""
         for gi, cg in enumerate(self._groups):
-            if idle is not None and not self._caps[gi]:
-                idle[gi] = cg.keep
+            if not self._caps[gi]:
+                self._idle[gi] = cg.keep
+            elif len(self.states[gi]) > self._caps[gi]:
+                self._sweep_after = min(self._sweep_after, self._accepted)
 
     def fresh(self) -> FeaturePlan:
         """A plan of the same declarations and settings with an empty state."""
@@ -660,8 +667,10 @@ class FeaturePlan:
             self._sweep_after = self._accepted + 1
         else:
             held = sum(len(s) for s in self.states)
-            every = min(held, self._cap_every)
-            self._sweep_after = self._accepted + max(every, self.sweep_min_events)
+            # (a cap is checked after an eighth of it, a small one below sweep_min_events: at
+            # 400, 1,351 were held between two checks of 1,000 events, a QA pass)
+            every = min(max(held, self.sweep_min_events), self._cap_every)
+            self._sweep_after = self._accepted + every
 
     def _sample(self, gi: int) -> Iterator[list[Any]]:
         """At least ``_CAP_SAMPLE`` states of group ``gi`` (all, when it holds fewer): whole
@@ -788,6 +797,7 @@ class FeaturePlan:
             "evicted_entities": self.evicted_entities,
             "evicted_by_cap": self.evicted_by_cap,
             "idle": self._idle,
+            "caps": self._caps,
             "unmatched_labels": self.unmatched_labels,
             "sweep_at": self._sweep_at,
             "accepted": self._accepted,
@@ -842,7 +852,6 @@ class FeaturePlan:
         # (a state saved before caps existed: none evicted by one, every horizon in full)
         self.evicted_by_cap = body.get("evicted_by_cap", self.evicted_by_cap)
         self._idle = body.get("idle", self._idle)
-        self._uncap()  # (a capped sweep saved in progress, restored where no cap is set)
         self.unmatched_labels = body["unmatched_labels"]
         self._sweep_at = body["sweep_at"]
         self._accepted = body["accepted"]
@@ -857,6 +866,8 @@ class FeaturePlan:
         self._labels = body["labels"]
         self._next_label_expiry = body["next_label_expiry"]
         self.watermark_tx = _named(body)
+        if body.get("caps") != self._caps:  # (saved under other caps, or before them; under
+            self._follow_caps()  # the same, it goes on as the uninterrupted plan)
         if body["label_ttl"] != self.label_ttl:  # (replaced without a word: a QA pass)
             log.warning(  # (kept: the restored store's buckets are made for it, a review)
                 "the restored feature state keeps its label_ttl of %.0f s (its tx_id store is "

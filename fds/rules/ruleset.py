@@ -258,6 +258,11 @@ _UNPRINTED = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _BREAKS = "\n\r\x85\u2028\u2029"
 
 
+#: The largest max_entities (a trillion: beyond any memory; 2**64 crashed the ruleset's digest,
+#: a QA pass).
+MAX_CAP = 10**12
+
+
 class RulesFile(_Strict):
     """The whole rules file."""
 
@@ -270,7 +275,7 @@ class RulesFile(_Strict):
         "late (a duration: 90s, 5m, 1h; 0: any event behind the latest is late)",
         json_schema_extra=lambda schema: _duration_or_seconds(schema),
     )
-    max_entities: dict[str, Annotated[int, Field(strict=True, gt=0)]] = Field(
+    max_entities: dict[str, Annotated[int, Field(strict=True, gt=0, le=MAX_CAP)]] = Field(
         default_factory=dict,
         description="the most entities of each entity type (a features' entity: card_id, ...) "
         "the window state holds; past it the entities idle longest are evicted before their "

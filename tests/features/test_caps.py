@@ -137,6 +137,8 @@ def rules_text(version: str, cap: str) -> str:
         ("max_entities:\n  card_id: 0\n", ":3:12:", "greater than 0"),
         ("max_entities:\n  card_id: yes\n", ":3:12:", "valid integer"),
         ("max_entities:\n  card_id: 2.5e6\n", ":3:12:", "valid integer"),
+        # (2**64 and more crashed the ruleset's digest, a reload too: a QA pass)
+        ("max_entities:\n  card_id: 99999999999999999999999\n", ":3:12:", "less than or equal"),
     ],
 )
 def test_a_bad_cap_in_the_rules_file_is_told_at_its_line(cap: str, where: str, says: str) -> None:
@@ -217,3 +219,34 @@ def test_a_cap_taken_away_stops_a_capped_sweep_in_progress() -> None:
     for tx in txs[i + 1 : i + 100]:
         q.compute(tx)
     assert q.evicted_by_cap[0] == before
+
+
+def test_a_cap_set_during_a_flood_acts_from_the_next_events() -> None:
+    """A QA pass: a cap added by a reload (or at a restart from a state saved without one)
+    waited for the sweep's schedule, an event per entity held: 62 times the cap were held
+    before its first eviction."""
+    p = FeaturePlan(SPECS, grace=0)  # (sweeps considered once per entity held)
+    txs = [{**tx, "card_id": f"n{i}"} for i, tx in enumerate(flood(30_000))]
+    for tx in txs[:8_000]:
+        p.compute(tx)
+    saved = pickle.loads(pickle.dumps(p.state_dict()))
+    p.max_entities = {"card_id": 1_000}
+    for tx in txs[8_000:8_030]:
+        p.compute(tx)
+    assert len(p.states[0]) <= 1_000 and p.evicted_by_cap[0] > 6_000
+    q = FeaturePlan(SPECS, grace=0, max_entities={"card_id": 1_000})
+    q.load_state_dict(saved)
+    for tx in txs[8_000:8_030]:
+        q.compute(tx)
+    assert len(q.states[0]) <= 1_000
+
+
+def test_a_small_cap_is_checked_after_an_eighth_of_it() -> None:
+    """A QA pass: a cap under 8,000 was checked every 1,000 events (sweep_min_events): 1,351
+    held at a cap of 400, every event a new card."""
+    p = FeaturePlan(SPECS, grace=0, max_entities={"card_id": 400})
+    most = 0
+    for i, tx in enumerate(flood(6_000)):
+        p.compute({**tx, "card_id": f"n{i}"})
+        most = max(most, len(p.states[0]))
+    assert most <= 400 + 400 // 8 + 1, most

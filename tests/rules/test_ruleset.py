@@ -543,7 +543,7 @@ def test_committed_schema_is_current() -> None:
         "version", "timezone", "grace", "max_entities", "features", "rules", "policy",
     }  # fmt: skip
     cap = schema["properties"]["max_entities"]["additionalProperties"]  # (a whole number > 0)
-    assert cap == {"exclusiveMinimum": 0, "type": "integer"}
+    assert cap == {"exclusiveMinimum": 0, "maximum": 10**12, "type": "integer"}
     # `grace: 0` (seconds, as fds reads it) is no error in an editor (a QA pass: text only)
     kinds = {k["type"] for k in schema["properties"]["grace"]["anyOf"]}
     assert kinds == {"string", "number"}
