@@ -314,6 +314,8 @@ class ReloadingRuleset:
                 self._check_features(new)
                 check_tests(new)
                 self._check_version(new, text, stat)
+                decides = deciding(new)  # (before the swap: it raised after it, the rules in
+                # force unsaid and the metrics stale, for a cap of 2**64, a QA pass)
             except ConfigError as e:
                 return self._failed(e)
             except Exception as e:  # a loader bug must not end the watcher: reject and say so
@@ -322,7 +324,7 @@ class ReloadingRuleset:
             self.current = new  # the atomic swap: one reference assignment
             self._in_force, self._text, self._loaded_at = digest, text, time.monotonic()
             self._in_force_key = stat
-            self._served[new.version] = deciding(new)
+            self._served[new.version] = decides
             self.last_error = None
             self.counts["ok"] += 1
             log.info('rules reloaded path="%s" version="%s"', self.path, new.version)

@@ -989,3 +989,24 @@ def test_a_reloaded_file_s_new_rules_are_exported_before_the_next_event(tmp_path
     assert rs.check_now() == "ok"
     got = m.registry.get_sample_value("fds_rule_hits_total", {"rule": "bigger", "state": "active"})
     assert got == 0.0
+
+
+def test_a_ruleset_whose_digest_fails_is_rejected_before_the_swap(tmp_path: Path, monkeypatch):
+    """A QA pass: a cap of 2**64 made the digest raise after the swap: the new rules decided
+    while the watcher logged an error, the reload uncounted and the metrics stale."""
+    import fds.rules.reload as reload_mod
+
+    p = tmp_path / "r.yaml"
+    p.write_text(rules("v1", 100))
+    rs = ReloadingRuleset(p, start=False, settle_seconds=0)
+    real = reload_mod.deciding
+
+    def failing(ruleset: Any) -> str:
+        if ruleset.version == "v2":
+            raise TypeError("Integer exceeds 64-bit range")
+        return real(ruleset)
+
+    monkeypatch.setattr(reload_mod, "deciding", failing)
+    write(p, rules("v2", 200))
+    assert rs.check_now() == "rejected"
+    assert rs.current.version == "v1" and "Integer exceeds 64-bit range" in str(rs.last_error)
