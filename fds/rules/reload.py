@@ -366,9 +366,10 @@ class ReloadingRuleset:
                     time.monotonic() - self._loaded_at,
                 )  # fmt: skip
                 return
+            changed = "" if again else f": {what_changed(self.current, new)} changed"
             raise ConfigError(
                 f"the rules changed but the version did not ({new.version!r}"
-                + (", which named other rules earlier" if again else "")
+                + (", which named other rules earlier" if again else changed)
                 + "): give the file a new version, which decisions record as ruleset_version",
                 where=new.where("version"),
             )
@@ -612,7 +613,26 @@ def load_quietly(text: str, path: str) -> Ruleset:
 
 
 def deciding(rs: Ruleset) -> str:
-    """What of a ruleset decides, as a digest: its spec without the rules' inline tests, a
+    """What of a ruleset decides (:func:`_deciding_spec`), as a digest."""
+    spec = _deciding_spec(rs)
+    return hashlib.sha256(orjson.dumps(spec, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def what_changed(old: Ruleset, new: Ruleset) -> str:
+    """What decides otherwise in ``new`` than in ``old``: the parts that differ, a rule by
+    its id (a same-version edit of the cap alone was told "the rules changed": a QA pass)."""
+    a, b = _deciding_spec(old), _deciding_spec(new)
+    parts = [k for k in sorted(a.keys() | b.keys()) if k != "rules" and a.get(k) != b.get(k)]
+    rules_a = {r["id"]: r for r in a["rules"]}
+    rules_b = {r["id"]: r for r in b["rules"]}
+    ids = sorted(i for i in rules_a.keys() | rules_b.keys() if rules_a.get(i) != rules_b.get(i))
+    if not ids and a["rules"] != b["rules"]:
+        parts.append("the rules' order")
+    return ", ".join([*parts, *(f"rule {i}" for i in ids[:5])] + (["..."] if ids[5:] else []))
+
+
+def _deciding_spec(rs: Ruleset) -> dict[str, Any]:
+    """What of a ruleset decides: its spec without the rules' inline tests, a
     condition as its syntax tree and the features by name and window length (``a >  5`` or
     ``(a > 5)`` for
     ``a > 5``, or the features in another order, were refused as other rules under the same
@@ -642,7 +662,7 @@ def deciding(rs: Ruleset) -> str:
     for f, declared in zip(spec["features"], declared_by_name, strict=True):
         # a window is its length (`2h` and `120m` were other rules under one version: a review)
         f["window"] = declared.window_seconds or declared.window
-    return hashlib.sha256(orjson.dumps(spec, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return spec
 
 
 def _summed(counts: Iterable[dict[str, int]]) -> dict[str, int]:

@@ -428,7 +428,7 @@ def test_changed_rules_under_the_same_version_are_rejected(tmp_path: Path) -> No
     rs = ReloadingRuleset(p, start=False, settle_seconds=0)
     write(p, rules("v1", 200))
     assert rs.check_now() == "rejected"
-    assert "the rules changed but the version did not ('v1')" in str(rs.last_error)
+    assert "the version did not ('v1': rule big changed)" in str(rs.last_error)
     assert str(rs.last_error).startswith(f"{p}:1:")
     assert rs.current.rules[0].spec.when == "amount > 100"  # the last good ones stay
     write(p, "# a comment only\n" + rules("v1", 100))  # the same rules: no new version needed
@@ -477,7 +477,7 @@ def test_a_file_read_while_written_in_place_is_taken_whole_under_its_version(
                              "review\n    score: 0.5\n    reason: Odd\npolicy:"))  # fmt: skip
     os.utime(p, ns=(time.time_ns() + 2 * 10**6,) * 2)
     assert rs.check_now() == "rejected" and len(rs.current.rules) == 2
-    assert "the rules changed but the version did not ('v2')" in str(rs.last_error)
+    assert "the version did not ('v2': rule odd changed)" in str(rs.last_error)
     # a rule added at the end of a file whose whole text (newline, sections) was in force, in
     # place and at once: an edit, not a writer caught mid-way (a review: taken under v3)
     with open(p, "w") as f:
@@ -1010,3 +1010,20 @@ def test_a_ruleset_whose_digest_fails_is_rejected_before_the_swap(tmp_path: Path
     write(p, rules("v2", 200))
     assert rs.check_now() == "rejected"
     assert rs.current.version == "v1" and "Integer exceeds 64-bit range" in str(rs.last_error)
+
+
+def test_a_same_version_edit_is_told_what_changed(tmp_path: Path) -> None:
+    """A QA pass: an edit of the cap alone under the same version was refused as "the rules
+    changed", at the version's line, naming nothing."""
+    p = tmp_path / "r.yaml"
+    base = rules("v1", 100) + "features: [{name: n, entity: card_id, agg: count, window: 1h}]\n"
+    p.write_text(base)
+    rs = ReloadingRuleset(p, start=False, settle_seconds=0)
+    write(p, base + "max_entities: {card_id: 500}\n")
+    assert rs.check_now() == "rejected"
+    assert "the rules changed but the version did not ('v1': max_entities changed)" in str(
+        rs.last_error
+    )
+    write(p, base.replace("amount > 100", "amount > 99") + "policy: {review_at: 0.4}\n")
+    assert rs.check_now() == "rejected"
+    assert "('v1': policy, rule big changed)" in str(rs.last_error)
