@@ -136,7 +136,8 @@ def _report(rs: Ruleset, out: TextIO, *, quiet: bool) -> int:
             f"{'FAIL' if bad else 'OK  '} {rs.path}  version {rs.version}: "
             f"{len(rs.rules)} rules, {len(rs.features)} features, "
             f"{len(results) - len(bad)}/{len(results)} tests passed, timezone "
-            f"{rs.spec.timezone}",  # (a file without one is UTC, said nowhere: a QA pass)
+            f"{rs.spec.timezone}"  # (a file without one is UTC, said nowhere: a QA pass)
+            + "".join(f", max_entities {e} {n:,}" for e, n in rs.spec.max_entities.items()),
             file=out,
         )
     for r in rs.rules:

@@ -250,3 +250,13 @@ def test_a_small_cap_is_checked_after_an_eighth_of_it() -> None:
         p.compute({**tx, "card_id": f"n{i}"})
         most = max(most, len(p.states[0]))
     assert most <= 400 + 400 // 8 + 1, most
+
+
+def test_rules_check_says_the_cap(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A QA pass: `fds rules check` said nothing of a file's cap."""
+    from fds.cli import main
+
+    path = tmp_path / "r.yaml"
+    path.write_text(rules_text("1", "max_entities: {card_id: 5000000}\n"))
+    assert main(["rules", "check", str(path)]) == 0
+    assert "timezone UTC, max_entities card_id 5,000,000" in capsys.readouterr().out
