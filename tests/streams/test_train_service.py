@@ -844,14 +844,17 @@ def test_fds_train_says_why_held_labels_keep_it_past_max_idle(tmp_path, caplog):
     svc._labels.put_back(TopicPartition("labels", 0), 0.0, "a label", None)
     t0 = time.monotonic()
 
-    def process(batch) -> None:  # (the label waits 1 s, then is given up)
-        if time.monotonic() - t0 > 1.0:
+    def process(batch) -> None:  # (the label waits until the trainer said so, then is given
+        # up: it waited 1 s, and a loaded machine looked at the idle time only after it, a
+        # unit run beside two QA jobs)
+        said = any("wait for their" in r.getMessage() for r in caplog.records)
+        if said or time.monotonic() - t0 > 30:
             svc._labels.forget([TopicPartition("labels", 0)], seek=False)
 
     svc._process = process  # type: ignore[method-assign]
     with caplog.at_level("INFO", "fds.streams.train"):
         svc.run(max_idle_s=0.2)
-    assert time.monotonic() - t0 > 1.0
+    assert time.monotonic() - t0 > 0.2
     said = [r.getMessage() for r in caplog.records if "wait for their" in r.getMessage()]
     assert said == [
         "no input for --max-idle, but 1 label(s) wait for their transactions' decisions (each "
