@@ -57,7 +57,14 @@ from dataclasses import dataclass
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app, push_to_gateway
 from prometheus_client.registry import Collector
@@ -1171,6 +1178,10 @@ def serve(
     >>> b'fds_decisions_total{action="approve"} 1.0' in body
     True
     """
+    # the served process's own start time, CPU and memory (process_*): a crash loop of
+    # restarts each under a minute was no alert, FdsDown never firing (a QA pass); FdsRestarting
+    with contextlib.suppress(ValueError):  # (served before: registered once)
+        ProcessCollector(registry=metrics.registry)
     app = health_app(make_wsgi_app(metrics.registry), health)
     try:
         # As prometheus_client's start_http_server does it, with our app: its address family
