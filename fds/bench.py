@@ -691,12 +691,17 @@ def _fmt(value: float, spec: str, unit: str = "") -> str:
 
 def _lower(share: float) -> str:
     """How much lower a precision is, as a share (a negative one is higher: "-44% lower"), to
-    a tenth of a point (29.6% was "30% lower", next to a target of 30% and "missed": a QA pass).
+    a tenth of a point, cut, not rounded, so that a share under a target never reads as it
+    (29.6% was "30% lower" next to a target of 30% and "missed": a QA pass; 29.96% would have
+    been "30.0%", a review).
 
-    >>> _lower(0.25), _lower(-0.44), _lower(0.296), _lower(float("nan"))
-    ('25.0% lower', '44.0% higher', '29.6% lower', 'n/a')
+    >>> _lower(0.25), _lower(-0.44), _lower(0.296), _lower(0.2996), _lower(float("nan"))
+    ('25.0% lower', '44.0% higher', '29.6% lower', '29.9% lower', 'n/a')
     """
-    return _fmt(share, ".1%", " lower") if not share < 0 else _fmt(-share, ".1%", " higher")
+    if math.isnan(share):
+        return "n/a"
+    tenths = math.floor(abs(share) * 1000 + 1e-9) / 10  # (0.25 * 1000 is 249.99...)
+    return f"{tenths:.1f}% {'higher' if share < 0 else 'lower'}"
 
 
 def _recovered(e: dict[str, Any]) -> str:

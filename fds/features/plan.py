@@ -377,6 +377,7 @@ class FeaturePlan:
         self.evicted_by_cap = [0 for _ in self._groups]
         self._idle = [cg.keep for cg in self._groups]
         self._cap_said = [False for _ in self._groups]
+        self._at_floor = [False for _ in self._groups]  # over a cap that cannot be held
         self.unmatched_labels = 0
         self._sweep_at = [-math.inf for _ in self._groups]  # event time of each group's sweep
         self._accepted = 0  # events folded in (drives the sweep's amortisation)
@@ -668,8 +669,12 @@ class FeaturePlan:
         else:
             held = sum(len(s) for s in self.states)
             # (a cap is checked after an eighth of it, a small one below sweep_min_events: at
-            # 400, 1,351 were held between two checks of 1,000 events, a QA pass)
-            every = min(max(held, self.sweep_min_events), self._cap_every)
+            # 400, 1,351 were held between two checks of 1,000 events, a QA pass; not while a
+            # cap cannot be held: every check swept all the states again, 2-7x each event's
+            # cost at a cap of 2,000 or 100, a review)
+            every = max(held, self.sweep_min_events)
+            if not any(self._at_floor):
+                every = min(every, self._cap_every)
             self._sweep_after = self._accepted + every
 
     def _sample(self, gi: int) -> Iterator[list[Any]]:
@@ -693,12 +698,13 @@ class FeaturePlan:
         held = len(self.states[gi]) if cap else 0
         if held <= cap:
             self._idle[gi] = cg.keep
-            self._cap_said[gi] = False
+            self._cap_said[gi] = self._at_floor[gi] = False
             return False
         newest = sorted(st[TS][-1] for st in self._sample(gi))
         cut = newest[int((1 - cap * _CAP_KEEP / held) * len(newest))]
         self._idle[gi] = min(max(self.watermark - cut, cg.floor), cg.keep)
-        if self._idle[gi] == cg.floor and not self._cap_said[gi]:
+        self._at_floor[gi] = self._idle[gi] == cg.floor
+        if self._at_floor[gi] and not self._cap_said[gi]:
             self._cap_said[gi] = True
             log.warning(
                 "%s holds %d entities, over its max_entities of %d, and those active within "
@@ -867,7 +873,7 @@ class FeaturePlan:
         self._next_label_expiry = body["next_label_expiry"]
         self.watermark_tx = _named(body)
         if body.get("caps") != self._caps:  # (saved under other caps, or before them; under
-            self._follow_caps()  # the same, it goes on as the uninterrupted plan)
+            self._follow_caps()  # the same, its schedule is kept)
         if body["label_ttl"] != self.label_ttl:  # (replaced without a word: a QA pass)
             log.warning(  # (kept: the restored store's buckets are made for it, a review)
                 "the restored feature state keeps its label_ttl of %.0f s (its tx_id store is "
