@@ -131,9 +131,11 @@ Command: `{command}`. {machine()}.
 feature set), and from day {a.flood_from:g} on one payment of a new card id with each regular
 payment. Each variant in a process of its own; RSS is what the plan added.
 
-| variant | transactions | cards held at the end | at most | RSS | CPU per tx | evicted by the cap |
+| variant | transactions | cards held, end | at most* | RSS | CPU per tx | evicted by the cap |
 |---|---:|---:|---:|---:|---:|---:|
 {chr(10).join(rows)}
+
+\\* looked at every 1,000 transactions and at the end of each quarter day.
 
 Regular cards' decisions whose whole feature snapshot equals the uncapped run's:
 **{same:.2%}** of {len(free["digests"]):,} (those that differ are of regular cards idle

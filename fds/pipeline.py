@@ -114,8 +114,8 @@ def build_engine(
         )
         if watch:  # (a reload's caps apply at its first transaction, on the deciding thread)
             plan = features
-            caps = rule_stage.on_swap
-            caps.append(lambda rs: setattr(plan, "max_entities", rs.spec.max_entities))
+            follow = rule_stage.on_swap
+            follow.append(lambda rs: setattr(plan, "max_entities", rs.spec.max_entities))
     model_stage = None
     if model is not None:
         from fds.models import build_model_stage
