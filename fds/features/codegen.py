@@ -9,7 +9,8 @@ Each entity's state is one flat list (:func:`assign_slots`). A group's body (:fu
 folds an in-order event (``t`` >= every timestamp in the entity's log) into the state ``st``
 and assigns the group's features to locals. Its order matters, per window: expire (a window
 whose every earlier entry left is emptied in O(1)) and add the new value to the running sums,
-answer ``seen`` (earlier transactions only) from a counter before adding the new entry to it,
+answer ``seen`` (earlier transactions only) from a counter, or the window's column while it is
+short (:func:`tally`), before the new entry is counted,
 add it to the min/max candidates, then read the window aggregates. Every path assigns every
 feature (``None`` where it has none), and each state part a window uses is read from ``st``
 once (counters, candidates; sums held in locals while entries leave). :func:`build_fused`
@@ -32,7 +33,8 @@ from typing import Any
 from fds.features.shards import SHARDS, Shards
 
 __all__ = [
-    "KEY", "TS", "assign_slots", "build_fused", "build_new_state", "cat", "finite", "num",
+    "KEY", "LARGE", "SMALL", "TS", "assign_slots", "build_fused", "build_new_state", "cat",
+    "finite", "num", "tally",
 ]  # fmt: skip
 
 NAN = math.nan
@@ -41,6 +43,34 @@ KEY, TS = 0, 1
 # A categorical column kept shorter than the log is cut once this many of its values are
 # behind the head of the longest window counting it (a call every few events, not each one).
 _CUT_SLACK = 8
+
+#: A window's value counter (``distinct``, ``seen``) is a dict of counts only while the window
+#: holds more than ``LARGE`` entries, and until it holds fewer than ``SMALL``; otherwise it is
+#: the number of distinct values in it (0 where only ``seen`` reads it), kept by scanning the
+#: window's column (a few dozen pointers, compared by identity first). The two counters of the
+#: default set's card were two dicts, 380 of its 2,061 bytes at simulator rates
+#: (benchmarks/results/features.md).
+LARGE = 64
+SMALL = 32
+
+
+def tally(vals: list[Any], distinct: bool = True) -> dict[Any, int] | int:
+    """A window's value counter for the categorical values ``vals`` it holds (``None``:
+    missing, not counted): a dict of counts when there are more than :data:`LARGE`, else the
+    number of distinct values (0 where no ``distinct`` reads it).
+
+    >>> tally(["a", "b", "a", None]), tally(["a"] * 65)
+    (2, {'a': 65})
+    """
+    if len(vals) > LARGE:
+        c: dict[Any, int] = {}
+        for v in vals:
+            if v is not None:
+                c[v] = c.get(v, 0) + 1
+        return c
+    if not distinct:
+        return 0
+    return len(set(vals)) - (None in vals)
 
 
 #: A numeric field value of this magnitude or more is missing: its square overflowed the
@@ -271,7 +301,7 @@ def _body(cg: Any, var: dict[str, str], typed: bool = False) -> list[str]:
         a("        if h < idx:")
         a(f"            h = st[{cg.i_head[wi]}] = idx")
         for slot, _ci in ctrs:
-            a(f"            c{slot}.clear()")
+            a(f"            c{slot} = 0")
         if fslot >= 0:
             a(f"            st[{cg.i_nf[fslot]}] = 0")
         for fi, i1, i2, i_n in sums:
@@ -297,12 +327,20 @@ def _body(cg: Any, var: dict[str, str], typed: bool = False) -> list[str]:
             for slot, ci in ctrs:
                 off = f" - co{ci}" if cg.i_coff[ci] >= 0 else ""
                 a(f"            v = cat{ci}[h{off}]")
-                a("            if v is not None:")
-                a(f"                r = c{slot}[v] - 1")
-                a("                if r:")
-                a(f"                    c{slot}[v] = r")
-                a("                else:")
-                a(f"                    del c{slot}[v]")
+                only = "" if cg.distinct[slot] else f" and c{slot}.__class__ is dict"
+                a(f"            if v is not None{only}:")
+                ind = "            "
+                if cg.distinct[slot]:  # (a number: one less if no later entry holds it)
+                    a(f"                if c{slot}.__class__ is dict:")
+                    ind += "    "
+                a(f"{ind}    r = c{slot}[v] - 1")
+                a(f"{ind}    if r:")
+                a(f"{ind}        c{slot}[v] = r")
+                a(f"{ind}    else:")
+                a(f"{ind}        del c{slot}[v]")
+                if cg.distinct[slot]:
+                    a(f"                elif v not in cat{ci}[h + 1{off} : idx{off}]:")
+                    a(f"                    c{slot} -= 1")
             if fslot >= 0:
                 a("            if flags[h]:")
                 a(f"                st[{cg.i_nf[fslot]}] -= 1")
@@ -339,22 +377,9 @@ def _body(cg: Any, var: dict[str, str], typed: bool = False) -> list[str]:
         if sums:
             a("    else:")
             lines += ["    " + line for line in add]
-        # ``seen`` answers from the counter before the new entry is added to it
+        # ``seen`` answers from the counter (or the column) before the new entry is counted
         for slot, ci in ctrs:
-            seen = [var[n] for agg, n, _fi, s in feats if agg == "seen" and s == slot]
-            a(f"    if {cv[ci]} is not None:")
-            if seen:  # (its count read once: whether it is there, and what to add 1 to)
-                a(f"        n = c{slot}.get({cv[ci]})")
-                a("        if n is None:")
-                a(f"            {' = '.join(seen)} = False")
-                a(f"            c{slot}[{cv[ci]}] = 1")
-                a("        else:")
-                a(f"            {' = '.join(seen)} = True")
-                a(f"            c{slot}[{cv[ci]}] = n + 1")
-                a("    else:")
-                a(f"        {' = '.join(seen)} = None")
-            else:
-                a(f"        c{slot}[{cv[ci]}] = c{slot}.get({cv[ci]}, 0) + 1")
+            lines += _enter(cg, slot, ci, cv[ci], feats, var)
         for slot, fi, is_max in mono:
             op = "<=" if is_max else ">="
             a(f"    if {xv[fi]} == {xv[fi]}:")
@@ -386,7 +411,7 @@ def _body(cg: Any, var: dict[str, str], typed: bool = False) -> list[str]:
             elif agg in ("min", "max"):
                 a(f"    {o} = {at(f'num{fi}', f'mn{slot}[0]')} if mn{slot} else None")
             elif agg == "distinct":
-                a(f"    {o} = len(c{slot})")
+                a(f"    {o} = len(c{slot}) if c{slot}.__class__ is dict else c{slot}")
             elif agg == "fraud_count":
                 a(f"    {o} = st[{cg.i_nf[slot]}]")
             elif agg == "fraud_rate":
@@ -423,6 +448,47 @@ def _body(cg: Any, var: dict[str, str], typed: bool = False) -> list[str]:
     return [line[4:] for line in lines]
 
 
+def _enter(cg: Any, slot: int, ci: int, v: str, feats: Any, var: dict[str, str]) -> list[str]:
+    """The statements counting the new value ``v`` of categorical field ``ci`` in counter
+    ``slot`` (:func:`tally`), indented by 4: ``seen`` answered first (from the dict, or by
+    scanning the window's column), then the counter switched to a dict of counts when the
+    window holds more than ``LARGE`` entries, or back to a number under ``SMALL``."""
+    seen = " = ".join(var[n] for agg, n, _fi, s in feats if agg == "seen" and s == slot)
+    off = f" - co{ci}" if cg.i_coff[ci] >= 0 else ""
+    c, n = f"c{slot}", "idx + 1 - h"
+    small = f"len({c})" if cg.distinct[slot] else "0"
+    lines = [f"if {c}.__class__ is dict:", f"    if {v} is not None:"]
+    if seen:  # (its count read once: whether it is there, and what to add 1 to)
+        lines += [
+            f"        n = {c}.get({v})",
+            "        if n is None:",
+            f"            {seen} = False",
+            f"            {c}[{v}] = 1",
+            "        else:",
+            f"            {seen} = True",
+            f"            {c}[{v}] = n + 1",
+            "    else:",
+            f"        {seen} = None",
+        ]
+    else:
+        lines.append(f"        {c}[{v}] = {c}.get({v}, 0) + 1")
+    lines += [f"    if {n} < {SMALL}:", f"        {c} = st[{cg.i_ctr[slot]}] = {small}"]
+    lines += ["else:", f"    if {v} is not None:"]
+    if seen:
+        lines.append(f"        {seen} = {v} in cat{ci}[h{off} : idx{off}]")
+    if cg.distinct[slot]:
+        new = f"not {seen.split(' = ')[0]}" if seen else f"{v} not in cat{ci}[h{off} : idx{off}]"
+        lines += [f"        if {new}:", f"            {c} += 1"]
+    if seen:
+        lines += ["    else:", f"        {seen} = None"]
+    lines += [
+        f"    if {n} > {LARGE}:",
+        f"        {c} = _tally(cat{ci}[h{off} :])",
+        f"    st[{cg.i_ctr[slot]}] = {c}",
+    ]
+    return ["    " + line for line in lines]
+
+
 def _adds(sums: Any) -> list[str]:
     """The statements adding the new value to a window's sums (``sums``: (field, sum, squares,
     count) slots), indented by 4; ``s``/``q``/``m`` + field: the window's sums and count."""
@@ -442,7 +508,8 @@ def assign_slots(cg: Any) -> None:
     offset (if kept shorter than the log)>, <known-fraud flags (fraud groups)>, <input
     partitions (with provenance: ``cg.prov``)>, <per window: head>, <per window and summed
     field: running sum, sum of squares (std), present-value count>, <per min/max slot:
-    candidates>, <per counter slot: dict>, <per fraud slot: count>]``. One list instead of an
+    candidates>, <per counter slot: a number or a dict (:func:`tally`)>, <per fraud slot:
+    count>]``. One list instead of an
     object holding a dozen small lists: far fewer containers for the cyclic garbage collector to
     visit (columns of numbers and min/max candidates are arrays, and a dict of strings and ints,
     like a counter, is not tracked by it either). Indices that a group does not need are -1.
@@ -594,7 +661,8 @@ def _declarations(cgs: Any) -> list[str]:
     """The C types of a typed kernel's locals (Cython): times (``T``, not ``t``: see
     :func:`_fused`), deviations and running sums as doubles, positions and counts as
     ``Py_ssize_t``, the log's timestamps and numeric columns as arrays (read by :func:`_at`),
-    states, categorical columns and counters as lists and dicts. Each is a float or an int on
+    states and categorical columns as lists (a counter is a number or a dict: :func:`tally`,
+    an object). Each is a float or an int on
     every path of the generated code (a sum read from the state and written back comes back
     the same float), so the kernel computes what the interpreted ``run`` does, operation for
     operation, in IEEE doubles (``tests/features/test_kernel.py`` holds the two to the last
@@ -611,7 +679,7 @@ def _declarations(cgs: Any) -> list[str]:
     ints += [f"co{ci}" for ci in range(n_cat)]
     arrays = ["ts"] + [f"num{fi}" for fi in range(n_num)]
     lists = ["st", *(f"cat{ci}" for ci in range(n_cat)), *(f"states{gi}" for gi in range(len(cgs)))]
-    dicts = ["sh", *(f"c{slot}" for slot in range(max((cg.g.n_counters for cg in cgs), default=0)))]
+    dicts = ["sh"]
     return [
         f"cdef double {', '.join(doubles)}",
         f"cdef Py_ssize_t {', '.join(ints)}",
@@ -702,6 +770,7 @@ def _namespace() -> dict[str, Any]:
         "_cat": cat,
         "_bisect_right": bisect_right,
         "_cut_column": _cut_column,
+        "_tally": tally,
     }
 
 
@@ -739,7 +808,7 @@ def build_new_state(cg: Any) -> Callable[[Any, Any], list[Any]]:
         for _fi, _i1, i2, _n in sums:
             parts += ["0.0"] + ["0.0"] * (i2 >= 0) + ["0"]
     parts += ["_A('q')"] * g.n_mono
-    parts += ["{}"] * g.n_counters
+    parts += ["0"] * g.n_counters
     parts += ["0"] * g.n_fraud
     assert len(parts) == cg.size
     lines.append(f"    return [{', '.join(parts)}]")

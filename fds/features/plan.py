@@ -10,7 +10,8 @@ How (see the README, "Features" for the full account):
 
 * one flat state list per entity value: an append-only log (timestamps and value columns)
   shared by every window of the entity; a window is a head position in it plus, where needed,
-  running sums, a min/max candidate list, a value counter and a known-fraud count;
+  running sums, a min/max candidate list, a value counter (a number while the window is
+  short: ``codegen.tally``) and a known-fraud count;
 * events up to ``grace`` behind the watermark (the largest event time seen) are inserted in
   order; later ones are decided on the state still held, not folded in, counted and flagged;
 * the log keeps ``grace + longest window`` of history (a categorical column only as long as
@@ -68,6 +69,7 @@ from fds.features.codegen import (
     build_fused,
     build_new_state,
     counted_entities,
+    tally,
 )
 from fds.features.codegen import cat as _cat
 from fds.features.codegen import num as _num
@@ -87,11 +89,13 @@ NAN = math.nan
 # provenance has one more column and its own format: a release before it (which knew no
 # "provenance" in a state's identity, see _IDENTITY_DEFAULTS) refuses such a state by its
 # format rather than misread it.
-_FORMAT = 6
-_FORMAT_PROVENANCE = 7  # (a bump of either skips past both: they share one range)
-# Each format and the earlier one this release also reads: 4 and 5 held each group's states
-# in one dict (6 and 7 in fds.features.shards, which a release before them cannot load).
-_READS = {_FORMAT: 4, _FORMAT_PROVENANCE: 5}
+_FORMAT = 8
+_FORMAT_PROVENANCE = 9  # (a bump of either skips past both: they share one range)
+# Each format and the earlier ones this release also reads: 4 and 5 held each group's states
+# in one dict (6 and 7 in fds.features.shards, which a release before them cannot load); up
+# to 6 and 7 every value counter was a dict (8 and 9: a number in a short window,
+# codegen.tally, which a release before them cannot fold into).
+_READS = {_FORMAT: (4, 6), _FORMAT_PROVENANCE: (5, 7)}
 # Identity entries that a state saved before they existed lacks, and what it had then.
 _IDENTITY_DEFAULTS = {"provenance": False}
 # Input partitions are logged as unsigned 16-bit numbers (array "H").
@@ -200,6 +204,9 @@ class _CompiledGroup:
             per_entry = bool(ctrs) or w.fraud >= 0 or bool(w.sums)
             wins.append((wi, w.seconds, per_entry, mono, ctrs, w.fraud, feats))
         self.windows = tuple(wins)
+        # per counter slot: whether a ``distinct`` reads it (a number kept, codegen.tally)
+        dist = {f.slot for f in g.features if f.agg == "distinct"}
+        self.distinct = tuple(slot in dist for slot in range(g.n_counters))
         # per categorical field: the longest window counting it (how long its column is kept)
         owners = [
             max(
@@ -564,9 +571,11 @@ class FeaturePlan:
             cutoff = last - width if width is not None else self.clock.cutoff(last)
             if t > cutoff:  # inside the window as it stands: count it
                 for slot, ci in ctrs:
-                    v = cvals[ci]
-                    if v is not None:
-                        c = st[cg.i_ctr[slot]]
+                    v, i = cvals[ci], cg.i_ctr[slot]
+                    c = st[i]
+                    if c.__class__ is not dict:  # (a number: counted again, codegen.tally)
+                        st[i] = _counter(cg, st, wi, slot, ci)
+                    elif v is not None:
                         c[v] = c.get(v, 0) + 1
             else:  # inserted before the head: the head entry moved one place right
                 st[cg.i_head[wi]] += 1
@@ -583,11 +592,7 @@ class FeaturePlan:
             cutoff = last - width if width is not None else self.clock.cutoff(last)
             h = st[cg.i_head[wi]] = bisect_right(ts, cutoff)
             for slot, ci in ctrs:
-                c: dict[Any, int] = {}
-                for v in st[cg.i_cat[ci]][max(h - _offset(cg, st, ci), 0) :]:
-                    if v is not None:
-                        c[v] = c.get(v, 0) + 1
-                st[cg.i_ctr[slot]] = c
+                st[cg.i_ctr[slot]] = _counter(cg, st, wi, slot, ci)
             if fslot >= 0:
                 st[cg.i_nf[fslot]] = sum(st[cg.i_flags][h:])
             _resum(cg, st, wi)
@@ -831,7 +836,7 @@ class FeaturePlan:
         mine = {**_IDENTITY_DEFAULTS, **self._identity()}
         for k, v in mine.items():
             got = sd.get(k, _IDENTITY_DEFAULTS.get(k))
-            if got != v and not (k == "format" and got == _READS[v]):
+            if got != v and not (k == "format" and got in _READS[v]):
                 was = (
                     _changed(str(got or ""), str(v))
                     if k == "fingerprint"  # (both in full: 2,267 characters, a QA pass)
@@ -1089,6 +1094,12 @@ def _changed(old: str, new: str) -> str:
 def _offset(cg: _CompiledGroup, st: list[Any], ci: int) -> int:
     """Log position of the first value held in categorical column ``ci``."""
     return st[cg.i_coff[ci]] if cg.i_coff[ci] >= 0 else 0
+
+
+def _counter(cg: _CompiledGroup, st: list[Any], wi: int, slot: int, ci: int) -> Any:
+    """Counter ``slot`` of window ``wi`` (categorical field ``ci``) counted from the log."""
+    col = st[cg.i_cat[ci]][max(st[cg.i_head[wi]] - _offset(cg, st, ci), 0) :]
+    return tally(col, cg.distinct[slot])
 
 
 def _reshift(cg: _CompiledGroup, st: list[Any], lo: int, hi: int) -> None:

@@ -154,3 +154,49 @@ def test_sweep_visits_a_bounded_number_of_states_per_event() -> None:
     assert evicted[-1] == n and max(steps) <= _SWEEP_STEP
     assert sum(1 for s in steps if s) >= 4  # spread over several events
     assert plan.state_sizes() == {"card_id": 1}
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_value_counter_switches_between_a_number_and_a_dict_with_its_window(seed: int) -> None:
+    # codegen.tally: a window's counter is a dict of counts over LARGE entries and a number
+    # (distinct) or nothing (seen only) under SMALL; bursts take one card's windows across
+    # both ways, with events out of order (folded in by _insert), labels and a cut column
+    from fds.features.codegen import LARGE, SMALL
+
+    specs = [
+        Spec("dm_1h", "card_id", "distinct", "merchant_id", "1h"),
+        Spec("sm_1h", "card_id", "seen", "merchant_id", "1h"),
+        Spec("sc_30m", "card_id", "seen", "country", "30m"),
+        Spec("dd_10m", "card_id", "distinct", "device_id", "10m"),
+        Spec("n_2h", "card_id", "count", None, "2h"),
+    ]
+    ops = []
+    for phase in range(6):  # dense, sparse, dense, ...
+        step = 6.0 if phase % 2 == 0 else 400.0
+        part = dense_stream(seed * 10 + phase, 700 if phase % 2 == 0 else 60, 0.0, step)
+        top = max([op["tx"]["ts"] for op in ops if op["kind"] == "tx"] or [STARTS["UTC"][0]])
+        for op in part:  # (after the phases before; 40 merchants, ids of their own)
+            if op["kind"] == "tx":
+                tx = op["tx"]
+                tx["ts"] += top
+                tx["tx_id"] = f"p{phase}{tx['tx_id']}"
+                tx["merchant_id"] = f"m{random.Random(tx['tx_id']).randrange(40)}"
+            else:
+                op["tx_id"] = f"p{phase}{op['tx_id']}"
+            ops.append(op)
+    plan = FeaturePlan(specs, grace=GRACE, sweep_min_events=1)
+    cg = plan._groups[0]
+    kinds: set[tuple[int, type]] = set()
+    got = []
+    for op in ops:
+        if op["kind"] == "label":
+            plan.on_label(op)
+            continue
+        got.append(plan.compute(op["tx"]))
+        st = plan.states[0].get(op["tx"]["card_id"])
+        if st is not None:
+            kinds |= {(slot, type(st[i])) for slot, i in enumerate(cg.i_ctr)}
+    assert_same(got, reference(specs, ops, timezone="UTC", grace=GRACE), ops, specs)
+    assert {k for _s, k in kinds} == {int, dict}
+    assert all((slot, dict) in kinds and (slot, int) in kinds for slot in range(len(cg.i_ctr)))
+    assert plan.reordered_events > 0 and SMALL < LARGE

@@ -8,6 +8,7 @@ import os
 import pickle
 import subprocess
 import sys
+from collections import Counter
 
 import pytest
 from hypothesis import given, settings
@@ -74,7 +75,7 @@ def test_a_state_of_the_format_before_shards_loads() -> None:
         plan.compute(_tx(i))
     plan.on_label({"tx_id": "t150", "is_fraud": True})
     sd = plan.state_dict()
-    assert sd["format"] == 6
+    assert sd["format"] == 8
     body = gcpolicy.loads(sd["state"])
     body["states"] = [dict(s.items()) for s in body["states"]]
     # ... its sweep in progress as [group, all its keys, next], due at the next event
@@ -89,7 +90,7 @@ def test_a_state_of_the_format_before_shards_loads() -> None:
         assert again.compute(_tx(i)) == plan.compute(_tx(i))
     assert not again._sweep_todo
     # ... and format 5 (with provenance) does not load into a plan without it
-    with pytest.raises(ConfigError, match=r"other format \(5, now 6\)"):
+    with pytest.raises(ConfigError, match=r"other format \(5, now 8\)"):
         FeaturePlan(SPECS).load_state_dict({**old, "format": 5})
 
 
@@ -218,3 +219,23 @@ def test_a_reordered_event_logs_the_state_keys_too() -> None:
     plan.compute({"tx_id": "d", "ts": T0 + 60, "card_id": card, "device_id": new})
     assert next(k for k in plan.states[1] if k == new) is new
     assert any(v is new for v in plan.states[0][card][plan._groups[0].i_cat[0]])
+
+
+def test_a_state_of_formats_6_and_7_with_a_dict_per_counter_loads() -> None:
+    # up to formats 6 and 7 every value counter was a dict of counts (now a number while its
+    # window is short: codegen.tally): such a checkpoint still loads, and goes on as the plan
+    # does, across the window's growth past LARGE
+    plan = FeaturePlan(SPECS)
+    for i in range(60):
+        plan.compute(_tx(i))
+    sd = plan.state_dict()
+    body = gcpolicy.loads(sd["state"])
+    cg = plan._groups[1]
+    ((wi, *_rest, ((slot, ci),), _fraud, _feats),) = (w for w in cg.windows if w[4])
+    for state in body["states"][1].values():
+        assert state[cg.i_ctr[slot]].__class__ is int  # (20 entries each)
+        state[cg.i_ctr[slot]] = dict(Counter(state[cg.i_cat[ci]][state[cg.i_head[wi]] :]))
+    again = FeaturePlan(SPECS)
+    again.load_state_dict({**sd, "format": 6, "state": gcpolicy.dumps(body)})
+    for i in range(60, 400):
+        assert again.compute(_tx(i)) == plan.compute(_tx(i))

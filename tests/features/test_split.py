@@ -249,7 +249,7 @@ def test_states_with_and_without_provenance_refuse_each_other() -> None:
     assert "provenance" not in old
     FeaturePlan(COUNTS).load_state_dict(old)
     # a release before provenance checks no such key: it refuses such a state by its format
-    assert old["format"] == 6 and with_p.state_dict()["format"] == 7
+    assert old["format"] == 8 and with_p.state_dict()["format"] == 9
     assert with_p.fresh().provenance and with_p.fresh()._identity()["provenance"] is True
 
 
