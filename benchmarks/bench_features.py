@@ -581,14 +581,16 @@ def _pickled_size(parts: Iterable[Any]) -> int:
     return out.n
 
 
-def memory(cards: int, days: int, seed: int, log: Any, freeze: bool = True) -> dict[str, Any]:
+def memory(
+    cards: int, days: int, seed: int, log: Any, freeze: bool = True, specs: Any = DEFAULT_SPECS
+) -> dict[str, Any]:
     gc.collect()
     base = rss()
     stream = Stream(cards, days, seed)  # its per-card tables are the generator's: left out
     tables = rss() - base
     tick = _ticker(freeze)
     before = rss()
-    plan = FeaturePlan(DEFAULT_SPECS, timezone="Asia/Seoul")
+    plan = FeaturePlan(specs, timezone="Asia/Seoul")
     n_tx = 0
     clock = time.process_time
     cpu0 = clock()
@@ -713,6 +715,11 @@ def main() -> int:
         help="the speed run's plans: as the engine runs them (compiled, the kernel built "
         "first; FDS_KERNEL_CACHE is its cache) or interpreted",
     )  # fmt: skip
+    ap.add_argument(
+        "--rules", type=Path,
+        help="memory run: the features of this rules file instead of the default set (e.g. "
+        "rules/default.yaml, whose longest windows are 90 days: --mem-days 90)",
+    )  # fmt: skip
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument(
         "--before",
@@ -724,6 +731,11 @@ def main() -> int:
     if args.quick:
         args.days, args.cards, args.mem_cards, args.mem_days = 8, 2000, 20_000, 8
     cmd = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    mem_specs = DEFAULT_SPECS
+    if args.rules is not None:
+        from fds.rules.ruleset import load_ruleset
+
+        mem_specs = load_ruleset(args.rules).features
     lines = [
         "# Feature plan: speed and memory",
         "",
@@ -735,6 +747,12 @@ def main() -> int:
         + ", ".join(f"`{s.name}`" for s in DEFAULT_SPECS),
         "",
     ]
+    if args.rules is not None:
+        lines += [
+            f"Memory run's feature set: the `features` of `{args.rules}`: "
+            + ", ".join(f"`{s.name}`" for s in mem_specs),
+            "",
+        ]
 
     def log(msg: str) -> None:
         print(msg, flush=True)
@@ -796,7 +814,7 @@ def main() -> int:
     m = s = None
     if not args.skip_memory:
         log(f"memory: {args.mem_cards:,} cards x {args.mem_days} days ...")
-        m = memory(args.mem_cards, args.mem_days, args.seed, log, freeze=not args.no_freeze)
+        m = memory(args.mem_cards, args.mem_days, args.seed, log, not args.no_freeze, mem_specs)
         active = m["sizes"]["card_id"]
         per_card = m["rss_delta"] / active
         verdict = "met" if per_card <= TARGET_BYTES_PER_CARD else "MISSED"

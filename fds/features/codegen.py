@@ -250,8 +250,12 @@ def _body(cg: Any, var: dict[str, str], typed: bool = False) -> list[str]:
     # the event's values: the locals _reads bound (numbers as n<var>), never assigned here
     xv = [f"n{_var(k, sub)}" for k, sub in cg.nums]
     cv = [_var(k, sub) for k, sub in cg.cats]
+    # a numeric column kept shorter than the log is read at log position h as num[h - no]
+    nof = {fi: f" - no{fi}" if cg.i_noff[fi] >= 0 else "" for fi in range(len(cg.nums))}
     for fi in range(len(cg.nums)):
         a(f"    num{fi} = st[{cg.i_num[fi]}]")
+        if cg.i_noff[fi] >= 0:
+            a(f"    no{fi} = st[{cg.i_noff[fi]}]")
         a(f"    num{fi}.append({xv[fi]})")
         if cg.sums[fi]:  # the new value's deviation from the entity's shift (0 when missing)
             a(f"    k{fi} = st[{cg.i_shift[fi]}]")
@@ -345,7 +349,7 @@ def _body(cg: Any, var: dict[str, str], typed: bool = False) -> list[str]:
                 a("            if flags[h]:")
                 a(f"                st[{cg.i_nf[fslot]}] -= 1")
             for fi, _i1, i2, _n in sums:
-                a(f"            x = {at(f'num{fi}', 'h')}")
+                a(f"            x = {at(f'num{fi}', f'h{nof[fi]}')}")
                 a("            if x == x:")
                 a(f"                d = x - k{fi}")
                 a(f"                S{fi} = S{fi} - d")
@@ -369,7 +373,8 @@ def _body(cg: Any, var: dict[str, str], typed: bool = False) -> list[str]:
         if per_entry and sums:  # sums recomputed exactly: see _exact
             a("        if lost:")
             for fi, i1, i2, i_n in sums:
-                a(f"            _exact(num{fi}, k{fi}, h, idx, st, {i1}, {i2}, {i_n})")
+                o = nof[fi]
+                a(f"            _exact(num{fi}, k{fi}, h{o}, idx{o}, st, {i1}, {i2}, {i_n})")
         for slot, _fi, _mx in mono:
             a(f"        while mn{slot} and mn{slot}[0] < h:")
             a(f"            del mn{slot}[0]")
@@ -383,7 +388,8 @@ def _body(cg: Any, var: dict[str, str], typed: bool = False) -> list[str]:
         for slot, fi, is_max in mono:
             op = "<=" if is_max else ">="
             a(f"    if {xv[fi]} == {xv[fi]}:")
-            a(f"        while mn{slot} and {at(f'num{fi}', f'mn{slot}[-1]')} {op} {xv[fi]}:")
+            last = at(f"num{fi}", f"mn{slot}[-1]{nof[fi]}")
+            a(f"        while mn{slot} and {last} {op} {xv[fi]}:")
             a(f"            mn{slot}.pop()")
             a(f"        mn{slot}.append(idx)")
         # every feature is assigned on this path (None where it has no value)
@@ -409,7 +415,7 @@ def _body(cg: Any, var: dict[str, str], typed: bool = False) -> list[str]:
                 a("    else:")
                 a(f"        {o} = 0.0 if m{fi} else None")
             elif agg in ("min", "max"):
-                a(f"    {o} = {at(f'num{fi}', f'mn{slot}[0]')} if mn{slot} else None")
+                a(f"    {o} = {at(f'num{fi}', f'mn{slot}[0]{nof[fi]}')} if mn{slot} else None")
             elif agg == "distinct":
                 a(f"    {o} = len(c{slot}) if c{slot}.__class__ is dict else c{slot}")
             elif agg == "fraud_count":
@@ -424,7 +430,8 @@ def _body(cg: Any, var: dict[str, str], typed: bool = False) -> list[str]:
             if ss[0] == fi
         )  # fmt: skip
         a(f"    if rb{fi}:")
-        a(f"        k{fi} = _rebase(st, num{fi}, {cg.i_shift[fi]}, rb{fi}, {sums!r})")
+        no = f"no{fi}" if cg.i_noff[fi] >= 0 else "0"
+        a(f"        k{fi} = _rebase(st, num{fi}, {no}, {cg.i_shift[fi]}, rb{fi}, {sums!r})")
         for wi, f2, agg, name in moments:
             if f2 != fi:
                 continue
@@ -437,14 +444,18 @@ def _body(cg: Any, var: dict[str, str], typed: bool = False) -> list[str]:
                 a(f"        {y} = k{fi} + st[{i1}] / mm if mm else None")
             else:
                 a(f"        {y} = _std((st[{i2}] - st[{i1}] * st[{i1}] / mm) / mm) if mm else None")
-    # Categorical columns kept shorter than the log: cut once every window has advanced (a
-    # window later in this body may still expire values the cut would drop), when the
-    # longest window counting the column is _CUT_SLACK values past its first one.
-    for ci, i_off in enumerate(cg.i_coff):
+    # Columns kept shorter than the log: cut once every window has advanced (a window later
+    # in this body may still expire values the cut would drop), when the longest window
+    # reading the column is _CUT_SLACK values past its first one.
+    cuts = [(f"cat{ci}", f"co{ci}", i_off, cg.cat_owner[ci], cg.cat_keep[ci])
+            for ci, i_off in enumerate(cg.i_coff)]  # fmt: skip
+    cuts += [(f"num{fi}", f"no{fi}", i_off, cg.num_owner[fi], cg.num_keep[fi])
+             for fi, i_off in enumerate(cg.i_noff)]  # fmt: skip
+    for col, off, i_off, owner, keep in cuts:
         if i_off >= 0:
-            lag = cg.keep - cg.longest + cg.cat_keep[ci]  # grace + that window
-            a(f"    if st[{cg.i_head[cg.cat_owner[ci]]}] - co{ci} > {_CUT_SLACK}:")
-            a(f"        _cut_column(ts, cat{ci}, st, {i_off}, wm - {lag!r})")
+            lag = cg.keep - cg.longest + keep  # grace + that window
+            a(f"    if st[{cg.i_head[owner]}] - {off} > {_CUT_SLACK}:")
+            a(f"        _cut_column(ts, {col}, st, {i_off}, wm - {lag!r})")
     return [line[4:] for line in lines]
 
 
@@ -509,7 +520,7 @@ def assign_slots(cg: Any) -> None:
     partitions (with provenance: ``cg.prov``)>, <per window: head>, <per window and summed
     field: running sum, sum of squares (std), present-value count>, <per min/max slot:
     candidates>, <per counter slot: a number or a dict (:func:`tally`)>, <per fraud slot:
-    count>]``. One list instead of an
+    count>, <per numeric field kept shorter than the log: offset>]``. One list instead of an
     object holding a dozen small lists: far fewer containers for the cyclic garbage collector to
     visit (columns of numbers and min/max candidates are arrays, and a dict of strings and ints,
     like a counter, is not tracked by it either). Indices that a group does not need are -1.
@@ -517,11 +528,13 @@ def assign_slots(cg: Any) -> None:
     quiet entity they stay small ints, which CPython shares). A categorical column is kept only
     as long as the longest window counting it (``cg.cat_keep``): its offset is the log position
     of its first value (the merchant ids of a card's 24-hour ``distinct`` are not kept for its
-    30-day windows). Running sums are over deviations from the shift (the entity's first value)
-    of the values inside the window: added when an entry enters, subtracted when it leaves, set
-    to exact zeros when the window empties and recomputed from the log after an out-of-order
-    insert. (Prefix-sum arrays, the previous design, cost two floats per logged entry; these
-    cost a few floats per entity.)
+    30-day windows); a numeric column likewise, as long as the longest window summing it or
+    keeping its min/max (``cg.num_keep``: a merchant's amounts of a 7-day mean are not kept
+    for its 28-day fraud rate). Running sums are over deviations from the shift (the entity's
+    first value) of the values inside the window: added when an entry enters, subtracted when
+    it leaves, set to exact zeros when the window empties and recomputed from the log after an
+    out-of-order insert. (Prefix-sum arrays, the previous design, cost two floats per logged
+    entry; these cost a few floats per entity.)
     """
     g = cg.g
     i = TS + 1
@@ -539,8 +552,8 @@ def assign_slots(cg: Any) -> None:
     i += 1 if g.has_fraud else 0
     cg.i_part = i if cg.prov else -1
     i += 1 if cg.prov else 0
-    # the columns as long as the log, timestamps first
-    cg.i_log = (TS, *cg.i_num, *(x for x in (cg.i_flags, cg.i_part) if x >= 0))
+    # (a numeric column's offset, when kept shorter than the log, is placed last, below)
+    cg.i_noff = [-1] * len(g.num_fields)
     cg.i_head = list(range(i, i + len(g.windows)))
     i += len(g.windows)
     cg.i_sum = []
@@ -558,7 +571,20 @@ def assign_slots(cg: Any) -> None:
     i += g.n_counters
     cg.i_nf = list(range(i, i + g.n_fraud))
     i += g.n_fraud
+    # last, so that a state of before them (formats 4-7) takes them by appending zeros
+    for fi in range(len(g.num_fields)):
+        if cg.num_keep[fi] < g.longest:
+            cg.i_noff[fi] = i
+            i += 1
     cg.size = i
+    # the columns as long as the log, timestamps first; those kept shorter: (column, offset
+    # slot or -1 for a column never cut, how long it is kept)
+    longs = (i for fi, i in enumerate(cg.i_num) if cg.i_noff[fi] < 0)
+    cg.i_log = (TS, *longs, *(x for x in (cg.i_flags, cg.i_part) if x >= 0))
+    cg.i_short = (
+        *zip(cg.i_cat, cg.i_coff, cg.cat_keep, strict=True),
+        *((cg.i_num[fi], i, cg.num_keep[fi]) for fi, i in enumerate(cg.i_noff) if i >= 0),
+    )
 
 
 def build_fused(
@@ -675,7 +701,8 @@ def _declarations(cgs: Any) -> list[str]:
     doubles += [
         f"{p}{fi}" for fi in range(n_num) for p in ("k", "kk", "d", "dd", "S", "Q", "s", "q")
     ]
-    ints = ["idx", "h", "lost"] + [f"{p}{fi}" for fi in range(n_num) for p in ("m", "N", "o", "rb")]
+    ints = ["idx", "h", "lost"]
+    ints += [f"{p}{fi}" for fi in range(n_num) for p in ("m", "N", "o", "rb", "no")]
     ints += [f"co{ci}" for ci in range(n_cat)]
     arrays = ["ts"] + [f"num{fi}" for fi in range(n_num)]
     lists = ["st", *(f"cat{ci}" for ci in range(n_cat)), *(f"states{gi}" for gi in range(len(cgs)))]
@@ -731,21 +758,22 @@ def _exact(col: Any, k: float, h: int, end: int, st: list[Any], i1: int, i2: int
     st[i_n] = len(ds)
 
 
-def _rebase(st: list[Any], col: Any, i_shift: int, i_head: int, sums: Any) -> float:
+def _rebase(st: list[Any], col: Any, off: int, i_shift: int, i_head: int, sums: Any) -> float:
     """Move a numeric field's shift to the value closest to the mean of the window whose head
     is ``st[i_head]`` (``i_head`` -1: to the newest value), recompute every window's sums of
-    that field (``sums``: (head, sum, squares, count) slots) exactly, and return the shift."""
+    that field (``sums``: (head, sum, squares, count) slots) exactly, and return the shift
+    (``col``: the field's column, its first value at log position ``off``)."""
     if i_head < 0:
         k = col[-1]
     else:
-        vals = [x for x in col[st[i_head] :] if x == x]
+        vals = [x for x in col[st[i_head] - off :] if x == x]
         if not vals:
             return st[i_shift]
         mean = math.fsum(vals) / len(vals)
         k = min(vals, key=lambda x: abs(x - mean))  # (see _DRIFT)
     st[i_shift] = k
     for head, i1, i2, i_n in sums:
-        _exact(col, k, st[head], len(col), st, i1, i2, i_n)
+        _exact(col, k, st[head] - off, len(col), st, i1, i2, i_n)
     return k
 
 
@@ -810,6 +838,7 @@ def build_new_state(cg: Any) -> Callable[[Any, Any], list[Any]]:
     parts += ["_A('q')"] * g.n_mono
     parts += ["0"] * g.n_counters
     parts += ["0"] * g.n_fraud
+    parts += ["0"] * sum(i >= 0 for i in cg.i_noff)
     assert len(parts) == cg.size
     lines.append(f"    return [{', '.join(parts)}]")
     source = "\n".join(lines) + "\n"

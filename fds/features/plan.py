@@ -14,8 +14,8 @@ How (see the README, "Features" for the full account):
   short: ``codegen.tally``) and a known-fraud count;
 * events up to ``grace`` behind the watermark (the largest event time seen) are inserted in
   order; later ones are decided on the state still held, not folded in, counted and flagged;
-* the log keeps ``grace + longest window`` of history (a categorical column only as long as
-  the longest window counting it), idle entities are swept out by event time a few hundred per
+* the log keeps ``grace + longest window`` of history (a value column only as long as the
+  longest window reading it), idle entities are swept out by event time a few hundred per
   event, a label is attributed through a ``tx_id`` store kept as long as it can still matter;
 * two plans' states merge (``absorb``); a plan made with ``provenance`` also logs each entry's
   input partition, so the entries of some partitions can be taken out again (``split``).
@@ -94,7 +94,9 @@ _FORMAT_PROVENANCE = 9  # (a bump of either skips past both: they share one rang
 # Each format and the earlier ones this release also reads: 4 and 5 held each group's states
 # in one dict (6 and 7 in fds.features.shards, which a release before them cannot load); up
 # to 6 and 7 every value counter was a dict (8 and 9: a number in a short window,
-# codegen.tally, which a release before them cannot fold into).
+# codegen.tally, which a release before them cannot fold into) and every numeric column as
+# long as the log (8 and 9 keep one only as long as the longest window reading it: its offset
+# is the state's last slot, appended as 0 to a state of before).
 _READS = {_FORMAT: (4, 6), _FORMAT_PROVENANCE: (5, 7)}
 # Identity entries that a state saved before they existed lacks, and what it had then.
 _IDENTITY_DEFAULTS = {"provenance": False}
@@ -174,6 +176,8 @@ class _CompiledGroup:
     i_sum: list[tuple[tuple[int, int, int, int], ...]]  # per window: (field, s1, s2, count)
     i_cat: list[int]
     i_coff: list[int]
+    i_noff: list[int]
+    i_short: tuple[tuple[int, int, float], ...]  # (column, offset or -1, kept): see assign_slots
     i_flags: int
     i_part: int
     i_log: tuple[int, ...]  # the columns as long as the log, timestamps first
@@ -217,6 +221,19 @@ class _CompiledGroup:
         ]
         self.cat_owner = tuple(owners)
         self.cat_keep = tuple(g.windows[wi].retention for wi in owners)
+        # per numeric field: the longest window summing it or keeping its min/max, likewise
+        owners = [
+            max(
+                (
+                    wi for wi, w in enumerate(g.windows)
+                    if fi in w.sums or any(f == fi for f, _kind in w.mono)
+                ),
+                key=lambda wi: g.windows[wi].retention,
+            )
+            for fi in range(len(g.num_fields))
+        ]  # fmt: skip
+        self.num_owner = tuple(owners)
+        self.num_keep = tuple(g.windows[wi].retention for wi in owners)
         # the log keeps ``keep`` seconds behind the watermark; trimmed once ``trim_lag`` old
         self.keep = grace + self.longest
         # the least idle time after which a cap evicts (max_entities): the shortest window's
@@ -516,7 +533,7 @@ class FeaturePlan:
                     nfr = sum(st[cg.i_flags][lo:hi]) if st is not None else 0
                     out[name] = nfr if agg == "fraud_count" else nfr / (hi - lo + 1)
                 elif agg in ("distinct", "seen"):
-                    o = _offset(cg, st, fi) if st is not None else 0
+                    o = _offset(st, cg.i_coff[fi]) if st is not None else 0
                     col = st[cg.i_cat[fi]] if st is not None else ()
                     others = set(col[max(lo - o, 0) : max(hi - o, 0)])
                     others.discard(None)
@@ -526,9 +543,9 @@ class FeaturePlan:
                     else:
                         out[name] = len(others) + (v is not None and v not in others)
                 else:
-                    vals = [
-                        x for x in (st[cg.i_num[fi]][lo:hi] if st is not None else ()) if x == x
-                    ]
+                    o = _offset(st, cg.i_noff[fi]) if st is not None else 0
+                    col = st[cg.i_num[fi]] if st is not None else ()
+                    vals = [x for x in col[max(lo - o, 0) : max(hi - o, 0)] if x == x]
                     if xs[fi] == xs[fi]:
                         vals.append(xs[fi])
                     out[name] = _num_agg(agg, vals)
@@ -555,11 +572,11 @@ class FeaturePlan:
         p = bisect_right(ts, t)  # after equal timestamps: they arrived first
         ts.insert(p, t)
         for fi, (k, sub) in enumerate(cg.nums):
-            st[cg.i_num[fi]].insert(p, _num(_get(tx, k, sub)))
+            st[cg.i_num[fi]].insert(p - _offset(st, cg.i_noff[fi]), _num(_get(tx, k, sub)))
         cvals = []
         for ci in range(len(cg.cats)):
             v = self._logged(cg, ci, tx)
-            st[cg.i_cat[ci]].insert(p - _offset(cg, st, ci), v)
+            st[cg.i_cat[ci]].insert(p - _offset(st, cg.i_coff[ci]), v)
             cvals.append(v)
         if cg.fraud:
             st[cg.i_flags].insert(p, 0)
@@ -614,8 +631,7 @@ class FeaturePlan:
             st[i] -= k
         for i in cg.i_mono:
             st[i] = array("q", [q - k for q in st[i]])
-        for ci, i in enumerate(cg.i_cat):
-            off = cg.i_coff[ci]
+        for i, off, keep in cg.i_short:
             if off < 0:
                 del st[i][:k]
                 continue
@@ -623,7 +639,7 @@ class FeaturePlan:
             if o < 0:
                 del st[i][:-o]
                 o = 0
-            kc = bisect_right(ts, horizon + cg.longest - cg.cat_keep[ci])
+            kc = bisect_right(ts, horizon + cg.longest - keep)
             if kc > o:
                 del st[i][: kc - o]
                 o = kc
@@ -824,11 +840,17 @@ class FeaturePlan:
         """The unpickled state of ``sd``, checked to be of this plan's declarations."""
         self._check(sd)
         try:
-            return gcpolicy.loads(sd["state"], freeze=True)  # (no cycles in it: see _bind)
+            body = gcpolicy.loads(sd["state"], freeze=True)  # (no cycles in it: see _bind)
         except gcpolicy.DAMAGED as exc:  # (bytes a failing disk changed: an UnpicklingError stopped
             # fds run at every start, where an unreadable checkpoint is set aside: a QA pass;
             # not a MemoryError, nor a class a later release pickled: no damage, a review)
             raise ConfigError(f"feature state is unreadable ({describe(exc)})") from exc
+        if sd.get("format") in _READS[_FORMAT] + _READS[_FORMAT_PROVENANCE]:
+            for cg, states in zip(self._groups, body["states"], strict=True):
+                if max(cg.i_noff, default=-1) >= 0:  # (numeric columns kept shorter, since 8:
+                    for st in states.values():  # their offsets come last, 0 = the whole log)
+                        st.extend([0] * (cg.size - len(st)))
+        return body
 
     def _check(self, sd: Mapping[str, Any]) -> None:
         """Refuse a state of other declarations, timezone, grace or provenance (``sd``: its
@@ -942,8 +964,8 @@ class FeaturePlan:
 
         for i in cg.i_log:
             st[i] = _like(st[i], merged(i))
-        for i, off in zip(cg.i_cat, cg.i_coff, strict=True):
-            st[i] = merged(i, off)
+        for i, off, _keep in cg.i_short:
+            st[i] = _like(st[i], merged(i, off))
             if off >= 0:
                 st[off] = 0
         self._repair(cg, st)
@@ -1011,9 +1033,9 @@ class FeaturePlan:
         for i in cg.i_log:
             col = st[i]
             so[i], st[i] = _like(col, compress(col, m)), _like(col, compress(col, keep))
-        for i, off in zip(cg.i_cat, cg.i_coff, strict=True):
+        for i, off, _keep in cg.i_short:
             col = _whole(st, i, off)
-            so[i], st[i] = list(compress(col, m)), list(compress(col, keep))
+            so[i], st[i] = _like(st[i], compress(col, m)), _like(st[i], compress(col, keep))
             if off >= 0:
                 so[off] = st[off] = 0
         self._repair(cg, st)
@@ -1091,14 +1113,15 @@ def _changed(old: str, new: str) -> str:
     return "; ".join(parts) or "their order changed"
 
 
-def _offset(cg: _CompiledGroup, st: list[Any], ci: int) -> int:
-    """Log position of the first value held in categorical column ``ci``."""
-    return st[cg.i_coff[ci]] if cg.i_coff[ci] >= 0 else 0
+def _offset(st: list[Any], i_off: int) -> int:
+    """Log position of the first value held in a column whose offset is slot ``i_off`` (-1:
+    a column as long as the log)."""
+    return st[i_off] if i_off >= 0 else 0
 
 
 def _counter(cg: _CompiledGroup, st: list[Any], wi: int, slot: int, ci: int) -> Any:
     """Counter ``slot`` of window ``wi`` (categorical field ``ci``) counted from the log."""
-    col = st[cg.i_cat[ci]][max(st[cg.i_head[wi]] - _offset(cg, st, ci), 0) :]
+    col = st[cg.i_cat[ci]][max(st[cg.i_head[wi]] - _offset(st, cg.i_coff[ci]), 0) :]
     return tally(col, cg.distinct[slot])
 
 
@@ -1113,7 +1136,9 @@ def _reshift(cg: _CompiledGroup, st: list[Any], lo: int, hi: int) -> None:
             continue
         k = st[cg.i_shift[fi]]
         kk = k * k
-        far = [x for x in st[cg.i_num[fi]][lo:hi] if kk > _DRIFT2 * x * x]  # (NaN: never)
+        o = _offset(st, cg.i_noff[fi])
+        vals = st[cg.i_num[fi]][max(lo - o, 0) : max(hi - o, 0)]
+        far = [x for x in vals if kk > _DRIFT2 * x * x]  # (NaN: never)
         if far:
             st[cg.i_shift[fi]] = far[-1]
 
@@ -1123,15 +1148,17 @@ def _resum(cg: _CompiledGroup, st: list[Any], wi: int) -> None:
     from its head."""
     h, n = st[cg.i_head[wi]], len(st[TS])
     for fi, i1, i2, i_n in cg.i_sum[wi]:
-        _exact(st[cg.i_num[fi]], st[cg.i_shift[fi]], h, n, st, i1, i2, i_n)
+        o = _offset(st, cg.i_noff[fi])
+        _exact(st[cg.i_num[fi]], st[cg.i_shift[fi]], h - o, n - o, st, i1, i2, i_n)
     for slot, fi, is_max in cg.windows[wi][3]:
         col = st[cg.i_num[fi]]
+        o = _offset(st, cg.i_noff[fi])
         lst: list[int] = []
         for q in range(h, n):
-            x = col[q]
+            x = col[q - o]
             if x != x:
                 continue
-            while lst and (col[lst[-1]] <= x if is_max else col[lst[-1]] >= x):
+            while lst and (col[lst[-1] - o] <= x if is_max else col[lst[-1] - o] >= x):
                 lst.pop()
             lst.append(q)
         st[cg.i_mono[slot]] = array("q", lst)
@@ -1144,9 +1171,10 @@ def _like(col: Any, values: Iterable[Any]) -> Any:
 
 
 def _whole(st: list[Any], i: int, off: int) -> list[Any]:
-    """Column ``st[i]`` as long as the log: ``None`` for the values a categorical column cut
-    (``off``: the slot of its offset, -1 for a column never cut)."""
-    return [None] * (st[off] if off >= 0 else 0) + list(st[i])
+    """Column ``st[i]`` as long as the log: missing (``None``, NaN in a numeric column) for
+    the values it cut (``off``: the slot of its offset, -1 for a column never cut)."""
+    col = st[i]
+    return [NAN if isinstance(col, array) else None] * _offset(st, off) + list(col)
 
 
 def _num_agg(agg: str, vals: list[float]) -> float | None:

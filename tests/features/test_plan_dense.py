@@ -137,6 +137,30 @@ def test_categorical_column_kept_shorter_than_the_log(seed: int) -> None:
     assert plan.reordered_events > 0
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_numeric_column_kept_shorter_than_the_log(seed: int) -> None:
+    # amounts are summed over 10 minutes only (and their max over 20), the log is kept for 2
+    # hours: the column is cut as the categorical ones are, read at h - offset
+    specs = [
+        Spec("n_2h", "card_id", "count", None, "2h"),
+        Spec("mean_10m", "card_id", "mean", "amount", "10m"),
+        Spec("std_10m", "card_id", "std", "amount", "10m"),
+        Spec("max_20m", "card_id", "max", "amount", "20m"),
+        Spec("x_min_1h", "card_id", "min", "extra.x", "1h"),
+        Spec("m_fraud_2h", "merchant_id", "fraud_rate", None, "2h"),
+        Spec("m_sum_30m", "merchant_id", "sum", "amount", "30m"),
+    ]
+    ops = dense_stream(seed, 600, STARTS["UTC"][0], mean_step=60.0)
+    plan = FeaturePlan(specs, grace=GRACE, sweep_min_events=1)
+    got = run_plan(plan, ops)
+    assert_same(got, reference(specs, ops, timezone="UTC", grace=GRACE), ops, specs)
+    for gi, key in ((0, "a"), (1, "m1")):
+        cg, st = plan._groups[gi], plan.states[gi][key]
+        assert all(i >= 0 for i in cg.i_noff)  # every numeric column is kept shorter ...
+        assert all(st[i] > 0 and len(st[c]) < len(st[TS]) for c, i, _k in cg.i_short)  # ... cut
+    assert plan.reordered_events > 0
+
+
 def test_sweep_visits_a_bounded_number_of_states_per_event() -> None:
     from fds.features.plan import _SWEEP_STEP
 

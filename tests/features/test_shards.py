@@ -4,10 +4,12 @@ states of the format before them still loaded."""
 from __future__ import annotations
 
 import copy
+import math
 import os
 import pickle
 import subprocess
 import sys
+from array import array
 from collections import Counter
 
 import pytest
@@ -238,4 +240,32 @@ def test_a_state_of_formats_6_and_7_with_a_dict_per_counter_loads() -> None:
     again = FeaturePlan(SPECS)
     again.load_state_dict({**sd, "format": 6, "state": gcpolicy.dumps(body)})
     for i in range(60, 400):
+        assert again.compute(_tx(i)) == plan.compute(_tx(i))
+
+
+def test_a_state_of_before_numeric_offsets_loads() -> None:
+    # up to formats 6 and 7 a numeric column was as long as the log; since 8 one that no
+    # window reads as far back is cut, its offset the state's last slot: an older state gets
+    # it appended as 0 (its column whole) and goes on as the plan does
+    specs = [
+        Spec("n_2h", "card_id", "count", None, "2h"),
+        Spec("mean_10m", "card_id", "mean", "amount", "10m"),
+    ]
+    plan = FeaturePlan(specs)
+    for i in range(300):
+        plan.compute(_tx(i))
+    sd = plan.state_dict()
+    body = gcpolicy.loads(sd["state"])
+    cg = plan._groups[0]
+    ((col, off, _keep),) = cg.i_short
+    assert off == cg.size - 1
+    cut = 0
+    for state in body["states"][0].values():
+        n = state.pop()  # (the offset, last)
+        cut += n
+        state[col] = array("d", [math.nan] * n) + state[col]  # (the log's length)
+    assert cut  # (some were cut)
+    again = FeaturePlan(specs)
+    again.load_state_dict({**sd, "format": 6, "state": gcpolicy.dumps(body)})
+    for i in range(300, 600):
         assert again.compute(_tx(i)) == plan.compute(_tx(i))
