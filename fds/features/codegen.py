@@ -40,8 +40,8 @@ __all__ = [
 NAN = math.nan
 # Fixed positions in every flat entity state (see assign_slots).
 KEY, TS = 0, 1
-# A categorical column kept shorter than the log is cut once this many of its values are
-# behind the head of the longest window counting it (a call every few events, not each one).
+# A column kept shorter than the log is cut once more than this many of its values (and a
+# 16th of it) are past the horizon no window reads behind (a call every few events, not each).
 _CUT_SLACK = 8
 
 #: A window's value counter (``distinct``, ``seen``) is a dict of counts only while the window
@@ -445,16 +445,18 @@ def _body(cg: Any, var: dict[str, str], typed: bool = False) -> list[str]:
             else:
                 a(f"        {y} = _std((st[{i2}] - st[{i1}] * st[{i1}] / mm) / mm) if mm else None")
     # Columns kept shorter than the log: cut once every window has advanced (a window later
-    # in this body may still expire values the cut would drop), when the longest window
-    # reading the column is _CUT_SLACK values past its first one.
-    cuts = [(f"cat{ci}", f"co{ci}", i_off, cg.cat_owner[ci], cg.cat_keep[ci])
-            for ci, i_off in enumerate(cg.i_coff)]  # fmt: skip
-    cuts += [(f"num{fi}", f"no{fi}", i_off, cg.num_owner[fi], cg.num_keep[fi])
-             for fi, i_off in enumerate(cg.i_noff)]  # fmt: skip
-    for col, off, i_off, owner, keep in cuts:
+    # in this body may still expire values the cut would drop), when more than _CUT_SLACK
+    # values and a 16th of the column are past the horizon (the value that far in is: one
+    # read; a review found a test of the window's head cutting a value or two at every event
+    # of an entity with more than _CUT_SLACK events in the grace period, each cut a copy of
+    # the whole column: O(column) per event), so a cut's copy is paid over as many events.
+    cuts = [(f"cat{ci}", f"co{ci}", i_off, cg.cat_keep[ci]) for ci, i_off in enumerate(cg.i_coff)]
+    cuts += [(f"num{fi}", f"no{fi}", i_off, cg.num_keep[fi]) for fi, i_off in enumerate(cg.i_noff)]
+    for col, off, i_off, keep in cuts:
         if i_off >= 0:
             lag = cg.keep - cg.longest + keep  # grace + that window
-            a(f"    if st[{cg.i_head[owner]}] - {off} > {_CUT_SLACK}:")
+            a(f"    cp = {off} + {_CUT_SLACK} + (len({col}) >> 4)")
+            a(f"    if cp <= idx and {at('ts', 'cp')} <= wm - {lag!r}:")
             a(f"        _cut_column(ts, {col}, st, {i_off}, wm - {lag!r})")
     return [line[4:] for line in lines]
 
@@ -701,7 +703,7 @@ def _declarations(cgs: Any) -> list[str]:
     doubles += [
         f"{p}{fi}" for fi in range(n_num) for p in ("k", "kk", "d", "dd", "S", "Q", "s", "q")
     ]
-    ints = ["idx", "h", "lost"]
+    ints = ["idx", "h", "lost", "cp"]
     ints += [f"{p}{fi}" for fi in range(n_num) for p in ("m", "N", "o", "rb", "no")]
     ints += [f"co{ci}" for ci in range(n_cat)]
     arrays = ["ts"] + [f"num{fi}" for fi in range(n_num)]

@@ -211,29 +211,19 @@ class _CompiledGroup:
         # per counter slot: whether a ``distinct`` reads it (a number kept, codegen.tally)
         dist = {f.slot for f in g.features if f.agg == "distinct"}
         self.distinct = tuple(slot in dist for slot in range(g.n_counters))
-        # per categorical field: the longest window counting it (how long its column is kept)
-        owners = [
-            max(
-                (wi for wi, w in enumerate(g.windows) if ci in w.counters),
-                key=lambda wi: g.windows[wi].retention,
-            )
+        # per categorical field: how long its column is kept, the longest window counting it;
+        # per numeric field: the longest window summing it or keeping its min/max
+        self.cat_keep = tuple(
+            max(w.retention for w in g.windows if ci in w.counters)
             for ci in range(len(g.cat_fields))
-        ]
-        self.cat_owner = tuple(owners)
-        self.cat_keep = tuple(g.windows[wi].retention for wi in owners)
-        # per numeric field: the longest window summing it or keeping its min/max, likewise
-        owners = [
+        )
+        self.num_keep = tuple(
             max(
-                (
-                    wi for wi, w in enumerate(g.windows)
-                    if fi in w.sums or any(f == fi for f, _kind in w.mono)
-                ),
-                key=lambda wi: g.windows[wi].retention,
+                w.retention for w in g.windows
+                if fi in w.sums or any(f == fi for f, _kind in w.mono)
             )
             for fi in range(len(g.num_fields))
-        ]  # fmt: skip
-        self.num_owner = tuple(owners)
-        self.num_keep = tuple(g.windows[wi].retention for wi in owners)
+        )  # fmt: skip
         # the log keeps ``keep`` seconds behind the watermark; trimmed once ``trim_lag`` old
         self.keep = grace + self.longest
         # the least idle time after which a cap evicts (max_entities): the shortest window's

@@ -161,6 +161,39 @@ def test_numeric_column_kept_shorter_than_the_log(seed: int) -> None:
     assert plan.reordered_events > 0
 
 
+def test_a_busy_entity_cuts_its_short_columns_every_so_many_events(monkeypatch) -> None:
+    # 150 events in the grace period: a test of the window's head cut a value or two at every
+    # event, each a copy of the whole column (a review: 12-25x the event's cost at 180,000
+    # values); a cut comes once a 16th of the column is past the horizon, and the values are
+    # the brute force's
+    import fds.features.codegen as codegen
+
+    cuts = []
+    real = codegen._cut_column
+
+    def counted(ts, col, st, i_off, horizon):  # type: ignore[no-untyped-def]
+        cuts.append(len(col))
+        real(ts, col, st, i_off, horizon)
+
+    monkeypatch.setattr(codegen, "_cut_column", counted)
+    specs = [
+        Spec("n_2h", "card_id", "count", None, "2h"),
+        Spec("sum_10m", "card_id", "sum", "amount", "10m"),
+        Spec("d_10m", "card_id", "distinct", "merchant_id", "10m"),
+    ]
+    t0 = STARTS["UTC"][0]
+    ops = [
+        {"kind": "tx", "tx": {"tx_id": f"t{i}", "ts": t0 + 2.0 * i, "card_id": "c",
+                              "amount": float(i % 7), "merchant_id": f"m{i % 50}"}}
+        for i in range(5000)
+    ]  # fmt: skip
+    plan = FeaturePlan(specs, grace=GRACE)
+    got = run_plan(plan, ops)
+    assert_same(got, reference(specs, ops, timezone="UTC", grace=GRACE), ops, specs)
+    # two columns of ~450 values, cut once ~36 of each are past the horizon
+    assert 0 < len(cuts) <= 2 * 5000 / 30
+
+
 def test_sweep_visits_a_bounded_number_of_states_per_event() -> None:
     from fds.features.plan import _SWEEP_STEP
 
