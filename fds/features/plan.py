@@ -849,6 +849,12 @@ class FeaturePlan:
         for k, v in mine.items():
             got = sd.get(k, _IDENTITY_DEFAULTS.get(k))
             if got != v and not (k == "format" and got in _READS[v]):
+                if k == "format" and isinstance(got, int) and got > v:  # (provenance: same)
+                    raise FeatureStateMismatch(
+                        f"feature state was saved by a newer release of fds (format {got}; "
+                        f"this one reads {v} and {', '.join(map(str, _READS[v]))}): restore "
+                        "it with that release, or start from an empty state"
+                    )
                 was = (
                     _changed(str(got or ""), str(v))
                     if k == "fingerprint"  # (both in full: 2,267 characters, a QA pass)
