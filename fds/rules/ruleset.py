@@ -29,6 +29,7 @@ generated Python function. Every error names ``file:line:column`` and says what 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import difflib
 import functools
 import itertools
@@ -635,6 +636,15 @@ def _pydantic_error(errors: list[Any], filename: str, marks: Mapping) -> ConfigE
             )
             hint = f"did you mean {close[0]!r}? " if close else "check its spelling "
             msg = f"unknown key: {hint}(see rules/schema.json)"
+        elif loc and loc[0] == "max_entities" and len(loc) > 1 and loc[-1] != KEY:
+            # (pydantic's "Input should be greater than 0" / "a valid integer" for 0 or 1e6: a
+            # QA pass)
+            v = err.get("input")
+            msg = f"a whole number from 1 to {MAX_CAP:,} is needed, not {v!r}"
+            with contextlib.suppress(TypeError, ValueError, OverflowError):
+                n = float(v)  # (1e6 is text to YAML 1.1, 1.0e6 a float)
+                if n.is_integer() and 1 <= n <= MAX_CAP and not isinstance(v, bool):
+                    msg += f": write {int(n)}"
         elif err["type"] == "missing":
             msg = "missing: add it"
         elif err["type"] in ("model_type", "list_type", "dict_type") and err.get("input") is None:

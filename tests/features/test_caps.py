@@ -134,11 +134,14 @@ def rules_text(version: str, cap: str) -> str:
     ("cap", "where", "says"),
     [
         ("max_entities: {device_id: 5}\n", ":2:", "max_entities names 'device_id', the entity"),
-        ("max_entities:\n  card_id: 0\n", ":3:12:", "greater than 0"),
-        ("max_entities:\n  card_id: yes\n", ":3:12:", "valid integer"),
-        ("max_entities:\n  card_id: 2.5e6\n", ":3:12:", "valid integer"),
+        # (pydantic's words were "greater than 0", "a valid integer": the range, a QA pass)
+        ("max_entities:\n  card_id: 0\n", ":3:12:", "from 1 to 1,000,000,000,000 is needed, not 0"),
+        ("max_entities:\n  card_id: yes\n", ":3:12:", "is needed, not True"),
+        ("max_entities:\n  card_id: 2.5e6\n", ":3:12:", "is needed, not '2.5e6'"),
+        ("max_entities:\n  card_id: 1e6\n", ":3:12:", "not '1e6': write 1000000"),
+        ("max_entities:\n  card_id: 2.0e+6\n", ":3:12:", "not 2000000.0: write 2000000"),
         # (2**64 and more crashed the ruleset's digest, a reload too: a QA pass)
-        ("max_entities:\n  card_id: 99999999999999999999999\n", ":3:12:", "less than or equal"),
+        ("max_entities:\n  card_id: 99999999999999999999999\n", ":3:12:", "is needed, not 9999"),
     ],
 )
 def test_a_bad_cap_in_the_rules_file_is_told_at_its_line(cap: str, where: str, says: str) -> None:
