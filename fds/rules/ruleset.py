@@ -642,7 +642,7 @@ def _pydantic_error(errors: list[Any], filename: str, marks: Mapping) -> ConfigE
             v = err.get("input")
             msg = f"a whole number from 1 to {MAX_CAP:,} is needed, not {v!r}"
             with contextlib.suppress(TypeError, ValueError, OverflowError):
-                n = float(v)  # (1e6 is text to YAML 1.1, 1.0e6 a float)
+                n = float(v)  # (1e6 and 1.0e6 are text to YAML 1.1, 1.0e+6 a float)
                 if n.is_integer() and 1 <= n <= MAX_CAP and not isinstance(v, bool):
                     msg += f": write {int(n)}"
         elif err["type"] == "missing":
