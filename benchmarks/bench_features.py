@@ -511,7 +511,7 @@ class Stream:
                              ) -> Iterator[tuple[float, int, dict[str, Any]]]:  # fmt: skip
                 home = self.home
                 for i in range(len(card)):
-                    c = int(card[i])
+                    c, d = int(card[i]), int(dev[i])
                     tx = {
                         "tx_id": f"t{first + i:09d}",
                         "ts": float(ts[i]),
@@ -519,7 +519,10 @@ class Stream:
                         "amount": float(amount[i]),
                         "merchant_id": f"m{int(merch[i]):06d}",
                         "country": "FR" if abroad[i] else home[c].decode(),
-                        "device_id": f"d{int(dev[i])}" if online[i] else None,
+                        "device_id": f"d{d}" if online[i] else None,
+                        # (one IP per device, as the simulator's; no draw: the stream is the same
+                        # draw for draw, and only a rules file's ip features read it)
+                        "ip": f"10.{d >> 16}.{(d >> 8) & 255}.{d & 255}" if online[i] else None,
                     }
                     yield tx["ts"], 0, tx
                     if fraud[i]:
@@ -750,7 +753,7 @@ def main() -> int:
     if args.rules is not None:
         lines += [
             f"Memory run's feature set (the set above is the speed run's): the `features` of "
-            f"`{args.rules}` (the stream has no `ip`: its features hold nothing): "
+            f"`{args.rules}` (an IP per device, as the simulator's): "
             + ", ".join(f"`{s.name}`" for s in mem_specs),
             "",
         ]
