@@ -11,6 +11,7 @@ import subprocess
 import sys
 from array import array
 from collections import Counter
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -223,52 +224,55 @@ def test_a_reordered_event_logs_the_state_keys_too() -> None:
     assert any(v is new for v in plan.states[0][card][plan._groups[0].i_cat[0]])
 
 
+def _goes_on_as_format_6(specs: list[Spec], n: int, rewrite: Any) -> None:
+    """A plan fed ``n`` transactions, its state rewritten as a format-6 release saved it
+    (``rewrite(plan, body)``), loads and goes on as the plan does for 300 more."""
+    plan = FeaturePlan(specs)
+    for i in range(n):
+        plan.compute(_tx(i))
+    sd = plan.state_dict()
+    body = gcpolicy.loads(sd["state"])
+    rewrite(plan, body)
+    again = FeaturePlan(specs)
+    again.load_state_dict({**sd, "format": 6, "state": gcpolicy.dumps(body)})
+    for i in range(n, n + 300):
+        assert again.compute(_tx(i)) == plan.compute(_tx(i))
+
+
 def test_a_state_of_formats_6_and_7_with_a_dict_per_counter_loads() -> None:
     # up to formats 6 and 7 every value counter was a dict of counts (now a number while its
     # window is short: codegen.tally): such a checkpoint still loads, and goes on as the plan
     # does, across the window's growth past LARGE
-    plan = FeaturePlan(SPECS)
-    for i in range(60):
-        plan.compute(_tx(i))
-    sd = plan.state_dict()
-    body = gcpolicy.loads(sd["state"])
-    cg = plan._groups[1]
-    ((wi, *_rest, ((slot, ci),), _fraud, _feats),) = (w for w in cg.windows if w[4])
-    for state in body["states"][1].values():
-        assert state[cg.i_ctr[slot]].__class__ is int  # (20 entries each)
-        state[cg.i_ctr[slot]] = dict(Counter(state[cg.i_cat[ci]][state[cg.i_head[wi]] :]))
-    again = FeaturePlan(SPECS)
-    again.load_state_dict({**sd, "format": 6, "state": gcpolicy.dumps(body)})
-    for i in range(60, 400):
-        assert again.compute(_tx(i)) == plan.compute(_tx(i))
+    def dicts(plan: FeaturePlan, body: dict[str, Any]) -> None:
+        cg = plan._groups[1]
+        ((wi, *_rest, ((slot, ci),), _fraud, _feats),) = (w for w in cg.windows if w[4])
+        for state in body["states"][1].values():
+            assert state[cg.i_ctr[slot]].__class__ is int  # (20 entries each)
+            state[cg.i_ctr[slot]] = dict(Counter(state[cg.i_cat[ci]][state[cg.i_head[wi]] :]))
+
+    _goes_on_as_format_6(SPECS, 60, dicts)
 
 
 def test_a_state_of_before_numeric_offsets_loads() -> None:
     # up to formats 6 and 7 a numeric column was as long as the log; since 8 one that no
     # window reads as far back is cut, its offset the state's last slot: an older state gets
     # it appended as 0 (its column whole) and goes on as the plan does
+    def whole(plan: FeaturePlan, body: dict[str, Any]) -> None:
+        cg = plan._groups[0]
+        ((col, off, _keep),) = cg.i_short
+        assert off == cg.size - 1
+        cut = 0
+        for state in body["states"][0].values():
+            n = state.pop()  # (the offset, last)
+            cut += n
+            state[col] = array("d", [math.nan] * n) + state[col]  # (the log's length)
+        assert cut  # (some were cut)
+
     specs = [
         Spec("n_2h", "card_id", "count", None, "2h"),
         Spec("mean_10m", "card_id", "mean", "amount", "10m"),
     ]
-    plan = FeaturePlan(specs)
-    for i in range(300):
-        plan.compute(_tx(i))
-    sd = plan.state_dict()
-    body = gcpolicy.loads(sd["state"])
-    cg = plan._groups[0]
-    ((col, off, _keep),) = cg.i_short
-    assert off == cg.size - 1
-    cut = 0
-    for state in body["states"][0].values():
-        n = state.pop()  # (the offset, last)
-        cut += n
-        state[col] = array("d", [math.nan] * n) + state[col]  # (the log's length)
-    assert cut  # (some were cut)
-    again = FeaturePlan(specs)
-    again.load_state_dict({**sd, "format": 6, "state": gcpolicy.dumps(body)})
-    for i in range(300, 600):
-        assert again.compute(_tx(i)) == plan.compute(_tx(i))
+    _goes_on_as_format_6(specs, 300, whole)
 
 
 def test_a_state_of_a_newer_release_is_refused_by_name() -> None:
