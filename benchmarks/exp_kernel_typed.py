@@ -1,16 +1,19 @@
-"""The typed feature kernel against an older (untyped) one, both compiled, one process each.
+"""This tree's feature kernel against an older one (first: the untyped), both compiled, one
+process each.
 
     python benchmarks/exp_kernel_typed.py --before DIR [--rounds 3] [--days 30] [--cards 20000]
-                                          [--out benchmarks/results/kernel_typed.md]
+                                          [--rules FILE] [--out benchmarks/results/kernel_typed.md]
 
 ``DIR/basefeat`` is an older ``fds/features`` with its ``fds.features.`` imports renamed
 ``basefeat.`` (made as for ``bench_features.py --before``; see benchmarks/results/features.md).
 Each round runs the older plan and this tree's plan in turn, each alone in a fresh process
 (which goes first alternates), both with their kernels built first (own caches under /tmp):
 the simulator's stream (``--days`` x ``--cards``, labels merged in), CPU time per ``compute``
-with the engine's GC policy, over the whole stream and over its last 7 days. Two plans in one
-process were no fair race here: three copies of one kernel interleaved in a process differed
-by up to 25% in the last 7 days, by their place in the rotation, not by their code.
+with the engine's GC policy, over the whole stream and over its last 7 days. ``--rules``: the
+features of a rules file instead of the default set (any older plan against this tree's).
+Two plans in one process were no fair race here: three copies of one kernel interleaved in a
+process differed by up to 25% in the last 7 days, by their place in the rotation, not by
+their code.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_features import DEFAULT_SPECS, machine, merged
 
 
-def one(which: str, before: str, days: int, cards: int) -> dict[str, float]:
+def one(which: str, before: str, days: int, cards: int, rules: Path | None) -> dict[str, float]:
     """(A child process.) The figures of one plan: ``old`` (``basefeat``) or ``new``."""
     if which == "old":
         sys.path.insert(0, before)
@@ -46,10 +49,15 @@ def one(which: str, before: str, days: int, cards: int) -> dict[str, float]:
     from fds.gcpolicy import Freezer
     from fds.streams.simulator import simulate
 
+    specs = DEFAULT_SPECS
+    if rules is not None:
+        from fds.rules import load_ruleset
+
+        specs = load_ruleset(rules).features
     compiler = Compiler(cache)
-    plan_cls(DEFAULT_SPECS, timezone="Asia/Seoul", compiler=compiler)
+    plan_cls(specs, timezone="Asia/Seoul", compiler=compiler)
     assert compiler.wait(), "the kernel's build failed"
-    plan = plan_cls(DEFAULT_SPECS, timezone="Asia/Seoul", compiler=compiler)
+    plan = plan_cls(specs, timezone="Asia/Seoul", compiler=compiler)
     assert plan.compiled
     sim = simulate(days=days, cards=cards, seed=1)
     for tx in sim.transactions:
@@ -83,11 +91,12 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--days", type=int, default=30)
     ap.add_argument("--cards", type=int, default=20_000)
+    ap.add_argument("--rules", type=Path, help="a rules file's features (default: the default set)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results/kernel_typed.md")
     ap.add_argument("--child", choices=("old", "new"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(one(args.child, args.before, args.days, args.cards)))
+        print(json.dumps(one(args.child, args.before, args.days, args.cards, args.rules)))
         return 0
     command = "python " + shlex.join(["benchmarks/exp_kernel_typed.py", *sys.argv[1:]])
     print(command, flush=True)
@@ -109,12 +118,13 @@ def main() -> int:
         "",
         machine(),
         "",
-        f"Stream: the simulator, {args.days} days x {args.cards:,} cards, the default feature "
-        "set; each plan alone in its own process, compiled (kernels built first), CPU time per "
-        "`compute` with the engine's GC policy.",
+        f"Stream: the simulator, {args.days} days x {args.cards:,} cards, "
+        f"{f'the features of `{args.rules}`' if args.rules else 'the default feature set'}; "
+        "each plan alone in its own process, compiled (kernels built first), CPU time per "
+        f"`compute` with the engine's GC policy; before: `{args.before}/basefeat`.",
         "",
-        "| round | untyped, whole stream | typed, whole stream | untyped, last 7 days "
-        "| typed, last 7 days | speed-up, whole / last 7 days |",
+        "| round | before, whole stream | this tree, whole stream | before, last 7 days "
+        "| this tree, last 7 days | speed-up, whole / last 7 days |",
         "|---|---:|---:|---:|---:|---|",
     ]
     for r, got in enumerate(rows, 1):

@@ -10,7 +10,9 @@ folds an in-order event (``t`` >= every timestamp in the entity's log) into the 
 and assigns the group's features to locals. Its order matters, per window: expire (a window
 whose every earlier entry left is emptied in O(1)) and add the new value to the running sums,
 answer ``seen`` (earlier transactions only) from a counter, or the window's column while it is
-short (:func:`tally`), before the new entry is counted,
+short (:func:`tally`), or for a ``seen``-only window longer than its field's column from the
+column and the field's last-seen table (:func:`_last_seen`, :func:`_fold`), before the new
+entry is counted,
 add it to the min/max candidates, then read the window aggregates. Every path assigns every
 feature (``None`` where it has none), and each state part a window uses is read from ``st``
 once (counters, candidates; sums held in locals while entries leave). :func:`build_fused`
@@ -241,8 +243,8 @@ def _body(cg: Any, var: dict[str, str], typed: bool = False) -> list[str]:
     a("    ts.append(t)")
     squared = {fi for sums in cg.i_sum for fi, _s1, s2, _n in sums if s2 >= 0}
     moments = [  # (window, field, agg, name) of every sum/mean/std: computed again if rebased
-        (wi, fi, agg, name) for wi, *_w, feats in cg.windows for agg, name, fi, _slot in feats
-        if agg in ("sum", "mean", "std")
+        (wi, fi, agg, name) for wi, *_w, feats, _lasts in cg.windows
+        for agg, name, fi, _slot in feats if agg in ("sum", "mean", "std")
     ]  # fmt: skip
     summed = sorted({fi for _wi, fi, _agg, _name in moments})
     for fi in summed:
@@ -283,7 +285,7 @@ def _body(cg: Any, var: dict[str, str], typed: bool = False) -> list[str]:
         a("    flags.append(0)")
     if cg.i_part >= 0:
         a(f"    st[{cg.i_part}].append(part)")
-    for wi, width, per_entry, mono, ctrs, fslot, feats in cg.windows:
+    for wi, width, per_entry, mono, ctrs, fslot, feats, lasts in cg.windows:
         sums = cg.i_sum[wi]
         a(f"    # window {wi}: {'calendar day' if width is None else f'{width:g} s'}")
         if width is not None:
@@ -385,6 +387,8 @@ def _body(cg: Any, var: dict[str, str], typed: bool = False) -> list[str]:
         # ``seen`` answers from the counter (or the column) before the new entry is counted
         for slot, ci in ctrs:
             lines += _enter(cg, slot, ci, cv[ci], feats, var)
+        for slot, ci in lasts:
+            lines += _last_seen(cg, slot, ci, cv[ci], feats, var)
         for slot, fi, is_max in mono:
             op = "<=" if is_max else ">="
             a(f"    if {xv[fi]} == {xv[fi]}:")
@@ -450,15 +454,52 @@ def _body(cg: Any, var: dict[str, str], typed: bool = False) -> list[str]:
     # read; a review found a test of the window's head cutting a value or two at every event
     # of an entity with more than _CUT_SLACK events in the grace period, each cut a copy of
     # the whole column: O(column) per event), so a cut's copy is paid over as many events.
+    # A column with a last-seen table folds the values it cuts into it (_fold).
     cuts = [(f"cat{ci}", f"co{ci}", i_off, cg.cat_keep[ci]) for ci, i_off in enumerate(cg.i_coff)]
     cuts += [(f"num{fi}", f"no{fi}", i_off, cg.num_keep[fi]) for fi, i_off in enumerate(cg.i_noff)]
-    for col, off, i_off, keep in cuts:
+    folds = [_fold_args(cg, ci) for ci in range(len(cg.cats))]
+    for j, (col, off, i_off, keep) in enumerate(cuts):
         if i_off >= 0:
             lag = cg.keep - cg.longest + keep  # grace + that window
             a(f"    cp = {off} + {_CUT_SLACK} + (len({col}) >> 4)")
             a(f"    if cp <= idx and {at('ts', 'cp')} <= wm - {lag!r}:")
-            a(f"        _cut_column(ts, {col}, st, {i_off}, wm - {lag!r})")
+            if j < len(folds) and folds[j]:
+                a(f"        _fold(ts, {col}, st, {i_off}, wm - {lag!r}, wm{folds[j]})")
+            else:
+                a(f"        _cut_column(ts, {col}, st, {i_off}, wm - {lag!r})")
     return [line[4:] for line in lines]
+
+
+def _fold_args(cg: Any, ci: int) -> str:
+    """The arguments of :func:`_fold` after ``wm`` for categorical field ``ci`` (its table's
+    slot, the partition column's slot, and the table's horizon behind the watermark: its
+    longest window and the grace); empty for a field without a last-seen table."""
+    if cg.i_last[ci] < 0:
+        return ""
+    return f", {cg.i_last[ci]}, {cg.i_part}, {cg.keep - cg.longest + cg.seen_keep[ci]!r}"
+
+
+def _last_seen(cg: Any, slot: int, ci: int, v: str, feats: Any, var: dict[str, str]) -> list[str]:
+    """The statements answering ``seen`` of counter ``slot`` (a window longer than the
+    column of field ``ci``: no counter), indented by 4: the value is in the window's part of
+    the column, or in the field's last-seen table at a time inside the window (``cut``)."""
+    seen = " = ".join(var[n] for agg, n, _fi, s in feats if agg == "seen" and s == slot)
+    co, i = f"co{ci}", cg.i_last[ci]
+    found = (
+        f"_seen_after(lv, st[{i + 1}], {v}, cut)"
+        if cg.prov  # (one entry per value and input partition)
+        else f"st[{i + 1}][lv.index({v})] > cut"
+    )
+    return [
+        f"    if {v} is not None:",
+        f"        {seen} = {v} in cat{ci}[h - {co} if h > {co} else 0 : idx - {co}]",
+        f"        if not {seen.split(' = ')[0]}:",
+        f"            lv = st[{i}]",
+        f"            if lv is not None and {v} in lv:",
+        f"                {seen} = {found}",
+        "    else:",
+        f"        {seen} = None",
+    ]
 
 
 def _enter(cg: Any, slot: int, ci: int, v: str, feats: Any, var: dict[str, str]) -> list[str]:
@@ -518,11 +559,15 @@ def assign_slots(cg: Any) -> None:
     """Lay out one entity's state as one flat list and record each part's index on ``cg``.
 
     ``[key, ts, <per numeric field: values, shift (if summed)>, <per categorical field: values,
-    offset (if kept shorter than the log)>, <known-fraud flags (fraud groups)>, <input
-    partitions (with provenance: ``cg.prov``)>, <per window: head>, <per window and summed
-    field: running sum, sum of squares (std), present-value count>, <per min/max slot:
-    candidates>, <per counter slot: a number or a dict (:func:`tally`)>, <per fraud slot:
-    count>, <per numeric field kept shorter than the log: offset>]``. One list instead of an
+    offset (if kept shorter than the log before last-seen tables)>, <known-fraud flags (fraud
+    groups)>, <input partitions (with provenance: ``cg.prov``)>, <per window: head>, <per
+    window and summed field: running sum, sum of squares (std), present-value count>, <per
+    min/max slot: candidates>, <per counter slot: a number or a dict (:func:`tally`; 0 for a
+    seen-only window read from a last-seen table)>, <per fraud slot: count>, <per numeric field
+    kept shorter than the log: offset>, <per categorical field kept shorter only since
+    last-seen tables: offset>, <per categorical field with a last-seen table: its values,
+    their times (an array of doubles) and, with provenance, their input partitions; ``None``
+    until a value is folded in>]``. One list instead of an
     object holding a dozen small lists: far fewer containers for the cyclic garbage collector to
     visit (columns of numbers and min/max candidates are arrays, and a dict of strings and ints,
     like a counter, is not tracked by it either). Indices that a group does not need are -1.
@@ -530,13 +575,15 @@ def assign_slots(cg: Any) -> None:
     quiet entity they stay small ints, which CPython shares). A categorical column is kept only
     as long as the longest window counting it (``cg.cat_keep``): its offset is the log position
     of its first value (the merchant ids of a card's 24-hour ``distinct`` are not kept for its
-    30-day windows); a numeric column likewise, as long as the longest window summing it or
-    keeping its min/max (``cg.num_keep``: a merchant's amounts of a 7-day mean are not kept
-    for its 28-day fraud rate). Running sums are over deviations from the shift (the entity's
-    first value) of the values inside the window: added when an entry enters, subtracted when
-    it leaves, set to exact zeros when the window empties and recomputed from the log after an
-    out-of-order insert. (Prefix-sum arrays, the previous design, cost two floats per logged
-    entry; these cost a few floats per entity.)
+    30-day windows; a ``seen``-only window longer than every ``distinct`` window of its field
+    does not count: the values the column cuts go to the field's last-seen table, the newest
+    time of each, :func:`_fold`); a numeric column likewise, as long as the longest window
+    summing it or keeping its min/max (``cg.num_keep``: a merchant's amounts of a 7-day mean
+    are not kept for its 28-day fraud rate). Running sums are over deviations from the shift
+    (the entity's first value) of the values inside the window: added when an entry enters,
+    subtracted when it leaves, set to exact zeros when the window empties and recomputed from
+    the log after an out-of-order insert. (Prefix-sum arrays, the previous design, cost two
+    floats per logged entry; these cost a few floats per entity.)
     """
     g = cg.g
     i = TS + 1
@@ -546,9 +593,9 @@ def assign_slots(cg: Any) -> None:
         cg.i_shift.append(i + 1 if g.num_sums[fi] else -1)
         i += 2 if g.num_sums[fi] else 1
     cg.i_cat, cg.i_coff = [], []
-    for ci in range(len(g.cat_fields)):
-        cg.i_cat.append(i)
-        cg.i_coff.append(i + 1 if cg.cat_keep[ci] < g.longest else -1)
+    for ci in range(len(g.cat_fields)):  # (offsets of columns kept shorter before last-seen
+        cg.i_cat.append(i)  # tables: here; those shorter only since, below)
+        cg.i_coff.append(i + 1 if cg.cat_keep_before[ci] < g.longest else -1)
         i += 1 + (cg.i_coff[ci] >= 0)
     cg.i_flags = i if g.has_fraud else -1
     i += 1 if g.has_fraud else 0
@@ -573,12 +620,28 @@ def assign_slots(cg: Any) -> None:
     i += g.n_counters
     cg.i_nf = list(range(i, i + g.n_fraud))
     i += g.n_fraud
-    # last, so that a state of before them (formats 4-7) takes them by appending zeros
+    # last, so that a state of before them takes them by appending ``cg.appended`` (numeric
+    # offsets since formats 8/9; offsets of the columns shorter since last-seen tables and the
+    # tables, None until a value is folded in, since 10/11)
+    first = i
     for fi in range(len(g.num_fields)):
         if cg.num_keep[fi] < g.longest:
             cg.i_noff[fi] = i
             i += 1
+    for ci in range(len(g.cat_fields)):
+        if cg.i_coff[ci] < 0 and cg.cat_keep[ci] < g.longest:
+            cg.i_coff[ci] = i
+            i += 1
+    # per categorical field with a last-seen table: its slots (values, their times and, with
+    # provenance, their input partitions: one entry per value and partition), or -1
+    cg.i_last = [-1] * len(g.cat_fields)
+    for ci in range(len(g.cat_fields)):
+        if cg.seen_keep[ci]:
+            cg.i_last[ci] = i
+            i += 3 if cg.prov else 2
     cg.size = i
+    cg.appended = [0] * (min([*(x for x in cg.i_last if x >= 0), i]) - first)
+    cg.appended += [None] * (i - first - len(cg.appended))
     # the columns as long as the log, timestamps first; those kept shorter: (column, offset
     # slot or -1 for a column never cut, how long it is kept)
     longs = (i for fi, i in enumerate(cg.i_num) if cg.i_noff[fi] < 0)
@@ -728,6 +791,78 @@ def _cut_column(ts: Any, col: list[Any], st: list[Any], i_off: int, horizon: flo
         st[i_off] = k
 
 
+def _fold(
+    ts: Any, col: list[Any], st: list[Any], i_off: int, horizon: float, wm: float,
+    i_last: int, i_part: int, lag: float,
+) -> None:  # fmt: skip
+    """:func:`_cut_column` for a column with a last-seen table (slot ``i_last``): each value
+    cut is recorded there with its time (the newest per value, and per input partition where
+    ``i_part`` is the partition column's slot, else -1), so that ``seen`` over a window longer
+    than the column still finds it; entries ``lag`` or more behind ``wm`` are dropped."""
+    o = st[i_off]
+    k = bisect_right(ts, horizon, o)
+    if k <= o:
+        return
+    vals, times = st[i_last], st[i_last + 1]
+    if vals is None:
+        vals, times = st[i_last], st[i_last + 1] = [], array("d")
+        if i_part >= 0:
+            st[i_last + 2] = array("H")
+    parts = st[i_last + 2] if i_part >= 0 else None
+    logged = st[i_part] if i_part >= 0 else None
+    done = set()  # (newest first: each value, or value and partition, noted once)
+    for q in range(k - 1, o - 1, -1):
+        v = col[q - o]
+        p = logged[q] if logged is not None else 0
+        if v is not None and (v, p) not in done:
+            done.add((v, p))
+            note(vals, times, parts, v, ts[q], p)
+    del col[: k - o]
+    st[i_off] = k
+    prune(st, i_last, i_part >= 0, wm - lag)
+
+
+def note(vals: list[Any], times: Any, parts: Any, v: Any, t: float, part: int) -> None:
+    """Record in a last-seen table (``parts``: its input partitions, or ``None``) that value
+    ``v`` was logged at ``t`` (in input partition ``part``): its entry keeps the newest time."""
+    j = -1
+    n = vals.count(v) if parts is not None else int(v in vals)  # (few values: scans)
+    for _ in range(n):
+        j = vals.index(v, j + 1)
+        if parts is None or parts[j] == part:
+            if t > times[j]:
+                times[j] = t
+            return
+    vals.append(v)
+    times.append(t)
+    if parts is not None:
+        parts.append(part)
+
+
+def prune(st: list[Any], i_last: int, prov: bool, dead: float) -> None:
+    """Drop the entries of the last-seen table at slot ``i_last`` (``prov``: with its
+    partitions) logged at or before ``dead``; an empty table becomes ``None``."""
+    times = st[i_last + 1]
+    if times is None or (times and min(times) > dead):
+        return
+    keep = [j for j, t in enumerate(times) if t > dead]
+    n = 3 if prov else 2
+    if not keep:
+        st[i_last : i_last + n] = [None] * n
+        return
+    vals = st[i_last]
+    st[i_last] = [vals[j] for j in keep]
+    st[i_last + 1] = array("d", [times[j] for j in keep])
+    if prov:
+        st[i_last + 2] = array("H", [st[i_last + 2][j] for j in keep])
+
+
+def _seen_after(vals: list[Any], times: Any, v: Any, cut: float) -> bool:
+    """Whether a last-seen table with input partitions (one entry per value and partition)
+    holds value ``v`` at a time after ``cut``."""
+    return any(times[j] > cut for j, x in enumerate(vals) if x is v or x == v)
+
+
 # Running sums subtract what leaves a window, so a value far larger than the rest leaves its
 # rounding behind (a 1e17 amount passing through a card of single-digit amounts left its sum off by
 # 7, and 1e160 overflowed its squares into NaN: a review found it). A leave that takes a sum of
@@ -800,6 +935,8 @@ def _namespace() -> dict[str, Any]:
         "_cat": cat,
         "_bisect_right": bisect_right,
         "_cut_column": _cut_column,
+        "_fold": _fold,
+        "_seen_after": _seen_after,
         "_tally": tally,
     }
 
@@ -827,8 +964,8 @@ def build_new_state(cg: Any) -> Callable[[Any, Any], list[Any]]:
             lines.append(f"    if k{fi} != k{fi}:")
             lines.append(f"        k{fi} = 0.0")
             parts.append(f"k{fi}")
-    for i_off in cg.i_coff:
-        parts += ["[]"] + ["0"] * (i_off >= 0)
+    for ci in range(len(cg.cats)):  # (an offset of a column shorter since last-seen: below)
+        parts += ["[]"] + ["0"] * (cg.cat_keep_before[ci] < g.longest)
     if g.has_fraud:
         parts.append("bytearray()")
     if cg.prov:
@@ -840,7 +977,7 @@ def build_new_state(cg: Any) -> Callable[[Any, Any], list[Any]]:
     parts += ["_A('q')"] * g.n_mono
     parts += ["0"] * g.n_counters
     parts += ["0"] * g.n_fraud
-    parts += ["0"] * sum(i >= 0 for i in cg.i_noff)
+    parts += map(repr, cg.appended)
     assert len(parts) == cg.size
     lines.append(f"    return [{', '.join(parts)}]")
     source = "\n".join(lines) + "\n"

@@ -64,11 +64,14 @@ from fds.features.codegen import (
     _DRIFT2,
     TS,
     _exact,
+    _fold,
     _std,
     assign_slots,
     build_fused,
     build_new_state,
     counted_entities,
+    note,
+    prune,
     tally,
 )
 from fds.features.codegen import cat as _cat
@@ -89,15 +92,18 @@ NAN = math.nan
 # provenance has one more column and its own format: a release before it (which knew no
 # "provenance" in a state's identity, see _IDENTITY_DEFAULTS) refuses such a state by its
 # format rather than misread it.
-_FORMAT = 8
-_FORMAT_PROVENANCE = 9  # (a bump of either skips past both: they share one range)
+_FORMAT = 10
+_FORMAT_PROVENANCE = 11  # (a bump of either skips past both: they share one range)
 # Each format and the earlier ones this release also reads: 4 and 5 held each group's states
 # in one dict (6 and 7 in fds.features.shards, which a release before them cannot load); up
 # to 6 and 7 every value counter was a dict (8 and 9: a number in a short window,
 # codegen.tally, which a release before them cannot fold into) and every numeric column as
 # long as the log (8 and 9 keep one only as long as the longest window reading it: its offset
-# is the state's last slot, appended as 0 to a state of before).
-_READS = {_FORMAT: (4, 6), _FORMAT_PROVENANCE: (5, 7)}
+# is the state's last slot, appended as 0 to a state of before); up to 8 and 9 a `seen`-only
+# window longer than its field's `distinct` windows kept the field's column (10 and 11 keep a
+# last-seen table instead: its slots come last, appended empty to a state of before, and the
+# column is cut at the entity's next event).
+_READS = {_FORMAT: (4, 6, 8), _FORMAT_PROVENANCE: (5, 7, 9)}
 # Identity entries that a state saved before they existed lacks, and what it had then.
 _IDENTITY_DEFAULTS = {"provenance": False}
 # Input partitions are logged as unsigned 16-bit numbers (array "H").
@@ -178,6 +184,8 @@ class _CompiledGroup:
     i_coff: list[int]
     i_noff: list[int]
     i_short: tuple[tuple[int, int, float], ...]  # (column, offset or -1, kept): see assign_slots
+    i_last: list[int]  # per categorical field: its last-seen table's first slot, or -1
+    appended: list[Any]  # the last slots' values in a state of before them (assign_slots)
     i_flags: int
     i_part: int
     i_log: tuple[int, ...]  # the columns as long as the log, timestamps first
@@ -198,25 +206,45 @@ class _CompiledGroup:
         self.fraud = g.has_fraud
         self.longest = g.longest
         self.names = tuple(f.name for f in g.features)
+        # per counter slot: whether a ``distinct`` reads it (a number kept, codegen.tally)
+        dist = {f.slot for f in g.features if f.agg == "distinct"}
+        self.distinct = tuple(slot in dist for slot in range(g.n_counters))
+        # per categorical field: how long its column is kept, the longest window counting it
+        # (``cat_keep``) but a ``seen``-only window longer than every ``distinct`` window of
+        # the field: that one reads the values the column cut from the field's last-seen
+        # table (``codegen._fold``; ``seen_keep``: the longest such window, 0 if none); per
+        # numeric field: the longest window summing it or keeping its min/max
+        n_cat = range(len(g.cat_fields))
+        counting = [[(w.retention, w.counters[ci]) for w in g.windows if ci in w.counters]
+                    for ci in n_cat]  # fmt: skip
+        counted = [max((r for r, slot in c if self.distinct[slot]), default=0.0) for c in counting]
+        self.last_slots = frozenset(
+            slot for ci in n_cat for r, slot in counting[ci]
+            if not self.distinct[slot] and r > counted[ci]
+        )  # fmt: skip
+        self.cat_keep = tuple(
+            max((r for r, slot in counting[ci] if slot not in self.last_slots), default=0.0)
+            for ci in n_cat
+        )
+        self.seen_keep = tuple(
+            max((r for r, slot in counting[ci] if slot in self.last_slots), default=0.0)
+            for ci in n_cat
+        )
+        # (the columns a release before last-seen tables kept: where their offsets are)
+        self.cat_keep_before = tuple(max(r for r, _slot in c) for c in counting)
         # per window: (index, width or None, per-entry expiry work?, mono slots, counter slots,
-        #              fraud slot, features)
+        #              fraud slot, features, seen-only slots read from a last-seen table)
         wins = []
         for wi, w in enumerate(g.windows):
             feats = tuple((f.agg, f.name, f.fi, f.slot) for f in g.features if f.win == wi)
             mono = tuple((slot, fi, kind == "max") for (fi, kind), slot in w.mono.items())
+            # value counters, and the seen-only ones read from a last-seen table (no counter)
             ctrs = tuple((slot, fi) for fi, slot in w.counters.items())
+            lasts = tuple((slot, fi) for slot, fi in ctrs if slot in self.last_slots)
+            ctrs = tuple((slot, fi) for slot, fi in ctrs if slot not in self.last_slots)
             per_entry = bool(ctrs) or w.fraud >= 0 or bool(w.sums)
-            wins.append((wi, w.seconds, per_entry, mono, ctrs, w.fraud, feats))
+            wins.append((wi, w.seconds, per_entry, mono, ctrs, w.fraud, feats, lasts))
         self.windows = tuple(wins)
-        # per counter slot: whether a ``distinct`` reads it (a number kept, codegen.tally)
-        dist = {f.slot for f in g.features if f.agg == "distinct"}
-        self.distinct = tuple(slot in dist for slot in range(g.n_counters))
-        # per categorical field: how long its column is kept, the longest window counting it;
-        # per numeric field: the longest window summing it or keeping its min/max
-        self.cat_keep = tuple(
-            max(w.retention for w in g.windows if ci in w.counters)
-            for ci in range(len(g.cat_fields))
-        )
         self.num_keep = tuple(
             max(
                 w.retention for w in g.windows
@@ -511,10 +539,10 @@ class FeaturePlan:
         hi = bisect_right(ts, t)  # others with ts <= t
         xs = [_num(_get(tx, k, sub)) for k, sub in cg.nums]
         cvals = [self._logged(cg, ci, tx) for ci in range(len(cg.cats))]
-        for _wi, width, _pe, _mono, _ctrs, _fslot, feats in cg.windows:
+        for _wi, width, _pe, _mono, _ctrs, _fslot, feats, _lasts in cg.windows:
             cutoff = t - width if width is not None else self.clock.cutoff(t)
             lo = bisect_right(ts, cutoff, 0, hi)
-            for agg, name, fi, _slot in feats:
+            for agg, name, fi, slot in feats:
                 if agg == "count":
                     out[name] = hi - lo + 1
                 elif agg == "last_gap":
@@ -526,6 +554,10 @@ class FeaturePlan:
                     o = _offset(st, cg.i_coff[fi]) if st is not None else 0
                     col = st[cg.i_cat[fi]] if st is not None else ()
                     others = set(col[max(lo - o, 0) : max(hi - o, 0)])
+                    if slot in cg.last_slots and st is not None and st[cg.i_last[fi]]:
+                        i = cg.i_last[fi]  # (and the values the column cut, at their times)
+                        got = zip(st[i], st[i + 1], strict=True)
+                        others.update(x for x, u in got if cutoff < u <= t)
                     others.discard(None)
                     v = cvals[fi]
                     if agg == "seen":
@@ -574,7 +606,7 @@ class FeaturePlan:
             st[cg.i_part].insert(p, self._cursor.part)
         _reshift(cg, st, p, p + 1)
         last = ts[-1]
-        for wi, width, _pe, _mono, ctrs, _fslot, _feats in cg.windows:
+        for wi, width, _pe, _mono, ctrs, _fslot, _feats, _lasts in cg.windows:
             cutoff = last - width if width is not None else self.clock.cutoff(last)
             if t > cutoff:  # inside the window as it stands: count it
                 for slot, ci in ctrs:
@@ -595,7 +627,7 @@ class FeaturePlan:
         ts = st[TS]
         last = ts[-1]
         _reshift(cg, st, 0, len(ts))
-        for wi, width, _pe, _mono, ctrs, fslot, _feats in cg.windows:
+        for wi, width, _pe, _mono, ctrs, fslot, _feats, _lasts in cg.windows:
             cutoff = last - width if width is not None else self.clock.cutoff(last)
             h = st[cg.i_head[wi]] = bisect_right(ts, cutoff)
             for slot, ci in ctrs:
@@ -615,6 +647,13 @@ class FeaturePlan:
         k = bisect_right(ts, horizon)
         if k <= 0:
             return
+        wm, grace = horizon + cg.keep, cg.keep - cg.longest
+        for ci, i_last in enumerate(cg.i_last):  # (columns with a last-seen table: cut first,
+            if i_last >= 0:  # the values folded into it, and its entries out of reach dropped)
+                col, lag = st[cg.i_cat[ci]], grace + cg.seen_keep[ci]
+                cut = wm - grace - cg.cat_keep[ci]
+                _fold(ts, col, st, cg.i_coff[ci], cut, wm, i_last, cg.i_part, lag)
+                prune(st, i_last, cg.prov, wm - lag)
         for i in cg.i_log:
             del st[i][:k]
         for i in cg.i_head:
@@ -783,7 +822,7 @@ class FeaturePlan:
             if p >= hi:
                 continue  # trimmed or evicted: can no longer matter
             flags[p] = want
-            for wi, _w, _pe, _mono, _ctrs, fslot, _feats in cg.windows:
+            for wi, _w, _pe, _mono, _ctrs, fslot, _feats, _lasts in cg.windows:
                 if fslot >= 0 and p >= st[cg.i_head[wi]]:
                     st[cg.i_nf[fslot]] += delta
         return True
@@ -837,9 +876,14 @@ class FeaturePlan:
             raise ConfigError(f"feature state is unreadable ({describe(exc)})") from exc
         if sd.get("format") in _READS[_FORMAT] + _READS[_FORMAT_PROVENANCE]:
             for cg, states in zip(self._groups, body["states"], strict=True):
-                if max(cg.i_noff, default=-1) >= 0:  # (numeric columns kept shorter, since 8:
-                    for st in states.values():  # their offsets come last, 0 = the whole log)
-                        st.extend([0] * (cg.size - len(st)))
+                first = cg.size - len(cg.appended)  # (slots added since: see assign_slots)
+                dead = [cg.i_ctr[slot] for slot in cg.last_slots]  # (counters no more read)
+                if not cg.appended and not dead:
+                    continue
+                for st in states.values():
+                    st.extend(cg.appended[len(st) - first :])
+                    for i in dead:
+                        st[i] = 0
         return body
 
     def _check(self, sd: Mapping[str, Any]) -> None:
@@ -964,6 +1008,16 @@ class FeaturePlan:
             st[i] = _like(st[i], merged(i, off))
             if off >= 0:
                 st[off] = 0
+        for i in cg.i_last:  # last-seen tables: both sides' entries, the newest of each
+            if i >= 0 and so[i] is not None:
+                if st[i] is None:  # (copies: the other plan's state is its own)
+                    n = 3 if cg.prov else 2
+                    st[i : i + n] = [c[:] for c in so[i : i + n]]
+                    continue
+                mine = (st[i], st[i + 1], st[i + 2] if cg.prov else None)
+                theirs = so[i + 2] if cg.prov else None
+                for j, (v, u) in enumerate(zip(so[i], so[i + 1], strict=True)):
+                    note(*mine, v, u, theirs[j] if theirs is not None else 0)
         self._repair(cg, st)
 
     def split(self, parts: Iterable[int]) -> FeaturePlan:
@@ -1017,13 +1071,16 @@ class FeaturePlan:
             if all(m):
                 whole.append(key)
             elif any(m):
-                theirs[key] = self._cut(cg, st, m)
+                theirs[key] = self._cut(cg, st, m, moving)
         for key in whole:
             theirs[key] = mine.pop(key)
 
-    def _cut(self, cg: _CompiledGroup, st: list[Any], m: list[bool]) -> list[Any]:
-        """Take the entries where ``m`` out of ``st`` into a new state of the same entity
-        (returned); both get their windows recomputed."""
+    def _cut(
+        self, cg: _CompiledGroup, st: list[Any], m: list[bool], moving: frozenset
+    ) -> list[Any]:
+        """Take the entries where ``m`` (those of the input partitions ``moving``) out of
+        ``st`` into a new state of the same entity (returned); both get their windows
+        recomputed."""
         keep = list(map(not_, m))
         so = list(st)  # (every column and window part is replaced below or by _repair)
         for i in cg.i_log:
@@ -1034,6 +1091,16 @@ class FeaturePlan:
             so[i], st[i] = _like(st[i], compress(col, m)), _like(st[i], compress(col, keep))
             if off >= 0:
                 so[off] = st[off] = 0
+        for i in cg.i_last:  # last-seen tables: each entry to its input partition's side
+            if i >= 0 and st[i] is not None:
+                vals, times, parts = st[i : i + 3]
+                for side, moves in ((so, True), (st, False)):
+                    js = [j for j, p in enumerate(parts) if (p in moving) is moves]
+                    side[i : i + 3] = (
+                        [[vals[j] for j in js], array("d", [times[j] for j in js]),
+                         array("H", [parts[j] for j in js])]
+                        if js else [None] * 3
+                    )  # fmt: skip
         self._repair(cg, st)
         self._repair(cg, so)
         return so

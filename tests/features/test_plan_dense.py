@@ -223,7 +223,7 @@ def test_a_value_counter_switches_between_a_number_and_a_dict_with_its_window(se
     specs = [
         Spec("dm_1h", "card_id", "distinct", "merchant_id", "1h"),
         Spec("sm_1h", "card_id", "seen", "merchant_id", "1h"),
-        Spec("sc_30m", "card_id", "seen", "country", "30m"),
+        Spec("sm_30m", "card_id", "seen", "merchant_id", "30m"),  # (shorter than dm_1h)
         Spec("dd_10m", "card_id", "distinct", "device_id", "10m"),
         Spec("n_2h", "card_id", "count", None, "2h"),
     ]
@@ -257,3 +257,53 @@ def test_a_value_counter_switches_between_a_number_and_a_dict_with_its_window(se
     assert {k for _s, k in kinds} == {int, dict}
     assert all((slot, dict) in kinds and (slot, int) in kinds for slot in range(len(cg.i_ctr)))
     assert plan.reordered_events > 0 and SMALL < LARGE
+
+
+def recurring(ops: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    """``ops`` with merchants, countries and devices that come back after minutes to hours."""
+    rng = random.Random(seed)
+    for op in ops:
+        if op["kind"] == "tx":
+            op["tx"]["merchant_id"] = f"m{rng.randrange(25)}" if rng.random() < 0.95 else None
+            op["tx"]["country"] = rng.choice("AAAAAAAABBBBCCDEFG")
+            op["tx"]["device_id"] = f"d{rng.randrange(12)}"
+    return ops
+
+
+LAST_SEEN_SPECS = [
+    Spec("n_2h", "card_id", "count", None, "2h"),
+    Spec("dm_10m", "card_id", "distinct", "merchant_id", "10m"),
+    Spec("seen_m_2h", "card_id", "seen", "merchant_id", "2h"),
+    Spec("seen_m_day", "card_id", "seen", "merchant_id", "calendar_day"),
+    Spec("seen_m_5m", "card_id", "seen", "merchant_id", "5m"),
+    Spec("seen_c_1h", "card_id", "seen", "country", "1h"),
+    Spec("seen_d_90m", "card_id", "seen", "device_id", "90m"),
+    Spec("d_seen_card_1h", "device_id", "seen", "card_id", "1h"),
+]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_long_seen_window_reads_the_values_its_column_cut_from_a_table(seed: int) -> None:
+    # a seen-only window longer than every distinct window of its field (merchants: 2 h and a
+    # calendar day against 10 min; countries, devices, a device's cards: no distinct at all)
+    # keeps no column that long and no counter: the values the column cuts go to the field's
+    # last-seen table, the newest time of each (codegen._fold); events out of order, late
+    # ones, labels and a checkpoint restored halfway, against the brute force
+    ops = recurring(dense_stream(seed, 900, STARTS["UTC"][0], mean_step=45.0), seed)
+    mid = len(ops) // 2
+    plan = FeaturePlan(LAST_SEEN_SPECS, grace=GRACE, sweep_min_events=1)
+    got = run_plan(plan, ops[:mid])
+    again = FeaturePlan(LAST_SEEN_SPECS, grace=GRACE, sweep_min_events=1)
+    again.load_state_dict(plan.state_dict())
+    got += run_plan(again, ops[mid:])
+    assert_same(got, reference(LAST_SEEN_SPECS, ops, timezone="UTC", grace=GRACE), ops,
+                LAST_SEEN_SPECS)  # fmt: skip
+    card, device = again._groups
+    # merchants (but over 5 min: the column's 10 min cover it), countries and devices; cards
+    assert [card.seen_keep[ci] for ci in range(3)] == [48 * 3600.0, 3600.0, 5400.0]
+    assert len(card.last_slots) == 4 and len(device.last_slots) == 1
+    st = again.states[0]["a"]
+    for ci, i in enumerate(card.i_last):
+        assert st[i] and len(st[card.i_cat[ci]]) < len(st[TS]) - 8  # (cut, folded, read)
+        assert all(st[card.i_ctr[slot]] == 0 for slot in card.last_slots)  # (no counter)
+    assert again.reordered_events > 0 and again.late_events > 0

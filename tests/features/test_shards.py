@@ -78,7 +78,7 @@ def test_a_state_of_the_format_before_shards_loads() -> None:
         plan.compute(_tx(i))
     plan.on_label({"tx_id": "t150", "is_fraud": True})
     sd = plan.state_dict()
-    assert sd["format"] == 8
+    assert sd["format"] == 10
     body = gcpolicy.loads(sd["state"])
     body["states"] = [dict(s.items()) for s in body["states"]]
     # ... its sweep in progress as [group, all its keys, next], due at the next event
@@ -93,7 +93,7 @@ def test_a_state_of_the_format_before_shards_loads() -> None:
         assert again.compute(_tx(i)) == plan.compute(_tx(i))
     assert not again._sweep_todo
     # ... and format 5 (with provenance) does not load into a plan without it
-    with pytest.raises(ConfigError, match=r"other format \(5, now 8\)"):
+    with pytest.raises(ConfigError, match=r"other format \(5, now 10\)"):
         FeaturePlan(SPECS).load_state_dict({**old, "format": 5})
 
 
@@ -245,7 +245,7 @@ def test_a_state_of_formats_6_and_7_with_a_dict_per_counter_loads() -> None:
     # does, across the window's growth past LARGE
     def dicts(plan: FeaturePlan, body: dict[str, Any]) -> None:
         cg = plan._groups[1]
-        ((wi, *_rest, ((slot, ci),), _fraud, _feats),) = (w for w in cg.windows if w[4])
+        ((wi, *_rest, ((slot, ci),), _fraud, _feats, _lasts),) = (w for w in cg.windows if w[4])
         for state in body["states"][1].values():
             assert state[cg.i_ctr[slot]].__class__ is int  # (20 entries each)
             state[cg.i_ctr[slot]] = dict(Counter(state[cg.i_cat[ci]][state[cg.i_head[wi]] :]))
@@ -281,9 +281,38 @@ def test_a_state_of_a_newer_release_is_refused_by_name() -> None:
     plan = FeaturePlan(SPECS)
     plan.compute(_tx(0))
     sd = plan.state_dict()
-    with pytest.raises(ConfigError, match=r"saved by a newer release of fds \(format 10; this "
-                       r"one reads 8 and 4, 6\): restore it with that release"):  # fmt: skip
-        FeaturePlan(SPECS).load_state_dict({**sd, "format": 10})
+    with pytest.raises(ConfigError, match=r"saved by a newer release of fds \(format 12; this "
+                       r"one reads 10 and 4, 6, 8\): restore it with that release"):  # fmt: skip
+        FeaturePlan(SPECS).load_state_dict({**sd, "format": 12})
     # ... an older one not read says what differs, as before
-    with pytest.raises(ConfigError, match=r"other format \(2, now 8\)"):
+    with pytest.raises(ConfigError, match=r"other format \(2, now 10\)"):
         FeaturePlan(SPECS).load_state_dict({**sd, "format": 2})
+
+
+def test_a_state_of_format_8_with_long_seen_columns_goes_on() -> None:
+    # up to formats 8 and 9 a seen-only window longer than its field's distinct windows kept
+    # the field's column and a counter (a dict over 64 entries); since 10 the column is cut
+    # to the distinct windows' length, the values cut going to a last-seen table. A state
+    # saved by the release before (data/format8_seen.pickle, made by badbd52 from the first
+    # 600 ops of this stream) loads, gets its tables appended empty, cuts its columns at its
+    # entities' next events and goes on as the brute force says
+    from tests.features.conftest import GRACE, STARTS
+    from tests.features.reference import reference
+    from tests.features.test_plan_dense import LAST_SEEN_SPECS, dense_stream, recurring
+    from tests.features.test_plan_properties import assert_same, run_plan
+
+    specs = [s for s in LAST_SEEN_SPECS if s.name not in ("seen_m_day", "seen_m_5m")]
+    ops = recurring(dense_stream(7, 900, STARTS["UTC"][0], mean_step=20.0), 7)
+    with open(os.path.join(os.path.dirname(__file__), "data", "format8_seen.pickle"), "rb") as f:
+        sd = pickle.load(f)
+    assert sd["format"] == 8
+    plan = FeaturePlan(specs, grace=GRACE, sweep_min_events=1)
+    plan.load_state_dict(sd)
+    card = plan._groups[0]
+    st = plan.states[0]["a"]
+    assert len(st) == card.size and all(st[i] is None for i in card.i_last)
+    assert all(st[card.i_ctr[slot]] == 0 for slot in card.last_slots)  # (its dicts dropped)
+    want = reference(specs, ops, timezone="UTC", grace=GRACE)
+    n_head = sum(op["kind"] == "tx" for op in ops[:600])
+    assert_same(run_plan(plan, ops[600:]), want[n_head:], ops[600:], specs)
+    assert all(st[i] for i in card.i_last) and len(st[card.i_cat[1]]) < 30  # (cut since)

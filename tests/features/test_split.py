@@ -249,7 +249,7 @@ def test_states_with_and_without_provenance_refuse_each_other() -> None:
     assert "provenance" not in old
     FeaturePlan(COUNTS).load_state_dict(old)
     # a release before provenance checks no such key: it refuses such a state by its format
-    assert old["format"] == 8 and with_p.state_dict()["format"] == 9
+    assert old["format"] == 10 and with_p.state_dict()["format"] == 11
     assert with_p.fresh().provenance and with_p.fresh()._identity()["provenance"] is True
 
 
@@ -370,6 +370,34 @@ def test_a_categorical_column_kept_shorter_is_made_whole_on_both_sides() -> None
     assert plan.states[0]["a"][cg.i_coff[0]] > 0  # (cut: its first values are gone)
     moved = plan.split({1})
     _go_on_apart(plan, moved, {1}, ops, 80, part, specs)
+
+
+def test_a_last_seen_table_is_split_by_partition_and_absorbed_back() -> None:
+    # a seen-only window longer than its field's column reads a last-seen table (codegen._fold):
+    # with provenance it holds one entry per value and input partition, so that each side of a
+    # split keeps the times of its own partitions' values, and an absorb the newest of both
+    specs = [
+        Spec("c_distinct_m_10m", "card_id", "distinct", "merchant_id", "10m"),
+        Spec("c_seen_m_3h", "card_id", "seen", "merchant_id", "3h"),
+        Spec("c_seen_d_2h", "card_id", "seen", "device_id", "2h"),
+        Spec("c_n_3h", "card_id", "count", None, "3h"),
+    ]
+    txs = [{**_tx(i, T0 + 60 * i, "a", f"m{i * i % 47}"), "device_id": f"d{i % 29}"}
+           for i in range(240)]  # fmt: skip
+    ops = [{"kind": "tx", "tx": tx} for tx in txs]
+    part = {f"t{i}": i // 3 % 2 for i in range(240)}
+    plan = FeaturePlan(specs, grace=GRACE, provenance=True)
+    _feed(lambda p: plan, ops[:180], part)
+    cg = plan._groups[0]
+    for i in cg.i_last:  # (values of both partitions cut and folded)
+        assert set(plan.states[0]["a"][i + 2]) == {0, 1}
+    again = FeaturePlan(specs, grace=GRACE, provenance=True)
+    again.load_state_dict(plan.state_dict())
+    moved = plan.split({1})
+    _go_on_apart(plan, moved, {1}, ops, 180, part, specs)
+    again.absorb(again.split({1}))
+    want = reference(specs, ops, timezone="UTC", grace=GRACE)
+    assert_same(_feed(lambda p: again, ops[180:], part), want[180:], ops[180:], specs)
 
 
 def test_a_plan_dropped_is_freed_by_reference_counting_alone():
