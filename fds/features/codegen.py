@@ -29,7 +29,7 @@ import math
 import sys
 from array import array
 from bisect import bisect_right
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 from fds.features.shards import SHARDS, Shards
@@ -388,7 +388,7 @@ def _body(cg: Any, var: dict[str, str], typed: bool = False) -> list[str]:
         for slot, ci in ctrs:
             lines += _enter(cg, slot, ci, cv[ci], feats, var)
         for slot, ci in lasts:
-            lines += _last_seen(cg, slot, ci, cv[ci], feats, var)
+            lines += _last_seen(cg, slot, ci, cv[ci], feats, var, typed)
         for slot, fi, is_max in mono:
             op = "<=" if is_max else ">="
             a(f"    if {xv[fi]} == {xv[fi]}:")
@@ -463,40 +463,41 @@ def _body(cg: Any, var: dict[str, str], typed: bool = False) -> list[str]:
             lag = cg.keep - cg.longest + keep  # grace + that window
             a(f"    cp = {off} + {_CUT_SLACK} + (len({col}) >> 4)")
             a(f"    if cp <= idx and {at('ts', 'cp')} <= wm - {lag!r}:")
-            if j < len(folds) and folds[j]:
-                a(f"        _fold(ts, {col}, st, {i_off}, wm - {lag!r}, wm{folds[j]})")
+            if j < len(folds) and folds[j]:  # (the typed kernel's own: fds.features.kernel)
+                args = f"ts, {col}, st, {i_off}, wm - {lag!r}{folds[j]}"
+                a(f"        _fold_at({args}, _fold)" if typed else f"        _fold({args})")
             else:
                 a(f"        _cut_column(ts, {col}, st, {i_off}, wm - {lag!r})")
     return [line[4:] for line in lines]
 
 
 def _fold_args(cg: Any, ci: int) -> str:
-    """The arguments of :func:`_fold` after ``wm`` for categorical field ``ci`` (its table's
-    slot, the partition column's slot, and the table's horizon behind the watermark: its
-    longest window and the grace); empty for a field without a last-seen table."""
+    """The arguments of :func:`_fold` after the horizon for categorical field ``ci`` (its
+    table's slot); empty for a field without a last-seen table."""
     if cg.i_last[ci] < 0:
         return ""
-    return f", {cg.i_last[ci]}, {cg.i_part}, {cg.keep - cg.longest + cg.seen_keep[ci]!r}"
+    return f", {cg.i_last[ci]}"
 
 
-def _last_seen(cg: Any, slot: int, ci: int, v: str, feats: Any, var: dict[str, str]) -> list[str]:
+def _last_seen(
+    cg: Any, slot: int, ci: int, v: str, feats: Any, var: dict[str, str], typed: bool
+) -> list[str]:
     """The statements answering ``seen`` of counter ``slot`` (a window longer than the
     column of field ``ci``: no counter), indented by 4: the value is in the window's part of
     the column, or in the field's last-seen table at a time inside the window (``cut``)."""
     seen = " = ".join(var[n] for agg, n, _fi, s in feats if agg == "seen" and s == slot)
-    co, i = f"co{ci}", cg.i_last[ci]
-    found = (
-        f"_seen_after(lv, st[{i + 1}], {v}, cut)"
-        if cg.prov  # (one entry per value and input partition)
-        else f"st[{i + 1}][lv.index({v})] > cut"
-    )
+    y, co, i = seen.split(" = ")[0], f"co{ci}", cg.i_last[ci]
+    pre = "_" if typed else ""  # (the typed kernel's own: fds.features.kernel)
     return [
         f"    if {v} is not None:",
-        f"        {seen} = {v} in cat{ci}[h - {co} if h > {co} else 0 : idx - {co}]",
-        f"        if not {seen.split(' = ')[0]}:",
+        f"        {seen} = {pre}seen_in(cat{ci}, {v}, h - {co}, idx - {co})",
+        f"        if not {y}:",
         f"            lv = st[{i}]",
-        f"            if lv is not None and {v} in lv:",
-        f"                {seen} = {found}",
+        "            if lv.__class__ is dict:",
+        f"                u = lv.get({v})",
+        f"                {seen} = u is not None and u > cut",
+        "            elif lv is not None:",
+        f"                {seen} = {pre}seen_since(lv, st[{i + 1}], {v}, cut)",
         "    else:",
         f"        {seen} = None",
     ]
@@ -565,9 +566,8 @@ def assign_slots(cg: Any) -> None:
     min/max slot: candidates>, <per counter slot: a number or a dict (:func:`tally`; 0 for a
     seen-only window read from a last-seen table)>, <per fraud slot: count>, <per numeric field
     kept shorter than the log: offset>, <per categorical field kept shorter only since
-    last-seen tables: offset>, <per categorical field with a last-seen table: its values,
-    their times (an array of doubles) and, with provenance, their input partitions; ``None``
-    until a value is folded in>]``. One list instead of an
+    last-seen tables: offset>, <per categorical field with a last-seen table: the table
+    (:func:`set_table`; ``None`` until a value is folded in)>]``. One list instead of an
     object holding a dozen small lists: far fewer containers for the cyclic garbage collector to
     visit (columns of numbers and min/max candidates are arrays, and a dict of strings and ints,
     like a counter, is not tracked by it either). Indices that a group does not need are -1.
@@ -632,13 +632,12 @@ def assign_slots(cg: Any) -> None:
         if cg.i_coff[ci] < 0 and cg.cat_keep[ci] < g.longest:
             cg.i_coff[ci] = i
             i += 1
-    # per categorical field with a last-seen table: its slots (values, their times and, with
-    # provenance, their input partitions: one entry per value and partition), or -1
+    # per categorical field with a last-seen table: its two slots (set_table), or -1
     cg.i_last = [-1] * len(g.cat_fields)
     for ci in range(len(g.cat_fields)):
         if cg.seen_keep[ci]:
             cg.i_last[ci] = i
-            i += 3 if cg.prov else 2
+            i += 2
     cg.size = i
     cg.appended = [0] * (min([*(x for x in cg.i_last if x >= 0), i]) - first)
     cg.appended += [None] * (i - first - len(cg.appended))
@@ -791,76 +790,96 @@ def _cut_column(ts: Any, col: list[Any], st: list[Any], i_off: int, horizon: flo
         st[i_off] = k
 
 
-def _fold(
-    ts: Any, col: list[Any], st: list[Any], i_off: int, horizon: float, wm: float,
-    i_last: int, i_part: int, lag: float,
-) -> None:  # fmt: skip
-    """:func:`_cut_column` for a column with a last-seen table (slot ``i_last``): each value
-    cut is recorded there with its time (the newest per value, and per input partition where
-    ``i_part`` is the partition column's slot, else -1), so that ``seen`` over a window longer
-    than the column still finds it; entries ``lag`` or more behind ``wm`` are dropped."""
+def _fold(ts: Any, col: list[Any], st: list[Any], i_off: int, horizon: float, i_last: int) -> None:
+    """:func:`_cut_column` for a column with a last-seen table (slots ``i_last``,
+    :func:`set_table`): each value cut is recorded there with its time (the newest per
+    value), so that ``seen`` over a window longer than the column still finds it. (Entries
+    out of every window are dropped by the log's trim, :func:`prune`: not here, each cut.)"""
     o = st[i_off]
     k = bisect_right(ts, horizon, o)
     if k <= o:
         return
-    vals, times = st[i_last], st[i_last + 1]
-    if vals is None:
-        vals, times = st[i_last], st[i_last + 1] = [], array("d")
-        if i_part >= 0:
-            st[i_last + 2] = array("H")
-    parts = st[i_last + 2] if i_part >= 0 else None
-    logged = st[i_part] if i_part >= 0 else None
-    done = set()  # (newest first: each value, or value and partition, noted once)
-    for q in range(k - 1, o - 1, -1):
-        v = col[q - o]
-        p = logged[q] if logged is not None else 0
-        if v is not None and (v, p) not in done:
-            done.add((v, p))
-            note(vals, times, parts, v, ts[q], p)
+    newest = dict(zip(col[: k - o], ts[o:k], strict=True))  # (a dict keeps the last)
+    newest.pop(None, None)
     del col[: k - o]
     st[i_off] = k
-    prune(st, i_last, i_part >= 0, wm - lag)
-
-
-def note(vals: list[Any], times: Any, parts: Any, v: Any, t: float, part: int) -> None:
-    """Record in a last-seen table (``parts``: its input partitions, or ``None``) that value
-    ``v`` was logged at ``t`` (in input partition ``part``): its entry keeps the newest time."""
-    j = -1
-    n = vals.count(v) if parts is not None else int(v in vals)  # (few values: scans)
-    for _ in range(n):
-        j = vals.index(v, j + 1)
-        if parts is None or parts[j] == part:
-            if t > times[j]:
-                times[j] = t
-            return
-    vals.append(v)
-    times.append(t)
-    if parts is not None:
-        parts.append(part)
-
-
-def prune(st: list[Any], i_last: int, prov: bool, dead: float) -> None:
-    """Drop the entries of the last-seen table at slot ``i_last`` (``prov``: with its
-    partitions) logged at or before ``dead``; an empty table becomes ``None``."""
-    times = st[i_last + 1]
-    if times is None or (times and min(times) > dead):
+    table = st[i_last]
+    if table.__class__ is dict:  # (the newer time: an absorbed table may hold newer ones)
+        for v, t in newest.items():
+            if t > table.get(v, -math.inf):
+                table[v] = t
         return
-    keep = [j for j, t in enumerate(times) if t > dead]
-    n = 3 if prov else 2
-    if not keep:
-        st[i_last : i_last + n] = [None] * n
-        return
-    vals = st[i_last]
-    st[i_last] = [vals[j] for j in keep]
-    st[i_last + 1] = array("d", [times[j] for j in keep])
-    if prov:
-        st[i_last + 2] = array("H", [st[i_last + 2][j] for j in keep])
+    if table is None:
+        table, times = st[i_last], st[i_last + 1] = [], array("d")
+    else:
+        times = st[i_last + 1]
+    for v, t in sorted(newest.items(), key=_second):
+        if v in table:
+            j = table.index(v)
+            if times[j] >= t:
+                continue
+            del table[j], times[j]
+        j = bisect_right(times, t)  # (the end, but after an absorb)
+        table.insert(j, v)
+        times.insert(j, t)
+    if len(table) > LARGE:
+        set_table(st, i_last, dict(zip(table, times, strict=True)))
 
 
-def _seen_after(vals: list[Any], times: Any, v: Any, cut: float) -> bool:
-    """Whether a last-seen table with input partitions (one entry per value and partition)
-    holds value ``v`` at a time after ``cut``."""
-    return any(times[j] > cut for j, x in enumerate(vals) if x is v or x == v)
+def _second(item: tuple[Any, float]) -> float:
+    return item[1]
+
+
+def set_table(st: list[Any], i_last: int, newest: dict[Any, float]) -> None:
+    """Store the last-seen table of value -> newest time ``newest`` in slots ``i_last`` and
+    ``i_last + 1``: up to ``LARGE`` entries a list of values and an array of their times in
+    time order (the newest last: :func:`seen_since` reads it from the end, :func:`prune` cuts
+    its start), over that the dict itself (a lookup instead of a scan: a merchant's ``seen``
+    of card ids); ``None`` when empty. Below ``SMALL`` entries a dict becomes lists again."""
+    if not newest:
+        st[i_last] = st[i_last + 1] = None
+    elif len(newest) > LARGE or (st[i_last].__class__ is dict and len(newest) >= SMALL):
+        st[i_last], st[i_last + 1] = newest, None
+    else:
+        items = sorted(newest.items(), key=_second)
+        st[i_last] = [v for v, _t in items]
+        st[i_last + 1] = array("d", [t for _v, t in items])
+
+
+def table_items(st: list[Any], i_last: int) -> Iterable[tuple[Any, float]]:
+    """The (value, newest time) entries of the last-seen table at slots ``i_last``."""
+    table = st[i_last]
+    if table is None:
+        return ()
+    return table.items() if table.__class__ is dict else zip(table, st[i_last + 1], strict=True)
+
+
+def prune(st: list[Any], i_last: int, dead: float) -> None:
+    """Drop the entries of the last-seen table at slots ``i_last`` logged at or before
+    ``dead``."""
+    table = st[i_last]
+    if table.__class__ is dict:
+        set_table(st, i_last, {v: t for v, t in table.items() if t > dead})
+    elif table is not None:
+        k = bisect_right(st[i_last + 1], dead)
+        if k == len(table):
+            st[i_last] = st[i_last + 1] = None
+        elif k:
+            del table[:k], st[i_last + 1][:k]
+
+
+def seen_in(a: list[Any], v: Any, lo: int, hi: int) -> bool:
+    """Whether ``a[lo:hi]`` holds ``v`` (``lo`` below 0 read as 0): what the typed kernel's
+    ``_seen_in`` does without a copy (:mod:`fds.features.kernel`)."""
+    return v in a[max(lo, 0) : hi]
+
+
+def seen_since(vals: list[Any], times: Any, v: Any, cut: float) -> bool:
+    """Whether a last-seen table's lists (in time order) hold value ``v`` at a time after
+    ``cut``, read from the newest entry back to the first at or before ``cut``: what the
+    typed kernel's ``_seen_since`` does (:mod:`fds.features.kernel`)."""
+    j = len(times) - bisect_right(times, cut)  # (entries after cut: the last j)
+    return j > 0 and v in vals[-j:]
 
 
 # Running sums subtract what leaves a window, so a value far larger than the rest leaves its
@@ -936,7 +955,8 @@ def _namespace() -> dict[str, Any]:
         "_bisect_right": bisect_right,
         "_cut_column": _cut_column,
         "_fold": _fold,
-        "_seen_after": _seen_after,
+        "seen_in": seen_in,
+        "seen_since": seen_since,
         "_tally": tally,
     }
 

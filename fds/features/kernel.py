@@ -27,10 +27,10 @@ time (a lock per kernel in the cache). A build that fails (no C compiler, no Pyt
 said once and the plan stays interpreted, which decides the same; a marker in the cache, left by
 the build itself, holds plans made within the hour (a start, a rules reload) from trying it
 again (a service restarted in a loop builds nothing); a plan left interpreted asks again every
-10 minutes. Kernels are cached by the hash of their
-source, the names it binds, Cython's version, the interpreter's ABI tag, ``CC`` and
-``CFLAGS``, so a ruleset's
-features are built once per machine; the cache is safe to delete. fds loads code from it: a
+10 minutes. Kernels are cached by the hash of their source, the module around it (the
+functions it calls), the names it binds, Cython's version, the interpreter's ABI tag, ``CC``
+and ``CFLAGS``, so a ruleset's features are built once per machine; the cache is safe to
+delete. fds loads code from it: a
 cache directory (or kernel) of another user, or one its group or every user can write, is
 refused, the plans interpreted; a kernel is checked and loaded through one open file.
 
@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from fds.errors import describe
+from fds.features.codegen import LARGE
 
 __all__ = ["Compiler", "module_source"]
 
@@ -135,16 +136,83 @@ def module_source(source: str, names: list[str]) -> str:
 _X86_64 = " -mfpmath=sse" if platform.machine().lower() in ("x86_64", "amd64") else ""
 
 # What a typed source (fds.features.codegen._declarations) uses besides its namespace: the
-# array type, and a read of an array of doubles' memory after one bounds check.
+# array type, a read of an array of doubles' memory after one bounds check, whether a list's
+# slice or a last-seen table holds a value (codegen.seen_in, codegen.seen_since: in one scan,
+# newest first, no copy), and codegen._fold's path for a table of lists (with ``fold``, that
+# function, for the others).
 _PRELUDE = """from cpython cimport array
-from cpython.object cimport Py_SIZE
+from cpython.object cimport Py_EQ, Py_SIZE, PyObject_RichCompareBool
 
 cdef inline double _double_at(array.array a, Py_ssize_t i) except? -1.0:
     if <size_t>i >= <size_t>Py_SIZE(a):
         raise IndexError("array index out of range")
     return a.data.as_doubles[i]
 
-"""
+cdef inline bint _seen_in(list a, object v, Py_ssize_t lo, Py_ssize_t hi) except -1:
+    cdef Py_ssize_t i
+    if hi > len(a):
+        hi = len(a)
+    i = hi - 1
+    while i >= lo and i >= 0:  # (newest first)
+        x = a[i]
+        if x is v or PyObject_RichCompareBool(x, v, Py_EQ):
+            return True
+        i -= 1
+    return False
+
+cdef inline bint _seen_since(list vals, array.array times, object v, double cut) except -1:
+    cdef Py_ssize_t i = len(vals) - 1
+    if i >= Py_SIZE(times):
+        raise IndexError("a last-seen table's times are fewer than its values")
+    while i >= 0 and times.data.as_doubles[i] > cut:  # (newest first: in time order)
+        x = vals[i]
+        if x is v or PyObject_RichCompareBool(x, v, Py_EQ):
+            return True
+        i -= 1
+    return False
+
+cdef int _fold_at(array.array ts, list col, list st, Py_ssize_t i_off, double horizon,
+                  Py_ssize_t i_last, object fold) except -1:
+    cdef Py_ssize_t o = st[i_off]
+    cdef Py_ssize_t k = o, n = Py_SIZE(ts), q, j
+    cdef double t
+    cdef list table
+    cdef array.array times
+    while k < n and ts.data.as_doubles[k] <= horizon:
+        k += 1
+    if k <= o:
+        return 0
+    if type(st[i_last]) is not list or len(st[i_last]) + (k - o) > LARGE:
+        fold(ts, col, st, i_off, horizon, i_last)  # (a new table, a dict, or one to become one)
+        return 0
+    table = st[i_last]
+    times = st[i_last + 1]
+    for q in range(o, k):  # (oldest first: each value's entry keeps its newest time)
+        v = col[q - o]
+        if v is None:
+            continue
+        t = ts.data.as_doubles[q]
+        j = len(table) - 1
+        while j >= 0:
+            x = table[j]
+            if x is v or PyObject_RichCompareBool(x, v, Py_EQ):
+                break
+            j -= 1
+        if j >= 0:
+            if times.data.as_doubles[j] >= t:
+                continue
+            del table[j]
+            del times[j]
+        j = len(table)
+        while j > 0 and times.data.as_doubles[j - 1] > t:  # (in time order)
+            j -= 1
+        table.insert(j, v)
+        times.insert(j, t)
+    del col[: k - o]
+    st[i_off] = k
+    return 0
+
+""".replace("LARGE", str(LARGE))
 
 
 def _tag() -> str | None:
@@ -239,8 +307,11 @@ class Compiler:
             plan._run = run
             return False
         names = sorted(ns)  # (in the key: one source may read other names, a review's
-        # KeyError '_PROV': a feature-less plan with and without provenance)
-        key = hashlib.sha256(f"{self.tag}\n{names}\n{source}".encode()).hexdigest()[:20]
+        # KeyError '_PROV': a feature-less plan with and without provenance; and the module
+        # around the source: a kernel of the same source built with another prelude, whose
+        # functions it calls, is another kernel)
+        text = module_source(source, names)
+        key = hashlib.sha256(f"{self.tag}\n{text}".encode()).hexdigest()[:20]
         with _LOCK:
             unsafe = self._unsafe(self.cache)
             if unsafe:
@@ -272,7 +343,7 @@ class Compiler:
             if running:
                 return False
             try:  # (started here, not by the thread: a process that exits at once still
-                child = self._start(key, module_source(source, names))  # leaves it built)
+                child = self._start(key, text)  # leaves it built)
             except _Refused as exc:
                 self._failed(key, exc, mark=False)
                 return False

@@ -70,8 +70,9 @@ from fds.features.codegen import (
     build_fused,
     build_new_state,
     counted_entities,
-    note,
     prune,
+    set_table,
+    table_items,
     tally,
 )
 from fds.features.codegen import cat as _cat
@@ -211,17 +212,20 @@ class _CompiledGroup:
         self.distinct = tuple(slot in dist for slot in range(g.n_counters))
         # per categorical field: how long its column is kept, the longest window counting it
         # (``cat_keep``) but a ``seen``-only window longer than every ``distinct`` window of
-        # the field: that one reads the values the column cut from the field's last-seen
-        # table (``codegen._fold``; ``seen_keep``: the longest such window, 0 if none); per
+        # the field, in a plan without provenance: that one reads the values the column cut
+        # from the field's last-seen table (``codegen._fold``; ``seen_keep``: the longest
+        # such window, 0 if none); per
         # numeric field: the longest window summing it or keeping its min/max
         n_cat = range(len(g.cat_fields))
         counting = [[(w.retention, w.counters[ci]) for w in g.windows if ci in w.counters]
                     for ci in n_cat]  # fmt: skip
         counted = [max((r for r, slot in c if self.distinct[slot]), default=0.0) for c in counting]
         self.last_slots = frozenset(
-            slot for ci in n_cat for r, slot in counting[ci]
-            if not self.distinct[slot] and r > counted[ci]
-        )  # fmt: skip
+            slot
+            for ci in n_cat
+            for r, slot in counting[ci]
+            if not self.distinct[slot] and r > counted[ci] and not prov
+        )  # fmt: skip (with provenance, as before: a split divides columns, not tables)
         self.cat_keep = tuple(
             max((r for r, slot in counting[ci] if slot not in self.last_slots), default=0.0)
             for ci in n_cat
@@ -554,9 +558,8 @@ class FeaturePlan:
                     o = _offset(st, cg.i_coff[fi]) if st is not None else 0
                     col = st[cg.i_cat[fi]] if st is not None else ()
                     others = set(col[max(lo - o, 0) : max(hi - o, 0)])
-                    if slot in cg.last_slots and st is not None and st[cg.i_last[fi]]:
-                        i = cg.i_last[fi]  # (and the values the column cut, at their times)
-                        got = zip(st[i], st[i + 1], strict=True)
+                    if slot in cg.last_slots and st is not None:  # (and the values the
+                        got = table_items(st, cg.i_last[fi])  # column cut, at their times)
                         others.update(x for x, u in got if cutoff < u <= t)
                     others.discard(None)
                     v = cvals[fi]
@@ -652,8 +655,8 @@ class FeaturePlan:
             if i_last >= 0:  # the values folded into it, and its entries out of reach dropped)
                 col, lag = st[cg.i_cat[ci]], grace + cg.seen_keep[ci]
                 cut = wm - grace - cg.cat_keep[ci]
-                _fold(ts, col, st, cg.i_coff[ci], cut, wm, i_last, cg.i_part, lag)
-                prune(st, i_last, cg.prov, wm - lag)
+                _fold(ts, col, st, cg.i_coff[ci], cut, i_last)
+                prune(st, i_last, wm - lag)
         for i in cg.i_log:
             del st[i][:k]
         for i in cg.i_head:
@@ -1009,15 +1012,12 @@ class FeaturePlan:
             if off >= 0:
                 st[off] = 0
         for i in cg.i_last:  # last-seen tables: both sides' entries, the newest of each
-            if i >= 0 and so[i] is not None:
-                if st[i] is None:  # (copies: the other plan's state is its own)
-                    n = 3 if cg.prov else 2
-                    st[i : i + n] = [c[:] for c in so[i : i + n]]
-                    continue
-                mine = (st[i], st[i + 1], st[i + 2] if cg.prov else None)
-                theirs = so[i + 2] if cg.prov else None
-                for j, (v, u) in enumerate(zip(so[i], so[i + 1], strict=True)):
-                    note(*mine, v, u, theirs[j] if theirs is not None else 0)
+            if i >= 0:
+                both: dict[Any, float] = {}
+                for v, u in [*table_items(st, i), *table_items(so, i)]:
+                    if u > both.get(v, -math.inf):
+                        both[v] = u
+                set_table(st, i, both)
         self._repair(cg, st)
 
     def split(self, parts: Iterable[int]) -> FeaturePlan:
@@ -1071,16 +1071,13 @@ class FeaturePlan:
             if all(m):
                 whole.append(key)
             elif any(m):
-                theirs[key] = self._cut(cg, st, m, moving)
+                theirs[key] = self._cut(cg, st, m)
         for key in whole:
             theirs[key] = mine.pop(key)
 
-    def _cut(
-        self, cg: _CompiledGroup, st: list[Any], m: list[bool], moving: frozenset
-    ) -> list[Any]:
-        """Take the entries where ``m`` (those of the input partitions ``moving``) out of
-        ``st`` into a new state of the same entity (returned); both get their windows
-        recomputed."""
+    def _cut(self, cg: _CompiledGroup, st: list[Any], m: list[bool]) -> list[Any]:
+        """Take the entries where ``m`` out of ``st`` into a new state of the same entity
+        (returned); both get their windows recomputed."""
         keep = list(map(not_, m))
         so = list(st)  # (every column and window part is replaced below or by _repair)
         for i in cg.i_log:
@@ -1091,16 +1088,6 @@ class FeaturePlan:
             so[i], st[i] = _like(st[i], compress(col, m)), _like(st[i], compress(col, keep))
             if off >= 0:
                 so[off] = st[off] = 0
-        for i in cg.i_last:  # last-seen tables: each entry to its input partition's side
-            if i >= 0 and st[i] is not None:
-                vals, times, parts = st[i : i + 3]
-                for side, moves in ((so, True), (st, False)):
-                    js = [j for j, p in enumerate(parts) if (p in moving) is moves]
-                    side[i : i + 3] = (
-                        [[vals[j] for j in js], array("d", [times[j] for j in js]),
-                         array("H", [parts[j] for j in js])]
-                        if js else [None] * 3
-                    )  # fmt: skip
         self._repair(cg, st)
         self._repair(cg, so)
         return so

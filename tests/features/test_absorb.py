@@ -14,7 +14,7 @@ from fds.errors import ConfigError
 from fds.features import FeaturePlan
 from tests.features.conftest import ALL_SPECS, GRACE, STARTS, Spec, streams
 from tests.features.reference import LATE, reference
-from tests.features.test_plan_dense import dense_stream
+from tests.features.test_plan_dense import LAST_SEEN_SPECS, dense_stream, recurring
 from tests.features.test_plan_properties import assert_same, run_plan
 
 
@@ -62,6 +62,27 @@ def test_merged_partitions_continue_as_one_plan(
     tail = ops[cut:]
     n_head = sum(1 for op in ops[:cut] if op["kind"] == "tx")
     assert_same(run_plan(b, tail), want[n_head:], tail)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_last_seen_tables_of_both_plans_are_merged(seed: int) -> None:
+    # each plan's entities (a device used by both cards) hold last-seen tables of the values
+    # their columns cut (codegen._fold): an absorb keeps the newer time of each value
+    ops = recurring(dense_stream(seed, 900, STARTS["UTC"][0], mean_step=45.0), seed)
+    ops = _accepted(ops, reference(LAST_SEEN_SPECS, ops, timezone="UTC", grace=GRACE))
+    want = reference(LAST_SEEN_SPECS, ops, timezone="UTC", grace=GRACE)
+
+    def make() -> FeaturePlan:
+        return FeaturePlan(LAST_SEEN_SPECS, grace=GRACE, sweep_min_events=1)
+
+    cut = len(ops) * 2 // 3
+    a, b = _split_run(ops, cut, lambda tx: tx["card_id"] == "a", make)
+    cg = b._groups[1]  # (devices: both plans hold them, each with its cards' table)
+    assert any(a.states[1][d][cg.i_last[0]] and st[cg.i_last[0]] for d, st in b.states[1].items())
+    b.absorb(a)
+    tail = ops[cut:]
+    n_head = sum(1 for op in ops[:cut] if op["kind"] == "tx")
+    assert_same(run_plan(b, tail), want[n_head:], tail, LAST_SEEN_SPECS)
 
 
 @functools.cache

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from fds.errors import ConfigError
 from fds.features import FeaturePlan
 from fds.features.kernel import BUILD_TIMEOUT_S, KEEP_S, RETRY_AFTER_S, Compiler
-from tests.features.conftest import ALL_SPECS, GRACE, streams
+from tests.features.conftest import ALL_SPECS, GRACE, STARTS, Spec, streams
 from tests.features.reference import reference
 from tests.features.test_plan_properties import assert_same, run_plan
 from tests.features.test_split import _feed as feed
@@ -93,6 +93,44 @@ def test_the_kernel_gives_the_interpreted_values_and_the_brute_force_ones(
     got = run_plan(fast, ops)
     assert same(got, run_plan(plan(tz=tz), ops))
     assert_same(got, reference(ALL_SPECS, ops, timezone=tz, grace=GRACE), ops)
+
+
+def test_the_kernels_last_seen_tables_are_the_interpreted_ones(tmp_path: Path) -> None:
+    # the typed kernel's own fold and lookups of last-seen tables (fds.features.kernel's
+    # _fold_at, _seen_in, _seen_since), lists and dicts, against the interpreted plan; and a
+    # kernel of the same source in another module (another release's prelude) is another one
+    from fds.features import kernel
+    from tests.features.test_plan_dense import LAST_SEEN_SPECS, dense_stream, recurring
+
+    specs = [*LAST_SEEN_SPECS, Spec("m_seen_card_2h", "merchant_id", "seen", "card_id", "2h")]
+    compiler = Compiler(tmp_path)  # (its own cache: the fixture's holds one kernel)
+    assert not plan(specs, compiler=compiler).compiled
+    assert compiler.wait()
+    ops = recurring(dense_stream(5, 1500, STARTS["UTC"][0], mean_step=20.0), 5)
+    for op in ops:  # (a merchant of many cards: its table a dict)
+        if op["kind"] == "tx":
+            op["tx"]["merchant_id"] = "m"
+            op["tx"]["card_id"] = f"c{int(op['tx']['tx_id'][1:]) * 7 % 300}"
+    fast = plan(specs, compiler=compiler)
+    assert fast.compiled
+    got = run_plan(fast, ops)
+    assert same(got, run_plan(plan(specs), ops))
+    assert_same(got, reference(specs, ops, timezone="UTC", grace=GRACE), ops, specs)
+    kinds = {
+        type(st[cg.i_last[ci]])
+        for cg, states in zip(fast._groups, fast.states, strict=True)
+        for st in states.values()
+        for ci in range(len(cg.cats))
+        if cg.i_last[ci] >= 0
+    }
+    assert kinds >= {list, dict}
+    prelude, other = kernel._PRELUDE, Compiler(tmp_path)
+    try:
+        kernel._PRELUDE = prelude + "# another release\n"
+        assert not plan(specs, compiler=other).compiled
+    finally:
+        kernel._PRELUDE = prelude
+    assert other.wait() and plan(specs, compiler=Compiler(tmp_path)).compiled
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
