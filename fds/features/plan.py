@@ -100,10 +100,10 @@ _FORMAT_PROVENANCE = 11  # (a bump of either skips past both: they share one ran
 # to 6 and 7 every value counter was a dict (8 and 9: a number in a short window,
 # codegen.tally, which a release before them cannot fold into) and every numeric column as
 # long as the log (8 and 9 keep one only as long as the longest window reading it: its offset
-# is the state's last slot, appended as 0 to a state of before); up to 8 and 9 a `seen`-only
-# window longer than its field's `distinct` windows kept the field's column (10 and 11 keep a
-# last-seen table instead: its slots come last, appended empty to a state of before, and the
-# column is cut at the entity's next event).
+# is the state's last slot, appended as 0 to a state of before); up to 8 a `seen`-only window
+# longer than its field's `distinct` windows kept the field's column (10 keeps a last-seen
+# table instead: its slots come last, appended empty to a state of before, and the column is
+# cut at the entity's next event; 11, with provenance, keeps the column as 9 did).
 _READS = {_FORMAT: (4, 6, 8), _FORMAT_PROVENANCE: (5, 7, 9)}
 # Identity entries that a state saved before they existed lacks, and what it had then.
 _IDENTITY_DEFAULTS = {"provenance": False}
@@ -212,10 +212,10 @@ class _CompiledGroup:
         self.distinct = tuple(slot in dist for slot in range(g.n_counters))
         # per categorical field: how long its column is kept, the longest window counting it
         # (``cat_keep``) but a ``seen``-only window longer than every ``distinct`` window of
-        # the field, in a plan without provenance: that one reads the values the column cut
-        # from the field's last-seen table (``codegen._fold``; ``seen_keep``: the longest
-        # such window, 0 if none); per
-        # numeric field: the longest window summing it or keeping its min/max
+        # the field, in a plan without provenance (a split divides columns, not tables): that
+        # one reads the values the column cut from the field's last-seen table
+        # (``codegen._fold``; ``seen_keep``: the longest such window, 0 if none); per numeric
+        # field: the longest window summing it or keeping its min/max
         n_cat = range(len(g.cat_fields))
         counting = [[(w.retention, w.counters[ci]) for w in g.windows if ci in w.counters]
                     for ci in n_cat]  # fmt: skip
@@ -225,7 +225,7 @@ class _CompiledGroup:
             for ci in n_cat
             for r, slot in counting[ci]
             if not self.distinct[slot] and r > counted[ci] and not prov
-        )  # fmt: skip (with provenance, as before: a split divides columns, not tables)
+        )
         self.cat_keep = tuple(
             max((r for r, slot in counting[ci] if slot not in self.last_slots), default=0.0)
             for ci in n_cat
