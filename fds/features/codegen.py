@@ -734,7 +734,7 @@ def _fused(cgs: Any, names: Any, typed: bool) -> str:
         a("        else:")
         lines += ["            " + line for line in _body(cg, var, typed)]
         a(f"            if {at('ts', '0')} <= wm - {cg.trim_lag!r}:")
-        a(f"                _trim({gi}, st, wm - {cg.keep!r})")
+        a(f"                _trim({gi}, st, wm - {cg.log_keep!r})")
         if cg.fraud and len(fraud) == 1:
             a(f"        _remember(tx_id, t, st[0]{part})")
         elif cg.fraud:

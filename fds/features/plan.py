@@ -256,11 +256,22 @@ class _CompiledGroup:
             )
             for fi in range(len(g.num_fields))
         )  # fmt: skip
-        # the log keeps ``keep`` seconds behind the watermark; trimmed once ``trim_lag`` old
+        # an entity is held ``keep`` seconds after its newest event (its longest window and the
+        # grace); its log keeps ``log_keep`` seconds behind the watermark, trimmed once
+        # ``trim_lag`` old: as long as ``keep`` but for windows read from last-seen tables
+        # alone (a card's 90-day ``seen`` windows do not keep its 90 days of timestamps)
         self.keep = grace + self.longest
+        tables_only = {
+            wi for wi in range(len(g.windows))
+            if all(f.agg == "seen" and f.slot in self.last_slots for f in g.features if f.win == wi)
+        }  # fmt: skip
+        self.log_longest = max(
+            (w.retention for wi, w in enumerate(g.windows) if wi not in tables_only), default=0.0
+        )
+        self.log_keep = grace + self.log_longest
         # the least idle time after which a cap evicts (max_entities): the shortest window's
         self.floor = grace + min(w.retention for w in g.windows)
-        self.trim_lag = self.keep + self.longest * _TRIM_SLACK
+        self.trim_lag = self.log_keep + self.longest * _TRIM_SLACK
         assign_slots(self)
         self.new_state = build_new_state(self)
 
@@ -650,7 +661,7 @@ class FeaturePlan:
         k = bisect_right(ts, horizon)
         if k <= 0:
             return
-        wm, grace = horizon + cg.keep, cg.keep - cg.longest
+        wm, grace = horizon + cg.log_keep, cg.keep - cg.longest
         for ci, i_last in enumerate(cg.i_last):  # (columns with a last-seen table: cut first,
             if i_last >= 0:  # the values folded into it, and its entries out of reach dropped)
                 col, lag = st[cg.i_cat[ci]], grace + cg.seen_keep[ci]
@@ -659,8 +670,8 @@ class FeaturePlan:
                 prune(st, i_last, wm - lag)
         for i in cg.i_log:
             del st[i][:k]
-        for i in cg.i_head:
-            st[i] -= k
+        for i in cg.i_head:  # (a window read from a table alone may reach behind the log)
+            st[i] = max(st[i] - k, 0)
         for i in cg.i_mono:
             st[i] = array("q", [q - k for q in st[i]])
         for i, off, keep in cg.i_short:
@@ -671,7 +682,7 @@ class FeaturePlan:
             if o < 0:
                 del st[i][:-o]
                 o = 0
-            kc = bisect_right(ts, horizon + cg.longest - keep)
+            kc = bisect_right(ts, horizon + cg.log_longest - keep)
             if kc > o:
                 del st[i][: kc - o]
                 o = kc

@@ -303,6 +303,10 @@ def test_a_long_seen_window_reads_the_values_its_column_cut_from_a_table(seed: i
     assert [card.seen_keep[ci] for ci in range(3)] == [48 * 3600.0, 3600.0, 5400.0]
     assert len(card.last_slots) == 4 and len(device.last_slots) == 1
     st = again.states[0]["a"]
+    # the log kept for the 2-hour count, not for the tables' calendar day (48 h): trimmed
+    assert card.log_longest == 7200.0 < card.longest
+    kept, fed = st[TS][-1] - st[TS][0], st[TS][-1] - ops[0]["tx"]["ts"]
+    assert kept < GRACE + 7200.0 + card.longest / 16 < fed
     for ci, i in enumerate(card.i_last):
         assert st[i] and len(st[card.i_cat[ci]]) < len(st[TS]) - 8  # (cut, folded, read)
         assert all(st[card.i_ctr[slot]] == 0 for slot in card.last_slots)  # (no counter)
