@@ -109,9 +109,10 @@ _READS = {_FORMAT: (4, 6, 8), _FORMAT_PROVENANCE: (5, 7, 9)}
 _IDENTITY_DEFAULTS = {"provenance": False}
 # Input partitions are logged as unsigned 16-bit numbers (array "H").
 _MAX_PART = 0xFFFF
-# The log may hold this fraction of the longest window beyond what is needed before it is
-# trimmed: trimming then happens once per 1/16 window per entity (amortised O(1) per event)
-# at a memory cost of at most ~6 % extra entries.
+# The log may hold this fraction of its longest window (the entity's, where every window is
+# read from last-seen tables alone) beyond what is needed before it is trimmed: trimming then
+# happens once per 1/16 window per entity (amortised O(1) per event) at a memory cost of at
+# most ~6 % extra entries.
 _TRIM_SLACK = 1 / 16
 # Idle entities of a group are swept every 1/8 of its longest window of event time, checked
 # once as many events as there are held states (at least _SWEEP_MIN_EVENTS) went by: a sweep
@@ -271,7 +272,7 @@ class _CompiledGroup:
         self.log_keep = grace + self.log_longest
         # the least idle time after which a cap evicts (max_entities): the shortest window's
         self.floor = grace + min(w.retention for w in g.windows)
-        self.trim_lag = self.log_keep + self.longest * _TRIM_SLACK
+        self.trim_lag = self.log_keep + (self.log_longest or self.longest) * _TRIM_SLACK
         assign_slots(self)
         self.new_state = build_new_state(self)
 

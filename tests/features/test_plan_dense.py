@@ -342,3 +342,24 @@ def test_a_last_seen_table_of_many_values_is_a_dict() -> None:
         kinds.append(type(plan.states[0]["m"][cg.i_last[0]]))
     assert_same(got, reference(specs, ops, timezone="UTC", grace=GRACE), ops, specs)
     assert dict in kinds[:1200] and kinds[-1] is list and SMALL < LARGE
+
+
+def test_a_log_behind_tables_alone_is_trimmed_by_its_own_window() -> None:
+    # a 1-hour count and a 1-day seen read from its table alone: the log is kept for the hour
+    # (and the grace), trimmed once a sixteenth of that hour more is held, not of the day (a
+    # review: 9,295 s held against 3,900 s needed)
+    specs = [
+        Spec("n_1h", "card_id", "count", None, "1h"),
+        Spec("seen_m_1d", "card_id", "seen", "merchant_id", "1d"),
+    ]
+    plan = FeaturePlan(specs, grace=GRACE)
+    cg = plan._groups[0]
+    assert cg.log_keep == GRACE + 3600.0 and cg.keep == GRACE + 86400.0
+    held = 0.0
+    for i in range(6000):
+        tx = {"tx_id": f"t{i}", "ts": STARTS["UTC"][0] + 5.0 * i, "card_id": "a",
+              "merchant_id": f"m{i % 97}"}  # fmt: skip
+        plan.compute(tx)
+        ts = plan.states[0]["a"][TS]
+        held = max(held, ts[-1] - ts[0])
+    assert GRACE + 3600.0 < held <= GRACE + 3600.0 * (1 + 1 / 16)
