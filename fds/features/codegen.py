@@ -30,6 +30,7 @@ import sys
 from array import array
 from bisect import bisect_right
 from collections.abc import Callable, Collection, Iterable
+from operator import itemgetter
 from typing import Any
 
 from fds.features.shards import SHARDS, Shards
@@ -40,6 +41,7 @@ __all__ = [
 ]  # fmt: skip
 
 NAN = math.nan
+_TIME = itemgetter(1)  # (of a (value, time) item of a last-seen table)
 # Fixed positions in every flat entity state (see assign_slots).
 KEY, TS = 0, 1
 # A column kept shorter than the log is cut once more than this many of its values (and a
@@ -813,7 +815,7 @@ def _fold(ts: Any, col: list[Any], st: list[Any], i_off: int, horizon: float, i_
         table, times = st[i_last], st[i_last + 1] = [], array("d")
     else:
         times = st[i_last + 1]
-    for v, t in sorted(newest.items(), key=_second):
+    for v, t in sorted(newest.items(), key=_TIME):
         if v in table:
             j = table.index(v)
             if times[j] >= t:
@@ -824,10 +826,6 @@ def _fold(ts: Any, col: list[Any], st: list[Any], i_off: int, horizon: float, i_
         times.insert(j, t)
     if len(table) > LARGE:
         set_table(st, i_last, dict(zip(table, times, strict=True)))
-
-
-def _second(item: tuple[Any, float]) -> float:
-    return item[1]
 
 
 def set_table(st: list[Any], i_last: int, newest: dict[Any, float]) -> None:
@@ -841,7 +839,7 @@ def set_table(st: list[Any], i_last: int, newest: dict[Any, float]) -> None:
     elif len(newest) > LARGE or (st[i_last].__class__ is dict and len(newest) >= SMALL):
         st[i_last], st[i_last + 1] = newest, None
     else:
-        items = sorted(newest.items(), key=_second)
+        items = sorted(newest.items(), key=_TIME)
         st[i_last] = [v for v, _t in items]
         st[i_last + 1] = array("d", [t for _v, t in items])
 
