@@ -33,7 +33,7 @@ from collections.abc import Callable, Collection, Iterable
 from operator import itemgetter
 from typing import Any
 
-from fds.features.shards import SHARDS, Shards
+from fds.features.shards import Shards, shard_of
 
 __all__ = [
     "KEY", "LARGE", "SMALL", "TS", "assign_slots", "build_fused", "build_new_state", "cat",
@@ -690,6 +690,7 @@ def _fused(cgs: Any, names: Any, typed: bool) -> str:
     var = {name: f"y{i}" for i, name in enumerate(names)}
     fraud = [gi for gi, cg in enumerate(cgs) if cg.fraud]
     at = _at(typed)
+    shard = "_shard_of" if typed else "shard_of"  # (the typed kernel's own: fds.features.kernel)
     lines = ["def run(tx, t, double wm):" if typed else "def run(tx, t, wm):"]
     a = lines.append
     if typed:
@@ -711,7 +712,7 @@ def _fused(cgs: Any, names: Any, typed: bool) -> str:
     for gi in sorted(early):  # (keys that groups folded before theirs count: _order)
         ev = _var(cgs[gi].ent, cgs[gi].ent_sub)
         a(f"    if {ev} is not None:")
-        a(f"        st = states{gi}[hash({ev}) % {SHARDS}].get({ev})")
+        a(f"        st = states{gi}[{shard}({ev})].get({ev})")
         a("        if st is not None:")
         a(f"            {ev} = st[0]")
     for gi in order:
@@ -719,7 +720,7 @@ def _fused(cgs: Any, names: Any, typed: bool) -> str:
         a(f"    # ---- group {gi}: {cg.g.entity}")
         ev = _var(cg.ent, cg.ent_sub)
         a(f"    if {ev} is not None:")
-        a(f"        sh = states{gi}[hash({ev}) % {SHARDS}]")  # (its shard: fds.features.shards)
+        a(f"        sh = states{gi}[{shard}({ev})]")  # (its shard: fds.features.shards)
         a(f"        st = sh.get({ev})")
         a("        if st is None:")
         a(f"            st = sh[{ev}] = _new{gi}({ev}, tx)")
@@ -955,6 +956,7 @@ def _namespace() -> dict[str, Any]:
         "_fold": _fold,
         "seen_in": seen_in,
         "seen_since": seen_since,
+        "shard_of": shard_of,
         "_tally": tally,
     }
 

@@ -62,6 +62,7 @@ from typing import Any, ClassVar
 
 from fds.errors import describe
 from fds.features.codegen import LARGE
+from fds.features.shards import SHARDS
 
 __all__ = ["Compiler", "module_source"]
 
@@ -136,12 +137,46 @@ def module_source(source: str, names: list[str]) -> str:
 _X86_64 = " -mfpmath=sse" if platform.machine().lower() in ("x86_64", "amd64") else ""
 
 # What a typed source (fds.features.codegen._declarations) uses besides its namespace: the
-# array type, a read of an array of doubles' memory after one bounds check, whether a list's
-# slice or a last-seen table holds a value (codegen.seen_in, codegen.seen_since: in one scan,
-# newest first, no copy), and codegen._fold's path for a table of lists (with ``fold``, that
-# function, for the others).
+# array type, an entity's shard (fds.features.shards.shard_of: a string's CRC-32, read from its
+# characters in place when they are ASCII), a read of an array of doubles' memory after one
+# bounds check, whether a list's slice or a last-seen table holds a value (codegen.seen_in,
+# codegen.seen_since: in one scan, newest first, no copy), and codegen._fold's path for a
+# table of lists (with ``fold``, that function, for the others).
 _PRELUDE = """from cpython cimport array
 from cpython.object cimport Py_EQ, Py_SIZE, PyObject_RichCompareBool
+from zlib import crc32 as _crc32
+
+cdef extern from "Python.h":
+    int PyUnicode_READY(object) except -1
+    bint PyUnicode_IS_ASCII(object)
+    void* PyUnicode_DATA(object)
+    Py_ssize_t PyUnicode_GET_LENGTH(object)
+
+cdef unsigned int _CRC[256]
+cdef unsigned int _c
+cdef int _i, _j
+for _i in range(256):  # (zlib's CRC-32: reflected, polynomial 0xEDB88320)
+    _c = _i
+    for _j in range(8):
+        _c = (_c >> 1) ^ 0xEDB88320u if _c & 1 else _c >> 1
+    _CRC[_i] = _c
+
+cdef inline Py_ssize_t _shard_of(object k) except -1:
+    cdef const unsigned char* p
+    cdef unsigned int c = 0xFFFFFFFFu
+    cdef Py_ssize_t i, n
+    cdef Py_hash_t h
+    if type(k) is str:
+        PyUnicode_READY(k)
+        if PyUnicode_IS_ASCII(k):  # (its UTF-8: the string's own bytes, read in place)
+            p = <const unsigned char*>PyUnicode_DATA(k)
+            n = PyUnicode_GET_LENGTH(k)
+            for i in range(n):
+                c = _CRC[(c ^ p[i]) & 0xFF] ^ (c >> 8)
+            return (c ^ 0xFFFFFFFFu) % SHARDS
+        return _crc32(k.encode("utf-8", "surrogatepass")) % SHARDS
+    h = hash(k) % SHARDS
+    return h + SHARDS if h < 0 else h
 
 cdef inline double _double_at(array.array a, Py_ssize_t i) except? -1.0:
     if <size_t>i >= <size_t>Py_SIZE(a):
@@ -212,7 +247,7 @@ cdef int _fold_at(array.array ts, list col, list st, Py_ssize_t i_off, double ho
     st[i_off] = k
     return 0
 
-""".replace("LARGE", str(LARGE))
+""".replace("LARGE", str(LARGE)).replace("SHARDS", str(SHARDS))
 
 
 def _tag() -> str | None:

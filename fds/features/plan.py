@@ -78,7 +78,7 @@ from fds.features.codegen import (
 from fds.features.codegen import cat as _cat
 from fds.features.codegen import num as _num
 from fds.features.kernel import Compiler
-from fds.features.shards import SHARDS, Shards
+from fds.features.shards import SHARDS, Shards, shard_of
 from fds.features.spec import DEFAULT_GRACE, Group, Layout, compile_specs, grace_seconds
 from fds.features.txstore import TxStore
 from fds.schema import id_text
@@ -720,7 +720,7 @@ class FeaturePlan:
             idle = wm - self._idle[gi]  # (the horizon itself but under a cap)
             end = min(pos + budget, len(keys))
             for k in keys[pos:end]:
-                part = parts[hash(k) % SHARDS]
+                part = parts[shard_of(k)]
                 st = part.get(k)
                 if st is not None and st[TS][-1] <= idle:
                     del part[k]
@@ -874,6 +874,7 @@ class FeaturePlan:
             "accepted": self._accepted,
             "sweep_after": self._sweep_after,
             "sweep_todo": self._sweep_todo,
+            "shards": "crc32",  # (by shard_of: a sweep's shard numbers hold in any process)
             "labels": self._labels,
             "next_label_expiry": self._next_label_expiry,
             "label_ttl": self.label_ttl,
@@ -944,13 +945,17 @@ class FeaturePlan:
         self._sweep_at = body["sweep_at"]
         self._accepted = body["accepted"]
         self._sweep_after = body["sweep_after"]
-        # A sweep in progress visits every shard again: the keys were spread by this
-        # process's hash, so the numbers of the shards it had left name other keys now (a
-        # review: 4,012 of 20,000 idle cards stayed until the next sweep). Its keys in hand
-        # stay; a state of format 4 or 5 saved [group, all its keys, next].
-        self._sweep_todo = [
-            [*item[:3], list(range(SHARDS - 1, -1, -1))] for item in body["sweep_todo"]
-        ]
+        # A sweep in progress goes on where it was: the shards are the same in every process
+        # (shard_of), so is what a restart decides under a cap. In a state of an earlier
+        # release the keys were spread by that process's string hash, and the numbers of the
+        # shards it had left name other keys now (a review: 4,012 of 20,000 idle cards stayed
+        # until the next sweep): it visits every shard again, its keys in hand kept (a state
+        # of format 4 or 5 saved [group, all its keys, next]).
+        self._sweep_todo = body["sweep_todo"]
+        if body.get("shards") != "crc32":
+            self._sweep_todo = [
+                [*item[:3], list(range(SHARDS - 1, -1, -1))] for item in self._sweep_todo
+            ]
         self._labels = body["labels"]
         self._next_label_expiry = body["next_label_expiry"]
         self.watermark_tx = _named(body)

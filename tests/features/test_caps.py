@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -97,6 +99,57 @@ def test_a_restored_state_continues_a_capped_sweep_as_the_uninterrupted_plan() -
     for tx in txs[6_000:]:
         assert a.compute(tx) == b.compute(tx)
     assert a.evictions_by_cap() == b.evictions_by_cap() != {"card_id": 0}
+
+
+# A child process: the features of a stream under a cap of 300, and the evictions, written
+# to a file (argv: the file; "whole", or "first" / "rest" and a state's file: the stream up to
+# a sweep in progress after its 4,000th event, the state saved; from that state on).
+CHILD = """
+import pickle, random, sys
+from tests.features.test_caps import T0, plan
+rng = random.Random(5)
+txs = [
+    {"tx_id": f"t{i}", "ts": T0 + i, "card_id": f"c{rng.randrange(1500)}",
+     "amount": float(i % 97), "merchant_id": f"m{i % 7}"}
+    for i in range(8000)
+]
+out, mode, *state = sys.argv[1:]
+p, got = plan(300), []
+if mode == "rest":
+    with open(state[0], "rb") as f:
+        p.load_state_dict(pickle.load(f))
+for i, tx in enumerate(txs[p._accepted:]):
+    got.append(p.compute(tx))
+    if mode == "first" and i >= 4000 and p._sweep_todo:
+        with open(state[0], "wb") as f:
+            pickle.dump(p.state_dict(), f)
+        break
+with open(out, "wb") as f:
+    pickle.dump((got, p.evictions_by_cap()["card_id"]), f)
+"""
+
+
+def _child(seed: int, path: Path, *args: str) -> tuple[list[dict], int]:
+    env = {**os.environ, "PYTHONHASHSEED": str(seed)}
+    root = str(Path(__file__).resolve().parents[2])
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, str(path), *args],
+        env=env, cwd=root, capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return pickle.loads(path.read_bytes())
+
+
+def test_what_a_cap_evicts_is_the_same_in_every_process(tmp_path: Path) -> None:
+    # the sweeps went shard by shard, the shards by Python's string hash (seeded per process):
+    # two replays of one file, or a run and its restart, evicted others among cards idle about
+    # as long, and their features differed (a QA pass); now the shards are shard_of's
+    out, state = tmp_path / "out.pickle", str(tmp_path / "state.pickle")
+    whole = [_child(seed, out, "whole") for seed in (1, 2)]
+    assert whole[0] == whole[1] and whole[0][1] > 1_000  # (evicting throughout)
+    first = _child(3, out, "first", state)
+    rest = _child(4, out, "rest", state)  # (restored mid-sweep, in another process)
+    assert first[0] + rest[0] == whole[0][0] and first[1] < rest[1] == whole[0][1]
 
 
 def test_a_state_saved_before_caps_loads_with_every_horizon_in_full() -> None:

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from fds.errors import ConfigError
 from fds.features import FeaturePlan
 from fds.features.kernel import BUILD_TIMEOUT_S, KEEP_S, RETRY_AFTER_S, Compiler
+from fds.features.shards import shard_of
 from tests.features.conftest import ALL_SPECS, GRACE, STARTS, Spec, streams
 from tests.features.reference import reference
 from tests.features.test_plan_properties import assert_same, run_plan
@@ -131,6 +132,28 @@ def test_the_kernels_last_seen_tables_are_the_interpreted_ones(tmp_path: Path) -
     finally:
         kernel._PRELUDE = prelude
     assert other.wait() and plan(specs, compiler=Compiler(tmp_path)).compiled
+
+
+# Entity keys of every kind a shard is chosen for: ASCII (read in place by the kernel),
+# Latin-1, other planes, a lone surrogate (JSON allows one), long, empty; numbers by value.
+SHARD_KEYS = [
+    "c1", "", "\u00e9t\u00e9", "\uce74\ub4dc", "\U0001f600", "\ud800x", "k" * 300, 7, -1,
+    -(2**70), 3.5, -2.0, True,
+]  # fmt: skip
+
+
+def test_the_kernel_puts_each_entity_in_the_shard_shard_of_names(compiler: Compiler) -> None:
+    # the hot path picks a state's shard itself (the kernel's _shard_of); the plan's other
+    # readers (the sweeps, checkpoints, state_sizes) find it by shard_of: both must agree
+    fast = plan(compiler=compiler)
+    assert fast.compiled
+    for i, key in enumerate(SHARD_KEYS):
+        tx = {"tx_id": f"t{i}", "ts": STARTS["UTC"][0] + i, "card_id": key, "amount": 1.0}
+        assert fast.compute(tx)["c_n_60s"] == 1
+    shards = fast.states[next(i for i, cg in enumerate(fast._groups) if cg.ent == "card_id")]
+    assert sorted(map(repr, shards)) == sorted(map(repr, SHARD_KEYS))
+    assert all(k in shards.parts[shard_of(k)] for k in SHARD_KEYS)
+    assert shard_of("c1") == 177 and shard_of("\U0001f600") != shard_of("\ud800x")
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
