@@ -582,12 +582,17 @@ class Engine:
         m, self.metrics = self.metrics, None
         hold = getattr(self.rules, "hold_counts", None)
         restore = hold() if hold is not None else None
+        plan: Any = self.features if hasattr(self.features, "folding") else None
+        if plan is not None:
+            plan.folding = True  # (its cap's evictions: counted by who decided them)
         try:
             self.decide(tx)
         finally:
             self.metrics = m
             if restore is not None:
                 restore()
+            if plan is not None:
+                plan.folding = False
 
     def learn(self, label: Mapping[str, Any]) -> None:
         """Feed one label (late feedback) to the stages that learn from labels."""

@@ -790,7 +790,7 @@ class Metrics(Collector):
                 "oldest idle first, because their type held more than its max_entities.",
                 labels=["entity"],
             )
-            for entity, n in capped().items():
+            for entity, n in capped(decided=True).items():  # (this process's: see the plan)
                 c.add_metric([entity], float(n))
             yield c
             g = GaugeMetricFamily(  # (fds_state_entities could not be drawn against it: a QA)

@@ -94,7 +94,8 @@ def exercise(m: Metrics) -> None:
     m.model_fallback("error")
     ip = FeatureSpec(name="ip_n", entity="ip", agg="count", window="1h")
     plan = FeaturePlan([ip], max_entities={"ip": 5})  # (fds_features_compiled, the cap's)
-    plan.evicted_by_cap[0] = 4
+    plan.evicted_by_cap[0] = 9  # (restored with the state: not this process's evictions)
+    plan._decided_by_cap[0] = 4
     m.watch_features(lambda: plan)
 
 

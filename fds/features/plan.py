@@ -361,6 +361,14 @@ class FeaturePlan:
             self.label_ttl = parse_duration(label_ttl)
         self._label_span = max(self.label_ttl / _LABEL_BUCKETS, 1.0)
         self.max_entities = max_entities
+        # True while events are folded for their effect on the state alone (a restore catching
+        # up on what was decided before): what a cap evicts then is not counted in
+        # evictions_by_cap(decided=True), whose counts this process made (not saved, not reset
+        # by a restore: the metric's; read from the state, it fell after a kill -9 and a
+        # restart, a counter reset to Prometheus and a spike of every eviction restored, and a
+        # takeover's rebuild counted the evictions of the instance it replaced again: a QA pass)
+        self.folding = False
+        self._decided_by_cap = [0 for _ in self._groups]
         self._reset()
 
     @property
@@ -382,8 +390,6 @@ class FeaturePlan:
             if cap.__class__ is not int or cap < 1:
                 raise ValueError(f"max_entities of {ent} is a whole number of 1 or more: {cap!r}")
         self._caps = tuple(caps.get(ent, 0) for ent in ents)
-        capped = [c for c in self._caps if c]
-        self._cap_every = max(min(capped) // _CAP_CHECKS, 1) if capped else 1 << 62
         if hasattr(self, "_idle"):  # (not while the plan is made: no state yet)
             self._follow_caps()
 
@@ -488,12 +494,15 @@ class FeaturePlan:
         """Entities held per entity type, e.g. ``{"card_id": 1203, "merchant_id": 88}``."""
         return {cg.g.entity: len(s) for cg, s in zip(self._groups, self.states, strict=True)}
 
-    def evictions_by_cap(self) -> dict[str, int]:
+    def evictions_by_cap(self, *, decided: bool = False) -> dict[str, int]:
         """Entities evicted before their horizon by their type's cap (:attr:`max_entities`),
-        per entity type with a cap (``fds_state_evicted_by_cap_total{entity}``)."""
+        per entity type with a cap: in the state (restored with it), or with ``decided`` those
+        this plan evicted while deciding, since it was made (``folding`` off;
+        ``fds_state_evicted_by_cap_total{entity}``)."""
+        counts = self._decided_by_cap if decided else self.evicted_by_cap
         return {
             cg.g.entity: n
-            for cg, n, cap in zip(self._groups, self.evicted_by_cap, self._caps, strict=True)
+            for cg, n, cap in zip(self._groups, counts, self._caps, strict=True)
             if cap or n
         }
 
@@ -727,19 +736,27 @@ class FeaturePlan:
                     self.evicted_entities += 1
                     if st[TS][-1] > horizon:
                         self.evicted_by_cap[gi] += 1
+                        if not self.folding:
+                            self._decided_by_cap[gi] += 1
             budget -= end - pos
             item[2] = end
         if todo:  # more to visit: again at the next event
             self._sweep_after = self._accepted + 1
         else:
-            held = sum(len(s) for s in self.states)
-            # (a cap is checked after an eighth of it, a small one below sweep_min_events: at
-            # 400, 1,351 were held between two checks of 1,000 events, a QA pass; not while a
-            # cap cannot be held: every check swept all the states again, 2-7x each event's
-            # cost at a cap of 2,000 or 100, a review)
-            every = max(held, self.sweep_min_events)
-            if not any(self._at_floor):
-                every = min(every, self._cap_every)
+            # Next considered after as many events as states are held (a sweep's visits paid
+            # over as many events), a type with a cap sooner: after an eighth of it (a small
+            # one below sweep_min_events: at 400, 1,351 were held between two checks of 1,000
+            # events, a QA pass), or, while its cap cannot be held, after as many events as
+            # it holds itself (each check sweeps all its states again: at an eighth of the
+            # cap, 2-7x each event's cost at caps of 2,000 or 100, a review; after as many as
+            # all types held, a card type capped at 100 grew to 10,554 states between checks
+            # for ~500 active, a QA pass)
+            every = max(sum(len(s) for s in self.states), self.sweep_min_events)
+            for gi, cap in enumerate(self._caps):
+                if self._at_floor[gi]:
+                    every = min(every, max(len(self.states[gi]), self.sweep_min_events))
+                elif cap:
+                    every = min(every, max(cap // _CAP_CHECKS, 1))
             self._sweep_after = self._accepted + every
 
     def _sample(self, gi: int) -> Iterator[list[Any]]:
@@ -771,11 +788,14 @@ class FeaturePlan:
         self._at_floor[gi] = self._idle[gi] == cg.floor
         if self._at_floor[gi] and not self._cap_said[gi]:
             self._cap_said[gi] = True
+            # (how many are active, from the sample: held alone counts the new ones since the
+            # last sweep too, and an operator raised the cap 50x for nothing, a QA pass)
+            active = len(newest) - bisect_right(newest, self.watermark - cg.floor)
             log.warning(
-                "%s holds %d entities, over its max_entities of %d, and those active within "
-                "%s (its shortest window and the grace) are not evicted: raise max_entities "
-                "(memory permitting)",
-                cg.g.entity, held, cap, span(cg.floor),
+                "%s holds %d entities, over its max_entities of %d, and about %d of them were "
+                "active within %s (its shortest window and the grace), which the cap never "
+                "evicts: raise max_entities over that (memory permitting)",
+                cg.g.entity, held, cap, round(active * held / len(newest)), span(cg.floor),
             )  # fmt: skip
         return True
 
@@ -869,6 +889,10 @@ class FeaturePlan:
             "evicted_by_cap": self.evicted_by_cap,
             "idle": self._idle,
             "caps": self._caps,
+            # (a restore mid-sweep with a cap that cannot be held checked it again after an
+            # eighth of the cap, not after as many events as it holds: other evictions, a QA)
+            "at_floor": self._at_floor,
+            "cap_said": self._cap_said,
             "unmatched_labels": self.unmatched_labels,
             "sweep_at": self._sweep_at,
             "accepted": self._accepted,
@@ -941,6 +965,8 @@ class FeaturePlan:
         # (a state saved before caps existed: none evicted by one, every horizon in full)
         self.evicted_by_cap = body.get("evicted_by_cap", self.evicted_by_cap)
         self._idle = body.get("idle", self._idle)
+        self._at_floor = body.get("at_floor", self._at_floor)
+        self._cap_said = body.get("cap_said", self._cap_said)
         self.unmatched_labels = body["unmatched_labels"]
         self._sweep_at = body["sweep_at"]
         self._accepted = body["accepted"]

@@ -3307,7 +3307,11 @@ class Runner:
         def fold_features(tx: Mapping[str, Any]) -> None:  # into ``plan``: features only
             self.stats.caught_up += 1
             with contextlib.suppress(Exception):  # (dead-lettered when first decided)
-                plan.compute(tx)
+                plan.folding = True  # (what its cap evicts is no decision of this instance)
+                try:
+                    plan.compute(tx)
+                finally:
+                    plan.folding = False
             if self._fold_delay:
                 time.sleep(self._fold_delay)
 
