@@ -112,7 +112,7 @@ def main() -> int:
             print(f"round {r + 1}: {which} {got[which]}", flush=True)
         rows.append(got)
     lines = [
-        "# Typed feature kernel against the untyped one (issue 3)",
+        "# Feature kernel: this tree against an older one (issue 3)",
         "",
         f"Command: `{command}`",
         "",

@@ -166,7 +166,7 @@ cdef inline Py_ssize_t _shard_of(object k) except -1:
     cdef unsigned int c = 0xFFFFFFFFu
     cdef Py_ssize_t i, n
     cdef Py_hash_t h
-    if type(k) is str:
+    if isinstance(k, str):
         PyUnicode_READY(k)
         if PyUnicode_IS_ASCII(k):  # (its UTF-8: the string's own bytes, read in place)
             p = <const unsigned char*>PyUnicode_DATA(k)

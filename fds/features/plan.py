@@ -760,16 +760,28 @@ class FeaturePlan:
             self._sweep_after = self._accepted + every
 
     def _sample(self, gi: int) -> Iterator[list[Any]]:
-        """At least ``_CAP_SAMPLE`` states of group ``gi`` (all, when it holds fewer): whole
-        shards, each a random share of its entities by their hash (the first of each in a dict's
+        """At least ``_CAP_SAMPLE`` states of group ``gi`` (all, when it holds up to twice
+        that): whole shards, each a random share of its entities (the first of each in a dict's
         order would be the oldest inserted, and those of one shard alone once a shard holds
-        more: a review saw the cut fall to the floor at a cap of a million)."""
-        n = 0
-        for part in self.states[gi].parts:
+        more: a review saw the cut fall to the floor at a cap of a million), from a shard
+        that moves with every event, and none holding over twice the median shard (the shards
+        are a public CRC of the id: a flood of ids made to fall in shard 0, the sample's
+        shard, drove the cut to the floor, 90 of 11,000 devices kept where random ids left
+        4,311, a review; so a shard at most half made-up ids is ever read, and no known one)."""
+        parts = self.states[gi].parts
+        if len(self.states[gi]) <= 2 * _CAP_SAMPLE:
+            for part in parts:
+                yield from part.values()
+            return
+        big = 2 * sorted(map(len, parts))[SHARDS // 2] + 16
+        start, n = self._accepted % SHARDS, 0
+        for j in range(SHARDS):
+            part = parts[(start + j) % SHARDS]
             if n >= _CAP_SAMPLE:
                 return
-            n += len(part)
-            yield from part.values()
+            if len(part) <= big:
+                n += len(part)
+                yield from part.values()
 
     def _capped(self, gi: int) -> bool:
         """Is group ``gi`` over its cap? If so, the idle time after which the sweep starting

@@ -38,10 +38,13 @@ SHARDS = 251
 
 
 def shard_of(key: Any) -> int:
-    """The shard of ``key``: the same in every process (a string by the CRC-32 of its UTF-8,
-    lone surrogates passed through; anything else by its hash, a number's being its value's,
-    so 7 and 7.0 share one). The typed kernel's ``_shard_of`` computes the same."""
-    if key.__class__ is str:
+    """The shard of ``key``: a string (of ``str`` or a subclass) by the CRC-32 of its UTF-8,
+    lone surrogates passed through; anything else by its hash. So strings and numbers (a
+    number's hash is its value's: 7 and 7.0 share one), every entity value files and Kafka
+    give, are in the same shard in every process; other values only the Python API can pass
+    (bytes, tuples, dates) follow Python's hash, seeded per process. The typed kernel's
+    ``_shard_of`` computes the same."""
+    if isinstance(key, str):
         return crc32(key.encode("utf-8", "surrogatepass")) % SHARDS
     return hash(key) % SHARDS
 

@@ -72,6 +72,14 @@ UNKNOWN_WAITS = 10
 SKEW_MIN_S = 60.0
 
 
+def _by_partition(tp: Any) -> tuple[str, int, str]:
+    """The order of a partition among others: a TopicPartition (topic, partition) by topic and
+    number, anything else by its text."""
+    if isinstance(tp, tuple):
+        return str(tp[0]), int(tp[1]), ""
+    return "", 0, str(tp)
+
+
 def _seq(msg: Any) -> int:
     """A record's :data:`SEQ_HEADER` (0 without it: a producer other than ``fds produce``)."""
     for name, value in getattr(msg, "headers", None) or ():
@@ -297,8 +305,11 @@ class Aligner:
         # of the partitions that are behind one after another, k of them waiting k times)
         if sum([not buf and self._holds_back(tp, now) for tp, buf in bufs.items()]):
             return []
-        heads = [(buf[0][0], _seq(buf[0][1]), i, tp) for i, (tp, buf) in enumerate(bufs.items())
-                 if buf]  # fmt: skip
+        # (equal times and seq: by partition, not in the order the buffers were made, which
+        # followed a set's, Python's string hash of the topic in this process: a review)
+        order = sorted(bufs, key=_by_partition)
+        heads = [(bufs[tp][0][0], _seq(bufs[tp][0][1]), i, tp) for i, tp in enumerate(order)
+                 if bufs[tp]]  # fmt: skip
         heapq.heapify(heads)
         skewed = self.skew_s is not None and self.max_wait_s > 0 and len(bufs) > 1
         # (not a live record, its event time within skew_s of this clock: a partition gone

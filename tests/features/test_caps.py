@@ -16,6 +16,7 @@ import pytest
 from fds import gcpolicy
 from fds.errors import ConfigError
 from fds.features.plan import FeaturePlan
+from fds.features.shards import SHARDS, shard_of
 from fds.metrics import Metrics
 from fds.pipeline import build_engine
 from fds.rules.ruleset import FeatureSpec, load_ruleset_text
@@ -353,9 +354,10 @@ def test_the_cut_is_read_from_whole_shards_not_the_oldest_entities(monkeypatch) 
     for i in range(5_000):  # ~20 a shard
         p.compute({"tx_id": f"t{i}", "ts": T0 + i, "card_id": f"c{i:05d}", "amount": 1.0})
     sample = list(p._sample(0))
-    whole, parts = [], iter(p.states[0].parts)
-    while len(whole) < 10:  # the first shards whole, each a random share (one held 8 states
-        whole += list(next(parts).values())  # under some hash seed: a review)
+    whole, j = [], p._accepted % SHARDS  # (from a shard that moves with each event)
+    while len(whole) < 10:  # shards whole, each a random share (one held 8 states under
+        whole += list(p.states[0].parts[j % SHARDS].values())  # some hash seed: a review)
+        j += 1
     assert [id(st) for st in sample] == [id(st) for st in whole]
     assert max(int(st[0][1:]) for st in sample) >= 2_500  # (not only the oldest inserted)
 
@@ -437,3 +439,34 @@ def test_a_cap_that_cannot_be_held_keeps_the_sweeps_schedule() -> None:
         sweeps += bool(p._sweep_todo) and p._sweep_todo[0][2] == 0
     assert p._at_floor == [True, False]
     assert sweeps < 40, sweeps  # (one per entity held of events, not one per 12)
+
+
+def _steered(crafted: bool) -> int:
+    """Legitimate devices kept by a cap of 10,000 (11,000 seen over 20 hours) after 4,500 new
+    ids within a minute: random ones, or ones made to fall in shard 0."""
+    specs = [
+        FeatureSpec(name="d_n_10m", entity="device_id", agg="count", window="10m"),
+        FeatureSpec(name="d_n_24h", entity="device_id", agg="count", window="24h"),
+    ]
+    p = FeaturePlan(specs, grace=60, max_entities={"device_id": 10_000}, sweep_min_events=50)
+    for i in range(11_000):
+        p.compute({"tx_id": f"l{i}", "ts": T0 + i * 20 * 3600 / 11_000, "device_id": f"dev-{i}"})
+    ids = [
+        f"x-{j:x}"
+        for j in range(2 * 10**6 if crafted else 4_500)
+        if not crafted or shard_of(f"x-{j:x}") == 0
+    ]
+    t = T0 + 20 * 3600
+    for n, k in enumerate(ids[:4_500]):
+        p.compute({"tx_id": f"a{n}", "ts": t + n * 60 / 4_500, "device_id": k})
+    for n in range(3_000):  # (quiet afterwards: the sweeps end)
+        p.compute({"tx_id": f"q{n}", "ts": t + 60 + n / 100, "device_id": "dev-0"})
+    return sum(f"dev-{i}" in p.states[0] for i in range(11_000))
+
+
+def test_ids_made_to_fall_in_one_shard_do_not_steer_the_cut() -> None:
+    # the shards are a public CRC of the id, and the cut was read from whole shards from shard
+    # 0 on: such a flood made the sample, the cut fell to the floor, and 90 of 11,000
+    # devices were kept where random ids left 4,311 (a review)
+    at_random, crafted = _steered(False), _steered(True)
+    assert at_random > 3_000 and crafted >= 0.8 * at_random, (at_random, crafted)

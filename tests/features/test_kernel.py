@@ -138,7 +138,7 @@ def test_the_kernels_last_seen_tables_are_the_interpreted_ones(tmp_path: Path) -
 # Latin-1, other planes, a lone surrogate (JSON allows one), long, empty; numbers by value.
 SHARD_KEYS = [
     "c1", "", "\u00e9t\u00e9", "\uce74\ub4dc", "\U0001f600", "\ud800x", "k" * 300, 7, -1,
-    -(2**70), 3.5, -2.0, True,
+    -(2**70), 3.5, -2.0, True, type("Text", (str,), {})("sub"),
 ]  # fmt: skip
 
 
