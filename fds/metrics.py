@@ -787,7 +787,9 @@ class Metrics(Collector):
             c = CounterMetricFamily(
                 "fds_state_evicted_by_cap",
                 "Entities evicted from window state before their longest window ended, the "
-                "oldest idle first, because their type held more than its max_entities.",
+                "oldest idle first, because their type held more than its max_entities: by "
+                "this process while deciding, from 0 at its start (a restore's catch-up not "
+                "counted).",
                 labels=["entity"],
             )
             for entity, n in capped(decided=True).items():  # (this process's: see the plan)

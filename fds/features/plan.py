@@ -802,12 +802,17 @@ class FeaturePlan:
             self._cap_said[gi] = True
             # (how many are active, from the sample: held alone counts the new ones since the
             # last sweep too, and an operator raised the cap 50x for nothing, a QA pass)
-            active = len(newest) - bisect_right(newest, self.watermark - cg.floor)
+            active = round(
+                (len(newest) - bisect_right(newest, self.watermark - cg.floor))
+                * held / len(newest)
+            )  # fmt: skip
             log.warning(
                 "%s holds %d entities, over its max_entities of %d, and about %d of them were "
                 "active within %s (its shortest window and the grace), which the cap never "
-                "evicts: raise max_entities over that (memory permitting)",
-                cg.g.entity, held, cap, round(active * held / len(newest)), span(cg.floor),
+                "evicts: raise max_entities to %d or more, memory permitting (a sweep keeps "
+                "%d%% of the cap, of the entities idle longest first)",
+                cg.g.entity, held, cap, active, span(cg.floor), math.ceil(active / _CAP_KEEP),
+                round(_CAP_KEEP * 100),
             )  # fmt: skip
         return True
 
@@ -904,7 +909,6 @@ class FeaturePlan:
             # (a restore mid-sweep with a cap that cannot be held checked it again after an
             # eighth of the cap, not after as many events as it holds: other evictions, a QA)
             "at_floor": self._at_floor,
-            "cap_said": self._cap_said,
             "unmatched_labels": self.unmatched_labels,
             "sweep_at": self._sweep_at,
             "accepted": self._accepted,
@@ -977,8 +981,8 @@ class FeaturePlan:
         # (a state saved before caps existed: none evicted by one, every horizon in full)
         self.evicted_by_cap = body.get("evicted_by_cap", self.evicted_by_cap)
         self._idle = body.get("idle", self._idle)
-        self._at_floor = body.get("at_floor", self._at_floor)
-        self._cap_said = body.get("cap_said", self._cap_said)
+        self._at_floor = body.get("at_floor", self._at_floor)  # (the warning: again in a new
+        # process, whose log would say nothing of it else, a QA pass)
         self.unmatched_labels = body["unmatched_labels"]
         self._sweep_at = body["sweep_at"]
         self._accepted = body["accepted"]
@@ -994,6 +998,10 @@ class FeaturePlan:
             self._sweep_todo = [
                 [*item[:3], list(range(SHARDS - 1, -1, -1))] for item in self._sweep_todo
             ]
+            # (and its schedule was the earlier release's: at a cap's floor, after as many
+            # events as every type held, 4,294 cards held for a cap of 100 after an upgrade,
+            # a QA pass; considered at the next event, the schedule is this release's)
+            self._sweep_after = min(self._sweep_after, self._accepted)
         self._labels = body["labels"]
         self._next_label_expiry = body["next_label_expiry"]
         self.watermark_tx = _named(body)
