@@ -132,6 +132,10 @@ _SWEEP_STEP = 512
 # ms once per check over the cap).
 _CAP_CHECKS = 8
 _CAP_KEEP = 7 / 8
+# The cap a warning advises: this times what a sweep keeping _CAP_KEEP holds of the entities
+# active then (a cap of 8/7 of them was the cap in force, or one at the floor half the time:
+# a review)
+_CAP_MARGIN = 1.25
 _CAP_SAMPLE = 4096
 # The tx_id store is bucketed by event time, so expiry drops whole buckets; a bucket no
 # accepted event can reach is frozen incrementally (see txstore). A label's lookup visits the
@@ -369,6 +373,7 @@ class FeaturePlan:
         # takeover's rebuild counted the evictions of the instance it replaced again: a QA pass)
         self.folding = False
         self._decided_by_cap = [0 for _ in self._groups]
+        self._retry_at = 0  # (events folded in when its kernel is looked for next: compute)
         self._reset()
 
     @property
@@ -547,12 +552,16 @@ class FeaturePlan:
         self._accepted += 1
         if self._accepted >= self._sweep_after:
             self._sweep()
-            if not self.compiled and self.compiler is not None:  # (its kernel asked for again:
-                # see _KERNEL_RETRY_S; the clock read each 1,024 events, not only at sweeps,
-                # which a million states make hours apart: a review)
-                self._sweep_after = min(self._sweep_after, self._accepted + 1024)
-                if time.monotonic() > self._kernel_retry:
-                    self._bind()
+        if self._accepted >= self._retry_at:  # (its kernel asked for again, see
+            # _KERNEL_RETRY_S: the clock read each 1,024 events, not only at sweeps, which a
+            # million states make hours apart, a review; on a count of its own: woken through
+            # the sweeps' count, a plan waiting for its kernel checked its caps on another
+            # schedule than a compiled one, and evicted others, a review)
+            self._retry_at = self._accepted + 1024
+            if self.compiled or self.compiler is None:
+                self._retry_at = 1 << 62
+            elif time.monotonic() > self._kernel_retry:
+                self._bind()
         return out
 
     # ------------------------------------------------------------------ rare paths
@@ -774,14 +783,18 @@ class FeaturePlan:
                 yield from part.values()
             return
         big = 2 * sorted(map(len, parts))[SHARDS // 2] + 16
-        start, n = self._accepted % SHARDS, 0
-        for j in range(SHARDS):
-            part = parts[(start + j) % SHARDS]
-            if n >= _CAP_SAMPLE:
+        start = self._accepted % SHARDS
+        for limit in (big, len(self.states[gi])):  # (every shard holding any over it: all
+            n = 0  # of them, from the same start: the sample was empty and compute raised
+            for j in range(SHARDS):  # IndexError at each event, a review)
+                part = parts[(start + j) % SHARDS]
+                if n >= _CAP_SAMPLE:
+                    return
+                if len(part) <= limit:
+                    n += len(part)
+                    yield from part.values()
+            if n:
                 return
-            if len(part) <= big:
-                n += len(part)
-                yield from part.values()
 
     def _capped(self, gi: int) -> bool:
         """Is group ``gi`` over its cap? If so, the idle time after which the sweep starting
@@ -810,9 +823,9 @@ class FeaturePlan:
                 "%s holds %d entities, over its max_entities of %d, and about %d of them were "
                 "active within %s (its shortest window and the grace), which the cap never "
                 "evicts: raise max_entities to %d or more, memory permitting (a sweep keeps "
-                "%d%% of the cap, of the entities idle longest first)",
-                cg.g.entity, held, cap, active, span(cg.floor), math.ceil(active / _CAP_KEEP),
-                round(_CAP_KEEP * 100),
+                "7/8 of the cap, and how many are active varies)",
+                cg.g.entity, held, cap, active, span(cg.floor),
+                max(math.ceil(active / _CAP_KEEP * _CAP_MARGIN), cap + 1),
             )  # fmt: skip
         return True
 
