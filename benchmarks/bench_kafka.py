@@ -58,7 +58,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from scratch import scratch_dir  # noqa: E402
 
 from fds.streams import kafka_kit  # noqa: E402
-from fds.streams.kafka import COMMIT_INTERVAL_MS, KafkaSettings  # noqa: E402
+from fds.streams.settings import COMMIT_INTERVAL_MS, KafkaSettings  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "kafka.md"
 T0 = 1_767_225_600  # event times start at 2026-01-01T00:00:00Z

@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     level = "DEBUG" if args.verbose else "WARNING" if args.quiet else "INFO"
     configure_logging(level, fmt=args.log_format)
     if any(k.upper().startswith("FDS_") for k in os.environ):  # (a typo of one was ignored
-        from fds.streams.kafka import warn_unknown_env  # without a word where no Kafka
+        from fds.streams.settings import warn_unknown_env  # without a word where no Kafka
 
         warn_unknown_env(_flags(parser), logging.getLogger("fds.cli"))  # settings are read:
         # FDS_FEATURE_KERNL=off, a QA pass; a hint of a flag only where a command has it)

@@ -427,6 +427,15 @@ def _replay_file(args: argparse.Namespace, pushers: list[Pusher]) -> int:
             + f" read as its second pass (they came after later times in the file){unsorted}",
             logging.WARNING,
         )
+    if mapping is not None and mapping.label and not stream.labelled and summary.decided:
+        # (a JSON Lines file whose records name it otherwise: 0 labels without a word, where a
+        # CSV without the column is refused; a record may leave it out, so not refused: a review)
+        say(
+            f"fds replay: warning: the mapping's label column ({mapping.label.column!r}) was in "
+            f"none of the {summary.decided:,} transactions decided: no labels were read from "
+            "them; check its name against the file's (`label: column:` in the --mapping)",
+            logging.WARNING,
+        )
     say(
         f"decisions: {args.out}" + (f"  dead letters: {dlq_path}" if summary.dead_letters else ""),
         logging.INFO,

@@ -97,6 +97,7 @@ class ReplayInput:
     pending_labels: list[dict[str, Any]] = field(default_factory=list)
     late: int = 0  # out of order by more than the reorder buffer could fix
     second_pass: int = 0  # local times read as the second pass of a repeated DST hour
+    labelled: int = 0  # records that held the mapping's label column (any value)
     # id(transaction) -> its line in the file, while it waits to be decided (a lazy stream):
     # the position of a dead letter for a stage failure (None: not kept, e.g. ``load``)
     lines: dict[int, int] | None = field(default_factory=dict)
@@ -576,6 +577,7 @@ def _validated(
         if truth is None or label is None or stream is None:
             yield out
             continue
+        stream.labelled += 1
         try:
             fraud = label.is_fraud(truth)
         except ValueError as e:

@@ -181,6 +181,8 @@ def second_pass(value: object, default_tz: tzinfo) -> float | None:
     True
     >>> second_pass("2026-03-08 02:30", ny) is None  # the hour a spring change skips: none
     True
+    >>> second_pass("202611010130", ny) == second_pass("2026-11-01 01:30", ny)  # compact too
+    True
     """
     dt: datetime | None = None
     if isinstance(value, datetime):
@@ -188,6 +190,8 @@ def second_pass(value: object, default_tz: tzinfo) -> float | None:
     elif isinstance(value, str):
         with contextlib.suppress(ValueError):
             dt = datetime.fromisoformat(value.strip())
+        if dt is None:  # (a compact local time, as parse_ts reads it: its second pass was
+            dt = _compact(value)  # never read, the hour's times an hour early, a review)
     if dt is None or dt.tzinfo is not None:
         return None
     first, second = dt.replace(tzinfo=default_tz), dt.replace(tzinfo=default_tz, fold=1)

@@ -133,9 +133,9 @@ def test_a_file_whose_bytes_say_another_format_than_its_name_is_refused(
 def test_a_misspelt_fds_variable_is_told_by_a_replay(tmp_path, capsys, monkeypatch):
     """FDS_FEATURE_KERNL=off was ignored without a word where no Kafka settings are read (a
     QA pass): every command warns of an FDS_* variable fds does not read."""
-    from fds.streams import kafka
+    from fds.streams import settings
 
-    monkeypatch.setattr(kafka, "_WARNED_ENV", set())
+    monkeypatch.setattr(settings, "_WARNED_ENV", set())
     monkeypatch.setenv("FDS_FEATURE_KERNL", "off")
     p = tmp_path / "x.jsonl"
     p.write_text('{"tx_id": "t1", "ts": 1767225600, "card_id": "c", "amount": 5}\n')
@@ -148,9 +148,9 @@ def test_an_unknown_fds_variable_is_told_by_the_cli_with_a_flag_only_where_one_e
 ):
     """A QA pass: FDS_FOO was told "give --foo where the command has it", a flag no command
     has, and every command's warning was logged as fds.streams.kafka."""
-    from fds.streams import kafka
+    from fds.streams import settings
 
-    monkeypatch.setattr(kafka, "_WARNED_ENV", set())
+    monkeypatch.setattr(settings, "_WARNED_ENV", set())
     monkeypatch.setenv("FDS_FOO", "1")
     monkeypatch.setenv("FDS_HELP", "1")  # (--help is every command's: no hint, a review)
     monkeypatch.setenv("FDS_RULES", "rules/x.yaml")
@@ -1249,6 +1249,25 @@ def test_excel_s_csv_habits_are_read(tmp_path, capsys):
     data.write_text(f",tx_id,ts,card_id,amount\n0,t1,{T0},c,5\n")  # pandas' unnamed index
     assert bare_replay(str(data), "--out", str(out)) == 0
     assert len(out.read_bytes().splitlines()) == 1
+
+
+def test_a_label_column_in_no_json_record_is_warned_of(tmp_path, capsys):
+    """A review: a JSON Lines file whose records call it `isFraud`, replayed with a mapping's
+    `label: {column: is_fraud}`, read no label without a word (a CSV without it is refused);
+    a record may leave the column out, so the run goes on and says it."""
+    rows = [{"tx_id": f"t{i}", "ts": T0 + i, "card_id": "c", "amount": 5, "isFraud": i == 1}
+            for i in range(3)]  # fmt: skip
+    data = tmp_path / "u.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    m = tmp_path / "m.yaml"
+    m.write_text("label: {column: is_fraud, delay: 1d}\n")
+    out = tmp_path / "o.jsonl"
+    assert bare_replay(str(data), "--mapping", str(m), "--out", str(out)) == 0
+    err = said(capsys)
+    assert "the mapping's label column ('is_fraud') was in none of the 3 transactions" in err
+    m.write_text("label: {column: isFraud, delay: 1d}\n")  # the file's name: no warning
+    assert bare_replay(str(data), "--mapping", str(m), "--out", str(out)) == 0
+    assert "label column" not in said(capsys)
 
 
 def test_a_damaged_file_is_refused_where_it_is_read_whole(tmp_path, capsys):

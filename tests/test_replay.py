@@ -775,6 +775,22 @@ def test_the_hour_a_dst_change_repeats_is_read_in_file_order(tmp_path):
     assert stream.second_pass == 2 and stream.reordered == 0
 
 
+def test_the_hour_a_dst_change_repeats_is_read_in_file_order_in_compact_times_too(tmp_path):
+    """A review: `YYYYMMDDHHMMSS` local times of the repeated hour were never its second pass
+    (only ISO text was tried): the second pass decided an hour early, out of order."""
+    p = tmp_path / "berlin.csv"
+    times = ["015000", "021000", "024000", "021000", "024000", "031000"]  # CEST, then CET
+    rows = "".join(f"t{i},20261025{hms},c,1\n" for i, hms in enumerate(times))
+    p.write_text("tx_id,ts,card_id,amount\n" + rows)
+    mapping = ColumnMapping.model_validate({"timezone": "Europe/Berlin"})
+    stream, out = replay.open_stream(p, mapping=mapping), ListSink()
+    replay.run(Engine(), stream, out, ListSink())
+    assert [d["ts"][11:16] for d in out.items] == [
+        "23:50", "00:10", "00:40", "01:10", "01:40", "02:10"
+    ]  # fmt: skip
+    assert stream.second_pass == 2 and stream.reordered == 0
+
+
 def test_a_record_a_minute_late_in_a_repeated_dst_hour_is_not_its_second_pass(tmp_path):
     """Found by a review: any step back in the repeated hour was taken as the second pass, so
     one record a minute late moved itself and every later record of the hour by an hour."""

@@ -67,7 +67,7 @@ def _registry(args: argparse.Namespace) -> Any:
     from fds.models.registry import DEFAULT_REGISTRY, Registry
 
     if args.registry is None:
-        from fds.streams.kafka import load_settings
+        from fds.streams.settings import load_settings
 
         args.registry = load_settings(args.config).registry or DEFAULT_REGISTRY
     return Registry(args.registry, create=False)

@@ -629,6 +629,9 @@ class ColumnMapping(ReadOptions):
         columns of ``numbers`` as the measures."""
         fits, plain, _mark = cast(_Notation, self._number)
         read = self._decimals(out)
+        if self.ts_origin is not None and (ts := out.get("ts")).__class__ is str and fits(ts):
+            read["ts"] = plain(ts)  # seconds after ts_origin, grouped as the file groups (only
+            # a text with a decimal mark was read so: `86.400` was 86.4 s, a review)
         if (extra := out.get("extra")).__class__ is dict:  # (a JSON record's own, or a column
             read["extra"] = self._decimals(extra)  # named like a field another one fills)
         own = extra if isinstance(extra, dict) else {}  # (a JSON record's extra object)
@@ -1021,8 +1024,13 @@ def _csv_start(
     """How CSV file ``p`` is read from its ``lines``: its field separator, a reader of its
     rows, and its first row (the header; ``lines.first`` is its line). Excel's ``sep=`` first
     line gives the separator and is no row; refused when the mapping's ``delimiter:`` says
-    another (read with it, the file was one column, or every row a dead letter)."""
+    another (read with it, the file was one column, or every row a dead letter). Blank lines
+    before the header are no part of it (as everywhere in the file: a blank first line was
+    read as a header of no columns, and the file refused for it, a review)."""
     first = next(lines, "")
+    while first and not first.strip(" \t\r\n\ufeff"):
+        lines.record.clear()
+        first = next(lines, "")
     own = _declared(first)
     if own is None:
         lines.read_again([first] if first else [])
@@ -1637,17 +1645,36 @@ def _runaway(
     """Whether a record over several lines is a quote left open that ran over whole rows.
 
     It is when it is not a well-formed row (:func:`_fits`; ``row`` is None when it ran over
-    the field limit) and a line after its first is a row of its own: ``width`` fields and no
-    quote (inside the open quote, a quote would have closed it).
+    the field limit) and a line after its first is a row of its own: ``width`` fields, read
+    alone, with its quotes closed on it (a row quoting its text cells, as most exports do:
+    the quote left open on the line before swallowed it into its cell, a row lost without a
+    dead letter, a review).
     """
     if row is not None and _fits(row, width, named) and _one_record(record, sep):
         return False  # a quoted field over several lines (a valid trailing cell or a space
         # after its quote read as a quote left open, a phantom row decided: a QA pass)
     # (a row of its own as the reader mends it: Excel's trailing empty cell made every later
     # row look like none, and the quote swallowed the rest of the file, a review)
-    return any(
-        '"' not in s and _fits(s.rstrip("\r\n").split(sep), width, named) for s in record[1:]
-    )
+    return any(_own_row(s, width, named, sep) for s in record[1:])
+
+
+def _own_row(line: str, width: int, named: int, sep: str) -> bool:
+    """Whether ``line`` read alone is a row of the header's ``width`` (:func:`_fits`) whose
+    quotes close on it.
+
+    >>> _own_row('t3,5,"Shop"\\n', 3, 3, ","), _own_row('t3,"5,x",c\\n', 3, 3, ",")
+    (True, True)
+    >>> _own_row('Bar"\\n', 3, 3, ","), _own_row('t3,5,"open\\n', 3, 3, ",")
+    (False, False)
+    """
+    if '"' not in line:
+        return _fits(line.rstrip("\r\n").split(sep), width, named)
+    tidy = _spaces_after_quote(sep).sub('"', line)
+    try:
+        rows = list(csv.reader([tidy], strict=True, skipinitialspace=True, delimiter=sep))
+    except csv.Error:
+        return False
+    return len(rows) == 1 and _fits(rows[0], width, named)
 
 
 def _open_quote_hint(row: list[str], width: int, sep: str) -> str:

@@ -1,4 +1,6 @@
-"""``fds run`` on Kafka: a consumer-group service that decides transactions, and ``fds produce``.
+"""``fds run`` on Kafka: a consumer-group service that decides transactions (its settings:
+:mod:`fds.streams.settings`; what it shares with ``fds train``: :mod:`fds.streams.service`;
+``fds produce``: :mod:`fds.streams.produce`).
 
 The loop (one thread, batched)::
 
@@ -70,27 +72,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import difflib
 import logging
 import math
 import os
 import pickle
-import re
 import shlex
 import signal
 import socket
-import ssl
 import sys
 import threading
 import time
-import typing
 import weakref
 from collections import Counter, deque
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaProducer
 from kafka.errors import (
@@ -109,62 +106,25 @@ from kafka.errors import (
     TopicAuthorizationFailedError,
 )
 from kafka.structs import OffsetAndMetadata, TopicPartition
-from pydantic import (
-    Field,
-    PrivateAttr,
-    SecretStr,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
-from pydantic import ValidationError as PydanticValidationError
-from pydantic_core import PydanticUndefined
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from fds.cli import (
-    arg_type,
-    file_or_none,
-    file_path,
-    positive_float,
-    positive_int,
-    registry_folder,
-)
-from fds.errors import (
-    ConfigError,
-    FdsError,
-    FeatureStateMismatch,
-    StageError,
-    describe,
-)
+from fds.cli import file_or_none, registry_folder
+from fds.errors import ConfigError, FdsError, FeatureStateMismatch, StageError, describe
 from fds.features.kernel import Compiler
 from fds.gcpolicy import Freezer
 from fds.health import Beating, Health, stale_after
 from fds.logs import LineBudget, say
-from fds.metrics import (
-    METRICS_HOST,
-    MetricsServer,
-    NullMetrics,
-    add_metrics_arguments,
-    check_metrics_host,
-    check_metrics_port,
-    make_metrics,
-    serve,
-)
+from fds.metrics import NullMetrics, add_metrics_arguments, make_metrics
 from fds.models.registry import KEY_ENV, read_own, write_atomic
 from fds.pipeline import DEFAULT_MODEL, DEFAULT_RULES, build_engine
 from fds.schema import (
-    REFUSED,
-    UNREADABLE,
     NaiveWatch,
     check_not_ahead,
-    dead_letter,
     dumps,
-    id_text,
     loads_record,
     parse_transaction,
     produced_bad,
 )
-from fds.streams.align import SEQ_HEADER, Aligner, fetched_to
+from fds.streams.align import Aligner, fetched_to
 from fds.streams.checkpoint import (
     CHECKPOINT_FIX,
     Checkpoint,
@@ -173,29 +133,16 @@ from fds.streams.checkpoint import (
     default_state_dir,
     parse_checkpoint,
 )
-from fds.streams.files import (
-    ColumnMapping,
-    DamagedFile,
-    FileCut,
-    LabelColumn,
-    check_transaction_columns,
-    file_error,
-    invalid,
-    load_mapping,
-    read_records,
-    read_yaml,
-)
 from fds.streams.kafka_kit import (
-    DEFAULT_BOOTSTRAP,
     Call,
     ClientErrors,
     Consumer,
     Stopped,
     UnreadableRecords,
     close_producer,
-    flush_within,
 )
 from fds.streams.label_feed import LabelFeed, reads_labels
+from fds.streams.produce import produce_file, register_produce
 from fds.streams.rebuild import (
     STAGES_TAIL_S,
     horizon_seconds,
@@ -203,21 +150,39 @@ from fds.streams.rebuild import (
     read_merged,
     start_offsets,
 )
-from fds.streams.state_topic import FETCH_BYTES as STATE_FETCH_BYTES
-from fds.streams.state_topic import (
-    StateTopic,
-    ident_of,
-    index_of,
-    manifest_newer,
-    manifest_offsets,
+from fds.streams.service import (
+    PROGRESS_EVERY_S,
+    BrokerUnavailable,
+    BrokerWatch,
+    FencedWatch,
+    IdleTimer,
+    add_max_idle_argument,
+    dead_letter_message,
+    fenced_error,
+    on_stop_signals,
+    positioned,
+    probe,
+    say_if_slow,
+    unreachable,
 )
-from fds.timeutil import FileClock, get_zone, parse_ts, span
-from fds.timeutil import sleep as wakeful_sleep
+from fds.streams.settings import (
+    KafkaSettings,
+    add_settings_flags,
+    flag_of,
+    load_settings,
+    settings_from,
+    topic_arg,
+)
+from fds.streams.state_topic import FETCH_BYTES as STATE_FETCH_BYTES
+from fds.streams.state_topic import StateTopic, ident_of, index_of, manifest_newer, manifest_offsets
+from fds.timeutil import span
 from fds.timeutil import wait as wakeful_wait
 
 if TYPE_CHECKING:  # (River: imported when an engine is built, not to build the command line)
     from fds.engine import Engine
 
+# (KafkaSettings, load_settings, BrokerUnavailable and the produce names are re-exported: the
+# names scripts imported from here before they had modules of their own)
 __all__ = [
     "BrokerUnavailable",
     "KafkaSettings",
@@ -237,30 +202,17 @@ log = logging.getLogger(__name__)
 
 # Consumer lag is a gauge for dashboards: once a second is plenty and costs nothing per event.
 LAG_EVERY_S = 1.0
-#: How often a state rebuild or catch-up logs how far it got.
-PROGRESS_EVERY_S = 5.0
 # A blocking broker call (commit, flush, a transaction's) is waited for in steps of this long,
 # and logged every WAIT_LOG_S while the broker does not answer (see Runner._waited).
 WAIT_STEP_S = 0.5
 WAIT_LOG_S = 5.0
 # What closing the clients may take once the broker is known not to answer.
 GONE_CLOSE_S = 0.5
-# An idle loop's broker probe waits this long for an answer, less when broker_timeout_s has
-# less left (but at least PROBE_MIN_S: a broker just back needs a round trip).
-PROBE_TIMEOUT_S = 3.0
-PROBE_MIN_S = 0.5
-#: A start that has not reached the broker after this long says so (and once it does).
-CONNECT_SAY_AFTER_S = 5.0
-#: An outage is said at its first unanswered probe, then this often (probes come every 3 s).
-OUTAGE_SAY_EVERY_S = 15.0
 # A restore (catch-up or rebuild) polls the group consumer this often, so that a rebalance the
 # group starts meanwhile does not wait for the restore to end (Runner._keep_alive).
 KEEPALIVE_S = 0.5
 # Decisions of a batch are handed to the producer this many at a time (see Runner._process).
 SEND_EVERY = 500
-#: At-least-once: the default of ``commit_interval_ms`` (Kafka Streams commits every 100 ms
-#: under exactly-once; benchmarks/results/commit_interval.md).
-COMMIT_INTERVAL_MS = 1000
 # State-topic chunks (512 KB each) sent per batch: a large snapshot is spread over many batches
 # instead of blocking one on the producer's 32 MB buffer.
 STATE_CHUNKS_PER_BATCH = 8
@@ -275,15 +227,22 @@ DECIDED_MARK = "fds:decisions@"
 #: its own group's decisions past the mark as made (another group writing the same decisions
 #: topic had its decisions taken for this group's, and those records never decided: a QA pass).
 GROUP_HEADER = "fds-group"
+#: Dead letters logged one by one per DLQ_SAID_WINDOW_S; the rest are counted and said in one
+#: line (a stream of bad records wrote a line each, ~15 GB of log a day at 1,000 a second: a
+#: QA pass). All are in the dead-letter topic and fds_dlq_messages_total.
+DLQ_SAID_PER_WINDOW = 10
+DLQ_SAID_WINDOW_S = 60.0
 
 
-def on_stop_signals(stop: Callable[..., Any]) -> None:
-    """Drain, commit and exit (``stop``) on SIGTERM, SIGINT and SIGHUP (a closed terminal or
-    ssh session: it was killed on the spot, no drain, commit or checkpoint, a QA pass), but
-    not on a SIGHUP this process was started to ignore (``nohup``: a review)."""
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        if sig != signal.SIGHUP or signal.getsignal(sig) is not signal.SIG_IGN:
-            signal.signal(sig, stop)
+def _until_stopped(records: Iterator[Any], mark: bool = False) -> Iterator[Any]:
+    """``records`` until a stop cuts them short (:class:`Stopped`), then, with ``mark``, one
+    ``None``: a caller that checks the stop flag for each record sees it there (and does not
+    take what it read for the whole)."""
+    try:
+        yield from records
+    except Stopped:
+        if mark:
+            yield None
 
 
 #: Records read past a partition's committed offset for the event time of its next one to decide
@@ -419,890 +378,6 @@ _REFUSED = (
 )
 
 
-class IdleTimer:
-    """``--max-idle``: whether ``limit`` seconds passed without input (``None``: never),
-    counted from the consumer's first partitions: the group join is no idle time (a join
-    slower than the limit ended a run before it had read anything), for ``JOIN_GRACE_S`` at
-    most (a member the group gives no partition, one more than there are, still ends)."""
-
-    JOIN_GRACE_S = 60.0
-
-    def __init__(self, limit: float | None, wait_s: float = math.inf) -> None:
-        self.limit = limit
-        self.since = self.start = time.monotonic()
-        self.joined = False
-        self.wait_s = wait_s  # how long a wait for positions is no idle time, at most
-        self.waiting: float | None = None  # since when partitions have had no position
-
-    def worked(self, start: float, end: float) -> None:
-        """The loop worked from ``start`` to ``end`` (a restore, a checkpoint, a collection):
-        no idle time, whether or not partitions had positions (a wait for them in a restore
-        ended a run as idle; a slow idle pass, counted, ended one before the records that
-        came meanwhile were polled: a CI run and a review)."""
-        self.since += end - start
-
-    def over(self, consumer: Any, now: float) -> bool:
-        if self.limit is None:
-            return False
-        if not self.joined:
-            self.joined = bool(consumer.assignment())
-            if not self.joined and now - self.start < self.JOIN_GRACE_S:
-                self.since = now
-        # Waiting to know where to read is no idle time (a run taking over from a killed
-        # exactly-once instance ended idle, having decided nothing, when its offsets came
-        # free), for ``wait_s`` at most (a partition that never gets a position: a review).
-        if positioned(consumer):
-            self.waiting = None
-        else:
-            self.waiting = now if self.waiting is None else self.waiting
-            if now - self.waiting <= self.wait_s:
-                self.since = now
-                return False
-        return now - self.since > self.limit
-
-
-def positioned(consumer: Any) -> bool:
-    """Does every partition assigned to ``consumer`` have a position to fetch from? Not while
-    its committed offset is being read, which a transaction another instance left open holds
-    until the broker aborts it (``transaction_timeout_ms``). True for a consumer that does
-    not say (the in-memory fakes)."""
-    has_all = getattr(getattr(consumer, "_subscription", None), "has_all_fetch_positions", None)
-    return bool(has_all()) if callable(has_all) else True
-
-
-def probe(consumer: Any, topic: str, timeout_s: float) -> str | None:
-    """``None`` when the broker answers ``consumer`` within ``timeout_s`` (the end offsets of
-    its partitions, with nothing assigned ``topic``'s partition 0: ``KafkaConsumer.topics()``
-    would wait without a time limit in kafka-python 3.0), else why not."""
-    try:
-        parts = consumer.assignment() or {TopicPartition(topic, 0)}
-        consumer.end_offsets(list(parts), timeout_ms=int(timeout_s * 1000))
-        return None
-    except Exception as exc:
-        return describe(exc)
-
-
-def _until_stopped(records: Iterator[Any], mark: bool = False) -> Iterator[Any]:
-    """``records`` until a stop cuts them short (:class:`Stopped`), then, with ``mark``, one
-    ``None``: a caller that checks the stop flag for each record sees it there (and does not
-    take what it read for the whole)."""
-    try:
-        yield from records
-    except Stopped:
-        if mark:
-            yield None
-
-
-@contextlib.contextmanager
-def say_if_slow(say: Callable[[], None], after_s: float | None = None) -> Iterator[threading.Event]:
-    """Call ``say`` (from a timer thread) if the block is still running after ``after_s``
-    (default :data:`CONNECT_SAY_AFTER_S`); the event yielded is set once it was said."""
-    said = threading.Event()
-
-    def fire() -> None:
-        say()
-        said.set()  # (after: a caller's "answers" line never comes before it, a review)
-
-    timer = threading.Timer(CONNECT_SAY_AFTER_S if after_s is None else after_s, fire)
-    timer.daemon = True
-    timer.start()
-    try:
-        yield said
-    finally:
-        timer.cancel()
-        timer.join()  # (a call under way ends first)
-
-
-class BrokerWatch:
-    """Idle or cut off? An empty poll looks the same: the broker is asked (``probe(timeout_s)``
-    answers whether it did) once it has said nothing for ``every`` seconds, and when an idle
-    limit is reached, for no longer than the broker timeout has left; a failure is judged by
-    the clock after the probe (3 s probes judged by the clock before them: exits after twice
-    the timeout). ``contact`` is set by the caller when records come."""
-
-    def __init__(self, probe: Callable[[float], str | None], timeout_s: float,
-                 gone: Callable[[], str]) -> None:  # fmt: skip
-        self.probe, self.timeout_s, self.gone = probe, timeout_s, gone
-        self.every = min(5.0, timeout_s / 4)
-        self.contact = self.probed = time.monotonic()
-        self._said: float | None = None  # the last contact before an outage said, if one was
-        self._say_at = -math.inf  # (the next time an unanswered probe is said)
-
-    def answered(self, now: float) -> None:
-        """The broker answered at ``now`` (records came, or a probe did): after an outage said,
-        said once (its warnings every few seconds ended in silence: a QA pass)."""
-        if self._said is not None:
-            log.warning('Kafka answers again after an outage seconds="%.0f"', now - self._said)
-            self._said, self._say_at = None, -math.inf
-        self.contact = now
-
-    def idle_ended(self, now: float, idle_over: bool) -> bool:
-        """Whether an idle run may end (``idle_over``: its limit is reached, and the broker
-        answers: an outage was idle time, exit 0 with a backlog the broker could not serve, a
-        QA pass). Raises :class:`BrokerUnavailable` after ``timeout_s`` without contact."""
-        if now - self.contact <= self.every and not (idle_over and now - self.probed > PROBE_MIN_S):
-            return False
-        self.probed = now
-        left = self.timeout_s - (now - self.contact)
-        why = self.probe(min(PROBE_TIMEOUT_S, max(left, PROBE_MIN_S)))
-        if why is None:
-            self.answered(now)
-            return idle_over
-        waited = time.monotonic() - self.contact
-        if waited > self.timeout_s:
-            raise BrokerUnavailable(self.gone())
-        # (how long, and for how long more: `broker probe failed: KafkaTimeoutError:
-        # KafkaTimeoutError: ...` every 3 s, then an exit, a QA pass; said every
-        # OUTAGE_SAY_EVERY_S, not at each probe: 40 lines in a 2-minute outage, a QA pass)
-        if now >= self._say_at:
-            self._say_at = now + OUTAGE_SAY_EVERY_S
-            log.warning(
-                "no answer from Kafka for %.0f s of %.0f s (--broker-timeout), then exit: %s",
-                waited, self.timeout_s, why,
-            )  # fmt: skip
-        self._said = self.contact
-        return False
-
-
-def add_max_idle_argument(p: argparse.ArgumentParser) -> None:
-    """``--max-idle`` (:class:`IdleTimer`) of ``fds run`` and ``fds train``."""
-    p.add_argument(
-        "--max-idle",
-        type=positive_float,
-        default=None,
-        help="exit after this many seconds without input, counted from the first partitions "
-        "assigned (for tests and demos; default: run until stopped)",
-    )
-
-
-class BrokerUnavailable(FdsError):
-    """The broker could not be reached for longer than ``broker_timeout_s``."""
-
-
-def unreachable(s: KafkaSettings, exc: BaseException, errors: ClientErrors) -> BrokerUnavailable:
-    """The error for clients that could not bootstrap: what failed and what to check (a
-    refused login or TLS handshake, from the client's log, else the address and the broker)."""
-    return BrokerUnavailable(
-        errors.explain(
-            exc,
-            s.bootstrap,
-            f"cannot reach Kafka at {s.bootstrap} within {s.broker_timeout_s:g} s",  # (`0 s`
-            # for 0.4, and --bootstrap named where the file or the environment gave it: a QA)
-            f"check {s.named('bootstrap')} and that the broker is up (`fds kafka status`)",
-            s.security_protocol,
-        )
-    )
-
-
-#: A dead letter whose JSON is larger than this keeps the first DLQ_RAW_KEPT characters of its
-#: ``raw`` (``raw_truncated: true``, ``raw_bytes``: the record's size; the record itself stays
-#: in the input topic at the partition and offset it names). Escaped, a 250 KB record the
-#: broker had taken became a 1.25 MB dead letter it refused (kafka-python's default
-#: max_request_size is 1 MB), and fds run stopped at it, every restart (a review).
-DLQ_MAX_BYTES = 512 * 1024
-DLQ_RAW_KEPT = 64 * 1024
-#: ... and of its ``reason`` (which may quote the bad value whole: 480,000 backslashes in an
-#: ``amount`` made a 2 MB dead letter, and fds run stopped at it at every restart: a QA pass).
-DLQ_REASON_KEPT = 4096
-#: A record's key longer than this is cut to it in its dead letter (``key_truncated`` header):
-#: a 1 MB key the broker had taken did not fit again with the dead letter's body (a QA pass).
-DLQ_KEY_KEPT = 1024
-#: Dead letters logged one by one per DLQ_SAID_WINDOW_S; the rest are counted and said in one
-#: line (a stream of bad records wrote a line each, ~15 GB of log a day at 1,000 a second: a
-#: QA pass). All are in the dead-letter topic and fds_dlq_messages_total.
-DLQ_SAID_PER_WINDOW = 10
-DLQ_SAID_WINDOW_S = 60.0
-
-
-def _cut(value: Any, n: int) -> Any:
-    """A text's first ``n`` characters (any other value as it is)."""
-    return value[:n] if isinstance(value, str) else value
-
-
-class _FencedWatch(logging.Handler):
-    """Sees kafka-python's heartbeat thread learn that the broker fenced this static member
-    (another one joined with its ``--group-instance-id``): the thread logs it and stops
-    beating, without a word to the poll loop, which decided on until its next commit (14
-    duplicate decisions in a README walk; 25 s while idle)."""
-
-    def __init__(self, instance_id: str | None) -> None:
-        super().__init__(logging.ERROR)
-        self.instance_id = instance_id
-        self.seen = False
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if (
-            self.instance_id is not None
-            and record.name.startswith("kafka.coordinator")
-            and "fenced" in str(record.msg)
-            and self.instance_id in map(str, record.args or ())  # (this instance's, not a
-        ):  # trainer's in the same process)
-            self.seen = True
-
-
-def fenced_error(what: str, s: KafkaSettings) -> FdsError:
-    """The error of a static member the broker fenced (fds run, fds train)."""
-    return FdsError(
-        f"{what}: another member joined group {s.group!r} with this --group-instance-id "
-        f"({s.group_instance_id}), so the broker fenced this one, which stops; give each "
-        "instance its own id"
-    )
-
-
-def dead_letter_message(
-    msg: Any, stage: str, exc: BaseException
-) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
-    """The key, value and headers of the dead letter of Kafka record ``msg``, which failed at
-    ``stage`` with ``exc``: the value is the dead-letter record (DESIGN.md), the headers its
-    fields (``raw`` aside) and ``source_topic``/``source_partition``/``source_offset``; cut to
-    DLQ_MAX_BYTES and DLQ_KEY_KEPT, and said so (``raw_truncated``, ``key_truncated``)."""
-    record = dead_letter(
-        stage=stage, error=exc, raw=msg.value, source=msg.topic,
-        position={"partition": msg.partition, "offset": msg.offset},
-    )  # fmt: skip
-    headers = [  # the record's fields (DESIGN.md), raw aside; the source_* as before
-        ("source", msg.topic.encode()),
-        ("position", dumps(record["position"])),
-        ("source_topic", msg.topic.encode()),
-        ("source_partition", str(msg.partition).encode()),
-        ("source_offset", str(msg.offset).encode()),
-        ("stage", stage.encode()),
-        ("error", type(exc).__name__.encode()),
-        ("reason", str(exc)[:1000].encode("utf-8", "backslashreplace")),
-    ]
-    value = dumps(record)
-    if len(value) > DLQ_MAX_BYTES:  # escaped, a record the broker took may not fit again
-        record["raw"] = _cut(record["raw"], DLQ_RAW_KEPT)  # (whole in the input topic)
-        record["reason"] = _cut(record["reason"], DLQ_REASON_KEPT)
-        record |= {"raw_truncated": True, "raw_bytes": len(msg.value or b"")}
-        headers.append(("raw_truncated", b"true"))
-        value = dumps(record)
-    key = msg.key
-    if key is not None and len(key) > DLQ_KEY_KEPT:
-        key = key[:DLQ_KEY_KEPT]
-        headers.append(("key_truncated", b"true"))
-    return key, value, headers
-
-
-_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
-
-
-#: The most poll_timeout_ms and shutdown_timeout_s take: with one another, under 10 s.
-_STOP_BOUNDS = {"poll_timeout_ms": 1000, "shutdown_timeout_s": 9.0}
-
-
-def check_topic(name: str) -> str:
-    """``name`` if Kafka takes it as a topic name, else a ``ValueError`` saying why (an input
-    topic with a space was a traceback from the client; others waited for the broker).
-
-    >>> check_topic("fds.decisions-1")
-    'fds.decisions-1'
-    """
-    if not _TOPIC.fullmatch(name) or name in (".", ".."):
-        raise ValueError(
-            f"{name!r} is no Kafka topic name: 1 to 249 ASCII letters, digits, '.', '_' and '-'"
-        )
-    return name
-
-
-#: argparse type: a Kafka topic name.
-topic_arg = arg_type(check_topic)
-
-
-class KafkaSettings(BaseSettings):
-    """Settings of ``fds run`` / ``fds produce``: flags > environment (``FDS_*``) > file.
-
-    Examples
-    --------
-    >>> s = KafkaSettings(bootstrap="broker:9092", group="g1")
-    >>> s.client_config()["bootstrap_servers"], s.exactly_once
-    (['broker:9092'], False)
-    """
-
-    model_config = SettingsConfigDict(env_prefix="FDS_", frozen=True, extra="forbid")
-
-    bootstrap: str = DEFAULT_BOOTSTRAP
-    input_topic: str = "transactions"
-    output_topic: str = "decisions"
-    dlq_topic: str = "dead-letters"
-    group: str = Field(default="fds", min_length=1)  # ("": the state root itself, a review)
-    # Static membership: a restarted instance with the same id takes its partitions back at
-    # once instead of waiting a session timeout for the dead member to expire.
-    group_instance_id: str | None = None
-    client_id: str = Field(default_factory=lambda: f"fds-{socket.gethostname()}-{os.getpid()}")
-    exactly_once: bool = False
-    # Stable across restarts of the same instance so a restarted process fences its zombie.
-    transactional_id: str | None = None
-    # Exactly-once: the broker aborts a transaction open longer than this (and fences its
-    # producer: fds run exits, a restart resumes from the last commit). A killed instance's
-    # open transaction holds its partitions' committed offsets back from their new owner until
-    # then, which waits for it (a chaos review saw a 57 s stall). Shorter takes over sooner
-    # but turns a shorter pause into an exit: 10 s (Kafka Streams' value) ended fds run after a
-    # 25 s SIGSTOP in a chaos run, where 60 s (kafka-python's default) rides it out.
-    transaction_timeout_ms: int = Field(default=60_000, ge=1000)
-    # Where a partition without a committed offset starts. (Kafka's ``none``, an error for
-    # such a partition, is refused: fds run retried it for ever as a broker out of reach.)
-    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
-    # At-least-once: batches whose decisions may still await the broker's acknowledgement (and
-    # their offsets a commit) while the next batch is decided. 0: flush and commit each batch
-    # before the next poll (adds the round trips to every record's latency).
-    max_unacked_batches: int = Field(default=2, ge=0)
-    # At-least-once: the offsets of acknowledged batches are committed (asynchronously) at
-    # most this often (milliseconds), the newer ones gathered meanwhile, and sent with the
-    # next batch after the interval: a crash replays about this much more input (identical
-    # duplicates), plus the time to that batch; a failed asynchronous commit is covered by
-    # the next one. Every commit is a write to the broker's offsets log: under a light load a
-    # poll returns a few records, and a commit per batch (~170/s at 2,000 tx/s) took 8% of the
-    # decision loop and 8-19% of a shared broker's CPU. 0: after every batch. A drain
-    # (checkpoint, idle input, stop, revocation) commits everything at once. No effect with
-    # exactly_once (a transaction per batch) or max_unacked_batches 0 (a drain per batch).
-    commit_interval_ms: int = Field(default=COMMIT_INTERVAL_MS, ge=0, le=2**31 - 1)
-    # One batch is the unit of commit: large enough to amortise the flush and commit round
-    # trips (500: 7.2k tx/s, 5000: 10-11k tx/s on the benchmark), small enough that a replay
-    # after a crash is short. Under a light load a poll returns what has arrived, far fewer.
-    max_poll_records: int = Field(default=5000, ge=1, le=2**31 - 1)
-    # Short so SIGTERM is noticed promptly even when idle.
-    # (bounded: a stop is heard between two polls; 99999999999 never stopped, a QA pass)
-    poll_timeout_ms: int = Field(default=100, ge=1)
-    # How long the broker may hold a fetch until ``fetch_min_bytes`` have arrived (the
-    # consumer's own settings; kafka-python's defaults). Under a light load every fetch
-    # answers with the few records that came, so the client's per-poll work dominates: a
-    # larger fetch_min_bytes trades latency (up to fetch_max_wait_ms) for CPU
-    # (benchmarks/results/fetch_wait.md).
-    fetch_min_bytes: int = Field(default=1, ge=1, le=2**31 - 1)
-    # (below kafka-python's request timeout, 30 s: above it the client refused to start,
-    # told as a broker out of reach; 0 fetched in a tight loop while idle: a review)
-    fetch_max_wait_ms: int = Field(default=500, ge=1, lt=30_000)
-    # Event-time alignment (fds.streams.align): how long a partition that is behind may hold
-    # the others back while its records are fetched (Kafka Streams' max.task.idle.ms).
-    align_wait_s: float = Field(default=1.0, ge=0, allow_inf_nan=False)
-    # A state rebuild runs between two polls; the group must not evict the member meanwhile
-    # (a dead process is still noticed within session_timeout_ms). Kafka Streams: no limit.
-    max_poll_interval_ms: int = Field(default=1_800_000, ge=1000, le=2**31 - 1)
-    broker_timeout_s: float = Field(default=60.0, gt=0, allow_inf_nan=False)
-    # Compression of what fds run writes (decisions, dead letters) and fds produce sends. Any
-    # compression is read: every codec's library is installed with fds.
-    compression_type: Literal["gzip", "snappy", "lz4", "zstd"] | None = None
-    # Labels for the label-aware features (fraud_count, fraud_rate): every partition of this
-    # topic is read by every instance (fds.streams.label_feed). None: the features see no labels.
-    labels_topic: str | None = None
-    # the deadline of a stop: with a poll's wait, under the 10 s promise (inf was taken)
-    shutdown_timeout_s: float = Field(default=8.0, gt=0, allow_inf_nan=False)
-    # A transaction stamped more than this after its record was produced is dead-lettered
-    # (stage validate): a clock or data error that would push every window's watermark ahead.
-    # 0: no check. The default grace period: one record stamped further ahead left every later
-    # transaction of every card late, out of the windows (3600 s until 2026-12-05: an hour of
-    # velocity rules blind after one record stamped 30 minutes ahead, a QA pass).
-    max_event_ahead_s: float = Field(default=300.0, ge=0, allow_inf_nan=False)
-    # how fast a dead one is noticed
-    session_timeout_ms: int = Field(default=10_000, ge=1000, le=2**31 - 1)
-    # Engine state checkpoints (None: ~/.cache/fds/state/<group>[/<group_instance_id>]).
-    state_dir: str | None = None
-    # A rename: restore the state (and resume from the committed offsets) of this other group,
-    # stopped for good. Without it a checkpoint written by another group is refused.
-    adopt_state_of: str | None = None
-    # How often the state is checkpointed (after a commit); a restart re-folds at most this
-    # much input in catch-up mode (~10,000 records/s). 0: after every commit.
-    checkpoint_every_s: float = Field(default=30.0, ge=0, allow_inf_nan=False)
-    # Periodic checkpoints are written by a forked child (fds.streams.checkpoint): the loop
-    # pauses for the fork, not for pickling the state. False: pickle on the loop (no fork;
-    # no transient extra memory).
-    checkpoint_in_background: bool = True
-    # Publish every checkpoint to this compacted topic (fds.streams.state_topic), and restore
-    # from it when there is no local checkpoint: a replacement instance on another machine
-    # (same group and group_instance_id) starts in seconds instead of rebuilding the state.
-    state_topic: str | None = None
-    # A partition without checkpointed state (first start, or moved here from another
-    # instance) is re-read from its start to rebuild the state: exact, but costs a pass over
-    # the retained input. False: start such partitions from an empty state.
-    rebuild_state: bool = True
-    # Security, passed to kafka-python unchanged when set.
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: str | None = None  # one kafka-python knows (SASL_MECHANISMS)
-    sasl_plain_username: str | None = None
-    sasl_plain_password: SecretStr | None = None
-    ssl_cafile: str | None = None
-    ssl_certfile: str | None = None
-    ssl_keyfile: str | None = None
-    ssl_password: SecretStr | None = None
-    ssl_check_hostname: bool = True
-    # A deployment's own, read by fds run and fds train alike (they were flags only, so each
-    # process of two deployments on one cluster had to be given them: a QA pass). None: the
-    # command's default (models_topic_for, metrics_address); flags: --registry, ...
-    registry: Path | None = None  # the model registry dir (default models/registry)
-    models_topic: str | None = None  # "none": none (fds train announces on "models" by default)
-    metrics_port: int | None = None  # -1: off, 0: any free port (default 9108 / 9109)
-    metrics_host: str | None = None  # (default 127.0.0.1: this machine only)
-
-    # where each setting came from (load_settings): a flag, FDS_<NAME>, the file, the default
-    _origins: dict[str, str] = PrivateAttr(default_factory=dict)
-
-    def fix(self, setting: str) -> str:
-        """How to change ``setting`` where it was given (``fix --output-topic``, ``fix
-        FDS_OUTPUT_TOPIC``, ``fix output_topic in kafka.yaml``); set by its flag when it was
-        not given (a missing topic named in a settings file was told to fix a flag: a QA)."""
-        where = self.given_as(setting)
-        return f"fix {where}" if where else f"set {_flag_of(setting) or 'FDS_' + setting.upper()}"
-
-    def given_as(self, setting: str) -> str | None:
-        """Where ``setting`` was given (``--state-topic``, ``FDS_STATE_TOPIC``, ``state_topic in
-        kafka.yaml``); None for its default."""
-        env = f"FDS_{setting.upper()}"
-        given = next((v for k, v in os.environ.items() if k.upper() == env), None)
-        if setting not in self._origins and given == str(getattr(self, setting)):
-            return env  # (settings made without load_settings read it too)
-        origin = self._origins.get(setting, "the default")
-        if origin == "the default":
-            return None
-        return origin if origin.startswith(("-", "FDS_")) else f"{setting} in {origin}"
-
-    def named(self, setting: str) -> str:
-        """``setting`` by the name it was given under (its flag for a default), for a message
-        that names two settings that conflict."""
-        return self.given_as(setting) or _flag_of(setting) or f"FDS_{setting.upper()}"
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _as_written(cls, v: Any, info: ValidationInfo) -> Any:
-        """A setting's value of the kind it needs, not coerced from another YAML made of it:
-        ``yes``/``no`` (YAML's true/false) for a number was taken as 1 or 0 (a broker timeout
-        of 1 s, one commit per record: a QA pass), and a number for a text was refused with no
-        fix (a numeric password: YAML reads ``0123`` as 83)."""
-        kind = cls.model_fields[str(info.field_name)].annotation
-        kinds = typing.get_args(kind) or (kind,)
-        if isinstance(v, bool) and bool not in kinds:
-            raise ValueError(
-                f"{str(v).lower()} (YAML reads yes/no/on/off as true/false) where a "
-                "number or a text is wanted: write the value itself"
-            )
-        if (
-            isinstance(v, int | float)
-            and not isinstance(v, bool)
-            and (str in kinds or SecretStr in kinds)
-            and not ({int, float} & set(kinds))
-        ):
-            raise ValueError('a number where a text is wanted: quote it in the file ("...")')
-        return v
-
-    @field_validator("bootstrap")
-    @classmethod
-    def _host_port(cls, v: str) -> str:
-        """Each of the comma-separated servers is ``host:port`` (a port that is no number was
-        a traceback from the client; an empty one, a wait for the broker timeout)."""
-        for server in v.split(","):
-            host, colon, port = server.strip().rpartition(":")
-            if not colon and port and not port.endswith("]"):  # a host alone: port 9092, as
-                continue  # kafka-python reads it
-            bad_host = ":" in host and not host.startswith("[")  # (host:1:2 waited a minute)
-            if not host or bad_host or not port.isdigit() or not 0 < int(port) < 65536:
-                why = (  # (said as the piece alone: '' for a trailing comma, a QA pass)
-                    f"{v!r} has an empty server between or after its commas" if not server.strip()
-                    else f"{server.strip()!r}: port {port} is not 1 to 65535"
-                    if host and not bad_host and port.isdigit()
-                    else f"{server.strip()!r} is not host:port"
-                )  # fmt: skip
-                raise ValueError(f"{why} (e.g. 127.0.0.1:19092; several separated by commas)")
-        return v
-
-    @field_validator("poll_timeout_ms", "shutdown_timeout_s")
-    @classmethod
-    def _within_the_stop(cls, v: float, info: Any) -> float:
-        """At most what the 10 s stop promise leaves (a poll of 99999999999 ms never stopped:
-        a QA pass); more is taken as that, with a warning (a deployment file's 25 s was
-        refused at the upgrade, a review)."""
-        most = _STOP_BOUNDS[info.field_name]
-        if v > most:
-            shown = [f"{x:g}" if isinstance(x, float) else str(x) for x in (v, most)]
-            log.warning("%s %s is more than a stop can wait (10 s): %s is used", info.field_name,
-                        *shown)  # fmt: skip
-            return type(v)(most)
-        return v
-
-    @field_validator("security_protocol", mode="before")
-    @classmethod
-    def _protocol_case(cls, v: Any) -> Any:
-        """Any case, as Kafka's own clients read it (`sasl_ssl` was refused)."""
-        return v.strip().upper() if isinstance(v, str) else v
-
-    @field_validator("compression_type", mode="before")
-    @classmethod
-    def _no_compression(cls, v: Any) -> Any:
-        """``none`` is no compression, as ``--help`` names the default (it was refused, so a
-        flag could not turn off a file's setting: a QA pass); any case, as every codec; the
-        refusal of another value names it too."""
-        if isinstance(v, str):
-            v = v.strip().lower()
-            if v == "none":
-                return None
-        if v is not None and v not in ("gzip", "snappy", "lz4", "zstd"):
-            raise ValueError(f"{v!r} is not one of 'none', 'gzip', 'snappy', 'lz4' or 'zstd'")
-        return v
-
-    @field_validator("group_instance_id", mode="before")
-    @classmethod
-    def _no_instance(cls, v: Any) -> Any:
-        """An empty id is none (an unset variable in a template), as it was read before."""
-        return None if v == "" else v
-
-    @field_validator("auto_offset_reset", mode="before")
-    @classmethod
-    def _reset(cls, v: Any) -> Any:
-        """Any case, and the old names ``smallest``/``largest``; ``none`` said why it is
-        refused."""
-        v = v.strip().lower() if isinstance(v, str) else v
-        v = {"smallest": "earliest", "largest": "latest"}.get(v, v)  # (the old names)
-        if v == "none":
-            raise ValueError(
-                "'none' is not supported: a partition without a committed offset needs a start; "
-                "use earliest (the log start) or latest (new records only)"
-            )
-        return v
-
-    @field_validator(
-        "input_topic", "output_topic", "dlq_topic", "labels_topic", "state_topic", "models_topic"
-    )
-    @classmethod
-    def _topic(cls, v: str | None) -> str | None:
-        return v if v is None else check_topic(v)
-
-    @field_validator("models_topic", mode="before")
-    @classmethod
-    def _no_models_topic(cls, v: Any) -> Any:
-        """``none`` (any case) is none, as ``fds train --models-topic`` takes it (and ``fds
-        run``'s now: a flag can turn a file's models topic off); kept apart from ``None``,
-        the command's default (``models_topic_for``)."""
-        return "none" if isinstance(v, str) and v.strip().lower() == "none" else v
-
-    @field_validator("metrics_port", mode="before")
-    @classmethod
-    def _metrics_port(cls, v: Any) -> Any:
-        return v if v is None else check_metrics_port(v)
-
-    @field_validator("state_dir", "ssl_cafile", "ssl_certfile", "ssl_keyfile", "registry",
-                     mode="before")  # fmt: skip
-    @classmethod
-    def _home(cls, v: Any) -> Any:
-        """``~`` is the home folder, from the environment as from a flag or the file
-        (systemd and Kubernetes do not expand it: FDS_STATE_DIR='~/sd' made a folder `~` in
-        the working directory, a QA pass)."""
-        if isinstance(v, Path):  # (--registry is parsed into a Path: `~/r` made a folder `~`
-            v = str(v)  # in the working directory, a QA pass)
-        return os.path.expanduser(v) if isinstance(v, str) and v.startswith("~") else v
-
-    @field_validator("registry", mode="before")
-    @classmethod
-    def _registry(cls, v: Any) -> Any:
-        if isinstance(v, str) and not v.strip():  # (FDS_REGISTRY= was the working directory)
-            raise ValueError("empty: give a folder, or leave it out for models/registry")
-        if isinstance(v, str | Path) and str(v).lower() == "none":  # (a folder `none`: a review)
-            raise ValueError(
-                "a model registry is a folder, never none: leave it out for the default, "
-                "models/registry"
-            )
-        return v
-
-    @field_validator("sasl_mechanism")
-    @classmethod
-    def _known_mechanism(cls, v: str | None) -> str | None:
-        """In any case, as the protocol is (`plain` was refused where `sasl_ssl` was taken)."""
-        from kafka.net.sasl import SASL_MECHANISMS
-
-        if v is None:
-            return v
-        known = {m.upper(): m for m in SASL_MECHANISMS}
-        if v.strip().upper() not in known:
-            raise ValueError(f"unknown SASL mechanism {v!r}: one of {', '.join(SASL_MECHANISMS)}")
-        return known[v.strip().upper()]
-
-    @field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile")
-    @classmethod
-    def _existing_file(cls, v: str | None, info: ValidationInfo) -> str | None:
-        protocol = info.data.get("security_protocol", "PLAINTEXT")
-        if v is not None and protocol in ("SSL", "SASL_SSL") and not Path(v).is_file():
-            raise ValueError(f"no such file {v!r}")  # (a plaintext client does not read it)
-        if v is not None and protocol in ("SSL", "SASL_SSL") and info.field_name == "ssl_cafile":
-            try:  # (one that is no certificate waited out the broker timeout, then blamed
-                ssl.create_default_context(cafile=v)  # the broker: a QA pass)
-            except (ssl.SSLError, OSError, ValueError) as e:
-                raise ValueError(
-                    f"{v!r} holds no CA certificate ({e}): give the PEM file of the certificate "
-                    "that signed the broker's (-----BEGIN CERTIFICATE-----)"
-                ) from None
-        return v
-
-    @model_validator(mode="after")
-    def _distinct_topics(self) -> KafkaSettings:
-        """What fds run writes goes to no topic it reads, and each topic it reads has one role:
-        dead letters sent to the input were read back and wrapped again, growing, until one was
-        too large (a review). (Decisions and dead letters may share a topic.)"""
-        reads = {"input_topic": self.input_topic, "labels_topic": self.labels_topic,
-                 "state_topic": self.state_topic}  # fmt: skip
-        writes = {"output_topic": self.output_topic, "dlq_topic": self.dlq_topic}
-        seen: dict[str, str] = {}
-        for name, topic in [*reads.items(), *writes.items()]:
-            other = seen.get(topic) if topic is not None else None
-            if other is not None and (name in reads or other in reads):
-                raise ValueError(f"{name} and {other} are both {topic!r}: give each its own topic")
-            if topic is not None:
-                seen.setdefault(topic, name)
-        return self
-
-    @model_validator(mode="after")
-    def _usable_security(self) -> KafkaSettings:
-        """What the client would otherwise find only after ``broker_timeout_s``, as if the
-        broker were down (a review: a missing password, a CA file not there)."""
-        sasl = self.security_protocol.startswith("SASL")
-        if sasl and self.sasl_mechanism is None:
-            raise ValueError(f"{self.security_protocol} needs --sasl-mechanism")
-        if sasl and self.sasl_mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
-            if self.sasl_plain_username is None:
-                raise ValueError(f"{self.sasl_mechanism} needs --sasl-username")
-            if self.sasl_plain_password is None or not self.sasl_plain_password.get_secret_value():
-                raise ValueError(  # (an empty one was taken: told as a failed login, a review)
-                    f"{self.sasl_mechanism} needs the password: set FDS_SASL_PLAIN_PASSWORD"
-                    + (" (it is empty)" if self.sasl_plain_password is not None else "")
-                )
-        return self
-
-    def unused(self) -> list[str]:
-        """Settings given that have no effect with the others (each was silently ignored:
-        a QA pass, `--sasl-mechanism PLAIN` over PLAINTEXT connected without a word)."""
-        said = []
-        proto = self.security_protocol
-        given = [n for n in ("sasl_mechanism", "sasl_plain_username") if getattr(self, n)]
-        if given and not proto.startswith("SASL"):
-            said.append(f"{', '.join(given)} given, but security_protocol is {proto}: not "
-                        "used (only SASL_PLAINTEXT and SASL_SSL use them)")  # fmt: skip
-        files = [n for n in ("ssl_cafile", "ssl_certfile", "ssl_keyfile") if getattr(self, n)]
-        if files and proto not in ("SSL", "SASL_SSL"):
-            said.append(f"{', '.join(files)} given, but security_protocol is {proto}: not "
-                        "used (only SSL and SASL_SSL use them)")  # fmt: skip
-        if self.transactional_id and not self.exactly_once:
-            said.append("transactional_id given without exactly_once (--exactly-once): not "
-                        "used")  # fmt: skip
-        if "commit_interval_ms" in self.model_fields_set and (
-            self.exactly_once or not self.max_unacked_batches
-        ):
-            why = ("exactly_once commits a transaction per batch" if self.exactly_once else
-                   "max_unacked_batches 0 commits each batch synchronously")  # fmt: skip
-            said.append(f"commit_interval_ms given, but {why}: not used")
-        return said
-
-    def models_topic_for(self, default: str | None) -> str | None:
-        """The models topic of a command whose own default is ``default``: the one given,
-        else ``default``; ``None`` for none."""
-        topic = self.models_topic or default
-        return None if topic == "none" else topic
-
-    def metrics_address(self, default_port: int) -> tuple[str, int]:
-        """``(host, port)`` a command whose own default port is ``default_port`` serves
-        /metrics on (port -1: it serves none)."""
-        port = default_port if self.metrics_port is None else self.metrics_port
-        host = self.metrics_host or METRICS_HOST
-        # Checked here, by the commands that serve, before their engine loads: a deployment's
-        # file names the scorer's address, which `fds produce` or `fds kafka topics` on
-        # another machine refused to load (a review).
-        if port >= 0 and self.metrics_host is not None:
-            try:
-                check_metrics_host(host)
-            except ValueError as e:
-                raise ConfigError(f"{self.named('metrics_host')}: {e}") from None
-        return host, port
-
-    def serves_metrics(self, default_port: int) -> bool:
-        """Does a command whose own default port is ``default_port`` serve /metrics? (Its
-        metrics are made enabled or not by this, before :meth:`serve_metrics`.)"""
-        return self.metrics_address(default_port)[1] >= 0
-
-    def serve_metrics(
-        self, metrics: Any, default_port: int, health: Health
-    ) -> MetricsServer | None:
-        """Serve ``metrics`` and ``health`` at :meth:`metrics_address` (``None``: port -1,
-        off); a refusal names the setting where it was given (``metrics_port in kafka.yaml``)."""
-        host, port = self.metrics_address(default_port)
-        if port < 0:
-            return None
-        named = (self.named("metrics_host"), self.named("metrics_port"))
-        return serve(metrics, host, port, health=health, named=named)
-
-    @property
-    def timeout_ms(self) -> int:
-        """``broker_timeout_s`` in milliseconds, as the client takes it."""
-        return int(self.broker_timeout_s * 1000)
-
-    @property
-    def n_servers(self) -> int:
-        """How many bootstrap servers are given."""
-        return len(self.bootstrap.split(","))
-
-    def reader_config(self, group: str | None = None, **over: Any) -> dict[str, Any]:
-        """A consumer's config: committed records only, offsets committed by hand. Without
-        ``group`` a group-less reader that assigns partitions itself and commits nothing
-        (state restores, label and model feeds)."""
-        return {
-            **self.client_config(),
-            "group_id": group,
-            "enable_auto_commit": False,
-            # (at-least-once too: records of a producer's aborted transaction are payments
-            # that never happened; they were decided and counted in the windows, a QA pass)
-            "isolation_level": "read_committed",
-            "bootstrap_timeout_ms": self.timeout_ms,
-            **over,
-        }
-
-    def liveness(self) -> dict[str, int]:
-        """A group member's session timeout and its heartbeat, a third of it (below it: 1000
-        against 1000 was refused by the client, told as a broker out of reach, a QA pass)."""
-        ms = self.session_timeout_ms
-        return {"session_timeout_ms": ms, "heartbeat_interval_ms": min(max(1000, ms // 3), ms - 1)}
-
-    def client_config(self) -> dict[str, Any]:
-        """Connection and security options common to consumer, producer and admin."""
-        cfg: dict[str, Any] = {
-            "bootstrap_servers": self.bootstrap.split(","),
-            "client_id": self.client_id,
-            "security_protocol": self.security_protocol,
-            # the Java client's default: kafka-python's 30 s left fds run without a connection
-            # for 27-39 s after a broker came back, and a commit refused after an eviction
-            # then arrived too late to rejoin before broker_timeout_s (a chaos run)
-            "reconnect_backoff_max_ms": 1000,
-        }
-        for name in ("sasl_mechanism", "sasl_plain_username", "ssl_cafile", "ssl_certfile",
-                     "ssl_keyfile"):  # fmt: skip
-            value = getattr(self, name)
-            if value is not None:
-                cfg[name] = value
-        for name in ("sasl_plain_password", "ssl_password"):
-            secret = getattr(self, name)
-            if secret is not None:
-                cfg[name] = secret.get_secret_value()
-        if self.security_protocol.startswith("SASL") or self.security_protocol == "SSL":
-            cfg["ssl_check_hostname"] = self.ssl_check_hostname
-        return cfg
-
-
-def _flag_of(setting: str) -> str | None:
-    """The flag that sets ``setting``, if any."""
-    flags = {**_SETTING_FLAGS, **DEPLOYMENT_FLAGS}
-    return next((f for f, dest in flags.items() if dest == setting), None)
-
-
-#: The ``FDS_*`` variables fds reads besides its settings' (``FDS_<SETTING>``).
-OTHER_ENV = frozenset({
-    "FDS_MODEL_KEY", "FDS_STATE_ROOT", "FDS_KAFKA_DIR", "FDS_KAFKA_KIT", "FDS_KAFKA_VERSION",
-    "FDS_KIT_STOREPASS", "FDS_REQUIRE_INTEGRATION", "FDS_TEST_BOOTSTRAP", "FDS_TEST_KEEP_BROKER",
-    "FDS_TRACE_OUT", "FDS_FAULT_KILL_AFTER_FLUSH", "FDS_FAULT_FOLD_DELAY_S", "FDS_KAFKA_LOG_MB",
-    "FDS_FEATURE_KERNEL", "FDS_KERNEL_CACHE",  # (fds.features.kernel.Compiler.from_env)
-    # (read by benchmarks/, warned of by every command once every command warned: a review)
-    "FDS_KEEP_SCRATCH", "FDS_BENCH_TREE",
-})  # fmt: skip
-_WARNED_ENV: set[str] = set()
-
-
-def unknown_env(environ: Mapping[str, str], flags: Collection[str] = ()) -> list[tuple[str, str]]:
-    """Each ``FDS_*`` variable in ``environ`` that fds does not read (a typo, or a flag-only
-    option such as ``--rules``: it was ignored without a word, a QA pass) and what to say of
-    it; ``flags``: the command line's options, one of which it may have meant.
-
-    >>> env = {"FDS_GROUP": "g", "FDS_BOOTSTRAPP": "h", "FDS_RULES": "r", "FDS_FOO": "1"}
-    >>> for _, said in unknown_env(env, flags={"--rules"}):
-    ...     print(said)
-    FDS_BOOTSTRAPP is no variable fds reads: ignored (did you mean FDS_BOOTSTRAP?)
-    FDS_FOO is no variable fds reads: ignored
-    FDS_RULES is no variable fds reads: ignored (give --rules where the command has it)
-    """
-    known = {f"FDS_{k.upper()}" for k in KafkaSettings.model_fields} | OTHER_ENV
-    said = []
-    for name in sorted(environ):
-        upper = name.upper()
-        if not upper.startswith("FDS_") or upper in known:
-            continue
-        close = difflib.get_close_matches(upper, known, n=1, cutoff=0.8)
-        flag = f"--{upper[4:].lower().replace('_', '-')}"
-        hint = (
-            f" (did you mean {close[0]}?)" if close
-            else f" (give {flag} where the command has it)" if flag in flags
-            else ""
-        )  # fmt: skip
-        said.append((name, f"{name} is no variable fds reads: ignored{hint}"))
-    return said
-
-
-def warn_unknown_env(flags: Collection[str] = (), logger: logging.Logger = log) -> None:
-    """Warn of each ``FDS_*`` variable of the environment fds does not read (once each), to
-    ``logger`` (the command's, from the CLI, with its ``flags``)."""
-    for name, said in unknown_env(os.environ, flags):
-        if name not in _WARNED_ENV:
-            _WARNED_ENV.add(name)
-            logger.warning("%s", said)
-
-
-def load_settings(file: Path | str | None = None, **flags: Any) -> KafkaSettings:
-    """Build settings from a YAML file, the environment and flags (highest wins: flags).
-
-    ``None`` flags are ignored (argparse defaults). Errors name the setting and where it came
-    from: the file's line (an unknown key with the closest known one), else the flag or the
-    environment variable. An ``FDS_*`` variable fds does not read is warned about, once.
-    """
-    warn_unknown_env()
-    values: dict[str, Any] = {}
-    doc: dict[str, Any] = {}
-    path = Path(file) if file is not None else None
-    if path is not None:
-        if not path.exists():  # (a pipe, <(...), is read; a folder, /dev/zero said as they
-            raise ConfigError(f"settings file not found: {path}")  # are: a README walk)
-        doc = read_yaml(path, "a settings file") or {}
-        if not isinstance(doc, dict):
-            raise ConfigError("expected a mapping of setting: value", where=str(path))
-        for k in doc:
-            if not isinstance(k, str):
-                raise ConfigError(f"{k!r}: a setting's name is text (e.g. group: fds)",
-                                  where=str(path))  # fmt: skip
-        # relative to the file (the state dir was relative to the working directory: a QA)
-        for k in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "state_dir", "registry"):
-            v = doc.get(k)
-            if isinstance(v, str) and v.strip() and v.lower() != "none":  # (an empty one is
-                # refused as FDS_REGISTRY= is, or the default as FDS_STATE_DIR=: it was the
-                # file's own folder, a QA pass)
-                doc[k] = str(path.parent / Path(v).expanduser())  # (an absolute path: as it is)
-        # The environment outranks the file: drop file keys that FDS_<KEY> sets.
-        # (case-insensitively, as pydantic reads the environment: fds_group lost to the file)
-        env = {k.upper() for k in os.environ}
-        values = {k: v for k, v in doc.items() if f"FDS_{k.upper()}" not in env}
-    given = {k: v for k, v in flags.items() if v is not None}
-    values.update(given)
-
-    def source(setting: str) -> str:
-        flag = _flag_of(setting)
-        if setting in given:
-            return flag or f"--{setting.replace('_', '-')}"
-        env = f"FDS_{setting.upper()}"
-        if any(k.upper() == env for k in os.environ):
-            return env
-        return f"{path}" if path is not None and setting in doc else "the default"
-
-    try:
-        settings = KafkaSettings(**values)
-    except PydanticValidationError as exc:
-        err = exc.errors()[0]
-        name = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        # (the file's line only when the value is the file's: an environment variable that
-        # overrode it was blamed on the file, a QA pass)
-        if path is not None and name in values and name not in given:
-            raise invalid(path, exc, KafkaSettings, "the settings file") from None
-        if not name:  # several settings together: say whence those it names (else the
-            # security ones: whence the protocol)
-            named = [k for k in KafkaSettings.model_fields if k in msg] or ["security_protocol"]
-            whence = ", ".join(f"{k} from {source(k)}" for k in named)
-            raise ConfigError(f"{msg} ({whence})") from None
-        raise ConfigError(f"setting {name}: {msg} (from {source(name)})") from None
-    settings._origins = {k: source(k) for k in KafkaSettings.model_fields}
-    for said in settings.unused():
-        log.warning("%s", said)
-    return settings
-
-
 def _producer_fenced(exc: BaseException) -> bool:
     """Is ``exc`` a fenced transactional producer (kafka-python says it with the error, in the
     text of the next call's plain KafkaError, or as the state the fence left its transaction
@@ -1436,7 +511,7 @@ class Runner:
         # way, and consumer.assignment() still names the old partitions (eager protocol).
         self._joining = False
         self._lag_shown: set[int] = set()  # partitions whose lag series is exported
-        self._heartbeat_fenced = _FencedWatch(None)  # (set by _loop)
+        self._heartbeat_fenced = FencedWatch(None)  # (set by _loop)
         # A partition the state has not followed (no checkpoint yet, or it moved here from
         # another instance) gets the state rebuilt from the input, all partitions merged in
         # event time, from the feature horizon up to the group's committed offsets.
@@ -1974,7 +1049,7 @@ class Runner:
         # What is alive now (libraries, model, restored state) and the state that grows later
         # are frozen out of the collector's full passes (60-400 ms pauses on the decision path
         # at 5,000 cards, seconds at a million): at the start and every FREEZE_EVERY events.
-        fenced = _FencedWatch(self.s.group_instance_id)
+        fenced = FencedWatch(self.s.group_instance_id)
         kafka_log = logging.getLogger("kafka")
         kafka_log.addHandler(fenced)
         self._heartbeat_fenced = fenced
@@ -2845,7 +1920,7 @@ class Runner:
             + (" and instance id on the state topic" if self.state_topic is not None else "")
             + f"; or, to continue group {got.group!r} under the new name {s.group!r} (a "
             f"rename: stop {got.group!r} first), start with "
-            f"{_flag_of('adopt_state_of')} {shlex.quote(got.group)}"
+            f"{flag_of('adopt_state_of')} {shlex.quote(got.group)}"
         )
 
     def _keep_history(self, what: str, state: dict[str, Any]) -> None:
@@ -4000,7 +3075,7 @@ class Runner:
                 "sent (again, if another group decided them); to start at their end instead, "
                 "set auto_offset_reset: latest; a renamed group goes on from the old group's "
                 "offsets with %s OLD_GROUP (and from its state with the old state dir)",
-                sorted(tp.partition for tp in tps), self.s.group, n, _flag_of("adopt_state_of"),
+                sorted(tp.partition for tp in tps), self.s.group, n, flag_of("adopt_state_of"),
             )  # fmt: skip
 
     def _report_restoring(
@@ -4408,440 +3483,12 @@ def close_engine(engine: Engine) -> None:
         engine.close()
 
 
-# -- fds produce ---------------------------------------------------------------------------------
-
-
-def _labels_file(path: Path | str, mapping: ColumnMapping | None) -> bool:
-    """Does the file's first record look like a label (``is_fraud``, no ``amount``)?"""
-    records = read_records(path, mapping=mapping)
-    try:
-        first = next((rec for _, rec, _ in records), None)
-    finally:
-        close = getattr(records, "close", None)
-        if close is not None:
-            close()
-    return isinstance(first, dict) and "is_fraud" in first and "amount" not in first
-
-
-def _labels_topic_name(name: str, settings: KafkaSettings) -> bool:
-    """Is ``name`` the labels topic: the settings', or the kit's (``labels``, after a
-    ``--prefix`` that ends in ``.``, ``-`` or ``_``)?"""
-    return name == settings.labels_topic or (
-        name != settings.input_topic
-        and (name == "labels" or name.endswith((".labels", "-labels", "_labels")))
-    )
-
-
-def produce_file(
-    path: Path | str,
-    settings: KafkaSettings,
-    *,
-    topic: str | None = None,
-    rate: float | None = None,
-    mapping: ColumnMapping | None = None,
-    limit: int | None = None,
-    labels_topic: str | None = None,
-) -> int:
-    """Send each record of a JSONL/CSV file to ``topic``, keyed by ``card_id`` (``tx_id`` for a
-    record without one: a label); return the count.
-
-    ``rate`` paces to that many records per second (file order is kept); ``mapping`` renames
-    foreign columns (``--mapping``) and reads timestamps in its zone, as ``fds replay`` does;
-    its label column is no transaction field: with ``labels_topic`` each fraud it marks goes
-    there as a label (``{tx_id, ts: ts + delay, is_fraud, source}``, keyed by ``tx_id``). A
-    record that cannot be read (bad JSON, a short CSV row) is sent as its raw text, so ``fds
-    run`` dead-letters it: nothing is silently dropped.
-    """
-    if (problem := file_error(path, "input file")) is not None:
-        raise ConfigError(problem)
-    if labels_topic and labels_topic == (topic or settings.input_topic):
-        raise ConfigError(  # (fds run dead-lettered the labels as transactions: a QA pass)
-            f"--labels-topic {labels_topic!r} is the topic the records go to: give each its own"
-        )
-    target = topic or settings.input_topic
-    holds_labels, own = False, None
-    if target != settings.input_topic:
-        # a labels file of its own columns and notation (a chargeback export) is read with the
-        # mapping's labels_file:, labels_options: and label_values:, as `fds replay --labels`
-        # reads it (it was read as transactions, and refused: a QA pass)
-        # (to a labels topic only: a transactions file of an is_fraud column was sent to a
-        # prefixed transactions topic as labels, a review)
-        if not (mapping and mapping.label) and _labels_topic_name(target, settings):
-            own = (mapping or ColumnMapping()).for_labels()
-        for reading in (mapping, own) if own is not None else (mapping,):
-            with contextlib.suppress(ConfigError):  # (not columns of that mapping)
-                if _labels_file(path, reading):
-                    mapping, holds_labels = reading, True
-                    break
-    if holds_labels and target.endswith((".transactions", "-transactions", "_transactions")):
-        home = target.removesuffix("transactions") + "labels"  # (a prefixed transactions
-        raise ConfigError(  # topic took a labels file, all dead-lettered by fds run: a QA pass)
-            f"--topic {target!r} is a transactions topic, but {path} holds labels (tx_id, ts, "
-            f"is_fraud and no amount): labels go to the labels topic (--topic {home})"
-        )
-    if not holds_labels and _labels_topic_name(target, settings):
-        why = "its first record is none: tx_id, ts, is_fraud and no amount"
-        try:  # (a labels file's columns or delimiter amiss: said as for fds replay --labels)
-            if own is not None:
-                check_transaction_columns(path, own)
-        except ConfigError as exc:
-            why = f"read as labels, {str(exc).removeprefix(f'{exc.where}: ')}"
-        # the kit's transactions topic beside it (a prefixed one: the prefix's, a README walk)
-        txs = settings.input_topic
-        if target.endswith((".labels", "-labels", "_labels")):  # (_labels_topic_name's)
-            txs = target.removesuffix("labels") + "transactions"
-        where = f"--topic {txs}" + (", or no --topic" if txs == settings.input_topic else "")
-        raise ConfigError(  # (fds run and fds train dead-lettered each one: a QA pass)
-            f"--topic {target!r} is a labels topic, but {path} holds no labels ({why}); "
-            "transactions go to the "
-            f"transactions topic ({where}), and a --mapping's fraud column goes there as labels "
-            f"with --labels-topic {target}"
-        )
-    if not holds_labels:
-        # transactions with other column names: every one was sent, for fds run to dead-letter
-        # (without a key: a review), as fds replay refuses; with a mapping, checked before
-        # connecting (a QA pass); to a topic of another name too (a prefixed one), unless the
-        # file holds labels (it was not checked there: a QA pass)
-        check_transaction_columns(path, mapping)
-    records = read_records(path, mapping=mapping)
-    zone = get_zone(mapping.timezone) if mapping is not None else None
-    label = mapping.label if mapping is not None else None
-    if labels_topic and label is None:
-        raise ConfigError("--labels-topic needs a --mapping with a label: section (its column)")
-    labels = disordered = unreadable_rows = 0
-    cut: FileCut | None = None  # what ended the file early, if anything
-    timeout_ms = settings.timeout_ms
-    try:
-        with ClientErrors() as errors:
-            producer = errors.connect(lambda: KafkaProducer(
-                **settings.client_config(), acks="all", linger_ms=5,
-                bootstrap_timeout_ms=timeout_ms, max_block_ms=timeout_ms,
-                # a record waits for a broker that went away as long as --broker-timeout says
-                # (the default 2 minutes dropped records of an outage longer than that)
-                delivery_timeout_ms=max(timeout_ms, 120_000),
-                compression_type=settings.compression_type,
-            ), settings.n_servers)  # fmt: skip
-    except (KafkaError, OSError) as exc:
-        raise unreachable(settings, exc, errors) from exc
-    fix_topic = "fix --topic" if topic else settings.fix("input_topic")  # (its input topic)
-    topic = topic or settings.input_topic
-    t0 = time.monotonic()
-    n = 0
-    # fds-seq: this run's start (us) then the record's place, so that files produced one after
-    # the other keep that order too (each counted from 1, two files' ties were interleaved by
-    # line: a QA pass); records of other producers, without it, come first
-    seq0 = time.time_ns() // 1000 * 10**12 + 1
-    failed: list[BaseException] = []  # sends the broker refused or that timed out
-    acked = [0]  # sends it acknowledged (counted on the producer's thread)
-    line = 0
-    sent_to = 0  # the line of the last record handed to the producer
-    unreadable_labels = 0
-    close_s = 5.0  # how long closing waits for what is not acknowledged yet
-    heard = (0, t0)  # the records acknowledged, and when that count last grew
-
-    def gone() -> BrokerUnavailable:
-        return BrokerUnavailable(
-            f"Kafka at {settings.bootstrap} did not acknowledge the records for "
-            f"{settings.broker_timeout_s:.0f} s (--broker-timeout): {acked[0]} of {n} records "
-            f"were written, {len(failed)} refused, the rest unknown; produce the file again "
-            "once it is up (fds run decides a record twice as at-least-once)"
-        )
-
-    try:
-        try:
-            # A topic's metadata comes in well under a second; a missing one was waited for
-            # the whole max_block_ms (the broker timeout: a minute without a word, a review).
-            block, producer.config["max_block_ms"] = producer.config["max_block_ms"], 10_000
-            for name, fix in ((topic, fix_topic), (labels_topic, "fix --labels-topic")):
-                try:
-                    if name:
-                        producer.partitions_for(name)
-                except KafkaTimeoutError:
-                    raise ConfigError(
-                        f"topic {name!r} does not exist on {settings.bootstrap}: create it "
-                        f"(`fds kafka topics` creates the kit's topics) or {fix}"
-                    ) from None
-            producer.config["max_block_ms"] = block
-            clock = FileClock(zone) if zone is not None else None
-            said_at = time.monotonic() + PROGRESS_EVERY_S
-            newest = -math.inf  # the latest event time sent
-            for line, rec, raw in records:
-                if isinstance(rec, FileCut):  # the file ends here: nothing of it to send (an
-                    cut = rec  # empty record was sent, and exit 0 for a damaged .gz)
-                    break
-                if rate:  # pacing to the requested rate (a low one: long), before a record:
-                    ahead = n / rate - (time.monotonic() - t0)  # none after the last (it
-                    if ahead > 0:  # waited one interval more at the end: a QA pass)
-                        wakeful_sleep(ahead)
-                if isinstance(rec, dict):
-                    truth = rec.pop(label.column, None) if label is not None else None
-                    if rec.get("ts") is not None:
-                        # the mapping's zone, as fds replay reads the file (epoch seconds
-                        # carry it: sent as they are; a text or a Parquet column's datetime,
-                        # naive in that zone, as epoch seconds: it was sent as UTC, a QA
-                        # pass); unreadable: fds run says so
-                        with contextlib.suppress(ValueError, TypeError, OverflowError):
-                            t = parse_ts(rec["ts"], zone or UTC)
-                            t = clock(rec["ts"], t) if clock is not None else t
-                            if clock is not None and not isinstance(rec["ts"], int | float):
-                                rec["ts"] = t
-                            disordered += t < newest
-                            newest = max(newest, t)
-                    if labels_topic and label is not None and truth is not None:
-                        sent = _label_of(
-                            rec, truth, label.delay, zone, labels_topic, producer, failed
-                        )
-                        labels += sent > 0
-                        unreadable_labels += sent < 0
-                    # a transaction by its card (the state's partitioning), anything else (a
-                    # label file) by its tx_id, as streams/topics.yaml keys the labels topic
-                    card = rec.get("card_id", rec.get("tx_id"))
-                    key = None if card is None else id_text(card).encode()
-                    # its place in the file: fds run takes records of one event time in that
-                    # order, as fds replay does (see align.SEQ_HEADER)
-                    fut = producer.send(
-                        topic, value=dumps(rec), key=key, headers=[(SEQ_HEADER, b"%d" % (seq0 + n))]
-                    )
-                elif isinstance(rec, Exception):  # unreadable: the file's own bytes (a row
-                    # read but refused by the mapping as JSON: it was Python's repr), and
-                    mapped = isinstance(raw, dict)  # (read, and refused by the mapping)
-                    value = (
-                        dumps(raw) if mapped
-                        else raw if isinstance(raw, bytes)
-                        else str(raw or "").encode()
-                    )  # fmt: skip
-                    reason = str(rec)[:1000].encode("utf-8", "backslashreplace")  # why
-                    header = REFUSED if mapped else UNREADABLE
-                    unreadable_rows += 1
-                    fut = producer.send(topic, value=value, headers=[(header, reason)])
-                else:  # JSON that is no object ([1, 2], 42, null): fds run says so, as replay
-                    fut = producer.send(topic, value=dumps(rec))  # (it was sent empty: lost)
-                fut.add_errback(failed.append)
-                fut.add_callback(lambda _meta: acked.__setitem__(0, acked[0] + 1))
-                n += 1
-                sent_to = line
-                if rate or not n & 1023:
-                    now = time.monotonic()
-                    if acked[0] != heard[0]:
-                        heard = (acked[0], now)
-                    elif n > acked[0] and now - heard[1] > settings.broker_timeout_s:
-                        close_s = 0.0  # (at a --rate it sent on for good: a QA pass)
-                        raise gone()
-                    if now >= said_at:  # (silent for minutes at a --rate)
-                        said_at = now + PROGRESS_EVERY_S
-                        log.info(
-                            'producing records="%d" acknowledged="%d" line="%d" rate="%.0f/s"',
-                            n, acked[0], line, n / max(now - t0, 1e-9),
-                        )  # fmt: skip
-                if limit is not None and n >= limit:
-                    break
-            try:  # (a SIGTERM while waiting here says what was sent too: a QA pass; a wait
-                with say_if_slow(lambda: log.info(  # said: silent for up to the broker timeout,
-                    "waiting for Kafka to acknowledge the records sent, up to %.0f s "  # a QA)
-                    '(--broker-timeout) records="%d" acknowledged="%d"',
-                    settings.broker_timeout_s, n, acked[0],
-                )):  # fmt: skip
-                    flush_within(producer, settings.broker_timeout_s)
-            except KafkaTimeoutError:
-                close_s = 0.0
-                raise gone() from None
-        except (KafkaError, KeyboardInterrupt) as exc:  # how far it got: a rerun sends again
-            try:
-                flush_within(producer, 5.0)
-            except Exception:
-                close_s = 0.0  # (the broker is not answering: waiting again is no use)
-            sent_so_far = (  # (it said "sent (to line 2)" of a line 2 too large to send)
-                f"{n:,} record{'s' if n != 1 else ''} of {path} {'were' if n != 1 else 'was'} "
-                f"sent (to line {sent_to}), {acked[0]:,} acknowledged by Kafka; producing the "
-                "file again sends them again (fds run decides a record twice)"
-            )
-            if isinstance(exc, KeyboardInterrupt):  # (SIGTERM too)
-                log.warning("interrupted: %s", sent_so_far)
-                raise
-            raise FdsError(
-                f"producing stopped{f' at line {line}' if line else ''} ({describe(exc)}): "
-                f"{sent_so_far}"
-            ) from exc
-    finally:
-        close_producer(producer, close_s)
-    if unreadable_labels:  # (skipped without a word before; fds replay dead-letters them)
-        log.warning(
-            "%d values of the label column %r said neither fraud nor legitimate: those labels "
-            "were not sent (their transactions were)",
-            unreadable_labels,
-            label.column,  # type: ignore[union-attr]
-        )
-    if labels_topic:
-        log.info("produced %d fraud labels to %s", labels, labels_topic)
-    elif label is not None:  # (dropped without a word: a QA pass)
-        log.warning(
-            "the mapping's label column %r was not sent (it is no transaction field): "
-            "--labels-topic sends its frauds as labels",
-            label.column,
-        )
-    if unreadable_rows:  # (exit 0 and "produced 7 records" alone: a QA pass)
-        log.warning(
-            "%d records could not be read or were refused by the mapping: sent with the reason "
-            "in a header, for fds run (and fds train) to dead-letter them with it",
-            unreadable_rows,
-        )
-    if disordered:  # (fds run then decided them late, or with other windows than fds replay,
-        log.warning(  # which sorts them: a QA pass)
-            "%d records were out of time order (each after one with a later ts) and were sent "
-            "in file order: fds run decides them as they come (late, or windows without what "
-            "came after them), fds replay sorts them; sort the file by ts to match a replay",
-            disordered,
-        )
-    if isinstance(cut, DamagedFile):  # (exit 0 and garbage sent: a QA pass)
-        refused = f" ({len(failed)} of them refused by Kafka)" if failed else ""
-        raise FdsError(
-            f"{path} is damaged: {cut}; {n} records before it were sent{refused} and may be "
-            "garbage too: delete them from the topic (or use a new one) and produce a good copy"
-        )
-    # (a file cut short, a truncated download, was a warning and exit 0: a script took the
-    # records after the cut for sent, a QA pass)
-    unread = f"; {path} could not be read to its end ({cut}): produce the rest from a good copy"
-    if failed:
-        raise FdsError(
-            f"{len(failed)} of {n} records were not produced to {topic!r} (first error: "
-            f"{type(failed[0]).__name__}: {failed[0]}); the others were"
-            + (unread if cut is not None else "")
-        )
-    if cut is not None:
-        raise FdsError(f"the {n} records before the cut were sent{unread}")
-    return n
-
-
-def _label_of(
-    tx: dict[str, Any], truth: Any, delay: float, zone: Any, topic: str, producer: Any,
-    failed: list[Any],
-) -> int:  # fmt: skip
-    """Send the label a file's fraud column gives ``tx`` (1), or nothing (0: legitimate, or a
-    transaction without a readable id and time; -1: a value that says neither). Its time is the
-    transaction's, read as fds run reads it (epoch milliseconds too), plus ``delay``."""
-    try:
-        fraud = LabelColumn.is_fraud(truth)
-    except ValueError:
-        return -1  # (counted and said)
-    try:
-        ts = parse_ts(tx["ts"], zone)
-        tx_id = str(tx["tx_id"])
-    except (KeyError, TypeError, ValueError):
-        return 0
-    if not fraud:
-        return 0
-    body = {"tx_id": tx_id, "ts": ts + delay, "is_fraud": True, "source": "file"}
-    producer.send(topic, value=dumps(body), key=tx_id.encode()).add_errback(failed.append)
-    return 1
-
-
 #: The copy of the last good rules in fds run's state dir: a rules file rejected by a hot
 #: reload, still on disk at the next restart, refused it (a QA pass); this copy decides then.
 KEPT_RULES = "rules.last-good.yaml"
 
 
 # -- CLI ---------------------------------------------------------------------------------------
-
-_SETTING_FLAGS = {
-    "--bootstrap": "bootstrap",
-    "--input-topic": "input_topic",
-    "--output-topic": "output_topic",
-    "--dlq-topic": "dlq_topic",
-    "--group": "group",
-    "--group-instance-id": "group_instance_id",
-    "--transactional-id": "transactional_id",
-    "--max-poll-records": "max_poll_records",
-    "--max-unacked-batches": "max_unacked_batches",
-    "--commit-interval": "commit_interval_ms",
-    "--broker-timeout": "broker_timeout_s",
-    "--max-event-ahead": "max_event_ahead_s",
-    "--state-dir": "state_dir",
-    "--adopt-state-of": "adopt_state_of",
-    "--checkpoint-every": "checkpoint_every_s",
-    "--align-wait": "align_wait_s",
-    "--state-topic": "state_topic",
-    "--session-timeout": "session_timeout_ms",
-    "--max-poll-interval": "max_poll_interval_ms",
-    "--fetch-min-bytes": "fetch_min_bytes",
-    "--fetch-max-wait": "fetch_max_wait_ms",
-    "--compression": "compression_type",
-    "--security-protocol": "security_protocol",
-    "--sasl-mechanism": "sasl_mechanism",
-    "--sasl-username": "sasl_plain_username",
-    "--ssl-cafile": "ssl_cafile",
-    "--ssl-certfile": "ssl_certfile",
-    "--ssl-keyfile": "ssl_keyfile",
-}
-
-#: The settings flags of ``fds run`` and ``fds train`` that each defines itself, for its own
-#: default and help (``models_topic_for``, ``metrics_address``).
-DEPLOYMENT_FLAGS = {
-    "--registry": "registry",
-    "--models-topic": "models_topic",
-    "--metrics-port": "metrics_port",
-    "--metrics-host": "metrics_host",
-}
-
-
-#: The settings every client takes: where the broker is and how to reach it.
-CONNECTION_SETTINGS = (
-    "bootstrap", "broker_timeout_s", "security_protocol", "sasl_mechanism",
-    "sasl_plain_username", "ssl_cafile", "ssl_certfile", "ssl_keyfile",
-)  # fmt: skip
-
-
-def _add_settings_flags(
-    p: argparse.ArgumentParser,
-    only: Sequence[str] | None = None,
-    helps: Mapping[str, str] | None = None,
-) -> None:
-    """The settings flags (``only``: those of these settings; ``fds run`` takes them all;
-    ``helps``: a command's own help of some)."""
-    p.add_argument("--config", type=Path, default=None, help="YAML file of settings (lowest rank)")
-    for flag, dest in _SETTING_FLAGS.items():
-        if only is not None and dest not in only:
-            continue
-        kind = (
-            float
-            if dest
-            in ("broker_timeout_s", "checkpoint_every_s", "align_wait_s", "max_event_ahead_s")
-            else int
-            if dest in ("max_poll_records", "max_unacked_batches", "fetch_min_bytes")
-            or dest.endswith("_ms")
-            else str
-        )
-        p.add_argument(
-            flag,
-            dest=dest,
-            type=kind,
-            default=None,
-            help=(helps or {}).get(dest)
-            or f"setting {dest}{_UNITS.get(dest.rpartition('_')[2], '')} (env "
-            f"FDS_{dest.upper()}; default {_default_of(dest)})",
-        )
-
-
-#: A setting's unit by the end of its name, for ``--help`` (``--commit-interval 1`` is 1 ms,
-#: ``--checkpoint-every 1`` one second).
-_UNITS = {"ms": ", in milliseconds", "s": ", in seconds"}
-
-
-def _default_of(setting: str) -> Any:
-    """A setting's default as ``--help`` states it."""
-    if setting == "state_dir":
-        return "~/.cache/fds/state/<group>[/<instance>]; 'none': no checkpoints"
-    if setting == "transactional_id":
-        return "fds-<group>-<group-instance-id or 0>"
-    default = KafkaSettings.model_fields[setting].default
-    return "none" if default in (None, PydanticUndefined) else default
-
-
-def _settings_from(args: argparse.Namespace, **extra: Any) -> KafkaSettings:
-    """The settings of a command's ``args``: its settings flags (those it has) over the
-    environment over ``--config``."""
-    dests = (*_SETTING_FLAGS.values(), *DEPLOYMENT_FLAGS.values())
-    return load_settings(args.config, **{d: getattr(args, d, None) for d in dests}, **extra)
-
 
 #: fds run's /metrics port when none is given: unassigned in Prometheus' port allocation list
 #: (fds train's is the next one).
@@ -4851,7 +3498,7 @@ RUN_METRICS_PORT = 9108
 def register_run(subparsers: argparse._SubParsersAction) -> None:
     """Add ``fds run``."""
     p = subparsers.add_parser("run", help="the streaming service: decide transactions from Kafka")
-    _add_settings_flags(p)
+    add_settings_flags(p)
     p.add_argument(
         "--exactly-once",
         action="store_true",
@@ -4897,39 +3544,10 @@ def register_run(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_run)
 
 
-def register_produce(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``fds produce``."""
-    p = subparsers.add_parser(
-        "produce", help="load a JSONL/CSV file into a Kafka topic",
-        description="Send the records of a JSONL, CSV or Parquet file (gzip too) to a Kafka "
-        "topic, keyed by card_id (a label's by tx_id), in file order, at --rate if given: a "
-        "historical file or fds simulate's output, for fds run to decide.",
-    )  # fmt: skip
-    p.add_argument(
-        "file", type=file_path("file to send"),
-        help="transactions (or labels): .jsonl (.json, .ndjson), .csv, .parquet, optionally .gz",
-    )  # fmt: skip
-    p.add_argument(
-        "--topic", type=topic_arg, default=None, help="default: the input topic (transactions)"
-    )
-    p.add_argument(
-        "--rate", type=positive_float, default=None, help="records per second (default: max)"
-    )
-    p.add_argument("--mapping", type=Path, default=None, help="column mapping YAML (fields:)")
-    p.add_argument("--limit", type=positive_int, default=None, help="send at most this many")
-    p.add_argument(
-        "--labels-topic", type=topic_arg, default=None,
-        help="with a --mapping that has a label: column, send each fraud it marks here as a "
-        "label, delay after its transaction",
-    )  # fmt: skip
-    _add_settings_flags(p, (*CONNECTION_SETTINGS, "input_topic", "compression_type"))
-    p.set_defaults(func=_cmd_produce)
-
-
 def _cmd_run(args: argparse.Namespace) -> int:
     checkpointer = None
     try:
-        settings = _settings_from(
+        settings = settings_from(
             args, exactly_once=args.exactly_once, labels_topic=args.labels_topic,
             checkpoint_in_background=args.checkpoint_in_background,
         )  # fmt: skip
@@ -4986,31 +3604,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
         f"commits={stats.commits} caught_up={stats.caught_up} checkpoints={stats.checkpoints}",
         logging.INFO,
     )
-    return 0
-
-
-def _cmd_produce(args: argparse.Namespace) -> int:
-    try:
-        settings = _settings_from(args)
-        mapping = load_mapping(args.mapping) if args.mapping is not None else None
-        n = produce_file(
-            args.file, settings, topic=args.topic, rate=args.rate, mapping=mapping,
-            limit=args.limit, labels_topic=args.labels_topic,
-        )  # fmt: skip
-    except ConfigError as exc:
-        say(f"fds produce: error: {exc}")
-        return 2
-    except FdsError as exc:  # (it says what failed and how far it got)
-        say(f"fds produce: failed: {exc}")
-        return 1
-    except Exception as exc:
-        say(f"fds produce: failed: {describe(exc)}")
-        return 1
-    if n == 0 and args.limit != 0:  # (exit 0, where fds replay of it exits 1: a QA pass)
-        say(f"fds produce: error: {args.file} holds no records (empty, or a header only): "
-            "nothing was sent")  # fmt: skip
-        return 1
-    say(f"produced {n} records to {args.topic or settings.input_topic}", logging.INFO)
     return 0
 
 

@@ -70,7 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = ksub.add_parser("status", help="is the broker running and reachable?")
     common(p, found_by_dir=True)
     p.set_defaults(func=_status)
-    from fds.streams import kafka as kstream  # the runner pulls in more; keep the kit light
+    from fds.streams import settings as ksettings  # (pydantic: not for the kit's own commands)
 
     p = ksub.add_parser("topics", help="create the topics of streams/topics.yaml (idempotent)")
     p.add_argument("--file", type=Path, default=kafka_kit.TOPICS_FILE, help="topic specs YAML")
@@ -78,12 +78,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--prefix", type=_prefix, default="",
         help="prepended to every topic name, e.g. prod. (default: none)",
     )  # fmt: skip
-    kstream._add_settings_flags(p, kstream.CONNECTION_SETTINGS)  # --bootstrap, security
+    ksettings.add_settings_flags(p, ksettings.CONNECTION_SETTINGS)  # --bootstrap, security
     p.set_defaults(func=_topics)
 
+    from fds.streams import kafka as kstream  # the runner pulls in more; keep the kit light
+    from fds.streams import produce, train
+
     kstream.register_run(subparsers)
-    kstream.register_produce(subparsers)
-    from fds.streams import train
+    produce.register_produce(subparsers)
 
     train.register_train(subparsers)
 
@@ -103,7 +105,7 @@ def _port(text: str) -> int:
 def _prefix(text: str) -> str:
     """argparse type: a topic name prefix that makes Kafka topic names of the kit's (`a b`
     was refused by the broker, exit 1, a QA pass), its longest one included."""
-    from fds.streams.kafka import check_topic
+    from fds.streams.settings import check_topic
 
     try:
         check_topic(text + "state-changelog.index")  # (the kit's longest name)
@@ -227,9 +229,9 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _topics(args: argparse.Namespace) -> int:
-    from fds.streams import kafka as kstream
+    from fds.streams.settings import settings_from
 
-    s = kstream._settings_from(args)
+    s = settings_from(args)
     client = {k: v for k, v in s.client_config().items() if k != "bootstrap_servers"}
     client["bootstrap_timeout_ms"] = s.timeout_ms
     names = kafka_kit.create_topics(
@@ -248,7 +250,7 @@ def _other_topics(s: Any, prefix: str, made: set[str]) -> list[str]:
     made (a deployment's --config with prefixed topics: `fds kafka topics --config` made the
     kit's), or a prefix runs into the names (``prodtransactions``).
 
-    >>> from fds.streams.kafka import load_settings
+    >>> from fds.streams.settings import load_settings
     >>> s = load_settings(input_topic="p.tx")
     >>> for said in _other_topics(s, "p", {"ptransactions", "pdecisions"}):
     ...     print(said)

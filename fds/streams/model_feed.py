@@ -76,8 +76,8 @@ from fds.models.registry import (
     sign_deployment,
     sign_record,
 )
-from fds.streams.kafka import KafkaSettings
 from fds.streams.kafka_kit import Consumer, UnreadableRecords
+from fds.streams.settings import KafkaSettings
 from fds.timeutil import format_ts
 
 __all__ = ["FeedStats", "ModelFeed"]

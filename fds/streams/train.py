@@ -81,33 +81,31 @@ from fds.models.registry import (
     sign_record,
 )
 from fds.pipeline import DEFAULT_MODEL
-from fds.schema import (
-    NaiveWatch,
-    label_of,
-    produced_bad,
-)
+from fds.schema import NaiveWatch, label_of, produced_bad
 from fds.streams.align import Aligner
 from fds.streams.checkpoint import SHARED_FILE, Checkpointer, default_state_dir, hold
-from fds.streams.kafka import (
-    CONNECTION_SETTINGS,
-    DEPLOYMENT_FLAGS,
-    BrokerWatch,
-    IdleTimer,
-    KafkaSettings,
-    _add_settings_flags,
-    _FencedWatch,
-    add_max_idle_argument,
-    dead_letter_message,
-    fenced_error,
-    load_settings,
-    on_stop_signals,
-    probe,
-    topic_arg,
-    unreachable,
-)
 from fds.streams.kafka_kit import ClientErrors, Consumer, Stopped, close_producer, flush_within
 from fds.streams.label_feed import EARLY_WAIT_S
 from fds.streams.model_feed import LIFECYCLE, ModelFeed, announcement_key, lifecycle_key
+from fds.streams.service import (
+    BrokerWatch,
+    FencedWatch,
+    IdleTimer,
+    add_max_idle_argument,
+    dead_letter_message,
+    fenced_error,
+    on_stop_signals,
+    probe,
+    unreachable,
+)
+from fds.streams.settings import (
+    CONNECTION_SETTINGS,
+    DEPLOYMENT_FLAGS,
+    KafkaSettings,
+    add_settings_flags,
+    load_settings,
+    topic_arg,
+)
 from fds.timeutil import format_ts, parse_ts
 
 if TYPE_CHECKING:  # (River: imported when a trainer starts, not to build the command line)
@@ -770,7 +768,7 @@ class TrainService:
         health = self.health
         # a static member (--group-instance-id) another trainer took the id of: kafka-python's
         # heartbeat thread only logs it (see fds run's)
-        fenced = _FencedWatch(s.group_instance_id)
+        fenced = FencedWatch(s.group_instance_id)
         said_held = False  # (idle, but labels wait: said once per wait)
         kafka_log = logging.getLogger("kafka")
         kafka_log.addHandler(fenced)
@@ -1459,7 +1457,7 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train", help="the trainer service: decisions + labels from Kafka -> model versions"
     )
-    _add_settings_flags(p, TRAIN_SETTINGS, {"group": _GROUP_HELP, "state_dir": _STATE_HELP})
+    add_settings_flags(p, TRAIN_SETTINGS, {"group": _GROUP_HELP, "state_dir": _STATE_HELP})
     p.add_argument(  # (--model as fds run and fds replay name it)
         "--spec", "--model", type=Path, default=DEFAULT_MODEL, help="model spec YAML"
     )

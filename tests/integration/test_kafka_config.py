@@ -14,7 +14,7 @@ import pytest
 
 from fds.errors import ConfigError
 from fds.streams import kafka_cli
-from fds.streams.kafka import KafkaSettings, _settings_from, load_settings
+from fds.streams.kafka import KafkaSettings, load_settings, settings_from
 
 #: A self-signed certificate alone (its key was not kept): a CA file that loads.
 TEST_CA = Path(__file__).with_name("test-ca.pem")
@@ -37,9 +37,9 @@ def test_an_fds_variable_fds_does_not_read_is_warned_about_once(monkeypatch, cap
     """A QA pass: FDS_REGISTRY and FDS_METRICS_PORT (then flags only) and a typo were ignored
     without a word; a deployment then served from another's registry and port. They are
     settings now: a flag-only option (--rules) and a typo are warned about."""
-    from fds.streams import kafka
+    from fds.streams import settings
 
-    monkeypatch.setattr(kafka, "_WARNED_ENV", set())
+    monkeypatch.setattr(settings, "_WARNED_ENV", set())
     monkeypatch.setenv("FDS_GROPU", "g")
     monkeypatch.setenv("FDS_RULES", "rules/other.yaml")
     for name in ("FDS_REGISTRY", "FDS_MODELS_TOPIC", "FDS_METRICS_PORT", "FDS_METRICS_HOST"):
@@ -384,7 +384,7 @@ def test_the_group_timeouts_are_flags_too():
     parser = argparse.ArgumentParser(prog="fds")
     kafka.register_run(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["run", "--session-timeout", "20000", "--max-poll-interval", "60000"])
-    s = kafka._settings_from(args)
+    s = kafka.settings_from(args)
     assert (s.session_timeout_ms, s.max_poll_interval_ms) == (20000, 60000)
 
 
@@ -578,14 +578,14 @@ def test_a_registry_flag_at_home_and_empty_paths_of_a_file(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     parse = build_parser().parse_args
     for command in ("run", "train"):
-        s = _settings_from(parse([command, "--registry", "~/qa-r"]))
+        s = settings_from(parse([command, "--registry", "~/qa-r"]))
         assert str(s.registry) == os.path.expanduser("~/qa-r")
     (tmp_path / "cfg").mkdir()
     (tmp_path / "cfg" / "s.yaml").write_text('state_dir: ""\n')
-    assert not _settings_from(parse(["run", "--config", "cfg/s.yaml"])).state_dir  # (default)
+    assert not settings_from(parse(["run", "--config", "cfg/s.yaml"])).state_dir  # (default)
     (tmp_path / "cfg" / "r.yaml").write_text('registry: ""\n')
     with pytest.raises(ConfigError, match=r"r\.yaml:1: registry: empty: give a folder"):
-        _settings_from(parse(["run", "--config", "cfg/r.yaml"]))
+        settings_from(parse(["run", "--config", "cfg/r.yaml"]))
 
 
 def test_settings_that_have_no_effect_are_said(caplog):
@@ -658,7 +658,7 @@ def test_produce_checks_a_foreign_file_for_any_topic_but_a_labels_file(tmp_path,
     """A QA pass: a CSV of other column names sent to a prefixed transactions topic went out
     whole (checked only for the input topic's own name); one topic given both roles sent the
     labels as transactions; `--compression none` (the documented default) was refused."""
-    from fds.streams.kafka import _labels_file, produce_file
+    from fds.streams.produce import _labels_file, produce_file
 
     mine = tmp_path / "mine.csv"
     mine.write_text("TRANSACTION_ID,TX_DATETIME,AMT\nt1,2026-01-01 00:00:00,5\n")
@@ -836,7 +836,7 @@ def test_a_models_topic_of_a_file_is_named_there_in_fds_run_and_fds_train(
             close_engine(engine)
     args = _parse(["run", "--config", str(f), "--rules", "none", "--model", "none",
                    "--state-dir", "none", "--models-topic", "NONE"])  # fmt: skip
-    assert _settings_from(args).models_topic_for(None) is None  # (a flag turns the file's off)
+    assert settings_from(args).models_topic_for(None) is None  # (a flag turns the file's off)
     f.write_text("models_topic: decisions\n")
     args = _parse(["train", "--config", str(f), "--metrics-port", "-1"])
     assert args.func(args) == 2
@@ -855,7 +855,7 @@ def test_produce_and_topics_take_a_deployment_file_with_every_setting(tmp_path, 
         "metrics_port: 9200\nmetrics_host: 127.0.0.1\n"
     )
     for argv in (["produce", "tx.jsonl"], ["kafka", "topics"]):
-        s = _settings_from(_parse([*argv, "--config", str(f)]))
+        s = settings_from(_parse([*argv, "--config", str(f)]))
         assert (s.bootstrap, s.input_topic, s.metrics_port) == ("b:1", "prod.tx", 9200)
 
 
@@ -879,7 +879,7 @@ def test_the_readmes_deployment_file_serves_run_and_train(tmp_path, monkeypatch)
     f.write_text(example.group(1))
     monkeypatch.chdir(tmp_path)
     parse = build_parser().parse_args
-    run = _settings_from(parse(["run", "--config", "etc/prod.yaml"]))
+    run = settings_from(parse(["run", "--config", "etc/prod.yaml"]))
     assert run.registry == Path("etc/registry")  # (relative to the file)
     assert run.models_topic_for(None) == "prod.models"
     assert run.metrics_address(RUN_METRICS_PORT) == ("127.0.0.1", 9208)

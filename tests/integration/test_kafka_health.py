@@ -158,16 +158,17 @@ def test_produce_says_when_it_waits_for_the_broker_s_acknowledgements(
     and a wrapper's `timeout` killed it with nothing said."""
     import time
 
-    import fds.streams.kafka as kafka_mod
+    import fds.streams.produce as produce
+    import fds.streams.service as service
 
-    flush = kafka_mod.flush_within
+    flush = produce.flush_within
 
     def slow_flush(producer: Any, timeout: float, cap: Any = None) -> None:
         time.sleep(0.5)  # (acknowledgements slow to come)
         flush(producer, timeout, cap)
 
-    monkeypatch.setattr(kafka_mod, "CONNECT_SAY_AFTER_S", 0.1)
-    monkeypatch.setattr(kafka_mod, "flush_within", slow_flush)
+    monkeypatch.setattr(service, "CONNECT_SAY_AFTER_S", 0.1)
+    monkeypatch.setattr(produce, "flush_within", slow_flush)
     write_stream(tmp_path / "tx.jsonl", 20)
     s = settings_for(kafka_bootstrap, topics, unique_name("g"))
     with caplog.at_level("INFO", logger="fds.streams.kafka"):

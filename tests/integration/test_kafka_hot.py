@@ -78,7 +78,7 @@ def test_produce_says_how_far_it_got_as_it_goes(
     kafka_bootstrap, topics, unique_name, tmp_path, caplog, monkeypatch
 ):
     """A QA pass: `fds produce FILE --rate R` was silent until its end (minutes at a rate)."""
-    monkeypatch.setattr("fds.streams.kafka.PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr("fds.streams.produce.PROGRESS_EVERY_S", 0.0)
     s = settings_for(kafka_bootstrap, topics, unique_name("g"))
     write_stream(tmp_path / "tx.jsonl", 2100)
     with caplog.at_level(logging.INFO, logger="fds.streams.kafka"):
@@ -93,7 +93,7 @@ def test_produce_at_a_rate_waits_before_a_record_never_after_the_last(
     """A QA pass: `--rate 0.5 --limit 2` took ~4.7 s, the pacing wait after the last record
     too. Each wait comes before the record it paces (waits recorded, not slept)."""
     waits: list[float] = []
-    monkeypatch.setattr("fds.streams.kafka.wakeful_sleep", waits.append)
+    monkeypatch.setattr("fds.streams.produce.wakeful_sleep", waits.append)
     s = settings_for(kafka_bootstrap, topics, unique_name("g"))
     write_stream(tmp_path / "tx.jsonl", 5)
     assert produce_file(tmp_path / "tx.jsonl", s, rate=0.5, limit=3) == 3

@@ -157,6 +157,18 @@ def test_numbers_are_read_as_the_file_writes_them(decimal, thousands, text, as_e
         assert m.apply({"amount": text}) == {"amount": as_amount}
 
 
+def test_seconds_after_ts_origin_are_read_in_the_files_notation():
+    """A review: with ``ts_origin``, a grouped ``86.400`` (thousands: '.') was 86.4 s while the
+    row's ``1.000`` amount was 1000 (only a text with the decimal mark was read so)."""
+    m = ColumnMapping(decimal=",", thousands=".", ts_origin="2017-12-01")
+    origin = m.ts_origin
+    out = m.apply({"ts": "86.400", "amount": "1.000"})
+    assert (out["ts"] - origin, out["amount"]) == (86400.0, "1000")
+    assert m.apply({"ts": "1.086.400,5"})["ts"] - origin == 1086400.5
+    assert m.apply({"ts": "86400"})["ts"] - origin == 86400.0
+    assert m.apply({"ts": "2026-03-01T08:04:00Z"})["ts"] == "2026-03-01T08:04:00Z"  # (a label's)
+
+
 def test_an_amount_in_another_notation_is_a_dead_letter_that_says_which(tmp_path):
     (tmp_path / "w.csv").write_text(ROWS.replace("1.234,56", "12.34"))
     recs = list(read_records(tmp_path / "w.csv", mapping=mapping(tmp_path)))
@@ -476,7 +488,7 @@ def test_a_sep_line_file_is_replayed_backtested_and_its_labels_read(tmp_path, ca
     by `fds produce` (its first record), and the sort command for a file out of order."""
     from fds.cli import main
     from fds.commands import _sort_by_time
-    from fds.streams.kafka import _labels_file
+    from fds.streams.produce import _labels_file
 
     (tmp_path / "x.csv").write_text(excel(";"))
     (tmp_path / "l.csv").write_text("sep=|\ntx_id|ts|is_fraud\nb|2026-03-01T10:00:00Z|1\n")

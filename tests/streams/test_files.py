@@ -362,6 +362,38 @@ def test_a_stray_quote_is_one_dead_letter_and_the_rows_after_it_are_still_read(
     assert len(recs) == 49 and all(isinstance(rec, dict) for _n, rec, _raw in recs)
 
 
+@pytest.mark.parametrize("cell", ['"Shop"', '"Shop, Main St"'])
+def test_a_stray_quote_before_a_row_that_quotes_its_text_is_one_dead_letter(tmp_path, cell):
+    """A review: the quote left open on t2's line took t3's line into t2's last cell (t3 lost,
+    no dead letter; or, with a separator in its quoted cells, one dead letter for both): a
+    line that quotes its text was never taken for a row of its own."""
+    p = tmp_path / "x.csv"
+    p.write_text(
+        "tx_id,ts,card_id,amount,merchant\n"
+        't1,2026-01-01T00:00:00Z,c1,10,"ACME"\n'
+        "t2,2026-01-01T00:01:00Z,c1,20,\"Joe's Bar\n"
+        f"t3,2026-01-01T00:02:00Z,c1,30,{cell}\n"
+        't4,2026-01-01T00:03:00Z,c1,40,"Cafe"\n'
+    )
+    recs = list(read_records(p))
+    assert [n for n, _rec, _raw in recs] == [2, 3, 4, 5]
+    assert str(recs[1][1]).startswith("unbalanced quote from line 3 to 4;")
+    assert [rec["tx_id"] for _n, rec, _raw in recs if isinstance(rec, dict)] == ["t1", "t3", "t4"]
+    assert recs[2][1]["merchant"] == cell.strip('"')
+
+
+def test_blank_lines_before_the_header_are_skipped(tmp_path):
+    """A review: a blank first line was read as a header of no columns ("required engine
+    field(s) ... its columns are []"), though blank lines are skipped everywhere else."""
+    p = tmp_path / "x.csv"
+    p.write_text("\n \r\nsep=;\ntx_id;ts;card_id;amount\nt1;2026-01-01T00:00:00Z;c1;10\n")
+    assert list(read_records(p)) == [
+        (5, {"tx_id": "t1", "ts": "2026-01-01T00:00:00Z", "card_id": "c1", "amount": "10"}, None)
+    ]
+    p.write_text("\n\n")
+    assert list(read_records(p)) == []
+
+
 @pytest.fixture
 def field_limit():
     """A field limit of 1,000 characters for one test (the reader's is 16 MiB)."""

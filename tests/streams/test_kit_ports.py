@@ -169,7 +169,7 @@ def test_every_fds_variable_the_code_reads_is_one_fds_knows():
     `fds run` (a review): each ``FDS_*`` name the package reads is known."""
     import re
 
-    from fds.streams.kafka import unknown_env
+    from fds.streams.settings import unknown_env
 
     root = Path(kafka_kit.__file__).parents[1]
     benchmarks = root.parent / "benchmarks"  # (every command warns: their variables too)

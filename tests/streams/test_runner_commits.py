@@ -1392,7 +1392,7 @@ def test_a_dead_letter_too_large_to_send_keeps_the_start_of_its_raw():
     which the broker refused: fds run stopped at it, at every restart (a review)."""
     import orjson
 
-    from fds.streams.kafka import DLQ_MAX_BYTES, DLQ_RAW_KEPT
+    from fds.streams.service import DLQ_MAX_BYTES, DLQ_RAW_KEPT
 
     sent: list[tuple[bytes, list]] = []
 
@@ -1424,7 +1424,7 @@ def test_a_dead_letter_keeps_the_start_of_a_huge_reason_and_key():
     the body: the broker refused both and fds run stopped at them, every restart."""
     import orjson
 
-    from fds.streams.kafka import DLQ_KEY_KEPT, DLQ_MAX_BYTES, DLQ_REASON_KEPT
+    from fds.streams.service import DLQ_KEY_KEPT, DLQ_MAX_BYTES, DLQ_REASON_KEPT
 
     sent: list[tuple[bytes, bytes, list]] = []
 

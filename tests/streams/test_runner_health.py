@@ -282,7 +282,7 @@ def test_a_start_that_waits_for_the_broker_says_so_and_when_it_answers(
     said it waited)."""
     import time
 
-    monkeypatch.setattr("fds.streams.kafka.CONNECT_SAY_AFTER_S", 0.1)
+    monkeypatch.setattr("fds.streams.service.CONNECT_SAY_AFTER_S", 0.1)
     broker = Broker(logs(n0=4, n1=4), committed={0: 0, 1: 0})
     broker.script = [(1, lambda g: g.rebalance({P0, P1}))]
     r = runner(broker, tmp_path)
@@ -307,11 +307,11 @@ def test_a_start_that_waits_for_the_broker_says_so_and_when_it_answers(
 
 def test_the_broker_answering_again_after_an_outage_is_said_once(caplog, monkeypatch):
     """A QA pass: warnings every few seconds during an outage ended in silence."""
-    import fds.streams.kafka as kafka_mod
-    from fds.streams.kafka import BrokerWatch
+    import fds.streams.service as service
+    from fds.streams.service import BrokerWatch
 
     clock, answers = [100.0], ["KafkaTimeoutError: no answer"]
-    monkeypatch.setattr(kafka_mod, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(service, "time", SimpleNamespace(monotonic=lambda: clock[0]))
     watch = BrokerWatch(lambda _t: answers[0], 60.0, lambda: "gone")
     with caplog.at_level("INFO", logger="fds.streams.kafka"):
         clock[0] += 12.0
@@ -330,12 +330,12 @@ def test_an_unanswered_probe_says_how_long_and_for_how_long_more(caplog, monkeyp
     3 s, without how long it had waited or how long was left, then an exit."""
     import pytest
 
-    import fds.streams.kafka as kafka_mod
-    from fds.streams.kafka import BrokerUnavailable, BrokerWatch
+    import fds.streams.service as service
+    from fds.streams.service import BrokerUnavailable, BrokerWatch
 
     clock = [100.0]
     # (the module's own clock: time.monotonic itself is every thread's)
-    monkeypatch.setattr(kafka_mod, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(service, "time", SimpleNamespace(monotonic=lambda: clock[0]))
     watch = BrokerWatch(lambda _t: "KafkaTimeoutError: no answer", 60.0, lambda: "gone")
     clock[0] += 12.0
     with caplog.at_level("WARNING", logger="fds.streams.kafka"):
