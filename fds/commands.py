@@ -614,8 +614,19 @@ def _replay_file(args: argparse.Namespace, pushers: list[Pusher]) -> int:
 #: for it (the advice was "convert the file" for an encoding the reason named, and named
 #: neither decimal: nor thousands: for a decimal comma: a QA pass).
 _DAY_TIME = re.compile(
-    r"timestamp '(\d{1,2})([/.-])(\d{1,2})\2(\d{4})([ T])\d{1,2}:\d{2}(:\d{2})?(\.\d+)?'"
+    r"timestamp '(\d{1,2})([/.-])(\d{1,2})\2(\d{4})(?:([ T])\d{1,2}:\d{2}(:\d{2})?(\.\d+)?)?'"
 )
+#: ... and one with the year first (`2026/01/05 08:04:13`: year-first with dashes is ISO 8601).
+_YEAR_FIRST = re.compile(
+    r"timestamp '\d{4}([/.])\d{1,2}\1\d{1,2}(?:([ T])\d{1,2}:\d{2}(:\d{2})?(\.\d+)?)?'"
+)
+
+
+def _time_codes(t: str | None, secs: str | None, frac: str | None) -> str:
+    """The layout of a time after a date (``t``: what separates them; none: a date alone)."""
+    if not t:
+        return ""
+    return f"{t}%H:%M" + (":%S" if secs else "") + (".%f" if frac else "")
 
 
 def _ts_advice(reason: str) -> str:
@@ -625,22 +636,31 @@ def _ts_advice(reason: str) -> str:
 
     >>> _ts_advice("ts: timestamp '12/25/2026 08:04:13' is neither ...")[54:]
     "ts_format: '%m/%d/%Y %H:%M:%S' (12/25/2026 08:04:13)"
+    >>> _ts_advice("ts: timestamp '2026/01/05 08:04' is neither ...")[54:]
+    "ts_format: '%Y/%m/%d %H:%M' (2026/01/05 08:04)"
+    >>> _ts_advice("ts: timestamp '13.03.2026' is neither ...")[54:]
+    "ts_format: '%d.%m.%Y' (13.03.2026)"
+
+    (A date alone or the year first was advised the day-first layout with a time, which fits
+    neither: a review.)
     """
-    m = _DAY_TIME.search(reason)
-    if m is None:
+    either = ""
+    if (m := _YEAR_FIRST.search(reason)) is not None:
+        sep, t, secs, frac = m.groups()
+        layout = f"%Y{sep}%m{sep}%d" + _time_codes(t, secs, frac)
+    elif (m := _DAY_TIME.search(reason)) is not None:
+        a, sep, b, _, t, secs, frac = m.groups()
+        # the codes of the first and second numbers: month-first where the second is past 12
+        one, two = ("%m", "%d") if int(b) > 12 else ("%d", "%m")
+        layout = f"{one}{sep}{two}{sep}%Y" + _time_codes(t, secs, frac)
+        if int(a) <= 12 and int(b) <= 12:
+            either = f"; or '{two}{sep}{one}{sep}%Y...' if the month comes first"
+    else:
         return (
             "give timestamps as ISO 8601 or epoch seconds, or give the layout of others "
             "(day-first 01/03/2026 08:04) in the --mapping: ts_format: '%d/%m/%Y %H:%M'"
         )
-    a, sep, b, _, t, secs, frac = m.groups()
-    # the codes of the first and second numbers: month-first where the second is past 12
-    one, two = ("%m", "%d") if int(b) > 12 else ("%d", "%m")
-    layout = f"{one}{sep}{two}{sep}%Y{t}%H:%M" + (":%S" if secs else "")
-    layout += ".%f" if frac else ""
     value = m.group(0).removeprefix("timestamp '").removesuffix("'")
-    either = "" if int(a) > 12 or int(b) > 12 else (
-        f"; or '{two}{sep}{one}{sep}%Y...' if the month comes first"
-    )  # fmt: skip
     return (
         "give the layout of the file's times in the --mapping: "
         f"ts_format: '{layout}' ({value}{either})"

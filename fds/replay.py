@@ -533,7 +533,7 @@ def _validated(
                 else:
                     stream.cut = str(rec)
             elif stream is not None:
-                stream.unparsed += 1
+                tx_id = None
                 if mapping is not None and isinstance(raw, dict):  # (a value the mapping's
                     # notation could not read: its fraud left the summary too, a QA pass)
                     tx_id = mapping.column_value(raw, mapping.fields.get("tx_id", "tx_id"))
@@ -542,6 +542,8 @@ def _validated(
                         if label is not None else None
                     )  # fmt: skip
                     _dead_fraud(stream, tx_id, label, truth)
+                if type(tx_id) not in (str, int):  # (an id known is no unparsed record: its
+                    stream.unparsed += 1  # label was said twice, a review)
             continue
         truth = rec.pop(label.column, None) if label and isinstance(rec, dict) else None
         try:

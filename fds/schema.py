@@ -16,6 +16,7 @@ fds.errors.ValidationError: amount: Input should be greater than 0 (got -3)
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 import reprlib
@@ -217,6 +218,25 @@ def produced_bad(msg: Any, failed: BaseException | None) -> BaseException | None
     return ValueError(said[:1000].decode("utf-8", "replace"))
 
 
+def not_json(raw: bytes | str, e: Exception) -> str:
+    """Why ``raw`` (valid UTF-8) is not JSON: orjson's ``e``, or, for a record Python's
+    ``json.dumps`` wrote with a float that is none, which value to write instead (orjson named
+    a column, a reason of its own for each record: a review).
+
+    >>> not_json('{"lat": NaN}', ValueError("unexpected character: line 1 column 9"))
+    "not valid JSON: NaN is no JSON value (Python's json.dumps writes NaN and Infinity for a float that is none): write null for no value"
+    """  # noqa: E501
+    constants: list[str] = []
+    with contextlib.suppress(ValueError, RecursionError):
+        json.loads(raw, parse_constant=constants.append)
+    if constants:
+        return (
+            f"not valid JSON: {constants[0]} is no JSON value (Python's json.dumps writes NaN "
+            "and Infinity for a float that is none): write null for no value"
+        )
+    return f"not valid JSON: {e}"
+
+
 def loads_record(raw: bytes | str | None) -> Any:
     """:func:`loads` for a record from outside (a Kafka message): what is not JSON is a
     ``ValueError("not valid JSON: ...")``, as fds replay names a line of a file."""
@@ -226,7 +246,7 @@ def loads_record(raw: bytes | str | None) -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as e:
         if isinstance(raw, str):
-            raise ValueError(f"not valid JSON: {e}") from None
+            raise ValueError(not_json(raw, e)) from None
         if raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark, as files are read
             return loads_record(raw[3:])
         try:
@@ -235,7 +255,7 @@ def loads_record(raw: bytes | str | None) -> Any:
             raise ValueError(
                 f"not valid JSON: byte 0x{raw[bad.start]:02x} at position {bad.start} is not UTF-8"
             ) from None
-        raise ValueError(f"not valid JSON: {e}") from None
+        raise ValueError(not_json(raw, e)) from None
 
 
 def _as_json(o: Any) -> Any:

@@ -97,6 +97,16 @@ def test_a_pipe_or_a_folder_as_the_input_is_said_to_be_one(tmp_path, capsys):
          "as CSV by its name: rename it to x.jsonl.gz"),
         ("x.jsonl", "csv", "looks like CSV (its first two lines hold no JSON and as many ';' "
          "each) but is read as JSON Lines by its name: rename it to x.csv"),
+        # (a review, 2026-12-07: a .bz2, .xz or .zst file was told "cannot tell the format",
+        # renamed .csv "the header is not valid UTF-8")
+        ("x.csv.bz2", "bz2", "is bzip2-compressed: fds unpacks gzip (.gz) only: unpack it "
+         "first (bunzip2 -c {p} > {d}/x.csv), or compress the unpacked file with gzip"),
+        ("x.csv", "bz2", "is bzip2-compressed: fds unpacks gzip (.gz) only: unpack it first "
+         "(bunzip2 -c {p} > {d}/x.unpacked.csv)"),
+        ("x.jsonl", "xz", "is xz-compressed: fds unpacks gzip (.gz) only: unpack it first "
+         "(xz -dc {p} > {d}/x.unpacked.jsonl)"),
+        ("x.jsonl.zst", "zst", "is zstd-compressed: fds unpacks gzip (.gz) only: unpack it "
+         "first (zstd -dc {p} > {d}/x.jsonl)"),
     ],
 )  # fmt: skip
 def test_a_file_whose_bytes_say_another_format_than_its_name_is_refused(
@@ -115,6 +125,13 @@ def test_a_file_whose_bytes_say_another_format_than_its_name_is_refused(
         p.write_bytes(gzip.compress(rows) if content.endswith(".gz") else rows)
     elif content == "csv":
         p.write_text("tx_id;ts;card_id;amount\nt1;2026-01-01T00:00:00Z;c;1,5\n")
+    elif content in ("bz2", "xz"):
+        import bz2
+        import lzma
+
+        p.write_bytes(bz2.compress(rows) if content == "bz2" else lzma.compress(rows))
+    elif content == "zst":
+        p.write_bytes(b"\x28\xb5\x2f\xfd" + rows)  # (zstd's magic: no zstd library needed)
     elif content == "zip":
         import zipfile
 
@@ -127,7 +144,7 @@ def test_a_file_whose_bytes_say_another_format_than_its_name_is_refused(
         pq.write_table(pa.table({"tx_id": ["t1"], "ts": [1767225600.0], "card_id": ["c"],
                                  "amount": [5.0]}), p)  # fmt: skip
     assert bare_replay(str(p), "--out", str(tmp_path / "o.jsonl")) == 2
-    assert f"{p} {problem}" in capsys.readouterr().err
+    assert f"{p} {problem.format(p=p, d=tmp_path)}" in capsys.readouterr().err
 
 
 def test_a_misspelt_fds_variable_is_told_by_a_replay(tmp_path, capsys, monkeypatch):

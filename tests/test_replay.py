@@ -290,6 +290,22 @@ def test_fraud_labels_of_records_the_reader_dead_lettered_are_said_as_such(tmp_p
     assert rows["  fraud labels of no transaction"] == "1 (or of the 1 unparsed record(s))"
 
 
+def test_a_row_the_mapping_refused_is_no_unparsed_record(tmp_path):
+    """A review: a row whose amount did not fit the mapping's notation (its id known, its
+    label counted "of dead letters") was counted unparsed too, so the summary's hint said a
+    label of no transaction might be its."""
+    p = tmp_path / "x.csv"
+    p.write_text(f"tx_id,ts,card_id,amount\nt1,{T0},c,10\nt2,{T0 + 1},c,1.5\n")
+    lp = write_jsonl(tmp_path / "l.jsonl", [
+        {"tx_id": t, "ts": T0 + 2, "is_fraud": True} for t in ("t2", "t9")
+    ])  # fmt: skip
+    mapping = ColumnMapping.model_validate({"decimal": ","})
+    stream = replay.open_stream(p, labels_path=lp, mapping=mapping)
+    s = replay.run(Engine(), stream, ListSink(), ListSink())
+    assert (s.dead_frauds, s.unmatched_frauds, s.unparsed) == (1, 1, 0)
+    assert dict(s.rows())["  fraud labels of no transaction"] == "1"
+
+
 def test_fraud_labels_of_a_label_column_on_dead_lettered_rows_are_counted(tmp_path):
     """A QA pass: with the fraud flag a label column of the file, the frauds of rows that
     failed validation ("1,200.00") left the summary without a word (known frauds 1, no

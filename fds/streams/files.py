@@ -45,7 +45,7 @@ from fds import yamlio
 from fds.errors import ConfigError, FdsError, also, describe
 from fds.features.codegen import finite
 from fds.rules.expr import NA_TEXT
-from fds.schema import DEGREES, TX_FIELDS, TX_REQUIRED, dumps, dumps_line, fraud_flag
+from fds.schema import DEGREES, TX_FIELDS, TX_REQUIRED, dumps, dumps_line, fraud_flag, not_json
 from fds.timeutil import MS_THRESHOLD, get_zone, parse_duration, parse_ts
 
 log = logging.getLogger(__name__)
@@ -951,11 +951,40 @@ _EXPORT_CSV = (
 )
 
 
+#: Compressions fds does not unpack, by their first bytes and their files' ending: the command
+#: that unpacks each (renamed .csv, or named .csv.bz2, such a file was told "not valid UTF-8" or
+#: "cannot tell the format", advice that led nowhere: a review).
+_OTHER_PACKING = {
+    b"BZh": ("bzip2", ".bz2", "bunzip2 -c"),
+    b"\xfd7zX": ("xz", ".xz", "xz -dc"),  # (of "\xfd7zXZ\0": the 4 bytes read)
+    b"\x28\xb5\x2f\xfd": ("zstd", ".zst", "zstd -dc"),
+}
+
+
+def _packed(path: str | os.PathLike[str], kind: str, ending: str, unpack: str) -> ConfigError:
+    """The error of a file packed with ``kind`` (its files end in ``ending``), which ``unpack``
+    writes out unpacked.
+
+    >>> print(_packed("/d/x.csv.bz2", "bzip2", ".bz2", "bunzip2 -c"))
+    /d/x.csv.bz2 is bzip2-compressed: fds unpacks gzip (.gz) only: unpack it first (bunzip2 -c /d/x.csv.bz2 > /d/x.csv), or compress the unpacked file with gzip
+    """  # noqa: E501
+    p = Path(path)
+    out = p.with_suffix("") if p.suffix.lower() == ending else p.with_stem(f"{p.stem}.unpacked")
+    return ConfigError(
+        f"{path} is {kind}-compressed: fds unpacks gzip (.gz) only: unpack it first ({unpack} "
+        f"{shlex.quote(str(path))} > {shlex.quote(str(out))}), or compress the unpacked file "
+        "with gzip"
+    )
+
+
 def infer_format(path: str | os.PathLike[str], declared: str | None = None) -> str:
     """``csv`` / ``jsonl`` / ``parquet`` from the declared format or the file name."""
     if declared:
         return declared
     name = str(path).lower().removesuffix(".gz")
+    for kind, ending, unpack in _OTHER_PACKING.values():
+        if name.endswith(ending):
+            raise _packed(path, kind, ending, unpack)
     for ext, fmt in (
         (".csv", "csv"),
         (".tsv", "csv"),
@@ -1174,6 +1203,9 @@ def _check_content(p: Path, fmt: str | None, declared: bool) -> None:
             f"{p} is gzip-compressed (its first bytes are gzip's) but its name does not end in "
             f".gz: rename it to {p.name}.gz (fds unpacks a .gz file as it reads it)"
         )
+    for magic, (kind, ending, unpack) in _OTHER_PACKING.items():
+        if head.startswith(magic):
+            raise _packed(p, kind, ending, unpack)
     if head == b"PK\x03\x04":
         raise ConfigError(
             f"{p} is a zip archive (its first bytes are zip's), an Excel workbook say: "
@@ -1577,7 +1609,7 @@ def _jsonl_records(p: Path) -> Generator[Record, None, None]:
                         # walk; a .gz cut so was an error already)
                         yield n, FileCut(f"the file ends inside the record of line {n}: {e}"), raw
                         continue
-                    yield n, ValueError(f"not valid JSON: {e}"), raw
+                    yield n, ValueError(not_json(raw, e)), raw
         except _FAULTS as e:
             yield _fault(n + 1, e)
 

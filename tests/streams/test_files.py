@@ -10,7 +10,7 @@ import pytest
 
 import fds.streams.files as files
 from fds.errors import ConfigError, FdsError
-from fds.schema import dead_letter, dumps_line
+from fds.schema import dead_letter, dumps_line, loads_record
 from fds.streams.files import (
     JSONL_PROBE,
     ColumnMapping,
@@ -685,6 +685,21 @@ def test_a_mapping_names_the_texts_that_mean_missing(tmp_path):
         (tmp_path / "bad.yaml").write_text(MAPPING + f"missing: [NaN, {odd}]\n")
         with pytest.raises(ConfigError, match="not a text: write each one in quotes"):
             load_mapping(tmp_path / "bad.yaml")
+
+
+def test_nan_and_infinity_in_a_jsonl_record_are_said_with_the_fix(tmp_path):
+    """A review: Python's json.dumps writes NaN and Infinity for floats that are none; the dead
+    letters said orjson's `unexpected character ... column 64`, a reason of its own for each
+    record (the summary: "each reason differs"). A Kafka record is told the same."""
+    p = tmp_path / "w.jsonl"
+    p.write_text('{"tx_id": "t1", "lat": NaN}\n{"tx_id": "t22", "risk": -Infinity}\n{"x": }\n')
+    reasons = [str(rec) for _n, rec, _raw in read_records(p)]
+    fix = "(Python's json.dumps writes NaN and Infinity for a float that is none): write null"
+    assert reasons[0] == f"not valid JSON: NaN is no JSON value {fix} for no value"
+    assert reasons[1] == f"not valid JSON: -Infinity is no JSON value {fix} for no value"
+    assert reasons[2].startswith("not valid JSON: ") and "NaN" not in reasons[2]
+    with pytest.raises(ValueError, match="NaN is no JSON value"):
+        loads_record(b'{"amount": NaN}')
 
 
 def test_a_jsonl_file_that_is_not_utf8_is_said_so_with_the_fix(tmp_path, caplog):
