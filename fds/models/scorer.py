@@ -1346,7 +1346,7 @@ class ModelServer:
             # champion that failed to load here, tried again
             role, target = "champion", champ
         else:  # (a champion that cannot be loaded here does not hold newer versions back)
-            latest = max(versions.values(), key=lambda e: e["seq"], default=None)
+            newest = max(versions.values(), key=lambda e: e["seq"], default=None)
             # by seq ("v1000000" sorts before "v999999" as a string); a version offered before
             # (a challenger rejected in shadow) is not offered again
             # (the ids of a registry deleted since still count: its new numbering repeats them)
@@ -1355,8 +1355,13 @@ class ModelServer:
                 for v in (self.version, self.challenger_version)
             ]
             newest_known = max([self._offered, *known])
-            self._check_rewound(latest, newest_known)
-            if latest and latest["seq"] > newest_known and latest["status"] in _FRESH:
+            self._check_rewound(newest, newest_known)
+            # the newest that may be offered: a version rejected (its canary failed) numbered
+            # past the trainer's (a record forged or of another registry, imported from the
+            # models topic) held every later version back, for good (a QA pass)
+            fresh = (e for e in versions.values() if e["status"] in _FRESH)
+            latest = max(fresh, key=lambda e: e["seq"], default=None)
+            if latest and latest["seq"] > newest_known:
                 role = "challenger" if self.auto_promote else "newest"
                 if champ and champ != self.version and self._failed_here(champ):
                     # The registry's champion failed to load here (retried, or bad for good:

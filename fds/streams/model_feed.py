@@ -772,6 +772,7 @@ class ModelFeed:
         # one per key that passes is imported; a bad newest record does not hide a good one.
         newest: dict[Any, tuple[tuple[dict[str, Any], bytes], Mapping[str, str]]] = {}
         catching_up = True
+        after: dict[Any, int] = {}  # partition -> the offset after its last record read
         while not self._stop.is_set():
             if catching_up and all(consumer.position(tp) >= end[tp] for tp in tps):
                 catching_up = False
@@ -780,6 +781,8 @@ class ModelFeed:
                 for key, (good, where) in sorted(newest.items(), key=lambda kv: _in_order(kv[1])):
                     self._count(self._install(good, where, key))
                 newest.clear()
+                for tp in tps:  # (the next record comes at the end or after it)
+                    after[tp] = max(after.get(tp, 0), end[tp])
                 self.caught_up.set()
                 log.info('models feed caught up topic="%s"', self.topic)
             self._send_verdicts()
@@ -788,6 +791,11 @@ class ModelFeed:
             for tp, records in batch.items():
                 for r in records:
                     where = {"partition": f"{tp.topic}[{tp.partition}]", "offset": str(r.offset)}
+                    if r.offset < after.get(tp, 0) and self.judge:  # the partition went back:
+                        # deleted and made again while read (the reset at a reconnect only:
+                        # every verdict after it was "judged before", a QA pass)
+                        self.registry.judged_before({where["partition"]: r.offset})
+                    after[tp] = r.offset + 1
                     if not catching_up:
                         self.handle(r.value, where, r.key)
                         continue

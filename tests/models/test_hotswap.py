@@ -300,6 +300,37 @@ def test_without_labels_versions_are_served_as_published_and_the_gate_counts_fra
     )
 
 
+def test_a_rejected_version_numbered_past_the_trainers_does_not_hold_later_ones_back(
+    tmp_path: Path,
+) -> None:
+    """A QA pass: one models-topic record numbered v000700 (forged, or another registry's)
+    whose model failed its canary was the registry's newest by seq, so no version the trainer
+    published after it was ever served (imported, not served, through restarts)."""
+    trainer = Registry(tmp_path / "trainer")
+    reg = Registry(tmp_path / "scorer")
+
+    def imported(model: Any, version: str | None = None) -> str:
+        e = trainer.publish(model, spec={"name": "default"})
+        data, _ = trainer.load_bytes(e["version"])
+        reg.import_version(data, {**e, "version": version or e["version"]})
+        return version or e["version"]
+
+    srv = ModelServer(load_spec("default"), registry=reg, learn=False, auto_promote=False)
+    v1 = imported(FeatureModel("amount"))
+    assert srv.poll() == v1
+    srv.install_pending()
+    imported(NaNModel("amount"), "v000700")
+    assert srv.poll() is None and reg.manifest()["versions"]["v000700"]["status"] == "rejected"
+    v3 = imported(FeatureModel("amount"))  # (the trainer's own numbering goes on)
+    assert srv.poll() == v3  # served all the same
+    srv.install_pending()
+    assert srv.version == v3 == "v000003"
+    restarted = ModelServer(load_spec("default"), registry=reg, learn=False, auto_promote=False)
+    restarted.load_champion()
+    v4 = imported(FeatureModel("amount"))
+    assert restarted.poll() == v4  # after a restart too
+
+
 def test_a_champion_this_scorer_cannot_load_does_not_hold_newer_versions_back(
     tmp_path: Path,
 ) -> None:

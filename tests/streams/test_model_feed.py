@@ -916,6 +916,54 @@ def test_a_restarted_trainer_judges_the_verdicts_it_catches_up_on_in_order_and_d
     assert (judge.stats.verdict, judge.stats.tombstone, again.keys) == (0, 2, [])
 
 
+def test_a_models_topic_made_again_under_a_running_trainer_has_its_verdicts_judged(
+    tmp_path: Path,
+) -> None:
+    """A QA pass: the models topic deleted and made again while the trainer ran, every
+    scorer verdict on it was "judged before" (its offsets below those judged on the old
+    topic) and deleted; only a restart of the trainer noticed."""
+    from tests.streams.test_train_service import Producer
+
+    trainer = Registry(tmp_path / "trainer")
+    for n in (1, 2, 3):
+        _publish(trainer, {"w": n})
+    trainer.promote("v000001")
+    producer = Producer(limit=1 << 20)
+    scorer = _feed(tmp_path / "a", decisions_topic="decisions", by="fds/a",
+                   producer_factory=lambda **cfg: producer)  # fmt: skip
+    for old, new in (("v000001", "v000002"), ("v000002", "v000003")):
+        scorer.on_event("shadow", {"candidate": new, "incumbent": old})
+        scorer.on_event("promote", {**CONTEST, "candidate": new, "incumbent": old})
+    scorer._send_verdicts()
+    sent = [(k, _value(v)) for k, v in zip(producer.keys, producer.values, strict=True)]
+    # the old topic: 38 records, then the verdicts on v000002 (judged up to offset 40)
+    log = [Record(i, b"old", None) for i in range(38)]
+    log += [Record(38 + i, k, v) for i, (k, v) in enumerate(sent[:2])]
+    consumers: list[FakeConsumer] = []
+
+    def consumer(**cfg: Any) -> FakeConsumer:
+        consumers.append(FakeConsumer(log))
+        return consumers[-1]
+
+    judge = ModelFeed(
+        KafkaSettings(), trainer, name="m", decisions_topic="decisions", judge=True,
+        topic=TOPIC, consumer_factory=consumer, producer_factory=lambda **cfg: Producer(1 << 20),
+    )  # fmt: skip
+    judge.start()
+    try:
+        assert judge.caught_up.wait(10) and trainer.champion() == "v000002"
+        assert trainer.manifest()["judged"] == {f"{TOPIC}[0]": 40}
+        # made again: a new log from offset 0, the verdicts on v000003 at 2 and 3; the client
+        # reads it from its start (its position out of range)
+        new = [Record(0, b"new", None), Record(1, b"new", None)]
+        new += [Record(2 + i, k, v) for i, (k, v) in enumerate(sent[2:])]
+        log[:] = new
+        consumers[0].pos = 0
+        wait_until(lambda: trainer.champion() == "v000003", "the verdict on the new topic")
+    finally:
+        judge.close()
+
+
 def _judge_reading(trainer: Registry, log: list[Record], producer: Any) -> ModelFeed:
     """A trainer's judge fed by ``log``, caught up and closed (what it sends: ``producer``;
     each key it judged is deleted from the topic: one per version, kind and scorer,
