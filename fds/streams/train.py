@@ -160,6 +160,10 @@ JUDGE_CATCH_UP_S = 30.0
 # A publish the registry refused (full, read-only) is tried again after this long: each try
 # writes a whole artifact, and a full disk would log an error at every batch.
 PUBLISH_RETRY_S = 30.0
+#: How long a trainer that held every partition waits, at least, for another member of its group
+#: to leave: a second fds train started by mistake stops at its first poll and leaves at once;
+#: one killed, after the session timeout (three of them are waited, when longer).
+SHARE_WAIT_S = 60.0
 #: fds train checkpoints (and commits its offsets) at most this often, and at each publish
 #: and stop: once a batch wrote 13 times what its store holds (a soak).
 CHECKPOINT_EVERY_S = 1.0
@@ -455,6 +459,8 @@ class TrainService:
         self._waiting: dict[Any, tuple[int, float]] = {}  # partition -> (offset, since when)
         self._revoked: list[Any] = []  # by the rebalance listener (the client's I/O thread)
         self._shared: str | None = None  # ... when another trainer shares the group
+        self._shared_at: float | None = None  # since when (monotonic)
+        self._had_all = False  # held every partition once (see _Seek): another's mistake waits
         self._stop = False
         self._stop_by: float | None = None  # the stop's deadline (monotonic), once stopping
         self._dead: list[Any] = []  # the sends of the dead letters of this batch's labels
@@ -660,6 +666,11 @@ class TrainService:
         after a SIGTERM: a review)."""
         return min(seconds, self._time_left() * 0.3) if self._stop else seconds
 
+    @property
+    def _share_wait_s(self) -> float:
+        """How long another member of the group may hold a share (see :data:`SHARE_WAIT_S`)."""
+        return max(SHARE_WAIT_S, 3 * self.s.session_timeout_ms / 1000)
+
     def _time_left(self) -> float:
         """Seconds left before the stop's deadline (from now when the loop ended otherwise):
         a SIGTERM during an outage waited 28 s for the clients' own timeouts (a review)."""
@@ -780,9 +791,11 @@ class TrainService:
                     raise fenced_error("poll", s) from exc
                 if fenced.seen:
                     raise fenced_error("heartbeat", s)
-                if self._shared is not None:
-                    raise FdsError(self._shared)
                 now = health.beat = time.monotonic()
+                if self._shared is not None:
+                    if not self._had_all or now - (self._shared_at or now) > self._share_wait_s:
+                        raise FdsError(self._shared)
+                    continue  # (what it polled meanwhile is read again: _Seek at the next one)
                 if batch:
                     no_input.since = now
                     broker.answered(now)
@@ -1402,11 +1415,12 @@ class _Seek(ConsumerRebalanceListener):
 
     def on_partitions_assigned(self, assigned: Any) -> None:
         svc = self.svc
+        shared = None
         for topic in svc.topics:  # one trainer per model: a share of the topics loses labels
             every = svc.consumer.partitions_for_topic(topic) or set()
             held = {tp.partition for tp in assigned if tp.topic == topic}
             if held != set(every):
-                svc._shared = (
+                shared = (
                     f"this trainer was given {len(held)} of the {len(every)} partitions of "
                     f"{topic!r}: another member of group {svc.s.group!r} holds the rest, and a "
                     "label whose decision it reads would never be learned here. Another fds "
@@ -1415,6 +1429,20 @@ class _Seek(ConsumerRebalanceListener):
                     "to the trainer, which told of another fds train: a QA pass): give the "
                     "trainer a group of its own (by default the scorers' group, -train added)"
                 )
+        # A trainer that held every partition waits for the other member to leave (a second
+        # fds train started by mistake stops at its first share), learning nothing meanwhile:
+        # both stopped, and a supervisor restarting both kept them flapping (a QA pass).
+        if shared is None and svc._shared is not None:
+            log.warning("every partition is this trainer's again: it learns on")
+        elif shared is not None and svc._had_all and svc._shared is None:
+            log.warning(
+                "another member joined group %r: waiting up to %.0f s for it to leave, "
+                "learning nothing meanwhile (then it stops: %s)", svc.s.group,
+                svc._share_wait_s, shared,
+            )  # fmt: skip
+        svc._had_all = svc._had_all or shared is None
+        svc._shared = shared
+        svc._shared_at = (svc._shared_at or time.monotonic()) if shared is not None else None
         for tp in assigned:  # (one kept across the rebalance, with labels held: from the first
             off = svc._labels.first(tp)  # of them; kafka-python kept its position past them)
             if off is None:

@@ -1624,6 +1624,68 @@ def test_a_trainer_given_a_share_of_the_labels_names_both_kinds_of_other_member(
     assert "Another fds train" in svc._shared and "An fds run of that group" in svc._shared
 
 
+class Shared(Idle):
+    """A consumer whose group is rebalanced at the polls ``script`` names: the partitions of
+    ``decisions`` and ``labels`` it is given then (``all`` or ``half``)."""
+
+    def __init__(self, svc: TrainService, script: dict[int, str]) -> None:
+        self.svc, self.script, self.polls = svc, script, 0
+        self.tps = [TopicPartition(t, p) for t in ("decisions", "labels") for p in range(2)]
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return {0, 1}
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        pass
+
+    def poll(self, timeout_ms=0, max_records=None):
+        self.polls += 1
+        share = self.script.get(self.polls)
+        if share is not None:
+            given = self.tps if share == "all" else [tp for tp in self.tps if tp.partition == 0]
+            _Seek(self.svc).on_partitions_assigned(given)
+        time.sleep(0.01)  # (the loop's polls: a few per test)
+        return {}
+
+
+@pytest.mark.parametrize("back", [True, False])
+def test_a_trainer_that_held_every_partition_waits_for_a_second_one_to_leave(
+    tmp_path, caplog, monkeypatch, back
+):
+    """A QA pass: a second fds train started by mistake in the group stopped the running one
+    too (both given a share), and a supervisor restarting both kept them flapping. The one that
+    held every partition waits for the other to leave (which it does: its first share was one),
+    learning nothing meanwhile; it stops when the other stays."""
+    import fds.streams.train as train_mod
+
+    monkeypatch.setattr(train_mod, "SHARE_WAIT_S", 0.3)
+    svc = TrainService(
+        KafkaSettings(group="g", session_timeout_ms=1000), spec=DEFAULT_MODEL,
+        registry=tmp_path / "registry", state_dir=tmp_path / "state", models_topic=None,
+    )  # fmt: skip
+    script = {1: "all", 3: "half", **({8: "all"} if back else {})}
+    svc._connect = lambda: setattr(svc, "consumer", Shared(svc, script))  # type: ignore[method-assign]
+    with caplog.at_level("WARNING", logger="fds.streams.train"):
+        if back:
+            svc.run(max_idle_s=1.0)
+        else:
+            with pytest.raises(FdsError, match="this trainer was given 1 of the 2 partitions"):
+                svc.run(max_idle_s=5.0)
+    svc.store.close()
+    assert "another member joined group 'g': waiting up to 3 s for it to leave" in caplog.text
+    assert ("every partition is this trainer's again: it learns on" in caplog.text) == back
+
+
+def test_a_trainer_whose_first_share_is_one_stops(tmp_path):
+    """The second trainer (or one joined to a scorers' group) stops at once: it never held
+    every partition, so it is the one to leave."""
+    svc = service(tmp_path)
+    svc._connect = lambda: setattr(svc, "consumer", Shared(svc, {1: "half"}))  # type: ignore[method-assign]
+    with pytest.raises(FdsError, match="this trainer was given 1 of the 2 partitions"):
+        svc.run(max_idle_s=5.0)
+    svc.store.close()
+
+
 def test_a_decisions_partition_that_gives_nothing_holds_the_assumptions_back_for_a_while(
     tmp_path, monkeypatch
 ):
