@@ -1020,7 +1020,12 @@ class Registry:
             versions, champ = m["versions"], m.get("champion")
             e = versions.get(version)
             if e is None:
-                return False, f"{version} is not in the registry (removed by its retention)"
+                seq, newest = seq_of(version), int(m.get("next", 1)) - 1
+                return False, f"{version} is not in the registry" + (
+                    " (removed by its retention)" if 0 < seq <= newest
+                    else f" (never published here: this registry's newest is v{newest:06d}; "
+                    "another trainer's?)"
+                )  # fmt: skip
             if e["status"] == "rejected":
                 return False, f"{version} was rejected first"
             if verdict == "shadow":

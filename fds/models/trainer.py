@@ -610,7 +610,8 @@ class Trainer:
         on from it: the scorers read these counts (the warm-up, the maturity gate's count),
         and a trainer resumed from the registry published its next version with 400 labels
         learned of 2,551, putting the champion back in warm-up (a QA pass)."""
-        self.stats["labels_learned"], self.stats["frauds_learned"] = learned(entry)
+        labels, frauds = self.stats["labels_learned"], self.stats["frauds_learned"] = learned(entry)
+        self.stats["legit_learned"] = labels - frauds  # (kept: the three disagreed, a QA pass)
 
     def follow_rollback(self) -> str | None:
         """If the registry rolled back the version this trainer last published (``fds models

@@ -253,6 +253,7 @@ class ModelFeed:
         self.topic = topic
         self.decisions_topic = decisions_topic
         self._others: set[str] = set()  # other deployments' decisions topics, said once each
+        self._registries: set[str] = set()  # (judge) other trainers' registry ids, said once each
         self.stats = FeedStats()
         self.metrics: Any = metrics if metrics is not None else NullMetrics()
         self.caught_up = threading.Event()  # set once the topic's history has been read
@@ -365,6 +366,19 @@ class ModelFeed:
         numbers this registry issued count (a forged larger one would flag each that follows)."""
         issued, m = life.get("issued"), self.registry.manifest()
         if not (isinstance(issued, list) and len(issued) == 2 and issued[0] == m.get("id")):
+            other = issued[0] if isinstance(issued, list) and len(issued) == 2 else None
+            if self.caught_up.is_set() and isinstance(other, str) and other not in self._registries:
+                # written now by another registry's trainer of this model and deployment (one
+                # of the topic's history may be a registry this one replaced): the scorers
+                # imported its versions too, without a word (a QA pass)
+                self._registries.add(other)
+                log.warning(
+                    'another trainer announces model="%s" learned from decisions topic="%s" on '
+                    'models topic="%s" (its registry %s, not this one, %s): scorers take the '
+                    "versions of both; run one fds train per model (stop the other, or give it "
+                    "its own models topic)", self.name, self.decisions_topic, self.topic, other,
+                    m.get("id"), extra=where,
+                )  # fmt: skip
             return
         with contextlib.suppress(ArtifactError):  # (not ours: signed with another key)
             self._check_signed(life, LIFECYCLE_FIELDS, "lifecycle")

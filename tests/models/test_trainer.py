@@ -372,6 +372,8 @@ def test_after_a_rollback_the_trainer_goes_on_from_the_champion(tmp_path: Path) 
     assert t.follow_rollback() == "v000001" and t.parent == "v000001"
     # what the champion had learned, not the rolled-back line (the scorer reads these)
     assert t.stats["labels_learned"] == reg.entry("v000001")["labels_learned"] == 3
+    # (legit_learned too: it kept the rolled-back line's count, 3 + 3 != 3, a QA pass)
+    assert t.stats["frauds_learned"] + t.stats["legit_learned"] == 3
     x = {"amount": 50.0, "log_amount": 3.9}
     score = lambda m: m.predict_proba_one(x)[True]  # noqa: E731
     assert score(t.model) == score(reg.load("v000001")) != score(reg.load("v000002"))

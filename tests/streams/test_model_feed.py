@@ -416,6 +416,31 @@ def test_a_champion_older_than_the_versions_kept_is_followed(tmp_path: Path) -> 
     assert scorer.registry.load("v000001") == {"w": 0}
 
 
+def test_a_trainer_says_another_one_announcing_its_model_on_the_topic(
+    tmp_path: Path, caplog
+) -> None:
+    """A QA pass: a second fds train (its own group and registry) publishing the same model
+    to the same models topic went unnoticed: the scorers imported its versions, no trainer
+    warned. A trainer's judge says a lifecycle of another registry read while it runs (not
+    one of the topic's history: a registry this one replaced)."""
+    trainer, rogue = Registry(tmp_path / "trainer"), Registry(tmp_path / "rogue")
+    for reg in (trainer, rogue):
+        _publish(reg, {"w": 1}, decisions_topic="decisions")
+        reg.promote("v000001")
+    old = lifecycle(rogue, "m", "decisions", rogue.issue()) or {}
+    judge = ModelFeed(KafkaSettings(), trainer, name="m", decisions_topic="decisions", judge=True)
+    with caplog.at_level("WARNING", logger="fds.streams.model_feed"):
+        judge._check(_value(old), {})  # read in the catch-up: history, no word
+        assert "another trainer" not in caplog.text
+        judge.caught_up.set()
+        for _ in range(2):
+            judge.handle(_value(lifecycle(rogue, "m", "decisions", rogue.issue()) or {}))
+        judge.handle(_value(lifecycle(trainer, "m", "decisions", trainer.issue()) or {}))
+    said = [r.getMessage() for r in caplog.records if "another trainer" in r.getMessage()]
+    assert len(said) == 1, said  # (once per registry)
+    assert f"its registry {rogue.manifest()['id']}, not this one, " in said[0]
+
+
 def test_an_old_signed_lifecycle_replayed_is_refused(tmp_path: Path) -> None:
     """A review: a lifecycle was followed whenever its mark differed from the last one
     followed, so whoever could write to the models topic could replay an old signed one and
