@@ -43,6 +43,7 @@ import keyword
 import math
 import operator
 import re
+import sys
 import tokenize
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -160,9 +161,9 @@ def _num(x: Any) -> Any:
     """
     if type(x) is int or (type(x) is float and x - x == 0.0):
         return x
-    if type(x) is str:
-        v = finite(x)
-        if v == v:
+    if type(x) is str:  # (exactly: a 17-digit id's text, read as a float, was ordered as its
+        v = _read(x)  # neighbours, a review; beyond a float's range missing, as before)
+        if v is not None and abs(v) <= _FLOAT_MAX:
             return v
         raise MissingName(x)
     if type(x) is bool or type(x) is float:
@@ -176,15 +177,17 @@ def _coerce(x: Any) -> Any:
     (:data:`NA_TEXT`) and an infinite number are missing; anything else is left as it is
     (``"high" != 7`` holds).
 
-    >>> _coerce("7"), _coerce("high"), _coerce(True)
-    (7.0, 'high', True)
+    >>> _coerce("7"), _coerce("7.5"), _coerce("high"), _coerce(True)
+    (7, 7.5, 'high', True)
+    >>> _coerce("12345678901234567") == 12345678901234568  # (exactly: a review)
+    False
     >>> _coerce("N/A")
     Traceback (most recent call last):
     fds.rules.expr.MissingName: N/A
     """
     if type(x) is str:
-        v = finite(x)
-        if v == v:
+        v = _read(x)
+        if v is not None:
             return v
         if x.strip().lower() in NA_TEXT:
             raise MissingName(x)
@@ -202,7 +205,7 @@ def _flag(x: Any) -> Any:
     text, equal to neither).
 
     >>> _flag("TRUE"), _flag(" no "), _flag("1"), _flag("gold"), _flag(True)
-    (True, False, 1.0, 'gold', True)
+    (True, False, 1, 'gold', True)
     """
     if type(x) is str and (flag := _word(x)) is not None:
         return flag
@@ -265,6 +268,7 @@ def _same(x: Any, y: Any) -> bool:
 
 
 _INTEGER = re.compile(r"[-+]?\d+")
+_FLOAT_MAX = sys.float_info.max
 
 
 def _read(text: str) -> int | float | None:
@@ -531,6 +535,8 @@ class _Checker:
             raise err
         if isinstance(node, ast.BoolOp):
             op = " and " if isinstance(node.op, ast.And) else " or "
+            if cond:
+                self.no_text_literal(node.values)
             parts = [self.visit(v, d, cond) for v in node.values]
             types = {t for _, t in parts}
             return "(" + op.join(p for p, _ in parts) + ")", _join(types, op.strip())
@@ -563,6 +569,8 @@ class _Checker:
         if isinstance(node, ast.Compare):
             return self.compare(node, d)
         if isinstance(node, ast.IfExp):
+            if cond:
+                self.no_text_literal([node.body, node.orelse])
             (ts, _), (bs, bt), (os_, ot) = (
                 self.visit(node.test, d, True),
                 self.visit(node.body, d, cond),
@@ -647,6 +655,17 @@ class _Checker:
             return None
         after = re.match(r"(?:-\w+)*", text[col + len(name) :])
         return f"{before[1]}-{name}{after[0] if after else ''}"
+
+    def no_text_literal(self, nodes: list[ast.expr]) -> None:
+        """Refuse a text written as a part of a condition (of ``or``/``and``, a branch of
+        ``if``): always true, so ``country == 'KR' or 'JP'`` fired on every transaction (a
+        review; ``''`` is always false: refused too)."""
+        for v in nodes:
+            if isinstance(v, ast.Constant) and isinstance(v.value, str):
+                raise self.fail(
+                    v, f"{v.value!r} here is always {'true' if v.value else 'false'} (a text "
+                    "is no condition): compare it, e.g. country in ['KR', 'JP']",
+                )  # fmt: skip
 
     def need_num(self, node: ast.AST, t: str, what: str) -> None:
         if t == STR:
@@ -841,10 +860,21 @@ def _check_tokens(source: str, comments: bool | Callable[[str, int, int], bool])
     opened: list[tuple[str, int, int]] = []
     last = source.count("\n") + 2  # the line of the added ")"
     name, at, end = "", (1, 1), (0, 0)  # the name read so far, where it starts, the last end
+    text: str | None = None  # the text just read, when the token before this one was one
     try:
         for tok in tokenize.generate_tokens(io.StringIO("(" + source + "\n)").readline):
             line, col = tok.start
             col -= line == 1  # the added "("
+            if tok.type == tokenize.STRING and text is not None:
+                # (Python joins them: `mcc in ['6051' '4829']` held '60514829', a review)
+                raise ExprError(
+                    f"two texts side by side, {text} {tok.string}, are read as one: a comma "
+                    "missing between them?",
+                    line,
+                    col + 1,
+                )
+            if tok.type not in (tokenize.NL, tokenize.COMMENT):
+                text = tok.string if tok.type == tokenize.STRING else None
             if tok.type == tokenize.COMMENT and not (
                 comments is True or (callable(comments) and comments(tok.string, line, col + 1))
             ):

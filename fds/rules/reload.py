@@ -391,7 +391,7 @@ class ReloadingRuleset:
             # seconds later: the part decided, the whole file was refused for good, a QA
             # pass): not an edit that added rules at the end (a new version: a review)
             and (
-                not part.endswith("\n")
+                _cut_in_a_line(part, was[0])
                 or bool(_sections(text) - _sections(part))
                 or _continues(part, text[len(part) :])
             )
@@ -567,6 +567,23 @@ class ReloadingRuleset:
 def _sections(text: str) -> set[str]:
     """The top-level keys of a rules file's text."""
     return set(re.findall(r"^([A-Za-z_][\w-]*)[ \t]*:", text, re.MULTILINE))
+
+
+#: A writer's buffer (8 KiB in Python and C stdio, 128 KiB in cp) is a multiple of this: a
+#: part read while the file was written ends at such a size.
+WRITE_BLOCK = 1024
+
+
+def _cut_in_a_line(part: str, size: int) -> bool:
+    """Was ``part`` (``size`` bytes) cut inside a line by a writer's buffer: no line break at
+    its end, and a size a whole number of :data:`WRITE_BLOCK`? (A whole file saved without a
+    final line break, as editors do, was taken for one, and an edit of its last line under the
+    same version decided without a word: a review.)
+
+    >>> _cut_in_a_line("review_at: 0.5", 14), _cut_in_a_line("x" * 8192, 8192)
+    (False, True)
+    """
+    return not part.endswith("\n") and size > 0 and size % WRITE_BLOCK == 0
 
 
 def _continues(part: str, added: str) -> bool:

@@ -113,6 +113,15 @@ def test_semantics_and_precedence(src: str, expected: bool) -> None:
         ("country or amount", "must be true/false"),  # accepted before: fired on any value
         ("seen or amount", "must be true/false"),  # (was accepted: fired on any amount)
         ("amount or seen", "must be true/false"),
+        # a text written as a part of a condition is always true: `country == 'KR' or 'JP'`
+        # fired on every transaction, and Python joined two texts a comma did not part (a
+        # review, 2026-12-07)
+        ("country == 'KR' or 'JP'", "'JP' here is always true (a text is no condition)"),
+        ("mcc == '6051' or '4829' and seen", "'4829' here is always true"),
+        ("amount > 100 if is_night else 'no'", "'no' here is always true"),
+        ("seen and ''", "'' here is always false"),
+        ("mcc in ['6051' '4829', '6211']", "two texts side by side, '6051' '4829', are read as"),
+        ("mcc in ['6051'\n  '4829']", "a comma missing between them?"),
         # text joined with a number is no operand: text was multiplied or %-formatted
         ("(country or amount) * 1000000000000 > 0", "this may be text"),
         ("(country or amount) % amount > 0", "this may be text"),
@@ -678,6 +687,13 @@ def _outcome(src: str, extra: dict) -> str:
         ("extra.a < extra.b", {"a": "12345678901234567890", "b": "12345678901234567891"}, "hit"),
         ("extra.a <= extra.b", {"a": 12345678901234567890, "b": "12345678901234567890"}, "hit"),
         ("extra.a == extra.b", {"a": "NA", "b": "NA"}, "hit"),
+        # ... and against a number written in the rule (a 17-digit account's text, read as a
+        # float, equalled its neighbour, and was ordered as it: a review)
+        ("extra.a == 12345678901234568", {"a": "12345678901234567"}, "miss"),
+        ("extra.a == 12345678901234567", {"a": "12345678901234567"}, "hit"),
+        ("extra.a >= 12345678901234568", {"a": "12345678901234567"}, "miss"),
+        ("extra.a in [12345678901234568, 1]", {"a": "12345678901234567"}, "miss"),
+        ("extra.a * 2 > 100", {"a": "1" * 400}, "missing"),  # (past a float: as before)
         ("extra.a == extra.b", {"a": "x", "b": 7}, "miss"),
         # a CSV cell's text of 1e100 or more read as its number, as JSON's number is (it was
         # missing: the features' bound on their running sums, a QA pass)

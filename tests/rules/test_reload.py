@@ -495,6 +495,30 @@ def test_a_file_read_while_written_in_place_is_taken_whole_under_its_version(
     assert rs.check_now() == "rejected" and rs.current.version == "v4"
 
 
+def test_an_edit_of_the_last_line_of_a_file_without_a_final_line_break_needs_a_version(
+    tmp_path: Path,
+) -> None:
+    """A review: a whole file saved without a final line break (an editor's default) was taken
+    for a part cut inside a line, so a save within MID_WRITE_S that only lengthened its last
+    line (review_at 0.5 -> 0.55, amount > 100 -> > 1000) decided under the same version. A
+    part cut by a writer's buffer (a whole number of KiB) is still taken whole."""
+    p = tmp_path / "r.yaml"
+    p.write_text(rules("v1", 100))
+    rs = ReloadingRuleset(p, start=False, settle_seconds=0)
+    text = rules("v2", 100) + "policy:\n  review_at: 0.5"
+    write_in_two(p, rs, text, text + "5", 1)  # (the whole file, then its edit: in place)
+    assert rs.check_now() == "rejected" and rs.current.policy.review_at == 0.5
+    assert "the rules changed but the version did not ('v2'" in str(rs.last_error)
+    # a part of 2 KiB, cut inside a line (a comment pads it to the block)
+    head = rules("v3", 100) + "policy:\n  review_at: 0.5"
+    pad = "# " + "x" * (2048 - len(head.encode()) - 3) + "\n"
+    part = pad + head
+    assert len(part.encode()) == 2048
+    write_in_two(p, rs, part, part + "5", 3)
+    assert rs.check_now() == "ok", rs.last_error
+    assert rs.current.version == "v3" and rs.current.policy.review_at == 0.55
+
+
 @pytest.mark.parametrize("cut", ["    state: shadow\n", "  alert_budget_per_day: 200\n"])
 def test_a_file_cut_at_a_line_end_inside_its_last_entry_is_taken_whole(
     tmp_path: Path, cut: str
