@@ -1326,13 +1326,13 @@ def test_produce_sends_a_file_as_replay_reads_it_or_says_why_not(
                 if m.value.startswith(b"r1,")]  # fmt: skip
     assert dict(short.headers)["unreadable"] == b"expected 4 columns, found 2"
     # paced, it says how far it got also before 1,024 records (silent for minutes at --rate 1)
-    import fds.streams.kafka as kafka_mod
+    import fds.streams.produce as produce_mod
 
     caplog.clear()
     with caplog.at_level("INFO", logger="fds.streams.kafka"):
-        kafka_mod.PROGRESS_EVERY_S, every = 0.0, kafka_mod.PROGRESS_EVERY_S
+        produce_mod.PROGRESS_EVERY_S, every = 0.0, produce_mod.PROGRESS_EVERY_S
         try:
             produce_file(tmp_path / "ooo.jsonl", s, rate=200)
         finally:
-            kafka_mod.PROGRESS_EVERY_S = every
+            produce_mod.PROGRESS_EVERY_S = every
     assert "producing records=" in caplog.text
