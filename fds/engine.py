@@ -162,6 +162,8 @@ class Engine:
         self.model = model
         self.policy = policy
         self.metrics = metrics
+        # the metrics while a fold holds them back (see fold): changes of state still go there
+        self._held_metrics: Any = None
         if metrics is not None and rules is not None:  # every rule deciding, at 0 until it
             metrics.watch_ruleset(lambda: self.rules)  # counts (it was never watched: no
             # series for a rule never hit, the dashboard's "no data", a QA pass)
@@ -356,8 +358,8 @@ class Engine:
             result = (None, None)
             self._fallback("degraded")
         for kind, reason in guard.transitions():
-            if self.metrics is not None:
-                self.metrics.degraded(kind == "degraded")
+            if (metrics := self.metrics or self._held_metrics) is not None:
+                metrics.degraded(kind == "degraded")
             if reason == "error":
                 log.warning('model %s reason="%s" error="%s"', kind, reason, guard.last_error)
             elif reason == "slow":  # (it said error="None": a QA pass)
@@ -421,8 +423,8 @@ class Engine:
             self._demoted_as[trip.source] = (
                 self._rule_spec(trip.source) if trip.source != MODEL else model_version
             )
-            if self.metrics is not None:
-                self.metrics.demoted(trip.kind, trip.source)
+            if (metrics := self.metrics or self._held_metrics) is not None:
+                metrics.demoted(trip.kind, trip.source)
             log.warning(
                 'demoted to shadow by rate breaker kind="%s" target="%s" action="%s" '
                 'rate="%.4f" limit="%.4f"',
@@ -578,8 +580,12 @@ class Engine:
     def fold(self, tx: Mapping[str, Any]) -> None:
         """Decide ``tx`` for its effect on the state only (a restore catching up on what was
         decided before): the decision is dropped and nothing is counted, in the metrics or in
-        the rule stage's skip counts (the record was counted when first decided)."""
+        the rule stage's skip counts (the record was counted when first decided). A change of
+        state it makes, the model guard's degraded mode or a rate breaker's demotion, is this
+        process's and goes to the metrics (their gauges stayed as they were until the next
+        change, an alert firing on for a model acting again: a review)."""
         m, self.metrics = self.metrics, None
+        self._held_metrics = m
         hold = getattr(self.rules, "hold_counts", None)
         restore = hold() if hold is not None else None
         plan: Any = self.features if hasattr(self.features, "folding") else None
@@ -588,7 +594,7 @@ class Engine:
         try:
             self.decide(tx)
         finally:
-            self.metrics = m
+            self.metrics, self._held_metrics = m, None
             if restore is not None:
                 restore()
             if plan is not None:

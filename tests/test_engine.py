@@ -490,3 +490,42 @@ def test_a_shadow_or_demoted_rule_is_no_input_of_a_model_reading_each_rule(tmp_p
     engine._demote((Trip("main", "review", 1.0, 0.01, 0.1, 100, 100),), None)  # (the breaker's)
     feats = engine.decide(tx(2))["features"]
     assert feats["rule:main"] is False and feats["rule:watch"] is False
+
+
+class _Flaky:
+    """A model stage that raises while ``broken``, else scores 0.1."""
+
+    broken = True
+    version = "v1"
+    acting = True
+
+    def score(self, tx: Any, feats: Any) -> tuple[float, str]:
+        if self.broken:
+            raise RuntimeError("model down")
+        return 0.1, "v1"
+
+    def on_decision(self, tx: Any, d: Any) -> None:
+        pass
+
+
+def test_a_change_of_the_model_guard_in_a_fold_reaches_the_metrics():
+    """A review: a fold (fds run's catch-up after a restore) held the metrics back, and the
+    guard's change of state made there was used up unsaid: the model degraded in a fold left
+    fds_degraded_mode at 0 (no alert), and one recovered in a fold left it at 1 for good
+    (the alert firing on for a model acting, a later degradation paging no one)."""
+    clock = [0.0]
+    tx = lambda i: {"tx_id": f"t{i}", "ts": 1.8e9 + i, "card_id": "c", "amount": 1.0}  # noqa: E731
+    m, model = Metrics(), _Flaky()
+    guard = ModelGuard(latency_budget_s=1.0, max_failures=3, cooldown_s=30, clock=lambda: clock[0])
+    engine = Engine(model=model, metrics=m, guard=guard)
+    m.model_info("v1", "default")
+    m.model_acting(True)
+    gauge = m.registry.get_sample_value
+    for i in range(3):
+        engine.fold(tx(i))  # degraded in a fold
+    assert guard.degraded and gauge("fds_degraded_mode") == 1 and gauge("fds_model_acting") == 0
+    assert gauge("fds_decisions_total", {"action": "approve"}) in (None, 0)  # (still no count)
+    model.broken, clock[0] = False, 31.0
+    engine.fold(tx(20))  # the trial after the cool-down, in a fold: acting again
+    assert not guard.degraded and gauge("fds_degraded_mode") == 0
+    assert gauge("fds_model_acting") == 1 and engine.decide(tx(21))["flags"] == []
