@@ -52,7 +52,7 @@ import time
 import urllib.parse
 import urllib.request
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
@@ -206,6 +206,15 @@ _DECIDING = frozenset(
         "fds_features_compiled", "fds_state_evicted_by_cap", "fds_state_max_entities",
     }
 )  # fmt: skip
+
+
+def _family(kind: Any, name: str, doc: str, labels: list[str], values: Mapping[Any, float]) -> Any:
+    """A metric family of ``kind`` with a sample per item of ``values``: its label value (a
+    tuple of them for several labels) and its value."""
+    family = kind(name, doc, labels=labels)
+    for key, n in values.items():
+        family.add_metric(list(key) if isinstance(key, tuple) else [key], float(n))
+    return family
 
 
 class Metrics(Collector):
@@ -695,17 +704,10 @@ class Metrics(Collector):
                 yield family
 
     def _families(self) -> Iterator[Any]:
-        c = CounterMetricFamily(
-            "fds_events_consumed", "Events read from a source.", labels=["source"]
-        )
-        for source, n in dict(self._consumed).items():
-            c.add_metric([source], float(n))
-        yield c
-
-        c = CounterMetricFamily("fds_decisions", "Decisions made, by action.", labels=["action"])
-        for action, n in self._decision_counts().items():
-            c.add_metric([action], float(n))
-        yield c
+        yield _family(CounterMetricFamily, "fds_events_consumed", "Events read from a source.",
+                      ["source"], dict(self._consumed))  # fmt: skip
+        yield _family(CounterMetricFamily, "fds_decisions", "Decisions made, by action.",
+                      ["action"], self._decision_counts())  # fmt: skip
 
         with self._rules_lock:  # (see drain_rule_counts)
             missing = dict(self._missing)
@@ -725,31 +727,21 @@ class Metrics(Collector):
             hits.setdefault(r.id, {}).setdefault(r.spec.state, 0)
             missing.setdefault(r.id, 0)
             errors.setdefault(r.id, 0)
-        c = CounterMetricFamily(
-            "fds_rule_hits", "Rule hits, by rule and state.", labels=["rule", "state"]
-        )
-        for rule, by_state in hits.items():
-            for state, n in by_state.items():
-                c.add_metric([rule, state], float(n))
-        yield c
-
-        c = CounterMetricFamily(
-            "fds_rule_missing_inputs",
-            "Rule evaluations skipped because a name the rule uses was missing.",
-            labels=["rule"],
-        )
-        for rule, n in missing.items():
-            c.add_metric([rule], float(n))
-        yield c
-
-        c = CounterMetricFamily(
-            "fds_rule_errors",
+        yield _family(
+            CounterMetricFamily, "fds_rule_hits", "Rule hits, by rule and state.",
+            ["rule", "state"],
+            {(rule, state): n for rule, by_state in hits.items() for state, n in by_state.items()},
+        )  # fmt: skip
+        yield _family(
+            CounterMetricFamily, "fds_rule_missing_inputs",
+            "Rule evaluations skipped because a name the rule uses was missing.", ["rule"],
+            missing,
+        )  # fmt: skip
+        yield _family(
+            CounterMetricFamily, "fds_rule_errors",
             "Rule evaluations that raised (an active rule's transaction is a dead letter).",
-            labels=["rule"],
-        )
-        for rule, n in errors.items():
-            c.add_metric([rule], float(n))
-        yield c
+            ["rule"], errors,
+        )  # fmt: skip
 
         h = HistogramMetricFamily(
             "fds_stage_duration_seconds",
@@ -774,35 +766,25 @@ class Metrics(Collector):
         sizes = getattr(plan, "state_sizes", None)  # (a stage of another kind may hold none:
         if sizes is not None:  # the engine watches any, and a scrape failed, a CI run)
             entities.update(sizes())
-        g = GaugeMetricFamily(
-            "fds_state_entities",
-            "Entities held in window state, by entity kind.",
-            labels=["entity"],
-        )
-        for entity, n in entities.items():
-            g.add_metric([entity], float(n))
-        yield g
+        yield _family(
+            GaugeMetricFamily, "fds_state_entities",
+            "Entities held in window state, by entity kind.", ["entity"], entities,
+        )  # fmt: skip
         capped = getattr(plan, "evictions_by_cap", None)
         if capped is not None:
-            c = CounterMetricFamily(
-                "fds_state_evicted_by_cap",
+            yield _family(
+                CounterMetricFamily, "fds_state_evicted_by_cap",
                 "Entities evicted from window state before their longest window ended, the "
                 "oldest idle first, because their type held more than its max_entities: by "
                 "this process while deciding, from 0 at its start (a restore's catch-up not "
-                "counted).",
-                labels=["entity"],
-            )
-            for entity, n in capped(decided=True).items():  # (this process's: see the plan)
-                c.add_metric([entity], float(n))
-            yield c
-            g = GaugeMetricFamily(  # (fds_state_entities could not be drawn against it: a QA)
-                "fds_state_max_entities",
-                "The rules file's max_entities of each entity type with one.",
-                labels=["entity"],
-            )
-            for entity, cap in getattr(plan, "max_entities", {}).items():
-                g.add_metric([entity], float(cap))
-            yield g
+                "counted).", ["entity"],
+                capped(decided=True),  # (this process's: see the plan)
+            )  # fmt: skip
+            yield _family(  # (fds_state_entities could not be drawn against it: a QA)
+                GaugeMetricFamily, "fds_state_max_entities",
+                "The rules file's max_entities of each entity type with one.", ["entity"],
+                getattr(plan, "max_entities", {}),
+            )  # fmt: skip
         compiled = getattr(plan, "compiled", None)  # (a plan of another kind may not say)
         if compiled is not None:
             yield GaugeMetricFamily(
@@ -835,10 +817,7 @@ class Metrics(Collector):
              "1 for each rule or model in shadow by the breaker now (restored ones included).",
              ["kind", "target"], self._info_demoted),
         ):  # fmt: skip
-            g = GaugeMetricFamily(name, doc, labels=labels)
-            for value in values:
-                g.add_metric(list(value), 1.0)
-            yield g
+            yield _family(GaugeMetricFamily, name, doc, labels, dict.fromkeys(values, 1))
 
         g = GaugeMetricFamily(
             "fds_broker_reachable",
