@@ -286,6 +286,7 @@ class ModelServer:
         self.predecessor: Any = None  # kept during probation, for rollback
         self.predecessor_version: str | None = None
         self._predecessor_rate = spec.learn.legit_sample_rate  # the legit rate it learned at
+        self._predecessor_frauds = 0  # ... and its own count of frauds learned (the gate's)
         self.contest: Contest | None = None  # shadow: challenger vs champion
         self.probation: Contest | None = None  # last promoted champion vs its predecessor
         self._prob_ranks: tuple[BudgetRank, BudgetRank] | None = None
@@ -473,10 +474,11 @@ class ModelServer:
 
     def on_label(self, label: Mapping[str, Any]) -> None:
         """Learn (inline), judge contests, and take up newly published versions."""
-        if self.trainer is None:
-            x = self._inputs.pop(label["tx_id"], None)
-            if x is not None and label["is_fraud"]:
-                self._evaluate(x, True)
+        if self.trainer is None:  # (a legit label keeps the input: a chargeback after it is
+            if label["is_fraud"]:  # judged, as inline, where it was lost here: a review)
+                x = self._inputs.pop(label["tx_id"], None)
+                if x is not None:
+                    self._evaluate(x, True)
             return
         # Event time first: what it assumes legitimate (unlabelled for long) is learned there,
         # and is no label learned (fds_labels_learned_total counted it: more labels learned
@@ -953,6 +955,7 @@ class ModelServer:
             "contest": dataclasses.asdict(self.contest) if self.contest else None,
             "canary": self._canary_inputs(),
             "spec": orjson.loads(orjson.dumps(self.spec.to_dict())),  # (as a manifest holds it)
+            "days": {str(d): n for d, n in self._day_counts.items()},  # (the alert share's)
         }  # fmt: skip
 
     def load_gate_state(self, state: Mapping[str, Any]) -> None:
@@ -962,6 +965,11 @@ class ModelServer:
         of a model made otherwise (another spec name, pipeline or inputs: a restart with
         another ``--model``, a snapshot of an instance serving another) is not taken: what it
         judged was another model."""
+        # the decisions counted per day, whatever the model (the alert share: after a restart
+        # the day under way alone divided the budget, a share 80 times too large that opened
+        # the gate on a tie, a review)
+        for day, n in (state.get("days") or {}).items():
+            self._day_counts[int(day)] = max(self._day_counts.get(int(day), 0), int(n))
         other = self.spec.made_otherwise(state.get("spec"), serving=True)
         if other is not None:
             log.info("the maturity gate and contests of the state are not taken: they judged "
@@ -996,6 +1004,7 @@ class ModelServer:
         try:
             self.predecessor = serving(self.registry.load(pred))
             self._predecessor_rate = self._rate_of(self.registry.entry(pred))
+            self._predecessor_frauds = learned(self.registry.entry(pred))[1]
         except Exception as e:  # unverifiable, or deleted by retention since: no probation
             log.warning("probation of %s not resumed: predecessor %s: %s", self.version, pred, e)
             return
@@ -1139,6 +1148,7 @@ class ModelServer:
         self.stats["promote"] += 1
         self.predecessor, self.predecessor_version = self.champion, self.version
         self._predecessor_rate = self._rate  # (a rollback undid the spec's rate: a review)
+        self._predecessor_frauds = self._gate_frauds
         self._set_champion(c.candidate, self.challenger, why, self._challenger_entry)
         self.challenger = self.challenger_version = None
         self.contest = None
@@ -1174,9 +1184,12 @@ class ModelServer:
         self.probation = None
         self.stats[verdict] += 1
         if verdict == "rollback":
+            # judged at its own count of frauds learned by the maturity gate (it kept the one
+            # rolled back's, and a predecessor that had never passed the gate acted: a review)
+            own = {"evaluation": {"frauds_learned": self._predecessor_frauds}}
             self._set_champion(
                 self.predecessor_version or "", self.predecessor, "rollback: worse than before",
-                reject_old=True,
+                own, reject_old=True,
             )  # fmt: skip
             self._rate = self._predecessor_rate  # the rate it learned at, as when it served
             self._champion_labels = self.spec.promote.warmup_labels  # a proven model

@@ -252,8 +252,8 @@ def _child(node: yaml.Node | None, key: str) -> yaml.Node | None:
 
 def _key_node(node: yaml.Node | None, key: str) -> yaml.Node | None:
     if isinstance(node, yaml.MappingNode):
-        for k, _v in node.value:
-            if getattr(k, "value", None) == key:
+        for k, _v in node.value:  # (as text: a key YAML reads as a number, `5: 1`, was
+            if str(getattr(k, "value", None)) == str(key):  # said without its line, a review)
                 return k
     return None
 

@@ -103,6 +103,11 @@ def test_shipped_specs_build(name: str) -> None:
             ":4",
             "unknown key 'yes'",
         ),
+        (  # (a key YAML reads as a number: said without its line, a review)
+            "name: x\npipeline:\n  - linear_model.LogisticRegression: {}\n5: 1\n",
+            ":4",
+            "unknown key 5",
+        ),
         (  # (1e6 behind a scaler: every score 1.0, a third of the payments declined, a QA pass)
             "name: x\npipeline:\n  - preprocessing.StandardScaler: {}\n"
             "  - linear_model.LogisticRegression: {intercept_init: 1e6}\n",
