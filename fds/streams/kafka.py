@@ -1933,9 +1933,10 @@ class Runner:
         judged the model on the features as they were (a review)."""
         kept = {k: state[k] for k in self.engine.history() if k in state}
         self.engine.load_state_dict(_without_model(kept), features=False)
-        log.warning(
-            "%s: kept the ruleset versions served and the demotions; the features, the alert "
-            "budget, the rate breaker and the model gate start from the input", what,
+        log.warning(  # (it said "the demotions" kept and "the rate breaker" not: a QA pass)
+            "%s: kept the ruleset versions served and the rules and model the rate breaker "
+            "demoted; the features, the alert budget, the breaker's counts of recent decisions "
+            "and the model gate start from the input", what,
         )  # fmt: skip
 
     def _fetch_state(self, ck: Checkpointer) -> Checkpoint | None:

@@ -450,8 +450,9 @@ def test_a_checkpoint_of_other_features_keeps_the_rest_of_the_engine_state(tmp_p
     assert "checkpoint ignored: feature state was saved with other feature declarations" in (
         caplog.text
     )
-    assert "checkpoint: kept the ruleset versions served and the demotions; the features" in (
-        caplog.text
+    assert (
+        "checkpoint: kept the ruleset versions served and the rules and model the rate "
+        "breaker demoted; the features, the alert budget, the breaker's counts" in caplog.text
     )
     assert r.engine.demoted == {"too_eager"}
     # the features rebuilt from the input: each new record counts every one before it
