@@ -186,7 +186,15 @@ def _load_stream(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], set[str], float, dict[str, Any]]:
     from fds.errors import ConfigError
 
-    def check_days(covered: int, what: str) -> None:
+    def check_days(covered: int, what: str, drift_first: bool = False) -> None:
+        if drift_first and drift_day is not None and covered >= 3 and drift_day >= covered:
+            # (a file's days are known only now: a drift day past them is said first, the
+            # warm-up following from it unless given; it was told about a warm-up never given,
+            # whose fix was not enough: a review)
+            raise ConfigError(
+                f"--drift-day {drift_day} is past the {covered} days {what} cover(s): give a "
+                f"--drift-day from 2 to {covered - 1}, or --drift-day -1 for no drift"
+            )
         if not 0 < warmup_days < covered:
             fix = (
                 f"give --warmup-days from 1 to {covered - 1} (or more days)"
@@ -236,9 +244,11 @@ def _load_stream(
         meta: dict[str, Any] = {"source": "simulator", "days": days, "cards": cards, "seed": seed}
         return sim.transactions, sim.labels, truth, sim.start, meta
     from fds import replay
-    from fds.streams.files import check_label_columns, labels_for, load_mapping
+    from fds.streams.files import check_label_columns, file_error, labels_for, load_mapping
 
     mapping = load_mapping(mapping_path) if mapping_path else None
+    if labels_path is not None and (problem := file_error(labels_path, "--labels file")):
+        raise ConfigError(problem)  # (it was said as the input file: a review)
     labels_path = labels_for(input_path, mapping, labels_path)
     check_label_columns(labels_path, mapping)  # (given, or beside: before it is all read)
     stream = replay.load(input_path, mapping=mapping, labels_path=labels_path)
@@ -253,7 +263,7 @@ def _load_stream(
         raise ConfigError(f"{input_path}: no valid transactions")
     truth = replay.known_frauds(stream.labels)  # (the last word on each, as a replay reads them)
     start = math.floor(txs[0]["ts"] / _DAY) * _DAY
-    check_days(math.floor((txs[-1]["ts"] - start) / _DAY) + 1, str(input_path))
+    check_days(math.floor((txs[-1]["ts"] - start) / _DAY) + 1, str(input_path), drift_first=True)
     try:
         check_frauds(txs, truth, start, "give a shorter --warmup-days (or a longer file)")
     except ConfigError as e:

@@ -67,6 +67,10 @@ SEQ_HEADER = "fds-seq"
 #: whose leader is away, or whose one reply was dropped by a seek, held them up to max_hold_s,
 #: 60 s: a review).
 UNKNOWN_WAITS = 10
+#: A loop pass may take this long and be no block: a poll waits up to its timeout (fds run's
+#: ``poll_timeout_ms``: 1 s at most) for records. Passes of a loop that took longer between
+#: two takes (a flush or a commit during a broker outage, a restore) count as blocked beyond it.
+LONG_PASS_S = 1.0
 #: The least ``skew_s`` taken (a grace of 0 made every past record "history", and each live
 #: decision waited up to --align-wait whenever a partition had drained: a review).
 SKEW_MIN_S = 60.0
@@ -165,7 +169,9 @@ class Aligner:
             now = time.monotonic()
             # after longer than a wait with nothing fetched (the broker down), waits that had
             # begun begin again: that time was no uneven fetching
-            again = now - self._fetched_at > self.max_wait_s
+            # (a pass of the loop apart: fetches a poll's timeout apart, above --align-wait,
+            # began the waits again at each one, which never ended: a review)
+            again = now - self._fetched_at > max(self.max_wait_s, LONG_PASS_S)
             self._fetched_at = now
             for w in self._waiting_since.values():
                 if w[1] is None or again:
@@ -279,11 +285,17 @@ class Aligner:
         longer in it is dropped (its new owner reads it; kafka-python may report the old
         assignment between a revocation and the new assignment)."""
         now = time.monotonic()
-        if now - self._took_at > self.max_wait_s:
-            # the loop did not poll for longer than a wait (blocked in a flush during a broker
-            # outage, a commit, a restore): the waits begin again
+        gap = now - self._took_at
+        if gap > max(self.max_wait_s, LONG_PASS_S):
+            # the loop did not poll for longer than a pass (blocked in a flush during a broker
+            # outage, a commit, a restore): that time is no wait, nor part of max_hold_s; a
+            # wait begun by this pass's fetch stands. (Reset to now at every pass longer than
+            # a wait, the waits never ran where --align-wait is below the poll timeout, or on a
+            # loaded machine: a partition behind held the others for good, a review.)
             for w in self._waiting_since.values():
-                w[0], w[1] = now, None
+                w[0] += gap - LONG_PASS_S if gap > LONG_PASS_S else 0.0
+                if w[1] is not None and w[1] <= self._took_at:
+                    w[1] = None
             # (not the skew holds: a loop pass longer than a wait, the poll timeout above
             # --align-wait, began them again at each pass, and records were held for good: a
             # review; one wait on this clock at most, whatever the loop did meanwhile)

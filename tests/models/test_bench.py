@@ -22,6 +22,7 @@ from fds.bench import (
     ratio_interval,
     run_precision,
     targets,
+    warmup_before,
 )
 from fds.cli import build_parser
 from fds.errors import ConfigError
@@ -296,6 +297,26 @@ def test_the_drift_needs_an_evaluated_day_before_it(tmp_path: Path) -> None:
     for days, warmup, fix in ((2, 1, "3 days or more"), (5, 4, "a --warmup-days from 1 to 3")):
         with pytest.raises(ConfigError, match=f"give {fix}.*, or --drift-day -1 for no drift"):
             run_precision(days=days, cards=300, warmup_days=warmup, drift_day=1, out_dir=tmp_path,
+                          echo=False, progress=False)  # fmt: skip
+
+
+def test_a_drift_day_past_a_file_is_said_before_the_warm_up_it_sets(tmp_path: Path) -> None:
+    """A review: `--input` (6 days) with `--drift-day 9` was told "the warm-up takes 8: give
+    --warmup-days from 1 to 5", a warm-up never given, and that fix then met the drift day's
+    own error."""
+    from fds.streams.simulator import write
+
+    sim = simulate(days=5, cards=300, merchants=100, seed=3)
+    path = tmp_path / "a.jsonl"
+    write(sim, path)
+    with pytest.raises(ConfigError, match="--labels file not found: "):  # (said as the input)
+        run_precision(input_path=path, labels_path=tmp_path / "nope.jsonl", warmup_days=3,
+                      out_dir=tmp_path, echo=False, progress=False)  # fmt: skip
+    for drift in (9, 7):
+        with pytest.raises(ConfigError, match=f"--drift-day {drift} is past the 6 days .* give a "
+                           "--drift-day from 2 to 5, or --drift-day -1"):  # fmt: skip
+            run_precision(input_path=path, labels_path=path.with_suffix(".labels.jsonl"),
+                          drift_day=drift, warmup_days=warmup_before(drift), out_dir=tmp_path,
                           echo=False, progress=False)  # fmt: skip
 
 

@@ -6,6 +6,8 @@ import random
 import time
 from typing import NamedTuple
 
+import pytest
+
 from fds.streams.align import Aligner
 
 
@@ -188,7 +190,16 @@ def test_a_partition_that_gave_nothing_since_it_was_assigned_holds_the_others_ba
     assert _names(got) == ["a0"]
 
 
-def test_a_wait_does_not_run_while_the_loop_is_blocked_and_nothing_is_fetched():
+@pytest.fixture
+def short_pass(monkeypatch):
+    """A loop pass of these tests' scale (0.05 s, not a poll's 1 s): their outages and blocks
+    last 0.3 s."""
+    import fds.streams.align as align
+
+    monkeypatch.setattr(align, "LONG_PASS_S", 0.05)
+
+
+def test_a_wait_does_not_run_while_the_loop_is_blocked_and_nothing_is_fetched(short_pass):
     """A chaos run (broker kill, at-least-once): the loop blocked in a flush for the whole
     outage right after p0 ran dry while behind; the first poll after it brought p1 only, p0's
     wait had run out meanwhile, and p1's records went ahead of p0's, which then came hours
@@ -205,7 +216,7 @@ def test_a_wait_does_not_run_while_the_loop_is_blocked_and_nothing_is_fetched():
     assert _names(a.take(10, P)) == ["a1", "b0", "b1", "b2"]  # p1 dry, behind: a2 waits
 
 
-def test_a_wait_that_had_begun_begins_again_after_a_time_with_nothing_fetched():
+def test_a_wait_that_had_begun_begins_again_after_a_time_with_nothing_fetched(short_pass):
     c = Consumer(p0=10, p1=10)
     a = Aligner(c, _key, max_wait_s=0.2)
     a.add({"p0": _recs("a", [1.0]), "p1": _recs("b", [5.0])})
@@ -242,7 +253,7 @@ def test_a_partition_that_is_behind_holds_the_others_back_for_at_most_max_hold_s
     assert _names(got) == ["b0"] and 0.15 < time.monotonic() - t0 < 1
 
 
-def test_time_the_loop_spent_blocked_does_not_count_towards_max_hold_s():
+def test_time_the_loop_spent_blocked_does_not_count_towards_max_hold_s(short_pass):
     """The hold bound runs on the loop's clock too: blocked in a flush for longer than
     max_hold_s (a broker outage) right after p0 ran dry while behind, the loop must not let p1
     overtake p0 at its first take after it."""
@@ -254,7 +265,7 @@ def test_time_the_loop_spent_blocked_does_not_count_towards_max_hold_s():
     assert a.take(10, P) == []  # the hold begins again: b0 still waits for p0
 
 
-def test_a_wait_that_had_begun_begins_again_when_fetching_resumes_after_an_outage():
+def test_a_wait_that_had_begun_begins_again_when_fetching_resumes_after_an_outage(short_pass):
     """A chaos run on the fix's first version: p0's wait began with records kafka-python had
     fetched before the broker died; the loop kept polling through the outage and the first
     fetch after it ended the wait at once."""
@@ -401,3 +412,23 @@ def test_records_of_one_time_without_seq_come_out_by_partition_whatever_the_assi
         a.add({tps[p]: [Rec(f"p{p}", 100.0, 0)] for p in order})
         got = a.take(10, assigned=[tps[p] for p in order])
         assert _names(got) == [f"p{p}" for p in range(6)]
+
+
+@pytest.mark.parametrize(("wait", "fetched"), [(0.0, True), (0.05, True), (0.05, False)])
+def test_a_wait_shorter_than_a_loop_pass_still_ends(wait, fetched):
+    """A review: every pass longer than --align-wait (0, or below the poll timeout) began the
+    waits again, the time a partition ran dry included, so one behind with nothing to give
+    held the others for good (nothing released after 6 s, max_hold_s 2 s). Now a wait ends
+    after --align-wait of fetching the others, and in every case after max_hold_s."""
+    c = Consumer(p0=100, p1=10)
+    a = Aligner(c, _key, max_wait_s=wait, max_hold_s=0.6)
+    a.add({"p0": _recs("a", [1.0]), "p1": _recs("b", [0.5])})
+    assert _names(a.take(10, P)) == ["b0"]  # p1 ran dry, 9 more to read: a0 waits
+    t0, got, n = time.monotonic(), [], 1
+    while not got and time.monotonic() - t0 < 3:
+        time.sleep(0.1)  # (a pass: the poll's timeout)
+        if fetched:
+            a.add({"p0": _recs("a", [1.0 + n], first=n)})
+            n += 1
+        got = a.take(10, P)
+    assert got and time.monotonic() - t0 < (0.5 if fetched else 1.0), time.monotonic() - t0
