@@ -293,7 +293,7 @@ class Aligner:
             # a wait, the waits never ran where --align-wait is below the poll timeout, or on a
             # loaded machine: a partition behind held the others for good, a review.)
             for w in self._waiting_since.values():
-                w[0] += gap - LONG_PASS_S if gap > LONG_PASS_S else 0.0
+                w[0] += gap - LONG_PASS_S
                 if w[1] is not None and w[1] <= self._took_at:
                     w[1] = None
             # (not the skew holds: a loop pass longer than a wait, the poll timeout above
