@@ -380,7 +380,12 @@ def _call_params(ref: re.Match[str]) -> str:
         )
     except (SyntaxError, ValueError, TypeError, ConfigError):  # (not literal, not its parameters)
         return "{...}"
-    return "{" + ", ".join(f"{k}: {_as_yaml(v)}" for k, v in bound.arguments.items()) + "}"
+    return _flow(bound.arguments)
+
+
+def _flow(params: Mapping[str, Any]) -> str:
+    """``params`` as a YAML flow mapping: ``{lr: 0.1, l2: null}``."""
+    return "{" + ", ".join(f"{k}: {_as_yaml(v)}" for k, v in params.items()) + "}"
 
 
 def _as_yaml(value: Any) -> str:
@@ -427,6 +432,18 @@ def _badly_valued(key: str, value: Any, default: Any, hint: str = "") -> str | N
     nested estimator is not checked (a learning rate may be a schedule)."""
     if _is_estimator_ref(value) or (value is None and default is None):
         return None
+    if (
+        isinstance(value, dict)
+        and value
+        and not any(map(_estimator_like, value))
+        and "." in hint
+        and not re.search("dict|mapping|callable", hint, re.IGNORECASE)
+    ):  # (`optimizer: {lr: 0.2}` reached River as a dict: "'dict' object has no attribute
+        # 'look_ahead'", said at the step's line: a review)
+        return (
+            f"{key}: takes an object ({hint}), not the mapping {_flow(value)}: name its "
+            f"class, e.g. {{optim.SGD: {_flow(value)}}}"
+        )
     number = type(value) in (int, float)
     if key in _COUNTS and number and not (value >= 1 and float(value).is_integer()):
         return f"{key}: must be a whole number of at least 1, got {value!r}"

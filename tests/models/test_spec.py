@@ -209,6 +209,13 @@ def test_shipped_specs_build(name: str) -> None:
             ":5",
             "optimizer: a nested estimator is a one-key mapping like {optim.SGD: {lr: 0.1}}",
         ),
+        (  # (a mapping of parameters with no estimator named: River's AttributeError)
+            "name: x\npipeline:\n  - linear_model.LogisticRegression:\n"
+            "      optimizer: {lr: 0.2}\n",
+            ":4",
+            "optimizer: takes an object (optim.base.Optimizer | None), not the mapping "
+            "{lr: 0.2}: name its class, e.g. {optim.SGD: {lr: 0.2}}",
+        ),
         (
             "name: x\npipeline:\n  - linear_model.LogisticRegression:\n"
             "      optimizer: optim.SGD\n",
