@@ -1028,12 +1028,17 @@ def reason_of(dead: Mapping[str, Any]) -> str:
     "validate: ts: timestamp '...' is neither ISO 8601"
     >>> reason_of({"stage": "parse", "reason": "ts: '31.12' does not fit the mapping's '%Y'"})
     "parse: ts: '...' does not fit the mapping's '...'"
+    >>> long = reason_of({"stage": "label", "reason": "ab " * 50 + "fix: do this"})
+    >>> long.split(" … ")[1][-30:], len(long) <= len("label: ") + 120
+    ('ab ab ab ab ab ab fix: do this', True)
     """
     text = str(dead.get("reason") or dead.get("error", ""))
     reason = text.split("\n")[0].split(" [type=")[0].split(" input_value=")[0]
     reason = _QUOTED.sub("'...'", reason)
-    if len(reason) > 120:  # (cut mid-word without a mark, it read as garbled: a review)
-        reason = reason[:119] + "…"
+    if len(reason) > 120:  # (cut mid-word without a mark, it read as garbled: a review; cut at
+        # its end, the fix was lost: `label_values:` of a label column's word, a README walk)
+        head, tail = reason[:60].rsplit(" ", 1)[0], reason[-57:]
+        reason = f"{head} … {tail[tail.find(' ') + 1 :]}"  # (at spaces: whole words)
     return f"{dead['stage']}: {reason}"
 
 

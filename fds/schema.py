@@ -309,6 +309,8 @@ def _short(value: Any, n: int = 100) -> str:
 
 
 _COMMA_NUMBER = re.compile(r"\d,\d")  # a decimal comma or a thousands separator
+#: A number with a currency sign or code (or a unit) before or after it: ``$12.50``, ``12 EUR``.
+_UNIT = re.compile(r"^\s*(?:[^\d\s.,+-]+\s*[-+]?\d[\d.,]*|[-+]?\d[\d.,]*\s*[^\d\s.,]+)\s*$")
 
 
 def _notation(value: str) -> str:
@@ -340,11 +342,17 @@ def _reason(err: pydantic.ValidationError) -> str:
         loc = ".".join(str(p) for p in e["loc"]) or "record"
         got = "" if e["type"] == "missing" else f" (got {_short(e.get('input'))})"
         value = e.get("input")
-        if e["type"] == "float_parsing" and isinstance(value, str) and _COMMA_NUMBER.search(value):
+        text = value if e["type"] == "float_parsing" and isinstance(value, str) else ""
+        if _UNIT.search(text):
+            got += (  # (`$12.50` was told it is no number, no more: a README walk)
+                "; a number is written without a currency or unit: put the currency in a field "
+                "of its own (a column mapped to currency, or extra), or convert them first"
+            )
+        elif _COMMA_NUMBER.search(text):
             got += (  # (a European CSV: every row a dead letter, the hint silent, a README walk)
                 "; numbers are read with a dot for decimals and no grouping (29.78, 1234.5): "
                 "say how the file writes them in the --mapping of fds replay or fds produce "
-                f"({_notation(value)}), or convert them first"
+                f"({_notation(text)}), or convert them first"
             )
         parts.append(f"{loc}: {e['msg']}{got}")
     return "; ".join(parts)

@@ -363,7 +363,11 @@ def explain(e: yaml.YAMLError, text: str) -> tuple[str, Any]:
         where = f"line {mark.line + 1}, column {mark.column + 1}"
         problem = f"{problem}: the {char!r} at {where} is never closed"
         return problem, mark
-    if mark is None or mark.line >= len(lines) or not _BLOCK.search(problem):
+    if mark is None or mark.line >= len(lines):
+        return problem, mark
+    if problem.startswith("mapping values are not allowed") and (deeper := _deeper(lines, mark)):
+        return f"{problem}: {deeper}", mark
+    if not _BLOCK.search(problem):
         return problem, mark
     quoted = _quote_ending_on(text, mark.line)
     if quoted is not None:  # (a quote left open runs on to the next quote, lines below, where
@@ -383,6 +387,26 @@ def explain(e: yaml.YAMLError, text: str) -> tuple[str, Any]:
     if before.strip():  # (the problem is inside the line, not its indentation)
         return problem, mark
     return f"{problem}: is line {mark.line + 1} indented as the lines of its block?", mark
+
+
+def _deeper(lines: list[str], mark: Any) -> str | None:
+    """Why a key's ``:`` on line ``mark`` is refused when the line is indented deeper than the
+    key and value above it: YAML reads it as more of that value (`decline_at: 0.9` indented one
+    space less than the next key was said at the next line with no word of either: a README
+    walk); ``None`` otherwise."""
+    line = lines[mark.line]
+    above = next((i for i in range(mark.line - 1, -1, -1) if lines[i].strip()), None)
+    key = line[: mark.column].strip()
+    if above is None or not key or ":" in key:  # (the line's first key only)
+        return None
+    indent = len(line) - len(line.lstrip(" "))
+    prev = lines[above]
+    if indent <= len(prev) - len(prev.lstrip(" ")) or not re.search(r":\s+\S", prev):
+        return None
+    return (
+        f"line {mark.line + 1} is indented deeper than line {above + 1}, so YAML reads it as "
+        f"more of line {above + 1}'s value: indent keys of one block alike"
+    )
 
 
 #: Syntax errors of a block's layout: the text's indentation, or a quote left open before it.

@@ -279,3 +279,17 @@ def test_a_number_with_a_comma_is_told_the_notation_it_is_written_in(amount, tol
         parse_transaction(tx)
     assert told in str(e.value)
     assert ("decimal: ','" in str(e.value)) is (amount != "1,100.0")
+
+
+@pytest.mark.parametrize(
+    ("amount", "told"),
+    [("$12.50", True), ("12.50 EUR", True), ("€12", True), ("KRW 1,000", True), ("abc", False),
+     ("1.2.3", False)],
+)  # fmt: skip
+def test_a_number_with_a_currency_is_told_to_drop_it(amount, told) -> None:
+    """A README walk: `$12.50` was told it is no number, with no word of the sign."""
+    tx = {"tx_id": "t", "ts": 1767225600, "card_id": "c", "amount": amount}
+    with pytest.raises(ValidationError) as e:
+        parse_transaction(tx)
+    hint = "a number is written without a currency or unit: put the currency in a field"
+    assert (hint in str(e.value)) is told, str(e.value)

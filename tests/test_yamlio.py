@@ -132,6 +132,20 @@ def test_a_quote_left_open_and_a_line_out_of_its_block_are_said_so() -> None:
         load(indented)
     problem, mark = yamlio.explain(e.value, indented)
     assert mark.line + 1 == 4 and problem.endswith("is line 4 indented as the lines of its block?")
+    # a key indented deeper than the key above: more of its value (a README walk: YAML's
+    # words alone, at the deeper line, for `decline_at:` one space short)
+    for deeper in ("policy:\n decline_at: 0.9\n  review_at: 0.6\n", "a:\n  b: 1\n   c: 2\n"):
+        with pytest.raises(yaml.YAMLError) as e:
+            load(deeper)
+        problem, mark = yamlio.explain(e.value, deeper)
+        assert mark.line + 1 == 3 and problem.endswith(
+            "line 3 is indented deeper than line 2, so YAML reads it as more of line 2's value: "
+            "indent keys of one block alike"
+        ), problem
+    for inline in ("a: b: c\n", "x:\n  - a: 1\n    b: x: y\n"):  # (no indentation)
+        with pytest.raises(yaml.YAMLError) as e:
+            load(inline)
+        assert yamlio.explain(e.value, inline)[0] == "mapping values are not allowed here"
     # a quote inside a quoted text is no indentation (a review: the hint asked about it)
     for inner in ("a:\n  b: 'this card's history'\n", 'a: "say "hi" now"\n'):
         with pytest.raises(yaml.YAMLError) as e:

@@ -1261,10 +1261,13 @@ class ModelServer:
         """Warn when the registry holds no version to serve (watch mode)."""
         reg = self.registry
         if reg is not None and self.champion is None and not reg.versions():
+            # (absolute: an fds train started in another folder publishes a relative
+            # --registry elsewhere, a README walk)
+            where = reg.path.absolute()
             log.warning("no model version in registry %s yet: decisions use the rules alone "
                         "until one is there (published by fds train --registry %s sharing it, "
                         "or imported from the models topic with --models-topic); check "
-                        "--registry if one was", reg.path, reg.path)  # fmt: skip
+                        "--registry if one was", where, where)  # fmt: skip
 
     def load_champion(self) -> str | None:
         """Serve the registry's champion now (startup); ``None`` when none can be served yet.

@@ -51,7 +51,7 @@ from fds.models.registry import (
 )
 from fds.models.spec import ModelSpec, build_pipeline
 from fds.models.vector import strip_rule_ids, to_vector
-from fds.timeutil import parse_ts
+from fds.timeutil import parse_ts, span
 
 __all__ = ["MemoryStore", "Publication", "SnapshotStore", "SqliteStore", "Trainer", "keep_legit"]
 
@@ -587,11 +587,17 @@ class Trainer:
         if len(self._classes) < 2:  # (the model's own, not the lineage's counts: a review)
             if not self._one_class_said:
                 self._one_class_said = True
+                frauds = True in self._classes
                 log.info(
                     'model spec="%s": no version published until it has learned frauds and '
                     "legitimate payments (it has learned %s only): a model of one class scores "
-                    "every payment as that class",
-                    self.spec.name, "frauds" if True in self._classes else "legitimate ones",
+                    "every payment as that class%s",
+                    self.spec.name, "frauds" if frauds else "legitimate ones",
+                    # (a replay of 3 days with a yes/no label column blamed the data: its "no"
+                    # values are no labels, and 4 days never passed, a QA pass)
+                    f"; a transaction is learned as legitimate from a legitimate label or, "
+                    f"without one, assume_legit_after ({span(self._legit_after)}) after it (a "
+                    f"label column's legitimate values are no labels)" if frauds else "",
                 )  # fmt: skip
             return False
         if self._since_publish >= self.spec.publish.every_labels:

@@ -936,19 +936,64 @@ def _syntax_error(e: SyntaxError, source: str) -> ExprError:
         lines = source.rstrip().split("\n")  # line that is not blank)
         line, where = len(lines), " at the end of the condition"
         col = len(lines[-1].rstrip()) + 1 + (line == 1)
-    # (text values and comments aside, blanked to their length: a habit is said where it is,
+    # (text values and comments aside, covered to their length: a habit is said where it is,
     # where `amount > 10 AND x` was said at the condition's start, `&&` at its place: a README
     # walk; a text left open is blanked to its line's end: a review)
-    bare = re.sub(r"'[^'\n]*'?|\"[^\"\n]*\"?|#[^\n]*", lambda m: " " * len(m[0]), source)
+    # (a text as a value, "_"s: `x == 'a'` has its value, `x ==` none)
+    bare = re.sub(
+        r"'[^'\n]*'?|\"[^\"\n]*\"?|#[^\n]*",
+        lambda m: ("_" if m[0][0] in "'\"" else " ") * len(m[0]),
+        source,
+    )
     found = next(((h, m) for pattern, h in _HABITS if (m := re.search(pattern, bare))), None)
     hint = found[0].format(*found[1].groups()) if found is not None else ""
     if found is not None and not where:
         at = found[1].start()
         line = bare.count("\n", 0, at) + 1
         col = at - bare.rfind("\n", 0, at) + (line == 1)
-    # (its ':=' is no option here, nor its comma)
-    msg = re.split(r"\. (?:Maybe you meant|Perhaps you forgot)", e.msg)[0] if hint else e.msg
+    elif "forgot a comma" in e.msg and (pair := _side_by_side(source)) is not None:
+        # (`amount > 5 amount < 7` was told of a comma, which joins nothing here but a list's
+        # items, at the condition's start: a README walk)
+        line, col, listed = pair
+        col += 1 + (line == 1)  # (1-based, and the wrapping "(" of the first line)
+        hint = (
+            " (a comma is missing between the list's items)"
+            if listed
+            else " (two conditions side by side: join them with 'and' or 'or')"
+        )
+    # (Python's own advice is no option here: its ':=', its comma; said as above)
+    msg = re.split(r"\. (?:Maybe you meant|Perhaps you forgot)", e.msg)[0]
     return ExprError(f"syntax error{where}: {msg}{hint}", line, max(1, col - (line == 1)))
+
+
+#: Tokens that end a value (a name, a number, a text, a closing bracket) and that begin one,
+#: for :func:`_side_by_side`; words of the language that join values are neither.
+_JOINING = frozenset({"and", "or", "not", "in", "is", "if", "else"})
+
+
+def _side_by_side(source: str) -> tuple[int, int, bool] | None:
+    """Where the first of two values written side by side begins its second (line, column
+    from 0), and whether they are items of a list; ``None`` when no such pair is found."""
+    depth: list[str] = []  # the brackets open
+    last: tokenize.TokenInfo | None = None
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type in (tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT):
+                continue
+            word = tok.type == tokenize.NAME and tok.string not in _JOINING
+            begins = word or tok.type in (tokenize.NUMBER, tokenize.STRING) or tok.string == "("
+            if begins and last is not None:
+                ends = last.type in (tokenize.NUMBER, tokenize.STRING) or last.string in ")]"
+                if ends or (last.type == tokenize.NAME and last.string not in _JOINING):
+                    return tok.start[0], tok.start[1], bool(depth) and depth[-1] == "["
+            if tok.string in "([":
+                depth.append(tok.string)
+            elif tok.string in ")]" and depth:
+                depth.pop()
+            last = tok
+    except (tokenize.TokenError, SyntaxError):
+        return None
+    return None
 
 
 # Other languages' habits that are syntax errors here, and what to write instead
@@ -965,6 +1010,10 @@ _HABITS = (
     (r"\bbetween\b", " (write a range as 1 <= amount <= 5)"),
     (r"\b(and|or)\s+(and|or)\b", " ('{0} {1}': one word too many, or a condition left out)"),
     (r"\b(and|or)\s*$", " (a condition is missing after the last '{0}')"),
+    (
+        r"([<>=!]=|[<>+*/%-])\s*(?:\b(?:and|or)\b|[)\],]|$|[<>=!]=|[<>])",
+        " (a value is missing after '{0}')",
+    ),
 )
 
 

@@ -613,9 +613,12 @@ def _validate(data: Mapping[str, Any]) -> tuple[RulesFile | None, list[Any]]:
         )
 
 
-def _pydantic_error(errors: list[Any], filename: str, marks: Mapping) -> ConfigError:
-    """Every error of validating a rules file, each at its line and column (an unknown key with
-    the closest known one, as a mapping's: ``acton`` was only "check its spelling")."""
+def _pydantic_error(
+    errors: list[Any], filename: str, marks: Mapping, data: Mapping[str, Any]
+) -> ConfigError:
+    """Every error of validating a rules file (``data``), each at its line and column (an
+    unknown key with the closest known one, as a mapping's: ``acton`` was only "check its
+    spelling"), a rule's by its id."""
     lines = []
     first_where = None
     for err in errors:
@@ -627,6 +630,9 @@ def _pydantic_error(errors: list[Any], filename: str, marks: Mapping) -> ConfigE
         where = f"{filename}:{line}:{col}"
         first_where = first_where or where
         field = ".".join(str(p) for p in loc if p != KEY) or "file"
+        if (rule_id := _rule_id(data, loc)) is not None:  # (`rules.10.action` read as the
+            rest = ".".join(str(p) for p in loc[2:] if p != KEY)  # tenth rule: a README walk)
+            field = f"rule {rule_id}" + (f": {rest}" if rest else "")
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             close = difflib.get_close_matches(
@@ -660,11 +666,25 @@ def _pydantic_error(errors: list[Any], filename: str, marks: Mapping) -> ConfigE
         ):  # (`state: off`, `reason: 42`, `when: [a > 1]`: "Input should be a valid string")
             kind = yamlio.kind_of(err.get("input"))
             msg += f" (YAML reads it as {kind}{': quote it' if 'string' in err['type'] else ''})"
+        elif err["type"] == "literal_error" and isinstance(v := err.get("input"), str):
+            allowed = re.findall(r"'([^']*)'", str((err.get("ctx") or {}).get("expected", "")))
+            if v.lower() != v and v.lower() in allowed:  # (`Decline`: a QA pass)
+                msg += f" (in lower case: {v.lower()!r})"
         lines.append(f"{where}: {field}: {msg}")
     return ConfigError(
         "\n".join(lines) if len(lines) > 1 else lines[0].split(": ", 1)[1],
         where=None if len(lines) > 1 else first_where,
     )
+
+
+def _rule_id(data: Mapping[str, Any], loc: tuple[Any, ...]) -> str | None:
+    """The id of the rule ``loc`` is in (``("rules", 10, "action")``), when it has one."""
+    rules = data.get("rules")
+    if len(loc) < 2 or loc[0] != "rules" or type(loc[1]) is not int or not isinstance(rules, list):
+        return None
+    rule = rules[loc[1]] if loc[1] < len(rules) else None
+    rid = rule.get("id") if isinstance(rule, dict) else getattr(rule, "id", None)
+    return rid if isinstance(rid, str) and rid.strip() else None
 
 
 # ---------------------------------------------------------------- built-in clock
@@ -1187,7 +1207,7 @@ def load_ruleset_text(
     data = yamlio.without_own_keys(data)
     spec, invalid = _validate(data)
     if spec is None:
-        raise _pydantic_error(invalid, filename, marks)
+        raise _pydantic_error(invalid, filename, marks, data)
     _check_semantics(spec, filename, marks)
     notes = []  # said at load, and by `fds rules check` in its report
     grace = data.get("grace")

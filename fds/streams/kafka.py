@@ -159,10 +159,12 @@ from fds.streams.service import (
     add_max_idle_argument,
     dead_letter_message,
     fenced_error,
+    no_topic,
     on_stop_signals,
     positioned,
     probe,
     say_if_slow,
+    topics_of,
     unreachable,
 )
 from fds.streams.settings import (
@@ -741,10 +743,8 @@ class Runner:
             topics.append(("state", self.state_topic.topic, s.fix("state_topic")))
         for what, topic, fix in topics:
             if not self.consumer.partitions_for_topic(topic):
-                raise ConfigError(
-                    f"{what} topic {topic!r} does not exist on {s.bootstrap}: create it "
-                    f"(`fds kafka topics` creates the kit's topics) or {fix}"
-                )
+                known = topics_of(self.consumer)
+                raise no_topic(topic, s.bootstrap, fix, known, f"{what} topic")
         self._check_copartitioned()
         self._check_one_input()
         log.info(
@@ -3574,7 +3574,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         model: Any = engine.model
         if model is not None:  # (as fds train names its own: given by a flag, FDS_* or a file)
             log.info('serving model version="%s" registry="%s" models_topic="%s"',
-                     model.version or "none yet", model.registry.path,
+                     model.version or "none yet", model.registry.path.absolute(),
                      models_topic or "none")  # fmt: skip
         runner = Runner(settings, engine, checkpointer=checkpointer)
         server = settings.serve_metrics(metrics, RUN_METRICS_PORT, runner.health)

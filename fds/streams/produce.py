@@ -31,8 +31,15 @@ from fds.streams.files import (
     load_mapping,
     read_records,
 )
-from fds.streams.kafka_kit import ClientErrors, close_producer, flush_within
-from fds.streams.service import PROGRESS_EVERY_S, BrokerUnavailable, say_if_slow, unreachable
+from fds.streams.kafka_kit import ClientErrors, Consumer, close_producer, flush_within
+from fds.streams.service import (
+    PROGRESS_EVERY_S,
+    BrokerUnavailable,
+    no_topic,
+    say_if_slow,
+    topics_of,
+    unreachable,
+)
 from fds.streams.settings import (
     CONNECTION_SETTINGS,
     KafkaSettings,
@@ -72,6 +79,17 @@ def _labels_topic_name(name: str, settings: KafkaSettings) -> bool:
         name != settings.input_topic
         and (name == "labels" or name.endswith((".labels", "-labels", "_labels")))
     )
+
+
+def _topics(settings: KafkaSettings) -> set[str]:
+    """The broker's topics, for the hint of a missing one (a consumer of a moment)."""
+    with contextlib.suppress(KafkaError, OSError, ValueError):
+        consumer = Consumer(**settings.client_config(), request_timeout_ms=5_000)
+        try:
+            return topics_of(consumer)
+        finally:
+            consumer.close()
+    return set()
 
 
 def produce_file(
@@ -195,14 +213,12 @@ def produce_file(
             # the whole max_block_ms (the broker timeout: a minute without a word, a review).
             block, producer.config["max_block_ms"] = producer.config["max_block_ms"], 10_000
             for name, fix in ((topic, fix_topic), (labels_topic, "fix --labels-topic")):
+                if not name:
+                    continue
                 try:
-                    if name:
-                        producer.partitions_for(name)
+                    producer.partitions_for(name)
                 except KafkaTimeoutError:
-                    raise ConfigError(
-                        f"topic {name!r} does not exist on {settings.bootstrap}: create it "
-                        f"(`fds kafka topics` creates the kit's topics) or {fix}"
-                    ) from None
+                    raise no_topic(name, settings.bootstrap, fix, _topics(settings)) from None
             producer.config["max_block_ms"] = block
             clock = FileClock(zone) if zone is not None else None
             said_at = time.monotonic() + PROGRESS_EVERY_S

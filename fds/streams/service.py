@@ -7,18 +7,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import logging
 import math
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from kafka.structs import TopicPartition
 
 from fds.cli import positive_float
-from fds.errors import FdsError, describe
+from fds.errors import ConfigError, FdsError, describe
 from fds.schema import dead_letter, dumps
 from fds.streams.kafka_kit import ClientErrors
 from fds.streams.settings import KafkaSettings
@@ -31,10 +32,12 @@ __all__ = [
     "add_max_idle_argument",
     "dead_letter_message",
     "fenced_error",
+    "no_topic",
     "on_stop_signals",
     "positioned",
     "probe",
     "say_if_slow",
+    "topics_of",
     "unreachable",
 ]
 
@@ -225,6 +228,29 @@ def unreachable(s: KafkaSettings, exc: BaseException, errors: ClientErrors) -> B
             s.security_protocol,
         )
     )
+
+
+def no_topic(
+    topic: str, bootstrap: str, fix: str, known: Iterable[str] = (), what: str = "topic"
+) -> ConfigError:
+    """The error for ``what`` (``"input topic"``) missing on the broker at ``bootstrap``, with
+    the closest of the ``known`` topics (`--topic transactons` was told it does not exist, no
+    more: a README walk) and ``fix`` (what names the topic)."""
+    close = difflib.get_close_matches(topic, [t for t in known if not t.startswith("__")], n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(
+        f"{what} {topic!r} does not exist on {bootstrap}{hint}: create it (`fds kafka topics` "
+        f"creates the kit's topics) or {fix}"
+    )
+
+
+def topics_of(client: Any) -> set[str]:
+    """The topics a consumer ``client`` sees on the broker, or none when it cannot say: for
+    :func:`no_topic`'s hint, which an error must not cost more than that."""
+    try:
+        return set(client.topics())
+    except Exception:  # (a hint: the error is the missing topic's)
+        return set()
 
 
 #: A dead letter whose JSON is larger than this keeps the first DLQ_RAW_KEPT characters of its

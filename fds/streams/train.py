@@ -94,8 +94,10 @@ from fds.streams.service import (
     add_max_idle_argument,
     dead_letter_message,
     fenced_error,
+    no_topic,
     on_stop_signals,
     probe,
+    topics_of,
     unreachable,
 )
 from fds.streams.settings import (
@@ -724,10 +726,8 @@ class TrainService:
             named.append((self.models_topic, self.s.named("models_topic")))
         for topic, flag in named:
             if not self.consumer.partitions_for_topic(topic):
-                raise ConfigError(
-                    f"topic {topic!r} does not exist on {self.s.bootstrap}: create it (`fds "
-                    f"kafka topics` creates the kit's topics) or fix {flag}"
-                )
+                known = topics_of(self.consumer)
+                raise no_topic(topic, self.s.bootstrap, f"fix {flag}", known)
 
     def run(self, *, max_idle_s: float | None = None) -> TrainStats:
         """Run until :meth:`stop` (or ``max_idle_s`` without input), holding the state dir (two
@@ -749,7 +749,7 @@ class TrainService:
         log.info(
             'training group="%s" decisions_topic="%s" labels_topic="%s" models_topic="%s" '
             'registry="%s" state_dir="%s"', self.s.group, *self.topics,
-            self.models_topic or "none", self.registry.path, self.ckpt.dir,
+            self.models_topic or "none", self.registry.path.absolute(), self.ckpt.dir.absolute(),
         )  # fmt: skip
         try:
             self._connect()

@@ -1260,6 +1260,11 @@ def test_produce_says_how_far_it_got_and_refuses_what_fds_run_cannot_read(
     assert "the mapping's label column 'F' was not sent" in caplog.text
     with pytest.raises(ConfigError, match="topic 'no-such-topic' does not exist"):
         produce_file(big, s, topic="no-such-topic")
+    typo = topics["transactions"][:-1]  # (the closest topic said: a README walk)
+    with pytest.raises(ConfigError) as e:
+        produce_file(big, s, topic=typo)
+    assert f"topic {typo!r} does not exist on {kafka_bootstrap} (did you mean " in str(e.value)
+    assert f"{topics['transactions']!r}?)" in str(e.value)
 
 
 def test_produce_of_a_file_without_records_exits_1(kafka_bootstrap, topics, tmp_path, capsys):

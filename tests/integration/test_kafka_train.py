@@ -315,6 +315,8 @@ def test_a_second_trainer_in_the_group_is_refused_and_a_missing_topic_named(
 
     with pytest.raises(ConfigError, match=r"'nope-labels' does not exist.*--labels-topic"):
         trainer("typo", "nope-labels").run(max_idle_s=1.0)
+    with pytest.raises(ConfigError, match=rf"\(did you mean {topics['labels']!r}\?\)"):
+        trainer("typo2", topics["labels"] + "s").run(max_idle_s=1.0)
     no_models = TrainService(  # each announcement failed, the last one was never made (a review)
         settings_for(kafka_bootstrap, topics, group), spec=_spec(tmp_path),
         registry=tmp_path / "registry", state_dir=tmp_path / "nomodels",

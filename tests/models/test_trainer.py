@@ -194,6 +194,8 @@ def test_no_version_is_published_before_the_model_learned_both_classes(first: bo
     said = [r.getMessage() for r in caplog.records if "no version published" in r.getMessage()]
     only = "it has learned frauds only" if first else "it has learned legitimate ones only"
     assert len(said) == 1 and only in said[0], said  # (said once)
+    # where the legitimate examples come from (a replay's label column gives frauds only)
+    assert ("without one, assume_legit_after (4.0 days) after it" in said[0]) is first, said
     t.on_decision(_tx(99, 50.0), {"features": {"f": 3.0}})
     t.on_label({"tx_id": "t99", "ts": 60.0, "is_fraud": not first})
     pub = t.maybe_publish(60.0 + DAY * 40)

@@ -255,12 +255,23 @@ def test_error_points_at_the_offending_spot() -> None:
         # the tokenizer's columns are bytes: in characters here
         ("country == '\u00fc' and amount > 01", (1, 29), "leading zeros"),
         ("country == '\U0001d11e\U0001d11e' and amount > 01", (1, 30), "leading zeros"),
+        # Python's "Perhaps you forgot a comma?" at the condition's start, and a bare "invalid
+        # syntax" (a README walk): what is missing, where
+        ("amount > 5 amount < 7", (1, 12), "syntax (two conditions side by side: join them"),
+        ("country == 'or' amount > 3", (1, 17), "with 'and' or 'or')"),
+        ("amount > 5 and\n  seen country == 'x'", (2, 8), "two conditions side by side"),
+        ("seen and amount in [1, 2 3]", (1, 26), "syntax (a comma is missing between the list'"),
+        ("amount >= and seen", (1, 8), "invalid syntax (a value is missing after '>=')"),
+        ("(amount * ) > 1 or seen", (1, 9), "(a value is missing after '*')"),
+        ("seen or amount < > 3", (1, 16), "(a value is missing after '<')"),
+        ("country == 'x >' seen", (1, 18), "two conditions side by side"),  # (not in a text)
     ],
 )
 def test_syntax_errors_the_wrapping_hid_or_misplaced(src, where, fragment) -> None:
     with pytest.raises(ExprError) as ei:
         compile_expr(src, KNOWN)
     assert (ei.value.line, ei.value.col) == where and fragment in str(ei.value), str(ei.value)
+    assert "Perhaps" not in str(ei.value) and "Maybe" not in str(ei.value)
 
 
 def test_missing_names_raise_the_internal_signal() -> None:

@@ -148,12 +148,12 @@ def test_a_large_ruleset_is_validated_and_compiled_in_parts_with_the_same_result
             assert [h["id"] for h in rs.evaluate(tx, {})] == want
     assert list(rs.missing_counts.values()) == missing
     assert list(rs.error_counts.values()) == errors
-    with pytest.raises(ConfigError, match=r"rules\.150\.action: Input should be") as e:
+    with pytest.raises(ConfigError, match=r"rule r150: action: Input should be") as e:
         load_ruleset_text(_many_rules(n, bad=150), "many.yaml")
     assert e.value.where == f"many.yaml:{3 + 6 * 150 + 2}:13"
     with pytest.raises(ConfigError) as e:  # (errors in the file's order, as in one call)
         load_ruleset_text(_many_rules(n, bad=150) + "policy: {unknownkey: 1}\n", "many.yaml")
-    assert str(e.value).index("rules.150.action") < str(e.value).index("policy.unknownkey")
+    assert str(e.value).index("rule r150: action") < str(e.value).index("policy.unknownkey")
 
 
 def test_more_names_than_a_ruleset_may_read_are_refused_at_the_rule_past_the_limit() -> None:
@@ -1087,21 +1087,42 @@ def test_a_value_yaml_reads_as_a_number_or_boolean_is_said_so() -> None:
             "q.yaml",
         )
     said = str(e.value)
-    assert "rules.3.when: Input should be a valid string (YAML reads it as a list: quote it)" in (
+    assert "rule d: when: Input should be a valid string (YAML reads it as a list: quote it)" in (
         said
     )
     assert (
-        "q.yaml:3:69: rules.0.reason: Input should be a valid string (YAML reads it as the "
+        "q.yaml:3:69: rule a: reason: Input should be a valid string (YAML reads it as the "
         "number 42: quote it)" in said
     )
     assert (
-        "rules.1.state: Input should be 'active', 'shadow' or 'paused' (YAML reads it as a "
+        "rule b: state: Input should be 'active', 'shadow' or 'paused' (YAML reads it as a "
         "boolean (False))" in said
     )
     assert (
-        "q.yaml:5:19: rules.2.when: Input should be a valid string (YAML reads it as a "
+        "q.yaml:5:19: rule c: when: Input should be a valid string (YAML reads it as a "
         "boolean (True): quote it)" in said
     )
+
+
+def test_a_rule_s_shape_error_names_the_rule_by_its_id() -> None:
+    """A README walk: `rules.10.action` read as the tenth rule (the eleventh: pydantic counts
+    from 0), where expression errors name the rule; `Decline` was not told to be lower case."""
+    with pytest.raises(ConfigError) as e:
+        load_ruleset_text(
+            'version: "q"\nrules:\n'
+            '  - {id: a, when: "amount > 1", action: review, score: 0.5, reason: r}\n'
+            '  - {id: b, when: "amount > 1", action: Decline, score: 0.5, reason: r}\n'
+            '  - {when: "amount > 1", action: deny, score: 0.5, reason: r}\n',
+            "q.yaml",
+        )
+    said = str(e.value)
+    assert (
+        "q.yaml:4:41: rule b: action: Input should be 'approve', 'review' or 'decline' (in lower "
+        "case: 'decline')" in said
+    ), said
+    # (no id: its place in the list, as before; no case hint for another word)
+    assert "rules.2.action: Input should be 'approve', 'review' or 'decline'\n" in said + "\n"
+    assert "rules.2.id: missing: add it" in said
 
 
 def test_an_empty_section_or_value_is_said_empty() -> None:
@@ -1111,7 +1132,7 @@ def test_an_empty_section_or_value_is_said_empty() -> None:
         ('version: "q"\npolicy:\n', "q.yaml:2:8: policy: empty: give its keys, or leave the key"),
         ('version: "q"\nrules:\n', "q.yaml:2:7: rules: empty: give a list (e.g. []), or leave"),
         ('version: "q"\nrules:\n  - {id: a, when: "amount > 1", action: review, score: 0.5, '
-         "reason: }\n", "rules.0.reason: empty: give a text"),
+         "reason: }\n", "rule a: reason: empty: give a text"),
     ):  # fmt: skip
         with pytest.raises(ConfigError) as e:
             load_ruleset_text(text, "q.yaml")
