@@ -261,6 +261,11 @@ LEFT_KEY = "partitions_left"
 HANDED_KEY = "bad_labels_handed"
 #: Checkpoint state key of the input topic's id on the broker (Runner._topic_id).
 TOPIC_ID_KEY = "input_topic_id"
+#: Checkpoint state key of Runner._pos_marks: where the decisions past the offsets it covers
+#: start on the decisions topic, so that a restart that finds the group's offsets gone (deleted,
+#: or expired after offsets.retention.minutes) finds them too, rather than deciding again what
+#: was decided since the checkpoint (5,859 duplicates after a kill -9, a review).
+MARKS_KEY = "decision_marks"
 # How long a restart waits to read those decisions before it decides their records again.
 FIND_TIMEOUT_S = 10.0
 # A restore's read that got nothing for this long asks the broker (Runner._stalled), within
@@ -507,6 +512,9 @@ class Runner:
         self._found: dict[Any, tuple[int, deque[tuple[str, int]]]] = {}
         # Decisions partition -> the offset after its last acknowledged decision (DECIDED_MARK)
         self._out_next: dict[int, int] = {}
+        # Input partition -> (an offset committed, the DECIDED_MARK it was committed with):
+        # checkpointed where the offset is the one the state covers (MARKS_KEY)
+        self._pos_marks: dict[int, tuple[int, int]] = {}
         self._out_headers = [(GROUP_HEADER, settings.group.encode())]  # (each decision's)
         self._restoring = False  # folding a restore: the state is ahead of _positions
         # Partitions were revoked or lost and no assignment has come since: a join is under
@@ -1121,11 +1129,17 @@ class Runner:
                 self._apply_labels(idle=idle)
             if ready:
                 self._process(ready)
+                # (deciding is no idle time, its waits for the broker neither: a batch held
+                # 54 s for its acknowledgements after an outage ended a --max-idle run at the
+                # next pass, the backlog undecided, a review)
+                no_input.worked(now, time.monotonic())
                 continue
             if self.labels is not None and self.labels.bad:
                 # a bad label read while the input is idle: its dead letter is sent now (in a
                 # batch of its own: a transaction under exactly-once), not with the next input
                 self._process([])
+                no_input.worked(now, after := time.monotonic())
+                now = after
             if self._refold:  # (read past transaction markers only)
                 self._refolds_done()
             # records held for a partition that is behind (up to --align-wait, or up to
@@ -1134,6 +1148,8 @@ class Runner:
             held = len(aligner) and (self._unacked or self._to_commit)
             if held and not self._settle_or_rejoin(wait=False):
                 continue
+            no_input.worked(now, after := time.monotonic())  # (that commit's wait, if any)
+            now = after
             if batch:
                 continue
             self._say_unpositioned(now)
@@ -1407,7 +1423,8 @@ class Runner:
         consumer's network thread, where a blocking ``commit()`` is refused: the commit is
         queued with ``commit_async`` (sent before the group's JoinGroup, so within the current
         generation) and ``_positions`` assumes it lands. If it does not, the next assignment
-        finds the committed offsets behind the positions and rebuilds the state."""
+        (or a restart) finds the committed offsets behind the positions and commits them
+        (:meth:`_complete_ahead`)."""
         unacked = self._unacked
         if wait and unacked:
             self._flush()
@@ -1446,6 +1463,12 @@ class Runner:
             self.stats.commits += 1
             self.metrics.commit_time(time.perf_counter() - t)
         self._positions.update({tp.partition: om.offset for tp, om in offsets.items()})
+        self._pos_marks.update(
+            (tp.partition, (om.offset, int(at)))
+            for tp, om in offsets.items()
+            if (at := (om.metadata or "").removeprefix(DECIDED_MARK)) != om.metadata
+            and at.isdigit()
+        )
         self._ahead = False  # (wait: everything decided is committed)
 
     def _marked(self, b: _Unacked) -> dict[Any, Any]:
@@ -1769,6 +1792,8 @@ class Runner:
     def _state(self) -> dict[str, Any]:
         """What a checkpoint holds besides the offsets: the engine's state and ``_left``."""
         state = {**self.engine.state_dict(), LEFT_KEY: self._left}
+        pos = self._positions
+        state[MARKS_KEY] = {p: m for p, (o, m) in self._pos_marks.items() if pos.get(p) == o}
         if self.labels is not None:
             state[HANDED_KEY] = self.labels.handed()
         if self._input_id is not None:
@@ -1841,6 +1866,12 @@ class Runner:
                 self.engine.load_state_dict(got.state if model else _without_model(got.state))
                 self._left = got.state.get(LEFT_KEY)
                 self._handed = got.state.get(HANDED_KEY)
+                marks = got.state.get(MARKS_KEY)  # (none in a release's before 2026-12-07)
+                self._pos_marks = {
+                    p: (got.offsets[p], m)
+                    for p, m in (marks.items() if isinstance(marks, dict) else ())
+                    if p in got.offsets and type(m) is int
+                }
                 if self.labels is not None:
                     self.labels.skip_handed(self._handed)
                 if ck.on_disk is not None:  # (its manifest, should it be published, says so)
@@ -2215,6 +2246,8 @@ class Runner:
         # partition, all dead letters, committed it without one: a review)
         self._out_next.update(marks)
         self._positions.update({tp.partition: at for tp, at in starts.items()})
+        self._pos_marks.update({tp.partition: (at, marks[tp.partition]) for tp, at in
+                                starts.items() if tp.partition in marks})  # fmt: skip
         # the state covers them: checkpointed at once (a restart before the first checkpoint
         # found them committed and not covered, and rebuilt the whole feature horizon: a QA)
         self.checkpoint(force=True)
@@ -2225,6 +2258,46 @@ class Runner:
         if self.s.exactly_once:
             return max(self.s.broker_timeout_s, self.s.transaction_timeout_ms / 1000 + WAIT_LOG_S)
         return self.s.broker_timeout_s
+
+    def _complete_ahead(self, committed: dict[Any, int | None]) -> dict[Any, int | None]:
+        """At-least-once: commit where the state stands the partitions it covers past their
+        committed offsets. The commit a revocation queues is asynchronous (the listener may
+        not block) and the checkpoint after it assumes it lands; killed before it did, or
+        refused by a coordinator that moved, the checkpoint was ahead, and the restart rebuilt
+        every partition from the feature horizon (a review). Every record it covers was
+        decided and acknowledged before that commit was queued, so it is committed now, with
+        its DECIDED_MARK where known. Only over a commit of fds's own (with its mark): offsets
+        an operator reset lower are left to the rebuild that decides from them."""
+        pos = self._positions
+        ahead = [tp for tp, c in committed.items()
+                 if c is not None and c < pos.get(tp.partition, c)]  # fmt: skip
+        if not ahead:
+            return committed
+        ms = self.s.timeout_ms
+        metas = self._retrying(
+            "reading the committed offsets",
+            lambda: {tp: self.consumer.committed(tp, metadata=True, timeout_ms=ms) for tp in ahead},
+        )
+        known = self._pos_marks if self._copartitioned else {}
+        offsets = {}
+        for tp, om in metas.items():
+            if om is None or not (om.metadata or "").startswith(DECIDED_MARK):
+                continue
+            at, mark = pos[tp.partition], known.get(tp.partition)
+            meta = f"{DECIDED_MARK}{mark[1]}" if mark is not None and mark[0] == at else ""
+            offsets[tp] = OffsetAndMetadata(at, meta, -1)
+        if not offsets:
+            return committed
+        log.warning(
+            "the state covers partitions %s past their committed offsets %s (the commit queued "
+            "at a revocation did not land before a stop): their records were decided and "
+            "acknowledged, committed now where the state stands %s",
+            sorted(tp.partition for tp in offsets),
+            {tp.partition: committed[tp] for tp in sorted(offsets)},
+            {tp.partition: om.offset for tp, om in sorted(offsets.items())},
+        )  # fmt: skip
+        self._retrying("commit", lambda: self.consumer.commit(offsets, timeout_ms=ms))
+        return {**committed, **{tp: om.offset for tp, om in offsets.items()}}
 
     def _committed_offsets(self, tps: list[Any]) -> dict[Any, int | None]:
         """The group's committed offsets of ``tps``, waited for and logged while they do not
@@ -2323,15 +2396,30 @@ class Runner:
                     self.s.group, self.s.adopt_state_of,
                     {tp.partition: o for tp, o in sorted(gone.items())},
                 )  # fmt: skip
+            # The state's own offsets are committed with the mark where the decisions past
+            # them start, as its checkpoint has it: at-least-once, those made since (before a
+            # crash) are then found and their records folded, not decided again.
+            known = self._pos_marks if self._copartitioned else {}
+            ours = {
+                tp: OffsetAndMetadata(o, f"{DECIDED_MARK}{known[tp.partition][1]}", -1)
+                for tp, o in gone.items()
+                if tp not in marks and known.get(tp.partition, (None,))[0] == o
+            }
             if len(marks) < len(gone):
+                found = not self.s.exactly_once and len(ours) == len(gone) - len(marks)
                 log.warning(
                     "no committed offset for partitions %s (the group was deleted or its "
                     "offsets expired): resumed from the offsets the state covers %s, committed "
-                    "for the group; to decide the topic again from its start, start with an "
-                    "empty --state-dir and no --state-topic (its snapshot would be restored)",
+                    "for the group; %s; to decide the topic again from its start, start with "
+                    "an empty --state-dir and no --state-topic (its snapshot would be restored)",
                     sorted(tp.partition for tp in gone if tp not in marks),
                     {tp.partition: o for tp, o in gone.items() if tp not in marks},
+                    "the decisions made past them since the checkpoint are looked for on the "
+                    "decisions topic, and their records folded, not decided again" if found else
+                    "the records decided past them since the checkpoint are decided again "
+                    "(duplicates of those decisions)",
                 )  # fmt: skip
+            marks.update(ours)
             # Committed at once: a partition that stays idle and moves to another instance
             # would start there at auto_offset_reset, the whole log decided again (a review).
             self._retrying(
@@ -2342,6 +2430,8 @@ class Runner:
                 ),
             )
             committed = {**committed, **gone}
+        if not self.s.exactly_once:
+            committed = self._complete_ahead(committed)
         new = [tp for tp, c in committed.items() if c is None and tp.partition not in pos]
         # a rename: partitions another instance of the old group held (its state is not here:
         # rebuilt, as a partition moved here is)
@@ -2616,7 +2706,7 @@ class Runner:
             why = f"partitions {sorted(tp.partition for tp in self._refold)} are still folded"
         elif len(moved) < len(behind):
             why = f"partitions {sorted(set(pos) & {tp.partition for tp in behind})} it "
-            why += "follows are behind their committed offsets too"
+            why += "follows are not at their committed offsets either"
         elif back := [
             tp.partition for tp, c in behind.items() if left.get(tp.partition, (0, 0))[1] > c
         ]:
@@ -3248,6 +3338,7 @@ class Runner:
         logged = stepped = time.monotonic()
         started = logged if since is None else since  # (the first try of a retried call: its
         # log said "5 s of 49 s" 15 s into an outage, a QA pass)
+        began = started  # (not moved by progress: the end of a 54-s wait said "0", a review)
         seen = progress() if progress is not None else 0
         said = False  # (a wait said: its end is said too, as BrokerWatch says an outage's)
         while True:
@@ -3255,7 +3346,7 @@ class Runner:
                 got = call.result()
                 if said:  # (the last line was "... waiting for Kafka", a QA pass)
                     log.warning('Kafka answers again after an outage seconds="%.0f" in="%s"',
-                                time.monotonic() - started, what)  # fmt: skip
+                                time.monotonic() - began, what)  # fmt: skip
                     if not held:
                         self._broker_state(True)
                 return got
@@ -3270,6 +3361,7 @@ class Runner:
             if frozen > FROZEN_S:  # this process was stopped (SIGSTOP, a frozen VM), not the
                 deadline += frozen  # broker silent: that time is not the broker's (a chaos run)
                 started += frozen
+                began += frozen
                 logged = now
                 log.warning("%s: fds run was stopped for %.0f s (not counted as waiting for "
                             "Kafka)", what, frozen)  # fmt: skip

@@ -200,6 +200,77 @@ def test_a_group_without_committed_offsets_resumes_from_the_checkpoint(tmp_path,
     assert not any(d["flags"] for d in broker.out)
 
 
+@pytest.mark.parametrize("eos", [False, True])
+def test_a_group_without_offsets_finds_what_was_decided_since_the_checkpoint(tmp_path, caplog, eos):
+    """A review: killed after its last checkpoint (the commits run ahead of it by up to
+    --checkpoint-every), its group's offsets then gone: the restart committed the checkpoint's
+    offsets with no mark, found nothing, and decided again every record decided since (5,859
+    duplicates). The checkpoint keeps where the decisions past its offsets start: at-least-once,
+    they are found and their records folded. Exactly-once decides them again, and says so."""
+    _, broker, later = _ten_of_fifteen(tmp_path)
+    state = tmp_path / "state"
+    older = (state / "engine.ckpt").read_bytes()  # covers 10 of each
+    for tp, records in later.items():
+        broker.logs[tp] += records
+    broker.script = [(broker.polls + 1, lambda g: g.rebalance({P0, P1}))]
+    runner(broker, state).run(max_idle_s=0.3)  # decides 10-14, commits 15 ...
+    assert broker.committed == {P0: 15, P1: 15} and len(broker.out) == 30
+    (state / "engine.ckpt").write_bytes(older)  # ... and is killed before its checkpoint
+    broker.committed, broker.polls = {}, 0  # the group is gone
+    broker.metadata.clear()
+    broker.script = [(1, lambda g: g.rebalance({P0, P1}))]
+    for tp, records in Broker(logs(n0=17, n1=17), committed={}).logs.items():
+        broker.logs[tp] += records[15:]  # (two more each: decided on every record once)
+    with caplog.at_level(logging.WARNING, logger="fds.streams.kafka"):
+        r = runner(broker, state, exactly_once=eos, transactional_id="t" if eos else None)
+        r.run(max_idle_s=0.3)
+    ids = Counter(d["tx_id"] for d in broker.out)
+    again = sorted(i for i, n in ids.items() if n > 1)
+    if eos:
+        assert again == sorted(f"p{p}-{i}" for p in (0, 1) for i in range(10, 15))
+        assert "since the checkpoint are decided again (duplicates" in caplog.text
+        return
+    assert again == [] and r.stats.found_decided == 10
+    assert "looked for on the decisions topic, and their records folded" in caplog.text
+    new = {d["tx_id"]: d["features"]["n"] for d in broker.out[30:]}
+    assert new == {"p0-15": 31, "p1-15": 32, "p0-16": 33, "p1-16": 34}  # every record once
+
+
+@pytest.mark.parametrize("ours", [True, False])
+def test_a_checkpoint_past_the_committed_offsets_is_committed_not_rebuilt(tmp_path, caplog, ours):
+    """A review: the commit a revocation queues is asynchronous and the checkpoint after it
+    assumes it lands; killed before it did, the restart found the state ahead of the
+    committed offsets and rebuilt every partition from the feature horizon (hours for 90
+    days). Its records were decided and acknowledged: committed where the state stands, and
+    nothing is decided again. Offsets reset lower by an operator (no mark of fds) are not: the
+    state is rebuilt and their records decided again, as asked."""
+    expected, broker, later = _ten_of_fifteen(tmp_path)
+    for tp, records in later.items():
+        broker.logs[tp] += records
+    broker.committed = {P0: 7, P1: 8}  # the last commit (10, 10) did not land
+    broker.metadata = {P0: "fds:decisions@4", P1: "fds:decisions@4"} if ours else {}
+    broker.out, broker.polls = [], 0
+    broker.script = [(1, lambda g: g.rebalance({P0, P1}))]
+    with caplog.at_level(logging.INFO, logger="fds.streams.kafka"):
+        runner(broker, tmp_path / "state").run(max_idle_s=0.3)
+    decided = sorted(d["tx_id"] for d in broker.out)
+    if not ours:
+        assert "rebuild partitions" in caplog.text
+        assert decided == sorted(
+            [f"p0-{i}" for i in range(7, 15)] + [f"p1-{i}" for i in range(8, 15)]
+        )
+    else:
+        assert "the state covers partitions [0, 1] past their committed offsets {0: 7, 1: 8}" in (
+            caplog.text
+        )
+        assert "rebuild partitions" not in caplog.text
+        assert decided == sorted(f"p{p}-{i}" for p in (0, 1) for i in range(10, 15))
+    assert {d["tx_id"]: d["features"] for d in broker.out} == {
+        t: expected[t] for t in decided
+    }  # every record once in the state
+    assert broker.committed == {P0: 15, P1: 15}
+
+
 @pytest.mark.parametrize("committed", [{0: 20}, {0: 20, 1: 0}])
 def test_a_rebuild_with_a_partition_never_committed_goes_ahead(tmp_path, committed):
     """A QA pass: partitions added to the input (empty, no committed offset) stopped every

@@ -1818,6 +1818,35 @@ def test_max_idle_reads_the_records_that_came_during_a_slow_idle_pass():
     assert r.stats.consumed == 12
 
 
+def test_max_idle_does_not_count_a_batch_that_waited_for_the_broker():
+    """A review: a batch held 54 s for its acknowledgements after a broker outage, and the
+    next pass found more than --max-idle "without input": the run ended, exit 0, with the
+    backlog the broker held undecided."""
+
+    class Feeding(Consumer):
+        polls = 0
+
+        def poll(self, timeout_ms: int, max_records: int) -> dict:
+            self.polls += 1
+            if self.polls in (1, 3):  # the backlog, in two polls
+                return {TP: [rec for _tp, rec, _tx in batch(3 * (self.polls // 2))]}
+            return {}
+
+    r = make_runner(state_dir="none", align_wait_s=0)
+    r.consumer = Feeding()
+    r.aligner = Aligner(r.consumer, _event_time, max_wait_s=0)
+    process = r._process
+
+    def slow_process(ready: Any) -> None:  # the first batch's acknowledgements, after an outage
+        process(ready)
+        if r.consumer.polls == 1:
+            time.sleep(0.8)
+
+    r._process = slow_process  # type: ignore[method-assign]
+    r._poll_loop(max_idle_s=0.5)
+    assert r.stats.consumed == 6
+
+
 def test_work_is_no_idle_time_and_keeps_the_idle_time_before_it():
     """A review: a restore reset the idle window (every rebalance restarted --max-idle for
     the members that stayed); the work alone is taken out of it."""

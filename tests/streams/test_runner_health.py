@@ -245,6 +245,16 @@ def test_a_wait_said_on_the_log_says_its_end(tmp_path, monkeypatch, caplog):
         assert r._waited("commit", lambda: 1, time.monotonic() + 5)  # (no wait: nothing said)
     said = [m for m in caplog.messages if "answers again" in m]
     assert len(said) == 1 and 'in="acknowledgement"' in said[0], caplog.messages
+    # the whole wait, not since the last acknowledgement that came (a review: "seconds="0""
+    # after 54 s, the first acknowledgement both the progress and the end)
+    caplog.clear()
+    acked = iter([0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1])
+    with caplog.at_level("WARNING", logger="fds.streams.kafka"):
+        assert r._waited("acknowledgement", lambda: time.sleep(0.15) or 1,
+                         time.monotonic() + 5, since=time.monotonic() - 30,
+                         progress=lambda: next(acked, 1))  # fmt: skip
+    said = [m for m in caplog.messages if "answers again" in m]
+    assert said == ['Kafka answers again after an outage seconds="30" in="acknowledgement"'], said
 
 
 def test_a_member_the_heartbeat_found_fenced_stops_before_deciding_more(tmp_path):
