@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -160,8 +161,10 @@ def _promote(args: argparse.Namespace) -> int:
         if already and unserved is None:  # (it said "champion is now ...": a README walk)
             print(f"{version} is already the champion (its artifact verifies): nothing changed")
             return 0
-        if not already:
-            reg.promote(version, reason="manual (fds models promote)")
+        if not already:  # (rejected meanwhile, while it was loaded and checked: refused but
+            # with --force, as before it: a scorer's verdict was overridden, a review)
+            reason = "manual (fds models promote)"
+            reg.promote(version, reason=reason, unless_rejected=not args.force)
     except ConfigError as e:
         return _fail(args, e, 2)
     except ArtifactError as e:
@@ -210,12 +213,20 @@ def _spec_option(made: dict[str, Any]) -> str:
     """How to serve a version made by the spec ``made`` (a registry entry's): a shipped spec
     by its name; another by its file, which only its owner knows (a custom spec's name was
     given as --model, which finds shipped names only: a review)."""
-    from fds.models.spec import SPEC_DIR
+    from fds.models.spec import SPEC_DIR, load_spec
 
     name = str(made.get("name"))
-    if (SPEC_DIR / f"{name}.yaml").is_file():
-        return f"fds run --model {name}"
-    return f"fds run --model with the file of spec {name!r}"
+    shipped = SPEC_DIR / f"{name}.yaml"
+    with contextlib.suppress(ConfigError):  # (a shipped name whose pipeline was changed: it
+        # named the spec both versions share, which told nothing, a review)
+        if shipped.is_file() and load_spec(shipped).to_dict().get("pipeline") == made.get(
+            "pipeline"
+        ):
+            return f"fds run --model {name}"
+    return (
+        f"fds run --model with the file of spec {name!r} that made it (`fds models show` has "
+        "its pipeline)"
+    )
 
 
 def _failing(e: ArtifactError) -> str:
@@ -254,11 +265,27 @@ def _rollback(args: argparse.Namespace) -> int:
         reg.manifest()  # (one not written by fds: exit 2, as in list, show and promote)
     except ConfigError as e:
         return _fail(args, e, 2)
+    before = reg.champion()
     try:
         entry = reg.rollback(reason="manual (fds models rollback)")
     except ConfigError as e:  # nothing to roll back to
-        return _fail(args, e, 1)
+        return _fail(args, f"{e}: `fds models promote VERSION` makes one the champion (`fds "
+                     "models list` shows them)", 1)  # fmt: skip
     except ArtifactError as e:  # the previous champion does not verify: nothing changed
-        return _fail(args, ArtifactError(f"not rolled back: {e}"), 1)
+        return _fail(args, ArtifactError(
+            f"not rolled back: {e}; `fds models promote VERSION` makes another verified one the "
+            "champion (`fds models list` shows them)"
+        ), 1)  # fmt: skip
     print(f"rolled back: champion is now {entry['version']}")
+    other = None
+    if before is not None:  # (as promote says it: scorers of the other spec kept serving the
+        other = spec_differs(  # version rolled back, without a word, a review)
+            entry.get("spec"), reg.entry(before).get("spec"), serving=True
+        )
+    if other is not None:
+        say(
+            f"{args.prog}: warning: {entry['version']} was made by spec {other} ({before}, the "
+            f"champion before): running scorers of that spec do not serve it and keep serving "
+            f"{before}; serve it with the spec it was made by ({_spec_option(entry['spec'])})"
+        )
     return 0

@@ -120,6 +120,11 @@ def learned(entry: Mapping[str, Any]) -> tuple[int, int]:
 
 # A version id is also a file name: only ids the registry itself makes are accepted from outside.
 _VERSION_ID = re.compile(r"v[0-9]{6,}")
+#: The temporary file of an artifact's or the manifest's write (tempfile.mkstemp's suffix).
+_TEMP = re.compile(r"\.(?:manifest\.json|v[0-9]{6,}\.pkl)\.[A-Za-z0-9_]{8}")
+#: A temporary file older than this is a killed write's (:meth:`Registry._sweep_temp`): every
+#: write ends in seconds, the largest artifact's too.
+TEMP_AGE_S = 600.0
 _ARTIFACT = re.compile(_VERSION_ID.pattern + r"\.pkl")
 
 
@@ -212,12 +217,24 @@ def owner_only(path: Path) -> int:
     return fd
 
 
+def _owned_as(fd: int, path: Path) -> None:
+    """Run as root, give the file of ``fd`` the owner of ``path`` (else of its folder): root's
+    `fds models promote` (sudo, with the key) made the manifest root's, 0600, and the service
+    user could no longer read its registry nor publish into it (a review)."""
+    if os.geteuid() == 0:
+        with contextlib.suppress(OSError):
+            st = os.stat(path) if os.path.lexists(path) else os.stat(path.parent)
+            os.fchown(fd, st.st_uid, st.st_gid)
+
+
 @contextlib.contextmanager
-def atomic_file(path: Path) -> Iterator[BinaryIO]:
+def atomic_file(path: Path, *, keep_owner: bool = False) -> Iterator[BinaryIO]:
     """A file to write ``path`` through, atomically: a temporary file in its directory (0600),
     fsynced and renamed over ``path`` when the block ends without an error (removed if it
-    raises), then the directory fsynced."""
+    raises), then the directory fsynced. ``keep_owner``: :func:`_owned_as`."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    if keep_owner:
+        _owned_as(fd, path)
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -237,10 +254,10 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
         os.close(dfd)
 
 
-def write_atomic(path: Path, data: bytes, *more: bytes) -> None:
+def write_atomic(path: Path, data: bytes, *more: bytes, keep_owner: bool = False) -> None:
     """Write ``data`` (then ``more``: no copy of a large ``data`` joined with them) to
     ``path`` atomically (:func:`atomic_file`)."""
-    with atomic_file(path) as f:
+    with atomic_file(path, keep_owner=keep_owner) as f:
         f.write(data)
         for part in more:
             f.write(part)
@@ -511,6 +528,16 @@ class Registry:
                         "own (chmod 700), or set %s on the trainer and every scorer",
                         self.path, why, KEY_ENV,
                     )  # fmt: skip
+        else:  # (signed artifacts, and a manifest any user could point back at an older one or
+            with contextlib.suppress(OSError):  # reject the good ones: said nowhere, a review)
+                mode = self.path.stat().st_mode
+                if mode & 0o002:
+                    log.warning(
+                        'model registry="%s" is writable by every user (mode %04o): %s checks '
+                        "its artifacts, not its manifest: anyone may make an older version "
+                        "the champion or reject the good ones; chmod o-w it",
+                        self.path, stat.S_IMODE(mode), KEY_ENV,
+                    )  # fmt: skip
 
     # -- reading ---------------------------------------------------------------------------
     def stamp(self) -> tuple[int, int]:
@@ -537,8 +564,11 @@ class Registry:
             m = json.loads(raw)
         except (ValueError, RecursionError) as e:  # (`[` x 100,000: a traceback, a QA pass)
             why = "nested too deeply" if isinstance(e, RecursionError) else e
-            raise ConfigError(
-                f"registry manifest is not valid JSON: {why}", where=str(self._manifest_path)
+            raise ConfigError(  # (no word of what to do: a review)
+                f"registry manifest is not valid JSON: {why}; restore manifest.json from a "
+                "backup (the versions' v*.pkl files are not changed by this), or move the "
+                "registry aside to begin a new one",
+                where=str(self._manifest_path),
             ) from None
         if not isinstance(m, dict) or not isinstance(m.get("versions"), dict):
             raise ConfigError(
@@ -697,13 +727,25 @@ class Registry:
                 f"the registry's lock is {what}, not a file: remove it (fds makes it again)",
                 where=str(path),
             ) from None
+        _owned_as(fd, self.path)
         with os.fdopen(fd, "a+b") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
             try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # (`fds models promote` waited without a word behind a
+                # writer that hung holding it, a review)
+                log.warning(
+                    'model registry="%s": waiting for its lock, held by another writer (fds '
+                    "train publishing, an fds models command, a scorer's verdict); Ctrl-C "
+                    "stops", self.path,
+                )  # fmt: skip
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                self._sweep_temp()
                 m = self.manifest()
                 self._dropped = []
                 yield m
-                write_atomic(self._manifest_path, json.dumps(m, indent=1, sort_keys=True).encode())
+                data = json.dumps(m, indent=1, sort_keys=True).encode()
+                write_atomic(self._manifest_path, data, keep_owner=True)
                 # artifacts retention dropped go once the manifest no longer lists them (a
                 # crash in between leaves a file, never an entry without one)
                 for path in self._dropped:
@@ -717,6 +759,17 @@ class Registry:
                                     "(%s): remove it by hand", path, describe(e))  # fmt: skip
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _sweep_temp(self) -> None:
+        """Remove the temporary files of writes a kill cut short (each a whole artifact: 51 MB
+        after 12 kills, a review): every write is made holding the lock, so those older than
+        TEMP_AGE_S are no live writer's."""
+        old = time.time() - TEMP_AGE_S
+        for f in self.path.glob(".*"):
+            if _TEMP.fullmatch(f.name):
+                with contextlib.suppress(OSError):
+                    if f.lstat().st_mtime < old:
+                        f.unlink()
 
     def publish(
         self,
@@ -740,7 +793,9 @@ class Registry:
 
     def publish_bytes(self, data: bytes, **meta: Any) -> dict[str, Any]:
         with self._locked() as m:
-            seq = int(m.get("next", 1))
+            # (past every version's seq whatever `next` says: one edited out of the manifest
+            # made the next publish v000001 again, over the champion's file, a review)
+            seq = max([m.get("next") or 1, *(e["seq"] + 1 for e in m["versions"].values())])
             version = f"v{seq:06d}"
             write_atomic(self.artifact(version), data)
             entry = make_entry(data, version=version, seq=seq, key=self.key, **meta)

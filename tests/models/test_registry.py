@@ -6,7 +6,9 @@ import hashlib
 import json
 import os
 import pickle
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -197,10 +199,10 @@ def test_retention_deletes_artifacts_only_once_the_manifest_no_longer_lists_them
         reg.publish({"i": i}, spec={"name": "t"})
     write = registry.write_atomic
 
-    def disk_full(path: Path, data: bytes) -> None:
+    def disk_full(path: Path, data: bytes, **kw: Any) -> None:
         if path.name == "manifest.json":
             raise OSError(28, "No space left on device")
-        write(path, data)
+        write(path, data, **kw)
 
     monkeypatch.setattr(registry, "write_atomic", disk_full)
     with pytest.raises(OSError):
@@ -1073,11 +1075,13 @@ def test_promoting_a_version_of_another_spec_says_the_champions_scorers_will_not
     """`promote` of a version made by spec `tree` over a champion of `default` said running
     scorers picked it up: those of `default` refused it and kept their model (a QA pass)."""
     from fds.cli import main
+    from fds.models.spec import SPEC_DIR, load_spec
     from tests.models.fakes import FeatureModel
 
     reg = Registry(tmp_path)
+    tree = load_spec(SPEC_DIR / "tree.yaml").to_dict()  # (a shipped spec as it is shipped)
     reg.publish(FeatureModel("amount"), spec={"name": "default", "pipeline": ["a"]})
-    reg.publish(FeatureModel("amount"), spec={"name": "tree", "pipeline": ["b"]})
+    reg.publish(FeatureModel("amount"), spec=tree)
     reg.publish(FeatureModel("amount"), spec={"name": "default", "pipeline": ["a"]})
     reg.promote("v000001")
     base = ["models", "--registry", str(tmp_path), "promote"]
@@ -1090,7 +1094,107 @@ def test_promoting_a_version_of_another_spec_says_the_champions_scorers_will_not
     assert "was made by spec 'default'" in capsys.readouterr().err
     reg.publish(FeatureModel("amount"), spec={"name": "mine", "pipeline": ["c"]})  # v000004
     assert main([*base, "v000004"]) == 0  # (a spec of its owner's: --model mine finds none)
-    assert "(fds run --model with the file of spec 'mine')" in capsys.readouterr().err
+    assert "(fds run --model with the file of spec 'mine' that made it" in capsys.readouterr().err
     reg.promote("v000003")
     assert main([*base, "v000001"]) == 0  # one of the same spec: picked up, as before
     assert "running scorers pick it up on their next poll" in capsys.readouterr().out
+    # a rollback to a version of another spec says it too (a review: it said nothing, and the
+    # scorers kept serving the version rolled back); a shipped name whose pipeline is not the
+    # shipped one's is named by its file (`--model default` told nothing: both were `default`)
+    reg.publish(FeatureModel("amount"), spec={"name": "default", "pipeline": ["z"]})  # v000005
+    reg.promote("v000005")
+    assert main(["models", "--registry", str(tmp_path), "rollback"]) == 0
+    out = capsys.readouterr()
+    assert out.out == "rolled back: champion is now v000001\n"
+    assert "v000001 was made by spec 'default' with pipeline ['a'], not 'default' with ['z']" in (
+        out.err
+    ), out.err
+    assert "keep serving v000005" in out.err and "file of spec 'default' that made it" in out.err
+
+
+@pytest.mark.parametrize("edit", ["deleted", "null"])
+def test_a_next_edited_out_of_the_manifest_never_overwrites_a_version(tmp_path, edit):
+    """A review: with `next` deleted from a hand-edited manifest the next publish reused
+    v000001, over the champion's file, and every reader then refused the registry (`null`: a
+    TypeError). A publish numbers past every version's seq whatever `next` says."""
+    reg = Registry(tmp_path)
+    reg.publish({"x": 1}, spec={"name": "t"})
+    reg.publish({"x": 2}, spec={"name": "t"})
+    reg.promote("v000001")
+    champion = reg.artifact("v000001").read_bytes()
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    if edit == "deleted":
+        del m["next"]
+    else:
+        m["next"] = None
+    (tmp_path / "manifest.json").write_text(json.dumps(m))
+    assert reg.publish({"x": 3}, spec={"name": "t"})["version"] == "v000003"
+    assert reg.artifact("v000001").read_bytes() == champion
+    assert [e["version"] for e in reg.versions()] == ["v000001", "v000002", "v000003"]
+
+
+def test_a_writer_holding_the_lock_is_said_and_a_killed_write_s_files_swept(tmp_path, caplog):
+    """A review: `fds models promote` behind a writer that hung holding the lock waited
+    without a word; the temporary files of writes a kill cut short (whole artifacts) were
+    never removed."""
+    import fcntl
+    import threading
+
+    from fds.models import registry as registry_module
+
+    reg = Registry(tmp_path)
+    reg.publish({"x": 1}, spec={"name": "t"})
+    stale = tmp_path / ".v000002.pkl.abcd1234"
+    stale.write_bytes(b"x" * 1000)
+    fresh = tmp_path / ".manifest.json.efgh5678"  # (a live writer's, as far as one can tell)
+    fresh.write_bytes(b"{}")
+    other = tmp_path / ".keep.me"
+    other.write_bytes(b"")
+    old = time.time() - registry_module.TEMP_AGE_S - 5
+    os.utime(stale, (old, old))
+    os.utime(other, (old, old))
+    with open(tmp_path / ".lock", "a+b") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        timer = threading.Timer(0.5, fcntl.flock, (held, fcntl.LOCK_UN))
+        timer.start()
+        with caplog.at_level("WARNING", logger="fds.models"):
+            reg.promote("v000001")
+        timer.join()
+    assert "waiting for its lock, held by another writer" in caplog.text
+    assert reg.champion() == "v000001"
+    assert not stale.exists() and fresh.exists() and other.exists()
+
+
+def test_a_keyed_registry_every_user_may_write_is_warned_of(tmp_path, caplog):
+    """A review: with FDS_MODEL_KEY the artifacts are checked, not the manifest, and a folder
+    every user may write was said nowhere: anyone could point the champion back at an older
+    signed version or reject the good ones."""
+    (tmp_path / "r").mkdir()
+    os.chmod(tmp_path / "r", 0o777)
+    with caplog.at_level("WARNING", logger="fds.models"):
+        Registry(tmp_path / "r", key=b"k")
+    assert "is writable by every user (mode 0777): FDS_MODEL_KEY checks its artifacts" in (
+        caplog.text
+    )
+    caplog.clear()
+    os.chmod(tmp_path / "r", 0o700)
+    with caplog.at_level("WARNING", logger="fds.models"):
+        Registry(tmp_path / "r", key=b"k")
+    assert caplog.text == ""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root may give a file to another user")
+def test_a_write_by_root_leaves_the_manifest_and_lock_their_owner_s(tmp_path):
+    """A review: `sudo -E fds models promote` (with the key) made the manifest root's, 0600:
+    the service user could no longer read its registry (its scorers never picked the
+    promotion up) nor publish into it."""
+    reg = Registry(tmp_path / "r", key=b"k")
+    reg.publish({"x": 1}, spec={"name": "t"})
+    for f in (tmp_path / "r").iterdir():
+        os.chown(f, 1234, 1234)
+    os.chown(tmp_path / "r", 1234, 1234)
+    Registry(tmp_path / "r", key=b"k").promote("v000001")
+    assert reg.champion() == "v000001"
+    for name in ("manifest.json", ".lock"):
+        st = (tmp_path / "r" / name).stat()
+        assert (st.st_uid, st.st_gid) == (1234, 1234), name
