@@ -1473,18 +1473,19 @@ class Runner:
 
     def _marked(self, b: _Unacked) -> dict[Any, Any]:
         """``b``'s offsets to commit, each saying where the decisions past it start on the
-        decisions partition of its number (DECIDED_MARK; none where unknown)."""
-        if not self._copartitioned:  # (decisions placed by key: nothing to look up)
-            self._out_next.clear()
-            return b.offsets
+        decisions partition of its number (DECIDED_MARK; the mark alone, no number, where
+        unknown: a commit of fds's all the same, :meth:`_complete_ahead`)."""
+        if not self._copartitioned:  # (decisions placed by key: nothing to look up; the
+            self._out_next.clear()  # commit still said fds's own, for _complete_ahead)
+            return {tp: OffsetAndMetadata(om.offset, DECIDED_MARK, -1)
+                    for tp, om in b.offsets.items()}  # fmt: skip
         nxt = self._out_next
         for part, fut in b.last.items():
             if part is not None:
                 nxt[part] = fut.value.offset + 1
         marks = {**nxt, **b.pins}
         return {
-            tp: OffsetAndMetadata(om.offset, f"{DECIDED_MARK}{marks[tp.partition]}", -1)
-            if tp.partition in marks else om
+            tp: OffsetAndMetadata(om.offset, f"{DECIDED_MARK}{marks.get(tp.partition, '')}", -1)
             for tp, om in b.offsets.items()
         }  # fmt: skip
 
@@ -2228,9 +2229,7 @@ class Runner:
                 )
                 marks = {o.partition: end for o, end in ends.items()}
             offsets = {
-                tp: OffsetAndMetadata(
-                    at, f"{DECIDED_MARK}{marks[tp.partition]}" if tp.partition in marks else "", -1
-                )
+                tp: OffsetAndMetadata(at, f"{DECIDED_MARK}{marks.get(tp.partition, '')}", -1)
                 for tp, at in starts.items()
             }
             self._retrying("commit", lambda: self.consumer.commit(offsets, timeout_ms=ms))
@@ -2266,7 +2265,8 @@ class Runner:
         refused by a coordinator that moved, the checkpoint was ahead, and the restart rebuilt
         every partition from the feature horizon (a review). Every record it covers was
         decided and acknowledged before that commit was queued, so it is committed now, with
-        its DECIDED_MARK where known. Only over a commit of fds's own (with its mark): offsets
+        its DECIDED_MARK where known. Only over a commit of fds's own (its mark, with or without
+        a number): offsets
         an operator reset lower are left to the rebuild that decides from them."""
         pos = self._positions
         ahead = [tp for tp, c in committed.items()
@@ -2284,7 +2284,7 @@ class Runner:
             if om is None or not (om.metadata or "").startswith(DECIDED_MARK):
                 continue
             at, mark = pos[tp.partition], known.get(tp.partition)
-            meta = f"{DECIDED_MARK}{mark[1]}" if mark is not None and mark[0] == at else ""
+            meta = f"{DECIDED_MARK}{mark[1] if mark is not None and mark[0] == at else ''}"
             offsets[tp] = OffsetAndMetadata(at, meta, -1)
         if not offsets:
             return committed
@@ -2425,7 +2425,10 @@ class Runner:
             self._retrying(
                 "commit",
                 lambda: self.consumer.commit(
-                    {tp: marks.get(tp) or OffsetAndMetadata(o, "", -1) for tp, o in gone.items()},
+                    {
+                        tp: marks.get(tp) or OffsetAndMetadata(o, DECIDED_MARK, -1)
+                        for tp, o in gone.items()
+                    },
                     timeout_ms=self.s.timeout_ms,
                 ),
             )
@@ -2717,9 +2720,10 @@ class Runner:
                 tp: got[1] if (got := left.get(tp.partition)) is not None else 0
                 for tp in sorted(behind, key=lambda tp: tp.partition)
             }
-        log.info(
-            "partitions moved here %s are not rebuilt alone: %s; the state of every partition "
-            "is rebuilt", moved, why,
+        log.info(  # ("moved here []": none moved, the state's own behind or ahead, a review)
+            "%s: %s; the state of every partition is rebuilt",
+            f"partitions moved here {moved} are not rebuilt alone" if moved else "not caught up",
+            why,
         )  # fmt: skip
         return None
 

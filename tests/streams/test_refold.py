@@ -236,7 +236,14 @@ def test_a_group_without_offsets_finds_what_was_decided_since_the_checkpoint(tmp
     assert new == {"p0-15": 31, "p1-15": 32, "p0-16": 33, "p1-16": 34}  # every record once
 
 
-@pytest.mark.parametrize("ours", [True, False])
+class OneOut(Producer):
+    """A decisions topic of one partition: not co-partitioned with the input (no marks)."""
+
+    def partitions_for(self, topic: str) -> set[int]:
+        return {0}
+
+
+@pytest.mark.parametrize("ours", [True, "unmarked", False])
 def test_a_checkpoint_past_the_committed_offsets_is_committed_not_rebuilt(tmp_path, caplog, ours):
     """A review: the commit a revocation queues is asynchronous and the checkpoint after it
     assumes it lands; killed before it did, the restart found the state ahead of the
@@ -248,11 +255,15 @@ def test_a_checkpoint_past_the_committed_offsets_is_committed_not_rebuilt(tmp_pa
     for tp, records in later.items():
         broker.logs[tp] += records
     broker.committed = {P0: 7, P1: 8}  # the last commit (10, 10) did not land
-    broker.metadata = {P0: "fds:decisions@4", P1: "fds:decisions@4"} if ours else {}
+    # (fds's own: with its mark; without a number where the decisions topic has other
+    # partitions than the input, which a verification on the real broker saw rebuilt)
+    meta = {True: "fds:decisions@4", "unmarked": "fds:decisions@"}.get(ours)
+    broker.metadata = {P0: meta, P1: meta} if meta else {}
     broker.out, broker.polls = [], 0
     broker.script = [(1, lambda g: g.rebalance({P0, P1}))]
+    out = OneOut if ours == "unmarked" else Producer
     with caplog.at_level(logging.INFO, logger="fds.streams.kafka"):
-        runner(broker, tmp_path / "state").run(max_idle_s=0.3)
+        runner(broker, tmp_path / "state", producer=out).run(max_idle_s=0.3)
     decided = sorted(d["tx_id"] for d in broker.out)
     if not ours:
         assert "rebuild partitions" in caplog.text
@@ -269,6 +280,8 @@ def test_a_checkpoint_past_the_committed_offsets_is_committed_not_rebuilt(tmp_pa
         t: expected[t] for t in decided
     }  # every record once in the state
     assert broker.committed == {P0: 15, P1: 15}
+    if ours == "unmarked":  # (its own commits say so, as that one did: they said nothing)
+        assert set(broker.metadata.values()) == {"fds:decisions@"}
 
 
 @pytest.mark.parametrize("committed", [{0: 20}, {0: 20, 1: 0}])
