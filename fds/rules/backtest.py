@@ -25,6 +25,8 @@ comparison is rules against rules.
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -83,6 +85,11 @@ class BacktestResult:
     #: The features that read a field none of the first transactions had, said as
     #: ``fds replay`` says it (:func:`fds.replay.watch_fields`), or "".
     unseen_fields: str = ""
+    #: The run's :class:`fds.replay.ReplaySummary` (interrupted, late, labels of no transaction)
+    summary: Any = None
+    #: The longest stretch of days with no transaction inside the span, and the day it
+    #: begins (epoch seconds), when it is long enough to make the span misleading; else None
+    gap: tuple[float, float] | None = None
 
 
 class _NoFeatures:
@@ -243,20 +250,33 @@ def _value(name: str, tx: Mapping[str, Any], feats: Mapping[str, Any], clock: An
 
 
 class _Span:
-    """The first and last ``ts`` of the transactions read through :meth:`through` (in
-    event-time order), and how many."""
+    """The earliest and latest ``ts`` of the transactions read through :meth:`through`, how
+    many, and the days that hold any (the first and last decided: records out of order made
+    24.3 days of 25, a review)."""
 
     def __init__(self) -> None:
-        self.first = self.last = 0.0
+        self.first, self.last = math.inf, -math.inf
         self.n = 0
+        self.days: set[int] = set()
 
     def through(self, txs: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        days = self.days
         for tx in txs:
-            if not self.n:
-                self.first = tx["ts"]
-            self.last = tx["ts"]
+            ts = tx["ts"]
+            self.first, self.last = min(self.first, ts), max(self.last, ts)
+            days.add(int(ts // 86400))
             self.n += 1
             yield tx
+
+    def gap(self) -> tuple[float, float] | None:
+        """The longest run of days without a transaction (days, its first day), when it is
+        over a week and a quarter of the span: one mistyped date a year ahead made 368.8 days
+        of 10, the alerts per day a tenth of theirs, without a word (a review)."""
+        days = sorted(self.days)
+        if len(days) < 2:
+            return None
+        d, at = max((b - a - 1, a + 1) for a, b in itertools.pairwise(days))
+        return (float(d), at * 86400.0) if d > max(7, (days[-1] - days[0]) / 4) else None
 
 
 class _Null:
@@ -347,4 +367,6 @@ def backtest(
         collector.changed,
         ids,
         unseen(),
+        summary,
+        span.gap(),
     )

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from fds.cli import count_or_all, file_path, labels_not_input, same_file, write_output
-from fds.errors import ConfigError
+from fds.errors import ConfigError, FdsError
 from fds.rules.reload import deciding
 from fds.rules.ruleset import Ruleset, load_ruleset
 from fds.shipped import DEFAULT_RULES
@@ -252,16 +252,26 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
     skipped = said(
         reasons, "record(s) of the files could not be read or validated and are not in it"
     ) + ("; `fds replay` writes them out" if reasons else "")
-    if not r.transactions:
-        raise ConfigError(f"{args.file}: no valid transactions" + (skipped and f"; {skipped}"))
+    summary = r.summary
+    if not r.transactions and not summary.interrupted:  # (exit 1, as fds replay's: it was 2)
+        raise FdsError(f"{args.file}: no valid transactions" + (skipped and f"; {skipped}"))
     b, c = r.baseline, r.candidate
     print(
         f"backtest over {r.transactions:,} transactions ({b.days:.1f} days)"
-        + (f", {b.frauds:,} known frauds" if b.frauds is not None else ", no labels"),
+        + (f", {b.frauds:,} known frauds" if b.frauds is not None else ", no labels")
+        + (f" (labels: {labels})" if labels is not None else ""),  # (one beside it: unsaid)
         file=out,
     )
+    if summary.interrupted:  # (a full-looking report, exit 0 and --changed-out: a review)
+        print(
+            "note: interrupted (Ctrl-C or SIGTERM): the figures cover the transactions decided "
+            "so far, not the file",
+            file=out,
+        )
     if skipped:  # (they were left out without a word: alerts and recall over a subset)
         print(f"note: {skipped}", file=out)
+    for note in _backtest_warnings(r, args, mapping):
+        print(f"warning: {note}", file=out)
     if of_labels:
         left = said(of_labels, "label(s) could not be read and were left out")
         print(f"note: {left}", file=out)
@@ -302,8 +312,8 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
     for rid in r.rule_ids:
         cells = []
         for side, state in zip((b, c), states, strict=True):
-            n = side.rule_hits.get(rid, 0)
-            prec = (side.rule_fraud_hits[rid] / n) if n and side.frauds is not None else None
+            n = side.rule_hits.get(rid, 0)  # (none known: "-", as the totals; it was 0.0%)
+            prec = (side.rule_fraud_hits[rid] / n) if n and side.frauds else None
             st = state.get(rid)
             # (a shadow rule's hits read like an acting rule's: a QA pass)
             shown = str(n) if st == "active" else f"{n} shadow" if st == "shadow" else st or "-"
@@ -359,12 +369,45 @@ def _backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
         vals = ", ".join(_shown(k, v) for k, v in ex["values"].items())
         if vals:
             print(f"      read: {vals}", file=out)
-    if args.changed_out is not None:
+    if args.changed_out is not None and summary.interrupted:
+        print(f"{args.changed_out} not written: interrupted", file=out)
+    elif args.changed_out is not None:
         from fds.schema import dumps_line
 
         write_output(args.changed_out, b"".join(dumps_line(ex) for ex in r.changed))
         print(f"wrote {len(r.changed)} changed transaction(s) to {args.changed_out}", file=out)
-    return 0
+    return 130 if summary.interrupted else 0
+
+
+def _backtest_warnings(r: Any, args: argparse.Namespace, mapping: Any) -> Iterator[str]:
+    """What a backtest's figures do not show and ``fds replay`` would say of the same file
+    (a review: records beyond the reorder buffer decided on stale windows, a mistyped date
+    stretching the days, labels of no transaction, all without a word)."""
+    from fds.commands import _sort_by_time
+    from fds.replay import REORDER_BUFFER
+    from fds.timeutil import format_ts, span
+
+    s = r.summary
+    if s.interrupted:
+        return
+    if s.beyond_reorder_buffer:
+        yield (
+            f"{s.beyond_reorder_buffer:,} records were out of time order beyond the reorder "
+            f"buffer ({REORDER_BUFFER:,} records) and decided after later ones, on the window "
+            f"state those left ({s.late:,} flagged late): to decide each in its time, backtest "
+            f"the file sorted by time first: {_sort_by_time(args.file, mapping)}"
+        )
+    if r.gap is not None:
+        days, at = r.gap
+        yield (
+            f"no transaction for {span(days * 86400)} from {format_ts(at)[:10]}: the "
+            f"{r.baseline.days:.1f} days (and the alerts per day) span that gap; a mistyped date?"
+        )
+    if s.fraud_labels and not (s.frauds or s.dead_frauds):
+        yield (
+            f"none of the {s.fraud_labels:,} transactions labelled fraud was decided: check that "
+            "the labels' tx_id are those of the transactions (case, prefixes, another file)"
+        )
 
 
 def _shown(name: str, v: Any) -> str:

@@ -628,6 +628,15 @@ class _Checker:
             quote = "" if close or dash else f"; a text value is quoted: '{name}'"
             if re.search(r"_\d+[smhd]$|_today$", name):  # (told to quote it: a QA pass)
                 quote = "; a feature a rule reads is declared under features: (entity, agg, window)"
+            if name.lower() in ("true", "false", "null", "none") and name not in ("True", "False"):
+                # (`x == false` was told to quote it, which compares text with a bool: a review)
+                word = {"true": "True", "false": "False"}.get(name.lower())
+                quote = (
+                    f"; write {word} (capitalised), or test the name itself: `NAME`, `not NAME`"
+                    if word
+                    else "; a missing value cannot be tested in a rule (a rule reading a missing "
+                    "name is skipped)"
+                )
             if name in ("model_score", "score", "model_version") and not dash:  # (a column
                 # `extra.risk-score` was told the model's score is not a rule's: a README walk)
                 quote = (

@@ -128,6 +128,10 @@ def test_semantics_and_precedence(src: str, expected: bool) -> None:
         ("abs(amount if seen else country) > 1", "this may be text"),
         ("amount * 2 if is_night else country", "must be true/false"),
         ("amount > nope", "unknown name 'nope'"),
+        # (`== false` was told to quote it, which compares text with a bool: a review)
+        ("seen == false", "unknown name 'false': use a transaction field, extra.NAME, a declared"),
+        ("seen == false", "; write False (capitalised), or test the name itself: `NAME`, `not"),
+        ("country == null", "; a missing value cannot be tested in a rule"),
         # other languages' habits: said what to write (it said `invalid syntax`: a README walk)
         ("country == DE", "a text value is quoted: 'DE'"),
         ("country = 'DE'", "invalid syntax (compare with ==; a single = assigns nothing here)"),
