@@ -188,7 +188,9 @@ class _Collector:
         self.base = SideResult(b.version, frauds=0 if frauds is not None else None)
         self.changed: list[dict[str, Any]] = []
         self.changed_count = 0
-        self.names = {**b.names_read(), **c.names_read()}
+        # each side's own: a rule both declare, rewritten, reads other names in each (the
+        # baseline's hit shown with the candidate's names, which read like its reason: a review)
+        self.names = (c.names_read(), b.names_read())
 
     def write(self, decision: Mapping[str, Any]) -> None:
         tx, feats, ch, bh, ca, cs, ba, bs = self.both.last
@@ -209,9 +211,10 @@ class _Collector:
             self.changed_count += 1
             if self.keep is None or len(self.changed) < self.keep:
                 read: dict[str, Any] = {}
-                for rid in (*_ids(ch), *_ids(bh)):
-                    for n in self.names.get(rid, ()):
-                        read[n] = _value(n, tx, feats, self.both.cand.clock)
+                for names, hits in zip(self.names, (ch, bh), strict=True):
+                    for rid in _ids(hits):
+                        for n in names.get(rid, ()):
+                            read[n] = _value(n, tx, feats, self.both.cand.clock)
                 for n, own in self.both.renamed:  # both versions of a changed feature
                     if n in read:
                         read[own] = feats.get(own)

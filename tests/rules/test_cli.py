@@ -881,3 +881,23 @@ def test_an_interrupted_backtest_says_so_and_writes_no_changed_list(
     out = capsys.readouterr().out
     assert "note: interrupted (Ctrl-C or SIGTERM): the figures cover the transactions" in out
     assert f"{changed} not written: interrupted" in out and not changed.exists()
+
+
+def test_a_changed_transaction_shows_each_side_s_names_for_its_own_hits(tmp_path, capsys):
+    """A review: a rule rewritten in the candidate to read other names showed, for the
+    baseline's hit, the names the candidate's version reads, which read like its reason."""
+    sim = simulate(days=2, cards=500, merchants=100, seed=5, drift_day=None)
+    data, _labels = write(sim, tmp_path / "hist.jsonl")
+    base, cand = tmp_path / "base.yaml", tmp_path / "cand.yaml"
+    base.write_text(BASELINE)
+    cand.write_text(
+        BASELINE.replace("version: base", "version: cand")
+        .replace("when: amount >= 1000000", "when: amount >= 1000000 and channel == 'never'")
+        .replace("{amount: 2000000}", "{amount: 2000000, channel: never}")
+    )
+    argv = ["rules", "backtest", "--candidate", str(cand), "--baseline", str(base), str(data)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "review ['huge'] -> approve []" in out, out
+    reads = [line for line in out.splitlines() if line.strip().startswith("read:")]
+    assert reads and all("channel=" not in line for line in reads), reads
