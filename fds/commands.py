@@ -350,7 +350,7 @@ def _replay_file(args: argparse.Namespace, pushers: list[Pusher]) -> int:
     with contextlib.ExitStack() as stack:
         stack.callback(engine.close)
         stream = replay_mod.open_stream(args.file, mapping=mapping, labels_path=args.labels)
-        stream.sort_hint = _sort_by_time(args.file, mapping)
+        stream.sort_hint = sort_by_time(args.file, mapping)
         if args.metrics_port >= 0:
             host = args.metrics_host or METRICS_HOST
             server = stack.enter_context(serve(metrics, host, args.metrics_port))
@@ -401,7 +401,7 @@ def _replay_file(args: argparse.Namespace, pushers: list[Pusher]) -> int:
                     else ""
                 )
                 + ": to decide each in its time, replay the file sorted by time first: "
-                + _sort_by_time(args.file, mapping)
+                + sort_by_time(args.file, mapping)
                 if beyond
                 else ""
             ),
@@ -440,17 +440,8 @@ def _replay_file(args: argparse.Namespace, pushers: list[Pusher]) -> int:
         f"decisions: {args.out}" + (f"  dead letters: {dlq_path}" if summary.dead_letters else ""),
         logging.INFO,
     )
-    if (
-        summary.fraud_labels
-        and not (summary.frauds or summary.dead_frauds)
-        and not summary.interrupted
-    ):
-        say(
-            f"fds replay: warning: none of the {summary.fraud_labels:,} transactions labelled "
-            "fraud was decided: check that the labels' tx_id are those of the transactions "
-            "(case, prefixes, another file)",
-            logging.WARNING,
-        )
+    if unmatched := replay_mod.no_fraud_decided(summary):
+        say(f"fds replay: warning: {unmatched}", logging.WARNING)
     if summary.last_ts is not None and summary.last_ts < EPOCH_2000:
         # (seconds from the dataset's own reference date, IEEE-CIS's TransactionDT, were
         # replayed as January 1970 without a word: a QA pass)
@@ -691,11 +682,11 @@ def _grace(engine: Any) -> str:
     return "" if grace is None else f" ({span(grace)}, the rules file's `grace:`)"
 
 
-def _sort_by_time(path: Path, mapping: ColumnMapping | None) -> str:
+def sort_by_time(path: Path, mapping: ColumnMapping | None) -> str:
     """How to sort the file ``path`` by its time column (the ``mapping``'s ``ts:`` one): a
     command for a CSV with a header (``sort`` by the column's place) or JSON Lines (``jq``).
 
-    >>> print(_sort_by_time(Path("a b.jsonl"), None))
+    >>> print(sort_by_time(Path("a b.jsonl"), None))
     by its field 'ts', e.g. jq -c -s 'sort_by(.["ts"]) | .[]' 'a b.jsonl' > 'a b.sorted.jsonl'
     """
     column = mapping.fields.get("ts", "ts") if mapping is not None else "ts"

@@ -948,6 +948,17 @@ def left_out(
     return txs, labs
 
 
+def no_fraud_decided(summary: ReplaySummary) -> str:
+    """The warning for fraud labels none of whose transactions was decided (the labels'
+    tx_id spelt otherwise), or "": ``fds replay`` and ``fds rules backtest`` say it."""
+    if not summary.fraud_labels or summary.frauds or summary.dead_frauds or summary.interrupted:
+        return ""
+    return (
+        f"none of the {summary.fraud_labels:,} transactions labelled fraud was decided: check "
+        "that the labels' tx_id are those of the transactions (case, prefixes, another file)"
+    )
+
+
 def said(counts: Counter[str], what: str) -> str:
     """``"3 record(s) of FILE could not be read (most often R)"`` in a few words, or ""."""
     if not counts:

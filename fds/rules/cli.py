@@ -383,8 +383,8 @@ def _backtest_warnings(r: Any, args: argparse.Namespace, mapping: Any) -> Iterat
     """What a backtest's figures do not show and ``fds replay`` would say of the same file
     (a review: records beyond the reorder buffer decided on stale windows, a mistyped date
     stretching the days, labels of no transaction, all without a word)."""
-    from fds.commands import _sort_by_time
-    from fds.replay import REORDER_BUFFER
+    from fds.commands import sort_by_time
+    from fds.replay import REORDER_BUFFER, no_fraud_decided
     from fds.timeutil import format_ts, span
 
     s = r.summary
@@ -395,7 +395,7 @@ def _backtest_warnings(r: Any, args: argparse.Namespace, mapping: Any) -> Iterat
             f"{s.beyond_reorder_buffer:,} records were out of time order beyond the reorder "
             f"buffer ({REORDER_BUFFER:,} records) and decided after later ones, on the window "
             f"state those left ({s.late:,} flagged late): to decide each in its time, backtest "
-            f"the file sorted by time first: {_sort_by_time(args.file, mapping)}"
+            f"the file sorted by time first: {sort_by_time(args.file, mapping)}"
         )
     if r.gap is not None:
         days, at = r.gap
@@ -403,11 +403,8 @@ def _backtest_warnings(r: Any, args: argparse.Namespace, mapping: Any) -> Iterat
             f"no transaction for {span(days * 86400)} from {format_ts(at)[:10]}: the "
             f"{r.baseline.days:.1f} days (and the alerts per day) span that gap; a mistyped date?"
         )
-    if s.fraud_labels and not (s.frauds or s.dead_frauds):
-        yield (
-            f"none of the {s.fraud_labels:,} transactions labelled fraud was decided: check that "
-            "the labels' tx_id are those of the transactions (case, prefixes, another file)"
-        )
+    if unmatched := no_fraud_decided(s):
+        yield unmatched
 
 
 def _shown(name: str, v: Any) -> str:

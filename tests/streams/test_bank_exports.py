@@ -230,14 +230,14 @@ def test_a_file_with_another_separator_than_the_mappings_is_told_which(tmp_path)
 
 
 def test_the_sort_command_uses_the_files_separator(tmp_path):
-    from fds.commands import _sort_by_time
+    from fds.commands import sort_by_time
 
     (tmp_path / "b.csv").write_text(ROWS)
     no_layout = GERMAN.replace('ts_format: "%d.%m.%Y %H:%M:%S"\n', "")
-    hint = _sort_by_time(tmp_path / "b.csv", mapping(tmp_path, no_layout))
+    hint = sort_by_time(tmp_path / "b.csv", mapping(tmp_path, no_layout))
     assert "sort -s -t';' -k1,1" in hint and "a quoted field with a semicolon" in hint
     # day-first times do not sort as text: no command that leaves the file out of order
-    hint = _sort_by_time(tmp_path / "b.csv", mapping(tmp_path))
+    hint = sort_by_time(tmp_path / "b.csv", mapping(tmp_path))
     assert "sort -s" not in hint and "as the mapping's ts_format '%d.%m.%Y %H:%M:%S'" in hint
 
 
@@ -487,7 +487,7 @@ def test_a_sep_line_file_is_replayed_backtested_and_its_labels_read(tmp_path, ca
     """Everywhere a file is read: the transactions and a --labels file, as the labels found
     by `fds produce` (its first record), and the sort command for a file out of order."""
     from fds.cli import main
-    from fds.commands import _sort_by_time
+    from fds.commands import sort_by_time
     from fds.streams.produce import _labels_file
 
     (tmp_path / "x.csv").write_text(excel(";"))
@@ -502,7 +502,7 @@ def test_a_sep_line_file_is_replayed_backtested_and_its_labels_read(tmp_path, ca
     backtest = ["rules", "backtest", "--candidate", rules, "--baseline", rules, *argv]
     assert main(backtest) == 0
     assert "backtest over 2 transactions" in capsys.readouterr().out
-    hint = _sort_by_time(tmp_path / "x.csv", None)  # the sep= line kept first with the header
+    hint = sort_by_time(tmp_path / "x.csv", None)  # the sep= line kept first with the header
     sort = f"(head -n 2 {tmp_path / 'x.csv'} && tail -n +3 {tmp_path / 'x.csv'} | sort -s -t';'"
     assert sort in hint
 
@@ -539,12 +539,12 @@ def test_a_defaults_coordinate_range_is_the_schemas(tmp_path, monkeypatch):
 def test_one_table_names_the_separators(tmp_path, monkeypatch):
     """The sort advice's prose and a mapping hint's YAML value name a separator from one
     table (each had its own)."""
-    from fds.commands import _sort_by_time
+    from fds.commands import sort_by_time
     from fds.streams import files
 
     monkeypatch.setitem(files._SEPARATOR_NAMES, "|", "pipe")
     (tmp_path / "p.csv").write_text("tx_id|ts|card_id|amount\na|2026-01-01|c|5\n")
-    hint = _sort_by_time(tmp_path / "p.csv", mapping(tmp_path, "delimiter: '|'\n"))
+    hint = sort_by_time(tmp_path / "p.csv", mapping(tmp_path, "delimiter: '|'\n"))
     assert "a quoted field with a pipe or a line break" in hint
     assert files.separator_name("|", as_yaml=True) == "'|'"  # a mapping reads no such name
     assert files.separator_name("\t", as_yaml=True) == "tab"
