@@ -348,7 +348,7 @@ def _reason(err: pydantic.ValidationError) -> str:
                 "; a number is written without a currency or unit: put the currency in a field "
                 "of its own (a column mapped to currency, or extra), or convert them first"
             )
-        elif _COMMA_NUMBER.search(text):
+        if _COMMA_NUMBER.search(text):  # (`1.234,56 €`: both said, not one after the other)
             got += (  # (a European CSV: every row a dead letter, the hint silent, a README walk)
                 "; numbers are read with a dot for decimals and no grouping (29.78, 1234.5): "
                 "say how the file writes them in the --mapping of fds replay or fds produce "

@@ -279,9 +279,9 @@ def _rollback(args: argparse.Namespace) -> int:
     print(f"rolled back: champion is now {entry['version']}")
     other = None
     if before is not None:  # (as promote says it: scorers of the other spec kept serving the
-        other = spec_differs(  # version rolled back, without a word, a review)
-            entry.get("spec"), reg.entry(before).get("spec"), serving=True
-        )
+        with contextlib.suppress(ConfigError):  # version rolled back, without a word, a
+            was = reg.entry(before).get("spec")  # review; dropped meanwhile: unsaid)
+            other = spec_differs(entry.get("spec"), was, serving=True)
     if other is not None:
         say(
             f"{args.prog}: warning: {entry['version']} was made by spec {other} ({before}, the "

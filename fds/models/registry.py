@@ -120,6 +120,8 @@ def learned(entry: Mapping[str, Any]) -> tuple[int, int]:
 
 # A version id is also a file name: only ids the registry itself makes are accepted from outside.
 _VERSION_ID = re.compile(r"v[0-9]{6,}")
+#: A wait for the registry's lock this long is said (a large artifact's write takes seconds).
+LOCK_QUIET_S = 5.0
 #: The temporary file of an artifact's or the manifest's write (tempfile.mkstemp's suffix).
 _TEMP = re.compile(r"\.(?:manifest\.json|v[0-9]{6,}\.pkl)\.[A-Za-z0-9_]{8}")
 #: A temporary file older than this is a killed write's (:meth:`Registry._sweep_temp`): every
@@ -207,6 +209,20 @@ def seq_of(version: str | None) -> int:
     return int(version[1:]) if version and _VERSION_ID.fullmatch(version) else -1
 
 
+def _lock_within(lock: Any, wait_s: float) -> bool:
+    """Take the exclusive lock of ``lock`` within ``wait_s`` (tried every 0.05 s): False when
+    another holds it that long."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+
+
 def owner_only(path: Path) -> int:
     """A descriptor of ``path`` (read-write, created if missing) readable by its owner only,
     an earlier release's 0644 file included."""
@@ -218,12 +234,12 @@ def owner_only(path: Path) -> int:
 
 
 def _owned_as(fd: int, path: Path) -> None:
-    """Run as root, give the file of ``fd`` the owner of ``path`` (else of its folder): root's
-    `fds models promote` (sudo, with the key) made the manifest root's, 0600, and the service
-    user could no longer read its registry nor publish into it (a review)."""
+    """Run as root, give the file of ``fd`` the owner of ``path``'s folder: root's `fds models
+    promote` (sudo, with the key) made the manifest root's, 0600, and the service user could
+    no longer read its registry nor publish into it (a review)."""
     if os.geteuid() == 0:
         with contextlib.suppress(OSError):
-            st = os.stat(path) if os.path.lexists(path) else os.stat(path.parent)
+            st = os.stat(path.parent)
             os.fchown(fd, st.st_uid, st.st_gid)
 
 
@@ -727,16 +743,14 @@ class Registry:
                 f"the registry's lock is {what}, not a file: remove it (fds makes it again)",
                 where=str(path),
             ) from None
-        _owned_as(fd, self.path)
+        _owned_as(fd, self.path / ".lock")
         with os.fdopen(fd, "a+b") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:  # (`fds models promote` waited without a word behind a
-                # writer that hung holding it, a review)
+            if not _lock_within(lock, LOCK_QUIET_S):  # (`fds models promote` waited without
+                # a word behind a writer that hung holding it, a review)
                 log.warning(
-                    'model registry="%s": waiting for its lock, held by another writer (fds '
-                    "train publishing, an fds models command, a scorer's verdict); Ctrl-C "
-                    "stops", self.path,
+                    'model registry="%s": waiting for its lock, held by another writer for over '
+                    "%.0f s (fds train publishing, an fds models command, a scorer's verdict)",
+                    self.path, LOCK_QUIET_S,
                 )  # fmt: skip
                 fcntl.flock(lock, fcntl.LOCK_EX)
             try:
@@ -797,7 +811,7 @@ class Registry:
             # made the next publish v000001 again, over the champion's file, a review)
             seq = max([m.get("next") or 1, *(e["seq"] + 1 for e in m["versions"].values())])
             version = f"v{seq:06d}"
-            write_atomic(self.artifact(version), data)
+            write_atomic(self.artifact(version), data, keep_owner=True)
             entry = make_entry(data, version=version, seq=seq, key=self.key, **meta)
             m["versions"][version] = entry
             back = rolled_back_in(m, version)
@@ -897,9 +911,9 @@ class Registry:
                     f"{version} is already in {self.path} with a different artifact: versions "
                     "of one model must come from one trainer registry"
                 )
-            write_atomic(self.artifact(version), data)
+            write_atomic(self.artifact(version), data, keep_owner=True)
             m["versions"][version] = entry
-            m["next"] = max(int(m.get("next", 1)), seq + 1)
+            m["next"] = max(m.get("next") or 1, seq + 1)
             self._retain(m, version if keep else None)
         return entry
 
@@ -1075,7 +1089,7 @@ class Registry:
             versions, champ = m["versions"], m.get("champion")
             e = versions.get(version)
             if e is None:
-                seq, newest = seq_of(version), int(m.get("next", 1)) - 1
+                seq, newest = seq_of(version), (m.get("next") or 1) - 1
                 return False, f"{version} is not in the registry" + (
                     " (removed by its retention)" if 0 < seq <= newest
                     else f" (never published here: this registry's newest is v{newest:06d}; "

@@ -401,7 +401,8 @@ def _backtest_warnings(r: Any, args: argparse.Namespace, mapping: Any) -> Iterat
         days, at = r.gap
         yield (
             f"no transaction for {span(days * 86400)} from {format_ts(at)[:10]}: the "
-            f"{r.baseline.days:.1f} days (and the alerts per day) span that gap; a mistyped date?"
+            f"{r.baseline.days:.1f} days (and the alerts per day) span that gap: a gap in the "
+            "data, or a mistyped date?"
         )
     if unmatched := no_fraud_decided(s):
         yield unmatched

@@ -631,8 +631,9 @@ class _Checker:
             if name.lower() in ("true", "false", "null", "none") and name not in ("True", "False"):
                 # (`x == false` was told to quote it, which compares text with a bool: a review)
                 word = {"true": "True", "false": "False"}.get(name.lower())
-                quote = (
-                    f"; write {word} (capitalised), or test the name itself: `NAME`, `not NAME`"
+                quote = (  # (a text column's 'false' is quoted: not told to write False)
+                    f"; write {word} (capitalised) to compare with a true/false value (or test "
+                    f"it alone: `x`, `not x`), '{name}' (quoted) with a text"
                     if word
                     else "; a missing value cannot be tested in a rule (a rule reading a missing "
                     "name is skipped)"
@@ -1020,7 +1021,7 @@ _HABITS = (
     (r"\b(and|or)\s+(and|or)\b", " ('{0} {1}': one word too many, or a condition left out)"),
     (r"\b(and|or)\s*$", " (a condition is missing after the last '{0}')"),
     (
-        r"([<>=!]=|[<>+*/%-])\s*(?:\b(?:and|or)\b|[)\],]|$|[<>=!]=|[<>])",
+        r"(\*\*|//|[<>=!]=|[<>+*/%-])\s*(?:\b(?:and|or)\b|[)\],]|$|[<>=!]=|[<>])",
         " (a value is missing after '{0}')",
     ),
 )

@@ -244,13 +244,25 @@ def no_topic(
     )
 
 
+#: How long a missing topic's error waits for the broker's list of topics (its hint).
+TOPICS_WAIT_S = 5.0
+
+
 def topics_of(client: Any) -> set[str]:
-    """The topics a consumer ``client`` sees on the broker, or none when it cannot say: for
-    :func:`no_topic`'s hint, which an error must not cost more than that."""
-    try:
-        return set(client.topics())
-    except Exception:  # (a hint: the error is the missing topic's)
-        return set()
+    """The topics a consumer ``client`` sees on the broker, or none when it cannot say within
+    TOPICS_WAIT_S: for :func:`no_topic`'s hint, which an error must not cost more than that
+    (kafka-python's ``topics()`` waits without a limit, a broker gone meanwhile held the
+    error for good: a review)."""
+    got: list[set[str]] = []
+
+    def ask() -> None:
+        with contextlib.suppress(Exception):  # (a hint: the error is the missing topic's)
+            got.append(set(client.topics()))
+
+    asking = threading.Thread(target=ask, name="fds-topics", daemon=True)
+    asking.start()
+    asking.join(TOPICS_WAIT_S)
+    return got[0] if got else set()
 
 
 #: A dead letter whose JSON is larger than this keeps the first DLQ_RAW_KEPT characters of its

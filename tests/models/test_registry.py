@@ -1133,7 +1133,9 @@ def test_a_next_edited_out_of_the_manifest_never_overwrites_a_version(tmp_path, 
     assert [e["version"] for e in reg.versions()] == ["v000001", "v000002", "v000003"]
 
 
-def test_a_writer_holding_the_lock_is_said_and_a_killed_write_s_files_swept(tmp_path, caplog):
+def test_a_writer_holding_the_lock_is_said_and_a_killed_write_s_files_swept(
+    tmp_path, caplog, monkeypatch
+):
     """A review: `fds models promote` behind a writer that hung holding the lock waited
     without a word; the temporary files of writes a kill cut short (whole artifacts) were
     never removed."""
@@ -1150,6 +1152,7 @@ def test_a_writer_holding_the_lock_is_said_and_a_killed_write_s_files_swept(tmp_
     fresh.write_bytes(b"{}")
     other = tmp_path / ".keep.me"
     other.write_bytes(b"")
+    monkeypatch.setattr(registry_module, "LOCK_QUIET_S", 0.1)
     old = time.time() - registry_module.TEMP_AGE_S - 5
     os.utime(stale, (old, old))
     os.utime(other, (old, old))

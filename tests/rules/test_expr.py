@@ -130,7 +130,8 @@ def test_semantics_and_precedence(src: str, expected: bool) -> None:
         ("amount > nope", "unknown name 'nope'"),
         # (`== false` was told to quote it, which compares text with a bool: a review)
         ("seen == false", "unknown name 'false': use a transaction field, extra.NAME, a declared"),
-        ("seen == false", "; write False (capitalised), or test the name itself: `NAME`, `not"),
+        ("seen == false", "; write False (capitalised) to compare with a true/false value (or"),
+        ("amount > 10 ** ", "(a value is missing after '**')"),
         ("country == null", "; a missing value cannot be tested in a rule"),
         # other languages' habits: said what to write (it said `invalid syntax`: a README walk)
         ("country == DE", "a text value is quoted: 'DE'"),

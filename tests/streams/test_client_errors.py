@@ -129,3 +129,33 @@ def test_a_flush_s_cap_is_read_again_at_each_step():
     with pytest.raises(KafkaTimeoutError):  # a share of what is left from then on
         flush_within(never, 60.0, cap=lambda s: s if time.monotonic() < stopping else 0.5)
     assert 1.0 <= time.monotonic() - t0 < 30
+
+
+def test_a_missing_topic_s_hint_waits_for_the_broker_a_bounded_time(monkeypatch) -> None:
+    """A review: the closest topic of a missing one was asked with kafka-python's topics(),
+    which waits without a limit: a broker gone meanwhile held the missing topic's error for
+    good. The hint is given up after TOPICS_WAIT_S; a client that answers gives it."""
+    import threading
+    import time
+
+    from fds.streams import service
+
+    monkeypatch.setattr(service, "TOPICS_WAIT_S", 0.2)
+    gone = threading.Event()
+
+    class Silent:
+        def topics(self) -> set[str]:
+            gone.wait(5)
+            return {"transactions"}
+
+    t0 = time.monotonic()
+    assert service.topics_of(Silent()) == set()
+    assert time.monotonic() - t0 < 2
+    gone.set()
+
+    class Answering:
+        def topics(self) -> set[str]:
+            return {"transactions", "__consumer_offsets"}
+
+    err = service.no_topic("transactons", "b:1", "fix --topic", service.topics_of(Answering()))
+    assert "topic 'transactons' does not exist on b:1 (did you mean 'transactions'?)" in str(err)
