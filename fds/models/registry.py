@@ -549,10 +549,10 @@ class Registry:
                 mode = self.path.stat().st_mode
                 if mode & 0o002:
                     log.warning(
-                        'model registry="%s" is writable by every user (mode %04o): %s checks '
+                        'model registry="%s" is writable by every user (mode %s): %s checks '
                         "its artifacts, not its manifest: anyone may make an older version "
                         "the champion or reject the good ones; chmod o-w it",
-                        self.path, stat.S_IMODE(mode), KEY_ENV,
+                        self.path, f"{stat.S_IMODE(mode):04o}", KEY_ENV,
                     )  # fmt: skip
 
     # -- reading ---------------------------------------------------------------------------
