@@ -236,7 +236,9 @@ def owner_only(path: Path) -> int:
 def _owned_as(fd: int, path: Path) -> None:
     """Run as root, give the file of ``fd`` the owner of ``path``'s folder: root's `fds models
     promote` (sudo, with the key) made the manifest root's, 0600, and the service user could
-    no longer read its registry nor publish into it (a review)."""
+    no longer read its registry nor publish into it (a review). Only for a registry with a key
+    (:attr:`Registry.shared`): without one, a file of another user is refused, root's own
+    files in a folder it does not own included (a container's root on a mounted volume)."""
     if os.geteuid() == 0:
         with contextlib.suppress(OSError):
             st = os.stat(path.parent)
@@ -533,6 +535,8 @@ class Registry:
                     f"cannot create the model registry {self.path}: {e.strerror or e}"
                 ) from None
         self.key = key if key is not None else env_key()
+        # (with a key, files of other users are taken: root's writes keep the folder's owner)
+        self.shared = self.key is not None
         self.retain = retain or DEFAULT_RETAIN
         self._manifest_path = self.path / "manifest.json"
         if self.key is None:  # (said as fds run says it of a shared state dir)
@@ -743,7 +747,8 @@ class Registry:
                 f"the registry's lock is {what}, not a file: remove it (fds makes it again)",
                 where=str(path),
             ) from None
-        _owned_as(fd, self.path / ".lock")
+        if self.shared:
+            _owned_as(fd, self.path / ".lock")
         with os.fdopen(fd, "a+b") as lock:
             if not _lock_within(lock, LOCK_QUIET_S):  # (`fds models promote` waited without
                 # a word behind a writer that hung holding it, a review)
@@ -759,7 +764,7 @@ class Registry:
                 self._dropped = []
                 yield m
                 data = json.dumps(m, indent=1, sort_keys=True).encode()
-                write_atomic(self._manifest_path, data, keep_owner=True)
+                write_atomic(self._manifest_path, data, keep_owner=self.shared)
                 # artifacts retention dropped go once the manifest no longer lists them (a
                 # crash in between leaves a file, never an entry without one)
                 for path in self._dropped:
@@ -811,7 +816,7 @@ class Registry:
             # made the next publish v000001 again, over the champion's file, a review)
             seq = max([m.get("next") or 1, *(e["seq"] + 1 for e in m["versions"].values())])
             version = f"v{seq:06d}"
-            write_atomic(self.artifact(version), data, keep_owner=True)
+            write_atomic(self.artifact(version), data, keep_owner=self.shared)
             entry = make_entry(data, version=version, seq=seq, key=self.key, **meta)
             m["versions"][version] = entry
             back = rolled_back_in(m, version)
@@ -911,7 +916,7 @@ class Registry:
                     f"{version} is already in {self.path} with a different artifact: versions "
                     "of one model must come from one trainer registry"
                 )
-            write_atomic(self.artifact(version), data, keep_owner=True)
+            write_atomic(self.artifact(version), data, keep_owner=self.shared)
             m["versions"][version] = entry
             m["next"] = max(m.get("next") or 1, seq + 1)
             self._retain(m, version if keep else None)

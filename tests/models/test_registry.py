@@ -1201,3 +1201,12 @@ def test_a_write_by_root_leaves_the_manifest_and_lock_their_owner_s(tmp_path):
     for name in ("manifest.json", ".lock"):
         st = (tmp_path / "r" / name).stat()
         assert (st.st_uid, st.st_gid) == (1234, 1234), name
+    # without a key a file of another user is refused, root's own in a folder it does not own
+    # too (a container's root on a mounted volume): its writes stay its own, and readable
+    (tmp_path / "vol").mkdir()
+    os.chown(tmp_path / "vol", 1234, 1234)
+    keyless = Registry(tmp_path / "vol")
+    keyless.publish({"x": 2}, spec={"name": "t"})
+    keyless.promote("v000001")
+    assert keyless.load("v000001") == {"x": 2} and keyless.champion() == "v000001"
+    assert (tmp_path / "vol" / "manifest.json").stat().st_uid == 0
