@@ -179,7 +179,7 @@ def _its_ports(args: argparse.Namespace) -> None:
     data dir's broker (the data dir, not a port, says which broker)."""
     if args.port is None and args.controller_port is None:
         return
-    ddir = Path(args.data_dir).expanduser() if args.data_dir else kafka_kit.data_dir_default()
+    ddir = kafka_kit.data_dir_of(args.data_dir)
     kit = kafka_kit.read_kit(ddir)
     if not kit and kafka_kit.status(ddir).pid is None:  # (no broker ever: nothing to mistake,
         return  # down and status say so; `down --port P --data-dir NEW` exited 2, a QA pass)
@@ -199,14 +199,15 @@ def _its_ports(args: argparse.Namespace) -> None:
 
 def _down(args: argparse.Namespace) -> int:
     _its_ports(args)
-    stopped = kafka_kit.down(args.data_dir, wipe=args.wipe)
-    if stopped:
-        print("stopped")
-        return 0
-    st = kafka_kit.status(args.data_dir)  # (a mistyped --data-dir said only "not running", as
-    # if the broker were stopped: a QA pass; still exit 0: down is idempotent)
-    never = f": no broker was ever started with the data dir {st.data_dir}"
-    print("not running" + (never if st.bootstrap is None else ""))
+    ddir = kafka_kit.data_dir_of(args.data_dir)
+    ever = (ddir / "kit.json").exists()  # (read before a wipe: after it, a crashed broker's
+    # dir was said never to have had one, a QA pass)
+    stopped = kafka_kit.down(ddir, wipe=args.wipe)
+    # (a mistyped --data-dir said only "not running", as if the broker were stopped: a QA
+    # pass; still exit 0: down is idempotent)
+    never = f": no broker was ever started with the data dir {ddir}"
+    said = "stopped" if stopped else "not running" + ("" if ever else never)
+    print(said + (f"; its data dir {ddir} wiped" if args.wipe and ever else ""))
     return 0
 
 

@@ -101,6 +101,13 @@ LOG_MB = 20
 #: at a start (the JVM prints little there: a crash's last words; each start writes
 #: OUT_START first, and only what follows the last one is read back).
 OUT_FILE = "broker.out"
+LOG_FILE = "broker.log"
+#: The files and folders the kit writes in a data dir (see :func:`_kit_file`).
+KIT_FILES = frozenset({
+    ".up.lock", "kit.json", "broker.pid", "server.properties", "secure.json", "kraft", "tls",
+    LOG_FILE, OUT_FILE,
+})  # fmt: skip
+LOST = "lost+found"
 OUT_MAX_BYTES = 1 << 20
 OUT_START = "--- fds kafka up: the broker starts"
 # A cold JVM start plus KRaft bootstrap takes ~5-10 s on 2 cores; allow for a loaded CI machine.
@@ -368,7 +375,34 @@ def data_dir_default() -> Path:
     True
     """
     env = os.environ.get("FDS_KAFKA_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "fds" / "kafka" / "run"
+    path = Path(env).expanduser() if env else Path.home() / ".cache" / "fds" / "kafka" / "run"
+    return path.resolve()  # (a relative one: the broker, run in it, found no config, a QA pass)
+
+
+def data_dir_of(data_dir: Path | str | None) -> Path:
+    """The data dir ``data_dir`` names (the default when none), absolute with its links
+    resolved, as ``up`` started its broker with: ``down`` and ``status`` given the same dir
+    through a link or ``..`` lost track of a running broker (a QA pass)."""
+    return Path(data_dir).expanduser().resolve() if data_dir else data_dir_default()
+
+
+def _kit_file(name: str) -> bool:
+    """Whether a data dir's entry ``name`` is one the kit writes: its lock, ports, pid, broker
+    config, SASL secret, KRaft log, TLS files, broker logs (rolled too) and the temporary
+    files of its atomic writes. ``up`` refuses a folder holding anything else, and ``down
+    --wipe`` deletes only these (it deleted any folder, a user's files included: a QA pass)."""
+    return name in KIT_FILES or name.startswith(
+        (f"{LOG_FILE}.", f"{OUT_FILE}.", *(f".{f}." for f in KIT_FILES))
+    )
+
+
+def _not_the_kit_s(ddir: Path) -> list[str]:
+    """The entries of ``ddir`` the kit did not write (none when it is not there), but a
+    file system's own ``lost+found`` (a volume mounted as the data dir), left as it is."""
+    try:
+        return sorted(p.name for p in ddir.iterdir() if not _kit_file(p.name) and p.name != LOST)
+    except FileNotFoundError:
+        return []
 
 
 def _cache_dir(version: str) -> Path:
@@ -473,7 +507,7 @@ class Secure:
 
 def secure_listener(data_dir: Path | str | None = None) -> Secure | None:
     """The SASL_SSL listener of the kit's broker in ``data_dir``, if it was set up with one."""
-    ddir = Path(data_dir).expanduser() if data_dir else data_dir_default()
+    ddir = data_dir_of(data_dir)
     path = ddir / "secure.json"
     if not path.exists():
         return None
@@ -540,9 +574,24 @@ def _wipe(ddir: Path) -> str:
 
 
 def read_kit(data_dir: Path) -> dict[str, Any]:
-    """What ``data_dir`` was formatted for (``kit.json``: ports, version), or ``{}``."""
+    """What ``data_dir`` was formatted for (``kit.json``: ports, version), or ``{}``; a file
+    that is no such record is a :class:`ConfigError` naming it (a traceback: a QA pass)."""
     path = data_dir / "kit.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    try:
+        kit = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (ValueError, OSError) as exc:
+        kit = exc
+    if not isinstance(kit, dict):
+        raise ConfigError(
+            f"{path} is damaged ({describe(kit) if isinstance(kit, Exception) else 'no record'}"
+            f"): it says which ports the broker of {data_dir} was formatted for; write them back "
+            '(e.g. {"port": 19092, "controller_port": 19093}), or '
+            f"{_wipe(data_dir)} to start afresh",
+            where=str(path),
+        )
+    return kit
 
 
 def _read_pid(data_dir: Path) -> int | None:
@@ -560,8 +609,10 @@ def _read_pid(data_dir: Path) -> int | None:
         except OSError:
             return None
         return pid
-    # Guard against pid reuse: only a JVM running kafka.Kafka with our config counts.
-    if b"kafka.Kafka" not in cmdline or str(data_dir).encode() not in cmdline:
+    # Guard against pid reuse: only a JVM running kafka.Kafka with this data dir's config
+    # counts (its path whole: a dir whose path began another's stopped that one, a QA pass)
+    args = cmdline.split(b"\0")
+    if b"kafka.Kafka" not in args or str(data_dir / "server.properties").encode() not in args:
         return None
     try:  # a zombie (exited child of this process) is not running
         if Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z"):
@@ -739,9 +790,15 @@ def up(
     FdsError
         The broker did not start in time or exited; the message includes the log's tail.
     """
-    # absolute: the broker runs with the data dir as its working directory
-    ddir = Path(data_dir).expanduser().resolve() if data_dir else data_dir_default()
+    ddir = data_dir_of(data_dir)  # (absolute: the broker runs in it)
     made = not ddir.exists()
+    if others := _not_the_kit_s(ddir):
+        raise ConfigError(
+            f"{ddir} holds files that are not the kit's ({', '.join(others[:3])}"
+            f"{', ...' if len(others) > 3 else ''}): a broker's data dir is a folder of its "
+            "own; give an empty or new folder (--data-dir, or FDS_KAFKA_DIR)",
+            where=str(ddir),
+        )
     try:  # (a raw FileNotFoundError for /proc/x, said as a failure of fds's: a QA pass)
         ddir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -796,7 +853,7 @@ def _up(
     ddir: Path, port: int, controller_port: int, timeout: float, secure_port: int | None
 ) -> str:
     bootstrap = f"127.0.0.1:{port}"
-    log_file = ddir / "broker.log"
+    log_file = ddir / LOG_FILE
     kit = read_kit(ddir)
     want = (port, controller_port, secure_port)
     if kit and (kit.get("port"), kit.get("controller_port"), kit.get("secure_port")) != want:
@@ -817,6 +874,7 @@ def _up(
     pid = _read_pid(ddir)
     if pid is not None:
         if _wait_ready(bootstrap, lambda: _read_pid(ddir) == pid, log_file, timeout):
+            log.info('the Kafka broker already runs pid="%d" bootstrap="%s"', pid, bootstrap)
             _warn_if_stale(ddir, port, controller_port)
             return bootstrap
         # alive but not answering: a second broker on the same data dir could only fail on
@@ -858,12 +916,9 @@ def _up(
     write_atomic(props, render_properties(port, controller_port, ddir / "kraft", secure).encode())
     if not formatted:
         _format(java, lib, props, log_file, secure)
-        (ddir / "kit.json").write_text(
-            json.dumps(
-                {"port": port, "controller_port": controller_port, "version": lib.parent.name}
-                | ({"secure_port": secure_port} if secure_port else {})
-            )
-        )
+        kit = {"port": port, "controller_port": controller_port, "version": lib.parent.name}
+        kit |= {"secure_port": secure_port} if secure_port else {}
+        write_atomic(ddir / "kit.json", json.dumps(kit).encode())
     cmd = [
         java, *JVM_HEAP, "-XX:+UseG1GC", "-Djava.awt.headless=true", *_log_properties(log_file),
         "-cp", f"{lib}/*", "kafka.Kafka", str(props),
@@ -926,9 +981,18 @@ def down(
 ) -> bool:
     """Stop the local broker: SIGTERM (controlled shutdown), then SIGKILL after ``timeout``.
 
-    Returns True when a running broker was stopped. ``wipe=True`` also deletes the data dir.
+    Returns True when a running broker was stopped. ``wipe=True`` also deletes the data dir:
+    the kit's files in it (:func:`_kit_file`), and the folder once empty; a folder holding
+    others is refused before anything is stopped (:class:`ConfigError`).
     """
-    ddir = Path(data_dir).expanduser() if data_dir else data_dir_default()
+    ddir = data_dir_of(data_dir)
+    if wipe and (others := _not_the_kit_s(ddir)):
+        raise ConfigError(
+            f"{ddir} holds files the kit did not write ({', '.join(others[:3])}"
+            f"{', ...' if len(others) > 3 else ''}), so it is no broker data dir of the kit's: "
+            "nothing was stopped or deleted; check --data-dir (or FDS_KAFKA_DIR)",
+            where=str(ddir),
+        )
     pid = _read_pid(ddir)
     stopped = False
     if pid is not None:
@@ -943,8 +1007,16 @@ def down(
             _reap(pid)
         stopped = True
     (ddir / "broker.pid").unlink(missing_ok=True)
-    if wipe:
-        shutil.rmtree(ddir, ignore_errors=True)
+    if wipe and ddir.is_dir():
+        for entry in ddir.iterdir():
+            if entry.name == LOST:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            ddir.rmdir()
     return stopped
 
 
@@ -962,24 +1034,24 @@ def status(data_dir: Path | str | None = None) -> KitStatus:
     >>> status("/nonexistent/fds-kafka").running
     False
     """
-    ddir = Path(data_dir).expanduser() if data_dir else data_dir_default()
+    ddir = data_dir_of(data_dir)
     kit = read_kit(ddir)
     pid = _read_pid(ddir)
     bootstrap = f"127.0.0.1:{kit['port']}" if "port" in kit else None
     reachable = bool(pid and bootstrap and _port_open(kit["port"]) and _metadata_ok(bootstrap))
-    return KitStatus(pid is not None, reachable, pid, bootstrap, ddir, ddir / "broker.log")
+    return KitStatus(pid is not None, reachable, pid, bootstrap, ddir, ddir / LOG_FILE)
 
 
 def exit_reason(data_dir: Path | str | None = None) -> str | None:
     """Why the kit's broker is down when it stopped without :func:`down` (its pid file left:
     it crashed, e.g. on a full disk): the last error line of its log; ``None`` when it was
     stopped or runs. (`fds kafka status` said just "stopped": a QA pass.)"""
-    ddir = Path(data_dir).expanduser() if data_dir else data_dir_default()
+    ddir = data_dir_of(data_dir)
     if not (ddir / "broker.pid").exists() or _read_pid(ddir) is not None:
         return None
-    tail = _log_lines(ddir / "broker.log")
+    tail = _log_lines(ddir / LOG_FILE)
     said = [ln.strip() for ln in tail if "ERROR" in ln or "Exception" in ln or "Error:" in ln]
-    return (said[-1][:300] if said else "nothing in its log") + f" ({ddir / 'broker.log'})"
+    return (said[-1][:300] if said else "nothing in its log") + f" ({ddir / LOG_FILE})"
 
 
 def _whole_text(v: Any) -> Any:

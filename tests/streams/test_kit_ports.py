@@ -236,3 +236,77 @@ def test_a_data_dir_that_cannot_be_one_is_a_usage_error(tmp_path, capsys):
     assert main(["kafka", "down", "--data-dir", str(tmp_path / "typo")]) == 0
     assert "not running: no broker was ever started with the data dir" in capsys.readouterr().out
     assert not (tmp_path / "typo").exists()
+
+
+def test_a_wipe_deletes_only_a_data_dir_of_the_kit_s(tmp_path, capsys):
+    """A QA pass: `fds kafka down --wipe --data-dir D` deleted any folder (a user's sources,
+    said "no broker was ever started" and exit 0), and `up` wrote a broker's files into a
+    folder holding others, which a wipe then deleted with them."""
+    from fds.cli import main
+
+    mine = tmp_path / "src"
+    mine.mkdir()
+    (mine / "main.c").write_text("code\n")
+    assert main(["kafka", "down", "--wipe", "--data-dir", str(mine)]) == 2
+    assert "holds files the kit did not write (main.c)" in capsys.readouterr().err
+    assert (mine / "main.c").read_text() == "code\n"
+    assert main(["kafka", "up", "--port", "29497", "--data-dir", str(mine)]) == 2
+    assert "holds files that are not the kit's (main.c)" in capsys.readouterr().err
+    assert sorted(p.name for p in mine.iterdir()) == ["main.c"]
+    # a data dir of the kit's (a crashed broker's, rolled logs, a write's temporary file, a
+    # mounted volume's lost+found) is wiped: every file of the kit's, the folder once empty
+    kit = tmp_path / "kit"
+    names = ("kit.json", "broker.log", "broker.log.1", "broker.out", ".kit.json.x1", "broker.pid",
+             "server.properties", "kraft/meta.properties", "tls/ca.pem")  # fmt: skip
+    for name in names:
+        (kit / name).parent.mkdir(parents=True, exist_ok=True)
+        (kit / name).write_text("{}" if name == "kit.json" else "999999999\n")
+    assert main(["kafka", "down", "--wipe", "--data-dir", str(kit)]) == 0
+    assert capsys.readouterr().out == f"not running; its data dir {kit} wiped\n"
+    assert not kit.exists()
+    (kit / "lost+found").mkdir(parents=True)
+    (kit / "kit.json").write_text("{}")
+    assert main(["kafka", "down", "--wipe", "--data-dir", str(kit)]) == 0
+    assert [p.name for p in kit.iterdir()] == ["lost+found"]
+
+
+def test_a_data_dir_is_the_same_through_a_link_or_dots_and_not_one_it_begins(tmp_path, monkeypatch):
+    """A QA pass: `up` resolved its data dir, `down`/`status` did not, and the broker's
+    command line was searched for the path as text: through a symlink or `..` a running broker
+    was "stopped" (its pid file deleted, the JVM left running), and `down` of a copy whose path
+    began the original's (`/tmp/d` of `/tmp/d1`) stopped the original's broker. A relative
+    FDS_KAFKA_DIR started a broker that found no config."""
+    import subprocess
+    import sys
+
+    real = tmp_path / "data1"
+    real.mkdir()
+    copy = tmp_path / "data"
+    copy.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    # (a stand-in with a broker's command line: kafka.Kafka CONFIG)
+    cmd = [sys.executable, "-c", "import time; time.sleep(60)", "kafka.Kafka"]
+    jvm = subprocess.Popen([*cmd, str(real / "server.properties")])
+    try:
+        for ddir in (real, copy):
+            (ddir / "broker.pid").write_text(f"{jvm.pid}\n")
+            (ddir / "kit.json").write_text('{"port": 29498, "controller_port": 29499}')
+        for named in (real, tmp_path / "link", tmp_path / "link" / ".." / "data1"):
+            assert kafka_kit.status(named).pid == jvm.pid
+        assert kafka_kit.status(copy).pid is None
+        assert kafka_kit.down(copy) is False and jvm.poll() is None
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setenv("FDS_KAFKA_DIR", "link")
+        assert kafka_kit.data_dir_default() == real
+        assert kafka_kit.status().pid == jvm.pid
+    finally:
+        jvm.kill()
+        jvm.wait()
+
+
+def test_a_damaged_kit_record_is_said_with_its_file(tmp_path):
+    (tmp_path / "kit.json").write_text('{"port": 1,')
+    with pytest.raises(ConfigError) as e:
+        kafka_kit.status(tmp_path)
+    assert f"{tmp_path / 'kit.json'} is damaged (" in str(e.value)
+    assert "fds kafka down --wipe --data-dir" in str(e.value)
