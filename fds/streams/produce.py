@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from kafka import KafkaProducer
-from kafka.errors import KafkaError, KafkaTimeoutError
+from kafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
 
 from fds.cli import file_path, positive_float, positive_int
 from fds.errors import ConfigError, FdsError, describe
@@ -33,6 +33,8 @@ from fds.streams.files import (
 )
 from fds.streams.kafka_kit import ClientErrors, Consumer, close_producer, flush_within
 from fds.streams.service import (
+    DLQ_KEY_KEPT,
+    DLQ_RAW_KEPT,
     PROGRESS_EVERY_S,
     BrokerUnavailable,
     no_topic,
@@ -199,6 +201,25 @@ def produce_file(
     close_s = 5.0  # how long closing waits for what is not acknowledged yet
     heard = (0, t0)  # the records acknowledged, and when that count last grew
 
+    too_large: list[int] = []  # the lines of records larger than a request takes
+
+    def send(value: bytes, key: bytes | None, headers: list[tuple[str, bytes]]) -> Any:
+        """Send a record; one larger than a Kafka request takes is sent cut, with why, for fds
+        run to dead-letter (it stopped the whole file, which could only be sent again from its
+        start: a QA pass)."""
+        try:
+            return producer.send(topic, value=value, key=key, headers=headers)
+        except MessageSizeTooLargeError:
+            too_large.append(line)
+            reason = (
+                f"line {line} of {path}: a record of {len(value):,} bytes, more than a Kafka "
+                f"request takes (max_request_size: {producer.config['max_request_size']:,}); "
+                f"its first {DLQ_RAW_KEPT:,} bytes were sent"
+            )
+            cut = [(REFUSED, reason.encode("utf-8", "backslashreplace"))]
+            key = key[:DLQ_KEY_KEPT] if key else key  # (a huge key too)
+            return producer.send(topic, value=value[:DLQ_RAW_KEPT], key=key, headers=cut)
+
     def gone() -> BrokerUnavailable:
         return BrokerUnavailable(
             f"Kafka at {settings.bootstrap} did not acknowledge the records for "
@@ -257,9 +278,7 @@ def produce_file(
                     key = None if card is None else id_text(card).encode()
                     # its place in the file: fds run takes records of one event time in that
                     # order, as fds replay does (see align.SEQ_HEADER)
-                    fut = producer.send(
-                        topic, value=dumps(rec), key=key, headers=[(SEQ_HEADER, b"%d" % (seq0 + n))]
-                    )
+                    fut = send(dumps(rec), key, [(SEQ_HEADER, b"%d" % (seq0 + n))])
                 elif isinstance(rec, Exception):  # unreadable: the file's own bytes (a row
                     # read but refused by the mapping as JSON: it was Python's repr), and
                     mapped = isinstance(raw, dict)  # (read, and refused by the mapping)
@@ -271,9 +290,10 @@ def produce_file(
                     reason = str(rec)[:1000].encode("utf-8", "backslashreplace")  # why
                     header = REFUSED if mapped else UNREADABLE
                     unreadable_rows += 1
-                    fut = producer.send(topic, value=value, headers=[(header, reason)])
+                    fut = send(value, None, [(header, reason)])
                 else:  # JSON that is no object ([1, 2], 42, null): fds run says so, as replay
-                    fut = producer.send(topic, value=dumps(rec))  # (it was sent empty: lost)
+                    unreadable_rows += 1  # (sent empty: lost; then not counted: a QA pass)
+                    fut = send(dumps(rec), None, [])
                 fut.add_errback(failed.append)
                 fut.add_callback(lambda _meta: acked.__setitem__(0, acked[0] + 1))
                 n += 1
@@ -293,6 +313,11 @@ def produce_file(
                         )  # fmt: skip
                 if limit is not None and n >= limit:
                     break
+            if rate and n > rate and (took := time.monotonic() - t0) > 1.1 * n / rate:
+                log.warning(  # (not a word when a --rate was not reached: a QA pass)
+                    "--rate %g was not reached: %.0f records/s (reading the file, the broker or "
+                    "the machine is slower)", rate, n / took,
+                )  # fmt: skip
             try:  # (a SIGTERM while waiting here says what was sent too: a QA pass; a wait
                 with say_if_slow(lambda: log.info(  # said: silent for up to the broker timeout,
                     "waiting for Kafka to acknowledge the records sent, up to %.0f s "  # a QA)
@@ -339,10 +364,18 @@ def produce_file(
         )
     if unreadable_rows:  # (exit 0 and "produced 7 records" alone: a QA pass)
         log.warning(
-            "%d records could not be read or were refused by the mapping: sent with the reason "
-            "in a header, for fds run (and fds train) to dead-letter them with it",
+            "%d records could not be read, were refused by the mapping or were no JSON object: "
+            "sent (with the reason in a header), for fds run (and fds train) to dead-letter "
+            "them with it",
             unreadable_rows,
         )
+    if too_large:
+        log.warning(
+            "%d records were larger than a Kafka request takes (line %s%s): each was sent cut, "
+            "with the reason, for fds run to dead-letter; the file holds them whole",
+            len(too_large), ", ".join(map(str, too_large[:5])),
+            ", ..." if len(too_large) > 5 else "",
+        )  # fmt: skip
     if disordered:  # (fds run then decided them late, or with other windows than fds replay,
         log.warning(  # which sorts them: a QA pass)
             "%d records were out of time order (each after one with a later ts) and were sent "
@@ -426,6 +459,7 @@ def _cmd_produce(args: argparse.Namespace) -> int:
     try:
         settings = settings_from(args)
         mapping = load_mapping(args.mapping) if args.mapping is not None else None
+        t0 = time.monotonic()
         n = produce_file(
             args.file, settings, topic=args.topic, rate=args.rate, mapping=mapping,
             limit=args.limit, labels_topic=args.labels_topic,
@@ -443,5 +477,7 @@ def _cmd_produce(args: argparse.Namespace) -> int:
         say(f"fds produce: error: {args.file} holds no records (empty, or a header only): "
             "nothing was sent")  # fmt: skip
         return 1
-    say(f"produced {n} records to {args.topic or settings.input_topic}", logging.INFO)
+    took = max(time.monotonic() - t0, 1e-3)  # (no time nor rate was said: a QA pass)
+    topic = args.topic or settings.input_topic
+    say(f"produced {n} records to {topic} in {took:.1f} s ({n / took:,.0f}/s)", logging.INFO)
     return 0
