@@ -399,15 +399,16 @@ class FeaturePlan:
             self._follow_caps()
 
     def _follow_caps(self) -> None:
-        """Take the caps in force (set, or a state restored under them): a group without one
-        evicts at its horizon again, a sweep in progress too (it went on with the cut of a cap
-        taken away: a review); one over its cap is swept from the next event (a cap set during
-        a flood waited for the sweep's schedule, every entity held of events: 62 times the
-        cap were held first, a QA pass)."""
+        """Take the caps in force (set, or a state restored under them): a group without one,
+        or holding no more than it, evicts at its horizon again, a sweep in progress too (it
+        went on with the cut of a cap taken away or raised: reviews); one over its cap is
+        swept from the next event (a cap set during a flood waited for the sweep's schedule,
+        every entity held of events: 62 times the cap were held first, a QA pass)."""
         for gi, cg in enumerate(self._groups):
-            if not self._caps[gi]:
-                self._idle[gi] = cg.keep
-            elif len(self.states[gi]) > self._caps[gi]:
+            if len(self.states[gi]) <= self._caps[gi] or not self._caps[gi]:  # (one raised over
+                self._idle[gi] = cg.keep  # what is held: a sweep under way went on evicting
+                self._cap_said[gi] = self._at_floor[gi] = False  # with the old cut, a review)
+            else:
                 self._sweep_after = min(self._sweep_after, self._accepted)
 
     def fresh(self) -> FeaturePlan:
@@ -677,7 +678,10 @@ class FeaturePlan:
         at least ``horizon`` (``watermark - grace - window``), so nothing dropped is counted.
         """
         ts = st[TS]
-        k = bisect_right(ts, horizon)
+        # (the newest entry stays: an event exactly the grace behind the watermark is at the
+        # horizon of an entity whose windows are all read from last-seen tables, and its log
+        # was emptied, after which the sweep raised IndexError at every event: a review)
+        k = min(bisect_right(ts, horizon), len(ts) - 1)
         if k <= 0:
             return
         wm, grace = horizon + cg.log_keep, cg.keep - cg.longest

@@ -553,3 +553,19 @@ def test_ids_made_to_fall_in_one_shard_do_not_steer_the_cut() -> None:
     # devices were kept where random ids left 4,311 (a review)
     at_random, crafted = _steered(False), _steered(True)
     assert at_random > 3_000 and crafted >= 0.8 * at_random, (at_random, crafted)
+
+
+def test_a_cap_raised_over_what_is_held_stops_a_capped_sweep_in_progress() -> None:
+    """A review: a cap raised (a reload) while a capped sweep was under way went on evicting
+    with the old cap's cut: 197 cards of the 1,949 held, each losing its history."""
+    p = plan(2_000)
+    txs = flood(40_000)
+    i = 0
+    while not (p._sweep_todo and p._idle[0] < p._groups[0].keep):
+        p.compute(txs[i])
+        i += 1
+    p.max_entities = {"card_id": 1_000_000}
+    before, held = p.evicted_by_cap[0], len(p.states[0])
+    for tx in txs[i : i + 100]:
+        p.compute(tx)
+    assert p.evicted_by_cap[0] == before and len(p.states[0]) >= held

@@ -363,3 +363,21 @@ def test_a_log_behind_tables_alone_is_trimmed_by_its_own_window() -> None:
         ts = plan.states[0]["a"][TS]
         held = max(held, ts[-1] - ts[0])
     assert GRACE + 3600.0 < held <= GRACE + 3600.0 * (1 + 1 / 16)
+
+
+@pytest.mark.parametrize("grace", [0.0, GRACE])
+def test_a_log_behind_tables_alone_keeps_its_newest_entry(grace: float) -> None:
+    # a review: a device whose one feature is read from a last-seen table keeps a log as long
+    # as the grace alone, and an event exactly the grace behind the watermark (every event at
+    # grace 0) was trimmed with the rest: the log emptied, then the sweep raised IndexError at
+    # every event of any entity
+    specs = [Spec("d_seen_card_1h", "device_id", "seen", "card_id", "1h")]
+    t0 = STARTS["UTC"][0]
+    events = [(0, "d", "c1"), (900, "e", "c2"), (900 - grace, "d", "c1")]
+    events += [(2000 + i, f"x{i}", "c1") for i in range(50)]
+    ops = [{"kind": "tx", "tx": {"tx_id": f"t{i}", "ts": t0 + t, "device_id": d, "card_id": c}}
+           for i, (t, d, c) in enumerate(events)]  # fmt: skip
+    plan = FeaturePlan(specs, grace=grace, sweep_min_events=1)
+    got = run_plan(plan, ops)
+    assert_same(got, reference(specs, ops, timezone="UTC", grace=grace), ops, specs)
+    assert all(len(st[TS]) >= 1 for st in plan.states[0].values())

@@ -1225,7 +1225,7 @@ def test_produce_says_how_far_it_got_and_refuses_what_fds_run_cannot_read(
     no mapping was sent whole, unkeyed, for fds run to dead-letter every row; a label value
     saying neither fraud nor legitimate was skipped without a word; a missing topic was waited
     for the whole broker timeout."""
-    from fds.errors import ConfigError, FdsError
+    from fds.errors import ConfigError
     from fds.streams.files import load_mapping
 
     s = settings_for(kafka_bootstrap, topics, "unused")
