@@ -63,6 +63,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     ProcessCollector,
+    disable_created_metrics,
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -70,9 +71,13 @@ from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app, pus
 from prometheus_client.registry import Collector
 
 from fds.cli import arg_type
-from fds.errors import ConfigError
+from fds.errors import ConfigError, describe
 from fds.guardrails import MODEL
 from fds.health import Health, health_app
+
+# No `*_created` series beside each counter and histogram (prometheus_client's default: ~40 of
+# them in every scrape and push, a QA pass); a counter's reset is seen by rate() anyway.
+disable_created_metrics()
 
 __all__ = [
     "ACTIONS",
@@ -1342,6 +1347,13 @@ def add_metrics_arguments(parser: Any, default_port: int, *, settings: bool = Fa
 #: What a failed push raises: no answer (``urllib.error.URLError``, an ``OSError``), or one
 #: that is no HTTP (a proxy's, another service on that port: ``BadStatusLine``, a review).
 PUSH_ERRORS = (OSError, http.client.HTTPException)
+
+
+def _refused(e: Exception) -> bool:
+    """Whether a push failed on the gateway's refusal of what was pushed (HTTP 400)."""
+    return getattr(e, "code", None) == 400
+
+
 #: The most a :class:`Pusher`'s stop waits for the gateway (its last pushes included).
 STOP_WITHIN_S = 6.0
 
@@ -1386,15 +1398,25 @@ class Pusher:
         metrics.registry.register(_LastSuccess(self))
 
     def _pushed_success(self) -> float | None:
-        """The job's :data:`LAST_SUCCESS` as the gateway holds it (its JSON API), or ``None``."""
+        """The job's :data:`LAST_SUCCESS` as the gateway holds it (its JSON API), or ``None``
+        (none yet; an API that cannot be read is warned of: each push of this run then
+        replaces the job's metrics without it, and a staleness alert on it fired as if the job
+        had never run, a QA pass)."""
+        api = f"{self.url}/api/v1/metrics"
         try:
-            with urllib.request.urlopen(f"{self.url}/api/v1/metrics", timeout=self.timeout_s) as r:
+            with urllib.request.urlopen(api, timeout=self.timeout_s) as r:
                 groups = json.load(r)["data"]
             for g in groups:
                 if g["labels"].get("job") == self.job and not g["labels"].get("instance"):
+                    if LAST_SUCCESS not in g:
+                        return None
                     return float(g[LAST_SUCCESS]["metrics"][0]["value"])
-        except (*PUSH_ERRORS, ValueError, KeyError, IndexError, TypeError):
-            pass  # (none yet, or no answer: the push after it says so)
+        except (*PUSH_ERRORS, ValueError, KeyError, IndexError, TypeError) as e:
+            log.warning(
+                "the Pushgateway's API %s could not be read (%s): when job %r last ended well is "
+                "unknown to this run, and its pushes carry no %s until it ends well (an alert on "
+                "its absence may fire meanwhile)", api, describe(e), self.job, LAST_SUCCESS,
+            )  # fmt: skip
         return None
 
     def push(self, timeout_s: float | None = None) -> None:
@@ -1407,9 +1429,19 @@ class Pusher:
 
     def _problem(self, e: Exception) -> str:
         reason = getattr(e, "reason", None) or e
+        if _refused(e):  # (the gateway refused what was pushed: its own words, which said
+            said = b""  # only "Bad Request" with the advice to start it, a QA pass)
+            with contextlib.suppress(Exception):
+                said = e.read()[:500]  # type: ignore[attr-defined]
+            words = said.decode("utf-8", "replace").strip()
+            return (
+                f"the Pushgateway at {self.url} refused the metrics of job {self.job!r}: "
+                f"{reason}{f' ({words})' if words else ''}; a metric of the same name pushed by "
+                "another job with another type or help? (the gateway's page lists them)"
+            )
         hint = (  # (something answered over HTTP, and not as a Pushgateway's push API does)
             "; is it a Pushgateway (its push API answers on /metrics/job/...)?"
-            if getattr(e, "code", 400) != 400  # (400: the gateway refused what was pushed)
+            if getattr(e, "code", None) is not None
             else ""
         )
         return f"cannot push metrics to the Pushgateway at {self.url}: {reason}{hint}"
@@ -1419,10 +1451,8 @@ class Pusher:
         try:
             self.push()
         except PUSH_ERRORS as e:
-            raise ConfigError(
-                f"{self._problem(e)}; start it, or give its address with --pushgateway "
-                "host:port (or run without --pushgateway)"
-            ) from None
+            fix = "" if _refused(e) else "; start it, or give its address with --pushgateway"
+            raise ConfigError(f"{self._problem(e)}{fix} (or run without --pushgateway)") from None
         self._thread = threading.Thread(target=self._loop, name="fds-pusher", daemon=True)
         self._thread.start()
         return self

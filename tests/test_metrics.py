@@ -125,7 +125,8 @@ def test_conventions_prefix_units_total_and_no_id_labels() -> None:
         assert fam.name.startswith("fds_"), fam.name
         for s in fam.samples:
             assert not FORBIDDEN_LABELS & set(s.labels), (s.name, s.labels)
-            if fam.type == "counter" and not s.name.endswith("_created"):
+            assert not s.name.endswith("_created"), s.name  # (~40 series more: a QA pass)
+            if fam.type == "counter":
                 assert s.name.endswith("_total"), s.name
         assert "milliseconds" not in fam.name and "_ms" not in fam.name, "base units: seconds"
 
@@ -838,3 +839,38 @@ def test_the_model_acts_only_while_served_gated_open_not_demoted_nor_bypassed() 
     assert acting() == 0
     m.degraded(False)
     assert acting() == 1
+
+
+def test_a_gateway_whose_api_cannot_be_read_is_said_at_the_start(caplog) -> None:
+    """A QA pass: behind a proxy that serves the push path alone (its API answered 404), the
+    job's last success could not be read back, and each push of a failed run replaced the
+    job's metrics without it, without a word (a staleness alert then fired on its absence)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from fds.metrics import Pusher
+
+    class PushPathOnly(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # (the gateway's API behind the proxy: not served)
+            self.send_error(404)
+
+        def do_PUT(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), PushPathOnly)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        with caplog.at_level("WARNING", logger="fds"):
+            pusher = Pusher(Metrics(), f"127.0.0.1:{srv.server_port}", "nightly", every_s=60)
+            pusher.start()
+            pusher.stop()
+        assert pusher.last_success is None
+        assert "api/v1/metrics could not be read (HTTPError: HTTP Error 404" in caplog.text
+        assert "fds_last_success_timestamp_seconds until it ends well" in caplog.text
+    finally:
+        srv.shutdown()
+        srv.server_close()

@@ -168,3 +168,22 @@ def test_pushes_while_running_and_again_after_a_gateway_outage(
         assert gw.value("fds_decisions_total", job="live", action="review") == 1
     finally:
         gw.stop()
+
+
+def test_a_push_the_gateway_refuses_says_the_gateway_s_reason(binaries: tuple[str, str]) -> None:
+    """A QA pass: a gateway that refused a push (HTTP 400: a metric of one name pushed by
+    another job with another type) was told as `Bad Request; start it, ...`, its reason
+    dropped, though it ran."""
+    from urllib.request import Request, urlopen
+
+    from fds.errors import ConfigError
+
+    _, pgw_bin = binaries
+    with Pushgateway(pgw_bin) as gw:
+        other = b"# TYPE fds_decisions_total gauge\nfds_decisions_total 1\n"
+        urlopen(Request(f"{gw.url}/metrics/job/other", data=other, method="PUT"), timeout=10)
+        with pytest.raises(ConfigError) as e:
+            Pusher(Metrics(), gw.url, "nightly").start()
+    said = str(e.value)
+    assert f"at {gw.url} refused the metrics of job 'nightly': Bad Request (" in said
+    assert "fds_decisions_total" in said and "start it" not in said
