@@ -738,6 +738,11 @@ def sort_by_time(path: Path, mapping: ColumnMapping | None) -> str:
 _MISSING_NAME = re.compile(r"(?:^|, )(\S+) missing on ")
 
 
+#: An interrupted replay says which rules were skipped on every transaction only after this
+#: many were decided (a card's first payments have no history yet).
+_NEVER_AFTER = 1000
+
+
 def _never_evaluated(
     engine: Any, metrics: Metrics, summary: ReplaySummary
 ) -> list[tuple[str, str]]:
@@ -749,6 +754,8 @@ def _never_evaluated(
     ruleset = getattr(engine.rules, "applied", engine.rules)
     if ruleset is None or not summary.decided:
         return []
+    if summary.interrupted and summary.decided < _NEVER_AFTER:  # (Ctrl-C after 2 decisions:
+        return []  # a rule "skipped on every transaction" for a card's first, a QA pass)
     # The counters read in one collection of the registry: get_sample_value collects all of
     # it at each call (minutes after the last decision with 2,000 rules: a QA pass).
     skips = {

@@ -1928,3 +1928,24 @@ def test_a_replay_says_what_max_entities_evicted(tmp_path, capsys):
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if "evicted by max_entities" in line)
     assert re.search(r"evicted by max_entities +│ +2,[0-9]{3} card_id", row), row
+
+
+@pytest.mark.parametrize(("interrupted", "decided", "said"), [
+    (False, 2, True), (True, 2, False), (True, 5_000, True),
+])  # fmt: skip
+def test_an_interrupted_replay_names_no_rule_skipped_on_its_first_few(interrupted, decided, said):
+    """A QA pass: Ctrl-C after 2 decisions warned that a rule reading `card_last_gap` was
+    skipped on every transaction (a card's first payments have no gap yet)."""
+    from types import SimpleNamespace
+
+    from fds.commands import _never_evaluated
+    from fds.metrics import Metrics
+    from fds.replay import ReplaySummary
+
+    rule = SimpleNamespace(id="gap_rule")
+    rules = SimpleNamespace(evaluated=[rule], why_skipped=lambda rid: "card_last_gap missing")
+    metrics = Metrics()
+    metrics.rule_missing_input("gap_rule", decided)
+    summary = ReplaySummary(decided=decided, interrupted=interrupted)
+    got = _never_evaluated(SimpleNamespace(rules=rules), metrics, summary)
+    assert got == ([("gap_rule", "card_last_gap missing")] if said else [])

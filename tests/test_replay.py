@@ -451,6 +451,25 @@ def test_a_long_wait_of_a_paced_replay_is_said(tmp_path, caplog):
     )
 
 
+def test_a_paced_replay_behind_its_pace_says_so(tmp_path, caplog):
+    """A QA pass: `--speed 1000000` asked 0.5 s and took 5.1 s, and nothing said the pace was
+    not held. Here each decision takes 2 s of the clock where the pace gives one."""
+    p = write_jsonl(tmp_path / "x.jsonl", [tx(i, T0 + 60 * i) for i in range(10)])
+    now = [0.0]
+
+    def on_event(i: int) -> None:  # (the engine as slow as 2 s a decision)
+        now[0] += 2.0
+
+    with caplog.at_level("WARNING", logger="fds.replay"):
+        s = replay.run(Engine(), replay.load(p), ListSink(), ListSink(), speed=60.0,
+                       sleep=lambda d: now.__setitem__(0, now[0] + d), clock=lambda: now[0],
+                       on_event=on_event)  # fmt: skip
+    assert s.behind_pace == pytest.approx(9 * 2.0 - 9 * 1.0)
+    assert caplog.text.count("behind the pace at --speed 60") == 1  # (once a run)
+    assert ("behind the pace", "up to 9 s (slower than --speed)") in s.rows()
+    assert s.as_dict()["behind_pace"] == s.behind_pace
+
+
 def test_a_paced_replay_reports_its_metrics_every_second(tmp_path):
     """A scrape of a paced replay saw 87 decisions and `fds_events_consumed_total` 0: the
     metrics moved every 2,048 events only (a QA pass)."""
