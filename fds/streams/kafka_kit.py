@@ -1171,16 +1171,24 @@ def create_topics(
             for logical, s in specs.items()
         }
         result = admin.create_topics(new, timeout_ms=int(timeout * 1000), raise_errors=False)
-        existing = []
+        existing, failed = [], {}
         for topic in result["topics"]:
             err = for_code(topic["error_code"])
             if topic["error_code"] and err is not TopicAlreadyExistsError:
-                raise FdsError(
-                    f"creating topic {topic['name']!r} failed: {err.__name__}: "
-                    f"{topic.get('error_message')}"
-                )
-            if topic["error_code"]:
+                failed[topic["name"]] = f"{err.__name__}: {topic.get('error_message')}"
+            elif topic["error_code"]:
                 existing.append(topic["name"])
+        made = sorted(set(new) - set(existing) - set(failed))
+        if failed:  # (the first failure alone was said, the topics made beside it not: a QA pass)
+            raise FdsError(
+                "creating topic "
+                + ", ".join(f"{name!r} failed ({why})" for name, why in failed.items())
+                + (f"; made: {', '.join(made)}" if made else "")
+                + (f"; there already: {', '.join(sorted(existing))}" if existing else "")
+            )
+        log.info(  # (which were made and which were there was not said: a QA pass)
+            'topics made="%s" already_there="%s"', ",".join(made), ",".join(sorted(existing))
+        )
         admin.wait_for_topics(list(names.values()), timeout_ms=int(timeout * 1000))
         if existing:
             _say_differences(admin, {n: new[n] for n in existing})
