@@ -108,6 +108,9 @@ KIT_FILES = frozenset({
     LOG_FILE, OUT_FILE,
 })  # fmt: skip
 LOST = "lost+found"
+#: What the broker's JVM may leave in its working directory, the data dir: a crash's error
+#: report and compiler replay file (hs_err_pid<N>.log, replay_pid<N>.log).
+JVM_FILES = ("hs_err_pid", "replay_pid")
 OUT_MAX_BYTES = 1 << 20
 OUT_START = "--- fds kafka up: the broker starts"
 # A cold JVM start plus KRaft bootstrap takes ~5-10 s on 2 cores; allow for a loaded CI machine.
@@ -392,7 +395,7 @@ def _kit_file(name: str) -> bool:
     files of its atomic writes. ``up`` refuses a folder holding anything else, and ``down
     --wipe`` deletes only these (it deleted any folder, a user's files included: a QA pass)."""
     return name in KIT_FILES or name.startswith(
-        (f"{LOG_FILE}.", f"{OUT_FILE}.", *(f".{f}." for f in KIT_FILES))
+        (f"{LOG_FILE}.", f"{OUT_FILE}.", *(f".{f}." for f in KIT_FILES), *JVM_FILES)
     )
 
 

@@ -257,7 +257,8 @@ def test_a_wipe_deletes_only_a_data_dir_of_the_kit_s(tmp_path, capsys):
     # mounted volume's lost+found) is wiped: every file of the kit's, the folder once empty
     kit = tmp_path / "kit"
     names = ("kit.json", "broker.log", "broker.log.1", "broker.out", ".kit.json.x1", "broker.pid",
-             "server.properties", "kraft/meta.properties", "tls/ca.pem")  # fmt: skip
+             "server.properties", "kraft/meta.properties", "tls/ca.pem",
+             "hs_err_pid7.log")  # fmt: skip
     for name in names:
         (kit / name).parent.mkdir(parents=True, exist_ok=True)
         (kit / name).write_text("{}" if name == "kit.json" else "999999999\n")
