@@ -1395,16 +1395,14 @@ class Pusher:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_success: float | None = None  # (Unix time)
+        self._api = f"{self.url}/api/v1/metrics"
         metrics.registry.register(_LastSuccess(self))
 
-    def _pushed_success(self) -> float | None:
-        """The job's :data:`LAST_SUCCESS` as the gateway holds it (its JSON API), or ``None``
-        (none yet; an API that cannot be read is warned of: each push of this run then
-        replaces the job's metrics without it, and a staleness alert on it fired as if the job
-        had never run, a QA pass)."""
-        api = f"{self.url}/api/v1/metrics"
+    def _pushed_success(self) -> float | Exception | None:
+        """The job's :data:`LAST_SUCCESS` as the gateway holds it (its JSON API), ``None``
+        when it holds none, or why the API could not be read."""
         try:
-            with urllib.request.urlopen(api, timeout=self.timeout_s) as r:
+            with urllib.request.urlopen(self._api, timeout=self.timeout_s) as r:
                 groups = json.load(r)["data"]
             for g in groups:
                 if g["labels"].get("job") == self.job and not g["labels"].get("instance"):
@@ -1412,11 +1410,7 @@ class Pusher:
                         return None
                     return float(g[LAST_SUCCESS]["metrics"][0]["value"])
         except (*PUSH_ERRORS, ValueError, KeyError, IndexError, TypeError) as e:
-            log.warning(
-                "the Pushgateway's API %s could not be read (%s): when job %r last ended well is "
-                "unknown to this run, and its pushes carry no %s until it ends well (an alert on "
-                "its absence may fire meanwhile)", api, describe(e), self.job, LAST_SUCCESS,
-            )  # fmt: skip
+            return e
         return None
 
     def push(self, timeout_s: float | None = None) -> None:
@@ -1447,12 +1441,23 @@ class Pusher:
         return f"cannot push metrics to the Pushgateway at {self.url}: {reason}{hint}"
 
     def start(self) -> Pusher:
-        self.last_success = self._pushed_success()
+        read = self._pushed_success()
+        self.last_success = read if isinstance(read, float) else None
         try:
             self.push()
         except PUSH_ERRORS as e:
             fix = "" if _refused(e) else "; start it, or give its address with --pushgateway"
             raise ConfigError(f"{self._problem(e)}{fix} (or run without --pushgateway)") from None
+        if isinstance(read, Exception):  # (said once the gateway took a push: a gateway down
+            log.warning(  # had it said before the error that matters, a review; silent before,
+                "the Pushgateway's API %s could not be read (%s): when job %r last ended well "
+                "is unknown to this run, and its pushes carry no %s until it ends well (an alert "
+                "on its absence may fire meanwhile)",
+                self._api,
+                describe(read),
+                self.job,
+                LAST_SUCCESS,
+            )  # fmt: skip  (the job's metrics then replaced without it: a QA pass)
         self._thread = threading.Thread(target=self._loop, name="fds-pusher", daemon=True)
         self._thread.start()
         return self

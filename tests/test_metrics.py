@@ -874,3 +874,7 @@ def test_a_gateway_whose_api_cannot_be_read_is_said_at_the_start(caplog) -> None
     finally:
         srv.shutdown()
         srv.server_close()
+    caplog.clear()  # a gateway down: its error alone (a review: the API's warning came first)
+    with caplog.at_level("WARNING", logger="fds"), pytest.raises(ConfigError, match="start it"):
+        Pusher(Metrics(), f"127.0.0.1:{srv.server_port}", "nightly").start()
+    assert "could not be read" not in caplog.text

@@ -1008,3 +1008,18 @@ def test_times_without_their_offset_read_as_utc_are_said_once(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="fds.replay"):
         list(replay.open_stream(p).transactions)
     assert not [r for r in caplog.records if "UTC offset" in r.getMessage()]
+
+
+def test_a_record_read_late_is_no_slowness_of_a_paced_replay(tmp_path, caplog):
+    """A review: a record later than the reorder buffer reorders (decided after later ones)
+    made a paced replay with an instant engine warn it was 11 s behind its pace."""
+    rows = [tx(i, T0 + 60 * i) for i in range(20)]
+    rows.insert(15, tx(99, T0 + 60 * 14 - 840))  # 14 minutes late
+    p = write_jsonl(tmp_path / "x.jsonl", rows)
+    now = [0.0]
+    with caplog.at_level("WARNING", logger="fds.replay"):
+        s = replay.run(Engine(), replay.open_stream(p, reorder_buffer=2), ListSink(), ListSink(),
+                       speed=60.0, sleep=lambda d: now.__setitem__(0, now[0] + d),
+                       clock=lambda: now[0])  # fmt: skip
+    assert s.beyond_reorder_buffer == 1
+    assert s.behind_pace == 0.0 and "behind the pace" not in caplog.text

@@ -394,21 +394,23 @@ class FeaturePlan:
                 )
             if cap.__class__ is not int or cap < 1:
                 raise ValueError(f"max_entities of {ent} is a whole number of 1 or more: {cap!r}")
+        before = getattr(self, "_caps", None)
         self._caps = tuple(caps.get(ent, 0) for ent in ents)
         if hasattr(self, "_idle"):  # (not while the plan is made: no state yet)
-            self._follow_caps()
+            self._follow_caps(before)
 
-    def _follow_caps(self) -> None:
-        """Take the caps in force (set, or a state restored under them): a group without one,
-        or holding no more than it, evicts at its horizon again, a sweep in progress too (it
-        went on with the cut of a cap taken away or raised: reviews); one over its cap is
-        swept from the next event (a cap set during a flood waited for the sweep's schedule,
-        every entity held of events: 62 times the cap were held first, a QA pass)."""
-        for gi, cg in enumerate(self._groups):
-            if len(self.states[gi]) <= self._caps[gi] or not self._caps[gi]:  # (one raised over
-                self._idle[gi] = cg.keep  # what is held: a sweep under way went on evicting
-                self._cap_said[gi] = self._at_floor[gi] = False  # with the old cut, a review)
-            else:
+    def _follow_caps(self, before: tuple[int, ...] | None) -> None:
+        """Take the caps in force (set, or a state restored under them) of the groups whose
+        cap is not ``before``'s (a reload of the same rules changes nothing: it ended a sweep
+        under way, a review): a group without one, or holding no more than it, evicts at its
+        horizon again, a sweep in progress too; one over its cap is swept from the next event
+        with the cut of this cap, a sweep in progress too (it went on with the cut of a cap
+        taken away or raised: reviews; a cap set during a flood waited for the sweep's
+        schedule, every entity held of events: 62 times the cap were held first, a QA pass)."""
+        for gi in range(len(self._groups)):
+            if before is not None and gi < len(before) and before[gi] == self._caps[gi]:
+                continue
+            if self._capped(gi):  # (the cut, or the horizon; a cap that cannot be held said)
                 self._sweep_after = min(self._sweep_after, self._accepted)
 
     def fresh(self) -> FeaturePlan:
@@ -1022,8 +1024,8 @@ class FeaturePlan:
         self._labels = body["labels"]
         self._next_label_expiry = body["next_label_expiry"]
         self.watermark_tx = _named(body)
-        if body.get("caps") != self._caps:  # (saved under other caps, or before them; under
-            self._follow_caps()  # the same, its schedule is kept)
+        self._follow_caps(body.get("caps"))  # (saved under other caps, or before them; under
+        # the same, its schedule is kept)
         if body["label_ttl"] != self.label_ttl:  # (replaced without a word: a QA pass)
             log.warning(  # (kept: the restored store's buckets are made for it, a review)
                 "the restored feature state keeps its label_ttl of %.0f s (its tx_id store is "

@@ -108,6 +108,10 @@ KIT_FILES = frozenset({
     LOG_FILE, OUT_FILE,
 })  # fmt: skip
 LOST = "lost+found"
+#: A folder holding any of these is a data dir of the kit's (the first `up` writes them).
+KIT_MARKS = frozenset({"kit.json", "kraft", ".up.lock", "broker.pid"})
+#: The kit's temporary files in a data dir (the SCRAM credentials' format arguments).
+TEMP_FILES = (".format-args.",)
 #: What the broker's JVM may leave in its working directory, the data dir: a crash's error
 #: report and compiler replay file (hs_err_pid<N>.log, replay_pid<N>.log).
 JVM_FILES = ("hs_err_pid", "replay_pid")
@@ -391,21 +395,32 @@ def data_dir_of(data_dir: Path | str | None) -> Path:
 
 def _kit_file(name: str) -> bool:
     """Whether a data dir's entry ``name`` is one the kit writes: its lock, ports, pid, broker
-    config, SASL secret, KRaft log, TLS files, broker logs (rolled too) and the temporary
-    files of its atomic writes. ``up`` refuses a folder holding anything else, and ``down
-    --wipe`` deletes only these (it deleted any folder, a user's files included: a QA pass)."""
+    config, SASL secret, KRaft log, TLS files, broker logs (rolled too), the temporary files
+    of its writes and what a crashed JVM leaves. ``down --wipe`` deletes these alone."""
     return name in KIT_FILES or name.startswith(
-        (f"{LOG_FILE}.", f"{OUT_FILE}.", *(f".{f}." for f in KIT_FILES), *JVM_FILES)
+        (f"{LOG_FILE}.", f"{OUT_FILE}.", *(f".{f}." for f in KIT_FILES), *TEMP_FILES, *JVM_FILES)
     )
 
 
-def _not_the_kit_s(ddir: Path) -> list[str]:
-    """The entries of ``ddir`` the kit did not write (none when it is not there), but a
-    file system's own ``lost+found`` (a volume mounted as the data dir), left as it is."""
+def _foreign(ddir: Path) -> list[str]:
+    """The entries of ``ddir`` when it is no data dir of the kit's: a folder holding none of
+    its marks (:data:`KIT_MARKS`) and files the kit does not write, which ``up`` refuses to
+    start a broker in and ``down --wipe`` to delete (it deleted any folder it was given, a
+    user's sources too: a QA pass). None for a data dir of the kit's, whatever else is in it
+    (a core dump), an empty or missing folder; a file system's ``lost+found`` is no entry."""
     try:
-        return sorted(p.name for p in ddir.iterdir() if not _kit_file(p.name) and p.name != LOST)
-    except FileNotFoundError:
+        names = [p.name for p in ddir.iterdir() if p.name != LOST]
+    except (FileNotFoundError, NotADirectoryError):  # (said by the mkdir that follows)
         return []
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read the data dir {ddir}: {exc.strerror or exc}; give a folder you can "
+            "read and write (--data-dir, or FDS_KAFKA_DIR)",
+            where=str(ddir),
+        ) from exc
+    if any(name in KIT_MARKS for name in names):
+        return []
+    return sorted(name for name in names if not _kit_file(name))
 
 
 def _cache_dir(version: str) -> Path:
@@ -612,10 +627,17 @@ def _read_pid(data_dir: Path) -> int | None:
         except OSError:
             return None
         return pid
-    # Guard against pid reuse: only a JVM running kafka.Kafka with this data dir's config
-    # counts (its path whole: a dir whose path began another's stopped that one, a QA pass)
+    # Guard against pid reuse: only a JVM running kafka.Kafka in this data dir counts (its
+    # working directory, or its config's path whole: a dir whose path began another's stopped
+    # that one, a QA pass; a broker an older release started in a dir it named through a link
+    # has the link in its arguments, and runs in the dir: a review)
     args = cmdline.split(b"\0")
-    if b"kafka.Kafka" not in args or str(data_dir / "server.properties").encode() not in args:
+    config = str(data_dir / "server.properties").encode()
+    try:
+        in_dir = os.path.realpath(f"/proc/{pid}/cwd") == str(data_dir)
+    except OSError:  # (gone meanwhile)
+        return None
+    if b"kafka.Kafka" not in args or not (in_dir or config in args):
         return None
     try:  # a zombie (exited child of this process) is not running
         if Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z"):
@@ -795,7 +817,7 @@ def up(
     """
     ddir = data_dir_of(data_dir)  # (absolute: the broker runs in it)
     made = not ddir.exists()
-    if others := _not_the_kit_s(ddir):
+    if others := _foreign(ddir):
         raise ConfigError(
             f"{ddir} holds files that are not the kit's ({', '.join(others[:3])}"
             f"{', ...' if len(others) > 3 else ''}): a broker's data dir is a folder of its "
@@ -985,11 +1007,12 @@ def down(
     """Stop the local broker: SIGTERM (controlled shutdown), then SIGKILL after ``timeout``.
 
     Returns True when a running broker was stopped. ``wipe=True`` also deletes the data dir:
-    the kit's files in it (:func:`_kit_file`), and the folder once empty; a folder holding
-    others is refused before anything is stopped (:class:`ConfigError`).
+    the kit's files in it (:func:`_kit_file`; others are left, and said), and the folder once
+    empty; a folder that is no data dir of the kit's (:func:`_foreign`) is refused before
+    anything is stopped (:class:`ConfigError`).
     """
     ddir = data_dir_of(data_dir)
-    if wipe and (others := _not_the_kit_s(ddir)):
+    if wipe and (others := _foreign(ddir)):
         raise ConfigError(
             f"{ddir} holds files the kit did not write ({', '.join(others[:3])}"
             f"{', ...' if len(others) > 3 else ''}), so it is no broker data dir of the kit's: "
@@ -1011,13 +1034,18 @@ def down(
         stopped = True
     (ddir / "broker.pid").unlink(missing_ok=True)
     if wipe and ddir.is_dir():
+        left = []
         for entry in ddir.iterdir():
             if entry.name == LOST:
                 continue
-            if entry.is_dir() and not entry.is_symlink():
+            if not _kit_file(entry.name):
+                left.append(entry.name)
+            elif entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
             else:
                 entry.unlink(missing_ok=True)
+        if left:
+            log.warning("left in the data dir %s (not the kit's): %s", ddir, ", ".join(left))
         with contextlib.suppress(OSError):
             ddir.rmdir()
     return stopped

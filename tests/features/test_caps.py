@@ -350,10 +350,10 @@ def test_a_state_saved_before_caps_loads_with_every_horizon_in_full() -> None:
     sd = a.state_dict()
     body = gcpolicy.loads(sd["state"])
     del body["idle"], body["evicted_by_cap"]
-    b = plan(100)
+    b = plan(10_000)  # (over what it holds: under it, the cap's cut is taken at once)
     b.load_state_dict({**sd, "state": gcpolicy.dumps(body)})
     assert b._idle == [cg.keep for cg in b._groups] and b.evicted_by_cap == [0, 0]
-    assert b.max_entities == {"card_id": 100}  # (configured, not saved)
+    assert b.max_entities == {"card_id": 10_000}  # (configured, not saved)
 
 
 def test_a_cap_is_a_whole_number_of_a_declared_entity() -> None:
@@ -569,3 +569,29 @@ def test_a_cap_raised_over_what_is_held_stops_a_capped_sweep_in_progress() -> No
     for tx in txs[i : i + 100]:
         p.compute(tx)
     assert p.evicted_by_cap[0] == before and len(p.states[0]) >= held
+
+
+@pytest.mark.parametrize("raised", [2_000, 2_600])
+def test_a_cap_raised_below_what_is_held_cuts_by_the_new_cap(raised: int) -> None:
+    """A review: a cap raised during a capped sweep, to less than was held, went on evicting
+    towards 7/8 of the old cap (876 kept where 2,000 keeps ~1,750); a reload of the same cap
+    changed nothing (it ended the sweep under way)."""
+    p = plan()
+    txs = flood(40_000)
+    for tx in txs[:6_000]:
+        p.compute(tx)
+    p.max_entities = {"card_id": 1_000}
+    i = 6_000
+    while not p._sweep_todo:
+        p.compute(txs[i])
+        i += 1
+    idle = p._idle[0]
+    p.max_entities = {"card_id": 1_000}  # (a reload of the same rules)
+    assert p._idle[0] == idle and p._sweep_todo
+    held = len(p.states[0])
+    p.max_entities = {"card_id": raised}
+    assert held > raised and p._idle[0] > idle
+    while p._sweep_todo:
+        p.compute(txs[i] | {"card_id": "reg0"})  # (no new card meanwhile)
+        i += 1
+    assert raised * 7 / 8 * 0.9 <= len(p.states[0]) <= raised

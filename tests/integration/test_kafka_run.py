@@ -1323,13 +1323,20 @@ def test_produce_sends_a_file_as_replay_reads_it_or_says_why_not(
     (tmp_path / "bad.jsonl.gz").write_bytes(data[:-8] + bytes([data[-8] ^ 0xFF]) + data[-7:])
     with pytest.raises(FdsError, match="is damaged"):
         produce_file(tmp_path / "bad.jsonl.gz", s)
-    (tmp_path / "short.csv").write_text("tx_id,ts,card_id,amount\nr1,1767225600\n")
+    (tmp_path / "short.csv").write_text(
+        "tx_id,ts,card_id,amount\nr1,1767225600\nr2," + "x" * 1_100_000 + "\n"
+    )
     with caplog.at_level("WARNING", logger="fds.streams.kafka"):
         produce_file(tmp_path / "short.csv", s)
-    assert "1 records could not be read, were refused by the mapping or were" in caplog.text
-    (short,) = [m for m in read_all(kafka_bootstrap, topics["transactions"])
-                if m.value.startswith(b"r1,")]  # fmt: skip
+    assert "2 records could not be read, were refused by the mapping or were" in caplog.text
+    rows = [m for m in read_all(kafka_bootstrap, topics["transactions"])
+            if m.value.startswith((b"r1,", b"r2,"))]  # fmt: skip
+    short, large = sorted(rows, key=lambda m: m.value[:3])  # (unkeyed: any partitions)
     assert dict(short.headers)["unreadable"] == b"expected 4 columns, found 2"
+    # (one also too large keeps its reason first, a review: it was replaced)
+    assert dict(large.headers)["unreadable"].startswith(
+        b"expected 4 columns, found 2; and line 3 of "
+    )
     # a record larger than a request takes is sent cut, with why, and the file goes on (it
     # stopped there, to be sent again from its start: a QA pass); JSON that is no object counted
     tx = {"tx_id": "b0", "ts": T0, "card_id": "c", "amount": 1.0}
@@ -1359,7 +1366,7 @@ def test_produce_sends_a_file_as_replay_reads_it_or_says_why_not(
         finally:
             produce_mod.PROGRESS_EVERY_S = every
     assert "producing records=" in caplog.text
-    assert "was not reached" not in caplog.text
+    assert "was not reached" not in caplog.text  # (4 records at 200/s: in time)
     # a --rate that was not reached is said (every record made 1 ms slower: 2,500 at 2,000/s)
     (tmp_path / "many.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows * 625))
     caplog.clear()

@@ -238,7 +238,7 @@ def test_a_data_dir_that_cannot_be_one_is_a_usage_error(tmp_path, capsys):
     assert not (tmp_path / "typo").exists()
 
 
-def test_a_wipe_deletes_only_a_data_dir_of_the_kit_s(tmp_path, capsys):
+def test_a_wipe_deletes_only_a_data_dir_of_the_kit_s(tmp_path, capsys, caplog):
     """A QA pass: `fds kafka down --wipe --data-dir D` deleted any folder (a user's sources,
     said "no broker was ever started" and exit 0), and `up` wrote a broker's files into a
     folder holding others, which a wipe then deleted with them."""
@@ -269,6 +269,17 @@ def test_a_wipe_deletes_only_a_data_dir_of_the_kit_s(tmp_path, capsys):
     (kit / "kit.json").write_text("{}")
     assert main(["kafka", "down", "--wipe", "--data-dir", str(kit)]) == 0
     assert [p.name for p in kit.iterdir()] == ["lost+found"]
+    # what else a broker's dir may hold (a core dump; a format killed midway left its
+    # arguments) is no reason to refuse it: the kit's files go, the others stay, said (a review)
+    for name in (".format-args.x1", "core"):
+        (kit / name).write_text("x")
+    (kit / "kit.json").write_text('{"port": 29498, "controller_port": 29499}')
+    assert main(["kafka", "up", "--port", "29497", "--data-dir", str(kit)]) == 2  # (its ports)
+    assert "formatted for ports 29498/29499, not ports 29497/" in capsys.readouterr().err
+    with caplog.at_level("WARNING", logger="fds"):
+        assert main(["kafka", "down", "--wipe", "--data-dir", str(kit)]) == 0
+    assert sorted(p.name for p in kit.iterdir()) == ["core", "lost+found"]
+    assert f"left in the data dir {kit} (not the kit's): core" in caplog.text
 
 
 def test_a_data_dir_is_the_same_through_a_link_or_dots_and_not_one_it_begins(tmp_path, monkeypatch):
@@ -288,7 +299,13 @@ def test_a_data_dir_is_the_same_through_a_link_or_dots_and_not_one_it_begins(tmp
     # (a stand-in with a broker's command line: kafka.Kafka CONFIG)
     cmd = [sys.executable, "-c", "import time; time.sleep(60)", "kafka.Kafka"]
     jvm = subprocess.Popen([*cmd, str(real / "server.properties")])
+    # one an older release started in a dir it named through a link: the link in its command
+    # line, the dir its working directory (a review)
+    old = subprocess.Popen([*cmd, str(tmp_path / "link" / "server.properties")], cwd=real)
     try:
+        (real / "broker.pid").write_text(f"{old.pid}\n")
+        assert kafka_kit.status(real).pid == old.pid
+        assert kafka_kit.status(copy).pid is None
         for ddir in (real, copy):
             (ddir / "broker.pid").write_text(f"{jvm.pid}\n")
             (ddir / "kit.json").write_text('{"port": 29498, "controller_port": 29499}')
@@ -301,8 +318,9 @@ def test_a_data_dir_is_the_same_through_a_link_or_dots_and_not_one_it_begins(tmp
         assert kafka_kit.data_dir_default() == real
         assert kafka_kit.status().pid == jvm.pid
     finally:
-        jvm.kill()
-        jvm.wait()
+        for proc in (jvm, old):
+            proc.kill()
+            proc.wait()
 
 
 def test_a_damaged_kit_record_is_said_with_its_file(tmp_path):
