@@ -267,6 +267,7 @@ class ClientErrors(logging.Handler):
     _FINAL = (
         "AuthenticationFailed", "certificate verify failed", "Invalid frame length",
         "IllegalSaslState",  # (a SASL client on a port without SASL)
+        "UnsupportedSaslMechanism",  # (a mechanism the port does not enable)
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -290,7 +291,9 @@ class ClientErrors(logging.Handler):
 
     @staticmethod
     def _telling(why: str) -> bool:
-        return any(k in why for k in ("Authentication", "SSL", "Handshake", "frame length"))
+        return any(
+            k in why for k in ("Authentication", "SSL", "Handshake", "frame length", "Mechanism")
+        )
 
     def __enter__(self) -> ClientErrors:
         logging.getLogger("kafka").addHandler(self)
@@ -343,6 +346,11 @@ class ClientErrors(logging.Handler):
             return (
                 f"the broker takes no SASL login on this port ({why}): a PLAINTEXT or SSL "
                 f"listener spoken to with {protocol}? check --security-protocol and the port"
+            )
+        if "UnsupportedSaslMechanism" in why:  # (waited the broker timeout, then blamed the
+            return (  # login's drop, or the broker: a QA pass)
+                f"the broker enables no such SASL mechanism on this port ({why}): check "
+                "--sasl-mechanism (the kit's SASL_SSL port takes SCRAM-SHA-512)"
             )
         if "Authentication" in why:
             return f"the broker refused the login ({why}); {login}"

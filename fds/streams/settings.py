@@ -430,6 +430,8 @@ class KafkaSettings(BaseSettings):
                     f"{self.sasl_mechanism} needs the password: set FDS_SASL_PLAIN_PASSWORD"
                     + (" (it is empty)" if self.sasl_plain_password is not None else "")
                 )
+        if self.security_protocol in ("SSL", "SASL_SSL") and self.ssl_certfile:
+            _check_client_key(self.ssl_certfile, self.ssl_keyfile, self.ssl_password)
         return self
 
     def unused(self) -> list[str]:
@@ -544,9 +546,38 @@ class KafkaSettings(BaseSettings):
             secret = getattr(self, name)
             if secret is not None:
                 cfg[name] = secret.get_secret_value()
+        if self.ssl_certfile:  # (none: OpenSSL asks for an encrypted key's on the terminal)
+            cfg.setdefault("ssl_password", "")
         if self.security_protocol.startswith("SASL") or self.security_protocol == "SSL":
             cfg["ssl_check_hostname"] = self.ssl_check_hostname
         return cfg
+
+
+def _check_client_key(certfile: str, keyfile: str | None, password: SecretStr | None) -> None:
+    """Refuse a client certificate and key the TLS client cannot load, before connecting: an
+    encrypted key without FDS_SSL_PASSWORD made OpenSSL ask for it on the terminal, and fds
+    waited there deaf to its timeout and to signals; a wrong password, or a file that holds no
+    certificate, waited out the broker timeout and blamed --ssl-cafile (a QA pass)."""
+    given = password.get_secret_value() if password is not None else ""
+    try:  # (a password given, "" when none: OpenSSL never prompts)
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(certfile, keyfile, given)
+    except (ssl.SSLError, OSError) as e:
+        key = keyfile or certfile
+        try:
+            encrypted = b"ENCRYPTED" in Path(key).read_bytes()[:4096]
+        except OSError:
+            encrypted = False
+        if encrypted and not given:
+            raise ValueError(
+                f"the client key {key!r} is encrypted: set its password in FDS_SSL_PASSWORD"
+            ) from None
+        if encrypted:
+            raise ValueError(f"FDS_SSL_PASSWORD does not open the client key {key!r}") from None
+        raise ValueError(
+            f"{certfile!r} and {'its key ' + repr(keyfile) if keyfile else 'the key in it'} are no "
+            "client certificate and key that match (PEM: -----BEGIN CERTIFICATE----- and "
+            f"-----BEGIN PRIVATE KEY-----; {e})"
+        ) from None
 
 
 def flag_of(setting: str) -> str | None:

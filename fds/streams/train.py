@@ -108,6 +108,7 @@ from fds.streams.settings import (
     load_settings,
     topic_arg,
 )
+from fds.streams.settings import log as settings_log
 from fds.timeutil import format_ts, parse_ts
 
 if TYPE_CHECKING:  # (River: imported when a trainer starts, not to build the command line)
@@ -1523,7 +1524,12 @@ def train_settings(args: argparse.Namespace) -> KafkaSettings:
     flags = {dest: getattr(args, dest, None) for dest in dests}
     if flags["group"] is not None:
         return load_settings(args.config, **flags)
-    base = load_settings(args.config, **flags)
+    said = settings_log  # (its warnings once: the load below says them; they were said
+    said.disabled, was = True, said.disabled  # twice, a QA pass)
+    try:
+        base = load_settings(args.config, **flags)
+    finally:
+        said.disabled = was
     s = load_settings(args.config, **{**flags, "group": f"{base.group}-train"})
     s._origins = {**s._origins, "group": f"{base._origins['group']}, with -train"}  # (no flag)
     return s

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from pathlib import Path
 
 import pytest
 from kafka import KafkaProducer
@@ -53,6 +54,16 @@ def test_a_protocol_the_port_does_not_speak_points_at_security_protocol():
     said = ClientErrors().hint("is the broker up?", "SSL")  # (nothing more in the client's log)
     assert said.startswith("is the broker up?; or its port speaks another protocol than SSL")
     assert ClientErrors().hint("is the broker up?") == "is the broker up?"
+
+
+def test_a_mechanism_the_port_does_not_enable_points_at_sasl_mechanism():
+    """A QA pass: `--sasl-mechanism SCRAM-SHA-256` on the kit's SCRAM-SHA-512 port waited the
+    whole broker timeout, then blamed the login's dropped connection (OAUTHBEARER: the broker)."""
+    errors = seen("[Error 33] UnsupportedSaslMechanismError: SCRAM-SHA-256", DROP)
+    assert errors.refused  # final: given up at once
+    said = errors.hint("is the broker up?", "SASL_SSL")
+    assert said.startswith("the broker enables no such SASL mechanism on this port ([Error 33]")
+    assert "check --sasl-mechanism" in said
 
 
 def test_a_certificate_for_another_host_points_at_the_host_name():
@@ -159,3 +170,31 @@ def test_a_missing_topic_s_hint_waits_for_the_broker_a_bounded_time(monkeypatch)
 
     err = service.no_topic("transactons", "b:1", "fix --topic", service.topics_of(Answering()))
     assert "topic 'transactons' does not exist on b:1 (did you mean 'transactions'?)" in str(err)
+
+
+DATA = Path(__file__).parent / "data"  # a throwaway EC key and certificate, made for these tests
+
+
+@pytest.mark.parametrize(("key", "password", "says"), [
+    ("client-encrypted.key", None, "the client key '.*client-encrypted.key' is encrypted: set its "
+     "password in FDS_SSL_PASSWORD"),
+    ("client-encrypted.key", "wrong", "FDS_SSL_PASSWORD does not open the client key"),
+    ("client.pem", None, "'.*client.pem' and its key '.*client.pem' are no client certificate"),
+])  # fmt: skip
+def test_a_client_key_tls_cannot_load_is_refused_at_once(key, password, says, monkeypatch):
+    """A QA pass: an encrypted --ssl-keyfile without FDS_SSL_PASSWORD made OpenSSL ask for the
+    password on the terminal, where fds waited past its broker timeout, deaf to SIGTERM; a
+    wrong password waited out the timeout and blamed --ssl-cafile."""
+    from fds.errors import ConfigError
+    from fds.streams.settings import load_settings
+
+    if password is not None:
+        monkeypatch.setenv("FDS_SSL_PASSWORD", password)
+    tls = {"security_protocol": "SSL", "ssl_certfile": str(DATA / "client.pem")}
+    with pytest.raises(ConfigError, match=says):
+        load_settings(**tls, ssl_keyfile=str(DATA / key))
+    monkeypatch.setenv("FDS_SSL_PASSWORD", "fds-test")  # (the right one; a key in the clear)
+    assert load_settings(**tls, ssl_keyfile=str(DATA / "client-encrypted.key")).ssl_keyfile
+    monkeypatch.delenv("FDS_SSL_PASSWORD")
+    s = load_settings(**tls, ssl_keyfile=str(DATA / "client.key"))
+    assert s.client_config()["ssl_password"] == ""  # (given: OpenSSL never prompts)
