@@ -333,6 +333,13 @@ class KafkaSettings(BaseSettings):
     def _topic(cls, v: str | None) -> str | None:
         return v if v is None else check_topic(v)
 
+    @field_validator("labels_topic", "state_topic", mode="before")
+    @classmethod
+    def _off(cls, v: Any) -> Any:
+        """``none`` (any case) is none: a flag or an environment variable turns a file's
+        labels or state topic off for one process (it was a topic named none, a QA pass)."""
+        return None if isinstance(v, str) and v.strip().lower() == "none" else v
+
     @field_validator("models_topic", mode="before")
     @classmethod
     def _no_models_topic(cls, v: Any) -> Any:

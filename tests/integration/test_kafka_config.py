@@ -215,6 +215,18 @@ def test_a_value_yaml_made_another_kind_of_is_refused_not_coerced(tmp_path, line
     assert (s.max_poll_records, s.group_instance_id, s.rebuild_state) == (7, "3", False)
 
 
+def test_none_turns_a_file_s_labels_and_state_topics_off(tmp_path, monkeypatch):
+    """A QA pass: `--labels-topic none` and FDS_LABELS_TOPIC=none were a topic named none, so
+    a file's labels or state topic could not be turned off for one process."""
+    f = tmp_path / "kafka.yaml"
+    f.write_text("labels_topic: labels\nstate_topic: state\n")
+    assert (load_settings(f).labels_topic, load_settings(f).state_topic) == ("labels", "state")
+    s = load_settings(f, labels_topic="none", state_topic="None")
+    assert (s.labels_topic, s.state_topic) == (None, None)
+    monkeypatch.setenv("FDS_LABELS_TOPIC", "none")
+    assert load_settings(f).labels_topic is None
+
+
 def test_a_ca_file_that_holds_no_certificate_is_refused_before_connecting(tmp_path):
     """A QA pass: an --ssl-cafile that exists but is no certificate waited out the broker
     timeout (60 s), then said the broker could not be reached."""
