@@ -610,12 +610,14 @@ def unknown_env(environ: Mapping[str, str], flags: Collection[str] = ()) -> list
     option such as ``--rules``: it was ignored without a word, a QA pass) and what to say of
     it; ``flags``: the command line's options, one of which it may have meant.
 
-    >>> env = {"FDS_GROUP": "g", "FDS_BOOTSTRAPP": "h", "FDS_RULES": "r", "FDS_FOO": "1"}
+    >>> env = {"FDS_GROUP": "g", "FDS_BOOTSTRAPP": "h", "FDS_RULES": "r", "FDS_FOO": "1",
+    ...        "FDS_SASL_PASSWORD": "p"}
     >>> for _, said in unknown_env(env, flags={"--rules"}):
     ...     print(said)
     FDS_BOOTSTRAPP is no variable fds reads: ignored (did you mean FDS_BOOTSTRAP?)
     FDS_FOO is no variable fds reads: ignored
     FDS_RULES is no variable fds reads: ignored (give --rules where the command has it)
+    FDS_SASL_PASSWORD is no variable fds reads: ignored (did you mean FDS_SASL_PLAIN_PASSWORD?)
     """
     known = {f"FDS_{k.upper()}" for k in KafkaSettings.model_fields} | OTHER_ENV
     said = []
@@ -623,7 +625,11 @@ def unknown_env(environ: Mapping[str, str], flags: Collection[str] = ()) -> list
         upper = name.upper()
         if not upper.startswith("FDS_") or upper in known:
             continue
-        close = difflib.get_close_matches(upper, known, n=1, cutoff=0.8)
+        # the closest, those sharing more of its words first (FDS_SASL_PASSWORD was told
+        # FDS_SSL_PASSWORD, not FDS_SASL_PLAIN_PASSWORD: a QA pass)
+        words = set(upper.split("_"))
+        close = sorted(difflib.get_close_matches(upper, known, n=3, cutoff=0.8),
+                       key=lambda k: -len(words & set(k.split("_"))))  # fmt: skip
         flag = f"--{upper[4:].lower().replace('_', '-')}"
         hint = (
             f" (did you mean {close[0]}?)" if close
