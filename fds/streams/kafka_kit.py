@@ -270,9 +270,14 @@ class ClientErrors(logging.Handler):
         "UnsupportedSaslMechanism",  # (a mechanism the port does not enable)
     )  # fmt: skip
 
+    # A TLS handshake the broker ended at once this many times in a row from one address is
+    # final too: a TLS client spoken to a port without TLS waited out the broker timeout.
+    _EOF, _EOF_FINAL = "UNEXPECTED_EOF_WHILE_READING", 3
+
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
         self.last: str | None = None
+        self._eofs: dict[str, int] = {}  # bootstrap node -> handshakes it ended at once
         # bootstrap node -> the reason in _FINAL it refused with, since connect() began
         self.refused: dict[str, str] = {}
 
@@ -283,6 +288,10 @@ class ClientErrors(logging.Handler):
         node, why = m.groups()
         if node is not None and any(k in why for k in self._FINAL):
             self.refused.setdefault(node, why)
+        elif node is not None and self._EOF in why:  # (a TLS client on a port without TLS:
+            self._eofs[node] = n = self._eofs.get(node, 0) + 1  # the broker took the hello
+            if n >= self._EOF_FINAL:  # for a request and hung up, every time; a broker going
+                self.refused.setdefault(node, why)  # down is refused, or cut once: a QA pass)
         # a refusal outranks the disconnects around it; a request timed out (the attempt the
         # bootstrap deadline cut short: "after 160 ms") says less than what it replaces (a
         # wrong password read as a broker down, on a loaded machine)
@@ -312,7 +321,7 @@ class ClientErrors(logging.Handler):
         that refuses): a wrong CA used to wait the whole broker timeout (60 s by default)
         before it was named. The abandoned constructor ends at its own timeout. ``stop()``
         true (a SIGTERM) raises :class:`Stopped` (it was heard after the broker timeout)."""
-        self.refused = {}
+        self.refused, self._eofs = {}, {}
         call = Call(make)
         while not call.done.wait(0.05):
             if stop is not None and stop():
@@ -359,6 +368,11 @@ class ClientErrors(logging.Handler):
                 f"the broker's certificate is not for the host in --bootstrap ({why}); connect "
                 "by a name or address the certificate holds, or set ssl_check_hostname: false "
                 "(FDS_SSL_CHECK_HOSTNAME=false)"
+            )
+        if self._EOF in why:  # (told to check the CA file: a QA pass)
+            return (
+                f"the broker ended the TLS handshake at once ({why}): a port without TLS "
+                f"spoken to with {protocol}? check --security-protocol and the port"
             )
         if "SSL" in why or "Handshake" in why:
             return f"the TLS handshake failed ({why}); check --ssl-cafile and --security-protocol"

@@ -125,14 +125,20 @@ def test_topics_produce_and_run_exactly_once_over_sasl_ssl(secure, unique_name, 
         ({"sasl_plain_password": "not-the-password"}, "check --sasl-username, the password", False),
         ({"ssl_cafile": "broker.pem"}, "the TLS handshake failed", True),  # not the CA: the leaf
         ({"security_protocol": "PLAINTEXT"}, "a TLS or SASL port spoken to in PLAINTEXT", True),
+        # (the plain port spoken to in SASL_SSL: it waited out the broker timeout, a QA pass)
+        ({"bootstrap": "plain"}, "the broker ended the TLS handshake at once", True),
     ],
-    ids=["password", "ca", "plaintext"],
+    ids=["password", "ca", "plaintext", "tls-to-plain"],
 )
 def test_a_refused_client_is_told_why_not_that_the_broker_is_down(
     secure, unique_name, tmp_path, override, says, final
 ):
     if override.get("ssl_cafile"):
         override = {"ssl_cafile": str(secure.cafile.with_name(override["ssl_cafile"]))}
+    port = secure.port
+    if override.get("bootstrap"):  # the kit's PLAINTEXT port
+        port = kafka_kit.read_kit(secure.keystore.parent.parent)["port"]
+        override = {"bootstrap": f"127.0.0.1:{port}"}
     argv, env = flags(secure, **override)
     # An untrusted certificate or a TLS port answering PLAINTEXT is final: named at once, not
     # after the broker timeout (kafka-python retries until then). Otherwise: what it saw (in
@@ -144,7 +150,7 @@ def test_a_refused_client_is_told_why_not_that_the_broker_is_down(
     assert p.returncode == 1 and says in p.stderr, p.stderr[-2000:]
     assert "that the broker is up" not in p.stderr
     if final:
-        assert f"Kafka at 127.0.0.1:{secure.port} refused the client" in p.stderr, p.stderr[-2000:]
+        assert f"Kafka at 127.0.0.1:{port} refused the client" in p.stderr, p.stderr[-2000:]
     if "sasl_plain_password" in override:  # the other doors say the same (one case is enough)
         write_stream(tmp_path / "tx.jsonl", 1)
         p = fds("produce", str(tmp_path / "tx.jsonl"), *argv, *wait, env=env)

@@ -66,6 +66,19 @@ def test_a_mechanism_the_port_does_not_enable_points_at_sasl_mechanism():
     assert "check --sasl-mechanism" in said
 
 
+def test_a_tls_handshake_ended_at_once_again_and_again_points_at_security_protocol():
+    """A QA pass: an SSL client on a PLAINTEXT port waited out the broker timeout (the broker
+    ends each handshake at once), then was told to check --ssl-cafile."""
+    eof = ("KafkaConnectionError: Handshake failed: [SSL: UNEXPECTED_EOF_WHILE_READING] EOF "
+           "occurred in violation of protocol (_ssl.c:1006)")  # fmt: skip
+    assert not seen(eof, eof).refused  # (a broker going down may cut one or two)
+    errors = seen(eof, eof, eof)
+    assert errors.refused  # final: given up at once
+    said = errors.hint("is the broker up?", "SSL")
+    assert said.startswith("the broker ended the TLS handshake at once (")
+    assert "a port without TLS spoken to with SSL? check --security-protocol" in said
+
+
 def test_a_certificate_for_another_host_points_at_the_host_name():
     """Found by a QA pass: a host-name mismatch was blamed on --ssl-cafile."""
     why = ("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: Hostname mismatch, "
