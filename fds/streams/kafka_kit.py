@@ -1016,7 +1016,11 @@ def _wait_ready(bootstrap: str, alive: Callable[[], bool], log_file: Path, timeo
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not alive():
-            raise FdsError(f"the Kafka broker exited; see {log_file}:\n" + _log_tail(log_file))
+            tail = _log_tail(log_file)
+            # (two ups at once on one port, other data dirs: a Java stack trace alone, a QA)
+            why = f"a port of it in use: another broker started meanwhile on {bootstrap}?"
+            why = f" ({why})" if "Address already in use" in tail else ""
+            raise FdsError(f"the Kafka broker exited{why}; see {log_file}:\n{tail}")
         if _port_open(port) and _metadata_ok(bootstrap):
             return True
         time.sleep(0.2)  # polling interval while the JVM boots, not a fixed wait

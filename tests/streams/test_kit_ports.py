@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fds.errors import ConfigError
+from fds.errors import ConfigError, FdsError
 from fds.streams import kafka_kit
 
 
@@ -329,3 +329,18 @@ def test_a_damaged_kit_record_is_said_with_its_file(tmp_path):
         kafka_kit.status(tmp_path)
     assert f"{tmp_path / 'kit.json'} is damaged (" in str(e.value)
     assert "fds kafka down --wipe --data-dir" in str(e.value)
+
+
+def test_a_broker_that_died_on_a_port_in_use_says_so(tmp_path):
+    """A QA pass: two `fds kafka up` at once on one port (other data dirs): the one that lost
+    the port ended in a Java stack trace alone."""
+    log_file = tmp_path / "broker.log"
+    log_file.write_text("ERROR [KafkaServer id=1] Fatal error\n"
+                        "org.apache.kafka.common.KafkaException: Socket server failed to bind to "
+                        "127.0.0.1:29495: Address already in use.\n")  # fmt: skip
+    said = r"^the Kafka broker exited \(a port of it in use: another broker started meanwhile"
+    with pytest.raises(FdsError, match=said + r" on 127.0.0.1:29495\?\); see "):
+        kafka_kit._wait_ready("127.0.0.1:29495", lambda: False, log_file, 5.0)
+    log_file.write_text("ERROR something else\n")
+    with pytest.raises(FdsError, match=r"^the Kafka broker exited; see "):
+        kafka_kit._wait_ready("127.0.0.1:29495", lambda: False, log_file, 5.0)
