@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
-from fds.errors import FeatureStateMismatch, RuleError, StageError
+from fds.errors import FeatureStateMismatch, RuleError, StageError, ValidationError
 from fds.guardrails import MODEL, RAISE, Trip, decision_sources, source_kind
 from fds.models.vector import rule_inputs
 from fds.policy import round_to
@@ -124,6 +124,22 @@ def _lap(m: Any, stage: str, t: float, perf: Callable[[], float]) -> float:
     return now
 
 
+#: What a validated transaction always holds (beside a float ``ts``), and a label.
+_REQUIRED = frozenset({"tx_id", "card_id", "amount"})
+_LABEL = frozenset({"tx_id", "is_fraud"})
+
+
+def _unparsed(
+    record: Any, what: str = "transaction", parse: str = "parse_transaction"
+) -> ValidationError:
+    """The error for a record given to the engine without being validated."""
+    keys = sorted(map(str, record)) if isinstance(record, Mapping) else type(record).__name__
+    return ValidationError(
+        f"not a validated {what} ({keys}): give the engine what fds.{parse}(record) returns "
+        "(it checks the contract's fields and reads ts as epoch seconds)"
+    )
+
+
 class Engine:
     """Decides transactions and learns from labels, one event at a time.
 
@@ -194,12 +210,19 @@ class Engine:
         self._late_last: tuple[Any, float, float | None, Any] = (None, 0.0, None, None)
 
     def decide(self, tx: Mapping[str, Any]) -> dict[str, Any]:
-        """Decide one validated transaction. Raises :class:`StageError` naming the stage."""
+        """Decide one validated transaction (:func:`fds.parse_transaction`'s). Raises
+        :class:`StageError` naming the stage, :class:`ValidationError` for a record that was
+        not validated (without ``tx_id``, ``card_id``, ``amount`` or a float ``ts``)."""
         m = self.metrics
         timed = m is not None and m.sample_stages()  # time the stages of a sample of events
         perf = self._perf
         t0 = t = perf()
-        ts = tx["ts"]
+        try:  # (a raw dict: a bare KeyError, or approved with no amount, a QA pass)
+            ts = tx["ts"]
+            if ts.__class__ is not float or not tx.keys() >= _REQUIRED:
+                raise KeyError
+        except (KeyError, TypeError, AttributeError):
+            raise _unparsed(tx) from None
         feats: dict[str, Any] = {}
         hits: list[dict[str, Any]] = []
         model_score = model_version = None
@@ -601,7 +624,14 @@ class Engine:
                 plan.folding = False
 
     def learn(self, label: Mapping[str, Any]) -> None:
-        """Feed one label (late feedback) to the stages that learn from labels."""
+        """Feed one label (late feedback, :func:`fds.parse_label`'s) to the stages that learn
+        from labels; :class:`ValidationError` for a record that was not validated (a bare
+        KeyError once the features had learned it and the model not: a QA pass)."""
+        try:
+            if label["ts"].__class__ is not float or not label.keys() >= _LABEL:
+                raise KeyError
+        except (KeyError, TypeError, AttributeError):
+            raise _unparsed(label, "label", "parse_label") from None
         if self.features is not None:
             self.features.on_label(label)
         if self.model is not None:

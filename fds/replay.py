@@ -712,6 +712,14 @@ def run(
     ``on_event(i)`` is called between events (hot reload checks, tests); ``sleep`` and
     ``clock`` are the pacing's (tests give their own).
     """
+    if not isinstance(stream, ReplayInput):  # (an AttributeError from deep inside: a QA pass)
+        raise TypeError(f"stream: {type(stream).__name__}; give fds.load_replay(path)'s")
+    for name, out in (("sink", sink), ("dlq", dlq)):
+        if not callable(getattr(out, "write", None)):
+            raise TypeError(
+                f"{name}: {type(out).__name__} has no write(record) method; give e.g. "
+                "fds.streams.files.JsonlSink(path), or an object whose write keeps each record"
+            )
     total = stream.total if stream.total is not None or stream.count is None else stream.count
     with progress_bar(total, unit="tx", desc="replay", enabled=progress) as bar:
         s = _run(engine, stream, sink, dlq, bar, source, speed, on_event, sleep, clock)

@@ -529,3 +529,31 @@ def test_a_change_of_the_model_guard_in_a_fold_reaches_the_metrics():
     engine.fold(tx(20))  # the trial after the cool-down, in a fold: acting again
     assert not guard.degraded and gauge("fds_degraded_mode") == 0
     assert gauge("fds_model_acting") == 1 and engine.decide(tx(21))["flags"] == []
+
+
+@pytest.mark.parametrize("raw", [
+    {"tx_id": "x", "card_id": "c", "amount": 1.0},  # no ts
+    {"tx_id": "x", "ts": 1767225600.0, "card_id": "c"},  # no amount: it was approved
+    {"tx_id": "x", "ts": 1767225600.0, "amount": 1.0},  # no card_id: approved
+    {"tx_id": "x", "ts": "2026-01-01T00:00:10Z", "card_id": "c", "amount": 1.0},  # ts as text
+    {"tx_id": "x", "ts": 1767225700000, "card_id": "c", "amount": 1.0},  # epoch ms, an int
+    "hello",
+])  # fmt: skip
+def test_a_record_that_was_not_validated_is_refused_before_any_stage(raw):
+    """A QA pass of the Python API: a raw dict given to decide raised a bare KeyError (no ts),
+    was approved (no amount, no card_id), or was counted in the windows and then failed in the
+    rules on a ts read two ways; a raw label was learned by the features, then a KeyError."""
+    from fds import build_engine, parse_transaction
+    from fds.errors import ValidationError
+
+    engine = build_engine("rules/default.yaml", None)
+    with pytest.raises(ValidationError, match=r"not a validated transaction .*give the engine "
+                       r"what fds.parse_transaction\(record\) returns"):  # fmt: skip
+        engine.decide(raw)
+    assert engine.features.state_sizes() == {}.fromkeys(engine.features.state_sizes(), 0)
+    good = {"tx_id": "x", "ts": 1767225600, "card_id": "c", "amount": 1.0, "merchant_id": "m"}
+    assert engine.decide(parse_transaction(good))["action"] in ("approve", "review", "decline")
+    with pytest.raises(ValidationError, match=r"not a validated label .*fds\.parse_label"):
+        engine.learn({"tx_id": "x", "is_fraud": True})  # no ts
+    again = parse_transaction(good | {"tx_id": "y", "ts": 1767225660})
+    assert engine.decide(again)["features"]["merchant_fraud_count_28d"] == 0  # (not learned)

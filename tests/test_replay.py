@@ -1023,3 +1023,13 @@ def test_a_record_read_late_is_no_slowness_of_a_paced_replay(tmp_path, caplog):
                        clock=lambda: now[0])  # fmt: skip
     assert s.beyond_reorder_buffer == 1
     assert s.behind_pace == 0.0 and "behind the pace" not in caplog.text
+
+
+def test_a_replay_given_what_it_cannot_use_says_which_argument(tmp_path):
+    """A QA pass of the Python API: a list as the sink, or a path as the stream, failed with an
+    AttributeError from deep inside the replay loop."""
+    p = write_jsonl(tmp_path / "x.jsonl", [tx(0, T0)])
+    with pytest.raises(TypeError, match=r"^sink: list has no write\(record\) method; give e\.g\."):
+        replay.run(Engine(), replay.load(p), [], ListSink())
+    with pytest.raises(TypeError, match=r"^stream: str; give fds\.load_replay\(path\)'s"):
+        replay.run(Engine(), str(p), ListSink(), ListSink())

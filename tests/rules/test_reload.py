@@ -178,7 +178,7 @@ def test_watcher_thread_swaps_while_events_flow(tmp_path: Path) -> None:
     with ReloadingRuleset(p, poll_seconds=0.01) as rs:
 
         def traffic() -> None:
-            tx = {"tx_id": "t", "ts": 0.0, "amount": 150.0, "extra": {}}
+            tx = {"tx_id": "t", "ts": 0.0, "card_id": "c", "amount": 150.0, "extra": {}}
             try:
                 while not stop.is_set():
                     hits = rs.evaluate(tx, {})
@@ -252,7 +252,7 @@ def test_policy_follows_the_reloaded_file_and_features_cannot_change(tmp_path: P
     p = tmp_path / "r.yaml"
     p.write_text(rules("v1", 100) + "policy: {review_at: 0.5, decline_at: 0.9}\n")
     rs = ReloadingRuleset(p, start=False, settle_seconds=0)
-    tx = {"tx_id": "t", "ts": 0.0, "amount": 150.0, "extra": {}}
+    tx = {"tx_id": "t", "ts": 0.0, "card_id": "c", "amount": 150.0, "extra": {}}
     engine = Engine(rules=rs, policy=rs.policy)
     assert engine.decide(tx)["action"] == "review"  # score 0.7 >= 0.5 and a review rule
     write(
@@ -346,7 +346,8 @@ def test_the_model_reads_the_rule_results_of_the_ruleset_that_produced_them(tmp_
 
     rs.evaluate = evaluate_then_reload  # type: ignore[method-assign]
     model = PerRule()
-    d = Engine(rules=rs, model=model).decide({"tx_id": "t", "ts": 0.0, "amount": 150.0})
+    tx = {"tx_id": "t", "ts": 0.0, "card_id": "c", "amount": 150.0}
+    d = Engine(rules=rs, model=model).decide(tx)
     assert [h["id"] for h in d["rule_hits"]] == ["big"] and model.seen == ["rule:big"]
 
 
@@ -381,7 +382,9 @@ def skipping_engine(tmp_path: Path, decided: int) -> tuple[ReloadingRuleset, Met
     m = Metrics()
     engine = Engine(rules=rs, policy=rs.policy, metrics=m)
     for i in range(decided):
-        engine.decide({"tx_id": f"a{i}", "ts": float(i), "amount": 1.0, "extra": {}})
+        engine.decide(
+            {"tx_id": f"a{i}", "ts": float(i), "card_id": "c", "amount": 1.0, "extra": {}}
+        )
     write(p, rules("v2", 100) + _SKIP)
     assert rs.check_now() == "ok"
     return rs, m, engine
@@ -390,7 +393,9 @@ def skipping_engine(tmp_path: Path, decided: int) -> tuple[ReloadingRuleset, Met
 def test_skips_counted_before_a_reload_are_exported_after_it(tmp_path: Path) -> None:
     """report() drained the new ruleset only: the skips the replaced one had counted were lost."""
     _rs, m, engine = skipping_engine(tmp_path, 5)
-    engine.decide({"tx_id": "b", "ts": 9.0, "amount": 1.0, "extra": {}})  # counted by v2
+    engine.decide(
+        {"tx_id": "b", "ts": 9.0, "card_id": "c", "amount": 1.0, "extra": {}}
+    )  # counted by v2
     engine.report()
     get = m.registry.get_sample_value
     assert get("fds_rule_missing_inputs_total", {"rule": "vip"}) == 6
@@ -402,7 +407,9 @@ def test_a_scrape_right_after_a_reload_counts_the_replaced_rulesets_skips(tmp_pa
     _rs, m, engine = skipping_engine(tmp_path, 5)
     get = m.registry.get_sample_value
     assert get("fds_rule_missing_inputs_total", {"rule": "vip"}) == 5
-    engine.decide({"tx_id": "b", "ts": 9.0, "amount": 1.0, "extra": {}})  # v2 swapped in
+    engine.decide(
+        {"tx_id": "b", "ts": 9.0, "card_id": "c", "amount": 1.0, "extra": {}}
+    )  # v2 swapped in
     assert get("fds_rule_missing_inputs_total", {"rule": "vip"}) == 6
     engine.report()
     assert get("fds_rule_missing_inputs_total", {"rule": "vip"}) == 6
@@ -412,9 +419,11 @@ def test_a_record_folded_right_after_a_reload_counts_no_skip(tmp_path: Path) -> 
     """A fold (a restore catching up on records decided before) counts nothing; when a reload
     landed just before it, the new ruleset, swapped in by the folded record, counted its skips."""
     rs, m, engine = skipping_engine(tmp_path, 1)
-    engine.fold({"tx_id": "b", "ts": 2.0, "amount": 1.0, "extra": {}})  # v2 swapped in here
+    engine.fold(
+        {"tx_id": "b", "ts": 2.0, "card_id": "c", "amount": 1.0, "extra": {}}
+    )  # v2 swapped in here
     assert rs.applied.version == "v2"
-    engine.decide({"tx_id": "c", "ts": 3.0, "amount": 1.0, "extra": {}})  # counted
+    engine.decide({"tx_id": "c", "ts": 3.0, "card_id": "c", "amount": 1.0, "extra": {}})  # counted
     engine.report()
     get = m.registry.get_sample_value
     assert get("fds_rule_missing_inputs_total", {"rule": "vip"}) == 2

@@ -5,6 +5,7 @@ died binding it (a Java stack trace in its log: found when a QA broker ran besid
 import json
 import re
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -302,6 +303,11 @@ def test_a_data_dir_is_the_same_through_a_link_or_dots_and_not_one_it_begins(tmp
     # one an older release started in a dir it named through a link: the link in its command
     # line, the dir its working directory (a review)
     old = subprocess.Popen([*cmd, str(tmp_path / "link" / "server.properties")], cwd=real)
+    for proc in (jvm, old):  # (right after the fork, a child's command line is still pytest's)
+        deadline = time.monotonic() + 30
+        while b"kafka.Kafka" not in Path(f"/proc/{proc.pid}/cmdline").read_bytes():
+            assert time.monotonic() < deadline, "the stand-in did not start"
+            time.sleep(0.01)
     try:
         (real / "broker.pid").write_text(f"{old.pid}\n")
         assert kafka_kit.status(real).pid == old.pid
