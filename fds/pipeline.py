@@ -73,6 +73,10 @@ def build_engine(
     ``model_watch`` serves the registry's champion and hot-swaps new versions as ``fds train``
     publishes them (the streaming service); without it an in-process trainer learns from
     :meth:`Engine.learn` labels, deterministically (replay, demo, benchmarks).
+    ``poll_seconds``: how often ``model_watch`` looks for a new champion in ``registry`` (the
+    model registry's folder; ``None``: ``models/registry`` with ``model_watch``, else none: the
+    versions stay in the process); the rules file is looked at every
+    second. ``metrics``: a :class:`fds.metrics.Metrics` the engine reports to.
     ``model_fed``: a models topic fills the registry (its emptiness is said once it is read).
     ``guardrails`` adds the rate circuit breaker and the model guard (fds.guardrails).
     ``grace``: how late an event may be and still be folded in exactly (``None``: the rules
