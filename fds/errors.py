@@ -4,6 +4,7 @@
 
     FdsError                    root: every error fds raises on purpose
     ├── ConfigError             a config, rules, model or mapping file is wrong (names file:line)
+    │   └── FeatureStateMismatch  a saved feature state does not fit the features declared now
     ├── ValidationError         one input record violates the contract (goes to the dead letters)
     ├── StageError              a stage raised while deciding one record (goes to the dead letters)
     ├── RuleError               an acting rule raised on one record's values (its stage's cause)
