@@ -20,7 +20,7 @@ from fds.errors import FeatureStateMismatch, RuleError, StageError, ValidationEr
 from fds.guardrails import MODEL, RAISE, Trip, decision_sources, source_kind
 from fds.models.vector import rule_inputs
 from fds.policy import round_to
-from fds.timeutil import format_ts
+from fds.timeutil import MS_THRESHOLD, format_ts
 
 log = logging.getLogger("fds.engine")
 
@@ -124,9 +124,8 @@ def _lap(m: Any, stage: str, t: float, perf: Callable[[], float]) -> float:
     return now
 
 
-#: What a validated transaction always holds (beside a float ``ts``), and a label.
-_REQUIRED = frozenset({"tx_id", "card_id", "amount"})
-_LABEL = frozenset({"tx_id", "is_fraud"})
+#: The types of a validated transaction's amount (the simulator's whole amounts are ints).
+_NUMBER = (float, int)
 
 
 def _unparsed(
@@ -212,14 +211,19 @@ class Engine:
     def decide(self, tx: Mapping[str, Any]) -> dict[str, Any]:
         """Decide one validated transaction (:func:`fds.parse_transaction`'s). Raises
         :class:`StageError` naming the stage, :class:`ValidationError` for a record that was
-        not validated (without ``tx_id``, ``card_id``, ``amount`` or a float ``ts``)."""
+        not validated (without ``tx_id``, ``card_id``, a number ``amount`` or ``ts`` as float
+        epoch seconds)."""
         m = self.metrics
         timed = m is not None and m.sample_stages()  # time the stages of a sample of events
         perf = self._perf
         t0 = t = perf()
         try:  # (a raw dict: a bare KeyError, or approved with no amount, a QA pass)
             ts = tx["ts"]
-            if ts.__class__ is not float or not tx.keys() >= _REQUIRED:
+            if (
+                ts.__class__ is not float or ts >= MS_THRESHOLD  # (seconds, as parsed)
+                or tx["amount"].__class__ not in _NUMBER or "card_id" not in tx
+                or "tx_id" not in tx
+            ):  # fmt: skip
                 raise KeyError
         except (KeyError, TypeError, AttributeError):
             raise _unparsed(tx) from None
@@ -628,7 +632,11 @@ class Engine:
         from labels; :class:`ValidationError` for a record that was not validated (a bare
         KeyError once the features had learned it and the model not: a QA pass)."""
         try:
-            if label["ts"].__class__ is not float or not label.keys() >= _LABEL:
+            ts = label["ts"]
+            if (
+                ts.__class__ is not float or ts >= MS_THRESHOLD or "is_fraud" not in label
+                or "tx_id" not in label
+            ):  # fmt: skip
                 raise KeyError
         except (KeyError, TypeError, AttributeError):
             raise _unparsed(label, "label", "parse_label") from None

@@ -537,6 +537,8 @@ def test_a_change_of_the_model_guard_in_a_fold_reaches_the_metrics():
     {"tx_id": "x", "ts": 1767225600.0, "amount": 1.0},  # no card_id: approved
     {"tx_id": "x", "ts": "2026-01-01T00:00:10Z", "card_id": "c", "amount": 1.0},  # ts as text
     {"tx_id": "x", "ts": 1767225700000, "card_id": "c", "amount": 1.0},  # epoch ms, an int
+    {"tx_id": "x", "ts": 1767225700000.0, "card_id": "c", "amount": 1.0},  # ms, a float
+    {"tx_id": "x", "ts": 1767225600.0, "card_id": "c", "amount": "5.0"},  # amount as text
     "hello",
 ])  # fmt: skip
 def test_a_record_that_was_not_validated_is_refused_before_any_stage(raw):

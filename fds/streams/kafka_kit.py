@@ -108,8 +108,6 @@ KIT_FILES = frozenset({
     LOG_FILE, OUT_FILE,
 })  # fmt: skip
 LOST = "lost+found"
-#: A folder holding any of these is a data dir of the kit's (the first `up` writes them).
-KIT_MARKS = frozenset({"kit.json", "kraft", ".up.lock", "broker.pid"})
 #: The kit's temporary files in a data dir (the SCRAM credentials' format arguments).
 TEMP_FILES = (".format-args.",)
 #: What the broker's JVM may leave in its working directory, the data dir: a crash's error
@@ -272,6 +270,7 @@ class ClientErrors(logging.Handler):
 
     # A TLS handshake the broker ended at once this many times in a row from one address is
     # final too: a TLS client spoken to a port without TLS waited out the broker timeout.
+    # (OpenSSL 3's reason; OpenSSL 1.1 names none, and such a client waits the timeout there.)
     _EOF, _EOF_FINAL = "UNEXPECTED_EOF_WHILE_READING", 3
 
     def __init__(self) -> None:
@@ -292,6 +291,8 @@ class ClientErrors(logging.Handler):
             self._eofs[node] = n = self._eofs.get(node, 0) + 1  # the broker took the hello
             if n >= self._EOF_FINAL:  # for a request and hung up, every time; a broker going
                 self.refused.setdefault(node, why)  # down is refused, or cut once: a QA pass)
+        elif node is not None:  # (in a row: another outcome starts the count again)
+            self._eofs.pop(node, None)
         # a refusal outranks the disconnects around it; a request timed out (the attempt the
         # bootstrap deadline cut short: "after 160 ms") says less than what it replaces (a
         # wrong password read as a broker down, on a loaded machine)
@@ -359,7 +360,7 @@ class ClientErrors(logging.Handler):
         if "UnsupportedSaslMechanism" in why:  # (waited the broker timeout, then blamed the
             return (  # login's drop, or the broker: a QA pass)
                 f"the broker enables no such SASL mechanism on this port ({why}): check "
-                "--sasl-mechanism (the kit's SASL_SSL port takes SCRAM-SHA-512)"
+                f"--sasl-mechanism (a kit broker's SASL_SSL port takes {SECURE_MECHANISM})"
             )
         if "Authentication" in why:
             return f"the broker refused the login ({why}); {login}"
@@ -425,8 +426,8 @@ def _kit_file(name: str) -> bool:
 
 
 def _foreign(ddir: Path) -> list[str]:
-    """The entries of ``ddir`` when it is no data dir of the kit's: a folder holding none of
-    its marks (:data:`KIT_MARKS`) and files the kit does not write, which ``up`` refuses to
+    """The entries of ``ddir`` when it is no data dir of the kit's: a folder without the kit's
+    record (:func:`_formatted`) holding files the kit does not write, which ``up`` refuses to
     start a broker in and ``down --wipe`` to delete (it deleted any folder it was given, a
     user's sources too: a QA pass). None for a data dir of the kit's, whatever else is in it
     (a core dump), an empty or missing folder; a file system's ``lost+found`` is no entry."""
@@ -440,9 +441,20 @@ def _foreign(ddir: Path) -> list[str]:
             "read and write (--data-dir, or FDS_KAFKA_DIR)",
             where=str(ddir),
         ) from exc
-    if any(name in KIT_MARKS for name in names):
+    if _formatted(ddir):
         return []
     return sorted(name for name in names if not _kit_file(name))
+
+
+def _formatted(ddir: Path) -> bool:
+    """Whether ``ddir`` holds the kit's record of its broker: a ``kit.json`` of its ports (a
+    folder of Apache Kafka's own configs holds a ``kraft/`` and a ``server.properties`` too,
+    which a wipe took for the kit's: a review)."""
+    try:
+        kit = json.loads((ddir / "kit.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(kit, dict) and {"port", "controller_port"} <= kit.keys()
 
 
 def _cache_dir(version: str) -> Path:

@@ -107,6 +107,7 @@ from fds.streams.settings import (
     add_settings_flags,
     load_settings,
     topic_arg,
+    warn_unknown_env,
 )
 from fds.streams.settings import log as settings_log
 from fds.timeutil import format_ts, parse_ts
@@ -1524,6 +1525,7 @@ def train_settings(args: argparse.Namespace) -> KafkaSettings:
     flags = {dest: getattr(args, dest, None) for dest in dests}
     if flags["group"] is not None:
         return load_settings(args.config, **flags)
+    warn_unknown_env()  # (before the quiet load, which would mark them said: a review)
     said = settings_log  # (its warnings once: the load below says them; they were said
     said.disabled, was = True, said.disabled  # twice, a QA pass)
     try:

@@ -281,6 +281,15 @@ def test_a_wipe_deletes_only_a_data_dir_of_the_kit_s(tmp_path, capsys, caplog):
         assert main(["kafka", "down", "--wipe", "--data-dir", str(kit)]) == 0
     assert sorted(p.name for p in kit.iterdir()) == ["core", "lost+found"]
     assert f"left in the data dir {kit} (not the kit's): core" in caplog.text
+    # a folder of Apache Kafka's own configs (kraft/, server.properties beside others) is no
+    # data dir of the kit's: a wipe took it for one, and deleted the user's (a review)
+    conf = tmp_path / "config"
+    for name in ("kraft/server.properties", "server.properties", "log4j.properties"):
+        (conf / name).parent.mkdir(parents=True, exist_ok=True)
+        (conf / name).write_text("x")
+    assert main(["kafka", "down", "--wipe", "--data-dir", str(conf)]) == 2
+    assert "holds files the kit did not write (log4j.properties)" in capsys.readouterr().err
+    assert (conf / "kraft" / "server.properties").exists() and (conf / "server.properties").exists()
 
 
 def test_a_data_dir_is_the_same_through_a_link_or_dots_and_not_one_it_begins(tmp_path, monkeypatch):
@@ -303,12 +312,12 @@ def test_a_data_dir_is_the_same_through_a_link_or_dots_and_not_one_it_begins(tmp
     # one an older release started in a dir it named through a link: the link in its command
     # line, the dir its working directory (a review)
     old = subprocess.Popen([*cmd, str(tmp_path / "link" / "server.properties")], cwd=real)
-    for proc in (jvm, old):  # (right after the fork, a child's command line is still pytest's)
-        deadline = time.monotonic() + 30
-        while b"kafka.Kafka" not in Path(f"/proc/{proc.pid}/cmdline").read_bytes():
-            assert time.monotonic() < deadline, "the stand-in did not start"
-            time.sleep(0.01)
     try:
+        for proc in (jvm, old):  # (right after the fork, its command line is still pytest's)
+            deadline = time.monotonic() + 30
+            while b"kafka.Kafka" not in Path(f"/proc/{proc.pid}/cmdline").read_bytes():
+                assert time.monotonic() < deadline, "the stand-in did not start"
+                time.sleep(0.01)
         (real / "broker.pid").write_text(f"{old.pid}\n")
         assert kafka_kit.status(real).pid == old.pid
         assert kafka_kit.status(copy).pid is None
