@@ -1329,9 +1329,9 @@ def test_produce_sends_a_file_as_replay_reads_it_or_says_why_not(
     with caplog.at_level("WARNING", logger="fds.streams.kafka"):
         produce_file(tmp_path / "short.csv", s)
     assert "2 records could not be read, were refused by the mapping or were" in caplog.text
-    rows = [m for m in read_all(kafka_bootstrap, topics["transactions"])
+    sent = [m for m in read_all(kafka_bootstrap, topics["transactions"])
             if m.value.startswith((b"r1,", b"r2,"))]  # fmt: skip
-    short, large = sorted(rows, key=lambda m: m.value[:3])  # (unkeyed: any partitions)
+    short, large = sorted(sent, key=lambda m: m.value[:3])  # (unkeyed: any partitions)
     assert dict(short.headers)["unreadable"] == b"expected 4 columns, found 2"
     # (one also too large keeps its reason first, a review: it was replaced)
     assert dict(large.headers)["unreadable"].startswith(
