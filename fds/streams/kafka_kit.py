@@ -451,10 +451,9 @@ def _formatted(ddir: Path) -> bool:
     folder of Apache Kafka's own configs holds a ``kraft/`` and a ``server.properties`` too,
     which a wipe took for the kit's: a review)."""
     try:
-        kit = json.loads((ddir / "kit.json").read_text())
-    except (OSError, ValueError):
+        return {"port", "controller_port"} <= read_kit(ddir).keys()
+    except ConfigError:  # (a damaged record is none)
         return False
-    return isinstance(kit, dict) and {"port", "controller_port"} <= kit.keys()
 
 
 def _cache_dir(version: str) -> Path:

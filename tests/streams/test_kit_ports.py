@@ -277,8 +277,11 @@ def test_a_wipe_deletes_only_a_data_dir_of_the_kit_s(tmp_path, capsys, caplog):
     (kit / "kit.json").write_text('{"port": 29498, "controller_port": 29499}')
     assert main(["kafka", "up", "--port", "29497", "--data-dir", str(kit)]) == 2  # (its ports)
     assert "formatted for ports 29498/29499, not ports 29497/" in capsys.readouterr().err
-    with caplog.at_level("WARNING", logger="fds"):
+    kafka_kit.log.addHandler(caplog.handler)  # (the CLI's own handler stops propagation)
+    try:
         assert main(["kafka", "down", "--wipe", "--data-dir", str(kit)]) == 0
+    finally:
+        kafka_kit.log.removeHandler(caplog.handler)
     assert sorted(p.name for p in kit.iterdir()) == ["core", "lost+found"]
     assert f"left in the data dir {kit} (not the kit's): core" in caplog.text
     # a folder of Apache Kafka's own configs (kraft/, server.properties beside others) is no
