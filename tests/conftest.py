@@ -7,7 +7,9 @@ conftest of a directory it never collects.
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
 
 import pytest
 
@@ -21,6 +23,25 @@ os.environ.setdefault("FDS_FEATURE_KERNEL", "off")
 # (Prometheus could not be installed, say) fails the run, instead of a green run that tested
 # nothing against the real broker or Prometheus.
 _SKIPPED: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def _fds_logger_as_it_was() -> Iterator[None]:
+    """Give the ``fds`` logger back as it was after each test.
+
+    The CLI's ``configure_logging`` gives it its own stderr handler and stops its propagation,
+    so a test that ran the CLI in this process would hide every later test's records from
+    ``caplog`` (the result would depend on the order the tests run in).
+    """
+    logger = logging.getLogger("fds")
+    was = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    for h in logger.handlers:
+        if h not in was[0]:
+            logger.removeHandler(h)
+    logger.handlers[:] = was[0]
+    logger.setLevel(was[1])
+    logger.propagate = was[2]
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
