@@ -5,8 +5,8 @@ survives a crash, and partitions that move"; Runner._bring_up_to_date, _take_ove
     python benchmarks/bench_failover.py [--rounds 2] [--days 20] [--cards 5000] [--rate 300]
                                         [--out benchmarks/results/failover.md]
 
-A kit broker of its own (ports 29692/29693, its own data dir, stopped at the end). Each run,
-on fresh topics (6 input partitions) and a fresh group:
+A kit broker of its own (ports 29692/29693 or --port, its own data dir, stopped at the end).
+Each run, on fresh topics (6 input partitions) and a fresh group:
 
 1. the history: the simulator's ``--days`` for ``--cards`` cards, shifted to end now, produced
    keyed by card_id with each record's timestamp its event time (as the feature horizon, found
@@ -396,6 +396,7 @@ def plot(rows: list[dict], out: Path) -> str:
 
 
 def main() -> int:
+    global PORT, CONTROLLER_PORT, BOOTSTRAP
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--days", type=int, default=20)
@@ -405,7 +406,11 @@ def main() -> int:
                     help="seconds of live traffic after the survivor's restore")  # fmt: skip
     ap.add_argument("--rules", default=str(Path(DEFAULT_RULES).relative_to(REPO)))
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--port", type=int, default=PORT,
+                    help="the broker's port (its controller's: the next one)")  # fmt: skip
     args = ap.parse_args()
+    PORT, CONTROLLER_PORT = args.port, args.port + 1
+    BOOTSTRAP = chaos_kafka.use_port(args.port)  # (its helpers read it there)
     command = shlex.join(["python", "benchmarks/bench_failover.py", *sys.argv[1:]])
     sim = simulate(days=args.days, cards=args.cards, merchants=max(args.cards // 20, 100), seed=3)
     txs = sim.transactions

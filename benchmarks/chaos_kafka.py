@@ -4,10 +4,10 @@
                                      [--repeat 1] [--cards 3000] [--days 10] [--state-topic]
                                      [--out FILE]
 
-Each run: fresh topics and group on a kit broker started here (ports 19592/19593, its own data
-dir, stopped at the end), the simulator's stream produced first (a backlog on 6 partitions),
-`fds run` with the default rules (a process of its own, logs kept) deciding it, and one fault
-(once a fifth of the stream is decided, but for the handover):
+Each run: fresh topics and group on a kit broker started here (ports 19592/19593 or --port,
+its own data dir, stopped at the end), the simulator's stream produced first (a backlog on 6
+partitions), `fds run` with the default rules (a process of its own, logs kept) deciding it,
+and one fault (once a fifth of the stream is decided, but for the handover):
 
 * **broker-kill**: `kill -9` of the broker JVM, down ``--down`` seconds, started again on the
   same data dir (the outage a machine or data-centre loss causes);
@@ -87,6 +87,15 @@ from fds.streams.state_topic import StateTopic, manifest_offsets  # noqa: E402
 RESULTS = REPO / "benchmarks" / "results" / "chaos.md"
 PORT, CONTROLLER_PORT = 19592, 19593
 BOOTSTRAP = f"127.0.0.1:{PORT}"
+
+
+def use_port(port: int) -> str:
+    """Move this module's broker to ``port`` (its controller to the next): ``--port``."""
+    global PORT, CONTROLLER_PORT, BOOTSTRAP
+    PORT, CONTROLLER_PORT, BOOTSTRAP = port, port + 1, f"127.0.0.1:{port}"
+    return BOOTSTRAP
+
+
 MODES = {"at-least-once": [], "exactly-once": ["--exactly-once"]}
 # Features of entities whose transactions span partitions (the input is keyed by card): two
 # instances deciding side by side each count them over their own partitions.
@@ -463,7 +472,10 @@ def main() -> int:
         help="every fds run gets the kit's state topic and a --group-instance-id (i1, i2, ...)",
     )  # fmt: skip
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--port", type=int, default=PORT,
+                    help="the broker's port (its controller's: the next one)")  # fmt: skip
     args = ap.parse_args()
+    use_port(args.port)
     command = shlex.join(["python", "benchmarks/chaos_kafka.py", *sys.argv[1:]])
     work = Path(tempfile.mkdtemp(prefix="fds-chaos-"))
     ddir = work / "kafka"
