@@ -1949,3 +1949,16 @@ def test_an_interrupted_replay_names_no_rule_skipped_on_its_first_few(interrupte
     summary = ReplaySummary(decided=decided, interrupted=interrupted)
     got = _never_evaluated(SimpleNamespace(rules=rules), metrics, summary)
     assert got == ([("gap_rule", "card_last_gap missing")] if said else [])
+
+
+@pytest.mark.parametrize("topic", [[], ["--topic", "labels"]])
+@pytest.mark.parametrize("text", ["", "\n\n", "tx_id,ts,is_fraud\n"])
+def test_produce_of_a_file_without_records_says_so_before_connecting(tmp_path, capsys, topic, text):
+    """A QA pass: an empty file to the labels topic was said to hold no labels as "its first
+    record is none", and one to the transactions topic waited for the broker to send nothing."""
+    f = tmp_path / ("l.csv" if text.startswith("tx_id") else "l.jsonl")
+    f.write_text(text)
+    started = time.monotonic()
+    assert main(["produce", str(f), *topic, "--bootstrap", "127.0.0.1:1"]) == 2
+    assert f"fds produce: error: {f} holds no records: nothing to send" in capsys.readouterr().err
+    assert time.monotonic() - started < 30  # (not the 60 s of an unreachable broker)

@@ -62,15 +62,20 @@ __all__ = [
 log = logging.getLogger("fds.streams.kafka")
 
 
-def _labels_file(path: Path | str, mapping: ColumnMapping | None) -> bool:
-    """Does the file's first record look like a label (``is_fraud``, no ``amount``)?"""
+def _first(path: Path | str, mapping: ColumnMapping | None) -> tuple[Any, ...] | None:
+    """The file's first row as read (position, record, error), ``None`` when it has none."""
     records = read_records(path, mapping=mapping)
     try:
-        first = next((rec for _, rec, _ in records), None)
+        return next(iter(records), None)
     finally:
         close = getattr(records, "close", None)
         if close is not None:
             close()
+
+
+def _labels_file(path: Path | str, mapping: ColumnMapping | None) -> bool:
+    """Does the file's first record look like a label (``is_fraud``, no ``amount``)?"""
+    first = (_first(path, mapping) or (None, None, None))[1]
     return isinstance(first, dict) and "is_fraud" in first and "amount" not in first
 
 
@@ -121,6 +126,12 @@ def produce_file(
             f"--labels-topic {labels_topic!r} is the topic the records go to: give each its own"
         )
     target = topic or settings.input_topic
+    empty = False
+    with contextlib.suppress(ConfigError):  # (columns amiss: said below, as for a replay)
+        empty = _first(path, mapping) is None
+    if empty:  # (an empty labels file was "its first record is none", and an empty file of
+        # transactions waited for the broker to send nothing)
+        raise ConfigError(f"{path} holds no records: nothing to send")
     holds_labels, own = False, None
     if target != settings.input_topic:
         # a labels file of its own columns and notation (a chargeback export) is read with the
