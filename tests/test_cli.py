@@ -1962,3 +1962,19 @@ def test_produce_of_a_file_without_records_says_so_before_connecting(tmp_path, c
     assert main(["produce", str(f), *topic, "--bootstrap", "127.0.0.1:1"]) == 2
     assert f"fds produce: error: {f} holds no records: nothing to send" in capsys.readouterr().err
     assert time.monotonic() - started < 30  # (not the 60 s of an unreachable broker)
+
+
+@pytest.mark.parametrize("command", ["run", "train"])
+def test_a_service_that_stops_at_its_start_leaves_no_dirs_it_made(tmp_path, capsys, command):
+    """A QA pass: `fds run`/`fds train` that stopped at once (a missing topic, no broker) left
+    the state dir (its lock, the rules kept, the trainer's database) and an empty registry."""
+    argv = [command, "--bootstrap", "127.0.0.1:1", "--broker-timeout", "2"]
+    dirs = ["--state-dir", str(tmp_path / "state"), "--registry", str(tmp_path / "reg")]
+    assert main([*argv, *dirs, "--metrics-port", "-1"]) == 1
+    assert "cannot reach Kafka at 127.0.0.1:1" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    # dirs that were there before are left as they were, with what this start wrote in them
+    (tmp_path / "state").mkdir()
+    (tmp_path / "reg").mkdir()
+    assert main([*argv, *dirs, "--metrics-port", "-1"]) == 1
+    assert (tmp_path / "state").is_dir() and (tmp_path / "reg").is_dir()

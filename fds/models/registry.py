@@ -527,6 +527,7 @@ class Registry:
                 f"{self.path} is no model registry (it holds other files and no manifest.json): "
                 f"{given}; an empty folder is an empty registry"
             )
+        self.made = create and not self.path.exists()  # (:meth:`unmake`)
         if create:
             try:
                 self.path.mkdir(mode=0o700, parents=True, exist_ok=True)  # (owner-only)
@@ -560,6 +561,18 @@ class Registry:
                     )  # fmt: skip
 
     # -- reading ---------------------------------------------------------------------------
+
+    def unmake(self, *also: str) -> None:
+        """Remove the folder if this made it and it holds nothing but ``also`` (files of this
+        process): a service that stopped at its start (a missing topic, a broker not there)
+        left an empty registry behind."""
+        if self.made and not (self.path / "manifest.json").exists():
+            for name in also:
+                with contextlib.suppress(OSError):
+                    (self.path / name).unlink()
+            with contextlib.suppress(OSError):
+                self.path.rmdir()
+
     def stamp(self) -> tuple[int, int]:
         """A cheap change marker of the manifest (``mtime_ns``, inode) for polling."""
         try:

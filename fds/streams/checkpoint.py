@@ -305,12 +305,18 @@ class Checkpointer:
         # (what the child writes, the file's inode at the fork), while it runs
         self._pending: tuple[FileOffsets, int | None] | None = None
 
-    def unmake(self) -> None:
-        """Remove the state dir if this made it and it is still empty: a start that failed
-        after it (a bad rules file) left an empty state dir behind."""
-        if self.made:
+    def unmake(self, *also: str) -> None:
+        """Remove the state dir if this made it and it holds no checkpoint: a start that
+        failed after it (a bad rules file, a missing topic) left it behind. ``also``: the
+        other files of this process in it (anything else there keeps the dir)."""
+        if not self.made or self.path.exists():
+            return
+        self.unlock()
+        for name in (LOCK_NAME, *also):
             with contextlib.suppress(OSError):
-                self.dir.rmdir()
+                (self.dir / name).unlink()
+        with contextlib.suppress(OSError):
+            self.dir.rmdir()
 
     def lock(
         self,

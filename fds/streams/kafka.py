@@ -3695,6 +3695,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
             server.stop()
     if failed is not None:  # the last line (closing the engine says its late events: they
         say(failed[0])  # came after it, and a supervisor showed them as the cause, a QA pass)
+        if checkpointer is not None:  # (a missing topic left both behind: a QA pass)
+            checkpointer.unmake(KEPT_RULES, KEPT_RULES + ".source")
+        if model is not None:
+            model.registry.unmake()
         return failed[1]
     say(
         f"consumed={stats.consumed} decided={stats.decided} dead_letters={stats.dead_letters} "

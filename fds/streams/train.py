@@ -125,6 +125,8 @@ _HOLDER = (
     "fds train",
     "give each trainer its own --state-dir (the default follows its group)" + SHARED_FILE,
 )
+#: The file a trainer holds in its registry (one trainer per registry).
+TRAINER_LOCK = ".trainer.lock"
 #: The first labels are watched for a ``ts`` text without an offset (read as UTC).
 _NAIVE = NaiveWatch("label")
 
@@ -740,12 +742,22 @@ class TrainService:
             # and the scorers served the newest, the other deployment's (a QA pass)
             reg = self.s.named("registry")  # (--registry, FDS_REGISTRY, registry in the file)
             with hold(
-                self.registry.path / ".trainer.lock", "the registry", "fds train",
+                self.registry.path / TRAINER_LOCK, "the registry", "fds train",
                 f"give each trainer (each deployment, each model) its own {reg}", reg,
             ), self.health.watching():  # fmt: skip
                 return self._run(max_idle_s)
         finally:
             self.ckpt.unlock()
+
+    def unmake(self) -> None:
+        """Remove the state dir and registry this made if it stopped before reading anything
+        (a missing topic, a broker not there: both were left behind, a QA pass)."""
+        if self.stats.decisions or self.stats.labels or self.stats.dead_letters or self._early:
+            return
+        self.store.close()
+        db = self.store_path.name
+        self.ckpt.unmake(db, f"{db}-wal", f"{db}-shm", f"{db}-journal")
+        self.registry.unmake(TRAINER_LOCK)
 
     def _run(self, max_idle_s: float | None) -> TrainStats:
         log.info(
@@ -1610,9 +1622,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         stats = svc.run(max_idle_s=args.max_idle)
     except ConfigError as exc:
         say(f"fds train: error: {exc}")
+        svc.unmake()
         return 2
     except (FdsError, KafkaError) as exc:
         say(f"fds train: failed: {describe(exc)}")
+        svc.unmake()
         return 1
     finally:
         if server is not None:
