@@ -1360,6 +1360,10 @@ STOP_WITHIN_S = 6.0
 #: The gauge a :class:`Pusher` keeps for its job: when a run of it last ended well.
 LAST_SUCCESS = "fds_last_success_timestamp_seconds"
 
+#: The gauge a :class:`Pusher` pushes: 1 while its run goes on, 0 in its last push (another
+#: run of the job starting meanwhile is warned that they replace each other's metrics).
+PUSHING = "fds_push_running"
+
 #: How often a :class:`Pusher` pushes while its job runs (Prometheus' default scrape interval
 #: is 15 s: a Pushgateway scraped that often shows a replay's progress, not only its end).
 PUSH_EVERY_S = 10.0
@@ -1396,22 +1400,26 @@ class Pusher:
         self._thread: threading.Thread | None = None
         self.last_success: float | None = None  # (Unix time)
         self._api = f"{self.url}/api/v1/metrics"
-        metrics.registry.register(_LastSuccess(self))
+        self._own = _LastSuccess(self)  # (unregistered at the end: a Pusher of the same
+        metrics.registry.register(self._own)  # metrics may follow, their gauges one each)
 
-    def _pushed_success(self) -> float | Exception | None:
-        """The job's :data:`LAST_SUCCESS` as the gateway holds it (its JSON API), ``None``
-        when it holds none, or why the API could not be read."""
+    def _pushed(self) -> dict[str, float] | Exception:
+        """The job's gauges the gateway holds (its JSON API: :data:`LAST_SUCCESS`,
+        :data:`PUSHING`, ``push_time_seconds``, those it has), or why the API could not be
+        read."""
         try:
             with urllib.request.urlopen(self._api, timeout=self.timeout_s) as r:
                 groups = json.load(r)["data"]
             for g in groups:
                 if g["labels"].get("job") == self.job and not g["labels"].get("instance"):
-                    if LAST_SUCCESS not in g:
-                        return None
-                    return float(g[LAST_SUCCESS]["metrics"][0]["value"])
+                    return {
+                        name: float(g[name]["metrics"][0]["value"])
+                        for name in (LAST_SUCCESS, PUSHING, "push_time_seconds")
+                        if name in g
+                    }
         except (*PUSH_ERRORS, ValueError, KeyError, IndexError, TypeError) as e:
             return e
-        return None
+        return {}
 
     def push(self, timeout_s: float | None = None) -> None:
         """One push now (waiting ``timeout_s``, else :attr:`timeout_s`, for the gateway); raises
@@ -1441,8 +1449,16 @@ class Pusher:
         return f"cannot push metrics to the Pushgateway at {self.url}: {reason}{hint}"
 
     def start(self) -> Pusher:
-        read = self._pushed_success()
-        self.last_success = read if isinstance(read, float) else None
+        read = self._pushed()
+        if isinstance(read, dict):
+            self.last_success = read.get(LAST_SUCCESS)
+            ago = time.time() - read.get("push_time_seconds", 0.0)
+            if read.get(PUSHING) and ago < 3 * self.every_s:  # (two replays of one job
+                log.warning(  # replaced each other's metrics every 10 s unsaid: a QA pass)
+                    "another run pushes job %r to the Pushgateway now (its last push %.0f s "
+                    "ago): each push replaces the other's metrics; give each its own --push-job",
+                    self.job, max(ago, 0.0),
+                )  # fmt: skip
         try:
             self.push()
         except PUSH_ERRORS as e:
@@ -1491,6 +1507,13 @@ class Pusher:
             self._thread = None
         if succeeded:
             self.last_success = time.time()
+        try:
+            return self._last_push(attempts, end)
+        finally:
+            with contextlib.suppress(KeyError):  # (stopped twice)
+                self.metrics.registry.unregister(self._own)
+
+    def _last_push(self, attempts: int, end: float) -> bool:
         for attempt in range(attempts):
             try:
                 self.push(max(min(self.timeout_s, end - time.monotonic()), 0.1))
@@ -1507,12 +1530,16 @@ class Pusher:
 
 
 class _LastSuccess(Collector):
-    """:data:`LAST_SUCCESS` of a :class:`Pusher`'s job, once known."""
+    """:data:`LAST_SUCCESS` of a :class:`Pusher`'s job, once known, and :data:`PUSHING`."""
 
     def __init__(self, pusher: Pusher) -> None:
         self.pusher = pusher
 
     def collect(self) -> Iterator[Any]:
+        yield GaugeMetricFamily(
+            PUSHING, "1 while the run pushing this job goes on, 0 in its last push.",
+            value=0.0 if self.pusher._stopping.is_set() else 1.0,
+        )  # fmt: skip
         if self.pusher.last_success is not None:
             yield GaugeMetricFamily(
                 LAST_SUCCESS, "When a run of this pushed job last ended well (exit 0), Unix time.",

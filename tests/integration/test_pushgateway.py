@@ -187,3 +187,24 @@ def test_a_push_the_gateway_refuses_says_the_gateway_s_reason(binaries: tuple[st
     said = str(e.value)
     assert f"at {gw.url} refused the metrics of job 'nightly': Bad Request (" in said
     assert "fds_decisions_total" in said and "start it" not in said
+
+
+def test_a_second_run_pushing_the_same_job_is_warned(
+    binaries: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A QA pass: two replays given one --push-job replaced each other's metrics every 10 s
+    without a word. The job's `fds_push_running` says a run is under way (0 once it ended)."""
+    _, pgw_bin = binaries
+    with Pushgateway(pgw_bin) as gw:
+        first = Pusher(Metrics(), gw.url, "nightly", every_s=0.2).start()
+        assert gw.value("fds_push_running", job="nightly") == 1
+        with caplog.at_level(logging.WARNING, logger="fds"):
+            second = Pusher(Metrics(), gw.url, "nightly").start()
+            assert "another run pushes job 'nightly' to the Pushgateway now" in caplog.text
+            second.stop()
+            first.stop(succeeded=True)
+            assert gw.value("fds_push_running", job="nightly") == 0
+            caplog.clear()  # one after the other, as a nightly script: nothing said
+            Pusher(Metrics(), gw.url, "nightly").start().stop()
+            Pusher(Metrics(), gw.url, "other").start().stop()
+        assert "another run" not in caplog.text
