@@ -576,6 +576,10 @@ class _Checker:
                 self.visit(node.body, d, cond),
                 self.visit(node.orelse, d, cond),
             )
+            if cond:  # (`n if is_night else amount > 5` read as `n if is_night else (amount >
+                # 5)`: it fired on every night's transaction, a QA pass; `x > 5 if c else 0`,
+                # a branch written as a constant, stays valid)
+                self.no_value_branch([(node.body, bt), (node.orelse, ot)])
             return f"({bs} if {ts} else {os_})", _join({bt, ot}, "if")
         if isinstance(node, ast.Call):
             return self.call(node, d)
@@ -675,6 +679,21 @@ class _Checker:
                 raise self.fail(
                     v, f"{v.value!r} here is always {'true' if v.value else 'false'} (a text "
                     "is no condition): compare it, e.g. country in ['KR', 'JP']",
+                )  # fmt: skip
+
+    def no_value_branch(self, branches: list[tuple[ast.expr, str]]) -> None:
+        """Refuse a branch of ``if ... else`` in a condition that is a number or text (but the
+        constant 0): true for any value but 0 or empty, whatever the threshold meant."""
+        for v, t in branches:
+            if isinstance(v, ast.Constant) and t == NUM and v.value != 0:
+                raise self.fail(v, f"{v.value!r} here is always true (a number is no "
+                                "condition): write True, or compare something")  # fmt: skip
+            if t in (NUM, STR, MIXED) and not isinstance(v, ast.Constant):
+                kind = {NUM: "a number", STR: "text", MIXED: "text or a number"}[t]
+                raise self.fail(
+                    v, f"this branch of `if ... else` gives {kind}, not true/false: in a "
+                    "condition it holds for any value but 0 or empty (`a if c else b > 5` "
+                    "reads as `a if c else (b > 5)`): compare it, e.g. (a if c else b) > 5",
                 )  # fmt: skip
 
     def need_num(self, node: ast.AST, t: str, what: str) -> None:

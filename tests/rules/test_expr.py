@@ -119,6 +119,14 @@ def test_semantics_and_precedence(src: str, expected: bool) -> None:
         ("country == 'KR' or 'JP'", "'JP' here is always true (a text is no condition)"),
         ("mcc == '6051' or '4829' and seen", "'4829' here is always true"),
         ("amount > 100 if is_night else 'no'", "'no' here is always true"),
+        # a branch of if/else that is a number fires on any value but 0: `n if c else a > 5`
+        # reads as `n if c else (a > 5)` (a QA pass, 2026-12-07: it declined every night)
+        ("count if is_night else amount > 1000000", "this branch of `if ... else` gives a number"),
+        ("amount if country else 5 > 3", "this branch of `if ... else` gives a number"),
+        ("amount > 300 if is_night else 5", "5 here is always true (a number is no condition)"),
+        ("5 if is_night else amount > 300", "5 here is always true"),
+        ("country if is_night else amount > 5", "this branch of `if ... else` gives text"),
+        ("(amount > 5 if seen else amount) and seen", "gives a number, not true/false"),
         ("seen and ''", "'' here is always false"),
         ("mcc in ['6051' '4829', '6211']", "two texts side by side, '6051' '4829', are read as"),
         ("mcc in ['6051'\n  '4829']", "a comma missing between them?"),
@@ -126,7 +134,7 @@ def test_semantics_and_precedence(src: str, expected: bool) -> None:
         ("(country or amount) * 1000000000000 > 0", "this may be text"),
         ("(country or amount) % amount > 0", "this may be text"),
         ("abs(amount if seen else country) > 1", "this may be text"),
-        ("amount * 2 if is_night else country", "must be true/false"),
+        ("amount * 2 if is_night else country", "gives a number, not true/false"),
         ("amount > nope", "unknown name 'nope'"),
         # (`== false` was told to quote it, which compares text with a bool: a review)
         ("seen == false", "unknown name 'false': use a transaction field, extra.NAME, a declared"),
