@@ -490,6 +490,10 @@ def file_path(what: str) -> Callable[[str], Path]:
     def parse(text: str) -> Path:
         if not text.strip():
             raise argparse.ArgumentTypeError(f"empty path: give a {what}")
+        if text == "-":  # (a file named "-" was written: a QA pass)
+            raise argparse.ArgumentTypeError(
+                f"'-' (standard input or output) is not read or written here: give a {what}"
+            )
         return Path(text)
 
     return parse

@@ -307,6 +307,13 @@ def _replay_file(args: argparse.Namespace, pushers: list[Pusher]) -> int:
                 "a writable directory"
             )
             return 2
+    odd = args.out.is_symlink() or (args.out.exists() and not args.out.is_file())
+    if args.dlq is None and odd:
+        say(  # (--out /dev/stdout put its dead letters in /dev/stdout.dlq.jsonl: a QA pass)
+            f"fds replay: error: --out {args.out} is a link or no regular file: the dead "
+            "letters cannot go beside it; give them a file with --dlq FILE"
+        )
+        return 2
     dlq_path = args.dlq or dlq_path_for(args.out)  # (after: --out . had no name, a traceback)
     for flag, path in (("--out", args.out), ("--dlq", args.dlq)):
         name = str(path or "").lower().removesuffix(".gz")
@@ -329,10 +336,12 @@ def _replay_file(args: argparse.Namespace, pushers: list[Pusher]) -> int:
         )
         if x is not None and Path(x).is_file()
     ]
-    for flag, path in (("--out", args.out), ("--dlq", dlq_path)):
+    dlq_flag = "--dlq" if args.dlq else "the dead-letter file beside --out,"
+    for flag, path in (("--out", args.out), (dlq_flag, dlq_path)):
         same = next(((what, x) for what, x in reads if same_file(path, x)), None)
-        if same is not None:
-            say(f"fds replay: error: {flag} {path} is the {same[0]} {same[1]}; give another path")
+        if same is not None:  # (one beside --out was named --dlq, not given: a QA pass)
+            fix = "give another path" if args.dlq or flag == "--out" else "give --dlq FILE"
+            say(f"fds replay: error: {flag} {path} is the {same[0]} {same[1]}; {fix}")
             return 2
     if same_file(args.out, dlq_path):  # the decisions were written over the dead letters
         say(f"fds replay: error: --dlq {dlq_path} is the --out file; give another path")
@@ -363,7 +372,10 @@ def _replay_file(args: argparse.Namespace, pushers: list[Pusher]) -> int:
         # QA pass): a previous run's output would pass for this one's (when nothing is decided
         # or dead-lettered)
         for old in (args.out, dlq_path):
-            if old is not None and old.is_file():
+            if old.is_symlink():  # written through (it was deleted: --out /dev/stdout made a
+                if old.is_file():  # file of the machine's /dev/stdout as root, a QA pass)
+                    old.open("wb").close()
+            elif old.is_file():
                 old.unlink()
         # (eager: a rerun that decides nothing leaves an empty file, not none: a QA pass)
         sink = stack.enter_context(JsonlSink(args.out, eager=True))

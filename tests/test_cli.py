@@ -1978,3 +1978,30 @@ def test_a_service_that_stops_at_its_start_leaves_no_dirs_it_made(tmp_path, caps
     (tmp_path / "reg").mkdir()
     assert main([*argv, *dirs, "--metrics-port", "-1"]) == 1
     assert (tmp_path / "state").is_dir() and (tmp_path / "reg").is_dir()
+
+
+def test_replay_and_simulate_write_through_a_link_and_never_delete_it(history, tmp_path, capsys):
+    """A QA pass: `--out LINK` deleted the link and wrote a file in its place (as root,
+    `--out /dev/stdout > file` made /dev/stdout a regular file for the whole machine), with
+    the dead letters beside it (/dev/stdout.dlq.jsonl); `fds simulate --out LINK` replaced the
+    link too, leaving its file with the old stream."""
+    target, link = tmp_path / "target.jsonl", tmp_path / "link.jsonl"
+    target.write_text("old\n")
+    link.symlink_to(target.name)
+    assert bare_replay(str(history), "--out", str(link)) == 2  # where would dead letters go?
+    assert "give them a file with --dlq FILE" in said(capsys)
+    assert bare_replay(str(history), "--out", str(link), "--dlq", str(tmp_path / "x.jsonl")) == 0
+    assert link.is_symlink() and len(target.read_text().splitlines()) == 20  # (old one gone)
+    with pytest.raises(SystemExit) as e:
+        main(["replay", str(history), "--out", "-"])  # (a file named "-" was written)
+    assert e.value.code == 2
+    assert "'-' (standard input or output) is not read or written here" in said(capsys)
+    # a dead-letter file beside --out that is the input: said as that, not as --dlq
+    beside = tmp_path / "in.dlq.jsonl"
+    beside.write_bytes(history.read_bytes())
+    assert bare_replay(str(beside), "--out", str(tmp_path / "in.jsonl")) == 2
+    assert "the dead-letter file beside --out, " in said(capsys)
+    link.unlink()
+    link.symlink_to(target.name)
+    assert main(["simulate", "--days", "1", "--cards", "100", "--out", str(link)]) == 0
+    assert link.is_symlink() and target.read_text().startswith('{"tx_id"')

@@ -1021,17 +1021,20 @@ def write(
     """
     out = check_out(out_path)
     lab = labels_path(out)
+    # A link is written through: the file it names is replaced (the link was, its file left
+    # with the old stream: a QA pass).
+    to_tx, to_lab = (p.resolve() if p.is_symlink() else p for p in (out, lab))
     # Temporary names in the same directory (ending like the real ones, for the .gz test).
-    tmp_tx, tmp_lab = (p.with_name(f".tmp{os.getpid()}.{p.name}") for p in (out, lab))
+    tmp_tx, tmp_lab = (p.with_name(f".tmp{os.getpid()}.{p.name}") for p in (to_tx, to_lab))
     try:
         _write_jsonl(sim.transactions, tmp_tx, on_rows)
         _write_jsonl(sim.labels, tmp_lab, on_rows)
         # Order matters: tx ids repeat across runs, so old labels must never sit beside new
         # transactions. Remove them first; an interruption between these steps leaves
         # transactions without labels, not mislabelled ones.
-        lab.unlink(missing_ok=True)
-        os.replace(tmp_tx, out)
-        os.replace(tmp_lab, lab)
+        to_lab.unlink(missing_ok=True)
+        os.replace(tmp_tx, to_tx)
+        os.replace(tmp_lab, to_lab)
     finally:
         tmp_tx.unlink(missing_ok=True)
         tmp_lab.unlink(missing_ok=True)
