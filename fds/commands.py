@@ -581,36 +581,55 @@ def _replay_file(args: argparse.Namespace, pushers: list[Pusher]) -> int:
     if not summary.transactions:  # (an empty file printed a table of zeros, exit 0)
         say(f"fds replay: error: {args.file} holds no transactions")
         return 1
-    if not summary.decided and summary.dead_letters > summary.label_dead_letters:
+    dead = summary.dead_letters - summary.label_dead_letters
+    if dead and not summary.decided:
         top = summary.top_reason or ""
-        stage = top.split(":", 1)[0]
-        said = next((fix for mark, fix in _FIXES if mark in top), None)
-        if said is not None:  # (it said FILE > FILE.jsonl, not the file's name: a QA pass)
-            said = said.replace("{jq}", jq_command(Path(args.file), ".[]"))
-        dated = "timestamp" in top  # (the columns are right: "map its columns" misled, a QA)
-        dates = _ts_advice(top) if dated and said is None else ""
-        guard = ", e.g. guard a rule that raises: `avg > 0 and amount / avg > 3`"
-        check = (
-            said
-            if said is not None
-            else "fds reads JSON Lines (one object per line) and CSV in UTF-8: convert the file"
-            if stage == "parse"
-            else f"the {stage} stage fails on every transaction: fix it"
-            + (guard if stage == "rules" else "")
-            if stage != "validate"
-            else "check the file against --mapping (fields, timezone)"
-            if args.mapping
-            else ""
-            if dated
-            else "map its columns with --mapping"
-        )
-        hint = ", and ".join(h for h in (check, dates) if h)
         say(
             f"fds replay: error: no transaction could be decided, every one was dead-lettered "
-            f"(most often {top}); {hint}; the dead letters are in {dlq_path}"
+            f"(most often {top}); {_advice(top, args, 'every')}; the dead letters are in "
+            f"{dlq_path}"
         )
         return 1
+    if dead >= DEAD_SAY * summary.transactions and dead >= 10:  # (49 of 50 rows dead letters
+        top = summary.top_reason or ""  # exited 0 without a word: a QA pass)
+        say(
+            f"fds replay: warning: {dead:,} of {summary.transactions:,} transactions "
+            f"({dead / summary.transactions:.0%}) were dead-lettered (most often {top}); "
+            f"{_advice(top, args, 'these')}; they are in {dlq_path}",
+            logging.WARNING,
+        )
     return 1 if cut else 0
+
+
+#: The share of a replay's transactions dead-lettered from which it warns (all: an error).
+DEAD_SAY = 0.1
+
+
+def _advice(top: str, args: argparse.Namespace, which: str) -> str:
+    """What to do about the dead letters of a replay, most often for reason ``top``, ``which``
+    ("every", "these") of its transactions."""
+    stage = top.split(":", 1)[0]
+    said = next((fix for mark, fix in _FIXES if mark in top), None)
+    if said is not None:  # (it said FILE > FILE.jsonl, not the file's name: a QA pass)
+        said = said.replace("{jq}", jq_command(Path(args.file), ".[]"))
+    dated = "timestamp" in top  # (the columns are right: "map its columns" misled, a QA pass)
+    dates = _ts_advice(top) if dated and said is None else ""
+    guard = ", e.g. guard a rule that raises: `avg > 0 and amount / avg > 3`"
+    check = (
+        said
+        if said is not None
+        else "fds reads JSON Lines (one object per line) and CSV in UTF-8: convert the file"
+        if stage == "parse"
+        else f"the {stage} stage fails on {which} transaction{'s' * (which != 'every')}: fix it"
+        + (guard if stage == "rules" else "")
+        if stage != "validate"
+        else "check the file against --mapping (fields, timezone)"
+        if args.mapping
+        else ""
+        if dated
+        else "map its columns with --mapping"
+    )
+    return ", and ".join(h for h in (check, dates) if h)
 
 
 #: A reason that names a mapping option, and what to do when every record is dead-lettered

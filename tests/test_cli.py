@@ -2005,3 +2005,21 @@ def test_replay_and_simulate_write_through_a_link_and_never_delete_it(history, t
     link.symlink_to(target.name)
     assert main(["simulate", "--days", "1", "--cards", "100", "--out", str(link)]) == 0
     assert link.is_symlink() and target.read_text().startswith('{"tx_id"')
+
+
+def test_a_replay_that_dead_letters_a_large_share_warns_with_the_advice(tmp_path, capsys):
+    """A QA pass: 49 rows of 50 dead-lettered (day-first times) exited 0 without a word; the
+    advice came only when every row was."""
+    rows = [{"tx_id": f"t{i}", "ts": T0 + i, "card_id": "c", "amount": 5} for i in range(50)]
+    for r in rows[1:]:
+        r["ts"] = f"25/12/2025 10:00:{r['tx_id'][1:]:0>2}"
+    (tmp_path / "h.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    assert bare_replay(str(tmp_path / "h.jsonl"), "--out", str(tmp_path / "d.jsonl")) == 0
+    err = said(capsys)
+    assert "49 of 50 transactions (98%) were dead-lettered (most often validate: ts:" in err
+    assert "ts_format: '%d/%m/%Y %H:%M:%S'" in err
+    for r in rows[6:]:  # 5 of 50: a tenth is not reached, nothing said
+        r["ts"] = T0
+    (tmp_path / "h.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    assert bare_replay(str(tmp_path / "h.jsonl"), "--out", str(tmp_path / "d.jsonl")) == 0
+    assert "dead-lettered (most often" not in said(capsys)
