@@ -158,11 +158,11 @@ def other_file(data: Any, flag: str, path: Any) -> None:
     a misspelt `grace`: a QA pass)."""
     if not isinstance(data, dict) or any(k in data for k in _OWN_KEYS[flag]):
         return
+    wanted = next(what for _, what, takes in _FILE_KINDS if takes == flag)
     for key, what, takes in _FILE_KINDS:
-        if takes != flag and key in data:
-            raise ConfigError(
-                f"this is {what} (it has {key}:), not what {flag} takes: give it with "
-                f"{takes} {path}",
+        if takes != flag and key in data:  # (not "what --rules takes": `fds rules check`
+            raise ConfigError(  # and backtest have no --rules, a QA pass)
+                f"this is {what} (it has {key}:), not {wanted}: give it with {takes} {path}",
                 where=str(path),
             )
 

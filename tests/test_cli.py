@@ -1866,14 +1866,14 @@ def test_a_mapped_column_no_record_holds_is_named_when_rules_miss_its_field(tmp_
 @pytest.mark.parametrize(
     ("flag", "file", "says"),
     [
-        ("--rules", "models/default.yaml", "this is a model spec (it has pipeline:), not what "
-         "--rules takes: give it with --model"),
-        ("--model", "rules/default.yaml", "this is a rules file (it has rules:), not what "
-         "--model takes: give it with --rules"),
-        ("--rules", "MAPPING", "this is a column mapping (it has fields:), not what --rules "
-         "takes: give it with --mapping"),
-        ("--mapping", "models/default.yaml", "this is a model spec (it has pipeline:), not what "
-         "--mapping takes: give it with --model"),
+        ("--rules", "models/default.yaml", "this is a model spec (it has pipeline:), not a "
+         "rules file: give it with --model"),
+        ("--model", "rules/default.yaml", "this is a rules file (it has rules:), not a model "
+         "spec: give it with --rules"),
+        ("--rules", "MAPPING", "this is a column mapping (it has fields:), not a rules file: "
+         "give it with --mapping"),
+        ("--mapping", "models/default.yaml", "this is a model spec (it has pipeline:), not a "
+         "column mapping: give it with --model"),
     ],
 )  # fmt: skip
 def test_a_file_of_another_kind_is_told_the_option_that_takes_it(

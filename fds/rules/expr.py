@@ -1032,6 +1032,12 @@ _HABITS = (
         " (a column named as a word of the language: write extra['{0}'])",
     ),
     (r"=<|=>", " (write <= or >=)"),
+    # (pasted from a document or a chat: said as an invalid character alone, a QA pass)
+    (r"≥", " (write >=)"),
+    (r"≤", " (write <=)"),
+    (r"≠", " (write !=)"),
+    (r"([‘’“”])", " (write texts in straight quotes, 'KR', not {0})"),
+    (r";\s*$", " (no ';' at the end: a condition is one expression)"),
     (r"&&|\|\|", " (write 'and' / 'or' for && / ||)"),
     (r"(?<![=<>!])=(?![=<>])", " (compare with ==; a single = assigns nothing here)"),
     (r"!(?!=)", " (write 'not' for !)"),

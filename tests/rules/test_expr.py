@@ -119,6 +119,11 @@ def test_semantics_and_precedence(src: str, expected: bool) -> None:
         ("country == 'KR' or 'JP'", "'JP' here is always true (a text is no condition)"),
         ("mcc == '6051' or '4829' and seen", "'4829' here is always true"),
         ("amount > 100 if is_night else 'no'", "'no' here is always true"),
+        # pasted from a document or a chat (a QA pass: an invalid character, no more)
+        ("amount ≥ 5", "invalid character '≥' (U+2265) (write >=)"),
+        ("amount ≠ 5", "(write !=)"),
+        ("country == ‘KR’", "(write texts in straight quotes, 'KR', not ‘)"),
+        ("amount > 5;", "(no ';' at the end: a condition is one expression)"),
         # a branch of if/else that is a number fires on any value but 0: `n if c else a > 5`
         # reads as `n if c else (a > 5)` (a QA pass, 2026-12-07: it declined every night)
         ("count if is_night else amount > 1000000", "this branch of `if ... else` gives a number"),
