@@ -160,6 +160,11 @@ def _engine_field(name: str) -> str:
             f"{name!r} is not a field to map onto: a column no field names arrives in "
             "`extra` under its own name (extra.COLUMN in rules and features); leave it unmapped"
         )
+    if name in ("is_fraud", "label", "fraud"):  # (the natural first guess of a label column
+        raise ValueError(  # was told the engine's fields alone: a QA pass)
+            f"{name!r} is no field of a transaction: a fraud column is mapped as the label, at "
+            "the top of the mapping: `label: {column: YOUR_COLUMN, delay: 7d}`"
+        )
     if name not in _MAPPABLE:
         close = difflib.get_close_matches(name, _MAPPABLE, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""

@@ -122,6 +122,8 @@ def test_a_required_field_neither_mapped_nor_a_column_is_a_config_error(tmp_path
     ("text", "message"),
     [
         ("fields:\n  tx_id: A\n  shoe: B\n", r"m.yaml:3: fields.shoe: unknown engine field .shoe."),
+        # the natural first guess of a label column (a QA pass: told the fields alone)
+        ("fields:\n  is_fraud: F\n", r"m.yaml:2: .*mapped as the label.*label: \{column: YOUR_"),
         # a header of numbers, an empty value: "Input should be a valid string" (a QA pass)
         (
             "fields:\n  tx_id: 0\n",
