@@ -630,9 +630,9 @@ def _pydantic_error(
         where = f"{filename}:{line}:{col}"
         first_where = first_where or where
         field = ".".join(str(p) for p in loc if p != KEY) or "file"
-        if (rule_id := _rule_id(data, loc)) is not None:  # (`rules.10.action` read as the
-            rest = ".".join(str(p) for p in loc[2:] if p != KEY)  # tenth rule: a README walk)
-            field = f"rule {rule_id}" + (f": {rest}" if rest else "")
+        if (item := _item_name(data, loc)) is not None:
+            rest = ".".join(str(p) for p in loc[2:] if p != KEY)
+            field = item + (f": {rest}" if rest else "")
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             close = difflib.get_close_matches(
@@ -677,14 +677,20 @@ def _pydantic_error(
     )
 
 
-def _rule_id(data: Mapping[str, Any], loc: tuple[Any, ...]) -> str | None:
-    """The id of the rule ``loc`` is in (``("rules", 10, "action")``), when it has one."""
-    rules = data.get("rules")
-    if len(loc) < 2 or loc[0] != "rules" or type(loc[1]) is not int or not isinstance(rules, list):
+#: What names an item of a list of the file: its kind and key.
+_ITEM_NAMES = {"rules": ("rule", "id"), "features": ("feature", "name")}
+
+
+def _item_name(data: Mapping[str, Any], loc: tuple[Any, ...]) -> str | None:
+    """``rule ID`` / ``feature NAME`` of the item ``loc`` is in (``("rules", 10, "action")``:
+    read as the tenth rule, a README walk; ``features.0``, a QA pass), when it has one."""
+    kind = _ITEM_NAMES.get(loc[0]) if loc and isinstance(loc[0], str) else None
+    items = data.get(loc[0]) if kind is not None else None
+    if kind is None or len(loc) < 2 or type(loc[1]) is not int or not isinstance(items, list):
         return None
-    rule = rules[loc[1]] if loc[1] < len(rules) else None
-    rid = rule.get("id") if isinstance(rule, dict) else getattr(rule, "id", None)
-    return rid if isinstance(rid, str) and rid.strip() else None
+    item = items[loc[1]] if loc[1] < len(items) else None
+    name = item.get(kind[1]) if isinstance(item, dict) else getattr(item, kind[1], None)
+    return f"{kind[0]} {name}" if isinstance(name, str) and name.strip() else None
 
 
 # ---------------------------------------------------------------- built-in clock

@@ -1230,3 +1230,18 @@ def test_a_threshold_finer_than_the_scores_it_meets_is_refused(policy: str, says
         load_ruleset_text(text, "r.yaml")
     assert str(e.value).startswith("r.yaml:3:")
     assert load_ruleset_text(text.replace("0000", "")).spec.policy  # 0.91, 0.609: fine
+
+
+def test_a_feature_s_shape_error_names_the_feature() -> None:
+    """A QA pass: `features.0.agg` (counted from 0) where rules are named by their id."""
+    with pytest.raises(ConfigError) as e:
+        load_ruleset_text(
+            'version: "q"\nfeatures:\n'
+            "  - {name: n10, entity: card_id, agg: cnt, window: 10m}\n"
+            "  - {entity: card_id, agg: count, window: 10x}\n"
+            'rules:\n  - {id: a, when: "n10 > 1", action: review, score: 0.5, reason: r}\n',
+            "q.yaml",
+        )
+    said = str(e.value)
+    assert "q.yaml:3:39: feature n10: agg: Input should be 'count'" in said, said
+    assert "features.1.name: missing: add it" in said  # (no name: its place, as a rule's)
