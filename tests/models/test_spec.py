@@ -114,6 +114,19 @@ def test_shipped_specs_build(name: str) -> None:
             ":4",
             "intercept_init: must be within ±30",
         ),
+        (  # (initial weights of 10 declined 41% of the payments, every version alike: a QA)
+            "name: x\npipeline:\n  - preprocessing.StandardScaler: {}\n"
+            "  - linear_model.LogisticRegression:\n"
+            "      initializer: {optim.initializers.Constant: {value: 10}}\n",
+            ":5",
+            "optim.initializers.Constant: value: initial weights must be within ±0.1",
+        ),
+        (
+            "name: x\npipeline:\n  - linear_model.LogisticRegression:\n"
+            "      initializer: {optim.initializers.Normal: {mu: 0, sigma: 3}}\n",
+            ":4",
+            "sigma: initial weights must be within ±1",
+        ),
         (
             "name: x\npipeline:\n  - preprocessing.StandardScaler: {}\n",
             ":3",
