@@ -953,13 +953,25 @@ class Registry:
                 if v and m["versions"].get(v, {}).get("status") != "rejected":
                     keep.add(v)
         parents = m.setdefault("parents", {})  # of versions removed: lines stay whole
+        # ... and how those rolled back were (a line learned from one was servable again once
+        # it was removed: a QA pass)
+        back = m.setdefault(ROLLED_BACK, {})
+        champions = {h.get("to") for h in m.get("history", [])}
         for e in entries:
-            if e["version"] not in keep:
-                del m["versions"][e["version"]]
-                self._dropped.append(self.artifact(e["version"]))  # (see _locked)
-                parents[e["version"]] = e.get("parent")
-        for v in list(parents)[:-MAX_PARENTS]:  # the oldest go
-            del parents[v]
+            v = e["version"]
+            if v not in keep:
+                del m["versions"][v]
+                self._dropped.append(self.artifact(v))  # (see _locked)
+                parents[v] = e.get("parent")
+                if e.get("status") == "rejected":
+                    how = {k: e[k] for k in ("broken", "rejected_because") if e.get(k)}
+                    if v in champions:
+                        how["champion"] = True
+                    if _rolled_back(how, followed=True):
+                        back[v] = how
+        for kept in (parents, back):
+            for v in list(kept)[:-MAX_PARENTS]:  # the oldest go
+                del kept[v]
 
     def _set_champion(
         self, version: str | Callable[[dict[str, Any]], str], status: str, reason: str
@@ -1279,23 +1291,30 @@ def rolled_back_in(m: Mapping[str, Any], version: str, *, followed: bool = False
     champ = m.get("champion")
     champions = {h.get("to") for h in m.get("history", [])}
     versions, ancestry = m["versions"], set(line_of(m, champ)) if champ else set()
+    removed = m.get(ROLLED_BACK) or {}
 
-    def back(e: Mapping[str, Any], v: str) -> bool:
-        if v in champions or e.get("broken"):
-            return True
-        return followed and e.get("rejected_because") == FOLLOWED_REASON
+    def back(v: str) -> bool:
+        if v in versions:
+            e = versions[v]
+            return e["status"] == "rejected" and _rolled_back(
+                {**e, "champion": v in champions}, followed
+            )
+        return v in removed and _rolled_back(removed[v], followed)
 
-    return next(
-        (
-            v
-            for v in line_of(m, version, champ)
-            if v in versions
-            and v not in ancestry
-            and versions[v]["status"] == "rejected"
-            and back(versions[v], v)
-        ),
-        None,
-    )
+    return next((v for v in line_of(m, version, champ) if v not in ancestry and back(v)), None)
+
+
+#: The manifest's record of versions retention removed that had been rolled back (see
+#: :func:`_rolled_back`), by version: a line learned from one stays refused.
+ROLLED_BACK = "rolled_back"
+
+
+def _rolled_back(e: Mapping[str, Any], followed: bool) -> bool:
+    """Was the rejected version of entry ``e`` rolled back: champion before (``champion``),
+    broken, or (``followed``) rejected through a followed lifecycle?"""
+    if e.get("champion") or e.get("broken"):
+        return True
+    return followed and e.get("rejected_because") == FOLLOWED_REASON
 
 
 def passed_over(m: Mapping[str, Any]) -> int:

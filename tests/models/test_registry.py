@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from fds.errors import ArtifactError, ConfigError
-from fds.models.registry import ENTRY_FIELDS, Registry
+from fds.models.registry import ENTRY_FIELDS, Registry, rolled_back_in
 from tests.models.fakes import FeatureModel
 
 UNPICKLED: list[str] = []
@@ -304,6 +304,26 @@ def test_a_rollback_follows_a_line_through_versions_retention_removed(tmp_path):
     assert late["rejected_because"] == "learned from v000002, rolled back"
     reg.promote("v000010")  # by hand, out of the rolled-back line: a line of its own
     assert reg.publish({"x": 1}, spec={"name": "t"}, parent="v000010")["status"] == "published"
+
+
+def test_a_line_stays_rolled_back_after_retention_removed_the_version_rolled_back(tmp_path):
+    """A QA pass: versions learned from a rolled-back v3 were rejected until retention removed
+    v3; from then on they were published, and a running scorer served one."""
+    reg = Registry(tmp_path, retain=3)
+    parent = None
+    for _ in range(3):
+        parent = reg.publish({"x": 1}, spec={"name": "t"}, parent=parent)["version"]
+    reg.promote("v000002")
+    reg.promote("v000003")
+    reg.rollback()  # v3 rolled back: v2 serves again
+    parent, seen = "v000003", []
+    for _ in range(8):  # a stale trainer goes on from v3
+        e = reg.publish({"x": 1}, spec={"name": "t"}, parent=parent)
+        parent = e["version"]
+        seen.append(e["status"])
+    assert "v000003" not in reg.manifest()["versions"]  # (removed by retention)
+    assert set(seen) == {"rejected"}, seen
+    assert rolled_back_in(Registry(tmp_path).manifest(), "v000011") == "v000003"
 
 
 def test_a_lifecycle_followed_rejects_what_it_lists_not_a_line_of_its_own(tmp_path):
