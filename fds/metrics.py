@@ -359,6 +359,11 @@ class Metrics(Collector):
         self._learned = Counter(
             "fds_labels_learned_total", "Delayed labels the model learned from.", registry=r
         )
+        self._learn_errors = Counter(
+            "fds_model_learn_errors_total",
+            "Labelled examples the model raised on while learning, so not learned.",
+            registry=r,
+        )
         self._unjoined = Counter(
             "fds_labels_unjoined_total",
             "Labels fds train read whose decision it does not hold (expired, never decided, or "
@@ -612,6 +617,10 @@ class Metrics(Collector):
     def labels_unjoined(self, n: int) -> None:
         """Count ``n`` labels the trainer found no decision for."""
         self._unjoined.inc(n)
+
+    def learn_errors(self, n: int) -> None:
+        """Count ``n`` examples the model raised on while learning."""
+        self._learn_errors.inc(n)
 
     def labels_waiting(self, n: int) -> None:
         """Labels the trainer holds until their decision is read (a soak run: only its
@@ -1032,6 +1041,9 @@ class NullMetrics(Metrics):
         pass
 
     def labels_unjoined(self, n: int) -> None:
+        pass
+
+    def learn_errors(self, n: int) -> None:
         pass
 
     def labels_waiting(self, n: int) -> None:

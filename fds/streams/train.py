@@ -872,6 +872,15 @@ class TrainService:
     # -- the loop ----------------------------------------------------------------------------
 
     def _process(self, batch: Any) -> None:
+        """One poll's records (and the labels held), the examples the model raised on while
+        learning them counted (a log line of the first and every 1,000th alone: a QA pass)."""
+        errors = self.trainer.stats["learn_errors"]
+        try:
+            self._process_batch(batch)
+        finally:
+            self.metrics.learn_errors(self.trainer.stats["learn_errors"] - errors)
+
+    def _process_batch(self, batch: Any) -> None:
         decisions_topic = self.topics[0]
         labels = self._aligned()
         while self._revoked:  # their new owner reads them from the committed offsets; one
@@ -1265,7 +1274,11 @@ class TrainService:
         # learned unjoined, lost for good, and moved the event time weeks ahead, past the TTL
         # of every decision read after: nothing was learned or published again (a QA pass).
         # Only decisions quiet for label_max_wait_s are the end of them.
-        stored = self.trainer.store.get(label["tx_id"]) is not None
+        # (a label whose decision a copy of it learned from is as one whose decision is read:
+        # it waited as one ahead of its transaction, 300 s, every label behind it too, when a
+        # labeller sent its labels again, a QA pass)
+        store = self.trainer.store
+        stored = store.get(label["tx_id"]) is not None or store.settled(label["tx_id"]) is not None
         # Every input it lets be assumed legitimate is read, by the bound the assumptions
         # themselves take (_decisions_to): each partition's newest less DECISIONS_SKEW_S. (Its
         # own test, each partition's newest alone, let a label within those 5 minutes be
@@ -1637,6 +1650,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"bad_records={stats.bad_records} dead_letters={stats.dead_letters} "
         f"labels_dead_lettered={stats.labels_dead_lettered} "
         f"labels_unjoined_total={svc.trainer.stats['labels_unjoined']} "
+        f"learn_errors={svc.trainer.stats['learn_errors']} "
         # (dated before their transaction: learned after it, or waiting for it, checkpointed)
         f"labels_early={stats.labels_early} labels_awaiting_transaction={len(svc._early)}",
         logging.INFO,

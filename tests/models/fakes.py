@@ -37,6 +37,13 @@ class RaisesOn(FeatureModel):
         return super().predict_proba_one(x)
 
 
+class LearnRaises(FeatureModel):
+    """Scores like :class:`FeatureModel` but raises on every example it learns."""
+
+    def learn_one(self, x: dict[str, float], y: bool) -> None:
+        raise ValueError("math domain error")
+
+
 class NaNOn(FeatureModel):
     """Scores like :class:`FeatureModel` but NaN on inputs whose ``odd`` is 1 (an overflow on
     a rare value the canary's recent inputs did not meet)."""

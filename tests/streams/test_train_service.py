@@ -1329,6 +1329,27 @@ def test_a_broken_model_is_counted_not_published(tmp_path, caplog):
     assert svc.stats.published == 0 and not (tmp_path / "registry" / "v000001.pkl").exists()
 
 
+def test_examples_the_model_raises_on_are_counted_in_the_metrics(tmp_path):
+    """A QA pass: an estimator raising while learning was one log line (the first and every
+    1,000th) in fds train, no metric, nothing in its last line."""
+    from fds.streams.train import trainer_metrics
+    from tests.models.fakes import LearnRaises
+
+    svc = service(tmp_path, metrics=trainer_metrics(True))
+    d, lab = TopicPartition("decisions", 0), TopicPartition("labels", 0)
+    svc.consumer = Consumer({d: 3, lab: 3})
+    svc._decisions_idle = lambda quiet_s: True  # type: ignore[method-assign]  # (no more)
+    svc._decisions_to = lambda: math.inf  # type: ignore[method-assign]  # (all read)
+
+    svc.trainer.model = LearnRaises("amount")
+    feed(svc, {d: [decision(0, i, f"t{i}", 100.0) for i in range(3)]})
+    feed(svc, {lab: [Msg("labels", 0, i, {"tx_id": f"t{i}", "ts": 200.0, "is_fraud": i == 0})
+                     for i in range(3)]})  # fmt: skip
+    errors = svc.trainer.stats["learn_errors"]
+    assert errors >= 1
+    assert svc.metrics.registry.get_sample_value("fds_model_learn_errors_total") == errors
+
+
 @pytest.mark.parametrize("fault", ["lock_is_a_folder", "disk_full"])
 def test_a_publish_the_registry_refuses_is_counted_and_tried_again_learning_goes_on(
     tmp_path, caplog, monkeypatch, fault
@@ -1593,6 +1614,17 @@ def test_a_label_waits_for_a_partition_read_to_its_end_that_is_still_being_writt
     assert svc.trainer.stats["labels_unjoined"] == 0  # which may be dated after it)
 
 
+def _one_partition_behind(tmp_path, monkeypatch) -> tuple[TrainService, TopicPartition]:
+    """A trainer of two decisions partitions, d0 written on 600 s behind d1 in event time
+    (decisions a at day 9, a2 at day 10 less 600 s; b at day 10), and its labels partition."""
+    clock, svc, (d0, d1, lab) = _two_decisions_partitions(tmp_path, monkeypatch, 2, 1, 2)
+    day = 86400.0
+    feed(svc, {d0: [decision(0, 0, "a", 9 * day)], d1: [decision(1, 0, "b", 10 * day)]})
+    clock[0] += 1.0
+    feed(svc, {d0: [decision(0, 1, "a2", 10 * day - 600)]})
+    return svc, lab
+
+
 def test_a_label_whose_decision_is_read_does_not_wait_for_a_partition_behind_its_time(
     tmp_path, monkeypatch
 ):
@@ -1600,17 +1632,30 @@ def test_a_label_whose_decision_is_read_does_not_wait_for_a_partition_behind_its
     is never quiet, so it covered no label, and each label waited label_max_wait_s (300 s),
     one after the other. A label whose own decision is read waits only for the decisions up
     to what it lets be assumed legitimate (assume_legit_after before it)."""
-    clock, svc, (d0, d1, lab) = _two_decisions_partitions(tmp_path, monkeypatch, 2, 1, 2)
+    svc, lab = _one_partition_behind(tmp_path, monkeypatch)
     day = 86400.0
-    feed(svc, {d0: [decision(0, 0, "a", 9 * day)], d1: [decision(1, 0, "b", 10 * day)]})
-    clock[0] += 1.0
-    feed(svc, {d0: [decision(0, 1, "a2", 10 * day - 600)]})  # d0: 600 s behind, written on
     chargeback = Msg("labels", 0, 0, {"tx_id": "a", "ts": 10 * day - 1, "is_fraud": True})
     unknown = Msg("labels", 0, 1, {"tx_id": "zz", "ts": 10 * day - 1, "is_fraud": True})
     feed(svc, {lab: [chargeback, unknown]})
     assert svc.trainer.stats["frauds_learned"] == 1  # at once, not after 300 s
     assert held(svc, lab) == [unknown]  # (its decision may still come on d0: it waits)
     assert svc.trainer.stats["labels_unjoined"] == 0
+
+
+def test_a_label_sent_again_does_not_wait_for_its_decision(tmp_path, monkeypatch):
+    """A QA pass: every label of a labels topic sent twice (a labeller's retry) held fds train
+    300 s: the second copy's decision was used up by the first, so it waited as a label ahead
+    of its transaction, and the real labels behind it with it. It is learned (once) at once."""
+    svc, lab = _one_partition_behind(tmp_path, monkeypatch)
+    day = 86400.0
+    first = Msg("labels", 0, 0, {"tx_id": "a", "ts": 10 * day - 1, "is_fraud": True})
+    feed(svc, {lab: [first]})
+    assert svc.trainer.stats["frauds_learned"] == 1
+    again = Msg("labels", 0, 1, {"tx_id": "a", "ts": 10 * day - 1, "is_fraud": True})
+    other = Msg("labels", 0, 2, {"tx_id": "b", "ts": 10 * day + 1, "is_fraud": True})
+    feed(svc, {lab: [again, other]})
+    assert held(svc, lab) == []  # (not held behind the copy for 300 s)
+    assert svc.trainer.stats["frauds_learned"] == 2  # the copy learned once, b too
 
 
 def test_bad_records_past_ten_a_minute_are_said_in_one_line(tmp_path, caplog):
