@@ -217,9 +217,8 @@ def test_a_loop_stuck_holding_the_interpreter_gets_its_stacks_written(capfd) -> 
     unpickle) stops the watching thread too, so nothing was said until the call returned: a C
     timer armed by the watcher writes every thread's stack to stderr meanwhile."""
     import re
-    import time
-
     import threading
+    import time
 
     if threading.active_count() > 90:  # (faulthandler writes 100 threads, the newest first:
         # the main one, the oldest, was cut off after 100 rules watchers other tests of the
