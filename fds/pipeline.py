@@ -100,7 +100,9 @@ def build_engine(
     if rules is not None:
         _say_if_shadowed(rules)
         if watch:
-            rule_stage = ReloadingRuleset(rules, metrics=metrics, keep=keep_rules)
+            # (started once every stage is built: a model spec refused left it running, and a
+            # test process gathered 100 of them)
+            rule_stage = ReloadingRuleset(rules, metrics=metrics, keep=keep_rules, start=False)
             ruleset = rule_stage.current
             policy = rule_stage.policy
         else:
@@ -139,6 +141,8 @@ def build_engine(
                 "inputs: {rules: false}",
                 model_stage.spec.name, "true" if inputs.rules is True else inputs.rules,
             )  # fmt: skip
+    if watch and rule_stage is not None:
+        rule_stage.start()
     breaker = guard = None
     if guardrails:
         breaker = RuleBreaker(

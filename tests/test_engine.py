@@ -559,3 +559,24 @@ def test_a_record_that_was_not_validated_is_refused_before_any_stage(raw):
         engine.learn({"tx_id": "x", "is_fraud": True})  # no ts
     again = parse_transaction(good | {"tx_id": "y", "ts": 1767225660})
     assert engine.decide(again)["features"]["merchant_fraud_count_28d"] == 0  # (not learned)
+
+
+def test_an_engine_that_cannot_be_built_leaves_no_rules_watcher_running(tmp_path):
+    """A unit run: each replay refused at its model spec (after the rules loaded) left the
+    rules watcher thread running, 100 of them in one test process."""
+    import threading
+
+    from fds.errors import ConfigError
+    from fds.pipeline import DEFAULT_RULES, build_engine
+
+    def watchers() -> int:
+        return sum(t.name == "fds-rules-watch" for t in threading.enumerate())
+
+    before = watchers()
+    with pytest.raises(ConfigError):
+        build_engine(DEFAULT_RULES, DEFAULT_RULES, watch=True)  # (a rules file as the spec)
+    assert watchers() == before
+    engine = build_engine(DEFAULT_RULES, None, watch=True)
+    assert watchers() == before + 1  # (started once built)
+    engine.close()
+    assert watchers() == before
