@@ -807,6 +807,15 @@ def _try_pipeline(spec: ModelSpec) -> None:
             where=f"{spec.source}:{last_line}",
         ) from None
     except Exception as e:  # what River raises for a bad parameter value varies
+        at = _raising_step(e, model, spec)
+        if at is not None and not at[1]:  # (a step of no parameters: the scaler was blamed for
+            # a ComplementNB given the scaler's negative outputs, a QA pass)
+            dotted, _, line = at
+            raise ConfigError(
+                f"the pipeline fails on a sample row in {dotted} ({describe(e)}): check that "
+                "it takes what the steps before it give (negative numbers, say)",
+                where=f"{spec.source}:{line}",
+            ) from None
         raise ConfigError(
             f"the pipeline fails on a sample row ({describe(e)}): check the types "
             f"and values of the parameters of {steps}",
@@ -855,6 +864,19 @@ def _too_slow(model: Any) -> tuple[int, float] | None:
             if len(slow) == 2:
                 return width, min(slow)
     return None
+
+
+def _raising_step(e: BaseException, model: Any, spec: ModelSpec) -> tuple[Any, ...] | None:
+    """The step of ``spec`` (dotted, params, line) whose code raised ``e`` in ``model`` (the
+    deepest frame of a step's own methods), or None."""
+    built = list(getattr(model, "steps", {}).values())[-len(spec.steps) :]
+    found = None
+    tb = e.__traceback__
+    while tb is not None:
+        me = tb.tb_frame.f_locals.get("self")
+        found = next((i for i, step in enumerate(built) if step is me), found)
+        tb = tb.tb_next
+    return spec.steps[found] if found is not None else None
 
 
 def build_pipeline(spec: ModelSpec) -> Any:

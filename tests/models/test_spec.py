@@ -98,6 +98,14 @@ def test_shipped_specs_build(name: str) -> None:
             ":4",
             "unknown key 'lern'; did you mean learn?",
         ),
+        (  # (the scaler, of no parameters, was blamed for what ComplementNB raised on its
+            # negative outputs: a QA pass)
+            "name: x\npipeline:\n  - preprocessing.StandardScaler: {}\n"
+            "  - naive_bayes.ComplementNB: {}\n",
+            ":4",
+            "fails on a sample row in naive_bayes.ComplementNB (ValueError: math domain error): "
+            "check that it takes what the steps before it give",
+        ),
         (  # (a key `yes:` was "unknown key True", with no line: a QA pass)
             "name: x\npipeline:\n  - linear_model.LogisticRegression: {}\nyes: 1\n",
             ":4",
