@@ -214,3 +214,15 @@ def test_a_parquet_date_past_the_year_9999_is_one_dead_letter(tmp_path):
     assert "other: the timestamp" in str(rec) and "years 1-9999" in str(rec)
     assert raw["tx_id"] == "t4" and raw["other"].startswith("300000000000")
     assert "day: the date32[day] value 2147483647" in str(bad[7][0])
+
+
+def test_a_csv_line_of_spaces_alone_is_skipped_as_in_json_lines(tmp_path):
+    """A QA pass: a CSV line of spaces or a tab was a dead letter ("expected 4 columns, found
+    1") where JSON Lines skips it; a one-column file keeps it (a value of spaces)."""
+    p = tmp_path / "ws.csv"
+    p.write_text("tx_id,ts,card_id,amount\nt1,1767225600,c1,5\n   \n\t\nt2,1767225601,c1,6\n")
+    assert [pos for pos, rec, _ in read_records(p) if isinstance(rec, Exception)] == []
+    assert [rec["tx_id"] for _, rec, _ in read_records(p)] == ["t1", "t2"]
+    one = tmp_path / "one.csv"
+    one.write_text("tx_id\na\n   \nb\n")
+    assert len(list(read_records(one))) == 3

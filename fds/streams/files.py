@@ -1890,6 +1890,8 @@ def _csv_records(p: Path, lines: _Lines, mapping: ColumnMapping | None) -> Itera
                 record.clear()
                 if not row or row == ["\x1a"]:  # a blank line; DOS's end-of-file mark (Ctrl-Z,
                     continue  # 0x1A) on a line of its own: a dead letter before, a QA pass
+                if width > 1 and len(row) == 1 and not row[0].strip():  # spaces alone, skipped
+                    continue  # as in JSON Lines (a dead letter here: a QA pass)
                 if cut:  # (decided as it was, or a dead letter, exit 0: a QA pass)
                     why = FileCut(f"the file ends inside the record of line {n}: {cut}")
                     yield n, why, _text_or_bytes(text)
