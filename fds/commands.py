@@ -547,6 +547,13 @@ def _replay_file(args: argparse.Namespace, pushers: list[Pusher]) -> int:
         summary.labels_read or summary.labels_after_end or summary.interrupted
     ):  # (a header alone was read without a word)
         say(f"fds replay: warning: {args.labels} holds no labels", logging.WARNING)
+    elif summary.labels_after_end and not (summary.labels_read or summary.interrupted):
+        say(  # (learned nothing, published no version, without a word: a QA pass)
+            f"fds replay: warning: every label ({summary.labels_after_end:,}) is dated after "
+            "the last transaction, so none was learned: a replay learns a label at its own "
+            "time (when it became known); replay the transactions up to then too",
+            logging.WARNING,
+        )
     # A file cut short (a truncated download): an error, exit 1 (a third of a .gz lost was one
     # dead letter and exit 0, then a warning and exit 0: a script took it as replayed whole,
     # QA passes); what came before the cut is decided.

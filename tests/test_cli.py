@@ -2023,3 +2023,15 @@ def test_a_replay_that_dead_letters_a_large_share_warns_with_the_advice(tmp_path
     (tmp_path / "h.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
     assert bare_replay(str(tmp_path / "h.jsonl"), "--out", str(tmp_path / "d.jsonl")) == 0
     assert "dead-lettered (most often" not in said(capsys)
+
+
+def test_labels_all_dated_after_the_last_transaction_are_said(history, tmp_path, capsys):
+    """A QA pass: a labels file of a later export than the transactions learned nothing and
+    published no version without a word (the summary's row alone)."""
+    labels = tmp_path / "l.jsonl"
+    labels.write_text("".join(f'{{"tx_id": "t{i}", "ts": {T0 + 9999}, "is_fraud": true}}\n'
+                              for i in range(3)))  # fmt: skip
+    assert bare_replay(str(history), "--labels", str(labels), "--out", str(tmp_path / "o")) == 0
+    assert "every label (3) is dated after the last transaction, so none was learned" in said(
+        capsys
+    )
