@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import logging
 import math
+import os
 import re
 import shlex
 from pathlib import Path
@@ -307,6 +308,14 @@ def _replay_file(args: argparse.Namespace, pushers: list[Pusher]) -> int:
                 "a writable directory"
             )
             return 2
+    for fd, name in ((1, "standard output"), (2, "standard error")):
+        with contextlib.suppress(OSError, ValueError):
+            if os.path.samestat(os.fstat(fd), os.stat(args.out)):  # (/dev/stdout: the table
+                say(  # was written over the first decisions, and `>> log` truncated: a review)
+                    f"fds replay: error: --out {args.out} is this process's {name}, where the "
+                    "summary and the warnings go too: give the decisions a file"
+                )
+                return 2
     odd = args.out.is_symlink() or (args.out.exists() and not args.out.is_file())
     if args.dlq is None and odd:
         say(  # (--out /dev/stdout put its dead letters in /dev/stdout.dlq.jsonl: a QA pass)
@@ -626,6 +635,8 @@ def _advice(top: str, args: argparse.Namespace, which: str) -> str:
         said
         if said is not None
         else "fds reads JSON Lines (one object per line) and CSV in UTF-8: convert the file"
+        if stage == "parse" and which == "every"
+        else "those lines could not be read (their positions are in the dead letters): check them"
         if stage == "parse"
         else f"the {stage} stage fails on {which} transaction{'s' * (which != 'every')}: fix it"
         + (guard if stage == "rules" else "")

@@ -1474,6 +1474,7 @@ class Pusher:
         try:
             self.push()
         except PUSH_ERRORS as e:
+            self.metrics.registry.unregister(self._own)  # (another may follow: a review)
             fix = "" if _refused(e) else "; start it, or give its address with --pushgateway"
             raise ConfigError(f"{self._problem(e)}{fix} (or run without --pushgateway)") from None
         if isinstance(read, Exception):  # (said once the gateway took a push: a gateway down

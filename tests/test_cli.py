@@ -1992,6 +1992,10 @@ def test_replay_and_simulate_write_through_a_link_and_never_delete_it(history, t
     assert "give them a file with --dlq FILE" in said(capsys)
     assert bare_replay(str(history), "--out", str(link), "--dlq", str(tmp_path / "x.jsonl")) == 0
     assert link.is_symlink() and len(target.read_text().splitlines()) == 20  # (old one gone)
+    # this process's stdout (a review: `--out /dev/stdout --dlq X > f` wrote the table over
+    # the first decisions, and `>> log` truncated the log)
+    assert bare_replay(str(history), "--out", "/dev/stdout", "--dlq", str(tmp_path / "x")) == 2
+    assert "--out /dev/stdout is this process's standard output" in said(capsys)
     with pytest.raises(SystemExit) as e:
         main(["replay", str(history), "--out", "-"])  # (a file named "-" was written)
     assert e.value.code == 2

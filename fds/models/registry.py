@@ -1304,6 +1304,12 @@ def rolled_back_in(m: Mapping[str, Any], version: str, *, followed: bool = False
     return next((v for v in line_of(m, version, champ) if v not in ancestry and back(v)), None)
 
 
+def rolled_back_entry(m: Mapping[str, Any], version: str) -> Mapping[str, Any]:
+    """The manifest entry of ``version`` as :func:`rolled_back_in` returned it: its own, or
+    what retention kept of it (``rejected_because``, ``broken``) once it removed it."""
+    return m["versions"].get(version) or (m.get(ROLLED_BACK) or {}).get(version) or {}
+
+
 #: The manifest's record of versions retention removed that had been rolled back (see
 #: :func:`_rolled_back`), by version: a line learned from one stays refused.
 ROLLED_BACK = "rolled_back"

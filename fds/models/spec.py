@@ -462,11 +462,13 @@ def _badly_valued(key: str, value: Any, default: Any, hint: str = "") -> str | N
     unbounded = key in _ABOVE_0 or (type(default) is float and math.isinf(default))
     if type(value) is float and (value != value or (math.isinf(value) and not unbounded)):
         return f"{key}: must be a finite number, got {value!r}{_exponent(value)}"
-    if key == "intercept_init" and number and not -MAX_INTERCEPT <= value <= MAX_INTERCEPT:
-        return (  # (1e6 behind a scaler scored every payment 1.0 and declined a third: a QA)
-            f"{key}: must be within ±{MAX_INTERCEPT:g} (beyond ~37 the logistic of every score "
-            f"is exactly 0 or 1: no transaction ranks above another), got {value!r}"
-            f"{_exponent(value)}"
+    if key == "intercept_init" and number and not -MAX_INTERCEPT <= value <= 0:
+        return (  # (1e6 behind a scaler scored every payment 1.0 and declined a third: a QA
+            # pass; 5 scored every one 0.993 until it had learned, a review)
+            f"{key}: must be from -{MAX_INTERCEPT:g} to 0 (a fraud is the rarer class: above 0 "
+            "every payment scores above even odds before anything is learned, 5 scores 0.993; "
+            "below ~-37 the logistic of every score is exactly 0: no transaction ranks above "
+            f"another), got {value!r}{_exponent(value)}"
         )
     want = type(default)
     if want not in _TYPE_WORDS or (type(value) is bool if want is bool else number):

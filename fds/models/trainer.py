@@ -46,6 +46,7 @@ from fds.models.registry import (
     make_entry,
     owner_only,
     refused_as_untrusted,
+    rolled_back_entry,
     rolled_back_in,
     untrusted,
 )
@@ -639,7 +640,7 @@ class Trainer:
         back = rolled_back_in(m, parent)
         if back is None or champ in (None, parent):
             return None
-        entry = m["versions"][back]
+        entry = rolled_back_entry(m, back)  # (one retention removed: a KeyError, a review)
         try:
             model = reg.load(champ)
         except Exception as e:  # this machine's key or files: go on as before, say so

@@ -76,6 +76,7 @@ from fds.models.registry import (
     ENTRY_FIELDS,
     Registry,
     passed_over,
+    rolled_back_entry,
     rolled_back_in,
     sign_deployment,
     sign_record,
@@ -594,13 +595,13 @@ class TrainService:
         when the newest one's line since the champion holds such a version, or one rolled back
         here (in a trainer's own registry too: its first publish went back to the champion),
         the champion (:func:`rolled_back_in`). A contest lost here is a contest lost: its line
-        goes on. Versions removed by retention are not known."""
+        goes on. A version retention removed is known by what it kept of it (rolled_back)."""
         m = self.registry.manifest()
         latest, champ = self.registry.latest(), m.get("champion")
         back = rolled_back_in(m, latest, followed=True) if latest and champ else None
         if back is None:
             return latest
-        entry = m["versions"][back]
+        entry = rolled_back_entry(m, back)  # (one retention removed: a KeyError, a review)
         why = entry.get("rejected_because") or "rolled back"
         why = f"as broken: {why}" if entry.get("broken") else (
             f"{why}; a scorer's registry cannot tell a rollback in the trainer's from a lost "
@@ -752,8 +753,20 @@ class TrainService:
     def unmake(self) -> None:
         """Remove the state dir and registry this made if it stopped before reading anything
         (a missing topic, a broker not there: both were left behind, a QA pass)."""
-        if self.stats.decisions or self.stats.labels or self.stats.dead_letters or self._early:
+        st = self.stats
+        if any(
+            (
+                st.decisions,
+                st.labels,
+                st.dead_letters,
+                st.bad_records,
+                st.published,
+                st.labels_dead_lettered,
+            )
+        ):
             return
+        if self._early or self.store.checkpoint() is not None:  # (its checkpoint is a row of
+            return  # the database, not the state dir's file: a review)
         self.store.close()
         db = self.store_path.name
         self.ckpt.unmake(db, f"{db}-wal", f"{db}-shm", f"{db}-journal")

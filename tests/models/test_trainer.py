@@ -361,6 +361,26 @@ def _two_champions(tmp_path: Path) -> tuple[Any, Trainer]:
     return reg, t
 
 
+def test_a_rollback_is_followed_after_retention_removed_the_version_rolled_back(tmp_path):
+    """A review: once retention removed the version rolled back, the trainer's follow (and
+    fds train's start on a copy of a scorer's registry) looked its entry up: a KeyError."""
+    from types import SimpleNamespace
+
+    from fds.models.registry import Registry
+    from fds.streams.train import TrainService
+
+    reg, t = _two_champions(tmp_path)
+    reg.rollback()  # v2 rejected, v1 champion again
+    small = Registry(tmp_path / "reg", retain=3)
+    parent = "v000002"
+    for _ in range(6):  # a stale publisher goes on from v2 (each published rejected)
+        parent = small.publish({"x": 1}, spec={"name": "t"}, parent=parent)["version"]
+    assert "v000002" not in small.manifest()["versions"]  # (removed by retention)
+    t.registry, t.parent = small, parent
+    assert t.follow_rollback() == "v000001" and t.parent == "v000001"
+    assert TrainService._start_version(SimpleNamespace(registry=small)) == "v000001"
+
+
 def test_after_a_rollback_the_trainer_goes_on_from_the_champion(tmp_path: Path) -> None:
     """`fds models rollback` rejected v2; `fds train` published v3 from v2's line, which the
     scorer took directly (warm-up): the rollback was undone within seconds."""
