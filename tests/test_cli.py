@@ -1959,8 +1959,11 @@ def test_produce_of_a_file_without_records_says_so_before_connecting(tmp_path, c
     f = tmp_path / ("l.csv" if text.startswith("tx_id") else "l.jsonl")
     f.write_text(text)
     started = time.monotonic()
-    assert main(["produce", str(f), *topic, "--bootstrap", "127.0.0.1:1"]) == 2
-    assert f"fds produce: error: {f} holds no records: nothing to send" in capsys.readouterr().err
+    assert main(["produce", str(f), *topic, "--bootstrap", "127.0.0.1:1"]) == 1  # (as replay)
+    assert (
+        f"fds produce: error: {f} holds no records (empty, or a header only): nothing was "
+        "sent" in capsys.readouterr().err
+    )
     assert time.monotonic() - started < 30  # (not the 60 s of an unreachable broker)
 
 

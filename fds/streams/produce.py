@@ -62,6 +62,13 @@ __all__ = [
 log = logging.getLogger("fds.streams.kafka")
 
 
+NO_RECORDS = "holds no records (empty, or a header only): nothing was sent"
+
+
+class NoRecords(FdsError):
+    """A file without records: exit 1, as ``fds replay`` of it (said before connecting)."""
+
+
 def _first(path: Path | str, mapping: ColumnMapping | None) -> tuple[Any, ...] | None:
     """The file's first row as read (position, record, error), ``None`` when it has none."""
     records = read_records(path, mapping=mapping)
@@ -131,7 +138,7 @@ def produce_file(
         empty = _first(path, mapping) is None
     if empty:  # (an empty labels file was "its first record is none", and an empty file of
         # transactions waited for the broker to send nothing)
-        raise ConfigError(f"{path} holds no records: nothing to send")
+        raise NoRecords(f"{path} {NO_RECORDS}")
     holds_labels, own = False, None
     if target != settings.input_topic:
         # a labels file of its own columns and notation (a chargeback export) is read with the
@@ -482,9 +489,9 @@ def _cmd_produce(args: argparse.Namespace) -> int:
             args.file, settings, topic=args.topic, rate=args.rate, mapping=mapping,
             limit=args.limit, labels_topic=args.labels_topic,
         )  # fmt: skip
-    except ConfigError as exc:
+    except (ConfigError, NoRecords) as exc:
         say(f"fds produce: error: {exc}")
-        return 2
+        return 1 if isinstance(exc, NoRecords) else 2
     except FdsError as exc:  # (it says what failed and how far it got)
         say(f"fds produce: failed: {exc}")
         return 1
@@ -492,8 +499,7 @@ def _cmd_produce(args: argparse.Namespace) -> int:
         say(f"fds produce: failed: {describe(exc)}")
         return 1
     if n == 0 and args.limit != 0:  # (exit 0, where fds replay of it exits 1: a QA pass)
-        say(f"fds produce: error: {args.file} holds no records (empty, or a header only): "
-            "nothing was sent")  # fmt: skip
+        say(f"fds produce: error: {args.file} {NO_RECORDS}")
         return 1
     took = max(time.monotonic() - t0, 1e-3)  # (no time nor rate was said: a QA pass)
     topic = args.topic or settings.input_topic
