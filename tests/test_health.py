@@ -236,7 +236,6 @@ def test_a_loop_stuck_holding_the_interpreter_gets_its_stacks_written() -> None:
     timer armed by the watcher writes every thread's stack to stderr meanwhile."""
     import subprocess
     import sys
-
     from pathlib import Path
 
     run = subprocess.run(  # (in the tree tested: `-c` imports from its working directory)
