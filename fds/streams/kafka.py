@@ -1894,7 +1894,8 @@ class Runner:
                     kept = True
                 if ck.path.exists():  # kept for a post-mortem (the topic's: it was left as
                     bad = ".bad" if what == "checkpoint" else ".snapshot.bad"  # the checkpoint)
-                    ck.path.replace(ck.path.with_name(ck.path.name + bad))
+                    aside = keep_aside(ck.path, ck.path.with_name(ck.path.name + bad))
+                    log.warning('%s kept aside as path="%s"', what, aside)
                 ignored = True
                 if kept:  # the topic's snapshot is of the same declarations: not fetched for
                     break  # nothing ("restored", then "ignored": a QA pass)
@@ -3465,6 +3466,22 @@ MODEL_POLL_S = 1.0
 FEED_WAIT_S = 30.0
 # The models-topic feed of each engine build_run_engine made (close_engine stops it).
 _FEEDS: weakref.WeakKeyDictionary[Engine, Any] = weakref.WeakKeyDictionary()
+
+
+#: How many files set aside a state dir keeps of one kind (engine.ckpt.bad, .bad.1, .bad.2).
+KEEP_ASIDE = 3
+
+
+def keep_aside(path: Path, to: Path) -> Path:
+    """Move ``path`` to ``to``, the one there before to ``to.1`` and so on, :data:`KEEP_ASIDE`
+    kept (the next one replaced the last: a QA pass lost a group's checkpoint so); returns
+    ``to``."""
+    olds = [to, *(to.with_name(f"{to.name}.{i}") for i in range(1, KEEP_ASIDE))]
+    for older, newer in zip(reversed(olds[1:]), reversed(olds[:-1]), strict=True):
+        if newer.exists():
+            newer.replace(older)
+    path.replace(to)
+    return to
 
 
 def _horizon_text(engine: Engine) -> str:

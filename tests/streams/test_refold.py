@@ -315,6 +315,7 @@ def test_a_new_group_and_an_ignored_checkpoint_are_warned_about(tmp_path, caplog
     broker = Broker(logs(n0=5, n1=7), committed={})
     broker.script = [(1, lambda g: g.rebalance({P0, P1}))]
     (tmp_path / "engine.ckpt").write_bytes(b"torn")
+    (tmp_path / "engine.ckpt.bad").write_bytes(b"older")  # (replaced, lost: a QA pass)
     r = runner(broker, tmp_path)
     if not state_dir:
         r.checkpointer = None
@@ -333,6 +334,8 @@ def test_a_new_group_and_an_ignored_checkpoint_are_warned_about(tmp_path, caplog
             for w in warned
         ), warned
         assert (tmp_path / "engine.ckpt.bad").read_bytes() == b"torn"
+        assert (tmp_path / "engine.ckpt.bad.1").read_bytes() == b"older"
+        assert f'checkpoint kept aside as path="{tmp_path / "engine.ckpt.bad"}"' in warned
 
 
 @pytest.mark.parametrize("release", ["this", "earlier"])
