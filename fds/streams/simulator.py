@@ -410,9 +410,12 @@ class _Clock:
         self.days = days
 
     def _wall(self, day: int, hour: float = 0.0) -> float:
-        """Epoch seconds of wall-clock ``hour`` on local ``day`` (fold 0 on DST changes)."""
+        """Epoch seconds of wall-clock ``hour`` on local ``day``; a time the fall-back of DST
+        repeats is either pass, by a low bit of ``hour`` (about half each, deterministic; on
+        fold 0 alone the second pass was nearly empty, a QA pass)."""
         midnight = datetime.combine(self.first + timedelta(days=day), time(), self.tz)
-        return (midnight + timedelta(hours=hour)).timestamp()
+        wall = midnight + timedelta(hours=hour)
+        return wall.replace(fold=int(hour * 2**36) & 1).timestamp()
 
     def at(self, day: np.ndarray, hour: np.ndarray) -> np.ndarray:
         """Epoch seconds of local ``hour`` (float, wrapped into 0-24) on simulation ``day``."""

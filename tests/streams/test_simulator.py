@@ -127,6 +127,18 @@ def test_local_hours_follow_the_wall_clock_on_dst_days(first: str) -> None:
         ]  # fmt: skip
 
 
+def test_the_hour_a_fall_back_repeats_gets_times_in_both_passes() -> None:
+    """A QA pass: wall-clock times of the repeated hour were all its first pass (fold 0), so a
+    stream across the fall-back had that real hour nearly empty."""
+    ny = get_zone("America/New_York")
+    clock = _Clock(parse_ts("2026-11-01T00:00:00", ny), 1, "America/New_York")
+    ts = clock.at(np.zeros(1000, dtype=int), np.linspace(1.0, 1.999, 1000))
+    offsets = {datetime.fromtimestamp(t, ny).utcoffset().total_seconds() / 3600 for t in ts}
+    assert offsets == {-4.0, -5.0}  # EDT's pass and EST's
+    passes = np.histogram(ts, bins=2, range=(ts.min(), ts.min() + 7200))[0]
+    assert min(passes) > 400  # (about half each)
+
+
 # --- statistics --------------------------------------------------------------------------------
 
 
