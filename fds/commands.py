@@ -214,6 +214,21 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if res is not None else 1
 
 
+def _own_stream(path: Path | None) -> str | None:
+    """``standard output`` / ``standard error`` when ``path`` is this process's, else None
+    (/dev/null is none: nothing written there is lost)."""
+    if path is None:
+        return None
+    with contextlib.suppress(OSError, ValueError):
+        here = os.stat(path)
+        if os.path.samestat(here, os.stat(os.devnull)):
+            return None
+        for fd, name in ((1, "standard output"), (2, "standard error")):
+            if os.path.samestat(os.fstat(fd), here):
+                return name
+    return None
+
+
 def dlq_path_for(out: Path) -> Path:
     """``decisions.jsonl`` -> ``decisions.dlq.jsonl`` (beside ``--out``), the suffix in any
     case (``D.JSONL`` was ``D.JSONL.dlq.jsonl``: a QA pass).
@@ -308,14 +323,13 @@ def _replay_file(args: argparse.Namespace, pushers: list[Pusher]) -> int:
                 "a writable directory"
             )
             return 2
-    for fd, name in ((1, "standard output"), (2, "standard error")):
-        with contextlib.suppress(OSError, ValueError):
-            if os.path.samestat(os.fstat(fd), os.stat(args.out)):  # (/dev/stdout: the table
-                say(  # was written over the first decisions, and `>> log` truncated: a review)
-                    f"fds replay: error: --out {args.out} is this process's {name}, where the "
-                    "summary and the warnings go too: give the decisions a file"
-                )
-                return 2
+    for flag, path in (("--out", args.out), ("--dlq", args.dlq)):
+        if (std := _own_stream(path)) is not None:  # (/dev/stdout: the table was written over
+            say(  # the first decisions, and `>> log` truncated the log: a review)
+                f"fds replay: error: {flag} {path} is this process's {std}, where the summary "
+                "and the warnings go too: give it a file"
+            )
+            return 2
     odd = args.out.is_symlink() or (args.out.exists() and not args.out.is_file())
     if args.dlq is None and odd:
         say(  # (--out /dev/stdout put its dead letters in /dev/stdout.dlq.jsonl: a QA pass)

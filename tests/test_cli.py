@@ -1999,6 +1999,9 @@ def test_replay_and_simulate_write_through_a_link_and_never_delete_it(history, t
     # the first decisions, and `>> log` truncated the log)
     assert bare_replay(str(history), "--out", "/dev/stdout", "--dlq", str(tmp_path / "x")) == 2
     assert "--out /dev/stdout is this process's standard output" in said(capsys)
+    assert bare_replay(str(history), "--out", str(tmp_path / "o"), "--dlq", "/dev/stdout") == 2
+    assert "--dlq /dev/stdout is this process's standard output" in said(capsys)
+    assert bare_replay(str(history), "--out", os.devnull, "--dlq", str(tmp_path / "x")) == 0
     with pytest.raises(SystemExit) as e:
         main(["replay", str(history), "--out", "-"])  # (a file named "-" was written)
     assert e.value.code == 2

@@ -234,13 +234,15 @@ def test_a_loop_stuck_holding_the_interpreter_gets_its_stacks_written() -> None:
     """A review: a loop stuck in C code that holds the interpreter (a native call, a giant
     unpickle) stops the watching thread too, so nothing was said until the call returned: a C
     timer armed by the watcher writes every thread's stack to stderr meanwhile."""
+    import os
     import subprocess
     import sys
     from pathlib import Path
 
-    run = subprocess.run(  # (in the tree tested: `-c` imports from its working directory)
+    root = str(Path(__file__).resolve().parents[1])  # (the tree tested)
+    run = subprocess.run(
         [sys.executable, "-c", _HELD], capture_output=True, text=True, timeout=120, check=True,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=root, env={**os.environ, "PYTHONPATH": root},
     )  # fmt: skip
     held, err = float(run.stdout.strip().removeprefix("held=")), run.stderr
     if held < 0.6:

@@ -3477,11 +3477,16 @@ def keep_aside(path: Path, to: Path) -> Path:
     kept (the next one replaced the last: a QA pass lost a group's checkpoint so); returns
     ``to``."""
     olds = [to, *(to.with_name(f"{to.name}.{i}") for i in range(1, KEEP_ASIDE))]
-    for older, newer in zip(reversed(olds[1:]), reversed(olds[:-1]), strict=True):
-        if newer.exists():
-            newer.replace(older)
-    path.replace(to)
-    return to
+    try:
+        for older, newer in zip(reversed(olds[1:]), reversed(olds[:-1]), strict=True):
+            if newer.exists():
+                newer.replace(older)
+        path.replace(to)
+        return to
+    except OSError:  # (a folder of one of those names: the start failed, a review)
+        stamped = to.with_name(f"{to.name}.{time.time_ns()}")
+        path.replace(stamped)
+        return stamped
 
 
 def _horizon_text(engine: Engine) -> str:

@@ -415,7 +415,10 @@ class _Clock:
         fold 0 alone the second pass was nearly empty, a QA pass)."""
         midnight = datetime.combine(self.first + timedelta(days=day), time(), self.tz)
         wall = midnight + timedelta(hours=hour)
-        return wall.replace(fold=int(hour * 2**36) & 1).timestamp()
+        later = wall.replace(fold=1)
+        if wall.timestamp() < later.timestamp():  # (repeated; a spring-forward gap: fold 0,
+            return (later if int(hour * 2**36) & 1 else wall).timestamp()  # as before)
+        return wall.timestamp()
 
     def at(self, day: np.ndarray, hour: np.ndarray) -> np.ndarray:
         """Epoch seconds of local ``hour`` (float, wrapped into 0-24) on simulation ``day``."""

@@ -570,3 +570,22 @@ def test_of_two_sources_whose_features_do_not_fit_the_newer_checkpoint_s_history
         r._restore()
     assert r.engine.demoted == {"too_eager"} and fetched == []
     assert caplog.text.count("kept the ruleset versions served") == 1
+
+
+def test_files_set_aside_keep_three_and_a_folder_in_the_way_stops_nothing(tmp_path):
+    """A review: a folder named as one of the files set aside made the rotation raise, and
+    the start with it."""
+    from fds.streams.kafka import keep_aside
+
+    ck, bad = tmp_path / "engine.ckpt", tmp_path / "engine.ckpt.bad"
+    for i in range(4):
+        ck.write_text(str(i))
+        assert keep_aside(ck, bad) == bad
+    assert [(tmp_path / f"engine.ckpt.bad{s}").read_text() for s in ("", ".1", ".2")] == [
+        "3", "2", "1"
+    ]  # fmt: skip
+    (tmp_path / "engine.ckpt.bad.2").unlink()
+    (tmp_path / "engine.ckpt.bad.2").mkdir()
+    ck.write_text("4")
+    kept = keep_aside(ck, bad)
+    assert kept.read_text() == "4" and not ck.exists()

@@ -137,6 +137,10 @@ def test_the_hour_a_fall_back_repeats_gets_times_in_both_passes() -> None:
     assert offsets == {-4.0, -5.0}  # EDT's pass and EST's
     passes = np.histogram(ts, bins=2, range=(ts.min(), ts.min() + 7200))[0]
     assert min(passes) > 400  # (about half each)
+    # the hour a spring-forward skips: after it, as before (a review: half went before it)
+    spring = _Clock(parse_ts("2026-03-08T00:00:00", ny), 1, "America/New_York")
+    ts = spring.at(np.zeros(100, dtype=int), np.linspace(2.0, 2.99, 100))
+    assert {datetime.fromtimestamp(t, ny).hour for t in ts} == {3}
 
 
 # --- statistics --------------------------------------------------------------------------------
