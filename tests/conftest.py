@@ -26,6 +26,27 @@ _SKIPPED: list[str] = []
 
 
 @pytest.fixture(autouse=True)
+def _rules_watchers_stopped() -> Iterator[None]:
+    """Stop the rules watchers a test started and left running (an engine built with
+    ``watch=True`` and never closed): a CI dry run's worker held 100 of them, polling, and a
+    timing test of the health watcher then hung in its one-second sleep."""
+    from fds.rules.reload import ReloadingRuleset
+
+    started: list[ReloadingRuleset] = []
+    real = ReloadingRuleset.start
+
+    def start(self: ReloadingRuleset) -> None:
+        started.append(self)
+        real(self)
+
+    ReloadingRuleset.start = start  # type: ignore[method-assign]
+    yield
+    ReloadingRuleset.start = real  # type: ignore[method-assign]
+    for rs in started:
+        rs.close()
+
+
+@pytest.fixture(autouse=True)
 def _fds_logger_as_it_was() -> Iterator[None]:
     """Give the ``fds`` logger back as it was after each test.
 
