@@ -161,6 +161,7 @@ from fds.streams.service import (
     fenced_error,
     no_topic,
     on_stop_signals,
+    partitions_of,
     positioned,
     probe,
     say_if_slow,
@@ -750,7 +751,7 @@ class Runner:
         if self.state_topic is not None:
             topics.append(("state", self.state_topic.topic, s.fix("state_topic")))
         for what, topic, fix in topics:
-            if not self.consumer.partitions_for_topic(topic):
+            if not partitions_of(self.consumer, topic):
                 known = topics_of(self.consumer)
                 raise no_topic(topic, s.bootstrap, fix, known, f"{what} topic")
         self._check_copartitioned()

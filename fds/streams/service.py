@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from kafka.errors import UnknownTopicOrPartitionError
 from kafka.structs import TopicPartition
 
 from fds.cli import positive_float
@@ -263,6 +264,22 @@ def topics_of(client: Any) -> set[str]:
     asking.start()
     asking.join(TOPICS_WAIT_S)
     return got[0] if got else set()
+
+
+def partitions_of(consumer: Any, topic: str) -> set[int]:
+    """The partitions of ``topic`` a ``consumer`` sees on the broker, none when it is missing.
+    kafka-python fails a metadata refresh of one topic the broker does not know with
+    UnknownTopicOrPartitionError, and ``partitions_for_topic`` raised it when it waited for
+    such a refresh in flight: a subscription's to a missing input topic (exit 1 with the raw
+    error instead of the missing topic's, a CI run). That error for another topic is the
+    refresh's, not this one's: asked again (the waited refresh is over then)."""
+    for _ in range(3):
+        try:
+            return set(consumer.partitions_for_topic(topic) or ())
+        except UnknownTopicOrPartitionError as exc:
+            if exc.args[:1] == (topic,):
+                return set()
+    return set(consumer.partitions_for_topic(topic) or ())
 
 
 #: A dead letter whose JSON is larger than this keeps the first DLQ_RAW_KEPT characters of its

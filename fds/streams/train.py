@@ -97,6 +97,7 @@ from fds.streams.service import (
     fenced_error,
     no_topic,
     on_stop_signals,
+    partitions_of,
     probe,
     topics_of,
     unreachable,
@@ -719,7 +720,7 @@ class TrainService:
         # (a missing models topic too: each version's announcement failed, and the last one
         # was never announced: a review)
         named = [*zip(self.topics, ("--decisions-topic", "--labels-topic"), strict=True)]
-        self._no_dlq = not self.consumer.partitions_for_topic(self.s.dlq_topic)
+        self._no_dlq = not partitions_of(self.consumer, self.s.dlq_topic)
         if self._no_dlq:  # (not required: a deployment that never gave the trainer one was
             # refused at the upgrade, a review)
             log.warning(
@@ -730,7 +731,7 @@ class TrainService:
         if self.producer is not None and self.models_topic:
             named.append((self.models_topic, self.s.named("models_topic")))
         for topic, flag in named:
-            if not self.consumer.partitions_for_topic(topic):
+            if not partitions_of(self.consumer, topic):
                 known = topics_of(self.consumer)
                 raise no_topic(topic, self.s.bootstrap, f"fix {flag}", known)
 

@@ -41,6 +41,7 @@ from fds.streams.kafka import (
     produce_file,
     with_tx,
 )
+from fds.streams.service import partitions_of
 from fds.streams.simulator import simulate
 from fds.streams.simulator import write as write_simulation
 from tests.integration.conftest import SPAWNED, free_ports
@@ -885,6 +886,26 @@ def test_a_missing_topic_is_a_usage_error_naming_it(kafka_bootstrap, topics, uni
     assert f"or fix --{flag}-topic" in err  # (spawn_run gives them as flags)
 
 
+def test_a_missing_topic_subscribed_to_has_no_partitions_while_its_refresh_is_in_flight(
+    kafka_bootstrap, unique_name
+):
+    """kafka-python fails a metadata refresh of the one topic a consumer subscribed to, when the
+    broker does not know it, with UnknownTopicOrPartitionError, and ``partitions_for_topic``
+    raised it when called while that refresh was in flight: fds run exited 1 with the raw
+    error instead of 2 naming the missing input topic (a CI run)."""
+    consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=unique_name("g"))
+    try:
+        missing = unique_name("no-such-topic")
+        consumer.subscribe([missing])
+        deadline = time.monotonic() + 30
+        while not consumer._cluster.metadata_refresh_in_progress:  # (in flight for a few ms:
+            assert time.monotonic() < deadline, "no metadata refresh"  # a sleeping wait
+            # misses it; retried every 100 ms while the topic is missing)
+        assert partitions_of(consumer, missing) == set()
+    finally:
+        consumer.close()
+
+
 def test_a_group_setting_the_broker_refuses_is_a_usage_error(kafka_bootstrap, topics,
                                                              unique_name, tmp_path):  # fmt: skip
     """Found by a QA pass: a session timeout above the broker's maximum was retried every
@@ -970,7 +991,7 @@ def test_fds_produce_through_an_outage_says_what_was_sent_and_a_sigterm_exits_14
     bootstrap = kafka_kit.up(*free_ports(2), data_dir=ddir)
     try:
         topics = kafka_kit.create_topics(bootstrap, prefix=unique_name("t") + ".")
-        write_stream(tmp_path / "tx.jsonl", 24_000)  # (12 s at the rate: the broker is down
+        write_stream(tmp_path / "tx.jsonl", 40_000)  # (20 s at the rate: the broker is down
         # well before the last is sent, however slow its shutdown)
         env = {**os.environ, "PYTHONPATH": str(REPO)}
 
@@ -986,15 +1007,21 @@ def test_fds_produce_through_an_outage_says_what_was_sent_and_a_sigterm_exits_14
         # send all the records waited for while the other still started, and the SIGTERM then
         # stopped that one before it sent anything: exit 143 with nothing to say)
         sent_to = (topics["decisions"], topics["transactions"])
-        gives_up, stopped = produce(3, sent_to[0]), produce(60, sent_to[1])
+        # (8 s without an acknowledgement: 3 s gave up before the first one came from a
+        # broker just started on a loaded machine, and the records were waited for in vain)
+        gives_up, stopped = produce(8, sent_to[0]), produce(60, sent_to[1])
         seen = KafkaConsumer(bootstrap_servers=bootstrap)
-        try:
-            tps = [[TopicPartition(t, p) for p in seen.partitions_for_topic(t) or ()]
-                   for t in sent_to]  # fmt: skip
-            wait_until(
-                lambda: all(sum(seen.end_offsets(one).values()) >= 1000 for one in tps),
-                120, "records sent by both",
+
+        def sent_by_both() -> bool:
+            for p in (gives_up, stopped):  # (one that ended: why, at once)
+                assert p.poll() is None, p.communicate(timeout=60)[1][-2000:]
+            return all(
+                sum(seen.end_offsets([TopicPartition(t, p) for p in seen.partitions_for_topic(t)])
+                    .values()) >= 1000 for t in sent_to
             )  # fmt: skip
+
+        try:
+            wait_until(sent_by_both, 120, "records sent by both")
         finally:
             seen.close()
         kafka_kit.down(ddir)
@@ -1015,12 +1042,12 @@ def test_fds_produce_through_an_outage_says_what_was_sent_and_a_sigterm_exits_14
     assert t_exit - t_term < 10, t_exit - t_term  # the SIGTERM promise
     assert "interrupted: " in stopped_err and "acknowledged by Kafka" in stopped_err
     assert gives_up.returncode == 1, gives_up_err[-2000:]
-    said = re.search(r"did not acknowledge the records for 3 s \(--broker-timeout\): \d+ of "
+    said = re.search(r"did not acknowledge the records for 8 s \(--broker-timeout\): \d+ of "
                      r"(\d+) records were written", gives_up_err)  # fmt: skip
     assert said, gives_up_err[-2000:]
     # given up while sending at the --rate, not once the whole file was sent into a buffer (a
     # QA pass: at a low rate it sent on for good)
-    assert int(said[1]) < 24000, said[0]
+    assert int(said[1]) < 40000, said[0]
     for err in (stopped_err, gives_up_err):
         assert "Traceback" not in err and "KafkaTimeoutError" not in err, err[-2000:]
 
