@@ -685,10 +685,14 @@ class _Checker:
         """Refuse a branch of ``if ... else`` in a condition that is a number or text (but the
         constant 0): true for any value but 0 or empty, whatever the threshold meant."""
         for v, t in branches:
-            if isinstance(v, ast.Constant) and t == NUM and v.value != 0:
-                raise self.fail(v, f"{v.value!r} here is always true (a number is no "
+            try:  # (a literal: `-0` was refused as a number computed, a review)
+                value, literal = ast.literal_eval(v), True
+            except (ValueError, TypeError):
+                value, literal = None, False
+            if literal and t == NUM and value != 0:
+                raise self.fail(v, f"{value!r} here is always true (a number is no "
                                 "condition): write True, or compare something")  # fmt: skip
-            if t in (NUM, STR, MIXED) and not isinstance(v, ast.Constant):
+            if t in (NUM, STR, MIXED) and not literal:
                 kind = {NUM: "a number", STR: "text", MIXED: "text or a number"}[t]
                 raise self.fail(
                     v, f"this branch of `if ... else` gives {kind}, not true/false: in a "

@@ -87,6 +87,7 @@ def ev(src: str, values: dict | None = None, known: dict | None = None):
         ('country and country != "KR"', True),  # a guard: valid, as before
         ("count and count > 3", False),  # numeric guards too (a review: refused for a while)
         ("amount > 5 if is_night else 0", True),
+        ("amount > 5 if is_night else -0", True),
         ("country or amount > 9999", True),
     ],
 )
@@ -130,6 +131,7 @@ def test_semantics_and_precedence(src: str, expected: bool) -> None:
         ("amount if country else 5 > 3", "this branch of `if ... else` gives a number"),
         ("amount > 300 if is_night else 5", "5 here is always true (a number is no condition)"),
         ("5 if is_night else amount > 300", "5 here is always true"),
+        ("-5 if is_night else amount > 300", "-5 here is always true"),
         ("country if is_night else amount > 5", "this branch of `if ... else` gives text"),
         ("(amount > 5 if seen else amount) and seen", "gives a number, not true/false"),
         ("seen and ''", "'' here is always false"),
