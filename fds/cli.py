@@ -364,7 +364,15 @@ def write_output(path: Path, data: bytes) -> None:
 
 
 def unwritable(path: Path) -> str | None:
-    """Why a file cannot be written at ``path`` (its directory is made if missing), or None."""
+    """Why a file cannot be written at ``path`` (its directory is made if missing), or None.
+    A link is judged by the file it names (one into a missing folder passed, and the command
+    failed once its engine was built, a raw FileNotFoundError: a QA pass)."""
+    if path.is_symlink():
+        try:
+            target = path.resolve()
+        except (OSError, RuntimeError) as e:  # (a loop of links)
+            return f"it is a link that names no file ({e})"
+        return None if target == path else unwritable(target)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:

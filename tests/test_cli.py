@@ -2017,6 +2017,21 @@ def test_replay_and_simulate_write_through_a_link_and_never_delete_it(history, t
     assert link.is_symlink() and target.read_text().startswith('{"tx_id"')
 
 
+def test_a_link_as_out_is_judged_by_the_file_it_names(history, tmp_path, capsys):
+    """A QA pass: `--out LINK` into a missing folder failed once the engine was built (a raw
+    FileNotFoundError, exit 1); a loop of links likewise."""
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(tmp_path / "later" / "out.jsonl")
+    dlq = ["--dlq", str(tmp_path / "x.jsonl")]
+    assert bare_replay(str(history), "--out", str(link), *dlq) == 0  # (the folder is made)
+    assert link.is_symlink() and len((tmp_path / "later/out.jsonl").read_text().split()) == 20
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.symlink_to(b)
+    b.symlink_to(a)
+    assert bare_replay(str(history), "--out", str(a), *dlq) == 2
+    assert f"cannot write --out {a}: it is a link that names no file (" in said(capsys)
+
+
 def test_a_replay_that_dead_letters_a_large_share_warns_with_the_advice(tmp_path, capsys):
     """A QA pass: 49 rows of 50 dead-lettered (day-first times) exited 0 without a word; the
     advice came only when every row was."""
