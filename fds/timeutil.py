@@ -9,6 +9,7 @@ import re
 import threading
 import time
 from datetime import UTC, datetime, tzinfo
+from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fds.errors import ConfigError
@@ -56,6 +57,35 @@ def get_zone(name: str) -> tzinfo:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as e:  # (`Europe/berlin`: no hint, a QA pass)
         raise ConfigError(f"unknown timezone {name!r}: {_zone_hint(name)}") from e
+
+
+def same_zone(a: str, b: str) -> bool:
+    """Are zone names ``a`` and ``b`` one zone (``UTC`` and ``Etc/UTC``, ``Asia/Calcutta`` and
+    ``Asia/Kolkata``: the same tz database file)?
+
+    >>> same_zone("UTC", "Etc/UTC"), same_zone("UTC", "Europe/Berlin")
+    (True, False)
+    """
+    if a == b:
+        return True
+    ra, rb = _zone_bytes(a), _zone_bytes(b)
+    return ra is not None and ra == rb
+
+
+def _zone_bytes(name: str) -> bytes | None:
+    """The tz database file of zone ``name`` (the system's, else the tzdata package's)."""
+    import zoneinfo
+
+    if not name or name.startswith(("/", ".")) or ".." in name:
+        return None
+    for root in zoneinfo.TZPATH:
+        with contextlib.suppress(OSError):
+            return (Path(root) / name).read_bytes()
+    with contextlib.suppress(Exception):
+        from importlib.resources import files
+
+        return files("tzdata.zoneinfo").joinpath(name).read_bytes()
+    return None
 
 
 def _zone_hint(name: str) -> str:

@@ -82,7 +82,7 @@ from fds.features.shards import SHARDS, Shards, shard_of
 from fds.features.spec import DEFAULT_GRACE, Group, Layout, compile_specs, grace_seconds
 from fds.features.txstore import TxStore
 from fds.schema import id_text
-from fds.timeutil import MAX_TS, MIN_TS, parse_duration, parse_ts, span
+from fds.timeutil import MAX_TS, MIN_TS, parse_duration, parse_ts, same_zone, span
 
 __all__ = ["FeaturePlan", "read_field"]
 
@@ -967,6 +967,8 @@ class FeaturePlan:
         mine = {**_IDENTITY_DEFAULTS, **self._identity()}
         for k, v in mine.items():
             got = sd.get(k, _IDENTITY_DEFAULTS.get(k))
+            if k == "timezone" and isinstance(got, str) and same_zone(got, v):
+                continue  # (another name of the zone: a reload takes it, so must a restart)
             if got != v and not (k == "format" and got in _READS[v]):
                 if k == "format" and isinstance(got, int) and got > v:  # (provenance: same)
                     raise FeatureStateMismatch(

@@ -39,6 +39,7 @@ from fds.features.spec import DEFAULT_GRACE
 from fds.policy import Policy
 from fds.replay import Alerts, ReplayInput, run, watch_fields
 from fds.rules.ruleset import BUILTINS, FeatureSpec, Ruleset
+from fds.timeutil import same_zone
 
 __all__ = ["DEAD_LETTER", "BacktestResult", "SideResult", "backtest", "feature_stage_for"]
 
@@ -313,7 +314,8 @@ def backtest(
     specs, renamed = _union_features(candidate, baseline)
     if features is None:
         tz, base_tz = candidate.spec.timezone, baseline.spec.timezone
-        if tz != base_tz:  # one feature stage serves both: its calendar days have one zone
+        if not same_zone(tz, base_tz):  # one feature stage serves both: its calendar days
+            # have one zone (another name of it is the same zone)
             raise ConfigError(
                 f"the candidate's timezone {tz} differs from the baseline's {base_tz}: calendar "
                 "windows and hour/is_night are computed once for both, in one zone; compare a "

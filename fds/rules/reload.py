@@ -48,7 +48,7 @@ from fds.rules.ruleset import (
     load_ruleset_text,
     read_rules_file,
 )
-from fds.timeutil import format_ts
+from fds.timeutil import format_ts, same_zone
 
 __all__ = ["ReloadingRuleset", "deciding", "load_quietly"]
 
@@ -478,7 +478,7 @@ class ReloadingRuleset:
         # the old midnight; another grace would not be the one the plan and its checkpoints
         # keep (its log is trimmed to the old grace: a larger one could not be honoured).
         old_tz, new_tz = self.current.spec.timezone, new.spec.timezone
-        if new_tz != old_tz:
+        if not same_zone(new_tz, old_tz):  # (UTC -> Etc/UTC was refused: a QA pass)
             raise ConfigError(
                 f"timezone changed ({old_tz} -> {new_tz}): calendar-day windows were built in "
                 "the old one; restart the engine to apply it",

@@ -280,6 +280,10 @@ def test_backtest_refuses_rulesets_in_two_timezones(tmp_path: Path, capsys) -> N
     cand.write_text(CANDIDATE.replace("timezone: Asia/Seoul", "timezone: UTC"))
     code = main(["rules", "backtest", "--candidate", str(cand), "--baseline", str(base), str(data)])
     assert code == 2 and "differs from the baseline's Asia/Seoul" in capsys.readouterr().err
+    # another name of the baseline's zone is the zone: compared
+    cand.write_text(CANDIDATE.replace("timezone: Asia/Seoul", "timezone: ROK"))
+    code = main(["rules", "backtest", "--candidate", str(cand), "--baseline", str(base), str(data)])
+    assert code == 0, capsys.readouterr().err
 
 
 def test_backtest_refuses_rulesets_with_two_grace_periods(tmp_path: Path, capsys) -> None:

@@ -283,6 +283,8 @@ def test_policy_follows_the_reloaded_file_and_features_cannot_change(tmp_path: P
     write(p, rules("v5", 100) + night + "timezone: Asia/Seoul\n")
     assert rs.check_now() == "rejected"
     assert "timezone changed (UTC -> Asia/Seoul)" in str(rs.last_error)
+    write(p, rules("v6", 100) + "timezone: Etc/UTC\n")  # the same zone by another name (a QA
+    assert rs.check_now() == "ok"  # pass: refused, "restart the engine")
 
 
 def test_a_reload_that_changes_the_grace_period_is_refused_as_a_timezone_change(tmp_path: Path):
