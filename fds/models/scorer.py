@@ -328,6 +328,9 @@ class ModelServer:
         self._last: tuple[str, dict[str, float]] | None = None
         self._inputs: collections.OrderedDict[str, dict[str, float]] = collections.OrderedDict()
         self.history: list[dict[str, Any]] = []  # contest verdicts, the newest HISTORY_SIZE
+        # fds_model_precision{window="contest"} as last exported, by model (kept in the state:
+        # a restart had no series until the next verdict, days away, a QA pass)
+        self._contest_precision: dict[str, float] = {}
         self.stats: collections.Counter[str] = collections.Counter()
         self._watch: threading.Thread | None = None
         self._stop = threading.Event()
@@ -956,6 +959,7 @@ class ModelServer:
             "canary": self._canary_inputs(),
             "spec": orjson.loads(orjson.dumps(self.spec.to_dict())),  # (as a manifest holds it)
             "days": {str(d): n for d, n in self._day_counts.items()},  # (the alert share's)
+            "precision": dict(self._contest_precision),
         }  # fmt: skip
 
     def load_gate_state(self, state: Mapping[str, Any]) -> None:
@@ -986,6 +990,10 @@ class ModelServer:
         same = self.version is None or state.get("version", self.version) == self.version
         if same:
             self._gate_frauds = max(self._gate_frauds, int(state["frauds"]))
+            for model, figure in (state.get("precision") or {}).items():  # (the verdict's,
+                self._contest_precision[model] = figure  # of the champion served now)
+                if self.metrics is not None:
+                    self.metrics.model_precision(model, "contest", figure)
         self._gate_starved = bool(state.get("starved", False))
         saved = state.get("gate")  # (None: a release before it was kept)
         changed = saved is not None and list(saved) != [gate.min_frauds, gate.window]
@@ -1245,12 +1253,19 @@ class ModelServer:
                 m.model_swap("rejected")
             elif kind == "drift":
                 m.drift()
-            elif (sides := _VERDICT_SIDES.get(kind)) and f"recall_at_budget_{sides[0]}" in info:
-                # (a challenger dropped because shadow scoring raised has no contest figures)
+            elif (
+                (sides := _VERDICT_SIDES.get(kind))
+                and f"recall_at_budget_{sides[0]}" in info
+                and info.get("labels") != 0
+            ):
+                # (a challenger dropped because shadow scoring raised has no contest figures;
+                # an expiry that judged no label has none either: its 0.0 dropped the panel and
+                # paged FdsModelPrecisionDrop, a QA pass)
                 # "champion": the version serving after the verdict (after a promotion it was
                 # the replaced one's figure, under the one serving: a QA pass)
                 for model, side in zip(("champion", "challenger"), sides, strict=True):
-                    m.model_precision(model, "contest", info[f"recall_at_budget_{side}"])
+                    self._contest_precision[model] = info[f"recall_at_budget_{side}"]
+                    m.model_precision(model, "contest", self._contest_precision[model])
             elif kind == "gate":
                 self._export_gate(info)
         if self.on_event is not None:

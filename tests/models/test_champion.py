@@ -103,6 +103,14 @@ def test_better_challenger_is_promoted_after_shadow_then_confirmed() -> None:
     assert won > lost
     assert get("fds_model_precision", {"model": "champion", "window": "contest"}) == won
     assert get("fds_model_precision", {"model": "challenger", "window": "contest"}) == lost
+    # a restart serves the figures of the state until the next verdict (a QA pass: no series
+    # for days, FdsModelPrecisionDrop blind meanwhile)
+    again = ModelServer(SPEC, learn=False)
+    again.metrics = m2 = Metrics()
+    again.load_gate_state(srv.gate_state())
+    for model, figure in (("champion", won), ("challenger", lost)):
+        sample = {"model": model, "window": "contest"}
+        assert m2.registry.get_sample_value("fds_model_precision", sample) == figure
     s.run(60, {"f_a": 1.0, "f_b": 1.0})
     assert srv.history[1]["verdict"] == "confirm" and srv.version == "v000002"
     served = [v for v in s.versions if v]
@@ -810,6 +818,20 @@ def test_an_expired_contest_is_decided_on_the_labels_it_judged(tmp_path) -> None
     assert srv.version == "v000001" and reg.entry("v000002")["status"] == "rejected"
     # (its reason said "precision below champion" alone, as if on every label: a QA pass)
     assert reg.entry("v000002")["rejected_because"].startswith("expired: no verdict within")
+
+
+def test_a_contest_expired_without_a_label_exports_no_precision(tmp_path) -> None:
+    """A QA pass: a verdict of no label judged exported precision 0.0 for both models (the
+    dashboard's panel dropped to 0 and FdsModelPrecisionDrop fired)."""
+    srv, s, reg = _registry_server(tmp_path, FeatureModel("f_a"))
+    srv.metrics = m = Metrics()
+    srv.offer(_registered(reg, FeatureModel("f_none")))
+    for h in range(16 * 24):  # no label for two weeks
+        s.engine.decide({"tx_id": f"h{h}", "ts": h * 3600.0, "card_id": "c", "amount": 1.0})
+    assert srv.stats["expired"] == 1 and srv.history[-1]["labels"] == 0
+    for model in ("champion", "challenger"):
+        sample = {"model": model, "window": "contest"}
+        assert m.registry.get_sample_value("fds_model_precision", sample) is None
 
 
 def test_the_gate_waits_for_labels_only_once_there_is_a_champion() -> None:
