@@ -375,6 +375,7 @@ def run_precision(
     frozen_version = None
     train_rows: int | None = None
     known_at_warm: set[str] = set()
+    legit_at_warm: int | None = None  # the legitimate examples the frozen learner learned
     schedule = LabelSchedule(labels)  # as fds replay learns them (a review: one dated before
     known: set[str] = set()  # its transaction was lost here); the frauds learned so far
 
@@ -401,6 +402,8 @@ def run_precision(
                 frozen_version = f"trainer@day{warmup_days} ({server.version} serving)"
                 train_rows = len(rows)
                 known_at_warm = set(known)
+                if server.trainer is not None:  # (else unknown)
+                    legit_at_warm = server.trainer.stats["legit_learned"]
             try:
                 d = engine.decide(tx)
             except StageError as e:  # (a dead letter in production: every variant must see it)
@@ -455,10 +458,12 @@ def run_precision(
     s_static = np.zeros(n)
     # (the table showed models never trained as figures of their own, a QA pass)
     notes = list(meta.get("notes", ()))
+    untrained = []  # variants whose figures measure no model (n/a in the targets)
     if fraud_known.any() and (use & ~fraud_known).any():
         clf.fit(X[:tr][use], fraud_known[use])
         s_static = clf.predict_proba(X)[:, 1]
     else:
+        untrained.append("static_sklearn")
         why = (
             "no fraud label was known by the end of the warm-up (day {d}; a label comes "
             "after its delay): {w}"
@@ -472,11 +477,14 @@ def run_precision(
             # (a warm-up at its longest already was told to be made longer: a QA pass)
             + (", or simulate more --cards (more frauds in it)" if input_path is None else "")
         )
-    if frozen is not None and not known_at_warm:
+    if frozen is not None and (not known_at_warm or legit_at_warm == 0):
+        untrained.append("river_frozen")  # (one class alone, no legitimate payment: its
+        # targets were "met", 0.000 against the adaptive 0.400, a README walk)
         notes.append(
-            f"river_frozen had learned no fraud label by the end of the warm-up (day "
-            f"{warmup_days}): it is an untrained model"
+            f"river_frozen had learned no {'fraud' if not known_at_warm else 'legitimate'} "
+            f"label by the end of the warm-up (day {warmup_days}): it is an untrained model"
         )
+    meta["untrained"] = untrained
     ceiling = _ceiling(X, y, day, seed) if ceiling_ref else None
     scores = {
         "rules": s_rules,
@@ -840,9 +848,13 @@ def targets(res: PrecisionResult) -> list[tuple[str, str, bool | None]]:
             "another reading)",
         }
         for v, reading, lower, f, ad in _frozen_gaps(r):
+            untrained = v in res.meta.get("untrained", ())
+            lower = float("nan") if untrained else lower
             shown = (  # (it said "n/a (nan vs nan)", and judged 0.004 against 0.001: a QA pass)
                 "n/a (no day left to measure)"
                 if math.isnan(ad)
+                else f"n/a (untrained: see the notes; {f:.3f} vs {ad:.3f})"
+                if untrained
                 else f"{_lower(lower)} ({f:.3f} vs {ad:.3f})"
                 if ad >= _MEASURABLE
                 else f"n/a (adaptive p@k {ad:.3f}, below {_MEASURABLE}; frozen {f:.3f})"

@@ -259,6 +259,20 @@ def test_a_target_that_cannot_be_measured_is_n_a_not_missed() -> None:
     assert "back to 90% (3-day mean): n/a (pre-drift p@k below 0.05)" in rules  # not "no drop"
 
 
+def test_an_untrained_frozen_model_is_n_a_in_the_targets() -> None:
+    """A README walk: river_frozen, which had learned no legitimate payment, scored 0.000 and
+    its two targets read "100.0% lower (0.000 vs 0.400) | met"."""
+    res = _result({"adaptive": [0.4] * 20, "river_frozen": [0.0] * 20}, label_delay=2.0)
+    res.meta["untrained"] = ["river_frozen"]
+    rows = [(t, m, ok) for t, m, ok in targets(res) if "lower than adaptive" in t]
+    assert len(rows) == 4
+    for t, m, ok in rows:
+        if t.startswith("river_frozen"):
+            assert m == "n/a (untrained: see the notes; 0.000 vs 0.400)" and ok is None
+        else:
+            assert ok is not None
+
+
 def test_a_baseline_near_zero_measures_nothing() -> None:
     """Rules alone at 0.005 gave "4.97x met", and an adaptive model at 0.031 before the drift
     "recovered" at once: both not measurable (a review)."""
@@ -495,8 +509,13 @@ def test_models_never_trained_are_said_and_a_users_file_is_not_told_of_the_simul
         "static_sklearn was not trained, its scores are all 0: no transaction was old enough "
         "by the end of the warm-up (day 3) to be taken as legitimate (the spec's "
         "learn.assume_legit_after, 4.0 days): lengthen --warmup-days (before a later "
-        "--drift-day)"
-    ]  # the frauds were known by then, the river model learned them
+        "--drift-day)",
+        # the frauds were known by then, the river model learned them, and no legitimate
+        # payment: one class alone (a README walk: its targets were "met", 0.000 against 0.400)
+        "river_frozen had learned no legitimate label by the end of the warm-up (day 3): it is "
+        "an untrained model",
+    ]
+    assert res.meta["untrained"] == ["static_sklearn", "river_frozen"]  # (n/a in the targets)
 
 
 def test_a_fraud_withdrawn_before_the_end_of_the_warm_up_does_not_train_the_static_model(
