@@ -153,9 +153,19 @@ def produce_file(
                 if _labels_file(path, reading):
                     mapping, holds_labels = reading, True
                     break
-    if holds_labels and target.endswith((".transactions", "-transactions", "_transactions")):
-        home = target.removesuffix("transactions") + "labels"  # (a prefixed transactions
-        raise ConfigError(  # topic took a labels file, all dead-lettered by fds run: a QA pass)
+    elif not (mapping and mapping.label):  # the input topic: a labels file there was told
+        with contextlib.suppress(ConfigError):  # to map amount and card_id (a README walk)
+            holds_labels = _labels_file(path, mapping)
+    if holds_labels and (
+        target == settings.input_topic
+        or target.endswith((".transactions", "-transactions", "_transactions"))
+    ):
+        home = (  # (a prefixed transactions topic took a labels file, all dead-lettered by
+            target.removesuffix("transactions") + "labels"  # fds run: a QA pass)
+            if target.endswith("transactions")
+            else settings.labels_topic or "labels"
+        )
+        raise ConfigError(
             f"--topic {target!r} is a transactions topic, but {path} holds labels (tx_id, ts, "
             f"is_fraud and no amount): labels go to the labels topic (--topic {home})"
         )

@@ -694,9 +694,11 @@ def test_produce_checks_a_foreign_file_for_any_topic_but_a_labels_file(tmp_path,
         with pytest.raises(ConfigError, match=said):
             produce_file(tx, s, topic=name)
     # ... and a labels file to a prefixed transactions topic (each dead-lettered: a QA pass)
-    for name, fix in (("p.transactions", "p.labels"), ("p_transactions", "p_labels")):
-        said = f"--topic '{name}' is a transactions topic, but .* holds labels .*--topic {fix}\\)"
-        with pytest.raises(ConfigError, match=said):
+    # (and to the input topic, the default: told to map amount and card_id, a README walk)
+    for name, fix in (("p.transactions", "p.labels"), ("p_transactions", "p_labels"),
+                      ("transactions", "labels"), (None, "labels")):  # fmt: skip
+        said = f"--topic '{name or 'transactions'}' is a transactions topic, but .* holds labels "
+        with pytest.raises(ConfigError, match=said + f".*--topic {fix}\\)"):
             produce_file(labels, s, topic=name)
     with pytest.raises(ConfigError, match=r"\(--topic payments, or no --topic\)"):
         produce_file(tx, KafkaSettings(input_topic="payments", bootstrap="127.0.0.1:1"),
