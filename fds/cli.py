@@ -164,7 +164,9 @@ class _Parser(argparse.ArgumentParser):
             takes = [
                 o for o in ("--mapping", "--rules", "--model") if o in self._option_string_actions
             ]
-            if yaml_file and takes and not misplaced:  # (`fds replay t.csv m.yaml`, a QA pass)
+            meant = "did you mean" in (self._hint or "")  # (`--maping m.yaml` keeps it: a walk)
+            if yaml_file and takes and not misplaced and not meant:  # (`fds replay t.csv
+                # m.yaml`, a QA pass)
                 hint = (
                     f"a YAML file is given with its option: "
                     f"{' or '.join(f'{o} {yaml_file[0]}' for o in takes)}; see "

@@ -944,6 +944,10 @@ def test_a_yaml_file_without_its_option_is_told_the_options_that_take_one(capsys
         "(a YAML file is given with its option: --mapping m.yaml or --rules m.yaml or --model "
         "m.yaml; see 'fds replay --help')" in capsys.readouterr().err
     )
+    # a mistyped option before it is said as such (a README walk: the list above instead)
+    with pytest.raises(SystemExit):
+        main(["replay", "t.csv", "--maping", "m.yaml"])
+    assert "(--maping: did you mean --mapping?)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
