@@ -1058,7 +1058,12 @@ def watch_fields(stream: ReplayInput, features: Iterable[Any]) -> Callable[[], s
 # A quoted value opens and closes outside a word: the apostrophe of "the mapping's ts_format
 # '%Y'" is not a quote (read as one, it left the value outside: 2,000 alike rows counted as
 # 2,000 reasons, a QA pass).
-_QUOTED = re.compile(r"(?<!\w)'[^']*'(?!\w)")
+# The advice's own values (`decimal: ','`) are no values of the record: kept (read as values,
+# the summary said "decimal: '...' and thousands: '...'", a README walk).
+_QUOTED = re.compile(
+    r"(?P<keep>\b(?:decimal|thousands|delimiter|ts_format|encoding): '[^']*')"
+    r"|(?<!\w)'[^']*'(?!\w)"
+)
 # A JSON parser's position in its record (`line 1 column 9 (char 8)`): one reason, wherever in
 # the record (three positions were three reasons, and "most often" named another: a QA pass).
 _POSITION = re.compile(r"\bline \d+ column \d+ \(char \d+\)")
@@ -1074,6 +1079,8 @@ def reason_of(dead: Mapping[str, Any]) -> str:
     "validate: ts: timestamp '...' is neither ISO 8601"
     >>> reason_of({"stage": "parse", "reason": "ts: '31.12' does not fit the mapping's '%Y'"})
     "parse: ts: '...' does not fit the mapping's '...'"
+    >>> reason_of({"stage": "validate", "reason": "got '1,5': write decimal: ',' there"})
+    "validate: got '...': write decimal: ',' there"
     >>> reason_of({"stage": "parse", "reason": "not valid JSON: line 1 column 6 (char 5)"})
     'parse: not valid JSON: line ... column ...'
     >>> long = reason_of({"stage": "label", "reason": "ab " * 50 + "fix: do this"})
@@ -1082,7 +1089,9 @@ def reason_of(dead: Mapping[str, Any]) -> str:
     """
     text = str(dead.get("reason") or dead.get("error", ""))
     reason = text.split("\n")[0].split(" [type=")[0].split(" input_value=")[0]
-    reason = _POSITION.sub("line ... column ...", _QUOTED.sub("'...'", reason))
+    reason = _POSITION.sub(
+        "line ... column ...", _QUOTED.sub(lambda m: m["keep"] or "'...'", reason)
+    )
     if len(reason) > 120:  # (cut mid-word without a mark, it read as garbled: a review; cut at
         # its end, the fix was lost: `label_values:` of a label column's word, a README walk)
         head, tail = reason[:60].rsplit(" ", 1)[0], reason[-57:]
