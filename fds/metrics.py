@@ -1211,22 +1211,36 @@ def serve(
 CLIENT_TIMEOUT_S = 10.0
 
 
-#: Connections served at once; more are closed at once (a client that trickles its request a
-#: byte at a time keeps its thread past CLIENT_TIMEOUT_S, which bounds each read: a review).
+#: Connections served at once (a client that trickles its request a byte at a time keeps its
+#: thread past CLIENT_TIMEOUT_S, which bounds each read: a review). A new one past them takes
+#: the place of the oldest that has not sent its request yet; when every one is being
+#: answered, it is closed at once.
 MAX_CLIENTS = 32
+#: How long a new connection waits for the slot of the one it cut.
+EVICT_WAIT_S = 1.0
 
 
 class _BoundedServer(ThreadingWSGIServer):
-    """A thread per connection, at most :data:`MAX_CLIENTS` of them."""
+    """A thread per connection, at most :data:`MAX_CLIENTS` of them; idle ones give way."""
 
     def server_activate(self) -> None:
         super().server_activate()
         self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
+        self.unread: dict[int, _QuietHandler] = {}  # by arrival: no request read yet
+        self.unread_lock = threading.Lock()
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
-            self.shutdown_request(request)
-            return
+            # full: the oldest connection that has sent no request makes room (32 idle ones
+            # held every slot, reconnecting once cut, and the health checks failed for as long
+            # as they came back: Kubernetes restarted a healthy pod, a QA pass)
+            with self.unread_lock:
+                oldest = next(iter(self.unread.values()), None)
+            if oldest is not None:
+                oldest.cut()
+            if oldest is None or not self._slots.acquire(timeout=EVICT_WAIT_S):
+                self.shutdown_request(request)
+                return
         try:
             super().process_request(request, client_address)
         except BaseException:
@@ -1249,24 +1263,37 @@ class _QuietHandler(WSGIRequestHandler):
     timeout = CLIENT_TIMEOUT_S
 
     def handle(self) -> None:
-        cut = self._cut_timer = threading.Timer(self.timeout, self._cut)
+        cut = self._cut_timer = threading.Timer(self.timeout, self.cut)
         cut.daemon = True
         cut.start()
+        self._unread(True)
         try:
             super().handle()
         except OSError:  # (timed out or reset: the server printed its traceback on stderr)
             self.close_connection = True
         finally:
             cut.cancel()
+            self._unread(False)
 
     def parse_request(self) -> bool:
         """The request read: its answer is not cut (a slow scraper of a large /metrics, a
         render slowed by the decision loop: a review)."""
         parsed = bool(super().parse_request())  # (its headers read: a trickle is cut there)
         self._cut_timer.cancel()
+        self._unread(False)
         return parsed
 
-    def _cut(self) -> None:
+    def _unread(self, waiting: bool) -> None:
+        """Mark this connection as one that may give way to a new one (no request read)."""
+        server = self.server
+        if isinstance(server, _BoundedServer):
+            with server.unread_lock:
+                if waiting:
+                    server.unread[id(self)] = self
+                else:
+                    server.unread.pop(id(self), None)
+
+    def cut(self) -> None:
         with contextlib.suppress(OSError):
             self.connection.shutdown(socket.SHUT_RDWR)
 
