@@ -43,10 +43,25 @@ def parse_duration(text: str | float | int) -> float:
     if not m:
         if _DURATION.match(str(text).strip().removeprefix("-")):  # (told it was no duration: a QA)
             raise ConfigError(f"bad duration {text!r}: a duration is not negative")
+        if (hint := unitless(str(text))) is not None:
+            raise ConfigError(f"bad duration {text!r}: {hint}")
         raise ConfigError(
             f"bad duration {text!r}: write a number and a unit, e.g. 90s, 10m, 1h, 7d, 2w"
         )
     return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def unitless(text: str) -> str | None:
+    """What to write for a number in quotes given as a duration (`"90"`: a bare 90 is read as
+    seconds, the quoted one was told to write "a duration of 0 or more", a QA pass), or None.
+
+    >>> unitless("90"), unitless("5m")
+    ('a number in quotes has no unit: write 90s (seconds), or 90 unquoted', None)
+    """
+    number = text.strip()
+    if not re.fullmatch(r"\d+(\.\d+)?", number):
+        return None
+    return f"a number in quotes has no unit: write {number}s (seconds), or {number} unquoted"
 
 
 def get_zone(name: str) -> tzinfo:

@@ -29,7 +29,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from fds.errors import ConfigError
-from fds.timeutil import parse_duration
+from fds.timeutil import parse_duration, unitless
 
 __all__ = [
     "AGGS",
@@ -164,9 +164,15 @@ def window_seconds(window: Any, where: str) -> float | None:
     except ConfigError:
         seconds = math.nan
     if not MIN_WINDOW_S <= seconds < math.inf:
+        hint = unitless(window)  # (`"7"`: a bare 7 is seconds, a QA pass)
         raise ConfigError(
-            f"{where}: bad window {written!r}: write a duration of at least 1ms, a number and "
-            "a unit (90s, 10m, 1.5h, 7d), or calendar_day"
+            f"{where}: bad window {written!r}: "
+            + (
+                hint
+                if hint and float(window) >= MIN_WINDOW_S
+                else "write a duration of at least 1ms, a number and a unit (90s, 10m, 1.5h, "
+                "7d), or calendar_day"
+            )
         )
     if seconds > MAX_WINDOW_S:
         raise ConfigError(
@@ -214,9 +220,12 @@ def grace_seconds(grace: Any) -> float:
             shown = "empty" if grace is None else str(grace).lower()
         else:
             shown = repr(grace)
+        hint = unitless(grace) if isinstance(grace, str) else None
         raise ConfigError(
-            f"bad grace {shown}: write a duration of 0 or more, a number and a unit (90s, 5m, "
-            "1h), e.g. grace: 10m"
+            f"bad grace {shown}: {hint}"
+            if hint
+            else f"bad grace {shown}: write a duration of 0 or more, a number and a unit (90s, "
+            "5m, 1h), e.g. grace: 10m"
         )
     return seconds
 

@@ -702,6 +702,21 @@ def test_a_bad_grace_is_refused_at_its_place_with_what_to_write(written, shown) 
     )
 
 
+def test_a_quoted_number_as_grace_or_window_is_told_its_unit() -> None:
+    """A QA pass: `grace: "0"` was told to write "a duration of 0 or more" (a bare 0 is read
+    as seconds), `window: "7"` likewise."""
+    with pytest.raises(ConfigError) as e:
+        load_ruleset_text('version: "1"\ntimezone: UTC\ngrace: "0"\nrules: []\n', "f.yaml")
+    assert str(e.value) == (
+        "f.yaml:3:8: grace: bad grace '0': a number in quotes has no unit: write 0s (seconds), "
+        "or 0 unquoted"
+    )
+    feature = "features:\n  - {name: a, entity: card_id, agg: count, window: '7'}\n"
+    with pytest.raises(ConfigError, match=r"bad window '7': a number in quotes has no unit: "
+                       r"write 7s \(seconds\), or 7 unquoted"):  # fmt: skip
+        load_ruleset_text(f'version: "1"\n{feature}rules: []\n', "f.yaml")
+
+
 def test_a_grace_longer_than_a_week_is_refused() -> None:
     """A QA pass: `grace: 99999999999w` passed; every entity then kept its events for good."""
     for written in ("99999999999w", "8d"):
