@@ -1191,7 +1191,32 @@ def check_transaction_columns(
     elif fmt == "parquet":
         _parquet_open(p, m)[0].close()
     elif fmt == "csv":
-        csv_header(p, m)
+        head = csv_header(p, m)
+        if head is not None:
+            _utf8_read_as(p, m, head.columns)
+
+
+def _utf8_read_as(p: Path, m: ColumnMapping, columns: Sequence[Any]) -> None:
+    """Warn when the header of a file the mapping reads in a one-byte encoding reads as UTF-8:
+    a file saved as UTF-8 since, its mapping unchanged (`Gebühr` read as `GebÃ¼hr` with
+    `encoding: cp1252`: every such text of it garbled, and the warning named the rule's column
+    missing, a README walk)."""
+    if not m.encoding or _utf8(m.encoding):
+        return
+    odd = [str(c) for c in columns if not str(c).isascii()]
+    for column in odd:
+        try:
+            meant = column.encode(m.encoding, "surrogateescape").decode("utf-8")
+        except (UnicodeError, LookupError):
+            return  # (a byte no UTF-8 has: the file is in its encoding)
+        if meant != column:
+            log.warning(
+                "%s: its header reads as UTF-8 (%r), not as the mapping's `encoding: %s` "
+                "(%r): the file is likely saved as UTF-8; leave `encoding:` out of the "
+                "mapping (UTF-8 is the default), or each of its texts beyond ASCII is garbled",
+                p, meant, m.encoding, column,
+            )  # fmt: skip
+            return
 
 
 def _check_content(p: Path, fmt: str | None, declared: bool) -> None:

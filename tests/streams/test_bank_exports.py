@@ -656,6 +656,23 @@ def test_a_bom_read_in_another_encoding_or_a_column_of_another_case_is_said(tmp_
     assert "(names differ in case only: 'zeit' -> 'Zeit')" in str(e.value)
 
 
+def test_a_utf8_file_read_in_a_one_byte_encoding_is_said(tmp_path, caplog):
+    """A README walk: a cp1252 export saved as UTF-8 since, its mapping unchanged, was read
+    with every non-ASCII text garbled (`Gebühr` as `GebÃ¼hr`) without a word of the cause."""
+    text = "Referenz;Zeit;Karte;Betrag;Gebühr\nr1;2026-01-01T00:00:00Z;c1;5;1\n"
+    mapping = ColumnMapping.model_validate({
+        "delimiter": ";", "encoding": "cp1252",
+        "fields": {"tx_id": "Referenz", "ts": "Zeit", "card_id": "Karte", "amount": "Betrag"},
+    })  # fmt: skip
+    p = tmp_path / "x.csv"
+    for encoding, said in (("cp1252", False), ("utf-8", True)):
+        p.write_bytes(text.encode(encoding))
+        caplog.clear()
+        check_transaction_columns(p, mapping)
+        assert ("its header reads as UTF-8 ('Gebühr'), not as the mapping's `encoding: "
+                "cp1252` ('GebÃ¼hr')" in caplog.text) is said, caplog.text  # fmt: skip
+
+
 def test_a_dos_end_of_file_mark_is_no_record(tmp_path):
     """A QA pass: a DOS export's last byte, Ctrl-Z (0x1A), on a line of its own was a
     transaction, dead-lettered ("expected 4 columns, found 1")."""
