@@ -979,6 +979,8 @@ class ModelServer:
             log.info("the maturity gate and contests of the state are not taken: they judged "
                      "%s", other)  # fmt: skip
             return
+        if isinstance(saved_version := state.get("version"), str):
+            self._serve_saved(saved_version)
         self._gate.clear()
         self._gate.extend(tuple(c) for c in state["window"])
         gate = self.spec.gate
@@ -1298,6 +1300,7 @@ class ModelServer:
         m = reg.manifest()
         self._pointer = m.get("champion")
         self._standing_in = False  # (unless it stands in below: a second load, see above)
+        self._newest_served = False  # (served as the newest, no champion chosen: below)
         self._offered = max(self._offered, passed_over(m))
         for v in _champions(m):
             if self._foreign(v, m["versions"][v]):
@@ -1311,27 +1314,58 @@ class ModelServer:
             if self._pointer is None:  # none chosen yet: the newest version (not an error)
                 log.info("model %s served: the newest version (no champion chosen yet)", v)
                 self._pointer = v
+                self._newest_served = True
             elif v != self._pointer:  # (the pointer stays the registry's: a change of it
                 # by hand is one, also while a stand-in serves; a failure here is retried)
                 log.error("model %s served instead of the registry's champion %s, which "
                           "could not be loaded or was made by another spec", v,
                           self._pointer)  # fmt: skip
                 self._standing_in = self._failed_here(self._pointer)
-            self.champion, self.version = model, v
-            if self.metrics is not None:  # served from the start, not only after a swap
-                self.metrics.model_info(v, self.spec.name)
-            entry = m["versions"].get(v) or {}
-            self._rate = self._rate_of(entry)
-            # a restart keeps the contest: a trained champion is no warm-up model
-            self._champion_labels, self._gate_frauds = learned(entry)
-            if not self._labels_here:
-                self._gate_by_count()
+            self._serve_at_start(v, model, m["versions"].get(v) or {})
             return v
         if self._pointer is not None:
             log.error("no model version of %s could be loaded: deciding with the rules alone "
                       "until one can", reg.path)  # fmt: skip
             self._pointer = None
         return None
+
+    def _serve_at_start(self, v: str, model: Any, entry: Mapping[str, Any]) -> None:
+        """Serve version ``v`` (loaded and checked) as a start does."""
+        self.champion, self.version = model, v
+        if self.metrics is not None:  # served from the start, not only after a swap
+            self.metrics.model_info(v, self.spec.name)
+        self._rate = self._rate_of(entry)
+        # a restart keeps the contest: a trained champion is no warm-up model
+        self._champion_labels, self._gate_frauds = learned(entry)
+        if not self._labels_here:
+            self._gate_by_count()
+
+    def _serve_saved(self, v: str) -> bool:
+        """Serve ``v``, the version the state says was served, in place of the newest one a
+        start took while no champion is chosen yet: the newest was then a challenger in its
+        contest, and served unjudged after the restart (a QA pass); it is offered again and
+        its contest resumed. ``False`` when ``v`` cannot be served (then as started)."""
+        reg = self.registry
+        if reg is None or not self._newest_served or v == self.version:
+            return False
+        m = reg.manifest()
+        entry = m["versions"].get(v)
+        if m.get("champion") is not None or entry is None or entry["status"] == "rejected":
+            return False
+        if self._foreign(v, entry):
+            return False
+        try:
+            model = serving(reg.load(v))
+            canary(model, self._canary_inputs())
+        except ArtifactError as e:
+            log.warning("model %s served before the restart could not be loaded: %s", v, e)
+            return False
+        log.info("model %s served: the version served before the restart (no champion chosen "
+                 "yet; %s, newer, is contested against it)", v, self.version)  # fmt: skip
+        self._serve_at_start(v, model, entry)
+        self._pointer, self._newest_served = v, False
+        self._offered = min(self._offered, int(entry["seq"]))  # (the newer ones: offered)
+        return True
 
     def load_champion_if_changed(self) -> str | None:
         """Serve the registry's champion unless it is the one served (startup, once a models

@@ -218,6 +218,35 @@ def _registry_server(tmp_path: Any, champion: Any) -> tuple[ModelServer, Stream,
     return srv, s, reg
 
 
+def test_a_restart_before_any_champion_serves_the_version_served_not_its_challenger(
+    tmp_path,
+) -> None:
+    """A QA pass: with no champion chosen yet (a scorer serving the newest version), the newer
+    version in shadow against it was served after a restart, unjudged, as "the newest
+    version": the state's served version is served again and the contest resumed."""
+    reg = Registry(tmp_path)
+    reg.publish(FeatureModel("f_a"), spec={"name": "t"})
+    srv = ModelServer(SPEC, learn=False, registry=reg)
+    assert srv.load_champion() == "v000001" and reg.champion() is None
+    s = Stream(srv)
+    s.run(50, {"f_a": 1.0, "f_b": 1.0})
+    reg.publish(FeatureModel("f_b"), spec={"name": "t"})
+    assert srv.poll() == "v000002"
+    srv.install_pending()
+    assert (srv.version, srv.challenger_version) == ("v000001", "v000002")
+    s.run(20, {"f_a": 1.0, "f_b": 1.0})
+    state = srv.gate_state()
+    assert srv.contest is not None and (judged := srv.contest.n) > 0
+    again = ModelServer(SPEC, learn=False, registry=reg)
+    assert again.load_champion() == "v000002"  # the newest, before the state is read ...
+    again.load_gate_state(state)
+    assert again.version == "v000001"  # ... then the one served
+    assert again.poll() == "v000002"
+    again.install_pending()
+    assert again.challenger_version == "v000002" and again.contest is not None
+    assert again.contest.n == judged  # the same contest, resumed
+
+
 def test_a_lost_contest_is_recorded_and_the_loser_never_offered_again(tmp_path) -> None:
     """Before, the loser stayed 'published': a restarted scorer took it as a challenger again."""
     srv, s, reg = _registry_server(tmp_path, FeatureModel("f_a"))
