@@ -367,10 +367,11 @@ def write_output(path: Path, data: bytes) -> None:
 
 def unwritable(path: Path) -> str | None:
     """Why a file cannot be written at ``path`` (its directory is made if missing), or None.
-    A link is judged by the file it names (one into a missing folder passed, and the command
-    failed once its engine was built, a raw FileNotFoundError: a QA pass)."""
-    if path.is_symlink():
-        try:
+    A link that names no file yet is judged by the path it names (one into a missing folder
+    passed, and the command failed once its engine was built, a raw FileNotFoundError: a QA
+    pass)."""
+    if path.is_symlink() and not path.exists():  # (a link to a file, a device or a pipe
+        try:  # is judged below as before: /dev/fd/N of a pipe resolves to no path, a review)
             target = path.resolve()
         except (OSError, RuntimeError) as e:  # (a loop of links)
             return f"it is a link that names no file ({e})"

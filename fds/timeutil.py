@@ -8,6 +8,7 @@ import math
 import re
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -76,31 +77,50 @@ def get_zone(name: str) -> tzinfo:
 
 def same_zone(a: str, b: str) -> bool:
     """Are zone names ``a`` and ``b`` one zone (``UTC`` and ``Etc/UTC``, ``Asia/Calcutta`` and
-    ``Asia/Kolkata``: the same tz database file)?
+    ``Asia/Kolkata``: the same file of one tz database)?
 
-    >>> same_zone("UTC", "Etc/UTC"), same_zone("UTC", "Europe/Berlin")
-    (True, False)
+    >>> same_zone("UTC", "Etc/UTC"), same_zone("UTC", "Europe/Berlin"), same_zone("utc", "UTC")
+    (True, False, True)
     """
+    a, b = (_UTC_NAME if n.upper() == _UTC_NAME else n for n in (a, b))  # (as get_zone reads)
     if a == b:
         return True
-    ra, rb = _zone_bytes(a), _zone_bytes(b)
-    return ra is not None and ra == rb
+    for source in _zone_sources():  # both from one source: the system's files and the tzdata
+        ra, rb = source(a), source(b)  # package's differ in release and layout (a review)
+        if ra is not None and rb is not None:
+            return ra == rb
+    return False
 
 
-def _zone_bytes(name: str) -> bytes | None:
-    """The tz database file of zone ``name`` (the system's, else the tzdata package's)."""
+_UTC_NAME = "UTC"
+
+
+def _zone_sources() -> list[Callable[[str], bytes | None]]:
+    """Readers of a zone's file: each directory of the system's tz path, then the tzdata
+    package's; each gives ``None`` for a name it does not hold (or no safe name)."""
     import zoneinfo
 
-    if not name or name.startswith(("/", ".")) or ".." in name:
-        return None
-    for root in zoneinfo.TZPATH:
-        with contextlib.suppress(OSError):
-            return (Path(root) / name).read_bytes()
-    with contextlib.suppress(Exception):
-        from importlib.resources import files
+    def safe(name: str) -> bool:
+        return bool(name) and not name.startswith(("/", ".")) and ".." not in name
 
-        return files("tzdata.zoneinfo").joinpath(name).read_bytes()
-    return None
+    def in_dir(root: str) -> Callable[[str], bytes | None]:
+        def read(name: str) -> bytes | None:
+            if safe(name):
+                with contextlib.suppress(OSError, ValueError):  # (ValueError: a NUL in it)
+                    return (Path(root) / name).read_bytes()
+            return None
+
+        return read
+
+    def packaged(name: str) -> bytes | None:
+        if safe(name):
+            with contextlib.suppress(Exception):
+                from importlib.resources import files
+
+                return files("tzdata.zoneinfo").joinpath(name).read_bytes()
+        return None
+
+    return [*(in_dir(root) for root in zoneinfo.TZPATH), packaged]
 
 
 def _zone_hint(name: str) -> str:

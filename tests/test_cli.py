@@ -2034,6 +2034,15 @@ def test_a_link_as_out_is_judged_by_the_file_it_names(history, tmp_path, capsys)
     b.symlink_to(a)
     assert bare_replay(str(history), "--out", str(a), *dlq) == 2
     assert f"cannot write --out {a}: it is a link that names no file (" in said(capsys)
+    # a link to a pipe is written through as before (`--out >(wc -l)`: /dev/fd/63 names no
+    # path once resolved, and was refused, a review)
+    r, w = os.pipe()
+    try:
+        assert bare_replay(str(history), "--out", f"/dev/fd/{w}", *dlq) == 0
+        os.close(w)
+        assert os.read(r, 1 << 20).count(b"\n") == 20
+    finally:
+        os.close(r)
 
 
 def test_a_replay_that_dead_letters_a_large_share_warns_with_the_advice(tmp_path, capsys):

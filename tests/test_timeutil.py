@@ -37,10 +37,13 @@ def test_the_format_caches_stay_bounded_over_years_of_event_time():
     assert len(timeutil._second_prefix) <= 8193
 
 
-@pytest.mark.parametrize("bad", ["", "5", "5 years", "1.2.3s"])
+@pytest.mark.parametrize("bad", ["", "5 years", "1.2.3s"])
 def test_bad_duration_says_how_to_write_one(bad):
     with pytest.raises(ConfigError, match=r"e\.g\. 90s, 10m, 1h, 7d"):
         parse_duration(bad)
+    # a number as text (quoted in YAML) is told its unit (a bare number is seconds)
+    with pytest.raises(ConfigError, match=r"'5': a number in quotes has no unit: write 5s"):
+        parse_duration("5")
 
 
 def test_a_negative_duration_is_said_to_be_one():
@@ -124,3 +127,25 @@ def test_a_leap_second_is_the_next_second_s_start() -> None:
     dead letter ("no time there is"); POSIX time counts no leap second."""
     assert parse_ts("2016-12-31T23:59:60Z") == parse_ts("2017-01-01T00:00:00Z")
     assert parse_ts("2016-12-31 23:59:60.25+00:00") == parse_ts("2017-01-01T00:00:00Z") + 0.25
+
+
+def test_other_names_of_a_zone_are_compared_in_one_tz_database(tmp_path) -> None:
+    """A review: with the system's tz database lacking the old names (no tzdata-legacy),
+    `Asia/Calcutta` came from the tzdata package and `Asia/Kolkata` from the system, two
+    releases of the file: never equal, the rename refused."""
+    import zoneinfo
+    from importlib.resources import files
+
+    from fds.timeutil import same_zone
+
+    for name in ("Asia/Kolkata", "Asia/Seoul"):  # (another release: other bytes)
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        data = files("tzdata.zoneinfo").joinpath(name).read_bytes()
+        (tmp_path / name).write_bytes(data + b"\n")
+    zoneinfo.reset_tzpath([str(tmp_path)])
+    try:
+        assert same_zone("Asia/Calcutta", "Asia/Kolkata") and same_zone("ROK", "Asia/Seoul")
+        assert not same_zone("ROK", "Asia/Tokyo") and not same_zone("Asia/Seoul", "Asia/Tokyo")
+        assert not same_zone("Asia/Seoul\x00", "UTC")  # (a NUL: no ValueError)
+    finally:
+        zoneinfo.reset_tzpath()
