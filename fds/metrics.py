@@ -627,10 +627,15 @@ class Metrics(Collector):
         checkpoint showed them)."""
         self._waiting.set(n)
 
-    def model_precision(self, model: str, window: str, value: float) -> None:
+    def model_precision(self, model: str, window: str, value: float | None) -> None:
         """Set, from delayed labels, the share of labelled frauds ``model`` (``champion``,
         ``challenger``, ``rules``) would have caught within the alert budget over ``window``
-        (``contest`` at a contest's verdict, ``gate`` when the maturity gate changes)."""
+        (``contest`` at a contest's verdict, ``gate`` when the maturity gate changes);
+        ``None`` removes the series (figures of a model no longer in that place)."""
+        if value is None:
+            with contextlib.suppress(KeyError):
+                self._precision.remove(model, window)
+            return
         self._precision.labels(model=model, window=window).set(value)
 
     def drift(self) -> None:
@@ -1049,7 +1054,7 @@ class NullMetrics(Metrics):
     def labels_waiting(self, n: int) -> None:
         pass
 
-    def model_precision(self, model: str, window: str, value: float) -> None:
+    def model_precision(self, model: str, window: str, value: float | None) -> None:
         pass
 
     def drift(self) -> None:

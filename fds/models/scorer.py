@@ -330,7 +330,7 @@ class ModelServer:
         self.history: list[dict[str, Any]] = []  # contest verdicts, the newest HISTORY_SIZE
         # fds_model_precision{window="contest"} as last exported, by model (kept in the state:
         # a restart had no series until the next verdict, days away, a QA pass)
-        self._contest_precision: dict[str, float] = {}
+        self._contest_precision: dict[str, Any] = {}  # (and the version served with them)
         self.stats: collections.Counter[str] = collections.Counter()
         self._watch: threading.Thread | None = None
         self._stop = threading.Event()
@@ -992,10 +992,13 @@ class ModelServer:
         same = self.version is None or state.get("version", self.version) == self.version
         if same:
             self._gate_frauds = max(self._gate_frauds, int(state["frauds"]))
-            for model, figure in (state.get("precision") or {}).items():  # (the verdict's,
-                self._contest_precision[model] = figure  # of the champion served now)
-                if self.metrics is not None:
-                    self.metrics.model_precision(model, "contest", figure)
+            figures = dict(state.get("precision") or {})
+            if figures.pop("version", None) == self.version and figures:  # (the verdict's,
+                # of the champion served now)
+                self._contest_precision = {"version": self.version, **figures}
+                for model, figure in figures.items():
+                    if self.metrics is not None:
+                        self.metrics.model_precision(model, "contest", figure)
         self._gate_starved = bool(state.get("starved", False))
         saved = state.get("gate")  # (None: a release before it was kept)
         changed = saved is not None and list(saved) != [gate.min_frauds, gate.window]
@@ -1255,23 +1258,33 @@ class ModelServer:
                 m.model_swap("rejected")
             elif kind == "drift":
                 m.drift()
-            elif (
-                (sides := _VERDICT_SIDES.get(kind))
-                and f"recall_at_budget_{sides[0]}" in info
-                and info.get("labels") != 0
-            ):
-                # (a challenger dropped because shadow scoring raised has no contest figures;
-                # an expiry that judged no label has none either: its 0.0 dropped the panel and
-                # paged FdsModelPrecisionDrop, a QA pass)
-                # "champion": the version serving after the verdict (after a promotion it was
-                # the replaced one's figure, under the one serving: a QA pass)
-                for model, side in zip(("champion", "challenger"), sides, strict=True):
-                    self._contest_precision[model] = info[f"recall_at_budget_{side}"]
-                    m.model_precision(model, "contest", self._contest_precision[model])
             elif kind == "gate":
                 self._export_gate(info)
+        if (sides := _VERDICT_SIDES.get(kind)) and f"recall_at_budget_{sides[0]}" in info:
+            self._export_contest(kind, sides, info)
         if self.on_event is not None:
             self.on_event(kind, info)
+
+    def _export_contest(self, kind: str, sides: tuple[str, str], info: Mapping[str, Any]) -> None:
+        """``fds_model_precision{window="contest"}`` of a verdict, kept for the state. A
+        challenger dropped because shadow scoring raised has no figures; a verdict that judged
+        no label has none either (its 0.0 dropped the panel and paged FdsModelPrecisionDrop, a
+        QA pass), and when it changed the version served, the last figures were another
+        model's: removed (a review). "champion": the version serving after the verdict (after
+        a promotion it was the replaced one's figure, under the one serving: a QA pass)."""
+        m = self.metrics
+        if info.get("labels") == 0:
+            if kind in ("promote", "rollback"):
+                self._contest_precision = {}
+                if m is not None:
+                    for model in ("champion", "challenger"):
+                        m.model_precision(model, "contest", None)
+            return
+        self._contest_precision = {"version": self.version}
+        for model, side in zip(("champion", "challenger"), sides, strict=True):
+            self._contest_precision[model] = info[f"recall_at_budget_{side}"]
+            if m is not None:
+                m.model_precision(model, "contest", info[f"recall_at_budget_{side}"])
 
     # -- watch mode (the streaming service) ------------------------------------------------
     def say_if_empty(self) -> None:

@@ -105,12 +105,15 @@ def test_better_challenger_is_promoted_after_shadow_then_confirmed() -> None:
     assert get("fds_model_precision", {"model": "challenger", "window": "contest"}) == lost
     # a restart serves the figures of the state until the next verdict (a QA pass: no series
     # for days, FdsModelPrecisionDrop blind meanwhile)
-    again = ModelServer(SPEC, learn=False)
-    again.metrics = m2 = Metrics()
-    again.load_gate_state(srv.gate_state())
-    for model, figure in (("champion", won), ("challenger", lost)):
-        sample = {"model": model, "window": "contest"}
-        assert m2.registry.get_sample_value("fds_model_precision", sample) == figure
+    for served, kept in (("v000002", True), ("v000001", False)):  # (another served: not its)
+        again = ModelServer(SPEC, learn=False)
+        again.metrics = m2 = Metrics()
+        assert again.offer(_pub(FeatureModel("f_a"), int(served[-1])))
+        again.load_gate_state(srv.gate_state())
+        for model, figure in (("champion", won), ("challenger", lost)):
+            sample = {"model": model, "window": "contest"}
+            got = m2.registry.get_sample_value("fds_model_precision", sample)
+            assert got == (figure if kept else None)
     s.run(60, {"f_a": 1.0, "f_b": 1.0})
     assert srv.history[1]["verdict"] == "confirm" and srv.version == "v000002"
     served = [v for v in s.versions if v]
@@ -855,12 +858,22 @@ def test_a_contest_expired_without_a_label_exports_no_precision(tmp_path) -> Non
     srv, s, reg = _registry_server(tmp_path, FeatureModel("f_a"))
     srv.metrics = m = Metrics()
     srv.offer(_registered(reg, FeatureModel("f_none")))
-    for h in range(16 * 24):  # no label for two weeks
-        s.engine.decide({"tx_id": f"h{h}", "ts": h * 3600.0, "card_id": "c", "amount": 1.0})
+    s.run(60, {"f_a": 1.0, "f_b": 1.0})  # a contest judged on labels: rejected
+    assert srv.history[-1]["verdict"] == "reject"
+
+    def figures() -> list[float | None]:
+        return [m.registry.get_sample_value("fds_model_precision", {"model": x, "window":
+                "contest"}) for x in ("champion", "challenger")]  # fmt: skip
+
+    assert None not in figures()
+    srv.offer(_registered(reg, FeatureModel("f_b")))
+    t0 = 3 * 86400
+    for h in range(16 * 24):  # then no label for two weeks: promoted on none judged
+        s.engine.decide({"tx_id": f"h{h}", "ts": t0 + h * 3600.0, "card_id": "c", "amount": 1})
     assert srv.stats["expired"] == 1 and srv.history[-1]["labels"] == 0
-    for model in ("champion", "challenger"):
-        sample = {"model": model, "window": "contest"}
-        assert m.registry.get_sample_value("fds_model_precision", sample) is None
+    # (the figures of the contest before were the replaced champion's: removed, a review)
+    assert srv.version == "v000003" and figures() == [None, None]
+    assert srv.gate_state()["precision"] == {}
 
 
 def test_the_gate_waits_for_labels_only_once_there_is_a_champion() -> None:
