@@ -154,16 +154,20 @@ def produce_file(
                     mapping, holds_labels = reading, True
                     break
     elif not (mapping and mapping.label):  # the input topic: a labels file there was told
-        with contextlib.suppress(ConfigError):  # to map amount and card_id (a README walk)
-            holds_labels = _labels_file(path, mapping)
+        with contextlib.suppress(ConfigError):  # to map amount and card_id (a README walk);
+            first = (_first(path, mapping) or (None, None))[1]  # one with a card is a file of
+            holds_labels = _labels_file(path, mapping) and "card_id" not in first  # labelled
+            # transactions, its amount column of another name: told to map it (a review)
     if holds_labels and (
         target == settings.input_topic
         or target.endswith((".transactions", "-transactions", "_transactions"))
     ):
         home = (  # (a prefixed transactions topic took a labels file, all dead-lettered by
-            target.removesuffix("transactions") + "labels"  # fds run: a QA pass)
+            settings.labels_topic  # fds run: a QA pass; the labels topic configured first)
+            if target == settings.input_topic and settings.labels_topic
+            else target.removesuffix("transactions") + "labels"
             if target.endswith("transactions")
-            else settings.labels_topic or "labels"
+            else "labels"
         )
         raise ConfigError(
             f"--topic {target!r} is a transactions topic, but {path} holds labels (tx_id, ts, "

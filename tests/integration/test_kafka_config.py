@@ -700,6 +700,12 @@ def test_produce_checks_a_foreign_file_for_any_topic_but_a_labels_file(tmp_path,
         said = f"--topic '{name or 'transactions'}' is a transactions topic, but .* holds labels "
         with pytest.raises(ConfigError, match=said + f".*--topic {fix}\\)"):
             produce_file(labels, s, topic=name)
+    # labelled transactions of another amount column are no labels file: told to map it (a
+    # review: told "holds labels")
+    labelled = tmp_path / "labelled.csv"
+    labelled.write_text("tx_id,ts,card_id,amt,is_fraud\nt1,1767225600,c1,5,0\n")
+    with pytest.raises(ConfigError, match=r"required engine field\(s\) \['amount'\]"):
+        produce_file(labelled, s)
     with pytest.raises(ConfigError, match=r"\(--topic payments, or no --topic\)"):
         produce_file(tx, KafkaSettings(input_topic="payments", bootstrap="127.0.0.1:1"),
                      topic="labels")  # fmt: skip
