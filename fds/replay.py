@@ -15,6 +15,8 @@ import itertools
 import logging
 import math
 import re
+import signal
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -790,7 +792,7 @@ def _run(
 
     said_wait = False  # paced: a long wait was logged
     failed: FdsError | None = None
-    with Freezer() as freezer:
+    with Freezer() as freezer, _HeldSignals() as held:
         try:
             for i, tx in enumerate(stream.transactions):
                 ts = tx["ts"]
@@ -837,6 +839,7 @@ def _run(
                         bar.update(i + tally.unreadable - bar.n)  # paced: moves with events
                 if on_event is not None:
                     on_event(i)
+                held.holding = True  # (to its end: decided, written and counted, or none)
                 if metrics is not None:  # counted consumed as it is read, never behind the
                     metrics.events_consumed("file", i + 1 - counted)  # decisions (a scrape saw
                     counted = i + 1  # 4,096 consumed, 4,768 decided; unpaced too: a QA pass)
@@ -888,6 +891,7 @@ def _run(
                     up_to_date(i)
                 if not i % TICK_EVERY:  # (in time for the collector's own pass: fds.gcpolicy)
                     freezer.tick(TICK_EVERY)
+                held.release()
             for lab in schedule.never_came():  # unmatched, as they were before
                 learn(lab)
                 learned += 1
@@ -1068,6 +1072,53 @@ _QUOTED = re.compile(
 # the record (three positions were three reasons, and "most often" named another: a QA pass).
 _POSITION = re.compile(r"\bline \d+ column \d+ \(char \d+\)")
 _MAX_REASONS = 1_000  # distinct reasons counted apart (dead letters' errors without values)
+
+
+class _HeldSignals:
+    """Ctrl-C and SIGTERM held while one event is decided, written and counted (``holding``),
+    then raised at :meth:`release`: one between the decision and its line stopped the replay
+    with the decision counted in the metrics and pushed, but not written (a QA pass). Only in
+    the main thread (where Python runs signal handlers); a wait for the pace is outside."""
+
+    def __init__(self) -> None:
+        self.holding = False
+        self._held: list[tuple[int, Any]] = []
+        self._was: dict[int, Any] = {}
+
+    def __enter__(self) -> _HeldSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._was[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, was in self._was.items():
+            signal.signal(sig, was)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.holding:
+            self._held.append((signum, frame))
+        else:
+            self._forward(signum, frame)
+
+    def _forward(self, signum: int, frame: Any) -> None:
+        was = self._was.get(signum)
+        if was == signal.SIG_IGN:  # (Ctrl-C of a job started in the background: ignored)
+            return
+        if callable(was):
+            was(signum, frame)  # (Ctrl-C: KeyboardInterrupt; fds's SIGTERM: the same, 143)
+        elif signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        else:  # (the default: the signal ends the process, as it would have)
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+
+    def release(self) -> None:
+        self.holding = False
+        if self._held:
+            signum, frame = self._held[0]
+            self._held.clear()
+            self._forward(signum, frame)
 
 
 def reason_of(dead: Mapping[str, Any]) -> str:

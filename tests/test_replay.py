@@ -748,6 +748,29 @@ def test_the_summary_names_the_rules_the_breaker_demoted(tmp_path):
     assert ("demoted to shadow", "bad") in s.rows()
 
 
+def test_a_signal_between_a_decision_and_its_line_stops_after_both(tmp_path):
+    """A QA pass: a SIGTERM between ``engine.decide`` and the sink's write stopped the replay
+    with that decision counted in the metrics (and pushed) but not written."""
+    import os
+    import signal
+
+    from fds.metrics import Metrics
+
+    p = write_jsonl(tmp_path / "x.jsonl", [tx(i, T0 + i) for i in range(20)])
+
+    class Interrupting(ListSink):
+        def write(self, record: Any) -> None:
+            if len(self.items) == 5:
+                os.kill(os.getpid(), signal.SIGINT)  # (handled before the next line runs)
+            super().write(record)
+
+    out, metrics = Interrupting(), Metrics()
+    s = replay.run(Engine(metrics=metrics), replay.load(p), out, ListSink())
+    decided = metrics.registry.get_sample_value("fds_decisions_total", {"action": "approve"})
+    assert s.interrupted and s.decided == len(out.items) == decided == 6
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # (given back)
+
+
 def test_ctrl_c_stops_between_events_and_the_summary_covers_what_was_decided(tmp_path):
     p = write_jsonl(tmp_path / "x.jsonl", [tx(i, T0 + i) for i in range(20)])
     out = ListSink()
