@@ -205,8 +205,12 @@ def produce_file(
     labels = disordered = unreadable_rows = 0
     cut: FileCut | None = None  # what ended the file early, if anything
     timeout_ms = settings.timeout_ms
+    waiting = say_if_slow(lambda: log.warning(  # (a wrong port: a minute without a word, a
+        "no answer from Kafka yet: waiting up to %.0f s (--broker-timeout) "  # README walk)
+        'bootstrap="%s"', settings.broker_timeout_s, settings.bootstrap,
+    ))  # fmt: skip
     try:
-        with ClientErrors() as errors:
+        with waiting, ClientErrors() as errors:
             producer = errors.connect(lambda: KafkaProducer(
                 **settings.client_config(), acks="all", linger_ms=5,
                 bootstrap_timeout_ms=timeout_ms, max_block_ms=timeout_ms,

@@ -34,3 +34,25 @@ def test_another_topics_failed_refresh_is_asked_again():
     consumer = RefreshFailing("gone", {"here": {0, 1}})
     assert partitions_of(consumer, "here") == {0, 1}
     assert consumer.calls == 2
+
+
+def test_fds_produce_says_it_waits_for_a_broker_that_does_not_answer(tmp_path, monkeypatch, caplog):
+    """A README walk: a mistyped port waited the whole broker timeout (60 s) without a word."""
+    import socket
+
+    import pytest
+
+    from fds.streams.produce import produce_file
+    from fds.streams.service import BrokerUnavailable
+    from fds.streams.settings import KafkaSettings
+
+    monkeypatch.setattr("fds.streams.service.CONNECT_SAY_AFTER_S", 0.1)
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tx = tmp_path / "tx.jsonl"
+    tx.write_text('{"tx_id": "t1", "ts": 1767225600, "card_id": "c1", "amount": 5}\n')
+    settings = KafkaSettings(bootstrap=f"127.0.0.1:{port}", broker_timeout_s=1.5)
+    with caplog.at_level("WARNING"), pytest.raises(BrokerUnavailable, match="cannot reach"):
+        produce_file(tx, settings)
+    assert "no answer from Kafka yet: waiting up to 2 s (--broker-timeout)" in caplog.text
