@@ -765,10 +765,14 @@ def test_a_signal_between_a_decision_and_its_line_stops_after_both(tmp_path):
             super().write(record)
 
     out, metrics = Interrupting(), Metrics()
-    s = replay.run(Engine(metrics=metrics), replay.load(p), out, ListSink())
+    was = signal.signal(signal.SIGINT, signal.default_int_handler)  # (xdist's workers ignore
+    try:  # Ctrl-C: an ignored one stays ignored)
+        s = replay.run(Engine(metrics=metrics), replay.load(p), out, ListSink())
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # (given back)
+    finally:
+        signal.signal(signal.SIGINT, was)
     decided = metrics.registry.get_sample_value("fds_decisions_total", {"action": "approve"})
     assert s.interrupted and s.decided == len(out.items) == decided == 6
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # (given back)
 
 
 def test_ctrl_c_stops_between_events_and_the_summary_covers_what_was_decided(tmp_path):
