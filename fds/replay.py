@@ -1082,7 +1082,7 @@ class _HeldSignals:
 
     def __init__(self) -> None:
         self.holding = False
-        self._held: list[tuple[int, Any]] = []
+        self._held: tuple[int, Any] | None = None  # the first signal held
         self._was: dict[int, Any] = {}
 
     def __enter__(self) -> _HeldSignals:
@@ -1097,7 +1097,7 @@ class _HeldSignals:
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.holding:
-            self._held.append((signum, frame))
+            self._held = self._held or (signum, frame)
         else:
             self._forward(signum, frame)
 
@@ -1115,10 +1115,9 @@ class _HeldSignals:
 
     def release(self) -> None:
         self.holding = False
-        if self._held:
-            signum, frame = self._held[0]
-            self._held.clear()
-            self._forward(signum, frame)
+        held, self._held = self._held, None
+        if held is not None:
+            self._forward(*held)
 
 
 def reason_of(dead: Mapping[str, Any]) -> str:

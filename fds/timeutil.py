@@ -8,7 +8,6 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -82,45 +81,30 @@ def same_zone(a: str, b: str) -> bool:
     >>> same_zone("UTC", "Etc/UTC"), same_zone("UTC", "Europe/Berlin"), same_zone("utc", "UTC")
     (True, False, True)
     """
-    a, b = (_UTC_NAME if n.upper() == _UTC_NAME else n for n in (a, b))  # (as get_zone reads)
+    import zoneinfo
+
+    a, b = ("UTC" if n.upper() == "UTC" else n for n in (a, b))  # (as get_zone reads them)
     if a == b:
         return True
-    for source in _zone_sources():  # both from one source: the system's files and the tzdata
-        ra, rb = source(a), source(b)  # package's differ in release and layout (a review)
-        if ra is not None and rb is not None:
+    for root in (*zoneinfo.TZPATH, None):  # both from one source: the system's files and the
+        ra, rb = _zone_file(root, a), _zone_file(root, b)  # tzdata package's differ in release
+        if ra is not None and rb is not None:  # and layout (a review)
             return ra == rb
     return False
 
 
-_UTC_NAME = "UTC"
-
-
-def _zone_sources() -> list[Callable[[str], bytes | None]]:
-    """Readers of a zone's file: each directory of the system's tz path, then the tzdata
-    package's; each gives ``None`` for a name it does not hold (or no safe name)."""
-    import zoneinfo
-
-    def safe(name: str) -> bool:
-        return bool(name) and not name.startswith(("/", ".")) and ".." not in name
-
-    def in_dir(root: str) -> Callable[[str], bytes | None]:
-        def read(name: str) -> bytes | None:
-            if safe(name):
-                with contextlib.suppress(OSError, ValueError):  # (ValueError: a NUL in it)
-                    return (Path(root) / name).read_bytes()
-            return None
-
-        return read
-
-    def packaged(name: str) -> bytes | None:
-        if safe(name):
-            with contextlib.suppress(Exception):
-                from importlib.resources import files
-
-                return files("tzdata.zoneinfo").joinpath(name).read_bytes()
+def _zone_file(root: str | None, name: str) -> bytes | None:
+    """Zone ``name``'s file in the tz database directory ``root`` (``None``: the tzdata
+    package's), or ``None`` when it holds none (or the name is no safe one)."""
+    if not name or name.startswith(("/", ".")) or ".." in name:
         return None
+    with contextlib.suppress(Exception):  # (missing, unreadable, a NUL in the name)
+        if root is None:
+            from importlib.resources import files
 
-    return [*(in_dir(root) for root in zoneinfo.TZPATH), packaged]
+            return files("tzdata.zoneinfo").joinpath(name).read_bytes()
+        return (Path(root) / name).read_bytes()
+    return None
 
 
 def _zone_hint(name: str) -> str:

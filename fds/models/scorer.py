@@ -994,11 +994,7 @@ class ModelServer:
             self._gate_frauds = max(self._gate_frauds, int(state["frauds"]))
             figures = dict(state.get("precision") or {})
             if figures.pop("version", None) == self.version and figures:  # (the verdict's,
-                # of the champion served now)
-                self._contest_precision = {"version": self.version, **figures}
-                for model, figure in figures.items():
-                    if self.metrics is not None:
-                        self.metrics.model_precision(model, "contest", figure)
+                self._set_contest(figures)  # of the champion served now)
         self._gate_starved = bool(state.get("starved", False))
         saved = state.get("gate")  # (None: a release before it was kept)
         changed = saved is not None and list(saved) != [gate.min_frauds, gate.window]
@@ -1272,19 +1268,20 @@ class ModelServer:
         QA pass), and when it changed the version served, the last figures were another
         model's: removed (a review). "champion": the version serving after the verdict (after
         a promotion it was the replaced one's figure, under the one serving: a QA pass)."""
-        m = self.metrics
-        if info.get("labels") == 0:
-            if kind in ("promote", "rollback"):
-                self._contest_precision = {}
-                if m is not None:
-                    for model in ("champion", "challenger"):
-                        m.model_precision(model, "contest", None)
-            return
-        self._contest_precision = {"version": self.version}
-        for model, side in zip(("champion", "challenger"), sides, strict=True):
-            self._contest_precision[model] = info[f"recall_at_budget_{side}"]
-            if m is not None:
-                m.model_precision(model, "contest", info[f"recall_at_budget_{side}"])
+        if info.get("labels") != 0:
+            models = zip(("champion", "challenger"), sides, strict=True)
+            self._set_contest({m: info[f"recall_at_budget_{side}"] for m, side in models})
+        elif kind in ("promote", "rollback"):
+            self._set_contest({"champion": None, "challenger": None})
+
+    def _set_contest(self, figures: Mapping[str, float | None]) -> None:
+        """Export the contest's ``figures`` by model (``None``: removed) and keep them, with
+        the version served, for the state."""
+        kept = {m: f for m, f in figures.items() if f is not None}
+        self._contest_precision = {"version": self.version, **kept} if kept else {}
+        if self.metrics is not None:
+            for model, figure in figures.items():
+                self.metrics.model_precision(model, "contest", figure)
 
     # -- watch mode (the streaming service) ------------------------------------------------
     def say_if_empty(self) -> None:

@@ -80,10 +80,14 @@ def _first(path: Path | str, mapping: ColumnMapping | None) -> tuple[Any, ...] |
             close()
 
 
-def _labels_file(path: Path | str, mapping: ColumnMapping | None) -> bool:
-    """Does the file's first record look like a label (``is_fraud``, no ``amount``)?"""
+def _labels_file(path: Path | str, mapping: ColumnMapping | None, *, card: bool = True) -> bool:
+    """Does the file's first record look like a label (``is_fraud``, no ``amount``; with
+    ``card`` false, no ``card_id`` either)?"""
     first = (_first(path, mapping) or (None, None, None))[1]
-    return isinstance(first, dict) and "is_fraud" in first and "amount" not in first
+    return (
+        isinstance(first, dict) and "is_fraud" in first and "amount" not in first
+        and (card or "card_id" not in first)
+    )  # fmt: skip
 
 
 def _labels_topic_name(name: str, settings: KafkaSettings) -> bool:
@@ -155,9 +159,9 @@ def produce_file(
                     break
     elif not (mapping and mapping.label):  # the input topic: a labels file there was told
         with contextlib.suppress(ConfigError):  # to map amount and card_id (a README walk);
-            first = (_first(path, mapping) or (None, None))[1]  # one with a card is a file of
-            holds_labels = _labels_file(path, mapping) and "card_id" not in first  # labelled
-            # transactions, its amount column of another name: told to map it (a review)
+            # one with a card is a file of labelled transactions, its amount column of another
+            # name: told to map it (a review)
+            holds_labels = _labels_file(path, mapping, card=False)
     if holds_labels and (
         target == settings.input_topic
         or target.endswith((".transactions", "-transactions", "_transactions"))
