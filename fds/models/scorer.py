@@ -1316,8 +1316,7 @@ class ModelServer:
             if self._foreign(v, m["versions"][v]):
                 continue
             try:
-                model = serving(reg.load(v))
-                canary(model, self._canary_inputs())
+                model = self._checked(v)
             except ArtifactError as e:
                 self._refuse(v, e)
                 continue
@@ -1338,6 +1337,14 @@ class ModelServer:
                       "until one can", reg.path)  # fmt: skip
             self._pointer = None
         return None
+
+    def _checked(self, v: str, pause: Callable[[], None] | None = None) -> Any:
+        """Version ``v`` of the registry, loaded, verified and through its canary (raises
+        ArtifactError)."""
+        assert self.registry is not None
+        model = serving(self.registry.load(v))
+        canary(model, self._canary_inputs(), pause=pause)
+        return model
 
     def _serve_at_start(self, v: str, model: Any, entry: Mapping[str, Any]) -> None:
         """Serve version ``v`` (loaded and checked) as a start does."""
@@ -1365,8 +1372,7 @@ class ModelServer:
         if self._foreign(v, entry):
             return False
         try:
-            model = serving(reg.load(v))
-            canary(model, self._canary_inputs())
+            model = self._checked(v)
         except ArtifactError as e:
             log.warning("model %s served before the restart could not be loaded: %s", v, e)
             return False
@@ -1453,11 +1459,10 @@ class ModelServer:
             self._retry_at[target] = math.inf  # never ours: not read again
             return None
         try:
-            model = serving(self.registry.load(target))
             # (paced as the other watcher work: sleep(0) after each input often took the GIL
             # straight back, and a decision then waited the 5-ms switch interval: a swap's gap
             # was 5.9 ms in model.md)
-            canary(model, self._canary_inputs(), pause=_pacer())
+            model = self._checked(target, pause=_pacer())
         except ArtifactError as e:
             self._refuse(target, e)
             return None

@@ -173,8 +173,13 @@ def produce_file(
             if target.endswith("transactions")
             else "labels"
         )
+        named = (  # (no --topic given: not named as given, a review)
+            f"--topic {target!r} is a transactions topic"
+            if topic
+            else f"without --topic the records go to the transactions topic {target!r}"
+        )
         raise ConfigError(
-            f"--topic {target!r} is a transactions topic, but {path} holds labels (tx_id, ts, "
+            f"{named}, but {path} holds labels (tx_id, ts, "
             f"is_fraud and no amount): labels go to the labels topic (--topic {home})"
         )
     if not holds_labels and _labels_topic_name(target, settings):

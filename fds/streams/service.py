@@ -266,20 +266,24 @@ def topics_of(client: Any) -> set[str]:
     return got[0] if got else set()
 
 
-def partitions_of(consumer: Any, topic: str) -> set[int]:
+def partitions_of(consumer: Any, topic: str, *, patience_s: float = 30.0) -> set[int]:
     """The partitions of ``topic`` a ``consumer`` sees on the broker, none when it is missing.
     kafka-python fails a metadata refresh of one topic the broker does not know with
     UnknownTopicOrPartitionError, and ``partitions_for_topic`` raised it when it waited for
     such a refresh in flight: a subscription's to a missing input topic (exit 1 with the raw
     error instead of the missing topic's, a CI run). That error for another topic is the
-    refresh's, not this one's: asked again (the waited refresh is over then)."""
-    for _ in range(3):
+    refresh's, not this one's: asked again (the waited refresh is over then), for up to
+    ``patience_s`` (the subscription retries its refresh, so a call may meet one in flight
+    again; a count of three tries could run out: a review)."""
+    deadline = time.monotonic() + patience_s
+    while True:
         try:
             return set(consumer.partitions_for_topic(topic) or ())
         except UnknownTopicOrPartitionError as exc:
             if exc.args[:1] == (topic,):
                 return set()
-    return set(consumer.partitions_for_topic(topic) or ())
+            if time.monotonic() >= deadline:
+                raise
 
 
 #: A dead letter whose JSON is larger than this keeps the first DLQ_RAW_KEPT characters of its

@@ -697,7 +697,12 @@ def test_produce_checks_a_foreign_file_for_any_topic_but_a_labels_file(tmp_path,
     # (and to the input topic, the default: told to map amount and card_id, a README walk)
     for name, fix in (("p.transactions", "p.labels"), ("p_transactions", "p_labels"),
                       ("transactions", "labels"), (None, "labels")):  # fmt: skip
-        said = f"--topic '{name or 'transactions'}' is a transactions topic, but .* holds labels "
+        named = (
+            f"--topic '{name}' is a transactions topic"
+            if name
+            else "without --topic the records go to the transactions topic 'transactions'"
+        )
+        said = f"{named}, but .* holds labels "
         with pytest.raises(ConfigError, match=said + f".*--topic {fix}\\)"):
             produce_file(labels, s, topic=name)
     # labelled transactions of another amount column are no labels file: told to map it (a

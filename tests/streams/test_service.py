@@ -11,16 +11,17 @@ class RefreshFailing:
     """A consumer whose ``partitions_for_topic`` first raises what a metadata refresh in
     flight failed with (kafka-python: the error of the one topic that refresh asked for)."""
 
-    def __init__(self, failed_topic: str, partitions: dict[str, set[int]]) -> None:
-        self.failed_topic: str | None = failed_topic
+    def __init__(self, failed_topic: str, partitions: dict[str, set[int]], times: int = 1) -> None:
+        self.failed_topic = failed_topic
         self.partitions = partitions
+        self.failures_left = times
         self.calls = 0
 
     def partitions_for_topic(self, topic: str) -> set[int] | None:
         self.calls += 1
-        if self.failed_topic is not None:
-            failed, self.failed_topic = self.failed_topic, None
-            raise UnknownTopicOrPartitionError(failed)
+        if self.failures_left:
+            self.failures_left -= 1
+            raise UnknownTopicOrPartitionError(self.failed_topic)
         return self.partitions.get(topic)
 
 
@@ -34,6 +35,21 @@ def test_another_topics_failed_refresh_is_asked_again():
     consumer = RefreshFailing("gone", {"here": {0, 1}})
     assert partitions_of(consumer, "here") == {0, 1}
     assert consumer.calls == 2
+
+
+def test_another_topics_refresh_failing_again_and_again_is_asked_again_within_the_patience():
+    """The subscription retries its refresh: a review saw three tries run out."""
+    consumer = RefreshFailing("gone", {"here": {0, 1}}, times=10)
+    assert partitions_of(consumer, "here") == {0, 1}
+    assert consumer.calls == 11
+
+
+def test_another_topics_refresh_failing_past_the_patience_raises_its_error():
+    import pytest
+
+    consumer = RefreshFailing("gone", {"here": {0}}, times=10**9)
+    with pytest.raises(UnknownTopicOrPartitionError):
+        partitions_of(consumer, "here", patience_s=0.05)
 
 
 def test_fds_produce_says_it_waits_for_a_broker_that_does_not_answer(tmp_path, monkeypatch, caplog):
