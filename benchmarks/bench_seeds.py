@@ -67,6 +67,16 @@ def figures(text: str) -> dict[str, str | float]:
     }
 
 
+def row(name: str, f: dict[str, str | float], ratio: float, best: float) -> str:
+    """A seed's line of the table; the gaps as the reports write them, to a tenth cut (whole
+    percents rounded 29.6% to "30%", a miss of the 30% target shown as a pass: a QA pass)."""
+    gaps = " | ".join(f"{f[k]:.1f}%" for k in GAPS)
+    return (
+        f"| {name} | {f['rules']:.3f} | {f['both']:.3f} | **{ratio:.2f}x** | {best:.2f}x | "
+        f"{f['gbm']:.3f} | {f['recovery']} | {gaps} |"
+    )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
@@ -82,22 +92,22 @@ def main() -> int:
         if seed == BENCHMARK_SEED or (args.reuse and report(seed, args.out_dir).exists()):
             continue
         cmd = [
-            *("fds", "bench", "precision", "--rules", "rules/pre-drift.yaml"),
+            # (this interpreter's fds: an `fds` on PATH may be another tree's, a QA pass)
+            *(sys.executable, "-m", "fds", "bench", "precision", "--rules", "rules/pre-drift.yaml"),
             *("--seed", str(seed), "--out", str(args.out_dir / "seeds")),
             *("--name", f"pre_drift_seed{seed}"),
         ]
         print("$", shlex.join(cmd), flush=True)
         subprocess.run(cmd, cwd=ROOT, check=True)
-    rows = []
+    rows, ratios = [], {}
     for seed in sorted({*args.seeds, BENCHMARK_SEED}):
         f = figures(report(seed, args.out_dir).read_text())
-        ratio = f["both"] / f["rules"]  # type: ignore[operator]
+        ratio = ratios[seed] = f["both"] / f["rules"]  # type: ignore[operator]
         best = f["perfect"] / f["rules"]  # type: ignore[operator]
         name = f"{seed} (the benchmark's)" if seed == BENCHMARK_SEED else str(seed)
-        rows.append(
-            f"| {name} | {f['rules']:.3f} | {f['both']:.3f} | **{ratio:.2f}x** | {best:.2f}x | "
-            f"{f['gbm']:.3f} | {f['recovery']} | " + " | ".join(f"{f[k]:.0f}%" for k in GAPS) + " |"
-        )
+        rows.append(row(name, f, ratio, best))
+    rank = sorted(ratios.values(), reverse=True).index(ratios[BENCHMARK_SEED]) + 1
+    standing = "the best" if rank == 1 else f"number {rank} of {len(ratios)}"
     lines = [
         "# Precision benchmark across simulator seeds",
         "",
@@ -118,7 +128,7 @@ def main() -> int:
         *rows,
         "",
         f"The default spec, its optimiser and the 8 newer features were chosen by their figures "
-        f"on seed {BENCHMARK_SEED}: its ratio is the best of the table. *A perfect "
+        f"on seed {BENCHMARK_SEED}: its ratio is {standing} of the table. *A perfect "
         "ranker's ratio* is the most any model could reach on that seed (days with fewer than k "
         "frauds cap precision); *hindsight GBM* is gradient boosting trained offline with every "
         "label, cross-fitted by day parity.",

@@ -54,8 +54,8 @@ PRE_DRIFT_DAYS = 7
 #: The simulator's drift day: mid-way through its 60 default days (``simulate``'s default).
 SIM_DRIFT_DAY = 30
 WARMUP_DAYS = 14  # days the models learn before they are judged (default)
-#: Default daily alert budget on the simulator, per 20,000 cards. The simulator makes ~35
-#: frauds a day per 20,000 cards before the drift (~90 after); a budget below that volume makes
+#: Default daily alert budget on the simulator, per 20,000 cards. The simulator makes ~70
+#: frauds a day per 20,000 cards before the drift (~120 after); a budget below that volume makes
 #: precision@k measure ranking quality rather than how many frauds there were to find.
 SIM_K_PER_20K_CARDS = 50
 #: Days averaged when deciding that precision is back (daily precision@k is noisy).

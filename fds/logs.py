@@ -294,8 +294,8 @@ def say(text: str, level: int = logging.ERROR) -> None:
     else:
         # (a full log disk, 2>/dev/full: the line is lost, as a log handler drops its record,
         # not the service: fds run exited 1 at its start without a word, a QA pass)
-        with contextlib.suppress(OSError):
-            print(text, file=sys.stderr)
+        with contextlib.suppress(OSError):  # (a card number masked as in a log line: a QA
+            print(redact(text), file=sys.stderr)  # pass saw one in a replay's error line)
 
 
 def configure_logging(

@@ -31,7 +31,7 @@ from fds.engine import Engine
 from fds.errors import ConfigError, FdsError, RuleError, StageError, ValidationError, also
 from fds.features.plan import read_field
 from fds.gcpolicy import TICK_EVERY, Freezer
-from fds.logs import json_logs
+from fds.logs import json_logs, redact
 from fds.metrics import LATENCY_BUCKETS
 from fds.progress import progress_bar
 from fds.schema import dead_letter, parse_label, parse_transaction
@@ -1146,7 +1146,7 @@ def reason_of(dead: Mapping[str, Any]) -> str:
         # its end, the fix was lost: `label_values:` of a label column's word, a README walk)
         head, tail = reason[:60].rsplit(" ", 1)[0], reason[-57:]
         reason = f"{head} … {tail[tail.find(' ') + 1 :]}"  # (at spaces: whole words)
-    return f"{dead['stage']}: {reason}"
+    return f"{dead['stage']}: {redact(reason)}"
 
 
 class _DeadTally:
@@ -1182,7 +1182,9 @@ class _DeadTally:
                 reason = "other reasons"
             self.reasons[reason] += 1
             if reason not in self.examples:
-                text = str(d.get("reason") or d.get("error", ""))
+                # (a card number quoted in a reason is masked, as in the logs: the summary
+                # goes to terminals and CI logs, a QA pass)
+                text = redact(str(d.get("reason") or d.get("error", "")))
                 first = text.split("\n")[0]  # (its advice kept: at 160 characters the
                 self.examples[reason] = (  # fix a decimal comma needs was cut, a QA pass)
                     first if len(first) <= 320 else first[:319] + "…"

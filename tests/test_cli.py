@@ -2045,6 +2045,18 @@ def test_a_link_as_out_is_judged_by_the_file_it_names(history, tmp_path, capsys)
         os.close(r)
 
 
+def test_a_card_number_in_a_bad_record_is_masked_in_what_a_replay_prints(tmp_path, capsys):
+    """A QA pass: a card number as a bad card_id or amount was printed whole in the replay's
+    error line and its summary (both reach terminals and CI logs; the log lines masked it)."""
+    pan = "4111111111111111"
+    rows = [{"tx_id": f"t{i}", "ts": T0 + i, "card_id": [pan], "amount": 5} for i in range(3)]
+    (tmp_path / "h.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    assert bare_replay(str(tmp_path / "h.jsonl"), "--out", str(tmp_path / "d.jsonl")) != 0
+    out = said(capsys)
+    assert "1111" in out and pan not in out
+    assert pan in (tmp_path / "d.dlq.jsonl").read_text()  # the dead letter keeps the record
+
+
 def test_a_replay_that_dead_letters_a_large_share_warns_with_the_advice(tmp_path, capsys):
     """A QA pass: 49 rows of 50 dead-lettered (day-first times) exited 0 without a word; the
     advice came only when every row was."""

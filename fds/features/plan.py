@@ -81,7 +81,7 @@ from fds.features.kernel import Compiler
 from fds.features.shards import SHARDS, Shards, shard_of
 from fds.features.spec import DEFAULT_GRACE, Group, Layout, compile_specs, grace_seconds
 from fds.features.txstore import TxStore
-from fds.schema import id_text
+from fds.schema import ID_MAX, id_text
 from fds.timeutil import MAX_TS, MIN_TS, parse_duration, parse_ts, same_zone, span
 
 __all__ = ["FeaturePlan", "read_field"]
@@ -172,6 +172,21 @@ def _get(tx: Mapping[str, Any], key: str, sub: str | None) -> Any:
         return tx.get(key)
     extra = tx.get("extra")
     return extra.get(sub) if extra else None
+
+
+def _check_kept(extra: Any, names: tuple[str, ...]) -> None:
+    """Refuse (before any change) an ``extra`` text a feature would keep in its state that is
+    longer than an id may be (:data:`fds.schema.ID_MAX`)."""
+    if not isinstance(extra, Mapping):  # (refused as the state's code reads it)
+        return
+    for name in names:
+        v = extra.get(name)
+        if v.__class__ is str and len(v) > ID_MAX:
+            raise ValueError(
+                f"extra.{name}: a text of {len(v):,} characters; a feature keeps it in its "
+                f"state (an entity, or a value it counts), so it is bounded as an id is: at "
+                f"most {ID_MAX:,}"
+            )
 
 
 def read_field(tx: Mapping[str, Any], name: str) -> Any:
@@ -355,6 +370,11 @@ class FeaturePlan:
         for cg in self._groups:  # (the group whose state key a categorical value is logged as)
             cg.providers = tuple(counted.get(f, -1) for f in cg.cats)
         self._names = tuple(self.layout.names)
+        # the extra names whose texts the state keeps (an entity, a value counted), each
+        # bounded as an id is: 300 events of two 1-MB `extra` values took 655 MB (a QA pass)
+        kept = [(cg.ent, cg.ent_sub) for cg in self._groups]
+        kept += [c for cg in self._groups for c in cg.cats]
+        self._kept_extra = tuple(sorted({sub for _, sub in kept if sub}))
         self._multi_fraud = sum(1 for g in self.layout.groups if g.has_fraud) > 1
         fraud_windows = [
             g.longest for g in self.layout.groups if g.has_fraud
@@ -534,6 +554,8 @@ class FeaturePlan:
         t = tx["ts"]
         if t.__class__ is not float or not MIN_TS <= t < MAX_TS:
             t = _event_time(t)
+        if self._kept_extra and (extra := tx.get("extra")):
+            _check_kept(extra, self._kept_extra)
         wm = self.watermark
         if t < wm - self.grace:
             self.late_events += 1

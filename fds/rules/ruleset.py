@@ -385,6 +385,10 @@ MAX_FILE_SIZE = 5_000_000  # bytes of a rules file (characters of a text given a
 #: failed to compile, 9,000 took 3.3 ms per transaction: a QA pass); a large ruleset reads a
 #: few hundred.
 MAX_NAMES = 1000
+#: Rules of one file: each is evaluated for every transaction. 40,000 trivial ones (3.3 MB, in
+#: the size bound) took ~2 min of CPU to load and 15-27 ms a transaction once in force, a
+#: service of 100 tx/s fell behind (a QA pass); the benchmarks reload up to 8,000 (98 ms).
+MAX_RULES = 10_000
 MAX_NESTING = 50  # YAML levels; a rules file has about five
 #: Path suffix under which the position of a mapping KEY is recorded (the value's is the path).
 KEY = "\0key"
@@ -1239,6 +1243,13 @@ def load_ruleset_text(
     errors: list[str] = []  # every rule's error at once: an analyst fixes them in one pass
     test_where: dict[tuple[str, int], str] = {}
     read: dict[str, None] = {}  # the names the evaluated rules read (see MAX_NAMES)
+    if len(spec.rules) > MAX_RULES:
+        line, col, _ = _mark_for(marks, ("rules",))
+        raise ConfigError(
+            f"{len(spec.rules):,} rules: at most {MAX_RULES:,} (each is evaluated for every "
+            "transaction); remove rules, or merge alike ones (`x in [...]` lists)",
+            where=f"{filename}:{line}:{col}",
+        )
     for i, r in enumerate(spec.rules):
         mark = _mark_for(marks, ("rules", i, "when"))
         try:

@@ -160,7 +160,9 @@ _FORCED_HOME = (
 _FORCED_ABROAD = [("5812", 0), ("5411", 0), ("5311", 0), ("5732", 0), ("5999", 1)]
 
 # Incident rates per day per 20,000 cards (the default portfolio), scaled with the portfolio:
-# about 0.35% of transactions are fraud before the drift and 0.6% after it, at any size.
+# about 0.35% of transactions are fraud before the drift and 0.6% after it at 20,000 cards. A
+# merchant compromise defrauds a share of its cards, capped, so it does not scale with the
+# portfolio: at 10,000 cards (the precision benchmark's) 0.22-0.31% before the drift, by seed.
 _PER_CARDS = 20_000
 _CT_PER_DAY = 4.0
 _ATO_PER_DAY = 8.0

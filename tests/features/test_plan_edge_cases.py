@@ -258,3 +258,24 @@ def test_repeated_amounts_out_of_order_have_their_mean_and_a_std_of_0() -> None:
     assert plan.compute({"tx_id": "t3", "ts": 115.0, "card_id": "c", "amount": 0.1}) == {
         "sd": 0.0, "avg": 0.1,
     }  # fmt: skip
+
+
+def test_an_extra_text_a_feature_keeps_is_bounded_as_an_id_is() -> None:
+    """A QA pass: `extra` values an entity or a counted field reads were kept whole for the
+    window (300 events of two 1-MB values: 655 MB). Longer than an id may be, the event is
+    refused before any change, naming the field; other `extra` values stay unbounded."""
+    import pytest
+
+    from fds.schema import ID_MAX
+    from tests.features.conftest import Spec
+
+    plan = FeaturePlan([
+        Spec("s_n", "extra.sess", "count", None, "1h"),
+        Spec("c_d", "card_id", "distinct", "extra.x", "1h"),
+    ])  # fmt: skip
+    ok = {"sess": "s" * ID_MAX, "x": "x", "note": "n" * (ID_MAX + 1)}
+    assert feed(plan, 0.0, extra=ok) == {"s_n": 1, "c_d": 1}
+    for name in ("sess", "x"):
+        with pytest.raises(ValueError, match=f"extra.{name}: a text of 1,025 characters"):
+            feed(plan, 1.0, extra={**ok, name: "a" * (ID_MAX + 1)})
+    assert feed(plan, 2.0, extra=ok) == {"s_n": 2, "c_d": 1}  # the refused ones changed nothing

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from fds.features import FeaturePlan
+from fds.features import FeaturePlan, txstore
 from fds.features.txstore import _SEGMENT, PART_SIZE, TxStore
 from tests.features.conftest import Spec
 
@@ -337,3 +337,69 @@ def test_a_store_saved_before_partitions_loads_and_goes_on() -> None:
     moved = store.split({1})  # (the old entries, of no partition known, stay)
     assert set(_everything(moved)) == {"n2"}
     assert set(_everything(store)) == {"n1", "n3"} | {f"o{i}" for i in range(30)}
+
+
+def _long_ids(store: TxStore, n: int, every: int) -> dict[str, Any]:
+    """``n`` transactions with input partitions, one in ``every`` of a 1,000-character id of
+    four-byte characters (in the contract's 1,024), sharing their first 100 bytes."""
+    want = {}
+    for i in range(n):
+        tx_id = f"t{i:07d}" if i % every else "\U0001f4b3" * 990 + f"{i:010d}"
+        keys, t, part = ("k", i % 5), i * 0.01, i % 4
+        store.remember_part(tx_id, t, keys, part)
+        want[tx_id] = (keys, t, part)
+    return want
+
+
+def test_a_long_id_does_not_widen_its_frozen_partition() -> None:
+    """A QA pass: a partition's ids were as wide as its longest one (UTF-8), so one id of
+    1,000 four-byte characters in 2,048 made every entry 4 KB: 98 such transactions of
+    200,000 took a replay from 104 MB to 908 MB. Long ids are stand-ins now; found, listed
+    (their text), split, absorbed and pickled as the others."""
+    store = TxStore(span=100.0)  # two buckets of 10,000, eight partitions each
+    want = _long_ids(store, 20_000, every=500)
+    store.expire(freeze_before=1e9, drop_before=-1e9)
+    store.flush()
+    frozen = [p for bk in store.buckets.values() for p in bk.parts or ()]
+    assert frozen and max(p.ids.dtype.itemsize for p in frozen) <= txstore.LONG_ID
+    assert sum(p.ids.nbytes for p in frozen) < 20_000 * 24
+    long_ones = [x for x in want if len(x) > 100]
+    assert len(long_ones) == 40
+    assert all(store.find(x)[1:] == want[x] for x in want)  # type: ignore[index]
+    assert store.find("\U0001f4b3" * 990 + "0000000001") is None  # a stand-in of no id
+    assert _everything(store) == want
+    again = pickle.loads(pickle.dumps(store))
+    assert _everything(again) == want
+    assert all(again.find(x)[1:] == want[x] for x in long_ones)  # type: ignore[index]
+    # long ids sharing their first 64 bytes no longer fall in one partition (a QA pass)
+    bucket = store.buckets[0]
+    assert len(bucket.long) == 20
+    held = [p for p in bucket.parts or () if any(b[:1] == b"\xfe" for b in p.ids.tolist())]
+    assert len(held) > 1
+    moved = again.split({1, 3})
+    assert _everything(moved) == {x: w for x, w in want.items() if w[2] in (1, 3)}
+    assert _everything(again) == {x: w for x, w in want.items() if w[2] not in (1, 3)}
+    again.absorb(moved)
+    assert _everything(again) == want
+    assert all(again.find(x)[1:] == want[x] for x in long_ones)  # type: ignore[index]
+
+
+def test_a_store_saved_with_long_ids_whole_loads_with_stand_ins(monkeypatch) -> None:
+    """A state saved before stand-ins (its long ids stored whole, partitioned by them) finds
+    them after a restore, and its partitions are narrow again."""
+    store = TxStore(span=10.0)
+    with monkeypatch.context() as m:
+        m.setattr(txstore, "LONG_ID", 10**9)  # as the release before stored them
+        want = _long_ids(store, 6_000, every=300)
+        store.expire(freeze_before=1e9, drop_before=-1e9)
+        store.flush()
+        assert (
+            max(p.ids.dtype.itemsize for bk in store.buckets.values() for p in bk.parts or ())
+            > 3000
+        )
+        saved = pickle.dumps(store)
+    again = pickle.loads(saved)
+    frozen = [p for bk in again.buckets.values() for p in bk.parts or ()]
+    assert max(p.ids.dtype.itemsize for p in frozen) <= txstore.LONG_ID
+    assert all(again.find(x)[1:] == w for x, w in want.items())  # type: ignore[index]
+    assert _everything(again) == want

@@ -180,6 +180,19 @@ def test_more_names_than_a_ruleset_may_read_are_refused_at_the_rule_past_the_lim
     assert len(load_ruleset_text(rules(11, paused=3)).evaluated) == 10
 
 
+def test_more_rules_than_a_file_may_hold_are_refused_before_they_compile(monkeypatch) -> None:
+    """A QA pass: 40,000 rules (3.3 MB) were taken without a word, ~2 min of CPU to load and
+    15-27 ms a transaction in force."""
+    from fds.rules import ruleset
+
+    assert ruleset.MAX_RULES > 8_000  # (the benchmarks' largest reload)
+    monkeypatch.setattr(ruleset, "MAX_RULES", 30)  # (the limit's check, not its size)
+    assert len(load_ruleset_text(_many_rules(30)).evaluated) == 30
+    with pytest.raises(ConfigError, match=r": 31 rules: at most 30 \(each is evaluated") as e:
+        load_ruleset_text(_many_rules(31), "many.yaml")
+    assert e.value.where == "many.yaml:3:3"
+
+
 def test_the_tally_of_missing_names_stays_bounded_and_exact() -> None:
     """A QA pass: one tally entry per combination of names missing together, 8 MB per
     100,000 transactions of 32 rules reading fields that came and went, and a fold (a restore
