@@ -1015,7 +1015,7 @@ def test_a_broker_gone_mid_transaction_is_a_clear_exit_not_a_hang(caplog, monkey
     send_offsets_to_transaction when the broker died mid-transaction."""
     from fds.streams.kafka import BrokerUnavailable
 
-    monkeypatch.setattr("fds.streams.kafka.WAIT_LOG_S", 0.5)
+    monkeypatch.setattr("fds.streams.delivery.WAIT_LOG_S", 0.5)
     r = make_runner(exactly_once=True, broker_timeout_s=1.5)
     r.consumer, r.producer = GroupConsumer(), Hanging()
     t = time.monotonic()
@@ -1893,8 +1893,8 @@ def test_partitions_added_to_the_input_end_the_co_partitioned_output():
 def test_a_retried_call_logs_its_wait_from_its_first_try(monkeypatch, caplog):
     """Found by a QA pass: 15 s into an outage the log read "(5 s of 49 s)": each retry
     counted from itself, against what was left of the deadline."""
-    monkeypatch.setattr("fds.streams.kafka.WAIT_STEP_S", 0.05)
-    monkeypatch.setattr("fds.streams.kafka.WAIT_LOG_S", 0.2)
+    monkeypatch.setattr("fds.streams.delivery.WAIT_STEP_S", 0.05)
+    monkeypatch.setattr("fds.streams.delivery.WAIT_LOG_S", 0.2)
     r = make_runner(broker_timeout_s=60)
     tries: list[float] = []
 

@@ -214,10 +214,10 @@ def test_offsets_an_open_transaction_holds_back_are_no_broker_outage(tmp_path, m
     while it answered: such a wait is not said as the broker's silence."""
     import time
 
-    from fds.streams import kafka
+    from fds.streams import delivery
 
-    monkeypatch.setattr(kafka, "WAIT_LOG_S", 0.01)
-    monkeypatch.setattr(kafka, "WAIT_STEP_S", 0.01)
+    monkeypatch.setattr(delivery, "WAIT_LOG_S", 0.01)
+    monkeypatch.setattr(delivery, "WAIT_STEP_S", 0.01)
     r = runner(Broker(logs(n0=1, n1=1), committed={}), tmp_path, eng=engine(Metrics()))
     slow = lambda: time.sleep(0.1) or 1  # noqa: E731
     assert r._waited("reading the committed offsets", slow, time.monotonic() + 5, held=True)
@@ -235,10 +235,10 @@ def test_a_wait_said_on_the_log_says_its_end(tmp_path, monkeypatch, caplog):
     back and deciding resumed, and no line said so (the idle loop's outage says its end)."""
     import time
 
-    from fds.streams import kafka
+    from fds.streams import delivery
 
-    monkeypatch.setattr(kafka, "WAIT_LOG_S", 0.01)
-    monkeypatch.setattr(kafka, "WAIT_STEP_S", 0.01)
+    monkeypatch.setattr(delivery, "WAIT_LOG_S", 0.01)
+    monkeypatch.setattr(delivery, "WAIT_STEP_S", 0.01)
     r = runner(Broker(logs(n0=1, n1=1), committed={}), tmp_path, eng=engine(Metrics()))
     with caplog.at_level("WARNING", logger="fds.streams.kafka"):
         assert r._waited("acknowledgement", lambda: time.sleep(0.1) or 1, time.monotonic() + 5)
