@@ -175,9 +175,9 @@ def test_an_outage_during_a_restore_is_said_on_readyz_and_by_the_gauge(tmp_path,
     import pytest
 
     from fds.errors import FdsError
-    from fds.streams import kafka
+    from fds.streams import handover
 
-    monkeypatch.setattr(kafka, "STALL_S", 0.05)
+    monkeypatch.setattr(handover, "STALL_S", 0.05)
     broker = Broker(logs(n0=40, n1=40), committed={0: 20, 1: 20})  # no checkpoint: a rebuild
     seen: list[Any] = []
     r = seen_runner(broker, tmp_path, seen, broker_timeout_s=1)
