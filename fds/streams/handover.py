@@ -82,7 +82,8 @@ PEEK_RECORDS = 16
 #: How long a restore's lag report waits for the partitions' ends (Runner._report_restoring).
 ENDS_TIMEOUT_MS = 300
 
-# How long a restart waits to read those decisions before it decides their records again.
+# How long a restart waits to read the decisions already out past the committed offsets
+# (Runner._find_decided) before it decides their records again.
 FIND_TIMEOUT_S = 10.0
 
 # A restore's read that got nothing for this long asks the broker (Runner._stalled), within
