@@ -384,7 +384,7 @@ def test_a_checkpoint_a_failing_disk_changed_is_set_aside_and_the_state_rebuilt(
 def test_a_rebuild_says_how_much_it_reads_and_how_far_it_got(tmp_path, caplog, monkeypatch):
     """A QA pass: a rebuild of 200,000 records said nothing until its end, and its metrics
     did not move: an operator could not see it go."""
-    monkeypatch.setattr("fds.streams.kafka.PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr("fds.streams.handover.PROGRESS_EVERY_S", 0.0)
     broker = Broker(logs(n0=40, n1=30), committed={0: 20, 1: 10})
     broker.script = [(1, lambda g: g.rebalance({P0, P1}))]
     with caplog.at_level(logging.INFO, logger="fds.streams.kafka"):

@@ -857,9 +857,9 @@ def test_a_rebuild_answers_a_rebalance_and_starts_again_for_the_new_assignment(
     meanwhile does not wait for the restore to end (every other instance would decide nothing
     until then). When the poll revokes and reassigns partitions, the partial state is dropped,
     nothing of it is checkpointed, and the restore starts again before anything is decided."""
-    from fds.streams import kafka
+    from fds.streams import handover, kafka
 
-    monkeypatch.setattr(kafka, "KEEPALIVE_S", 0.0)  # answer at the first chance
+    monkeypatch.setattr(handover, "KEEPALIVE_S", 0.0)  # answer at the first chance
 
     class Rebalancing(Group):
         polls = 0
@@ -896,9 +896,9 @@ def test_a_rebuild_cut_short_by_a_join_waits_for_the_assignment_not_the_old_part
     restore started again at once for the partitions consumer.assignment() still named, and
     its keep-alive polls never let the join finish (a leader asked for a new rebalance at each
     of them, a follower was evicted: 49 rebalances in 106 s in a chaos run)."""
-    from fds.streams import kafka
+    from fds.streams import handover, kafka
 
-    monkeypatch.setattr(kafka, "KEEPALIVE_S", 0.0)
+    monkeypatch.setattr(handover, "KEEPALIVE_S", 0.0)
 
     class Joining(Group):
         polls = 0
@@ -923,9 +923,9 @@ def test_a_rebuild_cut_short_by_a_join_waits_for_the_assignment_not_the_old_part
 
 
 def test_a_rebuild_that_no_rebalance_interrupts_polls_and_finishes(tmp_path, monkeypatch):
-    from fds.streams import kafka
+    from fds.streams import handover
 
-    monkeypatch.setattr(kafka, "KEEPALIVE_S", 0.0)
+    monkeypatch.setattr(handover, "KEEPALIVE_S", 0.0)
 
     class Quiet(Group):
         polls = 0
@@ -944,9 +944,9 @@ def test_a_rebalance_during_a_restore_decides_nothing_before_the_next_restore(
 ):
     """The loop went on to decide what the keep-alive poll had buffered, on the state of the
     interrupted restore (the checkpoint's, or an empty one)."""
-    from fds.streams import kafka
+    from fds.streams import handover, kafka
 
-    monkeypatch.setattr(kafka, "KEEPALIVE_S", 0.0)
+    monkeypatch.setattr(handover, "KEEPALIVE_S", 0.0)
 
     class Rebalancing(Group):
         polls = 0
@@ -1015,7 +1015,7 @@ def test_a_broker_gone_mid_transaction_is_a_clear_exit_not_a_hang(caplog, monkey
     send_offsets_to_transaction when the broker died mid-transaction."""
     from fds.streams.kafka import BrokerUnavailable
 
-    monkeypatch.setattr("fds.streams.kafka.WAIT_LOG_S", 0.5)
+    monkeypatch.setattr("fds.streams.delivery.WAIT_LOG_S", 0.5)
     r = make_runner(exactly_once=True, broker_timeout_s=1.5)
     r.consumer, r.producer = GroupConsumer(), Hanging()
     t = time.monotonic()
@@ -1893,8 +1893,8 @@ def test_partitions_added_to_the_input_end_the_co_partitioned_output():
 def test_a_retried_call_logs_its_wait_from_its_first_try(monkeypatch, caplog):
     """Found by a QA pass: 15 s into an outage the log read "(5 s of 49 s)": each retry
     counted from itself, against what was left of the deadline."""
-    monkeypatch.setattr("fds.streams.kafka.WAIT_STEP_S", 0.05)
-    monkeypatch.setattr("fds.streams.kafka.WAIT_LOG_S", 0.2)
+    monkeypatch.setattr("fds.streams.delivery.WAIT_STEP_S", 0.05)
+    monkeypatch.setattr("fds.streams.delivery.WAIT_LOG_S", 0.2)
     r = make_runner(broker_timeout_s=60)
     tries: list[float] = []
 
@@ -2301,7 +2301,7 @@ def test_a_rebuild_folds_older_records_through_the_features_alone(tmp_path, monk
     whole engine (the alert budget, breaker and the scorer's day counts depend on no more);
     the older ones through the feature plan alone, about five times faster. The features are
     the same either way."""
-    from fds.streams import kafka
+    from fds.streams import handover
 
     now_ms = int(time.time() * 1000)
     recs = [r._replace(timestamp=now_ms - 30 * 86400_000) for r in records(0, 6)]
@@ -2318,7 +2318,7 @@ def test_a_rebuild_folds_older_records_through_the_features_alone(tmp_path, monk
     folded: list[str] = []
     fold = r.engine.fold
     monkeypatch.setattr(r.engine, "fold", lambda tx: (folded.append(tx["tx_id"]), fold(tx)))
-    monkeypatch.setattr(kafka, "horizon_seconds", lambda engine: 90 * 86400.0)
+    monkeypatch.setattr(handover, "horizon_seconds", lambda engine: 90 * 86400.0)
     r._bring_up_to_date([TP])
     assert folded == ["t6", "t7", "t8", "t9"] and r.stats.caught_up == 10
     assert r.engine.features.state_sizes()["card_id"] == 1

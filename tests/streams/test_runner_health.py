@@ -175,9 +175,9 @@ def test_an_outage_during_a_restore_is_said_on_readyz_and_by_the_gauge(tmp_path,
     import pytest
 
     from fds.errors import FdsError
-    from fds.streams import kafka
+    from fds.streams import handover
 
-    monkeypatch.setattr(kafka, "STALL_S", 0.05)
+    monkeypatch.setattr(handover, "STALL_S", 0.05)
     broker = Broker(logs(n0=40, n1=40), committed={0: 20, 1: 20})  # no checkpoint: a rebuild
     seen: list[Any] = []
     r = seen_runner(broker, tmp_path, seen, broker_timeout_s=1)
@@ -214,10 +214,10 @@ def test_offsets_an_open_transaction_holds_back_are_no_broker_outage(tmp_path, m
     while it answered: such a wait is not said as the broker's silence."""
     import time
 
-    from fds.streams import kafka
+    from fds.streams import delivery
 
-    monkeypatch.setattr(kafka, "WAIT_LOG_S", 0.01)
-    monkeypatch.setattr(kafka, "WAIT_STEP_S", 0.01)
+    monkeypatch.setattr(delivery, "WAIT_LOG_S", 0.01)
+    monkeypatch.setattr(delivery, "WAIT_STEP_S", 0.01)
     r = runner(Broker(logs(n0=1, n1=1), committed={}), tmp_path, eng=engine(Metrics()))
     slow = lambda: time.sleep(0.1) or 1  # noqa: E731
     assert r._waited("reading the committed offsets", slow, time.monotonic() + 5, held=True)
@@ -235,10 +235,10 @@ def test_a_wait_said_on_the_log_says_its_end(tmp_path, monkeypatch, caplog):
     back and deciding resumed, and no line said so (the idle loop's outage says its end)."""
     import time
 
-    from fds.streams import kafka
+    from fds.streams import delivery
 
-    monkeypatch.setattr(kafka, "WAIT_LOG_S", 0.01)
-    monkeypatch.setattr(kafka, "WAIT_STEP_S", 0.01)
+    monkeypatch.setattr(delivery, "WAIT_LOG_S", 0.01)
+    monkeypatch.setattr(delivery, "WAIT_STEP_S", 0.01)
     r = runner(Broker(logs(n0=1, n1=1), committed={}), tmp_path, eng=engine(Metrics()))
     with caplog.at_level("WARNING", logger="fds.streams.kafka"):
         assert r._waited("acknowledgement", lambda: time.sleep(0.1) or 1, time.monotonic() + 5)
