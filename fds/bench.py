@@ -40,7 +40,7 @@ import numpy as np
 import orjson
 
 from fds import logs
-from fds.cli import at_least, drift_day, folder, positive_int, seed, write_output
+from fds.cli import at_least, drift_day, file_path, folder, positive_int, seed, write_output
 from fds.logs import json_logs, loggers_at, say
 from fds.progress import progress_bar
 from fds.streams.simulator import MIN_MERCHANTS
@@ -1003,11 +1003,19 @@ def register(subparsers: Any) -> None:
         "precision",
         help="rules alone vs static/frozen/adaptive models vs rules + adaptive, same k",
     )
-    pp.add_argument("--input", help="a historical file instead of the simulator")
-    pp.add_argument("--mapping", help="column mapping YAML for --input (with a label section)")
+    # (an empty path: a traceback for --input, --mapping and --rules not given: a QA pass)
     pp.add_argument(
-        "--labels", help="labels file for --input (JSONL/CSV: tx_id, ts, is_fraud), as fds replay"
-    )
+        "--input", type=file_path("historical file"),
+        help="a historical file instead of the simulator",
+    )  # fmt: skip
+    pp.add_argument(
+        "--mapping", type=file_path("column mapping file"),
+        help="column mapping YAML for --input (with a label section)",
+    )  # fmt: skip
+    pp.add_argument(
+        "--labels", type=file_path("labels file"),
+        help="labels file for --input (JSONL/CSV: tx_id, ts, is_fraud), as fds replay",
+    )  # fmt: skip
     pp.add_argument("--days", type=positive_int, help="simulated days (default 60)")
     pp.add_argument("--cards", type=positive_int, help="simulated cards (default 10,000)")
     pp.add_argument(
@@ -1038,8 +1046,12 @@ def register(subparsers: Any) -> None:
         help=f"daily alert budget (default: {SIM_K_PER_20K_CARDS} per 20,000 cards on the "
         "simulator; with --input the rules' alert_budget_per_day, else 100)",
     )
-    pp.add_argument("--spec", default="default", help="model spec name or YAML path")
-    pp.add_argument("--rules", help="rules file (default rules/default.yaml)")
+    pp.add_argument(
+        "--spec", type=_spec_arg, default="default", help="model spec name or YAML path"
+    )
+    pp.add_argument(
+        "--rules", type=file_path("rules file"), help="rules file (default rules/default.yaml)"
+    )
     pp.add_argument(
         "--out", type=folder, default="benchmarks/results", help="folder for report and plot"
     )
@@ -1163,6 +1175,11 @@ def _alert_budget(text: str) -> int:
         raise argparse.ArgumentTypeError(
             f"the daily alert budget must be a whole number of alerts, at least 1 ({exc})"
         ) from None
+
+
+def _spec_arg(text: str) -> str:
+    """argparse type of --spec: a name or a path, not empty."""
+    return str(file_path("model spec name or YAML file")(text))
 
 
 def _cmd_precision(args: argparse.Namespace) -> int:

@@ -73,8 +73,14 @@ def register(sub: Any) -> None:
         help="transactions file: .csv, .jsonl (.json, .ndjson), optionally .gz; .parquet (with "
         "pyarrow)",
     )
-    p.add_argument("--mapping", type=Path, help="YAML column mapping for foreign column names")
-    p.add_argument("--labels", type=Path, help="labels file (JSONL/CSV: tx_id, ts, is_fraud)")
+    p.add_argument(
+        "--mapping", type=file_path("column mapping file"),
+        help="YAML column mapping for foreign column names",
+    )  # fmt: skip
+    p.add_argument(
+        "--labels", type=file_path("labels file"),
+        help="labels file (JSONL/CSV: tx_id, ts, is_fraud)",
+    )  # fmt: skip
     p.add_argument(
         "--rules",
         type=file_or_none("rules file"),

@@ -1817,6 +1817,21 @@ def test_a_demo_that_cannot_run_says_which_value(capsys, tmp_path, argv, said):
         (["produce", ""], "argument file: empty path: give a file to send"),
         (["kafka", "topics", "--prefix", "a b"], "'a b' is no topic name prefix"),
         (["bench", "precision", "--warmup-days", "-1"], "--warmup-days: must be at least 1"),
+        # an empty path: a traceback (bench --input), "." read as a folder, or not given (a QA)
+        (["bench", "precision", "--input", ""], "--input: empty path: give a historical file"),
+        (["bench", "precision", "--rules", ""], "--rules: empty path: give a rules file"),
+        (["bench", "precision", "--spec", ""], "--spec: empty path: give a model spec name"),
+        (["replay", "f", "--mapping", ""], "--mapping: empty path: give a column mapping file"),
+        (["replay", "f", "--labels", ""], "--labels: empty path: give a labels file"),
+        (["produce", "f", "--mapping", ""], "--mapping: empty path: give a column mapping"),
+        (["run", "--config", ""], "--config: empty path: give a settings file"),
+        (["models", "--config", "", "list"], "--config: empty path: give a settings file"),
+        (["kafka", "topics", "--file", ""], "--file: empty path: give a topic specs file"),
+        (["train", "--spec", ""], "--spec/--model: empty path: give a model spec file"),
+        (
+            ["rules", "backtest", "--candidate", "a", "--baseline", "b", "f", "--changed-out", ""],
+            "--changed-out: empty path: give a file",
+        ),
     ],
 )
 def test_small_mistakes_are_said_by_the_flag(capsys, argv, said):

@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-from pathlib import Path
 from typing import Any
 
-from fds.cli import registry_folder
+from fds.cli import file_path, registry_folder
 from fds.errors import ArtifactError, ConfigError
 from fds.logs import say
 from fds.models.spec import spec_differs
@@ -25,7 +24,7 @@ def register(subparsers: Any) -> None:
         "models/registry)",
     )  # fmt: skip
     p.add_argument(
-        "--config", type=Path, default=None,
+        "--config", type=file_path("settings file"), default=None,
         help="the deployment's settings file, for its registry (as fds run and fds train)",
     )  # fmt: skip
     # (without a command: "give a command: list, ...", as every command says it, fds.cli)
@@ -35,7 +34,10 @@ def register(subparsers: Any) -> None:
     after.add_argument(
         "--registry", type=registry_folder, default=argparse.SUPPRESS, help="registry folder"
     )
-    after.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="settings file")
+    after.add_argument(
+        "--config", type=file_path("settings file"), default=argparse.SUPPRESS,
+        help="settings file",
+    )  # fmt: skip
     sub.add_parser("list", parents=[after], help="versions, newest last, with status").set_defaults(
         func=_list
     )
@@ -68,9 +70,9 @@ def _registry(args: argparse.Namespace) -> Any:
     from fds.models.registry import DEFAULT_REGISTRY, Registry
 
     if args.registry is None:
-        from fds.streams.settings import load_settings
+        from fds.streams.settings import registry_setting
 
-        args.registry = load_settings(args.config).registry or DEFAULT_REGISTRY
+        args.registry = registry_setting(args.config) or DEFAULT_REGISTRY
     return Registry(args.registry, create=False)
 
 

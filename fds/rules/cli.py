@@ -56,10 +56,13 @@ def register(subparsers: Any) -> None:
     bt.add_argument(
         "--baseline", required=True, type=rules_file, metavar="R1", help="the rules file in force"
     )
-    bt.add_argument("--mapping", type=Path, metavar="M", help="column mapping for foreign files")
+    bt.add_argument(
+        "--mapping", type=file_path("column mapping file"), metavar="M",
+        help="column mapping for foreign files",
+    )  # fmt: skip
     bt.add_argument(
         "--labels",
-        type=Path,
+        type=file_path("labels file"),
         metavar="L",
         help="labels file (default: FILE's .labels.jsonl sibling when present)",
     )
@@ -72,7 +75,7 @@ def register(subparsers: Any) -> None:
     )
     bt.add_argument(
         "--changed-out",
-        type=Path,
+        type=file_path("file for the changed transactions"),
         metavar="FILE",
         help="write every transaction whose action changed to FILE (JSON Lines: tx_id, ts, "
         "fraud, each side's action, score, hits and shadow hits, the values the rules read)",

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fds.cli import positive_float
+from fds.cli import file_path, positive_float
 from fds.errors import ConfigError
 from fds.streams import kafka_kit
 
@@ -73,7 +73,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from fds.streams import settings as ksettings  # (pydantic: not for the kit's own commands)
 
     p = ksub.add_parser("topics", help="create the topics of streams/topics.yaml (idempotent)")
-    p.add_argument("--file", type=Path, default=kafka_kit.TOPICS_FILE, help="topic specs YAML")
+    p.add_argument(
+        "--file", type=file_path("topic specs file"), default=kafka_kit.TOPICS_FILE,
+        help="topic specs YAML",
+    )  # fmt: skip
     p.add_argument(
         "--prefix", type=_prefix, default="",
         help="prepended to every topic name, e.g. prod. (default: none)",

@@ -496,7 +496,10 @@ def register_produce(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--rate", type=positive_float, default=None, help="records per second (default: max)"
     )
-    p.add_argument("--mapping", type=Path, default=None, help="column mapping YAML (fields:)")
+    p.add_argument(
+        "--mapping", type=file_path("column mapping file"), default=None,
+        help="column mapping YAML (fields:)",
+    )  # fmt: skip
     p.add_argument("--limit", type=positive_int, default=None, help="send at most this many")
     p.add_argument(
         "--labels-topic", type=topic_arg, default=None,

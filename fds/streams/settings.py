@@ -23,7 +23,7 @@ from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from fds.cli import arg_type
+from fds.cli import arg_type, file_path
 from fds.errors import ConfigError
 from fds.health import Health
 from fds.metrics import METRICS_HOST, MetricsServer, check_metrics_host, check_metrics_port, serve
@@ -147,7 +147,9 @@ class KafkaSettings(BaseSettings):
     # A state rebuild runs between two polls; the group must not evict the member meanwhile
     # (a dead process is still noticed within session_timeout_ms). Kafka Streams: no limit.
     max_poll_interval_ms: int = Field(default=1_800_000, ge=1000, le=2**31 - 1)
-    broker_timeout_s: float = Field(default=60.0, gt=0, allow_inf_nan=False)
+    # (at most 2**31 - 1 ms, as Kafka's timeouts are 32-bit: 1e10 s was a traceback from the
+    # client's wait, OverflowError, a QA pass)
+    broker_timeout_s: float = Field(default=60.0, gt=0, le=2_147_483, allow_inf_nan=False)
     # Compression of what fds run writes (decisions, dead letters) and fds produce sends. Any
     # compression is read: every codec's library is installed with fds.
     compression_type: Literal["gzip", "snappy", "lz4", "zstd"] | None = None
@@ -649,6 +651,44 @@ def warn_unknown_env(flags: Collection[str] = (), logger: logging.Logger = log) 
             logger.warning("%s", said)
 
 
+def _settings_file(path: Path) -> dict[str, Any]:
+    """The settings of a file, its paths relative to it."""
+    if not path.exists():  # (a pipe, <(...), is read; a folder, /dev/zero said as they
+        raise ConfigError(f"settings file not found: {path}")  # are: a README walk)
+    doc = read_yaml(path, "a settings file") or {}
+    if not isinstance(doc, dict):
+        raise ConfigError("expected a mapping of setting: value", where=str(path))
+    for k in doc:
+        if not isinstance(k, str):
+            raise ConfigError(f"{k!r}: a setting's name is text (e.g. group: fds)",
+                              where=str(path))  # fmt: skip
+    # relative to the file (the state dir was relative to the working directory: a QA)
+    for k in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "state_dir", "registry"):
+        v = doc.get(k)
+        if isinstance(v, str) and v.strip() and v.lower() != "none":  # (an empty one is
+            # refused as FDS_REGISTRY= is, or the default as FDS_STATE_DIR=: it was the
+            # file's own folder, a QA pass)
+            doc[k] = str(path.parent / Path(v).expanduser())  # (an absolute path: as it is)
+    return doc
+
+
+def registry_setting(file: Path | str | None = None) -> Path | None:
+    """The ``registry`` setting alone, as :func:`load_settings` reads it (``FDS_REGISTRY``
+    over the file's), the other settings neither read nor checked: ``fds models`` talks to no
+    broker, and a rollback was refused over a CA file and a SASL password it never uses (a QA
+    pass)."""
+    env = [v for k, v in os.environ.items() if k.upper() == "FDS_REGISTRY"]
+    where, value = ("FDS_REGISTRY", env[0]) if env else (str(file), None)
+    if not env and file is not None:
+        value = _settings_file(Path(file)).get("registry")
+    if value is None:
+        return None
+    try:
+        return Path(str(KafkaSettings._registry(KafkaSettings._home(value))))
+    except ValueError as e:
+        raise ConfigError(f"setting registry: {e} (from {where})") from None
+
+
 def load_settings(file: Path | str | None = None, **flags: Any) -> KafkaSettings:
     """Build settings from a YAML file, the environment and flags (highest wins: flags).
 
@@ -661,22 +701,7 @@ def load_settings(file: Path | str | None = None, **flags: Any) -> KafkaSettings
     doc: dict[str, Any] = {}
     path = Path(file) if file is not None else None
     if path is not None:
-        if not path.exists():  # (a pipe, <(...), is read; a folder, /dev/zero said as they
-            raise ConfigError(f"settings file not found: {path}")  # are: a README walk)
-        doc = read_yaml(path, "a settings file") or {}
-        if not isinstance(doc, dict):
-            raise ConfigError("expected a mapping of setting: value", where=str(path))
-        for k in doc:
-            if not isinstance(k, str):
-                raise ConfigError(f"{k!r}: a setting's name is text (e.g. group: fds)",
-                                  where=str(path))  # fmt: skip
-        # relative to the file (the state dir was relative to the working directory: a QA)
-        for k in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "state_dir", "registry"):
-            v = doc.get(k)
-            if isinstance(v, str) and v.strip() and v.lower() != "none":  # (an empty one is
-                # refused as FDS_REGISTRY= is, or the default as FDS_STATE_DIR=: it was the
-                # file's own folder, a QA pass)
-                doc[k] = str(path.parent / Path(v).expanduser())  # (an absolute path: as it is)
+        doc = _settings_file(path)
         # The environment outranks the file: drop file keys that FDS_<KEY> sets.
         # (case-insensitively, as pydantic reads the environment: fds_group lost to the file)
         env = {k.upper() for k in os.environ}
@@ -770,7 +795,10 @@ def add_settings_flags(
 ) -> None:
     """The settings flags (``only``: those of these settings; ``fds run`` takes them all;
     ``helps``: a command's own help of some)."""
-    p.add_argument("--config", type=Path, default=None, help="YAML file of settings (lowest rank)")
+    p.add_argument(
+        "--config", type=file_path("settings file"), default=None,
+        help="YAML file of settings (lowest rank)",
+    )  # fmt: skip
     for flag, dest in SETTING_FLAGS.items():
         if only is not None and dest not in only:
             continue

@@ -66,7 +66,7 @@ from kafka.errors import FencedInstanceIdError, KafkaError, MessageSizeTooLargeE
 from kafka.structs import OffsetAndMetadata
 
 from fds import gcpolicy
-from fds.cli import registry_folder
+from fds.cli import file_path, registry_folder
 from fds.errors import ArtifactError, ConfigError, FdsError, describe
 from fds.health import Health, stale_after
 from fds.logs import LineBudget, say
@@ -1528,7 +1528,11 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
     )
     add_settings_flags(p, TRAIN_SETTINGS, {"group": _GROUP_HELP, "state_dir": _STATE_HELP})
     p.add_argument(  # (--model as fds run and fds replay name it)
-        "--spec", "--model", type=Path, default=DEFAULT_MODEL, help="model spec YAML"
+        "--spec",
+        "--model",
+        type=file_path("model spec file"),
+        default=DEFAULT_MODEL,
+        help="model spec YAML",
     )
     p.add_argument(
         "--registry", type=registry_folder, default=None,

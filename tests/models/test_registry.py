@@ -418,6 +418,26 @@ def test_the_models_commands_read_the_deployments_registry(tmp_path, capsys, mon
     assert main(["models", "list"]) == 2  # (no ./models/registry here)
 
 
+def test_the_models_commands_read_the_registry_alone_of_the_settings(tmp_path, capsys, monkeypatch):
+    """A QA pass: a rollback with the deployment's settings file was refused over its CA file
+    and SASL password, settings of the broker `fds models` never talks to."""
+    from fds.cli import main
+
+    reg = Registry(tmp_path / "deployed")
+    reg.promote(reg.publish(FeatureModel("amount"), spec={"name": "default"})["version"])
+    (tmp_path / "fds.yaml").write_text(
+        "registry: deployed\nsecurity_protocol: SASL_SSL\nsasl_mechanism: SCRAM-SHA-512\n"
+        "sasl_username: fds\nssl_cafile: /etc/fds/no-such-ca.pem\n"
+    )
+    monkeypatch.setenv("FDS_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.delenv("FDS_REGISTRY", raising=False)
+    assert main(["models", "--config", str(tmp_path / "fds.yaml"), "list"]) == 0
+    assert "v000001" in capsys.readouterr().out
+    monkeypatch.setenv("FDS_REGISTRY", "")  # (the registry is still checked as before)
+    assert main(["models", "--config", str(tmp_path / "fds.yaml"), "list"]) == 2
+    assert "setting registry: empty: give a folder" in capsys.readouterr().err
+
+
 def test_a_rollback_of_an_empty_registry_leaves_its_folder_as_it_was(tmp_path, capsys):
     """A QA pass: it said there was nothing to roll back to, and left a .lock file there."""
     from fds.cli import main

@@ -72,3 +72,16 @@ def test_fds_produce_says_it_waits_for_a_broker_that_does_not_answer(tmp_path, m
     with caplog.at_level("WARNING"), pytest.raises(BrokerUnavailable, match="cannot reach"):
         produce_file(tx, settings)
     assert "no answer from Kafka yet: waiting up to 2 s (--broker-timeout)" in caplog.text
+
+
+def test_a_broker_timeout_past_kafkas_32_bit_milliseconds_is_refused_as_a_setting():
+    """A QA pass: `fds run --broker-timeout 1e10` was a traceback (OverflowError) from the
+    client's wait."""
+    import pytest
+
+    from fds.errors import ConfigError
+    from fds.streams.settings import load_settings
+
+    assert load_settings(broker_timeout_s=2_147_483).timeout_ms == 2_147_483_000
+    with pytest.raises(ConfigError, match=r"setting broker_timeout_s: .* 2147483 \(from --broker"):
+        load_settings(broker_timeout_s=1e10)
