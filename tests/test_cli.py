@@ -1773,8 +1773,10 @@ def test_a_full_registry_is_named_by_fds_models(tmp_path, monkeypatch, capsys):
 
     import fds.models.registry as registry
 
+    from tests.models.fakes import FeatureModel
+
     reg = registry.Registry(tmp_path / "r")
-    reg.publish({"w": 1}, spec={"name": "m"})
+    reg.publish(FeatureModel("amount"), spec={"name": "m"})
 
     def full(*_a: object) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

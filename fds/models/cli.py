@@ -156,6 +156,11 @@ def _promote(args: argparse.Namespace) -> int:
         model = reg.load(args.version)  # never promote what does not verify (the champion
         unserved = _canary_failure(model, before)  # is verified too: its artifact may have rotted)
         version = before["version"]
+        if unserved is not None and not (args.force or already):  # (it was promoted, exit 0,
+            raise ArtifactError(  # with a warning that no scorer would serve it: a QA pass)
+                f"it fails the canary check scorers make ({unserved}), so none would serve "
+                "it: promote it anyway with --force"
+            )
         champ = reg.champion()
         other = None
         if champ is not None and not already:  # (said to pick it up, refused: a QA pass)

@@ -619,6 +619,11 @@ def test_promoting_a_version_that_fails_its_canary_says_it_will_not_be_served(tm
     reg.publish(NaNOn("amount"), spec={"name": "t"})  # v000003: NaN on a scorer's inputs
     reg.reject("v000003", "canary: score nan is not a probability in [0, 1]")
     base = ["models", "--registry", str(tmp_path), "promote", "--force"]
+    # without --force it is not promoted (it was, exit 0, with a warning: a QA pass)
+    assert main([*base[:-1], "v000002"]) == 1 and reg.champion() is None
+    assert "v000002 not promoted: it fails the canary check scorers make (score nan" in (
+        capsys.readouterr().err
+    )
     for version in ("v000002", "v000003"):
         assert main([*base, version]) == 0 and reg.champion() == version
         out = capsys.readouterr()
@@ -687,9 +692,11 @@ def test_models_commands_read_a_bare_number_and_say_what_they_show(tmp_path, cap
     without a word; "nothing to roll back to" said `error:` (a usage error's) with exit 1."""
     from fds.cli import main
 
+    from tests.models.fakes import FeatureModel
+
     reg = Registry(tmp_path)
     for _ in range(2):
-        reg.publish({"x": 1}, spec={"name": "t"})
+        reg.publish(FeatureModel("amount"), spec={"name": "t"})
     base = ["models", "--registry", str(tmp_path)]
     assert main([*base, "show"]) == 0
     out = capsys.readouterr()
