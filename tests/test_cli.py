@@ -1772,7 +1772,6 @@ def test_a_full_registry_is_named_by_fds_models(tmp_path, monkeypatch, capsys):
     import errno
 
     import fds.models.registry as registry
-
     from tests.models.fakes import FeatureModel
 
     reg = registry.Registry(tmp_path / "r")

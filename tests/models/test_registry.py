@@ -691,7 +691,6 @@ def test_models_commands_read_a_bare_number_and_say_what_they_show(tmp_path, cap
     """A README walk: `promote 3` was no version; `show` without a champion showed the newest
     without a word; "nothing to roll back to" said `error:` (a usage error's) with exit 1."""
     from fds.cli import main
-
     from tests.models.fakes import FeatureModel
 
     reg = Registry(tmp_path)
