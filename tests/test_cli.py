@@ -1828,6 +1828,15 @@ def test_a_demo_that_cannot_run_says_which_value(capsys, tmp_path, argv, said):
         (["run", "--config", ""], "--config: empty path: give a settings file"),
         (["models", "--config", "", "list"], "--config: empty path: give a settings file"),
         (["kafka", "topics", "--file", ""], "--file: empty path: give a topic specs file"),
+        # a settings flag's number (argparse's "invalid int value", said nothing to give: a QA)
+        (
+            ["run", "--commit-interval", "1.5"],
+            "--commit-interval: invalid value '1.5': give a whole",
+        ),
+        (
+            ["train", "--broker-timeout", "abc"],
+            "--broker-timeout: invalid value 'abc': give a number",
+        ),
         (["train", "--spec", ""], "--spec/--model: empty path: give a model spec file"),
         (
             ["rules", "backtest", "--candidate", "a", "--baseline", "b", "f", "--changed-out", ""],

@@ -14,7 +14,7 @@ import re
 import socket
 import ssl
 import typing
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -814,12 +814,32 @@ def add_settings_flags(
         p.add_argument(
             flag,
             dest=dest,
-            type=kind,
+            type=_number(kind) if kind is int or kind is float else kind,
             default=None,
             help=(helps or {}).get(dest)
             or f"setting {dest}{_UNITS.get(dest.rpartition('_')[2], '')} (env "
             f"FDS_{dest.upper()}; default {_default_of(dest)})",
         )
+
+
+def _number(kind: type[int] | type[float]) -> Callable[[str], Any]:
+    """argparse type of a number setting, saying what to give (argparse's own said "invalid
+    int value: 'abc'", where every other number flag says what to give: a QA pass); its range
+    is the setting's to check.
+
+    >>> _number(int)("1.5")
+    Traceback (most recent call last):
+    argparse.ArgumentTypeError: invalid value '1.5': give a whole number
+    """
+    what = "a whole number" if kind is int else "a number"
+
+    def parse(text: str) -> Any:
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid value {text!r}: give {what}") from None
+
+    return parse
 
 
 #: A setting's unit by the end of its name, for ``--help`` (``--commit-interval 1`` is 1 ms,
