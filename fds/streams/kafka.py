@@ -276,6 +276,20 @@ def _event_time(msg: Any, ahead_s: float = 0.0) -> tuple[float, Any]:
 _NAIVE_WATCH = NaiveWatch("transaction")
 
 
+def _fault(name: str, kind: type[int] | type[float]) -> Any:
+    """A fault-injection switch of the crash tests (README, "Testing against the real
+    broker"), 0 when unset; a value that is no number is a usage error (a traceback before,
+    a QA pass)."""
+    text = os.environ.get(name, "").strip() or "0"
+    try:
+        return kind(text)
+    except ValueError:
+        raise ConfigError(
+            f"{name}={text!r}: a test's fault switch wants a number; unset it (it is no "
+            "setting of a deployment)"
+        ) from None
+
+
 @dataclass(slots=True)
 class RunStats:
     """Counters of one run (also logged at exit)."""
@@ -454,10 +468,10 @@ class Runner(_Handover, _StateKeeping, _Delivery):
         # after batch N's outputs are sent and acknowledged but before its offsets (or its
         # transaction) are committed: the window where at-least-once must replay the batch and
         # exactly-once must abort it. Unset in production.
-        self._kill_after_flush = int(os.environ.get("FDS_FAULT_KILL_AFTER_FLUSH", "0"))
+        self._kill_after_flush = _fault("FDS_FAULT_KILL_AFTER_FLUSH", int)
         # ... and slow every record a restore folds down by this many seconds (a long rebuild
         # in a short test). Unset in production.
-        self._fold_delay = float(os.environ.get("FDS_FAULT_FOLD_DELAY_S", "0"))
+        self._fold_delay = _fault("FDS_FAULT_FOLD_DELAY_S", float)
         # /healthz and /readyz (fds.health): the loop beats once per poll, a restore about
         # once a second, a wait for the broker at each step; readiness() is read at a request.
         self.health = Health(stale_after_s=stale_after(settings.broker_timeout_s),

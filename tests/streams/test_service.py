@@ -85,3 +85,19 @@ def test_a_broker_timeout_past_kafkas_32_bit_milliseconds_is_refused_as_a_settin
     assert load_settings(broker_timeout_s=2_147_483).timeout_ms == 2_147_483_000
     with pytest.raises(ConfigError, match=r"setting broker_timeout_s: .* 2147483 \(from --broker"):
         load_settings(broker_timeout_s=1e10)
+
+
+def test_a_fault_switch_that_is_no_number_is_a_usage_error(monkeypatch):
+    """A QA pass: FDS_FAULT_KILL_AFTER_FLUSH=abc was a traceback (ValueError)."""
+    import pytest
+
+    from fds.errors import ConfigError
+    from fds.streams.kafka import _fault
+
+    monkeypatch.delenv("FDS_FAULT_FOLD_DELAY_S", raising=False)
+    assert _fault("FDS_FAULT_FOLD_DELAY_S", float) == 0
+    monkeypatch.setenv("FDS_FAULT_KILL_AFTER_FLUSH", "3")
+    assert _fault("FDS_FAULT_KILL_AFTER_FLUSH", int) == 3
+    monkeypatch.setenv("FDS_FAULT_KILL_AFTER_FLUSH", "abc")
+    with pytest.raises(ConfigError, match="FDS_FAULT_KILL_AFTER_FLUSH='abc': a test's fault"):
+        _fault("FDS_FAULT_KILL_AFTER_FLUSH", int)
