@@ -186,7 +186,15 @@ def _demo(args: argparse.Namespace) -> int:
             f"--drift-day {args.drift_day})")  # fmt: skip
         return 2
     if not Path(args.rules).is_file():  # (said without the flag's name: a QA pass)
-        say(f"fds demo: error: --rules {args.rules}: no such file (the rules-alone baseline)")
+        what = "a folder" if Path(args.rules).is_dir() else "no such file"
+        say(f"fds demo: error: --rules {args.rules}: {what} (the rules-alone baseline)")
+        return 2
+    try:  # (read before the stream is made: a broken file was "no known fraud", a QA pass)
+        from fds.rules.ruleset import load_ruleset
+
+        load_ruleset(args.rules, log_notes=False)
+    except ConfigError as e:
+        say(f"fds demo: error: --rules: {e}")
         return 2
     why = unwritable_dir(args.out_dir)  # (before the run, not after it: a QA pass)
     if why:

@@ -1787,6 +1787,15 @@ def test_a_full_registry_is_named_by_fds_models(tmp_path, monkeypatch, capsys):
     assert said.rstrip().endswith("free space on its disk (or make it writable), then run it again")
 
 
+def test_a_demo_reads_its_rules_file_before_the_stream(capsys, tmp_path):
+    """A QA pass: a broken --rules file was read after the stream was made, and the demo said
+    "no known fraud ..." instead of the file's problem."""
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("rules:\n  - id: x\n    when: amount > 1\n")
+    assert main(["demo", "--days", "7", "--cards", "100", "--rules", str(bad)]) == 2
+    assert f"fds demo: error: --rules: {bad}:1:1: version: missing" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("argv", "said"),
     [
@@ -1794,6 +1803,7 @@ def test_a_full_registry_is_named_by_fds_models(tmp_path, monkeypatch, capsys):
         (["--days", "1"], "--days: must be at least 7, got 1"),  # (no derived --drift-day)
         (["--drift-day", "100"], "(got --days 45, --drift-day 100)"),
         (["--rules", "/no/such.yaml"], "--rules /no/such.yaml: no such file"),
+        (["--rules", "/"], "--rules /: a folder"),
     ],
 )
 def test_a_demo_that_cannot_run_says_which_value(capsys, tmp_path, argv, said):
