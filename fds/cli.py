@@ -184,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fds",
         description="Real-time fraud detection: windowed features, YAML rules, adaptive model.",
     )
+    from fds import __version__
+
+    parser.add_argument("--version", action="version", version=f"fds {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     parser.add_argument(
         "-q", "--quiet", action="store_true",

@@ -2120,3 +2120,12 @@ def test_labels_all_dated_after_the_last_transaction_are_said(history, tmp_path,
     assert "every label (3) is dated after the last transaction, so none was learned" in said(
         capsys
     )
+
+
+def test_fds_says_its_version(capsys):
+    """A QA pass: there was no `fds --version`."""
+    import fds
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out == f"fds {fds.__version__}\n"
