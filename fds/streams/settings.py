@@ -465,6 +465,9 @@ class KafkaSettings(BaseSettings):
             why = ("exactly_once commits a transaction per batch" if self.exactly_once else
                    "max_unacked_batches 0 commits each batch synchronously")  # fmt: skip
             said.append(f"commit_interval_ms given, but {why}: not used")
+        if "max_unacked_batches" in self.model_fields_set and self.exactly_once:  # (a QA)
+            said.append("max_unacked_batches given, but exactly_once commits a transaction "
+                        "per batch, each waited for: not used")  # fmt: skip
         return said
 
     def models_topic_for(self, default: str | None) -> str | None:

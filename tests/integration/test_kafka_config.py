@@ -633,6 +633,12 @@ def test_a_commit_interval_that_has_no_effect_is_said(caplog):
     assert len(said) == 2
     assert "exactly_once commits a transaction per batch: not used" in said[0]
     assert "max_unacked_batches 0 commits each batch synchronously: not used" in said[1]
+    caplog.clear()  # (a QA pass: --exactly-once --max-unacked-batches 5 said nothing)
+    with caplog.at_level("WARNING", logger="fds.streams.kafka"):
+        load_settings(max_unacked_batches=5, exactly_once=True)
+        load_settings(max_unacked_batches=5)
+    said = [r.getMessage() for r in caplog.records if "max_unacked_batches given" in r.getMessage()]
+    assert len(said) == 1 and "exactly_once commits a transaction per batch" in said[0]
 
 
 def test_a_poll_wait_or_a_stop_deadline_past_the_stop_promise_is_bounded(monkeypatch, caplog):
