@@ -187,8 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     from fds import __version__
 
     parser.add_argument("--version", action="version", version=f"fds {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
-    parser.add_argument(
+    loud = parser.add_mutually_exclusive_group()  # (`-v -q`: -v won without a word, a QA)
+    loud.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    loud.add_argument(
         "-q", "--quiet", action="store_true",
         help="log warnings and errors only (a replay's model swaps are INFO lines)",
     )  # fmt: skip
