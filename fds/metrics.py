@@ -1597,6 +1597,10 @@ def pushgateway_url(text: str) -> str:
 
     >>> pushgateway_url("pgw.example:9091")
     'http://pgw.example:9091'
+    >>> pushgateway_url("a b")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: invalid Pushgateway address 'a b': give host:port or ...
     >>> pushgateway_url("ftp://x")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
@@ -1609,7 +1613,8 @@ def pushgateway_url(text: str) -> str:
         _ = parts.port  # (a port that is no number raises)
     except ValueError:
         ok = False
-    if not ok or parts.query or parts.fragment:
+    if not ok or parts.query or parts.fragment or any(c.isspace() for c in text):
+        # (a space passed, refused at the push as a control character: a QA pass)
         raise argparse.ArgumentTypeError(
             f"invalid Pushgateway address {text!r}: give host:port or http(s)://host:port, "
             "e.g. 127.0.0.1:9091"
