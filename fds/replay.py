@@ -1137,7 +1137,8 @@ def reason_of(dead: Mapping[str, Any]) -> str:
     >>> long.split(" … ")[1][-30:], len(long) <= len("label: ") + 120
     ('ab ab ab ab ab ab fix: do this', True)
     """
-    text = str(dead.get("reason") or dead.get("error", ""))
+    # (masked before it is cut: a spaced card number across the cut kept 8 digits, a review)
+    text = redact(str(dead.get("reason") or dead.get("error", "")))
     reason = text.split("\n")[0].split(" [type=")[0].split(" input_value=")[0]
     reason = _POSITION.sub(
         "line ... column ...", _QUOTED.sub(lambda m: m["keep"] or "'...'", reason)
@@ -1146,7 +1147,7 @@ def reason_of(dead: Mapping[str, Any]) -> str:
         # its end, the fix was lost: `label_values:` of a label column's word, a README walk)
         head, tail = reason[:60].rsplit(" ", 1)[0], reason[-57:]
         reason = f"{head} … {tail[tail.find(' ') + 1 :]}"  # (at spaces: whole words)
-    return f"{dead['stage']}: {redact(reason)}"
+    return f"{dead['stage']}: {reason}"
 
 
 class _DeadTally:

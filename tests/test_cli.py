@@ -1839,6 +1839,10 @@ def test_a_demo_that_cannot_run_says_which_value(capsys, tmp_path, argv, said):
         (["models", "--config", "", "list"], "--config: empty path: give a settings file"),
         (["kafka", "topics", "--file", ""], "--file: empty path: give a topic specs file"),
         (["-v", "-q", "replay", "f"], "-q/--quiet: not allowed with argument -v/--verbose"),
+        (
+            ["rules", "backtest", "--candidate", "a", "--baseline", "b", ""],
+            "argument FILE: empty path: give a transactions file",
+        ),
         # a settings flag's number (argparse's "invalid int value", said nothing to give: a QA)
         (
             ["run", "--commit-interval", "1.5"],

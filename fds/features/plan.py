@@ -181,6 +181,8 @@ def _check_kept(extra: Any, names: tuple[str, ...]) -> None:
         return
     for name in names:
         v = extra.get(name)
+        if v.__class__ is not str and isinstance(v, list | dict):  # (kept as its JSON text,
+            v = _cat(v)  # a list of 1 MB passed the text's bound: a review)
         if v.__class__ is str and len(v) > ID_MAX:
             raise ValueError(
                 f"extra.{name}: a text of {len(v):,} characters; a feature keeps it in its "

@@ -94,6 +94,13 @@ def _decode(b: bytes) -> str:
     return (b[:-1] if b.endswith(b"\x00\xff") else b).decode("utf-8", "surrogatepass")
 
 
+def _whole_long(b: bytes) -> bool:
+    """Is ``b`` an id over LONG_ID bytes stored whole (by a release before stand-ins)? (A
+    40-byte id ending in NUL is stored 41 wide, as it always was: a review found such a
+    partition taken for one of before, its stand-ins decoded as text.)"""
+    return b[:1] != b"\xfe" and len(b) - b.endswith(b"\x00\xff") > LONG_ID
+
+
 def _hash(key: bytes) -> int:
     return sum(map(mul, key[:_HASH_BYTES], _WEIGHTS))
 
@@ -233,11 +240,14 @@ class _Bucket:
         self.long = state[3] if len(state) > 3 else {}
         if self.open and len(self.open[0]) == 2:  # saved before partitions were recorded
             self.open = [(seg[0], seg[1], {}) for seg in self.open]
-        if self.parts and any(p.ids.dtype.itemsize > LONG_ID for p in self.parts):
-            # saved before stand-ins: its long ids stored whole, partitioned by them
+        if self.parts and any(
+            p.ids.dtype.itemsize > LONG_ID and any(map(_whole_long, p.ids.tolist()))
+            for p in self.parts
+        ):  # saved before stand-ins: its long ids stored whole, partitioned by them
             ids, keys, ts, parts = _columns(self.parts)
-            texts = [_decode(b) for b in ids.tolist()]
-            self.parts = _frozen(_encode_all(texts, self.long), keys, ts, parts)
+            long = self.long
+            texts = [long[b] if b[:1] == b"\xfe" else _decode(b) for b in ids.tolist()]
+            self.parts = _frozen(_encode_all(texts, long), keys, ts, parts)
         self._work = None
 
     def __len__(self) -> int:

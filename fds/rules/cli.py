@@ -45,7 +45,10 @@ def register(subparsers: Any) -> None:
         "features; print per-rule hits, alert volume, precision/recall (when labels exist) and "
         "transactions whose action changed, with the values the rules read.",
     )
-    bt.add_argument("file", type=Path, metavar="FILE", help="historical transactions (csv/jsonl)")
+    bt.add_argument(
+        "file", type=file_path("transactions file"), metavar="FILE",
+        help="historical transactions (csv/jsonl)",
+    )  # fmt: skip
     bt.add_argument(
         "--candidate",
         required=True,

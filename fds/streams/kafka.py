@@ -282,7 +282,10 @@ def _fault(name: str, kind: type[int] | type[float]) -> Any:
     a QA pass)."""
     text = os.environ.get(name, "").strip() or "0"
     try:
-        return kind(text)
+        value = kind(text)
+        if not 0 <= value < math.inf:  # (nan, inf, -1: a traceback at the sleep, a review)
+            raise ValueError(text)
+        return value
     except ValueError:
         raise ConfigError(
             f"{name}={text!r}: a test's fault switch wants a number; unset it (it is no "

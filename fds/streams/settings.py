@@ -686,6 +686,8 @@ def registry_setting(file: Path | str | None = None) -> Path | None:
         value = _settings_file(Path(file)).get("registry")
     if value is None:
         return None
+    if not isinstance(value, str):  # (5 or a list was a folder of that name: a review)
+        raise ConfigError(f"setting registry: a folder's path, got {value!r} (from {where})")
     try:
         return Path(str(KafkaSettings._registry(KafkaSettings._home(value))))
     except ValueError as e:

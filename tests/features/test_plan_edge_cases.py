@@ -278,4 +278,7 @@ def test_an_extra_text_a_feature_keeps_is_bounded_as_an_id_is() -> None:
     for name in ("sess", "x"):
         with pytest.raises(ValueError, match=f"extra.{name}: a text of 1,025 characters"):
             feed(plan, 1.0, extra={**ok, name: "a" * (ID_MAX + 1)})
+    for wrapped in (["a" * ID_MAX], {"k": "a" * ID_MAX}):  # kept as JSON text (a review)
+        with pytest.raises(ValueError, match=r"extra\.sess: a text of 1,0"):
+            feed(plan, 1.5, extra={**ok, "sess": wrapped})
     assert feed(plan, 2.0, extra=ok) == {"s_n": 2, "c_d": 1}  # the refused ones changed nothing

@@ -384,6 +384,21 @@ def test_a_long_id_does_not_widen_its_frozen_partition() -> None:
     assert all(again.find(x)[1:] == want[x] for x in long_ones)  # type: ignore[index]
 
 
+def test_a_40_byte_id_ending_in_nul_beside_a_long_one_pickles() -> None:
+    """A review: a 40-byte id ending in NUL is stored 41 wide (its 0xFF mark), and the load
+    took its partition for one saved before stand-ins: decoding the stand-ins as text made
+    the whole feature state unreadable."""
+    store = TxStore(span=100.0)
+    ids = ["a" * 39 + "\x00", "b" * 50, "c" * 40, "d" * 41]
+    for i, tx_id in enumerate(ids):
+        store.remember(tx_id, float(i), f"k{i}")
+    store.expire(freeze_before=100.0, drop_before=0.0)
+    store.flush()
+    again = pickle.loads(pickle.dumps(store))
+    assert [again.find(x)[1:3] for x in ids] == [(f"k{i}", float(i)) for i in range(4)]  # type: ignore[index]
+    assert {x for bk in again.buckets.values() for x, *_ in bk.entries()} == set(ids)
+
+
 def test_a_store_saved_with_long_ids_whole_loads_with_stand_ins(monkeypatch) -> None:
     """A state saved before stand-ins (its long ids stored whole, partitioned by them) finds
     them after a restore, and its partitions are narrow again."""

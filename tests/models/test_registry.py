@@ -433,6 +433,9 @@ def test_the_models_commands_read_the_registry_alone_of_the_settings(tmp_path, c
     monkeypatch.delenv("FDS_REGISTRY", raising=False)
     assert main(["models", "--config", str(tmp_path / "fds.yaml"), "list"]) == 0
     assert "v000001" in capsys.readouterr().out
+    (tmp_path / "five.yaml").write_text("registry: 5\n")  # (a folder `5`: a review)
+    assert main(["models", "--config", str(tmp_path / "five.yaml"), "list"]) == 2
+    assert "setting registry: a folder's path, got 5" in capsys.readouterr().err
     monkeypatch.setenv("FDS_REGISTRY", "")  # (the registry is still checked as before)
     assert main(["models", "--config", str(tmp_path / "fds.yaml"), "list"]) == 2
     assert "setting registry: empty: give a folder" in capsys.readouterr().err

@@ -101,3 +101,7 @@ def test_a_fault_switch_that_is_no_number_is_a_usage_error(monkeypatch):
     monkeypatch.setenv("FDS_FAULT_KILL_AFTER_FLUSH", "abc")
     with pytest.raises(ConfigError, match="FDS_FAULT_KILL_AFTER_FLUSH='abc': a test's fault"):
         _fault("FDS_FAULT_KILL_AFTER_FLUSH", int)
+    for bad in ("nan", "inf", "-1"):  # (a traceback at the first sleep: a review)
+        monkeypatch.setenv("FDS_FAULT_FOLD_DELAY_S", bad)
+        with pytest.raises(ConfigError, match=f"FDS_FAULT_FOLD_DELAY_S='{bad}'"):
+            _fault("FDS_FAULT_FOLD_DELAY_S", float)
