@@ -2134,3 +2134,18 @@ def test_fds_says_its_version(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--version"])
     assert e.value.code == 0 and capsys.readouterr().out == f"fds {fds.__version__}\n"
+
+
+def test_a_settings_files_exactly_once_can_be_turned_off_for_one_process(tmp_path):
+    """A QA pass: no flag undid a file's `exactly_once: true`."""
+    from fds.cli import build_parser
+    from fds.streams.settings import load_settings
+
+    parser = build_parser()
+    for argv, want in ((["run"], None), (["run", "--exactly-once"], True),
+                       (["run", "--no-exactly-once"], False)):  # fmt: skip
+        assert parser.parse_args(argv).exactly_once is want
+    f = tmp_path / "s.yaml"
+    f.write_text("exactly_once: true\n")
+    assert load_settings(f).exactly_once is True
+    assert load_settings(f, exactly_once=False).exactly_once is False

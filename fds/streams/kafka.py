@@ -1429,11 +1429,12 @@ def register_run(subparsers: argparse._SubParsersAction) -> None:
     """Add ``fds run``."""
     p = subparsers.add_parser("run", help="the streaming service: decide transactions from Kafka")
     add_settings_flags(p)
-    p.add_argument(
-        "--exactly-once",
-        action="store_true",
+    p.add_argument(  # (--no-exactly-once: a file's `exactly_once: true` had no flag to undo
+        "--exactly-once",  # it for one process, a QA pass)
+        action=argparse.BooleanOptionalAction,
         default=None,
-        help="transactional output: decisions, dead letters and offsets commit atomically",
+        help="transactional output: decisions, dead letters and offsets commit atomically "
+        "(--no-exactly-once: at-least-once, whatever the settings file says)",
     )
     p.add_argument(
         "--foreground-checkpoints", dest="checkpoint_in_background", action="store_const",

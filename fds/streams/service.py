@@ -208,7 +208,8 @@ def add_max_idle_argument(p: argparse.ArgumentParser) -> None:
         type=positive_float,
         default=None,
         help="exit after this many seconds without input, counted from the first partitions "
-        "assigned (for tests and demos; default: run until stopped)",
+        "assigned (for tests and demos; default: run until stopped; fds train first waits up "
+        "to 5 minutes for the decisions of labels still pending)",
     )
 
 
